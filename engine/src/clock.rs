@@ -1,0 +1,189 @@
+//! Watermarks of source partitions.
+//!
+//! A partition's chunks may be decoded by several workers at once, but its watermark and the
+//! lateness of its events follow the partition's own order. Each worker sequences its chunk
+//! through the partition's [`PartitionClock`] after decoding it: the clock hands out the
+//! newest event time seen before the chunk and records the chunk's newest time, strictly in
+//! chunk order. Lateness therefore never depends on how chunks were spread over workers.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crate::EngineError;
+
+/// The watermark meaning "no event seen yet".
+pub const WATERMARK_MIN: i64 = i64::MIN;
+/// The watermark of a partition that has ended.
+pub const WATERMARK_END: i64 = i64::MAX;
+
+struct Sequence {
+    next_seq: u64,
+    newest: i64,
+}
+
+/// The event-time progress of one source partition.
+pub struct PartitionClock {
+    sequence: Mutex<Sequence>,
+    advanced: Condvar,
+    watermark: AtomicI64,
+    idle: AtomicBool,
+    max_out_of_orderness: i64,
+}
+
+impl PartitionClock {
+    /// A clock whose watermark trails the newest event time by `max_out_of_orderness` ms.
+    pub fn new(max_out_of_orderness: i64) -> Self {
+        PartitionClock {
+            sequence: Mutex::new(Sequence { next_seq: 0, newest: WATERMARK_MIN }),
+            advanced: Condvar::new(),
+            watermark: AtomicI64::new(WATERMARK_MIN),
+            idle: AtomicBool::new(false),
+            max_out_of_orderness,
+        }
+    }
+
+    /// Waits until every chunk before `seq` was sequenced, then records the chunk's newest
+    /// event time (`WATERMARK_MIN` when it had no valid event) and returns the newest event
+    /// time seen before it. `end` marks the partition's last chunk: its watermark becomes
+    /// [`WATERMARK_END`].
+    pub fn sequence(
+        &self,
+        seq: u64,
+        chunk_newest: i64,
+        end: bool,
+        cancel: &AtomicBool,
+    ) -> Result<i64, EngineError> {
+        let mut s = self.sequence.lock().map_err(|_| EngineError::Internal("clock poisoned".into()))?;
+        while s.next_seq != seq {
+            if s.next_seq > seq {
+                return Err(EngineError::Internal(format!("chunk {seq} sequenced twice")));
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            s = self
+                .advanced
+                .wait_timeout(s, Duration::from_millis(50))
+                .map_err(|_| EngineError::Internal("clock poisoned".into()))?
+                .0;
+        }
+        let before = s.newest;
+        s.newest = s.newest.max(chunk_newest);
+        s.next_seq += 1;
+        let wm = if end { WATERMARK_END } else { s.newest.saturating_sub(self.max_out_of_orderness) };
+        self.watermark.store(wm, Ordering::Release);
+        drop(s);
+        self.advanced.notify_all();
+        Ok(before)
+    }
+
+    /// `newest - max_out_of_orderness`, the watermark an event seeing `newest` before it meets.
+    #[inline]
+    pub fn watermark_after(&self, newest: i64) -> i64 {
+        newest.saturating_sub(self.max_out_of_orderness)
+    }
+
+    /// The partition's current watermark.
+    pub fn watermark(&self) -> i64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
+    /// Marks the partition idle (it stops holding back its source's watermark) or active.
+    pub fn set_idle(&self, idle: bool) {
+        self.idle.store(idle, Ordering::Release);
+    }
+
+    /// Whether the partition is idle.
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
+    }
+}
+
+/// The clocks of every partition of every source of a job.
+pub struct Clocks {
+    partitions: Vec<PartitionClock>,
+    by_source: Vec<Vec<usize>>,
+}
+
+impl Clocks {
+    /// Clocks for sources given as (partition count, max_out_of_orderness ms); partitions are
+    /// numbered globally in source order.
+    pub fn new(sources: &[(usize, i64)]) -> Self {
+        let mut partitions = Vec::new();
+        let mut by_source = Vec::new();
+        for &(count, ooo) in sources {
+            let ids = (partitions.len()..partitions.len() + count).collect();
+            partitions.extend((0..count).map(|_| PartitionClock::new(ooo)));
+            by_source.push(ids);
+        }
+        Clocks { partitions, by_source }
+    }
+
+    /// The clock of global partition `id`.
+    pub fn partition(&self, id: usize) -> &PartitionClock {
+        &self.partitions[id]
+    }
+
+    /// The global partition ids of `source`.
+    pub fn partitions_of(&self, source: usize) -> &[usize] {
+        &self.by_source[source]
+    }
+
+    /// The watermark of a source: the minimum over its partitions that are not idle; `None`
+    /// while every partition is idle (the watermark then holds).
+    pub fn source_watermark(&self, source: usize) -> Option<i64> {
+        let mut min: Option<i64> = None;
+        for &p in &self.by_source[source] {
+            let c = &self.partitions[p];
+            let wm = c.watermark();
+            if wm != WATERMARK_END && c.is_idle() {
+                continue;
+            }
+            min = Some(min.map_or(wm, |m| m.min(wm)));
+        }
+        min
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn sequencing_follows_chunk_order_across_threads() {
+        let clock = Arc::new(PartitionClock::new(10));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (c2, k2) = (clock.clone(), cancel.clone());
+        // chunk 1 arrives first but must wait for chunk 0
+        let t = std::thread::spawn(move || c2.sequence(1, 500, false, &k2).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(clock.sequence(0, 100, false, &cancel).unwrap(), WATERMARK_MIN);
+        assert_eq!(t.join().unwrap(), 100);
+        assert_eq!(clock.watermark(), 490);
+        assert_eq!(clock.sequence(2, 200, true, &cancel).unwrap(), 500);
+        assert_eq!(clock.watermark(), WATERMARK_END);
+    }
+
+    #[test]
+    fn source_watermark_is_min_over_active_partitions() {
+        let clocks = Clocks::new(&[(2, 0), (1, 5)]);
+        let cancel = AtomicBool::new(false);
+        clocks.partition(0).sequence(0, 100, false, &cancel).unwrap();
+        assert_eq!(clocks.source_watermark(0), Some(WATERMARK_MIN));
+        clocks.partition(1).set_idle(true);
+        assert_eq!(clocks.source_watermark(0), Some(100));
+        clocks.partition(0).set_idle(true);
+        assert_eq!(clocks.source_watermark(0), None);
+        clocks.partition(2).sequence(0, 50, false, &cancel).unwrap();
+        assert_eq!(clocks.source_watermark(1), Some(45));
+    }
+
+    #[test]
+    fn cancel_releases_a_waiting_worker() {
+        let clock = PartitionClock::new(0);
+        let cancel = AtomicBool::new(true);
+        assert!(matches!(clock.sequence(3, 1, false, &cancel), Err(EngineError::Cancelled)));
+    }
+}

@@ -1,0 +1,146 @@
+//! Dead-letter records: bad and late input, kept with its error and original bytes.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+/// Why a record was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not valid for its format or schema.
+    Bad,
+    /// Arrived after its window closed.
+    Late,
+}
+
+impl Reason {
+    /// `bad` or `late`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Bad => "bad",
+            Reason::Late => "late",
+        }
+    }
+}
+
+/// The `{code, message, details}` error object of a dead letter.
+#[derive(Debug, Clone)]
+pub struct ErrorInfo {
+    /// A stable machine-readable code, e.g. `invalid_json`, `missing_field`, `late_event`.
+    pub code: &'static str,
+    /// What is wrong, for people.
+    pub message: String,
+    /// Structured facts: field, expected type, window, watermark...
+    pub details: Map<String, Value>,
+}
+
+impl ErrorInfo {
+    /// An error with no details.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        ErrorInfo { code, message: message.into(), details: Map::new() }
+    }
+    /// Adds a detail.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// Where a partition's records come from, shared by its chunks and dead letters.
+#[derive(Debug)]
+pub struct PartitionInfo {
+    /// The source's name in the pipeline.
+    pub source: Arc<str>,
+    /// Global partition id within the job.
+    pub id: usize,
+    /// The partition number within its source (Kafka partition, file index).
+    pub number: u32,
+    /// The Kafka topic, when there is one.
+    pub topic: Option<Arc<str>>,
+    /// The file read, for file sources.
+    pub file: Option<Arc<str>>,
+}
+
+/// One dead-lettered record.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: Arc<PartitionInfo>,
+    /// Offset within the partition: a Kafka offset, or a 0-based line index in a file.
+    pub offset: Option<u64>,
+    pub reason: Reason,
+    pub error: ErrorInfo,
+    /// The original bytes (None when the record was generated, not read).
+    pub raw: Option<Vec<u8>>,
+}
+
+impl DeadLetter {
+    /// The record as one JSON object:
+    /// `{source, topic, partition, offset, reason, error: {code, message, details}, raw}`
+    /// plus `file`/`line` (1-based) for files and `raw_base64` when the bytes are not UTF-8.
+    pub fn to_json(&self) -> Value {
+        let p = &self.partition;
+        let mut obj = Map::new();
+        obj.insert("source".into(), json!(&*p.source));
+        obj.insert("topic".into(), json!(p.topic.as_deref()));
+        obj.insert("partition".into(), json!(p.number));
+        obj.insert("offset".into(), json!(self.offset));
+        if let Some(file) = &p.file {
+            obj.insert("file".into(), json!(&**file));
+            obj.insert("line".into(), json!(self.offset.map(|o| o + 1)));
+        }
+        obj.insert("reason".into(), json!(self.reason.as_str()));
+        obj.insert(
+            "error".into(),
+            json!({"code": self.error.code, "message": self.error.message, "details": self.error.details}),
+        );
+        match &self.raw {
+            None => {
+                obj.insert("raw".into(), Value::Null);
+            }
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(s) => {
+                    obj.insert("raw".into(), json!(s));
+                }
+                Err(_) => {
+                    obj.insert("raw".into(), Value::Null);
+                    obj.insert(
+                        "raw_base64".into(),
+                        json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    );
+                }
+            },
+        }
+        Value::Object(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_keeps_raw_bytes() {
+        let p = Arc::new(PartitionInfo {
+            source: "sample".into(),
+            id: 0,
+            number: 0,
+            topic: None,
+            file: Some("in.ndjson".into()),
+        });
+        let d = DeadLetter {
+            partition: p.clone(),
+            offset: Some(41),
+            reason: Reason::Bad,
+            error: ErrorInfo::new("invalid_json", "expected `{`").with("column", 1),
+            raw: Some(b"nope".to_vec()),
+        };
+        let v = d.to_json();
+        assert_eq!(v["line"], 42);
+        assert_eq!(v["reason"], "bad");
+        assert_eq!(v["error"]["code"], "invalid_json");
+        assert_eq!(v["raw"], "nope");
+        let d2 = DeadLetter { raw: Some(vec![0xff, 0xfe]), ..d };
+        assert_eq!(d2.to_json()["raw_base64"], "//4=");
+    }
+}

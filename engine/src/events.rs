@@ -1,0 +1,69 @@
+//! What flows from sources to operators: chunks of raw records and decoded event batches.
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+
+use crate::dead_letter::{DeadLetter, PartitionInfo};
+
+/// The payload of a chunk.
+pub enum ChunkData {
+    /// Raw records: newline-separated lines, whole lines only.
+    Lines(Arc<Vec<u8>>),
+    /// Records already decoded (the generator produces these).
+    Events(EventBatch),
+    /// The partition has no more records.
+    End,
+}
+
+/// A piece of one source partition, numbered in the partition's order.
+pub struct Chunk {
+    /// Index of the source in the job.
+    pub source: usize,
+    pub partition: Arc<PartitionInfo>,
+    /// The chunk's position in its partition, from 0 without gaps.
+    pub seq: u64,
+    /// Offset of the chunk's first record in the partition.
+    pub first_offset: u64,
+    pub data: ChunkData,
+}
+
+/// The original bytes of decoded rows, for dead letters.
+#[derive(Clone)]
+pub struct RawRows {
+    pub bytes: Arc<Vec<u8>>,
+    /// (start, end) byte range of each row in `bytes`.
+    pub spans: Vec<(u32, u32)>,
+}
+
+/// Decoded events: the columns operators use, with event time and origin of every row.
+pub struct EventBatch {
+    /// Only the columns the pipeline reads, in the decoder's output schema.
+    pub batch: RecordBatch,
+    /// Event time of each row, epoch milliseconds.
+    pub event_time: Vec<i64>,
+    /// Offset of each row within its partition.
+    pub offsets: Vec<u64>,
+    /// Original bytes of each row, when the rows were read rather than generated.
+    pub raw: Option<RawRows>,
+}
+
+impl EventBatch {
+    /// The original bytes of row `i`, when known.
+    pub fn raw_row(&self, i: usize) -> Option<Vec<u8>> {
+        self.raw.as_ref().map(|r| {
+            let (s, e) = r.spans[i];
+            r.bytes[s as usize..e as usize].to_vec()
+        })
+    }
+}
+
+/// The result of decoding one chunk.
+pub struct Decoded {
+    /// The valid rows (None when there were none).
+    pub events: Option<EventBatch>,
+    /// Records that could not be decoded.
+    pub bad: Vec<DeadLetter>,
+    /// Records read, valid or not.
+    pub records: u64,
+}

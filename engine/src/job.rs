@@ -1,0 +1,496 @@
+//! The runtime of one job: reader threads, parallel workers, a merge stage and sinks, wired
+//! with bounded channels.
+//!
+//! ```text
+//!  readers (one per source) ──round-robin chunks──▶ N workers ──partial windows──▶ merger ──▶ sinks
+//!                                                     │ decode, sequence, filter,          emits windows
+//!                                                     │ late check, partial aggregation    closed on every
+//!                                                     └──bad / late records──▶ dead-letter  worker
+//! ```
+//!
+//! Chunks are dispatched round-robin in one global order and every worker handles its queue
+//! in order, so a worker waiting for the previous chunk of a partition to be sequenced always
+//! waits on a chunk that is already being handled: the pipeline cannot deadlock. A full
+//! channel blocks its sender, which is the backpressure that reaches back to the readers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow::array::ArrayRef;
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
+use crate::dead_letter::DeadLetter;
+use crate::events::{Chunk, ChunkData, Decoded, EventBatch};
+use crate::stats::RunStats;
+use crate::time::now_ms;
+use crate::EngineError;
+
+/// What readers see of the running job.
+pub struct ReaderContext {
+    pub clocks: Arc<Clocks>,
+    /// Set when the job is asked to stop; readers then return `None`.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Reads one source: yields chunks of its partitions, each partition's chunks in order with
+/// consecutive `seq` numbers and ending with a [`ChunkData::End`] chunk when it is bounded.
+pub trait PartitionReader: Send {
+    /// The next chunk, or `None` when the source has no more (or the job stops).
+    fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError>;
+}
+
+/// Decodes raw records of a source into events.
+pub trait Decode: Send + Sync {
+    /// Decodes the lines of `chunk`; bad records come back as dead letters.
+    fn decode(&self, chunk: &Chunk, lines: &Arc<Vec<u8>>) -> Decoded;
+}
+
+/// The part of an operator that runs in every worker, over that worker's events.
+pub trait WorkerOperator: Send {
+    /// Aggregates a batch. `row_watermarks[i]` is the watermark of the row's partition when
+    /// row `i` arrived; late rows are pushed to `dead`. Returns how many rows were late.
+    fn process(
+        &mut self,
+        events: &EventBatch,
+        row_watermarks: &[i64],
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<u64, EngineError>;
+    /// Hands over the state of every window closed at `watermark` (no later row can reach
+    /// them), as partial aggregates for the merger.
+    fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError>;
+    /// Whether windows follow processing time (the clock) instead of event time.
+    fn processing_time(&self) -> bool;
+}
+
+/// The partial state of one window from one worker: key columns and accumulator states.
+pub struct PartialWindow {
+    pub window_start: i64,
+    pub keys: Vec<ArrayRef>,
+    pub states: Vec<ArrayRef>,
+}
+
+/// The part of an operator that merges partial windows and emits the final rows.
+pub trait MergeOperator: Send {
+    /// Adds a worker's partial window.
+    fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError>;
+    /// Emits every window closed at `watermark` (all workers have handed them over).
+    fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError>;
+}
+
+/// An output of result rows.
+pub trait Sink: Send {
+    /// Writes rows.
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError>;
+    /// Flushes and closes the output.
+    fn finish(&mut self) -> Result<(), EngineError>;
+}
+
+/// The dead-letter output.
+pub trait DeadLetterSink: Send {
+    /// Writes records.
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError>;
+    /// Flushes and closes the output.
+    fn finish(&mut self) -> Result<(), EngineError>;
+}
+
+/// A source of a job.
+pub struct SourceSpec {
+    pub name: String,
+    pub reader: Box<dyn PartitionReader>,
+    pub decoder: Arc<dyn Decode>,
+    /// Partition count, known before the run (files, generator).
+    pub partitions: usize,
+    pub max_out_of_orderness_ms: i64,
+}
+
+/// A windowed operator of a job.
+pub struct OperatorSpec {
+    pub name: String,
+    /// Index of its source.
+    pub source: usize,
+    /// One instance per worker (exactly `parallelism` of them).
+    pub workers: Vec<Box<dyn WorkerOperator>>,
+    pub merge: Box<dyn MergeOperator>,
+    /// Indexes of the sinks that receive its rows.
+    pub sinks: Vec<usize>,
+}
+
+/// A whole job, ready to run.
+pub struct JobSpec {
+    pub sources: Vec<SourceSpec>,
+    pub operators: Vec<OperatorSpec>,
+    pub sinks: Vec<(String, Box<dyn Sink>)>,
+    pub dead_letter: Box<dyn DeadLetterSink>,
+    pub parallelism: usize,
+}
+
+/// What a finished run measured.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub elapsed: Duration,
+}
+
+const WORKER_QUEUE: usize = 4;
+const TICK: Duration = Duration::from_millis(100);
+
+struct MergeMsg {
+    operator: usize,
+    worker: usize,
+    partials: Vec<PartialWindow>,
+    upto: i64,
+}
+
+/// Shared failure state: the first error stops everything.
+#[derive(Clone)]
+struct Failure {
+    cancel: Arc<AtomicBool>,
+    first: Arc<Mutex<Option<EngineError>>>,
+}
+
+impl Failure {
+    fn record(&self, e: EngineError) {
+        self.cancel.store(true, Ordering::SeqCst);
+        if matches!(e, EngineError::Cancelled) {
+            return;
+        }
+        if let Ok(mut f) = self.first.lock() {
+            if f.is_none() {
+                *f = Some(e);
+            }
+        }
+    }
+    fn closed(&self, what: &str) -> EngineError {
+        if self.cancel.load(Ordering::SeqCst) {
+            EngineError::Cancelled
+        } else {
+            EngineError::Internal(format!("{what} stopped unexpectedly"))
+        }
+    }
+}
+
+fn spawn<F>(name: String, failure: &Failure, f: F) -> Result<JoinHandle<()>, EngineError>
+where
+    F: FnOnce() -> Result<(), EngineError> + Send + 'static,
+{
+    let failure = failure.clone();
+    let thread_name = name.clone();
+    std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            if let Err(e) = f() {
+                tracing::debug!(thread = %name, error = %e, "thread failed");
+                failure.record(e);
+            }
+        })
+        .map_err(|e| EngineError::Internal(format!("cannot start a thread: {e}")))
+}
+
+/// A handle to stop a running job from another thread (e.g. on SIGINT).
+#[derive(Clone)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// A handle that has not been triggered.
+    pub fn new() -> Self {
+        StopHandle(Arc::new(AtomicBool::new(false)))
+    }
+    /// Asks the readers to stop; windows already closed are still written.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Default for StopHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs a job to its end: until every source ended (or `stop` was triggered) and every
+/// output was flushed.
+pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunReport, EngineError> {
+    let started = Instant::now();
+    let n = spec.parallelism.max(1);
+    for op in &spec.operators {
+        if op.workers.len() != n {
+            return Err(EngineError::Internal(format!(
+                "operator {} has {} worker instances for parallelism {n}",
+                op.name,
+                op.workers.len()
+            )));
+        }
+    }
+    let failure = Failure { cancel: Arc::new(AtomicBool::new(false)), first: Arc::new(Mutex::new(None)) };
+    let clocks = Arc::new(Clocks::new(
+        &spec.sources.iter().map(|s| (s.partitions, s.max_out_of_orderness_ms)).collect::<Vec<_>>(),
+    ));
+    let mut threads = Vec::new();
+
+    // Sinks.
+    let mut sink_senders = Vec::new();
+    for (idx, (name, mut sink)) in spec.sinks.into_iter().enumerate() {
+        let (tx, rx) = bounded::<RecordBatch>(16);
+        sink_senders.push(tx);
+        let stats = stats.clone();
+        let sink_name = name.clone();
+        threads.push(spawn(format!("sink-{name}"), &failure, move || {
+            for batch in rx {
+                sink.write(&batch)?;
+                RunStats::add(&stats.rows_written[idx].value, batch.num_rows() as u64);
+            }
+            sink.finish().map_err(|e| match e {
+                EngineError::Sink { .. } => e,
+                other => EngineError::sink(&sink_name, other),
+            })
+        })?);
+    }
+
+    // Dead letters.
+    let (dead_tx, dead_rx) = bounded::<Vec<DeadLetter>>(64);
+    {
+        let mut sink = spec.dead_letter;
+        let stats = stats.clone();
+        threads.push(spawn("dead-letter".into(), &failure, move || {
+            for records in dead_rx {
+                sink.write(&records)?;
+                RunStats::add(&stats.dead_letters, records.len() as u64);
+            }
+            sink.finish()
+        })?);
+    }
+
+    // Merger.
+    let (merge_tx, merge_rx) = bounded::<MergeMsg>(64 * n);
+    let mut merge_parts = Vec::new();
+    let mut worker_parts: Vec<Vec<(usize, Box<dyn WorkerOperator>)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut op_sources = Vec::new();
+    for (oi, op) in spec.operators.into_iter().enumerate() {
+        op_sources.push(op.source);
+        merge_parts.push((op.merge, op.sinks));
+        for (w, inst) in op.workers.into_iter().enumerate() {
+            worker_parts[w].push((oi, inst));
+        }
+    }
+    {
+        let failure2 = failure.clone();
+        let stats = stats.clone();
+        threads.push(spawn("merger".into(), &failure, move || {
+            merger_loop(merge_rx, merge_parts, sink_senders, n, &stats, &failure2)
+        })?);
+    }
+
+    // Workers.
+    let decoders: Arc<Vec<Arc<dyn Decode>>> = Arc::new(spec.sources.iter().map(|s| s.decoder.clone()).collect());
+    let mut worker_senders = Vec::new();
+    for (w, ops) in worker_parts.into_iter().enumerate() {
+        let (tx, rx) = bounded::<Chunk>(WORKER_QUEUE);
+        worker_senders.push(tx);
+        let ctx = WorkerCtx {
+            index: w,
+            decoders: decoders.clone(),
+            clocks: clocks.clone(),
+            stats: stats.clone(),
+            dead_tx: dead_tx.clone(),
+            merge_tx: merge_tx.clone(),
+            failure: failure.clone(),
+            op_sources: op_sources.clone(),
+        };
+        threads.push(spawn(format!("worker-{w}"), &failure, move || worker_loop(rx, ops, ctx))?);
+    }
+    drop(dead_tx);
+    drop(merge_tx);
+
+    // Readers.
+    let dispatcher = Arc::new(Mutex::new((0usize, worker_senders)));
+    for source in spec.sources {
+        let dispatcher = dispatcher.clone();
+        let ctx = ReaderContext { clocks: clocks.clone(), stop: stop.0.clone() };
+        let failure2 = failure.clone();
+        let mut reader = source.reader;
+        let name = source.name.clone();
+        threads.push(spawn(format!("source-{name}"), &failure, move || {
+            while let Some(chunk) = reader.next_chunk(&ctx)? {
+                if failure2.cancel.load(Ordering::Relaxed) {
+                    return Err(EngineError::Cancelled);
+                }
+                let mut d = dispatcher.lock().map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
+                let (next, senders) = &mut *d;
+                let target = *next % senders.len();
+                *next += 1;
+                senders[target].send(chunk).map_err(|_| failure2.closed("a worker"))?;
+            }
+            Ok(())
+        })?);
+    }
+    drop(dispatcher);
+
+    for t in threads {
+        let _ = t.join();
+    }
+    if let Ok(mut first) = failure.first.lock() {
+        if let Some(e) = first.take() {
+            return Err(e);
+        }
+    }
+    if failure.cancel.load(Ordering::SeqCst) {
+        return Err(EngineError::Internal("the run was cancelled without a recorded error".into()));
+    }
+    Ok(RunReport { elapsed: started.elapsed() })
+}
+
+struct WorkerCtx {
+    index: usize,
+    decoders: Arc<Vec<Arc<dyn Decode>>>,
+    clocks: Arc<Clocks>,
+    stats: Arc<RunStats>,
+    dead_tx: Sender<Vec<DeadLetter>>,
+    merge_tx: Sender<MergeMsg>,
+    failure: Failure,
+    op_sources: Vec<usize>,
+}
+
+fn worker_loop(
+    rx: Receiver<Chunk>,
+    mut ops: Vec<(usize, Box<dyn WorkerOperator>)>,
+    ctx: WorkerCtx,
+) -> Result<(), EngineError> {
+    let mut flushed: Vec<i64> = vec![WATERMARK_MIN; ops.len()];
+    let mut row_wm: Vec<i64> = Vec::new();
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(chunk) => {
+                process_chunk(chunk, &mut ops, &ctx, &mut row_wm)?;
+                flush_ops(&mut ops, &mut flushed, &ctx)?;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if ctx.failure.cancel.load(Ordering::Relaxed) {
+                    return Err(EngineError::Cancelled);
+                }
+                flush_ops(&mut ops, &mut flushed, &ctx)?;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    flush_ops(&mut ops, &mut flushed, &ctx)
+}
+
+fn process_chunk(
+    chunk: Chunk,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    ctx: &WorkerCtx,
+    row_wm: &mut Vec<i64>,
+) -> Result<(), EngineError> {
+    let decoded = match &chunk.data {
+        ChunkData::Lines(lines) => ctx.decoders[chunk.source].decode(&chunk, lines),
+        ChunkData::Events(_) | ChunkData::End => Decoded { events: None, bad: Vec::new(), records: 0 },
+    };
+    let end = matches!(chunk.data, ChunkData::End);
+    let (events, bad, records) = match chunk.data {
+        ChunkData::Events(ev) => {
+            let n = ev.batch.num_rows() as u64;
+            (Some(ev), Vec::new(), n)
+        }
+        _ => (decoded.events, decoded.bad, decoded.records),
+    };
+    RunStats::add(&ctx.stats.records_in, records);
+    if !bad.is_empty() {
+        RunStats::add(&ctx.stats.bad, bad.len() as u64);
+        ctx.dead_tx.send(bad).map_err(|_| ctx.failure.closed("the dead-letter output"))?;
+    }
+    // Running newest event time before each row, within the chunk.
+    row_wm.clear();
+    let mut newest = WATERMARK_MIN;
+    if let Some(ev) = &events {
+        row_wm.reserve(ev.event_time.len());
+        for &t in &ev.event_time {
+            row_wm.push(newest);
+            newest = newest.max(t);
+        }
+    }
+    let clock = ctx.clocks.partition(chunk.partition.id);
+    let before = clock.sequence(chunk.seq, newest, end, &ctx.failure.cancel)?;
+    let Some(events) = events else { return Ok(()) };
+    for w in row_wm.iter_mut() {
+        *w = clock.watermark_after((*w).max(before));
+    }
+    let mut dead = Vec::new();
+    for (oi, op) in ops.iter_mut() {
+        if ctx.op_sources[*oi] != chunk.source {
+            continue;
+        }
+        let late = op.process(&events, row_wm, &mut dead)?;
+        RunStats::add(&ctx.stats.late[*oi].value, late);
+    }
+    if !dead.is_empty() {
+        ctx.dead_tx.send(dead).map_err(|_| ctx.failure.closed("the dead-letter output"))?;
+    }
+    Ok(())
+}
+
+fn flush_ops(
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [i64],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    for (i, (oi, op)) in ops.iter_mut().enumerate() {
+        let wm = if op.processing_time() {
+            let src_wm = ctx.clocks.source_watermark(ctx.op_sources[*oi]);
+            if src_wm == Some(WATERMARK_END) {
+                Some(WATERMARK_END)
+            } else {
+                Some(now_ms())
+            }
+        } else {
+            ctx.clocks.source_watermark(ctx.op_sources[*oi])
+        };
+        let Some(wm) = wm else { continue };
+        if wm <= flushed[i] {
+            continue;
+        }
+        let partials = op.flush(wm)?;
+        flushed[i] = wm;
+        ctx.merge_tx
+            .send(MergeMsg { operator: *oi, worker: ctx.index, partials, upto: wm })
+            .map_err(|_| ctx.failure.closed("the merger"))?;
+    }
+    Ok(())
+}
+
+type MergePart = (Box<dyn MergeOperator>, Vec<usize>);
+
+fn merger_loop(
+    rx: Receiver<MergeMsg>,
+    mut ops: Vec<MergePart>,
+    sinks: Vec<Sender<RecordBatch>>,
+    workers: usize,
+    stats: &RunStats,
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    let mut upto: Vec<Vec<i64>> = ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect();
+    let mut emitted: Vec<i64> = vec![WATERMARK_MIN; ops.len()];
+    for msg in rx {
+        let (merge, sink_ids) = &mut ops[msg.operator];
+        for p in msg.partials {
+            merge.merge(p)?;
+        }
+        upto[msg.operator][msg.worker] = msg.upto;
+        let wm = upto[msg.operator].iter().copied().min().unwrap_or(WATERMARK_MIN);
+        if wm > emitted[msg.operator] {
+            emitted[msg.operator] = wm;
+            for batch in merge.emit(wm)? {
+                RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
+                for &s in sink_ids.iter() {
+                    sinks[s].send(batch.clone()).map_err(|_| failure.closed("a sink"))?;
+                }
+            }
+        }
+    }
+    if failure.cancel.load(Ordering::SeqCst) {
+        return Err(EngineError::Cancelled);
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! weir's runtime: source partitions and their watermarks, worker threads that decode and
+//! aggregate in parallel, a merge stage that emits closed windows, bounded channels for
+//! backpressure, dead letters and run counters.
+//!
+//! The engine knows nothing of YAML, file formats or Kafka: sources plug in through
+//! [`job::PartitionReader`] and [`job::Decode`], operators through [`job::WorkerOperator`] and
+//! [`job::MergeOperator`], outputs through [`job::Sink`] and [`job::DeadLetterSink`].
+
+pub mod clock;
+pub mod dead_letter;
+pub mod error;
+pub mod events;
+pub mod job;
+pub mod stats;
+pub mod time;
+
+pub use dead_letter::{DeadLetter, ErrorInfo, Reason};
+pub use error::EngineError;
+pub use events::{Chunk, ChunkData, Decoded, EventBatch, RawRows};
+pub use stats::RunStats;

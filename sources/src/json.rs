@@ -1,0 +1,852 @@
+//! NDJSON into Arrow, one pass per line, no intermediate JSON values.
+//!
+//! Each line is parsed by a small validating scanner. Values of schema fields land in
+//! per-row slots (positions into the line, or the parsed number); a row is appended to the
+//! Arrow columns only after the whole line parsed and matched the schema, so a bad line
+//! leaves no trace but its dead letter. Only the columns the pipeline reads are built; the
+//! other fields are still checked. Validity follows Python's `json.loads` plus the schema
+//! (the reference oracle): strict strings (no raw control characters), integers without
+//! fraction or exponent, `NaN`/`Infinity` accepted as numbers, the last duplicate key wins.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanBuilder, Float64Array, Int64Array, StringArray};
+use arrow::array::NullBufferBuilder;
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use weir_engine::job::Decode;
+use weir_engine::time::parse_rfc3339_ms;
+use weir_engine::{Chunk, Decoded, DeadLetter, ErrorInfo, EventBatch, RawRows, Reason};
+
+use crate::schema::{FieldKind, SourceSchema};
+
+/// Decodes NDJSON lines of one schema into the columns a pipeline reads.
+pub struct JsonDecoder {
+    schema: Arc<SourceSchema>,
+    /// Field names grouped by byte length, for the key lookup.
+    by_len: Vec<Vec<(Box<[u8]>, usize)>>,
+    projected: Vec<usize>,
+    output: SchemaRef,
+    time_field: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Val {
+    Missing,
+    Null,
+    Str { start: u32, end: u32, escaped: bool },
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Obj { start: u32, end: u32 },
+    Arr { start: u32, end: u32 },
+}
+
+/// Why a line is bad.
+struct LineError {
+    code: &'static str,
+    message: String,
+    field: Option<usize>,
+    column: Option<usize>,
+}
+
+impl LineError {
+    fn syntax(message: impl Into<String>, column: usize) -> Self {
+        LineError { code: "invalid_json", message: message.into(), field: None, column: Some(column) }
+    }
+}
+
+const MAX_DEPTH: usize = 512;
+
+impl JsonDecoder {
+    /// A decoder for `schema` whose output holds the fields named in `columns` (in schema
+    /// order) and reads event time from `time_field`, which must be an integer (epoch ms)
+    /// or string (RFC 3339) field.
+    pub fn new(schema: Arc<SourceSchema>, columns: &[String], time_field: &str) -> Result<Self, String> {
+        let time_field = schema
+            .index_of(time_field)
+            .ok_or_else(|| format!("event-time field `{time_field}` is not in schema `{}`", schema.name))?;
+        if !matches!(schema.fields[time_field].kind, FieldKind::Int | FieldKind::Str) {
+            return Err(format!(
+                "event-time field `{}` must be an integer (epoch ms) or a string (RFC 3339)",
+                schema.fields[time_field].name
+            ));
+        }
+        let mut by_len: Vec<Vec<(Box<[u8]>, usize)>> = Vec::new();
+        for (i, f) in schema.fields.iter().enumerate() {
+            let l = f.name.len();
+            if by_len.len() <= l {
+                by_len.resize_with(l + 1, Vec::new);
+            }
+            by_len[l].push((f.name.as_bytes().into(), i));
+        }
+        let mut projected = Vec::new();
+        let mut fields = Vec::new();
+        for (i, f) in schema.fields.iter().enumerate() {
+            if columns.iter().any(|c| c == &f.name) {
+                projected.push(i);
+                fields.push(Field::new(&f.name, f.kind.arrow_type(), true));
+            }
+        }
+        for c in columns {
+            if schema.index_of(c).is_none() {
+                return Err(format!("field `{c}` is not in schema `{}`", schema.name));
+            }
+        }
+        Ok(JsonDecoder {
+            schema,
+            by_len,
+            projected,
+            output: Arc::new(Schema::new(fields)),
+            time_field,
+        })
+    }
+
+    /// The schema of decoded batches.
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    fn lookup(&self, key: &[u8]) -> Option<usize> {
+        self.by_len.get(key.len())?.iter().find(|(n, _)| &**n == key).map(|(_, i)| *i)
+    }
+
+    /// Decodes newline-separated records. `first_offset` is the offset of the first line.
+    pub fn decode_lines(&self, bytes: &Arc<Vec<u8>>, first_offset: u64) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
+        let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
+        let mut cols: Vec<ColumnBuilder> =
+            self.projected.iter().map(|&f| ColumnBuilder::new(self.schema.fields[f].kind)).collect();
+        let mut slots = vec![Val::Missing; self.schema.fields.len()];
+        let mut event_time = Vec::new();
+        let mut offsets = Vec::new();
+        let mut spans = Vec::new();
+        let mut bad = Vec::new();
+        let mut scratch = Vec::new();
+        let mut records = 0u64;
+        let mut start = 0usize;
+        let data: &[u8] = bytes;
+        let mut line_index = 0u64;
+        loop {
+            if start >= data.len() {
+                break;
+            }
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |p| start + p);
+            let line = &data[start..end];
+            let offset = first_offset + line_index;
+            records += 1;
+            let result = if !all_utf8 && simdutf8::basic::from_utf8(line).is_err() {
+                Err(LineError { code: "invalid_utf8", message: "the record is not valid UTF-8".into(), field: None, column: None })
+            } else {
+                self.parse_line(line, &mut slots, &mut scratch)
+            };
+            match result.and_then(|t| {
+                self.append(line, &slots, &mut cols, &mut scratch)?;
+                Ok(t)
+            }) {
+                Ok(t) => {
+                    event_time.push(t);
+                    offsets.push(offset);
+                    spans.push((start as u32, end as u32));
+                }
+                Err(e) => {
+                    let mut info = ErrorInfo::new(e.code, e.message);
+                    if let Some(f) = e.field {
+                        info = info.with("field", self.schema.fields[f].name.as_str());
+                    }
+                    if let Some(c) = e.column {
+                        info = info.with("column", c + 1);
+                    }
+                    bad.push((offset, line.to_vec(), info));
+                }
+            }
+            line_index += 1;
+            start = end + 1;
+        }
+        let rows = event_time.len();
+        if rows == 0 {
+            return (None, bad, records);
+        }
+        let arrays: Vec<ArrayRef> = cols.into_iter().map(ColumnBuilder::finish).collect();
+        let batch = RecordBatch::try_new_with_options(
+            self.output.clone(),
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .expect("decoded columns match the output schema");
+        let events = EventBatch {
+            batch,
+            event_time,
+            offsets,
+            raw: Some(RawRows { bytes: bytes.clone(), spans }),
+        };
+        (Some(events), bad, records)
+    }
+
+    /// Parses one line into the slots and returns its event time.
+    fn parse_line(&self, line: &[u8], slots: &mut [Val], scratch: &mut Vec<u8>) -> Result<i64, LineError> {
+        slots.fill(Val::Missing);
+        let mut p = Parser { b: line, i: 0 };
+        p.ws();
+        if p.i >= line.len() {
+            return Err(LineError::syntax("empty record: expected a JSON object", 0));
+        }
+        if line[p.i] != b'{' {
+            // a valid JSON value that is not an object is still bad, with a clearer message
+            let mut q = Parser { b: line, i: p.i };
+            if q.skip_value(0).is_ok() {
+                q.ws();
+                if q.i == line.len() {
+                    return Err(LineError { code: "not_an_object", message: "the record is JSON but not an object".into(), field: None, column: Some(p.i) });
+                }
+            }
+            return Err(LineError::syntax("expected `{`", p.i));
+        }
+        p.i += 1;
+        p.ws();
+        if p.peek() == Some(b'}') {
+            p.i += 1;
+        } else {
+            loop {
+                if p.peek() != Some(b'"') {
+                    return Err(LineError::syntax("expected a quoted field name", p.i));
+                }
+                let (ks, ke, kesc) = p.string()?;
+                let field = if kesc {
+                    scratch.clear();
+                    unescape(&line[ks..ke], scratch);
+                    self.lookup(scratch)
+                } else {
+                    self.lookup(&line[ks..ke])
+                };
+                p.ws();
+                if p.peek() != Some(b':') {
+                    return Err(LineError::syntax("expected `:` after a field name", p.i));
+                }
+                p.i += 1;
+                p.ws();
+                match field {
+                    Some(f) => slots[f] = p.value()?,
+                    None => p.skip_value(0)?,
+                }
+                p.ws();
+                match p.peek() {
+                    Some(b',') => {
+                        p.i += 1;
+                        p.ws();
+                    }
+                    Some(b'}') => {
+                        p.i += 1;
+                        break;
+                    }
+                    _ => return Err(LineError::syntax("expected `,` or `}`", p.i)),
+                }
+            }
+        }
+        p.ws();
+        if p.i != line.len() {
+            return Err(LineError::syntax("extra data after the JSON object", p.i));
+        }
+        // Schema checks, in field order.
+        for (f, field) in self.schema.fields.iter().enumerate() {
+            let v = slots[f];
+            let ok = match (v, field.kind) {
+                (Val::Missing | Val::Null, _) => {
+                    if field.nullable {
+                        continue;
+                    }
+                    let (code, what) = if matches!(v, Val::Missing) { ("missing_field", "missing") } else { ("null_field", "null") };
+                    let code = if f == self.time_field { "bad_event_time" } else { code };
+                    return Err(LineError {
+                        code,
+                        message: format!("required field `{}` is {what}", field.name),
+                        field: Some(f),
+                        column: None,
+                    });
+                }
+                (Val::Str { .. }, FieldKind::Str) => true,
+                (Val::Int(_), FieldKind::Int | FieldKind::Float) => true,
+                (Val::Float(_), FieldKind::Float) => true,
+                (Val::Bool(_), FieldKind::Bool) => true,
+                (Val::Obj { .. }, FieldKind::Object) => true,
+                (Val::Arr { .. }, FieldKind::Array) => true,
+                _ => false,
+            };
+            if !ok {
+                let code = if f == self.time_field { "bad_event_time" } else { "wrong_type" };
+                return Err(LineError {
+                    code,
+                    message: format!("field `{}` must be {}, found {}", field.name, field.kind.describe(), describe(v)),
+                    field: Some(f),
+                    column: None,
+                });
+            }
+        }
+        match slots[self.time_field] {
+            Val::Int(t) => Ok(t),
+            Val::Str { start, end, escaped } => {
+                let text: &[u8] = if escaped {
+                    scratch.clear();
+                    unescape(&line[start as usize..end as usize], scratch);
+                    scratch
+                } else {
+                    &line[start as usize..end as usize]
+                };
+                parse_rfc3339_ms(text).ok_or_else(|| LineError {
+                    code: "bad_event_time",
+                    message: format!(
+                        "event time `{}` is not an RFC 3339 time",
+                        String::from_utf8_lossy(text)
+                    ),
+                    field: Some(self.time_field),
+                    column: None,
+                })
+            }
+            _ => Err(LineError { code: "bad_event_time", message: "event time unreadable".into(), field: Some(self.time_field), column: None }),
+        }
+    }
+
+    fn append(&self, line: &[u8], slots: &[Val], cols: &mut [ColumnBuilder], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+        for (c, &f) in self.projected.iter().enumerate() {
+            cols[c].push(line, slots[f], scratch);
+        }
+        Ok(())
+    }
+}
+
+impl Decode for JsonDecoder {
+    fn decode(&self, chunk: &Chunk, lines: &Arc<Vec<u8>>) -> Decoded {
+        let (events, bad, records) = self.decode_lines(lines, chunk.first_offset);
+        let bad = bad
+            .into_iter()
+            .map(|(offset, raw, error)| DeadLetter {
+                partition: chunk.partition.clone(),
+                offset: Some(offset),
+                reason: Reason::Bad,
+                error,
+                raw: Some(raw),
+            })
+            .collect();
+        Decoded { events, bad, records }
+    }
+}
+
+fn describe(v: Val) -> &'static str {
+    match v {
+        Val::Missing => "nothing",
+        Val::Null => "null",
+        Val::Str { .. } => "a string",
+        Val::Int(_) => "an integer",
+        Val::Float(_) => "a non-integer number",
+        Val::Bool(_) => "a boolean",
+        Val::Obj { .. } => "an object",
+        Val::Arr { .. } => "an array",
+    }
+}
+
+enum ColumnBuilder {
+    Str { offsets: Vec<i32>, values: Vec<u8>, nulls: NullBufferBuilder },
+    Int { values: Vec<i64>, nulls: NullBufferBuilder },
+    Float { values: Vec<f64>, nulls: NullBufferBuilder },
+    Bool(BooleanBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(kind: FieldKind) -> Self {
+        match kind {
+            FieldKind::Str | FieldKind::Object | FieldKind::Array => {
+                ColumnBuilder::Str { offsets: vec![0], values: Vec::new(), nulls: NullBufferBuilder::new(0) }
+            }
+            FieldKind::Int => ColumnBuilder::Int { values: Vec::new(), nulls: NullBufferBuilder::new(0) },
+            FieldKind::Float => ColumnBuilder::Float { values: Vec::new(), nulls: NullBufferBuilder::new(0) },
+            FieldKind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+        }
+    }
+
+    /// Appends a value already checked against the field's kind.
+    fn push(&mut self, line: &[u8], v: Val, scratch: &mut Vec<u8>) {
+        match self {
+            ColumnBuilder::Str { offsets, values, nulls } => {
+                match v {
+                    Val::Str { start, end, escaped } => {
+                        let s = &line[start as usize..end as usize];
+                        if escaped {
+                            scratch.clear();
+                            unescape(s, scratch);
+                            values.extend_from_slice(scratch);
+                        } else {
+                            values.extend_from_slice(s);
+                        }
+                        nulls.append_non_null();
+                    }
+                    Val::Obj { start, end } | Val::Arr { start, end } => {
+                        values.extend_from_slice(&line[start as usize..end as usize]);
+                        nulls.append_non_null();
+                    }
+                    _ => nulls.append_null(),
+                }
+                offsets.push(values.len() as i32);
+            }
+            ColumnBuilder::Int { values, nulls } => match v {
+                Val::Int(x) => {
+                    values.push(x);
+                    nulls.append_non_null();
+                }
+                _ => {
+                    values.push(0);
+                    nulls.append_null();
+                }
+            },
+            ColumnBuilder::Float { values, nulls } => match v {
+                Val::Int(x) => {
+                    values.push(x as f64);
+                    nulls.append_non_null();
+                }
+                Val::Float(x) => {
+                    values.push(x);
+                    nulls.append_non_null();
+                }
+                _ => {
+                    values.push(0.0);
+                    nulls.append_null();
+                }
+            },
+            ColumnBuilder::Bool(b) => match v {
+                Val::Bool(x) => b.append_value(x),
+                _ => b.append_null(),
+            },
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Str { offsets, values, mut nulls } => {
+                let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+                // SAFETY: every value is a slice of a line that passed UTF-8 validation, cut at
+                // JSON string quotes (ASCII), or the output of `unescape`, which writes UTF-8.
+                Arc::new(unsafe { StringArray::new_unchecked(offsets, values.into(), nulls.finish()) })
+            }
+            ColumnBuilder::Int { values, mut nulls } => Arc::new(Int64Array::new(values.into(), nulls.finish())),
+            ColumnBuilder::Float { values, mut nulls } => Arc::new(Float64Array::new(values.into(), nulls.finish())),
+            ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+struct Parser<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+#[inline]
+fn has_string_special(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let q = w ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q & HIGH;
+    let s = w ^ (ONES * b'\\' as u64);
+    let slash = s.wrapping_sub(ONES) & !s & HIGH;
+    (control | quote | slash) != 0
+}
+
+impl Parser<'_> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// Parses a string starting at `"`; returns the content's range and whether it has escapes.
+    #[inline]
+    fn string(&mut self) -> Result<(usize, usize, bool), LineError> {
+        let start = self.i + 1;
+        let mut i = start;
+        let b = self.b;
+        let mut escaped = false;
+        loop {
+            while i + 8 <= b.len() {
+                let w = u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+                if has_string_special(w) {
+                    break;
+                }
+                i += 8;
+            }
+            let Some(&c) = b.get(i) else {
+                return Err(LineError::syntax("unterminated string", self.i));
+            };
+            match c {
+                b'"' => {
+                    self.i = i + 1;
+                    return Ok((start, i, escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    match b.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                        Some(b'u') => {
+                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) {
+                                return Err(LineError::syntax("bad \\u escape in a string", i));
+                            }
+                            i += 6;
+                        }
+                        _ => return Err(LineError::syntax("bad escape in a string", i)),
+                    }
+                }
+                c if c < 0x20 => return Err(LineError::syntax("control character in a string", i)),
+                _ => i += 1,
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), LineError> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(LineError::syntax("invalid literal", self.i))
+        }
+    }
+
+    fn number(&mut self) -> Result<Val, LineError> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let neg = b.get(i) == Some(&b'-');
+        if neg {
+            i += 1;
+            if b[i..].starts_with(b"Infinity") {
+                self.i = i + 8;
+                return Ok(Val::Float(f64::NEG_INFINITY));
+            }
+        }
+        let int_start = i;
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(b'0'..=b'9') = b.get(i) {
+                    i += 1;
+                }
+            }
+            _ => return Err(LineError::syntax("invalid number", start)),
+        }
+        let int_end = i;
+        let mut float = false;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let d = i;
+            while let Some(b'0'..=b'9') = b.get(i) {
+                i += 1;
+            }
+            if i == d {
+                return Err(LineError::syntax("invalid number", start));
+            }
+            float = true;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            let d = i;
+            while let Some(b'0'..=b'9') = b.get(i) {
+                i += 1;
+            }
+            if i == d {
+                return Err(LineError::syntax("invalid number", start));
+            }
+            float = true;
+        }
+        self.i = i;
+        if !float {
+            let mut v: i64 = 0;
+            for &c in &b[int_start..int_end] {
+                v = match v.checked_mul(10).and_then(|v| {
+                    if neg {
+                        v.checked_sub((c - b'0') as i64)
+                    } else {
+                        v.checked_add((c - b'0') as i64)
+                    }
+                }) {
+                    Some(v) => v,
+                    None => {
+                        return Err(LineError { code: "wrong_type", message: "integer out of the 64-bit range".into(), field: None, column: Some(start) });
+                    }
+                };
+            }
+            return Ok(Val::Int(v));
+        }
+        // SAFETY-free: the slice is ASCII digits, signs, dots and exponents.
+        let text = std::str::from_utf8(&b[start..i]).map_err(|_| LineError::syntax("invalid number", start))?;
+        text.parse::<f64>().map(Val::Float).map_err(|_| LineError::syntax("invalid number", start))
+    }
+
+    /// Parses a value into a slot.
+    fn value(&mut self) -> Result<Val, LineError> {
+        match self.peek() {
+            Some(b'"') => {
+                let (s, e, escaped) = self.string()?;
+                Ok(Val::Str { start: s as u32, end: e as u32, escaped })
+            }
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(b't') => self.literal(b"true").map(|_| Val::Bool(true)),
+            Some(b'f') => self.literal(b"false").map(|_| Val::Bool(false)),
+            Some(b'n') => self.literal(b"null").map(|_| Val::Null),
+            Some(b'N') => self.literal(b"NaN").map(|_| Val::Float(f64::NAN)),
+            Some(b'I') => self.literal(b"Infinity").map(|_| Val::Float(f64::INFINITY)),
+            Some(b'{') => {
+                let s = self.i;
+                self.skip_value(0)?;
+                Ok(Val::Obj { start: s as u32, end: self.i as u32 })
+            }
+            Some(b'[') => {
+                let s = self.i;
+                self.skip_value(0)?;
+                Ok(Val::Arr { start: s as u32, end: self.i as u32 })
+            }
+            None => Err(LineError::syntax("unexpected end of the record", self.i)),
+            _ => Err(LineError::syntax("expected a value", self.i)),
+        }
+    }
+
+    /// Checks and skips any value.
+    fn skip_value(&mut self, depth: usize) -> Result<(), LineError> {
+        if depth > MAX_DEPTH {
+            return Err(LineError::syntax("nested too deeply", self.i));
+        }
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    if self.peek() != Some(b'"') {
+                        return Err(LineError::syntax("expected a quoted field name", self.i));
+                    }
+                    self.string()?;
+                    self.ws();
+                    if self.peek() != Some(b':') {
+                        return Err(LineError::syntax("expected `:`", self.i));
+                    }
+                    self.i += 1;
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => {
+                            self.i += 1;
+                            self.ws();
+                        }
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(LineError::syntax("expected `,` or `}`", self.i)),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => {
+                            self.i += 1;
+                            self.ws();
+                        }
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(LineError::syntax("expected `,` or `]`", self.i)),
+                    }
+                }
+            }
+            _ => self.value().map(|_| ()),
+        }
+    }
+}
+
+/// Decodes the escapes of a checked JSON string body into UTF-8.
+fn unescape(s: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let e = s.get(i + 1).copied().unwrap_or(b'\\');
+        i += 2;
+        let ch = match e {
+            b'n' => '\n',
+            b't' => '\t',
+            b'r' => '\r',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'u' => {
+                let hex = |at: usize| -> u32 {
+                    s.get(at..at + 4)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        .unwrap_or(0xFFFD)
+                };
+                let hi = hex(i);
+                i += 4;
+                if (0xD800..0xDC00).contains(&hi) && s.get(i) == Some(&b'\\') && s.get(i + 1) == Some(&b'u') {
+                    let lo = hex(i + 2);
+                    if (0xDC00..0xE000).contains(&lo) {
+                        i += 6;
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).unwrap_or('\u{FFFD}')
+                    } else {
+                        '\u{FFFD}'
+                    }
+                } else {
+                    char::from_u32(hi).unwrap_or('\u{FFFD}')
+                }
+            }
+            other => other as char,
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+
+    fn decoder(cols: &[&str]) -> JsonDecoder {
+        let s = Arc::new(SourceSchema::builtin("data-ingestion").unwrap());
+        JsonDecoder::new(s, &cols.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "timestamp").unwrap()
+    }
+
+    const GOOD: &str = r#"{"eventId":"evt-1","timestamp":1700000000123,"source":"s3","datasetName":"d\u00e9j\u00e0 \"q\"","recordCount":5,"sizeBytes":500,"format":"csv","location":"x","status":"SUCCESS","metadata":{"owner":"t","n":[1,2,{"a":null}]},"extra":[true,false,null,-1.5e3]}"#;
+
+    fn run(lines: &[&str], cols: &[&str]) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
+        let text = lines.join("\n");
+        decoder(cols).decode_lines(&Arc::new(text.into_bytes()), 10)
+    }
+
+    #[test]
+    fn decodes_projected_columns_with_escapes() {
+        let (ev, bad, n) = run(&[GOOD, GOOD], &["datasetName", "recordCount", "metadata"]);
+        assert!(bad.is_empty(), "{:?}", bad.iter().map(|b| &b.2.message).collect::<Vec<_>>());
+        assert_eq!(n, 2);
+        let ev = ev.unwrap();
+        assert_eq!(ev.batch.num_columns(), 3);
+        assert_eq!(ev.batch.column(0).as_string::<i32>().value(0), "déjà \"q\"");
+        assert_eq!(ev.batch.column(1).as_primitive::<Int64Type>().value(1), 5);
+        assert!(ev.batch.column(2).as_string::<i32>().value(0).starts_with("{\"owner\""));
+        assert_eq!(ev.event_time, vec![1_700_000_000_123, 1_700_000_000_123]);
+        assert_eq!(ev.offsets, vec![10, 11]);
+        assert_eq!(ev.raw_row(1).unwrap(), GOOD.as_bytes());
+    }
+
+    #[test]
+    fn classifies_bad_records_like_the_oracle() {
+        let cases: Vec<(String, &str)> = vec![
+            (GOOD[..40].to_string(), "invalid_json"),
+            (GOOD.replace("1700000000123", "\"not-a-time\""), "bad_event_time"),
+            (GOOD.replace("\"timestamp\":1700000000123,", ""), "bad_event_time"),
+            (GOOD.replace("\"recordCount\":5", "\"recordCount\":{\"nested\":\"object\"}"), "wrong_type"),
+            (GOOD.replace("\"recordCount\":5", "\"recordCount\":5.0"), "wrong_type"),
+            (GOOD.replace("\"recordCount\":5", "\"recordCount\":true"), "wrong_type"),
+            (GOOD.replace("\"status\":\"SUCCESS\"", "\"status\":null"), "null_field"),
+            (GOOD.replace("\"source\":\"s3\",", ""), "missing_field"),
+            ("this is not json at all \u{0}\u{ff}".to_string(), "invalid_json"),
+            ("[1,2]".to_string(), "not_an_object"),
+            (" ".to_string(), "invalid_json"),
+            (format!("{GOOD} {{}}"), "invalid_json"),
+            (GOOD.replace("\"x\"", "\"a\tb\""), "invalid_json"),
+            (GOOD.replace("\"recordCount\":5", "\"recordCount\":05"), "invalid_json"),
+            (GOOD.replace("\"recordCount\":5", "\"recordCount\":99999999999999999999"), "wrong_type"),
+        ];
+        for (line, code) in &cases {
+            let (ev, bad, n) = run(&[line], &["datasetName"]);
+            assert!(ev.is_none(), "accepted: {line}");
+            assert_eq!(n, 1);
+            assert_eq!(bad[0].2.code, *code, "{line}: {}", bad[0].2.message);
+            assert_eq!(bad[0].0, 10);
+        }
+    }
+
+    #[test]
+    fn accepts_what_python_accepts() {
+        let ok = [
+            GOOD.replace("\"metadata\":{\"owner\":\"t\",\"n\":[1,2,{\"a\":null}]}", "\"metadata\":null"),
+            GOOD.replace(",\"metadata\":{\"owner\":\"t\",\"n\":[1,2,{\"a\":null}]}", ""),
+            format!("  {GOOD}\r"),
+            GOOD.replace("\"recordCount\":5", "\"recordCount\":5,\"recordCount\":7"),
+            GOOD.replace("\"extra\":[", "\"extra\":[NaN,-Infinity,Infinity,"),
+            GOOD.replace("\"eventId\"", "\"event\\u0049d\""),
+        ];
+        for line in &ok {
+            let (ev, bad, _) = run(&[line], &["recordCount"]);
+            assert!(bad.is_empty(), "{line}: {}", bad[0].2.message);
+            assert!(ev.is_some());
+        }
+        let (ev, _, _) = run(&[&ok[3]], &["recordCount"]);
+        assert_eq!(ev.unwrap().batch.column(0).as_primitive::<Int64Type>().value(0), 7);
+    }
+
+    #[test]
+    fn invalid_utf8_is_bad_and_others_survive() {
+        let mut text = GOOD.as_bytes().to_vec();
+        text.push(b'\n');
+        text.extend_from_slice(b"{\"eventId\":\"\xff\"}\n");
+        text.extend_from_slice(GOOD.as_bytes());
+        let (ev, bad, n) = decoder(&["datasetName"]).decode_lines(&Arc::new(text), 0);
+        assert_eq!(n, 3);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].2.code, "invalid_utf8");
+        assert_eq!(bad[0].0, 1);
+        let ev = ev.unwrap();
+        assert_eq!(ev.offsets, vec![0, 2]);
+        assert_eq!(ev.batch.column(0).null_count(), 0);
+    }
+
+    #[test]
+    fn empty_lines_are_bad_records() {
+        let (ev, bad, n) = run(&[GOOD, "", GOOD], &["datasetName"]);
+        assert_eq!((n, bad.len(), ev.unwrap().batch.num_rows()), (3, 1, 2));
+        assert_eq!(bad[0].0, 11);
+    }
+
+    #[test]
+    fn rfc3339_event_time() {
+        let schema = Arc::new(SourceSchema::from_avsc(r#"{"type":"record","name":"r","fields":[{"name":"t","type":"string"},{"name":"k","type":["null","string"]}]}"#).unwrap());
+        let d = JsonDecoder::new(schema, &["k".to_string()], "t").unwrap();
+        let text = "{\"t\":\"2023-11-14T22:13:20.5Z\"}\n{\"t\":\"yesterday\",\"k\":\"a\"}";
+        let (ev, bad, _) = d.decode_lines(&Arc::new(text.as_bytes().to_vec()), 0);
+        assert_eq!(ev.unwrap().event_time, vec![1_700_000_000_500]);
+        assert_eq!(bad[0].2.code, "bad_event_time");
+    }
+
+    #[test]
+    fn swar_detects_specials() {
+        assert!(!has_string_special(u64::from_le_bytes(*b"abcdefgh")));
+        assert!(has_string_special(u64::from_le_bytes(*b"abc\"efgh")));
+        assert!(has_string_special(u64::from_le_bytes(*b"abcdef\\h")));
+        assert!(has_string_special(u64::from_le_bytes(*b"a\x1fcdefgh")));
+        assert!(!has_string_special(u64::from_le_bytes([0xc3, 0xa9, b'x', 0xe6, 0x97, 0xa5, b' ', b'~'])));
+    }
+}

@@ -1,0 +1,192 @@
+//! Source schemas: the built-in event schemas and Avro `.avsc` record schemas.
+
+use arrow::datatypes::DataType;
+use serde_json::Value;
+
+/// The JSON type a field must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// A JSON string.
+    Str,
+    /// A JSON integer (no fraction or exponent).
+    Int,
+    /// A JSON number.
+    Float,
+    /// `true` or `false`.
+    Bool,
+    /// A JSON object (kept as its JSON text when read).
+    Object,
+    /// A JSON array (kept as its JSON text when read).
+    Array,
+}
+
+impl FieldKind {
+    /// The Arrow type a decoded column of this kind has.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            FieldKind::Str | FieldKind::Object | FieldKind::Array => DataType::Utf8,
+            FieldKind::Int => DataType::Int64,
+            FieldKind::Float => DataType::Float64,
+            FieldKind::Bool => DataType::Boolean,
+        }
+    }
+
+    /// A name for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FieldKind::Str => "a string",
+            FieldKind::Int => "an integer",
+            FieldKind::Float => "a number",
+            FieldKind::Bool => "a boolean",
+            FieldKind::Object => "an object",
+            FieldKind::Array => "an array",
+        }
+    }
+}
+
+/// One field of a source schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaField {
+    pub name: String,
+    pub kind: FieldKind,
+    /// Whether the field may be missing or null.
+    pub nullable: bool,
+}
+
+/// The fields every record of a source must have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSchema {
+    pub name: String,
+    pub fields: Vec<SchemaField>,
+}
+
+/// The names of the built-in schemas.
+pub const BUILTIN_SCHEMAS: [&str; 2] = ["data-ingestion", "service-health"];
+
+const DATA_INGESTION_AVSC: &str = r#"{"type":"record","name":"DataIngestionEvent","fields":[
+ {"name":"eventId","type":"string"},{"name":"timestamp","type":"long"},
+ {"name":"source","type":"string"},{"name":"datasetName","type":"string"},
+ {"name":"recordCount","type":"long"},{"name":"sizeBytes","type":"long"},
+ {"name":"format","type":"string"},{"name":"location","type":"string"},
+ {"name":"status","type":{"type":"enum","name":"Status","symbols":["SUCCESS","FAILURE","PARTIAL"]}},
+ {"name":"metadata","type":["null",{"type":"map","values":"string"}]}]}"#;
+
+const SERVICE_HEALTH_AVSC: &str = r#"{"type":"record","name":"ServiceHealthEvent","fields":[
+ {"name":"eventId","type":"string"},{"name":"timestamp","type":"long"},
+ {"name":"serviceName","type":"string"},{"name":"namespace","type":"string"},
+ {"name":"healthStatus","type":{"type":"enum","name":"HealthStatus","symbols":["HEALTHY","DEGRADED","UNHEALTHY","UNKNOWN"]}},
+ {"name":"latencyMs","type":"long"},{"name":"errorRate","type":"double"},
+ {"name":"message","type":["null","string"]}]}"#;
+
+impl SourceSchema {
+    /// A built-in schema by name (`data-ingestion`, `service-health`). In JSON, `metadata` of
+    /// data-ingestion events may be null or absent, as the platform's producers send it.
+    pub fn builtin(name: &str) -> Option<SourceSchema> {
+        let text = match name {
+            "data-ingestion" => DATA_INGESTION_AVSC,
+            "service-health" => SERVICE_HEALTH_AVSC,
+            _ => return None,
+        };
+        let mut s = SourceSchema::from_avsc(text).ok()?;
+        s.name = name.to_string();
+        Some(s)
+    }
+
+    /// Reads an Avro record schema (`.avsc` JSON text).
+    pub fn from_avsc(text: &str) -> Result<SourceSchema, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        if v.get("type").and_then(Value::as_str) != Some("record") {
+            return Err("the schema must be an Avro record (\"type\": \"record\")".into());
+        }
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("record").to_string();
+        let fields = v
+            .get("fields")
+            .and_then(Value::as_array)
+            .ok_or("the record has no \"fields\" array")?;
+        let mut out = Vec::new();
+        for f in fields {
+            let fname = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or("a field has no \"name\"")?
+                .to_string();
+            let ty = f.get("type").ok_or_else(|| format!("field `{fname}` has no \"type\""))?;
+            let (kind, nullable) =
+                avro_kind(ty).map_err(|e| format!("field `{fname}`: {e}"))?;
+            let nullable = nullable || f.get("default").is_some_and(Value::is_null);
+            out.push(SchemaField { name: fname, kind, nullable });
+        }
+        Ok(SourceSchema { name, fields: out })
+    }
+
+    /// The index of a field by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == name)
+    }
+
+    /// The field names, for messages.
+    pub fn field_names(&self) -> Vec<&str> {
+        self.fields.iter().map(|f| f.name.as_str()).collect()
+    }
+}
+
+fn avro_kind(ty: &Value) -> Result<(FieldKind, bool), String> {
+    match ty {
+        Value::String(s) => primitive(s).map(|k| (k, false)),
+        Value::Array(branches) => {
+            let non_null: Vec<&Value> = branches.iter().filter(|b| b.as_str() != Some("null")).collect();
+            if non_null.len() != 1 {
+                return Err("only unions of null and one type are supported".into());
+            }
+            let (k, _) = avro_kind(non_null[0])?;
+            Ok((k, branches.len() > 1))
+        }
+        Value::Object(o) => {
+            let t = o.get("type").and_then(Value::as_str).ok_or("a complex type needs \"type\"")?;
+            let k = match t {
+                "enum" | "fixed" => FieldKind::Str,
+                "map" | "record" => FieldKind::Object,
+                "array" => FieldKind::Array,
+                other => primitive(other)?,
+            };
+            Ok((k, false))
+        }
+        _ => Err("unsupported type".into()),
+    }
+}
+
+fn primitive(s: &str) -> Result<FieldKind, String> {
+    Ok(match s {
+        "string" | "bytes" => FieldKind::Str,
+        "int" | "long" => FieldKind::Int,
+        "float" | "double" => FieldKind::Float,
+        "boolean" => FieldKind::Bool,
+        other => return Err(format!("unsupported Avro type `{other}`")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_follow_the_shared_schemas() {
+        let s = SourceSchema::builtin("data-ingestion").unwrap();
+        assert_eq!(s.fields.len(), 10);
+        assert_eq!(s.fields[1], SchemaField { name: "timestamp".into(), kind: FieldKind::Int, nullable: false });
+        assert_eq!(s.fields[8].kind, FieldKind::Str);
+        assert!(s.fields[9].nullable);
+        let h = SourceSchema::builtin("service-health").unwrap();
+        assert_eq!(h.fields[6].kind, FieldKind::Float);
+        assert!(h.fields[7].nullable);
+        assert!(SourceSchema::builtin("nope").is_none());
+    }
+
+    #[test]
+    fn avsc_errors_are_explained() {
+        assert!(SourceSchema::from_avsc("{").unwrap_err().contains("JSON"));
+        assert!(SourceSchema::from_avsc(r#"{"type":"enum"}"#).unwrap_err().contains("record"));
+        let e = SourceSchema::from_avsc(r#"{"type":"record","fields":[{"name":"a","type":"decimal"}]}"#);
+        assert!(e.unwrap_err().contains("field `a`"));
+    }
+}
