@@ -23,7 +23,7 @@ use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, PartitionInfo};
 use crate::events::{Chunk, ChunkData, Decoded, EventBatch};
 use crate::stats::RunStats;
 use crate::time::now_ms;
@@ -55,6 +55,7 @@ pub trait WorkerOperator: Send {
     /// row `i` arrived; late rows are pushed to `dead`. Returns how many rows were late.
     fn process(
         &mut self,
+        partition: &Arc<PartitionInfo>,
         events: &EventBatch,
         row_watermarks: &[i64],
         dead: &mut Vec<DeadLetter>,
@@ -422,7 +423,7 @@ fn process_chunk(
         if ctx.op_sources[*oi] != chunk.source {
             continue;
         }
-        let late = op.process(&events, row_wm, &mut dead)?;
+        let late = op.process(&chunk.partition, &events, row_wm, &mut dead)?;
         RunStats::add(&ctx.stats.late[*oi].value, late);
     }
     if !dead.is_empty() {

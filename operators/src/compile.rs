@@ -1,0 +1,188 @@
+//! SQL text to DataFusion physical expressions: `where` predicates and aggregate calls.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::common::DFSchema;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::prelude::SessionConfig;
+use datafusion::logical_expr::{Expr, GroupsAccumulator};
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
+
+/// An aggregate call ready to run: the function, what to feed it, and its FILTER.
+#[derive(Debug, Clone)]
+pub struct CompiledAggregate {
+    /// The output column name.
+    pub name: String,
+    pub function: Arc<AggregateFunctionExpr>,
+    /// Arguments, then ORDER BY expressions (what `update_batch` takes).
+    pub inputs: Vec<Arc<dyn PhysicalExpr>>,
+    /// `FILTER (WHERE ...)`.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl CompiledAggregate {
+    /// A fresh accumulator (vectorised when the function has one).
+    pub fn accumulator(&self) -> datafusion::error::Result<Box<dyn GroupsAccumulator>> {
+        if self.function.groups_accumulator_supported() {
+            self.function.create_groups_accumulator()
+        } else {
+            let f = self.function.clone();
+            Ok(Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator())))
+        }
+    }
+
+    /// The result column's field, named after the output.
+    pub fn output_field(&self) -> FieldRef {
+        let f = self.function.field();
+        Arc::new(f.as_ref().clone().with_name(&self.name).with_nullable(true))
+    }
+
+    /// How many state columns the accumulator hands over for merging.
+    pub fn state_len(&self) -> datafusion::error::Result<usize> {
+        Ok(self.function.state_fields()?.len())
+    }
+}
+
+/// Compiles SQL expressions against the schema of decoded events.
+pub struct SqlCompiler {
+    state: SessionState,
+}
+
+impl Default for SqlCompiler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SqlCompiler {
+    /// A compiler with DataFusion's built-in functions.
+    pub fn new() -> Self {
+        // Field names are camelCase (datasetName): keep identifiers as written.
+        let mut config = SessionConfig::new();
+        config.options_mut().sql_parser.enable_ident_normalization = false;
+        SqlCompiler { state: SessionStateBuilder::new().with_config(config).with_default_features().build() }
+    }
+
+    fn logical(&self, sql: &str, schema: &Schema) -> Result<(Expr, DFSchema), String> {
+        let df_schema = DFSchema::try_from(schema.clone()).map_err(|e| e.to_string())?;
+        let expr = self.state.create_logical_expr(sql, &df_schema).map_err(clean)?;
+        Ok((expr, df_schema))
+    }
+
+    /// A boolean predicate such as `status <> 'PARTIAL'`.
+    pub fn predicate(&self, sql: &str, schema: &SchemaRef) -> Result<Arc<dyn PhysicalExpr>, String> {
+        let (expr, df_schema) = self.logical(sql, schema)?;
+        if contains_aggregate(&expr) {
+            return Err("a filter cannot use an aggregate function".into());
+        }
+        let phys = self.state.create_physical_expr(expr, &df_schema).map_err(clean)?;
+        let ty = phys.data_type(schema).map_err(clean)?;
+        if ty != DataType::Boolean && ty != DataType::Null {
+            return Err(format!("the filter must be a boolean condition, but it gives {ty}"));
+        }
+        Ok(phys)
+    }
+
+    /// An aggregate call such as `count(*) FILTER (WHERE status = 'FAILURE')`.
+    pub fn aggregate(&self, name: &str, sql: &str, schema: &SchemaRef) -> Result<CompiledAggregate, String> {
+        let (expr, df_schema) = self.logical(sql, schema)?;
+        let expr = expr.unalias_nested().data;
+        if !matches!(expr, Expr::AggregateFunction(_)) {
+            return Err(format!(
+                "`{sql}` is not an aggregate call; use an aggregate function such as count(*), sum(x), min(x), max(x), avg(x), count(DISTINCT x), approx_distinct(x), approx_percentile_cont(x, 0.99)"
+            ));
+        }
+        let mut rewriter = TypeCoercionRewriter::new(&df_schema);
+        let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
+        let (function, filter, _) =
+            create_aggregate_expr_and_maybe_filter(&expr, &df_schema, schema, self.state.execution_props())
+                .map_err(clean)?;
+        let mut inputs = function.expressions();
+        inputs.extend(function.order_bys().iter().map(|s| s.expr.clone()));
+        let compiled = CompiledAggregate { name: name.to_string(), function, inputs, filter };
+        compiled.accumulator().map_err(clean)?;
+        Ok(compiled)
+    }
+}
+
+fn contains_aggregate(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = expr.apply(|e| {
+        if matches!(e, Expr::AggregateFunction(_)) {
+            found = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// DataFusion's message without its error-kind prefixes and backtrace.
+fn clean(e: impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    let mut s = s.as_str();
+    for prefix in ["Error during planning: ", "Schema error: ", "SQL error: ", "Execution error: ", "This feature is not implemented: ", "Internal error: "] {
+        s = s.trim_start_matches(prefix);
+    }
+    s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Field;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("datasetName", DataType::Utf8, true),
+            Field::new("recordCount", DataType::Int64, true),
+            Field::new("status", DataType::Utf8, true),
+            Field::new("latencyMs", DataType::Int64, true),
+        ]))
+    }
+
+    #[test]
+    fn compiles_the_spec_aggregates() {
+        let c = SqlCompiler::new();
+        let s = schema();
+        for sql in [
+            "count(*)",
+            "count(recordCount)",
+            "sum(recordCount)",
+            "min(recordCount)",
+            "max(recordCount)",
+            "avg(recordCount)",
+            "count(*) FILTER (WHERE status = 'FAILURE')",
+            "count(DISTINCT status)",
+            "approx_distinct(datasetName)",
+            "approx_percentile_cont(latencyMs, 0.99)",
+            "last_value(status ORDER BY latencyMs)",
+        ] {
+            let a = c.aggregate("x", sql, &s).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(a.output_field().name(), "x");
+        }
+        let f = c.aggregate("f", "count(*) FILTER (WHERE status = 'FAILURE')", &s).unwrap();
+        assert!(f.filter.is_some());
+    }
+
+    #[test]
+    fn explains_bad_sql() {
+        let c = SqlCompiler::new();
+        let s = schema();
+        let e = c.aggregate("x", "sum(nope)", &s).unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+        let e = c.aggregate("x", "medianish(recordCount)", &s).unwrap_err();
+        assert!(e.contains("medianish"), "{e}");
+        let e = c.aggregate("x", "recordCount + 1", &s).unwrap_err();
+        assert!(e.contains("not an aggregate"), "{e}");
+        let e = c.predicate("status = ", &s).unwrap_err();
+        assert!(!e.is_empty());
+        let e = c.predicate("recordCount + 1", &s).unwrap_err();
+        assert!(e.contains("boolean"), "{e}");
+        assert!(c.predicate("status <> 'PARTIAL' AND recordCount > 10.5", &s).is_ok());
+    }
+}

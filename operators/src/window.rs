@@ -1,0 +1,369 @@
+//! The keyed tumbling-window aggregate.
+//!
+//! Every worker keeps, per open window, one DataFusion `GroupValues` table (key → group id)
+//! and one `GroupsAccumulator` per aggregate, so state is one accumulator row per (key,
+//! window), never raw events. When a window can no longer receive on-time rows, each worker
+//! hands over its accumulators' partial state; the [`WindowMerger`] merges the partials of
+//! every worker and emits the final rows, sorted by key, once all workers have handed the
+//! window over.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn, SortOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::job::{MergeOperator, PartialWindow, WorkerOperator};
+use weir_engine::time::{now_ms, window_start};
+use weir_engine::{DeadLetter, EngineError, ErrorInfo, EventBatch, Reason};
+
+use crate::compile::CompiledAggregate;
+
+/// Which clock windows follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeMode {
+    /// The events' own time, with watermarks.
+    Event,
+    /// The clock when the worker handles the event.
+    Processing,
+}
+
+/// A windowed aggregation, shared by its workers and its merger.
+#[derive(Debug)]
+pub struct WindowConfig {
+    pub name: String,
+    /// Schema of the decoded events it reads.
+    pub input_schema: SchemaRef,
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// Key column names (in the input schema).
+    pub keys: Vec<String>,
+    pub size_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub time: TimeMode,
+    pub aggregates: Vec<CompiledAggregate>,
+}
+
+impl WindowConfig {
+    fn key_schema(&self) -> Result<SchemaRef, EngineError> {
+        let fields: Result<Vec<Field>, EngineError> = self
+            .keys
+            .iter()
+            .map(|k| {
+                self.input_schema
+                    .field_with_name(k)
+                    .map(|f| f.clone().with_nullable(true))
+                    .map_err(|e| EngineError::operator(&self.name, e))
+            })
+            .collect();
+        Ok(Arc::new(Schema::new(fields?)))
+    }
+
+    /// The schema of result rows: keys, `window_start`, `window_end`, aggregates.
+    pub fn output_schema(&self) -> Result<SchemaRef, EngineError> {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        let mut fields: Vec<Field> = self.key_schema()?.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("window_start", ts.clone(), false));
+        fields.push(Field::new("window_end", ts, false));
+        fields.extend(self.aggregates.iter().map(|a| a.output_field().as_ref().clone()));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Whether a window starting at `start` is closed at `watermark`.
+    #[inline]
+    fn closed(&self, start: i64, watermark: i64) -> bool {
+        start.saturating_add(self.size_ms).saturating_add(self.allowed_lateness_ms) <= watermark
+    }
+
+    /// The largest window start closed at `watermark`.
+    fn last_closed_start(&self, watermark: i64) -> i64 {
+        watermark.saturating_sub(self.size_ms).saturating_sub(self.allowed_lateness_ms)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::operator(&self.name, e)
+    }
+}
+
+/// The accumulators of one window: a key table and one accumulator per aggregate.
+struct Groups {
+    values: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+impl Groups {
+    fn new(config: &WindowConfig, key_schema: &SchemaRef) -> Result<Self, EngineError> {
+        let values = new_group_values(key_schema.clone(), &GroupOrdering::None).map_err(|e| config.err(e))?;
+        let accumulators = config
+            .aggregates
+            .iter()
+            .map(|a| a.accumulator().map_err(|e| config.err(e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Groups { values, accumulators })
+    }
+}
+
+/// The per-worker part of a window: filters, checks lateness and aggregates partially.
+pub struct WindowWorker {
+    config: Arc<WindowConfig>,
+    key_schema: SchemaRef,
+    windows: BTreeMap<i64, Groups>,
+    /// Windows up to this watermark were handed over: rows for them are late.
+    flushed: i64,
+    group_ids: Vec<usize>,
+    buckets: Vec<(i64, Vec<u32>)>,
+}
+
+impl WindowWorker {
+    /// A worker instance of `config`.
+    pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
+        Ok(WindowWorker {
+            key_schema: config.key_schema()?,
+            config,
+            windows: BTreeMap::new(),
+            flushed: i64::MIN,
+            group_ids: Vec::new(),
+            buckets: Vec::new(),
+        })
+    }
+
+    fn aggregate(&mut self, start: i64, batch: &RecordBatch) -> Result<(), EngineError> {
+        let config = self.config.clone();
+        let err = |e: datafusion::error::DataFusionError| config.err(e);
+        let keys: Vec<ArrayRef> = config
+            .keys
+            .iter()
+            .map(|k| batch.column_by_name(k).cloned().ok_or_else(|| config.err(format!("no column {k}"))))
+            .collect::<Result<_, _>>()?;
+        let groups = match self.windows.entry(start) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(&config, &self.key_schema)?),
+        };
+        groups.values.intern(&keys, &mut self.group_ids).map_err(err)?;
+        let total = groups.values.len();
+        let n = batch.num_rows();
+        for (agg, acc) in config.aggregates.iter().zip(groups.accumulators.iter_mut()) {
+            let inputs: Vec<ArrayRef> = agg
+                .inputs
+                .iter()
+                .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            let filter = match &agg.filter {
+                Some(f) => Some(f.evaluate(batch).and_then(|v| v.into_array(n)).map_err(err)?),
+                None => None,
+            };
+            let filter = filter.as_ref().map(|f| f.as_boolean());
+            acc.update_batch(&inputs, &self.group_ids, filter, total).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+impl WorkerOperator for WindowWorker {
+    fn process(
+        &mut self,
+        partition: &Arc<PartitionInfo>,
+        events: &EventBatch,
+        row_watermarks: &[i64],
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<u64, EngineError> {
+        let config = self.config.clone();
+        let batch = &events.batch;
+        let n = batch.num_rows();
+        let pass = match &config.predicate {
+            Some(p) => Some(p.evaluate(batch).and_then(|v| v.into_array(n)).map_err(|e| config.err(e))?),
+            None => None,
+        };
+        let pass = pass.as_ref().map(|a| a.as_boolean());
+        let now = if config.time == TimeMode::Processing { now_ms() } else { 0 };
+        for (_, idx) in self.buckets.iter_mut() {
+            idx.clear();
+        }
+        let mut late = 0u64;
+        let mut last = usize::MAX;
+        for i in 0..n {
+            if let Some(p) = pass {
+                if !p.is_valid(i) || !p.value(i) {
+                    continue;
+                }
+            }
+            let t = match config.time {
+                TimeMode::Event => events.event_time[i],
+                TimeMode::Processing => now,
+            };
+            let start = window_start(t, config.size_ms);
+            if config.time == TimeMode::Event {
+                let wm = row_watermarks[i].max(self.flushed);
+                if config.closed(start, wm) {
+                    late += 1;
+                    dead.push(DeadLetter {
+                        partition: partition.clone(),
+                        offset: events.offsets.get(i).copied(),
+                        reason: Reason::Late,
+                        error: ErrorInfo::new(
+                            "late_event",
+                            format!("the event's window closed before it arrived ({})", config.name),
+                        )
+                        .with("window", config.name.as_str())
+                        .with("event_time", t)
+                        .with("window_start", start)
+                        .with("window_end", start.saturating_add(config.size_ms))
+                        .with("allowed_lateness_ms", config.allowed_lateness_ms)
+                        .with("watermark", wm),
+                        raw: events.raw_row(i),
+                    });
+                    continue;
+                }
+            }
+            if last >= self.buckets.len() || self.buckets[last].0 != start {
+                last = match self.buckets.iter().position(|(s, _)| *s == start) {
+                    Some(p) => p,
+                    None => {
+                        self.buckets.push((start, Vec::new()));
+                        self.buckets.len() - 1
+                    }
+                };
+            }
+            self.buckets[last].1.push(i as u32);
+        }
+        let mut buckets = std::mem::take(&mut self.buckets);
+        for (start, idx) in buckets.iter() {
+            if idx.is_empty() {
+                continue;
+            }
+            if idx.len() == n {
+                self.aggregate(*start, batch)?;
+            } else {
+                let indices = UInt32Array::from(idx.clone());
+                let subset = take_record_batch(batch, &indices).map_err(|e| config.err(e))?;
+                self.aggregate(*start, &subset)?;
+            }
+        }
+        buckets.retain(|(_, idx)| !idx.is_empty());
+        self.buckets = buckets;
+        Ok(late)
+    }
+
+    fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError> {
+        self.flushed = self.flushed.max(watermark);
+        let config = self.config.clone();
+        let last = config.last_closed_start(watermark);
+        let open = if last == i64::MAX { BTreeMap::new() } else { self.windows.split_off(&(last + 1)) };
+        let closed = std::mem::replace(&mut self.windows, open);
+        let mut out = Vec::with_capacity(closed.len());
+        for (start, mut g) in closed {
+            let keys = g.values.emit(EmitTo::All).map_err(|e| config.err(e))?;
+            let mut states = Vec::new();
+            for acc in g.accumulators.iter_mut() {
+                states.extend(acc.state(EmitTo::All).map_err(|e| config.err(e))?);
+            }
+            out.push(PartialWindow { window_start: start, keys, states });
+        }
+        Ok(out)
+    }
+
+    fn processing_time(&self) -> bool {
+        self.config.time == TimeMode::Processing
+    }
+}
+
+/// Merges the workers' partial windows and emits final rows.
+pub struct WindowMerger {
+    config: Arc<WindowConfig>,
+    key_schema: SchemaRef,
+    output: SchemaRef,
+    state_lens: Vec<usize>,
+    windows: BTreeMap<i64, Groups>,
+    group_ids: Vec<usize>,
+}
+
+impl WindowMerger {
+    /// The merger of `config`.
+    pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
+        let state_lens = config
+            .aggregates
+            .iter()
+            .map(|a| a.state_len().map_err(|e| config.err(e)))
+            .collect::<Result<_, _>>()?;
+        Ok(WindowMerger {
+            key_schema: config.key_schema()?,
+            output: config.output_schema()?,
+            config,
+            state_lens,
+            windows: BTreeMap::new(),
+            group_ids: Vec::new(),
+        })
+    }
+
+    fn finish_window(&self, start: i64, mut g: Groups) -> Result<RecordBatch, EngineError> {
+        let config = &self.config;
+        let keys = g.values.emit(EmitTo::All).map_err(|e| config.err(e))?;
+        let rows = keys.first().map_or(0, |k| k.len());
+        let mut columns = keys;
+        let tz: Arc<str> = "UTC".into();
+        columns.push(Arc::new(TimestampMillisecondArray::from(vec![start; rows]).with_timezone(tz.clone())));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(vec![start.saturating_add(config.size_ms); rows]).with_timezone(tz),
+        ));
+        for (acc, agg) in g.accumulators.iter_mut().zip(&config.aggregates) {
+            let v = acc.evaluate(EmitTo::All).map_err(|e| config.err(e))?;
+            let want = agg.output_field();
+            let v = if v.data_type() != want.data_type() {
+                arrow::compute::cast(&v, want.data_type()).map_err(|e| config.err(e))?
+            } else {
+                v
+            };
+            columns.push(v);
+        }
+        let batch = RecordBatch::try_new(self.output.clone(), columns).map_err(|e| config.err(e))?;
+        // Deterministic output: rows sorted by key.
+        let sort: Vec<SortColumn> = (0..config.keys.len())
+            .map(|i| SortColumn {
+                values: batch.column(i).clone(),
+                options: Some(SortOptions { descending: false, nulls_first: true }),
+            })
+            .collect();
+        if sort.is_empty() || rows < 2 {
+            return Ok(batch);
+        }
+        let order = lexsort_to_indices(&sort, None).map_err(|e| config.err(e))?;
+        take_record_batch(&batch, &order).map_err(|e| config.err(e))
+    }
+
+    /// The schema of the rows it emits.
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+}
+
+impl MergeOperator for WindowMerger {
+    fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError> {
+        let config = self.config.clone();
+        let groups = match self.windows.entry(partial.window_start) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(&config, &self.key_schema)?),
+        };
+        groups.values.intern(&partial.keys, &mut self.group_ids).map_err(|e| config.err(e))?;
+        let total = groups.values.len();
+        let mut at = 0;
+        for (acc, &len) in groups.accumulators.iter_mut().zip(&self.state_lens) {
+            acc.merge_batch(&partial.states[at..at + len], &self.group_ids, None, total)
+                .map_err(|e| config.err(e))?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
+        let last = self.config.last_closed_start(watermark);
+        let open = if last == i64::MAX { BTreeMap::new() } else { self.windows.split_off(&(last + 1)) };
+        let closed = std::mem::replace(&mut self.windows, open);
+        closed.into_iter().map(|(start, g)| self.finish_window(start, g)).collect()
+    }
+}

@@ -1,0 +1,354 @@
+//! File sinks.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use weir_engine::job::{DeadLetterSink, Sink};
+use weir_engine::time::write_rfc3339_ms;
+use weir_engine::{DeadLetter, EngineError};
+
+/// The format of a file sink, from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Ndjson,
+    Csv,
+    Parquet,
+}
+
+impl FileFormat {
+    /// The format named by a path's extension (`.ndjson`/`.jsonl`/`.json`, `.csv`, `.parquet`).
+    pub fn from_path(path: &Path) -> Option<FileFormat> {
+        match path.extension()?.to_str()? {
+            "ndjson" | "jsonl" | "json" => Some(FileFormat::Ndjson),
+            "csv" => Some(FileFormat::Csv),
+            "parquet" => Some(FileFormat::Parquet),
+            _ => None,
+        }
+    }
+}
+
+enum Writer {
+    Ndjson { out: BufWriter<File>, names: Vec<Vec<u8>>, line: Vec<u8> },
+    Csv(arrow::csv::Writer<BufWriter<File>>),
+    Parquet(ArrowWriter<File>),
+}
+
+/// Result rows to one file.
+pub struct FileSink {
+    name: String,
+    path: PathBuf,
+    temp: PathBuf,
+    writer: Option<Writer>,
+}
+
+fn in_progress(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".inprogress");
+    PathBuf::from(p)
+}
+
+fn create(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    File::create(path)
+}
+
+impl FileSink {
+    /// A sink named `name` writing rows of `schema` to `path` in `format`.
+    pub fn create(name: &str, path: &Path, format: FileFormat, schema: SchemaRef) -> Result<Self, EngineError> {
+        let temp = in_progress(path);
+        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, format!("{}: {e}", path.display()));
+        let file = create(&temp).map_err(|e| err(&e))?;
+        let writer = match format {
+            FileFormat::Ndjson => Writer::Ndjson {
+                out: BufWriter::with_capacity(1 << 20, file),
+                names: schema
+                    .fields()
+                    .iter()
+                    .map(|f| serde_json::to_vec(f.name()).unwrap_or_default())
+                    .collect(),
+                line: Vec::new(),
+            },
+            FileFormat::Csv => Writer::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
+                    .build(BufWriter::new(file)),
+            ),
+            FileFormat::Parquet => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| err(&e))?))
+                    .build();
+                Writer::Parquet(ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?)
+            }
+        };
+        Ok(FileSink { name: name.to_string(), path: path.to_path_buf(), temp, writer: Some(writer) })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::sink(&self.name, format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let result = match self.writer.as_mut() {
+            Some(Writer::Ndjson { out, names, line }) => write_ndjson(batch, names, line, out).map_err(|e| e.to_string()),
+            Some(Writer::Csv(w)) => utc_as_naive(batch).and_then(|b| w.write(&b)).map_err(|e| e.to_string()),
+            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| e.to_string()),
+            None => Err("the file is already closed".into()),
+        };
+        result.map_err(|e| self.err(e))
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        let result = match self.writer.take() {
+            Some(Writer::Ndjson { mut out, .. }) => out.flush().and_then(|_| out.get_ref().sync_all()).map_err(|e| e.to_string()),
+            Some(Writer::Csv(w)) => {
+                let mut inner = w.into_inner();
+                inner.flush().and_then(|_| inner.get_ref().sync_all()).map_err(|e| e.to_string())
+            }
+            Some(Writer::Parquet(w)) => w.close().map(|_| ()).map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        result.map_err(|e| self.err(e))?;
+        std::fs::rename(&self.temp, &self.path).map_err(|e| self.err(e))
+    }
+}
+
+/// The batch with UTC timestamps as naive ones, so CSV prints them with a `Z` format
+/// without a time-zone database.
+fn utc_as_naive(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let DataType::Timestamp(unit, Some(_)) = f.data_type() {
+            let t = DataType::Timestamp(*unit, None);
+            cols.push(arrow::compute::cast(c, &t)?);
+            fields.push(f.as_ref().clone().with_data_type(t));
+        } else {
+            cols.push(c.clone());
+            fields.push(f.as_ref().clone());
+        }
+    }
+    RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), cols)
+}
+
+/// Writes a JSON string literal.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_float(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let _ = write!(out, "{v:?}");
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Rows as JSON objects, one a line: timestamps as RFC 3339 strings, numbers as numbers.
+fn write_ndjson(batch: &RecordBatch, names: &[Vec<u8>], line: &mut Vec<u8>, out: &mut impl Write) -> std::io::Result<()> {
+    let opts = FormatOptions::default();
+    let formatters: Vec<Option<ArrayFormatter>> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean | DataType::Timestamp(TimeUnit::Millisecond, _) => None,
+            t if t.is_numeric() => None,
+            _ => ArrayFormatter::try_new(c.as_ref(), &opts).ok(),
+        })
+        .collect();
+    for row in 0..batch.num_rows() {
+        line.clear();
+        line.push(b'{');
+        for (c, col) in batch.columns().iter().enumerate() {
+            if c > 0 {
+                line.push(b',');
+            }
+            line.extend_from_slice(&names[c]);
+            line.push(b':');
+            if col.is_null(row) {
+                line.extend_from_slice(b"null");
+                continue;
+            }
+            macro_rules! int {
+                ($t:ty) => {{
+                    let _ = write!(line, "{}", col.as_primitive::<$t>().value(row));
+                }};
+            }
+            match col.data_type() {
+                DataType::Utf8 => json_string(line, col.as_string::<i32>().value(row)),
+                DataType::LargeUtf8 => json_string(line, col.as_string::<i64>().value(row)),
+                DataType::Utf8View => json_string(line, col.as_string_view().value(row)),
+                DataType::Boolean => line.extend_from_slice(if col.as_boolean().value(row) { b"true" } else { b"false" }),
+                DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                    line.push(b'"');
+                    write_rfc3339_ms(line, col.as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(row));
+                    line.push(b'"');
+                }
+                DataType::Int8 => int!(Int8Type),
+                DataType::Int16 => int!(Int16Type),
+                DataType::Int32 => int!(Int32Type),
+                DataType::Int64 => int!(Int64Type),
+                DataType::UInt8 => int!(UInt8Type),
+                DataType::UInt16 => int!(UInt16Type),
+                DataType::UInt32 => int!(UInt32Type),
+                DataType::UInt64 => int!(UInt64Type),
+                DataType::Float32 => write_float(line, col.as_primitive::<Float32Type>().value(row) as f64),
+                DataType::Float64 => write_float(line, col.as_primitive::<Float64Type>().value(row)),
+                _ => match &formatters[c] {
+                    Some(f) => json_string(line, &f.value(row).to_string()),
+                    None => line.extend_from_slice(b"null"),
+                },
+            }
+        }
+        line.extend_from_slice(b"}\n");
+        out.write_all(line)?;
+    }
+    Ok(())
+}
+
+/// Dead letters to an NDJSON file.
+pub struct DeadLetterFile {
+    path: PathBuf,
+    temp: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl DeadLetterFile {
+    /// Dead letters written to `path`.
+    pub fn create(path: &Path) -> Result<Self, EngineError> {
+        let temp = in_progress(path);
+        let file = create(&temp).map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))?;
+        Ok(DeadLetterFile { path: path.to_path_buf(), temp, out: Some(BufWriter::new(file)) })
+    }
+}
+
+impl DeadLetterSink for DeadLetterFile {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        let out = self.out.as_mut().ok_or_else(|| EngineError::DeadLetter("already closed".into()))?;
+        for r in records {
+            serde_json::to_writer(&mut *out, &r.to_json())
+                .and_then(|_| out.write_all(b"\n").map_err(serde_json::Error::io))
+                .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", self.path.display())))?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        if let Some(mut out) = self.out.take() {
+            out.flush()
+                .and_then(|_| out.get_ref().sync_all())
+                .and_then(|_| std::fs::rename(&self.temp, &self.path))
+                .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", self.path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    fn batch() -> RecordBatch {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("window_start", ts.clone(), false),
+            Field::new("n", DataType::Int64, true),
+            Field::new("avg", DataType::Float64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("a\"\\b"), None])),
+                Arc::new(TimestampMillisecondArray::from(vec![1_700_000_040_000, 0]).with_timezone("UTC")),
+                Arc::new(Int64Array::from(vec![Some(3), None])),
+                Arc::new(Float64Array::from(vec![1.5, f64::NAN])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ndjson_rows_follow_the_spec() {
+        let dir = tempdir();
+        let path = dir.join("out/x.ndjson");
+        let b = batch();
+        let mut s = FileSink::create("out", &path, FileFormat::Ndjson, b.schema()).unwrap();
+        s.write(&b).unwrap();
+        assert!(!path.exists());
+        s.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["k"], "a\"\\b");
+        assert_eq!(lines[0]["window_start"], "2023-11-14T22:14:00.000Z");
+        assert_eq!(lines[0]["n"], 3);
+        assert_eq!(lines[0]["avg"], 1.5);
+        assert!(lines[1]["k"].is_null() && lines[1]["avg"].is_null());
+    }
+
+    #[test]
+    fn csv_and_parquet_are_written() {
+        let dir = tempdir();
+        let b = batch();
+        for (name, f) in [("x.csv", FileFormat::Csv), ("x.parquet", FileFormat::Parquet)] {
+            let path = dir.join(name);
+            let mut s = FileSink::create("out", &path, f, b.schema()).unwrap();
+            s.write(&b).unwrap();
+            s.finish().unwrap();
+            assert!(std::fs::metadata(&path).unwrap().len() > 0);
+        }
+        let csv = std::fs::read_to_string(dir.join("x.csv")).unwrap();
+        assert!(csv.contains("2023-11-14T22:14:00.000Z"), "{csv}");
+        let file = File::open(dir.join("x.parquet")).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 2);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("weir-sink-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
