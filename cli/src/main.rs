@@ -1,1 +1,302 @@
-fn main() {}
+//! `weir`: run, validate and feed stream pipelines declared in YAML.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir_engine::job::StopHandle;
+use weir_pipelines::run::{parallelism, RunError, RunOptions};
+use weir_sources::{EventGenerator, GeneratorConfig, Kind};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "weir: stream processing on Arrow, declared in YAML"
+)]
+struct Cli {
+    /// Log format on stderr (levels from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until every source ends (or Ctrl-C).
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Worker threads (overrides the pipeline's `parallelism`).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Keep answering SQL after bounded sources end (needs `serve`).
+        #[arg(long)]
+        keep_serving: bool,
+    },
+    /// Check a pipeline file and print its plan.
+    Validate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Parallelism to show in the plan.
+        #[arg(long)]
+        parallelism: Option<usize>,
+    },
+    /// Write synthetic events as NDJSON.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// data-ingestion or service-health.
+    #[arg(value_parser = ["data-ingestion", "service-health"])]
+    kind: String,
+    /// Number of events.
+    #[arg(long)]
+    count: u64,
+    /// Events per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output file (`-` for stdout).
+    #[arg(long, conflicts_with = "kafka")]
+    out: Option<PathBuf>,
+    /// BROKERS/TOPIC to produce to.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Distinct datasetName/serviceName values.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Zipf exponent of key popularity.
+    #[arg(long, default_value_t = 1.1)]
+    skew: f64,
+    /// Event time of the first event (epoch ms).
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// Mean event-time advance per event in ms.
+    #[arg(long)]
+    step_ms: Option<f64>,
+    #[arg(long, default_value_t = 0.2)]
+    jitter_frac: f64,
+    #[arg(long, default_value_t = 2000)]
+    jitter_ms: i64,
+    /// Fraction of very late events.
+    #[arg(long, default_value_t = 0.0)]
+    late_frac: f64,
+    #[arg(long, default_value_t = 3_600_000)]
+    late_ms: i64,
+    /// Fraction of malformed lines.
+    #[arg(long, default_value_t = 0.0)]
+    bad_frac: f64,
+    /// Include non-ASCII, quoted and empty keys.
+    #[arg(long)]
+    unicode_keys: bool,
+}
+
+/// Exit status: 1 for a user error, 2 for a runtime failure.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn user(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 1,
+        error: e.into(),
+    }
+}
+
+fn runtime(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: e.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let mut msg = format!("{}", f.error);
+            for cause in f.error.chain().skip(1) {
+                msg.push_str(&format!(": {cause}"));
+            }
+            eprintln!("error: {msg}");
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Validate {
+            pipeline,
+            parallelism: p,
+        } => {
+            let plan = weir_pipelines::load(&pipeline).map_err(user)?;
+            let n = parallelism(
+                &plan,
+                &RunOptions {
+                    parallelism: p,
+                    ..Default::default()
+                },
+            );
+            print!("{}", plan.describe(n));
+            Ok(())
+        }
+        Command::Run {
+            pipeline,
+            parallelism: p,
+            keep_serving,
+        } => {
+            let plan = weir_pipelines::load(&pipeline).map_err(user)?;
+            if keep_serving {
+                tracing::warn!(
+                    "--keep-serving has nothing to serve: SQL serving is not available yet"
+                );
+            }
+            let stop = StopHandle::new();
+            let on_signal = stop.clone();
+            ctrlc::set_handler(move || {
+                tracing::info!("stopping: finishing the events in flight and closing outputs");
+                on_signal.stop();
+            })
+            .map_err(runtime)?;
+            let summary = weir_pipelines::run(
+                plan,
+                RunOptions {
+                    parallelism: p,
+                    stop,
+                },
+            )
+            .map_err(|e| match e {
+                RunError::Unavailable(_) => user(e),
+                RunError::Engine(_) => runtime(e),
+            })?;
+            println!(
+                "run finished in {:.2}s with parallelism {}: {} events in ({:.0} events/s), {} bad, {} late, {} windows emitted, {} dead letters",
+                summary.elapsed.as_secs_f64(),
+                summary.parallelism,
+                summary.records_in,
+                summary.events_per_second(),
+                summary.bad,
+                summary.late,
+                summary.windows_emitted,
+                summary.dead_letters,
+            );
+            for (sink, rows) in &summary.rows_written {
+                println!("  sink {sink}: {rows} rows");
+            }
+            Ok(())
+        }
+        Command::Generate(a) => generate(a),
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<(), Failure> {
+    if a.kafka.is_some() {
+        return Err(user(anyhow::anyhow!(
+            "--kafka is not available yet in this version of weir: use --out FILE"
+        )));
+    }
+    let out = a
+        .out
+        .clone()
+        .ok_or_else(|| user(anyhow::anyhow!("give --out FILE (or - for stdout)")))?;
+    for (name, v) in [
+        ("--jitter-frac", a.jitter_frac),
+        ("--late-frac", a.late_frac),
+        ("--bad-frac", a.bad_frac),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(user(anyhow::anyhow!("{name} must be between 0 and 1")));
+        }
+    }
+    let kind =
+        Kind::parse(&a.kind).ok_or_else(|| user(anyhow::anyhow!("unknown kind {}", a.kind)))?;
+    let mut cfg = GeneratorConfig::new(kind);
+    cfg.count = Some(a.count);
+    cfg.events_per_second = a.rate.max(0.0);
+    cfg.seed = a.seed;
+    cfg.keys = a.keys.max(1);
+    cfg.skew = a.skew;
+    cfg.start_ms = a.start_ms;
+    cfg.step_ms = a.step_ms;
+    cfg.jitter_frac = a.jitter_frac;
+    cfg.jitter_ms = a.jitter_ms.max(0);
+    cfg.late_frac = a.late_frac;
+    cfg.late_ms = a.late_ms.max(0);
+    cfg.bad_frac = a.bad_frac;
+    cfg.unicode_keys = a.unicode_keys;
+    let mut sink: Box<dyn Write> = if out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))
+                .map_err(runtime)?;
+        }
+        Box::new(
+            std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))
+                .map_err(runtime)?,
+        )
+    };
+    let mut gen = EventGenerator::new(cfg);
+    let mut buf = Vec::with_capacity(1 << 20);
+    let started = std::time::Instant::now();
+    while !gen.done() {
+        if a.rate > 0.0 {
+            let due = (started.elapsed().as_secs_f64() * a.rate) as u64;
+            if gen.produced() >= due {
+                sink.write_all(&buf)
+                    .and_then(|_| sink.flush())
+                    .map_err(runtime)?;
+                buf.clear();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+        }
+        gen.write_next_line(&mut buf);
+        if buf.len() >= 1 << 20 {
+            sink.write_all(&buf).map_err(runtime)?;
+            buf.clear();
+        }
+    }
+    sink.write_all(&buf)
+        .and_then(|_| sink.flush())
+        .map_err(runtime)?;
+    tracing::info!(events = gen.produced(), "generated");
+    Ok(())
+}

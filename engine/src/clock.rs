@@ -35,7 +35,10 @@ impl PartitionClock {
     /// A clock whose watermark trails the newest event time by `max_out_of_orderness` ms.
     pub fn new(max_out_of_orderness: i64) -> Self {
         PartitionClock {
-            sequence: Mutex::new(Sequence { next_seq: 0, newest: WATERMARK_MIN }),
+            sequence: Mutex::new(Sequence {
+                next_seq: 0,
+                newest: WATERMARK_MIN,
+            }),
             advanced: Condvar::new(),
             watermark: AtomicI64::new(WATERMARK_MIN),
             idle: AtomicBool::new(false),
@@ -54,10 +57,15 @@ impl PartitionClock {
         end: bool,
         cancel: &AtomicBool,
     ) -> Result<i64, EngineError> {
-        let mut s = self.sequence.lock().map_err(|_| EngineError::Internal("clock poisoned".into()))?;
+        let mut s = self
+            .sequence
+            .lock()
+            .map_err(|_| EngineError::Internal("clock poisoned".into()))?;
         while s.next_seq != seq {
             if s.next_seq > seq {
-                return Err(EngineError::Internal(format!("chunk {seq} sequenced twice")));
+                return Err(EngineError::Internal(format!(
+                    "chunk {seq} sequenced twice"
+                )));
             }
             if cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);
@@ -71,7 +79,11 @@ impl PartitionClock {
         let before = s.newest;
         s.newest = s.newest.max(chunk_newest);
         s.next_seq += 1;
-        let wm = if end { WATERMARK_END } else { s.newest.saturating_sub(self.max_out_of_orderness) };
+        let wm = if end {
+            WATERMARK_END
+        } else {
+            s.newest.saturating_sub(self.max_out_of_orderness)
+        };
         self.watermark.store(wm, Ordering::Release);
         drop(s);
         self.advanced.notify_all();
@@ -117,7 +129,10 @@ impl Clocks {
             partitions.extend((0..count).map(|_| PartitionClock::new(ooo)));
             by_source.push(ids);
         }
-        Clocks { partitions, by_source }
+        Clocks {
+            partitions,
+            by_source,
+        }
     }
 
     /// The clock of global partition `id`.
@@ -159,7 +174,10 @@ mod tests {
         // chunk 1 arrives first but must wait for chunk 0
         let t = std::thread::spawn(move || c2.sequence(1, 500, false, &k2).unwrap());
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(clock.sequence(0, 100, false, &cancel).unwrap(), WATERMARK_MIN);
+        assert_eq!(
+            clock.sequence(0, 100, false, &cancel).unwrap(),
+            WATERMARK_MIN
+        );
         assert_eq!(t.join().unwrap(), 100);
         assert_eq!(clock.watermark(), 490);
         assert_eq!(clock.sequence(2, 200, true, &cancel).unwrap(), 500);
@@ -170,7 +188,10 @@ mod tests {
     fn source_watermark_is_min_over_active_partitions() {
         let clocks = Clocks::new(&[(2, 0), (1, 5)]);
         let cancel = AtomicBool::new(false);
-        clocks.partition(0).sequence(0, 100, false, &cancel).unwrap();
+        clocks
+            .partition(0)
+            .sequence(0, 100, false, &cancel)
+            .unwrap();
         assert_eq!(clocks.source_watermark(0), Some(WATERMARK_MIN));
         clocks.partition(1).set_idle(true);
         assert_eq!(clocks.source_watermark(0), Some(100));
@@ -184,6 +205,9 @@ mod tests {
     fn cancel_releases_a_waiting_worker() {
         let clock = PartitionClock::new(0);
         let cancel = AtomicBool::new(true);
-        assert!(matches!(clock.sequence(3, 1, false, &cancel), Err(EngineError::Cancelled)));
+        assert!(matches!(
+            clock.sequence(3, 1, false, &cancel),
+            Err(EngineError::Cancelled)
+        ));
     }
 }

@@ -38,7 +38,11 @@ pub struct ErrorInfo {
 impl ErrorInfo {
     /// An error with no details.
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        ErrorInfo { code, message: message.into(), details: Map::new() }
+        ErrorInfo {
+            code,
+            message: message.into(),
+            details: Map::new(),
+        }
     }
     /// Adds a detail.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -140,7 +144,10 @@ mod tests {
         assert_eq!(v["reason"], "bad");
         assert_eq!(v["error"]["code"], "invalid_json");
         assert_eq!(v["raw"], "nope");
-        let d2 = DeadLetter { raw: Some(vec![0xff, 0xfe]), ..d };
+        let d2 = DeadLetter {
+            raw: Some(vec![0xff, 0xfe]),
+            ..d
+        };
         assert_eq!(d2.to_json()["raw_base64"], "//4=");
     }
 }

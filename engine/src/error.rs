@@ -4,7 +4,10 @@
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("source `{source_name}`: {message}")]
-    Source { source_name: String, message: String },
+    Source {
+        source_name: String,
+        message: String,
+    },
     #[error("operator `{operator}`: {message}")]
     Operator { operator: String, message: String },
     #[error("sink `{sink}`: {message}")]
@@ -20,14 +23,23 @@ pub enum EngineError {
 impl EngineError {
     /// An error of a named operator.
     pub fn operator(operator: &str, message: impl std::fmt::Display) -> Self {
-        EngineError::Operator { operator: operator.to_string(), message: message.to_string() }
+        EngineError::Operator {
+            operator: operator.to_string(),
+            message: message.to_string(),
+        }
     }
     /// An error of a named sink.
     pub fn sink(sink: &str, message: impl std::fmt::Display) -> Self {
-        EngineError::Sink { sink: sink.to_string(), message: message.to_string() }
+        EngineError::Sink {
+            sink: sink.to_string(),
+            message: message.to_string(),
+        }
     }
     /// An error of a named source.
     pub fn source(source_name: &str, message: impl std::fmt::Display) -> Self {
-        EngineError::Source { source_name: source_name.to_string(), message: message.to_string() }
+        EngineError::Source {
+            source_name: source_name.to_string(),
+            message: message.to_string(),
+        }
     }
 }

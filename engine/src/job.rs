@@ -213,7 +213,11 @@ impl Default for StopHandle {
 
 /// Runs a job to its end: until every source ended (or `stop` was triggered) and every
 /// output was flushed.
-pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunReport, EngineError> {
+pub fn run(
+    spec: JobSpec,
+    stats: Arc<RunStats>,
+    stop: StopHandle,
+) -> Result<RunReport, EngineError> {
     let started = Instant::now();
     let n = spec.parallelism.max(1);
     for op in &spec.operators {
@@ -225,9 +229,16 @@ pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunR
             )));
         }
     }
-    let failure = Failure { cancel: Arc::new(AtomicBool::new(false)), first: Arc::new(Mutex::new(None)) };
+    let failure = Failure {
+        cancel: Arc::new(AtomicBool::new(false)),
+        first: Arc::new(Mutex::new(None)),
+    };
     let clocks = Arc::new(Clocks::new(
-        &spec.sources.iter().map(|s| (s.partitions, s.max_out_of_orderness_ms)).collect::<Vec<_>>(),
+        &spec
+            .sources
+            .iter()
+            .map(|s| (s.partitions, s.max_out_of_orderness_ms))
+            .collect::<Vec<_>>(),
     ));
     let mut threads = Vec::new();
 
@@ -267,7 +278,8 @@ pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunR
     // Merger.
     let (merge_tx, merge_rx) = bounded::<MergeMsg>(64 * n);
     let mut merge_parts = Vec::new();
-    let mut worker_parts: Vec<Vec<(usize, Box<dyn WorkerOperator>)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut worker_parts: Vec<Vec<(usize, Box<dyn WorkerOperator>)>> =
+        (0..n).map(|_| Vec::new()).collect();
     let mut op_sources = Vec::new();
     for (oi, op) in spec.operators.into_iter().enumerate() {
         op_sources.push(op.source);
@@ -285,7 +297,8 @@ pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunR
     }
 
     // Workers.
-    let decoders: Arc<Vec<Arc<dyn Decode>>> = Arc::new(spec.sources.iter().map(|s| s.decoder.clone()).collect());
+    let decoders: Arc<Vec<Arc<dyn Decode>>> =
+        Arc::new(spec.sources.iter().map(|s| s.decoder.clone()).collect());
     let mut worker_senders = Vec::new();
     for (w, ops) in worker_parts.into_iter().enumerate() {
         let (tx, rx) = bounded::<Chunk>(WORKER_QUEUE);
@@ -300,7 +313,9 @@ pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunR
             failure: failure.clone(),
             op_sources: op_sources.clone(),
         };
-        threads.push(spawn(format!("worker-{w}"), &failure, move || worker_loop(rx, ops, ctx))?);
+        threads.push(spawn(format!("worker-{w}"), &failure, move || {
+            worker_loop(rx, ops, ctx)
+        })?);
     }
     drop(dead_tx);
     drop(merge_tx);
@@ -309,7 +324,10 @@ pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunR
     let dispatcher = Arc::new(Mutex::new((0usize, worker_senders)));
     for source in spec.sources {
         let dispatcher = dispatcher.clone();
-        let ctx = ReaderContext { clocks: clocks.clone(), stop: stop.0.clone() };
+        let ctx = ReaderContext {
+            clocks: clocks.clone(),
+            stop: stop.0.clone(),
+        };
         let failure2 = failure.clone();
         let mut reader = source.reader;
         let name = source.name.clone();
@@ -318,11 +336,15 @@ pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunR
                 if failure2.cancel.load(Ordering::Relaxed) {
                     return Err(EngineError::Cancelled);
                 }
-                let mut d = dispatcher.lock().map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
+                let mut d = dispatcher
+                    .lock()
+                    .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
                 let (next, senders) = &mut *d;
                 let target = *next % senders.len();
                 *next += 1;
-                senders[target].send(chunk).map_err(|_| failure2.closed("a worker"))?;
+                senders[target]
+                    .send(chunk)
+                    .map_err(|_| failure2.closed("a worker"))?;
             }
             Ok(())
         })?);
@@ -338,9 +360,13 @@ pub fn run(spec: JobSpec, stats: Arc<RunStats>, stop: StopHandle) -> Result<RunR
         }
     }
     if failure.cancel.load(Ordering::SeqCst) {
-        return Err(EngineError::Internal("the run was cancelled without a recorded error".into()));
+        return Err(EngineError::Internal(
+            "the run was cancelled without a recorded error".into(),
+        ));
     }
-    Ok(RunReport { elapsed: started.elapsed() })
+    Ok(RunReport {
+        elapsed: started.elapsed(),
+    })
 }
 
 struct WorkerCtx {
@@ -387,7 +413,11 @@ fn process_chunk(
 ) -> Result<(), EngineError> {
     let decoded = match &chunk.data {
         ChunkData::Lines(lines) => ctx.decoders[chunk.source].decode(&chunk, lines),
-        ChunkData::Events(_) | ChunkData::End => Decoded { events: None, bad: Vec::new(), records: 0 },
+        ChunkData::Events(_) | ChunkData::End => Decoded {
+            events: None,
+            bad: Vec::new(),
+            records: 0,
+        },
     };
     let end = matches!(chunk.data, ChunkData::End);
     let (events, bad, records) = match chunk.data {
@@ -400,7 +430,9 @@ fn process_chunk(
     RunStats::add(&ctx.stats.records_in, records);
     if !bad.is_empty() {
         RunStats::add(&ctx.stats.bad, bad.len() as u64);
-        ctx.dead_tx.send(bad).map_err(|_| ctx.failure.closed("the dead-letter output"))?;
+        ctx.dead_tx
+            .send(bad)
+            .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
     }
     // Running newest event time before each row, within the chunk.
     row_wm.clear();
@@ -427,7 +459,9 @@ fn process_chunk(
         RunStats::add(&ctx.stats.late[*oi].value, late);
     }
     if !dead.is_empty() {
-        ctx.dead_tx.send(dead).map_err(|_| ctx.failure.closed("the dead-letter output"))?;
+        ctx.dead_tx
+            .send(dead)
+            .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
     }
     Ok(())
 }
@@ -455,7 +489,12 @@ fn flush_ops(
         let partials = op.flush(wm)?;
         flushed[i] = wm;
         ctx.merge_tx
-            .send(MergeMsg { operator: *oi, worker: ctx.index, partials, upto: wm })
+            .send(MergeMsg {
+                operator: *oi,
+                worker: ctx.index,
+                partials,
+                upto: wm,
+            })
             .map_err(|_| ctx.failure.closed("the merger"))?;
     }
     Ok(())
@@ -479,13 +518,19 @@ fn merger_loop(
             merge.merge(p)?;
         }
         upto[msg.operator][msg.worker] = msg.upto;
-        let wm = upto[msg.operator].iter().copied().min().unwrap_or(WATERMARK_MIN);
+        let wm = upto[msg.operator]
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(WATERMARK_MIN);
         if wm > emitted[msg.operator] {
             emitted[msg.operator] = wm;
             for batch in merge.emit(wm)? {
                 RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
                 for &s in sink_ids.iter() {
-                    sinks[s].send(batch.clone()).map_err(|_| failure.closed("a sink"))?;
+                    sinks[s]
+                        .send(batch.clone())
+                        .map_err(|_| failure.closed("a sink"))?;
                 }
             }
         }

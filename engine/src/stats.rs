@@ -30,7 +30,13 @@ impl RunStats {
     /// Counters for the given operators and sinks.
     pub fn new(operators: &[String], sinks: &[String]) -> Self {
         let named = |names: &[String]| {
-            names.iter().map(|n| Named { name: n.clone(), value: AtomicU64::new(0) }).collect()
+            names
+                .iter()
+                .map(|n| Named {
+                    name: n.clone(),
+                    value: AtomicU64::new(0),
+                })
+                .collect()
         };
         RunStats {
             records_in: AtomicU64::new(0),
@@ -44,12 +50,18 @@ impl RunStats {
 
     /// Total late events over every operator.
     pub fn late_total(&self) -> u64 {
-        self.late.iter().map(|n| n.value.load(Ordering::Relaxed)).sum()
+        self.late
+            .iter()
+            .map(|n| n.value.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Total window rows emitted over every operator.
     pub fn windows_total(&self) -> u64 {
-        self.windows.iter().map(|n| n.value.load(Ordering::Relaxed)).sum()
+        self.windows
+            .iter()
+            .map(|n| n.value.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Reads a counter.

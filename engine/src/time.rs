@@ -64,7 +64,12 @@ pub fn write_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
     let days = ms.div_euclid(86_400_000);
     let rem = ms.rem_euclid(86_400_000);
     let (y, mo, d) = civil_from_days(days);
-    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let (h, mi, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
     let mut buf = [0u8; 24];
     if (0..=9999).contains(&y) {
         let put = |b: &mut [u8], v: i64, n: usize| {
@@ -124,7 +129,13 @@ pub fn parse_rfc3339_ms(s: &[u8]) -> Option<i64> {
     }
     let (y, mo, d) = (num(s, 0, 4)?, num(s, 5, 2)?, num(s, 8, 2)?);
     let (h, mi, sec) = (num(s, 11, 2)?, num(s, 14, 2)?, num(s, 17, 2)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo as u32) || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&mo)
+        || d < 1
+        || d > days_in_month(y, mo as u32)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
         return None;
     }
     let mut i = 19;
@@ -201,15 +212,39 @@ mod tests {
     #[test]
     fn rfc3339_round_trip() {
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            format_rfc3339_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
         assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
-        for ms in [0i64, 1_700_000_000_123, -1, 951_782_400_000, 4_102_444_800_000] {
+        for ms in [
+            0i64,
+            1_700_000_000_123,
+            -1,
+            951_782_400_000,
+            4_102_444_800_000,
+        ] {
             assert_eq!(parse_rfc3339_ms(format_rfc3339_ms(ms).as_bytes()), Some(ms));
         }
-        assert_eq!(parse_rfc3339_ms(b"2023-11-14T23:13:20.5+01:00"), Some(1_700_000_000_500));
-        assert_eq!(parse_rfc3339_ms(b"2023-11-14 22:13:20Z"), Some(1_700_000_000_000));
-        assert_eq!(parse_rfc3339_ms(b"2023-11-14T22:13:20.123456789Z"), Some(1_700_000_000_123));
-        for bad in [&b"not-a-time"[..], b"2023-13-01T00:00:00Z", b"2023-02-30T00:00:00Z", b"2023-11-14T22:13:20", b"2023-11-14T22:13:20Zx"] {
+        assert_eq!(
+            parse_rfc3339_ms(b"2023-11-14T23:13:20.5+01:00"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_rfc3339_ms(b"2023-11-14 22:13:20Z"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms(b"2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000_123)
+        );
+        for bad in [
+            &b"not-a-time"[..],
+            b"2023-13-01T00:00:00Z",
+            b"2023-02-30T00:00:00Z",
+            b"2023-11-14T22:13:20",
+            b"2023-11-14T22:13:20Zx",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None);
         }
     }

@@ -6,12 +6,12 @@ use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use datafusion::prelude::SessionConfig;
 use datafusion::logical_expr::{Expr, GroupsAccumulator};
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
+use datafusion::prelude::SessionConfig;
 
 /// An aggregate call ready to run: the function, what to feed it, and its FILTER.
 #[derive(Debug, Clone)]
@@ -32,7 +32,9 @@ impl CompiledAggregate {
             self.function.create_groups_accumulator()
         } else {
             let f = self.function.clone();
-            Ok(Box::new(GroupsAccumulatorAdapter::new(move || f.create_accumulator())))
+            Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                f.create_accumulator()
+            })))
         }
     }
 
@@ -65,31 +67,53 @@ impl SqlCompiler {
         // Field names are camelCase (datasetName): keep identifiers as written.
         let mut config = SessionConfig::new();
         config.options_mut().sql_parser.enable_ident_normalization = false;
-        SqlCompiler { state: SessionStateBuilder::new().with_config(config).with_default_features().build() }
+        SqlCompiler {
+            state: SessionStateBuilder::new()
+                .with_config(config)
+                .with_default_features()
+                .build(),
+        }
     }
 
     fn logical(&self, sql: &str, schema: &Schema) -> Result<(Expr, DFSchema), String> {
         let df_schema = DFSchema::try_from(schema.clone()).map_err(|e| e.to_string())?;
-        let expr = self.state.create_logical_expr(sql, &df_schema).map_err(clean)?;
+        let expr = self
+            .state
+            .create_logical_expr(sql, &df_schema)
+            .map_err(clean)?;
         Ok((expr, df_schema))
     }
 
     /// A boolean predicate such as `status <> 'PARTIAL'`.
-    pub fn predicate(&self, sql: &str, schema: &SchemaRef) -> Result<Arc<dyn PhysicalExpr>, String> {
+    pub fn predicate(
+        &self,
+        sql: &str,
+        schema: &SchemaRef,
+    ) -> Result<Arc<dyn PhysicalExpr>, String> {
         let (expr, df_schema) = self.logical(sql, schema)?;
         if contains_aggregate(&expr) {
             return Err("a filter cannot use an aggregate function".into());
         }
-        let phys = self.state.create_physical_expr(expr, &df_schema).map_err(clean)?;
+        let phys = self
+            .state
+            .create_physical_expr(expr, &df_schema)
+            .map_err(clean)?;
         let ty = phys.data_type(schema).map_err(clean)?;
         if ty != DataType::Boolean && ty != DataType::Null {
-            return Err(format!("the filter must be a boolean condition, but it gives {ty}"));
+            return Err(format!(
+                "the filter must be a boolean condition, but it gives {ty}"
+            ));
         }
         Ok(phys)
     }
 
     /// An aggregate call such as `count(*) FILTER (WHERE status = 'FAILURE')`.
-    pub fn aggregate(&self, name: &str, sql: &str, schema: &SchemaRef) -> Result<CompiledAggregate, String> {
+    pub fn aggregate(
+        &self,
+        name: &str,
+        sql: &str,
+        schema: &SchemaRef,
+    ) -> Result<CompiledAggregate, String> {
         let (expr, df_schema) = self.logical(sql, schema)?;
         let expr = expr.unalias_nested().data;
         if !matches!(expr, Expr::AggregateFunction(_)) {
@@ -99,12 +123,21 @@ impl SqlCompiler {
         }
         let mut rewriter = TypeCoercionRewriter::new(&df_schema);
         let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
-        let (function, filter, _) =
-            create_aggregate_expr_and_maybe_filter(&expr, &df_schema, schema, self.state.execution_props())
-                .map_err(clean)?;
+        let (function, filter, _) = create_aggregate_expr_and_maybe_filter(
+            &expr,
+            &df_schema,
+            schema,
+            self.state.execution_props(),
+        )
+        .map_err(clean)?;
         let mut inputs = function.expressions();
         inputs.extend(function.order_bys().iter().map(|s| s.expr.clone()));
-        let compiled = CompiledAggregate { name: name.to_string(), function, inputs, filter };
+        let compiled = CompiledAggregate {
+            name: name.to_string(),
+            function,
+            inputs,
+            filter,
+        };
         compiled.accumulator().map_err(clean)?;
         Ok(compiled)
     }
@@ -125,7 +158,14 @@ fn contains_aggregate(expr: &Expr) -> bool {
 fn clean(e: impl std::fmt::Display) -> String {
     let s = e.to_string();
     let mut s = s.as_str();
-    for prefix in ["Error during planning: ", "Schema error: ", "SQL error: ", "Execution error: ", "This feature is not implemented: ", "Internal error: "] {
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "SQL error: ",
+        "Execution error: ",
+        "This feature is not implemented: ",
+        "Internal error: ",
+    ] {
         s = s.trim_start_matches(prefix);
     }
     s.lines().next().unwrap_or(s).trim().to_string()
@@ -162,10 +202,14 @@ mod tests {
             "approx_percentile_cont(latencyMs, 0.99)",
             "last_value(status ORDER BY latencyMs)",
         ] {
-            let a = c.aggregate("x", sql, &s).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let a = c
+                .aggregate("x", sql, &s)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
             assert_eq!(a.output_field().name(), "x");
         }
-        let f = c.aggregate("f", "count(*) FILTER (WHERE status = 'FAILURE')", &s).unwrap();
+        let f = c
+            .aggregate("f", "count(*) FILTER (WHERE status = 'FAILURE')", &s)
+            .unwrap();
         assert!(f.filter.is_some());
     }
 
@@ -183,6 +227,8 @@ mod tests {
         assert!(!e.is_empty());
         let e = c.predicate("recordCount + 1", &s).unwrap_err();
         assert!(e.contains("boolean"), "{e}");
-        assert!(c.predicate("status <> 'PARTIAL' AND recordCount > 10.5", &s).is_ok());
+        assert!(c
+            .predicate("status <> 'PARTIAL' AND recordCount > 10.5", &s)
+            .is_ok());
     }
 }

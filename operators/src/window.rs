@@ -67,22 +67,36 @@ impl WindowConfig {
     /// The schema of result rows: keys, `window_start`, `window_end`, aggregates.
     pub fn output_schema(&self) -> Result<SchemaRef, EngineError> {
         let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
-        let mut fields: Vec<Field> = self.key_schema()?.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = self
+            .key_schema()?
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.push(Field::new("window_start", ts.clone(), false));
         fields.push(Field::new("window_end", ts, false));
-        fields.extend(self.aggregates.iter().map(|a| a.output_field().as_ref().clone()));
+        fields.extend(
+            self.aggregates
+                .iter()
+                .map(|a| a.output_field().as_ref().clone()),
+        );
         Ok(Arc::new(Schema::new(fields)))
     }
 
     /// Whether a window starting at `start` is closed at `watermark`.
     #[inline]
     fn closed(&self, start: i64, watermark: i64) -> bool {
-        start.saturating_add(self.size_ms).saturating_add(self.allowed_lateness_ms) <= watermark
+        start
+            .saturating_add(self.size_ms)
+            .saturating_add(self.allowed_lateness_ms)
+            <= watermark
     }
 
     /// The largest window start closed at `watermark`.
     fn last_closed_start(&self, watermark: i64) -> i64 {
-        watermark.saturating_sub(self.size_ms).saturating_sub(self.allowed_lateness_ms)
+        watermark
+            .saturating_sub(self.size_ms)
+            .saturating_sub(self.allowed_lateness_ms)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> EngineError {
@@ -98,13 +112,17 @@ struct Groups {
 
 impl Groups {
     fn new(config: &WindowConfig, key_schema: &SchemaRef) -> Result<Self, EngineError> {
-        let values = new_group_values(key_schema.clone(), &GroupOrdering::None).map_err(|e| config.err(e))?;
+        let values = new_group_values(key_schema.clone(), &GroupOrdering::None)
+            .map_err(|e| config.err(e))?;
         let accumulators = config
             .aggregates
             .iter()
             .map(|a| a.accumulator().map_err(|e| config.err(e)))
             .collect::<Result<_, _>>()?;
-        Ok(Groups { values, accumulators })
+        Ok(Groups {
+            values,
+            accumulators,
+        })
     }
 }
 
@@ -138,13 +156,23 @@ impl WindowWorker {
         let keys: Vec<ArrayRef> = config
             .keys
             .iter()
-            .map(|k| batch.column_by_name(k).cloned().ok_or_else(|| config.err(format!("no column {k}"))))
+            .map(|k| {
+                batch
+                    .column_by_name(k)
+                    .cloned()
+                    .ok_or_else(|| config.err(format!("no column {k}")))
+            })
             .collect::<Result<_, _>>()?;
         let groups = match self.windows.entry(start) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(&config, &self.key_schema)?),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(Groups::new(&config, &self.key_schema)?)
+            }
         };
-        groups.values.intern(&keys, &mut self.group_ids).map_err(err)?;
+        groups
+            .values
+            .intern(&keys, &mut self.group_ids)
+            .map_err(err)?;
         let total = groups.values.len();
         let n = batch.num_rows();
         for (agg, acc) in config.aggregates.iter().zip(groups.accumulators.iter_mut()) {
@@ -155,11 +183,16 @@ impl WindowWorker {
                 .collect::<Result<_, _>>()
                 .map_err(err)?;
             let filter = match &agg.filter {
-                Some(f) => Some(f.evaluate(batch).and_then(|v| v.into_array(n)).map_err(err)?),
+                Some(f) => Some(
+                    f.evaluate(batch)
+                        .and_then(|v| v.into_array(n))
+                        .map_err(err)?,
+                ),
                 None => None,
             };
             let filter = filter.as_ref().map(|f| f.as_boolean());
-            acc.update_batch(&inputs, &self.group_ids, filter, total).map_err(err)?;
+            acc.update_batch(&inputs, &self.group_ids, filter, total)
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -177,11 +210,19 @@ impl WorkerOperator for WindowWorker {
         let batch = &events.batch;
         let n = batch.num_rows();
         let pass = match &config.predicate {
-            Some(p) => Some(p.evaluate(batch).and_then(|v| v.into_array(n)).map_err(|e| config.err(e))?),
+            Some(p) => Some(
+                p.evaluate(batch)
+                    .and_then(|v| v.into_array(n))
+                    .map_err(|e| config.err(e))?,
+            ),
             None => None,
         };
         let pass = pass.as_ref().map(|a| a.as_boolean());
-        let now = if config.time == TimeMode::Processing { now_ms() } else { 0 };
+        let now = if config.time == TimeMode::Processing {
+            now_ms()
+        } else {
+            0
+        };
         for (_, idx) in self.buckets.iter_mut() {
             idx.clear();
         }
@@ -208,7 +249,10 @@ impl WorkerOperator for WindowWorker {
                         reason: Reason::Late,
                         error: ErrorInfo::new(
                             "late_event",
-                            format!("the event's window closed before it arrived ({})", config.name),
+                            format!(
+                                "the event's window closed before it arrived ({})",
+                                config.name
+                            ),
                         )
                         .with("window", config.name.as_str())
                         .with("event_time", t)
@@ -254,7 +298,11 @@ impl WorkerOperator for WindowWorker {
         self.flushed = self.flushed.max(watermark);
         let config = self.config.clone();
         let last = config.last_closed_start(watermark);
-        let open = if last == i64::MAX { BTreeMap::new() } else { self.windows.split_off(&(last + 1)) };
+        let open = if last == i64::MAX {
+            BTreeMap::new()
+        } else {
+            self.windows.split_off(&(last + 1))
+        };
         let closed = std::mem::replace(&mut self.windows, open);
         let mut out = Vec::with_capacity(closed.len());
         for (start, mut g) in closed {
@@ -263,7 +311,11 @@ impl WorkerOperator for WindowWorker {
             for acc in g.accumulators.iter_mut() {
                 states.extend(acc.state(EmitTo::All).map_err(|e| config.err(e))?);
             }
-            out.push(PartialWindow { window_start: start, keys, states });
+            out.push(PartialWindow {
+                window_start: start,
+                keys,
+                states,
+            });
         }
         Ok(out)
     }
@@ -307,9 +359,12 @@ impl WindowMerger {
         let rows = keys.first().map_or(0, |k| k.len());
         let mut columns = keys;
         let tz: Arc<str> = "UTC".into();
-        columns.push(Arc::new(TimestampMillisecondArray::from(vec![start; rows]).with_timezone(tz.clone())));
         columns.push(Arc::new(
-            TimestampMillisecondArray::from(vec![start.saturating_add(config.size_ms); rows]).with_timezone(tz),
+            TimestampMillisecondArray::from(vec![start; rows]).with_timezone(tz.clone()),
+        ));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from(vec![start.saturating_add(config.size_ms); rows])
+                .with_timezone(tz),
         ));
         for (acc, agg) in g.accumulators.iter_mut().zip(&config.aggregates) {
             let v = acc.evaluate(EmitTo::All).map_err(|e| config.err(e))?;
@@ -321,12 +376,16 @@ impl WindowMerger {
             };
             columns.push(v);
         }
-        let batch = RecordBatch::try_new(self.output.clone(), columns).map_err(|e| config.err(e))?;
+        let batch =
+            RecordBatch::try_new(self.output.clone(), columns).map_err(|e| config.err(e))?;
         // Deterministic output: rows sorted by key.
         let sort: Vec<SortColumn> = (0..config.keys.len())
             .map(|i| SortColumn {
                 values: batch.column(i).clone(),
-                options: Some(SortOptions { descending: false, nulls_first: true }),
+                options: Some(SortOptions {
+                    descending: false,
+                    nulls_first: true,
+                }),
             })
             .collect();
         if sort.is_empty() || rows < 2 {
@@ -347,9 +406,14 @@ impl MergeOperator for WindowMerger {
         let config = self.config.clone();
         let groups = match self.windows.entry(partial.window_start) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(&config, &self.key_schema)?),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(Groups::new(&config, &self.key_schema)?)
+            }
         };
-        groups.values.intern(&partial.keys, &mut self.group_ids).map_err(|e| config.err(e))?;
+        groups
+            .values
+            .intern(&partial.keys, &mut self.group_ids)
+            .map_err(|e| config.err(e))?;
         let total = groups.values.len();
         let mut at = 0;
         for (acc, &len) in groups.accumulators.iter_mut().zip(&self.state_lens) {
@@ -362,8 +426,15 @@ impl MergeOperator for WindowMerger {
 
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
         let last = self.config.last_closed_start(watermark);
-        let open = if last == i64::MAX { BTreeMap::new() } else { self.windows.split_off(&(last + 1)) };
+        let open = if last == i64::MAX {
+            BTreeMap::new()
+        } else {
+            self.windows.split_off(&(last + 1))
+        };
         let closed = std::mem::replace(&mut self.windows, open);
-        closed.into_iter().map(|(start, g)| self.finish_window(start, g)).collect()
+        closed
+            .into_iter()
+            .map(|(start, g)| self.finish_window(start, g))
+            .collect()
     }
 }

@@ -5,7 +5,10 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef,
+    TimeUnit, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::ArrowWriter;
@@ -36,7 +39,7 @@ impl FileFormat {
 }
 
 enum Writer {
-    Ndjson { out: BufWriter<File>, names: Vec<Vec<u8>>, line: Vec<u8> },
+    Ndjson { out: BufWriter<File>, line: Vec<u8> },
     Csv(arrow::csv::Writer<BufWriter<File>>),
     Parquet(ArrowWriter<File>),
 }
@@ -66,18 +69,19 @@ fn create(path: &Path) -> std::io::Result<File> {
 
 impl FileSink {
     /// A sink named `name` writing rows of `schema` to `path` in `format`.
-    pub fn create(name: &str, path: &Path, format: FileFormat, schema: SchemaRef) -> Result<Self, EngineError> {
+    pub fn create(
+        name: &str,
+        path: &Path,
+        format: FileFormat,
+        schema: SchemaRef,
+    ) -> Result<Self, EngineError> {
         let temp = in_progress(path);
-        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, format!("{}: {e}", path.display()));
+        let err =
+            |e: &dyn std::fmt::Display| EngineError::sink(name, format!("{}: {e}", path.display()));
         let file = create(&temp).map_err(|e| err(&e))?;
         let writer = match format {
             FileFormat::Ndjson => Writer::Ndjson {
                 out: BufWriter::with_capacity(1 << 20, file),
-                names: schema
-                    .fields()
-                    .iter()
-                    .map(|f| serde_json::to_vec(f.name()).unwrap_or_default())
-                    .collect(),
                 line: Vec::new(),
             },
             FileFormat::Csv => Writer::Csv(
@@ -88,12 +92,21 @@ impl FileSink {
             ),
             FileFormat::Parquet => {
                 let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| err(&e))?))
+                    .set_compression(Compression::ZSTD(
+                        ZstdLevel::try_new(3).map_err(|e| err(&e))?,
+                    ))
                     .build();
-                Writer::Parquet(ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?)
+                Writer::Parquet(
+                    ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?,
+                )
             }
         };
-        Ok(FileSink { name: name.to_string(), path: path.to_path_buf(), temp, writer: Some(writer) })
+        Ok(FileSink {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            temp,
+            writer: Some(writer),
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> EngineError {
@@ -104,8 +117,12 @@ impl FileSink {
 impl Sink for FileSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         let result = match self.writer.as_mut() {
-            Some(Writer::Ndjson { out, names, line }) => write_ndjson(batch, names, line, out).map_err(|e| e.to_string()),
-            Some(Writer::Csv(w)) => utc_as_naive(batch).and_then(|b| w.write(&b)).map_err(|e| e.to_string()),
+            Some(Writer::Ndjson { out, line }) => {
+                write_ndjson(batch, line, out).map_err(|e| e.to_string())
+            }
+            Some(Writer::Csv(w)) => utc_as_naive(batch)
+                .and_then(|b| w.write(&b))
+                .map_err(|e| e.to_string()),
             Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| e.to_string()),
             None => Err("the file is already closed".into()),
         };
@@ -114,10 +131,16 @@ impl Sink for FileSink {
 
     fn finish(&mut self) -> Result<(), EngineError> {
         let result = match self.writer.take() {
-            Some(Writer::Ndjson { mut out, .. }) => out.flush().and_then(|_| out.get_ref().sync_all()).map_err(|e| e.to_string()),
+            Some(Writer::Ndjson { mut out, .. }) => out
+                .flush()
+                .and_then(|_| out.get_ref().sync_all())
+                .map_err(|e| e.to_string()),
             Some(Writer::Csv(w)) => {
                 let mut inner = w.into_inner();
-                inner.flush().and_then(|_| inner.get_ref().sync_all()).map_err(|e| e.to_string())
+                inner
+                    .flush()
+                    .and_then(|_| inner.get_ref().sync_all())
+                    .map_err(|e| e.to_string())
             }
             Some(Writer::Parquet(w)) => w.close().map(|_| ()).map_err(|e| e.to_string()),
             None => Ok(()),
@@ -142,7 +165,10 @@ fn utc_as_naive(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowE
             fields.push(f.as_ref().clone());
         }
     }
-    RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), cols)
+    RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        cols,
+    )
 }
 
 /// Writes a JSON string literal.
@@ -182,13 +208,27 @@ fn write_float(out: &mut Vec<u8>, v: f64) {
 }
 
 /// Rows as JSON objects, one a line: timestamps as RFC 3339 strings, numbers as numbers.
-fn write_ndjson(batch: &RecordBatch, names: &[Vec<u8>], line: &mut Vec<u8>, out: &mut impl Write) -> std::io::Result<()> {
+fn write_ndjson(
+    batch: &RecordBatch,
+    line: &mut Vec<u8>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let names: Vec<Vec<u8>> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| serde_json::to_vec(f.name()).unwrap_or_default())
+        .collect();
     let opts = FormatOptions::default();
     let formatters: Vec<Option<ArrayFormatter>> = batch
         .columns()
         .iter()
         .map(|c| match c.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean | DataType::Timestamp(TimeUnit::Millisecond, _) => None,
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Boolean
+            | DataType::Timestamp(TimeUnit::Millisecond, _) => None,
             t if t.is_numeric() => None,
             _ => ArrayFormatter::try_new(c.as_ref(), &opts).ok(),
         })
@@ -215,10 +255,18 @@ fn write_ndjson(batch: &RecordBatch, names: &[Vec<u8>], line: &mut Vec<u8>, out:
                 DataType::Utf8 => json_string(line, col.as_string::<i32>().value(row)),
                 DataType::LargeUtf8 => json_string(line, col.as_string::<i64>().value(row)),
                 DataType::Utf8View => json_string(line, col.as_string_view().value(row)),
-                DataType::Boolean => line.extend_from_slice(if col.as_boolean().value(row) { b"true" } else { b"false" }),
+                DataType::Boolean => line.extend_from_slice(if col.as_boolean().value(row) {
+                    b"true"
+                } else {
+                    b"false"
+                }),
                 DataType::Timestamp(TimeUnit::Millisecond, _) => {
                     line.push(b'"');
-                    write_rfc3339_ms(line, col.as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(row));
+                    write_rfc3339_ms(
+                        line,
+                        col.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                            .value(row),
+                    );
                     line.push(b'"');
                 }
                 DataType::Int8 => int!(Int8Type),
@@ -229,8 +277,12 @@ fn write_ndjson(batch: &RecordBatch, names: &[Vec<u8>], line: &mut Vec<u8>, out:
                 DataType::UInt16 => int!(UInt16Type),
                 DataType::UInt32 => int!(UInt32Type),
                 DataType::UInt64 => int!(UInt64Type),
-                DataType::Float32 => write_float(line, col.as_primitive::<Float32Type>().value(row) as f64),
-                DataType::Float64 => write_float(line, col.as_primitive::<Float64Type>().value(row)),
+                DataType::Float32 => {
+                    write_float(line, col.as_primitive::<Float32Type>().value(row) as f64)
+                }
+                DataType::Float64 => {
+                    write_float(line, col.as_primitive::<Float64Type>().value(row))
+                }
                 _ => match &formatters[c] {
                     Some(f) => json_string(line, &f.value(row).to_string()),
                     None => line.extend_from_slice(b"null"),
@@ -254,14 +306,22 @@ impl DeadLetterFile {
     /// Dead letters written to `path`.
     pub fn create(path: &Path) -> Result<Self, EngineError> {
         let temp = in_progress(path);
-        let file = create(&temp).map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))?;
-        Ok(DeadLetterFile { path: path.to_path_buf(), temp, out: Some(BufWriter::new(file)) })
+        let file = create(&temp)
+            .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))?;
+        Ok(DeadLetterFile {
+            path: path.to_path_buf(),
+            temp,
+            out: Some(BufWriter::new(file)),
+        })
     }
 }
 
 impl DeadLetterSink for DeadLetterFile {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        let out = self.out.as_mut().ok_or_else(|| EngineError::DeadLetter("already closed".into()))?;
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| EngineError::DeadLetter("already closed".into()))?;
         for r in records {
             serde_json::to_writer(&mut *out, &r.to_json())
                 .and_then(|_| out.write_all(b"\n").map_err(serde_json::Error::io))
@@ -300,7 +360,10 @@ mod tests {
             schema,
             vec![
                 Arc::new(StringArray::from(vec![Some("a\"\\b"), None])),
-                Arc::new(TimestampMillisecondArray::from(vec![1_700_000_040_000, 0]).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMillisecondArray::from(vec![1_700_000_040_000, 0])
+                        .with_timezone("UTC"),
+                ),
                 Arc::new(Int64Array::from(vec![Some(3), None])),
                 Arc::new(Float64Array::from(vec![1.5, f64::NAN])),
             ],
@@ -318,7 +381,10 @@ mod tests {
         assert!(!path.exists());
         s.finish().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["k"], "a\"\\b");
         assert_eq!(lines[0]["window_start"], "2023-11-14T22:14:00.000Z");
         assert_eq!(lines[0]["n"], 3);
@@ -330,7 +396,10 @@ mod tests {
     fn csv_and_parquet_are_written() {
         let dir = tempdir();
         let b = batch();
-        for (name, f) in [("x.csv", FileFormat::Csv), ("x.parquet", FileFormat::Parquet)] {
+        for (name, f) in [
+            ("x.csv", FileFormat::Csv),
+            ("x.parquet", FileFormat::Parquet),
+        ] {
             let path = dir.join(name);
             let mut s = FileSink::create("out", &path, f, b.schema()).unwrap();
             s.write(&b).unwrap();
@@ -340,13 +409,20 @@ mod tests {
         let csv = std::fs::read_to_string(dir.join("x.csv")).unwrap();
         assert!(csv.contains("2023-11-14T22:14:00.000Z"), "{csv}");
         let file = File::open(dir.join("x.parquet")).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 2);
     }
 
     fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("weir-sink-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "weir-sink-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d

@@ -26,11 +26,14 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, String> {
             }
         }
     } else if path.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(|e| format!("cannot read folder {}: {e}", path.display()))?;
+        let entries = std::fs::read_dir(path)
+            .map_err(|e| format!("cannot read folder {}: {e}", path.display()))?;
         for e in entries {
             let e = e.map_err(|e| format!("cannot read folder {}: {e}", path.display()))?;
             let p = e.path();
-            let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
             if p.is_file() && !hidden {
                 files.push(p);
             }
@@ -111,18 +114,24 @@ impl FileReader {
     }
 
     fn source_err(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::source(&self.partitions[0].source, format!("{}: {e}", self.paths[self.current].display()))
+        EngineError::source(
+            &self.partitions[0].source,
+            format!("{}: {e}", self.paths[self.current].display()),
+        )
     }
 }
 
 impl PartitionReader for FileReader {
     fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
         loop {
-            if self.current >= self.paths.len() || ctx.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if self.current >= self.paths.len()
+                || ctx.stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 return Ok(None);
             }
             if self.file.is_none() && !self.eof {
-                self.file = Some(File::open(&self.paths[self.current]).map_err(|e| self.source_err(e))?);
+                self.file =
+                    Some(File::open(&self.paths[self.current]).map_err(|e| self.source_err(e))?);
             }
             if self.eof {
                 // the partition's last chunk, then the next file
@@ -140,7 +149,9 @@ impl PartitionReader for FileReader {
             let mut filled = have;
             let file = self.file.as_mut().expect("file opened above");
             while filled < buf.len() {
-                let n = file.read(&mut buf[filled..]).map_err(|e| EngineError::source("file", e))?;
+                let n = file
+                    .read(&mut buf[filled..])
+                    .map_err(|e| EngineError::source("file", e))?;
                 if n == 0 {
                     self.eof = true;
                     break;
@@ -195,7 +206,10 @@ mod tests {
         let files = resolve_files(&dir).unwrap();
         assert_eq!(files.len(), 2);
         let mut r = FileReader::new(0, "s", files, 0).with_chunk_bytes(64);
-        let ctx = ReaderContext { clocks: Arc::new(Clocks::new(&[(2, 0)])), stop: Arc::new(AtomicBool::new(false)) };
+        let ctx = ReaderContext {
+            clocks: Arc::new(Clocks::new(&[(2, 0)])),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
         let mut lines = Vec::new();
         let mut ends = 0;
         let mut expected_offset = 0;

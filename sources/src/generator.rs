@@ -135,7 +135,14 @@ impl Rng {
     }
 }
 
-const SOURCES: [&str; 6] = ["s3-ingest", "kafka-connect", "sftp-drop", "api-push", "db-cdc", "gcs-ingest"];
+const SOURCES: [&str; 6] = [
+    "s3-ingest",
+    "kafka-connect",
+    "sftp-drop",
+    "api-push",
+    "db-cdc",
+    "gcs-ingest",
+];
 const FORMATS: [&str; 5] = ["parquet", "json", "csv", "avro", "orc"];
 const NAMESPACES: [&str; 5] = ["data", "platform", "ml", "web", "security"];
 
@@ -187,7 +194,14 @@ impl EventGenerator {
         let keys = cfg.keys.max(1);
         let mut names: Vec<String> = (0..keys).map(|i| format!("{prefix}_{i:05}")).collect();
         if cfg.unicode_keys {
-            let extra = ["données-ßeta", "日本語-データ", "emoji-📦", "quote\"and\\slash", "space key", ""];
+            let extra = [
+                "données-ßeta",
+                "日本語-データ",
+                "emoji-📦",
+                "quote\"and\\slash",
+                "space key",
+                "",
+            ];
             for (i, e) in extra.iter().enumerate() {
                 if i < keys {
                     names[keys - 1 - i] = e.to_string();
@@ -196,18 +210,34 @@ impl EventGenerator {
         }
         let namespaces = names
             .iter()
-            .map(|n| NAMESPACES[n.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % NAMESPACES.len()])
+            .map(|n| {
+                NAMESPACES[n
+                    .bytes()
+                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+                    % NAMESPACES.len()]
+            })
             .collect();
-        let weights: Vec<f64> = (0..keys).map(|i| 1.0 / ((i + 1) as f64).powf(cfg.skew)).collect();
+        let weights: Vec<f64> = (0..keys)
+            .map(|i| 1.0 / ((i + 1) as f64).powf(cfg.skew))
+            .collect();
         let total: f64 = weights.iter().sum();
         let mut acc = 0.0;
-        let cumulative = weights.iter().map(|w| {
-            acc += w / total;
-            acc
-        }).collect();
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect();
         let at_rate = cfg.events_per_second > 0.0;
-        let start_ms = cfg.start_ms.unwrap_or(if at_rate { now_ms() } else { 1_700_000_000_000 });
-        let step_ms = cfg.step_ms.unwrap_or(if at_rate { 1000.0 / cfg.events_per_second } else { 1.0 });
+        let start_ms = cfg
+            .start_ms
+            .unwrap_or(if at_rate { now_ms() } else { 1_700_000_000_000 });
+        let step_ms = cfg.step_ms.unwrap_or(if at_rate {
+            1000.0 / cfg.events_per_second
+        } else {
+            1.0
+        });
         EventGenerator {
             rng: Rng::new(cfg.seed),
             cfg,
@@ -234,7 +264,9 @@ impl EventGenerator {
 
     fn pick_key(&mut self) -> usize {
         let r = self.rng.f64();
-        self.cumulative.partition_point(|&c| c < r).min(self.names.len() - 1)
+        self.cumulative
+            .partition_point(|&c| c < r)
+            .min(self.names.len() - 1)
     }
 
     /// The next event.
@@ -244,7 +276,9 @@ impl EventGenerator {
         self.clock += self.step_ms * 2.0 * self.rng.f64();
         let mut ts = self.clock as i64;
         if self.rng.f64() < self.cfg.late_frac && self.newest - self.cfg.late_ms > self.start_ms {
-            ts = self.newest - self.cfg.late_ms - self.rng.below(self.cfg.late_ms.max(1) as u64) as i64;
+            ts = self.newest
+                - self.cfg.late_ms
+                - self.rng.below(self.cfg.late_ms.max(1) as u64) as i64;
         } else if self.rng.f64() < self.cfg.jitter_frac {
             ts -= self.rng.below(self.cfg.jitter_ms as u64 + 1) as i64;
         }
@@ -255,10 +289,25 @@ impl EventGenerator {
                 let format = FORMATS[self.rng.below(5) as usize];
                 let rc = 1 + self.rng.below(99_999) as i64;
                 let roll = self.rng.f64();
-                let status = if roll < 0.85 { "SUCCESS" } else if roll < 0.95 { "FAILURE" } else { "PARTIAL" };
+                let status = if roll < 0.85 {
+                    "SUCCESS"
+                } else if roll < 0.95 {
+                    "FAILURE"
+                } else {
+                    "PARTIAL"
+                };
                 let source = SOURCES[self.rng.below(6) as usize];
                 let size = rc * (50 + self.rng.below(1950) as i64);
-                Event::Ingestion { index: i, timestamp: ts, source, dataset: &self.names[k], record_count: rc, size_bytes: size, format, status }
+                Event::Ingestion {
+                    index: i,
+                    timestamp: ts,
+                    source,
+                    dataset: &self.names[k],
+                    record_count: rc,
+                    size_bytes: size,
+                    format,
+                    status,
+                }
             }
             Kind::ServiceHealth => {
                 let roll = self.rng.f64();
@@ -274,7 +323,15 @@ impl EventGenerator {
                 let latency = (3.5 + 0.8 * self.rng.normal()).exp() as i64;
                 let scale = if status == "HEALTHY" { 0.01 } else { 0.2 };
                 let error_rate = (self.rng.f64() * scale * 1e6).round() / 1e6;
-                Event::Health { index: i, timestamp: ts, service: &self.names[k], namespace: self.namespaces[k], status, latency_ms: latency, error_rate }
+                Event::Health {
+                    index: i,
+                    timestamp: ts,
+                    service: &self.names[k],
+                    namespace: self.namespaces[k],
+                    status,
+                    latency_ms: latency,
+                    error_rate,
+                }
             }
         }
     }
@@ -343,7 +400,16 @@ fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
         }
     };
     match *ev {
-        Event::Ingestion { index, timestamp, source, dataset, record_count, size_bytes, format, status } => {
+        Event::Ingestion {
+            index,
+            timestamp,
+            source,
+            dataset,
+            record_count,
+            size_bytes,
+            format,
+            status,
+        } => {
             let _ = write!(out, "{{\"eventId\":\"evt-{index:010}\",");
             time(out, timestamp);
             let _ = write!(out, "\"source\":\"{source}\",\"datasetName\":");
@@ -353,7 +419,10 @@ fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
             } else {
                 let _ = write!(out, ",\"recordCount\":{record_count}");
             }
-            let _ = write!(out, ",\"sizeBytes\":{size_bytes},\"format\":\"{format}\",\"location\":");
+            let _ = write!(
+                out,
+                ",\"sizeBytes\":{size_bytes},\"format\":\"{format}\",\"location\":"
+            );
             let mut loc = Vec::with_capacity(64);
             let _ = write!(loc, "s3://lake/");
             loc.extend_from_slice(dataset.as_bytes());
@@ -365,12 +434,23 @@ fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
                 index % 5
             );
         }
-        Event::Health { index, timestamp, service, namespace, status, latency_ms, error_rate } => {
+        Event::Health {
+            index,
+            timestamp,
+            service,
+            namespace,
+            status,
+            latency_ms,
+            error_rate,
+        } => {
             let _ = write!(out, "{{\"eventId\":\"hlt-{index:010}\",");
             time(out, timestamp);
             out.extend_from_slice(b"\"serviceName\":");
             json_str(out, service);
-            let _ = write!(out, ",\"namespace\":\"{namespace}\",\"healthStatus\":\"{status}\",");
+            let _ = write!(
+                out,
+                ",\"namespace\":\"{namespace}\",\"healthStatus\":\"{status}\","
+            );
             if bad == Some(BadField::NestedCount) {
                 out.extend_from_slice(b"\"latencyMs\":{\"nested\":\"object\"}");
             } else {
@@ -405,10 +485,23 @@ pub struct GeneratorReader {
 
 impl GeneratorReader {
     /// A generator source; `output` is the decoded schema (the projected columns).
-    pub fn new(source: usize, source_name: &str, partition_id: usize, cfg: GeneratorConfig, output: SchemaRef, time_field: &str) -> Self {
+    pub fn new(
+        source: usize,
+        source_name: &str,
+        partition_id: usize,
+        cfg: GeneratorConfig,
+        output: SchemaRef,
+        time_field: &str,
+    ) -> Self {
         GeneratorReader {
             source,
-            partition: Arc::new(PartitionInfo { source: source_name.into(), id: partition_id, number: 0, topic: None, file: None }),
+            partition: Arc::new(PartitionInfo {
+                source: source_name.into(),
+                id: partition_id,
+                number: 0,
+                topic: None,
+                file: None,
+            }),
             gen: EventGenerator::new(cfg),
             columns: output.fields().iter().map(|f| f.name().clone()).collect(),
             output,
@@ -435,7 +528,9 @@ impl GeneratorReader {
             .iter()
             .map(|c| {
                 let col = match c.as_str() {
-                    "timestamp" | "recordCount" | "sizeBytes" | "latencyMs" => Col::I(Int64Builder::with_capacity(rows)),
+                    "timestamp" | "recordCount" | "sizeBytes" | "latencyMs" => {
+                        Col::I(Int64Builder::with_capacity(rows))
+                    }
                     "errorRate" => Col::F(Float64Builder::with_capacity(rows)),
                     _ => Col::S(StringBuilder::with_capacity(rows, rows * 16)),
                 };
@@ -453,7 +548,10 @@ impl GeneratorReader {
                 Event::Ingestion { timestamp, .. } | Event::Health { timestamp, .. } => timestamp,
             };
             if !time_is_ts {
-                return Err(EngineError::source(&self.partition.source, "the generator's event time is `timestamp`"));
+                return Err(EngineError::source(
+                    &self.partition.source,
+                    "the generator's event time is `timestamp`",
+                ));
             }
             times.push(ts);
             offsets.push(offset);
@@ -472,16 +570,34 @@ impl GeneratorReader {
                     }
                     (Event::Ingestion { source, .. }, "source") => GenValue::S(source),
                     (Event::Ingestion { dataset, .. }, "datasetName") => GenValue::S(dataset),
-                    (Event::Ingestion { record_count, .. }, "recordCount") => GenValue::I(*record_count),
+                    (Event::Ingestion { record_count, .. }, "recordCount") => {
+                        GenValue::I(*record_count)
+                    }
                     (Event::Ingestion { size_bytes, .. }, "sizeBytes") => GenValue::I(*size_bytes),
                     (Event::Ingestion { format, .. }, "format") => GenValue::S(format),
-                    (Event::Ingestion { index, dataset, format, .. }, "location") => {
-                        let _ = write!(scratch, "s3://lake/{dataset}/part-{:05}.{format}", index % 10_000);
+                    (
+                        Event::Ingestion {
+                            index,
+                            dataset,
+                            format,
+                            ..
+                        },
+                        "location",
+                    ) => {
+                        let _ = write!(
+                            scratch,
+                            "s3://lake/{dataset}/part-{:05}.{format}",
+                            index % 10_000
+                        );
                         GenValue::S(&scratch)
                     }
                     (Event::Ingestion { status, .. }, "status") => GenValue::S(status),
                     (Event::Ingestion { index, .. }, "metadata") => {
-                        let _ = write!(scratch, "{{\"pipeline\":\"p{}\",\"owner\":\"team-data\"}}", index % 5);
+                        let _ = write!(
+                            scratch,
+                            "{{\"pipeline\":\"p{}\",\"owner\":\"team-data\"}}",
+                            index % 5
+                        );
                         GenValue::S(&scratch)
                     }
                     (Event::Health { service, .. }, "serviceName") => GenValue::S(service),
@@ -493,7 +609,8 @@ impl GeneratorReader {
                         if *status == "HEALTHY" {
                             GenValue::Null
                         } else {
-                            let _ = write!(scratch, "{} since check {index}", status.to_lowercase());
+                            let _ =
+                                write!(scratch, "{} since check {index}", status.to_lowercase());
                             GenValue::S(&scratch)
                         }
                     }
@@ -520,9 +637,18 @@ impl GeneratorReader {
                 }
             })
             .collect();
-        let batch = RecordBatch::try_new_with_options(self.output.clone(), arrays, &RecordBatchOptions::new().with_row_count(Some(rows)))
-            .map_err(|e| EngineError::source(&self.partition.source, e))?;
-        Ok(EventBatch { batch, event_time: times, offsets, raw: None })
+        let batch = RecordBatch::try_new_with_options(
+            self.output.clone(),
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .map_err(|e| EngineError::source(&self.partition.source, e))?;
+        Ok(EventBatch {
+            batch,
+            event_time: times,
+            offsets,
+            raw: None,
+        })
     }
 }
 
@@ -539,7 +665,13 @@ impl PartitionReader for GeneratorReader {
             return Ok(None);
         }
         let chunk = |me: &mut Self, data| {
-            let c = Chunk { source: me.source, partition: me.partition.clone(), seq: me.seq, first_offset: me.gen.produced(), data };
+            let c = Chunk {
+                source: me.source,
+                partition: me.partition.clone(),
+                seq: me.seq,
+                first_offset: me.gen.produced(),
+                data,
+            };
             me.seq += 1;
             c
         };
@@ -547,7 +679,11 @@ impl PartitionReader for GeneratorReader {
             self.ended = true;
             return Ok(Some(chunk(self, ChunkData::End)));
         }
-        let remaining = self.gen.cfg.count.map_or(u64::MAX, |c| c - self.gen.produced());
+        let remaining = self
+            .gen
+            .cfg
+            .count
+            .map_or(u64::MAX, |c| c - self.gen.produced());
         let rate = self.gen.cfg.events_per_second;
         let rows = if rate > 0.0 {
             // pace: produce what is due now, in at most 100 ms slices
@@ -557,7 +693,10 @@ impl PartitionReader for GeneratorReader {
                     return Ok(None);
                 }
                 let due = (started.elapsed().as_secs_f64() * rate) as u64;
-                let n = due.saturating_sub(self.gen.produced()).min(remaining).min(BATCH_ROWS as u64);
+                let n = due
+                    .saturating_sub(self.gen.produced())
+                    .min(remaining)
+                    .min(BATCH_ROWS as u64);
                 if n > 0 {
                     break n as usize;
                 }
@@ -595,7 +734,9 @@ mod tests {
                 if v["timestamp"].is_i64() && v["recordCount"].is_i64() {
                     good += 1;
                     assert!(v["datasetName"].is_string());
-                    assert!(["SUCCESS", "FAILURE", "PARTIAL"].contains(&v["status"].as_str().unwrap()));
+                    assert!(
+                        ["SUCCESS", "FAILURE", "PARTIAL"].contains(&v["status"].as_str().unwrap())
+                    );
                 }
             }
         }

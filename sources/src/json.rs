@@ -10,14 +10,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Array, Int64Array, StringArray};
 use arrow::array::NullBufferBuilder;
+use arrow::array::{ArrayRef, BooleanBuilder, Float64Array, Int64Array, StringArray};
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_engine::job::Decode;
 use weir_engine::time::parse_rfc3339_ms;
-use weir_engine::{Chunk, Decoded, DeadLetter, ErrorInfo, EventBatch, RawRows, Reason};
+use weir_engine::{Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, RawRows, Reason};
 
 use crate::schema::{FieldKind, SourceSchema};
 
@@ -53,7 +53,12 @@ struct LineError {
 
 impl LineError {
     fn syntax(message: impl Into<String>, column: usize) -> Self {
-        LineError { code: "invalid_json", message: message.into(), field: None, column: Some(column) }
+        LineError {
+            code: "invalid_json",
+            message: message.into(),
+            field: None,
+            column: Some(column),
+        }
     }
 }
 
@@ -63,11 +68,21 @@ impl JsonDecoder {
     /// A decoder for `schema` whose output holds the fields named in `columns` (in schema
     /// order) and reads event time from `time_field`, which must be an integer (epoch ms)
     /// or string (RFC 3339) field.
-    pub fn new(schema: Arc<SourceSchema>, columns: &[String], time_field: &str) -> Result<Self, String> {
-        let time_field = schema
-            .index_of(time_field)
-            .ok_or_else(|| format!("event-time field `{time_field}` is not in schema `{}`", schema.name))?;
-        if !matches!(schema.fields[time_field].kind, FieldKind::Int | FieldKind::Str) {
+    pub fn new(
+        schema: Arc<SourceSchema>,
+        columns: &[String],
+        time_field: &str,
+    ) -> Result<Self, String> {
+        let time_field = schema.index_of(time_field).ok_or_else(|| {
+            format!(
+                "event-time field `{time_field}` is not in schema `{}`",
+                schema.name
+            )
+        })?;
+        if !matches!(
+            schema.fields[time_field].kind,
+            FieldKind::Int | FieldKind::Str
+        ) {
             return Err(format!(
                 "event-time field `{}` must be an integer (epoch ms) or a string (RFC 3339)",
                 schema.fields[time_field].name
@@ -109,14 +124,25 @@ impl JsonDecoder {
     }
 
     fn lookup(&self, key: &[u8]) -> Option<usize> {
-        self.by_len.get(key.len())?.iter().find(|(n, _)| &**n == key).map(|(_, i)| *i)
+        self.by_len
+            .get(key.len())?
+            .iter()
+            .find(|(n, _)| &**n == key)
+            .map(|(_, i)| *i)
     }
 
     /// Decodes newline-separated records. `first_offset` is the offset of the first line.
-    pub fn decode_lines(&self, bytes: &Arc<Vec<u8>>, first_offset: u64) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
+    pub fn decode_lines(
+        &self,
+        bytes: &Arc<Vec<u8>>,
+        first_offset: u64,
+    ) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
-        let mut cols: Vec<ColumnBuilder> =
-            self.projected.iter().map(|&f| ColumnBuilder::new(self.schema.fields[f].kind)).collect();
+        let mut cols: Vec<ColumnBuilder> = self
+            .projected
+            .iter()
+            .map(|&f| ColumnBuilder::new(self.schema.fields[f].kind))
+            .collect();
         let mut slots = vec![Val::Missing; self.schema.fields.len()];
         let mut event_time = Vec::new();
         let mut offsets = Vec::new();
@@ -136,7 +162,12 @@ impl JsonDecoder {
             let offset = first_offset + line_index;
             records += 1;
             let result = if !all_utf8 && simdutf8::basic::from_utf8(line).is_err() {
-                Err(LineError { code: "invalid_utf8", message: "the record is not valid UTF-8".into(), field: None, column: None })
+                Err(LineError {
+                    code: "invalid_utf8",
+                    message: "the record is not valid UTF-8".into(),
+                    field: None,
+                    column: None,
+                })
             } else {
                 self.parse_line(line, &mut slots, &mut scratch)
             };
@@ -178,13 +209,21 @@ impl JsonDecoder {
             batch,
             event_time,
             offsets,
-            raw: Some(RawRows { bytes: bytes.clone(), spans }),
+            raw: Some(RawRows {
+                bytes: bytes.clone(),
+                spans,
+            }),
         };
         (Some(events), bad, records)
     }
 
     /// Parses one line into the slots and returns its event time.
-    fn parse_line(&self, line: &[u8], slots: &mut [Val], scratch: &mut Vec<u8>) -> Result<i64, LineError> {
+    fn parse_line(
+        &self,
+        line: &[u8],
+        slots: &mut [Val],
+        scratch: &mut Vec<u8>,
+    ) -> Result<i64, LineError> {
         slots.fill(Val::Missing);
         let mut p = Parser { b: line, i: 0 };
         p.ws();
@@ -197,7 +236,12 @@ impl JsonDecoder {
             if q.skip_value(0).is_ok() {
                 q.ws();
                 if q.i == line.len() {
-                    return Err(LineError { code: "not_an_object", message: "the record is JSON but not an object".into(), field: None, column: Some(p.i) });
+                    return Err(LineError {
+                        code: "not_an_object",
+                        message: "the record is JSON but not an object".into(),
+                        field: None,
+                        column: Some(p.i),
+                    });
                 }
             }
             return Err(LineError::syntax("expected `{`", p.i));
@@ -255,8 +299,16 @@ impl JsonDecoder {
                     if field.nullable {
                         continue;
                     }
-                    let (code, what) = if matches!(v, Val::Missing) { ("missing_field", "missing") } else { ("null_field", "null") };
-                    let code = if f == self.time_field { "bad_event_time" } else { code };
+                    let (code, what) = if matches!(v, Val::Missing) {
+                        ("missing_field", "missing")
+                    } else {
+                        ("null_field", "null")
+                    };
+                    let code = if f == self.time_field {
+                        "bad_event_time"
+                    } else {
+                        code
+                    };
                     return Err(LineError {
                         code,
                         message: format!("required field `{}` is {what}", field.name),
@@ -273,10 +325,19 @@ impl JsonDecoder {
                 _ => false,
             };
             if !ok {
-                let code = if f == self.time_field { "bad_event_time" } else { "wrong_type" };
+                let code = if f == self.time_field {
+                    "bad_event_time"
+                } else {
+                    "wrong_type"
+                };
                 return Err(LineError {
                     code,
-                    message: format!("field `{}` must be {}, found {}", field.name, field.kind.describe(), describe(v)),
+                    message: format!(
+                        "field `{}` must be {}, found {}",
+                        field.name,
+                        field.kind.describe(),
+                        describe(v)
+                    ),
                     field: Some(f),
                     column: None,
                 });
@@ -284,7 +345,11 @@ impl JsonDecoder {
         }
         match slots[self.time_field] {
             Val::Int(t) => Ok(t),
-            Val::Str { start, end, escaped } => {
+            Val::Str {
+                start,
+                end,
+                escaped,
+            } => {
                 let text: &[u8] = if escaped {
                     scratch.clear();
                     unescape(&line[start as usize..end as usize], scratch);
@@ -302,11 +367,22 @@ impl JsonDecoder {
                     column: None,
                 })
             }
-            _ => Err(LineError { code: "bad_event_time", message: "event time unreadable".into(), field: Some(self.time_field), column: None }),
+            _ => Err(LineError {
+                code: "bad_event_time",
+                message: "event time unreadable".into(),
+                field: Some(self.time_field),
+                column: None,
+            }),
         }
     }
 
-    fn append(&self, line: &[u8], slots: &[Val], cols: &mut [ColumnBuilder], scratch: &mut Vec<u8>) -> Result<(), LineError> {
+    fn append(
+        &self,
+        line: &[u8],
+        slots: &[Val],
+        cols: &mut [ColumnBuilder],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), LineError> {
         for (c, &f) in self.projected.iter().enumerate() {
             cols[c].push(line, slots[f], scratch);
         }
@@ -327,7 +403,11 @@ impl Decode for JsonDecoder {
                 raw: Some(raw),
             })
             .collect();
-        Decoded { events, bad, records }
+        Decoded {
+            events,
+            bad,
+            records,
+        }
     }
 }
 
@@ -345,20 +425,38 @@ fn describe(v: Val) -> &'static str {
 }
 
 enum ColumnBuilder {
-    Str { offsets: Vec<i32>, values: Vec<u8>, nulls: NullBufferBuilder },
-    Int { values: Vec<i64>, nulls: NullBufferBuilder },
-    Float { values: Vec<f64>, nulls: NullBufferBuilder },
+    Str {
+        offsets: Vec<i32>,
+        values: Vec<u8>,
+        nulls: NullBufferBuilder,
+    },
+    Int {
+        values: Vec<i64>,
+        nulls: NullBufferBuilder,
+    },
+    Float {
+        values: Vec<f64>,
+        nulls: NullBufferBuilder,
+    },
     Bool(BooleanBuilder),
 }
 
 impl ColumnBuilder {
     fn new(kind: FieldKind) -> Self {
         match kind {
-            FieldKind::Str | FieldKind::Object | FieldKind::Array => {
-                ColumnBuilder::Str { offsets: vec![0], values: Vec::new(), nulls: NullBufferBuilder::new(0) }
-            }
-            FieldKind::Int => ColumnBuilder::Int { values: Vec::new(), nulls: NullBufferBuilder::new(0) },
-            FieldKind::Float => ColumnBuilder::Float { values: Vec::new(), nulls: NullBufferBuilder::new(0) },
+            FieldKind::Str | FieldKind::Object | FieldKind::Array => ColumnBuilder::Str {
+                offsets: vec![0],
+                values: Vec::new(),
+                nulls: NullBufferBuilder::new(0),
+            },
+            FieldKind::Int => ColumnBuilder::Int {
+                values: Vec::new(),
+                nulls: NullBufferBuilder::new(0),
+            },
+            FieldKind::Float => ColumnBuilder::Float {
+                values: Vec::new(),
+                nulls: NullBufferBuilder::new(0),
+            },
             FieldKind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
         }
     }
@@ -366,9 +464,17 @@ impl ColumnBuilder {
     /// Appends a value already checked against the field's kind.
     fn push(&mut self, line: &[u8], v: Val, scratch: &mut Vec<u8>) {
         match self {
-            ColumnBuilder::Str { offsets, values, nulls } => {
+            ColumnBuilder::Str {
+                offsets,
+                values,
+                nulls,
+            } => {
                 match v {
-                    Val::Str { start, end, escaped } => {
+                    Val::Str {
+                        start,
+                        end,
+                        escaped,
+                    } => {
                         let s = &line[start as usize..end as usize];
                         if escaped {
                             scratch.clear();
@@ -420,14 +526,24 @@ impl ColumnBuilder {
 
     fn finish(self) -> ArrayRef {
         match self {
-            ColumnBuilder::Str { offsets, values, mut nulls } => {
+            ColumnBuilder::Str {
+                offsets,
+                values,
+                mut nulls,
+            } => {
                 let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
                 // SAFETY: every value is a slice of a line that passed UTF-8 validation, cut at
                 // JSON string quotes (ASCII), or the output of `unescape`, which writes UTF-8.
-                Arc::new(unsafe { StringArray::new_unchecked(offsets, values.into(), nulls.finish()) })
+                Arc::new(unsafe {
+                    StringArray::new_unchecked(offsets, values.into(), nulls.finish())
+                })
             }
-            ColumnBuilder::Int { values, mut nulls } => Arc::new(Int64Array::new(values.into(), nulls.finish())),
-            ColumnBuilder::Float { values, mut nulls } => Arc::new(Float64Array::new(values.into(), nulls.finish())),
+            ColumnBuilder::Int { values, mut nulls } => {
+                Arc::new(Int64Array::new(values.into(), nulls.finish()))
+            }
+            ColumnBuilder::Float { values, mut nulls } => {
+                Arc::new(Float64Array::new(values.into(), nulls.finish()))
+            }
             ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
         }
     }
@@ -472,7 +588,16 @@ impl Parser<'_> {
         let mut escaped = false;
         loop {
             while i + 8 <= b.len() {
-                let w = u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+                let w = u64::from_le_bytes([
+                    b[i],
+                    b[i + 1],
+                    b[i + 2],
+                    b[i + 3],
+                    b[i + 4],
+                    b[i + 5],
+                    b[i + 6],
+                    b[i + 7],
+                ]);
                 if has_string_special(w) {
                     break;
                 }
@@ -491,7 +616,8 @@ impl Parser<'_> {
                     match b.get(i + 1) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
                         Some(b'u') => {
-                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) {
+                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit)
+                            {
                                 return Err(LineError::syntax("bad \\u escape in a string", i));
                             }
                             i += 6;
@@ -576,15 +702,23 @@ impl Parser<'_> {
                 }) {
                     Some(v) => v,
                     None => {
-                        return Err(LineError { code: "wrong_type", message: "integer out of the 64-bit range".into(), field: None, column: Some(start) });
+                        return Err(LineError {
+                            code: "wrong_type",
+                            message: "integer out of the 64-bit range".into(),
+                            field: None,
+                            column: Some(start),
+                        });
                     }
                 };
             }
             return Ok(Val::Int(v));
         }
         // SAFETY-free: the slice is ASCII digits, signs, dots and exponents.
-        let text = std::str::from_utf8(&b[start..i]).map_err(|_| LineError::syntax("invalid number", start))?;
-        text.parse::<f64>().map(Val::Float).map_err(|_| LineError::syntax("invalid number", start))
+        let text = std::str::from_utf8(&b[start..i])
+            .map_err(|_| LineError::syntax("invalid number", start))?;
+        text.parse::<f64>()
+            .map(Val::Float)
+            .map_err(|_| LineError::syntax("invalid number", start))
     }
 
     /// Parses a value into a slot.
@@ -592,7 +726,11 @@ impl Parser<'_> {
         match self.peek() {
             Some(b'"') => {
                 let (s, e, escaped) = self.string()?;
-                Ok(Val::Str { start: s as u32, end: e as u32, escaped })
+                Ok(Val::Str {
+                    start: s as u32,
+                    end: e as u32,
+                    escaped,
+                })
             }
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b't') => self.literal(b"true").map(|_| Val::Bool(true)),
@@ -603,12 +741,18 @@ impl Parser<'_> {
             Some(b'{') => {
                 let s = self.i;
                 self.skip_value(0)?;
-                Ok(Val::Obj { start: s as u32, end: self.i as u32 })
+                Ok(Val::Obj {
+                    start: s as u32,
+                    end: self.i as u32,
+                })
             }
             Some(b'[') => {
                 let s = self.i;
                 self.skip_value(0)?;
-                Ok(Val::Arr { start: s as u32, end: self.i as u32 })
+                Ok(Val::Arr {
+                    start: s as u32,
+                    end: self.i as u32,
+                })
             }
             None => Err(LineError::syntax("unexpected end of the record", self.i)),
             _ => Err(LineError::syntax("expected a value", self.i)),
@@ -709,11 +853,15 @@ fn unescape(s: &[u8], out: &mut Vec<u8>) {
                 };
                 let hi = hex(i);
                 i += 4;
-                if (0xD800..0xDC00).contains(&hi) && s.get(i) == Some(&b'\\') && s.get(i + 1) == Some(&b'u') {
+                if (0xD800..0xDC00).contains(&hi)
+                    && s.get(i) == Some(&b'\\')
+                    && s.get(i + 1) == Some(&b'u')
+                {
                     let lo = hex(i + 2);
                     if (0xDC00..0xE000).contains(&lo) {
                         i += 6;
-                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).unwrap_or('\u{FFFD}')
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                            .unwrap_or('\u{FFFD}')
                     } else {
                         '\u{FFFD}'
                     }
@@ -736,12 +884,20 @@ mod tests {
 
     fn decoder(cols: &[&str]) -> JsonDecoder {
         let s = Arc::new(SourceSchema::builtin("data-ingestion").unwrap());
-        JsonDecoder::new(s, &cols.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "timestamp").unwrap()
+        JsonDecoder::new(
+            s,
+            &cols.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "timestamp",
+        )
+        .unwrap()
     }
 
     const GOOD: &str = r#"{"eventId":"evt-1","timestamp":1700000000123,"source":"s3","datasetName":"d\u00e9j\u00e0 \"q\"","recordCount":5,"sizeBytes":500,"format":"csv","location":"x","status":"SUCCESS","metadata":{"owner":"t","n":[1,2,{"a":null}]},"extra":[true,false,null,-1.5e3]}"#;
 
-    fn run(lines: &[&str], cols: &[&str]) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
+    fn run(
+        lines: &[&str],
+        cols: &[&str],
+    ) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
         let text = lines.join("\n");
         decoder(cols).decode_lines(&Arc::new(text.into_bytes()), 10)
     }
@@ -749,13 +905,22 @@ mod tests {
     #[test]
     fn decodes_projected_columns_with_escapes() {
         let (ev, bad, n) = run(&[GOOD, GOOD], &["datasetName", "recordCount", "metadata"]);
-        assert!(bad.is_empty(), "{:?}", bad.iter().map(|b| &b.2.message).collect::<Vec<_>>());
+        assert!(
+            bad.is_empty(),
+            "{:?}",
+            bad.iter().map(|b| &b.2.message).collect::<Vec<_>>()
+        );
         assert_eq!(n, 2);
         let ev = ev.unwrap();
         assert_eq!(ev.batch.num_columns(), 3);
         assert_eq!(ev.batch.column(0).as_string::<i32>().value(0), "déjà \"q\"");
         assert_eq!(ev.batch.column(1).as_primitive::<Int64Type>().value(1), 5);
-        assert!(ev.batch.column(2).as_string::<i32>().value(0).starts_with("{\"owner\""));
+        assert!(ev
+            .batch
+            .column(2)
+            .as_string::<i32>()
+            .value(0)
+            .starts_with("{\"owner\""));
         assert_eq!(ev.event_time, vec![1_700_000_000_123, 1_700_000_000_123]);
         assert_eq!(ev.offsets, vec![10, 11]);
         assert_eq!(ev.raw_row(1).unwrap(), GOOD.as_bytes());
@@ -765,20 +930,50 @@ mod tests {
     fn classifies_bad_records_like_the_oracle() {
         let cases: Vec<(String, &str)> = vec![
             (GOOD[..40].to_string(), "invalid_json"),
-            (GOOD.replace("1700000000123", "\"not-a-time\""), "bad_event_time"),
-            (GOOD.replace("\"timestamp\":1700000000123,", ""), "bad_event_time"),
-            (GOOD.replace("\"recordCount\":5", "\"recordCount\":{\"nested\":\"object\"}"), "wrong_type"),
-            (GOOD.replace("\"recordCount\":5", "\"recordCount\":5.0"), "wrong_type"),
-            (GOOD.replace("\"recordCount\":5", "\"recordCount\":true"), "wrong_type"),
-            (GOOD.replace("\"status\":\"SUCCESS\"", "\"status\":null"), "null_field"),
+            (
+                GOOD.replace("1700000000123", "\"not-a-time\""),
+                "bad_event_time",
+            ),
+            (
+                GOOD.replace("\"timestamp\":1700000000123,", ""),
+                "bad_event_time",
+            ),
+            (
+                GOOD.replace(
+                    "\"recordCount\":5",
+                    "\"recordCount\":{\"nested\":\"object\"}",
+                ),
+                "wrong_type",
+            ),
+            (
+                GOOD.replace("\"recordCount\":5", "\"recordCount\":5.0"),
+                "wrong_type",
+            ),
+            (
+                GOOD.replace("\"recordCount\":5", "\"recordCount\":true"),
+                "wrong_type",
+            ),
+            (
+                GOOD.replace("\"status\":\"SUCCESS\"", "\"status\":null"),
+                "null_field",
+            ),
             (GOOD.replace("\"source\":\"s3\",", ""), "missing_field"),
-            ("this is not json at all \u{0}\u{ff}".to_string(), "invalid_json"),
+            (
+                "this is not json at all \u{0}\u{ff}".to_string(),
+                "invalid_json",
+            ),
             ("[1,2]".to_string(), "not_an_object"),
             (" ".to_string(), "invalid_json"),
             (format!("{GOOD} {{}}"), "invalid_json"),
             (GOOD.replace("\"x\"", "\"a\tb\""), "invalid_json"),
-            (GOOD.replace("\"recordCount\":5", "\"recordCount\":05"), "invalid_json"),
-            (GOOD.replace("\"recordCount\":5", "\"recordCount\":99999999999999999999"), "wrong_type"),
+            (
+                GOOD.replace("\"recordCount\":5", "\"recordCount\":05"),
+                "invalid_json",
+            ),
+            (
+                GOOD.replace("\"recordCount\":5", "\"recordCount\":99999999999999999999"),
+                "wrong_type",
+            ),
         ];
         for (line, code) in &cases {
             let (ev, bad, n) = run(&[line], &["datasetName"]);
@@ -792,8 +987,14 @@ mod tests {
     #[test]
     fn accepts_what_python_accepts() {
         let ok = [
-            GOOD.replace("\"metadata\":{\"owner\":\"t\",\"n\":[1,2,{\"a\":null}]}", "\"metadata\":null"),
-            GOOD.replace(",\"metadata\":{\"owner\":\"t\",\"n\":[1,2,{\"a\":null}]}", ""),
+            GOOD.replace(
+                "\"metadata\":{\"owner\":\"t\",\"n\":[1,2,{\"a\":null}]}",
+                "\"metadata\":null",
+            ),
+            GOOD.replace(
+                ",\"metadata\":{\"owner\":\"t\",\"n\":[1,2,{\"a\":null}]}",
+                "",
+            ),
             format!("  {GOOD}\r"),
             GOOD.replace("\"recordCount\":5", "\"recordCount\":5,\"recordCount\":7"),
             GOOD.replace("\"extra\":[", "\"extra\":[NaN,-Infinity,Infinity,"),
@@ -805,7 +1006,14 @@ mod tests {
             assert!(ev.is_some());
         }
         let (ev, _, _) = run(&[&ok[3]], &["recordCount"]);
-        assert_eq!(ev.unwrap().batch.column(0).as_primitive::<Int64Type>().value(0), 7);
+        assert_eq!(
+            ev.unwrap()
+                .batch
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .value(0),
+            7
+        );
     }
 
     #[test]
@@ -847,6 +1055,8 @@ mod tests {
         assert!(has_string_special(u64::from_le_bytes(*b"abc\"efgh")));
         assert!(has_string_special(u64::from_le_bytes(*b"abcdef\\h")));
         assert!(has_string_special(u64::from_le_bytes(*b"a\x1fcdefgh")));
-        assert!(!has_string_special(u64::from_le_bytes([0xc3, 0xa9, b'x', 0xe6, 0x97, 0xa5, b' ', b'~'])));
+        assert!(!has_string_special(u64::from_le_bytes([
+            0xc3, 0xa9, b'x', 0xe6, 0x97, 0xa5, b' ', b'~'
+        ])));
     }
 }

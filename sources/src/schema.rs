@@ -98,7 +98,11 @@ impl SourceSchema {
         if v.get("type").and_then(Value::as_str) != Some("record") {
             return Err("the schema must be an Avro record (\"type\": \"record\")".into());
         }
-        let name = v.get("name").and_then(Value::as_str).unwrap_or("record").to_string();
+        let name = v
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("record")
+            .to_string();
         let fields = v
             .get("fields")
             .and_then(Value::as_array)
@@ -110,11 +114,16 @@ impl SourceSchema {
                 .and_then(Value::as_str)
                 .ok_or("a field has no \"name\"")?
                 .to_string();
-            let ty = f.get("type").ok_or_else(|| format!("field `{fname}` has no \"type\""))?;
-            let (kind, nullable) =
-                avro_kind(ty).map_err(|e| format!("field `{fname}`: {e}"))?;
+            let ty = f
+                .get("type")
+                .ok_or_else(|| format!("field `{fname}` has no \"type\""))?;
+            let (kind, nullable) = avro_kind(ty).map_err(|e| format!("field `{fname}`: {e}"))?;
             let nullable = nullable || f.get("default").is_some_and(Value::is_null);
-            out.push(SchemaField { name: fname, kind, nullable });
+            out.push(SchemaField {
+                name: fname,
+                kind,
+                nullable,
+            });
         }
         Ok(SourceSchema { name, fields: out })
     }
@@ -134,7 +143,10 @@ fn avro_kind(ty: &Value) -> Result<(FieldKind, bool), String> {
     match ty {
         Value::String(s) => primitive(s).map(|k| (k, false)),
         Value::Array(branches) => {
-            let non_null: Vec<&Value> = branches.iter().filter(|b| b.as_str() != Some("null")).collect();
+            let non_null: Vec<&Value> = branches
+                .iter()
+                .filter(|b| b.as_str() != Some("null"))
+                .collect();
             if non_null.len() != 1 {
                 return Err("only unions of null and one type are supported".into());
             }
@@ -142,7 +154,10 @@ fn avro_kind(ty: &Value) -> Result<(FieldKind, bool), String> {
             Ok((k, branches.len() > 1))
         }
         Value::Object(o) => {
-            let t = o.get("type").and_then(Value::as_str).ok_or("a complex type needs \"type\"")?;
+            let t = o
+                .get("type")
+                .and_then(Value::as_str)
+                .ok_or("a complex type needs \"type\"")?;
             let k = match t {
                 "enum" | "fixed" => FieldKind::Str,
                 "map" | "record" => FieldKind::Object,
@@ -173,7 +188,14 @@ mod tests {
     fn builtins_follow_the_shared_schemas() {
         let s = SourceSchema::builtin("data-ingestion").unwrap();
         assert_eq!(s.fields.len(), 10);
-        assert_eq!(s.fields[1], SchemaField { name: "timestamp".into(), kind: FieldKind::Int, nullable: false });
+        assert_eq!(
+            s.fields[1],
+            SchemaField {
+                name: "timestamp".into(),
+                kind: FieldKind::Int,
+                nullable: false
+            }
+        );
         assert_eq!(s.fields[8].kind, FieldKind::Str);
         assert!(s.fields[9].nullable);
         let h = SourceSchema::builtin("service-health").unwrap();
@@ -185,8 +207,12 @@ mod tests {
     #[test]
     fn avsc_errors_are_explained() {
         assert!(SourceSchema::from_avsc("{").unwrap_err().contains("JSON"));
-        assert!(SourceSchema::from_avsc(r#"{"type":"enum"}"#).unwrap_err().contains("record"));
-        let e = SourceSchema::from_avsc(r#"{"type":"record","fields":[{"name":"a","type":"decimal"}]}"#);
+        assert!(SourceSchema::from_avsc(r#"{"type":"enum"}"#)
+            .unwrap_err()
+            .contains("record"));
+        let e = SourceSchema::from_avsc(
+            r#"{"type":"record","fields":[{"name":"a","type":"decimal"}]}"#,
+        );
         assert!(e.unwrap_err().contains("field `a`"));
     }
 }

@@ -1,0 +1,155 @@
+//! `${VAR}` and `${VAR:-default}` in pipeline files, with positions mapped back.
+
+use std::collections::HashMap;
+
+/// Where substitutions changed a line: (new start column, new end, original start, original end),
+/// columns counted in characters from 0.
+type LineEdits = Vec<(usize, usize, usize, usize)>;
+
+/// The interpolated text and what it takes to map its positions back to the original.
+pub struct Interpolated {
+    pub text: String,
+    edits: HashMap<usize, LineEdits>,
+}
+
+impl Interpolated {
+    /// Maps a 1-based (line, column) of the interpolated text to the original text.
+    pub fn original_column(&self, line: u64, column: u64) -> u64 {
+        let Some(edits) = self.edits.get(&(line as usize)) else {
+            return column;
+        };
+        let col = column.saturating_sub(1) as usize;
+        let mut shift: isize = 0;
+        for &(ns, ne, os, oe) in edits {
+            if col < ns {
+                break;
+            }
+            if col < ne {
+                return os as u64 + 1;
+            }
+            shift = oe as isize - ne as isize;
+        }
+        (col as isize + shift).max(0) as u64 + 1
+    }
+}
+
+/// Replaces `${VAR}` / `${VAR:-default}` outside comments. `$${` stays a literal `${`.
+/// Errors are (line, column, message), 1-based.
+pub fn interpolate(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Interpolated, (u64, u64, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut edits = HashMap::new();
+    for (ln, line) in text.split_inclusive('\n').enumerate() {
+        let chars: Vec<char> = line.chars().collect();
+        let mut line_edits = Vec::new();
+        let mut new_col = 0usize;
+        let (mut single, mut double) = (false, false);
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c == '#' && !single && !double && (i == 0 || chars[i - 1].is_whitespace()) {
+                out.extend(&chars[i..]);
+                break;
+            }
+            match c {
+                '\'' if !double => single = !single,
+                '"' if !single && (i == 0 || chars[i - 1] != '\\') => double = !double,
+                _ => {}
+            }
+            if c == '$' && chars.get(i + 1) == Some(&'$') && chars.get(i + 2) == Some(&'{') {
+                out.push_str("${");
+                line_edits.push((new_col, new_col + 2, i, i + 3));
+                new_col += 2;
+                i += 3;
+                continue;
+            }
+            if c == '$' && chars.get(i + 1) == Some(&'{') {
+                let Some(close) = chars[i + 2..].iter().position(|&c| c == '}') else {
+                    return Err((
+                        ln as u64 + 1,
+                        i as u64 + 1,
+                        "unclosed `${`: write ${VAR} or ${VAR:-default}".into(),
+                    ));
+                };
+                let inner: String = chars[i + 2..i + 2 + close].iter().collect();
+                let (name, default) = match inner.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (inner.as_str(), None),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err((
+                        ln as u64 + 1,
+                        i as u64 + 1,
+                        format!("`{name}` is not a variable name: use letters, digits and _"),
+                    ));
+                }
+                let value = match (
+                    env(name).filter(|v| !v.is_empty() || default.is_none()),
+                    default,
+                ) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => d.to_string(),
+                    (None, None) => {
+                        return Err((ln as u64 + 1, i as u64 + 1, format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)")));
+                    }
+                };
+                let len = value.chars().count();
+                let orig_end = i + 3 + close;
+                line_edits.push((new_col, new_col + len, i, orig_end));
+                out.push_str(&value);
+                new_col += len;
+                i = orig_end;
+                continue;
+            }
+            out.push(c);
+            new_col += 1;
+            i += 1;
+        }
+        if !line_edits.is_empty() {
+            edits.insert(ln + 1, line_edits);
+        }
+    }
+    Ok(Interpolated { text: out, edits })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "BROKERS" => Some("10.0.0.1:9092".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn substitutes_and_maps_columns_back() {
+        let t = interpolate(
+            "a: ${BROKERS} x ${NOPE:-d}  # ${COMMENT}\nb: '${EMPTY:-e}' $${lit}\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            t.text,
+            "a: 10.0.0.1:9092 x d  # ${COMMENT}\nb: 'e' ${lit}\n"
+        );
+        // `x` is at column 18 in the new text and 15 in the original
+        assert_eq!(t.original_column(1, 18), 15);
+        // inside the substituted value: the start of `${BROKERS}`
+        assert_eq!(t.original_column(1, 6), 4);
+        assert_eq!(t.original_column(2, 1), 1);
+    }
+
+    #[test]
+    fn unset_variables_are_errors_with_positions() {
+        let e = interpolate("name: x\nbrokers: ${MISSING}\n", &env).unwrap_err();
+        assert_eq!((e.0, e.1), (2, 10));
+        assert!(e.2.contains("MISSING"));
+        assert!(interpolate("a: ${bad name}", &env).is_err());
+        assert!(interpolate("a: ${OPEN", &env).is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! The pipeline file as written: every section of `pipeline-spec.md`, unknown keys refused.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+/// A duration such as `500ms`, `5s`, `1m`, `2h`, `1d`, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub u64);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        weir_engine::time::parse_duration_ms(&text).map(Duration).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "bad duration `{text}`: write a whole number and a unit, one of ms, s, m, h, d (e.g. 500ms, 5s, 1m)"
+            ))
+        })
+    }
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDoc {
+    pub name: Spanned<String>,
+    /// Worker threads (the command line's `--parallelism` overrides it).
+    #[serde(default)]
+    pub parallelism: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub sources: IndexMap<String, Spanned<SourceDoc>>,
+    #[serde(default)]
+    pub windows: IndexMap<String, Spanned<WindowDoc>>,
+    #[serde(default)]
+    pub views: IndexMap<String, Spanned<ViewDoc>>,
+    #[serde(default)]
+    pub sinks: IndexMap<String, Spanned<SinkDoc>>,
+    #[serde(default)]
+    pub dead_letter: Option<Spanned<DeadLetterDoc>>,
+    #[serde(default)]
+    pub checkpoint: Option<Spanned<CheckpointDoc>>,
+    #[serde(default)]
+    pub serve: Option<Spanned<ServeDoc>>,
+}
+
+/// Record formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Avro,
+    Cloudevents,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDoc {
+    #[serde(default)]
+    pub kafka: Option<Spanned<KafkaSourceDoc>>,
+    #[serde(default)]
+    pub file: Option<Spanned<FileSourceDoc>>,
+    #[serde(default)]
+    pub generator: Option<Spanned<GeneratorDoc>>,
+    #[serde(default)]
+    pub format: Option<Spanned<Format>>,
+    #[serde(default)]
+    pub schema: Option<Spanned<String>>,
+    #[serde(default)]
+    pub event_time: Option<Spanned<EventTimeDoc>>,
+    /// Fields the source is already partitioned by (for the worker pool).
+    #[serde(default)]
+    pub partitioned_by: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceDoc {
+    pub brokers: String,
+    pub topic: OneOrMany<String>,
+    #[serde(default)]
+    pub group_id: Option<String>,
+    #[serde(default)]
+    pub start_from: Option<String>,
+    #[serde(default)]
+    pub properties: IndexMap<String, String>,
+    #[serde(default)]
+    pub schema_registry: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceDoc {
+    pub path: Spanned<String>,
+}
+
+/// The generator's event kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorKind {
+    DataIngestion,
+    ServiceHealth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorDoc {
+    pub kind: GeneratorKind,
+    #[serde(default)]
+    pub count: Option<u64>,
+    #[serde(default)]
+    pub events_per_second: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub keys: Option<usize>,
+    #[serde(default)]
+    pub skew: Option<f64>,
+    #[serde(default)]
+    pub start_ms: Option<i64>,
+    #[serde(default)]
+    pub step_ms: Option<f64>,
+    #[serde(default)]
+    pub jitter_frac: Option<f64>,
+    #[serde(default)]
+    pub jitter_ms: Option<i64>,
+    #[serde(default)]
+    pub late_frac: Option<f64>,
+    #[serde(default)]
+    pub late_ms: Option<i64>,
+    #[serde(default)]
+    pub unicode_keys: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeDoc {
+    pub field: Spanned<String>,
+    #[serde(default)]
+    pub max_out_of_orderness: Option<Duration>,
+    #[serde(default)]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Which clock a window follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeDoc {
+    Event,
+    Processing,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowDoc {
+    pub from: Spanned<String>,
+    #[serde(default, rename = "where")]
+    pub filter: Option<Spanned<String>>,
+    pub key: Spanned<Vec<Spanned<String>>>,
+    pub tumbling: Spanned<Duration>,
+    #[serde(default)]
+    pub allowed_lateness: Option<Duration>,
+    #[serde(default)]
+    pub time: Option<TimeDoc>,
+    pub aggregates: Spanned<IndexMap<String, Spanned<String>>>,
+    #[serde(default)]
+    pub retain: Option<Duration>,
+    #[serde(default)]
+    pub sinks: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewDoc {
+    pub from: Spanned<String>,
+    #[serde(default, rename = "where")]
+    pub filter: Option<Spanned<String>>,
+    pub key: Spanned<Vec<Spanned<String>>>,
+    pub aggregates: Spanned<IndexMap<String, Spanned<String>>>,
+    #[serde(default)]
+    pub retain: Option<Duration>,
+    #[serde(default)]
+    pub sinks: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkDoc {
+    #[serde(default)]
+    pub kafka: Option<Spanned<KafkaSinkDoc>>,
+    #[serde(default)]
+    pub iceberg: Option<Spanned<IcebergDoc>>,
+    #[serde(default)]
+    pub elasticsearch: Option<Spanned<ElasticsearchDoc>>,
+    #[serde(default)]
+    pub file: Option<Spanned<FileSinkDoc>>,
+    #[serde(default)]
+    pub format: Option<Spanned<Format>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkDoc {
+    #[serde(default)]
+    pub brokers: Option<String>,
+    pub topic: String,
+    #[serde(default)]
+    pub properties: IndexMap<String, String>,
+    #[serde(default)]
+    pub delivery: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergDoc {
+    pub catalog: String,
+    pub warehouse: String,
+    pub table: String,
+    #[serde(default)]
+    pub partition_by: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchDoc {
+    pub url: OneOrMany<String>,
+    pub index: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub bulk_max_docs: Option<u64>,
+    #[serde(default)]
+    pub bulk_max_bytes: Option<u64>,
+    #[serde(default)]
+    pub flush_interval: Option<Duration>,
+    #[serde(default)]
+    pub refresh: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkDoc {
+    pub path: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterDoc {
+    #[serde(default)]
+    pub file: Option<Spanned<FileSinkDoc>>,
+    #[serde(default)]
+    pub kafka: Option<Spanned<KafkaSinkDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointDoc {
+    pub dir: String,
+    #[serde(default)]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeDoc {
+    #[serde(default)]
+    pub http: Option<String>,
+    #[serde(default)]
+    pub postgres: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+}

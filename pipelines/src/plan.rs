@@ -1,0 +1,735 @@
+//! From a pipeline file to a checked plan: names resolved, schemas loaded, SQL compiled.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::PhysicalExpr;
+use serde_saphyr::Location;
+use weir_operators::{SqlCompiler, TimeMode, WindowConfig};
+use weir_sinks::FileFormat;
+use weir_sources::{resolve_files, GeneratorConfig, JsonDecoder, Kind, SourceSchema};
+
+use crate::error::PipelineError;
+use crate::interpolate::{interpolate, Interpolated};
+use crate::model::*;
+
+/// What a source reads.
+#[derive(Debug)]
+pub enum SourceInput {
+    /// NDJSON files, one partition each.
+    Files(Vec<PathBuf>),
+    Generator(GeneratorConfig),
+    /// Declared but not available yet.
+    Kafka,
+}
+
+/// A checked source.
+pub struct PlannedSource {
+    pub name: String,
+    pub input: SourceInput,
+    pub schema: Arc<SourceSchema>,
+    pub time_field: String,
+    pub max_out_of_orderness_ms: u64,
+    pub idle_timeout_ms: Option<u64>,
+    /// The fields the pipeline reads (others are checked, not kept).
+    pub columns: Vec<String>,
+    pub decoder: Arc<JsonDecoder>,
+}
+
+/// A checked window.
+pub struct PlannedWindow {
+    pub config: Arc<WindowConfig>,
+    pub source: usize,
+    pub sinks: Vec<usize>,
+    pub retain_ms: Option<u64>,
+}
+
+/// Where a sink writes.
+#[derive(Debug, Clone)]
+pub enum SinkTarget {
+    File {
+        path: PathBuf,
+        format: FileFormat,
+    },
+    /// Declared but not available yet (kafka, iceberg, elasticsearch).
+    Unavailable(&'static str),
+}
+
+/// A checked sink.
+pub struct PlannedSink {
+    pub name: String,
+    pub target: SinkTarget,
+    /// The schema of the rows it receives (the windows feeding it).
+    pub schema: Option<SchemaRef>,
+}
+
+/// A pipeline ready to run.
+pub struct Plan {
+    pub name: String,
+    pub file: PathBuf,
+    pub parallelism: Option<usize>,
+    pub sources: Vec<PlannedSource>,
+    pub windows: Vec<PlannedWindow>,
+    pub sinks: Vec<PlannedSink>,
+    pub dead_letter: PathBuf,
+    /// Sections parsed and checked but not available in this version: `run` refuses them.
+    pub unavailable: Vec<PipelineError>,
+}
+
+struct Ctx<'a> {
+    file: String,
+    text: &'a Interpolated,
+    dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn err(&self, loc: &Location, message: impl Into<String>) -> PipelineError {
+        let line = loc.line();
+        let column = if line == 0 {
+            0
+        } else {
+            self.text.original_column(line, loc.column())
+        };
+        PipelineError::at(&self.file, line, column, message)
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+fn names<T>(m: &indexmap::IndexMap<String, T>) -> String {
+    if m.is_empty() {
+        "none is declared".to_string()
+    } else {
+        m.keys()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Reads, interpolates, parses and checks a pipeline file.
+pub fn load(path: &Path) -> Result<Plan, PipelineError> {
+    let file = path.display().to_string();
+    let raw = std::fs::read_to_string(path).map_err(|e| {
+        PipelineError::at(&file, 0, 0, format!("cannot read the pipeline file: {e}"))
+    })?;
+    let env = |name: &str| std::env::var(name).ok();
+    let text = interpolate(&raw, &env).map_err(|(l, c, m)| PipelineError::at(&file, l, c, m))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    let ctx = Ctx {
+        file: file.clone(),
+        text: &text,
+        dir,
+    };
+    let doc: PipelineDoc = serde_saphyr::from_str(&text.text).map_err(|e| {
+        let loc = e.location().unwrap_or(Location::UNKNOWN);
+        ctx.err(&loc, yaml_message(&e))
+    })?;
+    plan(doc, &ctx, path)
+}
+
+/// serde-saphyr's message without its own position suffix.
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    let s = e.without_snippet().to_string();
+    let s = s.lines().next().unwrap_or(&s).to_string();
+    match s.rfind(" at line ") {
+        Some(p) => s[..p].to_string(),
+        None => s,
+    }
+}
+
+fn arrow_schema(schema: &SourceSchema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields
+            .iter()
+            .map(|f| Field::new(&f.name, f.kind.arrow_type(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn columns_of(expr: &Arc<dyn PhysicalExpr>, out: &mut BTreeSet<String>) {
+    for c in collect_columns(expr) {
+        out.insert(c.name().to_string());
+    }
+}
+
+fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError> {
+    let name = doc.name.value.clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(ctx.err(
+            &doc.name.referenced,
+            format!("bad pipeline name `{name}`: use lowercase letters, digits, `_` and `-`"),
+        ));
+    }
+    let mut unavailable = Vec::new();
+    let parallelism = match &doc.parallelism {
+        Some(p) if p.value == 0 || p.value > 256 => {
+            return Err(ctx.err(&p.referenced, "parallelism must be between 1 and 256"))
+        }
+        Some(p) => Some(p.value as usize),
+        None => None,
+    };
+
+    // Sources: inputs and schemas.
+    struct Src {
+        name: String,
+        input: SourceInput,
+        schema: Arc<SourceSchema>,
+        time_field: String,
+        ooo: u64,
+        idle: Option<u64>,
+    }
+    let mut srcs = Vec::new();
+    for (sname, s) in &doc.sources {
+        let loc = &s.referenced;
+        let s = &s.value;
+        let declared = [s.kafka.is_some(), s.file.is_some(), s.generator.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if declared != 1 {
+            return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `file`, `generator` (found {declared})")));
+        }
+        let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
+        if format != Format::Json {
+            let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
+            unavailable.push(ctx.err(&f, format!("source `{sname}`: format `{format:?}` is not available yet in this version of weir (json is)").to_lowercase()));
+        }
+        let (input, default_schema) = if let Some(k) = &s.kafka {
+            unavailable.push(ctx.err(
+                &k.referenced,
+                format!(
+                    "source `{sname}`: kafka sources are not available yet in this version of weir"
+                ),
+            ));
+            (SourceInput::Kafka, None)
+        } else if let Some(f) = &s.file {
+            let p = ctx.path(&f.value.path.value);
+            let files = resolve_files(&p).map_err(|e| ctx.err(&f.value.path.referenced, e))?;
+            (SourceInput::Files(files), None)
+        } else {
+            let g = s.generator.as_ref().expect("one input is declared");
+            let kind = match g.value.kind {
+                GeneratorKind::DataIngestion => Kind::DataIngestion,
+                GeneratorKind::ServiceHealth => Kind::ServiceHealth,
+            };
+            let d = &g.value;
+            let mut cfg = GeneratorConfig::new(kind);
+            cfg.count = d.count;
+            cfg.events_per_second = d.events_per_second.unwrap_or(0.0);
+            if cfg.events_per_second < 0.0 {
+                return Err(ctx.err(
+                    &g.referenced,
+                    "events_per_second must be 0 (as fast as possible) or more",
+                ));
+            }
+            if let Some(v) = d.seed {
+                cfg.seed = v;
+            }
+            if let Some(v) = d.keys {
+                cfg.keys = v.max(1);
+            }
+            if let Some(v) = d.skew {
+                cfg.skew = v;
+            }
+            cfg.start_ms = d.start_ms;
+            cfg.step_ms = d.step_ms;
+            if let Some(v) = d.jitter_frac {
+                cfg.jitter_frac = v;
+            }
+            if let Some(v) = d.jitter_ms {
+                cfg.jitter_ms = v.max(0);
+            }
+            if let Some(v) = d.late_frac {
+                cfg.late_frac = v;
+            }
+            if let Some(v) = d.late_ms {
+                cfg.late_ms = v.max(0);
+            }
+            if let Some(v) = d.unicode_keys {
+                cfg.unicode_keys = v;
+            }
+            (SourceInput::Generator(cfg), Some(kind.schema_name()))
+        };
+        let schema = match (&s.schema, default_schema) {
+            (Some(sch), Some(builtin)) if sch.value != builtin => {
+                return Err(ctx.err(&sch.referenced, format!("the generator makes `{builtin}` events: its schema is `{builtin}`")));
+            }
+            (Some(sch), _) => match SourceSchema::builtin(&sch.value) {
+                Some(b) => b,
+                None if sch.value.ends_with(".avsc") => {
+                    let p = ctx.path(&sch.value);
+                    let text = std::fs::read_to_string(&p).map_err(|e| ctx.err(&sch.referenced, format!("cannot read schema {}: {e}", p.display())))?;
+                    SourceSchema::from_avsc(&text).map_err(|e| ctx.err(&sch.referenced, format!("schema {}: {e}", p.display())))?
+                }
+                None => {
+                    return Err(ctx.err(&sch.referenced, format!("unknown schema `{}`: use one of `data-ingestion`, `service-health`, or a path to an .avsc file", sch.value)));
+                }
+            },
+            (None, Some(builtin)) => SourceSchema::builtin(builtin).expect("built-in schema"),
+            (None, None) => return Err(ctx.err(loc, format!("source `{sname}` needs a `schema`: `data-ingestion`, `service-health`, or a path to an .avsc file"))),
+        };
+        let (time_field, ooo, idle) = match &s.event_time {
+            Some(et) => {
+                let f = &et.value.field;
+                if schema.index_of(&f.value).is_none() {
+                    return Err(ctx.err(
+                        &f.referenced,
+                        format!(
+                            "event-time field `{}` is not in schema `{}`; its fields are {}",
+                            f.value,
+                            schema.name,
+                            schema.field_names().join(", ")
+                        ),
+                    ));
+                }
+                (
+                    f.value.clone(),
+                    et.value.max_out_of_orderness.map_or(0, |d| d.0),
+                    et.value.idle_timeout.map(|d| d.0),
+                )
+            }
+            None if schema.index_of("timestamp").is_some() => ("timestamp".to_string(), 0, None),
+            None => {
+                return Err(ctx.err(
+                    loc,
+                    format!("source `{sname}` needs `event_time: {{ field: ... }}`"),
+                ))
+            }
+        };
+        srcs.push(Src {
+            name: sname.clone(),
+            input,
+            schema: Arc::new(schema),
+            time_field,
+            ooo,
+            idle,
+        });
+    }
+
+    // Sinks.
+    let mut sinks = Vec::new();
+    for (kname, k) in &doc.sinks {
+        let loc = &k.referenced;
+        let v = &k.value;
+        let declared = [
+            v.kafka.is_some(),
+            v.iceberg.is_some(),
+            v.elasticsearch.is_some(),
+            v.file.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if declared != 1 {
+            return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `file` (found {declared})")));
+        }
+        let target = if let Some(f) = &v.file {
+            let p = ctx.path(&f.value.path.value);
+            let format = FileFormat::from_path(&p).ok_or_else(|| {
+                ctx.err(&f.value.path.referenced, format!("file sink `{kname}`: unknown extension of `{}`: use .ndjson, .csv or .parquet", f.value.path.value))
+            })?;
+            SinkTarget::File { path: p, format }
+        } else {
+            let (what, l) = if let Some(x) = &v.kafka {
+                ("kafka", x.referenced)
+            } else if let Some(x) = &v.iceberg {
+                ("iceberg", x.referenced)
+            } else {
+                (
+                    "elasticsearch",
+                    v.elasticsearch
+                        .as_ref()
+                        .map(|x| x.referenced)
+                        .unwrap_or(*loc),
+                )
+            };
+            unavailable.push(ctx.err(
+                &l,
+                format!(
+                    "sink `{kname}`: {what} sinks are not available yet in this version of weir"
+                ),
+            ));
+            SinkTarget::Unavailable(what)
+        };
+        sinks.push(PlannedSink {
+            name: kname.clone(),
+            target,
+            schema: None,
+        });
+    }
+
+    // Windows, compiled once against the full schema to learn which columns they read.
+    let compiler = SqlCompiler::new();
+    let mut columns: Vec<BTreeSet<String>> = srcs
+        .iter()
+        .map(|s| BTreeSet::from([s.time_field.clone()]))
+        .collect();
+    struct Win<'a> {
+        name: &'a str,
+        doc: &'a WindowDoc,
+        loc: Location,
+        source: usize,
+    }
+    let mut wins = Vec::new();
+    for (wname, w) in &doc.windows {
+        let d = &w.value;
+        let source = doc.sources.get_index_of(&d.from.value).ok_or_else(|| {
+            ctx.err(
+                &d.from.referenced,
+                format!(
+                    "window `{wname}` reads from unknown source `{}`; declared sources: {}",
+                    d.from.value,
+                    names(&doc.sources)
+                ),
+            )
+        })?;
+        let src = &srcs[source];
+        let full = arrow_schema(&src.schema);
+        if d.key.value.is_empty() {
+            return Err(ctx.err(
+                &d.key.referenced,
+                format!("window `{wname}` needs at least one key field"),
+            ));
+        }
+        for k in &d.key.value {
+            if src.schema.index_of(&k.value).is_none() {
+                return Err(ctx.err(
+                    &k.referenced,
+                    format!(
+                        "key field `{}` is not in schema `{}`; its fields are {}",
+                        k.value,
+                        src.schema.name,
+                        src.schema.field_names().join(", ")
+                    ),
+                ));
+            }
+            columns[source].insert(k.value.clone());
+        }
+        if d.tumbling.value.0 == 0 {
+            return Err(ctx.err(
+                &d.tumbling.referenced,
+                "the window size must be more than 0",
+            ));
+        }
+        if let Some(f) = &d.filter {
+            let p = compiler
+                .predicate(&f.value, &full)
+                .map_err(|e| ctx.err(&f.referenced, format!("bad `where` expression: {e}")))?;
+            columns_of(&p, &mut columns[source]);
+        }
+        if d.aggregates.value.is_empty() {
+            return Err(ctx.err(
+                &d.aggregates.referenced,
+                format!("window `{wname}` needs at least one aggregate"),
+            ));
+        }
+        for (out, sql) in &d.aggregates.value {
+            if d.key.value.iter().any(|k| &k.value == out)
+                || out == "window_start"
+                || out == "window_end"
+            {
+                return Err(ctx.err(&sql.referenced, format!("aggregate name `{out}` is already a column of the output (keys, window_start, window_end)")));
+            }
+            let a = compiler
+                .aggregate(out, &sql.value, &full)
+                .map_err(|e| ctx.err(&sql.referenced, format!("bad aggregate `{out}`: {e}")))?;
+            for e in a.inputs.iter().chain(a.filter.iter()) {
+                columns_of(e, &mut columns[source]);
+            }
+        }
+        for s in &d.sinks {
+            if !doc.sinks.contains_key(&s.value) {
+                return Err(ctx.err(
+                    &s.referenced,
+                    format!(
+                        "window `{wname}` writes to unknown sink `{}`; declared sinks: {}",
+                        s.value,
+                        names(&doc.sinks)
+                    ),
+                ));
+            }
+        }
+        wins.push(Win {
+            name: wname,
+            doc: d,
+            loc: w.referenced,
+            source,
+        });
+    }
+    for (vname, v) in &doc.views {
+        if !doc.sources.contains_key(&v.value.from.value) {
+            return Err(ctx.err(
+                &v.value.from.referenced,
+                format!(
+                    "view `{vname}` reads from unknown source `{}`; declared sources: {}",
+                    v.value.from.value,
+                    names(&doc.sources)
+                ),
+            ));
+        }
+        for s in &v.value.sinks {
+            if !doc.sinks.contains_key(&s.value) {
+                return Err(ctx.err(
+                    &s.referenced,
+                    format!(
+                        "view `{vname}` writes to unknown sink `{}`; declared sinks: {}",
+                        s.value,
+                        names(&doc.sinks)
+                    ),
+                ));
+            }
+        }
+        unavailable.push(ctx.err(
+            &v.referenced,
+            format!(
+                "view `{vname}`: materialized views are not available yet in this version of weir"
+            ),
+        ));
+    }
+    if let Some(c) = &doc.checkpoint {
+        unavailable.push(ctx.err(
+            &c.referenced,
+            "checkpoints are not available yet in this version of weir",
+        ));
+    }
+    if let Some(s) = &doc.serve {
+        unavailable.push(ctx.err(
+            &s.referenced,
+            "serving SQL (`serve`) is not available yet in this version of weir",
+        ));
+    }
+    let dead_letter = match &doc.dead_letter {
+        Some(d) => match (&d.value.file, &d.value.kafka) {
+            (Some(f), None) => ctx.path(&f.value.path.value),
+            (None, Some(k)) => {
+                unavailable.push(ctx.err(
+                    &k.referenced,
+                    "a kafka dead-letter output is not available yet in this version of weir",
+                ));
+                ctx.dir.join("dead_letter.ndjson")
+            }
+            _ => {
+                return Err(ctx.err(
+                    &d.referenced,
+                    "dead_letter needs exactly one of `file`, `kafka`",
+                ))
+            }
+        },
+        None => ctx.dir.join("dead_letter.ndjson"),
+    };
+
+    // Decoders with only the columns read, then the windows compiled against them.
+    let mut sources = Vec::new();
+    for (i, s) in srcs.into_iter().enumerate() {
+        let cols: Vec<String> = s
+            .schema
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|f| columns[i].contains(f))
+            .collect();
+        let decoder = JsonDecoder::new(s.schema.clone(), &cols, &s.time_field)
+            .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?;
+        sources.push(PlannedSource {
+            name: s.name,
+            input: s.input,
+            schema: s.schema,
+            time_field: s.time_field,
+            max_out_of_orderness_ms: s.ooo,
+            idle_timeout_ms: s.idle,
+            columns: cols,
+            decoder: Arc::new(decoder),
+        });
+    }
+    let mut windows = Vec::new();
+    for w in wins {
+        let d = w.doc;
+        let input = sources[w.source].decoder.output_schema();
+        let predicate = match &d.filter {
+            Some(f) => Some(
+                compiler
+                    .predicate(&f.value, &input)
+                    .map_err(|e| ctx.err(&f.referenced, e))?,
+            ),
+            None => None,
+        };
+        let aggregates = d
+            .aggregates
+            .value
+            .iter()
+            .map(|(out, sql)| {
+                compiler
+                    .aggregate(out, &sql.value, &input)
+                    .map_err(|e| ctx.err(&sql.referenced, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Arc::new(WindowConfig {
+            name: w.name.to_string(),
+            input_schema: input,
+            predicate,
+            keys: d.key.value.iter().map(|k| k.value.clone()).collect(),
+            size_ms: d.tumbling.value.0 as i64,
+            allowed_lateness_ms: d.allowed_lateness.map_or(0, |x| x.0) as i64,
+            time: if d.time == Some(TimeDoc::Processing) {
+                TimeMode::Processing
+            } else {
+                TimeMode::Event
+            },
+            aggregates,
+        });
+        let schema = config
+            .output_schema()
+            .map_err(|e| ctx.err(&w.loc, e.to_string()))?;
+        let mut sink_ids = Vec::new();
+        for s in &d.sinks {
+            let id = doc.sinks.get_index_of(&s.value).expect("checked above");
+            let sink = &mut sinks[id];
+            if let (Some(prev), SinkTarget::File { format, .. }) = (&sink.schema, &sink.target) {
+                if *format != FileFormat::Ndjson && prev != &schema {
+                    return Err(ctx.err(&s.referenced, format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per window", s.value)));
+                }
+            }
+            sink.schema = Some(schema.clone());
+            sink_ids.push(id);
+        }
+        windows.push(PlannedWindow {
+            config,
+            source: w.source,
+            sinks: sink_ids,
+            retain_ms: d.retain.map(|r| r.0),
+        });
+    }
+    Ok(Plan {
+        name,
+        file: path.to_path_buf(),
+        parallelism,
+        sources,
+        windows,
+        sinks,
+        dead_letter,
+        unavailable,
+    })
+}
+
+impl Plan {
+    /// A readable description of the plan, for `weir validate`.
+    pub fn describe(&self, parallelism: usize) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "pipeline {} ({}), parallelism {parallelism}",
+            self.name,
+            self.file.display()
+        );
+        let _ = writeln!(s, "sources:");
+        for src in &self.sources {
+            let input = match &src.input {
+                SourceInput::Files(f) => format!(
+                    "file, {} partition(s): {}",
+                    f.len(),
+                    f.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                SourceInput::Generator(g) => format!(
+                    "generator {} events{}, seed {}",
+                    g.count.map_or("unbounded".to_string(), |c| c.to_string()),
+                    if g.events_per_second > 0.0 {
+                        format!(" at {}/s", g.events_per_second)
+                    } else {
+                        " as fast as possible".into()
+                    },
+                    g.seed
+                ),
+                SourceInput::Kafka => "kafka (not available yet)".into(),
+            };
+            let _ = writeln!(s, "  {}: {input}", src.name);
+            let _ = writeln!(
+                s,
+                "    schema {}, event time `{}`, max_out_of_orderness {} ms{}; reads {}",
+                src.schema.name,
+                src.time_field,
+                src.max_out_of_orderness_ms,
+                src.idle_timeout_ms
+                    .map_or(String::new(), |i| format!(", idle_timeout {i} ms")),
+                src.columns.join(", ")
+            );
+        }
+        let _ = writeln!(s, "windows:");
+        for w in &self.windows {
+            let c = &w.config;
+            let _ = writeln!(
+                s,
+                "  {}: from {} key [{}] tumbling {} ms, allowed_lateness {} ms, {} time",
+                c.name,
+                self.sources[w.source].name,
+                c.keys.join(", "),
+                c.size_ms,
+                c.allowed_lateness_ms,
+                if c.time == TimeMode::Event {
+                    "event"
+                } else {
+                    "processing"
+                }
+            );
+            if let Some(p) = &c.predicate {
+                let _ = writeln!(s, "    where {p}");
+            }
+            for a in &c.aggregates {
+                let _ = writeln!(
+                    s,
+                    "    {} = {} -> {}",
+                    a.name,
+                    a.function.human_display(),
+                    a.output_field().data_type()
+                );
+            }
+            let _ = writeln!(
+                s,
+                "    sinks: {}",
+                w.sinks
+                    .iter()
+                    .map(|i| self.sinks[*i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let _ = writeln!(s, "sinks:");
+        for k in &self.sinks {
+            let t = match &k.target {
+                SinkTarget::File { path, format } => {
+                    format!("{format:?} file {}", path.display()).to_lowercase()
+                }
+                SinkTarget::Unavailable(w) => format!("{w} (not available yet)"),
+            };
+            let _ = writeln!(s, "  {}: {t}", k.name);
+        }
+        let _ = writeln!(s, "dead letters: {}", self.dead_letter.display());
+        for u in &self.unavailable {
+            let _ = writeln!(s, "not available yet: {u}");
+        }
+        s
+    }
+}
