@@ -1,1 +1,237 @@
+//! Helpers of weir's end-to-end tests: reading outputs back and comparing them with the
+//! reference oracle's rows as `shared/oracle/compare.py` does.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMillisecondType};
+use serde_json::{Map, Value};
+
+/// One output row.
+pub type Row = Map<String, Value>;
+
+/// The folder of the golden cases.
+pub fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+}
+
+/// Rows of an NDJSON file.
+pub fn read_ndjson(path: &Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| match serde_json::from_str(l) {
+            Ok(Value::Object(m)) => m,
+            other => panic!("{}: not a JSON object: {l} ({other:?})", path.display()),
+        })
+        .collect()
+}
+
+/// Rows of a CSV file with a header (RFC 4180 quoting); every value is a string, empty is null.
+pub fn read_csv(path: &Path) -> Vec<Row> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut records = Vec::new();
+    let mut field = String::new();
+    let mut record = Vec::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if field.is_empty() => quoted = true,
+            (',', false) => record.push(std::mem::take(&mut field)),
+            ('\n', false) => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (c, _) => field.push(c),
+        }
+    }
+    if !field.is_empty() || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    let header = records.remove(0);
+    records
+        .into_iter()
+        .map(|r| {
+            header
+                .iter()
+                .zip(r)
+                .map(|(h, v)| (h.clone(), if v.is_empty() { Value::Null } else { Value::String(v) }))
+                .collect()
+        })
+        .collect()
+}
+
+/// Rows of a Parquet file; timestamps become epoch milliseconds.
+pub fn read_parquet(path: &Path) -> Vec<Row> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("parquet batch");
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            let mut row = Map::new();
+            for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                let v = if col.is_null(i) {
+                    Value::Null
+                } else {
+                    match col.data_type() {
+                        DataType::Utf8 => Value::from(col.as_string::<i32>().value(i)),
+                        DataType::Int64 => Value::from(col.as_primitive::<Int64Type>().value(i)),
+                        DataType::Float64 => Value::from(col.as_primitive::<Float64Type>().value(i)),
+                        DataType::Timestamp(_, _) => Value::from(col.as_primitive::<TimestampMillisecondType>().value(i)),
+                        other => panic!("unexpected column type {other}"),
+                    }
+                };
+                row.insert(f.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Rows of an output file, by extension.
+pub fn read_rows(path: &Path) -> Vec<Row> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => read_parquet(path),
+        Some("csv") => read_csv(path),
+        _ => read_ndjson(path),
+    }
+}
+
+fn to_ms(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.parse::<i64>().ok().or_else(|| weir_engine::time::parse_rfc3339_ms(s.as_bytes())),
+        _ => None,
+    }
+}
+
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn same(expected: &Value, actual: Option<&Value>) -> bool {
+    let actual_null = matches!(actual, None | Some(Value::Null)) || actual == Some(&Value::String(String::new()));
+    if expected.is_null() || actual_null {
+        return expected.is_null() == actual_null;
+    }
+    let actual = actual.expect("checked above");
+    if let Value::String(e) = expected {
+        return &as_text(actual) == e;
+    }
+    let a = match actual {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse::<f64>().ok(),
+        _ => None,
+    };
+    let (Some(a), Some(e)) = (a, expected.as_f64()) else { return false };
+    if expected.is_i64() && (e == a) {
+        return true;
+    }
+    (e - a).abs() <= 1e-9_f64.max(1e-9 * e.abs().max(a.abs()))
+}
+
+/// Compares result rows with the oracle's: the same set of (keys, window_start), no
+/// duplicates, every expected column equal. Returns a description of the differences.
+pub fn compare(expected: &[Row], actual: &[Row], keys: &[&str]) -> Result<(), String> {
+    let ident = |r: &Row| -> (Vec<String>, Option<i64>) {
+        (
+            keys.iter().map(|k| r.get(*k).map(as_text).unwrap_or_default()).collect(),
+            r.get("window_start").and_then(to_ms),
+        )
+    };
+    let exp: HashMap<_, _> = expected.iter().map(|r| (ident(r), r)).collect();
+    let mut act = HashMap::new();
+    let mut dups = Vec::new();
+    for r in actual {
+        if act.insert(ident(r), r).is_some() {
+            dups.push(ident(r));
+        }
+    }
+    let missing: Vec<_> = exp.keys().filter(|k| !act.contains_key(*k)).collect();
+    let extra: Vec<_> = act.keys().filter(|k| !exp.contains_key(*k)).collect();
+    let mut wrong = Vec::new();
+    for (k, e) in &exp {
+        let Some(a) = act.get(k) else { continue };
+        for (col, ev) in e.iter() {
+            if keys.contains(&col.as_str()) || col == "window_start" {
+                continue;
+            }
+            let ok = if col == "window_end" {
+                to_ms(ev) == a.get(col).and_then(to_ms)
+            } else {
+                same(ev, a.get(col))
+            };
+            if !ok {
+                wrong.push(format!("{k:?} {col}: expected {ev}, got {:?}", a.get(col)));
+            }
+        }
+    }
+    if missing.is_empty() && extra.is_empty() && wrong.is_empty() && dups.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "expected={} actual={} missing={} extra={} wrong={} duplicates={}\n  missing e.g. {:?}\n  extra e.g. {:?}\n  wrong e.g. {:?}\n  duplicate e.g. {:?}",
+        exp.len(),
+        act.len(),
+        missing.len(),
+        extra.len(),
+        wrong.len(),
+        dups.len(),
+        missing.iter().take(3).collect::<Vec<_>>(),
+        extra.iter().take(3).collect::<Vec<_>>(),
+        wrong.iter().take(3).collect::<Vec<_>>(),
+        dups.iter().take(3).collect::<Vec<_>>()
+    ))
+}
+
+/// Copies every regular file of `from` into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let p = e.expect("entry").path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(v: Value) -> Row {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn compare_catches_every_kind_of_difference() {
+        let e = vec![row(json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}))];
+        let good = vec![row(json!({"k": "a", "window_start": "1970-01-01T00:01:00.000Z", "window_end": "1970-01-01T00:02:00.000Z", "n": 2, "avg": 0.5000000000001}))];
+        assert!(compare(&e, &good, &["k"]).is_ok());
+        let wrong = vec![row(json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 3, "avg": 0.5}))];
+        assert!(compare(&e, &wrong, &["k"]).unwrap_err().contains("wrong=1"));
+        let dup = vec![good[0].clone(), good[0].clone()];
+        assert!(compare(&e, &dup, &["k"]).unwrap_err().contains("duplicates=1"));
+        assert!(compare(&e, &[], &["k"]).unwrap_err().contains("missing=1"));
+        let other = vec![row(json!({"k": "b", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}))];
+        assert!(compare(&e, &other, &["k"]).unwrap_err().contains("extra=1"));
+    }
+}

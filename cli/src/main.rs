@@ -198,6 +198,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 RunOptions {
                     parallelism: p,
                     stop,
+                    file_chunk_bytes: None,
                 },
             )
             .map_err(|e| match e {

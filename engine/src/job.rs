@@ -300,6 +300,7 @@ pub fn run(
     let decoders: Arc<Vec<Arc<dyn Decode>>> =
         Arc::new(spec.sources.iter().map(|s| s.decoder.clone()).collect());
     let mut worker_senders = Vec::new();
+    let input_done = Arc::new(ExitBarrier::new(n));
     for (w, ops) in worker_parts.into_iter().enumerate() {
         let (tx, rx) = bounded::<Chunk>(WORKER_QUEUE);
         worker_senders.push(tx);
@@ -312,6 +313,7 @@ pub fn run(
             merge_tx: merge_tx.clone(),
             failure: failure.clone(),
             op_sources: op_sources.clone(),
+            input_done: input_done.clone(),
         };
         threads.push(spawn(format!("worker-{w}"), &failure, move || {
             worker_loop(rx, ops, ctx)
@@ -378,6 +380,7 @@ struct WorkerCtx {
     merge_tx: Sender<MergeMsg>,
     failure: Failure,
     op_sources: Vec<usize>,
+    input_done: Arc<ExitBarrier>,
 }
 
 fn worker_loop(
@@ -402,7 +405,41 @@ fn worker_loop(
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
+    // Another worker may still be sequencing a partition's last chunk: the watermarks are
+    // final only once every worker has handled its whole queue.
+    ctx.input_done.arrive_and_wait(&ctx.failure.cancel)?;
     flush_ops(&mut ops, &mut flushed, &ctx)
+}
+
+/// Lets workers wait until all of them have handled all their input.
+struct ExitBarrier {
+    remaining: Mutex<usize>,
+    all_done: std::sync::Condvar,
+}
+
+impl ExitBarrier {
+    fn new(workers: usize) -> Self {
+        ExitBarrier { remaining: Mutex::new(workers), all_done: std::sync::Condvar::new() }
+    }
+
+    fn arrive_and_wait(&self, cancel: &AtomicBool) -> Result<(), EngineError> {
+        let mut left = self.remaining.lock().map_err(|_| EngineError::Internal("exit barrier poisoned".into()))?;
+        *left -= 1;
+        if *left == 0 {
+            self.all_done.notify_all();
+        }
+        while *left > 0 {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            left = self
+                .all_done
+                .wait_timeout(left, Duration::from_millis(50))
+                .map_err(|_| EngineError::Internal("exit barrier poisoned".into()))?
+                .0;
+        }
+        Ok(())
+    }
 }
 
 fn process_chunk(

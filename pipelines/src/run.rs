@@ -20,6 +20,9 @@ pub struct RunOptions {
     pub parallelism: Option<usize>,
     /// Stops the run from another thread (SIGINT).
     pub stop: StopHandle,
+    /// Bytes per chunk read from files (default 1 MiB); smaller chunks spread a small file
+    /// over more workers.
+    pub file_chunk_bytes: Option<usize>,
 }
 
 /// Why a run did not finish.
