@@ -1,0 +1,149 @@
+//! The `weir` binary as users drive it: commands, exit codes 0/1/2, outputs, errors on one line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn weir() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+fn assert_clean_error(o: &Output, code: i32) -> String {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "stdout: {}\nstderr: {err}", text(&o.stdout));
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    err
+}
+
+#[test]
+fn help_everywhere() {
+    for args in [vec!["--help"], vec!["run", "--help"], vec!["validate", "--help"], vec!["generate", "--help"]] {
+        let o = weir().args(&args).output().unwrap();
+        assert!(o.status.success(), "{args:?}");
+        assert!(text(&o.stdout).contains("Usage"), "{args:?}");
+    }
+    let o = weir().arg("frobnicate").output().unwrap();
+    assert_clean_error(&o, 1);
+}
+
+#[test]
+fn quickstart_runs_and_writes_files() {
+    let out = tempfile::tempdir().unwrap();
+    let o = weir()
+        .args(["run", "pipelines/examples/quickstart.yaml"])
+        .current_dir(repo())
+        .env("WEIR_OUT", out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let summary = text(&o.stdout);
+    assert!(summary.contains("10000 events in") && summary.contains("103 bad") && summary.contains("6 late"), "{summary}");
+    let rows = std::fs::read_to_string(out.path().join("ingestion_1m.ndjson")).unwrap();
+    assert_eq!(rows.lines().count(), 539);
+    assert!(out.path().join("ingestion_1m.parquet").exists());
+    let dead = std::fs::read_to_string(out.path().join("dead_letter.ndjson")).unwrap();
+    assert_eq!(dead.lines().count(), 109);
+    // no half-written files left behind
+    for e in std::fs::read_dir(out.path()).unwrap() {
+        assert!(!e.unwrap().file_name().to_string_lossy().ends_with(".inprogress"));
+    }
+}
+
+#[test]
+fn validate_prints_the_plan_and_rejects_bad_files_with_positions() {
+    let o = weir().args(["validate", "pipelines/examples/quickstart.yaml"]).current_dir(repo()).output().unwrap();
+    assert!(o.status.success());
+    let plan = text(&o.stdout);
+    assert!(plan.contains("ingestion_1m: from sample key [datasetName]") && plan.contains("reads timestamp, datasetName"), "{plan}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: x\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 10 }\n    colour: blue\n").unwrap();
+    let o = weir().arg("validate").arg(&bad).output().unwrap();
+    let err = assert_clean_error(&o, 1);
+    assert!(err.contains(&format!("{}:5:5: unknown field `colour`", bad.display())), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let o = weir().args(["validate", "/nonexistent/p.yaml"]).output().unwrap();
+    assert_clean_error(&o, 1);
+}
+
+#[test]
+fn sections_not_built_yet_exit_1_at_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "name: x\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 10 }\nwindows:\n  w: { from: s, key: [datasetName], tumbling: 1m, aggregates: { n: count(*) }, sinks: [es] }\nsinks:\n  es: { elasticsearch: { url: \"http://127.0.0.1:9200\", index: x } }\n",
+    )
+    .unwrap();
+    let o = weir().arg("validate").arg(&p).output().unwrap();
+    assert!(o.status.success());
+    assert!(text(&o.stdout).contains("not available yet"));
+    let o = weir().arg("run").arg(&p).output().unwrap();
+    let err = assert_clean_error(&o, 1);
+    assert!(err.contains(":8:24: sink `es`: elasticsearch sinks are not available yet"), "{err}");
+}
+
+#[test]
+fn runtime_failures_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blocker"), "a file where a folder should be").unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "name: x\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 10 }\nwindows:\n  w: { from: s, key: [datasetName], tumbling: 1m, aggregates: { n: count(*) }, sinks: [out] }\nsinks:\n  out: { file: { path: blocker/out.ndjson } }\ndead_letter: { file: { path: dlq.ndjson } }\n",
+    )
+    .unwrap();
+    let o = weir().arg("run").arg(&p).output().unwrap();
+    let err = assert_clean_error(&o, 2);
+    assert!(err.contains("sink `out`") && err.contains("blocker"), "{err}");
+}
+
+#[test]
+fn generator_source_at_parallelism_2_equals_parallelism_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "name: gen\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 30000, seed: 3, keys: 200 }\n    event_time: { field: timestamp, max_out_of_orderness: 3s }\nwindows:\n  w:\n    from: s\n    key: [datasetName]\n    tumbling: 10s\n    aggregates: { n: count(*), total: sum(recordCount), distinct_status: count(DISTINCT status), avg: avg(sizeBytes) }\n    sinks: [out]\nsinks:\n  out: { file: { path: \"${OUT}/w.ndjson\" } }\ndead_letter: { file: { path: \"${OUT}/dlq.ndjson\" } }\n",
+    )
+    .unwrap();
+    let mut results = Vec::new();
+    for n in ["1", "2"] {
+        let out = dir.path().join(n);
+        let o = weir().arg("run").arg(&p).args(["--parallelism", n]).env("OUT", &out).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        results.push(std::fs::read_to_string(out.join("w.ndjson")).unwrap());
+    }
+    assert!(results[0].lines().count() > 100);
+    // rows are sorted by key within each window: the files are identical
+    assert_eq!(results[0], results[1]);
+}
+
+#[test]
+fn generate_writes_events_with_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ev.ndjson");
+    let o = weir()
+        .args(["generate", "service-health", "--count", "5000", "--seed", "9", "--bad-frac", "0.05", "--out"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let body = std::fs::read_to_string(&f).unwrap();
+    assert_eq!(body.lines().count(), 5000);
+    let good = body.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["latencyMs"].is_i64() && v["timestamp"].is_i64())).count();
+    assert!((4600..4900).contains(&good), "{good}");
+    let o = weir().args(["generate", "data-ingestion", "--count", "5", "--kafka", "127.0.0.1:9092/t"]).output().unwrap();
+    assert_clean_error(&o, 1);
+}
