@@ -30,14 +30,26 @@ fn run_case(case: &str, parallelism: usize, chunk_bytes: Option<usize>) {
         })
         .collect();
     let dead_letter = plan.dead_letter.clone();
-    let summary = run(plan, RunOptions { parallelism: Some(parallelism), file_chunk_bytes: chunk_bytes, ..Default::default() })
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let summary = run(
+        plan,
+        RunOptions {
+            parallelism: Some(parallelism),
+            file_chunk_bytes: chunk_bytes,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
     let dead = read_ndjson(&dead_letter);
     let label = format!("{case} at parallelism {parallelism}, chunks {chunk_bytes:?}");
     for (name, keys, paths) in windows {
-        let expected = read_ndjson(&golden_dir().join(case).join(format!("expected_{name}.ndjson")));
+        let expected = read_ndjson(
+            &golden_dir()
+                .join(case)
+                .join(format!("expected_{name}.ndjson")),
+        );
         let oracle: Value = serde_json::from_str(
-            &std::fs::read_to_string(golden_dir().join(case).join(format!("summary_{name}.json"))).expect("summary"),
+            &std::fs::read_to_string(golden_dir().join(case).join(format!("summary_{name}.json")))
+                .expect("summary"),
         )
         .expect("summary json");
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -51,15 +63,36 @@ fn run_case(case: &str, parallelism: usize, chunk_bytes: Option<usize>) {
             .iter()
             .filter(|d| d["reason"] == "late" && d["error"]["details"]["window"] == name.as_str())
             .count() as u64;
-        assert_eq!(late, oracle["late"].as_u64().unwrap(), "{label}: late events of {name}");
-        assert_eq!(summary.records_in, oracle["lines"].as_u64().unwrap(), "{label}: lines");
-        assert_eq!(summary.bad, oracle["bad"].as_u64().unwrap(), "{label}: bad records");
+        assert_eq!(
+            late,
+            oracle["late"].as_u64().unwrap(),
+            "{label}: late events of {name}"
+        );
+        assert_eq!(
+            summary.records_in,
+            oracle["lines"].as_u64().unwrap(),
+            "{label}: lines"
+        );
+        assert_eq!(
+            summary.bad,
+            oracle["bad"].as_u64().unwrap(),
+            "{label}: bad records"
+        );
     }
     let bad = dead.iter().filter(|d| d["reason"] == "bad").count() as u64;
-    assert_eq!(bad, summary.bad, "{label}: bad records in the dead-letter output");
+    assert_eq!(
+        bad, summary.bad,
+        "{label}: bad records in the dead-letter output"
+    );
     for d in &dead {
-        assert!(d["raw"].is_string() || d["raw_base64"].is_string(), "{label}: dead letter without its bytes: {d:?}");
-        assert!(d["error"]["code"].is_string() && d["error"]["message"].is_string(), "{label}: {d:?}");
+        assert!(
+            d["raw"].is_string() || d["raw_base64"].is_string(),
+            "{label}: dead letter without its bytes: {d:?}"
+        );
+        assert!(
+            d["error"]["code"].is_string() && d["error"]["message"].is_string(),
+            "{label}: {d:?}"
+        );
         assert!(d["line"].as_u64().is_some_and(|l| l >= 1), "{label}: {d:?}");
     }
 }
@@ -100,6 +133,14 @@ fn every_golden_case_is_tested() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     cases.sort();
-    assert_eq!(cases, ["allowed_lateness", "health_nulls", "ingestion_1m", "ingestion_7m_compound"]);
+    assert_eq!(
+        cases,
+        [
+            "allowed_lateness",
+            "health_nulls",
+            "ingestion_1m",
+            "ingestion_7m_compound"
+        ]
+    );
     assert!(Path::new(&golden_dir().join("make.sh")).exists());
 }

@@ -63,7 +63,16 @@ pub fn read_csv(path: &Path) -> Vec<Row> {
             header
                 .iter()
                 .zip(r)
-                .map(|(h, v)| (h.clone(), if v.is_empty() { Value::Null } else { Value::String(v) }))
+                .map(|(h, v)| {
+                    (
+                        h.clone(),
+                        if v.is_empty() {
+                            Value::Null
+                        } else {
+                            Value::String(v)
+                        },
+                    )
+                })
                 .collect()
         })
         .collect()
@@ -88,8 +97,12 @@ pub fn read_parquet(path: &Path) -> Vec<Row> {
                     match col.data_type() {
                         DataType::Utf8 => Value::from(col.as_string::<i32>().value(i)),
                         DataType::Int64 => Value::from(col.as_primitive::<Int64Type>().value(i)),
-                        DataType::Float64 => Value::from(col.as_primitive::<Float64Type>().value(i)),
-                        DataType::Timestamp(_, _) => Value::from(col.as_primitive::<TimestampMillisecondType>().value(i)),
+                        DataType::Float64 => {
+                            Value::from(col.as_primitive::<Float64Type>().value(i))
+                        }
+                        DataType::Timestamp(_, _) => {
+                            Value::from(col.as_primitive::<TimestampMillisecondType>().value(i))
+                        }
                         other => panic!("unexpected column type {other}"),
                     }
                 };
@@ -113,7 +126,10 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
 fn to_ms(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(s) => s.parse::<i64>().ok().or_else(|| weir_engine::time::parse_rfc3339_ms(s.as_bytes())),
+        Value::String(s) => s
+            .parse::<i64>()
+            .ok()
+            .or_else(|| weir_engine::time::parse_rfc3339_ms(s.as_bytes())),
         _ => None,
     }
 }
@@ -127,7 +143,8 @@ fn as_text(v: &Value) -> String {
 }
 
 fn same(expected: &Value, actual: Option<&Value>) -> bool {
-    let actual_null = matches!(actual, None | Some(Value::Null)) || actual == Some(&Value::String(String::new()));
+    let actual_null =
+        matches!(actual, None | Some(Value::Null)) || actual == Some(&Value::String(String::new()));
     if expected.is_null() || actual_null {
         return expected.is_null() == actual_null;
     }
@@ -140,7 +157,9 @@ fn same(expected: &Value, actual: Option<&Value>) -> bool {
         Value::String(s) => s.parse::<f64>().ok(),
         _ => None,
     };
-    let (Some(a), Some(e)) = (a, expected.as_f64()) else { return false };
+    let (Some(a), Some(e)) = (a, expected.as_f64()) else {
+        return false;
+    };
     if expected.is_i64() && (e == a) {
         return true;
     }
@@ -152,7 +171,9 @@ fn same(expected: &Value, actual: Option<&Value>) -> bool {
 pub fn compare(expected: &[Row], actual: &[Row], keys: &[&str]) -> Result<(), String> {
     let ident = |r: &Row| -> (Vec<String>, Option<i64>) {
         (
-            keys.iter().map(|k| r.get(*k).map(as_text).unwrap_or_default()).collect(),
+            keys.iter()
+                .map(|k| r.get(*k).map(as_text).unwrap_or_default())
+                .collect(),
             r.get("window_start").and_then(to_ms),
         )
     };
@@ -223,15 +244,25 @@ mod tests {
 
     #[test]
     fn compare_catches_every_kind_of_difference() {
-        let e = vec![row(json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}))];
-        let good = vec![row(json!({"k": "a", "window_start": "1970-01-01T00:01:00.000Z", "window_end": "1970-01-01T00:02:00.000Z", "n": 2, "avg": 0.5000000000001}))];
+        let e = vec![row(
+            json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}),
+        )];
+        let good = vec![row(
+            json!({"k": "a", "window_start": "1970-01-01T00:01:00.000Z", "window_end": "1970-01-01T00:02:00.000Z", "n": 2, "avg": 0.5000000000001}),
+        )];
         assert!(compare(&e, &good, &["k"]).is_ok());
-        let wrong = vec![row(json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 3, "avg": 0.5}))];
+        let wrong = vec![row(
+            json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 3, "avg": 0.5}),
+        )];
         assert!(compare(&e, &wrong, &["k"]).unwrap_err().contains("wrong=1"));
         let dup = vec![good[0].clone(), good[0].clone()];
-        assert!(compare(&e, &dup, &["k"]).unwrap_err().contains("duplicates=1"));
+        assert!(compare(&e, &dup, &["k"])
+            .unwrap_err()
+            .contains("duplicates=1"));
         assert!(compare(&e, &[], &["k"]).unwrap_err().contains("missing=1"));
-        let other = vec![row(json!({"k": "b", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}))];
+        let other = vec![row(
+            json!({"k": "b", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}),
+        )];
         assert!(compare(&e, &other, &["k"]).unwrap_err().contains("extra=1"));
     }
 }

@@ -32,7 +32,9 @@ fn error_of(from: &str, to: &str) -> String {
     assert!(GOOD.contains(from), "{from}");
     let path: PathBuf = dir.path().join("p.yaml");
     std::fs::write(&path, GOOD.replacen(from, to, 1)).unwrap();
-    let e = load(&path).err().unwrap_or_else(|| panic!("accepted: {to}"));
+    let e = load(&path)
+        .err()
+        .unwrap_or_else(|| panic!("accepted: {to}"));
     let text = e.to_string();
     let prefix = format!("{}:", path.display());
     assert!(text.starts_with(&prefix), "{text}");
@@ -52,21 +54,30 @@ fn the_good_file_loads() {
 fn unknown_key() {
     let e = error_of("    tumbling: 1m\n", "    tumbling: 1m\n    tumblin: 1m\n");
     assert!(e.starts_with("14:5: "), "{e}");
-    assert!(e.contains("unknown field `tumblin`") && e.contains("tumbling"), "{e}");
+    assert!(
+        e.contains("unknown field `tumblin`") && e.contains("tumbling"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_duration() {
     let e = error_of("tumbling: 1m", "tumbling: 1 minute");
     assert!(e.starts_with("13:15: "), "{e}");
-    assert!(e.contains("bad duration `1 minute`") && e.contains("ms, s, m, h, d"), "{e}");
+    assert!(
+        e.contains("bad duration `1 minute`") && e.contains("ms, s, m, h, d"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_source_in_from() {
     let e = error_of("from: events", "from: evnts");
     assert!(e.starts_with("10:11: "), "{e}");
-    assert!(e.contains("unknown source `evnts`") && e.contains("`events`"), "{e}");
+    assert!(
+        e.contains("unknown source `evnts`") && e.contains("`events`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -80,7 +91,10 @@ fn bad_sql_expression() {
 fn unknown_aggregate() {
     let e = error_of("sum(sizeBytes)", "summ(sizeBytes)");
     assert!(e.starts_with("16:14: "), "{e}");
-    assert!(e.contains("summ") && e.contains("bad aggregate `bytes`"), "{e}");
+    assert!(
+        e.contains("summ") && e.contains("bad aggregate `bytes`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -90,7 +104,11 @@ fn missing_field() {
     assert!(e.contains("size"), "{e}");
     let e = error_of("key: [datasetName]", "key: [dataset]");
     assert!(e.starts_with("12:11: "), "{e}");
-    assert!(e.contains("key field `dataset` is not in schema `data-ingestion`") && e.contains("datasetName"), "{e}");
+    assert!(
+        e.contains("key field `dataset` is not in schema `data-ingestion`")
+            && e.contains("datasetName"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -104,30 +122,52 @@ fn missing_required_key() {
 fn unknown_enum_value_names_the_allowed_ones() {
     let e = error_of("format: json", "format: xml");
     assert!(e.starts_with("5:13: "), "{e}");
-    assert!(e.contains("xml") && e.contains("json") && e.contains("avro") && e.contains("cloudevents"), "{e}");
+    assert!(
+        e.contains("xml") && e.contains("json") && e.contains("avro") && e.contains("cloudevents"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_sink() {
     let e = error_of("sinks: [out]", "sinks: [outt]");
     assert!(e.starts_with("17:13: "), "{e}");
-    assert!(e.contains("unknown sink `outt`") && e.contains("`out`"), "{e}");
+    assert!(
+        e.contains("unknown sink `outt`") && e.contains("`out`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_schema_and_bad_extension() {
     let e = error_of("schema: data-ingestion", "schema: ingestion");
-    assert!(e.starts_with("6:13: ") && e.contains("data-ingestion, service-health") || e.contains("`data-ingestion`"), "{e}");
+    assert!(
+        e.starts_with("6:13: ") && e.contains("data-ingestion, service-health")
+            || e.contains("`data-ingestion`"),
+        "{e}"
+    );
     let e = error_of("out/w.ndjson", "out/w.xlsx");
-    assert!(e.starts_with("19:24: ") && e.contains(".ndjson, .csv or .parquet"), "{e}");
+    assert!(
+        e.starts_with("19:24: ") && e.contains(".ndjson, .csv or .parquet"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unset_variable_and_columns_after_substitution() {
-    let e = error_of("path: out/w.ndjson", "path: ${WEIR_TEST_SURELY_UNSET}/w.ndjson");
-    assert!(e.starts_with("19:24: ") && e.contains("WEIR_TEST_SURELY_UNSET"), "{e}");
+    let e = error_of(
+        "path: out/w.ndjson",
+        "path: ${WEIR_TEST_SURELY_UNSET}/w.ndjson",
+    );
+    assert!(
+        e.starts_with("19:24: ") && e.contains("WEIR_TEST_SURELY_UNSET"),
+        "{e}"
+    );
     // a default that changes the line's length: the error column still points at the original text
-    let e = error_of("    where: \"status <> 'PARTIAL'\"", "    where: \"${WEIR_TEST_SURELY_UNSET:-status <> }\"");
+    let e = error_of(
+        "    where: \"status <> 'PARTIAL'\"",
+        "    where: \"${WEIR_TEST_SURELY_UNSET:-status <> }\"",
+    );
     assert!(e.starts_with("11:12: "), "{e}");
 }
 
@@ -142,8 +182,14 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     let plan = load(&dir.path().join("p.yaml")).unwrap();
     let msgs: Vec<String> = plan.unavailable.iter().map(|e| e.to_string()).collect();
     assert_eq!(msgs.len(), 4, "{msgs:?}");
-    assert!(msgs.iter().all(|m| m.contains("not available yet")), "{msgs:?}");
-    assert!(msgs[0].contains(":4:") && msgs[0].contains("kafka"), "{msgs:?}");
+    assert!(
+        msgs.iter().all(|m| m.contains("not available yet")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[0].contains(":4:") && msgs[0].contains("kafka"),
+        "{msgs:?}"
+    );
     let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
     assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
 }

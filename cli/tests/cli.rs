@@ -10,7 +10,10 @@ fn weir() -> Command {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn text(o: &[u8]) -> String {
@@ -19,14 +22,27 @@ fn text(o: &[u8]) -> String {
 
 fn assert_clean_error(o: &Output, code: i32) -> String {
     let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(code), "stdout: {}\nstderr: {err}", text(&o.stdout));
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {err}",
+        text(&o.stdout)
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
     err
 }
 
 #[test]
 fn help_everywhere() {
-    for args in [vec!["--help"], vec!["run", "--help"], vec!["validate", "--help"], vec!["generate", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["validate", "--help"],
+        vec!["generate", "--help"],
+    ] {
         let o = weir().args(&args).output().unwrap();
         assert!(o.status.success(), "{args:?}");
         assert!(text(&o.stdout).contains("Usage"), "{args:?}");
@@ -46,7 +62,12 @@ fn quickstart_runs_and_writes_files() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let summary = text(&o.stdout);
-    assert!(summary.contains("10000 events in") && summary.contains("103 bad") && summary.contains("6 late"), "{summary}");
+    assert!(
+        summary.contains("10000 events in")
+            && summary.contains("103 bad")
+            && summary.contains("6 late"),
+        "{summary}"
+    );
     let rows = std::fs::read_to_string(out.path().join("ingestion_1m.ndjson")).unwrap();
     assert_eq!(rows.lines().count(), 539);
     assert!(out.path().join("ingestion_1m.parquet").exists());
@@ -54,26 +75,44 @@ fn quickstart_runs_and_writes_files() {
     assert_eq!(dead.lines().count(), 109);
     // no half-written files left behind
     for e in std::fs::read_dir(out.path()).unwrap() {
-        assert!(!e.unwrap().file_name().to_string_lossy().ends_with(".inprogress"));
+        assert!(!e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".inprogress"));
     }
 }
 
 #[test]
 fn validate_prints_the_plan_and_rejects_bad_files_with_positions() {
-    let o = weir().args(["validate", "pipelines/examples/quickstart.yaml"]).current_dir(repo()).output().unwrap();
+    let o = weir()
+        .args(["validate", "pipelines/examples/quickstart.yaml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
     assert!(o.status.success());
     let plan = text(&o.stdout);
-    assert!(plan.contains("ingestion_1m: from sample key [datasetName]") && plan.contains("reads timestamp, datasetName"), "{plan}");
+    assert!(
+        plan.contains("ingestion_1m: from sample key [datasetName]")
+            && plan.contains("reads timestamp, datasetName"),
+        "{plan}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "name: x\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 10 }\n    colour: blue\n").unwrap();
     let o = weir().arg("validate").arg(&bad).output().unwrap();
     let err = assert_clean_error(&o, 1);
-    assert!(err.contains(&format!("{}:5:5: unknown field `colour`", bad.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:5:5: unknown field `colour`", bad.display())),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    let o = weir().args(["validate", "/nonexistent/p.yaml"]).output().unwrap();
+    let o = weir()
+        .args(["validate", "/nonexistent/p.yaml"])
+        .output()
+        .unwrap();
     assert_clean_error(&o, 1);
 }
 
@@ -91,13 +130,20 @@ fn sections_not_built_yet_exit_1_at_run() {
     assert!(text(&o.stdout).contains("not available yet"));
     let o = weir().arg("run").arg(&p).output().unwrap();
     let err = assert_clean_error(&o, 1);
-    assert!(err.contains(":8:24: sink `es`: elasticsearch sinks are not available yet"), "{err}");
+    assert!(
+        err.contains(":8:24: sink `es`: elasticsearch sinks are not available yet"),
+        "{err}"
+    );
 }
 
 #[test]
 fn runtime_failures_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("blocker"), "a file where a folder should be").unwrap();
+    std::fs::write(
+        dir.path().join("blocker"),
+        "a file where a folder should be",
+    )
+    .unwrap();
     let p = dir.path().join("p.yaml");
     std::fs::write(
         &p,
@@ -106,7 +152,10 @@ fn runtime_failures_exit_2() {
     .unwrap();
     let o = weir().arg("run").arg(&p).output().unwrap();
     let err = assert_clean_error(&o, 2);
-    assert!(err.contains("sink `out`") && err.contains("blocker"), "{err}");
+    assert!(
+        err.contains("sink `out`") && err.contains("blocker"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -121,7 +170,13 @@ fn generator_source_at_parallelism_2_equals_parallelism_1() {
     let mut results = Vec::new();
     for n in ["1", "2"] {
         let out = dir.path().join(n);
-        let o = weir().arg("run").arg(&p).args(["--parallelism", n]).env("OUT", &out).output().unwrap();
+        let o = weir()
+            .arg("run")
+            .arg(&p)
+            .args(["--parallelism", n])
+            .env("OUT", &out)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", text(&o.stderr));
         results.push(std::fs::read_to_string(out.join("w.ndjson")).unwrap());
     }
@@ -135,15 +190,72 @@ fn generate_writes_events_with_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("ev.ndjson");
     let o = weir()
-        .args(["generate", "service-health", "--count", "5000", "--seed", "9", "--bad-frac", "0.05", "--out"])
+        .args([
+            "generate",
+            "service-health",
+            "--count",
+            "5000",
+            "--seed",
+            "9",
+            "--bad-frac",
+            "0.05",
+            "--out",
+        ])
         .arg(&f)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let body = std::fs::read_to_string(&f).unwrap();
     assert_eq!(body.lines().count(), 5000);
-    let good = body.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["latencyMs"].is_i64() && v["timestamp"].is_i64())).count();
+    let good = body
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["latencyMs"].is_i64() && v["timestamp"].is_i64())
+        })
+        .count();
     assert!((4600..4900).contains(&good), "{good}");
-    let o = weir().args(["generate", "data-ingestion", "--count", "5", "--kafka", "127.0.0.1:9092/t"]).output().unwrap();
+    let o = weir()
+        .args([
+            "generate",
+            "data-ingestion",
+            "--count",
+            "5",
+            "--kafka",
+            "127.0.0.1:9092/t",
+        ])
+        .output()
+        .unwrap();
     assert_clean_error(&o, 1);
+}
+
+#[test]
+fn processing_time_windows_count_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "name: proc\nsources:\n  s:\n    generator: { kind: service-health, count: 6000, events_per_second: 20000 }\n    event_time: { field: timestamp, idle_timeout: 1s }\nwindows:\n  w:\n    from: s\n    key: [namespace]\n    tumbling: 100ms\n    time: processing\n    aggregates: { n: count(*) }\n    sinks: [out]\nsinks:\n  out: { file: { path: out.ndjson } }\ndead_letter: { file: { path: dlq.ndjson } }\n",
+    )
+    .unwrap();
+    let o = weir()
+        .arg("run")
+        .arg(&p)
+        .args(["--parallelism", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let total: i64 = rows.iter().map(|r| r["n"].as_i64().unwrap()).sum();
+    assert_eq!(total, 6000);
+    let windows: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["window_start"].as_str().unwrap())
+        .collect();
+    // 6000 events at 20000/s span about 300 ms of the clock: several 100 ms windows
+    assert!(windows.len() >= 2, "{windows:?}");
 }

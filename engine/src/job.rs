@@ -419,11 +419,17 @@ struct ExitBarrier {
 
 impl ExitBarrier {
     fn new(workers: usize) -> Self {
-        ExitBarrier { remaining: Mutex::new(workers), all_done: std::sync::Condvar::new() }
+        ExitBarrier {
+            remaining: Mutex::new(workers),
+            all_done: std::sync::Condvar::new(),
+        }
     }
 
     fn arrive_and_wait(&self, cancel: &AtomicBool) -> Result<(), EngineError> {
-        let mut left = self.remaining.lock().map_err(|_| EngineError::Internal("exit barrier poisoned".into()))?;
+        let mut left = self
+            .remaining
+            .lock()
+            .map_err(|_| EngineError::Internal("exit barrier poisoned".into()))?;
         *left -= 1;
         if *left == 0 {
             self.all_done.notify_all();

@@ -71,6 +71,9 @@ pub struct GeneratorConfig {
     pub bad_frac: f64,
     /// Include non-ASCII, quoted and empty keys.
     pub unicode_keys: bool,
+    /// At a rate, how long without events before the partition is idle (stops holding back
+    /// the watermark).
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl GeneratorConfig {
@@ -91,6 +94,7 @@ impl GeneratorConfig {
             late_ms: 3_600_000,
             bad_frac: 0.0,
             unicode_keys: false,
+            idle_timeout_ms: None,
         }
     }
 }

@@ -1050,6 +1050,48 @@ mod tests {
     }
 
     #[test]
+    fn never_panics_on_mangled_input() {
+        let d = decoder(&["datasetName", "recordCount", "metadata", "timestamp"]);
+        let good = GOOD.as_bytes();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let specials = b"{}[]\",:\\-0123456789.eE+tfnul\x00\x7f\xc3\xa9\xff \t\r";
+        let mut text = Vec::new();
+        for cut in 0..good.len() {
+            text.extend_from_slice(&good[..cut]);
+            text.push(b'\n');
+        }
+        for _ in 0..20_000 {
+            let mut line = good.to_vec();
+            for _ in 0..(1 + next() % 4) {
+                let at = (next() as usize) % line.len();
+                match next() % 3 {
+                    0 => line[at] = specials[(next() as usize) % specials.len()],
+                    1 => {
+                        line.remove(at);
+                    }
+                    _ => line.insert(at, specials[(next() as usize) % specials.len()]),
+                }
+            }
+            line.retain(|&b| b != b'\n');
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+        }
+        let lines = text.iter().filter(|&&b| b == b'\n').count() as u64;
+        let (ev, bad, n) = d.decode_lines(&Arc::new(text), 0);
+        assert_eq!(n, lines);
+        assert_eq!(
+            ev.map_or(0, |e| e.batch.num_rows()) as u64 + bad.len() as u64,
+            n
+        );
+    }
+
+    #[test]
     fn swar_detects_specials() {
         assert!(!has_string_special(u64::from_le_bytes(*b"abcdefgh")));
         assert!(has_string_special(u64::from_le_bytes(*b"abc\"efgh")));
