@@ -11,9 +11,9 @@ fn decode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(rows));
     g.bench_function("data_ingestion_4096_rows_5_columns", |b| {
         b.iter(|| {
-            let (events, bad, _) = decoder.decode_lines(&lines, 0);
-            assert!(bad.is_empty());
-            events
+            let d = decoder.decode_lines(&lines, 0);
+            assert!(d.bad.is_empty());
+            d.events
         })
     });
     g.throughput(Throughput::Bytes(lines.len() as u64));

@@ -199,6 +199,8 @@ impl WindowWorker {
 }
 
 impl WorkerOperator for WindowWorker {
+    // one index walks the event times, watermarks, offsets and filter together
+    #[allow(clippy::needless_range_loop)]
     fn process(
         &mut self,
         partition: &Arc<PartitionInfo>,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 type LineEdits = Vec<(usize, usize, usize, usize)>;
 
 /// The interpolated text and what it takes to map its positions back to the original.
+#[derive(Debug)]
 pub struct Interpolated {
     pub text: String,
     edits: HashMap<usize, LineEdits>,

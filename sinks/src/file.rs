@@ -40,8 +40,8 @@ impl FileFormat {
 
 enum Writer {
     Ndjson { out: BufWriter<File>, line: Vec<u8> },
-    Csv(arrow::csv::Writer<BufWriter<File>>),
-    Parquet(ArrowWriter<File>),
+    Csv(Box<arrow::csv::Writer<BufWriter<File>>>),
+    Parquet(Box<ArrowWriter<File>>),
 }
 
 /// Result rows to one file.
@@ -84,12 +84,12 @@ impl FileSink {
                 out: BufWriter::with_capacity(1 << 20, file),
                 line: Vec::new(),
             },
-            FileFormat::Csv => Writer::Csv(
+            FileFormat::Csv => Writer::Csv(Box::new(
                 arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
                     .build(BufWriter::new(file)),
-            ),
+            )),
             FileFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(
@@ -97,7 +97,7 @@ impl FileSink {
                     ))
                     .build();
                 Writer::Parquet(
-                    ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?,
+                    Box::new(ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?),
                 )
             }
         };

@@ -21,6 +21,23 @@ use weir_engine::{Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, RawRows, Re
 
 use crate::schema::{FieldKind, SourceSchema};
 
+/// A line that could not be decoded.
+pub struct BadLine {
+    /// Offset of the line in its partition.
+    pub offset: u64,
+    pub raw: Vec<u8>,
+    pub error: ErrorInfo,
+}
+
+/// The result of decoding lines.
+pub struct DecodedLines {
+    /// The valid rows, if any.
+    pub events: Option<EventBatch>,
+    pub bad: Vec<BadLine>,
+    /// Lines read.
+    pub records: u64,
+}
+
 /// Decodes NDJSON lines of one schema into the columns a pipeline reads.
 pub struct JsonDecoder {
     schema: Arc<SourceSchema>,
@@ -123,12 +140,16 @@ impl JsonDecoder {
         self.output.clone()
     }
 
-    fn lookup(&self, key: &[u8]) -> Option<usize> {
-        self.by_len
-            .get(key.len())?
-            .iter()
-            .find(|(n, _)| &**n == key)
-            .map(|(_, i)| *i)
+    /// The schema field named `key`; `hint` is the field expected next (producers write
+    /// fields in the same order on every line), tried first.
+    #[inline]
+    fn lookup(&self, key: &[u8], hint: usize) -> Option<usize> {
+        if let Some(f) = self.schema.fields.get(hint) {
+            if eq_bytes(f.name.as_bytes(), key) {
+                return Some(hint);
+            }
+        }
+        self.by_len.get(key.len())?.iter().find(|(n, _)| eq_bytes(n, key)).map(|(_, i)| *i)
     }
 
     /// Decodes newline-separated records. `first_offset` is the offset of the first line.
@@ -136,7 +157,7 @@ impl JsonDecoder {
         &self,
         bytes: &Arc<Vec<u8>>,
         first_offset: u64,
-    ) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
+    ) -> DecodedLines {
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
         let mut cols: Vec<ColumnBuilder> = self
             .projected
@@ -188,7 +209,7 @@ impl JsonDecoder {
                     if let Some(c) = e.column {
                         info = info.with("column", c + 1);
                     }
-                    bad.push((offset, line.to_vec(), info));
+                    bad.push(BadLine { offset, raw: line.to_vec(), error: info });
                 }
             }
             line_index += 1;
@@ -196,7 +217,7 @@ impl JsonDecoder {
         }
         let rows = event_time.len();
         if rows == 0 {
-            return (None, bad, records);
+            return DecodedLines { events: None, bad, records };
         }
         let arrays: Vec<ArrayRef> = cols.into_iter().map(ColumnBuilder::finish).collect();
         let batch = RecordBatch::try_new_with_options(
@@ -214,7 +235,7 @@ impl JsonDecoder {
                 spans,
             }),
         };
-        (Some(events), bad, records)
+        DecodedLines { events: Some(events), bad, records }
     }
 
     /// Parses one line into the slots and returns its event time.
@@ -248,6 +269,7 @@ impl JsonDecoder {
         }
         p.i += 1;
         p.ws();
+        let mut hint = 0;
         if p.peek() == Some(b'}') {
             p.i += 1;
         } else {
@@ -259,10 +281,13 @@ impl JsonDecoder {
                 let field = if kesc {
                     scratch.clear();
                     unescape(&line[ks..ke], scratch);
-                    self.lookup(scratch)
+                    self.lookup(scratch, hint)
                 } else {
-                    self.lookup(&line[ks..ke])
+                    self.lookup(&line[ks..ke], hint)
                 };
+                if let Some(f) = field {
+                    hint = f + 1;
+                }
                 p.ws();
                 if p.peek() != Some(b':') {
                     return Err(LineError::syntax("expected `:` after a field name", p.i));
@@ -392,15 +417,15 @@ impl JsonDecoder {
 
 impl Decode for JsonDecoder {
     fn decode(&self, chunk: &Chunk, lines: &Arc<Vec<u8>>) -> Decoded {
-        let (events, bad, records) = self.decode_lines(lines, chunk.first_offset);
+        let DecodedLines { events, bad, records } = self.decode_lines(lines, chunk.first_offset);
         let bad = bad
             .into_iter()
-            .map(|(offset, raw, error)| DeadLetter {
+            .map(|b| DeadLetter {
                 partition: chunk.partition.clone(),
-                offset: Some(offset),
+                offset: Some(b.offset),
                 reason: Reason::Bad,
-                error,
-                raw: Some(raw),
+                error: b.error,
+                raw: Some(b.raw),
             })
             .collect();
         Decoded {
@@ -409,6 +434,24 @@ impl Decode for JsonDecoder {
             records,
         }
     }
+}
+
+/// Byte equality for short names, compared a word at a time without a library call.
+#[inline]
+fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i + 8 <= a.len() {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]));
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([1; 8]));
+        if x != y {
+            return false;
+        }
+        i += 8;
+    }
+    a[i..].iter().zip(&b[i..]).all(|(x, y)| x == y)
 }
 
 fn describe(v: Val) -> &'static str {
@@ -554,8 +597,10 @@ struct Parser<'a> {
     i: usize,
 }
 
+/// High bits set on the bytes of `w` (little-endian) that are `"`, `\\` or below 0x20. Bits
+/// above the first flagged byte may be spurious; the lowest one is exact.
 #[inline]
-fn has_string_special(w: u64) -> bool {
+fn string_special_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
@@ -563,7 +608,12 @@ fn has_string_special(w: u64) -> bool {
     let quote = q.wrapping_sub(ONES) & !q & HIGH;
     let s = w ^ (ONES * b'\\' as u64);
     let slash = s.wrapping_sub(ONES) & !s & HIGH;
-    (control | quote | slash) != 0
+    control | quote | slash
+}
+
+#[cfg(test)]
+fn has_string_special(w: u64) -> bool {
+    string_special_mask(w) != 0
 }
 
 impl Parser<'_> {
@@ -582,26 +632,29 @@ impl Parser<'_> {
     /// Parses a string starting at `"`; returns the content's range and whether it has escapes.
     #[inline]
     fn string(&mut self) -> Result<(usize, usize, bool), LineError> {
+        let b = self.b;
         let start = self.i + 1;
         let mut i = start;
-        let b = self.b;
         let mut escaped = false;
         loop {
-            while i + 8 <= b.len() {
-                let w = u64::from_le_bytes([
-                    b[i],
-                    b[i + 1],
-                    b[i + 2],
-                    b[i + 3],
-                    b[i + 4],
-                    b[i + 5],
-                    b[i + 6],
-                    b[i + 7],
-                ]);
-                if has_string_special(w) {
-                    break;
+            // Jump to the next `"`, `\` or control character, 8 bytes at a time.
+            loop {
+                match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+                    Some(word) => {
+                        let mask = string_special_mask(u64::from_le_bytes(word));
+                        if mask != 0 {
+                            i += (mask.trailing_zeros() / 8) as usize;
+                            break;
+                        }
+                        i += 8;
+                    }
+                    None => {
+                        while i < b.len() && !matches!(b[i], b'"' | b'\\' | 0..=0x1f) {
+                            i += 1;
+                        }
+                        break;
+                    }
                 }
-                i += 8;
             }
             let Some(&c) = b.get(i) else {
                 return Err(LineError::syntax("unterminated string", self.i));
@@ -616,8 +669,7 @@ impl Parser<'_> {
                     match b.get(i + 1) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
                         Some(b'u') => {
-                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit)
-                            {
+                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) {
                                 return Err(LineError::syntax("bad \\u escape in a string", i));
                             }
                             i += 6;
@@ -625,8 +677,7 @@ impl Parser<'_> {
                         _ => return Err(LineError::syntax("bad escape in a string", i)),
                     }
                 }
-                c if c < 0x20 => return Err(LineError::syntax("control character in a string", i)),
-                _ => i += 1,
+                _ => return Err(LineError::syntax("control character in a string", i)),
             }
         }
     }
@@ -894,12 +945,15 @@ mod tests {
 
     const GOOD: &str = r#"{"eventId":"evt-1","timestamp":1700000000123,"source":"s3","datasetName":"d\u00e9j\u00e0 \"q\"","recordCount":5,"sizeBytes":500,"format":"csv","location":"x","status":"SUCCESS","metadata":{"owner":"t","n":[1,2,{"a":null}]},"extra":[true,false,null,-1.5e3]}"#;
 
-    fn run(
-        lines: &[&str],
-        cols: &[&str],
-    ) -> (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64) {
+    type Split = (Option<EventBatch>, Vec<(u64, Vec<u8>, ErrorInfo)>, u64);
+
+    fn run(lines: &[&str], cols: &[&str]) -> Split {
         let text = lines.join("\n");
-        decoder(cols).decode_lines(&Arc::new(text.into_bytes()), 10)
+        split(decoder(cols).decode_lines(&Arc::new(text.into_bytes()), 10))
+    }
+
+    fn split(d: DecodedLines) -> Split {
+        (d.events, d.bad.into_iter().map(|b| (b.offset, b.raw, b.error)).collect(), d.records)
     }
 
     #[test]
@@ -1022,7 +1076,7 @@ mod tests {
         text.push(b'\n');
         text.extend_from_slice(b"{\"eventId\":\"\xff\"}\n");
         text.extend_from_slice(GOOD.as_bytes());
-        let (ev, bad, n) = decoder(&["datasetName"]).decode_lines(&Arc::new(text), 0);
+        let (ev, bad, n) = split(decoder(&["datasetName"]).decode_lines(&Arc::new(text), 0));
         assert_eq!(n, 3);
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].2.code, "invalid_utf8");
@@ -1044,7 +1098,7 @@ mod tests {
         let schema = Arc::new(SourceSchema::from_avsc(r#"{"type":"record","name":"r","fields":[{"name":"t","type":"string"},{"name":"k","type":["null","string"]}]}"#).unwrap());
         let d = JsonDecoder::new(schema, &["k".to_string()], "t").unwrap();
         let text = "{\"t\":\"2023-11-14T22:13:20.5Z\"}\n{\"t\":\"yesterday\",\"k\":\"a\"}";
-        let (ev, bad, _) = d.decode_lines(&Arc::new(text.as_bytes().to_vec()), 0);
+        let (ev, bad, _) = split(d.decode_lines(&Arc::new(text.as_bytes().to_vec()), 0));
         assert_eq!(ev.unwrap().event_time, vec![1_700_000_000_500]);
         assert_eq!(bad[0].2.code, "bad_event_time");
     }
@@ -1083,7 +1137,7 @@ mod tests {
             text.push(b'\n');
         }
         let lines = text.iter().filter(|&&b| b == b'\n').count() as u64;
-        let (ev, bad, n) = d.decode_lines(&Arc::new(text), 0);
+        let (ev, bad, n) = split(d.decode_lines(&Arc::new(text), 0));
         assert_eq!(n, lines);
         assert_eq!(
             ev.map_or(0, |e| e.batch.num_rows()) as u64 + bad.len() as u64,

@@ -8,5 +8,5 @@ pub mod schema;
 
 pub use file::{resolve_files, FileReader};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
-pub use json::JsonDecoder;
+pub use json::{BadLine, DecodedLines, JsonDecoder};
 pub use schema::{FieldKind, SchemaField, SourceSchema};
