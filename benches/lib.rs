@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use weir_engine::SharedBytes;
 use weir_sources::{EventGenerator, GeneratorConfig, JsonDecoder, Kind, SourceSchema};
 
 /// `n` data-ingestion events as NDJSON (the generator's defaults, seed 42).
-pub fn ingestion_lines(n: u64) -> Arc<Vec<u8>> {
+pub fn ingestion_lines(n: u64) -> SharedBytes {
     let mut cfg = GeneratorConfig::new(Kind::DataIngestion);
     cfg.count = Some(n);
     let mut g = EventGenerator::new(cfg);
@@ -13,7 +14,7 @@ pub fn ingestion_lines(n: u64) -> Arc<Vec<u8>> {
     while !g.done() {
         g.write_next_line(&mut out);
     }
-    Arc::new(out)
+    out.into()
 }
 
 /// The decoder of the end-to-end benchmark's pipeline (the columns it reads).

@@ -12,7 +12,10 @@ use weir_operators::{SqlCompiler, TimeMode, WindowConfig, WindowMerger, WindowWo
 fn window(c: &mut Criterion) {
     let rows = 4096usize;
     let decoder = bench_decoder();
-    let events = decoder.decode_lines(&ingestion_lines(rows as u64 * 16), 0).events.expect("events");
+    let events = decoder
+        .decode_lines(&ingestion_lines(rows as u64 * 16), 0)
+        .events
+        .expect("events");
     let schema = decoder.output_schema();
     let compiler = SqlCompiler::new();
     let aggs = [

@@ -6,10 +6,54 @@ use arrow::record_batch::RecordBatch;
 
 use crate::dead_letter::{DeadLetter, PartitionInfo};
 
+/// Bytes shared without copying: a piece of a buffer or of a memory-mapped file.
+#[derive(Clone)]
+pub struct SharedBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    start: usize,
+    len: usize,
+}
+
+impl SharedBytes {
+    /// All of `owner`'s bytes.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Self {
+        let len = (*owner).as_ref().len();
+        SharedBytes {
+            owner,
+            start: 0,
+            len,
+        }
+    }
+
+    /// `len` bytes of `owner` from `start` (clamped to its length).
+    pub fn slice_of(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> Self {
+        let total = (*owner).as_ref().len();
+        let start = start.min(total);
+        SharedBytes {
+            owner,
+            start,
+            len: len.min(total - start),
+        }
+    }
+}
+
+impl From<Vec<u8>> for SharedBytes {
+    fn from(v: Vec<u8>) -> Self {
+        SharedBytes::new(Arc::new(v))
+    }
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.start..self.start + self.len]
+    }
+}
+
 /// The payload of a chunk.
 pub enum ChunkData {
     /// Raw records: newline-separated lines, whole lines only.
-    Lines(Arc<Vec<u8>>),
+    Lines(SharedBytes),
     /// Records already decoded (the generator produces these).
     Events(EventBatch),
     /// The partition has no more records.
@@ -31,7 +75,7 @@ pub struct Chunk {
 /// The original bytes of decoded rows, for dead letters.
 #[derive(Clone)]
 pub struct RawRows {
-    pub bytes: Arc<Vec<u8>>,
+    pub bytes: SharedBytes,
     /// (start, end) byte range of each row in `bytes`.
     pub spans: Vec<(u32, u32)>,
 }

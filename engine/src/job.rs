@@ -24,7 +24,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
-use crate::events::{Chunk, ChunkData, Decoded, EventBatch};
+use crate::events::{Chunk, ChunkData, Decoded, EventBatch, SharedBytes};
 use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
@@ -46,7 +46,7 @@ pub trait PartitionReader: Send {
 /// Decodes raw records of a source into events.
 pub trait Decode: Send + Sync {
     /// Decodes the lines of `chunk`; bad records come back as dead letters.
-    fn decode(&self, chunk: &Chunk, lines: &Arc<Vec<u8>>) -> Decoded;
+    fn decode(&self, chunk: &Chunk, lines: &SharedBytes) -> Decoded;
 }
 
 /// The part of an operator that runs in every worker, over that worker's events.

@@ -16,5 +16,5 @@ pub mod time;
 
 pub use dead_letter::{DeadLetter, ErrorInfo, Reason};
 pub use error::EngineError;
-pub use events::{Chunk, ChunkData, Decoded, EventBatch, RawRows};
+pub use events::{Chunk, ChunkData, Decoded, EventBatch, RawRows, SharedBytes};
 pub use stats::RunStats;

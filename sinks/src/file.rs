@@ -96,9 +96,9 @@ impl FileSink {
                         ZstdLevel::try_new(3).map_err(|e| err(&e))?,
                     ))
                     .build();
-                Writer::Parquet(
-                    Box::new(ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?),
-                )
+                Writer::Parquet(Box::new(
+                    ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?,
+                ))
             }
         };
         Ok(FileSink {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::job::{PartitionReader, ReaderContext};
-use weir_engine::{Chunk, ChunkData, EngineError};
+use weir_engine::{Chunk, ChunkData, EngineError, SharedBytes};
 
 /// Bytes read per chunk (whole lines are kept together; a chunk holds a few thousand events).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -50,17 +50,35 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// How the current file is read.
+enum Input {
+    /// A regular file, memory-mapped: chunks are slices of the mapping, never copied.
+    Mapped {
+        data: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        pos: usize,
+    },
+    /// Anything else (a pipe, a device): read into buffers.
+    Stream {
+        file: File,
+        carry: Vec<u8>,
+        eof: bool,
+    },
+    /// Every byte was handed out: the partition's End chunk comes next.
+    Done,
+}
+
 /// Reads a list of files, one partition each, in order.
+///
+/// Regular files are memory-mapped (read-only, sequential access advised): the input files
+/// must not be truncated or rewritten while weir reads them.
 pub struct FileReader {
     source: usize,
     partitions: Vec<Arc<PartitionInfo>>,
     paths: Vec<PathBuf>,
     current: usize,
-    file: Option<File>,
-    carry: Vec<u8>,
+    input: Option<Input>,
     seq: u64,
     lines: u64,
-    eof: bool,
     chunk_bytes: usize,
 }
 
@@ -86,11 +104,9 @@ impl FileReader {
             partitions,
             paths,
             current: 0,
-            file: None,
-            carry: Vec::new(),
+            input: None,
             seq: 0,
             lines: 0,
-            eof: false,
             chunk_bytes: CHUNK_BYTES,
         }
     }
@@ -119,67 +135,108 @@ impl FileReader {
             format!("{}: {e}", self.paths[self.current].display()),
         )
     }
+
+    fn open(&self) -> Result<Input, EngineError> {
+        let path = &self.paths[self.current];
+        let file = File::open(path).map_err(|e| self.source_err(e))?;
+        let meta = file.metadata().map_err(|e| self.source_err(e))?;
+        if !meta.is_file() {
+            return Ok(Input::Stream {
+                file,
+                carry: Vec::new(),
+                eof: false,
+            });
+        }
+        if meta.len() == 0 {
+            return Ok(Input::Done);
+        }
+        // SAFETY: the mapping is read-only and private to this process; as documented on
+        // `FileReader`, the file must not be truncated while it is read.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| self.source_err(e))?;
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(Input::Mapped {
+            data: Arc::new(map),
+            pos: 0,
+        })
+    }
+
+    /// The next piece of whole lines of the current file, or None at its end.
+    fn next_piece(&mut self) -> Result<Option<SharedBytes>, EngineError> {
+        let chunk_bytes = self.chunk_bytes;
+        match self.input.as_mut() {
+            None | Some(Input::Done) => Ok(None),
+            Some(Input::Mapped { data, pos }) => {
+                let bytes = (**data).as_ref();
+                if *pos >= bytes.len() {
+                    return Ok(None);
+                }
+                let limit = (*pos + chunk_bytes).min(bytes.len());
+                let end = if limit == bytes.len() {
+                    limit
+                } else {
+                    match memchr::memrchr(b'\n', &bytes[*pos..limit]) {
+                        Some(p) => *pos + p + 1,
+                        // a line longer than the chunk: take it whole
+                        None => memchr::memchr(b'\n', &bytes[limit..])
+                            .map_or(bytes.len(), |p| limit + p + 1),
+                    }
+                };
+                let piece = SharedBytes::slice_of(data.clone(), *pos, end - *pos);
+                *pos = end;
+                Ok(Some(piece))
+            }
+            Some(Input::Stream { file, carry, eof }) => loop {
+                if *eof {
+                    return Ok((!carry.is_empty()).then(|| std::mem::take(carry).into()));
+                }
+                let mut buf = std::mem::take(carry);
+                let n = file
+                    .by_ref()
+                    .take(chunk_bytes as u64)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| EngineError::source("file", e))?;
+                if n == 0 {
+                    *eof = true;
+                    *carry = buf;
+                    continue;
+                }
+                match memchr::memrchr(b'\n', &buf) {
+                    Some(p) => {
+                        *carry = buf[p + 1..].to_vec();
+                        buf.truncate(p + 1);
+                        return Ok(Some(buf.into()));
+                    }
+                    None => *carry = buf,
+                }
+            },
+        }
+    }
 }
 
 impl PartitionReader for FileReader {
     fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
-        loop {
-            if self.current >= self.paths.len()
-                || ctx.stop.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return Ok(None);
+        if self.current >= self.paths.len() || ctx.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if self.input.is_none() {
+            self.input = Some(self.open()?);
+        }
+        match self.next_piece()? {
+            Some(piece) => {
+                let first = self.lines;
+                let newlines = memchr::memchr_iter(b'\n', &piece).count() as u64;
+                self.lines += newlines + u64::from(piece.last() != Some(&b'\n'));
+                Ok(Some(self.chunk(ChunkData::Lines(piece), first)))
             }
-            if self.file.is_none() && !self.eof {
-                self.file =
-                    Some(File::open(&self.paths[self.current]).map_err(|e| self.source_err(e))?);
-            }
-            if self.eof {
+            None => {
                 // the partition's last chunk, then the next file
                 let end = self.chunk(ChunkData::End, self.lines);
                 self.current += 1;
-                self.file = None;
-                self.eof = false;
+                self.input = None;
                 self.seq = 0;
                 self.lines = 0;
-                return Ok(Some(end));
+                Ok(Some(end))
             }
-            let mut buf = std::mem::take(&mut self.carry);
-            let have = buf.len();
-            buf.resize(have + self.chunk_bytes, 0);
-            let mut filled = have;
-            let file = self.file.as_mut().expect("file opened above");
-            while filled < buf.len() {
-                let n = file
-                    .read(&mut buf[filled..])
-                    .map_err(|e| EngineError::source("file", e))?;
-                if n == 0 {
-                    self.eof = true;
-                    break;
-                }
-                filled += n;
-            }
-            buf.truncate(filled);
-            let cut = if self.eof {
-                buf.len()
-            } else {
-                match memchr::memrchr(b'\n', &buf) {
-                    Some(p) => p + 1,
-                    None => {
-                        // a line longer than the chunk: keep reading
-                        self.carry = buf;
-                        continue;
-                    }
-                }
-            };
-            self.carry = buf[cut..].to_vec();
-            buf.truncate(cut);
-            if buf.is_empty() {
-                continue;
-            }
-            let first = self.lines;
-            let newlines = memchr::memchr_iter(b'\n', &buf).count() as u64;
-            self.lines += newlines + u64::from(buf.last() != Some(&b'\n'));
-            return Ok(Some(self.chunk(ChunkData::Lines(Arc::new(buf)), first)));
         }
     }
 }
@@ -220,6 +277,11 @@ mod tests {
                         assert_eq!(c.first_offset, expected_offset);
                     }
                     let text = String::from_utf8(b.to_vec()).unwrap();
+                    assert!(
+                        text.ends_with('\n')
+                            || text == "last line without newline"
+                            || text.ends_with("last line without newline")
+                    );
                     let n = text.lines().count() as u64;
                     expected_offset += n;
                     lines.extend(text.lines().map(String::from));

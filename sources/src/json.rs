@@ -17,7 +17,9 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_engine::job::Decode;
 use weir_engine::time::parse_rfc3339_ms;
-use weir_engine::{Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, RawRows, Reason};
+use weir_engine::{
+    Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, RawRows, Reason, SharedBytes,
+};
 
 use crate::schema::{FieldKind, SourceSchema};
 
@@ -149,15 +151,15 @@ impl JsonDecoder {
                 return Some(hint);
             }
         }
-        self.by_len.get(key.len())?.iter().find(|(n, _)| eq_bytes(n, key)).map(|(_, i)| *i)
+        self.by_len
+            .get(key.len())?
+            .iter()
+            .find(|(n, _)| eq_bytes(n, key))
+            .map(|(_, i)| *i)
     }
 
     /// Decodes newline-separated records. `first_offset` is the offset of the first line.
-    pub fn decode_lines(
-        &self,
-        bytes: &Arc<Vec<u8>>,
-        first_offset: u64,
-    ) -> DecodedLines {
+    pub fn decode_lines(&self, bytes: &SharedBytes, first_offset: u64) -> DecodedLines {
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
         let mut cols: Vec<ColumnBuilder> = self
             .projected
@@ -209,7 +211,11 @@ impl JsonDecoder {
                     if let Some(c) = e.column {
                         info = info.with("column", c + 1);
                     }
-                    bad.push(BadLine { offset, raw: line.to_vec(), error: info });
+                    bad.push(BadLine {
+                        offset,
+                        raw: line.to_vec(),
+                        error: info,
+                    });
                 }
             }
             line_index += 1;
@@ -217,7 +223,11 @@ impl JsonDecoder {
         }
         let rows = event_time.len();
         if rows == 0 {
-            return DecodedLines { events: None, bad, records };
+            return DecodedLines {
+                events: None,
+                bad,
+                records,
+            };
         }
         let arrays: Vec<ArrayRef> = cols.into_iter().map(ColumnBuilder::finish).collect();
         let batch = RecordBatch::try_new_with_options(
@@ -235,7 +245,11 @@ impl JsonDecoder {
                 spans,
             }),
         };
-        DecodedLines { events: Some(events), bad, records }
+        DecodedLines {
+            events: Some(events),
+            bad,
+            records,
+        }
     }
 
     /// Parses one line into the slots and returns its event time.
@@ -416,8 +430,12 @@ impl JsonDecoder {
 }
 
 impl Decode for JsonDecoder {
-    fn decode(&self, chunk: &Chunk, lines: &Arc<Vec<u8>>) -> Decoded {
-        let DecodedLines { events, bad, records } = self.decode_lines(lines, chunk.first_offset);
+    fn decode(&self, chunk: &Chunk, lines: &SharedBytes) -> Decoded {
+        let DecodedLines {
+            events,
+            bad,
+            records,
+        } = self.decode_lines(lines, chunk.first_offset);
         let bad = bad
             .into_iter()
             .map(|b| DeadLetter {
@@ -669,7 +687,8 @@ impl Parser<'_> {
                     match b.get(i + 1) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
                         Some(b'u') => {
-                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) {
+                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit)
+                            {
                                 return Err(LineError::syntax("bad \\u escape in a string", i));
                             }
                             i += 6;
@@ -949,11 +968,18 @@ mod tests {
 
     fn run(lines: &[&str], cols: &[&str]) -> Split {
         let text = lines.join("\n");
-        split(decoder(cols).decode_lines(&Arc::new(text.into_bytes()), 10))
+        split(decoder(cols).decode_lines(&text.into_bytes().into(), 10))
     }
 
     fn split(d: DecodedLines) -> Split {
-        (d.events, d.bad.into_iter().map(|b| (b.offset, b.raw, b.error)).collect(), d.records)
+        (
+            d.events,
+            d.bad
+                .into_iter()
+                .map(|b| (b.offset, b.raw, b.error))
+                .collect(),
+            d.records,
+        )
     }
 
     #[test]
@@ -1076,7 +1102,7 @@ mod tests {
         text.push(b'\n');
         text.extend_from_slice(b"{\"eventId\":\"\xff\"}\n");
         text.extend_from_slice(GOOD.as_bytes());
-        let (ev, bad, n) = split(decoder(&["datasetName"]).decode_lines(&Arc::new(text), 0));
+        let (ev, bad, n) = split(decoder(&["datasetName"]).decode_lines(&text.into(), 0));
         assert_eq!(n, 3);
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].2.code, "invalid_utf8");
@@ -1098,7 +1124,7 @@ mod tests {
         let schema = Arc::new(SourceSchema::from_avsc(r#"{"type":"record","name":"r","fields":[{"name":"t","type":"string"},{"name":"k","type":["null","string"]}]}"#).unwrap());
         let d = JsonDecoder::new(schema, &["k".to_string()], "t").unwrap();
         let text = "{\"t\":\"2023-11-14T22:13:20.5Z\"}\n{\"t\":\"yesterday\",\"k\":\"a\"}";
-        let (ev, bad, _) = split(d.decode_lines(&Arc::new(text.as_bytes().to_vec()), 0));
+        let (ev, bad, _) = split(d.decode_lines(&text.as_bytes().to_vec().into(), 0));
         assert_eq!(ev.unwrap().event_time, vec![1_700_000_000_500]);
         assert_eq!(bad[0].2.code, "bad_event_time");
     }
@@ -1137,7 +1163,7 @@ mod tests {
             text.push(b'\n');
         }
         let lines = text.iter().filter(|&&b| b == b'\n').count() as u64;
-        let (ev, bad, n) = split(d.decode_lines(&Arc::new(text), 0));
+        let (ev, bad, n) = split(d.decode_lines(&text.into(), 0));
         assert_eq!(n, lines);
         assert_eq!(
             ev.map_or(0, |e| e.batch.num_rows()) as u64 + bad.len() as u64,
