@@ -312,17 +312,8 @@ impl JsonDecoder {
                     Some(f) => slots[f] = p.value()?,
                     None => p.skip_value(0)?,
                 }
-                p.ws();
-                match p.peek() {
-                    Some(b',') => {
-                        p.i += 1;
-                        p.ws();
-                    }
-                    Some(b'}') => {
-                        p.i += 1;
-                        break;
-                    }
-                    _ => return Err(LineError::syntax("expected `,` or `}`", p.i)),
+                if p.member_end(b'}')? {
+                    break;
                 }
             }
         }
@@ -701,6 +692,32 @@ impl Parser<'_> {
         }
     }
 
+    /// After a member of an object or array: consumes `,` (false: another member follows) or
+    /// the closing `close` (true: the container ended).
+    #[inline]
+    fn member_end(&mut self, close: u8) -> Result<bool, LineError> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(LineError::syntax(
+                if close == b'}' {
+                    "expected `,` or `}`"
+                } else {
+                    "expected `,` or `]`"
+                },
+                self.i,
+            )),
+        }
+    }
+
     fn literal(&mut self, word: &[u8]) -> Result<(), LineError> {
         if self.b[self.i..].starts_with(word) {
             self.i += word.len();
@@ -854,17 +871,8 @@ impl Parser<'_> {
                     self.i += 1;
                     self.ws();
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(LineError::syntax("expected `,` or `}`", self.i)),
+                    if self.member_end(b'}')? {
+                        return Ok(());
                     }
                 }
             }
@@ -877,17 +885,8 @@ impl Parser<'_> {
                 }
                 loop {
                     self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(LineError::syntax("expected `,` or `]`", self.i)),
+                    if self.member_end(b']')? {
+                        return Ok(());
                     }
                 }
             }
