@@ -50,12 +50,21 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// Bytes of a file mapped at once: a segment is unmapped when its last chunk is dropped, so
+/// memory stays bounded by the chunks in flight, whatever the file's size.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+
+type Segment = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// How the current file is read.
 enum Input {
-    /// A regular file, memory-mapped: chunks are slices of the mapping, never copied.
+    /// A regular file, memory-mapped segment by segment: chunks are slices of a segment,
+    /// never copied.
     Mapped {
-        data: Arc<dyn AsRef<[u8]> + Send + Sync>,
-        pos: usize,
+        file: File,
+        len: u64,
+        segment: Option<(Segment, u64)>,
+        pos: u64,
     },
     /// Anything else (a pipe, a device): read into buffers.
     Stream {
@@ -80,6 +89,7 @@ pub struct FileReader {
     seq: u64,
     lines: u64,
     chunk_bytes: usize,
+    segment_bytes: u64,
 }
 
 impl FileReader {
@@ -108,7 +118,14 @@ impl FileReader {
             seq: 0,
             lines: 0,
             chunk_bytes: CHUNK_BYTES,
+            segment_bytes: SEGMENT_BYTES,
         }
+    }
+
+    /// Sets the size of mapped segments (tests use small ones to exercise segment edges).
+    pub fn with_segment_bytes(mut self, n: u64) -> Self {
+        self.segment_bytes = n.max(1);
+        self
     }
 
     /// Sets the chunk size in bytes (tests use small chunks to exercise chunk edges).
@@ -150,14 +167,84 @@ impl FileReader {
         if meta.len() == 0 {
             return Ok(Input::Done);
         }
-        // SAFETY: the mapping is read-only and private to this process; as documented on
-        // `FileReader`, the file must not be truncated while it is read.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| self.source_err(e))?;
-        let _ = map.advise(memmap2::Advice::Sequential);
         Ok(Input::Mapped {
-            data: Arc::new(map),
+            file,
+            len: meta.len(),
+            segment: None,
             pos: 0,
         })
+    }
+
+    fn map_segment(&self, file: &File, offset: u64, len: u64) -> Result<Segment, EngineError> {
+        // SAFETY: the mapping is read-only and private to this process; as documented on
+        // `FileReader`, the file must not be truncated while it is read.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(len as usize)
+                .map(file)
+        }
+        .map_err(|e| self.source_err(e))?;
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(Arc::new(map))
+    }
+
+    /// The next piece of whole lines of a mapped file: within one segment, a new segment
+    /// starting where the last piece ended when the current one holds no further whole line.
+    fn next_mapped_piece(&mut self) -> Result<Option<SharedBytes>, EngineError> {
+        let chunk_bytes = self.chunk_bytes as u64;
+        let mut want = self.segment_bytes.max(chunk_bytes);
+        loop {
+            let Some(Input::Mapped {
+                file,
+                len,
+                segment,
+                pos,
+            }) = self.input.as_ref()
+            else {
+                return Ok(None);
+            };
+            let (len, pos) = (*len, *pos);
+            if pos >= len {
+                return Ok(None);
+            }
+            if let Some((seg, seg_start)) = segment {
+                let seg_start = *seg_start;
+                let bytes = (**seg).as_ref();
+                let seg_end = seg_start + bytes.len() as u64;
+                if pos < seg_end {
+                    let rel = (pos - seg_start) as usize;
+                    let limit = ((pos + chunk_bytes).min(seg_end) - seg_start) as usize;
+                    let end = if seg_end == len && limit == bytes.len() {
+                        Some(limit)
+                    } else {
+                        memchr::memrchr(b'\n', &bytes[rel..limit])
+                            .map(|p| rel + p + 1)
+                            .or_else(|| {
+                                memchr::memchr(b'\n', &bytes[limit..]).map(|p| limit + p + 1)
+                            })
+                            // the file's last line, without a newline
+                            .or((seg_end == len).then_some(bytes.len()))
+                    };
+                    if let Some(end) = end {
+                        let piece = SharedBytes::slice_of(seg.clone(), rel, end - rel);
+                        if let Some(Input::Mapped { pos, .. }) = self.input.as_mut() {
+                            *pos = seg_start + end as u64;
+                        }
+                        return Ok(Some(piece));
+                    }
+                    if seg_start == pos {
+                        // a line longer than the segment: map more
+                        want = want.saturating_mul(2);
+                    }
+                }
+            }
+            let seg_len = want.min(len - pos);
+            let seg = self.map_segment(file, pos, seg_len)?;
+            if let Some(Input::Mapped { segment, .. }) = self.input.as_mut() {
+                *segment = Some((seg, pos));
+            }
+        }
     }
 
     /// The next piece of whole lines of the current file, or None at its end.
@@ -165,26 +252,7 @@ impl FileReader {
         let chunk_bytes = self.chunk_bytes;
         match self.input.as_mut() {
             None | Some(Input::Done) => Ok(None),
-            Some(Input::Mapped { data, pos }) => {
-                let bytes = (**data).as_ref();
-                if *pos >= bytes.len() {
-                    return Ok(None);
-                }
-                let limit = (*pos + chunk_bytes).min(bytes.len());
-                let end = if limit == bytes.len() {
-                    limit
-                } else {
-                    match memchr::memrchr(b'\n', &bytes[*pos..limit]) {
-                        Some(p) => *pos + p + 1,
-                        // a line longer than the chunk: take it whole
-                        None => memchr::memchr(b'\n', &bytes[limit..])
-                            .map_or(bytes.len(), |p| limit + p + 1),
-                    }
-                };
-                let piece = SharedBytes::slice_of(data.clone(), *pos, end - *pos);
-                *pos = end;
-                Ok(Some(piece))
-            }
+            Some(Input::Mapped { .. }) => self.next_mapped_piece(),
             Some(Input::Stream { file, carry, eof }) => loop {
                 if *eof {
                     return Ok((!carry.is_empty()).then(|| std::mem::take(carry).into()));
@@ -262,7 +330,17 @@ mod tests {
         std::fs::write(dir.join("b.ndjson"), "x\n").unwrap();
         let files = resolve_files(&dir).unwrap();
         assert_eq!(files.len(), 2);
-        let mut r = FileReader::new(0, "s", files, 0).with_chunk_bytes(64);
+        for (chunk, segment) in [(64, 4096), (64, 100), (7, 10), (1 << 20, 1 << 20)] {
+            read_all(&files, chunk, segment);
+        }
+        assert!(resolve_files(&dir.join("*.nope")).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn read_all(files: &[PathBuf], chunk: usize, segment: u64) {
+        let mut r = FileReader::new(0, "s", files.to_vec(), 0)
+            .with_chunk_bytes(chunk)
+            .with_segment_bytes(segment);
         let ctx = ReaderContext {
             clocks: Arc::new(Clocks::new(&[(2, 0)])),
             stop: Arc::new(AtomicBool::new(false)),
@@ -293,7 +371,12 @@ mod tests {
         assert_eq!(ends, 2);
         assert_eq!(lines.len(), 102);
         assert_eq!(lines[100], "last line without newline");
-        assert!(resolve_files(&dir.join("*.nope")).is_err());
-        std::fs::remove_dir_all(dir).unwrap();
+        for (i, l) in lines.iter().take(100).enumerate() {
+            assert_eq!(
+                l,
+                &format!("line number {i}"),
+                "chunk {chunk} segment {segment}"
+            );
+        }
     }
 }
