@@ -126,11 +126,50 @@ impl Groups {
     }
 }
 
+/// The open windows of a worker or of the merger, by window start.
+struct OpenWindows {
+    key_schema: SchemaRef,
+    windows: BTreeMap<i64, Groups>,
+}
+
+impl OpenWindows {
+    fn new(config: &WindowConfig) -> Result<Self, EngineError> {
+        Ok(OpenWindows {
+            key_schema: config.key_schema()?,
+            windows: BTreeMap::new(),
+        })
+    }
+
+    /// The groups of the window starting at `start`, created empty when new.
+    fn get_or_create(
+        &mut self,
+        start: i64,
+        config: &WindowConfig,
+    ) -> Result<&mut Groups, EngineError> {
+        Ok(match self.windows.entry(start) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(Groups::new(config, &self.key_schema)?)
+            }
+        })
+    }
+
+    /// Removes and returns, in start order, every window closed at `watermark`.
+    fn take_closed(&mut self, config: &WindowConfig, watermark: i64) -> BTreeMap<i64, Groups> {
+        let last = config.last_closed_start(watermark);
+        let open = if last == i64::MAX {
+            BTreeMap::new()
+        } else {
+            self.windows.split_off(&(last + 1))
+        };
+        std::mem::replace(&mut self.windows, open)
+    }
+}
+
 /// The per-worker part of a window: filters, checks lateness and aggregates partially.
 pub struct WindowWorker {
     config: Arc<WindowConfig>,
-    key_schema: SchemaRef,
-    windows: BTreeMap<i64, Groups>,
+    windows: OpenWindows,
     /// Windows up to this watermark were handed over: rows for them are late.
     flushed: i64,
     group_ids: Vec<usize>,
@@ -141,9 +180,8 @@ impl WindowWorker {
     /// A worker instance of `config`.
     pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
         Ok(WindowWorker {
-            key_schema: config.key_schema()?,
+            windows: OpenWindows::new(&config)?,
             config,
-            windows: BTreeMap::new(),
             flushed: i64::MIN,
             group_ids: Vec::new(),
             buckets: Vec::new(),
@@ -163,12 +201,7 @@ impl WindowWorker {
                     .ok_or_else(|| config.err(format!("no column {k}")))
             })
             .collect::<Result<_, _>>()?;
-        let groups = match self.windows.entry(start) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(Groups::new(&config, &self.key_schema)?)
-            }
-        };
+        let groups = self.windows.get_or_create(start, &config)?;
         groups
             .values
             .intern(&keys, &mut self.group_ids)
@@ -299,13 +332,7 @@ impl WorkerOperator for WindowWorker {
     fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError> {
         self.flushed = self.flushed.max(watermark);
         let config = self.config.clone();
-        let last = config.last_closed_start(watermark);
-        let open = if last == i64::MAX {
-            BTreeMap::new()
-        } else {
-            self.windows.split_off(&(last + 1))
-        };
-        let closed = std::mem::replace(&mut self.windows, open);
+        let closed = self.windows.take_closed(&config, watermark);
         let mut out = Vec::with_capacity(closed.len());
         for (start, mut g) in closed {
             let keys = g.values.emit(EmitTo::All).map_err(|e| config.err(e))?;
@@ -330,10 +357,9 @@ impl WorkerOperator for WindowWorker {
 /// Merges the workers' partial windows and emits final rows.
 pub struct WindowMerger {
     config: Arc<WindowConfig>,
-    key_schema: SchemaRef,
     output: SchemaRef,
     state_lens: Vec<usize>,
-    windows: BTreeMap<i64, Groups>,
+    windows: OpenWindows,
     group_ids: Vec<usize>,
 }
 
@@ -346,11 +372,10 @@ impl WindowMerger {
             .map(|a| a.state_len().map_err(|e| config.err(e)))
             .collect::<Result<_, _>>()?;
         Ok(WindowMerger {
-            key_schema: config.key_schema()?,
             output: config.output_schema()?,
+            windows: OpenWindows::new(&config)?,
             config,
             state_lens,
-            windows: BTreeMap::new(),
             group_ids: Vec::new(),
         })
     }
@@ -406,12 +431,7 @@ impl WindowMerger {
 impl MergeOperator for WindowMerger {
     fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError> {
         let config = self.config.clone();
-        let groups = match self.windows.entry(partial.window_start) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(Groups::new(&config, &self.key_schema)?)
-            }
-        };
+        let groups = self.windows.get_or_create(partial.window_start, &config)?;
         groups
             .values
             .intern(&partial.keys, &mut self.group_ids)
@@ -427,13 +447,7 @@ impl MergeOperator for WindowMerger {
     }
 
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
-        let last = self.config.last_closed_start(watermark);
-        let open = if last == i64::MAX {
-            BTreeMap::new()
-        } else {
-            self.windows.split_off(&(last + 1))
-        };
-        let closed = std::mem::replace(&mut self.windows, open);
+        let closed = self.windows.take_closed(&self.config, watermark);
         closed
             .into_iter()
             .map(|(start, g)| self.finish_window(start, g))
