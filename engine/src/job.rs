@@ -454,21 +454,23 @@ fn process_chunk(
     ctx: &WorkerCtx,
     row_wm: &mut Vec<i64>,
 ) -> Result<(), EngineError> {
-    let decoded = match &chunk.data {
-        ChunkData::Lines(lines) => ctx.decoders[chunk.source].decode(&chunk, lines),
-        ChunkData::Events(_) | ChunkData::End => Decoded {
+    let end = matches!(chunk.data, ChunkData::End);
+    let Decoded {
+        events,
+        bad,
+        records,
+    } = match chunk.data {
+        ChunkData::Lines(ref lines) => ctx.decoders[chunk.source].decode(&chunk, lines),
+        ChunkData::Events(ev) => Decoded {
+            records: ev.batch.num_rows() as u64,
+            events: Some(ev),
+            bad: Vec::new(),
+        },
+        ChunkData::End => Decoded {
             events: None,
             bad: Vec::new(),
             records: 0,
         },
-    };
-    let end = matches!(chunk.data, ChunkData::End);
-    let (events, bad, records) = match chunk.data {
-        ChunkData::Events(ev) => {
-            let n = ev.batch.num_rows() as u64;
-            (Some(ev), Vec::new(), n)
-        }
-        _ => (decoded.events, decoded.bad, decoded.records),
     };
     RunStats::add(&ctx.stats.records_in, records);
     if !bad.is_empty() {
