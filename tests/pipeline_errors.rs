@@ -193,3 +193,12 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
     assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
 }
+
+#[test]
+fn generator_event_time_is_its_timestamp() {
+    let e = error_of(
+        "    file: { path: input.ndjson }\n    format: json\n    schema: data-ingestion\n    event_time: { field: timestamp,",
+        "    generator: { kind: data-ingestion, count: 5 }\n    format: json\n    schema: data-ingestion\n    event_time: { field: recordCount,",
+    );
+    assert!(e.starts_with("7:26: ") && e.contains("`timestamp`"), "{e}");
+}

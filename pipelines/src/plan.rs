@@ -317,6 +317,17 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 ))
             }
         };
+        let mut input = input;
+        if let SourceInput::Generator(cfg) = &mut input {
+            cfg.idle_timeout_ms = idle;
+            if time_field != "timestamp" {
+                let l = s
+                    .event_time
+                    .as_ref()
+                    .map_or(*loc, |e| e.value.field.referenced);
+                return Err(ctx.err(&l, "the generator's event time is its `timestamp` field"));
+            }
+        }
         srcs.push(Src {
             name: sname.clone(),
             input,

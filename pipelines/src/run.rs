@@ -82,7 +82,6 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                     first_partition,
                     cfg.clone(),
                     s.decoder.output_schema(),
-                    &s.time_field,
                 )),
                 1,
             ),

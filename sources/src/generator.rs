@@ -464,7 +464,11 @@ fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
             if status == "HEALTHY" {
                 out.extend_from_slice(b"null}");
             } else {
-                let _ = write!(out, "\"{} since check {index}\"}}", status.to_lowercase());
+                let _ = write!(
+                    out,
+                    "\"{} since check {index}\"}}",
+                    lowercase_status(status)
+                );
             }
         }
     }
@@ -478,24 +482,23 @@ pub struct GeneratorReader {
     source: usize,
     partition: Arc<PartitionInfo>,
     gen: EventGenerator,
-    /// Output columns: schema field names in schema order.
-    columns: Vec<String>,
+    /// Output columns, in the output schema's order.
+    columns: Vec<GenField>,
     output: SchemaRef,
-    time_field: String,
     seq: u64,
     ended: bool,
     started: Option<Instant>,
 }
 
 impl GeneratorReader {
-    /// A generator source; `output` is the decoded schema (the projected columns).
+    /// A generator source; `output` is the decoded schema (the projected columns). Its
+    /// event time is the events' `timestamp`.
     pub fn new(
         source: usize,
         source_name: &str,
         partition_id: usize,
         cfg: GeneratorConfig,
         output: SchemaRef,
-        time_field: &str,
     ) -> Self {
         GeneratorReader {
             source,
@@ -507,9 +510,12 @@ impl GeneratorReader {
                 file: None,
             }),
             gen: EventGenerator::new(cfg),
-            columns: output.fields().iter().map(|f| f.name().clone()).collect(),
+            columns: output
+                .fields()
+                .iter()
+                .map(|f| GenField::parse(f.name()))
+                .collect(),
             output,
-            time_field: time_field.to_string(),
             seq: 0,
             ended: false,
             started: None,
@@ -527,101 +533,37 @@ impl GeneratorReader {
             I(Int64Builder),
             F(Float64Builder),
         }
-        let mut cols: Vec<(String, Col)> = self
+        let mut cols: Vec<(GenField, Col)> = self
             .columns
             .iter()
-            .map(|c| {
-                let col = match c.as_str() {
-                    "timestamp" | "recordCount" | "sizeBytes" | "latencyMs" => {
-                        Col::I(Int64Builder::with_capacity(rows))
-                    }
-                    "errorRate" => Col::F(Float64Builder::with_capacity(rows)),
+            .map(|&f| {
+                let col = match f {
+                    GenField::Timestamp
+                    | GenField::RecordCount
+                    | GenField::SizeBytes
+                    | GenField::LatencyMs => Col::I(Int64Builder::with_capacity(rows)),
+                    GenField::ErrorRate => Col::F(Float64Builder::with_capacity(rows)),
                     _ => Col::S(StringBuilder::with_capacity(rows, rows * 16)),
                 };
-                (c.clone(), col)
+                (f, col)
             })
             .collect();
         let mut times = Vec::with_capacity(rows);
         let mut offsets = Vec::with_capacity(rows);
         let mut scratch = String::new();
-        let time_is_ts = self.time_field == "timestamp";
         for _ in 0..rows {
             let offset = self.gen.produced();
             let ev = self.gen.next_event();
             let ts = match ev {
                 Event::Ingestion { timestamp, .. } | Event::Health { timestamp, .. } => timestamp,
             };
-            if !time_is_ts {
-                return Err(EngineError::source(
-                    &self.partition.source,
-                    "the generator's event time is `timestamp`",
-                ));
-            }
             times.push(ts);
             offsets.push(offset);
-            for (name, col) in cols.iter_mut() {
-                use std::fmt::Write as _;
+            for (field, col) in cols.iter_mut() {
                 scratch.clear();
-                let v: GenValue = match (&ev, name.as_str()) {
-                    (_, "timestamp") => GenValue::I(ts),
-                    (Event::Ingestion { index, .. }, "eventId") => {
-                        let _ = write!(scratch, "evt-{index:010}");
-                        GenValue::S(&scratch)
-                    }
-                    (Event::Health { index, .. }, "eventId") => {
-                        let _ = write!(scratch, "hlt-{index:010}");
-                        GenValue::S(&scratch)
-                    }
-                    (Event::Ingestion { source, .. }, "source") => GenValue::S(source),
-                    (Event::Ingestion { dataset, .. }, "datasetName") => GenValue::S(dataset),
-                    (Event::Ingestion { record_count, .. }, "recordCount") => {
-                        GenValue::I(*record_count)
-                    }
-                    (Event::Ingestion { size_bytes, .. }, "sizeBytes") => GenValue::I(*size_bytes),
-                    (Event::Ingestion { format, .. }, "format") => GenValue::S(format),
-                    (
-                        Event::Ingestion {
-                            index,
-                            dataset,
-                            format,
-                            ..
-                        },
-                        "location",
-                    ) => {
-                        let _ = write!(
-                            scratch,
-                            "s3://lake/{dataset}/part-{:05}.{format}",
-                            index % 10_000
-                        );
-                        GenValue::S(&scratch)
-                    }
-                    (Event::Ingestion { status, .. }, "status") => GenValue::S(status),
-                    (Event::Ingestion { index, .. }, "metadata") => {
-                        let _ = write!(
-                            scratch,
-                            "{{\"pipeline\":\"p{}\",\"owner\":\"team-data\"}}",
-                            index % 5
-                        );
-                        GenValue::S(&scratch)
-                    }
-                    (Event::Health { service, .. }, "serviceName") => GenValue::S(service),
-                    (Event::Health { namespace, .. }, "namespace") => GenValue::S(namespace),
-                    (Event::Health { status, .. }, "healthStatus") => GenValue::S(status),
-                    (Event::Health { latency_ms, .. }, "latencyMs") => GenValue::I(*latency_ms),
-                    (Event::Health { error_rate, .. }, "errorRate") => GenValue::F(*error_rate),
-                    (Event::Health { status, index, .. }, "message") => {
-                        if *status == "HEALTHY" {
-                            GenValue::Null
-                        } else {
-                            let _ =
-                                write!(scratch, "{} since check {index}", status.to_lowercase());
-                            GenValue::S(&scratch)
-                        }
-                    }
-                    _ => GenValue::Null,
-                };
-                match (col, v) {
+                match (col, field.value(&ev, &mut scratch)) {
                     (Col::S(b), GenValue::S(s)) => b.append_value(s),
+                    (Col::S(b), GenValue::Scratch) => b.append_value(&scratch),
                     (Col::S(b), _) => b.append_null(),
                     (Col::I(b), GenValue::I(x)) => b.append_value(x),
                     (Col::I(b), _) => b.append_null(),
@@ -656,8 +598,129 @@ impl GeneratorReader {
     }
 }
 
+/// A field of the generated events, resolved once from the output column's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GenField {
+    Timestamp,
+    EventId,
+    Source,
+    DatasetName,
+    RecordCount,
+    SizeBytes,
+    Format,
+    Location,
+    Status,
+    Metadata,
+    ServiceName,
+    Namespace,
+    HealthStatus,
+    LatencyMs,
+    ErrorRate,
+    Message,
+    /// A column the generator does not make: always null.
+    Other,
+}
+
+impl GenField {
+    fn parse(name: &str) -> GenField {
+        match name {
+            "timestamp" => GenField::Timestamp,
+            "eventId" => GenField::EventId,
+            "source" => GenField::Source,
+            "datasetName" => GenField::DatasetName,
+            "recordCount" => GenField::RecordCount,
+            "sizeBytes" => GenField::SizeBytes,
+            "format" => GenField::Format,
+            "location" => GenField::Location,
+            "status" => GenField::Status,
+            "metadata" => GenField::Metadata,
+            "serviceName" => GenField::ServiceName,
+            "namespace" => GenField::Namespace,
+            "healthStatus" => GenField::HealthStatus,
+            "latencyMs" => GenField::LatencyMs,
+            "errorRate" => GenField::ErrorRate,
+            "message" => GenField::Message,
+            _ => GenField::Other,
+        }
+    }
+
+    /// The field's value in `ev`; formatted values are written to `scratch`.
+    #[inline]
+    fn value<'a>(self, ev: &Event<'a>, scratch: &mut String) -> GenValue<'a> {
+        use std::fmt::Write as _;
+        match (ev, self) {
+            (
+                Event::Ingestion { timestamp, .. } | Event::Health { timestamp, .. },
+                GenField::Timestamp,
+            ) => GenValue::I(*timestamp),
+            (Event::Ingestion { index, .. }, GenField::EventId) => {
+                let _ = write!(scratch, "evt-{index:010}");
+                GenValue::Scratch
+            }
+            (Event::Health { index, .. }, GenField::EventId) => {
+                let _ = write!(scratch, "hlt-{index:010}");
+                GenValue::Scratch
+            }
+            (Event::Ingestion { source, .. }, GenField::Source) => GenValue::S(source),
+            (Event::Ingestion { dataset, .. }, GenField::DatasetName) => GenValue::S(dataset),
+            (Event::Ingestion { record_count, .. }, GenField::RecordCount) => {
+                GenValue::I(*record_count)
+            }
+            (Event::Ingestion { size_bytes, .. }, GenField::SizeBytes) => GenValue::I(*size_bytes),
+            (Event::Ingestion { format, .. }, GenField::Format) => GenValue::S(format),
+            (
+                Event::Ingestion {
+                    index,
+                    dataset,
+                    format,
+                    ..
+                },
+                GenField::Location,
+            ) => {
+                let _ = write!(
+                    scratch,
+                    "s3://lake/{dataset}/part-{:05}.{format}",
+                    index % 10_000
+                );
+                GenValue::Scratch
+            }
+            (Event::Ingestion { status, .. }, GenField::Status) => GenValue::S(status),
+            (Event::Ingestion { index, .. }, GenField::Metadata) => {
+                let _ = write!(
+                    scratch,
+                    "{{\"pipeline\":\"p{}\",\"owner\":\"team-data\"}}",
+                    index % 5
+                );
+                GenValue::Scratch
+            }
+            (Event::Health { service, .. }, GenField::ServiceName) => GenValue::S(service),
+            (Event::Health { namespace, .. }, GenField::Namespace) => GenValue::S(namespace),
+            (Event::Health { status, .. }, GenField::HealthStatus) => GenValue::S(status),
+            (Event::Health { latency_ms, .. }, GenField::LatencyMs) => GenValue::I(*latency_ms),
+            (Event::Health { error_rate, .. }, GenField::ErrorRate) => GenValue::F(*error_rate),
+            (Event::Health { status, index, .. }, GenField::Message) if *status != "HEALTHY" => {
+                let _ = write!(scratch, "{} since check {index}", lowercase_status(status));
+                GenValue::Scratch
+            }
+            _ => GenValue::Null,
+        }
+    }
+}
+
+/// A health status in lower case, without allocating.
+fn lowercase_status(status: &str) -> &'static str {
+    match status {
+        "HEALTHY" => "healthy",
+        "DEGRADED" => "degraded",
+        "UNHEALTHY" => "unhealthy",
+        _ => "unknown",
+    }
+}
+
 enum GenValue<'a> {
     S(&'a str),
+    /// The value was written to the scratch string.
+    Scratch,
     I(i64),
     F(f64),
     Null,
@@ -692,6 +755,8 @@ impl PartitionReader for GeneratorReader {
         let rows = if rate > 0.0 {
             // pace: produce what is due now, in at most 100 ms slices
             let started = *self.started.get_or_insert_with(Instant::now);
+            let waiting = Instant::now();
+            let clock = ctx.clocks.partition(self.partition.id);
             loop {
                 if ctx.stop.load(Ordering::Relaxed) {
                     return Ok(None);
@@ -702,7 +767,15 @@ impl PartitionReader for GeneratorReader {
                     .min(remaining)
                     .min(BATCH_ROWS as u64);
                 if n > 0 {
+                    clock.set_idle(false);
                     break n as usize;
+                }
+                // nothing due for `idle_timeout`: stop holding back the source's watermark
+                if let Some(idle) = self.gen.cfg.idle_timeout_ms {
+                    if waiting.elapsed() >= Duration::from_millis(idle) && !clock.is_idle() {
+                        tracing::debug!(source = %self.partition.source, "partition idle");
+                        clock.set_idle(true);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -745,6 +818,33 @@ mod tests {
             }
         }
         assert!((1700..1900).contains(&good), "{good}");
+    }
+
+    #[test]
+    fn a_paced_generator_goes_idle_while_it_waits_and_comes_back() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::atomic::AtomicBool;
+        use weir_engine::clock::Clocks;
+        let mut cfg = GeneratorConfig::new(Kind::DataIngestion);
+        cfg.count = Some(2);
+        cfg.events_per_second = 2.0; // the first event is due after 0.5 s
+        cfg.idle_timeout_ms = Some(50);
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "timestamp",
+            DataType::Int64,
+            true,
+        )]));
+        let mut reader = GeneratorReader::new(0, "gen", 0, cfg, schema);
+        let clocks = Arc::new(Clocks::new(&[(1, 0)]));
+        let ctx = ReaderContext {
+            clocks: clocks.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let waiting = std::thread::spawn(move || reader.next_chunk(&ctx).map(|c| c.is_some()));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(clocks.partition(0).is_idle());
+        assert!(waiting.join().unwrap().unwrap());
+        assert!(!clocks.partition(0).is_idle());
     }
 
     #[test]
