@@ -37,6 +37,12 @@ impl SharedBytes {
     }
 }
 
+impl Default for SharedBytes {
+    fn default() -> Self {
+        SharedBytes::from(Vec::new())
+    }
+}
+
 impl From<Vec<u8>> for SharedBytes {
     fn from(v: Vec<u8>) -> Self {
         SharedBytes::new(Arc::new(v))
@@ -54,6 +60,8 @@ impl std::ops::Deref for SharedBytes {
 pub enum ChunkData {
     /// Raw records: newline-separated lines, whole lines only.
     Lines(SharedBytes),
+    /// Messages of a log (Kafka): one record each, with their offsets and metadata.
+    Messages(Messages),
     /// Records already decoded (the generator produces these).
     Events(EventBatch),
     /// The partition has no more records.
@@ -70,6 +78,39 @@ pub struct Chunk {
     /// Offset of the chunk's first record in the partition.
     pub first_offset: u64,
     pub data: ChunkData,
+}
+
+/// Messages of one partition of a log, copied once into one buffer: payloads, keys and
+/// headers are ranges of `bytes`, so a chunk costs a few allocations, not a few per message.
+#[derive(Clone, Default)]
+pub struct Messages {
+    pub bytes: SharedBytes,
+    /// (start, end) of each message's payload in `bytes`.
+    pub payloads: Vec<(u32, u32)>,
+    /// Offset of each message in its partition.
+    pub offsets: Vec<u64>,
+    /// (start, end) of each message's key in `bytes`, when it has one.
+    pub keys: Vec<Option<(u32, u32)>>,
+    /// Each message's timestamp (epoch ms), when it has one.
+    pub timestamps: Vec<Option<i64>>,
+    /// (start, end) of each message's headers in `bytes`, written as a JSON object of
+    /// strings (empty range when it has none).
+    pub headers: Vec<(u32, u32)>,
+}
+
+impl Messages {
+    /// The number of messages.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+    /// The bytes of a range of `bytes`.
+    pub fn slice(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.bytes[start as usize..end as usize]
+    }
 }
 
 /// The original bytes of decoded rows, for dead letters.

@@ -24,7 +24,8 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
-use crate::events::{Chunk, ChunkData, Decoded, EventBatch, SharedBytes};
+use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, SharedBytes};
+use crate::progress::{ChunkResidue, Progress};
 use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
@@ -34,6 +35,8 @@ pub struct ReaderContext {
     pub clocks: Arc<Clocks>,
     /// Set when the job is asked to stop; readers then return `None`.
     pub stop: Arc<AtomicBool>,
+    /// Which offsets are reflected in durable outputs, for readers that commit them.
+    pub progress: Arc<Progress>,
 }
 
 /// Reads one source: yields chunks of its partitions, each partition's chunks in order with
@@ -41,12 +44,19 @@ pub struct ReaderContext {
 pub trait PartitionReader: Send {
     /// The next chunk, or `None` when the source has no more (or the job stops).
     fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError>;
+    /// Called once every output finished after the reader returned `None`, to commit what
+    /// [`Progress`] says is durable. Readers that commit nothing keep the default.
+    fn finish(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Decodes raw records of a source into events.
 pub trait Decode: Send + Sync {
     /// Decodes the lines of `chunk`; bad records come back as dead letters.
     fn decode(&self, chunk: &Chunk, lines: &SharedBytes) -> Decoded;
+    /// Decodes the messages of `chunk`, one record each.
+    fn decode_messages(&self, chunk: &Chunk, messages: &Messages) -> Decoded;
 }
 
 /// The part of an operator that runs in every worker, over that worker's events.
@@ -65,6 +75,9 @@ pub trait WorkerOperator: Send {
     fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError>;
     /// Whether windows follow processing time (the clock) instead of event time.
     fn processing_time(&self) -> bool;
+    /// The end of the window a row with this event time goes to (for processing-time
+    /// windows, the window open now).
+    fn window_end(&self, event_time: i64) -> i64;
 }
 
 /// The partial state of one window from one worker: key columns and accumulator states.
@@ -86,6 +99,10 @@ pub trait MergeOperator: Send {
 pub trait Sink: Send {
     /// Writes rows.
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError>;
+    /// Makes every row written so far durable (messages acknowledged...) and says whether
+    /// it could: an output that only becomes visible when it finishes (a file renamed into
+    /// place) returns `false`, and offsets are then committed only after it finished.
+    fn flush(&mut self) -> Result<bool, EngineError>;
     /// Flushes and closes the output.
     fn finish(&mut self) -> Result<(), EngineError>;
 }
@@ -94,6 +111,9 @@ pub trait Sink: Send {
 pub trait DeadLetterSink: Send {
     /// Writes records.
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError>;
+    /// Makes every record written so far durable, and says whether it could (see
+    /// [`Sink::flush`]).
+    fn flush(&mut self) -> Result<bool, EngineError>;
     /// Flushes and closes the output.
     fn finish(&mut self) -> Result<(), EngineError>;
 }
@@ -137,6 +157,22 @@ pub struct RunReport {
 
 const WORKER_QUEUE: usize = 4;
 const TICK: Duration = Duration::from_millis(100);
+/// How often outputs are flushed to report progress to committing readers.
+const DURABLE_EVERY: Duration = Duration::from_millis(500);
+
+/// What the merger sends a sink thread.
+enum SinkMsg {
+    Rows(RecordBatch),
+    /// Operator `op`'s windows up to `upto` were all sent.
+    Upto { op: usize, upto: i64 },
+}
+
+/// What workers send the dead-letter thread.
+enum DeadMsg {
+    Records(Vec<DeadLetter>),
+    /// A tracked chunk was handled; its dead letters were sent before.
+    Residue(ChunkResidue),
+}
 
 struct MergeMsg {
     operator: usize,
@@ -242,36 +278,65 @@ pub fn run(
     ));
     let mut threads = Vec::new();
 
-    // Sinks.
-    let mut sink_senders = Vec::new();
-    for (idx, (name, mut sink)) in spec.sinks.into_iter().enumerate() {
-        let (tx, rx) = bounded::<RecordBatch>(16);
-        sink_senders.push(tx);
-        let stats = stats.clone();
-        let sink_name = name.clone();
-        threads.push(spawn(format!("sink-{name}"), &failure, move || {
-            for batch in rx {
-                sink.write(&batch)?;
-                RunStats::add(&stats.rows_written[idx].value, batch.num_rows() as u64);
+    let total_partitions: usize = spec.sources.iter().map(|s| s.partitions).sum();
+    let progress = Arc::new(Progress::new(
+        total_partitions,
+        &spec
+            .operators
+            .iter()
+            .map(|o| o.sinks.len())
+            .collect::<Vec<_>>(),
+    ));
+    // Outputs still running; the last one to finish marks the progress final.
+    let outputs_left = Arc::new(std::sync::atomic::AtomicUsize::new(spec.sinks.len() + 1));
+    let output_done = {
+        let progress = progress.clone();
+        let left = outputs_left.clone();
+        move || {
+            if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+                progress.set_finished();
             }
-            sink.finish().map_err(|e| match e {
-                EngineError::Sink { .. } => e,
-                other => EngineError::sink(&sink_name, other),
-            })
+        }
+    };
+
+    // Sinks. Each knows, for every operator feeding it, its index among the operator's sinks.
+    let mut sink_feeds: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.sinks.len()];
+    for (oi, op) in spec.operators.iter().enumerate() {
+        for (k, &s) in op.sinks.iter().enumerate() {
+            sink_feeds[s].push((oi, k));
+        }
+    }
+    let mut sink_senders = Vec::new();
+    for (idx, (name, sink)) in spec.sinks.into_iter().enumerate() {
+        let (tx, rx) = bounded::<SinkMsg>(16);
+        sink_senders.push(tx);
+        let output = SinkThread {
+            index: idx,
+            name: name.clone(),
+            sink,
+            feeds: std::mem::take(&mut sink_feeds[idx]),
+            stats: stats.clone(),
+            progress: progress.clone(),
+        };
+        let done = output_done.clone();
+        threads.push(spawn(format!("sink-{name}"), &failure, move || {
+            output.run(rx)?;
+            done();
+            Ok(())
         })?);
     }
 
     // Dead letters.
-    let (dead_tx, dead_rx) = bounded::<Vec<DeadLetter>>(64);
+    let (dead_tx, dead_rx) = bounded::<DeadMsg>(64);
     {
-        let mut sink = spec.dead_letter;
+        let sink = spec.dead_letter;
         let stats = stats.clone();
+        let progress = progress.clone();
+        let done = output_done.clone();
         threads.push(spawn("dead-letter".into(), &failure, move || {
-            for records in dead_rx {
-                sink.write(&records)?;
-                RunStats::add(&stats.dead_letters, records.len() as u64);
-            }
-            sink.finish()
+            dead_letter_loop(dead_rx, sink, &stats, &progress)?;
+            done();
+            Ok(())
         })?);
     }
 
@@ -314,6 +379,7 @@ pub fn run(
             failure: failure.clone(),
             op_sources: op_sources.clone(),
             input_done: input_done.clone(),
+            progress: progress.clone(),
         };
         threads.push(spawn(format!("worker-{w}"), &failure, move || {
             worker_loop(rx, ops, ctx)
@@ -329,6 +395,7 @@ pub fn run(
         let ctx = ReaderContext {
             clocks: clocks.clone(),
             stop: stop.0.clone(),
+            progress: progress.clone(),
         };
         let failure2 = failure.clone();
         let mut reader = source.reader;
@@ -347,6 +414,11 @@ pub fn run(
                 senders[target]
                     .send(chunk)
                     .map_err(|_| failure2.closed("a worker"))?;
+            }
+            // Let the workers drain, then commit what the finished outputs hold.
+            drop(dispatcher);
+            if ctx.progress.wait_finished(&failure2.cancel) {
+                reader.finish(&ctx)?;
             }
             Ok(())
         })?);
@@ -376,11 +448,12 @@ struct WorkerCtx {
     decoders: Arc<Vec<Arc<dyn Decode>>>,
     clocks: Arc<Clocks>,
     stats: Arc<RunStats>,
-    dead_tx: Sender<Vec<DeadLetter>>,
+    dead_tx: Sender<DeadMsg>,
     merge_tx: Sender<MergeMsg>,
     failure: Failure,
     op_sources: Vec<usize>,
     input_done: Arc<ExitBarrier>,
+    progress: Arc<Progress>,
 }
 
 fn worker_loop(
@@ -455,12 +528,20 @@ fn process_chunk(
     row_wm: &mut Vec<i64>,
 ) -> Result<(), EngineError> {
     let end = matches!(chunk.data, ChunkData::End);
+    let next_offset = match &chunk.data {
+        ChunkData::Messages(m) => Some(m.offsets.last().map_or(chunk.first_offset, |o| o + 1)),
+        ChunkData::End => Some(chunk.first_offset),
+        _ => None,
+    };
     let Decoded {
         events,
         bad,
         records,
     } = match chunk.data {
         ChunkData::Lines(ref lines) => ctx.decoders[chunk.source].decode(&chunk, lines),
+        ChunkData::Messages(ref messages) => {
+            ctx.decoders[chunk.source].decode_messages(&chunk, messages)
+        }
         ChunkData::Events(ev) => Decoded {
             records: ev.batch.num_rows() as u64,
             events: Some(ev),
@@ -476,7 +557,7 @@ fn process_chunk(
     if !bad.is_empty() {
         RunStats::add(&ctx.stats.bad, bad.len() as u64);
         ctx.dead_tx
-            .send(bad)
+            .send(DeadMsg::Records(bad))
             .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
     }
     // Running newest event time before each row, within the chunk.
@@ -491,7 +572,13 @@ fn process_chunk(
     }
     let clock = ctx.clocks.partition(chunk.partition.id);
     let before = clock.sequence(chunk.seq, newest, end, &ctx.failure.cancel)?;
-    let Some(events) = events else { return Ok(()) };
+    let tracked = next_offset.is_some() && ctx.progress.is_tracked(chunk.partition.id);
+    let Some(events) = events else {
+        if let (true, Some(next_offset)) = (tracked, next_offset) {
+            send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, Vec::new())?;
+        }
+        return Ok(());
+    };
     for w in row_wm.iter_mut() {
         *w = clock.watermark_after((*w).max(before));
     }
@@ -505,10 +592,58 @@ fn process_chunk(
     }
     if !dead.is_empty() {
         ctx.dead_tx
-            .send(dead)
+            .send(DeadMsg::Records(dead))
             .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
     }
+    if let (true, Some(next_offset)) = (tracked, next_offset) {
+        let windows = ops
+            .iter()
+            .filter(|(oi, _)| ctx.op_sources[*oi] == chunk.source)
+            .map(|(oi, op)| (*oi, residue_windows(op.as_ref(), &events)))
+            .collect();
+        send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, windows)?;
+    }
     Ok(())
+}
+
+/// Per window a chunk's rows went to: (window end, smallest offset of its rows).
+fn residue_windows(op: &dyn WorkerOperator, events: &EventBatch) -> Vec<(i64, u64)> {
+    let mut out: Vec<(i64, u64)> = Vec::new();
+    let mut last: Option<(i64, usize)> = None; // (event-time bucket hint, index in out)
+    for (&t, &offset) in events.event_time.iter().zip(&events.offsets) {
+        let end = match last {
+            Some((prev_t, i)) if prev_t == t => out[i].0,
+            _ => op.window_end(t),
+        };
+        let i = match out.iter().position(|(e, _)| *e == end) {
+            Some(i) => {
+                out[i].1 = out[i].1.min(offset);
+                i
+            }
+            None => {
+                out.push((end, offset));
+                out.len() - 1
+            }
+        };
+        last = Some((t, i));
+    }
+    out
+}
+
+fn send_residue(
+    ctx: &WorkerCtx,
+    (partition, seq): (usize, u64),
+    next_offset: u64,
+    windows: Vec<(usize, Vec<(i64, u64)>)>,
+) -> Result<(), EngineError> {
+    ctx.dead_tx
+        .send(DeadMsg::Residue(ChunkResidue {
+            partition,
+            seq,
+            next_offset,
+            windows,
+        }))
+        .map_err(|_| ctx.failure.closed("the dead-letter output"))
 }
 
 fn flush_ops(
@@ -550,7 +685,7 @@ type MergePart = (Box<dyn MergeOperator>, Vec<usize>);
 fn merger_loop(
     rx: Receiver<MergeMsg>,
     mut ops: Vec<MergePart>,
-    sinks: Vec<Sender<RecordBatch>>,
+    sinks: Vec<Sender<SinkMsg>>,
     workers: usize,
     stats: &RunStats,
     failure: &Failure,
@@ -574,14 +709,116 @@ fn merger_loop(
                 RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
                 for &s in sink_ids.iter() {
                     sinks[s]
-                        .send(batch.clone())
+                        .send(SinkMsg::Rows(batch.clone()))
                         .map_err(|_| failure.closed("a sink"))?;
                 }
+            }
+            for &s in sink_ids.iter() {
+                sinks[s]
+                    .send(SinkMsg::Upto {
+                        op: msg.operator,
+                        upto: wm,
+                    })
+                    .map_err(|_| failure.closed("a sink"))?;
             }
         }
     }
     if failure.cancel.load(Ordering::SeqCst) {
         return Err(EngineError::Cancelled);
     }
+    Ok(())
+}
+
+/// A sink's thread: writes rows, and every [`DURABLE_EVERY`] flushes the sink and reports
+/// how far each feeding operator's rows are durable.
+struct SinkThread {
+    index: usize,
+    name: String,
+    sink: Box<dyn Sink>,
+    /// (operator, index of this sink among the operator's sinks).
+    feeds: Vec<(usize, usize)>,
+    stats: Arc<RunStats>,
+    progress: Arc<Progress>,
+}
+
+impl SinkThread {
+    fn run(mut self, rx: Receiver<SinkMsg>) -> Result<(), EngineError> {
+        let mut sent_upto: Vec<Option<i64>> = vec![None; self.feeds.len()];
+        let mut last_flush = Instant::now();
+        loop {
+            match rx.recv_timeout(TICK) {
+                Ok(SinkMsg::Rows(batch)) => {
+                    self.sink.write(&batch).map_err(|e| self.error(e))?;
+                    RunStats::add(
+                        &self.stats.rows_written[self.index].value,
+                        batch.num_rows() as u64,
+                    );
+                }
+                Ok(SinkMsg::Upto { op, upto }) => {
+                    if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
+                        sent_upto[i] = Some(upto);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_flush.elapsed() >= DURABLE_EVERY && sent_upto.iter().any(Option::is_some) {
+                if self.sink.flush().map_err(|e| self.error(e))? {
+                    self.report(&mut sent_upto);
+                }
+                last_flush = Instant::now();
+            }
+        }
+        self.sink.finish().map_err(|e| self.error(e))?;
+        self.report(&mut sent_upto);
+        Ok(())
+    }
+
+    fn report(&self, sent_upto: &mut [Option<i64>]) {
+        for (i, upto) in sent_upto.iter_mut().enumerate() {
+            if let Some(wm) = upto.take() {
+                let (op, k) = self.feeds[i];
+                self.progress.sink_durable(op, k, wm);
+            }
+        }
+    }
+
+    fn error(&self, e: EngineError) -> EngineError {
+        match e {
+            EngineError::Sink { .. } => e,
+            other => EngineError::sink(&self.name, other),
+        }
+    }
+}
+
+/// The dead-letter thread: writes records; residues of tracked chunks reach the progress
+/// tracker only after the records sent before them were flushed.
+fn dead_letter_loop(
+    rx: Receiver<DeadMsg>,
+    mut sink: Box<dyn DeadLetterSink>,
+    stats: &RunStats,
+    progress: &Progress,
+) -> Result<(), EngineError> {
+    let mut residues: Vec<ChunkResidue> = Vec::new();
+    let mut last_flush = Instant::now();
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(DeadMsg::Records(records)) => {
+                sink.write(&records)?;
+                RunStats::add(&stats.dead_letters, records.len() as u64);
+            }
+            Ok(DeadMsg::Residue(r)) => residues.push(r),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if !residues.is_empty() && last_flush.elapsed() >= DURABLE_EVERY {
+            if sink.flush()? {
+                progress.add_residues(residues.drain(..));
+            }
+            last_flush = Instant::now();
+        }
+    }
+    sink.finish()?;
+    progress.add_residues(residues);
     Ok(())
 }

@@ -11,10 +11,11 @@ pub mod dead_letter;
 pub mod error;
 pub mod events;
 pub mod job;
+pub mod progress;
 pub mod stats;
 pub mod time;
 
 pub use dead_letter::{DeadLetter, ErrorInfo, Reason};
 pub use error::EngineError;
-pub use events::{Chunk, ChunkData, Decoded, EventBatch, RawRows, SharedBytes};
+pub use events::{Chunk, ChunkData, Decoded, EventBatch, Messages, RawRows, SharedBytes};
 pub use stats::RunStats;

@@ -352,6 +352,14 @@ impl WorkerOperator for WindowWorker {
     fn processing_time(&self) -> bool {
         self.config.time == TimeMode::Processing
     }
+
+    fn window_end(&self, event_time: i64) -> i64 {
+        let t = match self.config.time {
+            TimeMode::Event => event_time,
+            TimeMode::Processing => now_ms(),
+        };
+        window_start(t, self.config.size_ms).saturating_add(self.config.size_ms)
+    }
 }
 
 /// Merges the workers' partial windows and emits final rows.

@@ -129,6 +129,11 @@ impl Sink for FileSink {
         result.map_err(|e| self.err(e))
     }
 
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        // The rows become visible only when the file is renamed into place at the end.
+        Ok(false)
+    }
+
     fn finish(&mut self) -> Result<(), EngineError> {
         let result = match self.writer.take() {
             Some(Writer::Ndjson { mut out, .. }) => out
@@ -328,6 +333,11 @@ impl DeadLetterSink for DeadLetterFile {
                 .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", self.path.display())))?;
         }
         Ok(())
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        // The records become visible only when the file is renamed into place at the end.
+        Ok(false)
     }
 
     fn finish(&mut self) -> Result<(), EngineError> {

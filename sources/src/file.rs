@@ -344,6 +344,7 @@ mod tests {
         let ctx = ReaderContext {
             clocks: Arc::new(Clocks::new(&[(2, 0)])),
             stop: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(weir_engine::progress::Progress::new(2, &[])),
         };
         let mut lines = Vec::new();
         let mut ends = 0;
@@ -365,7 +366,7 @@ mod tests {
                     lines.extend(text.lines().map(String::from));
                 }
                 ChunkData::End => ends += 1,
-                ChunkData::Events(_) => unreachable!(),
+                ChunkData::Events(_) | ChunkData::Messages(_) => panic!("a file reader yields lines"),
             }
         }
         assert_eq!(ends, 2);

@@ -839,6 +839,7 @@ mod tests {
         let ctx = ReaderContext {
             clocks: clocks.clone(),
             stop: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(weir_engine::progress::Progress::new(1, &[])),
         };
         let waiting = std::thread::spawn(move || reader.next_chunk(&ctx).map(|c| c.is_some()));
         std::thread::sleep(Duration::from_millis(250));

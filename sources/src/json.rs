@@ -18,7 +18,7 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_engine::job::Decode;
 use weir_engine::time::parse_rfc3339_ms;
 use weir_engine::{
-    Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, RawRows, Reason, SharedBytes,
+    Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, Messages, RawRows, Reason, SharedBytes,
 };
 
 use crate::schema::{FieldKind, SourceSchema};
@@ -160,6 +160,38 @@ impl JsonDecoder {
 
     /// Decodes newline-separated records. `first_offset` is the offset of the first line.
     pub fn decode_lines(&self, bytes: &SharedBytes, first_offset: u64) -> DecodedLines {
+        let data: &[u8] = bytes;
+        let mut start = 0usize;
+        let mut offset = first_offset;
+        let lines = std::iter::from_fn(|| {
+            if start >= data.len() {
+                return None;
+            }
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |p| start + p);
+            let line = (start, end, offset);
+            start = end + 1;
+            offset += 1;
+            Some(line)
+        });
+        self.decode_records(bytes, lines)
+    }
+
+    /// Decodes messages, one JSON record each (a record may span lines).
+    pub fn decode_messages(&self, messages: &Messages) -> DecodedLines {
+        let records = messages
+            .payloads
+            .iter()
+            .zip(&messages.offsets)
+            .map(|(&(s, e), &o)| (s as usize, e as usize, o));
+        self.decode_records(&messages.bytes, records)
+    }
+
+    /// Decodes the records at the given (start, end, offset) ranges of `bytes`.
+    fn decode_records(
+        &self,
+        bytes: &SharedBytes,
+        ranges: impl Iterator<Item = (usize, usize, u64)>,
+    ) -> DecodedLines {
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
         let mut cols: Vec<ColumnBuilder> = self
             .projected
@@ -173,16 +205,9 @@ impl JsonDecoder {
         let mut bad = Vec::new();
         let mut scratch = Vec::new();
         let mut records = 0u64;
-        let mut start = 0usize;
         let data: &[u8] = bytes;
-        let mut line_index = 0u64;
-        loop {
-            if start >= data.len() {
-                break;
-            }
-            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |p| start + p);
+        for (start, end, offset) in ranges {
             let line = &data[start..end];
-            let offset = first_offset + line_index;
             records += 1;
             let result = if !all_utf8 && simdutf8::basic::from_utf8(line).is_err() {
                 Err(LineError {
@@ -218,8 +243,6 @@ impl JsonDecoder {
                     });
                 }
             }
-            line_index += 1;
-            start = end + 1;
         }
         let rows = event_time.len();
         if rows == 0 {
@@ -422,26 +445,35 @@ impl JsonDecoder {
 
 impl Decode for JsonDecoder {
     fn decode(&self, chunk: &Chunk, lines: &SharedBytes) -> Decoded {
-        let DecodedLines {
-            events,
-            bad,
-            records,
-        } = self.decode_lines(lines, chunk.first_offset);
-        let bad = bad
-            .into_iter()
-            .map(|b| DeadLetter {
-                partition: chunk.partition.clone(),
-                offset: Some(b.offset),
-                reason: Reason::Bad,
-                error: b.error,
-                raw: Some(b.raw),
-            })
-            .collect();
-        Decoded {
-            events,
-            bad,
-            records,
-        }
+        into_decoded(chunk, self.decode_lines(lines, chunk.first_offset))
+    }
+
+    fn decode_messages(&self, chunk: &Chunk, messages: &Messages) -> Decoded {
+        into_decoded(chunk, self.decode_messages(messages))
+    }
+}
+
+/// Decoded records with their bad ones as dead letters of the chunk's partition.
+pub(crate) fn into_decoded(chunk: &Chunk, decoded: DecodedLines) -> Decoded {
+    let DecodedLines {
+        events,
+        bad,
+        records,
+    } = decoded;
+    let bad = bad
+        .into_iter()
+        .map(|b| DeadLetter {
+            partition: chunk.partition.clone(),
+            offset: Some(b.offset),
+            reason: Reason::Bad,
+            error: b.error,
+            raw: Some(b.raw),
+        })
+        .collect();
+    Decoded {
+        events,
+        bad,
+        records,
     }
 }
 

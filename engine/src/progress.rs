@@ -1,0 +1,216 @@
+//! Which input offsets are fully reflected in durable outputs, so that a log source can
+//! commit them (at least once: a restart from a committed offset loses nothing).
+//!
+//! After a worker handles a chunk of a tracked partition it reports the chunk's *residue*:
+//! for every operator, the windows its rows went to (by window end) and the smallest offset
+//! that went to each. The report travels through the dead-letter channel, behind the chunk's
+//! dead letters, and reaches this tracker only once the dead-letter output was flushed. Sinks
+//! report the watermark up to which an operator's rows are durable. An offset is committable
+//! when every chunk before it is reported and every window holding one of its rows is
+//! durable.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::clock::WATERMARK_MIN;
+
+/// What one handled chunk still depends on.
+#[derive(Debug, Clone)]
+pub struct ChunkResidue {
+    /// Global partition id.
+    pub partition: usize,
+    pub seq: u64,
+    /// The offset after the chunk's last record.
+    pub next_offset: u64,
+    /// Per operator: (window end, smallest offset of a row in that window).
+    pub windows: Vec<(usize, Vec<(i64, u64)>)>,
+}
+
+#[derive(Default)]
+struct PartitionProgress {
+    tracked: bool,
+    next_seq: u64,
+    pending: BTreeMap<u64, ChunkResidue>,
+    committable: Option<u64>,
+}
+
+struct Inner {
+    partitions: Vec<PartitionProgress>,
+    /// Per operator: per sink of the operator, the watermark its rows are durable to.
+    durable: Vec<Vec<i64>>,
+}
+
+/// The tracker of committable offsets of a job.
+pub struct Progress {
+    inner: Mutex<Inner>,
+    finished: AtomicBool,
+}
+
+impl Progress {
+    /// A tracker for `partitions` global partitions and operators with the given sink counts.
+    pub fn new(partitions: usize, operator_sinks: &[usize]) -> Self {
+        Progress {
+            inner: Mutex::new(Inner {
+                partitions: (0..partitions).map(|_| PartitionProgress::default()).collect(),
+                durable: operator_sinks
+                    .iter()
+                    .map(|&n| vec![WATERMARK_MIN; n.max(1)])
+                    .collect(),
+            }),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// Tracks a partition whose reader commits offsets. Its chunks must report residues.
+    pub fn track(&self, partition: usize) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.partitions[partition].tracked = true;
+        }
+    }
+
+    /// Whether a partition is tracked.
+    pub fn is_tracked(&self, partition: usize) -> bool {
+        self.inner
+            .lock()
+            .map(|i| i.partitions[partition].tracked)
+            .unwrap_or(false)
+    }
+
+    /// Starts a partition again from chunk `seq` (after it was revoked and assigned anew):
+    /// residues of older chunks are forgotten.
+    pub fn restart(&self, partition: usize, seq: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let p = &mut inner.partitions[partition];
+            p.pending.clear();
+            p.next_seq = seq;
+            p.committable = None;
+        }
+    }
+
+    /// Adds residues whose dead letters are durable.
+    pub fn add_residues(&self, residues: impl IntoIterator<Item = ChunkResidue>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        for r in residues {
+            let p = &mut inner.partitions[r.partition];
+            if r.seq >= p.next_seq {
+                p.pending.insert(r.seq, r);
+            }
+        }
+        advance_all(&mut inner);
+    }
+
+    /// Records that `sink` (the operator's `sink`-th) holds its rows durably up to `watermark`.
+    pub fn sink_durable(&self, operator: usize, sink: usize, watermark: i64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let d = &mut inner.durable[operator][sink];
+        if watermark > *d {
+            *d = watermark;
+            advance_all(&mut inner);
+        }
+    }
+
+    /// The offset to commit for a partition (the next one to read after a restart), when
+    /// some progress was made.
+    pub fn committable(&self, partition: usize) -> Option<u64> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|i| i.partitions[partition].committable)
+    }
+
+    /// Marks the job's outputs as finished: everything reported is final.
+    pub fn set_finished(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the outputs finished, or `cancel` is set; returns whether they finished.
+    pub fn wait_finished(&self, cancel: &AtomicBool) -> bool {
+        loop {
+            if self.finished.load(Ordering::SeqCst) {
+                return true;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn advance_all(inner: &mut Inner) {
+    let durable: Vec<i64> = inner
+        .durable
+        .iter()
+        .map(|s| s.iter().copied().min().unwrap_or(WATERMARK_MIN))
+        .collect();
+    for p in inner.partitions.iter_mut().filter(|p| p.tracked) {
+        while let Some(r) = p.pending.get(&p.next_seq) {
+            let blocked = r
+                .windows
+                .iter()
+                .flat_map(|(op, ws)| {
+                    let d = durable[*op];
+                    ws.iter().filter(move |(end, _)| *end > d).map(|(_, o)| *o)
+                })
+                .min();
+            if let Some(offset) = blocked {
+                p.committable = Some(p.committable.map_or(offset, |c| c.max(offset)));
+                break;
+            }
+            p.committable = Some(r.next_offset);
+            p.next_seq += 1;
+            let seq = p.next_seq - 1;
+            p.pending.remove(&seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn residue(seq: u64, next_offset: u64, windows: Vec<(i64, u64)>) -> ChunkResidue {
+        ChunkResidue {
+            partition: 0,
+            seq,
+            next_offset,
+            windows: vec![(0, windows)],
+        }
+    }
+
+    #[test]
+    fn commits_only_what_durable_windows_cover() {
+        let p = Progress::new(1, &[2]);
+        p.track(0);
+        // chunk 1 arrives before chunk 0: nothing is committable yet
+        p.add_residues([residue(1, 20, vec![(120, 10)])]);
+        assert_eq!(p.committable(0), None);
+        p.add_residues([residue(0, 10, vec![(60, 0), (120, 5)])]);
+        // no window is durable: chunk 0's first open row is offset 0
+        assert_eq!(p.committable(0), Some(0));
+        // one sink durable to 60 is not enough: the other one is behind
+        p.sink_durable(0, 0, 60);
+        assert_eq!(p.committable(0), Some(0));
+        p.sink_durable(0, 1, 60);
+        assert_eq!(p.committable(0), Some(5));
+        p.sink_durable(0, 0, 120);
+        p.sink_durable(0, 1, 120);
+        assert_eq!(p.committable(0), Some(20));
+    }
+
+    #[test]
+    fn restart_forgets_old_chunks() {
+        let p = Progress::new(1, &[1]);
+        p.track(0);
+        p.add_residues([residue(0, 10, vec![(60, 0)])]);
+        p.restart(0, 5);
+        p.add_residues([residue(5, 30, vec![])]);
+        assert_eq!(p.committable(0), Some(30));
+    }
+}
