@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use weir_pipelines::plan::SinkTarget;
+use weir_pipelines::plan::{DeadLetterTarget, SinkTarget};
 use weir_pipelines::{load, run, RunOptions};
 use weir_tests::{compare, copy_dir, golden_dir, read_ndjson, read_rows};
 
@@ -29,7 +29,10 @@ fn run_case(case: &str, parallelism: usize, chunk_bytes: Option<usize>) {
             (w.config.name.clone(), w.config.keys.clone(), paths)
         })
         .collect();
-    let dead_letter = plan.dead_letter.clone();
+    let dead_letter = match &plan.dead_letter {
+        DeadLetterTarget::File(path) => path.clone(),
+        other => panic!("unexpected dead-letter output {other:?}"),
+    };
     let summary = run(
         plan,
         RunOptions {

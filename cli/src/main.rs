@@ -42,6 +42,10 @@ enum Command {
         /// Keep answering SQL after bounded sources end (needs `serve`).
         #[arg(long)]
         keep_serving: bool,
+        /// Treat Kafka sources as bounded: stop once every partition reached the end offset
+        /// it had when this run was assigned it, and finish like a file run.
+        #[arg(long)]
+        until_caught_up: bool,
     },
     /// Check a pipeline file and print its plan.
     Validate {
@@ -51,7 +55,7 @@ enum Command {
         #[arg(long)]
         parallelism: Option<usize>,
     },
-    /// Write synthetic events as NDJSON.
+    /// Write synthetic events as NDJSON, to a file or a Kafka topic.
     Generate(GenerateArgs),
 }
 
@@ -71,9 +75,13 @@ struct GenerateArgs {
     /// Output file (`-` for stdout).
     #[arg(long, conflicts_with = "kafka")]
     out: Option<PathBuf>,
-    /// BROKERS/TOPIC to produce to.
+    /// BROKERS/TOPIC to produce to (keyed by datasetName/serviceName); the topic is created
+    /// with --partitions partitions when it does not exist.
     #[arg(long)]
     kafka: Option<String>,
+    /// Partitions of a topic --kafka creates.
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
     /// Distinct datasetName/serviceName values.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
@@ -179,6 +187,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             pipeline,
             parallelism: p,
             keep_serving,
+            until_caught_up,
         } => {
             let plan = weir_pipelines::load(&pipeline).map_err(user)?;
             if keep_serving {
@@ -199,6 +208,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     parallelism: p,
                     stop,
                     file_chunk_bytes: None,
+                    until_caught_up,
                 },
             )
             .map_err(|e| match e {
@@ -226,15 +236,11 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
 }
 
 fn generate(a: GenerateArgs) -> Result<(), Failure> {
-    if a.kafka.is_some() {
+    if a.out.is_none() && a.kafka.is_none() {
         return Err(user(anyhow::anyhow!(
-            "--kafka is not available yet in this version of weir: use --out FILE"
+            "give --out FILE (or - for stdout), or --kafka BROKERS/TOPIC"
         )));
     }
-    let out = a
-        .out
-        .clone()
-        .ok_or_else(|| user(anyhow::anyhow!("give --out FILE (or - for stdout)")))?;
     for (name, v) in [
         ("--jitter-frac", a.jitter_frac),
         ("--late-frac", a.late_frac),
@@ -260,6 +266,10 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
     cfg.late_ms = a.late_ms.max(0);
     cfg.bad_frac = a.bad_frac;
     cfg.unicode_keys = a.unicode_keys;
+    if let Some(target) = &a.kafka {
+        return generate_to_kafka(&a, cfg, target);
+    }
+    let out = a.out.clone().expect("checked above");
     let mut sink: Box<dyn Write> = if out.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
@@ -299,5 +309,41 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
         .and_then(|_| sink.flush())
         .map_err(runtime)?;
     tracing::info!(events = gen.produced(), "generated");
+    Ok(())
+}
+
+/// Produces generated events to a Kafka topic, one message per event, keyed by its
+/// datasetName/serviceName; waits for every acknowledgement.
+fn generate_to_kafka(a: &GenerateArgs, cfg: GeneratorConfig, target: &str) -> Result<(), Failure> {
+    let (brokers, topic) = target
+        .rsplit_once('/')
+        .filter(|(b, t)| !b.is_empty() && !t.is_empty())
+        .ok_or_else(|| {
+            user(anyhow::anyhow!(
+                "--kafka wants BROKERS/TOPIC, e.g. 127.0.0.1:9092/data-ingestion"
+            ))
+        })?;
+    weir_kafka::create_topic(brokers, &[], topic, a.partitions.max(1)).map_err(runtime)?;
+    let producer = weir_kafka::Producer::new(brokers, &[]).map_err(runtime)?;
+    let mut gen = EventGenerator::new(cfg);
+    let mut line = Vec::with_capacity(4096);
+    let started = std::time::Instant::now();
+    while !gen.done() {
+        if a.rate > 0.0 {
+            let due = (started.elapsed().as_secs_f64() * a.rate) as u64;
+            if gen.produced() >= due {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                continue;
+            }
+        }
+        line.clear();
+        gen.write_next_line(&mut line);
+        line.pop(); // the newline
+        producer
+            .send(topic, Some(gen.last_key().as_bytes()), &line, &[])
+            .map_err(runtime)?;
+    }
+    producer.flush().map_err(runtime)?;
+    tracing::info!(events = gen.produced(), brokers, topic, "produced");
     Ok(())
 }

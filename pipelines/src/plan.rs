@@ -10,8 +10,10 @@ use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::PhysicalExpr;
 use serde_saphyr::Location;
 use weir_operators::{SqlCompiler, TimeMode, WindowConfig};
-use weir_sinks::FileFormat;
-use weir_sources::{resolve_files, GeneratorConfig, JsonDecoder, Kind, SourceSchema};
+use weir_sinks::{FileFormat, KafkaSinkConfig};
+use weir_sources::{
+    resolve_files, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind, SourceSchema, StartFrom,
+};
 
 use crate::error::PipelineError;
 use crate::interpolate::{interpolate, Interpolated};
@@ -23,8 +25,8 @@ pub enum SourceInput {
     /// NDJSON files, one partition each.
     Files(Vec<PathBuf>),
     Generator(GeneratorConfig),
-    /// Declared but not available yet.
-    Kafka,
+    /// Topics of a Kafka cluster, read in a consumer group.
+    Kafka(KafkaSourceConfig),
 }
 
 /// A checked source.
@@ -55,8 +57,50 @@ pub enum SinkTarget {
         path: PathBuf,
         format: FileFormat,
     },
-    /// Declared but not available yet (kafka, iceberg, elasticsearch).
+    /// A Kafka topic, one JSON message per row.
+    Kafka(KafkaSinkConfig),
+    /// Declared but not available yet (iceberg, elasticsearch).
     Unavailable(&'static str),
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone)]
+pub enum DeadLetterTarget {
+    /// An NDJSON file.
+    File(PathBuf),
+    /// A Kafka topic, one JSON message per record.
+    Kafka(KafkaSinkConfig),
+}
+
+/// The brokers a Kafka sink or dead-letter output uses when it names none: those of the
+/// first Kafka source, else `127.0.0.1:9092`.
+fn default_brokers(doc: &PipelineDoc) -> String {
+    doc.sources
+        .values()
+        .find_map(|s| s.value.kafka.as_ref().map(|k| k.value.brokers.clone()))
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string())
+}
+
+fn kafka_sink_config(doc: &PipelineDoc, k: &KafkaSinkDoc) -> KafkaSinkConfig {
+    KafkaSinkConfig {
+        brokers: k.brokers.clone().unwrap_or_else(|| default_brokers(doc)),
+        topic: k.topic.clone(),
+        properties: k
+            .properties
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect(),
+    }
+}
+
+/// Reads `start_from`: `committed`, `earliest`, `latest` or an RFC 3339 time.
+fn parse_start_from(text: &str) -> Option<StartFrom> {
+    match text {
+        "committed" => Some(StartFrom::Committed),
+        "earliest" => Some(StartFrom::Earliest),
+        "latest" => Some(StartFrom::Latest),
+        t => weir_engine::time::parse_rfc3339_ms(t.as_bytes()).map(StartFrom::Time),
+    }
 }
 
 /// A checked sink.
@@ -75,7 +119,7 @@ pub struct Plan {
     pub sources: Vec<PlannedSource>,
     pub windows: Vec<PlannedWindow>,
     pub sinks: Vec<PlannedSink>,
-    pub dead_letter: PathBuf,
+    pub dead_letter: DeadLetterTarget,
     /// Sections parsed and checked but not available in this version: `run` refuses them.
     pub unavailable: Vec<PipelineError>,
 }
@@ -216,13 +260,42 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             unavailable.push(ctx.err(&f, format!("source `{sname}`: format `{format:?}` is not available yet in this version of weir (json is)").to_lowercase()));
         }
         let (input, default_schema) = if let Some(k) = &s.kafka {
-            unavailable.push(ctx.err(
-                &k.referenced,
-                format!(
-                    "source `{sname}`: kafka sources are not available yet in this version of weir"
-                ),
-            ));
-            (SourceInput::Kafka, None)
+            let d = &k.value;
+            let topics = match &d.topic {
+                OneOrMany::One(t) => vec![t.clone()],
+                OneOrMany::Many(ts) => ts.clone(),
+            };
+            if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+                return Err(ctx.err(&k.referenced, format!("source `{sname}`: `topic` needs a topic name (or a list of them)")));
+            }
+            if d.brokers.trim().is_empty() {
+                return Err(ctx.err(&k.referenced, format!("source `{sname}`: `brokers` is empty (host:port[,host:port...])")));
+            }
+            let start_from = match &d.start_from {
+                None => StartFrom::Committed,
+                Some(t) => parse_start_from(t).ok_or_else(|| ctx.err(&k.referenced, format!("source `{sname}`: bad start_from `{t}`: use committed, earliest, latest or an RFC 3339 time such as 2026-11-24T10:00:00Z")))?,
+            };
+            if let Some(r) = &d.schema_registry {
+                unavailable.push(ctx.err(&k.referenced, format!("source `{sname}`: schema_registry `{r}` is not available yet in this version of weir")));
+            }
+            let cfg = KafkaSourceConfig {
+                brokers: d.brokers.clone(),
+                topics,
+                group_id: d
+                    .group_id
+                    .clone()
+                    .unwrap_or_else(|| format!("weir-{}", doc.name.value)),
+                start_from,
+                properties: d
+                    .properties
+                    .iter()
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect(),
+                idle_timeout: None,
+                until_caught_up: false,
+                with_headers: false,
+            };
+            (SourceInput::Kafka(cfg), None)
         } else if let Some(f) = &s.file {
             let p = ctx.path(&f.value.path.value);
             let files = resolve_files(&p).map_err(|e| ctx.err(&f.value.path.referenced, e))?;
@@ -318,6 +391,9 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             }
         };
         let mut input = input;
+        if let SourceInput::Kafka(cfg) = &mut input {
+            cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
+        }
         if let SourceInput::Generator(cfg) = &mut input {
             cfg.idle_timeout_ms = idle;
             if time_field != "timestamp" {
@@ -361,10 +437,16 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 ctx.err(&f.value.path.referenced, format!("file sink `{kname}`: unknown extension of `{}`: use .ndjson, .csv or .parquet", f.value.path.value))
             })?;
             SinkTarget::File { path: p, format }
+        } else if let Some(k) = &v.kafka {
+            if let Some(f) = v.format.as_ref().filter(|f| f.value != Format::Json) {
+                unavailable.push(ctx.err(&f.referenced, format!("sink `{kname}`: format `{:?}` is not available yet for kafka sinks in this version of weir (json is)", f.value).to_lowercase()));
+            }
+            if k.value.topic.is_empty() {
+                return Err(ctx.err(&k.referenced, format!("sink `{kname}`: `topic` is empty")));
+            }
+            SinkTarget::Kafka(kafka_sink_config(&doc, &k.value))
         } else {
-            let (what, l) = if let Some(x) = &v.kafka {
-                ("kafka", x.referenced)
-            } else if let Some(x) = &v.iceberg {
+            let (what, l) = if let Some(x) = &v.iceberg {
                 ("iceberg", x.referenced)
             } else {
                 (
@@ -532,13 +614,12 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
     }
     let dead_letter = match &doc.dead_letter {
         Some(d) => match (&d.value.file, &d.value.kafka) {
-            (Some(f), None) => ctx.path(&f.value.path.value),
+            (Some(f), None) => DeadLetterTarget::File(ctx.path(&f.value.path.value)),
             (None, Some(k)) => {
-                unavailable.push(ctx.err(
-                    &k.referenced,
-                    "a kafka dead-letter output is not available yet in this version of weir",
-                ));
-                ctx.dir.join("dead_letter.ndjson")
+                if k.value.topic.is_empty() {
+                    return Err(ctx.err(&k.referenced, "dead_letter: `topic` is empty"));
+                }
+                DeadLetterTarget::Kafka(kafka_sink_config(&doc, &k.value))
             }
             _ => {
                 return Err(ctx.err(
@@ -547,7 +628,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 ))
             }
         },
-        None => ctx.dir.join("dead_letter.ndjson"),
+        None => DeadLetterTarget::File(ctx.dir.join("dead_letter.ndjson")),
     };
 
     // Decoders with only the columns read, then the windows compiled against them.
@@ -674,7 +755,16 @@ impl Plan {
                     },
                     g.seed
                 ),
-                SourceInput::Kafka => "kafka (not available yet)".into(),
+                SourceInput::Kafka(k) => format!(
+                    "kafka {} topic(s) {}, group {}, start from {:?}",
+                    k.brokers,
+                    k.topics.join(", "),
+                    k.group_id,
+                    k.start_from
+                )
+                .replace("Committed", "committed")
+                .replace("Earliest", "earliest")
+                .replace("Latest", "latest"),
             };
             let _ = writeln!(s, "  {}: {input}", src.name);
             let _ = writeln!(
@@ -733,11 +823,17 @@ impl Plan {
                 SinkTarget::File { path, format } => {
                     format!("{format:?} file {}", path.display()).to_lowercase()
                 }
+                SinkTarget::Kafka(k) => format!("kafka {} topic {}, json", k.brokers, k.topic),
                 SinkTarget::Unavailable(w) => format!("{w} (not available yet)"),
             };
             let _ = writeln!(s, "  {}: {t}", k.name);
         }
-        let _ = writeln!(s, "dead letters: {}", self.dead_letter.display());
+        let _ = match &self.dead_letter {
+            DeadLetterTarget::File(p) => writeln!(s, "dead letters: {}", p.display()),
+            DeadLetterTarget::Kafka(k) => {
+                writeln!(s, "dead letters: kafka {} topic {}", k.brokers, k.topic)
+            }
+        };
         for u in &self.unavailable {
             let _ = writeln!(s, "not available yet: {u}");
         }

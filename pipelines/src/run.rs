@@ -7,11 +7,11 @@ use weir_engine::job::{self, JobSpec, OperatorSpec, Sink, SourceSpec, StopHandle
 use weir_engine::stats::RunStats;
 use weir_engine::EngineError;
 use weir_operators::{WindowMerger, WindowWorker};
-use weir_sinks::{DeadLetterFile, FileSink};
-use weir_sources::{FileReader, GeneratorReader};
+use weir_sinks::{DeadLetterFile, DeadLetterKafka, FileSink, KafkaSink};
+use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
 use crate::error::PipelineError;
-use crate::plan::{Plan, SinkTarget, SourceInput};
+use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
 
 /// How to run.
 #[derive(Clone, Default)]
@@ -23,6 +23,9 @@ pub struct RunOptions {
     /// Bytes per chunk read from files (default 1 MiB); smaller chunks spread a small file
     /// over more workers.
     pub file_chunk_bytes: Option<usize>,
+    /// Kafka sources end once every assigned partition reached the end offset it had when
+    /// it was assigned (for tests and backfills); the run then finishes like a file's.
+    pub until_caught_up: bool,
 }
 
 /// Why a run did not finish.
@@ -85,7 +88,23 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                 )),
                 1,
             ),
-            SourceInput::Kafka => unreachable!("kafka sources are refused above"),
+            SourceInput::Kafka(cfg) => {
+                let mut cfg = cfg.clone();
+                cfg.until_caught_up = opts.until_caught_up;
+                let partitions = KafkaPartitions::discover(&cfg)
+                    .map_err(|e| EngineError::source(&s.name, e))?;
+                let total = partitions.total();
+                (
+                    Box::new(KafkaReader::new(
+                        i,
+                        &s.name,
+                        first_partition,
+                        cfg,
+                        &partitions,
+                    )),
+                    total,
+                )
+            }
         };
         first_partition += partitions;
         sources.push(SourceSpec {
@@ -107,15 +126,16 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             tracing::warn!(sink = %s.name, "sink receives no output and is not opened");
             continue;
         }
-        let SinkTarget::File { path, format } = &s.target else {
-            unreachable!("unavailable sinks are refused above")
+        let sink: Box<dyn Sink> = match &s.target {
+            SinkTarget::File { path, format } => {
+                let schema = s.schema.clone().expect("a used sink has a schema");
+                Box::new(FileSink::create(&s.name, path, *format, schema)?)
+            }
+            SinkTarget::Kafka(cfg) => Box::new(KafkaSink::new(&s.name, cfg.clone())?),
+            SinkTarget::Unavailable(_) => unreachable!("unavailable sinks are refused above"),
         };
-        let schema = s.schema.clone().expect("a used sink has a schema");
         sink_index[i] = sinks.len();
-        sinks.push((
-            s.name.clone(),
-            Box::new(FileSink::create(&s.name, path, *format, schema)?),
-        ));
+        sinks.push((s.name.clone(), sink));
     }
     let mut operators = Vec::new();
     for w in &plan.windows {
@@ -132,7 +152,10 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             sinks: w.sinks.iter().map(|s| sink_index[*s]).collect(),
         });
     }
-    let dead_letter = Box::new(DeadLetterFile::create(&plan.dead_letter)?);
+    let dead_letter: Box<dyn job::DeadLetterSink> = match &plan.dead_letter {
+        DeadLetterTarget::File(path) => Box::new(DeadLetterFile::create(path)?),
+        DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
+    };
     let op_names: Vec<String> = plan.windows.iter().map(|w| w.config.name.clone()).collect();
     let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
     let stats = Arc::new(RunStats::new(&op_names, &sink_names));

@@ -218,6 +218,19 @@ fn write_ndjson(
     line: &mut Vec<u8>,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
+    for_each_json_row(batch, line, |_, row| {
+        out.write_all(row)?;
+        out.write_all(b"\n")
+    })
+}
+
+/// Encodes each row of `batch` as one JSON object into `line` (timestamps as RFC 3339
+/// strings, numbers as numbers) and hands it to `f` with the row's index.
+pub(crate) fn for_each_json_row(
+    batch: &RecordBatch,
+    line: &mut Vec<u8>,
+    mut f: impl FnMut(usize, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let names: Vec<Vec<u8>> = batch
         .schema()
         .fields()
@@ -294,8 +307,8 @@ fn write_ndjson(
                 },
             }
         }
-        line.extend_from_slice(b"}\n");
-        out.write_all(line)?;
+        line.push(b'}');
+        f(row, line)?;
     }
     Ok(())
 }

@@ -186,6 +186,7 @@ pub struct EventGenerator {
     step_ms: f64,
     newest: i64,
     index: u64,
+    last_key: usize,
 }
 
 impl EventGenerator {
@@ -253,12 +254,18 @@ impl EventGenerator {
             step_ms,
             newest: start_ms,
             index: 0,
+            last_key: 0,
         }
     }
 
     /// Events produced so far.
     pub fn produced(&self) -> u64 {
         self.index
+    }
+
+    /// The key (datasetName or serviceName) of the last event produced.
+    pub fn last_key(&self) -> &str {
+        &self.names[self.last_key]
     }
 
     /// Whether `count` events were produced.
@@ -288,6 +295,7 @@ impl EventGenerator {
         }
         self.newest = self.newest.max(ts);
         let k = self.pick_key();
+        self.last_key = k;
         match self.cfg.kind {
             Kind::DataIngestion => {
                 let format = FORMATS[self.rng.below(5) as usize];

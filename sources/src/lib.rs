@@ -1,12 +1,14 @@
-//! weir's inputs: NDJSON files and the synthetic generator, with a schema-driven JSON decoder
-//! that writes straight into Arrow arrays.
+//! weir's inputs: NDJSON files, Kafka topics and the synthetic generator, with schema-driven
+//! decoders that write straight into Arrow arrays.
 
 pub mod file;
 pub mod generator;
 pub mod json;
+pub mod kafka;
 pub mod schema;
 
 pub use file::{resolve_files, FileReader};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};
+pub use kafka::{KafkaPartitions, KafkaReader, KafkaSourceConfig, StartFrom};
 pub use schema::{FieldKind, SchemaField, SourceSchema};

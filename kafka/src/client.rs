@@ -1,0 +1,115 @@
+//! Client settings, topics and metadata.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+/// A Kafka client error, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The brokers could not be reached or refused a request.
+    #[error("kafka ({brokers}): {what}: {source}")]
+    Client {
+        brokers: String,
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A topic the pipeline reads does not exist.
+    #[error("kafka ({brokers}): topic `{topic}` does not exist; create it (or check `brokers`)")]
+    NoSuchTopic { brokers: String, topic: String },
+    /// A message could not be delivered, after librdkafka's retries.
+    #[error("kafka ({brokers}): delivery to `{topic}` failed after retries: {message}")]
+    Delivery {
+        brokers: String,
+        topic: String,
+        message: String,
+    },
+}
+
+/// Settings for a client of `brokers`: weir's defaults, then `properties` as given (they win).
+pub fn client_config(brokers: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "weir")
+        .set("socket.keepalive.enable", "true")
+        .set("log_level", "4");
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates a topic with `partitions` partitions (replication as the broker's default); an
+/// existing topic is left as it is.
+pub fn create_topic(
+    brokers: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let err = |what: &str, source| KafkaError::Client {
+        brokers: brokers.to_string(),
+        what: what.to_string(),
+        source,
+    };
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, properties)
+        .create()
+        .map_err(|e| err("cannot create an admin client", e))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures_executor::block_on(admin.create_topics([&new], &opts))
+        .map_err(|e| err(&format!("cannot create topic `{topic}`"), e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(err(
+                    &format!("cannot create topic `{name}`"),
+                    rdkafka::error::KafkaError::AdminOp(code),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The partition count of each topic, in order. Fails when one does not exist.
+pub fn partition_counts(
+    brokers: &str,
+    properties: &[(String, String)],
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<usize>, KafkaError> {
+    let err = |what: String, source| KafkaError::Client {
+        brokers: brokers.to_string(),
+        what,
+        source,
+    };
+    let consumer: BaseConsumer = client_config(brokers, properties)
+        .create()
+        .map_err(|e| err("cannot create a client".into(), e))?;
+    let mut counts = Vec::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| err(format!("cannot read the metadata of topic `{topic}`"), e))?;
+        let t = md.topics().iter().find(|t| t.name() == topic);
+        match t {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                counts.push(t.partitions().len())
+            }
+            _ => {
+                return Err(KafkaError::NoSuchTopic {
+                    brokers: brokers.to_string(),
+                    topic: topic.clone(),
+                })
+            }
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,150 @@
+//! A producer that never drops a message silently.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::Message;
+
+use crate::client::{client_config, KafkaError};
+
+/// Records the first failed delivery (after librdkafka's own retries).
+#[derive(Default, Clone)]
+struct Deliveries {
+    first_error: Arc<Mutex<Option<(String, String)>>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, msg)) = result {
+            tracing::error!(topic = msg.topic(), error = %e, "kafka delivery failed");
+            if let Ok(mut first) = self.first_error.lock() {
+                if first.is_none() {
+                    *first = Some((msg.topic().to_string(), e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// An idempotent, lz4-compressing, batching producer. Sends wait (polling) while librdkafka's
+/// queue is full; [`Producer::flush`] waits for every acknowledgement and fails with the first
+/// delivery error.
+pub struct Producer {
+    brokers: String,
+    inner: BaseProducer<Deliveries>,
+    deliveries: Deliveries,
+    /// How long a flush may wait for acknowledgements.
+    flush_timeout: Duration,
+}
+
+impl Producer {
+    /// A producer for `brokers`. `properties` are passed to librdkafka after weir's defaults
+    /// (`enable.idempotence=true`, `compression.type=lz4`, `linger.ms=20`).
+    pub fn new(brokers: &str, properties: &[(String, String)]) -> Result<Self, KafkaError> {
+        let mut config = client_config(brokers, &[]);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "20")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.kbytes", "65536")
+            .set("message.timeout.ms", "120000")
+            .set("retry.backoff.ms", "100")
+            .set("retry.backoff.max.ms", "2000");
+        for (k, v) in properties {
+            config.set(k, v);
+        }
+        let deliveries = Deliveries::default();
+        let inner = config
+            .create_with_context(deliveries.clone())
+            .map_err(|source| KafkaError::Client {
+                brokers: brokers.to_string(),
+                what: "cannot create a producer".into(),
+                source,
+            })?;
+        Ok(Producer {
+            brokers: brokers.to_string(),
+            inner,
+            deliveries,
+            flush_timeout: Duration::from_secs(180),
+        })
+    }
+
+    /// Queues a message (partition chosen by the key's hash, as Kafka clients do).
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), KafkaError> {
+        self.check()?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if !headers.is_empty() {
+            let mut h = OwnedHeaders::new_with_capacity(headers.len());
+            for (name, value) in headers {
+                h = h.insert(Header {
+                    key: name,
+                    value: Some(*value),
+                });
+            }
+            record = record.headers(h);
+        }
+        let started = Instant::now();
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => {
+                    self.inner.poll(Duration::ZERO);
+                    return Ok(());
+                }
+                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // librdkafka's queue is full: wait for acknowledgements (backpressure).
+                    record = r;
+                    self.inner.poll(Duration::from_millis(10));
+                    self.check()?;
+                    if started.elapsed() > self.flush_timeout {
+                        return Err(self.delivery_error(topic, "the send queue stayed full"));
+                    }
+                }
+                Err((e, _)) => return Err(self.delivery_error(topic, &e.to_string())),
+            }
+        }
+    }
+
+    /// Waits until every queued message is acknowledged; fails with the first delivery error.
+    pub fn flush(&self) -> Result<(), KafkaError> {
+        self.inner
+            .flush(self.flush_timeout)
+            .map_err(|e| self.delivery_error("*", &format!("flush: {e}")))?;
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), KafkaError> {
+        match self.deliveries.first_error.lock() {
+            Ok(first) => match &*first {
+                Some((topic, message)) => Err(self.delivery_error(topic, message)),
+                None => Ok(()),
+            },
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn delivery_error(&self, topic: &str, message: &str) -> KafkaError {
+        KafkaError::Delivery {
+            brokers: self.brokers.clone(),
+            topic: topic.to_string(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Kafka sinks: result rows and dead letters as messages.
+
+use arrow::record_batch::RecordBatch;
+use weir_engine::job::{DeadLetterSink, Sink};
+use weir_engine::{DeadLetter, EngineError};
+use weir_kafka::Producer;
+
+use crate::file::for_each_json_row;
+
+/// Where a Kafka sink writes.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// librdkafka properties, passed as given (they override weir's defaults).
+    pub properties: Vec<(String, String)>,
+}
+
+/// Result rows as JSON messages, one per row. The message key is the row's key columns
+/// (and `window_start` for windows) as a JSON object, so a compacted topic keeps one row per
+/// key and window, and a rewritten window replaces the old row.
+pub struct KafkaSink {
+    name: String,
+    config: KafkaSinkConfig,
+    producer: Producer,
+    value: Vec<u8>,
+    keys: Vec<u8>,
+    key_ends: Vec<usize>,
+}
+
+impl KafkaSink {
+    /// A sink named `name`.
+    pub fn new(name: &str, config: KafkaSinkConfig) -> Result<Self, EngineError> {
+        let producer = Producer::new(&config.brokers, &config.properties)
+            .map_err(|e| EngineError::sink(name, e))?;
+        Ok(KafkaSink {
+            name: name.to_string(),
+            config,
+            producer,
+            value: Vec::new(),
+            keys: Vec::new(),
+            key_ends: Vec::new(),
+        })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let name = self.name.clone();
+        let err = |e: &dyn std::fmt::Display| EngineError::sink(&name, e);
+        self.keys.clear();
+        self.key_ends.clear();
+        // Window rows: the key columns, then `window_start` (the rest are values).
+        let key_count = batch
+            .schema()
+            .index_of("window_start")
+            .map_err(|_| err(&"rows without `window_start` cannot be keyed"))?
+            + 1;
+        let key_batch = batch
+            .project(&(0..key_count).collect::<Vec<_>>())
+            .map_err(|e| err(&e))?;
+        let (keys, key_ends) = (&mut self.keys, &mut self.key_ends);
+        let mut line = Vec::new();
+        for_each_json_row(&key_batch, &mut line, |_, k| {
+            keys.extend_from_slice(k);
+            key_ends.push(keys.len());
+            Ok(())
+        })
+        .map_err(|e| err(&e))?;
+        let (producer, topic) = (&self.producer, self.config.topic.as_str());
+        let (keys, key_ends) = (&self.keys, &self.key_ends);
+        let mut failure = None;
+        for_each_json_row(batch, &mut self.value, |row, value| {
+            let start = if row == 0 { 0 } else { key_ends[row - 1] };
+            let key = &keys[start..key_ends[row]];
+            if let Err(e) = producer.send(topic, Some(key), value, &[]) {
+                failure = Some(e);
+                return Err(std::io::Error::other("delivery failed"));
+            }
+            Ok(())
+        })
+        .map_err(|e| match failure.take() {
+            Some(f) => err(&f),
+            None => err(&e),
+        })
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.producer
+            .flush()
+            .map_err(|e| EngineError::sink(&self.name, e))?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.flush().map(|_| ())
+    }
+}
+
+/// Dead letters as JSON messages (the same record as in a dead-letter file, original bytes
+/// kept), keyed by `source/topic/partition/offset`.
+pub struct DeadLetterKafka {
+    topic: String,
+    producer: Producer,
+    value: Vec<u8>,
+}
+
+impl DeadLetterKafka {
+    /// Dead letters to `topic`.
+    pub fn new(config: KafkaSinkConfig) -> Result<Self, EngineError> {
+        let producer = Producer::new(&config.brokers, &config.properties)
+            .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+        Ok(DeadLetterKafka {
+            topic: config.topic,
+            producer,
+            value: Vec::new(),
+        })
+    }
+}
+
+impl DeadLetterSink for DeadLetterKafka {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        for r in records {
+            self.value.clear();
+            serde_json::to_writer(&mut self.value, &r.to_json())
+                .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+            let p = &r.partition;
+            let key = format!(
+                "{}/{}/{}/{}",
+                p.source,
+                p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
+                p.number,
+                r.offset.map_or(String::new(), |o| o.to_string())
+            );
+            self.producer
+                .send(
+                    &self.topic,
+                    Some(key.as_bytes()),
+                    &self.value,
+                    &[("weir.reason", r.reason.as_str().as_bytes())],
+                )
+                .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.producer
+            .flush()
+            .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.flush().map(|_| ())
+    }
+}

@@ -1,0 +1,766 @@
+//! The Kafka source: a consumer in a group, one chunk stream per assigned partition.
+//!
+//! The reader owns an rdkafka `BaseConsumer` and polls it on the source's thread. Messages
+//! are copied once into a per-partition buffer and handed to the workers as chunks of up to
+//! [`CHUNK_BYTES`] (or whatever arrived within [`CHUNK_AGE`]). Partitions not assigned to this
+//! process are idle: they do not hold the watermark back. Rebalances run inside `poll`:
+//! partitions being revoked first get their committable offsets committed, assigned ones
+//! start where `start_from` says (the first time this process sees them). Offsets are
+//! committed when [`Progress`] says the rows they carry are in durable outputs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::job::{PartitionReader, ReaderContext};
+use weir_engine::progress::Progress;
+use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
+use weir_kafka::{client_config, partition_counts, KafkaError};
+
+/// A chunk is handed over once its messages reach this size...
+const CHUNK_BYTES: usize = 1 << 20;
+/// ...or this many messages...
+const CHUNK_MESSAGES: usize = 16 * 1024;
+/// ...or when its oldest message waited this long.
+const CHUNK_AGE: Duration = Duration::from_millis(100);
+/// How often committable offsets are committed to the group.
+const COMMIT_EVERY: Duration = Duration::from_secs(2);
+
+/// Where a partition starts the first time this process is assigned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The group's committed offset; the earliest offset when there is none.
+    Committed,
+    /// The first offset still in the partition.
+    Earliest,
+    /// The end: only messages produced from now on.
+    Latest,
+    /// The first message whose Kafka timestamp is at or after this time (epoch ms).
+    Time(i64),
+}
+
+/// What the Kafka source reads.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub start_from: StartFrom,
+    /// librdkafka properties, passed as given (they override weir's defaults).
+    pub properties: Vec<(String, String)>,
+    /// A partition delivering nothing this long stops holding the watermark back.
+    pub idle_timeout: Option<Duration>,
+    /// End every partition once it reached the end offset it had when it was assigned.
+    pub until_caught_up: bool,
+    /// Keep message headers (as a JSON object), for the `_headers` column.
+    pub with_headers: bool,
+}
+
+/// The partitions of a Kafka source's topics, read before the run.
+pub struct KafkaPartitions {
+    /// Partition count of each topic, in the config's order.
+    pub counts: Vec<usize>,
+}
+
+impl KafkaPartitions {
+    /// Asks the brokers how many partitions each topic has.
+    pub fn discover(config: &KafkaSourceConfig) -> Result<Self, KafkaError> {
+        let counts = partition_counts(
+            &config.brokers,
+            &config.properties,
+            &config.topics,
+            Duration::from_secs(30),
+        )?;
+        Ok(KafkaPartitions { counts })
+    }
+
+    /// The total partition count.
+    pub fn total(&self) -> usize {
+        self.counts.iter().sum()
+    }
+}
+
+enum GroupEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// The consumer's context: handles rebalances inside `poll`.
+struct GroupContext {
+    start_from: StartFrom,
+    /// (topic, partition) → global partition id.
+    ids: HashMap<(String, i32), usize>,
+    progress: Arc<Progress>,
+    /// Partitions assigned before in this process (they resume from committed offsets).
+    seen: Mutex<HashSet<(String, i32)>>,
+    /// Offsets committed last, per global partition.
+    committed: Mutex<HashMap<usize, u64>>,
+    events: Mutex<Vec<GroupEvent>>,
+    has_events: AtomicBool,
+}
+
+impl GroupContext {
+    fn push(&self, e: GroupEvent) {
+        if let Ok(mut ev) = self.events.lock() {
+            ev.push(e);
+            self.has_events.store(true, Ordering::Release);
+        }
+    }
+
+    /// The offsets of `partitions` that are committable and not committed yet.
+    fn committable(&self, partitions: impl Iterator<Item = (String, i32)>) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        let Ok(mut committed) = self.committed.lock() else {
+            return tpl;
+        };
+        for (topic, p) in partitions {
+            let Some(&id) = self.ids.get(&(topic.clone(), p)) else {
+                continue;
+            };
+            if let Some(offset) = self.progress.committable(id) {
+                if committed.get(&id) != Some(&offset) {
+                    if tpl
+                        .add_partition_offset(&topic, p, Offset::Offset(offset as i64))
+                        .is_ok()
+                    {
+                        committed.insert(id, offset);
+                    }
+                }
+            }
+        }
+        tpl
+    }
+
+    /// Sets where newly seen partitions start, per `start_from`.
+    fn set_start_offsets(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let mut fresh = Vec::new();
+        for e in tpl.elements() {
+            if seen.insert((e.topic().to_string(), e.partition())) {
+                fresh.push((e.topic().to_string(), e.partition()));
+            }
+        }
+        let offset = match self.start_from {
+            StartFrom::Committed => return,
+            StartFrom::Earliest => Offset::Beginning,
+            StartFrom::Latest => Offset::End,
+            StartFrom::Time(t) => {
+                let mut query = TopicPartitionList::new();
+                for (topic, p) in &fresh {
+                    let _ = query.add_partition_offset(topic, *p, Offset::Offset(t));
+                }
+                match consumer.offsets_for_times(query, Duration::from_secs(30)) {
+                    Ok(found) => {
+                        for e in found.elements() {
+                            let o = match e.offset() {
+                                Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+                                _ => Offset::End,
+                            };
+                            let _ = tpl.set_partition_offset(e.topic(), e.partition(), o);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "offsets for start_from time failed; starting from committed offsets")
+                    }
+                }
+                return;
+            }
+        };
+        for (topic, p) in fresh {
+            let _ = tpl.set_partition_offset(&topic, p, offset);
+        }
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let list = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        };
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.set_start_offsets(consumer, tpl);
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "kafka: assigning partitions failed");
+                }
+                tracing::info!(partitions = ?list(tpl), "kafka: partitions assigned");
+                self.push(GroupEvent::Assigned(list(tpl)));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = list(tpl);
+                let offsets = self.committable(revoked.iter().cloned());
+                if offsets.count() > 0 {
+                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                        tracing::warn!(error = %e, "kafka: commit before giving partitions up failed");
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "kafka: releasing partitions failed");
+                }
+                tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
+                self.push(GroupEvent::Revoked(revoked));
+            }
+            other => {
+                tracing::error!(error = ?other, "kafka: rebalance failed");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+/// Messages of one partition being gathered into a chunk.
+#[derive(Default)]
+struct MessageBuffer {
+    bytes: Vec<u8>,
+    messages: Messages,
+    since: Option<Instant>,
+}
+
+impl MessageBuffer {
+    fn push<M: Message>(&mut self, m: &M, with_headers: bool) {
+        let pos = |b: &Vec<u8>| b.len() as u32;
+        self.since.get_or_insert_with(Instant::now);
+        let start = pos(&self.bytes);
+        self.bytes.extend_from_slice(m.payload().unwrap_or_default());
+        self.messages.payloads.push((start, pos(&self.bytes)));
+        self.messages.offsets.push(m.offset() as u64);
+        self.messages.keys.push(m.key().map(|k| {
+            let s = pos(&self.bytes);
+            self.bytes.extend_from_slice(k);
+            (s, pos(&self.bytes))
+        }));
+        self.messages.timestamps.push(m.timestamp().to_millis());
+        let hs = pos(&self.bytes);
+        if with_headers {
+            if let Some(h) = m.headers() {
+                self.bytes.push(b'{');
+                for (i, header) in h.iter().enumerate() {
+                    if i > 0 {
+                        self.bytes.push(b',');
+                    }
+                    json_string(&mut self.bytes, header.key.as_bytes());
+                    self.bytes.push(b':');
+                    match header.value {
+                        Some(v) => json_string(&mut self.bytes, v),
+                        None => self.bytes.extend_from_slice(b"null"),
+                    }
+                }
+                self.bytes.push(b'}');
+            }
+        }
+        self.messages.headers.push((hs, pos(&self.bytes)));
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes.len() >= CHUNK_BYTES || self.messages.offsets.len() >= CHUNK_MESSAGES
+    }
+
+    fn take(&mut self) -> Messages {
+        self.since = None;
+        let mut m = std::mem::take(&mut self.messages);
+        m.bytes = SharedBytes::from(std::mem::take(&mut self.bytes));
+        m
+    }
+}
+
+/// Writes bytes as a JSON string (invalid UTF-8 replaced).
+fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    out.push(b'"');
+    for c in text.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+struct PartitionState {
+    info: Arc<PartitionInfo>,
+    assigned: bool,
+    seq: u64,
+    buffer: MessageBuffer,
+    last_message: Instant,
+    /// The offset after the last message handed over.
+    next_offset: Option<u64>,
+    /// With `until_caught_up`: the end offset seen at assignment.
+    end_at: Option<u64>,
+    ended: bool,
+}
+
+/// Reads a Kafka source for a job.
+pub struct KafkaReader {
+    source: usize,
+    name: Arc<str>,
+    config: KafkaSourceConfig,
+    /// First global partition id of each topic.
+    topic_base: Vec<usize>,
+    partitions: Vec<PartitionState>,
+    consumer: Option<BaseConsumer<GroupContext>>,
+    ready: VecDeque<Chunk>,
+    last_commit: Instant,
+    assigned_once: bool,
+}
+
+impl KafkaReader {
+    /// A reader of source `source` (named `name`) whose partitions are numbered globally
+    /// from `first_partition`, topic by topic.
+    pub fn new(
+        source: usize,
+        name: &str,
+        first_partition: usize,
+        config: KafkaSourceConfig,
+        partitions: &KafkaPartitions,
+    ) -> Self {
+        let name: Arc<str> = name.into();
+        let mut topic_base = Vec::new();
+        let mut states = Vec::new();
+        for (t, &count) in partitions.counts.iter().enumerate() {
+            topic_base.push(first_partition + states.len());
+            let topic: Arc<str> = config.topics[t].as_str().into();
+            for p in 0..count {
+                states.push(PartitionState {
+                    info: Arc::new(PartitionInfo {
+                        source: name.clone(),
+                        id: first_partition + states.len(),
+                        number: p as u32,
+                        topic: Some(topic.clone()),
+                        file: None,
+                    }),
+                    assigned: false,
+                    seq: 0,
+                    buffer: MessageBuffer::default(),
+                    last_message: Instant::now(),
+                    next_offset: None,
+                    end_at: None,
+                    ended: false,
+                });
+            }
+        }
+        KafkaReader {
+            source,
+            name,
+            config,
+            topic_base,
+            partitions: states,
+            consumer: None,
+            ready: VecDeque::new(),
+            last_commit: Instant::now(),
+            assigned_once: false,
+        }
+    }
+
+    fn first_id(&self) -> usize {
+        self.partitions.first().map_or(0, |p| p.info.id)
+    }
+
+    fn local(&self, topic: &str, partition: i32) -> Option<usize> {
+        let t = self.config.topics.iter().position(|x| x == topic)?;
+        let id = self.topic_base[t] + partition as usize;
+        let local = id - self.first_id();
+        (local < self.partitions.len()).then_some(local)
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Source {
+            source_name: self.name.to_string(),
+            message: format!("kafka ({}): {what}: {e}", self.config.brokers),
+        }
+    }
+
+    fn connect(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        let mut ids = HashMap::new();
+        for s in &self.partitions {
+            if let Some(t) = &s.info.topic {
+                ids.insert((t.to_string(), s.info.number as i32), s.info.id);
+            }
+        }
+        let context = GroupContext {
+            start_from: self.config.start_from,
+            ids,
+            progress: ctx.progress.clone(),
+            seen: Mutex::new(HashSet::new()),
+            committed: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            has_events: AtomicBool::new(false),
+        };
+        let mut cfg = client_config(&self.config.brokers, &[]);
+        cfg.set("group.id", &self.config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if self.config.start_from == StartFrom::Latest {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            )
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("queued.max.messages.kbytes", "32768")
+            .set("fetch.max.bytes", "16777216")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        for (k, v) in &self.config.properties {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer<GroupContext> = cfg
+            .create_with_context(context)
+            .map_err(|e| self.err("cannot create a consumer", e))?;
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| self.err("cannot subscribe", e))?;
+        // Every partition is idle until it is assigned to this process.
+        for s in &self.partitions {
+            ctx.clocks.partition(s.info.id).set_idle(true);
+        }
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+
+    fn handle_group_events(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let c = consumer.context();
+        if !c.has_events.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let events = c
+            .events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default();
+        for e in events {
+            match e {
+                GroupEvent::Assigned(list) => {
+                    for (topic, p) in list {
+                        let Some(l) = self.local(&topic, p) else {
+                            continue;
+                        };
+                        let end_at = if self.config.until_caught_up {
+                            let (low, high) = self
+                                .consumer
+                                .as_ref()
+                                .expect("connected")
+                                .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                                .map_err(|e| self.err("cannot read partition end offsets", e))?;
+                            Some(if high <= low { 0 } else { high as u64 })
+                        } else {
+                            None
+                        };
+                        self.assigned_once = true;
+                        let s = &mut self.partitions[l];
+                        s.assigned = true;
+                        s.last_message = Instant::now();
+                        s.end_at = end_at;
+                        ctx.progress.track(s.info.id);
+                        ctx.progress.restart(s.info.id, s.seq);
+                        ctx.clocks.partition(s.info.id).set_idle(false);
+                        if end_at == Some(0) {
+                            self.end_partition(l, 0, ctx);
+                        }
+                    }
+                }
+                GroupEvent::Revoked(list) => {
+                    for (topic, p) in list {
+                        let Some(l) = self.local(&topic, p) else {
+                            continue;
+                        };
+                        self.hand_over(l);
+                        let s = &mut self.partitions[l];
+                        s.assigned = false;
+                        ctx.clocks.partition(s.info.id).set_idle(true);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a partition's buffered messages to a ready chunk.
+    fn hand_over(&mut self, l: usize) {
+        let s = &mut self.partitions[l];
+        if s.buffer.messages.is_empty() {
+            return;
+        }
+        let messages = s.buffer.take();
+        let first = messages.offsets[0];
+        s.next_offset = messages.offsets.last().map(|o| o + 1);
+        self.ready.push_back(Chunk {
+            source: self.source,
+            partition: s.info.clone(),
+            seq: s.seq,
+            first_offset: first,
+            data: ChunkData::Messages(messages),
+        });
+        s.seq += 1;
+    }
+
+    /// Ends a partition (caught up): hands over its messages, then its end.
+    fn end_partition(&mut self, l: usize, next_offset: u64, _ctx: &ReaderContext) {
+        self.hand_over(l);
+        let s = &mut self.partitions[l];
+        if s.ended {
+            return;
+        }
+        s.ended = true;
+        let next = s.next_offset.unwrap_or(next_offset).max(next_offset);
+        self.ready.push_back(Chunk {
+            source: self.source,
+            partition: s.info.clone(),
+            seq: s.seq,
+            first_offset: next,
+            data: ChunkData::End,
+        });
+        s.seq += 1;
+        if let Some(consumer) = &self.consumer {
+            let mut tpl = TopicPartitionList::new();
+            if let Some(t) = &s.info.topic {
+                tpl.add_partition(t, s.info.number as i32);
+                let _ = consumer.pause(&tpl);
+            }
+        }
+    }
+
+    fn commit(&mut self, mode: CommitMode) -> Result<(), EngineError> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let assigned = self
+            .partitions
+            .iter()
+            .filter(|s| s.assigned)
+            .filter_map(|s| Some((s.info.topic.as_ref()?.to_string(), s.info.number as i32)));
+        let tpl = consumer.context().committable(assigned);
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                tracing::warn!(source = %self.name, error = %e, "kafka: offset commit failed; will retry");
+                if let Ok(mut c) = consumer.context().committed.lock() {
+                    c.clear();
+                }
+            }
+        }
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Polls messages until a chunk is ready or nothing arrives for a moment.
+    fn poll_round(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
+        let mut got = 0usize;
+        loop {
+            let timeout = if got > 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            };
+            let consumer = self.consumer.as_ref().expect("connected");
+            let polled = consumer.poll(timeout);
+            let msg = match polled {
+                None => break,
+                Some(Err(RdError::PartitionEOF(_))) => continue,
+                Some(Err(e)) => {
+                    if is_fatal(&e) {
+                        return Err(self.err("consumer failed", e));
+                    }
+                    tracing::warn!(source = %self.name, error = %e, "kafka: consumer error (librdkafka retries)");
+                    break;
+                }
+                Some(Ok(m)) => m,
+            };
+            if consumer.context().has_events.load(Ordering::Acquire) {
+                // Assignments must be known before their messages are placed.
+                let (topic, p, detached) = (msg.topic().to_string(), msg.partition(), msg.detach());
+                drop(msg);
+                self.handle_group_events(ctx)?;
+                self.place_owned(&topic, p, &detached, ctx);
+            } else {
+                let Some(l) = self.local(msg.topic(), msg.partition()) else {
+                    continue;
+                };
+                let s = &mut self.partitions[l];
+                if !s.assigned || s.ended {
+                    continue;
+                }
+                let offset = msg.offset() as u64;
+                s.buffer.push(&msg, self.config.with_headers);
+                drop(msg);
+                self.after_message(l, offset, ctx);
+            }
+            got += 1;
+            if !self.ready.is_empty() || got >= CHUNK_MESSAGES {
+                break;
+            }
+        }
+        Ok(got > 0)
+    }
+
+    fn place_owned(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        m: &rdkafka::message::OwnedMessage,
+        ctx: &ReaderContext,
+    ) {
+        let Some(l) = self.local(topic, partition) else {
+            return;
+        };
+        let s = &mut self.partitions[l];
+        if !s.assigned || s.ended {
+            return;
+        }
+        s.buffer.push(m, self.config.with_headers);
+        self.after_message(l, m.offset() as u64, ctx);
+    }
+
+    fn after_message(&mut self, l: usize, offset: u64, ctx: &ReaderContext) {
+        let s = &mut self.partitions[l];
+        s.last_message = Instant::now();
+        let clock = ctx.clocks.partition(s.info.id);
+        if clock.is_idle() {
+            clock.set_idle(false);
+        }
+        let caught_up = s.end_at.is_some_and(|end| offset + 1 >= end);
+        if caught_up {
+            self.end_partition(l, offset + 1, ctx);
+        } else if s.buffer.is_full() {
+            self.hand_over(l);
+        }
+    }
+
+    /// After a quiet poll: hands over old buffers, marks idle partitions, ends caught-up ones.
+    fn housekeeping(&mut self, ctx: &ReaderContext, quiet: bool) -> Result<(), EngineError> {
+        let now = Instant::now();
+        for l in 0..self.partitions.len() {
+            let s = &self.partitions[l];
+            if s.buffer.since.is_some_and(|t| quiet || now - t >= CHUNK_AGE) {
+                self.hand_over(l);
+            }
+            let s = &self.partitions[l];
+            if let Some(idle) = self.config.idle_timeout {
+                if s.assigned && !s.ended && now - s.last_message >= idle {
+                    ctx.clocks.partition(s.info.id).set_idle(true);
+                }
+            }
+        }
+        if quiet && self.config.until_caught_up {
+            let positions = self
+                .consumer
+                .as_ref()
+                .expect("connected")
+                .position()
+                .map_err(|e| self.err("cannot read positions", e))?;
+            for e in positions.elements() {
+                let Some(l) = self.local(e.topic(), e.partition()) else {
+                    continue;
+                };
+                let s = &self.partitions[l];
+                if let (Offset::Offset(pos), Some(end), true, false) =
+                    (e.offset(), s.end_at, s.assigned, s.ended)
+                {
+                    if pos >= 0 && pos as u64 >= end {
+                        self.end_partition(l, pos as u64, ctx);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn all_caught_up(&self) -> bool {
+        self.config.until_caught_up
+            && self.assigned_once
+            && self.ready.is_empty()
+            && self.partitions.iter().all(|s| !s.assigned || s.ended)
+    }
+}
+
+fn is_fatal(e: &RdError) -> bool {
+    match e {
+        RdError::MessageConsumptionFatal(_) => true,
+        RdError::MessageConsumption(code) => matches!(
+            code,
+            rdkafka::types::RDKafkaErrorCode::Fatal
+                | rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                | rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
+                | rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed
+                | rdkafka::types::RDKafkaErrorCode::SaslAuthenticationFailed
+        ),
+        _ => false,
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
+        if self.consumer.is_none() {
+            self.connect(ctx)?;
+        }
+        loop {
+            if let Some(c) = self.ready.pop_front() {
+                return Ok(Some(c));
+            }
+            if ctx.stop.load(Ordering::Relaxed) || self.all_caught_up() {
+                return Ok(None);
+            }
+            if self.last_commit.elapsed() >= COMMIT_EVERY {
+                self.commit(CommitMode::Async)?;
+            }
+            let got = self.poll_round(ctx)?;
+            self.handle_group_events(ctx)?;
+            self.housekeeping(ctx, !got)?;
+        }
+    }
+
+    fn finish(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.commit(CommitMode::Sync)?;
+        if let Some(consumer) = self.consumer.take() {
+            consumer.unsubscribe();
+        }
+        Ok(())
+    }
+}

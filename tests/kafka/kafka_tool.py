@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""An independent Kafka client for weir's end-to-end tests (confluent-kafka, fastavro).
+
+  kafka_tool.py create  BROKERS TOPIC PARTITIONS
+  kafka_tool.py produce BROKERS TOPIC FILE [--key-field F] [--format json|avro|avro-confluent|cloudevents|envelope]
+                        [--schema AVSC] [--schema-id N] [--header K=V ...]
+  kafka_tool.py consume BROKERS TOPIC OUT [--keys]     all messages up to the current end, as NDJSON
+
+`produce` sends each line of FILE as one message, keyed by the JSON field F when the line is an
+object that has it (else no key). With --format avro the line's object is encoded with the Avro
+schema (plain binary, or the Confluent wire format with --schema-id); lines that are not valid
+for the schema are sent as they are (raw bytes that are not Avro). With cloudevents/envelope the
+object is wrapped in a CloudEvents 1.0 structured event or the platform's generic envelope, its
+timestamp moved to the envelope's `time`/`occurred_at`.
+`consume` writes one JSON value per line (`{"key": ..., "value": ...}` with --keys).
+"""
+import argparse
+import datetime
+import io
+import json
+import struct
+import sys
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def create(brokers, topic, partitions):
+    admin = AdminClient({"bootstrap.servers": brokers})
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    for f in futures.values():
+        try:
+            f.result(30)
+        except Exception as e:  # noqa: BLE001
+            if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+
+
+def rfc3339(ms):
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(line, args, parsed_schema):
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        obj = None
+    if args.format == "json":
+        return line.encode()
+    if args.format in ("avro", "avro-confluent"):
+        import fastavro
+        if not isinstance(obj, dict):
+            return line.encode()
+        buf = io.BytesIO()
+        if args.format == "avro-confluent":
+            buf.write(b"\x00" + struct.pack(">I", args.schema_id))
+        try:
+            fastavro.schemaless_writer(buf, parsed_schema, obj)
+        except Exception:  # noqa: BLE001 - not valid for the schema: send the raw line
+            return line.encode()
+        return buf.getvalue()
+    if not isinstance(obj, dict) or not isinstance(obj.get("timestamp"), int):
+        return line.encode()
+    ts = obj.pop("timestamp")
+    if args.format == "cloudevents":
+        event = {"specversion": "1.0", "id": obj.get("eventId", ""), "type": "platform.data-ingestion.v1",
+                 "source": "/tests", "time": rfc3339(ts), "datacontenttype": "application/json", "data": obj}
+    else:
+        event = {"id": obj.get("eventId", ""), "type": "platform.dataset.ingested.v1", "occurred_at": rfc3339(ts),
+                 "source": "tests", "correlation_id": "c-1", "trace_id": "t-1", "payload": obj,
+                 "metadata": {"partition_key": "k", "tenant_id": "t"}}
+    return json.dumps(event, ensure_ascii=False).encode()
+
+
+def produce(args):
+    parsed_schema = None
+    if args.schema:
+        import fastavro
+        with open(args.schema) as f:
+            parsed_schema = fastavro.parse_schema(json.load(f))
+    p = Producer({"bootstrap.servers": args.brokers, "linger.ms": 20, "compression.type": "lz4",
+                  "enable.idempotence": True})
+    failures = []
+    headers = [tuple(h.split("=", 1)) for h in args.header]
+    n = 0
+    with open(args.file, encoding="utf-8", errors="surrogateescape") as f:
+        for raw in f:
+            line = raw.rstrip("\n")
+            key = None
+            try:
+                obj = json.loads(line)
+                if isinstance(obj, dict) and isinstance(obj.get(args.key_field), str):
+                    key = obj[args.key_field].encode()
+            except ValueError:
+                pass
+            value = encode(line, args, parsed_schema) if args.format != "json" else line.encode(
+                "utf-8", errors="surrogateescape")
+            while True:
+                try:
+                    p.produce(args.topic, value=value, key=key, headers=headers or None,
+                              on_delivery=lambda err, msg: err and failures.append(err))
+                    break
+                except BufferError:
+                    p.poll(0.1)
+            p.poll(0)
+            n += 1
+    left = p.flush(120)
+    if failures or left:
+        sys.exit(f"produce failed: {failures[:3]} ({left} not delivered)")
+    print(f"produced {n} messages to {args.topic}", file=sys.stderr)
+
+
+def consume(args):
+    c = Consumer({"bootstrap.servers": args.brokers, "group.id": "weir-tests-reader",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    md = c.list_topics(args.topic, timeout=30)
+    parts = sorted(md.topics[args.topic].partitions)
+    ends = {}
+    for p in parts:
+        lo, hi = c.get_watermark_offsets(TopicPartition(args.topic, p), timeout=30)
+        if hi > lo:
+            ends[p] = hi
+    c.assign([TopicPartition(args.topic, p, 0) for p in ends])
+    done = {p: False for p in ends}
+    out = open(args.out, "w", encoding="utf-8")
+    n = 0
+    idle = 0
+    while not all(done.values()):
+        m = c.poll(1.0)
+        if m is None:
+            idle += 1
+            if idle > 120:
+                sys.exit(f"consume: timed out; reached {done}")
+            continue
+        idle = 0
+        if m.error():
+            continue
+        if m.offset() + 1 >= ends[m.partition()]:
+            done[m.partition()] = True
+        value = json.loads(m.value())
+        if args.keys:
+            value = {"key": m.key().decode() if m.key() is not None else None, "value": value,
+                     "headers": {k: v.decode() for k, v in (m.headers() or [])}}
+        out.write(json.dumps(value, ensure_ascii=False) + "\n")
+        n += 1
+    out.close()
+    c.close()
+    print(f"consumed {n} messages from {args.topic}", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("create")
+    a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("partitions", type=int)
+    a = sub.add_parser("produce")
+    a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("file")
+    a.add_argument("--key-field", default="datasetName")
+    a.add_argument("--format", default="json",
+                   choices=["json", "avro", "avro-confluent", "cloudevents", "envelope"])
+    a.add_argument("--schema")
+    a.add_argument("--schema-id", type=int, default=1)
+    a.add_argument("--header", action="append", default=[])
+    a = sub.add_parser("consume")
+    a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("out")
+    a.add_argument("--keys", action="store_true")
+    args = ap.parse_args()
+    if args.cmd == "create":
+        create(args.brokers, args.topic, args.partitions)
+    elif args.cmd == "produce":
+        produce(args)
+    else:
+        consume(args)
+
+
+if __name__ == "__main__":
+    main()
