@@ -11,4 +11,6 @@ if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$req" "$venv/requirements.txt"; th
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
     cp "$req" "$venv/requirements.txt"
 fi
-"$here/scripts/kafka.sh" start
+if [[ -z "${SKIP_BROKER:-}" ]]; then
+    "$here/scripts/kafka.sh" start
+fi

@@ -166,17 +166,79 @@ fn same(expected: &Value, actual: Option<&Value>) -> bool {
     (e - a).abs() <= 1e-9_f64.max(1e-9 * e.abs().max(a.abs()))
 }
 
+fn ident(r: &Row, keys: &[&str]) -> (Vec<String>, Option<i64>) {
+    (
+        keys.iter()
+            .map(|k| r.get(*k).map(as_text).unwrap_or_default())
+            .collect(),
+        r.get("window_start").and_then(to_ms),
+    )
+}
+
+/// The columns of `e` whose values `a` does not have (keys and window_start aside).
+fn differences(e: &Row, a: &Row, keys: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (col, ev) in e.iter() {
+        if keys.contains(&col.as_str()) || col == "window_start" {
+            continue;
+        }
+        let ok = if col == "window_end" {
+            to_ms(ev) == a.get(col).and_then(to_ms)
+        } else {
+            same(ev, a.get(col))
+        };
+        if !ok {
+            out.push(format!("{col}: expected {ev}, got {:?}", a.get(col)));
+        }
+    }
+    out
+}
+
+/// Compares at-least-once output with the oracle's rows: every expected row was emitted
+/// exactly right at least once, and no row belongs to a (keys, window) the oracle does not
+/// have. Returns how many rows repeat an already emitted (keys, window).
+pub fn compare_at_least_once(
+    expected: &[Row],
+    actual: &[Row],
+    keys: &[&str],
+) -> Result<usize, String> {
+    let mut act: HashMap<_, Vec<&Row>> = HashMap::new();
+    for r in actual {
+        act.entry(ident(r, keys)).or_default().push(r);
+    }
+    let exp: HashMap<_, _> = expected.iter().map(|r| (ident(r, keys), r)).collect();
+    let mut problems = Vec::new();
+    for (k, e) in &exp {
+        match act.get(k) {
+            None => problems.push(format!("missing {k:?}")),
+            Some(rows) => {
+                if rows.iter().all(|a| !differences(e, a, keys).is_empty()) {
+                    problems.push(format!(
+                        "no exact row for {k:?}: {:?}",
+                        differences(e, rows[0], keys)
+                    ));
+                }
+            }
+        }
+    }
+    for k in act.keys().filter(|k| !exp.contains_key(*k)) {
+        problems.push(format!("extra {k:?}"));
+    }
+    if problems.is_empty() {
+        Ok(actual.len() - act.len())
+    } else {
+        Err(format!(
+            "{} problem(s), e.g. {:?}",
+            problems.len(),
+            &problems[..problems.len().min(5)]
+        ))
+    }
+}
+
 /// Compares result rows with the oracle's: the same set of (keys, window_start), no
 /// duplicates, every expected column equal. Returns a description of the differences.
 pub fn compare(expected: &[Row], actual: &[Row], keys: &[&str]) -> Result<(), String> {
-    let ident = |r: &Row| -> (Vec<String>, Option<i64>) {
-        (
-            keys.iter()
-                .map(|k| r.get(*k).map(as_text).unwrap_or_default())
-                .collect(),
-            r.get("window_start").and_then(to_ms),
-        )
-    };
+    let ident = |r: &Row| ident(r, keys);
     let exp: HashMap<_, _> = expected.iter().map(|r| (ident(r), r)).collect();
     let mut act = HashMap::new();
     let mut dups = Vec::new();
@@ -190,19 +252,11 @@ pub fn compare(expected: &[Row], actual: &[Row], keys: &[&str]) -> Result<(), St
     let mut wrong = Vec::new();
     for (k, e) in &exp {
         let Some(a) = act.get(k) else { continue };
-        for (col, ev) in e.iter() {
-            if keys.contains(&col.as_str()) || col == "window_start" {
-                continue;
-            }
-            let ok = if col == "window_end" {
-                to_ms(ev) == a.get(col).and_then(to_ms)
-            } else {
-                same(ev, a.get(col))
-            };
-            if !ok {
-                wrong.push(format!("{k:?} {col}: expected {ev}, got {:?}", a.get(col)));
-            }
-        }
+        wrong.extend(
+            differences(e, a, keys)
+                .into_iter()
+                .map(|d| format!("{k:?} {d}")),
+        );
     }
     if missing.is_empty() && extra.is_empty() && wrong.is_empty() && dups.is_empty() {
         return Ok(());

@@ -26,6 +26,7 @@ fn window(c: &mut Criterion) {
         ("failures", "count(*) FILTER (WHERE status = 'FAILURE')"),
     ];
     let config = Arc::new(WindowConfig {
+        key_partitioned: false,
         name: "bench".into(),
         input_schema: schema.clone(),
         predicate: None,

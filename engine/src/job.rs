@@ -25,7 +25,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
 use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, SharedBytes};
-use crate::progress::{ChunkResidue, Progress};
+use crate::progress::{ChunkResidue, OpResidue, Progress};
 use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
@@ -75,9 +75,9 @@ pub trait WorkerOperator: Send {
     fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError>;
     /// Whether windows follow processing time (the clock) instead of event time.
     fn processing_time(&self) -> bool;
-    /// The end of the window a row with this event time goes to (for processing-time
-    /// windows, the window open now).
-    fn window_end(&self, event_time: i64) -> i64;
+    /// The watermark that closes the window a row with this event time goes to (for
+    /// processing-time windows, the window open now).
+    fn closes_at(&self, event_time: i64) -> i64;
 }
 
 /// The partial state of one window from one worker: key columns and accumulator states.
@@ -158,13 +158,18 @@ pub struct RunReport {
 const WORKER_QUEUE: usize = 4;
 const TICK: Duration = Duration::from_millis(100);
 /// How often outputs are flushed to report progress to committing readers.
-const DURABLE_EVERY: Duration = Duration::from_millis(500);
+const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
 /// What the merger sends a sink thread.
 enum SinkMsg {
     Rows(RecordBatch),
-    /// Operator `op`'s windows up to `upto` were all sent.
-    Upto { op: usize, upto: i64 },
+    /// Operator `op`'s windows up to `upto` were all sent, with every worker's hand-overs up
+    /// to `covered[worker]`.
+    Upto {
+        op: usize,
+        upto: i64,
+        covered: Vec<u64>,
+    },
 }
 
 /// What workers send the dead-letter thread.
@@ -175,6 +180,8 @@ enum DeadMsg {
 }
 
 struct MergeMsg {
+    /// The worker's hand-overs of this operator so far, this one included.
+    seq: u64,
     operator: usize,
     worker: usize,
     partials: Vec<PartialWindow>,
@@ -461,12 +468,12 @@ fn worker_loop(
     mut ops: Vec<(usize, Box<dyn WorkerOperator>)>,
     ctx: WorkerCtx,
 ) -> Result<(), EngineError> {
-    let mut flushed: Vec<i64> = vec![WATERMARK_MIN; ops.len()];
+    let mut flushed: Vec<Handover> = vec![Handover::default(); ops.len()];
     let mut row_wm: Vec<i64> = Vec::new();
     loop {
         match rx.recv_timeout(TICK) {
             Ok(chunk) => {
-                process_chunk(chunk, &mut ops, &ctx, &mut row_wm)?;
+                process_chunk(chunk, &mut ops, &mut flushed, &ctx, &mut row_wm)?;
                 flush_ops(&mut ops, &mut flushed, &ctx)?;
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -482,6 +489,28 @@ fn worker_loop(
     // final only once every worker has handled its whole queue.
     ctx.input_done.arrive_and_wait(&ctx.failure.cancel)?;
     flush_ops(&mut ops, &mut flushed, &ctx)
+}
+
+/// What a worker handed the merger of one operator.
+#[derive(Clone)]
+struct Handover {
+    /// The watermark of the last hand-over.
+    upto: i64,
+    /// Hand-overs so far.
+    seq: u64,
+    /// Rows were aggregated since the last hand-over (they may belong to windows already
+    /// closed, when their partition lags, and must be handed over anyway).
+    dirty: bool,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        Handover {
+            upto: WATERMARK_MIN,
+            seq: 0,
+            dirty: false,
+        }
+    }
 }
 
 /// Lets workers wait until all of them have handled all their input.
@@ -524,6 +553,7 @@ impl ExitBarrier {
 fn process_chunk(
     chunk: Chunk,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    handovers: &mut [Handover],
     ctx: &WorkerCtx,
     row_wm: &mut Vec<i64>,
 ) -> Result<(), EngineError> {
@@ -575,7 +605,12 @@ fn process_chunk(
     let tracked = next_offset.is_some() && ctx.progress.is_tracked(chunk.partition.id);
     let Some(events) = events else {
         if let (true, Some(next_offset)) = (tracked, next_offset) {
-            send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, Vec::new())?;
+            send_residue(
+                ctx,
+                (chunk.partition.id, chunk.seq),
+                next_offset,
+                Vec::new(),
+            )?;
         }
         return Ok(());
     };
@@ -583,12 +618,13 @@ fn process_chunk(
         *w = clock.watermark_after((*w).max(before));
     }
     let mut dead = Vec::new();
-    for (oi, op) in ops.iter_mut() {
+    for (i, (oi, op)) in ops.iter_mut().enumerate() {
         if ctx.op_sources[*oi] != chunk.source {
             continue;
         }
         let late = op.process(&chunk.partition, &events, row_wm, &mut dead)?;
         RunStats::add(&ctx.stats.late[*oi].value, late);
+        handovers[i].dirty = true;
     }
     if !dead.is_empty() {
         ctx.dead_tx
@@ -598,22 +634,29 @@ fn process_chunk(
     if let (true, Some(next_offset)) = (tracked, next_offset) {
         let windows = ops
             .iter()
-            .filter(|(oi, _)| ctx.op_sources[*oi] == chunk.source)
-            .map(|(oi, op)| (*oi, residue_windows(op.as_ref(), &events)))
+            .zip(handovers.iter())
+            .filter(|((oi, _), _)| ctx.op_sources[*oi] == chunk.source)
+            .map(|((oi, op), h)| OpResidue {
+                operator: *oi,
+                worker: ctx.index,
+                after_handover: h.seq,
+                windows: residue_windows(op.as_ref(), &events),
+            })
             .collect();
         send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, windows)?;
     }
     Ok(())
 }
 
-/// Per window a chunk's rows went to: (window end, smallest offset of its rows).
+/// Per window a chunk's rows went to: (the watermark that closes it, smallest offset of its
+/// rows).
 fn residue_windows(op: &dyn WorkerOperator, events: &EventBatch) -> Vec<(i64, u64)> {
     let mut out: Vec<(i64, u64)> = Vec::new();
     let mut last: Option<(i64, usize)> = None; // (event-time bucket hint, index in out)
     for (&t, &offset) in events.event_time.iter().zip(&events.offsets) {
         let end = match last {
             Some((prev_t, i)) if prev_t == t => out[i].0,
-            _ => op.window_end(t),
+            _ => op.closes_at(t),
         };
         let i = match out.iter().position(|(e, _)| *e == end) {
             Some(i) => {
@@ -634,7 +677,7 @@ fn send_residue(
     ctx: &WorkerCtx,
     (partition, seq): (usize, u64),
     next_offset: u64,
-    windows: Vec<(usize, Vec<(i64, u64)>)>,
+    windows: Vec<OpResidue>,
 ) -> Result<(), EngineError> {
     ctx.dead_tx
         .send(DeadMsg::Residue(ChunkResidue {
@@ -646,9 +689,11 @@ fn send_residue(
         .map_err(|_| ctx.failure.closed("the dead-letter output"))
 }
 
+/// Hands the merger every window closed at the operator's watermark, and windows closed
+/// earlier that rows of a lagging partition opened again.
 fn flush_ops(
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
-    flushed: &mut [i64],
+    flushed: &mut [Handover],
     ctx: &WorkerCtx,
 ) -> Result<(), EngineError> {
     for (i, (oi, op)) in ops.iter_mut().enumerate() {
@@ -662,18 +707,25 @@ fn flush_ops(
         } else {
             ctx.clocks.source_watermark(ctx.op_sources[*oi])
         };
-        let Some(wm) = wm else { continue };
-        if wm <= flushed[i] {
+        let h = &mut flushed[i];
+        let wm = wm.unwrap_or(h.upto).max(h.upto);
+        if wm == h.upto && !h.dirty {
             continue;
         }
         let partials = op.flush(wm)?;
-        flushed[i] = wm;
+        h.dirty = false;
+        if wm == h.upto && partials.is_empty() {
+            continue;
+        }
+        h.upto = wm;
+        h.seq += 1;
         ctx.merge_tx
             .send(MergeMsg {
                 operator: *oi,
                 worker: ctx.index,
                 partials,
                 upto: wm,
+                seq: h.seq,
             })
             .map_err(|_| ctx.failure.closed("the merger"))?;
     }
@@ -691,19 +743,24 @@ fn merger_loop(
     failure: &Failure,
 ) -> Result<(), EngineError> {
     let mut upto: Vec<Vec<i64>> = ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect();
+    let mut covered: Vec<Vec<u64>> = ops.iter().map(|_| vec![0; workers]).collect();
     let mut emitted: Vec<i64> = vec![WATERMARK_MIN; ops.len()];
     for msg in rx {
         let (merge, sink_ids) = &mut ops[msg.operator];
+        let had_partials = !msg.partials.is_empty();
         for p in msg.partials {
             merge.merge(p)?;
         }
         upto[msg.operator][msg.worker] = msg.upto;
+        covered[msg.operator][msg.worker] = msg.seq;
         let wm = upto[msg.operator]
             .iter()
             .copied()
             .min()
-            .unwrap_or(WATERMARK_MIN);
-        if wm > emitted[msg.operator] {
+            .unwrap_or(WATERMARK_MIN)
+            .max(emitted[msg.operator]);
+        // Windows reopened by a lagging partition are emitted as soon as they are handed over.
+        if wm > emitted[msg.operator] || had_partials {
             emitted[msg.operator] = wm;
             for batch in merge.emit(wm)? {
                 RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
@@ -718,6 +775,7 @@ fn merger_loop(
                     .send(SinkMsg::Upto {
                         op: msg.operator,
                         upto: wm,
+                        covered: covered[msg.operator].clone(),
                     })
                     .map_err(|_| failure.closed("a sink"))?;
             }
@@ -743,7 +801,7 @@ struct SinkThread {
 
 impl SinkThread {
     fn run(mut self, rx: Receiver<SinkMsg>) -> Result<(), EngineError> {
-        let mut sent_upto: Vec<Option<i64>> = vec![None; self.feeds.len()];
+        let mut sent_upto: Vec<Option<(i64, Vec<u64>)>> = vec![None; self.feeds.len()];
         let mut last_flush = Instant::now();
         loop {
             match rx.recv_timeout(TICK) {
@@ -754,9 +812,9 @@ impl SinkThread {
                         batch.num_rows() as u64,
                     );
                 }
-                Ok(SinkMsg::Upto { op, upto }) => {
+                Ok(SinkMsg::Upto { op, upto, covered }) => {
                     if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
-                        sent_upto[i] = Some(upto);
+                        sent_upto[i] = Some((upto, covered));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -774,11 +832,11 @@ impl SinkThread {
         Ok(())
     }
 
-    fn report(&self, sent_upto: &mut [Option<i64>]) {
+    fn report(&self, sent_upto: &mut [Option<(i64, Vec<u64>)>]) {
         for (i, upto) in sent_upto.iter_mut().enumerate() {
-            if let Some(wm) = upto.take() {
+            if let Some((wm, covered)) = upto.take() {
                 let (op, k) = self.feeds[i];
-                self.progress.sink_durable(op, k, wm);
+                self.progress.sink_durable(op, k, wm, covered);
             }
         }
     }

@@ -2,12 +2,16 @@
 //! commit them (at least once: a restart from a committed offset loses nothing).
 //!
 //! After a worker handles a chunk of a tracked partition it reports the chunk's *residue*:
-//! for every operator, the windows its rows went to (by window end) and the smallest offset
-//! that went to each. The report travels through the dead-letter channel, behind the chunk's
-//! dead letters, and reaches this tracker only once the dead-letter output was flushed. Sinks
-//! report the watermark up to which an operator's rows are durable. An offset is committable
-//! when every chunk before it is reported and every window holding one of its rows is
-//! durable.
+//! for every operator, the windows its rows went to (by the watermark that closes them), the
+//! smallest offset that went to each, and how many hand-overs to the merger the worker had
+//! made before. The report travels through the dead-letter channel, behind the chunk's dead
+//! letters, and reaches this tracker only once the dead-letter output was flushed. Sinks
+//! report, once durable, the watermark up to which an operator's windows were emitted and
+//! every worker's hand-overs those emissions include. A window of a residue is durable when
+//! the watermark passed it *and* a later hand-over of its worker is included: a row of a
+//! lagging partition can reopen a window that was emitted before it arrived. An offset is
+//! committable when every chunk before it is reported and every window holding one of its
+//! rows is durable.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +28,28 @@ pub struct ChunkResidue {
     pub seq: u64,
     /// The offset after the chunk's last record.
     pub next_offset: u64,
-    /// Per operator: (window end, smallest offset of a row in that window).
-    pub windows: Vec<(usize, Vec<(i64, u64)>)>,
+    /// Per operator reading the chunk's source.
+    pub windows: Vec<OpResidue>,
+}
+
+/// The windows of one operator a chunk's rows went to.
+#[derive(Debug, Clone)]
+pub struct OpResidue {
+    pub operator: usize,
+    /// The worker that aggregated them.
+    pub worker: usize,
+    /// The worker's hand-overs to the merger before it aggregated them.
+    pub after_handover: u64,
+    /// (watermark closing the window, smallest offset of a row in it).
+    pub windows: Vec<(i64, u64)>,
+}
+
+/// How far an operator's output is durable in one sink.
+#[derive(Debug, Clone)]
+struct Durable {
+    watermark: i64,
+    /// Per worker: hand-overs included.
+    covered: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -38,8 +62,8 @@ struct PartitionProgress {
 
 struct Inner {
     partitions: Vec<PartitionProgress>,
-    /// Per operator: per sink of the operator, the watermark its rows are durable to.
-    durable: Vec<Vec<i64>>,
+    /// Per operator: per sink of the operator, how far its rows are durable.
+    durable: Vec<Vec<Durable>>,
 }
 
 /// The tracker of committable offsets of a job.
@@ -53,10 +77,20 @@ impl Progress {
     pub fn new(partitions: usize, operator_sinks: &[usize]) -> Self {
         Progress {
             inner: Mutex::new(Inner {
-                partitions: (0..partitions).map(|_| PartitionProgress::default()).collect(),
+                partitions: (0..partitions)
+                    .map(|_| PartitionProgress::default())
+                    .collect(),
                 durable: operator_sinks
                     .iter()
-                    .map(|&n| vec![WATERMARK_MIN; n.max(1)])
+                    .map(|&n| {
+                        vec![
+                            Durable {
+                                watermark: WATERMARK_MIN,
+                                covered: Vec::new(),
+                            };
+                            n.max(1)
+                        ]
+                    })
                     .collect(),
             }),
             finished: AtomicBool::new(false),
@@ -103,16 +137,14 @@ impl Progress {
         advance_all(&mut inner);
     }
 
-    /// Records that `sink` (the operator's `sink`-th) holds its rows durably up to `watermark`.
-    pub fn sink_durable(&self, operator: usize, sink: usize, watermark: i64) {
+    /// Records that `sink` (the operator's `sink`-th) durably holds the operator's windows
+    /// closed at `watermark`, with each worker's hand-overs up to `covered[worker]`.
+    pub fn sink_durable(&self, operator: usize, sink: usize, watermark: i64, covered: Vec<u64>) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        let d = &mut inner.durable[operator][sink];
-        if watermark > *d {
-            *d = watermark;
-            advance_all(&mut inner);
-        }
+        inner.durable[operator][sink] = Durable { watermark, covered };
+        advance_all(&mut inner);
     }
 
     /// The offset to commit for a partition (the next one to read after a restart), when
@@ -143,20 +175,46 @@ impl Progress {
     }
 }
 
-fn advance_all(inner: &mut Inner) {
-    let durable: Vec<i64> = inner
-        .durable
+/// Per operator, what every sink holds: the smallest watermark and hand-over counts.
+fn effective(durable: &[Vec<Durable>]) -> Vec<Durable> {
+    durable
         .iter()
-        .map(|s| s.iter().copied().min().unwrap_or(WATERMARK_MIN))
-        .collect();
+        .map(|sinks| {
+            let watermark = sinks
+                .iter()
+                .map(|d| d.watermark)
+                .min()
+                .unwrap_or(WATERMARK_MIN);
+            let workers = sinks.iter().map(|d| d.covered.len()).max().unwrap_or(0);
+            let covered = (0..workers)
+                .map(|w| {
+                    sinks
+                        .iter()
+                        .map(|d| d.covered.get(w).copied().unwrap_or(0))
+                        .min()
+                        .unwrap_or(0)
+                })
+                .collect();
+            Durable { watermark, covered }
+        })
+        .collect()
+}
+
+fn advance_all(inner: &mut Inner) {
+    let durable = effective(&inner.durable);
     for p in inner.partitions.iter_mut().filter(|p| p.tracked) {
         while let Some(r) = p.pending.get(&p.next_seq) {
             let blocked = r
                 .windows
                 .iter()
-                .flat_map(|(op, ws)| {
-                    let d = durable[*op];
-                    ws.iter().filter(move |(end, _)| *end > d).map(|(_, o)| *o)
+                .flat_map(|o| {
+                    let d = &durable[o.operator];
+                    let handed_over =
+                        d.covered.get(o.worker).copied().unwrap_or(0) > o.after_handover;
+                    o.windows
+                        .iter()
+                        .filter(move |(closes, _)| !handed_over || *closes > d.watermark)
+                        .map(|(_, offset)| *offset)
                 })
                 .min();
             if let Some(offset) = blocked {
@@ -180,7 +238,12 @@ mod tests {
             partition: 0,
             seq,
             next_offset,
-            windows: vec![(0, windows)],
+            windows: vec![OpResidue {
+                operator: 0,
+                worker: 0,
+                after_handover: 0,
+                windows,
+            }],
         }
     }
 
@@ -195,13 +258,28 @@ mod tests {
         // no window is durable: chunk 0's first open row is offset 0
         assert_eq!(p.committable(0), Some(0));
         // one sink durable to 60 is not enough: the other one is behind
-        p.sink_durable(0, 0, 60);
+        p.sink_durable(0, 0, 60, vec![1]);
         assert_eq!(p.committable(0), Some(0));
-        p.sink_durable(0, 1, 60);
+        p.sink_durable(0, 1, 60, vec![1]);
         assert_eq!(p.committable(0), Some(5));
-        p.sink_durable(0, 0, 120);
-        p.sink_durable(0, 1, 120);
+        p.sink_durable(0, 0, 120, vec![2]);
+        p.sink_durable(0, 1, 120, vec![2]);
         assert_eq!(p.committable(0), Some(20));
+    }
+
+    #[test]
+    fn a_window_reopened_after_it_was_emitted_waits_for_its_hand_over() {
+        let p = Progress::new(1, &[1]);
+        p.track(0);
+        // the operator emitted up to 120 (hand-over 3) before a lagging partition's rows
+        // for the window closing at 60 were aggregated
+        p.sink_durable(0, 0, 120, vec![3]);
+        let mut r = residue(0, 10, vec![(60, 4)]);
+        r.windows[0].after_handover = 3;
+        p.add_residues([r]);
+        assert_eq!(p.committable(0), Some(4));
+        p.sink_durable(0, 0, 120, vec![4]);
+        assert_eq!(p.committable(0), Some(10));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub enum KafkaError {
         brokers: String,
         what: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// A topic the pipeline reads does not exist.
     #[error("kafka ({brokers}): topic `{topic}` does not exist; create it (or check `brokers`)")]
@@ -55,7 +55,7 @@ pub fn create_topic(
     let err = |what: &str, source| KafkaError::Client {
         brokers: brokers.to_string(),
         what: what.to_string(),
-        source,
+        source: Box::new(source),
     };
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, properties)
         .create()
@@ -88,7 +88,7 @@ pub fn partition_counts(
     let err = |what: String, source| KafkaError::Client {
         brokers: brokers.to_string(),
         what,
-        source,
+        source: Box::new(source),
     };
     let consumer: BaseConsumer = client_config(brokers, properties)
         .create()

@@ -46,13 +46,16 @@ pub struct Producer {
 
 impl Producer {
     /// A producer for `brokers`. `properties` are passed to librdkafka after weir's defaults
-    /// (`enable.idempotence=true`, `compression.type=lz4`, `linger.ms=20`).
+    /// (`enable.idempotence=true`, `compression.type=lz4`, `linger.ms=20`, the Java client's
+    /// `murmur2` partitioner).
     pub fn new(brokers: &str, properties: &[(String, String)]) -> Result<Self, KafkaError> {
         let mut config = client_config(brokers, &[]);
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
+            // as the Java client: a key (even an empty one) always goes to the same partition
+            .set("partitioner", "murmur2_random")
             .set("linger.ms", "20")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.kbytes", "65536")
@@ -68,7 +71,7 @@ impl Producer {
             .map_err(|source| KafkaError::Client {
                 brokers: brokers.to_string(),
                 what: "cannot create a producer".into(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(Producer {
             brokers: brokers.to_string(),

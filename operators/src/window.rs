@@ -47,6 +47,10 @@ pub struct WindowConfig {
     pub allowed_lateness_ms: i64,
     pub time: TimeMode,
     pub aggregates: Vec<CompiledAggregate>,
+    /// The source is partitioned by (a subset of) the key: every (key, window) gets its rows
+    /// from one partition, so lateness follows the row's partition, and a partition that
+    /// lags (assigned late, back from idle) still fills its windows rather than going late.
+    pub key_partitioned: bool,
 }
 
 impl WindowConfig {
@@ -275,7 +279,13 @@ impl WorkerOperator for WindowWorker {
             };
             let start = window_start(t, config.size_ms);
             if config.time == TimeMode::Event {
-                let wm = row_watermarks[i].max(self.flushed);
+                // Rows of a key-partitioned source are late by their own partition's
+                // watermark; otherwise the operator's watermark never goes back.
+                let wm = if config.key_partitioned {
+                    row_watermarks[i]
+                } else {
+                    row_watermarks[i].max(self.flushed)
+                };
                 if config.closed(start, wm) {
                     late += 1;
                     dead.push(DeadLetter {
@@ -353,12 +363,14 @@ impl WorkerOperator for WindowWorker {
         self.config.time == TimeMode::Processing
     }
 
-    fn window_end(&self, event_time: i64) -> i64 {
+    fn closes_at(&self, event_time: i64) -> i64 {
         let t = match self.config.time {
             TimeMode::Event => event_time,
             TimeMode::Processing => now_ms(),
         };
-        window_start(t, self.config.size_ms).saturating_add(self.config.size_ms)
+        window_start(t, self.config.size_ms)
+            .saturating_add(self.config.size_ms)
+            .saturating_add(self.config.allowed_lateness_ms)
     }
 }
 

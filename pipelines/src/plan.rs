@@ -266,10 +266,16 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 OneOrMany::Many(ts) => ts.clone(),
             };
             if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
-                return Err(ctx.err(&k.referenced, format!("source `{sname}`: `topic` needs a topic name (or a list of them)")));
+                return Err(ctx.err(
+                    &k.referenced,
+                    format!("source `{sname}`: `topic` needs a topic name (or a list of them)"),
+                ));
             }
             if d.brokers.trim().is_empty() {
-                return Err(ctx.err(&k.referenced, format!("source `{sname}`: `brokers` is empty (host:port[,host:port...])")));
+                return Err(ctx.err(
+                    &k.referenced,
+                    format!("source `{sname}`: `brokers` is empty (host:port[,host:port...])"),
+                ));
             }
             let start_from = match &d.start_from {
                 None => StartFrom::Committed,
@@ -390,6 +396,18 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 ))
             }
         };
+        for f in s.partitioned_by.iter().flatten() {
+            if schema.index_of(f).is_none() {
+                return Err(ctx.err(
+                    loc,
+                    format!(
+                        "source `{sname}`: partitioned_by field `{f}` is not in schema `{}`; its fields are {}",
+                        schema.name,
+                        schema.field_names().join(", ")
+                    ),
+                ));
+            }
+        }
         let mut input = input;
         if let SourceInput::Kafka(cfg) = &mut input {
             cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
@@ -654,6 +672,11 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             decoder: Arc::new(decoder),
         });
     }
+    let partitioned_by: Vec<Vec<String>> = doc
+        .sources
+        .values()
+        .map(|s| s.value.partitioned_by.clone().unwrap_or_default())
+        .collect();
     let mut windows = Vec::new();
     for w in wins {
         let d = w.doc;
@@ -689,6 +712,10 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 TimeMode::Event
             },
             aggregates,
+            key_partitioned: !partitioned_by[w.source].is_empty()
+                && partitioned_by[w.source]
+                    .iter()
+                    .all(|f| d.key.value.iter().any(|k| &k.value == f)),
         });
         let schema = config
             .output_schema()

@@ -91,8 +91,8 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             SourceInput::Kafka(cfg) => {
                 let mut cfg = cfg.clone();
                 cfg.until_caught_up = opts.until_caught_up;
-                let partitions = KafkaPartitions::discover(&cfg)
-                    .map_err(|e| EngineError::source(&s.name, e))?;
+                let partitions =
+                    KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
                 let total = partitions.total();
                 (
                     Box::new(KafkaReader::new(

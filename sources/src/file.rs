@@ -366,7 +366,9 @@ mod tests {
                     lines.extend(text.lines().map(String::from));
                 }
                 ChunkData::End => ends += 1,
-                ChunkData::Events(_) | ChunkData::Messages(_) => panic!("a file reader yields lines"),
+                ChunkData::Events(_) | ChunkData::Messages(_) => {
+                    panic!("a file reader yields lines")
+                }
             }
         }
         assert_eq!(ends, 2);

@@ -33,6 +33,10 @@ const CHUNK_MESSAGES: usize = 16 * 1024;
 const CHUNK_AGE: Duration = Duration::from_millis(100);
 /// How often committable offsets are committed to the group.
 const COMMIT_EVERY: Duration = Duration::from_secs(2);
+/// Before giving partitions up: how long their committable offsets must stay put...
+const SETTLE_QUIET: Duration = Duration::from_millis(600);
+/// ...waiting at most this long.
+const SETTLE_MAX: Duration = Duration::from_secs(3);
 
 /// Where a partition starts the first time this process is assigned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,18 +129,44 @@ impl GroupContext {
             let Some(&id) = self.ids.get(&(topic.clone(), p)) else {
                 continue;
             };
-            if let Some(offset) = self.progress.committable(id) {
-                if committed.get(&id) != Some(&offset) {
-                    if tpl
-                        .add_partition_offset(&topic, p, Offset::Offset(offset as i64))
-                        .is_ok()
-                    {
-                        committed.insert(id, offset);
-                    }
-                }
+            let Some(offset) = self.progress.committable(id) else {
+                continue;
+            };
+            if committed.get(&id) != Some(&offset)
+                && tpl
+                    .add_partition_offset(&topic, p, Offset::Offset(offset as i64))
+                    .is_ok()
+            {
+                committed.insert(id, offset);
             }
         }
         tpl
+    }
+
+    /// Gives the chunks already handed to the workers a moment to reach durable outputs, so
+    /// that the next owner of `partitions` does not read again rows whose windows were just
+    /// written: waits until their committable offsets stop moving (at most [`SETTLE_MAX`]).
+    fn settle(&self, partitions: &[(String, i32)]) {
+        let ids: Vec<usize> = partitions
+            .iter()
+            .filter_map(|p| self.ids.get(p).copied())
+            .collect();
+        let offsets = || -> Vec<Option<u64>> {
+            ids.iter()
+                .map(|&id| self.progress.committable(id))
+                .collect()
+        };
+        let started = Instant::now();
+        let mut last = offsets();
+        let mut stable_since = Instant::now();
+        while started.elapsed() < SETTLE_MAX && stable_since.elapsed() < SETTLE_QUIET {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = offsets();
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            }
+        }
     }
 
     /// Sets where newly seen partitions start, per `start_from`.
@@ -217,6 +247,7 @@ impl ConsumerContext for GroupContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = list(tpl);
+                self.settle(&revoked);
                 let offsets = self.committable(revoked.iter().cloned());
                 if offsets.count() > 0 {
                     if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
@@ -257,7 +288,8 @@ impl MessageBuffer {
         let pos = |b: &Vec<u8>| b.len() as u32;
         self.since.get_or_insert_with(Instant::now);
         let start = pos(&self.bytes);
-        self.bytes.extend_from_slice(m.payload().unwrap_or_default());
+        self.bytes
+            .extend_from_slice(m.payload().unwrap_or_default());
         self.messages.payloads.push((start, pos(&self.bytes)));
         self.messages.offsets.push(m.offset() as u64);
         self.messages.keys.push(m.key().map(|k| {
@@ -678,7 +710,10 @@ impl KafkaReader {
         let now = Instant::now();
         for l in 0..self.partitions.len() {
             let s = &self.partitions[l];
-            if s.buffer.since.is_some_and(|t| quiet || now - t >= CHUNK_AGE) {
+            if s.buffer
+                .since
+                .is_some_and(|t| quiet || now - t >= CHUNK_AGE)
+            {
                 self.hand_over(l);
             }
             let s = &self.partitions[l];

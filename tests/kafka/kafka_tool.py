@@ -4,7 +4,8 @@
   kafka_tool.py create  BROKERS TOPIC PARTITIONS
   kafka_tool.py produce BROKERS TOPIC FILE [--key-field F] [--format json|avro|avro-confluent|cloudevents|envelope]
                         [--schema AVSC] [--schema-id N] [--header K=V ...]
-  kafka_tool.py consume BROKERS TOPIC OUT [--keys]     all messages up to the current end, as NDJSON
+  kafka_tool.py consume BROKERS TOPIC OUT [--keys] [--raw]   all messages up to the current end, as NDJSON
+  kafka_tool.py lag     BROKERS GROUP TOPIC              {"committed": N, "end": M, "lag": M - N} as JSON
 
 `produce` sends each line of FILE as one message, keyed by the JSON field F when the line is an
 object that has it (else no key). With --format avro the line's object is encoded with the Avro
@@ -79,8 +80,9 @@ def produce(args):
         import fastavro
         with open(args.schema) as f:
             parsed_schema = fastavro.parse_schema(json.load(f))
+    # murmur2 as the Java client: every key, the empty one included, always maps to one partition
     p = Producer({"bootstrap.servers": args.brokers, "linger.ms": 20, "compression.type": "lz4",
-                  "enable.idempotence": True})
+                  "enable.idempotence": True, "partitioner": "murmur2_random"})
     failures = []
     headers = [tuple(h.split("=", 1)) for h in args.header]
     n = 0
@@ -138,15 +140,27 @@ def consume(args):
             continue
         if m.offset() + 1 >= ends[m.partition()]:
             done[m.partition()] = True
-        value = json.loads(m.value())
+        value = m.value().decode("utf-8", errors="replace") if args.raw else json.loads(m.value())
         if args.keys:
             value = {"key": m.key().decode() if m.key() is not None else None, "value": value,
+                     "partition": m.partition(), "offset": m.offset(),
                      "headers": {k: v.decode() for k, v in (m.headers() or [])}}
         out.write(json.dumps(value, ensure_ascii=False) + "\n")
         n += 1
     out.close()
     c.close()
     print(f"consumed {n} messages from {args.topic}", file=sys.stderr)
+
+
+def lag(args):
+    c = Consumer({"bootstrap.servers": args.brokers, "group.id": args.group, "enable.auto.commit": False})
+    md = c.list_topics(args.topic, timeout=30)
+    tps = [TopicPartition(args.topic, p) for p in sorted(md.topics[args.topic].partitions)]
+    committed = c.committed(tps, timeout=30)
+    total_committed = sum(max(tp.offset, 0) for tp in committed)
+    total_end = sum(c.get_watermark_offsets(tp, timeout=30)[1] for tp in tps)
+    c.close()
+    print(json.dumps({"committed": total_committed, "end": total_end, "lag": total_end - total_committed}))
 
 
 def main():
@@ -165,11 +179,16 @@ def main():
     a = sub.add_parser("consume")
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("out")
     a.add_argument("--keys", action="store_true")
+    a.add_argument("--raw", action="store_true", help="values as text, not parsed as JSON")
+    a = sub.add_parser("lag")
+    a.add_argument("brokers"), a.add_argument("group"), a.add_argument("topic")
     args = ap.parse_args()
     if args.cmd == "create":
         create(args.brokers, args.topic, args.partitions)
     elif args.cmd == "produce":
         produce(args)
+    elif args.cmd == "lag":
+        lag(args)
     else:
         consume(args)
 

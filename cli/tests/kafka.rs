@@ -1,0 +1,472 @@
+//! Kafka end to end, against a real broker (`scripts/kafka.sh start`, or `KAFKA_BROKERS`):
+//! events produced by an independent client (Python confluent-kafka), windows computed by
+//! `weir run`, the output topic read back by that client and compared with the oracle's rows
+//! (the golden cases of `tests/golden`, made by `../shared/oracle/window_oracle.py`).
+//!
+//! These tests fail, never skip, when the broker or the Python client is missing: CI
+//! installs both (`scripts/test-env.sh`).
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir_tests::{compare, compare_at_least_once, golden_dir, read_ndjson, Row};
+
+const AGGREGATES: &str = r#"
+      events: count(*)
+      records: sum(recordCount)
+      bytes: sum(sizeBytes)
+      max_bytes: max(sizeBytes)
+      failures: count(*) FILTER (WHERE status = 'FAILURE')
+      min_records: min(recordCount)
+      avg_bytes: avg(sizeBytes)"#;
+
+fn brokers() -> String {
+    let b = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = b.split(',').next().unwrap_or_default().to_string();
+    let reachable = first
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka broker at {b}: start one with scripts/kafka.sh start (or set KAFKA_BROKERS)"
+    );
+    b
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("WEIR_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/weir/venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test-env.sh (a venv with confluent-kafka and fastavro)",
+        p.display()
+    );
+    p
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs tests/kafka/kafka_tool.py; panics with its output when it fails.
+fn tool(args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(repo().join("tests/kafka/kafka_tool.py"))
+        .args(args)
+        .output()
+        .expect("run kafka_tool.py");
+    assert!(
+        out.status.success(),
+        "kafka_tool.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn weir() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.env("RUST_LOG", "info,librdkafka=warn");
+    c
+}
+
+fn summary(case: &str, window: &str) -> Value {
+    let text = std::fs::read_to_string(
+        golden_dir()
+            .join(case)
+            .join(format!("summary_{window}.json")),
+    )
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn lag(brokers: &str, group: &str, topic: &str) -> Value {
+    serde_json::from_str(tool(&["lag", brokers, group, topic]).trim()).unwrap()
+}
+
+/// Reads a topic with the independent client; returns (keys, values).
+fn read_topic(brokers: &str, topic: &str, dir: &Path) -> (Vec<Option<String>>, Vec<Row>) {
+    let out = dir.join(format!("{topic}.ndjson"));
+    tool(&["consume", brokers, topic, out.to_str().unwrap(), "--keys"]);
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for row in read_ndjson(&out) {
+        keys.push(row.get("key").and_then(|k| k.as_str()).map(String::from));
+        let v = row.get("value").cloned().unwrap();
+        values.push(serde_json::from_value(v).unwrap());
+    }
+    (keys, values)
+}
+
+#[test]
+fn kafka_windows_equal_the_oracle_and_offsets_are_committed() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, dlq, group) = (
+        unique("ingest"),
+        unique("windows"),
+        unique("dead"),
+        unique("group"),
+    );
+    tool(&["create", &brokers, &input, "12"]);
+    tool(&["create", &brokers, &output, "3"]);
+    tool(&["create", &brokers, &dlq, "1"]);
+    let case = golden_dir().join("ingestion_1m");
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        case.join("input.ndjson").to_str().unwrap(),
+    ]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-e2e
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [topic, file]
+sinks:
+  topic: {{ kafka: {{ topic: {output} }}, format: json }}
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ kafka: {{ topic: {dlq} }} }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = weir()
+        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+        .args(["--parallelism", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weir failed:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let expected = read_ndjson(&case.join("expected_per_dataset.ndjson"));
+    let (keys, rows) = read_topic(&brokers, &output, dir.path());
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the output topic differs from the oracle: {e}"));
+    compare(
+        &expected,
+        &read_ndjson(&dir.path().join("out/per_dataset.ndjson")),
+        &["datasetName"],
+    )
+    .unwrap_or_else(|e| panic!("the file sink differs from the oracle: {e}"));
+    // Message keys: the window's key columns and window_start, as a JSON object.
+    for (k, row) in keys.iter().zip(&rows) {
+        let k: Value = serde_json::from_str(k.as_deref().expect("every row has a key")).unwrap();
+        assert_eq!(k["datasetName"], row["datasetName"]);
+        assert_eq!(k["window_start"], row["window_start"]);
+        assert_eq!(k.as_object().unwrap().len(), 2);
+    }
+
+    // Dead letters: as many as the oracle's bad and late events, with where they came from.
+    let s = summary("ingestion_1m", "per_dataset");
+    let (_, dead) = read_topic(&brokers, &dlq, dir.path());
+    let count = |reason: &str| dead.iter().filter(|d| d["reason"] == reason).count() as u64;
+    assert_eq!(count("bad"), s["bad"].as_u64().unwrap());
+    assert_eq!(count("late"), s["late"].as_u64().unwrap());
+    for d in &dead {
+        assert_eq!(d["topic"], input.as_str());
+        assert!(
+            d["partition"].as_u64().unwrap() < 12 && d["offset"].is_u64(),
+            "{d:?}"
+        );
+        assert!(d["raw"].is_string() || d["raw_base64"].is_string(), "{d:?}");
+    }
+
+    // Every offset was committed once its results were written.
+    let l = lag(&brokers, &group, &input);
+    assert_eq!(l["lag"], 0, "{l}");
+    assert_eq!(l["end"], 6000, "{l}");
+}
+
+/// A `weir run` in the background whose log lines are collected.
+struct Running {
+    child: Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(pipeline: &Path, extra: &[&str]) -> Running {
+        let mut child = weir()
+            .args(["run", pipeline.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running { child, log }
+    }
+
+    fn assignments(&self) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("partitions assigned"))
+            .count()
+    }
+
+    fn wait_for(&self, what: &str, ok: impl Fn(&Running) -> bool) {
+        let started = Instant::now();
+        while !ok(self) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops it like Ctrl-C and waits for a clean exit.
+    fn interrupt(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log.lock().unwrap().clone();
+        assert!(status.success(), "exit {status}; log:\n{}", log.join("\n"));
+        log
+    }
+
+    fn wait(mut self) -> Vec<String> {
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log.lock().unwrap().clone();
+        assert!(status.success(), "exit {status}; log:\n{}", log.join("\n"));
+        log
+    }
+}
+
+#[test]
+fn a_consumer_group_splits_partitions_and_moves_them_when_one_stops() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, dlq, group) = (
+        unique("ingest"),
+        unique("windows"),
+        unique("dead"),
+        unique("group"),
+    );
+    tool(&["create", &brokers, &input, "12"]);
+    tool(&["create", &brokers, &output, "3"]);
+    tool(&["create", &brokers, &dlq, "1"]);
+    let case = golden_dir().join("ingestion_1m");
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        case.join("input.ndjson").to_str().unwrap(),
+    ]);
+    // Kafka outputs, so that offsets are committed while the processes run.
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-group
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: committed }}
+    partitioned_by: [datasetName]        # the topic is keyed by datasetName
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ topic: {output} }} }}
+dead_letter: {{ kafka: {{ topic: {dlq} }} }}
+"#
+        ),
+    )
+    .unwrap();
+    // A and B share the partitions.
+    let a = Running::start(&pipeline, &[]);
+    a.wait_for("A's first assignment", |r| r.assignments() >= 1);
+    let b = Running::start(&pipeline, &[]);
+    b.wait_for("B's assignment", |r| r.assignments() >= 1);
+    // Let both work and commit before one of them stops.
+    let started = Instant::now();
+    while lag(&brokers, &group, &input)["committed"].as_u64().unwrap() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing committed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let b_assignments = b.assignments();
+    let a_log = a.interrupt();
+    // B takes A's partitions over.
+    b.wait_for("B to take A's partitions", |r| {
+        r.assignments() > b_assignments
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let b_log = b.interrupt();
+    // A last member finishes the group's backlog and closes the last windows.
+    let c = Running::start(&pipeline, &["--until-caught-up"]);
+    let c_log = c.wait();
+
+    let assigned = |log: &[String]| -> Vec<String> {
+        log.iter()
+            .filter(|l| l.contains("partitions assigned"))
+            .cloned()
+            .collect()
+    };
+    let a_first = assigned(&a_log);
+    assert!(!a_first.is_empty(), "A never got partitions");
+    assert!(
+        assigned(&b_log).len() >= 2,
+        "B did not get A's partitions: {:?}",
+        assigned(&b_log)
+    );
+    let expected = read_ndjson(&case.join("expected_per_dataset.ndjson"));
+    let (_, rows) = read_topic(&brokers, &output, dir.path());
+    let duplicates = compare_at_least_once(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the union of outputs differs from the oracle: {e}"));
+    eprintln!(
+        "consumer group: {} rows for {} windows: {duplicates} duplicate row(s) of windows in flight at the hand-overs",
+        rows.len(),
+        expected.len()
+    );
+    // Duplicates come only from windows open when partitions moved (two hand-overs).
+    assert!(
+        duplicates * 10 <= expected.len(),
+        "{duplicates} duplicates for {} windows",
+        expected.len()
+    );
+    assert_eq!(lag(&brokers, &group, &input)["lag"], 0);
+    assert!(!c_log.iter().any(|l| l.contains("panicked")));
+}
+
+#[test]
+fn generate_produces_the_same_events_as_to_a_file_keyed_by_dataset() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("generated");
+    let args = [
+        "generate",
+        "data-ingestion",
+        "--count",
+        "3000",
+        "--seed",
+        "9",
+        "--keys",
+        "30",
+        "--bad-frac",
+        "0.02",
+        "--unicode-keys",
+    ];
+    let file = dir.path().join("events.ndjson");
+    let o = weir()
+        .args(args)
+        .args(["--out", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = weir()
+        .args(args)
+        .args([
+            "--kafka",
+            &format!("{brokers}/{topic}"),
+            "--partitions",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("read.ndjson");
+    let py = Command::new(python())
+        .arg(repo().join("tests/kafka/kafka_tool.py"))
+        .args([
+            "consume",
+            &brokers,
+            &topic,
+            out.to_str().unwrap(),
+            "--keys",
+            "--raw",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let mut produced: Vec<String> = Vec::new();
+    let mut per_key_partition = std::collections::HashMap::new();
+    for row in read_ndjson(&out) {
+        let value = row["value"].as_str().unwrap().to_string();
+        let key = row["key"].as_str().unwrap().to_string();
+        let partition = row["partition"].as_u64().unwrap();
+        // every key lands in one partition
+        assert_eq!(
+            *per_key_partition.entry(key.clone()).or_insert(partition),
+            partition
+        );
+        if let Ok(Value::Object(ev)) = serde_json::from_str::<Value>(&value) {
+            if let Some(Value::String(d)) = ev.get("datasetName") {
+                assert_eq!(d, &key);
+            }
+        }
+        produced.push(value);
+    }
+    let mut expected: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    produced.sort();
+    expected.sort();
+    assert_eq!(produced.len(), 3000);
+    assert!(
+        produced == expected,
+        "the topic holds other events than the file"
+    );
+}
