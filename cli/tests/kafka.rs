@@ -470,3 +470,78 @@ fn generate_produces_the_same_events_as_to_a_file_keyed_by_dataset() {
         "the topic holds other events than the file"
     );
 }
+
+/// Produces a golden case's events in `tool_format`, runs 1-minute windows over them with the
+/// source's `format_yaml`, and compares the output topic with the oracle's rows.
+fn windows_of_encoded_events(tool_format: &str, source_yaml: &str) {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, group) = (unique("encoded"), unique("windows"), unique("group"));
+    tool(&["create", &brokers, &input, "12"]);
+    tool(&["create", &brokers, &output, "3"]);
+    let case = golden_dir().join("ingestion_1m");
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        case.join("input.ndjson").to_str().unwrap(),
+        "--format",
+        tool_format,
+    ]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-encoded
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+{source_yaml}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ topic: {output} }} }}
+dead_letter: {{ file: {{ path: dead.ndjson }} }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = weir()
+        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weir failed:\n{stderr}");
+    let expected = read_ndjson(&case.join("expected_per_dataset.ndjson"));
+    let (_, rows) = read_topic(&brokers, &output, dir.path());
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("{tool_format}: the output differs from the oracle: {e}"));
+    let s = summary("ingestion_1m", "per_dataset");
+    let dead = read_ndjson(&dir.path().join("dead.ndjson"));
+    let count = |reason: &str| dead.iter().filter(|d| d["reason"] == reason).count() as u64;
+    assert_eq!(count("bad"), s["bad"].as_u64().unwrap(), "{tool_format}");
+    assert_eq!(count("late"), s["late"].as_u64().unwrap(), "{tool_format}");
+}
+
+#[test]
+fn cloudevents_messages_give_the_oracle_windows() {
+    // event time from the CloudEvents `time` attribute (the default for this format)
+    windows_of_encoded_events(
+        "cloudevents",
+        "    format: cloudevents\n    schema: data-ingestion\n    event_time: { field: time, max_out_of_orderness: 5s }",
+    );
+}
+
+#[test]
+fn platform_envelope_messages_give_the_oracle_windows() {
+    // fields from `payload`, event time from the payload's own `timestamp`
+    windows_of_encoded_events(
+        "envelope",
+        "    format: cloudevents\n    schema: data-ingestion\n    event_time: { field: timestamp, max_out_of_orderness: 5s }",
+    );
+}

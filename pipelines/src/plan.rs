@@ -236,6 +236,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
 
     // Sources: inputs and schemas.
     struct Src {
+        /// CloudEvents or the platform envelope around the schema's fields.
+        enveloped: bool,
         name: String,
         input: SourceInput,
         schema: Arc<SourceSchema>,
@@ -255,10 +257,11 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `file`, `generator` (found {declared})")));
         }
         let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
-        if format != Format::Json {
+        if format == Format::Avro {
             let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
-            unavailable.push(ctx.err(&f, format!("source `{sname}`: format `{format:?}` is not available yet in this version of weir (json is)").to_lowercase()));
+            unavailable.push(ctx.err(&f, format!("source `{sname}`: format `avro` is not available yet in this version of weir (json and cloudevents are)")));
         }
+        let enveloped = format == Format::Cloudevents;
         let (input, default_schema) = if let Some(k) = &s.kafka {
             let d = &k.value;
             let topics = match &d.topic {
@@ -371,7 +374,9 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         let (time_field, ooo, idle) = match &s.event_time {
             Some(et) => {
                 let f = &et.value.field;
-                if schema.index_of(&f.value).is_none() {
+                let envelope_time = enveloped
+                    && weir_sources::json::ENVELOPE_TIME_FIELDS.contains(&f.value.as_str());
+                if schema.index_of(&f.value).is_none() && !envelope_time {
                     return Err(ctx.err(
                         &f.referenced,
                         format!(
@@ -388,6 +393,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     et.value.idle_timeout.map(|d| d.0),
                 )
             }
+            None if enveloped => ("time".to_string(), 0, None),
             None if schema.index_of("timestamp").is_some() => ("timestamp".to_string(), 0, None),
             None => {
                 return Err(ctx.err(
@@ -423,6 +429,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             }
         }
         srcs.push(Src {
+            enveloped,
             name: sname.clone(),
             input,
             schema: Arc::new(schema),
@@ -659,8 +666,12 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             .map(|f| f.name.clone())
             .filter(|f| columns[i].contains(f))
             .collect();
-        let decoder = JsonDecoder::new(s.schema.clone(), &cols, &s.time_field)
-            .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?;
+        let decoder = if s.enveloped {
+            JsonDecoder::enveloped(s.schema.clone(), &cols, &s.time_field)
+        } else {
+            JsonDecoder::new(s.schema.clone(), &cols, &s.time_field)
+        }
+        .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?;
         sources.push(PlannedSource {
             name: s.name,
             input: s.input,

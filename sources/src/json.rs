@@ -47,8 +47,14 @@ pub struct JsonDecoder {
     by_len: Vec<Vec<(Box<[u8]>, usize)>>,
     projected: Vec<usize>,
     output: SchemaRef,
-    time_field: usize,
+    /// The schema field holding event time; `None` when it comes from the envelope.
+    time_field: Option<usize>,
+    envelope: bool,
 }
+
+/// The envelope attributes that may carry event time (CloudEvents `time`, the platform
+/// envelope's `occurred_at`).
+pub const ENVELOPE_TIME_FIELDS: [&str; 2] = ["time", "occurred_at"];
 
 #[derive(Clone, Copy, Debug)]
 enum Val {
@@ -92,20 +98,50 @@ impl JsonDecoder {
         columns: &[String],
         time_field: &str,
     ) -> Result<Self, String> {
-        let time_field = schema.index_of(time_field).ok_or_else(|| {
+        let time = schema.index_of(time_field).ok_or_else(|| {
             format!(
                 "event-time field `{time_field}` is not in schema `{}`",
                 schema.name
             )
         })?;
-        if !matches!(
-            schema.fields[time_field].kind,
-            FieldKind::Int | FieldKind::Str
-        ) {
-            return Err(format!(
-                "event-time field `{}` must be an integer (epoch ms) or a string (RFC 3339)",
-                schema.fields[time_field].name
-            ));
+        Self::build(schema, columns, Some(time), false)
+    }
+
+    /// A decoder of events in an envelope: CloudEvents 1.0 structured JSON (fields read from
+    /// `data`) or the platform's envelope (fields read from `payload`), told apart per record.
+    /// Event time is read from `time_field`: a schema field of the data, or `time` /
+    /// `occurred_at` for the envelope's time attribute (either name reads both envelopes).
+    pub fn enveloped(
+        schema: Arc<SourceSchema>,
+        columns: &[String],
+        time_field: &str,
+    ) -> Result<Self, String> {
+        let time = match schema.index_of(time_field) {
+            Some(i) => Some(i),
+            None if ENVELOPE_TIME_FIELDS.contains(&time_field) => None,
+            None => {
+                return Err(format!(
+                    "event-time field `{time_field}` is neither in schema `{}` nor an envelope time (`time`, `occurred_at`)",
+                    schema.name
+                ))
+            }
+        };
+        Self::build(schema, columns, time, true)
+    }
+
+    fn build(
+        schema: Arc<SourceSchema>,
+        columns: &[String],
+        time_field: Option<usize>,
+        envelope: bool,
+    ) -> Result<Self, String> {
+        if let Some(t) = time_field {
+            if !matches!(schema.fields[t].kind, FieldKind::Int | FieldKind::Str) {
+                return Err(format!(
+                    "event-time field `{}` must be an integer (epoch ms) or a string (RFC 3339)",
+                    schema.fields[t].name
+                ));
+            }
         }
         let mut by_len: Vec<Vec<(Box<[u8]>, usize)>> = Vec::new();
         for (i, f) in schema.fields.iter().enumerate() {
@@ -134,6 +170,7 @@ impl JsonDecoder {
             projected,
             output: Arc::new(Schema::new(fields)),
             time_field,
+            envelope,
         })
     }
 
@@ -288,6 +325,7 @@ impl JsonDecoder {
         if p.i >= line.len() {
             return Err(LineError::syntax("empty record: expected a JSON object", 0));
         }
+        let mut envelope_time = Val::Missing;
         if line[p.i] != b'{' {
             // a valid JSON value that is not an object is still bad, with a clearer message
             let mut q = Parser { b: line, i: p.i };
@@ -304,41 +342,10 @@ impl JsonDecoder {
             }
             return Err(LineError::syntax("expected `{`", p.i));
         }
-        p.i += 1;
-        p.ws();
-        let mut hint = 0;
-        if p.peek() == Some(b'}') {
-            p.i += 1;
+        if self.envelope {
+            envelope_time = self.parse_envelope(&mut p, slots, scratch)?;
         } else {
-            loop {
-                if p.peek() != Some(b'"') {
-                    return Err(LineError::syntax("expected a quoted field name", p.i));
-                }
-                let (ks, ke, kesc) = p.string()?;
-                let field = if kesc {
-                    scratch.clear();
-                    unescape(&line[ks..ke], scratch);
-                    self.lookup(scratch, hint)
-                } else {
-                    self.lookup(&line[ks..ke], hint)
-                };
-                if let Some(f) = field {
-                    hint = f + 1;
-                }
-                p.ws();
-                if p.peek() != Some(b':') {
-                    return Err(LineError::syntax("expected `:` after a field name", p.i));
-                }
-                p.i += 1;
-                p.ws();
-                match field {
-                    Some(f) => slots[f] = p.value()?,
-                    None => p.skip_value(0)?,
-                }
-                if p.member_end(b'}')? {
-                    break;
-                }
-            }
+            self.parse_object(&mut p, slots, scratch)?;
         }
         p.ws();
         if p.i != line.len() {
@@ -357,7 +364,7 @@ impl JsonDecoder {
                     } else {
                         ("null_field", "null")
                     };
-                    let code = if f == self.time_field {
+                    let code = if Some(f) == self.time_field {
                         "bad_event_time"
                     } else {
                         code
@@ -378,7 +385,7 @@ impl JsonDecoder {
                 _ => false,
             };
             if !ok {
-                let code = if f == self.time_field {
+                let code = if Some(f) == self.time_field {
                     "bad_event_time"
                 } else {
                     "wrong_type"
@@ -396,8 +403,12 @@ impl JsonDecoder {
                 });
             }
         }
-        match slots[self.time_field] {
-            Val::Int(t) => Ok(t),
+        let (time, field) = match self.time_field {
+            Some(f) => (slots[f], Some(f)),
+            None => (envelope_time, None),
+        };
+        match time {
+            Val::Int(t) if field.is_some() => Ok(t),
             Val::Str {
                 start,
                 end,
@@ -416,17 +427,121 @@ impl JsonDecoder {
                         "event time `{}` is not an RFC 3339 time",
                         String::from_utf8_lossy(text)
                     ),
-                    field: Some(self.time_field),
+                    field,
                     column: None,
                 })
             }
+            Val::Missing | Val::Null if field.is_none() => Err(LineError {
+                code: "bad_event_time",
+                message: "the envelope has no `time` (CloudEvents) or `occurred_at` attribute"
+                    .into(),
+                field: None,
+                column: None,
+            }),
             _ => Err(LineError {
                 code: "bad_event_time",
                 message: "event time unreadable".into(),
-                field: Some(self.time_field),
+                field,
                 column: None,
             }),
         }
+    }
+
+    /// Parses a JSON object at `p` into the slots of the schema fields it has.
+    fn parse_object(
+        &self,
+        p: &mut Parser<'_>,
+        slots: &mut [Val],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), LineError> {
+        let line = p.b;
+        p.i += 1; // `{`
+        p.ws();
+        let mut hint = 0;
+        if p.peek() == Some(b'}') {
+            p.i += 1;
+            return Ok(());
+        }
+        loop {
+            if p.peek() != Some(b'"') {
+                return Err(LineError::syntax("expected a quoted field name", p.i));
+            }
+            let (ks, ke, kesc) = p.string()?;
+            let field = if kesc {
+                scratch.clear();
+                unescape(&line[ks..ke], scratch);
+                self.lookup(scratch, hint)
+            } else {
+                self.lookup(&line[ks..ke], hint)
+            };
+            if let Some(f) = field {
+                hint = f + 1;
+            }
+            p.colon()?;
+            match field {
+                Some(f) => slots[f] = p.value()?,
+                None => p.skip_value(0)?,
+            }
+            if p.member_end(b'}')? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Parses an envelope at `p`: the schema's fields from its `data` (CloudEvents) or
+    /// `payload` (platform envelope) object; returns its `time`/`occurred_at` attribute.
+    fn parse_envelope(
+        &self,
+        p: &mut Parser<'_>,
+        slots: &mut [Val],
+        scratch: &mut Vec<u8>,
+    ) -> Result<Val, LineError> {
+        let line = p.b;
+        let mut time = Val::Missing;
+        let mut found_data = false;
+        p.i += 1; // `{`
+        p.ws();
+        if p.peek() != Some(b'}') {
+            loop {
+                if p.peek() != Some(b'"') {
+                    return Err(LineError::syntax("expected a quoted field name", p.i));
+                }
+                let (ks, ke, kesc) = p.string()?;
+                let key: &[u8] = if kesc {
+                    scratch.clear();
+                    unescape(&line[ks..ke], scratch);
+                    scratch
+                } else {
+                    &line[ks..ke]
+                };
+                let is_data = key == b"data" || key == b"payload";
+                let is_time = key == b"time" || key == b"occurred_at";
+                p.colon()?;
+                if is_data && p.peek() == Some(b'{') {
+                    slots.fill(Val::Missing);
+                    self.parse_object(p, slots, scratch)?;
+                    found_data = true;
+                } else if is_time {
+                    time = p.value()?;
+                } else {
+                    p.skip_value(0)?;
+                }
+                if p.member_end(b'}')? {
+                    break;
+                }
+            }
+        } else {
+            p.i += 1;
+        }
+        if !found_data {
+            return Err(LineError {
+                code: "missing_field",
+                message: "the envelope has no `data` (CloudEvents) or `payload` object".into(),
+                field: None,
+                column: None,
+            });
+        }
+        Ok(time)
     }
 
     fn append(
@@ -658,6 +773,18 @@ fn has_string_special(w: u64) -> bool {
 }
 
 impl Parser<'_> {
+    /// Skips whitespace, a `:` and whitespace.
+    #[inline]
+    fn colon(&mut self) -> Result<(), LineError> {
+        self.ws();
+        if self.peek() != Some(b':') {
+            return Err(LineError::syntax("expected `:` after a field name", self.i));
+        }
+        self.i += 1;
+        self.ws();
+        Ok(())
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
@@ -1011,6 +1138,37 @@ mod tests {
                 .collect(),
             d.records,
         )
+    }
+
+    #[test]
+    fn reads_cloudevents_and_the_platform_envelope() {
+        let schema = Arc::new(SourceSchema::builtin("data-ingestion").unwrap());
+        let cols = vec!["datasetName".to_string(), "recordCount".to_string()];
+        let by_envelope_time = JsonDecoder::enveloped(schema.clone(), &cols, "time").unwrap();
+        let by_data_field = JsonDecoder::enveloped(schema.clone(), &cols, "timestamp").unwrap();
+        assert!(JsonDecoder::enveloped(schema, &cols, "nope").is_err());
+        let cloud = format!(
+            r#"{{"specversion":"1.0","id":"1","type":"t","source":"/s","time":"2023-11-14T22:13:20.500Z","datacontenttype":"application/json","data":{GOOD}}}"#
+        );
+        let platform = format!(
+            r#"{{"id":"2","type":"d.e.v1","occurred_at":"2023-11-14T22:13:21Z","payload":{GOOD},"metadata":{{"tenant_id":"x"}}}}"#
+        );
+        let no_data = r#"{"specversion":"1.0","time":"2023-11-14T22:13:20Z","data":"text"}"#;
+        let no_time = format!(r#"{{"specversion":"1.0","data":{GOOD}}}"#);
+        let text = [cloud.as_str(), platform.as_str(), no_data, no_time.as_str()].join("\n");
+        let bytes: SharedBytes = text.into_bytes().into();
+        let (ev, bad, n) = split(by_envelope_time.decode_lines(&bytes, 0));
+        assert_eq!(n, 4);
+        let ev = ev.unwrap();
+        assert_eq!(ev.event_time, vec![1_700_000_000_500, 1_700_000_001_000]);
+        assert_eq!(ev.batch.column(0).as_string::<i32>().value(1), "déjà \"q\"");
+        assert_eq!(ev.batch.column(1).as_primitive::<Int64Type>().value(0), 5);
+        let codes: Vec<_> = bad.iter().map(|b| (b.0, b.2.code)).collect();
+        assert_eq!(codes, vec![(2, "missing_field"), (3, "bad_event_time")]);
+        // event time from the data instead: the record without an envelope time is fine
+        let (ev, bad, _) = split(by_data_field.decode_lines(&bytes, 0));
+        assert_eq!(ev.unwrap().event_time, vec![1_700_000_000_123; 3]);
+        assert_eq!(bad.len(), 1);
     }
 
     #[test]

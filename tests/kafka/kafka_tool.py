@@ -12,7 +12,7 @@ object that has it (else no key). With --format avro the line's object is encode
 schema (plain binary, or the Confluent wire format with --schema-id); lines that are not valid
 for the schema are sent as they are (raw bytes that are not Avro). With cloudevents/envelope the
 object is wrapped in a CloudEvents 1.0 structured event or the platform's generic envelope, its
-timestamp moved to the envelope's `time`/`occurred_at`.
+timestamp also written as the envelope's `time`/`occurred_at` (RFC 3339, milliseconds).
 `consume` writes one JSON value per line (`{"key": ..., "value": ...}` with --keys).
 """
 import argparse
@@ -63,7 +63,7 @@ def encode(line, args, parsed_schema):
         return buf.getvalue()
     if not isinstance(obj, dict) or not isinstance(obj.get("timestamp"), int):
         return line.encode()
-    ts = obj.pop("timestamp")
+    ts = obj["timestamp"]
     if args.format == "cloudevents":
         event = {"specversion": "1.0", "id": obj.get("eventId", ""), "type": "platform.data-ingestion.v1",
                  "source": "/tests", "time": rfc3339(ts), "datacontenttype": "application/json", "data": obj}
