@@ -93,9 +93,10 @@ pub struct Messages {
     pub keys: Vec<Option<(u32, u32)>>,
     /// Each message's timestamp (epoch ms), when it has one.
     pub timestamps: Vec<Option<i64>>,
-    /// (start, end) of each message's headers in `bytes`, written as a JSON object of
-    /// strings (empty range when it has none).
+    /// For each message, the range of its headers in `header_fields`.
     pub headers: Vec<(u32, u32)>,
+    /// Headers: (name range, value range if not null) in `bytes`.
+    pub header_fields: Vec<((u32, u32), Option<(u32, u32)>)>,
 }
 
 impl Messages {

@@ -151,3 +151,45 @@ impl Producer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    fn props(timeout_ms: &str) -> Vec<(String, String)> {
+        vec![("message.timeout.ms".into(), timeout_ms.into())]
+    }
+
+    #[test]
+    fn request_errors_are_retried_and_every_message_acknowledged() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 2, 1).unwrap();
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 3],
+        );
+        let p = Producer::new(&mock.bootstrap_servers(), &props("30000")).unwrap();
+        for i in 0..100u32 {
+            p.send("t", Some(&i.to_be_bytes()), b"{}", &[("h", b"v")])
+                .unwrap();
+        }
+        p.flush().unwrap();
+    }
+
+    #[test]
+    fn a_broker_that_stays_down_is_an_error_not_a_silent_drop() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let p = Producer::new(&mock.bootstrap_servers(), &props("1500")).unwrap();
+        p.send("t", None, b"first", &[]).unwrap();
+        p.flush().unwrap();
+        mock.broker_down(1).unwrap();
+        p.send("t", None, b"lost?", &[]).unwrap();
+        let e = p.flush().unwrap_err();
+        assert!(matches!(e, KafkaError::Delivery { .. }), "{e}");
+        // and every later send reports it too
+        assert!(p.send("t", None, b"next", &[]).is_err());
+    }
+}

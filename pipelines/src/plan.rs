@@ -12,7 +12,8 @@ use serde_saphyr::Location;
 use weir_operators::{SqlCompiler, TimeMode, WindowConfig};
 use weir_sinks::{FileFormat, KafkaSinkConfig};
 use weir_sources::{
-    resolve_files, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind, SourceSchema, StartFrom,
+    resolve_files, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind, MessageColumn,
+    SourceSchema, StartFrom,
 };
 
 use crate::error::PipelineError;
@@ -197,14 +198,18 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
-fn arrow_schema(schema: &SourceSchema) -> SchemaRef {
-    Arc::new(Schema::new(
-        schema
-            .fields
-            .iter()
-            .map(|f| Field::new(&f.name, f.kind.arrow_type(), true))
-            .collect::<Vec<_>>(),
-    ))
+/// The columns a source offers: its schema's fields, and for Kafka sources the message
+/// columns (`_key`, `_partition`, `_offset`, `_timestamp`, `_headers`).
+fn arrow_schema(schema: &SourceSchema, messages: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = schema
+        .fields
+        .iter()
+        .map(|f| Field::new(&f.name, f.kind.arrow_type(), true))
+        .collect();
+    if messages {
+        fields.extend(MessageColumn::ALL.iter().map(|c| c.field()));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 fn columns_of(expr: &Arc<dyn PhysicalExpr>, out: &mut BTreeSet<String>) {
@@ -523,7 +528,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             )
         })?;
         let src = &srcs[source];
-        let full = arrow_schema(&src.schema);
+        let is_kafka = matches!(src.input, SourceInput::Kafka(_));
+        let full = arrow_schema(&src.schema, is_kafka);
         if d.key.value.is_empty() {
             return Err(ctx.err(
                 &d.key.referenced,
@@ -531,14 +537,20 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             ));
         }
         for k in &d.key.value {
-            if src.schema.index_of(&k.value).is_none() {
+            let message_column = is_kafka && MessageColumn::from_name(&k.value).is_some();
+            if src.schema.index_of(&k.value).is_none() && !message_column {
                 return Err(ctx.err(
                     &k.referenced,
                     format!(
-                        "key field `{}` is not in schema `{}`; its fields are {}",
+                        "key field `{}` is not in schema `{}`; its fields are {}{}",
                         k.value,
                         src.schema.name,
-                        src.schema.field_names().join(", ")
+                        src.schema.field_names().join(", "),
+                        if is_kafka {
+                            ", and the message columns _key, _partition, _offset, _timestamp, _headers"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
@@ -666,15 +678,24 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             .map(|f| f.name.clone())
             .filter(|f| columns[i].contains(f))
             .collect();
+        let message_columns: Vec<MessageColumn> = MessageColumn::ALL
+            .into_iter()
+            .filter(|c| columns[i].contains(c.name()))
+            .collect();
+        let mut input = s.input;
+        if let SourceInput::Kafka(cfg) = &mut input {
+            cfg.with_headers = message_columns.contains(&MessageColumn::Headers);
+        }
         let decoder = if s.enveloped {
             JsonDecoder::enveloped(s.schema.clone(), &cols, &s.time_field)
         } else {
             JsonDecoder::new(s.schema.clone(), &cols, &s.time_field)
         }
-        .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?;
+        .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?
+        .with_message_columns(message_columns);
         sources.push(PlannedSource {
             name: s.name,
-            input: s.input,
+            input,
             schema: s.schema,
             time_field: s.time_field,
             max_out_of_orderness_ms: s.ooo,

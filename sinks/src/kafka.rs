@@ -7,6 +7,34 @@ use weir_kafka::Producer;
 
 use crate::file::for_each_json_row;
 
+/// Partitions of an output topic weir creates because it does not exist.
+const CREATED_TOPIC_PARTITIONS: i32 = 3;
+
+/// Checks that the output topic exists, creating it (with [`CREATED_TOPIC_PARTITIONS`]
+/// partitions) when it does not, so that a missing topic fails fast or works instead of
+/// timing out on every message.
+fn ensure_topic(config: &KafkaSinkConfig) -> Result<(), weir_kafka::KafkaError> {
+    let topics = [config.topic.clone()];
+    let timeout = std::time::Duration::from_secs(30);
+    match weir_kafka::partition_counts(&config.brokers, &config.properties, &topics, timeout) {
+        Ok(_) => Ok(()),
+        Err(weir_kafka::KafkaError::NoSuchTopic { .. }) => {
+            tracing::warn!(
+                topic = %config.topic,
+                partitions = CREATED_TOPIC_PARTITIONS,
+                "kafka: the output topic does not exist; creating it"
+            );
+            weir_kafka::create_topic(
+                &config.brokers,
+                &config.properties,
+                &config.topic,
+                CREATED_TOPIC_PARTITIONS,
+            )
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Where a Kafka sink writes.
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
@@ -31,6 +59,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// A sink named `name`.
     pub fn new(name: &str, config: KafkaSinkConfig) -> Result<Self, EngineError> {
+        ensure_topic(&config).map_err(|e| EngineError::sink(name, e))?;
         let producer = Producer::new(&config.brokers, &config.properties)
             .map_err(|e| EngineError::sink(name, e))?;
         Ok(KafkaSink {
@@ -108,6 +137,7 @@ pub struct DeadLetterKafka {
 impl DeadLetterKafka {
     /// Dead letters to `topic`.
     pub fn new(config: KafkaSinkConfig) -> Result<Self, EngineError> {
+        ensure_topic(&config).map_err(|e| EngineError::DeadLetter(e.to_string()))?;
         let producer = Producer::new(&config.brokers, &config.properties)
             .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
         Ok(DeadLetterKafka {

@@ -21,6 +21,7 @@ use weir_engine::{
     Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, Messages, RawRows, Reason, SharedBytes,
 };
 
+use crate::message_columns::MessageColumn;
 use crate::schema::{FieldKind, SourceSchema};
 
 /// A line that could not be decoded.
@@ -46,7 +47,12 @@ pub struct JsonDecoder {
     /// Field names grouped by byte length, for the key lookup.
     by_len: Vec<Vec<(Box<[u8]>, usize)>>,
     projected: Vec<usize>,
+    /// The decoded fields, then the message columns.
     output: SchemaRef,
+    /// The decoded fields only.
+    fields_output: SchemaRef,
+    /// Message attributes appended as columns.
+    message_columns: Vec<MessageColumn>,
     /// The schema field holding event time; `None` when it comes from the envelope.
     time_field: Option<usize>,
     envelope: bool,
@@ -168,10 +174,26 @@ impl JsonDecoder {
             schema,
             by_len,
             projected,
-            output: Arc::new(Schema::new(fields)),
+            output: Arc::new(Schema::new(fields.clone())),
+            fields_output: Arc::new(Schema::new(fields)),
+            message_columns: Vec::new(),
             time_field,
             envelope,
         })
+    }
+
+    /// Appends message attributes (`_key`, `_offset`...) to the decoded columns.
+    pub fn with_message_columns(mut self, columns: Vec<MessageColumn>) -> Self {
+        let mut fields: Vec<Field> = self
+            .fields_output
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(columns.iter().map(|c| c.field()));
+        self.output = Arc::new(Schema::new(fields));
+        self.message_columns = columns;
+        self
     }
 
     /// The schema of decoded batches.
@@ -210,17 +232,18 @@ impl JsonDecoder {
             offset += 1;
             Some(line)
         });
-        self.decode_records(bytes, lines)
+        self.decode_records(bytes, lines, None)
     }
 
-    /// Decodes messages, one JSON record each (a record may span lines).
-    pub fn decode_messages(&self, messages: &Messages) -> DecodedLines {
+    /// Decodes messages of Kafka partition `partition`, one JSON record each (a record may
+    /// span lines).
+    pub fn decode_messages(&self, messages: &Messages, partition: i32) -> DecodedLines {
         let records = messages
             .payloads
             .iter()
             .zip(&messages.offsets)
             .map(|(&(s, e), &o)| (s as usize, e as usize, o));
-        self.decode_records(&messages.bytes, records)
+        self.decode_records(&messages.bytes, records, Some((messages, partition)))
     }
 
     /// Decodes the records at the given (start, end, offset) ranges of `bytes`.
@@ -228,7 +251,9 @@ impl JsonDecoder {
         &self,
         bytes: &SharedBytes,
         ranges: impl Iterator<Item = (usize, usize, u64)>,
+        messages: Option<(&Messages, i32)>,
     ) -> DecodedLines {
+        let mut kept: Vec<u32> = Vec::new();
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
         let mut cols: Vec<ColumnBuilder> = self
             .projected
@@ -264,6 +289,9 @@ impl JsonDecoder {
                     event_time.push(t);
                     offsets.push(offset);
                     spans.push((start as u32, end as u32));
+                    if !self.message_columns.is_empty() {
+                        kept.push((records - 1) as u32);
+                    }
                 }
                 Err(e) => {
                     let mut info = ErrorInfo::new(e.code, e.message);
@@ -289,7 +317,13 @@ impl JsonDecoder {
                 records,
             };
         }
-        let arrays: Vec<ArrayRef> = cols.into_iter().map(ColumnBuilder::finish).collect();
+        let mut arrays: Vec<ArrayRef> = cols.into_iter().map(ColumnBuilder::finish).collect();
+        for c in &self.message_columns {
+            arrays.push(match messages {
+                Some((m, partition)) => c.build(m, &kept, partition),
+                None => c.nulls(rows),
+            });
+        }
         let batch = RecordBatch::try_new_with_options(
             self.output.clone(),
             arrays,
@@ -564,7 +598,10 @@ impl Decode for JsonDecoder {
     }
 
     fn decode_messages(&self, chunk: &Chunk, messages: &Messages) -> Decoded {
-        into_decoded(chunk, self.decode_messages(messages))
+        into_decoded(
+            chunk,
+            self.decode_messages(messages, chunk.partition.number as i32),
+        )
     }
 }
 

@@ -298,25 +298,24 @@ impl MessageBuffer {
             (s, pos(&self.bytes))
         }));
         self.messages.timestamps.push(m.timestamp().to_millis());
-        let hs = pos(&self.bytes);
+        let first = self.messages.header_fields.len() as u32;
         if with_headers {
             if let Some(h) = m.headers() {
-                self.bytes.push(b'{');
-                for (i, header) in h.iter().enumerate() {
-                    if i > 0 {
-                        self.bytes.push(b',');
-                    }
-                    json_string(&mut self.bytes, header.key.as_bytes());
-                    self.bytes.push(b':');
-                    match header.value {
-                        Some(v) => json_string(&mut self.bytes, v),
-                        None => self.bytes.extend_from_slice(b"null"),
-                    }
+                for header in h.iter() {
+                    let ks = pos(&self.bytes);
+                    self.bytes.extend_from_slice(header.key.as_bytes());
+                    let name = (ks, pos(&self.bytes));
+                    let value = header.value.map(|v| {
+                        let vs = pos(&self.bytes);
+                        self.bytes.extend_from_slice(v);
+                        (vs, pos(&self.bytes))
+                    });
+                    self.messages.header_fields.push((name, value));
                 }
-                self.bytes.push(b'}');
             }
         }
-        self.messages.headers.push((hs, pos(&self.bytes)));
+        let last = self.messages.header_fields.len() as u32;
+        self.messages.headers.push((first, last));
     }
 
     fn is_full(&self) -> bool {
@@ -329,26 +328,6 @@ impl MessageBuffer {
         m.bytes = SharedBytes::from(std::mem::take(&mut self.bytes));
         m
     }
-}
-
-/// Writes bytes as a JSON string (invalid UTF-8 replaced).
-fn json_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    let text = String::from_utf8_lossy(bytes);
-    out.push(b'"');
-    for c in text.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
 }
 
 struct PartitionState {
@@ -797,5 +776,102 @@ impl PartitionReader for KafkaReader {
             consumer.unsubscribe();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use weir_engine::clock::Clocks;
+    use weir_kafka::Producer;
+
+    #[test]
+    fn reads_each_message_once_in_partition_order_and_ends_when_caught_up() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("events", 3, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        let producer = Producer::new(&brokers, &[]).unwrap();
+        for i in 0..3000u32 {
+            let key = format!("k{}", i % 7);
+            producer
+                .send(
+                    "events",
+                    Some(key.as_bytes()),
+                    format!("{{\"i\":{i}}}").as_bytes(),
+                    &[("trace_id", b"t")],
+                )
+                .unwrap();
+        }
+        producer.flush().unwrap();
+        let config = KafkaSourceConfig {
+            brokers: brokers.clone(),
+            topics: vec!["events".into()],
+            group_id: "g".into(),
+            start_from: StartFrom::Earliest,
+            properties: vec![],
+            idle_timeout: None,
+            until_caught_up: true,
+            with_headers: true,
+        };
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        assert_eq!(partitions.counts, vec![3]);
+        let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+        let ctx = ReaderContext {
+            clocks: Arc::new(Clocks::new(&[(3, 0)])),
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Progress::new(3, &[])),
+        };
+        let mut next_offset = [0u64; 3];
+        let mut next_seq = [0u64; 3];
+        let mut ended = [false; 3];
+        let mut total = 0;
+        while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+            let p = chunk.partition.number as usize;
+            assert_eq!(chunk.partition.topic.as_deref(), Some("events"));
+            assert_eq!(chunk.seq, next_seq[p]);
+            next_seq[p] += 1;
+            assert!(!ended[p], "a chunk after the partition's end");
+            match chunk.data {
+                ChunkData::Messages(m) => {
+                    for (i, &o) in m.offsets.iter().enumerate() {
+                        assert_eq!(o, next_offset[p]);
+                        next_offset[p] += 1;
+                        let (first, last) = m.headers[i];
+                        assert_eq!(last - first, 1);
+                        assert!(m.keys[i].is_some());
+                    }
+                    total += m.len();
+                }
+                ChunkData::End => {
+                    assert_eq!(chunk.first_offset, next_offset[p]);
+                    ended[p] = true;
+                }
+                _ => panic!("a Kafka reader yields messages"),
+            }
+        }
+        assert_eq!(total, 3000);
+        assert_eq!(ended, [true; 3]);
+        reader.finish(&ctx).unwrap();
+    }
+
+    #[test]
+    fn a_missing_topic_is_reported_by_name() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("other", 1, 1).unwrap();
+        let config = KafkaSourceConfig {
+            brokers: mock.bootstrap_servers(),
+            topics: vec!["nope".into()],
+            group_id: "g".into(),
+            start_from: StartFrom::Committed,
+            properties: vec![("allow.auto.create.topics".into(), "false".into())],
+            idle_timeout: None,
+            until_caught_up: false,
+            with_headers: false,
+        };
+        match KafkaPartitions::discover(&config) {
+            Err(e) => assert!(e.to_string().contains("nope"), "{e}"),
+            Ok(p) => panic!("found {:?}", p.counts),
+        }
     }
 }

@@ -5,10 +5,12 @@ pub mod file;
 pub mod generator;
 pub mod json;
 pub mod kafka;
+pub mod message_columns;
 pub mod schema;
 
 pub use file::{resolve_files, FileReader};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};
 pub use kafka::{KafkaPartitions, KafkaReader, KafkaSourceConfig, StartFrom};
+pub use message_columns::MessageColumn;
 pub use schema::{FieldKind, SchemaField, SourceSchema};

@@ -1,0 +1,119 @@
+//! Attributes of Kafka messages available to pipelines as columns: `_key`, `_partition`,
+//! `_offset`, `_timestamp` and `_headers`.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Int32Array, Int64Array, MapBuilder, StringArray, StringBuilder,
+    TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, TimeUnit};
+use weir_engine::Messages;
+
+/// A message attribute as a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageColumn {
+    /// The message key as text (invalid UTF-8 replaced), null when absent.
+    Key,
+    /// The partition number.
+    Partition,
+    /// The offset in the partition.
+    Offset,
+    /// The message timestamp (producer or broker time).
+    Timestamp,
+    /// The headers, a map of name to text value: `_headers['trace_id']`.
+    Headers,
+}
+
+impl MessageColumn {
+    /// Every message column.
+    pub const ALL: [MessageColumn; 5] = [
+        MessageColumn::Key,
+        MessageColumn::Partition,
+        MessageColumn::Offset,
+        MessageColumn::Timestamp,
+        MessageColumn::Headers,
+    ];
+
+    /// The column's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageColumn::Key => "_key",
+            MessageColumn::Partition => "_partition",
+            MessageColumn::Offset => "_offset",
+            MessageColumn::Timestamp => "_timestamp",
+            MessageColumn::Headers => "_headers",
+        }
+    }
+
+    /// The column named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The column's Arrow field.
+    pub fn field(self) -> Field {
+        let t = match self {
+            MessageColumn::Key => DataType::Utf8,
+            MessageColumn::Partition => DataType::Int32,
+            MessageColumn::Offset => DataType::Int64,
+            MessageColumn::Timestamp => {
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+            }
+            MessageColumn::Headers => return headers_field(),
+        };
+        Field::new(self.name(), t, true)
+    }
+
+    /// The column for the messages at `rows` (indexes into `messages`) of `partition`.
+    pub fn build(self, messages: &Messages, rows: &[u32], partition: i32) -> ArrayRef {
+        let text = |r: (u32, u32)| String::from_utf8_lossy(messages.slice(r)).into_owned();
+        match self {
+            MessageColumn::Key => Arc::new(
+                rows.iter()
+                    .map(|&i| messages.keys[i as usize].map(text))
+                    .collect::<StringArray>(),
+            ),
+            MessageColumn::Partition => Arc::new(Int32Array::from(vec![partition; rows.len()])),
+            MessageColumn::Offset => Arc::new(
+                rows.iter()
+                    .map(|&i| messages.offsets[i as usize] as i64)
+                    .collect::<Int64Array>(),
+            ),
+            MessageColumn::Timestamp => Arc::new(
+                rows.iter()
+                    .map(|&i| messages.timestamps[i as usize])
+                    .collect::<TimestampMillisecondArray>()
+                    .with_timezone("UTC"),
+            ),
+            MessageColumn::Headers => {
+                let mut b = map_builder();
+                for &i in rows {
+                    let (first, last) = messages.headers[i as usize];
+                    for (name, value) in &messages.header_fields[first as usize..last as usize] {
+                        b.keys().append_value(text(*name));
+                        b.values().append_option(value.map(text));
+                    }
+                    b.append(true)
+                        .expect("keys and values are appended in pairs");
+                }
+                Arc::new(b.finish())
+            }
+        }
+    }
+
+    /// The column when the records are not messages (all null).
+    pub fn nulls(self, rows: usize) -> ArrayRef {
+        arrow::array::new_null_array(self.field().data_type(), rows)
+    }
+}
+
+fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    MapBuilder::new(None, StringBuilder::new(), StringBuilder::new())
+}
+
+fn headers_field() -> Field {
+    let mut b = map_builder();
+    let t = b.finish().data_type().clone();
+    Field::new(MessageColumn::Headers.name(), t, true)
+}
