@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
@@ -47,6 +47,16 @@ pub trait PartitionReader: Send {
     /// Called once every output finished after the reader returned `None`, to commit what
     /// [`Progress`] says is durable. Readers that commit nothing keep the default.
     fn finish(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Called repeatedly while the workers have no room for the next chunk (backpressure):
+    /// a reader of a log pauses its partitions and keeps its session alive here. Readers that
+    /// can simply wait keep the default.
+    fn backpressure(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Called once the workers took a chunk again after [`Self::backpressure`].
+    fn backpressure_released(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
         Ok(())
     }
 }
@@ -418,9 +428,27 @@ pub fn run(
                 let (next, senders) = &mut *d;
                 let target = *next % senders.len();
                 *next += 1;
-                senders[target]
-                    .send(chunk)
-                    .map_err(|_| failure2.closed("a worker"))?;
+                let mut chunk = chunk;
+                let mut pressed = false;
+                loop {
+                    match senders[target].send_timeout(chunk, TICK) {
+                        Ok(()) => break,
+                        Err(SendTimeoutError::Timeout(c)) => {
+                            if failure2.cancel.load(Ordering::Relaxed) {
+                                return Err(EngineError::Cancelled);
+                            }
+                            chunk = c;
+                            pressed = true;
+                            reader.backpressure(&ctx)?;
+                        }
+                        Err(SendTimeoutError::Disconnected(_)) => {
+                            return Err(failure2.closed("a worker"))
+                        }
+                    }
+                }
+                if pressed {
+                    reader.backpressure_released(&ctx)?;
+                }
             }
             // Let the workers drain, then commit what the finished outputs hold.
             drop(dispatcher);
