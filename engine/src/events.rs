@@ -80,6 +80,9 @@ pub struct Chunk {
     pub data: ChunkData,
 }
 
+/// A (start, end) byte range.
+pub type Range = (u32, u32);
+
 /// Messages of one partition of a log, copied once into one buffer: payloads, keys and
 /// headers are ranges of `bytes`, so a chunk costs a few allocations, not a few per message.
 #[derive(Clone, Default)]
@@ -95,8 +98,8 @@ pub struct Messages {
     pub timestamps: Vec<Option<i64>>,
     /// For each message, the range of its headers in `header_fields`.
     pub headers: Vec<(u32, u32)>,
-    /// Headers: (name range, value range if not null) in `bytes`.
-    pub header_fields: Vec<((u32, u32), Option<(u32, u32)>)>,
+    /// Headers: name and value (if not null) ranges in `bytes`.
+    pub header_fields: Vec<(Range, Option<Range>)>,
 }
 
 impl Messages {
