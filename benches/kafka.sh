@@ -5,12 +5,15 @@
 # 1-minute windows + file sink, `--until-caught-up`, a fresh consumer group each time).
 #   benches/kafka.sh [EVENTS] [ROUNDS]     (default: 2000000 3)
 # Prints messages per second of both, weir's ratio to the bare consumer (the bar is 0.8), and
-# the broker's CPU use during each run (cores). Needs scripts/kafka.sh (started if down).
+# the broker's CPU use during each run (cores). Uses its own broker (scripts/kafka.sh on port
+# 9093, with its own SQLite file, kept between runs): tansu's SQLite storage slows down as the
+# file grows, so the tests' topics stay out of the benchmark's broker.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-2000000}
 ROUNDS=${2:-3}
-BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
+export WEIR_KAFKA_PORT=${WEIR_BENCH_KAFKA_PORT:-9093}
+BROKERS=${KAFKA_BROKERS:-127.0.0.1:$WEIR_KAFKA_PORT}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 (cd "$repo" && cargo build --release -q -p weir-cli -p weir-benches --bin weir --bin kafka_count)
 WEIR=$CARGO_TARGET_DIR/release/weir
@@ -18,7 +21,7 @@ COUNT=$CARGO_TARGET_DIR/release/kafka_count
 if [[ -z "${KAFKA_BROKERS:-}" ]]; then
   "$repo/scripts/kafka.sh" start
 fi
-pidfile=${WEIR_CACHE:-$HOME/.cache/weir}/broker/run/tansu-9092.pid
+pidfile=${WEIR_CACHE:-$HOME/.cache/weir}/broker/run/tansu-$WEIR_KAFKA_PORT.pid
 broker_pid=$(cat "$pidfile" 2>/dev/null || true)
 topic="bench-ingest-$N-v1"
 py=${WEIR_TEST_PYTHON:-${WEIR_CACHE:-$HOME/.cache/weir}/venv/bin/python}

@@ -5,6 +5,7 @@
 #   scripts/kafka.sh start     start it on 127.0.0.1:${WEIR_KAFKA_PORT:-9092} (installs first if needed)
 #   scripts/kafka.sh stop      stop it and wait for the process to exit
 #   scripts/kafka.sh status    exit 0 when it answers on its port
+#   scripts/kafka.sh reset     stop it and delete its data (every topic)
 #
 # State lives in ~/.cache/weir/broker/run (SQLite storage, log, pid). See ../shared/kafka/README.md
 # for what tansu does and does not support.
@@ -44,11 +45,14 @@ start_broker() {
         echo "kafka.sh: port $PORT is taken by another process; set WEIR_KAFKA_PORT" >&2
         exit 1
     fi
-    (cd "$RUN" && nohup "$BIN" broker \
+    # the SQLite path is relative to the working directory; $! must be the broker itself
+    cd "$RUN"
+    nohup "$BIN" broker \
         --listener-url "tcp://127.0.0.1:$PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$PORT" \
         --storage-engine "sqlite://tansu-$PORT.db" >"$LOG" 2>&1 &
-        echo $! >"$PIDFILE")
+    echo $! >"$PIDFILE"
+    cd - >/dev/null
     for _ in $(seq 1 100); do
         if listening; then
             echo "kafka.sh: broker up on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"), log $LOG)" >&2
@@ -92,5 +96,6 @@ case "${1:-}" in
     start) start_broker ;;
     stop) stop_broker ;;
     status) listening ;;
-    *) echo "usage: scripts/kafka.sh install|start|stop|status" >&2; exit 2 ;;
+    reset) stop_broker || true; rm -f "$RUN/tansu-$PORT.db" "$RUN/tansu-$PORT.db-shm" "$RUN/tansu-$PORT.db-wal" ;;
+    *) echo "usage: scripts/kafka.sh install|start|stop|status|reset" >&2; exit 2 ;;
 esac

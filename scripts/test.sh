@@ -11,6 +11,9 @@ started=0
 if [[ -z "${KAFKA_BROKERS:-}" ]]; then
     if ! scripts/kafka.sh status; then
         started=1
+        # a fresh store: tansu's SQLite storage slows down as it grows, and every test
+        # makes its own topics
+        scripts/kafka.sh reset
     fi
     scripts/test-env.sh
 else
