@@ -118,26 +118,50 @@ fn read_topic(brokers: &str, topic: &str, dir: &Path) -> (Vec<Option<String>>, V
     (keys, values)
 }
 
+/// The topics and group of one test, with the `ingestion_1m` golden events produced into
+/// `input` (keyed by datasetName) by the independent client.
+struct Golden {
+    brokers: String,
+    input: String,
+    output: String,
+    dlq: String,
+    group: String,
+    case: PathBuf,
+}
+
+impl Golden {
+    fn produce(input_partitions: &str, produce_args: &[&str]) -> Golden {
+        let brokers = brokers();
+        let g = Golden {
+            input: unique("ingest"),
+            output: unique("windows"),
+            dlq: unique("dead"),
+            group: unique("group"),
+            case: golden_dir().join("ingestion_1m"),
+            brokers,
+        };
+        tool(&["create", &g.brokers, &g.input, input_partitions]);
+        tool(&["create", &g.brokers, &g.output, "3"]);
+        tool(&["create", &g.brokers, &g.dlq, "1"]);
+        let events = g.case.join("input.ndjson");
+        let mut args = vec!["produce", &g.brokers, &g.input, events.to_str().unwrap()];
+        args.extend_from_slice(produce_args);
+        tool(&args);
+        g
+    }
+}
+
 #[test]
 fn kafka_windows_equal_the_oracle_and_offsets_are_committed() {
-    let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
-    let (input, output, dlq, group) = (
-        unique("ingest"),
-        unique("windows"),
-        unique("dead"),
-        unique("group"),
-    );
-    tool(&["create", &brokers, &input, "12"]);
-    tool(&["create", &brokers, &output, "3"]);
-    tool(&["create", &brokers, &dlq, "1"]);
-    let case = golden_dir().join("ingestion_1m");
-    tool(&[
-        "produce",
-        &brokers,
-        &input,
-        case.join("input.ndjson").to_str().unwrap(),
-    ]);
+    let Golden {
+        brokers,
+        input,
+        output,
+        dlq,
+        group,
+        case,
+    } = Golden::produce("12", &[]);
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
         &pipeline,
@@ -282,24 +306,15 @@ impl Running {
 
 #[test]
 fn a_consumer_group_splits_partitions_and_moves_them_when_one_stops() {
-    let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
-    let (input, output, dlq, group) = (
-        unique("ingest"),
-        unique("windows"),
-        unique("dead"),
-        unique("group"),
-    );
-    tool(&["create", &brokers, &input, "12"]);
-    tool(&["create", &brokers, &output, "3"]);
-    tool(&["create", &brokers, &dlq, "1"]);
-    let case = golden_dir().join("ingestion_1m");
-    tool(&[
-        "produce",
-        &brokers,
-        &input,
-        case.join("input.ndjson").to_str().unwrap(),
-    ]);
+    let Golden {
+        brokers,
+        input,
+        output,
+        dlq,
+        group,
+        case,
+    } = Golden::produce("12", &[]);
     // Kafka outputs, so that offsets are committed while the processes run.
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
@@ -474,20 +489,15 @@ fn generate_produces_the_same_events_as_to_a_file_keyed_by_dataset() {
 /// Produces a golden case's events in `tool_format`, runs 1-minute windows over them with the
 /// source's `format_yaml`, and compares the output topic with the oracle's rows.
 fn windows_of_encoded_events(tool_format: &str, source_yaml: &str) {
-    let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
-    let (input, output, group) = (unique("encoded"), unique("windows"), unique("group"));
-    tool(&["create", &brokers, &input, "12"]);
-    tool(&["create", &brokers, &output, "3"]);
-    let case = golden_dir().join("ingestion_1m");
-    tool(&[
-        "produce",
-        &brokers,
-        &input,
-        case.join("input.ndjson").to_str().unwrap(),
-        "--format",
-        tool_format,
-    ]);
+    let Golden {
+        brokers,
+        input,
+        output,
+        group,
+        case,
+        ..
+    } = Golden::produce("12", &["--format", tool_format]);
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
         &pipeline,
@@ -548,19 +558,13 @@ fn platform_envelope_messages_give_the_oracle_windows() {
 
 #[test]
 fn message_columns_can_be_filtered_grouped_and_aggregated() {
-    let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
-    let (input, group) = (unique("headers"), unique("group"));
-    tool(&["create", &brokers, &input, "4"]);
-    let case = golden_dir().join("ingestion_1m");
-    tool(&[
-        "produce",
-        &brokers,
-        &input,
-        case.join("input.ndjson").to_str().unwrap(),
-        "--header",
-        "trace_id=t-1",
-    ]);
+    let Golden {
+        brokers,
+        input,
+        group,
+        ..
+    } = Golden::produce("4", &["--header", "trace_id=t-1"]);
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
         &pipeline,
