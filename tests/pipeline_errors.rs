@@ -177,7 +177,10 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     let text = format!(
         "{GOOD}views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: {{ n: count(*) }}\ncheckpoint: {{ dir: state, interval: 10s }}\nserve: {{ http: \"127.0.0.1:8080\" }}\n"
     )
-    .replace("format: json", "format: avro");
+    .replace(
+        "file: { path: input.ndjson }",
+        "kafka: { brokers: \"127.0.0.1:9092\", topic: t, schema_registry: \"http://127.0.0.1:8081\" }",
+    );
     std::fs::write(dir.path().join("p.yaml"), text).unwrap();
     std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
     let plan = load(&dir.path().join("p.yaml")).unwrap();
@@ -187,7 +190,7 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
         msgs.iter().all(|m| m.contains("not available yet")),
         "{msgs:?}"
     );
-    assert!(msgs[0].contains("format `avro`"), "{msgs:?}");
+    assert!(msgs[0].contains("schema_registry"), "{msgs:?}");
     let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
     assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
 }
@@ -199,4 +202,13 @@ fn generator_event_time_is_its_timestamp() {
         "    generator: { kind: data-ingestion, count: 5 }\n    format: json\n    schema: data-ingestion\n    event_time: { field: recordCount,",
     );
     assert!(e.starts_with("7:26: ") && e.contains("`timestamp`"), "{e}");
+}
+
+#[test]
+fn avro_is_read_from_kafka_only() {
+    let e = error_of("    format: json", "    format: avro");
+    assert!(
+        e.starts_with("5:13: ") && e.contains("read from Kafka messages"),
+        "{e}"
+    );
 }

@@ -489,6 +489,11 @@ fn generate_produces_the_same_events_as_to_a_file_keyed_by_dataset() {
 /// Produces a golden case's events in `tool_format`, runs 1-minute windows over them with the
 /// source's `format_yaml`, and compares the output topic with the oracle's rows.
 fn windows_of_encoded_events(tool_format: &str, source_yaml: &str) {
+    windows_of_encoded_events_with(&["--format", tool_format], source_yaml)
+}
+
+fn windows_of_encoded_events_with(produce_args: &[&str], source_yaml: &str) {
+    let tool_format = produce_args.join(" ");
     let dir = tempfile::tempdir().unwrap();
     let Golden {
         brokers,
@@ -497,7 +502,7 @@ fn windows_of_encoded_events(tool_format: &str, source_yaml: &str) {
         group,
         case,
         ..
-    } = Golden::produce("12", &["--format", tool_format]);
+    } = Golden::produce("12", produce_args);
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
         &pipeline,
@@ -622,5 +627,19 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
     for r in &rows {
         assert!(r["last_offset"].as_u64().unwrap() < 6000, "{r:?}");
         assert!(r["first_seen"].as_str().unwrap().starts_with("20"), "{r:?}");
+    }
+}
+
+#[test]
+fn avro_messages_plain_and_confluent_give_the_oracle_windows() {
+    // the events encoded by fastavro with the built-in data-ingestion schema (its .avsc is
+    // tests/kafka/data-ingestion.avsc); lines that are not valid events are sent as they are
+    let avsc = repo().join("tests/kafka/data-ingestion.avsc");
+    let avsc = avsc.to_str().unwrap();
+    for format in ["avro", "avro-confluent"] {
+        windows_of_encoded_events_with(
+            &["--format", format, "--schema", avsc, "--schema-id", "7"],
+            "    format: avro\n    schema: data-ingestion\n    event_time: { field: timestamp, max_out_of_orderness: 5s }",
+        );
     }
 }

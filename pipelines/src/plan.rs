@@ -9,11 +9,12 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::PhysicalExpr;
 use serde_saphyr::Location;
+use weir_engine::job::Decode;
 use weir_operators::{SqlCompiler, TimeMode, WindowConfig};
 use weir_sinks::{FileFormat, KafkaSinkConfig};
 use weir_sources::{
-    resolve_files, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind, MessageColumn,
-    SourceSchema, StartFrom,
+    resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
+    MessageColumn, SourceSchema, StartFrom,
 };
 
 use crate::error::PipelineError;
@@ -40,7 +41,9 @@ pub struct PlannedSource {
     pub idle_timeout_ms: Option<u64>,
     /// The fields the pipeline reads (others are checked, not kept).
     pub columns: Vec<String>,
-    pub decoder: Arc<JsonDecoder>,
+    pub decoder: Arc<dyn Decode>,
+    /// The schema of the decoded batches.
+    pub output_schema: SchemaRef,
 }
 
 /// A checked window.
@@ -243,6 +246,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
     struct Src {
         /// CloudEvents or the platform envelope around the schema's fields.
         enveloped: bool,
+        /// Avro records (the schema's `.avsc` is the writer schema).
+        avro: bool,
         name: String,
         input: SourceInput,
         schema: Arc<SourceSchema>,
@@ -262,9 +267,9 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `file`, `generator` (found {declared})")));
         }
         let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
-        if format == Format::Avro {
+        if format == Format::Avro && s.kafka.is_none() {
             let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
-            unavailable.push(ctx.err(&f, format!("source `{sname}`: format `avro` is not available yet in this version of weir (json and cloudevents are)")));
+            return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka messages; files and the generator are json")));
         }
         let enveloped = format == Format::Cloudevents;
         let (input, default_schema) = if let Some(k) = &s.kafka {
@@ -435,6 +440,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         }
         srcs.push(Src {
             enveloped,
+            avro: format == Format::Avro,
             name: sname.clone(),
             input,
             schema: Arc::new(schema),
@@ -693,6 +699,20 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         }
         .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?
         .with_message_columns(message_columns);
+        let output_schema = decoder.output_schema();
+        let decoder: Arc<dyn Decode> = if s.avro {
+            let writer = AvroType::parse(&s.schema.avsc).map_err(|e| {
+                PipelineError::at(
+                    &ctx.file,
+                    0,
+                    0,
+                    format!("source `{}`: its schema as Avro: {e}", s.name),
+                )
+            })?;
+            Arc::new(AvroDecoder::new(writer, decoder))
+        } else {
+            Arc::new(decoder)
+        };
         sources.push(PlannedSource {
             name: s.name,
             input,
@@ -701,7 +721,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             max_out_of_orderness_ms: s.ooo,
             idle_timeout_ms: s.idle,
             columns: cols,
-            decoder: Arc::new(decoder),
+            decoder,
+            output_schema,
         });
     }
     let partitioned_by: Vec<Vec<String>> = doc
@@ -712,7 +733,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
     let mut windows = Vec::new();
     for w in wins {
         let d = w.doc;
-        let input = sources[w.source].decoder.output_schema();
+        let input = sources[w.source].output_schema.clone();
         let predicate = match &d.filter {
             Some(f) => Some(
                 compiler

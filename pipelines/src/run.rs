@@ -84,7 +84,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                     &s.name,
                     first_partition,
                     cfg.clone(),
-                    s.decoder.output_schema(),
+                    s.output_schema.clone(),
                 )),
                 1,
             ),

@@ -1,6 +1,7 @@
 //! weir's inputs: NDJSON files, Kafka topics and the synthetic generator, with schema-driven
 //! decoders that write straight into Arrow arrays.
 
+pub mod avro;
 pub mod file;
 pub mod generator;
 pub mod json;
@@ -8,6 +9,7 @@ pub mod kafka;
 pub mod message_columns;
 pub mod schema;
 
+pub use avro::{AvroDecoder, AvroType};
 pub use file::{resolve_files, FileReader};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};

@@ -58,6 +58,8 @@ pub struct SchemaField {
 pub struct SourceSchema {
     pub name: String,
     pub fields: Vec<SchemaField>,
+    /// The `.avsc` text it was read from (the writer schema of Avro records).
+    pub avsc: String,
 }
 
 /// The names of the built-in schemas.
@@ -125,7 +127,11 @@ impl SourceSchema {
                 nullable,
             });
         }
-        Ok(SourceSchema { name, fields: out })
+        Ok(SourceSchema {
+            name,
+            fields: out,
+            avsc: text.to_string(),
+        })
     }
 
     /// The index of a field by name.
