@@ -178,8 +178,8 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
         "{GOOD}views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: {{ n: count(*) }}\ncheckpoint: {{ dir: state, interval: 10s }}\nserve: {{ http: \"127.0.0.1:8080\" }}\n"
     )
     .replace(
-        "file: { path: input.ndjson }",
-        "kafka: { brokers: \"127.0.0.1:9092\", topic: t, schema_registry: \"http://127.0.0.1:8081\" }",
+        "file: { path: out/w.ndjson }",
+        "iceberg: { catalog: \"sqlite://c.db\", warehouse: wh, table: a.w }",
     );
     std::fs::write(dir.path().join("p.yaml"), text).unwrap();
     std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
@@ -190,7 +190,7 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
         msgs.iter().all(|m| m.contains("not available yet")),
         "{msgs:?}"
     );
-    assert!(msgs[0].contains("schema_registry"), "{msgs:?}");
+    assert!(msgs[0].contains("iceberg"), "{msgs:?}");
     let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
     assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
 }

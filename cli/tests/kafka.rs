@@ -489,10 +489,12 @@ fn generate_produces_the_same_events_as_to_a_file_keyed_by_dataset() {
 /// Produces a golden case's events in `tool_format`, runs 1-minute windows over them with the
 /// source's `format_yaml`, and compares the output topic with the oracle's rows.
 fn windows_of_encoded_events(tool_format: &str, source_yaml: &str) {
-    windows_of_encoded_events_with(&["--format", tool_format], source_yaml)
+    windows_of_encoded_events_with(&["--format", tool_format], "", source_yaml)
 }
 
-fn windows_of_encoded_events_with(produce_args: &[&str], source_yaml: &str) {
+/// The same, with `produce_args` for kafka_tool.py and `kafka_extra` added to the source's
+/// `kafka:` map.
+fn windows_of_encoded_events_with(produce_args: &[&str], kafka_extra: &str, source_yaml: &str) {
     let tool_format = produce_args.join(" ");
     let dir = tempfile::tempdir().unwrap();
     let Golden {
@@ -510,7 +512,7 @@ fn windows_of_encoded_events_with(produce_args: &[&str], source_yaml: &str) {
             r#"name: kafka-encoded
 sources:
   events:
-    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest{kafka_extra} }}
 {source_yaml}
 windows:
   per_dataset:
@@ -639,7 +641,38 @@ fn avro_messages_plain_and_confluent_give_the_oracle_windows() {
     for format in ["avro", "avro-confluent"] {
         windows_of_encoded_events_with(
             &["--format", format, "--schema", avsc, "--schema-id", "7"],
+            "",
             "    format: avro\n    schema: data-ingestion\n    event_time: { field: timestamp, max_out_of_orderness: 5s }",
         );
+    }
+}
+
+#[test]
+fn avro_writer_schemas_come_from_the_schema_registry() {
+    // the producer writes with a newer schema (one more field, `region`); weir gets it by id
+    // from the registry and reads the fields it knows by name
+    let v2 = repo().join("tests/kafka/data-ingestion-v2.avsc");
+    let mut registry = Command::new(python())
+        .arg(repo().join("tests/kafka/kafka_tool.py"))
+        .args(["registry", v2.to_str().unwrap(), "42"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    BufReader::new(registry.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", port.trim());
+    let result = std::panic::catch_unwind(|| {
+        windows_of_encoded_events_with(
+            &["--format", "avro-confluent", "--schema", v2.to_str().unwrap(), "--schema-id", "42"],
+            &format!(", schema_registry: \"{url}\""),
+            "    format: avro\n    schema: data-ingestion\n    event_time: { field: timestamp, max_out_of_orderness: 5s }",
+        )
+    });
+    let _ = registry.kill();
+    let _ = registry.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
     }
 }

@@ -14,7 +14,7 @@ use weir_operators::{SqlCompiler, TimeMode, WindowConfig};
 use weir_sinks::{FileFormat, KafkaSinkConfig};
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
-    MessageColumn, SourceSchema, StartFrom,
+    MessageColumn, SchemaRegistry, SourceSchema, StartFrom,
 };
 
 use crate::error::PipelineError;
@@ -248,6 +248,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         enveloped: bool,
         /// Avro records (the schema's `.avsc` is the writer schema).
         avro: bool,
+        /// The schema registry of Avro records, when given.
+        registry: Option<String>,
         name: String,
         input: SourceInput,
         schema: Arc<SourceSchema>,
@@ -295,7 +297,14 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 Some(t) => parse_start_from(t).ok_or_else(|| ctx.err(&k.referenced, format!("source `{sname}`: bad start_from `{t}`: use committed, earliest, latest or an RFC 3339 time such as 2026-11-24T10:00:00Z")))?,
             };
             if let Some(r) = &d.schema_registry {
-                unavailable.push(ctx.err(&k.referenced, format!("source `{sname}`: schema_registry `{r}` is not available yet in this version of weir")));
+                if format != Format::Avro {
+                    return Err(ctx.err(
+                        &k.referenced,
+                        format!("source `{sname}`: schema_registry is for `format: avro`"),
+                    ));
+                }
+                weir_sources::SchemaRegistry::new(r)
+                    .map_err(|e| ctx.err(&k.referenced, format!("source `{sname}`: {e}")))?;
             }
             let cfg = KafkaSourceConfig {
                 brokers: d.brokers.clone(),
@@ -439,6 +448,10 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             }
         }
         srcs.push(Src {
+            registry: s
+                .kafka
+                .as_ref()
+                .and_then(|k| k.value.schema_registry.clone()),
             enveloped,
             avro: format == Format::Avro,
             name: sname.clone(),
@@ -709,7 +722,13 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     format!("source `{}`: its schema as Avro: {e}", s.name),
                 )
             })?;
-            Arc::new(AvroDecoder::new(writer, decoder))
+            let avro = AvroDecoder::new(writer, decoder);
+            match &s.registry {
+                Some(url) => {
+                    Arc::new(avro.with_registry(SchemaRegistry::new(url).expect("checked above")))
+                }
+                None => Arc::new(avro),
+            }
         } else {
             Arc::new(decoder)
         };

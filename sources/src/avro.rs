@@ -15,6 +15,7 @@ use weir_engine::job::Decode;
 use weir_engine::{Chunk, Decoded, ErrorInfo, Messages, RawRows, SharedBytes};
 
 use crate::json::{into_decoded, BadLine, DecodedLines, JsonDecoder};
+use crate::registry::SchemaRegistry;
 
 /// An Avro type, with named types resolved.
 #[derive(Debug, Clone)]
@@ -337,12 +338,52 @@ pub fn record_to_json(schema: &AvroType, bytes: &[u8], out: &mut Vec<u8>) -> Res
 pub struct AvroDecoder {
     schema: AvroType,
     json: JsonDecoder,
+    registry: Option<SchemaRegistry>,
 }
 
 impl AvroDecoder {
     /// A decoder of records written with `schema`, checked and projected by `json`.
     pub fn new(schema: AvroType, json: JsonDecoder) -> Self {
-        AvroDecoder { schema, json }
+        AvroDecoder {
+            schema,
+            json,
+            registry: None,
+        }
+    }
+
+    /// Records in the Confluent wire format whose writer schema is looked up by id in a
+    /// registry. Fields are then matched by name: added fields are ignored, and a missing
+    /// required field makes the record bad.
+    pub fn with_registry(mut self, registry: SchemaRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    fn to_json(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let Some(registry) = &self.registry else {
+            return record_to_json(&self.schema, bytes, out);
+        };
+        if bytes.len() < 5 || bytes[0] != 0 {
+            return Err("not in the Confluent wire format (magic byte 0, schema id)".into());
+        }
+        let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+        let writer = registry.schema(id)?;
+        let start = out.len();
+        let mut r = Reader {
+            b: &bytes[5..],
+            i: 0,
+        };
+        let result = transcode(&writer, &mut r, out, 0).and_then(|_| {
+            if r.i == r.b.len() {
+                Ok(())
+            } else {
+                Err(format!("{} bytes left after the record", r.b.len() - r.i))
+            }
+        });
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
     }
 
     /// Decodes messages of `partition`.
@@ -363,7 +404,7 @@ impl AvroDecoder {
         for i in 0..messages.len() {
             let payload = messages.slice(messages.payloads[i]);
             let start = buf.len();
-            match record_to_json(&self.schema, payload, &mut buf) {
+            match self.to_json(payload, &mut buf) {
                 Ok(()) => {
                     converted.payloads.push((start as u32, buf.len() as u32));
                     converted.offsets.push(messages.offsets[i]);

@@ -7,6 +7,7 @@ pub mod generator;
 pub mod json;
 pub mod kafka;
 pub mod message_columns;
+pub mod registry;
 pub mod schema;
 
 pub use avro::{AvroDecoder, AvroType};
@@ -15,4 +16,5 @@ pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};
 pub use kafka::{KafkaPartitions, KafkaReader, KafkaSourceConfig, StartFrom};
 pub use message_columns::MessageColumn;
+pub use registry::SchemaRegistry;
 pub use schema::{FieldKind, SchemaField, SourceSchema};

@@ -6,6 +6,8 @@
                         [--schema AVSC] [--schema-id N] [--header K=V ...]
   kafka_tool.py consume BROKERS TOPIC OUT [--keys] [--raw]   all messages up to the current end, as NDJSON
   kafka_tool.py lag     BROKERS GROUP TOPIC              {"committed": N, "end": M, "lag": M - N} as JSON
+  kafka_tool.py registry AVSC ID                         a schema registry serving AVSC as schema ID
+                                                         (prints its port, then serves until killed)
 
 `produce` sends each line of FILE as one message, keyed by the JSON field F when the line is an
 object that has it (else no key). With --format avro the line's object is encoded with the Avro
@@ -163,6 +165,32 @@ def lag(args):
     print(json.dumps({"committed": total_committed, "end": total_end, "lag": total_end - total_committed}))
 
 
+def registry(args):
+    import http.server
+    with open(args.avsc) as f:
+        body = json.dumps({"schema": json.dumps(json.load(f))}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.rstrip("/") == f"/schemas/ids/{args.id}":
+                self.send_response(200)
+                payload = body
+            else:
+                self.send_response(404)
+                payload = b'{"error_code":40403,"message":"Schema not found"}'
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -182,6 +210,8 @@ def main():
     a.add_argument("--raw", action="store_true", help="values as text, not parsed as JSON")
     a = sub.add_parser("lag")
     a.add_argument("brokers"), a.add_argument("group"), a.add_argument("topic")
+    a = sub.add_parser("registry")
+    a.add_argument("avsc"), a.add_argument("id", type=int)
     args = ap.parse_args()
     if args.cmd == "create":
         create(args.brokers, args.topic, args.partitions)
@@ -189,6 +219,8 @@ def main():
         produce(args)
     elif args.cmd == "lag":
         lag(args)
+    elif args.cmd == "registry":
+        registry(args)
     else:
         consume(args)
 
