@@ -647,22 +647,46 @@ fn avro_messages_plain_and_confluent_give_the_oracle_windows() {
     }
 }
 
+/// A schema registry (kafka_tool.py) serving `avsc` (or nothing: "-") as schema `id`; killed
+/// when dropped.
+struct Registry {
+    child: Child,
+    url: String,
+}
+
+impl Registry {
+    fn start(avsc: &str, id: &str) -> Registry {
+        let mut child = Command::new(python())
+            .arg(repo().join("tests/kafka/kafka_tool.py"))
+            .args(["registry", avsc, id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        Registry {
+            child,
+            url: format!("http://127.0.0.1:{}", port.trim()),
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn avro_writer_schemas_come_from_the_schema_registry() {
     // the producer writes with a newer schema (one more field, `region`); weir gets it by id
     // from the registry and reads the fields it knows by name
     let v2 = repo().join("tests/kafka/data-ingestion-v2.avsc");
-    let mut registry = Command::new(python())
-        .arg(repo().join("tests/kafka/kafka_tool.py"))
-        .args(["registry", v2.to_str().unwrap(), "42"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut port = String::new();
-    BufReader::new(registry.stdout.take().unwrap())
-        .read_line(&mut port)
-        .unwrap();
-    let url = format!("http://127.0.0.1:{}", port.trim());
+    let registry = Registry::start(v2.to_str().unwrap(), "42");
+    let url = registry.url.clone();
     let result = std::panic::catch_unwind(|| {
         windows_of_encoded_events_with(
             &["--format", "avro-confluent", "--schema", v2.to_str().unwrap(), "--schema-id", "42"],
@@ -670,9 +694,70 @@ fn avro_writer_schemas_come_from_the_schema_registry() {
             "    format: avro\n    schema: data-ingestion\n    event_time: { field: timestamp, max_out_of_orderness: 5s }",
         )
     });
-    let _ = registry.kill();
-    let _ = registry.wait();
+    drop(registry);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+#[test]
+fn an_avro_sink_registers_its_schema_and_readers_get_the_oracle_rows() {
+    let registry = Registry::start("-", "0");
+    let dir = tempfile::tempdir().unwrap();
+    let Golden {
+        brokers,
+        input,
+        output,
+        group,
+        case,
+        ..
+    } = Golden::produce("12", &[]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-avro-out
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ topic: {output}, schema_registry: "{}" }}, format: avro }}
+dead_letter: {{ file: {{ path: dead.ndjson }} }}
+"#,
+            registry.url
+        ),
+    )
+    .unwrap();
+    let out = weir()
+        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = dir.path().join("avro.ndjson");
+    let url = registry.url.clone();
+    tool(&[
+        "consume",
+        &brokers,
+        &output,
+        read.to_str().unwrap(),
+        "--avro-registry",
+        &url,
+    ]);
+    let expected = read_ndjson(&case.join("expected_per_dataset.ndjson"));
+    compare(&expected, &read_ndjson(&read), &["datasetName"])
+        .unwrap_or_else(|e| panic!("the Avro output differs from the oracle: {e}"));
 }

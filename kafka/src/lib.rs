@@ -1,9 +1,12 @@
 //! Kafka plumbing shared by weir's Kafka source, sinks and generator: client settings with
 //! user properties passed through, topic creation and partition counts, and a producer that
-//! waits for every acknowledgement and reports the first delivery error instead of dropping.
+//! waits for every acknowledgement and reports the first delivery error instead of dropping,
+//! and a schema-registry client.
 
 mod client;
 mod producer;
+mod registry;
 
 pub use client::{client_config, create_topic, partition_counts, KafkaError};
 pub use producer::Producer;
+pub use registry::RegistryClient;

@@ -215,6 +215,9 @@ pub struct KafkaSinkDoc {
     pub properties: IndexMap<String, String>,
     #[serde(default)]
     pub delivery: Option<String>,
+    /// Schema registry of `format: avro` (Confluent wire format); plain Avro without it.
+    #[serde(default)]
+    pub schema_registry: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use serde_saphyr::Location;
 use weir_engine::job::Decode;
 use weir_operators::{SqlCompiler, TimeMode, WindowConfig};
-use weir_sinks::{FileFormat, KafkaSinkConfig};
+use weir_sinks::{FileFormat, KafkaFormat, KafkaSinkConfig};
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
     MessageColumn, SchemaRegistry, SourceSchema, StartFrom,
@@ -85,8 +85,9 @@ fn default_brokers(doc: &PipelineDoc) -> String {
         .unwrap_or_else(|| "127.0.0.1:9092".to_string())
 }
 
-fn kafka_sink_config(doc: &PipelineDoc, k: &KafkaSinkDoc) -> KafkaSinkConfig {
+fn kafka_sink_config(doc: &PipelineDoc, k: &KafkaSinkDoc, format: KafkaFormat) -> KafkaSinkConfig {
     KafkaSinkConfig {
+        format,
         brokers: k.brokers.clone().unwrap_or_else(|| default_brokers(doc)),
         topic: k.topic.clone(),
         properties: k
@@ -487,13 +488,32 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             })?;
             SinkTarget::File { path: p, format }
         } else if let Some(k) = &v.kafka {
-            if let Some(f) = v.format.as_ref().filter(|f| f.value != Format::Json) {
-                unavailable.push(ctx.err(&f.referenced, format!("sink `{kname}`: format `{:?}` is not available yet for kafka sinks in this version of weir (json is)", f.value).to_lowercase()));
+            let format = match v.format.as_ref().map(|f| (f.value, f.referenced)) {
+                None | Some((Format::Json, _)) => KafkaFormat::Json,
+                Some((Format::Avro, _)) => KafkaFormat::Avro {
+                    registry: k.value.schema_registry.clone(),
+                },
+                Some((Format::Cloudevents, l)) => {
+                    return Err(ctx.err(
+                        &l,
+                        format!("sink `{kname}`: kafka sinks write `json` or `avro`"),
+                    ))
+                }
+            };
+            if let Some(r) = &k.value.schema_registry {
+                if format == KafkaFormat::Json {
+                    return Err(ctx.err(
+                        &k.referenced,
+                        format!("sink `{kname}`: schema_registry is for `format: avro`"),
+                    ));
+                }
+                weir_kafka::RegistryClient::new(r)
+                    .map_err(|e| ctx.err(&k.referenced, format!("sink `{kname}`: {e}")))?;
             }
             if k.value.topic.is_empty() {
                 return Err(ctx.err(&k.referenced, format!("sink `{kname}`: `topic` is empty")));
             }
-            SinkTarget::Kafka(kafka_sink_config(&doc, &k.value))
+            SinkTarget::Kafka(kafka_sink_config(&doc, &k.value, format))
         } else {
             let (what, l) = if let Some(x) = &v.iceberg {
                 ("iceberg", x.referenced)
@@ -675,7 +695,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 if k.value.topic.is_empty() {
                     return Err(ctx.err(&k.referenced, "dead_letter: `topic` is empty"));
                 }
-                DeadLetterTarget::Kafka(kafka_sink_config(&doc, &k.value))
+                DeadLetterTarget::Kafka(kafka_sink_config(&doc, &k.value, KafkaFormat::Json))
             }
             _ => {
                 return Err(ctx.err(
@@ -922,7 +942,16 @@ impl Plan {
                 SinkTarget::File { path, format } => {
                     format!("{format:?} file {}", path.display()).to_lowercase()
                 }
-                SinkTarget::Kafka(k) => format!("kafka {} topic {}, json", k.brokers, k.topic),
+                SinkTarget::Kafka(k) => format!(
+                    "kafka {} topic {}, {}",
+                    k.brokers,
+                    k.topic,
+                    match &k.format {
+                        KafkaFormat::Json => "json".to_string(),
+                        KafkaFormat::Avro { registry: None } => "avro".to_string(),
+                        KafkaFormat::Avro { registry: Some(r) } => format!("avro, registry {r}"),
+                    }
+                ),
                 SinkTarget::Unavailable(w) => format!("{w} (not available yet)"),
             };
             let _ = writeln!(s, "  {}: {t}", k.name);

@@ -42,6 +42,23 @@ pub struct KafkaSinkConfig {
     pub topic: String,
     /// librdkafka properties, passed as given (they override weir's defaults).
     pub properties: Vec<(String, String)>,
+    pub format: KafkaFormat,
+}
+
+/// How rows are encoded in messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaFormat {
+    /// One JSON object per row (as in NDJSON files).
+    Json,
+    /// Avro binary, with a writer schema derived from the rows: in the Confluent wire format
+    /// when a registry is given (the schema registered under `<topic>-value`), plain otherwise.
+    Avro { registry: Option<String> },
+}
+
+/// The Avro writer of a sink: its schema and the bytes before every record.
+struct AvroWriter {
+    schema: arrow::datatypes::SchemaRef,
+    prefix: Vec<u8>,
 }
 
 /// Result rows as JSON messages, one per row. The message key is the row's key columns
@@ -54,6 +71,7 @@ pub struct KafkaSink {
     value: Vec<u8>,
     keys: Vec<u8>,
     key_ends: Vec<usize>,
+    avro: Option<AvroWriter>,
 }
 
 impl KafkaSink {
@@ -69,7 +87,38 @@ impl KafkaSink {
             value: Vec::new(),
             keys: Vec::new(),
             key_ends: Vec::new(),
+            avro: None,
         })
+    }
+
+    /// The Avro writer for rows of `batch`'s schema (registering the schema when it is new).
+    fn avro_writer(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let KafkaFormat::Avro { registry } = &self.config.format else {
+            return Ok(());
+        };
+        if self
+            .avro
+            .as_ref()
+            .is_some_and(|w| w.schema == batch.schema())
+        {
+            return Ok(());
+        }
+        let text = crate::avro::avro_schema(&batch.schema(), &self.name);
+        let prefix = match registry {
+            Some(url) => {
+                let client = weir_kafka::RegistryClient::new(url)?;
+                let id = client.register(&format!("{}-value", self.config.topic), &text)?;
+                let mut p = vec![0u8];
+                p.extend_from_slice(&id.to_be_bytes());
+                p
+            }
+            None => Vec::new(),
+        };
+        self.avro = Some(AvroWriter {
+            schema: batch.schema(),
+            prefix,
+        });
+        Ok(())
     }
 }
 
@@ -96,6 +145,21 @@ impl Sink for KafkaSink {
             Ok(())
         })
         .map_err(|e| err(&e))?;
+        self.avro_writer(batch).map_err(|e| err(&e))?;
+        if let Some(avro) = &self.avro {
+            let mut text = String::new();
+            for row in 0..batch.num_rows() {
+                self.value.clear();
+                self.value.extend_from_slice(&avro.prefix);
+                crate::avro::encode_row(batch, row, &mut self.value, &mut text);
+                let start = if row == 0 { 0 } else { self.key_ends[row - 1] };
+                let key = &self.keys[start..self.key_ends[row]];
+                self.producer
+                    .send(&self.config.topic, Some(key), &self.value, &[])
+                    .map_err(|e| err(&e))?;
+            }
+            return Ok(());
+        }
         let (producer, topic) = (&self.producer, self.config.topic.as_str());
         let (keys, key_ends) = (&self.keys, &self.key_ends);
         let mut failure = None;

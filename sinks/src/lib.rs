@@ -4,8 +4,9 @@
 //! Files are written under `<path>.inprogress` and renamed into place when the run
 //! finishes, so a reader never mistakes a half-written file for a result.
 
+pub mod avro;
 pub mod file;
 pub mod kafka;
 
 pub use file::{DeadLetterFile, FileFormat, FileSink};
-pub use kafka::{DeadLetterKafka, KafkaSink, KafkaSinkConfig};
+pub use kafka::{DeadLetterKafka, KafkaFormat, KafkaSink, KafkaSinkConfig};

@@ -1,154 +1,55 @@
-//! A Confluent-compatible schema registry client: writer schemas by id
-//! (`GET {url}/schemas/ids/{id}`), fetched once and cached. Plain HTTP only.
+//! Writer schemas of Avro records from a schema registry, by id, fetched once and cached.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use serde_json::Value;
+use weir_kafka::RegistryClient;
 
 use crate::avro::AvroType;
 
 /// Writer schemas from a registry.
 pub struct SchemaRegistry {
-    host: String,
-    port: u16,
-    prefix: String,
-    url: String,
+    client: RegistryClient,
     cache: Mutex<HashMap<u32, Result<Arc<AvroType>, String>>>,
 }
 
 impl SchemaRegistry {
     /// A client of the registry at `url` (`http://host[:port][/prefix]`).
     pub fn new(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("schema registry `{url}`: only http:// URLs are supported"))?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse()
-                    .map_err(|_| format!("schema registry `{url}`: bad port"))?,
-            ),
-            None => (authority.to_string(), 80),
-        };
         Ok(SchemaRegistry {
-            host,
-            port,
-            prefix: prefix.to_string(),
-            url: url.to_string(),
+            client: RegistryClient::new(url)?,
             cache: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The writer schema with `id` (an error is remembered too: a bad id stays bad).
+    /// The writer schema with `id` (an error is remembered too, unless the registry could
+    /// not be reached: a bad id stays bad, an outage is asked again).
     pub fn schema(&self, id: u32) -> Result<Arc<AvroType>, String> {
         if let Some(r) = self.cache.lock().ok().and_then(|c| c.get(&id).cloned()) {
             return r;
         }
-        let result = self.fetch(id);
+        let result = self.client.schema_text(id).and_then(|text| {
+            AvroType::parse(&text)
+                .map(Arc::new)
+                .map_err(|e| format!("schema registry {}: schema {id}: {e}", self.client.url()))
+        });
         if let Ok(mut c) = self.cache.lock() {
-            // a registry that cannot be reached is asked again next time
-            if result.is_ok()
-                || !result
-                    .as_ref()
-                    .err()
-                    .is_some_and(|e| e.contains("cannot reach"))
+            if !result
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.contains("cannot reach"))
             {
                 c.insert(id, result.clone());
             }
         }
         result
     }
-
-    fn fetch(&self, id: u32) -> Result<Arc<AvroType>, String> {
-        let path = format!("{}/schemas/ids/{id}", self.prefix);
-        let body = self
-            .get(&path)
-            .map_err(|e| format!("schema registry {}: {e}", self.url))?;
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("schema registry {}: schema {id}: not JSON: {e}", self.url))?;
-        let text = v
-            .get("schema")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("schema registry {}: schema {id}: no `schema`", self.url))?;
-        AvroType::parse(text)
-            .map(Arc::new)
-            .map_err(|e| format!("schema registry {}: schema {id}: {e}", self.url))
-    }
-
-    fn get(&self, path: &str) -> Result<Vec<u8>, String> {
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot reach it: {e}"))?
-            .next()
-            .ok_or("cannot reach it: no address")?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-            .map_err(|e| format!("cannot reach it: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\nConnection: close\r\n\r\n",
-            self.host, self.port
-        );
-        s.write_all(request.as_bytes())
-            .map_err(|e| format!("cannot reach it: {e}"))?;
-        let mut response = Vec::new();
-        s.read_to_end(&mut response)
-            .map_err(|e| format!("cannot reach it: {e}"))?;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("a response without headers")?;
-        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-        let body = &response[split + 4..];
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or("a response without a status")?;
-        let body = if head.contains("transfer-encoding: chunked") {
-            dechunk(body)?
-        } else {
-            body.to_vec()
-        };
-        if status != 200 {
-            return Err(format!(
-                "GET {path}: status {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        Ok(body)
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a bad chunked body")?;
-        let size_text = String::from_utf8_lossy(&b[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "a bad chunk size")?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(b.get(..size).ok_or("a truncated chunk")?);
-        b = b.get(size + 2..).ok_or("a truncated chunk")?;
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     /// Serves one response per connection, `n` times.

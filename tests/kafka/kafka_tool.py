@@ -6,7 +6,7 @@
                         [--schema AVSC] [--schema-id N] [--header K=V ...]
   kafka_tool.py consume BROKERS TOPIC OUT [--keys] [--raw]   all messages up to the current end, as NDJSON
   kafka_tool.py lag     BROKERS GROUP TOPIC              {"committed": N, "end": M, "lag": M - N} as JSON
-  kafka_tool.py registry AVSC ID                         a schema registry serving AVSC as schema ID
+  kafka_tool.py registry AVSC|- ID                       a schema registry serving AVSC as schema ID
                                                          (prints its port, then serves until killed)
 
 `produce` sends each line of FILE as one message, keyed by the JSON field F when the line is an
@@ -115,6 +115,26 @@ def produce(args):
     print(f"produced {n} messages to {args.topic}", file=sys.stderr)
 
 
+_schemas = {}
+
+
+def avro_value(raw, registry_url):
+    """A Confluent-framed Avro value decoded with its writer schema from the registry, as JSON
+    values (timestamps as RFC 3339, as weir writes them in JSON)."""
+    import urllib.request
+    import fastavro
+    assert raw[0] == 0, "not in the Confluent wire format"
+    sid = struct.unpack(">I", raw[1:5])[0]
+    if sid not in _schemas:
+        with urllib.request.urlopen(f"{registry_url}/schemas/ids/{sid}") as r:
+            _schemas[sid] = fastavro.parse_schema(json.loads(json.loads(r.read())["schema"]))
+    rec = fastavro.schemaless_reader(io.BytesIO(raw[5:]), _schemas[sid])
+    for k, v in rec.items():
+        if isinstance(v, datetime.datetime):
+            rec[k] = rfc3339(int(v.timestamp() * 1000))
+    return rec
+
+
 def consume(args):
     c = Consumer({"bootstrap.servers": args.brokers, "group.id": "weir-tests-reader",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
@@ -142,7 +162,10 @@ def consume(args):
             continue
         if m.offset() + 1 >= ends[m.partition()]:
             done[m.partition()] = True
-        value = m.value().decode("utf-8", errors="replace") if args.raw else json.loads(m.value())
+        if args.avro_registry:
+            value = avro_value(m.value(), args.avro_registry)
+        else:
+            value = m.value().decode("utf-8", errors="replace") if args.raw else json.loads(m.value())
         if args.keys:
             value = {"key": m.key().decode() if m.key() is not None else None, "value": value,
                      "partition": m.partition(), "offset": m.offset(),
@@ -167,21 +190,34 @@ def lag(args):
 
 def registry(args):
     import http.server
-    with open(args.avsc) as f:
-        body = json.dumps({"schema": json.dumps(json.load(f))}).encode()
+    schemas = {}
+    if args.avsc != "-":
+        with open(args.avsc) as f:
+            schemas[args.id] = json.dumps(json.load(f))
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.rstrip("/") == f"/schemas/ids/{args.id}":
-                self.send_response(200)
-                payload = body
-            else:
-                self.send_response(404)
-                payload = b'{"error_code":40403,"message":"Schema not found"}'
+        def reply(self, status, payload):
+            self.send_response(status)
             self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+
+        def do_GET(self):
+            parts = self.path.rstrip("/").split("/")
+            if len(parts) == 4 and parts[1:3] == ["schemas", "ids"] and int(parts[3]) in schemas:
+                self.reply(200, json.dumps({"schema": schemas[int(parts[3])]}).encode())
+            else:
+                self.reply(404, b'{"error_code":40403,"message":"Schema not found"}')
+
+        def do_POST(self):  # register a subject's schema: an id per distinct schema
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            for i, text in schemas.items():
+                if text == body["schema"]:
+                    return self.reply(200, json.dumps({"id": i}).encode())
+            new_id = max(schemas, default=100) + 1
+            schemas[new_id] = body["schema"]
+            self.reply(200, json.dumps({"id": new_id}).encode())
 
         def log_message(self, *a):
             pass
@@ -208,6 +244,7 @@ def main():
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("out")
     a.add_argument("--keys", action="store_true")
     a.add_argument("--raw", action="store_true", help="values as text, not parsed as JSON")
+    a.add_argument("--avro-registry", help="values are Confluent-framed Avro: decode them")
     a = sub.add_parser("lag")
     a.add_argument("brokers"), a.add_argument("group"), a.add_argument("topic")
     a = sub.add_parser("registry")
