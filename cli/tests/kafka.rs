@@ -151,6 +151,21 @@ impl Golden {
     }
 }
 
+/// Writes `yaml` as `dir/pipeline.yaml` and runs it to the end of the topics
+/// (`--until-caught-up` and `extra` arguments); panics with the log when it fails.
+fn run_caught_up(dir: &Path, yaml: &str, extra: &[&str]) {
+    let pipeline = dir.join("pipeline.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let out = weir()
+        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weir failed:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn kafka_windows_equal_the_oracle_and_offsets_are_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,10 +177,9 @@ fn kafka_windows_equal_the_oracle_and_offsets_are_committed() {
         group,
         case,
     } = Golden::produce("12", &[]);
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    run_caught_up(
+        dir.path(),
+        &format!(
             r#"name: kafka-e2e
 sources:
   events:
@@ -186,16 +200,8 @@ sinks:
 dead_letter: {{ kafka: {{ topic: {dlq} }} }}
 "#
         ),
-    )
-    .unwrap();
-    let out = weir()
-        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
-        .args(["--parallelism", "2"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "weir failed:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+        &["--parallelism", "2"],
+    );
 
     let expected = read_ndjson(&case.join("expected_per_dataset.ndjson"));
     let (keys, rows) = read_topic(&brokers, &output, dir.path());
@@ -505,10 +511,9 @@ fn windows_of_encoded_events_with(produce_args: &[&str], kafka_extra: &str, sour
         case,
         ..
     } = Golden::produce("12", produce_args);
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    run_caught_up(
+        dir.path(),
+        &format!(
             r#"name: kafka-encoded
 sources:
   events:
@@ -526,14 +531,8 @@ sinks:
 dead_letter: {{ file: {{ path: dead.ndjson }} }}
 "#
         ),
-    )
-    .unwrap();
-    let out = weir()
-        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "weir failed:\n{stderr}");
+        &[],
+    );
     let expected = read_ndjson(&case.join("expected_per_dataset.ndjson"));
     let (_, rows) = read_topic(&brokers, &output, dir.path());
     compare(&expected, &rows, &["datasetName"])
@@ -572,10 +571,9 @@ fn message_columns_can_be_filtered_grouped_and_aggregated() {
         group,
         ..
     } = Golden::produce("4", &["--header", "trace_id=t-1"]);
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    run_caught_up(
+        dir.path(),
+        &format!(
             r#"name: kafka-columns
 sources:
   events:
@@ -599,16 +597,7 @@ sinks:
 dead_letter: {{ file: {{ path: dead.ndjson }} }}
 "#
         ),
-    )
-    .unwrap();
-    let out = weir()
-        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[],
     );
     let rows = read_ndjson(&dir.path().join("out.ndjson"));
     let s = summary("ingestion_1m", "per_dataset");
@@ -712,10 +701,9 @@ fn an_avro_sink_registers_its_schema_and_readers_get_the_oracle_rows() {
         case,
         ..
     } = Golden::produce("12", &[]);
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
+    run_caught_up(
+        dir.path(),
+        &format!(
             r#"name: kafka-avro-out
 sources:
   events:
@@ -736,16 +724,7 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
 "#,
             registry.url
         ),
-    )
-    .unwrap();
-    let out = weir()
-        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[],
     );
     let read = dir.path().join("avro.ndjson");
     let url = registry.url.clone();

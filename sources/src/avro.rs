@@ -14,6 +14,7 @@ use serde_json::Value;
 use weir_engine::job::Decode;
 use weir_engine::{Chunk, Decoded, ErrorInfo, Messages, RawRows, SharedBytes};
 
+use crate::generator::json_str;
 use crate::json::{into_decoded, BadLine, DecodedLines, JsonDecoder};
 use crate::registry::SchemaRegistry;
 
@@ -190,11 +191,11 @@ fn transcode(
             if matches!(t, AvroType::String) && std::str::from_utf8(s).is_err() {
                 return Err("a string is not valid UTF-8".into());
             }
-            json_string(out, &String::from_utf8_lossy(s));
+            json_str(out, &String::from_utf8_lossy(s));
         }
         AvroType::Fixed(n) => {
             let s = r.take(*n)?;
-            json_string(out, &String::from_utf8_lossy(s));
+            json_str(out, &String::from_utf8_lossy(s));
         }
         AvroType::Enum(symbols) => {
             let i = r.long()?;
@@ -202,7 +203,7 @@ fn transcode(
                 .ok()
                 .and_then(|i| symbols.get(i))
                 .ok_or_else(|| format!("enum index {i} out of range"))?;
-            json_string(out, s);
+            json_str(out, s);
         }
         AvroType::Union(branches) => {
             let i = r.long()?;
@@ -234,7 +235,7 @@ fn transcode(
                 first = false;
                 let n = r.len()?;
                 let k = r.take(n)?;
-                json_string(out, &String::from_utf8_lossy(k));
+                json_str(out, &String::from_utf8_lossy(k));
                 out.push(b':');
                 transcode(values, r, out, depth + 1)
             })?;
@@ -246,7 +247,7 @@ fn transcode(
                 if i > 0 {
                     out.push(b',');
                 }
-                json_string(out, name);
+                json_str(out, name);
                 out.push(b':');
                 transcode(ft, r, out, depth + 1)?;
             }
@@ -286,24 +287,6 @@ fn float(out: &mut Vec<u8>, v: f64) {
     } else {
         out.extend_from_slice(b"-Infinity");
     }
-}
-
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut b = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
 }
 
 /// Transcodes one record: plain Avro binary, or the Confluent wire format (a zero byte, a

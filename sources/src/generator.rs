@@ -385,7 +385,8 @@ enum BadField {
     NestedCount,
 }
 
-fn json_str(out: &mut Vec<u8>, s: &str) {
+/// Writes `s` as a JSON string literal.
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for c in s.chars() {
         match c {
