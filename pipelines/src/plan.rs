@@ -733,6 +733,11 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?
         .with_message_columns(message_columns);
         let output_schema = decoder.output_schema();
+        let cols: Vec<String> = output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let decoder: Arc<dyn Decode> = if s.avro {
             let writer = AvroType::parse(&s.schema.avsc).map_err(|e| {
                 PipelineError::at(
@@ -914,6 +919,12 @@ impl Plan {
                     "processing"
                 }
             );
+            if c.key_partitioned {
+                let _ = writeln!(
+                    s,
+                    "    lateness per source partition (the source is partitioned by the key)"
+                );
+            }
             if let Some(p) = &c.predicate {
                 let _ = writeln!(s, "    where {p}");
             }
