@@ -84,7 +84,8 @@ fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroTy
                             .and_then(Value::as_str)
                             .ok_or("a field needs \"name\"")?;
                         let ft = f.get("type").ok_or("a field needs \"type\"")?;
-                        out.push((n.to_string(), parse_type(ft, named)?));
+                        let t = parse_type(ft, named).map_err(|e| format!("field `{n}`: {e}"))?;
+                        out.push((n.to_string(), t));
                     }
                     AvroType::Record(Arc::new(out))
                 }

@@ -3,6 +3,8 @@
 use arrow::datatypes::DataType;
 use serde_json::Value;
 
+use crate::avro::AvroType;
+
 /// The JSON type a field must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldKind {
@@ -109,17 +111,22 @@ impl SourceSchema {
             .get("fields")
             .and_then(Value::as_array)
             .ok_or("the record has no \"fields\" array")?;
-        let mut out = Vec::new();
         for f in fields {
             let fname = f
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or("a field has no \"name\"")?
-                .to_string();
-            let ty = f
-                .get("type")
+                .ok_or("a field has no \"name\"")?;
+            f.get("type")
                 .ok_or_else(|| format!("field `{fname}` has no \"type\""))?;
-            let (kind, nullable) = avro_kind(ty).map_err(|e| format!("field `{fname}`: {e}"))?;
+        }
+        // The types, named ones resolved, by the same parser Avro records are decoded with.
+        let AvroType::Record(types) = AvroType::parse(text)? else {
+            return Err("the schema must be an Avro record (\"type\": \"record\")".into());
+        };
+        let mut out = Vec::new();
+        for (f, (fname, ty)) in fields.iter().zip(types.iter()) {
+            let fname = fname.clone();
+            let (kind, nullable) = field_kind(ty).map_err(|e| format!("field `{fname}`: {e}"))?;
             let nullable = nullable || f.get("default").is_some_and(Value::is_null);
             out.push(SchemaField {
                 name: fname,
@@ -145,45 +152,36 @@ impl SourceSchema {
     }
 }
 
-fn avro_kind(ty: &Value) -> Result<(FieldKind, bool), String> {
+/// The kind of a field of Avro type `ty`, and whether it may be null.
+fn field_kind(ty: &AvroType) -> Result<(FieldKind, bool), String> {
+    let kind = |t: &AvroType| -> Result<FieldKind, String> {
+        Ok(match t {
+            AvroType::String | AvroType::Bytes | AvroType::Enum(_) | AvroType::Fixed(_) => {
+                FieldKind::Str
+            }
+            AvroType::Int | AvroType::Long => FieldKind::Int,
+            AvroType::Float | AvroType::Double => FieldKind::Float,
+            AvroType::Boolean => FieldKind::Bool,
+            AvroType::Map(_) | AvroType::Record(_) => FieldKind::Object,
+            AvroType::Array(_) => FieldKind::Array,
+            AvroType::Null | AvroType::Union(_) => {
+                return Err("only unions of null and one type are supported".into())
+            }
+        })
+    };
     match ty {
-        Value::String(s) => primitive(s).map(|k| (k, false)),
-        Value::Array(branches) => {
-            let non_null: Vec<&Value> = branches
+        AvroType::Union(branches) => {
+            let non_null: Vec<&AvroType> = branches
                 .iter()
-                .filter(|b| b.as_str() != Some("null"))
+                .filter(|b| !matches!(b, AvroType::Null))
                 .collect();
             if non_null.len() != 1 {
                 return Err("only unions of null and one type are supported".into());
             }
-            let (k, _) = avro_kind(non_null[0])?;
-            Ok((k, branches.len() > 1))
+            Ok((kind(non_null[0])?, branches.len() > 1))
         }
-        Value::Object(o) => {
-            let t = o
-                .get("type")
-                .and_then(Value::as_str)
-                .ok_or("a complex type needs \"type\"")?;
-            let k = match t {
-                "enum" | "fixed" => FieldKind::Str,
-                "map" | "record" => FieldKind::Object,
-                "array" => FieldKind::Array,
-                other => primitive(other)?,
-            };
-            Ok((k, false))
-        }
-        _ => Err("unsupported type".into()),
+        t => Ok((kind(t)?, false)),
     }
-}
-
-fn primitive(s: &str) -> Result<FieldKind, String> {
-    Ok(match s {
-        "string" | "bytes" => FieldKind::Str,
-        "int" | "long" => FieldKind::Int,
-        "float" | "double" => FieldKind::Float,
-        "boolean" => FieldKind::Bool,
-        other => return Err(format!("unsupported Avro type `{other}`")),
-    })
 }
 
 #[cfg(test)]
@@ -208,6 +206,18 @@ mod tests {
         assert_eq!(h.fields[6].kind, FieldKind::Float);
         assert!(h.fields[7].nullable);
         assert!(SourceSchema::builtin("nope").is_none());
+    }
+
+    #[test]
+    fn named_types_can_be_used_again() {
+        let s = SourceSchema::from_avsc(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":{"type":"enum","name":"E","symbols":["X"]}},
+                {"name":"b","type":["null","E"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.fields[1].kind, FieldKind::Str);
+        assert!(s.fields[1].nullable && !s.fields[0].nullable);
     }
 
     #[test]
