@@ -372,9 +372,9 @@ impl AvroDecoder {
 
     /// Decodes messages of `partition`.
     pub fn decode_messages(&self, messages: &Messages, partition: i32) -> DecodedLines {
-        // The JSON text goes after a copy of the original bytes, so that keys and headers keep
-        // their ranges.
-        let mut buf: Vec<u8> = messages.bytes.to_vec();
+        // JSON records, and the keys and headers of the records that converted (message
+        // columns read them), in one new buffer.
+        let mut buf: Vec<u8> = Vec::with_capacity(messages.bytes.len() * 2);
         let mut converted = Messages {
             bytes: SharedBytes::default(),
             payloads: Vec::with_capacity(messages.len()),
@@ -382,7 +382,12 @@ impl AvroDecoder {
             keys: Vec::with_capacity(messages.len()),
             timestamps: Vec::with_capacity(messages.len()),
             headers: Vec::with_capacity(messages.len()),
-            header_fields: messages.header_fields.clone(),
+            header_fields: Vec::new(),
+        };
+        let copy = |buf: &mut Vec<u8>, r: (u32, u32)| -> (u32, u32) {
+            let start = buf.len() as u32;
+            buf.extend_from_slice(messages.slice(r));
+            (start, buf.len() as u32)
         };
         let mut bad = Vec::new();
         for i in 0..messages.len() {
@@ -392,9 +397,19 @@ impl AvroDecoder {
                 Ok(()) => {
                     converted.payloads.push((start as u32, buf.len() as u32));
                     converted.offsets.push(messages.offsets[i]);
-                    converted.keys.push(messages.keys[i]);
                     converted.timestamps.push(messages.timestamps[i]);
-                    converted.headers.push(messages.headers[i]);
+                    let key = messages.keys[i].map(|k| copy(&mut buf, k));
+                    converted.keys.push(key);
+                    let (first, last) = messages.headers[i];
+                    let from = converted.header_fields.len() as u32;
+                    for &(name, value) in &messages.header_fields[first as usize..last as usize] {
+                        let name = copy(&mut buf, name);
+                        let value = value.map(|v| copy(&mut buf, v));
+                        converted.header_fields.push((name, value));
+                    }
+                    converted
+                        .headers
+                        .push((from, converted.header_fields.len() as u32));
                 }
                 Err(e) => bad.push(BadLine {
                     offset: messages.offsets[i],
@@ -531,6 +546,49 @@ mod tests {
         let mut out2 = Vec::new();
         record_to_json(&schema, &framed, &mut out2).unwrap();
         assert_eq!(out, out2);
+    }
+
+    #[test]
+    fn decoded_messages_keep_keys_headers_and_original_bytes() {
+        use crate::message_columns::MessageColumn;
+        use crate::schema::SourceSchema;
+        use arrow::array::AsArray;
+        let schema = Arc::new(SourceSchema::from_avsc(SCHEMA).unwrap());
+        let json = JsonDecoder::new(schema, &["id".to_string()], "n")
+            .unwrap()
+            .with_message_columns(vec![MessageColumn::Key, MessageColumn::Headers]);
+        let decoder = AvroDecoder::new(AvroType::parse(SCHEMA).unwrap(), json);
+        let good = record();
+        let mut bytes = b"not avro".to_vec();
+        let bad_end = bytes.len() as u32;
+        bytes.extend_from_slice(&good);
+        let good_end = bytes.len() as u32;
+        bytes.extend_from_slice(b"k1hv");
+        let messages = Messages {
+            bytes: SharedBytes::from(bytes),
+            payloads: vec![(0, bad_end), (bad_end, good_end)],
+            offsets: vec![7, 8],
+            keys: vec![None, Some((good_end, good_end + 2))],
+            timestamps: vec![None, Some(5)],
+            headers: vec![(0, 0), (0, 1)],
+            header_fields: vec![(
+                (good_end + 2, good_end + 3),
+                Some((good_end + 3, good_end + 4)),
+            )],
+        };
+        let d = decoder.decode_messages(&messages, 0);
+        assert_eq!(d.records, 2);
+        assert_eq!(d.bad.len(), 1);
+        assert_eq!(
+            (d.bad[0].offset, d.bad[0].raw.as_slice()),
+            (7, &b"not avro"[..])
+        );
+        assert_eq!(d.bad[0].error.code, "invalid_avro");
+        let ev = d.events.unwrap();
+        assert_eq!(ev.offsets, vec![8]);
+        assert_eq!(ev.batch.column(1).as_string::<i32>().value(0), "k1");
+        assert_eq!(ev.batch.column(2).as_map().value_length(0), 1);
+        assert_eq!(ev.raw_row(0).unwrap(), good);
     }
 
     #[test]
