@@ -197,9 +197,26 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             let stop = StopHandle::new();
             let on_signal = stop.clone();
+            let signalled = std::sync::atomic::AtomicBool::new(false);
             ctrlc::set_handler(move || {
-                tracing::info!("stopping: finishing the events in flight and closing outputs");
+                if signalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    eprintln!("error: stopped by a second signal before the run could finish");
+                    std::process::exit(2);
+                }
+                tracing::info!(
+                    "stopping: finishing the events in flight, taking a final checkpoint and closing outputs"
+                );
                 on_signal.stop();
+                // a stop that hangs (a sink that cannot be reached) ends with an error
+                let grace = stop_grace();
+                std::thread::spawn(move || {
+                    std::thread::sleep(grace);
+                    eprintln!(
+                        "error: the run did not stop within {}s of the signal (set WEIR_STOP_TIMEOUT to wait longer); the last complete checkpoint stays valid",
+                        grace.as_secs()
+                    );
+                    std::process::exit(2);
+                });
             })
             .map_err(runtime)?;
             let summary = weir_pipelines::run(
@@ -212,7 +229,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 },
             )
             .map_err(|e| match e {
-                RunError::Unavailable(_) => user(e),
+                RunError::Unavailable(_) | RunError::IncompatibleState(_) => user(e),
                 RunError::Engine(_) => runtime(e),
             })?;
             println!(
@@ -229,10 +246,28 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             for (sink, rows) in &summary.rows_written {
                 println!("  sink {sink}: {rows} rows");
             }
+            if let Some(epoch) = summary.restored_epoch {
+                println!("  restored from checkpoint {epoch}");
+            }
+            if let Some(c) = &summary.last_checkpoint {
+                println!(
+                    "  checkpoints: {} taken; the last, {}, took {} ms for {} state rows ({} bytes)",
+                    summary.checkpoints, c.epoch, c.duration_ms, c.state_rows, c.state_bytes
+                );
+            }
             Ok(())
         }
         Command::Generate(a) => generate(a),
     }
+}
+
+/// How long a stop may take after SIGINT/SIGTERM before the process gives up (exit 2).
+fn stop_grace() -> std::time::Duration {
+    let secs = std::env::var("WEIR_STOP_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(30);
+    std::time::Duration::from_secs(secs)
 }
 
 fn generate(a: GenerateArgs) -> Result<(), Failure> {

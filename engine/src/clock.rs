@@ -90,6 +90,25 @@ impl PartitionClock {
         Ok(before)
     }
 
+    /// The newest event time sequenced so far (what a checkpoint records).
+    pub fn newest(&self) -> i64 {
+        self.sequence
+            .lock()
+            .map(|s| s.newest)
+            .unwrap_or(WATERMARK_MIN)
+    }
+
+    /// Restores the newest event time of a checkpoint, before any chunk is sequenced.
+    pub fn restore(&self, newest: i64) {
+        if let Ok(mut s) = self.sequence.lock() {
+            s.newest = newest;
+            self.watermark.store(
+                newest.saturating_sub(self.max_out_of_orderness),
+                Ordering::Release,
+            );
+        }
+    }
+
     /// `newest - max_out_of_orderness`, the watermark an event seeing `newest` before it meets.
     #[inline]
     pub fn watermark_after(&self, newest: i64) -> i64 {
@@ -138,6 +157,16 @@ impl Clocks {
     /// The clock of global partition `id`.
     pub fn partition(&self, id: usize) -> &PartitionClock {
         &self.partitions[id]
+    }
+
+    /// The number of partitions of every source.
+    pub fn len(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Whether the job has no partition.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
     }
 
     /// The global partition ids of `source`.

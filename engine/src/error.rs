@@ -14,6 +14,8 @@ pub enum EngineError {
     Sink { sink: String, message: String },
     #[error("dead-letter output: {0}")]
     DeadLetter(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error("{0}")]
     Internal(String),
     #[error("the run was stopped")]

@@ -77,7 +77,27 @@ pub struct Chunk {
     pub seq: u64,
     /// Offset of the chunk's first record in the partition.
     pub first_offset: u64,
+    /// Where the partition continues after this chunk (what a checkpoint records).
+    pub resume: Resume,
     pub data: ChunkData,
+}
+
+/// Where a source partition continues: the offset of its next record, and a reader-specific
+/// position (the byte position in a file; the offset again for a log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    pub next_offset: u64,
+    pub position: u64,
+}
+
+impl Resume {
+    /// A position that is the offset itself (logs, generators).
+    pub fn at(offset: u64) -> Self {
+        Resume {
+            next_offset: offset,
+            position: offset,
+        }
+    }
 }
 
 /// A (start, end) byte range.

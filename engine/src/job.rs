@@ -22,9 +22,12 @@ use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
+use crate::checkpoint::{
+    collect_garbage, restored_partitions, CheckpointSpec, Epochs, Part, Pending, Rendezvous,
+};
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
-use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, SharedBytes};
+use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, Resume, SharedBytes};
 use crate::progress::{ChunkResidue, OpResidue, Progress};
 use crate::stats::RunStats;
 use crate::time::now_ms;
@@ -88,9 +91,16 @@ pub trait WorkerOperator: Send {
     /// The watermark that closes the window a row with this event time goes to (for
     /// processing-time windows, the window open now).
     fn closes_at(&self, event_time: i64) -> i64;
+    /// Copies the partial state of the open windows for a checkpoint, leaving it unchanged,
+    /// with the watermark up to which windows were handed over.
+    fn snapshot(&mut self) -> Result<(Vec<PartialWindow>, i64), EngineError>;
+    /// Restores a checkpoint: merges `partials` into the open windows and sets the hand-over
+    /// watermark.
+    fn restore(&mut self, partials: Vec<PartialWindow>, flushed: i64) -> Result<(), EngineError>;
 }
 
 /// The partial state of one window from one worker: key columns and accumulator states.
+#[derive(Clone)]
 pub struct PartialWindow {
     pub window_start: i64,
     pub keys: Vec<ArrayRef>,
@@ -103,6 +113,9 @@ pub trait MergeOperator: Send {
     fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError>;
     /// Emits every window closed at `watermark` (all workers have handed them over).
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError>;
+    /// Copies the partial windows held (handed over by some workers, not emitted yet) for a
+    /// checkpoint, leaving them unchanged.
+    fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError>;
 }
 
 /// An output of result rows.
@@ -115,6 +128,22 @@ pub trait Sink: Send {
     fn flush(&mut self) -> Result<bool, EngineError>;
     /// Flushes and closes the output.
     fn finish(&mut self) -> Result<(), EngineError>;
+    /// At checkpoint `epoch`'s barrier: makes every row written so far durable, without
+    /// making it visible where the output can (first phase of a two-phase commit), and
+    /// returns what committing it needs; the checkpoint's manifest keeps that.
+    fn pre_commit(&mut self, _epoch: u64) -> Result<serde_json::Value, EngineError> {
+        self.flush().map(|_| serde_json::Value::Null)
+    }
+    /// Checkpoint `epoch` is complete: makes the rows pre-committed up to it visible.
+    fn commit(&mut self, _epoch: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Before a checkpointed run writes: given the checkpoint it starts from (its epoch and
+    /// what [`Self::pre_commit`] returned then), finishes the commits a crash interrupted and
+    /// discards rows written after that checkpoint; `None` when it starts without one.
+    fn recover(&mut self, _from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// The dead-letter output.
@@ -126,6 +155,18 @@ pub trait DeadLetterSink: Send {
     fn flush(&mut self) -> Result<bool, EngineError>;
     /// Flushes and closes the output.
     fn finish(&mut self) -> Result<(), EngineError>;
+    /// See [`Sink::pre_commit`].
+    fn pre_commit(&mut self, _epoch: u64) -> Result<serde_json::Value, EngineError> {
+        self.flush().map(|_| serde_json::Value::Null)
+    }
+    /// See [`Sink::commit`].
+    fn commit(&mut self, _epoch: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// See [`Sink::recover`].
+    fn recover(&mut self, _from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// A source of a job.
@@ -135,6 +176,9 @@ pub struct SourceSpec {
     pub decoder: Arc<dyn Decode>,
     /// Partition count, known before the run (files, generator).
     pub partitions: usize,
+    /// A name of each partition that stays the same across runs (`topic/partition`, a file
+    /// path), for checkpoints.
+    pub partition_keys: Vec<String>,
     pub max_out_of_orderness_ms: i64,
 }
 
@@ -157,6 +201,8 @@ pub struct JobSpec {
     pub sinks: Vec<(String, Box<dyn Sink>)>,
     pub dead_letter: Box<dyn DeadLetterSink>,
     pub parallelism: usize,
+    /// Checkpointing, when on.
+    pub checkpoint: Option<CheckpointSpec>,
 }
 
 /// What a finished run measured.
@@ -180,6 +226,8 @@ enum SinkMsg {
         upto: i64,
         covered: Vec<u64>,
     },
+    /// Checkpoint barrier: every row before it belongs to the checkpoint.
+    Barrier(u64),
 }
 
 /// What workers send the dead-letter thread.
@@ -187,6 +235,44 @@ enum DeadMsg {
     Records(Vec<DeadLetter>),
     /// A tracked chunk was handled; its dead letters were sent before.
     Residue(ChunkResidue),
+    /// Checkpoint barrier: every record before it belongs to the checkpoint.
+    Barrier(u64),
+}
+
+/// What readers send workers. Barriers are rare and chunks the common case: boxing chunks
+/// to make the variants the same size would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
+enum WorkerMsg {
+    Chunk(Chunk),
+    /// Checkpoint barrier, at the same point of the chunk order in every worker's queue.
+    Barrier(u64),
+}
+
+/// What workers send the merger.
+enum MergeInput {
+    Handover(MergeMsg),
+    /// Checkpoint barrier: every worker's hand-overs before it belong to the checkpoint.
+    Barrier(u64),
+}
+
+/// Spreads chunks over the workers, and records where each partition continues after the
+/// chunks dispatched so far: a barrier sent under the same lock cuts the chunk order there.
+struct Dispatcher {
+    next: usize,
+    senders: Vec<Sender<WorkerMsg>>,
+    /// Per global partition: where it continues after its last dispatched chunk.
+    cut: Vec<Option<Resume>>,
+    readers_left: usize,
+    /// The coordinator ends the workers' input itself, after the final barrier.
+    checkpointing: bool,
+}
+
+/// What the threads taking part in checkpoints share.
+#[derive(Clone)]
+struct CheckpointLink {
+    parts: Sender<Part>,
+    epochs: Arc<Epochs>,
+    rendezvous: Arc<Rendezvous>,
 }
 
 struct MergeMsg {
@@ -304,6 +390,65 @@ pub fn run(
             .map(|o| o.sinks.len())
             .collect::<Vec<_>>(),
     ));
+    // (source, key) of every global partition.
+    let partition_keys: Vec<(String, String)> = spec
+        .sources
+        .iter()
+        .flat_map(|s| {
+            (0..s.partitions).map(move |i| {
+                let key = s
+                    .partition_keys
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| i.to_string());
+                (s.name.clone(), key)
+            })
+        })
+        .collect();
+    let operator_names: Vec<String> = spec.operators.iter().map(|o| o.name.clone()).collect();
+    let mut spec = spec;
+    let checkpoint = spec.checkpoint.take();
+    let mut cut: Vec<Option<Resume>> = vec![None; total_partitions];
+    let mut emitted_from: Vec<i64> = vec![WATERMARK_MIN; spec.operators.len()];
+    let mut first_epoch = 0;
+    if let Some(cp) = &checkpoint {
+        progress.use_checkpoints();
+        if let Some(restored) = &cp.restored {
+            let m = &restored.manifest;
+            first_epoch = m.epoch;
+            for (id, (resume, newest)) in restored_partitions(m, &partition_keys) {
+                cut[id] = Some(resume);
+                if newest != WATERMARK_MIN {
+                    clocks.partition(id).restore(newest);
+                }
+                progress.record_checkpoint(id, resume.next_offset);
+            }
+            for (i, op) in spec.operators.iter_mut().enumerate() {
+                let Some(j) = m.operators.iter().position(|o| o.name == op.name) else {
+                    continue;
+                };
+                let rec = &m.operators[j];
+                emitted_from[i] = rec.emitted;
+                for (w, worker) in op.workers.iter_mut().enumerate() {
+                    let partials = if w == 0 {
+                        restored.operators[j].clone()
+                    } else {
+                        Vec::new()
+                    };
+                    worker.restore(partials, rec.flushed)?;
+                }
+            }
+            stats.restore_counters(&m.counters);
+            tracing::info!(
+                epoch = m.epoch,
+                location = cp.store.location(),
+                "restored from checkpoint"
+            );
+        }
+    }
+    let restored_manifest = checkpoint
+        .as_ref()
+        .and_then(|c| c.restored.as_ref().map(|r| r.manifest.clone()));
     // Outputs still running; the last one to finish marks the progress final.
     let outputs_left = Arc::new(std::sync::atomic::AtomicUsize::new(spec.sinks.len() + 1));
     let output_done = {
@@ -315,6 +460,16 @@ pub fn run(
             }
         }
     };
+    let (parts_tx, parts_rx) = crossbeam_channel::unbounded::<Part>();
+    let link = checkpoint.as_ref().map(|_| CheckpointLink {
+        parts: parts_tx.clone(),
+        epochs: Arc::new(Epochs::default()),
+        rendezvous: Arc::new(Rendezvous::new(n)),
+    });
+    if let Some(l) = &link {
+        l.epochs.completed.store(first_epoch, Ordering::SeqCst);
+    }
+    drop(parts_tx);
 
     // Sinks. Each knows, for every operator feeding it, its index among the operator's sinks.
     let mut sink_feeds: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.sinks.len()];
@@ -323,8 +478,18 @@ pub fn run(
             sink_feeds[s].push((oi, k));
         }
     }
+    let sink_count = spec.sinks.len();
     let mut sink_senders = Vec::new();
-    for (idx, (name, sink)) in spec.sinks.into_iter().enumerate() {
+    for (idx, (name, mut sink)) in std::mem::take(&mut spec.sinks).into_iter().enumerate() {
+        if checkpoint.is_some() {
+            let from = restored_manifest.as_ref().map(|m| {
+                (
+                    m.epoch,
+                    m.sinks.get(&name).unwrap_or(&serde_json::Value::Null),
+                )
+            });
+            sink.recover(from).map_err(|e| sink_error(&name, e))?;
+        }
         let (tx, rx) = bounded::<SinkMsg>(16);
         sink_senders.push(tx);
         let output = SinkThread {
@@ -334,6 +499,8 @@ pub fn run(
             feeds: std::mem::take(&mut sink_feeds[idx]),
             stats: stats.clone(),
             progress: progress.clone(),
+            link: link.clone(),
+            cancel: failure.cancel.clone(),
         };
         let done = output_done.clone();
         threads.push(spawn(format!("sink-{name}"), &failure, move || {
@@ -346,19 +513,27 @@ pub fn run(
     // Dead letters.
     let (dead_tx, dead_rx) = bounded::<DeadMsg>(64);
     {
-        let sink = spec.dead_letter;
+        let mut sink = spec.dead_letter;
+        if checkpoint.is_some() {
+            let from = restored_manifest
+                .as_ref()
+                .map(|m| (m.epoch, &m.dead_letter));
+            sink.recover(from)?;
+        }
         let stats = stats.clone();
         let progress = progress.clone();
         let done = output_done.clone();
+        let link = link.clone();
+        let cancel = failure.cancel.clone();
         threads.push(spawn("dead-letter".into(), &failure, move || {
-            dead_letter_loop(dead_rx, sink, &stats, &progress)?;
+            dead_letter_loop(dead_rx, sink, &stats, &progress, link, &cancel)?;
             done();
             Ok(())
         })?);
     }
 
     // Merger.
-    let (merge_tx, merge_rx) = bounded::<MergeMsg>(64 * n);
+    let (merge_tx, merge_rx) = bounded::<MergeInput>(64 * n);
     let mut merge_parts = Vec::new();
     let mut worker_parts: Vec<Vec<(usize, Box<dyn WorkerOperator>)>> =
         (0..n).map(|_| Vec::new()).collect();
@@ -373,8 +548,20 @@ pub fn run(
     {
         let failure2 = failure.clone();
         let stats = stats.clone();
+        let link = link.clone();
         threads.push(spawn("merger".into(), &failure, move || {
-            merger_loop(merge_rx, merge_parts, sink_senders, n, &stats, &failure2)
+            merger_loop(
+                merge_rx,
+                merge_parts,
+                sink_senders,
+                MergerStart {
+                    workers: n,
+                    emitted: emitted_from,
+                    link,
+                },
+                &stats,
+                &failure2,
+            )
         })?);
     }
 
@@ -384,7 +571,7 @@ pub fn run(
     let mut worker_senders = Vec::new();
     let input_done = Arc::new(ExitBarrier::new(n));
     for (w, ops) in worker_parts.into_iter().enumerate() {
-        let (tx, rx) = bounded::<Chunk>(WORKER_QUEUE);
+        let (tx, rx) = bounded::<WorkerMsg>(WORKER_QUEUE);
         worker_senders.push(tx);
         let ctx = WorkerCtx {
             index: w,
@@ -397,6 +584,7 @@ pub fn run(
             op_sources: op_sources.clone(),
             input_done: input_done.clone(),
             progress: progress.clone(),
+            link: link.clone(),
         };
         threads.push(spawn(format!("worker-{w}"), &failure, move || {
             worker_loop(rx, ops, ctx)
@@ -406,7 +594,13 @@ pub fn run(
     drop(merge_tx);
 
     // Readers.
-    let dispatcher = Arc::new(Mutex::new((0usize, worker_senders)));
+    let dispatcher = Arc::new(Mutex::new(Dispatcher {
+        next: 0,
+        senders: worker_senders,
+        cut,
+        readers_left: spec.sources.len(),
+        checkpointing: checkpoint.is_some(),
+    }));
     for source in spec.sources {
         let dispatcher = dispatcher.clone();
         let ctx = ReaderContext {
@@ -415,47 +609,30 @@ pub fn run(
             progress: progress.clone(),
         };
         let failure2 = failure.clone();
-        let mut reader = source.reader;
+        let reader = source.reader;
         let name = source.name.clone();
         threads.push(spawn(format!("source-{name}"), &failure, move || {
-            while let Some(chunk) = reader.next_chunk(&ctx)? {
-                if failure2.cancel.load(Ordering::Relaxed) {
-                    return Err(EngineError::Cancelled);
-                }
-                let mut d = dispatcher
-                    .lock()
-                    .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
-                let (next, senders) = &mut *d;
-                let target = *next % senders.len();
-                *next += 1;
-                let mut chunk = chunk;
-                let mut pressed = false;
-                loop {
-                    match senders[target].send_timeout(chunk, TICK) {
-                        Ok(()) => break,
-                        Err(SendTimeoutError::Timeout(c)) => {
-                            if failure2.cancel.load(Ordering::Relaxed) {
-                                return Err(EngineError::Cancelled);
-                            }
-                            chunk = c;
-                            pressed = true;
-                            reader.backpressure(&ctx)?;
-                        }
-                        Err(SendTimeoutError::Disconnected(_)) => {
-                            return Err(failure2.closed("a worker"))
-                        }
-                    }
-                }
-                if pressed {
-                    reader.backpressure_released(&ctx)?;
-                }
-            }
-            // Let the workers drain, then commit what the finished outputs hold.
-            drop(dispatcher);
-            if ctx.progress.wait_finished(&failure2.cancel) {
-                reader.finish(&ctx)?;
-            }
-            Ok(())
+            read_source(reader, &dispatcher, &ctx, &failure2)
+        })?);
+    }
+
+    // Checkpoints.
+    if let (Some(cp), Some(link)) = (checkpoint, link) {
+        let coordinator = Coordinator {
+            spec: cp,
+            dispatcher: dispatcher.clone(),
+            parts: parts_rx,
+            expected: n + 2 + sink_count + 1,
+            epochs: link.epochs.clone(),
+            progress: progress.clone(),
+            stats: stats.clone(),
+            operator_names,
+            partition_keys,
+            epoch: first_epoch,
+        };
+        let failure2 = failure.clone();
+        threads.push(spawn("checkpoints".into(), &failure, move || {
+            coordinator.run(&failure2)
         })?);
     }
     drop(dispatcher);
@@ -478,21 +655,214 @@ pub fn run(
     })
 }
 
+fn sink_error(name: &str, e: EngineError) -> EngineError {
+    match e {
+        EngineError::Sink { .. } => e,
+        other => EngineError::sink(name, other),
+    }
+}
+
+/// A reader's thread: dispatches its chunks round-robin to the workers.
+fn read_source(
+    mut reader: Box<dyn PartitionReader>,
+    dispatcher: &Mutex<Dispatcher>,
+    ctx: &ReaderContext,
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    let poisoned = || EngineError::Internal("dispatcher poisoned".into());
+    while let Some(chunk) = reader.next_chunk(ctx)? {
+        if failure.cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        let mut d = dispatcher.lock().map_err(|_| poisoned())?;
+        let target = d.next % d.senders.len();
+        d.next += 1;
+        let partition = chunk.partition.id;
+        let resume = chunk.resume;
+        let mut msg = WorkerMsg::Chunk(chunk);
+        let mut pressed = false;
+        loop {
+            match d.senders[target].send_timeout(msg, TICK) {
+                Ok(()) => break,
+                Err(SendTimeoutError::Timeout(m)) => {
+                    if failure.cancel.load(Ordering::Relaxed) {
+                        return Err(EngineError::Cancelled);
+                    }
+                    msg = m;
+                    pressed = true;
+                    reader.backpressure(ctx)?;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return Err(failure.closed("a worker")),
+            }
+        }
+        if let Some(c) = d.cut.get_mut(partition) {
+            *c = Some(resume);
+        }
+        drop(d);
+        if pressed {
+            reader.backpressure_released(ctx)?;
+        }
+    }
+    // The last reader ends the workers' input (the coordinator does, after its final
+    // barrier, when checkpointing).
+    {
+        let mut d = dispatcher.lock().map_err(|_| poisoned())?;
+        d.readers_left -= 1;
+        if d.readers_left == 0 && !d.checkpointing {
+            d.senders.clear();
+        }
+    }
+    // Let the workers drain, then commit what the finished outputs hold.
+    if ctx.progress.wait_finished(&failure.cancel) {
+        reader.finish(ctx)?;
+    }
+    Ok(())
+}
+
+/// Starts checkpoints every interval, gathers their parts, writes them and tells the
+/// outputs to commit.
+struct Coordinator {
+    spec: CheckpointSpec,
+    dispatcher: Arc<Mutex<Dispatcher>>,
+    parts: Receiver<Part>,
+    /// Parts per checkpoint: workers, worker 0's clocks, the merger, sinks, dead letters.
+    expected: usize,
+    epochs: Arc<Epochs>,
+    progress: Arc<Progress>,
+    stats: Arc<RunStats>,
+    operator_names: Vec<String>,
+    partition_keys: Vec<(String, String)>,
+    epoch: u64,
+}
+
+impl Coordinator {
+    fn run(mut self, failure: &Failure) -> Result<(), EngineError> {
+        let mut next_at = Instant::now() + self.spec.interval;
+        let mut pending: Option<Pending> = None;
+        loop {
+            if failure.cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            match self.parts.recv_timeout(Duration::from_millis(20)) {
+                Ok(part) => {
+                    let p = pending.as_mut().ok_or_else(|| {
+                        EngineError::Internal("a checkpoint part arrived unasked".into())
+                    })?;
+                    if p.add(part)? {
+                        let done = pending.take().expect("pending");
+                        let last = done.final_;
+                        self.complete(done)?;
+                        if last {
+                            return Ok(());
+                        }
+                        next_at = Instant::now() + self.spec.interval;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+            if pending.is_some() {
+                continue;
+            }
+            let readers_done = self
+                .dispatcher
+                .lock()
+                .map(|d| d.readers_left == 0)
+                .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
+            if readers_done || Instant::now() >= next_at {
+                pending = Some(self.trigger(readers_done, failure)?);
+            }
+        }
+    }
+
+    /// Puts a barrier into every worker's queue at one point of the chunk order.
+    fn trigger(&mut self, last: bool, failure: &Failure) -> Result<Pending, EngineError> {
+        let mut d = self
+            .dispatcher
+            .lock()
+            .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
+        self.epoch += 1;
+        let epoch = self.epoch;
+        for s in &d.senders {
+            let mut msg = WorkerMsg::Barrier(epoch);
+            loop {
+                match s.send_timeout(msg, TICK) {
+                    Ok(()) => break,
+                    Err(SendTimeoutError::Timeout(m)) => {
+                        if failure.cancel.load(Ordering::Relaxed) {
+                            return Err(EngineError::Cancelled);
+                        }
+                        msg = m;
+                    }
+                    Err(SendTimeoutError::Disconnected(_)) => {
+                        return Err(failure.closed("a worker"))
+                    }
+                }
+            }
+        }
+        if last {
+            // the final checkpoint: the workers' input ends after it
+            d.senders.clear();
+        }
+        let cut = self
+            .partition_keys
+            .iter()
+            .zip(&d.cut)
+            .map(|((s, k), r)| (s.clone(), k.clone(), *r))
+            .collect();
+        tracing::debug!(epoch, last, "checkpoint started");
+        Ok(Pending::new(epoch, last, cut, self.expected))
+    }
+
+    fn complete(&mut self, pending: Pending) -> Result<(), EngineError> {
+        let started = pending.started;
+        let manifest = pending.write(&self.spec, &self.operator_names)?;
+        self.epochs
+            .completed
+            .store(manifest.epoch, Ordering::SeqCst);
+        for (id, (source, key)) in self.partition_keys.iter().enumerate() {
+            if let Some(r) = manifest.resume(source, key) {
+                self.progress.record_checkpoint(id, r.next_offset);
+            }
+        }
+        let took = started.elapsed();
+        let rows: u64 = manifest.operators.iter().map(|o| o.rows).sum();
+        let c = &self.stats.checkpoints;
+        c.completed.fetch_add(1, Ordering::Relaxed);
+        c.last_epoch.store(manifest.epoch, Ordering::Relaxed);
+        c.last_duration_ms
+            .store(took.as_millis() as u64, Ordering::Relaxed);
+        c.last_bytes.store(manifest.state_bytes, Ordering::Relaxed);
+        c.last_rows.store(rows, Ordering::Relaxed);
+        c.last_completed_ms
+            .store(now_ms().max(0) as u64, Ordering::Relaxed);
+        tracing::info!(
+            epoch = manifest.epoch,
+            duration_ms = took.as_millis() as u64,
+            state_rows = rows,
+            state_bytes = manifest.state_bytes,
+            "checkpoint complete"
+        );
+        collect_garbage(&self.spec.store, self.spec.keep)
+    }
+}
+
 struct WorkerCtx {
     index: usize,
     decoders: Arc<Vec<Arc<dyn Decode>>>,
     clocks: Arc<Clocks>,
     stats: Arc<RunStats>,
     dead_tx: Sender<DeadMsg>,
-    merge_tx: Sender<MergeMsg>,
+    merge_tx: Sender<MergeInput>,
     failure: Failure,
     op_sources: Vec<usize>,
     input_done: Arc<ExitBarrier>,
     progress: Arc<Progress>,
+    link: Option<CheckpointLink>,
 }
 
 fn worker_loop(
-    rx: Receiver<Chunk>,
+    rx: Receiver<WorkerMsg>,
     mut ops: Vec<(usize, Box<dyn WorkerOperator>)>,
     ctx: WorkerCtx,
 ) -> Result<(), EngineError> {
@@ -500,10 +870,11 @@ fn worker_loop(
     let mut row_wm: Vec<i64> = Vec::new();
     loop {
         match rx.recv_timeout(TICK) {
-            Ok(chunk) => {
+            Ok(WorkerMsg::Chunk(chunk)) => {
                 process_chunk(chunk, &mut ops, &mut flushed, &ctx, &mut row_wm)?;
                 flush_ops(&mut ops, &mut flushed, &ctx)?;
             }
+            Ok(WorkerMsg::Barrier(epoch)) => worker_barrier(epoch, &mut ops, &mut flushed, &ctx)?,
             Err(RecvTimeoutError::Timeout) => {
                 if ctx.failure.cancel.load(Ordering::Relaxed) {
                     return Err(EngineError::Cancelled);
@@ -517,6 +888,61 @@ fn worker_loop(
     // final only once every worker has handled its whole queue.
     ctx.input_done.arrive_and_wait(&ctx.failure.cancel)?;
     flush_ops(&mut ops, &mut flushed, &ctx)
+}
+
+/// A worker at checkpoint `epoch`'s barrier. Every worker meets the others there, so every
+/// chunk before the barrier is sequenced and none after it; each hands over the windows
+/// closed then and snapshots its open windows; worker 0 snapshots the clocks and passes the
+/// barrier to the merger and the dead-letter output before any worker goes on.
+fn worker_barrier(
+    epoch: u64,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    let link = ctx
+        .link
+        .as_ref()
+        .ok_or_else(|| EngineError::Internal("a barrier without checkpointing".into()))?;
+    let cancel = &ctx.failure.cancel;
+    let lost = || ctx.failure.closed("the checkpoint coordinator");
+    link.rendezvous.wait(cancel)?;
+    flush_ops(ops, flushed, ctx)?;
+    let mut parts = Vec::with_capacity(ops.len());
+    for (oi, op) in ops.iter_mut() {
+        let (partials, handed_over) = op.snapshot()?;
+        parts.push((*oi, partials, handed_over));
+    }
+    link.parts
+        .send(Part::Worker { epoch, ops: parts })
+        .map_err(|_| lost())?;
+    link.rendezvous.wait(cancel)?;
+    if ctx.index == 0 {
+        let newest = (0..ctx.clocks.len())
+            .map(|id| {
+                let c = ctx.clocks.partition(id);
+                if c.watermark() == WATERMARK_END {
+                    WATERMARK_END
+                } else {
+                    c.newest()
+                }
+            })
+            .collect();
+        link.parts
+            .send(Part::Leader {
+                epoch,
+                newest,
+                counters: ctx.stats.worker_counters(),
+            })
+            .map_err(|_| lost())?;
+        ctx.merge_tx
+            .send(MergeInput::Barrier(epoch))
+            .map_err(|_| ctx.failure.closed("the merger"))?;
+        ctx.dead_tx
+            .send(DeadMsg::Barrier(epoch))
+            .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
+    }
+    link.rendezvous.wait(cancel)
 }
 
 /// What a worker handed the merger of one operator.
@@ -748,13 +1174,13 @@ fn flush_ops(
         h.upto = wm;
         h.seq += 1;
         ctx.merge_tx
-            .send(MergeMsg {
+            .send(MergeInput::Handover(MergeMsg {
                 operator: *oi,
                 worker: ctx.index,
                 partials,
                 upto: wm,
                 seq: h.seq,
-            })
+            }))
             .map_err(|_| ctx.failure.closed("the merger"))?;
     }
     Ok(())
@@ -762,18 +1188,51 @@ fn flush_ops(
 
 type MergePart = (Box<dyn MergeOperator>, Vec<usize>);
 
+/// Where the merger starts.
+struct MergerStart {
+    workers: usize,
+    /// Per operator: the watermark up to which windows were emitted (from a checkpoint).
+    emitted: Vec<i64>,
+    link: Option<CheckpointLink>,
+}
+
 fn merger_loop(
-    rx: Receiver<MergeMsg>,
+    rx: Receiver<MergeInput>,
     mut ops: Vec<MergePart>,
     sinks: Vec<Sender<SinkMsg>>,
-    workers: usize,
+    start: MergerStart,
     stats: &RunStats,
     failure: &Failure,
 ) -> Result<(), EngineError> {
+    let workers = start.workers;
     let mut upto: Vec<Vec<i64>> = ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect();
     let mut covered: Vec<Vec<u64>> = ops.iter().map(|_| vec![0; workers]).collect();
-    let mut emitted: Vec<i64> = vec![WATERMARK_MIN; ops.len()];
-    for msg in rx {
+    let mut emitted: Vec<i64> = start.emitted;
+    for input in rx {
+        let msg = match input {
+            MergeInput::Handover(msg) => msg,
+            MergeInput::Barrier(epoch) => {
+                let link = start.link.as_ref().ok_or_else(|| {
+                    EngineError::Internal("a barrier without checkpointing".into())
+                })?;
+                let mut held = Vec::with_capacity(ops.len());
+                for (i, (merge, _)) in ops.iter_mut().enumerate() {
+                    held.push((merge.snapshot()?, emitted[i]));
+                }
+                link.parts
+                    .send(Part::Merger {
+                        epoch,
+                        ops: held,
+                        counters: stats.merger_counters(),
+                    })
+                    .map_err(|_| failure.closed("the checkpoint coordinator"))?;
+                for s in &sinks {
+                    s.send(SinkMsg::Barrier(epoch))
+                        .map_err(|_| failure.closed("a sink"))?;
+                }
+                continue;
+            }
+        };
         let (merge, sink_ids) = &mut ops[msg.operator];
         let had_partials = !msg.partials.is_empty();
         for p in msg.partials {
@@ -815,8 +1274,9 @@ fn merger_loop(
     Ok(())
 }
 
-/// A sink's thread: writes rows, and every [`DURABLE_EVERY`] flushes the sink and reports
-/// how far each feeding operator's rows are durable.
+/// A sink's thread: writes rows; without checkpoints, every [`DURABLE_EVERY`] flushes the
+/// sink and reports how far each feeding operator's rows are durable; with checkpoints,
+/// pre-commits at barriers and commits complete checkpoints.
 struct SinkThread {
     index: usize,
     name: String,
@@ -825,12 +1285,47 @@ struct SinkThread {
     feeds: Vec<(usize, usize)>,
     stats: Arc<RunStats>,
     progress: Arc<Progress>,
+    link: Option<CheckpointLink>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The two-phase-commit state of an output: the epochs it pre-committed and committed.
+#[derive(Default)]
+struct Commits {
+    pre_committed: u64,
+    committed: u64,
+}
+
+impl Commits {
+    /// The epoch to commit now, if a pre-committed one became complete.
+    fn due(&self, link: &CheckpointLink) -> Option<u64> {
+        let complete = link.epochs.completed.load(Ordering::SeqCst);
+        let upto = complete.min(self.pre_committed);
+        (upto > self.committed).then_some(upto)
+    }
+
+    /// At the end of the input: waits until the checkpoint holding the last pre-committed
+    /// rows is complete, and returns the epoch to commit.
+    fn wait_last(
+        &self,
+        link: &CheckpointLink,
+        cancel: &AtomicBool,
+    ) -> Result<Option<u64>, EngineError> {
+        while link.epochs.completed.load(Ordering::SeqCst) < self.pre_committed {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(self.due(link))
+    }
 }
 
 impl SinkThread {
     fn run(mut self, rx: Receiver<SinkMsg>) -> Result<(), EngineError> {
         let mut sent_upto: Vec<Option<(i64, Vec<u64>)>> = vec![None; self.feeds.len()];
         let mut last_flush = Instant::now();
+        let mut commits = Commits::default();
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(SinkMsg::Rows(batch)) => {
@@ -845,19 +1340,51 @@ impl SinkThread {
                         sent_upto[i] = Some((upto, covered));
                     }
                 }
+                Ok(SinkMsg::Barrier(epoch)) => self.pre_commit(epoch, &mut commits)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if last_flush.elapsed() >= DURABLE_EVERY && sent_upto.iter().any(Option::is_some) {
+            if let Some(link) = &self.link {
+                if let Some(epoch) = commits.due(link) {
+                    self.sink.commit(epoch).map_err(|e| self.error(e))?;
+                    commits.committed = epoch;
+                }
+            } else if last_flush.elapsed() >= DURABLE_EVERY && sent_upto.iter().any(Option::is_some)
+            {
                 if self.sink.flush().map_err(|e| self.error(e))? {
                     self.report(&mut sent_upto);
                 }
                 last_flush = Instant::now();
             }
         }
+        if let Some(link) = &self.link {
+            if let Some(epoch) = commits.wait_last(link, &self.cancel)? {
+                self.sink.commit(epoch).map_err(|e| self.error(e))?;
+            }
+        }
         self.sink.finish().map_err(|e| self.error(e))?;
         self.report(&mut sent_upto);
         Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64, commits: &mut Commits) -> Result<(), EngineError> {
+        let info = self.sink.pre_commit(epoch).map_err(|e| self.error(e))?;
+        commits.pre_committed = epoch;
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| EngineError::Internal("a barrier without checkpointing".into()))?;
+        link.parts
+            .send(Part::Sink {
+                epoch,
+                name: self.name.clone(),
+                info,
+                counters: vec![(
+                    format!("rows_written/{}", self.name),
+                    RunStats::get(&self.stats.rows_written[self.index].value),
+                )],
+            })
+            .map_err(|_| EngineError::Cancelled)
     }
 
     fn report(&self, sent_upto: &mut [Option<(i64, Vec<u64>)>]) {
@@ -870,10 +1397,7 @@ impl SinkThread {
     }
 
     fn error(&self, e: EngineError) -> EngineError {
-        match e {
-            EngineError::Sink { .. } => e,
-            other => EngineError::sink(&self.name, other),
-        }
+        sink_error(&self.name, e)
     }
 }
 
@@ -884,9 +1408,12 @@ fn dead_letter_loop(
     mut sink: Box<dyn DeadLetterSink>,
     stats: &RunStats,
     progress: &Progress,
+    link: Option<CheckpointLink>,
+    cancel: &AtomicBool,
 ) -> Result<(), EngineError> {
     let mut residues: Vec<ChunkResidue> = Vec::new();
     let mut last_flush = Instant::now();
+    let mut commits = Commits::default();
     loop {
         match rx.recv_timeout(TICK) {
             Ok(DeadMsg::Records(records)) => {
@@ -894,14 +1421,41 @@ fn dead_letter_loop(
                 RunStats::add(&stats.dead_letters, records.len() as u64);
             }
             Ok(DeadMsg::Residue(r)) => residues.push(r),
+            Ok(DeadMsg::Barrier(epoch)) => {
+                let info = sink.pre_commit(epoch)?;
+                commits.pre_committed = epoch;
+                let link = link.as_ref().ok_or_else(|| {
+                    EngineError::Internal("a barrier without checkpointing".into())
+                })?;
+                link.parts
+                    .send(Part::DeadLetter {
+                        epoch,
+                        info,
+                        counters: vec![(
+                            "dead_letters".to_string(),
+                            RunStats::get(&stats.dead_letters),
+                        )],
+                    })
+                    .map_err(|_| EngineError::Cancelled)?;
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if !residues.is_empty() && last_flush.elapsed() >= DURABLE_EVERY {
+        if let Some(link) = &link {
+            if let Some(epoch) = commits.due(link) {
+                sink.commit(epoch)?;
+                commits.committed = epoch;
+            }
+        } else if !residues.is_empty() && last_flush.elapsed() >= DURABLE_EVERY {
             if sink.flush()? {
                 progress.add_residues(residues.drain(..));
             }
             last_flush = Instant::now();
+        }
+    }
+    if let Some(link) = &link {
+        if let Some(epoch) = commits.wait_last(link, cancel)? {
+            sink.commit(epoch)?;
         }
     }
     sink.finish()?;

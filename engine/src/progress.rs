@@ -61,6 +61,8 @@ struct PartitionProgress {
 }
 
 struct Inner {
+    /// Offsets come from complete checkpoints, not from residues.
+    checkpoints: bool,
     partitions: Vec<PartitionProgress>,
     /// Per operator: per sink of the operator, how far its rows are durable.
     durable: Vec<Vec<Durable>>,
@@ -77,6 +79,7 @@ impl Progress {
     pub fn new(partitions: usize, operator_sinks: &[usize]) -> Self {
         Progress {
             inner: Mutex::new(Inner {
+                checkpoints: false,
                 partitions: (0..partitions)
                     .map(|_| PartitionProgress::default())
                     .collect(),
@@ -104,18 +107,38 @@ impl Progress {
         }
     }
 
-    /// Whether a partition is tracked.
+    /// Whether a partition is tracked (its chunks report residues).
     pub fn is_tracked(&self, partition: usize) -> bool {
         self.inner
             .lock()
-            .map(|i| i.partitions[partition].tracked)
+            .map(|i| !i.checkpoints && i.partitions[partition].tracked)
             .unwrap_or(false)
+    }
+
+    /// Committable offsets are those of complete checkpoints (see [`Self::record_checkpoint`]);
+    /// chunks report no residues.
+    pub fn use_checkpoints(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.checkpoints = true;
+        }
+    }
+
+    /// A complete checkpoint holds a partition's state up to `next_offset`.
+    pub fn record_checkpoint(&self, partition: usize, next_offset: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if let Some(p) = inner.partitions.get_mut(partition) {
+                p.committable = Some(next_offset);
+            }
+        }
     }
 
     /// Starts a partition again from chunk `seq` (after it was revoked and assigned anew):
     /// residues of older chunks are forgotten.
     pub fn restart(&self, partition: usize, seq: u64) {
         if let Ok(mut inner) = self.inner.lock() {
+            if inner.checkpoints {
+                return;
+            }
             let p = &mut inner.partitions[partition];
             p.pending.clear();
             p.next_seq = seq;

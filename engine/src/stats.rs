@@ -24,6 +24,8 @@ pub struct RunStats {
     pub rows_written: Vec<Named>,
     /// Records written to the dead-letter output.
     pub dead_letters: AtomicU64,
+    /// The last complete checkpoint.
+    pub checkpoints: crate::checkpoint::CheckpointStats,
 }
 
 impl RunStats {
@@ -45,7 +47,54 @@ impl RunStats {
             windows: named(operators),
             rows_written: named(sinks),
             dead_letters: AtomicU64::new(0),
+            checkpoints: Default::default(),
         }
+    }
+
+    /// The counters the workers update, named for a checkpoint.
+    pub(crate) fn worker_counters(&self) -> Vec<(String, u64)> {
+        let mut out = vec![
+            ("records_in".to_string(), Self::get(&self.records_in)),
+            ("bad".to_string(), Self::get(&self.bad)),
+        ];
+        out.extend(
+            self.late
+                .iter()
+                .map(|n| (format!("late/{}", n.name), Self::get(&n.value))),
+        );
+        out
+    }
+
+    /// The counters the merger updates, named for a checkpoint.
+    pub(crate) fn merger_counters(&self) -> Vec<(String, u64)> {
+        self.windows
+            .iter()
+            .map(|n| (format!("windows/{}", n.name), Self::get(&n.value)))
+            .collect()
+    }
+
+    /// Starts from the counters of a checkpoint (names as written by the `*_counters`
+    /// methods and the outputs), so the summary counts the whole run across restarts.
+    pub fn restore_counters(&self, counters: &std::collections::BTreeMap<String, u64>) {
+        let named = |list: &[Named], prefix: &str| {
+            for n in list {
+                if let Some(v) = counters.get(&format!("{prefix}/{}", n.name)) {
+                    n.value.store(*v, Ordering::Relaxed);
+                }
+            }
+        };
+        if let Some(v) = counters.get("records_in") {
+            self.records_in.store(*v, Ordering::Relaxed);
+        }
+        if let Some(v) = counters.get("bad") {
+            self.bad.store(*v, Ordering::Relaxed);
+        }
+        if let Some(v) = counters.get("dead_letters") {
+            self.dead_letters.store(*v, Ordering::Relaxed);
+        }
+        named(&self.late, "late");
+        named(&self.windows, "windows");
+        named(&self.rows_written, "rows_written");
     }
 
     /// Total late events over every operator.

@@ -158,6 +158,47 @@ impl OpenWindows {
         })
     }
 
+    /// Merges a partial window (a worker's hand-over, or a checkpoint's) into its window.
+    fn merge(
+        &mut self,
+        partial: &PartialWindow,
+        config: &WindowConfig,
+        state_lens: &[usize],
+        group_ids: &mut Vec<usize>,
+    ) -> Result<(), EngineError> {
+        let groups = self.get_or_create(partial.window_start, config)?;
+        groups
+            .values
+            .intern(&partial.keys, group_ids)
+            .map_err(|e| config.err(e))?;
+        let total = groups.values.len();
+        let mut at = 0;
+        for (acc, &len) in groups.accumulators.iter_mut().zip(state_lens) {
+            acc.merge_batch(&partial.states[at..at + len], group_ids, None, total)
+                .map_err(|e| config.err(e))?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// The partial state of every open window, for a checkpoint. Accumulators only give
+    /// their state away, so each window is rebuilt from the copy it returns.
+    fn snapshot(
+        &mut self,
+        config: &WindowConfig,
+        state_lens: &[usize],
+        group_ids: &mut Vec<usize>,
+    ) -> Result<Vec<PartialWindow>, EngineError> {
+        let windows = std::mem::take(&mut self.windows);
+        let mut out = Vec::with_capacity(windows.len());
+        for (start, g) in windows {
+            let partial = into_partial(start, g, config)?;
+            self.merge(&partial, config, state_lens, group_ids)?;
+            out.push(partial);
+        }
+        Ok(out)
+    }
+
     /// Removes and returns, in start order, every window closed at `watermark`.
     fn take_closed(&mut self, config: &WindowConfig, watermark: i64) -> BTreeMap<i64, Groups> {
         let last = config.last_closed_start(watermark);
@@ -170,9 +211,37 @@ impl OpenWindows {
     }
 }
 
+/// A window's keys and accumulator states, taken out of its groups.
+fn into_partial(
+    start: i64,
+    mut g: Groups,
+    config: &WindowConfig,
+) -> Result<PartialWindow, EngineError> {
+    let keys = g.values.emit(EmitTo::All).map_err(|e| config.err(e))?;
+    let mut states = Vec::new();
+    for acc in g.accumulators.iter_mut() {
+        states.extend(acc.state(EmitTo::All).map_err(|e| config.err(e))?);
+    }
+    Ok(PartialWindow {
+        window_start: start,
+        keys,
+        states,
+    })
+}
+
+/// How many state columns each aggregate's accumulator has.
+fn state_lens(config: &WindowConfig) -> Result<Vec<usize>, EngineError> {
+    config
+        .aggregates
+        .iter()
+        .map(|a| a.state_len().map_err(|e| config.err(e)))
+        .collect()
+}
+
 /// The per-worker part of a window: filters, checks lateness and aggregates partially.
 pub struct WindowWorker {
     config: Arc<WindowConfig>,
+    state_lens: Vec<usize>,
     windows: OpenWindows,
     /// Windows up to this watermark were handed over: rows for them are late.
     flushed: i64,
@@ -185,6 +254,7 @@ impl WindowWorker {
     pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
         Ok(WindowWorker {
             windows: OpenWindows::new(&config)?,
+            state_lens: state_lens(&config)?,
             config,
             flushed: i64::MIN,
             group_ids: Vec::new(),
@@ -343,20 +413,26 @@ impl WorkerOperator for WindowWorker {
         self.flushed = self.flushed.max(watermark);
         let config = self.config.clone();
         let closed = self.windows.take_closed(&config, watermark);
-        let mut out = Vec::with_capacity(closed.len());
-        for (start, mut g) in closed {
-            let keys = g.values.emit(EmitTo::All).map_err(|e| config.err(e))?;
-            let mut states = Vec::new();
-            for acc in g.accumulators.iter_mut() {
-                states.extend(acc.state(EmitTo::All).map_err(|e| config.err(e))?);
-            }
-            out.push(PartialWindow {
-                window_start: start,
-                keys,
-                states,
-            });
+        closed
+            .into_iter()
+            .map(|(start, g)| into_partial(start, g, &config))
+            .collect()
+    }
+
+    fn snapshot(&mut self) -> Result<(Vec<PartialWindow>, i64), EngineError> {
+        let partials =
+            self.windows
+                .snapshot(&self.config, &self.state_lens, &mut self.group_ids)?;
+        Ok((partials, self.flushed))
+    }
+
+    fn restore(&mut self, partials: Vec<PartialWindow>, flushed: i64) -> Result<(), EngineError> {
+        for p in &partials {
+            self.windows
+                .merge(p, &self.config, &self.state_lens, &mut self.group_ids)?;
         }
-        Ok(out)
+        self.flushed = self.flushed.max(flushed);
+        Ok(())
     }
 
     fn processing_time(&self) -> bool {
@@ -386,16 +462,11 @@ pub struct WindowMerger {
 impl WindowMerger {
     /// The merger of `config`.
     pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
-        let state_lens = config
-            .aggregates
-            .iter()
-            .map(|a| a.state_len().map_err(|e| config.err(e)))
-            .collect::<Result<_, _>>()?;
         Ok(WindowMerger {
             output: config.output_schema()?,
             windows: OpenWindows::new(&config)?,
+            state_lens: state_lens(&config)?,
             config,
-            state_lens,
             group_ids: Vec::new(),
         })
     }
@@ -450,20 +521,17 @@ impl WindowMerger {
 
 impl MergeOperator for WindowMerger {
     fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError> {
-        let config = self.config.clone();
-        let groups = self.windows.get_or_create(partial.window_start, &config)?;
-        groups
-            .values
-            .intern(&partial.keys, &mut self.group_ids)
-            .map_err(|e| config.err(e))?;
-        let total = groups.values.len();
-        let mut at = 0;
-        for (acc, &len) in groups.accumulators.iter_mut().zip(&self.state_lens) {
-            acc.merge_batch(&partial.states[at..at + len], &self.group_ids, None, total)
-                .map_err(|e| config.err(e))?;
-            at += len;
-        }
-        Ok(())
+        self.windows.merge(
+            &partial,
+            &self.config,
+            &self.state_lens,
+            &mut self.group_ids,
+        )
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
+        self.windows
+            .snapshot(&self.config, &self.state_lens, &mut self.group_ids)
     }
 
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {

@@ -276,6 +276,9 @@ pub struct CheckpointDoc {
     pub dir: String,
     #[serde(default)]
     pub interval: Option<Duration>,
+    /// Complete checkpoints kept (default 3).
+    #[serde(default)]
+    pub keep: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -125,9 +125,24 @@ pub struct Plan {
     pub windows: Vec<PlannedWindow>,
     pub sinks: Vec<PlannedSink>,
     pub dead_letter: DeadLetterTarget,
+    /// Checkpointing, when configured.
+    pub checkpoint: Option<PlannedCheckpoint>,
     /// Sections parsed and checked but not available in this version: `run` refuses them.
     pub unavailable: Vec<PipelineError>,
 }
+
+/// Where and how often a pipeline checkpoints.
+#[derive(Debug, Clone)]
+pub struct PlannedCheckpoint {
+    /// A local folder (resolved against the pipeline's folder) or an object-store URL.
+    pub location: String,
+    pub interval_ms: u64,
+    /// Complete checkpoints kept.
+    pub keep: usize,
+}
+
+/// Checkpoints every 10 s unless told otherwise (Flink users set about this).
+const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 10_000;
 
 struct Ctx<'a> {
     file: String,
@@ -676,12 +691,39 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             ),
         ));
     }
-    if let Some(c) = &doc.checkpoint {
-        unavailable.push(ctx.err(
-            &c.referenced,
-            "checkpoints are not available yet in this version of weir",
-        ));
-    }
+    let checkpoint = match &doc.checkpoint {
+        Some(c) => {
+            let interval_ms = c
+                .value
+                .interval
+                .as_ref()
+                .map_or(DEFAULT_CHECKPOINT_INTERVAL_MS, |d| d.0);
+            if interval_ms < 100 {
+                return Err(ctx.err(
+                    &c.referenced,
+                    format!("checkpoint: `interval` must be at least 100ms, not {interval_ms}ms"),
+                ));
+            }
+            if c.value.dir.trim().is_empty() {
+                return Err(ctx.err(&c.referenced, "checkpoint: `dir` is empty"));
+            }
+            let keep = c.value.keep.unwrap_or(3);
+            if keep == 0 {
+                return Err(ctx.err(&c.referenced, "checkpoint: `keep` must be at least 1"));
+            }
+            let location = if c.value.dir.contains("://") {
+                c.value.dir.clone()
+            } else {
+                ctx.path(&c.value.dir).display().to_string()
+            };
+            Some(PlannedCheckpoint {
+                location,
+                interval_ms,
+                keep,
+            })
+        }
+        None => None,
+    };
     if let Some(s) = &doc.serve {
         unavailable.push(ctx.err(
             &s.referenced,
@@ -844,11 +886,95 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         windows,
         sinks,
         dead_letter,
+        checkpoint,
         unavailable,
     })
 }
 
+/// A window's definition in one line (validate output and checkpoint fingerprints).
+fn window_definition(c: &WindowConfig, source: &str) -> String {
+    let mut d = format!(
+        "from {source} key [{}] tumbling {} ms, allowed_lateness {} ms, {} time",
+        c.keys.join(", "),
+        c.size_ms,
+        c.allowed_lateness_ms,
+        if c.time == TimeMode::Event {
+            "event"
+        } else {
+            "processing"
+        }
+    );
+    if let Some(p) = &c.predicate {
+        let _ = write!(d, ", where {p}");
+    }
+    d
+}
+
+fn aggregate_definition(a: &weir_operators::CompiledAggregate) -> String {
+    format!(
+        "{} = {} -> {}",
+        a.name,
+        a.function.human_display(),
+        a.output_field().data_type()
+    )
+}
+
 impl Plan {
+    /// What checkpointed state depends on, item by item: a checkpoint written with another
+    /// fingerprint is refused, naming the items that differ.
+    pub fn fingerprint(&self) -> std::collections::BTreeMap<String, String> {
+        let mut f = std::collections::BTreeMap::new();
+        f.insert("pipeline name".to_string(), self.name.clone());
+        for src in &self.sources {
+            let input = match &src.input {
+                SourceInput::Files(_) => "files".to_string(),
+                SourceInput::Generator(g) => {
+                    format!("generator {:?} seed {}", g.kind, g.seed)
+                }
+                SourceInput::Kafka(k) => format!("kafka topics {}", k.topics.join(", ")),
+            };
+            f.insert(format!("source {}", src.name), input);
+            f.insert(
+                format!("source {}: event time", src.name),
+                format!(
+                    "{}, max_out_of_orderness {} ms",
+                    src.time_field, src.max_out_of_orderness_ms
+                ),
+            );
+        }
+        for w in &self.windows {
+            let c = &w.config;
+            f.insert(
+                format!("window {}", c.name),
+                window_definition(c, &self.sources[w.source].name),
+            );
+            f.insert(
+                format!("window {}: aggregates", c.name),
+                c.aggregates
+                    .iter()
+                    .map(aggregate_definition)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+        for k in &self.sinks {
+            let t = match &k.target {
+                SinkTarget::File { path, format } => format!("{format:?} file {}", path.display()),
+                SinkTarget::Kafka(k) => format!("kafka topic {}", k.topic),
+                SinkTarget::Unavailable(w) => w.to_string(),
+            };
+            f.insert(format!("sink {}", k.name), t);
+        }
+        f.insert(
+            "dead_letter".to_string(),
+            match &self.dead_letter {
+                DeadLetterTarget::File(p) => format!("file {}", p.display()),
+                DeadLetterTarget::Kafka(k) => format!("kafka topic {}", k.topic),
+            },
+        );
+        f
+    }
+
     /// A readable description of the plan, for `weir validate`.
     pub fn describe(&self, parallelism: usize) -> String {
         let mut s = String::new();
@@ -907,17 +1033,9 @@ impl Plan {
             let c = &w.config;
             let _ = writeln!(
                 s,
-                "  {}: from {} key [{}] tumbling {} ms, allowed_lateness {} ms, {} time",
+                "  {}: {}",
                 c.name,
-                self.sources[w.source].name,
-                c.keys.join(", "),
-                c.size_ms,
-                c.allowed_lateness_ms,
-                if c.time == TimeMode::Event {
-                    "event"
-                } else {
-                    "processing"
-                }
+                window_definition(c, &self.sources[w.source].name)
             );
             if c.key_partitioned {
                 let _ = writeln!(
@@ -925,17 +1043,8 @@ impl Plan {
                     "    lateness per source partition (the source is partitioned by the key)"
                 );
             }
-            if let Some(p) = &c.predicate {
-                let _ = writeln!(s, "    where {p}");
-            }
             for a in &c.aggregates {
-                let _ = writeln!(
-                    s,
-                    "    {} = {} -> {}",
-                    a.name,
-                    a.function.human_display(),
-                    a.output_field().data_type()
-                );
+                let _ = writeln!(s, "    {}", aggregate_definition(a));
             }
             let _ = writeln!(
                 s,
@@ -948,21 +1057,40 @@ impl Plan {
             );
         }
         let _ = writeln!(s, "sinks:");
+        let checkpointed = self.checkpoint.is_some();
         for k in &self.sinks {
             let t = match &k.target {
                 SinkTarget::File { path, format } => {
-                    format!("{format:?} file {}", path.display()).to_lowercase()
-                }
-                SinkTarget::Kafka(k) => format!(
-                    "kafka {} topic {}, {}",
-                    k.brokers,
-                    k.topic,
-                    match &k.format {
-                        KafkaFormat::Json => "json".to_string(),
-                        KafkaFormat::Avro { registry: None } => "avro".to_string(),
-                        KafkaFormat::Avro { registry: Some(r) } => format!("avro, registry {r}"),
+                    let what = format!("{format:?} file {}", path.display()).to_lowercase();
+                    match (checkpointed, format) {
+                        (false, _) => format!("{what}; written when the run ends"),
+                        (true, FileFormat::Parquet) => format!(
+                            "{what}; exactly once: a folder of part files, one committed per checkpoint"
+                        ),
+                        (true, _) => {
+                            format!("{what}; exactly once: grows by whole checkpoints")
+                        }
                     }
-                ),
+                }
+                SinkTarget::Kafka(k) => {
+                    format!(
+                        "kafka {} topic {}, {}",
+                        k.brokers,
+                        k.topic,
+                        match &k.format {
+                            KafkaFormat::Json => "json".to_string(),
+                            KafkaFormat::Avro { registry: None } => "avro".to_string(),
+                            KafkaFormat::Avro { registry: Some(r) } =>
+                                format!("avro, registry {r}"),
+                        }
+                    ) + if checkpointed {
+                        "; delivery idempotent: keyed by key + window_start, a row re-sent after a \
+                     restore is byte-identical (a compacted topic or a key-deduplicating reader \
+                     sees each window once)"
+                    } else {
+                        "; at least once: offsets are committed after rows are acknowledged"
+                    }
+                }
                 SinkTarget::Unavailable(w) => format!("{w} (not available yet)"),
             };
             let _ = writeln!(s, "  {}: {t}", k.name);
@@ -972,6 +1100,17 @@ impl Plan {
             DeadLetterTarget::Kafka(k) => {
                 writeln!(s, "dead letters: kafka {} topic {}", k.brokers, k.topic)
             }
+        };
+        let _ = match &self.checkpoint {
+            Some(c) => writeln!(
+                s,
+                "checkpoints: {} every {} ms, keeping {}; a restart continues from the newest",
+                c.location, c.interval_ms, c.keep
+            ),
+            None => writeln!(
+                s,
+                "checkpoints: off (a restart of a Kafka pipeline reads again from the committed offsets)"
+            ),
         };
         for u in &self.unavailable {
             let _ = writeln!(s, "not available yet: {u}");

@@ -3,15 +3,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use weir_engine::checkpoint::{self, CheckpointSpec, CheckpointStore};
 use weir_engine::job::{self, JobSpec, OperatorSpec, Sink, SourceSpec, StopHandle, WorkerOperator};
 use weir_engine::stats::RunStats;
 use weir_engine::EngineError;
 use weir_operators::{WindowMerger, WindowWorker};
-use weir_sinks::{DeadLetterFile, DeadLetterKafka, FileSink, KafkaSink};
+use weir_sinks::{
+    CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, FileSink,
+    KafkaSink,
+};
 use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
 use crate::error::PipelineError;
-use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
+use crate::plan::{DeadLetterTarget, Plan, PlannedCheckpoint, SinkTarget, SourceInput};
 
 /// How to run.
 #[derive(Clone, Default)]
@@ -34,6 +38,9 @@ pub enum RunError {
     /// The pipeline uses parts this version does not have (a user error).
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Unavailable(Vec<PipelineError>),
+    /// The checkpoint folder holds state of another version of the pipeline (a user error).
+    #[error("{0}")]
+    IncompatibleState(String),
     /// The run failed while running.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -50,6 +57,20 @@ pub struct RunSummary {
     pub rows_written: Vec<(String, u64)>,
     pub dead_letters: u64,
     pub elapsed: Duration,
+    /// The checkpoint the run started from.
+    pub restored_epoch: Option<u64>,
+    /// Checkpoints completed by this run, and figures of the last one.
+    pub checkpoints: u64,
+    pub last_checkpoint: Option<CheckpointFigures>,
+}
+
+/// Figures of one checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointFigures {
+    pub epoch: u64,
+    pub duration_ms: u64,
+    pub state_rows: u64,
+    pub state_bytes: u64,
 }
 
 impl RunSummary {
@@ -70,48 +91,61 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         return Err(RunError::Unavailable(plan.unavailable));
     }
     let n = parallelism(&plan, &opts);
+    let checkpoint = match &plan.checkpoint {
+        Some(c) => Some(open_checkpoint(&plan, c)?),
+        None => None,
+    };
+    let manifest = checkpoint
+        .as_ref()
+        .and_then(|c| c.restored.as_ref().map(|r| &r.manifest));
     let mut sources = Vec::new();
     let mut first_partition = 0;
     for (i, s) in plan.sources.iter().enumerate() {
-        let (reader, partitions): (Box<dyn job::PartitionReader>, usize) = match &s.input {
-            SourceInput::Files(files) => (
-                Box::new(FileReader::new(i, &s.name, files.clone(), first_partition)),
-                files.len(),
-            ),
+        let resume = |key: &str| manifest.and_then(|m| m.resume(&s.name, key));
+        let (reader, keys): (Box<dyn job::PartitionReader>, Vec<String>) = match &s.input {
+            SourceInput::Files(files) => {
+                let keys: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                let reader = FileReader::new(i, &s.name, files.clone(), first_partition)
+                    .with_resume(keys.iter().map(|k| resume(k)).collect());
+                (Box::new(reader), keys)
+            }
             SourceInput::Generator(cfg) => (
-                Box::new(GeneratorReader::new(
-                    i,
-                    &s.name,
-                    first_partition,
-                    cfg.clone(),
-                    s.output_schema.clone(),
-                )),
-                1,
+                Box::new(
+                    GeneratorReader::new(
+                        i,
+                        &s.name,
+                        first_partition,
+                        cfg.clone(),
+                        s.output_schema.clone(),
+                    )
+                    .skip(resume("0").map_or(0, |r| r.next_offset)),
+                ),
+                vec!["0".to_string()],
             ),
             SourceInput::Kafka(cfg) => {
                 let mut cfg = cfg.clone();
                 cfg.until_caught_up = opts.until_caught_up;
                 let partitions =
                     KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
-                let total = partitions.total();
-                (
-                    Box::new(KafkaReader::new(
-                        i,
-                        &s.name,
-                        first_partition,
-                        cfg,
-                        &partitions,
-                    )),
-                    total,
-                )
+                let keys: Vec<String> = cfg
+                    .topics
+                    .iter()
+                    .zip(&partitions.counts)
+                    .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
+                    .collect();
+                let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions)
+                    .with_resume(|t, p| resume(&format!("{t}/{p}")).map(|r| r.next_offset));
+                (Box::new(reader), keys)
             }
         };
+        let partitions = keys.len();
         first_partition += partitions;
         sources.push(SourceSpec {
             name: s.name.clone(),
             reader,
             decoder: s.decoder.clone(),
             partitions,
+            partition_keys: keys,
             max_out_of_orderness_ms: s.max_out_of_orderness_ms as i64,
         });
     }
@@ -129,7 +163,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         let sink: Box<dyn Sink> = match &s.target {
             SinkTarget::File { path, format } => {
                 let schema = s.schema.clone().expect("a used sink has a schema");
-                Box::new(FileSink::create(&s.name, path, *format, schema)?)
+                if checkpoint.is_some() {
+                    Box::new(CommittedFileSink::create(&s.name, path, *format, schema)?)
+                } else {
+                    Box::new(FileSink::create(&s.name, path, *format, schema)?)
+                }
             }
             SinkTarget::Kafka(cfg) => Box::new(KafkaSink::new(&s.name, cfg.clone())?),
             SinkTarget::Unavailable(_) => unreachable!("unavailable sinks are refused above"),
@@ -153,6 +191,9 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         });
     }
     let dead_letter: Box<dyn job::DeadLetterSink> = match &plan.dead_letter {
+        DeadLetterTarget::File(path) if checkpoint.is_some() => {
+            Box::new(CommittedDeadLetterFile::create(path))
+        }
         DeadLetterTarget::File(path) => Box::new(DeadLetterFile::create(path)?),
         DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
     };
@@ -160,6 +201,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
     let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
     let stats = Arc::new(RunStats::new(&op_names, &sink_names));
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
+    let restored_epoch = manifest.map(|m| m.epoch);
     let report = job::run(
         JobSpec {
             sources,
@@ -167,6 +209,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             sinks,
             dead_letter,
             parallelism: n,
+            checkpoint,
         },
         stats.clone(),
         opts.stop,
@@ -185,5 +228,46 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             .collect(),
         dead_letters: get(&stats.dead_letters),
         elapsed: report.elapsed,
+        restored_epoch,
+        checkpoints: get(&stats.checkpoints.completed),
+        last_checkpoint: (get(&stats.checkpoints.completed) > 0).then(|| CheckpointFigures {
+            epoch: get(&stats.checkpoints.last_epoch),
+            duration_ms: get(&stats.checkpoints.last_duration_ms),
+            state_rows: get(&stats.checkpoints.last_rows),
+            state_bytes: get(&stats.checkpoints.last_bytes),
+        }),
+    })
+}
+
+/// Opens the checkpoint store and reads the newest complete checkpoint, refusing one written
+/// by an incompatible version of the pipeline.
+fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec, RunError> {
+    let store = Arc::new(CheckpointStore::open(&c.location)?);
+    let fingerprint = plan.fingerprint();
+    let restored = match store.latest()? {
+        Some(m) => {
+            if let Err(changes) = checkpoint::compatibility(&m.fingerprint, &fingerprint) {
+                return Err(RunError::IncompatibleState(format!(
+                    "{}: the checkpoint in {} (epoch {}) was written by a different version of \
+                     this pipeline and cannot be restored: {changes}. Restore the previous \
+                     definition, or start without state by moving {} away (the outputs then \
+                     start over too)",
+                    plan.file.display(),
+                    c.location,
+                    m.epoch,
+                    c.location
+                )));
+            }
+            Some(store.load(&m)?)
+        }
+        None => None,
+    };
+    Ok(CheckpointSpec {
+        store,
+        interval: Duration::from_millis(c.interval_ms),
+        keep: c.keep,
+        pipeline: plan.name.clone(),
+        fingerprint,
+        restored,
     })
 }

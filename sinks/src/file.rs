@@ -18,6 +18,8 @@ use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::time::write_rfc3339_ms;
 use weir_engine::{DeadLetter, EngineError};
 
+use crate::committed::{sink_err, CommittedLines, CommittedParts};
+
 /// The format of a file sink, from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
@@ -90,16 +92,10 @@ impl FileSink {
                     .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
                     .build(BufWriter::new(file)),
             )),
-            FileFormat::Parquet => {
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(
-                        ZstdLevel::try_new(3).map_err(|e| err(&e))?,
-                    ))
-                    .build();
-                Writer::Parquet(Box::new(
-                    ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| err(&e))?,
-                ))
-            }
+            FileFormat::Parquet => Writer::Parquet(Box::new(
+                ArrowWriter::try_new(file, schema, Some(parquet_props().map_err(|e| err(&e))?))
+                    .map_err(|e| err(&e))?,
+            )),
         };
         Ok(FileSink {
             name: name.to_string(),
@@ -152,6 +148,198 @@ impl Sink for FileSink {
         };
         result.map_err(|e| self.err(e))?;
         std::fs::rename(&self.temp, &self.path).map_err(|e| self.err(e))
+    }
+}
+
+/// Parquet settings of every file sink: zstd level 3.
+fn parquet_props() -> Result<WriterProperties, parquet::errors::ParquetError> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .build())
+}
+
+/// How a checkpointed file sink commits its rows.
+enum Committed {
+    Lines {
+        lines: CommittedLines,
+        format: FileFormat,
+        /// Reused encoding buffers.
+        line: Vec<u8>,
+        buf: Vec<u8>,
+    },
+    Parts(Box<CommittedParts>),
+}
+
+/// Result rows to a file with two-phase commit per checkpoint (see [`crate::committed`]):
+/// NDJSON and CSV stay one file that grows by whole checkpoints; Parquet becomes a folder of
+/// one part file per checkpoint.
+pub struct CommittedFileSink {
+    name: String,
+    path: PathBuf,
+    output: Committed,
+}
+
+impl CommittedFileSink {
+    /// A sink named `name` writing rows of `schema` to `path` in `format`.
+    pub fn create(
+        name: &str,
+        path: &Path,
+        format: FileFormat,
+        schema: SchemaRef,
+    ) -> Result<Self, EngineError> {
+        let err = sink_err(name, path);
+        let output = match format {
+            FileFormat::Parquet => Committed::Parts(Box::new(
+                CommittedParts::new(
+                    path,
+                    schema,
+                    parquet_props().map_err(|e| err(e.to_string()))?,
+                )
+                .map_err(&err)?,
+            )),
+            FileFormat::Ndjson | FileFormat::Csv => Committed::Lines {
+                lines: CommittedLines::new(path),
+                format,
+                line: Vec::new(),
+                buf: Vec::new(),
+            },
+        };
+        Ok(CommittedFileSink {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            output,
+        })
+    }
+}
+
+impl Sink for CommittedFileSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let err = sink_err(&self.name, &self.path);
+        match &mut self.output {
+            Committed::Parts(parts) => parts.write(batch).map_err(err),
+            Committed::Lines {
+                lines,
+                format: FileFormat::Csv,
+                buf,
+                ..
+            } => {
+                buf.clear();
+                let header = lines.at_start();
+                {
+                    let mut w = arrow::csv::WriterBuilder::new()
+                        .with_header(header)
+                        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
+                        .build(&mut *buf);
+                    utc_as_naive(batch)
+                        .and_then(|b| w.write(&b))
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                lines.append(buf).map_err(err)
+            }
+            Committed::Lines {
+                lines, line, buf, ..
+            } => {
+                buf.clear();
+                write_ndjson(batch, line, buf).map_err(|e| err(e.to_string()))?;
+                lines.append(buf).map_err(err)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        // rows become visible when their checkpoint commits
+        Ok(false)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        let uncommitted = match &self.output {
+            Committed::Parts(p) => p.has_uncommitted(),
+            Committed::Lines { lines, .. } => lines.has_uncommitted(),
+        };
+        if uncommitted {
+            tracing::warn!(sink = %self.name, "rows written after the last checkpoint are not committed");
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
+        let err = sink_err(&self.name, &self.path);
+        match &mut self.output {
+            Committed::Parts(p) => p.pre_commit(epoch).map_err(err),
+            Committed::Lines { lines, .. } => lines.pre_commit(epoch).map_err(err),
+        }
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
+        let err = sink_err(&self.name, &self.path);
+        match &mut self.output {
+            Committed::Parts(p) => p.commit(epoch).map_err(err),
+            Committed::Lines { lines, .. } => lines.commit(epoch).map_err(err),
+        }
+    }
+
+    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        let err = sink_err(&self.name, &self.path);
+        match &mut self.output {
+            Committed::Parts(p) => p.recover(from.map(|(e, _)| e)).map_err(err),
+            Committed::Lines { lines, .. } => lines.recover(from).map_err(err),
+        }
+    }
+}
+
+/// Dead letters to an NDJSON file with two-phase commit per checkpoint.
+pub struct CommittedDeadLetterFile {
+    path: PathBuf,
+    lines: CommittedLines,
+    buf: Vec<u8>,
+}
+
+impl CommittedDeadLetterFile {
+    /// Dead letters committed into `path`.
+    pub fn create(path: &Path) -> Self {
+        CommittedDeadLetterFile {
+            path: path.to_path_buf(),
+            lines: CommittedLines::new(path),
+            buf: Vec::new(),
+        }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::DeadLetter(format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl DeadLetterSink for CommittedDeadLetterFile {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        self.buf.clear();
+        for r in records {
+            serde_json::to_writer(&mut self.buf, &r.to_json()).map_err(|e| self.err(e))?;
+            self.buf.push(b'\n');
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.lines.append(&buf).map_err(|e| self.err(e));
+        self.buf = buf;
+        r
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        Ok(false)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
+        self.lines.pre_commit(epoch).map_err(|e| self.err(e))
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
+        self.lines.commit(epoch).map_err(|e| self.err(e))
+    }
+
+    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        self.lines.recover(from).map_err(|e| self.err(e))
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::{Chunk, ChunkData, EngineError, SharedBytes};
 
@@ -88,6 +89,10 @@ pub struct FileReader {
     input: Option<Input>,
     seq: u64,
     lines: u64,
+    /// Bytes of the current file handed out so far.
+    position: u64,
+    /// Per file: where a checkpoint says to continue.
+    resume: Vec<Option<Resume>>,
     chunk_bytes: usize,
     segment_bytes: u64,
 }
@@ -117,9 +122,18 @@ impl FileReader {
             input: None,
             seq: 0,
             lines: 0,
+            position: 0,
+            resume: Vec::new(),
             chunk_bytes: CHUNK_BYTES,
             segment_bytes: SEGMENT_BYTES,
         }
+    }
+
+    /// Continues each file where a checkpoint left it (`resume[i]` for file `i`; `None`
+    /// reads it from the start).
+    pub fn with_resume(mut self, resume: Vec<Option<Resume>>) -> Self {
+        self.resume = resume;
+        self
     }
 
     /// Sets the size of mapped segments (tests use small ones to exercise segment edges).
@@ -140,6 +154,10 @@ impl FileReader {
             partition: self.partitions[self.current].clone(),
             seq: self.seq,
             first_offset,
+            resume: Resume {
+                next_offset: self.lines,
+                position: self.position,
+            },
             data,
         };
         self.seq += 1;
@@ -153,25 +171,42 @@ impl FileReader {
         )
     }
 
-    fn open(&self) -> Result<Input, EngineError> {
+    fn open(&mut self) -> Result<Input, EngineError> {
         let path = &self.paths[self.current];
-        let file = File::open(path).map_err(|e| self.source_err(e))?;
+        let mut file = File::open(path).map_err(|e| self.source_err(e))?;
         let meta = file.metadata().map_err(|e| self.source_err(e))?;
+        let resume = self.resume.get(self.current).copied().flatten();
+        if let Some(r) = resume {
+            self.lines = r.next_offset;
+            self.position = r.position;
+        }
         if !meta.is_file() {
+            if self.position > 0 {
+                // a stream cannot seek: skip what the checkpoint already holds
+                std::io::copy(&mut (&mut file).take(self.position), &mut std::io::sink())
+                    .map_err(|e| self.source_err(e))?;
+            }
             return Ok(Input::Stream {
                 file,
                 carry: Vec::new(),
                 eof: false,
             });
         }
-        if meta.len() == 0 {
+        if self.position > meta.len() {
+            return Err(self.source_err(format!(
+                "the checkpoint continues at byte {} but the file has {} bytes: it was replaced or truncated",
+                self.position,
+                meta.len()
+            )));
+        }
+        if meta.len() == self.position {
             return Ok(Input::Done);
         }
         Ok(Input::Mapped {
             file,
             len: meta.len(),
             segment: None,
-            pos: 0,
+            pos: self.position,
         })
     }
 
@@ -294,6 +329,7 @@ impl PartitionReader for FileReader {
                 let first = self.lines;
                 let newlines = memchr::memchr_iter(b'\n', &piece).count() as u64;
                 self.lines += newlines + u64::from(piece.last() != Some(&b'\n'));
+                self.position += piece.len() as u64;
                 Ok(Some(self.chunk(ChunkData::Lines(piece), first)))
             }
             None => {
@@ -303,6 +339,7 @@ impl PartitionReader for FileReader {
                 self.input = None;
                 self.seq = 0;
                 self.lines = 0;
+                self.position = 0;
                 Ok(Some(end))
             }
         }

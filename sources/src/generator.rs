@@ -14,6 +14,7 @@ use arrow::array::{ArrayRef, Float64Builder, Int64Builder, StringBuilder};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::time::now_ms;
 use weir_engine::{Chunk, ChunkData, EngineError, EventBatch};
@@ -531,6 +532,15 @@ impl GeneratorReader {
         }
     }
 
+    /// Continues after the first `produced` events (from a checkpoint): the generator is
+    /// deterministic, so it produces and drops them.
+    pub fn skip(mut self, produced: u64) -> Self {
+        while self.gen.produced() < produced && !self.gen.done() {
+            self.gen.next_event();
+        }
+        self
+    }
+
     /// The schema the generator's events follow.
     pub fn schema(kind: Kind) -> SourceSchema {
         SourceSchema::builtin(kind.schema_name()).expect("built-in schema")
@@ -740,12 +750,13 @@ impl PartitionReader for GeneratorReader {
         if self.ended || ctx.stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let chunk = |me: &mut Self, data| {
+        let chunk = |me: &mut Self, data, first_offset| {
             let c = Chunk {
                 source: me.source,
                 partition: me.partition.clone(),
                 seq: me.seq,
-                first_offset: me.gen.produced(),
+                first_offset,
+                resume: Resume::at(me.gen.produced()),
                 data,
             };
             me.seq += 1;
@@ -753,7 +764,8 @@ impl PartitionReader for GeneratorReader {
         };
         if self.gen.done() {
             self.ended = true;
-            return Ok(Some(chunk(self, ChunkData::End)));
+            let at = self.gen.produced();
+            return Ok(Some(chunk(self, ChunkData::End, at)));
         }
         let remaining = self
             .gen
@@ -791,8 +803,9 @@ impl PartitionReader for GeneratorReader {
         } else {
             remaining.min(BATCH_ROWS as u64) as usize
         };
+        let first = self.gen.produced();
         let events = self.batch(rows)?;
-        Ok(Some(chunk(self, ChunkData::Events(events))))
+        Ok(Some(chunk(self, ChunkData::Events(events), first)))
     }
 }
 

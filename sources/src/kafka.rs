@@ -20,6 +20,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::progress::Progress;
 use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
@@ -100,6 +101,8 @@ enum GroupEvent {
 /// The consumer's context: handles rebalances inside `poll`.
 struct GroupContext {
     start_from: StartFrom,
+    /// Offsets of a checkpoint, which override `start_from` for the partitions it holds.
+    resume: HashMap<(String, i32), u64>,
     /// (topic, partition) → global partition id.
     ids: HashMap<(String, i32), usize>,
     progress: Arc<Progress>,
@@ -180,6 +183,14 @@ impl GroupContext {
                 fresh.push((e.topic().to_string(), e.partition()));
             }
         }
+        // partitions a checkpoint holds continue where it left them
+        fresh.retain(|(topic, p)| match self.resume.get(&(topic.clone(), *p)) {
+            Some(&o) => {
+                let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(o as i64));
+                false
+            }
+            None => true,
+        });
         let offset = match self.start_from {
             StartFrom::Committed => return,
             StartFrom::Earliest => Offset::Beginning,
@@ -357,6 +368,8 @@ pub struct KafkaReader {
     assigned_once: bool,
     /// Fetching is paused for backpressure.
     paused: bool,
+    /// (topic, partition) → offset to continue from, from a checkpoint.
+    resume: HashMap<(String, i32), u64>,
 }
 
 impl KafkaReader {
@@ -405,7 +418,22 @@ impl KafkaReader {
             last_commit: Instant::now(),
             assigned_once: false,
             paused: false,
+            resume: HashMap::new(),
         }
+    }
+
+    /// Continues the partitions a checkpoint holds from its offsets, whatever `start_from`
+    /// and the group's committed offsets say. `resume(topic, partition)` gives the offset.
+    pub fn with_resume(mut self, resume: impl Fn(&str, i32) -> Option<u64>) -> Self {
+        for s in &self.partitions {
+            if let Some(t) = &s.info.topic {
+                let p = s.info.number as i32;
+                if let Some(o) = resume(t, p) {
+                    self.resume.insert((t.to_string(), p), o);
+                }
+            }
+        }
+        self
     }
 
     fn first_id(&self) -> usize {
@@ -435,6 +463,7 @@ impl KafkaReader {
         }
         let context = GroupContext {
             start_from: self.config.start_from,
+            resume: self.resume.clone(),
             ids,
             progress: ctx.progress.clone(),
             seen: Mutex::new(HashSet::new()),
@@ -551,6 +580,7 @@ impl KafkaReader {
             partition: s.info.clone(),
             seq: s.seq,
             first_offset: first,
+            resume: Resume::at(s.next_offset.unwrap_or(first)),
             data: ChunkData::Messages(messages),
         });
         s.seq += 1;
@@ -570,6 +600,7 @@ impl KafkaReader {
             partition: s.info.clone(),
             seq: s.seq,
             first_offset: next,
+            resume: Resume::at(next),
             data: ChunkData::End,
         });
         s.seq += 1;

@@ -1,0 +1,298 @@
+//! Exactly once across crashes, on a file source (its partition is the file, its offsets
+//! line positions): `weir run` with checkpoints is killed with SIGKILL at random moments and
+//! at the checkpoint failpoints, restarted each time, and at the end its outputs must equal
+//! `../shared/oracle/window_oracle.py`'s rows exactly (no row missing, none twice, no partial
+//! window): the NDJSON file, the Parquet part files read back by pyarrow, and the dead
+//! letters (equal to those of a run without a crash).
+//!
+//! `WEIR_CRASH_KILLS` sets the number of kills (default 10), `WEIR_CRASH_SEED` repeats a
+//! run's random choices; `scripts/crash-test.sh` runs longer loops.
+
+#[path = "support/crash.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use weir_tests::{compare, read_ndjson, Row};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn shared() -> PathBuf {
+    repo().parent().unwrap().join("shared")
+}
+
+fn venv_python() -> PathBuf {
+    let p = std::env::var_os("WEIR_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/weir/venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test-env.sh (a venv with pyarrow)",
+        p.display()
+    );
+    p
+}
+
+fn kills() -> usize {
+    std::env::var("WEIR_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(10)
+}
+
+fn check(out: std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Rows of every committed part of a Parquet folder, read by pyarrow (timestamps as epoch ms).
+fn read_parquet_folder(dir: &Path) -> Vec<Row> {
+    let script = r#"
+import json, sys
+import pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format="parquet").to_table()
+for r in t.to_pylist():
+    print(json.dumps({k: (int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v) for k, v in r.items()}))
+"#;
+    let out = Command::new(venv_python())
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    check(out, "reading Parquet with pyarrow")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const PIPELINE: &str = r#"name: crash-file
+sources:
+  events:
+    file: { path: input.ndjson }
+    format: json
+    schema: data-ingestion
+    event_time: { field: timestamp, max_out_of_orderness: 5s }
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+      max_bytes: max(sizeBytes)
+      failures: count(*) FILTER (WHERE status = 'FAILURE')
+    sinks: [rows, lake]
+sinks:
+  rows: { file: { path: out/per_dataset.ndjson } }
+  lake: { file: { path: out/per_dataset.parquet } }
+dead_letter: { file: { path: out/dead_letter.ndjson } }
+checkpoint: { dir: state, interval: 150ms }
+"#;
+
+#[test]
+fn killed_and_restarted_file_runs_give_exactly_the_oracle_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("input.ndjson");
+    check(
+        Command::new("python3")
+            .arg(shared().join("data/gen_events.py"))
+            .args(["data-ingestion", "400000", "--seed", "21", "--keys", "400"])
+            .args(["--step-ms", "15", "--unicode-keys", "--bad-frac", "0.004"])
+            .args(["--late-frac", "0.003", "--late-ms", "240000", "-o"])
+            .arg(&input)
+            .output()
+            .unwrap(),
+        "gen_events.py",
+    );
+    let expected_path = d.join("expected.ndjson");
+    let oracle = Command::new("python3")
+        .arg(shared().join("oracle/window_oracle.py"))
+        .arg(&input)
+        .args([
+            "--schema",
+            "data-ingestion",
+            "--key",
+            "datasetName",
+            "--size",
+            "1m",
+        ])
+        .args([
+            "--ooo",
+            "5s",
+            "--agg",
+            "events=count",
+            "--agg",
+            "records=sum:recordCount",
+        ])
+        .args([
+            "--agg",
+            "max_bytes=max:sizeBytes",
+            "--agg",
+            "failures=count_if:status=FAILURE",
+        ])
+        .arg("-o")
+        .arg(&expected_path)
+        .output()
+        .unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&oracle.stderr).trim()).unwrap();
+    assert!(oracle.status.success());
+    let expected = read_ndjson(&expected_path);
+
+    // dead letters of a run without checkpoints or crashes
+    let reference = d.join("reference.yaml");
+    std::fs::write(
+        &reference,
+        PIPELINE
+            .replace("checkpoint: { dir: state, interval: 150ms }\n", "")
+            .replace("out/", "reference/"),
+    )
+    .unwrap();
+    check(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", reference.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        "the reference run",
+    );
+    let mut reference_dead: Vec<String> =
+        std::fs::read_to_string(d.join("reference/dead_letter.ndjson"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+    reference_dead.sort();
+
+    let pipeline = d.join("pipeline.yaml");
+    std::fs::write(&pipeline, PIPELINE).unwrap();
+    let verify = |label: &str| {
+        let out = d.join("out");
+        compare(
+            &expected,
+            &read_ndjson(&out.join("per_dataset.ndjson")),
+            &["datasetName"],
+        )
+        .unwrap_or_else(|e| panic!("{label}: the NDJSON output differs from the oracle: {e}"));
+        compare(
+            &expected,
+            &read_parquet_folder(&out.join("per_dataset.parquet")),
+            &["datasetName"],
+        )
+        .unwrap_or_else(|e| panic!("{label}: the Parquet parts differ from the oracle: {e}"));
+        let mut dead: Vec<String> = std::fs::read_to_string(out.join("dead_letter.ndjson"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        dead.sort();
+        assert_eq!(
+            dead.len() as u64,
+            summary["bad"].as_u64().unwrap() + summary["late"].as_u64().unwrap()
+        );
+        assert!(
+            dead == reference_dead,
+            "{label}: the dead letters differ from a run without crashes"
+        );
+        // nothing uncommitted is left behind
+        for e in std::fs::read_dir(&out)
+            .unwrap()
+            .chain(std::fs::read_dir(out.join("per_dataset.parquet")).unwrap())
+        {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with('.') && !name.contains(".epoch-"),
+                "{label}: {name} left behind"
+            );
+        }
+    };
+    let reset = || {
+        let _ = std::fs::remove_dir_all(d.join("out"));
+        let _ = std::fs::remove_dir_all(d.join("state"));
+    };
+    let report = support::crash_loop(
+        || {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+            c.env("RUST_LOG", "info").args([
+                "run",
+                pipeline.to_str().unwrap(),
+                "--parallelism",
+                "2",
+            ]);
+            c
+        },
+        kills(),
+        Duration::from_millis(1200),
+        &d.join("logs"),
+        || {
+            verify("a run that finished before its kill");
+            reset();
+        },
+    );
+    eprintln!("{report:?}");
+    verify("after the crashes");
+    assert!(report.kills >= kills());
+    assert!(report.at_failpoints >= 2, "{report:?}");
+    assert!(report.restores >= 1, "{report:?}");
+}
+
+fn weir_run(pipeline: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", pipeline.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_checkpoint_of_a_changed_pipeline_is_refused_with_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = repo().join("tests/golden/ingestion_1m/input.ndjson");
+    let yaml = PIPELINE.replace("input.ndjson", input.to_str().unwrap());
+    let pipeline = d.join("pipeline.yaml");
+    std::fs::write(&pipeline, &yaml).unwrap();
+    check(weir_run(&pipeline), "the first run");
+    for (change, what) in [
+        (
+            yaml.replace("tumbling: 1m", "tumbling: 5m"),
+            "tumbling 60000 ms",
+        ),
+        (
+            yaml.replace("key: [datasetName]", "key: [source]"),
+            "key [datasetName]",
+        ),
+        (
+            yaml.replace("max_bytes: max(sizeBytes)", "max_bytes: min(sizeBytes)"),
+            "max_bytes = max(sizeBytes)",
+        ),
+    ] {
+        std::fs::write(&pipeline, &change).unwrap();
+        let out = weir_run(&pipeline);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("was written by a different version of this pipeline"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(what),
+            "the message names what changed ({what}): {stderr}"
+        );
+        assert!(stderr.contains("changed from"), "{stderr}");
+    }
+    // the original pipeline still restores
+    std::fs::write(&pipeline, &yaml).unwrap();
+    let stdout = check(weir_run(&pipeline), "the run with the original pipeline");
+    assert!(stdout.contains("restored from checkpoint"), "{stdout}");
+}

@@ -1,0 +1,865 @@
+//! Checkpoints: consistent snapshots of a job's state with the source offsets they reflect.
+//!
+//! A checkpoint `E` starts with a barrier that the coordinator puts into every worker's queue
+//! at one point of the global chunk order (under the dispatcher's lock), so the chunks before
+//! it are exactly those whose offsets the checkpoint records. Workers meet at the barrier
+//! (every chunk before it is sequenced, none after it), hand over closed windows and snapshot
+//! their open windows; worker 0 then snapshots the partition clocks and forwards the barrier
+//! to the merger and the dead-letter output. The merger snapshots the windows it holds and
+//! forwards the barrier to the sinks, which *pre-commit* (make their rows durable but not
+//! visible). When every part arrived, the coordinator writes the state files, then the
+//! manifest: the checkpoint is complete once the manifest is stored (an atomic put). Only
+//! then are the sinks told to *commit* epoch `E`; a sink that crashed before committing
+//! finishes the commit when it recovers from that checkpoint (two-phase commit).
+//!
+//! Layout under the checkpoint location (a folder or an object-store prefix):
+//! `chk-<epoch>/op-<index>.arrow` (Arrow IPC: the partial accumulator rows of the open
+//! windows of one operator) and `chk-<epoch>/manifest.json`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, Int64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::events::Resume;
+use crate::job::PartialWindow;
+use crate::EngineError;
+
+/// The manifest format this build writes and reads.
+const FORMAT: u32 = 1;
+
+fn err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Checkpoint(e.to_string())
+}
+
+/// Where checkpoints are stored: a local folder or an object-store URL.
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    location: String,
+    /// The folder, for a local store (its emptied checkpoint folders are removed).
+    local: Option<std::path::PathBuf>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl CheckpointStore {
+    /// Opens `location`: `s3://`, `gs://`, `az://`/`abfs://`, `file://` URLs (credentials from
+    /// the usual environment variables, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`), or a local
+    /// path, created when missing.
+    pub fn open(location: &str) -> Result<Self, EngineError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| err(format!("cannot start the storage runtime: {e}")))?;
+        let is_url = location.contains("://");
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if is_url {
+            let url = url::Url::parse(location)
+                .map_err(|e| err(format!("{location} is not a valid URL: {e}")))?;
+            let env: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| {
+                    k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+                })
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            let (store, prefix) = object_store::parse_url_opts(&url, env)
+                .map_err(|e| err(format!("cannot open {location}: {e}")))?;
+            (Arc::from(store), prefix)
+        } else {
+            let path = Path::new(location);
+            std::fs::create_dir_all(path)
+                .map_err(|e| err(format!("cannot create {location}: {e}")))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+                .map_err(|e| err(format!("cannot open {location}: {e}")))?;
+            (Arc::new(fs), ObjectPath::default())
+        };
+        Ok(CheckpointStore {
+            store,
+            prefix,
+            local: (!is_url).then(|| Path::new(location).to_path_buf()),
+            location: location.to_string(),
+            runtime,
+        })
+    }
+
+    /// Where the checkpoints are, as configured.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn path(&self, name: &str) -> ObjectPath {
+        let mut p = self.prefix.clone();
+        for part in name.split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// Stores an object atomically (a reader sees all of it or nothing).
+    pub fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), EngineError> {
+        let path = self.path(name);
+        self.runtime
+            .block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| err(format!("cannot write {}/{name}: {e}", self.location)))
+    }
+
+    /// Reads an object, `None` when it does not exist.
+    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let path = self.path(name);
+        self.runtime.block_on(async {
+            match self.store.get(&path).await {
+                Ok(r) => r
+                    .bytes()
+                    .await
+                    .map(|b| Some(b.to_vec()))
+                    .map_err(|e| err(format!("cannot read {}/{name}: {e}", self.location))),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(err(format!("cannot read {}/{name}: {e}", self.location))),
+            }
+        })
+    }
+
+    /// Names of every object, relative to the location.
+    pub fn list(&self) -> Result<Vec<String>, EngineError> {
+        use futures_util::StreamExt;
+        let prefix = self.prefix.clone();
+        let location = self.location.clone();
+        self.runtime.block_on(async {
+            let mut out = Vec::new();
+            let mut s = self.store.list(Some(&prefix));
+            while let Some(m) = s.next().await {
+                let m = m.map_err(|e| err(format!("cannot list {location}: {e}")))?;
+                let rel: Vec<_> = m
+                    .location
+                    .prefix_match(&prefix)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                out.push(
+                    rel.iter()
+                        .map(|p| p.as_ref().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes objects (missing ones are fine).
+    pub fn delete(&self, names: &[String]) -> Result<(), EngineError> {
+        for name in names {
+            let path = self.path(name);
+            match self.runtime.block_on(self.store.delete(&path)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(err(format!("cannot delete {name}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Epochs with a complete checkpoint (a manifest), oldest first.
+    pub fn complete_epochs(&self) -> Result<Vec<u64>, EngineError> {
+        let mut epochs: Vec<u64> = self
+            .list()?
+            .iter()
+            .filter_map(|n| {
+                let rest = n.strip_prefix("chk-")?;
+                let (epoch, file) = rest.split_once('/')?;
+                (file == "manifest.json").then(|| epoch.parse().ok())?
+            })
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// The manifest of the newest complete checkpoint.
+    pub fn latest(&self) -> Result<Option<Manifest>, EngineError> {
+        let Some(&epoch) = self.complete_epochs()?.last() else {
+            return Ok(None);
+        };
+        let name = manifest_name(epoch);
+        let bytes = self
+            .get(&name)?
+            .ok_or_else(|| err(format!("{}/{name} disappeared", self.location)))?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            err(format!(
+                "{}/{name} cannot be read ({e}); move the folder away to start without state",
+                self.location
+            ))
+        })?;
+        if m.format != FORMAT {
+            return Err(err(format!(
+                "{}/{name} has format {} but this weir reads format {FORMAT}",
+                self.location, m.format
+            )));
+        }
+        Ok(Some(m))
+    }
+
+    /// Reads the state of every operator of a checkpoint, in operator order.
+    pub fn load(&self, manifest: &Manifest) -> Result<Restored, EngineError> {
+        let mut operators = Vec::new();
+        for op in &manifest.operators {
+            let partials = match &op.file {
+                Some(file) => {
+                    let name = format!("{}/{file}", chk_dir(manifest.epoch));
+                    let bytes = self.get(&name)?.ok_or_else(|| {
+                        err(format!(
+                            "{}/{name} is missing: the checkpoint is damaged",
+                            self.location
+                        ))
+                    })?;
+                    decode_partials(&bytes)
+                        .map_err(|e| err(format!("{}/{name}: {e}", self.location)))?
+                }
+                None => Vec::new(),
+            };
+            operators.push(partials);
+        }
+        Ok(Restored {
+            manifest: manifest.clone(),
+            operators,
+        })
+    }
+}
+
+fn chk_dir(epoch: u64) -> String {
+    format!("chk-{epoch:010}")
+}
+
+fn manifest_name(epoch: u64) -> String {
+    format!("{}/manifest.json", chk_dir(epoch))
+}
+
+/// What a complete checkpoint holds, besides the state files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub pipeline: String,
+    pub epoch: u64,
+    /// When it was taken (epoch ms).
+    pub created_ms: i64,
+    /// Every source had ended: the run was complete.
+    pub finished: bool,
+    /// What the state depends on in the pipeline (see [`compatibility`]).
+    pub fingerprint: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionRecord>,
+    pub operators: Vec<OperatorRecord>,
+    /// Per sink: what its commit needs (see `Sink::pre_commit`).
+    pub sinks: BTreeMap<String, serde_json::Value>,
+    pub dead_letter: serde_json::Value,
+    pub counters: BTreeMap<String, u64>,
+    /// Bytes of state files.
+    pub state_bytes: u64,
+}
+
+impl Manifest {
+    /// Where a partition continues, by source name and partition key.
+    pub fn resume(&self, source: &str, partition: &str) -> Option<Resume> {
+        self.partitions
+            .iter()
+            .find(|p| p.source == source && p.partition == partition)
+            .map(|p| Resume {
+                next_offset: p.next_offset,
+                position: p.position,
+            })
+    }
+}
+
+/// One source partition in a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub source: String,
+    /// `topic/partition`, the file path, or the generator's number.
+    pub partition: String,
+    pub next_offset: u64,
+    pub position: u64,
+    /// The newest event time seen (the watermark follows from it).
+    pub newest: i64,
+}
+
+/// One windowed operator in a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub name: String,
+    /// The state file, when it had open windows.
+    pub file: Option<String>,
+    /// Accumulator rows (one per open key and window, per worker that held it).
+    pub rows: u64,
+    /// The watermark up to which the workers had handed windows over.
+    pub flushed: i64,
+    /// The watermark up to which windows were emitted.
+    pub emitted: i64,
+}
+
+/// A checkpoint read back: the manifest and each operator's partial windows.
+pub struct Restored {
+    pub manifest: Manifest,
+    pub operators: Vec<Vec<PartialWindow>>,
+}
+
+/// Says what differs between the fingerprint a checkpoint was written with and the current
+/// pipeline's; `Ok` when they are equal.
+pub fn compatibility(
+    stored: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let mut changes = Vec::new();
+    for (k, was) in stored {
+        match current.get(k) {
+            Some(now) if now == was => {}
+            Some(now) => changes.push(format!("{k} changed from `{was}` to `{now}`")),
+            None => changes.push(format!("{k} (`{was}`) was removed")),
+        }
+    }
+    for (k, now) in current {
+        if !stored.contains_key(k) {
+            changes.push(format!("{k} (`{now}`) was added"));
+        }
+    }
+    if changes.is_empty() {
+        Ok(())
+    } else {
+        Err(changes.join("; "))
+    }
+}
+
+/// Encodes partial windows as one Arrow IPC stream: `window_start`, keys, accumulator states.
+pub fn encode_partials(partials: &[PartialWindow]) -> Result<Vec<u8>, EngineError> {
+    let Some(first) = partials.first() else {
+        return Ok(Vec::new());
+    };
+    let mut fields = vec![Field::new("window_start", DataType::Int64, false)];
+    for (i, k) in first.keys.iter().enumerate() {
+        fields.push(Field::new(format!("key_{i}"), k.data_type().clone(), true));
+    }
+    for (i, s) in first.states.iter().enumerate() {
+        fields.push(Field::new(
+            format!("state_{i}"),
+            s.data_type().clone(),
+            true,
+        ));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).map_err(err)?;
+        for p in partials {
+            let rows = p.keys.first().map_or(0, |k| k.len());
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(1 + p.keys.len() + p.states.len());
+            cols.push(Arc::new(Int64Array::from(vec![p.window_start; rows])));
+            cols.extend(p.keys.iter().cloned());
+            cols.extend(p.states.iter().cloned());
+            let batch = RecordBatch::try_new(schema.clone(), cols).map_err(err)?;
+            w.write(&batch).map_err(err)?;
+        }
+        w.finish().map_err(err)?;
+    }
+    Ok(out)
+}
+
+/// Decodes what [`encode_partials`] wrote, `keys` key columns per row.
+pub fn decode_partials(bytes: &[u8]) -> Result<Vec<PartialWindow>, EngineError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(err)?;
+    let schema = reader.schema();
+    let keys = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name().starts_with("key_"))
+        .count();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(err)?;
+        let starts = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| err("window_start is not an Int64 column"))?;
+        // rows of one window are consecutive
+        let mut from = 0;
+        while from < batch.num_rows() {
+            let start = starts.value(from);
+            let mut to = from + 1;
+            while to < batch.num_rows() && starts.value(to) == start {
+                to += 1;
+            }
+            let slice = batch.slice(from, to - from);
+            out.push(PartialWindow {
+                window_start: start,
+                keys: slice.columns()[1..1 + keys].to_vec(),
+                states: slice.columns()[1 + keys..].to_vec(),
+            });
+            from = to;
+        }
+    }
+    Ok(out)
+}
+
+/// How a job checkpoints.
+pub struct CheckpointSpec {
+    pub store: Arc<CheckpointStore>,
+    pub interval: Duration,
+    /// Complete checkpoints kept; older ones are deleted.
+    pub keep: usize,
+    pub pipeline: String,
+    pub fingerprint: BTreeMap<String, String>,
+    /// The checkpoint the job starts from.
+    pub restored: Option<Restored>,
+}
+
+/// Figures of the last complete checkpoint, for the run summary and metrics.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    pub completed: AtomicU64,
+    pub last_epoch: AtomicU64,
+    pub last_duration_ms: AtomicU64,
+    pub last_bytes: AtomicU64,
+    pub last_rows: AtomicU64,
+    /// When the last one completed (epoch ms), 0 if none.
+    pub last_completed_ms: AtomicU64,
+}
+
+/// Epochs shared between the coordinator and the outputs that commit.
+#[derive(Default)]
+pub(crate) struct Epochs {
+    /// The newest complete checkpoint.
+    pub completed: AtomicU64,
+}
+
+/// A part of a checkpoint, sent to the coordinator by a thread at the barrier.
+pub(crate) enum Part {
+    Worker {
+        epoch: u64,
+        /// (operator, partial windows, hand-over watermark).
+        ops: Vec<(usize, Vec<PartialWindow>, i64)>,
+    },
+    Leader {
+        epoch: u64,
+        /// Newest event time per global partition.
+        newest: Vec<i64>,
+        counters: Vec<(String, u64)>,
+    },
+    Merger {
+        epoch: u64,
+        /// Per operator: held partial windows and the emitted watermark.
+        ops: Vec<(Vec<PartialWindow>, i64)>,
+        counters: Vec<(String, u64)>,
+    },
+    Sink {
+        epoch: u64,
+        name: String,
+        info: serde_json::Value,
+        counters: Vec<(String, u64)>,
+    },
+    DeadLetter {
+        epoch: u64,
+        info: serde_json::Value,
+        counters: Vec<(String, u64)>,
+    },
+}
+
+impl Part {
+    fn epoch(&self) -> u64 {
+        match self {
+            Part::Worker { epoch, .. }
+            | Part::Leader { epoch, .. }
+            | Part::Merger { epoch, .. }
+            | Part::Sink { epoch, .. }
+            | Part::DeadLetter { epoch, .. } => *epoch,
+        }
+    }
+}
+
+/// The parts of one checkpoint being gathered.
+pub(crate) struct Pending {
+    pub epoch: u64,
+    pub started: Instant,
+    pub final_: bool,
+    /// Global partition → (source, key, resume) at the barrier.
+    pub cut: Vec<(String, String, Option<Resume>)>,
+    parts: Vec<Part>,
+    expected: usize,
+}
+
+impl Pending {
+    pub fn new(
+        epoch: u64,
+        final_: bool,
+        cut: Vec<(String, String, Option<Resume>)>,
+        expected: usize,
+    ) -> Self {
+        Pending {
+            epoch,
+            started: Instant::now(),
+            final_,
+            cut,
+            parts: Vec::new(),
+            expected,
+        }
+    }
+
+    /// Adds a part; returns whether every part is in.
+    pub fn add(&mut self, part: Part) -> Result<bool, EngineError> {
+        if part.epoch() != self.epoch {
+            return Err(EngineError::Internal(format!(
+                "a part of checkpoint {} arrived during checkpoint {}",
+                part.epoch(),
+                self.epoch
+            )));
+        }
+        self.parts.push(part);
+        Ok(self.parts.len() == self.expected)
+    }
+
+    /// Writes the state files and then the manifest; returns the manifest.
+    pub fn write(
+        self,
+        spec: &CheckpointSpec,
+        operator_names: &[String],
+    ) -> Result<Manifest, EngineError> {
+        let n_ops = operator_names.len();
+        let mut partials: Vec<Vec<PartialWindow>> = (0..n_ops).map(|_| Vec::new()).collect();
+        let mut flushed = vec![i64::MIN; n_ops];
+        let mut emitted = vec![i64::MIN; n_ops];
+        let mut newest: Vec<i64> = Vec::new();
+        let mut counters = BTreeMap::new();
+        let mut sinks = BTreeMap::new();
+        let mut dead_letter = serde_json::Value::Null;
+        for part in self.parts {
+            match part {
+                Part::Worker { ops, .. } => {
+                    for (op, p, f) in ops {
+                        partials[op].extend(p);
+                        flushed[op] = flushed[op].max(f);
+                    }
+                }
+                Part::Leader {
+                    newest: n,
+                    counters: c,
+                    ..
+                } => {
+                    newest = n;
+                    counters.extend(c);
+                }
+                Part::Merger {
+                    ops, counters: c, ..
+                } => {
+                    for (op, (p, e)) in ops.into_iter().enumerate() {
+                        partials[op].extend(p);
+                        emitted[op] = e;
+                    }
+                    counters.extend(c);
+                }
+                Part::Sink {
+                    name,
+                    info,
+                    counters: c,
+                    ..
+                } => {
+                    sinks.insert(name, info);
+                    counters.extend(c);
+                }
+                Part::DeadLetter {
+                    info, counters: c, ..
+                } => {
+                    dead_letter = info;
+                    counters.extend(c);
+                }
+            }
+        }
+        let dir = chk_dir(self.epoch);
+        let mut operators = Vec::new();
+        let mut state_bytes = 0u64;
+        for (i, name) in operator_names.iter().enumerate() {
+            let rows: usize = partials[i]
+                .iter()
+                .map(|p| p.keys.first().map_or(0, |k| k.len()))
+                .sum();
+            let file = if partials[i].is_empty() {
+                None
+            } else {
+                let bytes = encode_partials(&partials[i])?;
+                state_bytes += bytes.len() as u64;
+                let file = format!("op-{i}.arrow");
+                spec.store.put(&format!("{dir}/{file}"), bytes)?;
+                Some(file)
+            };
+            operators.push(OperatorRecord {
+                name: name.clone(),
+                file,
+                rows: rows as u64,
+                flushed: flushed[i],
+                emitted: emitted[i],
+            });
+        }
+        let partitions = self
+            .cut
+            .iter()
+            .enumerate()
+            .filter_map(|(id, (source, key, resume))| {
+                let r = (*resume)?;
+                Some(PartitionRecord {
+                    source: source.clone(),
+                    partition: key.clone(),
+                    next_offset: r.next_offset,
+                    position: r.position,
+                    newest: newest.get(id).copied().unwrap_or(i64::MIN),
+                })
+            })
+            .collect();
+        let manifest = Manifest {
+            format: FORMAT,
+            pipeline: spec.pipeline.clone(),
+            epoch: self.epoch,
+            created_ms: crate::time::now_ms(),
+            finished: self.final_ && newest.iter().all(|&n| n == i64::MAX),
+            fingerprint: spec.fingerprint.clone(),
+            partitions,
+            operators,
+            sinks,
+            dead_letter,
+            counters,
+            state_bytes,
+        };
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(err)?;
+        failpoint("before_manifest");
+        spec.store.put(&manifest_name(self.epoch), bytes)?;
+        failpoint("before_commit");
+        Ok(manifest)
+    }
+}
+
+/// Deletes every checkpoint but the newest `keep` complete ones (and unfinished ones older
+/// than the oldest kept).
+pub(crate) fn collect_garbage(store: &CheckpointStore, keep: usize) -> Result<(), EngineError> {
+    let epochs = store.complete_epochs()?;
+    if epochs.len() <= keep {
+        return Ok(());
+    }
+    let oldest_kept = epochs[epochs.len() - keep.max(1)];
+    let old: Vec<String> = store
+        .list()?
+        .into_iter()
+        .filter(|n| {
+            n.strip_prefix("chk-")
+                .and_then(|r| r.split_once('/'))
+                .and_then(|(e, _)| e.parse::<u64>().ok())
+                .is_some_and(|e| e < oldest_kept)
+        })
+        .collect();
+    // manifests last, so an interrupted collection leaves no manifest without its files
+    let (manifests, files): (Vec<String>, Vec<String>) =
+        old.into_iter().partition(|n| n.ends_with("/manifest.json"));
+    store.delete(&manifests)?;
+    store.delete(&files)?;
+    if let Some(root) = &store.local {
+        // object stores have no folders; a local one keeps empty ones
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let old = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("chk-"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|epoch| epoch < oldest_kept);
+            if old {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>` pauses the coordinator at `point`
+/// (`before_manifest`: every part is in, the manifest is not written; `before_commit`: the
+/// manifest is written, the outputs are not told to commit) so that crash tests can kill
+/// the process there. It logs `failpoint <point>` first.
+pub(crate) fn failpoint(point: &str) {
+    let Ok(spec) = std::env::var("WEIR_FAILPOINT_PAUSE") else {
+        return;
+    };
+    let Some((name, ms)) = spec.split_once(':') else {
+        return;
+    };
+    if name == point {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tracing::warn!(point, ms, "failpoint {point}");
+        eprintln!("failpoint {point}");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Lets the workers meet at a barrier: every one waits until all arrived.
+pub(crate) struct Rendezvous {
+    state: Mutex<(usize, u64)>,
+    all: Condvar,
+    n: usize,
+}
+
+impl Rendezvous {
+    pub fn new(n: usize) -> Self {
+        Rendezvous {
+            state: Mutex::new((0, 0)),
+            all: Condvar::new(),
+            n,
+        }
+    }
+
+    /// Waits for every party; fails when the job is cancelled meanwhile.
+    pub fn wait(&self, cancel: &AtomicBool) -> Result<(), EngineError> {
+        let poisoned = || EngineError::Internal("rendezvous poisoned".into());
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        let generation = s.1;
+        s.0 += 1;
+        if s.0 == self.n {
+            s.0 = 0;
+            s.1 += 1;
+            self.all.notify_all();
+            return Ok(());
+        }
+        while s.1 == generation {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            s = self
+                .all
+                .wait_timeout(s, Duration::from_millis(50))
+                .map_err(|_| poisoned())?
+                .0;
+        }
+        Ok(())
+    }
+}
+
+/// Maps a checkpoint's partitions to the job's global partition ids.
+pub(crate) fn restored_partitions(
+    manifest: &Manifest,
+    keys: &[(String, String)],
+) -> HashMap<usize, (Resume, i64)> {
+    let mut out = HashMap::new();
+    for (id, (source, key)) in keys.iter().enumerate() {
+        if let Some(p) = manifest
+            .partitions
+            .iter()
+            .find(|p| &p.source == source && &p.partition == key)
+        {
+            out.insert(
+                id,
+                (
+                    Resume {
+                        next_offset: p.next_offset,
+                        position: p.position,
+                    },
+                    p.newest,
+                ),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{StringArray, UInt64Array};
+
+    fn partial(start: i64, keys: &[&str], counts: &[u64]) -> PartialWindow {
+        PartialWindow {
+            window_start: start,
+            keys: vec![Arc::new(StringArray::from(keys.to_vec()))],
+            states: vec![Arc::new(UInt64Array::from(counts.to_vec()))],
+        }
+    }
+
+    #[test]
+    fn partials_round_trip_through_ipc() {
+        let parts = vec![
+            partial(0, &["a", "b"], &[1, 2]),
+            partial(60_000, &["a"], &[3]),
+        ];
+        let bytes = encode_partials(&parts).unwrap();
+        let back = decode_partials(&bytes).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].window_start, 0);
+        assert_eq!(back[1].window_start, 60_000);
+        assert_eq!(back[0].keys[0].len(), 2);
+        assert_eq!(back[1].states[0].len(), 1);
+        assert!(decode_partials(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn compatibility_names_every_change() {
+        let a: BTreeMap<String, String> = [
+            ("window w: tumbling".to_string(), "60000".to_string()),
+            ("window w: key".to_string(), "a".to_string()),
+        ]
+        .into();
+        let mut b = a.clone();
+        assert!(compatibility(&a, &b).is_ok());
+        b.insert("window w: tumbling".into(), "120000".into());
+        b.remove("window w: key");
+        b.insert("window v: key".into(), "x".into());
+        let e = compatibility(&a, &b).unwrap_err();
+        assert!(
+            e.contains("window w: tumbling changed from `60000` to `120000`"),
+            "{e}"
+        );
+        assert!(e.contains("window w: key (`a`) was removed"), "{e}");
+        assert!(e.contains("window v: key (`x`) was added"), "{e}");
+    }
+
+    #[test]
+    fn a_local_store_keeps_the_newest_complete_checkpoints() {
+        let dir = std::env::temp_dir().join(format!("weir-chk-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = CheckpointStore::open(dir.to_str().unwrap()).unwrap();
+        assert!(store.latest().unwrap().is_none());
+        for e in 1..=5u64 {
+            store
+                .put(&format!("chk-{e:010}/op-0.arrow"), vec![1, 2])
+                .unwrap();
+            if e != 5 {
+                let m = Manifest {
+                    format: FORMAT,
+                    pipeline: "p".into(),
+                    epoch: e,
+                    created_ms: 0,
+                    finished: false,
+                    fingerprint: BTreeMap::new(),
+                    partitions: vec![],
+                    operators: vec![],
+                    sinks: BTreeMap::new(),
+                    dead_letter: serde_json::Value::Null,
+                    counters: BTreeMap::new(),
+                    state_bytes: 2,
+                };
+                store
+                    .put(&manifest_name(e), serde_json::to_vec(&m).unwrap())
+                    .unwrap();
+            }
+        }
+        // epoch 5 has no manifest: not complete
+        assert_eq!(store.latest().unwrap().unwrap().epoch, 4);
+        collect_garbage(&store, 2).unwrap();
+        assert_eq!(store.complete_epochs().unwrap(), vec![3, 4]);
+        let names = store.list().unwrap();
+        assert!(
+            names.iter().all(|n| !n.starts_with("chk-0000000001")),
+            "{names:?}"
+        );
+        assert!(names.contains(&"chk-0000000005/op-0.arrow".to_string()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,444 @@
+//! Files written with two-phase commit, for checkpointed runs: a reader sees only rows of
+//! complete checkpoints, and a restart from checkpoint `C` gives exactly the rows up to `C`.
+//!
+//! - Line files (NDJSON, CSV, dead letters) stay one file at the configured path. The rows of
+//!   epoch `E` go to a side file `<path>.epoch-<E>`; at the barrier it is made durable and its
+//!   place in the final file (the final file's length once every earlier epoch is in) goes to
+//!   the checkpoint's manifest. When the checkpoint is complete, the side file is written at
+//!   that place and removed. Recovery from checkpoint `C` writes the side files `C` lists
+//!   again (writing at a fixed place is idempotent), cuts the final file to `C`'s length and
+//!   removes every other side file.
+//! - Parquet cannot be appended to, so a checkpointed Parquet output is a folder of part
+//!   files, one per checkpoint that had rows: `.part-<E>.parquet.inprogress` while written,
+//!   `.part-<E>.parquet.pending` once pre-committed (hidden files, which Parquet readers
+//!   skip), `part-<E>.parquet` once committed (as Flink's file sink rolls on checkpoints).
+//!   Readers read the folder (`pyarrow.dataset`, Spark) or glob `path/*.parquet` (DuckDB).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use serde_json::{json, Value};
+use weir_engine::EngineError;
+
+type Error = String;
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A line file committed per checkpoint (see the module docs).
+pub struct CommittedLines {
+    path: PathBuf,
+    /// The final file's length once every pre-committed epoch is in.
+    planned_len: u64,
+    /// Pre-committed epochs not committed yet: (epoch, where they go in the final file).
+    pending: Vec<(u64, u64)>,
+    /// The epoch rows belong to now (the last barrier's + 1), and its side file.
+    epoch: u64,
+    side: Option<BufWriter<File>>,
+    side_len: u64,
+}
+
+impl CommittedLines {
+    /// Lines committed into `path`.
+    pub fn new(path: &Path) -> Self {
+        CommittedLines {
+            path: path.to_path_buf(),
+            planned_len: 0,
+            pending: Vec::new(),
+            epoch: 1,
+            side: None,
+            side_len: 0,
+        }
+    }
+
+    fn side_path(&self, epoch: u64) -> PathBuf {
+        sibling(&self.path, &format!(".epoch-{epoch}"))
+    }
+
+    /// Whether the next byte appended is the first of the final file (for a CSV header).
+    pub fn at_start(&self) -> bool {
+        self.planned_len == 0 && self.side_len == 0
+    }
+
+    /// Appends bytes to the current epoch.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.side.is_none() {
+            let side = self.side_path(self.epoch);
+            std::fs::create_dir_all(parent_of(&self.path)).map_err(|e| e.to_string())?;
+            let f = File::create(&side).map_err(|e| format!("{}: {e}", side.display()))?;
+            self.side = Some(BufWriter::with_capacity(1 << 20, f));
+            self.side_len = 0;
+        }
+        let side = self.side.as_mut().expect("opened above");
+        side.write_all(bytes).map_err(|e| e.to_string())?;
+        self.side_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the epoch's rows durable and returns what committing needs.
+    pub fn pre_commit(&mut self, epoch: u64) -> Result<Value, Error> {
+        if let Some(mut side) = self.side.take() {
+            side.flush()
+                .and_then(|_| side.get_ref().sync_all())
+                .map_err(|e| e.to_string())?;
+            if self.side_len > 0 {
+                if epoch != self.epoch {
+                    std::fs::rename(self.side_path(self.epoch), self.side_path(epoch))
+                        .map_err(|e| e.to_string())?;
+                }
+                self.pending.push((epoch, self.planned_len));
+                self.planned_len += self.side_len;
+            } else {
+                let _ = std::fs::remove_file(self.side_path(self.epoch));
+            }
+        }
+        self.side_len = 0;
+        self.epoch = epoch + 1;
+        Ok(json!({ "length": self.planned_len, "pending": self.pending }))
+    }
+
+    /// Writes the side files of epochs up to `upto` into the final file.
+    pub fn commit(&mut self, upto: u64) -> Result<(), Error> {
+        let due: Vec<(u64, u64)> = self
+            .pending
+            .iter()
+            .copied()
+            .filter(|(e, _)| *e <= upto)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut out = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        for &(epoch, at) in &due {
+            self.write_side(&mut out, epoch, at)?;
+        }
+        out.sync_all().map_err(|e| e.to_string())?;
+        for &(epoch, _) in &due {
+            let _ = std::fs::remove_file(self.side_path(epoch));
+        }
+        self.pending.retain(|(e, _)| *e > upto);
+        Ok(())
+    }
+
+    fn write_side(&self, out: &mut File, epoch: u64, at: u64) -> Result<(), Error> {
+        let side = self.side_path(epoch);
+        let mut input = File::open(&side).map_err(|e| format!("{}: {e}", side.display()))?;
+        out.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+        std::io::copy(&mut input, out).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Starts from checkpoint `from` (its epoch and what `pre_commit` returned then), or from
+    /// nothing: finishes its commits, cuts the file to its length, removes other side files.
+    pub fn recover(&mut self, from: Option<(u64, &Value)>) -> Result<(), Error> {
+        let (epoch, length, pending) = match from {
+            Some((epoch, info)) => {
+                let length = info.get("length").and_then(Value::as_u64).unwrap_or(0);
+                let pending: Vec<(u64, u64)> = info
+                    .get("pending")
+                    .and_then(|p| serde_json::from_value(p.clone()).ok())
+                    .unwrap_or_default();
+                (epoch, length, pending)
+            }
+            None => (0, 0, Vec::new()),
+        };
+        std::fs::create_dir_all(parent_of(&self.path)).map_err(|e| e.to_string())?;
+        let mut out = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        for &(e, at) in &pending {
+            if self.side_path(e).exists() {
+                self.write_side(&mut out, e, at)?;
+            }
+        }
+        let have = out.metadata().map_err(|e| e.to_string())?.len();
+        if have < length {
+            return Err(format!(
+                "{} has {have} bytes but the checkpoint it restarts from committed {length}: \
+                 the file was changed outside weir; move it away and start from an empty checkpoint folder",
+                self.path.display()
+            ));
+        }
+        out.set_len(length).map_err(|e| e.to_string())?;
+        out.sync_all().map_err(|e| e.to_string())?;
+        drop(out);
+        self.remove_side_files()?;
+        self.planned_len = length;
+        self.pending.clear();
+        self.epoch = epoch + 1;
+        self.side = None;
+        self.side_len = 0;
+        Ok(())
+    }
+
+    fn remove_side_files(&self) -> Result<(), Error> {
+        let dir = parent_of(&self.path);
+        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(());
+        };
+        let prefix = format!("{name}.epoch-");
+        for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let n = entry.file_name();
+            let n = n.to_string_lossy();
+            if n.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+            {
+                std::fs::remove_file(entry.path()).map_err(|e| e.to_string())?;
+            }
+        }
+        sync_dir(dir).map_err(|e| e.to_string())
+    }
+
+    /// Whether rows were written after the last barrier (they are not committed).
+    pub fn has_uncommitted(&self) -> bool {
+        self.side_len > 0
+    }
+}
+
+/// A folder of Parquet part files committed per checkpoint (see the module docs).
+pub struct CommittedParts {
+    dir: PathBuf,
+    schema: SchemaRef,
+    props: parquet::file::properties::WriterProperties,
+    epoch: u64,
+    writer: Option<ArrowWriter<File>>,
+}
+
+const PART_EXT: &str = "parquet";
+
+impl CommittedParts {
+    /// Parts of rows of `schema` in folder `dir`.
+    pub fn new(
+        dir: &Path,
+        schema: SchemaRef,
+        props: parquet::file::properties::WriterProperties,
+    ) -> Result<Self, Error> {
+        if dir.is_file() {
+            return Err(format!(
+                "{} is a file, but a checkpointed Parquet output is a folder of part files \
+                 (one per checkpoint): move the file away or choose another path",
+                dir.display()
+            ));
+        }
+        Ok(CommittedParts {
+            dir: dir.to_path_buf(),
+            schema,
+            props,
+            epoch: 1,
+            writer: None,
+        })
+    }
+
+    /// A part's file: hidden (a leading dot, which Parquet readers skip) until committed.
+    fn part(&self, epoch: u64, state: &str) -> PathBuf {
+        let hidden = if state.is_empty() { "" } else { "." };
+        self.dir
+            .join(format!("{hidden}part-{epoch:010}.{PART_EXT}{state}"))
+    }
+
+    /// Writes rows of the current epoch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        if self.writer.is_none() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+            let path = self.part(self.epoch, ".inprogress");
+            let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            self.writer = Some(
+                ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let w = self.writer.as_mut().expect("opened above");
+        w.write(batch).map_err(|e| e.to_string())
+    }
+
+    /// Closes the epoch's part (durable, not visible yet).
+    pub fn pre_commit(&mut self, epoch: u64) -> Result<Value, Error> {
+        if let Some(w) = self.writer.take() {
+            let file = w.into_inner().map_err(|e| e.to_string())?;
+            file.sync_all().map_err(|e| e.to_string())?;
+            std::fs::rename(
+                self.part(self.epoch, ".inprogress"),
+                self.part(epoch, ".pending"),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        self.epoch = epoch + 1;
+        Ok(Value::Null)
+    }
+
+    /// Publishes the parts of epochs up to `upto`.
+    pub fn commit(&mut self, upto: u64) -> Result<(), Error> {
+        for (epoch, state) in self.parts()? {
+            if state == ".pending" && epoch <= upto {
+                std::fs::rename(self.part(epoch, ".pending"), self.part(epoch, ""))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        sync_dir(&self.dir).map_err(|e| e.to_string())
+    }
+
+    /// Starts from checkpoint epoch `from` (or nothing): publishes its pending parts and
+    /// removes every part written after it.
+    pub fn recover(&mut self, from: Option<u64>) -> Result<(), Error> {
+        let upto = from.unwrap_or(0);
+        if self.dir.exists() {
+            for (epoch, state) in self.parts()? {
+                let path = self.part(epoch, &state);
+                if epoch > upto || state == ".inprogress" {
+                    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+                } else if state == ".pending" {
+                    std::fs::rename(&path, self.part(epoch, "")).map_err(|e| e.to_string())?;
+                }
+            }
+            sync_dir(&self.dir).map_err(|e| e.to_string())?;
+        }
+        self.epoch = upto + 1;
+        Ok(())
+    }
+
+    /// (epoch, state suffix) of every part file in the folder.
+    fn parts(&self) -> Result<Vec<(u64, String)>, Error> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| e.to_string())? {
+            let name = entry.map_err(|e| e.to_string())?.file_name();
+            let name = name.to_string_lossy();
+            let Some(rest) = name.trim_start_matches('.').strip_prefix("part-") else {
+                continue;
+            };
+            let Some((epoch, tail)) = rest.split_once('.') else {
+                continue;
+            };
+            let Ok(epoch) = epoch.parse::<u64>() else {
+                continue;
+            };
+            let state = match tail.strip_prefix(PART_EXT) {
+                Some(s @ ("" | ".pending" | ".inprogress")) => s.to_string(),
+                _ => continue,
+            };
+            out.push((epoch, state));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether rows were written after the last barrier (they are not committed).
+    pub fn has_uncommitted(&self) -> bool {
+        self.writer.is_some()
+    }
+}
+
+/// Reports the error of a committed output as the sink's error.
+pub(crate) fn sink_err(name: &str, path: &Path) -> impl Fn(Error) -> EngineError {
+    let name = name.to_string();
+    let path = path.display().to_string();
+    move |e| EngineError::sink(&name, format!("{path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("weir-committed-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn lines_become_visible_on_commit_and_recovery_cuts_back_to_the_checkpoint() {
+        let dir = tempdir("lines");
+        let path = dir.join("out.ndjson");
+        let mut f = CommittedLines::new(&path);
+        f.recover(None).unwrap();
+        f.append(b"a\n").unwrap();
+        let info1 = f.pre_commit(1).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        f.append(b"b\n").unwrap();
+        let info2 = f.pre_commit(2).unwrap();
+        f.commit(1).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\n");
+        f.append(b"c\n").unwrap(); // never pre-committed
+                                   // crash; checkpoint 2 completed but epoch 2 was never committed
+        let mut g = CommittedLines::new(&path);
+        g.recover(Some((2, &info2))).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
+        // recovering from checkpoint 1 instead cuts back
+        let mut h = CommittedLines::new(&path);
+        h.recover(Some((1, &info1))).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\n");
+        h.append(b"x\n").unwrap();
+        h.pre_commit(2).unwrap();
+        h.commit(2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nx\n");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "side files are removed");
+    }
+
+    #[test]
+    fn parquet_parts_follow_the_checkpoints() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let dir = tempdir("parts").join("out.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))])
+                .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder().build();
+        let mut p = CommittedParts::new(&dir, schema.clone(), props.clone()).unwrap();
+        p.recover(None).unwrap();
+        p.write(&batch).unwrap();
+        p.pre_commit(1).unwrap();
+        p.write(&batch).unwrap();
+        p.pre_commit(2).unwrap();
+        p.commit(1).unwrap();
+        p.write(&batch).unwrap();
+        let names = |d: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(&dir),
+            [
+                ".part-0000000002.parquet.pending",
+                ".part-0000000003.parquet.inprogress",
+                "part-0000000001.parquet"
+            ]
+        );
+        let mut q = CommittedParts::new(&dir, schema, props).unwrap();
+        q.recover(Some(1)).unwrap();
+        assert_eq!(names(&dir), ["part-0000000001.parquet"]);
+    }
+}
