@@ -185,7 +185,7 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
     let plan = load(&dir.path().join("p.yaml")).unwrap();
     let msgs: Vec<String> = plan.unavailable.iter().map(|e| e.to_string()).collect();
-    assert_eq!(msgs.len(), 4, "{msgs:?}");
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
     assert!(
         msgs.iter().all(|m| m.contains("not available yet")),
         "{msgs:?}"
@@ -193,6 +193,25 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     assert!(msgs[0].contains("iceberg"), "{msgs:?}");
     let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
     assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
+}
+
+#[test]
+fn checkpoint_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
+    for (setting, wanted) in [
+        ("{ dir: state, interval: 10ms }", "at least 100ms"),
+        ("{ dir: state, keep: 0 }", "`keep` must be at least 1"),
+        ("{ dir: \"\", interval: 1s }", "`dir` is empty"),
+        ("{ dir: state, every: 1s }", "every"),
+    ] {
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, format!("{GOOD}checkpoint: {setting}\n")).unwrap();
+        let e = load(&path).err().expect("refused").to_string();
+        let line = GOOD.lines().count() + 1;
+        assert!(e.contains(&format!("p.yaml:{line}:")), "{e}");
+        assert!(e.contains(wanted), "{setting}: {e}");
+    }
 }
 
 #[test]

@@ -233,7 +233,7 @@ fn killed_and_restarted_file_runs_give_exactly_the_oracle_rows() {
             c
         },
         kills(),
-        Duration::from_millis(1200),
+        Duration::from_millis(300),
         &d.join("logs"),
         || {
             verify("a run that finished before its kill");

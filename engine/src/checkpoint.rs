@@ -682,18 +682,22 @@ pub(crate) fn collect_garbage(store: &CheckpointStore, keep: usize) -> Result<()
     Ok(())
 }
 
-/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>` pauses the coordinator at `point`
-/// (`before_manifest`: every part is in, the manifest is not written; `before_commit`: the
-/// manifest is written, the outputs are not told to commit) so that crash tests can kill
-/// the process there. It logs `failpoint <point>` first.
+/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>]` pauses the coordinator at
+/// `point` (`before_manifest`: every part is in, the manifest is not written;
+/// `before_commit`: the manifest is written, the outputs are not told to commit), after
+/// passing it `skip` times, so that crash tests can kill the process there. It logs
+/// `failpoint <point>` first.
 pub(crate) fn failpoint(point: &str) {
+    static PASSED: AtomicU64 = AtomicU64::new(0);
     let Ok(spec) = std::env::var("WEIR_FAILPOINT_PAUSE") else {
         return;
     };
-    let Some((name, ms)) = spec.split_once(':') else {
+    let mut parts = spec.split(':');
+    let (Some(name), Some(ms)) = (parts.next(), parts.next()) else {
         return;
     };
-    if name == point {
+    let skip: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if name == point && PASSED.fetch_add(1, Ordering::Relaxed) >= skip {
         let ms: u64 = ms.parse().unwrap_or(0);
         tracing::warn!(point, ms, "failpoint {point}");
         eprintln!("failpoint {point}");

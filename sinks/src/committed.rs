@@ -295,6 +295,9 @@ impl CommittedParts {
 
     /// Publishes the parts of epochs up to `upto`.
     pub fn commit(&mut self, upto: u64) -> Result<(), Error> {
+        if !self.dir.exists() {
+            return Ok(()); // no part written yet
+        }
         for (epoch, state) in self.parts()? {
             if state == ".pending" && epoch <= upto {
                 std::fs::rename(self.part(epoch, ".pending"), self.part(epoch, ""))

@@ -547,6 +547,14 @@ impl KafkaReader {
                         ctx.clocks.partition(s.info.id).set_idle(false);
                         if end_at == Some(0) {
                             self.end_partition(l, 0, ctx);
+                        } else if let (Some(end), Some(&from)) =
+                            (end_at, self.resume.get(&(topic.clone(), p)))
+                        {
+                            // continuing from a checkpoint at (or past) the end: no message
+                            // will come to say the partition is caught up
+                            if from >= end {
+                                self.end_partition(l, from, ctx);
+                            }
                         }
                     }
                 }

@@ -103,6 +103,7 @@ def produce(args):
             while True:
                 try:
                     p.produce(args.topic, value=value, key=key, headers=headers or None,
+                              partition=-1 if args.partition is None else args.partition,
                               on_delivery=lambda err, msg: err and failures.append(err))
                     break
                 except BufferError:
@@ -240,6 +241,7 @@ def main():
     a.add_argument("--schema")
     a.add_argument("--schema-id", type=int, default=1)
     a.add_argument("--header", action="append", default=[])
+    a.add_argument("--partition", type=int, help="every message to this partition (default: by key)")
     a = sub.add_parser("consume")
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("out")
     a.add_argument("--keys", action="store_true")

@@ -66,9 +66,11 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Runs `make()` (a `weir run` command) `kills` times, killing it with SIGKILL: every fifth
-/// run at the `before_manifest` failpoint, every fifth at `before_commit`, the others after
-/// a random delay below `max_delay`. Then runs it to its end; panics with the log when a run
+/// Runs `make()` (a `weir run` command, logging at info level) `kills` times, killing it
+/// with SIGKILL: every fifth run at the `before_manifest` failpoint, every fifth at
+/// `before_commit` (at the run's first to fourth checkpoint), the others once 1 or 2
+/// checkpoints with open windows completed in the run (so that runs make progress whatever
+/// the machine's speed) and a random delay below `max_delay` more. Then runs it to its end; panics with the log when a run
 /// fails. A run that finishes before its kill is handed to `finished_early` (which checks the
 /// outputs and starts over with empty state). `logs` is a folder for the runs' stderr.
 pub fn crash_loop(
@@ -102,16 +104,17 @@ pub fn crash_loop(
             _ => None,
         };
         if let Some(p) = failpoint {
-            cmd.env("WEIR_FAILPOINT_PAUSE", format!("{p}:3000"));
+            let skip = rng.below(4);
+            cmd.env("WEIR_FAILPOINT_PAUSE", format!("{p}:3000:{skip}"));
         }
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().expect("start weir");
         let started = Instant::now();
-        let deadline = match failpoint {
-            Some(_) => Duration::from_secs(30),
-            None => Duration::from_millis(20 + rng.below(max_delay.as_millis() as u64)),
-        };
+        let checkpoints = 1 + rng.below(2) as usize;
+        let delay = Duration::from_millis(rng.below(max_delay.as_millis() as u64));
+        let limit = Duration::from_secs(60);
+        let mut counted_at: Option<Instant> = None;
         let mut killed = false;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -121,17 +124,22 @@ pub fn crash_loop(
                 finished_early();
                 break;
             }
-            let at_failpoint = failpoint.is_some() && read_log(&log).contains("failpoint ");
-            if at_failpoint || (failpoint.is_none() && started.elapsed() >= deadline) {
+            let text = read_log(&log);
+            let at_failpoint = failpoint.is_some() && text.contains("failpoint ");
+            // checkpoints holding open windows: the run is reading (a run that restored a
+            // finished checkpoint has none and runs to its end)
+            let busy = text
+                .lines()
+                .filter(|l| l.contains("checkpoint complete") && !l.contains("state_rows=0 "))
+                .count();
+            if failpoint.is_none() && counted_at.is_none() && busy >= checkpoints {
+                counted_at = Some(Instant::now());
+            }
+            let due = counted_at.is_some_and(|t| t.elapsed() >= delay);
+            if at_failpoint || due || started.elapsed() >= limit {
                 kill9(&mut child);
                 killed = true;
                 report.at_failpoints += usize::from(at_failpoint);
-                break;
-            }
-            if started.elapsed() >= deadline {
-                // the failpoint was not reached in time: kill anyway
-                kill9(&mut child);
-                killed = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -139,6 +147,14 @@ pub fn crash_loop(
         if killed {
             report.kills += 1;
         }
+        let text = read_log(&log);
+        eprintln!(
+            "run {run}: {} after {:?} and {} checkpoint(s){}",
+            if killed { "killed" } else { "finished" },
+            started.elapsed(),
+            text.matches("checkpoint complete").count(),
+            failpoint.map_or(String::new(), |p| format!(", failpoint {p}"))
+        );
         if read_log(&log).contains("restored from checkpoint") {
             report.restores += 1;
         }
