@@ -97,6 +97,34 @@ fn validate_prints_the_plan_and_rejects_bad_files_with_positions() {
             && plan.contains("reads timestamp, datasetName"),
         "{plan}"
     );
+    assert!(plan.contains("checkpoints: off"), "{plan}");
+    assert!(plan.contains("written when the run ends"), "{plan}");
+    // with checkpoints: the delivery of every output and where the checkpoints go
+    let dir = tempfile::tempdir().unwrap();
+    let with = dir.path().join("p.yaml");
+    let yaml = std::fs::read_to_string(repo().join("pipelines/examples/quickstart.yaml"))
+        .unwrap()
+        .replace(
+            "data/sample-events.ndjson",
+            repo()
+                .join("pipelines/examples/data/sample-events.ndjson")
+                .to_str()
+                .unwrap(),
+        )
+        + "checkpoint: { dir: s3://bucket/weir/quickstart, interval: 5s }\n";
+    std::fs::write(&with, yaml).unwrap();
+    let o = weir().arg("validate").arg(&with).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let plan = text(&o.stdout);
+    assert!(
+        plan.contains("checkpoints: s3://bucket/weir/quickstart every 5000 ms, keeping 3"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("exactly once: grows by whole checkpoints")
+            && plan.contains("exactly once: a folder of part files"),
+        "{plan}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");

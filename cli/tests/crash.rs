@@ -100,95 +100,105 @@ dead_letter: { file: { path: out/dead_letter.ndjson } }
 checkpoint: { dir: state, interval: 150ms }
 "#;
 
-#[test]
-fn killed_and_restarted_file_runs_give_exactly_the_oracle_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let input = d.join("input.ndjson");
-    check(
-        Command::new("python3")
-            .arg(shared().join("data/gen_events.py"))
-            .args(["data-ingestion", "400000", "--seed", "21", "--keys", "400"])
-            .args(["--step-ms", "15", "--unicode-keys", "--bad-frac", "0.004"])
-            .args(["--late-frac", "0.003", "--late-ms", "240000", "-o"])
+/// Generated input with bad and very late lines, the oracle's rows for it, and the dead
+/// letters of a run without checkpoints or crashes.
+struct FileCase {
+    dir: tempfile::TempDir,
+    expected: Vec<Row>,
+    summary: serde_json::Value,
+    reference_dead: Vec<String>,
+    pipeline: PathBuf,
+}
+
+impl FileCase {
+    fn new() -> FileCase {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let input = d.join("input.ndjson");
+        check(
+            Command::new("python3")
+                .arg(shared().join("data/gen_events.py"))
+                .args(["data-ingestion", "400000", "--seed", "21", "--keys", "400"])
+                .args(["--step-ms", "15", "--unicode-keys", "--bad-frac", "0.004"])
+                .args(["--late-frac", "0.003", "--late-ms", "240000", "-o"])
+                .arg(&input)
+                .output()
+                .unwrap(),
+            "gen_events.py",
+        );
+        let expected_path = d.join("expected.ndjson");
+        let oracle = Command::new("python3")
+            .arg(shared().join("oracle/window_oracle.py"))
             .arg(&input)
+            .args(["--schema", "data-ingestion", "--key", "datasetName"])
+            .args(["--size", "1m", "--ooo", "5s", "--agg", "events=count"])
+            .args([
+                "--agg",
+                "records=sum:recordCount",
+                "--agg",
+                "max_bytes=max:sizeBytes",
+            ])
+            .args(["--agg", "failures=count_if:status=FAILURE", "-o"])
+            .arg(&expected_path)
             .output()
-            .unwrap(),
-        "gen_events.py",
-    );
-    let expected_path = d.join("expected.ndjson");
-    let oracle = Command::new("python3")
-        .arg(shared().join("oracle/window_oracle.py"))
-        .arg(&input)
-        .args([
-            "--schema",
-            "data-ingestion",
-            "--key",
-            "datasetName",
-            "--size",
-            "1m",
-        ])
-        .args([
-            "--ooo",
-            "5s",
-            "--agg",
-            "events=count",
-            "--agg",
-            "records=sum:recordCount",
-        ])
-        .args([
-            "--agg",
-            "max_bytes=max:sizeBytes",
-            "--agg",
-            "failures=count_if:status=FAILURE",
-        ])
-        .arg("-o")
-        .arg(&expected_path)
-        .output()
+            .unwrap();
+        assert!(oracle.status.success());
+        let summary = serde_json::from_str(String::from_utf8_lossy(&oracle.stderr).trim()).unwrap();
+        let expected = read_ndjson(&expected_path);
+
+        let reference = d.join("reference.yaml");
+        std::fs::write(
+            &reference,
+            PIPELINE
+                .replace("checkpoint: { dir: state, interval: 150ms }\n", "")
+                .replace("out/", "reference/"),
+        )
         .unwrap();
-    let summary: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&oracle.stderr).trim()).unwrap();
-    assert!(oracle.status.success());
-    let expected = read_ndjson(&expected_path);
+        check(weir_run(&reference), "the reference run");
+        let mut reference_dead: Vec<String> =
+            std::fs::read_to_string(d.join("reference/dead_letter.ndjson"))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect();
+        reference_dead.sort();
+        let pipeline = d.join("pipeline.yaml");
+        std::fs::write(&pipeline, PIPELINE).unwrap();
+        FileCase {
+            dir,
+            expected,
+            summary,
+            reference_dead,
+            pipeline,
+        }
+    }
 
-    // dead letters of a run without checkpoints or crashes
-    let reference = d.join("reference.yaml");
-    std::fs::write(
-        &reference,
-        PIPELINE
-            .replace("checkpoint: { dir: state, interval: 150ms }\n", "")
-            .replace("out/", "reference/"),
-    )
-    .unwrap();
-    check(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", reference.to_str().unwrap()])
-            .output()
-            .unwrap(),
-        "the reference run",
-    );
-    let mut reference_dead: Vec<String> =
-        std::fs::read_to_string(d.join("reference/dead_letter.ndjson"))
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
-    reference_dead.sort();
+    fn run(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+        c.env("RUST_LOG", "info").args([
+            "run",
+            self.pipeline.to_str().unwrap(),
+            "--parallelism",
+            "2",
+        ]);
+        c
+    }
 
-    let pipeline = d.join("pipeline.yaml");
-    std::fs::write(&pipeline, PIPELINE).unwrap();
-    let verify = |label: &str| {
-        let out = d.join("out");
+    /// The outputs equal the oracle's rows and the reference dead letters, and nothing
+    /// uncommitted is left behind.
+    fn verify(&self, label: &str) {
+        let out = self.dir.path().join("out");
+        let keys = ["datasetName"];
         compare(
-            &expected,
+            &self.expected,
             &read_ndjson(&out.join("per_dataset.ndjson")),
-            &["datasetName"],
+            &keys,
         )
         .unwrap_or_else(|e| panic!("{label}: the NDJSON output differs from the oracle: {e}"));
         compare(
-            &expected,
+            &self.expected,
             &read_parquet_folder(&out.join("per_dataset.parquet")),
-            &["datasetName"],
+            &keys,
         )
         .unwrap_or_else(|e| panic!("{label}: the Parquet parts differ from the oracle: {e}"));
         let mut dead: Vec<String> = std::fs::read_to_string(out.join("dead_letter.ndjson"))
@@ -197,15 +207,15 @@ fn killed_and_restarted_file_runs_give_exactly_the_oracle_rows() {
             .map(String::from)
             .collect();
         dead.sort();
+        let s = &self.summary;
         assert_eq!(
             dead.len() as u64,
-            summary["bad"].as_u64().unwrap() + summary["late"].as_u64().unwrap()
+            s["bad"].as_u64().unwrap() + s["late"].as_u64().unwrap()
         );
         assert!(
-            dead == reference_dead,
+            dead == self.reference_dead,
             "{label}: the dead letters differ from a run without crashes"
         );
-        // nothing uncommitted is left behind
         for e in std::fs::read_dir(&out)
             .unwrap()
             .chain(std::fs::read_dir(out.join("per_dataset.parquet")).unwrap())
@@ -216,35 +226,89 @@ fn killed_and_restarted_file_runs_give_exactly_the_oracle_rows() {
                 "{label}: {name} left behind"
             );
         }
-    };
-    let reset = || {
-        let _ = std::fs::remove_dir_all(d.join("out"));
-        let _ = std::fs::remove_dir_all(d.join("state"));
-    };
+    }
+
+    /// Starts over without state or outputs.
+    fn reset(&self) {
+        let _ = std::fs::remove_dir_all(self.dir.path().join("out"));
+        let _ = std::fs::remove_dir_all(self.dir.path().join("state"));
+    }
+}
+
+#[test]
+fn killed_and_restarted_file_runs_give_exactly_the_oracle_rows() {
+    let case = FileCase::new();
     let report = support::crash_loop(
-        || {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
-            c.env("RUST_LOG", "info").args([
-                "run",
-                pipeline.to_str().unwrap(),
-                "--parallelism",
-                "2",
-            ]);
-            c
-        },
+        || case.run(),
         kills(),
         Duration::from_millis(300),
-        &d.join("logs"),
+        &case.dir.path().join("logs"),
         || {
-            verify("a run that finished before its kill");
-            reset();
+            case.verify("a run that finished before its kill");
+            case.reset();
         },
     );
     eprintln!("{report:?}");
-    verify("after the crashes");
+    case.verify("after the crashes");
     assert!(report.kills >= kills());
     assert!(report.at_failpoints >= 2, "{report:?}");
     assert!(report.restores >= 1, "{report:?}");
+}
+
+#[test]
+fn sigterm_takes_a_final_checkpoint_and_exits_0_then_a_restart_continues() {
+    let case = FileCase::new();
+    let log = case.dir.path().join("stopped.log");
+    let mut child = case
+        .run()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // stop it while it reads: once a checkpoint holds open windows
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("checkpoint complete") && !l.contains("state_rows=0 "))
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the signal"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let signalled = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "the stop took too long"
+    );
+    assert!(stderr.contains("stopping"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("checkpoints:"), "{stdout}");
+    // the stop left only committed output, short of the end
+    let rows = read_ndjson(&case.dir.path().join("out/per_dataset.ndjson")).len();
+    assert!(
+        rows < case.expected.len(),
+        "the stop came after the end: {rows} rows"
+    );
+    // the restart continues from the final checkpoint
+    let out = case.run().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restored from checkpoint"));
+    case.verify("after a stop and a restart");
 }
 
 fn weir_run(pipeline: &Path) -> std::process::Output {

@@ -260,6 +260,9 @@ pub struct Manifest {
     pub counters: BTreeMap<String, u64>,
     /// Bytes of state files.
     pub state_bytes: u64,
+    /// From the barrier to the state files being stored (the manifest comes right after).
+    #[serde(default)]
+    pub took_ms: u64,
 }
 
 impl Manifest {
@@ -633,6 +636,7 @@ impl Pending {
             dead_letter,
             counters,
             state_bytes,
+            took_ms: self.started.elapsed().as_millis() as u64,
         };
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(err)?;
         failpoint("before_manifest");
@@ -804,6 +808,25 @@ mod tests {
     }
 
     #[test]
+    fn a_file_url_goes_through_the_object_store_api() {
+        let dir = std::env::temp_dir().join(format!("weir-chk-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = CheckpointStore::open(&format!("file://{}", dir.display())).unwrap();
+        store.put("chk-0000000001/op-0.arrow", vec![7]).unwrap();
+        assert_eq!(
+            store.get("chk-0000000001/op-0.arrow").unwrap(),
+            Some(vec![7])
+        );
+        assert_eq!(store.get("missing").unwrap(), None);
+        assert_eq!(
+            store.list().unwrap(),
+            vec!["chk-0000000001/op-0.arrow".to_string()]
+        );
+        assert!(dir.join("chk-0000000001/op-0.arrow").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn compatibility_names_every_change() {
         let a: BTreeMap<String, String> = [
             ("window w: tumbling".to_string(), "60000".to_string()),
@@ -848,6 +871,7 @@ mod tests {
                     dead_letter: serde_json::Value::Null,
                     counters: BTreeMap::new(),
                     state_bytes: 2,
+                    took_ms: 0,
                 };
                 store
                     .put(&manifest_name(e), serde_json::to_vec(&m).unwrap())
