@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use support::read_parquet_folder;
 use weir_tests::{compare, read_ndjson, Row};
 
 fn repo() -> PathBuf {
@@ -28,21 +29,6 @@ fn shared() -> PathBuf {
     repo().parent().unwrap().join("shared")
 }
 
-fn venv_python() -> PathBuf {
-    let p = std::env::var_os("WEIR_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/weir/venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test-env.sh (a venv with pyarrow)",
-        p.display()
-    );
-    p
-}
-
 fn kills() -> usize {
     std::env::var("WEIR_CRASH_KILLS")
         .ok()
@@ -54,25 +40,6 @@ fn check(out: std::process::Output, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{what} failed:\n{stderr}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Rows of every committed part of a Parquet folder, read by pyarrow (timestamps as epoch ms).
-fn read_parquet_folder(dir: &Path) -> Vec<Row> {
-    let script = r#"
-import json, sys
-import pyarrow.dataset as ds
-t = ds.dataset(sys.argv[1], format="parquet").to_table()
-for r in t.to_pylist():
-    print(json.dumps({k: (int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v) for k, v in r.items()}))
-"#;
-    let out = Command::new(venv_python())
-        .args(["-c", script, dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    check(out, "reading Parquet with pyarrow")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 const PIPELINE: &str = r#"name: crash-file

@@ -17,6 +17,7 @@ use weir_tests::{compare, compare_at_least_once, golden_dir, read_ndjson, Row};
 
 #[path = "support/crash.rs"]
 mod crash;
+use crash::{read_parquet_folder, venv_python as python};
 
 const AGGREGATES: &str = r#"
       events: count(*)
@@ -40,21 +41,6 @@ fn brokers() -> String {
         "no Kafka broker at {b}: start one with scripts/kafka.sh start (or set KAFKA_BROKERS)"
     );
     b
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("WEIR_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/weir/venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test-env.sh (a venv with confluent-kafka and fastavro)",
-        p.display()
-    );
-    p
 }
 
 fn repo() -> PathBuf {
@@ -975,28 +961,4 @@ checkpoint: {{ dir: state, interval: 100ms }}
         report.kills
     );
     assert!(report.kills >= 10 || std::env::var("WEIR_CRASH_KILLS").is_ok());
-}
-
-/// Rows of every committed part of a Parquet folder, read by pyarrow (timestamps as epoch ms).
-fn read_parquet_folder(dir: &Path) -> Vec<Row> {
-    let script = r#"
-import json, sys
-import pyarrow.dataset as ds
-t = ds.dataset(sys.argv[1], format="parquet").to_table()
-for r in t.to_pylist():
-    print(json.dumps({k: (int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v) for k, v in r.items()}))
-"#;
-    let out = Command::new(python())
-        .args(["-c", script, dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pyarrow: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }

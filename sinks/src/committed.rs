@@ -126,12 +126,7 @@ impl CommittedLines {
         if due.is_empty() {
             return Ok(());
         }
-        let mut out = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.path)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut out = self.open_final()?;
         for &(epoch, at) in &due {
             self.write_side(&mut out, epoch, at)?;
         }
@@ -141,6 +136,16 @@ impl CommittedLines {
         }
         self.pending.retain(|(e, _)| *e > upto);
         Ok(())
+    }
+
+    /// The final file, for writing at given places (created when missing, never truncated).
+    fn open_final(&self) -> Result<File, Error> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
     fn write_side(&self, out: &mut File, epoch: u64, at: u64) -> Result<(), Error> {
@@ -166,12 +171,7 @@ impl CommittedLines {
             None => (0, 0, Vec::new()),
         };
         std::fs::create_dir_all(parent_of(&self.path)).map_err(|e| e.to_string())?;
-        let mut out = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.path)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut out = self.open_final()?;
         for &(e, at) in &pending {
             if self.side_path(e).exists() {
                 self.write_side(&mut out, e, at)?;

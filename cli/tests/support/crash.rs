@@ -3,7 +3,7 @@
 //! manifest written but the outputs not committed), restarted each time, then run to its end.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -169,4 +169,47 @@ pub fn crash_loop(
         report.restores += 1;
     }
     report
+}
+
+/// The Python of the tests' venv (`scripts/test-env.sh`: confluent-kafka, fastavro, pyarrow),
+/// or `WEIR_TEST_PYTHON`.
+pub fn venv_python() -> PathBuf {
+    let p = std::env::var_os("WEIR_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/weir/venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test-env.sh (a venv with confluent-kafka, fastavro and pyarrow)",
+        p.display()
+    );
+    p
+}
+
+/// Rows of every committed part of a Parquet folder, read by pyarrow (timestamps as epoch
+/// ms), as JSON objects.
+pub fn read_parquet_folder(dir: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let script = r#"
+import json, sys
+import pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format="parquet").to_table()
+for r in t.to_pylist():
+    print(json.dumps({k: (int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v) for k, v in r.items()}))
+"#;
+    let out = Command::new(venv_python())
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reading {} with pyarrow failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
