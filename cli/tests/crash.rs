@@ -75,10 +75,17 @@ struct FileCase {
     summary: serde_json::Value,
     reference_dead: Vec<String>,
     pipeline: PathBuf,
+    /// Environment of the runs (object-store credentials).
+    env: Vec<(String, String)>,
 }
 
 impl FileCase {
     fn new() -> FileCase {
+        Self::with_checkpoints("state", Vec::new())
+    }
+
+    /// A case whose checkpoints go to `location`, with `env` for the runs.
+    fn with_checkpoints(location: &str, env: Vec<(String, String)>) -> FileCase {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let input = d.join("input.ndjson");
@@ -130,24 +137,32 @@ impl FileCase {
                 .collect();
         reference_dead.sort();
         let pipeline = d.join("pipeline.yaml");
-        std::fs::write(&pipeline, PIPELINE).unwrap();
-        FileCase {
+        let case = FileCase {
             dir,
             expected,
             summary,
             reference_dead,
             pipeline,
-        }
+            env,
+        };
+        case.set_checkpoints(location);
+        case
+    }
+
+    /// Writes the pipeline with its checkpoints at `location`.
+    fn set_checkpoints(&self, location: &str) {
+        std::fs::write(
+            &self.pipeline,
+            PIPELINE.replace("dir: state,", &format!("dir: \"{location}\",")),
+        )
+        .unwrap();
     }
 
     fn run(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
-        c.env("RUST_LOG", "info").args([
-            "run",
-            self.pipeline.to_str().unwrap(),
-            "--parallelism",
-            "2",
-        ]);
+        c.env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(["run", self.pipeline.to_str().unwrap(), "--parallelism", "2"]);
         c
     }
 
@@ -326,4 +341,118 @@ fn a_checkpoint_of_a_changed_pipeline_is_refused_with_what_changed() {
     std::fs::write(&pipeline, &yaml).unwrap();
     let stdout = check(weir_run(&pipeline), "the run with the original pipeline");
     assert!(stdout.contains("restored from checkpoint"), "{stdout}");
+}
+
+/// An S3-compatible server (moto, from the tests' venv) on a free port, with one bucket.
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = support::venv_python().with_file_name("moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/test-env.sh",
+            server.display()
+        );
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = S3Server { child, port };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (status, _) = s.request("PUT", &format!("/{bucket}"));
+        assert_eq!(status, 200, "creating bucket {bucket}");
+        s
+    }
+
+    /// An unsigned request (moto accepts them); returns the status and the whole answer.
+    fn request(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
+    /// The variables `object_store` reads to reach it.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "weir-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "weir-test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checkpoints in an S3 bucket (an S3-compatible server: moto) through `object_store`, with
+/// kills in the middle: the same exact results as with a local folder.
+#[test]
+fn checkpoints_in_an_s3_bucket_survive_kills() {
+    let s3 = S3Server::start("weir-checkpoints");
+    let case = FileCase::with_checkpoints("s3://weir-checkpoints/crash-file", s3.env());
+    let fresh = std::cell::Cell::new(0);
+    let report = support::crash_loop(
+        || case.run(),
+        4,
+        Duration::from_millis(300),
+        &case.dir.path().join("logs"),
+        || {
+            case.verify("a run that finished before its kill");
+            case.reset();
+            // start over under a new prefix
+            fresh.set(fresh.get() + 1);
+            case.set_checkpoints(&format!("s3://weir-checkpoints/crash-file/{}", fresh.get()));
+        },
+    );
+    eprintln!("{report:?}");
+    case.verify("after the crashes, with checkpoints in S3");
+    assert!(report.restores >= 1, "{report:?}");
+    let (status, listing) = s3.request("GET", "/weir-checkpoints?list-type=2&prefix=crash-file/");
+    assert_eq!(status, 200);
+    assert!(
+        listing.contains("crash-file/chk-") && listing.contains("/manifest.json"),
+        "the checkpoints are in the bucket: {listing}"
+    );
+    // nothing went to a local folder instead
+    assert!(!case.dir.path().join("state").exists());
 }
