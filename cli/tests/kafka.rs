@@ -962,3 +962,58 @@ checkpoint: {{ dir: state, interval: 100ms }}
     );
     assert!(report.kills >= 10 || std::env::var("WEIR_CRASH_KILLS").is_ok());
 }
+
+/// `--until-caught-up` ends a partition that starts at its end offset (nothing committed
+/// since, so no message comes to say it is caught up): a second run of a group ends at once.
+#[test]
+fn a_group_already_at_the_end_finishes_at_once_when_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let Golden {
+        brokers,
+        input,
+        output,
+        dlq,
+        group,
+        ..
+    } = Golden::produce("3", &[]);
+    let yaml = format!(
+        r#"name: caught-up
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: committed }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates: {{ events: count(*) }}
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ topic: {output} }}, format: json }}
+dead_letter: {{ kafka: {{ topic: {dlq} }} }}
+"#
+    );
+    run_caught_up(dir.path(), &yaml, &[]);
+    let mut second = weir()
+        .args(["run", dir.path().join("pipeline.yaml").to_str().unwrap()])
+        .arg("--until-caught-up")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = second.kill();
+            panic!("the second run waited 30 s for messages that never come");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}

@@ -103,6 +103,8 @@ struct GroupContext {
     start_from: StartFrom,
     /// Offsets of a checkpoint, which override `start_from` for the partitions it holds.
     resume: HashMap<(String, i32), u64>,
+    /// Where newly assigned partitions were set to start (absent: the committed offset).
+    starts: Mutex<HashMap<(String, i32), Offset>>,
     /// (topic, partition) → global partition id.
     ids: HashMap<(String, i32), usize>,
     progress: Arc<Progress>,
@@ -183,10 +185,17 @@ impl GroupContext {
                 fresh.push((e.topic().to_string(), e.partition()));
             }
         }
+        let Ok(mut starts) = self.starts.lock() else {
+            return;
+        };
+        let mut set = |tpl: &mut TopicPartitionList, topic: &str, p: i32, o: Offset| {
+            let _ = tpl.set_partition_offset(topic, p, o);
+            starts.insert((topic.to_string(), p), o);
+        };
         // partitions a checkpoint holds continue where it left them
         fresh.retain(|(topic, p)| match self.resume.get(&(topic.clone(), *p)) {
             Some(&o) => {
-                let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(o as i64));
+                set(tpl, topic, *p, Offset::Offset(o as i64));
                 false
             }
             None => true,
@@ -207,7 +216,7 @@ impl GroupContext {
                                 Offset::Offset(o) if o >= 0 => Offset::Offset(o),
                                 _ => Offset::End,
                             };
-                            let _ = tpl.set_partition_offset(e.topic(), e.partition(), o);
+                            set(tpl, e.topic(), e.partition(), o);
                         }
                     }
                     Err(e) => {
@@ -218,7 +227,7 @@ impl GroupContext {
             }
         };
         for (topic, p) in fresh {
-            let _ = tpl.set_partition_offset(&topic, p, offset);
+            set(tpl, &topic, p, offset);
         }
     }
 }
@@ -464,6 +473,7 @@ impl KafkaReader {
         let context = GroupContext {
             start_from: self.config.start_from,
             resume: self.resume.clone(),
+            starts: Mutex::new(HashMap::new()),
             ids,
             progress: ctx.progress.clone(),
             seen: Mutex::new(HashSet::new()),
@@ -526,16 +536,19 @@ impl KafkaReader {
                         let Some(l) = self.local(&topic, p) else {
                             continue;
                         };
-                        let end_at = if self.config.until_caught_up {
+                        let (end_at, start) = if self.config.until_caught_up {
                             let (low, high) = self
                                 .consumer
                                 .as_ref()
                                 .expect("connected")
                                 .fetch_watermarks(&topic, p, Duration::from_secs(30))
                                 .map_err(|e| self.err("cannot read partition end offsets", e))?;
-                            Some(if high <= low { 0 } else { high as u64 })
+                            (
+                                Some(if high <= low { 0 } else { high as u64 }),
+                                self.start_offset(&topic, p, low.max(0) as u64, high.max(0) as u64),
+                            )
                         } else {
-                            None
+                            (None, None)
                         };
                         self.assigned_once = true;
                         let s = &mut self.partitions[l];
@@ -545,15 +558,11 @@ impl KafkaReader {
                         ctx.progress.track(s.info.id);
                         ctx.progress.restart(s.info.id, s.seq);
                         ctx.clocks.partition(s.info.id).set_idle(false);
-                        if end_at == Some(0) {
-                            self.end_partition(l, 0, ctx);
-                        } else if let (Some(end), Some(&from)) =
-                            (end_at, self.resume.get(&(topic.clone(), p)))
-                        {
-                            // continuing from a checkpoint at (or past) the end: no message
-                            // will come to say the partition is caught up
-                            if from >= end {
-                                self.end_partition(l, from, ctx);
+                        // A partition starting at (or past) its end offset: no message will
+                        // come to say it is caught up.
+                        if let Some(end) = end_at {
+                            if end == 0 || start.is_some_and(|from| from >= end) {
+                                self.end_partition(l, start.unwrap_or(0), ctx);
                             }
                         }
                     }
@@ -572,6 +581,36 @@ impl KafkaReader {
             }
         }
         Ok(())
+    }
+
+    /// Where a newly assigned partition starts reading: the offset the rebalance set (a
+    /// checkpoint's, `start_from`), else the group's committed offset, else the earliest
+    /// (`auto.offset.reset`). `None` when it cannot be told.
+    fn start_offset(&self, topic: &str, p: i32, low: u64, high: u64) -> Option<u64> {
+        let consumer = self.consumer.as_ref()?;
+        let chosen = consumer
+            .context()
+            .starts
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&(topic.to_string(), p)));
+        match chosen {
+            Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+            Some(Offset::Beginning) => Some(low),
+            Some(Offset::End) => Some(high),
+            Some(_) => None,
+            None => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, p);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(30))
+                    .ok()?;
+                match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+                    _ => Some(low),
+                }
+            }
+        }
     }
 
     /// Moves a partition's buffered messages to a ready chunk.
