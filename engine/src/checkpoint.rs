@@ -266,15 +266,17 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Where a partition continues, by source name and partition key.
-    pub fn resume(&self, source: &str, partition: &str) -> Option<Resume> {
+    /// A partition's record, by source name and partition key.
+    pub fn partition(&self, source: &str, partition: &str) -> Option<&PartitionRecord> {
         self.partitions
             .iter()
             .find(|p| p.source == source && p.partition == partition)
-            .map(|p| Resume {
-                next_offset: p.next_offset,
-                position: p.position,
-            })
+    }
+
+    /// Where a partition continues, by source name and partition key.
+    pub fn resume(&self, source: &str, partition: &str) -> Option<Resume> {
+        self.partition(source, partition)
+            .map(PartitionRecord::resume)
     }
 }
 
@@ -288,6 +290,16 @@ pub struct PartitionRecord {
     pub position: u64,
     /// The newest event time seen (the watermark follows from it).
     pub newest: i64,
+}
+
+impl PartitionRecord {
+    /// Where the partition continues.
+    pub fn resume(&self) -> Resume {
+        Resume {
+            next_offset: self.next_offset,
+            position: self.position,
+        }
+    }
 }
 
 /// One windowed operator in a checkpoint.
@@ -756,26 +768,13 @@ pub(crate) fn restored_partitions(
     manifest: &Manifest,
     keys: &[(String, String)],
 ) -> HashMap<usize, (Resume, i64)> {
-    let mut out = HashMap::new();
-    for (id, (source, key)) in keys.iter().enumerate() {
-        if let Some(p) = manifest
-            .partitions
-            .iter()
-            .find(|p| &p.source == source && &p.partition == key)
-        {
-            out.insert(
-                id,
-                (
-                    Resume {
-                        next_offset: p.next_offset,
-                        position: p.position,
-                    },
-                    p.newest,
-                ),
-            );
-        }
-    }
-    out
+    keys.iter()
+        .enumerate()
+        .filter_map(|(id, (source, key))| {
+            let p = manifest.partition(source, key)?;
+            Some((id, (p.resume(), p.newest)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
