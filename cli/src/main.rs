@@ -254,8 +254,8 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             if let Some(c) = &summary.last_checkpoint {
                 println!(
-                    "  checkpoints: {} taken; the last, {}, took {} ms for {} state rows ({} bytes)",
-                    summary.checkpoints, c.epoch, c.duration_ms, c.state_rows, c.state_bytes
+                    "  checkpoints: {} taken; the last, {}, took {} ms for {} state rows ({} bytes) and completed {} ms before the end",
+                    summary.checkpoints, c.epoch, c.duration_ms, c.state_rows, c.state_bytes, c.age_ms
                 );
             }
             Ok(())

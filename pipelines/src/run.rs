@@ -71,6 +71,8 @@ pub struct CheckpointFigures {
     pub duration_ms: u64,
     pub state_rows: u64,
     pub state_bytes: u64,
+    /// How long before the end of the run it completed.
+    pub age_ms: u64,
 }
 
 impl RunSummary {
@@ -235,6 +237,8 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             duration_ms: get(&stats.checkpoints.last_duration_ms),
             state_rows: get(&stats.checkpoints.last_rows),
             state_bytes: get(&stats.checkpoints.last_bytes),
+            age_ms: (weir_engine::time::now_ms().max(0) as u64)
+                .saturating_sub(get(&stats.checkpoints.last_completed_ms)),
         }),
     })
 }
