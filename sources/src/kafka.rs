@@ -545,7 +545,7 @@ impl KafkaReader {
                                 .map_err(|e| self.err("cannot read partition end offsets", e))?;
                             (
                                 Some(if high <= low { 0 } else { high as u64 }),
-                                self.start_offset(&topic, p, low.max(0) as u64, high.max(0) as u64),
+                                self.start_offset(&topic, p, high.max(0) as u64),
                             )
                         } else {
                             (None, None)
@@ -583,10 +583,11 @@ impl KafkaReader {
         Ok(())
     }
 
-    /// Where a newly assigned partition starts reading: the offset the rebalance set (a
-    /// checkpoint's, `start_from`), else the group's committed offset, else the earliest
-    /// (`auto.offset.reset`). `None` when it cannot be told.
-    fn start_offset(&self, topic: &str, p: i32, low: u64, high: u64) -> Option<u64> {
+    /// Where a newly assigned partition starts reading, when it is known to be an offset: the
+    /// one the rebalance set (a checkpoint's, `start_from`), else the group's committed one.
+    /// `None` for the beginning or when it cannot be told (messages will come if the
+    /// partition has any).
+    fn start_offset(&self, topic: &str, p: i32, high: u64) -> Option<u64> {
         let consumer = self.consumer.as_ref()?;
         let chosen = consumer
             .context()
@@ -596,7 +597,6 @@ impl KafkaReader {
             .and_then(|mut s| s.remove(&(topic.to_string(), p)));
         match chosen {
             Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
-            Some(Offset::Beginning) => Some(low),
             Some(Offset::End) => Some(high),
             Some(_) => None,
             None => {
@@ -607,7 +607,7 @@ impl KafkaReader {
                     .ok()?;
                 match committed.find_partition(topic, p).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
-                    _ => Some(low),
+                    _ => None,
                 }
             }
         }
