@@ -9,4 +9,4 @@ export WEIR_CRASH_KILLS=${1:-100}
 cd "$here"
 "$here/scripts/test-env.sh"
 cargo test -p weir-cli --test crash killed -- --nocapture
-cargo test -p weir-cli --test kafka killed_and_restarted -- --nocapture
+cargo test -p weir-cli --test crash_kafka -- --nocapture

@@ -7,7 +7,6 @@
 //! installs both (`scripts/test-env.sh`).
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +16,10 @@ use weir_tests::{compare, compare_at_least_once, golden_dir, read_ndjson, Row};
 
 #[path = "support/crash.rs"]
 mod crash;
-use crash::{read_parquet_folder, venv_python as python};
+#[path = "support/kafka.rs"]
+mod kafka_support;
+use crash::venv_python as python;
+use kafka_support::{brokers, repo, tool, unique, weir};
 
 const AGGREGATES: &str = r#"
       events: count(*)
@@ -27,57 +29,6 @@ const AGGREGATES: &str = r#"
       failures: count(*) FILTER (WHERE status = 'FAILURE')
       min_records: min(recordCount)
       avg_bytes: avg(sizeBytes)"#;
-
-fn brokers() -> String {
-    let b = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let first = b.split(',').next().unwrap_or_default().to_string();
-    let reachable = first
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka broker at {b}: start one with scripts/kafka.sh start (or set KAFKA_BROKERS)"
-    );
-    b
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs tests/kafka/kafka_tool.py; panics with its output when it fails.
-fn tool(args: &[&str]) -> String {
-    let out = Command::new(python())
-        .arg(repo().join("tests/kafka/kafka_tool.py"))
-        .args(args)
-        .output()
-        .expect("run kafka_tool.py");
-    assert!(
-        out.status.success(),
-        "kafka_tool.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn weir() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
-    c.env("RUST_LOG", "info,librdkafka=warn");
-    c
-}
 
 fn summary(case: &str, window: &str) -> Value {
     let text = std::fs::read_to_string(
@@ -728,239 +679,6 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
     let expected = read_ndjson(&case.join("expected_per_dataset.ndjson"));
     compare(&expected, &read_ndjson(&read), &["datasetName"])
         .unwrap_or_else(|e| panic!("the Avro output differs from the oracle: {e}"));
-}
-
-/// Exactly once across crashes on the real broker: Kafka → windows → Kafka (idempotent
-/// delivery) + Parquet, killed with SIGKILL at random moments and at the checkpoint
-/// failpoints. The Parquet parts (read by pyarrow) and the dead letters must equal the
-/// oracle's exactly; the output topic must hold every oracle row, every repeat of a key +
-/// window byte-identical to its first copy.
-#[test]
-fn killed_and_restarted_kafka_runs_are_exactly_once() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let partitions = 3;
-    let input = unique("crash-in");
-    let output = unique("crash-out");
-    tool(&["create", &brokers, &input, &partitions.to_string()]);
-    tool(&["create", &brokers, &output, "3"]);
-    let shared = repo().parent().unwrap().join("shared");
-    let events = d.join("events.ndjson");
-    let gen = Command::new("python3")
-        .arg(shared.join("data/gen_events.py"))
-        .args([
-            "data-ingestion",
-            "100000",
-            "--seed",
-            "33",
-            "--keys",
-            "150",
-            "--step-ms",
-            "20",
-        ])
-        .args([
-            "--bad-frac",
-            "0.005",
-            "--late-frac",
-            "0.004",
-            "--late-ms",
-            "240000",
-            "-o",
-        ])
-        .arg(&events)
-        .status()
-        .unwrap();
-    assert!(gen.success());
-    // The events of each partition, split by key (lines without one go to partition 0), and
-    // the oracle's rows of each: the source is partitioned by the key, so lateness follows
-    // each partition's own watermark.
-    let text = std::fs::read_to_string(&events).unwrap();
-    let mut parts: Vec<String> = vec![String::new(); partitions];
-    for line in text.lines() {
-        let p = serde_json::from_str::<Value>(line)
-            .ok()
-            .and_then(|v| {
-                v.get("datasetName")
-                    .and_then(|k| k.as_str())
-                    .map(String::from)
-            })
-            .map_or(0, |k| {
-                k.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-                    (h ^ b as u64).wrapping_mul(0x100000001b3)
-                }) as usize
-                    % partitions
-            });
-        parts[p].push_str(line);
-        parts[p].push('\n');
-    }
-    let mut expected = Vec::new();
-    let (mut bad, mut late) = (0, 0);
-    for (p, lines) in parts.iter().enumerate() {
-        let file = d.join(format!("part-{p}.ndjson"));
-        std::fs::write(&file, lines).unwrap();
-        tool(&[
-            "produce",
-            &brokers,
-            &input,
-            file.to_str().unwrap(),
-            "--partition",
-            &p.to_string(),
-        ]);
-        let rows = d.join(format!("expected-{p}.ndjson"));
-        let out = Command::new("python3")
-            .arg(shared.join("oracle/window_oracle.py"))
-            .arg(&file)
-            .args([
-                "--schema",
-                "data-ingestion",
-                "--key",
-                "datasetName",
-                "--size",
-                "1m",
-            ])
-            .args([
-                "--ooo",
-                "5s",
-                "--agg",
-                "events=count",
-                "--agg",
-                "records=sum:recordCount",
-            ])
-            .args(["--agg", "max_bytes=max:sizeBytes", "-o"])
-            .arg(&rows)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let s: Value = serde_json::from_str(String::from_utf8_lossy(&out.stderr).trim()).unwrap();
-        bad += s["bad"].as_u64().unwrap();
-        late += s["late"].as_u64().unwrap();
-        expected.extend(read_ndjson(&rows));
-    }
-
-    let yaml = format!(
-        r#"name: crash-kafka
-sources:
-  events:
-    kafka:
-      brokers: "{brokers}"
-      topic: {input}
-      group_id: "${{GROUP}}"
-      start_from: earliest
-      # small fetches interleave the partitions, so windows close (and reach the topic)
-      # while the input is read, not only at its end
-      properties: {{ max.partition.fetch.bytes: "65536" }}
-    format: json
-    schema: data-ingestion
-    partitioned_by: [datasetName]
-    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
-windows:
-  per_dataset:
-    from: events
-    key: [datasetName]
-    tumbling: 1m
-    aggregates:
-      events: count(*)
-      records: sum(recordCount)
-      max_bytes: max(sizeBytes)
-    sinks: [topic, lake]
-sinks:
-  topic: {{ kafka: {{ topic: {output} }}, format: json }}
-  lake: {{ file: {{ path: out/per_dataset.parquet }} }}
-dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
-checkpoint: {{ dir: state, interval: 100ms }}
-"#
-    );
-    let pipeline = d.join("pipeline.yaml");
-    std::fs::write(&pipeline, yaml).unwrap();
-    let verify = |label: &str| {
-        let lake = read_parquet_folder(&d.join("out/per_dataset.parquet"));
-        compare(&expected, &lake, &["datasetName"])
-            .unwrap_or_else(|e| panic!("{label}: the Parquet parts differ from the oracle: {e}"));
-        let dead = read_ndjson(&d.join("out/dead_letter.ndjson"));
-        let count = |reason: &str| dead.iter().filter(|r| r["reason"] == reason).count() as u64;
-        assert_eq!(
-            (count("bad"), count("late")),
-            (bad, late),
-            "{label}: dead letters"
-        );
-        let mut seen = std::collections::HashSet::new();
-        for r in &dead {
-            assert!(
-                seen.insert((r["partition"].to_string(), r["offset"].to_string())),
-                "{label}: a dead letter twice: {r:?}"
-            );
-        }
-    };
-    let runs = std::cell::Cell::new(0);
-    let report = crash::crash_loop(
-        || {
-            // With checkpoints the offsets come from the checkpoint; a fresh group per run
-            // spares waiting for the killed member's session to expire.
-            runs.set(runs.get() + 1);
-            let mut c = weir();
-            c.env("GROUP", unique(&format!("crash-group-{}", runs.get())))
-                .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
-                .args(["--parallelism", "2"]);
-            c
-        },
-        std::env::var("WEIR_CRASH_KILLS")
-            .ok()
-            .and_then(|k| k.parse().ok())
-            .unwrap_or(10),
-        Duration::from_millis(800),
-        &d.join("logs"),
-        // the run got to the end: check it, then start over without state (the topic gets
-        // every window again, byte-identical)
-        || {
-            verify("a run that finished before its kill");
-            let _ = std::fs::remove_dir_all(d.join("out"));
-            let _ = std::fs::remove_dir_all(d.join("state"));
-        },
-    );
-    eprintln!("{report:?}");
-    verify("after the crashes");
-
-    // The topic: every repeat of a key + window byte-identical; deduplicated, the oracle's rows.
-    let raw = d.join("topic.ndjson");
-    tool(&[
-        "consume",
-        &brokers,
-        &output,
-        raw.to_str().unwrap(),
-        "--keys",
-        "--raw",
-    ]);
-    let mut first: std::collections::HashMap<String, String> = Default::default();
-    let mut repeats = 0;
-    for m in read_ndjson(&raw) {
-        let key = m["key"].as_str().expect("a key").to_string();
-        let value = m["value"].as_str().unwrap().to_string();
-        match first.get(&key) {
-            Some(v) => {
-                assert_eq!(
-                    v, &value,
-                    "a re-sent window differs from its first copy ({key})"
-                );
-                repeats += 1;
-            }
-            None => {
-                first.insert(key, value);
-            }
-        }
-    }
-    let rows: Vec<Row> = first
-        .values()
-        .map(|v| serde_json::from_str(v).unwrap())
-        .collect();
-    compare(&expected, &rows, &["datasetName"])
-        .unwrap_or_else(|e| panic!("the topic, deduplicated by key, differs from the oracle: {e}"));
-    eprintln!(
-        "topic: {} windows, {repeats} repeated after restores ({} kills)",
-        first.len(),
-        report.kills
-    );
-    assert!(report.kills >= 10 || std::env::var("WEIR_CRASH_KILLS").is_ok());
 }
 
 /// `--until-caught-up` ends a partition that starts at its end offset (nothing committed

@@ -1,6 +1,7 @@
 //! The crash loop of weir's crash tests: `weir run` killed with SIGKILL at random moments
 //! (and at the checkpoint coordinator's failpoints: every part in but no manifest; the
 //! manifest written but the outputs not committed), restarted each time, then run to its end.
+#![allow(dead_code)] // each test binary uses its own part
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
