@@ -39,9 +39,12 @@ enum Command {
         /// Worker threads (overrides the pipeline's `parallelism`).
         #[arg(long)]
         parallelism: Option<usize>,
-        /// Keep answering SQL after bounded sources end (needs `serve`).
+        /// Keep answering SQL after bounded sources end, until Ctrl-C (needs `serve`).
         #[arg(long)]
         keep_serving: bool,
+        /// Serve SQL on a non-loopback address without a token or password.
+        #[arg(long)]
+        insecure: bool,
         /// Treat Kafka sources as bounded: stop once every partition reached the end offset
         /// it had when this run was assigned it, and finish like a file run.
         #[arg(long)]
@@ -57,6 +60,27 @@ enum Command {
     },
     /// Write synthetic events as NDJSON, to a file or a Kafka topic.
     Generate(GenerateArgs),
+    /// Query a running engine's windows, views and `weir_status` with SQL.
+    Sql {
+        /// The query, e.g. "SELECT * FROM service_status WHERE status <> 'HEALTHY'".
+        query: String,
+        /// The engine's HTTP endpoint (`serve.http`).
+        #[arg(long, env = "WEIR_SQL_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// How to print rows.
+        #[arg(long, value_enum, default_value = "table")]
+        format: SqlFormat,
+        /// Bearer token of the endpoint (`serve.token`).
+        #[arg(long, env = "WEIR_SQL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SqlFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Args)]
@@ -190,12 +214,13 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             pipeline,
             parallelism: p,
             keep_serving,
+            insecure,
             until_caught_up,
         } => {
             let plan = weir_pipelines::load(&pipeline).map_err(user)?;
-            if keep_serving {
+            if keep_serving && plan.serve.is_none() {
                 tracing::warn!(
-                    "--keep-serving has nothing to serve: SQL serving is not available yet"
+                    "--keep-serving has nothing to serve: the pipeline has no `serve` section"
                 );
             }
             let stop = StopHandle::new();
@@ -222,46 +247,75 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 });
             })
             .map_err(runtime)?;
-            let summary = weir_pipelines::run(
+            weir_pipelines::run(
                 plan,
                 RunOptions {
                     parallelism: p,
                     stop,
                     file_chunk_bytes: None,
                     until_caught_up,
+                    keep_serving,
+                    insecure,
+                    on_finished: Some(std::sync::Arc::new(print_summary)),
                 },
             )
             .map_err(|e| match e {
-                RunError::Unavailable(_) | RunError::IncompatibleState(_) => user(e),
-                RunError::Engine(_) => runtime(e),
+                RunError::Unavailable(_)
+                | RunError::IncompatibleState(_)
+                | RunError::Serve(weir_query::ServeError::Config(_)) => user(e),
+                RunError::Serve(_) | RunError::Engine(_) => runtime(e),
             })?;
-            println!(
-                "run finished in {:.2}s with parallelism {}: {} events in ({:.0} events/s), {} bad, {} late, {} windows emitted, {} dead letters",
-                summary.elapsed.as_secs_f64(),
-                summary.parallelism,
-                summary.records_in,
-                summary.events_per_second(),
-                summary.bad,
-                summary.late,
-                summary.windows_emitted,
-                summary.dead_letters,
-            );
-            for (sink, rows) in &summary.rows_written {
-                println!("  sink {sink}: {rows} rows");
-            }
-            if let Some(epoch) = summary.restored_epoch {
-                println!("  restored from checkpoint {epoch}");
-            }
-            if let Some(c) = &summary.last_checkpoint {
-                println!(
-                    "  checkpoints: {} taken; the last, {}, took {} ms for {} state rows ({} bytes) and completed {} ms before the end",
-                    summary.checkpoints, c.epoch, c.duration_ms, c.state_rows, c.state_bytes, c.age_ms
-                );
-            }
             Ok(())
         }
         Command::Generate(a) => generate(a),
+        Command::Sql {
+            query,
+            server,
+            format,
+            token,
+        } => {
+            let format = match format {
+                SqlFormat::Table => weir_query::OutputFormat::Table,
+                SqlFormat::Json => weir_query::OutputFormat::Json,
+                SqlFormat::Csv => weir_query::OutputFormat::Csv,
+            };
+            let out = weir_query::client::query(&server, token.as_deref(), &query, format)
+                .map_err(|e| match e {
+                    weir_query::ClientError::Refused { .. } => user(e),
+                    _ => runtime(e),
+                })?;
+            print!("{out}");
+            Ok(())
+        }
     }
+}
+
+/// Prints what a run did, as soon as its job finished.
+fn print_summary(summary: &weir_pipelines::RunSummary) {
+    println!(
+        "run finished in {:.2}s with parallelism {}: {} events in ({:.0} events/s), {} bad, {} late, {} windows emitted, {} dead letters",
+        summary.elapsed.as_secs_f64(),
+        summary.parallelism,
+        summary.records_in,
+        summary.events_per_second(),
+        summary.bad,
+        summary.late,
+        summary.windows_emitted,
+        summary.dead_letters,
+    );
+    for (sink, rows) in &summary.rows_written {
+        println!("  sink {sink}: {rows} rows");
+    }
+    if let Some(epoch) = summary.restored_epoch {
+        println!("  restored from checkpoint {epoch}");
+    }
+    if let Some(c) = &summary.last_checkpoint {
+        println!(
+            "  checkpoints: {} taken; the last, {}, took {} ms for {} state rows ({} bytes) and completed {} ms before the end",
+            summary.checkpoints, c.epoch, c.duration_ms, c.state_rows, c.state_bytes, c.age_ms
+        );
+    }
+    let _ = std::io::stdout().flush();
 }
 
 /// How long a stop may take after SIGINT/SIGTERM before the process gives up (exit 2).

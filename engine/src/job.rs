@@ -28,6 +28,7 @@ use crate::checkpoint::{
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
 use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, Resume, SharedBytes};
+use crate::live::{LiveKind, LiveSnapshot, LiveSpec, LiveState, PartitionStatus, Retained};
 use crate::progress::{ChunkResidue, OpResidue, Progress};
 use crate::stats::RunStats;
 use crate::time::now_ms;
@@ -97,6 +98,20 @@ pub trait WorkerOperator: Send {
     /// Restores a checkpoint: merges `partials` into the open windows and sets the hand-over
     /// watermark.
     fn restore(&mut self, partials: Vec<PartialWindow>, flushed: i64) -> Result<(), EngineError>;
+    /// State handed to the merger at every barrier whatever the watermark (a view's changes
+    /// since the last barrier), taken out of the worker.
+    fn barrier_handover(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
+        Ok(Vec::new())
+    }
+    /// A copy of the state not handed over yet, for SQL readers (the open windows).
+    fn live(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
+        self.snapshot().map(|(partials, _)| partials)
+    }
+    /// Whether the rows it aggregates hold back committed offsets until their windows are
+    /// durable; a view, which never closes, does not (it lives in checkpoints).
+    fn holds_offsets(&self) -> bool {
+        true
+    }
 }
 
 /// The partial state of one window from one worker: key columns and accumulator states.
@@ -116,6 +131,9 @@ pub trait MergeOperator: Send {
     /// Copies the partial windows held (handed over by some workers, not emitted yet) for a
     /// checkpoint, leaving them unchanged.
     fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError>;
+    /// The rows of the state not emitted yet, for SQL readers, with the workers' copies of
+    /// their open state added, leaving the state unchanged: open windows, or a view's rows.
+    fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError>;
 }
 
 /// An output of result rows.
@@ -203,6 +221,8 @@ pub struct JobSpec {
     pub parallelism: usize,
     /// Checkpointing, when on.
     pub checkpoint: Option<CheckpointSpec>,
+    /// Live snapshots for SQL readers, when on.
+    pub live: Option<LiveSpec>,
 }
 
 /// What a finished run measured.
@@ -246,6 +266,8 @@ enum WorkerMsg {
     Chunk(Chunk),
     /// Checkpoint barrier, at the same point of the chunk order in every worker's queue.
     Barrier(u64),
+    /// Live barrier (a snapshot for SQL readers), placed as checkpoint barriers are.
+    Live(u64),
 }
 
 /// What workers send the merger.
@@ -253,6 +275,18 @@ enum MergeInput {
     Handover(MergeMsg),
     /// Checkpoint barrier: every worker's hand-overs before it belong to the checkpoint.
     Barrier(u64),
+    /// A worker's copy of its open state at live barrier `seq`, per operator.
+    LivePart {
+        seq: u64,
+        ops: Vec<(usize, Vec<PartialWindow>)>,
+    },
+    /// Live barrier `seq`: every worker's hand-overs and live parts before it belong to the
+    /// snapshot; with the counters and partition clocks at the barrier.
+    Live {
+        seq: u64,
+        counters: Vec<(String, u64)>,
+        clocks: Vec<(Option<i64>, Option<i64>, bool)>,
+    },
 }
 
 /// Spreads chunks over the workers, and records where each partition continues after the
@@ -342,6 +376,10 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
+    /// Whether [`Self::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 impl Default for StopHandle {
@@ -408,6 +446,7 @@ pub fn run(
     let operator_names: Vec<String> = spec.operators.iter().map(|o| o.name.clone()).collect();
     let mut spec = spec;
     let checkpoint = spec.checkpoint.take();
+    let live = spec.live.take();
     let mut cut: Vec<Option<Resume>> = vec![None; total_partitions];
     let mut emitted_from: Vec<i64> = vec![WATERMARK_MIN; spec.operators.len()];
     let mut first_epoch = 0;
@@ -461,10 +500,12 @@ pub fn run(
         }
     };
     let (parts_tx, parts_rx) = crossbeam_channel::unbounded::<Part>();
+    // Workers meet at checkpoint and live barriers.
+    let rendezvous = (checkpoint.is_some() || live.is_some()).then(|| Arc::new(Rendezvous::new(n)));
     let link = checkpoint.as_ref().map(|_| CheckpointLink {
         parts: parts_tx.clone(),
         epochs: Arc::new(Epochs::default()),
-        rendezvous: Arc::new(Rendezvous::new(n)),
+        rendezvous: rendezvous.clone().expect("made when checkpointing"),
     });
     if let Some(l) = &link {
         l.epochs.completed.store(first_epoch, Ordering::SeqCst);
@@ -545,10 +586,12 @@ pub fn run(
             worker_parts[w].push((oi, inst));
         }
     }
+    let live_interval = live.as_ref().map(|l| l.interval);
     {
         let failure2 = failure.clone();
         let stats = stats.clone();
         let link = link.clone();
+        let live = live.map(|l| LiveTables::new(l.state, &partition_keys, clocks.clone()));
         threads.push(spawn("merger".into(), &failure, move || {
             merger_loop(
                 merge_rx,
@@ -558,6 +601,7 @@ pub fn run(
                     workers: n,
                     emitted: emitted_from,
                     link,
+                    live,
                 },
                 &stats,
                 &failure2,
@@ -585,6 +629,7 @@ pub fn run(
             input_done: input_done.clone(),
             progress: progress.clone(),
             link: link.clone(),
+            rendezvous: rendezvous.clone(),
         };
         threads.push(spawn(format!("worker-{w}"), &failure, move || {
             worker_loop(rx, ops, ctx)
@@ -613,6 +658,15 @@ pub fn run(
         let name = source.name.clone();
         threads.push(spawn(format!("source-{name}"), &failure, move || {
             read_source(reader, &dispatcher, &ctx, &failure2)
+        })?);
+    }
+
+    // Live barriers.
+    if let Some(interval) = live_interval {
+        let dispatcher = dispatcher.clone();
+        let failure2 = failure.clone();
+        threads.push(spawn("live-barriers".into(), &failure, move || {
+            live_barriers(&dispatcher, interval, &failure2)
         })?);
     }
 
@@ -783,23 +837,7 @@ impl Coordinator {
             .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
         self.epoch += 1;
         let epoch = self.epoch;
-        for s in &d.senders {
-            let mut msg = WorkerMsg::Barrier(epoch);
-            loop {
-                match s.send_timeout(msg, TICK) {
-                    Ok(()) => break,
-                    Err(SendTimeoutError::Timeout(m)) => {
-                        if failure.cancel.load(Ordering::Relaxed) {
-                            return Err(EngineError::Cancelled);
-                        }
-                        msg = m;
-                    }
-                    Err(SendTimeoutError::Disconnected(_)) => {
-                        return Err(failure.closed("a worker"))
-                    }
-                }
-            }
-        }
+        send_barrier(&d, WorkerMsg::Barrier, epoch, failure)?;
         if last {
             // the final checkpoint: the workers' input ends after it
             d.senders.clear();
@@ -847,6 +885,60 @@ impl Coordinator {
     }
 }
 
+/// Puts `make(id)` into every worker's queue; the caller holds the dispatcher's lock, so the
+/// barrier stands at one point of the chunk order in every queue.
+fn send_barrier(
+    d: &Dispatcher,
+    make: fn(u64) -> WorkerMsg,
+    id: u64,
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    for s in &d.senders {
+        let mut msg = make(id);
+        loop {
+            match s.send_timeout(msg, TICK) {
+                Ok(()) => break,
+                Err(SendTimeoutError::Timeout(m)) => {
+                    if failure.cancel.load(Ordering::Relaxed) {
+                        return Err(EngineError::Cancelled);
+                    }
+                    msg = m;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return Err(failure.closed("a worker")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts a live barrier every `interval` until the workers' input ends.
+fn live_barriers(
+    dispatcher: &Mutex<Dispatcher>,
+    interval: Duration,
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    let mut seq = 0;
+    loop {
+        let mut slept = Duration::ZERO;
+        while slept < interval {
+            if failure.cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            let step = TICK.min(interval - slept);
+            std::thread::sleep(step);
+            slept += step;
+        }
+        let d = dispatcher
+            .lock()
+            .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
+        if d.senders.is_empty() {
+            return Ok(());
+        }
+        seq += 1;
+        send_barrier(&d, WorkerMsg::Live, seq, failure)?;
+    }
+}
+
 struct WorkerCtx {
     index: usize,
     decoders: Arc<Vec<Arc<dyn Decode>>>,
@@ -859,6 +951,7 @@ struct WorkerCtx {
     input_done: Arc<ExitBarrier>,
     progress: Arc<Progress>,
     link: Option<CheckpointLink>,
+    rendezvous: Option<Arc<Rendezvous>>,
 }
 
 fn worker_loop(
@@ -875,6 +968,7 @@ fn worker_loop(
                 flush_ops(&mut ops, &mut flushed, &ctx)?;
             }
             Ok(WorkerMsg::Barrier(epoch)) => worker_barrier(epoch, &mut ops, &mut flushed, &ctx)?,
+            Ok(WorkerMsg::Live(seq)) => worker_live(seq, &mut ops, &mut flushed, &ctx)?,
             Err(RecvTimeoutError::Timeout) => {
                 if ctx.failure.cancel.load(Ordering::Relaxed) {
                     return Err(EngineError::Cancelled);
@@ -908,6 +1002,7 @@ fn worker_barrier(
     let lost = || ctx.failure.closed("the checkpoint coordinator");
     link.rendezvous.wait(cancel)?;
     flush_ops(ops, flushed, ctx)?;
+    barrier_handovers(ops, flushed, ctx)?;
     let mut parts = Vec::with_capacity(ops.len());
     for (oi, op) in ops.iter_mut() {
         let (partials, handed_over) = op.snapshot()?;
@@ -943,6 +1038,91 @@ fn worker_barrier(
             .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
     }
     link.rendezvous.wait(cancel)
+}
+
+/// A worker at live barrier `seq`: like a checkpoint barrier, every worker meets the others
+/// there; each hands over closed windows and its views' changes and sends the merger a copy
+/// of its open windows; worker 0 then sends the barrier with the counters and clocks.
+fn worker_live(
+    seq: u64,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    let rendezvous = ctx
+        .rendezvous
+        .as_ref()
+        .ok_or_else(|| EngineError::Internal("a live barrier without live state".into()))?;
+    let cancel = &ctx.failure.cancel;
+    let merger_lost = || ctx.failure.closed("the merger");
+    rendezvous.wait(cancel)?;
+    flush_ops(ops, flushed, ctx)?;
+    barrier_handovers(ops, flushed, ctx)?;
+    let mut parts = Vec::with_capacity(ops.len());
+    for (oi, op) in ops.iter_mut() {
+        let open = op.live()?;
+        if !open.is_empty() {
+            parts.push((*oi, open));
+        }
+    }
+    ctx.merge_tx
+        .send(MergeInput::LivePart { seq, ops: parts })
+        .map_err(|_| merger_lost())?;
+    rendezvous.wait(cancel)?;
+    if ctx.index == 0 {
+        let clocks = clock_status(&ctx.clocks);
+        let mut counters = ctx.stats.worker_counters();
+        counters.push((
+            "dead_letters".to_string(),
+            RunStats::get(&ctx.stats.dead_letters),
+        ));
+        ctx.merge_tx
+            .send(MergeInput::Live {
+                seq,
+                counters,
+                clocks,
+            })
+            .map_err(|_| merger_lost())?;
+    }
+    rendezvous.wait(cancel)
+}
+
+/// Per global partition: (watermark, newest event time) where known, and whether it ended.
+fn clock_status(clocks: &Clocks) -> Vec<(Option<i64>, Option<i64>, bool)> {
+    (0..clocks.len())
+        .map(|id| {
+            let c = clocks.partition(id);
+            let (wm, newest) = (c.watermark(), c.newest());
+            let known = |v: i64| (v != WATERMARK_MIN && v != WATERMARK_END).then_some(v);
+            (known(wm), known(newest), wm == WATERMARK_END)
+        })
+        .collect()
+}
+
+/// Hands the merger what operators hand over at every barrier (views' changes).
+fn barrier_handovers(
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    for (i, (oi, op)) in ops.iter_mut().enumerate() {
+        let partials = op.barrier_handover()?;
+        if partials.is_empty() {
+            continue;
+        }
+        let h = &mut flushed[i];
+        h.seq += 1;
+        ctx.merge_tx
+            .send(MergeInput::Handover(MergeMsg {
+                operator: *oi,
+                worker: ctx.index,
+                partials,
+                upto: h.upto,
+                seq: h.seq,
+            }))
+            .map_err(|_| ctx.failure.closed("the merger"))?;
+    }
+    Ok(())
 }
 
 /// What a worker handed the merger of one operator.
@@ -1089,7 +1269,7 @@ fn process_chunk(
         let windows = ops
             .iter()
             .zip(handovers.iter())
-            .filter(|((oi, _), _)| ctx.op_sources[*oi] == chunk.source)
+            .filter(|((oi, op), _)| ctx.op_sources[*oi] == chunk.source && op.holds_offsets())
             .map(|((oi, op), h)| OpResidue {
                 operator: *oi,
                 worker: ctx.index,
@@ -1194,6 +1374,105 @@ struct MergerStart {
     /// Per operator: the watermark up to which windows were emitted (from a checkpoint).
     emitted: Vec<i64>,
     link: Option<CheckpointLink>,
+    live: Option<LiveTables>,
+}
+
+/// The merger's side of live snapshots: emitted windows kept for `retain`, and the workers'
+/// copies of their open state gathered until the live barrier.
+struct LiveTables {
+    state: Arc<LiveState>,
+    /// (source, partition key) per global partition.
+    partitions: Vec<(String, String)>,
+    clocks: Arc<Clocks>,
+    retained: Vec<Retained>,
+    parts: Vec<Vec<PartialWindow>>,
+    seq: u64,
+}
+
+impl LiveTables {
+    fn new(state: Arc<LiveState>, partitions: &[(String, String)], clocks: Arc<Clocks>) -> Self {
+        let n = state.tables.len();
+        LiveTables {
+            state,
+            partitions: partitions.to_vec(),
+            clocks,
+            retained: (0..n).map(|_| Retained::new()).collect(),
+            parts: (0..n).map(|_| Vec::new()).collect(),
+            seq: 0,
+        }
+    }
+
+    /// Keeps rows operator `op` emitted (one window per batch).
+    fn emitted(&mut self, op: usize, batch: &RecordBatch) -> Result<(), EngineError> {
+        let Some(def) = self.state.tables.get(op) else {
+            return Ok(());
+        };
+        let LiveKind::Window { retain_ms } = def.kind else {
+            return Ok(());
+        };
+        let Some(end) = window_end_of(batch) else {
+            return Ok(());
+        };
+        let rows = def.rows(batch, true)?;
+        self.retained[op].add(end, rows, retain_ms);
+        Ok(())
+    }
+
+    /// Builds and publishes the snapshot: retained and open windows, views.
+    fn publish(
+        &mut self,
+        ops: &mut [MergePart],
+        counters: Vec<(String, u64)>,
+        clocks: Vec<(Option<i64>, Option<i64>, bool)>,
+        stats: &RunStats,
+        finished: bool,
+    ) -> Result<(), EngineError> {
+        self.seq += 1;
+        let mut tables = Vec::with_capacity(ops.len());
+        for (i, (merge, _)) in ops.iter_mut().enumerate() {
+            let def = &self.state.tables[i];
+            let mut rows: Vec<RecordBatch> = self.retained[i].batches().cloned().collect();
+            for b in merge.live(std::mem::take(&mut self.parts[i]))? {
+                if b.num_rows() > 0 {
+                    rows.push(def.rows(&b, false)?);
+                }
+            }
+            tables.push(rows);
+        }
+        let mut counters: std::collections::BTreeMap<String, u64> = counters.into_iter().collect();
+        counters.extend(stats.merger_counters());
+        let partitions = self
+            .partitions
+            .iter()
+            .zip(clocks)
+            .map(
+                |((source, partition), (watermark, newest, ended))| PartitionStatus {
+                    source: source.clone(),
+                    partition: partition.clone(),
+                    watermark,
+                    newest,
+                    ended,
+                },
+            )
+            .collect();
+        self.state.publish(LiveSnapshot {
+            seq: self.seq,
+            taken_ms: now_ms(),
+            tables,
+            counters,
+            partitions,
+            finished,
+        });
+        Ok(())
+    }
+}
+
+/// The `window_end` of the first row of a window batch.
+fn window_end_of(batch: &RecordBatch) -> Option<i64> {
+    use arrow::array::{Array, TimestampMillisecondArray};
+    let col = batch.column_by_name("window_end")?;
+    let ends = col.as_any().downcast_ref::<TimestampMillisecondArray>()?;
+    (!ends.is_empty()).then(|| ends.value(0))
 }
 
 fn merger_loop(
@@ -1208,9 +1487,30 @@ fn merger_loop(
     let mut upto: Vec<Vec<i64>> = ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect();
     let mut covered: Vec<Vec<u64>> = ops.iter().map(|_| vec![0; workers]).collect();
     let mut emitted: Vec<i64> = start.emitted;
+    let mut live = start.live;
     for input in rx {
         let msg = match input {
             MergeInput::Handover(msg) => msg,
+            MergeInput::LivePart { seq, ops: parts } => {
+                tracing::trace!(seq, "live part");
+                if let Some(l) = live.as_mut() {
+                    for (op, p) in parts {
+                        l.parts[op].extend(p);
+                    }
+                }
+                continue;
+            }
+            MergeInput::Live {
+                seq,
+                counters,
+                clocks,
+            } => {
+                tracing::trace!(seq, "live barrier");
+                if let Some(l) = live.as_mut() {
+                    l.publish(&mut ops, counters, clocks, stats, false)?;
+                }
+                continue;
+            }
             MergeInput::Barrier(epoch) => {
                 let link = start.link.as_ref().ok_or_else(|| {
                     EngineError::Internal("a barrier without checkpointing".into())
@@ -1251,6 +1551,9 @@ fn merger_loop(
             emitted[msg.operator] = wm;
             for batch in merge.emit(wm)? {
                 RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
+                if let Some(l) = live.as_mut() {
+                    l.emitted(msg.operator, &batch)?;
+                }
                 for &s in sink_ids.iter() {
                     sinks[s]
                         .send(SinkMsg::Rows(batch.clone()))
@@ -1270,6 +1573,17 @@ fn merger_loop(
     }
     if failure.cancel.load(Ordering::SeqCst) {
         return Err(EngineError::Cancelled);
+    }
+    // Every worker finished: the last snapshot holds every window emitted and the views'
+    // final rows.
+    if let Some(l) = live.as_mut() {
+        let mut counters = stats.worker_counters();
+        counters.push((
+            "dead_letters".to_string(),
+            RunStats::get(&stats.dead_letters),
+        ));
+        let clocks = clock_status(&l.clocks);
+        l.publish(&mut ops, counters, clocks, stats, true)?;
     }
     Ok(())
 }

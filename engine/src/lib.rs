@@ -12,6 +12,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod events;
 pub mod job;
+pub mod live;
 pub mod progress;
 pub mod stats;
 pub mod time;

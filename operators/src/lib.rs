@@ -1,8 +1,10 @@
 //! weir's stream operators on Arrow record batches: SQL predicates and aggregates compiled
-//! by DataFusion, and the keyed tumbling-window aggregate.
+//! by DataFusion, the keyed tumbling-window aggregate and the materialized view.
 
 pub mod compile;
+pub mod view;
 pub mod window;
 
 pub use compile::{CompiledAggregate, SqlCompiler};
+pub use view::{ViewConfig, ViewMerger, ViewWorker};
 pub use window::{TimeMode, WindowConfig, WindowMerger, WindowWorker};

@@ -108,25 +108,118 @@ impl WindowConfig {
     }
 }
 
-/// The accumulators of one window: a key table and one accumulator per aggregate.
-struct Groups {
-    values: Box<dyn GroupValues>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+/// The accumulators of one window (or view): a key table and one accumulator per aggregate.
+pub(crate) struct Groups {
+    pub values: Box<dyn GroupValues>,
+    pub accumulators: Vec<Box<dyn GroupsAccumulator>>,
 }
 
 impl Groups {
-    fn new(config: &WindowConfig, key_schema: &SchemaRef) -> Result<Self, EngineError> {
-        let values = new_group_values(key_schema.clone(), &GroupOrdering::None)
-            .map_err(|e| config.err(e))?;
-        let accumulators = config
-            .aggregates
+    /// Empty groups of operator `name`.
+    pub fn new(
+        name: &str,
+        aggregates: &[CompiledAggregate],
+        key_schema: &SchemaRef,
+    ) -> Result<Self, EngineError> {
+        let err = |e| EngineError::operator(name, e);
+        let values = new_group_values(key_schema.clone(), &GroupOrdering::None).map_err(err)?;
+        let accumulators = aggregates
             .iter()
-            .map(|a| a.accumulator().map_err(|e| config.err(e)))
+            .map(|a| a.accumulator().map_err(err))
             .collect::<Result<_, _>>()?;
         Ok(Groups {
             values,
             accumulators,
         })
+    }
+
+    /// Aggregates every row of `batch` into its key's group.
+    pub fn update(
+        &mut self,
+        batch: &RecordBatch,
+        keys: &[String],
+        aggregates: &[CompiledAggregate],
+        group_ids: &mut Vec<usize>,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        let err = |e: datafusion::error::DataFusionError| EngineError::operator(name, e);
+        let keys: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| {
+                batch
+                    .column_by_name(k)
+                    .cloned()
+                    .ok_or_else(|| EngineError::operator(name, format!("no column {k}")))
+            })
+            .collect::<Result<_, _>>()?;
+        self.values.intern(&keys, group_ids).map_err(err)?;
+        let total = self.values.len();
+        let n = batch.num_rows();
+        for (agg, acc) in aggregates.iter().zip(self.accumulators.iter_mut()) {
+            let inputs: Vec<ArrayRef> = agg
+                .inputs
+                .iter()
+                .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            let filter = match &agg.filter {
+                Some(f) => Some(
+                    f.evaluate(batch)
+                        .and_then(|v| v.into_array(n))
+                        .map_err(err)?,
+                ),
+                None => None,
+            };
+            let filter = filter.as_ref().map(|f| f.as_boolean());
+            acc.update_batch(&inputs, group_ids, filter, total)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Merges a partial state (keys and accumulator states) into the groups.
+    pub fn merge(
+        &mut self,
+        keys: &[ArrayRef],
+        states: &[ArrayRef],
+        state_lens: &[usize],
+        group_ids: &mut Vec<usize>,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        let err = |e| EngineError::operator(name, e);
+        self.values.intern(keys, group_ids).map_err(err)?;
+        let total = self.values.len();
+        let mut at = 0;
+        for (acc, &len) in self.accumulators.iter_mut().zip(state_lens) {
+            acc.merge_batch(&states[at..at + len], group_ids, None, total)
+                .map_err(err)?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// The key columns and the final value of every aggregate (cast to its output type),
+    /// taking the state out.
+    pub fn finish(
+        &mut self,
+        aggregates: &[CompiledAggregate],
+        name: &str,
+    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>), EngineError> {
+        let err = |e| EngineError::operator(name, e);
+        let keys = self.values.emit(EmitTo::All).map_err(err)?;
+        let mut values = Vec::with_capacity(aggregates.len());
+        for (acc, agg) in self.accumulators.iter_mut().zip(aggregates) {
+            let v = acc.evaluate(EmitTo::All).map_err(err)?;
+            let want = agg.output_field();
+            let v = if v.data_type() != want.data_type() {
+                arrow::compute::cast(&v, want.data_type())
+                    .map_err(|e| EngineError::operator(name, e))?
+            } else {
+                v
+            };
+            values.push(v);
+        }
+        Ok((keys, values))
     }
 }
 
@@ -152,9 +245,11 @@ impl OpenWindows {
     ) -> Result<&mut Groups, EngineError> {
         Ok(match self.windows.entry(start) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(Groups::new(config, &self.key_schema)?)
-            }
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(
+                &config.name,
+                &config.aggregates,
+                &self.key_schema,
+            )?),
         })
     }
 
@@ -167,18 +262,13 @@ impl OpenWindows {
         group_ids: &mut Vec<usize>,
     ) -> Result<(), EngineError> {
         let groups = self.get_or_create(partial.window_start, config)?;
-        groups
-            .values
-            .intern(&partial.keys, group_ids)
-            .map_err(|e| config.err(e))?;
-        let total = groups.values.len();
-        let mut at = 0;
-        for (acc, &len) in groups.accumulators.iter_mut().zip(state_lens) {
-            acc.merge_batch(&partial.states[at..at + len], group_ids, None, total)
-                .map_err(|e| config.err(e))?;
-            at += len;
-        }
-        Ok(())
+        groups.merge(
+            &partial.keys,
+            &partial.states,
+            state_lens,
+            group_ids,
+            &config.name,
+        )
     }
 
     /// The partial state of every open window, for a checkpoint. Accumulators only give
@@ -192,7 +282,7 @@ impl OpenWindows {
         let windows = std::mem::take(&mut self.windows);
         let mut out = Vec::with_capacity(windows.len());
         for (start, g) in windows {
-            let partial = into_partial(start, g, config)?;
+            let partial = into_partial(start, g, &config.name)?;
             self.merge(&partial, config, state_lens, group_ids)?;
             out.push(partial);
         }
@@ -212,15 +302,16 @@ impl OpenWindows {
 }
 
 /// A window's keys and accumulator states, taken out of its groups.
-fn into_partial(
+pub(crate) fn into_partial(
     start: i64,
     mut g: Groups,
-    config: &WindowConfig,
+    name: &str,
 ) -> Result<PartialWindow, EngineError> {
-    let keys = g.values.emit(EmitTo::All).map_err(|e| config.err(e))?;
+    let err = |e| EngineError::operator(name, e);
+    let keys = g.values.emit(EmitTo::All).map_err(err)?;
     let mut states = Vec::new();
     for acc in g.accumulators.iter_mut() {
-        states.extend(acc.state(EmitTo::All).map_err(|e| config.err(e))?);
+        states.extend(acc.state(EmitTo::All).map_err(err)?);
     }
     Ok(PartialWindow {
         window_start: start,
@@ -230,11 +321,13 @@ fn into_partial(
 }
 
 /// How many state columns each aggregate's accumulator has.
-fn state_lens(config: &WindowConfig) -> Result<Vec<usize>, EngineError> {
-    config
-        .aggregates
+pub(crate) fn state_lens(
+    name: &str,
+    aggregates: &[CompiledAggregate],
+) -> Result<Vec<usize>, EngineError> {
+    aggregates
         .iter()
-        .map(|a| a.state_len().map_err(|e| config.err(e)))
+        .map(|a| a.state_len().map_err(|e| EngineError::operator(name, e)))
         .collect()
 }
 
@@ -254,7 +347,7 @@ impl WindowWorker {
     pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
         Ok(WindowWorker {
             windows: OpenWindows::new(&config)?,
-            state_lens: state_lens(&config)?,
+            state_lens: state_lens(&config.name, &config.aggregates)?,
             config,
             flushed: i64::MIN,
             group_ids: Vec::new(),
@@ -264,44 +357,14 @@ impl WindowWorker {
 
     fn aggregate(&mut self, start: i64, batch: &RecordBatch) -> Result<(), EngineError> {
         let config = self.config.clone();
-        let err = |e: datafusion::error::DataFusionError| config.err(e);
-        let keys: Vec<ArrayRef> = config
-            .keys
-            .iter()
-            .map(|k| {
-                batch
-                    .column_by_name(k)
-                    .cloned()
-                    .ok_or_else(|| config.err(format!("no column {k}")))
-            })
-            .collect::<Result<_, _>>()?;
         let groups = self.windows.get_or_create(start, &config)?;
-        groups
-            .values
-            .intern(&keys, &mut self.group_ids)
-            .map_err(err)?;
-        let total = groups.values.len();
-        let n = batch.num_rows();
-        for (agg, acc) in config.aggregates.iter().zip(groups.accumulators.iter_mut()) {
-            let inputs: Vec<ArrayRef> = agg
-                .inputs
-                .iter()
-                .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-                .collect::<Result<_, _>>()
-                .map_err(err)?;
-            let filter = match &agg.filter {
-                Some(f) => Some(
-                    f.evaluate(batch)
-                        .and_then(|v| v.into_array(n))
-                        .map_err(err)?,
-                ),
-                None => None,
-            };
-            let filter = filter.as_ref().map(|f| f.as_boolean());
-            acc.update_batch(&inputs, &self.group_ids, filter, total)
-                .map_err(err)?;
-        }
-        Ok(())
+        groups.update(
+            batch,
+            &config.keys,
+            &config.aggregates,
+            &mut self.group_ids,
+            &config.name,
+        )
     }
 }
 
@@ -415,7 +478,7 @@ impl WorkerOperator for WindowWorker {
         let closed = self.windows.take_closed(&config, watermark);
         closed
             .into_iter()
-            .map(|(start, g)| into_partial(start, g, &config))
+            .map(|(start, g)| into_partial(start, g, &config.name))
             .collect()
     }
 
@@ -465,7 +528,7 @@ impl WindowMerger {
         Ok(WindowMerger {
             output: config.output_schema()?,
             windows: OpenWindows::new(&config)?,
-            state_lens: state_lens(&config)?,
+            state_lens: state_lens(&config.name, &config.aggregates)?,
             config,
             group_ids: Vec::new(),
         })
@@ -473,7 +536,7 @@ impl WindowMerger {
 
     fn finish_window(&self, start: i64, mut g: Groups) -> Result<RecordBatch, EngineError> {
         let config = &self.config;
-        let keys = g.values.emit(EmitTo::All).map_err(|e| config.err(e))?;
+        let (keys, values) = g.finish(&config.aggregates, &config.name)?;
         let rows = keys.first().map_or(0, |k| k.len());
         let mut columns = keys;
         let tz: Arc<str> = "UTC".into();
@@ -484,16 +547,7 @@ impl WindowMerger {
             TimestampMillisecondArray::from(vec![start.saturating_add(config.size_ms); rows])
                 .with_timezone(tz),
         ));
-        for (acc, agg) in g.accumulators.iter_mut().zip(&config.aggregates) {
-            let v = acc.evaluate(EmitTo::All).map_err(|e| config.err(e))?;
-            let want = agg.output_field();
-            let v = if v.data_type() != want.data_type() {
-                arrow::compute::cast(&v, want.data_type()).map_err(|e| config.err(e))?
-            } else {
-                v
-            };
-            columns.push(v);
-        }
+        columns.extend(values);
         let batch =
             RecordBatch::try_new(self.output.clone(), columns).map_err(|e| config.err(e))?;
         // Deterministic output: rows sorted by key.
@@ -537,6 +591,21 @@ impl MergeOperator for WindowMerger {
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
         let closed = self.windows.take_closed(&self.config, watermark);
         closed
+            .into_iter()
+            .map(|(start, g)| self.finish_window(start, g))
+            .collect()
+    }
+
+    fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {
+        // The held partials and the workers' copies, merged into windows of their own.
+        let mut open = OpenWindows::new(&self.config)?;
+        let held = self
+            .windows
+            .snapshot(&self.config, &self.state_lens, &mut self.group_ids)?;
+        for p in held.iter().chain(&workers) {
+            open.merge(p, &self.config, &self.state_lens, &mut self.group_ids)?;
+        }
+        std::mem::take(&mut open.windows)
             .into_iter()
             .map(|(start, g)| self.finish_window(start, g))
             .collect()

@@ -292,4 +292,16 @@ pub struct ServeDoc {
     pub password: Option<String>,
     #[serde(default)]
     pub token: Option<String>,
+    /// How often SQL readers get a new snapshot (default 1s).
+    #[serde(default)]
+    pub refresh: Option<Duration>,
+    /// A query running longer is cancelled (default 30s).
+    #[serde(default)]
+    pub query_timeout: Option<Duration>,
+    /// Queries running at once (default 16).
+    #[serde(default)]
+    pub max_queries: Option<u64>,
+    /// Memory one query may use, in MiB (default 512).
+    #[serde(default)]
+    pub query_memory_mb: Option<u64>,
 }

@@ -10,7 +10,7 @@ use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::PhysicalExpr;
 use serde_saphyr::Location;
 use weir_engine::job::Decode;
-use weir_operators::{SqlCompiler, TimeMode, WindowConfig};
+use weir_operators::{SqlCompiler, TimeMode, ViewConfig, WindowConfig};
 use weir_sinks::{FileFormat, KafkaFormat, KafkaSinkConfig};
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
@@ -52,6 +52,25 @@ pub struct PlannedWindow {
     pub source: usize,
     pub sinks: Vec<usize>,
     pub retain_ms: Option<u64>,
+}
+
+/// A checked materialized view.
+pub struct PlannedView {
+    pub config: Arc<ViewConfig>,
+    pub source: usize,
+}
+
+/// The SQL endpoints of a run.
+#[derive(Debug, Clone)]
+pub struct PlannedServe {
+    pub http: Option<String>,
+    pub postgres: Option<String>,
+    pub token: Option<String>,
+    pub password: Option<String>,
+    pub refresh_ms: u64,
+    pub query_timeout_ms: u64,
+    pub max_queries: usize,
+    pub query_memory_bytes: usize,
 }
 
 /// Where a sink writes.
@@ -123,8 +142,11 @@ pub struct Plan {
     pub parallelism: Option<usize>,
     pub sources: Vec<PlannedSource>,
     pub windows: Vec<PlannedWindow>,
+    pub views: Vec<PlannedView>,
     pub sinks: Vec<PlannedSink>,
     pub dead_letter: DeadLetterTarget,
+    /// SQL serving, when configured.
+    pub serve: Option<PlannedServe>,
     /// Checkpointing, when configured.
     pub checkpoint: Option<PlannedCheckpoint>,
     /// Sections parsed and checked but not available in this version: `run` refuses them.
@@ -661,18 +683,81 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             source,
         });
     }
+    struct ViewPlan<'a> {
+        name: &'a str,
+        doc: &'a ViewDoc,
+        source: usize,
+    }
+    let mut view_plans = Vec::new();
     for (vname, v) in &doc.views {
-        if !doc.sources.contains_key(&v.value.from.value) {
+        let d = &v.value;
+        if doc.windows.contains_key(vname) || vname == "weir_status" {
             return Err(ctx.err(
-                &v.value.from.referenced,
-                format!(
-                    "view `{vname}` reads from unknown source `{}`; declared sources: {}",
-                    v.value.from.value,
-                    names(&doc.sources)
-                ),
+                &v.referenced,
+                format!("view `{vname}`: the name is taken (by a window or `weir_status`); windows and views are SQL tables and need names of their own"),
             ));
         }
-        for s in &v.value.sinks {
+        let source = doc.sources.get_index_of(&d.from.value).ok_or_else(|| {
+            ctx.err(
+                &d.from.referenced,
+                format!(
+                    "view `{vname}` reads from unknown source `{}`; declared sources: {}",
+                    d.from.value,
+                    names(&doc.sources)
+                ),
+            )
+        })?;
+        let src = &srcs[source];
+        let is_kafka = matches!(src.input, SourceInput::Kafka(_));
+        let full = arrow_schema(&src.schema, is_kafka);
+        if d.key.value.is_empty() {
+            return Err(ctx.err(
+                &d.key.referenced,
+                format!("view `{vname}` needs at least one key field"),
+            ));
+        }
+        for k in &d.key.value {
+            let message_column = is_kafka && MessageColumn::from_name(&k.value).is_some();
+            if src.schema.index_of(&k.value).is_none() && !message_column {
+                return Err(ctx.err(
+                    &k.referenced,
+                    format!(
+                        "key field `{}` is not in schema `{}`; its fields are {}",
+                        k.value,
+                        src.schema.name,
+                        src.schema.field_names().join(", ")
+                    ),
+                ));
+            }
+            columns[source].insert(k.value.clone());
+        }
+        if let Some(f) = &d.filter {
+            let p = compiler
+                .predicate(&f.value, &full)
+                .map_err(|e| ctx.err(&f.referenced, format!("bad `where` expression: {e}")))?;
+            columns_of(&p, &mut columns[source]);
+        }
+        if d.aggregates.value.is_empty() {
+            return Err(ctx.err(
+                &d.aggregates.referenced,
+                format!("view `{vname}` needs at least one aggregate"),
+            ));
+        }
+        for (out, sql) in &d.aggregates.value {
+            if d.key.value.iter().any(|k| &k.value == out) {
+                return Err(ctx.err(
+                    &sql.referenced,
+                    format!("aggregate name `{out}` is already a key column of the view"),
+                ));
+            }
+            let a = compiler
+                .aggregate(out, &sql.value, &full)
+                .map_err(|e| ctx.err(&sql.referenced, format!("bad aggregate `{out}`: {e}")))?;
+            for e in a.inputs.iter().chain(a.filter.iter()) {
+                columns_of(e, &mut columns[source]);
+            }
+        }
+        for s in &d.sinks {
             if !doc.sinks.contains_key(&s.value) {
                 return Err(ctx.err(
                     &s.referenced,
@@ -684,11 +769,28 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 ));
             }
         }
-        unavailable.push(ctx.err(
-            &v.referenced,
-            format!(
-                "view `{vname}`: materialized views are not available yet in this version of weir"
-            ),
+        if let Some(s) = d.sinks.first() {
+            unavailable.push(ctx.err(
+                &s.referenced,
+                format!("view `{vname}`: sinks of views (upserts by key) are not available yet in this version of weir; query the view with SQL (`serve`)"),
+            ));
+        }
+        if d.retain.is_some() {
+            unavailable.push(ctx.err(
+                &v.referenced,
+                format!("view `{vname}`: `retain` (expiring keys) is not available yet in this version of weir"),
+            ));
+        }
+        view_plans.push(ViewPlan {
+            name: vname,
+            doc: d,
+            source,
+        });
+    }
+    if let Some(w) = doc.windows.keys().find(|w| *w == "weir_status") {
+        return Err(ctx.err(
+            &doc.windows[w].referenced,
+            "the name `weir_status` is taken by the status table; name the window otherwise",
         ));
     }
     let checkpoint = match &doc.checkpoint {
@@ -724,12 +826,50 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         }
         None => None,
     };
-    if let Some(s) = &doc.serve {
-        unavailable.push(ctx.err(
-            &s.referenced,
-            "serving SQL (`serve`) is not available yet in this version of weir",
-        ));
-    }
+    let serve = match &doc.serve {
+        Some(sv) => {
+            let d = &sv.value;
+            if d.http.is_none() && d.postgres.is_none() {
+                return Err(ctx.err(
+                    &sv.referenced,
+                    "serve needs `http` and/or `postgres` (host:port, e.g. 127.0.0.1:8080)",
+                ));
+            }
+            for (what, addr) in [("http", &d.http), ("postgres", &d.postgres)] {
+                if let Some(a) = addr {
+                    let ok = a.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !ok {
+                        return Err(ctx.err(
+                            &sv.referenced,
+                            format!("serve.{what}: `{a}` is not host:port (e.g. 127.0.0.1:8080)"),
+                        ));
+                    }
+                }
+            }
+            let refresh_ms = d.refresh.map_or(1000, |r| r.0);
+            if refresh_ms < 50 {
+                return Err(ctx.err(
+                    &sv.referenced,
+                    format!("serve: `refresh` must be at least 50ms, not {refresh_ms}ms"),
+                ));
+            }
+            Some(PlannedServe {
+                http: d.http.clone(),
+                postgres: d.postgres.clone(),
+                token: d.token.clone().filter(|t| !t.is_empty()),
+                password: d.password.clone().filter(|p| !p.is_empty()),
+                refresh_ms,
+                query_timeout_ms: d.query_timeout.map_or(30_000, |t| t.0.max(1)),
+                max_queries: d.max_queries.map_or(16, |m| m.clamp(1, 1024) as usize),
+                query_memory_bytes: d.query_memory_mb.map_or(512, |m| m.max(1)) as usize
+                    * 1024
+                    * 1024,
+            })
+        }
+        None => None,
+    };
     let dead_letter = match &doc.dead_letter {
         Some(d) => match (&d.value.file, &d.value.kafka) {
             (Some(f), None) => DeadLetterTarget::File(ctx.path(&f.value.path.value)),
@@ -878,14 +1018,49 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             retain_ms: d.retain.map(|r| r.0),
         });
     }
+    let mut views = Vec::new();
+    for v in view_plans {
+        let d = v.doc;
+        let input = sources[v.source].output_schema.clone();
+        let predicate = match &d.filter {
+            Some(f) => Some(
+                compiler
+                    .predicate(&f.value, &input)
+                    .map_err(|e| ctx.err(&f.referenced, e))?,
+            ),
+            None => None,
+        };
+        let aggregates = d
+            .aggregates
+            .value
+            .iter()
+            .map(|(out, sql)| {
+                compiler
+                    .aggregate(out, &sql.value, &input)
+                    .map_err(|e| ctx.err(&sql.referenced, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        views.push(PlannedView {
+            config: Arc::new(ViewConfig {
+                name: v.name.to_string(),
+                input_schema: input,
+                predicate,
+                keys: d.key.value.iter().map(|k| k.value.clone()).collect(),
+                aggregates,
+            }),
+            source: v.source,
+        });
+    }
     Ok(Plan {
         name,
         file: path.to_path_buf(),
         parallelism,
         sources,
         windows,
+        views,
         sinks,
         dead_letter,
+        serve,
         checkpoint,
         unavailable,
     })
@@ -904,6 +1079,15 @@ fn window_definition(c: &WindowConfig, source: &str) -> String {
             "processing"
         }
     );
+    if let Some(p) = &c.predicate {
+        let _ = write!(d, ", where {p}");
+    }
+    d
+}
+
+/// A view's definition in one line.
+fn view_definition(c: &ViewConfig, source: &str) -> String {
+    let mut d = format!("from {source} key [{}]", c.keys.join(", "));
     if let Some(p) = &c.predicate {
         let _ = write!(d, ", where {p}");
     }
@@ -950,6 +1134,21 @@ impl Plan {
             );
             f.insert(
                 format!("window {}: aggregates", c.name),
+                c.aggregates
+                    .iter()
+                    .map(aggregate_definition)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+        for v in &self.views {
+            let c = &v.config;
+            f.insert(
+                format!("view {}", c.name),
+                view_definition(c, &self.sources[v.source].name),
+            );
+            f.insert(
+                format!("view {}: aggregates", c.name),
                 c.aggregates
                     .iter()
                     .map(aggregate_definition)
@@ -1056,6 +1255,24 @@ impl Plan {
                     .join(", ")
             );
         }
+        if !self.views.is_empty() {
+            let _ = writeln!(s, "views:");
+        }
+        for v in &self.views {
+            let c = &v.config;
+            let _ = writeln!(
+                s,
+                "  {}: {}",
+                c.name,
+                view_definition(c, &self.sources[v.source].name)
+            );
+            for a in &c.aggregates {
+                let _ = writeln!(s, "    {}", aggregate_definition(a));
+            }
+            if self.serve.is_none() {
+                let _ = writeln!(s, "    nothing reads it: add `serve` to query it with SQL");
+            }
+        }
         let _ = writeln!(s, "sinks:");
         let checkpointed = self.checkpoint.is_some();
         for k in &self.sinks {
@@ -1111,6 +1328,49 @@ impl Plan {
                 s,
                 "checkpoints: off (a restart of a Kafka pipeline reads again from the committed offsets)"
             ),
+        };
+        let _ = match &self.serve {
+            Some(sv) => {
+                let mut on = Vec::new();
+                if let Some(h) = &sv.http {
+                    on.push(format!(
+                        "http://{h} (POST /sql, /health, /metrics){}",
+                        if sv.token.is_some() {
+                            ", bearer token required"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                if let Some(p) = &sv.postgres {
+                    on.push(format!(
+                        "postgres {p}{}",
+                        if sv.password.is_some() {
+                            ", password required"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                let tables: Vec<&str> = self
+                    .windows
+                    .iter()
+                    .map(|w| w.config.name.as_str())
+                    .chain(self.views.iter().map(|v| v.config.name.as_str()))
+                    .chain(["weir_status"])
+                    .collect();
+                writeln!(
+                    s,
+                    "SQL: {}; tables {}; a new snapshot every {} ms; queries limited to {} ms, {} MiB, {} at once",
+                    on.join(", "),
+                    tables.join(", "),
+                    sv.refresh_ms,
+                    sv.query_timeout_ms,
+                    sv.query_memory_bytes >> 20,
+                    sv.max_queries
+                )
+            }
+            None => writeln!(s, "SQL: off (add `serve` to query windows and views)"),
         };
         for u in &self.unavailable {
             let _ = writeln!(s, "not available yet: {u}");

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use weir_engine::checkpoint::{self, CheckpointSpec, CheckpointStore};
 use weir_engine::job::{self, JobSpec, OperatorSpec, Sink, SourceSpec, StopHandle, WorkerOperator};
+use weir_engine::live::{LiveKind, LiveSpec, LiveState, LiveTableDef};
 use weir_engine::stats::RunStats;
 use weir_engine::EngineError;
-use weir_operators::{WindowMerger, WindowWorker};
+use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
+use weir_query::{QueryLimits, ServeConfig, SqlServer};
 use weir_sinks::{
     CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, FileSink,
     KafkaSink,
@@ -16,6 +18,9 @@ use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
 use crate::error::PipelineError;
 use crate::plan::{DeadLetterTarget, Plan, PlannedCheckpoint, SinkTarget, SourceInput};
+
+/// Called with the summary when the job finished, before [`RunOptions::keep_serving`] waits.
+pub type OnFinished = Arc<dyn Fn(&RunSummary) + Send + Sync>;
 
 /// How to run.
 #[derive(Clone, Default)]
@@ -30,7 +35,16 @@ pub struct RunOptions {
     /// Kafka sources end once every assigned partition reached the end offset it had when
     /// it was assigned (for tests and backfills); the run then finishes like a file's.
     pub until_caught_up: bool,
+    /// After the job finished, keep answering SQL until `stop` is triggered.
+    pub keep_serving: bool,
+    /// Serve SQL on a non-loopback address without authentication.
+    pub insecure: bool,
+    /// Told the summary as soon as the job finished.
+    pub on_finished: Option<OnFinished>,
 }
+
+/// Emitted windows stay queryable this long unless a window says `retain`.
+const DEFAULT_RETAIN_MS: u64 = 3_600_000;
 
 /// Why a run did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +55,9 @@ pub enum RunError {
     /// The checkpoint folder holds state of another version of the pipeline (a user error).
     #[error("{0}")]
     IncompatibleState(String),
+    /// The SQL endpoints could not start (a user error when it is a setting).
+    #[error(transparent)]
+    Serve(#[from] weir_query::ServeError),
     /// The run failed while running.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -192,6 +209,20 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             sinks: w.sinks.iter().map(|s| sink_index[*s]).collect(),
         });
     }
+    for v in &plan.views {
+        let workers = (0..n)
+            .map(|_| {
+                ViewWorker::new(v.config.clone()).map(|x| Box::new(x) as Box<dyn WorkerOperator>)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        operators.push(OperatorSpec {
+            name: v.config.name.clone(),
+            source: v.source,
+            workers,
+            merge: Box::new(ViewMerger::new(v.config.clone())?),
+            sinks: Vec::new(),
+        });
+    }
     let dead_letter: Box<dyn job::DeadLetterSink> = match &plan.dead_letter {
         DeadLetterTarget::File(path) if checkpoint.is_some() => {
             Box::new(CommittedDeadLetterFile::create(path))
@@ -199,9 +230,60 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         DeadLetterTarget::File(path) => Box::new(DeadLetterFile::create(path)?),
         DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
     };
-    let op_names: Vec<String> = plan.windows.iter().map(|w| w.config.name.clone()).collect();
+    let op_names: Vec<String> = operators.iter().map(|o| o.name.clone()).collect();
     let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
     let stats = Arc::new(RunStats::new(&op_names, &sink_names));
+    let live = match &plan.serve {
+        Some(sv) => {
+            let mut tables = Vec::new();
+            for w in &plan.windows {
+                let retain_ms = w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64;
+                tables.push(LiveTableDef::new(
+                    &w.config.name,
+                    LiveKind::Window { retain_ms },
+                    &w.config.output_schema()?,
+                    w.config.keys.clone(),
+                ));
+            }
+            for v in &plan.views {
+                tables.push(LiveTableDef::new(
+                    &v.config.name,
+                    LiveKind::View,
+                    &v.config.output_schema()?,
+                    v.config.keys.clone(),
+                ));
+            }
+            let state = Arc::new(LiveState::new(&plan.name, tables));
+            let server = SqlServer::start(
+                &ServeConfig {
+                    http: sv.http.clone(),
+                    postgres: sv.postgres.clone(),
+                    token: sv.token.clone(),
+                    password: sv.password.clone(),
+                    insecure: opts.insecure,
+                    limits: QueryLimits {
+                        timeout: Duration::from_millis(sv.query_timeout_ms),
+                        memory_bytes: sv.query_memory_bytes,
+                        max_concurrent: sv.max_queries,
+                    },
+                },
+                state.clone(),
+                stats.clone(),
+            )?;
+            Some((
+                LiveSpec {
+                    state,
+                    interval: Duration::from_millis(sv.refresh_ms),
+                },
+                server,
+            ))
+        }
+        None => None,
+    };
+    let (live, server) = match live {
+        Some((l, s)) => (Some(l), Some(s)),
+        None => (None, None),
+    };
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
     let restored_epoch = manifest.map(|m| m.epoch);
     let report = job::run(
@@ -212,12 +294,13 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             dead_letter,
             parallelism: n,
             checkpoint,
+            live,
         },
         stats.clone(),
-        opts.stop,
+        opts.stop.clone(),
     )?;
     let get = RunStats::get;
-    Ok(RunSummary {
+    let summary = RunSummary {
         parallelism: n,
         records_in: get(&stats.records_in),
         bad: get(&stats.bad),
@@ -240,7 +323,20 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             age_ms: (weir_engine::time::now_ms().max(0) as u64)
                 .saturating_sub(get(&stats.checkpoints.last_completed_ms)),
         }),
-    })
+    };
+    if let Some(f) = &opts.on_finished {
+        f(&summary);
+    }
+    if let Some(server) = server {
+        if opts.keep_serving {
+            tracing::info!("every source ended; still answering SQL until stopped (Ctrl-C)");
+            while !opts.stop.is_stopped() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        server.shutdown();
+    }
+    Ok(summary)
 }
 
 /// Opens the checkpoint store and reads the newest complete checkpoint, refusing one written

@@ -1,0 +1,230 @@
+//! Live state for SQL readers: consistent snapshots of a running job, published at *live
+//! barriers*.
+//!
+//! Every `interval` a barrier enters every worker's queue at one point of the chunk order
+//! (as a checkpoint barrier does). The workers meet there, hand the merger the deltas of
+//! their views and a copy of their open windows' partial state; the merger adds what it
+//! holds and publishes one [`LiveSnapshot`]: every table in it reflects the same prefix of
+//! every source partition, with the run counters taken at the same point. Readers take the
+//! current snapshot (an `Arc` swapped under a lock) and never stop ingestion for longer
+//! than that swap.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BooleanArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use crate::EngineError;
+
+/// What kind of result an operator's table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    /// Window rows: emitted ones (`is_final = true`, kept for `retain`) and the open ones
+    /// (`is_final = false`).
+    Window {
+        /// How long emitted windows stay queryable, counted back from the newest emitted
+        /// window's end.
+        retain_ms: i64,
+    },
+    /// A materialized view: one row per key, always current.
+    View,
+}
+
+/// The SQL table of one operator.
+#[derive(Debug, Clone)]
+pub struct LiveTableDef {
+    pub name: String,
+    pub kind: LiveKind,
+    /// The operator's output rows, and `is_final` last for windows.
+    pub schema: SchemaRef,
+    /// The key columns.
+    pub keys: Vec<String>,
+}
+
+impl LiveTableDef {
+    /// The table of an operator whose output rows have `output` as schema.
+    pub fn new(name: &str, kind: LiveKind, output: &SchemaRef, keys: Vec<String>) -> Self {
+        let schema = match kind {
+            LiveKind::View => output.clone(),
+            LiveKind::Window { .. } => {
+                let mut fields: Vec<Field> =
+                    output.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(Field::new("is_final", DataType::Boolean, false));
+                Arc::new(Schema::new(fields))
+            }
+        };
+        LiveTableDef {
+            name: name.to_string(),
+            kind,
+            schema,
+            keys,
+        }
+    }
+
+    /// Output rows as rows of this table (`is_final` added for windows).
+    pub fn rows(&self, batch: &RecordBatch, is_final: bool) -> Result<RecordBatch, EngineError> {
+        if matches!(self.kind, LiveKind::View) {
+            return Ok(batch.clone());
+        }
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![
+            is_final;
+            batch.num_rows()
+        ])));
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| EngineError::operator(&self.name, e))
+    }
+}
+
+/// Where one source partition stood at a snapshot.
+#[derive(Debug, Clone)]
+pub struct PartitionStatus {
+    pub source: String,
+    /// `topic/partition`, a file path, or the generator's partition number.
+    pub partition: String,
+    /// The partition's watermark (event time, ms), `None` before its first event.
+    pub watermark: Option<i64>,
+    /// The newest event time seen, `None` before its first event.
+    pub newest: Option<i64>,
+    /// The partition ended (a bounded input read to its end).
+    pub ended: bool,
+}
+
+/// One consistent view of a running job.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSnapshot {
+    /// Snapshots published by this run so far, this one included (0: none yet).
+    pub seq: u64,
+    /// When it was taken (Unix ms).
+    pub taken_ms: i64,
+    /// Per table of [`LiveState::tables`], its rows.
+    pub tables: Vec<Vec<RecordBatch>>,
+    /// Run counters at the snapshot (`records_in`, `bad`, `late/<window>`, ...).
+    pub counters: BTreeMap<String, u64>,
+    pub partitions: Vec<PartitionStatus>,
+    /// Every source ended and every output was written: nothing changes any more.
+    pub finished: bool,
+}
+
+/// The live state of one job, shared by the engine (which publishes) and SQL readers.
+#[derive(Debug)]
+pub struct LiveState {
+    pub pipeline: String,
+    /// One per operator of the job, in the job's operator order.
+    pub tables: Vec<LiveTableDef>,
+    current: RwLock<Arc<LiveSnapshot>>,
+}
+
+impl LiveState {
+    /// A state with no snapshot yet (tables are empty until the first barrier).
+    pub fn new(pipeline: &str, tables: Vec<LiveTableDef>) -> Self {
+        let empty = LiveSnapshot {
+            tables: tables.iter().map(|_| Vec::new()).collect(),
+            ..Default::default()
+        };
+        LiveState {
+            pipeline: pipeline.to_string(),
+            tables,
+            current: RwLock::new(Arc::new(empty)),
+        }
+    }
+
+    /// The newest published snapshot.
+    pub fn current(&self) -> Arc<LiveSnapshot> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the current snapshot.
+    pub(crate) fn publish(&self, snapshot: LiveSnapshot) {
+        let snapshot = Arc::new(snapshot);
+        match self.current.write() {
+            Ok(mut g) => *g = snapshot,
+            Err(p) => *p.into_inner() = snapshot,
+        }
+    }
+
+    /// The index of a table by name.
+    pub fn table(&self, name: &str) -> Option<usize> {
+        self.tables.iter().position(|t| t.name == name)
+    }
+}
+
+/// Live snapshots of a job: where to publish them and how often.
+pub struct LiveSpec {
+    pub state: Arc<LiveState>,
+    pub interval: Duration,
+}
+
+/// Emitted window rows kept queryable for `retain`.
+pub(crate) struct Retained {
+    /// (window end, rows) in emission order.
+    batches: Vec<(i64, RecordBatch)>,
+    newest_end: i64,
+}
+
+impl Retained {
+    pub fn new() -> Self {
+        Retained {
+            batches: Vec::new(),
+            newest_end: i64::MIN,
+        }
+    }
+
+    /// Keeps emitted rows (already in the table's schema); `window_end` is that of the
+    /// batch's window (the merger emits one batch per window).
+    pub fn add(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
+        self.newest_end = self.newest_end.max(window_end);
+        self.batches.push((window_end, rows));
+        let keep_after = self.newest_end.saturating_sub(retain_ms);
+        self.batches.retain(|(end, _)| *end > keep_after);
+    }
+
+    pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.batches.iter().map(|(_, b)| b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    fn batch(v: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap()
+    }
+
+    #[test]
+    fn retained_windows_are_pruned_by_the_newest_end() {
+        let mut r = Retained::new();
+        r.add(60_000, batch(1), 120_000);
+        r.add(120_000, batch(2), 120_000);
+        r.add(180_000, batch(3), 120_000);
+        assert_eq!(
+            r.batches().count(),
+            2,
+            "the window ending at 60s is older than 2 min"
+        );
+        r.add(600_000, batch(4), 120_000);
+        assert_eq!(r.batches().count(), 1);
+    }
+
+    #[test]
+    fn window_tables_get_is_final_and_views_stay_as_they_are() {
+        let out = batch(7).schema();
+        let w = LiveTableDef::new("w", LiveKind::Window { retain_ms: 1 }, &out, vec![]);
+        let rows = w.rows(&batch(7), false).unwrap();
+        assert_eq!(rows.schema().field(1).name(), "is_final");
+        let v = LiveTableDef::new("v", LiveKind::View, &out, vec![]);
+        assert_eq!(v.rows(&batch(7), true).unwrap().num_columns(), 1);
+        let state = LiveState::new("p", vec![w, v]);
+        assert_eq!(state.current().seq, 0);
+        assert_eq!(state.table("v"), Some(1));
+    }
+}

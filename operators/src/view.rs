@@ -1,0 +1,445 @@
+//! The materialized view: a keyed aggregation without a window, updated by every event.
+//!
+//! Every worker aggregates the rows it decodes into a *delta* (one accumulator row per key it
+//! saw since the last barrier) and hands the delta to the [`ViewMerger`] at every barrier
+//! (live or checkpoint) and at the end of the input. The merger holds the view: one
+//! `GroupValues` table and one `GroupsAccumulator` per aggregate over every key, into which
+//! deltas merge. Since deltas arrive at barriers only, the view the merger holds at a barrier
+//! reflects exactly the events before it on every partition: a consistent snapshot.
+//!
+//! A view has no window, so no event is late for it; its state lives in checkpoints, and it
+//! does not hold back the offsets a Kafka source commits.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::physical_expr::PhysicalExpr;
+use weir_engine::clock::WATERMARK_END;
+use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::job::{MergeOperator, PartialWindow, WorkerOperator};
+use weir_engine::{DeadLetter, EngineError, EventBatch};
+
+use crate::compile::CompiledAggregate;
+use crate::window::{into_partial, state_lens, Groups};
+
+/// A materialized view, shared by its workers and its merger.
+#[derive(Debug)]
+pub struct ViewConfig {
+    pub name: String,
+    /// Schema of the decoded events it reads.
+    pub input_schema: SchemaRef,
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// Key column names (in the input schema).
+    pub keys: Vec<String>,
+    pub aggregates: Vec<CompiledAggregate>,
+}
+
+/// The `window_start` a view's partial state travels under (views have no window).
+const VIEW_WINDOW: i64 = 0;
+
+impl ViewConfig {
+    fn key_schema(&self) -> Result<SchemaRef, EngineError> {
+        let fields = self
+            .keys
+            .iter()
+            .map(|k| {
+                self.input_schema
+                    .field_with_name(k)
+                    .map(|f| f.clone().with_nullable(true))
+                    .map_err(|e| EngineError::operator(&self.name, e))
+            })
+            .collect::<Result<Vec<Field>, _>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The schema of the view's rows: keys, then aggregates.
+    pub fn output_schema(&self) -> Result<SchemaRef, EngineError> {
+        let mut fields: Vec<Field> = self
+            .key_schema()?
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(
+            self.aggregates
+                .iter()
+                .map(|a| a.output_field().as_ref().clone()),
+        );
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    fn groups(&self) -> Result<Groups, EngineError> {
+        Groups::new(&self.name, &self.aggregates, &self.key_schema()?)
+    }
+}
+
+/// Copies groups' state out as a partial, rebuilding the groups from the copy
+/// (accumulators only give their state away).
+fn copy_out(
+    groups: &mut Groups,
+    config: &ViewConfig,
+    lens: &[usize],
+    ids: &mut Vec<usize>,
+) -> Result<PartialWindow, EngineError> {
+    let taken = std::mem::replace(groups, config.groups()?);
+    let partial = into_partial(VIEW_WINDOW, taken, &config.name)?;
+    groups.merge(&partial.keys, &partial.states, lens, ids, &config.name)?;
+    Ok(partial)
+}
+
+/// The per-worker part of a view: filters and aggregates into a delta.
+pub struct ViewWorker {
+    config: Arc<ViewConfig>,
+    state_lens: Vec<usize>,
+    delta: Option<Groups>,
+    group_ids: Vec<usize>,
+}
+
+impl ViewWorker {
+    /// A worker instance of `config`.
+    pub fn new(config: Arc<ViewConfig>) -> Result<Self, EngineError> {
+        Ok(ViewWorker {
+            state_lens: state_lens(&config.name, &config.aggregates)?,
+            config,
+            delta: None,
+            group_ids: Vec::new(),
+        })
+    }
+
+    fn delta(&mut self) -> Result<&mut Groups, EngineError> {
+        if self.delta.is_none() {
+            self.delta = Some(self.config.groups()?);
+        }
+        Ok(self.delta.as_mut().expect("set above"))
+    }
+
+    fn take_delta(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
+        match self.delta.take() {
+            Some(g) if g.values.len() > 0 => {
+                Ok(vec![into_partial(VIEW_WINDOW, g, &self.config.name)?])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+impl WorkerOperator for ViewWorker {
+    fn process(
+        &mut self,
+        _partition: &Arc<PartitionInfo>,
+        events: &EventBatch,
+        _row_watermarks: &[i64],
+        _dead: &mut Vec<DeadLetter>,
+    ) -> Result<u64, EngineError> {
+        let config = self.config.clone();
+        let err = |e| EngineError::operator(&config.name, e);
+        let batch = &events.batch;
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(0);
+        }
+        let subset;
+        let rows = match &config.predicate {
+            Some(p) => {
+                let pass = p
+                    .evaluate(batch)
+                    .and_then(|v| v.into_array(n))
+                    .map_err(err)?;
+                let pass = pass.as_boolean();
+                let idx: Vec<u32> = (0..n as u32)
+                    .filter(|&i| pass.is_valid(i as usize) && pass.value(i as usize))
+                    .collect();
+                if idx.is_empty() {
+                    return Ok(0);
+                }
+                if idx.len() == n {
+                    batch
+                } else {
+                    subset = take_record_batch(batch, &UInt32Array::from(idx))
+                        .map_err(|e| EngineError::operator(&config.name, e))?;
+                    &subset
+                }
+            }
+            None => batch,
+        };
+        let mut ids = std::mem::take(&mut self.group_ids);
+        let done = self.delta()?.update(
+            rows,
+            &config.keys,
+            &config.aggregates,
+            &mut ids,
+            &config.name,
+        );
+        self.group_ids = ids;
+        done.map(|_| 0)
+    }
+
+    fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError> {
+        // Deltas go to the merger at barriers; at the end of the input, the last one.
+        if watermark == WATERMARK_END {
+            self.take_delta()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    fn barrier_handover(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
+        self.take_delta()
+    }
+
+    fn live(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
+        // handed over at the barrier just before
+        Ok(Vec::new())
+    }
+
+    fn snapshot(&mut self) -> Result<(Vec<PartialWindow>, i64), EngineError> {
+        let config = self.config.clone();
+        let lens = self.state_lens.clone();
+        let mut ids = std::mem::take(&mut self.group_ids);
+        let out = match self.delta.as_mut() {
+            Some(g) if g.values.len() > 0 => vec![copy_out(g, &config, &lens, &mut ids)?],
+            _ => Vec::new(),
+        };
+        self.group_ids = ids;
+        Ok((out, i64::MIN))
+    }
+
+    fn restore(&mut self, partials: Vec<PartialWindow>, _flushed: i64) -> Result<(), EngineError> {
+        let config = self.config.clone();
+        let lens = self.state_lens.clone();
+        let mut ids = std::mem::take(&mut self.group_ids);
+        for p in &partials {
+            self.delta()?
+                .merge(&p.keys, &p.states, &lens, &mut ids, &config.name)?;
+        }
+        self.group_ids = ids;
+        Ok(())
+    }
+
+    fn processing_time(&self) -> bool {
+        false
+    }
+
+    fn closes_at(&self, _event_time: i64) -> i64 {
+        WATERMARK_END
+    }
+
+    fn holds_offsets(&self) -> bool {
+        false
+    }
+}
+
+/// Holds a view over every key and evaluates it for readers.
+pub struct ViewMerger {
+    config: Arc<ViewConfig>,
+    output: SchemaRef,
+    state_lens: Vec<usize>,
+    groups: Groups,
+    group_ids: Vec<usize>,
+}
+
+impl ViewMerger {
+    /// The merger of `config`.
+    pub fn new(config: Arc<ViewConfig>) -> Result<Self, EngineError> {
+        Ok(ViewMerger {
+            output: config.output_schema()?,
+            state_lens: state_lens(&config.name, &config.aggregates)?,
+            groups: config.groups()?,
+            config,
+            group_ids: Vec::new(),
+        })
+    }
+
+    /// The schema of the view's rows.
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+}
+
+impl MergeOperator for ViewMerger {
+    fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError> {
+        self.groups.merge(
+            &partial.keys,
+            &partial.states,
+            &self.state_lens,
+            &mut self.group_ids,
+            &self.config.name,
+        )
+    }
+
+    fn emit(&mut self, _watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
+        if self.groups.values.len() == 0 {
+            return Ok(Vec::new());
+        }
+        let config = self.config.clone();
+        copy_out(
+            &mut self.groups,
+            &config,
+            &self.state_lens,
+            &mut self.group_ids,
+        )
+        .map(|p| vec![p])
+    }
+
+    fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {
+        let config = self.config.clone();
+        let mut all = config.groups()?;
+        for p in self.snapshot()?.iter().chain(&workers) {
+            all.merge(
+                &p.keys,
+                &p.states,
+                &self.state_lens,
+                &mut self.group_ids,
+                &config.name,
+            )?;
+        }
+        if all.values.len() == 0 {
+            return Ok(Vec::new());
+        }
+        let (mut columns, values) = all.finish(&config.aggregates, &config.name)?;
+        columns.extend(values);
+        let batch = RecordBatch::try_new(self.output.clone(), columns)
+            .map_err(|e| EngineError::operator(&config.name, e))?;
+        Ok(vec![batch])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqlCompiler;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::DataType;
+
+    fn config() -> Arc<ViewConfig> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("serviceName", DataType::Utf8, true),
+            Field::new("healthStatus", DataType::Utf8, true),
+            Field::new("timestamp", DataType::Int64, true),
+        ]));
+        let c = SqlCompiler::new();
+        let aggregates = vec![
+            c.aggregate(
+                "status",
+                "last_value(healthStatus ORDER BY timestamp)",
+                &schema,
+            )
+            .unwrap(),
+            c.aggregate("checks", "count(*)", &schema).unwrap(),
+        ];
+        Arc::new(ViewConfig {
+            name: "service_status".into(),
+            input_schema: schema,
+            predicate: None,
+            keys: vec!["serviceName".into()],
+            aggregates,
+        })
+    }
+
+    fn events(rows: &[(&str, &str, i64)]) -> EventBatch {
+        let config = config();
+        let batch = RecordBatch::try_new(
+            config.input_schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap();
+        EventBatch {
+            batch,
+            event_time: rows.iter().map(|r| r.2).collect(),
+            offsets: (0..rows.len() as u64).collect(),
+            raw: None,
+        }
+    }
+
+    fn partition() -> Arc<PartitionInfo> {
+        Arc::new(PartitionInfo {
+            source: "health".into(),
+            id: 0,
+            number: 0,
+            topic: None,
+            file: None,
+        })
+    }
+
+    fn rows(batches: &[RecordBatch]) -> Vec<(String, String, i64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let k = b.column(0).as_string::<i32>();
+            let s = b.column(1).as_string::<i32>();
+            let c = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                out.push((k.value(i).to_string(), s.value(i).to_string(), c.value(i)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn deltas_of_two_workers_merge_into_the_latest_value_per_key() {
+        let config = config();
+        let p = partition();
+        let mut w1 = ViewWorker::new(config.clone()).unwrap();
+        let mut w2 = ViewWorker::new(config.clone()).unwrap();
+        let mut m = ViewMerger::new(config).unwrap();
+        let mut dead = Vec::new();
+        w1.process(
+            &p,
+            &events(&[("a", "HEALTHY", 10), ("b", "DOWN", 5)]),
+            &[],
+            &mut dead,
+        )
+        .unwrap();
+        w2.process(&p, &events(&[("a", "DEGRADED", 20)]), &[], &mut dead)
+            .unwrap();
+        assert!(
+            w1.flush(100).unwrap().is_empty(),
+            "deltas wait for a barrier"
+        );
+        for part in w1
+            .barrier_handover()
+            .unwrap()
+            .into_iter()
+            .chain(w2.barrier_handover().unwrap())
+        {
+            m.merge(part).unwrap();
+        }
+        let first = rows(&m.live(Vec::new()).unwrap());
+        assert_eq!(
+            first,
+            vec![
+                ("a".into(), "DEGRADED".into(), 2),
+                ("b".into(), "DOWN".into(), 1)
+            ]
+        );
+        // reading leaves the state as it was; an older event does not win
+        w1.process(&p, &events(&[("a", "HEALTHY", 15)]), &[], &mut dead)
+            .unwrap();
+        for part in w1.flush(WATERMARK_END).unwrap() {
+            m.merge(part).unwrap();
+        }
+        let second = rows(&m.live(Vec::new()).unwrap());
+        assert_eq!(second[0], ("a".into(), "DEGRADED".into(), 3));
+        // a checkpoint's copy restores the same view in a new worker
+        let saved = m.snapshot().unwrap();
+        let mut w = ViewWorker::new(m.config.clone()).unwrap();
+        w.restore(saved, 0).unwrap();
+        let mut m2 = ViewMerger::new(m.config.clone()).unwrap();
+        for part in w.barrier_handover().unwrap() {
+            m2.merge(part).unwrap();
+        }
+        assert_eq!(rows(&m2.live(Vec::new()).unwrap()), second);
+        assert!(dead.is_empty());
+    }
+}

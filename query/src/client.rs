@@ -1,0 +1,129 @@
+//! The client of `weir sql`: sends a query to a running engine's HTTP endpoint and formats
+//! the answer.
+
+use arrow::record_batch::RecordBatch;
+
+use crate::http::ARROW_STREAM;
+
+/// How `weir sql` prints rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// An aligned table, for a terminal.
+    Table,
+    /// A JSON array of objects.
+    Json,
+    /// CSV with a header line.
+    Csv,
+}
+
+/// Why `weir sql` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The engine refused the query (bad SQL, read-only, limits): the user's to fix.
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("cannot reach {url}: {error}; is `weir run` serving SQL there (serve.http)?")]
+    Unreachable { url: String, error: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs `sql` on the engine at `server` (e.g. `http://127.0.0.1:8080`) and formats the rows.
+pub fn query(
+    server: &str,
+    token: Option<&str>,
+    sql: &str,
+    format: OutputFormat,
+) -> Result<String, ClientError> {
+    let url = format!("{}/sql", server.trim_end_matches('/'));
+    let other = |e: String| ClientError::Other(e);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| other(e.to_string()))?;
+    let (status, body) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .post(&url)
+            .header("accept", ARROW_STREAM)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "query": sql }).to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            error: e.to_string(),
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| other(e.to_string()))?;
+        Ok::<_, ClientError>((status, body))
+    })?;
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let field = |k: &str| v["error"][k].as_str().map(str::to_string);
+        return Err(ClientError::Refused {
+            code: field("code").unwrap_or_else(|| status.to_string()),
+            message: field("message")
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+        });
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
+        .map_err(|e| other(format!("cannot read the answer: {e}")))?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<Result<Vec<RecordBatch>, _>>()
+        .map_err(|e| other(format!("cannot read the answer: {e}")))?;
+    format_rows(&schema, &batches, format).map_err(other)
+}
+
+/// Formats rows as `format` says.
+pub fn format_rows(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+    format: OutputFormat,
+) -> Result<String, String> {
+    match format {
+        OutputFormat::Table => {
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let table = if batches.is_empty() {
+                arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
+                    schema.clone(),
+                )])
+            } else {
+                arrow::util::pretty::pretty_format_batches(batches)
+            }
+            .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{table}\n({rows} row{})\n",
+                if rows == 1 { "" } else { "s" }
+            ))
+        }
+        OutputFormat::Json => {
+            let result = crate::engine::QueryResult {
+                schema: schema.clone(),
+                batches: batches.to_vec(),
+            };
+            let mut out = crate::http::json_rows(&result)?;
+            out.push(b'\n');
+            String::from_utf8(out).map_err(|e| e.to_string())
+        }
+        OutputFormat::Csv => {
+            let mut out = Vec::new();
+            {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
+                for b in batches {
+                    w.write(b).map_err(|e| e.to_string())?;
+                }
+            }
+            if batches.is_empty() {
+                let header: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                out.extend_from_slice(header.join(",").as_bytes());
+                out.push(b'\n');
+            }
+            String::from_utf8(out).map_err(|e| e.to_string())
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! weir's SQL serving: DataFusion tables over a running job's live state (one per window and
+//! view, and `weir_status`), answered over HTTP (`POST /sql`, JSON or Arrow IPC) and the
+//! Postgres wire protocol, read-only and within per-query limits; and the client of
+//! `weir sql`.
+//!
+//! Consistency: a query reads one snapshot, published by the engine at a live barrier (every
+//! `serve.refresh`), in which every table reflects the same prefix of every source
+//! partition (see `weir_engine::live`).
+
+pub mod client;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+pub mod server;
+pub mod tables;
+
+pub use client::{ClientError, OutputFormat};
+pub use engine::{QueryEngine, QueryError, QueryLimits, QueryResult};
+pub use server::{ServeConfig, ServeError, SqlServer};

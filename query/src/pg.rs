@@ -1,0 +1,455 @@
+//! The Postgres wire protocol (pgwire): simple and extended queries on the live state, so
+//! that `psql`, drivers (psycopg, JDBC, tokio-postgres) and Grafana's Postgres data source
+//! connect as they do to Postgres.
+//!
+//! Read-only: a query that would change something gets SQLSTATE 25006. Session commands
+//! clients send on connect (`SET`, `BEGIN`, `COMMIT`, `ROLLBACK`, `DISCARD`) are accepted
+//! and change nothing. No TLS: put a TLS proxy in front of it when it leaves the machine.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use datafusion::common::{ParamValues, ScalarValue};
+use futures::{stream, Sink};
+use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use crate::engine::{QueryEngine, QueryError};
+
+/// The Postgres type a column is sent as.
+fn pg_type(t: &DataType) -> Type {
+    match t {
+        DataType::Boolean => Type::BOOL,
+        DataType::Int8 | DataType::Int16 => Type::INT2,
+        DataType::Int32 | DataType::UInt8 | DataType::UInt16 => Type::INT4,
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => Type::FLOAT8,
+        DataType::Decimal128(..) | DataType::Decimal256(..) => Type::FLOAT8,
+        DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
+        DataType::Timestamp(_, None) => Type::TIMESTAMP,
+        _ => Type::VARCHAR,
+    }
+}
+
+fn fields(schema: &SchemaRef, format: Option<&Format>) -> Vec<FieldInfo> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let fmt = format.map_or(FieldFormat::Text, |x| x.format_for(i));
+            FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), fmt)
+        })
+        .collect()
+}
+
+fn user_error(e: &QueryError) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_owned(),
+        e.sqlstate().to_owned(),
+        e.to_string(),
+    )))
+}
+
+/// One column of a result, converted to what its Postgres type encodes from.
+enum Column {
+    Bool(arrow::array::BooleanArray),
+    Int(arrow::array::Int64Array),
+    Float(arrow::array::Float64Array),
+    /// Microseconds since the epoch.
+    Time(arrow::array::TimestampMicrosecondArray, bool),
+    Text(ArrayRef),
+}
+
+impl Column {
+    fn new(a: &ArrayRef) -> PgWireResult<Self> {
+        let cast = |t: &DataType| {
+            arrow::compute::cast(a, t).map_err(|e| PgWireError::ApiError(Box::new(e)))
+        };
+        Ok(match pg_type(a.data_type()) {
+            Type::BOOL => Column::Bool(a.as_boolean().clone()),
+            Type::INT2 | Type::INT4 | Type::INT8 => {
+                Column::Int(cast(&DataType::Int64)?.as_primitive::<Int64Type>().clone())
+            }
+            Type::FLOAT8 => Column::Float(
+                cast(&DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+            ),
+            Type::TIMESTAMPTZ | Type::TIMESTAMP => {
+                let tz = matches!(a.data_type(), DataType::Timestamp(_, Some(_)));
+                let t = cast(&DataType::Timestamp(TimeUnit::Microsecond, None))?;
+                Column::Time(
+                    t.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .clone(),
+                    tz,
+                )
+            }
+            _ => Column::Text(a.clone()),
+        })
+    }
+
+    fn encode(
+        &self,
+        e: &mut DataRowEncoder,
+        i: usize,
+        text: &Option<ArrayFormatter>,
+    ) -> PgWireResult<()> {
+        match self {
+            Column::Bool(a) => e.encode_field(&a.is_valid(i).then(|| a.value(i))),
+            Column::Int(a) => e.encode_field(&a.is_valid(i).then(|| a.value(i))),
+            Column::Float(a) => e.encode_field(&a.is_valid(i).then(|| a.value(i))),
+            Column::Time(a, tz) => {
+                let t = a
+                    .is_valid(i)
+                    .then(|| chrono::DateTime::from_timestamp_micros(a.value(i)))
+                    .flatten();
+                if *tz {
+                    e.encode_field(&t)
+                } else {
+                    e.encode_field(&t.map(|t| t.naive_utc()))
+                }
+            }
+            Column::Text(a) => {
+                let v = match (a.is_valid(i), text) {
+                    (true, Some(f)) => Some(f.value(i).to_string()),
+                    _ => None,
+                };
+                e.encode_field(&v)
+            }
+        }
+    }
+}
+
+fn encode_rows(
+    result: &crate::engine::QueryResult,
+    fields: Arc<Vec<FieldInfo>>,
+) -> PgWireResult<Vec<PgWireResult<DataRow>>> {
+    let mut rows = Vec::with_capacity(result.num_rows());
+    let options = FormatOptions::default();
+    for batch in &result.batches {
+        let columns = batch
+            .columns()
+            .iter()
+            .map(Column::new)
+            .collect::<PgWireResult<Vec<_>>>()?;
+        let texts = batch
+            .columns()
+            .iter()
+            .zip(&columns)
+            .map(|(a, c)| match c {
+                Column::Text(_) => ArrayFormatter::try_new(a.as_ref(), &options).ok(),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let mut encoder = DataRowEncoder::new(fields.clone());
+        for i in 0..batch.num_rows() {
+            for (c, t) in columns.iter().zip(&texts) {
+                c.encode(&mut encoder, i, t)?;
+            }
+            rows.push(Ok(encoder.take_row()));
+        }
+    }
+    Ok(rows)
+}
+
+/// Session commands answered without doing anything.
+fn session_command(sql: &str) -> Option<Response> {
+    let first = sql
+        .trim_start()
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .next()?
+        .to_ascii_uppercase();
+    match first.as_str() {
+        "SET" | "DISCARD" | "RESET" => Some(Response::Execution(Tag::new(&first))),
+        "BEGIN" | "START" => Some(Response::TransactionStart(Tag::new("BEGIN"))),
+        "COMMIT" | "END" => Some(Response::TransactionEnd(Tag::new("COMMIT"))),
+        "ROLLBACK" | "ABORT" => Some(Response::TransactionEnd(Tag::new("ROLLBACK"))),
+        _ => None,
+    }
+}
+
+/// A parsed statement of the extended protocol.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    sql: String,
+    /// Inferred types of `$1`, `$2`...
+    params: Vec<DataType>,
+    /// The result's schema (`None` for session commands).
+    schema: Option<SchemaRef>,
+}
+
+/// Plans statements of the extended protocol to learn their parameter and result types.
+pub struct Parser {
+    engine: Arc<QueryEngine>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if sql.trim().trim_matches(';').trim().is_empty() {
+            return Ok(None);
+        }
+        if session_command(sql).is_some() {
+            return Ok(Some(Prepared {
+                sql: sql.to_string(),
+                params: Vec::new(),
+                schema: None,
+            }));
+        }
+        let (_, plan) = self.engine.plan(sql).await.map_err(|e| user_error(&e))?;
+        let types = plan
+            .get_parameter_types()
+            .map_err(|e| user_error(&QueryError::Sql(e.to_string())))?;
+        let mut params: Vec<(usize, DataType)> = types
+            .into_iter()
+            .filter_map(|(name, t)| {
+                let n: usize = name.trim_start_matches('$').parse().ok()?;
+                Some((n, t.unwrap_or(DataType::Utf8)))
+            })
+            .collect();
+        params.sort_by_key(|(n, _)| *n);
+        Ok(Some(Prepared {
+            sql: sql.to_string(),
+            params: params.into_iter().map(|(_, t)| t).collect(),
+            schema: Some(Arc::new(plan.schema().as_arrow().clone())),
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.params.iter().map(pg_type).collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(stmt
+            .schema
+            .as_ref()
+            .map(|s| fields(s, column_format))
+            .unwrap_or_default())
+    }
+}
+
+/// Answers simple and extended queries.
+pub struct PgHandler {
+    engine: Arc<QueryEngine>,
+    parser: Arc<Parser>,
+}
+
+impl PgHandler {
+    async fn answer(
+        &self,
+        sql: &str,
+        params: Option<ParamValues>,
+        format: Option<&Format>,
+    ) -> PgWireResult<Response> {
+        if let Some(r) = session_command(sql) {
+            return Ok(r);
+        }
+        let result = self
+            .engine
+            .query_with(sql, params)
+            .await
+            .map_err(|e| user_error(&e))?;
+        let fields = Arc::new(fields(&result.schema, format));
+        let rows = encode_rows(&result, fields.clone())?;
+        Ok(Response::Query(QueryResponse::new(
+            fields,
+            stream::iter(rows),
+        )))
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for PgHandler {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        Ok(vec![self.answer(query, None, None).await?])
+    }
+}
+
+/// A parameter's value, decoded by the type the client sent it as and cast to the type the
+/// query needs.
+fn parameter(portal: &Portal<Prepared>, i: usize, want: &DataType) -> PgWireResult<ScalarValue> {
+    let sent = portal
+        .statement
+        .parameter_types
+        .get(i)
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| pg_type(want));
+    let value = match sent {
+        Type::INT2 => ScalarValue::Int16(portal.parameter::<i16>(i, &sent)?),
+        Type::INT4 => ScalarValue::Int32(portal.parameter::<i32>(i, &sent)?),
+        Type::INT8 => ScalarValue::Int64(portal.parameter::<i64>(i, &sent)?),
+        Type::FLOAT4 => ScalarValue::Float32(portal.parameter::<f32>(i, &sent)?),
+        Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, &sent)?),
+        Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(i, &sent)?),
+        Type::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
+            portal
+                .parameter::<chrono::DateTime<chrono::FixedOffset>>(i, &sent)?
+                .map(|t| t.timestamp_micros()),
+            Some("UTC".into()),
+        ),
+        _ => ScalarValue::Utf8(portal.parameter::<String>(i, &Type::VARCHAR)?),
+    };
+    value
+        .cast_to(want)
+        .map_err(|e| user_error(&QueryError::Sql(format!("parameter ${}: {e}", i + 1))))
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for PgHandler {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmt = &portal.statement.statement;
+        let params = if stmt.params.is_empty() {
+            None
+        } else {
+            let values = stmt
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, t)| parameter(portal, i, t))
+                .collect::<PgWireResult<Vec<_>>>()?;
+            Some(ParamValues::from(values))
+        };
+        self.answer(&stmt.sql, params, Some(&portal.result_column_format))
+            .await
+    }
+}
+
+/// The one password of `serve.password`.
+#[derive(Debug)]
+pub struct FixedPassword(String);
+
+#[async_trait]
+impl AuthSource for FixedPassword {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        Ok(Password::new(None, self.0.as_bytes().to_vec()))
+    }
+}
+
+/// Connections without authentication (only allowed on loopback).
+pub struct Open;
+
+impl NoopStartupHandler for Open {}
+
+/// Authentication of a connection: none, or the password of `serve.password`.
+pub enum Startup {
+    Open(Open),
+    Password(CleartextPasswordAuthStartupHandler<FixedPassword, DefaultServerParameterProvider>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Open(h) => h.on_startup(client, message).await,
+            Startup::Password(h) => h.on_startup(client, message).await,
+        }
+    }
+}
+
+/// The handlers of one endpoint.
+pub struct PgServer {
+    handler: Arc<PgHandler>,
+    startup: Arc<Startup>,
+}
+
+impl PgServer {
+    pub fn new(engine: Arc<QueryEngine>, password: Option<String>) -> Self {
+        let parser = Arc::new(Parser {
+            engine: engine.clone(),
+        });
+        let startup = match password {
+            Some(p) => {
+                let mut params = DefaultServerParameterProvider::default();
+                params.server_version = format!("16.0 (weir {})", env!("CARGO_PKG_VERSION"));
+                Startup::Password(CleartextPasswordAuthStartupHandler::new(
+                    FixedPassword(p),
+                    params,
+                ))
+            }
+            None => Startup::Open(Open),
+        };
+        PgServer {
+            handler: Arc::new(PgHandler { engine, parser }),
+            startup: Arc::new(startup),
+        }
+    }
+}
+
+impl PgWireServerHandlers for PgServer {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+}

@@ -1,0 +1,249 @@
+//! DataFusion tables over a job's live state: one per window and view, and `weir_status`.
+//!
+//! A query pins one [`LiveSnapshot`] when it starts (see [`Pinned`]) and every table it reads
+//! scans that snapshot, so a join of a view with `weir_status` sees one point of the input.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray, UInt64Array};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use weir_engine::live::{LiveSnapshot, LiveState};
+
+/// The snapshot a query reads, carried in its session's config.
+pub struct Pinned(pub Arc<LiveSnapshot>);
+
+fn pinned(session: &dyn Session, live: &LiveState) -> Arc<LiveSnapshot> {
+    session
+        .config()
+        .get_extension::<Pinned>()
+        .map(|p| p.0.clone())
+        .unwrap_or_else(|| live.current())
+}
+
+/// The table of one window or view.
+#[derive(Debug)]
+pub struct LiveTable {
+    live: Arc<LiveState>,
+    index: usize,
+    schema: SchemaRef,
+    /// Columns that are keys of the operator (equality filters on them prune rows early).
+    keys: Vec<String>,
+}
+
+impl LiveTable {
+    pub fn new(live: Arc<LiveState>, index: usize, keys: Vec<String>) -> Self {
+        let schema = live.tables[index].schema.clone();
+        LiveTable {
+            live,
+            index,
+            schema,
+            keys,
+        }
+    }
+
+    /// `key = literal` (either side), for a key column.
+    fn key_equality(&self, e: &Expr) -> Option<(usize, ScalarValue)> {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+            return None;
+        };
+        if *op != Operator::Eq {
+            return None;
+        }
+        let (col, lit) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
+                (c, v)
+            }
+            _ => return None,
+        };
+        if !self.keys.iter().any(|k| k == &col.name) {
+            return None;
+        }
+        let idx = self.schema.index_of(&col.name).ok()?;
+        Some((idx, lit.clone()))
+    }
+}
+
+/// Keeps the rows of `batch` whose column `idx` equals `value` (null never equals).
+fn keep_equal(batch: &RecordBatch, idx: usize, value: &ScalarValue) -> DfResult<RecordBatch> {
+    let column = batch.column(idx);
+    let value = value.cast_to(column.data_type())?;
+    let scalar = value.to_scalar()?;
+    let mask = arrow::compute::kernels::cmp::eq(column, &scalar)?;
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+#[async_trait]
+impl TableProvider for LiveTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Key equalities prune rows in the scan; DataFusion applies every filter again.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.key_equality(f).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = pinned(state, &self.live);
+        let empty = Vec::new();
+        let batches = snapshot.tables.get(self.index).unwrap_or(&empty);
+        let equalities: Vec<(usize, ScalarValue)> = filters
+            .iter()
+            .filter_map(|f| self.key_equality(f))
+            .collect();
+        let batches = if equalities.is_empty() {
+            batches.clone()
+        } else {
+            let mut out = Vec::new();
+            for b in batches {
+                let mut b = b.clone();
+                for (idx, v) in &equalities {
+                    b = keep_equal(&b, *idx, v)?;
+                }
+                if b.num_rows() > 0 {
+                    out.push(b);
+                }
+            }
+            out
+        };
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// `weir_status`: one row per source partition, with the run counters at the snapshot.
+#[derive(Debug)]
+pub struct StatusTable {
+    live: Arc<LiveState>,
+    schema: SchemaRef,
+}
+
+impl StatusTable {
+    pub fn new(live: Arc<LiveState>) -> Self {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("pipeline", DataType::Utf8, false),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("partition", DataType::Utf8, false),
+            Field::new("watermark", ts.clone(), true),
+            Field::new("max_event_time", ts.clone(), true),
+            Field::new("ended", DataType::Boolean, false),
+            Field::new("events_in", DataType::UInt64, false),
+            Field::new("bad", DataType::UInt64, false),
+            Field::new("late", DataType::UInt64, false),
+            Field::new("windows_emitted", DataType::UInt64, false),
+            Field::new("dead_letters", DataType::UInt64, false),
+            Field::new("snapshot", DataType::UInt64, false),
+            Field::new("snapshot_time", ts, true),
+            Field::new("finished", DataType::Boolean, false),
+        ]));
+        StatusTable { live, schema }
+    }
+
+    /// The rows of a snapshot.
+    pub fn rows(&self, s: &LiveSnapshot) -> DfResult<RecordBatch> {
+        let n = s.partitions.len();
+        let counter = |name: &str| s.counters.get(name).copied().unwrap_or(0);
+        let sum_prefix = |prefix: &str| -> u64 {
+            s.counters
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        let repeat = |v: u64| Arc::new(UInt64Array::from(vec![v; n])) as ArrayRef;
+        let ts = |v: Vec<Option<i64>>| {
+            Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC")) as ArrayRef
+        };
+        let p = &s.partitions;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![self.live.pipeline.as_str(); n])),
+            Arc::new(StringArray::from_iter_values(p.iter().map(|x| &x.source))),
+            Arc::new(StringArray::from_iter_values(
+                p.iter().map(|x| &x.partition),
+            )),
+            ts(p.iter().map(|x| x.watermark).collect()),
+            ts(p.iter().map(|x| x.newest).collect()),
+            Arc::new(BooleanArray::from_iter(p.iter().map(|x| Some(x.ended)))),
+            repeat(counter("records_in")),
+            repeat(counter("bad")),
+            repeat(sum_prefix("late/")),
+            repeat(sum_prefix("windows/")),
+            repeat(counter("dead_letters")),
+            repeat(s.seq),
+            ts(vec![(s.seq > 0).then_some(s.taken_ms); n]),
+            Arc::new(BooleanArray::from(vec![s.finished; n])),
+        ];
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for StatusTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = pinned(state, &self.live);
+        let batch = self.rows(&snapshot)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
