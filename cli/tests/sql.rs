@@ -1,0 +1,456 @@
+//! SQL on a running engine, driven as users do: `weir run` with `serve`, then HTTP (JSON and
+//! Arrow IPC), the real `psql` (simple query protocol), psycopg (extended protocol, with
+//! parameters) and `weir sql`. Results are checked against a reference computed from the
+//! input file alone (`tests/sql/health_reference.py`).
+
+#[path = "support/crash.rs"]
+#[allow(dead_code)]
+mod crash;
+#[path = "support/sql.rs"]
+mod sql_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use crash::venv_python;
+use sql_support::{free_port, http, sql_json, Running};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Service-health events with 1% bad lines, written by `weir generate`.
+fn health_events(dir: &Path, count: u64) -> PathBuf {
+    let path = dir.join("events.ndjson");
+    let o = Command::new(WEIR)
+        .args(["generate", "service-health", "--count"])
+        .arg(count.to_string())
+        .args(["--seed", "11", "--keys", "300", "--bad-frac", "0.01", "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    path
+}
+
+fn health_pipeline(dir: &Path, source: &str, serve: &str, extra: &str) -> PathBuf {
+    let yaml = format!(
+        r#"name: sql-test
+sources:
+  health:
+{source}
+    event_time: {{ field: timestamp, max_out_of_orderness: 2s }}
+views:
+  service_status:
+    from: health
+    key: [serviceName]
+    aggregates:
+      status: last_value(healthStatus ORDER BY timestamp)
+      last_seen: max(timestamp)
+      checks: count(*)
+      worst_latency: max(latencyMs)
+windows:
+  health_win:
+    from: health
+    key: [serviceName]
+    tumbling: {window}
+    aggregates:
+      checks: count(*)
+      max_latency: max(latencyMs)
+    sinks: [out]
+sinks:
+  out: {{ file: {{ path: out/health_win.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+serve: {serve}
+{extra}"#,
+        window = if source.contains("generator") { "2s" } else { "1m" },
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn reference(events: &Path) -> Value {
+    let o = Command::new(venv_python())
+        .arg(repo().join("tests/sql/health_reference.py"))
+        .arg(events)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn psql(port: u16, password: Option<&str>, query: &str) -> std::process::Output {
+    let mut c = Command::new("psql");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir", "-d", "weir"])
+        .args(["-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-c", query]);
+    match password {
+        Some(p) => c.env("PGPASSWORD", p),
+        None => c.env_remove("PGPASSWORD"),
+    };
+    c.env("PGCONNECT_TIMEOUT", "10").output().expect(
+        "psql is missing: install Debian's postgresql-client (.ci/run does)",
+    )
+}
+
+fn psycopg(port: u16, password: Option<&str>, queries: Value) -> Vec<Value> {
+    let o = Command::new(venv_python())
+        .arg(repo().join("tests/sql/pg_client.py"))
+        .arg(port.to_string())
+        .arg(password.unwrap_or("-"))
+        .arg(queries.to_string())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "psycopg: {}", text(&o.stderr));
+    match serde_json::from_slice(&o.stdout).unwrap() {
+        Value::Array(a) => a,
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = health_events(dir.path(), 40_000);
+    let (hp, pp) = (free_port(), free_port());
+    let pipeline = health_pipeline(
+        dir.path(),
+        "    file: { path: events.ndjson }\n    format: json\n    schema: service-health",
+        &format!("{{ http: \"127.0.0.1:{hp}\", postgres: \"127.0.0.1:{pp}\" }}"),
+        "",
+    );
+    let mut run = Running::start(WEIR, &pipeline, &["--keep-serving", "--parallelism", "2"]);
+    run.wait_http(hp);
+    run.wait_finished(hp);
+
+    let want = reference(&events);
+    let services = want["services"].as_object().unwrap();
+    let status = sql_json(hp, "SELECT * FROM weir_status");
+    assert_eq!(status.len(), 1);
+    let good = status[0]["events_in"].as_u64().unwrap() - status[0]["bad"].as_u64().unwrap();
+    assert_eq!(good, want["good"].as_u64().unwrap(), "events the reference counts as good");
+    assert_eq!(status[0]["events_in"].as_u64(), Some(40_000));
+
+    // HTTP JSON: every key with the reference's values
+    let rows = sql_json(hp, "SELECT * FROM service_status ORDER BY serviceName");
+    assert_eq!(rows.len(), services.len());
+    let mut ties = 0;
+    for r in &rows {
+        let name = r["serviceName"].as_str().unwrap();
+        let w = &services[name];
+        assert_eq!(r["checks"], w["checks"], "{name}");
+        assert_eq!(r["last_seen"], w["last_seen"], "{name}");
+        assert_eq!(r["worst_latency"], w["worst_latency"], "{name}");
+        let latest: Vec<&str> = w["latest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(latest.contains(&r["status"].as_str().unwrap()), "{name}: {r:?} vs {latest:?}");
+        if latest.len() > 1 {
+            ties += 1;
+        }
+    }
+    assert!(ties < services.len() / 10, "too many ties to check statuses: {ties}");
+
+    // psql: the spec's question, "which services are unhealthy right now"
+    let o = psql(
+        pp,
+        None,
+        "SELECT serviceName, status FROM service_status WHERE status <> 'HEALTHY' ORDER BY serviceName",
+    );
+    assert!(o.status.success(), "psql: {}", text(&o.stderr));
+    let got: Vec<(String, String)> = text(&o.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (a, b) = l.split_once('|').unwrap();
+            (a.to_string(), b.to_string())
+        })
+        .collect();
+    let want_unhealthy: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r["status"] != "HEALTHY")
+        .map(|r| {
+            (
+                r["serviceName"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(!want_unhealthy.is_empty());
+    assert_eq!(got, want_unhealthy);
+    // every unambiguous latest status agrees with the reference
+    for (name, st) in &got {
+        let latest = services[name]["latest"].as_array().unwrap();
+        if latest.len() == 1 {
+            assert_eq!(latest[0], st.as_str(), "{name}");
+        }
+    }
+
+    // the windows: every emitted row is final, equal to the sink's file
+    let sink_rows = weir_tests::read_ndjson(&dir.path().join("out/health_win.ndjson"));
+    let counts = sql_json(
+        hp,
+        "SELECT count(*) AS n, sum(checks) AS checks, count(*) FILTER (WHERE NOT is_final) AS open FROM health_win",
+    );
+    assert_eq!(counts[0]["n"].as_u64(), Some(sink_rows.len() as u64));
+    assert_eq!(counts[0]["open"].as_u64(), Some(0));
+    let late = status[0]["late"].as_u64().unwrap();
+    assert_eq!(counts[0]["checks"].as_u64(), Some(good - late));
+
+    // psycopg: parameters through the extended protocol (text, integer, timestamp results)
+    let some = rows[rows.len() / 2]["serviceName"].as_str().unwrap().to_string();
+    let answers = psycopg(
+        pp,
+        None,
+        serde_json::json!([
+            ["SELECT serviceName, checks, last_seen FROM service_status WHERE serviceName = %s", [some]],
+            ["SELECT count(*) AS n FROM service_status WHERE checks > %s", [100]],
+            ["SELECT serviceName, window_start FROM health_win WHERE serviceName = %s ORDER BY window_start LIMIT 1", [some]],
+            ["SELECT nope FROM service_status", []],
+        ]),
+    );
+    let w = &services[&some];
+    assert_eq!(answers[0]["rows"], serde_json::json!([[some, w["checks"], w["last_seen"]]]));
+    let over_100 = services
+        .values()
+        .filter(|s| s["checks"].as_u64().unwrap() > 100)
+        .count();
+    assert_eq!(answers[1]["rows"], serde_json::json!([[over_100]]));
+    let first_window = answers[2]["rows"][0][1].as_str().unwrap();
+    assert!(first_window.ends_with("+00:00"), "a timestamptz: {first_window}");
+    assert_eq!(answers[3]["sqlstate"], "42601", "{}", answers[3]);
+
+    // Arrow IPC over HTTP
+    let a = http(
+        hp,
+        "POST",
+        "/sql",
+        &[("Accept", "application/vnd.apache.arrow.stream")],
+        b"SELECT serviceName, checks FROM service_status ORDER BY checks DESC LIMIT 3",
+    );
+    assert_eq!(a.status, 200);
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(a.body), None).unwrap();
+    assert_eq!(reader.schema().field(1).name(), "checks");
+    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(n, 3);
+
+    // `weir sql`: a table on a terminal, JSON and CSV
+    let o = Command::new(WEIR)
+        .args(["sql", "--server", &format!("http://127.0.0.1:{hp}")])
+        .args(["--format", "csv", "SELECT serviceName, checks FROM service_status ORDER BY serviceName LIMIT 2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let csv = text(&o.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "serviceName,checks");
+    assert_eq!(
+        lines[1],
+        format!("{},{}", rows[0]["serviceName"].as_str().unwrap(), rows[0]["checks"])
+    );
+    let o = Command::new(WEIR)
+        .args(["sql", "--server", &format!("http://127.0.0.1:{hp}")])
+        .arg("SELECT count(*) AS keys FROM service_status")
+        .output()
+        .unwrap();
+    let table = text(&o.stdout);
+    assert!(
+        table.contains("| keys") && table.contains(&format!("| {} ", services.len())),
+        "{table}"
+    );
+
+    let (code, out, err) = run.stop();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("run finished"), "{out}");
+}
+
+#[test]
+fn open_windows_show_before_they_close_and_every_snapshot_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let hp = free_port();
+    let pipeline = health_pipeline(
+        dir.path(),
+        "    generator: { kind: service-health, events_per_second: 4000, seed: 3 }",
+        &format!("{{ http: \"127.0.0.1:{hp}\", refresh: 200ms }}"),
+        "",
+    );
+    let mut run = Running::start(WEIR, &pipeline, &["--parallelism", "2"]);
+    run.wait_http(hp);
+    // (window start, key) -> seen open, seen final
+    let mut seen: BTreeMap<(String, String), (bool, bool)> = BTreeMap::new();
+    let mut snapshots = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        // one query reads one snapshot: the view's counts add up to the events counted by then
+        let r = sql_json(
+            hp,
+            "SELECT (SELECT sum(checks) FROM service_status) AS in_view, \
+                    (SELECT max(events_in - bad) FROM weir_status) AS counted, \
+                    (SELECT max(snapshot) FROM weir_status) AS snapshot",
+        );
+        let snap = r[0]["snapshot"].as_u64().unwrap_or(0);
+        if snap > 0 {
+            assert_eq!(r[0]["in_view"], r[0]["counted"], "snapshot {snap} is torn");
+            snapshots.insert(snap);
+        }
+        for w in sql_json(hp, "SELECT serviceName, window_start, is_final FROM health_win") {
+            let k = (
+                w["window_start"].as_str().unwrap().to_string(),
+                w["serviceName"].as_str().unwrap().to_string(),
+            );
+            let e = seen.entry(k).or_default();
+            if w["is_final"].as_bool().unwrap() {
+                e.1 = true;
+            } else {
+                e.0 = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(snapshots.len() >= 10, "snapshots seen: {snapshots:?}");
+    let both = seen.values().filter(|(open, fin)| *open && *fin).count();
+    assert!(
+        both > 0,
+        "no window was seen open and then final: {} windows seen",
+        seen.len()
+    );
+    let (code, _, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hp, pp) = (free_port(), free_port());
+    let pipeline = health_pipeline(
+        dir.path(),
+        "    generator: { kind: service-health, events_per_second: 1000, seed: 5 }",
+        &format!(
+            "{{ http: \"127.0.0.1:{hp}\", postgres: \"127.0.0.1:{pp}\", token: \"${{TEST_SQL_TOKEN}}\", password: \"${{TEST_SQL_PASSWORD}}\", query_timeout: 1s }}"
+        ),
+        "",
+    );
+    let token = "s3cret-token-9f2c";
+    let password = "pg-pass-77a1";
+    let mut c = Command::new(WEIR);
+    c.arg("run")
+        .arg(&pipeline)
+        .env("TEST_SQL_TOKEN", token)
+        .env("TEST_SQL_PASSWORD", password)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut run = Running {
+        child: c.spawn().unwrap(),
+    };
+    run.wait_http(hp);
+    let auth = format!("Bearer {token}");
+    let ask = |q: &str, headers: &[(&str, &str)]| http(hp, "POST", "/sql", headers, q.as_bytes());
+
+    let a = ask("SELECT count(*) FROM service_status", &[]);
+    assert_eq!(a.status, 401, "no token");
+    assert_eq!(a.json()["error"]["code"], "unauthorized");
+    let a = ask("SELECT 1", &[("Authorization", "Bearer wrong-token-000000")]);
+    assert_eq!(a.status, 401, "wrong token");
+    for (q, code) in [
+        ("DROP TABLE service_status", "read_only"),
+        ("CREATE TABLE t AS SELECT 1", "read_only"),
+        ("INSERT INTO service_status VALUES ('x', 'y', 1, 1, 1)", "read_only"),
+        ("COPY service_status TO '/tmp/weir-copy.csv'", "read_only"),
+        ("SET datafusion.execution.batch_size = 1", "read_only"),
+        ("SELEC 1", "sql_error"),
+        ("SELECT nope FROM service_status", "sql_error"),
+        ("SELECT * FROM no_such_table", "sql_error"),
+        (
+            "SELECT count(*) FROM generate_series(1, 100000000) a, generate_series(1, 100000000) b",
+            "timeout",
+        ),
+    ] {
+        let started = Instant::now();
+        let a = ask(q, &[("Authorization", &auth)]);
+        assert_eq!(a.status, 400, "{q}: {}", text(&a.body));
+        let body = a.json();
+        assert_eq!(body["error"]["code"], code, "{q}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(started.elapsed() < Duration::from_secs(10), "{q} took {:?}", started.elapsed());
+    }
+    assert!(!Path::new("/tmp/weir-copy.csv").exists());
+    // the engine still runs and answers
+    let a = ask("SELECT sum(checks) AS n FROM service_status", &[("Authorization", &auth)]);
+    assert_eq!(a.status, 200, "{}", text(&a.body));
+
+    // Postgres: the password is required; errors carry SQLSTATEs
+    let o = psql(pp, Some("not-the-password"), "SELECT 1");
+    assert!(!o.status.success(), "a wrong password must be refused");
+    let o = psql(pp, Some(password), "SELECT count(*) FROM service_status");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let answers = psycopg(
+        pp,
+        Some(password),
+        serde_json::json!([
+            ["DELETE FROM service_status", []],
+            ["SELECT count(*) FROM generate_series(1, 100000000) a, generate_series(1, 100000000) b", []],
+            ["SELECT 41 + %s AS answer", [1]],
+        ]),
+    );
+    assert_eq!(answers[0]["sqlstate"], "25006", "{}", answers[0]);
+    assert_eq!(answers[1]["sqlstate"], "57014", "{}", answers[1]);
+    assert_eq!(answers[2]["rows"], serde_json::json!([[42]]));
+
+    let (code, out, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
+    for secret in [token, password] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{secret} was printed");
+    }
+    let o = Command::new(WEIR)
+        .arg("validate")
+        .arg(&pipeline)
+        .env("TEST_SQL_TOKEN", token)
+        .env("TEST_SQL_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let plan = text(&o.stdout);
+    assert!(plan.contains("bearer token required") && plan.contains("password required"));
+    assert!(!plan.contains(token) && !plan.contains(password), "{plan}");
+}
+
+#[test]
+fn serving_beyond_loopback_needs_a_token_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pipeline = health_pipeline(
+        dir.path(),
+        "    generator: { kind: service-health, count: 1000, seed: 5 }",
+        &format!("{{ http: \"0.0.0.0:{port}\" }}"),
+        "",
+    );
+    let o = Command::new(WEIR)
+        .arg("run")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("without authentication") && err.contains("--insecure") && err.contains("serve.token"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}

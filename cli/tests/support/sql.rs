@@ -1,0 +1,186 @@
+//! Helpers of the SQL tests: a running `weir run` with `serve`, a raw HTTP client, ports.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP answer: status code and body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Answer { status, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap().trim(), 16)
+            .unwrap();
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// `POST /sql` with a JSON body; the JSON rows, or panics with the error.
+pub fn sql_json(port: u16, query: &str) -> Vec<serde_json::Map<String, Value>> {
+    let body = serde_json::json!({ "query": query }).to_string();
+    let a = http(
+        port,
+        "POST",
+        "/sql",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        a.status,
+        200,
+        "{query}: {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    match a.json() {
+        Value::Array(rows) => rows
+            .into_iter()
+            .map(|r| match r {
+                Value::Object(m) => m,
+                other => panic!("not a row: {other}"),
+            })
+            .collect(),
+        other => panic!("not an array: {other}"),
+    }
+}
+
+/// A `weir run` in the background, killed when dropped.
+pub struct Running {
+    pub child: Child,
+}
+
+impl Running {
+    pub fn start(weir: &str, pipeline: &Path, args: &[&str]) -> Self {
+        let child = Command::new(weir)
+            .arg("run")
+            .arg(pipeline)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running { child }
+    }
+
+    /// Waits until the HTTP endpoint answers `/health`.
+    pub fn wait_http(&mut self, port: u16) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(e) = self.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("weir run exited ({status}) before serving: {err}");
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the HTTP endpoint on port {port} did not come up");
+    }
+
+    /// Waits until the run finished its input (`weir_status.finished`).
+    pub fn wait_finished(&mut self, port: u16) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            let rows = sql_json(port, "SELECT bool_and(finished) AS done FROM weir_status");
+            if rows.first().and_then(|r| r["done"].as_bool()) == Some(true) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the run did not finish its input");
+    }
+
+    /// Stops it with SIGINT and returns its exit code and output.
+    pub fn stop(mut self) -> (Option<i32>, String, String) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(o) = self.child.stdout.as_mut() {
+            let _ = o.read_to_string(&mut out);
+        }
+        if let Some(e) = self.child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let status = self.child.wait().unwrap();
+        (status.code(), out, err)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
