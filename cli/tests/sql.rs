@@ -454,3 +454,71 @@ fn serving_beyond_loopback_needs_a_token_or_insecure() {
     );
     assert!(!err.contains("panicked"));
 }
+
+/// Per service: events counted by the view, after the run finished.
+fn view_counts(port: u16) -> BTreeMap<String, u64> {
+    sql_json(port, "SELECT serviceName, checks FROM service_status")
+        .into_iter()
+        .map(|r| {
+            (
+                r["serviceName"].as_str().unwrap().to_string(),
+                r["checks"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_view_stopped_and_restored_from_its_checkpoint_counts_every_event_once() {
+    let source = "    generator: { kind: service-health, count: 120000, events_per_second: 40000, seed: 9 }";
+    // an uninterrupted run
+    let dir = tempfile::tempdir().unwrap();
+    let hp = free_port();
+    let pipeline = health_pipeline(
+        dir.path(),
+        source,
+        &format!("{{ http: \"127.0.0.1:{hp}\" }}"),
+        "",
+    );
+    let mut run = Running::start(WEIR, &pipeline, &["--keep-serving", "--parallelism", "2"]);
+    run.wait_http(hp);
+    run.wait_finished(hp);
+    let want = view_counts(hp);
+    let (code, _, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
+    let total: u64 = want.values().sum();
+    assert!(total > 100_000, "{total}");
+
+    // stopped (SIGTERM: a final checkpoint) part-way, then restored and run to the end
+    let dir = tempfile::tempdir().unwrap();
+    let hp = free_port();
+    let pipeline = health_pipeline(
+        dir.path(),
+        source,
+        &format!("{{ http: \"127.0.0.1:{hp}\" }}"),
+        "checkpoint: { dir: state, interval: 300ms }\n",
+    );
+    let mut first = Running::start(WEIR, &pipeline, &["--parallelism", "2"]);
+    first.wait_http(hp);
+    std::thread::sleep(Duration::from_millis(1200));
+    let part = sql_json(hp, "SELECT max(events_in) AS n FROM weir_status")[0]["n"]
+        .as_u64()
+        .unwrap_or(0);
+    let (code, _, err) = first.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(part > 0 && part < 120_000, "stopped part-way: {part}");
+    let mut second = Running::start(WEIR, &pipeline, &["--keep-serving", "--parallelism", "1"]);
+    second.wait_http(hp);
+    second.wait_finished(hp);
+    let got = view_counts(hp);
+    let status = sql_json(hp, "SELECT events_in, bad FROM weir_status");
+    let (code, out, err) = second.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("restored from checkpoint"), "{out}");
+    assert_eq!(status[0]["events_in"].as_u64(), Some(120_000));
+    assert_eq!(
+        got.values().sum::<u64>(),
+        status[0]["events_in"].as_u64().unwrap() - status[0]["bad"].as_u64().unwrap()
+    );
+    assert_eq!(got, want, "per-key counts after a restore differ from an uninterrupted run");
+}
