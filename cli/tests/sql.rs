@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use crash::venv_python;
+use serde_json::Value;
 use sql_support::{free_port, http, sql_json, Running};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
@@ -37,7 +37,15 @@ fn health_events(dir: &Path, count: u64) -> PathBuf {
     let o = Command::new(WEIR)
         .args(["generate", "service-health", "--count"])
         .arg(count.to_string())
-        .args(["--seed", "11", "--keys", "300", "--bad-frac", "0.01", "--out"])
+        .args([
+            "--seed",
+            "11",
+            "--keys",
+            "300",
+            "--bad-frac",
+            "0.01",
+            "--out",
+        ])
         .arg(&path)
         .output()
         .unwrap();
@@ -61,6 +69,7 @@ views:
       last_seen: max(timestamp)
       checks: count(*)
       worst_latency: max(latencyMs)
+    sinks: [status_out]
 windows:
   health_win:
     from: health
@@ -72,10 +81,15 @@ windows:
     sinks: [out]
 sinks:
   out: {{ file: {{ path: out/health_win.ndjson }} }}
+  status_out: {{ file: {{ path: out/service_status.ndjson }} }}
 dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
 serve: {serve}
 {extra}"#,
-        window = if source.contains("generator") { "2s" } else { "1m" },
+        window = if source.contains("generator") {
+            "2s"
+        } else {
+            "1m"
+        },
     );
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -94,15 +108,34 @@ fn reference(events: &Path) -> Value {
 
 fn psql(port: u16, password: Option<&str>, query: &str) -> std::process::Output {
     let mut c = Command::new("psql");
-    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir", "-d", "weir"])
-        .args(["-X", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-c", query]);
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "weir",
+        "-d",
+        "weir",
+    ])
+    .args([
+        "-X",
+        "-A",
+        "-t",
+        "-F",
+        "|",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        query,
+    ]);
     match password {
         Some(p) => c.env("PGPASSWORD", p),
         None => c.env_remove("PGPASSWORD"),
     };
-    c.env("PGCONNECT_TIMEOUT", "10").output().expect(
-        "psql is missing: install Debian's postgresql-client (.ci/run does)",
-    )
+    c.env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql is missing: install Debian's postgresql-client (.ci/run does)")
 }
 
 fn psycopg(port: u16, password: Option<&str>, queries: Value) -> Vec<Value> {
@@ -140,7 +173,11 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
     let status = sql_json(hp, "SELECT * FROM weir_status");
     assert_eq!(status.len(), 1);
     let good = status[0]["events_in"].as_u64().unwrap() - status[0]["bad"].as_u64().unwrap();
-    assert_eq!(good, want["good"].as_u64().unwrap(), "events the reference counts as good");
+    assert_eq!(
+        good,
+        want["good"].as_u64().unwrap(),
+        "events the reference counts as good"
+    );
     assert_eq!(status[0]["events_in"].as_u64(), Some(40_000));
 
     // HTTP JSON: every key with the reference's values
@@ -159,12 +196,18 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert!(latest.contains(&r["status"].as_str().unwrap()), "{name}: {r:?} vs {latest:?}");
+        assert!(
+            latest.contains(&r["status"].as_str().unwrap()),
+            "{name}: {r:?} vs {latest:?}"
+        );
         if latest.len() > 1 {
             ties += 1;
         }
     }
-    assert!(ties < services.len() / 10, "too many ties to check statuses: {ties}");
+    assert!(
+        ties < services.len() / 10,
+        "too many ties to check statuses: {ties}"
+    );
 
     // psql: the spec's question, "which services are unhealthy right now"
     let o = psql(
@@ -213,7 +256,10 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
     assert_eq!(counts[0]["checks"].as_u64(), Some(good - late));
 
     // psycopg: parameters through the extended protocol (text, integer, timestamp results)
-    let some = rows[rows.len() / 2]["serviceName"].as_str().unwrap().to_string();
+    let some = rows[rows.len() / 2]["serviceName"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let answers = psycopg(
         pp,
         None,
@@ -225,14 +271,20 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
         ]),
     );
     let w = &services[&some];
-    assert_eq!(answers[0]["rows"], serde_json::json!([[some, w["checks"], w["last_seen"]]]));
+    assert_eq!(
+        answers[0]["rows"],
+        serde_json::json!([[some, w["checks"], w["last_seen"]]])
+    );
     let over_100 = services
         .values()
         .filter(|s| s["checks"].as_u64().unwrap() > 100)
         .count();
     assert_eq!(answers[1]["rows"], serde_json::json!([[over_100]]));
     let first_window = answers[2]["rows"][0][1].as_str().unwrap();
-    assert!(first_window.ends_with("+00:00"), "a timestamptz: {first_window}");
+    assert!(
+        first_window.ends_with("+00:00"),
+        "a timestamptz: {first_window}"
+    );
     assert_eq!(answers[3]["sqlstate"], "42601", "{}", answers[3]);
 
     // Arrow IPC over HTTP
@@ -253,7 +305,11 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
     // `weir sql`: a table on a terminal, JSON and CSV
     let o = Command::new(WEIR)
         .args(["sql", "--server", &format!("http://127.0.0.1:{hp}")])
-        .args(["--format", "csv", "SELECT serviceName, checks FROM service_status ORDER BY serviceName LIMIT 2"])
+        .args([
+            "--format",
+            "csv",
+            "SELECT serviceName, checks FROM service_status ORDER BY serviceName LIMIT 2",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -262,7 +318,11 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
     assert_eq!(lines[0], "serviceName,checks");
     assert_eq!(
         lines[1],
-        format!("{},{}", rows[0]["serviceName"].as_str().unwrap(), rows[0]["checks"])
+        format!(
+            "{},{}",
+            rows[0]["serviceName"].as_str().unwrap(),
+            rows[0]["checks"]
+        )
     );
     let o = Command::new(WEIR)
         .args(["sql", "--server", &format!("http://127.0.0.1:{hp}")])
@@ -278,6 +338,23 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
     let (code, out, err) = run.stop();
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("run finished"), "{out}");
+
+    // the view's sink: a changelog of upserts, then every key once as the final snapshot
+    let log = weir_tests::read_ndjson(&dir.path().join("out/service_status.ndjson"));
+    let snapshot: Vec<_> = log.iter().filter(|r| r["op"] == "snapshot").collect();
+    assert_eq!(snapshot.len(), rows.len());
+    let mut last: BTreeMap<String, &serde_json::Map<String, Value>> = BTreeMap::new();
+    for r in &log {
+        assert!(r["op"] == "upsert" || r["op"] == "snapshot", "{r:?}");
+        last.insert(r["serviceName"].as_str().unwrap().to_string(), r);
+    }
+    for r in &rows {
+        let name = r["serviceName"].as_str().unwrap();
+        let l = last[name];
+        for col in ["status", "last_seen", "checks", "worst_latency"] {
+            assert_eq!(l[col], r[col], "{name} {col}");
+        }
+    }
 }
 
 #[test]
@@ -309,7 +386,10 @@ fn open_windows_show_before_they_close_and_every_snapshot_is_consistent() {
             assert_eq!(r[0]["in_view"], r[0]["counted"], "snapshot {snap} is torn");
             snapshots.insert(snap);
         }
-        for w in sql_json(hp, "SELECT serviceName, window_start, is_final FROM health_win") {
+        for w in sql_json(
+            hp,
+            "SELECT serviceName, window_start, is_final FROM health_win",
+        ) {
             let k = (
                 w["window_start"].as_str().unwrap().to_string(),
                 w["serviceName"].as_str().unwrap().to_string(),
@@ -332,6 +412,19 @@ fn open_windows_show_before_they_close_and_every_snapshot_is_consistent() {
     );
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
+    // the view's changelog: upserts of the keys changed at each snapshot; counts only grow
+    let log = weir_tests::read_ndjson(&dir.path().join("out/service_status.ndjson"));
+    assert!(log.len() > 10, "{} upserts", log.len());
+    let mut checks: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &log {
+        assert_eq!(
+            r["op"], "upsert",
+            "a stopped run writes no final snapshot: {r:?}"
+        );
+        let c = r["checks"].as_u64().unwrap();
+        let before = checks.insert(r["serviceName"].as_str().unwrap().to_string(), c);
+        assert!(before.is_none_or(|b| b < c), "{r:?} after {before:?}");
+    }
 }
 
 #[test]
@@ -366,12 +459,18 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
     let a = ask("SELECT count(*) FROM service_status", &[]);
     assert_eq!(a.status, 401, "no token");
     assert_eq!(a.json()["error"]["code"], "unauthorized");
-    let a = ask("SELECT 1", &[("Authorization", "Bearer wrong-token-000000")]);
+    let a = ask(
+        "SELECT 1",
+        &[("Authorization", "Bearer wrong-token-000000")],
+    );
     assert_eq!(a.status, 401, "wrong token");
     for (q, code) in [
         ("DROP TABLE service_status", "read_only"),
         ("CREATE TABLE t AS SELECT 1", "read_only"),
-        ("INSERT INTO service_status VALUES ('x', 'y', 1, 1, 1)", "read_only"),
+        (
+            "INSERT INTO service_status VALUES ('x', 'y', 1, 1, 1)",
+            "read_only",
+        ),
         ("COPY service_status TO '/tmp/weir-copy.csv'", "read_only"),
         ("SET datafusion.execution.batch_size = 1", "read_only"),
         ("SELEC 1", "sql_error"),
@@ -387,12 +486,21 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
         assert_eq!(a.status, 400, "{q}: {}", text(&a.body));
         let body = a.json();
         assert_eq!(body["error"]["code"], code, "{q}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
-        assert!(started.elapsed() < Duration::from_secs(10), "{q} took {:?}", started.elapsed());
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{q} took {:?}",
+            started.elapsed()
+        );
     }
     assert!(!Path::new("/tmp/weir-copy.csv").exists());
     // the engine still runs and answers
-    let a = ask("SELECT sum(checks) AS n FROM service_status", &[("Authorization", &auth)]);
+    let a = ask(
+        "SELECT sum(checks) AS n FROM service_status",
+        &[("Authorization", &auth)],
+    );
     assert_eq!(a.status, 200, "{}", text(&a.body));
 
     // Postgres: the password is required; errors carry SQLSTATEs
@@ -416,7 +524,10 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
     let (code, out, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
     for secret in [token, password] {
-        assert!(!out.contains(secret) && !err.contains(secret), "{secret} was printed");
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} was printed"
+        );
     }
     let o = Command::new(WEIR)
         .arg("validate")
@@ -449,7 +560,9 @@ fn serving_beyond_loopback_needs_a_token_or_insecure() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(
-        err.contains("without authentication") && err.contains("--insecure") && err.contains("serve.token"),
+        err.contains("without authentication")
+            && err.contains("--insecure")
+            && err.contains("serve.token"),
         "{err}"
     );
     assert!(!err.contains("panicked"));
@@ -470,7 +583,8 @@ fn view_counts(port: u16) -> BTreeMap<String, u64> {
 
 #[test]
 fn a_view_stopped_and_restored_from_its_checkpoint_counts_every_event_once() {
-    let source = "    generator: { kind: service-health, count: 120000, events_per_second: 40000, seed: 9 }";
+    let source =
+        "    generator: { kind: service-health, count: 120000, events_per_second: 40000, seed: 9 }";
     // an uninterrupted run
     let dir = tempfile::tempdir().unwrap();
     let hp = free_port();
@@ -520,5 +634,8 @@ fn a_view_stopped_and_restored_from_its_checkpoint_counts_every_event_once() {
         got.values().sum::<u64>(),
         status[0]["events_in"].as_u64().unwrap() - status[0]["bad"].as_u64().unwrap()
     );
-    assert_eq!(got, want, "per-key counts after a restore differ from an uninterrupted run");
+    assert_eq!(
+        got, want,
+        "per-key counts after a restore differ from an uninterrupted run"
+    );
 }

@@ -134,6 +134,15 @@ pub trait MergeOperator: Send {
     /// The rows of the state not emitted yet, for SQL readers, with the workers' copies of
     /// their open state added, leaving the state unchanged: open windows, or a view's rows.
     fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError>;
+    /// Rows for the sinks at a barrier, whatever the watermark: a view's keys changed since
+    /// the last barrier.
+    fn barrier_rows(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
+        Ok(Vec::new())
+    }
+    /// Whether the rows [`Self::emit`] returns are window results (counted as such).
+    fn emits_windows(&self) -> bool {
+        true
+    }
 }
 
 /// An output of result rows.
@@ -1506,6 +1515,7 @@ fn merger_loop(
                 clocks,
             } => {
                 tracing::trace!(seq, "live barrier");
+                send_barrier_rows(&mut ops, &sinks, failure)?;
                 if let Some(l) = live.as_mut() {
                     l.publish(&mut ops, counters, clocks, stats, false)?;
                 }
@@ -1515,6 +1525,7 @@ fn merger_loop(
                 let link = start.link.as_ref().ok_or_else(|| {
                     EngineError::Internal("a barrier without checkpointing".into())
                 })?;
+                send_barrier_rows(&mut ops, &sinks, failure)?;
                 let mut held = Vec::with_capacity(ops.len());
                 for (i, (merge, _)) in ops.iter_mut().enumerate() {
                     held.push((merge.snapshot()?, emitted[i]));
@@ -1549,8 +1560,11 @@ fn merger_loop(
         // Windows reopened by a lagging partition are emitted as soon as they are handed over.
         if wm > emitted[msg.operator] || had_partials {
             emitted[msg.operator] = wm;
+            let windows = merge.emits_windows();
             for batch in merge.emit(wm)? {
-                RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
+                if windows {
+                    RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
+                }
                 if let Some(l) = live.as_mut() {
                     l.emitted(msg.operator, &batch)?;
                 }
@@ -1584,6 +1598,27 @@ fn merger_loop(
         ));
         let clocks = clock_status(&l.clocks);
         l.publish(&mut ops, counters, clocks, stats, true)?;
+    }
+    Ok(())
+}
+
+/// Sends every operator's barrier rows (views' changed keys) to its sinks.
+fn send_barrier_rows(
+    ops: &mut [MergePart],
+    sinks: &[Sender<SinkMsg>],
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    for (merge, sink_ids) in ops.iter_mut() {
+        if sink_ids.is_empty() {
+            continue;
+        }
+        for batch in merge.barrier_rows()? {
+            for &s in sink_ids.iter() {
+                sinks[s]
+                    .send(SinkMsg::Rows(batch.clone()))
+                    .map_err(|_| failure.closed("a sink"))?;
+            }
+        }
     }
     Ok(())
 }

@@ -6,5 +6,5 @@ pub mod view;
 pub mod window;
 
 pub use compile::{CompiledAggregate, SqlCompiler};
-pub use view::{ViewConfig, ViewMerger, ViewWorker};
+pub use view::{ViewConfig, ViewMerger, ViewWorker, KEYS_METADATA};
 pub use window::{TimeMode, WindowConfig, WindowMerger, WindowWorker};

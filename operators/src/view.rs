@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, StringArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -39,6 +39,9 @@ pub struct ViewConfig {
 
 /// The `window_start` a view's partial state travels under (views have no window).
 const VIEW_WINDOW: i64 = 0;
+
+/// Schema metadata of sink rows: how many leading columns are the key.
+pub const KEYS_METADATA: &str = "weir.keys";
 
 impl ViewConfig {
     fn key_schema(&self) -> Result<SchemaRef, EngineError> {
@@ -69,6 +72,21 @@ impl ViewConfig {
                 .map(|a| a.output_field().as_ref().clone()),
         );
         Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The schema of the rows its sinks receive: the view's rows and `op` (`upsert` for a
+    /// key that changed, `snapshot` for every key at the end of a bounded run), with the key
+    /// column count in the metadata (`weir.keys`) so that sinks key messages by it.
+    pub fn sink_schema(&self) -> Result<SchemaRef, EngineError> {
+        let mut fields: Vec<Field> = self
+            .output_schema()?
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("op", arrow::datatypes::DataType::Utf8, false));
+        let metadata = [(KEYS_METADATA.to_string(), self.keys.len().to_string())].into();
+        Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
     }
 
     fn groups(&self) -> Result<Groups, EngineError> {
@@ -236,9 +254,15 @@ impl WorkerOperator for ViewWorker {
 pub struct ViewMerger {
     config: Arc<ViewConfig>,
     output: SchemaRef,
+    sink_schema: SchemaRef,
     state_lens: Vec<usize>,
     groups: Groups,
     group_ids: Vec<usize>,
+    /// Per group: changed since the last barrier rows.
+    dirty: Vec<bool>,
+    changed: usize,
+    /// The final snapshot was emitted.
+    finished: bool,
 }
 
 impl ViewMerger {
@@ -246,11 +270,46 @@ impl ViewMerger {
     pub fn new(config: Arc<ViewConfig>) -> Result<Self, EngineError> {
         Ok(ViewMerger {
             output: config.output_schema()?,
+            sink_schema: config.sink_schema()?,
             state_lens: state_lens(&config.name, &config.aggregates)?,
             groups: config.groups()?,
             config,
             group_ids: Vec::new(),
+            dirty: Vec::new(),
+            changed: 0,
+            finished: false,
         })
+    }
+
+    /// Every key's row (row `i` is group `i`), leaving the state unchanged.
+    fn evaluate(&mut self, workers: &[PartialWindow]) -> Result<Option<RecordBatch>, EngineError> {
+        let config = self.config.clone();
+        let mut all = config.groups()?;
+        for p in self.snapshot()?.iter().chain(workers) {
+            all.merge(
+                &p.keys,
+                &p.states,
+                &self.state_lens,
+                &mut self.group_ids,
+                &config.name,
+            )?;
+        }
+        if all.values.len() == 0 {
+            return Ok(None);
+        }
+        let (mut columns, values) = all.finish(&config.aggregates, &config.name)?;
+        columns.extend(values);
+        RecordBatch::try_new(self.output.clone(), columns)
+            .map(Some)
+            .map_err(|e| EngineError::operator(&config.name, e))
+    }
+
+    /// View rows as sink rows, with `op`.
+    fn sink_rows(&self, rows: &RecordBatch, op: &str) -> Result<RecordBatch, EngineError> {
+        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec![op; rows.num_rows()])));
+        RecordBatch::try_new(self.sink_schema.clone(), columns)
+            .map_err(|e| EngineError::operator(&self.config.name, e))
     }
 
     /// The schema of the view's rows.
@@ -267,11 +326,54 @@ impl MergeOperator for ViewMerger {
             &self.state_lens,
             &mut self.group_ids,
             &self.config.name,
-        )
+        )?;
+        self.dirty.resize(self.groups.values.len(), false);
+        for &g in &self.group_ids {
+            if !self.dirty[g] {
+                self.dirty[g] = true;
+                self.changed += 1;
+            }
+        }
+        Ok(())
     }
 
-    fn emit(&mut self, _watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
-        Ok(Vec::new())
+    fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
+        // At the end of a bounded input: every key once, as the final snapshot.
+        if watermark != WATERMARK_END || self.finished {
+            return Ok(Vec::new());
+        }
+        self.finished = true;
+        self.dirty.iter_mut().for_each(|d| *d = false);
+        self.changed = 0;
+        match self.evaluate(&[])? {
+            Some(rows) => Ok(vec![self.sink_rows(&rows, "snapshot")?]),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn barrier_rows(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
+        if self.changed == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(rows) = self.evaluate(&[])? else {
+            return Ok(Vec::new());
+        };
+        let changed: Vec<u32> = self
+            .dirty
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d)
+            .map(|(i, _)| i as u32)
+            .collect();
+        self.dirty.iter_mut().for_each(|d| *d = false);
+        self.changed = 0;
+        let rows = take_record_batch(&rows, &UInt32Array::from(changed))
+            .map_err(|e| EngineError::operator(&self.config.name, e))?;
+        Ok(vec![self.sink_rows(&rows, "upsert")?])
+    }
+
+    fn emits_windows(&self) -> bool {
+        false
     }
 
     fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
@@ -289,25 +391,7 @@ impl MergeOperator for ViewMerger {
     }
 
     fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {
-        let config = self.config.clone();
-        let mut all = config.groups()?;
-        for p in self.snapshot()?.iter().chain(&workers) {
-            all.merge(
-                &p.keys,
-                &p.states,
-                &self.state_lens,
-                &mut self.group_ids,
-                &config.name,
-            )?;
-        }
-        if all.values.len() == 0 {
-            return Ok(Vec::new());
-        }
-        let (mut columns, values) = all.finish(&config.aggregates, &config.name)?;
-        columns.extend(values);
-        let batch = RecordBatch::try_new(self.output.clone(), columns)
-            .map_err(|e| EngineError::operator(&config.name, e))?;
-        Ok(vec![batch])
+        Ok(self.evaluate(&workers)?.into_iter().collect())
     }
 }
 

@@ -58,6 +58,8 @@ pub struct PlannedWindow {
 pub struct PlannedView {
     pub config: Arc<ViewConfig>,
     pub source: usize,
+    /// Sinks receiving its changes (upserts by key) and final snapshot.
+    pub sinks: Vec<usize>,
 }
 
 /// The SQL endpoints of a run.
@@ -769,12 +771,6 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 ));
             }
         }
-        if let Some(s) = d.sinks.first() {
-            unavailable.push(ctx.err(
-                &s.referenced,
-                format!("view `{vname}`: sinks of views (upserts by key) are not available yet in this version of weir; query the view with SQL (`serve`)"),
-            ));
-        }
         if d.retain.is_some() {
             unavailable.push(ctx.err(
                 &v.referenced,
@@ -1040,15 +1036,32 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     .map_err(|e| ctx.err(&sql.referenced, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let config = Arc::new(ViewConfig {
+            name: v.name.to_string(),
+            input_schema: input,
+            predicate,
+            keys: d.key.value.iter().map(|k| k.value.clone()).collect(),
+            aggregates,
+        });
+        let schema = config
+            .sink_schema()
+            .map_err(|e| ctx.err(&d.from.referenced, e.to_string()))?;
+        let mut sink_ids = Vec::new();
+        for s in &d.sinks {
+            let id = doc.sinks.get_index_of(&s.value).expect("checked above");
+            let sink = &mut sinks[id];
+            if let (Some(prev), SinkTarget::File { format, .. }) = (&sink.schema, &sink.target) {
+                if *format != FileFormat::Ndjson && prev != &schema {
+                    return Err(ctx.err(&s.referenced, format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per view", s.value)));
+                }
+            }
+            sink.schema = Some(schema.clone());
+            sink_ids.push(id);
+        }
         views.push(PlannedView {
-            config: Arc::new(ViewConfig {
-                name: v.name.to_string(),
-                input_schema: input,
-                predicate,
-                keys: d.key.value.iter().map(|k| k.value.clone()).collect(),
-                aggregates,
-            }),
+            config,
             source: v.source,
+            sinks: sink_ids,
         });
     }
     Ok(Plan {
@@ -1269,7 +1282,18 @@ impl Plan {
             for a in &c.aggregates {
                 let _ = writeln!(s, "    {}", aggregate_definition(a));
             }
-            if self.serve.is_none() {
+            if !v.sinks.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "    sinks: {} (changed keys as upserts at every snapshot, with op; every key as op = snapshot when a bounded run ends)",
+                    v.sinks
+                        .iter()
+                        .map(|i| self.sinks[*i].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if self.serve.is_none() && v.sinks.is_empty() {
                 let _ = writeln!(s, "    nothing reads it: add `serve` to query it with SQL");
             }
         }

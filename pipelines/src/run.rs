@@ -45,6 +45,8 @@ pub struct RunOptions {
 
 /// Emitted windows stay queryable this long unless a window says `retain`.
 const DEFAULT_RETAIN_MS: u64 = 3_600_000;
+/// Live barriers of a pipeline whose views have sinks but which serves no SQL.
+const DEFAULT_REFRESH_MS: u64 = 1_000;
 
 /// Why a run did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +172,10 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
     }
     // Only sinks that receive rows are opened.
     let used: Vec<bool> = (0..plan.sinks.len())
-        .map(|i| plan.windows.iter().any(|w| w.sinks.contains(&i)))
+        .map(|i| {
+            plan.windows.iter().any(|w| w.sinks.contains(&i))
+                || plan.views.iter().any(|v| v.sinks.contains(&i))
+        })
         .collect();
     let mut sink_index = vec![usize::MAX; plan.sinks.len()];
     let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
@@ -220,7 +225,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             source: v.source,
             workers,
             merge: Box::new(ViewMerger::new(v.config.clone())?),
-            sinks: Vec::new(),
+            sinks: v.sinks.iter().map(|s| sink_index[*s]).collect(),
         });
     }
     let dead_letter: Box<dyn job::DeadLetterSink> = match &plan.dead_letter {
@@ -233,28 +238,30 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
     let op_names: Vec<String> = operators.iter().map(|o| o.name.clone()).collect();
     let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
     let stats = Arc::new(RunStats::new(&op_names, &sink_names));
-    let live = match &plan.serve {
-        Some(sv) => {
-            let mut tables = Vec::new();
-            for w in &plan.windows {
-                let retain_ms = w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64;
-                tables.push(LiveTableDef::new(
-                    &w.config.name,
-                    LiveKind::Window { retain_ms },
-                    &w.config.output_schema()?,
-                    w.config.keys.clone(),
-                ));
-            }
-            for v in &plan.views {
-                tables.push(LiveTableDef::new(
-                    &v.config.name,
-                    LiveKind::View,
-                    &v.config.output_schema()?,
-                    v.config.keys.clone(),
-                ));
-            }
-            let state = Arc::new(LiveState::new(&plan.name, tables));
-            let server = SqlServer::start(
+    // Live barriers publish snapshots for SQL and send views' changes to their sinks.
+    let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
+    let (live, server) = if plan.serve.is_some() || views_with_sinks {
+        let mut tables = Vec::new();
+        for w in &plan.windows {
+            let retain_ms = w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64;
+            tables.push(LiveTableDef::new(
+                &w.config.name,
+                LiveKind::Window { retain_ms },
+                &w.config.output_schema()?,
+                w.config.keys.clone(),
+            ));
+        }
+        for v in &plan.views {
+            tables.push(LiveTableDef::new(
+                &v.config.name,
+                LiveKind::View,
+                &v.config.output_schema()?,
+                v.config.keys.clone(),
+            ));
+        }
+        let state = Arc::new(LiveState::new(&plan.name, tables));
+        let server = match &plan.serve {
+            Some(sv) => Some(SqlServer::start(
                 &ServeConfig {
                     http: sv.http.clone(),
                     postgres: sv.postgres.clone(),
@@ -269,20 +276,22 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                 },
                 state.clone(),
                 stats.clone(),
-            )?;
-            Some((
-                LiveSpec {
-                    state,
-                    interval: Duration::from_millis(sv.refresh_ms),
-                },
-                server,
-            ))
-        }
-        None => None,
-    };
-    let (live, server) = match live {
-        Some((l, s)) => (Some(l), Some(s)),
-        None => (None, None),
+            )?),
+            None => None,
+        };
+        let refresh_ms = plan
+            .serve
+            .as_ref()
+            .map_or(DEFAULT_REFRESH_MS, |sv| sv.refresh_ms);
+        (
+            Some(LiveSpec {
+                state,
+                interval: Duration::from_millis(refresh_ms),
+            }),
+            server,
+        )
+    } else {
+        (None, None)
     };
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
     let restored_epoch = manifest.map(|m| m.epoch);

@@ -63,7 +63,7 @@ struct AvroWriter {
 
 /// Result rows as JSON messages, one per row. The message key is the row's key columns
 /// (and `window_start` for windows) as a JSON object, so a compacted topic keeps one row per
-/// key and window, and a rewritten window replaces the old row.
+/// key and window (per key for views: upserts), and a rewritten window replaces the old row.
 pub struct KafkaSink {
     name: String,
     config: KafkaSinkConfig,
@@ -128,12 +128,20 @@ impl Sink for KafkaSink {
         let err = |e: &dyn std::fmt::Display| EngineError::sink(&name, e);
         self.keys.clear();
         self.key_ends.clear();
-        // Window rows: the key columns, then `window_start` (the rest are values).
-        let key_count = batch
-            .schema()
-            .index_of("window_start")
-            .map_err(|_| err(&"rows without `window_start` cannot be keyed"))?
-            + 1;
+        // Window rows: the key columns, then `window_start` (the rest are values); view rows:
+        // the key columns, counted in the schema's `weir.keys` metadata.
+        let schema = batch.schema();
+        let key_count = match schema.metadata().get("weir.keys") {
+            Some(n) => n
+                .parse::<usize>()
+                .map_err(|_| err(&"bad `weir.keys` metadata"))?,
+            None => {
+                schema
+                    .index_of("window_start")
+                    .map_err(|_| err(&"rows without `window_start` cannot be keyed"))?
+                    + 1
+            }
+        };
         let key_batch = batch
             .project(&(0..key_count).collect::<Vec<_>>())
             .map_err(|e| err(&e))?;
