@@ -175,7 +175,7 @@ fn unset_variable_and_columns_after_substitution() {
 fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "{GOOD}views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: {{ n: count(*) }}\ncheckpoint: {{ dir: state, interval: 10s }}\nserve: {{ http: \"127.0.0.1:8080\" }}\n"
+        "{GOOD}views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: {{ n: count(*) }}\n    retain: 1h\ncheckpoint: {{ dir: state, interval: 10s }}\nserve: {{ http: \"127.0.0.1:8080\" }}\n"
     )
     .replace(
         "file: { path: out/w.ndjson }",
@@ -185,14 +185,49 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
     let plan = load(&dir.path().join("p.yaml")).unwrap();
     let msgs: Vec<String> = plan.unavailable.iter().map(|e| e.to_string()).collect();
-    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert!(
         msgs.iter().all(|m| m.contains("not available yet")),
         "{msgs:?}"
     );
     assert!(msgs[0].contains("iceberg"), "{msgs:?}");
+    assert!(msgs[1].contains("`retain`"), "{msgs:?}");
     let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
     assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
+}
+
+/// A view section in place of the sinks' header, then the sinks.
+fn with_view(view: &str) -> String {
+    error_of("sinks:\n  out:", &format!("views:\n{view}sinks:\n  out:"))
+}
+
+#[test]
+fn views_and_serve_are_checked() {
+    let e = with_view("  v:\n    from: events\n    key: [nope]\n    aggregates: { n: count(*) }\n");
+    assert!(
+        e.starts_with("21:11: ") && e.contains("key field `nope`") && e.contains("datasetName"),
+        "{e}"
+    );
+    let e = with_view("  v:\n    from: elsewhere\n    key: [datasetName]\n    aggregates: { n: count(*) }\n");
+    assert!(e.starts_with("20:11: ") && e.contains("unknown source `elsewhere`"), "{e}");
+    let e = with_view("  v:\n    from: events\n    key: [datasetName]\n    aggregates: { n: datasetName }\n");
+    assert!(e.contains("not an aggregate call"), "{e}");
+    let e = with_view("  w:\n    from: events\n    key: [datasetName]\n    aggregates: { n: count(*) }\n");
+    assert!(e.contains("the name is taken"), "{e}");
+    let e = with_view("  v:\n    from: events\n    key: [datasetName]\n    aggregates: { n: count(*) }\n    sinks: [nowhere]\n");
+    assert!(e.contains("unknown sink `nowhere`"), "{e}");
+    let e = error_of(
+        "sinks:\n  out:",
+        "serve: { http: \"localhost\" }\nsinks:\n  out:",
+    );
+    assert!(e.starts_with("18:") && e.contains("is not host:port"), "{e}");
+    let e = error_of("sinks:\n  out:", "serve: { refresh: 1s }\nsinks:\n  out:");
+    assert!(e.contains("`http` and/or `postgres`"), "{e}");
+    let e = error_of(
+        "sinks:\n  out:",
+        "serve: { http: \"127.0.0.1:1\", tokn: x }\nsinks:\n  out:",
+    );
+    assert!(e.contains("tokn"), "{e}");
 }
 
 #[test]
