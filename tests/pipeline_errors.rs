@@ -208,11 +208,20 @@ fn views_and_serve_are_checked() {
         e.starts_with("21:11: ") && e.contains("key field `nope`") && e.contains("datasetName"),
         "{e}"
     );
-    let e = with_view("  v:\n    from: elsewhere\n    key: [datasetName]\n    aggregates: { n: count(*) }\n");
-    assert!(e.starts_with("20:11: ") && e.contains("unknown source `elsewhere`"), "{e}");
-    let e = with_view("  v:\n    from: events\n    key: [datasetName]\n    aggregates: { n: datasetName }\n");
+    let e = with_view(
+        "  v:\n    from: elsewhere\n    key: [datasetName]\n    aggregates: { n: count(*) }\n",
+    );
+    assert!(
+        e.starts_with("20:11: ") && e.contains("unknown source `elsewhere`"),
+        "{e}"
+    );
+    let e = with_view(
+        "  v:\n    from: events\n    key: [datasetName]\n    aggregates: { n: datasetName }\n",
+    );
     assert!(e.contains("not an aggregate call"), "{e}");
-    let e = with_view("  w:\n    from: events\n    key: [datasetName]\n    aggregates: { n: count(*) }\n");
+    let e = with_view(
+        "  w:\n    from: events\n    key: [datasetName]\n    aggregates: { n: count(*) }\n",
+    );
     assert!(e.contains("the name is taken"), "{e}");
     let e = with_view("  v:\n    from: events\n    key: [datasetName]\n    aggregates: { n: count(*) }\n    sinks: [nowhere]\n");
     assert!(e.contains("unknown sink `nowhere`"), "{e}");
@@ -220,7 +229,10 @@ fn views_and_serve_are_checked() {
         "sinks:\n  out:",
         "serve: { http: \"localhost\" }\nsinks:\n  out:",
     );
-    assert!(e.starts_with("18:") && e.contains("is not host:port"), "{e}");
+    assert!(
+        e.starts_with("18:") && e.contains("is not host:port"),
+        "{e}"
+    );
     let e = error_of("sinks:\n  out:", "serve: { refresh: 1s }\nsinks:\n  out:");
     assert!(e.contains("`http` and/or `postgres`"), "{e}");
     let e = error_of(

@@ -60,12 +60,52 @@ windows:
       max_bytes: max(sizeBytes)
       failures: count(*) FILTER (WHERE status = 'FAILURE')
     sinks: [rows, lake]
+views:
+  per_source:
+    from: events
+    key: [source]
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+      max_bytes: max(sizeBytes)
+    sinks: [view_log]
 sinks:
   rows: { file: { path: out/per_dataset.ndjson } }
+  view_log: { file: { path: out/per_source.ndjson } }
   lake: { file: { path: out/per_dataset.parquet } }
 dead_letter: { file: { path: out/dead_letter.ndjson } }
 checkpoint: { dir: state, interval: 150ms }
 "#;
+
+/// The `op = snapshot` rows of a view's changelog, sorted; checks that each key is in the
+/// snapshot once and that its last row in the log holds the snapshot's values.
+fn final_snapshot(path: &Path, label: &str) -> Vec<String> {
+    let log = read_ndjson(path);
+    let mut snapshot = Vec::new();
+    let mut last: std::collections::BTreeMap<String, Row> = Default::default();
+    for r in &log {
+        let key = r["source"].to_string();
+        if r["op"] == "snapshot" {
+            snapshot.push(serde_json::Value::Object(r.clone()).to_string());
+        }
+        last.insert(key, r.clone());
+    }
+    let keys: std::collections::BTreeSet<String> =
+        log.iter().map(|r| r["source"].to_string()).collect();
+    assert_eq!(
+        snapshot.len(),
+        keys.len(),
+        "{label}: each key once in the final snapshot"
+    );
+    for r in last.values() {
+        assert_eq!(
+            r["op"], "snapshot",
+            "{label}: a change after the final snapshot: {r:?}"
+        );
+    }
+    snapshot.sort();
+    snapshot
+}
 
 /// Generated input with bad and very late lines, the oracle's rows for it, and the dead
 /// letters of a run without checkpoints or crashes.
@@ -74,6 +114,8 @@ struct FileCase {
     expected: Vec<Row>,
     summary: serde_json::Value,
     reference_dead: Vec<String>,
+    /// The view's final snapshot in a run without crashes, one line per key, sorted.
+    reference_view: Vec<String>,
     pipeline: PathBuf,
     /// Environment of the runs (object-store credentials).
     env: Vec<(String, String)>,
@@ -136,12 +178,15 @@ impl FileCase {
                 .map(String::from)
                 .collect();
         reference_dead.sort();
+        let reference_view = final_snapshot(&d.join("reference/per_source.ndjson"), "reference");
+        assert!(!reference_view.is_empty());
         let pipeline = d.join("pipeline.yaml");
         let case = FileCase {
             dir,
             expected,
             summary,
             reference_dead,
+            reference_view,
             pipeline,
             env,
         };
@@ -197,6 +242,11 @@ impl FileCase {
         assert!(
             dead == self.reference_dead,
             "{label}: the dead letters differ from a run without crashes"
+        );
+        assert_eq!(
+            final_snapshot(&out.join("per_source.ndjson"), label),
+            self.reference_view,
+            "{label}: the view's final snapshot differs from a run without crashes"
         );
         for e in std::fs::read_dir(&out)
             .unwrap()

@@ -143,6 +143,11 @@ pub trait MergeOperator: Send {
     fn emits_windows(&self) -> bool {
         true
     }
+    /// Restores a checkpoint's state when the merger holds it between barriers (a view);
+    /// returns `false` to have it restored into the workers instead.
+    fn restore(&mut self, _partials: &[PartialWindow]) -> Result<bool, EngineError> {
+        Ok(false)
+    }
 }
 
 /// An output of result rows.
@@ -477,8 +482,10 @@ pub fn run(
                 };
                 let rec = &m.operators[j];
                 emitted_from[i] = rec.emitted;
+                // the merger takes the state where it holds it (a view); else worker 0
+                let merger_took = op.merge.restore(&restored.operators[j])?;
                 for (w, worker) in op.workers.iter_mut().enumerate() {
-                    let partials = if w == 0 {
+                    let partials = if w == 0 && !merger_took {
                         restored.operators[j].clone()
                     } else {
                         Vec::new()
