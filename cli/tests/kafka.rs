@@ -735,3 +735,76 @@ dead_letter: {{ kafka: {{ topic: {dlq} }} }}
     };
     assert!(status.success());
 }
+
+#[test]
+fn a_view_sends_upserts_keyed_by_its_key_and_a_final_snapshot_to_a_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let Golden {
+        brokers,
+        input,
+        output,
+        group,
+        ..
+    } = Golden::produce("4", &[]);
+    run_caught_up(
+        dir.path(),
+        &format!(
+            r#"name: kafka-view
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+views:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+    sinks: [topic, file]
+sinks:
+  topic: {{ kafka: {{ topic: {output} }} }}
+  file: {{ file: {{ path: view.ndjson }} }}
+dead_letter: {{ file: {{ path: dead.ndjson }} }}
+"#
+        ),
+        &["--parallelism", "2"],
+    );
+    let (keys, values) = read_topic(&brokers, &output, dir.path());
+    assert!(!values.is_empty());
+    // every message is keyed by the view's key alone, as a JSON object
+    let mut last: std::collections::BTreeMap<String, Row> = Default::default();
+    for (k, v) in keys.iter().zip(&values) {
+        let k = k.as_deref().expect("a key");
+        let key: Value = serde_json::from_str(k).unwrap();
+        assert_eq!(
+            key,
+            serde_json::json!({ "datasetName": v["datasetName"] }),
+            "{k}"
+        );
+        last.insert(k.to_string(), v.clone());
+    }
+    // the last message of each key is the final snapshot, equal to the file's
+    let mut from_topic: Vec<String> = last
+        .values()
+        .map(|r| {
+            assert_eq!(r["op"], "snapshot", "{r:?}");
+            Value::Object(r.clone()).to_string()
+        })
+        .collect();
+    let mut from_file: Vec<String> = read_ndjson(&dir.path().join("view.ndjson"))
+        .into_iter()
+        .filter(|r| r["op"] == "snapshot")
+        .map(|r| Value::Object(r).to_string())
+        .collect();
+    from_topic.sort();
+    from_file.sort();
+    assert_eq!(from_topic, from_file);
+    // every good event is counted once, late ones included (a view has no window)
+    let s = summary("ingestion_1m", "per_dataset");
+    let good = 6000 - s["bad"].as_u64().unwrap();
+    let counted: u64 = last.values().map(|r| r["events"].as_u64().unwrap()).sum();
+    assert_eq!(counted, good);
+}
