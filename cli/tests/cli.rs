@@ -16,6 +16,15 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).into_owned()
 }
@@ -58,6 +67,8 @@ fn quickstart_runs_and_writes_files() {
         .args(["run", "pipelines/examples/quickstart.yaml"])
         .current_dir(repo())
         .env("WEIR_OUT", out.path())
+        .env("WEIR_HTTP", format!("127.0.0.1:{}", free_port()))
+        .env("WEIR_PG", format!("127.0.0.1:{}", free_port()))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
