@@ -12,11 +12,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringArray, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{new_empty_array, Array, ArrayRef, AsArray, StringArray, UInt32Array};
+use arrow::compute::{interleave, take_record_batch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use weir_engine::clock::WATERMARK_END;
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::job::{MergeOperator, PartialWindow, WorkerOperator};
@@ -250,14 +253,37 @@ impl WorkerOperator for ViewWorker {
     }
 }
 
-/// Holds a view over every key and evaluates it for readers.
+/// Holds a view over every key and evaluates it for readers, incrementally.
+///
+/// The view is kept as Arrow arrays in group order: the keys, the accumulators' state
+/// columns and the evaluated results. Deltas merge into *pending* accumulators over only
+/// the keys they touch; a fold (at a barrier, before anything reads the view) merges each
+/// touched key's old state into them, evaluates just those keys, and splices the new state
+/// and results in with `interleave`. Reading the view, or checkpointing it, then costs
+/// `Arc` clones, and a fold costs the touched keys' accumulator work plus a copy of the
+/// arrays.
 pub struct ViewMerger {
     config: Arc<ViewConfig>,
     output: SchemaRef,
     sink_schema: SchemaRef,
     state_lens: Vec<usize>,
-    groups: Groups,
+    /// Key → group id, over every key of the view.
+    values: Box<dyn GroupValues>,
+    /// Key columns of every group, in group order (and keys of new groups not folded yet).
+    keys: Vec<ArrayRef>,
+    new_keys: Vec<Vec<ArrayRef>>,
+    /// State columns of every folded group, in group order.
+    state: Vec<ArrayRef>,
+    /// The aggregates' values of every folded group, in group order.
+    results: Vec<ArrayRef>,
+    /// Accumulators over the keys touched since the last fold (local ids).
+    pending: Vec<Box<dyn GroupsAccumulator>>,
+    /// Global group id → local id + 1 (0: not touched since the last fold).
+    local_of: Vec<u32>,
+    /// Global ids of the touched groups, by local id.
+    touched: Vec<usize>,
     group_ids: Vec<usize>,
+    local_ids: Vec<usize>,
     /// Per group: changed since the last barrier rows.
     dirty: Vec<bool>,
     changed: usize,
@@ -268,66 +294,240 @@ pub struct ViewMerger {
 impl ViewMerger {
     /// The merger of `config`.
     pub fn new(config: Arc<ViewConfig>) -> Result<Self, EngineError> {
+        let err = |e| EngineError::operator(&config.name, e);
+        let key_schema = config.key_schema()?;
+        let values = new_group_values(key_schema.clone(), &GroupOrdering::None).map_err(err)?;
+        let keys = key_schema
+            .fields()
+            .iter()
+            .map(|f| new_empty_array(f.data_type()))
+            .collect();
+        let mut state = Vec::new();
+        for a in &config.aggregates {
+            for f in a.function.state_fields().map_err(err)? {
+                state.push(new_empty_array(f.data_type()));
+            }
+        }
+        let results = config
+            .aggregates
+            .iter()
+            .map(|a| new_empty_array(a.output_field().data_type()))
+            .collect();
         Ok(ViewMerger {
             output: config.output_schema()?,
             sink_schema: config.sink_schema()?,
             state_lens: state_lens(&config.name, &config.aggregates)?,
-            groups: config.groups()?,
-            config,
+            pending: accumulators(&config)?,
+            values,
+            keys,
+            new_keys: Vec::new(),
+            state,
+            results,
+            local_of: Vec::new(),
+            touched: Vec::new(),
             group_ids: Vec::new(),
+            local_ids: Vec::new(),
             dirty: Vec::new(),
             changed: 0,
             finished: false,
+            config,
         })
-    }
-
-    /// Every key's row (row `i` is group `i`), leaving the state unchanged.
-    fn evaluate(&mut self, workers: &[PartialWindow]) -> Result<Option<RecordBatch>, EngineError> {
-        let config = self.config.clone();
-        let mut all = config.groups()?;
-        for p in self.snapshot()?.iter().chain(workers) {
-            all.merge(
-                &p.keys,
-                &p.states,
-                &self.state_lens,
-                &mut self.group_ids,
-                &config.name,
-            )?;
-        }
-        if all.values.len() == 0 {
-            return Ok(None);
-        }
-        let (mut columns, values) = all.finish(&config.aggregates, &config.name)?;
-        columns.extend(values);
-        RecordBatch::try_new(self.output.clone(), columns)
-            .map(Some)
-            .map_err(|e| EngineError::operator(&config.name, e))
-    }
-
-    /// View rows as sink rows, with `op`.
-    fn sink_rows(&self, rows: &RecordBatch, op: &str) -> Result<RecordBatch, EngineError> {
-        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
-        columns.push(Arc::new(StringArray::from(vec![op; rows.num_rows()])));
-        RecordBatch::try_new(self.sink_schema.clone(), columns)
-            .map_err(|e| EngineError::operator(&self.config.name, e))
     }
 
     /// The schema of the view's rows.
     pub fn output_schema(&self) -> SchemaRef {
         self.output.clone()
     }
+
+    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::operator(&self.config.name, e)
+    }
+
+    /// Folded groups.
+    fn folded(&self) -> usize {
+        self.keys.first().map_or(0, |k| k.len())
+    }
+
+    /// Merges a partial state into the pending accumulators.
+    fn add(&mut self, partial: &PartialWindow) -> Result<(), EngineError> {
+        let before = self.values.len();
+        self.values
+            .intern(&partial.keys, &mut self.group_ids)
+            .map_err(|e| self.err(e))?;
+        let total = self.values.len();
+        if total > before {
+            // keys of the new groups, in the order their ids were given
+            let mut first_rows = Vec::with_capacity(total - before);
+            let mut next = before;
+            for (row, &g) in self.group_ids.iter().enumerate() {
+                if g == next {
+                    first_rows.push(row as u32);
+                    next += 1;
+                }
+            }
+            let rows = UInt32Array::from(first_rows);
+            let taken = partial
+                .keys
+                .iter()
+                .map(|k| arrow::compute::take(k, &rows, None).map_err(|e| self.err(e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.new_keys.push(taken);
+            self.local_of.resize(total, 0);
+            self.dirty.resize(total, false);
+        }
+        self.local_ids.clear();
+        for &g in &self.group_ids {
+            let local = match self.local_of[g] {
+                0 => {
+                    self.touched.push(g);
+                    self.local_of[g] = self.touched.len() as u32;
+                    self.touched.len() - 1
+                }
+                l => l as usize - 1,
+            };
+            self.local_ids.push(local);
+        }
+        let k = self.touched.len();
+        let mut at = 0;
+        for (acc, &len) in self.pending.iter_mut().zip(&self.state_lens) {
+            acc.merge_batch(&partial.states[at..at + len], &self.local_ids, None, k)
+                .map_err(|e| EngineError::operator(&self.config.name, e))?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Folds the pending changes into the arrays; returns the global ids it changed.
+    fn fold(&mut self) -> Result<Vec<usize>, EngineError> {
+        if self.touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let folded = self.folded();
+        let k = self.touched.len();
+        // the touched groups' old state joins their pending changes
+        let (old_globals, old_locals): (Vec<u32>, Vec<usize>) = self
+            .touched
+            .iter()
+            .enumerate()
+            .filter(|(_, &g)| g < folded)
+            .map(|(l, &g)| (g as u32, l))
+            .unzip();
+        if !old_globals.is_empty() {
+            let rows = UInt32Array::from(old_globals);
+            let old = self
+                .state
+                .iter()
+                .map(|c| arrow::compute::take(c, &rows, None).map_err(|e| self.err(e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut at = 0;
+            for (acc, &len) in self.pending.iter_mut().zip(&self.state_lens) {
+                acc.merge_batch(&old[at..at + len], &old_locals, None, k)
+                    .map_err(|e| EngineError::operator(&self.config.name, e))?;
+                at += len;
+            }
+        }
+        let mut pending = std::mem::replace(&mut self.pending, accumulators(&self.config)?);
+        let mut new_state = Vec::with_capacity(self.state.len());
+        for acc in pending.iter_mut() {
+            new_state.extend(acc.state(EmitTo::All).map_err(|e| self.err(e))?);
+        }
+        // the touched groups' values, from a copy of their new state
+        let locals: Vec<usize> = (0..k).collect();
+        let mut values = Vec::with_capacity(self.results.len());
+        let mut at = 0;
+        for ((mut acc, &len), agg) in accumulators(&self.config)?
+            .into_iter()
+            .zip(&self.state_lens)
+            .zip(&self.config.aggregates)
+        {
+            acc.merge_batch(&new_state[at..at + len], &locals, None, k)
+                .map_err(|e| self.err(e))?;
+            at += len;
+            let v = acc.evaluate(EmitTo::All).map_err(|e| self.err(e))?;
+            let want = agg.output_field();
+            values.push(if v.data_type() != want.data_type() {
+                arrow::compute::cast(&v, want.data_type()).map_err(|e| self.err(e))?
+            } else {
+                v
+            });
+        }
+        // splice: group g comes from the new arrays when touched, else from the old ones
+        let total = self.values.len();
+        let picks: Vec<(usize, usize)> = (0..total)
+            .map(|g| match self.local_of[g] {
+                0 => (0, g),
+                l => (1, l as usize - 1),
+            })
+            .collect();
+        let splice = |old: &ArrayRef, new: &ArrayRef| -> Result<ArrayRef, EngineError> {
+            interleave(&[old.as_ref(), new.as_ref()], &picks).map_err(|e| self.err(e))
+        };
+        let state = self
+            .state
+            .iter()
+            .zip(&new_state)
+            .map(|(o, n)| splice(o, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self
+            .results
+            .iter()
+            .zip(&values)
+            .map(|(o, n)| splice(o, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.state = state;
+        self.results = results;
+        if !self.new_keys.is_empty() {
+            let mut keys = Vec::with_capacity(self.keys.len());
+            for (i, k) in self.keys.iter().enumerate() {
+                let mut parts: Vec<&dyn Array> = vec![k.as_ref()];
+                parts.extend(self.new_keys.iter().map(|n| n[i].as_ref()));
+                keys.push(arrow::compute::concat(&parts).map_err(|e| self.err(e))?);
+            }
+            self.keys = keys;
+            self.new_keys.clear();
+        }
+        let changed = std::mem::take(&mut self.touched);
+        for &g in &changed {
+            self.local_of[g] = 0;
+        }
+        Ok(changed)
+    }
+
+    /// Every key's row, in group order.
+    fn rows(&self) -> Result<RecordBatch, EngineError> {
+        let mut columns = self.keys.clone();
+        columns.extend(self.results.iter().cloned());
+        RecordBatch::try_new(self.output.clone(), columns).map_err(|e| self.err(e))
+    }
+
+    /// View rows as sink rows, with `op`.
+    fn sink_rows(&self, rows: &RecordBatch, op: &str) -> Result<RecordBatch, EngineError> {
+        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec![op; rows.num_rows()])));
+        RecordBatch::try_new(self.sink_schema.clone(), columns).map_err(|e| self.err(e))
+    }
+
+    fn clear_dirty(&mut self) {
+        self.dirty.iter_mut().for_each(|d| *d = false);
+        self.changed = 0;
+    }
+}
+
+/// Fresh accumulators of a view's aggregates.
+fn accumulators(config: &ViewConfig) -> Result<Vec<Box<dyn GroupsAccumulator>>, EngineError> {
+    config
+        .aggregates
+        .iter()
+        .map(|a| {
+            a.accumulator()
+                .map_err(|e| EngineError::operator(&config.name, e))
+        })
+        .collect()
 }
 
 impl MergeOperator for ViewMerger {
     fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError> {
-        self.groups.merge(
-            &partial.keys,
-            &partial.states,
-            &self.state_lens,
-            &mut self.group_ids,
-            &self.config.name,
-        )?;
-        self.dirty.resize(self.groups.values.len(), false);
+        self.add(&partial)?;
         for &g in &self.group_ids {
             if !self.dirty[g] {
                 self.dirty[g] = true;
@@ -343,21 +543,19 @@ impl MergeOperator for ViewMerger {
             return Ok(Vec::new());
         }
         self.finished = true;
-        self.dirty.iter_mut().for_each(|d| *d = false);
-        self.changed = 0;
-        match self.evaluate(&[])? {
-            Some(rows) => Ok(vec![self.sink_rows(&rows, "snapshot")?]),
-            None => Ok(Vec::new()),
+        self.fold()?;
+        self.clear_dirty();
+        if self.folded() == 0 {
+            return Ok(Vec::new());
         }
+        Ok(vec![self.sink_rows(&self.rows()?, "snapshot")?])
     }
 
     fn barrier_rows(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
+        self.fold()?;
         if self.changed == 0 {
             return Ok(Vec::new());
         }
-        let Some(rows) = self.evaluate(&[])? else {
-            return Ok(Vec::new());
-        };
         let changed: Vec<u32> = self
             .dirty
             .iter()
@@ -365,10 +563,9 @@ impl MergeOperator for ViewMerger {
             .filter(|(_, d)| **d)
             .map(|(i, _)| i as u32)
             .collect();
-        self.dirty.iter_mut().for_each(|d| *d = false);
-        self.changed = 0;
-        let rows = take_record_batch(&rows, &UInt32Array::from(changed))
-            .map_err(|e| EngineError::operator(&self.config.name, e))?;
+        self.clear_dirty();
+        let rows = take_record_batch(&self.rows()?, &UInt32Array::from(changed))
+            .map_err(|e| self.err(e))?;
         Ok(vec![self.sink_rows(&rows, "upsert")?])
     }
 
@@ -379,34 +576,31 @@ impl MergeOperator for ViewMerger {
     fn restore(&mut self, partials: &[PartialWindow]) -> Result<bool, EngineError> {
         // restored keys did not change: they are not sent to sinks again
         for p in partials {
-            self.groups.merge(
-                &p.keys,
-                &p.states,
-                &self.state_lens,
-                &mut self.group_ids,
-                &self.config.name,
-            )?;
+            self.add(p)?;
         }
-        self.dirty.resize(self.groups.values.len(), false);
+        self.fold()?;
         Ok(true)
     }
 
     fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
-        if self.groups.values.len() == 0 {
+        self.fold()?;
+        if self.folded() == 0 {
             return Ok(Vec::new());
         }
-        let config = self.config.clone();
-        copy_out(
-            &mut self.groups,
-            &config,
-            &self.state_lens,
-            &mut self.group_ids,
-        )
-        .map(|p| vec![p])
+        Ok(vec![PartialWindow {
+            window_start: VIEW_WINDOW,
+            keys: self.keys.clone(),
+            states: self.state.clone(),
+        }])
     }
 
-    fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {
-        Ok(self.evaluate(&workers)?.into_iter().collect())
+    fn live(&mut self, _workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {
+        // workers hand their deltas over at the barrier: the merger holds the whole view
+        self.fold()?;
+        if self.folded() == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(vec![self.rows()?])
     }
 }
 
@@ -542,5 +736,52 @@ mod tests {
         assert_eq!(last[0].schema().field(3).name(), "op");
         assert!(m2.emit(WATERMARK_END).unwrap().is_empty());
         assert!(dead.is_empty());
+    }
+
+    #[test]
+    fn folds_between_deltas_give_the_same_view_as_one_fold() {
+        let config = config();
+        let p = partition();
+        let statuses = ["HEALTHY", "DEGRADED", "UNHEALTHY", "UNKNOWN"];
+        let mut incremental = ViewMerger::new(config.clone()).unwrap();
+        let mut at_once = ViewMerger::new(config.clone()).unwrap();
+        let mut dead = Vec::new();
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for round in 0..20 {
+            let mut w = ViewWorker::new(config.clone()).unwrap();
+            let names: Vec<String> = (0..40)
+                .map(|_| format!("svc-{}", next() % (10 + 5 * round)))
+                .collect();
+            let rows: Vec<(&str, &str, i64)> = names
+                .iter()
+                .map(|n| (n.as_str(), statuses[next() % 4], (next() % 1000) as i64))
+                .collect();
+            w.process(&p, &events(&rows), &[], &mut dead).unwrap();
+            for part in w.barrier_handover().unwrap() {
+                at_once.merge(part.clone()).unwrap();
+                incremental.merge(part).unwrap();
+            }
+            if round % 3 == 0 {
+                incremental.live(Vec::new()).unwrap();
+            }
+        }
+        let a = rows(&incremental.live(Vec::new()).unwrap());
+        let b = rows(&at_once.live(Vec::new()).unwrap());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            // counts equal; the latest status may differ only between ties of the newest time
+            assert_eq!((&x.0, x.2), (&y.0, y.2));
+        }
+        let total: i64 = a.iter().map(|r| r.2).sum();
+        assert_eq!(total, 20 * 40);
+        // checkpoint copies are the folded arrays
+        let saved = incremental.snapshot().unwrap();
+        assert_eq!(saved[0].keys[0].len(), a.len());
     }
 }
