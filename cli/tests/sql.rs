@@ -209,6 +209,24 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
         "too many ties to check statuses: {ties}"
     );
 
+    // point queries (the key index) and others (a filtered scan) give the same rows
+    let one = rows[7]["serviceName"].as_str().unwrap();
+    let point = sql_json(
+        hp,
+        &format!("SELECT * FROM service_status WHERE serviceName = '{one}'"),
+    );
+    assert_eq!(point, vec![rows[7].clone()]);
+    let listed = sql_json(
+        hp,
+        &format!("SELECT * FROM service_status WHERE serviceName IN ('{one}', 'no-such') ORDER BY serviceName"),
+    );
+    assert_eq!(listed, point);
+    assert!(sql_json(
+        hp,
+        "SELECT * FROM service_status WHERE serviceName = 'no-such'"
+    )
+    .is_empty());
+
     // psql: the spec's question, "which services are unhealthy right now"
     let o = psql(
         pp,

@@ -143,6 +143,11 @@ pub trait MergeOperator: Send {
     fn emits_windows(&self) -> bool {
         true
     }
+    /// A key index over the rows [`Self::live`] returns (one batch, row = group id), for
+    /// point queries.
+    fn live_index(&self) -> Option<Arc<crate::live::KeyIndex>> {
+        None
+    }
     /// Restores a checkpoint's state when the merger holds it between barriers (a view);
     /// returns `false` to have it restored into the workers instead.
     fn restore(&mut self, _partials: &[PartialWindow]) -> Result<bool, EngineError> {
@@ -1445,6 +1450,7 @@ impl LiveTables {
     ) -> Result<(), EngineError> {
         self.seq += 1;
         let mut tables = Vec::with_capacity(ops.len());
+        let indexes = ops.iter().map(|(m, _)| m.live_index()).collect();
         for (i, (merge, _)) in ops.iter_mut().enumerate() {
             let def = &self.state.tables[i];
             let mut rows: Vec<RecordBatch> = self.retained[i].batches().cloned().collect();
@@ -1475,6 +1481,7 @@ impl LiveTables {
             seq: self.seq,
             taken_ms: now_ms(),
             tables,
+            indexes,
             counters,
             partitions,
             finished,

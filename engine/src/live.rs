@@ -9,7 +9,8 @@
 //! current snapshot (an `Arc` swapped under a lock) and never stop ingestion for longer
 //! than that swap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -79,6 +80,101 @@ impl LiveTableDef {
     }
 }
 
+/// Key → row lookups for point queries on a view: row-encoded keys hashed to the group ids
+/// (= row numbers) of the view, which never change once given. It grows as keys arrive;
+/// a snapshot of `n` rows ignores ids `>= n`. Different keys can share a hash, so lookups
+/// return candidates that the reader filters again.
+pub struct KeyIndex {
+    converter: arrow::row::RowConverter,
+    map: RwLock<IndexMap>,
+}
+
+#[derive(Default)]
+struct IndexMap {
+    first: HashMap<u64, u32>,
+    /// Further ids of hashes given to more than one key.
+    more: HashMap<u64, Vec<u32>>,
+    len: usize,
+}
+
+impl std::fmt::Debug for KeyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyIndex").finish_non_exhaustive()
+    }
+}
+
+fn hash_row(row: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    row.hash(&mut h);
+    h.finish()
+}
+
+impl KeyIndex {
+    /// An empty index of keys with these column types.
+    pub fn new(key_types: &[DataType]) -> Result<Self, EngineError> {
+        let converter = arrow::row::RowConverter::new(
+            key_types
+                .iter()
+                .map(|t| arrow::row::SortField::new(t.clone()))
+                .collect(),
+        )
+        .map_err(|e| EngineError::Internal(format!("key index: {e}")))?;
+        Ok(KeyIndex {
+            converter,
+            map: RwLock::new(IndexMap::default()),
+        })
+    }
+
+    /// Adds the keys of groups `first_id..` (one row per group, in id order).
+    pub fn extend(&self, keys: &[ArrayRef], first_id: usize) -> Result<(), EngineError> {
+        let rows = self
+            .converter
+            .convert_columns(keys)
+            .map_err(|e| EngineError::Internal(format!("key index: {e}")))?;
+        let hashes: Vec<u64> = rows.iter().map(|r| hash_row(r.as_ref())).collect();
+        let mut map = match self.map.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        for (i, h) in hashes.into_iter().enumerate() {
+            let id = (first_id + i) as u32;
+            match map.first.entry(h) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(id);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    map.more.entry(h).or_default().push(id);
+                }
+            }
+        }
+        map.len = map.len.max(first_id + keys.first().map_or(0, |k| k.len()));
+        Ok(())
+    }
+
+    /// Candidate ids of each key row of `keys` (arrays of the key columns' types).
+    pub fn lookup(&self, keys: &[ArrayRef]) -> Result<Vec<u32>, EngineError> {
+        let rows = self
+            .converter
+            .convert_columns(keys)
+            .map_err(|e| EngineError::Internal(format!("key index: {e}")))?;
+        let map = match self.map.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut out = Vec::new();
+        for r in rows.iter() {
+            let h = hash_row(r.as_ref());
+            if let Some(&id) = map.first.get(&h) {
+                out.push(id);
+                if let Some(more) = map.more.get(&h) {
+                    out.extend_from_slice(more);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Where one source partition stood at a snapshot.
 #[derive(Debug, Clone)]
 pub struct PartitionStatus {
@@ -102,6 +198,8 @@ pub struct LiveSnapshot {
     pub taken_ms: i64,
     /// Per table of [`LiveState::tables`], its rows.
     pub tables: Vec<Vec<RecordBatch>>,
+    /// Per table, a key index over its (single) batch, where it has one (views).
+    pub indexes: Vec<Option<Arc<KeyIndex>>>,
     /// Run counters at the snapshot (`records_in`, `bad`, `late/<window>`, ...).
     pub counters: BTreeMap<String, u64>,
     pub partitions: Vec<PartitionStatus>,
@@ -123,6 +221,7 @@ impl LiveState {
     pub fn new(pipeline: &str, tables: Vec<LiveTableDef>) -> Self {
         let empty = LiveSnapshot {
             tables: tables.iter().map(|_| Vec::new()).collect(),
+            indexes: tables.iter().map(|_| None).collect(),
             ..Default::default()
         };
         LiveState {
@@ -213,6 +312,30 @@ mod tests {
         );
         r.add(600_000, batch(4), 120_000);
         assert_eq!(r.batches().count(), 1);
+    }
+
+    #[test]
+    fn the_key_index_finds_rows_by_key_and_ignores_what_it_never_saw() {
+        use arrow::array::StringArray;
+        let index = KeyIndex::new(&[DataType::Utf8, DataType::Int64]).unwrap();
+        let names: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+        let nums: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        index.extend(&[names, nums], 0).unwrap();
+        let more_names: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        let more_nums: ArrayRef = Arc::new(Int64Array::from(vec![9]));
+        index.extend(&[more_names, more_nums], 3).unwrap();
+        let q = |s: &str, n: i64| {
+            index
+                .lookup(&[
+                    Arc::new(StringArray::from(vec![s])) as ArrayRef,
+                    Arc::new(Int64Array::from(vec![n])) as ArrayRef,
+                ])
+                .unwrap()
+        };
+        assert_eq!(q("b", 2), vec![1]);
+        assert_eq!(q("a", 9), vec![3]);
+        assert!(q("a", 2).is_empty());
+        assert!(q("zz", 1).is_empty());
     }
 
     #[test]

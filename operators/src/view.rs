@@ -23,6 +23,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use weir_engine::clock::WATERMARK_END;
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::job::{MergeOperator, PartialWindow, WorkerOperator};
+use weir_engine::live::KeyIndex;
 use weir_engine::{DeadLetter, EngineError, EventBatch};
 
 use crate::compile::CompiledAggregate;
@@ -289,6 +290,8 @@ pub struct ViewMerger {
     changed: usize,
     /// The final snapshot was emitted.
     finished: bool,
+    /// Key → row of the folded groups, for point queries.
+    index: Arc<KeyIndex>,
 }
 
 impl ViewMerger {
@@ -313,7 +316,13 @@ impl ViewMerger {
             .iter()
             .map(|a| new_empty_array(a.output_field().data_type()))
             .collect();
+        let key_types: Vec<_> = key_schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         Ok(ViewMerger {
+            index: Arc::new(KeyIndex::new(&key_types)?),
             output: config.output_schema()?,
             sink_schema: config.sink_schema()?,
             state_lens: state_lens(&config.name, &config.aggregates)?,
@@ -477,6 +486,11 @@ impl ViewMerger {
         self.state = state;
         self.results = results;
         if !self.new_keys.is_empty() {
+            let mut first = folded;
+            for chunk in &self.new_keys {
+                self.index.extend(chunk, first)?;
+                first += chunk.first().map_or(0, |c| c.len());
+            }
             let mut keys = Vec::with_capacity(self.keys.len());
             for (i, k) in self.keys.iter().enumerate() {
                 let mut parts: Vec<&dyn Array> = vec![k.as_ref()];
@@ -592,6 +606,10 @@ impl MergeOperator for ViewMerger {
             keys: self.keys.clone(),
             states: self.state.clone(),
         }])
+    }
+
+    fn live_index(&self) -> Option<Arc<KeyIndex>> {
+        Some(self.index.clone())
     }
 
     fn live(&mut self, _workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {

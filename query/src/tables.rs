@@ -6,8 +6,10 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray, UInt64Array};
-use arrow::compute::filter_record_batch;
+use arrow::array::{
+    ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use arrow::compute::{filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -17,7 +19,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
-use weir_engine::live::{LiveSnapshot, LiveState};
+use weir_engine::live::{KeyIndex, LiveSnapshot, LiveState};
 
 /// The snapshot a query reads, carried in its session's config.
 pub struct Pinned(pub Arc<LiveSnapshot>);
@@ -70,6 +72,38 @@ impl LiveTable {
         }
         let idx = self.schema.index_of(&col.name).ok()?;
         Some((idx, lit.clone()))
+    }
+}
+
+impl LiveTable {
+    /// The rows of a view's batch whose key equals the literals of `equalities`, through the
+    /// key index; `None` when the equalities do not bind every key column to one value.
+    fn point_lookup(
+        &self,
+        index: &KeyIndex,
+        batch: &RecordBatch,
+        equalities: &[(usize, ScalarValue)],
+    ) -> DfResult<Option<RecordBatch>> {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for k in &self.keys {
+            let idx = self.schema.index_of(k)?;
+            let mut values = equalities.iter().filter(|(i, _)| *i == idx).map(|(_, v)| v);
+            let (Some(v), None) = (values.next(), values.next()) else {
+                return Ok(None);
+            };
+            if v.is_null() {
+                return Ok(Some(batch.slice(0, 0)));
+            }
+            keys.push(v.cast_to(self.schema.field(idx).data_type())?.to_array()?);
+        }
+        let ids = index
+            .lookup(&keys)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let rows: Vec<u32> = ids
+            .into_iter()
+            .filter(|&id| (id as usize) < batch.num_rows())
+            .collect();
+        Ok(Some(take_record_batch(batch, &UInt32Array::from(rows))?))
     }
 }
 
@@ -127,6 +161,16 @@ impl TableProvider for LiveTable {
             .iter()
             .filter_map(|f| self.key_equality(f))
             .collect();
+        let index = snapshot.indexes.get(self.index).cloned().flatten();
+        if let (Some(index), [batch]) = (index, batches.as_slice()) {
+            if let Some(rows) = self.point_lookup(&index, batch, &equalities)? {
+                return Ok(MemorySourceConfig::try_new_exec(
+                    &[vec![rows]],
+                    self.schema.clone(),
+                    projection.cloned(),
+                )?);
+            }
+        }
         let batches = if equalities.is_empty() {
             batches.clone()
         } else {
