@@ -387,6 +387,8 @@ fn open_windows_show_before_they_close_and_every_snapshot_is_consistent() {
     );
     let mut run = Running::start(WEIR, &pipeline, &["--parallelism", "2"]);
     run.wait_http(hp);
+    // the status table lists the partitions from the start
+    assert_eq!(sql_json(hp, "SELECT source FROM weir_status").len(), 1);
     // (window start, key) -> seen open, seen final
     let mut seen: BTreeMap<(String, String), (bool, bool)> = BTreeMap::new();
     let mut snapshots = std::collections::BTreeSet::new();

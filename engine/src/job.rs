@@ -1413,6 +1413,25 @@ struct LiveTables {
 impl LiveTables {
     fn new(state: Arc<LiveState>, partitions: &[(String, String)], clocks: Arc<Clocks>) -> Self {
         let n = state.tables.len();
+        // before the first barrier: the partitions, with what a restore gave their clocks
+        state.publish(LiveSnapshot {
+            tables: (0..n).map(|_| Vec::new()).collect(),
+            indexes: (0..n).map(|_| None).collect(),
+            partitions: partitions
+                .iter()
+                .zip(clock_status(&clocks))
+                .map(
+                    |((source, partition), (watermark, newest, ended))| PartitionStatus {
+                        source: source.clone(),
+                        partition: partition.clone(),
+                        watermark,
+                        newest,
+                        ended,
+                    },
+                )
+                .collect(),
+            ..Default::default()
+        });
         LiveTables {
             state,
             partitions: partitions.to_vec(),
