@@ -1005,10 +1005,33 @@ fn worker_loop(
     flush_ops(&mut ops, &mut flushed, &ctx)
 }
 
-/// A worker at checkpoint `epoch`'s barrier. Every worker meets the others there, so every
-/// chunk before the barrier is sequenced and none after it; each hands over the windows
-/// closed then and snapshots its open windows; worker 0 snapshots the clocks and passes the
-/// barrier to the merger and the dead-letter output before any worker goes on.
+/// The protocol every barrier follows in a worker: meet the others (so every chunk before
+/// the barrier is sequenced and none after it), hand over the windows closed then and the
+/// views' changes, `copy` the open state, meet again; worker 0 then `lead`s (passes the
+/// barrier on) before the last meeting, so no worker goes on before it is passed.
+fn at_barrier(
+    rendezvous: &Rendezvous,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+    copy: impl FnOnce(&mut [(usize, Box<dyn WorkerOperator>)]) -> Result<(), EngineError>,
+    lead: impl FnOnce() -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    let cancel = &ctx.failure.cancel;
+    rendezvous.wait(cancel)?;
+    flush_ops(ops, flushed, ctx)?;
+    barrier_handovers(ops, flushed, ctx)?;
+    copy(ops)?;
+    rendezvous.wait(cancel)?;
+    if ctx.index == 0 {
+        lead()?;
+    }
+    rendezvous.wait(cancel)
+}
+
+/// A worker at checkpoint `epoch`'s barrier: it snapshots its open windows for the
+/// coordinator; worker 0 snapshots the clocks and passes the barrier to the merger and the
+/// dead-letter output.
 fn worker_barrier(
     epoch: u64,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
@@ -1019,21 +1042,18 @@ fn worker_barrier(
         .link
         .as_ref()
         .ok_or_else(|| EngineError::Internal("a barrier without checkpointing".into()))?;
-    let cancel = &ctx.failure.cancel;
     let lost = || ctx.failure.closed("the checkpoint coordinator");
-    link.rendezvous.wait(cancel)?;
-    flush_ops(ops, flushed, ctx)?;
-    barrier_handovers(ops, flushed, ctx)?;
-    let mut parts = Vec::with_capacity(ops.len());
-    for (oi, op) in ops.iter_mut() {
-        let (partials, handed_over) = op.snapshot()?;
-        parts.push((*oi, partials, handed_over));
-    }
-    link.parts
-        .send(Part::Worker { epoch, ops: parts })
-        .map_err(|_| lost())?;
-    link.rendezvous.wait(cancel)?;
-    if ctx.index == 0 {
+    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)]| {
+        let mut parts = Vec::with_capacity(ops.len());
+        for (oi, op) in ops.iter_mut() {
+            let (partials, handed_over) = op.snapshot()?;
+            parts.push((*oi, partials, handed_over));
+        }
+        link.parts
+            .send(Part::Worker { epoch, ops: parts })
+            .map_err(|_| lost())
+    };
+    let lead = || {
         let newest = (0..ctx.clocks.len())
             .map(|id| {
                 let c = ctx.clocks.partition(id);
@@ -1056,14 +1076,13 @@ fn worker_barrier(
             .map_err(|_| ctx.failure.closed("the merger"))?;
         ctx.dead_tx
             .send(DeadMsg::Barrier(epoch))
-            .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
-    }
-    link.rendezvous.wait(cancel)
+            .map_err(|_| ctx.failure.closed("the dead-letter output"))
+    };
+    at_barrier(&link.rendezvous, ops, flushed, ctx, copy, lead)
 }
 
-/// A worker at live barrier `seq`: like a checkpoint barrier, every worker meets the others
-/// there; each hands over closed windows and its views' changes and sends the merger a copy
-/// of its open windows; worker 0 then sends the barrier with the counters and clocks.
+/// A worker at live barrier `seq`: it sends the merger a copy of its open windows; worker 0
+/// then sends the barrier with the counters and clocks.
 fn worker_live(
     seq: u64,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
@@ -1074,38 +1093,29 @@ fn worker_live(
         .rendezvous
         .as_ref()
         .ok_or_else(|| EngineError::Internal("a live barrier without live state".into()))?;
-    let cancel = &ctx.failure.cancel;
     let merger_lost = || ctx.failure.closed("the merger");
-    rendezvous.wait(cancel)?;
-    flush_ops(ops, flushed, ctx)?;
-    barrier_handovers(ops, flushed, ctx)?;
-    let mut parts = Vec::with_capacity(ops.len());
-    for (oi, op) in ops.iter_mut() {
-        let open = op.live()?;
-        if !open.is_empty() {
-            parts.push((*oi, open));
+    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)]| {
+        let mut parts = Vec::with_capacity(ops.len());
+        for (oi, op) in ops.iter_mut() {
+            let open = op.live()?;
+            if !open.is_empty() {
+                parts.push((*oi, open));
+            }
         }
-    }
-    ctx.merge_tx
-        .send(MergeInput::LivePart { seq, ops: parts })
-        .map_err(|_| merger_lost())?;
-    rendezvous.wait(cancel)?;
-    if ctx.index == 0 {
-        let clocks = clock_status(&ctx.clocks);
-        let mut counters = ctx.stats.worker_counters();
-        counters.push((
-            "dead_letters".to_string(),
-            RunStats::get(&ctx.stats.dead_letters),
-        ));
+        ctx.merge_tx
+            .send(MergeInput::LivePart { seq, ops: parts })
+            .map_err(|_| merger_lost())
+    };
+    let lead = || {
         ctx.merge_tx
             .send(MergeInput::Live {
                 seq,
-                counters,
-                clocks,
+                counters: ctx.stats.live_counters(),
+                clocks: clock_status(&ctx.clocks),
             })
-            .map_err(|_| merger_lost())?;
-    }
-    rendezvous.wait(cancel)
+            .map_err(|_| merger_lost())
+    };
+    at_barrier(rendezvous, ops, flushed, ctx, copy, lead)
 }
 
 /// Per global partition: (watermark, newest event time) where known, and whether it ended.
@@ -1624,13 +1634,8 @@ fn merger_loop(
     // Every worker finished: the last snapshot holds every window emitted and the views'
     // final rows.
     if let Some(l) = live.as_mut() {
-        let mut counters = stats.worker_counters();
-        counters.push((
-            "dead_letters".to_string(),
-            RunStats::get(&stats.dead_letters),
-        ));
         let clocks = clock_status(&l.clocks);
-        l.publish(&mut ops, counters, clocks, stats, true)?;
+        l.publish(&mut ops, stats.live_counters(), clocks, stats, true)?;
     }
     Ok(())
 }

@@ -65,6 +65,13 @@ impl RunStats {
         out
     }
 
+    /// The counters a live snapshot shows: the workers' and the dead letters written so far.
+    pub(crate) fn live_counters(&self) -> Vec<(String, u64)> {
+        let mut out = self.worker_counters();
+        out.push(("dead_letters".to_string(), Self::get(&self.dead_letters)));
+        out
+    }
+
     /// The counters the merger updates, named for a checkpoint.
     pub(crate) fn merger_counters(&self) -> Vec<(String, u64)> {
         self.windows

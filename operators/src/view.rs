@@ -27,7 +27,7 @@ use weir_engine::live::KeyIndex;
 use weir_engine::{DeadLetter, EngineError, EventBatch};
 
 use crate::compile::CompiledAggregate;
-use crate::window::{into_partial, state_lens, Groups};
+use crate::window::{into_partial, key_schema, state_lens, Groups};
 
 /// A materialized view, shared by its workers and its merger.
 #[derive(Debug)]
@@ -49,17 +49,7 @@ pub const KEYS_METADATA: &str = "weir.keys";
 
 impl ViewConfig {
     fn key_schema(&self) -> Result<SchemaRef, EngineError> {
-        let fields = self
-            .keys
-            .iter()
-            .map(|k| {
-                self.input_schema
-                    .field_with_name(k)
-                    .map(|f| f.clone().with_nullable(true))
-                    .map_err(|e| EngineError::operator(&self.name, e))
-            })
-            .collect::<Result<Vec<Field>, _>>()?;
-        Ok(Arc::new(Schema::new(fields)))
+        key_schema(&self.name, &self.input_schema, &self.keys)
     }
 
     /// The schema of the view's rows: keys, then aggregates.

@@ -53,19 +53,27 @@ pub struct WindowConfig {
     pub key_partitioned: bool,
 }
 
+/// The schema of operator `name`'s key columns (nullable: a null key is a group).
+pub(crate) fn key_schema(
+    name: &str,
+    input: &SchemaRef,
+    keys: &[String],
+) -> Result<SchemaRef, EngineError> {
+    let fields = keys
+        .iter()
+        .map(|k| {
+            input
+                .field_with_name(k)
+                .map(|f| f.clone().with_nullable(true))
+                .map_err(|e| EngineError::operator(name, e))
+        })
+        .collect::<Result<Vec<Field>, _>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
 impl WindowConfig {
     fn key_schema(&self) -> Result<SchemaRef, EngineError> {
-        let fields: Result<Vec<Field>, EngineError> = self
-            .keys
-            .iter()
-            .map(|k| {
-                self.input_schema
-                    .field_with_name(k)
-                    .map(|f| f.clone().with_nullable(true))
-                    .map_err(|e| EngineError::operator(&self.name, e))
-            })
-            .collect();
-        Ok(Arc::new(Schema::new(fields?)))
+        key_schema(&self.name, &self.input_schema, &self.keys)
     }
 
     /// The schema of result rows: keys, `window_start`, `window_end`, aggregates.

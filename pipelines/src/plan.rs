@@ -8,9 +8,10 @@ use std::sync::Arc;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::PhysicalExpr;
-use serde_saphyr::Location;
+use indexmap::IndexMap;
+use serde_saphyr::{Location, Spanned};
 use weir_engine::job::Decode;
-use weir_operators::{SqlCompiler, TimeMode, ViewConfig, WindowConfig};
+use weir_operators::{CompiledAggregate, SqlCompiler, TimeMode, ViewConfig, WindowConfig};
 use weir_sinks::{FileFormat, KafkaFormat, KafkaSinkConfig};
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
@@ -259,6 +260,164 @@ fn columns_of(expr: &Arc<dyn PhysicalExpr>, out: &mut BTreeSet<String>) {
     for c in collect_columns(expr) {
         out.insert(c.name().to_string());
     }
+}
+
+/// What windows and views share in a pipeline file.
+struct OutputDoc<'a> {
+    /// "window `name`" or "view `name`", for messages.
+    what: String,
+    from: &'a Spanned<String>,
+    key: &'a Spanned<Vec<Spanned<String>>>,
+    filter: Option<&'a Spanned<String>>,
+    aggregates: &'a Spanned<IndexMap<String, Spanned<String>>>,
+    sinks: &'a [Spanned<String>],
+    /// The output's other columns, which aggregates cannot be named after.
+    columns: &'a str,
+}
+
+/// Checks a window's or view's source, keys, `where`, aggregates and sinks against the
+/// sources (schema, is Kafka) and notes the columns it reads; returns its source's index.
+fn check_output(
+    ctx: &Ctx,
+    doc: &PipelineDoc,
+    compiler: &SqlCompiler,
+    o: OutputDoc,
+    sources: &[(Arc<SourceSchema>, bool)],
+    read: &mut [BTreeSet<String>],
+) -> Result<usize, PipelineError> {
+    let what = &o.what;
+    let source = doc.sources.get_index_of(&o.from.value).ok_or_else(|| {
+        ctx.err(
+            &o.from.referenced,
+            format!(
+                "{what} reads from unknown source `{}`; declared sources: {}",
+                o.from.value,
+                names(&doc.sources)
+            ),
+        )
+    })?;
+    let (schema, is_kafka) = &sources[source];
+    let full = arrow_schema(schema, *is_kafka);
+    if o.key.value.is_empty() {
+        return Err(ctx.err(
+            &o.key.referenced,
+            format!("{what} needs at least one key field"),
+        ));
+    }
+    for k in &o.key.value {
+        let message_column = *is_kafka && MessageColumn::from_name(&k.value).is_some();
+        if schema.index_of(&k.value).is_none() && !message_column {
+            return Err(ctx.err(
+                &k.referenced,
+                format!(
+                    "key field `{}` is not in schema `{}`; its fields are {}{}",
+                    k.value,
+                    schema.name,
+                    schema.field_names().join(", "),
+                    if *is_kafka {
+                        ", and the message columns _key, _partition, _offset, _timestamp, _headers"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        read[source].insert(k.value.clone());
+    }
+    if let Some(f) = o.filter {
+        let p = compiler
+            .predicate(&f.value, &full)
+            .map_err(|e| ctx.err(&f.referenced, format!("bad `where` expression: {e}")))?;
+        columns_of(&p, &mut read[source]);
+    }
+    if o.aggregates.value.is_empty() {
+        return Err(ctx.err(
+            &o.aggregates.referenced,
+            format!("{what} needs at least one aggregate"),
+        ));
+    }
+    for (out, sql) in &o.aggregates.value {
+        if o.key.value.iter().any(|k| &k.value == out) || o.columns.split(", ").any(|c| c == out) {
+            return Err(ctx.err(
+                &sql.referenced,
+                format!(
+                    "aggregate name `{out}` is already a column of the output ({})",
+                    o.columns
+                ),
+            ));
+        }
+        let a = compiler
+            .aggregate(out, &sql.value, &full)
+            .map_err(|e| ctx.err(&sql.referenced, format!("bad aggregate `{out}`: {e}")))?;
+        for e in a.inputs.iter().chain(a.filter.iter()) {
+            columns_of(e, &mut read[source]);
+        }
+    }
+    for s in o.sinks {
+        if !doc.sinks.contains_key(&s.value) {
+            return Err(ctx.err(
+                &s.referenced,
+                format!(
+                    "{what} writes to unknown sink `{}`; declared sinks: {}",
+                    s.value,
+                    names(&doc.sinks)
+                ),
+            ));
+        }
+    }
+    Ok(source)
+}
+
+/// Compiles an output's `where` and aggregates against its source's decoded batches.
+fn compile_output(
+    compiler: &SqlCompiler,
+    ctx: &Ctx,
+    filter: Option<&Spanned<String>>,
+    aggregates: &Spanned<IndexMap<String, Spanned<String>>>,
+    input: &SchemaRef,
+) -> Result<(Option<Arc<dyn PhysicalExpr>>, Vec<CompiledAggregate>), PipelineError> {
+    let predicate = match filter {
+        Some(f) => Some(
+            compiler
+                .predicate(&f.value, input)
+                .map_err(|e| ctx.err(&f.referenced, e))?,
+        ),
+        None => None,
+    };
+    let aggregates = aggregates
+        .value
+        .iter()
+        .map(|(out, sql)| {
+            compiler
+                .aggregate(out, &sql.value, input)
+                .map_err(|e| ctx.err(&sql.referenced, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((predicate, aggregates))
+}
+
+/// The indexes of the sinks an output writes to, which receive rows of `schema`; a CSV or
+/// Parquet sink holds rows of one shape only.
+fn attach_sinks(
+    ctx: &Ctx,
+    doc: &PipelineDoc,
+    sinks: &mut [PlannedSink],
+    names: &[Spanned<String>],
+    schema: &SchemaRef,
+) -> Result<Vec<usize>, PipelineError> {
+    let mut ids = Vec::new();
+    for s in names {
+        let id = doc.sinks.get_index_of(&s.value).expect("checked above");
+        let sink = &mut sinks[id];
+        if let (Some(prev), SinkTarget::File { format, .. }) = (&sink.schema, &sink.target) {
+            if *format != FileFormat::Ndjson && prev != schema {
+                return Err(ctx.err(&s.referenced, format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per window or view", s.value)));
+            }
+        }
+        sink.schema = Some(schema.clone());
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError> {
@@ -593,91 +752,34 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         source: usize,
     }
     let mut wins = Vec::new();
+    let src_info: Vec<(Arc<SourceSchema>, bool)> = srcs
+        .iter()
+        .map(|s| (s.schema.clone(), matches!(s.input, SourceInput::Kafka(_))))
+        .collect();
     for (wname, w) in &doc.windows {
         let d = &w.value;
-        let source = doc.sources.get_index_of(&d.from.value).ok_or_else(|| {
-            ctx.err(
-                &d.from.referenced,
-                format!(
-                    "window `{wname}` reads from unknown source `{}`; declared sources: {}",
-                    d.from.value,
-                    names(&doc.sources)
-                ),
-            )
-        })?;
-        let src = &srcs[source];
-        let is_kafka = matches!(src.input, SourceInput::Kafka(_));
-        let full = arrow_schema(&src.schema, is_kafka);
-        if d.key.value.is_empty() {
-            return Err(ctx.err(
-                &d.key.referenced,
-                format!("window `{wname}` needs at least one key field"),
-            ));
-        }
-        for k in &d.key.value {
-            let message_column = is_kafka && MessageColumn::from_name(&k.value).is_some();
-            if src.schema.index_of(&k.value).is_none() && !message_column {
-                return Err(ctx.err(
-                    &k.referenced,
-                    format!(
-                        "key field `{}` is not in schema `{}`; its fields are {}{}",
-                        k.value,
-                        src.schema.name,
-                        src.schema.field_names().join(", "),
-                        if is_kafka {
-                            ", and the message columns _key, _partition, _offset, _timestamp, _headers"
-                        } else {
-                            ""
-                        }
-                    ),
-                ));
-            }
-            columns[source].insert(k.value.clone());
-        }
         if d.tumbling.value.0 == 0 {
             return Err(ctx.err(
                 &d.tumbling.referenced,
                 "the window size must be more than 0",
             ));
         }
-        if let Some(f) = &d.filter {
-            let p = compiler
-                .predicate(&f.value, &full)
-                .map_err(|e| ctx.err(&f.referenced, format!("bad `where` expression: {e}")))?;
-            columns_of(&p, &mut columns[source]);
-        }
-        if d.aggregates.value.is_empty() {
-            return Err(ctx.err(
-                &d.aggregates.referenced,
-                format!("window `{wname}` needs at least one aggregate"),
-            ));
-        }
-        for (out, sql) in &d.aggregates.value {
-            if d.key.value.iter().any(|k| &k.value == out)
-                || out == "window_start"
-                || out == "window_end"
-            {
-                return Err(ctx.err(&sql.referenced, format!("aggregate name `{out}` is already a column of the output (keys, window_start, window_end)")));
-            }
-            let a = compiler
-                .aggregate(out, &sql.value, &full)
-                .map_err(|e| ctx.err(&sql.referenced, format!("bad aggregate `{out}`: {e}")))?;
-            for e in a.inputs.iter().chain(a.filter.iter()) {
-                columns_of(e, &mut columns[source]);
-            }
-        }
-        for s in &d.sinks {
-            if !doc.sinks.contains_key(&s.value) {
-                return Err(ctx.err(
-                    &s.referenced,
-                    format!(
-                        "window `{wname}` writes to unknown sink `{}`; declared sinks: {}",
-                        s.value,
-                        names(&doc.sinks)
-                    ),
-                ));
-            }
-        }
+        let source = check_output(
+            ctx,
+            &doc,
+            &compiler,
+            OutputDoc {
+                what: format!("window `{wname}`"),
+                from: &d.from,
+                key: &d.key,
+                filter: d.filter.as_ref(),
+                aggregates: &d.aggregates,
+                sinks: &d.sinks,
+                columns: "keys, window_start, window_end",
+            },
+            &src_info,
+            &mut columns,
+        )?;
         wins.push(Win {
             name: wname,
             doc: d,
@@ -699,78 +801,22 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 format!("view `{vname}`: the name is taken (by a window or `weir_status`); windows and views are SQL tables and need names of their own"),
             ));
         }
-        let source = doc.sources.get_index_of(&d.from.value).ok_or_else(|| {
-            ctx.err(
-                &d.from.referenced,
-                format!(
-                    "view `{vname}` reads from unknown source `{}`; declared sources: {}",
-                    d.from.value,
-                    names(&doc.sources)
-                ),
-            )
-        })?;
-        let src = &srcs[source];
-        let is_kafka = matches!(src.input, SourceInput::Kafka(_));
-        let full = arrow_schema(&src.schema, is_kafka);
-        if d.key.value.is_empty() {
-            return Err(ctx.err(
-                &d.key.referenced,
-                format!("view `{vname}` needs at least one key field"),
-            ));
-        }
-        for k in &d.key.value {
-            let message_column = is_kafka && MessageColumn::from_name(&k.value).is_some();
-            if src.schema.index_of(&k.value).is_none() && !message_column {
-                return Err(ctx.err(
-                    &k.referenced,
-                    format!(
-                        "key field `{}` is not in schema `{}`; its fields are {}",
-                        k.value,
-                        src.schema.name,
-                        src.schema.field_names().join(", ")
-                    ),
-                ));
-            }
-            columns[source].insert(k.value.clone());
-        }
-        if let Some(f) = &d.filter {
-            let p = compiler
-                .predicate(&f.value, &full)
-                .map_err(|e| ctx.err(&f.referenced, format!("bad `where` expression: {e}")))?;
-            columns_of(&p, &mut columns[source]);
-        }
-        if d.aggregates.value.is_empty() {
-            return Err(ctx.err(
-                &d.aggregates.referenced,
-                format!("view `{vname}` needs at least one aggregate"),
-            ));
-        }
-        for (out, sql) in &d.aggregates.value {
-            if d.key.value.iter().any(|k| &k.value == out) {
-                return Err(ctx.err(
-                    &sql.referenced,
-                    format!("aggregate name `{out}` is already a key column of the view"),
-                ));
-            }
-            let a = compiler
-                .aggregate(out, &sql.value, &full)
-                .map_err(|e| ctx.err(&sql.referenced, format!("bad aggregate `{out}`: {e}")))?;
-            for e in a.inputs.iter().chain(a.filter.iter()) {
-                columns_of(e, &mut columns[source]);
-            }
-        }
-        for s in &d.sinks {
-            if !doc.sinks.contains_key(&s.value) {
-                return Err(ctx.err(
-                    &s.referenced,
-                    format!(
-                        "view `{vname}` writes to unknown sink `{}`; declared sinks: {}",
-                        s.value,
-                        names(&doc.sinks)
-                    ),
-                ));
-            }
-        }
+        let source = check_output(
+            ctx,
+            &doc,
+            &compiler,
+            OutputDoc {
+                what: format!("view `{vname}`"),
+                from: &d.from,
+                key: &d.key,
+                filter: d.filter.as_ref(),
+                aggregates: &d.aggregates,
+                sinks: &d.sinks,
+                columns: "keys",
+            },
+            &src_info,
+            &mut columns,
+        )?;
         if d.retain.is_some() {
             unavailable.push(ctx.err(
                 &v.referenced,
@@ -956,24 +1002,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
     for w in wins {
         let d = w.doc;
         let input = sources[w.source].output_schema.clone();
-        let predicate = match &d.filter {
-            Some(f) => Some(
-                compiler
-                    .predicate(&f.value, &input)
-                    .map_err(|e| ctx.err(&f.referenced, e))?,
-            ),
-            None => None,
-        };
-        let aggregates = d
-            .aggregates
-            .value
-            .iter()
-            .map(|(out, sql)| {
-                compiler
-                    .aggregate(out, &sql.value, &input)
-                    .map_err(|e| ctx.err(&sql.referenced, e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (predicate, aggregates) =
+            compile_output(&compiler, ctx, d.filter.as_ref(), &d.aggregates, &input)?;
         let config = Arc::new(WindowConfig {
             name: w.name.to_string(),
             input_schema: input,
@@ -995,18 +1025,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         let schema = config
             .output_schema()
             .map_err(|e| ctx.err(&w.loc, e.to_string()))?;
-        let mut sink_ids = Vec::new();
-        for s in &d.sinks {
-            let id = doc.sinks.get_index_of(&s.value).expect("checked above");
-            let sink = &mut sinks[id];
-            if let (Some(prev), SinkTarget::File { format, .. }) = (&sink.schema, &sink.target) {
-                if *format != FileFormat::Ndjson && prev != &schema {
-                    return Err(ctx.err(&s.referenced, format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per window", s.value)));
-                }
-            }
-            sink.schema = Some(schema.clone());
-            sink_ids.push(id);
-        }
+        let sink_ids = attach_sinks(ctx, &doc, &mut sinks, &d.sinks, &schema)?;
         windows.push(PlannedWindow {
             config,
             source: w.source,
@@ -1018,24 +1037,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
     for v in view_plans {
         let d = v.doc;
         let input = sources[v.source].output_schema.clone();
-        let predicate = match &d.filter {
-            Some(f) => Some(
-                compiler
-                    .predicate(&f.value, &input)
-                    .map_err(|e| ctx.err(&f.referenced, e))?,
-            ),
-            None => None,
-        };
-        let aggregates = d
-            .aggregates
-            .value
-            .iter()
-            .map(|(out, sql)| {
-                compiler
-                    .aggregate(out, &sql.value, &input)
-                    .map_err(|e| ctx.err(&sql.referenced, e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (predicate, aggregates) =
+            compile_output(&compiler, ctx, d.filter.as_ref(), &d.aggregates, &input)?;
         let config = Arc::new(ViewConfig {
             name: v.name.to_string(),
             input_schema: input,
@@ -1046,18 +1049,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         let schema = config
             .sink_schema()
             .map_err(|e| ctx.err(&d.from.referenced, e.to_string()))?;
-        let mut sink_ids = Vec::new();
-        for s in &d.sinks {
-            let id = doc.sinks.get_index_of(&s.value).expect("checked above");
-            let sink = &mut sinks[id];
-            if let (Some(prev), SinkTarget::File { format, .. }) = (&sink.schema, &sink.target) {
-                if *format != FileFormat::Ndjson && prev != &schema {
-                    return Err(ctx.err(&s.referenced, format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per view", s.value)));
-                }
-            }
-            sink.schema = Some(schema.clone());
-            sink_ids.push(id);
-        }
+        let sink_ids = attach_sinks(ctx, &doc, &mut sinks, &d.sinks, &schema)?;
         views.push(PlannedView {
             config,
             source: v.source,

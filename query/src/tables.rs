@@ -32,6 +32,19 @@ fn pinned(session: &dyn Session, live: &LiveState) -> Arc<LiveSnapshot> {
         .unwrap_or_else(|| live.current())
 }
 
+/// A plan that reads `batches` (one partition), projected.
+fn scan_of(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(MemorySourceConfig::try_new_exec(
+        &[batches],
+        schema.clone(),
+        projection.cloned(),
+    )?)
+}
+
 /// The table of one window or view.
 #[derive(Debug)]
 pub struct LiveTable {
@@ -164,11 +177,7 @@ impl TableProvider for LiveTable {
         let index = snapshot.indexes.get(self.index).cloned().flatten();
         if let (Some(index), [batch]) = (index, batches.as_slice()) {
             if let Some(rows) = self.point_lookup(&index, batch, &equalities)? {
-                return Ok(MemorySourceConfig::try_new_exec(
-                    &[vec![rows]],
-                    self.schema.clone(),
-                    projection.cloned(),
-                )?);
+                return scan_of(vec![rows], &self.schema, projection);
             }
         }
         let batches = if equalities.is_empty() {
@@ -186,11 +195,7 @@ impl TableProvider for LiveTable {
             }
             out
         };
-        Ok(MemorySourceConfig::try_new_exec(
-            &[batches],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
+        scan_of(batches, &self.schema, projection)
     }
 }
 
@@ -284,10 +289,6 @@ impl TableProvider for StatusTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = pinned(state, &self.live);
         let batch = self.rows(&snapshot)?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            self.schema.clone(),
-            projection.cloned(),
-        )?)
+        scan_of(vec![batch], &self.schema, projection)
     }
 }
