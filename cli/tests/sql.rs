@@ -4,7 +4,6 @@
 //! input file alone (`tests/sql/health_reference.py`).
 
 #[path = "support/crash.rs"]
-#[allow(dead_code)]
 mod crash;
 #[path = "support/sql.rs"]
 mod sql_support;
@@ -518,18 +517,36 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
     assert!(!Path::new("/tmp/weir-copy.csv").exists());
     // `weir sql`: a refused query is a user error (1), an unreachable engine a failure (2)
     let o = Command::new(WEIR)
-        .args(["sql", "--server", &format!("http://127.0.0.1:{hp}"), "SELEC 1"])
+        .args([
+            "sql",
+            "--server",
+            &format!("http://127.0.0.1:{hp}"),
+            "SELEC 1",
+        ])
         .env("WEIR_SQL_TOKEN", token)
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).starts_with("error: sql_error: "), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).starts_with("error: sql_error: "),
+        "{}",
+        text(&o.stderr)
+    );
     let o = Command::new(WEIR)
-        .args(["sql", "--server", &format!("http://127.0.0.1:{}", free_port()), "SELECT 1"])
+        .args([
+            "sql",
+            "--server",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "SELECT 1",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("cannot reach"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("cannot reach"),
+        "{}",
+        text(&o.stderr)
+    );
     // the engine still runs and answers
     let a = ask(
         "SELECT sum(checks) AS n FROM service_status",

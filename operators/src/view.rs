@@ -130,7 +130,7 @@ impl ViewWorker {
 
     fn take_delta(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
         match self.delta.take() {
-            Some(g) if g.values.len() > 0 => {
+            Some(g) if !g.values.is_empty() => {
                 Ok(vec![into_partial(VIEW_WINDOW, g, &self.config.name)?])
             }
             _ => Ok(Vec::new()),
@@ -212,7 +212,7 @@ impl WorkerOperator for ViewWorker {
         let lens = self.state_lens.clone();
         let mut ids = std::mem::take(&mut self.group_ids);
         let out = match self.delta.as_mut() {
-            Some(g) if g.values.len() > 0 => vec![copy_out(g, &config, &lens, &mut ids)?],
+            Some(g) if !g.values.is_empty() => vec![copy_out(g, &config, &lens, &mut ids)?],
             _ => Vec::new(),
         };
         self.group_ids = ids;

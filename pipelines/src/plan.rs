@@ -368,6 +368,9 @@ fn check_output(
     Ok(source)
 }
 
+/// An output's compiled `where` and aggregates.
+type CompiledOutput = (Option<Arc<dyn PhysicalExpr>>, Vec<CompiledAggregate>);
+
 /// Compiles an output's `where` and aggregates against its source's decoded batches.
 fn compile_output(
     compiler: &SqlCompiler,
@@ -375,7 +378,7 @@ fn compile_output(
     filter: Option<&Spanned<String>>,
     aggregates: &Spanned<IndexMap<String, Spanned<String>>>,
     input: &SchemaRef,
-) -> Result<(Option<Arc<dyn PhysicalExpr>>, Vec<CompiledAggregate>), PipelineError> {
+) -> Result<CompiledOutput, PipelineError> {
     let predicate = match filter {
         Some(f) => Some(
             compiler

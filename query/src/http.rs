@@ -57,15 +57,10 @@ fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
     }
 }
 
-/// The query of a request: `{"query": "..."}`, or the body itself as SQL text.
-fn query_text(headers: &HeaderMap, body: &[u8]) -> Result<String, Response> {
-    let text = std::str::from_utf8(body).map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the body is not UTF-8",
-        )
-    })?;
+/// The query of a request: `{"query": "..."}`, or the body itself as SQL text; else what is
+/// wrong with the body.
+fn query_text(headers: &HeaderMap, body: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -80,13 +75,7 @@ fn query_text(headers: &HeaderMap, body: &[u8]) -> Result<String, Response> {
     }
     serde_json::from_str::<Body>(text)
         .map(|b| b.query)
-        .map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("the body must be {{\"query\": \"SELECT ...\"}} or SQL text: {e}"),
-            )
-        })
+        .map_err(|e| format!("the body must be {{\"query\": \"SELECT ...\"}} or SQL text: {e}"))
 }
 
 async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -99,7 +88,7 @@ async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Byte
     }
     let query = match query_text(&headers, &body) {
         Ok(q) => q,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
     let arrow = headers
         .get(header::ACCEPT)

@@ -389,7 +389,9 @@ impl NoopStartupHandler for Open {}
 /// Authentication of a connection: none, or the password of `serve.password`.
 pub enum Startup {
     Open(Open),
-    Password(CleartextPasswordAuthStartupHandler<FixedPassword, DefaultServerParameterProvider>),
+    Password(
+        Box<CleartextPasswordAuthStartupHandler<FixedPassword, DefaultServerParameterProvider>>,
+    ),
 }
 
 #[async_trait]
@@ -426,10 +428,10 @@ impl PgServer {
             Some(p) => {
                 let mut params = DefaultServerParameterProvider::default();
                 params.server_version = format!("16.0 (weir {})", env!("CARGO_PKG_VERSION"));
-                Startup::Password(CleartextPasswordAuthStartupHandler::new(
+                Startup::Password(Box::new(CleartextPasswordAuthStartupHandler::new(
                     FixedPassword(p),
                     params,
-                ))
+                )))
             }
             None => Startup::Open(Open),
         };
