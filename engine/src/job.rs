@@ -523,11 +523,14 @@ pub fn run(
     let (parts_tx, parts_rx) = crossbeam_channel::unbounded::<Part>();
     // Workers meet at checkpoint and live barriers.
     let rendezvous = (checkpoint.is_some() || live.is_some()).then(|| Arc::new(Rendezvous::new(n)));
-    let link = checkpoint.as_ref().map(|_| CheckpointLink {
-        parts: parts_tx.clone(),
-        epochs: Arc::new(Epochs::default()),
-        rendezvous: rendezvous.clone().expect("made when checkpointing"),
-    });
+    let link = match (&checkpoint, &rendezvous) {
+        (Some(_), Some(r)) => Some(CheckpointLink {
+            parts: parts_tx.clone(),
+            epochs: Arc::new(Epochs::default()),
+            rendezvous: r.clone(),
+        }),
+        _ => None,
+    };
     if let Some(l) = &link {
         l.epochs.completed.store(first_epoch, Ordering::SeqCst);
     }

@@ -405,12 +405,21 @@ fn attach_sinks(
     ctx: &Ctx,
     doc: &PipelineDoc,
     sinks: &mut [PlannedSink],
-    names: &[Spanned<String>],
+    sink_names: &[Spanned<String>],
     schema: &SchemaRef,
 ) -> Result<Vec<usize>, PipelineError> {
     let mut ids = Vec::new();
-    for s in names {
-        let id = doc.sinks.get_index_of(&s.value).expect("checked above");
+    for s in sink_names {
+        let id = doc.sinks.get_index_of(&s.value).ok_or_else(|| {
+            ctx.err(
+                &s.referenced,
+                format!(
+                    "unknown sink `{}`; declared sinks: {}",
+                    s.value,
+                    names(&doc.sinks)
+                ),
+            )
+        })?;
         let sink = &mut sinks[id];
         if let (Some(prev), SinkTarget::File { format, .. }) = (&sink.schema, &sink.target) {
             if *format != FileFormat::Ndjson && prev != schema {

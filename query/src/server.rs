@@ -152,7 +152,7 @@ impl SqlServer {
                     tracing::error!(error = %e, "the HTTP endpoint stopped");
                 }
             });
-            tracing::info!(address = %server.http.expect("bound"), "serving SQL over HTTP");
+            tracing::info!(address = ?server.http, "serving SQL over HTTP");
         }
         if let Some(addr) = pg_addr {
             let listener =
@@ -191,7 +191,7 @@ impl SqlServer {
                 }
             });
             tracing::info!(
-                address = %server.postgres.expect("bound"),
+                address = ?server.postgres,
                 "serving SQL over the Postgres wire protocol"
             );
         }
