@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use arrow::array::{new_empty_array, Array, ArrayRef, AsArray, StringArray, UInt32Array};
-use arrow::compute::{interleave, take_record_batch};
+use arrow::compute::{filter_record_batch, interleave, take_record_batch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -122,10 +122,11 @@ impl ViewWorker {
     }
 
     fn delta(&mut self) -> Result<&mut Groups, EngineError> {
-        if self.delta.is_none() {
-            self.delta = Some(self.config.groups()?);
-        }
-        Ok(self.delta.as_mut().expect("set above"))
+        let groups = match self.delta.take() {
+            Some(g) => g,
+            None => self.config.groups()?,
+        };
+        Ok(self.delta.insert(groups))
     }
 
     fn take_delta(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
@@ -160,17 +161,16 @@ impl WorkerOperator for ViewWorker {
                     .evaluate(batch)
                     .and_then(|v| v.into_array(n))
                     .map_err(err)?;
+                // a null condition keeps no row, as in SQL
                 let pass = pass.as_boolean();
-                let idx: Vec<u32> = (0..n as u32)
-                    .filter(|&i| pass.is_valid(i as usize) && pass.value(i as usize))
-                    .collect();
-                if idx.is_empty() {
+                let kept = pass.true_count();
+                if kept == 0 {
                     return Ok(0);
                 }
-                if idx.len() == n {
+                if kept == n && pass.null_count() == 0 {
                     batch
                 } else {
-                    subset = take_record_batch(batch, &UInt32Array::from(idx))
+                    subset = filter_record_batch(batch, pass)
                         .map_err(|e| EngineError::operator(&config.name, e))?;
                     &subset
                 }
@@ -791,5 +791,35 @@ mod tests {
         // checkpoint copies are the folded arrays
         let saved = incremental.snapshot().unwrap();
         assert_eq!(saved[0].keys[0].len(), a.len());
+    }
+
+    #[test]
+    fn a_where_keeps_only_the_rows_it_passes() {
+        let base = config();
+        let predicate = SqlCompiler::new()
+            .predicate("healthStatus <> 'HEALTHY'", &base.input_schema)
+            .unwrap();
+        let config = Arc::new(ViewConfig {
+            name: base.name.clone(),
+            input_schema: base.input_schema.clone(),
+            predicate: Some(predicate),
+            keys: base.keys.clone(),
+            aggregates: base.aggregates.clone(),
+        });
+        let p = partition();
+        let mut w = ViewWorker::new(config.clone()).unwrap();
+        let mut m = ViewMerger::new(config).unwrap();
+        let mut dead = Vec::new();
+        let batch = events(&[("a", "HEALTHY", 1), ("a", "DOWN", 2), ("b", "HEALTHY", 3)]);
+        w.process(&p, &batch, &[], &mut dead).unwrap();
+        w.process(&p, &events(&[("c", "HEALTHY", 4)]), &[], &mut dead)
+            .unwrap();
+        for part in w.barrier_handover().unwrap() {
+            m.merge(part).unwrap();
+        }
+        assert_eq!(
+            rows(&m.live(Vec::new()).unwrap()),
+            vec![("a".into(), "DOWN".into(), 1)]
+        );
     }
 }

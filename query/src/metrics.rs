@@ -80,10 +80,11 @@ impl Metrics {
             "counter",
             "Events that arrived after their window closed, per window.",
         );
+        // views are operators too: their counters stay out of window metrics
         let is_window = |name: &str| {
             live.tables.iter().any(|t| {
                 t.name == name && matches!(t.kind, weir_engine::live::LiveKind::Window { .. })
-            }) || live.table(name).is_none()
+            })
         };
         for n in s.late.iter().filter(|n| is_window(&n.name)) {
             o.sample(
