@@ -17,6 +17,10 @@ pub mod progress;
 pub mod stats;
 pub mod time;
 
+/// Schema metadata of a view's changelog rows: how many of the first columns are the view's
+/// key (sinks key upserts by them).
+pub const KEYS_METADATA: &str = "weir.keys";
+
 pub use dead_letter::{DeadLetter, ErrorInfo, Reason};
 pub use error::EngineError;
 pub use events::{Chunk, ChunkData, Decoded, EventBatch, Messages, RawRows, SharedBytes};

@@ -44,8 +44,7 @@ pub struct ViewConfig {
 /// The `window_start` a view's partial state travels under (views have no window).
 const VIEW_WINDOW: i64 = 0;
 
-/// Schema metadata of sink rows: how many leading columns are the key.
-pub const KEYS_METADATA: &str = "weir.keys";
+pub use weir_engine::KEYS_METADATA;
 
 impl ViewConfig {
     fn key_schema(&self) -> Result<SchemaRef, EngineError> {

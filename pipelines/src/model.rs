@@ -223,11 +223,24 @@ pub struct KafkaSinkDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IcebergDoc {
+    /// `sqlite://PATH`, `postgres://…` or `http(s)://…` (REST).
     pub catalog: String,
-    pub warehouse: String,
-    pub table: String,
+    /// The catalog's name (default `weir`); readers open the catalog under the same name.
     #[serde(default)]
-    pub partition_by: Option<String>,
+    pub catalog_name: Option<String>,
+    pub warehouse: String,
+    /// `NAMESPACE.TABLE`.
+    pub table: String,
+    /// `day` (the default for windows: `day(window_start)`), `hour`, `day(COL)`, `hour(COL)`,
+    /// `identity(COL)`, a column, or `none`.
+    #[serde(default)]
+    pub partition_by: Option<Spanned<String>>,
+    /// Data files roll over at about this size (default 128 MiB).
+    #[serde(default)]
+    pub target_file_size_mb: Option<u64>,
+    /// Catalog properties as they are (REST credentials, a prefix...).
+    #[serde(default)]
+    pub properties: IndexMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

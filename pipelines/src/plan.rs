@@ -1,6 +1,6 @@
 //! From a pipeline file to a checked plan: names resolved, schemas loaded, SQL compiled.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use indexmap::IndexMap;
 use serde_saphyr::{Location, Spanned};
 use weir_engine::job::Decode;
+use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{CompiledAggregate, SqlCompiler, TimeMode, ViewConfig, WindowConfig};
 use weir_sinks::{FileFormat, KafkaFormat, KafkaSinkConfig};
 use weir_sources::{
@@ -85,8 +86,29 @@ pub enum SinkTarget {
     },
     /// A Kafka topic, one JSON message per row.
     Kafka(KafkaSinkConfig),
-    /// Declared but not available yet (iceberg, elasticsearch).
+    /// An Iceberg table.
+    Iceberg(Box<IcebergTarget>),
+    /// Declared but not available yet (elasticsearch).
     Unavailable(&'static str),
+}
+
+/// An Iceberg sink's table, and the output that feeds it (set when an output names it).
+#[derive(Debug, Clone)]
+pub struct IcebergTarget {
+    pub catalog: CatalogUri,
+    pub catalog_name: String,
+    /// An absolute folder or an object-store URL.
+    pub warehouse: String,
+    pub table: String,
+    pub partition_by: Option<PartitionBy>,
+    /// Where `partition_by` is written, and its text (checked against the output's columns).
+    pub partition_text: Option<(Location, String)>,
+    pub target_file_size: usize,
+    pub properties: HashMap<String, String>,
+    /// The window or view writing to the table.
+    pub output: Option<String>,
+    /// The key columns of a view's rows; `None` for a window.
+    pub view_keys: Option<usize>,
 }
 
 /// Where dead letters go.
@@ -117,6 +139,26 @@ fn kafka_sink_config(doc: &PipelineDoc, k: &KafkaSinkDoc, format: KafkaFormat) -
             .iter()
             .map(|(a, b)| (a.clone(), b.clone()))
             .collect(),
+    }
+}
+
+/// The Iceberg sink `sink` of pipeline `pipeline`, writing `target`.
+pub fn iceberg_config(
+    pipeline: &str,
+    sink: &str,
+    target: &IcebergTarget,
+) -> weir_iceberg::IcebergSinkConfig {
+    weir_iceberg::IcebergSinkConfig {
+        pipeline: pipeline.to_string(),
+        sink: sink.to_string(),
+        output: target.output.clone().unwrap_or_default(),
+        catalog: target.catalog.clone(),
+        catalog_name: target.catalog_name.clone(),
+        warehouse: target.warehouse.clone(),
+        table: target.table.clone(),
+        partition_by: target.partition_by.clone(),
+        target_file_size: target.target_file_size,
+        catalog_properties: target.properties.clone(),
     }
 }
 
@@ -407,6 +449,7 @@ fn attach_sinks(
     sinks: &mut [PlannedSink],
     sink_names: &[Spanned<String>],
     schema: &SchemaRef,
+    output: &str,
 ) -> Result<Vec<usize>, PipelineError> {
     let mut ids = Vec::new();
     for s in sink_names {
@@ -425,6 +468,28 @@ fn attach_sinks(
             if *format != FileFormat::Ndjson && prev != schema {
                 return Err(ctx.err(&s.referenced, format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per window or view", s.value)));
             }
+        }
+        if let SinkTarget::Iceberg(t) = &mut sink.target {
+            if let Some(other) = &t.output {
+                return Err(ctx.err(&s.referenced, format!("sink `{}` already writes `{other}`: an Iceberg sink writes one table; use one sink per window or view", s.value)));
+            }
+            let columns: Vec<&str> = schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .filter(|c| *c != weir_iceberg::schema::OP_COLUMN)
+                .collect();
+            if let Some((loc, text)) = &t.partition_text {
+                t.partition_by = Some(
+                    PartitionBy::parse(text, &columns)
+                        .map_err(|e| ctx.err(loc, format!("sink `{}`: {e}", s.value)))?,
+                );
+            }
+            t.view_keys = schema
+                .metadata()
+                .get(weir_engine::KEYS_METADATA)
+                .and_then(|k| k.parse().ok());
+            t.output = Some(output.to_string());
         }
         sink.schema = Some(schema.clone());
         ids.push(id);
@@ -724,18 +789,55 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 return Err(ctx.err(&k.referenced, format!("sink `{kname}`: `topic` is empty")));
             }
             SinkTarget::Kafka(kafka_sink_config(&doc, &k.value, format))
-        } else {
-            let (what, l) = if let Some(x) = &v.iceberg {
-                ("iceberg", x.referenced)
+        } else if let Some(i) = &v.iceberg {
+            let d = &i.value;
+            let at = |m: String| ctx.err(&i.referenced, format!("sink `{kname}`: {m}"));
+            let catalog = CatalogUri::parse(&d.catalog, &ctx.dir).map_err(at)?;
+            let warehouse = if d.warehouse.contains("://") {
+                d.warehouse.clone()
             } else {
-                (
-                    "elasticsearch",
-                    v.elasticsearch
-                        .as_ref()
-                        .map(|x| x.referenced)
-                        .unwrap_or(*loc),
-                )
+                std::path::absolute(ctx.path(&d.warehouse))
+                    .map_err(|e| at(format!("warehouse {}: {e}", d.warehouse)))?
+                    .to_string_lossy()
+                    .into_owned()
             };
+            let mb = d.target_file_size_mb.unwrap_or(128);
+            if mb == 0 || mb > 16 * 1024 {
+                return Err(at("target_file_size_mb must be between 1 and 16384".into()));
+            }
+            let target = IcebergTarget {
+                catalog,
+                catalog_name: d.catalog_name.clone().unwrap_or_else(|| "weir".into()),
+                warehouse,
+                table: d.table.clone(),
+                partition_by: None,
+                partition_text: d
+                    .partition_by
+                    .as_ref()
+                    .map(|p| (p.referenced, p.value.clone())),
+                target_file_size: (mb as usize) << 20,
+                properties: d
+                    .properties
+                    .iter()
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect(),
+                output: None,
+                view_keys: None,
+            };
+            let config = weir_iceberg::IcebergSinkConfig {
+                table: target.table.clone(),
+                ..iceberg_config(&name, kname, &target)
+            };
+            config.ident().map_err(|e| at(e.to_string()))?;
+            SinkTarget::Iceberg(Box::new(target))
+        } else {
+            let (what, l) = (
+                "elasticsearch",
+                v.elasticsearch
+                    .as_ref()
+                    .map(|x| x.referenced)
+                    .unwrap_or(*loc),
+            );
             unavailable.push(ctx.err(
                 &l,
                 format!(
@@ -1037,7 +1139,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         let schema = config
             .output_schema()
             .map_err(|e| ctx.err(&w.loc, e.to_string()))?;
-        let sink_ids = attach_sinks(ctx, &doc, &mut sinks, &d.sinks, &schema)?;
+        let sink_ids = attach_sinks(ctx, &doc, &mut sinks, &d.sinks, &schema, w.name)?;
         windows.push(PlannedWindow {
             config,
             source: w.source,
@@ -1061,7 +1163,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         let schema = config
             .sink_schema()
             .map_err(|e| ctx.err(&d.from.referenced, e.to_string()))?;
-        let sink_ids = attach_sinks(ctx, &doc, &mut sinks, &d.sinks, &schema)?;
+        let sink_ids = attach_sinks(ctx, &doc, &mut sinks, &d.sinks, &schema, v.name)?;
         views.push(PlannedView {
             config,
             source: v.source,
@@ -1177,6 +1279,7 @@ impl Plan {
             let t = match &k.target {
                 SinkTarget::File { path, format } => format!("{format:?} file {}", path.display()),
                 SinkTarget::Kafka(k) => format!("kafka topic {}", k.topic),
+                SinkTarget::Iceberg(t) => format!("iceberg table {}", t.table),
                 SinkTarget::Unavailable(w) => w.to_string(),
             };
             f.insert(format!("sink {}", k.name), t);
@@ -1336,6 +1439,24 @@ impl Plan {
                         "; at least once: offsets are committed after rows are acknowledged"
                     }
                 }
+                SinkTarget::Iceberg(t) => format!(
+                    "iceberg table {} in catalog `{}` ({}), warehouse {}, partitioned by {}; {}",
+                    t.table,
+                    t.catalog_name,
+                    t.catalog.display(),
+                    t.warehouse,
+                    match (&t.partition_by, t.view_keys) {
+                        (Some(p), _) => format!("{p:?}").to_lowercase(),
+                        (None, None) => "day(window_start)".into(),
+                        (None, Some(_)) => "nothing".into(),
+                    },
+                    match (checkpointed, t.view_keys) {
+                        (_, Some(_)) =>
+                            "a view: each commit replaces the table with one row per key",
+                        (true, None) => "exactly once: one snapshot per checkpoint",
+                        (false, None) => "one snapshot when the run ends",
+                    }
+                ),
                 SinkTarget::Unavailable(w) => format!("{w} (not available yet)"),
             };
             let _ = writeln!(s, "  {}: {t}", k.name);

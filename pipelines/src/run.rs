@@ -8,6 +8,7 @@ use weir_engine::job::{self, JobSpec, OperatorSpec, Sink, SourceSpec, StopHandle
 use weir_engine::live::{LiveKind, LiveSpec, LiveState, LiveTableDef};
 use weir_engine::stats::RunStats;
 use weir_engine::EngineError;
+use weir_iceberg::IcebergSink;
 use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{QueryLimits, ServeConfig, SqlServer};
 use weir_sinks::{
@@ -194,6 +195,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                 }
             }
             SinkTarget::Kafka(cfg) => Box::new(KafkaSink::new(&s.name, cfg.clone())?),
+            SinkTarget::Iceberg(t) => {
+                let schema = s.schema.clone().expect("a used sink has a schema");
+                let config = crate::plan::iceberg_config(&plan.name, &s.name, t);
+                Box::new(IcebergSink::open(config, &schema, t.view_keys)?)
+            }
             SinkTarget::Unavailable(_) => unreachable!("unavailable sinks are refused above"),
         };
         sink_index[i] = sinks.len();

@@ -131,7 +131,7 @@ impl Sink for KafkaSink {
         // Window rows: the key columns, then `window_start` (the rest are values); view rows:
         // the key columns, counted in the schema's `weir.keys` metadata.
         let schema = batch.schema();
-        let key_count = match schema.metadata().get("weir.keys") {
+        let key_count = match schema.metadata().get(weir_engine::KEYS_METADATA) {
             Some(n) => n
                 .parse::<usize>()
                 .map_err(|_| err(&"bad `weir.keys` metadata"))?,

@@ -1,0 +1,527 @@
+//! Catalogs and tables: opening the catalog a sink names, creating or checking its table,
+//! and the commits iceberg-rust's transactions cannot make (a snapshot that replaces the
+//! table's content).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::datatypes::Schema as ArrowSchema;
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{
+    DataFile, FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
+    SnapshotReference, SnapshotRetention, Summary, Transform, UnboundPartitionSpec,
+};
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, MetadataLocation, TableCreation, TableIdent};
+use iceberg_catalog_rest::RestCatalogBuilder;
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+
+use crate::schema::{check_compatible, table_schema};
+use crate::IcebergError;
+
+/// Where a sink's catalog is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogUri {
+    /// The SQL catalog in a SQLite file (absolute path).
+    Sqlite(String),
+    /// The SQL catalog in a Postgres database (a `postgres://` URL).
+    Postgres(String),
+    /// A REST catalog (`http(s)://` URL).
+    Rest(String),
+}
+
+impl CatalogUri {
+    /// Reads a catalog URL: `sqlite://PATH` (a relative path is taken from `base`),
+    /// `postgres://…`/`postgresql://…`, or `http(s)://…`.
+    pub fn parse(text: &str, base: &std::path::Path) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err("a sqlite catalog needs a file: sqlite://PATH/catalog.db".into());
+            }
+            let p = std::path::Path::new(path);
+            let abs = std::path::absolute(base.join(p)).map_err(|e| format!("{path}: {e}"))?;
+            Ok(CatalogUri::Sqlite(abs.to_string_lossy().into_owned()))
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Ok(CatalogUri::Postgres(text.to_string()))
+        } else if text.starts_with("http://") || text.starts_with("https://") {
+            Ok(CatalogUri::Rest(text.to_string()))
+        } else {
+            Err(format!(
+                "unknown catalog `{text}`: use sqlite://PATH (the embedded default), \
+                 postgres://USER@HOST/DB (a SQL catalog) or https://HOST (a REST catalog)"
+            ))
+        }
+    }
+
+    /// The URL without a password, for messages and logs.
+    pub fn display(&self) -> String {
+        match self {
+            CatalogUri::Sqlite(p) => format!("sqlite://{p}"),
+            CatalogUri::Postgres(u) | CatalogUri::Rest(u) => match url::Url::parse(u) {
+                Ok(mut url) if url.password().is_some() => {
+                    let _ = url.set_password(Some("***"));
+                    url.to_string()
+                }
+                _ => u.clone(),
+            },
+        }
+    }
+
+    /// The URL sqlx connects to (a SQLite file is created when missing).
+    fn sql_url(&self) -> Option<String> {
+        match self {
+            CatalogUri::Sqlite(p) => Some(format!("sqlite://{p}?mode=rwc")),
+            CatalogUri::Postgres(u) => Some(u.clone()),
+            CatalogUri::Rest(_) => None,
+        }
+    }
+}
+
+/// How a new table is partitioned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionBy {
+    /// Not partitioned.
+    None,
+    /// By the day of a timestamp column.
+    Day(String),
+    /// By the hour of a timestamp column.
+    Hour(String),
+    /// By a column's value.
+    Identity(String),
+}
+
+impl PartitionBy {
+    /// Reads `day`, `hour` (of `window_start`), `day(COL)`, `hour(COL)`, `identity(COL)`, a
+    /// column name (identity) or `none`; `columns` are the output's.
+    pub fn parse(text: &str, columns: &[&str]) -> Result<Self, String> {
+        let t = text.trim();
+        let (transform, column) = match t.split_once('(') {
+            Some((f, rest)) => match rest.strip_suffix(')') {
+                Some(c) => (f.trim(), c.trim()),
+                None => return Err(format!("`{t}` lacks a closing parenthesis")),
+            },
+            None if t == "day" || t == "hour" => (t, "window_start"),
+            None if t == "none" => return Ok(PartitionBy::None),
+            None => ("identity", t),
+        };
+        if !columns.contains(&column) {
+            return Err(format!(
+                "partition_by: `{column}` is not a column of the output (columns: {})",
+                columns.join(", ")
+            ));
+        }
+        let c = column.to_string();
+        match transform {
+            "day" => Ok(PartitionBy::Day(c)),
+            "hour" => Ok(PartitionBy::Hour(c)),
+            "identity" => Ok(PartitionBy::Identity(c)),
+            other => Err(format!(
+                "partition_by: unknown transform `{other}`: use day(COL), hour(COL), identity(COL), COL or none"
+            )),
+        }
+    }
+
+    fn spec(&self, schema: &iceberg::spec::Schema) -> Result<UnboundPartitionSpec, IcebergError> {
+        let (column, transform, suffix) = match self {
+            PartitionBy::None => return Ok(UnboundPartitionSpec::builder().build()),
+            PartitionBy::Day(c) => (c, Transform::Day, "_day"),
+            PartitionBy::Hour(c) => (c, Transform::Hour, "_hour"),
+            PartitionBy::Identity(c) => (c, Transform::Identity, ""),
+        };
+        let field = schema.field_by_name(column).ok_or_else(|| {
+            IcebergError::Config(format!("partition column `{column}` is not in the table"))
+        })?;
+        UnboundPartitionSpec::builder()
+            .add_partition_field(field.id, format!("{column}{suffix}"), transform)
+            .map(|b| b.build())
+            .map_err(|e| IcebergError::Config(format!("partition_by: {e}")))
+    }
+}
+
+/// An open catalog.
+pub struct Lake {
+    uri: CatalogUri,
+    name: String,
+    catalog: Arc<dyn Catalog>,
+    /// The SQL catalog's database, for commits weir makes itself.
+    pool: Option<AnyPool>,
+}
+
+impl Lake {
+    fn err(&self, e: impl std::fmt::Display) -> IcebergError {
+        IcebergError::Catalog {
+            uri: self.uri.display(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Opens the catalog `name` at `uri`, whose tables go under `warehouse` (an absolute
+    /// folder); `properties` go to the catalog as they are (credentials, a REST prefix).
+    pub async fn open(
+        uri: &CatalogUri,
+        name: &str,
+        warehouse: &str,
+        properties: &HashMap<String, String>,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Lake, IcebergError> {
+        let err = |e: &dyn std::fmt::Display| IcebergError::Catalog {
+            uri: uri.display(),
+            message: e.to_string(),
+        };
+        let warehouse = if warehouse.contains("://") {
+            warehouse.to_string()
+        } else if !warehouse.starts_with('/') {
+            return Err(IcebergError::Config(format!(
+                "warehouse {warehouse} is not an absolute folder"
+            )));
+        } else {
+            std::fs::create_dir_all(warehouse)
+                .map_err(|e| IcebergError::Config(format!("warehouse {warehouse}: {e}")))?;
+            format!("file://{warehouse}")
+        };
+        let storage = Arc::new(LocalFsStorageFactory);
+        let rt = iceberg::Runtime::new(runtime);
+        let mut props = properties.clone();
+        let (catalog, pool): (Arc<dyn Catalog>, _) = match uri {
+            CatalogUri::Sqlite(_) | CatalogUri::Postgres(_) => {
+                if let CatalogUri::Sqlite(path) = uri {
+                    if let Some(dir) = std::path::Path::new(path).parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+                    }
+                }
+                let url = uri.sql_url().expect("a SQL catalog has a URL");
+                let style = match uri {
+                    CatalogUri::Sqlite(_) => SqlBindStyle::QMark,
+                    _ => SqlBindStyle::DollarNumeric,
+                };
+                let catalog = SqlCatalogBuilder::default()
+                    .uri(url.clone())
+                    .warehouse_location(warehouse)
+                    .sql_bind_style(style)
+                    .with_storage_factory(storage)
+                    .with_runtime(rt)
+                    .load(name, props)
+                    .await
+                    .map_err(|e| err(&e))?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .map_err(|e| err(&e))?;
+                (Arc::new(catalog), Some(pool))
+            }
+            CatalogUri::Rest(url) => {
+                props.insert("uri".into(), url.clone());
+                props.insert("warehouse".into(), warehouse);
+                let catalog = RestCatalogBuilder::default()
+                    .with_storage_factory(storage)
+                    .with_runtime(rt)
+                    .load(name, props)
+                    .await
+                    .map_err(|e| err(&e))?;
+                (Arc::new(catalog), None)
+            }
+        };
+        Ok(Lake {
+            uri: uri.clone(),
+            name: name.to_string(),
+            catalog,
+            pool,
+        })
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &dyn Catalog {
+        self.catalog.as_ref()
+    }
+
+    /// The table `ident` for an output of schema `output` (whose first `keys` columns are a
+    /// view's key, 0 for windows): created when missing, partitioned by `partition`;
+    /// otherwise checked to take the output.
+    pub async fn open_table(
+        &self,
+        ident: &TableIdent,
+        output: &ArrowSchema,
+        keys: usize,
+        partition: &PartitionBy,
+        properties: HashMap<String, String>,
+    ) -> Result<Table, IcebergError> {
+        let ns = ident.namespace();
+        if !self
+            .catalog
+            .namespace_exists(ns)
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            if let Err(e) = self.catalog.create_namespace(ns, HashMap::new()).await {
+                // another worker may have created it meanwhile
+                if !self.catalog.namespace_exists(ns).await.unwrap_or(false) {
+                    return Err(self.err(e));
+                }
+            }
+        }
+        if self
+            .catalog
+            .table_exists(ident)
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            let table = self.load(ident).await?;
+            check_compatible(
+                &ident.to_string(),
+                table.metadata().current_schema(),
+                output,
+            )?;
+            return Ok(table);
+        }
+        let schema = table_schema(output, keys)?;
+        let creation = TableCreation::builder()
+            .name(ident.name().to_string())
+            .partition_spec(partition.spec(&schema)?)
+            .schema(schema)
+            .properties(properties)
+            .build();
+        match self.catalog.create_table(ns, creation).await {
+            Ok(t) => {
+                tracing::info!(table = %ident, catalog = %self.uri.display(), "created Iceberg table");
+                Ok(t)
+            }
+            // created by another worker meanwhile
+            Err(e) => match self.catalog.table_exists(ident).await {
+                Ok(true) => self.load(ident).await,
+                _ => Err(self.err(e)),
+            },
+        }
+    }
+
+    /// The table as the catalog has it now.
+    pub async fn load(&self, ident: &TableIdent) -> Result<Table, IcebergError> {
+        self.catalog
+            .load_table(ident)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Commits a snapshot whose content is exactly `files` (an `overwrite`: every file of the
+    /// current snapshot leaves the table), with `properties` in its summary. iceberg-rust's
+    /// transactions only append, so weir writes the manifest, the manifest list and the new
+    /// metadata file, then swaps the catalog's pointer if it still names `table`'s metadata.
+    pub async fn replace(
+        &self,
+        table: &Table,
+        files: Vec<DataFile>,
+        properties: HashMap<String, String>,
+    ) -> Result<Table, IcebergError> {
+        let Some(pool) = &self.pool else {
+            return Err(IcebergError::Config(format!(
+                "{}: replacing a table's content (a view's commit) needs a SQL catalog \
+                 (sqlite:// or postgres://): iceberg-rust 0.10 cannot send that commit to a \
+                 REST catalog",
+                self.uri.display()
+            )));
+        };
+        let meta = table.metadata();
+        if meta.format_version() != FormatVersion::V2 {
+            return Err(IcebergError::Config(format!(
+                "table {} is Iceberg format {:?}; weir replaces the content of v2 tables only",
+                table.identifier(),
+                meta.format_version()
+            )));
+        }
+        let io = table.file_io();
+        let snapshot_id = new_snapshot_id(table);
+        let parent = meta.current_snapshot().map(|s| s.snapshot_id());
+        let sequence = meta.next_sequence_number();
+        let commit = uuid::Uuid::new_v4();
+        let added_rows: u64 = files.iter().map(|f| f.record_count()).sum();
+        let added_files = files.len();
+        let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+
+        let manifest_path = format!("{}/metadata/{commit}-m0.avro", meta.location());
+        let mut manifest = ManifestWriterBuilder::new(
+            io.new_output(&manifest_path).map_err(wr)?,
+            Some(snapshot_id),
+            meta.current_schema().clone(),
+            meta.default_partition_spec().as_ref().clone(),
+        )
+        .build_v2_data();
+        for f in files {
+            manifest.add_file(f, sequence).map_err(wr)?;
+        }
+        let manifest = manifest.write_manifest_file().await.map_err(wr)?;
+
+        let list_path = format!(
+            "{}/metadata/snap-{snapshot_id}-0-{commit}.avro",
+            meta.location()
+        );
+        let mut list = ManifestListWriter::v2(
+            io.new_output(&list_path)
+                .map_err(wr)?
+                .writer()
+                .await
+                .map_err(wr)?,
+            snapshot_id,
+            parent,
+            sequence,
+        );
+        list.add_manifests(std::iter::once(manifest)).map_err(wr)?;
+        list.close().await.map_err(wr)?;
+
+        let previous = meta.current_snapshot().map(|s| s.summary());
+        let prev = |k: &str| -> u64 {
+            previous
+                .and_then(|s| s.additional_properties.get(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let mut summary = properties;
+        summary.insert("added-data-files".into(), added_files.to_string());
+        summary.insert("added-records".into(), added_rows.to_string());
+        summary.insert(
+            "deleted-data-files".into(),
+            prev("total-data-files").to_string(),
+        );
+        summary.insert("deleted-records".into(), prev("total-records").to_string());
+        summary.insert("total-data-files".into(), added_files.to_string());
+        summary.insert("total-records".into(), added_rows.to_string());
+        summary.insert("total-delete-files".into(), "0".into());
+        let snapshot = Snapshot::builder()
+            .with_snapshot_id(snapshot_id)
+            .with_parent_snapshot_id(parent)
+            .with_sequence_number(sequence)
+            .with_timestamp_ms(chrono_now_ms())
+            .with_manifest_list(list_path)
+            .with_schema_id(meta.current_schema_id())
+            .with_summary(Summary {
+                operation: Operation::Overwrite,
+                additional_properties: summary,
+            })
+            .build();
+
+        let current = table
+            .metadata_location()
+            .ok_or_else(|| IcebergError::Write("the table has no metadata file".into()))?
+            .to_string();
+        let built = meta
+            .clone()
+            .into_builder(Some(current.clone()))
+            .add_snapshot(snapshot)
+            .and_then(|b| {
+                b.set_ref(
+                    "main",
+                    SnapshotReference::new(
+                        snapshot_id,
+                        SnapshotRetention::branch(None, None, None),
+                    ),
+                )
+            })
+            .and_then(|b| b.build())
+            .map_err(wr)?
+            .metadata;
+        let location = MetadataLocation::from_str(&current)
+            .map_err(wr)?
+            .with_next_version()
+            .with_new_metadata(&built);
+        built.write_to(io, &location).await.map_err(wr)?;
+        let location = location.to_string();
+        let ident = table.identifier();
+        // the SQL catalog's own commit: swap the pointer only if nobody moved it
+        let sql = match self.uri {
+            CatalogUri::Sqlite(_) => {
+                "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
+                 WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
+                 AND metadata_location = ?"
+            }
+            _ => {
+                "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+                 WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
+                 AND metadata_location = $6"
+            }
+        };
+        let done = sqlx::query(sql)
+            .bind(&location)
+            .bind(&current)
+            .bind(&self.name)
+            .bind(ident.namespace().join("."))
+            .bind(ident.name())
+            .bind(&current)
+            .execute(pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        if done.rows_affected() != 1 {
+            return Err(self.err(format!(
+                "table {ident} changed while weir replaced its content (another writer \
+                 committed); weir writes a view's table alone: give each view its own table"
+            )));
+        }
+        self.load(ident).await
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A positive snapshot id the table does not have.
+fn new_snapshot_id(table: &Table) -> i64 {
+    loop {
+        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((hi ^ lo) & (i64::MAX as u64)) as i64;
+        if id != 0 && table.metadata().snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_urls() {
+        let base = std::path::Path::new("/p");
+        assert_eq!(
+            CatalogUri::parse("sqlite://warehouse/catalog.db", base).unwrap(),
+            CatalogUri::Sqlite("/p/warehouse/catalog.db".into())
+        );
+        assert_eq!(
+            CatalogUri::parse("sqlite:///abs/c.db", base).unwrap(),
+            CatalogUri::Sqlite("/abs/c.db".into())
+        );
+        let pg = CatalogUri::parse("postgres://weir:secret@db/lake", base).unwrap();
+        assert!(!pg.display().contains("secret"), "{}", pg.display());
+        assert!(matches!(
+            CatalogUri::parse("https://rest.example/api", base),
+            Ok(CatalogUri::Rest(_))
+        ));
+        let e = CatalogUri::parse("thrift://hive:9083", base).unwrap_err();
+        assert!(e.contains("sqlite://PATH"), "{e}");
+    }
+
+    #[test]
+    fn partition_choices() {
+        let cols = ["datasetName", "window_start", "window_end"];
+        let p = |t: &str| PartitionBy::parse(t, &cols);
+        assert_eq!(p("day").unwrap(), PartitionBy::Day("window_start".into()));
+        assert_eq!(
+            p("hour(window_end)").unwrap(),
+            PartitionBy::Hour("window_end".into())
+        );
+        assert_eq!(
+            p("datasetName").unwrap(),
+            PartitionBy::Identity("datasetName".into())
+        );
+        assert_eq!(p("none").unwrap(), PartitionBy::None);
+        assert!(p("month(window_start)")
+            .unwrap_err()
+            .contains("unknown transform"));
+        assert!(p("day(nope)").unwrap_err().contains("not a column"));
+    }
+}

@@ -1,0 +1,45 @@
+//! weir's Iceberg sink: window and view outputs as Iceberg tables (Parquet data files plus
+//! Iceberg metadata), through iceberg-rust.
+//!
+//! - Catalogs: the SQL catalog (`sqlite://…`, the embedded default, or `postgres://…`) and
+//!   the REST catalog (`http(s)://…`). The warehouse is a local folder.
+//! - Tables are created on first use from the output's schema, partitioned by
+//!   `day(window_start)` for windows (configurable); an existing table is checked column by
+//!   column ([`schema::check_compatible`]).
+//! - Exactly once: the rows of checkpoint epoch `E` go to zstd Parquet files that are written
+//!   at `E`'s barrier (pre-commit, their descriptions kept in the checkpoint's manifest) and
+//!   committed as one snapshot when checkpoint `E` is complete. The snapshot's summary holds
+//!   `weir.pipeline`, `weir.sink`, `weir.output` and `weir.epoch`: a worker recovering from
+//!   `E` commits `E`'s files only if no snapshot has that epoch yet, so no epoch is ever
+//!   committed twice (as Arroyo's `commit-id`).
+//! - Views: the sink keeps each key's latest row and every commit replaces the table's
+//!   content with the whole view (an `overwrite` snapshot), so a reader sees one row per key.
+//!   iceberg-rust 0.10 cannot commit equality deletes, and its transactions only append, so
+//!   weir writes that snapshot's manifests itself and swaps the table's metadata in the SQL
+//!   catalog (the same compare-and-swap as the catalog's own commits).
+
+mod catalog;
+pub mod schema;
+mod sink;
+mod view_rows;
+
+pub use catalog::{CatalogUri, PartitionBy};
+pub use sink::{committed_epochs, IcebergSink, IcebergSinkConfig};
+pub use view_rows::ViewRows;
+
+/// An Iceberg sink's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum IcebergError {
+    /// The output does not fit the table, or a type has no Iceberg equivalent.
+    #[error("{0}")]
+    Schema(String),
+    /// The catalog refused or could not be reached.
+    #[error("catalog {uri}: {message}")]
+    Catalog { uri: String, message: String },
+    /// Writing data files or metadata failed.
+    #[error("{0}")]
+    Write(String),
+    /// A configuration weir cannot run.
+    #[error("{0}")]
+    Config(String),
+}

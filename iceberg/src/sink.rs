@@ -1,0 +1,550 @@
+//! The Iceberg sink: rows to Parquet data files, one snapshot per checkpoint (see the crate
+//! docs for the protocol).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
+use iceberg::spec::{
+    deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, DataFileFormat,
+    FormatVersion,
+};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::TableIdent;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde_json::{json, Value};
+use weir_engine::job::Sink;
+use weir_engine::EngineError;
+
+use crate::catalog::{CatalogUri, Lake, PartitionBy};
+use crate::schema::BatchConverter;
+use crate::view_rows::ViewRows;
+use crate::IcebergError;
+
+/// Snapshot summary keys weir writes.
+const PIPELINE: &str = "weir.pipeline";
+const SINK: &str = "weir.sink";
+const OUTPUT: &str = "weir.output";
+const EPOCH: &str = "weir.epoch";
+
+/// What an Iceberg sink writes where.
+#[derive(Debug, Clone)]
+pub struct IcebergSinkConfig {
+    /// The pipeline's name, the sink's and the output's (window or view) feeding it, for
+    /// snapshot summaries.
+    pub pipeline: String,
+    pub sink: String,
+    pub output: String,
+    pub catalog: CatalogUri,
+    /// The catalog's name (readers open the catalog under the same name).
+    pub catalog_name: String,
+    /// An absolute folder (or a `file://` URL) for new tables.
+    pub warehouse: String,
+    /// `namespace.table` (nested namespaces: `a.b.table`).
+    pub table: String,
+    /// How a new table is partitioned (`None`: `day(window_start)` for windows, none for
+    /// views).
+    pub partition_by: Option<PartitionBy>,
+    /// Data files roll over at about this size.
+    pub target_file_size: usize,
+    /// Properties handed to the catalog (REST credentials, a prefix...).
+    pub catalog_properties: HashMap<String, String>,
+}
+
+impl IcebergSinkConfig {
+    /// The table's identifier.
+    pub fn ident(&self) -> Result<TableIdent, IcebergError> {
+        let parts: Vec<&str> = self.table.split('.').collect();
+        if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(IcebergError::Config(format!(
+                "table `{}` needs a namespace: NAMESPACE.TABLE",
+                self.table
+            )));
+        }
+        TableIdent::from_strs(parts).map_err(|e| IcebergError::Config(e.to_string()))
+    }
+}
+
+type FileWriterBuilder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// The open data files of the current epoch.
+enum Writer {
+    Unpartitioned(
+        DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+    ),
+    Partitioned(FanoutWriter<FileWriterBuilder>),
+}
+
+/// Data files written for an epoch, not committed yet.
+struct Pending {
+    epoch: u64,
+    files: Vec<DataFile>,
+}
+
+/// An Iceberg table fed by one window or view.
+pub struct IcebergSink {
+    config: IcebergSinkConfig,
+    runtime: tokio::runtime::Runtime,
+    lake: Lake,
+    ident: TableIdent,
+    table: Table,
+    converter: BatchConverter,
+    splitter: Option<RecordBatchPartitionSplitter>,
+    names: DefaultFileNameGenerator,
+    writer: Option<Writer>,
+    /// A view's rows (the table's content is replaced at each commit).
+    view: Option<ViewRows>,
+    pending: Vec<Pending>,
+    /// Whether the run is checkpointed (recover was called).
+    checkpointed: bool,
+}
+
+fn engine_err(sink: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::sink(sink, e)
+}
+
+/// The epochs committed to `table` by `pipeline`'s sink `sink`, from the snapshot summaries.
+pub fn committed_epochs(table: &Table, pipeline: &str, sink: &str) -> BTreeSet<u64> {
+    table
+        .metadata()
+        .snapshots()
+        .filter_map(|s| {
+            let p = &s.summary().additional_properties;
+            (p.get(PIPELINE).map(String::as_str) == Some(pipeline)
+                && p.get(SINK).map(String::as_str) == Some(sink))
+            .then(|| p.get(EPOCH).and_then(|e| e.parse().ok()))
+            .flatten()
+        })
+        .collect()
+}
+
+impl IcebergSink {
+    /// Opens the catalog and the table (creating it from `schema`, the output's rows), ready
+    /// to write. `keys` is the number of key columns of a view's rows, `None` for a window.
+    pub fn open(
+        config: IcebergSinkConfig,
+        schema: &SchemaRef,
+        view_keys: Option<usize>,
+    ) -> Result<Self, EngineError> {
+        let sink = config.sink.clone();
+        let e = |e: IcebergError| engine_err(&sink, e);
+        let ident = config.ident().map_err(e)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("iceberg-{sink}"))
+            .enable_all()
+            .build()
+            .map_err(|x| engine_err(&sink, x))?;
+        let partition = match (&config.partition_by, view_keys) {
+            (Some(p), _) => p.clone(),
+            (None, None) => PartitionBy::Day("window_start".into()),
+            (None, Some(_)) => PartitionBy::None,
+        };
+        let properties = HashMap::from([
+            ("write.format.default".to_string(), "parquet".to_string()),
+            (
+                "write.parquet.compression-codec".to_string(),
+                "zstd".to_string(),
+            ),
+            (
+                "write.target-file-size-bytes".to_string(),
+                config.target_file_size.to_string(),
+            ),
+            ("weir.pipeline".to_string(), config.pipeline.clone()),
+        ]);
+        let (lake, table) = runtime
+            .block_on(async {
+                let lake = Lake::open(
+                    &config.catalog,
+                    &config.catalog_name,
+                    &config.warehouse,
+                    &config.catalog_properties,
+                    &runtime,
+                )
+                .await?;
+                let table = lake
+                    .open_table(
+                        &ident,
+                        schema,
+                        view_keys.unwrap_or(0),
+                        &partition,
+                        properties,
+                    )
+                    .await?;
+                Ok::<_, IcebergError>((lake, table))
+            })
+            .map_err(e)?;
+        let target = Arc::new(
+            schema_to_arrow_schema(table.metadata().current_schema())
+                .map_err(|x| engine_err(&sink, x))?,
+        );
+        let converter = BatchConverter::new(schema, target.clone());
+        let spec = table.metadata().default_partition_spec().clone();
+        let splitter = if spec.is_unpartitioned() {
+            None
+        } else {
+            Some(
+                RecordBatchPartitionSplitter::try_new_with_computed_values(
+                    table.metadata().current_schema().clone(),
+                    spec,
+                )
+                .map_err(|x| engine_err(&sink, x))?,
+            )
+        };
+        let view = match view_keys {
+            Some(keys) => Some(ViewRows::new(target, keys).map_err(e)?),
+            None => None,
+        };
+        let names = DefaultFileNameGenerator::new(
+            format!("weir-{}", uuid::Uuid::new_v4()),
+            None,
+            DataFileFormat::Parquet,
+        );
+        tracing::info!(sink = %sink, table = %ident, catalog = %config.catalog.display(), "writing to Iceberg");
+        Ok(IcebergSink {
+            config,
+            runtime,
+            lake,
+            ident,
+            table,
+            converter,
+            splitter,
+            names,
+            writer: None,
+            view,
+            pending: Vec::new(),
+            checkpointed: false,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+        engine_err(&self.config.sink, e)
+    }
+
+    fn writer_builder(&self) -> Result<FileWriterBuilder, EngineError> {
+        let meta = self.table.metadata();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
+        let locations = DefaultLocationGenerator::new(meta).map_err(|e| self.err(e))?;
+        Ok(DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
+            parquet,
+            self.config.target_file_size,
+            self.table.file_io().clone(),
+            locations,
+            self.names.clone(),
+        )))
+    }
+
+    /// Writes rows in the table's schema to the epoch's data files.
+    fn write_rows(&mut self, batch: RecordBatch) -> Result<(), EngineError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.writer.is_none() {
+            let builder = self.writer_builder()?;
+            let writer = if self.splitter.is_some() {
+                Writer::Partitioned(FanoutWriter::new(builder))
+            } else {
+                let w = self
+                    .runtime
+                    .block_on(builder.build(None))
+                    .map_err(|e| self.err(e))?;
+                Writer::Unpartitioned(w)
+            };
+            self.writer = Some(writer);
+        }
+        let parts = match &self.splitter {
+            Some(s) => s.split(&batch).map_err(|e| self.err(e))?,
+            None => Vec::new(),
+        };
+        let writer = self.writer.as_mut().expect("opened above");
+        let result = self.runtime.block_on(async {
+            match writer {
+                Writer::Unpartitioned(w) => w.write(batch).await,
+                Writer::Partitioned(w) => {
+                    for (key, rows) in parts {
+                        w.write(key, rows).await?;
+                    }
+                    Ok(())
+                }
+            }
+        });
+        result.map_err(|e| self.err(e))
+    }
+
+    /// Closes the epoch's data files and returns them.
+    fn close_files(&mut self) -> Result<Vec<DataFile>, EngineError> {
+        if let Some(view) = &mut self.view {
+            if view.changed() {
+                let rows = view.rows().map_err(|e| engine_err(&self.config.sink, e))?;
+                self.write_rows(rows)?;
+            }
+        }
+        let Some(writer) = self.writer.take() else {
+            return Ok(Vec::new());
+        };
+        let files = self.runtime.block_on(async {
+            match writer {
+                Writer::Unpartitioned(mut w) => w.close().await,
+                Writer::Partitioned(w) => w.close().await,
+            }
+        });
+        files.map_err(|e| self.err(e))
+    }
+
+    fn summary(&self, epoch: Option<u64>) -> HashMap<String, String> {
+        let mut p = HashMap::from([
+            (PIPELINE.to_string(), self.config.pipeline.clone()),
+            (SINK.to_string(), self.config.sink.clone()),
+            (OUTPUT.to_string(), self.config.output.clone()),
+        ]);
+        if let Some(e) = epoch {
+            p.insert(EPOCH.to_string(), e.to_string());
+        }
+        p
+    }
+
+    /// Commits `files` as one snapshot (an append for a window, a replacement of the whole
+    /// table for a view), unless the table already has `epoch`'s snapshot.
+    fn commit_files(
+        &mut self,
+        epoch: Option<u64>,
+        files: Vec<DataFile>,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let rows: u64 = files.iter().map(|f| f.record_count()).sum();
+        let count = files.len();
+        let summary = self.summary(epoch);
+        let (pipeline, sink) = (self.config.pipeline.clone(), self.config.sink.clone());
+        let replace = self.view.is_some();
+        let table = self.runtime.block_on(async {
+            let table = self.lake.load(&self.ident).await?;
+            if let Some(e) = epoch {
+                if committed_epochs(&table, &pipeline, &sink).contains(&e) {
+                    tracing::info!(sink = %sink, epoch = e, "epoch already committed to Iceberg, not again");
+                    return Ok(table);
+                }
+            }
+            if replace {
+                return self.lake.replace(&table, files, summary).await;
+            }
+            let tx = Transaction::new(&table);
+            let tx = tx
+                .fast_append()
+                .add_data_files(files)
+                .set_snapshot_properties(summary)
+                .apply(tx)
+                .map_err(|e| IcebergError::Write(e.to_string()))?;
+            tx.commit(self.lake.catalog())
+                .await
+                .map_err(|e| IcebergError::Catalog {
+                    uri: self.config.catalog.display(),
+                    message: e.to_string(),
+                })
+        });
+        self.table = table.map_err(|e| self.err(e))?;
+        tracing::debug!(
+            sink = %self.config.sink,
+            epoch = ?epoch,
+            files = count,
+            rows,
+            ms = started.elapsed().as_millis() as u64,
+            "committed Iceberg snapshot"
+        );
+        Ok(())
+    }
+
+    /// A pending epoch as the checkpoint keeps it.
+    fn pending_json(&self, p: &Pending) -> Result<Value, EngineError> {
+        let meta = self.table.metadata();
+        let spec = meta.default_partition_spec();
+        let partition_type = spec
+            .partition_type(meta.current_schema())
+            .map_err(|e| self.err(e))?;
+        let files = p
+            .files
+            .iter()
+            .map(|f| {
+                serialize_data_file_to_json(f.clone(), &partition_type, FormatVersion::V2)
+                    .map_err(|e| self.err(e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json!({ "epoch": p.epoch, "spec_id": spec.spec_id(), "files": files }))
+    }
+
+    /// A pending epoch read back from a checkpoint.
+    fn pending_of(&self, v: &Value) -> Result<Pending, EngineError> {
+        let bad = || self.err("a checkpoint's Iceberg entry is unreadable");
+        let epoch = v.get("epoch").and_then(Value::as_u64).ok_or_else(bad)?;
+        let spec_id = v.get("spec_id").and_then(Value::as_i64).ok_or_else(bad)? as i32;
+        let meta = self.table.metadata();
+        let spec = meta
+            .partition_spec_by_id(spec_id)
+            .ok_or_else(|| self.err(format!("the table lost partition spec {spec_id}")))?;
+        let schema = meta.current_schema();
+        let partition_type = spec.partition_type(schema).map_err(|e| self.err(e))?;
+        let files = v
+            .get("files")
+            .and_then(Value::as_array)
+            .ok_or_else(bad)?
+            .iter()
+            .map(|f| {
+                let text = f.as_str().ok_or_else(bad)?;
+                deserialize_data_file_from_json(text, spec_id, &partition_type, schema)
+                    .map_err(|e| self.err(e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Pending { epoch, files })
+    }
+
+    /// Reads a view's rows back from the table's current snapshot.
+    fn reload_view(&mut self) -> Result<(), EngineError> {
+        let Some(view) = &mut self.view else {
+            return Ok(());
+        };
+        let table = self.table.clone();
+        if table.metadata().current_snapshot().is_none() {
+            return Ok(());
+        }
+        let batches = self.runtime.block_on(async {
+            use futures::TryStreamExt;
+            let scan = table.scan().select_all().build()?;
+            scan.to_arrow().await?.try_collect::<Vec<_>>().await
+        });
+        let batches = batches.map_err(|e| engine_err(&self.config.sink, e))?;
+        let target = self.converter.target().clone();
+        for b in batches {
+            // the reader gives the table's columns; give them the table schema's field ids
+            let b = RecordBatch::try_new(target.clone(), b.columns().to_vec())
+                .map_err(|e| engine_err(&self.config.sink, e))?;
+            view.upsert(&b)
+                .map_err(|e| engine_err(&self.config.sink, e))?;
+        }
+        // the table holds these rows already
+        let _ = view.rows();
+        Ok(())
+    }
+}
+
+impl Sink for IcebergSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let rows = self
+            .converter
+            .convert(batch)
+            .map_err(|e| engine_err(&self.config.sink, e))?;
+        match &mut self.view {
+            Some(view) => view
+                .upsert(&rows)
+                .map_err(|e| engine_err(&self.config.sink, e)),
+            None => self.write_rows(rows),
+        }
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        // rows become visible when their snapshot is committed
+        Ok(false)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        if self.checkpointed {
+            // the last checkpoint commits what was written
+            if self.writer.is_some() || self.view.as_ref().is_some_and(ViewRows::changed) {
+                tracing::warn!(sink = %self.config.sink, "rows written after the last checkpoint are not committed");
+            }
+            return Ok(());
+        }
+        let files = self.close_files()?;
+        if !files.is_empty() {
+            self.commit_files(None, files)?;
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<Value, EngineError> {
+        let files = self.close_files()?;
+        if !files.is_empty() {
+            self.pending.push(Pending { epoch, files });
+        }
+        let pending = self
+            .pending
+            .iter()
+            .map(|p| self.pending_json(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(json!({ "table": self.ident.to_string(), "pending": pending }))
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
+        while self.pending.first().is_some_and(|p| p.epoch <= epoch) {
+            let p = self.pending.remove(0);
+            self.commit_files(Some(p.epoch), p.files)?;
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, from: Option<(u64, &Value)>) -> Result<(), EngineError> {
+        self.checkpointed = true;
+        self.writer = None;
+        self.pending.clear();
+        let table = self
+            .runtime
+            .block_on(self.lake.load(&self.ident))
+            .map_err(|e| self.err(e))?;
+        self.table = table;
+        let committed = committed_epochs(&self.table, &self.config.pipeline, &self.config.sink);
+        let upto = from.map_or(0, |(e, _)| e);
+        // a view's commits replace the table, so only appends could be doubled
+        if let (Some(&last), None) = (committed.iter().next_back(), &self.view) {
+            if last > upto {
+                return Err(self.err(format!(
+                    "table {} already has epoch {last} of this pipeline's sink, newer than the \
+                     checkpoint the run starts from ({}): its rows would be written twice. \
+                     Restore the newest checkpoint, or write to a new table",
+                    self.ident,
+                    if upto == 0 {
+                        "none".to_string()
+                    } else {
+                        upto.to_string()
+                    }
+                )));
+            }
+        }
+        if let Some((epoch, info)) = from {
+            let pending = info
+                .get("pending")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for p in &pending {
+                let p = self.pending_of(p)?;
+                if p.epoch <= epoch {
+                    // idempotent: skipped when the crash came after the catalog commit
+                    self.commit_files(Some(p.epoch), p.files)?;
+                }
+            }
+        }
+        if let Some(view) = &self.view {
+            let schema = self.converter.target().clone();
+            let keys = view.keys();
+            self.view = Some(ViewRows::new(schema, keys).map_err(|e| self.err(e))?);
+            self.reload_view()?;
+        }
+        Ok(())
+    }
+}

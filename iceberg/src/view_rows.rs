@@ -1,0 +1,157 @@
+//! The current rows of a view, one per key, kept by the Iceberg sink: a view's changelog
+//! (upserts of the keys that changed) is folded in, and every commit writes the whole view
+//! as the table's new content, so that a reader sees one row per key.
+
+use std::collections::HashMap;
+
+use arrow::array::ArrayRef;
+use arrow::compute::interleave;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+
+use crate::IcebergError;
+
+/// The latest row of every key.
+pub struct ViewRows {
+    schema: SchemaRef,
+    keys: usize,
+    converter: RowConverter,
+    /// Row-encoded key → slot.
+    slots: HashMap<Box<[u8]>, usize>,
+    /// Where each slot's latest row is: (batch, row).
+    rows: Vec<(usize, usize)>,
+    batches: Vec<RecordBatch>,
+    /// Whether a row changed since [`Self::rows`] last ran.
+    changed: bool,
+}
+
+fn err(e: impl std::fmt::Display) -> IcebergError {
+    IcebergError::Write(e.to_string())
+}
+
+impl ViewRows {
+    /// An empty view of rows in `schema` (the table's), keyed by its first `keys` columns.
+    pub fn new(schema: SchemaRef, keys: usize) -> Result<Self, IcebergError> {
+        let fields = schema.fields()[..keys]
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(ViewRows {
+            converter: RowConverter::new(fields).map_err(err)?,
+            schema,
+            keys,
+            slots: HashMap::new(),
+            rows: Vec::new(),
+            batches: Vec::new(),
+            changed: false,
+        })
+    }
+
+    /// The number of key columns.
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Whether a row changed since the rows were last taken.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Folds in rows (in the table's schema): each replaces its key's row.
+    pub fn upsert(&mut self, batch: &RecordBatch) -> Result<(), IcebergError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys = self
+            .converter
+            .convert_columns(&batch.columns()[..self.keys])
+            .map_err(err)?;
+        let b = self.batches.len();
+        self.batches.push(batch.clone());
+        for (i, key) in keys.iter().enumerate() {
+            match self.slots.get(key.as_ref()) {
+                Some(&slot) => self.rows[slot] = (b, i),
+                None => {
+                    self.slots.insert(key.as_ref().into(), self.rows.len());
+                    self.rows.push((b, i));
+                }
+            }
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Every key's row, in the order keys first came; compacts what is held into that one
+    /// batch.
+    pub fn rows(&mut self) -> Result<RecordBatch, IcebergError> {
+        self.changed = false;
+        if self.batches.len() == 1 && self.rows.len() == self.batches[0].num_rows() {
+            return Ok(self.batches[0].clone());
+        }
+        let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn arrow::array::Array> =
+                    self.batches.iter().map(|b| b.column(c).as_ref()).collect();
+                interleave(&arrays, &self.rows).map_err(err)
+            })
+            .collect::<Result<_, _>>()?;
+        let all = RecordBatch::try_new(self.schema.clone(), columns).map_err(err)?;
+        self.batches = vec![all.clone()];
+        for (i, r) in self.rows.iter_mut().enumerate() {
+            *r = (0, i);
+        }
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn batch(schema: &SchemaRef, keys: &[&str], values: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(values.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_latest_row_of_each_key_wins() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let mut view = ViewRows::new(schema.clone(), 1).unwrap();
+        view.upsert(&batch(&schema, &["a", "b"], &[1, 2])).unwrap();
+        view.upsert(&batch(&schema, &["b", "c", "a"], &[3, 4, 5]))
+            .unwrap();
+        assert!(view.changed());
+        let rows = view.rows().unwrap();
+        assert!(!view.changed());
+        assert_eq!(rows, batch(&schema, &["a", "b", "c"], &[5, 3, 4]));
+        view.upsert(&batch(&schema, &["c"], &[6])).unwrap();
+        assert_eq!(
+            view.rows().unwrap(),
+            batch(&schema, &["a", "b", "c"], &[5, 3, 6])
+        );
+        assert_eq!(view.len(), 3);
+    }
+}
