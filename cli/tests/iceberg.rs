@@ -1,0 +1,256 @@
+//! The Iceberg sink end to end: generated events (with bad and very late lines) → 1-minute
+//! windows and a view → Iceberg tables in a SQLite catalog, read back by pyiceberg through
+//! the same catalog and by DuckDB over the current snapshot's Parquet files, compared with
+//! `../shared/oracle/window_oracle.py`'s rows. The crash test (`crash.rs`) writes the same
+//! tables under SIGKILLs.
+
+#[path = "support/crash.rs"]
+mod crash;
+#[path = "support/iceberg.rs"]
+mod iceberg;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use iceberg::Table;
+use weir_tests::{compare, read_ndjson, Row};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("shared")
+}
+
+fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const PIPELINE: &str = r#"name: lake-test
+sources:
+  events:
+    file: { path: input.ndjson }
+    format: json
+    schema: data-ingestion
+    event_time: { field: timestamp, max_out_of_orderness: 5s }
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+      max_bytes: max(sizeBytes)
+      failures: count(*) FILTER (WHERE status = 'FAILURE')
+    sinks: [windows_lake]
+views:
+  per_source:
+    from: events
+    key: [source]
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+      max_bytes: max(sizeBytes)
+    sinks: [view_lake]
+sinks:
+  windows_lake: { iceberg: { catalog: "sqlite://lake/catalog.db", warehouse: lake, table: analytics.per_dataset } }
+  view_lake: { iceberg: { catalog: "sqlite://lake/catalog.db", warehouse: lake, table: analytics.per_source } }
+dead_letter: { file: { path: dead_letter.ndjson } }
+checkpoint: { dir: state, interval: 200ms }
+"#;
+
+/// Events with bad and very late lines, and the oracle's rows: the windows, and the view as
+/// one window over all time (a view takes every valid event).
+struct Case {
+    dir: tempfile::TempDir,
+    windows: Vec<Row>,
+    view: Vec<Row>,
+    summary: serde_json::Value,
+}
+
+fn oracle(input: &Path, out: &Path, key: &str, size: &str) -> serde_json::Value {
+    let o = Command::new("python3")
+        .arg(shared().join("oracle/window_oracle.py"))
+        .arg(input)
+        .args(["--schema", "data-ingestion", "--key", key])
+        .args(["--size", size, "--ooo", "5s", "--agg", "events=count"])
+        .args(["--agg", "records=sum:recordCount"])
+        .args(["--agg", "max_bytes=max:sizeBytes"])
+        .args(if key == "datasetName" {
+            &["--agg", "failures=count_if:status=FAILURE"][..]
+        } else {
+            &[][..]
+        })
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(String::from_utf8_lossy(&o.stderr).trim()).unwrap()
+}
+
+impl Case {
+    fn new(events: u32) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let input = d.join("input.ndjson");
+        ok(
+            Command::new("python3")
+                .arg(shared().join("data/gen_events.py"))
+                .args(["data-ingestion", &events.to_string(), "--seed", "7"])
+                .args(["--keys", "300", "--step-ms", "20", "--unicode-keys"])
+                .args(["--bad-frac", "0.004", "--late-frac", "0.003"])
+                .args(["--late-ms", "240000", "-o"])
+                .arg(&input)
+                .output()
+                .unwrap(),
+            "gen_events.py",
+        );
+        let summary = oracle(&input, &d.join("windows.ndjson"), "datasetName", "1m");
+        // a view has no window: one window over all time holds every valid event
+        oracle(&input, &d.join("view.ndjson"), "source", "100000d");
+        let view = read_ndjson(&d.join("view.ndjson"))
+            .into_iter()
+            .map(|mut r| {
+                r.remove("window_start");
+                r.remove("window_end");
+                r
+            })
+            .collect();
+        Case {
+            windows: read_ndjson(&d.join("windows.ndjson")),
+            view,
+            summary,
+            dir,
+        }
+    }
+
+    fn run(&self, pipeline: &str, parallelism: u32) -> String {
+        let path = self.dir.path().join("pipeline.yaml");
+        std::fs::write(&path, pipeline).unwrap();
+        ok(
+            Command::new(env!("CARGO_BIN_EXE_weir"))
+                .args(["run", path.to_str().unwrap(), "--parallelism"])
+                .arg(parallelism.to_string())
+                .output()
+                .unwrap(),
+            "weir run",
+        )
+    }
+
+    fn table(&self, name: &str) -> Table {
+        Table {
+            python: crash::venv_python(),
+            lake: self.dir.path().join("lake"),
+            name: name.to_string(),
+        }
+    }
+
+    fn reset(&self) {
+        for p in ["lake", "state"] {
+            let _ = std::fs::remove_dir_all(self.dir.path().join(p));
+        }
+    }
+}
+
+#[test]
+fn windows_and_a_view_read_back_by_pyiceberg_and_duckdb_equal_the_oracle() {
+    let case = Case::new(120_000);
+    assert!(case.summary["bad"].as_u64().unwrap() > 0);
+    assert!(case.summary["late"].as_u64().unwrap() > 0);
+    for parallelism in [1, 2] {
+        let label = format!("parallelism {parallelism}");
+        case.reset();
+        let stdout = case.run(PIPELINE, parallelism);
+        assert!(stdout.contains("sink windows_lake:"), "{stdout}");
+        let windows = case.table("analytics.per_dataset");
+        compare(&case.windows, &windows.pyiceberg(), &["datasetName"])
+            .unwrap_or_else(|e| panic!("{label}: pyiceberg's rows differ from the oracle: {e}"));
+        compare(&case.windows, &windows.duckdb(), &["datasetName"])
+            .unwrap_or_else(|e| panic!("{label}: DuckDB's rows differ from the oracle: {e}"));
+        // one snapshot per checkpoint that had rows, each epoch once, each an append
+        let snapshots = windows.snapshots();
+        let epochs = windows.epochs();
+        assert!(epochs.len() > 1, "{label}: {epochs:?}");
+        for s in &snapshots {
+            assert_eq!(s["operation"], "append");
+            assert_eq!(s["summary"]["weir.pipeline"], "lake-test");
+            assert_eq!(s["summary"]["weir.output"], "per_dataset");
+        }
+
+        // the view: one row per key with the latest values, after many updates of each key
+        let view = case.table("analytics.per_source");
+        let rows = view.pyiceberg();
+        compare(&case.view, &rows, &["source"])
+            .unwrap_or_else(|e| panic!("{label}: the view's table differs from the oracle: {e}"));
+        compare(&case.view, &view.duckdb(), &["source"])
+            .unwrap_or_else(|e| panic!("{label}: DuckDB's view rows differ: {e}"));
+        let snapshots = view.snapshots();
+        assert!(snapshots.len() > 1, "{label}: the view was committed once");
+        for s in &snapshots {
+            assert_eq!(s["operation"], "overwrite");
+            assert_eq!(
+                s["summary"]["total-records"].as_str().unwrap(),
+                s["summary"]["added-records"].as_str().unwrap(),
+                "a view's snapshot holds the whole view"
+            );
+        }
+        view.epochs();
+    }
+}
+
+#[test]
+fn a_table_that_cannot_take_the_output_is_refused_and_left_alone() {
+    let case = Case::new(5_000);
+    let unchecked = PIPELINE.replace("checkpoint: { dir: state, interval: 200ms }\n", "");
+    case.run(&unchecked, 1);
+    let before = case.table("analytics.per_dataset").snapshots();
+    assert_eq!(before.len(), 1, "a run without checkpoints commits once");
+    // `records` becomes a string: the table's `records` is a long
+    let changed = unchecked.replace(
+        "records: sum(recordCount)\n      max_bytes: max(sizeBytes)\n      failures",
+        "records: max(status)\n      max_bytes: max(sizeBytes)\n      failures",
+    );
+    let path = case.dir.path().join("changed.yaml");
+    std::fs::write(&path, changed).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("table analytics.per_dataset cannot take this output")
+            && stderr.contains("`records` is long but the output gives string"),
+        "{stderr}"
+    );
+    assert_eq!(case.table("analytics.per_dataset").snapshots(), before);
+}
+
+#[test]
+fn a_checkpoint_older_than_the_table_is_refused_instead_of_writing_twice() {
+    let case = Case::new(20_000);
+    case.run(PIPELINE, 1);
+    // the checkpoints are lost, the table keeps its epochs: a fresh run would append the
+    // same windows again
+    std::fs::remove_dir_all(case.dir.path().join("state")).unwrap();
+    let path = case.dir.path().join("pipeline.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("its rows would be written twice"),
+        "{stderr}"
+    );
+}
