@@ -10,6 +10,8 @@
 
 #[path = "support/crash.rs"]
 mod support;
+#[path = "support/iceberg.rs"]
+mod iceberg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,7 +61,7 @@ windows:
       records: sum(recordCount)
       max_bytes: max(sizeBytes)
       failures: count(*) FILTER (WHERE status = 'FAILURE')
-    sinks: [rows, lake]
+    sinks: [rows, lake, ice_rows]
 views:
   per_source:
     from: events
@@ -68,11 +70,13 @@ views:
       events: count(*)
       records: sum(recordCount)
       max_bytes: max(sizeBytes)
-    sinks: [view_log]
+    sinks: [view_log, ice_view]
 sinks:
   rows: { file: { path: out/per_dataset.ndjson } }
   view_log: { file: { path: out/per_source.ndjson } }
   lake: { file: { path: out/per_dataset.parquet } }
+  ice_rows: { iceberg: { catalog: "sqlite://out/iceberg/catalog.db", warehouse: out/iceberg, table: crash.per_dataset } }
+  ice_view: { iceberg: { catalog: "sqlite://out/iceberg/catalog.db", warehouse: out/iceberg, table: crash.per_source } }
 dead_letter: { file: { path: out/dead_letter.ndjson } }
 checkpoint: { dir: state, interval: 150ms }
 "#;
@@ -116,6 +120,8 @@ struct FileCase {
     reference_dead: Vec<String>,
     /// The view's final snapshot in a run without crashes, one line per key, sorted.
     reference_view: Vec<String>,
+    /// The view's Iceberg table in that run, one JSON line per row, sorted.
+    reference_iceberg_view: Vec<String>,
     pipeline: PathBuf,
     /// Environment of the runs (object-store credentials).
     env: Vec<(String, String)>,
@@ -180,6 +186,17 @@ impl FileCase {
         reference_dead.sort();
         let reference_view = final_snapshot(&d.join("reference/per_source.ndjson"), "reference");
         assert!(!reference_view.is_empty());
+        let mut reference_iceberg_view: Vec<String> = iceberg::Table {
+            python: support::venv_python(),
+            lake: d.join("reference/iceberg"),
+            name: "crash.per_source".into(),
+        }
+        .pyiceberg()
+        .into_iter()
+        .map(|r| serde_json::Value::Object(r).to_string())
+        .collect();
+        reference_iceberg_view.sort();
+        assert_eq!(reference_iceberg_view.len(), reference_view.len());
         let pipeline = d.join("pipeline.yaml");
         let case = FileCase {
             dir,
@@ -187,6 +204,7 @@ impl FileCase {
             summary,
             reference_dead,
             reference_view,
+            reference_iceberg_view,
             pipeline,
             env,
         };
@@ -248,6 +266,28 @@ impl FileCase {
             self.reference_view,
             "{label}: the view's final snapshot differs from a run without crashes"
         );
+        // Iceberg: every window once, no epoch committed twice, the view one row per key
+        let table = |name: &str| iceberg::Table {
+            python: support::venv_python(),
+            lake: out.join("iceberg"),
+            name: name.to_string(),
+        };
+        let windows = table("crash.per_dataset");
+        compare(&self.expected, &windows.pyiceberg(), &keys)
+            .unwrap_or_else(|e| panic!("{label}: the Iceberg table differs from the oracle: {e}"));
+        windows.epochs();
+        let view = table("crash.per_source");
+        let mut rows: Vec<String> = view
+            .pyiceberg()
+            .into_iter()
+            .map(|r| serde_json::Value::Object(r).to_string())
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows, self.reference_iceberg_view,
+            "{label}: the view's Iceberg table differs from a run without crashes"
+        );
+        view.epochs();
         for e in std::fs::read_dir(&out)
             .unwrap()
             .chain(std::fs::read_dir(out.join("per_dataset.parquet")).unwrap())
