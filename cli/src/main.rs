@@ -60,6 +60,21 @@ enum Command {
     },
     /// Write synthetic events as NDJSON, to a file or a Kafka topic.
     Generate(GenerateArgs),
+    /// Rewrite the small files of the pipeline's Iceberg tables (those of windows) into few
+    /// large ones, in one `replace` snapshot per table; safe while the pipeline runs.
+    Compact {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Only this sink's table.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Leave partitions that received a file more recently than this (e.g. 10m, 1h, 0s).
+        #[arg(long, default_value = "10m")]
+        min_age: String,
+        /// Compact a partition once it holds this many small files.
+        #[arg(long, default_value_t = 2)]
+        min_files: usize,
+    },
     /// Query a running engine's windows, views and `weir_status` with SQL.
     Sql {
         /// The query, e.g. "SELECT * FROM service_status WHERE status <> 'HEALTHY'".
@@ -209,6 +224,46 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             );
             print!("{}", plan.describe(n));
             Ok(())
+        }
+        Command::Compact {
+            pipeline,
+            sink,
+            min_age,
+            min_files,
+        } => {
+            let plan = weir_pipelines::load(&pipeline).map_err(user)?;
+            let min_age_ms = weir_engine::time::parse_duration_ms(&min_age).ok_or_else(|| {
+                user(anyhow::anyhow!(
+                    "--min-age {min_age}: use a duration such as 0s, 10m or 1h"
+                ))
+            })?;
+            let options = weir_pipelines::compact::CompactOptions {
+                min_files,
+                min_age_ms: min_age_ms as i64,
+            };
+            let reports = weir_pipelines::compact(&plan, sink.as_deref(), &options)
+                .map_err(|e| user(anyhow::anyhow!(e)))?;
+            let mut failed = None;
+            for (name, report) in reports {
+                match report {
+                    Ok(r) if r.partitions == 0 => println!(
+                        "{name}: nothing to compact ({} data files)",
+                        r.table_files
+                    ),
+                    Ok(r) => println!(
+                        "{name}: {} partition(s): {} files ({} bytes) -> {} files ({} bytes), {} rows; the table now has {} data files",
+                        r.partitions, r.files_before, r.bytes_before, r.files_after, r.bytes_after, r.rows, r.table_files
+                    ),
+                    Err(e) => {
+                        eprintln!("error: sink `{name}`: {e}");
+                        failed = Some(e);
+                    }
+                }
+            }
+            match failed {
+                Some(e) => Err(runtime(e)),
+                None => Ok(()),
+            }
         }
         Command::Run {
             pipeline,

@@ -8,10 +8,10 @@
 //! `WEIR_CRASH_KILLS` sets the number of kills (default 10), `WEIR_CRASH_SEED` repeats a
 //! run's random choices; `scripts/crash-test.sh` runs longer loops.
 
-#[path = "support/crash.rs"]
-mod support;
 #[path = "support/iceberg.rs"]
 mod iceberg;
+#[path = "support/crash.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

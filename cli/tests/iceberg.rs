@@ -254,3 +254,58 @@ fn a_checkpoint_older_than_the_table_is_refused_instead_of_writing_twice() {
         "{stderr}"
     );
 }
+
+#[test]
+fn compaction_rewrites_small_files_into_one_per_partition_with_the_same_rows() {
+    let case = Case::new(200_000);
+    case.run(PIPELINE, 1);
+    let windows = case.table("analytics.per_dataset");
+    let before = windows.files();
+    assert!(
+        before.len() >= 2,
+        "checkpoints give small files: {before:?}"
+    );
+    let compact = |extra: &[&str]| {
+        ok(
+            Command::new(env!("CARGO_BIN_EXE_weir"))
+                .arg("compact")
+                .arg(case.dir.path().join("pipeline.yaml"))
+                .args(extra)
+                .output()
+                .unwrap(),
+            "weir compact",
+        )
+    };
+    // files just written are left alone by default (their windows may still get rows)
+    let stdout = compact(&[]);
+    assert!(
+        stdout.contains("windows_lake: nothing to compact"),
+        "{stdout}"
+    );
+    assert_eq!(windows.files().len(), before.len());
+    let stdout = compact(&["--min-age", "0s"]);
+    assert!(
+        stdout.contains(&format!("{} files", before.len())),
+        "{stdout}"
+    );
+    let after = windows.files();
+    // one day partition: one file
+    assert_eq!(after.len(), 1, "{stdout}");
+    compare(&case.windows, &windows.pyiceberg(), &["datasetName"])
+        .unwrap_or_else(|e| panic!("after compaction, pyiceberg's rows differ: {e}"));
+    compare(&case.windows, &windows.duckdb(), &["datasetName"])
+        .unwrap_or_else(|e| panic!("after compaction, DuckDB's rows differ: {e}"));
+    let snapshots = windows.snapshots();
+    assert!(snapshots
+        .iter()
+        .any(|s| s["operation"] == "replace" && s["summary"]["weir.compaction"] == "true"));
+    let stdout = compact(&["--min-age", "0s"]);
+    assert!(
+        stdout.contains("nothing to compact (1 data files)"),
+        "{stdout}"
+    );
+    // the pipeline restores its checkpoint over the compacted table: no epoch again
+    case.run(PIPELINE, 1);
+    windows.epochs();
+    compare(&case.windows, &windows.pyiceberg(), &["datasetName"]).unwrap();
+}

@@ -306,14 +306,17 @@ impl Lake {
             .map_err(|e| self.err(e))
     }
 
-    /// Commits a snapshot whose content is exactly `files` (an `overwrite`: every file of the
-    /// current snapshot leaves the table), with `properties` in its summary. iceberg-rust's
+    /// Commits a snapshot whose content is exactly `files` (every other file of the current
+    /// snapshot leaves the table): an `overwrite` (a view's new content) or a `replace` (the
+    /// same rows in fewer files), with `properties` in its summary. iceberg-rust's
     /// transactions only append, so weir writes the manifest, the manifest list and the new
-    /// metadata file, then swaps the catalog's pointer if it still names `table`'s metadata.
-    pub async fn replace(
+    /// metadata file, then swaps the catalog's pointer if it still names `table`'s metadata
+    /// (an error naming the conflict otherwise).
+    pub async fn commit_content(
         &self,
         table: &Table,
         files: Vec<DataFile>,
+        operation: Operation,
         properties: HashMap<String, String>,
     ) -> Result<Table, IcebergError> {
         let Some(pool) = &self.pool else {
@@ -397,7 +400,7 @@ impl Lake {
             .with_manifest_list(list_path)
             .with_schema_id(meta.current_schema_id())
             .with_summary(Summary {
-                operation: Operation::Overwrite,
+                operation,
                 additional_properties: summary,
             })
             .build();
@@ -453,9 +456,8 @@ impl Lake {
             .await
             .map_err(|e| self.err(e))?;
         if done.rows_affected() != 1 {
-            return Err(self.err(format!(
-                "table {ident} changed while weir replaced its content (another writer \
-                 committed); weir writes a view's table alone: give each view its own table"
+            return Err(IcebergError::Conflict(format!(
+                "table {ident} changed while weir replaced its content (another writer committed)"
             )));
         }
         self.load(ident).await

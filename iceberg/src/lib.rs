@@ -17,13 +17,17 @@
 //!   iceberg-rust 0.10 cannot commit equality deletes, and its transactions only append, so
 //!   weir writes that snapshot's manifests itself and swaps the table's metadata in the SQL
 //!   catalog (the same compare-and-swap as the catalog's own commits).
+//! - Small files: [`compact`] (`weir compact`) rewrites the small files of settled
+//!   partitions in one `replace` snapshot.
 
 mod catalog;
+mod compact;
 pub mod schema;
 mod sink;
 mod view_rows;
 
 pub use catalog::{CatalogUri, PartitionBy};
+pub use compact::{compact, CompactOptions, CompactReport};
 pub use sink::{committed_epochs, IcebergSink, IcebergSinkConfig};
 pub use view_rows::ViewRows;
 
@@ -39,6 +43,9 @@ pub enum IcebergError {
     /// Writing data files or metadata failed.
     #[error("{0}")]
     Write(String),
+    /// Another writer committed to the table first.
+    #[error("{0}")]
+    Conflict(String),
     /// A configuration weir cannot run.
     #[error("{0}")]
     Config(String),

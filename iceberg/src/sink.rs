@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
 use iceberg::spec::{
     deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, DataFileFormat,
-    FormatVersion,
+    FormatVersion, Operation,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -79,7 +79,28 @@ impl IcebergSinkConfig {
     }
 }
 
-type FileWriterBuilder =
+/// Writers of zstd Parquet data files into `table`, rolling over at `target_size` bytes.
+pub(crate) fn writer_builder(
+    table: &Table,
+    target_size: usize,
+    names: &DefaultFileNameGenerator,
+) -> Result<FileWriterBuilder, iceberg::Error> {
+    let meta = table.metadata();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
+    let locations = DefaultLocationGenerator::new(meta)?;
+    Ok(DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
+        parquet,
+        target_size,
+        table.file_io().clone(),
+        locations,
+        names.clone(),
+    )))
+}
+
+pub(crate) type FileWriterBuilder =
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
 
 /// The open data files of the current epoch.
@@ -237,19 +258,8 @@ impl IcebergSink {
     }
 
     fn writer_builder(&self) -> Result<FileWriterBuilder, EngineError> {
-        let meta = self.table.metadata();
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
-        let locations = DefaultLocationGenerator::new(meta).map_err(|e| self.err(e))?;
-        Ok(DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
-            parquet,
-            self.config.target_file_size,
-            self.table.file_io().clone(),
-            locations,
-            self.names.clone(),
-        )))
+        writer_builder(&self.table, self.config.target_file_size, &self.names)
+            .map_err(|e| self.err(e))
     }
 
     /// Writes rows in the table's schema to the epoch's data files.
@@ -343,7 +353,16 @@ impl IcebergSink {
                 }
             }
             if replace {
-                return self.lake.replace(&table, files, summary).await;
+                return self
+                    .lake
+                    .commit_content(&table, files, Operation::Overwrite, summary)
+                    .await
+                    .map_err(|e| match e {
+                        IcebergError::Conflict(m) => IcebergError::Conflict(format!(
+                            "{m}; weir writes a view's table alone: give each view its own table"
+                        )),
+                        e => e,
+                    });
             }
             let tx = Transaction::new(&table);
             let tx = tx

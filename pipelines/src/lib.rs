@@ -1,12 +1,14 @@
 //! weir's pipeline files: the YAML model read with positions, `${VAR}` interpolation,
 //! validation into a plan, and running a plan on the engine.
 
+pub mod compact;
 pub mod error;
 pub mod interpolate;
 pub mod model;
 pub mod plan;
 pub mod run;
 
+pub use compact::compact;
 pub use error::PipelineError;
 pub use plan::{load, Plan};
 pub use run::{run, RunOptions, RunSummary};

@@ -7,6 +7,7 @@
 - duckdb: the Parquet data files of the current snapshot (listed from its manifests by
   pyiceberg) read by DuckDB, in the same form.
 - snapshots: one JSON object per snapshot: its id, parent, operation and summary.
+- files: one JSON object per data file of the current snapshot: path, records, bytes.
 """
 import json
 import sys
@@ -43,6 +44,14 @@ def main():
                 "parent": s.parent_snapshot_id,
                 "operation": s.summary.operation.value,
                 "summary": dict(s.summary.additional_properties),
+            }))
+        return
+    elif mode == "files":
+        for t in table.scan().plan_files():
+            print(json.dumps({
+                "path": t.file.file_path,
+                "records": t.file.record_count,
+                "bytes": t.file.file_size_in_bytes,
             }))
         return
     else:

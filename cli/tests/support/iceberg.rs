@@ -54,6 +54,11 @@ impl Table {
         self.read("duckdb")
     }
 
+    /// The data files of the current snapshot: `path`, `records`, `bytes`.
+    pub fn files(&self) -> Vec<Map<String, Value>> {
+        self.read("files")
+    }
+
     /// Every snapshot: `id`, `parent`, `operation`, `summary`.
     pub fn snapshots(&self) -> Vec<Map<String, Value>> {
         self.read("snapshots")

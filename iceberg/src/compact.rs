@@ -1,0 +1,242 @@
+//! Small-file compaction: a checkpointed sink commits a few small files per checkpoint and
+//! partition (every 10 s, that is thousands a day); `weir compact` rewrites the small files
+//! of each partition that stopped receiving files into as few files as the target size
+//! allows, in one `replace` snapshot (the same rows; readers see no change). It can run while
+//! the pipeline writes: if the pipeline commits meanwhile, the swap fails and compaction
+//! starts again from the new snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::{DataContentType, DataFile, DataFileFormat, Operation, PartitionKey, Struct};
+use iceberg::table::Table;
+use iceberg::writer::file_writer::location_generator::DefaultFileNameGenerator;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::catalog::Lake;
+use crate::sink::{writer_builder, IcebergSinkConfig};
+use crate::IcebergError;
+
+/// What `weir compact` rewrites.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// A partition is compacted when it holds at least this many small files.
+    pub min_files: usize,
+    /// ... and none of its files is younger than this (its window may still get rows).
+    pub min_age_ms: i64,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        CompactOptions {
+            min_files: 2,
+            min_age_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CompactReport {
+    pub partitions: usize,
+    pub files_before: usize,
+    pub files_after: usize,
+    pub rows: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Data files of the table after it (all partitions).
+    pub table_files: usize,
+}
+
+/// A live data file of the current snapshot and when it was added.
+struct Live {
+    file: DataFile,
+    added_ms: i64,
+}
+
+async fn live_files(table: &Table) -> Result<Vec<Live>, IcebergError> {
+    let meta = table.metadata();
+    let Some(snapshot) = meta.current_snapshot() else {
+        return Ok(Vec::new());
+    };
+    let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(wr)?;
+    let mut out = Vec::new();
+    for m in list.entries() {
+        let manifest = m.load_manifest(table.file_io()).await.map_err(wr)?;
+        for e in manifest.entries() {
+            if !e.is_alive() {
+                continue;
+            }
+            if e.content_type() != DataContentType::Data {
+                return Err(IcebergError::Config(format!(
+                    "table {} has delete files, which weir does not compact",
+                    table.identifier()
+                )));
+            }
+            let added_ms = e
+                .snapshot_id()
+                .and_then(|id| meta.snapshot_by_id(id))
+                .map_or(i64::MAX, |s| s.timestamp_ms());
+            out.push(Live {
+                file: e.data_file().clone(),
+                added_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of a data file.
+async fn read_file(table: &Table, file: &DataFile) -> Result<Vec<RecordBatch>, IcebergError> {
+    let wr = |e: &dyn std::fmt::Display| IcebergError::Write(format!("{}: {e}", file.file_path()));
+    let bytes = table
+        .file_io()
+        .new_input(file.file_path())
+        .map_err(|e| wr(&e))?
+        .read()
+        .await
+        .map_err(|e| wr(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| wr(&e))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| wr(&e))
+}
+
+/// One pass: rewrites the qualifying partitions of the current snapshot and commits.
+async fn compact_once(
+    lake: &Lake,
+    config: &IcebergSinkConfig,
+    options: &CompactOptions,
+    now_ms: i64,
+) -> Result<CompactReport, IcebergError> {
+    let table = lake.load(&config.ident()?).await?;
+    let files = live_files(&table).await?;
+    let small = config.target_file_size as u64 * 3 / 4;
+    let mut groups: HashMap<Struct, Vec<Live>> = HashMap::new();
+    let mut kept = Vec::new();
+    for f in files {
+        if f.file.file_format() == DataFileFormat::Parquet && f.file.file_size_in_bytes() < small {
+            groups
+                .entry(f.file.partition().clone())
+                .or_default()
+                .push(f);
+        } else {
+            kept.push(f.file);
+        }
+    }
+    let meta = table.metadata();
+    let schema = meta.current_schema().clone();
+    let target =
+        Arc::new(schema_to_arrow_schema(&schema).map_err(|e| IcebergError::Schema(e.to_string()))?);
+    let spec = meta.default_partition_spec().as_ref().clone();
+    let names = DefaultFileNameGenerator::new(
+        format!("weir-compact-{}", uuid::Uuid::new_v4()),
+        None,
+        DataFileFormat::Parquet,
+    );
+    let builder = writer_builder(&table, config.target_file_size, &names)
+        .map_err(|e| IcebergError::Write(e.to_string()))?;
+    let mut report = CompactReport::default();
+    let mut added = Vec::new();
+    for (partition, group) in groups {
+        let settled = group
+            .iter()
+            .all(|f| now_ms.saturating_sub(f.added_ms) >= options.min_age_ms);
+        if group.len() < options.min_files.max(2) || !settled {
+            kept.extend(group.into_iter().map(|f| f.file));
+            continue;
+        }
+        let key = (!spec.is_unpartitioned())
+            .then(|| PartitionKey::new(spec.clone(), schema.clone(), partition.clone()));
+        let mut writer = builder
+            .build(key)
+            .await
+            .map_err(|e| IcebergError::Write(e.to_string()))?;
+        for f in &group {
+            report.bytes_before += f.file.file_size_in_bytes();
+            report.rows += f.file.record_count();
+            for batch in read_file(&table, &f.file).await? {
+                // the table's field ids on the columns as read
+                let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec())
+                    .map_err(|e| IcebergError::Write(e.to_string()))?;
+                writer
+                    .write(batch)
+                    .await
+                    .map_err(|e| IcebergError::Write(e.to_string()))?;
+            }
+        }
+        let written = writer
+            .close()
+            .await
+            .map_err(|e| IcebergError::Write(e.to_string()))?;
+        report.partitions += 1;
+        report.files_before += group.len();
+        report.files_after += written.len();
+        report.bytes_after += written.iter().map(|f| f.file_size_in_bytes()).sum::<u64>();
+        added.extend(written);
+    }
+    report.table_files = kept.len() + added.len();
+    if report.partitions == 0 {
+        return Ok(report);
+    }
+    let written_rows: u64 = added.iter().map(|f| f.record_count()).sum();
+    if written_rows != report.rows {
+        return Err(IcebergError::Write(format!(
+            "compaction read {} rows but wrote {written_rows}; nothing was committed",
+            report.rows
+        )));
+    }
+    kept.extend(added);
+    let summary = HashMap::from([
+        ("weir.compaction".to_string(), "true".to_string()),
+        ("weir.pipeline".to_string(), config.pipeline.clone()),
+        ("weir.sink".to_string(), config.sink.clone()),
+    ]);
+    lake.commit_content(&table, kept, Operation::Replace, summary)
+        .await?;
+    Ok(report)
+}
+
+/// Compacts the table of an Iceberg sink (see the module docs); retries when the pipeline
+/// commits meanwhile.
+pub fn compact(
+    config: &IcebergSinkConfig,
+    options: &CompactOptions,
+) -> Result<CompactReport, IcebergError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| IcebergError::Write(e.to_string()))?;
+    runtime.block_on(async {
+        let lake = Lake::open(
+            &config.catalog,
+            &config.catalog_name,
+            &config.warehouse,
+            &config.catalog_properties,
+            &runtime,
+        )
+        .await?;
+        let mut attempts = 0;
+        loop {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            match compact_once(&lake, config, options, now_ms).await {
+                Err(IcebergError::Conflict(m)) if attempts < 5 => {
+                    attempts += 1;
+                    tracing::info!(table = %config.table, "{m}; compacting again");
+                }
+                other => return other,
+            }
+        }
+    })
+}

@@ -1,0 +1,38 @@
+//! `weir compact`: rewrites the small files of a pipeline's Iceberg tables (see
+//! [`weir_iceberg::compact`]).
+
+pub use weir_iceberg::{CompactOptions, CompactReport, IcebergError};
+
+use crate::plan::{iceberg_config, Plan, SinkTarget};
+
+/// Compacts the tables of the pipeline's Iceberg sinks fed by windows (a view's table is
+/// rewritten whole at every commit), or of the sink `only`. Returns each sink's report or
+/// error; `Err` when `only` names no such sink.
+pub fn compact(
+    plan: &Plan,
+    only: Option<&str>,
+    options: &CompactOptions,
+) -> Result<Vec<(String, Result<CompactReport, IcebergError>)>, String> {
+    let windows: Vec<_> = plan
+        .sinks
+        .iter()
+        .filter_map(|s| match &s.target {
+            SinkTarget::Iceberg(t) if t.output.is_some() && t.view_keys.is_none() => Some((s, t)),
+            _ => None,
+        })
+        .filter(|(s, _)| only.is_none_or(|o| o == s.name))
+        .collect();
+    if windows.is_empty() {
+        return Err(match only {
+            Some(o) => format!("`{o}` is not an Iceberg sink of a window in this pipeline"),
+            None => "this pipeline has no Iceberg sink fed by a window: nothing to compact".into(),
+        });
+    }
+    Ok(windows
+        .into_iter()
+        .map(|(s, t)| {
+            let config = iceberg_config(&plan.name, &s.name, t);
+            (s.name.clone(), weir_iceberg::compact(&config, options))
+        })
+        .collect())
+}
