@@ -10,6 +10,8 @@
 
 #[path = "support/iceberg.rs"]
 mod iceberg;
+#[path = "support/s3.rs"]
+mod s3;
 #[path = "support/crash.rs"]
 mod support;
 
@@ -186,11 +188,11 @@ impl FileCase {
         reference_dead.sort();
         let reference_view = final_snapshot(&d.join("reference/per_source.ndjson"), "reference");
         assert!(!reference_view.is_empty());
-        let mut reference_iceberg_view: Vec<String> = iceberg::Table {
-            python: support::venv_python(),
-            lake: d.join("reference/iceberg"),
-            name: "crash.per_source".into(),
-        }
+        let mut reference_iceberg_view: Vec<String> = iceberg::Table::local(
+            support::venv_python(),
+            &d.join("reference/iceberg"),
+            "crash.per_source",
+        )
         .pyiceberg()
         .into_iter()
         .map(|r| serde_json::Value::Object(r).to_string())
@@ -267,11 +269,8 @@ impl FileCase {
             "{label}: the view's final snapshot differs from a run without crashes"
         );
         // Iceberg: every window once, no epoch committed twice, the view one row per key
-        let table = |name: &str| iceberg::Table {
-            python: support::venv_python(),
-            lake: out.join("iceberg"),
-            name: name.to_string(),
-        };
+        let table =
+            |name: &str| iceberg::Table::local(support::venv_python(), &out.join("iceberg"), name);
         let windows = table("crash.per_dataset");
         compare(&self.expected, &windows.pyiceberg(), &keys)
             .unwrap_or_else(|e| panic!("{label}: the Iceberg table differs from the oracle: {e}"));
@@ -433,92 +432,11 @@ fn a_checkpoint_of_a_changed_pipeline_is_refused_with_what_changed() {
     assert!(stdout.contains("restored from checkpoint"), "{stdout}");
 }
 
-/// An S3-compatible server (moto, from the tests' venv) on a free port, with one bucket.
-struct S3Server {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl S3Server {
-    fn start(bucket: &str) -> S3Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let server = support::venv_python().with_file_name("moto_server");
-        assert!(
-            server.exists(),
-            "{} is missing: run scripts/test-env.sh",
-            server.display()
-        );
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = S3Server { child, port };
-        let started = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let (status, _) = s.request("PUT", &format!("/{bucket}"));
-        assert_eq!(status, 200, "creating bucket {bucket}");
-        s
-    }
-
-    /// An unsigned request (moto accepts them); returns the status and the whole answer.
-    fn request(&self, method: &str, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            c,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut text = String::new();
-        c.read_to_string(&mut text).unwrap();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, text)
-    }
-
-    /// The variables `object_store` reads to reach it.
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_ACCESS_KEY_ID", "weir-test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "weir-test".into()),
-            ("AWS_REGION", "us-east-1".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Checkpoints in an S3 bucket (an S3-compatible server: moto) through `object_store`, with
 /// kills in the middle: the same exact results as with a local folder.
 #[test]
 fn checkpoints_in_an_s3_bucket_survive_kills() {
-    let s3 = S3Server::start("weir-checkpoints");
+    let s3 = s3::S3Server::start(&support::venv_python(), "weir-checkpoints");
     let case = FileCase::with_checkpoints("s3://weir-checkpoints/crash-file", s3.env());
     let fresh = std::cell::Cell::new(0);
     let report = support::crash_loop(

@@ -8,6 +8,8 @@
 mod crash;
 #[path = "support/iceberg.rs"]
 mod iceberg;
+#[path = "support/s3.rs"]
+mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,12 +136,17 @@ impl Case {
     }
 
     fn run(&self, pipeline: &str, parallelism: u32) -> String {
+        self.run_with(pipeline, parallelism, &[])
+    }
+
+    fn run_with(&self, pipeline: &str, parallelism: u32, env: &[(String, String)]) -> String {
         let path = self.dir.path().join("pipeline.yaml");
         std::fs::write(&path, pipeline).unwrap();
         ok(
             Command::new(env!("CARGO_BIN_EXE_weir"))
                 .args(["run", path.to_str().unwrap(), "--parallelism"])
                 .arg(parallelism.to_string())
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .output()
                 .unwrap(),
             "weir run",
@@ -147,11 +154,7 @@ impl Case {
     }
 
     fn table(&self, name: &str) -> Table {
-        Table {
-            python: crash::venv_python(),
-            lake: self.dir.path().join("lake"),
-            name: name.to_string(),
-        }
+        Table::local(crash::venv_python(), &self.dir.path().join("lake"), name)
     }
 
     fn reset(&self) {
@@ -308,4 +311,54 @@ fn compaction_rewrites_small_files_into_one_per_partition_with_the_same_rows() {
     case.run(PIPELINE, 1);
     windows.epochs();
     compare(&case.windows, &windows.pyiceberg(), &["datasetName"]).unwrap();
+}
+
+/// The warehouse in an S3 bucket (an S3-compatible server: moto), the catalog in SQLite:
+/// pyiceberg reads the tables through the catalog from the bucket, and compaction works there.
+#[test]
+fn a_warehouse_in_an_s3_bucket() {
+    let case = Case::new(60_000);
+    let s3 = s3::S3Server::start(&crash::venv_python(), "weir-lake");
+    let pipeline = PIPELINE.replace(
+        "warehouse: lake,",
+        "warehouse: \"s3://weir-lake/warehouse\",",
+    );
+    case.run_with(&pipeline, 2, &s3.env());
+    let table = |name: &str| Table {
+        python: crash::venv_python(),
+        catalog: case.dir.path().join("lake/catalog.db"),
+        warehouse: "s3://weir-lake/warehouse".into(),
+        name: name.to_string(),
+        env: s3.env(),
+    };
+    let windows = table("analytics.per_dataset");
+    let files = windows.files();
+    assert!(
+        files.iter().all(|f| f["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://weir-lake/warehouse/analytics/per_dataset/data/")),
+        "{files:?}"
+    );
+    compare(&case.windows, &windows.pyiceberg(), &["datasetName"])
+        .unwrap_or_else(|e| panic!("the table in S3 differs from the oracle: {e}"));
+    compare(
+        &case.view,
+        &table("analytics.per_source").pyiceberg(),
+        &["source"],
+    )
+    .unwrap_or_else(|e| panic!("the view's table in S3 differs from the oracle: {e}"));
+    windows.epochs();
+    // nothing was written to a local folder instead
+    let local: Vec<_> = std::fs::read_dir(case.dir.path().join("lake"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(local, ["catalog.db"]);
+    let (status, listing) = s3.request(
+        "GET",
+        "/weir-lake?list-type=2&prefix=warehouse/analytics/per_dataset/metadata/",
+    );
+    assert_eq!(status, 200);
+    assert!(listing.contains(".metadata.json"), "{listing}");
 }

@@ -40,6 +40,23 @@ fn err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Checkpoint(e.to_string())
 }
 
+/// The object store of a URL (`s3://`, `gs://`, `az://`/`abfs://`, `file://`) and the path in
+/// it; credentials and endpoints come from the usual environment variables (`AWS_*`,
+/// `GOOGLE_*`, `AZURE_*`, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`).
+pub fn open_object_store(location: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+    let url =
+        url::Url::parse(location).map_err(|e| format!("{location} is not a valid URL: {e}"))?;
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+        })
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    let (store, prefix) = object_store::parse_url_opts(&url, env)
+        .map_err(|e| format!("cannot open {location}: {e}"))?;
+    Ok((Arc::from(store), prefix))
+}
+
 /// Where checkpoints are stored: a local folder or an object-store URL.
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
@@ -61,17 +78,7 @@ impl CheckpointStore {
             .map_err(|e| err(format!("cannot start the storage runtime: {e}")))?;
         let is_url = location.contains("://");
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if is_url {
-            let url = url::Url::parse(location)
-                .map_err(|e| err(format!("{location} is not a valid URL: {e}")))?;
-            let env: Vec<(String, String)> = std::env::vars()
-                .filter(|(k, _)| {
-                    k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-                })
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect();
-            let (store, prefix) = object_store::parse_url_opts(&url, env)
-                .map_err(|e| err(format!("cannot open {location}: {e}")))?;
-            (Arc::from(store), prefix)
+            open_object_store(location).map_err(err)?
         } else {
             let path = Path::new(location);
             std::fs::create_dir_all(path)

@@ -7,7 +7,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::datatypes::Schema as ArrowSchema;
-use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
     DataFile, FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
     SnapshotReference, SnapshotRetention, Summary, Transform, UnboundPartitionSpec,
@@ -183,7 +182,7 @@ impl Lake {
                 .map_err(|e| IcebergError::Config(format!("warehouse {warehouse}: {e}")))?;
             format!("file://{warehouse}")
         };
-        let storage = Arc::new(LocalFsStorageFactory);
+        let storage = Arc::new(crate::storage::WarehouseStorageFactory);
         let rt = iceberg::Runtime::new(runtime);
         let mut props = properties.clone();
         let (catalog, pool): (Arc<dyn Catalog>, _) = match uri {

@@ -2,7 +2,8 @@
 //! Iceberg metadata), through iceberg-rust.
 //!
 //! - Catalogs: the SQL catalog (`sqlite://…`, the embedded default, or `postgres://…`) and
-//!   the REST catalog (`http(s)://…`). The warehouse is a local folder.
+//!   the REST catalog (`http(s)://…`). The warehouse is a local folder or an object-store URL
+//!   (`s3://`, `gs://`, `az://`, credentials from the environment as for checkpoints).
 //! - Tables are created on first use from the output's schema, partitioned by
 //!   `day(window_start)` for windows (configurable); an existing table is checked column by
 //!   column ([`schema::check_compatible`]).
@@ -24,6 +25,7 @@ mod catalog;
 mod compact;
 pub mod schema;
 mod sink;
+mod storage;
 mod view_rows;
 
 pub use catalog::{CatalogUri, PartitionBy};

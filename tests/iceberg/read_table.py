@@ -10,6 +10,7 @@
 - files: one JSON object per data file of the current snapshot: path, records, bytes.
 """
 import json
+import os
 import sys
 
 from pyiceberg.catalog.sql import SqlCatalog
@@ -22,7 +23,17 @@ def ms(v):
 def main():
     db, warehouse, name, mode = sys.argv[1:5]
     catalog_name = sys.argv[5] if len(sys.argv) > 5 else "weir"
-    catalog = SqlCatalog(catalog_name, uri=f"sqlite:///{db}", warehouse=f"file://{warehouse}")
+    props = {}
+    if os.environ.get("AWS_ENDPOINT"):  # an S3-compatible server (the tests' moto)
+        props = {
+            "s3.endpoint": os.environ["AWS_ENDPOINT"],
+            "s3.access-key-id": os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            "s3.secret-access-key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            "s3.region": os.environ.get("AWS_REGION", "us-east-1"),
+        }
+    if "://" not in warehouse:
+        warehouse = f"file://{warehouse}"
+    catalog = SqlCatalog(catalog_name, uri=f"sqlite:///{db}", warehouse=warehouse, **props)
     table = catalog.load_table(name)
     if mode == "pyiceberg":
         rows = table.scan().to_arrow().to_pylist()

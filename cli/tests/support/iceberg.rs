@@ -15,21 +15,37 @@ fn script() -> PathBuf {
         .join("tests/iceberg/read_table.py")
 }
 
-/// A table in a SQLite catalog (`catalog.db` in `lake`, the warehouse), read with `python`
-/// (the tests' venv: `crash::venv_python()`).
+/// A table in a SQLite catalog, read with `python` (the tests' venv: `crash::venv_python()`).
 pub struct Table {
     pub python: PathBuf,
-    pub lake: PathBuf,
+    /// The catalog's SQLite file.
+    pub catalog: PathBuf,
+    /// The warehouse: a folder or an `s3://` URL.
+    pub warehouse: String,
     pub name: String,
+    /// Environment of the reader (S3 endpoint and credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Table {
+    /// The table `name` of the catalog `lake/catalog.db` whose warehouse is the folder `lake`.
+    pub fn local(python: PathBuf, lake: &Path, name: &str) -> Table {
+        Table {
+            python,
+            catalog: lake.join("catalog.db"),
+            warehouse: lake.to_string_lossy().into_owned(),
+            name: name.to_string(),
+            env: Vec::new(),
+        }
+    }
+
     fn read(&self, mode: &str) -> Vec<Map<String, Value>> {
         let out = Command::new(&self.python)
             .arg(script())
-            .arg(self.lake.join("catalog.db"))
-            .arg(&self.lake)
+            .arg(&self.catalog)
+            .arg(&self.warehouse)
             .args([self.name.as_str(), mode])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
         assert!(
