@@ -179,7 +179,7 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
     )
     .replace(
         "file: { path: out/w.ndjson }",
-        "iceberg: { catalog: \"sqlite://c.db\", warehouse: wh, table: a.w }",
+        "elasticsearch: { url: \"http://127.0.0.1:9200\", index: w }",
     );
     std::fs::write(dir.path().join("p.yaml"), text).unwrap();
     std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
@@ -190,10 +190,62 @@ fn sections_not_built_yet_are_refused_at_run_not_ignored() {
         msgs.iter().all(|m| m.contains("not available yet")),
         "{msgs:?}"
     );
-    assert!(msgs[0].contains("iceberg"), "{msgs:?}");
+    assert!(msgs[0].contains("elasticsearch"), "{msgs:?}");
     assert!(msgs[1].contains("`retain`"), "{msgs:?}");
     let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
     assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
+}
+
+/// GOOD with its sink `out` writing the Iceberg table described by `iceberg`.
+fn with_iceberg(iceberg: &str) -> String {
+    error_of(
+        "out: { file: { path: out/w.ndjson } }",
+        &format!("out: {{ iceberg: {{ {iceberg} }} }}"),
+    )
+}
+
+#[test]
+fn iceberg_sinks_are_checked() {
+    let e = with_iceberg("catalog: \"thrift://hive:9083\", warehouse: wh, table: a.w");
+    assert!(
+        e.starts_with("19:19: ")
+            && e.contains("unknown catalog `thrift://hive:9083`")
+            && e.contains("sqlite://PATH"),
+        "{e}"
+    );
+    let e = with_iceberg("catalog: \"sqlite://c.db\", warehouse: wh, table: w");
+    assert!(e.contains("table `w` needs a namespace"), "{e}");
+    let e = with_iceberg(
+        "catalog: \"sqlite://c.db\", warehouse: wh, table: a.w, partition_by: \"day(nope)\"",
+    );
+    assert!(
+        e.starts_with("19:88: ")
+            && e.contains("`nope` is not a column of the output")
+            && e.contains("window_start"),
+        "{e}"
+    );
+    let e = with_iceberg(
+        "catalog: \"sqlite://c.db\", warehouse: wh, table: a.w, partition_by: \"month(window_start)\"",
+    );
+    assert!(e.contains("unknown transform `month`"), "{e}");
+    let e = with_iceberg(
+        "catalog: \"sqlite://c.db\", warehouse: wh, table: a.w, target_file_size_mb: 0",
+    );
+    assert!(
+        e.contains("target_file_size_mb must be between 1 and 16384"),
+        "{e}"
+    );
+    let e = with_iceberg("catalog: \"sqlite://c.db\", warehouse: wh, tabel: a.w");
+    assert!(e.contains("unknown field `tabel`"), "{e}");
+    // one table per sink
+    let e = error_of(
+        "sinks:\n  out: { file: { path: out/w.ndjson } }",
+        "views:\n  v: { from: events, key: [datasetName], aggregates: { n: count(*) }, sinks: [out] }\nsinks:\n  out: { iceberg: { catalog: \"sqlite://c.db\", warehouse: wh, table: a.w } }",
+    );
+    assert!(
+        e.contains("sink `out` already writes `w`: an Iceberg sink writes one table"),
+        "{e}"
+    );
 }
 
 /// A view section in place of the sinks' header, then the sinks.
