@@ -246,6 +246,11 @@ fn iceberg_sinks_are_checked() {
         e.contains("sink `out` already writes `w`: an Iceberg sink writes one table"),
         "{e}"
     );
+    let e = error_of(
+        "sinks:\n  out: { file: { path: out/w.ndjson } }",
+        "views:\n  v: { from: events, key: [datasetName], aggregates: { n: count(*) }, sinks: [lake] }\nsinks:\n  out: { file: { path: out/w.ndjson } }\n  lake: { iceberg: { catalog: \"https://rest.example\", warehouse: wh, table: a.v } }",
+    );
+    assert!(e.contains("not a REST catalog"), "{e}");
 }
 
 /// A view section in place of the sinks' header, then the sinks.

@@ -489,6 +489,9 @@ fn attach_sinks(
                 .metadata()
                 .get(weir_engine::KEYS_METADATA)
                 .and_then(|k| k.parse().ok());
+            if t.view_keys.is_some() && matches!(t.catalog, CatalogUri::Rest(_)) {
+                return Err(ctx.err(&s.referenced, format!("sink `{}`: a view's table is replaced at every commit, which weir can only commit through a SQL catalog (sqlite:// or postgres://), not a REST catalog; use a SQL catalog for views", s.value)));
+            }
             t.output = Some(output.to_string());
         }
         sink.schema = Some(schema.clone());
