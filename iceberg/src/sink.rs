@@ -106,9 +106,15 @@ pub(crate) type FileWriterBuilder =
 /// The open data files of the current epoch.
 enum Writer {
     Unpartitioned(
-        DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+        Box<
+            DataFileWriter<
+                ParquetWriterBuilder,
+                DefaultLocationGenerator,
+                DefaultFileNameGenerator,
+            >,
+        >,
     ),
-    Partitioned(FanoutWriter<FileWriterBuilder>),
+    Partitioned(Box<FanoutWriter<FileWriterBuilder>>),
 }
 
 /// Data files written for an epoch, not committed yet.
@@ -270,13 +276,13 @@ impl IcebergSink {
         if self.writer.is_none() {
             let builder = self.writer_builder()?;
             let writer = if self.splitter.is_some() {
-                Writer::Partitioned(FanoutWriter::new(builder))
+                Writer::Partitioned(Box::new(FanoutWriter::new(builder)))
             } else {
                 let w = self
                     .runtime
                     .block_on(builder.build(None))
                     .map_err(|e| self.err(e))?;
-                Writer::Unpartitioned(w)
+                Writer::Unpartitioned(Box::new(w))
             };
             self.writer = Some(writer);
         }
@@ -313,7 +319,7 @@ impl IcebergSink {
         let files = self.runtime.block_on(async {
             match writer {
                 Writer::Unpartitioned(mut w) => w.close().await,
-                Writer::Partitioned(w) => w.close().await,
+                Writer::Partitioned(w) => (*w).close().await,
             }
         });
         files.map_err(|e| self.err(e))

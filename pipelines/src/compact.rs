@@ -5,6 +5,9 @@ pub use weir_iceberg::{CompactOptions, CompactReport, IcebergError};
 
 use crate::plan::{iceberg_config, Plan, SinkTarget};
 
+/// Each compacted sink's name and what compacting its table did.
+pub type SinkReports = Vec<(String, Result<CompactReport, IcebergError>)>;
+
 /// Compacts the tables of the pipeline's Iceberg sinks fed by windows (a view's table is
 /// rewritten whole at every commit), or of the sink `only`. Returns each sink's report or
 /// error; `Err` when `only` names no such sink.
@@ -12,7 +15,7 @@ pub fn compact(
     plan: &Plan,
     only: Option<&str>,
     options: &CompactOptions,
-) -> Result<Vec<(String, Result<CompactReport, IcebergError>)>, String> {
+) -> Result<SinkReports, String> {
     let windows: Vec<_> = plan
         .sinks
         .iter()
