@@ -102,10 +102,13 @@ impl PartitionClock {
     pub fn restore(&self, newest: i64) {
         if let Ok(mut s) = self.sequence.lock() {
             s.newest = newest;
-            self.watermark.store(
-                newest.saturating_sub(self.max_out_of_orderness),
-                Ordering::Release,
-            );
+            // a partition that had ended stays ended
+            let wm = if newest == WATERMARK_END {
+                WATERMARK_END
+            } else {
+                newest.saturating_sub(self.max_out_of_orderness)
+            };
+            self.watermark.store(wm, Ordering::Release);
         }
     }
 
@@ -174,9 +177,36 @@ impl Clocks {
         &self.by_source[source]
     }
 
-    /// The watermark of a source: the minimum over its partitions that are not idle; `None`
-    /// while every partition is idle (the watermark then holds).
+    /// The watermark of a source: the minimum over its partitions that are neither idle nor
+    /// ended; [`WATERMARK_END`] once every partition ended; `None` while every partition that
+    /// has not ended is idle (the watermark then holds: ended partitions alone must not carry
+    /// it past the rows an idle or not yet assigned partition still has to give).
     pub fn source_watermark(&self, source: usize) -> Option<i64> {
+        let mut min: Option<i64> = None;
+        let mut all_ended = true;
+        for &p in &self.by_source[source] {
+            let c = &self.partitions[p];
+            let wm = c.watermark();
+            if wm == WATERMARK_END {
+                continue;
+            }
+            all_ended = false;
+            if c.is_idle() {
+                continue;
+            }
+            min = Some(min.map_or(wm, |m| m.min(wm)));
+        }
+        if all_ended {
+            Some(WATERMARK_END)
+        } else {
+            min
+        }
+    }
+
+    /// The watermark of a source once its input is over (every reader finished): idle
+    /// partitions (not assigned to this process) no longer hold it, so it is the minimum
+    /// over the partitions that were read, [`WATERMARK_END`] when they all ended.
+    pub fn final_source_watermark(&self, source: usize) -> Option<i64> {
         let mut min: Option<i64> = None;
         for &p in &self.by_source[source] {
             let c = &self.partitions[p];
@@ -228,6 +258,26 @@ mod tests {
         assert_eq!(clocks.source_watermark(0), None);
         clocks.partition(2).sequence(0, 50, false, &cancel).unwrap();
         assert_eq!(clocks.source_watermark(1), Some(45));
+    }
+
+    #[test]
+    fn ended_partitions_do_not_carry_the_watermark_past_an_idle_one() {
+        let clocks = Clocks::new(&[(3, 5)]);
+        let cancel = AtomicBool::new(false);
+        clocks.partition(0).sequence(0, 100, true, &cancel).unwrap();
+        clocks.partition(1).restore(WATERMARK_END);
+        assert_eq!(clocks.partition(1).watermark(), WATERMARK_END);
+        clocks.partition(2).restore(70);
+        assert_eq!(clocks.source_watermark(0), Some(65));
+        // partition 2 not assigned yet (or idle): the watermark holds, it does not jump to
+        // the end with the ended partitions
+        clocks.partition(2).set_idle(true);
+        assert_eq!(clocks.source_watermark(0), None);
+        // once the input is over, a partition never assigned here does not hold it
+        assert_eq!(clocks.final_source_watermark(0), Some(WATERMARK_END));
+        clocks.partition(2).set_idle(false);
+        clocks.partition(2).sequence(0, 90, true, &cancel).unwrap();
+        assert_eq!(clocks.source_watermark(0), Some(WATERMARK_END));
     }
 
     #[test]

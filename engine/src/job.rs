@@ -1005,7 +1005,7 @@ fn worker_loop(
     // Another worker may still be sequencing a partition's last chunk: the watermarks are
     // final only once every worker has handled its whole queue.
     ctx.input_done.arrive_and_wait(&ctx.failure.cancel)?;
-    flush_ops(&mut ops, &mut flushed, &ctx)
+    flush_ops_at(&mut ops, &mut flushed, &ctx, true)
 }
 
 /// The protocol every barrier follows in a worker: meet the others (so every chunk before
@@ -1364,16 +1364,34 @@ fn flush_ops(
     flushed: &mut [Handover],
     ctx: &WorkerCtx,
 ) -> Result<(), EngineError> {
+    flush_ops_at(ops, flushed, ctx, false)
+}
+
+/// [`flush_ops`]; `input_over` once every reader finished (partitions never assigned to this
+/// process no longer hold the watermark).
+fn flush_ops_at(
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+    input_over: bool,
+) -> Result<(), EngineError> {
+    let source_watermark = |source: usize| {
+        if input_over {
+            ctx.clocks.final_source_watermark(source)
+        } else {
+            ctx.clocks.source_watermark(source)
+        }
+    };
     for (i, (oi, op)) in ops.iter_mut().enumerate() {
         let wm = if op.processing_time() {
-            let src_wm = ctx.clocks.source_watermark(ctx.op_sources[*oi]);
+            let src_wm = source_watermark(ctx.op_sources[*oi]);
             if src_wm == Some(WATERMARK_END) {
                 Some(WATERMARK_END)
             } else {
                 Some(now_ms())
             }
         } else {
-            ctx.clocks.source_watermark(ctx.op_sources[*oi])
+            source_watermark(ctx.op_sources[*oi])
         };
         let h = &mut flushed[i];
         let wm = wm.unwrap_or(h.upto).max(h.upto);
