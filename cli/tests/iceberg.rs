@@ -8,6 +8,8 @@
 mod crash;
 #[path = "support/iceberg.rs"]
 mod iceberg;
+#[path = "support/postgres.rs"]
+mod postgres;
 #[path = "support/s3.rs"]
 mod s3;
 
@@ -326,7 +328,12 @@ fn a_warehouse_in_an_s3_bucket() {
     case.run_with(&pipeline, 2, &s3.env());
     let table = |name: &str| Table {
         python: crash::venv_python(),
-        catalog: case.dir.path().join("lake/catalog.db"),
+        catalog: case
+            .dir
+            .path()
+            .join("lake/catalog.db")
+            .to_string_lossy()
+            .into_owned(),
         warehouse: "s3://weir-lake/warehouse".into(),
         name: name.to_string(),
         env: s3.env(),
@@ -361,4 +368,35 @@ fn a_warehouse_in_an_s3_bucket() {
     );
     assert_eq!(status, 200);
     assert!(listing.contains(".metadata.json"), "{listing}");
+}
+
+/// The SQL catalog in PostgreSQL (a throwaway server): windows appended per checkpoint and a
+/// view replaced per commit through the same catalog pyiceberg reads (with psycopg).
+#[test]
+fn a_postgres_catalog() {
+    let case = Case::new(40_000);
+    let pg = postgres::PgServer::start();
+    let pipeline = PIPELINE.replace("sqlite://lake/catalog.db", &pg.url());
+    case.run(&pipeline, 2);
+    let table = |name: &str| Table {
+        python: crash::venv_python(),
+        catalog: pg.url(),
+        warehouse: case.dir.path().join("lake").to_string_lossy().into_owned(),
+        name: name.to_string(),
+        env: Vec::new(),
+    };
+    let windows = table("analytics.per_dataset");
+    compare(&case.windows, &windows.pyiceberg(), &["datasetName"]).unwrap_or_else(|e| {
+        panic!("the table of the Postgres catalog differs from the oracle: {e}")
+    });
+    windows.epochs();
+    let view = table("analytics.per_source");
+    compare(&case.view, &view.pyiceberg(), &["source"])
+        .unwrap_or_else(|e| panic!("the view's table differs from the oracle: {e}"));
+    assert!(view
+        .snapshots()
+        .iter()
+        .all(|s| s["operation"] == "overwrite"));
+    // the catalog is in Postgres, not in a file
+    assert!(!case.dir.path().join("lake/catalog.db").exists());
 }

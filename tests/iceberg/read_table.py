@@ -1,6 +1,8 @@
 """Reads a weir Iceberg table back with independent readers, for weir's end-to-end tests.
 
-    read_table.py CATALOG_DB WAREHOUSE TABLE pyiceberg|duckdb|snapshots [CATALOG_NAME]
+    read_table.py CATALOG WAREHOUSE TABLE pyiceberg|duckdb|snapshots|files [CATALOG_NAME]
+
+CATALOG is a SQLite file or a postgres:// URL (read with psycopg 3).
 
 - pyiceberg: the table through the SQL catalog (the current snapshot), one JSON object per
   row, timestamps as epoch milliseconds.
@@ -33,7 +35,11 @@ def main():
         }
     if "://" not in warehouse:
         warehouse = f"file://{warehouse}"
-    catalog = SqlCatalog(catalog_name, uri=f"sqlite:///{db}", warehouse=warehouse, **props)
+    if db.startswith("postgres://") or db.startswith("postgresql://"):
+        uri = "postgresql+psycopg://" + db.split("://", 1)[1]
+    else:
+        uri = f"sqlite:///{db}"
+    catalog = SqlCatalog(catalog_name, uri=uri, warehouse=warehouse, **props)
     table = catalog.load_table(name)
     if mode == "pyiceberg":
         rows = table.scan().to_arrow().to_pylist()

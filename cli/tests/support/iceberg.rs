@@ -18,8 +18,8 @@ fn script() -> PathBuf {
 /// A table in a SQLite catalog, read with `python` (the tests' venv: `crash::venv_python()`).
 pub struct Table {
     pub python: PathBuf,
-    /// The catalog's SQLite file.
-    pub catalog: PathBuf,
+    /// The catalog: a SQLite file's path or a `postgres://` URL.
+    pub catalog: String,
     /// The warehouse: a folder or an `s3://` URL.
     pub warehouse: String,
     pub name: String,
@@ -32,7 +32,7 @@ impl Table {
     pub fn local(python: PathBuf, lake: &Path, name: &str) -> Table {
         Table {
             python,
-            catalog: lake.join("catalog.db"),
+            catalog: lake.join("catalog.db").to_string_lossy().into_owned(),
             warehouse: lake.to_string_lossy().into_owned(),
             name: name.to_string(),
             env: Vec::new(),
