@@ -52,12 +52,12 @@ pub struct CompactReport {
 }
 
 /// A live data file of the current snapshot and when it was added.
-struct Live {
-    file: DataFile,
-    added_ms: i64,
+pub(crate) struct Live {
+    pub file: DataFile,
+    pub added_ms: i64,
 }
 
-async fn live_files(table: &Table) -> Result<Vec<Live>, IcebergError> {
+pub(crate) async fn live_files(table: &Table) -> Result<Vec<Live>, IcebergError> {
     let meta = table.metadata();
     let Some(snapshot) = meta.current_snapshot() else {
         return Ok(Vec::new());
@@ -95,7 +95,10 @@ async fn live_files(table: &Table) -> Result<Vec<Live>, IcebergError> {
 }
 
 /// Rows of a data file.
-async fn read_file(table: &Table, file: &DataFile) -> Result<Vec<RecordBatch>, IcebergError> {
+pub(crate) async fn read_file(
+    table: &Table,
+    file: &DataFile,
+) -> Result<Vec<RecordBatch>, IcebergError> {
     let wr = |e: &dyn std::fmt::Display| IcebergError::Write(format!("{}: {e}", file.file_path()));
     let bytes = table
         .file_io()

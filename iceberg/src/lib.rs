@@ -23,6 +23,7 @@
 
 mod catalog;
 mod compact;
+mod rewrite;
 pub mod schema;
 mod sink;
 mod storage;

@@ -63,6 +63,9 @@ pub struct IcebergSinkConfig {
     pub target_file_size: usize,
     /// Properties handed to the catalog (REST credentials, a prefix...).
     pub catalog_properties: HashMap<String, String>,
+    /// A replay's window range `[from, to)` (epoch ms): its rows replace those windows'
+    /// rows in one snapshot instead of being appended.
+    pub replace_windows: Option<(i64, i64)>,
 }
 
 impl IcebergSinkConfig {
@@ -358,6 +361,22 @@ impl IcebergSink {
                     return Ok(table);
                 }
             }
+            if let (Some(range), false) = (self.config.replace_windows, replace) {
+                let mut summary = summary;
+                summary.insert(
+                    "weir.replay".into(),
+                    format!("{}..{}", range.0, range.1),
+                );
+                return crate::rewrite::replace_windows(
+                    &self.lake,
+                    &table,
+                    files,
+                    range,
+                    self.config.target_file_size,
+                    summary,
+                )
+                .await;
+            }
             if replace {
                 return self
                     .lake
@@ -496,7 +515,8 @@ impl Sink for IcebergSink {
             return Ok(());
         }
         let files = self.close_files()?;
-        if !files.is_empty() {
+        // a replay replaces its windows' rows even when the range had none
+        if !files.is_empty() || self.config.replace_windows.is_some() {
             self.commit_files(None, files)?;
         }
         Ok(())

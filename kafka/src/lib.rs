@@ -5,8 +5,10 @@
 
 mod client;
 mod producer;
+mod ranges;
 mod registry;
 
 pub use client::{client_config, create_topic, partition_counts, KafkaError};
 pub use producer::Producer;
+pub use ranges::{offset_ranges, OffsetRange};
 pub use registry::RegistryClient;

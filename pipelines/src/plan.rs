@@ -159,6 +159,7 @@ pub fn iceberg_config(
         partition_by: target.partition_by.clone(),
         target_file_size: target.target_file_size,
         catalog_properties: target.properties.clone(),
+        replace_windows: None,
     }
 }
 
@@ -600,6 +601,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     .collect(),
                 idle_timeout: None,
                 until_caught_up: false,
+                end_offsets: Default::default(),
                 with_headers: false,
             };
             (SourceInput::Kafka(cfg), None)

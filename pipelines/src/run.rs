@@ -42,6 +42,9 @@ pub struct RunOptions {
     pub insecure: bool,
     /// Told the summary as soon as the job finished.
     pub on_finished: Option<OnFinished>,
+    /// A replay (`replay::prepare` reduced the plan): Kafka partitions start at its offsets,
+    /// sinks get only its windows and write beside the live run's files.
+    pub replay: Option<Arc<crate::replay::ReplaySetup>>,
 }
 
 /// Emitted windows stay queryable this long unless a window says `retain`.
@@ -155,8 +158,12 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                     .zip(&partitions.counts)
                     .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
                     .collect();
+                let replay = opts.replay.clone();
                 let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions)
-                    .with_resume(|t, p| resume(&format!("{t}/{p}")).map(|r| r.next_offset));
+                    .with_resume(|t, p| match &replay {
+                        Some(r) => r.start(i, t, p),
+                        None => resume(&format!("{t}/{p}")).map(|r| r.next_offset),
+                    });
                 (Box::new(reader), keys)
             }
         };
@@ -185,7 +192,12 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             tracing::warn!(sink = %s.name, "sink receives no output and is not opened");
             continue;
         }
-        let sink: Box<dyn Sink> = match &s.target {
+        let replayed_target = opts
+            .replay
+            .as_ref()
+            .map(|r| crate::replay::target(&s.target, &r.suffix));
+        let target = replayed_target.as_ref().unwrap_or(&s.target);
+        let sink: Box<dyn Sink> = match target {
             SinkTarget::File { path, format } => {
                 let schema = s.schema.clone().expect("a used sink has a schema");
                 if checkpoint.is_some() {
@@ -197,10 +209,17 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             SinkTarget::Kafka(cfg) => Box::new(KafkaSink::new(&s.name, cfg.clone())?),
             SinkTarget::Iceberg(t) => {
                 let schema = s.schema.clone().expect("a used sink has a schema");
-                let config = crate::plan::iceberg_config(&plan.name, &s.name, t);
+                let mut config = crate::plan::iceberg_config(&plan.name, &s.name, t);
+                config.replace_windows = opts.replay.as_ref().map(|r| (r.from_ms, r.to_ms));
                 Box::new(IcebergSink::open(config, &schema, t.view_keys)?)
             }
             SinkTarget::Unavailable(_) => unreachable!("unavailable sinks are refused above"),
+        };
+        let sink = match &opts.replay {
+            Some(r) => Box::new(crate::replay::WindowRange::new(
+                &s.name, sink, r.from_ms, r.to_ms,
+            )),
+            None => sink,
         };
         sink_index[i] = sinks.len();
         sinks.push((s.name.clone(), sink));
@@ -300,6 +319,15 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         (None, None)
     };
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
+    let progress_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = opts.replay.as_ref().map(|r| {
+        let p = crate::replay::Progress {
+            total: r.messages(),
+            stats: stats.clone(),
+            stop: progress_stop.clone(),
+        };
+        std::thread::spawn(move || p.report())
+    });
     let restored_epoch = manifest.map(|m| m.epoch);
     let report = job::run(
         JobSpec {
@@ -313,7 +341,12 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         },
         stats.clone(),
         opts.stop.clone(),
-    )?;
+    );
+    progress_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let report = report?;
     let get = RunStats::get;
     let summary = RunSummary {
         parallelism: n,

@@ -65,6 +65,9 @@ pub struct KafkaSourceConfig {
     pub idle_timeout: Option<Duration>,
     /// End every partition once it reached the end offset it had when it was assigned.
     pub until_caught_up: bool,
+    /// With `until_caught_up`: where given partitions end instead (a replay's range), at most
+    /// their end offset.
+    pub end_offsets: HashMap<(String, i32), u64>,
     /// Keep message headers (as a JSON object), for the `_headers` column.
     pub with_headers: bool,
 }
@@ -543,10 +546,12 @@ impl KafkaReader {
                                 .expect("connected")
                                 .fetch_watermarks(&topic, p, Duration::from_secs(30))
                                 .map_err(|e| self.err("cannot read partition end offsets", e))?;
-                            (
-                                Some(if high <= low { 0 } else { high as u64 }),
-                                self.start_offset(&topic, p, high.max(0) as u64),
-                            )
+                            let high = if high <= low { 0 } else { high as u64 };
+                            let end = match self.config.end_offsets.get(&(topic.clone(), p)) {
+                                Some(&e) => e.min(high),
+                                None => high,
+                            };
+                            (Some(end), self.start_offset(&topic, p, high))
                         } else {
                             (None, None)
                         };
@@ -1007,6 +1012,7 @@ mod tests {
             properties: vec![("allow.auto.create.topics".into(), "false".into())],
             idle_timeout: None,
             until_caught_up: false,
+            end_offsets: HashMap::new(),
             with_headers: false,
         };
         match KafkaPartitions::discover(&config) {

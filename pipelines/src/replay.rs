@@ -1,0 +1,306 @@
+//! `weir replay`: re-reads a time range of a pipeline's Kafka topics as a bounded job with
+//! its own state (no checkpoint, a consumer group of its own) and rewrites the windows whose
+//! start lies in the range, with the identities of the live run's rows (Kafka keys, Iceberg
+//! rows replaced in one snapshot), so replaying twice leaves the sinks as replaying once.
+//!
+//! Offsets: each partition is read from the first message at `from - (size + allowed_lateness
+//! + max_out_of_orderness)` (the first window is complete, and lateness is judged as in the
+//! live run) to the first message at `to + size + allowed_lateness + max_out_of_orderness`
+//! (every window of the range has closed by then), both by Kafka timestamps and checked
+//! against the partition's high watermark captured at the start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
+use arrow::array::{AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMillisecondType;
+use arrow::record_batch::RecordBatch;
+use weir_engine::job::Sink;
+use weir_engine::EngineError;
+use weir_kafka::OffsetRange;
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayRequest {
+    /// Windows starting in `[from_ms, to_ms)` are rewritten.
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Only these windows (all the pipeline's windows when empty).
+    pub only: Vec<String>,
+    /// Only these sinks (all the replayed windows' sinks when `None`).
+    pub sinks: Option<Vec<String>>,
+}
+
+/// A replay ready to run: the plan reduced to the replayed windows and sinks, and the offset
+/// ranges of every Kafka source.
+pub struct ReplaySetup {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Per source (by index in the plan): the offset range of each partition.
+    pub ranges: Vec<(usize, Vec<OffsetRange>)>,
+    /// The suffix of files a replay writes beside the live run's (`replay-FROM-TO`).
+    pub suffix: String,
+}
+
+impl ReplaySetup {
+    /// Messages to read in all.
+    pub fn messages(&self) -> u64 {
+        self.ranges
+            .iter()
+            .flat_map(|(_, r)| r.iter())
+            .map(|r| r.end - r.start)
+            .sum()
+    }
+
+    /// Where partition `topic/partition` of source `source` starts.
+    pub fn start(&self, source: usize, topic: &str, partition: i32) -> Option<u64> {
+        self.range(source, topic, partition).map(|r| r.start)
+    }
+
+    fn range(&self, source: usize, topic: &str, partition: i32) -> Option<&OffsetRange> {
+        self.ranges
+            .iter()
+            .find(|(s, _)| *s == source)?
+            .1
+            .iter()
+            .find(|r| r.topic == topic && r.partition == partition)
+    }
+
+    /// The offset ranges, one line per partition.
+    pub fn describe(&self, plan: &Plan) -> String {
+        let mut s = String::new();
+        for (source, ranges) in &self.ranges {
+            for r in ranges {
+                s.push_str(&format!(
+                    "  {} {}/{}: offsets {}..{} ({} messages; the partition ends at {})\n",
+                    plan.sources[*source].name,
+                    r.topic,
+                    r.partition,
+                    r.start,
+                    r.end,
+                    r.end - r.start,
+                    r.high
+                ));
+            }
+        }
+        s
+    }
+}
+
+fn rfc3339_compact(ms: i64) -> String {
+    weir_engine::time::format_rfc3339_ms(ms)
+        .replace([':', '-'], "")
+        .replace(".000Z", "Z")
+}
+
+/// Reduces `plan` to a replay of `req` and finds the offset ranges. Refused: pipelines
+/// without Kafka sources, unknown window or sink names, an empty range.
+pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, String> {
+    if req.to_ms <= req.from_ms {
+        return Err("--to must be after --from".into());
+    }
+    for name in &req.only {
+        if !plan.windows.iter().any(|w| &w.config.name == name) {
+            return Err(format!(
+                "--only {name}: no such window (windows: {}); views are always current and are not replayed",
+                plan.windows
+                    .iter()
+                    .map(|w| w.config.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    plan.windows
+        .retain(|w| req.only.is_empty() || req.only.contains(&w.config.name));
+    if plan.windows.is_empty() {
+        return Err("the pipeline has no window to replay".into());
+    }
+    if let Some(sinks) = &req.sinks {
+        for name in sinks {
+            if !plan.sinks.iter().any(|s| &s.name == name) {
+                return Err(format!("--sinks {name}: no such sink"));
+            }
+        }
+        for w in &mut plan.windows {
+            w.sinks.retain(|&i| sinks.contains(&plan.sinks[i].name));
+        }
+    }
+    if plan.windows.iter().all(|w| w.sinks.is_empty()) {
+        return Err("no replayed window writes to a sink".into());
+    }
+    // its own state: no checkpoint, no SQL, no views
+    plan.views.clear();
+    plan.checkpoint = None;
+    plan.serve = None;
+    let suffix = format!(
+        "replay-{}-{}",
+        rfc3339_compact(req.from_ms),
+        rfc3339_compact(req.to_ms)
+    );
+    // dead letters of the range go beside the live run's, never into them
+    plan.dead_letter = match &plan.dead_letter {
+        DeadLetterTarget::File(p) => DeadLetterTarget::File(beside(p, &suffix)),
+        DeadLetterTarget::Kafka(_) => DeadLetterTarget::File(
+            plan.file
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(format!("{}-dead-letter.{suffix}.ndjson", plan.name)),
+        ),
+    };
+    let margin = plan
+        .windows
+        .iter()
+        .map(|w| w.config.size_ms + w.config.allowed_lateness_ms)
+        .max()
+        .unwrap_or(0);
+    let mut ranges = Vec::new();
+    for (i, s) in plan.sources.iter_mut().enumerate() {
+        let SourceInput::Kafka(cfg) = &mut s.input else {
+            return Err(format!(
+                "source `{}` is not a Kafka source: replay re-reads Kafka topics",
+                s.name
+            ));
+        };
+        let ooo = s.max_out_of_orderness_ms as i64;
+        let partitions = weir_sources::KafkaPartitions::discover(cfg).map_err(|e| e.to_string())?;
+        let found = weir_kafka::offset_ranges(
+            &cfg.brokers,
+            &cfg.properties,
+            &cfg.topics,
+            &partitions.counts,
+            req.from_ms.saturating_sub(margin + ooo),
+            req.to_ms.saturating_add(margin + ooo),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| e.to_string())?;
+        cfg.group_id = format!("{}-{suffix}-{}", cfg.group_id, std::process::id());
+        cfg.until_caught_up = true;
+        cfg.end_offsets = found
+            .iter()
+            .map(|r| ((r.topic.clone(), r.partition), r.end))
+            .collect();
+        ranges.push((i, found));
+    }
+    Ok(ReplaySetup {
+        from_ms: req.from_ms,
+        to_ms: req.to_ms,
+        ranges,
+        suffix,
+    })
+}
+
+/// `path` with the replay's suffix before its extension (`out/w.ndjson` →
+/// `out/w.replay-….ndjson`).
+pub fn beside(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{suffix}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{suffix}"),
+    };
+    path.with_file_name(name)
+}
+
+/// The sink target a replay writes to instead of `target`: files beside the live ones; Kafka
+/// topics and Iceberg tables as they are (their rows are replaced by identity).
+pub fn target(target: &SinkTarget, suffix: &str) -> SinkTarget {
+    match target {
+        SinkTarget::File { path, format } => SinkTarget::File {
+            path: beside(path, suffix),
+            format: *format,
+        },
+        other => other.clone(),
+    }
+}
+
+/// A sink that passes on only the rows whose `window_start` lies in `[from, to)`.
+pub struct WindowRange {
+    inner: Box<dyn Sink>,
+    from: i64,
+    to: i64,
+    name: String,
+}
+
+impl WindowRange {
+    pub fn new(name: &str, inner: Box<dyn Sink>, from: i64, to: i64) -> Self {
+        WindowRange {
+            inner,
+            from,
+            to,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Sink for WindowRange {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let Some(col) = batch.column_by_name("window_start") else {
+            return self.inner.write(batch);
+        };
+        let Some(starts) = col.as_primitive_opt::<TimestampMillisecondType>() else {
+            return Err(EngineError::sink(
+                &self.name,
+                "window_start is not a timestamp",
+            ));
+        };
+        let keep: BooleanArray = starts
+            .iter()
+            .map(|s| Some(s.is_some_and(|s| s >= self.from && s < self.to)))
+            .collect();
+        if keep.true_count() == batch.num_rows() {
+            return self.inner.write(batch);
+        }
+        let rows =
+            filter_record_batch(batch, &keep).map_err(|e| EngineError::sink(&self.name, e))?;
+        if rows.num_rows() > 0 {
+            self.inner.write(&rows)?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.inner.flush()
+    }
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.inner.finish()
+    }
+}
+
+/// What the replay's progress reporter reads.
+pub(crate) struct Progress {
+    pub total: u64,
+    pub stats: Arc<weir_engine::RunStats>,
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Progress {
+    /// Logs messages read / to read, events per second and the time left, every 2 s.
+    pub fn report(self) {
+        let started = std::time::Instant::now();
+        let mut last = started;
+        while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() < Duration::from_secs(2) {
+                continue;
+            }
+            last = std::time::Instant::now();
+            let done = weir_engine::RunStats::get(&self.stats.records_in).min(self.total);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            let rate = done as f64 / secs;
+            let left = if rate > 0.0 {
+                format!("{:.0}s", (self.total - done) as f64 / rate)
+            } else {
+                "?".into()
+            };
+            tracing::info!(
+                "replay: {done}/{} messages ({:.0}%), {rate:.0} events/s, about {left} left",
+                self.total,
+                100.0 * done as f64 / self.total.max(1) as f64
+            );
+        }
+    }
+}
