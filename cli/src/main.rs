@@ -312,23 +312,25 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             if dry_run {
                 return Ok(());
             }
+            let setup = std::sync::Arc::new(setup);
             let options = RunOptions {
                 parallelism: p,
-                replay: Some(std::sync::Arc::new(setup)),
+                replay: Some(setup.clone()),
                 ..Default::default()
             };
             let summary = weir_pipelines::run(plan, options).map_err(runtime)?;
             println!(
-                "replay finished in {:.2}s: {} events in ({:.0} events/s), {} bad, {} late, {} windows rewritten",
+                "replay finished in {:.2}s: {} events in ({:.0} events/s), {} bad, {} late",
                 summary.elapsed.as_secs_f64(),
                 summary.records_in,
                 summary.events_per_second(),
                 summary.bad,
                 summary.late,
-                summary.rows_written.iter().map(|(_, n)| n).max().copied().unwrap_or(0)
             );
-            for (name, rows) in &summary.rows_written {
-                println!("  sink {name}: {rows} rows");
+            let written = setup.written.lock().map(|w| w.clone()).unwrap_or_default();
+            for (name, _) in &summary.rows_written {
+                let rows = written.get(name).copied().unwrap_or(0);
+                println!("  sink {name}: {rows} windows rewritten");
             }
             Ok(())
         }

@@ -367,15 +367,28 @@ impl IcebergSink {
                     "weir.replay".into(),
                     format!("{}..{}", range.0, range.1),
                 );
-                return crate::rewrite::replace_windows(
-                    &self.lake,
-                    &table,
-                    files,
-                    range,
-                    self.config.target_file_size,
-                    summary,
-                )
-                .await;
+                // the live run may commit meanwhile: start again from its snapshot
+                let mut table = table;
+                let mut attempts = 0;
+                loop {
+                    match crate::rewrite::replace_windows(
+                        &self.lake,
+                        &table,
+                        files.clone(),
+                        range,
+                        self.config.target_file_size,
+                        summary.clone(),
+                    )
+                    .await
+                    {
+                        Err(IcebergError::Conflict(m)) if attempts < 10 => {
+                            attempts += 1;
+                            tracing::info!(table = %self.ident, "{m}; replacing again");
+                            table = self.lake.load(&self.ident).await?;
+                        }
+                        other => return other,
+                    }
+                }
             }
             if replace {
                 return self

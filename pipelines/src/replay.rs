@@ -42,6 +42,8 @@ pub struct ReplaySetup {
     pub ranges: Vec<(usize, Vec<OffsetRange>)>,
     /// The suffix of files a replay writes beside the live run's (`replay-FROM-TO`).
     pub suffix: String,
+    /// Rows of the range written to each sink.
+    pub written: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
 impl ReplaySetup {
@@ -189,6 +191,7 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
         to_ms: req.to_ms,
         ranges,
         suffix,
+        written: Default::default(),
     })
 }
 
@@ -224,15 +227,24 @@ pub struct WindowRange {
     from: i64,
     to: i64,
     name: String,
+    written: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
 impl WindowRange {
-    pub fn new(name: &str, inner: Box<dyn Sink>, from: i64, to: i64) -> Self {
+    /// `inner` given the rows of `setup`'s range.
+    pub fn new(name: &str, inner: Box<dyn Sink>, setup: &ReplaySetup) -> Self {
         WindowRange {
             inner,
-            from,
-            to,
+            from: setup.from_ms,
+            to: setup.to_ms,
             name: name.to_string(),
+            written: setup.written.clone(),
+        }
+    }
+
+    fn count(&self, rows: usize) {
+        if let Ok(mut w) = self.written.lock() {
+            *w.entry(self.name.clone()).or_default() += rows as u64;
         }
     }
 }
@@ -240,6 +252,7 @@ impl WindowRange {
 impl Sink for WindowRange {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         let Some(col) = batch.column_by_name("window_start") else {
+            self.count(batch.num_rows());
             return self.inner.write(batch);
         };
         let Some(starts) = col.as_primitive_opt::<TimestampMillisecondType>() else {
@@ -252,6 +265,7 @@ impl Sink for WindowRange {
             .iter()
             .map(|s| Some(s.is_some_and(|s| s >= self.from && s < self.to)))
             .collect();
+        self.count(keep.true_count());
         if keep.true_count() == batch.num_rows() {
             return self.inner.write(batch);
         }

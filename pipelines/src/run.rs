@@ -149,7 +149,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             ),
             SourceInput::Kafka(cfg) => {
                 let mut cfg = cfg.clone();
-                cfg.until_caught_up = opts.until_caught_up;
+                cfg.until_caught_up = opts.until_caught_up || opts.replay.is_some();
                 let partitions =
                     KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
                 let keys: Vec<String> = cfg
@@ -216,9 +216,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             SinkTarget::Unavailable(_) => unreachable!("unavailable sinks are refused above"),
         };
         let sink = match &opts.replay {
-            Some(r) => Box::new(crate::replay::WindowRange::new(
-                &s.name, sink, r.from_ms, r.to_ms,
-            )),
+            Some(r) => Box::new(crate::replay::WindowRange::new(&s.name, sink, r)),
             None => sink,
         };
         sink_index[i] = sinks.len();

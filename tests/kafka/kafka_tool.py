@@ -88,6 +88,7 @@ def produce(args):
     failures = []
     headers = [tuple(h.split("=", 1)) for h in args.header]
     n = 0
+    ts = None  # message timestamp: the event's --timestamp-field (kept for lines without one)
     with open(args.file, encoding="utf-8", errors="surrogateescape") as f:
         for raw in f:
             line = raw.rstrip("\n")
@@ -96,15 +97,18 @@ def produce(args):
                 obj = json.loads(line)
                 if isinstance(obj, dict) and isinstance(obj.get(args.key_field), str):
                     key = obj[args.key_field].encode()
+                if args.timestamp_field and isinstance(obj, dict) and isinstance(obj.get(args.timestamp_field), int):
+                    ts = obj[args.timestamp_field]
             except ValueError:
                 pass
             value = encode(line, args, parsed_schema) if args.format != "json" else line.encode(
                 "utf-8", errors="surrogateescape")
             while True:
                 try:
+                    extra = {"timestamp": ts} if args.timestamp_field and ts is not None else {}
                     p.produce(args.topic, value=value, key=key, headers=headers or None,
                               partition=-1 if args.partition is None else args.partition,
-                              on_delivery=lambda err, msg: err and failures.append(err))
+                              on_delivery=lambda err, msg: err and failures.append(err), **extra)
                     break
                 except BufferError:
                     p.poll(0.1)
@@ -242,6 +246,7 @@ def main():
     a.add_argument("--schema-id", type=int, default=1)
     a.add_argument("--header", action="append", default=[])
     a.add_argument("--partition", type=int, help="every message to this partition (default: by key)")
+    a.add_argument("--timestamp-field", help="message timestamps from this epoch-ms field (as producers that set CreateTime to the event time)")
     a = sub.add_parser("consume")
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("out")
     a.add_argument("--keys", action="store_true")
