@@ -1,0 +1,266 @@
+//! `weir replay` against the real broker: three hours of events (bad and very late lines
+//! included, message timestamps = event times, as producers setting CreateTime do) in a
+//! 3-partition topic; a live run writes 5-minute windows to a Kafka topic, an Iceberg table
+//! and a file; a replay of hour 2 with a bug in the pipeline corrupts those windows; the
+//! replay with the fixed pipeline puts every sink back to the oracle's rows; replaying again
+//! changes nothing; windows outside the range are never touched.
+
+#[path = "support/crash.rs"]
+mod crash;
+#[path = "support/iceberg.rs"]
+mod iceberg;
+#[path = "support/kafka.rs"]
+mod kafka_support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use kafka_support::{brokers, repo, tool, unique, weir};
+use weir_tests::{compare, read_ndjson, Row};
+
+const HOUR2_FROM: &str = "2023-11-14T23:15:00Z";
+const HOUR2_TO: &str = "2023-11-15T00:15:00Z";
+const FROM_MS: i64 = 1_700_003_700_000;
+const TO_MS: i64 = 1_700_007_300_000;
+
+fn pipeline(topic: &str, out_topic: &str, group: &str, filter: &str) -> String {
+    format!(
+        r#"name: replayed
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {topic}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    partitioned_by: [datasetName]
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events{filter}
+    key: [datasetName]
+    tumbling: 5m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+      max_bytes: max(sizeBytes)
+    sinks: [topic, lake, file]
+sinks:
+  topic: {{ kafka: {{ topic: {out_topic} }}, format: json }}
+  lake: {{ iceberg: {{ catalog: "sqlite://lake/catalog.db", warehouse: lake, table: replay.per_dataset }} }}
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
+checkpoint: {{ dir: state, interval: 1s }}
+"#,
+        brokers = brokers()
+    )
+}
+
+fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn window_start(r: &Row) -> i64 {
+    match &r["window_start"] {
+        serde_json::Value::Number(n) => n.as_i64().unwrap(),
+        serde_json::Value::String(s) => {
+            weir_engine::time::parse_rfc3339_ms(s.as_bytes()).expect("an RFC 3339 time")
+        }
+        other => panic!("window_start {other}"),
+    }
+}
+
+fn in_range(r: &Row) -> bool {
+    (FROM_MS..TO_MS).contains(&window_start(r))
+}
+
+fn sorted(rows: impl IntoIterator<Item = Row>) -> Vec<String> {
+    let mut v: Vec<String> = rows
+        .into_iter()
+        .map(|r| serde_json::Value::Object(r).to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The newest message of every key of the output topic, and how many messages it holds.
+fn latest_per_key(brokers: &str, topic: &str, dir: &Path) -> (Vec<Row>, usize) {
+    let raw = dir.join(format!("{topic}.ndjson"));
+    tool(&["consume", brokers, topic, raw.to_str().unwrap(), "--keys"]);
+    let messages = read_ndjson(&raw);
+    let mut latest: BTreeMap<String, Row> = BTreeMap::new();
+    for m in &messages {
+        let key = m["key"].to_string();
+        let value = m["value"].as_object().expect("a JSON value").clone();
+        latest.insert(key, value);
+    }
+    (latest.into_values().collect(), messages.len())
+}
+
+#[test]
+fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shared = repo().parent().unwrap().join("shared");
+    let events = d.join("events.ndjson");
+    ok(
+        Command::new("python3")
+            .arg(shared.join("data/gen_events.py"))
+            .args(["data-ingestion", "60000", "--seed", "5", "--keys", "50"])
+            .args([
+                "--step-ms",
+                "180",
+                "--bad-frac",
+                "0.005",
+                "--late-frac",
+                "0.004",
+            ])
+            .args(["--late-ms", "240000", "-o"])
+            .arg(&events)
+            .output()
+            .unwrap(),
+        "gen_events.py",
+    );
+    let expected_path = d.join("expected.ndjson");
+    ok(
+        Command::new("python3")
+            .arg(shared.join("oracle/window_oracle.py"))
+            .arg(&events)
+            .args(["--schema", "data-ingestion", "--key", "datasetName"])
+            .args(["--size", "5m", "--ooo", "5s", "--agg", "events=count"])
+            .args(["--agg", "records=sum:recordCount"])
+            .args(["--agg", "max_bytes=max:sizeBytes", "-o"])
+            .arg(&expected_path)
+            .output()
+            .unwrap(),
+        "window_oracle.py",
+    );
+    let expected = read_ndjson(&expected_path);
+    let expected_in_range: Vec<Row> = expected.iter().filter(|r| in_range(r)).cloned().collect();
+    assert!(expected_in_range.len() > 100 && expected_in_range.len() < expected.len() / 2);
+
+    let topic = unique("replay-in");
+    let out_topic = unique("replay-out");
+    tool(&["create", &brokers, &topic, "3"]);
+    tool(&["create", &brokers, &out_topic, "3"]);
+    tool(&[
+        "produce",
+        &brokers,
+        &topic,
+        events.to_str().unwrap(),
+        "--timestamp-field",
+        "timestamp",
+    ]);
+    let good = d.join("pipeline.yaml");
+    std::fs::write(&good, pipeline(&topic, &out_topic, &unique("live"), "")).unwrap();
+    // a bug: successful ingestions are dropped
+    let buggy = d.join("buggy.yaml");
+    std::fs::write(
+        &buggy,
+        pipeline(
+            &topic,
+            &out_topic,
+            &unique("live"),
+            "\n    where: \"status <> 'SUCCESS'\"",
+        ),
+    )
+    .unwrap();
+    let keys = ["datasetName"];
+    let table = iceberg::Table::local(crash::venv_python(), &d.join("lake"), "replay.per_dataset");
+
+    // the live run
+    ok(
+        weir()
+            .args(["run", good.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap(),
+        "the live run",
+    );
+    compare(&expected, &table.pyiceberg(), &keys).expect("the live run's table");
+    let live_file = std::fs::read_to_string(d.join("out/per_dataset.ndjson")).unwrap();
+    let outside_before = sorted(table.pyiceberg().into_iter().filter(|r| !in_range(r)));
+
+    let replay = |pipeline: &Path, extra: &[&str]| {
+        ok(
+            weir()
+                .args(["replay", pipeline.to_str().unwrap()])
+                .args(["--from", HOUR2_FROM, "--to", HOUR2_TO])
+                .args(extra)
+                .output()
+                .unwrap(),
+            "weir replay",
+        )
+    };
+    // --dry-run: the ranges, nothing written
+    let snapshots = table.snapshots().len();
+    let dry = replay(&good, &["--dry-run"]);
+    assert!(dry.contains(&format!("{topic}/0: offsets")), "{dry}");
+    assert!(dry.contains("12 per key"), "{dry}");
+    assert_eq!(table.snapshots().len(), snapshots);
+
+    // the buggy replay corrupts hour 2 in every sink
+    replay(&buggy, &[]);
+    assert!(
+        compare(&expected, &table.pyiceberg(), &keys).is_err(),
+        "the buggy replay changed nothing"
+    );
+    let (latest, _) = latest_per_key(&brokers, &out_topic, d);
+    assert!(compare(&expected, &latest, &keys).is_err());
+
+    // the fixed replay puts them back
+    let (_, before_fix) = latest_per_key(&brokers, &out_topic, d);
+    let stdout = replay(&good, &["--parallelism", "2"]);
+    assert!(
+        stdout.contains(&format!(
+            "sink lake: {} windows rewritten",
+            expected_in_range.len()
+        )),
+        "{stdout}"
+    );
+    compare(&expected, &table.pyiceberg(), &keys)
+        .unwrap_or_else(|e| panic!("the table after the replay differs from the oracle: {e}"));
+    compare(&expected, &table.duckdb(), &keys)
+        .unwrap_or_else(|e| panic!("DuckDB's rows after the replay differ: {e}"));
+    let (latest, after_fix) = latest_per_key(&brokers, &out_topic, d);
+    compare(&expected, &latest, &keys)
+        .unwrap_or_else(|e| panic!("the topic's newest rows differ from the oracle: {e}"));
+    assert_eq!(
+        after_fix - before_fix,
+        expected_in_range.len(),
+        "the replay sent exactly the range's windows"
+    );
+    let replay_file = d.join("out/per_dataset.replay-20231114T231500Z-20231115T001500Z.ndjson");
+    compare(&expected_in_range, &read_ndjson(&replay_file), &keys)
+        .unwrap_or_else(|e| panic!("the replay's file differs from the oracle's range: {e}"));
+    // the live run's file and the rows outside the range are untouched
+    assert_eq!(
+        std::fs::read_to_string(d.join("out/per_dataset.ndjson")).unwrap(),
+        live_file
+    );
+    assert_eq!(
+        sorted(table.pyiceberg().into_iter().filter(|r| !in_range(r))),
+        outside_before
+    );
+
+    // replaying again changes nothing
+    let rows = sorted(table.pyiceberg());
+    replay(&good, &[]);
+    assert_eq!(sorted(table.pyiceberg()), rows);
+    let (latest, _) = latest_per_key(&brokers, &out_topic, d);
+    compare(&expected, &latest, &keys).unwrap();
+    // the live run's checkpoint and group were not used: it restores and finds nothing new
+    let stdout = ok(
+        weir()
+            .args(["run", good.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap(),
+        "the live run again",
+    );
+    assert!(stdout.contains("restored from checkpoint"), "{stdout}");
+    compare(&expected, &table.pyiceberg(), &keys).unwrap();
+}
