@@ -292,8 +292,27 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// Logs messages read / to read, events per second and the time left, every 2 s.
+    /// A progress bar on a terminal (messages read / to read, events per second, time left);
+    /// otherwise a log line every 2 s.
     pub fn report(self) {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(self.total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "replay [{elapsed_precise}] {wide_bar} {pos}/{len} messages, {per_sec}, ETA {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                bar.set_position(
+                    weir_engine::RunStats::get(&self.stats.records_in).min(self.total),
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            bar.set_position(weir_engine::RunStats::get(&self.stats.records_in).min(self.total));
+            bar.finish();
+            return;
+        }
         let started = std::time::Instant::now();
         let mut last = started;
         while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
