@@ -3,11 +3,11 @@
 //! start lies in the range, with the identities of the live run's rows (Kafka keys, Iceberg
 //! rows replaced in one snapshot), so replaying twice leaves the sinks as replaying once.
 //!
-//! Offsets: each partition is read from the first message at `from - (size + allowed_lateness
-//! + max_out_of_orderness)` (the first window is complete, and lateness is judged as in the
-//! live run) to the first message at `to + size + allowed_lateness + max_out_of_orderness`
-//! (every window of the range has closed by then), both by Kafka timestamps and checked
-//! against the partition's high watermark captured at the start.
+//! Offsets: with `margin` = window size + allowed lateness + max out-of-orderness, each
+//! partition is read from the first message at `from - margin` (the first window is complete,
+//! and lateness is judged as in the live run) to the first message at `to + margin` (every
+//! window of the range has closed by then), both by Kafka timestamps and checked against the
+//! partition's high watermark captured at the start.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -946,6 +946,7 @@ mod tests {
             properties: vec![],
             idle_timeout: None,
             until_caught_up: true,
+            end_offsets: HashMap::new(),
             with_headers: true,
         };
         let partitions = KafkaPartitions::discover(&config).unwrap();
