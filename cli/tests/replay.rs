@@ -101,8 +101,16 @@ fn latest_per_key(brokers: &str, topic: &str, dir: &Path) -> (Vec<Row>, usize) {
     (latest.into_values().collect(), messages.len())
 }
 
-#[test]
-fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
+/// Three hours of generated events (seed `seed`) produced to a new 3-partition topic with
+/// event-time timestamps, a new output topic, and the oracle's 5-minute windows.
+struct Input {
+    dir: tempfile::TempDir,
+    expected: Vec<Row>,
+    topic: String,
+    out_topic: String,
+}
+
+fn input(seed: &str, name: &str) -> Input {
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -111,7 +119,7 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
     ok(
         Command::new("python3")
             .arg(shared.join("data/gen_events.py"))
-            .args(["data-ingestion", "60000", "--seed", "5", "--keys", "50"])
+            .args(["data-ingestion", "60000", "--seed", seed, "--keys", "50"])
             .args([
                 "--step-ms",
                 "180",
@@ -140,12 +148,8 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
             .unwrap(),
         "window_oracle.py",
     );
-    let expected = read_ndjson(&expected_path);
-    let expected_in_range: Vec<Row> = expected.iter().filter(|r| in_range(r)).cloned().collect();
-    assert!(expected_in_range.len() > 100 && expected_in_range.len() < expected.len() / 2);
-
-    let topic = unique("replay-in");
-    let out_topic = unique("replay-out");
+    let topic = unique(&format!("{name}-in"));
+    let out_topic = unique(&format!("{name}-out"));
     tool(&["create", &brokers, &topic, "3"]);
     tool(&["create", &brokers, &out_topic, "3"]);
     tool(&[
@@ -156,6 +160,27 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
         "--timestamp-field",
         "timestamp",
     ]);
+    Input {
+        expected: read_ndjson(&expected_path),
+        dir,
+        topic,
+        out_topic,
+    }
+}
+
+#[test]
+fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
+    let brokers = brokers();
+    let Input {
+        dir,
+        expected,
+        topic,
+        out_topic,
+    } = input("5", "replay");
+    let d = dir.path();
+    let expected_in_range: Vec<Row> = expected.iter().filter(|r| in_range(r)).cloned().collect();
+    assert!(expected_in_range.len() > 100 && expected_in_range.len() < expected.len() / 2);
+
     let good = d.join("pipeline.yaml");
     std::fs::write(&good, pipeline(&topic, &out_topic, &unique("live"), "")).unwrap();
     // a bug: successful ingestions are dropped
@@ -298,55 +323,13 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
 #[test]
 fn a_replay_and_a_live_run_at_the_same_time_do_not_interfere() {
     let brokers = brokers();
-    let dir = tempfile::tempdir().unwrap();
+    let Input {
+        dir,
+        expected,
+        topic,
+        out_topic,
+    } = input("6", "replay-live");
     let d = dir.path();
-    let shared = repo().parent().unwrap().join("shared");
-    let events = d.join("events.ndjson");
-    ok(
-        Command::new("python3")
-            .arg(shared.join("data/gen_events.py"))
-            .args(["data-ingestion", "60000", "--seed", "6", "--keys", "50"])
-            .args([
-                "--step-ms",
-                "180",
-                "--bad-frac",
-                "0.005",
-                "--late-frac",
-                "0.004",
-            ])
-            .args(["--late-ms", "240000", "-o"])
-            .arg(&events)
-            .output()
-            .unwrap(),
-        "gen_events.py",
-    );
-    let expected_path = d.join("expected.ndjson");
-    ok(
-        Command::new("python3")
-            .arg(shared.join("oracle/window_oracle.py"))
-            .arg(&events)
-            .args(["--schema", "data-ingestion", "--key", "datasetName"])
-            .args(["--size", "5m", "--ooo", "5s", "--agg", "events=count"])
-            .args(["--agg", "records=sum:recordCount"])
-            .args(["--agg", "max_bytes=max:sizeBytes", "-o"])
-            .arg(&expected_path)
-            .output()
-            .unwrap(),
-        "window_oracle.py",
-    );
-    let expected = read_ndjson(&expected_path);
-    let topic = unique("replay-live-in");
-    let out_topic = unique("replay-live-out");
-    tool(&["create", &brokers, &topic, "3"]);
-    tool(&["create", &brokers, &out_topic, "3"]);
-    tool(&[
-        "produce",
-        &brokers,
-        &topic,
-        events.to_str().unwrap(),
-        "--timestamp-field",
-        "timestamp",
-    ]);
     let group = unique("live");
     // the file and the topic only: an Iceberg table takes a replay of windows the live run
     // has already written (see the README)
