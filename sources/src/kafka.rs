@@ -540,12 +540,7 @@ impl KafkaReader {
                             continue;
                         };
                         let (end_at, start) = if self.config.until_caught_up {
-                            let (low, high) = self
-                                .consumer
-                                .as_ref()
-                                .expect("connected")
-                                .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                                .map_err(|e| self.err("cannot read partition end offsets", e))?;
+                            let (low, high) = self.end_offsets(&topic, p)?;
                             let high = if high <= low { 0 } else { high as u64 };
                             let end = match self.config.end_offsets.get(&(topic.clone(), p)) {
                                 Some(&e) => e.min(high),
@@ -586,6 +581,22 @@ impl KafkaReader {
             }
         }
         Ok(())
+    }
+
+    /// The low and high watermarks of a partition; a busy broker gets three tries of 30 s.
+    fn end_offsets(&self, topic: &str, p: i32) -> Result<(i64, i64), EngineError> {
+        let consumer = self.consumer.as_ref().expect("connected");
+        let mut tries = 0;
+        loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(30)) {
+                Ok(w) => return Ok(w),
+                Err(e) if tries < 2 => {
+                    tries += 1;
+                    tracing::warn!(source = %self.name, topic, partition = p, error = %e, "kafka: reading the partition's end offsets failed; trying again");
+                }
+                Err(e) => return Err(self.err("cannot read partition end offsets", e)),
+            }
+        }
     }
 
     /// Where a newly assigned partition starts reading, when it is known to be an offset: the
