@@ -46,79 +46,93 @@ pub fn offset_ranges(
         .set("group.id", "weir-offset-ranges")
         .create()
         .map_err(|e| err("cannot create a client".into(), e))?;
-    let mut out = Vec::new();
+    // the watermarks of every partition, then their last messages' timestamps in one fetch
+    let mut parts = Vec::new();
     for (topic, &count) in topics.iter().zip(counts) {
         for p in 0..count as i32 {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p, timeout)
                 .map_err(|e| err(format!("cannot read the end offsets of {topic}/{p}"), e))?;
-            let (low, high) = (low.max(0) as u64, high.max(0) as u64);
-            let last_ts = if high > low {
-                last_timestamp(&consumer, topic, p, high - 1, timeout)
-            } else {
-                None
-            };
-            let at = |t: i64| -> Result<u64, KafkaError> {
-                // every message is older than t: the answer is the end, whatever the broker says
-                if high <= low || last_ts.is_some_and(|ts| ts < t) {
-                    return Ok(high);
-                }
-                let mut q = TopicPartitionList::new();
-                q.add_partition_offset(topic, p, Offset::Offset(t))
-                    .map_err(|e| err(format!("bad partition {topic}/{p}"), e))?;
-                let found = consumer.offsets_for_times(q, timeout).map_err(|e| {
-                    err(
-                        format!("cannot find the offsets of a time in {topic}/{p}"),
-                        e,
-                    )
-                })?;
-                let o = found
-                    .elements()
-                    .first()
-                    .map(|e| e.offset())
-                    .unwrap_or(Offset::End);
-                Ok(match o {
-                    Offset::Offset(o) if o >= 0 => (o as u64).clamp(low, high),
-                    _ => high,
-                })
-            };
-            let start = at(from_ms)?;
-            let end = at(to_ms)?.max(start);
-            out.push(OffsetRange {
-                topic: topic.clone(),
-                partition: p,
-                start,
-                end,
-                high,
-            });
+            parts.push((topic.clone(), p, low.max(0) as u64, high.max(0) as u64));
         }
     }
-    Ok(out)
+    let last_ts = last_timestamps(&consumer, &parts, timeout);
+    // the first offset at or after `t` in every partition, in one request
+    let offsets_at = |t: i64| -> Result<Vec<u64>, KafkaError> {
+        let mut q = TopicPartitionList::new();
+        for (topic, p, _, _) in &parts {
+            q.add_partition_offset(topic, *p, Offset::Offset(t))
+                .map_err(|e| err(format!("bad partition {topic}/{p}"), e))?;
+        }
+        let found = consumer
+            .offsets_for_times(q, timeout)
+            .map_err(|e| err("cannot find the offsets of a time".into(), e))?;
+        Ok(parts
+            .iter()
+            .zip(&last_ts)
+            .map(|((topic, p, low, high), last)| {
+                // every message is older than t: the answer is the end, whatever the broker says
+                if high <= low || last.is_some_and(|ts| ts < t) {
+                    return *high;
+                }
+                let o = found
+                    .find_partition(topic, *p)
+                    .map(|e| e.offset())
+                    .unwrap_or(Offset::End);
+                match o {
+                    Offset::Offset(o) if o >= 0 => (o as u64).clamp(*low, *high),
+                    _ => *high,
+                }
+            })
+            .collect())
+    };
+    let starts = offsets_at(from_ms)?;
+    let ends = offsets_at(to_ms)?;
+    Ok(parts
+        .into_iter()
+        .zip(starts.into_iter().zip(ends))
+        .map(|((topic, partition, _, high), (start, end))| OffsetRange {
+            topic,
+            partition,
+            start,
+            end: end.max(start),
+            high,
+        })
+        .collect())
 }
 
-/// The Kafka timestamp of the message at `offset`, when it can be read.
-fn last_timestamp(
+/// The Kafka timestamp of each partition's last message (`None` when empty or unread), read
+/// in one fetch of every partition at `high - 1`.
+fn last_timestamps(
     consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    offset: u64,
+    parts: &[(String, i32, u64, u64)],
     timeout: Duration,
-) -> Option<i64> {
+) -> Vec<Option<i64>> {
+    let mut out = vec![None; parts.len()];
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(offset as i64))
-        .ok()?;
-    consumer.assign(&tpl).ok()?;
+    for (topic, p, low, high) in parts {
+        if high > low {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*high as i64 - 1));
+        }
+    }
+    if tpl.count() == 0 || consumer.assign(&tpl).is_err() {
+        return out;
+    }
+    let mut left = tpl.count();
     let deadline = std::time::Instant::now() + timeout;
-    let mut ts = None;
-    while std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) if m.partition() == partition && m.topic() == topic => {
-                ts = m.timestamp().to_millis();
-                break;
+    while left > 0 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let at = parts
+                .iter()
+                .position(|(t, p, _, _)| t == m.topic() && *p == m.partition());
+            if let Some(i) = at {
+                if out[i].is_none() {
+                    out[i] = m.timestamp().to_millis();
+                    left -= 1;
+                }
             }
-            _ => {}
         }
     }
     let _ = consumer.unassign();
-    ts
+    out
 }
