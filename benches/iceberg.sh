@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Iceberg sink benchmark: the 2,000,000-event benchmark's pipeline (1-minute windows per
-# dataset, checkpoints every 250 ms, exactly-once sinks: several commits per run) writing its windows to an Iceberg
-# table (SQLite catalog, local warehouse) vs to the NDJSON file sink, in the same run,
-# alternating, RUNS times each.
+# dataset, checkpoints every 250 ms, exactly-once sinks: several commits per run) writing its
+# windows to an Iceberg table (SQLite catalog, local warehouse) vs to the NDJSON file sink, in
+# the same run, alternating, RUNS times each.
 #   benches/iceberg.sh [EVENTS] [RUNS]        (default: 2000000 3)
 # Prints per sink the median events per CPU-second, rows written per second and peak RSS,
 # the ratio Iceberg / NDJSON (the bar: at least 0.90), the Iceberg snapshots' commit latency
