@@ -602,6 +602,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 idle_timeout: None,
                 until_caught_up: false,
                 end_offsets: Default::default(),
+                read_offsets: None,
                 with_headers: false,
             };
             (SourceInput::Kafka(cfg), None)

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use weir_sources::ReadOffsets;
+
 use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
 use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
@@ -44,6 +46,9 @@ pub struct ReplaySetup {
     pub suffix: String,
     /// Rows of the range written to each sink.
     pub written: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+    /// The offset after the last message read of every partition, per source (the readers
+    /// store them).
+    pub read: Vec<Arc<ReadOffsets>>,
 }
 
 impl ReplaySetup {
@@ -159,6 +164,7 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
         .max()
         .unwrap_or(0);
     let mut ranges = Vec::new();
+    let mut read = Vec::new();
     for (i, s) in plan.sources.iter_mut().enumerate() {
         let SourceInput::Kafka(cfg) = &mut s.input else {
             return Err(format!(
@@ -184,6 +190,17 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
             .iter()
             .map(|r| ((r.topic.clone(), r.partition), r.end))
             .collect();
+        let offsets = Arc::new(ReadOffsets(
+            found
+                .iter()
+                .map(|r| {
+                    let at = Arc::new(std::sync::atomic::AtomicU64::new(r.start));
+                    ((r.topic.clone(), r.partition), at)
+                })
+                .collect(),
+        ));
+        cfg.read_offsets = Some(offsets.clone());
+        read.push(offsets);
         ranges.push((i, found));
     }
     Ok(ReplaySetup {
@@ -192,6 +209,7 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
         ranges,
         suffix,
         written: Default::default(),
+        read,
     })
 }
 
@@ -289,6 +307,8 @@ pub(crate) struct Progress {
     pub total: u64,
     pub stats: Arc<weir_engine::RunStats>,
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Per partition: its name, where it starts and ends, and where its reader is.
+    pub partitions: Vec<(String, u64, u64, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 impl Progress {
@@ -297,20 +317,44 @@ impl Progress {
     pub fn report(self) {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new(self.total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
+            let bars = indicatif::MultiProgress::new();
+            let style = |t: &str| indicatif::ProgressStyle::with_template(t).ok();
+            let total = bars.add(indicatif::ProgressBar::new(self.total));
+            if let Some(s) = style(
                 "replay [{elapsed_precise}] {wide_bar} {pos}/{len} messages, {per_sec}, ETA {eta}",
             ) {
-                bar.set_style(style);
+                total.set_style(s);
             }
-            while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                bar.set_position(
+            let parts: Vec<_> = self
+                .partitions
+                .iter()
+                .map(|(name, start, end, _)| {
+                    let b = bars.add(indicatif::ProgressBar::new(end - start));
+                    if let Some(s) = style("  {prefix:<24} {bar:40} {pos}/{len} offsets") {
+                        b.set_style(s);
+                    }
+                    b.set_prefix(name.clone());
+                    b
+                })
+                .collect();
+            let update = || {
+                total.set_position(
                     weir_engine::RunStats::get(&self.stats.records_in).min(self.total),
                 );
+                for (b, (_, start, end, at)) in parts.iter().zip(&self.partitions) {
+                    let at = at.load(std::sync::atomic::Ordering::Relaxed);
+                    b.set_position(at.clamp(*start, *end) - start);
+                }
+            };
+            while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                update();
                 std::thread::sleep(Duration::from_millis(200));
             }
-            bar.set_position(weir_engine::RunStats::get(&self.stats.records_in).min(self.total));
-            bar.finish();
+            update();
+            for b in &parts {
+                b.finish();
+            }
+            total.finish();
             return;
         }
         let started = std::time::Instant::now();

@@ -319,10 +319,22 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
     let progress_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = opts.replay.as_ref().map(|r| {
+        let partitions = r
+            .ranges
+            .iter()
+            .zip(&r.read)
+            .flat_map(|((_, ranges), read)| {
+                ranges.iter().filter_map(|x| {
+                    let at = read.0.get(&(x.topic.clone(), x.partition))?.clone();
+                    Some((format!("{}/{}", x.topic, x.partition), x.start, x.end, at))
+                })
+            })
+            .collect();
         let p = crate::replay::Progress {
             total: r.messages(),
             stats: stats.clone(),
             stop: progress_stop.clone(),
+            partitions,
         };
         std::thread::spawn(move || p.report())
     });

@@ -68,9 +68,16 @@ pub struct KafkaSourceConfig {
     /// With `until_caught_up`: where given partitions end instead (a replay's range), at most
     /// their end offset.
     pub end_offsets: HashMap<(String, i32), u64>,
+    /// Where the reader stores the offset after the last message read of given partitions
+    /// (a replay's progress bars).
+    pub read_offsets: Option<Arc<ReadOffsets>>,
     /// Keep message headers (as a JSON object), for the `_headers` column.
     pub with_headers: bool,
 }
+
+/// The offset after the last message read, per (topic, partition), for progress reports.
+#[derive(Debug, Default)]
+pub struct ReadOffsets(pub HashMap<(String, i32), Arc<std::sync::atomic::AtomicU64>>);
 
 /// The partitions of a Kafka source's topics, read before the run.
 pub struct KafkaPartitions {
@@ -364,6 +371,8 @@ struct PartitionState {
     /// With `until_caught_up`: the end offset seen at assignment.
     end_at: Option<u64>,
     ended: bool,
+    /// Where to store the offset after the last message read (progress reports).
+    read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Reads a Kafka source for a job.
@@ -416,6 +425,10 @@ impl KafkaReader {
                     next_offset: None,
                     end_at: None,
                     ended: false,
+                    read_offset: config
+                        .read_offsets
+                        .as_ref()
+                        .and_then(|r| r.0.get(&(topic.to_string(), p as i32)).cloned()),
                 });
             }
         }
@@ -769,6 +782,9 @@ impl KafkaReader {
     fn after_message(&mut self, l: usize, offset: u64, ctx: &ReaderContext) {
         let s = &mut self.partitions[l];
         s.last_message = Instant::now();
+        if let Some(r) = &s.read_offset {
+            r.store(offset + 1, Ordering::Relaxed);
+        }
         let clock = ctx.clocks.partition(s.info.id);
         if clock.is_idle() {
             clock.set_idle(false);
@@ -958,6 +974,7 @@ mod tests {
             idle_timeout: None,
             until_caught_up: true,
             end_offsets: HashMap::new(),
+            read_offsets: None,
             with_headers: true,
         };
         let partitions = KafkaPartitions::discover(&config).unwrap();
@@ -1025,6 +1042,7 @@ mod tests {
             idle_timeout: None,
             until_caught_up: false,
             end_offsets: HashMap::new(),
+            read_offsets: None,
             with_headers: false,
         };
         match KafkaPartitions::discover(&config) {

@@ -14,7 +14,7 @@ pub use avro::{AvroDecoder, AvroType};
 pub use file::{resolve_files, FileReader};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};
-pub use kafka::{KafkaPartitions, KafkaReader, KafkaSourceConfig, StartFrom};
+pub use kafka::{KafkaPartitions, KafkaReader, KafkaSourceConfig, ReadOffsets, StartFrom};
 pub use message_columns::MessageColumn;
 pub use registry::SchemaRegistry;
 pub use schema::{FieldKind, SchemaField, SourceSchema};
