@@ -220,14 +220,7 @@ pub fn compact(
         .build()
         .map_err(|e| IcebergError::Write(e.to_string()))?;
     runtime.block_on(async {
-        let lake = Lake::open(
-            &config.catalog,
-            &config.catalog_name,
-            &config.warehouse,
-            &config.catalog_properties,
-            &runtime,
-        )
-        .await?;
+        let lake = config.open_lake(&runtime).await?;
         let mut attempts = 0;
         loop {
             let now_ms = std::time::SystemTime::now()

@@ -69,6 +69,21 @@ pub struct IcebergSinkConfig {
 }
 
 impl IcebergSinkConfig {
+    /// Opens the sink's catalog on `runtime`.
+    pub(crate) async fn open_lake(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Lake, IcebergError> {
+        Lake::open(
+            &self.catalog,
+            &self.catalog_name,
+            &self.warehouse,
+            &self.catalog_properties,
+            runtime,
+        )
+        .await
+    }
+
     /// The table's identifier.
     pub fn ident(&self) -> Result<TableIdent, IcebergError> {
         let parts: Vec<&str> = self.table.split('.').collect();
@@ -199,14 +214,7 @@ impl IcebergSink {
         ]);
         let (lake, table) = runtime
             .block_on(async {
-                let lake = Lake::open(
-                    &config.catalog,
-                    &config.catalog_name,
-                    &config.warehouse,
-                    &config.catalog_properties,
-                    &runtime,
-                )
-                .await?;
+                let lake = config.open_lake(&runtime).await?;
                 let table = lake
                     .open_table(
                         &ident,
