@@ -746,6 +746,76 @@ mod tests {
     }
 
     #[test]
+    fn first_value_keeps_the_earliest_event_across_workers_and_folds() {
+        let base = config();
+        let c = SqlCompiler::new();
+        let schema = base.input_schema.clone();
+        let config = Arc::new(ViewConfig {
+            aggregates: vec![
+                c.aggregate(
+                    "first_status",
+                    "first_value(healthStatus ORDER BY timestamp)",
+                    &schema,
+                )
+                .unwrap(),
+                c.aggregate("checks", "count(*)", &schema).unwrap(),
+            ],
+            name: base.name.clone(),
+            input_schema: schema.clone(),
+            predicate: None,
+            keys: base.keys.clone(),
+        });
+        let p = partition();
+        let mut w1 = ViewWorker::new(config.clone()).unwrap();
+        let mut w2 = ViewWorker::new(config.clone()).unwrap();
+        let mut m = ViewMerger::new(config).unwrap();
+        let mut dead = Vec::new();
+        w1.process(
+            &p,
+            &events(&[("a", "DEGRADED", 20), ("b", "DOWN", 5)]),
+            &[],
+            &mut dead,
+        )
+        .unwrap();
+        w2.process(&p, &events(&[("a", "HEALTHY", 10)]), &[], &mut dead)
+            .unwrap();
+        for part in w1
+            .barrier_handover()
+            .unwrap()
+            .into_iter()
+            .chain(w2.barrier_handover().unwrap())
+        {
+            m.merge(part).unwrap();
+        }
+        assert_eq!(
+            rows(&m.live(Vec::new()).unwrap()),
+            vec![
+                ("a".into(), "HEALTHY".into(), 2),
+                ("b".into(), "DOWN".into(), 1)
+            ]
+        );
+        // a later fold: an even earlier event wins, a later one does not
+        w1.process(
+            &p,
+            &events(&[("a", "UNKNOWN", 1), ("b", "HEALTHY", 9)]),
+            &[],
+            &mut dead,
+        )
+        .unwrap();
+        for part in w1.barrier_handover().unwrap() {
+            m.merge(part).unwrap();
+        }
+        assert_eq!(
+            rows(&m.live(Vec::new()).unwrap()),
+            vec![
+                ("a".into(), "UNKNOWN".into(), 3),
+                ("b".into(), "DOWN".into(), 2)
+            ]
+        );
+        assert!(dead.is_empty());
+    }
+
+    #[test]
     fn folds_between_deltas_give_the_same_view_as_one_fold() {
         let config = config();
         let p = partition();
