@@ -454,7 +454,7 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
         dir.path(),
         "    generator: { kind: service-health, events_per_second: 1000, seed: 5 }",
         &format!(
-            "{{ http: \"127.0.0.1:{hp}\", postgres: \"127.0.0.1:{pp}\", token: \"${{TEST_SQL_TOKEN}}\", password: \"${{TEST_SQL_PASSWORD}}\", query_timeout: 1s }}"
+            "{{ http: \"127.0.0.1:{hp}\", postgres: \"127.0.0.1:{pp}\", token: \"${{TEST_SQL_TOKEN}}\", password: \"${{TEST_SQL_PASSWORD}}\", query_timeout: 1s, query_memory_mb: 4 }}"
         ),
         "",
     );
@@ -498,6 +498,11 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
         (
             "SELECT count(*) FROM generate_series(1, 100000000) a, generate_series(1, 100000000) b",
             "timeout",
+        ),
+        // a query needing more than `query_memory_mb` (4 MiB) is refused, not run
+        (
+            "SELECT count(DISTINCT value) FROM generate_series(1, 5000000)",
+            "memory_limit",
         ),
     ] {
         let started = Instant::now();
@@ -566,11 +571,13 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
             ["DELETE FROM service_status", []],
             ["SELECT count(*) FROM generate_series(1, 100000000) a, generate_series(1, 100000000) b", []],
             ["SELECT 41 + %s AS answer", [1]],
+            ["SELECT count(DISTINCT value) FROM generate_series(1, 5000000)", []],
         ]),
     );
     assert_eq!(answers[0]["sqlstate"], "25006", "{}", answers[0]);
     assert_eq!(answers[1]["sqlstate"], "57014", "{}", answers[1]);
     assert_eq!(answers[2]["rows"], serde_json::json!([[42]]));
+    assert_eq!(answers[3]["sqlstate"], "53200", "{}", answers[3]);
 
     let (code, out, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
