@@ -686,6 +686,15 @@ mod tests {
         out
     }
 
+    /// A barrier: the workers hand their deltas to the merger.
+    fn barrier(m: &mut ViewMerger, workers: &mut [&mut ViewWorker]) {
+        for w in workers.iter_mut() {
+            for part in w.barrier_handover().unwrap() {
+                m.merge(part).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn deltas_of_two_workers_merge_into_the_latest_value_per_key() {
         let config = config();
@@ -707,14 +716,7 @@ mod tests {
             w1.flush(100).unwrap().is_empty(),
             "deltas wait for a barrier"
         );
-        for part in w1
-            .barrier_handover()
-            .unwrap()
-            .into_iter()
-            .chain(w2.barrier_handover().unwrap())
-        {
-            m.merge(part).unwrap();
-        }
+        barrier(&mut m, &mut [&mut w1, &mut w2]);
         let first = rows(&m.live(Vec::new()).unwrap());
         assert_eq!(
             first,
@@ -779,14 +781,7 @@ mod tests {
         .unwrap();
         w2.process(&p, &events(&[("a", "HEALTHY", 10)]), &[], &mut dead)
             .unwrap();
-        for part in w1
-            .barrier_handover()
-            .unwrap()
-            .into_iter()
-            .chain(w2.barrier_handover().unwrap())
-        {
-            m.merge(part).unwrap();
-        }
+        barrier(&mut m, &mut [&mut w1, &mut w2]);
         assert_eq!(
             rows(&m.live(Vec::new()).unwrap()),
             vec![
@@ -802,9 +797,7 @@ mod tests {
             &mut dead,
         )
         .unwrap();
-        for part in w1.barrier_handover().unwrap() {
-            m.merge(part).unwrap();
-        }
+        barrier(&mut m, &mut [&mut w1]);
         assert_eq!(
             rows(&m.live(Vec::new()).unwrap()),
             vec![
@@ -883,9 +876,7 @@ mod tests {
         w.process(&p, &batch, &[], &mut dead).unwrap();
         w.process(&p, &events(&[("c", "HEALTHY", 4)]), &[], &mut dead)
             .unwrap();
-        for part in w.barrier_handover().unwrap() {
-            m.merge(part).unwrap();
-        }
+        barrier(&mut m, &mut [&mut w]);
         assert_eq!(
             rows(&m.live(Vec::new()).unwrap()),
             vec![("a".into(), "DOWN".into(), 1)]
