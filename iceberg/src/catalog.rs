@@ -69,15 +69,6 @@ impl CatalogUri {
             },
         }
     }
-
-    /// The URL sqlx connects to (a SQLite file is created when missing).
-    fn sql_url(&self) -> Option<String> {
-        match self {
-            CatalogUri::Sqlite(p) => Some(format!("sqlite://{p}?mode=rwc")),
-            CatalogUri::Postgres(u) => Some(u.clone()),
-            CatalogUri::Rest(_) => None,
-        }
-    }
 }
 
 /// How a new table is partitioned.
@@ -185,27 +176,32 @@ impl Lake {
         let storage = Arc::new(crate::storage::WarehouseStorageFactory);
         let rt = iceberg::Runtime::new(runtime);
         let mut props = properties.clone();
-        let (catalog, pool): (Arc<dyn Catalog>, _) = match uri {
-            CatalogUri::Sqlite(_) | CatalogUri::Postgres(_) => {
-                if let CatalogUri::Sqlite(path) = uri {
-                    if let Some(dir) = std::path::Path::new(path).parent() {
-                        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-                    }
+        let sql = |url: String, style| {
+            SqlCatalogBuilder::default()
+                .uri(url)
+                .warehouse_location(warehouse.clone())
+                .sql_bind_style(style)
+                .with_storage_factory(storage.clone())
+                .with_runtime(rt.clone())
+        };
+        let (url, builder) = match uri {
+            CatalogUri::Sqlite(path) => {
+                if let Some(dir) = std::path::Path::new(path).parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
                 }
-                let url = uri.sql_url().expect("a SQL catalog has a URL");
-                let style = match uri {
-                    CatalogUri::Sqlite(_) => SqlBindStyle::QMark,
-                    _ => SqlBindStyle::DollarNumeric,
-                };
-                let catalog = SqlCatalogBuilder::default()
-                    .uri(url.clone())
-                    .warehouse_location(warehouse)
-                    .sql_bind_style(style)
-                    .with_storage_factory(storage)
-                    .with_runtime(rt)
-                    .load(name, props)
-                    .await
-                    .map_err(|e| err(&e))?;
+                // the file is created when missing
+                let url = format!("sqlite://{path}?mode=rwc");
+                (url.clone(), Some(sql(url, SqlBindStyle::QMark)))
+            }
+            CatalogUri::Postgres(url) => (
+                url.clone(),
+                Some(sql(url.clone(), SqlBindStyle::DollarNumeric)),
+            ),
+            CatalogUri::Rest(url) => (url.clone(), None),
+        };
+        let (catalog, pool): (Arc<dyn Catalog>, _) = match builder {
+            Some(builder) => {
+                let catalog = builder.load(name, props).await.map_err(|e| err(&e))?;
                 let pool = AnyPoolOptions::new()
                     .max_connections(1)
                     .connect(&url)
@@ -213,8 +209,8 @@ impl Lake {
                     .map_err(|e| err(&e))?;
                 (Arc::new(catalog), Some(pool))
             }
-            CatalogUri::Rest(url) => {
-                props.insert("uri".into(), url.clone());
+            None => {
+                props.insert("uri".into(), url);
                 props.insert("warehouse".into(), warehouse);
                 let catalog = RestCatalogBuilder::default()
                     .with_storage_factory(storage)

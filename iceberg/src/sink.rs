@@ -1,7 +1,7 @@
 //! The Iceberg sink: rows to Parquet data files, one snapshot per checkpoint (see the crate
 //! docs for the protocol).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,18 +164,18 @@ fn engine_err(sink: &str, e: impl std::fmt::Display) -> EngineError {
 }
 
 /// The epochs committed to `table` by `pipeline`'s sink `sink`, from the snapshot summaries.
-pub fn committed_epochs(table: &Table, pipeline: &str, sink: &str) -> BTreeSet<u64> {
-    table
-        .metadata()
-        .snapshots()
-        .filter_map(|s| {
-            let p = &s.summary().additional_properties;
-            (p.get(PIPELINE).map(String::as_str) == Some(pipeline)
-                && p.get(SINK).map(String::as_str) == Some(sink))
-            .then(|| p.get(EPOCH).and_then(|e| e.parse().ok()))
-            .flatten()
-        })
-        .collect()
+pub fn committed_epochs<'a>(
+    table: &'a Table,
+    pipeline: &'a str,
+    sink: &'a str,
+) -> impl Iterator<Item = u64> + 'a {
+    table.metadata().snapshots().filter_map(|s| {
+        let p = &s.summary().additional_properties;
+        (p.get(PIPELINE).map(String::as_str) == Some(pipeline)
+            && p.get(SINK).map(String::as_str) == Some(sink))
+        .then(|| p.get(EPOCH).and_then(|e| e.parse().ok()))
+        .flatten()
+    })
 }
 
 impl IcebergSink {
@@ -284,26 +284,27 @@ impl IcebergSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.writer.is_none() {
-            let builder = self.writer_builder()?;
-            let writer = if self.splitter.is_some() {
-                Writer::Partitioned(Box::new(FanoutWriter::new(builder)))
-            } else {
-                let w = self
-                    .runtime
-                    .block_on(builder.build(None))
-                    .map_err(|e| self.err(e))?;
-                Writer::Unpartitioned(Box::new(w))
-            };
-            self.writer = Some(writer);
-        }
         let parts = match &self.splitter {
             Some(s) => s.split(&batch).map_err(|e| self.err(e))?,
             None => Vec::new(),
         };
-        let writer = self.writer.as_mut().expect("opened above");
+        let mut writer = match self.writer.take() {
+            Some(w) => w,
+            None => {
+                let builder = self.writer_builder()?;
+                if self.splitter.is_some() {
+                    Writer::Partitioned(Box::new(FanoutWriter::new(builder)))
+                } else {
+                    let w = self
+                        .runtime
+                        .block_on(builder.build(None))
+                        .map_err(|e| self.err(e))?;
+                    Writer::Unpartitioned(Box::new(w))
+                }
+            }
+        };
         let result = self.runtime.block_on(async {
-            match writer {
+            match &mut writer {
                 Writer::Unpartitioned(w) => w.write(batch).await,
                 Writer::Partitioned(w) => {
                     for (key, rows) in parts {
@@ -313,6 +314,7 @@ impl IcebergSink {
                 }
             }
         });
+        self.writer = Some(writer);
         result.map_err(|e| self.err(e))
     }
 
@@ -364,7 +366,7 @@ impl IcebergSink {
         let table = self.runtime.block_on(async {
             let table = self.lake.load(&self.ident).await?;
             if let Some(e) = epoch {
-                if committed_epochs(&table, &pipeline, &sink).contains(&e) {
+                if committed_epochs(&table, &pipeline, &sink).any(|c| c == e) {
                     tracing::info!(sink = %sink, epoch = e, "epoch already committed to Iceberg, not again");
                     return Ok(table);
                 }
@@ -573,10 +575,10 @@ impl Sink for IcebergSink {
             .block_on(self.lake.load(&self.ident))
             .map_err(|e| self.err(e))?;
         self.table = table;
-        let committed = committed_epochs(&self.table, &self.config.pipeline, &self.config.sink);
+        let newest = committed_epochs(&self.table, &self.config.pipeline, &self.config.sink).max();
         let upto = from.map_or(0, |(e, _)| e);
         // a view's commits replace the table, so only appends could be doubled
-        if let (Some(&last), None) = (committed.iter().next_back(), &self.view) {
+        if let (Some(last), None) = (newest, &self.view) {
             if last > upto {
                 return Err(self.err(format!(
                     "table {} already has epoch {last} of this pipeline's sink, newer than the \

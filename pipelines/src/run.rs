@@ -188,10 +188,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
     let mut sink_index = vec![usize::MAX; plan.sinks.len()];
     let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
     for (i, s) in plan.sinks.iter().enumerate() {
-        if !used[i] {
+        // a sink an output feeds has that output's schema
+        let Some(schema) = s.schema.clone().filter(|_| used[i]) else {
             tracing::warn!(sink = %s.name, "sink receives no output and is not opened");
             continue;
-        }
+        };
         let replayed_target = opts
             .replay
             .as_ref()
@@ -199,7 +200,6 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         let target = replayed_target.as_ref().unwrap_or(&s.target);
         let sink: Box<dyn Sink> = match target {
             SinkTarget::File { path, format } => {
-                let schema = s.schema.clone().expect("a used sink has a schema");
                 if checkpoint.is_some() {
                     Box::new(CommittedFileSink::create(&s.name, path, *format, schema)?)
                 } else {
@@ -208,7 +208,6 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             }
             SinkTarget::Kafka(cfg) => Box::new(KafkaSink::new(&s.name, cfg.clone())?),
             SinkTarget::Iceberg(t) => {
-                let schema = s.schema.clone().expect("a used sink has a schema");
                 let mut config = crate::plan::iceberg_config(&plan.name, &s.name, t);
                 config.replace_windows = opts.replay.as_ref().map(|r| (r.from_ms, r.to_ms));
                 Box::new(IcebergSink::open(config, &schema, t.view_keys)?)

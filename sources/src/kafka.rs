@@ -598,7 +598,9 @@ impl KafkaReader {
 
     /// The low and high watermarks of a partition; a busy broker gets three tries of 30 s.
     fn end_offsets(&self, topic: &str, p: i32) -> Result<(i64, i64), EngineError> {
-        let consumer = self.consumer.as_ref().expect("connected");
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Err(self.err("cannot read partition end offsets", "not connected"));
+        };
         let mut tries = 0;
         loop {
             match consumer.fetch_watermarks(topic, p, Duration::from_secs(30)) {
