@@ -212,9 +212,25 @@ fn main() -> ExitCode {
             for cause in f.error.chain().skip(1) {
                 msg.push_str(&format!(": {cause}"));
             }
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", weir_pipelines::secrets::redact(&msg));
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// stderr for logs, with every secret of the pipeline masked (see
+/// `weir_pipelines::secrets`). The formatter writes each event in one call.
+struct RedactedStderr;
+
+impl std::io::Write for RedactedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(weir_pipelines::secrets::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -226,7 +242,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(|| RedactedStderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -247,7 +263,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     ..Default::default()
                 },
             );
-            print!("{}", plan.describe(n));
+            print!("{}", weir_pipelines::secrets::redact(&plan.describe(n)));
             Ok(())
         }
         Command::Replay {
@@ -364,7 +380,10 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                         r.partitions, r.files_before, r.bytes_before, r.files_after, r.bytes_after, r.rows, r.table_files
                     ),
                     Err(e) => {
-                        eprintln!("error: sink `{name}`: {e}");
+                        eprintln!(
+                            "error: sink `{name}`: {}",
+                            weir_pipelines::secrets::redact(&e.to_string())
+                        );
                         failed = Some(e);
                     }
                 }

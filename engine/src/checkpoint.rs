@@ -452,6 +452,8 @@ pub struct CheckpointStats {
     pub last_rows: AtomicU64,
     /// When the last one completed (epoch ms), 0 if none.
     pub last_completed_ms: AtomicU64,
+    /// The checkpoint interval (ms) when checkpointing is on, else 0.
+    pub interval_ms: AtomicU64,
 }
 
 /// Epochs shared between the coordinator and the outputs that commit.

@@ -20,6 +20,10 @@ pub enum EngineError {
     Internal(String),
     #[error("the run was stopped")]
     Cancelled,
+    /// An output could not take a call that changed nothing: the same call can be made again
+    /// (see [`crate::retry`]).
+    #[error("{0}")]
+    Unavailable(Box<EngineError>),
 }
 
 impl EngineError {
@@ -35,6 +39,13 @@ impl EngineError {
         EngineError::Sink {
             sink: sink.to_string(),
             message: message.to_string(),
+        }
+    }
+    /// This error, marked as one the same call can be retried after (see [`crate::retry`]).
+    pub fn unavailable(self) -> Self {
+        match self {
+            EngineError::Unavailable(_) => self,
+            e => EngineError::Unavailable(Box::new(e)),
         }
     }
     /// An error of a named source.

@@ -27,6 +27,7 @@ use crate::checkpoint::{
 };
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
+use crate::retry::{Retrier, RetryPolicy};
 use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, Resume, SharedBytes};
 use crate::live::{LiveKind, LiveSnapshot, LiveSpec, LiveState, PartitionStatus, Retained};
 use crate::progress::{ChunkResidue, OpResidue, Progress};
@@ -41,6 +42,8 @@ pub struct ReaderContext {
     pub stop: Arc<AtomicBool>,
     /// Which offsets are reflected in durable outputs, for readers that commit them.
     pub progress: Arc<Progress>,
+    /// The run's counters and gauges (consumer lag).
+    pub stats: Arc<RunStats>,
 }
 
 /// Reads one source: yields chunks of its partitions, each partition's chunks in order with
@@ -231,12 +234,22 @@ pub struct OperatorSpec {
     pub sinks: Vec<usize>,
 }
 
+/// A sink of a job.
+pub struct SinkSpec {
+    pub name: String,
+    pub sink: Box<dyn Sink>,
+    /// How calls that fail with [`EngineError::Unavailable`] are retried.
+    pub retry: RetryPolicy,
+}
+
 /// A whole job, ready to run.
 pub struct JobSpec {
     pub sources: Vec<SourceSpec>,
     pub operators: Vec<OperatorSpec>,
-    pub sinks: Vec<(String, Box<dyn Sink>)>,
+    pub sinks: Vec<SinkSpec>,
     pub dead_letter: Box<dyn DeadLetterSink>,
+    /// How the dead-letter output retries.
+    pub dead_letter_retry: RetryPolicy,
     pub parallelism: usize,
     /// Checkpointing, when on.
     pub checkpoint: Option<CheckpointSpec>,
@@ -470,6 +483,10 @@ pub fn run(
     let mut emitted_from: Vec<i64> = vec![WATERMARK_MIN; spec.operators.len()];
     let mut first_epoch = 0;
     if let Some(cp) = &checkpoint {
+        stats
+            .checkpoints
+            .interval_ms
+            .store(cp.interval.as_millis() as u64, Ordering::Relaxed);
         progress.use_checkpoints();
         if let Some(restored) = &cp.restored {
             let m = &restored.manifest;
@@ -545,7 +562,12 @@ pub fn run(
     }
     let sink_count = spec.sinks.len();
     let mut sink_senders = Vec::new();
-    for (idx, (name, mut sink)) in std::mem::take(&mut spec.sinks).into_iter().enumerate() {
+    for (idx, spec_sink) in std::mem::take(&mut spec.sinks).into_iter().enumerate() {
+        let SinkSpec {
+            name,
+            mut sink,
+            retry,
+        } = spec_sink;
         if checkpoint.is_some() {
             let from = restored_manifest.as_ref().map(|m| {
                 (
@@ -553,7 +575,14 @@ pub fn run(
                     m.sinks.get(&name).unwrap_or(&serde_json::Value::Null),
                 )
             });
-            sink.recover(from).map_err(|e| sink_error(&name, e))?;
+            Retrier::new(
+                &format!("sink `{name}`"),
+                retry.clone(),
+                &stats.sink_health[idx],
+                &failure.cancel,
+            )
+            .call("recover", || sink.recover(from))
+            .map_err(|e| sink_error(&name, e))?;
         }
         let (tx, rx) = bounded::<SinkMsg>(16);
         sink_senders.push(tx);
@@ -566,6 +595,7 @@ pub fn run(
             progress: progress.clone(),
             link: link.clone(),
             cancel: failure.cancel.clone(),
+            retry,
         };
         let done = output_done.clone();
         threads.push(spawn(format!("sink-{name}"), &failure, move || {
@@ -579,11 +609,18 @@ pub fn run(
     let (dead_tx, dead_rx) = bounded::<DeadMsg>(64);
     {
         let mut sink = spec.dead_letter;
+        let retry = spec.dead_letter_retry;
         if checkpoint.is_some() {
             let from = restored_manifest
                 .as_ref()
                 .map(|m| (m.epoch, &m.dead_letter));
-            sink.recover(from)?;
+            Retrier::new(
+                "dead-letter output",
+                retry.clone(),
+                &stats.dead_letter_health,
+                &failure.cancel,
+            )
+            .call("recover", || sink.recover(from))?;
         }
         let stats = stats.clone();
         let progress = progress.clone();
@@ -591,7 +628,7 @@ pub fn run(
         let link = link.clone();
         let cancel = failure.cancel.clone();
         threads.push(spawn("dead-letter".into(), &failure, move || {
-            dead_letter_loop(dead_rx, sink, &stats, &progress, link, &cancel)?;
+            dead_letter_loop(dead_rx, sink, retry, &stats, &progress, link, &cancel)?;
             done();
             Ok(())
         })?);
@@ -676,6 +713,7 @@ pub fn run(
             clocks: clocks.clone(),
             stop: stop.0.clone(),
             progress: progress.clone(),
+            stats: stats.clone(),
         };
         let failure2 = failure.clone();
         let reader = source.reader;
@@ -736,6 +774,7 @@ pub fn run(
 fn sink_error(name: &str, e: EngineError) -> EngineError {
     match e {
         EngineError::Sink { .. } => e,
+        EngineError::Unavailable(inner) => sink_error(name, *inner).unavailable(),
         other => EngineError::sink(name, other),
     }
 }
@@ -1226,6 +1265,11 @@ fn process_chunk(
     row_wm: &mut Vec<i64>,
 ) -> Result<(), EngineError> {
     let end = matches!(chunk.data, ChunkData::End);
+    let bytes = match &chunk.data {
+        ChunkData::Lines(lines) => lines.len() as u64,
+        ChunkData::Messages(m) => m.payloads.iter().map(|(a, b)| (b - a) as u64).sum(),
+        _ => 0,
+    };
     let next_offset = match &chunk.data {
         ChunkData::Messages(m) => Some(m.offsets.last().map_or(chunk.first_offset, |o| o + 1)),
         ChunkData::End => Some(chunk.first_offset),
@@ -1252,6 +1296,11 @@ fn process_chunk(
         },
     };
     RunStats::add(&ctx.stats.records_in, records);
+    if let Some(src) = ctx.stats.sources.get(chunk.source) {
+        RunStats::add(&src.records_in, records);
+        RunStats::add(&src.bytes_in, bytes);
+        RunStats::add(&src.bad, bad.len() as u64);
+    }
     if !bad.is_empty() {
         RunStats::add(&ctx.stats.bad, bad.len() as u64);
         ctx.dead_tx
@@ -1541,6 +1590,23 @@ impl LiveTables {
 }
 
 /// The `window_end` of the first row of a window batch.
+/// Appends the batch's `window_end` values as runs of (end, rows).
+fn window_end_runs(batch: &RecordBatch, out: &mut Vec<(i64, u64)>) {
+    use arrow::array::{Array, TimestampMillisecondArray};
+    let Some(ends) = batch
+        .column_by_name("window_end")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+    else {
+        return;
+    };
+    for &end in ends.values().iter() {
+        match out.last_mut() {
+            Some((e, n)) if *e == end => *n += 1,
+            _ => out.push((end, 1)),
+        }
+    }
+}
+
 fn window_end_of(batch: &RecordBatch) -> Option<i64> {
     use arrow::array::{Array, TimestampMillisecondArray};
     let col = batch.column_by_name("window_end")?;
@@ -1695,6 +1761,7 @@ struct SinkThread {
     progress: Arc<Progress>,
     link: Option<CheckpointLink>,
     cancel: Arc<AtomicBool>,
+    retry: RetryPolicy,
 }
 
 /// The two-phase-commit state of an output: the epochs it pre-committed and committed.
@@ -1734,49 +1801,107 @@ impl SinkThread {
         let mut sent_upto: Vec<Option<(i64, Vec<u64>)>> = vec![None; self.feeds.len()];
         let mut last_flush = Instant::now();
         let mut commits = Commits::default();
+        // (window end, rows) written and not acknowledged yet, for the latency histogram
+        let mut unacked: Vec<(i64, u64)> = Vec::new();
+        let mut pending_ack: Vec<(u64, Vec<(i64, u64)>)> = Vec::new();
+        let (stats, cancel) = (self.stats.clone(), self.cancel.clone());
+        let mut retrier = Retrier::new(
+            &format!("sink `{}`", self.name),
+            self.retry.clone(),
+            &stats.sink_health[self.index],
+            &cancel,
+        );
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(SinkMsg::Rows(batch)) => {
-                    self.sink.write(&batch).map_err(|e| self.error(e))?;
+                    let sink = &mut self.sink;
+                    retrier
+                        .call("write", || sink.write(&batch))
+                        .map_err(|e| self.error(e))?;
                     RunStats::add(
                         &self.stats.rows_written[self.index].value,
                         batch.num_rows() as u64,
                     );
+                    window_end_runs(&batch, &mut unacked);
                 }
                 Ok(SinkMsg::Upto { op, upto, covered }) => {
                     if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
                         sent_upto[i] = Some((upto, covered));
                     }
                 }
-                Ok(SinkMsg::Barrier(epoch)) => self.pre_commit(epoch, &mut commits)?,
+                Ok(SinkMsg::Barrier(epoch)) => {
+                    self.pre_commit(epoch, &mut commits, &mut retrier)?;
+                    // rows up to the barrier become visible when its checkpoint commits
+                    pending_ack.push((epoch, std::mem::take(&mut unacked)));
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if let Some(link) = &self.link {
                 if let Some(epoch) = commits.due(link) {
-                    self.sink.commit(epoch).map_err(|e| self.error(e))?;
+                    let sink = &mut self.sink;
+                    retrier
+                        .call("commit", || sink.commit(epoch))
+                        .map_err(|e| sink_error(&self.name, e))?;
                     commits.committed = epoch;
+                    let (acked, rest): (Vec<_>, Vec<_>) =
+                        pending_ack.drain(..).partition(|(e, _)| *e <= epoch);
+                    pending_ack = rest;
+                    self.acknowledged(acked.into_iter().flat_map(|(_, rows)| rows));
                 }
             } else if last_flush.elapsed() >= DURABLE_EVERY && sent_upto.iter().any(Option::is_some)
             {
-                if self.sink.flush().map_err(|e| self.error(e))? {
+                let sink = &mut self.sink;
+                if retrier
+                    .call("flush", || sink.flush())
+                    .map_err(|e| sink_error(&self.name, e))?
+                {
                     self.report(&mut sent_upto);
+                    self.acknowledged(unacked.drain(..));
                 }
                 last_flush = Instant::now();
             }
         }
         if let Some(link) = &self.link {
             if let Some(epoch) = commits.wait_last(link, &self.cancel)? {
-                self.sink.commit(epoch).map_err(|e| self.error(e))?;
+                let sink = &mut self.sink;
+                retrier
+                    .call("commit", || sink.commit(epoch))
+                    .map_err(|e| sink_error(&self.name, e))?;
             }
         }
-        self.sink.finish().map_err(|e| self.error(e))?;
+        let sink = &mut self.sink;
+        retrier
+            .call("finish", || sink.finish())
+            .map_err(|e| sink_error(&self.name, e))?;
         self.report(&mut sent_upto);
+        if self.link.is_some() {
+            self.acknowledged(pending_ack.drain(..).flat_map(|(_, rows)| rows));
+        } else {
+            self.acknowledged(unacked.drain(..));
+        }
         Ok(())
     }
 
-    fn pre_commit(&mut self, epoch: u64, commits: &mut Commits) -> Result<(), EngineError> {
-        let info = self.sink.pre_commit(epoch).map_err(|e| self.error(e))?;
+    /// Rows the sink acknowledged now: their latency from their window's end.
+    fn acknowledged(&self, rows: impl IntoIterator<Item = (i64, u64)>) {
+        let now = now_ms();
+        let h = &self.stats.sink_latency[self.index];
+        for (end, n) in rows {
+            h.observe_n((now - end) as f64 / 1000.0, n);
+        }
+    }
+
+    fn pre_commit(
+        &mut self,
+        epoch: u64,
+        commits: &mut Commits,
+        retrier: &mut Retrier,
+    ) -> Result<(), EngineError> {
+        let sink = &mut self.sink;
+        let info = retrier
+            .call("pre-commit", || sink.pre_commit(epoch))
+            .map_err(|e| sink_error(&self.name, e))?;
         commits.pre_committed = epoch;
         let link = self
             .link
@@ -1814,6 +1939,7 @@ impl SinkThread {
 fn dead_letter_loop(
     rx: Receiver<DeadMsg>,
     mut sink: Box<dyn DeadLetterSink>,
+    retry: RetryPolicy,
     stats: &RunStats,
     progress: &Progress,
     link: Option<CheckpointLink>,
@@ -1822,15 +1948,21 @@ fn dead_letter_loop(
     let mut residues: Vec<ChunkResidue> = Vec::new();
     let mut last_flush = Instant::now();
     let mut commits = Commits::default();
+    let mut retrier = Retrier::new(
+        "dead-letter output",
+        retry,
+        &stats.dead_letter_health,
+        cancel,
+    );
     loop {
         match rx.recv_timeout(TICK) {
             Ok(DeadMsg::Records(records)) => {
-                sink.write(&records)?;
+                retrier.call("write", || sink.write(&records))?;
                 RunStats::add(&stats.dead_letters, records.len() as u64);
             }
             Ok(DeadMsg::Residue(r)) => residues.push(r),
             Ok(DeadMsg::Barrier(epoch)) => {
-                let info = sink.pre_commit(epoch)?;
+                let info = retrier.call("pre-commit", || sink.pre_commit(epoch))?;
                 commits.pre_committed = epoch;
                 let link = link.as_ref().ok_or_else(|| {
                     EngineError::Internal("a barrier without checkpointing".into())
@@ -1851,11 +1983,11 @@ fn dead_letter_loop(
         }
         if let Some(link) = &link {
             if let Some(epoch) = commits.due(link) {
-                sink.commit(epoch)?;
+                retrier.call("commit", || sink.commit(epoch))?;
                 commits.committed = epoch;
             }
         } else if !residues.is_empty() && last_flush.elapsed() >= DURABLE_EVERY {
-            if sink.flush()? {
+            if retrier.call("flush", || sink.flush())? {
                 progress.add_residues(residues.drain(..));
             }
             last_flush = Instant::now();
@@ -1863,10 +1995,10 @@ fn dead_letter_loop(
     }
     if let Some(link) = &link {
         if let Some(epoch) = commits.wait_last(link, cancel)? {
-            sink.commit(epoch)?;
+            retrier.call("commit", || sink.commit(epoch))?;
         }
     }
-    sink.finish()?;
+    retrier.call("finish", || sink.finish())?;
     progress.add_residues(residues);
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod job;
 pub mod live;
 pub mod progress;
+pub mod retry;
 pub mod stats;
 pub mod time;
 

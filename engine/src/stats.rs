@@ -1,6 +1,10 @@
 //! Counters of a run, shared by every thread and read for the summary.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::retry::OutputHealth;
 
 /// A named counter.
 #[derive(Debug)]
@@ -9,11 +13,104 @@ pub struct Named {
     pub value: AtomicU64,
 }
 
+/// A Prometheus-style histogram of seconds with fixed buckets, updated without locks.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, in seconds (the `+Inf` bucket is `count`).
+    pub bounds: &'static [f64],
+    /// Observations per bucket (not cumulative).
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum of the observations, in microseconds.
+    sum_micros: AtomicU64,
+}
+
+/// Buckets from 5 ms to 10 minutes: query times and end-to-end latencies both fit.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: SECONDS_BUCKETS,
+            buckets: SECONDS_BUCKETS.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records `n` observations of `seconds` (negative values count as 0).
+    pub fn observe_n(&self, seconds: f64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let v = seconds.max(0.0);
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        }
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6) as u64 * n, Ordering::Relaxed);
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, seconds: f64) {
+        self.observe_n(seconds, 1)
+    }
+
+    /// Cumulative counts per bound, then the total count and the sum in seconds.
+    pub fn read(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut acc = 0;
+        let cumulative = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, c)| {
+                acc += c.load(Ordering::Relaxed);
+                (*b, acc)
+            })
+            .collect();
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// Counters of one source.
+#[derive(Debug)]
+pub struct SourceStats {
+    pub name: String,
+    /// Records read (good and bad).
+    pub records_in: AtomicU64,
+    /// Bytes of the records read.
+    pub bytes_in: AtomicU64,
+    /// Records that failed decoding or schema checks.
+    pub bad: AtomicU64,
+    /// For sources whose partitions a consumer group assigns (Kafka): partitions this
+    /// process reads, or -1 before the group's first assignment. -2 for other sources.
+    pub assigned: std::sync::atomic::AtomicI64,
+}
+
+/// `SourceStats::assigned` of a source that reads every partition itself.
+pub const NOT_GROUP_MANAGED: i64 = -2;
+
 /// Counters of one run.
 #[derive(Debug)]
 pub struct RunStats {
     /// Records read from every source (good and bad).
     pub records_in: AtomicU64,
+    /// Per source, in the job's source order.
+    pub sources: Vec<SourceStats>,
+    /// When the run started (Unix ms).
+    pub started_ms: AtomicU64,
+    /// Consumer lag (messages behind the high watermark), by (source, `topic/partition`),
+    /// for the partitions this process reads; updated by Kafka readers.
+    pub consumer_lag: Mutex<BTreeMap<(String, String), i64>>,
     /// Records that failed decoding or schema checks.
     pub bad: AtomicU64,
     /// Late events, per window operator.
@@ -26,11 +123,18 @@ pub struct RunStats {
     pub dead_letters: AtomicU64,
     /// The last complete checkpoint.
     pub checkpoints: crate::checkpoint::CheckpointStats,
+    /// Errors, retries and circuit state, per sink.
+    pub sink_health: Vec<OutputHealth>,
+    /// Per sink: from a window's end to the moment its row is acknowledged by the sink
+    /// (committed with its checkpoint, or flushed).
+    pub sink_latency: Vec<Histogram>,
+    /// Errors, retries and circuit state of the dead-letter output.
+    pub dead_letter_health: OutputHealth,
 }
 
 impl RunStats {
-    /// Counters for the given operators and sinks.
-    pub fn new(operators: &[String], sinks: &[String]) -> Self {
+    /// Counters for the given sources, operators and sinks.
+    pub fn new(sources: &[String], operators: &[String], sinks: &[String]) -> Self {
         let named = |names: &[String]| {
             names
                 .iter()
@@ -42,12 +146,27 @@ impl RunStats {
         };
         RunStats {
             records_in: AtomicU64::new(0),
+            sources: sources
+                .iter()
+                .map(|n| SourceStats {
+                    name: n.clone(),
+                    records_in: AtomicU64::new(0),
+                    bytes_in: AtomicU64::new(0),
+                    bad: AtomicU64::new(0),
+                    assigned: std::sync::atomic::AtomicI64::new(NOT_GROUP_MANAGED),
+                })
+                .collect(),
+            started_ms: AtomicU64::new(crate::time::now_ms().max(0) as u64),
+            consumer_lag: Mutex::new(BTreeMap::new()),
             bad: AtomicU64::new(0),
             late: named(operators),
             windows: named(operators),
             rows_written: named(sinks),
             dead_letters: AtomicU64::new(0),
             checkpoints: Default::default(),
+            sink_health: sinks.iter().map(|_| OutputHealth::default()).collect(),
+            sink_latency: sinks.iter().map(|_| Histogram::default()).collect(),
+            dead_letter_health: OutputHealth::default(),
         }
     }
 
@@ -62,6 +181,11 @@ impl RunStats {
                 .iter()
                 .map(|n| (format!("late/{}", n.name), Self::get(&n.value))),
         );
+        for s in &self.sources {
+            out.push((format!("records_in/{}", s.name), Self::get(&s.records_in)));
+            out.push((format!("bytes_in/{}", s.name), Self::get(&s.bytes_in)));
+            out.push((format!("bad/{}", s.name), Self::get(&s.bad)));
+        }
         out
     }
 
@@ -99,6 +223,17 @@ impl RunStats {
         if let Some(v) = counters.get("dead_letters") {
             self.dead_letters.store(*v, Ordering::Relaxed);
         }
+        for s in &self.sources {
+            for (prefix, c) in [
+                ("records_in", &s.records_in),
+                ("bytes_in", &s.bytes_in),
+                ("bad", &s.bad),
+            ] {
+                if let Some(v) = counters.get(&format!("{prefix}/{}", s.name)) {
+                    c.store(*v, Ordering::Relaxed);
+                }
+            }
+        }
         named(&self.late, "late");
         named(&self.windows, "windows");
         named(&self.rows_written, "rows_written");
@@ -125,8 +260,33 @@ impl RunStats {
         c.load(Ordering::Relaxed)
     }
 
+    /// The sum of every source's counter `field`.
+    pub fn sources_total(&self, field: impl Fn(&SourceStats) -> &AtomicU64) -> u64 {
+        self.sources.iter().map(|s| Self::get(field(s))).sum()
+    }
+
     /// Adds to a counter.
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_count_each_observation_in_its_bucket_and_cumulate() {
+        let h = Histogram::default();
+        h.observe(0.003);
+        h.observe_n(0.7, 2);
+        h.observe(5000.0);
+        let (buckets, count, sum) = h.read();
+        assert_eq!(count, 4);
+        assert!((sum - (0.003 + 1.4 + 5000.0)).abs() < 1e-3);
+        assert_eq!(buckets[0], (0.005, 1));
+        let at_1s = buckets.iter().find(|(b, _)| *b == 1.0).unwrap().1;
+        assert_eq!(at_1s, 3);
+        assert_eq!(buckets.last().unwrap().1, 3, "5000 s is only in +Inf");
     }
 }

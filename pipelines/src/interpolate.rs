@@ -11,6 +11,8 @@ type LineEdits = Vec<(usize, usize, usize, usize)>;
 pub struct Interpolated {
     pub text: String,
     edits: HashMap<usize, LineEdits>,
+    /// Substituted values that are secrets (see [`crate::secrets`]).
+    pub secrets: Vec<String>,
 }
 
 impl Interpolated {
@@ -42,6 +44,7 @@ pub fn interpolate(
 ) -> Result<Interpolated, (u64, u64, String)> {
     let mut out = String::with_capacity(text.len());
     let mut edits = HashMap::new();
+    let mut secrets = Vec::new();
     for (ln, line) in text.split_inclusive('\n').enumerate() {
         let chars: Vec<char> = line.chars().collect();
         let mut line_edits = Vec::new();
@@ -96,6 +99,13 @@ pub fn interpolate(
                         return Err((ln as u64 + 1, i as u64 + 1, format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)")));
                     }
                 };
+                let before: String = chars[..i].iter().collect();
+                if crate::secrets::is_secret_name(name)
+                    || crate::secrets::setting_before(&before, before.len())
+                        .is_some_and(crate::secrets::is_secret_name)
+                {
+                    secrets.push(value.clone());
+                }
                 let len = value.chars().count();
                 let orig_end = i + 3 + close;
                 line_edits.push((new_col, new_col + len, i, orig_end));
@@ -112,7 +122,11 @@ pub fn interpolate(
             edits.insert(ln + 1, line_edits);
         }
     }
-    Ok(Interpolated { text: out, edits })
+    Ok(Interpolated {
+        text: out,
+        edits,
+        secrets,
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod model;
 pub mod plan;
 pub mod replay;
 pub mod run;
+pub mod secrets;
 
 pub use compact::compact;
 pub use error::PipelineError;

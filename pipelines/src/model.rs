@@ -27,6 +27,16 @@ pub enum OneOrMany<T> {
     Many(Vec<T>),
 }
 
+impl<T> OneOrMany<T> {
+    /// The values, one or many.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v).iter(),
+            OneOrMany::Many(v) => v.iter(),
+        }
+    }
+}
+
 /// A whole pipeline file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +213,40 @@ pub struct SinkDoc {
     pub file: Option<Spanned<FileSinkDoc>>,
     #[serde(default)]
     pub format: Option<Spanned<Format>>,
+    /// How failed writes are retried (see `weir_engine::retry`).
+    #[serde(default)]
+    pub retry: Option<Spanned<RetryDoc>>,
+}
+
+/// `retry:` of a sink or the dead-letter output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDoc {
+    #[serde(default)]
+    pub initial_backoff: Option<Duration>,
+    #[serde(default)]
+    pub max_backoff: Option<Duration>,
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    /// Retries of one call before the run fails; absent = until the output comes back.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerDoc>,
+}
+
+/// `retry.circuit_breaker:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerDoc {
+    /// Consecutive failures that open the circuit.
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// How long it stays open before a probe.
+    #[serde(default)]
+    pub open_for: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +325,8 @@ pub struct DeadLetterDoc {
     pub file: Option<Spanned<FileSinkDoc>>,
     #[serde(default)]
     pub kafka: Option<Spanned<KafkaSinkDoc>>,
+    #[serde(default)]
+    pub retry: Option<Spanned<RetryDoc>>,
 }
 
 #[derive(Debug, Deserialize)]

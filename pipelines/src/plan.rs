@@ -11,6 +11,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use indexmap::IndexMap;
 use serde_saphyr::{Location, Spanned};
 use weir_engine::job::Decode;
+use weir_engine::retry::RetryPolicy;
 use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{CompiledAggregate, SqlCompiler, TimeMode, ViewConfig, WindowConfig};
 use weir_sinks::{FileFormat, KafkaFormat, KafkaSinkConfig};
@@ -163,6 +164,58 @@ pub fn iceberg_config(
     }
 }
 
+/// A `retry:` block as a policy (defaults where keys are absent).
+fn retry_policy(
+    ctx: &Ctx,
+    doc: Option<&Spanned<RetryDoc>>,
+    what: &str,
+) -> Result<RetryPolicy, PipelineError> {
+    let mut p = RetryPolicy::default();
+    let Some(d) = doc else {
+        return Ok(p);
+    };
+    let err = |m: &str| ctx.err(&d.referenced, format!("{what}: retry: {m}"));
+    let v = &d.value;
+    let ms = std::time::Duration::from_millis;
+    if let Some(b) = &v.initial_backoff {
+        p.initial_backoff = ms(b.0);
+    }
+    if let Some(b) = &v.max_backoff {
+        p.max_backoff = ms(b.0);
+    }
+    if let Some(m) = v.multiplier {
+        p.multiplier = m;
+    }
+    if let Some(j) = v.jitter {
+        p.jitter = j;
+    }
+    p.max_retries = v.max_retries;
+    if let Some(c) = &v.circuit_breaker {
+        if let Some(f) = c.failures {
+            p.breaker_failures = f;
+        }
+        if let Some(o) = &c.open_for {
+            p.breaker_open_for = ms(o.0);
+        }
+    }
+    if p.initial_backoff.is_zero() {
+        return Err(err("initial_backoff must be more than 0"));
+    }
+    if p.max_backoff < p.initial_backoff {
+        return Err(err("max_backoff must be at least initial_backoff"));
+    }
+    if !(p.multiplier >= 1.0 && p.multiplier <= 100.0) {
+        return Err(err("multiplier must be between 1 and 100"));
+    }
+    if !(0.0..=1.0).contains(&p.jitter) {
+        return Err(err("jitter must be between 0 and 1"));
+    }
+    if p.breaker_failures == 0 {
+        return Err(err("circuit_breaker.failures must be at least 1"));
+    }
+    Ok(p)
+}
+
 /// Reads `start_from`: `committed`, `earliest`, `latest` or an RFC 3339 time.
 fn parse_start_from(text: &str) -> Option<StartFrom> {
     match text {
@@ -179,6 +232,8 @@ pub struct PlannedSink {
     pub target: SinkTarget,
     /// The schema of the rows it receives (the windows feeding it).
     pub schema: Option<SchemaRef>,
+    /// How its failed writes are retried.
+    pub retry: RetryPolicy,
 }
 
 /// A pipeline ready to run.
@@ -191,6 +246,8 @@ pub struct Plan {
     pub views: Vec<PlannedView>,
     pub sinks: Vec<PlannedSink>,
     pub dead_letter: DeadLetterTarget,
+    /// How failed dead-letter writes are retried.
+    pub dead_letter_retry: RetryPolicy,
     /// SQL serving, when configured.
     pub serve: Option<PlannedServe>,
     /// Checkpointing, when configured.
@@ -257,6 +314,7 @@ pub fn load(path: &Path) -> Result<Plan, PipelineError> {
     })?;
     let env = |name: &str| std::env::var(name).ok();
     let text = interpolate(&raw, &env).map_err(|(l, c, m)| PipelineError::at(&file, l, c, m))?;
+    crate::secrets::register(text.secrets.iter().cloned());
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {
         PathBuf::from(".")
@@ -272,7 +330,76 @@ pub fn load(path: &Path) -> Result<Plan, PipelineError> {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
         ctx.err(&loc, yaml_message(&e))
     })?;
+    crate::secrets::register(secret_settings(&doc));
     plan(doc, &ctx, path)
+}
+
+/// Values of the pipeline's secret settings, written in the file or substituted: passwords,
+/// tokens and API keys, secret-named Kafka and catalog properties, and URL passwords.
+fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
+    use crate::secrets::{is_secret_name, url_password};
+    let mut out = Vec::new();
+    let props = |out: &mut Vec<String>, p: &IndexMap<String, String>| {
+        for (k, v) in p {
+            if is_secret_name(k) {
+                out.push(v.clone());
+            }
+            if let Some(pw) = url_password(v) {
+                out.push(pw);
+            }
+        }
+    };
+    for s in doc.sources.values() {
+        if let Some(k) = &s.value.kafka {
+            props(&mut out, &k.value.properties);
+        }
+    }
+    let dead_kafka = doc
+        .dead_letter
+        .as_ref()
+        .and_then(|d| d.value.kafka.as_ref());
+    for k in doc
+        .sinks
+        .values()
+        .filter_map(|s| s.value.kafka.as_ref())
+        .chain(dead_kafka)
+    {
+        props(&mut out, &k.value.properties);
+    }
+    let mut urls = Vec::new();
+    for s in doc.sinks.values() {
+        if let Some(i) = &s.value.iceberg {
+            props(&mut out, &i.value.properties);
+            urls.push(i.value.catalog.clone());
+            urls.push(i.value.warehouse.clone());
+        }
+        if let Some(e) = &s.value.elasticsearch {
+            let e = &e.value;
+            out.extend(
+                [&e.api_key, &e.password, &e.bearer_token]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+            urls.extend(e.url.iter().cloned());
+        }
+        if let Some(k) = &s.value.kafka {
+            urls.extend(k.value.schema_registry.clone());
+        }
+    }
+    for s in doc.sources.values() {
+        if let Some(k) = &s.value.kafka {
+            urls.extend(k.value.schema_registry.clone());
+        }
+    }
+    if let Some(c) = &doc.checkpoint {
+        urls.push(c.value.dir.clone());
+    }
+    if let Some(sv) = &doc.serve {
+        out.extend([&sv.value.password, &sv.value.token].into_iter().flatten().cloned());
+    }
+    out.extend(urls.iter().filter_map(|u| url_password(u)));
+    out
 }
 
 /// serde-saphyr's message without its own position suffix.
@@ -852,10 +979,12 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             ));
             SinkTarget::Unavailable(what)
         };
+        let retry = retry_policy(&ctx, v.retry.as_ref(), &format!("sink `{kname}`"))?;
         sinks.push(PlannedSink {
             name: kname.clone(),
             target,
             schema: None,
+            retry,
         });
     }
 
@@ -1050,6 +1179,11 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         },
         None => DeadLetterTarget::File(ctx.dir.join("dead_letter.ndjson")),
     };
+    let dead_letter_retry = retry_policy(
+        &ctx,
+        doc.dead_letter.as_ref().and_then(|d| d.value.retry.as_ref()),
+        "dead_letter",
+    )?;
 
     // Decoders with only the columns read, then the windows compiled against them.
     let mut sources = Vec::new();
@@ -1185,6 +1319,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         views,
         sinks,
         dead_letter,
+        dead_letter_retry,
         serve,
         checkpoint,
         unavailable,

@@ -186,7 +186,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         })
         .collect();
     let mut sink_index = vec![usize::MAX; plan.sinks.len()];
-    let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
+    let mut sinks: Vec<job::SinkSpec> = Vec::new();
     for (i, s) in plan.sinks.iter().enumerate() {
         // a sink an output feeds has that output's schema
         let Some(schema) = s.schema.clone().filter(|_| used[i]) else {
@@ -219,7 +219,11 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             None => sink,
         };
         sink_index[i] = sinks.len();
-        sinks.push((s.name.clone(), sink));
+        sinks.push(job::SinkSpec {
+            name: s.name.clone(),
+            sink,
+            retry: s.retry.clone(),
+        });
     }
     let mut operators = Vec::new();
     for w in &plan.windows {
@@ -258,8 +262,9 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
         DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
     };
     let op_names: Vec<String> = operators.iter().map(|o| o.name.clone()).collect();
-    let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
-    let stats = Arc::new(RunStats::new(&op_names, &sink_names));
+    let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+    let source_names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
+    let stats = Arc::new(RunStats::new(&source_names, &op_names, &sink_names));
     // Live barriers publish snapshots for SQL and send views' changes to their sinks.
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
     let (live, server) = if plan.serve.is_some() || views_with_sinks {
@@ -344,6 +349,7 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
             operators,
             sinks,
             dead_letter,
+            dead_letter_retry: plan.dead_letter_retry.clone(),
             parallelism: n,
             checkpoint,
             live,

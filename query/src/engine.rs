@@ -153,6 +153,8 @@ pub struct QueryStats {
     pub failed: AtomicU64,
     /// Total time of answered queries, microseconds.
     pub micros: AtomicU64,
+    /// Time of each answered query.
+    pub duration: weir_engine::stats::Histogram,
 }
 
 /// Plans and runs queries on a job's live state.
@@ -278,8 +280,10 @@ impl QueryEngine {
         match &out {
             Ok(_) => {
                 s.ok.fetch_add(1, Ordering::Relaxed);
+                let took = started.elapsed();
                 s.micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                s.duration.observe(took.as_secs_f64());
             }
             Err(e) => {
                 s.failed.fetch_add(1, Ordering::Relaxed);

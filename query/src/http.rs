@@ -1,5 +1,5 @@
 //! The HTTP endpoint: `POST /sql` (JSON rows, or an Arrow IPC stream on request),
-//! `GET /health`, `GET /metrics` (Prometheus text).
+//! `GET /health` (live), `GET /ready` (ready for traffic), `GET /metrics` (Prometheus text).
 
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/sql", post(sql))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -157,6 +158,18 @@ async fn health(State(state): State<Arc<HttpState>>) -> Response {
         "finished": s.finished,
     });
     axum::Json(body).into_response()
+}
+
+/// 200 when the process is ready for traffic, else 503 with the reasons.
+async fn ready(State(state): State<Arc<HttpState>>) -> Response {
+    let reasons = state.metrics.not_ready(&state.engine);
+    let body = serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons });
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {

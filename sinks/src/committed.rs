@@ -15,7 +15,7 @@
 //!   Readers read the folder (`pyarrow.dataset`, Spark) or glob `path/*.parquet` (DuckDB).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
@@ -24,7 +24,148 @@ use parquet::arrow::ArrowWriter;
 use serde_json::{json, Value};
 use weir_engine::EngineError;
 
-type Error = String;
+/// A failure of a committed output. `retry` is set when the call changed nothing and the
+/// output may come back (a full disk, a read-only folder): the engine then retries it.
+#[derive(Debug)]
+pub struct Error {
+    pub message: String,
+    pub retry: bool,
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error {
+            message,
+            retry: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// An I/O error; retried when its kind says the file system may come back (full, read-only,
+/// refused, interrupted). Only for calls that leave nothing changed when they fail.
+fn io(e: std::io::Error) -> Error {
+    use std::io::ErrorKind as K;
+    let retry = matches!(
+        e.kind(),
+        K::StorageFull
+            | K::QuotaExceeded
+            | K::ReadOnlyFilesystem
+            | K::PermissionDenied
+            | K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::ResourceBusy
+    ) || e.raw_os_error() == Some(5); // EIO
+    Error {
+        message: e.to_string(),
+        retry,
+    }
+}
+
+/// [`io`] naming the file.
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| {
+        let mut err = io(e);
+        err.message = format!("{}: {}", path.display(), err.message);
+        err
+    }
+}
+
+/// An I/O error on `path`, retried when its kind allows.
+pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
+    io_at(path)(e)
+}
+
+/// A message that cannot be retried.
+fn fatal(e: impl std::fmt::Display) -> Error {
+    Error::from(e.to_string())
+}
+
+/// Bytes buffered before a file is written to.
+const APPEND_BUFFER: usize = 1 << 20;
+
+/// A file that grows by whole appends: a failed append leaves the file as it was, so the
+/// same append can be made again (see [`Error::retry`]).
+pub struct Appender {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the file; the bytes after them wait in `buffer`.
+    written: u64,
+    buffer: Vec<u8>,
+}
+
+impl Appender {
+    /// Creates (or truncates) `path`, making its folder when missing.
+    pub fn create(path: &Path) -> Result<Self, Error> {
+        let dir = parent_of(path);
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        Ok(Appender {
+            path: path.to_path_buf(),
+            file: File::create(path).map_err(io_at(path))?,
+            written: 0,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Appends bytes (buffered).
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if !self.buffer.is_empty() && self.buffer.len() + bytes.len() > APPEND_BUFFER {
+            self.write_buffer()?;
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Bytes appended so far, written or buffered.
+    pub fn len(&self) -> u64 {
+        self.written + self.buffer.len() as u64
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the buffered bytes; on an error, cuts the file back to the bytes it had.
+    fn write_buffer(&mut self) -> Result<(), Error> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buffer) {
+            let mut err = io_at(&self.path)(e);
+            let written = self.written;
+            if let Err(cut) = self
+                .file
+                .set_len(written)
+                .and_then(|_| self.file.seek(SeekFrom::Start(written)).map(|_| ()))
+            {
+                err.message = format!("{err} (and cutting it back failed: {cut})");
+                err.retry = false;
+            }
+            return Err(err);
+        }
+        self.written += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// The file, for a writer that does not append whole batches (Parquet).
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    /// Writes every appended byte and makes the file durable.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        self.write_buffer()?;
+        self.file.sync_all().map_err(io_at(&self.path))
+    }
+}
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
@@ -52,8 +193,7 @@ pub struct CommittedLines {
     pending: Vec<(u64, u64)>,
     /// The epoch rows belong to now (the last barrier's + 1), and its side file.
     epoch: u64,
-    side: Option<BufWriter<File>>,
-    side_len: u64,
+    side: Option<Appender>,
 }
 
 impl CommittedLines {
@@ -65,7 +205,6 @@ impl CommittedLines {
             pending: Vec::new(),
             epoch: 1,
             side: None,
-            side_len: 0,
         }
     }
 
@@ -75,42 +214,38 @@ impl CommittedLines {
 
     /// Whether the next byte appended is the first of the final file (for a CSV header).
     pub fn at_start(&self) -> bool {
-        self.planned_len == 0 && self.side_len == 0
+        self.planned_len == 0 && !self.has_uncommitted()
     }
 
-    /// Appends bytes to the current epoch.
+    /// Appends bytes to the current epoch. On an error nothing was appended, so the same
+    /// call can be made again.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        if self.side.is_none() {
-            let side = self.side_path(self.epoch);
-            std::fs::create_dir_all(parent_of(&self.path)).map_err(|e| e.to_string())?;
-            let f = File::create(&side).map_err(|e| format!("{}: {e}", side.display()))?;
-            self.side = Some(BufWriter::with_capacity(1 << 20, f));
-            self.side_len = 0;
-        }
-        let side = self.side.as_mut().expect("opened above");
-        side.write_all(bytes).map_err(|e| e.to_string())?;
-        self.side_len += bytes.len() as u64;
-        Ok(())
+        let side = match &mut self.side {
+            Some(side) => side,
+            None => self
+                .side
+                .insert(Appender::create(&self.side_path(self.epoch))?),
+        };
+        side.append(bytes)
     }
 
-    /// Makes the epoch's rows durable and returns what committing needs.
+    /// Makes the epoch's rows durable and returns what committing needs. On an error
+    /// nothing changed, so the same call can be made again.
     pub fn pre_commit(&mut self, epoch: u64) -> Result<Value, Error> {
-        if let Some(mut side) = self.side.take() {
-            side.flush()
-                .and_then(|_| side.get_ref().sync_all())
-                .map_err(|e| e.to_string())?;
-            if self.side_len > 0 {
+        let (side_path, next_path) = (self.side_path(self.epoch), self.side_path(epoch));
+        if let Some(side) = &mut self.side {
+            side.sync()?;
+            if !side.is_empty() {
                 if epoch != self.epoch {
-                    std::fs::rename(self.side_path(self.epoch), self.side_path(epoch))
-                        .map_err(|e| e.to_string())?;
+                    std::fs::rename(&side_path, &next_path).map_err(io_at(&side_path))?;
                 }
                 self.pending.push((epoch, self.planned_len));
-                self.planned_len += self.side_len;
+                self.planned_len += side.len();
             } else {
-                let _ = std::fs::remove_file(self.side_path(self.epoch));
+                let _ = std::fs::remove_file(&side_path);
             }
+            self.side = None;
         }
-        self.side_len = 0;
         self.epoch = epoch + 1;
         Ok(json!({ "length": self.planned_len, "pending": self.pending }))
     }
@@ -130,7 +265,7 @@ impl CommittedLines {
         for &(epoch, at) in &due {
             self.write_side(&mut out, epoch, at)?;
         }
-        out.sync_all().map_err(|e| e.to_string())?;
+        out.sync_all().map_err(io_at(&self.path))?;
         for &(epoch, _) in &due {
             let _ = std::fs::remove_file(self.side_path(epoch));
         }
@@ -145,14 +280,14 @@ impl CommittedLines {
             .truncate(false)
             .write(true)
             .open(&self.path)
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+            .map_err(io_at(&self.path))
     }
 
     fn write_side(&self, out: &mut File, epoch: u64, at: u64) -> Result<(), Error> {
         let side = self.side_path(epoch);
-        let mut input = File::open(&side).map_err(|e| format!("{}: {e}", side.display()))?;
-        out.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
-        std::io::copy(&mut input, out).map_err(|e| e.to_string())?;
+        let mut input = File::open(&side).map_err(io_at(&side))?;
+        out.seek(SeekFrom::Start(at)).map_err(io_at(&self.path))?;
+        std::io::copy(&mut input, out).map_err(io_at(&self.path))?;
         Ok(())
     }
 
@@ -170,30 +305,29 @@ impl CommittedLines {
             }
             None => (0, 0, Vec::new()),
         };
-        std::fs::create_dir_all(parent_of(&self.path)).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(parent_of(&self.path)).map_err(io_at(parent_of(&self.path)))?;
         let mut out = self.open_final()?;
         for &(e, at) in &pending {
             if self.side_path(e).exists() {
                 self.write_side(&mut out, e, at)?;
             }
         }
-        let have = out.metadata().map_err(|e| e.to_string())?.len();
+        let have = out.metadata().map_err(io_at(&self.path))?.len();
         if have < length {
-            return Err(format!(
+            return Err(Error::from(format!(
                 "{} has {have} bytes but the checkpoint it restarts from committed {length}: \
                  the file was changed outside weir; move it away and start from an empty checkpoint folder",
                 self.path.display()
-            ));
+            )));
         }
-        out.set_len(length).map_err(|e| e.to_string())?;
-        out.sync_all().map_err(|e| e.to_string())?;
+        out.set_len(length).map_err(io_at(&self.path))?;
+        out.sync_all().map_err(io_at(&self.path))?;
         drop(out);
         self.remove_side_files()?;
         self.planned_len = length;
         self.pending.clear();
         self.epoch = epoch + 1;
         self.side = None;
-        self.side_len = 0;
         Ok(())
     }
 
@@ -203,22 +337,22 @@ impl CommittedLines {
             return Ok(());
         };
         let prefix = format!("{name}.epoch-");
-        for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
-            let entry = entry.map_err(|e| e.to_string())?;
+        for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+            let entry = entry.map_err(io_at(dir))?;
             let n = entry.file_name();
             let n = n.to_string_lossy();
             if n.strip_prefix(&prefix)
                 .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
             {
-                std::fs::remove_file(entry.path()).map_err(|e| e.to_string())?;
+                std::fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
             }
         }
-        sync_dir(dir).map_err(|e| e.to_string())
+        sync_dir(dir).map_err(io_at(dir))
     }
 
     /// Whether rows were written after the last barrier (they are not committed).
     pub fn has_uncommitted(&self) -> bool {
-        self.side_len > 0
+        self.side.as_ref().is_some_and(|s| !s.is_empty())
     }
 }
 
@@ -241,11 +375,11 @@ impl CommittedParts {
         props: parquet::file::properties::WriterProperties,
     ) -> Result<Self, Error> {
         if dir.is_file() {
-            return Err(format!(
+            return Err(Error::from(format!(
                 "{} is a file, but a checkpointed Parquet output is a folder of part files \
                  (one per checkpoint): move the file away or choose another path",
                 dir.display()
-            ));
+            )));
         }
         Ok(CommittedParts {
             dir: dir.to_path_buf(),
@@ -265,29 +399,33 @@ impl CommittedParts {
 
     /// Writes rows of the current epoch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
-        if self.writer.is_none() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-            let path = self.part(self.epoch, ".inprogress");
-            let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            self.writer = Some(
-                ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let w = self.writer.as_mut().expect("opened above");
-        w.write(batch).map_err(|e| e.to_string())
+        // Opening the part changes nothing when it fails and is retried; a failed write leaves
+        // the part half written, so it fails the run (a restart recovers from the checkpoint).
+        let w = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
+                let path = self.part(self.epoch, ".inprogress");
+                let f = File::create(&path).map_err(io_at(&path))?;
+                self.writer.insert(
+                    ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
+                        .map_err(fatal)?,
+                )
+            }
+        };
+        w.write(batch).map_err(fatal)
     }
 
     /// Closes the epoch's part (durable, not visible yet).
     pub fn pre_commit(&mut self, epoch: u64) -> Result<Value, Error> {
         if let Some(w) = self.writer.take() {
-            let file = w.into_inner().map_err(|e| e.to_string())?;
-            file.sync_all().map_err(|e| e.to_string())?;
+            let file = w.into_inner().map_err(fatal)?;
+            file.sync_all().map_err(fatal)?;
             std::fs::rename(
                 self.part(self.epoch, ".inprogress"),
                 self.part(epoch, ".pending"),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(fatal)?;
         }
         self.epoch = epoch + 1;
         Ok(Value::Null)
@@ -301,10 +439,10 @@ impl CommittedParts {
         for (epoch, state) in self.parts()? {
             if state == ".pending" && epoch <= upto {
                 std::fs::rename(self.part(epoch, ".pending"), self.part(epoch, ""))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(io_at(&self.dir))?;
             }
         }
-        sync_dir(&self.dir).map_err(|e| e.to_string())
+        sync_dir(&self.dir).map_err(io_at(&self.dir))
     }
 
     /// Starts from checkpoint epoch `from` (or nothing): publishes its pending parts and
@@ -315,12 +453,12 @@ impl CommittedParts {
             for (epoch, state) in self.parts()? {
                 let path = self.part(epoch, &state);
                 if epoch > upto || state == ".inprogress" {
-                    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+                    std::fs::remove_file(&path).map_err(io_at(&path))?;
                 } else if state == ".pending" {
-                    std::fs::rename(&path, self.part(epoch, "")).map_err(|e| e.to_string())?;
+                    std::fs::rename(&path, self.part(epoch, "")).map_err(io_at(&path))?;
                 }
             }
-            sync_dir(&self.dir).map_err(|e| e.to_string())?;
+            sync_dir(&self.dir).map_err(io_at(&self.dir))?;
         }
         self.epoch = upto + 1;
         Ok(())
@@ -329,8 +467,8 @@ impl CommittedParts {
     /// (epoch, state suffix) of every part file in the folder.
     fn parts(&self) -> Result<Vec<(u64, String)>, Error> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| e.to_string())? {
-            let name = entry.map_err(|e| e.to_string())?.file_name();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let name = entry.map_err(io_at(&self.dir))?.file_name();
             let name = name.to_string_lossy();
             let Some(rest) = name.trim_start_matches('.').strip_prefix("part-") else {
                 continue;
@@ -361,7 +499,14 @@ impl CommittedParts {
 pub(crate) fn sink_err(name: &str, path: &Path) -> impl Fn(Error) -> EngineError {
     let name = name.to_string();
     let path = path.display().to_string();
-    move |e| EngineError::sink(&name, format!("{path}: {e}"))
+    move |e| {
+        let err = EngineError::sink(&name, format!("{path}: {}", e.message));
+        if e.retry {
+            err.unavailable()
+        } else {
+            err
+        }
+    }
 }
 
 #[cfg(test)]

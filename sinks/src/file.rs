@@ -1,7 +1,7 @@
 //! File sinks.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
@@ -18,7 +18,7 @@ use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::time::write_rfc3339_ms;
 use weir_engine::{DeadLetter, EngineError};
 
-use crate::committed::{sink_err, CommittedLines, CommittedParts};
+use crate::committed::{sink_err, Appender, CommittedLines, CommittedParts};
 
 /// The format of a file sink, from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,13 @@ impl FileFormat {
 }
 
 enum Writer {
-    Ndjson { out: BufWriter<File>, line: Vec<u8> },
-    Csv(Box<arrow::csv::Writer<BufWriter<File>>>),
+    /// NDJSON or CSV: whole batches appended, so a failed write can be retried.
+    Lines {
+        out: Appender,
+        csv: bool,
+        line: Vec<u8>,
+        buf: Vec<u8>,
+    },
     Parquet(Box<ArrowWriter<File>>),
 }
 
@@ -60,15 +65,6 @@ fn in_progress(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn create(path: &Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    File::create(path)
-}
-
 impl FileSink {
     /// A sink named `name` writing rows of `schema` to `path` in `format`.
     pub fn create(
@@ -78,24 +74,25 @@ impl FileSink {
         schema: SchemaRef,
     ) -> Result<Self, EngineError> {
         let temp = in_progress(path);
-        let err =
-            |e: &dyn std::fmt::Display| EngineError::sink(name, format!("{}: {e}", path.display()));
-        let file = create(&temp).map_err(|e| err(&e))?;
+        let err = sink_err(name, path);
         let writer = match format {
-            FileFormat::Ndjson => Writer::Ndjson {
-                out: BufWriter::with_capacity(1 << 20, file),
+            FileFormat::Ndjson | FileFormat::Csv => Writer::Lines {
+                out: Appender::create(&temp).map_err(&err)?,
+                csv: format == FileFormat::Csv,
                 line: Vec::new(),
+                buf: Vec::new(),
             },
-            FileFormat::Csv => Writer::Csv(Box::new(
-                arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
-                    .build(BufWriter::new(file)),
-            )),
-            FileFormat::Parquet => Writer::Parquet(Box::new(
-                ArrowWriter::try_new(file, schema, Some(parquet_props().map_err(|e| err(&e))?))
-                    .map_err(|e| err(&e))?,
-            )),
+            FileFormat::Parquet => {
+                let file = Appender::create(&temp).map_err(&err)?.into_file();
+                Writer::Parquet(Box::new(
+                    ArrowWriter::try_new(
+                        file,
+                        schema,
+                        Some(parquet_props().map_err(|e| err(e.to_string().into()))?),
+                    )
+                    .map_err(|e| err(e.to_string().into()))?,
+                ))
+            }
         };
         Ok(FileSink {
             name: name.to_string(),
@@ -104,25 +101,30 @@ impl FileSink {
             writer: Some(writer),
         })
     }
-
-    fn err(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::sink(&self.name, format!("{}: {e}", self.path.display()))
-    }
 }
 
 impl Sink for FileSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let result = match self.writer.as_mut() {
-            Some(Writer::Ndjson { out, line }) => {
-                write_ndjson(batch, line, out).map_err(|e| e.to_string())
+        let err = sink_err(&self.name, &self.path);
+        match self.writer.as_mut() {
+            Some(Writer::Lines {
+                out,
+                csv,
+                line,
+                buf,
+            }) => {
+                buf.clear();
+                if *csv {
+                    write_csv(batch, out.is_empty(), buf)
+                } else {
+                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
+                }
+                .map_err(|e| err(e.into()))?;
+                out.append(buf).map_err(err)
             }
-            Some(Writer::Csv(w)) => utc_as_naive(batch)
-                .and_then(|b| w.write(&b))
-                .map_err(|e| e.to_string()),
-            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| e.to_string()),
-            None => Err("the file is already closed".into()),
-        };
-        result.map_err(|e| self.err(e))
+            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(e.to_string().into())),
+            None => Err(err("the file is already closed".to_string().into())),
+        }
     }
 
     fn flush(&mut self) -> Result<bool, EngineError> {
@@ -131,24 +133,35 @@ impl Sink for FileSink {
     }
 
     fn finish(&mut self) -> Result<(), EngineError> {
-        let result = match self.writer.take() {
-            Some(Writer::Ndjson { mut out, .. }) => out
-                .flush()
-                .and_then(|_| out.get_ref().sync_all())
-                .map_err(|e| e.to_string()),
-            Some(Writer::Csv(w)) => {
-                let mut inner = w.into_inner();
-                inner
-                    .flush()
-                    .and_then(|_| inner.get_ref().sync_all())
-                    .map_err(|e| e.to_string())
+        let err = sink_err(&self.name, &self.path);
+        match &mut self.writer {
+            // synced before it is taken: a failed sync can be retried
+            Some(Writer::Lines { out, .. }) => out.sync().map_err(&err)?,
+            Some(Writer::Parquet(_)) => {
+                if let Some(Writer::Parquet(w)) = self.writer.take() {
+                    w.close().map_err(|e| err(e.to_string().into()))?;
+                }
             }
-            Some(Writer::Parquet(w)) => w.close().map(|_| ()).map_err(|e| e.to_string()),
-            None => Ok(()),
-        };
-        result.map_err(|e| self.err(e))?;
-        std::fs::rename(&self.temp, &self.path).map_err(|e| self.err(e))
+            None => {}
+        }
+        if self.temp.exists() {
+            std::fs::rename(&self.temp, &self.path)
+                .map_err(|e| err(crate::committed::io_error(&self.temp, e)))?;
+        }
+        self.writer = None;
+        Ok(())
     }
+}
+
+/// Rows as CSV (a header first when `header`), timestamps as RFC 3339 strings.
+fn write_csv(batch: &RecordBatch, header: bool, out: &mut Vec<u8>) -> Result<(), String> {
+    let mut w = arrow::csv::WriterBuilder::new()
+        .with_header(header)
+        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
+        .build(out);
+    utc_as_naive(batch)
+        .and_then(|b| w.write(&b))
+        .map_err(|e| e.to_string())
 }
 
 /// Parquet settings of every file sink: zstd level 3.
@@ -193,7 +206,7 @@ impl CommittedFileSink {
                 CommittedParts::new(
                     path,
                     schema,
-                    parquet_props().map_err(|e| err(e.to_string()))?,
+                    parquet_props().map_err(|e| err(e.to_string().into()))?,
                 )
                 .map_err(&err)?,
             )),
@@ -219,28 +232,17 @@ impl Sink for CommittedFileSink {
             Committed::Parts(parts) => parts.write(batch).map_err(err),
             Committed::Lines {
                 lines,
-                format: FileFormat::Csv,
+                format,
+                line,
                 buf,
-                ..
             } => {
                 buf.clear();
-                let header = lines.at_start();
-                {
-                    let mut w = arrow::csv::WriterBuilder::new()
-                        .with_header(header)
-                        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
-                        .build(&mut *buf);
-                    utc_as_naive(batch)
-                        .and_then(|b| w.write(&b))
-                        .map_err(|e| err(e.to_string()))?;
+                if *format == FileFormat::Csv {
+                    write_csv(batch, lines.at_start(), buf)
+                } else {
+                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
                 }
-                lines.append(buf).map_err(err)
-            }
-            Committed::Lines {
-                lines, line, buf, ..
-            } => {
-                buf.clear();
-                write_ndjson(batch, line, buf).map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(e.into()))?;
                 lines.append(buf).map_err(err)
             }
         }
@@ -307,6 +309,11 @@ impl CommittedDeadLetterFile {
     fn err(&self, e: impl std::fmt::Display) -> EngineError {
         EngineError::DeadLetter(format!("{}: {e}", self.path.display()))
     }
+
+    /// An error of the committed file, retried when it can be.
+    fn file_err(&self, e: crate::committed::Error) -> EngineError {
+        dead_letter_err(&self.path, e)
+    }
 }
 
 impl DeadLetterSink for CommittedDeadLetterFile {
@@ -317,7 +324,7 @@ impl DeadLetterSink for CommittedDeadLetterFile {
             self.buf.push(b'\n');
         }
         let buf = std::mem::take(&mut self.buf);
-        let r = self.lines.append(&buf).map_err(|e| self.err(e));
+        let r = self.lines.append(&buf).map_err(|e| self.file_err(e));
         self.buf = buf;
         r
     }
@@ -331,15 +338,15 @@ impl DeadLetterSink for CommittedDeadLetterFile {
     }
 
     fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
-        self.lines.pre_commit(epoch).map_err(|e| self.err(e))
+        self.lines.pre_commit(epoch).map_err(|e| self.file_err(e))
     }
 
     fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
-        self.lines.commit(epoch).map_err(|e| self.err(e))
+        self.lines.commit(epoch).map_err(|e| self.file_err(e))
     }
 
     fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
-        self.lines.recover(from).map_err(|e| self.err(e))
+        self.lines.recover(from).map_err(|e| self.file_err(e))
     }
 }
 
@@ -505,19 +512,30 @@ pub(crate) fn for_each_json_row(
 pub struct DeadLetterFile {
     path: PathBuf,
     temp: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<Appender>,
+    buf: Vec<u8>,
+}
+
+/// A dead-letter error of a file, retried when it can be.
+fn dead_letter_err(path: &Path, e: crate::committed::Error) -> EngineError {
+    let err = EngineError::DeadLetter(format!("{}: {}", path.display(), e.message));
+    if e.retry {
+        err.unavailable()
+    } else {
+        err
+    }
 }
 
 impl DeadLetterFile {
     /// Dead letters written to `path`.
     pub fn create(path: &Path) -> Result<Self, EngineError> {
         let temp = in_progress(path);
-        let file = create(&temp)
-            .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))?;
+        let out = Appender::create(&temp).map_err(|e| dead_letter_err(path, e))?;
         Ok(DeadLetterFile {
             path: path.to_path_buf(),
             temp,
-            out: Some(BufWriter::new(file)),
+            out: Some(out),
+            buf: Vec::new(),
         })
     }
 }
@@ -528,12 +546,14 @@ impl DeadLetterSink for DeadLetterFile {
             .out
             .as_mut()
             .ok_or_else(|| EngineError::DeadLetter("already closed".into()))?;
+        self.buf.clear();
         for r in records {
-            serde_json::to_writer(&mut *out, &r.to_json())
-                .and_then(|_| out.write_all(b"\n").map_err(serde_json::Error::io))
+            serde_json::to_writer(&mut self.buf, &r.to_json())
                 .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", self.path.display())))?;
+            self.buf.push(b'\n');
         }
-        Ok(())
+        out.append(&self.buf)
+            .map_err(|e| dead_letter_err(&self.path, e))
     }
 
     fn flush(&mut self) -> Result<bool, EngineError> {
@@ -542,11 +562,12 @@ impl DeadLetterSink for DeadLetterFile {
     }
 
     fn finish(&mut self) -> Result<(), EngineError> {
-        if let Some(mut out) = self.out.take() {
-            out.flush()
-                .and_then(|_| out.get_ref().sync_all())
-                .and_then(|_| std::fs::rename(&self.temp, &self.path))
-                .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", self.path.display())))?;
+        if let Some(out) = &mut self.out {
+            out.sync().map_err(|e| dead_letter_err(&self.path, e))?;
+            std::fs::rename(&self.temp, &self.path).map_err(|e| {
+                dead_letter_err(&self.path, crate::committed::io_error(&self.temp, e))
+            })?;
+            self.out = None;
         }
         Ok(())
     }

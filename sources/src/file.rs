@@ -382,6 +382,7 @@ mod tests {
             clocks: Arc::new(Clocks::new(&[(2, 0)])),
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(weir_engine::progress::Progress::new(2, &[])),
+            stats: Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
         };
         let mut lines = Vec::new();
         let mut ends = 0;

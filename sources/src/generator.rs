@@ -862,6 +862,7 @@ mod tests {
             clocks: clocks.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(weir_engine::progress::Progress::new(1, &[])),
+            stats: Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
         };
         let waiting = std::thread::spawn(move || reader.next_chunk(&ctx).map(|c| c.is_some()));
         std::thread::sleep(Duration::from_millis(250));

@@ -124,6 +124,9 @@ struct GroupContext {
     committed: Mutex<HashMap<usize, u64>>,
     events: Mutex<Vec<GroupEvent>>,
     has_events: AtomicBool,
+    /// The source's name and the run's gauges, for consumer lag.
+    source: Arc<str>,
+    stats: Arc<weir_engine::RunStats>,
 }
 
 impl GroupContext {
@@ -242,7 +245,25 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
+    /// partition this process fetches, as the high watermark minus the next offset to read.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut lag) = self.stats.consumer_lag.lock() else {
+            return;
+        };
+        for (topic, t) in &statistics.topics {
+            for (p, s) in &t.partitions {
+                let key = (self.source.to_string(), format!("{topic}/{p}"));
+                if *p >= 0 && s.fetch_state == "active" && s.hi_offset >= 0 && s.app_offset >= 0 {
+                    lag.insert(key, (s.hi_offset - s.app_offset).max(0));
+                } else if *p >= 0 && s.fetch_state == "none" {
+                    lag.remove(&key);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(
@@ -496,6 +517,8 @@ impl KafkaReader {
             committed: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
             has_events: AtomicBool::new(false),
+            source: self.name.clone(),
+            stats: ctx.stats.clone(),
         };
         let mut cfg = client_config(&self.config.brokers, &[]);
         cfg.set("group.id", &self.config.group_id)
@@ -513,7 +536,9 @@ impl KafkaReader {
             .set("queued.max.messages.kbytes", "32768")
             .set("fetch.max.bytes", "16777216")
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            // consumer lag for `/metrics`
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &self.config.properties {
             cfg.set(k, v);
         }
@@ -528,8 +553,19 @@ impl KafkaReader {
         for s in &self.partitions {
             ctx.clocks.partition(s.info.id).set_idle(true);
         }
+        if let Some(src) = ctx.stats.sources.get(self.source) {
+            src.assigned.store(-1, Ordering::Relaxed);
+        }
         self.consumer = Some(consumer);
         Ok(())
+    }
+
+    /// Publishes how many partitions this process reads (for `/ready`).
+    fn report_assigned(&self, ctx: &ReaderContext) {
+        if let Some(src) = ctx.stats.sources.get(self.source) {
+            let n = self.partitions.iter().filter(|s| s.assigned).count();
+            src.assigned.store(n as i64, Ordering::Relaxed);
+        }
     }
 
     fn handle_group_events(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
@@ -592,6 +628,7 @@ impl KafkaReader {
                     }
                 }
             }
+            self.report_assigned(ctx);
         }
         Ok(())
     }
@@ -986,6 +1023,7 @@ mod tests {
             clocks: Arc::new(Clocks::new(&[(3, 0)])),
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::new(3, &[])),
+            stats: Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
         };
         let mut next_offset = [0u64; 3];
         let mut next_seq = [0u64; 3];

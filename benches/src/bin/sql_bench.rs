@@ -60,14 +60,14 @@ fn get(port: u16, path: &str) -> String {
     raw
 }
 
-/// A metric's value from `/metrics`.
+/// A metric's value from `/metrics`, summed over its labels.
 fn metric(port: u16, name: &str) -> f64 {
     get(port, "/metrics")
         .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
