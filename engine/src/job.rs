@@ -27,10 +27,10 @@ use crate::checkpoint::{
 };
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, PartitionInfo};
-use crate::retry::{Retrier, RetryPolicy};
 use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, Resume, SharedBytes};
 use crate::live::{LiveKind, LiveSnapshot, LiveSpec, LiveState, PartitionStatus, Retained};
 use crate::progress::{ChunkResidue, OpResidue, Progress};
+use crate::retry::{Retrier, RetryPolicy};
 use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;

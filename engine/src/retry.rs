@@ -124,12 +124,9 @@ impl<'a> Retrier<'a> {
         cancel: &'a AtomicBool,
     ) -> Self {
         // a per-output seed: outputs that fail together do not retry in lockstep
-        let seed = output
-            .bytes()
-            .fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
-            })
-            ^ crate::time::now_ms() as u64;
+        let seed = output.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+        }) ^ crate::time::now_ms() as u64;
         Retrier {
             output: output.to_string(),
             policy,

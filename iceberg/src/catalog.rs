@@ -201,12 +201,23 @@ impl Lake {
         };
         let (catalog, pool): (Arc<dyn Catalog>, _) = match builder {
             Some(builder) => {
-                let catalog = builder.load(name, props).await.map_err(|e| err(&e))?;
+                // our own connection first: an unreachable database fails in 10 s with
+                // sqlx's reason, not after the catalog's 30 s pool timeout
+                sqlx::any::install_default_drivers();
+                {
+                    use sqlx::Connection;
+                    let probe = sqlx::AnyConnection::connect(&url)
+                        .await
+                        .map_err(|e| err(&e))?;
+                    let _ = probe.close().await;
+                }
                 let pool = AnyPoolOptions::new()
                     .max_connections(1)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
                     .connect(&url)
                     .await
                     .map_err(|e| err(&e))?;
+                let catalog = builder.load(name, props).await.map_err(|e| err(&e))?;
                 (Arc::new(catalog), Some(pool))
             }
             None => {

@@ -396,7 +396,12 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         urls.push(c.value.dir.clone());
     }
     if let Some(sv) = &doc.serve {
-        out.extend([&sv.value.password, &sv.value.token].into_iter().flatten().cloned());
+        out.extend(
+            [&sv.value.password, &sv.value.token]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
     }
     out.extend(urls.iter().filter_map(|u| url_password(u)));
     out
@@ -979,7 +984,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             ));
             SinkTarget::Unavailable(what)
         };
-        let retry = retry_policy(&ctx, v.retry.as_ref(), &format!("sink `{kname}`"))?;
+        let retry = retry_policy(ctx, v.retry.as_ref(), &format!("sink `{kname}`"))?;
         sinks.push(PlannedSink {
             name: kname.clone(),
             target,
@@ -1180,8 +1185,10 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         None => DeadLetterTarget::File(ctx.dir.join("dead_letter.ndjson")),
     };
     let dead_letter_retry = retry_policy(
-        &ctx,
-        doc.dead_letter.as_ref().and_then(|d| d.value.retry.as_ref()),
+        ctx,
+        doc.dead_letter
+            .as_ref()
+            .and_then(|d| d.value.retry.as_ref()),
         "dead_letter",
     )?;
 

@@ -119,7 +119,14 @@ mod tests {
         ] {
             assert!(is_secret_name(n), "{n}");
         }
-        for n in ["brokers", "topic", "url", "KAFKA_BROKERS", "index", "group_id"] {
+        for n in [
+            "brokers",
+            "topic",
+            "url",
+            "KAFKA_BROKERS",
+            "index",
+            "group_id",
+        ] {
             assert!(!is_secret_name(n), "{n}");
         }
     }
@@ -131,7 +138,10 @@ mod tests {
             redact("auth failed for s3cr3t-value-for-test at host"),
             "auth failed for *** at host"
         );
-        assert_eq!(redact("ab stays: too short to mask"), "ab stays: too short to mask");
+        assert_eq!(
+            redact("ab stays: too short to mask"),
+            "ab stays: too short to mask"
+        );
     }
 
     #[test]
@@ -142,12 +152,19 @@ mod tests {
         );
         assert_eq!(url_password("postgres://weir@db/x"), None);
         assert_eq!(url_password("http://host:9200"), None);
-        let line = r#"  search: { elasticsearch: { url: "http://x", api_key: "${ES_API_KEY:-}" } }"#;
+        let line =
+            r#"  search: { elasticsearch: { url: "http://x", api_key: "${ES_API_KEY:-}" } }"#;
         let at = line.find("${").unwrap();
         assert_eq!(setting_before(line, at), Some("api_key"));
         let line = "      sasl.password: ${PW}";
-        assert_eq!(setting_before(line, line.find("${").unwrap()), Some("sasl.password"));
+        assert_eq!(
+            setting_before(line, line.find("${").unwrap()),
+            Some("sasl.password")
+        );
         let line = "    brokers: \"${B}\"";
-        assert_eq!(setting_before(line, line.find("${").unwrap()), Some("brokers"));
+        assert_eq!(
+            setting_before(line, line.find("${").unwrap()),
+            Some("brokers")
+        );
     }
 }

@@ -11,6 +11,9 @@ use weir_engine::time::now_ms;
 
 use crate::engine::QueryEngine;
 
+/// One counter of a source's figures.
+type SourceCounter = fn(&SourceStats) -> &AtomicU64;
+
 /// What `/metrics` reads.
 pub struct Metrics {
     pub stats: Arc<RunStats>,
@@ -128,7 +131,7 @@ impl Metrics {
         };
         let s = &self.stats;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let sources: [(&str, &str, fn(&SourceStats) -> &AtomicU64); 3] = [
+        let sources: [(&str, &str, SourceCounter); 3] = [
             (
                 "weir_events_in_total",
                 "Records read, good and bad, per source.",
@@ -247,7 +250,11 @@ impl Metrics {
             "Sink calls made again after a failure, per sink.",
         );
         for (name, h) in &outputs {
-            o.sample("weir_sink_retries_total", &[("sink", name)], get(&h.retries));
+            o.sample(
+                "weir_sink_retries_total",
+                &[("sink", name)],
+                get(&h.retries),
+            );
         }
         o.family(
             "weir_sink_circuit_state",
