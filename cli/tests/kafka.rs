@@ -503,6 +503,78 @@ fn platform_envelope_messages_give_the_oracle_windows() {
 }
 
 #[test]
+fn dead_letters_keep_the_trace_and_correlation_ids_of_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Golden::produce(
+        "3",
+        &[
+            "--header",
+            "traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "--header",
+            "X-Correlation-Id=batch-17",
+        ],
+    );
+    run_caught_up(
+        dir.path(),
+        &format!(
+            r#"name: kafka-trace
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+    sinks: [file]
+sinks:
+  file: {{ file: {{ path: out.ndjson }} }}
+dead_letter: {{ kafka: {{ brokers: "{brokers}", topic: {dlq} }} }}
+"#,
+            brokers = g.brokers,
+            input = g.input,
+            group = g.group,
+            dlq = g.dlq,
+        ),
+        &[],
+    );
+    let out = dir.path().join("dead.ndjson");
+    tool(&[
+        "consume",
+        &g.brokers,
+        &g.dlq,
+        out.to_str().unwrap(),
+        "--keys",
+    ]);
+    let dead = read_ndjson(&out);
+    let s = summary("ingestion_1m", "per_dataset");
+    let (bad, late) = (s["bad"].as_u64().unwrap(), s["late"].as_u64().unwrap());
+    assert_eq!(dead.len() as u64, bad + late);
+    let mut reasons = std::collections::BTreeMap::new();
+    for m in &dead {
+        let v = &m["value"];
+        *reasons
+            .entry(v["reason"].as_str().unwrap().to_string())
+            .or_insert(0u64) += 1;
+        // in the record and as headers of its message, for bad and late records alike
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{m:?}");
+        assert_eq!(v["correlation_id"], "batch-17", "{m:?}");
+        assert_eq!(
+            m["headers"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{m:?}"
+        );
+        assert_eq!(m["headers"]["correlation_id"], "batch-17", "{m:?}");
+    }
+    assert_eq!(reasons.get("bad").copied(), Some(bad));
+    assert_eq!(reasons.get("late").copied(), Some(late));
+}
+
+#[test]
 fn message_columns_can_be_filtered_grouped_and_aggregated() {
     let dir = tempfile::tempdir().unwrap();
     let Golden {

@@ -76,6 +76,8 @@ pub struct DeadLetter {
     pub error: ErrorInfo,
     /// The original bytes (None when the record was generated, not read).
     pub raw: Option<Vec<u8>>,
+    /// The record's trace and correlation ids, when it carried them.
+    pub trace: crate::trace::TraceIds,
 }
 
 impl DeadLetter {
@@ -94,6 +96,12 @@ impl DeadLetter {
             obj.insert("line".into(), json!(self.offset.map(|o| o + 1)));
         }
         obj.insert("reason".into(), json!(self.reason.as_str()));
+        if let Some(t) = &self.trace.trace_id {
+            obj.insert("trace_id".into(), json!(t));
+        }
+        if let Some(c) = &self.trace.correlation_id {
+            obj.insert("correlation_id".into(), json!(c));
+        }
         obj.insert(
             "error".into(),
             json!({"code": self.error.code, "message": self.error.message, "details": self.error.details}),
@@ -138,12 +146,18 @@ mod tests {
             reason: Reason::Bad,
             error: ErrorInfo::new("invalid_json", "expected `{`").with("column", 1),
             raw: Some(b"nope".to_vec()),
+            trace: crate::trace::TraceIds {
+                trace_id: Some("t1".into()),
+                correlation_id: None,
+            },
         };
         let v = d.to_json();
         assert_eq!(v["line"], 42);
         assert_eq!(v["reason"], "bad");
         assert_eq!(v["error"]["code"], "invalid_json");
         assert_eq!(v["raw"], "nope");
+        assert_eq!(v["trace_id"], "t1");
+        assert!(v.get("correlation_id").is_none());
         let d2 = DeadLetter {
             raw: Some(vec![0xff, 0xfe]),
             ..d

@@ -131,6 +131,14 @@ impl Messages {
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
     }
+    /// The headers of message `i`: (name, value).
+    pub fn header_pairs(&self, i: usize) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        let (first, last) = self.headers.get(i).copied().unwrap_or((0, 0));
+        self.header_fields[first as usize..last as usize]
+            .iter()
+            .map(|&(n, v)| (self.slice(n), v.map(|v| self.slice(v))))
+    }
+
     /// The bytes of a range of `bytes`.
     pub fn slice(&self, (start, end): (u32, u32)) -> &[u8] {
         &self.bytes[start as usize..end as usize]
@@ -143,6 +151,33 @@ pub struct RawRows {
     pub bytes: SharedBytes,
     /// (start, end) byte range of each row in `bytes`.
     pub spans: Vec<(u32, u32)>,
+    /// The rows' message headers (ranges in `bytes`), when their messages had any.
+    pub headers: Option<Arc<RowHeaders>>,
+}
+
+/// Message headers of decoded rows, as ranges in their bytes.
+pub struct RowHeaders {
+    /// For each row, its range in `fields`.
+    pub rows: Vec<(u32, u32)>,
+    /// Name and value ranges.
+    pub fields: Vec<(Range, Option<Range>)>,
+}
+
+impl RowHeaders {
+    /// The headers of the messages at `indexes` (one per row), or `None` when no message of
+    /// the chunk has a header.
+    pub fn of_messages(messages: &Messages, indexes: &[u32]) -> Option<Arc<RowHeaders>> {
+        if messages.header_fields.is_empty() {
+            return None;
+        }
+        Some(Arc::new(RowHeaders {
+            rows: indexes
+                .iter()
+                .map(|&i| messages.headers[i as usize])
+                .collect(),
+            fields: messages.header_fields.clone(),
+        }))
+    }
 }
 
 /// Decoded events: the columns operators use, with event time and origin of every row.
@@ -158,6 +193,30 @@ pub struct EventBatch {
 }
 
 impl EventBatch {
+    /// The trace and correlation ids of row `i`, from its message headers or its envelope.
+    pub fn trace_of(&self, i: usize) -> crate::trace::TraceIds {
+        let Some(raw) = &self.raw else {
+            return Default::default();
+        };
+        let from_headers = raw
+            .headers
+            .as_ref()
+            .and_then(|h| {
+                let (first, last) = *h.rows.get(i)?;
+                let slice = |(s, e): Range| &raw.bytes[s as usize..e as usize];
+                Some(crate::trace::TraceIds::from_headers(
+                    h.fields[first as usize..last as usize]
+                        .iter()
+                        .map(|&(n, v)| (slice(n), v.map(slice))),
+                ))
+            })
+            .unwrap_or_default();
+        let (s, e) = raw.spans[i];
+        from_headers.or(crate::trace::TraceIds::from_record(
+            &raw.bytes[s as usize..e as usize],
+        ))
+    }
+
     /// The original bytes of row `i`, when known.
     pub fn raw_row(&self, i: usize) -> Option<Vec<u8>> {
         self.raw.as_ref().map(|r| {

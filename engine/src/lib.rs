@@ -17,6 +17,7 @@ pub mod progress;
 pub mod retry;
 pub mod stats;
 pub mod time;
+pub mod trace;
 
 /// Schema metadata of a view's changelog rows: how many of the first columns are the view's
 /// key (sinks key upserts by them).
@@ -24,5 +25,7 @@ pub const KEYS_METADATA: &str = "weir.keys";
 
 pub use dead_letter::{DeadLetter, ErrorInfo, Reason};
 pub use error::EngineError;
-pub use events::{Chunk, ChunkData, Decoded, EventBatch, Messages, RawRows, SharedBytes};
+pub use events::{
+    Chunk, ChunkData, Decoded, EventBatch, Messages, RawRows, RowHeaders, SharedBytes,
+};
 pub use stats::RunStats;

@@ -432,6 +432,7 @@ impl WorkerOperator for WindowWorker {
                     dead.push(DeadLetter {
                         partition: partition.clone(),
                         offset: events.offsets.get(i).copied(),
+                        trace: events.trace_of(i),
                         reason: Reason::Late,
                         error: ErrorInfo::new(
                             "late_event",

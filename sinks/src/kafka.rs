@@ -234,13 +234,11 @@ impl DeadLetterSink for DeadLetterKafka {
                 p.number,
                 r.offset.map_or(String::new(), |o| o.to_string())
             );
+            // the record's trace and correlation ids travel on as headers
+            let mut headers = vec![("weir.reason", r.reason.as_str().as_bytes())];
+            headers.extend(r.trace.headers());
             self.producer
-                .send(
-                    &self.topic,
-                    Some(key.as_bytes()),
-                    &self.value,
-                    &[("weir.reason", r.reason.as_str().as_bytes())],
-                )
+                .send(&self.topic, Some(key.as_bytes()), &self.value, &headers)
                 .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
         }
         Ok(())

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use weir_engine::job::Decode;
-use weir_engine::{Chunk, Decoded, ErrorInfo, Messages, RawRows, SharedBytes};
+use weir_engine::{Chunk, Decoded, ErrorInfo, Messages, RawRows, RowHeaders, SharedBytes};
 
 use crate::generator::json_str;
 use crate::json::{into_decoded, BadLine, DecodedLines, JsonDecoder};
@@ -432,13 +432,15 @@ impl AvroDecoder {
             }
         }
         if let Some(ev) = decoded.events.as_mut() {
+            let indexes: Vec<Option<usize>> = ev.offsets.iter().map(|&o| original(o)).collect();
+            let with_message: Vec<u32> = indexes.iter().map(|i| i.unwrap_or(0) as u32).collect();
             ev.raw = Some(RawRows {
                 bytes: messages.bytes.clone(),
-                spans: ev
-                    .offsets
+                spans: indexes
                     .iter()
-                    .map(|&o| original(o).map_or((0, 0), |i| messages.payloads[i]))
+                    .map(|i| i.map_or((0, 0), |i| messages.payloads[i]))
                     .collect(),
+                headers: RowHeaders::of_messages(messages, &with_message),
             });
         }
         decoded.records += bad.len() as u64;

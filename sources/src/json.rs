@@ -17,8 +17,10 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_engine::job::Decode;
 use weir_engine::time::parse_rfc3339_ms;
+use weir_engine::trace::TraceIds;
 use weir_engine::{
-    Chunk, DeadLetter, Decoded, ErrorInfo, EventBatch, Messages, RawRows, Reason, SharedBytes,
+    Chunk, ChunkData, DeadLetter, Decoded, ErrorInfo, EventBatch, Messages, RawRows, Reason,
+    RowHeaders, SharedBytes,
 };
 
 use crate::message_columns::MessageColumn;
@@ -268,6 +270,9 @@ impl JsonDecoder {
         let mut scratch = Vec::new();
         let mut records = 0u64;
         let data: &[u8] = bytes;
+        // message index of each kept row, when the messages have headers (for dead letters)
+        let with_headers = messages.is_some_and(|(m, _)| !m.header_fields.is_empty());
+        let mut row_messages: Vec<u32> = Vec::new();
         for (start, end, offset) in ranges {
             let line = &data[start..end];
             records += 1;
@@ -291,6 +296,9 @@ impl JsonDecoder {
                     spans.push((start as u32, end as u32));
                     if !self.message_columns.is_empty() {
                         kept.push((records - 1) as u32);
+                    }
+                    if with_headers {
+                        row_messages.push((records - 1) as u32);
                     }
                 }
                 Err(e) => {
@@ -337,6 +345,7 @@ impl JsonDecoder {
             raw: Some(RawRows {
                 bytes: bytes.clone(),
                 spans,
+                headers: messages.and_then(|(m, _)| RowHeaders::of_messages(m, &row_messages)),
             }),
         };
         DecodedLines {
@@ -614,12 +623,23 @@ pub(crate) fn into_decoded(chunk: &Chunk, decoded: DecodedLines) -> Decoded {
     } = decoded;
     let bad = bad
         .into_iter()
-        .map(|b| DeadLetter {
-            partition: chunk.partition.clone(),
-            offset: Some(b.offset),
-            reason: Reason::Bad,
-            error: b.error,
-            raw: Some(b.raw),
+        .map(|b| {
+            let from_headers = match &chunk.data {
+                ChunkData::Messages(m) => m
+                    .offsets
+                    .binary_search(&b.offset)
+                    .map(|i| TraceIds::from_headers(m.header_pairs(i)))
+                    .unwrap_or_default(),
+                _ => TraceIds::default(),
+            };
+            DeadLetter {
+                partition: chunk.partition.clone(),
+                offset: Some(b.offset),
+                reason: Reason::Bad,
+                error: b.error,
+                trace: from_headers.or(TraceIds::from_record(&b.raw)),
+                raw: Some(b.raw),
+            }
         })
         .collect();
     Decoded {

@@ -350,9 +350,10 @@ impl MessageBuffer {
         }));
         self.messages.timestamps.push(m.timestamp().to_millis());
         let first = self.messages.header_fields.len() as u32;
-        if with_headers {
-            if let Some(h) = m.headers() {
-                for header in h.iter() {
+        // every header when the pipeline reads `_headers`, else only trace ids (dead letters)
+        if let Some(h) = m.headers() {
+            for header in h.iter() {
+                if with_headers || weir_engine::trace::is_trace_header(header.key) {
                     let ks = pos(&self.bytes);
                     self.bytes.extend_from_slice(header.key.as_bytes());
                     let name = (ks, pos(&self.bytes));
