@@ -247,3 +247,180 @@ checkpoint: {{ dir: state, interval: 100ms }}
     );
     assert!(report.kills >= 10 || std::env::var("WEIR_CRASH_KILLS").is_ok());
 }
+
+/// Rows a Kafka sink refuses for good (over its `message.max.bytes`) go to the dead-letter
+/// output in the checkpoint of the rows themselves: across SIGKILLs each refused row is
+/// dead-lettered exactly once (equal to a crash-free run's), and the topic holds every other
+/// window of the oracle.
+#[test]
+fn rows_a_sink_refuses_are_dead_lettered_exactly_once_across_kills() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shared = repo().parent().unwrap().join("shared");
+    let events = d.join("events.ndjson");
+    let gen = Command::new("python3")
+        .arg(shared.join("data/gen_events.py"))
+        .args(["data-ingestion", "150000", "--seed", "12", "--keys", "60"])
+        .args(["--step-ms", "20", "--bad-frac", "0.003", "-o"])
+        .arg(&events)
+        .status()
+        .unwrap();
+    assert!(gen.success());
+    let expected_path = d.join("expected.ndjson");
+    let oracle = Command::new("python3")
+        .arg(shared.join("oracle/window_oracle.py"))
+        .arg(&events)
+        .args(["--schema", "data-ingestion", "--key", "datasetName"])
+        .args(["--size", "1m", "--ooo", "5s", "--agg", "events=count", "-o"])
+        .arg(&expected_path)
+        .output()
+        .unwrap();
+    assert!(oracle.status.success());
+    let expected = read_ndjson(&expected_path);
+    let pipeline = |topic: &str, out: &str, checkpoint: &str| {
+        format!(
+            r#"name: refusals
+sources:
+  events:
+    file: {{ path: "{events}" }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      ids: string_agg(eventId, ',')
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ brokers: "{brokers}", topic: {topic}, properties: {{ message.max.bytes: "1000" }} }} }}
+dead_letter: {{ file: {{ path: "{out}/dead.ndjson" }} }}
+{checkpoint}
+"#,
+            events = events.display(),
+        )
+    };
+    // refused rows by window and count (`string_agg`'s order may differ between runs)
+    let refused = |path: &std::path::Path| -> Vec<(String, String, u64)> {
+        let mut v: Vec<(String, String, u64)> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(r#""reason":"rejected""#))
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["sink"], "topic");
+                assert_eq!(v["error"]["code"], "message_too_large");
+                let r: Value = serde_json::from_str(v["raw"].as_str().unwrap()).unwrap();
+                (
+                    r["datasetName"].as_str().unwrap().to_string(),
+                    r["window_start"].as_str().unwrap().to_string(),
+                    r["events"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+
+    // the reference: a crash-free run
+    let reference_topic = unique("refuse-ref");
+    tool(&["create", &brokers, &reference_topic, "3"]);
+    let reference = d.join("reference.yaml");
+    std::fs::write(
+        &reference,
+        pipeline(&reference_topic, &d.join("ref").display().to_string(), ""),
+    )
+    .unwrap();
+    let o = weir().arg("run").arg(&reference).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference_refused = refused(&d.join("ref/dead.ndjson"));
+    assert!(
+        reference_refused.len() > 10 && reference_refused.len() < expected.len() / 2,
+        "{} of {} windows refused: choose another size limit",
+        reference_refused.len(),
+        expected.len()
+    );
+
+    // the crash loop
+    let topic = unique("refuse-out");
+    tool(&["create", &brokers, &topic, "3"]);
+    let main = d.join("pipeline.yaml");
+    std::fs::write(
+        &main,
+        pipeline(
+            &topic,
+            &d.join("out").display().to_string(),
+            &format!(
+                "checkpoint: {{ dir: \"{}\", interval: 150ms }}",
+                d.join("state").display()
+            ),
+        ),
+    )
+    .unwrap();
+    let report = crash::crash_loop(
+        || {
+            let mut c = weir();
+            c.env("RUST_LOG", "info").arg("run").arg(&main);
+            c
+        },
+        5,
+        Duration::from_millis(300),
+        &d.join("logs"),
+        || {
+            let _ = std::fs::remove_dir_all(d.join("out"));
+            let _ = std::fs::remove_dir_all(d.join("state"));
+        },
+    );
+    eprintln!("{report:?}");
+    let after = refused(&d.join("out/dead.ndjson"));
+    assert_eq!(
+        after.len(),
+        reference_refused.len(),
+        "refused rows dead-lettered {} times, not {} once each",
+        after.len(),
+        reference_refused.len()
+    );
+    assert!(
+        after == reference_refused,
+        "the refused rows differ from a crash-free run's"
+    );
+
+    // the topic and the refused rows together are every window
+    let out = d.join("topic.ndjson");
+    tool(&["consume", &brokers, &topic, out.to_str().unwrap()]);
+    let mut got: std::collections::BTreeMap<String, Row> = Default::default();
+    for r in read_ndjson(&out) {
+        got.insert(format!("{}{}", r["datasetName"], r["window_start"]), r);
+    }
+    for (dataset, start, events) in &after {
+        let key = format!("\"{dataset}\"\"{start}\"");
+        let r: Row = serde_json::from_value(serde_json::json!({
+            "datasetName": dataset, "window_start": start, "events": events,
+        }))
+        .unwrap();
+        assert!(
+            got.insert(key.clone(), r).is_none(),
+            "{key} both sent and refused"
+        );
+    }
+    let got: Vec<Row> = got
+        .into_values()
+        .map(|mut r| {
+            r.remove("ids");
+            r.remove("window_end");
+            r
+        })
+        .collect();
+    let expected: Vec<Row> = expected
+        .into_iter()
+        .map(|mut r| {
+            r.remove("window_end");
+            r
+        })
+        .collect();
+    compare(&expected, &got, &["datasetName"]).unwrap();
+}

@@ -12,6 +12,8 @@ pub enum Reason {
     Bad,
     /// Arrived after its window closed.
     Late,
+    /// A result row its sink refused for good.
+    Rejected,
 }
 
 impl Reason {
@@ -20,6 +22,7 @@ impl Reason {
         match self {
             Reason::Bad => "bad",
             Reason::Late => "late",
+            Reason::Rejected => "rejected",
         }
     }
 }
@@ -49,6 +52,13 @@ impl ErrorInfo {
         self.details.insert(key.to_string(), value.into());
         self
     }
+}
+
+/// A row a sink refused for good (the output will never take it), as the sink encoded it.
+#[derive(Debug, Clone)]
+pub struct RejectedRow {
+    pub raw: Vec<u8>,
+    pub error: ErrorInfo,
 }
 
 /// Where a partition's records come from, shared by its chunks and dead letters.
@@ -87,6 +97,20 @@ impl DeadLetter {
     pub fn to_json(&self) -> Value {
         let p = &self.partition;
         let mut obj = Map::new();
+        if self.reason == Reason::Rejected {
+            // a result row: named by its sink, not by an input position
+            obj.insert("sink".into(), json!(&*p.source));
+            obj.insert("reason".into(), json!(self.reason.as_str()));
+            obj.insert(
+                "error".into(),
+                json!({"code": self.error.code, "message": self.error.message, "details": self.error.details}),
+            );
+            obj.insert(
+                "raw".into(),
+                json!(self.raw.as_deref().map(String::from_utf8_lossy)),
+            );
+            return Value::Object(obj);
+        }
         obj.insert("source".into(), json!(&*p.source));
         obj.insert("topic".into(), json!(p.topic.as_deref()));
         obj.insert("partition".into(), json!(p.number));

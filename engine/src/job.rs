@@ -26,7 +26,7 @@ use crate::checkpoint::{
     collect_garbage, restored_partitions, CheckpointSpec, Epochs, Part, Pending, Rendezvous,
 };
 use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
-use crate::dead_letter::{DeadLetter, PartitionInfo};
+use crate::dead_letter::{DeadLetter, PartitionInfo, Reason, RejectedRow};
 use crate::events::{Chunk, ChunkData, Decoded, EventBatch, Messages, Resume, SharedBytes};
 use crate::live::{LiveKind, LiveSnapshot, LiveSpec, LiveState, PartitionStatus, Retained};
 use crate::progress::{ChunkResidue, OpResidue, Progress};
@@ -183,6 +183,12 @@ pub trait Sink: Send {
     /// discards rows written after that checkpoint; `None` when it starts without one.
     fn recover(&mut self, _from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
         Ok(())
+    }
+    /// Rows the output refused for good since the last call (a document its index cannot
+    /// map, a message over the broker's size limit): they go to the dead-letter output with
+    /// the output's error, and the other rows go on. Asked after every call.
+    fn take_rejected(&mut self) -> Vec<RejectedRow> {
+        Vec::new()
     }
 }
 
@@ -562,6 +568,10 @@ pub fn run(
     }
     let sink_count = spec.sinks.len();
     let mut sink_senders = Vec::new();
+    // Rows sinks refuse for good go to the dead-letter thread, tagged with their epoch.
+    let first_epoch = restored_manifest.as_ref().map_or(1, |m| m.epoch + 1);
+    let (rejects_tx, rejects_rx) = bounded::<RejectMsg>(64);
+    let mut rejects_rx = Some(rejects_rx);
     for (idx, spec_sink) in std::mem::take(&mut spec.sinks).into_iter().enumerate() {
         let SinkSpec {
             name,
@@ -596,6 +606,15 @@ pub fn run(
             link: link.clone(),
             cancel: failure.cancel.clone(),
             retry,
+            rejects: rejects_tx.clone(),
+            epoch: first_epoch,
+            rejected_from: Arc::new(PartitionInfo {
+                source: Arc::from(name.as_str()),
+                id: usize::MAX,
+                number: 0,
+                topic: None,
+                file: None,
+            }),
         };
         let done = output_done.clone();
         threads.push(spawn(format!("sink-{name}"), &failure, move || {
@@ -605,9 +624,15 @@ pub fn run(
         })?);
     }
 
+    drop(rejects_tx);
+
     // Dead letters.
     let (dead_tx, dead_rx) = bounded::<DeadMsg>(64);
     {
+        let rejects_rx = rejects_rx
+            .take()
+            .ok_or_else(|| EngineError::Internal("the sinks' rejection channel is gone".into()))?;
+        let sinks = sink_count;
         let mut sink = spec.dead_letter;
         let retry = spec.dead_letter_retry;
         if checkpoint.is_some() {
@@ -628,7 +653,24 @@ pub fn run(
         let link = link.clone();
         let cancel = failure.cancel.clone();
         threads.push(spawn("dead-letter".into(), &failure, move || {
-            dead_letter_loop(dead_rx, sink, retry, &stats, &progress, link, &cancel)?;
+            DeadLetterThread {
+                sink,
+                retrier: Retrier::new(
+                    "dead-letter output",
+                    retry,
+                    &stats.dead_letter_health,
+                    &cancel,
+                ),
+                stats: &stats,
+                progress: &progress,
+                link,
+                cancel: &cancel,
+                epoch: first_epoch,
+                passed: vec![first_epoch - 1; sinks],
+                later: Default::default(),
+                sinks_open: true,
+            }
+            .run(dead_rx, rejects_rx)?;
             done();
             Ok(())
         })?);
@@ -1762,6 +1804,12 @@ struct SinkThread {
     link: Option<CheckpointLink>,
     cancel: Arc<AtomicBool>,
     retry: RetryPolicy,
+    /// Where rows the sink refused for good go (the dead-letter thread).
+    rejects: Sender<RejectMsg>,
+    /// The epoch rows belong to now (the last barrier's + 1).
+    epoch: u64,
+    /// The origin of this sink's rejected rows in dead letters.
+    rejected_from: Arc<PartitionInfo>,
 }
 
 /// The two-phase-commit state of an output: the epochs it pre-committed and committed.
@@ -1818,6 +1866,7 @@ impl SinkThread {
                     retrier
                         .call("write", || sink.write(&batch))
                         .map_err(|e| self.error(e))?;
+                    self.forward_rejected()?;
                     RunStats::add(
                         &self.stats.rows_written[self.index].value,
                         batch.num_rows() as u64,
@@ -1844,6 +1893,7 @@ impl SinkThread {
                         .call("commit", || sink.commit(epoch))
                         .map_err(|e| sink_error(&self.name, e))?;
                     commits.committed = epoch;
+                    self.forward_rejected()?;
                     let (acked, rest): (Vec<_>, Vec<_>) =
                         pending_ack.drain(..).partition(|(e, _)| *e <= epoch);
                     pending_ack = rest;
@@ -1852,10 +1902,11 @@ impl SinkThread {
             } else if last_flush.elapsed() >= DURABLE_EVERY && sent_upto.iter().any(Option::is_some)
             {
                 let sink = &mut self.sink;
-                if retrier
+                let durable = retrier
                     .call("flush", || sink.flush())
-                    .map_err(|e| sink_error(&self.name, e))?
-                {
+                    .map_err(|e| sink_error(&self.name, e))?;
+                self.forward_rejected()?;
+                if durable {
                     self.report(&mut sent_upto);
                     self.acknowledged(unacked.drain(..));
                 }
@@ -1874,6 +1925,7 @@ impl SinkThread {
         retrier
             .call("finish", || sink.finish())
             .map_err(|e| sink_error(&self.name, e))?;
+        self.forward_rejected()?;
         self.report(&mut sent_upto);
         if self.link.is_some() {
             self.acknowledged(pending_ack.drain(..).flat_map(|(_, rows)| rows));
@@ -1903,6 +1955,15 @@ impl SinkThread {
             .call("pre-commit", || sink.pre_commit(epoch))
             .map_err(|e| sink_error(&self.name, e))?;
         commits.pre_committed = epoch;
+        // the epoch's rejected rows, then the word that there are no more of them
+        self.forward_rejected()?;
+        self.rejects
+            .send(RejectMsg::Passed {
+                sink: self.index,
+                epoch,
+            })
+            .map_err(|_| EngineError::Cancelled)?;
+        self.epoch = epoch + 1;
         let link = self
             .link
             .as_ref()
@@ -1932,73 +1993,192 @@ impl SinkThread {
     fn error(&self, e: EngineError) -> EngineError {
         sink_error(&self.name, e)
     }
+
+    /// Sends the rows the sink refused since the last call to the dead-letter thread.
+    fn forward_rejected(&mut self) -> Result<(), EngineError> {
+        let rows = self.sink.take_rejected();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let health = &self.stats.sink_health[self.index];
+        health
+            .rejected
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        tracing::warn!(sink = %self.name, rows = rows.len(), first_error = %rows[0].error.message, "rows refused by the sink go to the dead-letter output");
+        let records = rows
+            .into_iter()
+            .map(|r| DeadLetter {
+                partition: self.rejected_from.clone(),
+                offset: None,
+                reason: Reason::Rejected,
+                error: r.error,
+                raw: Some(r.raw),
+                trace: Default::default(),
+            })
+            .collect();
+        self.rejects
+            .send(RejectMsg::Rows {
+                epoch: self.epoch,
+                records,
+            })
+            .map_err(|_| EngineError::Cancelled)
+    }
 }
 
-/// The dead-letter thread: writes records; residues of tracked chunks reach the progress
-/// tracker only after the records sent before them were flushed.
-fn dead_letter_loop(
-    rx: Receiver<DeadMsg>,
-    mut sink: Box<dyn DeadLetterSink>,
-    retry: RetryPolicy,
-    stats: &RunStats,
-    progress: &Progress,
+/// What sinks send the dead-letter thread.
+enum RejectMsg {
+    /// Rows a sink refused for good, written in its epoch `epoch`.
+    Rows {
+        epoch: u64,
+        records: Vec<DeadLetter>,
+    },
+    /// Sink `sink` pre-committed `epoch`: it sent every rejection of its rows up to it.
+    Passed { sink: usize, epoch: u64 },
+}
+
+/// The dead-letter thread: writes the workers' records and the rows sinks rejected;
+/// residues of tracked chunks reach the progress tracker only after the records sent before
+/// them were flushed. With checkpoints, epoch `E` is pre-committed once the workers' barrier
+/// `E` arrived and every sink passed its barrier `E`, so each rejected row is in the same
+/// checkpoint as the row itself (a restore neither loses nor repeats it).
+struct DeadLetterThread<'a> {
+    sink: Box<dyn DeadLetterSink>,
+    retrier: Retrier<'a>,
+    stats: &'a RunStats,
+    progress: &'a Progress,
     link: Option<CheckpointLink>,
-    cancel: &AtomicBool,
-) -> Result<(), EngineError> {
-    let mut residues: Vec<ChunkResidue> = Vec::new();
-    let mut last_flush = Instant::now();
-    let mut commits = Commits::default();
-    let mut retrier = Retrier::new(
-        "dead-letter output",
-        retry,
-        &stats.dead_letter_health,
-        cancel,
-    );
-    loop {
-        match rx.recv_timeout(TICK) {
-            Ok(DeadMsg::Records(records)) => {
-                retrier.call("write", || sink.write(&records))?;
-                RunStats::add(&stats.dead_letters, records.len() as u64);
+    cancel: &'a AtomicBool,
+    /// The epoch records belong to now.
+    epoch: u64,
+    /// Per sink, the last epoch it passed.
+    passed: Vec<u64>,
+    /// Rejected rows of epochs after `epoch`, written when it gets there.
+    later: std::collections::BTreeMap<u64, Vec<DeadLetter>>,
+    /// The sinks are still running (the channel of their rejections is open).
+    sinks_open: bool,
+}
+
+impl DeadLetterThread<'_> {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        let sink = &mut self.sink;
+        self.retrier.call("write", || sink.write(records))?;
+        RunStats::add(&self.stats.dead_letters, records.len() as u64);
+        Ok(())
+    }
+
+    fn on_reject(&mut self, msg: RejectMsg) -> Result<(), EngineError> {
+        match msg {
+            RejectMsg::Rows { epoch, records } if epoch <= self.epoch => self.write(&records),
+            RejectMsg::Rows { epoch, records } => {
+                self.later.entry(epoch).or_default().extend(records);
+                Ok(())
             }
-            Ok(DeadMsg::Residue(r)) => residues.push(r),
-            Ok(DeadMsg::Barrier(epoch)) => {
-                let info = retrier.call("pre-commit", || sink.pre_commit(epoch))?;
-                commits.pre_committed = epoch;
-                let link = link.as_ref().ok_or_else(|| {
-                    EngineError::Internal("a barrier without checkpointing".into())
-                })?;
-                link.parts
-                    .send(Part::DeadLetter {
-                        epoch,
-                        info,
-                        counters: vec![(
-                            "dead_letters".to_string(),
-                            RunStats::get(&stats.dead_letters),
-                        )],
-                    })
-                    .map_err(|_| EngineError::Cancelled)?;
+            RejectMsg::Passed { sink, epoch } => {
+                if let Some(p) = self.passed.get_mut(sink) {
+                    *p = (*p).max(epoch);
+                }
+                Ok(())
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if let Some(link) = &link {
-            if let Some(epoch) = commits.due(link) {
-                retrier.call("commit", || sink.commit(epoch))?;
-                commits.committed = epoch;
-            }
-        } else if !residues.is_empty() && last_flush.elapsed() >= DURABLE_EVERY {
-            if retrier.call("flush", || sink.flush())? {
-                progress.add_residues(residues.drain(..));
-            }
-            last_flush = Instant::now();
         }
     }
-    if let Some(link) = &link {
-        if let Some(epoch) = commits.wait_last(link, cancel)? {
-            retrier.call("commit", || sink.commit(epoch))?;
+
+    /// Takes sink messages until every sink passed `epoch` (or ended).
+    fn wait_sinks(&mut self, rejects: &Receiver<RejectMsg>, epoch: u64) -> Result<(), EngineError> {
+        while self.sinks_open && self.passed.iter().any(|&p| p < epoch) {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            match rejects.recv_timeout(TICK) {
+                Ok(m) => self.on_reject(m)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.sinks_open = false,
+            }
         }
+        Ok(())
     }
-    retrier.call("finish", || sink.finish())?;
-    progress.add_residues(residues);
-    Ok(())
+
+    fn barrier(&mut self, rejects: &Receiver<RejectMsg>, epoch: u64) -> Result<u64, EngineError> {
+        self.wait_sinks(rejects, epoch)?;
+        let sink = &mut self.sink;
+        let info = self.retrier.call("pre-commit", || sink.pre_commit(epoch))?;
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| EngineError::Internal("a barrier without checkpointing".into()))?;
+        link.parts
+            .send(Part::DeadLetter {
+                epoch,
+                info,
+                counters: vec![(
+                    "dead_letters".to_string(),
+                    RunStats::get(&self.stats.dead_letters),
+                )],
+            })
+            .map_err(|_| EngineError::Cancelled)?;
+        self.epoch = epoch + 1;
+        let due: Vec<u64> = self.later.range(..=self.epoch).map(|(e, _)| *e).collect();
+        for e in due {
+            if let Some(records) = self.later.remove(&e) {
+                self.write(&records)?;
+            }
+        }
+        Ok(epoch)
+    }
+
+    fn run(
+        mut self,
+        rx: Receiver<DeadMsg>,
+        rejects: Receiver<RejectMsg>,
+    ) -> Result<(), EngineError> {
+        let mut residues: Vec<ChunkResidue> = Vec::new();
+        let mut last_flush = Instant::now();
+        let mut commits = Commits::default();
+        let mut workers_open = true;
+        while workers_open || self.sinks_open {
+            let mut select = crossbeam_channel::Select::new();
+            let workers = workers_open.then(|| select.recv(&rx));
+            let sinks = self.sinks_open.then(|| select.recv(&rejects));
+            match select.select_timeout(TICK) {
+                Ok(op) if Some(op.index()) == workers => match op.recv(&rx) {
+                    Ok(DeadMsg::Records(records)) => self.write(&records)?,
+                    Ok(DeadMsg::Residue(r)) => residues.push(r),
+                    Ok(DeadMsg::Barrier(epoch)) => {
+                        commits.pre_committed = self.barrier(&rejects, epoch)?;
+                    }
+                    Err(_) => workers_open = false,
+                },
+                Ok(op) if Some(op.index()) == sinks => match op.recv(&rejects) {
+                    Ok(m) => self.on_reject(m)?,
+                    Err(_) => self.sinks_open = false,
+                },
+                Ok(_) | Err(_) => {}
+            }
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            if let Some(link) = &self.link {
+                if let Some(epoch) = commits.due(link) {
+                    let sink = &mut self.sink;
+                    self.retrier.call("commit", || sink.commit(epoch))?;
+                    commits.committed = epoch;
+                }
+            } else if !residues.is_empty() && last_flush.elapsed() >= DURABLE_EVERY {
+                let sink = &mut self.sink;
+                if self.retrier.call("flush", || sink.flush())? {
+                    self.progress.add_residues(residues.drain(..));
+                }
+                last_flush = Instant::now();
+            }
+        }
+        if let Some(link) = &self.link {
+            if let Some(epoch) = commits.wait_last(link, self.cancel)? {
+                let sink = &mut self.sink;
+                self.retrier.call("commit", || sink.commit(epoch))?;
+            }
+        }
+        let sink = &mut self.sink;
+        self.retrier.call("finish", || sink.finish())?;
+        self.progress.add_residues(residues);
+        Ok(())
+    }
 }

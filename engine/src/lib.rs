@@ -23,7 +23,7 @@ pub mod trace;
 /// key (sinks key upserts by them).
 pub const KEYS_METADATA: &str = "weir.keys";
 
-pub use dead_letter::{DeadLetter, ErrorInfo, Reason};
+pub use dead_letter::{DeadLetter, ErrorInfo, Reason, RejectedRow};
 pub use error::EngineError;
 pub use events::{
     Chunk, ChunkData, Decoded, EventBatch, Messages, RawRows, RowHeaders, SharedBytes,

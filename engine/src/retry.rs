@@ -87,6 +87,8 @@ pub struct OutputHealth {
     pub circuit: AtomicU64,
     /// Unix ms of the last failure (0 = none).
     pub last_error_ms: AtomicU64,
+    /// Rows the output refused for good (sent to the dead-letter output).
+    pub rejected: AtomicU64,
 }
 
 impl OutputHealth {

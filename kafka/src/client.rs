@@ -29,6 +29,16 @@ pub enum KafkaError {
         topic: String,
         message: String,
     },
+    /// The broker (or the client's own limits) refuses this message for good: sending it
+    /// again cannot succeed.
+    #[error("kafka ({brokers}): `{topic}` refuses the message: {message}")]
+    Refused {
+        brokers: String,
+        topic: String,
+        /// A stable code (`message_too_large`, `invalid_record`).
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// Settings for a client of `brokers`: weir's defaults, then `properties` as given (they win).

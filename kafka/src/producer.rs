@@ -11,10 +11,34 @@ use rdkafka::Message;
 
 use crate::client::{client_config, KafkaError};
 
-/// Records the first failed delivery (after librdkafka's own retries).
+/// A message the broker refused for good, with its error.
+#[derive(Debug, Clone)]
+pub struct RefusedMessage {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// A stable code (`message_too_large`, `invalid_record`).
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The code of an error that refuses a message for good (sending it again cannot succeed).
+fn refusal(e: &RdError) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code()? {
+        C::MessageSizeTooLarge => Some("message_too_large"),
+        C::InvalidRecord => Some("invalid_record"),
+        C::InvalidMessage | C::InvalidMessageSize => Some("invalid_message"),
+        _ => None,
+    }
+}
+
+/// Records the first failed delivery (after librdkafka's own retries), and the messages
+/// refused for good.
 #[derive(Default, Clone)]
 struct Deliveries {
     first_error: Arc<Mutex<Option<(String, String)>>>,
+    refused: Arc<Mutex<Vec<RefusedMessage>>>,
 }
 
 impl ClientContext for Deliveries {}
@@ -22,12 +46,25 @@ impl ClientContext for Deliveries {}
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, msg)) = result {
-            tracing::error!(topic = msg.topic(), error = %e, "kafka delivery failed");
-            if let Ok(mut first) = self.first_error.lock() {
-                if first.is_none() {
-                    *first = Some((msg.topic().to_string(), e.to_string()));
-                }
+        let Err((e, msg)) = result else {
+            return;
+        };
+        if let Some(code) = refusal(e) {
+            if let Ok(mut refused) = self.refused.lock() {
+                refused.push(RefusedMessage {
+                    topic: msg.topic().to_string(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    code,
+                    message: e.to_string(),
+                });
+            }
+            return;
+        }
+        tracing::error!(topic = msg.topic(), error = %e, "kafka delivery failed");
+        if let Ok(mut first) = self.first_error.lock() {
+            if first.is_none() {
+                *first = Some((msg.topic().to_string(), e.to_string()));
             }
         }
     }
@@ -120,9 +157,29 @@ impl Producer {
                         return Err(self.delivery_error(topic, "the send queue stayed full"));
                     }
                 }
-                Err((e, _)) => return Err(self.delivery_error(topic, &e.to_string())),
+                Err((e, _)) => {
+                    return Err(match refusal(&e) {
+                        Some(code) => KafkaError::Refused {
+                            brokers: self.brokers.clone(),
+                            topic: topic.to_string(),
+                            code,
+                            message: e.to_string(),
+                        },
+                        None => self.delivery_error(topic, &e.to_string()),
+                    })
+                }
             }
         }
+    }
+
+    /// The messages the broker refused for good since the last call (reported by delivery
+    /// results, so known after [`Producer::flush`]).
+    pub fn take_refused(&self) -> Vec<RefusedMessage> {
+        self.deliveries
+            .refused
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// Waits until every queued message is acknowledged; fails with the first delivery error.

@@ -257,6 +257,18 @@ impl Metrics {
             );
         }
         o.family(
+            "weir_sink_rejected_total",
+            "counter",
+            "Rows a sink refused for good (sent to the dead-letter output), per sink.",
+        );
+        for (name, h) in outputs.iter().filter(|(n, _)| *n != "dead_letter") {
+            o.sample(
+                "weir_sink_rejected_total",
+                &[("sink", name)],
+                get(&h.rejected),
+            );
+        }
+        o.family(
             "weir_sink_circuit_state",
             "gauge",
             "Circuit breaker of each sink: 0 closed, 1 open, 2 half-open.",

@@ -2,7 +2,7 @@
 
 use arrow::record_batch::RecordBatch;
 use weir_engine::job::{DeadLetterSink, Sink};
-use weir_engine::{DeadLetter, EngineError};
+use weir_engine::{DeadLetter, EngineError, ErrorInfo, RejectedRow};
 use weir_kafka::Producer;
 
 use crate::file::for_each_json_row;
@@ -72,6 +72,16 @@ pub struct KafkaSink {
     keys: Vec<u8>,
     key_ends: Vec<usize>,
     avro: Option<AvroWriter>,
+    /// Batches sent since the last successful flush: after a failed delivery they are sent
+    /// again through a new producer (keyed rows: a repeat is an identical upsert).
+    unacked: Vec<RecordBatch>,
+    /// A delivery failed: the producer is replaced and `unacked` sent again before anything
+    /// else.
+    broken: bool,
+    /// The failed call was a write whose batch is already in `unacked`.
+    write_failed: bool,
+    /// Rows refused for good, for the dead-letter output.
+    rejected: Vec<RejectedRow>,
 }
 
 impl KafkaSink {
@@ -88,7 +98,47 @@ impl KafkaSink {
             keys: Vec::new(),
             key_ends: Vec::new(),
             avro: None,
+            unacked: Vec::new(),
+            broken: false,
+            write_failed: false,
+            rejected: Vec::new(),
         })
+    }
+
+    /// A transient failure: the producer is replaced at the next call, which sends every
+    /// unacknowledged batch again first.
+    fn failed(&mut self, e: impl std::fmt::Display) -> EngineError {
+        self.broken = true;
+        EngineError::sink(&self.name, e).unavailable()
+    }
+
+    /// After a failure: a new producer, and every unacknowledged batch sent again.
+    fn rebuild(&mut self) -> Result<(), EngineError> {
+        if !self.broken {
+            return Ok(());
+        }
+        let producer = Producer::new(&self.config.brokers, &self.config.properties)
+            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        // the old producer's queue is purged when it is dropped here
+        self.producer = producer;
+        tracing::info!(sink = %self.name, batches = self.unacked.len(), "kafka: sending the unacknowledged rows again");
+        for batch in std::mem::take(&mut self.unacked) {
+            let sent = self.send_batch(&batch);
+            self.unacked.push(batch);
+            sent.map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        }
+        self.broken = false;
+        Ok(())
+    }
+
+    /// A message refused for good: kept for the dead-letter output.
+    fn refuse(&mut self, code: &'static str, message: String, key: &[u8], value: &[u8]) {
+        self.rejected.push(RejectedRow {
+            raw: value.to_vec(),
+            error: ErrorInfo::new(code, message)
+                .with("topic", self.config.topic.as_str())
+                .with("key", String::from_utf8_lossy(key).into_owned()),
+        });
     }
 
     /// The Avro writer for rows of `batch`'s schema (registering the schema when it is new).
@@ -122,29 +172,27 @@ impl KafkaSink {
     }
 }
 
-impl Sink for KafkaSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let name = self.name.clone();
-        let err = |e: &dyn std::fmt::Display| EngineError::sink(&name, e);
+impl KafkaSink {
+    /// Queues every row of `batch`; rows the client refuses for good (over
+    /// `message.max.bytes`) are kept for the dead-letter output; other errors are returned.
+    fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), String> {
         self.keys.clear();
         self.key_ends.clear();
-        // Window rows: the key columns, then `window_start` (the rest are values); view rows:
-        // the key columns, counted in the schema's `weir.keys` metadata.
         let schema = batch.schema();
         let key_count = match schema.metadata().get(weir_engine::KEYS_METADATA) {
             Some(n) => n
                 .parse::<usize>()
-                .map_err(|_| err(&"bad `weir.keys` metadata"))?,
+                .map_err(|_| "bad `weir.keys` metadata".to_string())?,
             None => {
                 schema
                     .index_of("window_start")
-                    .map_err(|_| err(&"rows without `window_start` cannot be keyed"))?
+                    .map_err(|_| "rows without `window_start` cannot be keyed".to_string())?
                     + 1
             }
         };
         let key_batch = batch
             .project(&(0..key_count).collect::<Vec<_>>())
-            .map_err(|e| err(&e))?;
+            .map_err(|e| e.to_string())?;
         let (keys, key_ends) = (&mut self.keys, &mut self.key_ends);
         let mut line = Vec::new();
         for_each_json_row(&key_batch, &mut line, |_, k| {
@@ -152,8 +200,10 @@ impl Sink for KafkaSink {
             key_ends.push(keys.len());
             Ok(())
         })
-        .map_err(|e| err(&e))?;
-        self.avro_writer(batch).map_err(|e| err(&e))?;
+        .map_err(|e| e.to_string())?;
+        self.avro_writer(batch)?;
+        let mut refused = Vec::new();
+        let topic = self.config.topic.clone();
         if let Some(avro) = &self.avro {
             let mut text = String::new();
             for row in 0..batch.num_rows() {
@@ -162,49 +212,94 @@ impl Sink for KafkaSink {
                 crate::avro::encode_row(batch, row, &mut self.value, &mut text);
                 let start = if row == 0 { 0 } else { self.key_ends[row - 1] };
                 let key = &self.keys[start..self.key_ends[row]];
-                self.producer
-                    .send(&self.config.topic, Some(key), &self.value, &[])
-                    .map_err(|e| err(&e))?;
+                match self.producer.send(&topic, Some(key), &self.value, &[]) {
+                    Ok(()) => {}
+                    Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
+                        refused.push((code, message, key.to_vec(), self.value.clone()))
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
             }
+        } else {
+            let (producer, keys, key_ends) = (&self.producer, &self.keys, &self.key_ends);
+            let mut failure = None;
+            for_each_json_row(batch, &mut self.value, |row, value| {
+                let start = if row == 0 { 0 } else { key_ends[row - 1] };
+                let key = &keys[start..key_ends[row]];
+                match producer.send(&topic, Some(key), value, &[]) {
+                    Ok(()) => Ok(()),
+                    Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
+                        refused.push((code, message, key.to_vec(), value.to_vec()));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        Err(std::io::Error::other("delivery failed"))
+                    }
+                }
+            })
+            .map_err(|e| failure.take().unwrap_or_else(|| e.to_string()))?;
+        }
+        for (code, message, key, value) in refused {
+            self.refuse(code, message, &key, &value);
+        }
+        Ok(())
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        self.rebuild()?;
+        if std::mem::take(&mut self.write_failed) {
+            // this batch failed before and was just sent again with the others
             return Ok(());
         }
-        let (producer, topic) = (&self.producer, self.config.topic.as_str());
-        let (keys, key_ends) = (&self.keys, &self.key_ends);
-        let mut failure = None;
-        for_each_json_row(batch, &mut self.value, |row, value| {
-            let start = if row == 0 { 0 } else { key_ends[row - 1] };
-            let key = &keys[start..key_ends[row]];
-            if let Err(e) = producer.send(topic, Some(key), value, &[]) {
-                failure = Some(e);
-                return Err(std::io::Error::other("delivery failed"));
-            }
-            Ok(())
-        })
-        .map_err(|e| match failure.take() {
-            Some(f) => err(&f),
-            None => err(&e),
-        })
+        self.unacked.push(batch.clone());
+        if let Err(e) = self.send_batch(batch) {
+            self.write_failed = true;
+            return Err(self.failed(e));
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<bool, EngineError> {
-        self.producer
-            .flush()
-            .map_err(|e| EngineError::sink(&self.name, e))?;
+        self.rebuild()?;
+        let flushed = self.producer.flush();
+        for r in self.producer.take_refused() {
+            self.refuse(r.code, r.message, &r.key.unwrap_or_default(), &r.payload);
+        }
+        if let Err(e) = flushed {
+            return Err(self.failed(e));
+        }
+        self.unacked.clear();
         Ok(true)
     }
 
     fn finish(&mut self) -> Result<(), EngineError> {
         self.flush().map(|_| ())
     }
+
+    fn take_rejected(&mut self) -> Vec<RejectedRow> {
+        std::mem::take(&mut self.rejected)
+    }
 }
 
 /// Dead letters as JSON messages (the same record as in a dead-letter file, original bytes
 /// kept), keyed by `source/topic/partition/offset`.
 pub struct DeadLetterKafka {
-    topic: String,
+    config: KafkaSinkConfig,
     producer: Producer,
     value: Vec<u8>,
+    /// Records sent since the last successful flush, sent again through a new producer
+    /// after a failed delivery.
+    unacked: Vec<DeadLetter>,
+    broken: bool,
+    /// The failed call was a write whose records are already in `unacked`.
+    write_failed: bool,
 }
+
+/// Bytes of a dead letter's `raw` kept when the whole record is over the broker's limit.
+const TRUNCATED_RAW: usize = 64 << 10;
 
 impl DeadLetterKafka {
     /// Dead letters to `topic`.
@@ -213,45 +308,240 @@ impl DeadLetterKafka {
         let producer = Producer::new(&config.brokers, &config.properties)
             .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
         Ok(DeadLetterKafka {
-            topic: config.topic,
+            config,
             producer,
             value: Vec::new(),
+            unacked: Vec::new(),
+            broken: false,
+            write_failed: false,
         })
+    }
+
+    fn failed(&mut self, e: impl std::fmt::Display) -> EngineError {
+        self.broken = true;
+        EngineError::DeadLetter(e.to_string()).unavailable()
+    }
+
+    /// After a failure: a new producer, and every unacknowledged record sent again.
+    fn rebuild(&mut self) -> Result<(), EngineError> {
+        if !self.broken {
+            return Ok(());
+        }
+        self.producer = Producer::new(&self.config.brokers, &self.config.properties)
+            .map_err(|e| EngineError::DeadLetter(e.to_string()).unavailable())?;
+        let records = std::mem::take(&mut self.unacked);
+        let sent = records.iter().try_for_each(|r| self.send(r));
+        self.unacked = records;
+        sent.map_err(|e| EngineError::DeadLetter(e).unavailable())?;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Sends one record; one over the broker's size limit goes with its `raw` cut to
+    /// [`TRUNCATED_RAW`] bytes (`raw_truncated: true`) rather than not at all.
+    fn send(&mut self, r: &DeadLetter) -> Result<(), String> {
+        let p = &r.partition;
+        let key = format!(
+            "{}/{}/{}/{}",
+            p.source,
+            p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
+            p.number,
+            r.offset.map_or(String::new(), |o| o.to_string())
+        );
+        // the record's trace and correlation ids travel on as headers
+        let mut headers = vec![("weir.reason", r.reason.as_str().as_bytes())];
+        headers.extend(r.trace.headers());
+        let mut json = r.to_json();
+        for attempt in 0..2 {
+            self.value.clear();
+            serde_json::to_writer(&mut self.value, &json).map_err(|e| e.to_string())?;
+            match self.producer.send(
+                &self.config.topic,
+                Some(key.as_bytes()),
+                &self.value,
+                &headers,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(weir_kafka::KafkaError::Refused { message, .. }) if attempt == 0 => {
+                    tracing::warn!(key, error = %message, "dead letter over the broker's size limit: its raw bytes are cut");
+                    let raw = json["raw"].as_str().unwrap_or_default();
+                    let mut cut = TRUNCATED_RAW.min(raw.len());
+                    while !raw.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    json["raw"] = serde_json::Value::String(raw[..cut].to_string());
+                    json["raw_truncated"] = serde_json::Value::Bool(true);
+                    if let Some(o) = json.as_object_mut() {
+                        o.remove("raw_base64");
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
     }
 }
 
 impl DeadLetterSink for DeadLetterKafka {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        self.rebuild()?;
+        if std::mem::take(&mut self.write_failed) {
+            return Ok(()); // these records were just sent again with the others
+        }
+        self.unacked.extend_from_slice(records);
         for r in records {
-            self.value.clear();
-            serde_json::to_writer(&mut self.value, &r.to_json())
-                .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
-            let p = &r.partition;
-            let key = format!(
-                "{}/{}/{}/{}",
-                p.source,
-                p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
-                p.number,
-                r.offset.map_or(String::new(), |o| o.to_string())
-            );
-            // the record's trace and correlation ids travel on as headers
-            let mut headers = vec![("weir.reason", r.reason.as_str().as_bytes())];
-            headers.extend(r.trace.headers());
-            self.producer
-                .send(&self.topic, Some(key.as_bytes()), &self.value, &headers)
-                .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+            if let Err(e) = self.send(r) {
+                self.write_failed = true;
+                return Err(self.failed(e));
+            }
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<bool, EngineError> {
-        self.producer
-            .flush()
-            .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+        self.rebuild()?;
+        if let Err(e) = self.producer.flush() {
+            return Err(self.failed(e));
+        }
+        if let Some(r) = self.producer.take_refused().first() {
+            return Err(EngineError::DeadLetter(format!(
+                "the broker refused a dead letter for good ({}): {}",
+                r.code, r.message
+            )));
+        }
+        self.unacked.clear();
         Ok(true)
     }
 
     fn finish(&mut self) -> Result<(), EngineError> {
         self.flush().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::{ClientConfig, Message, TopicPartitionList};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn batch(rows: &[(&str, usize)]) -> RecordBatch {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("window_start", ts, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, false),
+        ]));
+        let text: Vec<String> = rows.iter().map(|(_, len)| "x".repeat(*len)).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _)| *k))),
+                Arc::new(
+                    TimestampMillisecondArray::from(vec![60_000; rows.len()]).with_timezone("UTC"),
+                ),
+                Arc::new(Int64Array::from(vec![1; rows.len()])),
+                Arc::new(StringArray::from(text)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The keys of every message in partition 0 of `topic`.
+    fn keys_in(brokers: &str, topic: &str) -> Vec<String> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "t")
+            .create()
+            .unwrap();
+        let (_, high) = c
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let mut keys = Vec::new();
+        let started = Instant::now();
+        while (keys.len() as i64) < high && started.elapsed() < Duration::from_secs(20) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                keys.push(String::from_utf8_lossy(m.key().unwrap()).into_owned());
+            }
+        }
+        keys
+    }
+
+    fn sink(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        props: &[(&str, &str)],
+    ) -> KafkaSink {
+        KafkaSink::new(
+            "out",
+            KafkaSinkConfig {
+                brokers: mock.bootstrap_servers(),
+                topic: "t".into(),
+                properties: props
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                format: KafkaFormat::Json,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_row_over_the_size_limit_is_rejected_and_the_others_are_sent() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let mut s = sink(&mock, &[("message.max.bytes", "2000")]);
+        s.write(&batch(&[("a", 10), ("big", 5000), ("b", 10)]))
+            .unwrap();
+        assert!(s.flush().unwrap());
+        let rejected = s.take_rejected();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].error.code, "message_too_large");
+        assert_eq!(
+            rejected[0].error.details["key"],
+            r#"{"k":"big","window_start":"1970-01-01T00:01:00.000Z"}"#
+        );
+        assert!(String::from_utf8_lossy(&rejected[0].raw).contains("xxxxx"));
+        assert!(s.take_rejected().is_empty());
+        let keys = keys_in(&mock.bootstrap_servers(), "t");
+        assert_eq!(keys.len(), 2, "{keys:?}");
+    }
+
+    #[test]
+    fn after_a_failed_delivery_the_retry_sends_every_unacknowledged_row_again() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let mut s = sink(&mock, &[("message.timeout.ms", "1500")]);
+        s.write(&batch(&[("a", 1)])).unwrap();
+        s.flush().unwrap();
+        mock.broker_down(1).unwrap();
+        s.write(&batch(&[("b", 1), ("c", 1)])).unwrap();
+        let e = s.flush().unwrap_err();
+        assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+        // the broker comes back; the retried flush sends b and c again through a new producer
+        mock.broker_up(1).unwrap();
+        let started = Instant::now();
+        loop {
+            match s.flush() {
+                Ok(true) => break,
+                Err(EngineError::Unavailable(_)) if started.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut keys = keys_in(&mock.bootstrap_servers(), "t");
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 3, "{keys:?}");
     }
 }
