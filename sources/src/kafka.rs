@@ -127,6 +127,10 @@ struct GroupContext {
     /// The source's name and the run's gauges, for consumer lag.
     source: Arc<str>,
     stats: Arc<weir_engine::RunStats>,
+    /// Where this process stopped reading each partition (the offset after the last
+    /// message handed over): a partition assigned again (after a lost session) continues
+    /// there, not at the group's older committed offset (which would count events twice).
+    positions: Mutex<HashMap<(String, i32), u64>>,
 }
 
 impl GroupContext {
@@ -193,9 +197,13 @@ impl GroupContext {
             return;
         };
         let mut fresh = Vec::new();
+        let mut again = Vec::new();
         for e in tpl.elements() {
-            if seen.insert((e.topic().to_string(), e.partition())) {
-                fresh.push((e.topic().to_string(), e.partition()));
+            let tp = (e.topic().to_string(), e.partition());
+            if seen.insert(tp.clone()) {
+                fresh.push(tp);
+            } else {
+                again.push(tp);
             }
         }
         let Ok(mut starts) = self.starts.lock() else {
@@ -205,6 +213,20 @@ impl GroupContext {
             let _ = tpl.set_partition_offset(topic, p, o);
             starts.insert((topic.to_string(), p), o);
         };
+        // partitions this process read before continue where it stopped
+        if let Ok(positions) = self.positions.lock() {
+            for (topic, p) in again {
+                if let Some(&o) = positions.get(&(topic.clone(), p)) {
+                    tracing::info!(
+                        topic,
+                        partition = p,
+                        offset = o,
+                        "kafka: partition assigned again; continuing where this process stopped"
+                    );
+                    set(tpl, &topic, p, Offset::Offset(o as i64));
+                }
+            }
+        }
         // partitions a checkpoint holds continue where it left them
         fresh.retain(|(topic, p)| match self.resume.get(&(topic.clone(), *p)) {
             Some(&o) => {
@@ -411,6 +433,9 @@ pub struct KafkaReader {
     assigned_once: bool,
     /// Fetching is paused for backpressure.
     paused: bool,
+    /// Every partition was revoked (a lost session, a rebalance) before this process
+    /// finished them: not caught up until the group assigns again.
+    awaiting_assignment: bool,
     /// (topic, partition) → offset to continue from, from a checkpoint.
     resume: HashMap<(String, i32), u64>,
 }
@@ -464,6 +489,7 @@ impl KafkaReader {
             ready: VecDeque::new(),
             last_commit: Instant::now(),
             assigned_once: false,
+            awaiting_assignment: false,
             paused: false,
             resume: HashMap::new(),
         }
@@ -520,6 +546,7 @@ impl KafkaReader {
             has_events: AtomicBool::new(false),
             source: self.name.clone(),
             stats: ctx.stats.clone(),
+            positions: Mutex::new(HashMap::new()),
         };
         let mut cfg = client_config(&self.config.brokers, &[]);
         cfg.set("group.id", &self.config.group_id)
@@ -585,6 +612,7 @@ impl KafkaReader {
         for e in events {
             match e {
                 GroupEvent::Assigned(list) => {
+                    self.awaiting_assignment = false;
                     for (topic, p) in list {
                         let Some(l) = self.local(&topic, p) else {
                             continue;
@@ -627,6 +655,8 @@ impl KafkaReader {
                         s.assigned = false;
                         ctx.clocks.partition(s.info.id).set_idle(true);
                     }
+                    self.awaiting_assignment = self.partitions.iter().all(|s| !s.assigned)
+                        && self.partitions.iter().any(|s| !s.ended);
                 }
             }
             self.report_assigned(ctx);
@@ -691,6 +721,11 @@ impl KafkaReader {
         let messages = s.buffer.take();
         let first = messages.offsets[0];
         s.next_offset = messages.offsets.last().map(|o| o + 1);
+        if let (Some(c), Some(t), Some(next)) = (&self.consumer, &s.info.topic, s.next_offset) {
+            if let Ok(mut positions) = c.context().positions.lock() {
+                positions.insert((t.to_string(), s.info.number as i32), next);
+            }
+        }
         self.ready.push_back(Chunk {
             source: self.source,
             partition: s.info.clone(),
@@ -904,6 +939,7 @@ impl KafkaReader {
     fn all_caught_up(&self) -> bool {
         self.config.until_caught_up
             && self.assigned_once
+            && !self.awaiting_assignment
             && self.ready.is_empty()
             && self.partitions.iter().all(|s| !s.assigned || s.ended)
     }
