@@ -1,5 +1,7 @@
 //! `weir`: run, validate and feed stream pipelines declared in YAML.
 
+mod telemetry;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -204,8 +206,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(cli.log_format);
-    match dispatch(cli.command) {
+    let telemetry = telemetry::Telemetry::new(cli.log_format);
+    match dispatch(cli.command, &telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             let mut msg = format!("{}", f.error);
@@ -218,38 +220,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// stderr for logs, with every secret of the pipeline masked (see
-/// `weir_pipelines::secrets`). The formatter writes each event in one call.
-struct RedactedStderr;
-
-impl std::io::Write for RedactedStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        std::io::stderr().write_all(weir_pipelines::secrets::redact(&text).as_bytes())?;
-        Ok(buf.len())
+fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failure> {
+    // `run` and `replay` install the logger once they know the pipeline's `tracing`
+    if !matches!(cmd, Command::Run { .. } | Command::Replay { .. }) {
+        telemetry.install(None).map_err(runtime)?;
     }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // colours only on a terminal: log files and collectors get plain text
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(|| RedactedStderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-fn dispatch(cmd: Command) -> Result<(), Failure> {
     match cmd {
         Command::Validate {
             pipeline,
@@ -290,7 +265,10 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 Some(t) => time(t, "--to")?,
                 None => weir_engine::time::now_ms(),
             };
-            let mut plan = weir_pipelines::load(&pipeline).map_err(user)?;
+            let mut plan = telemetry
+                .scoped(|| weir_pipelines::load(&pipeline))
+                .map_err(user)?;
+            let _export = telemetry.install(plan.tracing.as_ref()).map_err(user)?;
             let request = weir_pipelines::replay::ReplayRequest {
                 from_ms,
                 to_ms,
@@ -400,7 +378,11 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             insecure,
             until_caught_up,
         } => {
-            let plan = weir_pipelines::load(&pipeline).map_err(user)?;
+            let plan = telemetry
+                .scoped(|| weir_pipelines::load(&pipeline))
+                .map_err(user)?;
+            // spans are exported until the run ends (dropping it sends the last ones)
+            let _export = telemetry.install(plan.tracing.as_ref()).map_err(user)?;
             if keep_serving && plan.serve.is_none() {
                 tracing::warn!(
                     "--keep-serving has nothing to serve: the pipeline has no `serve` section"

@@ -574,6 +574,187 @@ dead_letter: {{ kafka: {{ brokers: "{brokers}", topic: {dlq} }} }}
     assert_eq!(reasons.get("late").copied(), Some(late));
 }
 
+/// A running OTLP/HTTP receiver (tests/ops/otlp_receiver.py), stopped when dropped.
+struct Collector {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Collector {
+    fn start(dir: &Path) -> Collector {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = dir.join("spans.ndjson");
+        let child = Command::new("python3")
+            .arg(repo().join("tests/ops/otlp_receiver.py"))
+            .arg(port.to_string())
+            .arg(&out)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the receiver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Collector { child, port, out }
+    }
+
+    /// Every exported span: (name, trace id, attributes as key → string value).
+    fn spans(&self) -> Vec<(String, String, std::collections::BTreeMap<String, String>)> {
+        let mut spans = Vec::new();
+        for req in read_ndjson(&self.out) {
+            for rs in req["body"]["resourceSpans"].as_array().unwrap() {
+                let service = rs["resource"]["attributes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|a| a["key"] == "service.name")
+                    .map(|a| a["value"]["stringValue"].clone());
+                assert_eq!(service, Some(Value::from("weir-test")), "{rs}");
+                for ss in rs["scopeSpans"].as_array().unwrap() {
+                    for sp in ss["spans"].as_array().unwrap() {
+                        let attrs = sp["attributes"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|kv| {
+                                        let v = &kv["value"];
+                                        let text = v["stringValue"]
+                                            .as_str()
+                                            .map(String::from)
+                                            .unwrap_or_else(|| v.to_string());
+                                        (kv["key"].as_str().unwrap().to_string(), text)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        spans.push((
+                            sp["name"].as_str().unwrap().to_string(),
+                            sp["traceId"].as_str().unwrap().to_lowercase(),
+                            attrs,
+                        ));
+                    }
+                }
+            }
+        }
+        spans
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn spans_go_to_an_otlp_collector_and_sink_messages_carry_their_traceparent() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path());
+    let g = Golden::produce("3", &[]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-otlp
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ brokers: "{brokers}", topic: {output} }} }}
+dead_letter: {{ file: {{ path: dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 300ms }}
+tracing: {{ otlp: "http://127.0.0.1:{port}", service_name: weir-test, headers: {{ authorization: "Bearer ${{WEIR_TEST_OTLP_TOKEN}}" }} }}
+"#,
+            brokers = g.brokers,
+            input = g.input,
+            group = g.group,
+            output = g.output,
+            port = collector.port,
+        ),
+    )
+    .unwrap();
+    let out = weir()
+        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+        .env("WEIR_TEST_OTLP_TOKEN", "otlp-token-4471")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("otlp-token-4471"), "{stderr}");
+
+    // the collector got weir's spans, with the configured credentials
+    let requests = read_ndjson(&collector.out);
+    assert!(
+        !requests.is_empty(),
+        "no export reached the collector:\n{stderr}"
+    );
+    for r in &requests {
+        assert_eq!(r["headers"]["authorization"], "Bearer otlp-token-4471");
+    }
+    let spans = collector.spans();
+    let named = |n: &str| spans.iter().filter(|s| s.0 == n).count();
+    assert!(named("batch") > 0, "no batch spans");
+    assert!(named("checkpoint") > 0, "no checkpoint spans");
+    let sink_writes: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            s.0 == "output" && s.2.get("output").map(String::as_str) == Some("sink `topic`")
+        })
+        .collect();
+    assert!(
+        sink_writes
+            .iter()
+            .any(|s| s.2.get("call").map(String::as_str) == Some("write")),
+        "no sink write spans: {:?}",
+        spans.iter().map(|s| (&s.0, &s.2)).collect::<Vec<_>>()
+    );
+
+    // every output message carries the traceparent of the sink write that sent it
+    let topic_out = dir.path().join("topic.ndjson");
+    tool(&[
+        "consume",
+        &g.brokers,
+        &g.output,
+        topic_out.to_str().unwrap(),
+        "--keys",
+    ]);
+    let messages = read_ndjson(&topic_out);
+    assert!(!messages.is_empty());
+    let write_traces: std::collections::BTreeSet<&str> =
+        sink_writes.iter().map(|s| s.1.as_str()).collect();
+    for m in &messages {
+        let tp = m["headers"]["traceparent"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{m:?}"));
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert!(
+            write_traces.contains(parts[1]),
+            "{tp} is not the trace of an exported sink write"
+        );
+    }
+}
+
 #[test]
 fn message_columns_can_be_filtered_grouped_and_aggregated() {
     let dir = tempfile::tempdir().unwrap();

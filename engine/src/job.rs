@@ -936,6 +936,7 @@ impl Coordinator {
 
     /// Puts a barrier into every worker's queue at one point of the chunk order.
     fn trigger(&mut self, last: bool, failure: &Failure) -> Result<Pending, EngineError> {
+        let _span = tracing::info_span!("checkpoint_barrier", epoch = self.epoch + 1).entered();
         let mut d = self
             .dispatcher
             .lock()
@@ -958,6 +959,7 @@ impl Coordinator {
     }
 
     fn complete(&mut self, pending: Pending) -> Result<(), EngineError> {
+        let _span = tracing::info_span!("checkpoint", epoch = self.epoch).entered();
         let started = pending.started;
         let manifest = pending.write(&self.spec, &self.operator_names)?;
         self.epochs
@@ -1306,6 +1308,13 @@ fn process_chunk(
     ctx: &WorkerCtx,
     row_wm: &mut Vec<i64>,
 ) -> Result<(), EngineError> {
+    let _span = tracing::info_span!(
+        "batch",
+        source = %chunk.partition.source,
+        partition = chunk.partition.number,
+        seq = chunk.seq
+    )
+    .entered();
     let end = matches!(chunk.data, ChunkData::End);
     let bytes = match &chunk.data {
         ChunkData::Lines(lines) => lines.len() as u64,

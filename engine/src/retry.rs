@@ -155,6 +155,7 @@ impl<'a> Retrier<'a> {
         what: &str,
         mut call: impl FnMut() -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
+        let _span = tracing::info_span!("output", output = %self.output, call = what).entered();
         let mut retry = 0u32;
         loop {
             if let Some(until) = self.open_until {

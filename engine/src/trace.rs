@@ -3,6 +3,20 @@
 //! variants) or from the platform envelope's `trace_id` / `correlation_id` fields. Read only
 //! when a record is dead-lettered, never on the hot path.
 
+static TRACEPARENT: std::sync::OnceLock<fn() -> Option<String>> = std::sync::OnceLock::new();
+
+/// Installs how the current span's W3C `traceparent` is read (the binary does, when it
+/// exports spans).
+pub fn set_traceparent_source(source: fn() -> Option<String>) {
+    let _ = TRACEPARENT.set(source);
+}
+
+/// The current span's `traceparent` when spans are exported: sinks put it on the messages
+/// they write, so a consumer can join weir's trace.
+pub fn current_traceparent() -> Option<String> {
+    TRACEPARENT.get().and_then(|f| f())
+}
+
 /// The ids of one record (absent when it carried none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceIds {

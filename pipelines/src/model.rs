@@ -59,6 +59,26 @@ pub struct PipelineDoc {
     pub checkpoint: Option<Spanned<CheckpointDoc>>,
     #[serde(default)]
     pub serve: Option<Spanned<ServeDoc>>,
+    /// Span export to an OpenTelemetry collector.
+    #[serde(default)]
+    pub tracing: Option<Spanned<TracingDoc>>,
+}
+
+/// `tracing:`: spans exported over OTLP/HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingDoc {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to `/v1/traces`.
+    pub otlp: Spanned<String>,
+    /// `service.name` of the spans (default `weir`).
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Share of traces kept, 0 to 1 (default 1).
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+    /// HTTP headers of the export requests (a collector's credentials).
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
 }
 
 /// Record formats.

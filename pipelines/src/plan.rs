@@ -78,6 +78,16 @@ pub struct PlannedServe {
     pub query_memory_bytes: usize,
 }
 
+/// Spans exported to an OpenTelemetry collector (OTLP/HTTP).
+#[derive(Debug, Clone)]
+pub struct PlannedTracing {
+    /// The traces endpoint: the base URL with `/v1/traces`.
+    pub endpoint: String,
+    pub service_name: String,
+    pub sample_ratio: f64,
+    pub headers: Vec<(String, String)>,
+}
+
 /// Where a sink writes.
 #[derive(Debug, Clone)]
 pub enum SinkTarget {
@@ -250,6 +260,8 @@ pub struct Plan {
     pub dead_letter_retry: RetryPolicy,
     /// SQL serving, when configured.
     pub serve: Option<PlannedServe>,
+    /// Span export, when configured.
+    pub tracing: Option<PlannedTracing>,
     /// Checkpointing, when configured.
     pub checkpoint: Option<PlannedCheckpoint>,
     /// Sections parsed and checked but not available in this version: `run` refuses them.
@@ -402,6 +414,10 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
                 .flatten()
                 .cloned(),
         );
+    }
+    if let Some(t) = &doc.tracing {
+        props(&mut out, &t.value.headers);
+        urls.push(t.value.otlp.value.clone());
     }
     out.extend(urls.iter().filter_map(|u| url_password(u)));
     out
@@ -1122,6 +1138,40 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         }
         None => None,
     };
+    let tracing = match &doc.tracing {
+        Some(t) => {
+            let d = &t.value;
+            let url = d.otlp.value.trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ctx.err(
+                    &d.otlp.referenced,
+                    format!("tracing: `otlp` must be an http:// or https:// URL (an OTLP/HTTP collector, port 4318), not `{url}`"),
+                ));
+            }
+            let ratio = d.sample_ratio.unwrap_or(1.0);
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(ctx.err(
+                    &t.referenced,
+                    "tracing: `sample_ratio` must be between 0 and 1",
+                ));
+            }
+            Some(PlannedTracing {
+                endpoint: if url.ends_with("/v1/traces") {
+                    url.to_string()
+                } else {
+                    format!("{url}/v1/traces")
+                },
+                service_name: d.service_name.clone().unwrap_or_else(|| "weir".into()),
+                sample_ratio: ratio,
+                headers: d
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+        }
+        None => None,
+    };
     let serve = match &doc.serve {
         Some(sv) => {
             let d = &sv.value;
@@ -1327,6 +1377,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         sinks,
         dead_letter,
         dead_letter_retry,
+        tracing,
         serve,
         checkpoint,
         unavailable,
@@ -1668,6 +1719,19 @@ impl Plan {
                 )
             }
             None => writeln!(s, "SQL: off (add `serve` to query windows and views)"),
+        };
+        let _ = match &self.tracing {
+            Some(t) => writeln!(
+                s,
+                "tracing: spans to {} as service `{}`, {}% of traces kept",
+                t.endpoint,
+                t.service_name,
+                t.sample_ratio * 100.0
+            ),
+            None => writeln!(
+                s,
+                "tracing: logs only (add `tracing: {{ otlp: URL }}` to export spans)"
+            ),
         };
         for u in &self.unavailable {
             let _ = writeln!(s, "not available yet: {u}");

@@ -204,6 +204,12 @@ impl KafkaSink {
         self.avro_writer(batch)?;
         let mut refused = Vec::new();
         let topic = self.config.topic.clone();
+        // the trace of the write, when spans are exported: consumers can join it
+        let traceparent = weir_engine::trace::current_traceparent();
+        let headers: Vec<(&str, &[u8])> = traceparent
+            .as_deref()
+            .map(|t| vec![("traceparent", t.as_bytes())])
+            .unwrap_or_default();
         if let Some(avro) = &self.avro {
             let mut text = String::new();
             for row in 0..batch.num_rows() {
@@ -212,7 +218,7 @@ impl KafkaSink {
                 crate::avro::encode_row(batch, row, &mut self.value, &mut text);
                 let start = if row == 0 { 0 } else { self.key_ends[row - 1] };
                 let key = &self.keys[start..self.key_ends[row]];
-                match self.producer.send(&topic, Some(key), &self.value, &[]) {
+                match self.producer.send(&topic, Some(key), &self.value, &headers) {
                     Ok(()) => {}
                     Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
                         refused.push((code, message, key.to_vec(), self.value.clone()))
@@ -226,7 +232,7 @@ impl KafkaSink {
             for_each_json_row(batch, &mut self.value, |row, value| {
                 let start = if row == 0 { 0 } else { key_ends[row - 1] };
                 let key = &keys[start..key_ends[row]];
-                match producer.send(&topic, Some(key), value, &[]) {
+                match producer.send(&topic, Some(key), value, &headers) {
                     Ok(()) => Ok(()),
                     Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
                         refused.push((code, message, key.to_vec(), value.to_vec()));
