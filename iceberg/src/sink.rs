@@ -558,10 +558,15 @@ impl Sink for IcebergSink {
         Ok(json!({ "table": self.ident.to_string(), "pending": pending }))
     }
 
+    /// Commits the pending epochs up to `epoch`. A failure (the catalog or the object store
+    /// unreachable, a concurrent commit) is retried by the engine: an epoch leaves `pending`
+    /// only once committed, and an epoch the table already has is not committed again.
     fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
-        while self.pending.first().is_some_and(|p| p.epoch <= epoch) {
-            let p = self.pending.remove(0);
-            self.commit_files(Some(p.epoch), p.files)?;
+        while let Some(p) = self.pending.first().filter(|p| p.epoch <= epoch) {
+            let (e, files) = (p.epoch, p.files.clone());
+            self.commit_files(Some(e), files)
+                .map_err(EngineError::unavailable)?;
+            self.pending.remove(0);
         }
         Ok(())
     }
