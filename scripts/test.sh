@@ -4,24 +4,58 @@
 # test of the workspace, and stops the broker again if this script started it.
 #   scripts/test.sh [cargo test args...]
 # Set KAFKA_BROKERS to run the Kafka tests against another cluster instead (no local broker).
+#
+# With the local broker (tansu 0.6.0), each test binary that uses it starts from a fresh
+# broker: tansu slows down as its SQLite store grows and, loaded long enough, can lose its
+# group coordinator (a panic in its storage task; consumers then never get partitions), which
+# would turn into a hang rather than a failure of the test that met it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-started=0
-if [[ -z "${KAFKA_BROKERS:-}" ]]; then
-    if ! scripts/kafka.sh status; then
-        started=1
-        # a fresh store: tansu's SQLite storage slows down as it grows, and every test
-        # makes its own topics
-        scripts/kafka.sh reset
-    fi
-    scripts/test-env.sh
-else
-    SKIP_BROKER=1 scripts/test-env.sh
-fi
 status=0
-cargo test --workspace --locked "$@" || status=$?
-if [[ $started == 1 ]]; then
+if [[ -n "${KAFKA_BROKERS:-}" ]]; then
+    SKIP_BROKER=1 scripts/test-env.sh
+    cargo test --workspace --locked "$@" || status=$?
+    exit $status
+fi
+
+SKIP_BROKER=1 scripts/test-env.sh
+running_before=0
+if scripts/kafka.sh status; then
+    running_before=1
+fi
+fresh_broker() {
+    if [[ $running_before == 0 ]]; then
+        scripts/kafka.sh stop >/dev/null 2>&1 || true
+        scripts/kafka.sh reset
+        scripts/kafka.sh start
+    fi
+}
+
+# test binaries of the weir binary that use the shared broker (they call `brokers()`)
+broker_tests=()
+other_tests=()
+for f in cli/tests/*.rs; do
+    t=$(basename "$f" .rs)
+    if grep -qE '(^|[^.a-z_])brokers\(\)' "$f"; then
+        broker_tests+=("$t")
+    else
+        other_tests+=("$t")
+    fi
+done
+
+cargo test --workspace --locked --no-run -q
+fresh_broker
+# every crate but the binary's end-to-end tests, then those without the broker
+cargo test --workspace --locked --exclude weir-cli "$@" || status=$?
+other_args=()
+for t in "${other_tests[@]}"; do other_args+=(--test "$t"); done
+cargo test -p weir-cli --locked --bins "${other_args[@]}" "$@" || status=$?
+for t in "${broker_tests[@]}"; do
+    fresh_broker
+    cargo test -p weir-cli --locked --test "$t" "$@" || status=$?
+done
+if [[ $running_before == 0 ]]; then
     scripts/kafka.sh stop || status=$?
 fi
 exit $status

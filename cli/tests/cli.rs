@@ -161,7 +161,7 @@ fn sections_not_built_yet_exit_1_at_run() {
     let p = dir.path().join("p.yaml");
     std::fs::write(
         &p,
-        "name: x\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 10 }\nwindows:\n  w: { from: s, key: [datasetName], tumbling: 1m, aggregates: { n: count(*) }, sinks: [es] }\nsinks:\n  es: { elasticsearch: { url: \"http://127.0.0.1:9200\", index: x } }\n",
+        "name: x\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 10 }\nviews:\n  v: { from: s, key: [datasetName], aggregates: { n: count(*) }, retain: 1h }\n",
     )
     .unwrap();
     let o = weir().arg("validate").arg(&p).output().unwrap();
@@ -170,7 +170,7 @@ fn sections_not_built_yet_exit_1_at_run() {
     let o = weir().arg("run").arg(&p).output().unwrap();
     let err = assert_clean_error(&o, 1);
     assert!(
-        err.contains(":8:24: sink `es`: elasticsearch sinks are not available yet"),
+        err.contains(":6:6: view `v`: `retain` (expiring keys) is not available yet"),
         "{err}"
     );
 }

@@ -91,6 +91,17 @@ impl Drop for Broker {
             .arg("reset")
             .env("WEIR_KAFKA_PORT", self.port.to_string())
             .output();
+        let _ = std::fs::remove_file(self.log());
+    }
+}
+
+/// Kills the run when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -201,15 +212,18 @@ serve: {{ http: "127.0.0.1:{port}" }}
     )
     .unwrap();
     let log_path = d.join("run.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["--log-format", "json", "run"])
-        .arg(&pipeline)
-        .arg("--until-caught-up")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut guard = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["--log-format", "json", "run"])
+            .arg(&pipeline)
+            .arg("--until-caught-up")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let alive = |child: &mut std::process::Child, what: &str| {
         if let Some(s) = child.try_wait().unwrap() {
@@ -220,14 +234,14 @@ serve: {{ http: "127.0.0.1:{port}" }}
     // the broker goes away once a quarter of the input is read
     let started = Instant::now();
     while events_in(port) < 30_000.0 {
-        alive(&mut child, "before the outage");
+        alive(child, "before the outage");
         assert!(started.elapsed() < Duration::from_secs(120), "{}", log());
         std::thread::sleep(Duration::from_millis(100));
     }
     broker.crash();
     let down_at = Instant::now();
     while down_at.elapsed() < Duration::from_secs(60) {
-        alive(&mut child, "during the outage");
+        alive(child, "during the outage");
         std::thread::sleep(Duration::from_millis(500));
     }
     broker.script("start");

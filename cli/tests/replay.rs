@@ -7,6 +7,8 @@
 
 #[path = "support/crash.rs"]
 mod crash;
+#[path = "support/es.rs"]
+mod es;
 #[path = "support/iceberg.rs"]
 mod iceberg;
 #[path = "support/kafka.rs"]
@@ -24,7 +26,7 @@ const HOUR2_TO: &str = "2023-11-15T00:15:00Z";
 const FROM_MS: i64 = 1_700_003_700_000;
 const TO_MS: i64 = 1_700_007_300_000;
 
-fn pipeline(topic: &str, out_topic: &str, group: &str, filter: &str) -> String {
+fn pipeline(topic: &str, out_topic: &str, group: &str, filter: &str, es: &str) -> String {
     format!(
         r#"name: replayed
 sources:
@@ -43,15 +45,19 @@ windows:
       events: count(*)
       records: sum(recordCount)
       max_bytes: max(sizeBytes)
-    sinks: [topic, lake, file]
+    sinks: [topic, lake, file, search]
 sinks:
   topic: {{ kafka: {{ topic: {out_topic} }}, format: json }}
+  search: {{ elasticsearch: {{ url: "{es}", index: "{out_topic}-{{output}}"{es_auth} }} }}
   lake: {{ iceberg: {{ catalog: "sqlite://lake/catalog.db", warehouse: lake, table: replay.per_dataset }} }}
   file: {{ file: {{ path: out/per_dataset.ndjson }} }}
 dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
 checkpoint: {{ dir: state, interval: 1s }}
 "#,
-        brokers = brokers()
+        brokers = brokers(),
+        es_auth = std::env::var("WEIR_TEST_ES_API_KEY")
+            .map(|k| format!(", api_key: \"{k}\""))
+            .unwrap_or_default(),
     )
 }
 
@@ -181,8 +187,13 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
     let expected_in_range: Vec<Row> = expected.iter().filter(|r| in_range(r)).cloned().collect();
     assert!(expected_in_range.len() > 100 && expected_in_range.len() < expected.len() / 2);
 
+    let search = es::Es::for_test();
     let good = d.join("pipeline.yaml");
-    std::fs::write(&good, pipeline(&topic, &out_topic, &unique("live"), "")).unwrap();
+    std::fs::write(
+        &good,
+        pipeline(&topic, &out_topic, &unique("live"), "", &search.url),
+    )
+    .unwrap();
     // a bug: successful ingestions are dropped
     let buggy = d.join("buggy.yaml");
     std::fs::write(
@@ -192,6 +203,7 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
             &out_topic,
             &unique("live"),
             "\n    where: \"status <> 'SUCCESS'\"",
+            &search.url,
         ),
     )
     .unwrap();
@@ -207,6 +219,17 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
         "the live run",
     );
     compare(&expected, &table.pyiceberg(), &keys).expect("the live run's table");
+    // Elasticsearch: one document per window, by id
+    let index = format!("{out_topic}-per_dataset");
+    let documents = || {
+        let docs = search.documents(&index);
+        let rows: Vec<Row> = docs.iter().map(|d| d.2.clone()).collect();
+        let versions: std::collections::BTreeMap<String, u64> =
+            docs.into_iter().map(|(id, v, _)| (id, v)).collect();
+        (rows, versions)
+    };
+    let (rows, live_versions) = documents();
+    compare(&expected, &rows, &keys).expect("the live run's documents");
     let live_file = std::fs::read_to_string(d.join("out/per_dataset.ndjson")).unwrap();
     let outside_before = sorted(table.pyiceberg().into_iter().filter(|r| !in_range(r)));
 
@@ -282,6 +305,20 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
     let (latest, after_fix) = latest_per_key(&brokers, &out_topic, d);
     compare(&expected, &latest, &keys)
         .unwrap_or_else(|e| panic!("the topic's newest rows differ from the oracle: {e}"));
+    // the documents: as many as before, right again; the range's were written again
+    let (rows, versions) = documents();
+    compare(&expected, &rows, &keys)
+        .unwrap_or_else(|e| panic!("the documents after the replay differ from the oracle: {e}"));
+    assert_eq!(versions.len(), live_versions.len());
+    let rewritten = versions
+        .iter()
+        .filter(|(id, v)| **v > live_versions[id.as_str()])
+        .count();
+    assert!(
+        rewritten >= expected_in_range.len(),
+        "{rewritten} documents rewritten for {} windows in the range",
+        expected_in_range.len()
+    );
     assert_eq!(
         after_fix - before_fix,
         expected_in_range.len(),
@@ -333,8 +370,9 @@ fn a_replay_and_a_live_run_at_the_same_time_do_not_interfere() {
     let group = unique("live");
     // the file and the topic only: an Iceberg table takes a replay of windows the live run
     // has already written (see the README)
-    let yaml = pipeline(&topic, &out_topic, &group, "")
-        .replace("sinks: [topic, lake, file]", "sinks: [topic, file]");
+    let search = es::Es::for_test();
+    let yaml = pipeline(&topic, &out_topic, &group, "", &search.url)
+        .replace("sinks: [topic, lake, file, search]", "sinks: [topic, file]");
     let path = d.join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
     let live = weir()

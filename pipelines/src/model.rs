@@ -330,6 +330,19 @@ pub struct ElasticsearchDoc {
     pub flush_interval: Option<Duration>,
     #[serde(default)]
     pub refresh: Option<String>,
+    /// A JSON file with an index template body (`index_patterns`, `template`), installed at
+    /// start instead of the mapping weir derives.
+    #[serde(default)]
+    pub index_template: Option<String>,
+    /// Bulk requests sent at once (default 2).
+    #[serde(default)]
+    pub max_in_flight: Option<u64>,
+    /// gzip request bodies (default true).
+    #[serde(default)]
+    pub compression: Option<bool>,
+    /// One request's time limit (default 30s).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,9 @@ use weir_engine::job::Decode;
 use weir_engine::retry::RetryPolicy;
 use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{CompiledAggregate, SqlCompiler, TimeMode, ViewConfig, WindowConfig};
-use weir_sinks::{FileFormat, KafkaFormat, KafkaSinkConfig};
+use weir_sinks::{
+    ElasticsearchConfig, EsAuth, FileFormat, IndexTemplate, KafkaFormat, KafkaSinkConfig,
+};
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
     MessageColumn, SchemaRegistry, SourceSchema, StartFrom,
@@ -99,8 +101,8 @@ pub enum SinkTarget {
     Kafka(KafkaSinkConfig),
     /// An Iceberg table.
     Iceberg(Box<IcebergTarget>),
-    /// Declared but not available yet (elasticsearch).
-    Unavailable(&'static str),
+    /// Elasticsearch indices (the output is set when a window or view names the sink).
+    Elasticsearch(Box<ElasticsearchConfig>),
 }
 
 /// An Iceberg sink's table, and the output that feeds it (set when an output names it).
@@ -172,6 +174,121 @@ pub fn iceberg_config(
         catalog_properties: target.properties.clone(),
         replace_windows: None,
     }
+}
+
+/// An `elasticsearch` sink's settings, checked.
+fn elasticsearch_config(
+    ctx: &Ctx,
+    pipeline: &str,
+    kname: &str,
+    e: &Spanned<ElasticsearchDoc>,
+) -> Result<ElasticsearchConfig, PipelineError> {
+    let at = |m: String| ctx.err(&e.referenced, format!("sink `{kname}`: {m}"));
+    let d = &e.value;
+    let urls: Vec<String> = d
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    if urls.is_empty() {
+        return Err(at("`url` needs at least one node (http://host:9200)".into()));
+    }
+    for u in &urls {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(at(format!("`url` `{u}` is not an http:// or https:// URL")));
+        }
+    }
+    let index = IndexTemplate::parse(&d.index).map_err(at)?;
+    let set = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+    let auth = match (
+        set(&d.api_key),
+        set(&d.username),
+        set(&d.password),
+        set(&d.bearer_token),
+    ) {
+        (None, None, None, None) => None,
+        (Some(k), None, None, None) => Some(EsAuth::ApiKey(k)),
+        (None, Some(username), Some(password), None) => Some(EsAuth::Basic { username, password }),
+        (None, None, None, Some(t)) => Some(EsAuth::Bearer(t)),
+        (None, Some(_), None, None) | (None, None, Some(_), None) => {
+            return Err(at(
+                "basic authentication needs both `username` and `password`".into(),
+            ))
+        }
+        _ => return Err(at(
+            "use one way to authenticate: `api_key`, `username` + `password`, or `bearer_token`"
+                .into(),
+        )),
+    };
+    let ca_file = match &d.ca_file {
+        Some(f) => {
+            let p = ctx.path(f);
+            if !p.is_file() {
+                return Err(at(format!("`ca_file` {} is not a file", p.display())));
+            }
+            Some(p)
+        }
+        None => None,
+    };
+    let refresh = match d.refresh.as_deref() {
+        None => None,
+        Some(r @ ("true" | "false" | "wait_for")) => Some(r.to_string()),
+        Some(r) => {
+            return Err(at(format!(
+                "`refresh` is true, false or wait_for, not `{r}`"
+            )))
+        }
+    };
+    let bulk_max_docs = d.bulk_max_docs.unwrap_or(1000);
+    if !(1..=100_000).contains(&bulk_max_docs) {
+        return Err(at("`bulk_max_docs` must be between 1 and 100000".into()));
+    }
+    let bulk_max_bytes = d.bulk_max_bytes.unwrap_or(5 << 20);
+    if !(1024..=100 << 20).contains(&bulk_max_bytes) {
+        return Err(at("`bulk_max_bytes` must be between 1024 and 104857600 (100 MiB, Elasticsearch's http.max_content_length)".into()));
+    }
+    let max_in_flight = d.max_in_flight.unwrap_or(2);
+    if !(1..=32).contains(&max_in_flight) {
+        return Err(at("`max_in_flight` must be between 1 and 32".into()));
+    }
+    let index_template = match &d.index_template {
+        Some(f) => {
+            let p = ctx.path(f);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| at(format!("`index_template` {}: {e}", p.display())))?;
+            let body: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| at(format!("`index_template` {}: not JSON: {e}", p.display())))?;
+            if body.get("index_patterns").is_none() {
+                return Err(at(format!(
+                    "`index_template` {}: an index template body needs `index_patterns`",
+                    p.display()
+                )));
+            }
+            Some((format!("weir-{pipeline}-{kname}").to_lowercase(), body))
+        }
+        None => None,
+    };
+    Ok(ElasticsearchConfig {
+        urls,
+        index,
+        auth,
+        ca_file,
+        bulk_max_docs: bulk_max_docs as usize,
+        bulk_max_bytes: bulk_max_bytes as usize,
+        flush_interval: std::time::Duration::from_millis(
+            d.flush_interval.as_ref().map_or(1000, |f| f.0.max(1)),
+        ),
+        refresh,
+        max_in_flight: max_in_flight as usize,
+        compression: d.compression.unwrap_or(true),
+        timeout: std::time::Duration::from_millis(
+            d.timeout.as_ref().map_or(30_000, |t| t.0.max(100)),
+        ),
+        index_template,
+        pipeline: pipeline.to_string(),
+        output: String::new(),
+        view_keys: None,
+    })
 }
 
 /// A `retry:` block as a policy (defaults where keys are absent).
@@ -643,6 +760,19 @@ fn attach_sinks(
             }
             t.output = Some(output.to_string());
         }
+        if let SinkTarget::Elasticsearch(c) = &mut sink.target {
+            if !c.output.is_empty() {
+                return Err(ctx.err(&s.referenced, format!("sink `{}` already writes `{}`: an Elasticsearch sink writes one window or view (its documents' ids and mapping are the output's); use one sink per window or view", s.value, c.output)));
+            }
+            c.view_keys = schema
+                .metadata()
+                .get(weir_engine::KEYS_METADATA)
+                .and_then(|k| k.parse().ok());
+            if c.view_keys.is_some() && c.index.uses_window_start() {
+                return Err(ctx.err(&s.referenced, format!("sink `{}`: `{{window_start}}` in `index` names indices by window, but `{output}` is a view (no window_start)", s.value)));
+            }
+            c.output = output.to_string();
+        }
         sink.schema = Some(schema.clone());
         ids.push(id);
     }
@@ -984,21 +1114,10 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             };
             config.ident().map_err(|e| at(e.to_string()))?;
             SinkTarget::Iceberg(Box::new(target))
+        } else if let Some(e) = &v.elasticsearch {
+            SinkTarget::Elasticsearch(Box::new(elasticsearch_config(ctx, &name, kname, e)?))
         } else {
-            let (what, l) = (
-                "elasticsearch",
-                v.elasticsearch
-                    .as_ref()
-                    .map(|x| x.referenced)
-                    .unwrap_or(*loc),
-            );
-            unavailable.push(ctx.err(
-                &l,
-                format!(
-                    "sink `{kname}`: {what} sinks are not available yet in this version of weir"
-                ),
-            ));
-            SinkTarget::Unavailable(what)
+            return Err(ctx.err(loc, format!("sink `{kname}` has no output")));
         };
         let retry = retry_policy(ctx, v.retry.as_ref(), &format!("sink `{kname}`"))?;
         sinks.push(PlannedSink {
@@ -1479,7 +1598,7 @@ impl Plan {
                 SinkTarget::File { path, format } => format!("{format:?} file {}", path.display()),
                 SinkTarget::Kafka(k) => format!("kafka topic {}", k.topic),
                 SinkTarget::Iceberg(t) => format!("iceberg table {}", t.table),
-                SinkTarget::Unavailable(w) => w.to_string(),
+                SinkTarget::Elasticsearch(c) => format!("elasticsearch {}", c.urls.join(",")),
             };
             f.insert(format!("sink {}", k.name), t);
         }
@@ -1656,7 +1775,21 @@ impl Plan {
                         (false, None) => "one snapshot when the run ends",
                     }
                 ),
-                SinkTarget::Unavailable(w) => format!("{w} (not available yet)"),
+                SinkTarget::Elasticsearch(c) => format!(
+                    "elasticsearch {} ({} nodes), index {:?}, {} docs or {} bytes per bulk request, {} at once{}; {}",
+                    c.urls.join(", "),
+                    c.urls.len(),
+                    c.index,
+                    c.bulk_max_docs,
+                    c.bulk_max_bytes,
+                    c.max_in_flight,
+                    if c.auth.is_some() { ", authenticated" } else { "" },
+                    if checkpointed {
+                        "exactly-once effect: deterministic document ids, every row acknowledged before its checkpoint completes"
+                    } else {
+                        "deterministic document ids: a row sent again overwrites its document"
+                    }
+                ),
             };
             let _ = writeln!(s, "  {}: {t}", k.name);
         }

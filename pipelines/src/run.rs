@@ -12,8 +12,8 @@ use weir_iceberg::IcebergSink;
 use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{QueryLimits, ServeConfig, SqlServer};
 use weir_sinks::{
-    CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, FileSink,
-    KafkaSink,
+    CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, ElasticsearchSink,
+    FileSink, KafkaSink,
 };
 use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
@@ -212,7 +212,9 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                 config.replace_windows = opts.replay.as_ref().map(|r| (r.from_ms, r.to_ms));
                 Box::new(IcebergSink::open(config, &schema, t.view_keys)?)
             }
-            SinkTarget::Unavailable(_) => unreachable!("unavailable sinks are refused above"),
+            SinkTarget::Elasticsearch(c) => {
+                Box::new(ElasticsearchSink::new(&s.name, (**c).clone())?)
+            }
         };
         let sink = match &opts.replay {
             Some(r) => Box::new(crate::replay::WindowRange::new(&s.name, sink, r)),

@@ -372,7 +372,7 @@ fn utc_as_naive(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowE
 }
 
 /// Writes a JSON string literal.
-fn json_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;

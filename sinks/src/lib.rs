@@ -1,4 +1,5 @@
-//! weir's outputs: result rows to NDJSON, CSV or Parquet files and Kafka topics; dead letters to
+//! weir's outputs: result rows to NDJSON, CSV or Parquet files, Kafka topics and Elasticsearch
+//! indices; dead letters to
 //! NDJSON or Kafka.
 //!
 //! Without checkpoints, files are written under `<path>.inprogress` and renamed into place
@@ -7,8 +8,10 @@
 
 pub mod avro;
 pub mod committed;
+pub mod elasticsearch;
 pub mod file;
 pub mod kafka;
 
+pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
 pub use kafka::{DeadLetterKafka, KafkaFormat, KafkaSink, KafkaSinkConfig};

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Elasticsearch sink benchmark: the 2,000,000-event benchmark's pipeline (1-minute windows per
+# dataset, checkpoints every 250 ms: every row acknowledged at each barrier) writing its
+# windows into the Elasticsearch-compatible test server (tests/es/es_server.py, one Python
+# process), for several bulk sizes and requests in flight, and to the NDJSON file sink in the
+# same run as the reference.
+#   benches/elasticsearch.sh [EVENTS] [CONFIGS]   (default: 2000000 "500x1 1000x1 1000x2 5000x2 5000x4")
+# CONFIGS: bulk_max_docs x max_in_flight. Prints per configuration the documents indexed per
+# second of the run's wall time, the bulk requests and bytes the server received, and the
+# run's wall time against the NDJSON sink's (same events, same windows).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+shared=${SHARED:-$(cd "$repo/../shared" && pwd)}
+N=${1:-2000000}
+CONFIGS=${2:-"500x1 1000x1 1000x2 5000x2 5000x4"}
+cache=${WEIR_CACHE:-$HOME/.cache/weir}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+WEIR=${WEIR_BIN:-$CARGO_TARGET_DIR/release/weir}
+if [ -z "${WEIR_BIN:-}" ]; then
+  (cd "$repo" && cargo build --release -q -p weir-cli)
+fi
+events="$cache/bench/events-$N.ndjson"
+mkdir -p "$cache/bench"
+if [ ! -s "$events" ]; then
+  echo "generating $N events (gen_events.py, seed 42, defaults) -> $events" >&2
+  python3 "$shared/data/gen_events.py" data-ingestion "$N" --seed 42 -o "$events.tmp" && mv "$events.tmp" "$events"
+fi
+work=$(mktemp -d)
+server_pid=
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 "$repo/tests/es/es_server.py" "$port" --refresh-interval 30 --ready-file "$work/ready" &
+server_pid=$!
+while [ ! -f "$work/ready" ]; do sleep 0.1; done
+
+pipeline() { # sink-yaml
+  cat <<YAML
+name: bench
+sources:
+  events:
+    file: { path: $events }
+    format: json
+    schema: data-ingestion
+    event_time: { field: timestamp, max_out_of_orderness: 5s }
+windows:
+  per_dataset_1m:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      count: count(*)
+      sum_recordCount: sum(recordCount)
+      sum_sizeBytes: sum(sizeBytes)
+      max_sizeBytes: max(sizeBytes)
+      failure_count: count(*) FILTER (WHERE status = 'FAILURE')
+    sinks: [out]
+sinks:
+  out: $1
+dead_letter: { file: { path: "\${BENCH_OUT}/dead_letter.ndjson" } }
+checkpoint: { dir: "\${BENCH_OUT}/state", interval: 250ms }
+YAML
+}
+stat() { curl -s "http://127.0.0.1:$port/_weir/stats"; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+run() { # name yaml
+  local out="$work/$1"; mkdir -p "$out"
+  local before_req before_bytes
+  before_req=$(stat | field bulk_requests); before_bytes=$(stat | field bytes)
+  BENCH_OUT="$out" RUST_LOG=warn /usr/bin/time -o "$out/time" -f '%e %U %S %M' \
+    "$WEIR" run "$2" > "$out/summary" 2> "$out/log"
+  read -r wall usr sys rss < <(tail -1 "$out/time")
+  rows=$(sed -n 's/^  sink out: \([0-9]*\) rows.*/\1/p' "$out/summary")
+  req=$(( $(stat | field bulk_requests) - before_req )); bytes=$(( $(stat | field bytes) - before_bytes ))
+  printf "%-14s wall=%6.2fs cpu=%6.2fs rows=%d docs/s=%8.0f bulk_requests=%d body_MiB=%.1f peak_rss=%.0f MiB\n" \
+    "$1" "$wall" "$(echo "$usr + $sys" | bc)" "$rows" "$(echo "$rows / $wall" | bc -l)" "$req" "$(echo "$bytes / 1048576" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  echo "$1 $wall" >> "$work/walls"
+}
+
+pipeline '{ file: { path: "${BENCH_OUT}/weir.ndjson" } }' > "$work/ndjson.yaml"
+run ndjson "$work/ndjson.yaml"
+for c in $CONFIGS; do
+  docs=${c%x*}; flight=${c#*x}
+  pipeline "{ elasticsearch: { url: \"http://127.0.0.1:$port\", index: \"bench-$docs-$flight-{output}\", bulk_max_docs: $docs, max_in_flight: $flight } }" > "$work/es-$c.yaml"
+  run "es-$c" "$work/es-$c.yaml"
+done
+echo
+nd=$(awk '$1 == "ndjson" { print $2 }' "$work/walls")
+awk -v nd="$nd" '$1 != "ndjson" { printf "%-14s wall %.2fs = %.2fx the NDJSON sink'"'"'s %.2fs\n", $1, $2, $2 / nd, nd }' "$work/walls"
+curl -s "http://127.0.0.1:$port/_weir/stats" | python3 -c 'import json,sys; d=json.load(sys.stdin)["documents"]; print("documents per index:", d)'

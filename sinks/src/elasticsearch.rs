@@ -1,0 +1,930 @@
+//! The Elasticsearch sink: rows as documents through the `_bulk` API.
+//!
+//! - Each row is one `index` action with a deterministic id (`pipeline/output/key`, the key
+//!   holding `window_start` for windows), so a row sent again (a retry, a restore, a replay)
+//!   overwrites its document instead of duplicating it.
+//! - Indices are named by a template (`weir-{output}-{window_start:%Y.%m}`) and created on
+//!   first use with a mapping derived from the rows (keywords, longs, doubles, booleans,
+//!   dates as `epoch_millis||strict_date_optional_time`), unless an index template is given.
+//! - Every item's result is read: 429 and 5xx items stay pending and the call fails as
+//!   [`EngineError::Unavailable`], so the engine's retry policy sends them again after its
+//!   backoff (the whole-request failures too: timeouts, refused connections, 5xx, 429); items
+//!   refused for good (400: a value the mapping cannot take) go to the dead-letter output with
+//!   the server's error. Nothing is dropped.
+//! - Requests go round-robin over the nodes, to the next one when a node does not answer;
+//!   bodies are gzip-compressed (Elasticsearch accepts compressed requests).
+//! - With checkpoints, every pending row is acknowledged at the barrier (pre-commit), before
+//!   the checkpoint completes.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
+use arrow::record_batch::RecordBatch;
+use serde_json::{json, Value};
+use weir_engine::job::Sink;
+use weir_engine::{EngineError, ErrorInfo, RejectedRow};
+
+use crate::file::{for_each_json_row, json_string};
+
+/// How requests authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EsAuth {
+    ApiKey(String),
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+/// One piece of an index name template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Pipeline,
+    Output,
+    /// `{window_start:FORMAT}` (strftime).
+    WindowStart(String),
+}
+
+/// An index name template: `weir-{output}`, `{pipeline}-{output}-{window_start:%Y.%m}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexTemplate {
+    parts: Vec<Part>,
+}
+
+impl IndexTemplate {
+    /// Parses a template; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("index `{text}`: unclosed `{{`"))?;
+            let inner = &rest[open + 1..open + close];
+            parts.push(match inner.split_once(':') {
+                None if inner == "pipeline" => Part::Pipeline,
+                None if inner == "output" => Part::Output,
+                None if inner == "window_start" => Part::WindowStart("%Y.%m.%d".into()),
+                Some(("window_start", f)) if !f.is_empty() => {
+                    check_strftime(f)?;
+                    Part::WindowStart(f.to_string())
+                }
+                _ => {
+                    return Err(format!(
+                        "index `{text}`: unknown `{{{inner}}}`: use {{pipeline}}, {{output}} or {{window_start:%Y.%m.%d}}"
+                    ))
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        for p in &parts {
+            if let Part::Text(t) = p {
+                if t.chars()
+                    .any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c))
+                {
+                    return Err(format!(
+                        "index `{text}`: Elasticsearch index names are lowercase, without \\ / * ? \" < > | space , # :"
+                    ));
+                }
+            }
+        }
+        if matches!(parts.first(), Some(Part::Text(t)) if t.starts_with(['_', '-', '+'])) {
+            return Err(format!(
+                "index `{text}`: an index name cannot start with _, - or +"
+            ));
+        }
+        Ok(IndexTemplate { parts })
+    }
+
+    /// Whether it names indices by `window_start` (windows only).
+    pub fn uses_window_start(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::WindowStart(_)))
+    }
+
+    /// The index of a row whose window starts at `window_start` (epoch ms).
+    fn name(&self, pipeline: &str, output: &str, window_start: Option<i64>) -> String {
+        let mut s = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => s.push_str(t),
+                Part::Pipeline => s.push_str(&pipeline.to_lowercase()),
+                Part::Output => s.push_str(&output.to_lowercase()),
+                Part::WindowStart(f) => {
+                    if let Some(dt) = window_start.and_then(chrono::DateTime::from_timestamp_millis)
+                    {
+                        let _ = write!(StringWriter(&mut s), "{}", dt.format(f));
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+/// A `fmt::Write` over a `String` through `io::Write`-like `write!` calls.
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Refuses strftime formats chrono cannot render (it would panic while formatting).
+fn check_strftime(f: &str) -> Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    if StrftimeItems::new(f).any(|i| matches!(i, Item::Error)) {
+        return Err(format!("`{f}` is not a strftime format (e.g. %Y.%m.%d)"));
+    }
+    Ok(())
+}
+
+/// What the sink needs to know.
+#[derive(Debug, Clone)]
+pub struct ElasticsearchConfig {
+    /// Node URLs (`http(s)://host:9200`), used round-robin.
+    pub urls: Vec<String>,
+    pub index: IndexTemplate,
+    pub auth: Option<EsAuth>,
+    /// PEM file of the CA that signed the nodes' certificates.
+    pub ca_file: Option<std::path::PathBuf>,
+    pub bulk_max_docs: usize,
+    pub bulk_max_bytes: usize,
+    /// Pending rows older than this are sent even when the bulk is not full.
+    pub flush_interval: Duration,
+    /// The `refresh` parameter of bulk requests (`false`, `true`, `wait_for`).
+    pub refresh: Option<String>,
+    /// Bulk requests sent at once.
+    pub max_in_flight: usize,
+    /// gzip request bodies.
+    pub compression: bool,
+    pub timeout: Duration,
+    /// A user index template (name, body) installed at start instead of explicit mappings.
+    pub index_template: Option<(String, Value)>,
+    pub pipeline: String,
+    /// The window or view written.
+    pub output: String,
+    /// A view's key columns (`None` for a window).
+    pub view_keys: Option<usize>,
+}
+
+/// A pending document: its index and its two NDJSON lines in `Pending::bytes`.
+struct Doc {
+    index: Arc<str>,
+    start: usize,
+    /// Where the source line starts.
+    source: usize,
+    end: usize,
+}
+
+/// Documents waiting to be acknowledged.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    docs: Vec<Doc>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Keeps only the documents at `keep` (sorted indices).
+    fn retain(&mut self, keep: &[usize]) {
+        let mut bytes = Vec::new();
+        let mut docs = Vec::with_capacity(keep.len());
+        for &i in keep {
+            let d = &self.docs[i];
+            let start = bytes.len();
+            bytes.extend_from_slice(&self.bytes[d.start..d.end]);
+            docs.push(Doc {
+                index: d.index.clone(),
+                start,
+                source: start + (d.source - d.start),
+                end: bytes.len(),
+            });
+        }
+        self.bytes = bytes;
+        self.docs = docs;
+        if self.docs.is_empty() {
+            self.since = None;
+        }
+    }
+}
+
+/// One bulk request's outcome for its documents.
+enum ItemOutcome {
+    Done,
+    Retry(String),
+    Refused(ErrorInfo),
+}
+
+/// Result rows as Elasticsearch documents.
+pub struct ElasticsearchSink {
+    name: String,
+    config: ElasticsearchConfig,
+    client: reqwest::blocking::Client,
+    /// The node the next request goes to.
+    next_node: usize,
+    /// Indices known to exist (created or found).
+    indices: HashSet<Arc<str>>,
+    /// The node was checked to be Elasticsearch and the index template installed.
+    checked: bool,
+    pending: Pending,
+    /// The failed call was a write whose rows are already pending.
+    write_failed: bool,
+    rejected: Vec<RejectedRow>,
+    /// Reused encoding buffers.
+    line: Vec<u8>,
+    keys: Vec<u8>,
+    /// The last row's window start and its index name.
+    last_index: Option<(Option<i64>, Arc<str>)>,
+}
+
+/// Ids longer than this (Elasticsearch's limit is 512 bytes) become a hash of the key.
+const MAX_ID: usize = 512;
+
+impl ElasticsearchSink {
+    /// A sink named `name`; nothing is sent until rows come.
+    pub fn new(name: &str, config: ElasticsearchConfig) -> Result<Self, EngineError> {
+        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, e);
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(auth) = &config.auth {
+            let value = match auth {
+                EsAuth::ApiKey(k) => format!("ApiKey {k}"),
+                EsAuth::Bearer(t) => format!("Bearer {t}"),
+                EsAuth::Basic { username, password } => {
+                    use base64::Engine as _;
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD
+                            .encode(format!("{username}:{password}"))
+                    )
+                }
+            };
+            let mut v = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|_| err(&"the credentials hold characters HTTP headers cannot carry"))?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let mut builder = reqwest::blocking::Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_file {
+            let pem =
+                std::fs::read(ca).map_err(|e| err(&format!("ca_file {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| err(&format!("ca_file {}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| err(&e))?;
+        Ok(ElasticsearchSink {
+            name: name.to_string(),
+            config,
+            client,
+            next_node: 0,
+            indices: HashSet::new(),
+            checked: false,
+            pending: Pending::default(),
+            write_failed: false,
+            rejected: Vec::new(),
+            line: Vec::new(),
+            keys: Vec::new(),
+            last_index: None,
+        })
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::sink(&self.name, e).unavailable()
+    }
+
+    fn fatal(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::sink(&self.name, e)
+    }
+
+    /// Sends a request to the next node, going on to the others when one does not answer.
+    /// Returns the status and the body (JSON when it is).
+    fn request(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>, bool)>,
+    ) -> Result<(u16, Value), EngineError> {
+        let nodes = self.config.urls.len();
+        let mut last = String::new();
+        for _ in 0..nodes {
+            let base = &self.config.urls[self.next_node % nodes];
+            self.next_node = (self.next_node + 1) % nodes;
+            let url = format!("{}{path}", base.trim_end_matches('/'));
+            let mut req = self.client.request(method.clone(), &url);
+            if let Some((ctype, bytes, gzipped)) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, *ctype)
+                    .body(bytes.clone());
+                if *gzipped {
+                    req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+                }
+            }
+            match req.send() {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.bytes().unwrap_or_default();
+                    let value = serde_json::from_slice(&text).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&text).into_owned())
+                    });
+                    return Ok((status, value));
+                }
+                Err(e) => {
+                    last = format!("{url}: {}", error_chain(&e));
+                    tracing::warn!(sink = %self.name, error = %last, "elasticsearch node did not answer; trying the next");
+                }
+            }
+        }
+        Err(self.unavailable(last))
+    }
+
+    /// Once: checks that the cluster is Elasticsearch and installs the index template.
+    fn check_cluster(&mut self) -> Result<(), EngineError> {
+        if self.checked {
+            return Ok(());
+        }
+        let (status, info) = self.request(reqwest::Method::GET, "/", None)?;
+        match status {
+            200 => {}
+            401 | 403 => {
+                return Err(self.fatal(format!(
+                    "the cluster refuses the credentials ({status}): {}",
+                    es_reason(&info)
+                )))
+            }
+            s if s == 429 || s >= 500 => {
+                return Err(self.unavailable(format!("{s}: {}", es_reason(&info))))
+            }
+            s => return Err(self.fatal(format!("GET / answered {s}: {}", es_reason(&info)))),
+        }
+        let version = info["version"]["number"].as_str().unwrap_or_default();
+        if !(version.starts_with("8.") || version.starts_with("7.") || version.starts_with("9.")) {
+            return Err(self.fatal(format!(
+                "the server at {} is not Elasticsearch 7, 8 or 9 (version `{version}`)",
+                self.config.urls.join(", ")
+            )));
+        }
+        if let Some((name, body)) = self.config.index_template.clone() {
+            let bytes = serde_json::to_vec(&body).map_err(|e| self.fatal(e))?;
+            let (status, answer) = self.request(
+                reqwest::Method::PUT,
+                &format!("/_index_template/{name}"),
+                Some(("application/json", bytes, false)),
+            )?;
+            self.status_ok(status, &answer, "installing the index template")?;
+        }
+        self.checked = true;
+        Ok(())
+    }
+
+    /// A non-2xx answer as an error: 429 and 5xx can be retried, the rest cannot.
+    fn status_ok(&self, status: u16, body: &Value, what: &str) -> Result<(), EngineError> {
+        match status {
+            200..=299 => Ok(()),
+            429 | 500..=599 => {
+                Err(self.unavailable(format!("{what}: {status} {}", es_reason(body))))
+            }
+            _ => Err(self.fatal(format!("{what}: {status} {}", es_reason(body)))),
+        }
+    }
+
+    /// Creates `index` with the rows' mapping, unless it exists or a template applies.
+    fn ensure_index(&mut self, index: &Arc<str>, schema: &SchemaRef) -> Result<(), EngineError> {
+        if self.indices.contains(index) {
+            return Ok(());
+        }
+        self.check_cluster()?;
+        if self.config.index_template.is_some() {
+            return Ok(());
+        }
+        let body = json!({ "mappings": mapping(schema) });
+        let bytes = serde_json::to_vec(&body).map_err(|e| self.fatal(e))?;
+        let (status, answer) = self.request(
+            reqwest::Method::PUT,
+            &format!("/{index}"),
+            Some(("application/json", bytes, false)),
+        )?;
+        let exists =
+            status == 400 && answer["error"]["type"] == "resource_already_exists_exception";
+        if !exists {
+            self.status_ok(status, &answer, &format!("creating index {index}"))?;
+            tracing::info!(sink = %self.name, index = %index, "elasticsearch index created");
+        }
+        self.indices.insert(index.clone());
+        Ok(())
+    }
+
+    /// Appends `batch`'s rows as pending `index` actions.
+    fn add_rows(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let schema = batch.schema();
+        let key_count = match self.config.view_keys {
+            Some(k) => k,
+            None => {
+                schema
+                    .index_of("window_start")
+                    .map_err(|_| self.fatal("rows without `window_start` cannot be keyed"))?
+                    + 1
+            }
+        };
+        // the document: every column but a view's `op`
+        let doc_columns: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| schema.field(i).name() != "op" || self.config.view_keys.is_none())
+            .collect();
+        let doc_batch = batch.project(&doc_columns).map_err(|e| self.fatal(e))?;
+        let key_batch = batch
+            .project(&(0..key_count).collect::<Vec<_>>())
+            .map_err(|e| self.fatal(e))?;
+        let starts = batch
+            .column_by_name("window_start")
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+            .cloned();
+        // keys as JSON, one after another
+        self.keys.clear();
+        let mut key_ends = Vec::with_capacity(batch.num_rows());
+        let keys = &mut self.keys;
+        for_each_json_row(&key_batch, &mut self.line, |_, k| {
+            keys.extend_from_slice(k);
+            key_ends.push(keys.len());
+            Ok(())
+        })
+        .map_err(|e| self.fatal(e))?;
+        // the index of each row
+        let mut row_index: Vec<Arc<str>> = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let start = starts
+                .as_ref()
+                .filter(|s| s.is_valid(row))
+                .map(|s| s.value(row));
+            let index = match &self.last_index {
+                Some((s, name)) if *s == start => name.clone(),
+                _ => {
+                    let name: Arc<str> = self
+                        .config
+                        .index
+                        .name(&self.config.pipeline, &self.config.output, start)
+                        .into();
+                    self.last_index = Some((start, name.clone()));
+                    name
+                }
+            };
+            row_index.push(index);
+        }
+        for index in row_index.iter().collect::<HashSet<_>>() {
+            self.ensure_index(index, &doc_batch.schema())?;
+        }
+        let prefix = format!("{}/{}/", self.config.pipeline, self.config.output);
+        let (pending, keys) = (&mut self.pending, &self.keys);
+        let mut id = String::new();
+        for_each_json_row(&doc_batch, &mut self.line, |row, source| {
+            let start = if row == 0 { 0 } else { key_ends[row - 1] };
+            let key = &keys[start..key_ends[row]];
+            id.clear();
+            id.push_str(&prefix);
+            id.push_str(&String::from_utf8_lossy(key));
+            if id.len() > MAX_ID {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(key);
+                id.truncate(prefix.len());
+                id.push_str("sha256:");
+                for b in digest {
+                    let _ = write!(StringWriter(&mut id), "{b:02x}");
+                }
+            }
+            let b = &mut pending.bytes;
+            let doc_start = b.len();
+            b.extend_from_slice(b"{\"index\":{\"_index\":");
+            json_string(b, &row_index[row]);
+            b.extend_from_slice(b",\"_id\":");
+            json_string(b, &id);
+            b.extend_from_slice(b"}}\n");
+            let source_start = b.len();
+            b.extend_from_slice(source);
+            b.push(b'\n');
+            pending.docs.push(Doc {
+                index: row_index[row].clone(),
+                start: doc_start,
+                source: source_start,
+                end: b.len(),
+            });
+            Ok(())
+        })
+        .map_err(|e| self.fatal(e))?;
+        if batch.num_rows() > 0 {
+            self.pending.since.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    /// Sends every pending document; items to retry stay pending and make the call fail as
+    /// unavailable, items refused for good go to `rejected`.
+    fn send_pending(&mut self) -> Result<(), EngineError> {
+        if self.pending.len() == 0 {
+            return Ok(());
+        }
+        self.check_cluster()?;
+        // bulk requests of at most bulk_max_docs documents and bulk_max_bytes bytes
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut first, mut bytes) = (0, 0);
+        for (i, d) in self.pending.docs.iter().enumerate() {
+            let size = d.end - d.start;
+            if i > first
+                && (i - first >= self.config.bulk_max_docs
+                    || bytes + size > self.config.bulk_max_bytes)
+            {
+                chunks.push(first..i);
+                first = i;
+                bytes = 0;
+            }
+            bytes += size;
+        }
+        chunks.push(first..self.pending.len());
+        let mut outcomes: Vec<Option<ItemOutcome>> =
+            (0..self.pending.len()).map(|_| None).collect();
+        let mut whole_failure = None;
+        for group in chunks.chunks(self.config.max_in_flight.max(1)) {
+            let results = self.send_group(group);
+            for (range, result) in group.iter().zip(results) {
+                match result {
+                    Ok(items) => {
+                        for (i, o) in range.clone().zip(items) {
+                            outcomes[i] = Some(o);
+                        }
+                    }
+                    Err(e) => {
+                        whole_failure.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let mut keep = Vec::new();
+        let (mut retry, mut first_retry) = (0usize, None);
+        for (i, o) in outcomes.into_iter().enumerate() {
+            match o {
+                Some(ItemOutcome::Done) => {}
+                Some(ItemOutcome::Refused(error)) => {
+                    let d = &self.pending.docs[i];
+                    self.rejected.push(RejectedRow {
+                        raw: self.pending.bytes[d.source..d.end - 1].to_vec(),
+                        error,
+                    });
+                }
+                Some(ItemOutcome::Retry(reason)) => {
+                    retry += 1;
+                    first_retry.get_or_insert(reason);
+                    keep.push(i);
+                }
+                None => keep.push(i),
+            }
+        }
+        let total = self.pending.len();
+        self.pending.retain(&keep);
+        if let Some(e) = whole_failure {
+            return Err(e);
+        }
+        if retry > 0 {
+            return Err(self.unavailable(format!(
+                "{retry} of {total} documents refused for now: {}",
+                first_retry.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends the bulk requests of `ranges` at once; per range, each item's outcome or the
+    /// whole request's error.
+    fn send_group(
+        &mut self,
+        ranges: &[std::ops::Range<usize>],
+    ) -> Vec<Result<Vec<ItemOutcome>, EngineError>> {
+        let path = match &self.config.refresh {
+            Some(r) => format!("/_bulk?refresh={r}"),
+            None => "/_bulk".to_string(),
+        };
+        let bodies: Vec<Result<Vec<u8>, EngineError>> =
+            ranges.iter().map(|r| self.body(r.clone())).collect();
+        if ranges.len() == 1 {
+            let result = bodies
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(self.fatal("no bulk body")))
+                .and_then(|b| {
+                    self.request(
+                        reqwest::Method::POST,
+                        &path,
+                        Some(("application/x-ndjson", b, self.config.compression)),
+                    )
+                });
+            return vec![result.and_then(|(s, v)| self.items(s, &v, ranges[0].len()))];
+        }
+        // several at once: one thread each, on nodes taken round-robin
+        let nodes: Vec<usize> = (0..ranges.len())
+            .map(|_| {
+                let n = self.next_node;
+                self.next_node = (self.next_node + 1) % self.config.urls.len();
+                n
+            })
+            .collect();
+        let answers: Vec<Result<(u16, Value), EngineError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = bodies
+                .into_iter()
+                .zip(&nodes)
+                .map(|(body, &node)| {
+                    let me = &*self;
+                    let path = &path;
+                    scope.spawn(move || me.send_on(node, path, body?))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(self.fatal("a bulk request thread panicked")))
+                })
+                .collect()
+        });
+        answers
+            .into_iter()
+            .zip(ranges)
+            .map(|(a, r)| a.and_then(|(s, v)| self.items(s, &v, r.len())))
+            .collect()
+    }
+
+    /// A bulk request on node `node`, then the others if it does not answer.
+    fn send_on(&self, node: usize, path: &str, body: Vec<u8>) -> Result<(u16, Value), EngineError> {
+        let nodes = self.config.urls.len();
+        let mut last = String::new();
+        for k in 0..nodes {
+            let url = format!(
+                "{}{path}",
+                self.config.urls[(node + k) % nodes].trim_end_matches('/')
+            );
+            let mut req = self
+                .client
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(body.clone());
+            if self.config.compression {
+                req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            }
+            match req.send() {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.bytes().unwrap_or_default();
+                    let value = serde_json::from_slice(&text).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&text).into_owned())
+                    });
+                    return Ok((status, value));
+                }
+                Err(e) => last = format!("{url}: {}", error_chain(&e)),
+            }
+        }
+        Err(self.unavailable(last))
+    }
+
+    /// The NDJSON body of the documents in `range`, gzipped when configured.
+    fn body(&self, range: std::ops::Range<usize>) -> Result<Vec<u8>, EngineError> {
+        let docs = &self.pending.docs[range];
+        let (from, to) = match (docs.first(), docs.last()) {
+            (Some(f), Some(l)) => (f.start, l.end),
+            _ => return Ok(Vec::new()),
+        };
+        let raw = &self.pending.bytes[from..to];
+        if !self.config.compression {
+            return Ok(raw.to_vec());
+        }
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(raw.len() / 4),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(raw)
+            .and_then(|_| gz.finish())
+            .map_err(|e| self.fatal(e))
+    }
+
+    /// The per-item outcomes of a bulk answer.
+    fn items(
+        &self,
+        status: u16,
+        body: &Value,
+        count: usize,
+    ) -> Result<Vec<ItemOutcome>, EngineError> {
+        self.status_ok(status, body, "bulk request")?;
+        let items = body["items"]
+            .as_array()
+            .filter(|i| i.len() == count)
+            .ok_or_else(|| {
+                self.fatal(format!(
+                    "the bulk answer does not hold {count} items: {}",
+                    truncate(&body.to_string(), 300)
+                ))
+            })?;
+        Ok(items
+            .iter()
+            .map(|item| {
+                let r = item
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let status = r["status"].as_u64().unwrap_or(0);
+                match status {
+                    200..=299 => ItemOutcome::Done,
+                    429 | 500..=599 | 0 => {
+                        ItemOutcome::Retry(format!("{status} {}", es_reason(&r)))
+                    }
+                    _ => {
+                        let e = &r["error"];
+                        let kind = e["type"].as_str().unwrap_or("refused").to_string();
+                        let mut info = ErrorInfo::new(
+                            "elasticsearch_refused",
+                            format!(
+                                "{status} {kind}: {}",
+                                e["reason"].as_str().unwrap_or_default()
+                            ),
+                        )
+                        .with("status", status)
+                        .with("type", kind)
+                        .with("index", r["_index"].clone())
+                        .with("id", r["_id"].clone());
+                        if !e["caused_by"].is_null() {
+                            info = info.with("caused_by", e["caused_by"].clone());
+                        }
+                        ItemOutcome::Refused(info)
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The `error.type: reason` of an Elasticsearch answer (or its text).
+fn es_reason(v: &Value) -> String {
+    let e = &v["error"];
+    match (
+        e["type"].as_str(),
+        e["reason"].as_str(),
+        e.as_str(),
+        v.as_str(),
+    ) {
+        (Some(t), Some(r), _, _) => format!("{t}: {r}"),
+        (_, _, Some(s), _) => s.to_string(),
+        (_, _, _, Some(s)) => truncate(s, 300).to_string(),
+        _ => truncate(&v.to_string(), 300).to_string(),
+    }
+}
+
+/// An error with its causes (reqwest hides the reason of a refused connection in them).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The explicit mapping of rows of `schema`.
+pub fn mapping(schema: &SchemaRef) -> Value {
+    let mut props = serde_json::Map::new();
+    for f in schema.fields() {
+        let t = match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => json!({"type": "keyword"}),
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                json!({"type": "long"})
+            }
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => json!({"type": "long"}),
+            DataType::UInt64 => json!({"type": "unsigned_long"}),
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                json!({"type": "double"})
+            }
+            DataType::Decimal128(..) | DataType::Decimal256(..) => json!({"type": "double"}),
+            DataType::Boolean => json!({"type": "boolean"}),
+            DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+                json!({"type": "date", "format": "epoch_millis||strict_date_optional_time"})
+            }
+            _ => continue,
+        };
+        props.insert(f.name().clone(), t);
+    }
+    json!({ "properties": props })
+}
+
+impl Sink for ElasticsearchSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        if !std::mem::take(&mut self.write_failed) {
+            self.add_rows(batch)?;
+        }
+        let full = self.pending.len() >= self.config.bulk_max_docs
+            || self.pending.bytes.len() >= self.config.bulk_max_bytes
+            || self
+                .pending
+                .since
+                .is_some_and(|t| t.elapsed() >= self.config.flush_interval);
+        if full {
+            if let Err(e) = self.send_pending() {
+                // the rows are pending: the retried call only sends them again
+                self.write_failed = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.send_pending()?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.send_pending()
+    }
+
+    fn take_rejected(&mut self) -> Vec<RejectedRow> {
+        std::mem::take(&mut self.rejected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_templates_name_indices_by_output_and_window_start() {
+        let t = IndexTemplate::parse("weir-{pipeline}-{output}-{window_start:%Y.%m}").unwrap();
+        assert!(t.uses_window_start());
+        // 2026-11-22T10:05:00Z
+        assert_eq!(
+            t.name("ingest", "Per_Dataset", Some(1_795_341_900_000)),
+            "weir-ingest-per_dataset-2026.11"
+        );
+        let plain = IndexTemplate::parse("weir-{output}").unwrap();
+        assert!(!plain.uses_window_start());
+        assert_eq!(plain.name("p", "latest", None), "weir-latest");
+        for bad in [
+            "Weir-{output}",
+            "weir-{nope}",
+            "weir-{output",
+            "_weir",
+            "weir {output}",
+        ] {
+            assert!(IndexTemplate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mappings_follow_the_rows() {
+        use arrow::datatypes::{Field, Schema, TimeUnit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("datasetName", DataType::Utf8, true),
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("events", DataType::Int64, false),
+            Field::new("bytes", DataType::UInt64, false),
+            Field::new("avg", DataType::Float64, true),
+        ]));
+        let m = mapping(&schema);
+        assert_eq!(m["properties"]["datasetName"]["type"], "keyword");
+        assert_eq!(m["properties"]["window_start"]["type"], "date");
+        assert_eq!(
+            m["properties"]["window_start"]["format"],
+            "epoch_millis||strict_date_optional_time"
+        );
+        assert_eq!(m["properties"]["events"]["type"], "long");
+        assert_eq!(m["properties"]["bytes"]["type"], "unsigned_long");
+        assert_eq!(m["properties"]["avg"]["type"], "double");
+    }
+}
