@@ -318,19 +318,31 @@ impl ElasticsearchSink {
         EngineError::sink(&self.name, e)
     }
 
-    /// Sends a request to the next node, going on to the others when one does not answer.
-    /// Returns the status and the body (JSON when it is).
+    /// Sends a request to the next node (round-robin), going on to the others when one does
+    /// not answer. Returns the status and the body (JSON when it is).
     fn request(
         &mut self,
         method: reqwest::Method,
         path: &str,
         body: Option<(&'static str, Vec<u8>, bool)>,
     ) -> Result<(u16, Value), EngineError> {
+        let node = self.next_node;
+        self.next_node = (self.next_node + 1) % self.config.urls.len();
+        self.send_on(node, method, path, body)
+    }
+
+    /// A request to node `node`, then to the others if it does not answer.
+    fn send_on(
+        &self,
+        node: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>, bool)>,
+    ) -> Result<(u16, Value), EngineError> {
         let nodes = self.config.urls.len();
         let mut last = String::new();
-        for _ in 0..nodes {
-            let base = &self.config.urls[self.next_node % nodes];
-            self.next_node = (self.next_node + 1) % nodes;
+        for k in 0..nodes {
+            let base = &self.config.urls[(node + k) % nodes];
             let url = format!("{}{path}", base.trim_end_matches('/'));
             let mut req = self.client.request(method.clone(), &url);
             if let Some((ctype, bytes, gzipped)) = &body {
@@ -652,7 +664,10 @@ impl ElasticsearchSink {
                 .map(|(body, &node)| {
                     let me = &*self;
                     let path = &path;
-                    scope.spawn(move || me.send_on(node, path, body?))
+                    scope.spawn(move || {
+                        let body = Some(("application/x-ndjson", body?, me.config.compression));
+                        me.send_on(node, reqwest::Method::POST, path, body)
+                    })
                 })
                 .collect();
             handles
@@ -668,38 +683,6 @@ impl ElasticsearchSink {
             .zip(ranges)
             .map(|(a, r)| a.and_then(|(s, v)| self.items(s, &v, r.len())))
             .collect()
-    }
-
-    /// A bulk request on node `node`, then the others if it does not answer.
-    fn send_on(&self, node: usize, path: &str, body: Vec<u8>) -> Result<(u16, Value), EngineError> {
-        let nodes = self.config.urls.len();
-        let mut last = String::new();
-        for k in 0..nodes {
-            let url = format!(
-                "{}{path}",
-                self.config.urls[(node + k) % nodes].trim_end_matches('/')
-            );
-            let mut req = self
-                .client
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-                .body(body.clone());
-            if self.config.compression {
-                req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
-            }
-            match req.send() {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let text = resp.bytes().unwrap_or_default();
-                    let value = serde_json::from_slice(&text).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&text).into_owned())
-                    });
-                    return Ok((status, value));
-                }
-                Err(e) => last = format!("{url}: {}", error_chain(&e)),
-            }
-        }
-        Err(self.unavailable(last))
     }
 
     /// The NDJSON body of the documents in `range`, gzipped when configured.

@@ -801,6 +801,12 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        import sys
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # the client went away (a killed run): nothing to report
+        super().handle_error(request, client_address)
+
 
 SERVER = None
 SERVER_LOCK = threading.Lock()
