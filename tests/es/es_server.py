@@ -38,7 +38,8 @@ Test controls (not Elasticsearch; under /_weir):
                      {"unavailable_ms": 30000} every request 503 for that long
                      {"refuse_ms": 30000}      connections refused for that long (the port closes)
                      {"delay_ms": 200}         each answer that much later
-  GET /_weir/stats   requests, bulk requests, items, rejected items, gzip requests, bytes
+  GET /_weir/stats   requests, bulk requests, items, rejected items, gzip requests, bytes, time
+                     spent on bulk requests, first and last bulk times
   DELETE /_weir/faults
 
 usage: es_server.py PORT [--api-key K | --basic USER:PASS | --bearer T] [--refresh-interval S]
@@ -64,7 +65,9 @@ INDICES = {}  # name -> Index
 TEMPLATES = {}  # name -> template body
 FAULTS = {}
 STATS = {"requests": 0, "bulk_requests": 0, "items": 0, "rejected_items": 0, "gzip_requests": 0,
-         "bytes": 0, "unavailable_answers": 0, "auth_failures": 0}
+         "bytes": 0, "unavailable_answers": 0, "auth_failures": 0,
+         # time spent answering bulk requests, and when the first began and the last ended
+         "bulk_seconds": 0.0, "first_bulk_at": None, "last_bulk_at": None}
 ARGS = None
 RNG = random.Random(0)
 
@@ -581,7 +584,11 @@ def bulk(default_index, raw, params):
     if params.get("refresh") in ("true", "", "wait_for"):
         for name in {index for _, index, _, _ in ops if index in INDICES}:
             INDICES[name].refresh()
-    return {"errors": errors, "took": int((time.time() - started) * 1000), "items": items}
+    ended = time.time()
+    STATS["bulk_seconds"] += ended - started
+    STATS["first_bulk_at"] = STATS["first_bulk_at"] or started
+    STATS["last_bulk_at"] = ended
+    return {"errors": errors, "took": int((ended - started) * 1000), "items": items}
 
 
 # ---------- HTTP ----------
@@ -772,6 +779,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, {"faults": FAULTS})
         if parts == ["_weir", "stats"]:
             return self.send_json(200, STATS | {"documents": {n: len(i.docs) for n, i in INDICES.items()}})
+        if parts == ["_weir", "stats", "reset"]:
+            STATS.update({k: (0.0 if k == "bulk_seconds" else None if k.endswith("_at") else 0) for k in STATS})
+            return self.send_json(200, STATS)
         self.send_json(404, {"error": "unknown control"})
 
     def do_GET(self):
