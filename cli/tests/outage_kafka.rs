@@ -105,8 +105,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `weir_events_in_total` of a run's `/metrics` (0 while it does not answer).
-fn events_in(port: u16) -> f64 {
+/// The sum of a metric's samples (whose line starts with `prefix`) in a run's `/metrics` (0
+/// while it does not answer).
+fn metric(port: u16, prefix: &str) -> f64 {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return 0.0;
@@ -118,7 +119,7 @@ fn events_in(port: u16) -> f64 {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text.lines()
-        .filter(|l| l.starts_with("weir_events_in_total{"))
+        .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -201,10 +202,10 @@ sinks:
     kafka:
       brokers: "{brokers}"
       topic: {output}
-      properties: {{ enable.idempotence: "false", message.timeout.ms: "8000" }}
+      properties: {{ enable.idempotence: "false", message.timeout.ms: "8000", linger.ms: "5000" }}
     retry: {{ initial_backoff: 1s, max_backoff: 8s, circuit_breaker: {{ failures: 100 }} }}
 dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
-checkpoint: {{ dir: state, interval: 1s }}
+checkpoint: {{ dir: state, interval: 10s }}
 serve: {{ http: "127.0.0.1:{port}" }}
 "#,
             group = unique("outage-group"),
@@ -231,9 +232,14 @@ serve: {{ http: "127.0.0.1:{port}" }}
         }
     };
 
-    // the broker goes away once a quarter of the input is read
+    // the broker goes away as soon as the sink has rows in flight: the producer holds them for
+    // `linger.ms` (5 s) unless a checkpoint (every 10 s) flushes them, so they meet the outage
     let started = Instant::now();
-    while events_in(port) < 30_000.0 {
+    while metric(
+        port,
+        "weir_rows_written_total{pipeline=\"outage\",sink=\"topic\"}",
+    ) < 1.0
+    {
         alive(child, "before the outage");
         assert!(started.elapsed() < Duration::from_secs(120), "{}", log());
         std::thread::sleep(Duration::from_millis(100));
@@ -293,6 +299,6 @@ serve: {{ http: "127.0.0.1:{port}" }}
         .filter(|e| e["fields"]["output"] == "sink `topic`" && e["fields"]["message"] == "retrying")
         .count();
     eprintln!("sink retries logged: {retried}; rows repeated in the topic: {repeats}");
-    assert!(retried >= 3, "the sink was not retried:\n{log}");
+    assert!(retried >= 2, "the sink was not retried:\n{log}");
     assert!(log.contains("output recovered"), "{log}");
 }
