@@ -121,25 +121,13 @@ impl IndexTemplate {
                 Part::WindowStart(f) => {
                     if let Some(dt) = window_start.and_then(chrono::DateTime::from_timestamp_millis)
                     {
-                        let _ = write!(StringWriter(&mut s), "{}", dt.format(f));
+                        let _ =
+                            std::fmt::Write::write_fmt(&mut s, format_args!("{}", dt.format(f)));
                     }
                 }
             }
         }
         s
-    }
-}
-
-/// A `fmt::Write` over a `String` through `io::Write`-like `write!` calls.
-struct StringWriter<'a>(&'a mut String);
-
-impl std::io::Write for StringWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -520,7 +508,7 @@ impl ElasticsearchSink {
                 id.truncate(prefix.len());
                 id.push_str("sha256:");
                 for b in digest {
-                    let _ = write!(StringWriter(&mut id), "{b:02x}");
+                    let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{b:02x}"));
                 }
             }
             let b = &mut pending.bytes;
