@@ -32,6 +32,18 @@ pub struct Error {
     pub retry: bool,
 }
 
+impl Error {
+    /// `err` (this failure as the output's error), marked retryable when this one is.
+    pub fn into_engine(self, err: impl FnOnce(String) -> EngineError) -> EngineError {
+        let e = err(self.message);
+        if self.retry {
+            e.unavailable()
+        } else {
+            e
+        }
+    }
+}
+
 impl From<String> for Error {
     fn from(message: String) -> Self {
         Error {
@@ -499,14 +511,7 @@ impl CommittedParts {
 pub(crate) fn sink_err(name: &str, path: &Path) -> impl Fn(Error) -> EngineError {
     let name = name.to_string();
     let path = path.display().to_string();
-    move |e| {
-        let err = EngineError::sink(&name, format!("{path}: {}", e.message));
-        if e.retry {
-            err.unavailable()
-        } else {
-            err
-        }
-    }
+    move |e| e.into_engine(|m| EngineError::sink(&name, format!("{path}: {m}")))
 }
 
 #[cfg(test)]

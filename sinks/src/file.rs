@@ -518,12 +518,7 @@ pub struct DeadLetterFile {
 
 /// A dead-letter error of a file, retried when it can be.
 fn dead_letter_err(path: &Path, e: crate::committed::Error) -> EngineError {
-    let err = EngineError::DeadLetter(format!("{}: {}", path.display(), e.message));
-    if e.retry {
-        err.unavailable()
-    } else {
-        err
-    }
+    e.into_engine(|m| EngineError::DeadLetter(format!("{}: {m}", path.display())))
 }
 
 impl DeadLetterFile {
