@@ -14,6 +14,15 @@ use crate::engine::QueryEngine;
 /// One counter of a source's figures.
 type SourceCounter = fn(&SourceStats) -> &AtomicU64;
 
+/// Every sink's health by name, then the dead-letter output's as the sink `dead_letter`.
+fn outputs(s: &RunStats) -> impl Iterator<Item = (&str, &OutputHealth)> {
+    s.rows_written
+        .iter()
+        .map(|n| n.name.as_str())
+        .zip(&s.sink_health)
+        .chain([("dead_letter", &s.dead_letter_health)])
+}
+
 /// What `/metrics` reads.
 pub struct Metrics {
     pub stats: Arc<RunStats>,
@@ -108,13 +117,7 @@ impl Metrics {
                 ));
             }
         }
-        let outputs = s
-            .rows_written
-            .iter()
-            .map(|n| n.name.as_str())
-            .zip(&s.sink_health)
-            .chain([("dead_letter", &s.dead_letter_health)]);
-        for (name, h) in outputs {
+        for (name, h) in outputs(s) {
             if h.circuit() == CircuitState::Open {
                 reasons.push(format!("sink `{name}`: circuit open (the sink is failing)"));
             }
@@ -228,14 +231,7 @@ impl Metrics {
                 get(&n.value),
             );
         }
-        // the dead-letter output is the sink `dead_letter` in these families
-        let outputs: Vec<(&str, &OutputHealth)> = s
-            .rows_written
-            .iter()
-            .map(|n| n.name.as_str())
-            .zip(&s.sink_health)
-            .chain([("dead_letter", &s.dead_letter_health)])
-            .collect();
+        let outputs: Vec<(&str, &OutputHealth)> = outputs(s).collect();
         o.family(
             "weir_sink_errors_total",
             "counter",
