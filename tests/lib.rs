@@ -16,6 +16,58 @@ pub fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
+/// The shared tools' folder (`../shared`: the event generator and the oracle).
+pub fn shared_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// A port of 127.0.0.1 nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Writes `gen_events.py`'s data-ingestion events to `out`, with its `args` (`--count` first).
+pub fn generate(out: &Path, args: &[&str]) {
+    let o = std::process::Command::new("python3")
+        .arg(shared_dir().join("data/gen_events.py"))
+        .arg("data-ingestion")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "gen_events.py: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `window_oracle.py`'s rows for data-ingestion events of `input` (its `args`: keys, size,
+/// aggregates), written to `out`, and its summary (lines, bad, late, windows).
+pub fn oracle(input: &Path, args: &[&str], out: &Path) -> (Vec<Row>, Value) {
+    let o = std::process::Command::new("python3")
+        .arg(shared_dir().join("oracle/window_oracle.py"))
+        .arg(input)
+        .args(["--schema", "data-ingestion"])
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "window_oracle.py: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary = serde_json::from_str(String::from_utf8_lossy(&o.stderr).trim())
+        .expect("the oracle's summary");
+    (read_ndjson(out), summary)
+}
+
 /// Rows of an NDJSON file.
 pub fn read_ndjson(path: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

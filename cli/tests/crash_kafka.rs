@@ -13,7 +13,7 @@ use std::time::Duration;
 use crash::read_parquet_folder;
 use kafka_support::{brokers, repo, tool, unique, weir};
 use serde_json::Value;
-use weir_tests::{compare, read_ndjson, Row};
+use weir_tests::{compare, generate, oracle, read_ndjson, Row};
 
 /// Exactly once across crashes on the real broker: Kafka → windows → Kafka (idempotent
 /// delivery) + Parquet, killed with SIGKILL at random moments and at the checkpoint
@@ -257,27 +257,35 @@ fn rows_a_sink_refuses_are_dead_lettered_exactly_once_across_kills() {
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let shared = repo().parent().unwrap().join("shared");
     let events = d.join("events.ndjson");
-    let gen = Command::new("python3")
-        .arg(shared.join("data/gen_events.py"))
-        .args(["data-ingestion", "150000", "--seed", "12", "--keys", "60"])
-        .args(["--step-ms", "20", "--bad-frac", "0.003", "-o"])
-        .arg(&events)
-        .status()
-        .unwrap();
-    assert!(gen.success());
-    let expected_path = d.join("expected.ndjson");
-    let oracle = Command::new("python3")
-        .arg(shared.join("oracle/window_oracle.py"))
-        .arg(&events)
-        .args(["--schema", "data-ingestion", "--key", "datasetName"])
-        .args(["--size", "1m", "--ooo", "5s", "--agg", "events=count", "-o"])
-        .arg(&expected_path)
-        .output()
-        .unwrap();
-    assert!(oracle.status.success());
-    let expected = read_ndjson(&expected_path);
+    generate(
+        &events,
+        &[
+            "150000",
+            "--seed",
+            "12",
+            "--keys",
+            "60",
+            "--step-ms",
+            "20",
+            "--bad-frac",
+            "0.003",
+        ],
+    );
+    let (expected, _) = oracle(
+        &events,
+        &[
+            "--key",
+            "datasetName",
+            "--size",
+            "1m",
+            "--ooo",
+            "5s",
+            "--agg",
+            "events=count",
+        ],
+        &d.join("expected.ndjson"),
+    );
     let pipeline = |topic: &str, out: &str, checkpoint: &str| {
         format!(
             r#"name: refusals

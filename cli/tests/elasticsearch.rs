@@ -15,13 +15,9 @@ use std::time::{Duration, Instant};
 
 use es::Es;
 use serde_json::{json, Value};
-use weir_tests::{compare, read_ndjson, Row};
+use weir_tests::{compare, generate, oracle, Row};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
-}
 
 /// A name no other test (or earlier run against a real cluster) uses.
 fn unique(prefix: &str) -> String {
@@ -46,52 +42,31 @@ impl Case {
     fn new(events: u64, keys: u64) -> Case {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("input.ndjson");
-        let gen = Command::new("python3")
-            .arg(shared().join("data/gen_events.py"))
-            .args(["data-ingestion", &events.to_string(), "--seed", "17"])
-            .args([
+        generate(
+            &input,
+            &[
+                &events.to_string(),
+                "--seed",
+                "17",
                 "--keys",
                 &keys.to_string(),
                 "--step-ms",
                 "30",
                 "--unicode-keys",
-            ])
-            .args([
                 "--bad-frac",
                 "0.005",
                 "--late-frac",
                 "0.004",
                 "--late-ms",
                 "240000",
-            ])
-            .arg("-o")
-            .arg(&input)
-            .output()
-            .unwrap();
-        assert!(
-            gen.status.success(),
-            "{}",
-            String::from_utf8_lossy(&gen.stderr)
+            ],
         );
         Self::with_input(dir, input)
     }
 
     fn with_input(dir: tempfile::TempDir, input: PathBuf) -> Case {
-        let oracle = |args: &[&str], out: &Path| -> Value {
-            let o = Command::new("python3")
-                .arg(shared().join("oracle/window_oracle.py"))
-                .arg(&input)
-                .args(["--schema", "data-ingestion"])
-                .args(args)
-                .arg("-o")
-                .arg(out)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            serde_json::from_str(String::from_utf8_lossy(&o.stderr).trim()).unwrap()
-        };
-        let w = dir.path().join("windows.ndjson");
-        let summary = oracle(
+        let (windows, summary) = oracle(
+            &input,
             &[
                 "--key",
                 "datasetName",
@@ -104,11 +79,11 @@ impl Case {
                 "--agg",
                 "records=sum:recordCount",
             ],
-            &w,
+            &dir.path().join("windows.ndjson"),
         );
         // the view: a window over all time, lateness allowed without bound
-        let v = dir.path().join("view.ndjson");
-        oracle(
+        let (view, _) = oracle(
+            &input,
             &[
                 "--key",
                 "source",
@@ -121,9 +96,9 @@ impl Case {
                 "--agg",
                 "records=sum:recordCount",
             ],
-            &v,
+            &dir.path().join("view.ndjson"),
         );
-        let view = read_ndjson(&v)
+        let view = view
             .into_iter()
             .map(|mut r| {
                 r.remove("window_start");
@@ -132,7 +107,7 @@ impl Case {
             })
             .collect();
         Case {
-            windows: read_ndjson(&w),
+            windows,
             view,
             summary,
             input,
@@ -463,23 +438,10 @@ fn a_document_the_mapping_refuses_goes_to_the_dead_letters_and_the_rest_is_index
     // the generated events, plus one dataset whose records overflow an `integer` field
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.ndjson");
-    let gen = Command::new("python3")
-        .arg(shared().join("data/gen_events.py"))
-        .args([
-            "data-ingestion",
-            "20000",
-            "--seed",
-            "5",
-            "--keys",
-            "30",
-            "--step-ms",
-            "30",
-        ])
-        .arg("-o")
-        .arg(&input)
-        .status()
-        .unwrap();
-    assert!(gen.success());
+    generate(
+        &input,
+        &["20000", "--seed", "5", "--keys", "30", "--step-ms", "30"],
+    );
     // the newest event's time: the extra event is on time
     let first: Value = serde_json::from_str(
         std::fs::read_to_string(&input)

@@ -583,11 +583,7 @@ struct Collector {
 
 impl Collector {
     fn start(dir: &Path) -> Collector {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = weir_tests::free_port();
         let out = dir.join("spans.ndjson");
         let child = Command::new("python3")
             .arg(repo().join("tests/ops/otlp_receiver.py"))

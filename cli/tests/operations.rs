@@ -18,13 +18,9 @@ use std::time::{Duration, Instant};
 use crash::venv_python;
 use serde_json::Value;
 use sql_support::{free_port, http, Running};
-use weir_tests::{compare, read_ndjson, Row};
+use weir_tests::{compare, generate, oracle, read_ndjson, Row};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,41 +42,42 @@ impl Case {
     fn new(events: u64, keys: u64) -> Case {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("input.ndjson");
-        let gen = Command::new("python3")
-            .arg(shared().join("data/gen_events.py"))
-            .args(["data-ingestion", &events.to_string(), "--seed", "8"])
-            .args(["--keys", &keys.to_string(), "--step-ms", "15"])
-            .args([
+        generate(
+            &input,
+            &[
+                &events.to_string(),
+                "--seed",
+                "8",
+                "--keys",
+                &keys.to_string(),
+                "--step-ms",
+                "15",
                 "--bad-frac",
                 "0.01",
                 "--late-frac",
                 "0.004",
                 "--late-ms",
                 "240000",
-            ])
-            .arg("-o")
-            .arg(&input)
-            .output()
-            .unwrap();
-        assert!(
-            gen.status.success(),
-            "{}",
-            String::from_utf8_lossy(&gen.stderr)
+            ],
         );
-        let expected_path = dir.path().join("expected.ndjson");
-        let oracle = Command::new("python3")
-            .arg(shared().join("oracle/window_oracle.py"))
-            .arg(&input)
-            .args(["--schema", "data-ingestion", "--key", "datasetName"])
-            .args(["--size", "1m", "--ooo", "5s", "--agg", "events=count"])
-            .args(["--agg", "records=sum:recordCount", "-o"])
-            .arg(&expected_path)
-            .output()
-            .unwrap();
-        assert!(oracle.status.success());
-        let summary = serde_json::from_str(String::from_utf8_lossy(&oracle.stderr).trim()).unwrap();
+        let (expected, summary) = oracle(
+            &input,
+            &[
+                "--key",
+                "datasetName",
+                "--size",
+                "1m",
+                "--ooo",
+                "5s",
+                "--agg",
+                "events=count",
+                "--agg",
+                "records=sum:recordCount",
+            ],
+            &dir.path().join("expected.ndjson"),
+        );
         Case {
-            expected: read_ndjson(&expected_path),
+            expected,
             dir,
             input,
             summary,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use kafka_support::{repo, tool, unique};
 use serde_json::Value;
-use weir_tests::{compare, compare_at_least_once, read_ndjson};
+use weir_tests::{compare, compare_at_least_once, free_port, generate, oracle, read_ndjson};
 
 /// A private broker on its own port, reset and stopped when dropped.
 struct Broker {
@@ -42,12 +42,7 @@ impl Broker {
     }
 
     fn start() -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let b = Broker { port };
+        let b = Broker { port: free_port() };
         b.script("reset");
         b.script("start");
         b
@@ -124,10 +119,6 @@ fn metric(port: u16, prefix: &str) -> f64 {
         .sum()
 }
 
-fn shared() -> PathBuf {
-    repo().parent().unwrap().join("shared")
-}
-
 #[test]
 fn a_broker_down_for_sixty_seconds_mid_run_loses_nothing() {
     let broker = Broker::start();
@@ -135,47 +126,47 @@ fn a_broker_down_for_sixty_seconds_mid_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let events = d.join("events.ndjson");
-    let gen = Command::new("python3")
-        .arg(shared().join("data/gen_events.py"))
-        .args(["data-ingestion", "120000", "--seed", "4", "--keys", "100"])
-        .args([
+    generate(
+        &events,
+        &[
+            "120000",
+            "--seed",
+            "4",
+            "--keys",
+            "100",
             "--step-ms",
             "20",
             "--bad-frac",
             "0.004",
             "--late-frac",
             "0.003",
-        ])
-        .args(["--late-ms", "240000", "-o"])
-        .arg(&events)
-        .status()
-        .unwrap();
-    assert!(gen.success());
-    let expected_path = d.join("expected.ndjson");
-    let oracle = Command::new("python3")
-        .arg(shared().join("oracle/window_oracle.py"))
-        .arg(&events)
-        .args(["--schema", "data-ingestion", "--key", "datasetName"])
-        .args(["--size", "1m", "--ooo", "5s", "--agg", "events=count"])
-        .args(["--agg", "records=sum:recordCount", "-o"])
-        .arg(&expected_path)
-        .output()
-        .unwrap();
-    assert!(oracle.status.success());
-    let summary: Value =
-        serde_json::from_str(String::from_utf8_lossy(&oracle.stderr).trim()).unwrap();
-    let expected = read_ndjson(&expected_path);
+            "--late-ms",
+            "240000",
+        ],
+    );
+    let (expected, summary) = oracle(
+        &events,
+        &[
+            "--key",
+            "datasetName",
+            "--size",
+            "1m",
+            "--ooo",
+            "5s",
+            "--agg",
+            "events=count",
+            "--agg",
+            "records=sum:recordCount",
+        ],
+        &d.join("expected.ndjson"),
+    );
 
     let (input, output) = (unique("outage-in"), unique("outage-out"));
     tool(&["create", &brokers, &input, "3"]);
     tool(&["create", &brokers, &output, "3"]);
     tool(&["produce", &brokers, &input, events.to_str().unwrap()]);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let pipeline = d.join("pipeline.yaml");
     std::fs::write(
         &pipeline,

@@ -28,11 +28,7 @@ fn repo() -> PathBuf {
 impl Es {
     /// The test server, with `args` (`--api-key K`, `--refresh-interval S`...).
     pub fn server(args: &[&str]) -> Es {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = weir_tests::free_port();
         let child = Command::new("python3")
             .arg(repo().join("tests/es/es_server.py"))
             .arg(port.to_string())

@@ -8,14 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A port nothing listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use weir_tests::free_port;
 
 /// An HTTP answer: status code and body.
 pub struct Answer {
