@@ -13,6 +13,8 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
 use datafusion::prelude::SessionConfig;
 
+use crate::ordered_value::{OrderedValueAccumulator, OrderedValueSpec};
+
 /// An aggregate call ready to run: the function, what to feed it, and its FILTER.
 #[derive(Debug, Clone)]
 pub struct CompiledAggregate {
@@ -23,12 +25,16 @@ pub struct CompiledAggregate {
     pub inputs: Vec<Arc<dyn PhysicalExpr>>,
     /// `FILTER (WHERE ...)`.
     pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Set when weir's vectorised first/last string value serves this call.
+    pub ordered_value: Option<OrderedValueSpec>,
 }
 
 impl CompiledAggregate {
     /// A fresh accumulator (vectorised when the function has one).
     pub fn accumulator(&self) -> datafusion::error::Result<Box<dyn GroupsAccumulator>> {
-        if self.function.groups_accumulator_supported() {
+        if let Some(spec) = &self.ordered_value {
+            Ok(Box::new(OrderedValueAccumulator::new(spec.clone())))
+        } else if self.function.groups_accumulator_supported() {
             self.function.create_groups_accumulator()
         } else {
             let f = self.function.clone();
@@ -132,15 +138,45 @@ impl SqlCompiler {
         .map_err(clean)?;
         let mut inputs = function.expressions();
         inputs.extend(function.order_bys().iter().map(|s| s.expr.clone()));
+        let ordered_value = ordered_value_spec(&function, schema);
         let compiled = CompiledAggregate {
             name: name.to_string(),
             function,
             inputs,
             filter,
+            ordered_value,
         };
         compiled.accumulator().map_err(clean)?;
         Ok(compiled)
     }
+}
+
+/// The spec of weir's vectorised first/last value when it can serve `function`: one string
+/// argument, one `ORDER BY` of a 64-bit type, and DataFusion's state layout
+/// `[value, ordering, is_set]` (checked, so checkpoints stay interchangeable).
+fn ordered_value_spec(
+    function: &AggregateFunctionExpr,
+    schema: &SchemaRef,
+) -> Option<OrderedValueSpec> {
+    if function.is_distinct() || function.is_reversed() {
+        return None;
+    }
+    let args = function.expressions();
+    let ([arg], [order]) = (args.as_slice(), function.order_bys()) else {
+        return None;
+    };
+    let value_type = arg.data_type(schema).ok()?;
+    let ordering_type = order.expr.data_type(schema).ok()?;
+    let spec = OrderedValueSpec::supported(
+        function.fun().name(),
+        &value_type,
+        &ordering_type,
+        order.options,
+        function.ignore_nulls(),
+    )?;
+    let state = function.state_fields().ok()?;
+    let layout: Vec<&DataType> = state.iter().map(|f| f.data_type()).collect();
+    (layout == [&value_type, &ordering_type, &DataType::Boolean]).then_some(spec)
 }
 
 fn contains_aggregate(expr: &Expr) -> bool {
