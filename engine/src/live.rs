@@ -239,8 +239,8 @@ impl LiveState {
         }
     }
 
-    /// Replaces the current snapshot.
-    pub(crate) fn publish(&self, snapshot: LiveSnapshot) {
+    /// Replaces the current snapshot (the job's merger publishes; tests may too).
+    pub fn publish(&self, snapshot: LiveSnapshot) {
         let snapshot = Arc::new(snapshot);
         match self.current.write() {
             Ok(mut g) => *g = snapshot,

@@ -293,12 +293,32 @@ impl QueryEngine {
         out
     }
 
+    /// Runs `sql` through DataFusion's planner even when it is a point query (for tests and
+    /// benchmarks of the fast path).
+    pub async fn query_planned(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        self.run_with(sql, None, false).await
+    }
+
     async fn run(&self, sql: &str, params: Option<ParamValues>) -> Result<QueryResult, QueryError> {
+        self.run_with(sql, params, true).await
+    }
+
+    async fn run_with(
+        &self,
+        sql: &str,
+        params: Option<ParamValues>,
+        fast_path: bool,
+    ) -> Result<QueryResult, QueryError> {
         let timeout = self.limits.timeout;
         let permit = tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
             .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?;
+        if fast_path && params.is_none() {
+            if let Some(answer) = crate::point::answer(&self.live, &self.live.current(), sql)? {
+                return Ok(answer);
+            }
+        }
         let work = async {
             let (ctx, plan) = self.plan(sql).await?;
             let plan = match params {

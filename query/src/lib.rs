@@ -12,6 +12,7 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+mod point;
 pub mod server;
 pub mod tables;
 
