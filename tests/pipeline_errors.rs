@@ -46,8 +46,7 @@ fn the_good_file_loads() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
     std::fs::write(dir.path().join("p.yaml"), GOOD).unwrap();
-    let plan = load(&dir.path().join("p.yaml")).unwrap();
-    assert!(plan.unavailable.is_empty());
+    load(&dir.path().join("p.yaml")).unwrap();
 }
 
 #[test]
@@ -172,20 +171,27 @@ fn unset_variable_and_columns_after_substitution() {
 }
 
 #[test]
-fn sections_not_built_yet_are_refused_at_run_not_ignored() {
+fn a_view_with_retain_keeps_the_newest_event_time_hidden() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "{GOOD}views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: {{ n: count(*) }}\n    retain: 1h\ncheckpoint: {{ dir: state, interval: 10s }}\nserve: {{ http: \"127.0.0.1:8080\" }}\n"
+        "{GOOD}views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: {{ n: count(*) }}\n    retain: 1h\n"
     );
     std::fs::write(dir.path().join("p.yaml"), text).unwrap();
     std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
     let plan = load(&dir.path().join("p.yaml")).unwrap();
-    let msgs: Vec<String> = plan.unavailable.iter().map(|e| e.to_string()).collect();
-    assert_eq!(msgs.len(), 1, "{msgs:?}");
-    assert!(msgs[0].contains("not available yet"), "{msgs:?}");
-    assert!(msgs[0].contains("`retain`"), "{msgs:?}");
-    let err = weir_pipelines::run(plan, Default::default()).unwrap_err();
-    assert!(matches!(err, weir_pipelines::run::RunError::Unavailable(_)));
+    let v = &plan.views[0].config;
+    assert_eq!(v.retain_ms, Some(3_600_000));
+    assert!(!v.changelog);
+    let columns: Vec<String> = v
+        .output_schema()
+        .unwrap()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(columns, ["datasetName", "n"]);
+    let shown = plan.describe(1);
+    assert!(shown.contains("retain: 3600000 ms"), "{shown}");
 }
 
 #[test]

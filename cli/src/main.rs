@@ -426,8 +426,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                 },
             )
             .map_err(|e| match e {
-                RunError::Unavailable(_)
-                | RunError::IncompatibleState(_)
+                RunError::IncompatibleState(_)
                 | RunError::Serve(weir_query::ServeError::Config(_)) => user(e),
                 RunError::Serve(_) | RunError::Engine(_) => runtime(e),
             })?;
@@ -598,7 +597,7 @@ fn generate_to_kafka(a: &GenerateArgs, cfg: GeneratorConfig, target: &str) -> Re
         gen.write_next_line(&mut line);
         line.pop(); // the newline
         producer
-            .send(topic, Some(gen.last_key().as_bytes()), &line, &[])
+            .send(topic, Some(gen.last_key().as_bytes()), Some(&line), &[])
             .map_err(runtime)?;
     }
     producer.flush().map_err(runtime)?;

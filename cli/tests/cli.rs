@@ -156,26 +156,6 @@ fn validate_prints_the_plan_and_rejects_bad_files_with_positions() {
 }
 
 #[test]
-fn sections_not_built_yet_exit_1_at_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("p.yaml");
-    std::fs::write(
-        &p,
-        "name: x\nsources:\n  s:\n    generator: { kind: data-ingestion, count: 10 }\nviews:\n  v: { from: s, key: [datasetName], aggregates: { n: count(*) }, retain: 1h }\n",
-    )
-    .unwrap();
-    let o = weir().arg("validate").arg(&p).output().unwrap();
-    assert!(o.status.success());
-    assert!(text(&o.stdout).contains("not available yet"));
-    let o = weir().arg("run").arg(&p).output().unwrap();
-    let err = assert_clean_error(&o, 1);
-    assert!(
-        err.contains(":6:6: view `v`: `retain` (expiring keys) is not available yet"),
-        "{err}"
-    );
-}
-
-#[test]
 fn runtime_failures_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -18,6 +18,9 @@ use weir_tests::{compare, compare_at_least_once, golden_dir, read_ndjson, Row};
 mod crash;
 #[path = "support/kafka.rs"]
 mod kafka_support;
+#[path = "support/sql.rs"]
+#[allow(dead_code)]
+mod sql_support;
 use crash::venv_python as python;
 use kafka_support::{brokers, repo, tool, unique, weir};
 
@@ -1056,4 +1059,85 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
     let good = 6000 - s["bad"].as_u64().unwrap();
     let counted: u64 = last.values().map(|r| r["events"].as_u64().unwrap()).sum();
     assert_eq!(counted, good);
+}
+
+/// `weir_status` has each Kafka partition's consumer lag, equal to `weir_consumer_lag` on
+/// `/metrics`; 0 on every partition once the run has read the whole topic.
+#[test]
+fn weir_status_shows_each_partition_s_consumer_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let Golden {
+        brokers,
+        input,
+        group,
+        ..
+    } = Golden::produce("4", &[]);
+    let port = sql_support::free_port();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-lag
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+views:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    aggregates:
+      events: count(*)
+serve: {{ http: "127.0.0.1:{port}", refresh: 200ms }}
+dead_letter: {{ file: {{ path: dead.ndjson }} }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut run = sql_support::Running::start(env!("CARGO_BIN_EXE_weir"), &pipeline, &[]);
+    run.wait_http(port);
+    let started = Instant::now();
+    let rows = loop {
+        let rows = sql_support::sql_json(
+            port,
+            "SELECT source, partition, lag, events_in FROM weir_status ORDER BY partition",
+        );
+        let caught_up = rows.len() == 4
+            && rows.iter().all(|r| r["lag"].as_i64() == Some(0))
+            && rows.iter().all(|r| r["events_in"].as_u64() == Some(6000));
+        if caught_up {
+            break rows;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no lag of 0 on every partition: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let partitions: Vec<&str> = rows
+        .iter()
+        .map(|r| r["partition"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..4).map(|p| format!("{input}/{p}")).collect();
+    assert_eq!(partitions, expected);
+    // the same figure on /metrics, one series per partition
+    let metrics = sql_support::http(port, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&metrics.body);
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("weir_consumer_lag{"))
+        .collect();
+    assert_eq!(series.len(), 4, "{series:?}");
+    for p in &expected {
+        assert!(
+            series
+                .iter()
+                .any(|l| l.contains(&format!("partition=\"{p}\"")) && l.ends_with(" 0")),
+            "{p}: {series:?}"
+        );
+    }
+    let (code, _, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
 }

@@ -697,3 +697,150 @@ fn a_view_stopped_and_restored_from_its_checkpoint_counts_every_event_once() {
         "per-key counts after a restore differ from an uninterrupted run"
     );
 }
+
+/// `retain` on a view: keys whose newest event is `retain` older than the watermark leave the
+/// view (SQL no longer shows them) and its changelog gets their last row as `op = delete`;
+/// the final snapshot holds only the keys kept.
+#[test]
+fn a_view_with_retain_drops_keys_not_updated_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0: i64 = 1_700_000_000_000;
+    let mut lines = String::new();
+    let mut event = |service: &str, at_s: i64, status: &str| {
+        lines.push_str(
+            &serde_json::json!({
+                "eventId": format!("e-{}", lines.len()),
+                "timestamp": t0 + at_s * 1000,
+                "serviceName": service,
+                "namespace": "data",
+                "healthStatus": status,
+                "latencyMs": at_s,
+                "errorRate": 0.0,
+                "message": null,
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    };
+    // newest events: old at 0 s, mid at 30 s, recent at 100 s, fresh at 120 s
+    for at in (0..=120).step_by(10) {
+        event("fresh", at, "HEALTHY");
+        match at {
+            0 => {
+                event("old", at, "UNHEALTHY");
+                event("mid", at, "HEALTHY");
+                event("recent", at, "HEALTHY");
+            }
+            30 => event("mid", at, "DEGRADED"),
+            100 => event("recent", at, "DEGRADED"),
+            _ => {}
+        }
+    }
+    std::fs::write(dir.path().join("events.ndjson"), lines).unwrap();
+    let port = free_port();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: retain-test
+sources:
+  health:
+    file: {{ path: events.ndjson }}
+    format: json
+    schema: service-health
+    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
+views:
+  service_status:
+    from: health
+    key: [serviceName]
+    retain: 60s
+    aggregates:
+      status: last_value(healthStatus ORDER BY timestamp)
+      checks: count(*)
+    sinks: [status_out]
+sinks:
+  status_out: {{ file: {{ path: out/service_status.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+serve: {{ http: "127.0.0.1:{port}" }}
+"#
+        ),
+    )
+    .unwrap();
+    let validate = Command::new(WEIR)
+        .arg("validate")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(validate.status.success(), "{}", text(&validate.stderr));
+    assert!(
+        text(&validate.stdout).contains("retain: 60000 ms"),
+        "{}",
+        text(&validate.stdout)
+    );
+    let mut run = Running::start(WEIR, &pipeline, &["--keep-serving"]);
+    run.wait_http(port);
+    run.wait_finished(port);
+    let rows = sql_json(
+        port,
+        "SELECT serviceName, status, checks FROM service_status ORDER BY serviceName",
+    );
+    let got: Vec<(String, String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["serviceName"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+                r["checks"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("fresh".to_string(), "HEALTHY".to_string(), 13),
+            ("recent".to_string(), "DEGRADED".to_string(), 2),
+        ]
+    );
+    // the hidden newest-event column is not a column of the table
+    let columns = sql_json(
+        port,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'service_status'",
+    );
+    assert_eq!(columns.len(), 3, "{columns:?}");
+    let (code, _, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
+    let changelog = weir_tests::read_ndjson(&dir.path().join("out/service_status.ndjson"));
+    let ops: Vec<(String, String)> = changelog
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap().to_string(),
+                r["serviceName"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let deletes: Vec<&(String, String)> = ops.iter().filter(|(op, _)| op == "delete").collect();
+    let mut deleted: Vec<&str> = deletes.iter().map(|(_, k)| k.as_str()).collect();
+    deleted.sort();
+    assert_eq!(deleted, ["mid", "old"], "{ops:?}");
+    let mid = changelog
+        .iter()
+        .find(|r| r["op"] == "delete" && r["serviceName"] == "mid")
+        .unwrap();
+    assert_eq!(
+        (mid["status"].as_str(), mid["checks"].as_u64()),
+        (Some("DEGRADED"), Some(2))
+    );
+    let mut snapshot: Vec<&str> = ops
+        .iter()
+        .filter(|(op, _)| op == "snapshot")
+        .map(|(_, k)| k.as_str())
+        .collect();
+    snapshot.sort();
+    assert_eq!(snapshot, ["fresh", "recent"], "{ops:?}");
+    let first_snapshot = ops.iter().position(|(op, _)| op == "snapshot").unwrap();
+    assert!(
+        ops[first_snapshot..].iter().all(|(op, _)| op == "snapshot"),
+        "{ops:?}"
+    );
+}

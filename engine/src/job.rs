@@ -1529,6 +1529,31 @@ struct MergerStart {
     live: Option<LiveTables>,
 }
 
+/// Each partition's row of `weir_status`: its clocks, and its consumer lag from `stats`.
+fn partition_statuses(
+    partitions: &[(String, String)],
+    clocks: impl IntoIterator<Item = (Option<i64>, Option<i64>, bool)>,
+    stats: Option<&RunStats>,
+) -> Vec<PartitionStatus> {
+    let lag = stats.and_then(|s| s.consumer_lag.lock().ok());
+    partitions
+        .iter()
+        .zip(clocks)
+        .map(
+            |((source, partition), (watermark, newest, ended))| PartitionStatus {
+                lag: lag
+                    .as_ref()
+                    .and_then(|l| l.get(&(source.clone(), partition.clone())).copied()),
+                source: source.clone(),
+                partition: partition.clone(),
+                watermark,
+                newest,
+                ended,
+            },
+        )
+        .collect()
+}
+
 /// The merger's side of live snapshots: emitted windows kept for `retain`, and the workers'
 /// copies of their open state gathered until the live barrier.
 struct LiveTables {
@@ -1548,19 +1573,7 @@ impl LiveTables {
         state.publish(LiveSnapshot {
             tables: (0..n).map(|_| Vec::new()).collect(),
             indexes: (0..n).map(|_| None).collect(),
-            partitions: partitions
-                .iter()
-                .zip(clock_status(&clocks))
-                .map(
-                    |((source, partition), (watermark, newest, ended))| PartitionStatus {
-                        source: source.clone(),
-                        partition: partition.clone(),
-                        watermark,
-                        newest,
-                        ended,
-                    },
-                )
-                .collect(),
+            partitions: partition_statuses(partitions, clock_status(&clocks), None),
             ..Default::default()
         });
         LiveTables {
@@ -1613,20 +1626,7 @@ impl LiveTables {
         }
         let mut counters: std::collections::BTreeMap<String, u64> = counters.into_iter().collect();
         counters.extend(stats.merger_counters());
-        let partitions = self
-            .partitions
-            .iter()
-            .zip(clocks)
-            .map(
-                |((source, partition), (watermark, newest, ended))| PartitionStatus {
-                    source: source.clone(),
-                    partition: partition.clone(),
-                    watermark,
-                    newest,
-                    ended,
-                },
-            )
-            .collect();
+        let partitions = partition_statuses(&self.partitions, clocks, Some(stats));
         self.state.publish(LiveSnapshot {
             seq: self.seq,
             taken_ms: now_ms(),

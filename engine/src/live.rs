@@ -187,6 +187,10 @@ pub struct PartitionStatus {
     pub newest: Option<i64>,
     /// The partition ended (a bounded input read to its end).
     pub ended: bool,
+    /// Kafka consumer lag: messages between the partition's high watermark and the next
+    /// offset this process reads, from the consumer's latest statistics (every few seconds);
+    /// `None` for other sources and for partitions this process does not read.
+    pub lag: Option<i64>,
 }
 
 /// One consistent view of a running job.

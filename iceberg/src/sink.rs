@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::AsArray;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
@@ -516,9 +517,16 @@ impl Sink for IcebergSink {
             .converter
             .convert(batch)
             .map_err(|e| engine_err(&self.config.sink, e))?;
+        // a view's `op`: `delete` rows remove their key from the table
+        let ops = batch
+            .column_by_name(crate::schema::OP_COLUMN)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .cloned();
         match &mut self.view {
             Some(view) => view
-                .upsert(&rows)
+                .apply(&rows, |row| {
+                    ops.as_ref().is_some_and(|o| o.value(row) == "delete")
+                })
                 .map_err(|e| engine_err(&self.config.sink, e)),
             None => self.write_rows(rows),
         }

@@ -19,8 +19,11 @@ pub struct ViewRows {
     converter: RowConverter,
     /// Row-encoded key → slot.
     slots: HashMap<Box<[u8]>, usize>,
-    /// Where each slot's latest row is: (batch, row).
-    rows: Vec<(usize, usize)>,
+    /// Where each slot's latest row is: (batch, row); `None` for a deleted key's slot
+    /// (dropped when the rows are next taken).
+    rows: Vec<Option<(usize, usize)>>,
+    /// Keys held (slots not deleted).
+    live: usize,
     batches: Vec<RecordBatch>,
     /// Whether a row changed since [`Self::rows`] last ran.
     changed: bool,
@@ -43,6 +46,7 @@ impl ViewRows {
             keys,
             slots: HashMap::new(),
             rows: Vec::new(),
+            live: 0,
             batches: Vec::new(),
             changed: false,
         })
@@ -55,12 +59,12 @@ impl ViewRows {
 
     /// Keys held.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.live
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.live == 0
     }
 
     /// Whether a row changed since the rows were last taken.
@@ -70,6 +74,16 @@ impl ViewRows {
 
     /// Folds in rows (in the table's schema): each replaces its key's row.
     pub fn upsert(&mut self, batch: &RecordBatch) -> Result<(), IcebergError> {
+        self.apply(batch, |_| false)
+    }
+
+    /// Folds in rows: each replaces its key's row, or removes the key when `deleted(row)`
+    /// (a view key that expired).
+    pub fn apply(
+        &mut self,
+        batch: &RecordBatch,
+        deleted: impl Fn(usize) -> bool,
+    ) -> Result<(), IcebergError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -80,11 +94,19 @@ impl ViewRows {
         let b = self.batches.len();
         self.batches.push(batch.clone());
         for (i, key) in keys.iter().enumerate() {
+            if deleted(i) {
+                if let Some(slot) = self.slots.remove(key.as_ref()) {
+                    self.rows[slot] = None;
+                    self.live -= 1;
+                }
+                continue;
+            }
             match self.slots.get(key.as_ref()) {
-                Some(&slot) => self.rows[slot] = (b, i),
+                Some(&slot) => self.rows[slot] = Some((b, i)),
                 None => {
                     self.slots.insert(key.as_ref().into(), self.rows.len());
-                    self.rows.push((b, i));
+                    self.rows.push(Some((b, i)));
+                    self.live += 1;
                 }
             }
         }
@@ -96,21 +118,37 @@ impl ViewRows {
     /// batch.
     pub fn rows(&mut self) -> Result<RecordBatch, IcebergError> {
         self.changed = false;
-        if self.batches.len() == 1 && self.rows.len() == self.batches[0].num_rows() {
+        let whole = self.batches.len() == 1
+            && self.live == self.rows.len()
+            && self.rows.len() == self.batches[0].num_rows();
+        if whole {
             return Ok(self.batches[0].clone());
         }
+        let picks: Vec<(usize, usize)> = self.rows.iter().flatten().copied().collect();
         let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
             .map(|c| {
                 let arrays: Vec<&dyn arrow::array::Array> =
                     self.batches.iter().map(|b| b.column(c).as_ref()).collect();
-                interleave(&arrays, &self.rows).map_err(err)
+                interleave(&arrays, &picks).map_err(err)
             })
             .collect::<Result<_, _>>()?;
         let all = RecordBatch::try_new(self.schema.clone(), columns).map_err(err)?;
-        self.batches = vec![all.clone()];
-        for (i, r) in self.rows.iter_mut().enumerate() {
-            *r = (0, i);
+        if self.live < self.rows.len() {
+            // deleted slots go: the others move down, in order
+            let mut moved = vec![usize::MAX; self.rows.len()];
+            let mut next = 0;
+            for (old, r) in self.rows.iter().enumerate() {
+                if r.is_some() {
+                    moved[old] = next;
+                    next += 1;
+                }
+            }
+            for slot in self.slots.values_mut() {
+                *slot = moved[*slot];
+            }
         }
+        self.batches = vec![all.clone()];
+        self.rows = (0..self.live).map(|i| Some((0, i))).collect();
         Ok(all)
     }
 }
@@ -153,5 +191,21 @@ mod tests {
             batch(&schema, &["a", "b", "c"], &[5, 3, 6])
         );
         assert_eq!(view.len(), 3);
+        // b expires; a new key comes after the others
+        let b_gone = batch(&schema, &["b", "d"], &[0, 7]);
+        view.apply(&b_gone, |row| row == 0).unwrap();
+        assert_eq!(view.len(), 3);
+        assert_eq!(
+            view.rows().unwrap(),
+            batch(&schema, &["a", "c", "d"], &[5, 6, 7])
+        );
+        // slots moved down: later upserts still land on their key
+        view.upsert(&batch(&schema, &["d", "a"], &[8, 9])).unwrap();
+        view.apply(&batch(&schema, &["zz"], &[0]), |_| true)
+            .unwrap();
+        assert_eq!(
+            view.rows().unwrap(),
+            batch(&schema, &["a", "c", "d"], &[9, 6, 8])
+        );
     }
 }

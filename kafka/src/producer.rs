@@ -118,16 +118,20 @@ impl Producer {
         })
     }
 
-    /// Queues a message (partition chosen by the key's hash, as Kafka clients do).
+    /// Queues a message (partition chosen by the key's hash, as Kafka clients do); no
+    /// payload is a tombstone (a compacted topic then forgets the key).
     pub fn send(
         &self,
         topic: &str,
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         headers: &[(&str, &[u8])],
     ) -> Result<(), KafkaError> {
         self.check()?;
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -229,7 +233,7 @@ mod tests {
         );
         let p = Producer::new(&mock.bootstrap_servers(), &props("30000")).unwrap();
         for i in 0..100u32 {
-            p.send("t", Some(&i.to_be_bytes()), b"{}", &[("h", b"v")])
+            p.send("t", Some(&i.to_be_bytes()), Some(b"{}"), &[("h", b"v")])
                 .unwrap();
         }
         p.flush().unwrap();
@@ -240,13 +244,13 @@ mod tests {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("t", 1, 1).unwrap();
         let p = Producer::new(&mock.bootstrap_servers(), &props("1500")).unwrap();
-        p.send("t", None, b"first", &[]).unwrap();
+        p.send("t", None, Some(b"first"), &[]).unwrap();
         p.flush().unwrap();
         mock.broker_down(1).unwrap();
-        p.send("t", None, b"lost?", &[]).unwrap();
+        p.send("t", None, Some(b"lost?"), &[]).unwrap();
         let e = p.flush().unwrap_err();
         assert!(matches!(e, KafkaError::Delivery { .. }), "{e}");
         // and every later send reports it too
-        assert!(p.send("t", None, b"next", &[]).is_err());
+        assert!(p.send("t", None, Some(b"next"), &[]).is_err());
     }
 }

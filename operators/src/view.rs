@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use arrow::array::{new_empty_array, Array, ArrayRef, AsArray, StringArray, UInt32Array};
 use arrow::compute::{filter_record_batch, interleave, take_record_batch};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
@@ -38,15 +38,49 @@ pub struct ViewConfig {
     pub predicate: Option<Arc<dyn PhysicalExpr>>,
     /// Key column names (in the input schema).
     pub keys: Vec<String>,
+    /// The view's aggregates, then (with `retain`) the hidden newest event time per key.
     pub aggregates: Vec<CompiledAggregate>,
+    /// `retain`: a key whose newest event is this much older than the view's watermark
+    /// leaves the view (see [`ViewConfig::with_retain`]).
+    pub retain_ms: Option<i64>,
+    /// The view has sinks: expired keys go to them as `op = 'delete'` rows.
+    pub changelog: bool,
 }
 
 /// The `window_start` a view's partial state travels under (views have no window).
 const VIEW_WINDOW: i64 = 0;
 
+/// The column of each event's time (ms) that views with `retain` aggregate, hidden.
+pub const EVENT_TIME_COLUMN: &str = "__weir_event_time";
+
 pub use weir_engine::KEYS_METADATA;
 
 impl ViewConfig {
+    /// Keys whose newest event time is `retain_ms` or more older than the view's watermark
+    /// expire: they leave the view at the next barrier (its sinks get an `op = 'delete'` row
+    /// with the key's last values), and an event for such a key later starts it afresh.
+    /// Event time, not the wall clock, so that a restore or a replay expires the same keys.
+    pub fn with_retain(
+        mut self,
+        retain_ms: i64,
+        compiler: &crate::SqlCompiler,
+    ) -> Result<Self, String> {
+        let newest = compiler.aggregate(
+            EVENT_TIME_COLUMN,
+            &format!("max({EVENT_TIME_COLUMN})"),
+            &with_event_time(&self.input_schema),
+        )?;
+        self.aggregates.push(newest);
+        self.retain_ms = Some(retain_ms);
+        Ok(self)
+    }
+
+    /// The aggregates that are columns of the view (not the hidden event time).
+    pub fn visible(&self) -> &[CompiledAggregate] {
+        let hidden = usize::from(self.retain_ms.is_some());
+        &self.aggregates[..self.aggregates.len() - hidden]
+    }
+
     fn key_schema(&self) -> Result<SchemaRef, EngineError> {
         key_schema(&self.name, &self.input_schema, &self.keys)
     }
@@ -60,7 +94,7 @@ impl ViewConfig {
             .map(|f| f.as_ref().clone())
             .collect();
         fields.extend(
-            self.aggregates
+            self.visible()
                 .iter()
                 .map(|a| a.output_field().as_ref().clone()),
         );
@@ -68,7 +102,8 @@ impl ViewConfig {
     }
 
     /// The schema of the rows its sinks receive: the view's rows and `op` (`upsert` for a
-    /// key that changed, `snapshot` for every key at the end of a bounded run), with the key
+    /// key that changed, `delete` for a key that expired under `retain`, `snapshot` for every
+    /// key at the end of a bounded run), with the key
     /// column count in the metadata (`weir.keys`) so that sinks key messages by it.
     pub fn sink_schema(&self) -> Result<SchemaRef, EngineError> {
         let mut fields: Vec<Field> = self
@@ -85,6 +120,17 @@ impl ViewConfig {
     fn groups(&self) -> Result<Groups, EngineError> {
         Groups::new(&self.name, &self.aggregates, &self.key_schema()?)
     }
+}
+
+/// `schema` with the hidden event-time column last.
+fn with_event_time(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        EVENT_TIME_COLUMN,
+        arrow::datatypes::DataType::Int64,
+        false,
+    ));
+    Arc::new(Schema::new(fields))
 }
 
 /// Copies groups' state out as a partial, rebuilding the groups from the copy
@@ -148,11 +194,23 @@ impl WorkerOperator for ViewWorker {
     ) -> Result<u64, EngineError> {
         let config = self.config.clone();
         let err = |e| EngineError::operator(&config.name, e);
-        let batch = &events.batch;
-        let n = batch.num_rows();
+        let n = events.batch.num_rows();
         if n == 0 {
             return Ok(0);
         }
+        let timed;
+        let batch = if config.retain_ms.is_some() {
+            // the hidden `max(event time)` reads each event's time from a column of its own
+            let mut columns = events.batch.columns().to_vec();
+            columns.push(Arc::new(arrow::array::Int64Array::from(
+                events.event_time.clone(),
+            )));
+            timed = RecordBatch::try_new(with_event_time(&config.input_schema), columns)
+                .map_err(|e| EngineError::operator(&config.name, e))?;
+            &timed
+        } else {
+            &events.batch
+        };
         let subset;
         let rows = match &config.predicate {
             Some(p) => {
@@ -281,6 +339,12 @@ pub struct ViewMerger {
     finished: bool,
     /// Key → row of the folded groups, for point queries.
     index: Arc<KeyIndex>,
+    /// The view's watermark (the minimum over its partitions), for `retain`.
+    watermark: i64,
+    /// The watermark of the last expiry pass.
+    expired_upto: i64,
+    /// Expired keys' rows (`op = 'delete'`) for the sinks at the next barrier.
+    deleted: Vec<RecordBatch>,
 }
 
 impl ViewMerger {
@@ -328,6 +392,9 @@ impl ViewMerger {
             dirty: Vec::new(),
             changed: 0,
             finished: false,
+            watermark: i64::MIN,
+            expired_upto: i64::MIN,
+            deleted: Vec::new(),
             config,
         })
     }
@@ -395,10 +462,97 @@ impl ViewMerger {
         Ok(())
     }
 
-    /// Folds the pending changes into the arrays; returns the global ids it changed.
-    fn fold(&mut self) -> Result<Vec<usize>, EngineError> {
+    /// Folds the pending changes into the arrays, then expires keys under `retain`.
+    fn fold(&mut self) -> Result<(), EngineError> {
+        self.fold_pending()?;
+        self.expire()
+    }
+
+    /// Drops the keys whose newest event is `retain` older than the watermark: one pass per
+    /// watermark, a vectorised check, and a rebuild of the arrays and indexes only when some
+    /// key expired.
+    fn expire(&mut self) -> Result<(), EngineError> {
+        let Some(retain) = self.config.retain_ms else {
+            return Ok(());
+        };
+        if self.watermark <= self.expired_upto || self.folded() == 0 {
+            return Ok(());
+        }
+        self.expired_upto = self.watermark;
+        let cutoff = self.watermark.saturating_sub(retain);
+        let Some(newest) = self.results.last() else {
+            return Ok(());
+        };
+        let newest = arrow::compute::cast(newest, &arrow::datatypes::DataType::Int64)
+            .map_err(|e| self.err(e))?;
+        let cutoff = arrow::array::Int64Array::new_scalar(cutoff);
+        // a key stays while its newest event is after the cutoff
+        let keep = arrow::compute::kernels::cmp::gt(&newest, &cutoff).map_err(|e| self.err(e))?;
+        let kept = keep.true_count();
+        let total = self.folded();
+        if kept == total {
+            return Ok(());
+        }
+        if self.config.changelog {
+            let gone = arrow::compute::not(&keep).map_err(|e| self.err(e))?;
+            let rows = filter_record_batch(&self.rows()?, &gone).map_err(|e| self.err(e))?;
+            self.deleted.push(self.sink_rows(&rows, "delete")?);
+        }
+        let filter = |a: &ArrayRef| arrow::compute::filter(a, &keep).map_err(|e| self.err(e));
+        let keys = self
+            .keys
+            .iter()
+            .map(filter)
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = self
+            .state
+            .iter()
+            .map(filter)
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self
+            .results
+            .iter()
+            .map(filter)
+            .collect::<Result<Vec<_>, _>>()?;
+        let dirty: Vec<bool> = self
+            .dirty
+            .iter()
+            .zip(keep.iter())
+            .filter(|(_, k)| *k == Some(true))
+            .map(|(d, _)| *d)
+            .collect();
+        // the kept keys get ids 0.. in their order again
+        let key_schema = self.config.key_schema()?;
+        let mut values =
+            new_group_values(key_schema, &GroupOrdering::None).map_err(|e| self.err(e))?;
+        values
+            .intern(&keys, &mut self.group_ids)
+            .map_err(|e| self.err(e))?;
+        let types: Vec<_> = keys.iter().map(|k| k.data_type().clone()).collect();
+        let index = KeyIndex::new(&types)?;
+        index.extend(&keys, 0)?;
+        tracing::debug!(
+            view = %self.config.name,
+            expired = total - kept,
+            kept,
+            "keys expired under retain"
+        );
+        self.values = values;
+        self.keys = keys;
+        self.state = state;
+        self.results = results;
+        self.changed = dirty.iter().filter(|d| **d).count();
+        self.dirty = dirty;
+        self.local_of = vec![0; kept];
+        // readers of older snapshots keep the old index
+        self.index = Arc::new(index);
+        Ok(())
+    }
+
+    /// Folds the pending changes into the arrays.
+    fn fold_pending(&mut self) -> Result<(), EngineError> {
         if self.touched.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let folded = self.folded();
         let k = self.touched.len();
@@ -489,17 +643,17 @@ impl ViewMerger {
             self.keys = keys;
             self.new_keys.clear();
         }
-        let changed = std::mem::take(&mut self.touched);
-        for &g in &changed {
+        for g in std::mem::take(&mut self.touched) {
             self.local_of[g] = 0;
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// Every key's row, in group order.
     fn rows(&self) -> Result<RecordBatch, EngineError> {
         let mut columns = self.keys.clone();
-        columns.extend(self.results.iter().cloned());
+        let visible = self.config.visible().len();
+        columns.extend(self.results[..visible].iter().cloned());
         RecordBatch::try_new(self.output.clone(), columns).map_err(|e| self.err(e))
     }
 
@@ -541,23 +695,43 @@ impl MergeOperator for ViewMerger {
     }
 
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
-        // At the end of a bounded input: every key once, as the final snapshot.
-        if watermark != WATERMARK_END || self.finished {
+        if watermark != WATERMARK_END {
+            // keys expire at the next barrier's fold
+            self.watermark = self.watermark.max(watermark);
+            return Ok(Vec::new());
+        }
+        // At the end of a bounded input: every key once, as the final snapshot (after the
+        // deletes of keys that expired since the last barrier, or now: with the input
+        // complete, keys expire against the newest event time).
+        if self.finished {
             return Ok(Vec::new());
         }
         self.finished = true;
-        self.fold()?;
-        self.clear_dirty();
-        if self.folded() == 0 {
-            return Ok(Vec::new());
+        self.fold_pending()?;
+        if self.config.retain_ms.is_some() {
+            // the input is complete: the view's clock is its newest event
+            if let Some(newest) = self.results.last() {
+                let newest = arrow::compute::cast(newest, &arrow::datatypes::DataType::Int64)
+                    .map_err(|e| self.err(e))?;
+                let newest = arrow::compute::max(newest.as_primitive::<Int64Type>());
+                self.watermark = self.watermark.max(newest.unwrap_or(i64::MIN));
+            }
         }
-        Ok(vec![self.sink_rows(&self.rows()?, "snapshot")?])
+        self.expire()?;
+        self.clear_dirty();
+        let mut out = std::mem::take(&mut self.deleted);
+        if self.folded() > 0 {
+            out.push(self.sink_rows(&self.rows()?, "snapshot")?);
+        }
+        Ok(out)
     }
 
     fn barrier_rows(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
         self.fold()?;
+        // deletes first: a key that expired and came back ends as an upsert
+        let mut out = std::mem::take(&mut self.deleted);
         if self.changed == 0 {
-            return Ok(Vec::new());
+            return Ok(out);
         }
         let changed: Vec<u32> = self
             .dirty
@@ -569,7 +743,8 @@ impl MergeOperator for ViewMerger {
         self.clear_dirty();
         let rows = take_record_batch(&self.rows()?, &UInt32Array::from(changed))
             .map_err(|e| self.err(e))?;
-        Ok(vec![self.sink_rows(&rows, "upsert")?])
+        out.push(self.sink_rows(&rows, "upsert")?);
+        Ok(out)
     }
 
     fn emits_windows(&self) -> bool {
@@ -640,6 +815,8 @@ mod tests {
             predicate: None,
             keys: vec!["serviceName".into()],
             aggregates,
+            retain_ms: None,
+            changelog: true,
         })
     }
 
@@ -747,6 +924,108 @@ mod tests {
         assert!(dead.is_empty());
     }
 
+    /// The ops and rows of sink batches, in order.
+    fn changelog(batches: &[RecordBatch]) -> Vec<(String, String, i64, String)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let k = b.column(0).as_string::<i32>();
+            let s = b.column(1).as_string::<i32>();
+            let c = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+            let op = b.column(3).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                out.push((
+                    k.value(i).to_string(),
+                    s.value(i).to_string(),
+                    c.value(i),
+                    op.value(i).to_string(),
+                ));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn retain_expires_keys_by_event_time_and_sends_deletes() {
+        let c = SqlCompiler::new();
+        let base = config();
+        let config = Arc::new(
+            ViewConfig {
+                name: base.name.clone(),
+                input_schema: base.input_schema.clone(),
+                predicate: None,
+                keys: base.keys.clone(),
+                aggregates: base.aggregates.clone(),
+                retain_ms: None,
+                changelog: true,
+            }
+            .with_retain(5, &c)
+            .unwrap(),
+        );
+        assert_eq!(config.output_schema().unwrap().fields().len(), 3);
+        let p = partition();
+        let mut w = ViewWorker::new(config.clone()).unwrap();
+        let mut m = ViewMerger::new(config.clone()).unwrap();
+        let mut dead = Vec::new();
+        w.process(
+            &p,
+            &events(&[("a", "UP", 1), ("b", "DOWN", 2)]),
+            &[],
+            &mut dead,
+        )
+        .unwrap();
+        barrier(&mut m, &mut [&mut w]);
+        assert!(m.emit(3).unwrap().is_empty());
+        let first = changelog(&m.barrier_rows().unwrap());
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first.iter().all(|r| r.3 == "upsert"));
+        // the watermark passes b's newest event + 5: b leaves, a (updated at 10) stays
+        w.process(&p, &events(&[("a", "UP", 10)]), &[], &mut dead)
+            .unwrap();
+        barrier(&mut m, &mut [&mut w]);
+        m.emit(8).unwrap();
+        let second = changelog(&m.barrier_rows().unwrap());
+        assert_eq!(
+            second,
+            vec![
+                ("b".into(), "DOWN".into(), 1, "delete".into()),
+                ("a".into(), "UP".into(), 2, "upsert".into())
+            ]
+        );
+        assert_eq!(
+            rows(&m.live(Vec::new()).unwrap()),
+            vec![("a".into(), "UP".into(), 2)]
+        );
+        // point queries see the rebuilt index
+        let key: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        assert_eq!(m.live_index().unwrap().lookup(&[key]).unwrap(), vec![0]);
+        // a late event for b starts it afresh
+        w.process(&p, &events(&[("b", "UP", 4)]), &[], &mut dead)
+            .unwrap();
+        barrier(&mut m, &mut [&mut w]);
+        let third = changelog(&m.barrier_rows().unwrap());
+        assert_eq!(third, vec![("b".into(), "UP".into(), 1, "upsert".into())]);
+        // a restore gives the same view; nothing is sent again
+        let saved = m.snapshot().unwrap();
+        let mut m2 = ViewMerger::new(config).unwrap();
+        assert!(m2.restore(&saved).unwrap());
+        assert_eq!(
+            rows(&m2.live(Vec::new()).unwrap()),
+            rows(&m.live(Vec::new()).unwrap())
+        );
+        assert!(m2.barrier_rows().unwrap().is_empty());
+        // b expires again once the watermark passes 4 + 5
+        m2.emit(20).unwrap();
+        let last = changelog(&m2.emit(WATERMARK_END).unwrap());
+        assert_eq!(
+            last,
+            vec![
+                ("a".into(), "UP".into(), 2, "delete".into()),
+                ("b".into(), "UP".into(), 1, "delete".into())
+            ]
+        );
+        assert!(dead.is_empty());
+    }
+
     #[test]
     fn first_value_keeps_the_earliest_event_across_workers_and_folds() {
         let base = config();
@@ -766,6 +1045,8 @@ mod tests {
             input_schema: schema.clone(),
             predicate: None,
             keys: base.keys.clone(),
+            retain_ms: None,
+            changelog: true,
         });
         let p = partition();
         let mut w1 = ViewWorker::new(config.clone()).unwrap();
@@ -867,6 +1148,8 @@ mod tests {
             predicate: Some(predicate),
             keys: base.keys.clone(),
             aggregates: base.aggregates.clone(),
+            retain_ms: None,
+            changelog: true,
         });
         let p = partition();
         let mut w = ViewWorker::new(config.clone()).unwrap();

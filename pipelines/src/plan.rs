@@ -381,8 +381,6 @@ pub struct Plan {
     pub tracing: Option<PlannedTracing>,
     /// Checkpointing, when configured.
     pub checkpoint: Option<PlannedCheckpoint>,
-    /// Sections parsed and checked but not available in this version: `run` refuses them.
-    pub unavailable: Vec<PipelineError>,
 }
 
 /// Where and how often a pipeline checkpoints.
@@ -791,7 +789,6 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             format!("bad pipeline name `{name}`: use lowercase letters, digits, `_` and `-`"),
         ));
     }
-    let mut unavailable = Vec::new();
     let parallelism = match &doc.parallelism {
         Some(p) if p.value == 0 || p.value > 256 => {
             return Err(ctx.err(&p.referenced, "parallelism must be between 1 and 256"))
@@ -1206,12 +1203,6 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             &src_info,
             &mut columns,
         )?;
-        if d.retain.is_some() {
-            unavailable.push(ctx.err(
-                &v.referenced,
-                format!("view `{vname}`: `retain` (expiring keys) is not available yet in this version of weir"),
-            ));
-        }
         view_plans.push(ViewPlan {
             name: vname,
             doc: d,
@@ -1469,12 +1460,20 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         let input = sources[v.source].output_schema.clone();
         let (predicate, aggregates) =
             compile_output(&compiler, ctx, d.filter.as_ref(), &d.aggregates, &input)?;
-        let config = Arc::new(ViewConfig {
+        let config = ViewConfig {
             name: v.name.to_string(),
             input_schema: input,
             predicate,
             keys: d.key.value.iter().map(|k| k.value.clone()).collect(),
             aggregates,
+            retain_ms: None,
+            changelog: !d.sinks.is_empty(),
+        };
+        let config = Arc::new(match d.retain {
+            Some(r) => config
+                .with_retain(r.0 as i64, &compiler)
+                .map_err(|e| ctx.err(&d.from.referenced, e))?,
+            None => config,
         });
         let schema = config
             .sink_schema()
@@ -1499,7 +1498,6 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         tracing,
         serve,
         checkpoint,
-        unavailable,
     })
 }
 
@@ -1704,13 +1702,19 @@ impl Plan {
                 c.name,
                 view_definition(c, &self.sources[v.source].name)
             );
-            for a in &c.aggregates {
+            for a in c.visible() {
                 let _ = writeln!(s, "    {}", aggregate_definition(a));
+            }
+            if let Some(ms) = c.retain_ms {
+                let _ = writeln!(
+                    s,
+                    "    retain: {ms} ms (a key whose newest event is this much older than the watermark leaves the view)"
+                );
             }
             if !v.sinks.is_empty() {
                 let _ = writeln!(
                     s,
-                    "    sinks: {} (changed keys as upserts at every snapshot, with op; every key as op = snapshot when a bounded run ends)",
+                    "    sinks: {} (changed keys as upserts at every snapshot, with op; expired keys as op = delete; every key as op = snapshot when a bounded run ends)",
                     v.sinks
                         .iter()
                         .map(|i| self.sinks[*i].name.as_str())
@@ -1866,9 +1870,6 @@ impl Plan {
                 "tracing: logs only (add `tracing: {{ otlp: URL }}` to export spans)"
             ),
         };
-        for u in &self.unavailable {
-            let _ = writeln!(s, "not available yet: {u}");
-        }
         s
     }
 }

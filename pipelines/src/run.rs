@@ -17,7 +17,6 @@ use weir_sinks::{
 };
 use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
-use crate::error::PipelineError;
 use crate::plan::{DeadLetterTarget, Plan, PlannedCheckpoint, SinkTarget, SourceInput};
 
 /// Called with the summary when the job finished, before [`RunOptions::keep_serving`] waits.
@@ -55,9 +54,6 @@ const DEFAULT_REFRESH_MS: u64 = 1_000;
 /// Why a run did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The pipeline uses parts this version does not have (a user error).
-    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Unavailable(Vec<PipelineError>),
     /// The checkpoint folder holds state of another version of the pipeline (a user error).
     #[error("{0}")]
     IncompatibleState(String),
@@ -112,9 +108,6 @@ pub fn parallelism(plan: &Plan, opts: &RunOptions) -> usize {
 
 /// Runs a plan until its sources end (or `opts.stop`).
 pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
-    if !plan.unavailable.is_empty() {
-        return Err(RunError::Unavailable(plan.unavailable));
-    }
     let n = parallelism(&plan, &opts);
     let checkpoint = match &plan.checkpoint {
         Some(c) => Some(open_checkpoint(&plan, c)?),

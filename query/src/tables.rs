@@ -7,7 +7,8 @@ use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
 };
 use arrow::compute::{filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -216,6 +217,7 @@ impl StatusTable {
             Field::new("watermark", ts.clone(), true),
             Field::new("max_event_time", ts.clone(), true),
             Field::new("ended", DataType::Boolean, false),
+            Field::new("lag", DataType::Int64, true),
             Field::new("events_in", DataType::UInt64, false),
             Field::new("bad", DataType::UInt64, false),
             Field::new("late", DataType::UInt64, false),
@@ -253,6 +255,7 @@ impl StatusTable {
             ts(p.iter().map(|x| x.watermark).collect()),
             ts(p.iter().map(|x| x.newest).collect()),
             Arc::new(BooleanArray::from_iter(p.iter().map(|x| Some(x.ended)))),
+            Arc::new(Int64Array::from_iter(p.iter().map(|x| x.lag))),
             repeat(counter("records_in")),
             repeat(counter("bad")),
             repeat(sum_prefix("late/")),

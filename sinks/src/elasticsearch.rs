@@ -494,6 +494,13 @@ impl ElasticsearchSink {
             self.ensure_index(index, &doc_batch.schema())?;
         }
         let prefix = format!("{}/{}/", self.config.pipeline, self.config.output);
+        let ops = self
+            .config
+            .view_keys
+            .and(batch.column_by_name("op"))
+            .and_then(|c| c.as_string_opt::<i32>())
+            .cloned();
+        let deleted = |row: usize| ops.as_ref().is_some_and(|o| o.value(row) == "delete");
         let (pending, keys) = (&mut self.pending, &self.keys);
         let mut id = String::new();
         for_each_json_row(&doc_batch, &mut self.line, |row, source| {
@@ -513,14 +520,22 @@ impl ElasticsearchSink {
             }
             let b = &mut pending.bytes;
             let doc_start = b.len();
-            b.extend_from_slice(b"{\"index\":{\"_index\":");
+            let delete = deleted(row);
+            // an expired view key: its document goes (the action line alone)
+            b.extend_from_slice(if delete {
+                b"{\"delete\":{\"_index\":"
+            } else {
+                b"{\"index\":{\"_index\":"
+            });
             json_string(b, &row_index[row]);
             b.extend_from_slice(b",\"_id\":");
             json_string(b, &id);
             b.extend_from_slice(b"}}\n");
-            let source_start = b.len();
-            b.extend_from_slice(source);
-            b.push(b'\n');
+            let source_start = if delete { doc_start } else { b.len() };
+            if !delete {
+                b.extend_from_slice(source);
+                b.push(b'\n');
+            }
             pending.docs.push(Doc {
                 index: row_index[row].clone(),
                 start: doc_start,
@@ -719,8 +734,11 @@ impl ElasticsearchSink {
                     .cloned()
                     .unwrap_or(Value::Null);
                 let status = r["status"].as_u64().unwrap_or(0);
+                let gone = item.get("delete").is_some() && r["result"] == "not_found";
                 match status {
                     200..=299 => ItemOutcome::Done,
+                    // deleting a document that is not there: what the delete wanted
+                    404 if gone => ItemOutcome::Done,
                     429 | 500..=599 | 0 => {
                         ItemOutcome::Retry(format!("{status} {}", es_reason(&r)))
                     }

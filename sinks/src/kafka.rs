@@ -1,5 +1,6 @@
 //! Kafka sinks: result rows and dead letters as messages.
 
+use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::{DeadLetter, EngineError, ErrorInfo, RejectedRow};
@@ -202,6 +203,15 @@ impl KafkaSink {
         })
         .map_err(|e| e.to_string())?;
         self.avro_writer(batch)?;
+        // a view's rows carry `op`; `delete` rows are followed by a tombstone
+        let ops = schema
+            .metadata()
+            .contains_key(weir_engine::KEYS_METADATA)
+            .then(|| batch.column_by_name("op"))
+            .flatten()
+            .and_then(|c| c.as_string_opt::<i32>())
+            .cloned();
+        let deleted = |row: usize| ops.as_ref().is_some_and(|o| o.value(row) == "delete");
         let mut refused = Vec::new();
         let topic = self.config.topic.clone();
         // the trace of the write, when spans are exported: consumers can join it
@@ -218,7 +228,14 @@ impl KafkaSink {
                 crate::avro::encode_row(batch, row, &mut self.value, &mut text);
                 let start = if row == 0 { 0 } else { self.key_ends[row - 1] };
                 let key = &self.keys[start..self.key_ends[row]];
-                match self.producer.send(&topic, Some(key), &self.value, &headers) {
+                match self
+                    .producer
+                    .send(&topic, Some(key), Some(&self.value), &headers)
+                {
+                    Ok(()) if deleted(row) => self
+                        .producer
+                        .send(&topic, Some(key), None, &headers)
+                        .map_err(|e| e.to_string())?,
                     Ok(()) => {}
                     Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
                         refused.push((code, message, key.to_vec(), self.value.clone()))
@@ -232,7 +249,13 @@ impl KafkaSink {
             for_each_json_row(batch, &mut self.value, |row, value| {
                 let start = if row == 0 { 0 } else { key_ends[row - 1] };
                 let key = &keys[start..key_ends[row]];
-                match producer.send(&topic, Some(key), value, &headers) {
+                let sent = producer.send(&topic, Some(key), Some(value), &headers);
+                // an expired view key: its last row, then a tombstone for compaction
+                let sent = match sent {
+                    Ok(()) if deleted(row) => producer.send(&topic, Some(key), None, &headers),
+                    other => other,
+                };
+                match sent {
                     Ok(()) => Ok(()),
                     Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
                         refused.push((code, message, key.to_vec(), value.to_vec()));
@@ -364,7 +387,7 @@ impl DeadLetterKafka {
             match self.producer.send(
                 &self.config.topic,
                 Some(key.as_bytes()),
-                &self.value,
+                Some(&self.value),
                 &headers,
             ) {
                 Ok(()) => return Ok(()),

@@ -1035,7 +1035,7 @@ mod tests {
                 .send(
                     "events",
                     Some(key.as_bytes()),
-                    format!("{{\"i\":{i}}}").as_bytes(),
+                    Some(format!("{{\"i\":{i}}}").as_bytes()),
                     &[("trace_id", b"t")],
                 )
                 .unwrap();
