@@ -372,3 +372,44 @@ mod tests {
         assert!(compare(&e, &other, &["k"]).unwrap_err().contains("extra=1"));
     }
 }
+
+/// Service-health events for views with `retain: 60s` (max_out_of_orderness 1 s): the newest
+/// events are `old` at 0 s, `mid` at 30 s (DEGRADED, 2 events), `recent` at 100 s (DEGRADED, 2
+/// events) and `fresh` at 120 s (13 events), so `old` and `mid` expire and `recent` and
+/// `fresh` stay. Returns the NDJSON text.
+pub fn retain_events() -> String {
+    let t0: i64 = 1_700_000_000_000;
+    let mut lines = String::new();
+    let mut n = 0;
+    let mut event = |service: &str, at_s: i64, status: &str| {
+        n += 1;
+        lines.push_str(
+            &serde_json::json!({
+                "eventId": format!("e-{n}"),
+                "timestamp": t0 + at_s * 1000,
+                "serviceName": service,
+                "namespace": "data",
+                "healthStatus": status,
+                "latencyMs": at_s,
+                "errorRate": 0.0,
+                "message": null,
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    };
+    for at in (0..=120).step_by(10) {
+        event("fresh", at, "HEALTHY");
+        match at {
+            0 => {
+                event("old", at, "UNHEALTHY");
+                event("mid", at, "HEALTHY");
+                event("recent", at, "HEALTHY");
+            }
+            30 => event("mid", at, "DEGRADED"),
+            100 => event("recent", at, "DEGRADED"),
+            _ => {}
+        }
+    }
+    lines
+}

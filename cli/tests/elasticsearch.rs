@@ -539,3 +539,86 @@ fn wrong_credentials_fail_the_run_with_the_clusters_answer() {
     assert!(err.contains("security_exception"), "{err}");
     assert!(!err.contains("not-the-key"), "the key was printed: {err}");
 }
+
+/// A view with `retain`: keys that expire lose their document (a bulk `delete`), here after a
+/// restore from the checkpoint of a first run that indexed them.
+#[test]
+fn expired_view_keys_lose_their_documents() {
+    let es = Es::for_test();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("retain");
+    let all = weir_tests::retain_events();
+    // the first run sees the events up to 30 s: every key is indexed
+    let first: String = all
+        .lines()
+        .filter(|l| {
+            let e: Value = serde_json::from_str(l).unwrap();
+            e["timestamp"].as_i64().unwrap() <= 1_700_000_030_000
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let input = dir.path().join("events.ndjson");
+    std::fs::write(&input, &first).unwrap();
+    let auth = es
+        .api_key
+        .as_ref()
+        .map(|k| format!(", api_key: \"{k}\""))
+        .unwrap_or_default();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: {name}
+sources:
+  health:
+    file: {{ path: events.ndjson }}
+    format: json
+    schema: service-health
+    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
+views:
+  service_status:
+    from: health
+    key: [serviceName]
+    retain: 60s
+    aggregates:
+      status: last_value(healthStatus ORDER BY timestamp)
+      checks: count(*)
+    sinks: [search]
+sinks:
+  search: {{ elasticsearch: {{ url: "{url}", index: "{name}"{auth} }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 1s }}
+"#,
+            url = es.url
+        ),
+    )
+    .unwrap();
+    let services = |es: &Es| -> Vec<(String, String, u64)> {
+        let mut d: Vec<_> = es
+            .documents(&name)
+            .into_iter()
+            .map(|(_, _, s)| {
+                (
+                    s["serviceName"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                    s["checks"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        d.sort();
+        d
+    };
+    run(&pipeline, &[]);
+    let names: Vec<String> = services(&es).into_iter().map(|s| s.0).collect();
+    assert_eq!(names, ["fresh", "mid", "old", "recent"]);
+    // the rest of the input, read after the restore: old and mid expire
+    std::fs::write(&input, &all).unwrap();
+    run(&pipeline, &[]);
+    assert_eq!(
+        services(&es),
+        vec![
+            ("fresh".to_string(), "HEALTHY".to_string(), 13),
+            ("recent".to_string(), "DEGRADED".to_string(), 2),
+        ]
+    );
+}

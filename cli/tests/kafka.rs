@@ -1141,3 +1141,78 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A view with `retain` on a topic: an expired key's last row (`op = delete`) is followed by
+/// a tombstone, so a compacted topic forgets the key; kept keys end with their snapshot.
+#[test]
+fn expired_view_keys_become_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = brokers();
+    let (input, output, group) = (unique("health"), unique("status"), unique("group"));
+    tool(&["create", &brokers, &input, "1"]);
+    tool(&["create", &brokers, &output, "1"]);
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(&events, weir_tests::retain_events()).unwrap();
+    tool(&["produce", &brokers, &input, events.to_str().unwrap()]);
+    run_caught_up(
+        dir.path(),
+        &format!(
+            r#"name: kafka-retain
+sources:
+  health:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: service-health
+    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
+views:
+  service_status:
+    from: health
+    key: [serviceName]
+    retain: 60s
+    aggregates:
+      status: last_value(healthStatus ORDER BY timestamp)
+      checks: count(*)
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ topic: {output} }} }}
+dead_letter: {{ file: {{ path: dead.ndjson }} }}
+"#
+        ),
+        &[],
+    );
+    let out = dir.path().join("out.ndjson");
+    tool(&[
+        "consume",
+        &brokers,
+        &output,
+        out.to_str().unwrap(),
+        "--keys",
+    ]);
+    let messages: Vec<(String, Value)> = read_ndjson(&out)
+        .into_iter()
+        .map(|m| (m["key"].as_str().unwrap().to_string(), m["value"].clone()))
+        .collect();
+    let key = |s: &str| serde_json::json!({ "serviceName": s }).to_string();
+    for gone in ["old", "mid"] {
+        let mine: Vec<&Value> = messages
+            .iter()
+            .filter(|(k, _)| *k == key(gone))
+            .map(|(_, v)| v)
+            .collect();
+        let n = mine.len();
+        assert!(n >= 2, "{gone}: {mine:?}");
+        assert_eq!(mine[n - 2]["op"], "delete", "{gone}: {mine:?}");
+        assert!(mine[n - 1].is_null(), "{gone}: no tombstone last: {mine:?}");
+    }
+    for kept in ["recent", "fresh"] {
+        let last = messages
+            .iter()
+            .filter(|(k, _)| *k == key(kept))
+            .map(|(_, v)| v)
+            .next_back()
+            .unwrap();
+        assert_eq!(last["op"], "snapshot", "{kept}: {last}");
+    }
+    let tombstones = messages.iter().filter(|(_, v)| v.is_null()).count();
+    assert_eq!(tombstones, 2, "{messages:?}");
+}

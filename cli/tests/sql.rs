@@ -704,39 +704,11 @@ fn a_view_stopped_and_restored_from_its_checkpoint_counts_every_event_once() {
 #[test]
 fn a_view_with_retain_drops_keys_not_updated_within_it() {
     let dir = tempfile::tempdir().unwrap();
-    let t0: i64 = 1_700_000_000_000;
-    let mut lines = String::new();
-    let mut event = |service: &str, at_s: i64, status: &str| {
-        lines.push_str(
-            &serde_json::json!({
-                "eventId": format!("e-{}", lines.len()),
-                "timestamp": t0 + at_s * 1000,
-                "serviceName": service,
-                "namespace": "data",
-                "healthStatus": status,
-                "latencyMs": at_s,
-                "errorRate": 0.0,
-                "message": null,
-            })
-            .to_string(),
-        );
-        lines.push('\n');
-    };
-    // newest events: old at 0 s, mid at 30 s, recent at 100 s, fresh at 120 s
-    for at in (0..=120).step_by(10) {
-        event("fresh", at, "HEALTHY");
-        match at {
-            0 => {
-                event("old", at, "UNHEALTHY");
-                event("mid", at, "HEALTHY");
-                event("recent", at, "HEALTHY");
-            }
-            30 => event("mid", at, "DEGRADED"),
-            100 => event("recent", at, "DEGRADED"),
-            _ => {}
-        }
-    }
-    std::fs::write(dir.path().join("events.ndjson"), lines).unwrap();
+    std::fs::write(
+        dir.path().join("events.ndjson"),
+        weir_tests::retain_events(),
+    )
+    .unwrap();
     let port = free_port();
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(

@@ -110,6 +110,19 @@ enum Phase {
 }
 
 /// DataFusion's refusals under [`SQLOptions`] that forbid changes.
+/// Plans `sql` in `ctx`, refusing anything but queries.
+async fn plan_in(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+    QueryEngine::options()
+        .verify_plan(&plan)
+        .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+    Ok(plan)
+}
+
 fn read_only_refusal(message: &str) -> bool {
     ["DDL", "DML", "Statement", "statement"]
         .iter()
@@ -158,12 +171,52 @@ pub struct QueryStats {
 }
 
 /// Plans and runs queries on a job's live state.
+///
+/// Planned queries run on a runtime of their own (CPU-bound DataFusion work), apart from the
+/// endpoints' I/O runtime: a long aggregate never holds up accepting connections or answering
+/// a point query, which the I/O runtime answers at once (see `point`).
 pub struct QueryEngine {
     base: SessionState,
     live: Arc<LiveState>,
     limits: QueryLimits,
     permits: Arc<Semaphore>,
+    executor: Executor,
     pub stats: QueryStats,
+}
+
+/// The runtime planned queries execute on; shut down in the background when dropped (it may
+/// be dropped on an async thread, where a blocking shutdown is not allowed).
+struct Executor(Option<tokio::runtime::Runtime>);
+
+impl Executor {
+    fn new() -> Result<Self, QueryError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weir-sql-exec")
+            .enable_time()
+            .build()
+            .map(|r| Executor(Some(r)))
+            .map_err(|e| QueryError::Execution(format!("starting the query runtime: {e}")))
+    }
+
+    fn spawn<F>(&self, work: F) -> Result<tokio::task::JoinHandle<F::Output>, QueryError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0
+            .as_ref()
+            .map(|r| r.spawn(work))
+            .ok_or_else(|| QueryError::Execution("the query runtime has stopped".into()))
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.shutdown_background();
+        }
+    }
 }
 
 impl QueryEngine {
@@ -195,6 +248,7 @@ impl QueryEngine {
             live,
             limits,
             permits,
+            executor: Executor::new()?,
             stats: QueryStats::default(),
         })
     }
@@ -252,14 +306,7 @@ impl QueryEngine {
     /// Plans `sql` (read-only) in a session pinned to the current snapshot.
     pub async fn plan(&self, sql: &str) -> Result<(SessionContext, LogicalPlan), QueryError> {
         let ctx = self.session()?;
-        let plan = ctx
-            .state()
-            .create_logical_plan(sql)
-            .await
-            .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
-        Self::options()
-            .verify_plan(&plan)
-            .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+        let plan = plan_in(&ctx, sql).await?;
         Ok((ctx, plan))
     }
 
@@ -319,8 +366,10 @@ impl QueryEngine {
                 return Ok(answer);
             }
         }
-        let work = async {
-            let (ctx, plan) = self.plan(sql).await?;
+        let ctx = self.session()?;
+        let sql = sql.to_string();
+        let work = async move {
+            let plan = plan_in(&ctx, &sql).await?;
             let plan = match params {
                 Some(p) => plan
                     .with_param_values(p)
@@ -338,9 +387,17 @@ impl QueryEngine {
                 .map_err(|e| QueryError::from_df(e, Phase::Run))?;
             Ok(QueryResult { schema, batches })
         };
-        let out = tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| QueryError::Timeout(timeout))?;
+        let task = self.executor.spawn(work)?;
+        let cancel = task.abort_handle();
+        let out = match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => Err(QueryError::Execution(format!("the query failed: {e}"))),
+            Err(_) => {
+                // stops the plan's streams where they are
+                cancel.abort();
+                Err(QueryError::Timeout(timeout))
+            }
+        };
         drop(permit);
         out
     }

@@ -167,7 +167,9 @@ def consume(args):
             continue
         if m.offset() + 1 >= ends[m.partition()]:
             done[m.partition()] = True
-        if args.avro_registry:
+        if m.value() is None:
+            value = None  # a tombstone
+        elif args.avro_registry:
             value = avro_value(m.value(), args.avro_registry)
         else:
             value = m.value().decode("utf-8", errors="replace") if args.raw else json.loads(m.value())
