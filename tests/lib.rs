@@ -339,40 +339,6 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn row(v: Value) -> Row {
-        v.as_object().unwrap().clone()
-    }
-
-    #[test]
-    fn compare_catches_every_kind_of_difference() {
-        let e = vec![row(
-            json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}),
-        )];
-        let good = vec![row(
-            json!({"k": "a", "window_start": "1970-01-01T00:01:00.000Z", "window_end": "1970-01-01T00:02:00.000Z", "n": 2, "avg": 0.5000000000001}),
-        )];
-        assert!(compare(&e, &good, &["k"]).is_ok());
-        let wrong = vec![row(
-            json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 3, "avg": 0.5}),
-        )];
-        assert!(compare(&e, &wrong, &["k"]).unwrap_err().contains("wrong=1"));
-        let dup = vec![good[0].clone(), good[0].clone()];
-        assert!(compare(&e, &dup, &["k"])
-            .unwrap_err()
-            .contains("duplicates=1"));
-        assert!(compare(&e, &[], &["k"]).unwrap_err().contains("missing=1"));
-        let other = vec![row(
-            json!({"k": "b", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}),
-        )];
-        assert!(compare(&e, &other, &["k"]).unwrap_err().contains("extra=1"));
-    }
-}
-
 /// Service-health events for views with `retain: 60s` (max_out_of_orderness 1 s): the newest
 /// events are `old` at 0 s, `mid` at 30 s (DEGRADED, 2 events), `recent` at 100 s (DEGRADED, 2
 /// events) and `fresh` at 120 s (13 events), so `old` and `mid` expire and `recent` and
@@ -412,4 +378,38 @@ pub fn retain_events() -> String {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(v: Value) -> Row {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn compare_catches_every_kind_of_difference() {
+        let e = vec![row(
+            json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}),
+        )];
+        let good = vec![row(
+            json!({"k": "a", "window_start": "1970-01-01T00:01:00.000Z", "window_end": "1970-01-01T00:02:00.000Z", "n": 2, "avg": 0.5000000000001}),
+        )];
+        assert!(compare(&e, &good, &["k"]).is_ok());
+        let wrong = vec![row(
+            json!({"k": "a", "window_start": 60000, "window_end": 120000, "n": 3, "avg": 0.5}),
+        )];
+        assert!(compare(&e, &wrong, &["k"]).unwrap_err().contains("wrong=1"));
+        let dup = vec![good[0].clone(), good[0].clone()];
+        assert!(compare(&e, &dup, &["k"])
+            .unwrap_err()
+            .contains("duplicates=1"));
+        assert!(compare(&e, &[], &["k"]).unwrap_err().contains("missing=1"));
+        let other = vec![row(
+            json!({"k": "b", "window_start": 60000, "window_end": 120000, "n": 2, "avg": 0.5}),
+        )];
+        assert!(compare(&e, &other, &["k"]).unwrap_err().contains("extra=1"));
+    }
 }

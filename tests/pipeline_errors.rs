@@ -423,3 +423,35 @@ fn avro_is_read_from_kafka_only() {
         "{e}"
     );
 }
+
+#[test]
+fn kafka_delivery_is_checked() {
+    let sink = "out: { file: { path: out/w.ndjson } }";
+    let e = error_of(sink, "out: { kafka: { topic: t, delivery: exactly_once } }");
+    assert!(
+        e.contains("`delivery: exactly_once` commits one Kafka transaction per checkpoint: add `checkpoint:"),
+        "{e}"
+    );
+    let e = error_of(sink, "out: { kafka: { topic: t, delivery: twice } }");
+    assert!(e.contains("unknown delivery `twice`"), "{e}");
+    let e = error_of(sink, "out: { kafka: { topic: t, transactional_id: x } }");
+    assert!(
+        e.contains("`transactional_id` is for `delivery: exactly_once`"),
+        "{e}"
+    );
+    // with checkpoints: accepted, and `validate` says how it delivers
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
+    let text = GOOD.replacen(
+        sink,
+        "out: { kafka: { topic: t, delivery: exactly_once } }\ncheckpoint: { dir: state }",
+        1,
+    );
+    std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+    let plan = load(&dir.path().join("p.yaml")).unwrap();
+    let shown = plan.describe(1);
+    assert!(
+        shown.contains("delivery exactly_once: one Kafka transaction per checkpoint (transactional id `errors.out`)"),
+        "{shown}"
+    );
+}

@@ -29,6 +29,15 @@ pub enum KafkaError {
         topic: String,
         message: String,
     },
+    /// A transaction call failed; `fatal` when the producer can no longer be used (fenced by
+    /// a newer instance with the same transactional id, or a broker without transactions).
+    #[error("kafka ({brokers}): {what}: {message}")]
+    Transaction {
+        brokers: String,
+        what: String,
+        message: String,
+        fatal: bool,
+    },
     /// The broker (or the client's own limits) refuses this message for good: sending it
     /// again cannot succeed.
     #[error("kafka ({brokers}): `{topic}` refuses the message: {message}")]

@@ -9,6 +9,6 @@ mod ranges;
 mod registry;
 
 pub use client::{client_config, create_topic, partition_counts, KafkaError};
-pub use producer::Producer;
+pub use producer::{committed_marker, Producer, TxnMarker};
 pub use ranges::{offset_ranges, OffsetRange};
 pub use registry::RegistryClient;

@@ -4,10 +4,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::Message;
+use rdkafka::TopicPartitionList;
 
 use crate::client::{client_config, KafkaError};
 
@@ -176,6 +178,60 @@ impl Producer {
         }
     }
 
+    /// Registers the producer's `transactional.id` with the brokers: a previous instance with
+    /// the same id is fenced, and a transaction it left open is aborted.
+    pub fn init_transactions(&self) -> Result<(), KafkaError> {
+        self.inner
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| self.txn_error("initialising transactions", e))
+    }
+
+    /// Starts a transaction: what is sent until [`Producer::commit_transaction`] becomes
+    /// visible to `read_committed` readers at once, or never.
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.inner
+            .begin_transaction()
+            .map_err(|e| self.txn_error("beginning a transaction", e))
+    }
+
+    /// Commits the open transaction, with `marker` in it: offset `epoch` of partition 0 of
+    /// `topic` for consumer group `group` (read back by [`committed_marker`]), so that whether
+    /// the transaction committed can be known after a crash.
+    pub fn commit_transaction(&self, marker: &TxnMarker, epoch: u64) -> Result<(), KafkaError> {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&marker.topic, 0, rdkafka::Offset::Offset(epoch as i64))
+            .map_err(|e| self.txn_error("marking the transaction", e))?;
+        self.inner
+            .send_offsets_to_transaction(&offsets, &marker.metadata, TXN_TIMEOUT)
+            .map_err(|e| self.txn_error("marking the transaction", e))?;
+        self.inner
+            .commit_transaction(TXN_TIMEOUT)
+            .map_err(|e| self.txn_error("committing the transaction", e))
+    }
+
+    /// Aborts the open transaction: nothing sent in it becomes visible.
+    pub fn abort_transaction(&self) -> Result<(), KafkaError> {
+        // the abort waits for the messages in flight, whose reports only polling serves
+        let _ = self.inner.flush(self.flush_timeout);
+        self.inner
+            .abort_transaction(TXN_TIMEOUT)
+            .map_err(|e| self.txn_error("aborting the transaction", e))
+    }
+
+    fn txn_error(&self, what: &str, e: RdError) -> KafkaError {
+        let fatal = match &e {
+            RdError::Transaction(t) => t.is_fatal(),
+            _ => false,
+        };
+        KafkaError::Transaction {
+            brokers: self.brokers.clone(),
+            what: what.to_string(),
+            message: e.to_string(),
+            fatal,
+        }
+    }
+
     /// The messages the broker refused for good since the last call (reported by delivery
     /// results, so known after [`Producer::flush`]).
     pub fn take_refused(&self) -> Vec<RefusedMessage> {
@@ -211,6 +267,67 @@ impl Producer {
             message: message.to_string(),
         }
     }
+}
+
+/// How long a transaction call may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a transactional sink records the epoch of each committed transaction: the committed
+/// offset of partition 0 of `topic` for the consumer group `group` (no one consumes with it),
+/// committed inside the transaction itself.
+pub struct TxnMarker {
+    pub group: String,
+    pub topic: String,
+    metadata: rdkafka::consumer::ConsumerGroupMetadata,
+}
+
+impl TxnMarker {
+    /// The marker of group `group` on `topic`.
+    pub fn new(brokers: &str, group: &str, topic: &str) -> Result<Self, KafkaError> {
+        let err = |message: String| KafkaError::Transaction {
+            brokers: brokers.to_string(),
+            what: format!("preparing the marker group `{group}`"),
+            message,
+            fatal: true,
+        };
+        let consumer: BaseConsumer = client_config(brokers, &[])
+            .set("group.id", group)
+            .create()
+            .map_err(|e| err(e.to_string()))?;
+        let metadata = consumer
+            .group_metadata()
+            .ok_or_else(|| err("no consumer group metadata".into()))?;
+        Ok(TxnMarker {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            metadata,
+        })
+    }
+}
+
+/// The epoch of the last transaction committed with `marker`, `None` before the first.
+pub fn committed_marker(
+    brokers: &str,
+    properties: &[(String, String)],
+    marker: &TxnMarker,
+) -> Result<Option<u64>, KafkaError> {
+    let err = |source| KafkaError::Client {
+        brokers: brokers.to_string(),
+        what: format!("reading the committed epoch of group `{}`", marker.group),
+        source: Box::new(source),
+    };
+    let consumer: BaseConsumer = client_config(brokers, properties)
+        .set("group.id", &marker.group)
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(err)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&marker.topic, 0);
+    let committed = consumer.committed_offsets(tpl, TXN_TIMEOUT).map_err(err)?;
+    Ok(committed.elements().first().and_then(|e| match e.offset() {
+        rdkafka::Offset::Offset(o) if o >= 0 => Some(o as u64),
+        _ => None,
+    }))
 }
 
 #[cfg(test)]

@@ -277,8 +277,13 @@ pub struct KafkaSinkDoc {
     pub topic: String,
     #[serde(default)]
     pub properties: IndexMap<String, String>,
+    /// `idempotent` (the default) or `exactly_once` (Kafka transactions; needs checkpoints).
     #[serde(default)]
     pub delivery: Option<String>,
+    /// The transactional id of `exactly_once` (default `<pipeline>.<sink>`): unique per
+    /// running sink, the same across its restarts.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
     /// Schema registry of `format: avro` (Confluent wire format); plain Avro without it.
     #[serde(default)]
     pub schema_registry: Option<String>,

@@ -15,7 +15,8 @@ use weir_engine::retry::RetryPolicy;
 use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{CompiledAggregate, SqlCompiler, TimeMode, ViewConfig, WindowConfig};
 use weir_sinks::{
-    ElasticsearchConfig, EsAuth, FileFormat, IndexTemplate, KafkaFormat, KafkaSinkConfig,
+    ElasticsearchConfig, EsAuth, FileFormat, IndexTemplate, KafkaDelivery, KafkaFormat,
+    KafkaSinkConfig,
 };
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
@@ -142,9 +143,15 @@ fn default_brokers(doc: &PipelineDoc) -> String {
         .unwrap_or_else(|| "127.0.0.1:9092".to_string())
 }
 
-fn kafka_sink_config(doc: &PipelineDoc, k: &KafkaSinkDoc, format: KafkaFormat) -> KafkaSinkConfig {
+fn kafka_sink_config(
+    doc: &PipelineDoc,
+    k: &KafkaSinkDoc,
+    format: KafkaFormat,
+    delivery: KafkaDelivery,
+) -> KafkaSinkConfig {
     KafkaSinkConfig {
         format,
+        delivery,
         brokers: k.brokers.clone().unwrap_or_else(|| default_brokers(doc)),
         topic: k.topic.clone(),
         properties: k
@@ -1069,7 +1076,39 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             if k.value.topic.is_empty() {
                 return Err(ctx.err(&k.referenced, format!("sink `{kname}`: `topic` is empty")));
             }
-            SinkTarget::Kafka(kafka_sink_config(&doc, &k.value, format))
+            let delivery = match k.value.delivery.as_deref() {
+                None | Some("idempotent") => {
+                    if k.value.transactional_id.is_some() {
+                        return Err(ctx.err(
+                            &k.referenced,
+                            format!("sink `{kname}`: `transactional_id` is for `delivery: exactly_once`"),
+                        ));
+                    }
+                    KafkaDelivery::Idempotent
+                }
+                Some("exactly_once") => {
+                    if doc.checkpoint.is_none() {
+                        return Err(ctx.err(
+                            &k.referenced,
+                            format!("sink `{kname}`: `delivery: exactly_once` commits one Kafka transaction per checkpoint: add `checkpoint: {{ dir: … }}`"),
+                        ));
+                    }
+                    KafkaDelivery::ExactlyOnce {
+                        transactional_id: k
+                            .value
+                            .transactional_id
+                            .clone()
+                            .unwrap_or_else(|| format!("{}.{kname}", doc.name.value)),
+                    }
+                }
+                Some(other) => {
+                    return Err(ctx.err(
+                        &k.referenced,
+                        format!("sink `{kname}`: unknown delivery `{other}`: use `idempotent` or `exactly_once`"),
+                    ))
+                }
+            };
+            SinkTarget::Kafka(kafka_sink_config(&doc, &k.value, format, delivery))
         } else if let Some(i) = &v.iceberg {
             let d = &i.value;
             let at = |m: String| ctx.err(&i.referenced, format!("sink `{kname}`: {m}"));
@@ -1333,7 +1372,18 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 if k.value.topic.is_empty() {
                     return Err(ctx.err(&k.referenced, "dead_letter: `topic` is empty"));
                 }
-                DeadLetterTarget::Kafka(kafka_sink_config(&doc, &k.value, KafkaFormat::Json))
+                if k.value.delivery.is_some() || k.value.transactional_id.is_some() {
+                    return Err(ctx.err(
+                        &k.referenced,
+                        "dead_letter: a dead-letter topic is written idempotently (keyed by source, partition and offset); `delivery` is for sinks",
+                    ));
+                }
+                DeadLetterTarget::Kafka(kafka_sink_config(
+                    &doc,
+                    &k.value,
+                    KafkaFormat::Json,
+                    KafkaDelivery::Idempotent,
+                ))
             }
             _ => {
                 return Err(ctx.err(
@@ -1753,13 +1803,19 @@ impl Plan {
                             KafkaFormat::Avro { registry: Some(r) } =>
                                 format!("avro, registry {r}"),
                         }
-                    ) + if checkpointed {
-                        "; delivery idempotent: keyed by key + window_start, a row re-sent after a \
+                    ) + match (&k.delivery, checkpointed) {
+                        (KafkaDelivery::ExactlyOnce { transactional_id }, _) => format!(
+                            "; delivery exactly_once: one Kafka transaction per checkpoint \
+                             (transactional id `{transactional_id}`), rows visible to \
+                             read_committed readers once, after their checkpoint"
+                        ),
+                        (KafkaDelivery::Idempotent, true) => "; delivery idempotent: keyed by key + window_start, a row re-sent after a \
                      restore is byte-identical (a compacted topic or a key-deduplicating reader \
-                     sees each window once)"
-                    } else {
-                        "; at least once: offsets are committed after rows are acknowledged"
-                    }
+                     sees each window once)".to_string(),
+                        (KafkaDelivery::Idempotent, false) => {
+                            "; at least once: offsets are committed after rows are acknowledged".to_string()
+                        }
+                    }.as_str()
                 }
                 SinkTarget::Iceberg(t) => format!(
                     "iceberg table {} in catalog `{}` ({}), warehouse {}, partitioned by {}; {}",

@@ -193,6 +193,7 @@ impl Executor {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("weir-sql-exec")
+            .on_thread_start(lower_priority)
             .enable_time()
             .build()
             .map(|r| Executor(Some(r)))
@@ -208,6 +209,17 @@ impl Executor {
             .as_ref()
             .map(|r| r.spawn(work))
             .ok_or_else(|| QueryError::Execution("the query runtime has stopped".into()))
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice 5): when the machine is busy, ingestion and
+/// the endpoints' I/O go first, and long queries take what is left.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its integer arguments; on Linux, `who = 0` with
+    // PRIO_PROCESS names the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 5);
     }
 }
 

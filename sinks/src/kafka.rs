@@ -44,6 +44,19 @@ pub struct KafkaSinkConfig {
     /// librdkafka properties, passed as given (they override weir's defaults).
     pub properties: Vec<(String, String)>,
     pub format: KafkaFormat,
+    pub delivery: KafkaDelivery,
+}
+
+/// How a Kafka sink delivers rows under checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaDelivery {
+    /// Rows flushed at each barrier; a restore may send some again, byte-identical and keyed
+    /// by key + `window_start`, so a compacted topic or a key-deduplicating reader sees each
+    /// once (the default).
+    Idempotent,
+    /// One Kafka transaction per checkpoint under `transactional_id` (see [`KafkaSink`]):
+    /// `read_committed` readers see every row exactly once.
+    ExactlyOnce { transactional_id: String },
 }
 
 /// How rows are encoded in messages.
@@ -83,15 +96,77 @@ pub struct KafkaSink {
     write_failed: bool,
     /// Rows refused for good, for the dead-letter output.
     rejected: Vec<RejectedRow>,
+    /// `delivery: exactly_once`: the transaction's state.
+    txn: Option<Txn>,
+}
+
+/// A transactional sink's state. Rows go into the open transaction as they come. At
+/// checkpoint E's barrier the transaction is flushed (*prepared*), and its rows go into the
+/// checkpoint as an outbox; when the checkpoint is complete it commits, together with a
+/// marker (the epoch E as the committed offset of group `weir-txn.<id>`). Rows written
+/// between the barrier and the commit wait, since a producer has one transaction at a time.
+///
+/// After a crash, librdkafka cannot resume a transaction, so recovery aborts it (by
+/// registering the same transactional id again, which also fences a zombie instance) and,
+/// when the marker says the restored checkpoint's transaction never committed, sends its
+/// outbox again in a new transaction: nothing is lost, nothing is committed twice.
+struct Txn {
+    id: String,
+    marker: weir_kafka::TxnMarker,
+    /// `init_transactions` was called on the current producer.
+    ready: bool,
+    /// A transaction is open on the producer.
+    open: bool,
+    /// The epoch whose barrier prepared the open transaction.
+    prepared: Option<u64>,
+    /// Rows written after the prepared transaction's barrier.
+    waiting: Vec<RecordBatch>,
+    /// Reads the marker's epoch in tests: librdkafka's mock cluster acknowledges
+    /// transactional offset commits without storing them.
+    #[cfg(test)]
+    marker_reader: Option<Box<dyn Fn() -> Option<u64> + Send>>,
+}
+
+impl Txn {
+    /// The epoch of the last transaction that committed.
+    fn committed_epoch(
+        &self,
+        config: &KafkaSinkConfig,
+    ) -> Result<Option<u64>, weir_kafka::KafkaError> {
+        #[cfg(test)]
+        if let Some(read) = &self.marker_reader {
+            return Ok(read());
+        }
+        weir_kafka::committed_marker(&config.brokers, &config.properties, &self.marker)
+    }
 }
 
 impl KafkaSink {
     /// A sink named `name`.
     pub fn new(name: &str, config: KafkaSinkConfig) -> Result<Self, EngineError> {
         ensure_topic(&config).map_err(|e| EngineError::sink(name, e))?;
-        let producer = Producer::new(&config.brokers, &config.properties)
+        let producer = Producer::new(&config.brokers, &producer_properties(&config))
             .map_err(|e| EngineError::sink(name, e))?;
+        let txn = match &config.delivery {
+            KafkaDelivery::Idempotent => None,
+            KafkaDelivery::ExactlyOnce { transactional_id } => Some(Txn {
+                marker: weir_kafka::TxnMarker::new(
+                    &config.brokers,
+                    &format!("weir-txn.{transactional_id}"),
+                    &config.topic,
+                )
+                .map_err(|e| EngineError::sink(name, e))?,
+                id: transactional_id.clone(),
+                ready: false,
+                open: false,
+                prepared: None,
+                waiting: Vec::new(),
+                #[cfg(test)]
+                marker_reader: None,
+            }),
+        };
         Ok(KafkaSink {
+            txn,
             name: name.to_string(),
             config,
             producer,
@@ -113,15 +188,21 @@ impl KafkaSink {
         EngineError::sink(&self.name, e).unavailable()
     }
 
-    /// After a failure: a new producer, and every unacknowledged batch sent again.
+    /// After a failure: a new producer, and every unacknowledged batch sent again (for a
+    /// transactional sink: the transaction aborted, and its rows sent again in a new one).
     fn rebuild(&mut self) -> Result<(), EngineError> {
         if !self.broken {
             return Ok(());
         }
-        let producer = Producer::new(&self.config.brokers, &self.config.properties)
+        let producer = Producer::new(&self.config.brokers, &producer_properties(&self.config))
             .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
         // the old producer's queue is purged when it is dropped here
         self.producer = producer;
+        if let Some(t) = self.txn.as_mut() {
+            t.ready = false;
+            t.open = false;
+            self.begin()?;
+        }
         tracing::info!(sink = %self.name, batches = self.unacked.len(), "kafka: sending the unacknowledged rows again");
         for batch in std::mem::take(&mut self.unacked) {
             let sent = self.send_batch(&batch);
@@ -129,6 +210,45 @@ impl KafkaSink {
             sent.map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
         }
         self.broken = false;
+        Ok(())
+    }
+
+    /// Makes sure a transaction is open on the producer (transactional sinks).
+    fn begin(&mut self) -> Result<(), EngineError> {
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        let err = |e: weir_kafka::KafkaError| {
+            let fatal = matches!(e, weir_kafka::KafkaError::Transaction { fatal: true, .. });
+            let e = EngineError::sink(&self.name, e);
+            if fatal {
+                e
+            } else {
+                e.unavailable()
+            }
+        };
+        if !t.ready {
+            self.producer.init_transactions().map_err(err)?;
+            t.ready = true;
+        }
+        if !t.open {
+            self.producer.begin_transaction().map_err(err)?;
+            t.open = true;
+        }
+        Ok(())
+    }
+
+    /// Sends rows inside the open transaction (transactional sinks), or as they come.
+    fn send_now(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        if let Err(e) = self.begin() {
+            self.broken = true;
+            return Err(e);
+        }
+        self.unacked.push(batch.clone());
+        if let Err(e) = self.send_batch(batch) {
+            self.write_failed = true;
+            return Err(self.failed(e));
+        }
         Ok(())
     }
 
@@ -283,12 +403,12 @@ impl Sink for KafkaSink {
             // this batch failed before and was just sent again with the others
             return Ok(());
         }
-        self.unacked.push(batch.clone());
-        if let Err(e) = self.send_batch(batch) {
-            self.write_failed = true;
-            return Err(self.failed(e));
+        if let Some(t) = self.txn.as_mut().filter(|t| t.prepared.is_some()) {
+            // the prepared transaction waits for its checkpoint: this row goes in the next
+            t.waiting.push(batch.clone());
+            return Ok(());
         }
-        Ok(())
+        self.send_now(batch)
     }
 
     fn flush(&mut self) -> Result<bool, EngineError> {
@@ -300,17 +420,158 @@ impl Sink for KafkaSink {
         if let Err(e) = flushed {
             return Err(self.failed(e));
         }
+        if self.txn.is_some() {
+            // acknowledged but not visible: the rows stay until their transaction commits
+            return Ok(false);
+        }
         self.unacked.clear();
         Ok(true)
     }
 
     fn finish(&mut self) -> Result<(), EngineError> {
-        self.flush().map(|_| ())
+        match &self.txn {
+            // rows after the last checkpoint are not committed: a restore produces them again
+            Some(t) if t.open && t.prepared.is_none() => {
+                tracing::info!(sink = %self.name, "kafka: aborting the transaction of the rows after the last checkpoint");
+                self.producer
+                    .abort_transaction()
+                    .map_err(|e| EngineError::sink(&self.name, e))
+            }
+            Some(_) => Ok(()),
+            None => self.flush().map(|_| ()),
+        }
+    }
+
+    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
+        let earlier = self.txn.as_ref().and_then(|t| t.prepared);
+        match earlier {
+            None if self.txn.is_none() => return self.flush().map(|_| serde_json::Value::Null),
+            // a later barrier means the earlier checkpoint completed (one at a time)
+            Some(p) if p < epoch => self.commit(p)?,
+            _ => {}
+        }
+        self.flush()?;
+        let outbox = outbox_encode(&self.unacked).map_err(|e| EngineError::sink(&self.name, e))?;
+        let rows: usize = self.unacked.iter().map(|b| b.num_rows()).sum();
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(serde_json::Value::Null);
+        };
+        // a transaction without rows stays open for the next epoch: nothing to commit
+        if t.open && rows > 0 {
+            t.prepared = Some(epoch);
+        }
+        Ok(serde_json::json!({
+            "transactional_id": t.id,
+            "epoch": epoch,
+            "rows": rows,
+            "outbox": outbox,
+        }))
+    }
+
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
+        self.rebuild()?;
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        let Some(prepared) = t.prepared.filter(|&p| p <= epoch) else {
+            return Ok(());
+        };
+        if let Err(e) = self.producer.commit_transaction(&t.marker, prepared) {
+            return Err(self.failed(e));
+        }
+        t.open = false;
+        t.prepared = None;
+        let waiting = std::mem::take(&mut t.waiting);
+        self.unacked.clear();
+        tracing::debug!(sink = %self.name, epoch = prepared, "kafka: transaction committed");
+        for batch in waiting {
+            self.send_now(&batch)?;
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        if self.txn.is_none() {
+            return Ok(());
+        }
+        // fences an older instance and aborts the transaction a crash left open
+        self.begin()?;
+        let Some((epoch, info)) = from else {
+            return Ok(());
+        };
+        let Some(outbox) = info["outbox"].as_str() else {
+            return Ok(());
+        };
+        let Some(t) = self.txn.as_ref() else {
+            return Ok(());
+        };
+        let committed = t
+            .committed_epoch(&self.config)
+            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        if committed.is_some_and(|c| c >= epoch) {
+            tracing::info!(sink = %self.name, epoch, "kafka: the restored checkpoint's transaction had committed");
+            return Ok(());
+        }
+        let batches = outbox_decode(outbox).map_err(|e| EngineError::sink(&self.name, e))?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        tracing::info!(sink = %self.name, epoch, rows, "kafka: the restored checkpoint's transaction did not commit; sending its rows again");
+        for batch in &batches {
+            self.send_now(batch)?;
+        }
+        if let Some(t) = self.txn.as_mut() {
+            t.prepared = Some(epoch);
+        }
+        self.commit(epoch)
     }
 
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
         std::mem::take(&mut self.rejected)
     }
+}
+
+/// The producer's properties: the sink's, with `transactional.id` for `exactly_once`.
+fn producer_properties(config: &KafkaSinkConfig) -> Vec<(String, String)> {
+    let KafkaDelivery::ExactlyOnce { transactional_id } = &config.delivery else {
+        return config.properties.clone();
+    };
+    // a transaction outlives a message's delivery timeout (120 s), unless the sink says else
+    let mut p = vec![("transaction.timeout.ms".to_string(), "180000".to_string())];
+    p.extend(config.properties.iter().cloned());
+    p.push(("transactional.id".into(), transactional_id.clone()));
+    p
+}
+
+/// Rows as an Arrow IPC stream in base64 (a transaction's outbox in the checkpoint's
+/// manifest); `None` when there are none.
+fn outbox_encode(batches: &[RecordBatch]) -> Result<Option<String>, arrow::error::ArrowError> {
+    use base64::Engine as _;
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &first.schema())?;
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    Ok(Some(
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+    ))
+}
+
+/// The rows of an outbox.
+fn outbox_decode(text: &str) -> Result<Vec<RecordBatch>, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("the checkpoint's outbox is not base64: {e}"))?;
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| format!("the checkpoint's outbox is unreadable: {e}"))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the checkpoint's outbox is unreadable: {e}"))
 }
 
 /// Dead letters as JSON messages (the same record as in a dead-letter file, original bytes
@@ -519,9 +780,121 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 format: KafkaFormat::Json,
+                delivery: KafkaDelivery::Idempotent,
             },
         )
         .unwrap()
+    }
+
+    /// A transactional sink with id `id` on the mock cluster's topic `t`.
+    fn txn_sink(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        id: &str,
+    ) -> KafkaSink {
+        KafkaSink::new(
+            "out",
+            KafkaSinkConfig {
+                brokers: mock.bootstrap_servers(),
+                topic: "t".into(),
+                properties: Vec::new(),
+                format: KafkaFormat::Json,
+                delivery: KafkaDelivery::ExactlyOnce {
+                    transactional_id: id.into(),
+                },
+            },
+        )
+        .unwrap()
+    }
+
+    fn count(keys: &[String], k: &str) -> usize {
+        keys.iter()
+            .filter(|x| x.contains(&format!("\"k\":\"{k}\"")))
+            .count()
+    }
+
+    /// A transactional sink whose marker reads `committed` (the epoch the test says the
+    /// broker committed last; the mock cluster does not store transactional offsets).
+    fn txn_sink_with(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        committed: &Arc<std::sync::Mutex<Option<u64>>>,
+    ) -> KafkaSink {
+        let mut s = txn_sink(mock, "p.out");
+        let c = committed.clone();
+        if let Some(t) = s.txn.as_mut() {
+            t.marker_reader = Some(Box::new(move || *c.lock().unwrap()));
+        }
+        s
+    }
+
+    /// The transactional protocol against librdkafka's mock cluster, which runs transactions
+    /// (init, begin, offsets in the transaction, commit, abort) but has no `read_committed`
+    /// isolation (aborted messages stay visible), no fencing, and does not store
+    /// transactional offsets: what is checked is what each call sends and commits, and what
+    /// recovery sends again given the marker.
+    #[test]
+    fn exactly_once_commits_a_transaction_per_checkpoint_and_recovery_completes_the_last() {
+        let mock = MockCluster::new(3).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let committed = Arc::new(std::sync::Mutex::new(None));
+        let mut s = txn_sink_with(&mock, &committed);
+        s.recover(None).unwrap();
+        s.write(&batch(&[("a", 1), ("b", 1)])).unwrap();
+        let info = s.pre_commit(1).unwrap();
+        assert_eq!(info["rows"], 2);
+        assert_eq!(info["transactional_id"], "p.out");
+        let outbox = outbox_decode(info["outbox"].as_str().unwrap()).unwrap();
+        assert_eq!(outbox[0].num_rows(), 2);
+        s.commit(1).unwrap();
+        // rows after a barrier wait for its commit; then they go in the next transaction
+        s.write(&batch(&[("c", 1)])).unwrap();
+        s.pre_commit(2).unwrap();
+        s.write(&batch(&[("d", 1)])).unwrap();
+        assert_eq!(count(&keys_in(&mock.bootstrap_servers(), "t"), "d"), 0);
+        // a barrier before the sink saw checkpoint 2 complete: 2 commits first, then d is
+        // prepared alone under 3
+        let info3 = s.pre_commit(3).unwrap();
+        assert_eq!(info3["rows"], 1, "{info3}");
+        *committed.lock().unwrap() = Some(2);
+        // crash: checkpoint 3 is complete, its transaction never committed; recovery aborts it
+        // and sends its outbox again in a committed transaction
+        drop(s);
+        let mut s = txn_sink_with(&mock, &committed);
+        s.recover(Some((3, &info3))).unwrap();
+        let keys = keys_in(&mock.bootstrap_servers(), "t");
+        // d twice: in the aborted transaction (visible here: the mock has no isolation) and
+        // in the new one
+        let counts = (count(&keys, "a"), count(&keys, "c"), count(&keys, "d"));
+        assert_eq!(counts, (1, 1, 2), "{keys:?}");
+        *committed.lock().unwrap() = Some(3);
+        // crash after the commit: recovery sends nothing again
+        s.write(&batch(&[("e", 1)])).unwrap();
+        let info4 = s.pre_commit(4).unwrap();
+        s.commit(4).unwrap();
+        *committed.lock().unwrap() = Some(4);
+        drop(s);
+        let mut s = txn_sink_with(&mock, &committed);
+        s.recover(Some((4, &info4))).unwrap();
+        assert_eq!(count(&keys_in(&mock.bootstrap_servers(), "t"), "e"), 1);
+        // an epoch without rows prepares nothing, and recovers nothing
+        let info5 = s.pre_commit(5).unwrap();
+        assert!(info5["outbox"].is_null(), "{info5}");
+        s.commit(5).unwrap();
+        s.recover(Some((5, &info5))).unwrap();
+        // rows after the last checkpoint are aborted when the sink finishes
+        s.write(&batch(&[("f", 1)])).unwrap();
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn exactly_once_needs_a_broker_with_transactions() {
+        // a broker without transactions: the mock without the InitProducerId API
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        mock.apiversion(rdkafka::types::RDKafkaApiKey::InitProducerId, None, None)
+            .unwrap();
+        let mut s = txn_sink(&mock, "p.out");
+        let e = s.recover(None).unwrap_err();
+        assert!(e.to_string().contains("transaction"), "{e}");
     }
 
     #[test]

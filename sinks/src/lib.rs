@@ -14,4 +14,4 @@ pub mod kafka;
 
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
-pub use kafka::{DeadLetterKafka, KafkaFormat, KafkaSink, KafkaSinkConfig};
+pub use kafka::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};

@@ -4,7 +4,8 @@
   kafka_tool.py create  BROKERS TOPIC PARTITIONS
   kafka_tool.py produce BROKERS TOPIC FILE [--key-field F] [--format json|avro|avro-confluent|cloudevents|envelope]
                         [--schema AVSC] [--schema-id N] [--header K=V ...]
-  kafka_tool.py consume BROKERS TOPIC OUT [--keys] [--raw]   all messages up to the current end, as NDJSON
+  kafka_tool.py consume BROKERS TOPIC OUT [--keys] [--raw] [--read-committed]
+                                                   all messages up to the current end, as NDJSON
   kafka_tool.py lag     BROKERS GROUP TOPIC              {"committed": N, "end": M, "lag": M - N} as JSON
   kafka_tool.py registry AVSC|- ID                       a schema registry serving AVSC as schema ID
                                                          (prints its port, then serves until killed)
@@ -142,7 +143,8 @@ def avro_value(raw, registry_url):
 
 def consume(args):
     c = Consumer({"bootstrap.servers": args.brokers, "group.id": "weir-tests-reader",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "isolation.level": "read_committed" if args.read_committed else "read_uncommitted"})
     md = c.list_topics(args.topic, timeout=30)
     parts = sorted(md.topics[args.topic].partitions)
     ends = {}
@@ -157,6 +159,12 @@ def consume(args):
     idle = 0
     while not all(done.values()):
         m = c.poll(1.0)
+        if args.read_committed:
+            # transaction markers and aborted messages are never delivered: the position says
+            # when a partition is read to its end
+            for tp in c.position([TopicPartition(args.topic, p) for p in ends]):
+                if tp.offset >= ends[tp.partition]:
+                    done[tp.partition] = True
         if m is None:
             idle += 1
             if idle > 120:
@@ -253,6 +261,8 @@ def main():
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("out")
     a.add_argument("--keys", action="store_true")
     a.add_argument("--raw", action="store_true", help="values as text, not parsed as JSON")
+    a.add_argument("--read-committed", action="store_true",
+                   help="only messages of committed transactions (isolation.level=read_committed)")
     a.add_argument("--avro-registry", help="values are Confluent-framed Avro: decode them")
     a = sub.add_parser("lag")
     a.add_argument("brokers"), a.add_argument("group"), a.add_argument("topic")
