@@ -339,6 +339,34 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A pipeline `name` of a `service_status` view with `retain: 60s` over service-health events
+/// read by `input` (`file: { path: … }` or `kafka: { … }`, max_out_of_orderness 1 s), its
+/// changelog to the sink `out` (`sink`: the sink's settings), then `rest` (dead letters,
+/// serve, checkpoint...). For [`retain_events`].
+pub fn retain_pipeline(name: &str, input: &str, sink: &str, rest: &str) -> String {
+    format!(
+        r#"name: {name}
+sources:
+  health:
+    {input}
+    format: json
+    schema: service-health
+    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
+views:
+  service_status:
+    from: health
+    key: [serviceName]
+    retain: 60s
+    aggregates:
+      status: last_value(healthStatus ORDER BY timestamp)
+      checks: count(*)
+    sinks: [out]
+sinks:
+  out: {sink}
+{rest}"#
+    )
+}
+
 /// Service-health events for views with `retain: 60s` (max_out_of_orderness 1 s): the newest
 /// events are `old` at 0 s, `mid` at 30 s (DEGRADED, 2 events), `recent` at 100 s (DEGRADED, 2
 /// events) and `fresh` at 120 s (13 events), so `old` and `mid` expire and `recent` and

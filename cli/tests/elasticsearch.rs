@@ -567,29 +567,14 @@ fn expired_view_keys_lose_their_documents() {
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
         &pipeline,
-        format!(
-            r#"name: {name}
-sources:
-  health:
-    file: {{ path: events.ndjson }}
-    format: json
-    schema: service-health
-    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
-views:
-  service_status:
-    from: health
-    key: [serviceName]
-    retain: 60s
-    aggregates:
-      status: last_value(healthStatus ORDER BY timestamp)
-      checks: count(*)
-    sinks: [search]
-sinks:
-  search: {{ elasticsearch: {{ url: "{url}", index: "{name}"{auth} }} }}
-dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
-checkpoint: {{ dir: state, interval: 1s }}
-"#,
-            url = es.url
+        weir_tests::retain_pipeline(
+            &name,
+            "file: { path: events.ndjson }",
+            &format!(
+                "{{ elasticsearch: {{ url: \"{}\", index: \"{name}\"{auth} }} }}",
+                es.url
+            ),
+            "dead_letter: { file: { path: out/dead.ndjson } }\ncheckpoint: { dir: state, interval: 1s }\n",
         ),
     )
     .unwrap();

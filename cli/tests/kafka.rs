@@ -1156,27 +1156,13 @@ fn expired_view_keys_become_tombstones() {
     tool(&["produce", &brokers, &input, events.to_str().unwrap()]);
     run_caught_up(
         dir.path(),
-        &format!(
-            r#"name: kafka-retain
-sources:
-  health:
-    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
-    format: json
-    schema: service-health
-    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
-views:
-  service_status:
-    from: health
-    key: [serviceName]
-    retain: 60s
-    aggregates:
-      status: last_value(healthStatus ORDER BY timestamp)
-      checks: count(*)
-    sinks: [topic]
-sinks:
-  topic: {{ kafka: {{ topic: {output} }} }}
-dead_letter: {{ file: {{ path: dead.ndjson }} }}
-"#
+        &weir_tests::retain_pipeline(
+            "kafka-retain",
+            &format!(
+                "kafka: {{ brokers: \"{brokers}\", topic: {input}, group_id: {group}, start_from: earliest }}"
+            ),
+            &format!("{{ kafka: {{ topic: {output} }} }}"),
+            "dead_letter: { file: { path: dead.ndjson } }\n",
         ),
         &[],
     );

@@ -713,28 +713,13 @@ fn a_view_with_retain_drops_keys_not_updated_within_it() {
     let pipeline = dir.path().join("pipeline.yaml");
     std::fs::write(
         &pipeline,
-        format!(
-            r#"name: retain-test
-sources:
-  health:
-    file: {{ path: events.ndjson }}
-    format: json
-    schema: service-health
-    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
-views:
-  service_status:
-    from: health
-    key: [serviceName]
-    retain: 60s
-    aggregates:
-      status: last_value(healthStatus ORDER BY timestamp)
-      checks: count(*)
-    sinks: [status_out]
-sinks:
-  status_out: {{ file: {{ path: out/service_status.ndjson }} }}
-dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
-serve: {{ http: "127.0.0.1:{port}" }}
-"#
+        weir_tests::retain_pipeline(
+            "retain-test",
+            "file: { path: events.ndjson }",
+            "{ file: { path: out/service_status.ndjson } }",
+            &format!(
+                "dead_letter: {{ file: {{ path: out/dead.ndjson }} }}\nserve: {{ http: \"127.0.0.1:{port}\" }}\n"
+            ),
         ),
     )
     .unwrap();

@@ -9,8 +9,8 @@
 //!   (defaults: 1000000 200000 30 4)
 //!
 //! `WEIR_BENCH_STATUS` replaces the view's `status` aggregate (default
-//! `last_value(healthStatus ORDER BY timestamp)`, which DataFusion 53 runs row by row for
-//! strings; `last_value(latencyMs ORDER BY timestamp)` is vectorised).
+//! `last_value(healthStatus ORDER BY timestamp)`, a string: weir's own vectorised accumulator;
+//! `last_value(latencyMs ORDER BY timestamp)` is DataFusion's primitive one).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
