@@ -766,9 +766,11 @@ mod tests {
         keys
     }
 
-    fn sink(
+    /// A sink of the mock cluster's topic `t`, with `props` and `delivery`.
+    fn sink_with(
         mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
         props: &[(&str, &str)],
+        delivery: KafkaDelivery,
     ) -> KafkaSink {
         KafkaSink::new(
             "out",
@@ -780,10 +782,17 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 format: KafkaFormat::Json,
-                delivery: KafkaDelivery::Idempotent,
+                delivery,
             },
         )
         .unwrap()
+    }
+
+    fn sink(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        props: &[(&str, &str)],
+    ) -> KafkaSink {
+        sink_with(mock, props, KafkaDelivery::Idempotent)
     }
 
     /// A transactional sink with id `id` on the mock cluster's topic `t`.
@@ -791,19 +800,10 @@ mod tests {
         mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
         id: &str,
     ) -> KafkaSink {
-        KafkaSink::new(
-            "out",
-            KafkaSinkConfig {
-                brokers: mock.bootstrap_servers(),
-                topic: "t".into(),
-                properties: Vec::new(),
-                format: KafkaFormat::Json,
-                delivery: KafkaDelivery::ExactlyOnce {
-                    transactional_id: id.into(),
-                },
-            },
-        )
-        .unwrap()
+        let delivery = KafkaDelivery::ExactlyOnce {
+            transactional_id: id.into(),
+        };
+        sink_with(mock, &[], delivery)
     }
 
     fn count(keys: &[String], k: &str) -> usize {
