@@ -643,44 +643,30 @@ mod tests {
         let asc = SortOptions::default(); // ascending, nulls first
         let vals = [Some("a"), Some("b"), None, Some("c")];
         let ord = [Some(5), Some(5), Some(9), None];
-        let s = |a: ArrayRef| {
-            a.as_string::<i32>()
-                .iter()
-                .next()
-                .unwrap()
-                .map(str::to_string)
-        };
-        // nulls first: the null ordering is the smallest row
-        assert_eq!(
-            s(run(spec(false, asc, false), &vals, &ord)).as_deref(),
-            Some("c")
-        );
-        assert_eq!(s(run(spec(true, asc, false), &vals, &ord)), None);
-        assert_eq!(
-            s(run(spec(true, asc, true), &vals, &ord)).as_deref(),
-            Some("a")
-        );
         let nulls_last = SortOptions {
             descending: false,
             nulls_first: false,
         };
-        assert_eq!(
-            s(run(spec(true, nulls_last, false), &vals, &ord)).as_deref(),
-            Some("c")
-        );
-        assert_eq!(
-            s(run(spec(false, nulls_last, false), &vals, &ord)).as_deref(),
-            Some("a")
-        );
         let desc = SortOptions {
             descending: true,
             nulls_first: false,
         };
-        assert_eq!(
-            s(run(spec(true, desc, true), &vals, &ord)).as_deref(),
-            Some("c")
-        );
-        assert_eq!(s(run(spec(false, desc, false), &vals, &ord)), None);
+        // (last_value?, order, IGNORE NULLS, the value kept)
+        let cases = [
+            // nulls first: the null ordering is the smallest row
+            (false, asc, false, Some("c")),
+            (true, asc, false, None),
+            (true, asc, true, Some("a")),
+            (true, nulls_last, false, Some("c")),
+            (false, nulls_last, false, Some("a")),
+            (true, desc, true, Some("c")),
+            (false, desc, false, None),
+        ];
+        for (keep_last, order, ignore_nulls, want) in cases {
+            let got = run(spec(keep_last, order, ignore_nulls), &vals, &ord);
+            let got = got.as_string::<i32>().iter().next().flatten();
+            assert_eq!(got, want, "{keep_last} {order:?} {ignore_nulls}");
+        }
     }
 
     #[test]
