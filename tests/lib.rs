@@ -68,6 +68,16 @@ pub fn oracle(input: &Path, args: &[&str], out: &Path) -> (Vec<Row>, Value) {
     (read_ndjson(out), summary)
 }
 
+/// [`oracle`]'s 1-minute windows by `datasetName` with 5 s of out-of-orderness, computing
+/// `aggs` (`name=fn[:field]`, as the oracle's `--agg`).
+pub fn oracle_per_dataset(input: &Path, aggs: &[&str], out: &Path) -> (Vec<Row>, Value) {
+    let mut args = vec!["--key", "datasetName", "--size", "1m", "--ooo", "5s"];
+    for a in aggs {
+        args.extend(["--agg", a]);
+    }
+    oracle(input, &args, out)
+}
+
 /// Rows of an NDJSON file.
 pub fn read_ndjson(path: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

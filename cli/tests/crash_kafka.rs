@@ -13,7 +13,7 @@ use std::time::Duration;
 use crash::read_parquet_folder;
 use kafka_support::{brokers, repo, tool, unique, weir};
 use serde_json::Value;
-use weir_tests::{compare, generate, oracle, read_ndjson, Row};
+use weir_tests::{compare, generate, oracle_per_dataset, read_ndjson, Row};
 
 /// Exactly once across crashes on the real broker: Kafka → windows → Kafka (idempotent
 /// delivery) + Parquet, killed with SIGKILL at random moments and at the checkpoint
@@ -314,20 +314,7 @@ fn rows_a_sink_refuses_are_dead_lettered_exactly_once_across_kills() {
             "0.003",
         ],
     );
-    let (expected, _) = oracle(
-        &events,
-        &[
-            "--key",
-            "datasetName",
-            "--size",
-            "1m",
-            "--ooo",
-            "5s",
-            "--agg",
-            "events=count",
-        ],
-        &d.join("expected.ndjson"),
-    );
+    let (expected, _) = oracle_per_dataset(&events, &["events=count"], &d.join("expected.ndjson"));
     let pipeline = |topic: &str, out: &str, checkpoint: &str| {
         format!(
             r#"name: refusals

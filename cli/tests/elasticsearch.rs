@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use es::Es;
 use serde_json::{json, Value};
-use weir_tests::{compare, generate, oracle, Row};
+use weir_tests::{compare, generate, oracle, oracle_per_dataset, Row};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -65,20 +65,9 @@ impl Case {
     }
 
     fn with_input(dir: tempfile::TempDir, input: PathBuf) -> Case {
-        let (windows, summary) = oracle(
+        let (windows, summary) = oracle_per_dataset(
             &input,
-            &[
-                "--key",
-                "datasetName",
-                "--size",
-                "1m",
-                "--ooo",
-                "5s",
-                "--agg",
-                "events=count",
-                "--agg",
-                "records=sum:recordCount",
-            ],
+            &["events=count", "records=sum:recordCount"],
             &dir.path().join("windows.ndjson"),
         );
         // the view: a window over all time, lateness allowed without bound

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crash::venv_python;
 use serde_json::Value;
 use sql_support::{free_port, http, Running};
-use weir_tests::{compare, generate, oracle, read_ndjson, Row};
+use weir_tests::{compare, generate, oracle_per_dataset, read_ndjson, Row};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -60,20 +60,9 @@ impl Case {
                 "240000",
             ],
         );
-        let (expected, summary) = oracle(
+        let (expected, summary) = oracle_per_dataset(
             &input,
-            &[
-                "--key",
-                "datasetName",
-                "--size",
-                "1m",
-                "--ooo",
-                "5s",
-                "--agg",
-                "events=count",
-                "--agg",
-                "records=sum:recordCount",
-            ],
+            &["events=count", "records=sum:recordCount"],
             &dir.path().join("expected.ndjson"),
         );
         Case {

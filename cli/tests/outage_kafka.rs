@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use kafka_support::{repo, tool, unique};
 use serde_json::Value;
-use weir_tests::{compare, compare_at_least_once, free_port, generate, oracle, read_ndjson};
+use weir_tests::{
+    compare, compare_at_least_once, free_port, generate, oracle_per_dataset, read_ndjson,
+};
 
 /// A private broker on its own port, reset and stopped when dropped.
 struct Broker {
@@ -144,20 +146,9 @@ fn a_broker_down_for_sixty_seconds_mid_run_loses_nothing() {
             "240000",
         ],
     );
-    let (expected, summary) = oracle(
+    let (expected, summary) = oracle_per_dataset(
         &events,
-        &[
-            "--key",
-            "datasetName",
-            "--size",
-            "1m",
-            "--ooo",
-            "5s",
-            "--agg",
-            "events=count",
-            "--agg",
-            "records=sum:recordCount",
-        ],
+        &["events=count", "records=sum:recordCount"],
         &d.join("expected.ndjson"),
     );
 
