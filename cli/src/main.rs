@@ -51,6 +51,12 @@ enum Command {
         /// it had when this run was assigned it, and finish like a file run.
         #[arg(long)]
         until_caught_up: bool,
+        /// Run as this worker of a pool: every `weir run` of the pipeline with a worker id
+        /// shares the Kafka partitions (through the consumer group) and the checkpoint
+        /// store; `auto` takes the host name and process id. Ids name each worker's output
+        /// files, so a restarted worker should keep its id (a StatefulSet's pod name).
+        #[arg(long, env = "WEIR_WORKER")]
+        worker: Option<String>,
     },
     /// Check a pipeline file and print its plan.
     Validate {
@@ -377,6 +383,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
             keep_serving,
             insecure,
             until_caught_up,
+            worker,
         } => {
             let plan = telemetry
                 .scoped(|| weir_pipelines::load(&pipeline))
@@ -423,10 +430,12 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                     insecure,
                     on_finished: Some(std::sync::Arc::new(print_summary)),
                     replay: None,
+                    worker,
                 },
             )
             .map_err(|e| match e {
                 RunError::IncompatibleState(_)
+                | RunError::Pool(_)
                 | RunError::Serve(weir_query::ServeError::Config(_)) => user(e),
                 RunError::Serve(_) | RunError::Engine(_) => runtime(e),
             })?;

@@ -36,6 +36,11 @@ use crate::EngineError;
 /// The manifest format this build writes and reads.
 const FORMAT: u32 = 1;
 
+/// The hidden first key column of an operator whose state is kept per source partition (a
+/// worker pool): the partition's global id (`UInt32`), so that one partition's state can be
+/// cut out of a checkpoint (see [`partials_of_partitions`]).
+pub const PARTITION_COLUMN: &str = "__weir_partition";
+
 fn err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Checkpoint(e.to_string())
 }
@@ -118,6 +123,24 @@ impl CheckpointStore {
             .map_err(|e| err(format!("cannot write {}/{name}: {e}", self.location)))
     }
 
+    /// Stores an object only if none exists under that name; returns whether it did (the
+    /// store decides atomically: of two workers creating one name, one wins).
+    pub fn put_new(&self, name: &str, bytes: Vec<u8>) -> Result<bool, EngineError> {
+        let path = self.path(name);
+        let opts = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .runtime
+            .block_on(self.store.put_opts(&path, PutPayload::from(bytes), opts))
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(err(format!("cannot create {}/{name}: {e}", self.location))),
+        }
+    }
+
     /// Reads an object, `None` when it does not exist.
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
         let path = self.path(name);
@@ -136,12 +159,23 @@ impl CheckpointStore {
 
     /// Names of every object, relative to the location.
     pub fn list(&self) -> Result<Vec<String>, EngineError> {
+        self.list_under("")
+    }
+
+    /// Names of the objects under folder `under` (relative to the location, `""` for all),
+    /// relative to the location.
+    pub fn list_under(&self, under: &str) -> Result<Vec<String>, EngineError> {
         use futures_util::StreamExt;
         let prefix = self.prefix.clone();
+        let below = if under.is_empty() {
+            prefix.clone()
+        } else {
+            self.path(under)
+        };
         let location = self.location.clone();
         self.runtime.block_on(async {
             let mut out = Vec::new();
-            let mut s = self.store.list(Some(&prefix));
+            let mut s = self.store.list(Some(&below));
             while let Some(m) = s.next().await {
                 let m = m.map_err(|e| err(format!("cannot list {location}: {e}")))?;
                 let rel: Vec<_> = m
@@ -193,10 +227,15 @@ impl CheckpointStore {
         let Some(&epoch) = self.complete_epochs()?.last() else {
             return Ok(None);
         };
+        self.manifest(epoch)
+    }
+
+    /// The manifest of checkpoint `epoch`, `None` when it is not complete (or was deleted).
+    pub fn manifest(&self, epoch: u64) -> Result<Option<Manifest>, EngineError> {
         let name = manifest_name(epoch);
-        let bytes = self
-            .get(&name)?
-            .ok_or_else(|| err(format!("{}/{name} disappeared", self.location)))?;
+        let Some(bytes) = self.get(&name)? else {
+            return Ok(None);
+        };
         let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
             err(format!(
                 "{}/{name} cannot be read ({e}); move the folder away to start without state",
@@ -270,6 +309,10 @@ pub struct Manifest {
     /// From the barrier to the state files being stored (the manifest comes right after).
     #[serde(default)]
     pub took_ms: u64,
+    /// In a worker pool: the partitions (`source/partition key`) this worker owned at the
+    /// checkpoint, with the generation of its claim on each (see `crate::pool`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owned: BTreeMap<String, u64>,
 }
 
 impl Manifest {
@@ -430,6 +473,39 @@ pub fn decode_partials(bytes: &[u8]) -> Result<Vec<PartialWindow>, EngineError> 
     Ok(out)
 }
 
+/// The rows of `partials` whose partition column (the first key, see [`PARTITION_COLUMN`])
+/// `keep` accepts: one worker's share of a checkpoint taken by another.
+pub fn partials_of_partitions(
+    partials: &[PartialWindow],
+    keep: &dyn Fn(u32) -> bool,
+) -> Result<Vec<PartialWindow>, EngineError> {
+    let mut out = Vec::new();
+    for p in partials {
+        let Some(ids) = p
+            .keys
+            .first()
+            .and_then(|k| k.as_any().downcast_ref::<arrow::array::UInt32Array>())
+        else {
+            return Err(err(
+                "the checkpoint's state is not kept per partition: it was written by a run \
+                 outside a worker pool",
+            ));
+        };
+        let mask: arrow::array::BooleanArray =
+            ids.iter().map(|id| Some(id.is_some_and(keep))).collect();
+        if mask.true_count() == 0 {
+            continue;
+        }
+        let filter = |a: &ArrayRef| arrow::compute::filter(a, &mask).map_err(err);
+        out.push(PartialWindow {
+            window_start: p.window_start,
+            keys: p.keys.iter().map(filter).collect::<Result<_, _>>()?,
+            states: p.states.iter().map(filter).collect::<Result<_, _>>()?,
+        });
+    }
+    Ok(out)
+}
+
 /// How a job checkpoints.
 pub struct CheckpointSpec {
     pub store: Arc<CheckpointStore>,
@@ -440,6 +516,22 @@ pub struct CheckpointSpec {
     pub fingerprint: BTreeMap<String, String>,
     /// The checkpoint the job starts from.
     pub restored: Option<Restored>,
+    /// In a worker pool: the partitions this worker owns, and the check that it still does,
+    /// made before every manifest is stored.
+    pub ownership: Option<Ownership>,
+}
+
+/// Fails when a pool worker no longer owns one of the partitions (see [`Ownership`]).
+pub type Fence = Arc<dyn Fn(&BTreeMap<String, u64>) -> Result<(), EngineError> + Send + Sync>;
+
+/// The partitions a pool worker owns for one run, and how it checks it still owns them.
+#[derive(Clone)]
+pub struct Ownership {
+    /// `source/partition key` → the generation of this worker's claim on it.
+    pub owned: BTreeMap<String, u64>,
+    /// Fails when another worker claimed one of `owned` since: the checkpoint is then not
+    /// completed (this worker lost the partition and must not commit for it).
+    pub fence: Fence,
 }
 
 /// Figures of the last complete checkpoint, for the run summary and metrics.
@@ -629,12 +721,16 @@ impl Pending {
                 emitted: emitted[i],
             });
         }
+        let owned = spec.ownership.as_ref().map(|o| &o.owned);
         let partitions = self
             .cut
             .iter()
             .enumerate()
             .filter_map(|(id, (source, key, resume))| {
                 let r = (*resume)?;
+                if owned.is_some_and(|o| !o.contains_key(&format!("{source}/{key}"))) {
+                    return None;
+                }
                 Some(PartitionRecord {
                     source: source.clone(),
                     partition: key.clone(),
@@ -658,9 +754,13 @@ impl Pending {
             counters,
             state_bytes,
             took_ms: self.started.elapsed().as_millis() as u64,
+            owned: owned.cloned().unwrap_or_default(),
         };
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(err)?;
         failpoint("before_manifest");
+        if let Some(o) = &spec.ownership {
+            (o.fence)(&o.owned)?;
+        }
         spec.store.put(&manifest_name(self.epoch), bytes)?;
         failpoint("before_commit");
         Ok(manifest)
@@ -668,13 +768,32 @@ impl Pending {
 }
 
 /// Deletes every checkpoint but the newest `keep` complete ones (and unfinished ones older
-/// than the oldest kept).
-pub(crate) fn collect_garbage(store: &CheckpointStore, keep: usize) -> Result<(), EngineError> {
+/// than the oldest kept). With `pool` set, a checkpoint that is the newest to own some
+/// partition is kept too: the next owner of that partition restores it from there.
+pub(crate) fn collect_garbage(
+    store: &CheckpointStore,
+    keep: usize,
+    pool: bool,
+) -> Result<(), EngineError> {
     let epochs = store.complete_epochs()?;
     if epochs.len() <= keep {
         return Ok(());
     }
     let oldest_kept = epochs[epochs.len() - keep.max(1)];
+    let mut protected = std::collections::HashSet::new();
+    if pool {
+        let mut seen = std::collections::HashSet::new();
+        for &e in epochs.iter().rev() {
+            let Some(m) = store.manifest(e)? else {
+                continue;
+            };
+            for p in m.owned.keys() {
+                if seen.insert(p.clone()) && e < oldest_kept {
+                    protected.insert(e);
+                }
+            }
+        }
+    }
     let old: Vec<String> = store
         .list()?
         .into_iter()
@@ -682,7 +801,7 @@ pub(crate) fn collect_garbage(store: &CheckpointStore, keep: usize) -> Result<()
             n.strip_prefix("chk-")
                 .and_then(|r| r.split_once('/'))
                 .and_then(|(e, _)| e.parse::<u64>().ok())
-                .is_some_and(|e| e < oldest_kept)
+                .is_some_and(|e| e < oldest_kept && !protected.contains(&e))
         })
         .collect();
     // manifests last, so an interrupted collection leaves no manifest without its files
@@ -698,7 +817,7 @@ pub(crate) fn collect_garbage(store: &CheckpointStore, keep: usize) -> Result<()
                 .to_str()
                 .and_then(|n| n.strip_prefix("chk-"))
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|epoch| epoch < oldest_kept);
+                .is_some_and(|epoch| epoch < oldest_kept && !protected.contains(&epoch));
             if old {
                 let _ = std::fs::remove_dir(e.path());
             }
@@ -877,6 +996,7 @@ mod tests {
                     operators: vec![],
                     sinks: BTreeMap::new(),
                     dead_letter: serde_json::Value::Null,
+                    owned: BTreeMap::new(),
                     counters: BTreeMap::new(),
                     state_bytes: 2,
                     took_ms: 0,
@@ -888,7 +1008,7 @@ mod tests {
         }
         // epoch 5 has no manifest: not complete
         assert_eq!(store.latest().unwrap().unwrap().epoch, 4);
-        collect_garbage(&store, 2).unwrap();
+        collect_garbage(&store, 2, false).unwrap();
         assert_eq!(store.complete_epochs().unwrap(), vec![3, 4]);
         let names = store.list().unwrap();
         assert!(

@@ -16,6 +16,9 @@ pub enum EngineError {
     DeadLetter(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A pool worker lost a partition to another worker (see `crate::pool`).
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("{0}")]
     Internal(String),
     #[error("the run was stopped")]

@@ -44,6 +44,48 @@ pub struct ReaderContext {
     pub progress: Arc<Progress>,
     /// The run's counters and gauges (consumer lag).
     pub stats: Arc<RunStats>,
+    /// Set by a reader whose partitions are being given up (a worker pool's rebalance): the
+    /// job then takes a final checkpoint at once, and readers return `None` without taking
+    /// more input. With [`Self::outputs_finished`], the reader waits for it to be committed.
+    pub handover: Arc<AtomicBool>,
+    /// Set when the job failed or was cancelled.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl ReaderContext {
+    /// A context with hand-over and cancellation flags of its own (for readers driven
+    /// outside a job, such as tests).
+    pub fn new(
+        clocks: Arc<Clocks>,
+        stop: Arc<AtomicBool>,
+        progress: Arc<Progress>,
+        stats: Arc<RunStats>,
+    ) -> Self {
+        ReaderContext {
+            clocks,
+            stop,
+            progress,
+            stats,
+            handover: Arc::new(AtomicBool::new(false)),
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Asks for the final checkpoint of a hand-over (see [`Self::handover`]).
+    pub fn request_handover(&self) {
+        self.handover.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether every output finished after the final checkpoint (its commit included);
+    /// `None` when the job failed instead.
+    pub fn outputs_finished(&self) -> Option<bool> {
+        if self.cancel.load(Ordering::SeqCst) {
+            None
+        } else {
+            Some(self.progress.is_finished())
+        }
+    }
 }
 
 /// Reads one source: yields chunks of its partitions, each partition's chunks in order with
@@ -66,6 +108,9 @@ pub trait PartitionReader: Send {
     fn backpressure_released(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
         Ok(())
     }
+    /// Takes back a chunk the job could not take any more (its input ended with a hand-over
+    /// checkpoint): a reader that outlives the job hands it out again to the next one.
+    fn unread(&mut self, _chunk: Chunk) {}
 }
 
 /// Decodes raw records of a source into events.
@@ -456,6 +501,7 @@ pub fn run(
             .collect::<Vec<_>>(),
     ));
     let mut threads = Vec::new();
+    let handover = Arc::new(AtomicBool::new(false));
 
     let total_partitions: usize = spec.sources.iter().map(|s| s.partitions).sum();
     let progress = Arc::new(Progress::new(
@@ -756,6 +802,8 @@ pub fn run(
             stop: stop.0.clone(),
             progress: progress.clone(),
             stats: stats.clone(),
+            handover: handover.clone(),
+            cancel: failure.cancel.clone(),
         };
         let failure2 = failure.clone();
         let reader = source.reader;
@@ -787,6 +835,7 @@ pub fn run(
             operator_names,
             partition_keys,
             epoch: first_epoch,
+            handover,
         };
         let failure2 = failure.clone();
         threads.push(spawn("checkpoints".into(), &failure, move || {
@@ -834,6 +883,11 @@ fn read_source(
             return Err(EngineError::Cancelled);
         }
         let mut d = dispatcher.lock().map_err(|_| poisoned())?;
+        if d.senders.is_empty() {
+            // a hand-over checkpoint ended the workers' input: this chunk is after its cut
+            reader.unread(chunk);
+            break;
+        }
         let target = d.next % d.senders.len();
         d.next += 1;
         let partition = chunk.partition.id;
@@ -892,6 +946,8 @@ struct Coordinator {
     operator_names: Vec<String>,
     partition_keys: Vec<(String, String)>,
     epoch: u64,
+    /// A reader gives its partitions up: take the final checkpoint now.
+    handover: Arc<AtomicBool>,
 }
 
 impl Coordinator {
@@ -928,8 +984,12 @@ impl Coordinator {
                 .lock()
                 .map(|d| d.readers_left == 0)
                 .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
-            if readers_done || Instant::now() >= next_at {
-                pending = Some(self.trigger(readers_done, failure)?);
+            let handover = self.handover.load(Ordering::SeqCst);
+            if handover {
+                tracing::info!(epoch = self.epoch + 1, "hand-over checkpoint");
+            }
+            if readers_done || handover || Instant::now() >= next_at {
+                pending = Some(self.trigger(readers_done || handover, failure)?);
             }
         }
     }
@@ -988,7 +1048,11 @@ impl Coordinator {
             state_bytes = manifest.state_bytes,
             "checkpoint complete"
         );
-        collect_garbage(&self.spec.store, self.spec.keep)
+        collect_garbage(
+            &self.spec.store,
+            self.spec.keep,
+            self.spec.ownership.is_some(),
+        )
     }
 }
 

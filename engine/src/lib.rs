@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod job;
 pub mod live;
+pub mod pool;
 pub mod progress;
 pub mod retry;
 pub mod stats;

@@ -184,7 +184,12 @@ impl Progress {
         self.finished.store(true, Ordering::SeqCst);
     }
 
-    /// Waits until the outputs finished, or `cancel` is set; returns whether they finished.
+    /// Whether the outputs finished (see [`Self::set_finished`]).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Waits until [`Self::set_finished`], or `cancel`; returns whether it finished.
     pub fn wait_finished(&self, cancel: &AtomicBool) -> bool {
         loop {
             if self.finished.load(Ordering::SeqCst) {

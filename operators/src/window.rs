@@ -35,7 +35,7 @@ pub enum TimeMode {
 }
 
 /// A windowed aggregation, shared by its workers and its merger.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WindowConfig {
     pub name: String,
     /// Schema of the decoded events it reads.
@@ -51,7 +51,14 @@ pub struct WindowConfig {
     /// from one partition, so lateness follows the row's partition, and a partition that
     /// lags (assigned late, back from idle) still fills its windows rather than going late.
     pub key_partitioned: bool,
+    /// Keys the state by source partition as well (a worker pool): every group carries its
+    /// partition's id as a hidden first key column ([`PARTITION_COLUMN`]), so that one
+    /// partition's state can be checkpointed and moved to another worker alone. Needs
+    /// `key_partitioned`, so that a key's rows all come from one partition.
+    pub partition_state: bool,
 }
+
+pub use weir_engine::checkpoint::PARTITION_COLUMN;
 
 /// The schema of operator `name`'s key columns (nullable: a null key is a group).
 pub(crate) fn key_schema(
@@ -74,6 +81,53 @@ pub(crate) fn key_schema(
 impl WindowConfig {
     fn key_schema(&self) -> Result<SchemaRef, EngineError> {
         key_schema(&self.name, &self.input_schema, &self.keys)
+    }
+
+    /// The key columns of the state: the keys, after the partition column when the state
+    /// is kept per partition.
+    fn state_key_schema(&self) -> Result<SchemaRef, EngineError> {
+        let keys = self.key_schema()?;
+        if !self.partition_state {
+            return Ok(keys);
+        }
+        let mut fields = vec![Field::new(PARTITION_COLUMN, DataType::UInt32, false)];
+        fields.extend(keys.fields().iter().map(|f| f.as_ref().clone()));
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The names of the state's key columns in an input batch (see [`Self::with_partition`]).
+    fn state_keys(&self) -> Vec<String> {
+        let mut keys = Vec::with_capacity(self.keys.len() + 1);
+        if self.partition_state {
+            keys.push(PARTITION_COLUMN.to_string());
+        }
+        keys.extend(self.keys.iter().cloned());
+        keys
+    }
+
+    /// `batch` with the partition column appended when the state is kept per partition
+    /// (appended last, so that the compiled expressions' column indexes stay valid).
+    fn with_partition(
+        &self,
+        batch: &RecordBatch,
+        partition: u32,
+    ) -> Result<RecordBatch, EngineError> {
+        if !self.partition_state {
+            return Ok(batch.clone());
+        }
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(PARTITION_COLUMN, DataType::UInt32, false));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(UInt32Array::from_value(
+            partition,
+            batch.num_rows(),
+        )));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| self.err(e))
     }
 
     /// The schema of result rows: keys, `window_start`, `window_end`, aggregates.
@@ -240,7 +294,7 @@ struct OpenWindows {
 impl OpenWindows {
     fn new(config: &WindowConfig) -> Result<Self, EngineError> {
         Ok(OpenWindows {
-            key_schema: config.key_schema()?,
+            key_schema: config.state_key_schema()?,
             windows: BTreeMap::new(),
         })
     }
@@ -342,6 +396,7 @@ pub(crate) fn state_lens(
 /// The per-worker part of a window: filters, checks lateness and aggregates partially.
 pub struct WindowWorker {
     config: Arc<WindowConfig>,
+    state_keys: Vec<String>,
     state_lens: Vec<usize>,
     windows: OpenWindows,
     /// Windows up to this watermark were handed over: rows for them are late.
@@ -356,6 +411,7 @@ impl WindowWorker {
         Ok(WindowWorker {
             windows: OpenWindows::new(&config)?,
             state_lens: state_lens(&config.name, &config.aggregates)?,
+            state_keys: config.state_keys(),
             config,
             flushed: i64::MIN,
             group_ids: Vec::new(),
@@ -368,7 +424,7 @@ impl WindowWorker {
         let groups = self.windows.get_or_create(start, &config)?;
         groups.update(
             batch,
-            &config.keys,
+            &self.state_keys,
             &config.aggregates,
             &mut self.group_ids,
             &config.name,
@@ -387,7 +443,7 @@ impl WorkerOperator for WindowWorker {
         dead: &mut Vec<DeadLetter>,
     ) -> Result<u64, EngineError> {
         let config = self.config.clone();
-        let batch = &events.batch;
+        let batch = &config.with_partition(&events.batch, partition.id as u32)?;
         let n = batch.num_rows();
         let pass = match &config.predicate {
             Some(p) => Some(
@@ -545,7 +601,11 @@ impl WindowMerger {
 
     fn finish_window(&self, start: i64, mut g: Groups) -> Result<RecordBatch, EngineError> {
         let config = &self.config;
-        let (keys, values) = g.finish(&config.aggregates, &config.name)?;
+        let (mut keys, values) = g.finish(&config.aggregates, &config.name)?;
+        if config.partition_state && !keys.is_empty() {
+            // the partition column is the state's, not the result's
+            keys.remove(0);
+        }
         let rows = keys.first().map_or(0, |k| k.len());
         let mut columns = keys;
         let tz: Arc<str> = "UTC".into();

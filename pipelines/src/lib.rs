@@ -6,6 +6,7 @@ pub mod error;
 pub mod interpolate;
 pub mod model;
 pub mod plan;
+pub mod pool;
 pub mod replay;
 pub mod run;
 pub mod secrets;

@@ -886,6 +886,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 end_offsets: Default::default(),
                 read_offsets: None,
                 with_headers: false,
+                pool: None,
             };
             (SourceInput::Kafka(cfg), None)
         } else if let Some(f) = &s.file {
@@ -1488,6 +1489,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 TimeMode::Event
             },
             aggregates,
+            partition_state: false,
             key_partitioned: !partitioned_by[w.source].is_empty()
                 && partitioned_by[w.source]
                     .iter()
@@ -1566,6 +1568,9 @@ fn window_definition(c: &WindowConfig, source: &str) -> String {
     );
     if let Some(p) = &c.predicate {
         let _ = write!(d, ", where {p}");
+    }
+    if c.partition_state {
+        d.push_str(", state per partition (worker pool)");
     }
     d
 }

@@ -44,6 +44,9 @@ pub struct RunOptions {
     /// A replay (`replay::prepare` reduced the plan): Kafka partitions start at its offsets,
     /// sinks get only its windows and write beside the live run's files.
     pub replay: Option<Arc<crate::replay::ReplaySetup>>,
+    /// Run as this worker of a pool (see [`crate::pool`]): the Kafka partitions are shared
+    /// with the other workers of the same pipeline, and state moves with them.
+    pub worker: Option<String>,
 }
 
 /// Emitted windows stay queryable this long unless a window says `retain`.
@@ -60,6 +63,9 @@ pub enum RunError {
     /// The SQL endpoints could not start (a user error when it is a setting).
     #[error(transparent)]
     Serve(#[from] weir_query::ServeError),
+    /// The pipeline cannot run as a pool worker (a user error).
+    #[error("{0}")]
+    Pool(String),
     /// The run failed while running.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -108,11 +114,25 @@ pub fn parallelism(plan: &Plan, opts: &RunOptions) -> usize {
 
 /// Runs a plan until its sources end (or `opts.stop`).
 pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
-    let n = parallelism(&plan, &opts);
+    if let Some(worker) = opts.worker.clone() {
+        return crate::pool::run_worker(plan, opts, &worker);
+    }
     let checkpoint = match &plan.checkpoint {
         Some(c) => Some(open_checkpoint(&plan, c)?),
         None => None,
     };
+    run_job(&plan, &opts, checkpoint, None)
+}
+
+/// Runs one job of `plan`: the whole run, or one run of a pool worker, whose Kafka sources
+/// are the `pooled` readers that outlive it.
+pub(crate) fn run_job(
+    plan: &Plan,
+    opts: &RunOptions,
+    checkpoint: Option<CheckpointSpec>,
+    pooled: Option<&[crate::pool::PooledSource]>,
+) -> Result<RunSummary, RunError> {
+    let n = parallelism(plan, opts);
     let manifest = checkpoint
         .as_ref()
         .and_then(|c| c.restored.as_ref().map(|r| &r.manifest));
@@ -140,6 +160,16 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
                 ),
                 vec!["0".to_string()],
             ),
+            SourceInput::Kafka(_) if pooled.is_some() => {
+                let Some(p) = pooled.and_then(|p| p.get(i)) else {
+                    return Err(EngineError::Internal(format!(
+                        "source {} has no pooled reader",
+                        s.name
+                    ))
+                    .into());
+                };
+                (p.reader(), p.keys.clone())
+            }
             SourceInput::Kafka(cfg) => {
                 let mut cfg = cfg.clone();
                 cfg.until_caught_up = opts.until_caught_up || opts.replay.is_some();
@@ -401,21 +431,9 @@ pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
 /// by an incompatible version of the pipeline.
 fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec, RunError> {
     let store = Arc::new(CheckpointStore::open(&c.location)?);
-    let fingerprint = plan.fingerprint();
     let restored = match store.latest()? {
         Some(m) => {
-            if let Err(changes) = checkpoint::compatibility(&m.fingerprint, &fingerprint) {
-                return Err(RunError::IncompatibleState(format!(
-                    "{}: the checkpoint in {} (epoch {}) was written by a different version of \
-                     this pipeline and cannot be restored: {changes}. Restore the previous \
-                     definition, or start without state by moving {} away (the outputs then \
-                     start over too)",
-                    plan.file.display(),
-                    c.location,
-                    m.epoch,
-                    c.location
-                )));
-            }
+            check_compatible(plan, &c.location, &m)?;
             Some(store.load(&m)?)
         }
         None => None,
@@ -425,7 +443,27 @@ fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec,
         interval: Duration::from_millis(c.interval_ms),
         keep: c.keep,
         pipeline: plan.name.clone(),
-        fingerprint,
+        fingerprint: plan.fingerprint(),
         restored,
+        ownership: None,
     })
+}
+
+/// Refuses a checkpoint written by an incompatible version of the pipeline.
+pub(crate) fn check_compatible(
+    plan: &Plan,
+    location: &str,
+    m: &checkpoint::Manifest,
+) -> Result<(), RunError> {
+    if let Err(changes) = checkpoint::compatibility(&m.fingerprint, &plan.fingerprint()) {
+        return Err(RunError::IncompatibleState(format!(
+            "{}: the checkpoint in {location} (epoch {}) was written by a different version of \
+             this pipeline and cannot be restored: {changes}. Restore the previous \
+             definition, or start without state by moving {location} away (the outputs then \
+             start over too)",
+            plan.file.display(),
+            m.epoch,
+        )));
+    }
+    Ok(())
 }

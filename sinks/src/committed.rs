@@ -17,6 +17,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -343,6 +344,39 @@ impl CommittedLines {
         Ok(())
     }
 
+    /// Finishes the commits of checkpoint `info` (what `pre_commit` returned) of a line file
+    /// another process wrote (a pool worker that died): writes the side files it lists that
+    /// are still there at their places and removes them. It neither cuts the file nor touches
+    /// other side files, so it is harmless when that process committed them already.
+    pub fn roll_forward(path: &Path, info: &Value) -> Result<(), Error> {
+        let lines = CommittedLines::new(path);
+        let pending: Vec<(u64, u64)> = info
+            .get("pending")
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+            .unwrap_or_default();
+        let due: Vec<(u64, u64)> = pending
+            .into_iter()
+            .filter(|(e, _)| lines.side_path(*e).exists())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut out = lines.open_final()?;
+        for &(epoch, at) in &due {
+            match lines.write_side(&mut out, epoch, at) {
+                Ok(()) => {}
+                // committed meanwhile by its writer
+                Err(_) if !lines.side_path(epoch).exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sync_all().map_err(io_at(path))?;
+        for &(epoch, _) in &due {
+            let _ = std::fs::remove_file(lines.side_path(epoch));
+        }
+        Ok(())
+    }
+
     fn remove_side_files(&self) -> Result<(), Error> {
         let dir = parent_of(&self.path);
         let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
@@ -476,6 +510,31 @@ impl CommittedParts {
         Ok(())
     }
 
+    /// Publishes the pending parts up to `upto` of a folder another process wrote (a pool
+    /// worker that died); see [`CommittedLines::roll_forward`].
+    pub fn roll_forward(dir: &Path, upto: u64) -> Result<(), Error> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        let parts = CommittedParts {
+            dir: dir.to_path_buf(),
+            schema: Arc::new(arrow::datatypes::Schema::empty()),
+            props: parquet::file::properties::WriterProperties::default(),
+            epoch: 1,
+            writer: None,
+        };
+        for (epoch, state) in parts.parts()? {
+            if state == ".pending" && epoch <= upto {
+                match std::fs::rename(parts.part(epoch, ".pending"), parts.part(epoch, "")) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+        }
+        sync_dir(dir).map_err(io_at(dir))
+    }
+
     /// (epoch, state suffix) of every part file in the folder.
     fn parts(&self) -> Result<Vec<(u64, String)>, Error> {
         let mut out = Vec::new();
@@ -553,6 +612,30 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"a\nx\n");
         let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "side files are removed");
+    }
+
+    #[test]
+    fn a_dead_writer_s_checkpoint_is_rolled_forward_once() {
+        let dir = tempdir("roll");
+        let path = dir.join("out.w1.ndjson");
+        let mut f = CommittedLines::new(&path);
+        f.recover(None).unwrap();
+        f.append(b"a\n").unwrap();
+        f.pre_commit(1).unwrap();
+        f.commit(1).unwrap();
+        f.append(b"b\n").unwrap();
+        let info2 = f.pre_commit(2).unwrap();
+        f.append(b"c\n").unwrap();
+        f.pre_commit(3).unwrap();
+        // the writer dies with checkpoint 2 complete but not committed, 3 pre-committed
+        drop(f);
+        CommittedLines::roll_forward(&path, &info2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
+        // a second roll-forward (another new owner) changes nothing
+        CommittedLines::roll_forward(&path, &info2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
+        // epoch 3 never completed: its side file stays invisible
+        assert!(dir.join("out.w1.ndjson.epoch-3").exists());
     }
 
     #[test]

@@ -378,12 +378,12 @@ mod tests {
         let mut r = FileReader::new(0, "s", files.to_vec(), 0)
             .with_chunk_bytes(chunk)
             .with_segment_bytes(segment);
-        let ctx = ReaderContext {
-            clocks: Arc::new(Clocks::new(&[(2, 0)])),
-            stop: Arc::new(AtomicBool::new(false)),
-            progress: Arc::new(weir_engine::progress::Progress::new(2, &[])),
-            stats: Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
-        };
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(2, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(weir_engine::progress::Progress::new(2, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        );
         let mut lines = Vec::new();
         let mut ends = 0;
         let mut expected_offset = 0;

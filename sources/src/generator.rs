@@ -858,12 +858,12 @@ mod tests {
         )]));
         let mut reader = GeneratorReader::new(0, "gen", 0, cfg, schema);
         let clocks = Arc::new(Clocks::new(&[(1, 0)]));
-        let ctx = ReaderContext {
-            clocks: clocks.clone(),
-            stop: Arc::new(AtomicBool::new(false)),
-            progress: Arc::new(weir_engine::progress::Progress::new(1, &[])),
-            stats: Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
-        };
+        let ctx = ReaderContext::new(
+            clocks.clone(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(weir_engine::progress::Progress::new(1, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        );
         let waiting = std::thread::spawn(move || reader.next_chunk(&ctx).map(|c| c.is_some()));
         std::thread::sleep(Duration::from_millis(250));
         assert!(clocks.partition(0).is_idle());

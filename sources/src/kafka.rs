@@ -73,6 +73,66 @@ pub struct KafkaSourceConfig {
     pub read_offsets: Option<Arc<ReadOffsets>>,
     /// Keep message headers (as a JSON object), for the `_headers` column.
     pub with_headers: bool,
+    /// In a worker pool: claims assigned partitions and says where they start.
+    pub pool: Option<PoolHook>,
+}
+
+/// Claims partitions for a pool worker (see [`PoolHook::claim`]).
+pub type ClaimPartitions =
+    Arc<dyn Fn(&[(String, i32)]) -> Result<Vec<Option<u64>>, String> + Send + Sync>;
+
+/// Told of partitions a pool worker gave up (see [`PoolHook::released`]).
+pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
+
+/// How a Kafka source takes part in a worker pool (see `weir_engine::pool`): the reader
+/// outlives the runs of the worker, each of which owns the partitions assigned when it
+/// started; an assignment or a revocation ends the run with a hand-over checkpoint first.
+#[derive(Clone)]
+pub struct PoolHook {
+    /// Claims newly assigned `(topic, partition)`s; gives each one's checkpoint offset
+    /// (`None`: no state yet, it starts as `start_from` says).
+    pub claim: ClaimPartitions,
+    /// Called with revoked `(topic, partition)`s once their hand-over checkpoint is committed.
+    pub released: ReleasePartitions,
+    /// The longest wait for a hand-over checkpoint before partitions are given up anyway
+    /// (fencing then keeps the slow run from committing for them).
+    pub handover_timeout: Duration,
+}
+
+impl std::fmt::Debug for PoolHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolHook")
+            .field("handover_timeout", &self.handover_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The run a pooled reader serves now: what a rebalance needs to end it.
+#[derive(Clone)]
+struct RunLink {
+    handover: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+impl RunLink {
+    /// Ends the run with a hand-over checkpoint and waits until its outputs committed it.
+    fn hand_over(&self, timeout: Duration) {
+        let started = Instant::now();
+        self.handover.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        while !self.progress.is_finished() && !self.cancel.load(Ordering::SeqCst) {
+            if started.elapsed() >= timeout {
+                tracing::warn!(
+                    timeout_s = timeout.as_secs(),
+                    "kafka: the hand-over checkpoint did not complete in time; giving the partitions up anyway"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// The offset after the last message read, per (topic, partition), for progress reports.
@@ -117,7 +177,8 @@ struct GroupContext {
     starts: Mutex<HashMap<(String, i32), Offset>>,
     /// (topic, partition) → global partition id.
     ids: HashMap<(String, i32), usize>,
-    progress: Arc<Progress>,
+    /// The current run's progress (a pooled reader serves several runs).
+    progress: Mutex<Arc<Progress>>,
     /// Partitions assigned before in this process (they resume from committed offsets).
     seen: Mutex<HashSet<(String, i32)>>,
     /// Offsets committed last, per global partition.
@@ -126,7 +187,15 @@ struct GroupContext {
     has_events: AtomicBool,
     /// The source's name and the run's gauges, for consumer lag.
     source: Arc<str>,
-    stats: Arc<weir_engine::RunStats>,
+    stats: Mutex<Arc<weir_engine::RunStats>>,
+    pool: Option<PoolHook>,
+    /// The run served now, in a pool.
+    run: Mutex<Option<RunLink>>,
+    /// Set while the reader waits for room in the workers' queues: it then holds the job's
+    /// dispatcher, so a rebalance cannot wait for a hand-over checkpoint (fencing covers it).
+    in_backpressure: AtomicBool,
+    /// A failure inside a rebalance callback, raised by the next read.
+    failed: Mutex<Option<String>>,
     /// Where this process stopped reading each partition (the offset after the last
     /// message handed over): a partition assigned again (after a lost session) continues
     /// there, not at the group's older committed offset (which would count events twice).
@@ -134,6 +203,64 @@ struct GroupContext {
 }
 
 impl GroupContext {
+    fn progress(&self) -> Arc<Progress> {
+        match self.progress.lock() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// In a pool: ends the current run with a hand-over checkpoint, waiting for its commit
+    /// unless the reader holds the job's dispatcher.
+    fn end_run(&self) {
+        let (Some(pool), Ok(run)) = (&self.pool, self.run.lock()) else {
+            return;
+        };
+        let Some(run) = run.clone() else {
+            return;
+        };
+        if self.in_backpressure.load(Ordering::SeqCst) {
+            run.handover.store(true, Ordering::SeqCst);
+            run.stop.store(true, Ordering::SeqCst);
+        } else {
+            run.hand_over(pool.handover_timeout);
+        }
+    }
+
+    fn fail(&self, message: String) {
+        tracing::error!(error = %message, "kafka: rebalance failed");
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(message);
+        }
+    }
+
+    /// In a pool: claims the assigned partitions and sets where they start.
+    fn claim(&self, pool: &PoolHook, tpl: &mut TopicPartitionList) -> Vec<(String, i32)> {
+        let list: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let mut fresh = Vec::new();
+        match (pool.claim)(&list) {
+            Ok(offsets) => {
+                for ((topic, p), o) in list.iter().zip(offsets) {
+                    match o {
+                        Some(o) => {
+                            let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(o as i64));
+                            if let Ok(mut starts) = self.starts.lock() {
+                                starts.insert((topic.clone(), *p), Offset::Offset(o as i64));
+                            }
+                        }
+                        None => fresh.push((topic.clone(), *p)),
+                    }
+                }
+            }
+            Err(e) => self.fail(format!("cannot claim partitions {list:?}: {e}")),
+        }
+        fresh
+    }
+
     fn push(&self, e: GroupEvent) {
         if let Ok(mut ev) = self.events.lock() {
             ev.push(e);
@@ -151,7 +278,7 @@ impl GroupContext {
             let Some(&id) = self.ids.get(&(topic.clone(), p)) else {
                 continue;
             };
-            let Some(offset) = self.progress.committable(id) else {
+            let Some(offset) = self.progress().committable(id) else {
                 continue;
             };
             if committed.get(&id) != Some(&offset)
@@ -173,11 +300,9 @@ impl GroupContext {
             .iter()
             .filter_map(|p| self.ids.get(p).copied())
             .collect();
-        let offsets = || -> Vec<Option<u64>> {
-            ids.iter()
-                .map(|&id| self.progress.committable(id))
-                .collect()
-        };
+        let progress = self.progress();
+        let offsets =
+            || -> Vec<Option<u64>> { ids.iter().map(|&id| progress.committable(id)).collect() };
         let started = Instant::now();
         let mut last = offsets();
         let mut stable_since = Instant::now();
@@ -271,7 +396,11 @@ impl ClientContext for GroupContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
     /// partition this process fetches, as the high watermark minus the next offset to read.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Ok(mut lag) = self.stats.consumer_lag.lock() else {
+        let stats = match self.stats.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => return,
+        };
+        let Ok(mut lag) = stats.consumer_lag.lock() else {
             return;
         };
         for (topic, t) in &statistics.topics {
@@ -306,7 +435,29 @@ impl ConsumerContext for GroupContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.set_start_offsets(consumer, tpl);
+                // in a pool, an empty assignment (a cooperative rebalance that moved other
+                // partitions) changes nothing
+                if let Some(pool) = self.pool.as_ref().filter(|_| tpl.count() > 0) {
+                    // the run ends first: the next one restores the new partitions' state
+                    self.end_run();
+                    let fresh = self.claim(pool, tpl);
+                    // partitions without state start as `start_from` says
+                    let mut rest = TopicPartitionList::new();
+                    for (t, p) in &fresh {
+                        rest.add_partition(t, *p);
+                    }
+                    if let Ok(mut seen) = self.seen.lock() {
+                        for (t, p) in &fresh {
+                            seen.remove(&(t.clone(), *p));
+                        }
+                    }
+                    self.set_start_offsets(consumer, &mut rest);
+                    for e in rest.elements() {
+                        let _ = tpl.set_partition_offset(e.topic(), e.partition(), e.offset());
+                    }
+                } else if self.pool.is_none() {
+                    self.set_start_offsets(consumer, tpl);
+                }
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -317,6 +468,26 @@ impl ConsumerContext for GroupContext {
                 }
                 tracing::info!(partitions = ?list(tpl), "kafka: partitions assigned");
                 self.push(GroupEvent::Assigned(list(tpl)));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.pool.is_some() => {
+                // the run checkpoints and commits its state before the partitions go
+                let revoked = list(tpl);
+                if !revoked.is_empty() {
+                    self.end_run();
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "kafka: releasing partitions failed");
+                }
+                if let Some(pool) = &self.pool {
+                    (pool.released)(&revoked);
+                }
+                tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
+                self.push(GroupEvent::Revoked(revoked));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = list(tpl);
@@ -438,6 +609,8 @@ pub struct KafkaReader {
     awaiting_assignment: bool,
     /// (topic, partition) → offset to continue from, from a checkpoint.
     resume: HashMap<(String, i32), u64>,
+    /// In a pool: the hand-over flag of the run served now (a new one means a new run).
+    run: Option<Arc<AtomicBool>>,
 }
 
 impl KafkaReader {
@@ -492,6 +665,78 @@ impl KafkaReader {
             awaiting_assignment: false,
             paused: false,
             resume: HashMap::new(),
+            run: None,
+        }
+    }
+
+    /// In a pool: starts serving the run of `ctx` (a reader outlives the runs of its worker).
+    /// Chunks not handed out yet are numbered again from 0 per partition, as the new run's
+    /// clocks expect, and the partitions' idleness is set in its clocks.
+    fn join_run(&mut self, ctx: &ReaderContext) {
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, &ctx.handover))
+        {
+            return;
+        }
+        self.run = Some(ctx.handover.clone());
+        if let Some(consumer) = &self.consumer {
+            let c = consumer.context();
+            if let Ok(mut p) = c.progress.lock() {
+                *p = ctx.progress.clone();
+            }
+            if let Ok(mut st) = c.stats.lock() {
+                *st = ctx.stats.clone();
+            }
+            if let Ok(mut run) = c.run.lock() {
+                *run = Some(RunLink {
+                    handover: ctx.handover.clone(),
+                    stop: ctx.stop.clone(),
+                    cancel: ctx.cancel.clone(),
+                    progress: ctx.progress.clone(),
+                });
+            }
+        }
+        let first = self.first_id();
+        for s in self.partitions.iter_mut() {
+            s.seq = 0;
+        }
+        for chunk in self.ready.iter_mut() {
+            let s = &mut self.partitions[chunk.partition.id - first];
+            chunk.seq = s.seq;
+            s.seq += 1;
+        }
+        for s in &self.partitions {
+            ctx.clocks.partition(s.info.id).set_idle(!s.assigned);
+            if s.assigned {
+                ctx.progress.track(s.info.id);
+            }
+        }
+        self.report_assigned(ctx);
+    }
+
+    /// Drops what was read of a partition given up in a pool: its next owner reads it again
+    /// from the hand-over checkpoint.
+    fn forget(&mut self, l: usize) {
+        let id = self.partitions[l].info.id;
+        self.ready.retain(|c| c.partition.id != id);
+        let s = &mut self.partitions[l];
+        s.buffer = MessageBuffer::default();
+        s.next_offset = None;
+        s.end_at = None;
+        s.ended = false;
+    }
+
+    /// In a pool: whether the run served last ended with a hand-over (a rebalance).
+    pub fn handed_over(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| r.load(Ordering::SeqCst))
+    }
+
+    /// Leaves the consumer group (a pooled reader, at the end of its worker).
+    pub fn close(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            consumer.unsubscribe();
         }
     }
 
@@ -539,14 +784,18 @@ impl KafkaReader {
             resume: self.resume.clone(),
             starts: Mutex::new(HashMap::new()),
             ids,
-            progress: ctx.progress.clone(),
+            progress: Mutex::new(ctx.progress.clone()),
             seen: Mutex::new(HashSet::new()),
             committed: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
             has_events: AtomicBool::new(false),
             source: self.name.clone(),
-            stats: ctx.stats.clone(),
+            stats: Mutex::new(ctx.stats.clone()),
             positions: Mutex::new(HashMap::new()),
+            pool: self.config.pool.clone(),
+            run: Mutex::new(None),
+            in_backpressure: AtomicBool::new(false),
+            failed: Mutex::new(None),
         };
         let mut cfg = client_config(&self.config.brokers, &[]);
         cfg.set("group.id", &self.config.group_id)
@@ -563,7 +812,15 @@ impl KafkaReader {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("queued.max.messages.kbytes", "32768")
             .set("fetch.max.bytes", "16777216")
-            .set("session.timeout.ms", "10000")
+            // a pool moves a dead worker's partitions after this; 6 s is the brokers' minimum
+            .set(
+                "session.timeout.ms",
+                if self.config.pool.is_some() {
+                    "6000"
+                } else {
+                    "10000"
+                },
+            )
             .set("heartbeat.interval.ms", "1000")
             // consumer lag for `/metrics`
             .set("statistics.interval.ms", "5000");
@@ -650,7 +907,11 @@ impl KafkaReader {
                         let Some(l) = self.local(&topic, p) else {
                             continue;
                         };
-                        self.hand_over(l);
+                        if self.config.pool.is_some() {
+                            self.forget(l);
+                        } else {
+                            self.hand_over(l);
+                        }
                         let s = &mut self.partitions[l];
                         s.assigned = false;
                         ctx.clocks.partition(s.info.id).set_idle(true);
@@ -965,7 +1226,24 @@ impl PartitionReader for KafkaReader {
         if self.consumer.is_none() {
             self.connect(ctx)?;
         }
+        let pooled = self.config.pool.is_some();
+        if pooled {
+            self.join_run(ctx);
+        }
         loop {
+            if pooled {
+                if let Some(e) = self
+                    .consumer
+                    .as_ref()
+                    .and_then(|c| c.context().failed.lock().ok()?.take())
+                {
+                    return Err(self.err("worker pool", e));
+                }
+                // a hand-over (or a stop) ends the run at once: what was read stays here
+                if ctx.stop.load(Ordering::Relaxed) || ctx.handover.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+            }
             if let Some(c) = self.ready.pop_front() {
                 return Ok(Some(c));
             }
@@ -992,7 +1270,16 @@ impl PartitionReader for KafkaReader {
             self.commit(CommitMode::Async)?;
         }
         let consumer = self.consumer.as_ref().expect("connected");
-        if let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+        consumer
+            .context()
+            .in_backpressure
+            .store(true, Ordering::SeqCst);
+        let polled = consumer.poll(Duration::ZERO);
+        consumer
+            .context()
+            .in_backpressure
+            .store(false, Ordering::SeqCst);
+        if let Some(Ok(m)) = polled {
             let (topic, p, m) = (m.topic().to_string(), m.partition(), m.detach());
             self.handle_group_events(ctx)?;
             self.place_owned(&topic, p, &m, ctx);
@@ -1009,10 +1296,14 @@ impl PartitionReader for KafkaReader {
 
     fn finish(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
         self.commit(CommitMode::Sync)?;
-        if let Some(consumer) = self.consumer.take() {
-            consumer.unsubscribe();
+        if self.config.pool.is_none() {
+            self.close();
         }
         Ok(())
+    }
+
+    fn unread(&mut self, chunk: Chunk) {
+        self.ready.push_front(chunk);
     }
 }
 
@@ -1052,16 +1343,17 @@ mod tests {
             end_offsets: HashMap::new(),
             read_offsets: None,
             with_headers: true,
+            pool: None,
         };
         let partitions = KafkaPartitions::discover(&config).unwrap();
         assert_eq!(partitions.counts, vec![3]);
         let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
-        let ctx = ReaderContext {
-            clocks: Arc::new(Clocks::new(&[(3, 0)])),
-            stop: Arc::new(AtomicBool::new(false)),
-            progress: Arc::new(Progress::new(3, &[])),
-            stats: Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
-        };
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(3, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Progress::new(3, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        );
         let mut next_offset = [0u64; 3];
         let mut next_seq = [0u64; 3];
         let mut ended = [false; 3];
@@ -1121,6 +1413,7 @@ mod tests {
             end_offsets: HashMap::new(),
             read_offsets: None,
             with_headers: false,
+            pool: None,
         };
         match KafkaPartitions::discover(&config) {
             Err(e) => assert!(e.to_string().contains("nope"), "{e}"),

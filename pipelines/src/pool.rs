@@ -1,0 +1,488 @@
+//! Running as one worker of a pool: `weir run PIPELINE --worker ID`, started N times with
+//! the same pipeline, shares the Kafka partitions through the sources' consumer groups, and
+//! the state moves with the partitions through the shared checkpoint store
+//! (`weir_engine::pool`).
+//!
+//! A worker runs a sequence of jobs. Each job owns the partitions assigned when it started:
+//! it restores their state (from this worker's own checkpoints, or from the checkpoint
+//! another worker took when it gave them up or last completed before it died) and seeks them
+//! to that checkpoint's offsets. A rebalance that assigns or revokes partitions ends the job
+//! with a hand-over checkpoint, committed before the revoked partitions are released; the
+//! next job starts with the new assignment. The Kafka readers (and so the group membership
+//! and what they read but did not hand out yet) outlive the jobs.
+//!
+//! Outputs stay exactly once per worker: every worker writes its own files (the worker id
+//! before the extension), committed per checkpoint, and finishes the commit of a dead
+//! worker's checkpoint that it restores partitions from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership};
+use weir_engine::job::{PartitionReader, ReaderContext, StopHandle};
+use weir_engine::pool::{PoolStore, StateRef};
+use weir_engine::{Chunk, EngineError};
+use weir_sinks::committed::{CommittedLines, CommittedParts};
+use weir_sinks::{FileFormat, KafkaDelivery};
+use weir_sources::kafka::PoolHook;
+use weir_sources::{KafkaPartitions, KafkaReader};
+
+use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
+use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
+
+/// How long a revoked partition waits for its hand-over checkpoint before it is released
+/// anyway (fencing then stops the slow job from committing for it).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Kafka source's reader, shared by the jobs of a worker.
+pub(crate) struct PooledSource {
+    reader: Arc<Mutex<KafkaReader>>,
+    /// Partition keys (`topic/partition`), in global order.
+    pub keys: Vec<String>,
+}
+
+impl PooledSource {
+    /// The reader, for one job.
+    pub fn reader(&self) -> Box<dyn PartitionReader> {
+        Box::new(SharedReader(self.reader.clone()))
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
+        self.reader
+            .lock()
+            .map_err(|_| EngineError::Internal("a pooled Kafka reader is poisoned".into()))
+    }
+}
+
+/// One job's handle on a pooled reader.
+struct SharedReader(Arc<Mutex<KafkaReader>>);
+
+impl SharedReader {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
+        self.0
+            .lock()
+            .map_err(|_| EngineError::Internal("a pooled Kafka reader is poisoned".into()))
+    }
+}
+
+impl PartitionReader for SharedReader {
+    fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
+        self.lock()?.next_chunk(ctx)
+    }
+    fn finish(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.lock()?.finish(ctx)
+    }
+    fn backpressure(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.lock()?.backpressure(ctx)
+    }
+    fn backpressure_released(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.lock()?.backpressure_released(ctx)
+    }
+    fn unread(&mut self, chunk: Chunk) {
+        if let Ok(mut r) = self.0.lock() {
+            r.unread(chunk);
+        }
+    }
+}
+
+/// Why a pipeline cannot run as a pool worker; `None` when it can.
+pub fn pool_refusal(plan: &Plan) -> Option<String> {
+    let file = plan.file.display();
+    if plan.checkpoint.is_none() {
+        return Some(format!(
+            "{file}: a worker pool keeps its state in the checkpoint store: add \
+             `checkpoint: {{ dir: ... }}` with a folder or object-store URL every worker reaches"
+        ));
+    }
+    for s in &plan.sources {
+        if !matches!(s.input, SourceInput::Kafka(_)) {
+            return Some(format!(
+                "{file}: source `{}` is not a Kafka topic: only Kafka sources can be shared by a \
+                 worker pool (their consumer group assigns the partitions)",
+                s.name
+            ));
+        }
+    }
+    if let Some(v) = plan.views.first() {
+        return Some(format!(
+            "{file}: view `{}`: materialized views do not run in a worker pool yet; run the \
+             pipeline as one process (without --worker)",
+            v.config.name
+        ));
+    }
+    for w in &plan.windows {
+        if !w.config.key_partitioned {
+            return Some(format!(
+                "{file}: window `{}`: in a worker pool every key's events must come from one \
+                 partition: declare the source's `partitioned_by: [{}]` when its producers key \
+                 messages by it (repartitioning other topics is not built yet)",
+                w.config.name,
+                w.config.keys.join(", ")
+            ));
+        }
+    }
+    for s in &plan.sinks {
+        match &s.target {
+            SinkTarget::Iceberg(_) => {
+                return Some(format!(
+                    "{file}: sink `{}`: Iceberg sinks do not run in a worker pool yet",
+                    s.name
+                ))
+            }
+            SinkTarget::Kafka(k) if matches!(k.delivery, KafkaDelivery::ExactlyOnce { .. }) => {
+                return Some(format!(
+                    "{file}: sink `{}`: `delivery: exactly_once` does not run in a worker pool \
+                     yet; use the default at-least-once delivery (repeats are byte-identical)",
+                    s.name
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `path` with the worker's id before its extension: `out/w.ndjson` → `out/w.<worker>.ndjson`.
+pub fn worker_path(path: &Path, worker: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{worker}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{worker}"),
+    };
+    path.with_file_name(name)
+}
+
+/// The worker id `auto` stands for: the host name and the process id.
+pub fn auto_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+/// The files of `plan`'s outputs as one worker writes them.
+#[derive(Clone)]
+struct WorkerFiles {
+    /// Per sink: its file (as configured) and format, for file sinks.
+    sinks: Vec<(String, Option<(PathBuf, FileFormat)>)>,
+    dead_letter: Option<PathBuf>,
+}
+
+impl WorkerFiles {
+    fn of(plan: &Plan) -> Self {
+        WorkerFiles {
+            sinks: plan
+                .sinks
+                .iter()
+                .map(|s| {
+                    let file = match &s.target {
+                        SinkTarget::File { path, format } => Some((path.clone(), *format)),
+                        _ => None,
+                    };
+                    (s.name.clone(), file)
+                })
+                .collect(),
+            dead_letter: match &plan.dead_letter {
+                DeadLetterTarget::File(p) => Some(p.clone()),
+                DeadLetterTarget::Kafka(_) => None,
+            },
+        }
+    }
+
+    /// Finishes the commits of checkpoint `m` of dead worker `worker` in its files.
+    fn roll_forward(&self, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+        for (name, file) in &self.sinks {
+            let Some((path, format)) = file else {
+                continue;
+            };
+            let path = worker_path(path, worker);
+            let result = match format {
+                FileFormat::Parquet => CommittedParts::roll_forward(&path, m.epoch),
+                FileFormat::Ndjson | FileFormat::Csv => match m.sinks.get(name) {
+                    Some(info) => CommittedLines::roll_forward(&path, info),
+                    None => Ok(()),
+                },
+            };
+            result.map_err(|e| EngineError::sink(name, format!("{}: {e}", path.display())))?;
+        }
+        if let Some(p) = &self.dead_letter {
+            let path = worker_path(p, worker);
+            CommittedLines::roll_forward(&path, &m.dead_letter)
+                .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `plan` as worker `worker` of a pool until it is stopped (or, with
+/// `until_caught_up`, until the partitions it is assigned are read to their end).
+pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunSummary, RunError> {
+    if let Some(why) = pool_refusal(&plan) {
+        return Err(RunError::Pool(why));
+    }
+    let worker = if worker == "auto" {
+        auto_worker_id()
+    } else {
+        worker.to_string()
+    };
+    let Some(location) = plan.checkpoint.as_ref().map(|c| c.location.clone()) else {
+        return Err(RunError::Pool("no checkpoint location".into()));
+    };
+    let pool = Arc::new(PoolStore::open(&location, &worker).map_err(|e| match e {
+        EngineError::Checkpoint(m) if m.contains("worker id") => RunError::Pool(m),
+        e => RunError::Engine(e),
+    })?);
+    let files = WorkerFiles::of(&plan);
+    // this worker's own files; state kept per partition
+    for s in &mut plan.sinks {
+        if let SinkTarget::File { path, .. } = &mut s.target {
+            *path = worker_path(path, &worker);
+        }
+    }
+    if let DeadLetterTarget::File(p) = &mut plan.dead_letter {
+        *p = worker_path(p, &worker);
+    }
+    for w in &mut plan.windows {
+        let mut c = (*w.config).clone();
+        c.partition_state = true;
+        w.config = Arc::new(c);
+    }
+    tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
+    let mut summary = None;
+    loop {
+        let owned = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+        let sources = pooled_sources(&plan, &opts, &pool, &owned)?;
+        match run_jobs(&plan, &opts, &pool, &sources, &owned, &files, &mut summary) {
+            Ok(()) => {
+                for s in &sources {
+                    s.lock()?.close();
+                }
+                return summary
+                    .ok_or_else(|| RunError::Engine(EngineError::Internal("no job ran".into())));
+            }
+            Err(RunError::Engine(EngineError::Fenced(why))) => {
+                // Another worker owns a partition this one still read: leave the group and
+                // join again, reading every assigned partition from its checkpoint.
+                tracing::warn!(reason = %why, "this worker lost partitions; joining the group again");
+                for s in &sources {
+                    s.lock()?.close();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The Kafka readers of a worker, claiming the partitions they are assigned in `pool`.
+fn pooled_sources(
+    plan: &Plan,
+    opts: &RunOptions,
+    pool: &Arc<PoolStore>,
+    owned: &Arc<Mutex<BTreeMap<String, u64>>>,
+) -> Result<Vec<PooledSource>, RunError> {
+    let mut out = Vec::new();
+    let mut first_partition = 0;
+    for (i, s) in plan.sources.iter().enumerate() {
+        let SourceInput::Kafka(cfg) = &s.input else {
+            return Err(RunError::Pool(format!("source {} is not Kafka", s.name)));
+        };
+        let mut cfg = cfg.clone();
+        cfg.until_caught_up = opts.until_caught_up;
+        let name = s.name.clone();
+        let (claim_pool, claim_owned) = (pool.clone(), owned.clone());
+        let released_owned = owned.clone();
+        let released_name = s.name.clone();
+        cfg.pool = Some(PoolHook {
+            claim: Arc::new(move |partitions: &[(String, i32)]| {
+                let mut offsets = Vec::with_capacity(partitions.len());
+                for (topic, p) in partitions {
+                    let key = format!("{name}/{topic}/{p}");
+                    let (generation, from) = claim_pool.claim(&key).map_err(|e| e.to_string())?;
+                    let offset = match &from {
+                        Some(r) => claim_pool
+                            .partition_record(r, &name, &format!("{topic}/{p}"))
+                            .map_err(|e| e.to_string())?
+                            .map(|rec| rec.next_offset),
+                        None => None,
+                    };
+                    if let Ok(mut o) = claim_owned.lock() {
+                        o.insert(key, generation);
+                    }
+                    offsets.push(offset);
+                }
+                Ok(offsets)
+            }),
+            released: Arc::new(move |partitions: &[(String, i32)]| {
+                if let Ok(mut o) = released_owned.lock() {
+                    for (topic, p) in partitions {
+                        o.remove(&format!("{released_name}/{topic}/{p}"));
+                    }
+                }
+            }),
+            handover_timeout: HANDOVER_TIMEOUT,
+        });
+        let partitions =
+            KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
+        let keys: Vec<String> = cfg
+            .topics
+            .iter()
+            .zip(&partitions.counts)
+            .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
+            .collect();
+        let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions);
+        first_partition += keys.len();
+        out.push(PooledSource {
+            reader: Arc::new(Mutex::new(reader)),
+            keys,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs jobs over the current assignment until one ends for another reason than a
+/// rebalance (a stop, or the end of the input).
+fn run_jobs(
+    plan: &Plan,
+    opts: &RunOptions,
+    pool: &Arc<PoolStore>,
+    sources: &[PooledSource],
+    owned: &Arc<Mutex<BTreeMap<String, u64>>>,
+    files: &WorkerFiles,
+    summary: &mut Option<RunSummary>,
+) -> Result<(), RunError> {
+    let Some(planned) = &plan.checkpoint else {
+        return Err(RunError::Pool("no checkpoint".into()));
+    };
+    // partition key (`source/topic/partition`) → its id in the state's partition column
+    let mut ids = HashMap::new();
+    for (s, src) in plan.sources.iter().zip(sources) {
+        for key in &src.keys {
+            ids.insert(format!("{}/{key}", s.name), ids.len() as u32);
+        }
+    }
+    loop {
+        let owned_now = owned
+            .lock()
+            .map_err(|_| EngineError::Internal("the owned partitions are poisoned".into()))?
+            .clone();
+        let restore = pool.restore(&owned_now, &ids)?;
+        if let Some(r) = &restore.restored {
+            check_compatible(plan, &planned.location, &r.manifest)?;
+        }
+        for (r, m) in &restore.foreign {
+            finish_commit(pool, files, r, m)?;
+        }
+        tracing::info!(
+            partitions = owned_now.len(),
+            epoch = restore.restored.as_ref().map_or(0, |r| r.manifest.epoch),
+            "pool worker: starting a job with its assigned partitions"
+        );
+        let fence_pool = pool.clone();
+        let checkpoint = CheckpointSpec {
+            store: pool.own(),
+            interval: Duration::from_millis(planned.interval_ms),
+            keep: planned.keep,
+            pipeline: plan.name.clone(),
+            fingerprint: plan.fingerprint(),
+            restored: restore.restored,
+            ownership: Some(Ownership {
+                owned: owned_now,
+                fence: Arc::new(move |owned| fence_pool.fence(owned)),
+            }),
+        };
+        // a job of its own stop handle: a hand-over stops the job, not the worker
+        let job_stop = StopHandle::new();
+        let done = Arc::new(AtomicBool::new(false));
+        let forward = {
+            let (outer, inner, done) = (opts.stop.clone(), job_stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if outer.is_stopped() {
+                        inner.stop();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let job_opts = RunOptions {
+            stop: job_stop,
+            ..opts.clone()
+        };
+        let result = run_job(plan, &job_opts, Some(checkpoint), Some(sources));
+        done.store(true, Ordering::Relaxed);
+        let _ = forward.join();
+        let s = result?;
+        if let Some(c) = &s.last_checkpoint {
+            pool.mark_committed(c.epoch)?;
+        }
+        let handed_over = sources
+            .iter()
+            .map(|s| s.lock().map(|r| r.handed_over()))
+            .collect::<Result<Vec<bool>, _>>()?
+            .into_iter()
+            .any(|h| h);
+        *summary = Some(s);
+        if !handed_over || opts.stop.is_stopped() {
+            return Ok(());
+        }
+    }
+}
+
+/// Before restoring partitions from another worker's checkpoint: finishes its commit when
+/// that worker did not record it (it died between the checkpoint and its commit).
+fn finish_commit(
+    pool: &PoolStore,
+    files: &WorkerFiles,
+    r: &StateRef,
+    m: &Manifest,
+) -> Result<(), RunError> {
+    if pool.committed_epoch(&r.worker)? >= r.epoch {
+        return Ok(());
+    }
+    tracing::info!(
+        worker = %r.worker,
+        epoch = r.epoch,
+        "finishing the commit of a checkpoint of a worker that stopped before it recorded it"
+    );
+    files.roll_forward(&r.worker, m)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_files_carry_the_worker_id_before_the_extension() {
+        assert_eq!(
+            worker_path(Path::new("out/w.ndjson"), "w1"),
+            PathBuf::from("out/w.w1.ndjson")
+        );
+        assert_eq!(
+            worker_path(Path::new("out/parts.parquet"), "weir-2"),
+            PathBuf::from("out/parts.weir-2.parquet")
+        );
+        assert_eq!(worker_path(Path::new("dead"), "a"), PathBuf::from("dead.a"));
+        let id = auto_worker_id();
+        assert!(weir_engine::pool::valid_worker_id(&id), "{id}");
+    }
+}
