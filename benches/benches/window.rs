@@ -27,6 +27,7 @@ fn window(c: &mut Criterion) {
     ];
     let config = Arc::new(WindowConfig {
         key_partitioned: false,
+        partition_state: false,
         name: "bench".into(),
         input_schema: schema.clone(),
         predicate: None,
