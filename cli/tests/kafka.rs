@@ -22,7 +22,7 @@ mod kafka_support;
 #[allow(dead_code)]
 mod sql_support;
 use crash::venv_python as python;
-use kafka_support::{brokers, repo, tool, unique, weir};
+use kafka_support::{brokers, read_topic, repo, tool, unique, weir, Running};
 
 const AGGREGATES: &str = r#"
       events: count(*)
@@ -45,20 +45,6 @@ fn summary(case: &str, window: &str) -> Value {
 
 fn lag(brokers: &str, group: &str, topic: &str) -> Value {
     serde_json::from_str(tool(&["lag", brokers, group, topic]).trim()).unwrap()
-}
-
-/// Reads a topic with the independent client; returns (keys, values).
-fn read_topic(brokers: &str, topic: &str, dir: &Path) -> (Vec<Option<String>>, Vec<Row>) {
-    let out = dir.join(format!("{topic}.ndjson"));
-    tool(&["consume", brokers, topic, out.to_str().unwrap(), "--keys"]);
-    let mut keys = Vec::new();
-    let mut values = Vec::new();
-    for row in read_ndjson(&out) {
-        keys.push(row.get("key").and_then(|k| k.as_str()).map(String::from));
-        let v = row.get("value").cloned().unwrap();
-        values.push(serde_json::from_value(v).unwrap());
-    }
-    (keys, values)
 }
 
 /// The topics and group of one test, with the `ingestion_1m` golden events produced into
@@ -183,74 +169,6 @@ dead_letter: {{ kafka: {{ topic: {dlq} }} }}
     let l = lag(&brokers, &group, &input);
     assert_eq!(l["lag"], 0, "{l}");
     assert_eq!(l["end"], 6000, "{l}");
-}
-
-/// A `weir run` in the background whose log lines are collected.
-struct Running {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(pipeline: &Path, extra: &[&str]) -> Running {
-        let mut child = weir()
-            .args(["run", pipeline.to_str().unwrap()])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Running { child, log }
-    }
-
-    fn assignments(&self) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("partitions assigned"))
-            .count()
-    }
-
-    fn wait_for(&self, what: &str, ok: impl Fn(&Running) -> bool) {
-        let started = Instant::now();
-        while !ok(self) {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}; log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops it like Ctrl-C and waits for a clean exit.
-    fn interrupt(mut self) -> Vec<String> {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        let log = self.log.lock().unwrap().clone();
-        assert!(status.success(), "exit {status}; log:\n{}", log.join("\n"));
-        log
-    }
-
-    fn wait(mut self) -> Vec<String> {
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        let log = self.log.lock().unwrap().clone();
-        assert!(status.success(), "exit {status}; log:\n{}", log.join("\n"));
-        log
-    }
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! Helpers of the Kafka tests: the broker, the independent Python client, unique names.
 #![allow(dead_code)] // each test binary uses its own part
 
+use std::io::{BufRead, BufReader};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weir_tests::{read_ndjson, Row};
 
 use super::crash::venv_python as python;
 
@@ -62,4 +65,128 @@ pub fn weir() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
     c.env("RUST_LOG", "info,librdkafka=warn");
     c
+}
+
+/// Reads a topic with the independent client; returns (keys, values).
+pub fn read_topic(brokers: &str, topic: &str, dir: &Path) -> (Vec<Option<String>>, Vec<Row>) {
+    let out = dir.join(format!("{topic}.ndjson"));
+    tool(&["consume", brokers, topic, out.to_str().unwrap(), "--keys"]);
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for row in read_ndjson(&out) {
+        keys.push(row.get("key").and_then(|k| k.as_str()).map(String::from));
+        let v = row.get("value").cloned().unwrap();
+        values.push(serde_json::from_value(v).unwrap());
+    }
+    (keys, values)
+}
+
+/// A `weir run` in the background whose log lines are collected.
+pub struct Running {
+    child: Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    pub fn start(pipeline: &Path, extra: &[&str]) -> Running {
+        let mut child = weir()
+            .args(["run", pipeline.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running { child, log }
+    }
+
+    pub fn assignments(&self) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("partitions assigned"))
+            .count()
+    }
+
+    pub fn wait_for(&self, what: &str, ok: impl Fn(&Running) -> bool) {
+        let started = Instant::now();
+        while !ok(self) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}; log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops it like Ctrl-C and waits for a clean exit.
+    pub fn interrupt(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log.lock().unwrap().clone();
+        assert!(status.success(), "exit {status}; log:\n{}", log.join("\n"));
+        log
+    }
+
+    /// Its log lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kills it with SIGKILL (no final checkpoint, no goodbye to the group).
+    pub fn kill(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.lines()
+    }
+
+    /// Waits for a clean exit, at most `limit`.
+    pub fn wait_within(mut self, limit: Duration) -> Vec<String> {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "did not finish within {limit:?}; log:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.lines();
+        assert!(status.success(), "exit {status}; log:\n{}", log.join("\n"));
+        log
+    }
+
+    pub fn wait(mut self) -> Vec<String> {
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log.lock().unwrap().clone();
+        assert!(status.success(), "exit {status}; log:\n{}", log.join("\n"));
+        log
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails leaves no process behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
