@@ -13,7 +13,6 @@ use serde_json::Value;
 use weir_tests::{compare, compare_at_least_once, generate, oracle_per_dataset, read_ndjson, Row};
 
 #[path = "support/crash.rs"]
-#[allow(dead_code)]
 mod crash;
 #[path = "support/kafka.rs"]
 mod kafka_support;
