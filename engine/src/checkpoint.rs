@@ -473,18 +473,29 @@ pub fn decode_partials(bytes: &[u8]) -> Result<Vec<PartialWindow>, EngineError> 
     Ok(out)
 }
 
-/// The rows of `partials` whose partition column (the first key, see [`PARTITION_COLUMN`])
-/// `keep` accepts: one worker's share of a checkpoint taken by another.
+/// Where an operator's state keeps each row's source partition (a `UInt32` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionColumn {
+    /// A key column (a window's hidden first key, [`PARTITION_COLUMN`]).
+    Key(usize),
+    /// A state column (a view's hidden `max(partition)` aggregate).
+    State(usize),
+}
+
+/// The rows of `partials` whose partition (in `column`) `keep` accepts: one worker's share
+/// of a checkpoint taken by another.
 pub fn partials_of_partitions(
     partials: &[PartialWindow],
+    column: PartitionColumn,
     keep: &dyn Fn(u32) -> bool,
 ) -> Result<Vec<PartialWindow>, EngineError> {
     let mut out = Vec::new();
     for p in partials {
-        let Some(ids) = p
-            .keys
-            .first()
-            .and_then(|k| k.as_any().downcast_ref::<arrow::array::UInt32Array>())
+        let array = match column {
+            PartitionColumn::Key(i) => p.keys.get(i),
+            PartitionColumn::State(i) => p.states.get(i),
+        };
+        let Some(ids) = array.and_then(|k| k.as_any().downcast_ref::<arrow::array::UInt32Array>())
         else {
             return Err(err(
                 "the checkpoint's state is not kept per partition: it was written by a run \

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{partials_of_partitions, CheckpointStore, Manifest, Restored};
+use crate::checkpoint::{
+    partials_of_partitions, CheckpointStore, Manifest, PartitionColumn, Restored,
+};
 use crate::job::PartialWindow;
 use crate::EngineError;
 
@@ -232,12 +234,14 @@ impl PoolStore {
 
     /// The state for a run owning `owned` (partition → this worker's claim generation):
     /// each partition's rows cut out of the checkpoint that holds it, `ids` giving the
-    /// partition's id in the state's partition column. The manifest is this worker's newest
-    /// (for its outputs' recovery), with the owned partitions' offsets, clocks and state.
+    /// partition's id in the state's partition column, which `columns` locates per operator
+    /// name. The manifest is this worker's newest (for its outputs' recovery), with the
+    /// owned partitions' offsets, clocks and state.
     pub fn restore(
         &self,
         owned: &BTreeMap<String, u64>,
         ids: &HashMap<String, u32>,
+        columns: &HashMap<String, PartitionColumn>,
     ) -> Result<PoolRestore, EngineError> {
         // where each owned partition's state is
         let mut by_ref: BTreeMap<StateRef, Vec<String>> = BTreeMap::new();
@@ -293,7 +297,12 @@ impl PoolStore {
                 let Some(i) = names.iter().position(|n| *n == rec.name) else {
                     continue;
                 };
-                let cut = partials_of_partitions(&loaded.operators[j], &|id| keep.contains(&id))?;
+                let column = columns.get(&rec.name).copied().ok_or_else(|| {
+                    err(format!("operator {} keeps no partition in its state", rec.name))
+                })?;
+                let cut = partials_of_partitions(&loaded.operators[j], column, &|id| {
+                    keep.contains(&id)
+                })?;
                 base.operators[i].rows += cut
                     .iter()
                     .map(|p| p.keys.first().map_or(0, |k| k.len()) as u64)

@@ -30,7 +30,7 @@ use crate::compile::CompiledAggregate;
 use crate::window::{into_partial, key_schema, state_lens, Groups};
 
 /// A materialized view, shared by its workers and its merger.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ViewConfig {
     pub name: String,
     /// Schema of the decoded events it reads.
@@ -45,6 +45,9 @@ pub struct ViewConfig {
     pub retain_ms: Option<i64>,
     /// The view has sinks: expired keys go to them as `op = 'delete'` rows.
     pub changelog: bool,
+    /// Keeps each key's source partition in its state, as a hidden aggregate (a worker
+    /// pool, see [`ViewConfig::with_partition_state`]).
+    pub partition_state: bool,
 }
 
 /// The `window_start` a view's partial state travels under (views have no window).
@@ -53,6 +56,7 @@ const VIEW_WINDOW: i64 = 0;
 /// The column of each event's time (ms) that views with `retain` aggregate, hidden.
 pub const EVENT_TIME_COLUMN: &str = "__weir_event_time";
 
+pub use weir_engine::checkpoint::PARTITION_COLUMN;
 pub use weir_engine::KEYS_METADATA;
 
 impl ViewConfig {
@@ -75,10 +79,72 @@ impl ViewConfig {
         Ok(self)
     }
 
-    /// The aggregates that are columns of the view (not the hidden event time).
+    /// Keeps each key's source partition in the state (a worker pool, whose partitions'
+    /// state moves between workers): a hidden `max(partition)` aggregate after the visible
+    /// ones (and before the hidden event time, which stays last). The source must be
+    /// partitioned by the key, so that a key's events all come from one partition.
+    pub fn with_partition_state(
+        mut self,
+        compiler: &crate::SqlCompiler,
+    ) -> Result<Self, String> {
+        if self.partition_state {
+            return Ok(self);
+        }
+        self.partition_state = true;
+        let partition = compiler.aggregate(
+            PARTITION_COLUMN,
+            &format!("max({PARTITION_COLUMN})"),
+            &self.extended_schema(),
+        )?;
+        let at = self.visible_len();
+        self.aggregates.insert(at, partition);
+        Ok(self)
+    }
+
+    fn visible_len(&self) -> usize {
+        let hidden = usize::from(self.retain_ms.is_some()) + usize::from(self.partition_state);
+        self.aggregates.len().saturating_sub(hidden)
+    }
+
+    /// The aggregates that are columns of the view (not the hidden ones).
     pub fn visible(&self) -> &[CompiledAggregate] {
-        let hidden = usize::from(self.retain_ms.is_some());
-        &self.aggregates[..self.aggregates.len() - hidden]
+        &self.aggregates[..self.visible_len()]
+    }
+
+    /// Where the partition is among the state columns of a partial (see
+    /// [`Self::with_partition_state`]).
+    pub fn partition_state_column(&self) -> Result<Option<usize>, EngineError> {
+        if !self.partition_state {
+            return Ok(None);
+        }
+        let lens = state_lens(&self.name, &self.aggregates)?;
+        Ok(Some(lens[..self.visible_len()].iter().sum()))
+    }
+
+    /// The input schema with the hidden columns its aggregates read: the event time (with
+    /// `retain`), then the partition (with partition state).
+    fn extended_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if self.retain_ms.is_some() {
+            fields.push(Field::new(
+                EVENT_TIME_COLUMN,
+                arrow::datatypes::DataType::Int64,
+                false,
+            ));
+        }
+        if self.partition_state {
+            fields.push(Field::new(
+                PARTITION_COLUMN,
+                arrow::datatypes::DataType::UInt32,
+                false,
+            ));
+        }
+        Arc::new(Schema::new(fields))
     }
 
     fn key_schema(&self) -> Result<SchemaRef, EngineError> {
@@ -187,7 +253,7 @@ impl ViewWorker {
 impl WorkerOperator for ViewWorker {
     fn process(
         &mut self,
-        _partition: &Arc<PartitionInfo>,
+        partition: &Arc<PartitionInfo>,
         events: &EventBatch,
         _row_watermarks: &[i64],
         _dead: &mut Vec<DeadLetter>,
@@ -198,16 +264,24 @@ impl WorkerOperator for ViewWorker {
         if n == 0 {
             return Ok(0);
         }
-        let timed;
-        let batch = if config.retain_ms.is_some() {
-            // the hidden `max(event time)` reads each event's time from a column of its own
+        let extended;
+        let batch = if config.retain_ms.is_some() || config.partition_state {
+            // hidden aggregates read each event's time and partition from columns of their own
             let mut columns = events.batch.columns().to_vec();
-            columns.push(Arc::new(arrow::array::Int64Array::from(
-                events.event_time.clone(),
-            )));
-            timed = RecordBatch::try_new(with_event_time(&config.input_schema), columns)
+            if config.retain_ms.is_some() {
+                columns.push(Arc::new(arrow::array::Int64Array::from(
+                    events.event_time.clone(),
+                )));
+            }
+            if config.partition_state {
+                columns.push(Arc::new(arrow::array::UInt32Array::from_value(
+                    partition.id as u32,
+                    n,
+                )));
+            }
+            extended = RecordBatch::try_new(config.extended_schema(), columns)
                 .map_err(|e| EngineError::operator(&config.name, e))?;
-            &timed
+            &extended
         } else {
             &events.batch
         };
@@ -816,6 +890,7 @@ mod tests {
             keys: vec!["serviceName".into()],
             aggregates,
             retain_ms: None,
+            partition_state: false,
             changelog: true,
         })
     }
@@ -956,6 +1031,7 @@ mod tests {
                 keys: base.keys.clone(),
                 aggregates: base.aggregates.clone(),
                 retain_ms: None,
+                partition_state: false,
                 changelog: true,
             }
             .with_retain(5, &c)
@@ -1046,6 +1122,7 @@ mod tests {
             predicate: None,
             keys: base.keys.clone(),
             retain_ms: None,
+            partition_state: false,
             changelog: true,
         });
         let p = partition();
@@ -1149,6 +1226,7 @@ mod tests {
             keys: base.keys.clone(),
             aggregates: base.aggregates.clone(),
             retain_ms: None,
+            partition_state: false,
             changelog: true,
         });
         let p = partition();

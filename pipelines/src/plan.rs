@@ -50,6 +50,8 @@ pub struct PlannedSource {
     pub decoder: Arc<dyn Decode>,
     /// The schema of the decoded batches.
     pub output_schema: SchemaRef,
+    /// The fields its producers key (partition) messages by, as declared.
+    pub partitioned_by: Vec<String>,
 }
 
 /// A checked window.
@@ -1463,6 +1465,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             columns: cols,
             decoder,
             output_schema,
+            partitioned_by: Vec::new(),
         });
     }
     let partitioned_by: Vec<Vec<String>> = doc
@@ -1470,6 +1473,9 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         .values()
         .map(|s| s.value.partitioned_by.clone().unwrap_or_default())
         .collect();
+    for (s, by) in sources.iter_mut().zip(&partitioned_by) {
+        s.partitioned_by = by.clone();
+    }
     let mut windows = Vec::new();
     for w in wins {
         let d = w.doc;
@@ -1520,6 +1526,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             aggregates,
             retain_ms: None,
             changelog: !d.sinks.is_empty(),
+            partition_state: false,
         };
         let config = Arc::new(match d.retain {
             Some(r) => config

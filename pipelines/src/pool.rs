@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership};
+use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColumn};
 use weir_engine::job::{PartitionReader, ReaderContext, StopHandle};
 use weir_engine::pool::{PoolStore, StateRef};
 use weir_engine::{Chunk, EngineError};
@@ -106,12 +106,16 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
             ));
         }
     }
-    if let Some(v) = plan.views.first() {
-        return Some(format!(
-            "{file}: view `{}`: materialized views do not run in a worker pool yet; run the \
-             pipeline as one process (without --worker)",
-            v.config.name
-        ));
+    for v in &plan.views {
+        if !keyed_by(plan, v.source, &v.config.keys) {
+            return Some(format!(
+                "{file}: view `{}`: in a worker pool every key's events must come from one \
+                 partition: declare the source's `partitioned_by: [{}]` when its producers key \
+                 messages by it (repartitioning other topics is not built yet)",
+                v.config.name,
+                v.config.keys.join(", ")
+            ));
+        }
     }
     for w in &plan.windows {
         if !w.config.key_partitioned {
@@ -143,6 +147,12 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether source `source` is declared partitioned by a subset of `keys`.
+fn keyed_by(plan: &Plan, source: usize, keys: &[String]) -> bool {
+    let by = &plan.sources[source].partitioned_by;
+    !by.is_empty() && by.iter().all(|f| keys.contains(f))
 }
 
 /// `path` with the worker's id before its extension: `out/w.ndjson` → `out/w.<worker>.ndjson`.
@@ -265,6 +275,14 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
         c.partition_state = true;
         w.config = Arc::new(c);
     }
+    let compiler = weir_operators::SqlCompiler::new();
+    for v in &mut plan.views {
+        let c = (*v.config)
+            .clone()
+            .with_partition_state(&compiler)
+            .map_err(|e| RunError::Pool(format!("view {}: {e}", v.config.name)))?;
+        v.config = Arc::new(c);
+    }
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
     let mut summary = None;
     loop {
@@ -371,6 +389,16 @@ fn run_jobs(
     let Some(planned) = &plan.checkpoint else {
         return Err(RunError::Pool("no checkpoint".into()));
     };
+    // where each operator keeps the partition
+    let mut columns = HashMap::new();
+    for w in &plan.windows {
+        columns.insert(w.config.name.clone(), PartitionColumn::Key(0));
+    }
+    for v in &plan.views {
+        if let Some(i) = v.config.partition_state_column()? {
+            columns.insert(v.config.name.clone(), PartitionColumn::State(i));
+        }
+    }
     // partition key (`source/topic/partition`) → its id in the state's partition column
     let mut ids = HashMap::new();
     for (s, src) in plan.sources.iter().zip(sources) {
@@ -383,7 +411,7 @@ fn run_jobs(
             .lock()
             .map_err(|_| EngineError::Internal("the owned partitions are poisoned".into()))?
             .clone();
-        let restore = pool.restore(&owned_now, &ids)?;
+        let restore = pool.restore(&owned_now, &ids, &columns)?;
         if let Some(r) = &restore.restored {
             check_compatible(plan, &planned.location, &r.manifest)?;
         }
