@@ -19,7 +19,6 @@ mod crash;
 #[path = "support/kafka.rs"]
 mod kafka_support;
 #[path = "support/sql.rs"]
-#[allow(dead_code)]
 mod sql_support;
 use crash::venv_python as python;
 use kafka_support::{brokers, read_topic, repo, tool, unique, weir, Running};

@@ -16,7 +16,10 @@ use weir_tests::{compare, compare_at_least_once, generate, oracle_per_dataset, r
 mod crash;
 #[path = "support/kafka.rs"]
 mod kafka_support;
-use kafka_support::{brokers, read_topic, tool, unique, Running};
+#[path = "support/sql.rs"]
+mod sql_support;
+use kafka_support::{brokers, read_topic, repo, tool, unique, Running};
+use sql_support::{sql_json, try_sql_json};
 
 const AGGREGATES: &str = r#"
       events: count(*)
@@ -237,4 +240,136 @@ checkpoint: {{ dir: state, interval: 2s }}
 
 fn has_claims_in(log: &[String]) -> bool {
     log.iter().any(|l| l.contains("partition claimed"))
+}
+
+/// The SQL tests' reference values of the health view (tests/sql/health_reference.py).
+fn health_reference(events: &Path) -> Value {
+    let o = std::process::Command::new(crash::venv_python())
+        .arg(repo().join("tests/sql/health_reference.py"))
+        .arg(events)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn a_query_to_any_worker_answers_over_the_whole_pool() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("health.ndjson");
+    let o = std::process::Command::new("python3")
+        .arg(weir_tests::shared_dir().join("data/gen_events.py"))
+        .args(["service-health", "12000", "--seed", "5", "--keys", "200"])
+        .args(["--unicode-keys", "--bad-frac", "0.01", "-o"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = health_reference(&events);
+    let services = want["services"].as_object().unwrap();
+    let (input, group) = (unique("pool-health"), unique("pool-sql"));
+    tool(&["create", &brokers, &input, "6"]);
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        events.to_str().unwrap(),
+        "--key-field",
+        "serviceName",
+    ]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: pool-sql
+sources:
+  health:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    partitioned_by: [serviceName]
+    format: json
+    schema: service-health
+    event_time: {{ field: timestamp, max_out_of_orderness: 2s }}
+views:
+  service_status:
+    from: health
+    key: [serviceName]
+    aggregates:
+      status: last_value(healthStatus ORDER BY timestamp)
+      last_seen: max(timestamp)
+      checks: count(*)
+      worst_latency: max(latencyMs)
+checkpoint: {{ dir: state, interval: 2s }}
+serve: {{ http: "127.0.0.1:${{WEIR_HTTP_PORT}}", refresh: 200ms }}
+"#
+        ),
+    )
+    .unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| sql_support::free_port()).collect();
+    let workers: Vec<Running> = ["a", "b", "c"]
+        .iter()
+        .zip(&ports)
+        .map(|(id, port)| {
+            Running::start_with(
+                &pipeline,
+                &["--worker", id],
+                &[("WEIR_HTTP_PORT", &port.to_string())],
+            )
+        })
+        .collect();
+    for w in &workers {
+        w.wait_for("partitions for every worker", has_claims);
+    }
+    // every worker answers for the whole view once the input is in
+    let total = |port: u16| -> Option<(u64, u64)> {
+        let r = try_sql_json(
+            port,
+            "SELECT count(*) AS keys, sum(checks) AS checks FROM service_status",
+        )
+        .ok()?;
+        Some((r.first()?["keys"].as_u64()?, r[0]["checks"].as_u64()?))
+    };
+    let expected = (services.len() as u64, want["good"].as_u64().unwrap());
+    let started = Instant::now();
+    while ports.iter().any(|&p| total(p) != Some(expected)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the workers do not answer for the whole view: {:?} vs {expected:?}",
+            ports.iter().map(|&p| total(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let all = |port: u16| sql_json(port, "SELECT * FROM service_status ORDER BY serviceName");
+    let rows = all(ports[1]);
+    assert_eq!(rows.len(), services.len());
+    for r in &rows {
+        let name = r["serviceName"].as_str().unwrap();
+        let w = &services[name];
+        assert_eq!(r["checks"], w["checks"], "{name}");
+        assert_eq!(r["last_seen"], w["last_seen"], "{name}");
+        assert_eq!(r["worst_latency"], w["worst_latency"], "{name}");
+    }
+    assert_eq!(all(ports[0]), rows, "worker a answers as b does");
+    assert_eq!(all(ports[2]), rows, "worker c answers as b does");
+    // a point query for a key another worker holds
+    let one = rows[17]["serviceName"].as_str().unwrap();
+    for &p in &ports {
+        let point = sql_json(
+            p,
+            &format!("SELECT * FROM service_status WHERE serviceName = '{one}'"),
+        );
+        assert_eq!(point, vec![rows[17].clone()]);
+    }
+    // weir_status: every partition once, with the worker that owns it
+    let status = sql_json(
+        ports[0],
+        "SELECT partition, worker FROM weir_status ORDER BY partition",
+    );
+    assert_eq!(status.len(), 6, "{status:?}");
+    let owners: std::collections::BTreeSet<&str> =
+        status.iter().filter_map(|r| r["worker"].as_str()).collect();
+    assert_eq!(owners.len(), 3, "{status:?}");
+    for w in workers {
+        w.interrupt();
+    }
 }

@@ -497,10 +497,11 @@ pub fn partials_of_partitions(
         };
         let Some(ids) = array.and_then(|k| k.as_any().downcast_ref::<arrow::array::UInt32Array>())
         else {
-            return Err(err(
-                "the checkpoint's state is not kept per partition: it was written by a run \
-                 outside a worker pool",
-            ));
+            return Err(err(format!(
+                "the checkpoint's state is not kept per partition (its {column:?} is {:?}): \
+                 it was written by a run outside a worker pool",
+                array.map(|a| a.data_type().clone())
+            )));
         };
         let mask: arrow::array::BooleanArray =
             ids.iter().map(|id| Some(id.is_some_and(keep))).collect();

@@ -218,6 +218,9 @@ pub struct LiveState {
     /// One per operator of the job, in the job's operator order.
     pub tables: Vec<LiveTableDef>,
     current: RwLock<Arc<LiveSnapshot>>,
+    /// In a worker pool: this worker's id and the partitions (`source`, `partition`) its
+    /// job owns.
+    pool: Option<(String, std::collections::HashSet<(String, String)>)>,
 }
 
 impl LiveState {
@@ -232,6 +235,30 @@ impl LiveState {
             pipeline: pipeline.to_string(),
             tables,
             current: RwLock::new(Arc::new(empty)),
+            pool: None,
+        }
+    }
+
+    /// The state of pool worker `worker`, whose job owns `owned` (`source`, `partition`).
+    pub fn in_pool(
+        mut self,
+        worker: &str,
+        owned: std::collections::HashSet<(String, String)>,
+    ) -> Self {
+        self.pool = Some((worker.to_string(), owned));
+        self
+    }
+
+    /// The pool worker's id, `None` outside a pool.
+    pub fn worker(&self) -> Option<&str> {
+        self.pool.as_ref().map(|(w, _)| w.as_str())
+    }
+
+    /// Whether this process owns a partition (always, outside a pool).
+    pub fn owns(&self, source: &str, partition: &str) -> bool {
+        match &self.pool {
+            Some((_, owned)) => owned.contains(&(source.to_string(), partition.to_string())),
+            None => true,
         }
     }
 

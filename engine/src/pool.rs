@@ -298,11 +298,13 @@ impl PoolStore {
                     continue;
                 };
                 let column = columns.get(&rec.name).copied().ok_or_else(|| {
-                    err(format!("operator {} keeps no partition in its state", rec.name))
+                    err(format!(
+                        "operator {} keeps no partition in its state",
+                        rec.name
+                    ))
                 })?;
-                let cut = partials_of_partitions(&loaded.operators[j], column, &|id| {
-                    keep.contains(&id)
-                })?;
+                let cut =
+                    partials_of_partitions(&loaded.operators[j], column, &|id| keep.contains(&id))?;
                 base.operators[i].rows += cut
                     .iter()
                     .map(|p| p.keys.first().map_or(0, |k| k.len()) as u64)
@@ -364,6 +366,51 @@ impl PoolStore {
         })
     }
 
+    /// Announces this worker's SQL address (`host:port`) to the pool; repeated as a
+    /// heartbeat (see [`Self::members`]).
+    pub fn announce(&self, address: &str) -> Result<(), EngineError> {
+        let entry = serde_json::json!({
+            "worker": self.worker,
+            "http": address,
+            "at_ms": crate::time::now_ms(),
+        });
+        let bytes = serde_json::to_vec(&entry).map_err(err)?;
+        self.root
+            .put(&format!("members/{}.json", self.worker), bytes)
+    }
+
+    /// Removes this worker's announcement (it stops).
+    pub fn withdraw(&self) -> Result<(), EngineError> {
+        self.root.delete(&[format!("members/{}.json", self.worker)])
+    }
+
+    /// (worker, SQL address) of the other workers that announced themselves within
+    /// `fresh_ms`.
+    pub fn members(&self, fresh_ms: i64) -> Result<Vec<(String, String)>, EngineError> {
+        let now = crate::time::now_ms();
+        let mut out = Vec::new();
+        for name in self.root.list_under("members")? {
+            let Some(bytes) = self.root.get(&name)? else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let (Some(worker), Some(http), Some(at)) = (
+                v.get("worker").and_then(|w| w.as_str()),
+                v.get("http").and_then(|h| h.as_str()),
+                v.get("at_ms").and_then(|a| a.as_i64()),
+            ) else {
+                continue;
+            };
+            if worker != self.worker && now - at <= fresh_ms {
+                out.push((worker.to_string(), http.to_string()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Records that this worker committed its outputs up to `epoch`.
     pub fn mark_committed(&self, epoch: u64) -> Result<(), EngineError> {
         let bytes = serde_json::to_vec(&serde_json::json!({ "epoch": epoch })).map_err(err)?;
@@ -417,5 +464,14 @@ mod tests {
         assert_eq!(a.committed_epoch("b").unwrap(), 0);
         b.mark_committed(7).unwrap();
         assert_eq!(a.committed_epoch("b").unwrap(), 7);
+        // announcements: each worker sees the others
+        a.announce("127.0.0.1:1").unwrap();
+        b.announce("127.0.0.1:2").unwrap();
+        assert_eq!(
+            a.members(10_000).unwrap(),
+            vec![("b".to_string(), "127.0.0.1:2".to_string())]
+        );
+        b.withdraw().unwrap();
+        assert!(a.members(10_000).unwrap().is_empty());
     }
 }

@@ -83,20 +83,17 @@ impl ViewConfig {
     /// state moves between workers): a hidden `max(partition)` aggregate after the visible
     /// ones (and before the hidden event time, which stays last). The source must be
     /// partitioned by the key, so that a key's events all come from one partition.
-    pub fn with_partition_state(
-        mut self,
-        compiler: &crate::SqlCompiler,
-    ) -> Result<Self, String> {
+    pub fn with_partition_state(mut self, compiler: &crate::SqlCompiler) -> Result<Self, String> {
         if self.partition_state {
             return Ok(self);
         }
+        let at = self.visible_len();
         self.partition_state = true;
         let partition = compiler.aggregate(
             PARTITION_COLUMN,
             &format!("max({PARTITION_COLUMN})"),
             &self.extended_schema(),
         )?;
-        let at = self.visible_len();
         self.aggregates.insert(at, partition);
         Ok(self)
     }
@@ -945,6 +942,59 @@ mod tests {
                 m.merge(part).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn partition_state_keeps_each_key_s_partition_hidden_and_cuttable() {
+        let base = config();
+        let pooled = Arc::new(
+            (*base)
+                .clone()
+                .with_partition_state(&SqlCompiler::new())
+                .unwrap(),
+        );
+        assert_eq!(pooled.visible().len(), base.aggregates.len());
+        assert_eq!(
+            pooled.output_schema().unwrap(),
+            base.output_schema().unwrap()
+        );
+        let part = |id: usize| {
+            Arc::new(PartitionInfo {
+                source: "health".into(),
+                id,
+                number: id as u32,
+                topic: None,
+                file: None,
+            })
+        };
+        let mut w = ViewWorker::new(pooled.clone()).unwrap();
+        let mut m = ViewMerger::new(pooled.clone()).unwrap();
+        let mut dead = Vec::new();
+        w.process(&part(0), &events(&[("a", "HEALTHY", 10)]), &[0], &mut dead)
+            .unwrap();
+        w.process(&part(3), &events(&[("b", "DOWN", 5)]), &[0], &mut dead)
+            .unwrap();
+        barrier(&mut m, &mut [&mut w]);
+        assert_eq!(
+            rows(&m.live(Vec::new()).unwrap()),
+            vec![
+                ("a".into(), "HEALTHY".into(), 1),
+                ("b".into(), "DOWN".into(), 1)
+            ]
+        );
+        // partition 3's share of a checkpoint holds key b alone
+        let saved = MergeOperator::snapshot(&mut m).unwrap();
+        let column = weir_engine::checkpoint::PartitionColumn::State(
+            pooled.partition_state_column().unwrap().unwrap(),
+        );
+        let cut =
+            weir_engine::checkpoint::partials_of_partitions(&saved, column, &|p| p == 3).unwrap();
+        let mut other = ViewMerger::new(pooled).unwrap();
+        MergeOperator::restore(&mut other, &cut).unwrap();
+        assert_eq!(
+            rows(&other.live(Vec::new()).unwrap()),
+            vec![("b".into(), "DOWN".into(), 1)]
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! before the extension), committed per checkpoint, and finishes the commit of a dead
 //! worker's checkpoint that it restores partitions from.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColu
 use weir_engine::job::{PartitionReader, ReaderContext, StopHandle};
 use weir_engine::pool::{PoolStore, StateRef};
 use weir_engine::{Chunk, EngineError};
+use weir_query::Peers;
 use weir_sinks::committed::{CommittedLines, CommittedParts};
 use weir_sinks::{FileFormat, KafkaDelivery};
 use weir_sources::kafka::PoolHook;
@@ -36,6 +37,16 @@ use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
 /// How long a revoked partition waits for its hand-over checkpoint before it is released
 /// anyway (fencing then stops the slow job from committing for it).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one job of a pool worker runs with.
+pub(crate) struct PoolJob<'a> {
+    pub sources: &'a [PooledSource],
+    pub worker: &'a str,
+    /// The partitions the job owns: (source, `topic/partition`).
+    pub owned: HashSet<(String, String)>,
+    /// The other workers, for SQL.
+    pub peers: Option<Arc<Peers>>,
+}
 
 /// A Kafka source's reader, shared by the jobs of a worker.
 pub(crate) struct PooledSource {
@@ -284,11 +295,95 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
         v.config = Arc::new(c);
     }
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
+    // SQL: announce this worker's address; queries read the other workers' rows too
+    let announcing = Arc::new(AtomicBool::new(true));
+    let (peers, heartbeat) = match plan.serve.as_ref().and_then(|s| s.http.as_deref()) {
+        Some(http) => {
+            let address = advertised(http);
+            // the other members, as the heartbeat last read them (queries must not block
+            // on the store)
+            let members = Arc::new(Mutex::new(Vec::new()));
+            let (p, running, cache) = (pool.clone(), announcing.clone(), members.clone());
+            let heartbeat = std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    if let Err(e) = p.announce(&address) {
+                        tracing::warn!(error = %e, "cannot announce this worker's SQL address");
+                    }
+                    match p.members(ANNOUNCE_FRESH.as_millis() as i64) {
+                        Ok(m) => {
+                            if let Ok(mut c) = cache.lock() {
+                                *c = m;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read the pool's members"),
+                    }
+                    for _ in 0..(ANNOUNCE_EVERY.as_millis() / 100) {
+                        if !running.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let _ = p.withdraw();
+            });
+            let addresses: weir_query::PeerAddresses =
+                Arc::new(move || members.lock().map(|m| m.clone()).unwrap_or_default());
+            let token = plan.serve.as_ref().and_then(|s| s.token.clone());
+            (
+                Some(Arc::new(
+                    Peers::new(addresses, token).map_err(RunError::Pool)?,
+                )),
+                Some(heartbeat),
+            )
+        }
+        None => (None, None),
+    };
+    let w = Worker {
+        plan,
+        opts,
+        pool,
+        files,
+        peers,
+    };
+    let result = run_worker_jobs(&w);
+    announcing.store(false, Ordering::Relaxed);
+    if let Some(h) = heartbeat {
+        let _ = h.join();
+    }
+    result
+}
+
+/// How often a worker announces its SQL address, and how long an announcement counts.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+const ANNOUNCE_FRESH: Duration = Duration::from_secs(8);
+
+/// The address other workers reach `http` (the `serve.http` setting) at: a wildcard host
+/// becomes `WEIR_ADVERTISE_HOST`, else the host name.
+fn advertised(http: &str) -> String {
+    if let Ok(a) = std::env::var("WEIR_ADVERTISE") {
+        return a;
+    }
+    match http.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "::" | "", port)) => {
+            let host = std::env::var("WEIR_ADVERTISE_HOST").unwrap_or_else(|_| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "127.0.0.1".into())
+            });
+            format!("{host}:{port}")
+        }
+        _ => http.to_string(),
+    }
+}
+
+/// The worker's jobs until it stops; after losing partitions to fencing, it joins the group
+/// again with new readers.
+fn run_worker_jobs(w: &Worker) -> Result<RunSummary, RunError> {
     let mut summary = None;
     loop {
         let owned = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-        let sources = pooled_sources(&plan, &opts, &pool, &owned)?;
-        match run_jobs(&plan, &opts, &pool, &sources, &owned, &files, &mut summary) {
+        let sources = pooled_sources(&w.plan, &w.opts, &w.pool, &owned)?;
+        match run_jobs(w, &sources, &owned, &mut summary) {
             Ok(()) => {
                 for s in &sources {
                     s.lock()?.close();
@@ -375,17 +470,30 @@ fn pooled_sources(
     Ok(out)
 }
 
+/// A pool worker's settings for its jobs.
+struct Worker {
+    plan: Plan,
+    opts: RunOptions,
+    pool: Arc<PoolStore>,
+    files: WorkerFiles,
+    peers: Option<Arc<Peers>>,
+}
+
 /// Runs jobs over the current assignment until one ends for another reason than a
 /// rebalance (a stop, or the end of the input).
 fn run_jobs(
-    plan: &Plan,
-    opts: &RunOptions,
-    pool: &Arc<PoolStore>,
+    w: &Worker,
     sources: &[PooledSource],
     owned: &Arc<Mutex<BTreeMap<String, u64>>>,
-    files: &WorkerFiles,
     summary: &mut Option<RunSummary>,
 ) -> Result<(), RunError> {
+    let Worker {
+        plan,
+        opts,
+        pool,
+        files,
+        peers,
+    } = w;
     let Some(planned) = &plan.checkpoint else {
         return Err(RunError::Pool("no checkpoint".into()));
     };
@@ -432,7 +540,7 @@ fn run_jobs(
             fingerprint: plan.fingerprint(),
             restored: restore.restored,
             ownership: Some(Ownership {
-                owned: owned_now,
+                owned: owned_now.clone(),
                 fence: Arc::new(move |owned| fence_pool.fence(owned)),
             }),
         };
@@ -455,7 +563,19 @@ fn run_jobs(
             stop: job_stop,
             ..opts.clone()
         };
-        let result = run_job(plan, &job_opts, Some(checkpoint), Some(sources));
+        let job = PoolJob {
+            sources,
+            worker: pool.worker(),
+            owned: owned_now
+                .keys()
+                .filter_map(|k| {
+                    let (source, partition) = k.split_once('/')?;
+                    Some((source.to_string(), partition.to_string()))
+                })
+                .collect(),
+            peers: peers.clone(),
+        };
+        let result = run_job(plan, &job_opts, Some(checkpoint), Some(&job));
         done.store(true, Ordering::Relaxed);
         let _ = forward.join();
         let s = result?;

@@ -130,8 +130,9 @@ pub(crate) fn run_job(
     plan: &Plan,
     opts: &RunOptions,
     checkpoint: Option<CheckpointSpec>,
-    pooled: Option<&[crate::pool::PooledSource]>,
+    pool: Option<&crate::pool::PoolJob>,
 ) -> Result<RunSummary, RunError> {
+    let pooled = pool.map(|p| p.sources);
     let n = parallelism(plan, opts);
     let manifest = checkpoint
         .as_ref()
@@ -311,7 +312,11 @@ pub(crate) fn run_job(
                 v.config.keys.clone(),
             ));
         }
-        let state = Arc::new(LiveState::new(&plan.name, tables));
+        let state = LiveState::new(&plan.name, tables);
+        let state = Arc::new(match pool {
+            Some(p) => state.in_pool(p.worker, p.owned.clone()),
+            None => state,
+        });
         let server = match &plan.serve {
             Some(sv) => Some(SqlServer::start(
                 &ServeConfig {
@@ -325,6 +330,7 @@ pub(crate) fn run_job(
                         memory_bytes: sv.query_memory_bytes,
                         max_concurrent: sv.max_queries,
                     },
+                    peers: pool.and_then(|p| p.peers.clone()),
                 },
                 state.clone(),
                 stats.clone(),

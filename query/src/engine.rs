@@ -16,7 +16,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tokio::sync::Semaphore;
 use weir_engine::live::{LiveKind, LiveState};
 
-use crate::tables::{LiveTable, Pinned, StatusTable};
+use crate::peers::Peers;
+use crate::tables::{LiveTable, LocalOnly, Pinned, StatusTable};
 
 /// Limits of one query and of the endpoint.
 #[derive(Debug, Clone)]
@@ -182,6 +183,8 @@ pub struct QueryEngine {
     permits: Arc<Semaphore>,
     executor: Executor,
     pub stats: QueryStats,
+    /// A pool worker's engine: queries read the other workers' rows too.
+    pooled: bool,
 }
 
 /// The runtime planned queries execute on; shut down in the background when dropped (it may
@@ -194,7 +197,8 @@ impl Executor {
             .worker_threads(2)
             .thread_name("weir-sql-exec")
             .on_thread_start(lower_priority)
-            .enable_time()
+            // IO too: a pool worker's scans read the other workers over HTTP
+            .enable_all()
             .build()
             .map(|r| Executor(Some(r)))
             .map_err(|e| QueryError::Execution(format!("starting the query runtime: {e}")))
@@ -234,6 +238,15 @@ impl Drop for Executor {
 impl QueryEngine {
     /// An engine with one table per window and view of `live`, and `weir_status`.
     pub fn new(live: Arc<LiveState>, limits: QueryLimits) -> Result<Self, QueryError> {
+        Self::with_peers(live, limits, None)
+    }
+
+    /// An engine of a pool worker: its tables read the other workers' rows too.
+    pub fn with_peers(
+        live: Arc<LiveState>,
+        limits: QueryLimits,
+        peers: Option<Arc<Peers>>,
+    ) -> Result<Self, QueryError> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);
@@ -248,12 +261,15 @@ impl QueryEngine {
             let keys = def.keys.clone();
             ctx.register_table(
                 def.name.as_str(),
-                Arc::new(LiveTable::new(live.clone(), i, keys)),
+                Arc::new(LiveTable::new(live.clone(), i, keys, peers.clone())),
             )
             .map_err(|e| QueryError::Sql(e.to_string()))?;
         }
-        ctx.register_table("weir_status", Arc::new(StatusTable::new(live.clone())))
-            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        ctx.register_table(
+            "weir_status",
+            Arc::new(StatusTable::new(live.clone(), peers.clone())),
+        )
+        .map_err(|e| QueryError::Sql(e.to_string()))?;
         let permits = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
         Ok(QueryEngine {
             base: ctx.state(),
@@ -262,6 +278,7 @@ impl QueryEngine {
             permits,
             executor: Executor::new()?,
             stats: QueryStats::default(),
+            pooled: peers.is_some(),
         })
     }
 
@@ -288,8 +305,9 @@ impl QueryEngine {
         out
     }
 
-    /// A session pinned to the current snapshot, with the per-query memory limit.
-    fn session(&self) -> Result<SessionContext, QueryError> {
+    /// A session pinned to the current snapshot, with the per-query memory limit; `local`
+    /// reads this worker's own state only (another pool worker asks).
+    fn session(&self, local: bool) -> Result<SessionContext, QueryError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
             .build_arc()
@@ -301,6 +319,11 @@ impl QueryEngine {
             // the tables live in the base's default catalog: do not make a new, empty one
             .with_create_default_catalog_and_schema(false)
             .with_extension(Arc::new(Pinned(self.live.current())));
+        let config = if local {
+            config.with_extension(Arc::new(LocalOnly))
+        } else {
+            config
+        };
         let state = SessionStateBuilder::new_from_existing(self.base.clone())
             .with_config(config)
             .with_runtime_env(runtime)
@@ -317,7 +340,7 @@ impl QueryEngine {
 
     /// Plans `sql` (read-only) in a session pinned to the current snapshot.
     pub async fn plan(&self, sql: &str) -> Result<(SessionContext, LogicalPlan), QueryError> {
-        let ctx = self.session()?;
+        let ctx = self.session(false)?;
         let plan = plan_in(&ctx, sql).await?;
         Ok((ctx, plan))
     }
@@ -355,11 +378,16 @@ impl QueryEngine {
     /// Runs `sql` through DataFusion's planner even when it is a point query (for tests and
     /// benchmarks of the fast path).
     pub async fn query_planned(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        self.run_with(sql, None, false).await
+        self.run_with(sql, None, false, false).await
+    }
+
+    /// Runs `sql` over this worker's own state only (another worker of the pool asks).
+    pub async fn query_local(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        self.run_with(sql, None, true, true).await
     }
 
     async fn run(&self, sql: &str, params: Option<ParamValues>) -> Result<QueryResult, QueryError> {
-        self.run_with(sql, params, true).await
+        self.run_with(sql, params, true, false).await
     }
 
     async fn run_with(
@@ -367,18 +395,20 @@ impl QueryEngine {
         sql: &str,
         params: Option<ParamValues>,
         fast_path: bool,
+        local: bool,
     ) -> Result<QueryResult, QueryError> {
         let timeout = self.limits.timeout;
         let permit = tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
             .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?;
-        if fast_path && params.is_none() {
+        // the fast path reads this worker's state alone
+        if fast_path && params.is_none() && (local || !self.pooled) {
             if let Some(answer) = crate::point::answer(&self.live, &self.live.current(), sql)? {
                 return Ok(answer);
             }
         }
-        let ctx = self.session()?;
+        let ctx = self.session(local)?;
         let sql = sql.to_string();
         let work = async move {
             let plan = plan_in(&ctx, &sql).await?;

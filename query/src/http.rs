@@ -95,7 +95,16 @@ async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Byte
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(ARROW_STREAM));
-    match state.engine.query(&query).await {
+    let local = headers
+        .get(crate::peers::SCOPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "local");
+    let answer = if local {
+        state.engine.query_local(&query).await
+    } else {
+        state.engine.query(&query).await
+    };
+    match answer {
         Ok(result) => {
             let encoded = if arrow {
                 arrow_stream(&result).map(|b| (ARROW_STREAM, b))

@@ -11,6 +11,7 @@ pub mod client;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod peers;
 pub mod pg;
 mod point;
 pub mod server;
@@ -18,4 +19,5 @@ pub mod tables;
 
 pub use client::{ClientError, OutputFormat};
 pub use engine::{QueryEngine, QueryError, QueryLimits, QueryResult};
+pub use peers::{PeerAddresses, Peers};
 pub use server::{ServeConfig, ServeError, SqlServer};

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     /// Serve on a non-loopback address without authentication.
     pub insecure: bool,
     pub limits: QueryLimits,
+    /// In a worker pool: the other workers, whose rows every query reads too.
+    pub peers: Option<Arc<crate::peers::Peers>>,
 }
 
 /// Why the endpoints could not start.
@@ -113,7 +115,7 @@ impl SqlServer {
             .build()
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
         let engine = Arc::new(
-            QueryEngine::new(live, config.limits.clone())
+            QueryEngine::with_peers(live, config.limits.clone(), config.peers.clone())
                 .map_err(|e| ServeError::Runtime(e.to_string()))?,
         );
         let (stop, stopped) = watch::channel(false);

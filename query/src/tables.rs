@@ -22,8 +22,39 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::ExecutionPlan;
 use weir_engine::live::{KeyIndex, LiveSnapshot, LiveState};
 
+use crate::peers::Peers;
+
 /// The snapshot a query reads, carried in its session's config.
 pub struct Pinned(pub Arc<LiveSnapshot>);
+
+/// Marks a query that reads this worker's own state only (another pool worker asks).
+pub struct LocalOnly;
+
+/// The other workers whose rows a query reads too, unless it is [`LocalOnly`].
+fn peers_of<'a>(session: &dyn Session, peers: &'a Option<Arc<Peers>>) -> Option<&'a Arc<Peers>> {
+    let local = session.config().get_extension::<LocalOnly>().is_some();
+    peers.as_ref().filter(|_| !local)
+}
+
+/// Rows other workers gave, as rows of `schema` (the same table in the same pipeline).
+async fn remote_rows(peers: &Peers, table: &str, schema: &SchemaRef) -> DfResult<Vec<RecordBatch>> {
+    let batches = peers
+        .fetch(table)
+        .await
+        .map_err(datafusion::error::DataFusionError::Execution)?;
+    batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| {
+                datafusion::error::DataFusionError::Execution(format!(
+                    "another worker's rows of {table} do not match this worker's table \
+                     (are all workers running the same pipeline?): {e}"
+                ))
+            })
+        })
+        .collect()
+}
 
 fn pinned(session: &dyn Session, live: &LiveState) -> Arc<LiveSnapshot> {
     session
@@ -54,16 +85,24 @@ pub struct LiveTable {
     schema: SchemaRef,
     /// Columns that are keys of the operator (equality filters on them prune rows early).
     keys: Vec<String>,
+    /// In a pool: the other workers, whose rows are read too.
+    peers: Option<Arc<Peers>>,
 }
 
 impl LiveTable {
-    pub fn new(live: Arc<LiveState>, index: usize, keys: Vec<String>) -> Self {
+    pub fn new(
+        live: Arc<LiveState>,
+        index: usize,
+        keys: Vec<String>,
+        peers: Option<Arc<Peers>>,
+    ) -> Self {
         let schema = live.tables[index].schema.clone();
         LiveTable {
             live,
             index,
             schema,
             keys,
+            peers,
         }
     }
 
@@ -170,19 +209,24 @@ impl TableProvider for LiveTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = pinned(state, &self.live);
         let empty = Vec::new();
-        let batches = snapshot.tables.get(self.index).unwrap_or(&empty);
+        let local = snapshot.tables.get(self.index).unwrap_or(&empty);
         let equalities: Vec<(usize, ScalarValue)> = filters
             .iter()
             .filter_map(|f| self.key_equality(f))
             .collect();
+        let remote = match peers_of(state, &self.peers) {
+            Some(p) => remote_rows(p, &self.live.tables[self.index].name, &self.schema).await?,
+            None => Vec::new(),
+        };
         let index = snapshot.indexes.get(self.index).cloned().flatten();
-        if let (Some(index), [batch]) = (index, batches.as_slice()) {
+        if let (Some(index), [batch], true) = (index, local.as_slice(), remote.is_empty()) {
             if let Some(rows) = self.point_lookup(&index, batch, &equalities)? {
                 return scan_of(vec![rows], &self.schema, projection);
             }
         }
+        let batches = local.iter().chain(&remote);
         let batches = if equalities.is_empty() {
-            batches.clone()
+            batches.cloned().collect()
         } else {
             let mut out = Vec::new();
             for b in batches {
@@ -205,10 +249,11 @@ impl TableProvider for LiveTable {
 pub struct StatusTable {
     live: Arc<LiveState>,
     schema: SchemaRef,
+    peers: Option<Arc<Peers>>,
 }
 
 impl StatusTable {
-    pub fn new(live: Arc<LiveState>) -> Self {
+    pub fn new(live: Arc<LiveState>, peers: Option<Arc<Peers>>) -> Self {
         let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
         let schema = Arc::new(Schema::new(vec![
             Field::new("pipeline", DataType::Utf8, false),
@@ -226,13 +271,25 @@ impl StatusTable {
             Field::new("snapshot", DataType::UInt64, false),
             Field::new("snapshot_time", ts, true),
             Field::new("finished", DataType::Boolean, false),
+            // in a worker pool, the worker that owns the partition
+            Field::new("worker", DataType::Utf8, true),
         ]));
-        StatusTable { live, schema }
+        StatusTable {
+            live,
+            schema,
+            peers,
+        }
     }
 
     /// The rows of a snapshot.
     pub fn rows(&self, s: &LiveSnapshot) -> DfResult<RecordBatch> {
-        let n = s.partitions.len();
+        // a pool worker shows the partitions it owns
+        let owned: Vec<&weir_engine::live::PartitionStatus> = s
+            .partitions
+            .iter()
+            .filter(|p| self.live.owns(&p.source, &p.partition))
+            .collect();
+        let n = owned.len();
         let counter = |name: &str| s.counters.get(name).copied().unwrap_or(0);
         let sum_prefix = |prefix: &str| -> u64 {
             s.counters
@@ -245,7 +302,7 @@ impl StatusTable {
         let ts = |v: Vec<Option<i64>>| {
             Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC")) as ArrayRef
         };
-        let p = &s.partitions;
+        let p = &owned;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![self.live.pipeline.as_str(); n])),
             Arc::new(StringArray::from_iter_values(p.iter().map(|x| &x.source))),
@@ -264,6 +321,7 @@ impl StatusTable {
             repeat(s.seq),
             ts(vec![(s.seq > 0).then_some(s.taken_ms); n]),
             Arc::new(BooleanArray::from(vec![s.finished; n])),
+            Arc::new(StringArray::from(vec![self.live.worker(); n])),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
@@ -291,7 +349,10 @@ impl TableProvider for StatusTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = pinned(state, &self.live);
-        let batch = self.rows(&snapshot)?;
-        scan_of(vec![batch], &self.schema, projection)
+        let mut batches = vec![self.rows(&snapshot)?];
+        if let Some(p) = peers_of(state, &self.peers) {
+            batches.extend(remote_rows(p, "weir_status", &self.schema).await?);
+        }
+        scan_of(batches, &self.schema, projection)
     }
 }

@@ -89,9 +89,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(pipeline: &Path, extra: &[&str]) -> Running {
+        Self::start_with(pipeline, extra, &[])
+    }
+
+    /// Starts it with environment variables set.
+    pub fn start_with(pipeline: &Path, extra: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = weir()
             .args(["run", pipeline.to_str().unwrap()])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,4 +1,5 @@
 //! Helpers of the SQL tests: a running `weir run` with `serve`, a raw HTTP client, ports.
+#![allow(dead_code)] // each test binary uses its own part
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -25,7 +26,19 @@ impl Answer {
 
 /// One HTTP/1.1 request on a fresh connection.
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    try_http(port, method, path, headers, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One HTTP/1.1 request on a fresh connection, or why it got no answer.
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, String> {
+    let err = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| err("connect", e))?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -35,14 +48,14 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(req.as_bytes()).map_err(|e| err("send", e))?;
+    s.write_all(body).map_err(|e| err("send", e))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    s.read_to_end(&mut raw).map_err(|e| err("receive", e))?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP head");
+        .ok_or("no HTTP head in the answer")?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status: u16 = head
         .split_whitespace()
@@ -56,7 +69,7 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     {
         body = dechunk(&body);
     }
-    Answer { status, body }
+    Ok(Answer { status, body })
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -71,6 +84,35 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
+    }
+}
+
+/// `POST /sql` with a JSON body; the JSON rows, or the error.
+pub fn try_sql_json(port: u16, query: &str) -> Result<Vec<serde_json::Map<String, Value>>, String> {
+    let body = serde_json::json!({ "query": query }).to_string();
+    let a = try_http(
+        port,
+        "POST",
+        "/sql",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )?;
+    if a.status != 200 {
+        return Err(format!(
+            "{}: {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        ));
+    }
+    match serde_json::from_slice(&a.body) {
+        Ok(Value::Array(rows)) => Ok(rows
+            .into_iter()
+            .filter_map(|r| match r {
+                Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .collect()),
+        other => Err(format!("not rows: {other:?}")),
     }
 }
 
