@@ -680,3 +680,119 @@ impl MergeOperator for WindowMerger {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqlCompiler;
+    use arrow::array::{Int64Array, StringArray};
+
+    fn config(partition_state: bool) -> Arc<WindowConfig> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("datasetName", DataType::Utf8, true),
+            Field::new("timestamp", DataType::Int64, true),
+        ]));
+        let c = SqlCompiler::new();
+        Arc::new(WindowConfig {
+            name: "per_dataset".into(),
+            input_schema: schema.clone(),
+            predicate: None,
+            keys: vec!["datasetName".into()],
+            size_ms: 60_000,
+            allowed_lateness_ms: 0,
+            time: TimeMode::Event,
+            aggregates: vec![c.aggregate("events", "count(*)", &schema).unwrap()],
+            key_partitioned: true,
+            partition_state,
+        })
+    }
+
+    fn events(config: &WindowConfig, rows: &[(&str, i64)]) -> EventBatch {
+        let batch = RecordBatch::try_new(
+            config.input_schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        EventBatch {
+            batch,
+            event_time: rows.iter().map(|r| r.1).collect(),
+            offsets: (0..rows.len() as u64).collect(),
+            raw: None,
+        }
+    }
+
+    fn partition(id: usize) -> Arc<PartitionInfo> {
+        Arc::new(PartitionInfo {
+            source: "events".into(),
+            id,
+            number: id as u32,
+            topic: None,
+            file: None,
+        })
+    }
+
+    /// (key, window_start, events) of emitted rows.
+    fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, i64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let k = b.column(0).as_string::<i32>();
+            let s = b
+                .column(1)
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+            let n = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                out.push((k.value(i).to_string(), s.value(i), n.value(i)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn partition_state_is_hidden_from_results_and_cuts_a_checkpoint_by_partition() {
+        let (plain, pooled) = (config(false), config(true));
+        assert_eq!(
+            plain.output_schema().unwrap(),
+            pooled.output_schema().unwrap()
+        );
+        let mut w = WindowWorker::new(pooled.clone()).unwrap();
+        let mut dead = Vec::new();
+        let a = events(&pooled, &[("a", 1_000), ("a", 2_000), ("b", 61_000)]);
+        w.process(&partition(0), &a, &[i64::MIN; 3], &mut dead)
+            .unwrap();
+        let b = events(&pooled, &[("c", 3_000)]);
+        w.process(&partition(5), &b, &[i64::MIN], &mut dead)
+            .unwrap();
+        // partition 5's share of a checkpoint: key c alone
+        let (saved, _) = w.snapshot().unwrap();
+        let cut = weir_engine::checkpoint::partials_of_partitions(
+            &saved,
+            weir_engine::checkpoint::PartitionColumn::Key(0),
+            &|p| p == 5,
+        )
+        .unwrap();
+        let mut m = WindowMerger::new(pooled.clone()).unwrap();
+        for p in cut {
+            m.merge(p).unwrap();
+        }
+        assert_eq!(rows(&m.emit(i64::MAX).unwrap()), vec![("c".into(), 0, 1)]);
+        // the whole state emits result rows without the partition column
+        let mut all = WindowMerger::new(pooled).unwrap();
+        for p in w.flush(i64::MAX).unwrap() {
+            all.merge(p).unwrap();
+        }
+        let emitted = all.emit(i64::MAX).unwrap();
+        assert_eq!(emitted[0].schema(), plain.output_schema().unwrap());
+        assert_eq!(
+            rows(&emitted),
+            vec![
+                ("a".into(), 0, 2),
+                ("b".into(), 60_000, 1),
+                ("c".into(), 0, 1)
+            ]
+        );
+    }
+}

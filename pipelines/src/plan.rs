@@ -1938,6 +1938,7 @@ impl Plan {
                 "tracing: logs only (add `tracing: {{ otlp: URL }}` to export spans)"
             ),
         };
+        s.push_str(&crate::pool::describe(self));
         s
     }
 }

@@ -160,6 +160,50 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
     None
 }
 
+/// What `weir validate` says of running the pipeline as a worker pool: for every window and
+/// view, whether its source's partitioning already keys it (no repartition), and whether
+/// the pool can run it.
+pub fn describe(plan: &Plan) -> String {
+    let mut s = String::from("worker pool (weir run --worker ID, started N times): ");
+    match pool_refusal(plan) {
+        None => s.push_str("ready\n"),
+        Some(why) => {
+            let why = why
+                .strip_prefix(&format!("{}: ", plan.file.display()))
+                .unwrap_or(&why)
+                .to_string();
+            s.push_str(&format!("not possible: {why}\n"));
+        }
+    }
+    let outputs = plan
+        .windows
+        .iter()
+        .map(|w| ("window", &w.config.name, w.source, &w.config.keys))
+        .chain(
+            plan.views
+                .iter()
+                .map(|v| ("view", &v.config.name, v.source, &v.config.keys)),
+        );
+    for (kind, name, source, keys) in outputs {
+        let src = &plan.sources[source];
+        if keyed_by(plan, source, keys) {
+            s.push_str(&format!(
+                "  {kind} {name}: source {} is partitioned by [{}]: no repartition\n",
+                src.name,
+                src.partitioned_by.join(", ")
+            ));
+        } else {
+            s.push_str(&format!(
+                "  {kind} {name}: source {} is not declared partitioned by [{}]: a pool would \
+                 have to repartition it through an internal topic, which is not built yet\n",
+                src.name,
+                keys.join(", ")
+            ));
+        }
+    }
+    s
+}
+
 /// Whether source `source` is declared partitioned by a subset of `keys`.
 fn keyed_by(plan: &Plan, source: usize, keys: &[String]) -> bool {
     let by = &plan.sources[source].partitioned_by;
