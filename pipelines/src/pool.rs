@@ -117,25 +117,13 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
             ));
         }
     }
-    for v in &plan.views {
-        if !keyed_by(plan, v.source, &v.config.keys) {
+    for (kind, name, source, keys) in keyed_outputs(plan) {
+        if !keyed_by(plan, source, keys) {
             return Some(format!(
-                "{file}: view `{}`: in a worker pool every key's events must come from one \
-                 partition: declare the source's `partitioned_by: [{}]` when its producers key \
-                 messages by it (repartitioning other topics is not built yet)",
-                v.config.name,
-                v.config.keys.join(", ")
-            ));
-        }
-    }
-    for w in &plan.windows {
-        if !w.config.key_partitioned {
-            return Some(format!(
-                "{file}: window `{}`: in a worker pool every key's events must come from one \
-                 partition: declare the source's `partitioned_by: [{}]` when its producers key \
-                 messages by it (repartitioning other topics is not built yet)",
-                w.config.name,
-                w.config.keys.join(", ")
+                "{file}: {kind} `{name}`: in a worker pool every key's events must come from \
+                 one partition: declare the source's `partitioned_by: [{}]` when its producers \
+                 key messages by it (repartitioning other topics is not built yet)",
+                keys.join(", ")
             ));
         }
     }
@@ -175,16 +163,7 @@ pub fn describe(plan: &Plan) -> String {
             s.push_str(&format!("not possible: {why}\n"));
         }
     }
-    let outputs = plan
-        .windows
-        .iter()
-        .map(|w| ("window", &w.config.name, w.source, &w.config.keys))
-        .chain(
-            plan.views
-                .iter()
-                .map(|v| ("view", &v.config.name, v.source, &v.config.keys)),
-        );
-    for (kind, name, source, keys) in outputs {
+    for (kind, name, source, keys) in keyed_outputs(plan) {
         let src = &plan.sources[source];
         if keyed_by(plan, source, keys) {
             s.push_str(&format!(
@@ -202,6 +181,20 @@ pub fn describe(plan: &Plan) -> String {
         }
     }
     s
+}
+
+/// (kind, name, source, keys) of every window and view.
+fn keyed_outputs(
+    plan: &Plan,
+) -> impl Iterator<Item = (&'static str, &String, usize, &Vec<String>)> {
+    plan.windows
+        .iter()
+        .map(|w| ("window", &w.config.name, w.source, &w.config.keys))
+        .chain(
+            plan.views
+                .iter()
+                .map(|v| ("view", &v.config.name, v.source, &v.config.keys)),
+        )
 }
 
 /// Whether source `source` is declared partitioned by a subset of `keys`.
@@ -498,12 +491,7 @@ fn pooled_sources(
         });
         let partitions =
             KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
-        let keys: Vec<String> = cfg
-            .topics
-            .iter()
-            .zip(&partitions.counts)
-            .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
-            .collect();
+        let keys = partitions.keys(&cfg.topics);
         let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions);
         first_partition += keys.len();
         out.push(PooledSource {

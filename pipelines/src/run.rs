@@ -176,12 +176,7 @@ pub(crate) fn run_job(
                 cfg.until_caught_up = opts.until_caught_up || opts.replay.is_some();
                 let partitions =
                     KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
-                let keys: Vec<String> = cfg
-                    .topics
-                    .iter()
-                    .zip(&partitions.counts)
-                    .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
-                    .collect();
+                let keys = partitions.keys(&cfg.topics);
                 let replay = opts.replay.clone();
                 let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions)
                     .with_resume(|t, p| match &replay {

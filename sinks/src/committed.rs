@@ -275,8 +275,17 @@ impl CommittedLines {
             return Ok(());
         }
         let mut out = self.open_final()?;
-        for &(epoch, at) in &due {
-            self.write_side(&mut out, epoch, at)?;
+        for (i, &(epoch, at)) in due.iter().enumerate() {
+            if let Err(e) = self.write_side(&mut out, epoch, at) {
+                // In a worker pool, the next owner of a partition may have finished this
+                // commit already (see `roll_forward`): the side file is gone and its bytes
+                // are in place.
+                let end = self.pending.get(i + 1).map_or(self.planned_len, |p| p.1);
+                let have = out.metadata().map_err(io_at(&self.path))?.len();
+                if self.side_path(epoch).exists() || have < end {
+                    return Err(e);
+                }
+            }
         }
         out.sync_all().map_err(io_at(&self.path))?;
         for &(epoch, _) in &due {
@@ -484,8 +493,14 @@ impl CommittedParts {
         }
         for (epoch, state) in self.parts()? {
             if state == ".pending" && epoch <= upto {
-                std::fs::rename(self.part(epoch, ".pending"), self.part(epoch, ""))
-                    .map_err(io_at(&self.dir))?;
+                match std::fs::rename(self.part(epoch, ".pending"), self.part(epoch, "")) {
+                    Ok(()) => {}
+                    // published meanwhile by a pool worker finishing this commit
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::NotFound
+                            && self.part(epoch, "").exists() => {}
+                    Err(e) => return Err(io(e)),
+                }
             }
         }
         sync_dir(&self.dir).map_err(io_at(&self.dir))
@@ -636,6 +651,22 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
         // epoch 3 never completed: its side file stays invisible
         assert!(dir.join("out.w1.ndjson.epoch-3").exists());
+    }
+
+    #[test]
+    fn a_live_writer_commits_what_another_worker_rolled_forward() {
+        let dir = tempdir("roll-live");
+        let path = dir.join("out.w2.ndjson");
+        let mut f = CommittedLines::new(&path);
+        f.recover(None).unwrap();
+        f.append(b"a\n").unwrap();
+        let info1 = f.pre_commit(1).unwrap();
+        f.append(b"b\n").unwrap();
+        f.pre_commit(2).unwrap();
+        // the next owner of one of its partitions finishes commit 1 first
+        CommittedLines::roll_forward(&path, &info1).unwrap();
+        f.commit(2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
     }
 
     #[test]

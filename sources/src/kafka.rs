@@ -161,6 +161,15 @@ impl KafkaPartitions {
     pub fn total(&self) -> usize {
         self.counts.iter().sum()
     }
+
+    /// Every partition's key (`topic/partition`), topic by topic: their global order.
+    pub fn keys(&self, topics: &[String]) -> Vec<String> {
+        topics
+            .iter()
+            .zip(&self.counts)
+            .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
+            .collect()
+    }
 }
 
 enum GroupEvent {
@@ -469,11 +478,21 @@ impl ConsumerContext for GroupContext {
                 tracing::info!(partitions = ?list(tpl), "kafka: partitions assigned");
                 self.push(GroupEvent::Assigned(list(tpl)));
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if self.pool.is_some() => {
-                // the run checkpoints and commits its state before the partitions go
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = list(tpl);
-                if !revoked.is_empty() {
-                    self.end_run();
+                if self.pool.is_some() {
+                    // the run checkpoints and commits its state before the partitions go
+                    if !revoked.is_empty() {
+                        self.end_run();
+                    }
+                } else {
+                    self.settle(&revoked);
+                    let offsets = self.committable(revoked.iter().cloned());
+                    if offsets.count() > 0 {
+                        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                            tracing::warn!(error = %e, "kafka: commit before giving partitions up failed");
+                        }
+                    }
                 }
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -485,26 +504,6 @@ impl ConsumerContext for GroupContext {
                 }
                 if let Some(pool) = &self.pool {
                     (pool.released)(&revoked);
-                }
-                tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
-                self.push(GroupEvent::Revoked(revoked));
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked = list(tpl);
-                self.settle(&revoked);
-                let offsets = self.committable(revoked.iter().cloned());
-                if offsets.count() > 0 {
-                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                        tracing::warn!(error = %e, "kafka: commit before giving partitions up failed");
-                    }
-                }
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "kafka: releasing partitions failed");
                 }
                 tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
                 self.push(GroupEvent::Revoked(revoked));
@@ -707,6 +706,27 @@ impl KafkaReader {
             chunk.seq = s.seq;
             s.seq += 1;
         }
+        // A partition that ended (read to its end offset) in an earlier run ends this one's
+        // too: its restored clock is not at the end any more.
+        for s in self.partitions.iter_mut() {
+            let pending_end = self
+                .ready
+                .iter()
+                .any(|c| c.partition.id == s.info.id && matches!(c.data, ChunkData::End));
+            if let (true, true, false, Some(next)) =
+                (s.assigned, s.ended, pending_end, s.next_offset)
+            {
+                self.ready.push_back(Chunk {
+                    source: self.source,
+                    partition: s.info.clone(),
+                    seq: s.seq,
+                    first_offset: next,
+                    resume: Resume::at(next),
+                    data: ChunkData::End,
+                });
+                s.seq += 1;
+            }
+        }
         for s in &self.partitions {
             ctx.clocks.partition(s.info.id).set_idle(!s.assigned);
             if s.assigned {
@@ -812,7 +832,8 @@ impl KafkaReader {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("queued.max.messages.kbytes", "32768")
             .set("fetch.max.bytes", "16777216")
-            // a pool moves a dead worker's partitions after this; 6 s is the brokers' minimum
+            // a pool moves a dead worker's partitions after this (Apache Kafka brokers accept
+            // 6 s and more by default: `group.min.session.timeout.ms`)
             .set(
                 "session.timeout.ms",
                 if self.config.pool.is_some() {
@@ -821,7 +842,15 @@ impl KafkaReader {
                     "10000"
                 },
             )
-            .set("heartbeat.interval.ms", "1000")
+            // a pool's members hear of a rebalance at their next heartbeat
+            .set(
+                "heartbeat.interval.ms",
+                if self.config.pool.is_some() {
+                    "500"
+                } else {
+                    "1000"
+                },
+            )
             // consumer lag for `/metrics`
             .set("statistics.interval.ms", "5000");
         for (k, v) in &self.config.properties {
@@ -1007,6 +1036,7 @@ impl KafkaReader {
         }
         s.ended = true;
         let next = s.next_offset.unwrap_or(next_offset).max(next_offset);
+        s.next_offset = Some(next);
         self.ready.push_back(Chunk {
             source: self.source,
             partition: s.info.clone(),
