@@ -106,7 +106,7 @@ fn a_pool_survives_a_killed_a_new_and_a_stopped_worker_exactly_once() {
             r#"name: pool
 sources:
   events:
-    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: "${{POOL_GROUP}}", start_from: earliest }}
     partitioned_by: [datasetName]        # the producer keys messages by datasetName
     format: json
     schema: data-ingestion
@@ -158,9 +158,14 @@ checkpoint: {{ dir: state, interval: 2s }}
     };
 
     // Three workers share the partitions.
-    let a = Running::start(&pipeline, &["--worker", "a"]);
-    let b = Running::start(&pipeline, &["--worker", "b"]);
-    let c = Running::start(&pipeline, &["--worker", "c"]);
+    let worker = |id: &str, extra: &[&str], group: &str| {
+        let mut args = vec!["--worker", id];
+        args.extend_from_slice(extra);
+        Running::start_with(&pipeline, &args, &[("POOL_GROUP", group)])
+    };
+    let a = worker("a", &[], &group);
+    let b = worker("b", &[], &group);
+    let c = worker("c", &[], &group);
     for w in [&a, &b, &c] {
         w.wait_for("partitions for every worker", has_claims);
     }
@@ -193,7 +198,7 @@ checkpoint: {{ dir: state, interval: 2s }}
     assert!(pause < Duration::from_secs(15), "rebalance pause {pause:?}");
 
     // A fourth worker joins, then c stops gracefully (it hands its partitions over).
-    let d = Running::start(&pipeline, &["--worker", "d"]);
+    let d = worker("d", &[], &group);
     d.wait_for("d's partitions", has_claims);
     wait_produced(13);
     c.interrupt();
@@ -204,8 +209,11 @@ checkpoint: {{ dir: state, interval: 2s }}
     d.interrupt();
     std::thread::sleep(Duration::from_secs(2));
     a.interrupt();
-    // A last worker reads every partition to its end, which closes the last windows.
-    let e = Running::start(&pipeline, &["--worker", "e", "--until-caught-up"]);
+    // A last worker reads every partition to its end, which closes the last windows. It
+    // joins a group of its own: the state and offsets are in the checkpoint store, not the
+    // group, and tansu's coordinator sometimes never assigns a member that joins a group
+    // right after its last members left (seen twice in about fifteen runs).
+    let e = worker("e", &["--until-caught-up"], &format!("{group}-end"));
     e.wait_within(Duration::from_secs(120));
 
     let out = dir.path().join("out");
