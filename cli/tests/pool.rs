@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weir_tests::{compare, compare_at_least_once, generate, oracle_per_dataset, read_ndjson, Row};
+use weir_tests::{
+    compare, compare_at_least_once, generate, oracle_per_dataset, read_ndjson, read_parquet, Row,
+};
 
 #[path = "support/crash.rs"]
 mod crash;
@@ -117,9 +119,10 @@ windows:
     key: [datasetName]
     tumbling: 1m
     aggregates:{AGGREGATES}
-    sinks: [file, topic]
+    sinks: [file, parquet, topic]
 sinks:
   file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+  parquet: {{ file: {{ path: out/per_dataset.parquet }} }}
   topic: {{ kafka: {{ topic: {output} }} }}
 dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
 checkpoint: {{ dir: state, interval: 2s }}
@@ -220,6 +223,21 @@ checkpoint: {{ dir: state, interval: 2s }}
     let rows = union_of_workers(&out, "per_dataset");
     compare(&expected, &rows, &["datasetName"])
         .unwrap_or_else(|e| panic!("the workers' files differ from the oracle: {e}"));
+    // the Parquet output: a folder of committed parts per worker
+    let mut parts = Vec::new();
+    for folder in std::fs::read_dir(&out).unwrap().flatten() {
+        let name = folder.file_name().to_string_lossy().into_owned();
+        if name.starts_with("per_dataset.") && name.ends_with(".parquet") {
+            for part in std::fs::read_dir(folder.path()).unwrap().flatten() {
+                let part_name = part.file_name().to_string_lossy().into_owned();
+                if part_name.starts_with("part-") && part_name.ends_with(".parquet") {
+                    parts.extend(read_parquet(&part.path()));
+                }
+            }
+        }
+    }
+    compare(&expected, &parts, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the workers' Parquet parts differ from the oracle: {e}"));
     let dead = union_of_workers(&out, "dead");
     let count = |reason: &str| dead.iter().filter(|d| d["reason"] == reason).count() as u64;
     assert_eq!(
