@@ -35,7 +35,8 @@ use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
 
-/// What readers see of the running job.
+/// What readers see of the running job (shared handles: a clone sees the same job).
+#[derive(Clone)]
 pub struct ReaderContext {
     pub clocks: Arc<Clocks>,
     /// Set when the job is asked to stop; readers then return `None`.

@@ -107,31 +107,20 @@ impl std::fmt::Debug for PoolHook {
     }
 }
 
-/// The run a pooled reader serves now: what a rebalance needs to end it.
-#[derive(Clone)]
-struct RunLink {
-    handover: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<Progress>,
-}
-
-impl RunLink {
-    /// Ends the run with a hand-over checkpoint and waits until its outputs committed it.
-    fn hand_over(&self, timeout: Duration) {
-        let started = Instant::now();
-        self.handover.store(true, Ordering::SeqCst);
-        self.stop.store(true, Ordering::SeqCst);
-        while !self.progress.is_finished() && !self.cancel.load(Ordering::SeqCst) {
-            if started.elapsed() >= timeout {
-                tracing::warn!(
-                    timeout_s = timeout.as_secs(),
-                    "kafka: the hand-over checkpoint did not complete in time; giving the partitions up anyway"
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// Ends the run of `ctx` with a hand-over checkpoint and waits until its outputs committed it
+/// (or the run failed), at most `timeout`.
+fn hand_over(ctx: &ReaderContext, timeout: Duration) {
+    let started = Instant::now();
+    ctx.request_handover();
+    while ctx.outputs_finished() == Some(false) {
+        if started.elapsed() >= timeout {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "kafka: the hand-over checkpoint did not complete in time; giving the partitions up anyway"
+            );
+            return;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -186,8 +175,6 @@ struct GroupContext {
     starts: Mutex<HashMap<(String, i32), Offset>>,
     /// (topic, partition) → global partition id.
     ids: HashMap<(String, i32), usize>,
-    /// The current run's progress (a pooled reader serves several runs).
-    progress: Mutex<Arc<Progress>>,
     /// Partitions assigned before in this process (they resume from committed offsets).
     seen: Mutex<HashSet<(String, i32)>>,
     /// Offsets committed last, per global partition.
@@ -196,10 +183,10 @@ struct GroupContext {
     has_events: AtomicBool,
     /// The source's name and the run's gauges, for consumer lag.
     source: Arc<str>,
-    stats: Mutex<Arc<weir_engine::RunStats>>,
     pool: Option<PoolHook>,
-    /// The run served now, in a pool.
-    run: Mutex<Option<RunLink>>,
+    /// The run served now (a pooled reader serves several): its progress, gauges and
+    /// hand-over flags.
+    run: Mutex<ReaderContext>,
     /// Set while the reader waits for room in the workers' queues: it then holds the job's
     /// dispatcher, so a rebalance cannot wait for a hand-over checkpoint (fencing covers it).
     in_backpressure: AtomicBool,
@@ -212,27 +199,28 @@ struct GroupContext {
 }
 
 impl GroupContext {
-    fn progress(&self) -> Arc<Progress> {
-        match self.progress.lock() {
-            Ok(p) => p.clone(),
-            Err(p) => p.into_inner().clone(),
+    fn run(&self) -> ReaderContext {
+        match self.run.lock() {
+            Ok(r) => r.clone(),
+            Err(r) => r.into_inner().clone(),
         }
+    }
+
+    fn progress(&self) -> Arc<Progress> {
+        self.run().progress
     }
 
     /// In a pool: ends the current run with a hand-over checkpoint, waiting for its commit
     /// unless the reader holds the job's dispatcher.
     fn end_run(&self) {
-        let (Some(pool), Ok(run)) = (&self.pool, self.run.lock()) else {
+        let Some(pool) = &self.pool else {
             return;
         };
-        let Some(run) = run.clone() else {
-            return;
-        };
+        let run = self.run();
         if self.in_backpressure.load(Ordering::SeqCst) {
-            run.handover.store(true, Ordering::SeqCst);
-            run.stop.store(true, Ordering::SeqCst);
+            run.request_handover();
         } else {
-            run.hand_over(pool.handover_timeout);
+            hand_over(&run, pool.handover_timeout);
         }
     }
 
@@ -405,10 +393,7 @@ impl ClientContext for GroupContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
     /// partition this process fetches, as the high watermark minus the next offset to read.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let stats = match self.stats.lock() {
-            Ok(s) => s.clone(),
-            Err(_) => return,
-        };
+        let stats = self.run().stats;
         let Ok(mut lag) = stats.consumer_lag.lock() else {
             return;
         };
@@ -681,20 +666,8 @@ impl KafkaReader {
         }
         self.run = Some(ctx.handover.clone());
         if let Some(consumer) = &self.consumer {
-            let c = consumer.context();
-            if let Ok(mut p) = c.progress.lock() {
-                *p = ctx.progress.clone();
-            }
-            if let Ok(mut st) = c.stats.lock() {
-                *st = ctx.stats.clone();
-            }
-            if let Ok(mut run) = c.run.lock() {
-                *run = Some(RunLink {
-                    handover: ctx.handover.clone(),
-                    stop: ctx.stop.clone(),
-                    cancel: ctx.cancel.clone(),
-                    progress: ctx.progress.clone(),
-                });
+            if let Ok(mut run) = consumer.context().run.lock() {
+                *run = ctx.clone();
             }
         }
         let first = self.first_id();
@@ -804,16 +777,14 @@ impl KafkaReader {
             resume: self.resume.clone(),
             starts: Mutex::new(HashMap::new()),
             ids,
-            progress: Mutex::new(ctx.progress.clone()),
             seen: Mutex::new(HashSet::new()),
             committed: Mutex::new(HashMap::new()),
             events: Mutex::new(Vec::new()),
             has_events: AtomicBool::new(false),
             source: self.name.clone(),
-            stats: Mutex::new(ctx.stats.clone()),
             positions: Mutex::new(HashMap::new()),
             pool: self.config.pool.clone(),
-            run: Mutex::new(None),
+            run: Mutex::new(ctx.clone()),
             in_backpressure: AtomicBool::new(false),
             failed: Mutex::new(None),
         };
