@@ -246,12 +246,8 @@ impl PoolStore {
         // where each owned partition's state is
         let mut by_ref: BTreeMap<StateRef, Vec<String>> = BTreeMap::new();
         for (partition, &generation) in owned {
-            let claim = Claim {
-                worker: self.worker.clone(),
-                generation,
-                from: self.read_claim(partition, generation)?.from,
-                at_ms: 0,
-            };
+            // this worker's own claim
+            let claim = self.read_claim(partition, generation)?;
             if let Some(r) = self.state_under(partition, &claim)? {
                 by_ref.entry(r).or_default().push(partition.clone());
             }

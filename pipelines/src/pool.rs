@@ -62,10 +62,16 @@ impl PooledSource {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
-        self.reader
-            .lock()
-            .map_err(|_| EngineError::Internal("a pooled Kafka reader is poisoned".into()))
+        lock_reader(&self.reader)
     }
+}
+
+fn lock_reader(
+    reader: &Mutex<KafkaReader>,
+) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
+    reader
+        .lock()
+        .map_err(|_| EngineError::Internal("a pooled Kafka reader is poisoned".into()))
 }
 
 /// One job's handle on a pooled reader.
@@ -73,9 +79,7 @@ struct SharedReader(Arc<Mutex<KafkaReader>>);
 
 impl SharedReader {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
-        self.0
-            .lock()
-            .map_err(|_| EngineError::Internal("a pooled Kafka reader is poisoned".into()))
+        lock_reader(&self.0)
     }
 }
 
