@@ -69,13 +69,13 @@ impl ViewConfig {
         retain_ms: i64,
         compiler: &crate::SqlCompiler,
     ) -> Result<Self, String> {
+        self.retain_ms = Some(retain_ms);
         let newest = compiler.aggregate(
             EVENT_TIME_COLUMN,
             &format!("max({EVENT_TIME_COLUMN})"),
-            &with_event_time(&self.input_schema),
+            &self.extended_schema(),
         )?;
         self.aggregates.push(newest);
-        self.retain_ms = Some(retain_ms);
         Ok(self)
     }
 
@@ -183,17 +183,6 @@ impl ViewConfig {
     fn groups(&self) -> Result<Groups, EngineError> {
         Groups::new(&self.name, &self.aggregates, &self.key_schema()?)
     }
-}
-
-/// `schema` with the hidden event-time column last.
-fn with_event_time(schema: &SchemaRef) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(
-        EVENT_TIME_COLUMN,
-        arrow::datatypes::DataType::Int64,
-        false,
-    ));
-    Arc::new(Schema::new(fields))
 }
 
 /// Copies groups' state out as a partial, rebuilding the groups from the copy

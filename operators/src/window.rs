@@ -107,13 +107,13 @@ impl WindowConfig {
 
     /// `batch` with the partition column appended when the state is kept per partition
     /// (appended last, so that the compiled expressions' column indexes stay valid).
-    fn with_partition(
+    fn with_partition<'a>(
         &self,
-        batch: &RecordBatch,
+        batch: &'a RecordBatch,
         partition: u32,
-    ) -> Result<RecordBatch, EngineError> {
+    ) -> Result<std::borrow::Cow<'a, RecordBatch>, EngineError> {
         if !self.partition_state {
-            return Ok(batch.clone());
+            return Ok(std::borrow::Cow::Borrowed(batch));
         }
         let mut fields: Vec<Field> = batch
             .schema()
@@ -127,7 +127,9 @@ impl WindowConfig {
             partition,
             batch.num_rows(),
         )));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| self.err(e))
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| self.err(e))
     }
 
     /// The schema of result rows: keys, `window_start`, `window_end`, aggregates.
@@ -443,7 +445,8 @@ impl WorkerOperator for WindowWorker {
         dead: &mut Vec<DeadLetter>,
     ) -> Result<u64, EngineError> {
         let config = self.config.clone();
-        let batch = &config.with_partition(&events.batch, partition.id as u32)?;
+        let batch = config.with_partition(&events.batch, partition.id as u32)?;
+        let batch = batch.as_ref();
         let n = batch.num_rows();
         let pass = match &config.predicate {
             Some(p) => Some(
