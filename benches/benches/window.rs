@@ -43,6 +43,7 @@ fn window(c: &mut Criterion) {
     let partition = Arc::new(PartitionInfo {
         source: "bench".into(),
         id: 0,
+        state_id: 0,
         number: 0,
         topic: None,
         file: None,

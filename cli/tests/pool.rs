@@ -270,6 +270,226 @@ checkpoint: {{ dir: state, interval: 2s }}
     );
 }
 
+/// A topic its producer spreads round-robin (not keyed by the window key): the pool
+/// repartitions it through `<pipeline>-<source>-repartition`, and the results are the
+/// oracle's. A worker is killed mid-way (its repartition stage repeats what it sent after
+/// its last commit) and the last worker's stage, in a group of its own, sends the whole
+/// topic again: the lanes of the internal topic drop every repeat.
+#[test]
+fn a_pool_repartitions_a_topic_not_keyed_by_the_window_key() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    generate(
+        &events,
+        &[
+            "20000",
+            "--seed",
+            "33",
+            "--keys",
+            "30",
+            "--step-ms",
+            "100",
+            "--unicode-keys",
+            "--late-frac",
+            "0.003",
+            "--late-ms",
+            "180000",
+            "--bad-frac",
+            "0.002",
+        ],
+    );
+    let (expected, summary) = oracle_per_dataset(
+        &events,
+        ORACLE_AGGREGATES,
+        &dir.path().join("expected.ndjson"),
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let slices: Vec<_> = lines
+        .chunks(2000)
+        .enumerate()
+        .map(|(i, c)| {
+            let p = dir.path().join(format!("slice-{i:02}.ndjson"));
+            std::fs::write(&p, c.join("\n") + "\n").unwrap();
+            p
+        })
+        .collect();
+    let (input, group) = (unique("rr-in"), unique("rr"));
+    let pipeline_name = unique("rr-pipe");
+    tool(&["create", &brokers, &input, "6"]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: {pipeline_name}
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: "${{POOL_GROUP}}", start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [file]
+sinks:
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 2s }}
+"#
+        ),
+    )
+    .unwrap();
+    // weir validate says the pool repartitions the topic, and through which topic
+    let internal = format!("{pipeline_name}-events-repartition");
+    let out = kafka_support::weir()
+        .args(["validate", pipeline.to_str().unwrap()])
+        .env("POOL_GROUP", &group)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "validate failed: {said}");
+    assert!(
+        said.contains(&format!(
+            "repartitioned through the internal topic {internal} keyed by [datasetName]"
+        )),
+        "validate does not say the topic is repartitioned:\n{said}"
+    );
+
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let (brokers, input, produced) = (brokers.clone(), input.clone(), produced.clone());
+        std::thread::spawn(move || {
+            for s in &slices {
+                tool(&[
+                    "produce",
+                    &brokers,
+                    &input,
+                    s.to_str().unwrap(),
+                    "--round-robin",
+                ]);
+                produced.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        })
+    };
+    let wait_produced = |n: usize| {
+        let started = Instant::now();
+        while produced.load(Ordering::SeqCst) < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the producer is stuck"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let worker = |id: &str, extra: &[&str], group: &str| {
+        let mut args = vec!["--worker", id];
+        args.extend_from_slice(extra);
+        Running::start_with(&pipeline, &args, &[("POOL_GROUP", group)])
+    };
+    let a = worker("a", &[], &group);
+    let b = worker("b", &[], &group);
+    for w in [&a, &b] {
+        w.wait_for("partitions for every worker", has_claims);
+    }
+    wait_produced(4);
+    // b dies: its partitions of both topics go to the others
+    let b_log = b.kill();
+    assert!(
+        b_log
+            .iter()
+            .any(|l| l.contains("repartition stage started")),
+        "b ran no repartition stage"
+    );
+    let c = worker("c", &[], &group);
+    c.wait_for("c's partitions", has_claims);
+    producer.join().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    c.interrupt();
+    a.interrupt();
+    // the last worker's stage (a group of its own) sends the whole topic again
+    let e = worker("e", &["--until-caught-up"], &format!("{group}-end"));
+    let e_log = e.wait_within(Duration::from_secs(180));
+    assert!(
+        e_log
+            .iter()
+            .any(|l| l.contains("repartition stage caught up")),
+        "e's stage did not catch up:\n{}",
+        e_log.join("\n")
+    );
+
+    let out = dir.path().join("out");
+    let rows = union_of_workers(&out, "per_dataset");
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the repartitioned pool differs from the oracle: {e}"));
+    let dead = union_of_workers(&out, "dead");
+    let count = |reason: &str| dead.iter().filter(|d| d["reason"] == reason).count() as u64;
+    assert_eq!(
+        count("bad"),
+        summary["bad"].as_u64().unwrap(),
+        "bad records"
+    );
+    assert_eq!(
+        count("late"),
+        summary["late"].as_u64().unwrap(),
+        "late records"
+    );
+    // a dead letter names the record's own topic, partition and offset
+    let first_bad = dead
+        .iter()
+        .find(|d| d["reason"] == "bad")
+        .expect("a bad record");
+    assert_eq!(
+        first_bad["topic"],
+        Value::from(input.clone()),
+        "{first_bad:?}"
+    );
+    // the internal topic: as many partitions as the input, every event there at least once
+    let raw = dir.path().join("internal.ndjson");
+    tool(&[
+        "consume",
+        &brokers,
+        &internal,
+        raw.to_str().unwrap(),
+        "--raw",
+        "--keys",
+    ]);
+    let internal_messages = read_ndjson(&raw);
+    // keyed by the window key: one partition per key, each value wrapped with its upstream
+    // partition and offset
+    let mut partition_of: std::collections::HashMap<String, Value> = Default::default();
+    for m in &internal_messages {
+        let key = m["key"].as_str().unwrap_or_default().to_string();
+        let p = m["partition"].clone();
+        if let Some(first) = partition_of.insert(key.clone(), p.clone()) {
+            assert_eq!(first, p, "key {key:?} is in two partitions of {internal}");
+        }
+        assert!(
+            m["value"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("weir\u{1}")),
+            "a message not wrapped by the repartition stage: {m:?}"
+        );
+    }
+    assert!(
+        internal_messages.len() >= lines.len(),
+        "the internal topic holds {} messages for {} events",
+        internal_messages.len(),
+        lines.len()
+    );
+    eprintln!(
+        "repartition: {} windows; the internal topic holds {} messages for {} events",
+        expected.len(),
+        internal_messages.len(),
+        lines.len()
+    );
+}
+
 fn has_claims_in(log: &[String]) -> bool {
     log.iter().any(|l| l.contains("partition claimed"))
 }

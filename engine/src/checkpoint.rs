@@ -740,7 +740,9 @@ impl Pending {
             .enumerate()
             .filter_map(|(id, (source, key, resume))| {
                 let r = (*resume)?;
-                if owned.is_some_and(|o| !o.contains_key(&format!("{source}/{key}"))) {
+                let full = format!("{source}/{key}");
+                // a worker records the partitions it owns (with their lanes, `partition/lane`)
+                if owned.is_some_and(|o| !o.keys().any(|k| crate::pool::covers(k, &full))) {
                     return None;
                 }
                 Some(PartitionRecord {

@@ -68,6 +68,10 @@ pub struct PartitionInfo {
     pub source: Arc<str>,
     /// Global partition id within the job.
     pub id: usize,
+    /// The id a pool worker keeps this partition's state under: `id` itself, or for a lane
+    /// of a repartition topic (one upstream partition in it) the id of its partition's
+    /// first lane, since state moves with the Kafka partition.
+    pub state_id: usize,
     /// The partition number within its source (Kafka partition, file index).
     pub number: u32,
     /// The Kafka topic, when there is one.
@@ -160,6 +164,7 @@ mod tests {
         let p = Arc::new(PartitionInfo {
             source: "sample".into(),
             id: 0,
+            state_id: 0,
             number: 0,
             topic: None,
             file: Some("in.ndjson".into()),

@@ -658,6 +658,7 @@ pub fn run(
             rejected_from: Arc::new(PartitionInfo {
                 source: Arc::from(name.as_str()),
                 id: usize::MAX,
+                state_id: usize::MAX,
                 number: 0,
                 topic: None,
                 file: None,

@@ -257,7 +257,9 @@ impl LiveState {
     /// Whether this process owns a partition (always, outside a pool).
     pub fn owns(&self, source: &str, partition: &str) -> bool {
         match &self.pool {
-            Some((_, owned)) => owned.contains(&(source.to_string(), partition.to_string())),
+            Some((_, owned)) => owned
+                .iter()
+                .any(|(s, p)| s == source && crate::pool::covers(p, partition)),
             None => true,
         }
     }

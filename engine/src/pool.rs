@@ -284,9 +284,10 @@ impl PoolStore {
         let mut foreign = Vec::new();
         for (r, partitions) in &by_ref {
             let m = self.manifest_of(r)?;
-            let keep: Vec<u32> = partitions
+            let keep: Vec<u32> = ids
                 .iter()
-                .filter_map(|p| ids.get(p).copied())
+                .filter(|(key, _)| partitions.iter().any(|p| covers(p, key)))
+                .map(|(_, &id)| id)
                 .collect();
             let loaded = self.store_of(&r.worker)?.load(&m)?;
             for (j, rec) in m.operators.iter().enumerate() {
@@ -309,12 +310,9 @@ impl PoolStore {
                 base.operators[i].flushed = base.operators[i].flushed.min(rec.flushed);
                 base.operators[i].emitted = base.operators[i].emitted.min(rec.emitted);
             }
-            for p in partitions {
-                if let Some(rec) = m
-                    .partitions
-                    .iter()
-                    .find(|x| format!("{}/{}", x.source, x.partition) == *p)
-                {
+            for rec in &m.partitions {
+                let key = format!("{}/{}", rec.source, rec.partition);
+                if partitions.iter().any(|p| covers(p, &key)) {
                     base.partitions.push(rec.clone());
                 }
             }
@@ -340,14 +338,20 @@ impl PoolStore {
         })
     }
 
-    /// A partition's record (offsets, newest event time) in checkpoint `r`.
-    pub fn partition_record(
+    /// The records (offsets, newest event time) of a partition in checkpoint `r`: its own,
+    /// or those of its lanes (`partition/lane`, a repartition topic's upstream partitions).
+    pub fn partition_records(
         &self,
         r: &StateRef,
         source: &str,
         partition: &str,
-    ) -> Result<Option<crate::checkpoint::PartitionRecord>, EngineError> {
-        Ok(self.manifest_of(r)?.partition(source, partition).cloned())
+    ) -> Result<Vec<crate::checkpoint::PartitionRecord>, EngineError> {
+        Ok(self
+            .manifest_of(r)?
+            .partitions
+            .into_iter()
+            .filter(|x| x.source == source && covers(partition, &x.partition))
+            .collect())
     }
 
     fn manifest_of(&self, r: &StateRef) -> Result<Manifest, EngineError> {
@@ -428,9 +432,26 @@ fn worker_location(location: &str, worker: &str) -> String {
     format!("{}/workers/{worker}", location.trim_end_matches('/'))
 }
 
+/// Whether partition key `key` is the owned partition `owned` or one of its lanes
+/// (`owned/lane`).
+pub fn covers(owned: &str, key: &str) -> bool {
+    key.strip_prefix(owned)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_covers_itself_and_its_lanes_only() {
+        assert!(covers("events/t/1", "events/t/1"));
+        assert!(covers("events/t/1", "events/t/1/0"));
+        assert!(covers("events/t/1", "events/t/1/11"));
+        assert!(!covers("events/t/1", "events/t/10"));
+        assert!(!covers("events/t/1", "events/t/10/1"));
+        assert!(!covers("events/t/1", "events/t/"));
+    }
 
     #[test]
     fn worker_ids_must_be_usable_in_names() {

@@ -91,6 +91,11 @@ pub struct SourceStats {
     pub bytes_in: AtomicU64,
     /// Records that failed decoding or schema checks.
     pub bad: AtomicU64,
+    /// A worker pool's repartition topic: messages dropped as repeats of the at-least-once
+    /// repartition stage (an upstream offset already read).
+    pub repartition_repeats: AtomicU64,
+    /// A repartition topic: messages skipped because weir did not write them.
+    pub repartition_foreign: AtomicU64,
     /// For sources whose partitions a consumer group assigns (Kafka): partitions this
     /// process reads, or -1 before the group's first assignment. -2 for other sources.
     pub assigned: std::sync::atomic::AtomicI64,
@@ -153,6 +158,8 @@ impl RunStats {
                     records_in: AtomicU64::new(0),
                     bytes_in: AtomicU64::new(0),
                     bad: AtomicU64::new(0),
+                    repartition_repeats: AtomicU64::new(0),
+                    repartition_foreign: AtomicU64::new(0),
                     assigned: std::sync::atomic::AtomicI64::new(NOT_GROUP_MANAGED),
                 })
                 .collect(),

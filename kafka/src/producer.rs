@@ -129,8 +129,23 @@ impl Producer {
         payload: Option<&[u8]>,
         headers: &[(&str, &[u8])],
     ) -> Result<(), KafkaError> {
+        self.send_at(topic, key, payload, headers, None)
+    }
+
+    /// [`Self::send`] with the message's timestamp (epoch ms) set, rather than the send time.
+    pub fn send_at(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+        timestamp: Option<i64>,
+    ) -> Result<(), KafkaError> {
         self.check()?;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(t) = timestamp {
+            record = record.timestamp(t);
+        }
         if let Some(p) = payload {
             record = record.payload(p);
         }

@@ -261,7 +261,7 @@ impl WorkerOperator for ViewWorker {
             }
             if config.partition_state {
                 columns.push(Arc::new(arrow::array::UInt32Array::from_value(
-                    partition.id as u32,
+                    partition.state_id as u32,
                     n,
                 )));
             }
@@ -904,6 +904,7 @@ mod tests {
         Arc::new(PartitionInfo {
             source: "health".into(),
             id: 0,
+            state_id: 0,
             number: 0,
             topic: None,
             file: None,
@@ -951,6 +952,7 @@ mod tests {
             Arc::new(PartitionInfo {
                 source: "health".into(),
                 id,
+                state_id: id,
                 number: id as u32,
                 topic: None,
                 file: None,

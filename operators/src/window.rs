@@ -445,7 +445,7 @@ impl WorkerOperator for WindowWorker {
         dead: &mut Vec<DeadLetter>,
     ) -> Result<u64, EngineError> {
         let config = self.config.clone();
-        let batch = config.with_partition(&events.batch, partition.id as u32)?;
+        let batch = config.with_partition(&events.batch, partition.state_id as u32)?;
         let batch = batch.as_ref();
         let n = batch.num_rows();
         let pass = match &config.predicate {
@@ -731,6 +731,7 @@ mod tests {
         Arc::new(PartitionInfo {
             source: "events".into(),
             id,
+            state_id: id,
             number: id as u32,
             topic: None,
             file: None,

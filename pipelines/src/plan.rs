@@ -889,6 +889,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 read_offsets: None,
                 with_headers: false,
                 pool: None,
+                upstream: None,
             };
             (SourceInput::Kafka(cfg), None)
         } else if let Some(f) = &s.file {

@@ -29,7 +29,11 @@ use weir_query::Peers;
 use weir_sinks::committed::{CommittedLines, CommittedParts};
 use weir_sinks::{FileFormat, KafkaDelivery};
 use weir_sources::kafka::PoolHook;
-use weir_sources::{KafkaPartitions, KafkaReader};
+use weir_sources::repartition::internal_topic;
+use weir_sources::{
+    ClaimedStart, KafkaPartitions, KafkaReader, RepartitionSpec, RepartitionStage, StartFrom,
+    Upstream,
+};
 
 use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
 use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
@@ -121,14 +125,9 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
             ));
         }
     }
-    for (kind, name, source, keys) in keyed_outputs(plan) {
-        if !keyed_by(plan, source, keys) {
-            return Some(format!(
-                "{file}: {kind} `{name}`: in a worker pool every key's events must come from \
-                 one partition: declare the source's `partitioned_by: [{}]` when its producers \
-                 key messages by it (repartitioning other topics is not built yet)",
-                keys.join(", ")
-            ));
+    for i in 0..plan.sources.len() {
+        if let Err(why) = repartition_keys(plan, i) {
+            return Some(format!("{file}: {why}"));
         }
     }
     for s in &plan.sinks {
@@ -169,22 +168,78 @@ pub fn describe(plan: &Plan) -> String {
     }
     for (kind, name, source, keys) in keyed_outputs(plan) {
         let src = &plan.sources[source];
-        if keyed_by(plan, source, keys) {
-            s.push_str(&format!(
+        match repartition_keys(plan, source) {
+            Ok(None) => s.push_str(&format!(
                 "  {kind} {name}: source {} is partitioned by [{}]: no repartition\n",
                 src.name,
                 src.partitioned_by.join(", ")
-            ));
-        } else {
-            s.push_str(&format!(
-                "  {kind} {name}: source {} is not declared partitioned by [{}]: a pool would \
-                 have to repartition it through an internal topic, which is not built yet\n",
+            )),
+            Ok(Some(by)) => s.push_str(&format!(
+                "  {kind} {name}: source {} is not declared partitioned by [{}]: repartitioned \
+                 through the internal topic {} keyed by [{}]\n",
                 src.name,
-                keys.join(", ")
-            ));
+                keys.join(", "),
+                internal_topic(&plan.name, &src.name),
+                by.join(", ")
+            )),
+            Err(why) => s.push_str(&format!("  {kind} {name}: {why}\n")),
         }
     }
     s
+}
+
+/// The fields a pool repartitions source `source` by: `None` when its declared
+/// `partitioned_by` already keys every window and view reading it, else the key fields
+/// they all share. An error says why it cannot be repartitioned.
+fn repartition_keys(plan: &Plan, source: usize) -> Result<Option<Vec<String>>, String> {
+    let outputs: Vec<_> = keyed_outputs(plan)
+        .filter(|(_, _, s, _)| *s == source)
+        .collect();
+    if outputs
+        .iter()
+        .all(|(_, _, _, keys)| keyed_by(plan, source, keys))
+    {
+        return Ok(None);
+    }
+    let src = &plan.sources[source];
+    let mut common: Vec<String> = outputs
+        .first()
+        .map(|(_, _, _, keys)| keys.to_vec())
+        .unwrap_or_default();
+    for (_, _, _, keys) in &outputs {
+        common.retain(|k| keys.contains(k));
+    }
+    if common.is_empty() {
+        let names: Vec<String> = outputs
+            .iter()
+            .map(|(kind, name, _, keys)| format!("{kind} `{name}` by [{}]", keys.join(", ")))
+            .collect();
+        return Err(format!(
+            "source `{}`: a worker pool repartitions a topic by the key its windows and views \
+             share, and {} share none: read the topic in a pipeline per key, or declare \
+             `partitioned_by` when its producers key messages by a common field",
+            src.name,
+            names.join(", ")
+        ));
+    }
+    if let SourceInput::Kafka(cfg) = &src.input {
+        if cfg.topics.len() != 1 {
+            return Err(format!(
+                "source `{}`: a worker pool repartitions one topic per source, and it reads {}: \
+                 declare a source per topic",
+                src.name,
+                cfg.topics.len()
+            ));
+        }
+        if matches!(cfg.start_from, StartFrom::Time(_)) {
+            return Err(format!(
+                "source `{}`: `start_from` a time is not supported when a worker pool \
+                 repartitions the topic: start from `earliest`, `latest` or `committed`",
+                src.name
+            ));
+        }
+    }
+    Ok(Some(common))
 }
 
 /// (kind, name, source, keys) of every window and view.
@@ -335,6 +390,36 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
             .map_err(|e| RunError::Pool(format!("view {}: {e}", v.config.name)))?;
         v.config = Arc::new(c);
     }
+    // topics not keyed by their windows' key are repartitioned into internal topics, which
+    // the jobs read instead
+    let mut specs = Vec::new();
+    for i in 0..plan.sources.len() {
+        let Some(keys) = repartition_keys(&plan, i).map_err(RunError::Pool)? else {
+            continue;
+        };
+        let topic = internal_topic(&plan.name, &plan.sources[i].name);
+        let src = &mut plan.sources[i];
+        let SourceInput::Kafka(cfg) = &mut src.input else {
+            continue;
+        };
+        let spec = RepartitionSpec {
+            source: src.name.clone(),
+            input: cfg.clone(),
+            topic,
+            keys,
+            decoder: src.decoder.clone(),
+            until_caught_up: opts.until_caught_up,
+        };
+        let partitions = spec.prepare()?;
+        cfg.upstream = Some(Upstream {
+            topic: cfg.topics.first().cloned().unwrap_or_default(),
+            partitions,
+        });
+        cfg.topics = vec![spec.topic.clone()];
+        cfg.start_from = StartFrom::Earliest;
+        specs.push(spec);
+    }
+    let stages = start_repartition(specs, &opts)?;
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
     // SQL: announce this worker's address; queries read the other workers' rows too
     let announcing = Arc::new(AtomicBool::new(true));
@@ -391,7 +476,52 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
     if let Some(h) = heartbeat {
         let _ = h.join();
     }
-    result
+    let mut stage_failure = None;
+    for stage in &stages {
+        stage.stop();
+    }
+    for stage in stages {
+        if let Err(e) = stage.join() {
+            stage_failure.get_or_insert(e);
+        }
+    }
+    match (result, stage_failure) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(e)) => Err(RunError::Engine(e)),
+        (Ok(s), None) => Ok(s),
+    }
+}
+
+/// Starts the repartition stages of a worker. Reading to the end (`--until-caught-up`), each
+/// stage first repartitions what its partitions hold, so that the jobs then see it all.
+/// Otherwise the stages run beside the jobs; one that fails stops the worker.
+fn start_repartition(
+    specs: Vec<RepartitionSpec>,
+    opts: &RunOptions,
+) -> Result<Vec<RepartitionStage>, RunError> {
+    let mut stages = Vec::new();
+    for spec in specs {
+        let stop = opts.stop.clone();
+        let on_end: Box<dyn FnOnce() + Send> = if opts.until_caught_up {
+            Box::new(|| {})
+        } else {
+            Box::new(move || stop.stop())
+        };
+        stages.push(RepartitionStage::start(spec, on_end)?);
+    }
+    if opts.until_caught_up {
+        for stage in stages {
+            while !stage.is_finished() {
+                if opts.stop.is_stopped() {
+                    stage.stop();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            stage.join()?;
+        }
+        return Ok(Vec::new());
+    }
+    Ok(stages)
 }
 
 /// How often a worker announces its SQL address, and how long an announcement counts.
@@ -471,10 +601,11 @@ fn pooled_sources(
                     let key = format!("{name}/{topic}/{p}");
                     let (generation, from) = claim_pool.claim(&key).map_err(|e| e.to_string())?;
                     let offset = match &from {
-                        Some(r) => claim_pool
-                            .partition_record(r, &name, &format!("{topic}/{p}"))
-                            .map_err(|e| e.to_string())?
-                            .map(|rec| rec.next_offset),
+                        Some(r) => claimed_start(
+                            &claim_pool
+                                .partition_records(r, &name, &format!("{topic}/{p}"))
+                                .map_err(|e| e.to_string())?,
+                        ),
                         None => None,
                     };
                     if let Ok(mut o) = claim_owned.lock() {
@@ -495,7 +626,7 @@ fn pooled_sources(
         });
         let partitions =
             KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
-        let keys = partitions.keys(&cfg.topics);
+        let keys = partitions.keys(&cfg);
         let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions);
         first_partition += keys.len();
         out.push(PooledSource {
@@ -504,6 +635,28 @@ fn pooled_sources(
         });
     }
     Ok(out)
+}
+
+/// Where a claimed partition continues, from its records in a checkpoint: its own, or its
+/// lanes' (a repartition topic continues at the smallest of its lanes' offsets, each lane
+/// dropping what it read before).
+fn claimed_start(records: &[weir_engine::checkpoint::PartitionRecord]) -> Option<ClaimedStart> {
+    let offset = records.iter().map(|r| r.next_offset).min()?;
+    let mut lanes = Vec::new();
+    for r in records {
+        let lane = r
+            .partition
+            .rsplit('/')
+            .next()
+            .and_then(|l| l.parse::<usize>().ok());
+        if let (Some(lane), 3) = (lane, r.partition.split('/').count()) {
+            if lanes.len() <= lane {
+                lanes.resize(lane + 1, 0);
+            }
+            lanes[lane] = r.position;
+        }
+    }
+    Some(ClaimedStart { offset, lanes })
 }
 
 /// A pool worker's settings for its jobs.
@@ -654,6 +807,40 @@ fn finish_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_partition_continues_at_its_slowest_lane() {
+        let rec = |partition: &str, next_offset: u64, position: u64| {
+            weir_engine::checkpoint::PartitionRecord {
+                source: "events".into(),
+                partition: partition.into(),
+                next_offset,
+                position,
+                newest: 0,
+            }
+        };
+        assert_eq!(claimed_start(&[]), None);
+        // a partition of its own: its offset
+        assert_eq!(
+            claimed_start(&[rec("t/3", 40, 40)]),
+            Some(ClaimedStart {
+                offset: 40,
+                lanes: vec![]
+            })
+        );
+        // lanes: the smallest offset, and each lane's next upstream offset
+        assert_eq!(
+            claimed_start(&[
+                rec("t/3/1", 90, 17),
+                rec("t/3/0", 70, 5),
+                rec("t/3/2", 90, 0)
+            ]),
+            Some(ClaimedStart {
+                offset: 70,
+                lanes: vec![5, 17, 0]
+            })
+        );
+    }
 
     #[test]
     fn worker_files_carry_the_worker_id_before_the_extension() {

@@ -176,7 +176,7 @@ pub(crate) fn run_job(
                 cfg.until_caught_up = opts.until_caught_up || opts.replay.is_some();
                 let partitions =
                     KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
-                let keys = partitions.keys(&cfg.topics);
+                let keys = partitions.keys(&cfg);
                 let replay = opts.replay.clone();
                 let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions)
                     .with_resume(|t, p| match &replay {

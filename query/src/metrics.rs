@@ -134,7 +134,7 @@ impl Metrics {
         };
         let s = &self.stats;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let sources: [(&str, &str, SourceCounter); 3] = [
+        let sources: [(&str, &str, SourceCounter); 5] = [
             (
                 "weir_events_in_total",
                 "Records read, good and bad, per source.",
@@ -149,6 +149,16 @@ impl Metrics {
                 "weir_bad_records_total",
                 "Records that failed decoding or schema checks (sent to the dead-letter output), per source.",
                 |s| &s.bad,
+            ),
+            (
+                "weir_repartition_repeats_total",
+                "Messages of a worker pool's repartition topic dropped as repeats of the at-least-once repartition stage, per source.",
+                |s| &s.repartition_repeats,
+            ),
+            (
+                "weir_repartition_foreign_total",
+                "Messages of a repartition topic skipped because weir did not write them (no upstream headers), per source.",
+                |s| &s.repartition_foreign,
             ),
         ];
         for (name, help, field) in sources {

@@ -108,6 +108,7 @@ impl FileReader {
                 Arc::new(PartitionInfo {
                     source: name.clone(),
                     id: first_id + i,
+                    state_id: first_id + i,
                     number: i as u32,
                     topic: None,
                     file: Some(p.to_string_lossy().into()),

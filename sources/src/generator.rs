@@ -515,6 +515,7 @@ impl GeneratorReader {
             partition: Arc::new(PartitionInfo {
                 source: source_name.into(),
                 id: partition_id,
+                state_id: partition_id,
                 number: 0,
                 topic: None,
                 file: None,

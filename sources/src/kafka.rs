@@ -23,6 +23,7 @@ use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::progress::Progress;
+use weir_engine::stats::{RunStats, SourceStats};
 use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
 use weir_kafka::{client_config, partition_counts, KafkaError};
 
@@ -75,11 +76,37 @@ pub struct KafkaSourceConfig {
     pub with_headers: bool,
     /// In a worker pool: claims assigned partitions and says where they start.
     pub pool: Option<PoolHook>,
+    /// The topic is a worker pool's repartition topic (see [`crate::repartition`]): each
+    /// partition is read as one lane per upstream partition.
+    pub upstream: Option<Upstream>,
+}
+
+/// The topic a repartition topic was written from: its messages carry the upstream partition
+/// and offset they were read at ([`crate::repartition::UPSTREAM_PARTITION`] and
+/// [`crate::repartition::UPSTREAM_OFFSET`] headers). The reader then keeps the upstream
+/// partitions apart, as lanes: each lane has its own watermark (the upstream partition's
+/// order, as if it was read directly), and a message at an upstream offset a lane already
+/// passed (a repeat of the at-least-once repartition stage) is dropped. Lanes appear in
+/// checkpoints as `topic/partition/upstream partition`; their position is the upstream
+/// offset expected next.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub topic: String,
+    pub partitions: usize,
 }
 
 /// Claims partitions for a pool worker (see [`PoolHook::claim`]).
 pub type ClaimPartitions =
-    Arc<dyn Fn(&[(String, i32)]) -> Result<Vec<Option<u64>>, String> + Send + Sync>;
+    Arc<dyn Fn(&[(String, i32)]) -> Result<Vec<Option<ClaimedStart>>, String> + Send + Sync>;
+
+/// Where a claimed partition continues, from the checkpoint holding its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedStart {
+    /// The offset to read from.
+    pub offset: u64,
+    /// With [`Upstream`] lanes: per upstream partition, the upstream offset expected next.
+    pub lanes: Vec<u64>,
+}
 
 /// Told of partitions a pool worker gave up (see [`PoolHook::released`]).
 pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
@@ -89,7 +116,7 @@ pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
 /// started; an assignment or a revocation ends the run with a hand-over checkpoint first.
 #[derive(Clone)]
 pub struct PoolHook {
-    /// Claims newly assigned `(topic, partition)`s; gives each one's checkpoint offset
+    /// Claims newly assigned `(topic, partition)`s; gives where each one's checkpoint left it
     /// (`None`: no state yet, it starts as `start_from` says).
     pub claim: ClaimPartitions,
     /// Called with revoked `(topic, partition)`s once their hand-over checkpoint is committed.
@@ -151,12 +178,20 @@ impl KafkaPartitions {
         self.counts.iter().sum()
     }
 
-    /// Every partition's key (`topic/partition`), topic by topic: their global order.
-    pub fn keys(&self, topics: &[String]) -> Vec<String> {
-        topics
+    /// Every partition's key (`topic/partition`), topic by topic: their global order. A
+    /// repartition topic's partitions have a key per lane (`topic/partition/upstream`).
+    pub fn keys(&self, config: &KafkaSourceConfig) -> Vec<String> {
+        let lanes = config.upstream.as_ref().map(|u| u.partitions);
+        config
+            .topics
             .iter()
             .zip(&self.counts)
-            .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
+            .flat_map(|(t, &count)| {
+                (0..count).flat_map(move |p| match lanes {
+                    None => vec![format!("{t}/{p}")],
+                    Some(n) => (0..n).map(|u| format!("{t}/{p}/{u}")).collect(),
+                })
+            })
             .collect()
     }
 }
@@ -173,6 +208,8 @@ struct GroupContext {
     resume: HashMap<(String, i32), u64>,
     /// Where newly assigned partitions were set to start (absent: the committed offset).
     starts: Mutex<HashMap<(String, i32), Offset>>,
+    /// Claimed partitions of a repartition topic: the upstream offset each lane expects.
+    lane_starts: Mutex<HashMap<(String, i32), Vec<u64>>>,
     /// (topic, partition) → global partition id.
     ids: HashMap<(String, i32), usize>,
     /// Partitions assigned before in this process (they resume from committed offsets).
@@ -243,10 +280,14 @@ impl GroupContext {
             Ok(offsets) => {
                 for ((topic, p), o) in list.iter().zip(offsets) {
                     match o {
-                        Some(o) => {
-                            let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(o as i64));
+                        Some(ClaimedStart { offset, lanes }) => {
+                            let o = Offset::Offset(offset as i64);
+                            let _ = tpl.set_partition_offset(topic, *p, o);
                             if let Ok(mut starts) = self.starts.lock() {
-                                starts.insert((topic.clone(), *p), Offset::Offset(o as i64));
+                                starts.insert((topic.clone(), *p), o);
+                            }
+                            if let Ok(mut l) = self.lane_starts.lock() {
+                                l.insert((topic.clone(), *p), lanes);
                             }
                         }
                         None => fresh.push((topic.clone(), *p)),
@@ -505,53 +546,78 @@ impl ConsumerContext for GroupContext {
 
 /// Messages of one partition being gathered into a chunk.
 #[derive(Default)]
-struct MessageBuffer {
+pub(crate) struct MessageBuffer {
     bytes: Vec<u8>,
     messages: Messages,
     since: Option<Instant>,
 }
 
 impl MessageBuffer {
-    fn push<M: Message>(&mut self, m: &M, with_headers: bool) {
+    /// Appends a message, recorded at `offset`.
+    pub(crate) fn push<M: Message>(&mut self, m: &M, with_headers: bool, offset: u64) {
+        let headers = m
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+        self.push_parts(
+            (m.payload().unwrap_or_default(), m.key()),
+            m.timestamp().to_millis(),
+            headers,
+            with_headers,
+            offset,
+        );
+    }
+
+    /// Appends a message given by its parts (a repartition topic's messages are unwrapped
+    /// first), recorded at `offset`. Headers are kept when `with_headers`, else only trace
+    /// ids (dead letters).
+    pub(crate) fn push_parts<'h>(
+        &mut self,
+        (payload, key): (&[u8], Option<&[u8]>),
+        timestamp: Option<i64>,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+        with_headers: bool,
+        offset: u64,
+    ) {
         let pos = |b: &Vec<u8>| b.len() as u32;
         self.since.get_or_insert_with(Instant::now);
         let start = pos(&self.bytes);
-        self.bytes
-            .extend_from_slice(m.payload().unwrap_or_default());
+        self.bytes.extend_from_slice(payload);
         self.messages.payloads.push((start, pos(&self.bytes)));
-        self.messages.offsets.push(m.offset() as u64);
-        self.messages.keys.push(m.key().map(|k| {
+        self.messages.offsets.push(offset);
+        self.messages.keys.push(key.map(|k| {
             let s = pos(&self.bytes);
             self.bytes.extend_from_slice(k);
             (s, pos(&self.bytes))
         }));
-        self.messages.timestamps.push(m.timestamp().to_millis());
+        self.messages.timestamps.push(timestamp);
         let first = self.messages.header_fields.len() as u32;
-        // every header when the pipeline reads `_headers`, else only trace ids (dead letters)
-        if let Some(h) = m.headers() {
-            for header in h.iter() {
-                if with_headers || weir_engine::trace::is_trace_header(header.key) {
-                    let ks = pos(&self.bytes);
-                    self.bytes.extend_from_slice(header.key.as_bytes());
-                    let name = (ks, pos(&self.bytes));
-                    let value = header.value.map(|v| {
-                        let vs = pos(&self.bytes);
-                        self.bytes.extend_from_slice(v);
-                        (vs, pos(&self.bytes))
-                    });
-                    self.messages.header_fields.push((name, value));
-                }
+        for (name, value) in headers {
+            if with_headers || weir_engine::trace::is_trace_header(name) {
+                let ks = pos(&self.bytes);
+                self.bytes.extend_from_slice(name.as_bytes());
+                let name = (ks, pos(&self.bytes));
+                let value = value.map(|v| {
+                    let vs = pos(&self.bytes);
+                    self.bytes.extend_from_slice(v);
+                    (vs, pos(&self.bytes))
+                });
+                self.messages.header_fields.push((name, value));
             }
         }
         let last = self.messages.header_fields.len() as u32;
         self.messages.headers.push((first, last));
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.offsets.is_empty()
+    }
+
     fn is_full(&self) -> bool {
         self.bytes.len() >= CHUNK_BYTES || self.messages.offsets.len() >= CHUNK_MESSAGES
     }
 
-    fn take(&mut self) -> Messages {
+    pub(crate) fn take(&mut self) -> Messages {
         self.since = None;
         let mut m = std::mem::take(&mut self.messages);
         m.bytes = SharedBytes::from(std::mem::take(&mut self.bytes));
@@ -559,12 +625,16 @@ impl MessageBuffer {
     }
 }
 
+/// One Kafka partition this reader may be assigned.
 struct PartitionState {
-    info: Arc<PartitionInfo>,
+    topic: Arc<str>,
+    number: i32,
+    /// What the job sees of it: the partition itself, or one lane per upstream partition of
+    /// a repartition topic (see [`Upstream`]).
+    lanes: Vec<Lane>,
     assigned: bool,
-    seq: u64,
-    buffer: MessageBuffer,
-    last_message: Instant,
+    /// The offset after the last message read (repeats included).
+    read_next: Option<u64>,
     /// The offset after the last message handed over.
     next_offset: Option<u64>,
     /// With `until_caught_up`: the end offset seen at assignment.
@@ -574,13 +644,40 @@ struct PartitionState {
     read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
+/// A chunk stream of a partition: the partition, or one upstream partition's messages in it.
+struct Lane {
+    info: Arc<PartitionInfo>,
+    seq: u64,
+    buffer: MessageBuffer,
+    last_message: Instant,
+    /// In a repartition topic: the upstream offset expected next; a message below it
+    /// repeats one already read.
+    expect: Option<u64>,
+}
+
+impl Lane {
+    fn new(info: PartitionInfo) -> Self {
+        Lane {
+            info: Arc::new(info),
+            seq: 0,
+            buffer: MessageBuffer::default(),
+            last_message: Instant::now(),
+            expect: None,
+        }
+    }
+}
+
 /// Reads a Kafka source for a job.
 pub struct KafkaReader {
     source: usize,
     name: Arc<str>,
     config: KafkaSourceConfig,
-    /// First global partition id of each topic.
+    /// Index in `partitions` of each topic's first partition.
     topic_base: Vec<usize>,
+    /// Lanes per partition (1, or the upstream partition count of a repartition topic).
+    lanes_per: usize,
+    /// First global partition id of the source.
+    first_id: usize,
     partitions: Vec<PartitionState>,
     consumer: Option<BaseConsumer<GroupContext>>,
     ready: VecDeque<Chunk>,
@@ -608,24 +705,45 @@ impl KafkaReader {
         partitions: &KafkaPartitions,
     ) -> Self {
         let name: Arc<str> = name.into();
+        let lanes_per = config.upstream.as_ref().map_or(1, |u| u.partitions.max(1));
+        let upstream_topic: Option<Arc<str>> =
+            config.upstream.as_ref().map(|u| u.topic.as_str().into());
         let mut topic_base = Vec::new();
-        let mut states = Vec::new();
+        let mut states: Vec<PartitionState> = Vec::new();
         for (t, &count) in partitions.counts.iter().enumerate() {
-            topic_base.push(first_partition + states.len());
+            topic_base.push(states.len());
             let topic: Arc<str> = config.topics[t].as_str().into();
             for p in 0..count {
-                states.push(PartitionState {
-                    info: Arc::new(PartitionInfo {
+                let first = first_partition + states.len() * lanes_per;
+                let lanes = match &upstream_topic {
+                    // a lane is the upstream partition: dead letters and `_partition` name it
+                    Some(up) => (0..lanes_per)
+                        .map(|u| {
+                            Lane::new(PartitionInfo {
+                                source: name.clone(),
+                                id: first + u,
+                                state_id: first,
+                                number: u as u32,
+                                topic: Some(up.clone()),
+                                file: None,
+                            })
+                        })
+                        .collect(),
+                    None => vec![Lane::new(PartitionInfo {
                         source: name.clone(),
-                        id: first_partition + states.len(),
+                        id: first,
+                        state_id: first,
                         number: p as u32,
                         topic: Some(topic.clone()),
                         file: None,
-                    }),
+                    })],
+                };
+                states.push(PartitionState {
+                    topic: topic.clone(),
+                    number: p as i32,
+                    lanes,
                     assigned: false,
-                    seq: 0,
-                    buffer: MessageBuffer::default(),
-                    last_message: Instant::now(),
+                    read_next: None,
                     next_offset: None,
                     end_at: None,
                     ended: false,
@@ -641,6 +759,8 @@ impl KafkaReader {
             name,
             config,
             topic_base,
+            lanes_per,
+            first_id: first_partition,
             partitions: states,
             consumer: None,
             ready: VecDeque::new(),
@@ -670,40 +790,39 @@ impl KafkaReader {
                 *run = ctx.clone();
             }
         }
-        let first = self.first_id();
-        for s in self.partitions.iter_mut() {
-            s.seq = 0;
+        for lane in self.partitions.iter_mut().flat_map(|s| s.lanes.iter_mut()) {
+            lane.seq = 0;
         }
         for chunk in self.ready.iter_mut() {
-            let s = &mut self.partitions[chunk.partition.id - first];
-            chunk.seq = s.seq;
-            s.seq += 1;
+            let i = chunk.partition.id - self.first_id;
+            let lane = &mut self.partitions[i / self.lanes_per].lanes[i % self.lanes_per];
+            chunk.seq = lane.seq;
+            lane.seq += 1;
         }
         // A partition that ended (read to its end offset) in an earlier run ends this one's
         // too: its restored clock is not at the end any more.
+        let in_lanes = self.config.upstream.is_some();
         for s in self.partitions.iter_mut() {
-            let pending_end = self
-                .ready
-                .iter()
-                .any(|c| c.partition.id == s.info.id && matches!(c.data, ChunkData::End));
-            if let (true, true, false, Some(next)) =
-                (s.assigned, s.ended, pending_end, s.next_offset)
-            {
-                self.ready.push_back(Chunk {
-                    source: self.source,
-                    partition: s.info.clone(),
-                    seq: s.seq,
-                    first_offset: next,
-                    resume: Resume::at(next),
-                    data: ChunkData::End,
-                });
-                s.seq += 1;
+            let (true, true, Some(next)) = (s.assigned, s.ended, s.next_offset) else {
+                continue;
+            };
+            for lane in s.lanes.iter_mut() {
+                let pending_end = self
+                    .ready
+                    .iter()
+                    .any(|c| c.partition.id == lane.info.id && matches!(c.data, ChunkData::End));
+                if !pending_end {
+                    self.ready
+                        .push_back(lane_end(self.source, lane, next, in_lanes));
+                }
             }
         }
         for s in &self.partitions {
-            ctx.clocks.partition(s.info.id).set_idle(!s.assigned);
-            if s.assigned {
-                ctx.progress.track(s.info.id);
+            for lane in &s.lanes {
+                ctx.clocks.partition(lane.info.id).set_idle(!s.assigned);
+                if s.assigned {
+                    ctx.progress.track(lane.info.id);
+                }
             }
         }
         self.report_assigned(ctx);
@@ -712,10 +831,15 @@ impl KafkaReader {
     /// Drops what was read of a partition given up in a pool: its next owner reads it again
     /// from the hand-over checkpoint.
     fn forget(&mut self, l: usize) {
-        let id = self.partitions[l].info.id;
-        self.ready.retain(|c| c.partition.id != id);
+        let first = self.first_id + l * self.lanes_per;
+        let ids = first..first + self.lanes_per;
+        self.ready.retain(|c| !ids.contains(&c.partition.id));
         let s = &mut self.partitions[l];
-        s.buffer = MessageBuffer::default();
+        for lane in s.lanes.iter_mut() {
+            lane.buffer = MessageBuffer::default();
+            lane.expect = None;
+        }
+        s.read_next = None;
         s.next_offset = None;
         s.end_at = None;
         s.ended = false;
@@ -737,24 +861,16 @@ impl KafkaReader {
     /// and the group's committed offsets say. `resume(topic, partition)` gives the offset.
     pub fn with_resume(mut self, resume: impl Fn(&str, i32) -> Option<u64>) -> Self {
         for s in &self.partitions {
-            if let Some(t) = &s.info.topic {
-                let p = s.info.number as i32;
-                if let Some(o) = resume(t, p) {
-                    self.resume.insert((t.to_string(), p), o);
-                }
+            if let Some(o) = resume(&s.topic, s.number) {
+                self.resume.insert((s.topic.to_string(), s.number), o);
             }
         }
         self
     }
 
-    fn first_id(&self) -> usize {
-        self.partitions.first().map_or(0, |p| p.info.id)
-    }
-
     fn local(&self, topic: &str, partition: i32) -> Option<usize> {
         let t = self.config.topics.iter().position(|x| x == topic)?;
-        let id = self.topic_base[t] + partition as usize;
-        let local = id - self.first_id();
+        let local = self.topic_base[t] + usize::try_from(partition).ok()?;
         (local < self.partitions.len()).then_some(local)
     }
 
@@ -768,14 +884,13 @@ impl KafkaReader {
     fn connect(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
         let mut ids = HashMap::new();
         for s in &self.partitions {
-            if let Some(t) = &s.info.topic {
-                ids.insert((t.to_string(), s.info.number as i32), s.info.id);
-            }
+            ids.insert((s.topic.to_string(), s.number), s.lanes[0].info.id);
         }
         let context = GroupContext {
             start_from: self.config.start_from,
             resume: self.resume.clone(),
             starts: Mutex::new(HashMap::new()),
+            lane_starts: Mutex::new(HashMap::new()),
             ids,
             seen: Mutex::new(HashSet::new()),
             committed: Mutex::new(HashMap::new()),
@@ -835,8 +950,8 @@ impl KafkaReader {
             .subscribe(&topics)
             .map_err(|e| self.err("cannot subscribe", e))?;
         // Every partition is idle until it is assigned to this process.
-        for s in &self.partitions {
-            ctx.clocks.partition(s.info.id).set_idle(true);
+        for lane in self.partitions.iter().flat_map(|s| &s.lanes) {
+            ctx.clocks.partition(lane.info.id).set_idle(true);
         }
         if let Some(src) = ctx.stats.sources.get(self.source) {
             src.assigned.store(-1, Ordering::Relaxed);
@@ -886,13 +1001,25 @@ impl KafkaReader {
                             (None, None)
                         };
                         self.assigned_once = true;
+                        let expected = self.consumer.as_ref().and_then(|c| {
+                            c.context()
+                                .lane_starts
+                                .lock()
+                                .ok()?
+                                .remove(&(topic.clone(), p))
+                        });
                         let s = &mut self.partitions[l];
                         s.assigned = true;
-                        s.last_message = Instant::now();
                         s.end_at = end_at;
-                        ctx.progress.track(s.info.id);
-                        ctx.progress.restart(s.info.id, s.seq);
-                        ctx.clocks.partition(s.info.id).set_idle(false);
+                        for (u, lane) in s.lanes.iter_mut().enumerate() {
+                            lane.last_message = Instant::now();
+                            if let Some(e) = &expected {
+                                lane.expect = e.get(u).copied();
+                            }
+                            ctx.progress.track(lane.info.id);
+                            ctx.progress.restart(lane.info.id, lane.seq);
+                            ctx.clocks.partition(lane.info.id).set_idle(false);
+                        }
                         // A partition starting at (or past) its end offset: no message will
                         // come to say it is caught up.
                         if let Some(end) = end_at {
@@ -914,7 +1041,9 @@ impl KafkaReader {
                         }
                         let s = &mut self.partitions[l];
                         s.assigned = false;
-                        ctx.clocks.partition(s.info.id).set_idle(true);
+                        for lane in &s.lanes {
+                            ctx.clocks.partition(lane.info.id).set_idle(true);
+                        }
                     }
                     self.awaiting_assignment = self.partitions.iter().all(|s| !s.assigned)
                         && self.partitions.iter().any(|s| !s.ended);
@@ -973,34 +1102,57 @@ impl KafkaReader {
         }
     }
 
-    /// Moves a partition's buffered messages to a ready chunk.
+    /// Moves a partition's buffered messages to ready chunks, one per lane. Every lane of a
+    /// repartition topic gets one (maybe empty), so that each lane's checkpointed offset
+    /// stays close to the partition's: it continues from the smallest of them.
     fn hand_over(&mut self, l: usize) {
+        let source = self.source;
         let s = &mut self.partitions[l];
-        if s.buffer.messages.is_empty() {
+        if s.lanes.iter().all(|lane| lane.buffer.messages.is_empty()) {
             return;
         }
-        let messages = s.buffer.take();
-        let first = messages.offsets[0];
-        s.next_offset = messages.offsets.last().map(|o| o + 1);
-        if let (Some(c), Some(t), Some(next)) = (&self.consumer, &s.info.topic, s.next_offset) {
+        let Some(next) = s.read_next else {
+            return;
+        };
+        s.next_offset = Some(next);
+        if let Some(c) = &self.consumer {
             if let Ok(mut positions) = c.context().positions.lock() {
-                positions.insert((t.to_string(), s.info.number as i32), next);
+                positions.insert((s.topic.to_string(), s.number), next);
             }
         }
-        self.ready.push_back(Chunk {
-            source: self.source,
-            partition: s.info.clone(),
-            seq: s.seq,
-            first_offset: first,
-            resume: Resume::at(s.next_offset.unwrap_or(first)),
-            data: ChunkData::Messages(messages),
-        });
-        s.seq += 1;
+        let in_lanes = self.config.upstream.is_some();
+        for lane in s.lanes.iter_mut() {
+            if lane.buffer.messages.is_empty() && !in_lanes {
+                continue;
+            }
+            let messages = lane.buffer.take();
+            let (first, resume) = if in_lanes {
+                let expect = lane.expect.unwrap_or(0);
+                let first = messages.offsets.first().copied().unwrap_or(expect);
+                let resume = Resume {
+                    next_offset: next,
+                    position: expect,
+                };
+                (first, resume)
+            } else {
+                (messages.offsets[0], Resume::at(next))
+            };
+            self.ready.push_back(Chunk {
+                source,
+                partition: lane.info.clone(),
+                seq: lane.seq,
+                first_offset: first,
+                resume,
+                data: ChunkData::Messages(messages),
+            });
+            lane.seq += 1;
+        }
     }
 
     /// Ends a partition (caught up): hands over its messages, then its end.
     fn end_partition(&mut self, l: usize, next_offset: u64, _ctx: &ReaderContext) {
         self.hand_over(l);
+        let source = self.source;
         let s = &mut self.partitions[l];
         if s.ended {
             return;
@@ -1008,21 +1160,14 @@ impl KafkaReader {
         s.ended = true;
         let next = s.next_offset.unwrap_or(next_offset).max(next_offset);
         s.next_offset = Some(next);
-        self.ready.push_back(Chunk {
-            source: self.source,
-            partition: s.info.clone(),
-            seq: s.seq,
-            first_offset: next,
-            resume: Resume::at(next),
-            data: ChunkData::End,
-        });
-        s.seq += 1;
+        let in_lanes = self.config.upstream.is_some();
+        for lane in s.lanes.iter_mut() {
+            self.ready.push_back(lane_end(source, lane, next, in_lanes));
+        }
         if let Some(consumer) = &self.consumer {
             let mut tpl = TopicPartitionList::new();
-            if let Some(t) = &s.info.topic {
-                tpl.add_partition(t, s.info.number as i32);
-                let _ = consumer.pause(&tpl);
-            }
+            tpl.add_partition(&s.topic, s.number);
+            let _ = consumer.pause(&tpl);
         }
     }
 
@@ -1030,11 +1175,16 @@ impl KafkaReader {
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
+        if self.config.upstream.is_some() {
+            // a repartition topic's offsets live in the pool's checkpoints only: its lanes
+            // continue from different offsets
+            return Ok(());
+        }
         let assigned = self
             .partitions
             .iter()
             .filter(|s| s.assigned)
-            .filter_map(|s| Some((s.info.topic.as_ref()?.to_string(), s.info.number as i32)));
+            .map(|s| (s.topic.to_string(), s.number));
         let tpl = consumer.context().committable(assigned);
         if tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, mode) {
@@ -1081,14 +1231,17 @@ impl KafkaReader {
                 let Some(l) = self.local(msg.topic(), msg.partition()) else {
                     continue;
                 };
-                let s = &mut self.partitions[l];
-                if !s.assigned || s.ended {
-                    continue;
-                }
-                let offset = msg.offset() as u64;
-                s.buffer.push(&msg, self.config.with_headers);
+                let placed = place_message(
+                    &mut self.partitions[l],
+                    &msg,
+                    (&self.config, &self.name),
+                    ctx.stats.sources.get(self.source),
+                    ctx,
+                );
                 drop(msg);
-                self.after_message(l, offset, ctx);
+                if let Some(offset) = placed {
+                    self.after_message(l, offset, ctx);
+                }
             }
             got += 1;
             if !self.ready.is_empty() || got >= CHUNK_MESSAGES {
@@ -1105,31 +1258,29 @@ impl KafkaReader {
         m: &rdkafka::message::OwnedMessage,
         ctx: &ReaderContext,
     ) {
-        let Some(l) = self.local(topic, partition) else {
-            return;
-        };
-        let s = &mut self.partitions[l];
-        if !s.assigned || s.ended {
-            return;
+        if let Some(l) = self.local(topic, partition) {
+            let placed = place_message(
+                &mut self.partitions[l],
+                m,
+                (&self.config, &self.name),
+                ctx.stats.sources.get(self.source),
+                ctx,
+            );
+            if let Some(offset) = placed {
+                self.after_message(l, offset, ctx);
+            }
         }
-        s.buffer.push(m, self.config.with_headers);
-        self.after_message(l, m.offset() as u64, ctx);
     }
 
     fn after_message(&mut self, l: usize, offset: u64, ctx: &ReaderContext) {
         let s = &mut self.partitions[l];
-        s.last_message = Instant::now();
         if let Some(r) = &s.read_offset {
             r.store(offset + 1, Ordering::Relaxed);
-        }
-        let clock = ctx.clocks.partition(s.info.id);
-        if clock.is_idle() {
-            clock.set_idle(false);
         }
         let caught_up = s.end_at.is_some_and(|end| offset + 1 >= end);
         if caught_up {
             self.end_partition(l, offset + 1, ctx);
-        } else if s.buffer.is_full() {
+        } else if s.lanes.iter().any(|lane| lane.buffer.is_full()) {
             self.hand_over(l);
         }
     }
@@ -1139,16 +1290,19 @@ impl KafkaReader {
         let now = Instant::now();
         for l in 0..self.partitions.len() {
             let s = &self.partitions[l];
-            if s.buffer
-                .since
-                .is_some_and(|t| quiet || now - t >= CHUNK_AGE)
-            {
+            if s.lanes.iter().any(|lane| {
+                lane.buffer
+                    .since
+                    .is_some_and(|t| quiet || now - t >= CHUNK_AGE)
+            }) {
                 self.hand_over(l);
             }
             let s = &self.partitions[l];
             if let Some(idle) = self.config.idle_timeout {
-                if s.assigned && !s.ended && now - s.last_message >= idle {
-                    ctx.clocks.partition(s.info.id).set_idle(true);
+                for lane in &s.lanes {
+                    if s.assigned && !s.ended && now - lane.last_message >= idle {
+                        ctx.clocks.partition(lane.info.id).set_idle(true);
+                    }
                 }
             }
         }
@@ -1183,9 +1337,7 @@ impl KafkaReader {
         };
         let mut tpl = TopicPartitionList::new();
         for s in self.partitions.iter().filter(|s| s.assigned && !s.ended) {
-            if let Some(t) = &s.info.topic {
-                tpl.add_partition(t, s.info.number as i32);
-            }
+            tpl.add_partition(&s.topic, s.number);
         }
         let result = if paused {
             consumer.pause(&tpl)
@@ -1205,6 +1357,91 @@ impl KafkaReader {
             && self.ready.is_empty()
             && self.partitions.iter().all(|s| !s.assigned || s.ended)
     }
+}
+
+/// Buffers a message of partition `s` in its lane; a repeat of the repartition stage (an
+/// upstream offset its lane passed) is counted and dropped. The message's offset, unless the
+/// partition is not read (then `after_message` is not due).
+fn place_message<M: Message>(
+    s: &mut PartitionState,
+    m: &M,
+    (config, name): (&KafkaSourceConfig, &str),
+    stats: Option<&SourceStats>,
+    ctx: &ReaderContext,
+) -> Option<u64> {
+    let in_lanes = config.upstream.is_some();
+    if !s.assigned || s.ended {
+        return None;
+    }
+    let offset = m.offset() as u64;
+    s.read_next = Some(offset + 1);
+    if !in_lanes {
+        s.lanes[0].buffer.push(m, config.with_headers, offset);
+        s.lanes[0].last_message = Instant::now();
+        unidle(ctx, &s.lanes[0]);
+        return Some(offset);
+    }
+    let payload = m.payload().unwrap_or_default();
+    let Some(envelope) =
+        crate::repartition::Envelope::open(payload).filter(|e| e.partition < s.lanes.len())
+    else {
+        if let Some(src) = stats {
+            RunStats::add(&src.repartition_foreign, 1);
+        }
+        tracing::error!(
+            source = %name,
+            topic = %s.topic,
+            partition = s.number,
+            offset,
+            "kafka: a message in a repartition topic was not written by weir (no upstream partition and offset); skipped"
+        );
+        return Some(offset);
+    };
+    let lane = &mut s.lanes[envelope.partition];
+    if lane.expect.is_some_and(|e| envelope.offset < e) {
+        if let Some(src) = stats {
+            RunStats::add(&src.repartition_repeats, 1);
+        }
+        return Some(offset);
+    }
+    lane.buffer.push_parts(
+        (envelope.payload, m.key()),
+        m.timestamp().to_millis(),
+        envelope.headers(),
+        config.with_headers,
+        envelope.offset,
+    );
+    lane.expect = Some(envelope.offset + 1);
+    lane.last_message = Instant::now();
+    unidle(ctx, lane);
+    Some(offset)
+}
+
+/// A lane that delivers stops being idle.
+fn unidle(ctx: &ReaderContext, lane: &Lane) {
+    let clock = ctx.clocks.partition(lane.info.id);
+    if clock.is_idle() {
+        clock.set_idle(false);
+    }
+}
+
+/// The end chunk of a lane whose partition continues at `next`.
+fn lane_end(source: usize, lane: &mut Lane, next: u64, in_lanes: bool) -> Chunk {
+    // a lane's offsets are upstream offsets: none seen yet is 0
+    let expect = lane.expect.unwrap_or(if in_lanes { 0 } else { next });
+    let chunk = Chunk {
+        source,
+        partition: lane.info.clone(),
+        seq: lane.seq,
+        first_offset: expect,
+        resume: Resume {
+            next_offset: next,
+            position: expect,
+        },
+        data: ChunkData::End,
+    };
+    lane.seq += 1;
+    chunk
 }
 
 fn is_fatal(e: &RdError) -> bool {
@@ -1345,6 +1582,7 @@ mod tests {
             read_offsets: None,
             with_headers: true,
             pool: None,
+            upstream: None,
         };
         let partitions = KafkaPartitions::discover(&config).unwrap();
         assert_eq!(partitions.counts, vec![3]);
@@ -1399,6 +1637,105 @@ mod tests {
         reader.finish(&ctx).unwrap();
     }
 
+    /// A repartition topic: its partitions are read as one lane per upstream partition, each
+    /// in upstream order with upstream offsets; a repeat (an upstream offset its lane passed)
+    /// is dropped; every lane's chunk records where the partition and the lane continue.
+    #[test]
+    fn a_repartition_topic_is_read_in_lanes_without_repeats() {
+        use crate::repartition::Envelope;
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("internal", 1, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        let producer = Producer::new(&brokers, &[]).unwrap();
+        // upstream partitions 0 and 1 interleaved; then upstream 1 repeats offsets 1..3 (a
+        // stage that restarted from an older commit) and continues with 4
+        let mut sent = vec![(0u32, 0u64), (1, 0), (0, 1), (1, 1), (1, 2), (0, 2), (1, 3)];
+        sent.extend([(1, 1), (1, 2), (1, 3), (1, 4)]);
+        let mut value = Vec::new();
+        for &(u, o) in &sent {
+            value.clear();
+            let headers = [(&b"traceparent"[..], Some(&b"t"[..]))];
+            let payload = format!("{{\"u\":{u},\"o\":{o}}}");
+            Envelope::write(&mut value, u, o, headers.into_iter(), payload.as_bytes());
+            producer
+                .send("internal", Some(b"k"), Some(&value), &[])
+                .unwrap();
+        }
+        producer.flush().unwrap();
+        let config = KafkaSourceConfig {
+            brokers: brokers.clone(),
+            topics: vec!["internal".into()],
+            group_id: "g".into(),
+            start_from: StartFrom::Earliest,
+            properties: vec![],
+            idle_timeout: None,
+            until_caught_up: true,
+            end_offsets: HashMap::new(),
+            read_offsets: None,
+            with_headers: false,
+            pool: None,
+            upstream: Some(Upstream {
+                topic: "upstream".into(),
+                partitions: 2,
+            }),
+        };
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        assert_eq!(
+            partitions.keys(&config),
+            vec!["internal/0/0".to_string(), "internal/0/1".to_string()]
+        );
+        let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+        let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(2, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Progress::new(2, &[])),
+            stats.clone(),
+        );
+        let mut read: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        let mut next_seq = [0u64; 2];
+        let mut last_resume = [None; 2];
+        while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+            let lane = chunk.partition.id;
+            assert_eq!(
+                chunk.partition.state_id, 0,
+                "state stays with the Kafka partition"
+            );
+            assert_eq!(chunk.partition.topic.as_deref(), Some("upstream"));
+            assert_eq!(chunk.partition.number as usize, lane);
+            assert_eq!(chunk.seq, next_seq[lane]);
+            next_seq[lane] += 1;
+            if let ChunkData::Messages(m) = &chunk.data {
+                for (i, &o) in m.offsets.iter().enumerate() {
+                    let payload = std::str::from_utf8(m.slice(m.payloads[i])).unwrap();
+                    assert_eq!(payload, format!("{{\"u\":{lane},\"o\":{o}}}"));
+                    let trace: Vec<_> = m.header_pairs(i).collect();
+                    assert_eq!(trace, vec![(&b"traceparent"[..], Some(&b"t"[..]))]);
+                }
+                read[lane].extend(&m.offsets);
+            }
+            last_resume[lane] = Some(chunk.resume);
+        }
+        assert_eq!(read[0], vec![0, 1, 2]);
+        assert_eq!(read[1], vec![0, 1, 2, 3, 4]);
+        assert_eq!(RunStats::get(&stats.sources[0].repartition_repeats), 3);
+        // both lanes continue after the topic's last message; each at its next upstream offset
+        let end = sent.len() as u64;
+        assert_eq!(
+            last_resume,
+            [
+                Some(Resume {
+                    next_offset: end,
+                    position: 3
+                }),
+                Some(Resume {
+                    next_offset: end,
+                    position: 5
+                })
+            ]
+        );
+    }
+
     #[test]
     fn a_missing_topic_is_reported_by_name() {
         let mock = MockCluster::new(1).unwrap();
@@ -1415,6 +1752,7 @@ mod tests {
             read_offsets: None,
             with_headers: false,
             pool: None,
+            upstream: None,
         };
         match KafkaPartitions::discover(&config) {
             Err(e) => assert!(e.to_string().contains("nope"), "{e}"),

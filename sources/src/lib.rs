@@ -8,13 +8,17 @@ pub mod json;
 pub mod kafka;
 pub mod message_columns;
 pub mod registry;
+pub mod repartition;
 pub mod schema;
 
 pub use avro::{AvroDecoder, AvroType};
 pub use file::{resolve_files, FileReader};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};
-pub use kafka::{KafkaPartitions, KafkaReader, KafkaSourceConfig, ReadOffsets, StartFrom};
+pub use kafka::{
+    ClaimedStart, KafkaPartitions, KafkaReader, KafkaSourceConfig, ReadOffsets, StartFrom, Upstream,
+};
 pub use message_columns::MessageColumn;
 pub use registry::SchemaRegistry;
+pub use repartition::{RepartitionSpec, RepartitionStage};
 pub use schema::{FieldKind, SchemaField, SourceSchema};

@@ -2,7 +2,7 @@
 """An independent Kafka client for weir's end-to-end tests (confluent-kafka, fastavro).
 
   kafka_tool.py create  BROKERS TOPIC PARTITIONS
-  kafka_tool.py produce BROKERS TOPIC FILE [--key-field F] [--format json|avro|avro-confluent|cloudevents|envelope]
+  kafka_tool.py produce BROKERS TOPIC FILE [--key-field F] [--round-robin] [--format json|avro|avro-confluent|cloudevents|envelope]
                         [--schema AVSC] [--schema-id N] [--header K=V ...]
   kafka_tool.py consume BROKERS TOPIC OUT [--keys] [--raw] [--read-committed]
                                                    all messages up to the current end, as NDJSON
@@ -89,6 +89,9 @@ def produce(args):
     failures = []
     headers = [tuple(h.split("=", 1)) for h in args.header]
     n = 0
+    partitions = None
+    if args.round_robin:  # message n to partition n % count, whatever its key
+        partitions = len(p.list_topics(args.topic, timeout=30).topics[args.topic].partitions)
     ts = None  # message timestamp: the event's --timestamp-field (kept for lines without one)
     with open(args.file, encoding="utf-8", errors="surrogateescape") as f:
         for raw in f:
@@ -108,7 +111,8 @@ def produce(args):
                 try:
                     extra = {"timestamp": ts} if args.timestamp_field and ts is not None else {}
                     p.produce(args.topic, value=value, key=key, headers=headers or None,
-                              partition=-1 if args.partition is None else args.partition,
+                              partition=(n % partitions if partitions else
+                                         -1 if args.partition is None else args.partition),
                               on_delivery=lambda err, msg: err and failures.append(err), **extra)
                     break
                 except BufferError:
@@ -256,6 +260,7 @@ def main():
     a.add_argument("--schema-id", type=int, default=1)
     a.add_argument("--header", action="append", default=[])
     a.add_argument("--partition", type=int, help="every message to this partition (default: by key)")
+    a.add_argument("--round-robin", action="store_true", help="message n to partition n %% count (not by key)")
     a.add_argument("--timestamp-field", help="message timestamps from this epoch-ms field (as producers that set CreateTime to the event time)")
     a = sub.add_parser("consume")
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("out")

@@ -1,0 +1,738 @@
+//! A worker pool's repartition stage, as Kafka Streams does it: when a topic is not
+//! partitioned by the key of the windows and views reading it, every worker re-produces the
+//! upstream partitions it is assigned (in a consumer group of their own) into an internal
+//! topic keyed by that key: `<pipeline>-<source>-repartition`, with the upstream topic's
+//! partition count. The pool's jobs then read the internal topic, whose partitions hold
+//! every event of their keys.
+//!
+//! The stage is at least once: it commits an upstream offset once the messages before it
+//! are acknowledged, so a worker that dies re-produces what it sent after its last commit.
+//! Every message carries the upstream partition and offset it was read at (an
+//! [`Envelope`] around its value); the reader of the internal topic keeps the
+//! upstream partitions apart as lanes (`crate::kafka::Upstream`), drops a message whose
+//! upstream offset its lane already passed, and checkpoints each lane's position with the
+//! pool's state. The producer is idempotent, so one upstream partition's messages stay in
+//! order in each internal partition: a repeat is always below what its lane expects.
+//!
+//! Records that do not decode go to the internal partition of their message key, as they
+//! are: the jobs decode them again and send them to the dead-letter output with their error.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use arrow::row::{RowConverter, SortField};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::events::Resume;
+use weir_engine::job::Decode;
+use weir_engine::{Chunk, ChunkData, EngineError, Messages};
+use weir_kafka::{client_config, create_topic, partition_counts, Producer};
+
+use crate::kafka::{KafkaSourceConfig, MessageBuffer, StartFrom};
+
+/// How many messages the stage reads before it sends them on.
+const BATCH_MESSAGES: usize = 8 * 1024;
+/// How long it gathers a batch at most.
+const BATCH_AGE: Duration = Duration::from_millis(50);
+/// How often it commits upstream offsets (after the messages before them are acknowledged).
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// The internal topic repartitioning `source` of pipeline `pipeline`.
+pub fn internal_topic(pipeline: &str, source: &str) -> String {
+    format!("{pipeline}-{source}-repartition")
+}
+
+/// The first bytes of every repartition topic message.
+const MAGIC: &[u8; 5] = b"weir\x01";
+
+/// A repartition topic's message value: the upstream partition and offset it was read at,
+/// its headers, then its payload. (Kafka headers would be the natural place for the first
+/// two, but tansu 0.6, the broker these tests run, stops serving fetches of a topic whose
+/// messages carry headers at this volume.)
+///
+/// `weir\x01`, partition (u32), offset (u64), header count (u16), per header: name length
+/// (u16), name, value length (i32, -1 for none), value; then the payload. Big-endian.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub partition: usize,
+    pub offset: u64,
+    /// The encoded headers (see [`Self::headers`]).
+    header_bytes: &'a [u8],
+    header_count: u16,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// Appends the envelope of a message to `out`.
+    pub fn write<'h>(
+        out: &mut Vec<u8>,
+        partition: u32,
+        offset: u64,
+        headers: impl Iterator<Item = (&'h [u8], Option<&'h [u8]>)>,
+        payload: &[u8],
+    ) {
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&partition.to_be_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+        let count_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        let mut count = 0u16;
+        for (name, value) in headers.take(u16::MAX as usize) {
+            count += 1;
+            let name = &name[..name.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            out.extend_from_slice(name);
+            match value {
+                Some(v) => {
+                    let v = &v[..v.len().min(i32::MAX as usize)];
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// Reads an envelope; `None` when the bytes are not one.
+    pub fn open(bytes: &'a [u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+        let (partition, rest) = take_array::<4>(rest)?;
+        let (offset, rest) = take_array::<8>(rest)?;
+        let (count, rest) = take_array::<2>(rest)?;
+        let header_count = u16::from_be_bytes(count);
+        // walk the headers once to find the payload
+        let mut at = rest;
+        for _ in 0..header_count {
+            let (len, r) = take_array::<2>(at)?;
+            let r = r.get(u16::from_be_bytes(len) as usize..)?;
+            let (len, r) = take_array::<4>(r)?;
+            let len = i32::from_be_bytes(len);
+            at = if len < 0 { r } else { r.get(len as usize..)? };
+        }
+        Some(Envelope {
+            partition: u32::from_be_bytes(partition) as usize,
+            offset: u64::from_be_bytes(offset),
+            header_bytes: &rest[..rest.len() - at.len()],
+            header_count,
+            payload: at,
+        })
+    }
+
+    /// The message's headers: (name, value). A name that is not UTF-8 is skipped.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        let mut at = self.header_bytes;
+        (0..self.header_count).filter_map(move |_| {
+            let (len, r) = take_array::<2>(at)?;
+            let (name, r) = r.split_at_checked(u16::from_be_bytes(len) as usize)?;
+            let (len, r) = take_array::<4>(r)?;
+            let len = i32::from_be_bytes(len);
+            let (value, r) = if len < 0 {
+                (None, r)
+            } else {
+                let (v, r) = r.split_at_checked(len as usize)?;
+                (Some(v), r)
+            };
+            at = r;
+            Some((std::str::from_utf8(name).ok()?, value))
+        })
+    }
+}
+
+fn take_array<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
+    let (head, rest) = bytes.split_at_checked(N)?;
+    Some((head.try_into().ok()?, rest))
+}
+
+/// What a repartition stage reads, and where it writes.
+#[derive(Clone)]
+pub struct RepartitionSpec {
+    /// The source's name in the pipeline.
+    pub source: String,
+    /// The source as declared (one topic).
+    pub input: KafkaSourceConfig,
+    /// The internal topic.
+    pub topic: String,
+    /// The fields the internal topic is keyed by.
+    pub keys: Vec<String>,
+    pub decoder: Arc<dyn Decode>,
+    /// Stop once every assigned partition is read to the end it had when assigned.
+    pub until_caught_up: bool,
+}
+
+impl RepartitionSpec {
+    /// The consumer group of the stage: the source's group, suffixed.
+    pub fn group(&self) -> String {
+        format!("{}-repartition", self.input.group_id)
+    }
+
+    fn upstream_topic(&self) -> Result<&str, EngineError> {
+        match self.input.topics.as_slice() {
+            [t] => Ok(t),
+            _ => Err(EngineError::source(
+                &self.source,
+                "a repartitioned source reads exactly one topic",
+            )),
+        }
+    }
+
+    /// Creates the internal topic (when missing) with the upstream topic's partition count,
+    /// which it returns. An existing internal topic with another count is refused.
+    pub fn prepare(&self) -> Result<usize, EngineError> {
+        let upstream = self.upstream_topic()?;
+        let err = |e: weir_kafka::KafkaError| EngineError::source(&self.source, e);
+        let props = &self.input.properties;
+        let brokers = &self.input.brokers;
+        let timeout = Duration::from_secs(30);
+        let count = partition_counts(brokers, props, &[upstream.to_string()], timeout)
+            .map_err(err)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        create_topic(brokers, props, &self.topic, count as i32).map_err(err)?;
+        let internal = partition_counts(brokers, props, std::slice::from_ref(&self.topic), timeout)
+            .map_err(err)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        if internal != count {
+            return Err(EngineError::source(
+                &self.source,
+                format!(
+                    "the repartition topic `{}` has {internal} partitions but `{upstream}` has \
+                     {count}: delete it (weir creates it again) or give it {count} partitions",
+                    self.topic
+                ),
+            ));
+        }
+        Ok(count)
+    }
+}
+
+/// A running repartition stage (a thread of the worker).
+pub struct RepartitionStage {
+    thread: Option<JoinHandle<Result<(), EngineError>>>,
+    stop: Arc<AtomicBool>,
+    /// Messages sent to the internal topic.
+    pub sent: Arc<AtomicU64>,
+}
+
+impl RepartitionStage {
+    /// Starts the stage; it runs until [`Self::stop`] (or, with `until_caught_up`, until
+    /// its partitions are read to their end, or until it fails), then calls `on_end`.
+    pub fn start(
+        spec: RepartitionSpec,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> Result<Self, EngineError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut stage = Stage::connect(spec, stop.clone(), sent.clone())?;
+        let thread = std::thread::Builder::new()
+            .name("weir-repartition".into())
+            .spawn(move || {
+                let result = stage.run();
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "the repartition stage failed");
+                }
+                on_end();
+                result
+            })
+            .map_err(|e| {
+                EngineError::Internal(format!("cannot start the repartition stage: {e}"))
+            })?;
+        Ok(RepartitionStage {
+            thread: Some(thread),
+            stop,
+            sent,
+        })
+    }
+
+    /// Whether the stage ended (caught up, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Asks the stage to stop (it sends what it read and commits first).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the stage to end; its error, if it failed.
+    pub fn join(mut self) -> Result<(), EngineError> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| EngineError::Internal("the repartition stage panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RepartitionStage {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Rebalances of the stage's consumer (cooperative: only moved partitions are touched).
+struct StageContext;
+
+impl ClientContext for StageContext {}
+
+impl ConsumerContext for StageContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if cooperative => {
+                consumer.incremental_assign(tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => consumer.assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+                consumer.incremental_unassign(tpl)
+            }
+            _ => consumer.unassign(),
+        };
+        match result {
+            Ok(()) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let what = if matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                    "assigned"
+                } else {
+                    "revoked"
+                };
+                tracing::info!(?partitions, "repartition: upstream partitions {what}");
+            }
+            Err(e) => tracing::error!(error = %e, "repartition: rebalance failed"),
+        }
+    }
+}
+
+struct Stage {
+    spec: RepartitionSpec,
+    upstream: String,
+    consumer: BaseConsumer<StageContext>,
+    producer: Producer,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    /// Per upstream partition: messages read and not sent yet.
+    buffers: HashMap<i32, MessageBuffer>,
+    /// Per upstream partition: the offset after the last message sent.
+    next: HashMap<i32, u64>,
+    /// With `until_caught_up`: per partition, its end when the stage started.
+    ends: HashMap<i32, u64>,
+    infos: HashMap<i32, Arc<PartitionInfo>>,
+    /// Key bytes of the rows of a batch, reused.
+    key_scratch: Vec<u8>,
+}
+
+impl Stage {
+    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::source(&self.spec.source, format!("repartition stage: {e}"))
+    }
+
+    fn connect(
+        spec: RepartitionSpec,
+        stop: Arc<AtomicBool>,
+        sent: Arc<AtomicU64>,
+    ) -> Result<Stage, EngineError> {
+        let upstream = spec.upstream_topic()?.to_string();
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            EngineError::source(&spec.source, format!("repartition stage: {what}: {e}"))
+        };
+        let mut cfg = client_config(&spec.input.brokers, &[]);
+        cfg.set("group.id", spec.group())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if spec.input.start_from == StartFrom::Latest {
+                    "latest"
+                } else {
+                    "earliest"
+                },
+            )
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500");
+        for (k, v) in &spec.input.properties {
+            cfg.set(k, v);
+        }
+        // the ends are read before consuming: a broker may hold a ListOffsets request back
+        // behind the consumer's fetches (tansu then stops answering the group's heartbeats)
+        let ends = if spec.until_caught_up {
+            end_offsets(&spec, &upstream)?
+        } else {
+            HashMap::new()
+        };
+        let consumer: BaseConsumer<StageContext> = cfg
+            .create_with_context(StageContext)
+            .map_err(|e| fail("cannot create a consumer", &e))?;
+        consumer
+            .subscribe(&[upstream.as_str()])
+            .map_err(|e| fail("cannot subscribe", &e))?;
+        let producer = Producer::new(&spec.input.brokers, &spec.input.properties)
+            .map_err(|e| fail("cannot create a producer", &e))?;
+        Ok(Stage {
+            spec,
+            upstream,
+            consumer,
+            producer,
+            stop,
+            sent,
+            buffers: HashMap::new(),
+            next: HashMap::new(),
+            ends,
+            infos: HashMap::new(),
+            key_scratch: Vec::new(),
+        })
+    }
+
+    fn run(&mut self) -> Result<(), EngineError> {
+        tracing::info!(
+            source = %self.spec.source,
+            from = %self.upstream,
+            to = %self.spec.topic,
+            keys = ?self.spec.keys,
+            group = %self.spec.group(),
+            "repartition stage started"
+        );
+        let result = self.pump();
+        // what was read is sent and committed, even on a stop
+        let end = self.send_all().and_then(|_| self.commit(CommitMode::Sync));
+        self.consumer.unsubscribe();
+        tracing::info!(
+            source = %self.spec.source,
+            sent = self.sent.load(Ordering::Relaxed),
+            "repartition stage stopped"
+        );
+        result.and(end)
+    }
+
+    fn pump(&mut self) -> Result<(), EngineError> {
+        let mut last_commit = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let mut got = 0;
+            while got < BATCH_MESSAGES && started.elapsed() < BATCH_AGE {
+                let timeout = if got == 0 {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::ZERO
+                };
+                match self.consumer.poll(timeout) {
+                    None => break,
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => continue,
+                    Some(Err(e)) => {
+                        tracing::warn!(source = %self.spec.source, error = %e, "repartition: consumer error (librdkafka retries)");
+                        break;
+                    }
+                    Some(Ok(m)) => {
+                        let offset = m.offset() as u64;
+                        self.buffers
+                            .entry(m.partition())
+                            .or_default()
+                            .push(&m, true, offset);
+                        got += 1;
+                    }
+                }
+            }
+            self.send_all()?;
+            if last_commit.elapsed() >= COMMIT_EVERY {
+                self.commit(CommitMode::Async)?;
+                last_commit = Instant::now();
+            }
+            if self.spec.until_caught_up && self.caught_up()? {
+                tracing::info!(source = %self.spec.source, "repartition stage caught up");
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// With `until_caught_up`: whether every assigned partition reached its end (its high
+    /// watermark when the stage started).
+    fn caught_up(&mut self) -> Result<bool, EngineError> {
+        let assignment = self.consumer.assignment().map_err(|e| self.err(e))?;
+        if assignment.count() == 0 {
+            return Ok(false);
+        }
+        let positions = self.consumer.position().map_err(|e| self.err(e))?;
+        for e in assignment.elements() {
+            let p = e.partition();
+            let end = self.ends.get(&p).copied().unwrap_or(0);
+            let read = match positions
+                .find_partition(&self.upstream, p)
+                .map(|x| x.offset())
+            {
+                Some(Offset::Offset(o)) if o >= 0 => o as u64,
+                _ => self.next.get(&p).copied().unwrap_or(0),
+            };
+            if end > 0 && read.max(self.next.get(&p).copied().unwrap_or(0)) < end {
+                return Ok(false);
+            }
+        }
+        Ok(self.buffers.values().all(|b| b.is_empty()))
+    }
+
+    /// Sends every buffered message to the internal topic.
+    fn send_all(&mut self) -> Result<(), EngineError> {
+        let partitions: Vec<i32> = self
+            .buffers
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(&p, _)| p)
+            .collect();
+        for p in partitions {
+            let messages = match self.buffers.get_mut(&p) {
+                Some(b) => b.take(),
+                None => continue,
+            };
+            self.send(p, &messages)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one upstream partition's messages, each keyed by its event's key (or, when it
+    /// does not decode, by its own message key).
+    fn send(&mut self, partition: i32, messages: &Messages) -> Result<(), EngineError> {
+        let Some(&first) = messages.offsets.first() else {
+            return Ok(());
+        };
+        let info = self
+            .infos
+            .entry(partition)
+            .or_insert_with(|| {
+                Arc::new(PartitionInfo {
+                    source: self.spec.source.as_str().into(),
+                    id: partition.max(0) as usize,
+                    state_id: partition.max(0) as usize,
+                    number: partition.max(0) as u32,
+                    topic: Some(self.upstream.as_str().into()),
+                    file: None,
+                })
+            })
+            .clone();
+        let chunk = Chunk {
+            source: 0,
+            partition: info,
+            seq: 0,
+            first_offset: first,
+            resume: Resume::at(first),
+            data: ChunkData::End,
+        };
+        let decoded = self.spec.decoder.decode_messages(&chunk, messages);
+        // key bytes per decoded row: (offset, range in key_scratch)
+        self.key_scratch.clear();
+        let mut keyed: Vec<(u64, (usize, usize))> = Vec::new();
+        if let Some(ev) = &decoded.events {
+            keyed.reserve(ev.offsets.len());
+            let columns = self
+                .spec
+                .keys
+                .iter()
+                .map(|k| {
+                    ev.batch.column_by_name(k).cloned().ok_or_else(|| {
+                        self.err(format!("the decoded events have no key column `{k}`"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            match columns.as_slice() {
+                [c] if matches!(c.data_type(), DataType::Utf8) => {
+                    let strings = c.as_string::<i32>();
+                    for (i, &o) in ev.offsets.iter().enumerate() {
+                        let start = self.key_scratch.len();
+                        if strings.is_valid(i) {
+                            self.key_scratch
+                                .extend_from_slice(strings.value(i).as_bytes());
+                        }
+                        keyed.push((o, (start, self.key_scratch.len())));
+                    }
+                }
+                _ => {
+                    let fields = columns
+                        .iter()
+                        .map(|c| SortField::new(c.data_type().clone()))
+                        .collect();
+                    let converter = RowConverter::new(fields).map_err(|e| self.err(e))?;
+                    let rows = converter
+                        .convert_columns(&columns)
+                        .map_err(|e| self.err(e))?;
+                    for (i, &o) in ev.offsets.iter().enumerate() {
+                        let start = self.key_scratch.len();
+                        self.key_scratch.extend_from_slice(rows.row(i).as_ref());
+                        keyed.push((o, (start, self.key_scratch.len())));
+                    }
+                }
+            }
+        }
+        let mut rows = keyed.iter().peekable();
+        let mut value = Vec::new();
+        for (i, &offset) in messages.offsets.iter().enumerate() {
+            while rows.peek().is_some_and(|(o, _)| *o < offset) {
+                rows.next();
+            }
+            let key: &[u8] = match rows.peek() {
+                Some((o, (s, e))) if *o == offset => &self.key_scratch[*s..*e],
+                _ => messages.keys[i].map_or(&[][..], |k| messages.slice(k)),
+            };
+            value.clear();
+            Envelope::write(
+                &mut value,
+                partition.max(0) as u32,
+                offset,
+                messages.header_pairs(i),
+                messages.slice(messages.payloads[i]),
+            );
+            self.producer
+                .send_at(
+                    &self.spec.topic,
+                    Some(key),
+                    Some(&value),
+                    &[],
+                    messages.timestamps[i],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        self.sent
+            .fetch_add(messages.offsets.len() as u64, Ordering::Relaxed);
+        if let Some(&last) = messages.offsets.last() {
+            self.next.insert(partition, last + 1);
+        }
+        Ok(())
+    }
+
+    /// Waits for every message sent to be acknowledged, then commits the upstream offsets
+    /// after them.
+    fn commit(&mut self, mode: CommitMode) -> Result<(), EngineError> {
+        if self.next.is_empty() {
+            return Ok(());
+        }
+        self.producer.flush().map_err(|e| self.err(e))?;
+        let refused = self.producer.take_refused();
+        if let Some(r) = refused.first() {
+            return Err(self.err(format!(
+                "the repartition topic `{}` refused {} message(s): {}",
+                self.spec.topic,
+                refused.len(),
+                r.message
+            )));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &next) in &self.next {
+            let _ = tpl.add_partition_offset(&self.upstream, p, Offset::Offset(next as i64));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            // a partition revoked meanwhile: its next owner repeats a little (dropped by lanes)
+            tracing::warn!(source = %self.spec.source, error = %e, "repartition: offset commit failed");
+        }
+        self.next.clear();
+        Ok(())
+    }
+}
+
+/// The high watermark of every partition of `topic`, read by a client outside the group.
+fn end_offsets(spec: &RepartitionSpec, topic: &str) -> Result<HashMap<i32, u64>, EngineError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        EngineError::source(
+            &spec.source,
+            format!("repartition stage: cannot read the end offsets of {topic}: {e}"),
+        )
+    };
+    let timeout = Duration::from_secs(30);
+    let counts = partition_counts(
+        &spec.input.brokers,
+        &spec.input.properties,
+        &[topic.to_string()],
+        timeout,
+    )
+    .map_err(|e| fail(&e))?;
+    let client: BaseConsumer = client_config(&spec.input.brokers, &spec.input.properties)
+        .set("enable.auto.commit", "false")
+        .set("group.id", spec.group())
+        .create()
+        .map_err(|e| fail(&e))?;
+    let mut ends = HashMap::new();
+    for p in 0..counts.first().copied().unwrap_or(0) as i32 {
+        let (low, high) = client
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| fail(&e))?;
+        ends.insert(p, if high <= low { 0 } else { high as u64 });
+    }
+    Ok(ends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_gives_back_what_was_put_in_and_junk_is_refused() {
+        let headers: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (b"traceparent", Some(b"00-abc-01")),
+            (b"empty", None),
+            ("clé".as_bytes(), Some(b"")),
+        ];
+        let mut out = Vec::new();
+        Envelope::write(
+            &mut out,
+            7,
+            u64::MAX - 1,
+            headers.iter().copied(),
+            b"{\"a\":1}",
+        );
+        let e = Envelope::open(&out).expect("an envelope");
+        assert_eq!(
+            (e.partition, e.offset, e.payload),
+            (7, u64::MAX - 1, &b"{\"a\":1}"[..])
+        );
+        let back: Vec<(&str, Option<&[u8]>)> = e.headers().collect();
+        assert_eq!(
+            back,
+            vec![
+                ("traceparent", Some(&b"00-abc-01"[..])),
+                ("empty", None),
+                ("clé", Some(&b""[..]))
+            ]
+        );
+        // no headers, empty payload
+        out.clear();
+        Envelope::write(&mut out, 0, 0, std::iter::empty(), b"");
+        let e = Envelope::open(&out).expect("an envelope");
+        assert_eq!(
+            (e.partition, e.offset, e.payload, e.headers().count()),
+            (0, 0, &b""[..], 0)
+        );
+        // not an envelope, or cut short
+        assert_eq!(Envelope::open(b"{\"datasetName\":\"x\"}"), None);
+        assert_eq!(Envelope::open(&out[..10]), None);
+        let mut cut = Vec::new();
+        Envelope::write(&mut cut, 1, 2, headers.iter().copied(), b"x");
+        assert_eq!(Envelope::open(&cut[..cut.len() - 12]), None);
+    }
+
+    #[test]
+    fn the_internal_topic_is_named_after_the_pipeline_and_source() {
+        assert_eq!(
+            internal_topic("ingestion", "events"),
+            "ingestion-events-repartition"
+        );
+    }
+}
