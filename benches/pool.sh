@@ -4,6 +4,8 @@
 # by datasetName, run as a pool of 1 worker and of 2 workers, alternately in the same run;
 # each worker pinned to one core with taskset when the machine has two or more.
 #   benches/pool.sh [EVENTS] [ROUNDS]     (default: 400000 2)
+#   REPARTITION=1 benches/pool.sh ...     the topic is produced round-robin (not keyed), and
+#                                         the pool repartitions it through an internal topic
 # Prints each run's wall time (start to the last worker's exit, `--until-caught-up`), events
 # per second, the broker's CPU use (cores), and the ratio 2 workers / 1 worker (the bar of the
 # worker-pool issue is 1.6). Uses a broker of its own with fresh SQLite storage (port 9094,
@@ -26,9 +28,19 @@ fi
 pidfile=${WEIR_CACHE:-$HOME/.cache/weir}/broker/run/tansu-$WEIR_KAFKA_PORT.pid
 broker_pid=$(cat "$pidfile" 2>/dev/null || true)
 topic="bench-pool-$N-$(date +%s)"
-echo "producing $N events to $topic (12 partitions, keyed by datasetName)..." >&2
-"$WEIR" generate data-ingestion --count "$N" --seed 42 --kafka "$BROKERS/$topic" --partitions 12 2>/dev/null
 work=$(mktemp -d)
+if [[ -n "${REPARTITION:-}" ]]; then
+  echo "producing $N events to $topic (12 partitions, round-robin)..." >&2
+  "$WEIR" generate data-ingestion --count "$N" --seed 42 --out "$work/events.ndjson" 2>/dev/null
+  py=${WEIR_VENV:-$HOME/.cache/weir/venv}/bin/python
+  "$py" "$repo/tests/kafka/kafka_tool.py" create "$BROKERS" "$topic" 12
+  "$py" "$repo/tests/kafka/kafka_tool.py" produce "$BROKERS" "$topic" "$work/events.ndjson" --round-robin
+  keyed=""
+else
+  echo "producing $N events to $topic (12 partitions, keyed by datasetName)..." >&2
+  "$WEIR" generate data-ingestion --count "$N" --seed 42 --kafka "$BROKERS/$topic" --partitions 12 2>/dev/null
+  keyed="partitioned_by: [datasetName]"
+fi
 cores=$(nproc)
 broker_cpu() { # utime+stime of the broker in seconds
   if [[ -n "$broker_pid" && -r /proc/$broker_pid/stat ]]; then
@@ -42,11 +54,11 @@ run_pool() { # $1 = workers; prints seconds
   local dir="$work/pool-$1-$RANDOM"
   mkdir -p "$dir"
   cat > "$dir/p.yaml" <<YAML
-name: pool-bench
+name: pool-bench-$RANDOM$RANDOM
 sources:
   events:
     kafka: { brokers: "$BROKERS", topic: $topic, group_id: weir-pool-bench-$RANDOM-$(date +%s%N), start_from: earliest }
-    partitioned_by: [datasetName]
+    $keyed
     format: json
     schema: data-ingestion
     event_time: { field: timestamp, max_out_of_orderness: 5s }

@@ -33,6 +33,70 @@ const ORACLE_AGGREGATES: &[&str] = &[
     "max_bytes=max:sizeBytes",
 ];
 
+/// The lines of `events` in files of `per` lines each, in order.
+fn slices_of(events: &Path, per: usize) -> Vec<std::path::PathBuf> {
+    let text = std::fs::read_to_string(events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let dir = events.parent().unwrap();
+    lines
+        .chunks(per)
+        .enumerate()
+        .map(|(i, c)| {
+            let p = dir.join(format!("slice-{i:02}.ndjson"));
+            std::fs::write(&p, c.join("\n") + "\n").unwrap();
+            p
+        })
+        .collect()
+}
+
+/// Produces slices one after the other, 700 ms apart, with `kafka_tool.py produce` (extra
+/// arguments `args`), in a thread of its own.
+struct SliceProducer {
+    produced: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SliceProducer {
+    fn start(brokers: &str, topic: &str, slices: Vec<std::path::PathBuf>, args: &[&str]) -> Self {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let (brokers, topic, count) = (brokers.to_string(), topic.to_string(), produced.clone());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let thread = std::thread::spawn(move || {
+            for s in &slices {
+                let mut all = vec!["produce", &brokers, &topic, s.to_str().unwrap()];
+                all.extend(args.iter().map(String::as_str));
+                tool(&all);
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        });
+        SliceProducer { produced, thread }
+    }
+
+    /// Waits until `n` slices are produced.
+    fn wait_for(&self, n: usize) {
+        let started = Instant::now();
+        while self.produced.load(Ordering::SeqCst) < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the producer is stuck"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn join(self) {
+        self.thread.join().unwrap();
+    }
+}
+
+/// Starts worker `id` of `pipeline`, whose sources' group is `group` (`POOL_GROUP`).
+fn start_worker(pipeline: &Path, id: &str, extra: &[&str], group: &str) -> Running {
+    let mut args = vec!["--worker", id];
+    args.extend_from_slice(extra);
+    Running::start_with(pipeline, &args, &[("POOL_GROUP", group)])
+}
+
 /// Every row of the files `out/<stem>.<worker>.ndjson` of all workers.
 fn union_of_workers(out: &Path, stem: &str) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -87,17 +151,7 @@ fn a_pool_survives_a_killed_a_new_and_a_stopped_worker_exactly_once() {
         &dir.path().join("expected.ndjson"),
     );
     // the events arrive over about 20 s, in 20 slices
-    let text = std::fs::read_to_string(&events).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let slices: Vec<_> = lines
-        .chunks(2000)
-        .enumerate()
-        .map(|(i, c)| {
-            let p = dir.path().join(format!("slice-{i:02}.ndjson"));
-            std::fs::write(&p, c.join("\n") + "\n").unwrap();
-            p
-        })
-        .collect();
+    let slices = slices_of(&events, 2000);
     let (input, output, group) = (unique("pool-in"), unique("pool-out"), unique("pool"));
     tool(&["create", &brokers, &input, "12"]);
     tool(&["create", &brokers, &output, "3"]);
@@ -131,48 +185,17 @@ checkpoint: {{ dir: state, interval: 2s }}
     )
     .unwrap();
 
-    let produced = Arc::new(AtomicUsize::new(0));
-    let producer = {
-        let (brokers, input, produced) = (brokers.clone(), input.clone(), produced.clone());
-        std::thread::spawn(move || {
-            for s in &slices {
-                tool(&[
-                    "produce",
-                    &brokers,
-                    &input,
-                    s.to_str().unwrap(),
-                    "--key-field",
-                    "datasetName",
-                ]);
-                produced.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(700));
-            }
-        })
-    };
-    let wait_produced = |n: usize| {
-        let started = Instant::now();
-        while produced.load(Ordering::SeqCst) < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "the producer is stuck"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let producer = SliceProducer::start(&brokers, &input, slices, &["--key-field", "datasetName"]);
 
     // Three workers share the partitions.
-    let worker = |id: &str, extra: &[&str], group: &str| {
-        let mut args = vec!["--worker", id];
-        args.extend_from_slice(extra);
-        Running::start_with(&pipeline, &args, &[("POOL_GROUP", group)])
-    };
+    let worker = |id: &str, extra: &[&str], group: &str| start_worker(&pipeline, id, extra, group);
     let a = worker("a", &[], &group);
     let b = worker("b", &[], &group);
     let c = worker("c", &[], &group);
     for w in [&a, &b, &c] {
         w.wait_for("partitions for every worker", has_claims);
     }
-    wait_produced(6);
+    producer.wait_for(6);
 
     // b dies: its partitions continue from its last checkpoint on the others.
     let taken =
@@ -203,11 +226,11 @@ checkpoint: {{ dir: state, interval: 2s }}
     // A fourth worker joins, then c stops gracefully (it hands its partitions over).
     let d = worker("d", &[], &group);
     d.wait_for("d's partitions", has_claims);
-    wait_produced(13);
+    producer.wait_for(13);
     c.interrupt();
 
     // The input ends; the remaining workers stop, one after the other.
-    producer.join().unwrap();
+    producer.join();
     std::thread::sleep(Duration::from_secs(3));
     d.interrupt();
     std::thread::sleep(Duration::from_secs(2));
@@ -277,6 +300,7 @@ checkpoint: {{ dir: state, interval: 2s }}
 /// topic again: the lanes of the internal topic drop every repeat.
 #[test]
 fn a_pool_repartitions_a_topic_not_keyed_by_the_window_key() {
+    const EVENTS: usize = 20_000;
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.ndjson");
@@ -304,17 +328,7 @@ fn a_pool_repartitions_a_topic_not_keyed_by_the_window_key() {
         ORACLE_AGGREGATES,
         &dir.path().join("expected.ndjson"),
     );
-    let text = std::fs::read_to_string(&events).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let slices: Vec<_> = lines
-        .chunks(2000)
-        .enumerate()
-        .map(|(i, c)| {
-            let p = dir.path().join(format!("slice-{i:02}.ndjson"));
-            std::fs::write(&p, c.join("\n") + "\n").unwrap();
-            p
-        })
-        .collect();
+    let slices = slices_of(&events, 2000);
     let (input, group) = (unique("rr-in"), unique("rr"));
     let pipeline_name = unique("rr-pipe");
     tool(&["create", &brokers, &input, "6"]);
@@ -360,44 +374,14 @@ checkpoint: {{ dir: state, interval: 2s }}
         "validate does not say the topic is repartitioned:\n{said}"
     );
 
-    let produced = Arc::new(AtomicUsize::new(0));
-    let producer = {
-        let (brokers, input, produced) = (brokers.clone(), input.clone(), produced.clone());
-        std::thread::spawn(move || {
-            for s in &slices {
-                tool(&[
-                    "produce",
-                    &brokers,
-                    &input,
-                    s.to_str().unwrap(),
-                    "--round-robin",
-                ]);
-                produced.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(700));
-            }
-        })
-    };
-    let wait_produced = |n: usize| {
-        let started = Instant::now();
-        while produced.load(Ordering::SeqCst) < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "the producer is stuck"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let worker = |id: &str, extra: &[&str], group: &str| {
-        let mut args = vec!["--worker", id];
-        args.extend_from_slice(extra);
-        Running::start_with(&pipeline, &args, &[("POOL_GROUP", group)])
-    };
+    let producer = SliceProducer::start(&brokers, &input, slices, &["--round-robin"]);
+    let worker = |id: &str, extra: &[&str], group: &str| start_worker(&pipeline, id, extra, group);
     let a = worker("a", &[], &group);
     let b = worker("b", &[], &group);
     for w in [&a, &b] {
         w.wait_for("partitions for every worker", has_claims);
     }
-    wait_produced(4);
+    producer.wait_for(4);
     // b dies: its partitions of both topics go to the others
     let b_log = b.kill();
     assert!(
@@ -408,7 +392,7 @@ checkpoint: {{ dir: state, interval: 2s }}
     );
     let c = worker("c", &[], &group);
     c.wait_for("c's partitions", has_claims);
-    producer.join().unwrap();
+    producer.join();
     std::thread::sleep(Duration::from_secs(3));
     c.interrupt();
     a.interrupt();
@@ -477,16 +461,14 @@ checkpoint: {{ dir: state, interval: 2s }}
         );
     }
     assert!(
-        internal_messages.len() >= lines.len(),
-        "the internal topic holds {} messages for {} events",
-        internal_messages.len(),
-        lines.len()
+        internal_messages.len() >= EVENTS,
+        "the internal topic holds {} messages for {EVENTS} events",
+        internal_messages.len()
     );
     eprintln!(
-        "repartition: {} windows; the internal topic holds {} messages for {} events",
+        "repartition: {} windows; the internal topic holds {} messages for {EVENTS} events",
         expected.len(),
-        internal_messages.len(),
-        lines.len()
+        internal_messages.len()
     );
 }
 

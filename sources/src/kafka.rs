@@ -903,45 +903,11 @@ impl KafkaReader {
             in_backpressure: AtomicBool::new(false),
             failed: Mutex::new(None),
         };
-        let mut cfg = client_config(&self.config.brokers, &[]);
-        cfg.set("group.id", &self.config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                if self.config.start_from == StartFrom::Latest {
-                    "latest"
-                } else {
-                    "earliest"
-                },
-            )
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("queued.max.messages.kbytes", "32768")
-            .set("fetch.max.bytes", "16777216")
-            // a pool moves a dead worker's partitions after this (Apache Kafka brokers accept
-            // 6 s and more by default: `group.min.session.timeout.ms`)
-            .set(
-                "session.timeout.ms",
-                if self.config.pool.is_some() {
-                    "6000"
-                } else {
-                    "10000"
-                },
-            )
-            // a pool's members hear of a rebalance at their next heartbeat
-            .set(
-                "heartbeat.interval.ms",
-                if self.config.pool.is_some() {
-                    "500"
-                } else {
-                    "1000"
-                },
-            )
-            // consumer lag for `/metrics`
-            .set("statistics.interval.ms", "5000");
-        for (k, v) in &self.config.properties {
-            cfg.set(k, v);
-        }
+        let cfg = group_consumer_config(
+            &self.config,
+            &self.config.group_id,
+            self.config.pool.is_some(),
+        );
         let consumer: BaseConsumer<GroupContext> = cfg
             .create_with_context(context)
             .map_err(|e| self.err("cannot create a consumer", e))?;
@@ -1423,6 +1389,41 @@ fn unidle(ctx: &ReaderContext, lane: &Lane) {
     if clock.is_idle() {
         clock.set_idle(false);
     }
+}
+
+/// The settings of a consumer of `config`'s topics in group `group` (in a worker pool when
+/// `pooled`); the source's `properties` last, so that they override weir's.
+pub(crate) fn group_consumer_config(
+    config: &KafkaSourceConfig,
+    group: &str,
+    pooled: bool,
+) -> rdkafka::ClientConfig {
+    let mut cfg = client_config(&config.brokers, &[]);
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            if config.start_from == StartFrom::Latest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.max.bytes", "16777216")
+        // a pool moves a dead worker's partitions after this (Apache Kafka brokers accept
+        // 6 s and more by default: `group.min.session.timeout.ms`)
+        .set("session.timeout.ms", if pooled { "6000" } else { "10000" })
+        // a pool's members hear of a rebalance at their next heartbeat
+        .set("heartbeat.interval.ms", if pooled { "500" } else { "1000" })
+        // consumer lag for `/metrics`
+        .set("statistics.interval.ms", "5000");
+    for (k, v) in &config.properties {
+        cfg.set(k, v);
+    }
+    cfg
 }
 
 /// The end chunk of a lane whose partition continues at `next`.

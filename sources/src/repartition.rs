@@ -37,7 +37,7 @@ use weir_engine::job::Decode;
 use weir_engine::{Chunk, ChunkData, EngineError, Messages};
 use weir_kafka::{client_config, create_topic, partition_counts, Producer};
 
-use crate::kafka::{KafkaSourceConfig, MessageBuffer, StartFrom};
+use crate::kafka::{group_consumer_config, KafkaSourceConfig, MessageBuffer};
 
 /// How many messages the stage reads before it sends them on.
 const BATCH_MESSAGES: usize = 8 * 1024;
@@ -357,24 +357,9 @@ impl Stage {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             EngineError::source(&spec.source, format!("repartition stage: {what}: {e}"))
         };
-        let mut cfg = client_config(&spec.input.brokers, &[]);
-        cfg.set("group.id", spec.group())
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                if spec.input.start_from == StartFrom::Latest {
-                    "latest"
-                } else {
-                    "earliest"
-                },
-            )
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500");
-        for (k, v) in &spec.input.properties {
-            cfg.set(k, v);
-        }
+        let mut cfg = group_consumer_config(&spec.input, &spec.group(), true);
+        // the stage reports no consumer lag of its own
+        cfg.set("statistics.interval.ms", "0");
         // the ends are read before consuming: a broker may hold a ListOffsets request back
         // behind the consumer's fetches (tansu then stops answering the group's heartbeats)
         let ends = if spec.until_caught_up {
@@ -423,7 +408,57 @@ impl Stage {
             sent = self.sent.load(Ordering::Relaxed),
             "repartition stage stopped"
         );
-        result.and(end)
+        result.and(end)?;
+        if self.spec.until_caught_up && !self.stop.load(Ordering::Relaxed) {
+            self.wait_for_the_group()?;
+        }
+        Ok(())
+    }
+
+    /// Reading to the end: waits until the stages of the other workers sent their
+    /// partitions to their ends too (the group's committed offsets reach the ends read at the
+    /// start), so that the jobs then find the whole input in the internal topic.
+    fn wait_for_the_group(&self) -> Result<(), EngineError> {
+        let client: BaseConsumer =
+            client_config(&self.spec.input.brokers, &self.spec.input.properties)
+                .set("enable.auto.commit", "false")
+                .set("group.id", self.spec.group())
+                .create()
+                .map_err(|e| self.err(e))?;
+        let mut tpl = TopicPartitionList::new();
+        for &p in self.ends.keys() {
+            tpl.add_partition(&self.upstream, p);
+        }
+        let mut logged = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let committed = client
+                .committed_offsets(tpl.clone(), Duration::from_secs(30))
+                .map_err(|e| self.err(e))?;
+            let behind: Vec<i32> = self
+                .ends
+                .iter()
+                .filter(|&(&p, &end)| {
+                    let at = match committed
+                        .find_partition(&self.upstream, p)
+                        .map(|e| e.offset())
+                    {
+                        Some(Offset::Offset(o)) if o >= 0 => o as u64,
+                        _ => 0,
+                    };
+                    end > 0 && at < end
+                })
+                .map(|(&p, _)| p)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if logged.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(source = %self.spec.source, partitions = ?behind, "repartition: waiting for the other workers' stages to reach the end of these partitions");
+                logged = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
     }
 
     fn pump(&mut self) -> Result<(), EngineError> {
