@@ -82,7 +82,15 @@ YAML
       >"$dir/w$w.out" 2>"$dir/w$w.err" &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do wait "$p"; done
+  local i=0
+  for p in "${pids[@]}"; do
+    if ! wait "$p"; then
+      echo "worker w$i failed; the end of its log:" >&2
+      tail -20 "$dir/w$i.err" >&2
+      exit 1
+    fi
+    i=$(( i + 1 ))
+  done
   echo "$(date +%s.%N) - $t0" | bc
   # every window once over the workers' files
   local rows

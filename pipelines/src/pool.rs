@@ -808,6 +808,55 @@ fn finish_commit(
 mod tests {
     use super::*;
 
+    /// A pipeline over a Kafka topic, planned from YAML (nothing connects to the brokers).
+    fn plan_of(name: &str, source: &str, windows: &str) -> Plan {
+        let dir = std::env::temp_dir().join(format!("weir-pool-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.yaml");
+        let yaml = format!(
+            "name: p\nsources:\n  events:\n{source}\n    format: json\n    schema: data-ingestion\n    \
+             event_time: {{ field: timestamp }}\nwindows:\n{windows}\nsinks:\n  out: {{ file: {{ path: out.ndjson }} }}\n\
+             checkpoint: {{ dir: state }}\n"
+        );
+        std::fs::write(&path, yaml).unwrap();
+        crate::plan::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const ONE_TOPIC: &str = "    kafka: { brokers: \"127.0.0.1:9\", topic: t, group_id: g }";
+    const BY_DATASET: &str = "  w:\n    from: events\n    key: [datasetName]\n    tumbling: 1m\n    aggregates: { n: count(*) }\n    sinks: [out]";
+
+    #[test]
+    fn validate_says_whether_a_pool_repartitions_and_refuses_what_it_cannot() {
+        // keyed by the producers: no repartition
+        let keyed = plan_of(
+            "keyed",
+            &format!("{ONE_TOPIC}\n    partitioned_by: [datasetName]"),
+            BY_DATASET,
+        );
+        let said = describe(&keyed);
+        assert!(said.contains("ready") && said.contains("no repartition"), "{said}");
+        assert_eq!(repartition_keys(&keyed, 0), Ok(None));
+        // not keyed: repartitioned through the internal topic, by the shared key
+        let spread = plan_of("spread", ONE_TOPIC, BY_DATASET);
+        let said = describe(&spread);
+        assert!(
+            said.contains("ready")
+                && said.contains("repartitioned through the internal topic p-events-repartition keyed by [datasetName]"),
+            "{said}"
+        );
+        // two windows with no key in common cannot be repartitioned together
+        let two = format!(
+            "{BY_DATASET}\n  v:\n    from: events\n    key: [source]\n    tumbling: 1m\n    aggregates: {{ n: count(*) }}\n    sinks: [out]"
+        );
+        let apart = plan_of("apart", ONE_TOPIC, &two);
+        let why = pool_refusal(&apart).expect("refused");
+        assert!(why.contains("share none"), "{why}");
+        // a repartitioned source reads one topic
+        let topics = "    kafka: { brokers: \"127.0.0.1:9\", topic: [t, u], group_id: g }";
+        let why = pool_refusal(&plan_of("topics", topics, BY_DATASET)).expect("refused");
+        assert!(why.contains("one topic per source"), "{why}");
+    }
+
     #[test]
     fn a_claimed_partition_continues_at_its_slowest_lane() {
         let rec = |partition: &str, next_offset: u64, position: u64| {
