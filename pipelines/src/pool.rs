@@ -834,7 +834,10 @@ mod tests {
             BY_DATASET,
         );
         let said = describe(&keyed);
-        assert!(said.contains("ready") && said.contains("no repartition"), "{said}");
+        assert!(
+            said.contains("ready") && said.contains("no repartition"),
+            "{said}"
+        );
         assert_eq!(repartition_keys(&keyed, 0), Ok(None));
         // not keyed: repartitioned through the internal topic, by the shared key
         let spread = plan_of("spread", ONE_TOPIC, BY_DATASET);
