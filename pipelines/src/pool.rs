@@ -418,6 +418,15 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
         cfg.topics = vec![spec.topic.clone()];
         cfg.start_from = StartFrom::Earliest;
         specs.push(spec);
+        // the internal topic is keyed by every window's key: a row is late by its own lane's
+        // watermark (its upstream partition's, as when a topic is keyed), not by what the
+        // worker flushed, which a partition claimed later (behind in event time) must not be
+        // held to; a flushed window's end is below every lane's watermark, so it stays closed
+        for w in plan.windows.iter_mut().filter(|w| w.source == i) {
+            let mut c = (*w.config).clone();
+            c.key_partitioned = true;
+            w.config = Arc::new(c);
+        }
     }
     let stages = start_repartition(specs, &opts)?;
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
