@@ -18,7 +18,7 @@
 //! are: the jobs decode them again and send them to the dead-letter output with their error.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -176,6 +176,14 @@ impl RepartitionSpec {
         format!("{}-repartition", self.input.group_id)
     }
 
+    /// A client of the stage's group that does not join it (end and committed offsets).
+    fn client(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+        client_config(&self.input.brokers, &self.input.properties)
+            .set("enable.auto.commit", "false")
+            .set("group.id", self.group())
+            .create()
+    }
+
     fn upstream_topic(&self) -> Result<&str, EngineError> {
         match self.input.topics.as_slice() {
             [t] => Ok(t),
@@ -223,8 +231,6 @@ impl RepartitionSpec {
 pub struct RepartitionStage {
     thread: Option<JoinHandle<Result<(), EngineError>>>,
     stop: Arc<AtomicBool>,
-    /// Messages sent to the internal topic.
-    pub sent: Arc<AtomicU64>,
 }
 
 impl RepartitionStage {
@@ -235,8 +241,7 @@ impl RepartitionStage {
         on_end: Box<dyn FnOnce() + Send>,
     ) -> Result<Self, EngineError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let mut stage = Stage::connect(spec, stop.clone(), sent.clone())?;
+        let mut stage = Stage::connect(spec, stop.clone())?;
         let thread = std::thread::Builder::new()
             .name("weir-repartition".into())
             .spawn(move || {
@@ -253,7 +258,6 @@ impl RepartitionStage {
         Ok(RepartitionStage {
             thread: Some(thread),
             stop,
-            sent,
         })
     }
 
@@ -331,7 +335,8 @@ struct Stage {
     consumer: BaseConsumer<StageContext>,
     producer: Producer,
     stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
+    /// Messages sent to the internal topic.
+    sent: u64,
     /// Per upstream partition: messages read and not sent yet.
     buffers: HashMap<i32, MessageBuffer>,
     /// Per upstream partition: the offset after the last message sent.
@@ -348,11 +353,7 @@ impl Stage {
         EngineError::source(&self.spec.source, format!("repartition stage: {e}"))
     }
 
-    fn connect(
-        spec: RepartitionSpec,
-        stop: Arc<AtomicBool>,
-        sent: Arc<AtomicU64>,
-    ) -> Result<Stage, EngineError> {
+    fn connect(spec: RepartitionSpec, stop: Arc<AtomicBool>) -> Result<Stage, EngineError> {
         let upstream = spec.upstream_topic()?.to_string();
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             EngineError::source(&spec.source, format!("repartition stage: {what}: {e}"))
@@ -381,7 +382,7 @@ impl Stage {
             consumer,
             producer,
             stop,
-            sent,
+            sent: 0,
             buffers: HashMap::new(),
             next: HashMap::new(),
             ends,
@@ -405,7 +406,7 @@ impl Stage {
         self.consumer.unsubscribe();
         tracing::info!(
             source = %self.spec.source,
-            sent = self.sent.load(Ordering::Relaxed),
+            sent = self.sent,
             "repartition stage stopped"
         );
         result.and(end)?;
@@ -419,12 +420,7 @@ impl Stage {
     /// partitions to their ends too (the group's committed offsets reach the ends read at the
     /// start), so that the jobs then find the whole input in the internal topic.
     fn wait_for_the_group(&self) -> Result<(), EngineError> {
-        let client: BaseConsumer =
-            client_config(&self.spec.input.brokers, &self.spec.input.properties)
-                .set("enable.auto.commit", "false")
-                .set("group.id", self.spec.group())
-                .create()
-                .map_err(|e| self.err(e))?;
+        let client = self.spec.client().map_err(|e| self.err(e))?;
         let mut tpl = TopicPartitionList::new();
         for &p in self.ends.keys() {
             tpl.add_partition(&self.upstream, p);
@@ -646,8 +642,7 @@ impl Stage {
                 )
                 .map_err(|e| self.err(e))?;
         }
-        self.sent
-            .fetch_add(messages.offsets.len() as u64, Ordering::Relaxed);
+        self.sent += messages.offsets.len() as u64;
         if let Some(&last) = messages.offsets.last() {
             self.next.insert(partition, last + 1);
         }
@@ -699,11 +694,7 @@ fn end_offsets(spec: &RepartitionSpec, topic: &str) -> Result<HashMap<i32, u64>,
         timeout,
     )
     .map_err(|e| fail(&e))?;
-    let client: BaseConsumer = client_config(&spec.input.brokers, &spec.input.properties)
-        .set("enable.auto.commit", "false")
-        .set("group.id", spec.group())
-        .create()
-        .map_err(|e| fail(&e))?;
+    let client = spec.client().map_err(|e| fail(&e))?;
     let mut ends = HashMap::new();
     for p in 0..counts.first().copied().unwrap_or(0) as i32 {
         let (low, high) = client
