@@ -1553,6 +1553,24 @@ mod tests {
     use weir_engine::clock::Clocks;
     use weir_kafka::Producer;
 
+    /// A source reading `topic` from its start to the end it has when assigned.
+    fn reading_to_the_end(brokers: &str, topic: &str) -> KafkaSourceConfig {
+        KafkaSourceConfig {
+            brokers: brokers.to_string(),
+            topics: vec![topic.into()],
+            group_id: "g".into(),
+            start_from: StartFrom::Earliest,
+            properties: vec![],
+            idle_timeout: None,
+            until_caught_up: true,
+            end_offsets: HashMap::new(),
+            read_offsets: None,
+            with_headers: false,
+            pool: None,
+            upstream: None,
+        }
+    }
+
     #[test]
     fn reads_each_message_once_in_partition_order_and_ends_when_caught_up() {
         let mock = MockCluster::new(1).unwrap();
@@ -1572,18 +1590,8 @@ mod tests {
         }
         producer.flush().unwrap();
         let config = KafkaSourceConfig {
-            brokers: brokers.clone(),
-            topics: vec!["events".into()],
-            group_id: "g".into(),
-            start_from: StartFrom::Earliest,
-            properties: vec![],
-            idle_timeout: None,
-            until_caught_up: true,
-            end_offsets: HashMap::new(),
-            read_offsets: None,
             with_headers: true,
-            pool: None,
-            upstream: None,
+            ..reading_to_the_end(&brokers, "events")
         };
         let partitions = KafkaPartitions::discover(&config).unwrap();
         assert_eq!(partitions.counts, vec![3]);
@@ -1664,21 +1672,11 @@ mod tests {
         }
         producer.flush().unwrap();
         let config = KafkaSourceConfig {
-            brokers: brokers.clone(),
-            topics: vec!["internal".into()],
-            group_id: "g".into(),
-            start_from: StartFrom::Earliest,
-            properties: vec![],
-            idle_timeout: None,
-            until_caught_up: true,
-            end_offsets: HashMap::new(),
-            read_offsets: None,
-            with_headers: false,
-            pool: None,
             upstream: Some(Upstream {
                 topic: "upstream".into(),
                 partitions: 2,
             }),
+            ..reading_to_the_end(&brokers, "internal")
         };
         let partitions = KafkaPartitions::discover(&config).unwrap();
         assert_eq!(
@@ -1742,18 +1740,10 @@ mod tests {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("other", 1, 1).unwrap();
         let config = KafkaSourceConfig {
-            brokers: mock.bootstrap_servers(),
-            topics: vec!["nope".into()],
-            group_id: "g".into(),
             start_from: StartFrom::Committed,
             properties: vec![("allow.auto.create.topics".into(), "false".into())],
-            idle_timeout: None,
             until_caught_up: false,
-            end_offsets: HashMap::new(),
-            read_offsets: None,
-            with_headers: false,
-            pool: None,
-            upstream: None,
+            ..reading_to_the_end(&mock.bootstrap_servers(), "nope")
         };
         match KafkaPartitions::discover(&config) {
             Err(e) => assert!(e.to_string().contains("nope"), "{e}"),
