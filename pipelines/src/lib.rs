@@ -10,6 +10,7 @@ pub mod pool;
 pub mod replay;
 pub mod run;
 pub mod secrets;
+pub mod serve;
 
 pub use compact::compact;
 pub use error::PipelineError;

@@ -401,4 +401,28 @@ pub struct ServeDoc {
     /// Memory one query may use, in MiB (default 512).
     #[serde(default)]
     pub query_memory_mb: Option<u64>,
+    /// Longest SQL text, in bytes (default 1 MiB).
+    #[serde(default)]
+    pub max_sql_bytes: Option<u64>,
+    /// Most operators one statement may hold (default 10,000).
+    #[serde(default)]
+    pub max_sql_terms: Option<u64>,
+    /// Most rows one result may have (default 1,000,000).
+    #[serde(default)]
+    pub max_result_rows: Option<u64>,
+    /// Largest result, in MiB (default 64).
+    #[serde(default)]
+    pub max_result_mb: Option<u64>,
+    /// Folder where queries may spill (default: none, spilling off).
+    #[serde(default)]
+    pub spill_dir: Option<String>,
+    /// Most MiB of spill files at once (default 1024).
+    #[serde(default)]
+    pub spill_max_mb: Option<u64>,
+    /// Failed logins an address may make before it must wait (default 5).
+    #[serde(default)]
+    pub max_failed_logins: Option<u64>,
+    /// Longest wait after repeated failed logins (default 60s).
+    #[serde(default)]
+    pub login_lockout: Option<Duration>,
 }

@@ -78,9 +78,8 @@ pub struct PlannedServe {
     pub token: Option<String>,
     pub password: Option<String>,
     pub refresh_ms: u64,
-    pub query_timeout_ms: u64,
-    pub max_queries: usize,
-    pub query_memory_bytes: usize,
+    /// Limits of queries and of the endpoints.
+    pub limits: weir_query::QueryLimits,
 }
 
 /// Spans exported to an OpenTelemetry collector (OTLP/HTTP).
@@ -1360,11 +1359,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 token: d.token.clone().filter(|t| !t.is_empty()),
                 password: d.password.clone().filter(|p| !p.is_empty()),
                 refresh_ms,
-                query_timeout_ms: d.query_timeout.map_or(30_000, |t| t.0.max(1)),
-                max_queries: d.max_queries.map_or(16, |m| m.clamp(1, 1024) as usize),
-                query_memory_bytes: d.query_memory_mb.map_or(512, |m| m.max(1)) as usize
-                    * 1024
-                    * 1024,
+                limits: crate::serve::limits(d, |p| ctx.path(p)),
             })
         }
         None => None,
@@ -1915,13 +1910,11 @@ impl Plan {
                     .collect();
                 writeln!(
                     s,
-                    "SQL: {}; tables {}; a new snapshot every {} ms; queries limited to {} ms, {} MiB, {} at once",
+                    "SQL: {}; tables {}; a new snapshot every {} ms; {}",
                     on.join(", "),
                     tables.join(", "),
                     sv.refresh_ms,
-                    sv.query_timeout_ms,
-                    sv.query_memory_bytes >> 20,
-                    sv.max_queries
+                    crate::serve::describe(&sv.limits)
                 )
             }
             None => writeln!(s, "SQL: off (add `serve` to query windows and views)"),

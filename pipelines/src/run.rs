@@ -10,7 +10,7 @@ use weir_engine::stats::RunStats;
 use weir_engine::EngineError;
 use weir_iceberg::IcebergSink;
 use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
-use weir_query::{QueryLimits, ServeConfig, SqlServer};
+use weir_query::{ServeConfig, SqlServer};
 use weir_sinks::{
     CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, ElasticsearchSink,
     FileSink, KafkaSink,
@@ -320,11 +320,7 @@ pub(crate) fn run_job(
                     token: sv.token.clone(),
                     password: sv.password.clone(),
                     insecure: opts.insecure,
-                    limits: QueryLimits {
-                        timeout: Duration::from_millis(sv.query_timeout_ms),
-                        memory_bytes: sv.query_memory_bytes,
-                        max_concurrent: sv.max_queries,
-                    },
+                    limits: sv.limits.clone(),
                     peers: pool.and_then(|p| p.peers.clone()),
                 },
                 state.clone(),

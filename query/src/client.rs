@@ -104,7 +104,7 @@ pub fn format_rows(
                 schema: schema.clone(),
                 batches: batches.to_vec(),
             };
-            let mut out = crate::http::json_rows(&result)?;
+            let mut out = crate::encode::json_rows(&result, usize::MAX).map_err(|e| e.to_string())?;
             out.push(b'\n');
             String::from_utf8(out).map_err(|e| e.to_string())
         }

@@ -9,36 +9,21 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use tokio::sync::Semaphore;
+use arrow::datatypes::DataType;
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_engine::live::{LiveKind, LiveState};
 
+pub use crate::limits::QueryLimits;
+use crate::limits::{check_text, TextLimit, SQL_THREAD_STACK};
+use crate::logins::FailedLogins;
 use crate::peers::Peers;
 use crate::tables::{LiveTable, LocalOnly, Pinned, StatusTable};
-
-/// Limits of one query and of the endpoint.
-#[derive(Debug, Clone)]
-pub struct QueryLimits {
-    /// A query running longer is cancelled.
-    pub timeout: Duration,
-    /// Memory a query's operators may hold (sorts, joins, aggregations).
-    pub memory_bytes: usize,
-    /// Queries running at once; more wait up to `timeout` for a turn, then fail.
-    pub max_concurrent: usize,
-}
-
-impl Default for QueryLimits {
-    fn default() -> Self {
-        QueryLimits {
-            timeout: Duration::from_secs(30),
-            memory_bytes: 512 << 20,
-            max_concurrent: 16,
-        }
-    }
-}
 
 /// Why a query failed, with the Postgres SQLSTATE it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +40,12 @@ pub enum QueryError {
     Memory(String),
     #[error("too many queries are running ({0} at most); try again")]
     Busy(usize),
+    /// The text is too long or its expressions too deep to be planned safely.
+    #[error("{0}")]
+    TooComplex(String),
+    /// The result has more rows or bytes than the endpoint sends.
+    #[error("{0}")]
+    ResultTooLarge(String),
     /// Failed while running.
     #[error("{0}")]
     Execution(String),
@@ -69,8 +60,22 @@ impl QueryError {
             QueryError::Timeout(_) => "timeout",
             QueryError::Memory(_) => "memory_limit",
             QueryError::Busy(_) => "busy",
+            QueryError::TooComplex(_) => "statement_too_complex",
+            QueryError::ResultTooLarge(_) => "result_too_large",
             QueryError::Execution(_) => "execution_error",
         }
+    }
+
+    /// Whether a limit of the endpoint refused the query (rather than its SQL or data).
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            QueryError::Timeout(_)
+                | QueryError::Memory(_)
+                | QueryError::Busy(_)
+                | QueryError::TooComplex(_)
+                | QueryError::ResultTooLarge(_)
+        )
     }
 
     /// The Postgres SQLSTATE.
@@ -82,14 +87,16 @@ impl QueryError {
             QueryError::Timeout(_) => "57014",
             QueryError::Memory(_) => "53200",
             QueryError::Busy(_) => "53300",
+            QueryError::TooComplex(_) => "54001",
+            QueryError::ResultTooLarge(_) => "54000",
             QueryError::Execution(_) => "XX000",
         }
     }
 
     fn from_df(e: DataFusionError, phase: Phase) -> Self {
-        let e = e.find_root().to_string();
-        let message = clean(&e);
-        if e.starts_with("Resources exhausted") {
+        let root = e.find_root();
+        let message = clean(&root.to_string());
+        if matches!(root, DataFusionError::ResourcesExhausted(_)) {
             return QueryError::Memory(message);
         }
         if message.contains("not supported") && read_only_refusal(&message) {
@@ -160,6 +167,23 @@ impl QueryResult {
     }
 }
 
+/// How an answer is encoded, inside the query's time and size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Rows only (the Postgres endpoint encodes them as the client fetches).
+    Rows,
+    /// A JSON array of objects.
+    Json,
+    /// An Arrow IPC stream.
+    Arrow,
+}
+
+/// An answered query: its rows, and their encoding when one was asked for.
+pub struct Answer {
+    pub result: QueryResult,
+    pub body: Option<Vec<u8>>,
+}
+
 /// Counters of the endpoint, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct QueryStats {
@@ -169,20 +193,27 @@ pub struct QueryStats {
     pub micros: AtomicU64,
     /// Time of each answered query.
     pub duration: weir_engine::stats::Histogram,
+    /// Queries refused by a limit (text, result size, memory, time, concurrency).
+    pub refused: AtomicU64,
 }
 
 /// Plans and runs queries on a job's live state.
 ///
 /// Planned queries run on a runtime of their own (CPU-bound DataFusion work), apart from the
 /// endpoints' I/O runtime: a long aggregate never holds up accepting connections or answering
-/// a point query, which the I/O runtime answers at once (see `point`).
+/// a point query, which the I/O runtime answers at once (see `point`). A query holds its
+/// permit (one of `max_queries`) until its work has really stopped, also after a time-out.
 pub struct QueryEngine {
     base: SessionState,
     live: Arc<LiveState>,
     limits: QueryLimits,
     permits: Arc<Semaphore>,
     executor: Executor,
+    /// Spill files of every query, under one size cap (or none: spilling off).
+    disk: Arc<DiskManager>,
     pub stats: QueryStats,
+    /// Failed logins by client address, shared by both endpoints.
+    pub logins: FailedLogins,
     /// A pool worker's engine: queries read the other workers' rows too.
     pooled: bool,
 }
@@ -196,6 +227,7 @@ impl Executor {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("weir-sql-exec")
+            .thread_stack_size(SQL_THREAD_STACK)
             .on_thread_start(lower_priority)
             // IO too: a pool worker's scans read the other workers over HTTP
             .enable_all()
@@ -235,6 +267,108 @@ impl Drop for Executor {
     }
 }
 
+/// The spill files' manager: off without `spill_dir`, else that folder under its size cap.
+fn disk_manager(limits: &QueryLimits) -> Result<Arc<DiskManager>, QueryError> {
+    let mode = match &limits.spill_dir {
+        Some(dir) => DiskManagerMode::Directories(vec![dir.clone()]),
+        None => DiskManagerMode::Disabled,
+    };
+    DiskManagerBuilder::default()
+        .with_mode(mode)
+        .with_max_temp_directory_size(limits.spill_max_bytes)
+        .build()
+        .map(Arc::new)
+        .map_err(|e| QueryError::Execution(format!("serve.spill_dir: {e}")))
+}
+
+/// Bytes of a batch's rows (a slice counts only its rows, not the buffers it shares).
+fn sliced_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
+/// What a collected result may hold.
+#[derive(Clone, Copy)]
+struct ResultCaps {
+    rows: usize,
+    bytes: usize,
+}
+
+impl ResultCaps {
+    fn too_many_rows(&self) -> QueryError {
+        QueryError::ResultTooLarge(format!(
+            "the result has more than {} rows (serve.max_result_rows); add a LIMIT or a WHERE, \
+             or aggregate",
+            self.rows
+        ))
+    }
+
+    fn too_many_bytes(&self) -> QueryError {
+        QueryError::ResultTooLarge(format!(
+            "the result is larger than {} bytes (serve.max_result_mb); select fewer columns or \
+             rows",
+            self.bytes
+        ))
+    }
+
+    /// Encodes `result` as asked, failing once the encoding passes the byte cap.
+    fn encode(&self, result: &QueryResult, encoding: Encoding) -> Result<Option<Vec<u8>>, QueryError> {
+        let out = match encoding {
+            Encoding::Rows => return Ok(None),
+            Encoding::Json => crate::encode::json_rows(result, self.bytes),
+            Encoding::Arrow => crate::encode::arrow_stream(result, self.bytes),
+        };
+        match out {
+            Ok(body) => Ok(Some(body)),
+            Err(crate::encode::EncodeError::TooLarge) => Err(self.too_many_bytes()),
+            Err(crate::encode::EncodeError::Arrow(e)) => {
+                Err(QueryError::Execution(format!("encoding the result: {e}")))
+            }
+        }
+    }
+}
+
+/// Runs a planned query, collecting its rows under the caps, and encodes them.
+async fn collect(
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    caps: ResultCaps,
+    encoding: Encoding,
+) -> Result<Answer, QueryError> {
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|e| QueryError::from_df(e, Phase::Run))?;
+    let (mut batches, mut rows, mut bytes) = (Vec::new(), 0usize, 0usize);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| QueryError::from_df(e, Phase::Run))?;
+        rows += batch.num_rows();
+        if rows > caps.rows {
+            return Err(caps.too_many_rows());
+        }
+        bytes += sliced_bytes(&batch);
+        if bytes > caps.bytes {
+            return Err(caps.too_many_bytes());
+        }
+        batches.push(batch);
+    }
+    let result = QueryResult { schema, batches };
+    let body = caps.encode(&result, encoding)?;
+    Ok(Answer { result, body })
+}
+
 impl QueryEngine {
     /// An engine with one table per window and view of `live`, and `weir_status`.
     pub fn new(live: Arc<LiveState>, limits: QueryLimits) -> Result<Self, QueryError> {
@@ -257,6 +391,7 @@ impl QueryEngine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(base);
+        crate::bounded::register(&ctx, limits.memory_bytes);
         for (i, def) in live.tables.iter().enumerate() {
             let keys = def.keys.clone();
             ctx.register_table(
@@ -274,6 +409,8 @@ impl QueryEngine {
         Ok(QueryEngine {
             base: ctx.state(),
             live,
+            disk: disk_manager(&limits)?,
+            logins: FailedLogins::new(limits.max_failed_logins, limits.max_lockout),
             limits,
             permits,
             executor: Executor::new()?,
@@ -285,6 +422,11 @@ impl QueryEngine {
     /// The live state it reads.
     pub fn live(&self) -> &Arc<LiveState> {
         &self.live
+    }
+
+    /// The limits it keeps.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
     }
 
     /// The tables, with what they hold (for `weir sql` and docs).
@@ -308,10 +450,11 @@ impl QueryEngine {
     /// A session pinned to the current snapshot, with the per-query memory limit; `local`
     /// reads this worker's own state only (another pool worker asks).
     fn session(&self, local: bool) -> Result<SessionContext, QueryError> {
-        let runtime = RuntimeEnvBuilder::new()
+        let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
-            .build_arc()
+            .build()
             .map_err(|e| QueryError::Execution(e.to_string()))?;
+        runtime.disk_manager = self.disk.clone();
         let config = self
             .base
             .config()
@@ -326,7 +469,7 @@ impl QueryEngine {
         };
         let state = SessionStateBuilder::new_from_existing(self.base.clone())
             .with_config(config)
-            .with_runtime_env(runtime)
+            .with_runtime_env(Arc::new(runtime))
             .build();
         Ok(SessionContext::new_with_state(state))
     }
@@ -338,11 +481,82 @@ impl QueryEngine {
             .with_allow_statements(false)
     }
 
-    /// Plans `sql` (read-only) in a session pinned to the current snapshot.
-    pub async fn plan(&self, sql: &str) -> Result<(SessionContext, LogicalPlan), QueryError> {
+    fn caps(&self) -> ResultCaps {
+        ResultCaps {
+            rows: self.limits.max_result_rows,
+            bytes: self.limits.max_result_bytes,
+        }
+    }
+
+    /// Refuses text over the size and operator limits, before anything parses it.
+    fn check_text(&self, sql: &str) -> Result<(), QueryError> {
+        check_text(sql, &self.limits).map_err(|e: TextLimit| QueryError::TooComplex(e.to_string()))
+    }
+
+    /// One of the `max_queries` turns, waited for up to the time limit.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, QueryError> {
+        tokio::time::timeout(self.limits.timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
+            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))
+    }
+
+    /// Runs `work` on the query runtime within the time limit; the permit is released when
+    /// the work has stopped (finished, failed or cancelled).
+    async fn in_executor<T, F>(&self, permit: OwnedSemaphorePermit, work: F) -> Result<T, QueryError>
+    where
+        F: std::future::Future<Output = Result<T, QueryError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let timeout = self.limits.timeout;
+        let task = self.executor.spawn(async move {
+            let out = work.await;
+            drop(permit);
+            out
+        })?;
+        let cancel = task.abort_handle();
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) if e.is_panic() => {
+                tracing::error!(error = %e, "a query panicked; the engine goes on");
+                Err(QueryError::Execution(
+                    "the query failed inside DataFusion (a panic, logged); the engine goes on"
+                        .into(),
+                ))
+            }
+            Ok(Err(e)) => Err(QueryError::Execution(format!("the query failed: {e}"))),
+            Err(_) => {
+                // stops the plan's streams at their next await
+                cancel.abort();
+                Err(QueryError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// The parameter types (`$1`, `$2`…) and the result schema of `sql`, for the Postgres
+    /// endpoint's Parse and Describe: planned under a permit and the time limit.
+    pub async fn describe(&self, sql: &str) -> Result<(Vec<DataType>, SchemaRef), QueryError> {
+        self.check_text(sql)?;
+        let permit = self.permit().await?;
         let ctx = self.session(false)?;
-        let plan = plan_in(&ctx, sql).await?;
-        Ok((ctx, plan))
+        let sql = sql.to_string();
+        self.in_executor(permit, async move {
+            let plan = plan_in(&ctx, &sql).await?;
+            let types = plan
+                .get_parameter_types()
+                .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+            let mut params: Vec<(usize, DataType)> = types
+                .into_iter()
+                .filter_map(|(name, t)| {
+                    let n: usize = name.trim_start_matches('$').parse().ok()?;
+                    Some((n, t.unwrap_or(DataType::Utf8)))
+                })
+                .collect();
+            params.sort_by_key(|(n, _)| *n);
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            Ok((params.into_iter().map(|(_, t)| t).collect(), schema))
+        })
+        .await
     }
 
     /// Runs `sql` and collects its rows.
@@ -356,8 +570,22 @@ impl QueryEngine {
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<QueryResult, QueryError> {
+        self.answer(sql, params, Encoding::Rows, false)
+            .await
+            .map(|a| a.result)
+    }
+
+    /// Runs `sql` (over this worker's own state only when `local`: another worker of the
+    /// pool asks) and encodes its rows as asked, all within the limits.
+    pub async fn answer(
+        &self,
+        sql: &str,
+        params: Option<ParamValues>,
+        encoding: Encoding,
+        local: bool,
+    ) -> Result<Answer, QueryError> {
         let started = Instant::now();
-        let out = self.run(sql, params).await;
+        let out = self.run_with(sql, params, true, local, encoding).await;
         let s = &self.stats;
         match &out {
             Ok(_) => {
@@ -369,6 +597,9 @@ impl QueryEngine {
             }
             Err(e) => {
                 s.failed.fetch_add(1, Ordering::Relaxed);
+                if e.is_limit() {
+                    s.refused.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(error = %e, "query failed");
             }
         }
@@ -378,16 +609,16 @@ impl QueryEngine {
     /// Runs `sql` through DataFusion's planner even when it is a point query (for tests and
     /// benchmarks of the fast path).
     pub async fn query_planned(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        self.run_with(sql, None, false, false).await
+        self.run_with(sql, None, false, false, Encoding::Rows)
+            .await
+            .map(|a| a.result)
     }
 
     /// Runs `sql` over this worker's own state only (another worker of the pool asks).
     pub async fn query_local(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        self.run_with(sql, None, true, true).await
-    }
-
-    async fn run(&self, sql: &str, params: Option<ParamValues>) -> Result<QueryResult, QueryError> {
-        self.run_with(sql, params, true, false).await
+        self.answer(sql, None, Encoding::Rows, true)
+            .await
+            .map(|a| a.result)
     }
 
     async fn run_with(
@@ -396,21 +627,24 @@ impl QueryEngine {
         params: Option<ParamValues>,
         fast_path: bool,
         local: bool,
-    ) -> Result<QueryResult, QueryError> {
-        let timeout = self.limits.timeout;
-        let permit = tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?
-            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))?;
+        encoding: Encoding,
+    ) -> Result<Answer, QueryError> {
+        self.check_text(sql)?;
+        let permit = self.permit().await?;
+        let caps = self.caps();
         // the fast path reads this worker's state alone
         if fast_path && params.is_none() && (local || !self.pooled) {
-            if let Some(answer) = crate::point::answer(&self.live, &self.live.current(), sql)? {
-                return Ok(answer);
+            if let Some(result) = crate::point::answer(&self.live, &self.live.current(), sql)? {
+                if result.num_rows() > caps.rows {
+                    return Err(caps.too_many_rows());
+                }
+                let body = caps.encode(&result, encoding)?;
+                return Ok(Answer { result, body });
             }
         }
         let ctx = self.session(local)?;
         let sql = sql.to_string();
-        let work = async move {
+        self.in_executor(permit, async move {
             let plan = plan_in(&ctx, &sql).await?;
             let plan = match params {
                 Some(p) => plan
@@ -418,29 +652,8 @@ impl QueryEngine {
                     .map_err(|e| QueryError::from_df(e, Phase::Plan))?,
                 None => plan,
             };
-            let df = ctx
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df
-                .collect()
-                .await
-                .map_err(|e| QueryError::from_df(e, Phase::Run))?;
-            Ok(QueryResult { schema, batches })
-        };
-        let task = self.executor.spawn(work)?;
-        let cancel = task.abort_handle();
-        let out = match tokio::time::timeout(timeout, task).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => Err(QueryError::Execution(format!("the query failed: {e}"))),
-            Err(_) => {
-                // stops the plan's streams where they are
-                cancel.abort();
-                Err(QueryError::Timeout(timeout))
-            }
-        };
-        drop(permit);
-        out
+            collect(ctx, plan, caps, encoding).await
+        })
+        .await
     }
 }

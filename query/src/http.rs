@@ -3,14 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::State;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::engine::{QueryEngine, QueryError, QueryResult};
+use crate::engine::{Answer, Encoding, QueryEngine, QueryError, QueryLimits};
+use crate::logins::secret_matches;
 use crate::metrics::Metrics;
 
 /// The media type of Arrow IPC streams.
@@ -38,23 +41,48 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
-    let Some(token) = &state.token else {
-        return true;
-    };
+/// Whether the request carries the token (compared in constant time); `None` when none is
+/// needed.
+fn token_given(state: &HttpState, headers: &HeaderMap) -> Option<bool> {
+    let token = state.token.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // compare in constant time over the expected token's length
-    match given {
-        Some(g) if g.len() == token.len() => {
-            g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    Some(secret_matches(given.as_bytes(), token.as_bytes()))
+}
+
+/// Checks the bearer token, counting failures of the client's address; the response to send
+/// when the request may not go on.
+fn authorize(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Result<(), Response> {
+    if state.token.is_none() {
+        return Ok(());
+    }
+    let logins = &state.engine.logins;
+    if let Err(wait) = logins.check(peer) {
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failed_logins",
+            &format!(
+                "too many failed logins from {peer}; try again in {:.1} s",
+                wait.as_secs_f64()
+            ),
+        ));
+    }
+    match token_given(state, headers) {
+        Some(false) => {
+            logins.failed(peer);
+            Err(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required (Authorization: Bearer <serve.token>)",
+            ))
         }
-        _ => false,
+        _ => {
+            logins.succeeded(peer);
+            Ok(())
+        }
     }
 }
 
@@ -79,18 +107,32 @@ fn query_text(headers: &HeaderMap, body: &[u8]) -> Result<String, String> {
         .map_err(|e| format!("the body must be {{\"query\": \"SELECT ...\"}} or SQL text: {e}"))
 }
 
-async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&state, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required (Authorization: Bearer <serve.token>)",
-        );
+async fn sql(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(refused) = authorize(&state, &headers, peer.ip()) {
+        return refused;
     }
+    let limit = state.engine.limits().max_message_bytes();
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            &format!(
+                "the request body is over {limit} bytes (serve.max_sql_bytes, plus {} for the \
+                 JSON around it)",
+                QueryLimits::MESSAGE_OVERHEAD
+            ),
+        );
+    };
     let query = match query_text(&headers, &body) {
         Ok(q) => q,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
+    drop(body);
     let arrow = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -99,23 +141,20 @@ async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Byte
         .get(crate::peers::SCOPE_HEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == "local");
-    let answer = if local {
-        state.engine.query_local(&query).await
+    let (encoding, content_type) = if arrow {
+        (Encoding::Arrow, ARROW_STREAM)
     } else {
-        state.engine.query(&query).await
+        (Encoding::Json, "application/json")
     };
-    match answer {
-        Ok(result) => {
-            let encoded = if arrow {
-                arrow_stream(&result).map(|b| (ARROW_STREAM, b))
-            } else {
-                json_rows(&result).map(|b| ("application/json", b))
-            };
-            match encoded {
-                Ok((ct, bytes)) => ([(header::CONTENT_TYPE, ct)], bytes).into_response(),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "encoding", &e),
-            }
-        }
+    match state.engine.answer(&query, None, encoding, local).await {
+        Ok(Answer {
+            body: Some(bytes), ..
+        }) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Ok(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding",
+            "the answer was not encoded",
+        ),
         Err(e) => {
             let status = match e {
                 QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -124,38 +163,6 @@ async fn sql(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Byte
             error(status, e.code(), &e.to_string())
         }
     }
-}
-
-/// Rows as a JSON array of objects (nulls kept as `null`).
-pub fn json_rows(result: &QueryResult) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    {
-        let mut w = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::JsonArray>(&mut out);
-        for b in &result.batches {
-            w.write(b).map_err(|e| e.to_string())?;
-        }
-        w.finish().map_err(|e| e.to_string())?;
-    }
-    if out.is_empty() {
-        out.extend_from_slice(b"[]");
-    }
-    Ok(out)
-}
-
-/// Rows as an Arrow IPC stream.
-pub fn arrow_stream(result: &QueryResult) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    {
-        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)
-            .map_err(|e| e.to_string())?;
-        for b in &result.batches {
-            w.write(b).map_err(|e| e.to_string())?;
-        }
-        w.finish().map_err(|e| e.to_string())?;
-    }
-    Ok(out)
 }
 
 async fn health(State(state): State<Arc<HttpState>>) -> Response {

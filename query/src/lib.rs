@@ -7,17 +7,23 @@
 //! `serve.refresh`), in which every table reflects the same prefix of every source
 //! partition (see `weir_engine::live`).
 
+mod bounded;
 pub mod client;
+pub mod encode;
 pub mod engine;
 pub mod http;
+pub mod limits;
+pub mod logins;
 pub mod metrics;
 pub mod peers;
 pub mod pg;
+mod pg_conn;
 mod point;
 pub mod server;
 pub mod tables;
 
 pub use client::{ClientError, OutputFormat};
-pub use engine::{QueryEngine, QueryError, QueryLimits, QueryResult};
+pub use engine::{Answer, Encoding, QueryEngine, QueryError, QueryResult};
+pub use limits::QueryLimits;
 pub use peers::{PeerAddresses, Peers};
 pub use server::{ServeConfig, ServeError, SqlServer};

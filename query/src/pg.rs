@@ -7,6 +7,7 @@
 //! and change nothing. No TLS: put a TLS proxy in front of it when it leaves the machine.
 
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -14,7 +15,8 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use datafusion::common::{ParamValues, ScalarValue};
-use futures::{stream, Sink};
+use arrow::record_batch::RecordBatch;
+use futures::{stream, Sink, Stream, StreamExt};
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::{
@@ -30,7 +32,8 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
-use crate::engine::{QueryEngine, QueryError};
+use crate::engine::{QueryEngine, QueryError, QueryResult};
+use crate::logins::secret_matches;
 
 /// The Postgres type a column is sent as.
 fn pg_type(t: &DataType) -> Type {
@@ -137,36 +140,59 @@ impl Column {
     }
 }
 
-fn encode_rows(
-    result: &crate::engine::QueryResult,
-    fields: Arc<Vec<FieldInfo>>,
-) -> PgWireResult<Vec<PgWireResult<DataRow>>> {
-    let mut rows = Vec::with_capacity(result.num_rows());
+/// Rows encoded per step of the stream: a client fetching with a small `max_rows` (psql's
+/// `FETCH_COUNT`, JDBC's `setFetchSize`) gets its rows without the whole result being encoded.
+const ROWS_PER_STEP: usize = 1024;
+
+/// One slice of a result as data rows.
+fn encode_chunk(batch: &RecordBatch, fields: Arc<Vec<FieldInfo>>) -> PgWireResult<Vec<DataRow>> {
     let options = FormatOptions::default();
-    for batch in &result.batches {
-        let columns = batch
-            .columns()
-            .iter()
-            .map(Column::new)
-            .collect::<PgWireResult<Vec<_>>>()?;
-        let texts = batch
-            .columns()
-            .iter()
-            .zip(&columns)
-            .map(|(a, c)| match c {
-                Column::Text(_) => ArrayFormatter::try_new(a.as_ref(), &options).ok(),
-                _ => None,
-            })
-            .collect::<Vec<_>>();
-        let mut encoder = DataRowEncoder::new(fields.clone());
-        for i in 0..batch.num_rows() {
-            for (c, t) in columns.iter().zip(&texts) {
-                c.encode(&mut encoder, i, t)?;
-            }
-            rows.push(Ok(encoder.take_row()));
+    let columns = batch
+        .columns()
+        .iter()
+        .map(Column::new)
+        .collect::<PgWireResult<Vec<_>>>()?;
+    let texts = batch
+        .columns()
+        .iter()
+        .zip(&columns)
+        .map(|(a, c)| match c {
+            Column::Text(_) => ArrayFormatter::try_new(a.as_ref(), &options).ok(),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let mut encoder = DataRowEncoder::new(fields);
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        for (c, t) in columns.iter().zip(&texts) {
+            c.encode(&mut encoder, i, t)?;
         }
+        rows.push(encoder.take_row());
     }
     Ok(rows)
+}
+
+/// The rows of a result, encoded a slice at a time as the client fetches them.
+fn row_stream(
+    result: QueryResult,
+    fields: Arc<Vec<FieldInfo>>,
+) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+    let slices: Vec<RecordBatch> = result
+        .batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows())
+                .step_by(ROWS_PER_STEP)
+                .map(move |s| b.slice(s, ROWS_PER_STEP.min(b.num_rows() - s)))
+        })
+        .collect();
+    stream::iter(slices).flat_map(move |slice| {
+        let rows: Vec<PgWireResult<DataRow>> = match encode_chunk(&slice, fields.clone()) {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        stream::iter(rows)
+    })
 }
 
 /// Session commands answered without doing anything.
@@ -223,22 +249,15 @@ impl QueryParser for Parser {
                 schema: None,
             }));
         }
-        let (_, plan) = self.engine.plan(sql).await.map_err(|e| user_error(&e))?;
-        let types = plan
-            .get_parameter_types()
-            .map_err(|e| user_error(&QueryError::Sql(e.to_string())))?;
-        let mut params: Vec<(usize, DataType)> = types
-            .into_iter()
-            .filter_map(|(name, t)| {
-                let n: usize = name.trim_start_matches('$').parse().ok()?;
-                Some((n, t.unwrap_or(DataType::Utf8)))
-            })
-            .collect();
-        params.sort_by_key(|(n, _)| *n);
+        let (params, schema) = self
+            .engine
+            .describe(sql)
+            .await
+            .map_err(|e| user_error(&e))?;
         Ok(Some(Prepared {
             sql: sql.to_string(),
-            params: params.into_iter().map(|(_, t)| t).collect(),
-            schema: Some(Arc::new(plan.schema().as_arrow().clone())),
+            params,
+            schema: Some(schema),
         }))
     }
 
@@ -281,10 +300,9 @@ impl PgHandler {
             .await
             .map_err(|e| user_error(&e))?;
         let fields = Arc::new(fields(&result.schema, format));
-        let rows = encode_rows(&result, fields.clone())?;
         Ok(Response::Query(QueryResponse::new(
-            fields,
-            stream::iter(rows),
+            fields.clone(),
+            row_stream(result, fields),
         )))
     }
 }
@@ -370,14 +388,57 @@ impl ExtendedQueryHandler for PgHandler {
     }
 }
 
-/// The one password of `serve.password`.
-#[derive(Debug)]
-pub struct FixedPassword(String);
+/// The one password of `serve.password`, checked in constant time, with failed logins
+/// counted per client address (see `logins`).
+pub struct FixedPassword {
+    password: String,
+    engine: Arc<QueryEngine>,
+}
+
+impl Debug for FixedPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the password
+        f.write_str("FixedPassword")
+    }
+}
 
 #[async_trait]
 impl AuthSource for FixedPassword {
     async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
-        Ok(Password::new(None, self.0.as_bytes().to_vec()))
+        Ok(Password::new(None, self.password.as_bytes().to_vec()))
+    }
+
+    async fn verify_password(
+        &self,
+        login: &LoginInfo,
+        presented: &[u8],
+    ) -> PgWireResult<Option<()>> {
+        let logins = &self.engine.logins;
+        let peer: Option<IpAddr> = login.host().parse().ok();
+        if let Some(ip) = peer {
+            if let Err(wait) = logins.check(ip) {
+                return Err(crate::pg_conn::user_error(
+                    "FATAL",
+                    "28P01",
+                    format!(
+                        "too many failed logins from {ip}; try again in {:.1} s",
+                        wait.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+        if secret_matches(presented, self.password.as_bytes()) {
+            if let Some(ip) = peer {
+                logins.succeeded(ip);
+            }
+            return Ok(None);
+        }
+        if let Some(ip) = peer {
+            logins.failed(ip);
+        }
+        Err(PgWireError::InvalidPassword(
+            login.user().unwrap_or_default().to_owned(),
+        ))
     }
 }
 
@@ -429,7 +490,10 @@ impl PgServer {
                 let mut params = DefaultServerParameterProvider::default();
                 params.server_version = format!("16.0 (weir {})", env!("CARGO_PKG_VERSION"));
                 Startup::Password(Box::new(CleartextPasswordAuthStartupHandler::new(
-                    FixedPassword(p),
+                    FixedPassword {
+                        password: p,
+                        engine: engine.clone(),
+                    },
                     params,
                 )))
             }

@@ -96,9 +96,16 @@ pub fn answer(
     }))
 }
 
+/// Longest text tried as a point query.
+const MAX_POINT_QUERY_BYTES: usize = 4096;
+
 /// Resolves `sql` as a point query on a view of `live`, or `None`.
 fn parse(live: &LiveState, sql: &str) -> Option<PointQuery> {
-    // Cheap refusal before parsing: a point query has a WHERE and no GROUP/ORDER/JOIN...
+    // Cheap refusals before parsing: a point query is short (it binds each key once), so
+    // long text goes to the planner, whose deep walks run on the large-stack query threads.
+    if sql.len() > MAX_POINT_QUERY_BYTES {
+        return None;
+    }
     let head = sql.trim_start().get(..6)?;
     if !head.eq_ignore_ascii_case("select") {
         return None;

@@ -111,6 +111,8 @@ impl SqlServer {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("weir-sql")
+            // point queries and the Postgres protocol parse SQL on these threads
+            .thread_stack_size(crate::limits::SQL_THREAD_STACK)
             .enable_all()
             .build()
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
@@ -147,7 +149,10 @@ impl SqlServer {
                 let shutdown = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(listener, router(state))
+                if let Err(e) = axum::serve(
+                    listener,
+                    router(state).into_make_service_with_connect_info::<SocketAddr>(),
+                )
                     .with_graceful_shutdown(shutdown)
                     .await
                 {
@@ -170,16 +175,21 @@ impl SqlServer {
                 engine.clone(),
                 config.password.clone().filter(|p| !p.is_empty()),
             ));
+            let max_message = config.limits.max_message_bytes();
             let mut stopped = stopped.clone();
             runtime.spawn(async move {
                 loop {
                     tokio::select! {
                         _ = stopped.changed() => break,
                         accepted = listener.accept() => match accepted {
-                            Ok((socket, _)) => {
+                            Ok((socket, peer)) => {
                                 let h = handlers.clone();
                                 tokio::spawn(async move {
-                                    if let Err(e) = pgwire::tokio::process_socket(socket, None, h).await {
+                                    let served = crate::pg_conn::serve_connection(
+                                        socket, peer, h, max_message,
+                                    )
+                                    .await;
+                                    if let Err(e) = served {
                                         tracing::debug!(error = %e, "postgres connection ended");
                                     }
                                 });

@@ -8,6 +8,12 @@
 //!   cargo run --release -p weir-benches --bin sql_bench -- [KEYS] [RATE] [SECS] [CLIENTS]
 //!   (defaults: 1000000 200000 30 4)
 //!
+//! `WEIR_BENCH_HOSTILE=1` makes the clients hostile instead: each sends, in turn, the
+//! queries the endpoints must refuse or cut short (10,000-term expressions and OR chains,
+//! a 100,000-element IN list, value-size bombs, cross joins of the view with itself,
+//! `generate_series(1, 100000000000)`, a sorted cross join), and the run reports ingestion
+//! with them against ingestion without them.
+//!
 //! `WEIR_BENCH_STATUS` replaces the view's `status` aggregate (default
 //! `last_value(healthStatus ORDER BY timestamp)`, a string: weir's own vectorised accumulator;
 //! `last_value(latencyMs ORDER BY timestamp)` is DataFusion's primitive one).
@@ -78,7 +84,37 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// The hostile queries of `WEIR_BENCH_HOSTILE`.
+fn hostile_queries() -> Vec<String> {
+    let chain = |n: usize, op: &str, term: &dyn Fn(usize) -> String| {
+        (0..n).map(term).collect::<Vec<_>>().join(op)
+    };
+    vec![
+        format!("SELECT {} AS x", chain(10_001, "+", &|_| "1".into())),
+        format!(
+            "SELECT count(*) FROM service_status WHERE {}",
+            chain(10_000, " OR ", &|i| format!("serviceName = 'svc-{i}'"))
+        ),
+        format!(
+            "SELECT count(*) FROM service_status WHERE checks IN ({})",
+            chain(100_000, ",", &|i| i.to_string())
+        ),
+        "SELECT length(repeat(arrow_cast('x','LargeUtf8'), 100000000000))".into(),
+        "SELECT rpad(serviceName, 1000000000) FROM service_status".into(),
+        "SELECT count(*) FROM service_status a, service_status b, service_status c, \
+         service_status d WHERE a.checks + b.checks + c.checks + d.checks < 0"
+            .into(),
+        "SELECT * FROM generate_series(1, 100000000000)".into(),
+        "SELECT count(*) FROM generate_series(1, 100000000000)".into(),
+        "SELECT a.serviceName FROM service_status a, generate_series(1, 100000000) b \
+         ORDER BY b.value * a.checks DESC"
+            .into(),
+    ]
+}
+
 fn main() {
+    let hostile = std::env::var("WEIR_BENCH_HOSTILE").is_ok_and(|v| v == "1");
+    let attacks = Arc::new(hostile_queries());
     let keys = arg(1, 1_000_000);
     let rate = arg(2, 200_000);
     let secs = arg(3, 30);
@@ -164,6 +200,26 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
             for c in 0..clients {
                 let names = names.clone();
                 let done = done.clone();
+                let attacks = attacks.clone();
+                if hostile {
+                    handles.push(std::thread::spawn(move || {
+                        let (mut answered, mut refused) = (Vec::new(), Vec::new());
+                        let mut i = c;
+                        while !done.load(Ordering::Relaxed) {
+                            let t = Instant::now();
+                            let (s, body) = post(port, "/sql", &attacks[i % attacks.len()]);
+                            assert!(
+                                [200, 400, 413, 503].contains(&s),
+                                "status {s}: {body}"
+                            );
+                            let ms = t.elapsed().as_secs_f64() * 1e3;
+                            if s == 200 { answered.push(ms) } else { refused.push(ms) }
+                            i += 1;
+                        }
+                        (answered, refused)
+                    }));
+                    continue;
+                }
                 handles.push(std::thread::spawn(move || {
                     let mut point = Vec::new();
                     let mut full = Vec::new();
@@ -208,7 +264,17 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
         let snaps = metric(port, "weir_live_snapshot") - snaps_before;
         let eps = events / elapsed;
         println!("{label}: {eps:.0} events/s ingested, {snaps:.0} snapshots in {elapsed:.1}s");
-        if queried {
+        if queried && hostile {
+            println!(
+                "  hostile queries: {} answered, {} refused or cut short (median {:.0} ms)",
+                point.len(),
+                full.len(),
+                {
+                    full.sort_by(f64::total_cmp);
+                    percentile(&full, 0.5)
+                }
+            );
+        } else if queried {
             point.sort_by(f64::total_cmp);
             full.sort_by(f64::total_cmp);
             println!(
@@ -234,7 +300,8 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
         "view of {keys} keys (status: {status}) fed at {rate} events/s, {clients} clients, {secs}s per phase"
     );
     let idle = measure("without queries", false);
-    let busy = measure(&format!("with {clients} query clients"), true);
+    let kind = if hostile { "hostile" } else { "query" };
+    let busy = measure(&format!("with {clients} {kind} clients"), true);
     println!(
         "ingestion while queried / without: {:.3} (target rate {rate}/s)",
         busy / idle.max(1.0)

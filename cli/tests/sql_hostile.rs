@@ -1,0 +1,401 @@
+//! The SQL endpoints against hostile and careless clients, driven as they would be: HTTP
+//! requests, the real `psql`, and raw Postgres-protocol connections, sent to a `weir run`
+//! while it ingests. Nothing may stop the engine or change its results: after every attack
+//! the process is alive and its view answers the same, and its window output equals that of
+//! the same pipeline run without any query.
+//!
+//! `WEIR_SQL_FUZZ_SECS` sets how long the grammar fuzzer runs (default 15 s; the long run is
+//! `scripts/sql-fuzz.sh`), `WEIR_SQL_FUZZ_SEED` replays a seed (each run prints its own).
+
+#[path = "support/sql.rs"]
+mod sql_support;
+#[path = "support/sql_fuzz.rs"]
+mod sql_fuzz;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sql_support::{free_port, http, try_http, Running};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+const TOKEN: &str = "hostile-token-5d1e";
+const PASSWORD: &str = "hostile-pass-0b7c";
+/// Events of the run; at 8,000/s the fuzzer runs while they are ingested.
+const EVENTS: u64 = 80_000;
+const RATE: u64 = 8_000;
+
+fn pipeline(dir: &Path, hp: u16, pp: u16, rate: u64) -> PathBuf {
+    let yaml = format!(
+        r#"name: hostile
+sources:
+  ingest:
+    generator: {{ kind: data-ingestion, count: {EVENTS}, events_per_second: {rate}, seed: 7, keys: 50, start_ms: 1700000000000, step_ms: 5 }}
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  ingestion_1m:
+    from: ingest
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      bytes: sum(sizeBytes)
+      failed: count(*) FILTER (WHERE status = 'failed')
+    sinks: [out]
+views:
+  datasets:
+    from: ingest
+    key: [datasetName]
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+      last_status: last_value(status ORDER BY timestamp)
+sinks:
+  out: {{ file: {{ path: out/windows.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+serve:
+  http: "127.0.0.1:{hp}"
+  postgres: "127.0.0.1:{pp}"
+  token: "${{HOSTILE_TOKEN}}"
+  password: "${{HOSTILE_PASSWORD}}"
+  query_timeout: 2s
+  query_memory_mb: 64
+  max_queries: 8
+  login_lockout: 2s
+"#
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn start(pipeline: &Path, args: &[&str]) -> Running {
+    let child = Command::new(WEIR)
+        .arg("run")
+        .arg(pipeline)
+        .args(args)
+        .env("HOSTILE_TOKEN", TOKEN)
+        .env("HOSTILE_PASSWORD", PASSWORD)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Running { child }
+}
+
+/// The window rows of a finished run, sorted.
+fn windows(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("out/windows.ndjson")).unwrap();
+    let mut rows: Vec<String> = text.lines().map(str::to_string).collect();
+    rows.sort();
+    rows
+}
+
+/// A client of the hostile run's HTTP endpoint.
+#[derive(Clone, Copy)]
+struct Client {
+    port: u16,
+}
+
+impl Client {
+    fn post(&self, sql: &str) -> sql_support::Answer {
+        let auth = format!("Bearer {TOKEN}");
+        http(
+            self.port,
+            "POST",
+            "/sql",
+            &[("Authorization", &auth), ("Content-Type", "text/plain")],
+            sql.as_bytes(),
+        )
+    }
+
+    /// Rows of `sql`, once the engine is not busy.
+    fn rows_when_free(&self, sql: &str) -> Value {
+        let started = Instant::now();
+        while self.post("SELECT 1").status == 503 {
+            assert!(started.elapsed() < Duration::from_secs(120), "the engine stayed busy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.rows(sql)
+    }
+
+    fn rows(&self, sql: &str) -> Value {
+        let a = self.post(sql);
+        assert_eq!(a.status, 200, "{sql}: {}", String::from_utf8_lossy(&a.body));
+        a.json()
+    }
+
+    /// The error code a refused query gets, once the engine is not busy (cancelled queries
+    /// give their turns back when they have stopped).
+    fn refused_when_free(&self, sql: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let code = self.refused(sql, &[400, 503]);
+            if code != "busy" || started.elapsed() > Duration::from_secs(120) {
+                return code;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The error code a refused query gets.
+    fn refused(&self, sql: &str, statuses: &[u16]) -> String {
+        let a = self.post(sql);
+        let shown = &sql[..sql.len().min(80)];
+        assert!(
+            statuses.contains(&a.status),
+            "{shown}: status {} ({})",
+            a.status,
+            String::from_utf8_lossy(&a.body[..a.body.len().min(300)])
+        );
+        let body = a.json();
+        let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(!code.is_empty() && !message.is_empty(), "{shown}: {body}");
+        code
+    }
+
+    fn view(&self) -> Value {
+        self.rows_when_free("SELECT datasetName, events, records, last_status FROM datasets ORDER BY datasetName")
+    }
+}
+
+fn psql(port: u16, password: &str, args: &[&str]) -> std::process::Output {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir", "-d", "weir"])
+        .args(["-X", "-A", "-t"])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGSSLMODE", "prefer")
+        .output()
+        .expect("psql is missing: install Debian's postgresql-client (.ci/run does)")
+}
+
+/// One raw Postgres login with `password`; the server's first answer after it ('R' or 'E')
+/// and its SQLSTATE when an error.
+fn raw_login(port: u16, password: &str) -> (u8, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let params = b"user\0weir\0database\0weir\0\0";
+    let mut startup = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    s.write_all(&startup).unwrap();
+    let (kind, body) = read_message(&mut s);
+    assert_eq!(kind, b'R', "a password request");
+    assert_eq!(&body[..4], &3u32.to_be_bytes(), "cleartext password");
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((4 + password.len() + 1) as u32).to_be_bytes());
+    msg.extend_from_slice(password.as_bytes());
+    msg.push(0);
+    s.write_all(&msg).unwrap();
+    let (kind, body) = read_message(&mut s);
+    let code = if kind == b'E' { error_code(&body) } else { String::new() };
+    (kind, code)
+}
+
+fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).unwrap();
+    (head[0], body)
+}
+
+fn error_code(body: &[u8]) -> String {
+    body.split(|b| *b == 0)
+        .find(|f| f.first() == Some(&b'C'))
+        .map(|f| String::from_utf8_lossy(&f[1..]).to_string())
+        .unwrap_or_default()
+}
+
+/// `n` terms joined by `op`.
+fn chain(n: usize, op: &str, term: impl Fn(usize) -> String) -> String {
+    (0..n).map(term).collect::<Vec<_>>().join(op)
+}
+
+/// Every attack of the issue, each followed by the same check: the engine is alive and its
+/// view answers as before.
+fn attacks(run: &mut Running, c: Client, pp: u16, dir: &Path) {
+    let view = c.view();
+    let mut check = |what: &str| {
+        assert!(run.child.try_wait().unwrap().is_none(), "the engine died after {what}");
+        assert_eq!(c.view(), view, "the view changed after {what}");
+    };
+    let deep = format!("SELECT {} AS x", chain(10_001, "+", |_| "1".into()));
+    assert_eq!(c.refused(&deep, &[400]), "statement_too_complex");
+    check("a 10,000-term expression");
+    let ors = chain(10_000, " OR ", |i| format!("datasetName = 'dataset_{i:05}'"));
+    let sql = format!("SELECT count(*) FROM datasets WHERE {ors}");
+    assert_eq!(c.refused(&sql, &[400]), "statement_too_complex");
+    check("a 10,000-term OR chain");
+    let grafana = chain(1000, " OR ", |i| format!("datasetName = 'dataset_{i:05}'"));
+    let rows = c.rows(&format!("SELECT count(*) AS n FROM datasets WHERE {grafana}"));
+    assert_eq!(rows[0]["n"], 50, "a 1,000-term OR chain is answered");
+    let list = chain(100_000, ",", |i| i.to_string());
+    let rows = c.rows(&format!("SELECT count(*) AS n FROM datasets WHERE events IN ({list})"));
+    assert!(rows[0]["n"].as_u64().is_some());
+    check("a 100,000-element IN list");
+    for bomb in [
+        "SELECT length(repeat(arrow_cast('x','LargeUtf8'), 100000000000))",
+        "SELECT length(repeat('x', 2000000000))",
+        "SELECT rpad(datasetName, 1000000000) FROM datasets",
+        "SELECT cardinality(array_repeat(1, 2000000000))",
+    ] {
+        assert_eq!(c.refused(bomb, &[400]), "memory_limit", "{bomb}");
+        check(bomb);
+    }
+    let cross = "SELECT count(*) FROM datasets a, datasets b, datasets c, datasets d, \
+                 datasets e, ingestion_1m f WHERE a.events + b.events + c.events + d.events \
+                 + e.events + f.events < 0";
+    assert_eq!(c.refused_when_free(cross), "timeout");
+    check("a cross join of every view with itself");
+    let series = "SELECT * FROM generate_series(1, 100000000000)";
+    assert_eq!(c.refused_when_free(series), "result_too_large");
+    let series = "SELECT count(*) FROM generate_series(1, 100000000000)";
+    assert_eq!(c.refused_when_free(series), "timeout");
+    check("generate_series(1, 100000000000)");
+    let sorted = "SELECT a.datasetName, b.value FROM datasets a, generate_series(1, 100000000) b \
+                  ORDER BY b.value * a.events DESC";
+    let code = c.refused_when_free(sorted);
+    assert!(["memory_limit", "timeout"].contains(&code.as_str()), "{code}");
+    check("an ORDER BY of a huge cross join");
+    // 100 MB in one Postgres message (psql reads it from a file) and in one HTTP body
+    let big = dir.join("big.sql");
+    let mut f = std::fs::File::create(&big).unwrap();
+    f.write_all(b"SELECT '").unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..100 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(b"';\n").unwrap();
+    drop(f);
+    let o = psql(pp, PASSWORD, &["-f", big.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "a 100 MB statement ran");
+    assert!(
+        err.contains("over the limit") || err.contains("connection") || err.contains("closed"),
+        "{err}"
+    );
+    check("a 100 MB Postgres message");
+    let auth = format!("Bearer {TOKEN}");
+    let a = try_http(c.port, "POST", "/sql", &[("Authorization", &auth)], &vec![b' '; 100 << 20]);
+    if let Ok(a) = a {
+        assert_eq!(a.status, 413, "{}", String::from_utf8_lossy(&a.body));
+    }
+    check("a 100 MB HTTP body");
+    slow_queries(c);
+    check("100 concurrent slow queries");
+    failed_logins(c, pp);
+    check("10,000 failed logins");
+}
+
+/// 100 slow queries at once: each is cancelled at its limit or told the engine is busy.
+fn slow_queries(c: Client) {
+    let slow = "SELECT count(*) FROM datasets a, datasets b, datasets c, ingestion_1m d \
+                WHERE a.events * b.events = c.events + d.events + 1";
+    let threads: Vec<_> = (0..100)
+        .map(|_| std::thread::spawn(move || c.refused(slow, &[400, 503])))
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    for t in threads {
+        *codes.entry(t.join().unwrap()).or_insert(0) += 1;
+    }
+    println!("100 slow queries: {codes:?}");
+    assert!(codes.keys().all(|c| c == "timeout" || c == "busy"), "{codes:?}");
+    // the cancelled queries stop at DataFusion's next yield and give their turns back
+    let started = Instant::now();
+    while c.post("SELECT 1").status == 503 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the engine stayed busy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("turns given back {:?} after the last answer", started.elapsed());
+}
+
+/// 10,000 wrong tokens and passwords: the address is made to wait, and then logs in again.
+fn failed_logins(c: Client, pp: u16) {
+    let started = Instant::now();
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..5_000 {
+        let a = http(c.port, "POST", "/sql", &[("Authorization", "Bearer wrong")], b"SELECT 1");
+        *statuses.entry(a.status).or_insert(0) += 1;
+    }
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..5_000 {
+        let (kind, code) = raw_login(pp, "wrong-password");
+        assert_eq!(kind, b'E');
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    println!(
+        "10,000 failed logins in {:?}: HTTP {statuses:?}, Postgres {codes:?}",
+        started.elapsed()
+    );
+    assert!(statuses.get(&429).copied().unwrap_or(0) > 4_900, "{statuses:?}");
+    assert!(codes.keys().all(|c| c == "28P01"), "{codes:?}");
+    // locked out: even the right password waits; after the wait (2 s here) it works
+    let (kind, code) = raw_login(pp, PASSWORD);
+    assert_eq!((kind, code.as_str()), (b'E', "28P01"), "the right password during the wait");
+    std::thread::sleep(Duration::from_millis(2_200));
+    let (kind, _) = raw_login(pp, PASSWORD);
+    assert_eq!(kind, b'R', "the right password after the wait");
+}
+
+#[test]
+fn no_query_message_or_login_stops_the_engine_or_changes_its_results() {
+    // the reference: the same pipeline, same events, no query at all
+    let reference = tempfile::tempdir().unwrap();
+    let p = pipeline(reference.path(), free_port(), free_port(), 0);
+    let o = Command::new(WEIR)
+        .arg("run")
+        .arg(&p)
+        .env("HOSTILE_TOKEN", TOKEN)
+        .env("HOSTILE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = windows(reference.path());
+    assert!(expected.len() > 100, "{} windows", expected.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (hp, pp) = (free_port(), free_port());
+    let p = pipeline(dir.path(), hp, pp, RATE);
+    let mut run = start(&p, &["--keep-serving"]);
+    run.wait_http(hp);
+    let c = Client { port: hp };
+    // while it ingests: the fuzzer, over HTTP and psql
+    let started = Instant::now();
+    let report = sql_fuzz::run(hp, pp, TOKEN, PASSWORD, sql_fuzz::duration());
+    println!("{report}");
+    let ingested = status_events(c);
+    let fuzz_rate = ingested as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "ingestion while fuzzed: {ingested} events in {:?} ({fuzz_rate:.0}/s, offered {RATE}/s)",
+        started.elapsed()
+    );
+    assert!(run.child.try_wait().unwrap().is_none(), "the engine died under the fuzzer");
+    let waited = Instant::now();
+    loop {
+        let a = c.post("SELECT bool_and(finished) AS done FROM weir_status");
+        if a.status == 200 && a.json()[0]["done"] == true {
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(180), "the run did not finish its input");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    attacks(&mut run, c, pp, dir.path());
+    let (code, _, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(windows(dir.path()), expected, "the windows differ from the run without queries");
+}
+
+/// Events read so far, from `weir_status`.
+fn status_events(c: Client) -> u64 {
+    let rows = c.rows_when_free("SELECT sum(events_in) AS n FROM weir_status");
+    rows[0]["n"].as_u64().unwrap_or(0)
+}

@@ -1,0 +1,100 @@
+//! Query results as bytes: JSON rows and Arrow IPC streams, each under a byte cap, so that a
+//! large result fails while it is encoded instead of after it has filled memory.
+
+use crate::engine::QueryResult;
+
+/// Why a result could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoding grew past its cap.
+    #[error("the encoded result is larger than its limit")]
+    TooLarge,
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// Rows as a JSON array of objects (nulls kept as `null`), at most `max_bytes` long.
+pub fn json_rows(result: &QueryResult, max_bytes: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    {
+        let mut w = arrow_json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow_json::writer::JsonArray>(&mut out);
+        for b in &result.batches {
+            // a batch at a time, so an oversized result stops early
+            for start in (0..b.num_rows()).step_by(1024) {
+                w.write(&b.slice(start, 1024.min(b.num_rows() - start)))?;
+                if w.get_ref().len() > max_bytes {
+                    return Err(EncodeError::TooLarge);
+                }
+            }
+        }
+        w.finish()?;
+    }
+    if out.is_empty() {
+        out.extend_from_slice(b"[]");
+    }
+    if out.len() > max_bytes {
+        return Err(EncodeError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Rows as an Arrow IPC stream, at most `max_bytes` long.
+pub fn arrow_stream(result: &QueryResult, max_bytes: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
+        for b in &result.batches {
+            w.write(b)?;
+            if w.get_ref().len() > max_bytes {
+                return Err(EncodeError::TooLarge);
+            }
+        }
+        w.finish()?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn result(rows: i64) -> QueryResult {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .unwrap();
+        QueryResult {
+            schema,
+            batches: vec![batch],
+        }
+    }
+
+    #[test]
+    fn results_under_the_cap_encode_whole() {
+        let json = json_rows(&result(3), 1 << 20).unwrap();
+        assert_eq!(json, br#"[{"n":0},{"n":1},{"n":2}]"#);
+        assert_eq!(json_rows(&result(0), 100).unwrap(), b"[]");
+        assert!(!arrow_stream(&result(3), 1 << 20).unwrap().is_empty());
+    }
+
+    #[test]
+    fn results_over_the_cap_stop_with_too_large() {
+        assert!(matches!(
+            json_rows(&result(100_000), 10_000),
+            Err(EncodeError::TooLarge)
+        ));
+        assert!(matches!(
+            arrow_stream(&result(100_000), 10_000),
+            Err(EncodeError::TooLarge)
+        ));
+    }
+}

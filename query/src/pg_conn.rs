@@ -1,0 +1,346 @@
+//! One Postgres connection: the SSL request answered (no TLS here), then pgwire's message
+//! loop over a socket that refuses oversized messages.
+//!
+//! pgwire accepts frontend messages of up to 1 GiB and buffers each whole before decoding
+//! it. [`Limited`] reads the frame headers as the bytes arrive and fails the read as soon as a
+//! header announces a message over `serve.max_sql_bytes` (plus a small overhead), before its
+//! body is buffered; the client then gets SQLSTATE 54000 and the connection is closed, as
+//! PostgreSQL closes one on an invalid message length.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pgwire::api::{ClientInfo, DefaultClient, PgWireConnectionState, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::server::{process_error, process_message, PgWireMessageServerCodec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// Time a client has to finish its startup and authentication.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+
+/// A socket whose frontend messages may not exceed a length.
+pub struct Limited<S> {
+    io: S,
+    max: usize,
+    /// Past the startup message, frames start with a type byte.
+    typed: bool,
+    header: [u8; 8],
+    have: usize,
+    /// Body bytes of the current frame still to come.
+    remaining: usize,
+    /// The length of the message that broke the limit (0: none did).
+    refused: Arc<AtomicUsize>,
+}
+
+impl<S> Limited<S> {
+    /// `io` at the start of the startup message (after any SSL request).
+    pub fn new(io: S, max: usize) -> Self {
+        Limited {
+            io,
+            max,
+            typed: false,
+            header: [0; 8],
+            have: 0,
+            remaining: 0,
+            refused: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Where the length of a refused message is recorded.
+    pub fn refused(&self) -> Arc<AtomicUsize> {
+        self.refused.clone()
+    }
+
+    fn header_len(&self) -> usize {
+        // startup-phase frames: length and code; later ones: type byte and length
+        if self.typed {
+            5
+        } else {
+            8
+        }
+    }
+
+    /// Follows the frames through `bytes`; `Err(len)` when one is too long.
+    fn scan(&mut self, mut bytes: &[u8]) -> Result<(), usize> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(bytes.len());
+                self.remaining -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let want = self.header_len() - self.have;
+            let n = want.min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < self.header_len() {
+                continue;
+            }
+            self.have = 0;
+            let at = if self.typed { 1 } else { 0 };
+            let field = [
+                self.header[at],
+                self.header[at + 1],
+                self.header[at + 2],
+                self.header[at + 3],
+            ];
+            let len = u32::from_be_bytes(field) as usize;
+            if len > self.max {
+                return Err(len);
+            }
+            // the length counts itself; a startup frame's code was read with the header
+            let consumed = if self.typed { 4 } else { 8 };
+            self.remaining = len.saturating_sub(consumed);
+            if !self.typed {
+                let code = u32::from_be_bytes([
+                    self.header[4],
+                    self.header[5],
+                    self.header[6],
+                    self.header[7],
+                ]);
+                self.typed = code != SSL_REQUEST && code != GSSENC_REQUEST;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &polled {
+            let fresh = buf.filled()[before..].to_vec();
+            if let Err(len) = this.scan(&fresh) {
+                this.refused.store(len, Ordering::Relaxed);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a message of {len} bytes is over the limit of {}", this.max),
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Answers SSL and GSSAPI encryption requests with "no" (the client goes on in plain text);
+/// `false` when the client wants TLS straight away, which this endpoint cannot give.
+async fn refuse_encryption(socket: &mut TcpStream) -> io::Result<bool> {
+    for _ in 0..2 {
+        let mut head = [0u8; 8];
+        let n = socket.peek(&mut head).await?;
+        if n > 0 && head[0] == 0x16 {
+            // a TLS ClientHello: direct SSL negotiation
+            return Ok(false);
+        }
+        if n < 8 {
+            // a short first packet: not a request of 8 bytes; let the message loop read it
+            return Ok(true);
+        }
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        if len != 8 || (code != SSL_REQUEST && code != GSSENC_REQUEST) {
+            return Ok(true);
+        }
+        socket.read_exact(&mut head).await?;
+        socket.write_all(b"N").await?;
+    }
+    Ok(true)
+}
+
+/// Serves one connection until the client leaves, a fatal error, or a refused message.
+pub async fn serve_connection<H: PgWireServerHandlers>(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    handlers: Arc<H>,
+    max_message: usize,
+) -> io::Result<()> {
+    socket.set_nodelay(true)?;
+    if !tokio::time::timeout(STARTUP_TIMEOUT, refuse_encryption(&mut socket))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no startup message"))??
+    {
+        return Ok(());
+    }
+    let limited = Limited::new(socket, max_message);
+    let refused = limited.refused();
+    let client = DefaultClient::new(peer, false);
+    let mut framed = Framed::new(limited, PgWireMessageServerCodec::new(client));
+    framed.set_state(PgWireConnectionState::AwaitingStartup);
+    let startup = handlers.startup_handler();
+    let simple = handlers.simple_query_handler();
+    let extended = handlers.extended_query_handler();
+    let copy = handlers.copy_handler();
+    let cancel = handlers.cancel_handler();
+    let deadline = tokio::time::sleep(STARTUP_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        let starting = matches!(
+            framed.state(),
+            PgWireConnectionState::AwaitingStartup
+                | PgWireConnectionState::AuthenticationInProgress
+        );
+        let next = if starting {
+            tokio::select! {
+                _ = &mut deadline => None,
+                m = framed.next() => m,
+            }
+        } else {
+            framed.next().await
+        };
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(_)) if refused.load(Ordering::Relaxed) > 0 => {
+                let len = refused.load(Ordering::Relaxed);
+                let info = ErrorInfo::new(
+                    "FATAL".into(),
+                    "54000".into(),
+                    format!(
+                        "a message of {len} bytes is over the limit of {max_message} \
+                         (serve.max_sql_bytes plus {} of overhead); send a shorter statement",
+                        crate::limits::QueryLimits::MESSAGE_OVERHEAD
+                    ),
+                );
+                let _ = framed
+                    .send(PgWireBackendMessage::ErrorResponse(info.into()))
+                    .await;
+                break;
+            }
+            _ => break,
+        };
+        if matches!(message, PgWireFrontendMessage::Terminate(_)) {
+            break;
+        }
+        let extended_message = match framed.state() {
+            PgWireConnectionState::CopyInProgress(e) => e,
+            _ => message.is_extended_query(),
+        };
+        let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+        if let Err(e) = process_message(
+            message,
+            &mut framed,
+            startup.clone(),
+            simple.clone(),
+            extended.clone(),
+            copy.clone(),
+            cancel.clone(),
+        )
+        .await
+        {
+            let fatal = e.is_fatal();
+            process_error(&mut framed, e, extended_message).await?;
+            if fatal {
+                break;
+            }
+        }
+        if is_cancel {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// An error a handler reports to the client with its SQLSTATE.
+pub fn user_error(severity: &str, code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        severity.to_owned(),
+        code.to_owned(),
+        message,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, body: usize) -> Vec<u8> {
+        let mut f = vec![kind];
+        f.extend_from_slice(&((body + 4) as u32).to_be_bytes());
+        f.extend(std::iter::repeat_n(b'x', body));
+        f
+    }
+
+    fn startup() -> Vec<u8> {
+        let mut f = 16u32.to_be_bytes().to_vec();
+        f.extend_from_slice(&196_608u32.to_be_bytes());
+        f.extend_from_slice(b"user\0me\0");
+        f
+    }
+
+    #[test]
+    fn frames_within_the_limit_pass_in_any_split() {
+        let mut stream = startup();
+        stream.extend(frame(b'Q', 100));
+        stream.extend(frame(b'P', 1000));
+        stream.extend(frame(b'S', 0));
+        for chunk in [1, 3, 7, 64, stream.len()] {
+            let mut l = Limited::new((), 2000);
+            for part in stream.chunks(chunk) {
+                assert_eq!(l.scan(part), Ok(()), "chunks of {chunk}");
+            }
+            assert_eq!((l.have, l.remaining), (0, 0));
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_at_its_header() {
+        let mut stream = startup();
+        stream.extend(frame(b'Q', 10));
+        // the header of a 100 MB query, without its body
+        stream.push(b'Q');
+        stream.extend_from_slice(&100_000_004u32.to_be_bytes());
+        let mut l = Limited::new((), 1 << 20);
+        assert_eq!(l.scan(&stream), Err(100_000_004));
+    }
+
+    #[test]
+    fn an_ssl_request_keeps_the_next_frame_untyped() {
+        let mut stream = 8u32.to_be_bytes().to_vec();
+        stream.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+        stream.extend(startup());
+        stream.extend(frame(b'Q', 5));
+        let mut l = Limited::new((), 100);
+        assert_eq!(l.scan(&stream), Ok(()));
+        assert!(l.typed);
+        let mut big = startup();
+        big.extend_from_slice(&[0; 4]);
+        let mut l = Limited::new((), 10);
+        assert_eq!(l.scan(&big), Err(16), "a startup message is bounded too");
+    }
+}
