@@ -13,6 +13,7 @@ use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskM
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use arrow::datatypes::DataType;
 use futures::StreamExt;
@@ -20,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_engine::live::{LiveKind, LiveState};
 
 pub use crate::limits::QueryLimits;
+use crate::deadline::with_deadline;
 use crate::limits::{check_text, TextLimit, SQL_THREAD_STACK};
 use crate::logins::FailedLogins;
 use crate::peers::Peers;
@@ -154,6 +156,9 @@ fn clean(s: &str) -> String {
     }
     s.lines().next().unwrap_or(s).trim().to_string()
 }
+
+/// Rows per batch of planned queries (DataFusion's default is 8,192).
+const SQL_BATCH_ROWS: usize = 1024;
 
 /// The rows of an answered query.
 pub struct QueryResult {
@@ -335,25 +340,36 @@ impl ResultCaps {
     }
 }
 
-/// Runs a planned query, collecting its rows under the caps, and encodes them.
+/// Runs a planned query, collecting its rows under the caps, and encodes them; its operators
+/// stop at `deadline` (see `deadline`).
 async fn collect(
     ctx: SessionContext,
     plan: LogicalPlan,
     caps: ResultCaps,
     encoding: Encoding,
+    deadline: (Instant, Duration),
 ) -> Result<Answer, QueryError> {
     let df = ctx
         .execute_logical_plan(plan)
         .await
         .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df
-        .execute_stream()
+    let run_error = |e: DataFusionError| {
+        if Instant::now() >= deadline.0 {
+            QueryError::Timeout(deadline.1)
+        } else {
+            QueryError::from_df(e, Phase::Run)
+        }
+    };
+    let physical = df
+        .create_physical_plan()
         .await
-        .map_err(|e| QueryError::from_df(e, Phase::Run))?;
+        .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+    let physical = with_deadline(physical, deadline.0).map_err(run_error)?;
+    let mut stream = execute_stream(physical, ctx.task_ctx()).map_err(run_error)?;
     let (mut batches, mut rows, mut bytes) = (Vec::new(), 0usize, 0usize);
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| QueryError::from_df(e, Phase::Run))?;
+        let batch = batch.map_err(run_error)?;
         rows += batch.num_rows();
         if rows > caps.rows {
             return Err(caps.too_many_rows());
@@ -383,7 +399,10 @@ impl QueryEngine {
     ) -> Result<Self, QueryError> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
-            .with_target_partitions(2);
+            .with_target_partitions(2)
+            // a nested-loop join computes a batch of probe rows against its whole build side
+            // before it looks at its deadline again: smaller batches stop it sooner
+            .with_batch_size(SQL_BATCH_ROWS);
         // Column names are camelCase (serviceName): keep identifiers as written.
         config.options_mut().sql_parser.enable_ident_normalization = false;
         let base = SessionStateBuilder::new()
@@ -644,6 +663,7 @@ impl QueryEngine {
         }
         let ctx = self.session(local)?;
         let sql = sql.to_string();
+        let deadline = (Instant::now() + self.limits.timeout, self.limits.timeout);
         self.in_executor(permit, async move {
             let plan = plan_in(&ctx, &sql).await?;
             let plan = match params {
@@ -652,7 +672,7 @@ impl QueryEngine {
                     .map_err(|e| QueryError::from_df(e, Phase::Plan))?,
                 None => plan,
             };
-            collect(ctx, plan, caps, encoding).await
+            collect(ctx, plan, caps, encoding, deadline).await
         })
         .await
     }

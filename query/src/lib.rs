@@ -9,6 +9,7 @@
 
 mod bounded;
 pub mod client;
+mod deadline;
 pub mod encode;
 pub mod engine;
 pub mod http;

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::sql_support::try_http;
 
+/// The endpoint's largest HTTP body with the default limits (`serve.max_sql_bytes` plus 64 KiB).
+const MAX_BODY: usize = (1 << 20) + (64 << 10);
+
 /// How long to fuzz: `WEIR_SQL_FUZZ_SECS`, default 15 s.
 pub fn duration() -> Duration {
     let secs = std::env::var("WEIR_SQL_FUZZ_SECS")
@@ -180,16 +183,7 @@ pub fn run(http_port: u16, pg_port: u16, token: &str, password: &str, time: Dura
         .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64);
     println!("SQL fuzzer seed {seed} (WEIR_SQL_FUZZ_SEED={seed} replays it)");
     let mut rng = Rng::new(seed);
-    let mut psql = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", "weir", "-d", "weir"])
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=0", "-o", "/dev/null", "-f", "-"])
-        .env("PGPASSWORD", password)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql is missing: install Debian's postgresql-client (.ci/run does)");
-    let mut stdin = psql.stdin.take().unwrap();
+    let mut psql = Psql::start(pg_port, password);
     let auth = format!("Bearer {token}");
     let started = Instant::now();
     let (mut http_ok, mut http_refused, mut to_psql) = (0u64, 0u64, 0u64);
@@ -199,8 +193,15 @@ pub fn run(http_port: u16, pg_port: u16, token: &str, password: &str, time: Dura
         // statements over the message limit close a Postgres connection (as PostgreSQL's
         // own do): those go over HTTP, which answers 413
         if rng.chance(50) || q.len() > 900_000 {
-            let a = try_http(http_port, "POST", "/sql", &[("Authorization", &auth)], q.as_bytes())
-                .unwrap_or_else(|e| panic!("no answer ({e}) to: {}", &q[..q.len().min(300)]));
+            let a = match try_http(http_port, "POST", "/sql", &[("Authorization", &auth)], q.as_bytes()) {
+                Ok(a) => a,
+                // the server answers 413 and closes while an oversized body is still being sent
+                Err(e) if q.len() > MAX_BODY && e.starts_with("send") => {
+                    *codes.entry("request_too_large (closed)".into()).or_default() += 1;
+                    continue;
+                }
+                Err(e) => panic!("no answer ({e}) to: {}", &q[..q.len().min(300)]),
+            };
             assert!(
                 [200, 400, 413, 503].contains(&a.status),
                 "status {} for: {}\n{}",
@@ -222,39 +223,86 @@ pub fn run(http_port: u16, pg_port: u16, token: &str, password: &str, time: Dura
             // one statement a line; psql keeps going after errors
             // (no backslashes: psql would read them as its own commands)
             let line = q.replace(['\n', ';', '\\'], " ");
-            let written = stdin
-                .write_all(line.as_bytes())
-                .and_then(|_| stdin.write_all(b";\n"));
-            if let Err(e) = written {
-                drop(stdin);
-                let out = psql.wait_with_output().unwrap();
-                panic!(
-                    "psql stopped ({e}, exit {:?}): {}",
-                    out.status.code(),
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .rev()
-                        .take(5)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
+            psql.send(&line, pg_port, password);
             to_psql += 1;
         }
     }
-    drop(stdin);
-    let out = psql.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !err.contains("server closed the connection") && !err.contains("connection to server"),
-        "psql lost its connection: {}",
-        &err[err.len().saturating_sub(2000)..]
-    );
-    let psql_errors = err.matches("ERROR:").count();
+    let (psql_errors, restarts, exit) = psql.finish();
     format!(
         "fuzzed {:?}: HTTP {http_ok} answered, {http_refused} refused {codes:?}; psql {to_psql} \
-         statements, {psql_errors} errors, exit {:?}",
+         statements, {psql_errors} errors, {restarts} sessions closed for oversized messages, \
+         exit {exit:?}",
         started.elapsed(),
-        out.status.code()
     )
+}
+
+/// One `psql` session reading statements from its standard input, started again when the
+/// server closes it for an oversized message (psql joins lines into one statement when a
+/// quote or comment of the fuzz leaves one open).
+struct Psql {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    errors: usize,
+    restarts: usize,
+}
+
+impl Psql {
+    fn start(port: u16, password: &str) -> Self {
+        let mut child = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir", "-d", "weir"])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=0", "-o", "/dev/null", "-f", "-"])
+            .env("PGPASSWORD", password)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql is missing: install Debian's postgresql-client (.ci/run does)");
+        let stdin = child.stdin.take();
+        Psql {
+            child,
+            stdin,
+            errors: 0,
+            restarts: 0,
+        }
+    }
+
+    fn send(&mut self, line: &str, port: u16, password: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        if stdin
+            .write_all(line.as_bytes())
+            .and_then(|_| stdin.write_all(b";\n"))
+            .is_ok()
+        {
+            return;
+        }
+        // psql ended: only a refused oversized message may have ended it
+        let (errors, _, _) = self.end();
+        let (errors, restarts) = (self.errors + errors, self.restarts + 1);
+        *self = Psql::start(port, password);
+        self.errors = errors;
+        self.restarts = restarts;
+    }
+
+    /// Closes its input and waits; (errors, restarts, exit code). Panics when the
+    /// connection was lost for any reason but an oversized message.
+    fn end(&mut self) -> (usize, usize, Option<i32>) {
+        drop(self.stdin.take());
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lost = err.contains("server closed the connection")
+            || err.contains("connection to server was lost");
+        assert!(
+            !lost || err.contains("is over the limit"),
+            "psql lost its connection: {}",
+            &err[err.len().saturating_sub(2000)..]
+        );
+        (err.matches("ERROR:").count(), self.restarts, out.status.code())
+    }
+
+    fn finish(mut self) -> (usize, usize, Option<i32>) {
+        let (errors, restarts, exit) = self.end();
+        (self.errors + errors, restarts, exit)
+    }
 }
