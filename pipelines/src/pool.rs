@@ -729,7 +729,6 @@ fn run_jobs(
             epoch = restore.restored.as_ref().map_or(0, |r| r.manifest.epoch),
             "pool worker: starting a job with its assigned partitions"
         );
-        let fence_pool = pool.clone();
         let checkpoint = CheckpointSpec {
             store: pool.own(),
             interval: Duration::from_millis(planned.interval_ms),
@@ -739,7 +738,7 @@ fn run_jobs(
             restored: restore.restored,
             ownership: Some(Ownership {
                 owned: owned_now.clone(),
-                fence: Arc::new(move |owned| fence_pool.fence(owned)),
+                fencing: pool.clone(),
             }),
         };
         // a job of its own stop handle: a hand-over stops the job, not the worker

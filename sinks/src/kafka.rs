@@ -121,6 +121,10 @@ struct Txn {
     prepared: Option<u64>,
     /// Rows written after the prepared transaction's barrier.
     waiting: Vec<RecordBatch>,
+    /// The epoch whose commit reported an error although it may have gone through (a
+    /// timeout, a coordinator fail-over): the marker says which before anything is sent
+    /// again.
+    uncertain: Option<u64>,
     /// Reads the marker's epoch in tests: librdkafka's mock cluster acknowledges
     /// transactional offset commits without storing them.
     #[cfg(test)]
@@ -161,6 +165,7 @@ impl KafkaSink {
                 open: false,
                 prepared: None,
                 waiting: Vec::new(),
+                uncertain: None,
                 #[cfg(test)]
                 marker_reader: None,
             }),
@@ -201,7 +206,12 @@ impl KafkaSink {
         if let Some(t) = self.txn.as_mut() {
             t.ready = false;
             t.open = false;
+            // registering the id again settles the old producer's transaction
             self.begin()?;
+            if self.commit_went_through()? {
+                self.broken = false;
+                return Ok(());
+            }
         }
         tracing::info!(sink = %self.name, batches = self.unacked.len(), "kafka: sending the unacknowledged rows again");
         for batch in std::mem::take(&mut self.unacked) {
@@ -211,6 +221,34 @@ impl KafkaSink {
         }
         self.broken = false;
         Ok(())
+    }
+
+    /// After a commit that reported an error (the transaction settled since): whether it
+    /// committed, read from the marker. If it did, its rows are done and the rows that waited
+    /// for it go into the new transaction; if not, the caller sends its rows again.
+    fn commit_went_through(&mut self) -> Result<bool, EngineError> {
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(false);
+        };
+        let Some(epoch) = t.uncertain else {
+            return Ok(false);
+        };
+        let committed = t
+            .committed_epoch(&self.config)
+            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        t.uncertain = None;
+        if !committed.is_some_and(|c| c >= epoch) {
+            tracing::info!(sink = %self.name, epoch, "kafka: the transaction whose commit failed did not commit");
+            return Ok(false);
+        }
+        tracing::warn!(sink = %self.name, epoch, "kafka: the transaction whose commit reported an error had committed: its rows are not sent again");
+        t.prepared = None;
+        let waiting = std::mem::take(&mut t.waiting);
+        self.unacked.clear();
+        for batch in waiting {
+            self.send_now(&batch)?;
+        }
+        Ok(true)
     }
 
     /// Makes sure a transaction is open on the producer (transactional sinks).
@@ -477,6 +515,9 @@ impl Sink for KafkaSink {
             return Ok(());
         };
         if let Err(e) = self.producer.commit_transaction(&t.marker, prepared) {
+            // the commit may have gone through: the marker tells, after the new producer
+            // settled the transaction (see `rebuild`)
+            t.uncertain = Some(prepared);
             return Err(self.failed(e));
         }
         t.open = false;
@@ -499,15 +540,29 @@ impl Sink for KafkaSink {
         let Some((epoch, info)) = from else {
             return Ok(());
         };
-        let Some(outbox) = info["outbox"].as_str() else {
-            return Ok(());
-        };
         let Some(t) = self.txn.as_ref() else {
             return Ok(());
         };
         let committed = t
             .committed_epoch(&self.config)
             .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        if let Some(c) = committed.filter(|&c| c > epoch) {
+            // a restore from an older checkpoint than the newest (a damaged one skipped):
+            // the rows of the epochs after it committed and cannot be taken back
+            return Err(EngineError::sink(
+                &self.name,
+                format!(
+                    "topic {} already has the transaction of checkpoint {c} of this sink \
+                     (transactional id {}), newer than the checkpoint the run starts from \
+                     ({epoch}): its rows would be written twice. Restore checkpoint {c}, or \
+                     write to a new topic or transactional id",
+                    self.config.topic, t.id
+                ),
+            ));
+        }
+        let Some(outbox) = info["outbox"].as_str() else {
+            return Ok(());
+        };
         if committed.is_some_and(|c| c >= epoch) {
             tracing::info!(sink = %self.name, epoch, "kafka: the restored checkpoint's transaction had committed");
             return Ok(());
@@ -883,6 +938,68 @@ mod tests {
         // rows after the last checkpoint are aborted when the sink finishes
         s.write(&batch(&[("f", 1)])).unwrap();
         s.finish().unwrap();
+    }
+
+    /// A commit that reports an error although it may have gone through (here the broker's
+    /// answer to `EndTxn` is an error; the test's marker says whether it committed): the
+    /// marker is read before anything is sent again, so that the rows are neither sent in a
+    /// second transaction when it committed nor lost when it did not.
+    #[test]
+    fn a_failed_commit_is_resolved_by_the_marker_before_rows_are_sent_again() {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let mock = MockCluster::new(3).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let committed = Arc::new(std::sync::Mutex::new(None));
+        let mut s = txn_sink_with(&mock, &committed);
+        s.recover(None).unwrap();
+        let end_txn_fails = || {
+            mock.request_errors(
+                RDKafkaApiKey::EndTxn,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_REQUEST],
+            )
+        };
+        // 1. the commit of epoch 1 fails, but it had gone through: nothing is sent again
+        s.write(&batch(&[("a", 1)])).unwrap();
+        s.pre_commit(1).unwrap();
+        s.write(&batch(&[("w", 1)])).unwrap();
+        end_txn_fails();
+        let e = s.commit(1).unwrap_err();
+        assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+        *committed.lock().unwrap() = Some(1);
+        // the retry policy calls commit again
+        s.commit(1).unwrap();
+        s.pre_commit(2).unwrap();
+        s.commit(2).unwrap();
+        *committed.lock().unwrap() = Some(2);
+        let keys = keys_in(&mock.bootstrap_servers(), "t");
+        assert_eq!((count(&keys, "a"), count(&keys, "w")), (1, 1), "{keys:?}");
+        // 2. the commit of epoch 3 fails and had not gone through: its rows go again in a
+        // new transaction (twice in the log here: the mock keeps aborted messages visible)
+        s.write(&batch(&[("b", 1)])).unwrap();
+        s.pre_commit(3).unwrap();
+        end_txn_fails();
+        assert!(s.commit(3).is_err());
+        s.commit(3).unwrap();
+        let keys = keys_in(&mock.bootstrap_servers(), "t");
+        assert_eq!(count(&keys, "b"), 2, "{keys:?}");
+        assert_eq!(count(&keys, "a"), 1, "{keys:?}");
+    }
+
+    /// A restore from an older checkpoint than the one the topic's marker holds (a newer
+    /// damaged checkpoint was skipped) is refused: its transactions cannot be taken back.
+    #[test]
+    fn a_restore_older_than_the_committed_marker_is_refused() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let committed = Arc::new(std::sync::Mutex::new(Some(5)));
+        let mut s = txn_sink_with(&mock, &committed);
+        let info =
+            serde_json::json!({"transactional_id": "p.out", "epoch": 4, "rows": 0, "outbox": null});
+        let e = s.recover(Some((4, &info))).unwrap_err();
+        assert!(!matches!(e, EngineError::Unavailable(_)), "{e}");
+        assert!(e.to_string().contains("checkpoint 5"), "{e}");
+        let mut s = txn_sink_with(&mock, &committed);
+        s.recover(Some((5, &info))).unwrap();
     }
 
     #[test]
