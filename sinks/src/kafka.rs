@@ -237,7 +237,7 @@ impl KafkaSink {
             .committed_epoch(&self.config)
             .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
         t.uncertain = None;
-        if !committed.is_some_and(|c| c >= epoch) {
+        if committed.is_none_or(|c| c < epoch) {
             tracing::info!(sink = %self.name, epoch, "kafka: the transaction whose commit failed did not commit");
             return Ok(false);
         }
