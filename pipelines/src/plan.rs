@@ -814,6 +814,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         avro: bool,
         /// The schema registry of Avro records, when given.
         registry: Option<String>,
+        /// Bounds on what one Avro record may decode to.
+        avro_limits: weir_sources::avro::AvroLimits,
         name: String,
         input: SourceInput,
         schema: Arc<SourceSchema>,
@@ -1015,7 +1017,17 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 return Err(ctx.err(&l, "the generator's event time is its `timestamp` field"));
             }
         }
+        let mut avro_limits = weir_sources::avro::AvroLimits::default();
+        if let Some(l) = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref()) {
+            if let Some(b) = l.max_record_bytes {
+                avro_limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
+            }
+            if let Some(n) = l.max_items {
+                avro_limits.max_items = n;
+            }
+        }
         srcs.push(Src {
+            avro_limits,
             registry: s
                 .kafka
                 .as_ref()
@@ -1446,7 +1458,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     format!("source `{}`: its schema as Avro: {e}", s.name),
                 )
             })?;
-            let avro = AvroDecoder::new(writer, decoder);
+            let avro = AvroDecoder::new(writer, decoder).with_limits(s.avro_limits);
             match &s.registry {
                 Some(url) => {
                     Arc::new(avro.with_registry(SchemaRegistry::new(url).expect("checked above")))

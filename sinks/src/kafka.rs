@@ -315,8 +315,10 @@ impl KafkaSink {
         let text = crate::avro::avro_schema(&batch.schema(), &self.name);
         let prefix = match registry {
             Some(url) => {
-                let client = weir_kafka::RegistryClient::new(url)?;
-                let id = client.register(&format!("{}-value", self.config.topic), &text)?;
+                let client = weir_kafka::RegistryClient::new(url).map_err(|e| e.to_string())?;
+                let id = client
+                    .register(&format!("{}-value", self.config.topic), &text)
+                    .map_err(|e| e.to_string())?;
                 let mut p = vec![0u8];
                 p.extend_from_slice(&id.to_be_bytes());
                 p
