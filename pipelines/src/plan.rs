@@ -52,6 +52,8 @@ pub struct PlannedSource {
     pub output_schema: SchemaRef,
     /// The fields its producers key (partition) messages by, as declared.
     pub partitioned_by: Vec<String>,
+    /// Set while its records wait for an unreachable schema registry.
+    pub waiting: Option<weir_engine::stats::Condition>,
 }
 
 /// A checked window.
@@ -1449,6 +1451,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             .iter()
             .map(|f| f.name().clone())
             .collect();
+        let mut waiting = None;
         let decoder: Arc<dyn Decode> = if s.avro {
             let writer = AvroType::parse(&s.schema.avsc).map_err(|e| {
                 PipelineError::at(
@@ -1461,7 +1464,11 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             let avro = AvroDecoder::new(writer, decoder).with_limits(s.avro_limits);
             match &s.registry {
                 Some(url) => {
-                    Arc::new(avro.with_registry(SchemaRegistry::new(url).expect("checked above")))
+                    let registry = SchemaRegistry::new(url).map_err(|e| {
+                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
+                    })?;
+                    waiting = Some(registry.waiting());
+                    Arc::new(avro.with_registry(registry))
                 }
                 None => Arc::new(avro),
             }
@@ -1479,6 +1486,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             decoder,
             output_schema,
             partitioned_by: Vec::new(),
+            waiting,
         });
     }
     let partitioned_by: Vec<Vec<String>> = doc

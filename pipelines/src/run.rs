@@ -286,6 +286,11 @@ pub(crate) fn run_job(
     let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
     let source_names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
     let stats = Arc::new(RunStats::new(&source_names, &op_names, &sink_names));
+    for (planned, st) in plan.sources.iter().zip(&stats.sources) {
+        if let (Some(w), Ok(mut list)) = (&planned.waiting, st.waiting.lock()) {
+            list.push(w.clone());
+        }
+    }
     // Live barriers publish snapshots for SQL and send views' changes to their sinks.
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
     let (live, server) = if plan.serve.is_some() || views_with_sinks {
