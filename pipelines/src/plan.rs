@@ -1468,6 +1468,9 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                         PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
                     })?;
                     waiting = Some(registry.waiting());
+                    let avro = avro.with_reader_defaults(&s.schema.avsc).map_err(|e| {
+                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
+                    })?;
                     Arc::new(avro.with_registry(registry))
                 }
                 None => Arc::new(avro),

@@ -423,12 +423,37 @@ fn body_to_json(
     result
 }
 
+/// Adds to the record transcoded at `out[start..]` (a JSON object, of writer schema
+/// `writer`) the reader's `defaults` of the fields the writer does not have.
+fn add_defaults(out: &mut Vec<u8>, start: usize, writer: &AvroType, defaults: &[(String, Value)]) {
+    let AvroType::Record(fields) = writer else {
+        return;
+    };
+    let mut empty = out.len() == start + 2;
+    for (name, default) in defaults {
+        if fields.iter().any(|(n, _)| n == name) || out.last() != Some(&b'}') {
+            continue;
+        }
+        out.pop();
+        if !empty {
+            out.push(b',');
+        }
+        empty = false;
+        json_str(out, name);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, default);
+        out.push(b'}');
+    }
+}
+
 /// Decodes Avro messages with a writer schema, through the JSON decoder.
 pub struct AvroDecoder {
     schema: AvroType,
     json: JsonDecoder,
     registry: Option<SchemaRegistry>,
     limits: AvroLimits,
+    /// The source schema's fields with a default, and the default (JSON, as in the `.avsc`).
+    defaults: Vec<(String, Value)>,
 }
 
 impl AvroDecoder {
@@ -439,7 +464,28 @@ impl AvroDecoder {
             json,
             registry: None,
             limits: AvroLimits::default(),
+            defaults: Vec::new(),
         }
+    }
+
+    /// The defaults of the source schema's (`avsc`, the reader's) top-level fields: a record
+    /// whose writer schema (from the registry) lacks such a field gets its default, as Avro
+    /// schema resolution does, instead of being bad for a missing field.
+    pub fn with_reader_defaults(mut self, avsc: &str) -> Result<Self, String> {
+        let v: Value = serde_json::from_str(avsc).map_err(|e| format!("not valid JSON: {e}"))?;
+        self.defaults = v
+            .get("fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                Some((
+                    f.get("name")?.as_str()?.to_string(),
+                    f.get("default")?.clone(),
+                ))
+            })
+            .collect();
+        Ok(self)
     }
 
     /// Bounds on what one record may decode to (default [`AvroLimits::default`]).
@@ -465,7 +511,10 @@ impl AvroDecoder {
         }
         let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
         let writer = registry.schema(id)?;
-        body_to_json(&writer, &bytes[5..], out, &self.limits)
+        let start = out.len();
+        body_to_json(&writer, &bytes[5..], out, &self.limits)?;
+        add_defaults(out, start, &writer, &self.defaults);
+        Ok(())
     }
 
     /// Decodes messages of `partition`.
@@ -746,6 +795,34 @@ mod tests {
         zigzag(0, &mut b);
         let e = record_to_json(&nulls, &b, &mut Vec::new(), &small).unwrap_err();
         assert!(e.contains("more than 100 bytes"), "{e}");
+    }
+
+    /// A writer schema without a field of the reader's that has a default: the default.
+    #[test]
+    fn missing_writer_fields_get_the_readers_defaults() {
+        let writer = AvroType::parse(
+            r#"{"type":"record","name":"W","fields":[{"name":"id","type":"string"}]}"#,
+        )
+        .unwrap();
+        let defaults = vec![
+            ("id".to_string(), serde_json::json!("never")),
+            ("n".to_string(), serde_json::json!(5)),
+            ("tag".to_string(), Value::Null),
+        ];
+        let mut b = Vec::new();
+        zigzag(1, &mut b);
+        b.push(b'x');
+        let mut out = b"[".to_vec();
+        let start = out.len();
+        to_json(&writer, &b, &mut out).unwrap();
+        add_defaults(&mut out, start, &writer, &defaults);
+        let v: Value = serde_json::from_slice(&out[start..]).unwrap();
+        assert_eq!(v, serde_json::json!({"id": "x", "n": 5, "tag": null}));
+        let empty = AvroType::parse(r#"{"type":"record","name":"E","fields":[]}"#).unwrap();
+        let mut out = Vec::new();
+        to_json(&empty, &[], &mut out).unwrap();
+        add_defaults(&mut out, 0, &empty, &defaults[1..]);
+        assert_eq!(out, br#"{"n":5,"tag":null}"#);
     }
 
     /// `bytes` and `fixed` decode losslessly, as the Avro JSON encoding writes them (code
