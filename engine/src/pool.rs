@@ -30,7 +30,9 @@
 //! restores from it, or it is void and its worker undoes its manifest and does not commit.
 //! The claimant's claim existing before the void, the fenced worker cannot complete a later
 //! checkpoint owning that partition either. A claim whose worker died before settling it is
-//! settled by whoever reads it.
+//! settled by whoever reads it. A worker that handed a partition over (its hand-over
+//! checkpoint committed) records it (`partitions/<p>/released-<generation>.json`): its next
+//! epoch is then not voided, so a graceful hand-over fails no checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -178,6 +180,10 @@ fn claim_name(partition: &str, generation: u64) -> String {
     format!("partitions/{partition}/claim-{generation:010}.json")
 }
 
+fn released_name(partition: &str, generation: u64) -> String {
+    format!("partitions/{partition}/released-{generation:010}.json")
+}
+
 impl PoolStore {
     /// Opens the pool's store at `location` (the pipeline's checkpoint location) for `worker`.
     pub fn open(location: &str, worker: &str) -> Result<Self, EngineError> {
@@ -304,7 +310,14 @@ impl PoolStore {
         previous: &Claim,
         claimant: &str,
     ) -> Result<Option<StateRef>, EngineError> {
-        if previous.worker == claimant {
+        if previous.worker == claimant
+            || self
+                .root
+                .get(&released_name(partition, previous.generation))?
+                .is_some()
+        {
+            // its earlier process is gone, or it handed the partition over: it will not
+            // complete another checkpoint owning it under that claim
             return self.state_under(partition, previous);
         }
         let store = self.store_of(&previous.worker)?;
@@ -366,6 +379,18 @@ impl PoolStore {
             tracing::info!(partition, generation, state = ?claim.from, "partition claimed");
             return Ok((generation, claim.from));
         }
+    }
+
+    /// Records that this worker handed `partition` over under claim `generation`: its
+    /// hand-over checkpoint is committed and no later checkpoint of it owns the partition
+    /// under that claim, so the next owner need not void its next checkpoint (which would
+    /// fail a job that owns other partitions).
+    pub fn release(&self, partition: &str, generation: u64) -> Result<(), EngineError> {
+        let body = serde_json::json!({ "worker": self.worker, "generation": generation });
+        self.root.put(
+            &released_name(partition, generation),
+            serde_json::to_vec(&body).map_err(err)?,
+        )
     }
 
     /// Fails when another worker claimed one of `owned` after this worker did.
@@ -775,6 +800,29 @@ mod tests {
         );
         // and a cannot complete another checkpoint owning it
         assert!(checkpoint(&a, 4, &[(P, g3)], || {}).is_err());
+    }
+
+    /// A partition handed over (released) is claimed without voiding the previous owner's
+    /// next checkpoint, which owns other partitions.
+    #[test]
+    fn a_released_partition_is_claimed_without_voiding() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().to_str().unwrap();
+        let a = PoolStore::open(loc, "a").unwrap();
+        let b = PoolStore::open(loc, "b").unwrap();
+        let (g1, _) = a.claim(P).unwrap();
+        let (q1, _) = a.claim("events/t/1").unwrap();
+        checkpoint(&a, 1, &[(P, g1), ("events/t/1", q1)], || {}).unwrap();
+        a.release(P, g1).unwrap();
+        let (_, from) = b.claim(P).unwrap();
+        assert_eq!(
+            from,
+            Some(StateRef {
+                worker: "a".into(),
+                epoch: 1
+            })
+        );
+        checkpoint(&a, 2, &[("events/t/1", q1)], || {}).unwrap();
     }
 
     /// A claimant that died between creating its claim and settling it: whoever reads the
