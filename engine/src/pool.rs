@@ -164,6 +164,9 @@ pub struct PoolStore {
     own: Arc<CheckpointStore>,
     /// Other workers' stores, opened on demand.
     others: Mutex<HashMap<String, Arc<CheckpointStore>>>,
+    /// Settled claims read by [`Fencing::claimed_epochs`] (a settled claim never changes):
+    /// partition → (generation, where it points).
+    settled: Mutex<HashMap<String, (u64, Option<StateRef>)>>,
 }
 
 /// `worker` is used in file and object names: letters, digits, `-`, `_` and `.`.
@@ -199,6 +202,7 @@ impl PoolStore {
             worker: worker.to_string(),
             own,
             others: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -653,18 +657,32 @@ impl Fencing for PoolStore {
             *e = (*e).max(g);
         }
         let mut out = BTreeSet::new();
+        let mut cache = self
+            .settled
+            .lock()
+            .map_err(|_| err("the pool's claim cache is poisoned"))?;
         for (partition, g) in newest {
-            match self.read_claim(&partition, g) {
-                Ok(c) => {
-                    if let Some(r) = c.from.filter(|r| r.worker == self.worker) {
-                        out.insert(r.epoch);
+            let from = match cache.get(&partition) {
+                Some((generation, from)) if *generation == g => from.clone(),
+                _ => match self.read_claim(&partition, g) {
+                    Ok(c) => {
+                        if c.settled {
+                            cache.insert(partition.clone(), (g, c.from.clone()));
+                        }
+                        c.from
                     }
-                }
-                Err(e) => tracing::warn!(
-                    partition,
-                    generation = g,
-                    "skipping an unreadable claim: {e}"
-                ),
+                    Err(e) => {
+                        tracing::warn!(
+                            partition,
+                            generation = g,
+                            "skipping an unreadable claim: {e}"
+                        );
+                        continue;
+                    }
+                },
+            };
+            if let Some(r) = from.filter(|r| r.worker == self.worker) {
+                out.insert(r.epoch);
             }
         }
         Ok(out)
