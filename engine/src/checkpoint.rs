@@ -687,7 +687,8 @@ pub(crate) fn test_manifest(epoch: u64) -> Manifest {
 
 /// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>]` pauses the coordinator at
 /// `point` (`before_manifest`: every part is in, the manifest is not written;
-/// `before_commit`: the manifest is written, the outputs are not told to commit), after
+/// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
+/// manifest is written (and sealed), the outputs are not told to commit), after
 /// passing it `skip` times, so that crash tests can kill the process there. It logs
 /// `failpoint <point>` first.
 pub(crate) fn failpoint(point: &str) {
