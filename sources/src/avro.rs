@@ -797,6 +797,55 @@ mod tests {
         assert!(e.contains("more than 100 bytes"), "{e}");
     }
 
+    /// Records whose registry cannot be reached wait for it: none is bad (dead-lettered),
+    /// and once it answers they decode.
+    #[test]
+    fn records_wait_for_an_unreachable_registry_and_none_is_bad() {
+        use crate::schema::SourceSchema;
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let schema = Arc::new(SourceSchema::from_avsc(SCHEMA).unwrap());
+        let json = JsonDecoder::new(schema, &["id".to_string()], "n").unwrap();
+        let registry = SchemaRegistry::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let waiting = registry.waiting();
+        let decoder =
+            AvroDecoder::new(AvroType::parse(SCHEMA).unwrap(), json).with_registry(registry);
+        let mut bytes = vec![0, 0, 0, 0, 1];
+        bytes.extend(record());
+        let end = bytes.len() as u32;
+        let messages = Messages {
+            bytes: SharedBytes::from(bytes),
+            payloads: vec![(0, end)],
+            offsets: vec![3],
+            keys: vec![None],
+            timestamps: vec![None],
+            headers: vec![(0, 0)],
+            header_fields: vec![],
+        };
+        let decoding = std::thread::spawn(move || decoder.decode_messages(&messages, 0));
+        let started = std::time::Instant::now();
+        while waiting.lock().unwrap().is_none() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!decoding.is_finished());
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).unwrap();
+            let body = serde_json::json!({ "schema": SCHEMA }).to_string();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(body.as_bytes()).unwrap();
+        });
+        let d = decoding.join().unwrap();
+        assert!(d.bad.is_empty(), "{:?}", d.bad.first().map(|b| &b.error));
+        assert_eq!(d.events.unwrap().offsets, vec![3]);
+    }
+
     /// A writer schema without a field of the reader's that has a default: the default.
     #[test]
     fn missing_writer_fields_get_the_readers_defaults() {
