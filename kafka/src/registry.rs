@@ -117,6 +117,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A list of URLs separated by commas, each without its user info.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| redact_url(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl RegistryClient {
     /// A client of the registry at `urls` (`http(s)://[user:password@]host[:port][/prefix]`,
     /// several separated by commas); a bearer token is read from [`TOKEN_ENV`].
@@ -127,11 +135,7 @@ impl RegistryClient {
 
     /// [`Self::new`] with the bearer token given.
     pub fn with_bearer(urls: &str, bearer: Option<String>) -> Result<Self, RegistryError> {
-        let shown = urls
-            .split(',')
-            .map(|u| redact_url(u.trim()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let shown = redact_urls(urls);
         let config = |message: String| RegistryError::Config {
             url: shown.clone(),
             message,
@@ -348,6 +352,10 @@ mod tests {
         assert!(e.is_retryable(), "{e}");
         assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
         assert!(RegistryClient::new("ftp://x").is_err());
+        assert_eq!(
+            redact_urls("https://u:p@a:8081/x/, http://b"),
+            "https://a:8081/x,http://b"
+        );
     }
 
     #[test]

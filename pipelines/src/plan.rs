@@ -1837,7 +1837,7 @@ impl Plan {
                             KafkaFormat::Json => "json".to_string(),
                             KafkaFormat::Avro { registry: None } => "avro".to_string(),
                             KafkaFormat::Avro { registry: Some(r) } =>
-                                format!("avro, registry {r}"),
+                                format!("avro, registry {}", weir_kafka::redact_urls(r)),
                         }
                     ) + match (&k.delivery, checkpointed) {
                         (KafkaDelivery::ExactlyOnce { transactional_id }, _) => format!(
