@@ -127,6 +127,19 @@ struct FileCase {
     pipeline: PathBuf,
     /// Environment of the runs (object-store credentials).
     env: Vec<(String, String)>,
+    /// The pipeline has its Iceberg sinks (checked by `verify`).
+    iceberg: bool,
+}
+
+/// The pipeline without its Iceberg sinks.
+fn without_iceberg(pipeline: &str) -> String {
+    pipeline
+        .replace(", ice_rows]", "]")
+        .replace(", ice_view]", "]")
+        .lines()
+        .filter(|l| !l.contains("iceberg:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 impl FileCase {
@@ -136,6 +149,16 @@ impl FileCase {
 
     /// A case whose checkpoints go to `location`, with `env` for the runs.
     fn with_checkpoints(location: &str, env: Vec<(String, String)>) -> FileCase {
+        Self::build(location, env, true)
+    }
+
+    /// A case of the pipeline with (`iceberg`) or without its Iceberg sinks.
+    fn build(location: &str, env: Vec<(String, String)>, iceberg: bool) -> FileCase {
+        let pipeline_text = if iceberg {
+            PIPELINE.to_string()
+        } else {
+            without_iceberg(PIPELINE)
+        };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let input = d.join("input.ndjson");
@@ -173,7 +196,7 @@ impl FileCase {
         let reference = d.join("reference.yaml");
         std::fs::write(
             &reference,
-            PIPELINE
+            pipeline_text
                 .replace("checkpoint: { dir: state, interval: 150ms }\n", "")
                 .replace("out/", "reference/"),
         )
@@ -188,17 +211,20 @@ impl FileCase {
         reference_dead.sort();
         let reference_view = final_snapshot(&d.join("reference/per_source.ndjson"), "reference");
         assert!(!reference_view.is_empty());
-        let mut reference_iceberg_view: Vec<String> = iceberg::Table::local(
-            support::venv_python(),
-            &d.join("reference/iceberg"),
-            "crash.per_source",
-        )
-        .pyiceberg()
-        .into_iter()
-        .map(|r| serde_json::Value::Object(r).to_string())
-        .collect();
-        reference_iceberg_view.sort();
-        assert_eq!(reference_iceberg_view.len(), reference_view.len());
+        let mut reference_iceberg_view: Vec<String> = Vec::new();
+        if iceberg {
+            reference_iceberg_view = iceberg::Table::local(
+                support::venv_python(),
+                &d.join("reference/iceberg"),
+                "crash.per_source",
+            )
+            .pyiceberg()
+            .into_iter()
+            .map(|r| serde_json::Value::Object(r).to_string())
+            .collect();
+            reference_iceberg_view.sort();
+            assert_eq!(reference_iceberg_view.len(), reference_view.len());
+        }
         let pipeline = d.join("pipeline.yaml");
         let case = FileCase {
             dir,
@@ -209,6 +235,7 @@ impl FileCase {
             reference_iceberg_view,
             pipeline,
             env,
+            iceberg,
         };
         case.set_checkpoints(location);
         case
@@ -216,9 +243,14 @@ impl FileCase {
 
     /// Writes the pipeline with its checkpoints at `location`.
     fn set_checkpoints(&self, location: &str) {
+        let text = if self.iceberg {
+            PIPELINE.to_string()
+        } else {
+            without_iceberg(PIPELINE)
+        };
         std::fs::write(
             &self.pipeline,
-            PIPELINE.replace("dir: state,", &format!("dir: \"{location}\",")),
+            text.replace("dir: state,", &format!("dir: \"{location}\",")),
         )
         .unwrap();
     }
@@ -269,6 +301,9 @@ impl FileCase {
             "{label}: the view's final snapshot differs from a run without crashes"
         );
         // Iceberg: every window once, no epoch committed twice, the view one row per key
+        if !self.iceberg {
+            return self.nothing_left_behind(label);
+        }
         let table =
             |name: &str| iceberg::Table::local(support::venv_python(), &out.join("iceberg"), name);
         let windows = table("crash.per_dataset");
@@ -287,6 +322,12 @@ impl FileCase {
             "{label}: the view's Iceberg table differs from a run without crashes"
         );
         view.epochs();
+        self.nothing_left_behind(label);
+    }
+
+    /// No side file or hidden part is left in the outputs.
+    fn nothing_left_behind(&self, label: &str) {
+        let out = self.dir.path().join("out");
         for e in std::fs::read_dir(&out)
             .unwrap()
             .chain(std::fs::read_dir(out.join("per_dataset.parquet")).unwrap())
@@ -463,4 +504,114 @@ fn checkpoints_in_an_s3_bucket_survive_kills() {
     );
     // nothing went to a local folder instead
     assert!(!case.dir.path().join("state").exists());
+}
+
+/// The newest checkpoint folder with a manifest under `state`.
+fn newest_checkpoint(state: &Path) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(state)
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.join("manifest.json").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+/// Damages checkpoint folder `chk`: its manifest cut in the middle (a half-written manifest),
+/// or one of its state files altered (a byte flipped in its middle).
+fn damage(chk: &Path, manifest: bool) -> String {
+    let state_file = std::fs::read_dir(chk)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "arrow"));
+    match state_file {
+        Some(f) if !manifest => {
+            let mut bytes = std::fs::read(&f).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x5a;
+            std::fs::write(&f, bytes).unwrap();
+            format!("{} altered", f.display())
+        }
+        _ => {
+            let m = chk.join("manifest.json");
+            let len = std::fs::metadata(&m).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&m)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
+            format!("{} cut to {} bytes", m.display(), len / 2)
+        }
+    }
+}
+
+/// A run killed with SIGKILL, whose newest checkpoint is then damaged (its manifest half
+/// written, or a state file altered), restores the newest intact checkpoint: the outputs roll
+/// back to it and the final outputs still equal the oracle's rows and a crash-free run's dead
+/// letters and view, exactly. Kills at the `before_commit` failpoint (the manifest written,
+/// the outputs not committed) and after some checkpoints (their outputs committed).
+#[test]
+fn a_damaged_newest_checkpoint_is_skipped_and_the_outputs_still_equal_the_oracle() {
+    let case = FileCase::build("state", Vec::new(), false);
+    let state = case.dir.path().join("state");
+    let logs = case.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut fallbacks = 0;
+    for round in 0..4 {
+        let log = logs.join(format!("run-{round}.log"));
+        let mut cmd = case.run();
+        let at_failpoint = round % 2 == 0;
+        if at_failpoint {
+            cmd.env(
+                "WEIR_FAILPOINT_PAUSE",
+                format!("before_commit:5000:{}", 1 - round / 2),
+            );
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "run {round} ended before its kill:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let busy = text
+                .lines()
+                .filter(|l| l.contains("checkpoint complete") && !l.contains("state_rows=0 "))
+                .count();
+            let due = if at_failpoint {
+                text.contains("failpoint before_commit")
+            } else {
+                busy >= 2 - round / 2
+            };
+            if due {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "run {round}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        fallbacks += usize::from(text.contains("restoring an older checkpoint"));
+        let chk = newest_checkpoint(&state).expect("a checkpoint");
+        eprintln!("run {round} killed; {}", damage(&chk, round < 2));
+    }
+    let out = case.run().output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the final run failed:\n{text}");
+    fallbacks += usize::from(text.contains("restoring an older checkpoint"));
+    assert_eq!(fallbacks, 4, "every restart skipped the damaged checkpoint");
+    case.verify("after kills that damaged the newest checkpoint");
 }

@@ -16,8 +16,9 @@
 //! `chk-<epoch>/op-<index>.arrow` (Arrow IPC: the partial accumulator rows of the open
 //! windows of one operator) and `chk-<epoch>/manifest.json`.
 
+mod store;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -25,9 +26,11 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, ArrayRef, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+
+pub(crate) use store::encode_manifest;
+use store::{chk_dir, manifest_name, sha256_hex};
+pub use store::{open_object_store, CheckpointStore};
 
 use crate::events::Resume;
 use crate::job::PartialWindow;
@@ -43,247 +46,6 @@ pub const PARTITION_COLUMN: &str = "__weir_partition";
 
 fn err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Checkpoint(e.to_string())
-}
-
-/// The object store of a URL (`s3://`, `gs://`, `az://`/`abfs://`, `file://`) and the path in
-/// it; credentials and endpoints come from the usual environment variables (`AWS_*`,
-/// `GOOGLE_*`, `AZURE_*`, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`).
-pub fn open_object_store(location: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
-    let url =
-        url::Url::parse(location).map_err(|e| format!("{location} is not a valid URL: {e}"))?;
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| {
-            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-        })
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
-    let (store, prefix) = object_store::parse_url_opts(&url, env)
-        .map_err(|e| format!("cannot open {location}: {e}"))?;
-    Ok((Arc::from(store), prefix))
-}
-
-/// Where checkpoints are stored: a local folder or an object-store URL.
-pub struct CheckpointStore {
-    store: Arc<dyn ObjectStore>,
-    prefix: ObjectPath,
-    location: String,
-    /// The folder, for a local store (its emptied checkpoint folders are removed).
-    local: Option<std::path::PathBuf>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl CheckpointStore {
-    /// Opens `location`: `s3://`, `gs://`, `az://`/`abfs://`, `file://` URLs (credentials from
-    /// the usual environment variables, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`), or a local
-    /// path, created when missing.
-    pub fn open(location: &str) -> Result<Self, EngineError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(format!("cannot start the storage runtime: {e}")))?;
-        let is_url = location.contains("://");
-        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if is_url {
-            open_object_store(location).map_err(err)?
-        } else {
-            let path = Path::new(location);
-            std::fs::create_dir_all(path)
-                .map_err(|e| err(format!("cannot create {location}: {e}")))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
-                .map_err(|e| err(format!("cannot open {location}: {e}")))?;
-            (Arc::new(fs), ObjectPath::default())
-        };
-        Ok(CheckpointStore {
-            store,
-            prefix,
-            local: (!is_url).then(|| Path::new(location).to_path_buf()),
-            location: location.to_string(),
-            runtime,
-        })
-    }
-
-    /// Where the checkpoints are, as configured.
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
-    fn path(&self, name: &str) -> ObjectPath {
-        let mut p = self.prefix.clone();
-        for part in name.split('/') {
-            p = p.clone().join(part);
-        }
-        p
-    }
-
-    /// Stores an object atomically (a reader sees all of it or nothing).
-    pub fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), EngineError> {
-        let path = self.path(name);
-        self.runtime
-            .block_on(self.store.put(&path, PutPayload::from(bytes)))
-            .map(|_| ())
-            .map_err(|e| err(format!("cannot write {}/{name}: {e}", self.location)))
-    }
-
-    /// Stores an object only if none exists under that name; returns whether it did (the
-    /// store decides atomically: of two workers creating one name, one wins).
-    pub fn put_new(&self, name: &str, bytes: Vec<u8>) -> Result<bool, EngineError> {
-        let path = self.path(name);
-        let opts = object_store::PutOptions {
-            mode: object_store::PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .runtime
-            .block_on(self.store.put_opts(&path, PutPayload::from(bytes), opts))
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(err(format!("cannot create {}/{name}: {e}", self.location))),
-        }
-    }
-
-    /// Reads an object, `None` when it does not exist.
-    pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
-        let path = self.path(name);
-        self.runtime.block_on(async {
-            match self.store.get(&path).await {
-                Ok(r) => r
-                    .bytes()
-                    .await
-                    .map(|b| Some(b.to_vec()))
-                    .map_err(|e| err(format!("cannot read {}/{name}: {e}", self.location))),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(err(format!("cannot read {}/{name}: {e}", self.location))),
-            }
-        })
-    }
-
-    /// Names of every object, relative to the location.
-    pub fn list(&self) -> Result<Vec<String>, EngineError> {
-        self.list_under("")
-    }
-
-    /// Names of the objects under folder `under` (relative to the location, `""` for all),
-    /// relative to the location.
-    pub fn list_under(&self, under: &str) -> Result<Vec<String>, EngineError> {
-        use futures_util::StreamExt;
-        let prefix = self.prefix.clone();
-        let below = if under.is_empty() {
-            prefix.clone()
-        } else {
-            self.path(under)
-        };
-        let location = self.location.clone();
-        self.runtime.block_on(async {
-            let mut out = Vec::new();
-            let mut s = self.store.list(Some(&below));
-            while let Some(m) = s.next().await {
-                let m = m.map_err(|e| err(format!("cannot list {location}: {e}")))?;
-                let rel: Vec<_> = m
-                    .location
-                    .prefix_match(&prefix)
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                out.push(
-                    rel.iter()
-                        .map(|p| p.as_ref().to_string())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                );
-            }
-            Ok(out)
-        })
-    }
-
-    /// Deletes objects (missing ones are fine).
-    pub fn delete(&self, names: &[String]) -> Result<(), EngineError> {
-        for name in names {
-            let path = self.path(name);
-            match self.runtime.block_on(self.store.delete(&path)) {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(err(format!("cannot delete {name}: {e}"))),
-            }
-        }
-        Ok(())
-    }
-
-    /// Epochs with a complete checkpoint (a manifest), oldest first.
-    pub fn complete_epochs(&self) -> Result<Vec<u64>, EngineError> {
-        let mut epochs: Vec<u64> = self
-            .list()?
-            .iter()
-            .filter_map(|n| {
-                let rest = n.strip_prefix("chk-")?;
-                let (epoch, file) = rest.split_once('/')?;
-                (file == "manifest.json").then(|| epoch.parse().ok())?
-            })
-            .collect();
-        epochs.sort_unstable();
-        Ok(epochs)
-    }
-
-    /// The manifest of the newest complete checkpoint.
-    pub fn latest(&self) -> Result<Option<Manifest>, EngineError> {
-        let Some(&epoch) = self.complete_epochs()?.last() else {
-            return Ok(None);
-        };
-        self.manifest(epoch)
-    }
-
-    /// The manifest of checkpoint `epoch`, `None` when it is not complete (or was deleted).
-    pub fn manifest(&self, epoch: u64) -> Result<Option<Manifest>, EngineError> {
-        let name = manifest_name(epoch);
-        let Some(bytes) = self.get(&name)? else {
-            return Ok(None);
-        };
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-            err(format!(
-                "{}/{name} cannot be read ({e}); move the folder away to start without state",
-                self.location
-            ))
-        })?;
-        if m.format != FORMAT {
-            return Err(err(format!(
-                "{}/{name} has format {} but this weir reads format {FORMAT}",
-                self.location, m.format
-            )));
-        }
-        Ok(Some(m))
-    }
-
-    /// Reads the state of every operator of a checkpoint, in operator order.
-    pub fn load(&self, manifest: &Manifest) -> Result<Restored, EngineError> {
-        let mut operators = Vec::new();
-        for op in &manifest.operators {
-            let partials = match &op.file {
-                Some(file) => {
-                    let name = format!("{}/{file}", chk_dir(manifest.epoch));
-                    let bytes = self.get(&name)?.ok_or_else(|| {
-                        err(format!(
-                            "{}/{name} is missing: the checkpoint is damaged",
-                            self.location
-                        ))
-                    })?;
-                    decode_partials(&bytes)
-                        .map_err(|e| err(format!("{}/{name}: {e}", self.location)))?
-                }
-                None => Vec::new(),
-            };
-            operators.push(partials);
-        }
-        Ok(Restored {
-            manifest: manifest.clone(),
-            operators,
-        })
-    }
-}
-
-fn chk_dir(epoch: u64) -> String {
-    format!("chk-{epoch:010}")
-}
-
-fn manifest_name(epoch: u64) -> String {
-    format!("{}/manifest.json", chk_dir(epoch))
 }
 
 /// What a complete checkpoint holds, besides the state files.
@@ -313,6 +75,14 @@ pub struct Manifest {
     /// checkpoint, with the generation of its claim on each (see `crate::pool`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub owned: BTreeMap<String, u64>,
+    /// The SHA-256 (hex) of every state file, by file name, verified on restore (empty in
+    /// checkpoints written before checksums).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
+    /// A pool worker's checkpoint: complete only once sealed (see `crate::pool`), not when
+    /// its manifest is stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
 }
 
 impl Manifest {
@@ -533,17 +303,29 @@ pub struct CheckpointSpec {
     pub ownership: Option<Ownership>,
 }
 
-/// Fails when a pool worker no longer owns one of the partitions (see [`Ownership`]).
-pub type Fence = Arc<dyn Fn(&BTreeMap<String, u64>) -> Result<(), EngineError> + Send + Sync>;
+/// How a pool worker keeps its checkpoints consistent with the claims of the other workers
+/// (implemented by `crate::pool::PoolStore`).
+pub trait Fencing: Send + Sync {
+    /// Fails ([`EngineError::Fenced`]) when another worker claimed one of `owned` (partition →
+    /// this worker's claim generation) since: called before a manifest is stored.
+    fn fence(&self, owned: &BTreeMap<String, u64>) -> Result<(), EngineError>;
+    /// Called once the manifest of `epoch` is stored: completes the checkpoint, unless a
+    /// worker claiming one of its partitions voided that epoch first; then it undoes the
+    /// manifest and fails with [`EngineError::Fenced`] (the outputs must not commit).
+    fn seal(&self, epoch: u64) -> Result<(), EngineError>;
+    /// The epochs of this worker's store that the newest claim of some partition points to:
+    /// garbage collection keeps them whatever `checkpoint.keep` says.
+    fn claimed_epochs(&self) -> Result<std::collections::BTreeSet<u64>, EngineError>;
+}
 
 /// The partitions a pool worker owns for one run, and how it checks it still owns them.
 #[derive(Clone)]
 pub struct Ownership {
     /// `source/partition key` → the generation of this worker's claim on it.
     pub owned: BTreeMap<String, u64>,
-    /// Fails when another worker claimed one of `owned` since: the checkpoint is then not
-    /// completed (this worker lost the partition and must not commit for it).
-    pub fence: Fence,
+    /// Fences and seals every checkpoint (see [`Fencing`]): a worker that lost a partition
+    /// does not complete a checkpoint for it, nor commit its outputs.
+    pub fencing: Arc<dyn Fencing>,
 }
 
 /// Figures of the last complete checkpoint, for the run summary and metrics.
@@ -711,6 +493,7 @@ impl Pending {
         let dir = chk_dir(self.epoch);
         let mut operators = Vec::new();
         let mut state_bytes = 0u64;
+        let mut checksums = BTreeMap::new();
         for (i, name) in operator_names.iter().enumerate() {
             let rows: usize = partials[i]
                 .iter()
@@ -722,6 +505,7 @@ impl Pending {
                 let bytes = encode_partials(&partials[i])?;
                 state_bytes += bytes.len() as u64;
                 let file = format!("op-{i}.arrow");
+                checksums.insert(file.clone(), sha256_hex(&bytes));
                 spec.store.put(&format!("{dir}/{file}"), bytes)?;
                 Some(file)
             };
@@ -769,41 +553,78 @@ impl Pending {
             state_bytes,
             took_ms: self.started.elapsed().as_millis() as u64,
             owned: owned.cloned().unwrap_or_default(),
+            checksums,
+            sealed: spec.ownership.is_some(),
         };
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(err)?;
+        let bytes = encode_manifest(&manifest)?;
         failpoint("before_manifest");
         if let Some(o) = &spec.ownership {
-            (o.fence)(&o.owned)?;
+            o.fencing.fence(&o.owned)?;
         }
         spec.store.put(&manifest_name(self.epoch), bytes)?;
+        if let Some(o) = &spec.ownership {
+            failpoint("before_seal");
+            o.fencing.seal(self.epoch)?;
+        }
         failpoint("before_commit");
         Ok(manifest)
     }
 }
 
-/// Deletes every checkpoint but the newest `keep` complete ones (and unfinished ones older
-/// than the oldest kept). With `pool` set, a checkpoint that is the newest to own some
-/// partition is kept too: the next owner of that partition restores it from there.
+/// Deletes every checkpoint but the newest `keep` intact ones (and unfinished or damaged
+/// ones older than the oldest kept): a damaged manifest neither counts as kept nor stops the
+/// collection (it is skipped with a warning), so the newest intact checkpoint, the fallback
+/// of a restore, is never deleted. With `pool` set, a checkpoint that is the newest to own
+/// some partition is kept too (the next owner of that partition restores it from there), and
+/// so is every epoch in `claimed` (checkpoints of this store that a claim points to).
 pub(crate) fn collect_garbage(
     store: &CheckpointStore,
     keep: usize,
     pool: bool,
+    claimed: &std::collections::BTreeSet<u64>,
 ) -> Result<(), EngineError> {
     let epochs = store.complete_epochs()?;
     if epochs.len() <= keep {
         return Ok(());
     }
-    let oldest_kept = epochs[epochs.len() - keep.max(1)];
-    let mut protected = std::collections::HashSet::new();
+    let keep = keep.max(1);
+    // the newest `keep` intact manifests, newest first; and every intact one read
+    let mut intact: Vec<(u64, Option<Manifest>)> = Vec::new();
+    let mut kept = 0;
+    let mut oldest_kept = None;
+    for &e in epochs.iter().rev() {
+        if kept == keep && !pool {
+            break;
+        }
+        match store.manifest(e) {
+            Ok(Some(m)) => {
+                if kept < keep {
+                    kept += 1;
+                    oldest_kept = Some(e);
+                }
+                intact.push((e, pool.then_some(m)));
+            }
+            Ok(None) => {}
+            Err(EngineError::Damaged(why)) => {
+                tracing::warn!(
+                    epoch = e,
+                    "garbage collection skips a damaged checkpoint: {why}"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(oldest_kept) = oldest_kept else {
+        // not one intact checkpoint: delete nothing
+        return Ok(());
+    };
+    let mut protected: std::collections::HashSet<u64> = claimed.iter().copied().collect();
     if pool {
         let mut seen = std::collections::HashSet::new();
-        for &e in epochs.iter().rev() {
-            let Some(m) = store.manifest(e)? else {
-                continue;
-            };
-            for p in m.owned.keys() {
-                if seen.insert(p.clone()) && e < oldest_kept {
-                    protected.insert(e);
+        for (e, m) in &intact {
+            for p in m.iter().flat_map(|m| m.owned.keys()) {
+                if seen.insert(p.clone()) && *e < oldest_kept {
+                    protected.insert(*e);
                 }
             }
         }
@@ -833,16 +654,41 @@ pub(crate) fn collect_garbage(
                 .and_then(|n| n.parse::<u64>().ok())
                 .is_some_and(|epoch| epoch < oldest_kept && !protected.contains(&epoch));
             if old {
-                let _ = std::fs::remove_dir(e.path());
+                // with the temporary files a crash may have left there
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
     Ok(())
 }
 
+/// An empty manifest of checkpoint `epoch` (tests).
+#[cfg(test)]
+pub(crate) fn test_manifest(epoch: u64) -> Manifest {
+    Manifest {
+        format: FORMAT,
+        pipeline: "p".into(),
+        epoch,
+        created_ms: 0,
+        finished: false,
+        fingerprint: BTreeMap::new(),
+        partitions: vec![],
+        operators: vec![],
+        sinks: BTreeMap::new(),
+        dead_letter: serde_json::Value::Null,
+        owned: BTreeMap::new(),
+        counters: BTreeMap::new(),
+        state_bytes: 0,
+        took_ms: 0,
+        checksums: BTreeMap::new(),
+        sealed: false,
+    }
+}
+
 /// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>]` pauses the coordinator at
 /// `point` (`before_manifest`: every part is in, the manifest is not written;
-/// `before_commit`: the manifest is written, the outputs are not told to commit), after
+/// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
+/// manifest is written (and sealed), the outputs are not told to commit), after
 /// passing it `skip` times, so that crash tests can kill the process there. It logs
 /// `failpoint <point>` first.
 pub(crate) fn failpoint(point: &str) {
@@ -1014,6 +860,8 @@ mod tests {
                     counters: BTreeMap::new(),
                     state_bytes: 2,
                     took_ms: 0,
+                    checksums: BTreeMap::new(),
+                    sealed: false,
                 };
                 store
                     .put(&manifest_name(e), serde_json::to_vec(&m).unwrap())
@@ -1022,7 +870,7 @@ mod tests {
         }
         // epoch 5 has no manifest: not complete
         assert_eq!(store.latest().unwrap().unwrap().epoch, 4);
-        collect_garbage(&store, 2, false).unwrap();
+        collect_garbage(&store, 2, false, &Default::default()).unwrap();
         assert_eq!(store.complete_epochs().unwrap(), vec![3, 4]);
         let names = store.list().unwrap();
         assert!(

@@ -16,6 +16,10 @@ pub enum EngineError {
     DeadLetter(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A stored checkpoint does not read back intact (a truncated or altered manifest, a
+    /// state file missing or whose checksum differs): a restore falls back to an older one.
+    #[error("damaged checkpoint: {0}")]
+    Damaged(String),
     /// A pool worker lost a partition to another worker (see `crate::pool`).
     #[error("fenced: {0}")]
     Fenced(String),

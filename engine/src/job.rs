@@ -1050,10 +1050,15 @@ impl Coordinator {
             state_bytes = manifest.state_bytes,
             "checkpoint complete"
         );
+        let claimed = match &self.spec.ownership {
+            Some(o) => o.fencing.claimed_epochs()?,
+            None => Default::default(),
+        };
         collect_garbage(
             &self.spec.store,
             self.spec.keep,
             self.spec.ownership.is_some(),
+            &claimed,
         )
     }
 }

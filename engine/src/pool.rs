@@ -18,14 +18,29 @@
 //! partition it owns is still its own; a worker that lost a partition (its session expired
 //! and the partition moved) cannot complete a checkpoint for it, so it never commits rows
 //! that the new owner will produce again.
+//!
+//! Sealing closes the race between that check and the manifest write (another worker may
+//! claim a partition in between): a pool checkpoint is complete only once its *verdict*
+//! `workers/<worker>/chk-<epoch>/verdict.json` is created (create-only) saying so. A worker
+//! that claims a partition first creates its claim (unsettled), then creates a *void*
+//! verdict for the previous owner's next epoch (the epoch after its newest complete one; if
+//! that one got sealed meanwhile, the next), and only then settles its claim on the previous
+//! owner's newest complete checkpoint before that epoch. Of the sealing worker and the
+//! claimant, exactly one creates the verdict: either the checkpoint is complete and the claim
+//! restores from it, or it is void and its worker undoes its manifest and does not commit.
+//! The claimant's claim existing before the void, the fenced worker cannot complete a later
+//! checkpoint owning that partition either. A claim whose worker died before settling it is
+//! settled by whoever reads it. A worker that handed a partition over (its hand-over
+//! checkpoint committed) records it (`partitions/<p>/released-<generation>.json`): its next
+//! epoch is then not voided, so a graceful hand-over fails no checkpoint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    partials_of_partitions, CheckpointStore, Manifest, PartitionColumn, Restored,
+    partials_of_partitions, CheckpointStore, Fencing, Manifest, PartitionColumn, Restored,
 };
 use crate::job::PartialWindow;
 use crate::EngineError;
@@ -49,6 +64,87 @@ struct Claim {
     /// Where the partition's state was when the claim was made; `None`: nowhere yet.
     from: Option<StateRef>,
     at_ms: i64,
+    /// `from` is final: the previous owner's next epoch was voided before it was chosen
+    /// (claims written before sealing existed have no such field: settled).
+    #[serde(default = "settled_default")]
+    settled: bool,
+}
+
+fn settled_default() -> bool {
+    true
+}
+
+/// Whether a pool checkpoint is complete (`chk-<epoch>/verdict.json`, created once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Verdict {
+    complete: bool,
+    /// The worker that created it: the checkpoint's own (sealed), or a claimant (void).
+    by: String,
+}
+
+fn verdict_name(epoch: u64) -> String {
+    format!("chk-{epoch:010}/verdict.json")
+}
+
+/// The verdict of checkpoint `epoch` in `store`: `Some(true)` complete, `Some(false)` void,
+/// `None` none yet. An unreadable verdict counts as void (with a warning).
+fn verdict(store: &CheckpointStore, epoch: u64) -> Result<Option<bool>, EngineError> {
+    let Some(bytes) = store.get(&verdict_name(epoch))? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<Verdict>(&bytes) {
+        Ok(v) => Ok(Some(v.complete)),
+        Err(e) => {
+            tracing::warn!(
+                epoch,
+                location = store.location(),
+                "an unreadable verdict counts as void: {e}"
+            );
+            Ok(Some(false))
+        }
+    }
+}
+
+/// The manifest of checkpoint `epoch` of `store` if it is complete: intact (a damaged one is
+/// skipped with a warning, so that it blocks no claim, restore or collection) and, for a
+/// sealed checkpoint, with a `complete` verdict.
+pub fn valid_manifest(
+    store: &CheckpointStore,
+    epoch: u64,
+) -> Result<Option<Manifest>, EngineError> {
+    let m = match store.manifest(epoch) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(None),
+        Err(EngineError::Damaged(why)) => {
+            tracing::warn!(
+                epoch,
+                location = store.location(),
+                "skipping a damaged checkpoint: {why}"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    if m.sealed && verdict(store, epoch)? != Some(true) {
+        return Ok(None);
+    }
+    Ok(Some(m))
+}
+
+/// The newest complete checkpoint of `store` (see [`valid_manifest`]) older than `before`.
+fn newest_valid(
+    store: &CheckpointStore,
+    before: Option<u64>,
+) -> Result<Option<Manifest>, EngineError> {
+    for epoch in store.complete_epochs()?.into_iter().rev() {
+        if before.is_some_and(|b| epoch >= b) {
+            continue;
+        }
+        if let Some(m) = valid_manifest(store, epoch)? {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
 }
 
 /// What a pool worker restores when it starts a run with a set of partitions.
@@ -68,6 +164,9 @@ pub struct PoolStore {
     own: Arc<CheckpointStore>,
     /// Other workers' stores, opened on demand.
     others: Mutex<HashMap<String, Arc<CheckpointStore>>>,
+    /// Settled claims read by [`Fencing::claimed_epochs`] (a settled claim never changes):
+    /// partition → (generation, where it points).
+    settled: Mutex<HashMap<String, (u64, Option<StateRef>)>>,
 }
 
 /// `worker` is used in file and object names: letters, digits, `-`, `_` and `.`.
@@ -82,6 +181,10 @@ pub fn valid_worker_id(worker: &str) -> bool {
 
 fn claim_name(partition: &str, generation: u64) -> String {
     format!("partitions/{partition}/claim-{generation:010}.json")
+}
+
+fn released_name(partition: &str, generation: u64) -> String {
+    format!("partitions/{partition}/released-{generation:010}.json")
 }
 
 impl PoolStore {
@@ -99,6 +202,7 @@ impl PoolStore {
             worker: worker.to_string(),
             own,
             others: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,12 +268,26 @@ impl PoolStore {
         })
     }
 
-    /// Where `partition`'s state is under `claim`: the newest checkpoint its worker stored
-    /// while owning it under that claim, else where the claim found it.
+    /// Where `partition`'s state is under `claim`: the newest complete checkpoint its worker
+    /// stored while owning it under that claim, else where the claim found it (settling an
+    /// unsettled claim first, see the module's doc).
     fn state_under(&self, partition: &str, claim: &Claim) -> Result<Option<StateRef>, EngineError> {
+        self.state_before(partition, claim, None)
+    }
+
+    /// [`Self::state_under`], among the checkpoints older than epoch `before`.
+    fn state_before(
+        &self,
+        partition: &str,
+        claim: &Claim,
+        before: Option<u64>,
+    ) -> Result<Option<StateRef>, EngineError> {
         let store = self.store_of(&claim.worker)?;
         for epoch in store.complete_epochs()?.into_iter().rev() {
-            let Some(m) = store.manifest(epoch)? else {
+            if before.is_some_and(|b| epoch >= b) {
+                continue;
+            }
+            let Some(m) = valid_manifest(&store, epoch)? else {
                 continue;
             };
             if m.owned.get(partition) == Some(&claim.generation) {
@@ -179,38 +297,104 @@ impl PoolStore {
                 }));
             }
         }
-        Ok(claim.from.clone())
+        if claim.settled || claim.generation <= 1 {
+            return Ok(claim.from.clone());
+        }
+        // its worker died before settling it: settle it here
+        let previous = self.read_claim(partition, claim.generation - 1)?;
+        self.settle(partition, &previous, &claim.worker)
+    }
+
+    /// Where the state of `partition` is for a claim following `previous`, made by worker
+    /// `claimant`: voids `previous`'s worker's next epoch (unless it is the claimant itself,
+    /// whose earlier process is gone), then takes its newest complete checkpoint before it.
+    fn settle(
+        &self,
+        partition: &str,
+        previous: &Claim,
+        claimant: &str,
+    ) -> Result<Option<StateRef>, EngineError> {
+        if previous.worker == claimant
+            || self
+                .root
+                .get(&released_name(partition, previous.generation))?
+                .is_some()
+        {
+            // its earlier process is gone, or it handed the partition over: it will not
+            // complete another checkpoint owning it under that claim
+            return self.state_under(partition, previous);
+        }
+        let store = self.store_of(&previous.worker)?;
+        let mut epoch = newest_valid(&store, None)?.map_or(1, |m| m.epoch + 1);
+        let void = serde_json::to_vec(&Verdict {
+            complete: false,
+            by: claimant.to_string(),
+        })
+        .map_err(err)?;
+        loop {
+            if store.put_new(&verdict_name(epoch), void.clone())? {
+                tracing::info!(worker = %previous.worker, epoch, partition, "voided the previous owner's next checkpoint");
+                break;
+            }
+            match verdict(&store, epoch)? {
+                // sealed meanwhile: the claim restores from it (or a later one)
+                Some(true) => epoch += 1,
+                // voided by another claimant: that worker completes nothing from there
+                _ => break,
+            }
+        }
+        self.state_before(partition, previous, Some(epoch))
     }
 
     /// Claims `partition` (`source/partition key`) for this worker: returns the claim's
-    /// generation and where the partition's state is (`None`: it has none yet).
+    /// generation and where the partition's state is (`None`: it has none yet). The claim
+    /// is created unsettled, then settled (see the module's doc).
     pub fn claim(&self, partition: &str) -> Result<(u64, Option<StateRef>), EngineError> {
         loop {
             let newest = self.generations(partition)?.last().copied();
-            let from = match newest {
-                Some(g) => {
-                    let previous = self.read_claim(partition, g)?;
-                    self.state_under(partition, &previous)?
-                }
+            let previous = match newest {
+                Some(g) => Some(self.read_claim(partition, g)?),
+                None => None,
+            };
+            let from = match &previous {
+                Some(p) => self.state_under(partition, p)?,
                 None => None,
             };
             let generation = newest.map_or(1, |g| g + 1);
-            let claim = Claim {
+            let mut claim = Claim {
                 worker: self.worker.clone(),
                 generation,
-                from: from.clone(),
+                from,
                 at_ms: crate::time::now_ms(),
+                settled: previous.is_none(),
             };
             let bytes = serde_json::to_vec_pretty(&claim).map_err(err)?;
-            if self
-                .root
-                .put_new(&claim_name(partition, generation), bytes)?
-            {
-                tracing::info!(partition, generation, state = ?from, "partition claimed");
-                return Ok((generation, from));
+            let name = claim_name(partition, generation);
+            if !self.root.put_new(&name, bytes)? {
+                // another worker claimed this generation first: look again
+                continue;
             }
-            // another worker claimed this generation first: look again
+            if let Some(p) = &previous {
+                claim.from = self.settle(partition, p, &self.worker)?;
+                claim.settled = true;
+                let bytes = serde_json::to_vec_pretty(&claim).map_err(err)?;
+                self.root.put(&name, bytes)?;
+            }
+            tracing::info!(partition, generation, state = ?claim.from, "partition claimed");
+            return Ok((generation, claim.from));
         }
+    }
+
+    /// Records that this worker handed `partition` over under claim `generation`: its
+    /// hand-over checkpoint is committed and no later checkpoint of it owns the partition
+    /// under that claim, so the next owner need not void its next checkpoint (which would
+    /// fail a job that owns other partitions).
+    pub fn release(&self, partition: &str, generation: u64) -> Result<(), EngineError> {
+        let body = serde_json::json!({ "worker": self.worker, "generation": generation });
+        self.root.put(
+            &released_name(partition, generation),
+            serde_json::to_vec(&body).map_err(err)?,
+        )
     }
 
     /// Fails when another worker claimed one of `owned` after this worker did.
@@ -252,7 +436,7 @@ impl PoolStore {
                 by_ref.entry(r).or_default().push(partition.clone());
             }
         }
-        let own_latest = self.own.latest()?;
+        let own_latest = newest_valid(&self.own, None)?;
         let first_ref = by_ref.keys().next().cloned();
         let mut base = match (own_latest, first_ref) {
             (Some(m), _) => m,
@@ -355,10 +539,10 @@ impl PoolStore {
     }
 
     fn manifest_of(&self, r: &StateRef) -> Result<Manifest, EngineError> {
-        self.store_of(&r.worker)?.manifest(r.epoch)?.ok_or_else(|| {
+        valid_manifest(&*self.store_of(&r.worker)?, r.epoch)?.ok_or_else(|| {
             err(format!(
-                "checkpoint {} of worker `{}` is gone from {}: it holds partitions' state that \
-                 no newer checkpoint has; keep more checkpoints (`checkpoint.keep`)",
+                "checkpoint {} of worker `{}` is gone from {} (or damaged): it holds \
+                 partitions' state that no newer checkpoint has",
                 r.epoch,
                 r.worker,
                 self.root.location()
@@ -427,6 +611,84 @@ impl PoolStore {
     }
 }
 
+impl Fencing for PoolStore {
+    fn fence(&self, owned: &BTreeMap<String, u64>) -> Result<(), EngineError> {
+        PoolStore::fence(self, owned)
+    }
+
+    fn seal(&self, epoch: u64) -> Result<(), EngineError> {
+        let sealed = serde_json::to_vec(&Verdict {
+            complete: true,
+            by: self.worker.clone(),
+        })
+        .map_err(err)?;
+        let name = verdict_name(epoch);
+        if self.own.put_new(&name, sealed)? || verdict(&self.own, epoch)? == Some(true) {
+            return Ok(());
+        }
+        // a claimant voided this epoch first: this worker lost one of its partitions before
+        // the manifest was stored; undo it (the void too, so that the epoch can be taken
+        // again: the claimant's claim fences every later checkpoint of that partition)
+        let manifest = format!("chk-{epoch:010}/manifest.json");
+        self.own.delete(&[manifest])?;
+        self.own.delete(&[name])?;
+        Err(EngineError::Fenced(format!(
+            "checkpoint {epoch} was voided by a worker that claimed one of its partitions \
+             while it was stored: it is not completed"
+        )))
+    }
+
+    fn claimed_epochs(&self) -> Result<BTreeSet<u64>, EngineError> {
+        // the newest claim of every partition
+        let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+        for name in self.root.list_under("partitions")? {
+            let Some((dir, file)) = name.rsplit_once('/') else {
+                continue;
+            };
+            let Some(g) = file
+                .strip_prefix("claim-")
+                .and_then(|f| f.strip_suffix(".json"))
+                .and_then(|g| g.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let partition = dir.strip_prefix("partitions/").unwrap_or(dir);
+            let e = newest.entry(partition.to_string()).or_insert(g);
+            *e = (*e).max(g);
+        }
+        let mut out = BTreeSet::new();
+        let mut cache = self
+            .settled
+            .lock()
+            .map_err(|_| err("the pool's claim cache is poisoned"))?;
+        for (partition, g) in newest {
+            let from = match cache.get(&partition) {
+                Some((generation, from)) if *generation == g => from.clone(),
+                _ => match self.read_claim(&partition, g) {
+                    Ok(c) => {
+                        if c.settled {
+                            cache.insert(partition.clone(), (g, c.from.clone()));
+                        }
+                        c.from
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            partition,
+                            generation = g,
+                            "skipping an unreadable claim: {e}"
+                        );
+                        continue;
+                    }
+                },
+            };
+            if let Some(r) = from.filter(|r| r.worker == self.worker) {
+                out.insert(r.epoch);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Where `worker`'s own checkpoints are under the pool's `location`.
 fn worker_location(location: &str, worker: &str) -> String {
     format!("{}/workers/{worker}", location.trim_end_matches('/'))
@@ -490,5 +752,172 @@ mod tests {
         );
         b.withdraw().unwrap();
         assert!(a.members(10_000).unwrap().is_empty());
+    }
+
+    /// Stores checkpoint `epoch` of `pool`'s worker owning `owned` as the coordinator does
+    /// (fence, manifest, seal); returns what the seal said.
+    fn checkpoint(
+        pool: &PoolStore,
+        epoch: u64,
+        owned: &[(&str, u64)],
+        between: impl FnOnce(),
+    ) -> Result<(), EngineError> {
+        let owned: BTreeMap<String, u64> = owned.iter().map(|(p, g)| (p.to_string(), *g)).collect();
+        Fencing::fence(pool, &owned)?;
+        between();
+        let mut m = crate::checkpoint::test_manifest(epoch);
+        m.owned = owned;
+        m.sealed = true;
+        let bytes = crate::checkpoint::encode_manifest(&m).unwrap();
+        pool.own()
+            .put(&format!("chk-{epoch:010}/manifest.json"), bytes)
+            .unwrap();
+        pool.seal(epoch)
+    }
+
+    const P: &str = "events/t/0";
+
+    /// The race between a worker's fence check and its manifest: another worker claims the
+    /// partition in between. Either the checkpoint is voided (not completed, no commit) and
+    /// the claim restores from the one before, or it is sealed and the claim restores from
+    /// it; never a completed checkpoint that the claim ignores.
+    #[test]
+    fn a_claim_between_the_fence_and_the_manifest_voids_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().to_str().unwrap();
+        let a = PoolStore::open(loc, "a").unwrap();
+        let b = PoolStore::open(loc, "b").unwrap();
+        let (g1, _) = a.claim(P).unwrap();
+        checkpoint(&a, 1, &[(P, g1)], || {}).unwrap();
+        // b claims after a's fence check of checkpoint 2, before its manifest
+        let mut claimed = None;
+        let e = checkpoint(&a, 2, &[(P, g1)], || claimed = Some(b.claim(P).unwrap())).unwrap_err();
+        assert!(matches!(e, EngineError::Fenced(_)), "{e}");
+        let (g2, from) = claimed.unwrap();
+        assert_eq!(g2, 2);
+        let one = StateRef {
+            worker: "a".into(),
+            epoch: 1,
+        };
+        assert_eq!(from, Some(one.clone()));
+        // the voided checkpoint is undone: a restarts from 1, and takes epoch 2 again
+        assert!(a.own().manifest(2).unwrap().is_none());
+        assert_eq!(newest_valid(&a.own(), None).unwrap().unwrap().epoch, 1);
+        checkpoint(&a, 2, &[], || {}).unwrap();
+        // the other order: a's checkpoint is sealed before the claimant voids, so the claim
+        // restores from it
+        let (g3, _) = a.claim(P).unwrap();
+        checkpoint(&a, 3, &[(P, g3)], || {}).unwrap();
+        let (_, from) = b.claim(P).unwrap();
+        assert_eq!(
+            from,
+            Some(StateRef {
+                worker: "a".into(),
+                epoch: 3
+            })
+        );
+        // and a cannot complete another checkpoint owning it
+        assert!(checkpoint(&a, 4, &[(P, g3)], || {}).is_err());
+    }
+
+    /// A partition handed over (released) is claimed without voiding the previous owner's
+    /// next checkpoint, which owns other partitions.
+    #[test]
+    fn a_released_partition_is_claimed_without_voiding() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().to_str().unwrap();
+        let a = PoolStore::open(loc, "a").unwrap();
+        let b = PoolStore::open(loc, "b").unwrap();
+        let (g1, _) = a.claim(P).unwrap();
+        let (q1, _) = a.claim("events/t/1").unwrap();
+        checkpoint(&a, 1, &[(P, g1), ("events/t/1", q1)], || {}).unwrap();
+        a.release(P, g1).unwrap();
+        let (_, from) = b.claim(P).unwrap();
+        assert_eq!(
+            from,
+            Some(StateRef {
+                worker: "a".into(),
+                epoch: 1
+            })
+        );
+        checkpoint(&a, 2, &[("events/t/1", q1)], || {}).unwrap();
+    }
+
+    /// A claimant that died between creating its claim and settling it: whoever reads the
+    /// claim settles it (voiding the previous owner's next epoch first).
+    #[test]
+    fn an_unsettled_claim_is_settled_by_its_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().to_str().unwrap();
+        let a = PoolStore::open(loc, "a").unwrap();
+        let c = PoolStore::open(loc, "c").unwrap();
+        let (g1, _) = a.claim(P).unwrap();
+        checkpoint(&a, 1, &[(P, g1)], || {}).unwrap();
+        // b's claim, written but never settled (b died), from a stale look
+        let stale = Claim {
+            worker: "b".into(),
+            generation: 2,
+            from: None,
+            at_ms: 0,
+            settled: false,
+        };
+        a.root
+            .put_new(&claim_name(P, 2), serde_json::to_vec(&stale).unwrap())
+            .unwrap();
+        // a, fenced by it, cannot complete checkpoint 2 owning the partition
+        assert!(checkpoint(&a, 2, &[(P, g1)], || {}).is_err());
+        let (g3, from) = c.claim(P).unwrap();
+        assert_eq!(g3, 3);
+        assert_eq!(
+            from,
+            Some(StateRef {
+                worker: "a".into(),
+                epoch: 1
+            })
+        );
+    }
+
+    /// A damaged manifest blocks no claim and no collection; and garbage collection with
+    /// `keep: 1` keeps the checkpoint a claim points to.
+    #[test]
+    fn a_damaged_manifest_blocks_nobody_and_claimed_checkpoints_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().to_str().unwrap();
+        let a = PoolStore::open(loc, "a").unwrap();
+        let b = PoolStore::open(loc, "b").unwrap();
+        let (g1, _) = a.claim(P).unwrap();
+        checkpoint(&a, 1, &[(P, g1)], || {}).unwrap();
+        checkpoint(&a, 2, &[(P, g1)], || {}).unwrap();
+        std::fs::write(
+            dir.path().join("workers/a/chk-0000000002/manifest.json"),
+            b"{\"checksum\":\"00",
+        )
+        .unwrap();
+        let (_, from) = b.claim(P).unwrap();
+        assert_eq!(
+            from,
+            Some(StateRef {
+                worker: "a".into(),
+                epoch: 1
+            })
+        );
+        // a goes on with other partitions; its next epoch was voided by the claim (a claimant
+        // voids the previous owner's next epoch whatever it owns): it is taken again
+        assert!(checkpoint(&a, 3, &[], || {}).is_err());
+        // keep 1 would leave only its newest
+        for e in 3..=5 {
+            checkpoint(&a, e, &[], || {}).unwrap();
+        }
+        assert_eq!(a.claimed_epochs().unwrap(), BTreeSet::from([1]));
+        crate::checkpoint::collect_garbage(&a.own(), 1, true, &a.claimed_epochs().unwrap())
+            .unwrap();
+        assert!(valid_manifest(&a.own(), 1).unwrap().is_some());
+        assert!(valid_manifest(&a.own(), 3).unwrap().is_none());
+        // b restores the partition from it
+        let ids = HashMap::from([(P.to_string(), 0u32)]);
+        let r = b
+            .restore(&BTreeMap::from([(P.to_string(), 2)]), &ids, &HashMap::new())
+            .unwrap();
+        assert_eq!(r.foreign.len(), 1);
     }
 }

@@ -99,7 +99,13 @@ pub struct SourceStats {
     /// For sources whose partitions a consumer group assigns (Kafka): partitions this
     /// process reads, or -1 before the group's first assignment. -2 for other sources.
     pub assigned: std::sync::atomic::AtomicI64,
+    /// Why the source's records wait, set by its parts while they do (e.g. a schema registry
+    /// that cannot be reached); `/ready` lists them.
+    pub waiting: Mutex<Vec<Condition>>,
 }
+
+/// A reason something waits, `None` while it does not (shared with the part that sets it).
+pub type Condition = std::sync::Arc<Mutex<Option<String>>>;
 
 /// `SourceStats::assigned` of a source that reads every partition itself.
 pub const NOT_GROUP_MANAGED: i64 = -2;
@@ -161,6 +167,7 @@ impl RunStats {
                     repartition_repeats: AtomicU64::new(0),
                     repartition_foreign: AtomicU64::new(0),
                     assigned: std::sync::atomic::AtomicI64::new(NOT_GROUP_MANAGED),
+                    waiting: Mutex::new(Vec::new()),
                 })
                 .collect(),
             started_ms: AtomicU64::new(crate::time::now_ms().max(0) as u64),

@@ -11,4 +11,4 @@ mod registry;
 pub use client::{client_config, create_topic, partition_counts, KafkaError};
 pub use producer::{committed_marker, Producer, TxnMarker};
 pub use ranges::{offset_ranges, OffsetRange};
-pub use registry::RegistryClient;
+pub use registry::{redact_url, redact_urls, RegistryClient, RegistryError};

@@ -1,142 +1,382 @@
-//! A client of a Confluent-compatible schema registry (plain HTTP): writer schemas by id, and
-//! registering a subject's schema.
+//! A client of a Confluent-compatible schema registry over HTTP or HTTPS (reqwest, rustls with
+//! the system's roots): writer schemas by id, and registering a subject's schema.
+//!
+//! `schema_registry` is one URL or several separated by commas (`https://a:8081,https://b:8081`),
+//! tried in order until one answers. Basic auth comes from a URL's user info
+//! (`https://user:password@host`), a bearer token from the environment variable
+//! [`TOKEN_ENV`]. Passwords and tokens are never part of an error or a log line: URLs are
+//! shown without their user info.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// A schema registry at one URL.
-#[derive(Debug, Clone)]
+/// The environment variable holding a bearer token for the registry (sent as
+/// `Authorization: Bearer …` when set and no URL carries a user).
+pub const TOKEN_ENV: &str = "WEIR_SCHEMA_REGISTRY_TOKEN";
+
+/// Time to connect to one registry address.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time for one whole request to one registry address.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failure of the schema registry, by kind: whether asking again later may help is told by
+/// the kind, never by the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No address answered (no connection, a timeout, a 5xx or 429 answer): retryable.
+    #[error("schema registry {url}: cannot reach it: {message}")]
+    Unreachable { url: String, message: String },
+    /// The registry refused the request (a 4xx answer, e.g. an unknown schema id).
+    #[error("schema registry {url}: status {status}: {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// The answer is not what a registry answers.
+    #[error("schema registry {url}: {message}")]
+    Invalid { url: String, message: String },
+    /// The registry's URL is not usable.
+    #[error("schema registry `{url}`: {message}")]
+    Config { url: String, message: String },
+}
+
+impl RegistryError {
+    /// Whether the same request may succeed later (the registry was not reached).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RegistryError::Unreachable { .. })
+    }
+}
+
+/// One registry address.
+#[derive(Clone)]
+struct Endpoint {
+    /// `scheme://host[:port][/prefix]`, without user info and trailing `/`.
+    base: String,
+    user: Option<(String, String)>,
+}
+
+/// A schema registry at one or several URLs.
+#[derive(Clone)]
 pub struct RegistryClient {
-    host: String,
-    port: u16,
-    prefix: String,
-    url: String,
+    endpoints: Vec<Endpoint>,
+    bearer: Option<String>,
+    http: reqwest::blocking::Client,
+    /// The URLs without user info, for messages.
+    shown: String,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    /// The URLs without user info: no password or token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("url", &self.shown)
+            .field("bearer", &self.bearer.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// Decodes `%XX` escapes (a URL's user info).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `url` without its user info (a password never shows).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        // not a URL: drop what could be user info
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => host.to_string(),
+            None => url.to_string(),
+        },
+    }
+}
+
+/// A list of URLs separated by commas, each without its user info.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| redact_url(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl RegistryClient {
-    /// A client of the registry at `url` (`http://host[:port][/prefix]`).
-    pub fn new(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("schema registry `{url}`: only http:// URLs are supported"))?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
+    /// A client of the registry at `urls` (`http(s)://[user:password@]host[:port][/prefix]`,
+    /// several separated by commas); a bearer token is read from [`TOKEN_ENV`].
+    pub fn new(urls: &str) -> Result<Self, RegistryError> {
+        let bearer = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        Self::with_bearer(urls, bearer)
+    }
+
+    /// [`Self::new`] with the bearer token given.
+    pub fn with_bearer(urls: &str, bearer: Option<String>) -> Result<Self, RegistryError> {
+        let shown = redact_urls(urls);
+        let config = |message: String| RegistryError::Config {
+            url: shown.clone(),
+            message,
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse()
-                    .map_err(|_| format!("schema registry `{url}`: bad port"))?,
-            ),
-            None => (authority.to_string(), 80),
-        };
+        let mut endpoints = Vec::new();
+        for raw in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let u = url::Url::parse(raw)
+                .map_err(|e| config(format!("{} is not a URL: {e}", redact_url(raw))))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return Err(config(format!(
+                    "{}: use http:// or https://host",
+                    redact_url(raw)
+                )));
+            }
+            let user = (!u.username().is_empty()).then(|| {
+                (
+                    percent_decode(u.username()),
+                    percent_decode(u.password().unwrap_or("")),
+                )
+            });
+            endpoints.push(Endpoint {
+                base: redact_url(raw),
+                user,
+            });
+        }
+        if endpoints.is_empty() {
+            return Err(config("no URL".into()));
+        }
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| config(format!("cannot start an HTTP client: {e}")))?;
         Ok(RegistryClient {
-            host,
-            port,
-            prefix: prefix.to_string(),
-            url: url.to_string(),
+            endpoints,
+            bearer,
+            http,
+            shown,
         })
     }
 
-    /// The registry's URL.
+    /// The registry's URLs, without user info.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shown
     }
 
-    /// The text of the schema with `id`. Errors say `cannot reach` when the registry could
-    /// not be asked at all.
-    pub fn schema_text(&self, id: u32) -> Result<String, String> {
-        let path = format!("{}/schemas/ids/{id}", self.prefix);
-        let body = self
-            .request("GET", &path, None)
-            .map_err(|e| format!("schema registry {}: {e}", self.url))?;
+    /// The text of the schema with `id`.
+    pub fn schema_text(&self, id: u32) -> Result<String, RegistryError> {
+        let body = self.request(reqwest::Method::GET, &format!("/schemas/ids/{id}"), None)?;
         let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("schema registry {}: schema {id}: not JSON: {e}", self.url))?;
+            .map_err(|e| self.invalid(format!("schema {id}: not JSON: {e}")))?;
         v.get("schema")
             .and_then(|s| s.as_str())
             .map(String::from)
-            .ok_or_else(|| format!("schema registry {}: schema {id}: no `schema`", self.url))
+            .ok_or_else(|| self.invalid(format!("schema {id}: no `schema`")))
     }
 
     /// Registers `schema` (Avro schema text) under `subject`; returns its id.
-    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, String> {
-        let path = format!("{}/subjects/{subject}/versions", self.prefix);
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let body = serde_json::json!({ "schema": schema }).to_string();
-        let answer = self
-            .request("POST", &path, Some(&body))
-            .map_err(|e| format!("schema registry {}: registering `{subject}`: {e}", self.url))?;
+        let answer = self.request(
+            reqwest::Method::POST,
+            &format!("/subjects/{subject}/versions"),
+            Some(body),
+        )?;
         let v: serde_json::Value = serde_json::from_slice(&answer)
-            .map_err(|e| format!("schema registry {}: not JSON: {e}", self.url))?;
+            .map_err(|e| self.invalid(format!("registering `{subject}`: not JSON: {e}")))?;
         v.get("id")
             .and_then(|i| i.as_u64())
-            .map(|i| i as u32)
-            .ok_or_else(|| format!("schema registry {}: no `id` in {v}", self.url))
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| self.invalid(format!("registering `{subject}`: no `id` in {v}")))
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<Vec<u8>, String> {
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot reach it: {e}"))?
-            .next()
-            .ok_or("cannot reach it: no address")?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-            .map_err(|e| format!("cannot reach it: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let body = body.unwrap_or("");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.host,
-            self.port,
-            body.len()
-        );
-        s.write_all(request.as_bytes())
-            .map_err(|e| format!("cannot reach it: {e}"))?;
-        let mut response = Vec::new();
-        s.read_to_end(&mut response)
-            .map_err(|e| format!("cannot reach it: {e}"))?;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("a response without headers")?;
-        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-        let body = &response[split + 4..];
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or("a response without a status")?;
-        let body = if head.contains("transfer-encoding: chunked") {
-            dechunk(body)?
-        } else {
-            body.to_vec()
-        };
-        if status != 200 {
-            return Err(format!(
-                "{method} {path}: status {status}: {}",
-                String::from_utf8_lossy(&body)
-            ));
+    fn invalid(&self, message: String) -> RegistryError {
+        RegistryError::Invalid {
+            url: self.shown.clone(),
+            message,
         }
-        Ok(body)
+    }
+
+    /// Sends the request to each address in turn until one answers; a 4xx answer is final.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let mut failures = Vec::new();
+        for e in &self.endpoints {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", e.base))
+                .header(
+                    "Accept",
+                    "application/vnd.schemaregistry.v1+json, application/json",
+                );
+            if let Some(b) = &body {
+                req = req
+                    .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                    .body(b.clone());
+            }
+            req = match (&e.user, &self.bearer) {
+                (Some((user, password)), _) => req.basic_auth(user, Some(password)),
+                (None, Some(token)) => req.bearer_auth(token),
+                (None, None) => req,
+            };
+            let answer = req.send().and_then(|r| {
+                let status = r.status();
+                r.bytes().map(|b| (status, b))
+            });
+            match answer {
+                Ok((status, bytes)) if status.is_success() => return Ok(bytes.to_vec()),
+                Ok((status, bytes))
+                    if status.is_client_error()
+                        && status != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    return Err(RegistryError::Refused {
+                        url: e.base.clone(),
+                        status: status.as_u16(),
+                        message: format!(
+                            "{method} {path}: {}",
+                            String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+                        ),
+                    });
+                }
+                Ok((status, _)) => failures.push(format!("{}: status {status}", e.base)),
+                // reqwest's errors name the URL it was given, which has no user info
+                Err(err) => failures.push(format!("{}: {}", e.base, error_chain(&err))),
+            }
+        }
+        Err(RegistryError::Unreachable {
+            url: self.shown.clone(),
+            message: failures.join("; "),
+        })
     }
 }
 
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a bad chunked body")?;
-        let size_text = String::from_utf8_lossy(&b[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "a bad chunk size")?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(b.get(..size).ok_or("a truncated chunk")?);
-        b = b.get(size + 2..).ok_or("a truncated chunk")?;
+/// An error with its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// Serves one response per connection, `n` times; returns the port and the requests.
+    fn serve(responses: Vec<&'static str>) -> (u16, std::sync::mpsc::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for r in responses {
+                let (mut s, _) = l.accept().unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
+                s.write_all(r.as_bytes()).unwrap();
+            }
+        });
+        (port, rx)
+    }
+
+    #[test]
+    fn every_address_is_tried_with_basic_auth_and_no_secret_shows() {
+        // a closed port first, then the registry
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap().port();
+        drop(closed);
+        let (port, requests) = serve(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\n{\"schema\":\"\\\"long\\\"\"}",
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 20\r\n\r\n{\"error_code\":40403}",
+        ]);
+        let c = RegistryClient::with_bearer(
+            &format!("http://u:s3cret@127.0.0.1:{dead},http://u:s3cret@127.0.0.1:{port}/"),
+            None,
+        )
+        .unwrap();
+        assert!(!c.url().contains("s3cret"), "{}", c.url());
+        assert_eq!(c.schema_text(1).unwrap(), "\"long\"");
+        let request = requests.recv().unwrap().to_ascii_lowercase();
+        // base64("u:s3cret")
+        assert!(
+            request.contains("authorization: basic dtpzm2nyzxq="),
+            "{request}"
+        );
+        let e = c.schema_text(2).unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Refused { status: 404, .. }),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        // nothing answers: retryable, and still no secret
+        let c = RegistryClient::with_bearer(&format!("http://u:s3cret@127.0.0.1:{dead}"), None)
+            .unwrap();
+        let e = c.schema_text(1).unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
+        assert!(RegistryClient::new("ftp://x").is_err());
+        assert_eq!(
+            redact_urls("https://u:p@a:8081/x/, http://b"),
+            "https://a:8081/x,http://b"
+        );
+    }
+
+    #[test]
+    fn a_bearer_token_is_sent_when_no_user_is_given() {
+        let (port, requests) = serve(vec![
+            "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"id\":7}",
+        ]);
+        let c =
+            RegistryClient::with_bearer(&format!("http://127.0.0.1:{port}"), Some("tok".into()))
+                .unwrap();
+        assert_eq!(c.register("t-value", "\"long\"").unwrap(), 7);
+        let request = requests.recv().unwrap();
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: bearer tok"),
+            "{request}"
+        );
+        assert!(
+            request.starts_with("POST /subjects/t-value/versions"),
+            "{request}"
+        );
     }
 }

@@ -123,6 +123,20 @@ pub struct KafkaSourceDoc {
     pub properties: IndexMap<String, String>,
     #[serde(default)]
     pub schema_registry: Option<String>,
+    /// Bounds on what one Avro record may decode to (`format: avro`).
+    #[serde(default)]
+    pub avro_limits: Option<AvroLimitsDoc>,
+}
+
+/// `avro_limits: { max_record_bytes, max_items }` of a Kafka source (defaults 16 MiB of JSON
+/// and 1,000,000 array items and map entries per record).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvroLimitsDoc {
+    #[serde(default)]
+    pub max_record_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_items: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,6 +52,8 @@ pub struct PlannedSource {
     pub output_schema: SchemaRef,
     /// The fields its producers key (partition) messages by, as declared.
     pub partitioned_by: Vec<String>,
+    /// Set while its records wait for an unreachable schema registry.
+    pub waiting: Option<weir_engine::stats::Condition>,
 }
 
 /// A checked window.
@@ -813,6 +815,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         avro: bool,
         /// The schema registry of Avro records, when given.
         registry: Option<String>,
+        /// Bounds on what one Avro record may decode to.
+        avro_limits: weir_sources::avro::AvroLimits,
         name: String,
         input: SourceInput,
         schema: Arc<SourceSchema>,
@@ -1014,7 +1018,17 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 return Err(ctx.err(&l, "the generator's event time is its `timestamp` field"));
             }
         }
+        let mut avro_limits = weir_sources::avro::AvroLimits::default();
+        if let Some(l) = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref()) {
+            if let Some(b) = l.max_record_bytes {
+                avro_limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
+            }
+            if let Some(n) = l.max_items {
+                avro_limits.max_items = n;
+            }
+        }
         srcs.push(Src {
+            avro_limits,
             registry: s
                 .kafka
                 .as_ref()
@@ -1432,6 +1446,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             .iter()
             .map(|f| f.name().clone())
             .collect();
+        let mut waiting = None;
         let decoder: Arc<dyn Decode> = if s.avro {
             let writer = AvroType::parse(&s.schema.avsc).map_err(|e| {
                 PipelineError::at(
@@ -1441,10 +1456,17 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     format!("source `{}`: its schema as Avro: {e}", s.name),
                 )
             })?;
-            let avro = AvroDecoder::new(writer, decoder);
+            let avro = AvroDecoder::new(writer, decoder).with_limits(s.avro_limits);
             match &s.registry {
                 Some(url) => {
-                    Arc::new(avro.with_registry(SchemaRegistry::new(url).expect("checked above")))
+                    let registry = SchemaRegistry::new(url).map_err(|e| {
+                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
+                    })?;
+                    waiting = Some(registry.waiting());
+                    let avro = avro.with_reader_defaults(&s.schema.avsc).map_err(|e| {
+                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
+                    })?;
+                    Arc::new(avro.with_registry(registry))
                 }
                 None => Arc::new(avro),
             }
@@ -1462,6 +1484,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             decoder,
             output_schema,
             partitioned_by: Vec::new(),
+            waiting,
         });
     }
     let partitioned_by: Vec<Vec<String>> = doc
@@ -1809,7 +1832,7 @@ impl Plan {
                             KafkaFormat::Json => "json".to_string(),
                             KafkaFormat::Avro { registry: None } => "avro".to_string(),
                             KafkaFormat::Avro { registry: Some(r) } =>
-                                format!("avro, registry {r}"),
+                                format!("avro, registry {}", weir_kafka::redact_urls(r)),
                         }
                     ) + match (&k.delivery, checkpointed) {
                         (KafkaDelivery::ExactlyOnce { transactional_id }, _) => format!(

@@ -602,6 +602,7 @@ fn pooled_sources(
         let name = s.name.clone();
         let (claim_pool, claim_owned) = (pool.clone(), owned.clone());
         let released_owned = owned.clone();
+        let released_pool = pool.clone();
         let released_name = s.name.clone();
         cfg.pool = Some(PoolHook {
             claim: Arc::new(move |partitions: &[(String, i32)]| {
@@ -624,10 +625,20 @@ fn pooled_sources(
                 }
                 Ok(offsets)
             }),
-            released: Arc::new(move |partitions: &[(String, i32)]| {
+            released: Arc::new(move |partitions: &[(String, i32)], handed_over: bool| {
                 if let Ok(mut o) = released_owned.lock() {
                     for (topic, p) in partitions {
-                        o.remove(&format!("{released_name}/{topic}/{p}"));
+                        let key = format!("{released_name}/{topic}/{p}");
+                        let Some(generation) = o.remove(&key) else {
+                            continue;
+                        };
+                        // its hand-over checkpoint is committed and no later job owns it:
+                        // the next owner need not void this worker's next checkpoint
+                        if handed_over {
+                            if let Err(e) = released_pool.release(&key, generation) {
+                                tracing::warn!(partition = %key, "cannot record the release of a partition: {e}");
+                            }
+                        }
                     }
                 }
             }),
@@ -729,7 +740,6 @@ fn run_jobs(
             epoch = restore.restored.as_ref().map_or(0, |r| r.manifest.epoch),
             "pool worker: starting a job with its assigned partitions"
         );
-        let fence_pool = pool.clone();
         let checkpoint = CheckpointSpec {
             store: pool.own(),
             interval: Duration::from_millis(planned.interval_ms),
@@ -739,7 +749,7 @@ fn run_jobs(
             restored: restore.restored,
             ownership: Some(Ownership {
                 owned: owned_now.clone(),
-                fence: Arc::new(move |owned| fence_pool.fence(owned)),
+                fencing: pool.clone(),
             }),
         };
         // a job of its own stop handle: a hand-over stops the job, not the worker

@@ -286,6 +286,11 @@ pub(crate) fn run_job(
     let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
     let source_names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
     let stats = Arc::new(RunStats::new(&source_names, &op_names, &sink_names));
+    for (planned, st) in plan.sources.iter().zip(&stats.sources) {
+        if let (Some(w), Ok(mut list)) = (&planned.waiting, st.waiting.lock()) {
+            list.push(w.clone());
+        }
+    }
     // Live barriers publish snapshots for SQL and send views' changes to their sinks.
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
     let (live, server) = if plan.serve.is_some() || views_with_sinks {
@@ -424,17 +429,22 @@ pub(crate) fn run_job(
     Ok(summary)
 }
 
-/// Opens the checkpoint store and reads the newest complete checkpoint, refusing one written
-/// by an incompatible version of the pipeline.
+/// Opens the checkpoint store and reads the newest intact checkpoint (a damaged newer one is
+/// skipped with a warning: the outputs then roll back to the one restored), refusing one
+/// written by an incompatible version of the pipeline.
 fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec, RunError> {
     let store = Arc::new(CheckpointStore::open(&c.location)?);
-    let restored = match store.latest()? {
-        Some(m) => {
-            check_compatible(plan, &c.location, &m)?;
-            Some(store.load(&m)?)
+    let (restored, skipped) = store.restorable()?;
+    if let Some(r) = &restored {
+        check_compatible(plan, &c.location, &r.manifest)?;
+        if !skipped.is_empty() {
+            tracing::warn!(
+                epoch = r.manifest.epoch,
+                damaged = ?skipped,
+                "restoring an older checkpoint: the newer ones are damaged"
+            );
         }
-        None => None,
-    };
+    }
     Ok(CheckpointSpec {
         store,
         interval: Duration::from_millis(c.interval_ms),

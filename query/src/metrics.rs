@@ -79,7 +79,8 @@ impl Out {
 
 impl Metrics {
     /// Why this process should not take traffic yet (empty when ready): no snapshot yet
-    /// (state not restored), a Kafka source that has not joined its group, a checkpoint
+    /// (state not restored), a Kafka source that has not joined its group or whose records
+    /// wait (an unreachable schema registry), a checkpoint
     /// overdue, a sink whose circuit is open.
     pub fn not_ready(&self, engine: &QueryEngine) -> Vec<String> {
         let s = &self.stats;
@@ -92,6 +93,10 @@ impl Metrics {
             return reasons;
         }
         for src in &s.sources {
+            let conditions = src.waiting.lock().map(|l| l.clone()).unwrap_or_default();
+            for why in conditions.iter().filter_map(|c| c.lock().ok()?.clone()) {
+                reasons.push(format!("source `{}`: records wait: {why}", src.name));
+            }
             if src.assigned.load(Ordering::Relaxed) == -1 {
                 reasons.push(format!(
                     "source `{}`: no partitions assigned by the consumer group yet",

@@ -121,6 +121,10 @@ struct Txn {
     prepared: Option<u64>,
     /// Rows written after the prepared transaction's barrier.
     waiting: Vec<RecordBatch>,
+    /// The epoch whose commit reported an error although it may have gone through (a
+    /// timeout, a coordinator fail-over): the marker says which before anything is sent
+    /// again.
+    uncertain: Option<u64>,
     /// Reads the marker's epoch in tests: librdkafka's mock cluster acknowledges
     /// transactional offset commits without storing them.
     #[cfg(test)]
@@ -161,6 +165,7 @@ impl KafkaSink {
                 open: false,
                 prepared: None,
                 waiting: Vec::new(),
+                uncertain: None,
                 #[cfg(test)]
                 marker_reader: None,
             }),
@@ -201,7 +206,12 @@ impl KafkaSink {
         if let Some(t) = self.txn.as_mut() {
             t.ready = false;
             t.open = false;
+            // registering the id again settles the old producer's transaction
             self.begin()?;
+            if self.commit_went_through()? {
+                self.broken = false;
+                return Ok(());
+            }
         }
         tracing::info!(sink = %self.name, batches = self.unacked.len(), "kafka: sending the unacknowledged rows again");
         for batch in std::mem::take(&mut self.unacked) {
@@ -211,6 +221,34 @@ impl KafkaSink {
         }
         self.broken = false;
         Ok(())
+    }
+
+    /// After a commit that reported an error (the transaction settled since): whether it
+    /// committed, read from the marker. If it did, its rows are done and the rows that waited
+    /// for it go into the new transaction; if not, the caller sends its rows again.
+    fn commit_went_through(&mut self) -> Result<bool, EngineError> {
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(false);
+        };
+        let Some(epoch) = t.uncertain else {
+            return Ok(false);
+        };
+        let committed = t
+            .committed_epoch(&self.config)
+            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        t.uncertain = None;
+        if committed.is_none_or(|c| c < epoch) {
+            tracing::info!(sink = %self.name, epoch, "kafka: the transaction whose commit failed did not commit");
+            return Ok(false);
+        }
+        tracing::warn!(sink = %self.name, epoch, "kafka: the transaction whose commit reported an error had committed: its rows are not sent again");
+        t.prepared = None;
+        let waiting = std::mem::take(&mut t.waiting);
+        self.unacked.clear();
+        for batch in waiting {
+            self.send_now(&batch)?;
+        }
+        Ok(true)
     }
 
     /// Makes sure a transaction is open on the producer (transactional sinks).
@@ -277,8 +315,10 @@ impl KafkaSink {
         let text = crate::avro::avro_schema(&batch.schema(), &self.name);
         let prefix = match registry {
             Some(url) => {
-                let client = weir_kafka::RegistryClient::new(url)?;
-                let id = client.register(&format!("{}-value", self.config.topic), &text)?;
+                let client = weir_kafka::RegistryClient::new(url).map_err(|e| e.to_string())?;
+                let id = client
+                    .register(&format!("{}-value", self.config.topic), &text)
+                    .map_err(|e| e.to_string())?;
                 let mut p = vec![0u8];
                 p.extend_from_slice(&id.to_be_bytes());
                 p
@@ -477,6 +517,9 @@ impl Sink for KafkaSink {
             return Ok(());
         };
         if let Err(e) = self.producer.commit_transaction(&t.marker, prepared) {
+            // the commit may have gone through: the marker tells, after the new producer
+            // settled the transaction (see `rebuild`)
+            t.uncertain = Some(prepared);
             return Err(self.failed(e));
         }
         t.open = false;
@@ -499,15 +542,29 @@ impl Sink for KafkaSink {
         let Some((epoch, info)) = from else {
             return Ok(());
         };
-        let Some(outbox) = info["outbox"].as_str() else {
-            return Ok(());
-        };
         let Some(t) = self.txn.as_ref() else {
             return Ok(());
         };
         let committed = t
             .committed_epoch(&self.config)
             .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        if let Some(c) = committed.filter(|&c| c > epoch) {
+            // a restore from an older checkpoint than the newest (a damaged one skipped):
+            // the rows of the epochs after it committed and cannot be taken back
+            return Err(EngineError::sink(
+                &self.name,
+                format!(
+                    "topic {} already has the transaction of checkpoint {c} of this sink \
+                     (transactional id {}), newer than the checkpoint the run starts from \
+                     ({epoch}): its rows would be written twice. Restore checkpoint {c}, or \
+                     write to a new topic or transactional id",
+                    self.config.topic, t.id
+                ),
+            ));
+        }
+        let Some(outbox) = info["outbox"].as_str() else {
+            return Ok(());
+        };
         if committed.is_some_and(|c| c >= epoch) {
             tracing::info!(sink = %self.name, epoch, "kafka: the restored checkpoint's transaction had committed");
             return Ok(());
@@ -709,241 +766,4 @@ impl DeadLetterSink for DeadLetterKafka {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::{ClientConfig, Message, TopicPartitionList};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    fn batch(rows: &[(&str, usize)]) -> RecordBatch {
-        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, false),
-            Field::new("window_start", ts, false),
-            Field::new("n", DataType::Int64, false),
-            Field::new("text", DataType::Utf8, false),
-        ]));
-        let text: Vec<String> = rows.iter().map(|(_, len)| "x".repeat(*len)).collect();
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _)| *k))),
-                Arc::new(
-                    TimestampMillisecondArray::from(vec![60_000; rows.len()]).with_timezone("UTC"),
-                ),
-                Arc::new(Int64Array::from(vec![1; rows.len()])),
-                Arc::new(StringArray::from(text)),
-            ],
-        )
-        .unwrap()
-    }
-
-    /// The keys of every message in partition 0 of `topic`.
-    fn keys_in(brokers: &str, topic: &str) -> Vec<String> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", "t")
-            .create()
-            .unwrap();
-        let (_, high) = c
-            .fetch_watermarks(topic, 0, Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-            .unwrap();
-        c.assign(&tpl).unwrap();
-        let mut keys = Vec::new();
-        let started = Instant::now();
-        while (keys.len() as i64) < high && started.elapsed() < Duration::from_secs(20) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                keys.push(String::from_utf8_lossy(m.key().unwrap()).into_owned());
-            }
-        }
-        keys
-    }
-
-    /// A sink of the mock cluster's topic `t`, with `props` and `delivery`.
-    fn sink_with(
-        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-        props: &[(&str, &str)],
-        delivery: KafkaDelivery,
-    ) -> KafkaSink {
-        KafkaSink::new(
-            "out",
-            KafkaSinkConfig {
-                brokers: mock.bootstrap_servers(),
-                topic: "t".into(),
-                properties: props
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                format: KafkaFormat::Json,
-                delivery,
-            },
-        )
-        .unwrap()
-    }
-
-    fn sink(
-        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-        props: &[(&str, &str)],
-    ) -> KafkaSink {
-        sink_with(mock, props, KafkaDelivery::Idempotent)
-    }
-
-    /// A transactional sink with id `id` on the mock cluster's topic `t`.
-    fn txn_sink(
-        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-        id: &str,
-    ) -> KafkaSink {
-        let delivery = KafkaDelivery::ExactlyOnce {
-            transactional_id: id.into(),
-        };
-        sink_with(mock, &[], delivery)
-    }
-
-    fn count(keys: &[String], k: &str) -> usize {
-        keys.iter()
-            .filter(|x| x.contains(&format!("\"k\":\"{k}\"")))
-            .count()
-    }
-
-    /// A transactional sink whose marker reads `committed` (the epoch the test says the
-    /// broker committed last; the mock cluster does not store transactional offsets).
-    fn txn_sink_with(
-        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-        committed: &Arc<std::sync::Mutex<Option<u64>>>,
-    ) -> KafkaSink {
-        let mut s = txn_sink(mock, "p.out");
-        let c = committed.clone();
-        if let Some(t) = s.txn.as_mut() {
-            t.marker_reader = Some(Box::new(move || *c.lock().unwrap()));
-        }
-        s
-    }
-
-    /// The transactional protocol against librdkafka's mock cluster, which runs transactions
-    /// (init, begin, offsets in the transaction, commit, abort) but has no `read_committed`
-    /// isolation (aborted messages stay visible), no fencing, and does not store
-    /// transactional offsets: what is checked is what each call sends and commits, and what
-    /// recovery sends again given the marker.
-    #[test]
-    fn exactly_once_commits_a_transaction_per_checkpoint_and_recovery_completes_the_last() {
-        let mock = MockCluster::new(3).unwrap();
-        mock.create_topic("t", 1, 1).unwrap();
-        let committed = Arc::new(std::sync::Mutex::new(None));
-        let mut s = txn_sink_with(&mock, &committed);
-        s.recover(None).unwrap();
-        s.write(&batch(&[("a", 1), ("b", 1)])).unwrap();
-        let info = s.pre_commit(1).unwrap();
-        assert_eq!(info["rows"], 2);
-        assert_eq!(info["transactional_id"], "p.out");
-        let outbox = outbox_decode(info["outbox"].as_str().unwrap()).unwrap();
-        assert_eq!(outbox[0].num_rows(), 2);
-        s.commit(1).unwrap();
-        // rows after a barrier wait for its commit; then they go in the next transaction
-        s.write(&batch(&[("c", 1)])).unwrap();
-        s.pre_commit(2).unwrap();
-        s.write(&batch(&[("d", 1)])).unwrap();
-        assert_eq!(count(&keys_in(&mock.bootstrap_servers(), "t"), "d"), 0);
-        // a barrier before the sink saw checkpoint 2 complete: 2 commits first, then d is
-        // prepared alone under 3
-        let info3 = s.pre_commit(3).unwrap();
-        assert_eq!(info3["rows"], 1, "{info3}");
-        *committed.lock().unwrap() = Some(2);
-        // crash: checkpoint 3 is complete, its transaction never committed; recovery aborts it
-        // and sends its outbox again in a committed transaction
-        drop(s);
-        let mut s = txn_sink_with(&mock, &committed);
-        s.recover(Some((3, &info3))).unwrap();
-        let keys = keys_in(&mock.bootstrap_servers(), "t");
-        // d twice: in the aborted transaction (visible here: the mock has no isolation) and
-        // in the new one
-        let counts = (count(&keys, "a"), count(&keys, "c"), count(&keys, "d"));
-        assert_eq!(counts, (1, 1, 2), "{keys:?}");
-        *committed.lock().unwrap() = Some(3);
-        // crash after the commit: recovery sends nothing again
-        s.write(&batch(&[("e", 1)])).unwrap();
-        let info4 = s.pre_commit(4).unwrap();
-        s.commit(4).unwrap();
-        *committed.lock().unwrap() = Some(4);
-        drop(s);
-        let mut s = txn_sink_with(&mock, &committed);
-        s.recover(Some((4, &info4))).unwrap();
-        assert_eq!(count(&keys_in(&mock.bootstrap_servers(), "t"), "e"), 1);
-        // an epoch without rows prepares nothing, and recovers nothing
-        let info5 = s.pre_commit(5).unwrap();
-        assert!(info5["outbox"].is_null(), "{info5}");
-        s.commit(5).unwrap();
-        s.recover(Some((5, &info5))).unwrap();
-        // rows after the last checkpoint are aborted when the sink finishes
-        s.write(&batch(&[("f", 1)])).unwrap();
-        s.finish().unwrap();
-    }
-
-    #[test]
-    fn exactly_once_needs_a_broker_with_transactions() {
-        // a broker without transactions: the mock without the InitProducerId API
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("t", 1, 1).unwrap();
-        mock.apiversion(rdkafka::types::RDKafkaApiKey::InitProducerId, None, None)
-            .unwrap();
-        let mut s = txn_sink(&mock, "p.out");
-        let e = s.recover(None).unwrap_err();
-        assert!(e.to_string().contains("transaction"), "{e}");
-    }
-
-    #[test]
-    fn a_row_over_the_size_limit_is_rejected_and_the_others_are_sent() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("t", 1, 1).unwrap();
-        let mut s = sink(&mock, &[("message.max.bytes", "2000")]);
-        s.write(&batch(&[("a", 10), ("big", 5000), ("b", 10)]))
-            .unwrap();
-        assert!(s.flush().unwrap());
-        let rejected = s.take_rejected();
-        assert_eq!(rejected.len(), 1);
-        assert_eq!(rejected[0].error.code, "message_too_large");
-        assert_eq!(
-            rejected[0].error.details["key"],
-            r#"{"k":"big","window_start":"1970-01-01T00:01:00.000Z"}"#
-        );
-        assert!(String::from_utf8_lossy(&rejected[0].raw).contains("xxxxx"));
-        assert!(s.take_rejected().is_empty());
-        let keys = keys_in(&mock.bootstrap_servers(), "t");
-        assert_eq!(keys.len(), 2, "{keys:?}");
-    }
-
-    #[test]
-    fn after_a_failed_delivery_the_retry_sends_every_unacknowledged_row_again() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("t", 1, 1).unwrap();
-        let mut s = sink(&mock, &[("message.timeout.ms", "1500")]);
-        s.write(&batch(&[("a", 1)])).unwrap();
-        s.flush().unwrap();
-        mock.broker_down(1).unwrap();
-        s.write(&batch(&[("b", 1), ("c", 1)])).unwrap();
-        let e = s.flush().unwrap_err();
-        assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
-        // the broker comes back; the retried flush sends b and c again through a new producer
-        mock.broker_up(1).unwrap();
-        let started = Instant::now();
-        loop {
-            match s.flush() {
-                Ok(true) => break,
-                Err(EngineError::Unavailable(_)) if started.elapsed() < Duration::from_secs(30) => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        let mut keys = keys_in(&mock.bootstrap_servers(), "t");
-        keys.sort();
-        keys.dedup();
-        assert_eq!(keys.len(), 3, "{keys:?}");
-    }
-}
+mod tests;

@@ -45,6 +45,75 @@ impl AvroType {
     }
 }
 
+/// Bounds on what one Avro record may decode to, so that a crafted record (a block count of
+/// 2^62 items of type `null`, which take no bytes) can neither exhaust memory nor spin: every
+/// block count is checked against the items left and, for items that take bytes, against
+/// the bytes left; the JSON a record transcodes to is capped. A record over a bound is bad
+/// (`invalid_avro`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvroLimits {
+    /// Bytes of JSON one record may transcode to.
+    pub max_record_bytes: usize,
+    /// Array items and map entries in one record, all blocks and nesting levels together.
+    pub max_items: u64,
+}
+
+impl Default for AvroLimits {
+    /// 16 MiB of JSON and 1,000,000 items per record.
+    fn default() -> Self {
+        AvroLimits {
+            max_record_bytes: 16 << 20,
+            max_items: 1_000_000,
+        }
+    }
+}
+
+/// What one record may still use (see [`AvroLimits`]).
+struct Budget {
+    /// Where the record's JSON starts in the output.
+    start: usize,
+    max_bytes: usize,
+    items_left: u64,
+}
+
+impl Budget {
+    fn new(limits: &AvroLimits, out: &[u8]) -> Self {
+        Budget {
+            start: out.len(),
+            max_bytes: limits.max_record_bytes,
+            items_left: limits.max_items,
+        }
+    }
+
+    fn check_size(&self, out: &[u8]) -> Result<(), String> {
+        if out.len() - self.start > self.max_bytes {
+            return Err(format!(
+                "the record decodes to more than {} bytes (the limit)",
+                self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether every value of `t` takes at least one byte (so that a block of `n` of them needs
+/// `n` bytes).
+fn takes_bytes(t: &AvroType) -> bool {
+    match t {
+        AvroType::Null => false,
+        AvroType::Fixed(n) => *n > 0,
+        AvroType::Record(fields) => fields.iter().any(|(_, f)| takes_bytes(f)),
+        _ => true,
+    }
+}
+
+/// Writes Avro `bytes` or `fixed` as the Avro JSON encoding does: a string whose code points
+/// U+0000 to U+00FF are the bytes (lossless, unlike a lossy UTF-8 reading).
+fn json_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    let s: String = b.iter().map(|&c| char::from(c)).collect();
+    json_str(out, &s);
+}
+
 fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroType, String> {
     Ok(match v {
         Value::String(s) => match s.as_str() {
@@ -164,6 +233,7 @@ fn transcode(
     r: &mut Reader<'_>,
     out: &mut Vec<u8>,
     depth: usize,
+    budget: &mut Budget,
 ) -> Result<(), String> {
     if depth > 64 {
         return Err("nested too deep".into());
@@ -186,18 +256,17 @@ fn transcode(
             let v = f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
             float(out, v);
         }
-        AvroType::Bytes | AvroType::String => {
+        AvroType::String => {
             let n = r.len()?;
-            let s = r.take(n)?;
-            if matches!(t, AvroType::String) && std::str::from_utf8(s).is_err() {
-                return Err("a string is not valid UTF-8".into());
-            }
-            json_str(out, &String::from_utf8_lossy(s));
+            let s = std::str::from_utf8(r.take(n)?)
+                .map_err(|_| "a string is not valid UTF-8".to_string())?;
+            json_str(out, s);
         }
-        AvroType::Fixed(n) => {
-            let s = r.take(*n)?;
-            json_str(out, &String::from_utf8_lossy(s));
+        AvroType::Bytes => {
+            let n = r.len()?;
+            json_bytes(out, r.take(n)?);
         }
+        AvroType::Fixed(n) => json_bytes(out, r.take(*n)?),
         AvroType::Enum(symbols) => {
             let i = r.long()?;
             let s = usize::try_from(i)
@@ -212,33 +281,38 @@ fn transcode(
                 .ok()
                 .and_then(|i| branches.get(i))
                 .ok_or_else(|| format!("union branch {i} out of range"))?;
-            transcode(b, r, out, depth + 1)?;
+            transcode(b, r, out, depth + 1, budget)?;
         }
         AvroType::Array(items) => {
             out.push(b'[');
             let mut first = true;
-            blocks(r, |r| {
+            let sized = takes_bytes(items);
+            blocks(r, budget, sized, |r, budget| {
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                transcode(items, r, out, depth + 1)
+                transcode(items, r, out, depth + 1, budget)?;
+                budget.check_size(out)
             })?;
             out.push(b']');
         }
         AvroType::Map(values) => {
             out.push(b'{');
             let mut first = true;
-            blocks(r, |r| {
+            // every entry has a key: at least its length's byte
+            blocks(r, budget, true, |r, budget| {
                 if !first {
                     out.push(b',');
                 }
                 first = false;
                 let n = r.len()?;
-                let k = r.take(n)?;
-                json_str(out, &String::from_utf8_lossy(k));
+                let k = std::str::from_utf8(r.take(n)?)
+                    .map_err(|_| "a map key is not valid UTF-8".to_string())?;
+                json_str(out, k);
                 out.push(b':');
-                transcode(values, r, out, depth + 1)
+                transcode(values, r, out, depth + 1, budget)?;
+                budget.check_size(out)
             })?;
             out.push(b'}');
         }
@@ -250,30 +324,47 @@ fn transcode(
                 }
                 json_str(out, name);
                 out.push(b':');
-                transcode(ft, r, out, depth + 1)?;
+                transcode(ft, r, out, depth + 1, budget)?;
             }
             out.push(b'}');
         }
     }
-    Ok(())
+    budget.check_size(out)
 }
 
-/// Reads the blocks of an array or map, calling `item` once per item.
+/// Reads the blocks of an array or map, calling `item` once per item. A block count is
+/// refused when it is over the items the record has left, or (`sized`: every item takes a
+/// byte at least) over the bytes left, before any item is read.
 fn blocks<'a>(
     r: &mut Reader<'a>,
-    mut item: impl FnMut(&mut Reader<'a>) -> Result<(), String>,
+    budget: &mut Budget,
+    sized: bool,
+    mut item: impl FnMut(&mut Reader<'a>, &mut Budget) -> Result<(), String>,
 ) -> Result<(), String> {
     loop {
-        let mut n = r.long()?;
-        if n == 0 {
+        let count = r.long()?;
+        if count == 0 {
             return Ok(());
         }
-        if n < 0 {
-            n = -n;
+        if count < 0 {
             r.long()?; // the block's size in bytes
         }
+        let n = count.unsigned_abs();
+        if n > budget.items_left {
+            return Err(format!(
+                "a block of {n} items: over the {} items a record may have left",
+                budget.items_left
+            ));
+        }
+        if sized && n > (r.b.len() - r.i) as u64 {
+            return Err(format!(
+                "a block of {n} items but only {} bytes left",
+                r.b.len() - r.i
+            ));
+        }
+        budget.items_left -= n;
         for _ in 0..n {
-            item(r)?;
+            item(r, budget)?;
         }
     }
 }
@@ -292,20 +383,34 @@ fn float(out: &mut Vec<u8>, v: f64) {
 
 /// Transcodes one record: plain Avro binary, or the Confluent wire format (a zero byte, a
 /// 4-byte schema id, then the binary), told apart by whether the framed body decodes exactly.
-pub fn record_to_json(schema: &AvroType, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+pub fn record_to_json(
+    schema: &AvroType,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+    limits: &AvroLimits,
+) -> Result<(), String> {
     let start = out.len();
     if bytes.len() >= 5 && bytes[0] == 0 {
-        let mut r = Reader {
-            b: &bytes[5..],
-            i: 0,
-        };
-        if transcode(schema, &mut r, out, 0).is_ok() && r.i == r.b.len() {
+        if body_to_json(schema, &bytes[5..], out, limits).is_ok() {
             return Ok(());
         }
         out.truncate(start);
     }
+    body_to_json(schema, bytes, out, limits)
+}
+
+/// Transcodes one Avro binary body, which must be read exactly; on an error `out` is as
+/// before.
+fn body_to_json(
+    schema: &AvroType,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+    limits: &AvroLimits,
+) -> Result<(), String> {
+    let start = out.len();
     let mut r = Reader { b: bytes, i: 0 };
-    let result = transcode(schema, &mut r, out, 0).and_then(|_| {
+    let mut budget = Budget::new(limits, out);
+    let result = transcode(schema, &mut r, out, 0, &mut budget).and_then(|_| {
         if r.i == bytes.len() {
             Ok(())
         } else {
@@ -318,11 +423,37 @@ pub fn record_to_json(schema: &AvroType, bytes: &[u8], out: &mut Vec<u8>) -> Res
     result
 }
 
+/// Adds to the record transcoded at `out[start..]` (a JSON object, of writer schema
+/// `writer`) the reader's `defaults` of the fields the writer does not have.
+fn add_defaults(out: &mut Vec<u8>, start: usize, writer: &AvroType, defaults: &[(String, Value)]) {
+    let AvroType::Record(fields) = writer else {
+        return;
+    };
+    let mut empty = out.len() == start + 2;
+    for (name, default) in defaults {
+        if fields.iter().any(|(n, _)| n == name) || out.last() != Some(&b'}') {
+            continue;
+        }
+        out.pop();
+        if !empty {
+            out.push(b',');
+        }
+        empty = false;
+        json_str(out, name);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, default);
+        out.push(b'}');
+    }
+}
+
 /// Decodes Avro messages with a writer schema, through the JSON decoder.
 pub struct AvroDecoder {
     schema: AvroType,
     json: JsonDecoder,
     registry: Option<SchemaRegistry>,
+    limits: AvroLimits,
+    /// The source schema's fields with a default, and the default (JSON, as in the `.avsc`).
+    defaults: Vec<(String, Value)>,
 }
 
 impl AvroDecoder {
@@ -332,7 +463,35 @@ impl AvroDecoder {
             schema,
             json,
             registry: None,
+            limits: AvroLimits::default(),
+            defaults: Vec::new(),
         }
+    }
+
+    /// The defaults of the source schema's (`avsc`, the reader's) top-level fields: a record
+    /// whose writer schema (from the registry) lacks such a field gets its default, as Avro
+    /// schema resolution does, instead of being bad for a missing field.
+    pub fn with_reader_defaults(mut self, avsc: &str) -> Result<Self, String> {
+        let v: Value = serde_json::from_str(avsc).map_err(|e| format!("not valid JSON: {e}"))?;
+        self.defaults = v
+            .get("fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                Some((
+                    f.get("name")?.as_str()?.to_string(),
+                    f.get("default")?.clone(),
+                ))
+            })
+            .collect();
+        Ok(self)
+    }
+
+    /// Bounds on what one record may decode to (default [`AvroLimits::default`]).
+    pub fn with_limits(mut self, limits: AvroLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Records in the Confluent wire format whose writer schema is looked up by id in a
@@ -345,7 +504,7 @@ impl AvroDecoder {
 
     fn to_json(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         let Some(registry) = &self.registry else {
-            return record_to_json(&self.schema, bytes, out);
+            return record_to_json(&self.schema, bytes, out, &self.limits);
         };
         if bytes.len() < 5 || bytes[0] != 0 {
             return Err("not in the Confluent wire format (magic byte 0, schema id)".into());
@@ -353,21 +512,9 @@ impl AvroDecoder {
         let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
         let writer = registry.schema(id)?;
         let start = out.len();
-        let mut r = Reader {
-            b: &bytes[5..],
-            i: 0,
-        };
-        let result = transcode(&writer, &mut r, out, 0).and_then(|_| {
-            if r.i == r.b.len() {
-                Ok(())
-            } else {
-                Err(format!("{} bytes left after the record", r.b.len() - r.i))
-            }
-        });
-        if result.is_err() {
-            out.truncate(start);
-        }
-        result
+        body_to_json(&writer, &bytes[5..], out, &self.limits)?;
+        add_defaults(out, start, &writer, &self.defaults);
+        Ok(())
     }
 
     /// Decodes messages of `partition`.
@@ -393,7 +540,16 @@ impl AvroDecoder {
         for i in 0..messages.len() {
             let payload = messages.slice(messages.payloads[i]);
             let start = buf.len();
-            match self.to_json(payload, &mut buf) {
+            // positions in the batch's buffer are u32: a record that would push it past them
+            // is refused rather than wrapped (only records near the size limit get there)
+            let room = (u32::MAX as usize).saturating_sub(start);
+            let most = (self.limits.max_record_bytes).saturating_add(messages.bytes.len());
+            let result = if room < most {
+                Err("the batch's decoded records reach 4 GiB".to_string())
+            } else {
+                self.to_json(payload, &mut buf)
+            };
+            match result {
                 Ok(()) => {
                     converted.payloads.push((start as u32, buf.len() as u32));
                     converted.offsets.push(messages.offsets[i]);
@@ -534,7 +690,7 @@ mod tests {
     fn transcodes_plain_and_confluent_records() {
         let schema = AvroType::parse(SCHEMA).unwrap();
         let mut out = Vec::new();
-        record_to_json(&schema, &record(), &mut out).unwrap();
+        record_to_json(&schema, &record(), &mut out, &AvroLimits::default()).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "é\"");
         assert_eq!(v["n"], -1234567890123i64);
@@ -546,7 +702,7 @@ mod tests {
         let mut framed = vec![0, 0, 0, 0, 42];
         framed.extend(record());
         let mut out2 = Vec::new();
-        record_to_json(&schema, &framed, &mut out2).unwrap();
+        record_to_json(&schema, &framed, &mut out2, &AvroLimits::default()).unwrap();
         assert_eq!(out, out2);
     }
 
@@ -593,28 +749,176 @@ mod tests {
         assert_eq!(ev.raw_row(0).unwrap(), good);
     }
 
+    fn to_json(schema: &AvroType, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        record_to_json(schema, bytes, out, &AvroLimits::default())
+    }
+
+    /// The issue's bomb: `{"type":"array","items":"null"}` and a block count of 2^62 in a
+    /// few bytes; and i64::MIN as a block count. Refused at once, without growing memory.
+    #[test]
+    fn block_counts_are_bounded_by_items_and_bytes_left() {
+        let nulls = AvroType::parse(r#"{"type":"array","items":"null"}"#).unwrap();
+        let started = std::time::Instant::now();
+        for count in [1i64 << 62, i64::MIN, i64::MAX, 1_000_001] {
+            let mut b = Vec::new();
+            zigzag(count, &mut b);
+            if count < 0 {
+                zigzag(0, &mut b);
+            }
+            zigzag(0, &mut b);
+            let mut out = Vec::new();
+            let e = to_json(&nulls, &b, &mut out).unwrap_err();
+            assert!(e.contains("items"), "{e}");
+            assert!(out.is_empty());
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // within the limit: decoded
+        let mut b = Vec::new();
+        zigzag(3, &mut b);
+        zigzag(0, &mut b);
+        let mut out = Vec::new();
+        to_json(&nulls, &b, &mut out).unwrap();
+        assert_eq!(out, b"[null,null,null]");
+        // items that take bytes: a count over the bytes left is refused before reading
+        let longs = AvroType::parse(r#"{"type":"array","items":"long"}"#).unwrap();
+        let mut b = Vec::new();
+        zigzag(500_000, &mut b);
+        let e = to_json(&longs, &b, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("bytes left"), "{e}");
+        // the output cap: nested arrays of nulls within the item count, over the bytes
+        let small = AvroLimits {
+            max_record_bytes: 100,
+            max_items: 1_000_000,
+        };
+        let mut b = Vec::new();
+        zigzag(1000, &mut b);
+        zigzag(0, &mut b);
+        let e = record_to_json(&nulls, &b, &mut Vec::new(), &small).unwrap_err();
+        assert!(e.contains("more than 100 bytes"), "{e}");
+    }
+
+    /// Records whose registry cannot be reached wait for it: none is bad (dead-lettered),
+    /// and once it answers they decode.
+    #[test]
+    fn records_wait_for_an_unreachable_registry_and_none_is_bad() {
+        use crate::schema::SourceSchema;
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let schema = Arc::new(SourceSchema::from_avsc(SCHEMA).unwrap());
+        let json = JsonDecoder::new(schema, &["id".to_string()], "n").unwrap();
+        let registry = SchemaRegistry::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let waiting = registry.waiting();
+        let decoder =
+            AvroDecoder::new(AvroType::parse(SCHEMA).unwrap(), json).with_registry(registry);
+        let mut bytes = vec![0, 0, 0, 0, 1];
+        bytes.extend(record());
+        let end = bytes.len() as u32;
+        let messages = Messages {
+            bytes: SharedBytes::from(bytes),
+            payloads: vec![(0, end)],
+            offsets: vec![3],
+            keys: vec![None],
+            timestamps: vec![None],
+            headers: vec![(0, 0)],
+            header_fields: vec![],
+        };
+        let decoding = std::thread::spawn(move || decoder.decode_messages(&messages, 0));
+        let started = std::time::Instant::now();
+        while waiting.lock().unwrap().is_none() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!decoding.is_finished());
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).unwrap();
+            let body = serde_json::json!({ "schema": SCHEMA }).to_string();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(body.as_bytes()).unwrap();
+        });
+        let d = decoding.join().unwrap();
+        assert!(d.bad.is_empty(), "{:?}", d.bad.first().map(|b| &b.error));
+        assert_eq!(d.events.unwrap().offsets, vec![3]);
+    }
+
+    /// A writer schema without a field of the reader's that has a default: the default.
+    #[test]
+    fn missing_writer_fields_get_the_readers_defaults() {
+        let writer = AvroType::parse(
+            r#"{"type":"record","name":"W","fields":[{"name":"id","type":"string"}]}"#,
+        )
+        .unwrap();
+        let defaults = vec![
+            ("id".to_string(), serde_json::json!("never")),
+            ("n".to_string(), serde_json::json!(5)),
+            ("tag".to_string(), Value::Null),
+        ];
+        let mut b = Vec::new();
+        zigzag(1, &mut b);
+        b.push(b'x');
+        let mut out = b"[".to_vec();
+        let start = out.len();
+        to_json(&writer, &b, &mut out).unwrap();
+        add_defaults(&mut out, start, &writer, &defaults);
+        let v: Value = serde_json::from_slice(&out[start..]).unwrap();
+        assert_eq!(v, serde_json::json!({"id": "x", "n": 5, "tag": null}));
+        let empty = AvroType::parse(r#"{"type":"record","name":"E","fields":[]}"#).unwrap();
+        let mut out = Vec::new();
+        to_json(&empty, &[], &mut out).unwrap();
+        add_defaults(&mut out, 0, &empty, &defaults[1..]);
+        assert_eq!(out, br#"{"n":5,"tag":null}"#);
+    }
+
+    /// `bytes` and `fixed` decode losslessly, as the Avro JSON encoding writes them (code
+    /// points U+0000 to U+00FF); a string that is not UTF-8 is refused.
+    #[test]
+    fn bytes_are_kept_as_the_avro_json_encoding() {
+        let t = AvroType::parse(
+            r#"{"type":"record","name":"B","fields":[{"name":"b","type":"bytes"},{"name":"f","type":{"type":"fixed","name":"F","size":2}}]}"#,
+        )
+        .unwrap();
+        let mut b = Vec::new();
+        zigzag(3, &mut b);
+        b.extend_from_slice(&[0xff, 0x00, b'a']);
+        b.extend_from_slice(&[0xc3, 0x28]);
+        let mut out = Vec::new();
+        to_json(&t, &b, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let back: Vec<u8> = v["b"].as_str().unwrap().chars().map(|c| c as u8).collect();
+        assert_eq!(back, vec![0xff, 0x00, b'a']);
+        let back: Vec<u8> = v["f"].as_str().unwrap().chars().map(|c| c as u8).collect();
+        assert_eq!(back, vec![0xc3, 0x28]);
+        let s = AvroType::parse(r#""string""#).unwrap();
+        let mut b = Vec::new();
+        zigzag(2, &mut b);
+        b.extend_from_slice(&[0xc3, 0x28]);
+        assert!(to_json(&s, &b, &mut Vec::new()).is_err());
+    }
+
     #[test]
     fn bad_records_are_errors_never_panics() {
         let schema = AvroType::parse(SCHEMA).unwrap();
         let good = record();
         let mut out = Vec::new();
         for cut in 0..good.len() {
-            assert!(
-                record_to_json(&schema, &good[..cut], &mut out).is_err(),
-                "{cut}"
-            );
+            assert!(to_json(&schema, &good[..cut], &mut out).is_err(), "{cut}");
             assert!(out.is_empty());
         }
         let mut extra = good.clone();
         extra.push(0);
-        assert!(record_to_json(&schema, &extra, &mut out).is_err());
-        assert!(record_to_json(&schema, br#"{"id":"json, not avro"}"#, &mut out).is_err());
+        assert!(to_json(&schema, &extra, &mut out).is_err());
+        assert!(to_json(&schema, br#"{"id":"json, not avro"}"#, &mut out).is_err());
         // every single-byte mutation is decoded or refused, never a panic
         for i in 0..good.len() {
             for b in [0u8, 1, 0x7f, 0x80, 0xff] {
                 let mut m = good.clone();
                 m[i] = b;
-                let _ = record_to_json(&schema, &m, &mut Vec::new());
+                let _ = to_json(&schema, &m, &mut Vec::new());
             }
         }
     }

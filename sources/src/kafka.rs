@@ -108,8 +108,9 @@ pub struct ClaimedStart {
     pub lanes: Vec<u64>,
 }
 
-/// Told of partitions a pool worker gave up (see [`PoolHook::released`]).
-pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
+/// Told of partitions a pool worker gave up, and whether their hand-over checkpoint was
+/// committed (see [`PoolHook::released`]).
+pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
 
 /// How a Kafka source takes part in a worker pool (see `weir_engine::pool`): the reader
 /// outlives the runs of the worker, each of which owns the partitions assigned when it
@@ -119,7 +120,8 @@ pub struct PoolHook {
     /// Claims newly assigned `(topic, partition)`s; gives where each one's checkpoint left it
     /// (`None`: no state yet, it starts as `start_from` says).
     pub claim: ClaimPartitions,
-    /// Called with revoked `(topic, partition)`s once their hand-over checkpoint is committed.
+    /// Called with revoked `(topic, partition)`s once their hand-over checkpoint is committed
+    /// (`true`), or once they are given up without it (`false`: a timeout, backpressure).
     pub released: ReleasePartitions,
     /// The longest wait for a hand-over checkpoint before partitions are given up anyway
     /// (fencing then keeps the slow run from committing for them).
@@ -135,8 +137,8 @@ impl std::fmt::Debug for PoolHook {
 }
 
 /// Ends the run of `ctx` with a hand-over checkpoint and waits until its outputs committed it
-/// (or the run failed), at most `timeout`.
-fn hand_over(ctx: &ReaderContext, timeout: Duration) {
+/// (or the run failed), at most `timeout`; returns whether they committed it.
+fn hand_over(ctx: &ReaderContext, timeout: Duration) -> bool {
     let started = Instant::now();
     ctx.request_handover();
     while ctx.outputs_finished() == Some(false) {
@@ -145,10 +147,11 @@ fn hand_over(ctx: &ReaderContext, timeout: Duration) {
                 timeout_s = timeout.as_secs(),
                 "kafka: the hand-over checkpoint did not complete in time; giving the partitions up anyway"
             );
-            return;
+            return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    ctx.outputs_finished() == Some(true)
 }
 
 /// The offset after the last message read, per (topic, partition), for progress reports.
@@ -248,16 +251,17 @@ impl GroupContext {
     }
 
     /// In a pool: ends the current run with a hand-over checkpoint, waiting for its commit
-    /// unless the reader holds the job's dispatcher.
-    fn end_run(&self) {
+    /// unless the reader holds the job's dispatcher; returns whether it was committed.
+    fn end_run(&self) -> bool {
         let Some(pool) = &self.pool else {
-            return;
+            return false;
         };
         let run = self.run();
         if self.in_backpressure.load(Ordering::SeqCst) {
             run.request_handover();
+            false
         } else {
-            hand_over(&run, pool.handover_timeout);
+            hand_over(&run, pool.handover_timeout)
         }
     }
 
@@ -506,10 +510,11 @@ impl ConsumerContext for GroupContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = list(tpl);
+                let mut handed_over = false;
                 if self.pool.is_some() {
                     // the run checkpoints and commits its state before the partitions go
                     if !revoked.is_empty() {
-                        self.end_run();
+                        handed_over = self.end_run();
                     }
                 } else {
                     self.settle(&revoked);
@@ -529,7 +534,7 @@ impl ConsumerContext for GroupContext {
                     tracing::error!(error = %e, "kafka: releasing partitions failed");
                 }
                 if let Some(pool) = &self.pool {
-                    (pool.released)(&revoked);
+                    (pool.released)(&revoked, handed_over);
                 }
                 tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
                 self.push(GroupEvent::Revoked(revoked));

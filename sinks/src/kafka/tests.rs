@@ -1,0 +1,299 @@
+//! Tests of the Kafka sinks, on librdkafka's mock cluster.
+use super::*;
+use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn batch(rows: &[(&str, usize)]) -> RecordBatch {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("window_start", ts, false),
+        Field::new("n", DataType::Int64, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let text: Vec<String> = rows.iter().map(|(_, len)| "x".repeat(*len)).collect();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _)| *k))),
+            Arc::new(
+                TimestampMillisecondArray::from(vec![60_000; rows.len()]).with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from(vec![1; rows.len()])),
+            Arc::new(StringArray::from(text)),
+        ],
+    )
+    .unwrap()
+}
+
+/// The keys of every message in partition 0 of `topic`.
+fn keys_in(brokers: &str, topic: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "t")
+        .create()
+        .unwrap();
+    let (_, high) = c
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut keys = Vec::new();
+    let started = Instant::now();
+    while (keys.len() as i64) < high && started.elapsed() < Duration::from_secs(20) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            keys.push(String::from_utf8_lossy(m.key().unwrap()).into_owned());
+        }
+    }
+    keys
+}
+
+/// A sink of the mock cluster's topic `t`, with `props` and `delivery`.
+fn sink_with(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    props: &[(&str, &str)],
+    delivery: KafkaDelivery,
+) -> KafkaSink {
+    KafkaSink::new(
+        "out",
+        KafkaSinkConfig {
+            brokers: mock.bootstrap_servers(),
+            topic: "t".into(),
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            format: KafkaFormat::Json,
+            delivery,
+        },
+    )
+    .unwrap()
+}
+
+fn sink(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    props: &[(&str, &str)],
+) -> KafkaSink {
+    sink_with(mock, props, KafkaDelivery::Idempotent)
+}
+
+/// A transactional sink with id `id` on the mock cluster's topic `t`.
+fn txn_sink(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    id: &str,
+) -> KafkaSink {
+    let delivery = KafkaDelivery::ExactlyOnce {
+        transactional_id: id.into(),
+    };
+    sink_with(mock, &[], delivery)
+}
+
+fn count(keys: &[String], k: &str) -> usize {
+    keys.iter()
+        .filter(|x| x.contains(&format!("\"k\":\"{k}\"")))
+        .count()
+}
+
+/// A transactional sink whose marker reads `committed` (the epoch the test says the
+/// broker committed last; the mock cluster does not store transactional offsets).
+fn txn_sink_with(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    committed: &Arc<std::sync::Mutex<Option<u64>>>,
+) -> KafkaSink {
+    let mut s = txn_sink(mock, "p.out");
+    let c = committed.clone();
+    if let Some(t) = s.txn.as_mut() {
+        t.marker_reader = Some(Box::new(move || *c.lock().unwrap()));
+    }
+    s
+}
+
+/// The transactional protocol against librdkafka's mock cluster, which runs transactions
+/// (init, begin, offsets in the transaction, commit, abort) but has no `read_committed`
+/// isolation (aborted messages stay visible), no fencing, and does not store
+/// transactional offsets: what is checked is what each call sends and commits, and what
+/// recovery sends again given the marker.
+#[test]
+fn exactly_once_commits_a_transaction_per_checkpoint_and_recovery_completes_the_last() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let committed = Arc::new(std::sync::Mutex::new(None));
+    let mut s = txn_sink_with(&mock, &committed);
+    s.recover(None).unwrap();
+    s.write(&batch(&[("a", 1), ("b", 1)])).unwrap();
+    let info = s.pre_commit(1).unwrap();
+    assert_eq!(info["rows"], 2);
+    assert_eq!(info["transactional_id"], "p.out");
+    let outbox = outbox_decode(info["outbox"].as_str().unwrap()).unwrap();
+    assert_eq!(outbox[0].num_rows(), 2);
+    s.commit(1).unwrap();
+    // rows after a barrier wait for its commit; then they go in the next transaction
+    s.write(&batch(&[("c", 1)])).unwrap();
+    s.pre_commit(2).unwrap();
+    s.write(&batch(&[("d", 1)])).unwrap();
+    assert_eq!(count(&keys_in(&mock.bootstrap_servers(), "t"), "d"), 0);
+    // a barrier before the sink saw checkpoint 2 complete: 2 commits first, then d is
+    // prepared alone under 3
+    let info3 = s.pre_commit(3).unwrap();
+    assert_eq!(info3["rows"], 1, "{info3}");
+    *committed.lock().unwrap() = Some(2);
+    // crash: checkpoint 3 is complete, its transaction never committed; recovery aborts it
+    // and sends its outbox again in a committed transaction
+    drop(s);
+    let mut s = txn_sink_with(&mock, &committed);
+    s.recover(Some((3, &info3))).unwrap();
+    let keys = keys_in(&mock.bootstrap_servers(), "t");
+    // d twice: in the aborted transaction (visible here: the mock has no isolation) and
+    // in the new one
+    let counts = (count(&keys, "a"), count(&keys, "c"), count(&keys, "d"));
+    assert_eq!(counts, (1, 1, 2), "{keys:?}");
+    *committed.lock().unwrap() = Some(3);
+    // crash after the commit: recovery sends nothing again
+    s.write(&batch(&[("e", 1)])).unwrap();
+    let info4 = s.pre_commit(4).unwrap();
+    s.commit(4).unwrap();
+    *committed.lock().unwrap() = Some(4);
+    drop(s);
+    let mut s = txn_sink_with(&mock, &committed);
+    s.recover(Some((4, &info4))).unwrap();
+    assert_eq!(count(&keys_in(&mock.bootstrap_servers(), "t"), "e"), 1);
+    // an epoch without rows prepares nothing, and recovers nothing
+    let info5 = s.pre_commit(5).unwrap();
+    assert!(info5["outbox"].is_null(), "{info5}");
+    s.commit(5).unwrap();
+    s.recover(Some((5, &info5))).unwrap();
+    // rows after the last checkpoint are aborted when the sink finishes
+    s.write(&batch(&[("f", 1)])).unwrap();
+    s.finish().unwrap();
+}
+
+/// A commit that reports an error although it may have gone through (here the broker's
+/// answer to `EndTxn` is an error; the test's marker says whether it committed): the
+/// marker is read before anything is sent again, so that the rows are neither sent in a
+/// second transaction when it committed nor lost when it did not.
+#[test]
+fn a_failed_commit_is_resolved_by_the_marker_before_rows_are_sent_again() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let committed = Arc::new(std::sync::Mutex::new(None));
+    let mut s = txn_sink_with(&mock, &committed);
+    s.recover(None).unwrap();
+    let end_txn_fails = || {
+        mock.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_REQUEST],
+        )
+    };
+    // 1. the commit of epoch 1 fails, but it had gone through: nothing is sent again
+    s.write(&batch(&[("a", 1)])).unwrap();
+    s.pre_commit(1).unwrap();
+    s.write(&batch(&[("w", 1)])).unwrap();
+    end_txn_fails();
+    let e = s.commit(1).unwrap_err();
+    assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+    *committed.lock().unwrap() = Some(1);
+    // the retry policy calls commit again
+    s.commit(1).unwrap();
+    s.pre_commit(2).unwrap();
+    s.commit(2).unwrap();
+    *committed.lock().unwrap() = Some(2);
+    let keys = keys_in(&mock.bootstrap_servers(), "t");
+    assert_eq!((count(&keys, "a"), count(&keys, "w")), (1, 1), "{keys:?}");
+    // 2. the commit of epoch 3 fails and had not gone through: its rows go again in a
+    // new transaction (twice in the log here: the mock keeps aborted messages visible)
+    s.write(&batch(&[("b", 1)])).unwrap();
+    s.pre_commit(3).unwrap();
+    end_txn_fails();
+    assert!(s.commit(3).is_err());
+    s.commit(3).unwrap();
+    let keys = keys_in(&mock.bootstrap_servers(), "t");
+    assert_eq!(count(&keys, "b"), 2, "{keys:?}");
+    assert_eq!(count(&keys, "a"), 1, "{keys:?}");
+}
+
+/// A restore from an older checkpoint than the one the topic's marker holds (a newer
+/// damaged checkpoint was skipped) is refused: its transactions cannot be taken back.
+#[test]
+fn a_restore_older_than_the_committed_marker_is_refused() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let committed = Arc::new(std::sync::Mutex::new(Some(5)));
+    let mut s = txn_sink_with(&mock, &committed);
+    let info =
+        serde_json::json!({"transactional_id": "p.out", "epoch": 4, "rows": 0, "outbox": null});
+    let e = s.recover(Some((4, &info))).unwrap_err();
+    assert!(!matches!(e, EngineError::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("checkpoint 5"), "{e}");
+    let mut s = txn_sink_with(&mock, &committed);
+    s.recover(Some((5, &info))).unwrap();
+}
+
+#[test]
+fn exactly_once_needs_a_broker_with_transactions() {
+    // a broker without transactions: the mock without the InitProducerId API
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    mock.apiversion(rdkafka::types::RDKafkaApiKey::InitProducerId, None, None)
+        .unwrap();
+    let mut s = txn_sink(&mock, "p.out");
+    let e = s.recover(None).unwrap_err();
+    assert!(e.to_string().contains("transaction"), "{e}");
+}
+
+#[test]
+fn a_row_over_the_size_limit_is_rejected_and_the_others_are_sent() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut s = sink(&mock, &[("message.max.bytes", "2000")]);
+    s.write(&batch(&[("a", 10), ("big", 5000), ("b", 10)]))
+        .unwrap();
+    assert!(s.flush().unwrap());
+    let rejected = s.take_rejected();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].error.code, "message_too_large");
+    assert_eq!(
+        rejected[0].error.details["key"],
+        r#"{"k":"big","window_start":"1970-01-01T00:01:00.000Z"}"#
+    );
+    assert!(String::from_utf8_lossy(&rejected[0].raw).contains("xxxxx"));
+    assert!(s.take_rejected().is_empty());
+    let keys = keys_in(&mock.bootstrap_servers(), "t");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[test]
+fn after_a_failed_delivery_the_retry_sends_every_unacknowledged_row_again() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut s = sink(&mock, &[("message.timeout.ms", "1500")]);
+    s.write(&batch(&[("a", 1)])).unwrap();
+    s.flush().unwrap();
+    mock.broker_down(1).unwrap();
+    s.write(&batch(&[("b", 1), ("c", 1)])).unwrap();
+    let e = s.flush().unwrap_err();
+    assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+    // the broker comes back; the retried flush sends b and c again through a new producer
+    mock.broker_up(1).unwrap();
+    let started = Instant::now();
+    loop {
+        match s.flush() {
+            Ok(true) => break,
+            Err(EngineError::Unavailable(_)) if started.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut keys = keys_in(&mock.bootstrap_servers(), "t");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+}
