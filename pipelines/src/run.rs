@@ -195,6 +195,7 @@ pub(crate) fn run_job(
             partitions,
             partition_keys: keys,
             max_out_of_orderness_ms: s.max_out_of_orderness_ms as i64,
+            max_future_ms: Some(s.max_future_ms.min(i64::MAX as u64) as i64),
         });
     }
     // Only sinks that receive rows are opened.
@@ -286,6 +287,24 @@ pub(crate) fn run_job(
     let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
     let source_names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
     let stats = Arc::new(RunStats::new(&source_names, &op_names, &sink_names));
+    if let Ok(mut overflows) = stats.sum_overflows.lock() {
+        let windows = plan
+            .windows
+            .iter()
+            .map(|w| (&w.config.name, &w.config.aggregates));
+        let views = plan
+            .views
+            .iter()
+            .map(|v| (&v.config.name, &v.config.aggregates));
+        for (name, aggregates) in windows.chain(views) {
+            overflows.extend(
+                aggregates
+                    .iter()
+                    .filter(|a| a.output_type.is_some())
+                    .map(|a| (name.clone(), a.overflows.clone())),
+            );
+        }
+    }
     // Live barriers publish snapshots for SQL and send views' changes to their sinks.
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
     let (live, server) = if plan.serve.is_some() || views_with_sinks {

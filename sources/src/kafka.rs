@@ -1264,9 +1264,18 @@ impl KafkaReader {
                 self.hand_over(l);
             }
             let s = &self.partitions[l];
-            if let Some(idle) = self.config.idle_timeout {
-                for lane in &s.lanes {
-                    if s.assigned && !s.ended && now - lane.last_message >= idle {
+            // Idle: silent for `idle_timeout` while fetching (a partition paused for
+            // backpressure is not silent) and with nothing left to read as far as the
+            // consumer's statistics know (a partition behind is slow, not idle: its rows
+            // would turn late).
+            if let (Some(idle), false) = (self.config.idle_timeout, self.paused) {
+                let silent = |lane: &Lane| now - lane.last_message >= idle;
+                if s.assigned
+                    && !s.ended
+                    && s.lanes.iter().any(silent)
+                    && !behind(ctx, &self.name, s)
+                {
+                    for lane in s.lanes.iter().filter(|lane| silent(lane)) {
                         ctx.clocks.partition(lane.info.id).set_idle(true);
                     }
                 }
@@ -1314,6 +1323,13 @@ impl KafkaReader {
             tracing::warn!(source = %self.name, error = %e, "kafka: pause/resume failed");
         }
         self.paused = paused;
+        if !paused {
+            // the pause was weir's, not the partitions' silence
+            let now = Instant::now();
+            for lane in self.partitions.iter_mut().flat_map(|s| s.lanes.iter_mut()) {
+                lane.last_message = now;
+            }
+        }
     }
 
     fn all_caught_up(&self) -> bool {
@@ -1381,6 +1397,18 @@ fn place_message<M: Message>(
     lane.last_message = Instant::now();
     unidle(ctx, lane);
     Some(offset)
+}
+
+/// Whether partition `s` has messages left to read, by the consumer lag of the latest
+/// statistics (unknown: not behind).
+fn behind(ctx: &ReaderContext, source: &str, s: &PartitionState) -> bool {
+    let key = (source.to_string(), format!("{}/{}", s.topic, s.number));
+    ctx.stats
+        .consumer_lag
+        .lock()
+        .ok()
+        .and_then(|lag| lag.get(&key).copied())
+        .is_some_and(|lag| lag > 0)
 }
 
 /// A lane that delivers stops being idle.
