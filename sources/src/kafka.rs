@@ -1778,4 +1778,62 @@ mod tests {
             Ok(p) => panic!("found {:?}", p.counts),
         }
     }
+
+    #[test]
+    fn a_silent_partition_idles_unless_paused_or_behind() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("quiet", 2, 1).unwrap();
+        let config = KafkaSourceConfig {
+            idle_timeout: Some(Duration::from_millis(150)),
+            until_caught_up: false,
+            ..reading_to_the_end(&mock.bootstrap_servers(), "quiet")
+        };
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(2, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Progress::new(2, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        );
+        reader.connect(&ctx).unwrap();
+        let started = Instant::now();
+        while !reader.partitions.iter().all(|s| s.assigned) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never assigned"
+            );
+            reader.poll_round(&ctx).unwrap();
+            reader.handle_group_events(&ctx).unwrap();
+        }
+        let idle = |p: usize| ctx.clocks.partition(p).is_idle();
+        let wait_past_timeout = |reader: &mut KafkaReader| {
+            std::thread::sleep(Duration::from_millis(200));
+            reader.housekeeping(&ctx, true).unwrap();
+        };
+        reader.housekeeping(&ctx, true).unwrap();
+        assert!(!idle(0) && !idle(1), "just assigned");
+        // partition 1 has messages left to read by the latest statistics: slow, not idle
+        ctx.stats
+            .consumer_lag
+            .lock()
+            .unwrap()
+            .insert(("s".into(), "quiet/1".into()), 5);
+        wait_past_timeout(&mut reader);
+        assert!(idle(0) && !idle(1));
+        ctx.stats.consumer_lag.lock().unwrap().clear();
+        // paused for backpressure longer than the timeout: weir's pause, not silence
+        ctx.clocks.partition(0).set_idle(false);
+        reader.backpressure(&ctx).unwrap();
+        wait_past_timeout(&mut reader);
+        assert!(!idle(0) && !idle(1));
+        reader.backpressure_released(&ctx).unwrap();
+        reader.housekeeping(&ctx, true).unwrap();
+        assert!(
+            !idle(0) && !idle(1),
+            "the timeout starts again after the pause"
+        );
+        wait_past_timeout(&mut reader);
+        assert!(idle(0) && idle(1));
+    }
 }

@@ -218,7 +218,7 @@ fn decoders_never_panic_and_account_for_every_record() {
     let cases: usize = std::env::var("WEIR_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+        .unwrap_or(20_000);
     let seed: u64 = std::env::var("WEIR_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
