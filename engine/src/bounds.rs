@@ -63,6 +63,28 @@ pub fn drop_future(
         .map_err(|e| EngineError::source(&partition.source, e))
 }
 
+/// Logs a warning when a checkpoint restores a partition whose newest event time is more than
+/// `max_future_ms` ahead of `now`: it was checkpointed before the bound held (or with a larger
+/// one), and its watermark makes every event late until the clock catches up. Restoring an
+/// earlier checkpoint, or none, is the remedy; weir does not move a restored watermark back,
+/// since windows it closed stay closed.
+pub fn warn_if_restored_ahead(
+    (source, partition): (&str, &str),
+    newest: i64,
+    (max_future_ms, now): (i64, i64),
+) -> bool {
+    let ahead = newest != crate::clock::WATERMARK_END && newest > now.saturating_add(max_future_ms);
+    if ahead {
+        tracing::warn!(
+            source,
+            partition,
+            newest_event_time = %crate::time::format_rfc3339_ms(newest),
+            "restored a partition whose newest event time is beyond event_time.max_future: its watermark makes later events late; restore an earlier checkpoint to undo it"
+        );
+    }
+    ahead
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +160,25 @@ mod tests {
         );
         assert_eq!(dead.len(), 3);
         assert!(kept.batch.column(0).null_count() == 0);
+    }
+
+    #[test]
+    fn a_restored_partition_ahead_of_the_bound_is_flagged() {
+        let now = 1_700_000_000_000;
+        assert!(warn_if_restored_ahead(
+            ("s", "p"),
+            now * 1000,
+            (3_600_000, now)
+        ));
+        assert!(!warn_if_restored_ahead(
+            ("s", "p"),
+            now + 5,
+            (3_600_000, now)
+        ));
+        assert!(!warn_if_restored_ahead(
+            ("s", "p"),
+            crate::clock::WATERMARK_END,
+            (3_600_000, now)
+        ));
     }
 }

@@ -547,10 +547,20 @@ pub fn run(
         if let Some(restored) = &cp.restored {
             let m = &restored.manifest;
             first_epoch = m.epoch;
+            let max_future: Vec<Option<i64>> = spec
+                .sources
+                .iter()
+                .flat_map(|s| std::iter::repeat_n(s.max_future_ms, s.partitions))
+                .collect();
             for (id, (resume, newest)) in restored_partitions(m, &partition_keys) {
                 cut[id] = Some(resume);
                 if newest != WATERMARK_MIN {
                     clocks.partition(id).restore(newest);
+                }
+                if let (Some(Some(max)), Some((source, key))) =
+                    (max_future.get(id), partition_keys.get(id))
+                {
+                    crate::bounds::warn_if_restored_ahead((source, key), newest, (*max, now_ms()));
                 }
                 progress.record_checkpoint(id, resume.next_offset);
             }
