@@ -51,6 +51,14 @@ sinks:
 dead_letter: { file: { path: out/dead_letter.ndjson } }
 "#;
 
+/// The `weir` binary: `WEIR_BIN` when set (a copy taken right after the build, for a target
+/// folder other worktrees build into too), else the one cargo built for this test.
+fn weir_bin() -> PathBuf {
+    std::env::var_os("WEIR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_weir")))
+}
+
 /// The dataset the overflowing pair is alone in (no good event has it).
 const OVERFLOW_KEY: &str = "poison-overflow";
 
@@ -176,7 +184,7 @@ impl Case {
     }
 
     fn command(&self, pipeline: &Path) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+        let mut c = Command::new(weir_bin());
         c.env("RUST_LOG", "info")
             .current_dir(self.dir.path())
             .args(["run", pipeline.to_str().unwrap(), "--parallelism", "2"]);
