@@ -466,3 +466,48 @@ impl Metrics {
         o.text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(source: &str, watermark: Option<i64>, ended: bool, idle: bool) -> PartitionStatus {
+        PartitionStatus {
+            source: source.into(),
+            partition: "p".into(),
+            watermark,
+            newest: watermark,
+            ended,
+            idle,
+            lag: None,
+        }
+    }
+
+    #[test]
+    fn partitions_without_a_watermark_and_idle_ones_are_counted_per_source() {
+        let stats = RunStats::new(&["a".into(), "b".into()], &[], &[]);
+        let partitions = [
+            status("a", None, false, false),    // holds the watermark without one
+            status("a", Some(5), false, false), // has one
+            status("a", None, false, true),     // idle: holds nothing
+            status("a", None, true, false),     // ended
+            status("b", Some(1), false, true),
+        ];
+        let mut o = Out {
+            text: String::new(),
+            pipeline: "x".into(),
+        };
+        partition_gauges(&mut o, &partitions, &stats.sources);
+        for line in [
+            "weir_partitions_without_watermark{pipeline=\"x\",source=\"a\"} 1",
+            "weir_partitions_without_watermark{pipeline=\"x\",source=\"b\"} 0",
+            "weir_partitions_idle{pipeline=\"x\",source=\"a\"} 1",
+            "weir_partitions_idle{pipeline=\"x\",source=\"b\"} 1",
+        ] {
+            assert!(o.text.lines().any(|l| l == line), "{line} in\n{}", o.text);
+        }
+        // each family's samples follow its own HELP and TYPE lines
+        let types: Vec<&str> = o.text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        assert_eq!(types.len(), 2);
+    }
+}
