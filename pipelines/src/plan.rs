@@ -1614,12 +1614,20 @@ fn view_definition(c: &ViewConfig, source: &str) -> String {
     d
 }
 
+/// An aggregate's definition in one line. An integer sum added exactly (its state is a
+/// `Decimal128`, see `weir_operators::compile::widen_integer_sum`) says so: a checkpoint of a
+/// wrapping sum's `Int64` state (written by an earlier weir) is then refused as a change.
 fn aggregate_definition(a: &weir_operators::CompiledAggregate) -> String {
     format!(
-        "{} = {} -> {}",
+        "{} = {} -> {}{}",
         a.name,
         a.function.human_display(),
-        a.output_field().data_type()
+        a.output_field().data_type(),
+        if a.output_type.is_some() {
+            " (exact, null past its range)"
+        } else {
+            ""
+        }
     )
 }
 
