@@ -455,3 +455,48 @@ fn kafka_delivery_is_checked() {
         "{shown}"
     );
 }
+
+#[test]
+fn max_future_is_a_duration_with_a_default_of_an_hour() {
+    let e = error_of(
+        "max_out_of_orderness: 5s }",
+        "max_out_of_orderness: 5s, max_future: soon }",
+    );
+    assert!(e.starts_with("7:"), "{e}");
+    assert!(e.contains("bad duration `soon`"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, GOOD).unwrap();
+    assert_eq!(load(&p).unwrap().sources[0].max_future_ms, 3_600_000);
+    let set = GOOD.replace(
+        "max_out_of_orderness: 5s }",
+        "max_out_of_orderness: 5s, max_future: 2d }",
+    );
+    std::fs::write(&p, set).unwrap();
+    let plan = load(&p).unwrap();
+    assert_eq!(plan.sources[0].max_future_ms, 2 * 86_400_000);
+    assert!(plan.describe(1).contains("max_future 172800000 ms"));
+}
+
+#[test]
+fn a_checkpoint_of_a_wrapping_integer_sum_is_refused_as_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, GOOD).unwrap();
+    let now = load(&p).unwrap().fingerprint();
+    let aggregates = &now["window w: aggregates"];
+    assert!(
+        aggregates.contains("bytes = sum(sizeBytes) -> Int64 (exact, null past its range)"),
+        "{aggregates}"
+    );
+    // what a weir before exact sums wrote: its Int64 state would not merge into Decimal128
+    let mut before = now.clone();
+    before.insert(
+        "window w: aggregates".into(),
+        "events = count(1) -> Int64; bytes = sum(sizeBytes) -> Int64".into(),
+    );
+    let e = weir_engine::checkpoint::compatibility(&before, &now).unwrap_err();
+    assert!(e.contains("window w: aggregates changed"), "{e}");
+}

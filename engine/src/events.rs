@@ -217,6 +217,28 @@ impl EventBatch {
         ))
     }
 
+    /// The rows at `keep` (ascending indexes), with their times, offsets and raw bytes.
+    pub fn retain_rows(&self, keep: &[u32]) -> Result<EventBatch, arrow::error::ArrowError> {
+        let indices = arrow::array::UInt32Array::from(keep.to_vec());
+        let batch = arrow::compute::take_record_batch(&self.batch, &indices)?;
+        let raw = self.raw.as_ref().map(|r| RawRows {
+            bytes: r.bytes.clone(),
+            spans: keep.iter().map(|&i| r.spans[i as usize]).collect(),
+            headers: r.headers.as_ref().map(|h| {
+                Arc::new(RowHeaders {
+                    rows: keep.iter().map(|&i| h.rows[i as usize]).collect(),
+                    fields: h.fields.clone(),
+                })
+            }),
+        });
+        Ok(EventBatch {
+            batch,
+            event_time: keep.iter().map(|&i| self.event_time[i as usize]).collect(),
+            offsets: keep.iter().map(|&i| self.offsets[i as usize]).collect(),
+            raw,
+        })
+    }
+
     /// The original bytes of row `i`, when known.
     pub fn raw_row(&self, i: usize) -> Option<Vec<u8>> {
         self.raw.as_ref().map(|r| {

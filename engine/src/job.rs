@@ -272,6 +272,9 @@ pub struct SourceSpec {
     /// path), for checkpoints.
     pub partition_keys: Vec<String>,
     pub max_out_of_orderness_ms: i64,
+    /// Rows whose event time is more than this ahead of the wall clock are dead-lettered
+    /// before they reach the partition's clock (see [`crate::bounds`]); `None`: no bound.
+    pub max_future_ms: Option<i64>,
 }
 
 /// A windowed operator of a job.
@@ -369,7 +372,7 @@ enum MergeInput {
     Live {
         seq: u64,
         counters: Vec<(String, u64)>,
-        clocks: Vec<(Option<i64>, Option<i64>, bool)>,
+        clocks: Vec<ClockRow>,
     },
 }
 
@@ -544,10 +547,20 @@ pub fn run(
         if let Some(restored) = &cp.restored {
             let m = &restored.manifest;
             first_epoch = m.epoch;
+            let max_future: Vec<Option<i64>> = spec
+                .sources
+                .iter()
+                .flat_map(|s| std::iter::repeat_n(s.max_future_ms, s.partitions))
+                .collect();
             for (id, (resume, newest)) in restored_partitions(m, &partition_keys) {
                 cut[id] = Some(resume);
                 if newest != WATERMARK_MIN {
                     clocks.partition(id).restore(newest);
+                }
+                if let (Some(Some(max)), Some((source, key))) =
+                    (max_future.get(id), partition_keys.get(id))
+                {
+                    crate::bounds::warn_if_restored_ahead((source, key), newest, (*max, now_ms()));
                 }
                 progress.record_checkpoint(id, resume.next_offset);
             }
@@ -763,6 +776,8 @@ pub fn run(
     // Workers.
     let decoders: Arc<Vec<Arc<dyn Decode>>> =
         Arc::new(spec.sources.iter().map(|s| s.decoder.clone()).collect());
+    let max_future: Arc<Vec<Option<i64>>> =
+        Arc::new(spec.sources.iter().map(|s| s.max_future_ms).collect());
     let mut worker_senders = Vec::new();
     let input_done = Arc::new(ExitBarrier::new(n));
     for (w, ops) in worker_parts.into_iter().enumerate() {
@@ -771,6 +786,7 @@ pub fn run(
         let ctx = WorkerCtx {
             index: w,
             decoders: decoders.clone(),
+            max_future: max_future.clone(),
             clocks: clocks.clone(),
             stats: stats.clone(),
             dead_tx: dead_tx.clone(),
@@ -1120,6 +1136,8 @@ fn live_barriers(
 struct WorkerCtx {
     index: usize,
     decoders: Arc<Vec<Arc<dyn Decode>>>,
+    /// Per source, its `SourceSpec::max_future_ms`.
+    max_future: Arc<Vec<Option<i64>>>,
     clocks: Arc<Clocks>,
     stats: Arc<RunStats>,
     dead_tx: Sender<DeadMsg>,
@@ -1275,14 +1293,18 @@ fn worker_live(
     at_barrier(rendezvous, ops, flushed, ctx, copy, lead)
 }
 
-/// Per global partition: (watermark, newest event time) where known, and whether it ended.
-fn clock_status(clocks: &Clocks) -> Vec<(Option<i64>, Option<i64>, bool)> {
+/// A partition's clock at a snapshot: (watermark, newest event time) where known, whether it
+/// ended, whether it is idle.
+type ClockRow = (Option<i64>, Option<i64>, bool, bool);
+
+/// Per global partition, its [`ClockRow`].
+fn clock_status(clocks: &Clocks) -> Vec<ClockRow> {
     (0..clocks.len())
         .map(|id| {
             let c = clocks.partition(id);
             let (wm, newest) = (c.watermark(), c.newest());
             let known = |v: i64| (v != WATERMARK_MIN && v != WATERMARK_END).then_some(v);
-            (known(wm), known(newest), wm == WATERMARK_END)
+            (known(wm), known(newest), wm == WATERMARK_END, c.is_idle())
         })
         .collect()
 }
@@ -1399,7 +1421,7 @@ fn process_chunk(
     };
     let Decoded {
         events,
-        bad,
+        mut bad,
         records,
     } = match chunk.data {
         ChunkData::Lines(ref lines) => ctx.decoders[chunk.source].decode(&chunk, lines),
@@ -1416,6 +1438,12 @@ fn process_chunk(
             bad: Vec::new(),
             records: 0,
         },
+    };
+    let events = match (events, ctx.max_future.get(chunk.source).copied().flatten()) {
+        (Some(ev), Some(max)) => {
+            crate::bounds::drop_future(ev, (max, now_ms()), &chunk.partition, &mut bad)?
+        }
+        (events, _) => events,
     };
     RunStats::add(&ctx.stats.records_in, records);
     if let Some(src) = ctx.stats.sources.get(chunk.source) {
@@ -1465,6 +1493,7 @@ fn process_chunk(
         RunStats::add(&ctx.stats.late[*oi].value, late);
         handovers[i].dirty = true;
     }
+    count_bad_rows(ctx, chunk.source, &dead);
     if !dead.is_empty() {
         ctx.dead_tx
             .send(DeadMsg::Records(dead))
@@ -1485,6 +1514,26 @@ fn process_chunk(
         send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, windows)?;
     }
     Ok(())
+}
+
+/// Counts the records operators dead-lettered as bad (an expression failed on them) as bad
+/// records of their source: once per record, however many operators failed on it.
+fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) {
+    let mut offsets: Vec<Option<u64>> = dead
+        .iter()
+        .filter(|d| d.reason == Reason::Bad)
+        .map(|d| d.offset)
+        .collect();
+    if offsets.is_empty() {
+        return;
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    let n = offsets.len() as u64;
+    RunStats::add(&ctx.stats.bad, n);
+    if let Some(src) = ctx.stats.sources.get(source) {
+        RunStats::add(&src.bad, n);
+    }
 }
 
 /// Per window a chunk's rows went to: (the watermark that closes it, smallest offset of its
@@ -1603,7 +1652,7 @@ struct MergerStart {
 /// Each partition's row of `weir_status`: its clocks, and its consumer lag from `stats`.
 fn partition_statuses(
     partitions: &[(String, String)],
-    clocks: impl IntoIterator<Item = (Option<i64>, Option<i64>, bool)>,
+    clocks: impl IntoIterator<Item = ClockRow>,
     stats: Option<&RunStats>,
 ) -> Vec<PartitionStatus> {
     let lag = stats.and_then(|s| s.consumer_lag.lock().ok());
@@ -1611,7 +1660,7 @@ fn partition_statuses(
         .iter()
         .zip(clocks)
         .map(
-            |((source, partition), (watermark, newest, ended))| PartitionStatus {
+            |((source, partition), (watermark, newest, ended, idle))| PartitionStatus {
                 lag: lag
                     .as_ref()
                     .and_then(|l| l.get(&(source.clone(), partition.clone())).copied()),
@@ -1620,6 +1669,7 @@ fn partition_statuses(
                 watermark,
                 newest,
                 ended,
+                idle,
             },
         )
         .collect()
@@ -1678,7 +1728,7 @@ impl LiveTables {
         &mut self,
         ops: &mut [MergePart],
         counters: Vec<(String, u64)>,
-        clocks: Vec<(Option<i64>, Option<i64>, bool)>,
+        clocks: Vec<ClockRow>,
         stats: &RunStats,
         finished: bool,
     ) -> Result<(), EngineError> {

@@ -6,6 +6,7 @@
 //! [`job::PartitionReader`] and [`job::Decode`], operators through [`job::WorkerOperator`] and
 //! [`job::MergeOperator`], outputs through [`job::Sink`] and [`job::DeadLetterSink`].
 
+pub mod bounds;
 pub mod checkpoint;
 pub mod clock;
 pub mod dead_letter;

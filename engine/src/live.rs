@@ -187,6 +187,9 @@ pub struct PartitionStatus {
     pub newest: Option<i64>,
     /// The partition ended (a bounded input read to its end).
     pub ended: bool,
+    /// The partition does not hold its source's watermark back: not read by this process
+    /// (a Kafka partition the group gave another one), or silent for `idle_timeout`.
+    pub idle: bool,
     /// Kafka consumer lag: messages between the partition's high watermark and the next
     /// offset this process reads, from the consumer's latest statistics (every few seconds);
     /// `None` for other sources and for partitions this process does not read.

@@ -141,6 +141,9 @@ pub struct RunStats {
     pub sink_latency: Vec<Histogram>,
     /// Errors, retries and circuit state of the dead-letter output.
     pub dead_letter_health: OutputHealth,
+    /// Per operator: the counter of its integer sums given as null because they did not fit
+    /// the output type (counted by the operator's aggregates since the process started).
+    pub sum_overflows: Mutex<Vec<(String, std::sync::Arc<AtomicU64>)>>,
 }
 
 impl RunStats {
@@ -181,6 +184,7 @@ impl RunStats {
             sink_health: sinks.iter().map(|_| OutputHealth::default()).collect(),
             sink_latency: sinks.iter().map(|_| Histogram::default()).collect(),
             dead_letter_health: OutputHealth::default(),
+            sum_overflows: Mutex::new(Vec::new()),
         }
     }
 

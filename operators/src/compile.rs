@@ -27,6 +27,13 @@ pub struct CompiledAggregate {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
     /// Set when weir's vectorised first/last string value serves this call.
     pub ordered_value: Option<OrderedValueSpec>,
+    /// The type results are given in when it is not the function's own: a `sum` of 64-bit
+    /// integers adds in `Decimal128(38, 0)` (no wrap) and gives its result back as the
+    /// integer type, null when the exact sum does not fit (see [`widen_integer_sum`]).
+    pub output_type: Option<DataType>,
+    /// Result values that did not fit `output_type` (given as null), shared by every copy
+    /// of the aggregate: what `weir_sum_overflows_total` reports.
+    pub overflows: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CompiledAggregate {
@@ -47,7 +54,11 @@ impl CompiledAggregate {
     /// The result column's field, named after the output.
     pub fn output_field(&self) -> FieldRef {
         let f = self.function.field();
-        Arc::new(f.as_ref().clone().with_name(&self.name).with_nullable(true))
+        let mut f = f.as_ref().clone().with_name(&self.name).with_nullable(true);
+        if let Some(t) = &self.output_type {
+            f = f.with_data_type(t.clone());
+        }
+        Arc::new(f)
     }
 
     /// How many state columns the accumulator hands over for merging.
@@ -59,6 +70,8 @@ impl CompiledAggregate {
 /// Compiles SQL expressions against the schema of decoded events.
 pub struct SqlCompiler {
     state: SessionState,
+    /// Integer sums as DataFusion has them (wrapping): benchmarks' baseline only.
+    wrapping_sums: bool,
 }
 
 impl Default for SqlCompiler {
@@ -78,7 +91,16 @@ impl SqlCompiler {
                 .with_config(config)
                 .with_default_features()
                 .build(),
+            wrapping_sums: false,
         }
+    }
+
+    /// A compiler whose integer sums are DataFusion's own, which wrap on overflow: the
+    /// baseline of the window benchmark, never for pipelines.
+    #[doc(hidden)]
+    pub fn with_wrapping_sums(mut self) -> Self {
+        self.wrapping_sums = true;
+        self
     }
 
     fn logical(&self, sql: &str, schema: &Schema) -> Result<(Expr, DFSchema), String> {
@@ -129,6 +151,11 @@ impl SqlCompiler {
         }
         let mut rewriter = TypeCoercionRewriter::new(&df_schema);
         let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
+        let (expr, output_type) = if self.wrapping_sums {
+            (expr, None)
+        } else {
+            widen_integer_sum(expr, &df_schema)
+        };
         let (function, filter, _) = create_aggregate_expr_and_maybe_filter(
             &expr,
             &df_schema,
@@ -145,10 +172,51 @@ impl SqlCompiler {
             inputs,
             filter,
             ordered_value,
+            output_type,
+            overflows: Default::default(),
         };
         compiled.accumulator().map_err(clean)?;
         Ok(compiled)
     }
+}
+
+/// The type a `sum` of 64-bit integers adds in: 38 digits hold the sum of 2^64 values of
+/// 2^63, so it cannot wrap.
+pub const WIDE_SUM: DataType = DataType::Decimal128(38, 0);
+
+/// `sum(x)` of an `Int64` or `UInt64` argument (smaller integers are coerced to them) as
+/// `sum(CAST(x AS Decimal128(38, 0)))`, with the integer type to give results in: DataFusion
+/// adds 64-bit integers with wrapping, so two events of 2^62 would sum to a negative number.
+/// The result stays the integer type, as DataFusion and every sink's existing tables and
+/// schemas have it; a sum outside its range becomes null when cast back (never a wrapped
+/// number), and operators count it (see `weir_operators::window::Groups::finish`).
+pub fn widen_integer_sum(expr: Expr, schema: &DFSchema) -> (Expr, Option<DataType>) {
+    use datafusion::logical_expr::expr::{AggregateFunction, Cast};
+    use datafusion::logical_expr::ExprSchemable;
+    let Expr::AggregateFunction(AggregateFunction { func, mut params }) = expr else {
+        return (expr, None);
+    };
+    let arg_type = match params.args.as_slice() {
+        [arg] if func.name() == "sum" => arg.get_type(schema).ok(),
+        _ => None,
+    };
+    let output_type = match arg_type {
+        Some(t @ (DataType::Int64 | DataType::UInt64)) => t,
+        _ => {
+            return (
+                Expr::AggregateFunction(AggregateFunction { func, params }),
+                None,
+            )
+        }
+    };
+    let arg = params.args.remove(0);
+    params
+        .args
+        .push(Expr::Cast(Cast::new(Box::new(arg), WIDE_SUM)));
+    (
+        Expr::AggregateFunction(AggregateFunction { func, params }),
+        Some(output_type),
+    )
 }
 
 /// The spec of weir's vectorised first/last value when it can serve `function`: one string

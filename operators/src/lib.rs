@@ -2,6 +2,7 @@
 //! by DataFusion, the keyed tumbling-window aggregate and the materialized view.
 
 pub mod compile;
+pub mod isolate;
 pub mod ordered_value;
 pub mod view;
 pub mod window;

@@ -24,6 +24,7 @@ use weir_engine::time::{now_ms, window_start};
 use weir_engine::{DeadLetter, EngineError, ErrorInfo, EventBatch, Reason};
 
 use crate::compile::CompiledAggregate;
+use crate::isolate::{evaluate, process_isolating, BatchError, RowExprs};
 
 /// Which clock windows follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +173,15 @@ impl WindowConfig {
     }
 }
 
+/// A batch's key columns and aggregate inputs, evaluated (see [`Groups::evaluate`]).
+pub(crate) struct Evaluated {
+    keys: Vec<ArrayRef>,
+    /// Per aggregate, its arguments (then ORDER BY values).
+    inputs: Vec<Vec<ArrayRef>>,
+    /// Per aggregate, its `FILTER`.
+    filters: Vec<Option<ArrayRef>>,
+}
+
 /// The accumulators of one window (or view): a key table and one accumulator per aggregate.
 pub(crate) struct Groups {
     pub values: Box<dyn GroupValues>,
@@ -197,16 +207,15 @@ impl Groups {
         })
     }
 
-    /// Aggregates every row of `batch` into its key's group.
-    pub fn update(
-        &mut self,
+    /// Evaluates what [`Self::apply`] aggregates of `batch`: the key columns, and every
+    /// aggregate's arguments and `FILTER`. Changes nothing, so a failure leaves the state as
+    /// it was.
+    pub fn evaluate(
         batch: &RecordBatch,
         keys: &[String],
         aggregates: &[CompiledAggregate],
-        group_ids: &mut Vec<usize>,
         name: &str,
-    ) -> Result<(), EngineError> {
-        let err = |e: datafusion::error::DataFusionError| EngineError::operator(name, e);
+    ) -> Result<Evaluated, BatchError> {
         let keys: Vec<ArrayRef> = keys
             .iter()
             .map(|k| {
@@ -216,29 +225,63 @@ impl Groups {
                     .ok_or_else(|| EngineError::operator(name, format!("no column {k}")))
             })
             .collect::<Result<_, _>>()?;
-        self.values.intern(&keys, group_ids).map_err(err)?;
-        let total = self.values.len();
-        let n = batch.num_rows();
-        for (agg, acc) in aggregates.iter().zip(self.accumulators.iter_mut()) {
-            let inputs: Vec<ArrayRef> = agg
-                .inputs
-                .iter()
-                .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
-                .collect::<Result<_, _>>()
-                .map_err(err)?;
-            let filter = match &agg.filter {
-                Some(f) => Some(
-                    f.evaluate(batch)
-                        .and_then(|v| v.into_array(n))
-                        .map_err(err)?,
-                ),
+        let mut inputs = Vec::with_capacity(aggregates.len());
+        let mut filters = Vec::with_capacity(aggregates.len());
+        for agg in aggregates {
+            inputs.push(
+                agg.inputs
+                    .iter()
+                    .map(|e| evaluate(e, batch))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| BatchError::of(name, e))?,
+            );
+            filters.push(match &agg.filter {
+                Some(f) => Some(evaluate(f, batch).map_err(|e| BatchError::of(name, e))?),
                 None => None,
-            };
+            });
+        }
+        Ok(Evaluated {
+            keys,
+            inputs,
+            filters,
+        })
+    }
+
+    /// Aggregates evaluated rows into their keys' groups.
+    pub fn apply(
+        &mut self,
+        rows: &Evaluated,
+        group_ids: &mut Vec<usize>,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        let err = |e: datafusion::error::DataFusionError| EngineError::operator(name, e);
+        self.values.intern(&rows.keys, group_ids).map_err(err)?;
+        let total = self.values.len();
+        for ((acc, inputs), filter) in self
+            .accumulators
+            .iter_mut()
+            .zip(&rows.inputs)
+            .zip(&rows.filters)
+        {
             let filter = filter.as_ref().map(|f| f.as_boolean());
-            acc.update_batch(&inputs, group_ids, filter, total)
+            acc.update_batch(inputs, group_ids, filter, total)
                 .map_err(err)?;
         }
         Ok(())
+    }
+
+    /// Aggregates every row of `batch` into its key's group; the state is unchanged when
+    /// an expression fails.
+    pub fn update(
+        &mut self,
+        batch: &RecordBatch,
+        keys: &[String],
+        aggregates: &[CompiledAggregate],
+        group_ids: &mut Vec<usize>,
+        name: &str,
+    ) -> Result<(), BatchError> {
+        let rows = Self::evaluate(batch, keys, aggregates, name)?;
+        Ok(self.apply(&rows, group_ids, name)?)
     }
 
     /// Merges a partial state (keys and accumulator states) into the groups.
@@ -268,23 +311,46 @@ impl Groups {
         &mut self,
         aggregates: &[CompiledAggregate],
         name: &str,
+        count_overflows: bool,
     ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>), EngineError> {
         let err = |e| EngineError::operator(name, e);
         let keys = self.values.emit(EmitTo::All).map_err(err)?;
         let mut values = Vec::with_capacity(aggregates.len());
         for (acc, agg) in self.accumulators.iter_mut().zip(aggregates) {
             let v = acc.evaluate(EmitTo::All).map_err(err)?;
-            let want = agg.output_field();
-            let v = if v.data_type() != want.data_type() {
-                arrow::compute::cast(&v, want.data_type())
-                    .map_err(|e| EngineError::operator(name, e))?
-            } else {
-                v
-            };
-            values.push(v);
+            values.push(to_output(v, agg, name, count_overflows)?);
         }
         Ok((keys, values))
     }
+}
+
+/// An aggregate's values in its output type. A widened integer sum (see
+/// [`crate::compile::widen_integer_sum`]) that does not fit the output type becomes null,
+/// never a wrapped number: counted in `overflows` of the aggregate and logged when `count`.
+pub(crate) fn to_output(
+    v: ArrayRef,
+    agg: &CompiledAggregate,
+    name: &str,
+    count: bool,
+) -> Result<ArrayRef, EngineError> {
+    let want = agg.output_field();
+    if v.data_type() == want.data_type() {
+        return Ok(v);
+    }
+    let out =
+        arrow::compute::cast(&v, want.data_type()).map_err(|e| EngineError::operator(name, e))?;
+    let overflowed = out.null_count().saturating_sub(v.null_count());
+    if overflowed > 0 && count {
+        agg.overflows
+            .fetch_add(overflowed as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            operator = name,
+            aggregate = agg.name.as_str(),
+            values = overflowed,
+            "a sum is outside its type's range: the value is null"
+        );
+    }
+    Ok(out)
 }
 
 /// The open windows of a worker or of the merger, by window start.
@@ -421,39 +487,24 @@ impl WindowWorker {
         })
     }
 
-    fn aggregate(&mut self, start: i64, batch: &RecordBatch) -> Result<(), EngineError> {
-        let config = self.config.clone();
-        let groups = self.windows.get_or_create(start, &config)?;
-        groups.update(
-            batch,
-            &self.state_keys,
-            &config.aggregates,
-            &mut self.group_ids,
-            &config.name,
-        )
-    }
-}
-
-impl WorkerOperator for WindowWorker {
+    /// Processes a batch, all or nothing: every expression is evaluated before any window
+    /// changes, so that an expression error leaves the state as it was (see
+    /// [`crate::isolate`]).
     // one index walks the event times, watermarks, offsets and filter together
     #[allow(clippy::needless_range_loop)]
-    fn process(
+    fn try_process(
         &mut self,
         partition: &Arc<PartitionInfo>,
         events: &EventBatch,
         row_watermarks: &[i64],
         dead: &mut Vec<DeadLetter>,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<u64, BatchError> {
         let config = self.config.clone();
         let batch = config.with_partition(&events.batch, partition.state_id as u32)?;
         let batch = batch.as_ref();
         let n = batch.num_rows();
         let pass = match &config.predicate {
-            Some(p) => Some(
-                p.evaluate(batch)
-                    .and_then(|v| v.into_array(n))
-                    .map_err(|e| config.err(e))?,
-            ),
+            Some(p) => Some(evaluate(p, batch).map_err(|e| BatchError::of(&config.name, e))?),
             None => None,
         };
         let pass = pass.as_ref().map(|a| a.as_boolean());
@@ -488,26 +539,7 @@ impl WorkerOperator for WindowWorker {
                 };
                 if config.closed(start, wm) {
                     late += 1;
-                    dead.push(DeadLetter {
-                        partition: partition.clone(),
-                        offset: events.offsets.get(i).copied(),
-                        trace: events.trace_of(i),
-                        reason: Reason::Late,
-                        error: ErrorInfo::new(
-                            "late_event",
-                            format!(
-                                "the event's window closed before it arrived ({})",
-                                config.name
-                            ),
-                        )
-                        .with("window", config.name.as_str())
-                        .with("event_time", t)
-                        .with("window_start", start)
-                        .with("window_end", start.saturating_add(config.size_ms))
-                        .with("allowed_lateness_ms", config.allowed_lateness_ms)
-                        .with("watermark", wm),
-                        raw: events.raw_row(i),
-                    });
+                    dead.push(late_letter(&config, partition, events, i, (start, wm)));
                     continue;
                 }
             }
@@ -522,22 +554,83 @@ impl WorkerOperator for WindowWorker {
             }
             self.buckets[last].1.push(i as u32);
         }
-        let mut buckets = std::mem::take(&mut self.buckets);
-        for (start, idx) in buckets.iter() {
-            if idx.is_empty() {
-                continue;
-            }
-            if idx.len() == n {
-                self.aggregate(*start, batch)?;
+        self.buckets.retain(|(_, idx)| !idx.is_empty());
+        // evaluate every window's rows first, then change the windows
+        let mut evaluated = Vec::with_capacity(self.buckets.len());
+        for (start, idx) in self.buckets.iter() {
+            let rows = if idx.len() == n {
+                Groups::evaluate(batch, &self.state_keys, &config.aggregates, &config.name)?
             } else {
                 let indices = UInt32Array::from(idx.clone());
                 let subset = take_record_batch(batch, &indices).map_err(|e| config.err(e))?;
-                self.aggregate(*start, &subset)?;
-            }
+                Groups::evaluate(&subset, &self.state_keys, &config.aggregates, &config.name)?
+            };
+            evaluated.push((*start, rows));
         }
-        buckets.retain(|(_, idx)| !idx.is_empty());
-        self.buckets = buckets;
+        for (start, rows) in evaluated {
+            let groups = self.windows.get_or_create(start, &config)?;
+            groups.apply(&rows, &mut self.group_ids, &config.name)?;
+        }
         Ok(late)
+    }
+}
+
+/// The dead letter of row `i`, late for the window starting at `start` at watermark `wm`.
+fn late_letter(
+    config: &WindowConfig,
+    partition: &Arc<PartitionInfo>,
+    events: &EventBatch,
+    i: usize,
+    (start, wm): (i64, i64),
+) -> DeadLetter {
+    let t = events.event_time[i];
+    DeadLetter {
+        partition: partition.clone(),
+        offset: events.offsets.get(i).copied(),
+        trace: events.trace_of(i),
+        reason: Reason::Late,
+        error: ErrorInfo::new(
+            "late_event",
+            format!(
+                "the event's window closed before it arrived ({})",
+                config.name
+            ),
+        )
+        .with("window", config.name.as_str())
+        .with("event_time", t)
+        .with("window_start", start)
+        .with("window_end", start.saturating_add(config.size_ms))
+        .with("allowed_lateness_ms", config.allowed_lateness_ms)
+        .with("watermark", wm),
+        raw: events.raw_row(i),
+    }
+}
+
+impl WorkerOperator for WindowWorker {
+    fn process(
+        &mut self,
+        partition: &Arc<PartitionInfo>,
+        events: &EventBatch,
+        row_watermarks: &[i64],
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<u64, EngineError> {
+        let config = self.config.clone();
+        process_isolating(
+            &config.name,
+            partition,
+            (events, row_watermarks),
+            dead,
+            RowExprs {
+                predicate: config.predicate.as_ref(),
+                aggregates: &config.aggregates,
+            },
+            |ev| {
+                config
+                    .with_partition(&ev.batch, partition.state_id as u32)
+                    .map(|b| b.into_owned())
+            },
+            |ev, wms, dead| self.try_process(partition, ev, wms, dead),
+        )
     }
 
     fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError> {
@@ -602,9 +695,16 @@ impl WindowMerger {
         })
     }
 
-    fn finish_window(&self, start: i64, mut g: Groups) -> Result<RecordBatch, EngineError> {
+    /// The result rows of a window; `emitted` when they are its final rows (overflowed sums
+    /// are counted once, there).
+    fn finish_window(
+        &self,
+        start: i64,
+        mut g: Groups,
+        emitted: bool,
+    ) -> Result<RecordBatch, EngineError> {
         let config = &self.config;
-        let (mut keys, values) = g.finish(&config.aggregates, &config.name)?;
+        let (mut keys, values) = g.finish(&config.aggregates, &config.name, emitted)?;
         if config.partition_state && !keys.is_empty() {
             // the partition column is the state's, not the result's
             keys.remove(0);
@@ -664,7 +764,7 @@ impl MergeOperator for WindowMerger {
         let closed = self.windows.take_closed(&self.config, watermark);
         closed
             .into_iter()
-            .map(|(start, g)| self.finish_window(start, g))
+            .map(|(start, g)| self.finish_window(start, g, true))
             .collect()
     }
 
@@ -679,7 +779,7 @@ impl MergeOperator for WindowMerger {
         }
         std::mem::take(&mut open.windows)
             .into_iter()
-            .map(|(start, g)| self.finish_window(start, g))
+            .map(|(start, g)| self.finish_window(start, g, false))
             .collect()
     }
 }
@@ -797,6 +897,84 @@ mod tests {
                 ("b".into(), 60_000, 1),
                 ("c".into(), 0, 1)
             ]
+        );
+    }
+
+    #[test]
+    fn an_integer_sum_never_wraps_it_is_null_when_out_of_range() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("datasetName", DataType::Utf8, true),
+            Field::new("sizeBytes", DataType::Int64, true),
+        ]));
+        let c = SqlCompiler::new();
+        let bytes = c.aggregate("bytes", "sum(sizeBytes)", &schema).unwrap();
+        assert_eq!(bytes.output_field().data_type(), &DataType::Int64);
+        let config = Arc::new(WindowConfig {
+            name: "w".into(),
+            input_schema: schema.clone(),
+            predicate: None,
+            keys: vec!["datasetName".into()],
+            size_ms: 60_000,
+            allowed_lateness_ms: 0,
+            time: TimeMode::Event,
+            aggregates: vec![bytes, c.aggregate("n", "count(*)", &schema).unwrap()],
+            key_partitioned: false,
+            partition_state: false,
+        });
+        let big = 1i64 << 62;
+        let rows = [
+            ("a", big),
+            ("a", big),
+            ("b", big),
+            ("b", big),
+            ("b", -big),
+            ("c", i64::MAX),
+            ("c", -1),
+        ];
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        let ev = EventBatch {
+            batch,
+            event_time: vec![1_000; rows.len()],
+            offsets: (0..rows.len() as u64).collect(),
+            raw: None,
+        };
+        // two workers' partials merge without wrapping either
+        let mut m = WindowMerger::new(config.clone()).unwrap();
+        for half in [ev.batch.slice(0, 4), ev.batch.slice(4, 3)] {
+            let n = half.num_rows();
+            let part = EventBatch {
+                batch: half,
+                event_time: vec![1_000; n],
+                offsets: (0..n as u64).collect(),
+                raw: None,
+            };
+            let mut w = WindowWorker::new(config.clone()).unwrap();
+            w.process(&partition(0), &part, &vec![i64::MIN; n], &mut Vec::new())
+                .unwrap();
+            for p in w.flush(i64::MAX).unwrap() {
+                m.merge(p).unwrap();
+            }
+        }
+        let out = m.emit(i64::MAX).unwrap();
+        let b = &out[0];
+        assert_eq!(b.schema().field(3).data_type(), &DataType::Int64);
+        let sums = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
+        // a: 2^63 does not fit: null, not -2^63; b: 2^62 exactly; c: i64::MAX - 1
+        assert!(sums.is_null(0));
+        assert_eq!(sums.value(1), big);
+        assert_eq!(sums.value(2), i64::MAX - 1);
+        assert_eq!(
+            config.aggregates[0]
+                .overflows
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
         );
     }
 }

@@ -189,8 +189,13 @@ pub struct EventTimeDoc {
     pub field: Spanned<String>,
     #[serde(default)]
     pub max_out_of_orderness: Option<Duration>,
+    /// A partition silent this long stops holding the watermark back (Kafka default 1m).
     #[serde(default)]
     pub idle_timeout: Option<Duration>,
+    /// Rows whose event time is more than this ahead of the wall clock are dead-lettered
+    /// (`future_event_time`) and never move a watermark (default 1h).
+    #[serde(default)]
+    pub max_future: Option<Duration>,
 }
 
 /// Which clock a window follows.

@@ -27,6 +27,13 @@ use crate::error::PipelineError;
 use crate::interpolate::{interpolate, Interpolated};
 use crate::model::*;
 
+/// `event_time.max_future` when not given: 1 hour.
+pub const DEFAULT_MAX_FUTURE_MS: u64 = weir_engine::bounds::DEFAULT_MAX_FUTURE_MS as u64;
+
+/// `event_time.idle_timeout` of a Kafka source when not given: a partition assigned to the
+/// process that delivers nothing for a minute stops holding the watermark back.
+pub const DEFAULT_KAFKA_IDLE_TIMEOUT_MS: u64 = 60_000;
+
 /// What a source reads.
 #[derive(Debug)]
 pub enum SourceInput {
@@ -45,6 +52,8 @@ pub struct PlannedSource {
     pub time_field: String,
     pub max_out_of_orderness_ms: u64,
     pub idle_timeout_ms: Option<u64>,
+    /// Rows more than this ahead of the wall clock are dead-lettered (`future_event_time`).
+    pub max_future_ms: u64,
     /// The fields the pipeline reads (others are checked, not kept).
     pub columns: Vec<String>,
     pub decoder: Arc<dyn Decode>,
@@ -823,6 +832,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         time_field: String,
         ooo: u64,
         idle: Option<u64>,
+        max_future: u64,
     }
     let mut srcs = Vec::new();
     for (sname, s) in &doc.sources {
@@ -1004,7 +1014,17 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 ));
             }
         }
+        let max_future = s
+            .event_time
+            .as_ref()
+            .and_then(|et| et.value.max_future)
+            .map_or(DEFAULT_MAX_FUTURE_MS, |d| d.0);
         let mut input = input;
+        // a Kafka partition that is assigned but silent must not hold windows open forever
+        let idle = match &input {
+            SourceInput::Kafka(_) => Some(idle.unwrap_or(DEFAULT_KAFKA_IDLE_TIMEOUT_MS)),
+            _ => idle,
+        };
         if let SourceInput::Kafka(cfg) = &mut input {
             cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
         }
@@ -1041,6 +1061,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             time_field,
             ooo,
             idle,
+            max_future,
         });
     }
 
@@ -1480,6 +1501,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             time_field: s.time_field,
             max_out_of_orderness_ms: s.ooo,
             idle_timeout_ms: s.idle,
+            max_future_ms: s.max_future,
             columns: cols,
             decoder,
             output_schema,
@@ -1610,12 +1632,20 @@ fn view_definition(c: &ViewConfig, source: &str) -> String {
     d
 }
 
+/// An aggregate's definition in one line. An integer sum added exactly (its state is a
+/// `Decimal128`, see `weir_operators::compile::widen_integer_sum`) says so: a checkpoint of a
+/// wrapping sum's `Int64` state (written by an earlier weir) is then refused as a change.
 fn aggregate_definition(a: &weir_operators::CompiledAggregate) -> String {
     format!(
-        "{} = {} -> {}",
+        "{} = {} -> {}{}",
         a.name,
         a.function.human_display(),
-        a.output_field().data_type()
+        a.output_field().data_type(),
+        if a.output_type.is_some() {
+            " (exact, null past its range)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -1735,12 +1765,13 @@ impl Plan {
             let _ = writeln!(s, "  {}: {input}", src.name);
             let _ = writeln!(
                 s,
-                "    schema {}, event time `{}`, max_out_of_orderness {} ms{}; reads {}",
+                "    schema {}, event time `{}`, max_out_of_orderness {} ms{}, max_future {} ms; reads {}",
                 src.schema.name,
                 src.time_field,
                 src.max_out_of_orderness_ms,
                 src.idle_timeout_ms
                     .map_or(String::new(), |i| format!(", idle_timeout {i} ms")),
+                src.max_future_ms,
                 src.columns.join(", ")
             );
         }

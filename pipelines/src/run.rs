@@ -195,6 +195,7 @@ pub(crate) fn run_job(
             partitions,
             partition_keys: keys,
             max_out_of_orderness_ms: s.max_out_of_orderness_ms as i64,
+            max_future_ms: Some(s.max_future_ms.min(i64::MAX as u64) as i64),
         });
     }
     // Only sinks that receive rows are opened.
@@ -289,6 +290,24 @@ pub(crate) fn run_job(
     for (planned, st) in plan.sources.iter().zip(&stats.sources) {
         if let (Some(w), Ok(mut list)) = (&planned.waiting, st.waiting.lock()) {
             list.push(w.clone());
+        }
+    }
+    if let Ok(mut overflows) = stats.sum_overflows.lock() {
+        let windows = plan
+            .windows
+            .iter()
+            .map(|w| (&w.config.name, &w.config.aggregates));
+        let views = plan
+            .views
+            .iter()
+            .map(|v| (&v.config.name, &v.config.aggregates));
+        for (name, aggregates) in windows.chain(views) {
+            overflows.extend(
+                aggregates
+                    .iter()
+                    .filter(|a| a.output_type.is_some())
+                    .map(|a| (name.clone(), a.overflows.clone())),
+            );
         }
     }
     // Live barriers publish snapshots for SQL and send views' changes to their sinks.

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use weir_engine::live::PartitionStatus;
 use weir_engine::retry::{CircuitState, OutputHealth};
 use weir_engine::stats::{Histogram, RunStats, SourceStats};
 use weir_engine::time::now_ms;
@@ -74,6 +75,47 @@ impl Out {
         self.sample(&bucket, &l, count as f64);
         self.sample(&format!("{name}_sum"), labels, sum);
         self.sample(&format!("{name}_count"), labels, count as f64);
+    }
+}
+
+/// Per source: partitions holding its watermark back without one (read here, not idle, not
+/// ended, no event yet: `weir_partitions_without_watermark`) and idle partitions.
+fn partition_gauges(o: &mut Out, partitions: &[PartitionStatus], sources: &[SourceStats]) {
+    let running = |src: &SourceStats| {
+        partitions
+            .iter()
+            .filter(|p| p.source == src.name && !p.ended)
+            .map(|p| (p.idle, p.watermark.is_some()))
+            .collect::<Vec<_>>()
+    };
+    let counts: Vec<(&str, usize, usize)> = sources
+        .iter()
+        .map(|src| {
+            let r = running(src);
+            let missing = r.iter().filter(|(idle, wm)| !idle && !wm).count();
+            let idle = r.iter().filter(|(idle, _)| *idle).count();
+            (src.name.as_str(), missing, idle)
+        })
+        .collect();
+    o.family(
+        "weir_partitions_without_watermark",
+        "gauge",
+        "Partitions that hold their source's watermark back without having one (read by this process, not idle, no event yet), per source.",
+    );
+    for (name, missing, _) in &counts {
+        o.sample(
+            "weir_partitions_without_watermark",
+            &[("source", name)],
+            *missing as f64,
+        );
+    }
+    o.family(
+        "weir_partitions_idle",
+        "gauge",
+        "Partitions that do not hold their source's watermark back (not read by this process, or silent for idle_timeout), per source.",
+    );
+    for (name, _, idle) in &counts {
+        o.sample("weir_partitions_idle", &[("source", name)], *idle as f64);
     }
 }
 
@@ -359,7 +401,7 @@ impl Metrics {
         o.family(
             "weir_watermark_delay_seconds",
             "gauge",
-            "Wall-clock time minus each running partition's watermark.",
+            "Wall-clock time minus each running partition's watermark (negative when the watermark is ahead of the clock).",
         );
         let now = now_ms();
         for p in snap.partitions.iter().filter(|p| !p.ended) {
@@ -367,8 +409,23 @@ impl Metrics {
                 o.sample(
                     "weir_watermark_delay_seconds",
                     &[("source", &p.source), ("partition", &p.partition)],
-                    (now - wm).max(0) as f64 / 1000.0,
+                    now.saturating_sub(wm) as f64 / 1000.0,
                 );
+            }
+        }
+        partition_gauges(&mut o, &snap.partitions, &s.sources);
+        o.family(
+            "weir_sum_overflows_total",
+            "counter",
+            "Integer sums given as null because the exact sum does not fit the output type, per operator (since the process started).",
+        );
+        if let Ok(list) = s.sum_overflows.lock() {
+            let mut per: std::collections::BTreeMap<&str, u64> = Default::default();
+            for (op, n) in list.iter() {
+                *per.entry(op).or_default() += n.load(Ordering::Relaxed);
+            }
+            for (op, n) in per {
+                o.sample("weir_sum_overflows_total", &[("operator", op)], n as f64);
             }
         }
         o.family(
@@ -412,5 +469,50 @@ impl Metrics {
         );
         o.histogram("weir_query_duration_seconds", &[], &q.duration);
         o.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(source: &str, watermark: Option<i64>, ended: bool, idle: bool) -> PartitionStatus {
+        PartitionStatus {
+            source: source.into(),
+            partition: "p".into(),
+            watermark,
+            newest: watermark,
+            ended,
+            idle,
+            lag: None,
+        }
+    }
+
+    #[test]
+    fn partitions_without_a_watermark_and_idle_ones_are_counted_per_source() {
+        let stats = RunStats::new(&["a".into(), "b".into()], &[], &[]);
+        let partitions = [
+            status("a", None, false, false),    // holds the watermark without one
+            status("a", Some(5), false, false), // has one
+            status("a", None, false, true),     // idle: holds nothing
+            status("a", None, true, false),     // ended
+            status("b", Some(1), false, true),
+        ];
+        let mut o = Out {
+            text: String::new(),
+            pipeline: "x".into(),
+        };
+        partition_gauges(&mut o, &partitions, &stats.sources);
+        for line in [
+            "weir_partitions_without_watermark{pipeline=\"x\",source=\"a\"} 1",
+            "weir_partitions_without_watermark{pipeline=\"x\",source=\"b\"} 0",
+            "weir_partitions_idle{pipeline=\"x\",source=\"a\"} 1",
+            "weir_partitions_idle{pipeline=\"x\",source=\"b\"} 1",
+        ] {
+            assert!(o.text.lines().any(|l| l == line), "{line} in\n{}", o.text);
+        }
+        // each family's samples follow its own HELP and TYPE lines
+        let types: Vec<&str> = o.text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        assert_eq!(types.len(), 2);
     }
 }

@@ -1269,9 +1269,18 @@ impl KafkaReader {
                 self.hand_over(l);
             }
             let s = &self.partitions[l];
-            if let Some(idle) = self.config.idle_timeout {
-                for lane in &s.lanes {
-                    if s.assigned && !s.ended && now - lane.last_message >= idle {
+            // Idle: silent for `idle_timeout` while fetching (a partition paused for
+            // backpressure is not silent) and with nothing left to read as far as the
+            // consumer's statistics know (a partition behind is slow, not idle: its rows
+            // would turn late).
+            if let (Some(idle), false) = (self.config.idle_timeout, self.paused) {
+                let silent = |lane: &Lane| now - lane.last_message >= idle;
+                if s.assigned
+                    && !s.ended
+                    && s.lanes.iter().any(silent)
+                    && !behind(ctx, &self.name, s)
+                {
+                    for lane in s.lanes.iter().filter(|lane| silent(lane)) {
                         ctx.clocks.partition(lane.info.id).set_idle(true);
                     }
                 }
@@ -1319,6 +1328,13 @@ impl KafkaReader {
             tracing::warn!(source = %self.name, error = %e, "kafka: pause/resume failed");
         }
         self.paused = paused;
+        if !paused {
+            // the pause was weir's, not the partitions' silence
+            let now = Instant::now();
+            for lane in self.partitions.iter_mut().flat_map(|s| s.lanes.iter_mut()) {
+                lane.last_message = now;
+            }
+        }
     }
 
     fn all_caught_up(&self) -> bool {
@@ -1386,6 +1402,18 @@ fn place_message<M: Message>(
     lane.last_message = Instant::now();
     unidle(ctx, lane);
     Some(offset)
+}
+
+/// Whether partition `s` has messages left to read, by the consumer lag of the latest
+/// statistics (unknown: not behind).
+fn behind(ctx: &ReaderContext, source: &str, s: &PartitionState) -> bool {
+    let key = (source.to_string(), format!("{}/{}", s.topic, s.number));
+    ctx.stats
+        .consumer_lag
+        .lock()
+        .ok()
+        .and_then(|lag| lag.get(&key).copied())
+        .is_some_and(|lag| lag > 0)
 }
 
 /// A lane that delivers stops being idle.
@@ -1754,5 +1782,63 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("nope"), "{e}"),
             Ok(p) => panic!("found {:?}", p.counts),
         }
+    }
+
+    #[test]
+    fn a_silent_partition_idles_unless_paused_or_behind() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("quiet", 2, 1).unwrap();
+        let config = KafkaSourceConfig {
+            idle_timeout: Some(Duration::from_millis(150)),
+            until_caught_up: false,
+            ..reading_to_the_end(&mock.bootstrap_servers(), "quiet")
+        };
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(2, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Progress::new(2, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        );
+        reader.connect(&ctx).unwrap();
+        let started = Instant::now();
+        while !reader.partitions.iter().all(|s| s.assigned) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never assigned"
+            );
+            reader.poll_round(&ctx).unwrap();
+            reader.handle_group_events(&ctx).unwrap();
+        }
+        let idle = |p: usize| ctx.clocks.partition(p).is_idle();
+        let wait_past_timeout = |reader: &mut KafkaReader| {
+            std::thread::sleep(Duration::from_millis(200));
+            reader.housekeeping(&ctx, true).unwrap();
+        };
+        reader.housekeeping(&ctx, true).unwrap();
+        assert!(!idle(0) && !idle(1), "just assigned");
+        // partition 1 has messages left to read by the latest statistics: slow, not idle
+        ctx.stats
+            .consumer_lag
+            .lock()
+            .unwrap()
+            .insert(("s".into(), "quiet/1".into()), 5);
+        wait_past_timeout(&mut reader);
+        assert!(idle(0) && !idle(1));
+        ctx.stats.consumer_lag.lock().unwrap().clear();
+        // paused for backpressure longer than the timeout: weir's pause, not silence
+        ctx.clocks.partition(0).set_idle(false);
+        reader.backpressure(&ctx).unwrap();
+        wait_past_timeout(&mut reader);
+        assert!(!idle(0) && !idle(1));
+        reader.backpressure_released(&ctx).unwrap();
+        reader.housekeeping(&ctx, true).unwrap();
+        assert!(
+            !idle(0) && !idle(1),
+            "the timeout starts again after the pause"
+        );
+        wait_past_timeout(&mut reader);
+        assert!(idle(0) && idle(1));
     }
 }
