@@ -7,10 +7,10 @@
 //! `WEIR_SQL_FUZZ_SECS` sets how long the grammar fuzzer runs (default 15 s; the long run is
 //! `scripts/sql-fuzz.sh`), `WEIR_SQL_FUZZ_SEED` replays a seed (each run prints its own).
 
-#[path = "support/sql.rs"]
-mod sql_support;
 #[path = "support/sql_fuzz.rs"]
 mod sql_fuzz;
+#[path = "support/sql.rs"]
+mod sql_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -116,7 +116,10 @@ impl Client {
     fn rows_when_free(&self, sql: &str) -> Value {
         let started = Instant::now();
         while self.post("SELECT 1").status == 503 {
-            assert!(started.elapsed() < Duration::from_secs(120), "the engine stayed busy");
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the engine stayed busy"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         self.rows(sql)
@@ -158,20 +161,34 @@ impl Client {
             String::from_utf8_lossy(&a.body[..a.body.len().min(300)])
         );
         let body = a.json();
-        let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+        let code = body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(!code.is_empty() && !message.is_empty(), "{shown}: {body}");
         code
     }
 
     fn view(&self) -> Value {
-        self.rows_when_free("SELECT datasetName, events, records, last_status FROM datasets ORDER BY datasetName")
+        self.rows_when_free(
+            "SELECT datasetName, events, records, last_status FROM datasets ORDER BY datasetName",
+        )
     }
 }
 
 fn psql(port: u16, password: &str, args: &[&str]) -> std::process::Output {
     Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir", "-d", "weir"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "weir",
+            "-d",
+            "weir",
+        ])
         .args(["-X", "-A", "-t"])
         .args(args)
         .env("PGPASSWORD", password)
@@ -248,7 +265,11 @@ fn raw_connect(port: u16, password: &str) -> (u8, String, TcpStream) {
     msg.push(0);
     s.write_all(&msg).unwrap();
     let (kind, body) = read_message(&mut s);
-    let code = if kind == b'E' { error_code(&body) } else { String::new() };
+    let code = if kind == b'E' {
+        error_code(&body)
+    } else {
+        String::new()
+    };
     (kind, code, s)
 }
 
@@ -278,13 +299,18 @@ fn chain(n: usize, op: &str, term: impl Fn(usize) -> String) -> String {
 fn attacks(run: &mut Running, c: Client, pp: u16, dir: &Path) {
     let view = c.view();
     let mut check = |what: &str| {
-        assert!(run.child.try_wait().unwrap().is_none(), "the engine died after {what}");
+        assert!(
+            run.child.try_wait().unwrap().is_none(),
+            "the engine died after {what}"
+        );
         assert_eq!(c.view(), view, "the view changed after {what}");
     };
     let deep = format!("SELECT {} AS x", chain(10_001, "+", |_| "1".into()));
     assert_eq!(c.refused(&deep, &[400]), "statement_too_complex");
     check("a 10,000-term expression");
-    let ors = chain(10_000, " OR ", |i| format!("datasetName = 'dataset_{i:05}'"));
+    let ors = chain(10_000, " OR ", |i| {
+        format!("datasetName = 'dataset_{i:05}'")
+    });
     let sql = format!("SELECT count(*) FROM datasets WHERE {ors}");
     assert_eq!(c.refused(&sql, &[400]), "statement_too_complex");
     check("a 10,000-term OR chain");
@@ -320,7 +346,10 @@ fn attacks(run: &mut Running, c: Client, pp: u16, dir: &Path) {
     let sorted = "SELECT a.datasetName, b.value FROM datasets a, generate_series(1, 100000000) b \
                   ORDER BY b.value * a.events DESC";
     let code = c.refused_when_free(sorted);
-    assert!(["memory_limit", "timeout"].contains(&code.as_str()), "{code}");
+    assert!(
+        ["memory_limit", "timeout"].contains(&code.as_str()),
+        "{code}"
+    );
     check("an ORDER BY of a huge cross join");
     // 100 MB in one Postgres message (psql reads it from a file) and in one HTTP body
     let big = dir.join("big.sql");
@@ -341,7 +370,13 @@ fn attacks(run: &mut Running, c: Client, pp: u16, dir: &Path) {
     );
     check("a 100 MB Postgres message");
     let auth = format!("Bearer {TOKEN}");
-    let a = try_http(c.port, "POST", "/sql", &[("Authorization", &auth)], &vec![b' '; 100 << 20]);
+    let a = try_http(
+        c.port,
+        "POST",
+        "/sql",
+        &[("Authorization", &auth)],
+        &vec![b' '; 100 << 20],
+    );
     if let Ok(a) = a {
         assert_eq!(a.status, 413, "{}", String::from_utf8_lossy(&a.body));
     }
@@ -374,14 +409,23 @@ fn slow_queries(c: Client) {
         *codes.entry(t.join().unwrap()).or_insert(0) += 1;
     }
     println!("100 slow queries: {codes:?}");
-    assert!(codes.keys().all(|c| c == "timeout" || c == "busy"), "{codes:?}");
+    assert!(
+        codes.keys().all(|c| c == "timeout" || c == "busy"),
+        "{codes:?}"
+    );
     // the cancelled queries stop at DataFusion's next yield and give their turns back
     let started = Instant::now();
     while c.post("SELECT 1").status == 503 {
-        assert!(started.elapsed() < Duration::from_secs(120), "the engine stayed busy");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the engine stayed busy"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("turns given back {:?} after the last answer", started.elapsed());
+    println!(
+        "turns given back {:?} after the last answer",
+        started.elapsed()
+    );
 }
 
 /// 10,000 wrong tokens and passwords: the address is made to wait, and then logs in again.
@@ -389,7 +433,13 @@ fn failed_logins(c: Client, pp: u16) {
     let started = Instant::now();
     let mut statuses = std::collections::BTreeMap::new();
     for _ in 0..5_000 {
-        let a = http(c.port, "POST", "/sql", &[("Authorization", "Bearer wrong")], b"SELECT 1");
+        let a = http(
+            c.port,
+            "POST",
+            "/sql",
+            &[("Authorization", "Bearer wrong")],
+            b"SELECT 1",
+        );
         *statuses.entry(a.status).or_insert(0) += 1;
     }
     let mut codes = std::collections::BTreeMap::new();
@@ -402,11 +452,18 @@ fn failed_logins(c: Client, pp: u16) {
         "10,000 failed logins in {:?}: HTTP {statuses:?}, Postgres {codes:?}",
         started.elapsed()
     );
-    assert!(statuses.get(&429).copied().unwrap_or(0) > 4_900, "{statuses:?}");
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) > 4_900,
+        "{statuses:?}"
+    );
     assert!(codes.keys().all(|c| c == "28P01"), "{codes:?}");
     // locked out: even the right password waits; after the wait (2 s here) it works
     let (kind, code) = raw_login(pp, PASSWORD);
-    assert_eq!((kind, code.as_str()), (b'E', "28P01"), "the right password during the wait");
+    assert_eq!(
+        (kind, code.as_str()),
+        (b'E', "28P01"),
+        "the right password during the wait"
+    );
     std::thread::sleep(Duration::from_millis(2_200));
     let (kind, _) = raw_login(pp, PASSWORD);
     assert_eq!(kind, b'R', "the right password after the wait");
@@ -448,21 +505,31 @@ fn no_query_message_or_login_stops_the_engine_or_changes_its_results() {
         started.elapsed(),
         fuzz_rate / rate as f64
     );
-    assert!(run.child.try_wait().unwrap().is_none(), "the engine died under the fuzzer");
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "the engine died under the fuzzer"
+    );
     let waited = Instant::now();
     loop {
         let a = c.post("SELECT bool_and(finished) AS done FROM weir_status");
         if a.status == 200 && a.json()[0]["done"] == true {
             break;
         }
-        assert!(waited.elapsed() < Duration::from_secs(180), "the run did not finish its input");
+        assert!(
+            waited.elapsed() < Duration::from_secs(180),
+            "the run did not finish its input"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     portal_suspension(pp);
     attacks(&mut run, c, pp, dir.path());
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(windows(dir.path()), expected, "the windows differ from the run without queries");
+    assert_eq!(
+        windows(dir.path()),
+        expected,
+        "the windows differ from the run without queries"
+    );
 }
 
 /// Events read so far, from `weir_status`.

@@ -33,9 +33,9 @@ pub fn limits(d: &ServeDoc, path: impl Fn(&str) -> PathBuf) -> QueryLimits {
         spill_max_bytes: d
             .spill_max_mb
             .map_or(base.spill_max_bytes, |m| m.saturating_mul(MIB)),
-        max_failed_logins: d
-            .max_failed_logins
-            .map_or(base.max_failed_logins, |n| n.clamp(1, u32::MAX as u64) as u32),
+        max_failed_logins: d.max_failed_logins.map_or(base.max_failed_logins, |n| {
+            n.clamp(1, u32::MAX as u64) as u32
+        }),
         max_lockout: d
             .login_lockout
             .map_or(base.max_lockout, |t| Duration::from_millis(t.0)),
@@ -45,7 +45,11 @@ pub fn limits(d: &ServeDoc, path: impl Fn(&str) -> PathBuf) -> QueryLimits {
 /// One line on the limits, for `weir validate`.
 pub fn describe(l: &QueryLimits) -> String {
     let spill = match &l.spill_dir {
-        Some(dir) => format!("spilling to {} (at most {} MiB)", dir.display(), l.spill_max_bytes / MIB),
+        Some(dir) => format!(
+            "spilling to {} (at most {} MiB)",
+            dir.display(),
+            l.spill_max_bytes / MIB
+        ),
         None => "no spilling".to_string(),
     };
     format!(

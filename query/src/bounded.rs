@@ -13,12 +13,12 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, IntervalMonthDayNanoType, TimeUnit};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature,
 };
-use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionContext;
 
 use arrow::datatypes::FieldRef;
@@ -78,20 +78,20 @@ impl Bounded {
     /// Refuses a call whose output would exceed the limit.
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
         let rows = args.number_rows.max(1);
-        let arrays = |i: usize| -> Option<ArrayRef> {
-            args.args.get(i).and_then(|v| v.to_array(rows).ok())
-        };
+        let arrays =
+            |i: usize| -> Option<ArrayRef> { args.args.get(i).and_then(|v| v.to_array(rows).ok()) };
         let bytes = match self.size {
             Size::Repeat => match (arrays(0), arrays(1)) {
                 (Some(s), Some(n)) => sum_products(&byte_lengths(&s), &counts(&n), 1),
                 _ => 0,
             },
             Size::Pad => arrays(1).map_or(0, |n| sum_products(&ones(rows), &counts(&n), 4)),
-            Size::Elements => arrays(1).map_or(0, |n| {
-                sum_products(&ones(rows), &counts(&n), ELEMENT_BYTES)
-            }),
-            Size::Series { inclusive } => series_elements(&args.args, rows, inclusive)
-                .saturating_mul(ELEMENT_BYTES),
+            Size::Elements => {
+                arrays(1).map_or(0, |n| sum_products(&ones(rows), &counts(&n), ELEMENT_BYTES))
+            }
+            Size::Series { inclusive } => {
+                series_elements(&args.args, rows, inclusive).saturating_mul(ELEMENT_BYTES)
+            }
         };
         if bytes > self.max_bytes {
             return Err(DataFusionError::ResourcesExhausted(format!(
@@ -176,7 +176,12 @@ fn series_elements(args: &[ColumnarValue], rows: usize, inclusive: bool) -> u64 
 }
 
 fn is_temporal(a: Option<&ArrayRef>) -> bool {
-    a.is_some_and(|a| matches!(a.data_type(), DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)))
+    a.is_some_and(|a| {
+        matches!(
+            a.data_type(),
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+        )
+    })
 }
 
 /// Each row's point of a series as an integer: the value itself, or nanoseconds for dates and
@@ -282,7 +287,10 @@ impl ScalarUDFImpl for Bounded {
 /// The inner function of a wrapper (for tests).
 #[cfg(test)]
 fn unwrap(f: &ScalarUDF) -> Option<&std::sync::Arc<dyn ScalarUDFImpl>> {
-    f.inner().as_any().downcast_ref::<Bounded>().map(|b| b.inner.inner())
+    f.inner()
+        .as_any()
+        .downcast_ref::<Bounded>()
+        .map(|b| b.inner.inner())
 }
 
 #[cfg(test)]
@@ -303,7 +311,9 @@ mod tests {
     async fn calls_within_the_limit_answer_as_before() {
         let ctx = context(1 << 20);
         let b = run(&ctx, "SELECT repeat('ab', 3) AS r, lpad('x', 4, '-') AS l, cardinality(range(1, 11)) AS n, cardinality(generate_series(1, 10)) AS g").await.unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&b).unwrap().to_string();
+        let text = arrow::util::pretty::pretty_format_batches(&b)
+            .unwrap()
+            .to_string();
         assert!(text.contains("ababab") && text.contains("---x"), "{text}");
         assert!(text.contains("| 10 ") && text.contains("| 10 "), "{text}");
         assert!(unwrap(&ctx.udf("repeat").unwrap()).is_some());
@@ -337,12 +347,21 @@ mod tests {
     async fn column_arguments_are_counted_row_by_row() {
         let ctx = context(1000);
         // 10 rows of 10 bytes: 100 bytes
-        run(&ctx, "SELECT repeat('x', 10) FROM (SELECT * FROM generate_series(1, 10)) t(v)")
-            .await
-            .unwrap();
-        let e = run(&ctx, "SELECT repeat('x', v) FROM (SELECT * FROM generate_series(1, 100)) t(v)")
-            .await
-            .unwrap_err();
-        assert!(matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)), "{e}");
+        run(
+            &ctx,
+            "SELECT repeat('x', 10) FROM (SELECT * FROM generate_series(1, 10)) t(v)",
+        )
+        .await
+        .unwrap();
+        let e = run(
+            &ctx,
+            "SELECT repeat('x', v) FROM (SELECT * FROM generate_series(1, 100)) t(v)",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
+            "{e}"
+        );
     }
 }

@@ -104,7 +104,8 @@ pub fn format_rows(
                 schema: schema.clone(),
                 batches: batches.to_vec(),
             };
-            let mut out = crate::encode::json_rows(&result, usize::MAX).map_err(|e| e.to_string())?;
+            let mut out =
+                crate::encode::json_rows(&result, usize::MAX).map_err(|e| e.to_string())?;
             out.push(b'\n');
             String::from_utf8(out).map_err(|e| e.to_string())
         }

@@ -20,9 +20,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, Result, Statistics};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
 
 /// Wraps every node of `plan` so that its output stops at `deadline`.
@@ -148,22 +146,43 @@ mod tests {
         );
         let sql = "SELECT count(*) AS n FROM generate_series(1, 100) a, generate_series(1, 100) b \
                    WHERE a.value + b.value > 100";
-        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
         let later = Instant::now() + Duration::from_secs(60);
         let wrapped = with_deadline(plan.clone(), later).unwrap();
-        let out = datafusion::physical_plan::collect(wrapped, ctx.task_ctx()).await.unwrap();
-        let text = arrow::util::pretty::pretty_format_batches(&out).unwrap().to_string();
+        let out = datafusion::physical_plan::collect(wrapped, ctx.task_ctx())
+            .await
+            .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&out)
+            .unwrap()
+            .to_string();
         assert!(text.contains("5050"), "{text}");
 
-        let slow = "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b \
+        let slow =
+            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b \
                     WHERE a.value * b.value = 7";
-        let plan = ctx.sql(slow).await.unwrap().create_physical_plan().await.unwrap();
+        let plan = ctx
+            .sql(slow)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
         let wrapped = with_deadline(plan, Instant::now() + Duration::from_millis(200)).unwrap();
         let started = Instant::now();
         let err = datafusion::physical_plan::collect(wrapped, ctx.task_ctx())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("time limit"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

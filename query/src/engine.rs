@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::datatypes::DataType;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::ParamValues;
@@ -15,13 +16,12 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use arrow::datatypes::DataType;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_engine::live::{LiveKind, LiveState};
 
-pub use crate::limits::QueryLimits;
 use crate::deadline::with_deadline;
+pub use crate::limits::QueryLimits;
 use crate::limits::{check_text, TextLimit, SQL_THREAD_STACK};
 use crate::logins::FailedLogins;
 use crate::peers::Peers;
@@ -324,7 +324,11 @@ impl ResultCaps {
     }
 
     /// Encodes `result` as asked, failing once the encoding passes the byte cap.
-    fn encode(&self, result: &QueryResult, encoding: Encoding) -> Result<Option<Vec<u8>>, QueryError> {
+    fn encode(
+        &self,
+        result: &QueryResult,
+        encoding: Encoding,
+    ) -> Result<Option<Vec<u8>>, QueryError> {
         let out = match encoding {
             Encoding::Rows => return Ok(None),
             Encoding::Json => crate::encode::json_rows(result, self.bytes),
@@ -522,7 +526,11 @@ impl QueryEngine {
 
     /// Runs `work` on the query runtime within the time limit; the permit is released when
     /// the work has stopped (finished, failed or cancelled).
-    async fn in_executor<T, F>(&self, permit: OwnedSemaphorePermit, work: F) -> Result<T, QueryError>
+    async fn in_executor<T, F>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        work: F,
+    ) -> Result<T, QueryError>
     where
         F: std::future::Future<Output = Result<T, QueryError>> + Send + 'static,
         T: Send + 'static,

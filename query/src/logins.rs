@@ -160,7 +160,10 @@ mod tests {
         assert!(logins.check_at(a, t0).is_ok(), "two failures: no wait yet");
         logins.failed_at(a, t0);
         assert_eq!(logins.check_at(a, t0), Err(Duration::from_secs(1)));
-        assert!(logins.check_at(ip(2), t0).is_ok(), "other addresses are not held");
+        assert!(
+            logins.check_at(ip(2), t0).is_ok(),
+            "other addresses are not held"
+        );
         let t1 = t0 + Duration::from_secs(1);
         assert!(logins.check_at(a, t1).is_ok(), "the wait is over");
         logins.failed_at(a, t1);
@@ -168,7 +171,11 @@ mod tests {
         for _ in 0..10 {
             logins.failed_at(a, t1);
         }
-        assert_eq!(logins.check_at(a, t1), Err(Duration::from_secs(5)), "capped");
+        assert_eq!(
+            logins.check_at(a, t1),
+            Err(Duration::from_secs(5)),
+            "capped"
+        );
         logins.succeeded(a);
         assert!(logins.check_at(a, t1).is_ok());
         assert!(logins.refused.load(Ordering::Relaxed) >= 3);

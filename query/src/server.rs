@@ -153,8 +153,8 @@ impl SqlServer {
                     listener,
                     router(state).into_make_service_with_connect_info::<SocketAddr>(),
                 )
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                .with_graceful_shutdown(shutdown)
+                .await
                 {
                     tracing::error!(error = %e, "the HTTP endpoint stopped");
                 }

@@ -19,12 +19,19 @@ fn live() -> Arc<LiveState> {
     ]));
     let live = Arc::new(LiveState::new(
         "p",
-        vec![LiveTableDef::new("v", LiveKind::View, &schema, vec!["k".into()])],
+        vec![LiveTableDef::new(
+            "v",
+            LiveKind::View,
+            &schema,
+            vec!["k".into()],
+        )],
     ));
     let batch = RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(StringArray::from_iter_values((0..KEYS).map(|i| format!("k{i}")))),
+            Arc::new(StringArray::from_iter_values(
+                (0..KEYS).map(|i| format!("k{i}")),
+            )),
             Arc::new(Int64Array::from_iter_values(0..KEYS)),
         ],
     )
@@ -70,7 +77,10 @@ async fn healthy(e: &QueryEngine) {
         }
     };
     if started.elapsed() > Duration::from_secs(1) {
-        println!("the engine was busy for {:?} after cancelling", started.elapsed());
+        println!(
+            "the engine was busy for {:?} after cancelling",
+            started.elapsed()
+        );
     }
     assert!(s.contains("10000") && s.contains("49995000"), "{s}");
     let p = scalar(e, "SELECT n FROM v WHERE k = 'k42'").await.unwrap();
@@ -96,7 +106,11 @@ async fn deep_expressions_are_answered_up_to_the_limit_and_refused_past_it() {
         ..limits()
     });
     // 600 terms: aborted the process before the limits
-    let s = scalar(&e, &format!("SELECT {} AS x", chain(|_| "1".into(), "+", 600))).await;
+    let s = scalar(
+        &e,
+        &format!("SELECT {} AS x", chain(|_| "1".into(), "+", 600)),
+    )
+    .await;
     assert!(s.unwrap().contains("600"));
     // past the default limit of 2,000 operators
     let sql = format!("SELECT {} AS x", chain(|_| "1".into(), "+", 2_002));
@@ -117,7 +131,11 @@ async fn deep_expressions_are_answered_up_to_the_limit_and_refused_past_it() {
     );
     // a long IN list is flat: answered
     let list = chain(|i| i.to_string(), ",", 100_000);
-    let s = scalar(&e, &format!("SELECT count(*) AS c FROM v WHERE n IN ({list})")).await;
+    let s = scalar(
+        &e,
+        &format!("SELECT count(*) AS c FROM v WHERE n IN ({list})"),
+    )
+    .await;
     assert!(s.unwrap().contains("10000"));
     // deep nesting: the parser's recursion limit
     let nested = format!("SELECT {}1{} AS x", "(".repeat(5000), ")".repeat(5000));
@@ -198,7 +216,11 @@ async fn many_slow_queries_wait_their_turn_then_fail_busy() {
     for _ in 0..100 {
         let e = e.clone();
         tasks.push(tokio::spawn(async move {
-            scalar(&e, "SELECT count(*) FROM v a, v b, v c WHERE a.n + b.n = c.n - 1").await
+            scalar(
+                &e,
+                "SELECT count(*) FROM v a, v b, v c WHERE a.n + b.n = c.n - 1",
+            )
+            .await
         }));
     }
     let mut codes = std::collections::BTreeMap::new();
@@ -210,7 +232,10 @@ async fn many_slow_queries_wait_their_turn_then_fail_busy() {
         *codes.entry(code).or_insert(0) += 1;
     }
     println!("100 slow queries: {codes:?}");
-    assert!(codes.keys().all(|c| c == "57014" || c == "53300"), "{codes:?}");
+    assert!(
+        codes.keys().all(|c| c == "57014" || c == "53300"),
+        "{codes:?}"
+    );
     healthy(&e).await;
 }
 
@@ -220,15 +245,29 @@ async fn many_slow_queries_wait_their_turn_then_fail_busy() {
 #[tokio::test]
 #[ignore]
 async fn measure_chain_planning() {
-    let e = engine(QueryLimits { timeout: Duration::from_secs(120), max_sql_terms: 1_000_000, ..limits() });
+    let e = engine(QueryLimits {
+        timeout: Duration::from_secs(120),
+        max_sql_terms: 1_000_000,
+        ..limits()
+    });
     for n in [500usize, 1000, 2000, 4000, 8000] {
         let t = Instant::now();
-        let s = scalar(&e, &format!("SELECT {} AS x", chain(|_| "1".into(), "+", n))).await;
+        let s = scalar(
+            &e,
+            &format!("SELECT {} AS x", chain(|_| "1".into(), "+", n)),
+        )
+        .await;
         let a = t.elapsed();
         let t = Instant::now();
         let ors = chain(|i| format!("k = 'k{i}'"), " OR ", n / 2);
         // n operators: n/2 OR and n/2 =
         let o = scalar(&e, &format!("SELECT count(*) AS c FROM v WHERE {ors}")).await;
-        eprintln!("{n}: sum {:?} {:?} / or {:?} {:?}", a, s.is_ok(), t.elapsed(), o.is_ok());
+        eprintln!(
+            "{n}: sum {:?} {:?} / or {:?} {:?}",
+            a,
+            s.is_ok(),
+            t.elapsed(),
+            o.is_ok()
+        );
     }
 }

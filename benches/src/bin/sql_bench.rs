@@ -208,12 +208,13 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
                         while !done.load(Ordering::Relaxed) {
                             let t = Instant::now();
                             let (s, body) = post(port, "/sql", &attacks[i % attacks.len()]);
-                            assert!(
-                                [200, 400, 413, 503].contains(&s),
-                                "status {s}: {body}"
-                            );
+                            assert!([200, 400, 413, 503].contains(&s), "status {s}: {body}");
                             let ms = t.elapsed().as_secs_f64() * 1e3;
-                            if s == 200 { answered.push(ms) } else { refused.push(ms) }
+                            if s == 200 {
+                                answered.push(ms)
+                            } else {
+                                refused.push(ms)
+                            }
                             i += 1;
                         }
                         (answered, refused)

@@ -54,12 +54,31 @@ impl Rng {
 const TABLES: [(&str, &[&str]); 3] = [
     (
         "ingestion_1m",
-        &["datasetName", "window_start", "window_end", "events", "bytes", "failed", "is_final"],
+        &[
+            "datasetName",
+            "window_start",
+            "window_end",
+            "events",
+            "bytes",
+            "failed",
+            "is_final",
+        ],
     ),
-    ("datasets", &["datasetName", "events", "records", "last_status"]),
+    (
+        "datasets",
+        &["datasetName", "events", "records", "last_status"],
+    ),
     (
         "weir_status",
-        &["source", "partition", "watermark", "events_in", "bad", "late", "finished"],
+        &[
+            "source",
+            "partition",
+            "watermark",
+            "events_in",
+            "bad",
+            "late",
+            "finished",
+        ],
     ),
 ];
 
@@ -77,14 +96,28 @@ const SIZE_BOMBS: [&str; 6] = [
     "repeat(datasetName, 100000000)",
 ];
 const GARBAGE: [&str; 11] = [
-    "SELEC", "FROM FROM", "((", ")", "'", "\"", ";;", "$1", "\\x00", "🦀", "--",
+    "SELEC",
+    "FROM FROM",
+    "((",
+    ")",
+    "'",
+    "\"",
+    ";;",
+    "$1",
+    "\\x00",
+    "🦀",
+    "--",
 ];
 
 /// One random query.
 pub fn query(rng: &mut Rng) -> String {
     let (table, columns) = TABLES[rng.below(TABLES.len())];
     let mut q = String::from("SELECT ");
-    let width = if rng.chance(5) { 200 + rng.below(800) } else { 1 + rng.below(4) };
+    let width = if rng.chance(5) {
+        200 + rng.below(800)
+    } else {
+        1 + rng.below(4)
+    };
     let items: Vec<String> = (0..width).map(|_| expr(rng, columns, 0)).collect();
     q.push_str(&items.join(", "));
     q.push_str(" FROM ");
@@ -119,8 +152,16 @@ fn expr(rng: &mut Rng, columns: &[&str], depth: usize) -> String {
     match rng.below(if depth > 6 { 3 } else { 10 }) {
         0 => rng.pick(columns).to_string(),
         1 => rng.below(100_000).to_string(),
-        2 => format!("'{}'", rng.pick(&["a", "dataset_00001", "", "ok", "x'y"]).replace('\'', "''")),
-        3 => format!("{}({})", rng.pick(&FUNCTIONS), expr(rng, columns, depth + 1)),
+        2 => format!(
+            "'{}'",
+            rng.pick(&["a", "dataset_00001", "", "ok", "x'y"])
+                .replace('\'', "''")
+        ),
+        3 => format!(
+            "{}({})",
+            rng.pick(&FUNCTIONS),
+            expr(rng, columns, depth + 1)
+        ),
         4 => format!(
             "({} {} {})",
             expr(rng, columns, depth + 1),
@@ -130,23 +171,32 @@ fn expr(rng: &mut Rng, columns: &[&str], depth: usize) -> String {
         5 if rng.chance(20) => {
             // a long flat chain: sometimes past serve.max_sql_terms
             let n = 10 + rng.below(3000);
-            (0..n).map(|i| format!("{}", i % 7)).collect::<Vec<_>>().join(" + ")
+            (0..n)
+                .map(|i| format!("{}", i % 7))
+                .collect::<Vec<_>>()
+                .join(" + ")
         }
         6 if rng.chance(10) => rng.pick(&SIZE_BOMBS).to_string(),
-        7 => format!(
-            "{}({})",
-            rng.pick(&["count", "sum", "max", "min", "avg", "count(DISTINCT"]),
-            rng.pick(&NUMERIC)
-        )
-        .replace("DISTINCT(", "DISTINCT ")
-            + if rng.chance(50) { ")" } else { "" },
+        7 => {
+            format!(
+                "{}({})",
+                rng.pick(&["count", "sum", "max", "min", "avg", "count(DISTINCT"]),
+                rng.pick(&NUMERIC)
+            )
+            .replace("DISTINCT(", "DISTINCT ")
+                + if rng.chance(50) { ")" } else { "" }
+        }
         8 => format!(
             "CASE WHEN {} THEN {} ELSE {} END",
             predicate(rng, columns),
             expr(rng, columns, depth + 1),
             expr(rng, columns, depth + 1)
         ),
-        _ => format!("CAST({} AS {})", expr(rng, columns, depth + 1), rng.pick(&["BIGINT", "VARCHAR", "DOUBLE", "TIMESTAMP", "BOOLEAN"])),
+        _ => format!(
+            "CAST({} AS {})",
+            expr(rng, columns, depth + 1),
+            rng.pick(&["BIGINT", "VARCHAR", "DOUBLE", "TIMESTAMP", "BOOLEAN"])
+        ),
     }
 }
 
@@ -180,7 +230,12 @@ pub fn run(http_port: u16, pg_port: u16, token: &str, password: &str, time: Dura
     let seed = std::env::var("WEIR_SQL_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64);
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     println!("SQL fuzzer seed {seed} (WEIR_SQL_FUZZ_SEED={seed} replays it)");
     let mut rng = Rng::new(seed);
     let mut psql = Psql::start(pg_port, password);
@@ -193,11 +248,19 @@ pub fn run(http_port: u16, pg_port: u16, token: &str, password: &str, time: Dura
         // statements over the message limit close a Postgres connection (as PostgreSQL's
         // own do): those go over HTTP, which answers 413
         if rng.chance(50) || q.len() > 900_000 {
-            let a = match try_http(http_port, "POST", "/sql", &[("Authorization", &auth)], q.as_bytes()) {
+            let a = match try_http(
+                http_port,
+                "POST",
+                "/sql",
+                &[("Authorization", &auth)],
+                q.as_bytes(),
+            ) {
                 Ok(a) => a,
                 // the server answers 413 and closes while an oversized body is still being sent
                 Err(e) if q.len() > MAX_BODY && e.starts_with("send") => {
-                    *codes.entry("request_too_large (closed)".into()).or_default() += 1;
+                    *codes
+                        .entry("request_too_large (closed)".into())
+                        .or_default() += 1;
                     continue;
                 }
                 Err(e) => panic!("no answer ({e}) to: {}", &q[..q.len().min(300)]),
@@ -249,8 +312,28 @@ struct Psql {
 impl Psql {
     fn start(port: u16, password: &str) -> Self {
         let mut child = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "weir", "-d", "weir"])
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=0", "-o", "/dev/null", "-f", "-"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "weir",
+                "-d",
+                "weir",
+            ])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=0",
+                "-o",
+                "/dev/null",
+                "-f",
+                "-",
+            ])
             .env("PGPASSWORD", password)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -298,7 +381,11 @@ impl Psql {
             "psql lost its connection: {}",
             &err[err.len().saturating_sub(2000)..]
         );
-        (err.matches("ERROR:").count(), self.restarts, out.status.code())
+        (
+            err.matches("ERROR:").count(),
+            self.restarts,
+            out.status.code(),
+        )
     }
 
     fn finish(mut self) -> (usize, usize, Option<i32>) {
