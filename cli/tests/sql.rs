@@ -106,33 +106,8 @@ fn reference(events: &Path) -> Value {
 }
 
 fn psql(port: u16, password: Option<&str>, query: &str) -> std::process::Output {
-    let mut c = Command::new("psql");
-    c.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "weir",
-        "-d",
-        "weir",
-    ])
-    .args([
-        "-X",
-        "-A",
-        "-t",
-        "-F",
-        "|",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-c",
-        query,
-    ]);
-    match password {
-        Some(p) => c.env("PGPASSWORD", p),
-        None => c.env_remove("PGPASSWORD"),
-    };
-    c.env("PGCONNECT_TIMEOUT", "10")
+    sql_support::psql_command(port, password)
+        .args(["-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-c", query])
         .output()
         .expect("psql is missing: install Debian's postgresql-client (.ci/run does)")
 }

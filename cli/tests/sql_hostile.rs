@@ -15,11 +15,11 @@ mod sql_support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sql_support::{free_port, http, try_http, Running};
+use sql_support::{free_port, http, psql_command, try_http, Running};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 const TOKEN: &str = "hostile-token-5d1e";
@@ -72,18 +72,8 @@ serve:
 }
 
 fn start(pipeline: &Path, args: &[&str]) -> Running {
-    let child = Command::new(WEIR)
-        .arg("run")
-        .arg(pipeline)
-        .args(args)
-        .env("HOSTILE_TOKEN", TOKEN)
-        .env("HOSTILE_PASSWORD", PASSWORD)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Running { child }
+    let env = [("HOSTILE_TOKEN", TOKEN), ("HOSTILE_PASSWORD", PASSWORD)];
+    Running::start_with_env(WEIR, pipeline, args, &env)
 }
 
 /// The window rows of a finished run, sorted.
@@ -178,22 +168,9 @@ impl Client {
 }
 
 fn psql(port: u16, password: &str, args: &[&str]) -> std::process::Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "weir",
-            "-d",
-            "weir",
-        ])
-        .args(["-X", "-A", "-t"])
+    psql_command(port, Some(password))
+        .args(["-A", "-t"])
         .args(args)
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env("PGSSLMODE", "prefer")
         .output()
         .expect("psql is missing: install Debian's postgresql-client (.ci/run does)")
 }

@@ -55,13 +55,12 @@ fn token_given(state: &HttpState, headers: &HeaderMap) -> Option<bool> {
 
 /// Checks the bearer token, counting failures of the client's address; the response to send
 /// when the request may not go on.
-fn authorize(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Result<(), Response> {
-    if state.token.is_none() {
-        return Ok(());
-    }
+fn refusal(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
+    // open endpoints count no logins
+    state.token.as_ref()?;
     let logins = &state.engine.logins;
     if let Err(wait) = logins.check(peer) {
-        return Err(error(
+        return Some(error(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_failed_logins",
             &format!(
@@ -73,7 +72,7 @@ fn authorize(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Result<(),
     match token_given(state, headers) {
         Some(false) => {
             logins.failed(peer);
-            Err(error(
+            Some(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid bearer token is required (Authorization: Bearer <serve.token>)",
@@ -81,7 +80,7 @@ fn authorize(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Result<(),
         }
         _ => {
             logins.succeeded(peer);
-            Ok(())
+            None
         }
     }
 }
@@ -113,7 +112,7 @@ async fn sql(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(refused) = authorize(&state, &headers, peer.ip()) {
+    if let Some(refused) = refusal(&state, &headers, peer.ip()) {
         return refused;
     }
     let limit = state.engine.limits().max_message_bytes();

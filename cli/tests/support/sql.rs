@@ -149,12 +149,37 @@ pub struct Running {
     pub child: Child,
 }
 
+/// `psql` connected to the endpoint on `port` as user `weir`, without reading `~/.psqlrc`,
+/// with `password` (or none).
+pub fn psql_command(port: u16, password: Option<&str>) -> Command {
+    let mut c = Command::new("psql");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "weir", "-d", "weir", "-X"])
+        .env("PGCONNECT_TIMEOUT", "10");
+    match password {
+        Some(p) => c.env("PGPASSWORD", p),
+        None => c.env_remove("PGPASSWORD"),
+    };
+    c
+}
+
 impl Running {
     pub fn start(weir: &str, pipeline: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(weir, pipeline, args, &[])
+    }
+
+    /// Starts it with these environment variables set too.
+    pub fn start_with_env(
+        weir: &str,
+        pipeline: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(weir)
             .arg("run")
             .arg(pipeline)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

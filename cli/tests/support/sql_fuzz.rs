@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::sql_support::try_http;
@@ -311,19 +312,8 @@ struct Psql {
 
 impl Psql {
     fn start(port: u16, password: &str) -> Self {
-        let mut child = Command::new("psql")
+        let mut child = super::sql_support::psql_command(port, Some(password))
             .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "weir",
-                "-d",
-                "weir",
-            ])
-            .args([
-                "-X",
                 "-q",
                 "-A",
                 "-t",
@@ -334,7 +324,6 @@ impl Psql {
                 "-f",
                 "-",
             ])
-            .env("PGPASSWORD", password)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
