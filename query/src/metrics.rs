@@ -457,6 +457,25 @@ impl Metrics {
             get(&q.failed),
         );
         o.one(
+            "weir_query_limit_refusals_total",
+            "counter",
+            "Queries refused or stopped by a limit of serve: (text size, operators, time, memory, result size, concurrency); part of the errors.",
+            get(&q.refused),
+        );
+        let logins = &engine.logins;
+        o.one(
+            "weir_login_failures_total",
+            "counter",
+            "Wrong SQL tokens and passwords.",
+            get(&logins.failures),
+        );
+        o.one(
+            "weir_logins_refused_total",
+            "counter",
+            "Logins refused unchecked because their address had to wait after failures.",
+            get(&logins.refused),
+        );
+        o.one(
             "weir_query_seconds_total",
             "counter",
             "Time spent answering successful queries.",
