@@ -99,6 +99,10 @@ pub struct SourceStats {
     /// For sources whose partitions a consumer group assigns (Kafka): partitions this
     /// process reads, or -1 before the group's first assignment. -2 for other sources.
     pub assigned: std::sync::atomic::AtomicI64,
+    /// With `--until-caught-up`: what the source waits for after reading every partition
+    /// it is assigned (partitions of its topics not read to their end yet); empty when it
+    /// does not wait. A reason of `/ready`.
+    pub waiting: Mutex<String>,
 }
 
 /// `SourceStats::assigned` of a source that reads every partition itself.
@@ -124,6 +128,10 @@ pub struct RunStats {
     pub windows: Vec<Named>,
     /// Rows written, per sink.
     pub rows_written: Vec<Named>,
+    /// Rows committed, per sink: with checkpoints, those written before the last checkpoint
+    /// the sink committed (a restore writes the rest again); without, those of a sink that
+    /// finished. Restored with a checkpoint as its `rows_written`.
+    pub rows_committed: Vec<Named>,
     /// Records written to the dead-letter output.
     pub dead_letters: AtomicU64,
     /// The last complete checkpoint.
@@ -161,6 +169,7 @@ impl RunStats {
                     repartition_repeats: AtomicU64::new(0),
                     repartition_foreign: AtomicU64::new(0),
                     assigned: std::sync::atomic::AtomicI64::new(NOT_GROUP_MANAGED),
+                    waiting: Mutex::new(String::new()),
                 })
                 .collect(),
             started_ms: AtomicU64::new(crate::time::now_ms().max(0) as u64),
@@ -169,6 +178,7 @@ impl RunStats {
             late: named(operators),
             windows: named(operators),
             rows_written: named(sinks),
+            rows_committed: named(sinks),
             dead_letters: AtomicU64::new(0),
             checkpoints: Default::default(),
             sink_health: sinks.iter().map(|_| OutputHealth::default()).collect(),
@@ -244,6 +254,8 @@ impl RunStats {
         named(&self.late, "late");
         named(&self.windows, "windows");
         named(&self.rows_written, "rows_written");
+        // a restore commits its checkpoint: the rows written before it are committed
+        named(&self.rows_committed, "rows_written");
     }
 
     /// Total late events over every operator.

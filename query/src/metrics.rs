@@ -98,6 +98,9 @@ impl Metrics {
                     src.name
                 ));
             }
+            if let Some(w) = src.waiting.lock().ok().filter(|w| !w.is_empty()) {
+                reasons.push(format!("source `{}`: {}", src.name, *w));
+            }
         }
         let c = &s.checkpoints;
         let interval = c.interval_ms.load(Ordering::Relaxed);

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The Kafka crash loop restarted with the pipeline's own group (4 SIGKILLs, then a run to the
+# end with --until-caught-up) N times in a row (default 20), stopping at the first failure.
+# Each iteration is a fresh topic pair, group and state; its output goes to LOGS/N.log.
+#   scripts/soak-crash-kafka.sh [N] [TEST]
+# TEST defaults to killed_and_restarted_kafka_runs_are_exactly_once (--parallelism 2); also
+# killed_and_restarted_kafka_runs_with_one_worker_are_exactly_once. Environment:
+# WEIR_CRASH_KILLS (4), WEIR_SOAK_LOGS (a new folder under /tmp), WEIR_SOAK_RESET_EVERY
+# (restart the local broker with an empty database every K iterations: tansu slows as its
+# database grows; 0, the default, never does; only with the local broker of scripts/kafka.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+n=${1:-20}
+test=${2:-killed_and_restarted_kafka_runs_are_exactly_once}
+export WEIR_CRASH_KILLS=${WEIR_CRASH_KILLS:-4}
+reset_every=${WEIR_SOAK_RESET_EVERY:-0}
+logs=${WEIR_SOAK_LOGS:-$(mktemp -d /tmp/weir-soak-XXXXXX)}
+mkdir -p "$logs"
+cd "$here"
+if [[ -z "${KAFKA_BROKERS:-}" ]] && ! scripts/kafka.sh status; then
+    echo "no broker: start one with scripts/kafka.sh start (or set KAFKA_BROKERS)" >&2
+    exit 1
+fi
+cargo test -p weir-cli --test crash_kafka --no-run
+passed=0
+for i in $(seq 1 "$n"); do
+    if [[ "$reset_every" -gt 0 && $i -gt 1 && $(( (i - 1) % reset_every )) -eq 0 ]]; then
+        scripts/kafka.sh reset && scripts/kafka.sh start
+    fi
+    started=$(date +%s)
+    if cargo test -q -p weir-cli --test crash_kafka "$test" -- --exact --nocapture >"$logs/$i.log" 2>&1; then
+        passed=$((passed + 1))
+        echo "iteration $i/$n passed in $(( $(date +%s) - started ))s ($(grep -o 'crash loop seed [0-9]*' "$logs/$i.log" | head -1); $(grep -o 'topic: .*' "$logs/$i.log" | head -1))"
+    else
+        echo "iteration $i/$n FAILED after $(( $(date +%s) - started ))s: $logs/$i.log" >&2
+        echo "$passed of $n passed in a row ($test)" >&2
+        exit 1
+    fi
+done
+echo "$passed of $n passed in a row ($test); logs in $logs"
