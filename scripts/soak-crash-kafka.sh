@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Kafka crash loop restarted with the pipeline's own group (4 SIGKILLs, then a run to the
 # end with --until-caught-up) N times in a row (default 20), stopping at the first failure.
-# Each iteration is a fresh topic pair, group and state; its output goes to LOGS/N.log.
+# Each iteration is a fresh topic pair, group and state; its output goes to LOGS/N.log. The
+# test and weir binaries are built once and copied, so that builds meanwhile change nothing.
 #   scripts/soak-crash-kafka.sh [N] [TEST]
 # TEST defaults to killed_and_restarted_kafka_runs_are_exactly_once (--parallelism 2); also
 # killed_and_restarted_kafka_runs_with_one_worker_are_exactly_once. Environment:
@@ -21,14 +22,23 @@ if [[ -z "${KAFKA_BROKERS:-}" ]] && ! scripts/kafka.sh status; then
     echo "no broker: start one with scripts/kafka.sh start (or set KAFKA_BROKERS)" >&2
     exit 1
 fi
-cargo test -p weir-cli --test crash_kafka --no-run
+exe=$(cargo test -p weir-cli --test crash_kafka --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "crash_kafka" and m.get("executable"):
+        print(m["executable"])')
+weir=$(dirname "$(dirname "$exe")")/weir
+cp "$exe" "$logs/crash_kafka"
+cp "$weir" "$logs/weir"
+export WEIR_BIN="$logs/weir"
 passed=0
 for i in $(seq 1 "$n"); do
     if [[ "$reset_every" -gt 0 && $i -gt 1 && $(( (i - 1) % reset_every )) -eq 0 ]]; then
         scripts/kafka.sh reset && scripts/kafka.sh start
     fi
     started=$(date +%s)
-    if cargo test -q -p weir-cli --test crash_kafka "$test" -- --exact --nocapture >"$logs/$i.log" 2>&1; then
+    if (cd "$here/cli" && "$logs/crash_kafka" "$test" --exact --nocapture) >"$logs/$i.log" 2>&1; then
         passed=$((passed + 1))
         echo "iteration $i/$n passed in $(( $(date +%s) - started ))s ($(grep -o 'crash loop seed [0-9]*' "$logs/$i.log" | head -1); $(grep -o 'topic: .*' "$logs/$i.log" | head -1))"
     else

@@ -58,7 +58,13 @@ fn killed_and_restarted_transactional_runs_are_exactly_once() {
 fn kafka_crash_case(exactly_once: bool, parallelism: usize) {
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let d = dir.path().to_path_buf();
+    if std::env::var_os("WEIR_CRASH_KEEP").is_some() {
+        // the runs' logs and outputs stay for a look
+        eprintln!("keeping {}", d.display());
+        std::mem::forget(dir);
+    }
+    let d = d.as_path();
     let partitions = 4;
     // the pipeline's own group, the same for every run (as users restart it)
     let group = unique("crash-group");

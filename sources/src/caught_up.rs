@@ -12,6 +12,24 @@ use std::time::{Duration, Instant};
 /// other partitions of its topics (`--caught-up-timeout`).
 pub const DEFAULT_CAUGHT_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A waiting source joins its group again once the group moved no partition for a session
+/// timeout and this long (see `KafkaReader::rejoin_if_stuck`).
+pub(crate) const REJOIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// The consumer's session timeout: `session.timeout.ms` of the source's `properties`, else
+/// weir's default (6 s in a pool, 10 s otherwise).
+pub(crate) fn session_timeout(properties: &[(String, String)], pooled: bool) -> Duration {
+    properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "session.timeout.ms")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .map_or(
+            Duration::from_secs(if pooled { 6 } else { 10 }),
+            Duration::from_millis,
+        )
+}
+
 /// A source says what it waits for once it waited this long (a group's first assignment
 /// takes a moment)...
 const FIRST_LOG_AFTER: Duration = Duration::from_secs(2);
@@ -169,6 +187,14 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("t/3") && text.contains("`g`"), "{text}");
         assert!(text.contains("--caught-up-timeout"), "{text}");
+    }
+
+    #[test]
+    fn the_session_timeout_is_the_properties_or_the_default() {
+        assert_eq!(session_timeout(&[], false), Duration::from_secs(10));
+        assert_eq!(session_timeout(&[], true), Duration::from_secs(6));
+        let p = vec![("session.timeout.ms".to_string(), "45000".to_string())];
+        assert_eq!(session_timeout(&p, true), Duration::from_secs(45));
     }
 
     #[test]

@@ -699,6 +699,8 @@ pub struct KafkaReader {
     wait: CatchUpWait,
     /// In a pool: when the group's committed offsets were last read.
     checked_elsewhere: Option<Instant>,
+    /// When the group last assigned or revoked partitions (or the reader joined it).
+    group_moved: Instant,
     /// (topic, partition) → offset to continue from, from a checkpoint.
     resume: HashMap<(String, i32), u64>,
     /// In a pool: the hand-over flag of the run served now (a new one means a new run).
@@ -782,6 +784,7 @@ impl KafkaReader {
             paused: false,
             wait,
             checked_elsewhere: None,
+            group_moved: Instant::now(),
             resume: HashMap::new(),
             run: None,
         }
@@ -929,9 +932,11 @@ impl KafkaReader {
         consumer
             .subscribe(&topics)
             .map_err(|e| self.err("cannot subscribe", e))?;
-        // Every partition is idle until it is assigned to this process.
+        // Every partition is idle until it is assigned to this process, unless this process
+        // reads every partition (below).
+        let idle = !self.reads_every_partition();
         for lane in self.partitions.iter().flat_map(|s| &s.lanes) {
-            ctx.clocks.partition(lane.info.id).set_idle(true);
+            ctx.clocks.partition(lane.info.id).set_idle(idle);
         }
         if let Some(src) = ctx.stats.sources.get(self.source) {
             src.assigned.store(-1, Ordering::Relaxed);
@@ -941,6 +946,14 @@ impl KafkaReader {
             self.read_targets(ctx)?;
         }
         Ok(())
+    }
+
+    /// Outside a pool, a run reading until caught up reads every partition of the topics
+    /// itself: one not assigned yet (another member holds it until its session times out)
+    /// or taken away for a moment (a rebalance) holds the watermark at its own, so that the
+    /// windows its rows belong to are not emitted without them (split, or its rows late).
+    fn reads_every_partition(&self) -> bool {
+        self.config.until_caught_up && self.config.pool.is_none()
     }
 
     /// With `until_caught_up`: reads the end offset of every partition of the topics, where
@@ -1041,6 +1054,7 @@ impl KafkaReader {
             .lock()
             .map(|mut e| std::mem::take(&mut *e))
             .unwrap_or_default();
+        self.group_moved = Instant::now();
         for e in events {
             match e {
                 GroupEvent::Assigned(list) => {
@@ -1110,10 +1124,11 @@ impl KafkaReader {
                         } else {
                             self.hand_over(l);
                         }
+                        let idle = !self.reads_every_partition();
                         let s = &mut self.partitions[l];
                         s.assigned = false;
                         for lane in &s.lanes {
-                            ctx.clocks.partition(lane.info.id).set_idle(true);
+                            ctx.clocks.partition(lane.info.id).set_idle(idle);
                         }
                     }
                 }
@@ -1444,6 +1459,7 @@ impl KafkaReader {
             }
             Ok(Wait::Waiting(reason)) => {
                 self.set_waiting(ctx, reason);
+                self.rejoin_if_stuck(&pending)?;
                 Ok(false)
             }
             Err(e) => Err(EngineError::NotCaughtUp {
@@ -1513,6 +1529,39 @@ impl KafkaReader {
                 .collect(),
             "not assigned to this worker, and the group's committed offset is below that end",
         )
+    }
+
+    /// While waiting for `pending` partitions: once the group did not move any partition
+    /// for longer than a session timeout (and a margin), joins it again. A coordinator
+    /// expires a dead member after its session timeout and moves its partitions; tansu was
+    /// seen keeping a member killed while it joined, with its partitions, until another
+    /// member joins. In a pool, only a worker without partitions joins again (the others
+    /// may be reading theirs).
+    fn rejoin_if_stuck(&mut self, pending: &[String]) -> Result<(), EngineError> {
+        let session =
+            crate::caught_up::session_timeout(&self.config.properties, self.config.pool.is_some());
+        if self.group_moved.elapsed() < session + crate::caught_up::REJOIN_MARGIN
+            || (self.config.pool.is_some() && self.partitions.iter().any(|s| s.assigned))
+        {
+            return Ok(());
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        tracing::warn!(
+            source = %self.name,
+            group = %self.config.group_id,
+            partitions = %pending.join(", "),
+            quiet_s = self.group_moved.elapsed().as_secs(),
+            "kafka: the group moved no partition for longer than a session timeout while \
+             partitions wait for a reader; joining the group again"
+        );
+        self.group_moved = Instant::now();
+        consumer.unsubscribe();
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| self.err("cannot subscribe again", e))
     }
 
     /// Publishes what the source waits for (for `/ready`).
