@@ -8,7 +8,8 @@
 # killed_and_restarted_kafka_runs_with_one_worker_are_exactly_once. Environment:
 # WEIR_CRASH_KILLS (4), WEIR_SOAK_LOGS (a new folder under /tmp), WEIR_SOAK_RESET_EVERY
 # (restart the local broker with an empty database every K iterations: tansu slows as its
-# database grows; 0, the default, never does; only with the local broker of scripts/kafka.sh).
+# database grows; 0, the default, never does; only with the local broker of scripts/kafka.sh),
+# WEIR_SOAK_PREBUILT (a folder holding crash_kafka and weir binaries to use instead of building).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-20}
@@ -22,15 +23,27 @@ if [[ -z "${KAFKA_BROKERS:-}" ]] && ! scripts/kafka.sh status; then
     echo "no broker: start one with scripts/kafka.sh start (or set KAFKA_BROKERS)" >&2
     exit 1
 fi
-exe=$(cargo test -p weir-cli --test crash_kafka --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
+if [[ -n "${WEIR_SOAK_PREBUILT:-}" ]]; then
+    # binaries copied from an earlier build (crash_kafka and weir in that folder)
+    cp "$WEIR_SOAK_PREBUILT/crash_kafka" "$WEIR_SOAK_PREBUILT/weir" "$logs/"
+else
+    exe=$(cargo test -p weir-cli --test crash_kafka --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "crash_kafka" and m.get("executable"):
         print(m["executable"])')
-weir=$(dirname "$(dirname "$exe")")/weir
-cp "$exe" "$logs/crash_kafka"
-cp "$weir" "$logs/weir"
+    weir=$(dirname "$(dirname "$exe")")/weir
+    # (building the test built weir too) a shared CARGO_TARGET_DIR holds one debug/weir for
+    # every worktree: copy it at once
+    cp "$weir" "$logs/weir"
+    cp "$exe" "$logs/crash_kafka"
+fi
+# the copy must be this tree's build (it knows --caught-up-timeout)
+if ! grep -q -a -- "caught-up-timeout" "$logs/weir"; then
+    echo "$logs/weir is not this tree's build (another worktree built it meanwhile?); run again" >&2
+    exit 1
+fi
 export WEIR_BIN="$logs/weir"
 passed=0
 for i in $(seq 1 "$n"); do

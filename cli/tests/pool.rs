@@ -293,6 +293,114 @@ checkpoint: {{ dir: state, interval: 2s }}
     );
 }
 
+/// `--until-caught-up` in a pool holds for the pool as a whole: two workers of one group read
+/// a topic to its end; one is killed while it holds partitions and restarted at once with the
+/// same id (the killed member stays in the group until its session times out). A worker that
+/// read its partitions waits until the others are read (the group's committed offsets reach
+/// their ends), nobody waits forever, and the union of the workers' committed files (NDJSON
+/// and Parquet parts) equals the oracle's rows: the windows flushed at the end are in the
+/// final checkpoint, and every summary counts only committed rows.
+#[test]
+fn a_pool_read_until_caught_up_through_a_kill_and_an_immediate_restart_is_exactly_once() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    generate(
+        &events,
+        &["30000", "--seed", "23", "--keys", "40", "--step-ms", "100"],
+    );
+    let (expected, _) = oracle_per_dataset(
+        &events,
+        ORACLE_AGGREGATES,
+        &dir.path().join("expected.ndjson"),
+    );
+    let (input, group) = (unique("pool-end-in"), unique("pool-end"));
+    tool(&["create", &brokers, &input, "6"]);
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        events.to_str().unwrap(),
+        "--key-field",
+        "datasetName",
+    ]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: pool-end
+sources:
+  events:
+    kafka:
+      brokers: "{brokers}"
+      topic: {input}
+      group_id: "{group}"
+      start_from: earliest
+      properties: {{ max.partition.fetch.bytes: "32768" }}
+    partitioned_by: [datasetName]
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [file, parquet]
+sinks:
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+  parquet: {{ file: {{ path: out/per_dataset.parquet }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 300ms }}
+"#
+        ),
+    )
+    .unwrap();
+    let worker = |id: &str| {
+        Running::start(&pipeline, &["--worker", id, "--until-caught-up"])
+    };
+    let a = worker("a");
+    let b = worker("b");
+    // b holds partitions with open windows in a checkpoint: killed, restarted at once
+    b.wait_for("b's partitions and a checkpoint", |r| {
+        let log = r.lines();
+        has_claims_in(&log)
+            && log
+                .iter()
+                .any(|l| l.contains("checkpoint complete") && !l.contains("state_rows=0 "))
+    });
+    b.kill();
+    let b = worker("b");
+    let limit = Duration::from_secs(240);
+    let logs = [a.wait_within(limit), b.wait_within(limit)];
+    for log in &logs {
+        assert!(
+            !log.iter().any(|l| l.contains("not committed")),
+            "rows left uncommitted:\n{}",
+            log.join("\n")
+        );
+    }
+    let out = dir.path().join("out");
+    let rows = union_of_workers(&out, "per_dataset");
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the workers' files differ from the oracle: {e}"));
+    let mut parts = Vec::new();
+    for folder in std::fs::read_dir(&out).unwrap().flatten() {
+        let name = folder.file_name().to_string_lossy().into_owned();
+        if name.starts_with("per_dataset.") && name.ends_with(".parquet") {
+            for part in std::fs::read_dir(folder.path()).unwrap().flatten() {
+                let part_name = part.file_name().to_string_lossy().into_owned();
+                if part_name.starts_with("part-") && part_name.ends_with(".parquet") {
+                    parts.extend(read_parquet(&part.path()));
+                }
+            }
+        }
+    }
+    compare(&expected, &parts, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the workers' Parquet parts differ from the oracle: {e}"));
+}
+
 /// A topic its producer spreads round-robin (not keyed by the window key): the pool
 /// repartitions it through `<pipeline>-<source>-repartition`, and the results are the
 /// oracle's. A worker is killed mid-way (its repartition stage repeats what it sent after
