@@ -1161,6 +1161,13 @@ fn worker_loop(
     // Another worker may still be sequencing a partition's last chunk: the watermarks are
     // final only once every worker has handled its whole queue.
     ctx.input_done.arrive_and_wait(&ctx.failure.cancel)?;
+    // With checkpoints, an input that ended flushed its last windows at its final barrier;
+    // a stopped job (a signal, a hand-over) leaves its open windows to its final checkpoint,
+    // from which a restart (or the partitions' next owner) emits them whole: rows written
+    // now would never be committed.
+    if ctx.link.is_some() {
+        return Ok(());
+    }
     flush_ops_at(&mut ops, &mut flushed, &ctx, true)
 }
 

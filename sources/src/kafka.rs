@@ -701,6 +701,8 @@ pub struct KafkaReader {
     checked_elsewhere: Option<Instant>,
     /// When the group last assigned or revoked partitions (or the reader joined it).
     group_moved: Instant,
+    /// The group assigned this reader partitions (maybe none) at least once.
+    joined: bool,
     /// (topic, partition) → offset to continue from, from a checkpoint.
     resume: HashMap<(String, i32), u64>,
     /// In a pool: the hand-over flag of the run served now (a new one means a new run).
@@ -785,6 +787,7 @@ impl KafkaReader {
             wait,
             checked_elsewhere: None,
             group_moved: Instant::now(),
+            joined: false,
             resume: HashMap::new(),
             run: None,
         }
@@ -1058,6 +1061,7 @@ impl KafkaReader {
         for e in events {
             match e {
                 GroupEvent::Assigned(list) => {
+                    self.joined = true;
                     for (topic, p) in list {
                         let Some(l) = self.local(&topic, p) else {
                             continue;
@@ -1502,6 +1506,19 @@ impl KafkaReader {
                 Vec::new()
             };
             return (pending, "no partition assigned to this worker");
+        }
+        if !self.joined {
+            // a worker that joins (again, after losing partitions to fencing) may be given
+            // partitions whose state holds windows not flushed yet: it ends only once the
+            // group told it which ones it owns
+            return (
+                self.partitions
+                    .iter()
+                    .filter(|s| !s.ended)
+                    .map(key)
+                    .collect(),
+                "the group has not assigned this worker its partitions yet",
+            );
         }
         // in a pool, another worker read a partition to its end once the group's committed
         // offset (committed after its checkpoint) reached it
