@@ -47,10 +47,16 @@ enum Command {
         /// Serve SQL on a non-loopback address without a token or password.
         #[arg(long)]
         insecure: bool,
-        /// Treat Kafka sources as bounded: stop once every partition reached the end offset
-        /// it had when this run was assigned it, and finish like a file run.
+        /// Treat Kafka sources as bounded: stop once every partition of their topics reached
+        /// the end offset it had when this run started, and finish like a file run.
         #[arg(long)]
         until_caught_up: bool,
+        /// With --until-caught-up: how long a run that read every partition it is assigned
+        /// waits for the other partitions of its topics (held by a killed process until its
+        /// session times out, or by a rebalance; in a pool, read by other workers) before it
+        /// fails (exit 2). A duration: 90s, 5m.
+        #[arg(long, env = "WEIR_CAUGHT_UP_TIMEOUT", default_value = "2m")]
+        caught_up_timeout: String,
         /// Run as this worker of a pool: every `weir run` of the pipeline with a worker id
         /// shares the Kafka partitions (through the consumer group) and the checkpoint
         /// store; `auto` takes the host name and process id. Ids name each worker's output
@@ -383,8 +389,16 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
             keep_serving,
             insecure,
             until_caught_up,
+            caught_up_timeout,
             worker,
         } => {
+            let caught_up_timeout = weir_engine::time::parse_duration_ms(&caught_up_timeout)
+                .map(std::time::Duration::from_millis)
+                .ok_or_else(|| {
+                    user(anyhow::anyhow!(
+                        "--caught-up-timeout {caught_up_timeout}: not a duration (90s, 5m)"
+                    ))
+                })?;
             let plan = telemetry
                 .scoped(|| weir_pipelines::load(&pipeline))
                 .map_err(user)?;
@@ -426,6 +440,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                     stop,
                     file_chunk_bytes: None,
                     until_caught_up,
+                    caught_up_timeout: Some(caught_up_timeout),
                     keep_serving,
                     insecure,
                     on_finished: Some(std::sync::Arc::new(print_summary)),
@@ -477,8 +492,17 @@ fn print_summary(summary: &weir_pipelines::RunSummary) {
         summary.windows_emitted,
         summary.dead_letters,
     );
-    for (sink, rows) in &summary.rows_written {
-        println!("  sink {sink}: {rows} rows");
+    for ((sink, written), (_, committed)) in
+        summary.rows_written.iter().zip(&summary.rows_committed)
+    {
+        if written > committed {
+            println!(
+                "  sink {sink}: {committed} rows committed ({} more written after the last checkpoint are not committed: a restart writes them again)",
+                written - committed
+            );
+        } else {
+            println!("  sink {sink}: {committed} rows");
+        }
     }
     if let Some(epoch) = summary.restored_epoch {
         println!("  restored from checkpoint {epoch}");

@@ -293,6 +293,115 @@ checkpoint: {{ dir: state, interval: 2s }}
     );
 }
 
+/// `--until-caught-up` in a pool holds for the pool as a whole: two workers of one group read
+/// a topic to its end; one is killed while it holds partitions and restarted at once with the
+/// same id (the killed member stays in the group until its session times out). A worker that
+/// read its partitions waits until the others are read (the group's committed offsets reach
+/// their ends), nobody waits forever, and the union of the workers' committed files (NDJSON
+/// and Parquet parts) equals the oracle's rows: the windows flushed at the end are in the
+/// final checkpoint, and every summary counts only committed rows.
+#[test]
+fn a_pool_read_until_caught_up_through_a_kill_and_an_immediate_restart_is_exactly_once() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    if std::env::var_os("WEIR_CRASH_KEEP").is_some() {
+        // the workers' logs (a.log, b.log) and outputs stay for a look
+        eprintln!("keeping {}", d.display());
+        std::mem::forget(dir);
+    }
+    let events = d.as_path().join("events.ndjson");
+    generate(
+        &events,
+        &["60000", "--seed", "23", "--keys", "40", "--step-ms", "100"],
+    );
+    let (expected, _) = oracle_per_dataset(
+        &events,
+        ORACLE_AGGREGATES,
+        &d.as_path().join("expected.ndjson"),
+    );
+    let (input, group) = (unique("pool-end-in"), unique("pool-end"));
+    tool(&["create", &brokers, &input, "6"]);
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        events.to_str().unwrap(),
+        "--key-field",
+        "datasetName",
+    ]);
+    let pipeline = d.as_path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: pool-end
+sources:
+  events:
+    kafka:
+      brokers: "{brokers}"
+      topic: {input}
+      group_id: "{group}"
+      start_from: earliest
+      properties: {{ max.partition.fetch.bytes: "32768" }}
+    partitioned_by: [datasetName]
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [file, parquet]
+sinks:
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+  parquet: {{ file: {{ path: out/per_dataset.parquet }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 300ms }}
+"#
+        ),
+    )
+    .unwrap();
+    let worker = |id: &str| Running::start(&pipeline, &["--worker", id, "--until-caught-up"]);
+    let a = worker("a");
+    let b = worker("b");
+    // b holds partitions: killed, restarted at once
+    b.wait_for("b's partitions", has_claims);
+    b.kill();
+    let b = worker("b");
+    let limit = Duration::from_secs(240);
+    let logs = [a.wait_within(limit), b.wait_within(limit)];
+    for (name, log) in ["a", "b"].iter().zip(&logs) {
+        std::fs::write(d.as_path().join(format!("{name}.log")), log.join("\n")).unwrap();
+    }
+    for log in &logs {
+        assert!(
+            !log.iter().any(|l| l.contains("not committed")),
+            "rows left uncommitted:\n{}",
+            log.join("\n")
+        );
+    }
+    let out = d.as_path().join("out");
+    let rows = union_of_workers(&out, "per_dataset");
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the workers' files differ from the oracle: {e}"));
+    let mut parts = Vec::new();
+    for folder in std::fs::read_dir(&out).unwrap().flatten() {
+        let name = folder.file_name().to_string_lossy().into_owned();
+        if name.starts_with("per_dataset.") && name.ends_with(".parquet") {
+            for part in std::fs::read_dir(folder.path()).unwrap().flatten() {
+                let part_name = part.file_name().to_string_lossy().into_owned();
+                if part_name.starts_with("part-") && part_name.ends_with(".parquet") {
+                    parts.extend(read_parquet(&part.path()));
+                }
+            }
+        }
+    }
+    compare(&expected, &parts, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the workers' Parquet parts differ from the oracle: {e}"));
+}
+
 /// A topic its producer spreads round-robin (not keyed by the window key): the pool
 /// repartitions it through `<pipeline>-<source>-repartition`, and the results are the
 /// oracle's. A worker is killed mid-way (its repartition stage repeats what it sent after

@@ -347,6 +347,10 @@ pub struct CheckpointStats {
 pub(crate) struct Epochs {
     /// The newest complete checkpoint.
     pub completed: AtomicU64,
+    /// The final checkpoint of an input that ended (not stopped), 0 before: the workers
+    /// flush every window the end of the input closes before its barrier, so that its
+    /// checkpoint commits them.
+    pub end_of_input: AtomicU64,
 }
 
 /// A part of a checkpoint, sent to the coordinator by a thread at the barrier.

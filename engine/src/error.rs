@@ -8,6 +8,12 @@ pub enum EngineError {
         source_name: String,
         message: String,
     },
+    /// `--until-caught-up`: partitions of a source were not read to their end in time.
+    #[error("source `{source_name}`: {message}")]
+    NotCaughtUp {
+        source_name: String,
+        message: String,
+    },
     #[error("operator `{operator}`: {message}")]
     Operator { operator: String, message: String },
     #[error("sink `{sink}`: {message}")]

@@ -854,6 +854,7 @@ pub fn run(
             partition_keys,
             epoch: first_epoch,
             handover,
+            stop: stop.0.clone(),
         };
         let failure2 = failure.clone();
         threads.push(spawn("checkpoints".into(), &failure, move || {
@@ -966,6 +967,8 @@ struct Coordinator {
     epoch: u64,
     /// A reader gives its partitions up: take the final checkpoint now.
     handover: Arc<AtomicBool>,
+    /// The job was asked to stop (a signal, a hand-over): its input did not end.
+    stop: Arc<AtomicBool>,
 }
 
 impl Coordinator {
@@ -1021,6 +1024,10 @@ impl Coordinator {
             .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
         self.epoch += 1;
         let epoch = self.epoch;
+        if last && d.readers_left == 0 && !self.stop.load(Ordering::SeqCst) {
+            // every source ended: the windows its end closes go into this checkpoint
+            self.epochs.end_of_input.store(epoch, Ordering::SeqCst);
+        }
         send_barrier(&d, WorkerMsg::Barrier, epoch, failure)?;
         if last {
             // the final checkpoint: the workers' input ends after it
@@ -1177,6 +1184,13 @@ fn worker_loop(
     // Another worker may still be sequencing a partition's last chunk: the watermarks are
     // final only once every worker has handled its whole queue.
     ctx.input_done.arrive_and_wait(&ctx.failure.cancel)?;
+    // With checkpoints, an input that ended flushed its last windows at its final barrier;
+    // a stopped job (a signal, a hand-over) leaves its open windows to its final checkpoint,
+    // from which a restart (or the partitions' next owner) emits them whole: rows written
+    // now would never be committed.
+    if ctx.link.is_some() {
+        return Ok(());
+    }
     flush_ops_at(&mut ops, &mut flushed, &ctx, true)
 }
 
@@ -1191,10 +1205,12 @@ fn at_barrier(
     ctx: &WorkerCtx,
     copy: impl FnOnce(&mut [(usize, Box<dyn WorkerOperator>)]) -> Result<(), EngineError>,
     lead: impl FnOnce() -> Result<(), EngineError>,
+    input_over: bool,
 ) -> Result<(), EngineError> {
     let cancel = &ctx.failure.cancel;
     rendezvous.wait(cancel)?;
-    flush_ops(ops, flushed, ctx)?;
+    // at the end of the input every chunk is sequenced now: the watermarks are final
+    flush_ops_at(ops, flushed, ctx, input_over)?;
     barrier_handovers(ops, flushed, ctx)?;
     copy(ops)?;
     rendezvous.wait(cancel)?;
@@ -1253,7 +1269,8 @@ fn worker_barrier(
             .send(DeadMsg::Barrier(epoch))
             .map_err(|_| ctx.failure.closed("the dead-letter output"))
     };
-    at_barrier(&link.rendezvous, ops, flushed, ctx, copy, lead)
+    let input_over = link.epochs.end_of_input.load(Ordering::SeqCst) == epoch;
+    at_barrier(&link.rendezvous, ops, flushed, ctx, copy, lead, input_over)
 }
 
 /// A worker at live barrier `seq`: it sends the merger a copy of its open windows; worker 0
@@ -1290,7 +1307,7 @@ fn worker_live(
             })
             .map_err(|_| merger_lost())
     };
-    at_barrier(rendezvous, ops, flushed, ctx, copy, lead)
+    at_barrier(rendezvous, ops, flushed, ctx, copy, lead, false)
 }
 
 /// A partition's clock at a snapshot: (watermark, newest event time) where known, whether it
@@ -1947,6 +1964,9 @@ struct SinkThread {
 struct Commits {
     pre_committed: u64,
     committed: u64,
+    /// (epoch, rows written before its barrier) of the epochs pre-committed and not
+    /// committed yet.
+    rows: Vec<(u64, u64)>,
 }
 
 impl Commits {
@@ -2010,6 +2030,7 @@ impl SinkThread {
                 }
                 Ok(SinkMsg::Barrier(epoch)) => {
                     self.pre_commit(epoch, &mut commits, &mut retrier)?;
+                    commits.rows.push((epoch, self.written()));
                     // rows up to the barrier become visible when its checkpoint commits
                     pending_ack.push((epoch, std::mem::take(&mut unacked)));
                 }
@@ -2023,6 +2044,7 @@ impl SinkThread {
                         .call("commit", || sink.commit(epoch))
                         .map_err(|e| sink_error(&self.name, e))?;
                     commits.committed = epoch;
+                    self.committed_rows(&mut commits);
                     self.forward_rejected()?;
                     let (acked, rest): (Vec<_>, Vec<_>) =
                         pending_ack.drain(..).partition(|(e, _)| *e <= epoch);
@@ -2049,12 +2071,27 @@ impl SinkThread {
                 retrier
                     .call("commit", || sink.commit(epoch))
                     .map_err(|e| sink_error(&self.name, e))?;
+                commits.committed = epoch;
+                self.committed_rows(&mut commits);
             }
         }
         let sink = &mut self.sink;
         retrier
             .call("finish", || sink.finish())
             .map_err(|e| sink_error(&self.name, e))?;
+        if self.link.is_none() {
+            // without checkpoints a finished sink holds every row it was given
+            self.stats.rows_committed[self.index]
+                .value
+                .store(self.written(), Ordering::Relaxed);
+        } else if self.written() > RunStats::get(&self.stats.rows_committed[self.index].value) {
+            tracing::warn!(
+                sink = %self.name,
+                written = self.written(),
+                committed = RunStats::get(&self.stats.rows_committed[self.index].value),
+                "rows written after the last checkpoint are not committed; a restart from it writes them again"
+            );
+        }
         self.forward_rejected()?;
         self.report(&mut sent_upto);
         if self.link.is_some() {
@@ -2063,6 +2100,22 @@ impl SinkThread {
             self.acknowledged(unacked.drain(..));
         }
         Ok(())
+    }
+
+    /// Rows written to the sink so far (restored with a checkpoint).
+    fn written(&self) -> u64 {
+        RunStats::get(&self.stats.rows_written[self.index].value)
+    }
+
+    /// After a commit: the rows written before the committed epoch's barrier are committed.
+    fn committed_rows(&self, commits: &mut Commits) {
+        let upto = commits.committed;
+        if let Some(&(_, rows)) = commits.rows.iter().rev().find(|(e, _)| *e <= upto) {
+            self.stats.rows_committed[self.index]
+                .value
+                .store(rows, Ordering::Relaxed);
+        }
+        commits.rows.retain(|(e, _)| *e > upto);
     }
 
     /// Rows the sink acknowledged now: their latency from their window's end.

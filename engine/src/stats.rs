@@ -102,6 +102,10 @@ pub struct SourceStats {
     /// Why the source's records wait, set by its parts while they do (e.g. a schema registry
     /// that cannot be reached); `/ready` lists them.
     pub waiting: Mutex<Vec<Condition>>,
+    /// With `--until-caught-up`: what the source waits for after reading every partition
+    /// it is assigned (partitions of its topics not read to their end yet); empty when it
+    /// does not wait. A reason of `/ready`.
+    pub waiting_for_partitions: Mutex<String>,
 }
 
 /// A reason something waits, `None` while it does not (shared with the part that sets it).
@@ -130,6 +134,10 @@ pub struct RunStats {
     pub windows: Vec<Named>,
     /// Rows written, per sink.
     pub rows_written: Vec<Named>,
+    /// Rows committed, per sink: with checkpoints, those written before the last checkpoint
+    /// the sink committed (a restore writes the rest again); without, those of a sink that
+    /// finished. Restored with a checkpoint as its `rows_written`.
+    pub rows_committed: Vec<Named>,
     /// Records written to the dead-letter output.
     pub dead_letters: AtomicU64,
     /// The last complete checkpoint.
@@ -171,6 +179,7 @@ impl RunStats {
                     repartition_foreign: AtomicU64::new(0),
                     assigned: std::sync::atomic::AtomicI64::new(NOT_GROUP_MANAGED),
                     waiting: Mutex::new(Vec::new()),
+                    waiting_for_partitions: Mutex::new(String::new()),
                 })
                 .collect(),
             started_ms: AtomicU64::new(crate::time::now_ms().max(0) as u64),
@@ -179,6 +188,7 @@ impl RunStats {
             late: named(operators),
             windows: named(operators),
             rows_written: named(sinks),
+            rows_committed: named(sinks),
             dead_letters: AtomicU64::new(0),
             checkpoints: Default::default(),
             sink_health: sinks.iter().map(|_| OutputHealth::default()).collect(),
@@ -255,6 +265,8 @@ impl RunStats {
         named(&self.late, "late");
         named(&self.windows, "windows");
         named(&self.rows_written, "rows_written");
+        // a restore commits its checkpoint: the rows written before it are committed
+        named(&self.rows_committed, "rows_written");
     }
 
     /// Total late events over every operator.

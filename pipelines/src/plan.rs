@@ -898,6 +898,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     .collect(),
                 idle_timeout: None,
                 until_caught_up: false,
+                caught_up_timeout: weir_sources::DEFAULT_CAUGHT_UP_TIMEOUT,
                 end_offsets: Default::default(),
                 read_offsets: None,
                 with_headers: false,

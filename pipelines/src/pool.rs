@@ -599,6 +599,9 @@ fn pooled_sources(
         };
         let mut cfg = cfg.clone();
         cfg.until_caught_up = opts.until_caught_up;
+        if let Some(t) = opts.caught_up_timeout {
+            cfg.caught_up_timeout = t;
+        }
         let name = s.name.clone();
         let (claim_pool, claim_owned) = (pool.clone(), owned.clone());
         let released_owned = owned.clone();

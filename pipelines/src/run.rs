@@ -32,9 +32,13 @@ pub struct RunOptions {
     /// Bytes per chunk read from files (default 1 MiB); smaller chunks spread a small file
     /// over more workers.
     pub file_chunk_bytes: Option<usize>,
-    /// Kafka sources end once every assigned partition reached the end offset it had when
-    /// it was assigned (for tests and backfills); the run then finishes like a file's.
+    /// Kafka sources end once every partition of their topics reached the end offset it
+    /// had when the run started (for tests and backfills); the run then finishes like a
+    /// file's.
     pub until_caught_up: bool,
+    /// With `until_caught_up`: how long a source that read every partition it is assigned
+    /// waits for the others (default [`weir_sources::DEFAULT_CAUGHT_UP_TIMEOUT`]).
+    pub caught_up_timeout: Option<Duration>,
     /// After the job finished, keep answering SQL until `stop` is triggered.
     pub keep_serving: bool,
     /// Serve SQL on a non-loopback address without authentication.
@@ -80,6 +84,9 @@ pub struct RunSummary {
     pub late: u64,
     pub windows_emitted: u64,
     pub rows_written: Vec<(String, u64)>,
+    /// Per sink, the rows committed (see `RunStats::rows_committed`): all of
+    /// `rows_written` unless the run stopped with rows after its last checkpoint.
+    pub rows_committed: Vec<(String, u64)>,
     pub dead_letters: u64,
     pub elapsed: Duration,
     /// The checkpoint the run started from.
@@ -174,6 +181,9 @@ pub(crate) fn run_job(
             SourceInput::Kafka(cfg) => {
                 let mut cfg = cfg.clone();
                 cfg.until_caught_up = opts.until_caught_up || opts.replay.is_some();
+                if let Some(t) = opts.caught_up_timeout {
+                    cfg.caught_up_timeout = t;
+                }
                 let partitions =
                     KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
                 let keys = partitions.keys(&cfg);
@@ -417,6 +427,11 @@ pub(crate) fn run_job(
         windows_emitted: stats.windows_total(),
         rows_written: stats
             .rows_written
+            .iter()
+            .map(|c| (c.name.clone(), get(&c.value)))
+            .collect(),
+        rows_committed: stats
+            .rows_committed
             .iter()
             .map(|c| (c.name.clone(), get(&c.value)))
             .collect(),

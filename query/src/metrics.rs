@@ -145,6 +145,14 @@ impl Metrics {
                     src.name
                 ));
             }
+            if let Some(w) = src
+                .waiting_for_partitions
+                .lock()
+                .ok()
+                .filter(|w| !w.is_empty())
+            {
+                reasons.push(format!("source `{}`: {}", src.name, *w));
+            }
         }
         let c = &s.checkpoints;
         let interval = c.interval_ms.load(Ordering::Relaxed);

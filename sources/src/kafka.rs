@@ -27,6 +27,8 @@ use weir_engine::stats::{RunStats, SourceStats};
 use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
 use weir_kafka::{client_config, partition_counts, KafkaError};
 
+use crate::caught_up::{CatchUpWait, Wait};
+
 /// A chunk is handed over once its messages reach this size...
 const CHUNK_BYTES: usize = 1 << 20;
 /// ...or this many messages...
@@ -64,8 +66,13 @@ pub struct KafkaSourceConfig {
     pub properties: Vec<(String, String)>,
     /// A partition delivering nothing this long stops holding the watermark back.
     pub idle_timeout: Option<Duration>,
-    /// End every partition once it reached the end offset it had when it was assigned.
+    /// End once every partition of the topics reached the end offset it had when the
+    /// reader connected (see [`crate::caught_up`]): outside a pool, read by this process;
+    /// in a pool, by this worker or (the group's committed offset says) another one.
     pub until_caught_up: bool,
+    /// With `until_caught_up`: how long the reader, having read every partition it is
+    /// assigned, waits for the others before failing ([`crate::NotCaughtUp`]).
+    pub caught_up_timeout: Duration,
     /// With `until_caught_up`: where given partitions end instead (a replay's range), at most
     /// their end offset.
     pub end_offsets: HashMap<(String, i32), u64>,
@@ -645,6 +652,10 @@ struct PartitionState {
     /// With `until_caught_up`: the end offset seen at assignment.
     end_at: Option<u64>,
     ended: bool,
+    /// With `until_caught_up`: the end offset the partition had when the reader connected.
+    target: Option<u64>,
+    /// In a pool: the group's committed offset reached `target` (another worker read it).
+    read_elsewhere: bool,
     /// Where to store the offset after the last message read (progress reports).
     read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
@@ -687,12 +698,16 @@ pub struct KafkaReader {
     consumer: Option<BaseConsumer<GroupContext>>,
     ready: VecDeque<Chunk>,
     last_commit: Instant,
-    assigned_once: bool,
     /// Fetching is paused for backpressure.
     paused: bool,
-    /// Every partition was revoked (a lost session, a rebalance) before this process
-    /// finished them: not caught up until the group assigns again.
-    awaiting_assignment: bool,
+    /// With `until_caught_up`: the wait for partitions this process is not assigned.
+    wait: CatchUpWait,
+    /// In a pool: when the group's committed offsets were last read.
+    checked_elsewhere: Option<Instant>,
+    /// When the group last assigned or revoked partitions (or the reader joined it).
+    group_moved: Instant,
+    /// The group assigned this reader partitions (maybe none) at least once.
+    joined: bool,
     /// (topic, partition) → offset to continue from, from a checkpoint.
     resume: HashMap<(String, i32), u64>,
     /// In a pool: the hand-over flag of the run served now (a new one means a new run).
@@ -752,6 +767,8 @@ impl KafkaReader {
                     next_offset: None,
                     end_at: None,
                     ended: false,
+                    target: None,
+                    read_elsewhere: false,
                     read_offset: config
                         .read_offsets
                         .as_ref()
@@ -759,6 +776,7 @@ impl KafkaReader {
                 });
             }
         }
+        let wait = CatchUpWait::new(config.caught_up_timeout);
         KafkaReader {
             source,
             name,
@@ -770,9 +788,11 @@ impl KafkaReader {
             consumer: None,
             ready: VecDeque::new(),
             last_commit: Instant::now(),
-            assigned_once: false,
-            awaiting_assignment: false,
             paused: false,
+            wait,
+            checked_elsewhere: None,
+            group_moved: Instant::now(),
+            joined: false,
             resume: HashMap::new(),
             run: None,
         }
@@ -920,15 +940,105 @@ impl KafkaReader {
         consumer
             .subscribe(&topics)
             .map_err(|e| self.err("cannot subscribe", e))?;
-        // Every partition is idle until it is assigned to this process.
+        // Every partition is idle until it is assigned to this process, unless this process
+        // reads every partition (below).
+        let idle = !self.reads_every_partition();
         for lane in self.partitions.iter().flat_map(|s| &s.lanes) {
-            ctx.clocks.partition(lane.info.id).set_idle(true);
+            ctx.clocks.partition(lane.info.id).set_idle(idle);
         }
         if let Some(src) = ctx.stats.sources.get(self.source) {
             src.assigned.store(-1, Ordering::Relaxed);
         }
         self.consumer = Some(consumer);
+        if self.config.until_caught_up {
+            self.read_targets(ctx)?;
+        }
         Ok(())
+    }
+
+    /// Outside a pool, a run reading until caught up reads every partition of the topics
+    /// itself: one not assigned yet (another member holds it until its session times out)
+    /// or taken away for a moment (a rebalance) holds the watermark at its own, so that the
+    /// windows its rows belong to are not emitted without them (split, or its rows late).
+    fn reads_every_partition(&self) -> bool {
+        self.config.until_caught_up && self.config.pool.is_none()
+    }
+
+    /// With `until_caught_up`: reads the end offset of every partition of the topics, where
+    /// the run reads it to. Outside a pool, a partition known to start at (or past) it (a
+    /// checkpoint's offset, the group's committed one) ends at once, assigned or not: its
+    /// state is this process's either way.
+    fn read_targets(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        for l in 0..self.partitions.len() {
+            let (topic, p) = (
+                self.partitions[l].topic.to_string(),
+                self.partitions[l].number,
+            );
+            let (low, high) = self.end_offsets(&topic, p)?;
+            let high = if high <= low { 0 } else { high as u64 };
+            let end = match self.config.end_offsets.get(&(topic, p)) {
+                Some(&e) => e.min(high),
+                None => high,
+            };
+            self.partitions[l].target = Some(end);
+        }
+        if self.config.pool.is_some() {
+            return Ok(());
+        }
+        let committed = match self.config.start_from {
+            StartFrom::Committed => self.committed_offsets(|_| true),
+            _ => HashMap::new(),
+        };
+        for l in 0..self.partitions.len() {
+            let s = &self.partitions[l];
+            let key = (s.topic.to_string(), s.number);
+            let target = s.target.unwrap_or(0);
+            let start = match (self.resume.get(&key), self.config.start_from) {
+                (Some(&o), _) => Some(o),
+                (None, StartFrom::Latest) => Some(target),
+                (None, StartFrom::Committed) => committed.get(&key).copied(),
+                _ => None,
+            };
+            if target == 0 || start.is_some_and(|o| o >= target) {
+                tracing::debug!(source = %self.name, topic = %key.0, partition = key.1, "kafka: the partition starts at its end offset");
+                self.end_partition(l, start.unwrap_or(0), ctx);
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets of the partitions `which` selects (none on failure: the
+    /// caller reads them again later).
+    fn committed_offsets(
+        &self,
+        which: impl Fn(&PartitionState) -> bool,
+    ) -> HashMap<(String, i32), u64> {
+        let mut out = HashMap::new();
+        let Some(consumer) = &self.consumer else {
+            return out;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for s in self.partitions.iter().filter(|s| which(s)) {
+            tpl.add_partition(&s.topic, s.number);
+        }
+        if tpl.count() == 0 {
+            return out;
+        }
+        match consumer.committed_offsets(tpl, Duration::from_secs(30)) {
+            Ok(c) => {
+                for e in c.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        if o >= 0 {
+                            out.insert((e.topic().to_string(), e.partition()), o as u64);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the group's committed offsets; will try again")
+            }
+        }
+        out
     }
 
     /// Publishes how many partitions this process reads (for `/ready`).
@@ -952,14 +1062,25 @@ impl KafkaReader {
             .lock()
             .map(|mut e| std::mem::take(&mut *e))
             .unwrap_or_default();
+        self.group_moved = Instant::now();
         for e in events {
             match e {
                 GroupEvent::Assigned(list) => {
-                    self.awaiting_assignment = false;
+                    self.joined = true;
                     for (topic, p) in list {
                         let Some(l) = self.local(&topic, p) else {
                             continue;
                         };
+                        if self.partitions[l].ended && self.config.pool.is_none() {
+                            // read to its end before the group assigned it (it started there)
+                            self.partitions[l].assigned = true;
+                            if let Some(consumer) = &self.consumer {
+                                let mut tpl = TopicPartitionList::new();
+                                tpl.add_partition(&topic, p);
+                                let _ = consumer.pause(&tpl);
+                            }
+                            continue;
+                        }
                         let (end_at, start) = if self.config.until_caught_up {
                             let (low, high) = self.end_offsets(&topic, p)?;
                             let high = if high <= low { 0 } else { high as u64 };
@@ -967,11 +1088,12 @@ impl KafkaReader {
                                 Some(&e) => e.min(high),
                                 None => high,
                             };
+                            // the end it had when the run started
+                            let end = self.partitions[l].target.map_or(end, |t| t.min(end));
                             (Some(end), self.start_offset(&topic, p, high))
                         } else {
                             (None, None)
                         };
-                        self.assigned_once = true;
                         let expected = self.consumer.as_ref().and_then(|c| {
                             c.context()
                                 .lane_starts
@@ -981,6 +1103,7 @@ impl KafkaReader {
                         });
                         let s = &mut self.partitions[l];
                         s.assigned = true;
+                        s.read_elsewhere = false;
                         s.end_at = end_at;
                         for (u, lane) in s.lanes.iter_mut().enumerate() {
                             lane.last_message = Instant::now();
@@ -1010,14 +1133,13 @@ impl KafkaReader {
                         } else {
                             self.hand_over(l);
                         }
+                        let idle = !self.reads_every_partition();
                         let s = &mut self.partitions[l];
                         s.assigned = false;
                         for lane in &s.lanes {
-                            ctx.clocks.partition(lane.info.id).set_idle(true);
+                            ctx.clocks.partition(lane.info.id).set_idle(idle);
                         }
                     }
-                    self.awaiting_assignment = self.partitions.iter().all(|s| !s.assigned)
-                        && self.partitions.iter().any(|s| !s.ended);
                 }
             }
             self.report_assigned(ctx);
@@ -1337,12 +1459,161 @@ impl KafkaReader {
         }
     }
 
-    fn all_caught_up(&self) -> bool {
-        self.config.until_caught_up
-            && self.assigned_once
-            && !self.awaiting_assignment
-            && self.ready.is_empty()
-            && self.partitions.iter().all(|s| !s.assigned || s.ended)
+    /// With `until_caught_up`: whether every partition of the topics is read to its end
+    /// (see [`crate::caught_up`]). While this process has read every partition it is
+    /// assigned but others are not read, it waits: says so in its log and `/ready`, and
+    /// fails after `caught_up_timeout`.
+    fn caught_up(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
+        if !self.config.until_caught_up
+            || !self.ready.is_empty()
+            || self.partitions.iter().any(|s| s.target.is_none())
+        {
+            return Ok(false);
+        }
+        if self.partitions.iter().any(|s| s.assigned && !s.ended) {
+            self.wait.reading();
+            self.set_waiting(ctx, String::new());
+            return Ok(false);
+        }
+        let (pending, why) = self.pending();
+        let who = (&*self.name, self.config.group_id.as_str());
+        match self.wait.update(&pending, why, who, Instant::now()) {
+            Ok(Wait::Done) => {
+                self.set_waiting(ctx, String::new());
+                Ok(true)
+            }
+            Ok(Wait::Waiting(reason)) => {
+                self.set_waiting(ctx, reason);
+                self.rejoin_if_stuck(&pending)?;
+                Ok(false)
+            }
+            Err(e) => Err(EngineError::NotCaughtUp {
+                source_name: self.name.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// The partitions of the topics this process waits for (not read to their end and not
+    /// assigned to it), and why they are not read.
+    fn pending(&mut self) -> (Vec<String>, &'static str) {
+        let key = |s: &PartitionState| format!("{}/{}", s.topic, s.number);
+        let never = self.partitions.iter().all(|s| !s.assigned);
+        if self.config.pool.is_none() {
+            let why = if never {
+                "not assigned to this process yet"
+            } else {
+                "not assigned to this process"
+            };
+            return (
+                self.partitions
+                    .iter()
+                    .filter(|s| !s.ended)
+                    .map(key)
+                    .collect(),
+                why,
+            );
+        }
+        if self.config.upstream.is_some() {
+            // a repartition topic's offsets are not committed to the group: the other
+            // workers' partitions cannot be checked; a worker waits only for an assignment
+            let pending = if never {
+                self.partitions
+                    .iter()
+                    .filter(|s| !s.ended)
+                    .map(key)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            return (pending, "no partition assigned to this worker");
+        }
+        if !self.joined {
+            // a worker that joins (again, after losing partitions to fencing) may be given
+            // partitions whose state holds windows not flushed yet: it ends only once the
+            // group told it which ones it owns
+            return (
+                self.partitions
+                    .iter()
+                    .filter(|s| !s.ended)
+                    .map(key)
+                    .collect(),
+                "the group has not assigned this worker its partitions yet",
+            );
+        }
+        // in a pool, another worker read a partition to its end once the group's committed
+        // offset (committed after its checkpoint) reached it
+        let unread = |s: &PartitionState| {
+            !s.assigned && !s.ended && !s.read_elsewhere && s.target.is_some_and(|t| t > 0)
+        };
+        if self
+            .checked_elsewhere
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.checked_elsewhere = Some(Instant::now());
+            let committed = self.committed_offsets(unread);
+            for s in self.partitions.iter_mut() {
+                let key = (s.topic.to_string(), s.number);
+                if let (Some(&c), Some(t)) = (committed.get(&key), s.target) {
+                    s.read_elsewhere |= c >= t;
+                }
+            }
+        }
+        (
+            self.partitions
+                .iter()
+                .filter(|s| unread(s))
+                .map(key)
+                .collect(),
+            "not assigned to this worker, and the group's committed offset is below that end",
+        )
+    }
+
+    /// While waiting for `pending` partitions: once the group did not move any partition
+    /// for longer than a session timeout (and a margin), joins it again. A coordinator
+    /// expires a dead member after its session timeout and moves its partitions; tansu was
+    /// seen keeping a member killed while it joined, with its partitions, until another
+    /// member joins. In a pool, only a worker without partitions joins again (the others
+    /// may be reading theirs).
+    fn rejoin_if_stuck(&mut self, pending: &[String]) -> Result<(), EngineError> {
+        let session =
+            crate::caught_up::session_timeout(&self.config.properties, self.config.pool.is_some());
+        if self.group_moved.elapsed() < session + crate::caught_up::REJOIN_MARGIN
+            || (self.config.pool.is_some() && self.partitions.iter().any(|s| s.assigned))
+        {
+            return Ok(());
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        tracing::warn!(
+            source = %self.name,
+            group = %self.config.group_id,
+            partitions = %pending.join(", "),
+            quiet_s = self.group_moved.elapsed().as_secs(),
+            "kafka: the group moved no partition for longer than a session timeout while \
+             partitions wait for a reader; joining the group again"
+        );
+        self.group_moved = Instant::now();
+        consumer.unsubscribe();
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| self.err("cannot subscribe again", e))
+    }
+
+    /// Publishes what the source waits for (for `/ready`).
+    fn set_waiting(&self, ctx: &ReaderContext, reason: String) {
+        if let Some(mut w) = ctx
+            .stats
+            .sources
+            .get(self.source)
+            .and_then(|s| s.waiting_for_partitions.lock().ok())
+        {
+            if *w != reason {
+                *w = reason;
+            }
+        }
     }
 }
 
@@ -1519,7 +1790,7 @@ impl PartitionReader for KafkaReader {
             if let Some(c) = self.ready.pop_front() {
                 return Ok(Some(c));
             }
-            if ctx.stop.load(Ordering::Relaxed) || self.all_caught_up() {
+            if ctx.stop.load(Ordering::Relaxed) || self.caught_up(ctx)? {
                 return Ok(None);
             }
             if self.last_commit.elapsed() >= COMMIT_EVERY {
@@ -1596,6 +1867,7 @@ mod tests {
             properties: vec![],
             idle_timeout: None,
             until_caught_up: true,
+            caught_up_timeout: Duration::from_secs(30),
             end_offsets: HashMap::new(),
             read_offsets: None,
             with_headers: false,
@@ -1766,6 +2038,158 @@ mod tests {
                 })
             ]
         );
+    }
+
+    /// Another member of the group (a consumer polling, not reading): started first, it
+    /// holds the topic's partitions until `leave` is set.
+    fn other_member(
+        brokers: &str,
+        topic: &str,
+        leave: Arc<AtomicBool>,
+    ) -> (
+        std::thread::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (brokers, topic, h) = (brokers.to_string(), topic.to_string(), held.clone());
+        let t = std::thread::spawn(move || {
+            let c: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "g")
+                .set("enable.auto.commit", "false")
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                // gone from the group soon after it stops, as a killed process is
+                .set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "500")
+                .create()
+                .unwrap();
+            c.subscribe(&[&topic]).unwrap();
+            while !leave.load(Ordering::SeqCst) {
+                let _ = c.poll(Duration::from_millis(20));
+                let n = c.assignment().map(|a| a.count()).unwrap_or(0);
+                h.store(n, Ordering::SeqCst);
+            }
+        });
+        (t, held)
+    }
+
+    fn produce_keyed(brokers: &str, topic: &str, n: u32) {
+        let producer = Producer::new(brokers, &[]).unwrap();
+        for i in 0..n {
+            let key = format!("k{}", i % 13);
+            let value = format!("{{\"i\":{i}}}");
+            producer
+                .send(topic, Some(key.as_bytes()), Some(value.as_bytes()), &[])
+                .unwrap();
+        }
+        producer.flush().unwrap();
+    }
+
+    /// `--until-caught-up` while another member holds partitions (a killed process until
+    /// its session times out): the reader reads the partitions it is assigned, then waits
+    /// for the others, saying so in `/ready`, and reads them once the group assigns them. It
+    /// does not end with only its own partitions read.
+    #[test]
+    fn waits_for_the_partitions_another_member_holds_then_reads_them() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("held", 4, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        produce_keyed(&brokers, "held", 800);
+        let leave = Arc::new(AtomicBool::new(false));
+        let (other, held) = other_member(&brokers, "held", leave.clone());
+        let started = Instant::now();
+        while held.load(Ordering::SeqCst) < 4 {
+            assert!(started.elapsed() < Duration::from_secs(30), "no assignment");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let config = reading_to_the_end(&brokers, "held");
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+        let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(4, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Progress::new(4, &[])),
+            stats.clone(),
+        );
+        // once the reader says it waits, the other member leaves
+        let saw = Arc::new(Mutex::new(String::new()));
+        let watcher = {
+            let (stats, leave, saw) = (stats.clone(), leave.clone(), saw.clone());
+            std::thread::spawn(move || {
+                while !leave.load(Ordering::SeqCst) {
+                    let w = stats.sources[0].waiting_for_partitions.lock().unwrap().clone();
+                    if !w.is_empty() {
+                        *saw.lock().unwrap() = w;
+                        leave.store(true, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let mut total = 0;
+        let mut ended = [false; 4];
+        while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+            match chunk.data {
+                ChunkData::Messages(m) => total += m.len(),
+                ChunkData::End => ended[chunk.partition.number as usize] = true,
+                _ => panic!("a Kafka reader yields messages"),
+            }
+        }
+        leave.store(true, Ordering::SeqCst);
+        watcher.join().unwrap();
+        other.join().unwrap();
+        assert_eq!(total, 800, "every partition read");
+        assert_eq!(ended, [true; 4]);
+        let saw = saw.lock().unwrap().clone();
+        assert!(saw.contains("waiting for held/"), "{saw}");
+        assert!(stats.sources[0].waiting_for_partitions.lock().unwrap().is_empty());
+        reader.finish(&ctx).unwrap();
+    }
+
+    /// The other member never leaves: the reader fails after its timeout, naming the
+    /// partitions it did not read.
+    #[test]
+    fn fails_when_partitions_stay_unread_past_the_timeout() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("stuck", 2, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        produce_keyed(&brokers, "stuck", 200);
+        let leave = Arc::new(AtomicBool::new(false));
+        let (other, held) = other_member(&brokers, "stuck", leave.clone());
+        let started = Instant::now();
+        while held.load(Ordering::SeqCst) < 2 {
+            assert!(started.elapsed() < Duration::from_secs(30), "no assignment");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let config = KafkaSourceConfig {
+            caught_up_timeout: Duration::from_secs(3),
+            ..reading_to_the_end(&brokers, "stuck")
+        };
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(2, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Progress::new(2, &[])),
+            Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
+        );
+        let error = loop {
+            match reader.next_chunk(&ctx) {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended with partitions unread"),
+                Err(e) => break e,
+            }
+        };
+        leave.store(true, Ordering::SeqCst);
+        other.join().unwrap();
+        match &error {
+            EngineError::NotCaughtUp { message, .. } => {
+                assert!(message.contains("stuck/"), "{message}");
+                assert!(message.contains("--caught-up-timeout"), "{message}");
+            }
+            e => panic!("{e}"),
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! decoders that write straight into Arrow arrays.
 
 pub mod avro;
+pub mod caught_up;
 pub mod file;
 pub mod generator;
 pub mod json;
@@ -12,6 +13,7 @@ pub mod repartition;
 pub mod schema;
 
 pub use avro::{AvroDecoder, AvroType};
+pub use caught_up::{NotCaughtUp, DEFAULT_CAUGHT_UP_TIMEOUT};
 pub use file::{resolve_files, FileReader};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};

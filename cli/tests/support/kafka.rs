@@ -60,9 +60,10 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-/// The `weir` binary, logging at info level.
+/// The `weir` binary (`WEIR_BIN`, else the one cargo built), logging at info level.
 pub fn weir() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    let bin = std::env::var_os("WEIR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_weir").into());
+    let mut c = Command::new(bin);
     c.env("RUST_LOG", "info,librdkafka=warn");
     c
 }
