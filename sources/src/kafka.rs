@@ -2118,7 +2118,11 @@ mod tests {
             let (stats, leave, saw) = (stats.clone(), leave.clone(), saw.clone());
             std::thread::spawn(move || {
                 while !leave.load(Ordering::SeqCst) {
-                    let w = stats.sources[0].waiting_for_partitions.lock().unwrap().clone();
+                    let w = stats.sources[0]
+                        .waiting_for_partitions
+                        .lock()
+                        .unwrap()
+                        .clone();
                     if !w.is_empty() {
                         *saw.lock().unwrap() = w;
                         leave.store(true, Ordering::SeqCst);
@@ -2143,7 +2147,11 @@ mod tests {
         assert_eq!(ended, [true; 4]);
         let saw = saw.lock().unwrap().clone();
         assert!(saw.contains("waiting for held/"), "{saw}");
-        assert!(stats.sources[0].waiting_for_partitions.lock().unwrap().is_empty());
+        assert!(stats.sources[0]
+            .waiting_for_partitions
+            .lock()
+            .unwrap()
+            .is_empty());
         reader.finish(&ctx).unwrap();
     }
 
