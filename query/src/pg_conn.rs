@@ -128,8 +128,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
-            let fresh = buf.filled()[before..].to_vec();
-            if let Err(len) = this.scan(&fresh) {
+            if let Err(len) = this.scan(&buf.filled()[before..]) {
                 this.refused.store(len, Ordering::Relaxed);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
