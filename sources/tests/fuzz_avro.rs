@@ -10,6 +10,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+#[path = "support/fuzz.rs"]
+mod support;
+
+use support::Rng;
 use weir_sources::avro::{record_to_json, AvroLimits, AvroType};
 
 const SCHEMAS: &[&str] = &[
@@ -43,21 +47,6 @@ const REGRESSIONS: &[(usize, &[u8])] = &[
         ],
     ),
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// A zig-zag varint of `v`, as Avro writes longs.
 fn varint(v: i64, out: &mut Vec<u8>) {
@@ -131,14 +120,8 @@ fn avro_records_never_panic_overrun_or_spin() {
     for (i, bytes) in REGRESSIONS {
         check(&schemas[*i], bytes, &limits).unwrap_or_else(|e| panic!("regression {i}: {e}"));
     }
-    let cases: usize = std::env::var("WEIR_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let seed: u64 = std::env::var("WEIR_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_a7f0);
+    let cases = support::cases(200_000);
+    let seed = support::seed(0x5eed_a7f0);
     let mut rng = Rng(seed.max(1));
     for case in 0..cases {
         let which = rng.below(schemas.len());

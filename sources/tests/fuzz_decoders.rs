@@ -11,6 +11,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+#[path = "support/fuzz.rs"]
+mod support;
+
+use support::Rng;
 use weir_engine::SharedBytes;
 use weir_sources::{JsonDecoder, SourceSchema};
 
@@ -49,23 +53,6 @@ const VALUES: &[&str] = &[
     "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
     "{\"a\":{\"b\":{\"c\":[1,2,{\"d\":null}]}}",
 ];
-
-/// xorshift64*: deterministic, seeded.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// One mutation of `input`.
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
@@ -215,14 +202,8 @@ fn check(decoders: &[(&str, JsonDecoder)], lines: &[Vec<u8>]) -> Result<(), Stri
 
 #[test]
 fn decoders_never_panic_and_account_for_every_record() {
-    let cases: usize = std::env::var("WEIR_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let seed: u64 = std::env::var("WEIR_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_2222);
+    let cases = support::cases(20_000);
+    let seed = support::seed(0x5eed_2222);
     eprintln!("fuzz_decoders: {cases} cases, seed {seed} (WEIR_FUZZ_SEED to repeat)");
     let decoders = decoders();
     let regressions: Vec<Vec<u8>> = REGRESSIONS.iter().map(|r| r.to_vec()).collect();
