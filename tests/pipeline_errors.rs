@@ -500,3 +500,17 @@ fn a_checkpoint_of_a_wrapping_integer_sum_is_refused_as_a_change() {
     let e = weir_engine::checkpoint::compatibility(&before, &now).unwrap_err();
     assert!(e.contains("window w: aggregates changed"), "{e}");
 }
+
+#[test]
+fn options_an_output_would_ignore_are_refused() {
+    let e = error_of(
+        "out: { file: { path: out/w.ndjson } }",
+        "out: { file: { path: out/w.ndjson }, format: avro }",
+    );
+    assert!(e.contains("`format` is for Kafka sinks"), "{e}");
+    let e = error_of(
+        "sinks:\n  out:",
+        "dead_letter: { kafka: { topic: dl, schema_registry: \"http://r:8081\" } }\nsinks:\n  out:",
+    );
+    assert!(e.contains("`schema_registry` is for Avro sinks"), "{e}");
+}

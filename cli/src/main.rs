@@ -15,7 +15,7 @@ use weir_sources::{EventGenerator, GeneratorConfig, Kind};
 #[derive(Parser)]
 #[command(
     name = "weir",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("WEIR_GIT_REV"), ")"),
     about = "weir: stream processing on Arrow, declared in YAML"
 )]
 struct Cli {
@@ -63,6 +63,16 @@ enum Command {
         /// files, so a restarted worker should keep its id (a StatefulSet's pod name).
         #[arg(long, env = "WEIR_WORKER")]
         worker: Option<String>,
+    },
+    /// Print the JSON Schema of pipeline files, for editors (yaml-language-server) and CI:
+    /// `weir schema > weir.schema.json`, then `# yaml-language-server: $schema=weir.schema.json`
+    /// as a pipeline file's first line.
+    Schema,
+    /// Print a shell completion script: `weir completions bash > /etc/bash_completion.d/weir`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Check a pipeline file and print its plan.
     Validate {
@@ -238,6 +248,17 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
         telemetry.install(None).map_err(runtime)?;
     }
     match cmd {
+        Command::Schema => {
+            let schema = weir_pipelines::schema::json_schema();
+            let text = serde_json::to_string_pretty(&schema).map_err(runtime)?;
+            write_stdout(format!("{text}\n").as_bytes())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "weir", &mut script);
+            write_stdout(&script)
+        }
         Command::Validate {
             pipeline,
             parallelism: p,
@@ -399,6 +420,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                         "--caught-up-timeout {caught_up_timeout}: not a duration (90s, 5m)"
                     ))
                 })?;
+            let command_started = std::time::Instant::now();
             let plan = telemetry
                 .scoped(|| weir_pipelines::load(&pipeline))
                 .map_err(user)?;
@@ -443,7 +465,9 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                     caught_up_timeout: Some(caught_up_timeout),
                     keep_serving,
                     insecure,
-                    on_finished: Some(std::sync::Arc::new(print_summary)),
+                    on_finished: Some(std::sync::Arc::new(move |s| {
+                        print_summary(s, command_started.elapsed())
+                    })),
                     replay: None,
                     worker,
                 },
@@ -479,14 +503,26 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
     }
 }
 
-/// Prints what a run did, as soon as its job finished.
-fn print_summary(summary: &weir_pipelines::RunSummary) {
+/// Writes `bytes` to stdout; a reader that went away (`weir schema | head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(runtime(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Prints what a run did, as soon as its job finished: the rate over the job's own time
+/// (reading, computing, committing outputs), and apart from it the command's wall time
+/// (loading the plan, starting servers).
+fn print_summary(summary: &weir_pipelines::RunSummary, wall: std::time::Duration) {
     println!(
-        "run finished in {:.2}s with parallelism {}: {} events in ({:.0} events/s), {} bad, {} late, {} windows emitted, {} dead letters",
-        summary.elapsed.as_secs_f64(),
+        "run finished with parallelism {}: {} events processed in {:.3}s ({:.0} events/s; wall time {:.2}s), {} bad, {} late, {} windows emitted, {} dead letters",
         summary.parallelism,
         summary.records_in,
+        summary.elapsed.as_secs_f64(),
         summary.events_per_second(),
+        wall.as_secs_f64(),
         summary.bad,
         summary.late,
         summary.windows_emitted,

@@ -320,6 +320,8 @@ pub struct RunReport {
 
 const WORKER_QUEUE: usize = 4;
 const TICK: Duration = Duration::from_millis(100);
+/// How soon the live-barrier thread notices that the input ended.
+const LIVE_POLL: Duration = Duration::from_millis(10);
 /// How often outputs are flushed to report progress to committing readers.
 const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
@@ -1119,15 +1121,27 @@ fn live_barriers(
     failure: &Failure,
 ) -> Result<(), EngineError> {
     let mut seq = 0;
+    let input_ended = || -> Result<bool, EngineError> {
+        let d = dispatcher
+            .lock()
+            .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
+        Ok(d.senders.is_empty())
+    };
     loop {
-        let mut slept = Duration::ZERO;
-        while slept < interval {
+        // the input's end is noticed within LIVE_POLL: the run must not wait out an interval
+        let due = Instant::now() + interval;
+        loop {
             if failure.cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);
             }
-            let step = TICK.min(interval - slept);
-            std::thread::sleep(step);
-            slept += step;
+            if input_ended()? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            std::thread::sleep(LIVE_POLL.min(due - now));
         }
         let d = dispatcher
             .lock()

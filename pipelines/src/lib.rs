@@ -9,6 +9,7 @@ pub mod plan;
 pub mod pool;
 pub mod replay;
 pub mod run;
+pub mod schema;
 pub mod secrets;
 pub mod serve;
 

@@ -1,6 +1,7 @@
 //! The pipeline file as written: every section of `pipeline-spec.md`, unknown keys refused.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
@@ -19,8 +20,22 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+impl JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^\\s*[0-9]+(ms|s|m|h|d)\\s*$",
+            "description": "A whole number and a unit: ms, s, m, h or d (500ms, 5s, 1m, 2h, 1d).",
+            "examples": ["500ms", "5s", "1m"]
+        })
+    }
+}
+
 /// One value or a list of them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     One(T),
@@ -38,37 +53,57 @@ impl<T> OneOrMany<T> {
 }
 
 /// A whole pipeline file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineDoc {
+    /// The pipeline's name: lowercase letters, digits, `_` and `-`; names its group ids, transactional ids and metrics.
+    #[schemars(with = "String", extend("pattern" = "^[a-z0-9_-]+$"))]
     pub name: Spanned<String>,
     /// Worker threads (the command line's `--parallelism` overrides it).
     #[serde(default)]
+    #[schemars(with = "Option<u32>")]
     pub parallelism: Option<Spanned<u32>>,
+    /// Inputs by name; each is also a SQL table of that name.
     #[serde(default)]
+    #[schemars(with = "IndexMap<String, SourceDoc>")]
     pub sources: IndexMap<String, Spanned<SourceDoc>>,
+    /// Keyed tumbling-window aggregations by name.
     #[serde(default)]
+    #[schemars(with = "IndexMap<String, WindowDoc>")]
     pub windows: IndexMap<String, Spanned<WindowDoc>>,
+    /// Materialized views by name: keyed aggregations without a window, always current.
     #[serde(default)]
+    #[schemars(with = "IndexMap<String, ViewDoc>")]
     pub views: IndexMap<String, Spanned<ViewDoc>>,
+    /// Outputs by name, referred to by the `sinks` lists of windows and views.
     #[serde(default)]
+    #[schemars(with = "IndexMap<String, SinkDoc>")]
     pub sinks: IndexMap<String, Spanned<SinkDoc>>,
+    /// Where bad and late records go, with their error (default: `dead_letter.ndjson` beside the
+    /// pipeline file).
     #[serde(default)]
+    #[schemars(with = "Option<DeadLetterDoc>")]
     pub dead_letter: Option<Spanned<DeadLetterDoc>>,
+    /// Periodic checkpoints of offsets and state: exactly-once outputs across restarts.
     #[serde(default)]
+    #[schemars(with = "Option<CheckpointDoc>")]
     pub checkpoint: Option<Spanned<CheckpointDoc>>,
+    /// SQL over HTTP and the Postgres wire protocol, `/metrics`, `/health`, `/ready`; absent = off.
     #[serde(default)]
+    #[schemars(with = "Option<ServeDoc>")]
     pub serve: Option<Spanned<ServeDoc>>,
     /// Span export to an OpenTelemetry collector.
     #[serde(default)]
+    #[schemars(with = "Option<TracingDoc>")]
     pub tracing: Option<Spanned<TracingDoc>>,
 }
 
 /// `tracing:`: spans exported over OTLP/HTTP.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingDoc {
     /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to `/v1/traces`.
+    #[schemars(with = "String")]
     pub otlp: Spanned<String>,
     /// `service.name` of the spans (default `weir`).
     #[serde(default)]
@@ -82,7 +117,7 @@ pub struct TracingDoc {
 }
 
 /// Record formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Json,
@@ -90,37 +125,55 @@ pub enum Format {
     Cloudevents,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceDoc {
+    /// Read Kafka topics.
     #[serde(default)]
+    #[schemars(with = "Option<KafkaSourceDoc>")]
     pub kafka: Option<Spanned<KafkaSourceDoc>>,
+    /// Read NDJSON files (a file, a folder or a glob; one partition per file).
     #[serde(default)]
+    #[schemars(with = "Option<FileSourceDoc>")]
     pub file: Option<Spanned<FileSourceDoc>>,
+    /// Synthetic events from the built-in generator.
     #[serde(default)]
+    #[schemars(with = "Option<GeneratorDoc>")]
     pub generator: Option<Spanned<GeneratorDoc>>,
+    /// Record format (default json).
     #[serde(default)]
+    #[schemars(with = "Option<Format>")]
     pub format: Option<Spanned<Format>>,
+    /// `data-ingestion`, `service-health`, or the path of an Avro schema (`.avsc`).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub schema: Option<Spanned<String>>,
+    /// Where event time comes from and how out of order it may be.
     #[serde(default)]
+    #[schemars(with = "Option<EventTimeDoc>")]
     pub event_time: Option<Spanned<EventTimeDoc>>,
     /// Fields the source is already partitioned by (for the worker pool).
     #[serde(default)]
     pub partitioned_by: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceDoc {
+    /// Bootstrap servers, `host:port[,host:port...]`.
     pub brokers: String,
+    /// One topic or a list of topics.
     pub topic: OneOrMany<String>,
+    /// Consumer group id (default `weir-<pipeline>`).
     #[serde(default)]
     pub group_id: Option<String>,
+    /// Where a group without committed offsets starts: `committed` (default), `earliest`, `latest` or an RFC 3339 time.
     #[serde(default)]
     pub start_from: Option<String>,
+    /// librdkafka settings passed as they are (`security.protocol`, `sasl.*`, ...).
     #[serde(default)]
     pub properties: IndexMap<String, String>,
+    /// Confluent schema registry URL for `format: avro` with the wire-format header.
     #[serde(default)]
     pub schema_registry: Option<String>,
     /// Bounds on what one Avro record may decode to (`format: avro`).
@@ -130,63 +183,83 @@ pub struct KafkaSourceDoc {
 
 /// `avro_limits: { max_record_bytes, max_items }` of a Kafka source (defaults 16 MiB of JSON
 /// and 1,000,000 array items and map entries per record).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AvroLimitsDoc {
+    /// Largest decoded record, in bytes of JSON (default 16 MiB).
     #[serde(default)]
     pub max_record_bytes: Option<u64>,
+    /// Most array items and map entries in one record (default 1,000,000).
     #[serde(default)]
     pub max_items: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceDoc {
+    /// A file, a folder or a glob, relative to the pipeline file.
+    #[schemars(with = "String")]
     pub path: Spanned<String>,
 }
 
 /// The generator's event kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum GeneratorKind {
     DataIngestion,
     ServiceHealth,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorDoc {
+    /// Which events: `data-ingestion` or `service-health`.
     pub kind: GeneratorKind,
+    /// Events to produce; absent = until stopped.
     #[serde(default)]
     pub count: Option<u64>,
+    /// Rate; 0 (the default) is as fast as possible.
     #[serde(default)]
     pub events_per_second: Option<f64>,
+    /// Random seed: the same seed gives the same events.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Distinct datasetName/serviceName values.
     #[serde(default)]
     pub keys: Option<usize>,
+    /// Zipf exponent of key popularity (0 = uniform).
     #[serde(default)]
     pub skew: Option<f64>,
+    /// Event time of the first event, epoch ms.
     #[serde(default)]
     pub start_ms: Option<i64>,
+    /// Mean event-time advance per event, in ms.
     #[serde(default)]
     pub step_ms: Option<f64>,
+    /// Fraction of events out of order by up to `jitter_ms`.
     #[serde(default)]
     pub jitter_frac: Option<f64>,
+    /// How far out of order jittered events are, in ms.
     #[serde(default)]
     pub jitter_ms: Option<i64>,
+    /// Fraction of very late events.
     #[serde(default)]
     pub late_frac: Option<f64>,
+    /// How far behind the newest event time late events are, in ms.
     #[serde(default)]
     pub late_ms: Option<i64>,
+    /// Include non-ASCII, quoted and empty keys.
     #[serde(default)]
     pub unicode_keys: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeDoc {
+    /// The event-time field: epoch milliseconds or an RFC 3339 string.
+    #[schemars(with = "String")]
     pub field: Spanned<String>,
+    /// How far behind the newest event time an event may arrive and still count (default 0s); the watermark trails by this much.
     #[serde(default)]
     pub max_out_of_orderness: Option<Duration>,
     /// A partition silent this long stops holding the watermark back (Kafka default 1m).
@@ -199,85 +272,127 @@ pub struct EventTimeDoc {
 }
 
 /// Which clock a window follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeDoc {
     Event,
     Processing,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowDoc {
+    /// The source it reads.
+    #[schemars(with = "String")]
     pub from: Spanned<String>,
+    /// A SQL predicate applied before windowing.
     #[serde(default, rename = "where")]
+    #[schemars(with = "Option<String>")]
     pub filter: Option<Spanned<String>>,
+    /// Key columns (source fields).
+    #[schemars(with = "Vec<String>")]
     pub key: Spanned<Vec<Spanned<String>>>,
+    /// Window size; windows are aligned to the Unix epoch.
+    #[schemars(with = "Duration")]
     pub tumbling: Spanned<Duration>,
+    /// How long after the watermark passes a window's end it still accepts events (default 0s).
     #[serde(default)]
     pub allowed_lateness: Option<Duration>,
+    /// `event` (default) or `processing` time.
     #[serde(default)]
     pub time: Option<TimeDoc>,
+    /// Output column name to SQL aggregate expression, in output order.
+    #[schemars(with = "IndexMap<String, String>")]
     pub aggregates: Spanned<IndexMap<String, Spanned<String>>>,
+    /// How long emitted windows stay queryable with SQL.
     #[serde(default)]
     pub retain: Option<Duration>,
+    /// Names of the sinks that receive the emitted windows.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub sinks: Vec<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ViewDoc {
+    /// The source it reads.
+    #[schemars(with = "String")]
     pub from: Spanned<String>,
+    /// A SQL predicate applied before aggregating.
     #[serde(default, rename = "where")]
+    #[schemars(with = "Option<String>")]
     pub filter: Option<Spanned<String>>,
+    /// Key columns (source fields).
+    #[schemars(with = "Vec<String>")]
     pub key: Spanned<Vec<Spanned<String>>>,
+    /// Output column name to SQL aggregate expression, in output order.
+    #[schemars(with = "IndexMap<String, String>")]
     pub aggregates: Spanned<IndexMap<String, Spanned<String>>>,
+    /// Keys not updated for this long are removed (a `delete` to the sinks).
     #[serde(default)]
     pub retain: Option<Duration>,
+    /// Names of the sinks that receive the view's changes (upserts by key).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub sinks: Vec<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkDoc {
+    /// Write to a Kafka topic.
     #[serde(default)]
+    #[schemars(with = "Option<KafkaSinkDoc>")]
     pub kafka: Option<Spanned<KafkaSinkDoc>>,
+    /// Write an Iceberg table.
     #[serde(default)]
+    #[schemars(with = "Option<IcebergDoc>")]
     pub iceberg: Option<Spanned<IcebergDoc>>,
+    /// Index into Elasticsearch.
     #[serde(default)]
+    #[schemars(with = "Option<ElasticsearchDoc>")]
     pub elasticsearch: Option<Spanned<ElasticsearchDoc>>,
+    /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
     #[serde(default)]
+    #[schemars(with = "Option<FileSinkDoc>")]
     pub file: Option<Spanned<FileSinkDoc>>,
+    /// Record format of Kafka sinks (default json).
     #[serde(default)]
+    #[schemars(with = "Option<Format>")]
     pub format: Option<Spanned<Format>>,
     /// How failed writes are retried (see `weir_engine::retry`).
     #[serde(default)]
+    #[schemars(with = "Option<RetryDoc>")]
     pub retry: Option<Spanned<RetryDoc>>,
 }
 
 /// `retry:` of a sink or the dead-letter output.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryDoc {
+    /// First wait after a failure (default 1s).
     #[serde(default)]
     pub initial_backoff: Option<Duration>,
+    /// Longest wait between attempts (default 16s).
     #[serde(default)]
     pub max_backoff: Option<Duration>,
+    /// Growth of the wait per attempt (default 2).
     #[serde(default)]
     pub multiplier: Option<f64>,
+    /// Random share of each wait, 0 to 1.
     #[serde(default)]
     pub jitter: Option<f64>,
     /// Retries of one call before the run fails; absent = until the output comes back.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Stop calling a failing output for a while after repeated failures.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerDoc>,
 }
 
 /// `retry.circuit_breaker:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerDoc {
     /// Consecutive failures that open the circuit.
@@ -288,15 +403,19 @@ pub struct CircuitBreakerDoc {
     pub open_for: Option<Duration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkDoc {
+    /// Bootstrap servers (default: the first Kafka source's, else `127.0.0.1:9092`).
     #[serde(default)]
     pub brokers: Option<String>,
+    /// The topic written.
     pub topic: String,
+    /// librdkafka settings passed as they are.
     #[serde(default)]
     pub properties: IndexMap<String, String>,
     /// `idempotent` (the default) or `exactly_once` (Kafka transactions; needs checkpoints).
+    /// Sinks only: a dead-letter topic is always written idempotently.
     #[serde(default)]
     pub delivery: Option<String>,
     /// The transactional id of `exactly_once` (default `<pipeline>.<sink>`): unique per
@@ -308,7 +427,7 @@ pub struct KafkaSinkDoc {
     pub schema_registry: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IcebergDoc {
     /// `sqlite://PATH`, `postgres://…` or `http(s)://…` (REST).
@@ -316,12 +435,14 @@ pub struct IcebergDoc {
     /// The catalog's name (default `weir`); readers open the catalog under the same name.
     #[serde(default)]
     pub catalog_name: Option<String>,
+    /// Where data files go: a folder or `s3://bucket/prefix`.
     pub warehouse: String,
     /// `NAMESPACE.TABLE`.
     pub table: String,
     /// `day` (the default for windows: `day(window_start)`), `hour`, `day(COL)`, `hour(COL)`,
     /// `identity(COL)`, a column, or `none`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub partition_by: Option<Spanned<String>>,
     /// Data files roll over at about this size (default 128 MiB).
     #[serde(default)]
@@ -331,27 +452,38 @@ pub struct IcebergDoc {
     pub properties: IndexMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ElasticsearchDoc {
+    /// One node URL or a list of them.
     pub url: OneOrMany<String>,
+    /// Index name; `{output}` and `{pipeline}` are replaced.
     pub index: String,
+    /// API key credentials.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// Basic-auth user.
     #[serde(default)]
     pub username: Option<String>,
+    /// Basic-auth password.
     #[serde(default)]
     pub password: Option<String>,
+    /// Bearer token credentials.
     #[serde(default)]
     pub bearer_token: Option<String>,
+    /// PEM file of the CA that signed the cluster's certificate.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Documents per bulk request (default 1000).
     #[serde(default)]
     pub bulk_max_docs: Option<u64>,
+    /// Bytes per bulk request (default 5 MiB).
     #[serde(default)]
     pub bulk_max_bytes: Option<u64>,
+    /// Longest a document waits before its bulk request is sent.
     #[serde(default)]
     pub flush_interval: Option<Duration>,
+    /// The bulk API's `refresh` parameter (`true`, `false`, `wait_for`).
     #[serde(default)]
     pub refresh: Option<String>,
     /// A JSON file with an index template body (`index_patterns`, `template`), installed at
@@ -369,27 +501,37 @@ pub struct ElasticsearchDoc {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkDoc {
+    /// The output file, relative to the pipeline file; the extension picks the format.
+    #[schemars(with = "String")]
     pub path: Spanned<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterDoc {
+    /// Write dead letters to an NDJSON file.
     #[serde(default)]
+    #[schemars(with = "Option<FileSinkDoc>")]
     pub file: Option<Spanned<FileSinkDoc>>,
+    /// Write dead letters to a Kafka topic.
     #[serde(default)]
+    #[schemars(with = "Option<KafkaSinkDoc>")]
     pub kafka: Option<Spanned<KafkaSinkDoc>>,
+    /// How failed dead-letter writes are retried.
     #[serde(default)]
+    #[schemars(with = "Option<RetryDoc>")]
     pub retry: Option<Spanned<RetryDoc>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointDoc {
+    /// A folder, or `s3://bucket/prefix` for a pool on several machines.
     pub dir: String,
+    /// Time between checkpoints.
     #[serde(default)]
     pub interval: Option<Duration>,
     /// Complete checkpoints kept (default 3).
@@ -397,15 +539,19 @@ pub struct CheckpointDoc {
     pub keep: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServeDoc {
+    /// HTTP address (`127.0.0.1:8080`): `/sql`, `/metrics`, `/health`, `/ready`.
     #[serde(default)]
     pub http: Option<String>,
+    /// Postgres wire protocol address (`127.0.0.1:5433`).
     #[serde(default)]
     pub postgres: Option<String>,
+    /// Password required on the Postgres endpoint (required off loopback).
     #[serde(default)]
     pub password: Option<String>,
+    /// Bearer token required on HTTP `/sql` (required off loopback).
     #[serde(default)]
     pub token: Option<String>,
     /// How often SQL readers get a new snapshot (default 1s).
@@ -423,7 +569,7 @@ pub struct ServeDoc {
     /// Longest SQL text, in bytes (default 1 MiB).
     #[serde(default)]
     pub max_sql_bytes: Option<u64>,
-    /// Most operators one statement may hold (default 10,000).
+    /// Most operators one statement may hold (default 2,000).
     #[serde(default)]
     pub max_sql_terms: Option<u64>,
     /// Most rows one result may have (default 1,000,000).

@@ -1083,6 +1083,14 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         if declared != 1 {
             return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `file` (found {declared})")));
         }
+        if let (None, Some(f)) = (&v.kafka, &v.format) {
+            if f.value != Format::Json {
+                return Err(ctx.err(
+                    &f.referenced,
+                    format!("sink `{kname}`: `format` is for Kafka sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg and Elasticsearch sinks have their own"),
+                ));
+            }
+        }
         let target = if let Some(f) = &v.file {
             let p = ctx.path(&f.value.path.value);
             let format = FileFormat::from_path(&p).ok_or_else(|| {
@@ -1411,6 +1419,12 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                     return Err(ctx.err(
                         &k.referenced,
                         "dead_letter: a dead-letter topic is written idempotently (keyed by source, partition and offset); `delivery` is for sinks",
+                    ));
+                }
+                if k.value.schema_registry.is_some() {
+                    return Err(ctx.err(
+                        &k.referenced,
+                        "dead_letter: dead letters are JSON records; `schema_registry` is for Avro sinks",
                     ));
                 }
                 DeadLetterTarget::Kafka(kafka_sink_config(
