@@ -7,8 +7,11 @@
 #   scripts/kafka.sh status    exit 0 when it answers on its port
 #   scripts/kafka.sh reset     stop it and delete its data (every topic)
 #
-# State lives in ~/.cache/weir/broker/run (SQLite storage, log, pid). See ../shared/kafka/README.md
-# for what tansu does and does not support.
+# State lives in ~/.cache/weir/broker/run (SQLite storage, log, pid). What tansu 0.6.0 lacks, so
+# tests are designed around it: transactions (EndTxn unsupported); offsets-for-times past the last
+# message (returns 0); an idempotent producer connected across a broker restart panics its storage
+# task (create new producers after a restart); deleting one topic deletes every topic (use unique
+# names, never delete); snappy (fetch fails); CreatePartitions and topic auto-creation.
 set -euo pipefail
 
 VERSION=0.6.0

@@ -1,7 +1,8 @@
-//! Golden tests: weir's window results equal the reference oracle's
-//! (`shared/oracle/window_oracle.py`, results committed under `golden/`), at parallelism 1
-//! and 2, with large and small read chunks, on every file format; dead-letter counts equal
-//! the oracle's `bad` and `late`.
+//! Golden tests: weir's window results equal the project's reference model's
+//! (`model/window_model.py`, results committed under `golden/` by `golden/make.sh`), at
+//! parallelism 1 and 2, with large and small read chunks, on every file format; dead-letter
+//! counts equal the model's `bad` and `late`. The model itself passes its hand-computed checks
+//! (`model/test_window_model.py`), and the committed expectations are its output.
 
 use std::path::Path;
 
@@ -146,4 +147,39 @@ fn every_golden_case_is_tested() {
         ]
     );
     assert!(Path::new(&golden_dir().join("make.sh")).exists());
+}
+
+/// The reference model passes its hand-computed checks (`model/test_window_model.py`: late
+/// events, the lateness boundary, filters, null keys, empty aggregates, bad lines, its CLI).
+#[test]
+fn the_reference_model_passes_its_hand_computed_checks() {
+    let o = std::process::Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_window_model"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("model"))
+        .output()
+        .expect("python3");
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "the model's unit tests failed:\n{log}");
+    let ran: usize = log
+        .lines()
+        .find_map(|l| l.strip_prefix("Ran ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `Ran N tests` line:\n{log}"));
+    assert!(ran >= 15, "only {ran} model tests ran:\n{log}");
+}
+
+/// The committed expectations are the model's output for the committed inputs
+/// (`golden/make.sh --check` recomputes them), so the model and the golden files never drift.
+#[test]
+fn golden_expectations_are_the_models_output() {
+    let o = std::process::Command::new("bash")
+        .arg(golden_dir().join("make.sh"))
+        .arg("--check")
+        .output()
+        .expect("bash");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

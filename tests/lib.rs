@@ -1,5 +1,6 @@
-//! Helpers of weir's end-to-end tests: reading outputs back and comparing them with the
-//! reference oracle's rows as `shared/oracle/compare.py` does.
+//! Helpers of weir's end-to-end tests: generating events with `weir generate`, the reference
+//! model's rows (`tests/model/window_model.py`), reading outputs back and comparing them with
+//! those rows.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,9 +17,38 @@ pub fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
 }
 
-/// The shared tools' folder (`../shared`: the event generator and the oracle).
-pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+/// The repository's root folder.
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_path_buf()
+}
+
+/// The project's reference model of the window rules (`tests/model/window_model.py`).
+pub fn model_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("model/window_model.py")
+}
+
+/// The `weir` binary that generates test events: `WEIR_BIN` when set, else the one cargo
+/// built beside the running test (`<target>/debug/weir` for `<target>/debug/deps/crash-…`),
+/// which cargo builds before the binary's own integration tests (`cli/tests`) run.
+pub fn weir_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a test binary in <target>/<profile>/deps");
+    let bin = profile.join(format!("weir{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} not found: build it (`cargo build -p weir-cli`) or set WEIR_BIN",
+        bin.display()
+    );
+    bin
 }
 
 /// A port of 127.0.0.1 nothing listens on now.
@@ -29,28 +59,52 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Writes `gen_events.py`'s data-ingestion events to `out`, with its `args` (`--count` first).
+/// The generator's settings unless a test gives its own: fixed here so that a change of
+/// `weir generate`'s defaults does not change the tests' data.
+const GENERATE_DEFAULTS: [(&str, &str); 10] = [
+    ("--seed", "42"),
+    ("--keys", "1000"),
+    ("--skew", "1.1"),
+    ("--start-ms", "1700000000000"),
+    ("--step-ms", "1"),
+    ("--jitter-frac", "0.2"),
+    ("--jitter-ms", "2000"),
+    ("--late-frac", "0"),
+    ("--late-ms", "3600000"),
+    ("--bad-frac", "0"),
+];
+
+/// Writes `weir generate data-ingestion` events to `out`: `args` are the event count, then
+/// the generator's flags (`--seed 11 --keys 40 --step-ms 200 --bad-frac 0.01 ...`); the
+/// settings not given are [`GENERATE_DEFAULTS`].
 pub fn generate(out: &Path, args: &[&str]) {
-    let o = std::process::Command::new("python3")
-        .arg(shared_dir().join("data/gen_events.py"))
-        .arg("data-ingestion")
-        .args(args)
-        .arg("-o")
-        .arg(out)
-        .output()
-        .expect("python3");
+    generate_kind("data-ingestion", out, args)
+}
+
+/// [`generate`] for events of `kind` (`data-ingestion` or `service-health`).
+pub fn generate_kind(kind: &str, out: &Path, args: &[&str]) {
+    let (count, flags) = args.split_first().expect("the event count first");
+    let mut cmd = std::process::Command::new(weir_bin());
+    cmd.args(["generate", kind, "--count", count]).args(flags);
+    for (flag, value) in GENERATE_DEFAULTS {
+        if !flags.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    let o = cmd.arg("--out").arg(out).output().expect("weir generate");
     assert!(
         o.status.success(),
-        "gen_events.py: {}",
+        "weir generate: {}",
         String::from_utf8_lossy(&o.stderr)
     );
 }
 
-/// `window_oracle.py`'s rows for data-ingestion events of `input` (its `args`: keys, size,
-/// aggregates), written to `out`, and its summary (lines, bad, late, windows).
+/// The reference model's rows (`tests/model/window_model.py`) for data-ingestion events of
+/// `input` (its `args`: keys, size, aggregates), written to `out`, and its summary (lines,
+/// bad, late, filtered, windows).
 pub fn oracle(input: &Path, args: &[&str], out: &Path) -> (Vec<Row>, Value) {
     let o = std::process::Command::new("python3")
-        .arg(shared_dir().join("oracle/window_oracle.py"))
+        .arg(model_script())
         .arg(input)
         .args(["--schema", "data-ingestion"])
         .args(args)
@@ -60,16 +114,16 @@ pub fn oracle(input: &Path, args: &[&str], out: &Path) -> (Vec<Row>, Value) {
         .expect("python3");
     assert!(
         o.status.success(),
-        "window_oracle.py: {}",
+        "window_model.py: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     let summary = serde_json::from_str(String::from_utf8_lossy(&o.stderr).trim())
-        .expect("the oracle's summary");
+        .expect("the model's summary");
     (read_ndjson(out), summary)
 }
 
 /// [`oracle`]'s 1-minute windows by `datasetName` with 5 s of out-of-orderness, computing
-/// `aggs` (`name=fn[:field]`, as the oracle's `--agg`).
+/// `aggs` (`name=fn[:field]`, as the model's `--agg`).
 pub fn oracle_per_dataset(input: &Path, aggs: &[&str], out: &Path) -> (Vec<Row>, Value) {
     let mut args = vec!["--key", "datasetName", "--size", "1m", "--ooo", "5s"];
     for a in aggs {
@@ -256,8 +310,8 @@ fn differences(e: &Row, a: &Row, keys: &[&str]) -> Vec<String> {
     out
 }
 
-/// Compares at-least-once output with the oracle's rows: every expected row was emitted
-/// exactly right at least once, and no row belongs to a (keys, window) the oracle does not
+/// Compares at-least-once output with the reference rows: every expected row was emitted
+/// exactly right at least once, and no row belongs to a (keys, window) the reference does not
 /// have. Returns how many rows repeat an already emitted (keys, window).
 pub fn compare_at_least_once(
     expected: &[Row],
@@ -297,7 +351,7 @@ pub fn compare_at_least_once(
     }
 }
 
-/// Compares result rows with the oracle's: the same set of (keys, window_start), no
+/// Compares result rows with the reference rows: the same set of (keys, window_start), no
 /// duplicates, every expected column equal. Returns a description of the differences.
 pub fn compare(expected: &[Row], actual: &[Row], keys: &[&str]) -> Result<(), String> {
     let ident = |r: &Row| ident(r, keys);

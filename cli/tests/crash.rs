@@ -1,9 +1,9 @@
 //! Exactly once across crashes, on a file source (its partition is the file, its offsets
 //! line positions): `weir run` with checkpoints is killed with SIGKILL at random moments and
 //! at the checkpoint failpoints, restarted each time, and at the end its outputs must equal
-//! `../shared/oracle/window_oracle.py`'s rows exactly (no row missing, none twice, no partial
-//! window): the NDJSON file, the Parquet part files read back by pyarrow, and the dead
-//! letters (equal to those of a run without a crash).
+//! the reference model's rows (`tests/model/window_model.py`) exactly (no row missing, none
+//! twice, no partial window): the NDJSON file, the Parquet part files read back by pyarrow,
+//! and the dead letters (equal to those of a run without a crash).
 //!
 //! `WEIR_CRASH_KILLS` sets the number of kills (default 10), `WEIR_CRASH_SEED` repeats a
 //! run's random choices; `scripts/crash-test.sh` runs longer loops.
@@ -27,10 +27,6 @@ fn repo() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn shared() -> PathBuf {
-    repo().parent().unwrap().join("shared")
 }
 
 fn kills() -> usize {
@@ -162,20 +158,28 @@ impl FileCase {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let input = d.join("input.ndjson");
-        check(
-            Command::new("python3")
-                .arg(shared().join("data/gen_events.py"))
-                .args(["data-ingestion", "400000", "--seed", "21", "--keys", "400"])
-                .args(["--step-ms", "15", "--unicode-keys", "--bad-frac", "0.004"])
-                .args(["--late-frac", "0.003", "--late-ms", "240000", "-o"])
-                .arg(&input)
-                .output()
-                .unwrap(),
-            "gen_events.py",
+        weir_tests::generate(
+            &input,
+            &[
+                "400000",
+                "--seed",
+                "21",
+                "--keys",
+                "400",
+                "--step-ms",
+                "15",
+                "--unicode-keys",
+                "--bad-frac",
+                "0.004",
+                "--late-frac",
+                "0.003",
+                "--late-ms",
+                "240000",
+            ],
         );
         let expected_path = d.join("expected.ndjson");
         let oracle = Command::new("python3")
-            .arg(shared().join("oracle/window_oracle.py"))
+            .arg(weir_tests::model_script())
             .arg(&input)
             .args(["--schema", "data-ingestion", "--key", "datasetName"])
             .args(["--size", "1m", "--ooo", "5s", "--agg", "events=count"])
@@ -189,7 +193,11 @@ impl FileCase {
             .arg(&expected_path)
             .output()
             .unwrap();
-        assert!(oracle.status.success());
+        assert!(
+            oracle.status.success(),
+            "window_model.py: {}",
+            String::from_utf8_lossy(&oracle.stderr)
+        );
         let summary = serde_json::from_str(String::from_utf8_lossy(&oracle.stderr).trim()).unwrap();
         let expected = read_ndjson(&expected_path);
 

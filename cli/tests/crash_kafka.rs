@@ -7,11 +7,10 @@ mod crash;
 #[path = "support/kafka.rs"]
 mod kafka_support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use crash::read_parquet_folder;
-use kafka_support::{brokers, repo, tool, unique, weir};
+use kafka_support::{brokers, tool, unique, weir};
 use serde_json::Value;
 use weir_tests::{compare, generate, oracle_per_dataset, read_ndjson, Row};
 
@@ -72,33 +71,11 @@ fn kafka_crash_case(exactly_once: bool, parallelism: usize) {
     let output = unique("crash-out");
     tool(&["create", &brokers, &input, &partitions.to_string()]);
     tool(&["create", &brokers, &output, "3"]);
-    let shared = repo().parent().unwrap().join("shared");
     let events = d.join("events.ndjson");
-    let gen = Command::new("python3")
-        .arg(shared.join("data/gen_events.py"))
-        .args([
-            "data-ingestion",
-            "100000",
-            "--seed",
-            "33",
-            "--keys",
-            "150",
-            "--step-ms",
-            "20",
-        ])
-        .args([
-            "--bad-frac",
-            "0.005",
-            "--late-frac",
-            "0.004",
-            "--late-ms",
-            "240000",
-            "-o",
-        ])
-        .arg(&events)
-        .status()
-        .unwrap();
-    assert!(gen.success());
+    generate(
+        &events,
+        &["240000", "--seed", "42", "--keys", "1000", "--step-ms", "1"],
+    );
     // The events of each partition, split by key (lines without one go to partition 0), and
     // the oracle's rows of each: the source is partitioned by the key, so lateness follows
     // each partition's own watermark.
@@ -134,35 +111,18 @@ fn kafka_crash_case(exactly_once: bool, parallelism: usize) {
             "--partition",
             &p.to_string(),
         ]);
-        let rows = d.join(format!("expected-{p}.ndjson"));
-        let out = Command::new("python3")
-            .arg(shared.join("oracle/window_oracle.py"))
-            .arg(&file)
-            .args([
-                "--schema",
-                "data-ingestion",
-                "--key",
-                "datasetName",
-                "--size",
-                "1m",
-            ])
-            .args([
-                "--ooo",
-                "5s",
-                "--agg",
+        let (rows, s) = oracle_per_dataset(
+            &file,
+            &[
                 "events=count",
-                "--agg",
                 "records=sum:recordCount",
-            ])
-            .args(["--agg", "max_bytes=max:sizeBytes", "-o"])
-            .arg(&rows)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let s: Value = serde_json::from_str(String::from_utf8_lossy(&out.stderr).trim()).unwrap();
+                "max_bytes=max:sizeBytes",
+            ],
+            &d.join(format!("expected-{p}.ndjson")),
+        );
         bad += s["bad"].as_u64().unwrap();
         late += s["late"].as_u64().unwrap();
-        expected.extend(read_ndjson(&rows));
+        expected.extend(rows);
     }
 
     let yaml = format!(

@@ -1,8 +1,8 @@
 //! The Iceberg sink end to end: generated events (with bad and very late lines) → 1-minute
 //! windows and a view → Iceberg tables in a SQLite catalog, read back by pyiceberg through
 //! the same catalog and by DuckDB over the current snapshot's Parquet files, compared with
-//! `../shared/oracle/window_oracle.py`'s rows. The crash test (`crash.rs`) writes the same
-//! tables under SIGKILLs.
+//! the reference model's rows (`tests/model/window_model.py`). The crash test (`crash.rs`)
+//! writes the same tables under SIGKILLs.
 
 #[path = "support/crash.rs"]
 mod crash;
@@ -13,20 +13,11 @@ mod postgres;
 #[path = "support/s3.rs"]
 mod s3;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use iceberg::Table;
 use weir_tests::{compare, read_ndjson, Row};
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("shared")
-}
 
 fn ok(out: std::process::Output, what: &str) -> String {
     assert!(
@@ -82,7 +73,7 @@ struct Case {
 
 fn oracle(input: &Path, out: &Path, key: &str, size: &str) -> serde_json::Value {
     let o = Command::new("python3")
-        .arg(shared().join("oracle/window_oracle.py"))
+        .arg(weir_tests::model_script())
         .arg(input)
         .args(["--schema", "data-ingestion", "--key", key])
         .args(["--size", size, "--ooo", "5s", "--agg", "events=count"])
@@ -106,17 +97,24 @@ impl Case {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let input = d.join("input.ndjson");
-        ok(
-            Command::new("python3")
-                .arg(shared().join("data/gen_events.py"))
-                .args(["data-ingestion", &events.to_string(), "--seed", "7"])
-                .args(["--keys", "300", "--step-ms", "20", "--unicode-keys"])
-                .args(["--bad-frac", "0.004", "--late-frac", "0.003"])
-                .args(["--late-ms", "240000", "-o"])
-                .arg(&input)
-                .output()
-                .unwrap(),
-            "gen_events.py",
+        weir_tests::generate(
+            &input,
+            &[
+                &events.to_string(),
+                "--seed",
+                "7",
+                "--keys",
+                "300",
+                "--step-ms",
+                "20",
+                "--unicode-keys",
+                "--bad-frac",
+                "0.004",
+                "--late-frac",
+                "0.003",
+                "--late-ms",
+                "240000",
+            ],
         );
         let summary = oracle(&input, &d.join("windows.ndjson"), "datasetName", "1m");
         // a view has no window: one window over all time holds every valid event

@@ -1,7 +1,7 @@
 //! Kafka end to end, against a real broker (`scripts/kafka.sh start`, or `KAFKA_BROKERS`):
 //! events produced by an independent client (Python confluent-kafka), windows computed by
 //! `weir run`, the output topic read back by that client and compared with the oracle's rows
-//! (the golden cases of `tests/golden`, made by `../shared/oracle/window_oracle.py`).
+//! (the golden cases of `tests/golden`, made by the reference model `tests/model/window_model.py`).
 //!
 //! These tests fail, never skip, when the broker or the Python client is missing: CI
 //! installs both (`scripts/test-env.sh`).

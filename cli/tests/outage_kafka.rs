@@ -5,7 +5,7 @@
 //!
 //! The test runs a broker of its own (`scripts/kafka.sh` with `WEIR_KAFKA_PORT` on a free
 //! port and its own storage), so restarting it does not disturb other tests. tansu 0.6.0
-//! survives a restart only without idempotent producers connected (`../shared/kafka/README.md`),
+//! survives a restart only without idempotent producers connected (see `scripts/kafka.sh`),
 //! so the pipeline's Kafka sink sets `enable.idempotence: false` (its rows are keyed upserts:
 //! a repeat is harmless).
 

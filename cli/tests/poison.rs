@@ -3,9 +3,9 @@
 //! aggregate's argument, event times in microseconds, a pair of `sizeBytes` 2^62 whose sum
 //! does not fit 64 bits, a value of the wrong type) and `weir run` exits 0, every poison row
 //! is in the dead letters with its code, the overflowing sum is null (never a wrapped
-//! number), and every other window equals `../shared/oracle/window_oracle.py`'s rows for the
-//! good events alone. Then the same through SIGKILLs and restarts from checkpoints: no crash
-//! loop, and still the oracle's rows exactly once.
+//! number), and every other window equals the reference model's rows
+//! (`tests/model/window_model.py`) for the good events alone. Then the same through SIGKILLs
+//! and restarts from checkpoints: no crash loop, and still the model's rows exactly once.
 
 #[path = "support/crash.rs"]
 mod support;

@@ -1,8 +1,8 @@
 //! A worker pool against a real broker (`scripts/kafka.sh start`, or `KAFKA_BROKERS`):
 //! `weir run --worker ID` started several times shares a topic's partitions; workers are
 //! killed, started and stopped while an independent client produces the events, and the
-//! union of every worker's committed files equals `../shared/oracle/window_oracle.py`'s
-//! result: no loss, no duplicate.
+//! union of every worker's committed files equals the reference model's
+//! (`tests/model/window_model.py`) result: no loss, no duplicate.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -611,14 +611,20 @@ fn a_query_to_any_worker_answers_over_the_whole_pool() {
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("health.ndjson");
-    let o = std::process::Command::new("python3")
-        .arg(weir_tests::shared_dir().join("data/gen_events.py"))
-        .args(["service-health", "12000", "--seed", "5", "--keys", "200"])
-        .args(["--unicode-keys", "--bad-frac", "0.01", "-o"])
-        .arg(&events)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    weir_tests::generate_kind(
+        "service-health",
+        &events,
+        &[
+            "12000",
+            "--seed",
+            "5",
+            "--keys",
+            "200",
+            "--unicode-keys",
+            "--bad-frac",
+            "0.01",
+        ],
+    );
     let want = health_reference(&events);
     let services = want["services"].as_object().unwrap();
     let (input, group) = (unique("pool-health"), unique("pool-sql"));

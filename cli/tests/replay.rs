@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use kafka_support::{brokers, repo, tool, unique, weir};
+use kafka_support::{brokers, tool, unique, weir};
 use weir_tests::{compare, read_ndjson, Row};
 
 const HOUR2_FROM: &str = "2023-11-14T23:15:00Z";
@@ -120,30 +120,29 @@ fn input(seed: &str, name: &str) -> Input {
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let shared = repo().parent().unwrap().join("shared");
     let events = d.join("events.ndjson");
-    ok(
-        Command::new("python3")
-            .arg(shared.join("data/gen_events.py"))
-            .args(["data-ingestion", "60000", "--seed", seed, "--keys", "50"])
-            .args([
-                "--step-ms",
-                "180",
-                "--bad-frac",
-                "0.005",
-                "--late-frac",
-                "0.004",
-            ])
-            .args(["--late-ms", "240000", "-o"])
-            .arg(&events)
-            .output()
-            .unwrap(),
-        "gen_events.py",
+    weir_tests::generate(
+        &events,
+        &[
+            "60000",
+            "--seed",
+            seed,
+            "--keys",
+            "50",
+            "--step-ms",
+            "180",
+            "--bad-frac",
+            "0.005",
+            "--late-frac",
+            "0.004",
+            "--late-ms",
+            "240000",
+        ],
     );
     let expected_path = d.join("expected.ndjson");
     ok(
         Command::new("python3")
-            .arg(shared.join("oracle/window_oracle.py"))
+            .arg(weir_tests::model_script())
             .arg(&events)
             .args(["--schema", "data-ingestion", "--key", "datasetName"])
             .args(["--size", "5m", "--ooo", "5s", "--agg", "events=count"])
@@ -152,7 +151,7 @@ fn input(seed: &str, name: &str) -> Input {
             .arg(&expected_path)
             .output()
             .unwrap(),
-        "window_oracle.py",
+        "window_model.py",
     );
     let topic = unique(&format!("{name}-in"));
     let out_topic = unique(&format!("{name}-out"));

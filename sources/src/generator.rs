@@ -1,9 +1,8 @@
 //! Synthetic platform events: data-ingestion and service-health, seeded and reproducible.
 //!
-//! The same distributions as `shared/data/gen_events.py` (zipf-skewed keys, status mix,
-//! jittered and very late event times, malformed lines on request), from a xoshiro256**
-//! generator: a seed gives the same events on every machine, though not the same as the
-//! Python script's.
+//! Zipf-skewed keys, a status mix, jittered and very late event times, malformed lines on
+//! request, from a xoshiro256** generator: a seed gives the same events on every machine.
+//! `weir generate` writes them as NDJSON; the tests, golden cases and benchmarks use it.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -78,7 +77,7 @@ pub struct GeneratorConfig {
 }
 
 impl GeneratorConfig {
-    /// The defaults of `gen_events.py` for `kind`.
+    /// The defaults of `weir generate` for `kind`.
     pub fn new(kind: Kind) -> Self {
         GeneratorConfig {
             kind,

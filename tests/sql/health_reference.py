@@ -1,7 +1,8 @@
 """Reference values of the SQL tests' service_status view, computed from the input file alone.
 
 A line is an event when it is a JSON object whose fields match the service-health schema
-(../../../shared/schemas/service-health.avsc; unknown fields ignored). Per service it prints
+(the built-in `service-health` schema: `SERVICE_HEALTH_AVSC` in sources/src/schema.rs, also
+written out in tests/model/window_model.py; unknown fields ignored). Per service it prints
 the number of events, the newest timestamp, the largest latency and the statuses of the events
 at the newest timestamp (more than one when the newest time is shared).
 
