@@ -79,6 +79,16 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 #[test]
+fn the_committed_schema_is_current() {
+    let out = weir().arg("schema").output().unwrap();
+    let committed = std::fs::read(repo().join("pipelines/pipeline.schema.json")).unwrap();
+    assert!(
+        out.stdout == committed,
+        "pipelines/pipeline.schema.json is stale: run `weir schema > pipelines/pipeline.schema.json`"
+    );
+}
+
+#[test]
 fn every_example_and_golden_pipeline_validates_against_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let schema = schema_file(dir.path());
