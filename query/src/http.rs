@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `POST /sql` (JSON rows, or an Arrow IPC stream on request),
-//! `GET /health` (live), `GET /ready` (ready for traffic), `GET /metrics` (Prometheus text).
+//! `GET /health` (live), `GET /ready` (ready for traffic), `GET /metrics` (Prometheus text or
+//! OpenMetrics).
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use axum::Router;
 
 use crate::engine::{Answer, Encoding, QueryEngine, QueryError, QueryLimits};
 use crate::logins::secret_matches;
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 
 /// The media type of Arrow IPC streams.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -187,10 +188,16 @@ async fn ready(State(state): State<Arc<HttpState>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&state.engine),
-    )
-        .into_response()
+/// The metrics in the text format, or in OpenMetrics when `Accept` asks for it.
+async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    match state.metrics.render(format) {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the metrics could not be encoded",
+        ),
+    }
 }

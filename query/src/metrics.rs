@@ -1,19 +1,172 @@
-//! `/metrics` in the Prometheus text format: the run's counters, watermarks from the newest
-//! snapshot, checkpoint figures and the SQL endpoint's own counters.
+//! `/metrics` through `prometheus-client`: a [`Collector`] reads the run's atomic counters,
+//! the newest snapshot (watermarks, state), checkpoint figures and the SQL endpoint's own
+//! counters when scraped (no cost per event: the hot path bumps the same atomics as before),
+//! and the crate encodes them in the Prometheus text format (0.0.4, the default) or in
+//! OpenMetrics 1.0.0 when the scraper's `Accept` asks for it. Every sample is labelled
+//! `pipeline`.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use weir_engine::live::PartitionStatus;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use weir_engine::live::{LiveKind, LiveSnapshot, LiveState, PartitionStatus};
 use weir_engine::retry::{CircuitState, OutputHealth};
 use weir_engine::stats::{Histogram, RunStats, SourceStats};
 use weir_engine::time::now_ms;
 
 use crate::engine::QueryEngine;
 
-/// One counter of a source's figures.
-type SourceCounter = fn(&SourceStats) -> &AtomicU64;
+/// The `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// An exposition format of `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format, version 0.0.4.
+    Text,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when its best media range (highest
+    /// `q`, the first of equals) is `application/openmetrics-text` of version 1.0.0 or of no
+    /// version; the text format otherwise (also without the header).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut best = (0.0, Format::Text);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut version) = (1.0, None);
+            for p in parts {
+                match p.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                    Some(("q", v)) => q = v.parse().unwrap_or(0.0),
+                    Some(("version", v)) => version = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            let format = match media.as_str() {
+                "application/openmetrics-text"
+                    if version.as_deref().is_none_or(|v| v == "1.0.0") =>
+                {
+                    Format::OpenMetrics
+                }
+                "application/openmetrics-text" => continue,
+                _ => Format::Text,
+            };
+            if q > best.0 {
+                best = (q, format);
+            }
+        }
+        best.1
+    }
+
+    /// The answer's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS,
+        }
+    }
+}
+
+/// What `/metrics` and `/ready` read.
+pub struct Metrics {
+    pub stats: Arc<RunStats>,
+    /// The collector, its samples labelled `pipeline`.
+    registry: Registry,
+}
+
+/// Reads the figures when scraped.
+struct Collect {
+    stats: Arc<RunStats>,
+    engine: Arc<QueryEngine>,
+}
+
+impl std::fmt::Debug for Collect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collect").finish_non_exhaustive()
+    }
+}
+
+type Encoded = Result<(), std::fmt::Error>;
+
+/// No label but `pipeline`.
+const NONE: [(&str, &str); 0] = [];
+
+/// One counter family. `name` is the exported one, ending in `_total`, which the encoder
+/// appends itself: it is given without.
+fn counter<L: EncodeLabelSet, V: EncodeCounterValue>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> Encoded {
+    let Some(base) = name.strip_suffix("_total") else {
+        unreachable!("counter {name} does not end in _total")
+    };
+    let mut m = e.encode_descriptor(base, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, V, u64>(&v, None)?;
+    }
+    Ok(())
+}
+
+/// One gauge family.
+fn gauge<L: EncodeLabelSet, V: EncodeGaugeValue>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> Encoded {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        m.encode_family(&labels)?.encode_gauge(&v)?;
+    }
+    Ok(())
+}
+
+/// One histogram family (`_bucket` per bound and `+Inf`, `_sum`, `_count` per label set).
+fn histogram<'h, L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, &'h Histogram)>,
+) -> Encoded {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in samples {
+        let (sum, count, buckets) = buckets(h);
+        m.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// A histogram's sum, count and observations per bucket (not cumulative) with `+Inf` last,
+/// as the encoder takes them. The count, read after the buckets, is at least their total
+/// (an observation counted in its bucket and not yet in the count goes to the count).
+fn buckets(h: &Histogram) -> (f64, u64, Vec<(f64, u64)>) {
+    let (cumulative, count, sum) = h.read();
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = cumulative
+        .into_iter()
+        .map(|(bound, n)| {
+            let in_bucket = n - below;
+            below = n;
+            (bound, in_bucket)
+        })
+        .collect();
+    let count = count.max(below);
+    buckets.push((f64::INFINITY, count - below));
+    (sum, count, buckets)
+}
 
 /// Every sink's health by name, then the dead-letter output's as the sink `dead_letter`.
 fn outputs(s: &RunStats) -> impl Iterator<Item = (&str, &OutputHealth)> {
@@ -24,102 +177,392 @@ fn outputs(s: &RunStats) -> impl Iterator<Item = (&str, &OutputHealth)> {
         .chain([("dead_letter", &s.dead_letter_health)])
 }
 
-/// What `/metrics` reads.
-pub struct Metrics {
-    pub stats: Arc<RunStats>,
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
 }
 
-/// A label value with `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// A counter of a source's figures.
+type SourceCounter = fn(&SourceStats) -> &AtomicU64;
 
-struct Out {
-    text: String,
-    pipeline: String,
-}
-
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {help}");
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+/// Per source counters, dead letters and consumer lag.
+fn sources(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
+    let fields: [(&str, &str, SourceCounter); 5] = [
+        (
+            "weir_events_in_total",
+            "Records read, good and bad, per source.",
+            |s| &s.records_in,
+        ),
+        (
+            "weir_bytes_in_total",
+            "Bytes of the records read (payloads), per source.",
+            |s| &s.bytes_in,
+        ),
+        (
+            "weir_bad_records_total",
+            "Records that failed decoding or schema checks (sent to the dead-letter output), per source.",
+            |s| &s.bad,
+        ),
+        (
+            "weir_repartition_repeats_total",
+            "Messages of a worker pool's repartition topic dropped as repeats of the at-least-once repartition stage, per source.",
+            |s| &s.repartition_repeats,
+        ),
+        (
+            "weir_repartition_foreign_total",
+            "Messages of a repartition topic skipped because weir did not write them (no upstream headers), per source.",
+            |s| &s.repartition_foreign,
+        ),
+    ];
+    let per_source = |field: SourceCounter| {
+        s.sources
+            .iter()
+            .map(move |src| ([("source", src.name.as_str())], get(field(src))))
+    };
+    for (name, help, field) in fields {
+        counter(e, name, help, per_source(field))?;
     }
+    counter(
+        e,
+        "weir_events_decoded_total",
+        "Records decoded into events, per source.",
+        s.sources.iter().map(|src| {
+            let decoded = get(&src.records_in).saturating_sub(get(&src.bad));
+            ([("source", src.name.as_str())], decoded)
+        }),
+    )?;
+    counter(
+        e,
+        "weir_dead_letters_total",
+        "Records written to the dead-letter output.",
+        [(NONE, get(&s.dead_letters))],
+    )?;
+    let lag: Vec<((String, String), i64)> = s
+        .consumer_lag
+        .lock()
+        .map(|l| l.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    gauge(
+        e,
+        "weir_consumer_lag",
+        "Messages behind the partition's high watermark (Kafka sources, partitions this process reads).",
+        lag.iter().map(|((source, partition), v)| {
+            ([("source", source.as_str()), ("partition", partition.as_str())], *v)
+        }),
+    )
+}
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let mut l = format!("pipeline=\"{}\"", label(&self.pipeline));
-        for (k, v) in labels {
-            let _ = write!(l, ",{k}=\"{}\"", label(v));
+/// Per window (late records, rows emitted) and per operator (sum overflows, state).
+fn operators(
+    e: &mut DescriptorEncoder,
+    s: &RunStats,
+    live: &LiveState,
+    snap: &LiveSnapshot,
+) -> Encoded {
+    // views are operators too: their counters stay out of window metrics
+    let is_window = |name: &str| {
+        live.tables
+            .iter()
+            .any(|t| t.name == name && matches!(t.kind, LiveKind::Window { .. }))
+    };
+    counter(
+        e,
+        "weir_late_records_total",
+        "Events that arrived after their window closed, per window.",
+        s.late
+            .iter()
+            .filter(|n| is_window(&n.name))
+            .map(|n| ([("window", n.name.as_str())], get(&n.value))),
+    )?;
+    counter(
+        e,
+        "weir_windows_emitted_total",
+        "Window result rows emitted, per window.",
+        s.windows
+            .iter()
+            .filter(|n| is_window(&n.name))
+            .map(|n| ([("window", n.name.as_str())], get(&n.value))),
+    )?;
+    let mut overflows: std::collections::BTreeMap<String, u64> = Default::default();
+    if let Ok(list) = s.sum_overflows.lock() {
+        for (op, n) in list.iter() {
+            *overflows.entry(op.clone()).or_default() += get(n);
         }
-        let _ = writeln!(self.text, "{name}{{{l}}} {value}");
     }
+    counter(
+        e,
+        "weir_sum_overflows_total",
+        "Integer sums given as null because the exact sum does not fit the output type, per operator (since the process started).",
+        overflows.iter().map(|(op, n)| ([("operator", op.as_str())], *n)),
+    )?;
+    // each family's samples together: all the rows, then all the bytes
+    let state: Vec<(&str, u64, u64)> = live
+        .tables
+        .iter()
+        .zip(&snap.tables)
+        .map(|(t, batches)| {
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+            (t.name.as_str(), rows as u64, bytes as u64)
+        })
+        .collect();
+    gauge(
+        e,
+        "weir_state_rows",
+        "Rows held by each window (open and retained) and view, at the newest snapshot.",
+        state
+            .iter()
+            .map(|(op, rows, _)| ([("operator", *op)], *rows)),
+    )?;
+    gauge(
+        e,
+        "weir_state_bytes",
+        "Memory of those rows (Arrow buffers), at the newest snapshot.",
+        state
+            .iter()
+            .map(|(op, _, bytes)| ([("operator", *op)], *bytes)),
+    )
+}
 
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
+/// Per sink (the dead-letter output as `dead_letter`): rows, failures, circuit, latency.
+fn sinks(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
+    counter(
+        e,
+        "weir_rows_written_total",
+        "Rows written, per sink.",
+        s.rows_written
+            .iter()
+            .map(|n| ([("sink", n.name.as_str())], get(&n.value))),
+    )?;
+    let health = |field: fn(&OutputHealth) -> &AtomicU64| {
+        outputs(s).map(move |(name, h)| ([("sink", name)], get(field(h))))
+    };
+    counter(
+        e,
+        "weir_sink_errors_total",
+        "Failed sink calls (retried or not), per sink.",
+        health(|h| &h.errors),
+    )?;
+    counter(
+        e,
+        "weir_sink_retries_total",
+        "Sink calls made again after a failure, per sink.",
+        health(|h| &h.retries),
+    )?;
+    counter(
+        e,
+        "weir_sink_rejected_total",
+        "Rows a sink refused for good (sent to the dead-letter output), per sink.",
+        health(|h| &h.rejected).filter(|([(_, name)], _)| *name != "dead_letter"),
+    )?;
+    gauge(
+        e,
+        "weir_sink_circuit_state",
+        "Circuit breaker of each sink: 0 closed, 1 open, 2 half-open.",
+        outputs(s).map(|(name, h)| ([("sink", name)], h.circuit() as u64)),
+    )?;
+    histogram(
+        e,
+        "weir_end_to_end_latency_seconds",
+        "From a window's end (event time) to its row being acknowledged by the sink (committed with its checkpoint, or flushed).",
+        s.rows_written
+            .iter()
+            .zip(&s.sink_latency)
+            .map(|(n, h)| ([("sink", n.name.as_str())], h)),
+    )
+}
 
-    /// The samples of a histogram (`_bucket` per bound and `+Inf`, `_sum`, `_count`).
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
-        let (buckets, count, sum) = h.read();
-        let bucket = format!("{name}_bucket");
-        for (bound, n) in buckets {
-            let le = format!("{bound}");
-            let mut l = labels.to_vec();
-            l.push(("le", &le));
-            self.sample(&bucket, &l, n as f64);
-        }
-        let mut l = labels.to_vec();
-        l.push(("le", "+Inf"));
-        self.sample(&bucket, &l, count as f64);
-        self.sample(&format!("{name}_sum"), labels, sum);
-        self.sample(&format!("{name}_count"), labels, count as f64);
+/// Checkpoints, the newest snapshot and its watermarks.
+fn progress(e: &mut DescriptorEncoder, s: &RunStats, snap: &LiveSnapshot) -> Encoded {
+    let c = &s.checkpoints;
+    counter(
+        e,
+        "weir_checkpoints_completed_total",
+        "Checkpoints completed by this run.",
+        [(NONE, get(&c.completed))],
+    )?;
+    if get(&c.completed) > 0 {
+        gauge(
+            e,
+            "weir_checkpoint_duration_seconds",
+            "Duration of the last complete checkpoint.",
+            [(NONE, get(&c.last_duration_ms) as f64 / 1000.0)],
+        )?;
+        gauge(
+            e,
+            "weir_checkpoint_size_bytes",
+            "State bytes of the last complete checkpoint.",
+            [(NONE, get(&c.last_bytes))],
+        )?;
+        let age = (now_ms() as f64 - get(&c.last_completed_ms) as f64).max(0.0) / 1000.0;
+        gauge(
+            e,
+            "weir_checkpoint_age_seconds",
+            "Time since the last complete checkpoint.",
+            [(NONE, age)],
+        )?;
     }
+    gauge(
+        e,
+        "weir_live_snapshot",
+        "Sequence number of the newest snapshot SQL reads.",
+        [(NONE, snap.seq)],
+    )?;
+    if snap.seq > 0 {
+        gauge(
+            e,
+            "weir_live_snapshot_age_seconds",
+            "Time since the newest snapshot SQL reads was taken.",
+            [(NONE, (now_ms() - snap.taken_ms).max(0) as f64 / 1000.0)],
+        )?;
+    }
+    gauge(
+        e,
+        "weir_watermark_milliseconds",
+        "Watermark of each source partition at the newest snapshot (Unix ms).",
+        snap.partitions
+            .iter()
+            .filter_map(|p| Some((partition(p), p.watermark?))),
+    )?;
+    let now = now_ms();
+    gauge(
+        e,
+        "weir_watermark_delay_seconds",
+        "Wall-clock time minus each running partition's watermark (negative when the watermark is ahead of the clock).",
+        snap.partitions.iter().filter(|p| !p.ended).filter_map(|p| {
+            Some((partition(p), now.saturating_sub(p.watermark?) as f64 / 1000.0))
+        }),
+    )?;
+    let counts = partition_counts(&snap.partitions, &s.sources);
+    gauge(
+        e,
+        "weir_partitions_without_watermark",
+        "Partitions that hold their source's watermark back without having one (read by this process, not idle, no event yet), per source.",
+        counts.iter().map(|(src, missing, _)| ([("source", *src)], *missing)),
+    )?;
+    gauge(
+        e,
+        "weir_partitions_idle",
+        "Partitions that do not hold their source's watermark back (not read by this process, or silent for idle_timeout), per source.",
+        counts.iter().map(|(src, _, idle)| ([("source", *src)], *idle)),
+    )
+}
+
+/// The labels of a source partition.
+fn partition(p: &PartitionStatus) -> [(&str, &str); 2] {
+    [
+        ("source", p.source.as_str()),
+        ("partition", p.partition.as_str()),
+    ]
 }
 
 /// Per source: partitions holding its watermark back without one (read here, not idle, not
 /// ended, no event yet: `weir_partitions_without_watermark`) and idle partitions.
-fn partition_gauges(o: &mut Out, partitions: &[PartitionStatus], sources: &[SourceStats]) {
-    let running = |src: &SourceStats| {
-        partitions
-            .iter()
-            .filter(|p| p.source == src.name && !p.ended)
-            .map(|p| (p.idle, p.watermark.is_some()))
-            .collect::<Vec<_>>()
-    };
-    let counts: Vec<(&str, usize, usize)> = sources
+fn partition_counts<'s>(
+    partitions: &[PartitionStatus],
+    sources: &'s [SourceStats],
+) -> Vec<(&'s str, u64, u64)> {
+    sources
         .iter()
         .map(|src| {
-            let r = running(src);
-            let missing = r.iter().filter(|(idle, wm)| !idle && !wm).count();
-            let idle = r.iter().filter(|(idle, _)| *idle).count();
+            let running = partitions
+                .iter()
+                .filter(|p| p.source == src.name && !p.ended);
+            let (mut missing, mut idle) = (0, 0);
+            for p in running {
+                missing += u64::from(!p.idle && p.watermark.is_none());
+                idle += u64::from(p.idle);
+            }
             (src.name.as_str(), missing, idle)
         })
-        .collect();
-    o.family(
-        "weir_partitions_without_watermark",
-        "gauge",
-        "Partitions that hold their source's watermark back without having one (read by this process, not idle, no event yet), per source.",
-    );
-    for (name, missing, _) in &counts {
-        o.sample(
-            "weir_partitions_without_watermark",
-            &[("source", name)],
-            *missing as f64,
-        );
-    }
-    o.family(
-        "weir_partitions_idle",
-        "gauge",
-        "Partitions that do not hold their source's watermark back (not read by this process, or silent for idle_timeout), per source.",
-    );
-    for (name, _, idle) in &counts {
-        o.sample("weir_partitions_idle", &[("source", name)], *idle as f64);
+        .collect()
+}
+
+/// The SQL endpoint's own counters.
+fn queries(e: &mut DescriptorEncoder, engine: &QueryEngine) -> Encoded {
+    let q = &engine.stats;
+    counter(
+        e,
+        "weir_queries_total",
+        "SQL queries answered, by outcome.",
+        [
+            ([("outcome", "ok")], get(&q.ok)),
+            ([("outcome", "error")], get(&q.failed)),
+        ],
+    )?;
+    counter(
+        e,
+        "weir_query_limit_refusals_total",
+        "Queries refused or stopped by a limit of serve: (text size, operators, time, memory, result size, concurrency); part of the errors.",
+        [(NONE, get(&q.refused))],
+    )?;
+    let logins = &engine.logins;
+    counter(
+        e,
+        "weir_login_failures_total",
+        "Wrong SQL tokens and passwords.",
+        [(NONE, get(&logins.failures))],
+    )?;
+    counter(
+        e,
+        "weir_logins_refused_total",
+        "Logins refused unchecked because their address had to wait after failures.",
+        [(NONE, get(&logins.refused))],
+    )?;
+    counter(
+        e,
+        "weir_query_seconds_total",
+        "Time spent answering successful queries.",
+        [(NONE, get(&q.micros) as f64 / 1e6)],
+    )?;
+    histogram(
+        e,
+        "weir_query_duration_seconds",
+        "Time to answer each successful query.",
+        [(NONE, &q.duration)],
+    )
+}
+
+impl Collector for Collect {
+    fn encode(&self, mut e: DescriptorEncoder) -> Encoded {
+        let live = self.engine.live();
+        let snap = live.current();
+        let s = &self.stats;
+        sources(&mut e, s)?;
+        operators(&mut e, s, live, &snap)?;
+        sinks(&mut e, s)?;
+        progress(&mut e, s, &snap)?;
+        queries(&mut e, &self.engine)
     }
 }
 
 impl Metrics {
+    /// The metrics of a run's counters and of the engine serving its state.
+    pub fn new(stats: Arc<RunStats>, engine: Arc<QueryEngine>) -> Metrics {
+        let pipeline = engine.live().pipeline.clone();
+        let mut registry =
+            Registry::with_labels([(Cow::Borrowed("pipeline"), Cow::Owned(pipeline))].into_iter());
+        registry.register_collector(Box::new(Collect {
+            stats: stats.clone(),
+            engine,
+        }));
+        Metrics { stats, registry }
+    }
+
+    /// The exposition, its figures read now (an error only on a bug of the encoder: writing
+    /// to a `String` does not fail).
+    pub fn render(&self, format: Format) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        match format {
+            Format::Text => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?
+            }
+        }
+        Ok(out)
+    }
+
     /// Why this process should not take traffic yet (empty when ready): no snapshot yet
     /// (state not restored), a Kafka source that has not joined its group or whose records
     /// wait (an unreachable schema registry), a checkpoint
@@ -179,329 +622,16 @@ impl Metrics {
         }
         reasons
     }
-
-    /// The exposition text.
-    pub fn render(&self, engine: &QueryEngine) -> String {
-        let live = engine.live();
-        let mut o = Out {
-            text: String::new(),
-            pipeline: live.pipeline.clone(),
-        };
-        let s = &self.stats;
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-        let sources: [(&str, &str, SourceCounter); 5] = [
-            (
-                "weir_events_in_total",
-                "Records read, good and bad, per source.",
-                |s| &s.records_in,
-            ),
-            (
-                "weir_bytes_in_total",
-                "Bytes of the records read (payloads), per source.",
-                |s| &s.bytes_in,
-            ),
-            (
-                "weir_bad_records_total",
-                "Records that failed decoding or schema checks (sent to the dead-letter output), per source.",
-                |s| &s.bad,
-            ),
-            (
-                "weir_repartition_repeats_total",
-                "Messages of a worker pool's repartition topic dropped as repeats of the at-least-once repartition stage, per source.",
-                |s| &s.repartition_repeats,
-            ),
-            (
-                "weir_repartition_foreign_total",
-                "Messages of a repartition topic skipped because weir did not write them (no upstream headers), per source.",
-                |s| &s.repartition_foreign,
-            ),
-        ];
-        for (name, help, field) in sources {
-            o.family(name, "counter", help);
-            for src in &s.sources {
-                o.sample(name, &[("source", &src.name)], get(field(src)));
-            }
-        }
-        o.family(
-            "weir_events_decoded_total",
-            "counter",
-            "Records decoded into events, per source.",
-        );
-        for src in &s.sources {
-            o.sample(
-                "weir_events_decoded_total",
-                &[("source", &src.name)],
-                (RunStats::get(&src.records_in).saturating_sub(RunStats::get(&src.bad))) as f64,
-            );
-        }
-        o.one(
-            "weir_dead_letters_total",
-            "counter",
-            "Records written to the dead-letter output.",
-            get(&s.dead_letters),
-        );
-        o.family(
-            "weir_consumer_lag",
-            "gauge",
-            "Messages behind the partition's high watermark (Kafka sources, partitions this process reads).",
-        );
-        if let Ok(lag) = s.consumer_lag.lock() {
-            for ((source, partition), v) in lag.iter() {
-                o.sample(
-                    "weir_consumer_lag",
-                    &[("source", source), ("partition", partition)],
-                    *v as f64,
-                );
-            }
-        }
-        o.family(
-            "weir_late_records_total",
-            "counter",
-            "Events that arrived after their window closed, per window.",
-        );
-        // views are operators too: their counters stay out of window metrics
-        let is_window = |name: &str| {
-            live.tables.iter().any(|t| {
-                t.name == name && matches!(t.kind, weir_engine::live::LiveKind::Window { .. })
-            })
-        };
-        for n in s.late.iter().filter(|n| is_window(&n.name)) {
-            o.sample(
-                "weir_late_records_total",
-                &[("window", &n.name)],
-                get(&n.value),
-            );
-        }
-        o.family(
-            "weir_windows_emitted_total",
-            "counter",
-            "Window result rows emitted, per window.",
-        );
-        for n in s.windows.iter().filter(|n| is_window(&n.name)) {
-            o.sample(
-                "weir_windows_emitted_total",
-                &[("window", &n.name)],
-                get(&n.value),
-            );
-        }
-        o.family(
-            "weir_rows_written_total",
-            "counter",
-            "Rows written, per sink.",
-        );
-        for n in &s.rows_written {
-            o.sample(
-                "weir_rows_written_total",
-                &[("sink", &n.name)],
-                get(&n.value),
-            );
-        }
-        let outputs: Vec<(&str, &OutputHealth)> = outputs(s).collect();
-        o.family(
-            "weir_sink_errors_total",
-            "counter",
-            "Failed sink calls (retried or not), per sink.",
-        );
-        for (name, h) in &outputs {
-            o.sample("weir_sink_errors_total", &[("sink", name)], get(&h.errors));
-        }
-        o.family(
-            "weir_sink_retries_total",
-            "counter",
-            "Sink calls made again after a failure, per sink.",
-        );
-        for (name, h) in &outputs {
-            o.sample(
-                "weir_sink_retries_total",
-                &[("sink", name)],
-                get(&h.retries),
-            );
-        }
-        o.family(
-            "weir_sink_rejected_total",
-            "counter",
-            "Rows a sink refused for good (sent to the dead-letter output), per sink.",
-        );
-        for (name, h) in outputs.iter().filter(|(n, _)| *n != "dead_letter") {
-            o.sample(
-                "weir_sink_rejected_total",
-                &[("sink", name)],
-                get(&h.rejected),
-            );
-        }
-        o.family(
-            "weir_sink_circuit_state",
-            "gauge",
-            "Circuit breaker of each sink: 0 closed, 1 open, 2 half-open.",
-        );
-        for (name, h) in &outputs {
-            o.sample(
-                "weir_sink_circuit_state",
-                &[("sink", name)],
-                h.circuit() as u64 as f64,
-            );
-        }
-        o.family(
-            "weir_end_to_end_latency_seconds",
-            "histogram",
-            "From a window's end (event time) to its row being acknowledged by the sink (committed with its checkpoint, or flushed).",
-        );
-        for (n, h) in s.rows_written.iter().zip(&s.sink_latency) {
-            o.histogram("weir_end_to_end_latency_seconds", &[("sink", &n.name)], h);
-        }
-        let c = &s.checkpoints;
-        o.one(
-            "weir_checkpoints_completed_total",
-            "counter",
-            "Checkpoints completed by this run.",
-            get(&c.completed),
-        );
-        if c.completed.load(Ordering::Relaxed) > 0 {
-            o.one(
-                "weir_checkpoint_duration_seconds",
-                "gauge",
-                "Duration of the last complete checkpoint.",
-                get(&c.last_duration_ms) / 1000.0,
-            );
-            o.one(
-                "weir_checkpoint_size_bytes",
-                "gauge",
-                "State bytes of the last complete checkpoint.",
-                get(&c.last_bytes),
-            );
-            let age = (now_ms() as f64 - get(&c.last_completed_ms)).max(0.0) / 1000.0;
-            o.one(
-                "weir_checkpoint_age_seconds",
-                "gauge",
-                "Time since the last complete checkpoint.",
-                age,
-            );
-        }
-        let snap = live.current();
-        o.one(
-            "weir_live_snapshot",
-            "gauge",
-            "Sequence number of the newest snapshot SQL reads.",
-            snap.seq as f64,
-        );
-        if snap.seq > 0 {
-            o.one(
-                "weir_live_snapshot_age_seconds",
-                "gauge",
-                "Time since the newest snapshot SQL reads was taken.",
-                (now_ms() - snap.taken_ms).max(0) as f64 / 1000.0,
-            );
-        }
-        o.family(
-            "weir_watermark_milliseconds",
-            "gauge",
-            "Watermark of each source partition at the newest snapshot (Unix ms).",
-        );
-        for p in &snap.partitions {
-            if let Some(wm) = p.watermark {
-                o.sample(
-                    "weir_watermark_milliseconds",
-                    &[("source", &p.source), ("partition", &p.partition)],
-                    wm as f64,
-                );
-            }
-        }
-        o.family(
-            "weir_watermark_delay_seconds",
-            "gauge",
-            "Wall-clock time minus each running partition's watermark (negative when the watermark is ahead of the clock).",
-        );
-        let now = now_ms();
-        for p in snap.partitions.iter().filter(|p| !p.ended) {
-            if let Some(wm) = p.watermark {
-                o.sample(
-                    "weir_watermark_delay_seconds",
-                    &[("source", &p.source), ("partition", &p.partition)],
-                    now.saturating_sub(wm) as f64 / 1000.0,
-                );
-            }
-        }
-        partition_gauges(&mut o, &snap.partitions, &s.sources);
-        o.family(
-            "weir_sum_overflows_total",
-            "counter",
-            "Integer sums given as null because the exact sum does not fit the output type, per operator (since the process started).",
-        );
-        if let Ok(list) = s.sum_overflows.lock() {
-            let mut per: std::collections::BTreeMap<&str, u64> = Default::default();
-            for (op, n) in list.iter() {
-                *per.entry(op).or_default() += n.load(Ordering::Relaxed);
-            }
-            for (op, n) in per {
-                o.sample("weir_sum_overflows_total", &[("operator", op)], n as f64);
-            }
-        }
-        o.family(
-            "weir_state_rows",
-            "gauge",
-            "Rows held by each window (open and retained) and view, at the newest snapshot.",
-        );
-        o.family(
-            "weir_state_bytes",
-            "gauge",
-            "Memory of those rows (Arrow buffers), at the newest snapshot.",
-        );
-        for (t, batches) in live.tables.iter().zip(&snap.tables) {
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-            o.sample("weir_state_rows", &[("operator", &t.name)], rows as f64);
-            o.sample("weir_state_bytes", &[("operator", &t.name)], bytes as f64);
-        }
-        let q = &engine.stats;
-        o.family(
-            "weir_queries_total",
-            "counter",
-            "SQL queries answered, by outcome.",
-        );
-        o.sample("weir_queries_total", &[("outcome", "ok")], get(&q.ok));
-        o.sample(
-            "weir_queries_total",
-            &[("outcome", "error")],
-            get(&q.failed),
-        );
-        o.one(
-            "weir_query_limit_refusals_total",
-            "counter",
-            "Queries refused or stopped by a limit of serve: (text size, operators, time, memory, result size, concurrency); part of the errors.",
-            get(&q.refused),
-        );
-        let logins = &engine.logins;
-        o.one(
-            "weir_login_failures_total",
-            "counter",
-            "Wrong SQL tokens and passwords.",
-            get(&logins.failures),
-        );
-        o.one(
-            "weir_logins_refused_total",
-            "counter",
-            "Logins refused unchecked because their address had to wait after failures.",
-            get(&logins.refused),
-        );
-        o.one(
-            "weir_query_seconds_total",
-            "counter",
-            "Time spent answering successful queries.",
-            get(&q.micros) / 1e6,
-        );
-        o.family(
-            "weir_query_duration_seconds",
-            "histogram",
-            "Time to answer each successful query.",
-        );
-        o.histogram("weir_query_duration_seconds", &[], &q.duration);
-        o.text
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use weir_engine::live::LiveTableDef;
+
+    use crate::engine::QueryLimits;
 
     fn status(source: &str, watermark: Option<i64>, ended: bool, idle: bool) -> PartitionStatus {
         PartitionStatus {
@@ -525,21 +655,178 @@ mod tests {
             status("a", None, true, false),     // ended
             status("b", Some(1), false, true),
         ];
-        let mut o = Out {
-            text: String::new(),
-            pipeline: "x".into(),
+        assert_eq!(
+            partition_counts(&partitions, &stats.sources),
+            [("a", 1, 1), ("b", 0, 1)]
+        );
+    }
+
+    /// Metrics of a run with two windows, a view and two sinks, with state and observations.
+    fn metrics() -> Metrics {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let window = |name: &str| {
+            LiveTableDef::new(name, LiveKind::Window { retain_ms: 0 }, &schema, vec![])
         };
-        partition_gauges(&mut o, &partitions, &stats.sources);
-        for line in [
-            "weir_partitions_without_watermark{pipeline=\"x\",source=\"a\"} 1",
-            "weir_partitions_without_watermark{pipeline=\"x\",source=\"b\"} 0",
-            "weir_partitions_idle{pipeline=\"x\",source=\"a\"} 1",
-            "weir_partitions_idle{pipeline=\"x\",source=\"b\"} 1",
-        ] {
-            assert!(o.text.lines().any(|l| l == line), "{line} in\n{}", o.text);
+        let live = Arc::new(LiveState::new(
+            "ops",
+            vec![
+                window("per_minute"),
+                LiveTableDef::new("latest", LiveKind::View, &schema, vec![]),
+                window("per_hour"),
+            ],
+        ));
+        let batch = |n: i64| {
+            let column = Arc::new(Int64Array::from_iter_values(0..n));
+            RecordBatch::try_new(schema.clone(), vec![column]).unwrap()
+        };
+        live.publish(LiveSnapshot {
+            seq: 3,
+            taken_ms: now_ms(),
+            tables: vec![vec![batch(3)], vec![batch(2)], vec![batch(1)]],
+            partitions: vec![status("events", Some(5), false, false)],
+            ..Default::default()
+        });
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let stats = Arc::new(RunStats::new(
+            &names(&["events", "more"]),
+            &names(&["per_minute", "latest", "per_hour"]),
+            &names(&["rows", "lake"]),
+        ));
+        stats.sources[0].records_in.store(10, Ordering::Relaxed);
+        stats.sources[0].bad.store(1, Ordering::Relaxed);
+        stats.sink_latency[1].observe_n(0.3, 4);
+        stats.sink_latency[1].observe(1000.0);
+        stats.checkpoints.completed.store(1, Ordering::Relaxed);
+        let engine = Arc::new(QueryEngine::new(live, QueryLimits::default()).unwrap());
+        Metrics::new(stats, engine)
+    }
+
+    /// The family a sample line belongs to, checking that every family is declared once with
+    /// `# TYPE` and its samples follow it together; the families in order.
+    fn families(text: &str) -> Vec<(String, String)> {
+        let mut families: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = t.split_once(' ').unwrap();
+                assert!(
+                    families.iter().all(|(n, _)| n != name),
+                    "{name} declared twice"
+                );
+                families.push((name.to_string(), kind.to_string()));
+            } else if !line.starts_with('#') {
+                let sample = line.split(['{', ' ']).next().unwrap();
+                let (family, _) = families.last().expect("a sample before any TYPE");
+                let suffix = sample.strip_prefix(family.as_str());
+                assert!(
+                    matches!(suffix, Some("" | "_total" | "_bucket" | "_sum" | "_count")),
+                    "{sample} among the samples of {family}:\n{text}"
+                );
+            }
         }
-        // each family's samples follow its own HELP and TYPE lines
-        let types: Vec<&str> = o.text.lines().filter(|l| l.starts_with("# TYPE")).collect();
-        assert_eq!(types.len(), 2);
+        families
+    }
+
+    #[test]
+    fn both_formats_keep_each_family_together_with_the_names_of_before() {
+        let m = metrics();
+        let text = m.render(Format::Text).unwrap();
+        let open = m.render(Format::OpenMetrics).unwrap();
+        let (text_families, open_families) = (families(&text), families(&open));
+        assert_eq!(text_families.len(), open_families.len());
+        for ((t, kind), (o, open_kind)) in text_families.iter().zip(&open_families) {
+            // the text format names counters with _total, OpenMetrics their family without
+            let expected = match kind.as_str() {
+                "counter" => t.strip_suffix("_total").unwrap(),
+                _ => t.as_str(),
+            };
+            assert_eq!((expected, kind), (o.as_str(), open_kind));
+            assert!(!t.ends_with("_total_total"), "{t}");
+        }
+        for line in [
+            "# HELP weir_events_in_total Records read, good and bad, per source.",
+            "# TYPE weir_events_in_total counter",
+            "weir_events_in_total{pipeline=\"ops\",source=\"events\"} 10",
+            "weir_events_decoded_total{pipeline=\"ops\",source=\"events\"} 9",
+            "# TYPE weir_state_rows gauge",
+            "weir_state_rows{pipeline=\"ops\",operator=\"per_minute\"} 3",
+            "weir_state_rows{pipeline=\"ops\",operator=\"latest\"} 2",
+            "weir_state_rows{pipeline=\"ops\",operator=\"per_hour\"} 1",
+            "weir_windows_emitted_total{pipeline=\"ops\",window=\"per_hour\"} 0",
+            "weir_queries_total{pipeline=\"ops\",outcome=\"error\"} 0",
+            "weir_end_to_end_latency_seconds_bucket{pipeline=\"ops\",sink=\"lake\",le=\"0.5\"} 4",
+            "weir_end_to_end_latency_seconds_bucket{pipeline=\"ops\",sink=\"lake\",le=\"600\"} 4",
+            "weir_end_to_end_latency_seconds_bucket{pipeline=\"ops\",sink=\"lake\",le=\"+Inf\"} 5",
+            "weir_end_to_end_latency_seconds_count{pipeline=\"ops\",sink=\"lake\"} 5",
+            "weir_sink_circuit_state{pipeline=\"ops\",sink=\"dead_letter\"} 0",
+            "weir_live_snapshot{pipeline=\"ops\"} 3",
+            "weir_watermark_milliseconds{pipeline=\"ops\",source=\"events\",partition=\"p\"} 5",
+            "weir_partitions_without_watermark{pipeline=\"ops\",source=\"more\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // views are not windows; the dead-letter output rejects nothing itself
+        assert!(!text.contains("window=\"latest\""), "{text}");
+        assert!(!text.contains("weir_sink_rejected_total{pipeline=\"ops\",sink=\"dead_letter\""));
+        assert!(text.contains("# TYPE weir_checkpoint_age_seconds gauge"));
+        assert!(!text.contains("# EOF"));
+        for line in [
+            "# HELP weir_events_in Records read, good and bad, per source.",
+            "# TYPE weir_events_in counter",
+            "weir_events_in_total{pipeline=\"ops\",source=\"events\"} 10",
+        ] {
+            assert!(open.lines().any(|l| l == line), "{line} in\n{open}");
+        }
+        assert!(open.ends_with("\n# EOF\n"));
+    }
+
+    /// What weir wrote before: the samples of two families in turn.
+    #[test]
+    #[should_panic(expected = "weir_state_rows among the samples of weir_state_bytes")]
+    fn the_check_rejects_samples_apart_from_their_family() {
+        families(
+            "# TYPE weir_state_rows gauge\n# TYPE weir_state_bytes gauge\n\
+             weir_state_rows{operator=\"a\"} 3\nweir_state_bytes{operator=\"a\"} 120\n",
+        );
+    }
+
+    #[test]
+    fn openmetrics_is_served_when_the_accept_header_prefers_it() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, format) in [
+            (None, Format::Text),
+            (Some(""), Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("text/plain; version=0.0.4"), Format::Text),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("Application/OpenMetrics-Text; version=1.0.0"),
+                Format::OpenMetrics,
+            ),
+            // a version this endpoint does not write
+            (
+                Some("application/openmetrics-text; version=0.0.1"),
+                Format::Text,
+            ),
+            (
+                Some("application/openmetrics-text;q=0.4,text/plain;q=0.5"),
+                Format::Text,
+            ),
+            (
+                Some("text/plain;q=0.5,application/openmetrics-text"),
+                Format::OpenMetrics,
+            ),
+            (Some("application/openmetrics-text;q=0"), Format::Text),
+        ] {
+            assert_eq!(Format::negotiate(accept), format, "{accept:?}");
+        }
+        assert_eq!(
+            Format::Text.content_type(),
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert_eq!(
+            Format::OpenMetrics.content_type(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
     }
 }

@@ -140,9 +140,7 @@ impl SqlServer {
             let state = Arc::new(HttpState {
                 engine: engine.clone(),
                 token: config.token.clone().filter(|t| !t.is_empty()),
-                metrics: Arc::new(Metrics {
-                    stats: stats.clone(),
-                }),
+                metrics: Arc::new(Metrics::new(stats.clone(), engine.clone())),
             });
             let mut stopped = stopped.clone();
             runtime.spawn(async move {
