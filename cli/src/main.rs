@@ -1,5 +1,6 @@
 //! `weir`: run, validate and feed stream pipelines declared in YAML.
 
+mod subscribe;
 mod telemetry;
 
 use std::io::Write;
@@ -138,6 +139,8 @@ enum Command {
         #[arg(long, env = "WEIR_SQL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Follow a running engine's window or view: one JSON line per change (`GET /subscribe`).
+    Subscribe(subscribe::SubscribeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -500,6 +503,10 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
             print!("{out}");
             Ok(())
         }
+        Command::Subscribe(a) => subscribe::run(a).map_err(|e| match e.is_user() {
+            true => user(e),
+            false => runtime(e),
+        }),
     }
 }
 

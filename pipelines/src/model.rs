@@ -590,4 +590,19 @@ pub struct ServeDoc {
     /// Longest wait after repeated failed logins (default 60s).
     #[serde(default)]
     pub login_lockout: Option<Duration>,
+    /// Live subscriptions (`GET /subscribe`) open at once, in all (default 1,000).
+    #[serde(default)]
+    pub max_subscriptions: Option<u64>,
+    /// Subscriptions open at once with the token, or from one client address when no token is set (default 1,000).
+    #[serde(default)]
+    pub max_subscriptions_per_token: Option<u64>,
+    /// Changes a subscriber may be behind the newest before it is dropped (default 10,000).
+    #[serde(default)]
+    pub subscription_buffer: Option<u64>,
+    /// Changes kept per table for subscribers and resumes with `from` (default 100,000).
+    #[serde(default)]
+    pub subscription_retain: Option<u64>,
+    /// MiB of changes kept per table (default 64).
+    #[serde(default)]
+    pub subscription_retain_mb: Option<u64>,
 }

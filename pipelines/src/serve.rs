@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use weir_query::subscribe::SubscribeLimits;
 use weir_query::QueryLimits;
 
 use crate::model::ServeDoc;
@@ -39,6 +40,24 @@ pub fn limits(d: &ServeDoc, path: impl Fn(&str) -> PathBuf) -> QueryLimits {
         max_lockout: d
             .login_lockout
             .map_or(base.max_lockout, |t| Duration::from_millis(t.0)),
+        subscribe: subscribe_limits(d),
+    }
+}
+
+/// The limits of live subscriptions `serve:` sets (at least 1 each).
+fn subscribe_limits(d: &ServeDoc) -> SubscribeLimits {
+    let base = SubscribeLimits::default();
+    let count = |v: Option<u64>, default: usize| {
+        v.map_or(default, |v| usize::try_from(v.max(1)).unwrap_or(usize::MAX))
+    };
+    SubscribeLimits {
+        max_subscriptions: count(d.max_subscriptions, base.max_subscriptions),
+        max_per_client: count(d.max_subscriptions_per_token, base.max_per_client),
+        buffer: count(d.subscription_buffer, base.buffer),
+        retain_changes: count(d.subscription_retain, base.retain_changes),
+        retain_bytes: d.subscription_retain_mb.map_or(base.retain_bytes, |m| {
+            usize::try_from(m.max(1).saturating_mul(MIB)).unwrap_or(usize::MAX)
+        }),
     }
 }
 
@@ -87,5 +106,18 @@ mod tests {
         assert_eq!(l.max_sql_terms, d.max_sql_terms);
         assert_eq!(l.timeout, d.timeout);
         assert!(describe(&l).contains("4096 bytes of SQL"));
+    }
+
+    #[test]
+    fn subscription_limits_apply_and_keep_their_defaults() {
+        let doc: ServeDoc = serde_saphyr::from_str(
+            "http: 127.0.0.1:0\nmax_subscriptions: 5\nsubscription_retain_mb: 2\nsubscription_buffer: 0\n",
+        )
+        .unwrap();
+        let s = limits(&doc, |p| PathBuf::from(p)).subscribe;
+        assert_eq!(s.max_subscriptions, 5);
+        assert_eq!(s.retain_bytes, 2 << 20);
+        assert_eq!(s.buffer, 1, "at least one");
+        assert_eq!(s.retain_changes, SubscribeLimits::default().retain_changes);
     }
 }

@@ -140,7 +140,7 @@ fn read_only_refusal(message: &str) -> bool {
 }
 
 /// DataFusion's message without its error-kind prefixes and backtrace.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     let mut s = s.trim();
     for prefix in [
         "Error during planning: ",
@@ -200,6 +200,8 @@ pub struct QueryStats {
     pub duration: weir_engine::stats::Histogram,
     /// Queries refused by a limit (text, result size, memory, time, concurrency).
     pub refused: AtomicU64,
+    /// Live subscriptions (`GET /subscribe`).
+    pub subscriptions: crate::subscribe::SubscriptionStats,
 }
 
 /// Plans and runs queries on a job's live state.

@@ -25,6 +25,8 @@ pub struct HttpState {
     pub engine: Arc<QueryEngine>,
     pub token: Option<String>,
     pub metrics: Arc<Metrics>,
+    /// Live subscriptions (`GET /subscribe`).
+    pub subscriptions: Arc<crate::subscribe::Hub>,
 }
 
 /// The routes.
@@ -34,6 +36,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/subscribe", get(crate::subscribe::handler))
         .with_state(state)
 }
 
@@ -56,7 +59,7 @@ fn token_given(state: &HttpState, headers: &HeaderMap) -> Option<bool> {
 
 /// Checks the bearer token, counting failures of the client's address; the response to send
 /// when the request may not go on.
-fn refusal(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
+pub(crate) fn refusal(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
     // open endpoints count no logins
     state.token.as_ref()?;
     let logins = &state.engine.logins;

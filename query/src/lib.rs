@@ -21,6 +21,7 @@ pub mod pg;
 mod pg_conn;
 mod point;
 pub mod server;
+pub mod subscribe;
 pub mod tables;
 
 pub use client::{ClientError, OutputFormat};

@@ -57,6 +57,8 @@ pub struct QueryLimits {
     pub max_failed_logins: u32,
     /// Longest wait imposed on an address after repeated failed logins (`login_lockout`).
     pub max_lockout: Duration,
+    /// Limits of live subscriptions (`GET /subscribe`).
+    pub subscribe: crate::subscribe::SubscribeLimits,
 }
 
 impl QueryLimits {
@@ -84,6 +86,7 @@ impl Default for QueryLimits {
             spill_max_bytes: 1 << 30,
             max_failed_logins: 5,
             max_lockout: Duration::from_secs(60),
+            subscribe: Default::default(),
         }
     }
 }

@@ -531,6 +531,7 @@ impl Collector for Collect {
         operators(&mut e, s, live, &snap)?;
         sinks(&mut e, s)?;
         progress(&mut e, s, &snap)?;
+        self.engine.stats.subscriptions.encode(&mut e)?;
         queries(&mut e, &self.engine)
     }
 }

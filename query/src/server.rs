@@ -4,6 +4,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weir_engine::live::LiveState;
@@ -141,7 +142,15 @@ impl SqlServer {
                 engine: engine.clone(),
                 token: config.token.clone().filter(|t| !t.is_empty()),
                 metrics: Arc::new(Metrics::new(stats.clone(), engine.clone())),
+                subscriptions: crate::subscribe::Hub::new(
+                    engine.clone(),
+                    config.limits.subscribe.clone(),
+                ),
             });
+            // connections the subscription hub can cut (a subscriber that does not read)
+            let listener =
+                crate::subscribe::Listener::new(listener, state.subscriptions.switches.clone())
+                    .tap_io(|_| ());
             let mut stopped = stopped.clone();
             runtime.spawn(async move {
                 let shutdown = async move {

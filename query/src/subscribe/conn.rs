@@ -1,0 +1,226 @@
+//! Connections the server can cut: a subscriber that does not read blocks its connection's
+//! writes, and neither the HTTP server nor the response body gets a turn to end it. The
+//! listener wraps every accepted socket with a switch; cutting it fails the socket's next
+//! read or write and wakes the task that waits on it, so the server drops the connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The switch of one connection.
+#[derive(Debug, Default)]
+pub struct Switch {
+    cut: AtomicBool,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl Switch {
+    /// Fails the connection's next read and write, now.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+/// The switches of the open connections, by client address.
+#[derive(Debug, Default)]
+pub struct Switches {
+    open: Mutex<HashMap<SocketAddr, Weak<Switch>>>,
+}
+
+impl Switches {
+    /// The switch of the connection from `peer`, while it is open.
+    pub fn get(&self, peer: &SocketAddr) -> Option<Arc<Switch>> {
+        self.open.lock().ok()?.get(peer)?.upgrade()
+    }
+
+    fn add(self: &Arc<Self>, peer: SocketAddr) -> Arc<Switch> {
+        let s = Arc::new(Switch::default());
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(peer, Arc::downgrade(&s));
+        }
+        s
+    }
+
+    fn remove(&self, peer: &SocketAddr) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(peer);
+        }
+    }
+}
+
+/// A TCP listener whose connections have switches.
+pub struct Listener {
+    inner: TcpListener,
+    switches: Arc<Switches>,
+}
+
+impl Listener {
+    pub fn new(inner: TcpListener, switches: Arc<Switches>) -> Self {
+        Listener { inner, switches }
+    }
+}
+
+impl axum::serve::Listener for Listener {
+    type Io = Stream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Stream, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let switch = self.switches.add(peer);
+                    let stream = Stream {
+                        inner: socket,
+                        switch,
+                        peer,
+                        switches: Arc::downgrade(&self.switches),
+                    };
+                    return (stream, peer);
+                }
+                Err(e) => {
+                    // out of file descriptors and the like: wait, as axum's listener does
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted socket with its switch.
+pub struct Stream {
+    inner: TcpStream,
+    switch: Arc<Switch>,
+    peer: SocketAddr,
+    switches: Weak<Switches>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(s) = self.switches.upgrade() {
+            s.remove(&self.peer);
+        }
+    }
+}
+
+fn cut_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the server cut the connection",
+    )
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.switch.reader.register(cx.waker());
+        if self.switch.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.switch.writer.register(cx.waker());
+        if self.switch.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.switch.writer.register(cx.waker());
+        if self.switch.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.switch.writer.register(cx.waker());
+        if self.switch.is_cut() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_cut_connection_fails_its_blocked_write_and_leaves_the_table() {
+        let switches = Arc::new(Switches::default());
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let mut listener = Listener::new(inner, switches.clone());
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, peer) = listener.accept().await;
+        let switch = switches.get(&peer).expect("registered");
+        let writer = tokio::spawn(async move {
+            // the client never reads: this blocks once the buffers are full
+            let chunk = vec![0u8; 1 << 16];
+            loop {
+                if let Err(e) = server.write_all(&chunk).await {
+                    return e.kind();
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!writer.is_finished(), "the write should be blocked");
+        switch.cut();
+        let kind = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("the blocked write ends")
+            .unwrap();
+        assert_eq!(kind, io::ErrorKind::ConnectionAborted);
+        assert!(switches.get(&peer).is_none(), "dropped with the stream");
+        let mut client = client;
+        let mut buf = [0u8; 16];
+        let _ = client.read(&mut buf).await;
+    }
+}
