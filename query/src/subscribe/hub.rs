@@ -396,7 +396,6 @@ impl Hub {
 fn side(s: &LiveSnapshot, i: usize) -> Side<'_> {
     Side {
         batches: s.tables.get(i).map_or(&[][..], |b| b.as_slice()),
-        index: s.indexes.get(i).and_then(|x| x.as_ref()),
     }
 }
 
