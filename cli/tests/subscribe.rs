@@ -232,14 +232,21 @@ fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
     }
     last_is_finished("resumed", &second);
     // (a) the snapshot and the changes in order give the final SQL answer
-    let answer = by_key(sql_json(port, "SELECT * FROM service_status"), "serviceName");
+    let answer = by_key(
+        sql_json(port, "SELECT * FROM service_status"),
+        "serviceName",
+    );
     assert!(answer.len() > 500, "{} keys", answer.len());
     same(&apply_view(&ws, "serviceName"), &answer, "WebSocket");
     same(&apply_view(&sse, "serviceName"), &answer, "SSE");
     let answer = by_key(sql_json(port, "SELECT * FROM recent"), "serviceName");
     let deletes = recent.iter().filter(|m| m["op"] == "delete").count();
     assert!(deletes > 0, "no key left `recent` (retain 2s)");
-    same(&apply_view(&recent, "serviceName"), &answer, "a view with retain");
+    same(
+        &apply_view(&recent, "serviceName"),
+        &answer,
+        "a view with retain",
+    );
     let answer = by_key(
         sql_json(
             port,
@@ -258,7 +265,10 @@ fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
     let from = first[0]["position"].as_u64().unwrap();
     let expected: Vec<u64> = all.iter().copied().filter(|p| *p > from).collect();
     assert_eq!(resumed, expected, "resumed at {resume_at}");
-    let tail: Vec<&Value> = ws.iter().filter(|m| m["position"].as_u64() > Some(resume_at)).collect();
+    let tail: Vec<&Value> = ws
+        .iter()
+        .filter(|m| m["position"].as_u64() > Some(resume_at))
+        .collect();
     let got: Vec<&Value> = second.iter().collect();
     assert_eq!(got, tail, "the same messages");
     // windows: the snapshot's final rows and the inserts are the final SQL answer
@@ -301,14 +311,29 @@ fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
         .arg(format!("http://127.0.0.1:{port}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "a finished run: the snapshot, then `finished`");
-    let answer = by_key(sql_json(port, "SELECT * FROM service_status"), "serviceName");
-    same(&apply_view(&lines, "serviceName"), &answer, "weir subscribe");
+    assert_eq!(
+        lines.len(),
+        2,
+        "a finished run: the snapshot, then `finished`"
+    );
+    let answer = by_key(
+        sql_json(port, "SELECT * FROM service_status"),
+        "serviceName",
+    );
+    same(
+        &apply_view(&lines, "serviceName"),
+        &answer,
+        "weir subscribe",
+    );
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
 }
@@ -359,7 +384,10 @@ fn a_client_that_stops_reading_is_dropped_and_ingestion_keeps_its_rate() {
         "--seconds",
         "20",
     ]);
-    assert_eq!(stuck.next(Duration::from_secs(30)).unwrap()["subscribed"], true);
+    assert_eq!(
+        stuck.next(Duration::from_secs(30)).unwrap()["subscribed"],
+        true
+    );
     let stuck_at = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     let during = rate(port, 6);
@@ -459,14 +487,21 @@ fn a_thousand_idle_subscribers_are_cheap_and_the_next_is_refused() {
     );
     // (e) the 1,001st is refused, and ingestion went on
     let (status, code, message) = refused(port, "table=service_status", &[]);
-    assert_eq!((status, code.as_str()), (503, "too_many_subscriptions"), "{message}");
+    assert_eq!(
+        (status, code.as_str()),
+        (503, "too_many_subscriptions"),
+        "{message}"
+    );
     assert!(message.contains("serve.max_subscriptions"), "{message}");
     // closing them gives their slots back
     drop(idle.child.stdin.take());
     let _ = idle.child.wait();
     let started = Instant::now();
     while metric(port, "weir_subscribers") > 0.0 {
-        assert!(started.elapsed() < Duration::from_secs(30), "slots not given back");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "slots not given back"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let (code, _, err) = run.stop();
@@ -509,7 +544,11 @@ fn refusals_are_clear_tokens_and_limits_apply_and_old_positions_expire() {
     assert_eq!((status, code.as_str()), (400, "bad_request"));
     // a position of no run of this process
     let (status, code, message) = refused(port, "table=service_status&from=5", &auth);
-    assert_eq!((status, code.as_str()), (410, "position_unknown"), "{message}");
+    assert_eq!(
+        (status, code.as_str()),
+        (410, "position_unknown"),
+        "{message}"
+    );
     assert!(message.contains("snapshot=true"), "{message}");
     // over the per-token limit: 429; the WebSocket handshake is refused alike
     let token = ["--token", "sekret", "--seconds", "60"];
@@ -524,10 +563,16 @@ fn refusals_are_clear_tokens_and_limits_apply_and_old_positions_expire() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (status, code, _) = refused(port, "table=service_status", &auth);
-    assert_eq!((status, code.as_str()), (429, "too_many_subscriptions_per_token"));
+    assert_eq!(
+        (status, code.as_str()),
+        (429, "too_many_subscriptions_per_token")
+    );
     let c = Client::follow("ws", port, "table=service_status", &token).all();
     assert_eq!(c[0]["http_status"], 429, "{c:?}");
-    assert_eq!(c[0]["body"]["error"]["code"], "too_many_subscriptions_per_token");
+    assert_eq!(
+        c[0]["body"]["error"]["code"],
+        "too_many_subscriptions_per_token"
+    );
     drop(b);
     // once more than 500 changes went by, the snapshot's position has expired
     let started = Instant::now();
@@ -542,15 +587,29 @@ fn refusals_are_clear_tokens_and_limits_apply_and_old_positions_expire() {
     std::thread::sleep(Duration::from_millis(500));
     let query = format!("table=service_status&from={snapshot_at}");
     let (status, code, message) = refused(port, &query, &auth);
-    assert_eq!((status, code.as_str()), (410, "position_expired"), "{message}");
+    assert_eq!(
+        (status, code.as_str()),
+        (410, "position_expired"),
+        "{message}"
+    );
     assert!(
         message.contains("subscribe again with snapshot=true"),
         "{message}"
     );
     // `weir subscribe` reports a refusal as the user's error (exit code 2)
     let out = Command::new(weir())
-        .args(["subscribe", "service_status", "--from", &snapshot_at.to_string()])
-        .args(["--server", &format!("http://127.0.0.1:{port}"), "--token", "sekret"])
+        .args([
+            "subscribe",
+            "service_status",
+            "--from",
+            &snapshot_at.to_string(),
+        ])
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            "sekret",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
