@@ -388,28 +388,47 @@ fn a_client_that_stops_reading_is_dropped_and_ingestion_keeps_its_rate() {
         stuck.next(Duration::from_secs(30)).unwrap()["subscribed"],
         true
     );
+    let stuck_ws = Client::start(&[
+        "stuck-ws",
+        "--port",
+        &port.to_string(),
+        "--query",
+        "table=service_status",
+        "--seconds",
+        "20",
+    ]);
+    assert_eq!(
+        stuck_ws.next(Duration::from_secs(30)).unwrap()["subscribed"],
+        true
+    );
     let stuck_at = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     let during = rate(port, 6);
     // its buffers (the kernel's, the server's) fill first, then it falls behind
-    while metric(port, "weir_subscribers_dropped_total") < 1.0
+    while metric(port, "weir_subscribers_dropped_total") < 2.0
         && stuck_at.elapsed() < Duration::from_secs(18)
     {
         std::thread::sleep(Duration::from_millis(200));
     }
     let dropped = metric(port, "weir_subscribers_dropped_total");
     eprintln!(
-        "ingestion: {before:.0} events/s without, {during:.0} events/s with a stuck subscriber; \
-         dropped {dropped}"
+        "ingestion: {before:.0} events/s without, {during:.0} events/s with two stuck \
+         subscribers (SSE, WebSocket); dropped {dropped}"
     );
-    assert!(dropped >= 1.0, "the stuck subscriber was not dropped");
+    assert!(
+        dropped >= 2.0,
+        "the stuck subscribers were not dropped ({dropped})"
+    );
     assert!(
         during >= 0.9 * before,
         "ingestion slowed from {before:.0} to {during:.0} events/s"
     );
-    let report = stuck.all();
-    let report = report.last().unwrap();
-    assert_eq!(report["closed"], true, "its connection was cut: {report}");
+    for client in [stuck, stuck_ws] {
+        let report = client.all();
+        let report = report.last().unwrap();
+        assert_eq!(report["closed"], true, "its connection was cut: {report}");
+        eprintln!("stuck subscriber: {report}");
+    }
     // the reader that kept up is still subscribed and was not dropped
     assert_eq!(metric(port, "weir_subscribers"), 1.0);
     assert_eq!(metric(port, "weir_subscribers_dropped_total"), dropped);
@@ -596,7 +615,7 @@ fn refusals_are_clear_tokens_and_limits_apply_and_old_positions_expire() {
         message.contains("subscribe again with snapshot=true"),
         "{message}"
     );
-    // `weir subscribe` reports a refusal as the user's error (exit code 2)
+    // `weir subscribe` reports a refusal as the user's error (exit code 1)
     let out = Command::new(weir())
         .args([
             "subscribe",
@@ -614,7 +633,7 @@ fn refusals_are_clear_tokens_and_limits_apply_and_old_positions_expire() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("position_expired"), "{err}");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "{err}");
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
 }

@@ -8,6 +8,9 @@ Server-Sent Events. Every mode prints JSON lines on stdout.
   stuck --port P --query Q --seconds S
       subscribes over SSE with a tiny receive buffer, reads the response head and then nothing
       for S s, then reads what is left: {"got_bytes", "closed", "error_seen"}
+  stuck-ws --port P --query Q --seconds S
+      the same over a WebSocket (`websockets` stops reading the socket once 2 messages wait):
+      {"got_messages", "closed", "error_seen"}
   idle --port P --query Q --count N
       opens N SSE subscriptions, prints {"ready": N} once every one answered 200, holds them
       until stdin closes
@@ -137,6 +140,27 @@ def stuck(a):
     out({"got_bytes": got, "closed": closed, "error_seen": b"fell_behind" in tail})
 
 
+def stuck_ws(a):
+    import websockets.sync.client as wsc
+    from websockets.exceptions import ConnectionClosed
+
+    url = f"ws://127.0.0.1:{a.port}/subscribe?{a.query}"
+    ws = wsc.connect(url, max_queue=2, open_timeout=30)
+    out({"subscribed": True})
+    time.sleep(a.seconds)
+    got, closed, error_seen = 0, False, False
+    try:
+        while True:
+            m = json.loads(ws.recv(timeout=10))
+            got += 1
+            error_seen = error_seen or "error" in m
+    except ConnectionClosed:
+        closed = True
+    except TimeoutError:
+        pass
+    out({"got_messages": got, "closed": closed, "error_seen": error_seen})
+
+
 def idle(a):
     socks = []
     for _ in range(a.count):
@@ -160,7 +184,7 @@ def idle(a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["follow", "stuck", "idle"])
+    p.add_argument("mode", choices=["follow", "stuck", "stuck-ws", "idle"])
     p.add_argument("--transport", choices=["ws", "sse"], default="sse")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--query", required=True)
@@ -174,6 +198,8 @@ def main():
         (follow_ws if a.transport == "ws" else follow_sse)(a)
     elif a.mode == "stuck":
         stuck(a)
+    elif a.mode == "stuck-ws":
+        stuck_ws(a)
     else:
         idle(a)
 
