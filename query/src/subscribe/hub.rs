@@ -85,6 +85,8 @@ pub struct Hub {
     pub switches: Arc<Switches>,
     cuts: Mutex<Vec<(Instant, Arc<Switch>)>>,
     started: Once,
+    /// Held while a tick diffs: one diff per snapshot and table.
+    ticking: Mutex<()>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -118,6 +120,7 @@ impl Hub {
             switches: Arc::new(Switches::default()),
             cuts: Mutex::new(Vec::new()),
             started: Once::new(),
+            ticking: Mutex::new(()),
         })
     }
 
@@ -316,6 +319,7 @@ impl Hub {
 
     /// Brings every tracked table up to the newest snapshot.
     fn tick(&self) {
+        let _one = lock(&self.ticking);
         let snap = self.live.current();
         for (i, feed) in self.feeds.iter().enumerate() {
             let prev = match &*lock(&feed.state) {
@@ -566,5 +570,181 @@ impl Subscription {
         }
         self.handle.cursor.store(cursor, Ordering::Release);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use weir_engine::live::LiveTableDef;
+
+    fn hub(limits: SubscribeLimits) -> (Arc<LiveState>, Arc<Hub>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let live = Arc::new(LiveState::new(
+            "p",
+            vec![LiveTableDef::new(
+                "v",
+                LiveKind::View,
+                &schema,
+                vec!["k".into()],
+            )],
+        ));
+        let engine = QueryEngine::new(live.clone(), Default::default()).unwrap();
+        (live, Hub::new(Arc::new(engine), limits))
+    }
+
+    fn publish(live: &LiveState, seq: u64, rows: &[(&str, i64)]) {
+        let def = &live.tables[0];
+        let batch = RecordBatch::try_new(
+            def.schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        live.publish(LiveSnapshot {
+            seq,
+            tables: vec![vec![batch]],
+            indexes: vec![None],
+            ..Default::default()
+        });
+    }
+
+    fn request(query: &[(&str, &str)]) -> Request {
+        Request::parse(query.iter().copied(), None).unwrap()
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    async fn next(sub: &mut Subscription) -> Next {
+        tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a message within 5 s")
+    }
+
+    fn values(messages: &[String]) -> Vec<serde_json::Value> {
+        messages
+            .iter()
+            .map(|m| serde_json::from_str(m).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_the_snapshot_then_the_changes_and_resumes_exactly() {
+        let (live, hub) = hub(SubscribeLimits::default());
+        publish(&live, 1, &[("a", 1), ("b", 1)]);
+        let client = Client::Address(peer().ip());
+        let mut sub = hub
+            .subscribe(
+                &request(&[("table", "v"), ("snapshot", "true")]),
+                client.clone(),
+                peer(),
+            )
+            .unwrap();
+        let first: serde_json::Value = serde_json::from_str(sub.first.as_ref().unwrap()).unwrap();
+        assert_eq!(first["op"], "snapshot");
+        assert_eq!(first["rows"].as_array().unwrap().len(), 2);
+        let at = first["position"].as_u64().unwrap();
+        assert_eq!(at, hub.base());
+        // a filtered subscriber: b leaves it when its n no longer matches
+        let mut some = hub
+            .subscribe(
+                &request(&[("table", "v"), ("where", "n < 5")]),
+                client.clone(),
+                peer(),
+            )
+            .unwrap();
+        publish(&live, 2, &[("a", 1), ("b", 7), ("c", 3)]);
+        let Next::Messages(m) = next(&mut sub).await else {
+            panic!("changes")
+        };
+        let m = values(&m);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0]["op"].as_str(), m[0]["position"].as_u64()),
+            (Some("upsert"), Some(at + 1))
+        );
+        assert_eq!(m[0]["row"]["k"], "b");
+        assert_eq!(
+            (m[1]["row"]["k"].as_str(), m[1]["position"].as_u64()),
+            (Some("c"), Some(at + 2))
+        );
+        let Next::Messages(f) = next(&mut some).await else {
+            panic!("changes")
+        };
+        let f = values(&f);
+        assert_eq!(f[0]["op"], "delete", "{f:?}");
+        assert_eq!(f[0]["row"]["k"], "b");
+        assert_eq!(f[1]["row"]["k"], "c");
+        // resuming after the first change gives exactly the second
+        let mut resumed = hub
+            .subscribe(
+                &request(&[("table", "v"), ("from", &(at + 1).to_string())]),
+                client,
+                peer(),
+            )
+            .unwrap();
+        let Next::Messages(r) = next(&mut resumed).await else {
+            panic!("changes")
+        };
+        assert_eq!(values(&r), m[1..].to_vec());
+        assert_eq!(hub.stats().subscribers.load(Ordering::Relaxed), 3);
+        drop((sub, some, resumed));
+        assert_eq!(hub.stats().subscribers.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_and_limits_refuse_the_next() {
+        let limits = SubscribeLimits {
+            buffer: 2,
+            max_subscriptions: 2,
+            max_per_client: 1,
+            ..SubscribeLimits::default()
+        };
+        let (live, hub) = hub(limits);
+        publish(&live, 1, &[]);
+        let me = Client::Address(peer().ip());
+        let mut slow = hub
+            .subscribe(&request(&[("table", "v")]), me.clone(), peer())
+            .unwrap();
+        let again = hub.subscribe(&request(&[("table", "v")]), me, peer());
+        assert!(matches!(
+            again,
+            Err(SubscribeError::TooManyForClient { max: 1 })
+        ));
+        let other = Client::Address("10.0.0.1".parse().unwrap());
+        let _second = hub
+            .subscribe(&request(&[("table", "v")]), other, peer())
+            .unwrap();
+        let third = hub.subscribe(&request(&[("table", "v")]), Client::Token, peer());
+        assert!(matches!(third, Err(SubscribeError::TooMany { max: 2 })));
+        // three changes while it reads nothing: more than its buffer of 2
+        publish(&live, 2, &[("a", 1), ("b", 1), ("c", 1)]);
+        let started = Instant::now();
+        while hub.stats().dropped.load(Ordering::Relaxed) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(5), "not dropped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let Next::End(last) = next(&mut slow).await else {
+            panic!("the end")
+        };
+        let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(last["error"]["code"], "fell_behind");
+        assert_eq!(last["position"].as_u64(), Some(hub.base()));
+        drop(slow);
+        let unknown = hub.subscribe(
+            &request(&[("table", "v"), ("from", "5")]),
+            Client::Token,
+            peer(),
+        );
+        assert!(matches!(unknown, Err(SubscribeError::Unknown { .. })));
     }
 }
