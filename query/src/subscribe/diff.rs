@@ -499,10 +499,10 @@ mod tests {
         let c = diff(
             &def,
             &Side {
-                batches: &[before.clone()],
+                batches: std::slice::from_ref(&before),
             },
             &Side {
-                batches: &[after.clone()],
+                batches: std::slice::from_ref(&after),
             },
         )
         .unwrap();
