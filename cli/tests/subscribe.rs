@@ -212,6 +212,7 @@ fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
     let sse = Client::follow("sse", port, q, &[]);
     let recent = Client::follow("sse", port, "table=recent&snapshot=true", &[]);
     let win = Client::follow("ws", port, "table=health_win&snapshot=true", &[]);
+    let open = Client::follow("sse", port, "table=health_win&open=true", &[]);
     let filtered = Client::follow(
         "ws",
         port,
@@ -224,8 +225,14 @@ fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
     std::thread::sleep(Duration::from_millis(700));
     let query = format!("table=service_status&from={resume_at}");
     let second = Client::follow("ws", port, &query, &[]).all();
-    let (ws, sse, recent, win, filtered) =
-        (ws.all(), sse.all(), recent.all(), win.all(), filtered.all());
+    let (ws, sse, recent, win, filtered, open) = (
+        ws.all(),
+        sse.all(),
+        recent.all(),
+        win.all(),
+        filtered.all(),
+        open.all(),
+    );
     run.wait_finished(port);
     for (what, m) in [("ws", &ws), ("sse", &sse), ("recent", &recent)] {
         last_is_finished(what, m);
@@ -325,6 +332,40 @@ fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
     answer.sort();
     assert!(answer.len() > 100, "{} windows", answer.len());
     assert_eq!(windows, answer, "window rows");
+    // with open=true: updates of open windows (is_final false), then each window's final row
+    let mut open_rows: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for m in &open {
+        let Some(op) = m["op"].as_str().filter(|op| *op != "finished") else {
+            continue;
+        };
+        let r = &m["row"];
+        let id = (
+            r["window_start"].as_str().unwrap().to_string(),
+            r["serviceName"].as_str().unwrap().to_string(),
+        );
+        match op {
+            "update" => {
+                assert_eq!(r["is_final"], false, "{m}");
+                assert_ne!(
+                    open_rows.get(&id),
+                    Some(&true),
+                    "an update after the final row: {m}"
+                );
+                open_rows.insert(id, false);
+            }
+            "insert" => {
+                assert_eq!(r["is_final"], true, "{m}");
+                open_rows.insert(id, true);
+            }
+            other => panic!("{other}: {m}"),
+        }
+    }
+    let updated = open.iter().filter(|m| m["op"] == "update").count();
+    assert!(updated > 100, "{updated} updates of open windows");
+    assert!(
+        open_rows.values().all(|f| *f),
+        "every window seen open was emitted by the end"
+    );
     // `weir subscribe` prints the same messages, one JSON line each
     let out = Command::new(weir())
         .args(["subscribe", "service_status", "--snapshot", "--server"])

@@ -407,7 +407,11 @@ fn run(hub: Weak<Hub>) {
     loop {
         std::thread::sleep(POLL);
         let Some(hub) = hub.upgrade() else { return };
-        hub.tick();
+        // a bug in a diff must not end every subscription: the tick is tried again
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hub.tick()));
+        if ticked.is_err() {
+            tracing::error!("the subscription hub failed a tick (a panic, logged); it goes on");
+        }
     }
 }
 
