@@ -33,7 +33,7 @@ use store::{chk_dir, manifest_name, sha256_hex};
 pub use store::{open_object_store, CheckpointStore};
 
 use crate::events::Resume;
-use crate::job::PartialWindow;
+use crate::types::PartialWindow;
 use crate::EngineError;
 
 /// The manifest format this build writes and reads.

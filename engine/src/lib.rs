@@ -6,6 +6,7 @@
 //! [`job::PartitionReader`] and [`job::Decode`], operators through [`job::WorkerOperator`] and
 //! [`job::MergeOperator`], outputs through [`job::Sink`] and [`job::DeadLetterSink`].
 
+pub mod api;
 pub mod bounds;
 pub mod checkpoint;
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod retry;
 pub mod stats;
 pub mod time;
 pub mod trace;
+pub mod types;
 
 /// Schema metadata of a view's changelog rows: how many of the first columns are the view's
 /// key (sinks key upserts by them).

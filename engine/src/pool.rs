@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{
     partials_of_partitions, CheckpointStore, Fencing, Manifest, PartitionColumn, Restored,
 };
-use crate::job::PartialWindow;
+use crate::types::PartialWindow;
 use crate::EngineError;
 
 fn err(e: impl std::fmt::Display) -> EngineError {

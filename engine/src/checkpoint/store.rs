@@ -432,7 +432,7 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::super::{collect_garbage, encode_partials, test_manifest};
     use super::*;
-    use crate::job::PartialWindow;
+    use crate::types::PartialWindow;
     use arrow::array::{StringArray, UInt64Array};
     use std::collections::BTreeSet;
 

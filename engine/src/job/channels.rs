@@ -1,0 +1,194 @@
+//! What the stages of a job share: the messages on the channels between them, the
+//! dispatcher that feeds the workers, the checkpoint link and the failure state.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{SendTimeoutError, Sender};
+
+use crate::checkpoint::{Epochs, Part, Rendezvous};
+use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
+use crate::dead_letter::DeadLetter;
+use crate::events::{Chunk, Resume};
+use crate::progress::ChunkResidue;
+use crate::types::PartialWindow;
+use crate::EngineError;
+
+pub(super) const WORKER_QUEUE: usize = 4;
+pub(super) const TICK: Duration = Duration::from_millis(100);
+/// How soon the live-barrier thread notices that the input ended.
+pub(super) const LIVE_POLL: Duration = Duration::from_millis(10);
+/// How often outputs are flushed to report progress to committing readers.
+pub(super) const DURABLE_EVERY: Duration = Duration::from_millis(200);
+
+/// What the merger sends a sink thread.
+pub(super) enum SinkMsg {
+    Rows(RecordBatch),
+    /// Operator `op`'s windows up to `upto` were all sent, with every worker's hand-overs up
+    /// to `covered[worker]`.
+    Upto {
+        op: usize,
+        upto: i64,
+        covered: Vec<u64>,
+    },
+    /// Checkpoint barrier: every row before it belongs to the checkpoint.
+    Barrier(u64),
+}
+
+/// What workers send the dead-letter thread.
+pub(super) enum DeadMsg {
+    Records(Vec<DeadLetter>),
+    /// A tracked chunk was handled; its dead letters were sent before.
+    Residue(ChunkResidue),
+    /// Checkpoint barrier: every record before it belongs to the checkpoint.
+    Barrier(u64),
+}
+
+/// What readers send workers. Barriers are rare and chunks the common case: boxing chunks
+/// to make the variants the same size would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum WorkerMsg {
+    Chunk(Chunk),
+    /// Checkpoint barrier, at the same point of the chunk order in every worker's queue.
+    Barrier(u64),
+    /// Live barrier (a snapshot for SQL readers), placed as checkpoint barriers are.
+    Live(u64),
+}
+
+/// What workers send the merger.
+pub(super) enum MergeInput {
+    Handover(MergeMsg),
+    /// Checkpoint barrier: every worker's hand-overs before it belong to the checkpoint.
+    Barrier(u64),
+    /// A worker's copy of its open state at live barrier `seq`, per operator.
+    LivePart {
+        seq: u64,
+        ops: Vec<(usize, Vec<PartialWindow>)>,
+    },
+    /// Live barrier `seq`: every worker's hand-overs and live parts before it belong to the
+    /// snapshot; with the counters and partition clocks at the barrier.
+    Live {
+        seq: u64,
+        counters: Vec<(String, u64)>,
+        clocks: Vec<ClockRow>,
+    },
+}
+
+/// Spreads chunks over the workers, and records where each partition continues after the
+/// chunks dispatched so far: a barrier sent under the same lock cuts the chunk order there.
+pub(super) struct Dispatcher {
+    pub(super) next: usize,
+    pub(super) senders: Vec<Sender<WorkerMsg>>,
+    /// Per global partition: where it continues after its last dispatched chunk.
+    pub(super) cut: Vec<Option<Resume>>,
+    pub(super) readers_left: usize,
+    /// The coordinator ends the workers' input itself, after the final barrier.
+    pub(super) checkpointing: bool,
+}
+
+/// What the threads taking part in checkpoints share.
+#[derive(Clone)]
+pub(super) struct CheckpointLink {
+    pub(super) parts: Sender<Part>,
+    pub(super) epochs: Arc<Epochs>,
+    pub(super) rendezvous: Arc<Rendezvous>,
+}
+
+pub(super) struct MergeMsg {
+    /// The worker's hand-overs of this operator so far, this one included.
+    pub(super) seq: u64,
+    pub(super) operator: usize,
+    pub(super) worker: usize,
+    pub(super) partials: Vec<PartialWindow>,
+    pub(super) upto: i64,
+}
+
+/// Shared failure state: the first error stops everything.
+#[derive(Clone)]
+pub(super) struct Failure {
+    pub(super) cancel: Arc<AtomicBool>,
+    pub(super) first: Arc<Mutex<Option<EngineError>>>,
+}
+
+impl Failure {
+    pub(super) fn record(&self, e: EngineError) {
+        self.cancel.store(true, Ordering::SeqCst);
+        if matches!(e, EngineError::Cancelled) {
+            return;
+        }
+        if let Ok(mut f) = self.first.lock() {
+            if f.is_none() {
+                *f = Some(e);
+            }
+        }
+    }
+    pub(super) fn closed(&self, what: &str) -> EngineError {
+        if self.cancel.load(Ordering::SeqCst) {
+            EngineError::Cancelled
+        } else {
+            EngineError::Internal(format!("{what} stopped unexpectedly"))
+        }
+    }
+}
+
+pub(super) fn spawn<F>(name: String, failure: &Failure, f: F) -> Result<JoinHandle<()>, EngineError>
+where
+    F: FnOnce() -> Result<(), EngineError> + Send + 'static,
+{
+    let failure = failure.clone();
+    let thread_name = name.clone();
+    std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            if let Err(e) = f() {
+                tracing::debug!(thread = %name, error = %e, "thread failed");
+                failure.record(e);
+            }
+        })
+        .map_err(|e| EngineError::Internal(format!("cannot start a thread: {e}")))
+}
+
+/// Puts `make(id)` into every worker's queue; the caller holds the dispatcher's lock, so the
+/// barrier stands at one point of the chunk order in every queue.
+pub(super) fn send_barrier(
+    d: &Dispatcher,
+    make: fn(u64) -> WorkerMsg,
+    id: u64,
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    for s in &d.senders {
+        let mut msg = make(id);
+        loop {
+            match s.send_timeout(msg, TICK) {
+                Ok(()) => break,
+                Err(SendTimeoutError::Timeout(m)) => {
+                    if failure.cancel.load(Ordering::Relaxed) {
+                        return Err(EngineError::Cancelled);
+                    }
+                    msg = m;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return Err(failure.closed("a worker")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A partition's clock at a snapshot: (watermark, newest event time) where known, whether it
+/// ended, whether it is idle.
+pub(super) type ClockRow = (Option<i64>, Option<i64>, bool, bool);
+
+/// Per global partition, its [`ClockRow`].
+pub(super) fn clock_status(clocks: &Clocks) -> Vec<ClockRow> {
+    (0..clocks.len())
+        .map(|id| {
+            let c = clocks.partition(id);
+            let (wm, newest) = (c.watermark(), c.newest());
+            let known = |v: i64| (v != WATERMARK_MIN && v != WATERMARK_END).then_some(v);
+            (known(wm), known(newest), wm == WATERMARK_END, c.is_idle())
+        })
+        .collect()
+}

@@ -1,0 +1,287 @@
+//! The merger thread: merges the workers' partial windows, emits every window all workers
+//! closed to the sinks, passes barriers on and publishes live snapshots.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{Receiver, Sender};
+
+use super::channels::{clock_status, CheckpointLink, ClockRow, Failure, MergeInput, SinkMsg};
+use crate::api::MergeOperator;
+use crate::checkpoint::Part;
+use crate::clock::{Clocks, WATERMARK_MIN};
+use crate::live::{LiveKind, LiveSnapshot, LiveState, PartitionStatus, Retained};
+use crate::stats::RunStats;
+use crate::time::now_ms;
+use crate::types::PartialWindow;
+use crate::EngineError;
+
+pub(super) type MergePart = (Box<dyn MergeOperator>, Vec<usize>);
+
+/// Where the merger starts.
+pub(super) struct MergerStart {
+    pub(super) workers: usize,
+    /// Per operator: the watermark up to which windows were emitted (from a checkpoint).
+    pub(super) emitted: Vec<i64>,
+    pub(super) link: Option<CheckpointLink>,
+    pub(super) live: Option<LiveTables>,
+}
+
+/// Each partition's row of `weir_status`: its clocks, and its consumer lag from `stats`.
+pub(super) fn partition_statuses(
+    partitions: &[(String, String)],
+    clocks: impl IntoIterator<Item = ClockRow>,
+    stats: Option<&RunStats>,
+) -> Vec<PartitionStatus> {
+    let lag = stats.and_then(|s| s.consumer_lag.lock().ok());
+    partitions
+        .iter()
+        .zip(clocks)
+        .map(
+            |((source, partition), (watermark, newest, ended, idle))| PartitionStatus {
+                lag: lag
+                    .as_ref()
+                    .and_then(|l| l.get(&(source.clone(), partition.clone())).copied()),
+                source: source.clone(),
+                partition: partition.clone(),
+                watermark,
+                newest,
+                ended,
+                idle,
+            },
+        )
+        .collect()
+}
+
+/// The merger's side of live snapshots: emitted windows kept for `retain`, and the workers'
+/// copies of their open state gathered until the live barrier.
+pub(super) struct LiveTables {
+    pub(super) state: Arc<LiveState>,
+    /// (source, partition key) per global partition.
+    pub(super) partitions: Vec<(String, String)>,
+    pub(super) clocks: Arc<Clocks>,
+    pub(super) retained: Vec<Retained>,
+    pub(super) parts: Vec<Vec<PartialWindow>>,
+    pub(super) seq: u64,
+}
+
+impl LiveTables {
+    pub(super) fn new(
+        state: Arc<LiveState>,
+        partitions: &[(String, String)],
+        clocks: Arc<Clocks>,
+    ) -> Self {
+        let n = state.tables.len();
+        // before the first barrier: the partitions, with what a restore gave their clocks
+        state.publish(LiveSnapshot {
+            tables: (0..n).map(|_| Vec::new()).collect(),
+            indexes: (0..n).map(|_| None).collect(),
+            partitions: partition_statuses(partitions, clock_status(&clocks), None),
+            ..Default::default()
+        });
+        LiveTables {
+            state,
+            partitions: partitions.to_vec(),
+            clocks,
+            retained: (0..n).map(|_| Retained::new()).collect(),
+            parts: (0..n).map(|_| Vec::new()).collect(),
+            seq: 0,
+        }
+    }
+
+    /// Keeps rows operator `op` emitted (one window per batch).
+    pub(super) fn emitted(&mut self, op: usize, batch: &RecordBatch) -> Result<(), EngineError> {
+        let Some(def) = self.state.tables.get(op) else {
+            return Ok(());
+        };
+        let LiveKind::Window { retain_ms } = def.kind else {
+            return Ok(());
+        };
+        let Some(end) = window_end_of(batch) else {
+            return Ok(());
+        };
+        let rows = def.rows(batch, true)?;
+        self.retained[op].add(end, rows, retain_ms);
+        Ok(())
+    }
+
+    /// Builds and publishes the snapshot: retained and open windows, views.
+    pub(super) fn publish(
+        &mut self,
+        ops: &mut [MergePart],
+        counters: Vec<(String, u64)>,
+        clocks: Vec<ClockRow>,
+        stats: &RunStats,
+        finished: bool,
+    ) -> Result<(), EngineError> {
+        self.seq += 1;
+        let mut tables = Vec::with_capacity(ops.len());
+        let indexes = ops.iter().map(|(m, _)| m.live_index()).collect();
+        for (i, (merge, _)) in ops.iter_mut().enumerate() {
+            let def = &self.state.tables[i];
+            let mut rows: Vec<RecordBatch> = self.retained[i].batches().cloned().collect();
+            for b in merge.live(std::mem::take(&mut self.parts[i]))? {
+                if b.num_rows() > 0 {
+                    rows.push(def.rows(&b, false)?);
+                }
+            }
+            tables.push(rows);
+        }
+        let mut counters: std::collections::BTreeMap<String, u64> = counters.into_iter().collect();
+        counters.extend(stats.merger_counters());
+        let partitions = partition_statuses(&self.partitions, clocks, Some(stats));
+        self.state.publish(LiveSnapshot {
+            seq: self.seq,
+            taken_ms: now_ms(),
+            tables,
+            indexes,
+            counters,
+            partitions,
+            finished,
+        });
+        Ok(())
+    }
+}
+
+/// The `window_end` of the first row of a window batch.
+pub(super) fn window_end_of(batch: &RecordBatch) -> Option<i64> {
+    use arrow::array::{Array, TimestampMillisecondArray};
+    let col = batch.column_by_name("window_end")?;
+    let ends = col.as_any().downcast_ref::<TimestampMillisecondArray>()?;
+    (!ends.is_empty()).then(|| ends.value(0))
+}
+
+pub(super) fn merger_loop(
+    rx: Receiver<MergeInput>,
+    mut ops: Vec<MergePart>,
+    sinks: Vec<Sender<SinkMsg>>,
+    start: MergerStart,
+    stats: &RunStats,
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    let workers = start.workers;
+    let mut upto: Vec<Vec<i64>> = ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect();
+    let mut covered: Vec<Vec<u64>> = ops.iter().map(|_| vec![0; workers]).collect();
+    let mut emitted: Vec<i64> = start.emitted;
+    let mut live = start.live;
+    for input in rx {
+        let msg = match input {
+            MergeInput::Handover(msg) => msg,
+            MergeInput::LivePart { seq, ops: parts } => {
+                tracing::trace!(seq, "live part");
+                if let Some(l) = live.as_mut() {
+                    for (op, p) in parts {
+                        l.parts[op].extend(p);
+                    }
+                }
+                continue;
+            }
+            MergeInput::Live {
+                seq,
+                counters,
+                clocks,
+            } => {
+                tracing::trace!(seq, "live barrier");
+                send_barrier_rows(&mut ops, &sinks, failure)?;
+                if let Some(l) = live.as_mut() {
+                    l.publish(&mut ops, counters, clocks, stats, false)?;
+                }
+                continue;
+            }
+            MergeInput::Barrier(epoch) => {
+                let link = start.link.as_ref().ok_or_else(|| {
+                    EngineError::Internal("a barrier without checkpointing".into())
+                })?;
+                send_barrier_rows(&mut ops, &sinks, failure)?;
+                let mut held = Vec::with_capacity(ops.len());
+                for (i, (merge, _)) in ops.iter_mut().enumerate() {
+                    held.push((merge.snapshot()?, emitted[i]));
+                }
+                link.parts
+                    .send(Part::Merger {
+                        epoch,
+                        ops: held,
+                        counters: stats.merger_counters(),
+                    })
+                    .map_err(|_| failure.closed("the checkpoint coordinator"))?;
+                for s in &sinks {
+                    s.send(SinkMsg::Barrier(epoch))
+                        .map_err(|_| failure.closed("a sink"))?;
+                }
+                continue;
+            }
+        };
+        let (merge, sink_ids) = &mut ops[msg.operator];
+        let had_partials = !msg.partials.is_empty();
+        for p in msg.partials {
+            merge.merge(p)?;
+        }
+        upto[msg.operator][msg.worker] = msg.upto;
+        covered[msg.operator][msg.worker] = msg.seq;
+        let wm = upto[msg.operator]
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(WATERMARK_MIN)
+            .max(emitted[msg.operator]);
+        // Windows reopened by a lagging partition are emitted as soon as they are handed over.
+        if wm > emitted[msg.operator] || had_partials {
+            emitted[msg.operator] = wm;
+            let windows = merge.emits_windows();
+            for batch in merge.emit(wm)? {
+                if windows {
+                    RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
+                }
+                if let Some(l) = live.as_mut() {
+                    l.emitted(msg.operator, &batch)?;
+                }
+                for &s in sink_ids.iter() {
+                    sinks[s]
+                        .send(SinkMsg::Rows(batch.clone()))
+                        .map_err(|_| failure.closed("a sink"))?;
+                }
+            }
+            for &s in sink_ids.iter() {
+                sinks[s]
+                    .send(SinkMsg::Upto {
+                        op: msg.operator,
+                        upto: wm,
+                        covered: covered[msg.operator].clone(),
+                    })
+                    .map_err(|_| failure.closed("a sink"))?;
+            }
+        }
+    }
+    if failure.cancel.load(Ordering::SeqCst) {
+        return Err(EngineError::Cancelled);
+    }
+    // Every worker finished: the last snapshot holds every window emitted and the views'
+    // final rows.
+    if let Some(l) = live.as_mut() {
+        let clocks = clock_status(&l.clocks);
+        l.publish(&mut ops, stats.live_counters(), clocks, stats, true)?;
+    }
+    Ok(())
+}
+
+/// Sends every operator's barrier rows (views' changed keys) to its sinks.
+pub(super) fn send_barrier_rows(
+    ops: &mut [MergePart],
+    sinks: &[Sender<SinkMsg>],
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    for (merge, sink_ids) in ops.iter_mut() {
+        if sink_ids.is_empty() {
+            continue;
+        }
+        for batch in merge.barrier_rows()? {
+            for &s in sink_ids.iter() {
+                sinks[s]
+                    .send(SinkMsg::Rows(batch.clone()))
+                    .map_err(|_| failure.closed("a sink"))?;
+            }
+        }
+    }
+    Ok(())
+}

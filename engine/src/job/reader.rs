@@ -1,0 +1,73 @@
+//! The reader threads: each takes its source's chunks and dispatches them round-robin to
+//! the workers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use crossbeam_channel::SendTimeoutError;
+
+use super::channels::{Dispatcher, Failure, WorkerMsg, TICK};
+use crate::api::{PartitionReader, ReaderContext};
+use crate::EngineError;
+
+/// A reader's thread: dispatches its chunks round-robin to the workers.
+pub(super) fn read_source(
+    mut reader: Box<dyn PartitionReader>,
+    dispatcher: &Mutex<Dispatcher>,
+    ctx: &ReaderContext,
+    failure: &Failure,
+) -> Result<(), EngineError> {
+    let poisoned = || EngineError::Internal("dispatcher poisoned".into());
+    while let Some(chunk) = reader.next_chunk(ctx)? {
+        if failure.cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        let mut d = dispatcher.lock().map_err(|_| poisoned())?;
+        if d.senders.is_empty() {
+            // a hand-over checkpoint ended the workers' input: this chunk is after its cut
+            reader.unread(chunk);
+            break;
+        }
+        let target = d.next % d.senders.len();
+        d.next += 1;
+        let partition = chunk.partition.id;
+        let resume = chunk.resume;
+        let mut msg = WorkerMsg::Chunk(chunk);
+        let mut pressed = false;
+        loop {
+            match d.senders[target].send_timeout(msg, TICK) {
+                Ok(()) => break,
+                Err(SendTimeoutError::Timeout(m)) => {
+                    if failure.cancel.load(Ordering::Relaxed) {
+                        return Err(EngineError::Cancelled);
+                    }
+                    msg = m;
+                    pressed = true;
+                    reader.backpressure(ctx)?;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return Err(failure.closed("a worker")),
+            }
+        }
+        if let Some(c) = d.cut.get_mut(partition) {
+            *c = Some(resume);
+        }
+        drop(d);
+        if pressed {
+            reader.backpressure_released(ctx)?;
+        }
+    }
+    // The last reader ends the workers' input (the coordinator does, after its final
+    // barrier, when checkpointing).
+    {
+        let mut d = dispatcher.lock().map_err(|_| poisoned())?;
+        d.readers_left -= 1;
+        if d.readers_left == 0 && !d.checkpointing {
+            d.senders.clear();
+        }
+    }
+    // Let the workers drain, then commit what the finished outputs hold.
+    if ctx.progress.wait_finished(&failure.cancel) {
+        reader.finish(ctx)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,520 @@
+//! The worker threads: decode, sequence and aggregate chunks, hand closed windows over to
+//! the merger and dead letters to the dead-letter thread, and meet at barriers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::channels::{
+    clock_status, CheckpointLink, DeadMsg, Failure, MergeInput, MergeMsg, WorkerMsg, TICK,
+};
+use crate::api::{Decode, WorkerOperator};
+use crate::checkpoint::{Part, Rendezvous};
+use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::events::{Chunk, ChunkData, Decoded, EventBatch};
+use crate::progress::{ChunkResidue, OpResidue, Progress};
+use crate::stats::RunStats;
+use crate::time::now_ms;
+use crate::EngineError;
+
+pub(super) struct WorkerCtx {
+    pub(super) index: usize,
+    pub(super) decoders: Arc<Vec<Arc<dyn Decode>>>,
+    /// Per source, its `SourceSpec::max_future_ms`.
+    pub(super) max_future: Arc<Vec<Option<i64>>>,
+    pub(super) clocks: Arc<Clocks>,
+    pub(super) stats: Arc<RunStats>,
+    pub(super) dead_tx: Sender<DeadMsg>,
+    pub(super) merge_tx: Sender<MergeInput>,
+    pub(super) failure: Failure,
+    pub(super) op_sources: Vec<usize>,
+    pub(super) input_done: Arc<ExitBarrier>,
+    pub(super) progress: Arc<Progress>,
+    pub(super) link: Option<CheckpointLink>,
+    pub(super) rendezvous: Option<Arc<Rendezvous>>,
+}
+
+pub(super) fn worker_loop(
+    rx: Receiver<WorkerMsg>,
+    mut ops: Vec<(usize, Box<dyn WorkerOperator>)>,
+    ctx: WorkerCtx,
+) -> Result<(), EngineError> {
+    let mut flushed: Vec<Handover> = vec![Handover::default(); ops.len()];
+    let mut row_wm: Vec<i64> = Vec::new();
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(WorkerMsg::Chunk(chunk)) => {
+                process_chunk(chunk, &mut ops, &mut flushed, &ctx, &mut row_wm)?;
+                flush_ops(&mut ops, &mut flushed, &ctx)?;
+            }
+            Ok(WorkerMsg::Barrier(epoch)) => worker_barrier(epoch, &mut ops, &mut flushed, &ctx)?,
+            Ok(WorkerMsg::Live(seq)) => worker_live(seq, &mut ops, &mut flushed, &ctx)?,
+            Err(RecvTimeoutError::Timeout) => {
+                if ctx.failure.cancel.load(Ordering::Relaxed) {
+                    return Err(EngineError::Cancelled);
+                }
+                flush_ops(&mut ops, &mut flushed, &ctx)?;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Another worker may still be sequencing a partition's last chunk: the watermarks are
+    // final only once every worker has handled its whole queue.
+    ctx.input_done.arrive_and_wait(&ctx.failure.cancel)?;
+    // With checkpoints, an input that ended flushed its last windows at its final barrier;
+    // a stopped job (a signal, a hand-over) leaves its open windows to its final checkpoint,
+    // from which a restart (or the partitions' next owner) emits them whole: rows written
+    // now would never be committed.
+    if ctx.link.is_some() {
+        return Ok(());
+    }
+    flush_ops_at(&mut ops, &mut flushed, &ctx, true)
+}
+
+/// The protocol every barrier follows in a worker: meet the others (so every chunk before
+/// the barrier is sequenced and none after it), hand over the windows closed then and the
+/// views' changes, `copy` the open state, meet again; worker 0 then `lead`s (passes the
+/// barrier on) before the last meeting, so no worker goes on before it is passed.
+pub(super) fn at_barrier(
+    rendezvous: &Rendezvous,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+    copy: impl FnOnce(&mut [(usize, Box<dyn WorkerOperator>)]) -> Result<(), EngineError>,
+    lead: impl FnOnce() -> Result<(), EngineError>,
+    input_over: bool,
+) -> Result<(), EngineError> {
+    let cancel = &ctx.failure.cancel;
+    rendezvous.wait(cancel)?;
+    // at the end of the input every chunk is sequenced now: the watermarks are final
+    flush_ops_at(ops, flushed, ctx, input_over)?;
+    barrier_handovers(ops, flushed, ctx)?;
+    copy(ops)?;
+    rendezvous.wait(cancel)?;
+    if ctx.index == 0 {
+        lead()?;
+    }
+    rendezvous.wait(cancel)
+}
+
+/// A worker at checkpoint `epoch`'s barrier: it snapshots its open windows for the
+/// coordinator; worker 0 snapshots the clocks and passes the barrier to the merger and the
+/// dead-letter output.
+pub(super) fn worker_barrier(
+    epoch: u64,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    let link = ctx
+        .link
+        .as_ref()
+        .ok_or_else(|| EngineError::Internal("a barrier without checkpointing".into()))?;
+    let lost = || ctx.failure.closed("the checkpoint coordinator");
+    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)]| {
+        let mut parts = Vec::with_capacity(ops.len());
+        for (oi, op) in ops.iter_mut() {
+            let (partials, handed_over) = op.snapshot()?;
+            parts.push((*oi, partials, handed_over));
+        }
+        link.parts
+            .send(Part::Worker { epoch, ops: parts })
+            .map_err(|_| lost())
+    };
+    let lead = || {
+        let newest = (0..ctx.clocks.len())
+            .map(|id| {
+                let c = ctx.clocks.partition(id);
+                if c.watermark() == WATERMARK_END {
+                    WATERMARK_END
+                } else {
+                    c.newest()
+                }
+            })
+            .collect();
+        link.parts
+            .send(Part::Leader {
+                epoch,
+                newest,
+                counters: ctx.stats.worker_counters(),
+            })
+            .map_err(|_| lost())?;
+        ctx.merge_tx
+            .send(MergeInput::Barrier(epoch))
+            .map_err(|_| ctx.failure.closed("the merger"))?;
+        ctx.dead_tx
+            .send(DeadMsg::Barrier(epoch))
+            .map_err(|_| ctx.failure.closed("the dead-letter output"))
+    };
+    let input_over = link.epochs.end_of_input.load(Ordering::SeqCst) == epoch;
+    at_barrier(&link.rendezvous, ops, flushed, ctx, copy, lead, input_over)
+}
+
+/// A worker at live barrier `seq`: it sends the merger a copy of its open windows; worker 0
+/// then sends the barrier with the counters and clocks.
+pub(super) fn worker_live(
+    seq: u64,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    let rendezvous = ctx
+        .rendezvous
+        .as_ref()
+        .ok_or_else(|| EngineError::Internal("a live barrier without live state".into()))?;
+    let merger_lost = || ctx.failure.closed("the merger");
+    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)]| {
+        let mut parts = Vec::with_capacity(ops.len());
+        for (oi, op) in ops.iter_mut() {
+            let open = op.live()?;
+            if !open.is_empty() {
+                parts.push((*oi, open));
+            }
+        }
+        ctx.merge_tx
+            .send(MergeInput::LivePart { seq, ops: parts })
+            .map_err(|_| merger_lost())
+    };
+    let lead = || {
+        ctx.merge_tx
+            .send(MergeInput::Live {
+                seq,
+                counters: ctx.stats.live_counters(),
+                clocks: clock_status(&ctx.clocks),
+            })
+            .map_err(|_| merger_lost())
+    };
+    at_barrier(rendezvous, ops, flushed, ctx, copy, lead, false)
+}
+
+/// Hands the merger what operators hand over at every barrier (views' changes).
+pub(super) fn barrier_handovers(
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    for (i, (oi, op)) in ops.iter_mut().enumerate() {
+        let partials = op.barrier_handover()?;
+        if partials.is_empty() {
+            continue;
+        }
+        let h = &mut flushed[i];
+        h.seq += 1;
+        ctx.merge_tx
+            .send(MergeInput::Handover(MergeMsg {
+                operator: *oi,
+                worker: ctx.index,
+                partials,
+                upto: h.upto,
+                seq: h.seq,
+            }))
+            .map_err(|_| ctx.failure.closed("the merger"))?;
+    }
+    Ok(())
+}
+
+/// What a worker handed the merger of one operator.
+#[derive(Clone)]
+pub(super) struct Handover {
+    /// The watermark of the last hand-over.
+    pub(super) upto: i64,
+    /// Hand-overs so far.
+    pub(super) seq: u64,
+    /// Rows were aggregated since the last hand-over (they may belong to windows already
+    /// closed, when their partition lags, and must be handed over anyway).
+    pub(super) dirty: bool,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        Handover {
+            upto: WATERMARK_MIN,
+            seq: 0,
+            dirty: false,
+        }
+    }
+}
+
+/// Lets workers wait until all of them have handled all their input.
+pub(super) struct ExitBarrier {
+    pub(super) remaining: Mutex<usize>,
+    pub(super) all_done: std::sync::Condvar,
+}
+
+impl ExitBarrier {
+    pub(super) fn new(workers: usize) -> Self {
+        ExitBarrier {
+            remaining: Mutex::new(workers),
+            all_done: std::sync::Condvar::new(),
+        }
+    }
+
+    pub(super) fn arrive_and_wait(&self, cancel: &AtomicBool) -> Result<(), EngineError> {
+        let mut left = self
+            .remaining
+            .lock()
+            .map_err(|_| EngineError::Internal("exit barrier poisoned".into()))?;
+        *left -= 1;
+        if *left == 0 {
+            self.all_done.notify_all();
+        }
+        while *left > 0 {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            left = self
+                .all_done
+                .wait_timeout(left, Duration::from_millis(50))
+                .map_err(|_| EngineError::Internal("exit barrier poisoned".into()))?
+                .0;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn process_chunk(
+    chunk: Chunk,
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    handovers: &mut [Handover],
+    ctx: &WorkerCtx,
+    row_wm: &mut Vec<i64>,
+) -> Result<(), EngineError> {
+    let _span = tracing::info_span!(
+        "batch",
+        source = %chunk.partition.source,
+        partition = chunk.partition.number,
+        seq = chunk.seq
+    )
+    .entered();
+    let end = matches!(chunk.data, ChunkData::End);
+    let bytes = match &chunk.data {
+        ChunkData::Lines(lines) => lines.len() as u64,
+        ChunkData::Messages(m) => m.payloads.iter().map(|(a, b)| (b - a) as u64).sum(),
+        _ => 0,
+    };
+    let next_offset = match &chunk.data {
+        ChunkData::Messages(m) => Some(m.offsets.last().map_or(chunk.first_offset, |o| o + 1)),
+        ChunkData::End => Some(chunk.first_offset),
+        _ => None,
+    };
+    let Decoded {
+        events,
+        mut bad,
+        records,
+    } = match chunk.data {
+        ChunkData::Lines(ref lines) => ctx.decoders[chunk.source].decode(&chunk, lines),
+        ChunkData::Messages(ref messages) => {
+            ctx.decoders[chunk.source].decode_messages(&chunk, messages)
+        }
+        ChunkData::Events(ev) => Decoded {
+            records: ev.batch.num_rows() as u64,
+            events: Some(ev),
+            bad: Vec::new(),
+        },
+        ChunkData::End => Decoded {
+            events: None,
+            bad: Vec::new(),
+            records: 0,
+        },
+    };
+    let events = match (events, ctx.max_future.get(chunk.source).copied().flatten()) {
+        (Some(ev), Some(max)) => {
+            crate::bounds::drop_future(ev, (max, now_ms()), &chunk.partition, &mut bad)?
+        }
+        (events, _) => events,
+    };
+    RunStats::add(&ctx.stats.records_in, records);
+    if let Some(src) = ctx.stats.sources.get(chunk.source) {
+        RunStats::add(&src.records_in, records);
+        RunStats::add(&src.bytes_in, bytes);
+        RunStats::add(&src.bad, bad.len() as u64);
+    }
+    if !bad.is_empty() {
+        RunStats::add(&ctx.stats.bad, bad.len() as u64);
+        ctx.dead_tx
+            .send(DeadMsg::Records(bad))
+            .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
+    }
+    // Running newest event time before each row, within the chunk.
+    row_wm.clear();
+    let mut newest = WATERMARK_MIN;
+    if let Some(ev) = &events {
+        row_wm.reserve(ev.event_time.len());
+        for &t in &ev.event_time {
+            row_wm.push(newest);
+            newest = newest.max(t);
+        }
+    }
+    let clock = ctx.clocks.partition(chunk.partition.id);
+    let before = clock.sequence(chunk.seq, newest, end, &ctx.failure.cancel)?;
+    let tracked = next_offset.is_some() && ctx.progress.is_tracked(chunk.partition.id);
+    let Some(events) = events else {
+        if let (true, Some(next_offset)) = (tracked, next_offset) {
+            send_residue(
+                ctx,
+                (chunk.partition.id, chunk.seq),
+                next_offset,
+                Vec::new(),
+            )?;
+        }
+        return Ok(());
+    };
+    for w in row_wm.iter_mut() {
+        *w = clock.watermark_after((*w).max(before));
+    }
+    let mut dead = Vec::new();
+    for (i, (oi, op)) in ops.iter_mut().enumerate() {
+        if ctx.op_sources[*oi] != chunk.source {
+            continue;
+        }
+        let late = op.process(&chunk.partition, &events, row_wm, &mut dead)?;
+        RunStats::add(&ctx.stats.late[*oi].value, late);
+        handovers[i].dirty = true;
+    }
+    count_bad_rows(ctx, chunk.source, &dead);
+    if !dead.is_empty() {
+        ctx.dead_tx
+            .send(DeadMsg::Records(dead))
+            .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
+    }
+    if let (true, Some(next_offset)) = (tracked, next_offset) {
+        let windows = ops
+            .iter()
+            .zip(handovers.iter())
+            .filter(|((oi, op), _)| ctx.op_sources[*oi] == chunk.source && op.holds_offsets())
+            .map(|((oi, op), h)| OpResidue {
+                operator: *oi,
+                worker: ctx.index,
+                after_handover: h.seq,
+                windows: residue_windows(op.as_ref(), &events),
+            })
+            .collect();
+        send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, windows)?;
+    }
+    Ok(())
+}
+
+/// Counts the records operators dead-lettered as bad (an expression failed on them) as bad
+/// records of their source: once per record, however many operators failed on it.
+pub(super) fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) {
+    let mut offsets: Vec<Option<u64>> = dead
+        .iter()
+        .filter(|d| d.reason == Reason::Bad)
+        .map(|d| d.offset)
+        .collect();
+    if offsets.is_empty() {
+        return;
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    let n = offsets.len() as u64;
+    RunStats::add(&ctx.stats.bad, n);
+    if let Some(src) = ctx.stats.sources.get(source) {
+        RunStats::add(&src.bad, n);
+    }
+}
+
+/// Per window a chunk's rows went to: (the watermark that closes it, smallest offset of its
+/// rows).
+pub(super) fn residue_windows(op: &dyn WorkerOperator, events: &EventBatch) -> Vec<(i64, u64)> {
+    let mut out: Vec<(i64, u64)> = Vec::new();
+    let mut last: Option<(i64, usize)> = None; // (event-time bucket hint, index in out)
+    for (&t, &offset) in events.event_time.iter().zip(&events.offsets) {
+        let end = match last {
+            Some((prev_t, i)) if prev_t == t => out[i].0,
+            _ => op.closes_at(t),
+        };
+        let i = match out.iter().position(|(e, _)| *e == end) {
+            Some(i) => {
+                out[i].1 = out[i].1.min(offset);
+                i
+            }
+            None => {
+                out.push((end, offset));
+                out.len() - 1
+            }
+        };
+        last = Some((t, i));
+    }
+    out
+}
+
+pub(super) fn send_residue(
+    ctx: &WorkerCtx,
+    (partition, seq): (usize, u64),
+    next_offset: u64,
+    windows: Vec<OpResidue>,
+) -> Result<(), EngineError> {
+    ctx.dead_tx
+        .send(DeadMsg::Residue(ChunkResidue {
+            partition,
+            seq,
+            next_offset,
+            windows,
+        }))
+        .map_err(|_| ctx.failure.closed("the dead-letter output"))
+}
+
+/// Hands the merger every window closed at the operator's watermark, and windows closed
+/// earlier that rows of a lagging partition opened again.
+pub(super) fn flush_ops(
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+) -> Result<(), EngineError> {
+    flush_ops_at(ops, flushed, ctx, false)
+}
+
+/// [`flush_ops`]; `input_over` once every reader finished (partitions never assigned to this
+/// process no longer hold the watermark).
+pub(super) fn flush_ops_at(
+    ops: &mut [(usize, Box<dyn WorkerOperator>)],
+    flushed: &mut [Handover],
+    ctx: &WorkerCtx,
+    input_over: bool,
+) -> Result<(), EngineError> {
+    let source_watermark = |source: usize| {
+        if input_over {
+            ctx.clocks.final_source_watermark(source)
+        } else {
+            ctx.clocks.source_watermark(source)
+        }
+    };
+    for (i, (oi, op)) in ops.iter_mut().enumerate() {
+        let wm = if op.processing_time() {
+            let src_wm = source_watermark(ctx.op_sources[*oi]);
+            if src_wm == Some(WATERMARK_END) {
+                Some(WATERMARK_END)
+            } else {
+                Some(now_ms())
+            }
+        } else {
+            source_watermark(ctx.op_sources[*oi])
+        };
+        let h = &mut flushed[i];
+        let wm = wm.unwrap_or(h.upto).max(h.upto);
+        if wm == h.upto && !h.dirty {
+            continue;
+        }
+        let partials = op.flush(wm)?;
+        h.dirty = false;
+        if wm == h.upto && partials.is_empty() {
+            continue;
+        }
+        h.upto = wm;
+        h.seq += 1;
+        ctx.merge_tx
+            .send(MergeInput::Handover(MergeMsg {
+                operator: *oi,
+                worker: ctx.index,
+                partials,
+                upto: wm,
+                seq: h.seq,
+            }))
+            .map_err(|_| ctx.failure.closed("the merger"))?;
+    }
+    Ok(())
+}

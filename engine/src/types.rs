@@ -1,0 +1,12 @@
+//! Small types several modules of the engine share, kept here so that they depend on no
+//! module of the runtime.
+
+use arrow::array::ArrayRef;
+
+/// The partial state of one window from one worker: key columns and accumulator states.
+#[derive(Clone)]
+pub struct PartialWindow {
+    pub window_start: i64,
+    pub keys: Vec<ArrayRef>,
+    pub states: Vec<ArrayRef>,
+}
