@@ -3,7 +3,8 @@
 # 10001, with the example pipelines under /etc/weir/examples. BuildKit is needed (the default
 # builder since Docker 23) for the cache mounts.
 #
-#   docker build -t weir:0.1.0 .                         # REGISTRY/weir:0.1.0 to push it
+#   docker build --build-arg WEIR_GIT_REV="$(git rev-parse --short=12 HEAD)" -t weir:0.1.0 .
+#       (REGISTRY/weir:0.1.0 to push it; without the argument `weir --version` says "unknown")
 #   docker run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:5433:5433 weir:0.1.0
 #       the quickstart: sample events -> windows and a view, then SQL until stopped:
 #       curl -s 127.0.0.1:8080/sql -d "SELECT * FROM datasets LIMIT 5"
@@ -26,13 +27,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The revision `weir --version` shows (cli/build.rs): the context has no .git to ask.
+ARG WEIR_GIT_REV=""
 # The registry and the target folder are cache mounts: a rebuild after a source change
 # recompiles the workspace's crates, not DataFusion. The binary leaves the cached target folder
 # in the same step. The release profile strips debug info (Cargo.toml, [profile.release]).
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git/db,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p weir-cli \
+    WEIR_GIT_REV="$WEIR_GIT_REV" cargo build --release --locked -p weir-cli \
     && install -D -m 0755 target/release/weir /out/weir
 
 FROM debian:bookworm-slim
