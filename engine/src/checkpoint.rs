@@ -33,6 +33,7 @@ use store::{chk_dir, manifest_name, sha256_hex};
 pub use store::{open_object_store, CheckpointStore};
 
 use crate::events::Resume;
+pub use crate::stats::CheckpointStats;
 use crate::types::PartialWindow;
 use crate::EngineError;
 
@@ -328,20 +329,6 @@ pub struct Ownership {
     pub fencing: Arc<dyn Fencing>,
 }
 
-/// Figures of the last complete checkpoint, for the run summary and metrics.
-#[derive(Debug, Default)]
-pub struct CheckpointStats {
-    pub completed: AtomicU64,
-    pub last_epoch: AtomicU64,
-    pub last_duration_ms: AtomicU64,
-    pub last_bytes: AtomicU64,
-    pub last_rows: AtomicU64,
-    /// When the last one completed (epoch ms), 0 if none.
-    pub last_completed_ms: AtomicU64,
-    /// The checkpoint interval (ms) when checkpointing is on, else 0.
-    pub interval_ms: AtomicU64,
-}
-
 /// Epochs shared between the coordinator and the outputs that commit.
 #[derive(Default)]
 pub(crate) struct Epochs {
@@ -530,7 +517,7 @@ impl Pending {
                 let r = (*resume)?;
                 let full = format!("{source}/{key}");
                 // a worker records the partitions it owns (with their lanes, `partition/lane`)
-                if owned.is_some_and(|o| !o.keys().any(|k| crate::pool::covers(k, &full))) {
+                if owned.is_some_and(|o| !o.keys().any(|k| crate::types::covers(k, &full))) {
                     return None;
                 }
                 Some(PartitionRecord {

@@ -262,7 +262,7 @@ impl LiveState {
         match &self.pool {
             Some((_, owned)) => owned
                 .iter()
-                .any(|(s, p)| s == source && crate::pool::covers(p, partition)),
+                .any(|(s, p)| s == source && crate::types::covers(p, partition)),
             None => true,
         }
     }

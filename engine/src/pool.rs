@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{
     partials_of_partitions, CheckpointStore, Fencing, Manifest, PartitionColumn, Restored,
 };
+pub use crate::types::covers;
 use crate::types::PartialWindow;
 use crate::EngineError;
 
@@ -692,13 +693,6 @@ impl Fencing for PoolStore {
 /// Where `worker`'s own checkpoints are under the pool's `location`.
 fn worker_location(location: &str, worker: &str) -> String {
     format!("{}/workers/{worker}", location.trim_end_matches('/'))
-}
-
-/// Whether partition key `key` is the owned partition `owned` or one of its lanes
-/// (`owned/lane`).
-pub fn covers(owned: &str, key: &str) -> bool {
-    key.strip_prefix(owned)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub struct RunStats {
     /// Records written to the dead-letter output.
     pub dead_letters: AtomicU64,
     /// The last complete checkpoint.
-    pub checkpoints: crate::checkpoint::CheckpointStats,
+    pub checkpoints: CheckpointStats,
     /// Errors, retries and circuit state, per sink.
     pub sink_health: Vec<OutputHealth>,
     /// Per sink: from a window's end to the moment its row is acknowledged by the sink
@@ -299,6 +299,20 @@ impl RunStats {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// Figures of the last complete checkpoint, for the run summary and metrics.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    pub completed: AtomicU64,
+    pub last_epoch: AtomicU64,
+    pub last_duration_ms: AtomicU64,
+    pub last_bytes: AtomicU64,
+    pub last_rows: AtomicU64,
+    /// When the last one completed (epoch ms), 0 if none.
+    pub last_completed_ms: AtomicU64,
+    /// The checkpoint interval (ms) when checkpointing is on, else 0.
+    pub interval_ms: AtomicU64,
 }
 
 #[cfg(test)]

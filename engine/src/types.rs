@@ -10,3 +10,10 @@ pub struct PartialWindow {
     pub keys: Vec<ArrayRef>,
     pub states: Vec<ArrayRef>,
 }
+
+/// Whether partition key `key` is the owned partition `owned` or one of its lanes
+/// (`owned/lane`).
+pub fn covers(owned: &str, key: &str) -> bool {
+    key.strip_prefix(owned)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
