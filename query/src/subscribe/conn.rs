@@ -70,6 +70,7 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Wraps `inner`; its connections' switches go to `switches`.
     pub fn new(inner: TcpListener, switches: Arc<Switches>) -> Self {
         Listener { inner, switches }
     }

@@ -70,10 +70,12 @@ impl Changes {
         }
     }
 
+    /// The number of changes.
     pub fn len(&self) -> usize {
         self.ops.len()
     }
 
+    /// Whether there is no change.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -81,6 +83,7 @@ impl Changes {
 
 /// One table of one snapshot: its batches.
 pub struct Side<'a> {
+    /// The table's rows (windows: emitted batches, then open ones).
     pub batches: &'a [RecordBatch],
 }
 

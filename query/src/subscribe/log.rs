@@ -14,9 +14,13 @@ use super::diff::{Changes, Op};
 /// encoded once for every subscriber.
 #[derive(Debug)]
 pub struct Entry {
+    /// The position of its first change.
     pub first: u64,
+    /// What happened, per row.
     pub ops: Vec<Op>,
+    /// The rows (see [`Changes::rows`]).
     pub rows: RecordBatch,
+    /// The rows before (see [`Changes::old`]).
     pub old: Option<RecordBatch>,
     /// The messages, one after another; message `i` ends at `ends[i]`.
     text: String,
@@ -50,10 +54,12 @@ impl Entry {
         })
     }
 
+    /// The number of changes.
     pub fn len(&self) -> usize {
         self.ops.len()
     }
 
+    /// Whether it holds no change.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -123,10 +129,16 @@ pub enum Resume {
     /// The changes after it are all retained.
     Ok,
     /// Changes after it were dropped from the log: the oldest position to resume from.
-    Expired { oldest: u64 },
+    Expired {
+        /// The oldest position to resume from.
+        oldest: u64,
+    },
     /// Not given by this log (ahead of it, or before its start: another run's): the newest
     /// position.
-    Unknown { head: u64 },
+    Unknown {
+        /// The newest position.
+        head: u64,
+    },
 }
 
 /// The retained changes of one table.
@@ -160,10 +172,12 @@ impl ChangeLog {
         }
     }
 
+    /// The newest position given.
     pub fn head(&self) -> u64 {
         self.head
     }
 
+    /// The oldest position a client may resume from.
     pub fn oldest(&self) -> u64 {
         self.oldest
     }

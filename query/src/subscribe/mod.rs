@@ -25,6 +25,8 @@
 //! (or behind the log's oldest) gets a final `{"error":{"code":"fell_behind",...}}` message,
 //! and its connection is cut [`CUT_AFTER`] later if it has not read it by then.
 
+#![warn(missing_docs)]
+
 mod conn;
 pub mod diff;
 mod filter;
@@ -86,8 +88,14 @@ pub enum SubscribeError {
     /// The request's parameters are wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// No window or view has this name.
     #[error("no window or view is named `{name}`; the tables to subscribe to: {tables}")]
-    UnknownTable { name: String, tables: String },
+    UnknownTable {
+        /// The name asked for.
+        name: String,
+        /// The tables there are, comma-separated.
+        tables: String,
+    },
     /// The `where` predicate does not parse or plan (the database's message).
     #[error("where: {0}")]
     Where(String),
@@ -98,26 +106,47 @@ pub enum SubscribeError {
         "too many subscriptions ({max} open, serve.max_subscriptions); try again later or \
          raise the limit"
     )]
-    TooMany { max: usize },
+    /// `max_subscriptions` are open.
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
     #[error(
         "too many subscriptions of this client ({max} open with one token, or from one \
          address without a token: serve.max_subscriptions_per_token)"
     )]
-    TooManyForClient { max: usize },
+    /// `max_subscriptions_per_token` of this client are open.
+    TooManyForClient {
+        /// The limit.
+        max: usize,
+    },
     #[error(
         "position {position} has expired: changes after it are no longer kept (the oldest \
          position to resume from is {oldest}; serve.subscription_retain); subscribe again \
          with snapshot=true"
     )]
-    Expired { position: u64, oldest: u64 },
+    /// Changes after the position were dropped from the log.
+    Expired {
+        /// The position asked for.
+        position: u64,
+        /// The oldest position a client may resume from.
+        oldest: u64,
+    },
     #[error(
         "position {position} was not given by this run (its newest is {head}; positions of a \
          run before a restart are not kept); subscribe again with snapshot=true"
     )]
-    Unknown { position: u64, head: u64 },
+    /// The position is not one of this run's.
+    Unknown {
+        /// The position asked for.
+        position: u64,
+        /// The table's newest position.
+        head: u64,
+    },
     /// The snapshot is over `max_result_rows` or `max_result_mb`.
     #[error("{0}")]
     SnapshotTooLarge(String),
+    /// A bug or an Arrow failure.
     #[error("{0}")]
     Internal(String),
 }
@@ -158,6 +187,7 @@ impl SubscribeError {
 /// What a client asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
+    /// The window or view.
     pub table: String,
     /// A SQL predicate on the table's columns.
     pub filter: Option<String>,
