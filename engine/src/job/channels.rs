@@ -114,6 +114,12 @@ pub(super) struct Failure {
 }
 
 impl Failure {
+    pub(super) fn new() -> Self {
+        Failure {
+            cancel: Arc::new(AtomicBool::new(false)),
+            first: Arc::new(Mutex::new(None)),
+        }
+    }
     pub(super) fn record(&self, e: EngineError) {
         self.cancel.store(true, Ordering::SeqCst);
         if matches!(e, EngineError::Cancelled) {

@@ -20,22 +20,24 @@ mod outputs;
 mod reader;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 pub use crate::api::{
     DeadLetterSink, Decode, JobSpec, MergeOperator, OperatorSpec, PartialWindow, PartitionReader,
     ReaderContext, RunReport, Sink, SinkSpec, SourceSpec, StopHandle, WorkerOperator,
 };
-use crate::checkpoint::{restored_partitions, Epochs, Part, Rendezvous};
+use crate::checkpoint::{restored_partitions, CheckpointSpec, Epochs, Manifest, Part, Rendezvous};
 use crate::clock::{Clocks, WATERMARK_MIN};
 use crate::dead_letter::PartitionInfo;
 use crate::events::Resume;
+use crate::live::LiveSpec;
 use crate::progress::Progress;
-use crate::retry::Retrier;
+use crate::retry::{Retrier, RetryPolicy};
 use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
@@ -44,7 +46,7 @@ use channels::{
     WORKER_QUEUE,
 };
 use coordinator::{live_barriers, Coordinator};
-use merger::{merger_loop, LiveTables, MergerStart};
+use merger::{merger_loop, LiveTables, MergePart, MergerStart};
 use outputs::{sink_error, DeadLetterThread, RejectMsg, SinkThread};
 use reader::read_source;
 use worker::{worker_loop, ExitBarrier, WorkerCtx};
@@ -57,6 +59,80 @@ pub fn run(
     stop: StopHandle,
 ) -> Result<RunReport, EngineError> {
     let started = Instant::now();
+    let n = parallelism(&spec)?;
+    let mut spec = spec;
+    let checkpoint = spec.checkpoint.take();
+    let live = spec.live.take();
+    let mut w = Wiring::new(&spec, n, stats, stop);
+    let start = w.restore(&mut spec, checkpoint.as_ref())?;
+    let (link, rendezvous, parts_rx) = checkpoint_link(
+        n,
+        checkpoint.is_some(),
+        live.is_some(),
+        start.completed_epoch(),
+    );
+    let outputs = Outputs {
+        checkpointing: checkpoint.is_some(),
+        link: link.clone(),
+        start: &start,
+    };
+    // Rows sinks refuse for good go to the dead-letter thread, tagged with their epoch.
+    let (rejects_tx, rejects_rx) = bounded::<RejectMsg>(64);
+    let sink_count = spec.sinks.len();
+    let sink_feeds = sink_feeds(&spec);
+    let sinks = std::mem::take(&mut spec.sinks);
+    let sink_senders = w.start_sinks(sinks, sink_feeds, &outputs, rejects_tx)?;
+    let dead_tx = w.start_dead_letter(
+        (spec.dead_letter, spec.dead_letter_retry),
+        sink_count,
+        &outputs,
+        rejects_rx,
+    )?;
+    let sources = spec.sources;
+    let (merge_parts, worker_parts, op_sources) = split_operators(spec.operators, n);
+    let live_interval = live.as_ref().map(|l| l.interval);
+    let merge_tx = w.start_merger(
+        merge_parts,
+        sink_senders,
+        start.emitted.clone(),
+        link.clone(),
+        live,
+    )?;
+    let worker_senders = w.start_workers(
+        worker_parts,
+        Stages {
+            sources: &sources,
+            op_sources,
+            dead_tx,
+            merge_tx,
+            link: link.clone(),
+            rendezvous,
+        },
+    )?;
+    let dispatcher = Arc::new(Mutex::new(Dispatcher {
+        next: 0,
+        senders: worker_senders,
+        cut: start.cut.clone(),
+        readers_left: sources.len(),
+        checkpointing: checkpoint.is_some(),
+    }));
+    w.start_readers(sources, &dispatcher)?;
+    if let Some(interval) = live_interval {
+        let dispatcher = dispatcher.clone();
+        let failure = w.failure.clone();
+        w.spawn("live-barriers".into(), move || {
+            live_barriers(&dispatcher, interval, &failure)
+        })?;
+    }
+    if let (Some(cp), Some(link)) = (checkpoint, link) {
+        w.start_coordinator(cp, link, parts_rx, &dispatcher, &start, sink_count)?;
+    }
+    drop(dispatcher);
+    w.join(started)
+}
+
+/// The parallelism of `spec`, once every operator has one worker instance per worker.
+fn parallelism(spec: &JobSpec) -> Result<usize, EngineError> {
     let n = spec.parallelism.max(1);
     for op in &spec.operators {
         if op.workers.len() != n {
@@ -67,227 +143,361 @@ pub fn run(
             )));
         }
     }
-    let failure = Failure {
-        cancel: Arc::new(AtomicBool::new(false)),
-        first: Arc::new(Mutex::new(None)),
-    };
-    let clocks = Arc::new(Clocks::new(
-        &spec
-            .sources
-            .iter()
-            .map(|s| (s.partitions, s.max_out_of_orderness_ms))
-            .collect::<Vec<_>>(),
-    ));
-    let mut threads = Vec::new();
-    let handover = Arc::new(AtomicBool::new(false));
+    Ok(n)
+}
 
-    let total_partitions: usize = spec.sources.iter().map(|s| s.partitions).sum();
-    let progress = Arc::new(Progress::new(
-        total_partitions,
-        &spec
-            .operators
-            .iter()
-            .map(|o| o.sinks.len())
-            .collect::<Vec<_>>(),
-    ));
-    // (source, key) of every global partition.
-    let partition_keys: Vec<(String, String)> = spec
-        .sources
-        .iter()
-        .flat_map(|s| {
-            (0..s.partitions).map(move |i| {
-                let key = s
-                    .partition_keys
-                    .get(i)
-                    .cloned()
-                    .unwrap_or_else(|| i.to_string());
-                (s.name.clone(), key)
-            })
-        })
-        .collect();
-    let operator_names: Vec<String> = spec.operators.iter().map(|o| o.name.clone()).collect();
-    let mut spec = spec;
-    let checkpoint = spec.checkpoint.take();
-    let live = spec.live.take();
-    let mut cut: Vec<Option<Resume>> = vec![None; total_partitions];
-    let mut emitted_from: Vec<i64> = vec![WATERMARK_MIN; spec.operators.len()];
-    let mut first_epoch = 0;
-    if let Some(cp) = &checkpoint {
-        stats
-            .checkpoints
-            .interval_ms
-            .store(cp.interval.as_millis() as u64, Ordering::Relaxed);
-        progress.use_checkpoints();
-        if let Some(restored) = &cp.restored {
-            let m = &restored.manifest;
-            first_epoch = m.epoch;
-            let max_future: Vec<Option<i64>> = spec
-                .sources
-                .iter()
-                .flat_map(|s| std::iter::repeat_n(s.max_future_ms, s.partitions))
-                .collect();
-            for (id, (resume, newest)) in restored_partitions(m, &partition_keys) {
-                cut[id] = Some(resume);
-                if newest != WATERMARK_MIN {
-                    clocks.partition(id).restore(newest);
-                }
-                if let (Some(Some(max)), Some((source, key))) =
-                    (max_future.get(id), partition_keys.get(id))
-                {
-                    crate::bounds::warn_if_restored_ahead((source, key), newest, (*max, now_ms()));
-                }
-                progress.record_checkpoint(id, resume.next_offset);
-            }
-            for (i, op) in spec.operators.iter_mut().enumerate() {
-                let Some(j) = m.operators.iter().position(|o| o.name == op.name) else {
-                    continue;
-                };
-                let rec = &m.operators[j];
-                emitted_from[i] = rec.emitted;
-                // the merger takes the state where it holds it (a view); else worker 0
-                let merger_took = op.merge.restore(&restored.operators[j])?;
-                for (w, worker) in op.workers.iter_mut().enumerate() {
-                    let partials = if w == 0 && !merger_took {
-                        restored.operators[j].clone()
-                    } else {
-                        Vec::new()
-                    };
-                    worker.restore(partials, rec.flushed)?;
-                }
-            }
-            stats.restore_counters(&m.counters);
-            tracing::info!(
-                epoch = m.epoch,
-                location = cp.store.location(),
-                "restored from checkpoint"
-            );
-        }
-    }
-    let restored_manifest = checkpoint
-        .as_ref()
-        .and_then(|c| c.restored.as_ref().map(|r| r.manifest.clone()));
-    // Outputs still running; the last one to finish marks the progress final.
-    let outputs_left = Arc::new(std::sync::atomic::AtomicUsize::new(spec.sinks.len() + 1));
-    let output_done = {
-        let progress = progress.clone();
-        let left = outputs_left.clone();
-        move || {
-            if left.fetch_sub(1, Ordering::SeqCst) == 1 {
-                progress.set_finished();
-            }
-        }
-    };
+/// What the threads taking part in checkpoints share (with checkpoints), where workers meet
+/// at barriers (with checkpoints or live snapshots), and where checkpoint parts arrive.
+fn checkpoint_link(
+    n: usize,
+    checkpointing: bool,
+    live: bool,
+    completed_epoch: u64,
+) -> (
+    Option<CheckpointLink>,
+    Option<Arc<Rendezvous>>,
+    Receiver<Part>,
+) {
     let (parts_tx, parts_rx) = crossbeam_channel::unbounded::<Part>();
-    // Workers meet at checkpoint and live barriers.
-    let rendezvous = (checkpoint.is_some() || live.is_some()).then(|| Arc::new(Rendezvous::new(n)));
-    let link = match (&checkpoint, &rendezvous) {
-        (Some(_), Some(r)) => Some(CheckpointLink {
-            parts: parts_tx.clone(),
+    // workers meet at checkpoint and live barriers
+    let rendezvous = (checkpointing || live).then(|| Arc::new(Rendezvous::new(n)));
+    let link = match (checkpointing, &rendezvous) {
+        (true, Some(r)) => Some(CheckpointLink {
+            parts: parts_tx,
             epochs: Arc::new(Epochs::default()),
             rendezvous: r.clone(),
         }),
         _ => None,
     };
     if let Some(l) = &link {
-        l.epochs.completed.store(first_epoch, Ordering::SeqCst);
+        l.epochs.completed.store(completed_epoch, Ordering::SeqCst);
     }
-    drop(parts_tx);
+    (link, rendezvous, parts_rx)
+}
 
-    // Sinks. Each knows, for every operator feeding it, its index among the operator's sinks.
-    let mut sink_feeds: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.sinks.len()];
+/// Per sink, for every operator feeding it: (the operator, the sink's index among the
+/// operator's sinks).
+fn sink_feeds(spec: &JobSpec) -> Vec<Vec<(usize, usize)>> {
+    let mut feeds: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.sinks.len()];
     for (oi, op) in spec.operators.iter().enumerate() {
         for (k, &s) in op.sinks.iter().enumerate() {
-            sink_feeds[s].push((oi, k));
+            feeds[s].push((oi, k));
         }
     }
-    let sink_count = spec.sinks.len();
-    let mut sink_senders = Vec::new();
-    // Rows sinks refuse for good go to the dead-letter thread, tagged with their epoch.
-    let first_epoch = restored_manifest.as_ref().map_or(1, |m| m.epoch + 1);
-    let (rejects_tx, rejects_rx) = bounded::<RejectMsg>(64);
-    let mut rejects_rx = Some(rejects_rx);
-    for (idx, spec_sink) in std::mem::take(&mut spec.sinks).into_iter().enumerate() {
-        let SinkSpec {
-            name,
-            mut sink,
-            retry,
-        } = spec_sink;
-        if checkpoint.is_some() {
-            let from = restored_manifest.as_ref().map(|m| {
-                (
-                    m.epoch,
-                    m.sinks.get(&name).unwrap_or(&serde_json::Value::Null),
-                )
-            });
-            Retrier::new(
-                &format!("sink `{name}`"),
-                retry.clone(),
-                &stats.sink_health[idx],
-                &failure.cancel,
-            )
-            .call("recover", || sink.recover(from))
-            .map_err(|e| sink_error(&name, e))?;
+    feeds
+}
+
+/// Worker instances of each worker, tagged with their operator.
+type WorkerParts = Vec<Vec<(usize, Box<dyn WorkerOperator>)>>;
+
+/// The operators' merge parts (with their sinks), each worker's instances, and each
+/// operator's source.
+fn split_operators(
+    operators: Vec<OperatorSpec>,
+    workers: usize,
+) -> (Vec<MergePart>, WorkerParts, Vec<usize>) {
+    let mut merge_parts = Vec::new();
+    let mut worker_parts: WorkerParts = (0..workers).map(|_| Vec::new()).collect();
+    let mut op_sources = Vec::new();
+    for (oi, op) in operators.into_iter().enumerate() {
+        op_sources.push(op.source);
+        merge_parts.push((op.merge, op.sinks));
+        for (w, inst) in op.workers.into_iter().enumerate() {
+            worker_parts[w].push((oi, inst));
         }
-        let (tx, rx) = bounded::<SinkMsg>(16);
-        sink_senders.push(tx);
-        let output = SinkThread {
-            index: idx,
-            name: name.clone(),
-            sink,
-            feeds: std::mem::take(&mut sink_feeds[idx]),
-            stats: stats.clone(),
-            progress: progress.clone(),
-            link: link.clone(),
-            cancel: failure.cancel.clone(),
-            retry,
-            rejects: rejects_tx.clone(),
-            epoch: first_epoch,
-            rejected_from: Arc::new(PartitionInfo {
-                source: Arc::from(name.as_str()),
-                id: usize::MAX,
-                state_id: usize::MAX,
-                number: 0,
-                topic: None,
-                file: None,
-            }),
-        };
-        let done = output_done.clone();
-        threads.push(spawn(format!("sink-{name}"), &failure, move || {
-            output.run(rx)?;
-            done();
-            Ok(())
-        })?);
+    }
+    (merge_parts, worker_parts, op_sources)
+}
+
+/// Where a run starts: from scratch, or from the checkpoint it restored.
+struct Start {
+    /// Per global partition: where it continues.
+    cut: Vec<Option<Resume>>,
+    /// Per operator: the watermark up to which windows were emitted.
+    emitted: Vec<i64>,
+    /// The manifest of the checkpoint restored.
+    manifest: Option<Manifest>,
+}
+
+impl Start {
+    /// The newest complete checkpoint (0 without one).
+    fn completed_epoch(&self) -> u64 {
+        self.manifest.as_ref().map_or(0, |m| m.epoch)
+    }
+    /// The epoch the outputs' first rows belong to.
+    fn first_epoch(&self) -> u64 {
+        self.manifest.as_ref().map_or(1, |m| m.epoch + 1)
+    }
+}
+
+/// What the output threads start from.
+struct Outputs<'a> {
+    /// Outputs recover from the checkpoint restored (or from none) before they write.
+    checkpointing: bool,
+    link: Option<CheckpointLink>,
+    start: &'a Start,
+}
+
+/// What the workers are wired to.
+struct Stages<'a> {
+    sources: &'a [SourceSpec],
+    /// Per operator, the index of its source.
+    op_sources: Vec<usize>,
+    dead_tx: Sender<DeadMsg>,
+    merge_tx: Sender<MergeInput>,
+    link: Option<CheckpointLink>,
+    rendezvous: Option<Arc<Rendezvous>>,
+}
+
+/// What the threads of one run share, and the threads started so far.
+struct Wiring {
+    workers: usize,
+    stats: Arc<RunStats>,
+    failure: Failure,
+    clocks: Arc<Clocks>,
+    progress: Arc<Progress>,
+    /// (source, key) of every global partition.
+    partition_keys: Vec<(String, String)>,
+    operator_names: Vec<String>,
+    stop: StopHandle,
+    /// Set by a reader giving its partitions up (see [`ReaderContext::handover`]).
+    handover: Arc<AtomicBool>,
+    /// Outputs still running; the last one to finish marks the progress final.
+    outputs_left: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Wiring {
+    fn new(spec: &JobSpec, workers: usize, stats: Arc<RunStats>, stop: StopHandle) -> Self {
+        let clocks = Arc::new(Clocks::new(
+            &spec
+                .sources
+                .iter()
+                .map(|s| (s.partitions, s.max_out_of_orderness_ms))
+                .collect::<Vec<_>>(),
+        ));
+        let total_partitions: usize = spec.sources.iter().map(|s| s.partitions).sum();
+        let progress = Arc::new(Progress::new(
+            total_partitions,
+            &spec
+                .operators
+                .iter()
+                .map(|o| o.sinks.len())
+                .collect::<Vec<_>>(),
+        ));
+        let partition_keys = spec
+            .sources
+            .iter()
+            .flat_map(|s| {
+                (0..s.partitions).map(move |i| {
+                    let key = s
+                        .partition_keys
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| i.to_string());
+                    (s.name.clone(), key)
+                })
+            })
+            .collect();
+        Wiring {
+            workers,
+            stats,
+            failure: Failure::new(),
+            clocks,
+            progress,
+            partition_keys,
+            operator_names: spec.operators.iter().map(|o| o.name.clone()).collect(),
+            stop,
+            handover: Arc::new(AtomicBool::new(false)),
+            outputs_left: Arc::new(AtomicUsize::new(spec.sinks.len() + 1)),
+            threads: Vec::new(),
+        }
     }
 
-    drop(rejects_tx);
-
-    // Dead letters.
-    let (dead_tx, dead_rx) = bounded::<DeadMsg>(64);
+    /// Starts a thread of the run; its error stops the run.
+    fn spawn<F>(&mut self, name: String, f: F) -> Result<(), EngineError>
+    where
+        F: FnOnce() -> Result<(), EngineError> + Send + 'static,
     {
-        let rejects_rx = rejects_rx
-            .take()
-            .ok_or_else(|| EngineError::Internal("the sinks' rejection channel is gone".into()))?;
-        let sinks = sink_count;
-        let mut sink = spec.dead_letter;
-        let retry = spec.dead_letter_retry;
-        if checkpoint.is_some() {
-            let from = restored_manifest
+        self.threads.push(spawn(name, &self.failure, f)?);
+        Ok(())
+    }
+
+    /// Called by each output once it finished: the last one marks the progress final.
+    fn output_done(&self) -> impl Fn() + Send + Clone + 'static {
+        let progress = self.progress.clone();
+        let left = self.outputs_left.clone();
+        move || {
+            if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+                progress.set_finished();
+            }
+        }
+    }
+
+    /// With checkpoints: restores the checkpoint `checkpoint` holds, if any, into the clocks,
+    /// progress, counters and operators, and says where the run starts.
+    fn restore(
+        &self,
+        spec: &mut JobSpec,
+        checkpoint: Option<&CheckpointSpec>,
+    ) -> Result<Start, EngineError> {
+        let mut start = Start {
+            cut: vec![None; self.partition_keys.len()],
+            emitted: vec![WATERMARK_MIN; spec.operators.len()],
+            manifest: None,
+        };
+        let Some(cp) = checkpoint else {
+            return Ok(start);
+        };
+        self.stats
+            .checkpoints
+            .interval_ms
+            .store(cp.interval.as_millis() as u64, Ordering::Relaxed);
+        self.progress.use_checkpoints();
+        let Some(restored) = &cp.restored else {
+            return Ok(start);
+        };
+        let m = &restored.manifest;
+        let max_future: Vec<Option<i64>> = spec
+            .sources
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s.max_future_ms, s.partitions))
+            .collect();
+        for (id, (resume, newest)) in restored_partitions(m, &self.partition_keys) {
+            start.cut[id] = Some(resume);
+            if newest != WATERMARK_MIN {
+                self.clocks.partition(id).restore(newest);
+            }
+            if let (Some(Some(max)), Some((source, key))) =
+                (max_future.get(id), self.partition_keys.get(id))
+            {
+                crate::bounds::warn_if_restored_ahead((source, key), newest, (*max, now_ms()));
+            }
+            self.progress.record_checkpoint(id, resume.next_offset);
+        }
+        for (i, op) in spec.operators.iter_mut().enumerate() {
+            let Some(j) = m.operators.iter().position(|o| o.name == op.name) else {
+                continue;
+            };
+            let rec = &m.operators[j];
+            start.emitted[i] = rec.emitted;
+            // the merger takes the state where it holds it (a view); else worker 0
+            let merger_took = op.merge.restore(&restored.operators[j])?;
+            for (w, worker) in op.workers.iter_mut().enumerate() {
+                let partials = if w == 0 && !merger_took {
+                    restored.operators[j].clone()
+                } else {
+                    Vec::new()
+                };
+                worker.restore(partials, rec.flushed)?;
+            }
+        }
+        self.stats.restore_counters(&m.counters);
+        tracing::info!(
+            epoch = m.epoch,
+            location = cp.store.location(),
+            "restored from checkpoint"
+        );
+        start.manifest = Some(m.clone());
+        Ok(start)
+    }
+
+    /// Recovers every sink (with checkpoints) and starts its thread; returns the senders of
+    /// their rows.
+    fn start_sinks(
+        &mut self,
+        sinks: Vec<SinkSpec>,
+        mut feeds: Vec<Vec<(usize, usize)>>,
+        outputs: &Outputs,
+        rejects: Sender<RejectMsg>,
+    ) -> Result<Vec<Sender<SinkMsg>>, EngineError> {
+        let mut senders = Vec::new();
+        for (idx, spec_sink) in sinks.into_iter().enumerate() {
+            let SinkSpec {
+                name,
+                mut sink,
+                retry,
+            } = spec_sink;
+            if outputs.checkpointing {
+                let from = outputs.start.manifest.as_ref().map(|m| {
+                    (
+                        m.epoch,
+                        m.sinks.get(&name).unwrap_or(&serde_json::Value::Null),
+                    )
+                });
+                Retrier::new(
+                    &format!("sink `{name}`"),
+                    retry.clone(),
+                    &self.stats.sink_health[idx],
+                    &self.failure.cancel,
+                )
+                .call("recover", || sink.recover(from))
+                .map_err(|e| sink_error(&name, e))?;
+            }
+            let (tx, rx) = bounded::<SinkMsg>(16);
+            senders.push(tx);
+            let output = SinkThread {
+                index: idx,
+                name: name.clone(),
+                sink,
+                feeds: std::mem::take(&mut feeds[idx]),
+                stats: self.stats.clone(),
+                progress: self.progress.clone(),
+                link: outputs.link.clone(),
+                cancel: self.failure.cancel.clone(),
+                retry,
+                rejects: rejects.clone(),
+                epoch: outputs.start.first_epoch(),
+                rejected_from: Arc::new(PartitionInfo {
+                    source: Arc::from(name.as_str()),
+                    id: usize::MAX,
+                    state_id: usize::MAX,
+                    number: 0,
+                    topic: None,
+                    file: None,
+                }),
+            };
+            let done = self.output_done();
+            self.spawn(format!("sink-{name}"), move || {
+                output.run(rx)?;
+                done();
+                Ok(())
+            })?;
+        }
+        Ok(senders)
+    }
+
+    /// Recovers the dead-letter output (with checkpoints) and starts its thread, which also
+    /// takes the rows the `sinks` sinks refuse; returns the sender of the workers' records.
+    fn start_dead_letter(
+        &mut self,
+        (mut sink, retry): (Box<dyn DeadLetterSink>, RetryPolicy),
+        sinks: usize,
+        outputs: &Outputs,
+        rejects: Receiver<RejectMsg>,
+    ) -> Result<Sender<DeadMsg>, EngineError> {
+        let (dead_tx, dead_rx) = bounded::<DeadMsg>(64);
+        if outputs.checkpointing {
+            let from = outputs
+                .start
+                .manifest
                 .as_ref()
                 .map(|m| (m.epoch, &m.dead_letter));
             Retrier::new(
                 "dead-letter output",
                 retry.clone(),
-                &stats.dead_letter_health,
-                &failure.cancel,
+                &self.stats.dead_letter_health,
+                &self.failure.cancel,
             )
             .call("recover", || sink.recover(from))?;
         }
-        let stats = stats.clone();
-        let progress = progress.clone();
-        let done = output_done.clone();
-        let link = link.clone();
-        let cancel = failure.cancel.clone();
-        threads.push(spawn("dead-letter".into(), &failure, move || {
+        let stats = self.stats.clone();
+        let progress = self.progress.clone();
+        let done = self.output_done();
+        let link = outputs.link.clone();
+        let cancel = self.failure.cancel.clone();
+        let first_epoch = outputs.start.first_epoch();
+        self.spawn("dead-letter".into(), move || {
             DeadLetterThread {
                 sink,
                 retrier: Retrier::new(
@@ -305,152 +515,153 @@ pub fn run(
                 later: Default::default(),
                 sinks_open: true,
             }
-            .run(dead_rx, rejects_rx)?;
+            .run(dead_rx, rejects)?;
             done();
             Ok(())
-        })?);
+        })?;
+        Ok(dead_tx)
     }
 
-    // Merger.
-    let (merge_tx, merge_rx) = bounded::<MergeInput>(64 * n);
-    let mut merge_parts = Vec::new();
-    let mut worker_parts: Vec<Vec<(usize, Box<dyn WorkerOperator>)>> =
-        (0..n).map(|_| Vec::new()).collect();
-    let mut op_sources = Vec::new();
-    for (oi, op) in spec.operators.into_iter().enumerate() {
-        op_sources.push(op.source);
-        merge_parts.push((op.merge, op.sinks));
-        for (w, inst) in op.workers.into_iter().enumerate() {
-            worker_parts[w].push((oi, inst));
-        }
-    }
-    let live_interval = live.as_ref().map(|l| l.interval);
-    {
-        let failure2 = failure.clone();
-        let stats = stats.clone();
-        let link = link.clone();
-        let live = live.map(|l| LiveTables::new(l.state, &partition_keys, clocks.clone()));
-        threads.push(spawn("merger".into(), &failure, move || {
+    /// Starts the merger (and publishes the first live snapshot); returns the sender of the
+    /// workers' hand-overs.
+    fn start_merger(
+        &mut self,
+        ops: Vec<MergePart>,
+        sinks: Vec<Sender<SinkMsg>>,
+        emitted: Vec<i64>,
+        link: Option<CheckpointLink>,
+        live: Option<LiveSpec>,
+    ) -> Result<Sender<MergeInput>, EngineError> {
+        let n = self.workers;
+        let (merge_tx, merge_rx) = bounded::<MergeInput>(64 * n);
+        let failure = self.failure.clone();
+        let stats = self.stats.clone();
+        let live =
+            live.map(|l| LiveTables::new(l.state, &self.partition_keys, self.clocks.clone()));
+        self.spawn("merger".into(), move || {
             merger_loop(
                 merge_rx,
-                merge_parts,
-                sink_senders,
+                ops,
+                sinks,
                 MergerStart {
                     workers: n,
-                    emitted: emitted_from,
+                    emitted,
                     link,
                     live,
                 },
                 &stats,
-                &failure2,
+                &failure,
             )
-        })?);
+        })?;
+        Ok(merge_tx)
     }
 
-    // Workers.
-    let decoders: Arc<Vec<Arc<dyn Decode>>> =
-        Arc::new(spec.sources.iter().map(|s| s.decoder.clone()).collect());
-    let max_future: Arc<Vec<Option<i64>>> =
-        Arc::new(spec.sources.iter().map(|s| s.max_future_ms).collect());
-    let mut worker_senders = Vec::new();
-    let input_done = Arc::new(ExitBarrier::new(n));
-    for (w, ops) in worker_parts.into_iter().enumerate() {
-        let (tx, rx) = bounded::<WorkerMsg>(WORKER_QUEUE);
-        worker_senders.push(tx);
-        let ctx = WorkerCtx {
-            index: w,
-            decoders: decoders.clone(),
-            max_future: max_future.clone(),
-            clocks: clocks.clone(),
-            stats: stats.clone(),
-            dead_tx: dead_tx.clone(),
-            merge_tx: merge_tx.clone(),
-            failure: failure.clone(),
-            op_sources: op_sources.clone(),
-            input_done: input_done.clone(),
-            progress: progress.clone(),
-            link: link.clone(),
-            rendezvous: rendezvous.clone(),
-        };
-        threads.push(spawn(format!("worker-{w}"), &failure, move || {
-            worker_loop(rx, ops, ctx)
-        })?);
-    }
-    drop(dead_tx);
-    drop(merge_tx);
-
-    // Readers.
-    let dispatcher = Arc::new(Mutex::new(Dispatcher {
-        next: 0,
-        senders: worker_senders,
-        cut,
-        readers_left: spec.sources.len(),
-        checkpointing: checkpoint.is_some(),
-    }));
-    for source in spec.sources {
-        let dispatcher = dispatcher.clone();
-        let ctx = ReaderContext {
-            clocks: clocks.clone(),
-            stop: stop.0.clone(),
-            progress: progress.clone(),
-            stats: stats.clone(),
-            handover: handover.clone(),
-            cancel: failure.cancel.clone(),
-        };
-        let failure2 = failure.clone();
-        let reader = source.reader;
-        let name = source.name.clone();
-        threads.push(spawn(format!("source-{name}"), &failure, move || {
-            read_source(reader, &dispatcher, &ctx, &failure2)
-        })?);
-    }
-
-    // Live barriers.
-    if let Some(interval) = live_interval {
-        let dispatcher = dispatcher.clone();
-        let failure2 = failure.clone();
-        threads.push(spawn("live-barriers".into(), &failure, move || {
-            live_barriers(&dispatcher, interval, &failure2)
-        })?);
-    }
-
-    // Checkpoints.
-    if let (Some(cp), Some(link)) = (checkpoint, link) {
-        let coordinator = Coordinator {
-            spec: cp,
-            dispatcher: dispatcher.clone(),
-            parts: parts_rx,
-            expected: n + 2 + sink_count + 1,
-            epochs: link.epochs.clone(),
-            progress: progress.clone(),
-            stats: stats.clone(),
-            operator_names,
-            partition_keys,
-            epoch: first_epoch,
-            handover,
-            stop: stop.0.clone(),
-        };
-        let failure2 = failure.clone();
-        threads.push(spawn("checkpoints".into(), &failure, move || {
-            coordinator.run(&failure2)
-        })?);
-    }
-    drop(dispatcher);
-
-    for t in threads {
-        let _ = t.join();
-    }
-    if let Ok(mut first) = failure.first.lock() {
-        if let Some(e) = first.take() {
-            return Err(e);
+    /// Starts the workers; returns the senders of their queues.
+    fn start_workers(
+        &mut self,
+        parts: WorkerParts,
+        to: Stages,
+    ) -> Result<Vec<Sender<WorkerMsg>>, EngineError> {
+        let decoders: Arc<Vec<Arc<dyn Decode>>> =
+            Arc::new(to.sources.iter().map(|s| s.decoder.clone()).collect());
+        let max_future: Arc<Vec<Option<i64>>> =
+            Arc::new(to.sources.iter().map(|s| s.max_future_ms).collect());
+        let mut senders = Vec::new();
+        let input_done = Arc::new(ExitBarrier::new(self.workers));
+        for (w, ops) in parts.into_iter().enumerate() {
+            let (tx, rx) = bounded::<WorkerMsg>(WORKER_QUEUE);
+            senders.push(tx);
+            let ctx = WorkerCtx {
+                index: w,
+                decoders: decoders.clone(),
+                max_future: max_future.clone(),
+                clocks: self.clocks.clone(),
+                stats: self.stats.clone(),
+                dead_tx: to.dead_tx.clone(),
+                merge_tx: to.merge_tx.clone(),
+                failure: self.failure.clone(),
+                op_sources: to.op_sources.clone(),
+                input_done: input_done.clone(),
+                progress: self.progress.clone(),
+                link: to.link.clone(),
+                rendezvous: to.rendezvous.clone(),
+            };
+            self.spawn(format!("worker-{w}"), move || worker_loop(rx, ops, ctx))?;
         }
+        Ok(senders)
     }
-    if failure.cancel.load(Ordering::SeqCst) {
-        return Err(EngineError::Internal(
-            "the run was cancelled without a recorded error".into(),
-        ));
+
+    /// Starts a reader thread per source.
+    fn start_readers(
+        &mut self,
+        sources: Vec<SourceSpec>,
+        dispatcher: &Arc<Mutex<Dispatcher>>,
+    ) -> Result<(), EngineError> {
+        for source in sources {
+            let dispatcher = dispatcher.clone();
+            let ctx = ReaderContext {
+                clocks: self.clocks.clone(),
+                stop: self.stop.0.clone(),
+                progress: self.progress.clone(),
+                stats: self.stats.clone(),
+                handover: self.handover.clone(),
+                cancel: self.failure.cancel.clone(),
+            };
+            let failure = self.failure.clone();
+            let reader = source.reader;
+            self.spawn(format!("source-{}", source.name), move || {
+                read_source(reader, &dispatcher, &ctx, &failure)
+            })?;
+        }
+        Ok(())
     }
-    Ok(RunReport {
-        elapsed: started.elapsed(),
-    })
+
+    /// Starts the checkpoint coordinator.
+    fn start_coordinator(
+        &mut self,
+        spec: CheckpointSpec,
+        link: CheckpointLink,
+        parts: Receiver<Part>,
+        dispatcher: &Arc<Mutex<Dispatcher>>,
+        start: &Start,
+        sinks: usize,
+    ) -> Result<(), EngineError> {
+        let coordinator = Coordinator {
+            spec,
+            dispatcher: dispatcher.clone(),
+            parts,
+            // workers, worker 0's clocks, the merger, sinks, dead letters
+            expected: self.workers + 2 + sinks + 1,
+            epochs: link.epochs.clone(),
+            progress: self.progress.clone(),
+            stats: self.stats.clone(),
+            operator_names: self.operator_names.clone(),
+            partition_keys: self.partition_keys.clone(),
+            epoch: start.first_epoch(),
+            handover: self.handover.clone(),
+            stop: self.stop.0.clone(),
+        };
+        let failure = self.failure.clone();
+        self.spawn("checkpoints".into(), move || coordinator.run(&failure))
+    }
+
+    /// Waits for every thread; the run's first error, if any.
+    fn join(self, started: Instant) -> Result<RunReport, EngineError> {
+        for t in self.threads {
+            let _ = t.join();
+        }
+        if let Ok(mut first) = self.failure.first.lock() {
+            if let Some(e) = first.take() {
+                return Err(e);
+            }
+        }
+        if self.failure.cancel.load(Ordering::SeqCst) {
+            return Err(EngineError::Internal(
+                "the run was cancelled without a recorded error".into(),
+            ));
+        }
+        Ok(RunReport {
+            elapsed: started.elapsed(),
+        })
+    }
 }
