@@ -47,7 +47,7 @@ use channels::{
 };
 use coordinator::{live_barriers, Coordinator};
 use merger::{merger_loop, LiveTables, MergePart, MergerStart};
-use outputs::{sink_error, DeadLetterThread, RejectMsg, SinkThread};
+use outputs::{DeadLetterThread, RejectMsg, SinkThread};
 use reader::read_source;
 use worker::{worker_loop, ExitBarrier, WorkerCtx};
 
@@ -425,14 +425,13 @@ impl Wiring {
                         m.sinks.get(&name).unwrap_or(&serde_json::Value::Null),
                     )
                 });
-                Retrier::new(
+                let retrier = Retrier::new(
                     &format!("sink `{name}`"),
                     retry.clone(),
                     &self.stats.sink_health[idx],
                     &self.failure.cancel,
-                )
-                .call("recover", || sink.recover(from))
-                .map_err(|e| sink_error(&name, e))?;
+                );
+                sink = outputs::recover(sink, retrier, Some(&name), from)?;
             }
             let (tx, rx) = bounded::<SinkMsg>(16);
             senders.push(tx);
@@ -483,39 +482,27 @@ impl Wiring {
                 .manifest
                 .as_ref()
                 .map(|m| (m.epoch, &m.dead_letter));
-            Retrier::new(
+            let retrier = Retrier::new(
                 "dead-letter output",
                 retry.clone(),
                 &self.stats.dead_letter_health,
                 &self.failure.cancel,
-            )
-            .call("recover", || sink.recover(from))?;
+            );
+            sink = outputs::recover(sink, retrier, None, from)?;
         }
-        let stats = self.stats.clone();
-        let progress = self.progress.clone();
+        let output = DeadLetterThread {
+            sink,
+            retry,
+            stats: self.stats.clone(),
+            progress: self.progress.clone(),
+            link: outputs.link.clone(),
+            cancel: self.failure.cancel.clone(),
+            epoch: outputs.start.first_epoch(),
+            sinks,
+        };
         let done = self.output_done();
-        let link = outputs.link.clone();
-        let cancel = self.failure.cancel.clone();
-        let first_epoch = outputs.start.first_epoch();
         self.spawn("dead-letter".into(), move || {
-            DeadLetterThread {
-                sink,
-                retrier: Retrier::new(
-                    "dead-letter output",
-                    retry,
-                    &stats.dead_letter_health,
-                    &cancel,
-                ),
-                stats: &stats,
-                progress: &progress,
-                link,
-                cancel: &cancel,
-                epoch: first_epoch,
-                passed: vec![first_epoch - 1; sinks],
-                later: Default::default(),
-                sinks_open: true,
-            }
-            .run(dead_rx, rejects)?;
+            output.run(dead_rx, rejects)?;
             done();
             Ok(())
         })?;

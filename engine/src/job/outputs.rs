@@ -1,5 +1,10 @@
-//! The output threads: one per sink, and the dead-letter thread.
+//! The output threads: one per sink, and the dead-letter thread. Both follow one commit
+//! lifecycle ([`run_output`]): write what arrives; without checkpoints, flush every
+//! [`DURABLE_EVERY`] and report what became durable; with checkpoints, pre-commit at each
+//! barrier, commit each epoch once its checkpoint is complete, and at the end commit the
+//! last one; then finish the output.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +47,195 @@ pub(super) fn window_end_runs(batch: &RecordBatch, out: &mut Vec<(i64, u64)>) {
     }
 }
 
+/// The commit lifecycle [`Sink`] and [`DeadLetterSink`] share.
+pub(super) trait Committable: Send {
+    fn flush(&mut self) -> Result<bool, EngineError>;
+    fn finish(&mut self) -> Result<(), EngineError>;
+    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError>;
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError>;
+    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError>;
+}
+
+impl Committable for Box<dyn Sink> {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        Sink::flush(&mut **self)
+    }
+    fn finish(&mut self) -> Result<(), EngineError> {
+        Sink::finish(&mut **self)
+    }
+    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
+        Sink::pre_commit(&mut **self, epoch)
+    }
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
+        Sink::commit(&mut **self, epoch)
+    }
+    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        Sink::recover(&mut **self, from)
+    }
+}
+
+impl Committable for Box<dyn DeadLetterSink> {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        DeadLetterSink::flush(&mut **self)
+    }
+    fn finish(&mut self) -> Result<(), EngineError> {
+        DeadLetterSink::finish(&mut **self)
+    }
+    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
+        DeadLetterSink::pre_commit(&mut **self, epoch)
+    }
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
+        DeadLetterSink::commit(&mut **self, epoch)
+    }
+    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        DeadLetterSink::recover(&mut **self, from)
+    }
+}
+
+/// An output with the retrier its calls go through.
+pub(super) struct Output<'a, O> {
+    pub(super) inner: O,
+    retrier: Retrier<'a>,
+    /// A sink's name, which its errors are named after (the dead-letter output's errors
+    /// stay as they are).
+    sink: Option<String>,
+}
+
+impl<'a, O: Committable> Output<'a, O> {
+    pub(super) fn new(inner: O, retrier: Retrier<'a>, sink: Option<&str>) -> Self {
+        Output {
+            inner,
+            retrier,
+            sink: sink.map(str::to_string),
+        }
+    }
+
+    /// Calls the output through the retrier.
+    pub(super) fn call<T>(
+        &mut self,
+        what: &str,
+        mut call: impl FnMut(&mut O) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let inner = &mut self.inner;
+        let result = self.retrier.call(what, || call(inner));
+        match &self.sink {
+            Some(name) => result.map_err(|e| sink_error(name, e)),
+            None => result,
+        }
+    }
+
+    /// Pre-commits `epoch` (at its barrier) and returns what committing it needs.
+    fn pre_commit(
+        &mut self,
+        epoch: u64,
+        commits: &mut Commits,
+    ) -> Result<serde_json::Value, EngineError> {
+        let info = self.call("pre-commit", |o| o.pre_commit(epoch))?;
+        commits.pre_committed = epoch;
+        Ok(info)
+    }
+}
+
+/// Before a checkpointed run writes: has the output finish the commits a crash interrupted
+/// (see [`Sink::recover`]), retried as its other calls.
+pub(super) fn recover<O: Committable>(
+    output: O,
+    retrier: Retrier<'_>,
+    sink: Option<&str>,
+    from: Option<(u64, &serde_json::Value)>,
+) -> Result<O, EngineError> {
+    let mut out = Output::new(output, retrier, sink);
+    out.call("recover", |o| o.recover(from))?;
+    Ok(out.inner)
+}
+
+/// The two-phase-commit state of an output: the epochs it pre-committed and committed.
+#[derive(Default)]
+pub(super) struct Commits {
+    pub(super) pre_committed: u64,
+    pub(super) committed: u64,
+}
+
+impl Commits {
+    /// The epoch to commit now, if a pre-committed one became complete.
+    fn due(&self, link: &CheckpointLink) -> Option<u64> {
+        let complete = link.epochs.completed.load(Ordering::SeqCst);
+        let upto = complete.min(self.pre_committed);
+        (upto > self.committed).then_some(upto)
+    }
+
+    /// At the end of the input: waits until the checkpoint holding the last pre-committed
+    /// rows is complete, and returns the epoch to commit.
+    fn wait_last(
+        &self,
+        link: &CheckpointLink,
+        cancel: &AtomicBool,
+    ) -> Result<Option<u64>, EngineError> {
+        while link.epochs.completed.load(Ordering::SeqCst) < self.pre_committed {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(self.due(link))
+    }
+}
+
+/// What an output thread adds to the lifecycle [`run_output`] drives: the input it takes
+/// and writes, and what follows a flush, a commit and the end.
+pub(super) trait OutputThread<'a> {
+    type Output: Committable;
+    fn output(&mut self) -> &mut Output<'a, Self::Output>;
+    /// Takes the next input, waiting at most a [`TICK`], and handles it; at a barrier,
+    /// pre-commits its epoch (see [`Output::pre_commit`]). `false` once the input ended.
+    fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError>;
+    /// Without checkpoints: whether a flush has progress to report.
+    fn awaits_flush(&self) -> bool;
+    /// After a flush, which made everything written so far durable when `durable`.
+    fn flushed(&mut self, durable: bool) -> Result<(), EngineError>;
+    /// After epoch `commits.committed` was committed; `at_end` for the last commit, once the
+    /// input ended.
+    fn committed(&mut self, commits: &Commits, at_end: bool) -> Result<(), EngineError>;
+    /// After the output finished.
+    fn finished(&mut self) -> Result<(), EngineError>;
+}
+
+/// The lifecycle of an output thread: [`OutputThread::step`] until the input ends; after
+/// each step, with checkpoints (`link`), commits the epoch whose checkpoint became
+/// complete, and without, flushes every [`DURABLE_EVERY`] when there is progress to
+/// report. At the end: waits for the checkpoint of the last barrier and commits it, then
+/// finishes the output.
+pub(super) fn run_output<'a, T: OutputThread<'a>>(
+    mut thread: T,
+    link: Option<&CheckpointLink>,
+    cancel: &AtomicBool,
+) -> Result<(), EngineError> {
+    let mut commits = Commits::default();
+    let mut last_flush = Instant::now();
+    while thread.step(&mut commits)? {
+        if let Some(link) = link {
+            if let Some(epoch) = commits.due(link) {
+                thread.output().call("commit", |o| o.commit(epoch))?;
+                commits.committed = epoch;
+                thread.committed(&commits, false)?;
+            }
+        } else if last_flush.elapsed() >= DURABLE_EVERY && thread.awaits_flush() {
+            let durable = thread.output().call("flush", |o| o.flush())?;
+            thread.flushed(durable)?;
+            last_flush = Instant::now();
+        }
+    }
+    if let Some(link) = link {
+        if let Some(epoch) = commits.wait_last(link, cancel)? {
+            thread.output().call("commit", |o| o.commit(epoch))?;
+            commits.committed = epoch;
+            thread.committed(&commits, true)?;
+        }
+    }
+    thread.output().call("finish", |o| o.finish())?;
+    thread.finished()
+}
+
 /// A sink's thread: writes rows; without checkpoints, every [`DURABLE_EVERY`] flushes the
 /// sink and reports how far each feeding operator's rows are durable; with checkpoints,
 /// pre-commits at barriers and commits complete checkpoints.
@@ -58,132 +252,134 @@ pub(super) struct SinkThread {
     pub(super) retry: RetryPolicy,
     /// Where rows the sink refused for good go (the dead-letter thread).
     pub(super) rejects: Sender<RejectMsg>,
-    /// The epoch rows belong to now (the last barrier's + 1).
+    /// The epoch the first rows belong to.
     pub(super) epoch: u64,
     /// The origin of this sink's rejected rows in dead letters.
     pub(super) rejected_from: Arc<PartitionInfo>,
 }
 
-/// The two-phase-commit state of an output: the epochs it pre-committed and committed.
-#[derive(Default)]
-pub(super) struct Commits {
-    pub(super) pre_committed: u64,
-    pub(super) committed: u64,
-    /// (epoch, rows written before its barrier) of the epochs pre-committed and not
-    /// committed yet.
-    pub(super) rows: Vec<(u64, u64)>,
-}
-
-impl Commits {
-    /// The epoch to commit now, if a pre-committed one became complete.
-    pub(super) fn due(&self, link: &CheckpointLink) -> Option<u64> {
-        let complete = link.epochs.completed.load(Ordering::SeqCst);
-        let upto = complete.min(self.pre_committed);
-        (upto > self.committed).then_some(upto)
-    }
-
-    /// At the end of the input: waits until the checkpoint holding the last pre-committed
-    /// rows is complete, and returns the epoch to commit.
-    pub(super) fn wait_last(
-        &self,
-        link: &CheckpointLink,
-        cancel: &AtomicBool,
-    ) -> Result<Option<u64>, EngineError> {
-        while link.epochs.completed.load(Ordering::SeqCst) < self.pre_committed {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(EngineError::Cancelled);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(self.due(link))
-    }
-}
-
 impl SinkThread {
-    pub(super) fn run(mut self, rx: Receiver<SinkMsg>) -> Result<(), EngineError> {
-        let mut sent_upto: Vec<Option<(i64, Vec<u64>)>> = vec![None; self.feeds.len()];
-        let mut last_flush = Instant::now();
-        let mut commits = Commits::default();
-        // (window end, rows) written and not acknowledged yet, for the latency histogram
-        let mut unacked: Vec<(i64, u64)> = Vec::new();
-        let mut pending_ack: Vec<(u64, Vec<(i64, u64)>)> = Vec::new();
+    pub(super) fn run(self, rx: Receiver<SinkMsg>) -> Result<(), EngineError> {
         let (stats, cancel) = (self.stats.clone(), self.cancel.clone());
-        let mut retrier = Retrier::new(
+        let retrier = Retrier::new(
             &format!("sink `{}`", self.name),
-            self.retry.clone(),
+            self.retry,
             &stats.sink_health[self.index],
             &cancel,
         );
-        loop {
-            match rx.recv_timeout(TICK) {
-                Ok(SinkMsg::Rows(batch)) => {
-                    let sink = &mut self.sink;
-                    retrier
-                        .call("write", || sink.write(&batch))
-                        .map_err(|e| self.error(e))?;
-                    self.forward_rejected()?;
-                    RunStats::add(
-                        &self.stats.rows_written[self.index].value,
-                        batch.num_rows() as u64,
-                    );
-                    window_end_runs(&batch, &mut unacked);
-                }
-                Ok(SinkMsg::Upto { op, upto, covered }) => {
-                    if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
-                        sent_upto[i] = Some((upto, covered));
-                    }
-                }
-                Ok(SinkMsg::Barrier(epoch)) => {
-                    self.pre_commit(epoch, &mut commits, &mut retrier)?;
-                    commits.rows.push((epoch, self.written()));
-                    // rows up to the barrier become visible when its checkpoint commits
-                    pending_ack.push((epoch, std::mem::take(&mut unacked)));
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            if let Some(link) = &self.link {
-                if let Some(epoch) = commits.due(link) {
-                    let sink = &mut self.sink;
-                    retrier
-                        .call("commit", || sink.commit(epoch))
-                        .map_err(|e| sink_error(&self.name, e))?;
-                    commits.committed = epoch;
-                    self.committed_rows(&mut commits);
-                    self.forward_rejected()?;
-                    let (acked, rest): (Vec<_>, Vec<_>) =
-                        pending_ack.drain(..).partition(|(e, _)| *e <= epoch);
-                    pending_ack = rest;
-                    self.acknowledged(acked.into_iter().flat_map(|(_, rows)| rows));
-                }
-            } else if last_flush.elapsed() >= DURABLE_EVERY && sent_upto.iter().any(Option::is_some)
-            {
-                let sink = &mut self.sink;
-                let durable = retrier
-                    .call("flush", || sink.flush())
-                    .map_err(|e| sink_error(&self.name, e))?;
+        let out = Output::new(self.sink, retrier, Some(&self.name));
+        let link = self.link.clone();
+        let state = SinkState {
+            sent_upto: vec![None; self.feeds.len()],
+            out,
+            rx,
+            index: self.index,
+            name: self.name,
+            feeds: self.feeds,
+            stats: &stats,
+            progress: &self.progress,
+            link: self.link,
+            rejects: self.rejects,
+            epoch: self.epoch,
+            rejected_from: self.rejected_from,
+            rows: Vec::new(),
+            unacked: Vec::new(),
+            pending_ack: Vec::new(),
+        };
+        run_output(state, link.as_ref(), &cancel)
+    }
+}
+
+/// A running sink thread.
+struct SinkState<'a> {
+    out: Output<'a, Box<dyn Sink>>,
+    rx: Receiver<SinkMsg>,
+    index: usize,
+    name: String,
+    feeds: Vec<(usize, usize)>,
+    stats: &'a RunStats,
+    progress: &'a Progress,
+    link: Option<CheckpointLink>,
+    rejects: Sender<RejectMsg>,
+    /// The epoch rows belong to now (the last barrier's + 1).
+    epoch: u64,
+    rejected_from: Arc<PartitionInfo>,
+    /// Per feed: how far its operator's rows were sent, since the last report.
+    sent_upto: Vec<Option<(i64, Vec<u64>)>>,
+    /// (epoch, rows written before its barrier) of the epochs pre-committed and not
+    /// committed yet.
+    rows: Vec<(u64, u64)>,
+    /// (window end, rows) written and not acknowledged yet, for the latency histogram.
+    unacked: Vec<(i64, u64)>,
+    /// Per pre-committed epoch, its rows not acknowledged yet.
+    pending_ack: Vec<(u64, Vec<(i64, u64)>)>,
+}
+
+impl<'a> OutputThread<'a> for SinkState<'a> {
+    type Output = Box<dyn Sink>;
+
+    fn output(&mut self) -> &mut Output<'a, Box<dyn Sink>> {
+        &mut self.out
+    }
+
+    fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError> {
+        match self.rx.recv_timeout(TICK) {
+            Ok(SinkMsg::Rows(batch)) => {
+                self.out.call("write", |s| s.write(&batch))?;
                 self.forward_rejected()?;
-                if durable {
-                    self.report(&mut sent_upto);
-                    self.acknowledged(unacked.drain(..));
+                RunStats::add(
+                    &self.stats.rows_written[self.index].value,
+                    batch.num_rows() as u64,
+                );
+                window_end_runs(&batch, &mut self.unacked);
+            }
+            Ok(SinkMsg::Upto { op, upto, covered }) => {
+                if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
+                    self.sent_upto[i] = Some((upto, covered));
                 }
-                last_flush = Instant::now();
             }
-        }
-        if let Some(link) = &self.link {
-            if let Some(epoch) = commits.wait_last(link, &self.cancel)? {
-                let sink = &mut self.sink;
-                retrier
-                    .call("commit", || sink.commit(epoch))
-                    .map_err(|e| sink_error(&self.name, e))?;
-                commits.committed = epoch;
-                self.committed_rows(&mut commits);
+            Ok(SinkMsg::Barrier(epoch)) => {
+                self.pre_commit(epoch, commits)?;
+                self.rows.push((epoch, self.written()));
+                // rows up to the barrier become visible when its checkpoint commits
+                self.pending_ack
+                    .push((epoch, std::mem::take(&mut self.unacked)));
             }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(false),
         }
-        let sink = &mut self.sink;
-        retrier
-            .call("finish", || sink.finish())
-            .map_err(|e| sink_error(&self.name, e))?;
+        Ok(true)
+    }
+
+    fn awaits_flush(&self) -> bool {
+        self.sent_upto.iter().any(Option::is_some)
+    }
+
+    fn flushed(&mut self, durable: bool) -> Result<(), EngineError> {
+        self.forward_rejected()?;
+        if durable {
+            self.report();
+            let rows = std::mem::take(&mut self.unacked);
+            self.acknowledged(rows);
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, commits: &Commits, at_end: bool) -> Result<(), EngineError> {
+        self.committed_rows(commits.committed);
+        if at_end {
+            return Ok(());
+        }
+        self.forward_rejected()?;
+        let epoch = commits.committed;
+        let (acked, rest): (Vec<_>, Vec<_>) =
+            self.pending_ack.drain(..).partition(|(e, _)| *e <= epoch);
+        self.pending_ack = rest;
+        self.acknowledged(acked.into_iter().flat_map(|(_, rows)| rows));
+        Ok(())
+    }
+
+    fn finished(&mut self) -> Result<(), EngineError> {
         if self.link.is_none() {
             // without checkpoints a finished sink holds every row it was given
             self.stats.rows_committed[self.index]
@@ -198,33 +394,36 @@ impl SinkThread {
             );
         }
         self.forward_rejected()?;
-        self.report(&mut sent_upto);
+        self.report();
         if self.link.is_some() {
-            self.acknowledged(pending_ack.drain(..).flat_map(|(_, rows)| rows));
+            let pending = std::mem::take(&mut self.pending_ack);
+            self.acknowledged(pending.into_iter().flat_map(|(_, rows)| rows));
         } else {
-            self.acknowledged(unacked.drain(..));
+            let rows = std::mem::take(&mut self.unacked);
+            self.acknowledged(rows);
         }
         Ok(())
     }
+}
 
+impl SinkState<'_> {
     /// Rows written to the sink so far (restored with a checkpoint).
-    pub(super) fn written(&self) -> u64 {
+    fn written(&self) -> u64 {
         RunStats::get(&self.stats.rows_written[self.index].value)
     }
 
-    /// After a commit: the rows written before the committed epoch's barrier are committed.
-    pub(super) fn committed_rows(&self, commits: &mut Commits) {
-        let upto = commits.committed;
-        if let Some(&(_, rows)) = commits.rows.iter().rev().find(|(e, _)| *e <= upto) {
+    /// After a commit of epoch `upto`: the rows written before its barrier are committed.
+    fn committed_rows(&mut self, upto: u64) {
+        if let Some(&(_, rows)) = self.rows.iter().rev().find(|(e, _)| *e <= upto) {
             self.stats.rows_committed[self.index]
                 .value
                 .store(rows, Ordering::Relaxed);
         }
-        commits.rows.retain(|(e, _)| *e > upto);
+        self.rows.retain(|(e, _)| *e > upto);
     }
 
     /// Rows the sink acknowledged now: their latency from their window's end.
-    pub(super) fn acknowledged(&self, rows: impl IntoIterator<Item = (i64, u64)>) {
+    fn acknowledged(&self, rows: impl IntoIterator<Item = (i64, u64)>) {
         let now = now_ms();
         let h = &self.stats.sink_latency[self.index];
         for (end, n) in rows {
@@ -232,17 +431,8 @@ impl SinkThread {
         }
     }
 
-    pub(super) fn pre_commit(
-        &mut self,
-        epoch: u64,
-        commits: &mut Commits,
-        retrier: &mut Retrier,
-    ) -> Result<(), EngineError> {
-        let sink = &mut self.sink;
-        let info = retrier
-            .call("pre-commit", || sink.pre_commit(epoch))
-            .map_err(|e| sink_error(&self.name, e))?;
-        commits.pre_committed = epoch;
+    fn pre_commit(&mut self, epoch: u64, commits: &mut Commits) -> Result<(), EngineError> {
+        let info = self.out.pre_commit(epoch, commits)?;
         // the epoch's rejected rows, then the word that there are no more of them
         self.forward_rejected()?;
         self.rejects
@@ -269,8 +459,9 @@ impl SinkThread {
             .map_err(|_| EngineError::Cancelled)
     }
 
-    pub(super) fn report(&self, sent_upto: &mut [Option<(i64, Vec<u64>)>]) {
-        for (i, upto) in sent_upto.iter_mut().enumerate() {
+    /// Tells the progress tracker how far each feeding operator's rows are durable.
+    fn report(&mut self) {
+        for (i, upto) in self.sent_upto.iter_mut().enumerate() {
             if let Some((wm, covered)) = upto.take() {
                 let (op, k) = self.feeds[i];
                 self.progress.sink_durable(op, k, wm, covered);
@@ -278,13 +469,9 @@ impl SinkThread {
         }
     }
 
-    pub(super) fn error(&self, e: EngineError) -> EngineError {
-        sink_error(&self.name, e)
-    }
-
     /// Sends the rows the sink refused since the last call to the dead-letter thread.
-    pub(super) fn forward_rejected(&mut self) -> Result<(), EngineError> {
-        let rows = self.sink.take_rejected();
+    fn forward_rejected(&mut self) -> Result<(), EngineError> {
+        let rows = self.out.inner.take_rejected();
         if rows.is_empty() {
             return Ok(());
         }
@@ -329,32 +516,145 @@ pub(super) enum RejectMsg {
 /// them were flushed. With checkpoints, epoch `E` is pre-committed once the workers' barrier
 /// `E` arrived and every sink passed its barrier `E`, so each rejected row is in the same
 /// checkpoint as the row itself (a restore neither loses nor repeats it).
-pub(super) struct DeadLetterThread<'a> {
+pub(super) struct DeadLetterThread {
     pub(super) sink: Box<dyn DeadLetterSink>,
-    pub(super) retrier: Retrier<'a>,
-    pub(super) stats: &'a RunStats,
-    pub(super) progress: &'a Progress,
+    pub(super) retry: RetryPolicy,
+    pub(super) stats: Arc<RunStats>,
+    pub(super) progress: Arc<Progress>,
     pub(super) link: Option<CheckpointLink>,
-    pub(super) cancel: &'a AtomicBool,
-    /// The epoch records belong to now.
+    pub(super) cancel: Arc<AtomicBool>,
+    /// The epoch the first records belong to.
     pub(super) epoch: u64,
-    /// Per sink, the last epoch it passed.
-    pub(super) passed: Vec<u64>,
-    /// Rejected rows of epochs after `epoch`, written when it gets there.
-    pub(super) later: std::collections::BTreeMap<u64, Vec<DeadLetter>>,
-    /// The sinks are still running (the channel of their rejections is open).
-    pub(super) sinks_open: bool,
+    /// How many sinks send their rejected rows.
+    pub(super) sinks: usize,
 }
 
-impl DeadLetterThread<'_> {
-    pub(super) fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        let sink = &mut self.sink;
-        self.retrier.call("write", || sink.write(records))?;
+impl DeadLetterThread {
+    pub(super) fn run(
+        self,
+        rx: Receiver<DeadMsg>,
+        rejects: Receiver<RejectMsg>,
+    ) -> Result<(), EngineError> {
+        let (stats, cancel) = (self.stats, self.cancel);
+        let retrier = Retrier::new(
+            "dead-letter output",
+            self.retry,
+            &stats.dead_letter_health,
+            &cancel,
+        );
+        let link = self.link.clone();
+        let state = DeadLetterState {
+            out: Output::new(self.sink, retrier, None),
+            rx,
+            rejects,
+            stats: &stats,
+            progress: &self.progress,
+            link: self.link,
+            cancel: &cancel,
+            epoch: self.epoch,
+            passed: vec![self.epoch - 1; self.sinks],
+            later: BTreeMap::new(),
+            workers_open: true,
+            sinks_open: true,
+            residues: Vec::new(),
+        };
+        run_output(state, link.as_ref(), &cancel)
+    }
+}
+
+/// A running dead-letter thread.
+struct DeadLetterState<'a> {
+    out: Output<'a, Box<dyn DeadLetterSink>>,
+    rx: Receiver<DeadMsg>,
+    rejects: Receiver<RejectMsg>,
+    stats: &'a RunStats,
+    progress: &'a Progress,
+    link: Option<CheckpointLink>,
+    cancel: &'a AtomicBool,
+    /// The epoch records belong to now.
+    epoch: u64,
+    /// Per sink, the last epoch it passed.
+    passed: Vec<u64>,
+    /// Rejected rows of epochs after `epoch`, written when it gets there.
+    later: BTreeMap<u64, Vec<DeadLetter>>,
+    /// The workers are still running (the channel of their records is open).
+    workers_open: bool,
+    /// The sinks are still running (the channel of their rejections is open).
+    sinks_open: bool,
+    /// Residues of tracked chunks, for the progress tracker once flushed.
+    residues: Vec<ChunkResidue>,
+}
+
+impl<'a> OutputThread<'a> for DeadLetterState<'a> {
+    type Output = Box<dyn DeadLetterSink>;
+
+    fn output(&mut self) -> &mut Output<'a, Box<dyn DeadLetterSink>> {
+        &mut self.out
+    }
+
+    fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError> {
+        if !self.workers_open && !self.sinks_open {
+            return Ok(false);
+        }
+        // received first, handled after: the selection borrows the channels
+        let (from_workers, from_sinks) = {
+            let mut select = crossbeam_channel::Select::new();
+            let workers = self.workers_open.then(|| select.recv(&self.rx));
+            let sinks = self.sinks_open.then(|| select.recv(&self.rejects));
+            match select.select_timeout(TICK) {
+                Ok(op) if Some(op.index()) == workers => (Some(op.recv(&self.rx)), None),
+                Ok(op) if Some(op.index()) == sinks => (None, Some(op.recv(&self.rejects))),
+                Ok(_) | Err(_) => (None, None),
+            }
+        };
+        match from_workers {
+            Some(Ok(DeadMsg::Records(records))) => self.write(&records)?,
+            Some(Ok(DeadMsg::Residue(r))) => self.residues.push(r),
+            Some(Ok(DeadMsg::Barrier(epoch))) => self.barrier(epoch, commits)?,
+            Some(Err(_)) => self.workers_open = false,
+            None => {}
+        }
+        match from_sinks {
+            Some(Ok(m)) => self.on_reject(m)?,
+            Some(Err(_)) => self.sinks_open = false,
+            None => {}
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        Ok(true)
+    }
+
+    fn awaits_flush(&self) -> bool {
+        !self.residues.is_empty()
+    }
+
+    fn flushed(&mut self, durable: bool) -> Result<(), EngineError> {
+        if durable {
+            self.progress.add_residues(self.residues.drain(..));
+        }
+        Ok(())
+    }
+
+    fn committed(&mut self, _commits: &Commits, _at_end: bool) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn finished(&mut self) -> Result<(), EngineError> {
+        self.progress
+            .add_residues(std::mem::take(&mut self.residues));
+        Ok(())
+    }
+}
+
+impl DeadLetterState<'_> {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        self.out.call("write", |s| s.write(records))?;
         RunStats::add(&self.stats.dead_letters, records.len() as u64);
         Ok(())
     }
 
-    pub(super) fn on_reject(&mut self, msg: RejectMsg) -> Result<(), EngineError> {
+    fn on_reject(&mut self, msg: RejectMsg) -> Result<(), EngineError> {
         match msg {
             RejectMsg::Rows { epoch, records } if epoch <= self.epoch => self.write(&records),
             RejectMsg::Rows { epoch, records } => {
@@ -371,16 +671,12 @@ impl DeadLetterThread<'_> {
     }
 
     /// Takes sink messages until every sink passed `epoch` (or ended).
-    pub(super) fn wait_sinks(
-        &mut self,
-        rejects: &Receiver<RejectMsg>,
-        epoch: u64,
-    ) -> Result<(), EngineError> {
+    fn wait_sinks(&mut self, epoch: u64) -> Result<(), EngineError> {
         while self.sinks_open && self.passed.iter().any(|&p| p < epoch) {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);
             }
-            match rejects.recv_timeout(TICK) {
+            match self.rejects.recv_timeout(TICK) {
                 Ok(m) => self.on_reject(m)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => self.sinks_open = false,
@@ -389,14 +685,11 @@ impl DeadLetterThread<'_> {
         Ok(())
     }
 
-    pub(super) fn barrier(
-        &mut self,
-        rejects: &Receiver<RejectMsg>,
-        epoch: u64,
-    ) -> Result<u64, EngineError> {
-        self.wait_sinks(rejects, epoch)?;
-        let sink = &mut self.sink;
-        let info = self.retrier.call("pre-commit", || sink.pre_commit(epoch))?;
+    /// At the workers' barrier `epoch`: once every sink passed it, pre-commits it, then
+    /// writes the rows rejected in the next epoch that arrived early.
+    fn barrier(&mut self, epoch: u64, commits: &mut Commits) -> Result<(), EngineError> {
+        self.wait_sinks(epoch)?;
+        let info = self.out.pre_commit(epoch, commits)?;
         let link = self
             .link
             .as_ref()
@@ -418,63 +711,6 @@ impl DeadLetterThread<'_> {
                 self.write(&records)?;
             }
         }
-        Ok(epoch)
-    }
-
-    pub(super) fn run(
-        mut self,
-        rx: Receiver<DeadMsg>,
-        rejects: Receiver<RejectMsg>,
-    ) -> Result<(), EngineError> {
-        let mut residues: Vec<ChunkResidue> = Vec::new();
-        let mut last_flush = Instant::now();
-        let mut commits = Commits::default();
-        let mut workers_open = true;
-        while workers_open || self.sinks_open {
-            let mut select = crossbeam_channel::Select::new();
-            let workers = workers_open.then(|| select.recv(&rx));
-            let sinks = self.sinks_open.then(|| select.recv(&rejects));
-            match select.select_timeout(TICK) {
-                Ok(op) if Some(op.index()) == workers => match op.recv(&rx) {
-                    Ok(DeadMsg::Records(records)) => self.write(&records)?,
-                    Ok(DeadMsg::Residue(r)) => residues.push(r),
-                    Ok(DeadMsg::Barrier(epoch)) => {
-                        commits.pre_committed = self.barrier(&rejects, epoch)?;
-                    }
-                    Err(_) => workers_open = false,
-                },
-                Ok(op) if Some(op.index()) == sinks => match op.recv(&rejects) {
-                    Ok(m) => self.on_reject(m)?,
-                    Err(_) => self.sinks_open = false,
-                },
-                Ok(_) | Err(_) => {}
-            }
-            if self.cancel.load(Ordering::Relaxed) {
-                return Err(EngineError::Cancelled);
-            }
-            if let Some(link) = &self.link {
-                if let Some(epoch) = commits.due(link) {
-                    let sink = &mut self.sink;
-                    self.retrier.call("commit", || sink.commit(epoch))?;
-                    commits.committed = epoch;
-                }
-            } else if !residues.is_empty() && last_flush.elapsed() >= DURABLE_EVERY {
-                let sink = &mut self.sink;
-                if self.retrier.call("flush", || sink.flush())? {
-                    self.progress.add_residues(residues.drain(..));
-                }
-                last_flush = Instant::now();
-            }
-        }
-        if let Some(link) = &self.link {
-            if let Some(epoch) = commits.wait_last(link, self.cancel)? {
-                let sink = &mut self.sink;
-                self.retrier.call("commit", || sink.commit(epoch))?;
-            }
-        }
-        let sink = &mut self.sink;
-        self.retrier.call("finish", || sink.finish())?;
-        self.progress.add_residues(residues);
         Ok(())
     }
 }
