@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{SendTimeoutError, Sender};
@@ -21,6 +21,9 @@ pub(super) const WORKER_QUEUE: usize = 4;
 pub(super) const TICK: Duration = Duration::from_millis(100);
 /// How soon the live-barrier thread notices that the input ended.
 pub(super) const LIVE_POLL: Duration = Duration::from_millis(10);
+/// How long a thread that found a channel closed waits for the error of the thread that
+/// closed it (see [`Failure::closed`]).
+const CLOSED_GRACE: Duration = Duration::from_millis(500);
 /// How often outputs are flushed to report progress to committing readers.
 pub(super) const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
@@ -131,7 +134,15 @@ impl Failure {
             }
         }
     }
+    /// The error of a thread that found `what` gone: [`EngineError::Cancelled`] when the run
+    /// failed (whatever failed records its own error), else an internal error.
     pub(super) fn closed(&self, what: &str) -> EngineError {
+        // a thread that fails drops its channels just before it records its error: give it
+        // that moment, so that the run reports the error and not this consequence of it
+        let deadline = Instant::now() + CLOSED_GRACE;
+        while !self.cancel.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if self.cancel.load(Ordering::SeqCst) {
             EngineError::Cancelled
         } else {
