@@ -18,6 +18,8 @@ mod coordinator;
 mod merger;
 mod outputs;
 mod reader;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
