@@ -123,7 +123,7 @@ impl Failure {
             first: Arc::new(Mutex::new(None)),
         }
     }
-    pub(super) fn record(&self, e: EngineError) {
+    fn record(&self, e: EngineError) {
         self.cancel.store(true, Ordering::SeqCst);
         if matches!(e, EngineError::Cancelled) {
             return;

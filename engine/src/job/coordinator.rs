@@ -79,11 +79,7 @@ impl Coordinator {
     }
 
     /// Puts a barrier into every worker's queue at one point of the chunk order.
-    pub(super) fn trigger(
-        &mut self,
-        last: bool,
-        failure: &Failure,
-    ) -> Result<Pending, EngineError> {
+    fn trigger(&mut self, last: bool, failure: &Failure) -> Result<Pending, EngineError> {
         let _span = tracing::info_span!("checkpoint_barrier", epoch = self.epoch + 1).entered();
         let mut d = self
             .dispatcher
@@ -110,7 +106,7 @@ impl Coordinator {
         Ok(Pending::new(epoch, last, cut, self.expected))
     }
 
-    pub(super) fn complete(&mut self, pending: Pending) -> Result<(), EngineError> {
+    fn complete(&mut self, pending: Pending) -> Result<(), EngineError> {
         let _span = tracing::info_span!("checkpoint", epoch = self.epoch).entered();
         let started = pending.started;
         let manifest = pending.write(&self.spec, &self.operator_names)?;

@@ -29,7 +29,7 @@ pub(super) struct MergerStart {
 }
 
 /// Each partition's row of `weir_status`: its clocks, and its consumer lag from `stats`.
-pub(super) fn partition_statuses(
+fn partition_statuses(
     partitions: &[(String, String)],
     clocks: impl IntoIterator<Item = ClockRow>,
     stats: Option<&RunStats>,
@@ -61,7 +61,7 @@ pub(super) struct LiveTables {
     /// (source, partition key) per global partition.
     pub(super) partitions: Vec<(String, String)>,
     pub(super) clocks: Arc<Clocks>,
-    pub(super) retained: Vec<Retained>,
+    retained: Vec<Retained>,
     pub(super) parts: Vec<Vec<PartialWindow>>,
     pub(super) seq: u64,
 }
@@ -91,7 +91,7 @@ impl LiveTables {
     }
 
     /// Keeps rows operator `op` emitted (one window per batch).
-    pub(super) fn emitted(&mut self, op: usize, batch: &RecordBatch) -> Result<(), EngineError> {
+    fn emitted(&mut self, op: usize, batch: &RecordBatch) -> Result<(), EngineError> {
         let Some(def) = self.state.tables.get(op) else {
             return Ok(());
         };
@@ -107,7 +107,7 @@ impl LiveTables {
     }
 
     /// Builds and publishes the snapshot: retained and open windows, views.
-    pub(super) fn publish(
+    fn publish(
         &mut self,
         ops: &mut [MergePart],
         counters: Vec<(String, u64)>,
@@ -145,7 +145,7 @@ impl LiveTables {
 }
 
 /// The `window_end` of the first row of a window batch.
-pub(super) fn window_end_of(batch: &RecordBatch) -> Option<i64> {
+fn window_end_of(batch: &RecordBatch) -> Option<i64> {
     use arrow::array::{Array, TimestampMillisecondArray};
     let col = batch.column_by_name("window_end")?;
     let ends = col.as_any().downcast_ref::<TimestampMillisecondArray>()?;
@@ -266,7 +266,7 @@ pub(super) fn merger_loop(
 }
 
 /// Sends every operator's barrier rows (views' changed keys) to its sinks.
-pub(super) fn send_barrier_rows(
+fn send_barrier_rows(
     ops: &mut [MergePart],
     sinks: &[Sender<SinkMsg>],
     failure: &Failure,

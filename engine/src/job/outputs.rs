@@ -22,7 +22,7 @@ use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
 
-pub(super) fn sink_error(name: &str, e: EngineError) -> EngineError {
+fn sink_error(name: &str, e: EngineError) -> EngineError {
     match e {
         EngineError::Sink { .. } => e,
         EngineError::Unavailable(inner) => sink_error(name, *inner).unavailable(),
@@ -31,7 +31,7 @@ pub(super) fn sink_error(name: &str, e: EngineError) -> EngineError {
 }
 
 /// Appends the batch's `window_end` values as runs of (end, rows).
-pub(super) fn window_end_runs(batch: &RecordBatch, out: &mut Vec<(i64, u64)>) {
+fn window_end_runs(batch: &RecordBatch, out: &mut Vec<(i64, u64)>) {
     use arrow::array::{Array, TimestampMillisecondArray};
     let Some(ends) = batch
         .column_by_name("window_end")
@@ -93,8 +93,8 @@ impl Committable for Box<dyn DeadLetterSink> {
 }
 
 /// An output with the retrier its calls go through.
-pub(super) struct Output<'a, O> {
-    pub(super) inner: O,
+struct Output<'a, O> {
+    inner: O,
     retrier: Retrier<'a>,
     /// A sink's name, which its errors are named after (the dead-letter output's errors
     /// stay as they are).
@@ -111,7 +111,7 @@ impl<'a, O: Committable> Output<'a, O> {
     }
 
     /// Calls the output through the retrier.
-    pub(super) fn call<T>(
+    fn call<T>(
         &mut self,
         what: &str,
         mut call: impl FnMut(&mut O) -> Result<T, EngineError>,
@@ -151,9 +151,9 @@ pub(super) fn recover<O: Committable>(
 
 /// The two-phase-commit state of an output: the epochs it pre-committed and committed.
 #[derive(Default)]
-pub(super) struct Commits {
-    pub(super) pre_committed: u64,
-    pub(super) committed: u64,
+struct Commits {
+    pre_committed: u64,
+    committed: u64,
 }
 
 impl Commits {
@@ -183,7 +183,7 @@ impl Commits {
 
 /// What an output thread adds to the lifecycle [`run_output`] drives: the input it takes
 /// and writes, and what follows a flush, a commit and the end.
-pub(super) trait OutputThread<'a> {
+trait OutputThread<'a> {
     type Output: Committable;
     fn output(&mut self) -> &mut Output<'a, Self::Output>;
     /// Takes the next input, waiting at most a [`TICK`], and handles it; at a barrier,
@@ -205,7 +205,7 @@ pub(super) trait OutputThread<'a> {
 /// complete, and without, flushes every [`DURABLE_EVERY`] when there is progress to
 /// report. At the end: waits for the checkpoint of the last barrier and commits it, then
 /// finishes the output.
-pub(super) fn run_output<'a, T: OutputThread<'a>>(
+fn run_output<'a, T: OutputThread<'a>>(
     mut thread: T,
     link: Option<&CheckpointLink>,
     cancel: &AtomicBool,

@@ -78,7 +78,7 @@ pub(super) fn worker_loop(
 /// the barrier is sequenced and none after it), hand over the windows closed then and the
 /// views' changes, `copy` the open state, meet again; worker 0 then `lead`s (passes the
 /// barrier on) before the last meeting, so no worker goes on before it is passed.
-pub(super) fn at_barrier(
+fn at_barrier(
     rendezvous: &Rendezvous,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
@@ -103,7 +103,7 @@ pub(super) fn at_barrier(
 /// A worker at checkpoint `epoch`'s barrier: it snapshots its open windows for the
 /// coordinator; worker 0 snapshots the clocks and passes the barrier to the merger and the
 /// dead-letter output.
-pub(super) fn worker_barrier(
+fn worker_barrier(
     epoch: u64,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
@@ -155,7 +155,7 @@ pub(super) fn worker_barrier(
 
 /// A worker at live barrier `seq`: it sends the merger a copy of its open windows; worker 0
 /// then sends the barrier with the counters and clocks.
-pub(super) fn worker_live(
+fn worker_live(
     seq: u64,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
@@ -191,7 +191,7 @@ pub(super) fn worker_live(
 }
 
 /// Hands the merger what operators hand over at every barrier (views' changes).
-pub(super) fn barrier_handovers(
+fn barrier_handovers(
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
     ctx: &WorkerCtx,
@@ -225,7 +225,7 @@ pub(super) struct Handover {
     pub(super) seq: u64,
     /// Rows were aggregated since the last hand-over (they may belong to windows already
     /// closed, when their partition lags, and must be handed over anyway).
-    pub(super) dirty: bool,
+    dirty: bool,
 }
 
 impl Default for Handover {
@@ -240,8 +240,8 @@ impl Default for Handover {
 
 /// Lets workers wait until all of them have handled all their input.
 pub(super) struct ExitBarrier {
-    pub(super) remaining: Mutex<usize>,
-    pub(super) all_done: std::sync::Condvar,
+    remaining: Mutex<usize>,
+    all_done: std::sync::Condvar,
 }
 
 impl ExitBarrier {
@@ -252,7 +252,7 @@ impl ExitBarrier {
         }
     }
 
-    pub(super) fn arrive_and_wait(&self, cancel: &AtomicBool) -> Result<(), EngineError> {
+    fn arrive_and_wait(&self, cancel: &AtomicBool) -> Result<(), EngineError> {
         let mut left = self
             .remaining
             .lock()
@@ -275,7 +275,7 @@ impl ExitBarrier {
     }
 }
 
-pub(super) fn process_chunk(
+fn process_chunk(
     chunk: Chunk,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     handovers: &mut [Handover],
@@ -399,7 +399,7 @@ pub(super) fn process_chunk(
 
 /// Counts the records operators dead-lettered as bad (an expression failed on them) as bad
 /// records of their source: once per record, however many operators failed on it.
-pub(super) fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) {
+fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) {
     let mut offsets: Vec<Option<u64>> = dead
         .iter()
         .filter(|d| d.reason == Reason::Bad)
@@ -419,7 +419,7 @@ pub(super) fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]
 
 /// Per window a chunk's rows went to: (the watermark that closes it, smallest offset of its
 /// rows).
-pub(super) fn residue_windows(op: &dyn WorkerOperator, events: &EventBatch) -> Vec<(i64, u64)> {
+fn residue_windows(op: &dyn WorkerOperator, events: &EventBatch) -> Vec<(i64, u64)> {
     let mut out: Vec<(i64, u64)> = Vec::new();
     let mut last: Option<(i64, usize)> = None; // (event-time bucket hint, index in out)
     for (&t, &offset) in events.event_time.iter().zip(&events.offsets) {
@@ -442,7 +442,7 @@ pub(super) fn residue_windows(op: &dyn WorkerOperator, events: &EventBatch) -> V
     out
 }
 
-pub(super) fn send_residue(
+fn send_residue(
     ctx: &WorkerCtx,
     (partition, seq): (usize, u64),
     next_offset: u64,
@@ -460,7 +460,7 @@ pub(super) fn send_residue(
 
 /// Hands the merger every window closed at the operator's watermark, and windows closed
 /// earlier that rows of a lagging partition opened again.
-pub(super) fn flush_ops(
+fn flush_ops(
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
     ctx: &WorkerCtx,
@@ -470,7 +470,7 @@ pub(super) fn flush_ops(
 
 /// [`flush_ops`]; `input_over` once every reader finished (partitions never assigned to this
 /// process no longer hold the watermark).
-pub(super) fn flush_ops_at(
+fn flush_ops_at(
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
     ctx: &WorkerCtx,
