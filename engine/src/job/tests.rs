@@ -11,10 +11,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{bounded, unbounded, Receiver};
 
-use super::channels::{Dispatcher, Failure, MergeInput, MergeMsg, SinkMsg, WorkerMsg};
+use super::channels::{DeadMsg, Dispatcher, Failure, MergeInput, MergeMsg, SinkMsg, WorkerMsg};
 use super::coordinator::Coordinator;
 use super::merger::{merger_loop, MergerStart};
+use super::outputs::{RejectMsg, SinkThread};
 use super::reader::read_source;
+use super::worker::{worker_loop, ExitBarrier, WorkerCtx};
 use super::*;
 use crate::checkpoint::{CheckpointStore, Epochs, Part};
 use crate::clock::{WATERMARK_END, WATERMARK_MIN};
@@ -956,4 +958,115 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
     merger.join().unwrap().unwrap();
     assert!(sink_rx.try_recv().is_err());
     assert_eq!(stats.windows_total(), 2);
+}
+
+#[test]
+fn a_worker_hands_windows_over_in_order_and_dead_letters_late_rows() {
+    let (tx, rx) = unbounded::<WorkerMsg>();
+    let (merge_tx, merge_rx) = unbounded::<MergeInput>();
+    let (dead_tx, dead_rx) = unbounded::<DeadMsg>();
+    let ctx = WorkerCtx {
+        index: 0,
+        decoders: Arc::new(vec![Arc::new(NoDecode) as Arc<dyn Decode>]),
+        max_future: Arc::new(vec![None]),
+        clocks: Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
+        stats: run_stats(),
+        dead_tx,
+        merge_tx,
+        failure: Failure::new(),
+        op_sources: vec![0],
+        input_done: Arc::new(ExitBarrier::new(1)),
+        progress: Arc::new(Progress::new(1, &[1])),
+        link: None,
+        rendezvous: None,
+    };
+    for chunk in partition_chunks(0, &[&[0, 5], &[25], &[3]]) {
+        tx.send(WorkerMsg::Chunk(chunk)).unwrap();
+    }
+    drop(tx);
+    let ops: Vec<(usize, Box<dyn WorkerOperator>)> = vec![(0, Box::new(CountWorker::default()))];
+    worker_loop(rx, ops, ctx).unwrap();
+    let mut uptos = Vec::new();
+    let mut windows = Vec::new();
+    for (i, m) in merge_rx.try_iter().enumerate() {
+        let MergeInput::Handover(h) = m else {
+            panic!("not a hand-over");
+        };
+        assert_eq!((h.seq, h.operator, h.worker), (i as u64 + 1, 0, 0));
+        uptos.push(h.upto);
+        windows.extend(h.partials.iter().map(|p| (p.window_start, count_of(p))));
+    }
+    assert_eq!(uptos, vec![5, 25, WATERMARK_END]);
+    assert_eq!(windows, vec![(0, 2), (20, 1)]);
+    let dead: Vec<DeadLetter> = dead_rx
+        .try_iter()
+        .flat_map(|m| match m {
+            DeadMsg::Records(r) => r,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].reason, dead[0].offset), (Reason::Late, Some(3)));
+}
+
+#[test]
+fn a_sink_thread_without_checkpoints_flushes_to_report_progress_and_forwards_refused_rows() {
+    let sink = RecordingSink {
+        refuse_every_row: true,
+        ..Default::default()
+    };
+    let calls = sink.calls.clone();
+    let stats = run_stats();
+    let (tx, rx) = unbounded::<SinkMsg>();
+    let (rejects_tx, rejects_rx) = unbounded::<RejectMsg>();
+    let thread = SinkThread {
+        index: 0,
+        name: "out".into(),
+        sink: Box::new(sink),
+        feeds: vec![(0, 0)],
+        stats: stats.clone(),
+        progress: Arc::new(Progress::new(1, &[1])),
+        link: None,
+        cancel: Arc::new(AtomicBool::new(false)),
+        retry: RetryPolicy::default(),
+        rejects: rejects_tx,
+        epoch: 1,
+        rejected_from: partition(usize::MAX),
+    };
+    let done = std::thread::spawn(move || thread.run(rx));
+    tx.send(SinkMsg::Rows(window_rows(&[(0, 2), (10, 1)])))
+        .unwrap();
+    // nothing to report yet: no flush
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!calls.lock().unwrap().contains(&Call::Flush));
+    tx.send(SinkMsg::Upto {
+        op: 0,
+        upto: 20,
+        covered: vec![1],
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !calls.lock().unwrap().contains(&Call::Flush) {
+        assert!(Instant::now() < deadline, "no flush");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(tx);
+    done.join().unwrap().unwrap();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![
+            Call::Write(vec![(0, 2), (10, 1)]),
+            Call::Flush,
+            Call::Finish
+        ]
+    );
+    assert_eq!(RunStats::get(&stats.rows_committed[0].value), 2);
+    let refused: Vec<(u64, usize)> = rejects_rx
+        .try_iter()
+        .map(|m| match m {
+            RejectMsg::Rows { epoch, records } => (epoch, records.len()),
+            RejectMsg::Passed { .. } => panic!("no barrier was passed"),
+        })
+        .collect();
+    assert_eq!(refused, vec![(1, 2)]);
 }
