@@ -12,6 +12,11 @@
 //! in order, so a worker waiting for the previous chunk of a partition to be sequenced always
 //! waits on a chunk that is already being handled: the pipeline cannot deadlock. A full
 //! channel blocks its sender, which is the backpressure that reaches back to the readers.
+//!
+//! [`run`] only wires the stages, each in a module of its own: `reader` (the reader
+//! threads), `worker`, `merger`, `outputs` (the sink and dead-letter threads, which share
+//! one commit lifecycle) and `coordinator` (checkpoint and live barriers); `channels` holds
+//! what they share. The traits and specs they run are in [`crate::api`], re-exported here.
 
 mod channels;
 mod coordinator;
