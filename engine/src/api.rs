@@ -74,7 +74,8 @@ impl ReaderContext {
 }
 
 /// Reads one source: yields chunks of its partitions, each partition's chunks in order with
-/// consecutive `seq` numbers and ending with a [`ChunkData::End`](crate::events::ChunkData::End) chunk when it is bounded.
+/// consecutive `seq` numbers and ending with a
+/// [`ChunkData::End`](crate::events::ChunkData::End) chunk when it is bounded.
 pub trait PartitionReader: Send {
     /// The next chunk, or `None` when the source has no more (or the job stops).
     fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError>;
