@@ -145,19 +145,19 @@ def stuck_ws(a):
     from websockets.exceptions import ConnectionClosed
 
     url = f"ws://127.0.0.1:{a.port}/subscribe?{a.query}"
-    ws = wsc.connect(url, max_queue=2, open_timeout=30)
-    out({"subscribed": True})
-    time.sleep(a.seconds)
     got, closed, error_seen = 0, False, False
-    try:
-        while True:
-            m = json.loads(ws.recv(timeout=10))
-            got += 1
-            error_seen = error_seen or "error" in m
-    except ConnectionClosed:
-        closed = True
-    except TimeoutError:
-        pass
+    with wsc.connect(url, max_queue=2, open_timeout=30) as ws:
+        out({"subscribed": True})
+        time.sleep(a.seconds)
+        try:
+            while True:
+                m = json.loads(ws.recv(timeout=10))
+                got += 1
+                error_seen = error_seen or "error" in m
+        except ConnectionClosed:
+            closed = True
+        except TimeoutError:
+            pass
     out({"got_messages": got, "closed": closed, "error_seen": error_seen})
 
 
