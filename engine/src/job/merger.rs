@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::channels::{clock_status, CheckpointLink, ClockRow, Failure, MergeInput, SinkMsg};
+use super::channels::{
+    clock_status, CheckpointLink, ClockRow, Failure, MergeInput, MergeMsg, SinkMsg,
+};
 use crate::api::MergeOperator;
 use crate::checkpoint::Part;
 use crate::clock::{Clocks, WATERMARK_MIN};
@@ -154,28 +156,34 @@ fn window_end_of(batch: &RecordBatch) -> Option<i64> {
 
 pub(super) fn merger_loop(
     rx: Receiver<MergeInput>,
-    mut ops: Vec<MergePart>,
+    ops: Vec<MergePart>,
     sinks: Vec<Sender<SinkMsg>>,
     start: MergerStart,
     stats: &RunStats,
     failure: &Failure,
 ) -> Result<(), EngineError> {
     let workers = start.workers;
-    let mut upto: Vec<Vec<i64>> = ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect();
-    let mut covered: Vec<Vec<u64>> = ops.iter().map(|_| vec![0; workers]).collect();
-    let mut emitted: Vec<i64> = start.emitted;
-    let mut live = start.live;
+    let mut m = Merger {
+        upto: ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect(),
+        covered: ops.iter().map(|_| vec![0; workers]).collect(),
+        ops,
+        sinks,
+        emitted: start.emitted,
+        live: start.live,
+        link: start.link,
+        stats,
+        failure,
+    };
     for input in rx {
-        let msg = match input {
-            MergeInput::Handover(msg) => msg,
+        match input {
+            MergeInput::Handover(msg) => m.handover(msg)?,
             MergeInput::LivePart { seq, ops: parts } => {
                 tracing::trace!(seq, "live part");
-                if let Some(l) = live.as_mut() {
+                if let Some(l) = m.live.as_mut() {
                     for (op, p) in parts {
                         l.parts[op].extend(p);
                     }
                 }
-                continue;
             }
             MergeInput::Live {
                 seq,
@@ -183,74 +191,12 @@ pub(super) fn merger_loop(
                 clocks,
             } => {
                 tracing::trace!(seq, "live barrier");
-                send_barrier_rows(&mut ops, &sinks, failure)?;
-                if let Some(l) = live.as_mut() {
-                    l.publish(&mut ops, counters, clocks, stats, false)?;
-                }
-                continue;
-            }
-            MergeInput::Barrier(epoch) => {
-                let link = start.link.as_ref().ok_or_else(|| {
-                    EngineError::Internal("a barrier without checkpointing".into())
-                })?;
-                send_barrier_rows(&mut ops, &sinks, failure)?;
-                let mut held = Vec::with_capacity(ops.len());
-                for (i, (merge, _)) in ops.iter_mut().enumerate() {
-                    held.push((merge.snapshot()?, emitted[i]));
-                }
-                link.parts
-                    .send(Part::Merger {
-                        epoch,
-                        ops: held,
-                        counters: stats.merger_counters(),
-                    })
-                    .map_err(|_| failure.closed("the checkpoint coordinator"))?;
-                for s in &sinks {
-                    s.send(SinkMsg::Barrier(epoch))
-                        .map_err(|_| failure.closed("a sink"))?;
-                }
-                continue;
-            }
-        };
-        let (merge, sink_ids) = &mut ops[msg.operator];
-        let had_partials = !msg.partials.is_empty();
-        for p in msg.partials {
-            merge.merge(p)?;
-        }
-        upto[msg.operator][msg.worker] = msg.upto;
-        covered[msg.operator][msg.worker] = msg.seq;
-        let wm = upto[msg.operator]
-            .iter()
-            .copied()
-            .min()
-            .unwrap_or(WATERMARK_MIN)
-            .max(emitted[msg.operator]);
-        // Windows reopened by a lagging partition are emitted as soon as they are handed over.
-        if wm > emitted[msg.operator] || had_partials {
-            emitted[msg.operator] = wm;
-            let windows = merge.emits_windows();
-            for batch in merge.emit(wm)? {
-                if windows {
-                    RunStats::add(&stats.windows[msg.operator].value, batch.num_rows() as u64);
-                }
-                if let Some(l) = live.as_mut() {
-                    l.emitted(msg.operator, &batch)?;
-                }
-                for &s in sink_ids.iter() {
-                    sinks[s]
-                        .send(SinkMsg::Rows(batch.clone()))
-                        .map_err(|_| failure.closed("a sink"))?;
+                m.send_barrier_rows()?;
+                if let Some(l) = m.live.as_mut() {
+                    l.publish(&mut m.ops, counters, clocks, stats, false)?;
                 }
             }
-            for &s in sink_ids.iter() {
-                sinks[s]
-                    .send(SinkMsg::Upto {
-                        op: msg.operator,
-                        upto: wm,
-                        covered: covered[msg.operator].clone(),
-                    })
-                    .map_err(|_| failure.closed("a sink"))?;
-            }
+            MergeInput::Barrier(epoch) => m.checkpoint_barrier(epoch)?,
         }
     }
     if failure.cancel.load(Ordering::SeqCst) {
@@ -258,30 +204,121 @@ pub(super) fn merger_loop(
     }
     // Every worker finished: the last snapshot holds every window emitted and the views'
     // final rows.
-    if let Some(l) = live.as_mut() {
+    if let Some(l) = m.live.as_mut() {
         let clocks = clock_status(&l.clocks);
-        l.publish(&mut ops, stats.live_counters(), clocks, stats, true)?;
+        l.publish(&mut m.ops, stats.live_counters(), clocks, stats, true)?;
     }
     Ok(())
 }
 
-/// Sends every operator's barrier rows (views' changed keys) to its sinks.
-fn send_barrier_rows(
-    ops: &mut [MergePart],
-    sinks: &[Sender<SinkMsg>],
-    failure: &Failure,
-) -> Result<(), EngineError> {
-    for (merge, sink_ids) in ops.iter_mut() {
-        if sink_ids.is_empty() {
-            continue;
+/// The merger's state.
+struct Merger<'a> {
+    ops: Vec<MergePart>,
+    sinks: Vec<Sender<SinkMsg>>,
+    /// Per operator and worker: the watermark of its last hand-over.
+    upto: Vec<Vec<i64>>,
+    /// Per operator and worker: its hand-overs so far.
+    covered: Vec<Vec<u64>>,
+    /// Per operator: the watermark up to which windows were emitted.
+    emitted: Vec<i64>,
+    live: Option<LiveTables>,
+    link: Option<CheckpointLink>,
+    stats: &'a RunStats,
+    failure: &'a Failure,
+}
+
+impl Merger<'_> {
+    /// Merges a worker's hand-over, and emits the windows every worker closed now.
+    fn handover(&mut self, msg: MergeMsg) -> Result<(), EngineError> {
+        let (merge, sink_ids) = &mut self.ops[msg.operator];
+        let had_partials = !msg.partials.is_empty();
+        for p in msg.partials {
+            merge.merge(p)?;
         }
-        for batch in merge.barrier_rows()? {
+        self.upto[msg.operator][msg.worker] = msg.upto;
+        self.covered[msg.operator][msg.worker] = msg.seq;
+        let emitted = &mut self.emitted[msg.operator];
+        let wm = self.upto[msg.operator]
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(WATERMARK_MIN)
+            .max(*emitted);
+        // Windows reopened by a lagging partition are emitted as soon as they are handed over.
+        if wm <= *emitted && !had_partials {
+            return Ok(());
+        }
+        *emitted = wm;
+        let windows = merge.emits_windows();
+        for batch in merge.emit(wm)? {
+            if windows {
+                RunStats::add(
+                    &self.stats.windows[msg.operator].value,
+                    batch.num_rows() as u64,
+                );
+            }
+            if let Some(l) = self.live.as_mut() {
+                l.emitted(msg.operator, &batch)?;
+            }
             for &s in sink_ids.iter() {
-                sinks[s]
+                self.sinks[s]
                     .send(SinkMsg::Rows(batch.clone()))
-                    .map_err(|_| failure.closed("a sink"))?;
+                    .map_err(|_| self.failure.closed("a sink"))?;
             }
         }
+        for &s in sink_ids.iter() {
+            self.sinks[s]
+                .send(SinkMsg::Upto {
+                    op: msg.operator,
+                    upto: wm,
+                    covered: self.covered[msg.operator].clone(),
+                })
+                .map_err(|_| self.failure.closed("a sink"))?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// At checkpoint `epoch`'s barrier: sends the views' changes, the held windows to the
+    /// coordinator, and the barrier to the sinks.
+    fn checkpoint_barrier(&mut self, epoch: u64) -> Result<(), EngineError> {
+        // (a clone: sending the views' changes needs the merger; barriers are rare)
+        let link = self
+            .link
+            .clone()
+            .ok_or_else(|| EngineError::Internal("a barrier without checkpointing".into()))?;
+        self.send_barrier_rows()?;
+        let mut held = Vec::with_capacity(self.ops.len());
+        for (i, (merge, _)) in self.ops.iter_mut().enumerate() {
+            held.push((merge.snapshot()?, self.emitted[i]));
+        }
+        link.parts
+            .send(Part::Merger {
+                epoch,
+                ops: held,
+                counters: self.stats.merger_counters(),
+            })
+            .map_err(|_| self.failure.closed("the checkpoint coordinator"))?;
+        for s in &self.sinks {
+            s.send(SinkMsg::Barrier(epoch))
+                .map_err(|_| self.failure.closed("a sink"))?;
+        }
+        Ok(())
+    }
+
+    /// Sends every operator's barrier rows (views' changed keys) to its sinks.
+    fn send_barrier_rows(&mut self) -> Result<(), EngineError> {
+        for (merge, sink_ids) in self.ops.iter_mut() {
+            if sink_ids.is_empty() {
+                continue;
+            }
+            for batch in merge.barrier_rows()? {
+                for &s in sink_ids.iter() {
+                    self.sinks[s]
+                        .send(SinkMsg::Rows(batch.clone()))
+                        .map_err(|_| self.failure.closed("a sink"))?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
