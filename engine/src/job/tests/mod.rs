@@ -1,0 +1,245 @@
+//! Tests of the runtime, against fake readers, operators and outputs (the engine crate does
+//! not depend on the real ones): whole runs here, each stage alone in `stages`.
+
+mod fakes;
+mod stages;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dead_letter::Reason;
+use crate::job::*;
+use crate::live::{LiveKind, LiveSpec, LiveState, LiveTableDef};
+use crate::stats::RunStats;
+use crate::EngineError;
+
+use fakes::*;
+
+#[test]
+fn windows_are_emitted_in_order_once_every_worker_closed_them() {
+    let sink = RecordingSink::default();
+    let calls = sink.calls.clone();
+    let dead = RecordingDeadLetters::default();
+    let records = dead.records.clone();
+    let reader = FakeReader::new(two_partitions());
+    let finished = reader.finished.clone();
+    let stats = run_stats();
+    run_within(
+        job(Box::new(reader), 2, sink, dead, 2),
+        stats.clone(),
+        StopHandle::new(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(
+        written_windows(&calls),
+        vec![(0, 2), (10, 2), (20, 1), (30, 1)]
+    );
+    assert_eq!(calls.lock().unwrap().last(), Some(&Call::Finish));
+    let records = records.lock().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (
+            records[0].reason,
+            records[0].offset,
+            records[0].partition.id
+        ),
+        (Reason::Late, Some(3), 0)
+    );
+    assert_eq!(RunStats::get(&stats.records_in), 7);
+    assert_eq!(stats.late_total(), 1);
+    assert_eq!(RunStats::get(&stats.rows_committed[0].value), 4);
+    assert!(
+        finished.load(Ordering::SeqCst),
+        "the reader finishes once every output did"
+    );
+}
+
+#[test]
+fn a_failing_sink_stops_the_job_with_its_error() {
+    let sink = RecordingSink {
+        fail_writes: true,
+        ..Default::default()
+    };
+    let spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        sink,
+        RecordingDeadLetters::default(),
+        2,
+    );
+    let err = run_within(
+        spec,
+        run_stats(),
+        StopHandle::new(),
+        Duration::from_secs(20),
+    )
+    .unwrap_err();
+    match err {
+        EngineError::Sink { sink, message } => {
+            assert_eq!(sink, "out");
+            assert!(message.contains("the disk is full"), "{message}");
+        }
+        other => panic!("not the sink's error: {other}"),
+    }
+}
+
+#[test]
+fn the_stop_handle_ends_a_run() {
+    let sink = RecordingSink::default();
+    let calls = sink.calls.clone();
+    let spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        sink,
+        RecordingDeadLetters::default(),
+        2,
+    );
+    let stop = StopHandle::new();
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        stopper.stop();
+    });
+    let started = Instant::now();
+    run_within(spec, run_stats(), stop, Duration::from_secs(20)).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let windows = written_windows(&calls);
+    assert!(!windows.is_empty(), "closed windows are written");
+    let starts: Vec<i64> = windows.iter().map(|w| w.0).collect();
+    assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+    assert_eq!(calls.lock().unwrap().last(), Some(&Call::Finish));
+}
+
+#[test]
+fn a_live_run_on_a_bounded_input_ends_promptly() {
+    let state = Arc::new(LiveState::new(
+        "test",
+        vec![LiveTableDef::new(
+            "counts",
+            LiveKind::Window {
+                retain_ms: 1_000_000,
+            },
+            &output_schema(),
+            Vec::new(),
+        )],
+    ));
+    let interval = Duration::from_secs(30);
+    let mut spec = job(
+        Box::new(FakeReader::new(two_partitions())),
+        2,
+        RecordingSink::default(),
+        RecordingDeadLetters::default(),
+        2,
+    );
+    spec.live = Some(LiveSpec {
+        state: state.clone(),
+        interval,
+    });
+    let report = run_within(spec, run_stats(), StopHandle::new(), interval).unwrap();
+    assert!(
+        report.elapsed < Duration::from_secs(5),
+        "took {:?} with a live interval of {interval:?}",
+        report.elapsed
+    );
+    let snapshot = state.current();
+    assert!(snapshot.finished);
+    let rows: usize = snapshot.tables[0].iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 4, "the emitted windows are retained");
+}
+
+/// The epochs an output pre-committed and committed, checking the lifecycle's order:
+/// recovered first, each commit after its pre-commit and in order, finished last.
+fn lifecycle(calls: &[Call]) -> (Vec<u64>, Vec<u64>) {
+    assert_eq!(calls.first(), Some(&Call::Recover(None)), "{calls:?}");
+    assert_eq!(calls.last(), Some(&Call::Finish), "{calls:?}");
+    let mut pre = Vec::new();
+    let mut committed: Vec<u64> = Vec::new();
+    for c in calls {
+        match c {
+            Call::PreCommit(e) => pre.push(*e),
+            Call::Commit(e) => {
+                assert!(
+                    pre.contains(e),
+                    "commit {e} before its pre-commit: {calls:?}"
+                );
+                assert!(
+                    committed.last() < Some(e),
+                    "commits out of order: {calls:?}"
+                );
+                committed.push(*e);
+            }
+            Call::Flush => panic!("a checkpointed output is not flushed: {calls:?}"),
+            _ => {}
+        }
+    }
+    (pre, committed)
+}
+
+#[test]
+fn checkpointed_outputs_commit_each_epoch_after_pre_committing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink {
+        refuse_every_row: true,
+        ..Default::default()
+    };
+    let calls = sink.calls.clone();
+    let dead = RecordingDeadLetters::default();
+    let dead_calls = dead.calls.clone();
+    let records = dead.records.clone();
+    let mut spec = job(
+        Box::new(FakeReader::new(two_partitions())),
+        2,
+        sink,
+        dead,
+        2,
+    );
+    checkpointed(&mut spec, dir.path());
+    let stats = run_stats();
+    run_within(
+        spec,
+        stats.clone(),
+        StopHandle::new(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let (pre, committed) = lifecycle(&calls.lock().unwrap());
+    let (dead_pre, dead_committed) = lifecycle(&dead_calls.lock().unwrap());
+    assert!(!pre.is_empty());
+    assert_eq!(pre, dead_pre, "both outputs take part in every checkpoint");
+    assert_eq!(committed.last(), pre.last(), "the last epoch is committed");
+    assert_eq!(dead_committed.last(), dead_pre.last());
+    assert_eq!(
+        written_windows(&calls),
+        vec![(0, 2), (10, 2), (20, 1), (30, 1)]
+    );
+    // every refused row reached the dead letters, with the late record
+    let records = records.lock().unwrap();
+    let mut refused: Vec<Vec<u8>> = records
+        .iter()
+        .filter(|r| r.reason == Reason::Rejected)
+        .filter_map(|r| r.raw.clone())
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        vec![
+            b"0".to_vec(),
+            b"10".to_vec(),
+            b"20".to_vec(),
+            b"30".to_vec()
+        ]
+    );
+    assert_eq!(
+        records.iter().filter(|r| r.reason == Reason::Late).count(),
+        1
+    );
+    let last = *pre.last().unwrap();
+    assert_eq!(
+        stats.checkpoints.last_epoch.load(Ordering::SeqCst),
+        last,
+        "the final checkpoint is complete"
+    );
+    assert_eq!(RunStats::get(&stats.rows_committed[0].value), 4);
+}

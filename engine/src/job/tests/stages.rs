@@ -1,0 +1,341 @@
+//! Each stage alone: the coordinator, a reader, the merger, a worker, a sink thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver};
+
+use crate::checkpoint::{CheckpointStore, Epochs, Part};
+use crate::clock::{WATERMARK_END, WATERMARK_MIN};
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::events::Resume;
+use crate::job::channels::{
+    DeadMsg, Dispatcher, Failure, MergeInput, MergeMsg, SinkMsg, WorkerMsg,
+};
+use crate::job::coordinator::Coordinator;
+use crate::job::merger::{merger_loop, MergerStart};
+use crate::job::outputs::{RejectMsg, SinkThread};
+use crate::job::reader::read_source;
+use crate::job::worker::{worker_loop, ExitBarrier, WorkerCtx};
+use crate::job::*;
+use crate::progress::Progress;
+use crate::retry::RetryPolicy;
+use crate::stats::RunStats;
+
+use super::fakes::*;
+
+#[test]
+fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let (worker_tx, worker_rx) = bounded::<WorkerMsg>(4);
+    let dispatcher = Arc::new(Mutex::new(Dispatcher {
+        next: 0,
+        senders: vec![worker_tx],
+        cut: vec![Some(Resume::at(7))],
+        // every reader ended: the coordinator takes the final checkpoint at once
+        readers_left: 0,
+        checkpointing: true,
+    }));
+    let (parts_tx, parts_rx) = unbounded::<Part>();
+    let epochs = Arc::new(Epochs::default());
+    let mut spec = job(
+        Box::new(FakeReader::new(Vec::new())),
+        1,
+        RecordingSink::default(),
+        RecordingDeadLetters::default(),
+        1,
+    );
+    checkpointed(&mut spec, dir.path());
+    let coordinator = Coordinator {
+        spec: spec.checkpoint.take().unwrap(),
+        dispatcher: dispatcher.clone(),
+        parts: parts_rx,
+        // one worker, worker 0's clocks, the merger, no sink, the dead letters
+        expected: 4,
+        epochs: epochs.clone(),
+        progress: Arc::new(Progress::new(1, &[0])),
+        stats: run_stats(),
+        operator_names: vec!["counts".into()],
+        partition_keys: vec![("events".into(), "0".into())],
+        epoch: 0,
+        handover: Arc::new(AtomicBool::new(false)),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let failure = Failure::new();
+    let f = failure.clone();
+    let done = std::thread::spawn(move || coordinator.run(&f));
+    // the barrier stands in the worker's queue, which ends after it
+    let epoch = match worker_rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+        WorkerMsg::Barrier(e) => e,
+        _ => panic!("not a barrier"),
+    };
+    assert!(worker_rx.recv_timeout(Duration::from_secs(5)).is_err());
+    let parts = vec![
+        Part::Worker {
+            epoch,
+            ops: vec![(0, vec![partial(20, 1)], 20)],
+        },
+        Part::Leader {
+            epoch,
+            newest: vec![WATERMARK_END],
+            counters: vec![("records_in".into(), 7)],
+        },
+        Part::Merger {
+            epoch,
+            ops: vec![(vec![partial(10, 2)], 20)],
+            counters: Vec::new(),
+        },
+        Part::DeadLetter {
+            epoch,
+            info: serde_json::Value::Null,
+            counters: Vec::new(),
+        },
+    ];
+    let last = parts.len() - 1;
+    for (i, part) in parts.into_iter().enumerate() {
+        parts_tx.send(part).unwrap();
+        if i < last {
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(epochs.completed.load(Ordering::SeqCst), 0, "after part {i}");
+            assert!(!done.is_finished());
+        }
+    }
+    done.join().unwrap().unwrap();
+    assert_eq!(epochs.completed.load(Ordering::SeqCst), epoch);
+    let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+    let manifest = store.latest().unwrap().unwrap();
+    let restored = store.load(&manifest).unwrap();
+    assert_eq!(restored.manifest.epoch, epoch);
+    assert_eq!(restored.operators[0].len(), 2);
+    assert!(restored.manifest.finished);
+}
+
+#[test]
+fn a_reader_deals_chunks_round_robin_and_ends_the_workers_input() {
+    let (tx0, rx0) = bounded::<WorkerMsg>(8);
+    let (tx1, rx1) = bounded::<WorkerMsg>(8);
+    let dispatcher = Mutex::new(Dispatcher {
+        next: 0,
+        senders: vec![tx0, tx1],
+        cut: vec![None],
+        readers_left: 1,
+        checkpointing: false,
+    });
+    let reader = FakeReader::new(partition_chunks(0, &[&[1], &[2], &[3]]));
+    let finished = reader.finished.clone();
+    let progress = Arc::new(Progress::new(1, &[1]));
+    // the outputs are done: the reader finishes right after its input
+    progress.set_finished();
+    let ctx = ReaderContext::new(
+        Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        progress,
+        run_stats(),
+    );
+    read_source(Box::new(reader), &dispatcher, &ctx, &Failure::new()).unwrap();
+    let seqs = |rx: Receiver<WorkerMsg>| -> Vec<u64> {
+        rx.try_iter()
+            .map(|m| match m {
+                WorkerMsg::Chunk(c) => c.seq,
+                _ => panic!("not a chunk"),
+            })
+            .collect()
+    };
+    let d = dispatcher.lock().unwrap();
+    assert!(
+        d.senders.is_empty(),
+        "the last reader ends the workers' input"
+    );
+    assert_eq!(d.cut[0], Some(Resume::at(3)));
+    drop(d);
+    assert_eq!(seqs(rx0), vec![0, 2]);
+    assert_eq!(seqs(rx1), vec![1, 3]);
+    assert!(finished.load(Ordering::SeqCst));
+}
+
+fn handover(worker: usize, seq: u64, partials: Vec<PartialWindow>, upto: i64) -> MergeInput {
+    MergeInput::Handover(MergeMsg {
+        seq,
+        operator: 0,
+        worker,
+        partials,
+        upto,
+    })
+}
+
+#[test]
+fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
+    let (tx, rx) = unbounded::<MergeInput>();
+    let (sink_tx, sink_rx) = unbounded::<SinkMsg>();
+    let stats = run_stats();
+    let failure = Failure::new();
+    let merger = {
+        let stats = stats.clone();
+        let failure = failure.clone();
+        std::thread::spawn(move || {
+            merger_loop(
+                rx,
+                vec![(
+                    Box::new(CountMerge::default()) as Box<dyn MergeOperator>,
+                    vec![0],
+                )],
+                vec![sink_tx],
+                MergerStart {
+                    workers: 2,
+                    emitted: vec![WATERMARK_MIN],
+                    link: None,
+                    live: None,
+                },
+                &stats,
+                &failure,
+            )
+        })
+    };
+    let next = || sink_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // worker 0 closed [0, 10) and [10, 20); worker 1 has not handed anything over yet:
+    // nothing is emitted
+    tx.send(handover(0, 1, vec![partial(0, 1), partial(10, 1)], 20))
+        .unwrap();
+    match next() {
+        SinkMsg::Upto { upto, covered, .. } => {
+            assert_eq!((upto, covered), (WATERMARK_MIN, vec![1, 0]))
+        }
+        _ => panic!("not an upto"),
+    }
+    // worker 1 closed [0, 10) only: only it is emitted, with both workers' rows
+    tx.send(handover(1, 1, vec![partial(0, 2)], 10)).unwrap();
+    match next() {
+        SinkMsg::Rows(b) => assert_eq!(windows_in(&b), vec![(0, 3)]),
+        _ => panic!("not rows"),
+    }
+    match next() {
+        SinkMsg::Upto { op, upto, covered } => assert_eq!((op, upto, covered), (0, 10, vec![1, 1])),
+        _ => panic!("not an upto"),
+    }
+    tx.send(handover(1, 2, vec![partial(10, 4)], WATERMARK_END))
+        .unwrap();
+    match next() {
+        SinkMsg::Rows(b) => assert_eq!(windows_in(&b), vec![(10, 5)]),
+        _ => panic!("not rows"),
+    }
+    match next() {
+        SinkMsg::Upto { upto, .. } => assert_eq!(upto, 20),
+        _ => panic!("not an upto"),
+    }
+    drop(tx);
+    merger.join().unwrap().unwrap();
+    assert!(sink_rx.try_recv().is_err());
+    assert_eq!(stats.windows_total(), 2);
+}
+
+#[test]
+fn a_worker_hands_windows_over_in_order_and_dead_letters_late_rows() {
+    let (tx, rx) = unbounded::<WorkerMsg>();
+    let (merge_tx, merge_rx) = unbounded::<MergeInput>();
+    let (dead_tx, dead_rx) = unbounded::<DeadMsg>();
+    let ctx = WorkerCtx {
+        index: 0,
+        decoders: Arc::new(vec![Arc::new(NoDecode) as Arc<dyn Decode>]),
+        max_future: Arc::new(vec![None]),
+        clocks: Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
+        stats: run_stats(),
+        dead_tx,
+        merge_tx,
+        failure: Failure::new(),
+        op_sources: vec![0],
+        input_done: Arc::new(ExitBarrier::new(1)),
+        progress: Arc::new(Progress::new(1, &[1])),
+        link: None,
+        rendezvous: None,
+    };
+    for chunk in partition_chunks(0, &[&[0, 5], &[25], &[3]]) {
+        tx.send(WorkerMsg::Chunk(chunk)).unwrap();
+    }
+    drop(tx);
+    let ops: Vec<(usize, Box<dyn WorkerOperator>)> = vec![(0, Box::new(CountWorker::default()))];
+    worker_loop(rx, ops, ctx).unwrap();
+    let mut uptos = Vec::new();
+    let mut windows = Vec::new();
+    for (i, m) in merge_rx.try_iter().enumerate() {
+        let MergeInput::Handover(h) = m else {
+            panic!("not a hand-over");
+        };
+        assert_eq!((h.seq, h.operator, h.worker), (i as u64 + 1, 0, 0));
+        uptos.push(h.upto);
+        windows.extend(h.partials.iter().map(|p| (p.window_start, count_of(p))));
+    }
+    assert_eq!(uptos, vec![5, 25, WATERMARK_END]);
+    assert_eq!(windows, vec![(0, 2), (20, 1)]);
+    let dead: Vec<DeadLetter> = dead_rx
+        .try_iter()
+        .flat_map(|m| match m {
+            DeadMsg::Records(r) => r,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].reason, dead[0].offset), (Reason::Late, Some(3)));
+}
+
+#[test]
+fn a_sink_thread_without_checkpoints_flushes_to_report_progress_and_forwards_refused_rows() {
+    let sink = RecordingSink {
+        refuse_every_row: true,
+        ..Default::default()
+    };
+    let calls = sink.calls.clone();
+    let stats = run_stats();
+    let (tx, rx) = unbounded::<SinkMsg>();
+    let (rejects_tx, rejects_rx) = unbounded::<RejectMsg>();
+    let thread = SinkThread {
+        index: 0,
+        name: "out".into(),
+        sink: Box::new(sink),
+        feeds: vec![(0, 0)],
+        stats: stats.clone(),
+        progress: Arc::new(Progress::new(1, &[1])),
+        link: None,
+        cancel: Arc::new(AtomicBool::new(false)),
+        retry: RetryPolicy::default(),
+        rejects: rejects_tx,
+        epoch: 1,
+        rejected_from: partition(usize::MAX),
+    };
+    let done = std::thread::spawn(move || thread.run(rx));
+    tx.send(SinkMsg::Rows(window_rows(&[(0, 2), (10, 1)])))
+        .unwrap();
+    // nothing to report yet: no flush
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!calls.lock().unwrap().contains(&Call::Flush));
+    tx.send(SinkMsg::Upto {
+        op: 0,
+        upto: 20,
+        covered: vec![1],
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !calls.lock().unwrap().contains(&Call::Flush) {
+        assert!(Instant::now() < deadline, "no flush");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(tx);
+    done.join().unwrap().unwrap();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![
+            Call::Write(vec![(0, 2), (10, 1)]),
+            Call::Flush,
+            Call::Finish
+        ]
+    );
+    assert_eq!(RunStats::get(&stats.rows_committed[0].value), 2);
+    let refused: Vec<(u64, usize)> = rejects_rx
+        .try_iter()
+        .map(|m| match m {
+            RejectMsg::Rows { epoch, records } => (epoch, records.len()),
+            RejectMsg::Passed { .. } => panic!("no barrier was passed"),
+        })
+        .collect();
+    assert_eq!(refused, vec![(1, 2)]);
+}
