@@ -129,6 +129,14 @@ impl Drop for Client {
 
 type Row = Map<String, Value>;
 
+/// The tests run one at a time: each starts a run and Python clients, and the stuck-client
+/// test compares ingestion rates, which the others would disturb on a small machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Applies a view's snapshot and changes: rows by key.
 fn apply_view(messages: &[Value], key: &str) -> BTreeMap<String, Row> {
     let mut rows = BTreeMap::new();
@@ -198,6 +206,7 @@ fn last_is_finished(what: &str, messages: &[Value]) {
 
 #[test]
 fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = pipeline(
@@ -423,6 +432,7 @@ fn metric(port: u16, name: &str) -> f64 {
 
 #[test]
 fn a_client_that_stops_reading_is_dropped_and_ingestion_keeps_its_rate() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = pipeline(
@@ -527,6 +537,7 @@ const IDLE_1000_MAX_MIB: u64 = 64;
 
 #[test]
 fn a_thousand_idle_subscribers_are_cheap_and_the_next_is_refused() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = pipeline(
@@ -590,6 +601,7 @@ fn a_thousand_idle_subscribers_are_cheap_and_the_next_is_refused() {
 
 #[test]
 fn refusals_are_clear_tokens_and_limits_apply_and_old_positions_expire() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = pipeline(

@@ -596,7 +596,7 @@ pub struct ServeDoc {
     /// Subscriptions open at once with the token, or from one client address when no token is set (default 1,000).
     #[serde(default)]
     pub max_subscriptions_per_token: Option<u64>,
-    /// Changes a subscriber may be behind the newest before it is dropped (default 10,000).
+    /// Changes of earlier snapshots a subscriber may leave unread before it is dropped (default 10,000).
     #[serde(default)]
     pub subscription_buffer: Option<u64>,
     /// Changes kept per table for subscribers and resumes with `from` (default 100,000).

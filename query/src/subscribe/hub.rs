@@ -344,6 +344,9 @@ impl Hub {
         let name = &self.live.tables[i].name;
         let mut guard = lock(&feed.state);
         let Some(t) = guard.as_mut() else { return };
+        // a subscriber has until the next snapshot to read this one's changes: it is behind
+        // when it has not read those of the snapshots before, up to its buffer
+        let read_by_now = t.log.head();
         let appended = changes.and_then(|c| {
             let n = c.len();
             t.log.append(c).map(|_| n)
@@ -369,7 +372,8 @@ impl Hub {
         subs.retain(|h| h.state.load(Ordering::Acquire) != CLOSED);
         for h in subs.iter() {
             let cursor = h.cursor.load(Ordering::Acquire);
-            let behind = head.saturating_sub(cursor) > self.limits.buffer as u64 || cursor < oldest;
+            let behind =
+                read_by_now.saturating_sub(cursor) > self.limits.buffer as u64 || cursor < oldest;
             if behind && h.state.load(Ordering::Acquire) == LIVE {
                 h.state.store(BEHIND, Ordering::Release);
                 h.wake.notify_one();
@@ -730,9 +734,17 @@ mod tests {
             .unwrap();
         let third = hub.subscribe(&request(&[("table", "v")]), Client::Token, peer());
         assert!(matches!(third, Err(SubscribeError::TooMany { max: 2 })));
-        // three changes while it reads nothing: more than its buffer of 2
+        // three changes while it reads nothing: more than its buffer of 2, but it has until the
+        // next snapshot to read them
         publish(&live, 2, &[("a", 1), ("b", 1), ("c", 1)]);
         let started = Instant::now();
+        while hub.feeds[0].head.borrow().0 < hub.base() + 3 {
+            assert!(started.elapsed() < Duration::from_secs(5), "no changes");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(hub.stats().dropped.load(Ordering::Relaxed), 0);
+        publish(&live, 3, &[("a", 2), ("b", 1), ("c", 1)]);
         while hub.stats().dropped.load(Ordering::Relaxed) == 0 {
             assert!(started.elapsed() < Duration::from_secs(5), "not dropped");
             tokio::time::sleep(Duration::from_millis(10)).await;

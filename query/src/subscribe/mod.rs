@@ -21,9 +21,11 @@
 //! and must subscribe again with `snapshot=true`.
 //!
 //! **Backpressure.** A subscriber reads the shared log at its own pace; the hub never waits
-//! for it. One that falls more than `subscription_buffer` changes behind the newest position
-//! (or behind the log's oldest) gets a final `{"error":{"code":"fell_behind",...}}` message,
-//! and its connection is cut [`CUT_AFTER`] later if it has not read it by then.
+//! for it. One that, when a snapshot's changes are appended, has still not read more than
+//! `subscription_buffer` changes of the snapshots before (it always gets one refresh interval
+//! to read the newest snapshot's changes, however many), or whose unread changes left the log,
+//! gets a final `{"error":{"code":"fell_behind",...}}` message, and its connection is cut
+//! [`CUT_AFTER`] later if it has not read it by then.
 
 #![warn(missing_docs)]
 
@@ -61,8 +63,8 @@ pub struct SubscribeLimits {
     /// Subscriptions open at once per token, or per client address when no token is set
     /// (`max_subscriptions_per_token`).
     pub max_per_client: usize,
-    /// Changes a subscriber may be behind the newest before it is dropped
-    /// (`subscription_buffer`).
+    /// Changes of earlier snapshots a subscriber may leave unread when a snapshot's changes
+    /// are appended, before it is dropped (`subscription_buffer`).
     pub buffer: usize,
     /// Changes kept per table for subscribers and resumes (`subscription_retain`).
     pub retain_changes: usize,
