@@ -21,6 +21,9 @@ use crate::engine::QueryEngine;
 /// How often the hub looks for a new snapshot (the shortest `serve.refresh` is 50 ms).
 const POLL: Duration = Duration::from_millis(20);
 
+/// A table without subscribers for this long is no longer followed (its log is dropped).
+const UNTRACK_AFTER: Duration = Duration::from_secs(60);
+
 /// Entries a subscriber takes from the log at a time, and messages it sends at a time.
 const TAKE_ENTRIES: usize = 16;
 const MAX_MESSAGES: usize = 4096;
@@ -56,6 +59,10 @@ struct Feed {
     /// (head, finished), sent after each append.
     head: watch::Sender<(u64, bool)>,
     subscribers: Mutex<Vec<Arc<Handle>>>,
+    /// When its last subscriber left (it is untracked [`UNTRACK_AFTER`] later).
+    idle_since: Mutex<Option<Instant>>,
+    /// The newest position given, kept while the table is not followed.
+    last_head: AtomicU64,
 }
 
 const LIVE: u8 = 0;
@@ -87,6 +94,7 @@ pub struct Hub {
     started: Once,
     /// Held while a tick diffs: one diff per snapshot and table.
     ticking: Mutex<()>,
+    untrack_after: Duration,
 }
 
 impl std::fmt::Debug for Hub {
@@ -98,6 +106,14 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub over the engine's live state; positions start at `1000 × now (Unix ms)`.
     pub fn new(engine: Arc<QueryEngine>, limits: SubscribeLimits) -> Arc<Self> {
+        Self::build(engine, limits, UNTRACK_AFTER)
+    }
+
+    fn build(
+        engine: Arc<QueryEngine>,
+        limits: SubscribeLimits,
+        untrack_after: Duration,
+    ) -> Arc<Self> {
         let live = engine.live().clone();
         let base = (weir_engine::time::now_ms().max(0) as u64).saturating_mul(1000);
         let feeds = live
@@ -107,6 +123,8 @@ impl Hub {
                 state: Mutex::new(None),
                 head: watch::channel((base, false)).0,
                 subscribers: Mutex::new(Vec::new()),
+                idle_since: Mutex::new(None),
+                last_head: AtomicU64::new(base),
             })
             .collect();
         Arc::new(Hub {
@@ -121,6 +139,7 @@ impl Hub {
             cuts: Mutex::new(Vec::new()),
             started: Once::new(),
             ticking: Mutex::new(()),
+            untrack_after,
         })
     }
 
@@ -171,15 +190,13 @@ impl Hub {
         let mut state = lock(&feed.state);
         let tracked = state.get_or_insert_with(|| {
             let current = self.live.current();
-            feed.head.send_replace((self.base, current.finished));
+            let head = feed.last_head.load(Ordering::Acquire);
+            feed.head.send_replace((head, current.finished));
             Tracked {
                 finished: current.finished,
                 prev: current,
-                log: ChangeLog::new(
-                    self.base,
-                    self.limits.retain_changes,
-                    self.limits.retain_bytes,
-                ),
+                log: ChangeLog::new(head, self.limits.retain_changes, self.limits.retain_bytes)
+                    .since(self.base),
             }
         });
         let (prev, head) = (tracked.prev.clone(), tracked.log.head());
@@ -383,6 +400,31 @@ impl Hub {
                 }
             }
         }
+        let idle = subs.is_empty();
+        drop(subs);
+        self.untrack_if_idle(i, idle, head);
+    }
+
+    /// Stops following table `i` once it has had no subscriber for `untrack_after`.
+    fn untrack_if_idle(&self, i: usize, idle: bool, head: u64) {
+        let feed = &self.feeds[i];
+        let mut since = lock(&feed.idle_since);
+        if !idle {
+            *since = None;
+            return;
+        }
+        let at = *since.get_or_insert_with(Instant::now);
+        if at.elapsed() < self.untrack_after {
+            return;
+        }
+        // a subscription registers under the state lock: none can come in between
+        let mut state = lock(&feed.state);
+        if lock(&feed.subscribers).is_empty() {
+            feed.last_head.store(head, Ordering::Release);
+            *state = None;
+            *since = None;
+            tracing::debug!(table = %self.live.tables[i].name, "no subscriber: not followed");
+        }
     }
 
     /// Cuts the connections of dropped subscribers whose time to read is over.
@@ -582,13 +624,25 @@ impl Subscription {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use weir_engine::live::LiveTableDef;
 
-    fn hub(limits: SubscribeLimits) -> (Arc<LiveState>, Arc<Hub>) {
+    pub fn hub(limits: SubscribeLimits) -> (Arc<LiveState>, Arc<Hub>) {
+        hub_with(limits, UNTRACK_AFTER)
+    }
+
+    pub async fn wait_for(done: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(5), "not within 5 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn hub_with(limits: SubscribeLimits, untrack: Duration) -> (Arc<LiveState>, Arc<Hub>) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, false),
             Field::new("n", DataType::Int64, true),
@@ -603,10 +657,10 @@ mod tests {
             )],
         ));
         let engine = QueryEngine::new(live.clone(), Default::default()).unwrap();
-        (live, Hub::new(Arc::new(engine), limits))
+        (live, Hub::build(Arc::new(engine), limits, untrack))
     }
 
-    fn publish(live: &LiveState, seq: u64, rows: &[(&str, i64)]) {
+    pub fn publish(live: &LiveState, seq: u64, rows: &[(&str, i64)]) {
         let def = &live.tables[0];
         let batch = RecordBatch::try_new(
             def.schema.clone(),
@@ -624,26 +678,32 @@ mod tests {
         });
     }
 
-    fn request(query: &[(&str, &str)]) -> Request {
+    pub fn request(query: &[(&str, &str)]) -> Request {
         Request::parse(query.iter().copied(), None).unwrap()
     }
 
-    fn peer() -> SocketAddr {
+    pub fn peer() -> SocketAddr {
         "127.0.0.1:1".parse().unwrap()
     }
 
-    async fn next(sub: &mut Subscription) -> Next {
+    pub async fn next(sub: &mut Subscription) -> Next {
         tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
             .expect("a message within 5 s")
     }
 
-    fn values(messages: &[String]) -> Vec<serde_json::Value> {
+    pub fn values(messages: &[String]) -> Vec<serde_json::Value> {
         messages
             .iter()
             .map(|m| serde_json::from_str(m).unwrap())
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     #[tokio::test]
     async fn a_subscriber_gets_the_snapshot_then_the_changes_and_resumes_exactly() {
@@ -762,5 +822,52 @@ mod tests {
             peer(),
         );
         assert!(matches!(unknown, Err(SubscribeError::Unknown { .. })));
+    }
+}
+
+#[cfg(test)]
+mod untrack_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_table_without_subscribers_is_no_longer_followed_and_positions_go_on() {
+        let (live, hub) = hub_with(SubscribeLimits::default(), Duration::ZERO);
+        publish(&live, 1, &[("a", 1)]);
+        let me = Client::Token;
+        let sub = hub
+            .subscribe(&request(&[("table", "v")]), me.clone(), peer())
+            .unwrap();
+        publish(&live, 2, &[("a", 2), ("b", 1)]);
+        wait_for(|| hub.feeds[0].head.borrow().0 == hub.base() + 2).await;
+        drop(sub);
+        publish(&live, 3, &[("a", 3), ("b", 1)]);
+        wait_for(|| lock(&hub.feeds[0].state).is_none()).await;
+        assert_eq!(
+            hub.feeds[0].last_head.load(Ordering::Acquire),
+            hub.base() + 3
+        );
+        // its changes are gone: a resume from before is expired, not unknown
+        let from = (hub.base() + 1).to_string();
+        let old = hub.subscribe(
+            &request(&[("table", "v"), ("from", &from)]),
+            me.clone(),
+            peer(),
+        );
+        assert!(
+            matches!(old, Err(SubscribeError::Expired { .. })),
+            "{:?}",
+            old.err()
+        );
+        // followed again, its positions go on from where they were
+        let again = hub
+            .subscribe(
+                &request(&[("table", "v"), ("snapshot", "true")]),
+                me,
+                peer(),
+            )
+            .unwrap();
+        let first: serde_json::Value = serde_json::from_str(again.first.as_ref().unwrap()).unwrap();
+        assert_eq!(first["position"].as_u64(), Some(hub.base() + 3));
     }
 }

@@ -172,6 +172,13 @@ impl ChangeLog {
         }
     }
 
+    /// The same log, whose positions from `start` on are this run's: a resume from one of
+    /// them before the log's first is expired (rather than unknown).
+    pub fn since(mut self, start: u64) -> Self {
+        self.start = start.min(self.head);
+        self
+    }
+
     /// The newest position given.
     pub fn head(&self) -> u64 {
         self.head
@@ -295,6 +302,9 @@ mod tests {
             Resume::Unknown { head: 1005 },
             "another run's"
         );
+        let later = ChangeLog::new(1005, 100, 1 << 20).since(1000);
+        assert_eq!(later.resume(1002), Resume::Expired { oldest: 1005 });
+        assert_eq!(later.resume(999), Resume::Unknown { head: 1005 });
         let firsts =
             |p| -> Vec<u64> { log.after(p, 10).unwrap().iter().map(|e| e.first).collect() };
         assert_eq!(firsts(1000), vec![1001, 1004]);

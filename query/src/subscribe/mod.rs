@@ -2,7 +2,8 @@
 //! a WebSocket or Server-Sent Events, on the HTTP endpoint and token of `/sql`.
 //!
 //! A hub (one thread, [`hub`]) notices every snapshot the engine publishes (every
-//! `serve.refresh`) and, for each table that has or had subscribers, computes the changes
+//! `serve.refresh`) and, for each table that has subscribers (or had some within a minute),
+//! computes the changes
 //! from the previous snapshot ([`diff`]) into the table's change log ([`log`]): view keys
 //! new or changed (`upsert`) and gone (`delete`), window rows emitted (`insert`), open window
 //! rows new or changed (`update`). Each change gets the table's next *position*, and its
