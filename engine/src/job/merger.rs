@@ -119,7 +119,6 @@ impl LiveTables {
     ) -> Result<(), EngineError> {
         self.seq += 1;
         let mut tables = Vec::with_capacity(ops.len());
-        let indexes = ops.iter().map(|(m, _)| m.live_index()).collect();
         for (i, (merge, _)) in ops.iter_mut().enumerate() {
             let def = &self.state.tables[i];
             let mut rows: Vec<RecordBatch> = self.retained[i].batches().cloned().collect();
@@ -130,6 +129,9 @@ impl LiveTables {
             }
             tables.push(rows);
         }
+        // after `live`, which may expire keys and rebuild a view's index: the index must
+        // number the rows published with it
+        let indexes = ops.iter().map(|(m, _)| m.live_index()).collect();
         let mut counters: std::collections::BTreeMap<String, u64> = counters.into_iter().collect();
         counters.extend(stats.merger_counters());
         let partitions = partition_statuses(&self.partitions, clocks, Some(stats));

@@ -149,6 +149,89 @@ fn a_live_run_on_a_bounded_input_ends_promptly() {
     assert_eq!(rows, 4, "the emitted windows are retained");
 }
 
+/// A merge operator whose `live` rebuilds its key index, as a view does when keys expire.
+struct Reindexing {
+    inner: CountMerge,
+    index: Arc<crate::live::KeyIndex>,
+    newest: Arc<std::sync::Mutex<Option<Arc<crate::live::KeyIndex>>>>,
+}
+
+impl Reindexing {
+    fn fresh_index() -> Arc<crate::live::KeyIndex> {
+        Arc::new(crate::live::KeyIndex::new(&[arrow::datatypes::DataType::Int64]).unwrap())
+    }
+}
+
+impl MergeOperator for Reindexing {
+    fn merge(&mut self, partial: crate::types::PartialWindow) -> Result<(), EngineError> {
+        self.inner.merge(partial)
+    }
+    fn emit(
+        &mut self,
+        watermark: i64,
+    ) -> Result<Vec<arrow::record_batch::RecordBatch>, EngineError> {
+        self.inner.emit(watermark)
+    }
+    fn snapshot(&mut self) -> Result<Vec<crate::types::PartialWindow>, EngineError> {
+        self.inner.snapshot()
+    }
+    fn live(
+        &mut self,
+        workers: Vec<crate::types::PartialWindow>,
+    ) -> Result<Vec<arrow::record_batch::RecordBatch>, EngineError> {
+        self.index = Reindexing::fresh_index();
+        *self.newest.lock().unwrap() = Some(self.index.clone());
+        self.inner.live(workers)
+    }
+    fn live_index(&self) -> Option<Arc<crate::live::KeyIndex>> {
+        Some(self.index.clone())
+    }
+}
+
+#[test]
+fn a_snapshot_publishes_the_key_index_its_rows_were_built_with() {
+    let state = Arc::new(LiveState::new(
+        "test",
+        vec![LiveTableDef::new(
+            "counts",
+            LiveKind::View,
+            &output_schema(),
+            Vec::new(),
+        )],
+    ));
+    let mut spec = job(
+        Box::new(FakeReader::new(two_partitions())),
+        2,
+        RecordingSink::default(),
+        RecordingDeadLetters::default(),
+        2,
+    );
+    let newest = Arc::new(std::sync::Mutex::new(None));
+    spec.operators[0].merge = Box::new(Reindexing {
+        inner: CountMerge::default(),
+        index: Reindexing::fresh_index(),
+        newest: newest.clone(),
+    });
+    spec.live = Some(LiveSpec {
+        state: state.clone(),
+        interval: Duration::from_millis(20),
+    });
+    run_within(
+        spec,
+        run_stats(),
+        StopHandle::new(),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let snapshot = state.current();
+    let published = snapshot.indexes[0].as_ref().expect("an index");
+    let built = newest.lock().unwrap().clone().expect("live was called");
+    assert!(
+        Arc::ptr_eq(published, &built),
+        "the snapshot carries the index from before `live` rebuilt it"
+    );
+}
+
 /// The epochs an output pre-committed and committed, checking the lifecycle's order:
 /// recovered first, each commit after its pre-commit and in order, finished last.
 fn lifecycle(calls: &[Call]) -> (Vec<u64>, Vec<u64>) {
