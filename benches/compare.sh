@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: weir vs DuckDB, Polars and Bytewax (../shared/bench/run_peers.sh) on the
-# same 2,000,000 data-ingestion events, measured in the same run.
-#   benches/compare.sh [EVENTS] [PEERS...]      (default: 2000000 duckdb polars bytewax)
+# End-to-end benchmark: weir vs DuckDB and Polars (benches/peers/run.sh) on the same 2,000,000
+# data-ingestion events (benches/events.sh: `weir generate`, seed 42), measured in the same run.
+#   benches/compare.sh [EVENTS] [PEERS...]      (default: 2000000 duckdb polars)
 # Prints, per engine: wall and CPU seconds, events per CPU-second, peak RSS; weir's ratio to each
 # peer; and checks that weir's rows equal DuckDB's. Needs a release build (built if missing),
-# python3 with venv (the peers' venv is made once under ~/.cache/weir-peers-venv).
+# python3 with venv (the peers' venv is made once: benches/peers/setup.sh). Bytewax, Pathway and
+# Flink peers are not bundled (benches/peers/run.sh skips them).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-shared=${SHARED:-$(cd "$repo/../shared" && pwd)}
 N=${1:-2000000}; shift || true
-PEERS=${*:-duckdb polars bytewax}
+PEERS=${*:-duckdb polars}
 cache=${WEIR_CACHE:-$HOME/.cache/weir}/bench
 mkdir -p "$cache"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
@@ -17,11 +17,7 @@ WEIR=${WEIR_BIN:-$CARGO_TARGET_DIR/release/weir}
 if [ -z "${WEIR_BIN:-}" ]; then
   (cd "$repo" && cargo build --release -q -p weir-cli)
 fi
-events="$cache/events-$N.ndjson"
-if [ ! -s "$events" ]; then
-  echo "generating $N events (gen_events.py, seed 42, defaults) -> $events" >&2
-  python3 "$shared/data/gen_events.py" data-ingestion "$N" --seed 42 -o "$events.tmp" && mv "$events.tmp" "$events"
-fi
+events=$("$repo/benches/events.sh" "$N" "$WEIR")
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cat > "$work/bench.yaml" <<YAML
 name: bench
@@ -63,9 +59,9 @@ done
 cmp -s "$work/p1/weir.ndjson" "$work/p2/weir.ndjson" && echo "weir parallelism 1 and 2: identical output" \
   || { echo "weir parallelism 1 and 2 differ" >&2; exit 1; }
 OUT_DIR="$work/peers" ; mkdir -p "$OUT_DIR"
-OUT_DIR="$OUT_DIR" bash "$shared/bench/run_peers.sh" "$events" $PEERS | tee "$work/peers.txt"
+OUT_DIR="$OUT_DIR" bash "$repo/benches/peers/run.sh" "$events" $PEERS | tee "$work/peers.txt"
 if [ -s "$OUT_DIR/out_duckdb.csv" ]; then
-  python3 "$shared/oracle/compare.py" "$OUT_DIR/out_duckdb.csv" "$work/p1/weir.ndjson" --key datasetName \
+  python3 "$repo/benches/peers/same_rows.py" "$OUT_DIR/out_duckdb.csv" "$work/p1/weir.ndjson" --key datasetName \
     && echo "weir's rows equal DuckDB's" || { echo "weir's rows differ from DuckDB's" >&2; exit 1; }
 fi
 echo

@@ -13,7 +13,6 @@
 # windows).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-shared=${SHARED:-$(cd "$repo/../shared" && pwd)}
 N=${1:-2000000}
 CONFIGS=${2:-"500x1 1000x1 1000x2 5000x2 5000x4"}
 cache=${WEIR_CACHE:-$HOME/.cache/weir}
@@ -22,12 +21,7 @@ WEIR=${WEIR_BIN:-$CARGO_TARGET_DIR/release/weir}
 if [ -z "${WEIR_BIN:-}" ]; then
   (cd "$repo" && cargo build --release -q -p weir-cli)
 fi
-events="$cache/bench/events-$N.ndjson"
-mkdir -p "$cache/bench"
-if [ ! -s "$events" ]; then
-  echo "generating $N events (gen_events.py, seed 42, defaults) -> $events" >&2
-  python3 "$shared/data/gen_events.py" data-ingestion "$N" --seed 42 -o "$events.tmp" && mv "$events.tmp" "$events"
-fi
+events=$("$repo/benches/events.sh" "$N" "$WEIR")
 work=$(mktemp -d)
 server_pid=
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }

@@ -9,7 +9,6 @@
 # (from the sink's debug log), and checks that both sinks hold the same rows (DuckDB).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-shared=${SHARED:-$(cd "$repo/../shared" && pwd)}
 N=${1:-2000000}
 RUNS=${2:-3}
 cache=${WEIR_CACHE:-$HOME/.cache/weir}
@@ -20,12 +19,7 @@ if [ -z "${WEIR_BIN:-}" ]; then
 fi
 PY=${WEIR_TEST_PYTHON:-$cache/venv/bin/python}
 [ -x "$PY" ] || { echo "$PY is missing: run scripts/test-env.sh" >&2; exit 1; }
-events="$cache/bench/events-$N.ndjson"
-mkdir -p "$cache/bench"
-if [ ! -s "$events" ]; then
-  echo "generating $N events (gen_events.py, seed 42, defaults) -> $events" >&2
-  python3 "$shared/data/gen_events.py" data-ingestion "$N" --seed 42 -o "$events.tmp" && mv "$events.tmp" "$events"
-fi
+events=$("$repo/benches/events.sh" "$N" "$WEIR")
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 pipeline() { # sink-yaml
   cat <<YAML

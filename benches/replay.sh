@@ -8,7 +8,6 @@
 #   benches/replay.sh [EVENTS] [RUNS]        (default: 2000000 3; the broker: scripts/kafka.sh start)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-shared=${SHARED:-$(cd "$repo/../shared" && pwd)}
 N=${1:-2000000}
 RUNS=${2:-3}
 cache=${WEIR_CACHE:-$HOME/.cache/weir}
@@ -19,11 +18,7 @@ if [ -z "${WEIR_BIN:-}" ]; then
 fi
 PY=${WEIR_TEST_PYTHON:-$cache/venv/bin/python}
 BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
-events="$cache/bench/events-$N.ndjson"
-mkdir -p "$cache/bench"
-if [ ! -s "$events" ]; then
-  python3 "$shared/data/gen_events.py" data-ingestion "$N" --seed 42 -o "$events.tmp" && mv "$events.tmp" "$events"
-fi
+events=$("$repo/benches/events.sh" "$N" "$WEIR")
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 topic="bench-replay-$$-$(date +%s)"
 "$PY" "$repo/tests/kafka/kafka_tool.py" create "$BROKERS" "$topic" 3
