@@ -15,7 +15,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 status=0
 if [[ -n "${KAFKA_BROKERS:-}" ]]; then
     SKIP_BROKER=1 scripts/test-env.sh
-    cargo test --workspace --locked "$@" || status=$?
+    cargo test --workspace --locked --no-fail-fast "$@" || status=$?
     exit $status
 fi
 
@@ -47,10 +47,10 @@ done
 cargo test --workspace --locked --no-run -q
 fresh_broker
 # every crate but the binary's end-to-end tests, then those without the broker
-cargo test --workspace --locked --exclude weir-cli "$@" || status=$?
+cargo test --workspace --locked --exclude weir-cli --no-fail-fast "$@" || status=$?
 other_args=()
 for t in "${other_tests[@]}"; do other_args+=(--test "$t"); done
-cargo test -p weir-cli --locked --bins "${other_args[@]}" "$@" || status=$?
+cargo test -p weir-cli --locked --bins --no-fail-fast "${other_args[@]}" "$@" || status=$?
 # one test at a time: they share one broker, and the consumer-group test's allowance for
 # duplicates (at-least-once hand-overs) is about timing that parallel tests disturb
 for t in "${broker_tests[@]}"; do

@@ -74,7 +74,7 @@ fn quickstart_runs_and_writes_files() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let summary = text(&o.stdout);
     assert!(
-        summary.contains("10000 events in")
+        summary.contains("10000 events processed in")
             && summary.contains("103 bad")
             && summary.contains("6 late"),
         "{summary}"
