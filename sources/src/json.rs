@@ -68,12 +68,25 @@ pub const ENVELOPE_TIME_FIELDS: [&str; 2] = ["time", "occurred_at"];
 enum Val {
     Missing,
     Null,
-    Str { start: u32, end: u32, escaped: bool },
+    Str {
+        start: u32,
+        end: u32,
+        escaped: bool,
+    },
     Int(i64),
+    /// An integer literal outside the 64-bit range, as the nearest double: a valid JSON
+    /// number (a `double` field takes it, an unknown field is skipped), never a `long`.
+    BigInt(f64),
     Float(f64),
     Bool(bool),
-    Obj { start: u32, end: u32 },
-    Arr { start: u32, end: u32 },
+    Obj {
+        start: u32,
+        end: u32,
+    },
+    Arr {
+        start: u32,
+        end: u32,
+    },
 }
 
 /// Why a line is bad.
@@ -421,7 +434,7 @@ impl JsonDecoder {
                 }
                 (Val::Str { .. }, FieldKind::Str) => true,
                 (Val::Int(_), FieldKind::Int | FieldKind::Float) => true,
-                (Val::Float(_), FieldKind::Float) => true,
+                (Val::Float(_) | Val::BigInt(_), FieldKind::Float) => true,
                 (Val::Bool(_), FieldKind::Bool) => true,
                 (Val::Obj { .. }, FieldKind::Object) => true,
                 (Val::Arr { .. }, FieldKind::Array) => true,
@@ -673,6 +686,7 @@ fn describe(v: Val) -> &'static str {
         Val::Null => "null",
         Val::Str { .. } => "a string",
         Val::Int(_) => "an integer",
+        Val::BigInt(_) => "an integer out of the 64-bit range",
         Val::Float(_) => "a non-integer number",
         Val::Bool(_) => "a boolean",
         Val::Obj { .. } => "an object",
@@ -764,7 +778,7 @@ impl ColumnBuilder {
                     values.push(x as f64);
                     nulls.append_non_null();
                 }
-                Val::Float(x) => {
+                Val::Float(x) | Val::BigInt(x) => {
                     values.push(x);
                     nulls.append_non_null();
                 }
@@ -1005,12 +1019,12 @@ impl Parser<'_> {
                 }) {
                     Some(v) => v,
                     None => {
-                        return Err(LineError {
-                            code: "wrong_type",
-                            message: "integer out of the 64-bit range".into(),
-                            field: None,
-                            column: Some(start),
-                        });
+                        let text = std::str::from_utf8(&b[start..i])
+                            .map_err(|_| LineError::syntax("invalid number", start))?;
+                        let x = text
+                            .parse::<f64>()
+                            .map_err(|_| LineError::syntax("invalid number", start))?;
+                        return Ok(Val::BigInt(x));
                     }
                 };
             }
@@ -1226,6 +1240,36 @@ mod tests {
         let (ev, bad, _) = split(by_data_field.decode_lines(&bytes, 0));
         assert_eq!(ev.unwrap().event_time, vec![1_700_000_000_123; 3]);
         assert_eq!(bad.len(), 1);
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_only_where_a_long_is_read() {
+        let extra = GOOD.replace(r#""extra":["#, r#""big":-99999999999999999999,"extra":["#);
+        let long = GOOD.replace(
+            r#""recordCount":5"#,
+            r#""recordCount":99999999999999999999"#,
+        );
+        let lowest = GOOD.replace(
+            r#""recordCount":5"#,
+            r#""recordCount":-9223372036854775808"#,
+        );
+        let (ev, bad, n) = run(&[&extra, &long, &lowest], &["datasetName", "recordCount"]);
+        assert_eq!(n, 3);
+        assert_eq!(
+            bad.len(),
+            1,
+            "{:?}",
+            bad.iter().map(|b| &b.2.message).collect::<Vec<_>>()
+        );
+        assert_eq!((bad[0].0, bad[0].2.code), (11, "wrong_type"));
+        assert!(
+            bad[0].2.message.contains("64-bit range"),
+            "{}",
+            bad[0].2.message
+        );
+        let ev = ev.unwrap();
+        let counts = ev.batch.column(1).as_primitive::<Int64Type>();
+        assert_eq!((counts.value(0), counts.value(1)), (5, i64::MIN));
     }
 
     #[test]
