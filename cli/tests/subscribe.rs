@@ -204,18 +204,28 @@ fn last_is_finished(what: &str, messages: &[Value]) {
     );
 }
 
+/// Starts `weir run` on [`pipeline`] with `generator` settings, serving HTTP on a free port
+/// with a 200 ms refresh and the `serve` settings `extra` (", key: value..."), and waits
+/// until it answers.
+fn serving(dir: &Path, generator: &str, extra: &str, args: &[&str]) -> (Running, u16) {
+    let port = free_port();
+    let serve = format!("{{ http: \"127.0.0.1:{port}\", refresh: 200ms{extra} }}");
+    let path = pipeline(dir, generator, &serve);
+    let mut run = Running::start(&weir(), &path, args);
+    run.wait_http(port);
+    (run, port)
+}
+
 #[test]
 fn snapshots_and_changes_add_up_to_the_final_answer_and_resumes_lose_nothing() {
     let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let path = pipeline(
+    let (mut run, port) = serving(
         dir.path(),
         "count: 30000, events_per_second: 6000, keys: 3000",
-        &format!("{{ http: \"127.0.0.1:{port}\", refresh: 200ms }}"),
+        "",
+        &["--keep-serving"],
     );
-    let mut run = Running::start(&weir(), &path, &["--keep-serving"]);
-    run.wait_http(port);
     let q = "table=service_status&snapshot=true";
     let ws = Client::follow("ws", port, q, &[]);
     let sse = Client::follow("sse", port, q, &[]);
@@ -434,14 +444,12 @@ fn metric(port: u16, name: &str) -> f64 {
 fn a_client_that_stops_reading_is_dropped_and_ingestion_keeps_its_rate() {
     let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let path = pipeline(
+    let (run, port) = serving(
         dir.path(),
         "events_per_second: 4000, keys: 20000, skew: 0.5",
-        &format!("{{ http: \"127.0.0.1:{port}\", refresh: 200ms, subscription_buffer: 12000 }}"),
+        ", subscription_buffer: 12000",
+        &[],
     );
-    let mut run = Running::start(&weir(), &path, &[]);
-    run.wait_http(port);
     // a reader that keeps up, all along
     let healthy = Client::follow("sse", port, "table=service_status", &["--seconds", "90"]);
     std::thread::sleep(Duration::from_secs(3));
@@ -539,14 +547,7 @@ const IDLE_1000_MAX_MIB: u64 = 64;
 fn a_thousand_idle_subscribers_are_cheap_and_the_next_is_refused() {
     let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let path = pipeline(
-        dir.path(),
-        "events_per_second: 200, keys: 200",
-        &format!("{{ http: \"127.0.0.1:{port}\", refresh: 200ms }}"),
-    );
-    let mut run = Running::start(&weir(), &path, &[]);
-    run.wait_http(port);
+    let (run, port) = serving(dir.path(), "events_per_second: 200, keys: 200", "", &[]);
     let pid = run.child.id();
     // warm up: the hub runs and the table is tracked
     let one = Client::follow("sse", port, "table=service_status", &["--stop-after", "5"]).all();
@@ -603,17 +604,12 @@ fn a_thousand_idle_subscribers_are_cheap_and_the_next_is_refused() {
 fn refusals_are_clear_tokens_and_limits_apply_and_old_positions_expire() {
     let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let path = pipeline(
+    let (run, port) = serving(
         dir.path(),
         "events_per_second: 3000, keys: 2000",
-        &format!(
-            "{{ http: \"127.0.0.1:{port}\", refresh: 200ms, token: sekret, \
-             max_subscriptions_per_token: 2, subscription_retain: 500 }}"
-        ),
+        ", token: sekret, max_subscriptions_per_token: 2, subscription_retain: 500",
+        &[],
     );
-    let mut run = Running::start(&weir(), &path, &[]);
-    run.wait_http(port);
     let auth = [("Authorization", "Bearer sekret")];
     // no token, a wrong one
     let (status, code, _) = refused(port, "table=service_status", &[]);
