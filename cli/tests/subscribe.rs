@@ -447,7 +447,7 @@ fn a_client_that_stops_reading_is_dropped_and_ingestion_keeps_its_rate() {
     let (run, port) = serving(
         dir.path(),
         "events_per_second: 4000, keys: 20000, skew: 0.5",
-        ", subscription_buffer: 12000",
+        "",
         &[],
     );
     // a reader that keeps up, all along
