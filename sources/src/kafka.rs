@@ -8,6 +8,8 @@
 //! start where `start_from` says (the first time this process sees them). Offsets are
 //! committed when [`Progress`] says the rows they carry are in durable outputs.
 
+mod close;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
 use weir_kafka::{client_config, partition_counts, KafkaError};
 
 use crate::caught_up::{CatchUpWait, Wait};
+use close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
 
 /// A chunk is handed over once its messages reach this size...
 const CHUNK_BYTES: usize = 1 << 20;
@@ -239,6 +242,10 @@ struct GroupContext {
     in_backpressure: AtomicBool,
     /// A failure inside a rebalance callback, raised by the next read.
     failed: Mutex<Option<String>>,
+    /// The group's assignment strategy is cooperative (incremental assign and unassign).
+    cooperative: bool,
+    /// The partitions librdkafka assigned this consumer now (to leave the group cleanly).
+    held: Mutex<HashSet<(String, i32)>>,
     /// Where this process stopped reading each partition (the offset after the last
     /// message handed over): a partition assigned again (after a lost session) continues
     /// there, not at the group's older committed offset (which would count events twice).
@@ -270,6 +277,34 @@ impl GroupContext {
         } else {
             hand_over(&run, pool.handover_timeout)
         }
+    }
+
+    /// Records an assignment: added to the held partitions (cooperative) or replacing them.
+    fn hold(&self, assigned: &[(String, i32)], cooperative: bool) {
+        if let Ok(mut held) = self.held.lock() {
+            if !cooperative {
+                held.clear();
+            }
+            held.extend(assigned.iter().cloned());
+        }
+    }
+
+    /// Records a revocation: removed from the held partitions (cooperative), or all of them.
+    fn release_held(&self, revoked: &[(String, i32)], cooperative: bool) {
+        if let Ok(mut held) = self.held.lock() {
+            if cooperative {
+                for r in revoked {
+                    held.remove(r);
+                }
+            } else {
+                held.clear();
+            }
+        }
+    }
+
+    /// Whether librdkafka still assigns this consumer partitions.
+    fn holds_partitions(&self) -> bool {
+        self.held.lock().map_or(false, |h| !h.is_empty())
     }
 
     fn fail(&self, message: String) {
@@ -475,10 +510,10 @@ impl ConsumerContext for GroupContext {
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect()
         };
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            rdkafka::consumer::RebalanceProtocol::Cooperative
-        );
+        // from the configuration, not `rebalance_protocol()`: librdkafka answers that with a
+        // request to its main thread, which can hang forever (or answer "none") once the
+        // consumer is closing (confluentinc/librdkafka#4041)
+        let cooperative = self.cooperative;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // in a pool, an empty assignment (a cooperative rebalance that moved other
@@ -513,6 +548,7 @@ impl ConsumerContext for GroupContext {
                     tracing::error!(error = %e, "kafka: assigning partitions failed");
                 }
                 tracing::info!(partitions = ?list(tpl), "kafka: partitions assigned");
+                self.hold(&list(tpl), cooperative);
                 self.push(GroupEvent::Assigned(list(tpl)));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -543,12 +579,14 @@ impl ConsumerContext for GroupContext {
                 if let Some(pool) = &self.pool {
                     (pool.released)(&revoked, handed_over);
                 }
+                self.release_held(&revoked, cooperative);
                 tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
                 self.push(GroupEvent::Revoked(revoked));
             }
             other => {
                 tracing::error!(error = ?other, "kafka: rebalance failed");
                 let _ = consumer.unassign();
+                self.release_held(&[], false);
             }
         }
     }
@@ -714,6 +752,12 @@ pub struct KafkaReader {
     run: Option<Arc<AtomicBool>>,
 }
 
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 impl KafkaReader {
     /// A reader of source `source` (named `name`) whose partitions are numbered globally
     /// from `first_partition`, topic by topic.
@@ -875,10 +919,13 @@ impl KafkaReader {
         self.run.as_ref().is_some_and(|r| r.load(Ordering::SeqCst))
     }
 
-    /// Leaves the consumer group (a pooled reader, at the end of its worker).
+    /// Leaves the consumer group: gives its partitions back while the consumer still serves
+    /// rebalances normally, then closes the consumer, waiting at most [`CLOSE_TIMEOUT`]
+    /// (a broker that does not answer cannot hold the worker: the close then finishes in the
+    /// background). Also done when the reader is dropped.
     pub fn close(&mut self) {
         if let Some(consumer) = self.consumer.take() {
-            consumer.unsubscribe();
+            close_consumer(consumer, &self.name, CLOSE_TIMEOUT);
         }
     }
 
@@ -927,12 +974,18 @@ impl KafkaReader {
             run: Mutex::new(ctx.clone()),
             in_backpressure: AtomicBool::new(false),
             failed: Mutex::new(None),
+            cooperative: false,
+            held: Mutex::new(HashSet::new()),
         };
         let cfg = group_consumer_config(
             &self.config,
             &self.config.group_id,
             self.config.pool.is_some(),
         );
+        let context = GroupContext {
+            cooperative: is_cooperative(&cfg),
+            ..context
+        };
         let consumer: BaseConsumer<GroupContext> = cfg
             .create_with_context(context)
             .map_err(|e| self.err("cannot create a consumer", e))?;
@@ -1949,6 +2002,53 @@ mod tests {
         assert_eq!(total, 3000);
         assert_eq!(ended, [true; 3]);
         reader.finish(&ctx).unwrap();
+    }
+
+    /// Closing a reader returns within its bound even when leaving the group is slow: here a
+    /// pool's revocation waits for a hand-over that never completes (a dropped rdkafka
+    /// consumer would wait for it, and for a broker that does not answer, unbounded).
+    #[test]
+    fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("events", 3, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        let hook = PoolHook {
+            claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
+            released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+            handover_timeout: Duration::from_secs(60),
+        };
+        let config = KafkaSourceConfig {
+            until_caught_up: false,
+            pool: Some(hook),
+            ..reading_to_the_end(&brokers, "events")
+        };
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(3, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Progress::new(3, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        );
+        // a failed run: its hand-over on assignment does not wait
+        ctx.cancel.store(true, Ordering::SeqCst);
+        reader.connect(&ctx).unwrap();
+        let consumer = reader.consumer.as_ref().unwrap();
+        let started = Instant::now();
+        while !consumer.context().holds_partitions() {
+            let _ = consumer.poll(Duration::from_millis(50));
+            assert!(started.elapsed() < Duration::from_secs(30), "never assigned");
+        }
+        // a run whose outputs never finish: the revocation's hand-over waits a minute
+        ctx.cancel.store(false, Ordering::SeqCst);
+        let closing = Instant::now();
+        reader.close();
+        let took = closing.elapsed();
+        assert!(
+            took < CLOSE_TIMEOUT + Duration::from_secs(3),
+            "closing took {took:?}"
+        );
+        assert!(reader.consumer.is_none());
     }
 
     /// A repartition topic: its partitions are read as one lane per upstream partition, each
