@@ -8,7 +8,7 @@
 //! start where `start_from` says (the first time this process sees them). Offsets are
 //! committed when [`Progress`] says the rows they carry are in durable outputs.
 
-mod close;
+pub(crate) mod close;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
 use weir_kafka::{client_config, partition_counts, KafkaError};
 
 use crate::caught_up::{CatchUpWait, Wait};
-use close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
+use close::{close_consumer, is_cooperative, Held, HoldsPartitions, CLOSE_TIMEOUT};
 
 /// A chunk is handed over once its messages reach this size...
 const CHUNK_BYTES: usize = 1 << 20;
@@ -245,7 +245,7 @@ struct GroupContext {
     /// The group's assignment strategy is cooperative (incremental assign and unassign).
     cooperative: bool,
     /// The partitions librdkafka assigned this consumer now (to leave the group cleanly).
-    held: Mutex<HashSet<(String, i32)>>,
+    held: Held,
     /// Where this process stopped reading each partition (the offset after the last
     /// message handed over): a partition assigned again (after a lost session) continues
     /// there, not at the group's older committed offset (which would count events twice).
@@ -277,34 +277,6 @@ impl GroupContext {
         } else {
             hand_over(&run, pool.handover_timeout)
         }
-    }
-
-    /// Records an assignment: added to the held partitions (cooperative) or replacing them.
-    fn hold(&self, assigned: &[(String, i32)], cooperative: bool) {
-        if let Ok(mut held) = self.held.lock() {
-            if !cooperative {
-                held.clear();
-            }
-            held.extend(assigned.iter().cloned());
-        }
-    }
-
-    /// Records a revocation: removed from the held partitions (cooperative), or all of them.
-    fn release_held(&self, revoked: &[(String, i32)], cooperative: bool) {
-        if let Ok(mut held) = self.held.lock() {
-            if cooperative {
-                for r in revoked {
-                    held.remove(r);
-                }
-            } else {
-                held.clear();
-            }
-        }
-    }
-
-    /// Whether librdkafka still assigns this consumer partitions.
-    fn holds_partitions(&self) -> bool {
-        self.held.lock().map_or(false, |h| !h.is_empty())
     }
 
     fn fail(&self, message: String) {
@@ -476,6 +448,12 @@ impl GroupContext {
     }
 }
 
+impl HoldsPartitions for GroupContext {
+    fn holds_partitions(&self) -> bool {
+        self.held.any()
+    }
+}
+
 impl ClientContext for GroupContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
     /// partition this process fetches, as the high watermark minus the next offset to read.
@@ -548,7 +526,7 @@ impl ConsumerContext for GroupContext {
                     tracing::error!(error = %e, "kafka: assigning partitions failed");
                 }
                 tracing::info!(partitions = ?list(tpl), "kafka: partitions assigned");
-                self.hold(&list(tpl), cooperative);
+                self.held.assign(&list(tpl), cooperative);
                 self.push(GroupEvent::Assigned(list(tpl)));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -579,14 +557,14 @@ impl ConsumerContext for GroupContext {
                 if let Some(pool) = &self.pool {
                     (pool.released)(&revoked, handed_over);
                 }
-                self.release_held(&revoked, cooperative);
+                self.held.revoke(&revoked, cooperative);
                 tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
                 self.push(GroupEvent::Revoked(revoked));
             }
             other => {
                 tracing::error!(error = ?other, "kafka: rebalance failed");
                 let _ = consumer.unassign();
-                self.release_held(&[], false);
+                self.held.revoke(&[], false);
             }
         }
     }
@@ -975,7 +953,7 @@ impl KafkaReader {
             in_backpressure: AtomicBool::new(false),
             failed: Mutex::new(None),
             cooperative: false,
-            held: Mutex::new(HashSet::new()),
+            held: Held::default(),
         };
         let cfg = group_consumer_config(
             &self.config,

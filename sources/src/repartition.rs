@@ -37,6 +37,7 @@ use weir_engine::job::Decode;
 use weir_engine::{Chunk, ChunkData, EngineError, Messages};
 use weir_kafka::{client_config, create_topic, partition_counts, Producer};
 
+use crate::kafka::close::{close_consumer, is_cooperative, Held, HoldsPartitions, CLOSE_TIMEOUT};
 use crate::kafka::{group_consumer_config, KafkaSourceConfig, MessageBuffer};
 
 /// How many messages the stage reads before it sends them on.
@@ -249,6 +250,8 @@ impl RepartitionStage {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "the repartition stage failed");
                 }
+                let source = stage.spec.source.clone();
+                close_consumer(stage.consumer, &source, CLOSE_TIMEOUT);
                 on_end();
                 result
             })
@@ -289,9 +292,19 @@ impl Drop for RepartitionStage {
 }
 
 /// Rebalances of the stage's consumer (cooperative: only moved partitions are touched).
-struct StageContext;
+struct StageContext {
+    /// From the configured assignment strategy (see [`crate::kafka::close`]).
+    cooperative: bool,
+    held: Held,
+}
 
 impl ClientContext for StageContext {}
+
+impl HoldsPartitions for StageContext {
+    fn holds_partitions(&self) -> bool {
+        self.held.any()
+    }
+}
 
 impl ConsumerContext for StageContext {
     fn rebalance(
@@ -300,10 +313,12 @@ impl ConsumerContext for StageContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            rdkafka::consumer::RebalanceProtocol::Cooperative
-        );
+        let cooperative = self.cooperative;
+        let list: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if cooperative => {
                 consumer.incremental_assign(tpl)
@@ -314,6 +329,11 @@ impl ConsumerContext for StageContext {
             }
             _ => consumer.unassign(),
         };
+        if matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+            self.held.assign(&list, cooperative);
+        } else {
+            self.held.revoke(&list, cooperative);
+        }
         match result {
             Ok(()) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -369,7 +389,10 @@ impl Stage {
             HashMap::new()
         };
         let consumer: BaseConsumer<StageContext> = cfg
-            .create_with_context(StageContext)
+            .create_with_context(StageContext {
+                cooperative: is_cooperative(&cfg),
+                held: Held::default(),
+            })
             .map_err(|e| fail("cannot create a consumer", &e))?;
         consumer
             .subscribe(&[upstream.as_str()])

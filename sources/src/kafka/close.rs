@@ -7,12 +7,11 @@
 //! (confluentinc/librdkafka#4041, #4884). A pool worker that lost partitions closes its
 //! consumer and joins again, so an unbounded close would stall the worker for good.
 
-use std::sync::mpsc;
+use std::collections::HashSet;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-
-use super::GroupContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
 /// The longest a reader waits for its consumer to leave the group.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +20,11 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// partitions back while the consumer still serves rebalances normally (the revocation runs
 /// in that thread's poll), then drops it. Waits at most `timeout`; after that the close
 /// finishes in the background and the caller goes on (a new consumer may join meanwhile).
-pub(crate) fn close_consumer(consumer: BaseConsumer<GroupContext>, source: &str, timeout: Duration) {
+pub(crate) fn close_consumer<C: HoldsPartitions + 'static>(
+    consumer: BaseConsumer<C>,
+    source: &str,
+    timeout: Duration,
+) {
     let started = Instant::now();
     let (done, closed) = mpsc::channel();
     let spawned = std::thread::Builder::new()
@@ -57,4 +60,66 @@ pub(crate) fn is_cooperative(config: &rdkafka::ClientConfig) -> bool {
     config
         .get("partition.assignment.strategy")
         .is_some_and(|s| s.contains("cooperative"))
+}
+
+/// A consumer context that knows which partitions librdkafka assigned it (its rebalance
+/// callback records them in a [`Held`]).
+pub(crate) trait HoldsPartitions: ConsumerContext {
+    /// Whether librdkafka still assigns the consumer partitions.
+    fn holds_partitions(&self) -> bool;
+}
+
+/// The partitions a consumer is assigned now, as its rebalance callback saw them.
+#[derive(Default)]
+pub(crate) struct Held(Mutex<HashSet<(String, i32)>>);
+
+impl Held {
+    /// Records an assignment: added to the held partitions (cooperative) or replacing them.
+    pub(crate) fn assign(&self, assigned: &[(String, i32)], cooperative: bool) {
+        if let Ok(mut held) = self.0.lock() {
+            if !cooperative {
+                held.clear();
+            }
+            held.extend(assigned.iter().cloned());
+        }
+    }
+
+    /// Records a revocation: removed from the held partitions (cooperative), or all of them.
+    pub(crate) fn revoke(&self, revoked: &[(String, i32)], cooperative: bool) {
+        if let Ok(mut held) = self.0.lock() {
+            if cooperative {
+                for r in revoked {
+                    held.remove(r);
+                }
+            } else {
+                held.clear();
+            }
+        }
+    }
+
+    /// Whether any partition is held.
+    pub(crate) fn any(&self) -> bool {
+        self.0.lock().is_ok_and(|h| !h.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_partitions_follow_cooperative_and_eager_rebalances() {
+        let p = |n: i32| ("t".to_string(), n);
+        let held = Held::default();
+        held.assign(&[p(0), p(1)], true);
+        held.assign(&[p(2)], true);
+        held.revoke(&[p(0), p(1)], true);
+        assert!(held.any());
+        held.revoke(&[p(2)], true);
+        assert!(!held.any());
+        held.assign(&[p(0)], false);
+        held.assign(&[p(1)], false);
+        held.revoke(&[], false);
+        assert!(!held.any());
+    }
 }
