@@ -1,0 +1,472 @@
+//! The group's assignments as the reader sees them: partitions assigned and revoked, where
+//! each one starts and ends, and, with `until_caught_up`, the wait for partitions read
+//! elsewhere.
+
+use super::*;
+
+impl KafkaReader {
+    /// Outside a pool, a run reading until caught up reads every partition of the topics
+    /// itself: one not assigned yet (another member holds it until its session times out)
+    /// or taken away for a moment (a rebalance) holds the watermark at its own, so that the
+    /// windows its rows belong to are not emitted without them (split, or its rows late).
+    pub(super) fn reads_every_partition(&self) -> bool {
+        self.config.until_caught_up && self.config.pool.is_none()
+    }
+
+    /// With `until_caught_up`: reads the end offset of every partition of the topics, where
+    /// the run reads it to. Outside a pool, a partition known to start at (or past) it (a
+    /// checkpoint's offset, the group's committed one) ends at once, assigned or not: its
+    /// state is this process's either way.
+    pub(super) fn read_targets(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        for l in 0..self.partitions.len() {
+            let (topic, p) = (
+                self.partitions[l].topic.to_string(),
+                self.partitions[l].number,
+            );
+            let (low, high) = self.end_offsets(&topic, p)?;
+            let high = if high <= low { 0 } else { high as u64 };
+            let end = match self.config.end_offsets.get(&(topic, p)) {
+                Some(&e) => e.min(high),
+                None => high,
+            };
+            self.partitions[l].target = Some(end);
+        }
+        if self.config.pool.is_some() {
+            return Ok(());
+        }
+        let committed = match self.config.start_from {
+            StartFrom::Committed => self.committed_offsets(|_| true),
+            _ => HashMap::new(),
+        };
+        for l in 0..self.partitions.len() {
+            let s = &self.partitions[l];
+            let key = (s.topic.to_string(), s.number);
+            let target = s.target.unwrap_or(0);
+            let start = match (self.resume.get(&key), self.config.start_from) {
+                (Some(&o), _) => Some(o),
+                (None, StartFrom::Latest) => Some(target),
+                (None, StartFrom::Committed) => committed.get(&key).copied(),
+                _ => None,
+            };
+            if target == 0 || start.is_some_and(|o| o >= target) {
+                tracing::debug!(source = %self.name, topic = %key.0, partition = key.1, "kafka: the partition starts at its end offset");
+                self.end_partition(l, start.unwrap_or(0), ctx);
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets of the partitions `which` selects (none on failure: the
+    /// caller reads them again later).
+    pub(super) fn committed_offsets(
+        &self,
+        which: impl Fn(&PartitionState) -> bool,
+    ) -> HashMap<(String, i32), u64> {
+        let mut out = HashMap::new();
+        let Some(consumer) = &self.consumer else {
+            return out;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for s in self.partitions.iter().filter(|s| which(s)) {
+            tpl.add_partition(&s.topic, s.number);
+        }
+        if tpl.count() == 0 {
+            return out;
+        }
+        match consumer.committed_offsets(tpl, Duration::from_secs(30)) {
+            Ok(c) => {
+                for e in c.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        if o >= 0 {
+                            out.insert((e.topic().to_string(), e.partition()), o as u64);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the group's committed offsets; will try again")
+            }
+        }
+        out
+    }
+
+    /// Publishes how many partitions this process reads (for `/ready`).
+    pub(super) fn report_assigned(&self, ctx: &ReaderContext) {
+        if let Some(src) = ctx.stats.sources.get(self.source) {
+            let n = self.partitions.iter().filter(|s| s.assigned).count();
+            src.assigned.store(n as i64, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn handle_group_events(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        let c = consumer.context();
+        if !c.has_events.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let events = c
+            .events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default();
+        self.group_moved = Instant::now();
+        for e in events {
+            match e {
+                GroupEvent::Assigned(list) => {
+                    self.joined = true;
+                    for (topic, p) in list {
+                        let Some(l) = self.local(&topic, p) else {
+                            continue;
+                        };
+                        if self.partitions[l].ended && self.config.pool.is_none() {
+                            // read to its end before the group assigned it (it started there)
+                            self.partitions[l].assigned = true;
+                            if let Some(consumer) = &self.consumer {
+                                let mut tpl = TopicPartitionList::new();
+                                tpl.add_partition(&topic, p);
+                                let _ = consumer.pause(&tpl);
+                            }
+                            continue;
+                        }
+                        let (end_at, start) = if self.config.until_caught_up {
+                            let (low, high) = self.end_offsets(&topic, p)?;
+                            let high = if high <= low { 0 } else { high as u64 };
+                            let end = match self.config.end_offsets.get(&(topic.clone(), p)) {
+                                Some(&e) => e.min(high),
+                                None => high,
+                            };
+                            // the end it had when the run started
+                            let end = self.partitions[l].target.map_or(end, |t| t.min(end));
+                            (Some(end), self.start_offset(&topic, p, high))
+                        } else {
+                            (None, None)
+                        };
+                        let expected = self.consumer.as_ref().and_then(|c| {
+                            c.context()
+                                .lane_starts
+                                .lock()
+                                .ok()?
+                                .remove(&(topic.clone(), p))
+                        });
+                        let s = &mut self.partitions[l];
+                        s.assigned = true;
+                        s.read_elsewhere = false;
+                        s.end_at = end_at;
+                        for (u, lane) in s.lanes.iter_mut().enumerate() {
+                            lane.last_message = Instant::now();
+                            if let Some(e) = &expected {
+                                lane.expect = e.get(u).copied();
+                            }
+                            ctx.progress.track(lane.info.id);
+                            ctx.progress.restart(lane.info.id, lane.seq);
+                            ctx.clocks.partition(lane.info.id).set_idle(false);
+                        }
+                        // A partition starting at (or past) its end offset: no message will
+                        // come to say it is caught up.
+                        if let Some(end) = end_at {
+                            if end == 0 || start.is_some_and(|from| from >= end) {
+                                self.end_partition(l, start.unwrap_or(0), ctx);
+                            }
+                        }
+                    }
+                }
+                GroupEvent::Revoked(list) => {
+                    for (topic, p) in list {
+                        let Some(l) = self.local(&topic, p) else {
+                            continue;
+                        };
+                        if self.config.pool.is_some() {
+                            self.forget(l);
+                        } else {
+                            self.hand_over(l);
+                        }
+                        let idle = !self.reads_every_partition();
+                        let s = &mut self.partitions[l];
+                        s.assigned = false;
+                        for lane in &s.lanes {
+                            ctx.clocks.partition(lane.info.id).set_idle(idle);
+                        }
+                    }
+                }
+            }
+            self.report_assigned(ctx);
+        }
+        Ok(())
+    }
+
+    /// The low and high watermarks of a partition; a busy broker gets three tries of 30 s.
+    pub(super) fn end_offsets(&self, topic: &str, p: i32) -> Result<(i64, i64), EngineError> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Err(self.err("cannot read partition end offsets", "not connected"));
+        };
+        let mut tries = 0;
+        loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(30)) {
+                Ok(w) => return Ok(w),
+                Err(e) if tries < 2 => {
+                    tries += 1;
+                    tracing::warn!(source = %self.name, topic, partition = p, error = %e, "kafka: reading the partition's end offsets failed; trying again");
+                }
+                Err(e) => return Err(self.err("cannot read partition end offsets", e)),
+            }
+        }
+    }
+
+    /// Where a newly assigned partition starts reading, when it is known to be an offset: the
+    /// one the rebalance set (a checkpoint's, `start_from`), else the group's committed one.
+    /// `None` for the beginning or when it cannot be told (messages will come if the
+    /// partition has any).
+    pub(super) fn start_offset(&self, topic: &str, p: i32, high: u64) -> Option<u64> {
+        let consumer = self.consumer.as_ref()?;
+        let chosen = consumer
+            .context()
+            .starts
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&(topic.to_string(), p)));
+        match chosen {
+            Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+            Some(Offset::End) => Some(high),
+            Some(_) => None,
+            None => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(topic, p);
+                let committed = consumer
+                    .committed_offsets(tpl, Duration::from_secs(30))
+                    .ok()?;
+                match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Moves a partition's buffered messages to ready chunks, one per lane. Every lane of a
+    /// repartition topic gets one (maybe empty), so that each lane's checkpointed offset
+    /// stays close to the partition's: it continues from the smallest of them.
+    pub(super) fn hand_over(&mut self, l: usize) {
+        let source = self.source;
+        let s = &mut self.partitions[l];
+        if s.lanes.iter().all(|lane| lane.buffer.messages.is_empty()) {
+            return;
+        }
+        let Some(next) = s.read_next else {
+            return;
+        };
+        s.next_offset = Some(next);
+        if let Some(c) = &self.consumer {
+            if let Ok(mut positions) = c.context().positions.lock() {
+                positions.insert((s.topic.to_string(), s.number), next);
+            }
+        }
+        let in_lanes = self.config.upstream.is_some();
+        for lane in s.lanes.iter_mut() {
+            if lane.buffer.messages.is_empty() && !in_lanes {
+                continue;
+            }
+            let messages = lane.buffer.take();
+            let (first, resume) = if in_lanes {
+                let expect = lane.expect.unwrap_or(0);
+                let first = messages.offsets.first().copied().unwrap_or(expect);
+                let resume = Resume {
+                    next_offset: next,
+                    position: expect,
+                };
+                (first, resume)
+            } else {
+                (messages.offsets[0], Resume::at(next))
+            };
+            self.ready.push_back(Chunk {
+                source,
+                partition: lane.info.clone(),
+                seq: lane.seq,
+                first_offset: first,
+                resume,
+                data: ChunkData::Messages(messages),
+            });
+            lane.seq += 1;
+        }
+    }
+
+    /// Ends a partition (caught up): hands over its messages, then its end.
+    pub(super) fn end_partition(&mut self, l: usize, next_offset: u64, _ctx: &ReaderContext) {
+        self.hand_over(l);
+        let source = self.source;
+        let s = &mut self.partitions[l];
+        if s.ended {
+            return;
+        }
+        s.ended = true;
+        let next = s.next_offset.unwrap_or(next_offset).max(next_offset);
+        s.next_offset = Some(next);
+        let in_lanes = self.config.upstream.is_some();
+        for lane in s.lanes.iter_mut() {
+            self.ready.push_back(lane_end(source, lane, next, in_lanes));
+        }
+        if let Some(consumer) = &self.consumer {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&s.topic, s.number);
+            let _ = consumer.pause(&tpl);
+        }
+    }
+
+    /// With `until_caught_up`: whether every partition of the topics is read to its end
+    /// (see [`crate::caught_up`]). While this process has read every partition it is
+    /// assigned but others are not read, it waits: says so in its log and `/ready`, and
+    /// fails after `caught_up_timeout`.
+    pub(super) fn caught_up(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
+        if !self.config.until_caught_up
+            || !self.ready.is_empty()
+            || self.partitions.iter().any(|s| s.target.is_none())
+        {
+            return Ok(false);
+        }
+        if self.partitions.iter().any(|s| s.assigned && !s.ended) {
+            self.wait.reading();
+            self.set_waiting(ctx, String::new());
+            return Ok(false);
+        }
+        let (pending, why) = self.pending();
+        let who = (&*self.name, self.config.group_id.as_str());
+        match self.wait.update(&pending, why, who, Instant::now()) {
+            Ok(Wait::Done) => {
+                self.set_waiting(ctx, String::new());
+                Ok(true)
+            }
+            Ok(Wait::Waiting(reason)) => {
+                self.set_waiting(ctx, reason);
+                self.rejoin_if_stuck(&pending)?;
+                Ok(false)
+            }
+            Err(e) => Err(EngineError::NotCaughtUp {
+                source_name: self.name.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// The partitions of the topics this process waits for (not read to their end and not
+    /// assigned to it), and why they are not read.
+    pub(super) fn pending(&mut self) -> (Vec<String>, &'static str) {
+        let key = |s: &PartitionState| format!("{}/{}", s.topic, s.number);
+        let never = self.partitions.iter().all(|s| !s.assigned);
+        if self.config.pool.is_none() {
+            let why = if never {
+                "not assigned to this process yet"
+            } else {
+                "not assigned to this process"
+            };
+            return (
+                self.partitions
+                    .iter()
+                    .filter(|s| !s.ended)
+                    .map(key)
+                    .collect(),
+                why,
+            );
+        }
+        if self.config.upstream.is_some() {
+            // a repartition topic's offsets are not committed to the group: the other
+            // workers' partitions cannot be checked; a worker waits only for an assignment
+            let pending = if never {
+                self.partitions
+                    .iter()
+                    .filter(|s| !s.ended)
+                    .map(key)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            return (pending, "no partition assigned to this worker");
+        }
+        if !self.joined {
+            // a worker that joins (again, after losing partitions to fencing) may be given
+            // partitions whose state holds windows not flushed yet: it ends only once the
+            // group told it which ones it owns
+            return (
+                self.partitions
+                    .iter()
+                    .filter(|s| !s.ended)
+                    .map(key)
+                    .collect(),
+                "the group has not assigned this worker its partitions yet",
+            );
+        }
+        // in a pool, another worker read a partition to its end once the group's committed
+        // offset (committed after its checkpoint) reached it
+        let unread = |s: &PartitionState| {
+            !s.assigned && !s.ended && !s.read_elsewhere && s.target.is_some_and(|t| t > 0)
+        };
+        if self
+            .checked_elsewhere
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.checked_elsewhere = Some(Instant::now());
+            let committed = self.committed_offsets(unread);
+            for s in self.partitions.iter_mut() {
+                let key = (s.topic.to_string(), s.number);
+                if let (Some(&c), Some(t)) = (committed.get(&key), s.target) {
+                    s.read_elsewhere |= c >= t;
+                }
+            }
+        }
+        (
+            self.partitions
+                .iter()
+                .filter(|s| unread(s))
+                .map(key)
+                .collect(),
+            "not assigned to this worker, and the group's committed offset is below that end",
+        )
+    }
+
+    /// While waiting for `pending` partitions: once the group did not move any partition
+    /// for longer than a session timeout (and a margin), joins it again. A coordinator
+    /// expires a dead member after its session timeout and moves its partitions; tansu was
+    /// seen keeping a member killed while it joined, with its partitions, until another
+    /// member joins. In a pool, only a worker without partitions joins again (the others
+    /// may be reading theirs).
+    pub(super) fn rejoin_if_stuck(&mut self, pending: &[String]) -> Result<(), EngineError> {
+        let session =
+            crate::caught_up::session_timeout(&self.config.properties, self.config.pool.is_some());
+        if self.group_moved.elapsed() < session + crate::caught_up::REJOIN_MARGIN
+            || (self.config.pool.is_some() && self.partitions.iter().any(|s| s.assigned))
+        {
+            return Ok(());
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        tracing::warn!(
+            source = %self.name,
+            group = %self.config.group_id,
+            partitions = %pending.join(", "),
+            quiet_s = self.group_moved.elapsed().as_secs(),
+            "kafka: the group moved no partition for longer than a session timeout while \
+             partitions wait for a reader; joining the group again"
+        );
+        self.group_moved = Instant::now();
+        consumer.unsubscribe();
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| self.err("cannot subscribe again", e))
+    }
+
+    /// Publishes what the source waits for (for `/ready`).
+    pub(super) fn set_waiting(&self, ctx: &ReaderContext, reason: String) {
+        if let Some(mut w) = ctx
+            .stats
+            .sources
+            .get(self.source)
+            .and_then(|s| s.waiting_for_partitions.lock().ok())
+        {
+            if *w != reason {
+                *w = reason;
+            }
+        }
+    }
+}

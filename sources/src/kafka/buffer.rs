@@ -1,0 +1,84 @@
+//! Messages of a partition gathered into one chunk's buffer.
+
+use super::*;
+
+/// Messages of one partition being gathered into a chunk.
+#[derive(Default)]
+pub(crate) struct MessageBuffer {
+    pub(super) bytes: Vec<u8>,
+    pub(super) messages: Messages,
+    pub(super) since: Option<Instant>,
+}
+
+impl MessageBuffer {
+    /// Appends a message, recorded at `offset`.
+    pub(crate) fn push<M: Message>(&mut self, m: &M, with_headers: bool, offset: u64) {
+        let headers = m
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+        self.push_parts(
+            (m.payload().unwrap_or_default(), m.key()),
+            m.timestamp().to_millis(),
+            headers,
+            with_headers,
+            offset,
+        );
+    }
+
+    /// Appends a message given by its parts (a repartition topic's messages are unwrapped
+    /// first), recorded at `offset`. Headers are kept when `with_headers`, else only trace
+    /// ids (dead letters).
+    pub(crate) fn push_parts<'h>(
+        &mut self,
+        (payload, key): (&[u8], Option<&[u8]>),
+        timestamp: Option<i64>,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+        with_headers: bool,
+        offset: u64,
+    ) {
+        let pos = |b: &Vec<u8>| b.len() as u32;
+        self.since.get_or_insert_with(Instant::now);
+        let start = pos(&self.bytes);
+        self.bytes.extend_from_slice(payload);
+        self.messages.payloads.push((start, pos(&self.bytes)));
+        self.messages.offsets.push(offset);
+        self.messages.keys.push(key.map(|k| {
+            let s = pos(&self.bytes);
+            self.bytes.extend_from_slice(k);
+            (s, pos(&self.bytes))
+        }));
+        self.messages.timestamps.push(timestamp);
+        let first = self.messages.header_fields.len() as u32;
+        for (name, value) in headers {
+            if with_headers || weir_engine::trace::is_trace_header(name) {
+                let ks = pos(&self.bytes);
+                self.bytes.extend_from_slice(name.as_bytes());
+                let name = (ks, pos(&self.bytes));
+                let value = value.map(|v| {
+                    let vs = pos(&self.bytes);
+                    self.bytes.extend_from_slice(v);
+                    (vs, pos(&self.bytes))
+                });
+                self.messages.header_fields.push((name, value));
+            }
+        }
+        let last = self.messages.header_fields.len() as u32;
+        self.messages.headers.push((first, last));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.offsets.is_empty()
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.bytes.len() >= CHUNK_BYTES || self.messages.offsets.len() >= CHUNK_MESSAGES
+    }
+
+    pub(crate) fn take(&mut self) -> Messages {
+        self.since = None;
+        let mut m = std::mem::take(&mut self.messages);
+        m.bytes = SharedBytes::from(std::mem::take(&mut self.bytes));
+        m
+    }
+}

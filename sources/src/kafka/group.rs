@@ -1,0 +1,431 @@
+//! The consumer's group context: rebalances served inside `poll`, claims and hand-overs in a
+//! worker pool, and the consumer's settings.
+
+use super::*;
+
+/// Ends the run of `ctx` with a hand-over checkpoint and waits until its outputs committed it
+/// (or the run failed), at most `timeout`; returns whether they committed it.
+pub(super) fn hand_over(ctx: &ReaderContext, timeout: Duration) -> bool {
+    let started = Instant::now();
+    ctx.request_handover();
+    while ctx.outputs_finished() == Some(false) {
+        if started.elapsed() >= timeout {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "kafka: the hand-over checkpoint did not complete in time; giving the partitions up anyway"
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ctx.outputs_finished() == Some(true)
+}
+
+pub(super) enum GroupEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// The consumer's context: handles rebalances inside `poll`.
+pub(super) struct GroupContext {
+    pub(super) start_from: StartFrom,
+    /// Offsets of a checkpoint, which override `start_from` for the partitions it holds.
+    pub(super) resume: HashMap<(String, i32), u64>,
+    /// Where newly assigned partitions were set to start (absent: the committed offset).
+    pub(super) starts: Mutex<HashMap<(String, i32), Offset>>,
+    /// Claimed partitions of a repartition topic: the upstream offset each lane expects.
+    pub(super) lane_starts: Mutex<HashMap<(String, i32), Vec<u64>>>,
+    /// (topic, partition) → global partition id.
+    pub(super) ids: HashMap<(String, i32), usize>,
+    /// Partitions assigned before in this process (they resume from committed offsets).
+    pub(super) seen: Mutex<HashSet<(String, i32)>>,
+    /// Offsets committed last, per global partition.
+    pub(super) committed: Mutex<HashMap<usize, u64>>,
+    pub(super) events: Mutex<Vec<GroupEvent>>,
+    pub(super) has_events: AtomicBool,
+    /// The source's name and the run's gauges, for consumer lag.
+    pub(super) source: Arc<str>,
+    pub(super) pool: Option<PoolHook>,
+    /// The run served now (a pooled reader serves several): its progress, gauges and
+    /// hand-over flags.
+    pub(super) run: Mutex<ReaderContext>,
+    /// Set while the reader waits for room in the workers' queues: it then holds the job's
+    /// dispatcher, so a rebalance cannot wait for a hand-over checkpoint (fencing covers it).
+    pub(super) in_backpressure: AtomicBool,
+    /// A failure inside a rebalance callback, raised by the next read.
+    pub(super) failed: Mutex<Option<String>>,
+    /// The group's assignment strategy is cooperative (incremental assign and unassign).
+    pub(super) cooperative: bool,
+    /// The partitions librdkafka assigned this consumer now (to leave the group cleanly).
+    pub(super) held: Held,
+    /// Where this process stopped reading each partition (the offset after the last
+    /// message handed over): a partition assigned again (after a lost session) continues
+    /// there, not at the group's older committed offset (which would count events twice).
+    pub(super) positions: Mutex<HashMap<(String, i32), u64>>,
+}
+
+impl GroupContext {
+    pub(super) fn run(&self) -> ReaderContext {
+        match self.run.lock() {
+            Ok(r) => r.clone(),
+            Err(r) => r.into_inner().clone(),
+        }
+    }
+
+    pub(super) fn progress(&self) -> Arc<Progress> {
+        self.run().progress
+    }
+
+    /// In a pool: ends the current run with a hand-over checkpoint, waiting for its commit
+    /// unless the reader holds the job's dispatcher; returns whether it was committed.
+    pub(super) fn end_run(&self) -> bool {
+        let Some(pool) = &self.pool else {
+            return false;
+        };
+        let run = self.run();
+        if self.in_backpressure.load(Ordering::SeqCst) {
+            run.request_handover();
+            false
+        } else {
+            hand_over(&run, pool.handover_timeout)
+        }
+    }
+
+    pub(super) fn fail(&self, message: String) {
+        tracing::error!(error = %message, "kafka: rebalance failed");
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(message);
+        }
+    }
+
+    /// In a pool: claims the assigned partitions and sets where they start.
+    pub(super) fn claim(
+        &self,
+        pool: &PoolHook,
+        tpl: &mut TopicPartitionList,
+    ) -> Vec<(String, i32)> {
+        let list: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let mut fresh = Vec::new();
+        match (pool.claim)(&list) {
+            Ok(offsets) => {
+                for ((topic, p), o) in list.iter().zip(offsets) {
+                    match o {
+                        Some(ClaimedStart { offset, lanes }) => {
+                            let o = Offset::Offset(offset as i64);
+                            let _ = tpl.set_partition_offset(topic, *p, o);
+                            if let Ok(mut starts) = self.starts.lock() {
+                                starts.insert((topic.clone(), *p), o);
+                            }
+                            if let Ok(mut l) = self.lane_starts.lock() {
+                                l.insert((topic.clone(), *p), lanes);
+                            }
+                        }
+                        None => fresh.push((topic.clone(), *p)),
+                    }
+                }
+            }
+            Err(e) => self.fail(format!("cannot claim partitions {list:?}: {e}")),
+        }
+        fresh
+    }
+
+    pub(super) fn push(&self, e: GroupEvent) {
+        if let Ok(mut ev) = self.events.lock() {
+            ev.push(e);
+            self.has_events.store(true, Ordering::Release);
+        }
+    }
+
+    /// The offsets of `partitions` that are committable and not committed yet.
+    pub(super) fn committable(
+        &self,
+        partitions: impl Iterator<Item = (String, i32)>,
+    ) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        let Ok(mut committed) = self.committed.lock() else {
+            return tpl;
+        };
+        for (topic, p) in partitions {
+            let Some(&id) = self.ids.get(&(topic.clone(), p)) else {
+                continue;
+            };
+            let Some(offset) = self.progress().committable(id) else {
+                continue;
+            };
+            if committed.get(&id) != Some(&offset)
+                && tpl
+                    .add_partition_offset(&topic, p, Offset::Offset(offset as i64))
+                    .is_ok()
+            {
+                committed.insert(id, offset);
+            }
+        }
+        tpl
+    }
+
+    /// Gives the chunks already handed to the workers a moment to reach durable outputs, so
+    /// that the next owner of `partitions` does not read again rows whose windows were just
+    /// written: waits until their committable offsets stop moving (at most [`SETTLE_MAX`]).
+    pub(super) fn settle(&self, partitions: &[(String, i32)]) {
+        let ids: Vec<usize> = partitions
+            .iter()
+            .filter_map(|p| self.ids.get(p).copied())
+            .collect();
+        let progress = self.progress();
+        let offsets =
+            || -> Vec<Option<u64>> { ids.iter().map(|&id| progress.committable(id)).collect() };
+        let started = Instant::now();
+        let mut last = offsets();
+        let mut stable_since = Instant::now();
+        while started.elapsed() < SETTLE_MAX && stable_since.elapsed() < SETTLE_QUIET {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = offsets();
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            }
+        }
+    }
+
+    /// Sets where newly seen partitions start, per `start_from`.
+    pub(super) fn set_start_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let mut fresh = Vec::new();
+        let mut again = Vec::new();
+        for e in tpl.elements() {
+            let tp = (e.topic().to_string(), e.partition());
+            if seen.insert(tp.clone()) {
+                fresh.push(tp);
+            } else {
+                again.push(tp);
+            }
+        }
+        let Ok(mut starts) = self.starts.lock() else {
+            return;
+        };
+        let mut set = |tpl: &mut TopicPartitionList, topic: &str, p: i32, o: Offset| {
+            let _ = tpl.set_partition_offset(topic, p, o);
+            starts.insert((topic.to_string(), p), o);
+        };
+        // partitions this process read before continue where it stopped
+        if let Ok(positions) = self.positions.lock() {
+            for (topic, p) in again {
+                if let Some(&o) = positions.get(&(topic.clone(), p)) {
+                    tracing::info!(
+                        topic,
+                        partition = p,
+                        offset = o,
+                        "kafka: partition assigned again; continuing where this process stopped"
+                    );
+                    set(tpl, &topic, p, Offset::Offset(o as i64));
+                }
+            }
+        }
+        // partitions a checkpoint holds continue where it left them
+        fresh.retain(|(topic, p)| match self.resume.get(&(topic.clone(), *p)) {
+            Some(&o) => {
+                set(tpl, topic, *p, Offset::Offset(o as i64));
+                false
+            }
+            None => true,
+        });
+        let offset = match self.start_from {
+            StartFrom::Committed => return,
+            StartFrom::Earliest => Offset::Beginning,
+            StartFrom::Latest => Offset::End,
+            StartFrom::Time(t) => {
+                let mut query = TopicPartitionList::new();
+                for (topic, p) in &fresh {
+                    let _ = query.add_partition_offset(topic, *p, Offset::Offset(t));
+                }
+                match consumer.offsets_for_times(query, Duration::from_secs(30)) {
+                    Ok(found) => {
+                        for e in found.elements() {
+                            let o = match e.offset() {
+                                Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+                                _ => Offset::End,
+                            };
+                            set(tpl, e.topic(), e.partition(), o);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "offsets for start_from time failed; starting from committed offsets")
+                    }
+                }
+                return;
+            }
+        };
+        for (topic, p) in fresh {
+            set(tpl, &topic, p, offset);
+        }
+    }
+}
+
+impl HoldsPartitions for GroupContext {
+    fn holds_partitions(&self) -> bool {
+        self.held.any()
+    }
+}
+
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
+    /// partition this process fetches, as the high watermark minus the next offset to read.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let stats = self.run().stats;
+        let Ok(mut lag) = stats.consumer_lag.lock() else {
+            return;
+        };
+        for (topic, t) in &statistics.topics {
+            for (p, s) in &t.partitions {
+                let key = (self.source.to_string(), format!("{topic}/{p}"));
+                if *p >= 0 && s.fetch_state == "active" && s.hi_offset >= 0 && s.app_offset >= 0 {
+                    lag.insert(key, (s.hi_offset - s.app_offset).max(0));
+                } else if *p >= 0 && s.fetch_state == "none" {
+                    lag.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let list = |tpl: &TopicPartitionList| -> Vec<(String, i32)> {
+            tpl.elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect()
+        };
+        // from the configuration, not `rebalance_protocol()`: librdkafka answers that with a
+        // request to its main thread, which can hang forever (or answer "none") once the
+        // consumer is closing (confluentinc/librdkafka#4041)
+        let cooperative = self.cooperative;
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // in a pool, an empty assignment (a cooperative rebalance that moved other
+                // partitions) changes nothing
+                if let Some(pool) = self.pool.as_ref().filter(|_| tpl.count() > 0) {
+                    // the run ends first: the next one restores the new partitions' state
+                    self.end_run();
+                    let fresh = self.claim(pool, tpl);
+                    // partitions without state start as `start_from` says
+                    let mut rest = TopicPartitionList::new();
+                    for (t, p) in &fresh {
+                        rest.add_partition(t, *p);
+                    }
+                    if let Ok(mut seen) = self.seen.lock() {
+                        for (t, p) in &fresh {
+                            seen.remove(&(t.clone(), *p));
+                        }
+                    }
+                    self.set_start_offsets(consumer, &mut rest);
+                    for e in rest.elements() {
+                        let _ = tpl.set_partition_offset(e.topic(), e.partition(), e.offset());
+                    }
+                } else if self.pool.is_none() {
+                    self.set_start_offsets(consumer, tpl);
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "kafka: assigning partitions failed");
+                }
+                tracing::info!(partitions = ?list(tpl), "kafka: partitions assigned");
+                self.held.assign(&list(tpl), cooperative);
+                self.push(GroupEvent::Assigned(list(tpl)));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = list(tpl);
+                let mut handed_over = false;
+                if self.pool.is_some() {
+                    // the run checkpoints and commits its state before the partitions go
+                    if !revoked.is_empty() {
+                        handed_over = self.end_run();
+                    }
+                } else {
+                    self.settle(&revoked);
+                    let offsets = self.committable(revoked.iter().cloned());
+                    if offsets.count() > 0 {
+                        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                            tracing::warn!(error = %e, "kafka: commit before giving partitions up failed");
+                        }
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "kafka: releasing partitions failed");
+                }
+                if let Some(pool) = &self.pool {
+                    (pool.released)(&revoked, handed_over);
+                }
+                self.held.revoke(&revoked, cooperative);
+                tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
+                self.push(GroupEvent::Revoked(revoked));
+            }
+            other => {
+                tracing::error!(error = ?other, "kafka: rebalance failed");
+                let _ = consumer.unassign();
+                self.held.revoke(&[], false);
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+/// The settings of a consumer of `config`'s topics in group `group` (in a worker pool when
+/// `pooled`); the source's `properties` last, so that they override weir's.
+pub(crate) fn group_consumer_config(
+    config: &KafkaSourceConfig,
+    group: &str,
+    pooled: bool,
+) -> rdkafka::ClientConfig {
+    let mut cfg = client_config(&config.brokers, &[]);
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            if config.start_from == StartFrom::Latest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.max.bytes", "16777216")
+        // a pool moves a dead worker's partitions after this (Apache Kafka brokers accept
+        // 6 s and more by default: `group.min.session.timeout.ms`)
+        .set("session.timeout.ms", if pooled { "6000" } else { "10000" })
+        // a pool's members hear of a rebalance at their next heartbeat
+        .set("heartbeat.interval.ms", if pooled { "500" } else { "1000" })
+        // consumer lag for `/metrics`
+        .set("statistics.interval.ms", "5000");
+    for (k, v) in &config.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}

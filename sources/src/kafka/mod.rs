@@ -1,0 +1,204 @@
+//! The Kafka source: a consumer in a group, one chunk stream per assigned partition.
+//!
+//! The reader owns an rdkafka `BaseConsumer` and polls it on the source's thread. Messages
+//! are copied once into a per-partition buffer and handed to the workers as chunks of up to
+//! [`CHUNK_BYTES`] (or whatever arrived within [`CHUNK_AGE`]). Partitions not assigned to this
+//! process are idle: they do not hold the watermark back. Rebalances run inside `poll`:
+//! partitions being revoked first get their committable offsets committed, assigned ones
+//! start where `start_from` says (the first time this process sees them). Offsets are
+//! committed when [`Progress`] says the rows they carry are in durable outputs.
+
+mod assignment;
+mod buffer;
+pub(crate) mod close;
+mod group;
+mod reader;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use buffer::MessageBuffer;
+pub(crate) use group::group_consumer_config;
+use group::*;
+pub use reader::KafkaReader;
+use reader::*;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::events::Resume;
+use weir_engine::job::{PartitionReader, ReaderContext};
+use weir_engine::progress::Progress;
+use weir_engine::stats::{RunStats, SourceStats};
+use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
+use weir_kafka::{client_config, partition_counts, KafkaError};
+
+use crate::caught_up::{CatchUpWait, Wait};
+use close::{close_consumer, is_cooperative, Held, HoldsPartitions, CLOSE_TIMEOUT};
+
+/// A chunk is handed over once its messages reach this size...
+const CHUNK_BYTES: usize = 1 << 20;
+/// ...or this many messages...
+const CHUNK_MESSAGES: usize = 16 * 1024;
+/// ...or when its oldest message waited this long.
+const CHUNK_AGE: Duration = Duration::from_millis(100);
+/// How often committable offsets are committed to the group.
+const COMMIT_EVERY: Duration = Duration::from_secs(2);
+/// Before giving partitions up: how long their committable offsets must stay put...
+const SETTLE_QUIET: Duration = Duration::from_millis(600);
+/// ...waiting at most this long.
+const SETTLE_MAX: Duration = Duration::from_secs(3);
+
+/// Where a partition starts the first time this process is assigned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The group's committed offset; the earliest offset when there is none.
+    Committed,
+    /// The first offset still in the partition.
+    Earliest,
+    /// The end: only messages produced from now on.
+    Latest,
+    /// The first message whose Kafka timestamp is at or after this time (epoch ms).
+    Time(i64),
+}
+
+/// What the Kafka source reads.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub start_from: StartFrom,
+    /// librdkafka properties, passed as given (they override weir's defaults).
+    pub properties: Vec<(String, String)>,
+    /// A partition delivering nothing this long stops holding the watermark back.
+    pub idle_timeout: Option<Duration>,
+    /// End once every partition of the topics reached the end offset it had when the
+    /// reader connected (see [`crate::caught_up`]): outside a pool, read by this process;
+    /// in a pool, by this worker or (the group's committed offset says) another one.
+    pub until_caught_up: bool,
+    /// With `until_caught_up`: how long the reader, having read every partition it is
+    /// assigned, waits for the others before failing ([`crate::NotCaughtUp`]).
+    pub caught_up_timeout: Duration,
+    /// With `until_caught_up`: where given partitions end instead (a replay's range), at most
+    /// their end offset.
+    pub end_offsets: HashMap<(String, i32), u64>,
+    /// Where the reader stores the offset after the last message read of given partitions
+    /// (a replay's progress bars).
+    pub read_offsets: Option<Arc<ReadOffsets>>,
+    /// Keep message headers (as a JSON object), for the `_headers` column.
+    pub with_headers: bool,
+    /// In a worker pool: claims assigned partitions and says where they start.
+    pub pool: Option<PoolHook>,
+    /// The topic is a worker pool's repartition topic (see [`crate::repartition`]): each
+    /// partition is read as one lane per upstream partition.
+    pub upstream: Option<Upstream>,
+}
+
+/// The topic a repartition topic was written from: its messages carry the upstream partition
+/// and offset they were read at ([`crate::repartition::UPSTREAM_PARTITION`] and
+/// [`crate::repartition::UPSTREAM_OFFSET`] headers). The reader then keeps the upstream
+/// partitions apart, as lanes: each lane has its own watermark (the upstream partition's
+/// order, as if it was read directly), and a message at an upstream offset a lane already
+/// passed (a repeat of the at-least-once repartition stage) is dropped. Lanes appear in
+/// checkpoints as `topic/partition/upstream partition`; their position is the upstream
+/// offset expected next.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub topic: String,
+    pub partitions: usize,
+}
+
+/// Claims partitions for a pool worker (see [`PoolHook::claim`]).
+pub type ClaimPartitions =
+    Arc<dyn Fn(&[(String, i32)]) -> Result<Vec<Option<ClaimedStart>>, String> + Send + Sync>;
+
+/// Where a claimed partition continues, from the checkpoint holding its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedStart {
+    /// The offset to read from.
+    pub offset: u64,
+    /// With [`Upstream`] lanes: per upstream partition, the upstream offset expected next.
+    pub lanes: Vec<u64>,
+}
+
+/// Told of partitions a pool worker gave up, and whether their hand-over checkpoint was
+/// committed (see [`PoolHook::released`]).
+pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
+
+/// How a Kafka source takes part in a worker pool (see `weir_engine::pool`): the reader
+/// outlives the runs of the worker, each of which owns the partitions assigned when it
+/// started; an assignment or a revocation ends the run with a hand-over checkpoint first.
+#[derive(Clone)]
+pub struct PoolHook {
+    /// Claims newly assigned `(topic, partition)`s; gives where each one's checkpoint left it
+    /// (`None`: no state yet, it starts as `start_from` says).
+    pub claim: ClaimPartitions,
+    /// Called with revoked `(topic, partition)`s once their hand-over checkpoint is committed
+    /// (`true`), or once they are given up without it (`false`: a timeout, backpressure).
+    pub released: ReleasePartitions,
+    /// The longest wait for a hand-over checkpoint before partitions are given up anyway
+    /// (fencing then keeps the slow run from committing for them).
+    pub handover_timeout: Duration,
+}
+
+impl std::fmt::Debug for PoolHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolHook")
+            .field("handover_timeout", &self.handover_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The offset after the last message read, per (topic, partition), for progress reports.
+#[derive(Debug, Default)]
+pub struct ReadOffsets(pub HashMap<(String, i32), Arc<std::sync::atomic::AtomicU64>>);
+
+/// The partitions of a Kafka source's topics, read before the run.
+pub struct KafkaPartitions {
+    /// Partition count of each topic, in the config's order.
+    pub counts: Vec<usize>,
+}
+
+impl KafkaPartitions {
+    /// Asks the brokers how many partitions each topic has.
+    pub fn discover(config: &KafkaSourceConfig) -> Result<Self, KafkaError> {
+        let counts = partition_counts(
+            &config.brokers,
+            &config.properties,
+            &config.topics,
+            Duration::from_secs(30),
+        )?;
+        Ok(KafkaPartitions { counts })
+    }
+
+    /// The total partition count.
+    pub fn total(&self) -> usize {
+        self.counts.iter().sum()
+    }
+
+    /// Every partition's key (`topic/partition`), topic by topic: their global order. A
+    /// repartition topic's partitions have a key per lane (`topic/partition/upstream`).
+    pub fn keys(&self, config: &KafkaSourceConfig) -> Vec<String> {
+        let lanes = config.upstream.as_ref().map(|u| u.partitions);
+        config
+            .topics
+            .iter()
+            .zip(&self.counts)
+            .flat_map(|(t, &count)| {
+                (0..count).flat_map(move |p| match lanes {
+                    None => vec![format!("{t}/{p}")],
+                    Some(n) => (0..n).map(|u| format!("{t}/{p}/{u}")).collect(),
+                })
+            })
+            .collect()
+    }
+}

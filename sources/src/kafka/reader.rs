@@ -1,0 +1,736 @@
+//! The reader: polls the consumer, gathers each partition's messages into chunks, commits
+//! offsets once their rows are durable.
+
+use super::*;
+
+/// One Kafka partition this reader may be assigned.
+pub(super) struct PartitionState {
+    pub(super) topic: Arc<str>,
+    pub(super) number: i32,
+    /// What the job sees of it: the partition itself, or one lane per upstream partition of
+    /// a repartition topic (see [`Upstream`]).
+    pub(super) lanes: Vec<Lane>,
+    pub(super) assigned: bool,
+    /// The offset after the last message read (repeats included).
+    pub(super) read_next: Option<u64>,
+    /// The offset after the last message handed over.
+    pub(super) next_offset: Option<u64>,
+    /// With `until_caught_up`: the end offset seen at assignment.
+    pub(super) end_at: Option<u64>,
+    pub(super) ended: bool,
+    /// With `until_caught_up`: the end offset the partition had when the reader connected.
+    pub(super) target: Option<u64>,
+    /// In a pool: the group's committed offset reached `target` (another worker read it).
+    pub(super) read_elsewhere: bool,
+    /// Where to store the offset after the last message read (progress reports).
+    pub(super) read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// A chunk stream of a partition: the partition, or one upstream partition's messages in it.
+pub(super) struct Lane {
+    pub(super) info: Arc<PartitionInfo>,
+    pub(super) seq: u64,
+    pub(super) buffer: MessageBuffer,
+    pub(super) last_message: Instant,
+    /// In a repartition topic: the upstream offset expected next; a message below it
+    /// repeats one already read.
+    pub(super) expect: Option<u64>,
+}
+
+impl Lane {
+    pub(super) fn new(info: PartitionInfo) -> Self {
+        Lane {
+            info: Arc::new(info),
+            seq: 0,
+            buffer: MessageBuffer::default(),
+            last_message: Instant::now(),
+            expect: None,
+        }
+    }
+}
+
+/// Reads a Kafka source for a job.
+pub struct KafkaReader {
+    pub(super) source: usize,
+    pub(super) name: Arc<str>,
+    pub(super) config: KafkaSourceConfig,
+    /// Index in `partitions` of each topic's first partition.
+    pub(super) topic_base: Vec<usize>,
+    /// Lanes per partition (1, or the upstream partition count of a repartition topic).
+    pub(super) lanes_per: usize,
+    /// First global partition id of the source.
+    pub(super) first_id: usize,
+    pub(super) partitions: Vec<PartitionState>,
+    pub(super) consumer: Option<BaseConsumer<GroupContext>>,
+    pub(super) ready: VecDeque<Chunk>,
+    pub(super) last_commit: Instant,
+    /// Fetching is paused for backpressure.
+    pub(super) paused: bool,
+    /// With `until_caught_up`: the wait for partitions this process is not assigned.
+    pub(super) wait: CatchUpWait,
+    /// In a pool: when the group's committed offsets were last read.
+    pub(super) checked_elsewhere: Option<Instant>,
+    /// When the group last assigned or revoked partitions (or the reader joined it).
+    pub(super) group_moved: Instant,
+    /// The group assigned this reader partitions (maybe none) at least once.
+    pub(super) joined: bool,
+    /// (topic, partition) → offset to continue from, from a checkpoint.
+    pub(super) resume: HashMap<(String, i32), u64>,
+    /// In a pool: the hand-over flag of the run served now (a new one means a new run).
+    pub(super) run: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl KafkaReader {
+    /// A reader of source `source` (named `name`) whose partitions are numbered globally
+    /// from `first_partition`, topic by topic.
+    pub fn new(
+        source: usize,
+        name: &str,
+        first_partition: usize,
+        config: KafkaSourceConfig,
+        partitions: &KafkaPartitions,
+    ) -> Self {
+        let name: Arc<str> = name.into();
+        let lanes_per = config.upstream.as_ref().map_or(1, |u| u.partitions.max(1));
+        let upstream_topic: Option<Arc<str>> =
+            config.upstream.as_ref().map(|u| u.topic.as_str().into());
+        let mut topic_base = Vec::new();
+        let mut states: Vec<PartitionState> = Vec::new();
+        for (t, &count) in partitions.counts.iter().enumerate() {
+            topic_base.push(states.len());
+            let topic: Arc<str> = config.topics[t].as_str().into();
+            for p in 0..count {
+                let first = first_partition + states.len() * lanes_per;
+                let lanes = match &upstream_topic {
+                    // a lane is the upstream partition: dead letters and `_partition` name it
+                    Some(up) => (0..lanes_per)
+                        .map(|u| {
+                            Lane::new(PartitionInfo {
+                                source: name.clone(),
+                                id: first + u,
+                                state_id: first,
+                                number: u as u32,
+                                topic: Some(up.clone()),
+                                file: None,
+                            })
+                        })
+                        .collect(),
+                    None => vec![Lane::new(PartitionInfo {
+                        source: name.clone(),
+                        id: first,
+                        state_id: first,
+                        number: p as u32,
+                        topic: Some(topic.clone()),
+                        file: None,
+                    })],
+                };
+                states.push(PartitionState {
+                    topic: topic.clone(),
+                    number: p as i32,
+                    lanes,
+                    assigned: false,
+                    read_next: None,
+                    next_offset: None,
+                    end_at: None,
+                    ended: false,
+                    target: None,
+                    read_elsewhere: false,
+                    read_offset: config
+                        .read_offsets
+                        .as_ref()
+                        .and_then(|r| r.0.get(&(topic.to_string(), p as i32)).cloned()),
+                });
+            }
+        }
+        let wait = CatchUpWait::new(config.caught_up_timeout);
+        KafkaReader {
+            source,
+            name,
+            config,
+            topic_base,
+            lanes_per,
+            first_id: first_partition,
+            partitions: states,
+            consumer: None,
+            ready: VecDeque::new(),
+            last_commit: Instant::now(),
+            paused: false,
+            wait,
+            checked_elsewhere: None,
+            group_moved: Instant::now(),
+            joined: false,
+            resume: HashMap::new(),
+            run: None,
+        }
+    }
+
+    /// In a pool: starts serving the run of `ctx` (a reader outlives the runs of its worker).
+    /// Chunks not handed out yet are numbered again from 0 per partition, as the new run's
+    /// clocks expect, and the partitions' idleness is set in its clocks.
+    pub(super) fn join_run(&mut self, ctx: &ReaderContext) {
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, &ctx.handover))
+        {
+            return;
+        }
+        self.run = Some(ctx.handover.clone());
+        if let Some(consumer) = &self.consumer {
+            if let Ok(mut run) = consumer.context().run.lock() {
+                *run = ctx.clone();
+            }
+        }
+        for lane in self.partitions.iter_mut().flat_map(|s| s.lanes.iter_mut()) {
+            lane.seq = 0;
+        }
+        for chunk in self.ready.iter_mut() {
+            let i = chunk.partition.id - self.first_id;
+            let lane = &mut self.partitions[i / self.lanes_per].lanes[i % self.lanes_per];
+            chunk.seq = lane.seq;
+            lane.seq += 1;
+        }
+        // A partition that ended (read to its end offset) in an earlier run ends this one's
+        // too: its restored clock is not at the end any more.
+        let in_lanes = self.config.upstream.is_some();
+        for s in self.partitions.iter_mut() {
+            let (true, true, Some(next)) = (s.assigned, s.ended, s.next_offset) else {
+                continue;
+            };
+            for lane in s.lanes.iter_mut() {
+                let pending_end = self
+                    .ready
+                    .iter()
+                    .any(|c| c.partition.id == lane.info.id && matches!(c.data, ChunkData::End));
+                if !pending_end {
+                    self.ready
+                        .push_back(lane_end(self.source, lane, next, in_lanes));
+                }
+            }
+        }
+        for s in &self.partitions {
+            for lane in &s.lanes {
+                ctx.clocks.partition(lane.info.id).set_idle(!s.assigned);
+                if s.assigned {
+                    ctx.progress.track(lane.info.id);
+                }
+            }
+        }
+        self.report_assigned(ctx);
+    }
+
+    /// Drops what was read of a partition given up in a pool: its next owner reads it again
+    /// from the hand-over checkpoint.
+    pub(super) fn forget(&mut self, l: usize) {
+        let first = self.first_id + l * self.lanes_per;
+        let ids = first..first + self.lanes_per;
+        self.ready.retain(|c| !ids.contains(&c.partition.id));
+        let s = &mut self.partitions[l];
+        for lane in s.lanes.iter_mut() {
+            lane.buffer = MessageBuffer::default();
+            lane.expect = None;
+        }
+        s.read_next = None;
+        s.next_offset = None;
+        s.end_at = None;
+        s.ended = false;
+    }
+
+    /// In a pool: whether the run served last ended with a hand-over (a rebalance).
+    pub fn handed_over(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| r.load(Ordering::SeqCst))
+    }
+
+    /// Leaves the consumer group: gives its partitions back while the consumer still serves
+    /// rebalances normally, then closes the consumer, waiting at most [`CLOSE_TIMEOUT`]
+    /// (a broker that does not answer cannot hold the worker: the close then finishes in the
+    /// background). Also done when the reader is dropped.
+    pub fn close(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            close_consumer(consumer, &self.name, CLOSE_TIMEOUT);
+        }
+    }
+
+    /// Continues the partitions a checkpoint holds from its offsets, whatever `start_from`
+    /// and the group's committed offsets say. `resume(topic, partition)` gives the offset.
+    pub fn with_resume(mut self, resume: impl Fn(&str, i32) -> Option<u64>) -> Self {
+        for s in &self.partitions {
+            if let Some(o) = resume(&s.topic, s.number) {
+                self.resume.insert((s.topic.to_string(), s.number), o);
+            }
+        }
+        self
+    }
+
+    pub(super) fn local(&self, topic: &str, partition: i32) -> Option<usize> {
+        let t = self.config.topics.iter().position(|x| x == topic)?;
+        let local = self.topic_base[t] + usize::try_from(partition).ok()?;
+        (local < self.partitions.len()).then_some(local)
+    }
+
+    pub(super) fn err(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Source {
+            source_name: self.name.to_string(),
+            message: format!("kafka ({}): {what}: {e}", self.config.brokers),
+        }
+    }
+
+    pub(super) fn connect(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        let mut ids = HashMap::new();
+        for s in &self.partitions {
+            ids.insert((s.topic.to_string(), s.number), s.lanes[0].info.id);
+        }
+        let context = GroupContext {
+            start_from: self.config.start_from,
+            resume: self.resume.clone(),
+            starts: Mutex::new(HashMap::new()),
+            lane_starts: Mutex::new(HashMap::new()),
+            ids,
+            seen: Mutex::new(HashSet::new()),
+            committed: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            has_events: AtomicBool::new(false),
+            source: self.name.clone(),
+            positions: Mutex::new(HashMap::new()),
+            pool: self.config.pool.clone(),
+            run: Mutex::new(ctx.clone()),
+            in_backpressure: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            cooperative: false,
+            held: Held::default(),
+        };
+        let cfg = group_consumer_config(
+            &self.config,
+            &self.config.group_id,
+            self.config.pool.is_some(),
+        );
+        let context = GroupContext {
+            cooperative: is_cooperative(&cfg),
+            ..context
+        };
+        let consumer: BaseConsumer<GroupContext> = cfg
+            .create_with_context(context)
+            .map_err(|e| self.err("cannot create a consumer", e))?;
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| self.err("cannot subscribe", e))?;
+        // Every partition is idle until it is assigned to this process, unless this process
+        // reads every partition (below).
+        let idle = !self.reads_every_partition();
+        for lane in self.partitions.iter().flat_map(|s| &s.lanes) {
+            ctx.clocks.partition(lane.info.id).set_idle(idle);
+        }
+        if let Some(src) = ctx.stats.sources.get(self.source) {
+            src.assigned.store(-1, Ordering::Relaxed);
+        }
+        self.consumer = Some(consumer);
+        if self.config.until_caught_up {
+            self.read_targets(ctx)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn commit(&mut self, mode: CommitMode) -> Result<(), EngineError> {
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        if self.config.upstream.is_some() {
+            // a repartition topic's offsets live in the pool's checkpoints only: its lanes
+            // continue from different offsets
+            return Ok(());
+        }
+        let assigned = self
+            .partitions
+            .iter()
+            .filter(|s| s.assigned)
+            .map(|s| (s.topic.to_string(), s.number));
+        let tpl = consumer.context().committable(assigned);
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                tracing::warn!(source = %self.name, error = %e, "kafka: offset commit failed; will retry");
+                if let Ok(mut c) = consumer.context().committed.lock() {
+                    c.clear();
+                }
+            }
+        }
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Polls messages until a chunk is ready or nothing arrives for a moment.
+    pub(super) fn poll_round(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
+        let mut got = 0usize;
+        loop {
+            let timeout = if got > 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            };
+            let consumer = self.consumer.as_ref().expect("connected");
+            let polled = consumer.poll(timeout);
+            let msg = match polled {
+                None => break,
+                Some(Err(RdError::PartitionEOF(_))) => continue,
+                Some(Err(e)) => {
+                    if is_fatal(&e) {
+                        return Err(self.err("consumer failed", e));
+                    }
+                    tracing::warn!(source = %self.name, error = %e, "kafka: consumer error (librdkafka retries)");
+                    break;
+                }
+                Some(Ok(m)) => m,
+            };
+            if consumer.context().has_events.load(Ordering::Acquire) {
+                // Assignments must be known before their messages are placed.
+                let (topic, p, detached) = (msg.topic().to_string(), msg.partition(), msg.detach());
+                drop(msg);
+                self.handle_group_events(ctx)?;
+                self.place_owned(&topic, p, &detached, ctx);
+            } else {
+                let Some(l) = self.local(msg.topic(), msg.partition()) else {
+                    continue;
+                };
+                let placed = place_message(
+                    &mut self.partitions[l],
+                    &msg,
+                    (&self.config, &self.name),
+                    ctx.stats.sources.get(self.source),
+                    ctx,
+                );
+                drop(msg);
+                if let Some(offset) = placed {
+                    self.after_message(l, offset, ctx);
+                }
+            }
+            got += 1;
+            if !self.ready.is_empty() || got >= CHUNK_MESSAGES {
+                break;
+            }
+        }
+        Ok(got > 0)
+    }
+
+    pub(super) fn place_owned(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        m: &rdkafka::message::OwnedMessage,
+        ctx: &ReaderContext,
+    ) {
+        if let Some(l) = self.local(topic, partition) {
+            let placed = place_message(
+                &mut self.partitions[l],
+                m,
+                (&self.config, &self.name),
+                ctx.stats.sources.get(self.source),
+                ctx,
+            );
+            if let Some(offset) = placed {
+                self.after_message(l, offset, ctx);
+            }
+        }
+    }
+
+    pub(super) fn after_message(&mut self, l: usize, offset: u64, ctx: &ReaderContext) {
+        let s = &mut self.partitions[l];
+        if let Some(r) = &s.read_offset {
+            r.store(offset + 1, Ordering::Relaxed);
+        }
+        let caught_up = s.end_at.is_some_and(|end| offset + 1 >= end);
+        if caught_up {
+            self.end_partition(l, offset + 1, ctx);
+        } else if s.lanes.iter().any(|lane| lane.buffer.is_full()) {
+            self.hand_over(l);
+        }
+    }
+
+    /// After a quiet poll: hands over old buffers, marks idle partitions, ends caught-up ones.
+    pub(super) fn housekeeping(
+        &mut self,
+        ctx: &ReaderContext,
+        quiet: bool,
+    ) -> Result<(), EngineError> {
+        let now = Instant::now();
+        for l in 0..self.partitions.len() {
+            let s = &self.partitions[l];
+            if s.lanes.iter().any(|lane| {
+                lane.buffer
+                    .since
+                    .is_some_and(|t| quiet || now - t >= CHUNK_AGE)
+            }) {
+                self.hand_over(l);
+            }
+            let s = &self.partitions[l];
+            // Idle: silent for `idle_timeout` while fetching (a partition paused for
+            // backpressure is not silent) and with nothing left to read as far as the
+            // consumer's statistics know (a partition behind is slow, not idle: its rows
+            // would turn late).
+            if let (Some(idle), false) = (self.config.idle_timeout, self.paused) {
+                let silent = |lane: &Lane| now - lane.last_message >= idle;
+                if s.assigned
+                    && !s.ended
+                    && s.lanes.iter().any(silent)
+                    && !behind(ctx, &self.name, s)
+                {
+                    for lane in s.lanes.iter().filter(|lane| silent(lane)) {
+                        ctx.clocks.partition(lane.info.id).set_idle(true);
+                    }
+                }
+            }
+        }
+        if quiet && self.config.until_caught_up {
+            let positions = self
+                .consumer
+                .as_ref()
+                .expect("connected")
+                .position()
+                .map_err(|e| self.err("cannot read positions", e))?;
+            for e in positions.elements() {
+                let Some(l) = self.local(e.topic(), e.partition()) else {
+                    continue;
+                };
+                let s = &self.partitions[l];
+                if let (Offset::Offset(pos), Some(end), true, false) =
+                    (e.offset(), s.end_at, s.assigned, s.ended)
+                {
+                    if pos >= 0 && pos as u64 >= end {
+                        self.end_partition(l, pos as u64, ctx);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses (or resumes) fetching of every assigned partition that has not ended.
+    pub(super) fn set_paused(&mut self, paused: bool) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for s in self.partitions.iter().filter(|s| s.assigned && !s.ended) {
+            tpl.add_partition(&s.topic, s.number);
+        }
+        let result = if paused {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        if let Err(e) = result {
+            tracing::warn!(source = %self.name, error = %e, "kafka: pause/resume failed");
+        }
+        self.paused = paused;
+        if !paused {
+            // the pause was weir's, not the partitions' silence
+            let now = Instant::now();
+            for lane in self.partitions.iter_mut().flat_map(|s| s.lanes.iter_mut()) {
+                lane.last_message = now;
+            }
+        }
+    }
+}
+
+/// Buffers a message of partition `s` in its lane; a repeat of the repartition stage (an
+/// upstream offset its lane passed) is counted and dropped. The message's offset, unless the
+/// partition is not read (then `after_message` is not due).
+pub(super) fn place_message<M: Message>(
+    s: &mut PartitionState,
+    m: &M,
+    (config, name): (&KafkaSourceConfig, &str),
+    stats: Option<&SourceStats>,
+    ctx: &ReaderContext,
+) -> Option<u64> {
+    let in_lanes = config.upstream.is_some();
+    if !s.assigned || s.ended {
+        return None;
+    }
+    let offset = m.offset() as u64;
+    s.read_next = Some(offset + 1);
+    if !in_lanes {
+        s.lanes[0].buffer.push(m, config.with_headers, offset);
+        s.lanes[0].last_message = Instant::now();
+        unidle(ctx, &s.lanes[0]);
+        return Some(offset);
+    }
+    let payload = m.payload().unwrap_or_default();
+    let Some(envelope) =
+        crate::repartition::Envelope::open(payload).filter(|e| e.partition < s.lanes.len())
+    else {
+        if let Some(src) = stats {
+            RunStats::add(&src.repartition_foreign, 1);
+        }
+        tracing::error!(
+            source = %name,
+            topic = %s.topic,
+            partition = s.number,
+            offset,
+            "kafka: a message in a repartition topic was not written by weir (no upstream partition and offset); skipped"
+        );
+        return Some(offset);
+    };
+    let lane = &mut s.lanes[envelope.partition];
+    if lane.expect.is_some_and(|e| envelope.offset < e) {
+        if let Some(src) = stats {
+            RunStats::add(&src.repartition_repeats, 1);
+        }
+        return Some(offset);
+    }
+    lane.buffer.push_parts(
+        (envelope.payload, m.key()),
+        m.timestamp().to_millis(),
+        envelope.headers(),
+        config.with_headers,
+        envelope.offset,
+    );
+    lane.expect = Some(envelope.offset + 1);
+    lane.last_message = Instant::now();
+    unidle(ctx, lane);
+    Some(offset)
+}
+
+/// Whether partition `s` has messages left to read, by the consumer lag of the latest
+/// statistics (unknown: not behind).
+pub(super) fn behind(ctx: &ReaderContext, source: &str, s: &PartitionState) -> bool {
+    let key = (source.to_string(), format!("{}/{}", s.topic, s.number));
+    ctx.stats
+        .consumer_lag
+        .lock()
+        .ok()
+        .and_then(|lag| lag.get(&key).copied())
+        .is_some_and(|lag| lag > 0)
+}
+
+/// A lane that delivers stops being idle.
+pub(super) fn unidle(ctx: &ReaderContext, lane: &Lane) {
+    let clock = ctx.clocks.partition(lane.info.id);
+    if clock.is_idle() {
+        clock.set_idle(false);
+    }
+}
+
+/// The end chunk of a lane whose partition continues at `next`.
+pub(super) fn lane_end(source: usize, lane: &mut Lane, next: u64, in_lanes: bool) -> Chunk {
+    // a lane's offsets are upstream offsets: none seen yet is 0
+    let expect = lane.expect.unwrap_or(if in_lanes { 0 } else { next });
+    let chunk = Chunk {
+        source,
+        partition: lane.info.clone(),
+        seq: lane.seq,
+        first_offset: expect,
+        resume: Resume {
+            next_offset: next,
+            position: expect,
+        },
+        data: ChunkData::End,
+    };
+    lane.seq += 1;
+    chunk
+}
+
+pub(super) fn is_fatal(e: &RdError) -> bool {
+    match e {
+        RdError::MessageConsumptionFatal(_) => true,
+        RdError::MessageConsumption(code) => matches!(
+            code,
+            rdkafka::types::RDKafkaErrorCode::Fatal
+                | rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                | rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
+                | rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed
+                | rdkafka::types::RDKafkaErrorCode::SaslAuthenticationFailed
+        ),
+        _ => false,
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
+        if self.consumer.is_none() {
+            self.connect(ctx)?;
+        }
+        let pooled = self.config.pool.is_some();
+        if pooled {
+            self.join_run(ctx);
+        }
+        loop {
+            if pooled {
+                if let Some(e) = self
+                    .consumer
+                    .as_ref()
+                    .and_then(|c| c.context().failed.lock().ok()?.take())
+                {
+                    return Err(self.err("worker pool", e));
+                }
+                // a hand-over (or a stop) ends the run at once: what was read stays here
+                if ctx.stop.load(Ordering::Relaxed) || ctx.handover.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+            }
+            if let Some(c) = self.ready.pop_front() {
+                return Ok(Some(c));
+            }
+            if ctx.stop.load(Ordering::Relaxed) || self.caught_up(ctx)? {
+                return Ok(None);
+            }
+            if self.last_commit.elapsed() >= COMMIT_EVERY {
+                self.commit(CommitMode::Async)?;
+            }
+            let got = self.poll_round(ctx)?;
+            self.handle_group_events(ctx)?;
+            self.housekeeping(ctx, !got)?;
+        }
+    }
+
+    fn backpressure(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        // Stop fetching, but keep polling: heartbeats, rebalances and commits go on, and the
+        // messages already fetched are buffered (librdkafka's queue is bounded).
+        if !self.paused {
+            self.set_paused(true);
+            tracing::debug!(source = %self.name, "kafka: backpressure, partitions paused");
+        }
+        if self.last_commit.elapsed() >= COMMIT_EVERY {
+            self.commit(CommitMode::Async)?;
+        }
+        let consumer = self.consumer.as_ref().expect("connected");
+        consumer
+            .context()
+            .in_backpressure
+            .store(true, Ordering::SeqCst);
+        let polled = consumer.poll(Duration::ZERO);
+        consumer
+            .context()
+            .in_backpressure
+            .store(false, Ordering::SeqCst);
+        if let Some(Ok(m)) = polled {
+            let (topic, p, m) = (m.topic().to_string(), m.partition(), m.detach());
+            self.handle_group_events(ctx)?;
+            self.place_owned(&topic, p, &m, ctx);
+        }
+        self.handle_group_events(ctx)
+    }
+
+    fn backpressure_released(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        if self.paused {
+            self.set_paused(false);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.commit(CommitMode::Sync)?;
+        if self.config.pool.is_none() {
+            self.close();
+        }
+        Ok(())
+    }
+
+    fn unread(&mut self, chunk: Chunk) {
+        self.ready.push_front(chunk);
+    }
+}

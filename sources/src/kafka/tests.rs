@@ -1,0 +1,471 @@
+use super::*;
+use rdkafka::mocking::MockCluster;
+use weir_engine::clock::Clocks;
+use weir_kafka::Producer;
+
+/// A source reading `topic` from its start to the end it has when assigned.
+fn reading_to_the_end(brokers: &str, topic: &str) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: brokers.to_string(),
+        topics: vec![topic.into()],
+        group_id: "g".into(),
+        start_from: StartFrom::Earliest,
+        properties: vec![],
+        idle_timeout: None,
+        until_caught_up: true,
+        caught_up_timeout: Duration::from_secs(30),
+        end_offsets: HashMap::new(),
+        read_offsets: None,
+        with_headers: false,
+        pool: None,
+        upstream: None,
+    }
+}
+
+#[test]
+fn reads_each_message_once_in_partition_order_and_ends_when_caught_up() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("events", 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer = Producer::new(&brokers, &[]).unwrap();
+    for i in 0..3000u32 {
+        let key = format!("k{}", i % 7);
+        producer
+            .send(
+                "events",
+                Some(key.as_bytes()),
+                Some(format!("{{\"i\":{i}}}").as_bytes()),
+                &[("trace_id", b"t")],
+            )
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    let config = KafkaSourceConfig {
+        with_headers: true,
+        ..reading_to_the_end(&brokers, "events")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    assert_eq!(partitions.counts, vec![3]);
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = ReaderContext::new(
+        Arc::new(Clocks::new(&[(3, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::new(3, &[])),
+        Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+    );
+    let mut next_offset = [0u64; 3];
+    let mut next_seq = [0u64; 3];
+    let mut ended = [false; 3];
+    let mut total = 0;
+    let mut chunks = 0;
+    while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+        chunks += 1;
+        if chunks == 2 {
+            // backpressure: paused for a while, nothing lost or repeated after resuming
+            for _ in 0..5 {
+                reader.backpressure(&ctx).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(reader.paused);
+            reader.backpressure_released(&ctx).unwrap();
+        }
+        let p = chunk.partition.number as usize;
+        assert_eq!(chunk.partition.topic.as_deref(), Some("events"));
+        assert_eq!(chunk.seq, next_seq[p]);
+        next_seq[p] += 1;
+        assert!(!ended[p], "a chunk after the partition's end");
+        match chunk.data {
+            ChunkData::Messages(m) => {
+                for (i, &o) in m.offsets.iter().enumerate() {
+                    assert_eq!(o, next_offset[p]);
+                    next_offset[p] += 1;
+                    let (first, last) = m.headers[i];
+                    assert_eq!(last - first, 1);
+                    assert!(m.keys[i].is_some());
+                }
+                total += m.len();
+            }
+            ChunkData::End => {
+                assert_eq!(chunk.first_offset, next_offset[p]);
+                ended[p] = true;
+            }
+            _ => panic!("a Kafka reader yields messages"),
+        }
+    }
+    assert_eq!(total, 3000);
+    assert_eq!(ended, [true; 3]);
+    reader.finish(&ctx).unwrap();
+}
+
+/// Closing a reader returns within its bound even when leaving the group is slow: here a
+/// pool's revocation waits for a hand-over that never completes (a dropped rdkafka
+/// consumer would wait for it, and for a broker that does not answer, unbounded).
+#[test]
+fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("events", 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let hook = PoolHook {
+        claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
+        released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+        handover_timeout: Duration::from_secs(60),
+    };
+    let config = KafkaSourceConfig {
+        until_caught_up: false,
+        pool: Some(hook),
+        ..reading_to_the_end(&brokers, "events")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = ReaderContext::new(
+        Arc::new(Clocks::new(&[(3, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::new(3, &[])),
+        Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+    );
+    // a failed run: its hand-over on assignment does not wait
+    ctx.cancel.store(true, Ordering::SeqCst);
+    reader.connect(&ctx).unwrap();
+    let consumer = reader.consumer.as_ref().unwrap();
+    let started = Instant::now();
+    while !consumer.context().holds_partitions() {
+        let _ = consumer.poll(Duration::from_millis(50));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never assigned"
+        );
+    }
+    // a run whose outputs never finish: the revocation's hand-over waits a minute
+    ctx.cancel.store(false, Ordering::SeqCst);
+    let closing = Instant::now();
+    reader.close();
+    let took = closing.elapsed();
+    assert!(
+        took < CLOSE_TIMEOUT + Duration::from_secs(3),
+        "closing took {took:?}"
+    );
+    assert!(reader.consumer.is_none());
+}
+
+/// A repartition topic: its partitions are read as one lane per upstream partition, each
+/// in upstream order with upstream offsets; a repeat (an upstream offset its lane passed)
+/// is dropped; every lane's chunk records where the partition and the lane continue.
+#[test]
+fn a_repartition_topic_is_read_in_lanes_without_repeats() {
+    use crate::repartition::Envelope;
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("internal", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer = Producer::new(&brokers, &[]).unwrap();
+    // upstream partitions 0 and 1 interleaved; then upstream 1 repeats offsets 1..3 (a
+    // stage that restarted from an older commit) and continues with 4
+    let mut sent = vec![(0u32, 0u64), (1, 0), (0, 1), (1, 1), (1, 2), (0, 2), (1, 3)];
+    sent.extend([(1, 1), (1, 2), (1, 3), (1, 4)]);
+    let mut value = Vec::new();
+    for &(u, o) in &sent {
+        value.clear();
+        let headers = [(&b"traceparent"[..], Some(&b"t"[..]))];
+        let payload = format!("{{\"u\":{u},\"o\":{o}}}");
+        Envelope::write(&mut value, u, o, headers.into_iter(), payload.as_bytes());
+        producer
+            .send("internal", Some(b"k"), Some(&value), &[])
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    let config = KafkaSourceConfig {
+        upstream: Some(Upstream {
+            topic: "upstream".into(),
+            partitions: 2,
+        }),
+        ..reading_to_the_end(&brokers, "internal")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    assert_eq!(
+        partitions.keys(&config),
+        vec!["internal/0/0".to_string(), "internal/0/1".to_string()]
+    );
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
+    let ctx = ReaderContext::new(
+        Arc::new(Clocks::new(&[(2, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::new(2, &[])),
+        stats.clone(),
+    );
+    let mut read: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let mut next_seq = [0u64; 2];
+    let mut last_resume = [None; 2];
+    while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+        let lane = chunk.partition.id;
+        assert_eq!(
+            chunk.partition.state_id, 0,
+            "state stays with the Kafka partition"
+        );
+        assert_eq!(chunk.partition.topic.as_deref(), Some("upstream"));
+        assert_eq!(chunk.partition.number as usize, lane);
+        assert_eq!(chunk.seq, next_seq[lane]);
+        next_seq[lane] += 1;
+        if let ChunkData::Messages(m) = &chunk.data {
+            for (i, &o) in m.offsets.iter().enumerate() {
+                let payload = std::str::from_utf8(m.slice(m.payloads[i])).unwrap();
+                assert_eq!(payload, format!("{{\"u\":{lane},\"o\":{o}}}"));
+                let trace: Vec<_> = m.header_pairs(i).collect();
+                assert_eq!(trace, vec![(&b"traceparent"[..], Some(&b"t"[..]))]);
+            }
+            read[lane].extend(&m.offsets);
+        }
+        last_resume[lane] = Some(chunk.resume);
+    }
+    assert_eq!(read[0], vec![0, 1, 2]);
+    assert_eq!(read[1], vec![0, 1, 2, 3, 4]);
+    assert_eq!(RunStats::get(&stats.sources[0].repartition_repeats), 3);
+    // both lanes continue after the topic's last message; each at its next upstream offset
+    let end = sent.len() as u64;
+    assert_eq!(
+        last_resume,
+        [
+            Some(Resume {
+                next_offset: end,
+                position: 3
+            }),
+            Some(Resume {
+                next_offset: end,
+                position: 5
+            })
+        ]
+    );
+}
+
+/// Another member of the group (a consumer polling, not reading): started first, it
+/// holds the topic's partitions until `leave` is set.
+fn other_member(
+    brokers: &str,
+    topic: &str,
+    leave: Arc<AtomicBool>,
+) -> (
+    std::thread::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (brokers, topic, h) = (brokers.to_string(), topic.to_string(), held.clone());
+    let t = std::thread::spawn(move || {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "g")
+            .set("enable.auto.commit", "false")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // gone from the group soon after it stops, as a killed process is
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create()
+            .unwrap();
+        c.subscribe(&[&topic]).unwrap();
+        while !leave.load(Ordering::SeqCst) {
+            let _ = c.poll(Duration::from_millis(20));
+            let n = c.assignment().map(|a| a.count()).unwrap_or(0);
+            h.store(n, Ordering::SeqCst);
+        }
+    });
+    (t, held)
+}
+
+fn produce_keyed(brokers: &str, topic: &str, n: u32) {
+    let producer = Producer::new(brokers, &[]).unwrap();
+    for i in 0..n {
+        let key = format!("k{}", i % 13);
+        let value = format!("{{\"i\":{i}}}");
+        producer
+            .send(topic, Some(key.as_bytes()), Some(value.as_bytes()), &[])
+            .unwrap();
+    }
+    producer.flush().unwrap();
+}
+
+/// `--until-caught-up` while another member holds partitions (a killed process until
+/// its session times out): the reader reads the partitions it is assigned, then waits
+/// for the others, saying so in `/ready`, and reads them once the group assigns them. It
+/// does not end with only its own partitions read.
+#[test]
+fn waits_for_the_partitions_another_member_holds_then_reads_them() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("held", 4, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, "held", 800);
+    let leave = Arc::new(AtomicBool::new(false));
+    let (other, held) = other_member(&brokers, "held", leave.clone());
+    let started = Instant::now();
+    while held.load(Ordering::SeqCst) < 4 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no assignment");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = reading_to_the_end(&brokers, "held");
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
+    let ctx = ReaderContext::new(
+        Arc::new(Clocks::new(&[(4, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::new(4, &[])),
+        stats.clone(),
+    );
+    // once the reader says it waits, the other member leaves
+    let saw = Arc::new(Mutex::new(String::new()));
+    let watcher = {
+        let (stats, leave, saw) = (stats.clone(), leave.clone(), saw.clone());
+        std::thread::spawn(move || {
+            while !leave.load(Ordering::SeqCst) {
+                let w = stats.sources[0]
+                    .waiting_for_partitions
+                    .lock()
+                    .unwrap()
+                    .clone();
+                if !w.is_empty() {
+                    *saw.lock().unwrap() = w;
+                    leave.store(true, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut total = 0;
+    let mut ended = [false; 4];
+    while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+        match chunk.data {
+            ChunkData::Messages(m) => total += m.len(),
+            ChunkData::End => ended[chunk.partition.number as usize] = true,
+            _ => panic!("a Kafka reader yields messages"),
+        }
+    }
+    leave.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    other.join().unwrap();
+    assert_eq!(total, 800, "every partition read");
+    assert_eq!(ended, [true; 4]);
+    let saw = saw.lock().unwrap().clone();
+    assert!(saw.contains("waiting for held/"), "{saw}");
+    assert!(stats.sources[0]
+        .waiting_for_partitions
+        .lock()
+        .unwrap()
+        .is_empty());
+    reader.finish(&ctx).unwrap();
+}
+
+/// The other member never leaves: the reader fails after its timeout, naming the
+/// partitions it did not read.
+#[test]
+fn fails_when_partitions_stay_unread_past_the_timeout() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("stuck", 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, "stuck", 200);
+    let leave = Arc::new(AtomicBool::new(false));
+    let (other, held) = other_member(&brokers, "stuck", leave.clone());
+    let started = Instant::now();
+    while held.load(Ordering::SeqCst) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no assignment");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let config = KafkaSourceConfig {
+        caught_up_timeout: Duration::from_secs(3),
+        ..reading_to_the_end(&brokers, "stuck")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = ReaderContext::new(
+        Arc::new(Clocks::new(&[(2, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::new(2, &[])),
+        Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
+    );
+    let error = loop {
+        match reader.next_chunk(&ctx) {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("ended with partitions unread"),
+            Err(e) => break e,
+        }
+    };
+    leave.store(true, Ordering::SeqCst);
+    other.join().unwrap();
+    match &error {
+        EngineError::NotCaughtUp { message, .. } => {
+            assert!(message.contains("stuck/"), "{message}");
+            assert!(message.contains("--caught-up-timeout"), "{message}");
+        }
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_missing_topic_is_reported_by_name() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("other", 1, 1).unwrap();
+    let config = KafkaSourceConfig {
+        start_from: StartFrom::Committed,
+        properties: vec![("allow.auto.create.topics".into(), "false".into())],
+        until_caught_up: false,
+        ..reading_to_the_end(&mock.bootstrap_servers(), "nope")
+    };
+    match KafkaPartitions::discover(&config) {
+        Err(e) => assert!(e.to_string().contains("nope"), "{e}"),
+        Ok(p) => panic!("found {:?}", p.counts),
+    }
+}
+
+#[test]
+fn a_silent_partition_idles_unless_paused_or_behind() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("quiet", 2, 1).unwrap();
+    let config = KafkaSourceConfig {
+        idle_timeout: Some(Duration::from_millis(150)),
+        until_caught_up: false,
+        ..reading_to_the_end(&mock.bootstrap_servers(), "quiet")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = ReaderContext::new(
+        Arc::new(Clocks::new(&[(2, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::new(2, &[])),
+        Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+    );
+    reader.connect(&ctx).unwrap();
+    let started = Instant::now();
+    while !reader.partitions.iter().all(|s| s.assigned) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never assigned"
+        );
+        reader.poll_round(&ctx).unwrap();
+        reader.handle_group_events(&ctx).unwrap();
+    }
+    let idle = |p: usize| ctx.clocks.partition(p).is_idle();
+    let wait_past_timeout = |reader: &mut KafkaReader| {
+        std::thread::sleep(Duration::from_millis(200));
+        reader.housekeeping(&ctx, true).unwrap();
+    };
+    reader.housekeeping(&ctx, true).unwrap();
+    assert!(!idle(0) && !idle(1), "just assigned");
+    // partition 1 has messages left to read by the latest statistics: slow, not idle
+    ctx.stats
+        .consumer_lag
+        .lock()
+        .unwrap()
+        .insert(("s".into(), "quiet/1".into()), 5);
+    wait_past_timeout(&mut reader);
+    assert!(idle(0) && !idle(1));
+    ctx.stats.consumer_lag.lock().unwrap().clear();
+    // paused for backpressure longer than the timeout: weir's pause, not silence
+    ctx.clocks.partition(0).set_idle(false);
+    reader.backpressure(&ctx).unwrap();
+    wait_past_timeout(&mut reader);
+    assert!(!idle(0) && !idle(1));
+    reader.backpressure_released(&ctx).unwrap();
+    reader.housekeeping(&ctx, true).unwrap();
+    assert!(
+        !idle(0) && !idle(1),
+        "the timeout starts again after the pause"
+    );
+    wait_past_timeout(&mut reader);
+    assert!(idle(0) && idle(1));
+}
