@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 hours=${1:-4}
 end=$(( $(date +%s) + hours * 3600 ))
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-cargo test --release -p weir-sources --test fuzz_decoders --no-run
-cargo test --release -p weir-sources --test fuzz_avro --no-run
+cargo test --release -p weir-formats --test fuzz_decoders --no-run
+cargo test --release -p weir-formats --test fuzz_avro --no-run
 cargo test --release -p weir-pipelines --test fuzz_loader --no-run
 round=0
 while [ "$(date +%s)" -lt "$end" ]; do
@@ -18,9 +18,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
   seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
   echo "round $round, seed $seed"
   WEIR_FUZZ_SEED=$seed WEIR_FUZZ_CASES=${DECODER_CASES:-200000} \
-    cargo test --release -q -p weir-sources --test fuzz_decoders
+    cargo test --release -q -p weir-formats --test fuzz_decoders
   WEIR_FUZZ_SEED=$seed WEIR_FUZZ_CASES=${AVRO_CASES:-2000000} \
-    cargo test --release -q -p weir-sources --test fuzz_avro
+    cargo test --release -q -p weir-formats --test fuzz_avro
   WEIR_FUZZ_SEED=$seed WEIR_FUZZ_CASES=${LOADER_CASES:-5000} \
     cargo test --release -q -p weir-pipelines --test fuzz_loader
 done

@@ -6,7 +6,6 @@
 //! when the run finishes, so a reader never mistakes a half-written file for a result. With
 //! checkpoints, they are committed per checkpoint (see [`committed`]).
 
-pub mod avro;
 pub mod committed;
 pub mod elasticsearch;
 pub mod file;
@@ -15,3 +14,5 @@ pub mod kafka;
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
 pub use kafka::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
+
+pub use weir_formats::avro_encode as avro;

@@ -19,6 +19,7 @@ use weir_engine::time::now_ms;
 use weir_engine::{Chunk, ChunkData, EngineError, EventBatch};
 
 use crate::schema::SourceSchema;
+use weir_formats::json_rows::json_string;
 
 /// Which events to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,25 +386,6 @@ enum BadField {
     NestedCount,
 }
 
-/// Writes `s` as a JSON string literal.
-pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut b = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
-}
-
 fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
     let time = |out: &mut Vec<u8>, ts: i64| match bad {
         Some(BadField::TimeNotATime) => out.extend_from_slice(b"\"timestamp\":\"not-a-time\","),
@@ -426,7 +408,7 @@ fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
             let _ = write!(out, "{{\"eventId\":\"evt-{index:010}\",");
             time(out, timestamp);
             let _ = write!(out, "\"source\":\"{source}\",\"datasetName\":");
-            json_str(out, dataset);
+            json_string(out, dataset);
             if bad == Some(BadField::NestedCount) {
                 out.extend_from_slice(b",\"recordCount\":{\"nested\":\"object\"}");
             } else {
@@ -440,7 +422,7 @@ fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
             let _ = write!(loc, "s3://lake/");
             loc.extend_from_slice(dataset.as_bytes());
             let _ = write!(loc, "/part-{:05}.{format}", index % 10_000);
-            json_str(out, std::str::from_utf8(&loc).unwrap_or_default());
+            json_string(out, std::str::from_utf8(&loc).unwrap_or_default());
             let _ = write!(
                 out,
                 ",\"status\":\"{status}\",\"metadata\":{{\"pipeline\":\"p{}\",\"owner\":\"team-data\"}}}}",
@@ -459,7 +441,7 @@ fn write_json(ev: &Event<'_>, out: &mut Vec<u8>, bad: Option<BadField>) {
             let _ = write!(out, "{{\"eventId\":\"hlt-{index:010}\",");
             time(out, timestamp);
             out.extend_from_slice(b"\"serviceName\":");
-            json_str(out, service);
+            json_string(out, service);
             let _ = write!(
                 out,
                 ",\"namespace\":\"{namespace}\",\"healthStatus\":\"{status}\","

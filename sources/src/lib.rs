@@ -1,16 +1,11 @@
 //! weir's inputs: NDJSON files, Kafka topics and the synthetic generator, with schema-driven
 //! decoders that write straight into Arrow arrays.
 
-pub mod avro;
 pub mod caught_up;
 pub mod file;
 pub mod generator;
-pub mod json;
 pub mod kafka;
-pub mod message_columns;
-pub mod registry;
 pub mod repartition;
-pub mod schema;
 
 pub use avro::{AvroDecoder, AvroType};
 pub use caught_up::{NotCaughtUp, DEFAULT_CAUGHT_UP_TIMEOUT};
@@ -24,3 +19,5 @@ pub use message_columns::MessageColumn;
 pub use registry::SchemaRegistry;
 pub use repartition::{RepartitionSpec, RepartitionStage};
 pub use schema::{FieldKind, SchemaField, SourceSchema};
+
+pub use weir_formats::{avro, json, message_columns, registry, schema};

@@ -3,7 +3,7 @@
 //! nesting) must transcode or fail without a panic, within the per-record output cap and
 //! quickly, however large the counts and lengths they announce.
 //!
-//! `cargo test -p weir-sources --test fuzz_avro` runs a few thousand cases; `WEIR_FUZZ_CASES`
+//! `cargo test -p weir-formats --test fuzz_avro` runs a few thousand cases; `WEIR_FUZZ_CASES`
 //! and `WEIR_FUZZ_SEED` set the count and the seed (`scripts/fuzz.sh` runs the harnesses for
 //! hours). A failing case prints its seed and bytes: add them to `REGRESSIONS`.
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use support::Rng;
-use weir_sources::avro::{record_to_json, AvroLimits, AvroType};
+use weir_formats::avro::{record_to_json, AvroLimits, AvroType};
 
 const SCHEMAS: &[&str] = &[
     include_str!("../../tests/kafka/data-ingestion.avsc"),

@@ -3,7 +3,7 @@
 //! nesting, huge numbers, escapes, invalid UTF-8) must decode without a panic into rows and
 //! dead letters that add up, and every row's event time must be the one its record carries.
 //!
-//! `cargo test -p weir-sources --test fuzz_decoders` runs a few thousand cases (seconds);
+//! `cargo test -p weir-formats --test fuzz_decoders` runs a few thousand cases (seconds);
 //! `WEIR_FUZZ_CASES` and `WEIR_FUZZ_SEED` set the count and the seed, and
 //! `scripts/fuzz.sh` runs it for hours with fresh seeds. A case that fails prints its seed
 //! and its input: add the input to `REGRESSIONS` below.
@@ -16,7 +16,8 @@ mod support;
 
 use support::Rng;
 use weir_engine::SharedBytes;
-use weir_sources::{JsonDecoder, SourceSchema};
+use weir_formats::json::JsonDecoder;
+use weir_formats::schema::SourceSchema;
 
 /// Inputs that once failed (none so far), checked on every run.
 const REGRESSIONS: &[&[u8]] = &[

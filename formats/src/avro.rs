@@ -14,8 +14,8 @@ use serde_json::Value;
 use weir_engine::job::Decode;
 use weir_engine::{Chunk, Decoded, ErrorInfo, Messages, RawRows, RowHeaders, SharedBytes};
 
-use crate::generator::json_str;
 use crate::json::{into_decoded, BadLine, DecodedLines, JsonDecoder};
+use crate::json_rows::json_string as json_str;
 use crate::registry::SchemaRegistry;
 
 /// An Avro type, with named types resolved.

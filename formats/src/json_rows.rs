@@ -1,0 +1,137 @@
+//! Arrow rows encoded as JSON objects, and JSON string literals.
+
+use std::io::Write;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use weir_engine::time::write_rfc3339_ms;
+
+/// Writes a JSON string literal.
+pub fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_float(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let _ = write!(out, "{v:?}");
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Encodes each row of `batch` as one JSON object into `line` (timestamps as RFC 3339
+/// strings, numbers as numbers) and hands it to `f` with the row's index.
+pub fn for_each_json_row(
+    batch: &RecordBatch,
+    line: &mut Vec<u8>,
+    mut f: impl FnMut(usize, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let names: Vec<Vec<u8>> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| serde_json::to_vec(f.name()).unwrap_or_default())
+        .collect();
+    let opts = FormatOptions::default();
+    let formatters: Vec<Option<ArrayFormatter>> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Boolean
+            | DataType::Timestamp(TimeUnit::Millisecond, _) => None,
+            t if t.is_numeric() => None,
+            _ => ArrayFormatter::try_new(c.as_ref(), &opts).ok(),
+        })
+        .collect();
+    for row in 0..batch.num_rows() {
+        line.clear();
+        line.push(b'{');
+        for (c, col) in batch.columns().iter().enumerate() {
+            if c > 0 {
+                line.push(b',');
+            }
+            line.extend_from_slice(&names[c]);
+            line.push(b':');
+            if col.is_null(row) {
+                line.extend_from_slice(b"null");
+                continue;
+            }
+            macro_rules! int {
+                ($t:ty) => {{
+                    let _ = write!(line, "{}", col.as_primitive::<$t>().value(row));
+                }};
+            }
+            match col.data_type() {
+                DataType::Utf8 => json_string(line, col.as_string::<i32>().value(row)),
+                DataType::LargeUtf8 => json_string(line, col.as_string::<i64>().value(row)),
+                DataType::Utf8View => json_string(line, col.as_string_view().value(row)),
+                DataType::Boolean => line.extend_from_slice(if col.as_boolean().value(row) {
+                    b"true"
+                } else {
+                    b"false"
+                }),
+                DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                    line.push(b'"');
+                    write_rfc3339_ms(
+                        line,
+                        col.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                            .value(row),
+                    );
+                    line.push(b'"');
+                }
+                DataType::Int8 => int!(Int8Type),
+                DataType::Int16 => int!(Int16Type),
+                DataType::Int32 => int!(Int32Type),
+                DataType::Int64 => int!(Int64Type),
+                DataType::UInt8 => int!(UInt8Type),
+                DataType::UInt16 => int!(UInt16Type),
+                DataType::UInt32 => int!(UInt32Type),
+                DataType::UInt64 => int!(UInt64Type),
+                DataType::Float32 => {
+                    write_float(line, col.as_primitive::<Float32Type>().value(row) as f64)
+                }
+                DataType::Float64 => {
+                    write_float(line, col.as_primitive::<Float64Type>().value(row))
+                }
+                _ => match &formatters[c] {
+                    Some(f) => json_string(line, &f.value(row).to_string()),
+                    None => line.extend_from_slice(b"null"),
+                },
+            }
+        }
+        line.push(b'}');
+        f(row, line)?;
+    }
+    Ok(())
+}
