@@ -3,6 +3,16 @@ use rdkafka::mocking::MockCluster;
 use weir_engine::clock::Clocks;
 use weir_kafka::Producer;
 
+/// A reader context for `partitions` partitions outside a job, with `stats`.
+fn context(partitions: usize, stats: Arc<weir_engine::RunStats>) -> ReaderContext {
+    ReaderContext::new(
+        Arc::new(Clocks::new(&[(partitions, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Progress::new(partitions, &[])),
+        stats,
+    )
+}
+
 /// A source reading `topic` from its start to the end it has when assigned.
 fn reading_to_the_end(brokers: &str, topic: &str) -> KafkaSourceConfig {
     KafkaSourceConfig {
@@ -47,12 +57,7 @@ fn reads_each_message_once_in_partition_order_and_ends_when_caught_up() {
     let partitions = KafkaPartitions::discover(&config).unwrap();
     assert_eq!(partitions.counts, vec![3]);
     let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
-    let ctx = ReaderContext::new(
-        Arc::new(Clocks::new(&[(3, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Progress::new(3, &[])),
-        Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
-    );
+    let ctx = context(3, Arc::new(weir_engine::RunStats::new(&[], &[], &[])));
     let mut next_offset = [0u64; 3];
     let mut next_seq = [0u64; 3];
     let mut ended = [false; 3];
@@ -117,12 +122,7 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
     };
     let partitions = KafkaPartitions::discover(&config).unwrap();
     let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
-    let ctx = ReaderContext::new(
-        Arc::new(Clocks::new(&[(3, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Progress::new(3, &[])),
-        Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
-    );
+    let ctx = context(3, Arc::new(weir_engine::RunStats::new(&[], &[], &[])));
     // a failed run: its hand-over on assignment does not wait
     ctx.cancel.store(true, Ordering::SeqCst);
     reader.connect(&ctx).unwrap();
@@ -186,12 +186,7 @@ fn a_repartition_topic_is_read_in_lanes_without_repeats() {
     );
     let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
     let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
-    let ctx = ReaderContext::new(
-        Arc::new(Clocks::new(&[(2, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Progress::new(2, &[])),
-        stats.clone(),
-    );
+    let ctx = context(2, stats.clone());
     let mut read: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     let mut next_seq = [0u64; 2];
     let mut last_resume = [None; 2];
@@ -302,12 +297,7 @@ fn waits_for_the_partitions_another_member_holds_then_reads_them() {
     let partitions = KafkaPartitions::discover(&config).unwrap();
     let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
     let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
-    let ctx = ReaderContext::new(
-        Arc::new(Clocks::new(&[(4, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Progress::new(4, &[])),
-        stats.clone(),
-    );
+    let ctx = context(4, stats.clone());
     // once the reader says it waits, the other member leaves
     let saw = Arc::new(Mutex::new(String::new()));
     let watcher = {
@@ -372,10 +362,8 @@ fn fails_when_partitions_stay_unread_past_the_timeout() {
     };
     let partitions = KafkaPartitions::discover(&config).unwrap();
     let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
-    let ctx = ReaderContext::new(
-        Arc::new(Clocks::new(&[(2, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Progress::new(2, &[])),
+    let ctx = context(
+        2,
         Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
     );
     let error = loop {
@@ -423,12 +411,7 @@ fn a_silent_partition_idles_unless_paused_or_behind() {
     };
     let partitions = KafkaPartitions::discover(&config).unwrap();
     let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
-    let ctx = ReaderContext::new(
-        Arc::new(Clocks::new(&[(2, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Progress::new(2, &[])),
-        Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
-    );
+    let ctx = context(2, Arc::new(weir_engine::RunStats::new(&[], &[], &[])));
     reader.connect(&ctx).unwrap();
     let started = Instant::now();
     while !reader.partitions.iter().all(|s| s.assigned) {
