@@ -16,6 +16,8 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_engine::live::{LiveKind, LiveState};
@@ -30,9 +32,12 @@ use crate::tables::{LiveTable, LocalOnly, Pinned, StatusTable};
 /// Why a query failed, with the Postgres SQLSTATE it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    /// The SQL could not be planned (syntax, unknown table or column, types).
+    /// The SQL could not be planned (syntax, unknown column, types).
     #[error("{0}")]
     Sql(String),
+    /// The SQL names a table that does not exist (found in the catalog, not in the message).
+    #[error("{0}")]
+    UndefinedTable(String),
     /// The statement would change something: weir's SQL is read-only.
     #[error("{0}")]
     ReadOnly(String),
@@ -57,7 +62,7 @@ impl QueryError {
     /// A short code for HTTP error bodies.
     pub fn code(&self) -> &'static str {
         match self {
-            QueryError::Sql(_) => "sql_error",
+            QueryError::Sql(_) | QueryError::UndefinedTable(_) => "sql_error",
             QueryError::ReadOnly(_) => "read_only",
             QueryError::Timeout(_) => "timeout",
             QueryError::Memory(_) => "memory_limit",
@@ -83,7 +88,7 @@ impl QueryError {
     /// The Postgres SQLSTATE.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            QueryError::Sql(m) if m.contains("not found") => "42P01",
+            QueryError::UndefinedTable(_) => "42P01",
             QueryError::Sql(_) => "42601",
             QueryError::ReadOnly(_) => "25006",
             QueryError::Timeout(_) => "57014",
@@ -101,15 +106,18 @@ impl QueryError {
         if matches!(root, DataFusionError::ResourcesExhausted(_)) {
             return QueryError::Memory(message);
         }
-        if message.contains("not supported") && read_only_refusal(&message) {
-            return QueryError::ReadOnly(format!(
-                "weir's SQL is read-only: only queries (SELECT, WITH, EXPLAIN) run here ({message})"
-            ));
-        }
         match phase {
             Phase::Plan => QueryError::Sql(message),
             Phase::Run => QueryError::Execution(message),
         }
+    }
+
+    /// A statement that would change something, refused with DataFusion's reason.
+    fn read_only(e: &DataFusionError) -> Self {
+        QueryError::ReadOnly(format!(
+            "weir's SQL is read-only: only queries (SELECT, WITH, EXPLAIN) run here ({})",
+            clean(&e.find_root().to_string())
+        ))
     }
 }
 
@@ -119,24 +127,66 @@ enum Phase {
     Run,
 }
 
-/// DataFusion's refusals under [`SQLOptions`] that forbid changes.
-/// Plans `sql` in `ctx`, refusing anything but queries.
+/// Plans `sql` in `ctx`, refusing anything but queries. A failure is classified from the
+/// statement and the catalog, never from DataFusion's message: a statement that is not a
+/// query is refused as read-only, one naming a table the catalog lacks gets
+/// [`QueryError::UndefinedTable`], anything else is a SQL error.
 async fn plan_in(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryError> {
-    let plan = ctx
-        .state()
-        .create_logical_plan(sql)
-        .await
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state
+        .sql_to_statement(sql, &dialect)
         .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+    let plan = match state.statement_to_plan(statement.clone()).await {
+        Ok(plan) => plan,
+        Err(e) if !reads_only(&statement) => return Err(QueryError::read_only(&e)),
+        Err(e) => {
+            return Err(match missing_table(ctx, &state, &statement) {
+                true => QueryError::UndefinedTable(clean(&e.find_root().to_string())),
+                false => QueryError::from_df(e, Phase::Plan),
+            })
+        }
+    };
+    // what the statement does is in the plan: its refusals are all read-only ones
     QueryEngine::options()
         .verify_plan(&plan)
-        .map_err(|e| QueryError::from_df(e, Phase::Plan))?;
+        .map_err(|e| QueryError::read_only(&e))?;
     Ok(plan)
 }
 
-fn read_only_refusal(message: &str) -> bool {
-    ["DDL", "DML", "Statement", "statement"]
-        .iter()
-        .any(|w| message.contains(w))
+/// Whether a statement only reads: a query, `EXPLAIN` of one, `SHOW` or `DESCRIBE`.
+fn reads_only(statement: &DfStatement) -> bool {
+    match statement {
+        DfStatement::Statement(s) => sql_reads_only(s),
+        DfStatement::Explain(e) => reads_only(&e.statement),
+        _ => false,
+    }
+}
+
+fn sql_reads_only(statement: &SqlStatement) -> bool {
+    match statement {
+        SqlStatement::Explain { statement, .. } => sql_reads_only(statement),
+        SqlStatement::Query(_)
+        | SqlStatement::ExplainTable { .. }
+        | SqlStatement::ShowTables { .. }
+        | SqlStatement::ShowColumns { .. }
+        | SqlStatement::ShowVariable { .. }
+        | SqlStatement::ShowVariables { .. }
+        | SqlStatement::ShowFunctions { .. }
+        | SqlStatement::ShowSchemas { .. }
+        | SqlStatement::ShowViews { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether `statement` names a table (not a table function) that the catalog does not hold.
+fn missing_table(ctx: &SessionContext, state: &SessionState, statement: &DfStatement) -> bool {
+    let Ok(tables) = state.resolve_table_references(statement) else {
+        return false;
+    };
+    tables.into_iter().any(|t| {
+        !state.table_functions().contains_key(t.table()) && matches!(ctx.table_exist(t), Ok(false))
+    })
 }
 
 /// DataFusion's message without its error-kind prefixes and backtrace.

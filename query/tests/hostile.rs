@@ -271,3 +271,57 @@ async fn measure_chain_planning() {
         );
     }
 }
+
+/// Errors are classified from the statement and the catalog, not from DataFusion's wording:
+/// an unknown table is 42P01, an unknown column or a syntax error 42601, anything that would
+/// change something 25006; queries, `SHOW`, `EXPLAIN`, CTEs and table functions still run.
+#[tokio::test]
+async fn errors_are_classified_by_statement_and_catalog() {
+    let e = engine(limits());
+    expect_code(
+        scalar(&e, "SELECT * FROM nope").await,
+        "42P01",
+        "unknown table",
+    );
+    expect_code(
+        scalar(&e, "SELECT * FROM v JOIN missing USING (k)").await,
+        "42P01",
+        "unknown joined table",
+    );
+    expect_code(
+        scalar(&e, "SELECT nope FROM v").await,
+        "42601",
+        "unknown column",
+    );
+    expect_code(scalar(&e, "SELEC 1").await, "42601", "syntax");
+    // a table "not found" in a string literal is not an unknown table
+    expect_code(
+        scalar(&e, "SELECT 'table not found' + k FROM v").await,
+        "42601",
+        "a type error mentioning not found",
+    );
+    for change in [
+        "INSERT INTO v VALUES ('x', 1)",
+        "CREATE TABLE t (a INT)",
+        "DROP TABLE v",
+        "DELETE FROM v",
+        "UPDATE v SET n = 1",
+        "TRUNCATE v",
+        "ALTER TABLE v ADD COLUMN z INT",
+        "COPY v TO '/tmp/weir-copy.csv'",
+        "CREATE VIEW w AS SELECT 1",
+        "EXPLAIN INSERT INTO v VALUES ('x', 1)",
+    ] {
+        expect_code(scalar(&e, change).await, "25006", change);
+    }
+    for read in [
+        "WITH c AS (SELECT k FROM v) SELECT count(*) FROM c",
+        "SHOW TABLES",
+        "EXPLAIN SELECT count(*) FROM v",
+        "SELECT count(*) FROM range(3)",
+    ] {
+        scalar(&e, read)
+            .await
+            .unwrap_or_else(|err| panic!("{read}: {err} ({})", err.sqlstate()));
+    }
+}
