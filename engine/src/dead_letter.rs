@@ -304,7 +304,10 @@ mod tests {
         assert_eq!(kept.len(), RecentDeadLetters::CAPACITY);
         let newest = kept.last().unwrap();
         assert!(newest.raw_truncated);
-        assert_eq!(newest.raw.as_ref().unwrap().len(), RecentDeadLetters::RAW_BYTES);
+        assert_eq!(
+            newest.raw.as_ref().unwrap().len(),
+            RecentDeadLetters::RAW_BYTES
+        );
         assert_eq!(newest.partition.as_deref(), Some("in.ndjson"));
         assert_eq!(newest.code, "invalid_json");
         assert_eq!(kept[0].raw.as_deref(), Some("\u{fffd}\u{fffd}"));

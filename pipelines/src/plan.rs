@@ -1760,7 +1760,10 @@ impl Plan {
                         format!(
                             "{} file(s): {}",
                             f.len(),
-                            f.iter().map(|p| file_name(p)).collect::<Vec<_>>().join(", ")
+                            f.iter()
+                                .map(|p| file_name(p))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ),
                     SourceInput::Generator(g) => (
@@ -1780,25 +1783,20 @@ impl Plan {
                 GraphNode {
                     name: s.name.clone(),
                     kind: kind.into(),
-                    detail: redacted(&format!(
-                        "{detail}; event time `{}`",
-                        s.time_field
-                    )),
+                    detail: redacted(&format!("{detail}; event time `{}`", s.time_field)),
                 }
             })
             .collect();
-        let sink_names =
-            |ids: &[usize]| -> Vec<String> { ids.iter().map(|i| self.sinks[*i].name.clone()).collect() };
+        let sink_names = |ids: &[usize]| -> Vec<String> {
+            ids.iter().map(|i| self.sinks[*i].name.clone()).collect()
+        };
         let mut operators: Vec<GraphOperator> = self
             .windows
             .iter()
             .map(|w| GraphOperator {
                 name: w.config.name.clone(),
                 kind: "window".into(),
-                detail: redacted(&window_definition(
-                    &w.config,
-                    &self.sources[w.source].name,
-                )),
+                detail: redacted(&window_definition(&w.config, &self.sources[w.source].name)),
                 from: self.sources[w.source].name.clone(),
                 sinks: sink_names(&w.sinks),
             })
@@ -1806,10 +1804,7 @@ impl Plan {
         operators.extend(self.views.iter().map(|v| GraphOperator {
             name: v.config.name.clone(),
             kind: "view".into(),
-            detail: redacted(&view_definition(
-                &v.config,
-                &self.sources[v.source].name,
-            )),
+            detail: redacted(&view_definition(&v.config, &self.sources[v.source].name)),
             from: self.sources[v.source].name.clone(),
             sinks: sink_names(&v.sinks),
         }));

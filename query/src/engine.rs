@@ -452,11 +452,8 @@ impl QueryEngine {
         peers: Option<Arc<Peers>>,
     ) -> Result<Self, QueryError> {
         let ctx = SessionContext::new_with_state(self.base.clone());
-        let table = crate::console::dead_letters::DeadLettersTable::new(
-            stats,
-            self.live.clone(),
-            peers,
-        );
+        let table =
+            crate::console::dead_letters::DeadLettersTable::new(stats, self.live.clone(), peers);
         ctx.register_table(crate::console::dead_letters::TABLE, Arc::new(table))
             .map_err(|e| QueryError::Sql(e.to_string()))?;
         self.base = ctx.state();

@@ -91,9 +91,7 @@ fn cookie_value(token: &str) -> String {
 /// The console cookie of a request, when the browser says the request comes from a page of
 /// the endpoint itself (not from another site, whose requests must not ride on the cookie).
 fn same_origin_cookie(headers: &HeaderMap) -> Option<String> {
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok());
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if site.is_some_and(|s| s != "same-origin" && s != "none") {
         return None;
     }
@@ -144,10 +142,7 @@ fn guarded(mut r: Response, content_type: &'static str) -> Response {
 }
 
 fn html(status: StatusCode, body: String) -> Response {
-    guarded(
-        (status, body).into_response(),
-        "text/html; charset=utf-8",
-    )
+    guarded((status, body).into_response(), "text/html; charset=utf-8")
 }
 
 /// The login page, with a message; `root` leads from the page's address to `/` (relative
@@ -259,7 +254,11 @@ async fn login(
     body: Body,
 ) -> Response {
     let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return login_page(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large.", "../");
+        return login_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The form is too large.",
+            "../",
+        );
     };
     let token = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == "token")
@@ -279,7 +278,12 @@ async fn logout() -> Response {
 }
 
 /// An asset, to a signed-in browser only.
-fn asset(state: &HttpState, headers: &HeaderMap, body: &'static str, kind: &'static str) -> Response {
+fn asset(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &'static str,
+    kind: &'static str,
+) -> Response {
     if !signed_in(state, headers) {
         return guarded(
             (StatusCode::UNAUTHORIZED, "sign in first").into_response(),
