@@ -170,6 +170,7 @@ async function pollState() {
     (s.seq > 0 ? ', ' + duration(state.now_ms - s.taken_ms) + ' old' : '') +
     (state.worker ? '; worker ' + state.worker : '');
   $('logout').hidden = !state.token;
+  if (state.worker) for (const s of document.querySelectorAll('.this-worker')) s.textContent = ', this worker';
   if (!schemaShown) showSchema();
   if (!graphShown) showGraph();
   if (active === 'overview') showOverview();
@@ -600,11 +601,14 @@ function download(blob, name) {
 
 $('sql-form').addEventListener('submit', runSql);
 $('sql-text').addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) runSql(e); });
+/** A result as CSV (RFC 4180: a header line, CRLF, fields quoted when needed). */
+function csvText(result) {
+  const lines = [result.columns.map(csvField).join(',')];
+  for (const r of result.rows) lines.push(result.columns.map((c) => csvField(r[c])).join(','));
+  return lines.join('\r\n') + '\r\n';
+}
 $('sql-csv').addEventListener('click', () => {
-  if (!lastResult) return;
-  const lines = [lastResult.columns.map(csvField).join(',')];
-  for (const r of lastResult.rows) lines.push(lastResult.columns.map((c) => csvField(r[c])).join(','));
-  download(new Blob([lines.join('\r\n') + '\r\n'], { type: 'text/csv' }), 'result.csv');
+  if (lastResult) download(new Blob([csvText(lastResult)], { type: 'text/csv' }), 'result.csv');
 });
 $('sql-arrow').addEventListener('click', async () => {
   if (!lastResult) return;

@@ -207,6 +207,22 @@ def main():
             seen["sql_info"] = text(driver, "#sql-info")
             if driver.find_element(By.ID, "sql-csv").get_attribute("disabled") is not None:
                 fail("CSV download not offered after a result")
+            csv = driver.execute_script("return csvText(lastResult)")
+            if len(csv.strip().split("\r\n")) != seen["sql_rows"] + 1:
+                fail(f"the CSV download does not hold the result: {csv!r}")
+            seen["csv_head"] = csv.split("\r\n")[0]
+            arrow = driver.execute_async_script(
+                """
+                const done = arguments[arguments.length - 1];
+                sql(lastResult.query, true)
+                  .then(async (b) => done([b.type, Array.from(new Uint8Array(await b.arrayBuffer()).slice(0, 4))]))
+                  .catch((e) => done(['error', String(e)]));
+                """
+            )
+            # an Arrow IPC stream starts with a message's continuation marker
+            if arrow[1] != [255, 255, 255, 255]:
+                fail(f"the Arrow download is not an Arrow IPC stream: {arrow}")
+            seen["arrow"] = arrow[0]
             shot(driver, "5-sql")
             seen["violations"] += axe(driver, axe_source, "sql")
             box.clear()
