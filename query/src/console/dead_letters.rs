@@ -131,3 +131,97 @@ impl TableProvider for DeadLettersTable {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{QueryEngine, QueryLimits};
+    use weir_engine::dead_letter::{DeadLetter, ErrorInfo, PartitionInfo, Reason};
+
+    fn letter(
+        p: &Arc<PartitionInfo>,
+        offset: u64,
+        reason: Reason,
+        code: &'static str,
+    ) -> DeadLetter {
+        DeadLetter {
+            partition: p.clone(),
+            offset: Some(offset),
+            reason,
+            error: ErrorInfo::new(code, format!("{code} at {offset}")).with("column", 1),
+            raw: Some(format!("<b>{offset}</b>").into_bytes()),
+            trace: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_a_table_newest_first_and_filterable() {
+        let live = Arc::new(LiveState::new("p", vec![]));
+        let stats = Arc::new(RunStats::new(&["events".into()], &[], &[]));
+        let p = Arc::new(PartitionInfo {
+            source: "events".into(),
+            id: 0,
+            state_id: 0,
+            number: 3,
+            topic: Some("in".into()),
+            file: None,
+        });
+        stats.recent_dead_letters.push(
+            &[
+                letter(&p, 7, Reason::Bad, "invalid_json"),
+                letter(&p, 8, Reason::Late, "late_event"),
+            ],
+            1_000,
+        );
+        stats
+            .recent_dead_letters
+            .push(&[letter(&p, 9, Reason::Bad, "missing_field")], 2_000);
+        let engine = QueryEngine::new(live, QueryLimits::default())
+            .unwrap()
+            .with_dead_letters(stats, None)
+            .unwrap();
+        let all = engine
+            .query(r#"SELECT "offset", "partition", details FROM weir_dead_letters"#)
+            .await
+            .unwrap();
+        let batch = arrow::compute::concat_batches(&all.schema, &all.batches).unwrap();
+        let offsets = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        assert_eq!(offsets.values().to_vec(), vec![9, 8, 7], "newest first");
+        let parts = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(parts.value(0), "in/3");
+        let details = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(details.value(0), r#"{"column":1}"#);
+        let bad = engine
+            .query("SELECT code, raw FROM weir_dead_letters WHERE reason = 'bad' ORDER BY written")
+            .await
+            .unwrap();
+        let batch = arrow::compute::concat_batches(&bad.schema, &bad.batches).unwrap();
+        let codes = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(
+            (codes.value(0), codes.value(1)),
+            ("invalid_json", "missing_field")
+        );
+        let raw = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(raw.value(0), "<b>7</b>");
+    }
+}
