@@ -346,8 +346,10 @@ async function loadSources() {
       r.events_in = own.records_in; r.bad = own.bad;
     }
     const p = idle.get(k);
-    r.state = r.ended ? 'ended' : p && p.idle ? 'idle'
-      : !r.finished && now - moved.get(k).since >= STUCK_MS ? 'stuck' : 'active';
+    // a watermark that has not moved: stuck while there is input behind it (or lag is not
+    // known), quiet when the partition is read to its end (Kafka lag 0)
+    const still = !r.finished && now - moved.get(k).since >= STUCK_MS;
+    r.state = r.ended ? 'ended' : p && p.idle ? 'idle' : still ? (r.lag === 0 ? 'quiet' : 'stuck') : 'active';
   }
   sourceRows = rows;
   renderSources();
