@@ -171,6 +171,10 @@ def main():
             seen["lookup"] = text(driver, f"#t-{ARGS.lookup_view}-lookup-result")
             not_pwned(driver, "key lookup")
             shot(driver, "3-windows-and-views")
+            driver.execute_script(
+                "document.getElementById(arguments[0]).scrollIntoView()", f"t-{ARGS.lookup_view}-lookup"
+            )
+            shot(driver, "3b-key-lookup")
             seen["violations"] += axe(driver, axe_source, "windows and views")
 
             # dead letters: the bad line's error, its raw text as text
