@@ -2050,7 +2050,7 @@ impl Plan {
                 let mut on = Vec::new();
                 if let Some(h) = &sv.http {
                     on.push(format!(
-                        "http://{h} (POST /sql, /health, /metrics){}",
+                        "http://{h} (POST /sql, /health, /metrics, the web console at /){}",
                         if sv.token.is_some() {
                             ", bearer token required"
                         } else {
