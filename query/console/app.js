@@ -623,6 +623,10 @@ function onTab(name) {
   if (name !== 'tables') stopStreams();
   refresh(name);
 }
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden) stopStreams();
+  else refresh(active);
+});
 
 const busy = {};
 async function refresh(name) {
@@ -637,7 +641,8 @@ async function refresh(name) {
 }
 
 async function tick(n) {
-  if (signedOut) return;
+  // a page nobody looks at (a background tab) asks for nothing
+  if (signedOut || document.hidden) return;
   await pollState();
   if (active === 'overview' && n % 2 === 0) refresh('overview');
   if (active === 'sources' && n % 2 === 0) refresh('sources');
