@@ -36,7 +36,7 @@ const HOSTILE_RAW: &str = "<script>window.__pwned=1</script>";
 
 /// A generator that keeps producing (a count that changes, open windows) and a file with a
 /// hostile key and a bad line (a dead letter), with a token and checkpoints.
-fn pipeline(dir: &Path, port: u16) -> PathBuf {
+fn pipeline(dir: &Path, port: u16, token: Option<&str>) -> PathBuf {
     let key = serde_json::to_string(HOSTILE_KEY).unwrap();
     let lines = [
         r#"{"eventId":"a1","timestamp":1764000000000,"serviceName":"api","namespace":"prod","healthStatus":"HEALTHY","latencyMs":12,"errorRate":0.01,"message":null}"#.to_string(),
@@ -79,8 +79,9 @@ sinks:
   out: {{ file: {{ path: out/windows.ndjson }} }}
 dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
 checkpoint: {{ dir: checkpoints, interval: 2s }}
-serve: {{ http: "127.0.0.1:{port}", token: "{TOKEN}", refresh: 300ms }}
-"#
+serve: {{ http: "127.0.0.1:{port}", refresh: 300ms{token} }}
+"#,
+        token = token.map_or(String::new(), |t| format!(", token: \"{t}\""))
     );
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -197,7 +198,7 @@ fn console_in_a_browser_shows_the_running_pipeline_and_refuses_without_the_token
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let path = pipeline(dir.path(), port);
+    let path = pipeline(dir.path(), port, Some(TOKEN));
     let mut run = Running::start(&weir(), &path, &[]);
     run.wait_http(port);
     token_flow(port);
@@ -275,4 +276,42 @@ fn console_in_a_browser_shows_the_running_pipeline_and_refuses_without_the_token
     assert_eq!(status, 401, "still refused without the token");
     drop(run);
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// Without `serve.token` (loopback only) the console is open, as `/sql` is.
+#[test]
+fn console_without_a_token_is_open_like_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = pipeline(dir.path(), port, None);
+    let mut run = Running::start(&weir(), &path, &[]);
+    run.wait_http(port);
+    let (status, _, body) = raw(port, "/", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("console-test") && body.contains("console/app.js"));
+    let (status, head, _) = raw(port, "/console/app.js", &[]);
+    assert_eq!(status, 200);
+    assert!(header(&head, "content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    let state = http(port, "GET", "/console/state", &[], b"");
+    assert_eq!(state.status, 200);
+    let state = state.json();
+    assert_eq!(state["token"], false);
+    let tables: Vec<&str> = state["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            "health_win",
+            "service_status",
+            "file_services",
+            "weir_status",
+            "weir_dead_letters"
+        ]
+    );
 }
