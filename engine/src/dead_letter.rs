@@ -155,6 +155,104 @@ impl DeadLetter {
     }
 }
 
+/// The newest dead letters of this process, kept in memory for the web console and the
+/// `weir_dead_letters` SQL table: at most [`RecentDeadLetters::CAPACITY`] records, each `raw`
+/// cut to [`RecentDeadLetters::RAW_BYTES`]. Not checkpointed: a restart starts it empty.
+#[derive(Debug, Default)]
+pub struct RecentDeadLetters {
+    ring: std::sync::Mutex<std::collections::VecDeque<RecentDeadLetter>>,
+}
+
+/// One kept dead letter, flattened for a table.
+#[derive(Debug, Clone)]
+pub struct RecentDeadLetter {
+    /// When it was written to the dead-letter output (Unix ms).
+    pub written_ms: i64,
+    /// The source, or the sink of a rejected row.
+    pub source: String,
+    /// `topic/partition`, the file, or the partition number (as in `weir_status`); `None`
+    /// for a rejected row.
+    pub partition: Option<String>,
+    pub offset: Option<u64>,
+    pub reason: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    /// The error's details as a JSON object.
+    pub details: String,
+    /// The original bytes as text (invalid UTF-8 replaced), cut to `RAW_BYTES`.
+    pub raw: Option<String>,
+    /// `raw` was cut.
+    pub raw_truncated: bool,
+    pub trace_id: Option<String>,
+}
+
+impl RecentDeadLetters {
+    /// Records kept.
+    pub const CAPACITY: usize = 1000;
+    /// Bytes of `raw` kept per record.
+    pub const RAW_BYTES: usize = 4096;
+
+    /// Keeps the newest of `records` (written at `now_ms`), dropping the oldest kept.
+    pub fn push(&self, records: &[DeadLetter], now_ms: i64) {
+        let skip = records.len().saturating_sub(Self::CAPACITY);
+        let kept: Vec<RecentDeadLetter> = records[skip..]
+            .iter()
+            .map(|d| RecentDeadLetter::of(d, now_ms))
+            .collect();
+        let mut ring = match self.ring.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        for r in kept {
+            if ring.len() == Self::CAPACITY {
+                ring.pop_front();
+            }
+            ring.push_back(r);
+        }
+    }
+
+    /// The kept records, oldest first.
+    pub fn list(&self) -> Vec<RecentDeadLetter> {
+        match self.ring.lock() {
+            Ok(r) => r.iter().cloned().collect(),
+            Err(p) => p.into_inner().iter().cloned().collect(),
+        }
+    }
+}
+
+impl RecentDeadLetter {
+    fn of(d: &DeadLetter, now_ms: i64) -> Self {
+        let p = &d.partition;
+        let partition = match (d.reason, &p.topic, &p.file) {
+            (Reason::Rejected, _, _) => None,
+            (_, Some(t), _) => Some(format!("{t}/{}", p.number)),
+            (_, None, Some(f)) => Some(f.to_string()),
+            _ => Some(p.number.to_string()),
+        };
+        let (raw, raw_truncated) = match &d.raw {
+            None => (None, false),
+            Some(b) => {
+                let cut = b.len() > RecentDeadLetters::RAW_BYTES;
+                let b = &b[..b.len().min(RecentDeadLetters::RAW_BYTES)];
+                (Some(String::from_utf8_lossy(b).into_owned()), cut)
+            }
+        };
+        RecentDeadLetter {
+            written_ms: now_ms,
+            source: p.source.to_string(),
+            partition,
+            offset: d.offset,
+            reason: d.reason.as_str(),
+            code: d.error.code,
+            message: d.error.message.clone(),
+            details: Value::Object(d.error.details.clone()).to_string(),
+            raw,
+            raw_truncated,
+            trace_id: d.trace.trace_id.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +290,26 @@ mod tests {
             ..d
         };
         assert_eq!(d2.to_json()["raw_base64"], "//4=");
+        let recent = RecentDeadLetters::default();
+        let long = DeadLetter {
+            raw: Some(vec![b'x'; RecentDeadLetters::RAW_BYTES + 10]),
+            ..d2.clone()
+        };
+        let many: Vec<DeadLetter> = (0..RecentDeadLetters::CAPACITY + 5)
+            .map(|_| d2.clone())
+            .chain([long])
+            .collect();
+        recent.push(&many, 7);
+        let kept = recent.list();
+        assert_eq!(kept.len(), RecentDeadLetters::CAPACITY);
+        let newest = kept.last().unwrap();
+        assert!(newest.raw_truncated);
+        assert_eq!(
+            newest.raw.as_ref().unwrap().len(),
+            RecentDeadLetters::RAW_BYTES
+        );
+        assert_eq!(newest.partition.as_deref(), Some("in.ndjson"));
+        assert_eq!(newest.code, "invalid_json");
+        assert_eq!(kept[0].raw.as_deref(), Some("\u{fffd}\u{fffd}"));
     }
 }

@@ -140,6 +140,8 @@ pub struct RunStats {
     pub rows_committed: Vec<Named>,
     /// Records written to the dead-letter output.
     pub dead_letters: AtomicU64,
+    /// The newest of them, in memory (the console's `weir_dead_letters`).
+    pub recent_dead_letters: crate::dead_letter::RecentDeadLetters,
     /// The last complete checkpoint.
     pub checkpoints: CheckpointStats,
     /// Errors, retries and circuit state, per sink.
@@ -190,6 +192,7 @@ impl RunStats {
             rows_written: named(sinks),
             rows_committed: named(sinks),
             dead_letters: AtomicU64::new(0),
+            recent_dead_letters: Default::default(),
             checkpoints: Default::default(),
             sink_health: sinks.iter().map(|_| OutputHealth::default()).collect(),
             sink_latency: sinks.iter().map(|_| Histogram::default()).collect(),

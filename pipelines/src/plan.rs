@@ -1638,6 +1638,11 @@ fn window_definition(c: &WindowConfig, source: &str) -> String {
     d
 }
 
+/// `text` with secrets masked, owned.
+fn redacted(text: &str) -> String {
+    crate::secrets::redact(text).into_owned()
+}
+
 /// A view's definition in one line.
 fn view_definition(c: &ViewConfig, source: &str) -> String {
     let mut d = format!("from {source} key [{}]", c.keys.join(", "));
@@ -1737,6 +1742,99 @@ impl Plan {
     }
 
     /// A readable description of the plan, for `weir validate`.
+    /// The pipeline as a small graph for the web console: sources, windows and views, sinks,
+    /// each with one line about it (no addresses, credentials or properties).
+    pub fn console_graph(&self) -> weir_query::console::Graph {
+        use weir_query::console::{Graph, GraphNode, GraphOperator};
+        let file_name = |p: &std::path::Path| {
+            p.file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+        };
+        let sources = self
+            .sources
+            .iter()
+            .map(|s| {
+                let (kind, detail) = match &s.input {
+                    SourceInput::Files(f) => (
+                        "file",
+                        format!(
+                            "{} file(s): {}",
+                            f.len(),
+                            f.iter()
+                                .map(|p| file_name(p))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                    SourceInput::Generator(g) => (
+                        "generator",
+                        format!(
+                            "{} events{}",
+                            g.count.map_or("unbounded".to_string(), |c| c.to_string()),
+                            if g.events_per_second > 0.0 {
+                                format!(" at {}/s", g.events_per_second)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    ),
+                    SourceInput::Kafka(k) => ("kafka", format!("topics {}", k.topics.join(", "))),
+                };
+                GraphNode {
+                    name: s.name.clone(),
+                    kind: kind.into(),
+                    detail: redacted(&format!("{detail}; event time `{}`", s.time_field)),
+                }
+            })
+            .collect();
+        let sink_names = |ids: &[usize]| -> Vec<String> {
+            ids.iter().map(|i| self.sinks[*i].name.clone()).collect()
+        };
+        let mut operators: Vec<GraphOperator> = self
+            .windows
+            .iter()
+            .map(|w| GraphOperator {
+                name: w.config.name.clone(),
+                kind: "window".into(),
+                detail: redacted(&window_definition(&w.config, &self.sources[w.source].name)),
+                from: self.sources[w.source].name.clone(),
+                sinks: sink_names(&w.sinks),
+            })
+            .collect();
+        operators.extend(self.views.iter().map(|v| GraphOperator {
+            name: v.config.name.clone(),
+            kind: "view".into(),
+            detail: redacted(&view_definition(&v.config, &self.sources[v.source].name)),
+            from: self.sources[v.source].name.clone(),
+            sinks: sink_names(&v.sinks),
+        }));
+        let sinks = self
+            .sinks
+            .iter()
+            .map(|k| {
+                let (kind, detail) = match &k.target {
+                    SinkTarget::File { path, format } => (
+                        "file",
+                        format!("{format:?} file {}", file_name(path)).to_lowercase(),
+                    ),
+                    SinkTarget::Kafka(c) => ("kafka", format!("topic {}", c.topic)),
+                    SinkTarget::Iceberg(t) => ("iceberg", format!("table {}", t.table)),
+                    SinkTarget::Elasticsearch(_) => ("elasticsearch", "indices".to_string()),
+                };
+                GraphNode {
+                    name: k.name.clone(),
+                    kind: kind.into(),
+                    detail: redacted(&detail),
+                }
+            })
+            .collect();
+        Graph {
+            sources,
+            operators,
+            sinks,
+        }
+    }
+
     pub fn describe(&self, parallelism: usize) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -1952,7 +2050,7 @@ impl Plan {
                 let mut on = Vec::new();
                 if let Some(h) = &sv.http {
                     on.push(format!(
-                        "http://{h} (POST /sql, /health, /metrics){}",
+                        "http://{h} (POST /sql, /health, /metrics, the web console at /){}",
                         if sv.token.is_some() {
                             ", bearer token required"
                         } else {

@@ -356,6 +356,7 @@ pub(crate) fn run_job(
                     insecure: opts.insecure,
                     limits: sv.limits.clone(),
                     peers: pool.and_then(|p| p.peers.clone()),
+                    graph: plan.console_graph(),
                 },
                 state.clone(),
                 stats.clone(),

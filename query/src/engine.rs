@@ -494,6 +494,22 @@ impl QueryEngine {
         })
     }
 
+    /// Adds `weir_dead_letters`: the newest dead letters of `stats` (kept in memory by the
+    /// run), and in a pool those of the other workers.
+    pub fn with_dead_letters(
+        mut self,
+        stats: Arc<weir_engine::stats::RunStats>,
+        peers: Option<Arc<Peers>>,
+    ) -> Result<Self, QueryError> {
+        let ctx = SessionContext::new_with_state(self.base.clone());
+        let table =
+            crate::console::dead_letters::DeadLettersTable::new(stats, self.live.clone(), peers);
+        ctx.register_table(crate::console::dead_letters::TABLE, Arc::new(table))
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        self.base = ctx.state();
+        Ok(self)
+    }
+
     /// The live state it reads.
     pub fn live(&self) -> &Arc<LiveState> {
         &self.live

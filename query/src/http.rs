@@ -27,6 +27,10 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Live subscriptions (`GET /subscribe`).
     pub subscriptions: Arc<crate::subscribe::Hub>,
+    /// The pipeline's graph, for the console.
+    pub graph: crate::console::Graph,
+    /// In a worker pool: the other workers.
+    pub peers: Option<Arc<crate::peers::Peers>>,
 }
 
 /// The routes.
@@ -37,6 +41,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/subscribe", get(crate::subscribe::handler))
+        .merge(crate::console::routes())
         .with_state(state)
 }
 
@@ -45,16 +50,24 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Whether the request carries the token (compared in constant time); `None` when none is
-/// needed.
+/// Whether the request carries the token (compared in constant time): as a bearer token, or
+/// without one as the web console's cookie (sent by the console's own page); `None` when none
+/// is needed.
 fn token_given(state: &HttpState, headers: &HeaderMap) -> Option<bool> {
     let token = state.token.as_ref()?;
-    let given = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    Some(secret_matches(given.as_bytes(), token.as_bytes()))
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_none() {
+        if let Some(ok) = crate::console::cookie_matches(headers, token) {
+            return Some(ok);
+        }
+    }
+    Some(secret_matches(
+        bearer.unwrap_or("").as_bytes(),
+        token.as_bytes(),
+    ))
 }
 
 /// Checks the bearer token, counting failures of the client's address; the response to send

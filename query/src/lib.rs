@@ -9,6 +9,7 @@
 
 mod bounded;
 pub mod client;
+pub mod console;
 mod deadline;
 pub mod encode;
 pub mod engine;

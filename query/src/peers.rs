@@ -50,6 +50,11 @@ impl Peers {
         })
     }
 
+    /// (worker id, HTTP address) of every other live worker.
+    pub fn members(&self) -> Vec<(String, String)> {
+        (self.addresses)()
+    }
+
     /// Every other worker's rows of `table` (their own state only), or why a worker did not
     /// give them.
     pub async fn fetch(&self, table: &str) -> Result<Vec<RecordBatch>, String> {

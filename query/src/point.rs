@@ -345,6 +345,9 @@ mod tests {
             "SELECT * FROM status WHERE service = 'svc-3' AND region = 'us'",
             "select state, checks AS c from status where region = 'us' and (service = 'svc-3')",
             "SELECT n FROM by_id WHERE 7 = id",
+            // the web console's key lookups: quoted names, quotes in values doubled
+            r#"SELECT * FROM "status" WHERE "service" = 'o''neil' AND "region" = 'us'"#,
+            r#"SELECT * FROM "by_id" WHERE "id" = 7"#,
         ] {
             assert!(parse(&live, sql).is_some(), "{sql}");
         }

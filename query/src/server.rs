@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub limits: QueryLimits,
     /// In a worker pool: the other workers, whose rows every query reads too.
     pub peers: Option<Arc<crate::peers::Peers>>,
+    /// The pipeline's graph, shown by the web console.
+    pub graph: crate::console::Graph,
 }
 
 /// Why the endpoints could not start.
@@ -119,6 +121,7 @@ impl SqlServer {
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
         let engine = Arc::new(
             QueryEngine::with_peers(live, config.limits.clone(), config.peers.clone())
+                .and_then(|e| e.with_dead_letters(stats.clone(), config.peers.clone()))
                 .map_err(|e| ServeError::Runtime(e.to_string()))?,
         );
         let (stop, stopped) = watch::channel(false);
@@ -146,6 +149,8 @@ impl SqlServer {
                     engine.clone(),
                     config.limits.subscribe.clone(),
                 ),
+                graph: config.graph.clone(),
+                peers: config.peers.clone(),
             });
             // connections the subscription hub can cut (a subscriber that does not read)
             let listener =

@@ -31,13 +31,20 @@ pub struct Pinned(pub Arc<LiveSnapshot>);
 pub struct LocalOnly;
 
 /// The other workers whose rows a query reads too, unless it is [`LocalOnly`].
-fn peers_of<'a>(session: &dyn Session, peers: &'a Option<Arc<Peers>>) -> Option<&'a Arc<Peers>> {
+pub(crate) fn peers_of<'a>(
+    session: &dyn Session,
+    peers: &'a Option<Arc<Peers>>,
+) -> Option<&'a Arc<Peers>> {
     let local = session.config().get_extension::<LocalOnly>().is_some();
     peers.as_ref().filter(|_| !local)
 }
 
 /// Rows other workers gave, as rows of `schema` (the same table in the same pipeline).
-async fn remote_rows(peers: &Peers, table: &str, schema: &SchemaRef) -> DfResult<Vec<RecordBatch>> {
+pub(crate) async fn remote_rows(
+    peers: &Peers,
+    table: &str,
+    schema: &SchemaRef,
+) -> DfResult<Vec<RecordBatch>> {
     let batches = peers
         .fetch(table)
         .await

@@ -651,6 +651,9 @@ impl DeadLetterState<'_> {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
         self.out.call("write", |s| s.write(records))?;
         RunStats::add(&self.stats.dead_letters, records.len() as u64);
+        self.stats
+            .recent_dead_letters
+            .push(records, crate::time::now_ms());
         Ok(())
     }
 
