@@ -117,6 +117,26 @@ impl UrlTemplate {
     }
 }
 
+impl UrlTemplate {
+    /// The template with `{pipeline}` and `{output}` filled in and key placeholders kept.
+    pub fn describe(&self, pipeline: &str, output: &str) -> String {
+        let mut s = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => s.push_str(t),
+                Part::Pipeline => percent_encode(&mut s, pipeline),
+                Part::Output => percent_encode(&mut s, output),
+                Part::Column(c) => {
+                    s.push('{');
+                    s.push_str(c);
+                    s.push('}');
+                }
+            }
+        }
+        s
+    }
+}
+
 /// Appends `value` with every byte but RFC 3986's unreserved characters percent-encoded.
 fn percent_encode(out: &mut String, value: &str) {
     for b in value.bytes() {

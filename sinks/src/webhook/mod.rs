@@ -521,6 +521,24 @@ impl WebhookSink {
     }
 }
 
+/// Whether `name: value` can be an extra request header: a valid name and value, and none
+/// of the headers the sink sets itself (`webhook-*`, `ce-*`, `content-type`).
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("webhook-") || lower.starts_with("ce-") || lower == "content-type" {
+        return Err(format!("header `{name}` is set by the sink itself"));
+    }
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not an HTTP header name"));
+    }
+    if reqwest::header::HeaderValue::from_str(value).is_err() {
+        return Err(format!(
+            "header `{name}`: the value holds characters HTTP headers cannot carry"
+        ));
+    }
+    Ok(())
+}
+
 /// An error with its causes (reqwest hides the reason of a refused connection in them).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
