@@ -404,7 +404,10 @@ fn answers_429_with_retry_after_and_503_bursts_are_retried_and_nothing_is_lost()
         if pair[0][1] == 429 || pair[0][1] == 503 {
             let gap = pair[1][0].as_f64().unwrap() - pair[0][0].as_f64().unwrap();
             waits.push(gap);
-            assert!(gap >= 1.9, "a retry {gap:.2} s after a Retry-After of 2 s");
+            assert!(
+                gap >= 1.9,
+                "a retry {gap:.2} s after a Retry-After of 2 s: {timeline:?}"
+            );
         }
     }
     assert_eq!(waits.len(), 10);

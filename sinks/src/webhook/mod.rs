@@ -337,7 +337,18 @@ impl WebhookSink {
         let requests = self.requests();
         let mut keep = Vec::new();
         let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, None::<Duration>);
-        for group in requests.chunks(self.config.max_in_flight.max(1)) {
+        let groups: Vec<&[Request]> = requests.chunks(self.config.max_in_flight.max(1)).collect();
+        for (n, group) in groups.iter().enumerate() {
+            if first_reason.is_some() {
+                // the endpoint asked to wait: the requests not sent yet wait with the others
+                for req in &groups[n..] {
+                    for r in req.iter() {
+                        retry_rows += r.rows.len();
+                        keep.extend_from_slice(&r.rows);
+                    }
+                }
+                break;
+            }
             let outcomes = self.send_group(group);
             for (req, outcome) in group.iter().zip(outcomes) {
                 match outcome {
