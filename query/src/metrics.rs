@@ -774,6 +774,41 @@ mod tests {
     }
 
     #[test]
+    fn webhook_sinks_show_deliveries_failures_by_class_and_latency() {
+        let m = metrics();
+        let text = m.render(Format::Text).unwrap();
+        assert!(
+            !text.contains("weir_webhook_"),
+            "no webhook sink, no family"
+        );
+        let d = Arc::new(weir_engine::stats::DeliveryStats::default());
+        d.delivered.store(3, Ordering::Relaxed);
+        d.rows_delivered.store(250, Ordering::Relaxed);
+        d.failed(0);
+        d.failed(2);
+        d.failed(2);
+        d.latency.observe(0.02);
+        m.stats
+            .deliveries
+            .lock()
+            .unwrap()
+            .push(("alerts".into(), d));
+        let text = m.render(Format::Text).unwrap();
+        families(&text);
+        for line in [
+            "weir_webhook_deliveries_total{pipeline=\"ops\",sink=\"alerts\"} 3",
+            "weir_webhook_rows_delivered_total{pipeline=\"ops\",sink=\"alerts\"} 250",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"connection\"} 1",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"3xx\"} 0",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"4xx\"} 2",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"5xx\"} 0",
+            "weir_webhook_request_duration_seconds_count{pipeline=\"ops\",sink=\"alerts\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn both_formats_keep_each_family_together_with_the_names_of_before() {
         let m = metrics();
         let text = m.render(Format::Text).unwrap();
