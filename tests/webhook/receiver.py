@@ -21,6 +21,7 @@ start, so a receiver restarted on the same port goes on with it.
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -41,6 +42,7 @@ STATE = {
     "paths": {},
     "timeline": [],
 }
+RECORD = None
 FAULTS = {"statuses": [], "retry_after": None, "refuse": None}
 
 
@@ -132,6 +134,9 @@ class Handler(BaseHTTPRequestHandler):
                     if first != row:
                         STATE["repeats_differing"] += 1
             save()
+            if RECORD:
+                keep = {k: v for k, v in headers.items() if k.startswith(("webhook-", "ce-")) or k == "content-type"}
+                RECORD.write(json.dumps({"path": self.path, "headers": keep, "body": body.decode()}) + "\n")
         self.answer(200, b"ok")
 
 
@@ -158,7 +163,11 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--secret", required=True)
     p.add_argument("--state")
+    p.add_argument("--record", help="append each accepted request (headers, body) to this NDJSON file")
     ARGS = p.parse_args()
+    global RECORD
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that the record is flushed
+    RECORD = open(ARGS.record, "a", buffering=1 << 20) if ARGS.record else None
     WEBHOOK = Webhook(ARGS.secret)
     if ARGS.state and os.path.exists(ARGS.state):
         with open(ARGS.state) as f:
@@ -169,6 +178,9 @@ def main():
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        if RECORD:
+            RECORD.close()
 
 
 if __name__ == "__main__":
