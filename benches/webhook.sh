@@ -49,11 +49,13 @@ PY
 }
 bare() { # name record threads: posts the recorded requests again
   "$PY" - "$port" "$2" "$3" <<'PY'
-import http.client, json, sys, threading
+import http.client, json, socket, sys, threading
 port, record, threads = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 reqs = [json.loads(l) for l in open(record)]
 def worker(part):
     c = http.client.HTTPConnection("127.0.0.1", port)
+    c.connect()
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for r in part:
         c.request("POST", r["path"], body=r["body"].encode(), headers=r["headers"])
         resp = c.getresponse(); resp.read()
