@@ -96,16 +96,26 @@ impl Receiver {
         self.request("POST", "/_faults", Some(faults));
     }
 
-    /// The rows it holds (first deliveries) sent to `/hooks/<output>`, without `_row_id`.
+    /// The rows it holds (first deliveries) sent to `/hooks/<output>` (and below), without
+    /// `_row_id`.
     fn rows(&self, output: &str) -> Vec<Row> {
+        self.rows_with_paths(output)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// [`Self::rows`] with the path each was sent to.
+    fn rows_with_paths(&self, output: &str) -> Vec<(String, Row)> {
         let state = self.state();
         let path = format!("/hooks/{output}");
         let mut out = Vec::new();
         for (id, row) in state["rows"].as_object().unwrap() {
-            if state["paths"][id] == path.as_str() {
+            let at = state["paths"][id].as_str().unwrap();
+            if at == path || at.starts_with(&format!("{path}/")) {
                 let mut row = row.as_object().unwrap().clone();
                 assert_eq!(row.remove("_row_id").as_ref(), Some(&json!(id)));
-                out.push(row);
+                out.push((at.to_string(), row));
             }
         }
         out
@@ -234,6 +244,21 @@ fn run(pipeline: &Path, env: &[(&str, &str)], limit: Duration) -> String {
     text
 }
 
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
 /// The last row of each key of a view's deliveries: the one with the most events.
 fn latest(rows: Vec<Row>, key: &str) -> Vec<Row> {
     let mut by_key: std::collections::BTreeMap<String, Row> = Default::default();
@@ -309,7 +334,7 @@ fn every_row_is_delivered_signed_once_and_equal_to_the_oracle() {
       headers: {{ X-Tenant: platform }}
   alerts:
     webhook:
-      url: "http://127.0.0.1:{port}/hooks/{{output}}"
+      url: "http://127.0.0.1:{port}/hooks/{{output}}/{{datasetName}}"
       secret: "${{NEW_SECRET}}"
       body: cloudevents_binary
       where: "events > 40"
@@ -331,7 +356,14 @@ dead_letter:"#
         &["datasetName"],
     )
     .unwrap();
-    compare(&alerts, &receiver.rows("alerting"), &["datasetName"]).unwrap();
+    let alerting = receiver.rows_with_paths("alerting");
+    // each alert went to the URL of its key, percent-encoded
+    for (path, row) in &alerting {
+        let key = percent_decode(path.rsplit('/').next().unwrap());
+        assert_eq!(row["datasetName"].as_str(), Some(key.as_str()), "{path}");
+    }
+    let alerting: Vec<Row> = alerting.into_iter().map(|(_, r)| r).collect();
+    compare(&alerts, &alerting, &["datasetName"]).unwrap();
     let view_rows: Vec<Row> = view
         .into_iter()
         .map(|mut r| {

@@ -290,11 +290,13 @@ impl WebhookSink {
     /// and bytes.
     fn requests(&self) -> Vec<Request> {
         let mut by_url: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        let mut index: std::collections::HashMap<Arc<str>, usize> = Default::default();
         for (i, r) in self.pending.rows.iter().enumerate() {
-            match by_url.iter_mut().find(|(u, _)| *u == r.url) {
-                Some((_, rows)) => rows.push(i),
-                None => by_url.push((r.url.clone(), vec![i])),
-            }
+            let k = *index.entry(r.url.clone()).or_insert_with(|| {
+                by_url.push((r.url.clone(), Vec::new()));
+                by_url.len() - 1
+            });
+            by_url[k].1.push(i);
         }
         let max_rows = match self.config.batching {
             Batching::Single => 1,
