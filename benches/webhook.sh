@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Webhook sink benchmark (not run in CI): a pipeline of 1-minute windows per dataset sending
-# its rows to the tests' Python receiver (tests/webhook/receiver.py: every signature verified
+# Webhook sink benchmark (not run in CI): a pipeline of 1-hour windows per dataset (20,000
+# datasets, about 100 s of events: the rows come out together at the end of the input, so
+# that the sink, not the engine, sets the pace) sending its rows to the tests' Python receiver (tests/webhook/receiver.py: every signature verified
 # with the standardwebhooks library, row ids deduplicated), for several batch sizes and
 # requests in flight; then, in the same run, a bare HTTP client (Python http.client,
 # keep-alive, as many threads as requests in flight) posting the very bodies and headers weir
@@ -25,7 +26,7 @@ work=$(mktemp -d)
 receiver_pid=
 cleanup() { [ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-"$WEIR" generate data-ingestion --count "$N" --keys 2000 --step-ms 20 --seed 5 --out "$work/events.ndjson" 2>/dev/null
+"$WEIR" generate data-ingestion --count "$N" --keys 20000 --skew 0.5 --step-ms 1 --seed 5 --out "$work/events.ndjson" 2>/dev/null
 
 receiver() { # name: starts a fresh receiver recording to $work/name.record; sets $port
   [ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null && wait "$receiver_pid" 2>/dev/null || true
@@ -77,10 +78,10 @@ sources:
     schema: data-ingestion
     event_time: { field: timestamp, max_out_of_orderness: 5s }
 windows:
-  per_dataset_1m:
+  per_dataset_1h:
     from: events
     key: [datasetName]
-    tumbling: 1m
+    tumbling: 1h
     aggregates:
       count: count(*)
       sum_recordCount: sum(recordCount)

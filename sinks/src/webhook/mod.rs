@@ -339,38 +339,24 @@ impl WebhookSink {
         let requests = self.requests();
         let mut keep = Vec::new();
         let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, None::<Duration>);
-        let groups: Vec<&[Request]> = requests.chunks(self.config.max_in_flight.max(1)).collect();
-        for (n, group) in groups.iter().enumerate() {
-            if first_reason.is_some() {
-                // the endpoint asked to wait: the requests not sent yet wait with the others
-                for req in &groups[n..] {
-                    for r in req.iter() {
-                        retry_rows += r.rows.len();
-                        keep.extend_from_slice(&r.rows);
+        for (req, outcome) in requests.iter().zip(self.send_all(&requests)) {
+            match outcome {
+                Outcome::Delivered => {}
+                Outcome::Retry { reason, after } => {
+                    retry_rows += req.rows.len();
+                    first_reason.get_or_insert(reason);
+                    if let Some(a) = after {
+                        wait = Some(wait.map_or(a, |w| w.max(a)));
                     }
+                    keep.extend_from_slice(&req.rows);
                 }
-                break;
-            }
-            let outcomes = self.send_group(group);
-            for (req, outcome) in group.iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Delivered => {}
-                    Outcome::Retry { reason, after } => {
-                        retry_rows += req.rows.len();
-                        first_reason.get_or_insert(reason);
-                        if let Some(a) = after {
-                            wait = Some(wait.map_or(a, |w| w.max(a)));
-                        }
-                        keep.extend_from_slice(&req.rows);
-                    }
-                    Outcome::Refused(error) => {
-                        for &i in &req.rows {
-                            let r = &self.pending.rows[i];
-                            self.rejected.push(RejectedRow {
-                                raw: self.pending.bytes[r.start..r.end].to_vec(),
-                                error: error.clone(),
-                            });
-                        }
+                Outcome::Refused(error) => {
+                    for &i in &req.rows {
+                        let r = &self.pending.rows[i];
+                        self.rejected.push(RejectedRow {
+                            raw: self.pending.bytes[r.start..r.end].to_vec(),
+                            error: error.clone(),
+                        });
                     }
                 }
             }
@@ -392,26 +378,51 @@ impl WebhookSink {
             .unavailable())
     }
 
-    /// Sends `requests` at once (one thread each when there are several).
-    fn send_group(&self, requests: &[Request]) -> Vec<Outcome> {
-        if requests.len() == 1 {
-            return vec![self.send(&requests[0])];
+    /// Sends `requests`, `max_in_flight` at a time: each of that many threads takes the next
+    /// request not sent yet as soon as its previous one was answered. After an answer asking
+    /// to wait (408, 429, 5xx, no answer), no new request starts: those not sent are
+    /// outcomes to retry as well.
+    fn send_all(&self, requests: &[Request]) -> Vec<Outcome> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let next = AtomicUsize::new(0);
+        let hold = AtomicBool::new(false);
+        let outcomes: Vec<std::sync::Mutex<Option<Outcome>>> =
+            requests.iter().map(|_| Default::default()).collect();
+        let work = || loop {
+            if hold.load(Ordering::SeqCst) {
+                return;
+            }
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            let Some(req) = requests.get(i) else {
+                return;
+            };
+            let outcome = self.send(req);
+            if matches!(outcome, Outcome::Retry { .. }) {
+                hold.store(true, Ordering::SeqCst);
+            }
+            if let Ok(mut slot) = outcomes[i].lock() {
+                *slot = Some(outcome);
+            }
+        };
+        let threads = self.config.max_in_flight.clamp(1, requests.len().max(1));
+        if threads == 1 {
+            work();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(work);
+                }
+            });
         }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = requests
-                .iter()
-                .map(|r| scope.spawn(move || self.send(r)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| Outcome::Retry {
-                        reason: "a request thread panicked".into(),
-                        after: None,
-                    })
+        outcomes
+            .into_iter()
+            .map(|slot| {
+                slot.into_inner().ok().flatten().unwrap_or(Outcome::Retry {
+                    reason: "not sent: the endpoint asked to wait".into(),
+                    after: None,
                 })
-                .collect()
-        })
+            })
+            .collect()
     }
 
     /// Builds, signs and sends one request, and reads what its answer means.
