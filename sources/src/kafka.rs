@@ -304,7 +304,7 @@ impl GroupContext {
 
     /// Whether librdkafka still assigns this consumer partitions.
     fn holds_partitions(&self) -> bool {
-        self.held.lock().map_or(false, |h| !h.is_empty())
+        self.held.lock().is_ok_and(|h| !h.is_empty())
     }
 
     fn fail(&self, message: String) {
@@ -2037,7 +2037,10 @@ mod tests {
         let started = Instant::now();
         while !consumer.context().holds_partitions() {
             let _ = consumer.poll(Duration::from_millis(50));
-            assert!(started.elapsed() < Duration::from_secs(30), "never assigned");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never assigned"
+            );
         }
         // a run whose outputs never finish: the revocation's hand-over waits a minute
         ctx.cancel.store(false, Ordering::SeqCst);
