@@ -9,6 +9,8 @@
 
 #[path = "support/crash.rs"]
 mod crash;
+#[path = "support/sql.rs"]
+mod sql_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -522,16 +524,12 @@ fn a_400_sends_the_rows_of_its_request_to_the_dead_letter_output_with_the_answer
         "refuse_status": 400,
         "refuse_body": format!("unknown dataset {refused_key}: {}", "x".repeat(3000)),
     }));
+    let http = sql_support::free_port();
     let pipeline = case.pipeline(
         &receiver,
         r#"      secret: "${WEBHOOK_SECRET}"
       batch: single"#,
-        "",
-    );
-    run(
-        &pipeline,
-        &[("WEBHOOK_SECRET", SECRET)],
-        Duration::from_secs(120),
+        &format!("serve: {{ http: \"127.0.0.1:{http}\" }}\n"),
     );
     let (refused, kept): (Vec<Row>, Vec<Row>) = case
         .windows
@@ -539,6 +537,49 @@ fn a_400_sends_the_rows_of_its_request_to_the_dead_letter_output_with_the_answer
         .cloned()
         .partition(|r| r["datasetName"] == refused_key.as_str());
     assert!(!refused.is_empty());
+    let mut running = sql_support::Running::start_with_env(
+        WEIR,
+        &pipeline,
+        &["--keep-serving"],
+        &[("WEBHOOK_SECRET", SECRET)],
+    );
+    running.wait_http(http);
+    // the metrics count each request: one a row, the refused ones as 4xx failures
+    let sample = |name: &str, class: &str, n: usize| {
+        format!("{name}{{pipeline=\"webhooks\",sink=\"hook\"{class}}} {n}")
+    };
+    let expected = [
+        sample("weir_webhook_deliveries_total", "", kept.len()),
+        sample("weir_webhook_rows_delivered_total", "", kept.len()),
+        sample(
+            "weir_webhook_failures_total",
+            ",class=\"4xx\"",
+            refused.len(),
+        ),
+        sample("weir_webhook_failures_total", ",class=\"5xx\"", 0),
+        sample("weir_sink_rejected_total", "", refused.len()),
+        sample(
+            "weir_webhook_request_duration_seconds_count",
+            "",
+            case.windows.len(),
+        ),
+    ];
+    let started = Instant::now();
+    let metrics = loop {
+        let answer = sql_support::http(http, "GET", "/metrics", &[], b"");
+        let text = String::from_utf8(answer.body).unwrap();
+        if expected.iter().all(|l| text.contains(l.as_str())) {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{expected:?} not in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.contains("# TYPE weir_webhook_request_duration_seconds histogram"));
+    let (code, _, err) = running.stop();
+    assert_eq!(code, Some(0), "{err}");
     compare(&kept, &receiver.rows("per_dataset"), &["datasetName"]).unwrap();
     let dead = case.dead_letters();
     assert_eq!(dead.len(), refused.len(), "{dead:?}");
