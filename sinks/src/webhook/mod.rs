@@ -22,6 +22,8 @@
 pub mod body;
 pub mod delivery;
 pub mod signing;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
