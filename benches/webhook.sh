@@ -8,7 +8,8 @@
 # sent to a fresh receiver of the same kind. Both are measured on the receiver's side, from
 # its first answer to its last: requests (deliveries) and rows per second.
 #   benches/webhook.sh [EVENTS] [CONFIGS]   (default: 100000 "1x4 100x1 100x4 1000x4")
-# CONFIGS: batch_max_rows x max_in_flight. WEIR_BIN picks the binary (default: a release build).
+# CONFIGS: batch_max_rows x max_in_flight. KEYS: datasets (default 20000), about the rows sent.
+# WEIR_BIN picks the binary (default: a release build).
 # Needs the tests' venv (scripts/test-env.sh) for standardwebhooks.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +27,7 @@ work=$(mktemp -d)
 receiver_pid=
 cleanup() { [ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-"$WEIR" generate data-ingestion --count "$N" --keys 20000 --skew 0.5 --step-ms 1 --seed 5 --out "$work/events.ndjson" 2>/dev/null
+"$WEIR" generate data-ingestion --count "$N" --keys "${KEYS:-20000}" --skew 0.5 --step-ms 1 --seed 5 --out "$work/events.ndjson" 2>/dev/null
 
 receiver() { # name: starts a fresh receiver recording to $work/name.record; sets $port
   [ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null && wait "$receiver_pid" 2>/dev/null || true
