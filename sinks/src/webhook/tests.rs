@@ -38,6 +38,8 @@ fn server(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Received>>>)
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
+                    let method = line.split(' ').next().unwrap_or_default().to_string();
+                    headers.insert(":method".to_string(), method);
                     loop {
                         line.clear();
                         reader.read_line(&mut line).unwrap();
@@ -218,4 +220,26 @@ fn a_400_rejects_the_rows_of_its_request_and_no_answer_is_unavailable() {
         sink.stats().failures[0].load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+}
+
+#[test]
+fn cloudevents_binary_mode_puts_the_attributes_in_headers_and_put_is_used() {
+    let (port, got) = server(vec![]);
+    let mut cfg = config(port, 100);
+    cfg.body = BodyMode::CloudEventsBinary;
+    cfg.method = WebhookMethod::Put;
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    sink.write(&rows(2)).unwrap();
+    sink.flush().unwrap();
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    let h = &got[0].headers;
+    assert_eq!(h["ce-specversion"], "1.0");
+    assert_eq!(h["ce-id"], h["webhook-id"]);
+    assert_eq!(h["ce-source"], "weir/p/per_ds");
+    assert_eq!(h["ce-type"], "dev.weir.window.result");
+    assert_eq!(h["ce-subject"], "per_ds");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(h[":method"], "PUT");
+    assert_eq!(ids(&got[0]).len(), 2);
 }
