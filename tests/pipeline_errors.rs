@@ -284,6 +284,153 @@ fn elasticsearch_settings_are_checked_with_their_position() {
     }
 }
 
+#[test]
+fn webhook_settings_are_checked_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
+    let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let view = "views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: { n: count(*) }\n    sinks: [out]\n";
+    for (hook, extra, at, message) in [
+        (
+            format!("{{ url: \"h:9000/x\", secret: {key} }}"),
+            "",
+            "",
+            "is not an http:// or https:// URL",
+        ),
+        (
+            format!("{{ url: \"http://{{output}}/x\", secret: {key} }}"),
+            "",
+            "",
+            "the host must be written out",
+        ),
+        (
+            "{ url: \"http://h/x\", secret: \"\" }".to_string(),
+            "",
+            "19:",
+            "`secret`: the secret is empty",
+        ),
+        (
+            "{ url: \"http://h/x\", secret: \"whsec_%%%\" }".to_string(),
+            "",
+            "19:",
+            "`secret`: the secret is not `whsec_` followed by base64",
+        ),
+        (
+            "{ url: \"http://h/x\", secret: \"whsec_c2hvcnQ=\" }".to_string(),
+            "",
+            "19:",
+            "keys are 24 to 64 bytes",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: [{key}, {key}, {key}] }}"),
+            "",
+            "19:",
+            "a list of two while rotating",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, method: GET }}"),
+            "",
+            "",
+            "`method` is POST or PUT",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, batch: some }}"),
+            "",
+            "",
+            "`batch` is array or single",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, batch_max_rows: 0 }}"),
+            "",
+            "",
+            "`batch_max_rows` must be between",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, body: xml }}"),
+            "",
+            "",
+            "`body` is json, cloudevents_structured or cloudevents_binary",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, max_in_flight: 100 }}"),
+            "",
+            "",
+            "`max_in_flight` must be between 1 and 64",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, headers: {{ webhook-id: x }} }}"),
+            "",
+            "",
+            "is set by the sink itself",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, where: \"nope > 1\" }}"),
+            "",
+            "19:",
+            "`where`: No field named nope",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, where: \"count(*) > 1\" }}"),
+            "",
+            "19:",
+            "`where`",
+        ),
+        (
+            format!("{{ url: \"http://h/{{status}}\", secret: {key} }}"),
+            "",
+            "",
+            "`url` names `{status}`, which is not a key column",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key}, retries: 3 }}"),
+            "",
+            "",
+            "unknown field `retries`",
+        ),
+        (
+            format!("{{ url: \"http://h/x\", secret: {key} }}"),
+            view,
+            "",
+            "already sends `w`",
+        ),
+    ] {
+        let text = format!("{GOOD}{extra}")
+            .replace("file: { path: out/w.ndjson }", &format!("webhook: {hook}"));
+        std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
+        let e = match load(&dir.path().join("p.yaml")) {
+            Ok(_) => panic!("{hook}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(message), "{hook}: {e}");
+        let place = e.split_once(".yaml:").map(|(_, p)| p).unwrap_or_default();
+        assert!(place.starts_with(at), "{hook}: not at line {at} {e}");
+        assert!(
+            place
+                .split(':')
+                .next()
+                .is_some_and(|l| l.parse::<u32>().is_ok_and(|l| l > 0)),
+            "{hook}: no line: {e}"
+        );
+    }
+    // the contract's example loads; the secret is masked from then on
+    let text = GOOD.replace(
+        "file: { path: out/w.ndjson }",
+        &format!("webhook: {{ url: \"http://127.0.0.1:9000/hooks/{{output}}/{{datasetName}}\", secret: [\"{key}\", \"{key}\"], batch_max_rows: 100, where: \"events > 10\", headers: {{ Authorization: \"Bearer sekrit-token\" }} }}"),
+    );
+    std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
+    let plan = load(&dir.path().join("p.yaml")).unwrap();
+    let described = weir_pipelines::secrets::redact(&plan.describe(1)).into_owned();
+    assert!(
+        described.contains("webhook POST http://127.0.0.1:9000/hooks/w/{datasetName}"),
+        "{described}"
+    );
+    assert!(described.contains("signed with 2 secrets"), "{described}");
+    assert!(
+        !weir_pipelines::secrets::redact(&format!("{key} Bearer sekrit-token")).contains("sekrit")
+    );
+    assert!(!weir_pipelines::secrets::redact(key).contains("MfKQ9r8G"));
+}
+
 /// GOOD with its sink `out` writing the Iceberg table described by `iceberg`.
 fn with_iceberg(iceberg: &str) -> String {
     error_of(

@@ -154,6 +154,34 @@ pub struct RunStats {
     /// Per operator: the counter of its integer sums given as null because they did not fit
     /// the output type (counted by the operator's aggregates since the process started).
     pub sum_overflows: Mutex<Vec<(String, std::sync::Arc<AtomicU64>)>>,
+    /// Per HTTP-delivering sink (webhooks), by sink name: its requests, failures by status
+    /// class and latency, registered by the pipeline that opened it.
+    pub deliveries: Mutex<Vec<(String, std::sync::Arc<DeliveryStats>)>>,
+}
+
+/// Failure classes of [`DeliveryStats::failures`], as the `class` label shows them.
+pub const DELIVERY_FAILURE_CLASSES: [&str; 4] = ["connection", "3xx", "4xx", "5xx"];
+
+/// Requests of a sink that delivers rows over HTTP, updated by the sink itself.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Requests answered 2xx.
+    pub delivered: AtomicU64,
+    /// Rows those requests carried.
+    pub rows_delivered: AtomicU64,
+    /// Failed requests per class of [`DELIVERY_FAILURE_CLASSES`] (no answer, 3xx, 4xx, 5xx).
+    pub failures: [AtomicU64; 4],
+    /// Time from sending a request to its answer (any answer).
+    pub latency: Histogram,
+}
+
+impl DeliveryStats {
+    /// Counts a failed request of class `class` (an index of [`DELIVERY_FAILURE_CLASSES`]).
+    pub fn failed(&self, class: usize) {
+        if let Some(c) = self.failures.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl RunStats {
@@ -198,6 +226,7 @@ impl RunStats {
             sink_latency: sinks.iter().map(|_| Histogram::default()).collect(),
             dead_letter_health: OutputHealth::default(),
             sum_overflows: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(Vec::new()),
         }
     }
 

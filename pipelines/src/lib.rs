@@ -3,6 +3,7 @@
 
 pub mod compact;
 pub mod error;
+pub mod filtered;
 pub mod interpolate;
 pub mod model;
 pub mod plan;

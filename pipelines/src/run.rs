@@ -13,7 +13,7 @@ use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{ServeConfig, SqlServer};
 use weir_sinks::{
     CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, ElasticsearchSink,
-    FileSink, KafkaSink,
+    FileSink, KafkaSink, WebhookSink,
 };
 use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
@@ -217,6 +217,7 @@ pub(crate) fn run_job(
         .collect();
     let mut sink_index = vec![usize::MAX; plan.sinks.len()];
     let mut sinks: Vec<job::SinkSpec> = Vec::new();
+    let mut deliveries = Vec::new();
     for (i, s) in plan.sinks.iter().enumerate() {
         // a sink an output feeds has that output's schema
         let Some(schema) = s.schema.clone().filter(|_| used[i]) else {
@@ -244,6 +245,18 @@ pub(crate) fn run_job(
             }
             SinkTarget::Elasticsearch(c) => {
                 Box::new(ElasticsearchSink::new(&s.name, (**c).clone())?)
+            }
+            SinkTarget::Webhook(t) => {
+                let sink = WebhookSink::new(&s.name, t.config.clone())?;
+                deliveries.push((s.name.clone(), sink.stats()));
+                match &t.filter {
+                    Some(p) => Box::new(crate::filtered::Filtered::new(
+                        &s.name,
+                        Box::new(sink),
+                        p.clone(),
+                    )),
+                    None => Box::new(sink),
+                }
             }
         };
         let sink = match &opts.replay {
@@ -301,6 +314,9 @@ pub(crate) fn run_job(
         if let (Some(w), Ok(mut list)) = (&planned.waiting, st.waiting.lock()) {
             list.push(w.clone());
         }
+    }
+    if let Ok(mut list) = stats.deliveries.lock() {
+        list.extend(deliveries);
     }
     if let Ok(mut overflows) = stats.sum_overflows.lock() {
         let windows = plan

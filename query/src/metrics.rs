@@ -17,7 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use weir_engine::live::{LiveKind, LiveSnapshot, LiveState, PartitionStatus};
 use weir_engine::retry::{CircuitState, OutputHealth};
-use weir_engine::stats::{Histogram, RunStats, SourceStats};
+use weir_engine::stats::{Histogram, RunStats, SourceStats, DELIVERY_FAILURE_CLASSES};
 use weir_engine::time::now_ms;
 
 use crate::engine::QueryEngine;
@@ -374,6 +374,48 @@ fn sinks(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
     )
 }
 
+/// Per HTTP-delivering sink (webhooks): requests delivered, failures by class, latency.
+fn deliveries(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
+    let Ok(list) = s.deliveries.lock() else {
+        return Ok(());
+    };
+    if list.is_empty() {
+        return Ok(());
+    }
+    counter(
+        e,
+        "weir_webhook_deliveries_total",
+        "Webhook requests answered 2xx, per sink.",
+        list.iter()
+            .map(|(n, d)| ([("sink", n.as_str())], get(&d.delivered))),
+    )?;
+    counter(
+        e,
+        "weir_webhook_rows_delivered_total",
+        "Rows carried by webhook requests answered 2xx, per sink.",
+        list.iter()
+            .map(|(n, d)| ([("sink", n.as_str())], get(&d.rows_delivered))),
+    )?;
+    counter(
+        e,
+        "weir_webhook_failures_total",
+        "Failed webhook requests, per sink and class (connection, 3xx, 4xx, 5xx).",
+        list.iter().flat_map(|(n, d)| {
+            DELIVERY_FAILURE_CLASSES
+                .iter()
+                .zip(&d.failures)
+                .map(move |(class, c)| ([("sink", n.as_str()), ("class", *class)], get(c)))
+        }),
+    )?;
+    histogram(
+        e,
+        "weir_webhook_request_duration_seconds",
+        "Time from sending a webhook request to its answer, per sink.",
+        list.iter()
+            .map(|(n, d)| ([("sink", n.as_str())], &d.latency)),
+    )
+}
+
 /// Checkpoints, the newest snapshot and its watermarks.
 fn progress(e: &mut DescriptorEncoder, s: &RunStats, snap: &LiveSnapshot) -> Encoded {
     let c = &s.checkpoints;
@@ -533,6 +575,7 @@ impl Collector for Collect {
         sources(&mut e, s)?;
         operators(&mut e, s, live, &snap)?;
         sinks(&mut e, s)?;
+        deliveries(&mut e, s)?;
         progress(&mut e, s, &snap)?;
         self.engine.stats.subscriptions.encode(&mut e)?;
         queries(&mut e, &self.engine)
@@ -728,6 +771,41 @@ mod tests {
             }
         }
         families
+    }
+
+    #[test]
+    fn webhook_sinks_show_deliveries_failures_by_class_and_latency() {
+        let m = metrics();
+        let text = m.render(Format::Text).unwrap();
+        assert!(
+            !text.contains("weir_webhook_"),
+            "no webhook sink, no family"
+        );
+        let d = Arc::new(weir_engine::stats::DeliveryStats::default());
+        d.delivered.store(3, Ordering::Relaxed);
+        d.rows_delivered.store(250, Ordering::Relaxed);
+        d.failed(0);
+        d.failed(2);
+        d.failed(2);
+        d.latency.observe(0.02);
+        m.stats
+            .deliveries
+            .lock()
+            .unwrap()
+            .push(("alerts".into(), d));
+        let text = m.render(Format::Text).unwrap();
+        families(&text);
+        for line in [
+            "weir_webhook_deliveries_total{pipeline=\"ops\",sink=\"alerts\"} 3",
+            "weir_webhook_rows_delivered_total{pipeline=\"ops\",sink=\"alerts\"} 250",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"connection\"} 1",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"3xx\"} 0",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"4xx\"} 2",
+            "weir_webhook_failures_total{pipeline=\"ops\",sink=\"alerts\",class=\"5xx\"} 0",
+            "weir_webhook_request_duration_seconds_count{pipeline=\"ops\",sink=\"alerts\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 
     #[test]

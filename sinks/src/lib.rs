@@ -1,5 +1,5 @@
-//! weir's outputs: result rows to NDJSON, CSV or Parquet files, Kafka topics and Elasticsearch
-//! indices; dead letters to
+//! weir's outputs: result rows to NDJSON, CSV or Parquet files, Kafka topics, Elasticsearch
+//! indices and signed webhooks; dead letters to
 //! NDJSON or Kafka.
 //!
 //! Without checkpoints, files are written under `<path>.inprogress` and renamed into place
@@ -10,9 +10,11 @@ pub mod committed;
 pub mod elasticsearch;
 pub mod file;
 pub mod kafka;
+pub mod webhook;
 
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
 pub use kafka::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
+pub use webhook::{WebhookConfig, WebhookMethod, WebhookSink};
 
 pub use weir_formats::avro_encode as avro;

@@ -1,0 +1,424 @@
+//! Rows as webhook bodies: each row a JSON object led by its deterministic `_row_id`, URL
+//! templates, requests cut by rows and bytes, and the body modes (JSON rows, CloudEvents
+//! 1.0 structured or binary).
+
+use sha2::{Digest, Sha256};
+
+use crate::file::json_string;
+
+/// The field each row object starts with: the row's deterministic id.
+pub const ROW_ID_FIELD: &str = "_row_id";
+
+/// How rows are put in a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// The rows as JSON (`application/json`).
+    Json,
+    /// CloudEvents 1.0 structured mode: each row is the `data` of an event
+    /// (`application/cloudevents+json`, or `application/cloudevents-batch+json` for arrays).
+    CloudEventsStructured,
+    /// CloudEvents 1.0 binary mode: the JSON rows as the body, the event's attributes in
+    /// `ce-*` headers.
+    CloudEventsBinary,
+}
+
+/// One row a request, or arrays of rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// The body is one row (an object).
+    Single,
+    /// The body is an array of up to `batch_max_rows` rows and `batch_max_bytes` bytes.
+    Array,
+}
+
+/// One piece of a URL template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Pipeline,
+    Output,
+    /// A key column's value, percent-encoded.
+    Column(String),
+}
+
+/// A URL with `{pipeline}`, `{output}` and `{key column}` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlTemplate {
+    parts: Vec<Part>,
+}
+
+impl UrlTemplate {
+    /// Parses a template; it must be an http:// or https:// URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !(text.starts_with("http://") || text.starts_with("https://")) {
+            return Err(format!("`url` `{text}` is not an http:// or https:// URL"));
+        }
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("`url` `{text}`: unclosed `{{`"))?;
+            let inner = rest[open + 1..open + close].trim();
+            parts.push(match inner {
+                "pipeline" => Part::Pipeline,
+                "output" => Part::Output,
+                "" => return Err(format!("`url` `{text}`: empty `{{}}`")),
+                c => Part::Column(c.to_string()),
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        let host_part = match parts.first() {
+            Some(Part::Text(t)) => t.splitn(4, '/').count() >= 3 && t.len() > "https://".len(),
+            _ => false,
+        };
+        if !host_part {
+            return Err(format!(
+                "`url` `{text}`: the host must be written out (placeholders go in the path or query)"
+            ));
+        }
+        Ok(UrlTemplate { parts })
+    }
+
+    /// The key columns the template names.
+    pub fn columns(&self) -> Vec<&str> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Column(c) => Some(c.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The URL of a row: `values` gives a named column's value as text.
+    pub fn render(
+        &self,
+        pipeline: &str,
+        output: &str,
+        mut values: impl FnMut(&str) -> String,
+    ) -> String {
+        let mut s = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => s.push_str(t),
+                Part::Pipeline => percent_encode(&mut s, pipeline),
+                Part::Output => percent_encode(&mut s, output),
+                Part::Column(c) => percent_encode(&mut s, &values(c)),
+            }
+        }
+        s
+    }
+}
+
+impl UrlTemplate {
+    /// The template with `{pipeline}` and `{output}` filled in and key placeholders kept.
+    pub fn describe(&self, pipeline: &str, output: &str) -> String {
+        let mut s = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => s.push_str(t),
+                Part::Pipeline => percent_encode(&mut s, pipeline),
+                Part::Output => percent_encode(&mut s, output),
+                Part::Column(c) => {
+                    s.push('{');
+                    s.push_str(c);
+                    s.push('}');
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Appends `value` with every byte but RFC 3986's unreserved characters percent-encoded.
+fn percent_encode(out: &mut String, value: &str) {
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// Lowercase hex of the first 16 bytes of SHA-256 over `parts`, each followed by a 0 byte.
+fn digest_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0u8]);
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A row's id: from the pipeline, the output and the row's key (key columns, with
+/// `window_start` for a window), plus, for a view (whose key is sent at every change), the
+/// whole row. The same row gets the same id in any batch, any run.
+pub fn row_id(pipeline: &str, output: &str, key_json: &[u8], row_json: Option<&[u8]>) -> String {
+    let id = match row_json {
+        Some(row) => digest_hex(&[pipeline.as_bytes(), output.as_bytes(), key_json, row]),
+        None => digest_hex(&[pipeline.as_bytes(), output.as_bytes(), key_json]),
+    };
+    format!("row_{id}")
+}
+
+/// A request's `webhook-id`: from the ids of the rows it carries, in order.
+pub fn message_id<'a>(row_ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h = Sha256::new();
+    for id in row_ids {
+        h.update(id.as_bytes());
+        h.update([0u8]);
+    }
+    let hex: String = h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("msg_{hex}")
+}
+
+/// Appends the row object `{"_row_id":ID,<columns>}` to `out`, from the row's JSON object.
+pub fn row_object(out: &mut Vec<u8>, id: &str, row_json: &[u8]) {
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(ROW_ID_FIELD.as_bytes());
+    out.extend_from_slice(b"\":");
+    json_string(out, id);
+    let rest = row_json.strip_prefix(b"{").unwrap_or(row_json);
+    if rest != b"}" {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Splits rows of sizes `sizes` (bytes, in order) into consecutive requests of at most
+/// `max_rows` rows and about `max_bytes` bytes (a row alone larger than that is sent
+/// alone); returns the ranges of rows.
+pub fn cut(sizes: &[usize], max_rows: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut first, mut bytes) = (0, 2usize);
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > first && (i - first >= max_rows.max(1) || bytes + size + 1 > max_bytes) {
+            out.push(first..i);
+            first = i;
+            bytes = 2;
+        }
+        bytes += size + 1;
+    }
+    if first < sizes.len() {
+        out.push(first..sizes.len());
+    }
+    out
+}
+
+/// What a CloudEvent says of where rows come from.
+pub struct EventSource<'a> {
+    pub pipeline: &'a str,
+    pub output: &'a str,
+    /// `window` or `view`.
+    pub kind: &'a str,
+}
+
+impl EventSource<'_> {
+    /// The event `source`: `weir/<pipeline>/<output>`.
+    pub fn source(&self) -> String {
+        format!("weir/{}/{}", self.pipeline, self.output)
+    }
+
+    /// The event `type`: `dev.weir.window.result` or `dev.weir.view.change`.
+    pub fn event_type(&self) -> &'static str {
+        if self.kind == "view" {
+            "dev.weir.view.change"
+        } else {
+            "dev.weir.window.result"
+        }
+    }
+}
+
+/// A request's body and content type, from its row objects.
+pub fn body(
+    mode: BodyMode,
+    batching: Batching,
+    ev: &EventSource<'_>,
+    rows: &[(&str, &[u8])],
+) -> (Vec<u8>, &'static str) {
+    let mut out = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 1).sum::<usize>() + 2);
+    let single = batching == Batching::Single && rows.len() == 1;
+    match mode {
+        BodyMode::Json | BodyMode::CloudEventsBinary => {
+            if single {
+                out.extend_from_slice(rows[0].1);
+            } else {
+                array(&mut out, rows.iter().map(|r| r.1), |o, r| {
+                    o.extend_from_slice(r)
+                });
+            }
+            (out, "application/json")
+        }
+        BodyMode::CloudEventsStructured => {
+            let (source, ty) = (ev.source(), ev.event_type());
+            let event = |o: &mut Vec<u8>, (id, row): &(&str, &[u8])| {
+                o.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+                json_string(o, id);
+                o.extend_from_slice(b",\"source\":");
+                json_string(o, &source);
+                o.extend_from_slice(b",\"type\":");
+                json_string(o, ty);
+                o.extend_from_slice(b",\"subject\":");
+                json_string(o, ev.output);
+                o.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"data\":");
+                o.extend_from_slice(row);
+                o.push(b'}');
+            };
+            if single {
+                event(&mut out, &rows[0]);
+                (out, "application/cloudevents+json")
+            } else {
+                array(&mut out, rows.iter(), |o, r| event(o, r));
+                (out, "application/cloudevents-batch+json")
+            }
+        }
+    }
+}
+
+fn array<T>(out: &mut Vec<u8>, items: impl Iterator<Item = T>, mut f: impl FnMut(&mut Vec<u8>, T)) {
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        f(out, item);
+    }
+    out.push(b']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn row_ids_depend_on_the_row_not_on_its_batch() {
+        let a = row_id("p", "w", br#"{"k":"a","window_start":"x"}"#, None);
+        assert_eq!(
+            a,
+            row_id("p", "w", br#"{"k":"a","window_start":"x"}"#, None)
+        );
+        assert!(a.starts_with("row_") && a.len() == 4 + 32);
+        assert_ne!(
+            a,
+            row_id("p", "w", br#"{"k":"b","window_start":"x"}"#, None)
+        );
+        assert_ne!(
+            a,
+            row_id("p", "w2", br#"{"k":"a","window_start":"x"}"#, None)
+        );
+        assert_ne!(
+            a,
+            row_id("q", "w", br#"{"k":"a","window_start":"x"}"#, None)
+        );
+        // no ambiguity between fields: ("ab", "c") is not ("a", "bc")
+        assert_ne!(row_id("ab", "c", b"k", None), row_id("a", "bc", b"k", None));
+        // a view's row: the same key with other values is another row
+        let v1 = row_id("p", "v", br#"{"k":"a"}"#, Some(br#"{"k":"a","n":1}"#));
+        let v2 = row_id("p", "v", br#"{"k":"a"}"#, Some(br#"{"k":"a","n":2}"#));
+        assert_ne!(v1, v2);
+        assert_eq!(
+            v1,
+            row_id("p", "v", br#"{"k":"a"}"#, Some(br#"{"k":"a","n":1}"#))
+        );
+        // a message id follows its rows, in order
+        let m = message_id([a.as_str(), v1.as_str()]);
+        assert_eq!(m, message_id([a.as_str(), v1.as_str()]));
+        assert_ne!(m, message_id([v1.as_str(), a.as_str()]));
+        assert_ne!(m, message_id([a.as_str()]));
+        assert!(m.starts_with("msg_"));
+    }
+
+    #[test]
+    fn requests_are_cut_by_rows_and_by_bytes() {
+        let sizes = vec![10; 25];
+        let by_rows = cut(&sizes, 10, 1 << 20);
+        assert_eq!(by_rows, vec![0..10, 10..20, 20..25]);
+        // 2 brackets + 11 bytes a row: 4 rows fit in 50 bytes
+        let by_bytes = cut(&sizes, 100, 50);
+        assert!(by_bytes.iter().all(|r| r.len() == 4 || r.end == 25));
+        assert_eq!(by_bytes.iter().map(|r| r.len()).sum::<usize>(), 25);
+        // one row a request
+        assert_eq!(cut(&sizes[..3], 1, 1 << 20), vec![0..1, 1..2, 2..3]);
+        // a row larger than the limit goes alone
+        assert_eq!(cut(&[5, 500, 5], 10, 100), vec![0..1, 1..2, 2..3]);
+        assert!(cut(&[], 10, 100).is_empty());
+    }
+
+    #[test]
+    fn bodies_are_json_rows_or_cloudevents() {
+        let mut a = Vec::new();
+        row_object(&mut a, "row_1", br#"{"k":"a","n":1}"#);
+        let mut b = Vec::new();
+        row_object(&mut b, "row_2", br#"{"k":"b","n":2}"#);
+        let rows = [("row_1", a.as_slice()), ("row_2", b.as_slice())];
+        let ev = EventSource {
+            pipeline: "p",
+            output: "w",
+            kind: "window",
+        };
+        let (json, ctype) = body(BodyMode::Json, Batching::Array, &ev, &rows);
+        assert_eq!(ctype, "application/json");
+        let v: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v[0]["_row_id"], "row_1");
+        assert_eq!(v[1]["n"], 2);
+        let (one, _) = body(BodyMode::Json, Batching::Single, &ev, &rows[..1]);
+        assert_eq!(serde_json::from_slice::<Value>(&one).unwrap()["k"], "a");
+        let (ce, ctype) = body(BodyMode::CloudEventsStructured, Batching::Array, &ev, &rows);
+        assert_eq!(ctype, "application/cloudevents-batch+json");
+        let v: Value = serde_json::from_slice(&ce).unwrap();
+        assert_eq!(v[1]["specversion"], "1.0");
+        assert_eq!(v[1]["id"], "row_2");
+        assert_eq!(v[1]["source"], "weir/p/w");
+        assert_eq!(v[1]["type"], "dev.weir.window.result");
+        assert_eq!(v[1]["data"]["k"], "b");
+        let (ce1, ctype) = body(
+            BodyMode::CloudEventsStructured,
+            Batching::Single,
+            &ev,
+            &rows[..1],
+        );
+        assert_eq!(ctype, "application/cloudevents+json");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&ce1).unwrap()["data"]["n"],
+            1
+        );
+        let (bin, ctype) = body(BodyMode::CloudEventsBinary, Batching::Array, &ev, &rows);
+        assert_eq!((bin, ctype), (json, "application/json"));
+    }
+
+    #[test]
+    fn url_templates_fill_in_names_and_key_values() {
+        let t =
+            UrlTemplate::parse("http://h:9000/hooks/{pipeline}/{output}?ds={datasetName}").unwrap();
+        assert_eq!(t.columns(), ["datasetName"]);
+        let url = t.render("p", "per_ds", |c| {
+            assert_eq!(c, "datasetName");
+            "a b/é".to_string()
+        });
+        assert_eq!(url, "http://h:9000/hooks/p/per_ds?ds=a%20b%2F%C3%A9");
+        for bad in [
+            "ftp://h/x",
+            "http://h/{output",
+            "http://h/{}",
+            "http://{output}/x",
+            "{output}",
+        ] {
+            assert!(UrlTemplate::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
