@@ -1021,9 +1021,10 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
             port,
             "SELECT source, partition, lag, events_in FROM weir_status ORDER BY partition",
         );
-        let caught_up = rows.len() == 4
-            && rows.iter().all(|r| r["lag"].as_i64() == Some(0))
-            && rows.iter().all(|r| r["events_in"].as_u64() == Some(6000));
+        // events_in is each partition's own count: together, the topic's 6,000 events
+        let read: u64 = rows.iter().filter_map(|r| r["events_in"].as_u64()).sum();
+        let caught_up =
+            rows.len() == 4 && rows.iter().all(|r| r["lag"].as_i64() == Some(0)) && read == 6000;
         if caught_up {
             break rows;
         }
@@ -1033,6 +1034,11 @@ dead_letter: {{ file: {{ path: dead.ndjson }} }}
         );
         std::thread::sleep(Duration::from_millis(250));
     };
+    assert!(
+        rows.iter()
+            .all(|r| (1..6000).contains(&r["events_in"].as_u64().unwrap())),
+        "every partition has a share of the events, not the run's total: {rows:?}"
+    );
     let partitions: Vec<&str> = rows
         .iter()
         .map(|r| r["partition"].as_str().unwrap())

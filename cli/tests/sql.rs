@@ -776,3 +776,62 @@ fn a_view_with_retain_drops_keys_not_updated_within_it() {
         "{ops:?}"
     );
 }
+
+/// `weir_status` counts each partition's own records: two input files (one partition each)
+/// with different numbers of events and bad lines show their own `events_in` and `bad`, and
+/// the rows add up to the run's totals.
+#[test]
+fn weir_status_counts_records_per_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let line = |i: u64| {
+        format!(
+            r#"{{"eventId":"e{i}","timestamp":{},"serviceName":"s{}","namespace":"n","healthStatus":"HEALTHY","latencyMs":5,"errorRate":0.1}}"#,
+            1_764_000_000_000 + i * 1000,
+            i % 3
+        )
+    };
+    // a: 30 events, 2 of them bad; b: 12 events, none bad
+    let a: Vec<String> = (0..28)
+        .map(line)
+        .chain(["not json".to_string(), r#"{"eventId":1}"#.to_string()])
+        .collect();
+    let b: Vec<String> = (100..112).map(line).collect();
+    std::fs::write(d.join("in/a.ndjson"), a.join("\n") + "\n").unwrap();
+    std::fs::write(d.join("in/b.ndjson"), b.join("\n") + "\n").unwrap();
+    let hp = free_port();
+    let pipeline = health_pipeline(
+        d,
+        "    file: { path: \"in/*.ndjson\" }\n    format: json\n    schema: service-health",
+        &format!("{{ http: \"127.0.0.1:{hp}\" }}"),
+        "",
+    );
+    let mut run = Running::start(WEIR, &pipeline, &["--keep-serving", "--parallelism", "2"]);
+    run.wait_http(hp);
+    run.wait_finished(hp);
+    let rows = sql_json(
+        hp,
+        "SELECT partition, events_in, bad, late FROM weir_status ORDER BY partition",
+    );
+    let counts: Vec<(String, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let file = r["partition"].as_str().unwrap();
+            let name = Path::new(file).file_name().unwrap().to_string_lossy();
+            (
+                name.into_owned(),
+                r["events_in"].as_u64().unwrap(),
+                r["bad"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("a.ndjson".to_string(), 30, 2),
+            ("b.ndjson".to_string(), 12, 0)
+        ],
+        "{rows:?}"
+    );
+}

@@ -194,6 +194,8 @@ pub struct PartitionStatus {
     /// offset this process reads, from the consumer's latest statistics (every few seconds);
     /// `None` for other sources and for partitions this process does not read.
     pub lag: Option<i64>,
+    /// Records read, bad records and late rows of this partition since the run started.
+    pub counts: crate::stats::PartitionCount,
 }
 
 /// One consistent view of a running job.

@@ -140,6 +140,8 @@ pub struct RunStats {
     pub rows_committed: Vec<Named>,
     /// Records written to the dead-letter output.
     pub dead_letters: AtomicU64,
+    /// Per global partition: records read, bad records and late rows (`weir_status`).
+    pub partitions: PartitionCounters,
     /// The newest of them, in memory (the console's `weir_dead_letters`).
     pub recent_dead_letters: crate::dead_letter::RecentDeadLetters,
     /// The last complete checkpoint.
@@ -184,6 +186,50 @@ impl DeliveryStats {
     }
 }
 
+/// What a partition contributed since the run started: counted once per chunk by the worker
+/// that processed it (a lock per chunk, not per record).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionCount {
+    /// Records read (good and bad).
+    pub records_in: u64,
+    /// Records dead-lettered as bad (once per record).
+    pub bad: u64,
+    /// Rows that arrived after their window closed (summed over the operators reading them).
+    pub late: u64,
+}
+
+/// [`PartitionCount`]s by global partition id.
+#[derive(Debug, Default)]
+pub struct PartitionCounters(Mutex<Vec<PartitionCount>>);
+
+impl PartitionCounters {
+    /// Adds to partition `id`'s counts.
+    pub fn add(&self, id: usize, delta: PartitionCount) {
+        if delta == PartitionCount::default() {
+            return;
+        }
+        let mut counts = match self.0.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if counts.len() <= id {
+            counts.resize(id + 1, PartitionCount::default());
+        }
+        let c = &mut counts[id];
+        c.records_in += delta.records_in;
+        c.bad += delta.bad;
+        c.late += delta.late;
+    }
+
+    /// Every partition's counts, by id (partitions never counted are absent or zero).
+    pub fn snapshot(&self) -> Vec<PartitionCount> {
+        match self.0.lock() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
 impl RunStats {
     /// Counters for the given sources, operators and sinks.
     pub fn new(sources: &[String], operators: &[String], sinks: &[String]) -> Self {
@@ -220,6 +266,7 @@ impl RunStats {
             rows_written: named(sinks),
             rows_committed: named(sinks),
             dead_letters: AtomicU64::new(0),
+            partitions: PartitionCounters::default(),
             recent_dead_letters: Default::default(),
             checkpoints: Default::default(),
             sink_health: sinks.iter().map(|_| OutputHealth::default()).collect(),

@@ -341,10 +341,6 @@ async function loadSources() {
     const wm = r.watermark ? Date.parse(r.watermark) : null;
     const at = r.snapshot_time ? Date.parse(r.snapshot_time) : null;
     r.delay = wm !== null && at !== null ? at - wm : null;
-    const own = state && state.sources[r.source];
-    if (own && own.records_in !== null && (!r.worker || r.worker === state.worker)) {
-      r.events_in = own.records_in; r.bad = own.bad;
-    }
     const p = idle.get(k);
     // a watermark that has not moved: stuck while there is input behind it (or lag is not
     // known), quiet when the partition is read to its end (Kafka lag 0)

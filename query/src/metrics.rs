@@ -689,6 +689,7 @@ mod tests {
             ended,
             idle,
             lag: None,
+            counts: Default::default(),
         }
     }
 

@@ -320,9 +320,15 @@ impl StatusTable {
             ts(p.iter().map(|x| x.newest).collect()),
             Arc::new(BooleanArray::from_iter(p.iter().map(|x| Some(x.ended)))),
             Arc::new(Int64Array::from_iter(p.iter().map(|x| x.lag))),
-            repeat(counter("records_in")),
-            repeat(counter("bad")),
-            repeat(sum_prefix("late/")),
+            Arc::new(UInt64Array::from_iter_values(
+                p.iter().map(|x| x.counts.records_in),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                p.iter().map(|x| x.counts.bad),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                p.iter().map(|x| x.counts.late),
+            )),
             repeat(sum_prefix("windows/")),
             repeat(counter("dead_letters")),
             repeat(s.seq),

@@ -37,11 +37,13 @@ fn partition_statuses(
     stats: Option<&RunStats>,
 ) -> Vec<PartitionStatus> {
     let lag = stats.and_then(|s| s.consumer_lag.lock().ok());
+    let counts = stats.map(|s| s.partitions.snapshot()).unwrap_or_default();
     partitions
         .iter()
         .zip(clocks)
+        .enumerate()
         .map(
-            |((source, partition), (watermark, newest, ended, idle))| PartitionStatus {
+            |(id, ((source, partition), (watermark, newest, ended, idle)))| PartitionStatus {
                 lag: lag
                     .as_ref()
                     .and_then(|l| l.get(&(source.clone(), partition.clone())).copied()),
@@ -51,6 +53,7 @@ fn partition_statuses(
                 newest,
                 ended,
                 idle,
+                counts: counts.get(id).copied().unwrap_or_default(),
             },
         )
         .collect()

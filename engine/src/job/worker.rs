@@ -16,7 +16,7 @@ use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::events::{Chunk, ChunkData, Decoded, EventBatch};
 use crate::progress::{ChunkResidue, OpResidue, Progress};
-use crate::stats::RunStats;
+use crate::stats::{PartitionCount, RunStats};
 use crate::time::now_ms;
 use crate::EngineError;
 
@@ -332,6 +332,14 @@ fn process_chunk(
         RunStats::add(&src.bytes_in, bytes);
         RunStats::add(&src.bad, bad.len() as u64);
     }
+    ctx.stats.partitions.add(
+        chunk.partition.id,
+        PartitionCount {
+            records_in: records,
+            bad: bad.len() as u64,
+            late: 0,
+        },
+    );
     if !bad.is_empty() {
         RunStats::add(&ctx.stats.bad, bad.len() as u64);
         ctx.dead_tx
@@ -366,15 +374,25 @@ fn process_chunk(
         *w = clock.watermark_after((*w).max(before));
     }
     let mut dead = Vec::new();
+    let mut late_rows = 0;
     for (i, (oi, op)) in ops.iter_mut().enumerate() {
         if ctx.op_sources[*oi] != chunk.source {
             continue;
         }
         let late = op.process(&chunk.partition, &events, row_wm, &mut dead)?;
         RunStats::add(&ctx.stats.late[*oi].value, late);
+        late_rows += late;
         handovers[i].dirty = true;
     }
-    count_bad_rows(ctx, chunk.source, &dead);
+    let bad_rows = count_bad_rows(ctx, chunk.source, &dead);
+    ctx.stats.partitions.add(
+        chunk.partition.id,
+        PartitionCount {
+            records_in: 0,
+            bad: bad_rows,
+            late: late_rows,
+        },
+    );
     if !dead.is_empty() {
         ctx.dead_tx
             .send(DeadMsg::Records(dead))
@@ -398,15 +416,16 @@ fn process_chunk(
 }
 
 /// Counts the records operators dead-lettered as bad (an expression failed on them) as bad
-/// records of their source: once per record, however many operators failed on it.
-fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) {
+/// records of their source: once per record, however many operators failed on it. Returns
+/// how many.
+fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) -> u64 {
     let mut offsets: Vec<Option<u64>> = dead
         .iter()
         .filter(|d| d.reason == Reason::Bad)
         .map(|d| d.offset)
         .collect();
     if offsets.is_empty() {
-        return;
+        return 0;
     }
     offsets.sort_unstable();
     offsets.dedup();
@@ -415,6 +434,7 @@ fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) {
     if let Some(src) = ctx.stats.sources.get(source) {
         RunStats::add(&src.bad, n);
     }
+    n
 }
 
 /// Per window a chunk's rows went to: (the watermark that closes it, smallest offset of its
