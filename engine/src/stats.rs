@@ -198,6 +198,23 @@ pub struct PartitionCount {
     pub late: u64,
 }
 
+impl PartitionCount {
+    /// The counter's name in checkpoints and live snapshots: `partition/<id>/<field>`.
+    pub fn name(id: usize, field: &str) -> String {
+        format!("partition/{id}/{field}")
+    }
+
+    /// Partition `id`'s counts among named `counters` (zero where absent).
+    pub fn of(counters: &BTreeMap<String, u64>, id: usize) -> Self {
+        let get = |field: &str| counters.get(&Self::name(id, field)).copied().unwrap_or(0);
+        PartitionCount {
+            records_in: get("records_in"),
+            bad: get("bad"),
+            late: get("late"),
+        }
+    }
+}
+
 /// [`PartitionCount`]s by global partition id.
 #[derive(Debug, Default)]
 pub struct PartitionCounters(Mutex<Vec<PartitionCount>>);
@@ -219,6 +236,30 @@ impl PartitionCounters {
         c.records_in += delta.records_in;
         c.bad += delta.bad;
         c.late += delta.late;
+    }
+
+    /// Starts from the counts named in a checkpoint's `counters` (see [`PartitionCount::name`]).
+    pub fn restore(&self, counters: &BTreeMap<String, u64>) {
+        let mut counts = match self.0.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        for (name, &v) in counters.range("partition/".to_string().."partition0".to_string()) {
+            let mut parts = name.split('/').skip(1);
+            let (Some(Ok(id)), Some(field)) = (parts.next().map(str::parse::<usize>), parts.next())
+            else {
+                continue;
+            };
+            if counts.len() <= id {
+                counts.resize(id + 1, PartitionCount::default());
+            }
+            match field {
+                "records_in" => counts[id].records_in = v,
+                "bad" => counts[id].bad = v,
+                "late" => counts[id].late = v,
+                _ => {}
+            }
+        }
     }
 
     /// Every partition's counts, by id (partitions never counted are absent or zero).
@@ -293,6 +334,13 @@ impl RunStats {
             out.push((format!("bytes_in/{}", s.name), Self::get(&s.bytes_in)));
             out.push((format!("bad/{}", s.name), Self::get(&s.bad)));
         }
+        for (id, c) in self.partitions.snapshot().iter().enumerate() {
+            if *c != PartitionCount::default() {
+                out.push((PartitionCount::name(id, "records_in"), c.records_in));
+                out.push((PartitionCount::name(id, "bad"), c.bad));
+                out.push((PartitionCount::name(id, "late"), c.late));
+            }
+        }
         out
     }
 
@@ -341,6 +389,7 @@ impl RunStats {
                 }
             }
         }
+        self.partitions.restore(counters);
         named(&self.late, "late");
         named(&self.windows, "windows");
         named(&self.rows_written, "rows_written");
@@ -397,6 +446,28 @@ pub struct CheckpointStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_counts_go_through_a_checkpoint_and_a_snapshot_by_name() {
+        let stats = RunStats::new(&[], &[], &[]);
+        let c = |records_in, bad, late| PartitionCount {
+            records_in,
+            bad,
+            late,
+        };
+        stats.partitions.add(2, c(10, 1, 0));
+        stats.partitions.add(2, c(5, 0, 3));
+        stats.partitions.add(0, c(7, 0, 0));
+        let named: BTreeMap<String, u64> = stats.worker_counters().into_iter().collect();
+        assert_eq!(PartitionCount::of(&named, 2), c(15, 1, 3));
+        assert_eq!(PartitionCount::of(&named, 1), c(0, 0, 0));
+        let restored = RunStats::new(&[], &[], &[]);
+        restored.restore_counters(&named);
+        assert_eq!(
+            restored.partitions.snapshot(),
+            vec![c(7, 0, 0), c(0, 0, 0), c(15, 1, 3)]
+        );
+    }
 
     #[test]
     fn histograms_count_each_observation_in_its_bucket_and_cumulate() {

@@ -14,7 +14,7 @@ use crate::api::MergeOperator;
 use crate::checkpoint::Part;
 use crate::clock::{Clocks, WATERMARK_MIN};
 use crate::live::{LiveKind, LiveSnapshot, LiveState, PartitionStatus, Retained};
-use crate::stats::RunStats;
+use crate::stats::{PartitionCount, RunStats};
 use crate::time::now_ms;
 use crate::types::PartialWindow;
 use crate::EngineError;
@@ -31,13 +31,14 @@ pub(super) struct MergerStart {
 }
 
 /// Each partition's row of `weir_status`: its clocks, and its consumer lag from `stats`.
+/// Each partition's counts come from `counters`, taken with the snapshot's other counters.
 fn partition_statuses(
     partitions: &[(String, String)],
     clocks: impl IntoIterator<Item = ClockRow>,
     stats: Option<&RunStats>,
+    counters: &std::collections::BTreeMap<String, u64>,
 ) -> Vec<PartitionStatus> {
     let lag = stats.and_then(|s| s.consumer_lag.lock().ok());
-    let counts = stats.map(|s| s.partitions.snapshot()).unwrap_or_default();
     partitions
         .iter()
         .zip(clocks)
@@ -53,7 +54,7 @@ fn partition_statuses(
                 newest,
                 ended,
                 idle,
-                counts: counts.get(id).copied().unwrap_or_default(),
+                counts: PartitionCount::of(counters, id),
             },
         )
         .collect()
@@ -82,7 +83,12 @@ impl LiveTables {
         state.publish(LiveSnapshot {
             tables: (0..n).map(|_| Vec::new()).collect(),
             indexes: (0..n).map(|_| None).collect(),
-            partitions: partition_statuses(partitions, clock_status(&clocks), None),
+            partitions: partition_statuses(
+                partitions,
+                clock_status(&clocks),
+                None,
+                &Default::default(),
+            ),
             ..Default::default()
         });
         LiveTables {
@@ -137,7 +143,7 @@ impl LiveTables {
         let indexes = ops.iter().map(|(m, _)| m.live_index()).collect();
         let mut counters: std::collections::BTreeMap<String, u64> = counters.into_iter().collect();
         counters.extend(stats.merger_counters());
-        let partitions = partition_statuses(&self.partitions, clocks, Some(stats));
+        let partitions = partition_statuses(&self.partitions, clocks, Some(stats), &counters);
         self.state.publish(LiveSnapshot {
             seq: self.seq,
             taken_ms: now_ms(),
