@@ -353,6 +353,10 @@ pub struct SinkDoc {
     #[serde(default)]
     #[schemars(with = "Option<ElasticsearchDoc>")]
     pub elasticsearch: Option<Spanned<ElasticsearchDoc>>,
+    /// Upsert into a PostgreSQL table.
+    #[serde(default)]
+    #[schemars(with = "Option<PostgresDoc>")]
+    pub postgres: Option<Spanned<PostgresDoc>>,
     /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
     #[serde(default)]
     #[schemars(with = "Option<FileSinkDoc>")]
@@ -497,6 +501,31 @@ pub struct ElasticsearchDoc {
     #[serde(default)]
     pub compression: Option<bool>,
     /// One request's time limit (default 30s).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDoc {
+    /// `postgres://user:${PGPASSWORD}@host:5432/database` (libpq parameters such as
+    /// `sslmode` accepted).
+    pub url: String,
+    /// `schema.table` (`public` when no schema is given); created on first use.
+    pub table: String,
+    /// `disable`, `require` or `verify-full` (default: the URL's `sslmode`, else `prefer`).
+    #[serde(default)]
+    pub tls: Option<String>,
+    /// PEM file of the CA that signed the server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Rows per batch (default 10000).
+    #[serde(default)]
+    pub batch_max_rows: Option<u64>,
+    /// Longest a row waits before its batch is sent (default 1s).
+    #[serde(default)]
+    pub flush_interval: Option<Duration>,
+    /// Time limit of one batch: connecting, staging, merging (default 30s).
     #[serde(default)]
     pub timeout: Option<Duration>,
 }

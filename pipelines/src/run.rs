@@ -13,6 +13,7 @@ use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{ServeConfig, SqlServer};
 use weir_sinks::{
     CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, ElasticsearchSink,
+    PostgresSink,
     FileSink, KafkaSink,
 };
 use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
@@ -245,6 +246,12 @@ pub(crate) fn run_job(
             SinkTarget::Elasticsearch(c) => {
                 Box::new(ElasticsearchSink::new(&s.name, (**c).clone())?)
             }
+            SinkTarget::Postgres(c) => Box::new(PostgresSink::new(
+                &s.name,
+                (**c).clone(),
+                &schema,
+                checkpoint.is_some(),
+            )?),
         };
         let sink = match &opts.replay {
             Some(r) => Box::new(crate::replay::WindowRange::new(&s.name, sink, r)),

@@ -1,5 +1,5 @@
-//! weir's outputs: result rows to NDJSON, CSV or Parquet files, Kafka topics and Elasticsearch
-//! indices; dead letters to
+//! weir's outputs: result rows to NDJSON, CSV or Parquet files, Kafka topics, Elasticsearch
+//! indices and PostgreSQL tables; dead letters to
 //! NDJSON or Kafka.
 //!
 //! Without checkpoints, files are written under `<path>.inprogress` and renamed into place
@@ -11,7 +11,9 @@ pub mod committed;
 pub mod elasticsearch;
 pub mod file;
 pub mod kafka;
+pub mod postgres;
 
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
 pub use kafka::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
+pub use postgres::{PostgresConfig, PostgresSink, TlsMode};
