@@ -16,8 +16,7 @@ use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{CompiledAggregate, SqlCompiler, TimeMode, ViewConfig, WindowConfig};
 use weir_sinks::{
     ElasticsearchConfig, EsAuth, FileFormat, IndexTemplate, KafkaDelivery, KafkaFormat,
-    PostgresConfig,
-    KafkaSinkConfig,
+    KafkaSinkConfig, PostgresConfig,
 };
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
@@ -208,13 +207,18 @@ fn postgres_config(
     let at = |m: String| ctx.err(&p.referenced, format!("sink `{kname}`: {m}"));
     let d = &p.value;
     if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
-        return Err(at("`url` must be a postgres:// URL (postgres://user:${PGPASSWORD}@host:5432/database)".into()));
+        return Err(at(
+            "`url` must be a postgres:// URL (postgres://user:${PGPASSWORD}@host:5432/database)"
+                .into(),
+        ));
     }
     let table = weir_sinks::postgres::TableName::parse(&d.table).map_err(&at)?;
     let tls = match d.tls.as_deref() {
         None => None,
         Some(t) => Some(weir_sinks::TlsMode::parse(t).ok_or_else(|| {
-            at(format!("`tls` is disable, require or verify-full, not `{t}`"))
+            at(format!(
+                "`tls` is disable, require or verify-full, not `{t}`"
+            ))
         })?),
     };
     let ca_file = match &d.ca_file {
@@ -228,7 +232,9 @@ fn postgres_config(
         None => None,
     };
     if ca_file.is_some() && tls == Some(weir_sinks::TlsMode::Disable) {
-        return Err(at("`ca_file` verifies a TLS server: it needs `tls: require` or `tls: verify-full`".into()));
+        return Err(at(
+            "`ca_file` verifies a TLS server: it needs `tls: require` or `tls: verify-full`".into(),
+        ));
     }
     let batch_max_rows = d.batch_max_rows.unwrap_or(10_000);
     if !(1..=1_000_000).contains(&batch_max_rows) {

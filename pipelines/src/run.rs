@@ -13,8 +13,7 @@ use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{ServeConfig, SqlServer};
 use weir_sinks::{
     CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, ElasticsearchSink,
-    PostgresSink,
-    FileSink, KafkaSink,
+    FileSink, KafkaSink, PostgresSink,
 };
 use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 

@@ -85,7 +85,9 @@ pub fn pg_type(t: &DataType) -> Option<(String, &'static [&'static str])> {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ("text".into(), TEXT),
         DataType::Boolean => ("boolean".into(), &["bool"]),
         DataType::Timestamp(..) => ("timestamptz".into(), TIMES),
-        DataType::Date32 | DataType::Date64 => ("date".into(), &["date", "timestamptz", "timestamp"]),
+        DataType::Date32 | DataType::Date64 => {
+            ("date".into(), &["date", "timestamptz", "timestamp"])
+        }
         _ => return None,
     })
 }
@@ -193,7 +195,11 @@ impl Layout {
             "CREATE {kind}TABLE {name} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, \
              weir_epoch bigint NOT NULL, weir_seq bigint NOT NULL, weir_delete boolean NOT NULL){}",
             self.table.sql(),
-            if temporary { " ON COMMIT DELETE ROWS" } else { "" }
+            if temporary {
+                " ON COMMIT DELETE ROWS"
+            } else {
+                ""
+            }
         )
     }
 
@@ -401,13 +407,7 @@ mod tests {
 
     fn layout() -> Layout {
         let t = TableName::parse("public.per_dataset").unwrap();
-        Layout::new(
-            t.clone(),
-            t.sibling("stage"),
-            &window_schema(),
-            None,
-        )
-        .unwrap()
+        Layout::new(t.clone(), t.sibling("stage"), &window_schema(), None).unwrap()
     }
 
     #[test]
@@ -451,18 +451,42 @@ mod tests {
         assert!(l.create_table().ends_with("PRIMARY KEY (\"source\"))"));
         let merge = l.merge(true, false);
         assert!(merge.contains("DELETE FROM \"public\".\"v\" t USING l WHERE l.weir_delete AND t.\"source\" = l.\"source\""), "{merge}");
-        assert!(merge.contains("ON CONFLICT (\"source\") DO UPDATE SET \"events\" = EXCLUDED.\"events\""), "{merge}");
-        assert!(merge.contains("FROM \"s\" WHERE"), "a temporary staging table is unqualified: {merge}");
+        assert!(
+            merge.contains(
+                "ON CONFLICT (\"source\") DO UPDATE SET \"events\" = EXCLUDED.\"events\""
+            ),
+            "{merge}"
+        );
+        assert!(
+            merge.contains("FROM \"s\" WHERE"),
+            "a temporary staging table is unqualified: {merge}"
+        );
     }
 
     #[test]
     fn the_merge_takes_the_last_row_of_each_key() {
         let merge = layout().merge(false, true);
-        assert!(merge.contains("SELECT DISTINCT ON (\"datasetName\", \"window_start\")"), "{merge}");
-        assert!(merge.contains("ORDER BY \"datasetName\", \"window_start\", weir_epoch DESC, weir_seq DESC"), "{merge}");
-        assert!(merge.contains("WHERE weir_epoch <= $1 AND weir_seq = $2"), "{merge}");
-        assert!(merge.contains("\"window_end\" = EXCLUDED.\"window_end\""), "{merge}");
-        assert!(layout().create_staging(false).contains("LIKE \"public\".\"per_dataset\" INCLUDING DEFAULTS INCLUDING CONSTRAINTS"));
+        assert!(
+            merge.contains("SELECT DISTINCT ON (\"datasetName\", \"window_start\")"),
+            "{merge}"
+        );
+        assert!(
+            merge.contains(
+                "ORDER BY \"datasetName\", \"window_start\", weir_epoch DESC, weir_seq DESC"
+            ),
+            "{merge}"
+        );
+        assert!(
+            merge.contains("WHERE weir_epoch <= $1 AND weir_seq = $2"),
+            "{merge}"
+        );
+        assert!(
+            merge.contains("\"window_end\" = EXCLUDED.\"window_end\""),
+            "{merge}"
+        );
+        assert!(layout()
+            .create_staging(false)
+            .contains("LIKE \"public\".\"per_dataset\" INCLUDING DEFAULTS INCLUDING CONSTRAINTS"));
     }
 
     fn col(name: &str, ty: &str, display: &str) -> TableColumn {
@@ -512,16 +536,26 @@ mod tests {
         extra.not_null = true;
         cols.push(extra);
         let e = check_table(&layout(), &cols, &pk()).unwrap_err();
-        assert!(e.contains("column `owner` is NOT NULL without a default"), "{e}");
+        assert!(
+            e.contains("column `owner` is NOT NULL without a default"),
+            "{e}"
+        );
         let e = check_table(&layout(), &good_columns(), &[vec!["datasetName".into()]]).unwrap_err();
-        assert!(e.contains("no primary key or unique index on exactly (datasetName, window_start)"), "{e}");
+        assert!(
+            e.contains("no primary key or unique index on exactly (datasetName, window_start)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unsupported_types_are_refused_when_planned() {
         let schema = Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
-            Field::new("window_start", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
             Field::new("b", DataType::Binary, true),
         ]);
         let t = TableName::parse("t").unwrap();

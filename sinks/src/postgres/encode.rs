@@ -67,7 +67,10 @@ pub fn encode(
         .map(|&c| {
             let a = batch.column(c);
             match a.data_type() {
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Timestamp(..) => Ok(None),
+                DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Timestamp(..) => Ok(None),
                 _ => ArrayFormatter::try_new(a.as_ref(), &opts)
                     .map(Some)
                     .map_err(|e| e.to_string()),
@@ -159,23 +162,26 @@ fn push_quoted(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+    };
     use std::sync::Arc;
 
     #[test]
     fn rows_become_csv_lines_with_epoch_sequence_and_delete_flag() {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![Some("a,\"b\""), Some(""), None])),
-            Arc::new(TimestampMillisecondArray::from(vec![0, 1_764_000_000_123, 5]).with_timezone("UTC")),
+            Arc::new(
+                TimestampMillisecondArray::from(vec![0, 1_764_000_000_123, 5]).with_timezone("UTC"),
+            ),
             Arc::new(Int64Array::from(vec![Some(1), None, Some(-3)])),
             Arc::new(Float64Array::from(vec![0.5, f64::NAN, f64::INFINITY])),
             Arc::new(BooleanArray::from(vec![true, false, true])),
             Arc::new(StringArray::from(vec!["upsert", "delete", "snapshot"])),
         ];
-        let batch = RecordBatch::try_from_iter(
-            ["k", "t", "n", "f", "b", "op"].into_iter().zip(columns),
-        )
-        .unwrap();
+        let batch =
+            RecordBatch::try_from_iter(["k", "t", "n", "f", "b", "op"].into_iter().zip(columns))
+                .unwrap();
         let mut lines = Lines::default();
         let mut seq = 10;
         encode(&batch, &[0, 1, 2, 3, 4], Some(5), 7, &mut seq, &mut lines).unwrap();
@@ -183,7 +189,10 @@ mod tests {
         assert_eq!(lines.seqs, vec![10, 11, 12]);
         let text = String::from_utf8(lines.bytes.clone()).unwrap();
         let rows: Vec<&str> = text.lines().collect();
-        assert_eq!(rows[0], "\"a,\"\"b\"\"\",1970-01-01T00:00:00.000Z,1,0.5,true,7,10,f");
+        assert_eq!(
+            rows[0],
+            "\"a,\"\"b\"\"\",1970-01-01T00:00:00.000Z,1,0.5,true,7,10,f"
+        );
         assert_eq!(rows[1], "\"\",2025-11-24T16:00:00.123Z,,NaN,false,7,11,t");
         assert_eq!(rows[2], ",1970-01-01T00:00:00.005Z,-3,inf,true,7,12,f");
         assert_eq!(lines.slice(1..2), format!("{}\n", rows[1]).as_bytes());

@@ -43,6 +43,15 @@ pub fn classify(e: &sqlx::Error) -> Fault {
             Some(code) => classify_sqlstate(&code, db.message()),
             None => Fault::Fatal(db.message().to_string()),
         },
+        // a certificate the server's TLS does not pass (rustls reports it as invalid data)
+        sqlx::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            ) =>
+        {
+            Fault::Fatal(e.to_string())
+        }
         // the connection: refused, reset, closed by a restarting server, timed out
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
@@ -59,7 +68,9 @@ mod tests {
 
     #[test]
     fn refusals_are_the_data_and_constraint_classes() {
-        for code in ["23514", "23505", "23502", "23503", "22003", "22P02", "22001"] {
+        for code in [
+            "23514", "23505", "23502", "23503", "22003", "22P02", "22001",
+        ] {
             assert!(
                 matches!(classify_sqlstate(code, "m"), Fault::Refused { ref sqlstate, .. } if sqlstate == code),
                 "{code}"
@@ -69,8 +80,13 @@ mod tests {
 
     #[test]
     fn restarts_and_dropped_connections_are_retried() {
-        for code in ["57P01", "57P03", "08006", "08001", "40001", "40P01", "53300", "53100", "55P03"] {
-            assert!(matches!(classify_sqlstate(code, "m"), Fault::Retry(_)), "{code}");
+        for code in [
+            "57P01", "57P03", "08006", "08001", "40001", "40P01", "53300", "53100", "55P03",
+        ] {
+            assert!(
+                matches!(classify_sqlstate(code, "m"), Fault::Retry(_)),
+                "{code}"
+            );
         }
         let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(matches!(classify(&io), Fault::Retry(_)));
@@ -78,8 +94,13 @@ mod tests {
 
     #[test]
     fn everything_else_fails_the_run() {
-        for code in ["42P01", "42703", "42501", "28P01", "3D000", "25P02", "XX000", "55000"] {
-            assert!(matches!(classify_sqlstate(code, "m"), Fault::Fatal(_)), "{code}");
+        for code in [
+            "42P01", "42703", "42501", "28P01", "3D000", "25P02", "XX000", "55000",
+        ] {
+            assert!(
+                matches!(classify_sqlstate(code, "m"), Fault::Fatal(_)),
+                "{code}"
+            );
         }
         assert_eq!(
             classify_sqlstate("42501", "permission denied for table t"),
@@ -87,5 +108,10 @@ mod tests {
         );
         let tls = sqlx::Error::Tls("invalid peer certificate".into());
         assert!(matches!(classify(&tls), Fault::Fatal(_)));
+        let cert = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        ));
+        assert!(matches!(classify(&cert), Fault::Fatal(_)));
     }
 }

@@ -158,8 +158,8 @@ impl PostgresSink {
         } else {
             config.table.sibling("weir_stage")
         };
-        let layout =
-            Layout::new(config.table.clone(), staging, schema, config.view_keys).map_err(|e| err(&e))?;
+        let layout = Layout::new(config.table.clone(), staging, schema, config.view_keys)
+            .map_err(|e| err(&e))?;
         let columns = layout
             .columns
             .iter()
@@ -214,9 +214,9 @@ impl PostgresSink {
     /// The connected session, connecting (and checking or creating the tables) first.
     fn session(&mut self) -> Result<&mut Session, EngineError> {
         if self.session.is_none() {
-            let s = self
-                .runtime
-                .block_on(Session::open(&self.config, &self.layout, self.exactly_once));
+            let s =
+                self.runtime
+                    .block_on(Session::open(&self.config, &self.layout, self.exactly_once));
             match s {
                 Ok(s) => self.session = Some(s),
                 Err(f) => return Err(self.fault(f)),
@@ -244,9 +244,7 @@ impl PostgresSink {
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(fault)) => Err(self.fault(fault)),
-            Err(_) => Err(self.fault(Fault::Retry(format!(
-                "{what} took longer than {timeout:?}"
-            )))),
+            Err(_) => Err(self.fault(Fault::Retry(format!("{what} took longer than {timeout:?}")))),
         }
     }
 

@@ -52,8 +52,8 @@ fn strict(e: sqlx::Error) -> Fault {
 
 /// The connection settings of `config`.
 pub fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions, Fault> {
-    let mut opts = PgConnectOptions::from_str(&config.url)
-        .map_err(|e| Fault::Fatal(format!("`url`: {e}")))?;
+    let mut opts =
+        PgConnectOptions::from_str(&config.url).map_err(|e| Fault::Fatal(format!("`url`: {e}")))?;
     if let Some(tls) = config.tls {
         opts = opts.ssl_mode(match tls {
             TlsMode::Disable => PgSslMode::Disable,
@@ -147,13 +147,15 @@ impl Session {
             .map_err(strict)?;
         let columns: Vec<TableColumn> = rows
             .into_iter()
-            .map(|(name, type_name, display, not_null, has_default)| TableColumn {
-                name,
-                type_name,
-                display,
-                not_null,
-                has_default,
-            })
+            .map(
+                |(name, type_name, display, not_null, has_default)| TableColumn {
+                    name,
+                    type_name,
+                    display,
+                    not_null,
+                    has_default,
+                },
+            )
             .collect();
         let unique: Vec<Vec<String>> = sqlx::query_scalar(ddl::UNIQUE_QUERY)
             .bind(table)
@@ -183,7 +185,9 @@ impl Session {
             self.exec("SAVEPOINT weir_stage").await.map_err(strict)?;
             match self.copy(lines.slice(range.clone())).await {
                 Ok(()) => {
-                    self.exec("RELEASE SAVEPOINT weir_stage").await.map_err(strict)?;
+                    self.exec("RELEASE SAVEPOINT weir_stage")
+                        .await
+                        .map_err(strict)?;
                 }
                 Err(e) => match fault(e) {
                     Fault::Refused { sqlstate, message } => {
@@ -218,7 +222,9 @@ impl Session {
         let first = sqlx::query(&all).bind(upto).execute(&mut self.conn).await;
         match first.map_err(fault) {
             Ok(_) => {
-                self.exec("RELEASE SAVEPOINT weir_merge").await.map_err(strict)?;
+                self.exec("RELEASE SAVEPOINT weir_merge")
+                    .await
+                    .map_err(strict)?;
                 return Ok(Vec::new());
             }
             Err(Fault::Refused { .. }) => {
@@ -244,7 +250,9 @@ impl Session {
                 .await;
             match r.map_err(fault) {
                 Ok(_) => {
-                    self.exec("RELEASE SAVEPOINT weir_row").await.map_err(strict)?;
+                    self.exec("RELEASE SAVEPOINT weir_row")
+                        .await
+                        .map_err(strict)?;
                 }
                 Err(Fault::Refused { sqlstate, message }) => {
                     self.exec("ROLLBACK TO SAVEPOINT weir_row")
@@ -266,7 +274,9 @@ impl Session {
                 Err(f) => return Err(f),
             }
         }
-        self.exec("RELEASE SAVEPOINT weir_merge").await.map_err(strict)?;
+        self.exec("RELEASE SAVEPOINT weir_merge")
+            .await
+            .map_err(strict)?;
         Ok(refused)
     }
 
@@ -284,7 +294,12 @@ impl Session {
 
     /// Merges, removes from staging and records epochs up to `epoch`, without a
     /// transaction of its own.
-    async fn apply_epoch(&mut self, pipeline: &str, sink: &str, epoch: u64) -> Result<Vec<Refusal>, Fault> {
+    async fn apply_epoch(
+        &mut self,
+        pipeline: &str,
+        sink: &str,
+        epoch: u64,
+    ) -> Result<Vec<Refusal>, Fault> {
         let upto = epoch as i64;
         let refused = self.merge(upto).await?;
         let delete = format!(
@@ -312,7 +327,12 @@ impl Session {
 
     /// The commit of a complete checkpoint: the staged rows of epochs up to `epoch` merged
     /// and the epoch recorded, in one transaction. Making it again changes nothing.
-    pub async fn commit_epoch(&mut self, pipeline: &str, sink: &str, epoch: u64) -> Result<Vec<Refusal>, Fault> {
+    pub async fn commit_epoch(
+        &mut self,
+        pipeline: &str,
+        sink: &str,
+        epoch: u64,
+    ) -> Result<Vec<Refusal>, Fault> {
         self.exec("BEGIN").await.map_err(strict)?;
         let refused = self.apply_epoch(pipeline, sink, epoch).await?;
         self.exec("COMMIT").await.map_err(strict)?;
@@ -323,7 +343,12 @@ impl Session {
     /// commits the epoch if the crash came before its commit, drops the rows staged after
     /// it and the epochs recorded after it, and re-creates the (now empty) staging table so
     /// that it has the table's current constraints.
-    pub async fn recover(&mut self, pipeline: &str, sink: &str, epoch: Option<u64>) -> Result<Vec<Refusal>, Fault> {
+    pub async fn recover(
+        &mut self,
+        pipeline: &str,
+        sink: &str,
+        epoch: Option<u64>,
+    ) -> Result<Vec<Refusal>, Fault> {
         let staging = self.layout.staging_sql(false);
         let epochs = self.epochs.sql();
         self.exec("BEGIN").await.map_err(strict)?;
@@ -365,7 +390,9 @@ impl Session {
         if dropped > 0 {
             tracing::info!(table = %self.layout.table, rows = dropped, "postgres: rows staged after the checkpoint were dropped");
         }
-        self.exec(&format!("DROP TABLE {staging}")).await.map_err(strict)?;
+        self.exec(&format!("DROP TABLE {staging}"))
+            .await
+            .map_err(strict)?;
         let create = self.layout.create_staging(false);
         self.exec(&create).await.map_err(strict)?;
         self.exec("COMMIT").await.map_err(strict)?;
