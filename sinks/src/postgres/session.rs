@@ -67,7 +67,7 @@ pub fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions, Faul
     }
     Ok(opts
         .application_name("weir")
-        .options([("TimeZone", "UTC")])
+        .options([("TimeZone", "UTC"), ("client_min_messages", "warning")])
         .disable_statement_logging())
 }
 
