@@ -14,7 +14,7 @@ use super::{PostgresConfig, TlsMode};
 
 /// The advisory lock that serializes the setup of sinks writing beside each other (two
 /// sinks of a pipeline creating `weir_sink_epochs` at once).
-const SETUP_LOCK: i64 = 0x7765_6972_5f70_67;
+const SETUP_LOCK: i64 = 0x0077_6569_725f_7067;
 
 /// A row the server refused for good.
 #[derive(Debug, Clone)]
@@ -177,7 +177,9 @@ impl Session {
     /// until the rows it refuses are found; they are returned, the others staged.
     async fn stage(&mut self, lines: &Lines) -> Result<Vec<Refusal>, Fault> {
         let mut refused = Vec::new();
-        let mut todo = vec![0..lines.len()];
+        // ranges of lines still to stage, the next on top
+        let mut todo = Vec::new();
+        todo.push(0..lines.len());
         while let Some(range) = todo.pop() {
             if range.is_empty() {
                 continue;
