@@ -137,6 +137,9 @@ pub struct PostgresSink {
     /// The failed call was a write whose rows are already pending.
     write_failed: bool,
     rejected: Vec<RejectedRow>,
+    /// Rows sent, and the time spent in the database's calls (logged at the end).
+    sent_rows: u64,
+    busy: Duration,
 }
 
 impl PostgresSink {
@@ -188,6 +191,8 @@ impl PostgresSink {
             epoch: 1,
             write_failed: false,
             rejected: Vec::new(),
+            sent_rows: 0,
+            busy: Duration::ZERO,
         })
     }
 
@@ -238,9 +243,11 @@ impl PostgresSink {
         let timeout = self.config.timeout;
         self.session()?;
         let session = self.session.as_mut().expect("connected");
+        let started = Instant::now();
         let result = self
             .runtime
             .block_on(async { tokio::time::timeout(timeout, f(session)).await });
+        self.busy += started.elapsed();
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(fault)) => Err(self.fault(fault)),
@@ -290,6 +297,7 @@ impl PostgresSink {
             Box::pin(async move { s.write_batch(&lines, merge).await })
         })?;
         self.seq += self.pending_rows as i64;
+        self.sent_rows += self.pending_rows as u64;
         for r in refused {
             let raw = match r.line {
                 Some(line) => self.pending_row_json(line),
@@ -356,12 +364,20 @@ impl Sink for PostgresSink {
     }
 
     fn finish(&mut self) -> Result<(), EngineError> {
-        if self.exactly_once {
-            // rows after the last barrier are not part of a checkpoint: a restart writes
-            // them again (a restore drops them from the staging table)
-            return Ok(());
+        // with checkpoints, rows after the last barrier are not part of a checkpoint: a
+        // restart writes them again (a restore drops them from the staging table)
+        if !self.exactly_once {
+            self.send_pending(self.epoch)?;
         }
-        self.send_pending(self.epoch)
+        let secs = self.busy.as_secs_f64();
+        tracing::info!(
+            sink = %self.name,
+            rows = self.sent_rows,
+            busy_ms = self.busy.as_millis() as u64,
+            rows_per_s = if secs > 0.0 { (self.sent_rows as f64 / secs) as u64 } else { 0 },
+            "postgres sink finished (rows per second of the time spent in the database)"
+        );
+        Ok(())
     }
 
     fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
