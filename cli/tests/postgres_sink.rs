@@ -407,11 +407,14 @@ fn a_server_restart_mid_run_loses_nothing() {
 }
 
 #[test]
-fn rows_a_check_constraint_refuses_go_to_the_dead_letters_with_their_sqlstate() {
+fn rows_the_table_refuses_go_to_the_dead_letters_with_their_sqlstate() {
     let case = Case::new(20_000, 30);
     let pg = PgServer::start();
-    // the table applications made: a CHECK that one dataset's windows break
+    // the table applications made: one dataset's windows break a CHECK constraint (found
+    // when staged: the staging table has the table's CHECKs) or a foreign key (found when
+    // merged, row by row)
     let victim = case.windows[0]["datasetName"].as_str().unwrap().to_string();
+    let quoted = victim.replace('\'', "''");
     let refused: Vec<Row> = case
         .windows
         .iter()
@@ -425,41 +428,66 @@ fn rows_a_check_constraint_refuses_go_to_the_dead_letters_with_their_sqlstate() 
         .cloned()
         .collect();
     assert!(!refused.is_empty() && !rest.is_empty());
-    for checkpoint in ["", "checkpoint: { dir: state, interval: 200ms }\n"] {
-        pg.psql("DROP TABLE IF EXISTS public.per_dataset");
-        pg.psql(&format!(
-            "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
-             window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start), \
-             CONSTRAINT no_victim CHECK (\"datasetName\" <> '{}'))",
-            victim.replace('\'', "''")
-        ));
-        let pipeline = case.pipeline(&pg, ", batch_max_rows: 500", checkpoint);
-        case.reset();
-        run(&pipeline, &[]);
-        compare(&rest, &window_rows(&pg), &["datasetName"]).unwrap();
-        let dead: Vec<Value> = case
-            .dead_letters()
-            .into_iter()
-            .filter(|v| v["reason"] == "rejected")
-            .collect();
-        assert_eq!(dead.len(), refused.len(), "{checkpoint}: {dead:?}");
-        let d = &dead[0];
-        assert_eq!(d["sink"], "db_windows");
-        assert_eq!(d["error"]["code"], "postgres_refused");
-        assert_eq!(d["error"]["details"]["sqlstate"], "23514");
-        assert_eq!(d["error"]["details"]["table"], "public.per_dataset");
-        assert!(
-            d["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("no_victim"),
-            "{d}"
-        );
-        let raw: Vec<Row> = dead
-            .iter()
-            .map(|d| serde_json::from_str(d["raw"].as_str().unwrap()).unwrap())
-            .collect();
-        compare(&refused, &raw, &["datasetName"]).unwrap();
+    let names: Vec<String> = rest
+        .iter()
+        .map(|r| {
+            format!(
+                "('{}')",
+                r["datasetName"].as_str().unwrap().replace('\'', "''")
+            )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    pg.psql(&format!(
+        "CREATE TABLE public.datasets (name text PRIMARY KEY); INSERT INTO public.datasets VALUES {}",
+        names.join(", ")
+    ));
+    let check = format!("CONSTRAINT no_victim CHECK (\"datasetName\" <> '{quoted}')");
+    let foreign =
+        "CONSTRAINT known_dataset FOREIGN KEY (\"datasetName\") REFERENCES public.datasets (name)"
+            .to_string();
+    for (constraint, sqlstate, name) in [
+        (&check, "23514", "no_victim"),
+        (&foreign, "23503", "known_dataset"),
+    ] {
+        for checkpoint in ["", "checkpoint: { dir: state, interval: 200ms }\n"] {
+            pg.psql("DROP TABLE IF EXISTS public.per_dataset");
+            pg.psql(&format!(
+                "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
+                 window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start), {constraint})"
+            ));
+            let pipeline = case.pipeline(&pg, ", batch_max_rows: 500", checkpoint);
+            case.reset();
+            run(&pipeline, &[]);
+            compare(&rest, &window_rows(&pg), &["datasetName"]).unwrap();
+            let dead: Vec<Value> = case
+                .dead_letters()
+                .into_iter()
+                .filter(|v| v["reason"] == "rejected")
+                .collect();
+            assert_eq!(dead.len(), refused.len(), "{name} {checkpoint}: {dead:?}");
+            for d in &dead {
+                assert_eq!(d["sink"], "db_windows");
+                assert_eq!(d["error"]["code"], "postgres_refused");
+                assert_eq!(d["error"]["details"]["sqlstate"], sqlstate, "{d}");
+                assert_eq!(d["error"]["details"]["table"], "public.per_dataset");
+                assert!(
+                    d["error"]["message"].as_str().unwrap().contains(name),
+                    "{d}"
+                );
+            }
+            let raw: Vec<Row> = dead
+                .iter()
+                .map(|d| serde_json::from_str(d["raw"].as_str().unwrap()).unwrap())
+                .collect();
+            compare(&refused, &raw, &["datasetName"]).unwrap();
+            assert!(
+                raw[0]["window_start"].as_str().unwrap().ends_with(".000Z"),
+                "{:?}",
+                raw[0]
+            );
+        }
     }
 }
 

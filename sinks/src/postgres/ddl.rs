@@ -271,7 +271,15 @@ impl Layout {
         let pairs: Vec<String> = self
             .columns
             .iter()
-            .map(|(n, _)| format!("{}, {}", literal(n), ident(n)))
+            .map(|(n, t)| match t {
+                // as the other outputs write timestamps: 2026-11-22T10:05:00.000Z
+                DataType::Timestamp(..) => format!(
+                    "{}, to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+                    literal(n),
+                    ident(n)
+                ),
+                _ => format!("{}, {}", literal(n), ident(n)),
+            })
             .collect();
         format!(
             "SELECT json_build_object({})::text FROM {} WHERE weir_seq = $1",
@@ -304,6 +312,14 @@ pub const COLUMNS_QUERY: &str = "SELECT a.attname::text, t.typname::text, \
 pub const UNIQUE_QUERY: &str = "SELECT array_agg(a.attname::text ORDER BY a.attname) \
      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
      WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL GROUP BY i.indexrelid";
+
+/// How many constraints of the table, `$1` its quoted name, a staging table `LIKE` it does
+/// not have, so that a merge can refuse rows the staging took: foreign keys, exclusion
+/// constraints, unique indexes besides one (the upsert key's), user triggers.
+pub const MERGE_CONSTRAINTS_QUERY: &str = "SELECT \
+     (SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND contype IN ('f', 'x')) \
+     + (SELECT greatest(count(*) - 1, 0) FROM pg_index WHERE indrelid = $1::regclass AND indisunique) \
+     + (SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal)";
 
 /// Checks an existing table against the layout, column by column; the error names the
 /// first mismatch and what would fit.

@@ -23,6 +23,10 @@
 //!   policy calls again, the pending rows kept, and reconnects); rows the server refuses for
 //!   good (classes 22 and 23) are isolated by halving the batch under savepoints and go to
 //!   the dead-letter output with their SQLSTATE and message; anything else fails the run.
+//!   Constraints the staging table does not copy (foreign keys, other unique indexes,
+//!   triggers) refuse rows at the merge, which then goes row by row; with checkpoints the
+//!   merge is tried and rolled back at the barrier, so that those rows are dead letters of
+//!   their own epoch and the commit refuses nothing.
 
 pub mod ddl;
 pub mod encode;
@@ -382,6 +386,15 @@ impl Sink for PostgresSink {
 
     fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
         self.send_pending(epoch)?;
+        if self.session()?.merge_can_refuse {
+            let refused = self.run("trying the merge", |s| {
+                Box::pin(async move { s.trial_merge(epoch).await })
+            })?;
+            for r in refused {
+                let raw = r.raw.clone().unwrap_or_default();
+                self.reject(raw, r);
+            }
+        }
         self.epoch = epoch + 1;
         Ok(serde_json::json!({ "epoch": epoch, "table": self.config.table.to_string() }))
     }

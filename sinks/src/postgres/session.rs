@@ -23,6 +23,8 @@ pub struct Refusal {
     pub line: Option<usize>,
     /// The row as JSON, when refused while merged.
     pub raw: Option<Vec<u8>>,
+    /// Its sequence number, when refused while merged.
+    pub seq: Option<i64>,
     pub sqlstate: String,
     pub message: String,
 }
@@ -34,6 +36,9 @@ pub struct Session {
     /// The staging table is a temporary one (no checkpoints).
     temporary: bool,
     epochs: TableName,
+    /// The table has constraints the staging table does not copy (foreign keys, unique
+    /// indexes besides the key, exclusion constraints, triggers): a merge can refuse rows.
+    pub merge_can_refuse: bool,
 }
 
 fn fault(e: sqlx::Error) -> Fault {
@@ -86,6 +91,7 @@ impl Session {
             layout: layout.clone(),
             temporary: !exactly_once,
             epochs: layout.table.sibling("weir_sink_epochs"),
+            merge_can_refuse: false,
         };
         s.setup().await?;
         Ok(s)
@@ -117,6 +123,12 @@ impl Session {
         let table = self.layout.table.sql();
         if self.exists(&table).await? {
             self.check_table(&table).await?;
+            let others: i64 = sqlx::query_scalar(ddl::MERGE_CONSTRAINTS_QUERY)
+                .bind(&table)
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(strict)?;
+            self.merge_can_refuse = others > 0;
         } else {
             let create = self.layout.create_table();
             self.exec(&create).await.map_err(strict)?;
@@ -200,6 +212,7 @@ impl Session {
                             refused.push(Refusal {
                                 line: Some(range.start),
                                 raw: None,
+                                seq: None,
                                 sqlstate,
                                 message,
                             });
@@ -269,6 +282,7 @@ impl Session {
                     refused.push(Refusal {
                         line: None,
                         raw: Some(raw.unwrap_or_default().into_bytes()),
+                        seq: Some(seq),
                         sqlstate,
                         message,
                     });
@@ -289,6 +303,34 @@ impl Session {
         let mut refused = self.stage(lines).await?;
         if merge {
             refused.extend(self.merge(i64::MAX).await?);
+        }
+        self.exec("COMMIT").await.map_err(strict)?;
+        Ok(refused)
+    }
+
+    /// Before the checkpoint of `epoch` completes (a table whose merge can refuse rows): tries
+    /// the merge of the rows staged up to it and rolls it back, then removes the rows it
+    /// refused from staging and returns them (dead letters of this epoch, so that the commit
+    /// after the checkpoint refuses nothing).
+    pub async fn trial_merge(&mut self, epoch: u64) -> Result<Vec<Refusal>, Fault> {
+        self.exec("BEGIN").await.map_err(strict)?;
+        self.exec("SAVEPOINT weir_trial").await.map_err(strict)?;
+        let refused = self.merge(epoch as i64).await?;
+        self.exec("ROLLBACK TO SAVEPOINT weir_trial")
+            .await
+            .map_err(strict)?;
+        let seqs: Vec<i64> = refused.iter().filter_map(|r| r.seq).collect();
+        if !seqs.is_empty() {
+            let delete = format!(
+                "DELETE FROM {} WHERE weir_seq = ANY($1) AND weir_epoch <= $2",
+                self.layout.staging_sql(false)
+            );
+            sqlx::query(&delete)
+                .bind(&seqs)
+                .bind(epoch as i64)
+                .execute(&mut self.conn)
+                .await
+                .map_err(strict)?;
         }
         self.exec("COMMIT").await.map_err(strict)?;
         Ok(refused)
