@@ -422,3 +422,100 @@ impl Sink for PostgresSink {
         std::mem::take(&mut self.rejected)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    fn batch(rows: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a"; rows])),
+                Arc::new(TimestampMillisecondArray::from(vec![0; rows]).with_timezone("UTC")),
+                Arc::new(Int64Array::from(vec![1; rows])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// A sink of a server that does not answer (a closed port).
+    fn sink(batch_max_rows: usize, flush_interval: Duration) -> PostgresSink {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = PostgresConfig {
+            url: format!("postgres://weir@127.0.0.1:{port}/db"),
+            table: TableName::parse("public.t").unwrap(),
+            tls: Some(TlsMode::Disable),
+            ca_file: None,
+            batch_max_rows,
+            flush_interval,
+            timeout: Duration::from_secs(5),
+            pipeline: "p".into(),
+            output: "w".into(),
+            view_keys: None,
+        };
+        PostgresSink::new("db", config, &batch(0).schema(), false).unwrap()
+    }
+
+    #[test]
+    fn rows_wait_for_a_full_batch_and_stay_pending_while_the_server_is_down() {
+        let mut s = sink(100, Duration::from_secs(3600));
+        // below batch_max_rows nothing is sent (no connection is tried)
+        s.write(&batch(60)).unwrap();
+        s.write(&batch(30)).unwrap();
+        assert_eq!(s.pending_rows, 90);
+        // the batch is full: the send fails as retryable, the rows stay pending
+        let e = s.write(&batch(20)).unwrap_err();
+        assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+        assert_eq!(s.pending_rows, 110);
+        // the engine makes the same call again: its rows are not added twice
+        assert!(matches!(
+            s.write(&batch(20)),
+            Err(EngineError::Unavailable(_))
+        ));
+        assert_eq!(s.pending_rows, 110);
+        assert!(matches!(s.flush(), Err(EngineError::Unavailable(_))));
+        assert_eq!(s.pending_rows, 110);
+        assert!(s.take_rejected().is_empty());
+    }
+
+    #[test]
+    fn a_partial_batch_is_sent_after_the_flush_interval() {
+        let mut s = sink(1000, Duration::from_millis(20));
+        s.write(&batch(5)).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        // the interval passed: the next write sends (and fails here, the server being down)
+        assert!(matches!(
+            s.write(&batch(1)),
+            Err(EngineError::Unavailable(_))
+        ));
+        assert_eq!(s.pending_rows, 6);
+    }
+
+    #[test]
+    fn urls_are_checked_and_shown_without_credentials() {
+        let s = sink(1, Duration::from_secs(1));
+        let mut config = s.config.clone();
+        config.url = "postgres://weir:secret@db.example:6543/analytics?sslmode=require".into();
+        assert_eq!(server(&config), "db.example:6543/analytics");
+        check_url(&config).unwrap();
+        config.url = "postgres://weir@h/db?sslmode=sometimes".into();
+        assert!(check_url(&config).is_err());
+    }
+}
