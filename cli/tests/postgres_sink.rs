@@ -1,10 +1,10 @@
 //! The PostgreSQL sink end to end, against a throwaway PostgreSQL 15 server per test, the
-//! tables read back with `psql`: windows and a view equal to the oracle (with and without
-//! checkpoints), an existing table of the wrong shape refused, kill -9s with checkpoints
-//! leaving exactly the oracle's rows and one `weir_sink_epochs` row per committed epoch, the
-//! server restarted mid-run losing nothing, rows a CHECK constraint refuses dead-lettered
-//! with their SQLSTATE, retain's deletes, and TLS (`require`, and `verify-full` with the CA
-//! file of a private CA).
+//! tables read back with `psql` (and psycopg once): windows and a view equal to the oracle,
+//! with and without checkpoints; an existing table of the wrong shape refused; kill -9s with
+//! checkpoints leaving exactly the oracle's rows and one `weir_sink_epochs` row per committed
+//! epoch; the server stopped mid-run and started again, nothing lost; rows a CHECK constraint
+//! or a foreign key refuses dead-lettered with their SQLSTATE; retain's deletes; TLS
+//! (`require`, and `verify-full` with the CA file of a private CA).
 
 #[path = "support/crash.rs"]
 mod crash;
@@ -167,6 +167,27 @@ fn rows(pg: &PgServer, sql: &str) -> Vec<Row> {
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
 }
 
+/// The rows of `sql` read with psycopg (the tests' venv), as JSON objects.
+fn psycopg_rows(pg: &PgServer, sql: &str) -> Vec<Row> {
+    let script = r#"
+import json, sys
+import psycopg
+from psycopg.rows import dict_row
+with psycopg.connect(sys.argv[1], row_factory=dict_row) as conn:
+    print(json.dumps(conn.execute(sys.argv[2]).fetchall()))
+"#;
+    let out = Command::new(crash::venv_python())
+        .args(["-c", script, &pg.url(), sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The window table, timestamps as epoch ms.
 fn window_rows(pg: &PgServer) -> Vec<Row> {
     rows(
@@ -258,6 +279,14 @@ fn windows_and_a_view_equal_the_oracle_with_and_without_checkpoints() {
         "t",
         "no epochs without checkpoints"
     );
+    // an application's reader: psycopg sees the same rows
+    let psycopg = psycopg_rows(
+        &pg,
+        "SELECT source, events, records FROM public.per_source ORDER BY source",
+    );
+    let mut psql = view_rows(&pg);
+    psql.sort_by_key(|r| r["source"].as_str().unwrap_or_default().to_string());
+    assert_eq!(psycopg, psql);
     // the same pipeline again, checkpointed, into the tables it left: rows upserted in place
     let pipeline = case.pipeline(&pg, "", "checkpoint: { dir: state, interval: 200ms }\n");
     case.reset();
