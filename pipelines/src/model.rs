@@ -525,7 +525,8 @@ pub struct PostgresDoc {
     /// Longest a row waits before its batch is sent (default 1s).
     #[serde(default)]
     pub flush_interval: Option<Duration>,
-    /// Time limit of one batch: connecting, staging, merging (default 30s).
+    /// How long a statement may stay unanswered (connecting, staging, merging) before the
+    /// batch is retried on a new connection (default 30s).
     #[serde(default)]
     pub timeout: Option<Duration>,
 }

@@ -87,7 +87,8 @@ pub struct PostgresConfig {
     pub batch_max_rows: usize,
     /// Rows older than this are sent even when the batch is not full.
     pub flush_interval: Duration,
-    /// The time limit of one batch (connecting, staging, merging).
+    /// How long the server may leave a statement of a batch unanswered (connecting,
+    /// staging, merging) before the connection is dropped and the batch retried.
     pub timeout: Duration,
     pub pipeline: String,
     /// The window or view written.
@@ -223,9 +224,16 @@ impl PostgresSink {
     /// The connected session, connecting (and checking or creating the tables) first.
     fn session(&mut self) -> Result<&mut Session, EngineError> {
         if self.session.is_none() {
-            let s =
-                self.runtime
-                    .block_on(Session::open(&self.config, &self.layout, self.exactly_once));
+            let timeout = self.config.timeout;
+            let open = Session::open(&self.config, &self.layout, self.exactly_once);
+            let s = self
+                .runtime
+                .block_on(async { tokio::time::timeout(timeout, open).await })
+                .unwrap_or_else(|_| {
+                    Err(Fault::Retry(format!(
+                        "connecting: the server answered nothing for {timeout:?}"
+                    )))
+                });
             match s {
                 Ok(s) => self.session = Some(s),
                 Err(f) => return Err(self.fault(f)),
@@ -234,7 +242,9 @@ impl PostgresSink {
         Ok(self.session.as_mut().expect("connected"))
     }
 
-    /// Runs `f` on the session under the batch time limit.
+    /// Runs `f` on the session; it fails as retryable when the server answers no statement
+    /// for `timeout` (a batch whose refused rows are isolated one by one takes long but
+    /// keeps getting answers).
     fn run<T>(
         &mut self,
         what: &str,
@@ -247,15 +257,34 @@ impl PostgresSink {
         let timeout = self.config.timeout;
         self.session()?;
         let session = self.session.as_mut().expect("connected");
+        let last = session.last_answer.clone();
         let started = Instant::now();
-        let result = self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, f(session)).await });
+        if let Ok(mut t) = last.lock() {
+            *t = started;
+        }
+        let tick = timeout.min(Duration::from_millis(250));
+        let result = self.runtime.block_on(async {
+            let work = f(session);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    r = &mut work => break Some(r),
+                    _ = tokio::time::sleep(tick) => {
+                        let idle = last.lock().map(|t| t.elapsed()).unwrap_or_default();
+                        if idle >= timeout {
+                            break None;
+                        }
+                    }
+                }
+            }
+        });
         self.busy += started.elapsed();
         match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(fault)) => Err(self.fault(fault)),
-            Err(_) => Err(self.fault(Fault::Retry(format!("{what} took longer than {timeout:?}")))),
+            Some(Ok(v)) => Ok(v),
+            Some(Err(fault)) => Err(self.fault(fault)),
+            None => Err(self.fault(Fault::Retry(format!(
+                "{what}: the server answered nothing for {timeout:?}"
+            )))),
         }
     }
 
@@ -506,6 +535,25 @@ mod tests {
             Err(EngineError::Unavailable(_))
         ));
         assert_eq!(s.pending_rows, 6);
+    }
+
+    #[test]
+    fn a_server_that_answers_nothing_fails_the_batch_as_retryable() {
+        // a listener that never answers: the connection opens, the startup gets no reply
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = sink(1, Duration::from_secs(1));
+        s.config.url = format!("postgres://weir@{}/db", silent.local_addr().unwrap());
+        s.config.timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let e = s.write(&batch(3)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the server answered nothing for 300ms"),
+            "{e}"
+        );
+        assert!(matches!(e, EngineError::Unavailable(_)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(s.pending_rows, 3);
     }
 
     #[test]

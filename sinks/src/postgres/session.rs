@@ -16,6 +16,9 @@ use super::{PostgresConfig, TlsMode};
 /// sinks of a pipeline creating `weir_sink_epochs` at once).
 const SETUP_LOCK: i64 = 0x0077_6569_725f_7067;
 
+/// How many of a sink's newest committed epochs `weir_sink_epochs` keeps.
+const KEEP_EPOCHS: i64 = 1000;
+
 /// A row the server refused for good.
 #[derive(Debug, Clone)]
 pub struct Refusal {
@@ -39,6 +42,8 @@ pub struct Session {
     /// The table has constraints the staging table does not copy (foreign keys, unique
     /// indexes besides the key, exclusion constraints, triggers): a merge can refuse rows.
     pub merge_can_refuse: bool,
+    /// When the server last answered a statement (see [`Self::stepped`]).
+    pub last_answer: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 fn fault(e: sqlx::Error) -> Fault {
@@ -92,16 +97,26 @@ impl Session {
             temporary: !exactly_once,
             epochs: layout.table.sibling("weir_sink_epochs"),
             merge_can_refuse: false,
+            last_answer: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         };
         s.setup().await?;
         Ok(s)
     }
 
     async fn exec(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
-        sqlx::raw_sql(sql)
+        let r = sqlx::raw_sql(sql)
             .execute(&mut self.conn)
             .await
-            .map(|r| r.rows_affected())
+            .map(|r| r.rows_affected());
+        self.stepped();
+        r
+    }
+
+    /// The server answered: a long batch (refused rows isolated one by one) is not idle.
+    fn stepped(&self) {
+        if let Ok(mut t) = self.last_answer.lock() {
+            *t = std::time::Instant::now();
+        }
     }
 
     async fn exists(&mut self, table: &str) -> Result<bool, Fault> {
@@ -182,7 +197,9 @@ impl Session {
         let sql = self.layout.copy_in(self.temporary);
         let mut copy = self.conn.copy_in_raw(&sql).await?;
         copy.send(data).await?;
-        copy.finish().await.map(|_| ())
+        let r = copy.finish().await.map(|_| ());
+        self.stepped();
+        r
     }
 
     /// Stages `lines`, each try under a savepoint: a batch the server refuses is halved
@@ -363,6 +380,18 @@ impl Session {
             .bind(pipeline)
             .bind(sink)
             .bind(upto)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        // a restore needs only the newest; the last KEEP_EPOCHS stay as a history
+        let prune = format!(
+            "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND epoch <= $3",
+            self.epochs.sql()
+        );
+        sqlx::query(&prune)
+            .bind(pipeline)
+            .bind(sink)
+            .bind(upto - KEEP_EPOCHS)
             .execute(&mut self.conn)
             .await
             .map_err(strict)?;
