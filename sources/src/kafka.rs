@@ -2037,10 +2037,7 @@ mod tests {
         let started = Instant::now();
         while !consumer.context().holds_partitions() {
             let _ = consumer.poll(Duration::from_millis(50));
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "never assigned"
-            );
+            assert!(started.elapsed() < Duration::from_secs(30), "never assigned");
         }
         // a run whose outputs never finish: the revocation's hand-over waits a minute
         ctx.cancel.store(false, Ordering::SeqCst);

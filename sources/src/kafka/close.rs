@@ -21,11 +21,7 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// partitions back while the consumer still serves rebalances normally (the revocation runs
 /// in that thread's poll), then drops it. Waits at most `timeout`; after that the close
 /// finishes in the background and the caller goes on (a new consumer may join meanwhile).
-pub(crate) fn close_consumer(
-    consumer: BaseConsumer<GroupContext>,
-    source: &str,
-    timeout: Duration,
-) {
+pub(crate) fn close_consumer(consumer: BaseConsumer<GroupContext>, source: &str, timeout: Duration) {
     let started = Instant::now();
     let (done, closed) = mpsc::channel();
     let spawned = std::thread::Builder::new()
