@@ -431,6 +431,69 @@ fn webhook_settings_are_checked_with_their_position() {
     assert!(!weir_pipelines::secrets::redact(key).contains("MfKQ9r8G"));
 }
 
+#[test]
+fn postgres_settings_are_checked_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.ndjson"), "").unwrap();
+    let view = "views:\n  v:\n    from: events\n    key: [datasetName]\n    aggregates: { n: count(*) }\n    sinks: [out]\n";
+    let url = "url: \"postgres://weir:${PGPASSWORD:-x}@127.0.0.1:5432/analytics\"";
+    for (pg, extra, message) in [
+        (
+            "{ url: \"mysql://h/db\", table: t }".to_string(),
+            "",
+            "`url` must be a postgres:// URL",
+        ),
+        (
+            format!("{{ {url}, table: a.b.c }}"),
+            "",
+            "expected `schema.table`",
+        ),
+        (
+            format!("{{ {url}, table: t, tls: maybe }}"),
+            "",
+            "`tls` is disable, require or verify-full, not `maybe`",
+        ),
+        (
+            format!("{{ {url}, table: t, tls: require, ca_file: missing.pem }}"),
+            "",
+            "is not a file",
+        ),
+        (
+            format!("{{ {url}, table: t, batch_max_rows: 0 }}"),
+            "",
+            "`batch_max_rows` must be between 1 and 1000000",
+        ),
+        (
+            format!("{{ {url}, table: t, flush: 1s }}"),
+            "",
+            "unknown field `flush`",
+        ),
+        (format!("{{ {url}, table: t }}"), view, "already writes `w`"),
+    ] {
+        let text = format!("{GOOD}{extra}")
+            .replace("file: { path: out/w.ndjson }", &format!("postgres: {pg}"));
+        std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
+        let e = match load(&dir.path().join("p.yaml")) {
+            Ok(_) => panic!("{pg}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(message), "{pg}: {e}");
+        assert!(
+            e.split(':')
+                .nth(1)
+                .is_some_and(|l| l.parse::<u32>().is_ok_and(|l| l > 0)),
+            "{pg}: no line: {e}"
+        );
+    }
+    // the spec's keys load as they are
+    let text = GOOD.replace(
+        "file: { path: out/w.ndjson }",
+        &format!("postgres: {{ {url}, table: public.ingestion_5m }}"),
+    );
+    std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
+    load(&dir.path().join("p.yaml")).unwrap();
+}
+
 /// GOOD with its sink `out` writing the Iceberg table described by `iceberg`.
 fn with_iceberg(iceberg: &str) -> String {
     error_of(

@@ -357,6 +357,10 @@ pub struct SinkDoc {
     #[serde(default)]
     #[schemars(with = "Option<WebhookDoc>")]
     pub webhook: Option<Spanned<WebhookDoc>>,
+    /// Upsert into a PostgreSQL table.
+    #[serde(default)]
+    #[schemars(with = "Option<PostgresDoc>")]
+    pub postgres: Option<Spanned<PostgresDoc>>,
     /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
     #[serde(default)]
     #[schemars(with = "Option<FileSinkDoc>")]
@@ -546,6 +550,32 @@ pub struct WebhookDoc {
     #[serde(default, rename = "where")]
     #[schemars(with = "Option<String>")]
     pub filter: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDoc {
+    /// `postgres://user:${PGPASSWORD}@host:5432/database` (libpq parameters such as
+    /// `sslmode` accepted).
+    pub url: String,
+    /// `schema.table` (`public` when no schema is given); created on first use.
+    pub table: String,
+    /// `disable`, `require` or `verify-full` (default: the URL's `sslmode`, else `prefer`).
+    #[serde(default)]
+    pub tls: Option<String>,
+    /// PEM file of the CA that signed the server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Rows per batch (default 10000).
+    #[serde(default)]
+    pub batch_max_rows: Option<u64>,
+    /// Longest a row waits before its batch is sent (default 1s).
+    #[serde(default)]
+    pub flush_interval: Option<Duration>,
+    /// How long a statement may stay unanswered (connecting, staging, merging) before the
+    /// batch is retried on a new connection (default 30s).
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

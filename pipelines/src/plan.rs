@@ -16,7 +16,7 @@ use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{CompiledAggregate, SqlCompiler, TimeMode, ViewConfig, WindowConfig};
 use weir_sinks::{
     ElasticsearchConfig, EsAuth, FileFormat, IndexTemplate, KafkaDelivery, KafkaFormat,
-    KafkaSinkConfig, WebhookConfig, WebhookMethod,
+    KafkaSinkConfig, PostgresConfig, WebhookConfig, WebhookMethod,
 };
 use weir_sources::{
     resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, KafkaSourceConfig, Kind,
@@ -118,6 +118,8 @@ pub enum SinkTarget {
     Elasticsearch(Box<ElasticsearchConfig>),
     /// Signed webhook requests (the output is set when a window or view names the sink).
     Webhook(Box<WebhookTarget>),
+    /// A PostgreSQL table (the output is set when a window or view names the sink).
+    Postgres(Box<PostgresConfig>),
 }
 
 /// A webhook sink's settings and its `where` on the output rows (compiled when an output
@@ -206,6 +208,69 @@ pub fn iceberg_config(
         catalog_properties: target.properties.clone(),
         replace_windows: None,
     }
+}
+
+/// A `postgres` sink's settings, checked.
+fn postgres_config(
+    ctx: &Ctx,
+    pipeline: &str,
+    kname: &str,
+    p: &Spanned<PostgresDoc>,
+) -> Result<PostgresConfig, PipelineError> {
+    let at = |m: String| ctx.err(&p.referenced, format!("sink `{kname}`: {m}"));
+    let d = &p.value;
+    if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
+        return Err(at(
+            "`url` must be a postgres:// URL (postgres://user:${PGPASSWORD}@host:5432/database)"
+                .into(),
+        ));
+    }
+    let table = weir_sinks::postgres::TableName::parse(&d.table).map_err(&at)?;
+    let tls = match d.tls.as_deref() {
+        None => None,
+        Some(t) => Some(weir_sinks::TlsMode::parse(t).ok_or_else(|| {
+            at(format!(
+                "`tls` is disable, require or verify-full, not `{t}`"
+            ))
+        })?),
+    };
+    let ca_file = match &d.ca_file {
+        Some(f) => {
+            let path = ctx.path(f);
+            if !path.is_file() {
+                return Err(at(format!("`ca_file` {} is not a file", path.display())));
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    if ca_file.is_some() && tls == Some(weir_sinks::TlsMode::Disable) {
+        return Err(at(
+            "`ca_file` verifies a TLS server: it needs `tls: require` or `tls: verify-full`".into(),
+        ));
+    }
+    let batch_max_rows = d.batch_max_rows.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&batch_max_rows) {
+        return Err(at("`batch_max_rows` must be between 1 and 1000000".into()));
+    }
+    let config = PostgresConfig {
+        url: d.url.clone(),
+        table,
+        tls,
+        ca_file,
+        batch_max_rows: batch_max_rows as usize,
+        flush_interval: std::time::Duration::from_millis(
+            d.flush_interval.as_ref().map_or(1000, |f| f.0.max(1)),
+        ),
+        timeout: std::time::Duration::from_millis(
+            d.timeout.as_ref().map_or(30_000, |t| t.0.max(100)),
+        ),
+        pipeline: pipeline.to_string(),
+        output: String::new(),
+        view_keys: None,
+    };
+    weir_sinks::postgres::check_url(&config).map_err(at)?;
+    Ok(config)
 }
 
 /// An `elasticsearch` sink's settings, checked.
@@ -716,6 +781,9 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
             );
             urls.extend(e.url.iter().cloned());
         }
+        if let Some(p) = &s.value.postgres {
+            urls.push(p.value.url.clone());
+        }
         if let Some(k) = &s.value.kafka {
             urls.extend(k.value.schema_registry.clone());
         }
@@ -989,6 +1057,19 @@ fn attach_sinks(
         }
         if let SinkTarget::Webhook(t) = &mut sink.target {
             attach_webhook(ctx, t, s, schema, output)?;
+        }
+        if let SinkTarget::Postgres(c) = &mut sink.target {
+            if !c.output.is_empty() {
+                return Err(ctx.err(&s.referenced, format!("sink `{}` already writes `{}`: a PostgreSQL sink writes one window or view (its table has the output's columns and key); use one sink per window or view", s.value, c.output)));
+            }
+            c.view_keys = schema
+                .metadata()
+                .get(weir_engine::KEYS_METADATA)
+                .and_then(|k| k.parse().ok());
+            let table = c.table.clone();
+            weir_sinks::postgres::ddl::Layout::new(table.clone(), table, schema, c.view_keys)
+                .map_err(|e| ctx.err(&s.referenced, format!("sink `{}`: {e}", s.value)))?;
+            c.output = output.to_string();
         }
         sink.schema = Some(schema.clone());
         ids.push(id);
@@ -1276,19 +1357,20 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             v.iceberg.is_some(),
             v.elasticsearch.is_some(),
             v.webhook.is_some(),
+            v.postgres.is_some(),
             v.file.is_some(),
         ]
         .iter()
         .filter(|b| **b)
         .count();
         if declared != 1 {
-            return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `file` (found {declared})")));
+            return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `postgres`, `file` (found {declared})")));
         }
         if let (None, Some(f)) = (&v.kafka, &v.format) {
             if f.value != Format::Json {
                 return Err(ctx.err(
                     &f.referenced,
-                    format!("sink `{kname}`: `format` is for Kafka sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch and webhook sinks have their own"),
+                    format!("sink `{kname}`: `format` is for Kafka sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch, webhook and PostgreSQL sinks have their own"),
                 ));
             }
         }
@@ -1402,6 +1484,8 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             SinkTarget::Elasticsearch(Box::new(elasticsearch_config(ctx, &name, kname, e)?))
         } else if let Some(w) = &v.webhook {
             SinkTarget::Webhook(Box::new(webhook_config(ctx, &name, kname, w)?))
+        } else if let Some(p) = &v.postgres {
+            SinkTarget::Postgres(Box::new(postgres_config(ctx, &name, kname, p)?))
         } else {
             return Err(ctx.err(loc, format!("sink `{kname}` has no output")));
         };
@@ -1932,6 +2016,7 @@ impl Plan {
                 SinkTarget::Iceberg(t) => format!("iceberg table {}", t.table),
                 SinkTarget::Elasticsearch(c) => format!("elasticsearch {}", c.urls.join(",")),
                 SinkTarget::Webhook(t) => format!("webhook {:?}", t.config.url),
+                SinkTarget::Postgres(c) => format!("postgres table {}", c.table),
             };
             f.insert(format!("sink {}", k.name), t);
         }
@@ -2025,6 +2110,7 @@ impl Plan {
                     SinkTarget::Iceberg(t) => ("iceberg", format!("table {}", t.table)),
                     SinkTarget::Elasticsearch(_) => ("elasticsearch", "indices".to_string()),
                     SinkTarget::Webhook(_) => ("webhook", "signed HTTP requests".to_string()),
+                    SinkTarget::Postgres(c) => ("postgres", format!("table {}", c.table)),
                 };
                 GraphNode {
                     name: k.name.clone(),
@@ -2231,6 +2317,18 @@ impl Plan {
                     }
                 ),
                 SinkTarget::Webhook(t) => describe_webhook(t, checkpointed),
+                SinkTarget::Postgres(c) => format!(
+                    "postgres table {} on {}, {} rows or {} ms per batch (COPY into staging, then one merge); {}",
+                    c.table,
+                    weir_sinks::postgres::server(c),
+                    c.batch_max_rows,
+                    c.flush_interval.as_millis(),
+                    match (checkpointed, c.view_keys) {
+                        (true, _) => "exactly once: each checkpoint's rows and its epoch (weir_sink_epochs) commit in one transaction",
+                        (false, Some(_)) => "at least once: upserts by key, deletes for expired keys",
+                        (false, None) => "at least once: windows upserted by key and window_start",
+                    }
+                ),
             };
             let _ = writeln!(s, "  {}: {t}", k.name);
         }

@@ -138,6 +138,14 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
                     s.name
                 ))
             }
+            SinkTarget::Postgres(_) => {
+                return Some(format!(
+                    "{file}: sink `{}`: a PostgreSQL sink commits one epoch sequence per \
+                     pipeline and sink (weir_sink_epochs), which the workers of a pool would \
+                     share; run it without `--worker`",
+                    s.name
+                ))
+            }
             SinkTarget::Kafka(k) if matches!(k.delivery, KafkaDelivery::ExactlyOnce { .. }) => {
                 return Some(format!(
                     "{file}: sink `{}`: `delivery: exactly_once` does not run in a worker pool \

@@ -228,7 +228,8 @@ pub fn beside(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
 }
 
 /// The sink target a replay writes to instead of `target`: files beside the live ones; Kafka
-/// topics and Iceberg tables as they are (their rows are replaced by identity).
+/// topics, Iceberg and PostgreSQL tables as they are (their rows are replaced by identity, a
+/// PostgreSQL table's upserted by key).
 pub fn target(target: &SinkTarget, suffix: &str) -> SinkTarget {
     match target {
         SinkTarget::File { path, format } => SinkTarget::File {

@@ -13,7 +13,7 @@ use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{ServeConfig, SqlServer};
 use weir_sinks::{
     CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, ElasticsearchSink,
-    FileSink, KafkaSink, WebhookSink,
+    FileSink, KafkaSink, PostgresSink, WebhookSink,
 };
 use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
@@ -258,6 +258,12 @@ pub(crate) fn run_job(
                     None => Box::new(sink),
                 }
             }
+            SinkTarget::Postgres(c) => Box::new(PostgresSink::new(
+                &s.name,
+                (**c).clone(),
+                &schema,
+                checkpoint.is_some(),
+            )?),
         };
         let sink = match &opts.replay {
             Some(r) => Box::new(crate::replay::WindowRange::new(&s.name, sink, r)),

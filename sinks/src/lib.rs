@@ -1,5 +1,5 @@
 //! weir's outputs: result rows to NDJSON, CSV or Parquet files, Kafka topics, Elasticsearch
-//! indices and signed webhooks; dead letters to
+//! indices, PostgreSQL tables and signed webhooks; dead letters to
 //! NDJSON or Kafka.
 //!
 //! Without checkpoints, files are written under `<path>.inprogress` and renamed into place
@@ -10,11 +10,13 @@ pub mod committed;
 pub mod elasticsearch;
 pub mod file;
 pub mod kafka;
+pub mod postgres;
 pub mod webhook;
 
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
 pub use kafka::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
+pub use postgres::{PostgresConfig, PostgresSink, TlsMode};
 pub use webhook::{WebhookConfig, WebhookMethod, WebhookSink};
 
 pub use weir_formats::avro_encode as avro;

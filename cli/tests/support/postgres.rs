@@ -8,9 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct PgServer {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     _dir: tempfile::TempDir,
+    /// `-c` settings the server starts with.
+    settings: Vec<(String, String)>,
 }
 
 fn bin_dir() -> PathBuf {
@@ -46,6 +48,13 @@ fn as_server_user(program: &Path) -> Command {
 
 impl PgServer {
     pub fn start() -> PgServer {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// A server whose data folder `setup` prepares after initdb (certificates, pg_hba.conf),
+    /// returning `-c` settings to start with; as root, the folder is then given to the
+    /// `postgres` user.
+    pub fn start_with(setup: impl FnOnce(&Path) -> Vec<(String, String)>) -> PgServer {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
@@ -69,37 +78,60 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let settings = setup(&data);
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&data)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown -R postgres {}", data.display());
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = as_server_user(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
+        let mut server = PgServer {
+            child: None,
+            port,
+            _dir: dir,
+            settings,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again, after [`Self::stop`]) and waits until it answers.
+    pub fn restart(&mut self) {
+        let bin = bin_dir();
+        let mut cmd = as_server_user(&bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self._dir.path().join("data"))
             .arg("-k")
-            .arg(dir.path())
+            .arg(self._dir.path())
             .args([
                 "-p",
-                &port.to_string(),
+                &self.port.to_string(),
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "fsync=off",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = PgServer {
-            child,
-            port,
-            _dir: dir,
-        };
+            ]);
+        for (k, v) in &self.settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        self.child = Some(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let started = Instant::now();
         loop {
             let ready = Command::new(bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .stdout(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
@@ -112,30 +144,69 @@ impl PgServer {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
     }
 
     /// The URL of its `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://weir@127.0.0.1:{}/postgres", self.port)
     }
-}
 
-impl Drop for PgServer {
-    fn drop(&mut self) {
+    /// Runs `sql` with `psql` (tuples only, unaligned); panics with psql's error.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.try_psql(sql);
+        out.unwrap_or_else(|e| panic!("psql {sql}: {e}"))
+    }
+
+    /// Runs `sql` with `psql`; its output, or its error.
+    pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-U",
+                "weir",
+                "-d",
+                "postgres",
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .env("PGSSLMODE", "prefer")
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    /// Stops the server (a fast shutdown: sessions are ended); [`Self::restart`] starts it
+    /// again on the same port.
+    pub fn stop(&mut self) {
         // SIGINT to the postmaster (its pid is the first line of postmaster.pid; runuser
         // does not pass signals on): a fast shutdown, then runuser exits too
         let pid = std::fs::read_to_string(self._dir.path().join("data/postmaster.pid"))
             .ok()
             .and_then(|t| t.lines().next().map(str::to_string));
-        match pid {
-            Some(pid) => {
-                let _ = Command::new("kill").args(["-INT", &pid]).status();
+        if let Some(mut child) = self.child.take() {
+            match pid {
+                Some(pid) => {
+                    let _ = Command::new("kill").args(["-INT", &pid]).status();
+                }
+                None => {
+                    let _ = child.kill();
+                }
             }
-            None => {
-                let _ = self.child.kill();
-            }
+            let _ = child.wait();
         }
-        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -1,0 +1,474 @@
+//! One connection of the PostgreSQL sink and the transactions it runs: the tables' setup,
+//! staging a batch (rows the server refuses isolated under savepoints), the merge, the
+//! commit of an epoch and the recovery after a crash.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::{ConnectOptions, Connection};
+
+use super::ddl::{self, Layout, TableColumn, TableName};
+use super::encode::Lines;
+use super::errors::{classify, Fault};
+use super::{PostgresConfig, TlsMode};
+
+/// The advisory lock that serializes the setup of sinks writing beside each other (two
+/// sinks of a pipeline creating `weir_sink_epochs` at once).
+const SETUP_LOCK: i64 = 0x0077_6569_725f_7067;
+
+/// How many of a sink's newest committed epochs `weir_sink_epochs` keeps.
+const KEEP_EPOCHS: i64 = 1000;
+
+/// A row the server refused for good.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Its line in the batch staged, when refused while staged.
+    pub line: Option<usize>,
+    /// The row as JSON, when refused while merged.
+    pub raw: Option<Vec<u8>>,
+    /// Its sequence number, when refused while merged.
+    pub seq: Option<i64>,
+    pub sqlstate: String,
+    pub message: String,
+}
+
+/// A connection with the tables set up.
+pub struct Session {
+    conn: PgConnection,
+    layout: Layout,
+    /// The staging table is a temporary one (no checkpoints).
+    temporary: bool,
+    epochs: TableName,
+    /// The table has constraints the staging table does not copy (foreign keys, unique
+    /// indexes besides the key, exclusion constraints, triggers): a merge can refuse rows.
+    pub merge_can_refuse: bool,
+    /// When the server last answered a statement (see [`Self::stepped`]).
+    pub last_answer: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+fn fault(e: sqlx::Error) -> Fault {
+    classify(&e)
+}
+
+/// A fault where no row can be refused (DDL, bookkeeping): a refusal fails the run.
+fn strict(e: sqlx::Error) -> Fault {
+    match classify(&e) {
+        Fault::Refused { sqlstate, message } => {
+            Fault::Fatal(format!("{message} (SQLSTATE {sqlstate})"))
+        }
+        f => f,
+    }
+}
+
+/// The connection settings of `config`.
+pub fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions, Fault> {
+    let mut opts =
+        PgConnectOptions::from_str(&config.url).map_err(|e| Fault::Fatal(format!("`url`: {e}")))?;
+    if let Some(tls) = config.tls {
+        opts = opts.ssl_mode(match tls {
+            TlsMode::Disable => PgSslMode::Disable,
+            TlsMode::Require if config.ca_file.is_some() => PgSslMode::VerifyCa,
+            TlsMode::Require => PgSslMode::Require,
+            TlsMode::VerifyFull => PgSslMode::VerifyFull,
+        });
+    }
+    if let Some(ca) = &config.ca_file {
+        opts = opts.ssl_root_cert(ca);
+    }
+    Ok(opts
+        .application_name("weir")
+        .options([("TimeZone", "UTC"), ("client_min_messages", "warning")])
+        .disable_statement_logging())
+}
+
+impl Session {
+    /// Connects and sets the tables up: the table created or checked, and the staging
+    /// table (a temporary one without checkpoints) and `weir_sink_epochs` created.
+    pub async fn open(
+        config: &PostgresConfig,
+        layout: &Layout,
+        exactly_once: bool,
+    ) -> Result<Session, Fault> {
+        let opts = connect_options(config)?;
+        let conn = PgConnection::connect_with(&opts).await.map_err(fault)?;
+        let mut s = Session {
+            conn,
+            layout: layout.clone(),
+            temporary: !exactly_once,
+            epochs: layout.table.sibling("weir_sink_epochs"),
+            merge_can_refuse: false,
+            last_answer: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+        };
+        s.setup().await?;
+        Ok(s)
+    }
+
+    async fn exec(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
+        let r = sqlx::raw_sql(sql)
+            .execute(&mut self.conn)
+            .await
+            .map(|r| r.rows_affected());
+        self.stepped();
+        r
+    }
+
+    /// The server answered: a long batch (refused rows isolated one by one) is not idle.
+    fn stepped(&self) {
+        if let Ok(mut t) = self.last_answer.lock() {
+            *t = std::time::Instant::now();
+        }
+    }
+
+    async fn exists(&mut self, table: &str) -> Result<bool, Fault> {
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(table)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        Ok(found.is_some())
+    }
+
+    async fn setup(&mut self) -> Result<(), Fault> {
+        self.exec("BEGIN").await.map_err(strict)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SETUP_LOCK)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        let table = self.layout.table.sql();
+        if self.exists(&table).await? {
+            self.check_table(&table).await?;
+            let others: i64 = sqlx::query_scalar(ddl::MERGE_CONSTRAINTS_QUERY)
+                .bind(&table)
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(strict)?;
+            self.merge_can_refuse = others > 0;
+        } else {
+            let create = self.layout.create_table();
+            self.exec(&create).await.map_err(strict)?;
+            tracing::info!(table = %self.layout.table, "postgres table created");
+        }
+        if !self.temporary {
+            let create = ddl::create_epochs(&self.epochs);
+            self.exec(&create).await.map_err(strict)?;
+            if !self.exists(&self.layout.staging.sql()).await? {
+                let create = self.layout.create_staging(false);
+                self.exec(&create).await.map_err(strict)?;
+            }
+        }
+        self.exec("COMMIT").await.map_err(strict)?;
+        if self.temporary {
+            let create = self.layout.create_staging(true);
+            self.exec(&create).await.map_err(strict)?;
+        }
+        Ok(())
+    }
+
+    /// Checks an existing table column by column.
+    async fn check_table(&mut self, table: &str) -> Result<(), Fault> {
+        let rows: Vec<(String, String, String, bool, bool)> = sqlx::query_as(ddl::COLUMNS_QUERY)
+            .bind(table)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        let columns: Vec<TableColumn> = rows
+            .into_iter()
+            .map(
+                |(name, type_name, display, not_null, has_default)| TableColumn {
+                    name,
+                    type_name,
+                    display,
+                    not_null,
+                    has_default,
+                },
+            )
+            .collect();
+        let unique: Vec<Vec<String>> = sqlx::query_scalar(ddl::UNIQUE_QUERY)
+            .bind(table)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        ddl::check_table(&self.layout, &columns, &unique).map_err(Fault::Fatal)
+    }
+
+    /// `COPY`s lines into the staging table.
+    async fn copy(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
+        let sql = self.layout.copy_in(self.temporary);
+        let mut copy = self.conn.copy_in_raw(&sql).await?;
+        copy.send(data).await?;
+        let r = copy.finish().await.map(|_| ());
+        self.stepped();
+        r
+    }
+
+    /// Stages `lines`, each try under a savepoint: a batch the server refuses is halved
+    /// until the rows it refuses are found; they are returned, the others staged.
+    async fn stage(&mut self, lines: &Lines) -> Result<Vec<Refusal>, Fault> {
+        let mut refused = Vec::new();
+        // ranges of lines still to stage, the next on top
+        let mut todo = Vec::new();
+        todo.push(0..lines.len());
+        while let Some(range) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            self.exec("SAVEPOINT weir_stage").await.map_err(strict)?;
+            match self.copy(lines.slice(range.clone())).await {
+                Ok(()) => {
+                    self.exec("RELEASE SAVEPOINT weir_stage")
+                        .await
+                        .map_err(strict)?;
+                }
+                Err(e) => match fault(e) {
+                    Fault::Refused { sqlstate, message } => {
+                        self.exec("ROLLBACK TO SAVEPOINT weir_stage")
+                            .await
+                            .map_err(strict)?;
+                        if range.len() == 1 {
+                            refused.push(Refusal {
+                                line: Some(range.start),
+                                raw: None,
+                                seq: None,
+                                sqlstate,
+                                message,
+                            });
+                        } else {
+                            let mid = range.start + range.len() / 2;
+                            todo.push(mid..range.end);
+                            todo.push(range.start..mid);
+                        }
+                    }
+                    f => return Err(f),
+                },
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Merges the staged rows of epochs up to `upto` into the table; when the server
+    /// refuses the merge, merges them row by row and returns the rows it refuses.
+    async fn merge(&mut self, upto: i64) -> Result<Vec<Refusal>, Fault> {
+        let all = self.layout.merge(self.temporary, false);
+        self.exec("SAVEPOINT weir_merge").await.map_err(strict)?;
+        let first = sqlx::query(&all).bind(upto).execute(&mut self.conn).await;
+        match first.map_err(fault) {
+            Ok(_) => {
+                self.exec("RELEASE SAVEPOINT weir_merge")
+                    .await
+                    .map_err(strict)?;
+                return Ok(Vec::new());
+            }
+            Err(Fault::Refused { .. }) => {
+                self.exec("ROLLBACK TO SAVEPOINT weir_merge")
+                    .await
+                    .map_err(strict)?;
+            }
+            Err(f) => return Err(f),
+        }
+        let seqs: Vec<i64> = sqlx::query_scalar(&self.layout.merge_candidates(self.temporary))
+            .bind(upto)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        let one = self.layout.merge(self.temporary, true);
+        let mut refused = Vec::new();
+        for seq in seqs {
+            self.exec("SAVEPOINT weir_row").await.map_err(strict)?;
+            let r = sqlx::query(&one)
+                .bind(upto)
+                .bind(seq)
+                .execute(&mut self.conn)
+                .await;
+            match r.map_err(fault) {
+                Ok(_) => {
+                    self.exec("RELEASE SAVEPOINT weir_row")
+                        .await
+                        .map_err(strict)?;
+                }
+                Err(Fault::Refused { sqlstate, message }) => {
+                    self.exec("ROLLBACK TO SAVEPOINT weir_row")
+                        .await
+                        .map_err(strict)?;
+                    let raw: Option<String> =
+                        sqlx::query_scalar(&self.layout.staged_row_json(self.temporary))
+                            .bind(seq)
+                            .fetch_optional(&mut self.conn)
+                            .await
+                            .map_err(strict)?;
+                    refused.push(Refusal {
+                        line: None,
+                        raw: Some(raw.unwrap_or_default().into_bytes()),
+                        seq: Some(seq),
+                        sqlstate,
+                        message,
+                    });
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        self.exec("RELEASE SAVEPOINT weir_merge")
+            .await
+            .map_err(strict)?;
+        Ok(refused)
+    }
+
+    /// One transaction: stages `lines` and, when `merge`, merges them (the temporary
+    /// staging table empties itself at the commit). Returns the rows refused.
+    pub async fn write_batch(&mut self, lines: &Lines, merge: bool) -> Result<Vec<Refusal>, Fault> {
+        self.exec("BEGIN").await.map_err(strict)?;
+        let mut refused = self.stage(lines).await?;
+        if merge {
+            refused.extend(self.merge(i64::MAX).await?);
+        }
+        self.exec("COMMIT").await.map_err(strict)?;
+        Ok(refused)
+    }
+
+    /// Before the checkpoint of `epoch` completes (a table whose merge can refuse rows): tries
+    /// the merge of the rows staged up to it and rolls it back, then removes the rows it
+    /// refused from staging and returns them (dead letters of this epoch, so that the commit
+    /// after the checkpoint refuses nothing).
+    pub async fn trial_merge(&mut self, epoch: u64) -> Result<Vec<Refusal>, Fault> {
+        self.exec("BEGIN").await.map_err(strict)?;
+        self.exec("SAVEPOINT weir_trial").await.map_err(strict)?;
+        let refused = self.merge(epoch as i64).await?;
+        self.exec("ROLLBACK TO SAVEPOINT weir_trial")
+            .await
+            .map_err(strict)?;
+        let seqs: Vec<i64> = refused.iter().filter_map(|r| r.seq).collect();
+        if !seqs.is_empty() {
+            let delete = format!(
+                "DELETE FROM {} WHERE weir_seq = ANY($1) AND weir_epoch <= $2",
+                self.layout.staging_sql(false)
+            );
+            sqlx::query(&delete)
+                .bind(&seqs)
+                .bind(epoch as i64)
+                .execute(&mut self.conn)
+                .await
+                .map_err(strict)?;
+        }
+        self.exec("COMMIT").await.map_err(strict)?;
+        Ok(refused)
+    }
+
+    /// Merges, removes from staging and records epochs up to `epoch`, without a
+    /// transaction of its own.
+    async fn apply_epoch(
+        &mut self,
+        pipeline: &str,
+        sink: &str,
+        epoch: u64,
+    ) -> Result<Vec<Refusal>, Fault> {
+        let upto = epoch as i64;
+        let refused = self.merge(upto).await?;
+        let delete = format!(
+            "DELETE FROM {} WHERE weir_epoch <= $1",
+            self.layout.staging_sql(false)
+        );
+        sqlx::query(&delete)
+            .bind(upto)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        let record = format!(
+            "INSERT INTO {} (pipeline, sink, epoch) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            self.epochs.sql()
+        );
+        sqlx::query(&record)
+            .bind(pipeline)
+            .bind(sink)
+            .bind(upto)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        // a restore needs only the newest; the last KEEP_EPOCHS stay as a history
+        let prune = format!(
+            "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND epoch <= $3",
+            self.epochs.sql()
+        );
+        sqlx::query(&prune)
+            .bind(pipeline)
+            .bind(sink)
+            .bind(upto - KEEP_EPOCHS)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        Ok(refused)
+    }
+
+    /// The commit of a complete checkpoint: the staged rows of epochs up to `epoch` merged
+    /// and the epoch recorded, in one transaction. Making it again changes nothing.
+    pub async fn commit_epoch(
+        &mut self,
+        pipeline: &str,
+        sink: &str,
+        epoch: u64,
+    ) -> Result<Vec<Refusal>, Fault> {
+        self.exec("BEGIN").await.map_err(strict)?;
+        let refused = self.apply_epoch(pipeline, sink, epoch).await?;
+        self.exec("COMMIT").await.map_err(strict)?;
+        Ok(refused)
+    }
+
+    /// Before a checkpointed run writes, from checkpoint `epoch` (`None`: from nothing):
+    /// commits the epoch if the crash came before its commit, drops the rows staged after
+    /// it and the epochs recorded after it, and re-creates the (now empty) staging table so
+    /// that it has the table's current constraints.
+    pub async fn recover(
+        &mut self,
+        pipeline: &str,
+        sink: &str,
+        epoch: Option<u64>,
+    ) -> Result<Vec<Refusal>, Fault> {
+        let staging = self.layout.staging_sql(false);
+        let epochs = self.epochs.sql();
+        self.exec("BEGIN").await.map_err(strict)?;
+        let mut refused = Vec::new();
+        let from = epoch.map_or(0, |e| e as i64);
+        if let Some(e) = epoch {
+            let committed: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT max(epoch) FROM {epochs} WHERE pipeline = $1 AND sink = $2"
+            ))
+            .bind(pipeline)
+            .bind(sink)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(strict)?;
+            if committed.is_none_or(|c| c < from) {
+                refused = self.apply_epoch(pipeline, sink, e).await?;
+                tracing::info!(table = %self.layout.table, epoch = e, "postgres: committed the epoch a crash interrupted");
+            }
+        }
+        let dropped = sqlx::query(&format!("DELETE FROM {staging} WHERE weir_epoch > $1"))
+            .bind(from)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?
+            .rows_affected();
+        let later = sqlx::query(&format!(
+            "DELETE FROM {epochs} WHERE pipeline = $1 AND sink = $2 AND epoch > $3"
+        ))
+        .bind(pipeline)
+        .bind(sink)
+        .bind(from)
+        .execute(&mut self.conn)
+        .await
+        .map_err(strict)?
+        .rows_affected();
+        if later > 0 {
+            tracing::warn!(table = %self.layout.table, epochs = later, "postgres: epochs committed after the checkpoint restored are written again");
+        }
+        if dropped > 0 {
+            tracing::info!(table = %self.layout.table, rows = dropped, "postgres: rows staged after the checkpoint were dropped");
+        }
+        self.exec(&format!("DROP TABLE {staging}"))
+            .await
+            .map_err(strict)?;
+        let create = self.layout.create_staging(false);
+        self.exec(&create).await.map_err(strict)?;
+        self.exec("COMMIT").await.map_err(strict)?;
+        Ok(refused)
+    }
+}
