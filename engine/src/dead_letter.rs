@@ -509,7 +509,8 @@ mod tests {
             assert!(!all.contains(secret), "{secret} kept: {all}");
         }
         assert!(
-            d.message.starts_with("https://hooks.example.com/… answered 400"),
+            d.message
+                .starts_with("https://hooks.example.com/… answered 400"),
             "{}",
             d.message
         );
@@ -518,8 +519,14 @@ mod tests {
         assert_eq!(details["body"], "see https://hooks.example.com/… (***)");
         assert!(details.get("url").is_none() && details.get("headers").is_none());
         // the dead-letter output keeps the record whole
-        assert!(webhook_refusal().to_json().to_string().contains("SECRETPATH"));
-        assert_eq!(strip_urls("HTTP://h:1/x y http://z"), "HTTP://h:1/… y http://z");
+        assert!(webhook_refusal()
+            .to_json()
+            .to_string()
+            .contains("SECRETPATH"));
+        assert_eq!(
+            strip_urls("HTTP://h:1/x y http://z"),
+            "HTTP://h:1/… y http://z"
+        );
         assert_eq!(strip_urls("httpx https://a?b"), "httpx https://a/…");
     }
 

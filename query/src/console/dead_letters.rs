@@ -16,8 +16,8 @@ use datafusion::common::Result as DfResult;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::logical_expr::{Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::scalar::ScalarValue;
 use weir_engine::dead_letter::RecentDeadLetter;
 use weir_engine::live::LiveState;
@@ -183,9 +183,7 @@ fn text_equality(filter: &Expr) -> Option<(&'static str, String)> {
         return None;
     }
     let (column, value) = match (&*b.left, &*b.right) {
-        (Expr::Column(c), Expr::Literal(v, ..)) | (Expr::Literal(v, ..), Expr::Column(c)) => {
-            (c, v)
-        }
+        (Expr::Column(c), Expr::Literal(v, ..)) | (Expr::Literal(v, ..), Expr::Column(c)) => (c, v),
         _ => return None,
     };
     let column = ["reason", "code", "source"]
@@ -252,7 +250,10 @@ mod tests {
             .with_dead_letters(stats, None)
             .unwrap();
         for (sql, want) in [
-            (r#"SELECT "offset" FROM weir_dead_letters LIMIT 2"#, vec![9, 8]),
+            (
+                r#"SELECT "offset" FROM weir_dead_letters LIMIT 2"#,
+                vec![9, 8],
+            ),
             (
                 r#"SELECT "offset" FROM weir_dead_letters WHERE code = 'late_event'"#,
                 vec![8],
