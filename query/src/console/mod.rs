@@ -8,9 +8,11 @@
 //!
 //! Access: with `serve.token` set, every console route needs the token, as `/sql` does. A
 //! browser gives it once (the login form, or `/?token=...` which is then taken out of the
-//! address) and gets a cookie: `HttpOnly`, `SameSite=Strict`, holding a digest of the token,
-//! never the token. The endpoints that take the bearer token take that cookie too, but only
-//! on requests the browser marks as coming from the page itself (`Sec-Fetch-Site` and `Origin`).
+//! address) and gets a session ([`sessions`]): a random id in the cookie `weir_console_<port>`
+//! (`HttpOnly`, `SameSite=Strict`), kept by the server until it expires or the browser signs
+//! out. The endpoints that take the bearer token take that cookie too, but only on requests
+//! the browser marks as coming from the page itself (`Sec-Fetch-Site`, `Origin`; see
+//! [`admit`]). Wrong tokens count as failed logins on every route.
 
 pub mod dead_letters;
 pub mod sessions;
@@ -39,15 +41,18 @@ const LOGIN_HTML: &str = include_str!("../../console/login.html");
 /// The pipeline as a small graph, for the console's overview.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Graph {
+    /// The sources, in the pipeline file's order.
     pub sources: Vec<GraphNode>,
     /// Windows and views, each reading one source.
     pub operators: Vec<GraphOperator>,
+    /// The sinks (not the dead-letter output).
     pub sinks: Vec<GraphNode>,
 }
 
 /// A source or a sink.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GraphNode {
+    /// Its name in the pipeline file.
     pub name: String,
     /// `file`, `generator`, `kafka`, `iceberg`, `elasticsearch`...
     pub kind: String,
@@ -58,9 +63,11 @@ pub struct GraphNode {
 /// A window or a view.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GraphOperator {
+    /// Its name in the pipeline file (and its SQL table's).
     pub name: String,
     /// `window` or `view`.
     pub kind: String,
+    /// Its definition in one line (as `weir validate` prints it: key, window, aggregates).
     pub detail: String,
     /// The source it reads.
     pub from: String,
