@@ -566,6 +566,6 @@ mod tests {
                 + d.trace_id.as_ref().map_or(0, String::len)
         };
         assert!(text(d) <= RecentDeadLetters::RECORD_BYTES);
-        assert!(RecentDeadLetters::MAX_BYTES <= 10_000_000);
+        const { assert!(RecentDeadLetters::MAX_BYTES <= 10_000_000) };
     }
 }
