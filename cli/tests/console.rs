@@ -328,6 +328,7 @@ fn console_in_a_browser_shows_the_running_pipeline_and_refuses_without_the_token
         "{seen}"
     );
     assert_eq!(seen["reloads_on_401"], 1, "{seen}");
+    assert_eq!(seen["revoked"], true, "{seen}");
     let (status, _, _) = raw(port, "/", &[]);
     assert_eq!(status, 401, "still refused without the token");
     drop(run);

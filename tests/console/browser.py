@@ -279,6 +279,22 @@ def main():
             seen["reloads_on_401"] = reloads
             seen["signed_out"] = text(driver, "#status-line")
             shot(driver, "7-signed-out")
+
+            # signing out ends the session on the server: its cookie, put back, opens nothing
+            name = f"weir_console_{ARGS.port}"
+            old = driver.get_cookie(name)
+            if not old or not old.get("httpOnly"):
+                fail(f"no HttpOnly session cookie {name}: {old}")
+            driver.find_element(By.CSS_SELECTOR, "#logout button").click()
+            wait(driver, "the sign-in form after signing out", lambda d: d.find_elements(By.ID, "token"))
+            if driver.get_cookie(name):
+                fail("the cookie outlived signing out")
+            driver.add_cookie({k: old[k] for k in ("name", "value", "path", "httpOnly") if k in old})
+            driver.get(base)
+            wait(driver, "the sign-in form for a revoked session", lambda d: d.find_elements(By.ID, "token"))
+            if driver.find_elements(By.ID, "tabs"):
+                fail("a revoked session still opens the console")
+            seen["revoked"] = True
             logs = [
                 e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e.get("message", "")
             ]

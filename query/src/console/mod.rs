@@ -150,7 +150,8 @@ fn origin_matches(origin: &str, headers: &HeaderMap) -> bool {
 /// Whether the browser marks the request as the console page's own, not another site's
 /// (whose requests must not ride on the cookie). `Sec-Fetch-Site` must be `same-origin`
 /// (or, for a page or a read, `none`: an address typed or bookmarked); an `Origin` must match
-/// the address; a `POST` must carry at least one of the two.
+/// the address; a `POST` must carry at least one of the two. `Origin: null` says nothing (the
+/// page's `no-referrer` policy makes the browser send it on its own form posts).
 fn from_the_page(headers: &HeaderMap, usage: Use) -> bool {
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     match site {
@@ -158,7 +159,11 @@ fn from_the_page(headers: &HeaderMap, usage: Use) -> bool {
         Some("none") if usage != Use::Post => {}
         Some(_) => return false,
     }
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null");
+    match origin {
         Some(origin) => origin_matches(origin, headers),
         None => site.is_some() || usage != Use::Post,
     }

@@ -171,6 +171,13 @@ async fn the_cookie_is_a_random_revocable_session() {
     assert_eq!(post(&with(&[])).unwrap().status(), 401);
     assert!(post(&with(&own)).is_none());
     assert!(post(&with(&[("origin", "http://127.0.0.1:8080")])).is_none());
+    // `Origin: null` (a form post under `no-referrer`) says nothing either way
+    assert_eq!(post(&with(&[("origin", "null")])).unwrap().status(), 401);
+    assert!(post(&with(&[
+        ("origin", "null"),
+        ("sec-fetch-site", "same-origin")
+    ]))
+    .is_none());
     assert_eq!(
         post(&with(&[("sec-fetch-site", "none")])).unwrap().status(),
         401
@@ -206,7 +213,7 @@ async fn cookies_of_other_sites_are_refused_without_counting() {
         vec![("sec-fetch-site", "cross-site")],
         vec![("sec-fetch-site", "same-site")],
         vec![("origin", "http://evil.example")],
-        vec![("origin", "null")],
+        vec![("origin", "null"), ("sec-fetch-site", "cross-site")],
         vec![
             ("sec-fetch-site", "same-origin"),
             ("origin", "http://127.0.0.1:8080.evil.example"),
