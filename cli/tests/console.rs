@@ -34,6 +34,10 @@ fn repo() -> PathBuf {
 const HOSTILE_KEY: &str = r#"<img src=x onerror="window.__pwned=1">"#;
 const HOSTILE_RAW: &str = "<script>window.__pwned=1</script>";
 
+/// Windows beside `health_win`: six in all, more event streams than a browser opens to one
+/// host at once (the page follows at most three live).
+const MORE_WINDOWS: [&str; 5] = ["win_b", "win_c", "win_d", "win_e", "win_f"];
+
 /// A generator that keeps producing (a count that changes, open windows) and a file with a
 /// hostile key and a bad line (a dead letter), with a token and checkpoints.
 fn pipeline(dir: &Path, port: u16, token: Option<&str>) -> PathBuf {
@@ -75,13 +79,22 @@ windows:
     aggregates:
       checks: count(*)
     sinks: [out]
-sinks:
+{more}sinks:
   out: {{ file: {{ path: out/windows.ndjson }} }}
 dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
 checkpoint: {{ dir: checkpoints, interval: 2s }}
 serve: {{ http: "127.0.0.1:{port}", refresh: 300ms{token} }}
 "#,
-        token = token.map_or(String::new(), |t| format!(", token: \"{t}\""))
+        token = token.map_or(String::new(), |t| format!(", token: \"{t}\"")),
+        more = MORE_WINDOWS
+            .iter()
+            .map(|w| {
+                format!(
+                    "  {w}:\n    from: health\n    key: [serviceName]\n    tumbling: 3s\n    \
+                     aggregates:\n      checks: count(*)\n"
+                )
+            })
+            .collect::<String>()
     );
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -137,7 +150,10 @@ fn token_flow(port: u16) -> String {
     assert_eq!(header(&head, "location"), Some("./"));
     let set = header(&head, "set-cookie").expect("a cookie").to_string();
     assert!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        set.starts_with(&format!("weir_console_{port}="))
+            && set.contains("HttpOnly")
+            && set.contains("SameSite=Strict")
+            && set.contains("Max-Age="),
         "{set}"
     );
     assert!(!set.contains(TOKEN), "the cookie holds the token: {set}");
@@ -177,7 +193,39 @@ fn token_flow(port: u16) -> String {
     assert_eq!(state.status, 200);
     let state = state.json();
     assert_eq!(state["pipeline"], "console-test");
-    assert_eq!(state["graph"]["operators"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        state["graph"]["operators"].as_array().unwrap().len(),
+        3 + MORE_WINDOWS.len()
+    );
+    // a POST carrying only the cookie, without the browser's marks, is refused (a client
+    // without a browser sends the token)
+    let bare = http(port, "POST", "/sql", &[("Cookie", &cookie)], q);
+    assert_eq!(bare.status, 401);
+    // behind a proxy that rewrites Host, the address the browser used is X-Forwarded-Host
+    let proxied = http(
+        port,
+        "POST",
+        "/sql",
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "https://weir.example.com"),
+            ("X-Forwarded-Host", "weir.example.com"),
+        ],
+        q,
+    );
+    assert_eq!(proxied.status, 200);
+    // signing out ends the session on the server: the same cookie is refused afterwards
+    let origin = format!("http://127.0.0.1:{port}");
+    let out = http(
+        port,
+        "POST",
+        "/console/logout",
+        &[("Cookie", &cookie), ("Origin", &origin)],
+        b"",
+    );
+    assert_eq!(out.status, 303);
+    let (status, _, _) = raw(port, "/", &[("Cookie", &cookie)]);
+    assert_eq!(status, 401, "the session outlived its sign-out");
     cookie
 }
 
@@ -246,6 +294,7 @@ fn console_in_a_browser_shows_the_running_pipeline_and_refuses_without_the_token
             HOSTILE_KEY,
         ])
         .args(["--dead-code", "invalid_json", "--dead-raw", HOSTILE_RAW])
+        .args(["--windows", &(1 + MORE_WINDOWS.len()).to_string()])
         .output()
         .expect("run tests/console/browser.py with the venv's python");
     let stdout = String::from_utf8_lossy(&browser.stdout);
@@ -272,6 +321,14 @@ fn console_in_a_browser_shows_the_running_pipeline_and_refuses_without_the_token
     assert!(seen["sql_error"].as_str().unwrap().starts_with("sql_error"));
     assert!(seen["lookup"].as_str().unwrap().contains(HOSTILE_KEY));
     assert!(seen["screenshots"].as_array().unwrap().len() >= 6);
+    assert!(seen["live_streams"].as_u64().unwrap() <= 3, "{seen}");
+    assert_eq!(seen["followed_after_choice"], "win_f", "{seen}");
+    assert_eq!(
+        seen["csv_formulas"], "'=1+1,-5\r\n'@x,1\r\n'\tx,2\r\n'-y,3\r\n\"'+\"\"q\"\"\",4",
+        "{seen}"
+    );
+    assert_eq!(seen["reloads_on_401"], 1, "{seen}");
+    assert_eq!(seen["revoked"], true, "{seen}");
     let (status, _, _) = raw(port, "/", &[]);
     assert_eq!(status, 401, "still refused without the token");
     drop(run);
@@ -308,6 +365,11 @@ fn console_without_a_token_is_open_like_sql() {
         tables,
         [
             "health_win",
+            "win_b",
+            "win_c",
+            "win_d",
+            "win_e",
+            "win_f",
             "service_status",
             "file_services",
             "weir_status",

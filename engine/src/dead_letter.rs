@@ -155,12 +155,31 @@ impl DeadLetter {
     }
 }
 
+/// Turns text that may hold secrets into text that does not (the pipeline's registered
+/// secrets masked); see [`RecentDeadLetters::set_redactor`].
+pub type Redactor = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
 /// The newest dead letters of this process, kept in memory for the web console and the
-/// `weir_dead_letters` SQL table: at most [`RecentDeadLetters::CAPACITY`] records, each `raw`
-/// cut to [`RecentDeadLetters::RAW_BYTES`]. Not checkpointed: a restart starts it empty.
-#[derive(Debug, Default)]
+/// `weir_dead_letters` SQL table: at most [`RecentDeadLetters::CAPACITY`] records, each cut
+/// to [`RecentDeadLetters::RECORD_BYTES`] of text (so the ring holds at most
+/// [`RecentDeadLetters::MAX_BYTES`] plus a small fixed overhead per record). Not
+/// checkpointed: a restart starts it empty.
+///
+/// What any SQL client can read is redacted: details named like URLs or headers are dropped,
+/// URLs in the message and details keep only their scheme and host, and the redactor set by
+/// the pipeline masks its secrets. The dead-letter output keeps the records whole.
+#[derive(Default)]
 pub struct RecentDeadLetters {
-    ring: std::sync::Mutex<std::collections::VecDeque<RecentDeadLetter>>,
+    ring: std::sync::Mutex<std::collections::VecDeque<Arc<RecentDeadLetter>>>,
+    redactor: std::sync::OnceLock<Redactor>,
+}
+
+impl std::fmt::Debug for RecentDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecentDeadLetters")
+            .field("kept", &self.list().len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One kept dead letter, flattened for a table.
@@ -168,36 +187,62 @@ pub struct RecentDeadLetters {
 pub struct RecentDeadLetter {
     /// When it was written to the dead-letter output (Unix ms).
     pub written_ms: i64,
-    /// The source, or the sink of a rejected row.
+    /// The source, or the sink of a rejected row (cut to `NAME_BYTES`).
     pub source: String,
     /// `topic/partition`, the file, or the partition number (as in `weir_status`); `None`
-    /// for a rejected row.
+    /// for a rejected row (cut to `NAME_BYTES`).
     pub partition: Option<String>,
     pub offset: Option<u64>,
     pub reason: &'static str,
     pub code: &'static str,
+    /// Redacted, cut to `MESSAGE_BYTES`.
     pub message: String,
-    /// The error's details as a JSON object.
+    /// The error's details as a JSON object, redacted; when longer than `DETAILS_BYTES`,
+    /// `{"details_truncated": "<the start of the JSON text>"}`.
     pub details: String,
     /// The original bytes as text (invalid UTF-8 replaced), cut to `RAW_BYTES`.
     pub raw: Option<String>,
     /// `raw` was cut.
     pub raw_truncated: bool,
+    /// Cut to `TRACE_BYTES`.
     pub trace_id: Option<String>,
 }
 
 impl RecentDeadLetters {
     /// Records kept.
     pub const CAPACITY: usize = 1000;
-    /// Bytes of `raw` kept per record.
+    /// Bytes of `raw` kept per record (after invalid UTF-8 is replaced).
     pub const RAW_BYTES: usize = 4096;
+    /// Bytes of `message` kept per record.
+    pub const MESSAGE_BYTES: usize = 1024;
+    /// Bytes of `details` (JSON text) kept per record.
+    pub const DETAILS_BYTES: usize = 4096;
+    /// Bytes of `trace_id` kept per record.
+    pub const TRACE_BYTES: usize = 256;
+    /// Bytes of `source` and of `partition` kept per record.
+    pub const NAME_BYTES: usize = 256;
+    /// Text bytes per record at most.
+    pub const RECORD_BYTES: usize = Self::RAW_BYTES
+        + Self::MESSAGE_BYTES
+        + Self::DETAILS_BYTES
+        + Self::TRACE_BYTES
+        + 2 * Self::NAME_BYTES;
+    /// Text bytes of the whole ring at most (about 10 MB).
+    pub const MAX_BYTES: usize = Self::CAPACITY * Self::RECORD_BYTES;
+
+    /// Sets how messages and details are redacted before they are kept (once; the pipeline
+    /// passes its secret masking). Later calls are ignored.
+    pub fn set_redactor(&self, redactor: Redactor) {
+        let _ = self.redactor.set(redactor);
+    }
 
     /// Keeps the newest of `records` (written at `now_ms`), dropping the oldest kept.
     pub fn push(&self, records: &[DeadLetter], now_ms: i64) {
         let skip = records.len().saturating_sub(Self::CAPACITY);
-        let kept: Vec<RecentDeadLetter> = records[skip..]
+        let redactor = self.redactor.get();
+        let kept: Vec<Arc<RecentDeadLetter>> = records[skip..]
             .iter()
-            .map(|d| RecentDeadLetter::of(d, now_ms))
+            .map(|d| Arc::new(RecentDeadLetter::of(d, now_ms, redactor)))
             .collect();
         let mut ring = match self.ring.lock() {
             Ok(r) => r,
@@ -211,8 +256,8 @@ impl RecentDeadLetters {
         }
     }
 
-    /// The kept records, oldest first.
-    pub fn list(&self) -> Vec<RecentDeadLetter> {
+    /// The kept records, oldest first (pointers: nothing is copied under the lock).
+    pub fn list(&self) -> Vec<Arc<RecentDeadLetter>> {
         match self.ring.lock() {
             Ok(r) => r.iter().cloned().collect(),
             Err(p) => p.into_inner().iter().cloned().collect(),
@@ -220,8 +265,82 @@ impl RecentDeadLetters {
     }
 }
 
+/// `s` cut to at most `max` bytes at a character boundary; whether it was cut.
+fn cut(mut s: String, max: usize) -> (String, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    (s, true)
+}
+
+/// Whether a detail's key names something that may carry credentials (addresses, headers).
+fn secret_detail(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k == "url" || k.ends_with("_url") || k == "uri" || k.contains("header") || k == "cookie"
+}
+
+/// `text` with every `http://` / `https://` URL cut to its scheme and host (no user, path or
+/// query: a webhook's path or query often is its secret).
+pub fn strip_urls(text: &str) -> String {
+    // ASCII lowercasing keeps every byte where it is
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(i) = lower[from..].find("http").map(|i| from + i) {
+        let scheme = if lower[i..].starts_with("https://") {
+            8
+        } else if lower[i..].starts_with("http://") {
+            7
+        } else {
+            out.push_str(&text[from..i + 4]);
+            from = i + 4;
+            continue;
+        };
+        out.push_str(&text[from..i + scheme]);
+        let after = &text[i + scheme..];
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | '\\'))
+            .unwrap_or(after.len());
+        let url = &after[..end];
+        let authority = url.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        out.push_str(host);
+        if host.len() < url.len() {
+            out.push_str("/…");
+        }
+        from = i + scheme + end;
+    }
+    out.push_str(&text[from..]);
+    out
+}
+
+/// `details` (JSON text) as kept: itself when short enough, else
+/// `{"details_truncated": "<its start>"}` within `DETAILS_BYTES`.
+fn bounded_details(details: String) -> String {
+    let max = RecentDeadLetters::DETAILS_BYTES;
+    if details.len() <= max {
+        return details;
+    }
+    let details = cut(details, max).0;
+    let mut keep = max - 32;
+    loop {
+        let head = cut(details.clone(), keep).0;
+        let text = json!({ "details_truncated": head }).to_string();
+        if text.len() <= max {
+            return text;
+        }
+        // escaping grew it: keep less
+        keep = (keep * max / text.len()).saturating_sub(8);
+    }
+}
+
 impl RecentDeadLetter {
-    fn of(d: &DeadLetter, now_ms: i64) -> Self {
+    fn of(d: &DeadLetter, now_ms: i64, redactor: Option<&Redactor>) -> Self {
         let p = &d.partition;
         let partition = match (d.reason, &p.topic, &p.file) {
             (Reason::Rejected, _, _) => None,
@@ -232,23 +351,52 @@ impl RecentDeadLetter {
         let (raw, raw_truncated) = match &d.raw {
             None => (None, false),
             Some(b) => {
-                let cut = b.len() > RecentDeadLetters::RAW_BYTES;
+                let cut_bytes = b.len() > RecentDeadLetters::RAW_BYTES;
                 let b = &b[..b.len().min(RecentDeadLetters::RAW_BYTES)];
-                (Some(String::from_utf8_lossy(b).into_owned()), cut)
+                // invalid bytes grow to three as U+FFFD: cut again after decoding
+                let (text, cut_text) = cut(
+                    String::from_utf8_lossy(b).into_owned(),
+                    RecentDeadLetters::RAW_BYTES,
+                );
+                (Some(text), cut_bytes || cut_text)
             }
         };
+        // cut before redacting (bounded work), far beyond what is kept after it, so that no
+        // secret is cut in two where the kept text ends
+        let clean = |text: &str| {
+            let (text, _) = cut(text.to_string(), 16 * RecentDeadLetters::DETAILS_BYTES);
+            let text = strip_urls(&text);
+            match redactor {
+                Some(r) => r(&text),
+                None => text,
+            }
+        };
+        let details: Map<String, Value> = d
+            .error
+            .details
+            .iter()
+            .filter(|(k, _)| !secret_detail(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let details = clean(&Value::Object(details).to_string());
+        let details = bounded_details(details);
+        let name = |s: String| cut(s, RecentDeadLetters::NAME_BYTES).0;
         RecentDeadLetter {
             written_ms: now_ms,
-            source: p.source.to_string(),
-            partition,
+            source: name(p.source.to_string()),
+            partition: partition.map(name),
             offset: d.offset,
             reason: d.reason.as_str(),
             code: d.error.code,
-            message: d.error.message.clone(),
-            details: Value::Object(d.error.details.clone()).to_string(),
+            message: cut(clean(&d.error.message), RecentDeadLetters::MESSAGE_BYTES).0,
+            details,
             raw,
             raw_truncated,
-            trace_id: d.trace.trace_id.clone(),
+            trace_id: d
+                .trace
+                .trace_id
+                .clone()
+                .map(|t| cut(t, RecentDeadLetters::TRACE_BYTES).0),
         }
     }
 }
@@ -311,5 +459,113 @@ mod tests {
         assert_eq!(newest.partition.as_deref(), Some("in.ndjson"));
         assert_eq!(newest.code, "invalid_json");
         assert_eq!(kept[0].raw.as_deref(), Some("\u{fffd}\u{fffd}"));
+    }
+
+    fn webhook_refusal() -> DeadLetter {
+        let p = Arc::new(PartitionInfo {
+            source: "hook".into(),
+            id: 0,
+            state_id: 0,
+            number: 0,
+            topic: None,
+            file: None,
+        });
+        let url = "https://user:pw@hooks.example.com/services/T0/B0/SECRETPATH?sig=QUERYSECRET";
+        DeadLetter {
+            partition: p,
+            offset: None,
+            reason: Reason::Rejected,
+            error: ErrorInfo::new(
+                "webhook_refused",
+                format!("{url} answered 400 Bad Request: key s3cr3t-api-key is wrong"),
+            )
+            .with("status", 400)
+            .with("url", url)
+            .with("Webhook_URL", url)
+            .with("headers", json!({"set-cookie": "sid=COOKIESECRET"}))
+            .with("response_headers", json!({"x": "HEADERSECRET"}))
+            .with("body", format!("see {url} (s3cr3t-api-key)")),
+            raw: Some(b"{}".to_vec()),
+            trace: Default::default(),
+        }
+    }
+
+    #[test]
+    fn kept_dead_letters_hold_no_urls_headers_or_secrets() {
+        let recent = RecentDeadLetters::default();
+        recent.set_redactor(Arc::new(|s: &str| s.replace("s3cr3t-api-key", "***")));
+        recent.push(&[webhook_refusal()], 1);
+        let kept = recent.list();
+        let d = &kept[0];
+        let all = format!("{} {}", d.message, d.details);
+        for secret in [
+            "SECRETPATH",
+            "QUERYSECRET",
+            "user:pw",
+            "COOKIESECRET",
+            "HEADERSECRET",
+            "s3cr3t-api-key",
+        ] {
+            assert!(!all.contains(secret), "{secret} kept: {all}");
+        }
+        assert!(
+            d.message
+                .starts_with("https://hooks.example.com/… answered 400"),
+            "{}",
+            d.message
+        );
+        let details: Value = serde_json::from_str(&d.details).unwrap();
+        assert_eq!(details["status"], 400);
+        assert_eq!(details["body"], "see https://hooks.example.com/… (***)");
+        assert!(details.get("url").is_none() && details.get("headers").is_none());
+        // the dead-letter output keeps the record whole
+        assert!(webhook_refusal()
+            .to_json()
+            .to_string()
+            .contains("SECRETPATH"));
+        assert_eq!(
+            strip_urls("HTTP://h:1/x y http://z"),
+            "HTTP://h:1/… y http://z"
+        );
+        assert_eq!(strip_urls("httpx https://a?b"), "httpx https://a/…");
+    }
+
+    #[test]
+    fn kept_dead_letters_are_bounded_in_bytes() {
+        let recent = RecentDeadLetters::default();
+        let huge = DeadLetter {
+            error: ErrorInfo::new("webhook_refused", "m".repeat(100_000))
+                .with("body", "\"".repeat(100_000)),
+            // invalid UTF-8 grows threefold when decoded
+            raw: Some(vec![0xff; 3 * RecentDeadLetters::RAW_BYTES]),
+            trace: crate::trace::TraceIds {
+                trace_id: Some("t".repeat(10_000)),
+                correlation_id: None,
+            },
+            ..webhook_refusal()
+        };
+        recent.push(&[huge], 1);
+        let d = &recent.list()[0];
+        assert_eq!(d.message.len(), RecentDeadLetters::MESSAGE_BYTES);
+        assert!(d.details.len() <= RecentDeadLetters::DETAILS_BYTES);
+        let details: Value = serde_json::from_str(&d.details).unwrap();
+        assert!(details["details_truncated"].as_str().unwrap().len() > 1000);
+        let raw = d.raw.as_ref().unwrap();
+        assert!(raw.len() <= RecentDeadLetters::RAW_BYTES && raw.len() > 4000);
+        assert!(d.raw_truncated);
+        assert_eq!(
+            d.trace_id.as_ref().unwrap().len(),
+            RecentDeadLetters::TRACE_BYTES
+        );
+        let text = |d: &RecentDeadLetter| {
+            d.source.len()
+                + d.partition.as_ref().map_or(0, String::len)
+                + d.message.len()
+                + d.details.len()
+                + d.raw.as_ref().map_or(0, String::len)
+                + d.trace_id.as_ref().map_or(0, String::len)
+        };
+        assert!(text(d) <= RecentDeadLetters::RECORD_BYTES);
+        const { assert!(RecentDeadLetters::MAX_BYTES <= 10_000_000) };
     }
 }

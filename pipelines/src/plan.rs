@@ -2030,9 +2030,9 @@ impl Plan {
         f
     }
 
-    /// A readable description of the plan, for `weir validate`.
-    /// The pipeline as a small graph for the web console: sources, windows and views, sinks,
-    /// each with one line about it (no addresses, credentials or properties).
+    /// The pipeline as a small graph for the web console (`GET /console/state`): sources,
+    /// windows and views (each with the source it reads and the sinks it writes), sinks, each
+    /// with one line about it (no addresses, credentials or properties).
     pub fn console_graph(&self) -> weir_query::console::Graph {
         use weir_query::console::{Graph, GraphNode, GraphOperator};
         let file_name = |p: &std::path::Path| {
@@ -2126,6 +2126,7 @@ impl Plan {
         }
     }
 
+    /// A readable description of the plan, for `weir validate`.
     pub fn describe(&self, parallelism: usize) -> String {
         let mut s = String::new();
         let _ = writeln!(

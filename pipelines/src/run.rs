@@ -316,6 +316,12 @@ pub(crate) fn run_job(
     let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
     let source_names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
     let stats = Arc::new(RunStats::new(&source_names, &op_names, &sink_names));
+    // what `weir_dead_letters` shows any SQL client: the pipeline's secrets masked
+    stats
+        .recent_dead_letters
+        .set_redactor(Arc::new(|text: &str| {
+            crate::secrets::redact(text).into_owned()
+        }));
     for (planned, st) in plan.sources.iter().zip(&stats.sources) {
         if let (Some(w), Ok(mut list)) = (&planned.waiting, st.waiting.lock()) {
             list.push(w.clone());

@@ -44,12 +44,29 @@ class ApiError extends Error {
   constructor(status, code, message) { super(message); this.status = status; this.code = code; }
 }
 
+// A 401 reloads the page once (to the sign-in form when the session ended); a second 401
+// within a minute of that reload shows a message instead, so that a session the endpoint
+// does not take (a proxy that hides the address the browser used) cannot reload forever.
+const RELOADED = 'weir-console-reloaded-at';
 let signedOut = false;
 function onUnauthorized() {
   if (signedOut) return;
   signedOut = true;
-  $('status-line').textContent = 'Signed out (the token is needed again): reload the page.';
-  window.location.reload();
+  stopStreams();
+  let last = null;
+  try { last = Number(sessionStorage.getItem(RELOADED)); } catch (_) { last = Date.now(); }
+  if (!last || Date.now() - last > 60000) {
+    try {
+      sessionStorage.setItem(RELOADED, String(Date.now()));
+      $('status-line').textContent = 'Signed out: reloading…';
+      window.location.reload();
+      return;
+    } catch (_) { /* no session storage: no reload */ }
+  }
+  const line = $('status-line');
+  clear(line);
+  line.append('Signed out: the endpoint does not take this page\'s session (it expired or was signed out, or a proxy hides the address used). ',
+    el('a', { href: './' }, 'Sign in again'), '.');
 }
 
 async function failure(r) {
@@ -60,21 +77,37 @@ async function failure(r) {
   return new ApiError(r.status, (e && e.code) || 'http_' + r.status, (e && e.message) || r.statusText);
 }
 
-/** Rows of a query (JSON), or an Arrow IPC stream as a Blob. */
+/** `fetch(path)` read by `read`, given up (aborted) after `ms`: an endpoint that does not
+ * answer leaves no request behind to pile up. */
+async function call(path, options, ms, read) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), ms);
+  try {
+    const r = await fetch(path, { ...options, signal: ctl.signal, credentials: 'same-origin', cache: 'no-store' });
+    return await read(r);
+  } catch (e) {
+    if (e && e.name === 'AbortError') throw new ApiError(0, 'timeout', 'no answer in ' + Math.round(ms / 1000) + ' s');
+    throw e;
+  } finally { clearTimeout(timer); }
+}
+
+/** Rows of a query (JSON), or an Arrow IPC stream as a Blob; given up a little after the
+ * endpoint's own query timeout. */
 async function sql(query, arrow) {
   const headers = { 'Content-Type': 'application/json' };
   if (arrow) headers.Accept = ARROW;
-  const r = await fetch('sql', {
-    method: 'POST', headers, body: JSON.stringify({ query }), credentials: 'same-origin', cache: 'no-store',
+  const ms = (state ? state.limits.timeout_ms : 30000) + 10000;
+  return call('sql', { method: 'POST', headers, body: JSON.stringify({ query }) }, ms, async (r) => {
+    if (!r.ok) throw await failure(r);
+    return arrow ? r.blob() : r.json();
   });
-  if (!r.ok) throw await failure(r);
-  return arrow ? r.blob() : r.json();
 }
 
 async function getJson(path) {
-  const r = await fetch(path, { credentials: 'same-origin', cache: 'no-store' });
-  if (!r.ok && !(path === 'ready' && r.status === 503)) throw await failure(r);
-  return r.json();
+  return call(path, {}, 10000, async (r) => {
+    if (!r.ok && !(path === 'ready' && r.status === 503)) throw await failure(r);
+    return r.json();
+  });
 }
 
 /** `name` as a SQL identifier; `value` as a SQL string literal. */
@@ -156,13 +189,16 @@ for (const t of tabs) {
 let state = null;
 const samples = []; // {t, records, dead}
 
+let polling = false;
 async function pollState() {
+  if (polling) return; // the last one has not been answered yet
+  polling = true;
   try {
     state = await getJson('console/state');
   } catch (e) {
-    $('status-line').textContent = 'The endpoint does not answer: ' + e.message;
+    if (!signedOut) $('status-line').textContent = 'The endpoint does not answer: ' + e.message;
     return;
-  }
+  } finally { polling = false; }
   samples.push({ t: state.now_ms, records: state.counters.records_in, dead: state.counters.dead_letters });
   while (samples.length > HISTORY + 1) samples.shift();
   const s = state.snapshot;
@@ -385,8 +421,36 @@ function renderSources() {
 
 // ---- windows and views --------------------------------------------------------------------
 
+// A browser opens at most 6 connections to one host (HTTP/1.1): one event stream per window
+// would starve the page's own requests. At most MAX_STREAMS windows are followed live: the
+// first ones, or those chosen last with their "Follow live" button.
+const MAX_STREAMS = 3;
 const streams = new Map(); // window name -> EventSource
+let followed = null; // window names followed live, the one chosen longest ago first
 let tablesBuilt = false;
+
+function followButton(t, id) {
+  const on = followed.includes(t.name);
+  const b = $(id + '-follow');
+  b.textContent = on ? 'Followed live' : 'Follow live';
+  b.setAttribute('aria-pressed', String(on));
+  b.disabled = on;
+  if (!on) $(id + '-open-status').textContent = 'not followed live (at most ' + MAX_STREAMS + ' windows at once)';
+}
+
+function choose(t, id) {
+  followed = followed.filter((n) => n !== t.name).concat([t.name]);
+  while (followed.length > MAX_STREAMS) {
+    const gone = followed.shift();
+    const es = streams.get(gone);
+    if (es) es.close();
+    streams.delete(gone);
+    const goneId = 't-' + gone.replace(/[^A-Za-z0-9_-]/g, '_');
+    if ($(goneId + '-follow')) followButton({ name: gone }, goneId);
+  }
+  followButton(t, id);
+  follow(t, id);
+}
 
 function tableBlock(t) {
   const op = state.graph.operators.find((o) => o.name === t.name);
@@ -397,7 +461,9 @@ function tableBlock(t) {
     el('p', { id: id + '-count', 'aria-live': 'polite' }, 'rows: …'));
   if (t.kind === 'window') {
     block.append(el('h4', {}, 'Newest closed windows'), el('div', { class: 'scroll' }, el('table', { class: 'data', id: id + '-closed' })),
-      el('h4', {}, 'Open windows (live)'), el('p', { class: 'sub', id: id + '-open-status' }, 'connecting…'),
+      el('h4', {}, 'Open windows (live)'),
+      el('p', { class: 'sub' }, el('span', { id: id + '-open-status' }, 'connecting…'), ' ',
+        el('button', { type: 'button', id: id + '-follow', onclick: () => choose(t, id) }, 'Follow live')),
       el('div', { class: 'scroll' }, el('table', { class: 'data', id: id + '-open' })));
   } else {
     const form = el('form', { class: 'inline', id: id + '-lookup' });
@@ -442,6 +508,8 @@ async function loadTables() {
     clear($('tables-list'));
     if (!list.length) $('tables-list').append(el('p', {}, 'This pipeline has no windows or views.'));
     for (const t of list) $('tables-list').append(tableBlock(t));
+    followed = list.filter((t) => t.kind === 'window').slice(0, MAX_STREAMS).map((t) => t.name);
+    for (const t of list) if (t.kind === 'window') followButton(t, 't-' + t.name.replace(/[^A-Za-z0-9_-]/g, '_'));
   }
   for (const t of list) {
     const id = 't-' + t.name.replace(/[^A-Za-z0-9_-]/g, '_');
@@ -451,7 +519,7 @@ async function loadTables() {
         $(id + '-count').textContent = 'rows: ' + num(c.n) + ' (' + num(c.closed || 0) + ' closed, ' + num(c.n - (c.closed || 0)) + ' open)';
         const closed = await sql(`SELECT * FROM ${ident(t.name)} WHERE is_final ORDER BY window_end DESC LIMIT 10`);
         fillTable($(id + '-closed'), t.columns.map((x) => x.name), closed, closed.length ? null : 'none closed yet');
-        follow(t, id);
+        if (followed.includes(t.name)) follow(t, id);
       } else {
         const [c] = await sql(`SELECT count(*) AS n FROM ${ident(t.name)}`);
         $(id + '-count').textContent = 'rows (keys): ' + num(c.n);
@@ -462,7 +530,7 @@ async function loadTables() {
 
 /** Follows a window's open rows over `GET /subscribe` (Server-Sent Events). */
 function follow(t, id) {
-  if (streams.has(t.name)) return;
+  if (streams.has(t.name) || streams.size >= MAX_STREAMS || signedOut) return;
   const open = new Map();
   const keyOf = (row) => t.keys.map((k) => JSON.stringify(row[k])).join('\u0000') + '\u0000' + row.window_start;
   const status = $(id + '-open-status');
@@ -584,9 +652,12 @@ async function runSql(ev) {
   } finally { $('sql-run').disabled = false; }
 }
 
+/** A CSV field. Text starting with = + - @ tab or CR is prefixed with ' so that a spreadsheet
+ * does not run it as a formula (OWASP, CSV injection); numbers are left as they are. */
 function csvField(v) {
   if (v === null || v === undefined) return '';
-  const s = typeof v === 'object' ? JSON.stringify(v) : String(v);
+  let s = typeof v === 'object' ? JSON.stringify(v) : String(v);
+  if (typeof v !== 'number' && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
   return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
 }
 
@@ -636,10 +707,12 @@ async function refresh(name) {
   } finally { busy[name] = false; }
 }
 
+let ticking = false;
 async function tick(n) {
-  // a page nobody looks at (a background tab) asks for nothing
-  if (signedOut || document.hidden) return;
-  await pollState();
+  // a page nobody looks at (a background tab) asks for nothing; a slow answer skips ticks
+  if (signedOut || document.hidden || ticking) return;
+  ticking = true;
+  try { await pollState(); } finally { ticking = false; }
   if (active === 'overview' && n % 2 === 0) refresh('overview');
   if (active === 'sources' && n % 2 === 0) refresh('sources');
   if (active === 'tables' && n % 3 === 0) refresh('tables');

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::console::Refused;
 use crate::engine::{Answer, Encoding, QueryEngine, QueryError, QueryLimits};
-use crate::logins::secret_matches;
 use crate::metrics::{Format, Metrics};
 
 /// The media type of Arrow IPC streams.
@@ -31,6 +31,8 @@ pub struct HttpState {
     pub graph: crate::console::Graph,
     /// In a worker pool: the other workers.
     pub peers: Option<Arc<crate::peers::Peers>>,
+    /// The web console's sign-in sessions.
+    pub sessions: crate::console::sessions::Sessions,
 }
 
 /// The routes.
@@ -50,55 +52,30 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Whether the request carries the token (compared in constant time): as a bearer token, or
-/// without one as the web console's cookie (sent by the console's own page); `None` when none
-/// is needed.
-fn token_given(state: &HttpState, headers: &HeaderMap) -> Option<bool> {
-    let token = state.token.as_ref()?;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_none() {
-        if let Some(ok) = crate::console::cookie_matches(headers, token) {
-            return Some(ok);
-        }
-    }
-    Some(secret_matches(
-        bearer.unwrap_or("").as_bytes(),
-        token.as_bytes(),
-    ))
-}
-
-/// Checks the bearer token, counting failures of the client's address; the response to send
-/// when the request may not go on.
-pub(crate) fn refusal(state: &HttpState, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
-    // open endpoints count no logins
-    state.token.as_ref()?;
-    let logins = &state.engine.logins;
-    if let Err(wait) = logins.check(peer) {
-        return Some(error(
+/// Checks the bearer token (or the web console's session cookie on the console page's own
+/// requests), counting wrong tokens of the client's address ([`crate::console::admit`]); the
+/// response to send when the request may not go on.
+pub(crate) fn refusal(
+    state: &HttpState,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    usage: crate::console::Use,
+) -> Option<Response> {
+    match crate::console::admit(state, headers, peer, usage) {
+        Ok(()) => None,
+        Err(Refused::Locked(wait)) => Some(error(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_failed_logins",
             &format!(
                 "too many failed logins from {peer}; try again in {:.1} s",
                 wait.as_secs_f64()
             ),
-        ));
-    }
-    match token_given(state, headers) {
-        Some(false) => {
-            logins.failed(peer);
-            Some(error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required (Authorization: Bearer <serve.token>)",
-            ))
-        }
-        _ => {
-            logins.succeeded(peer);
-            None
-        }
+        )),
+        Err(Refused::Unauthorized) => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer <serve.token>)",
+        )),
     }
 }
 
@@ -129,7 +106,7 @@ async fn sql(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refused) = refusal(&state, &headers, peer.ip()) {
+    if let Some(refused) = refusal(&state, &headers, peer.ip(), crate::console::Use::Post) {
         return refused;
     }
     let limit = state.engine.limits().max_message_bytes();

@@ -151,6 +151,9 @@ impl SqlServer {
                 ),
                 graph: config.graph.clone(),
                 peers: config.peers.clone(),
+                sessions: crate::console::sessions::Sessions::new(
+                    server.http.map_or(0, |a| a.port()),
+                ),
             });
             // connections the subscription hub can cut (a subscriber that does not read)
             let listener =

@@ -161,6 +161,24 @@ def main():
             tab(driver, "tables")
             wait(driver, "the row counts", lambda d: "rows" in text(d, "[id$=-count]") and "…" not in text(d, "[id$=-count]"))
             wait(driver, "open windows live", lambda d: "live" in text(d, "[id$=-open-status]"))
+            # more windows than a browser opens connections to one host: at most 3 followed
+            # live, and every window's counts still load
+            wait(
+                driver,
+                "every window's row count",
+                lambda d: len([t for t in texts(d, "[id$=-count]") if t.startswith("rows")]) >= ARGS.windows,
+            )
+            live_streams = 0
+            for _ in range(6):
+                live_streams = max(live_streams, driver.execute_script("return streams.size"))
+                time.sleep(0.5)
+            if "not followed live" not in " ".join(texts(driver, "[id$=-open-status]")):
+                fail("no window is marked as not followed live")
+            driver.find_element(By.ID, "t-win_f-follow").click()
+            wait(driver, "the chosen window live", lambda d: text(d, "#t-win_f-open-status").startswith("live"))
+            live_streams = max(live_streams, driver.execute_script("return streams.size"))
+            seen["live_streams"] = live_streams
+            seen["followed_after_choice"] = driver.execute_script("return followed[followed.length - 1]")
             key = driver.find_element(By.CSS_SELECTOR, f"#t-{ARGS.lookup_view}-lookup input")
             key.send_keys(ARGS.lookup_key + Keys.ENTER)
             found = wait(
@@ -215,6 +233,12 @@ def main():
             if len(csv.strip().split("\r\n")) != seen["sql_rows"] + 1:
                 fail(f"the CSV download does not hold the result: {csv!r}")
             seen["csv_head"] = csv.split("\r\n")[0]
+            # text a spreadsheet would run as a formula is prefixed with '; numbers are kept
+            formulas = driver.execute_script(
+                """return csvText({columns: ['a', 'n'], rows: [
+                  {a: '=1+1', n: -5}, {a: '@x', n: 1}, {a: '\\tx', n: 2}, {a: '-y', n: 3}, {a: '+"q"', n: 4}]})"""
+            )
+            seen["csv_formulas"] = formulas.split("\r\n", 1)[1].rstrip("\r\n")
             arrow = driver.execute_async_script(
                 """
                 const done = arguments[arguments.length - 1];
@@ -236,6 +260,41 @@ def main():
             seen["sql_error"] = text(driver, "#sql-error")
             shot(driver, "6-sql-error")
             not_pwned(driver, "the end")
+
+            # a 401 reloads the page once; another right after shows a message, not a loop
+            stub = """window.__marker = 1;
+                window.fetch = () => Promise.resolve(new Response('{}', {status: 401}));"""
+            driver.execute_script("sessionStorage.removeItem(RELOADED);" + stub)
+            wait(
+                driver,
+                "the reload after a 401",
+                lambda d: d.execute_script("return window.__marker") is None and d.find_elements(By.ID, "tabs"),
+            )
+            reloads = 1
+            driver.execute_script(stub)
+            wait(driver, "the signed-out message", lambda d: "Signed out" in text(d, "#status-line"))
+            time.sleep(3)
+            if driver.execute_script("return window.__marker") is None:
+                reloads += 1
+            seen["reloads_on_401"] = reloads
+            seen["signed_out"] = text(driver, "#status-line")
+            shot(driver, "7-signed-out")
+
+            # signing out ends the session on the server: its cookie, put back, opens nothing
+            name = f"weir_console_{ARGS.port}"
+            old = driver.get_cookie(name)
+            if not old or not old.get("httpOnly"):
+                fail(f"no HttpOnly session cookie {name}: {old}")
+            driver.find_element(By.CSS_SELECTOR, "#logout button").click()
+            wait(driver, "the sign-in form after signing out", lambda d: d.find_elements(By.ID, "token"))
+            if driver.get_cookie(name):
+                fail("the cookie outlived signing out")
+            driver.add_cookie({k: old[k] for k in ("name", "value", "path", "httpOnly") if k in old})
+            driver.get(base)
+            wait(driver, "the sign-in form for a revoked session", lambda d: d.find_elements(By.ID, "token"))
+            if driver.find_elements(By.ID, "tabs"):
+                fail("a revoked session still opens the console")
+            seen["revoked"] = True
             logs = [
                 e for e in driver.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e.get("message", "")
             ]
@@ -260,5 +319,6 @@ if __name__ == "__main__":
     p.add_argument("--lookup-key", required=True)
     p.add_argument("--dead-code", required=True)
     p.add_argument("--dead-raw", required=True)
+    p.add_argument("--windows", type=int, default=1)
     ARGS = p.parse_args()
     main()

@@ -16,7 +16,10 @@ use datafusion::common::Result as DfResult;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::scalar::ScalarValue;
+use weir_engine::dead_letter::RecentDeadLetter;
 use weir_engine::live::LiveState;
 use weir_engine::stats::RunStats;
 
@@ -68,13 +71,24 @@ impl DeadLettersTable {
         }
     }
 
-    /// This process's rows, newest first.
-    pub fn rows(&self) -> DfResult<RecordBatch> {
-        let mut kept = self.stats.recent_dead_letters.list();
-        kept.reverse();
+    /// This process's rows, newest first: those `keep` takes, at most `limit`.
+    pub fn rows(
+        &self,
+        keep: &dyn Fn(&RecentDeadLetter) -> bool,
+        limit: Option<usize>,
+    ) -> DfResult<RecordBatch> {
+        let kept: Vec<Arc<RecentDeadLetter>> = self
+            .stats
+            .recent_dead_letters
+            .list()
+            .into_iter()
+            .rev()
+            .filter(|d| keep(d))
+            .take(limit.unwrap_or(usize::MAX))
+            .collect();
         let n = kept.len();
-        let text = |f: &dyn Fn(&weir_engine::dead_letter::RecentDeadLetter) -> Option<&str>| {
-            Arc::new(StringArray::from_iter(kept.iter().map(f))) as ArrayRef
+        let text = |f: &dyn Fn(&RecentDeadLetter) -> Option<&str>| {
+            Arc::new(StringArray::from_iter(kept.iter().map(|d| f(d)))) as ArrayRef
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(
@@ -113,14 +127,42 @@ impl TableProvider for DeadLettersTable {
         TableType::View
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // `reason = '...'` and `code = '...'` are applied while the rows are built; DataFusion
+        // applies every filter again (inexact), so this only saves work
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if text_equality(f).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
+        filters: &[Expr],
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let mut batches = vec![self.rows()?];
+        let wanted: Vec<(&str, String)> = filters.iter().filter_map(text_equality).collect();
+        let keep = |d: &RecentDeadLetter| {
+            wanted.iter().all(|(column, value)| match *column {
+                "reason" => d.reason == value,
+                "code" => d.code == value,
+                "source" => d.source == *value,
+                _ => true,
+            })
+        };
+        // a limit reaches the scan only when no filter is left above it
+        let mut batches = vec![self.rows(&keep, limit)?];
         if let Some(p) = crate::tables::peers_of(state, &self.peers) {
             batches.extend(crate::tables::remote_rows(p, TABLE, &self.schema).await?);
         }
@@ -129,6 +171,28 @@ impl TableProvider for DeadLettersTable {
             self.schema.clone(),
             projection.cloned(),
         )?)
+    }
+}
+
+/// A filter `column = 'text'` (either way round) on `reason`, `code` or `source`.
+fn text_equality(filter: &Expr) -> Option<(&'static str, String)> {
+    let Expr::BinaryExpr(b) = filter else {
+        return None;
+    };
+    if b.op != Operator::Eq {
+        return None;
+    }
+    let (column, value) = match (&*b.left, &*b.right) {
+        (Expr::Column(c), Expr::Literal(v, ..)) | (Expr::Literal(v, ..), Expr::Column(c)) => (c, v),
+        _ => return None,
+    };
+    let column = ["reason", "code", "source"]
+        .into_iter()
+        .find(|n| *n == column.name)?;
+    match value {
+        ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v)) => Some((column, v.clone())),
+        ScalarValue::Utf8View(Some(v)) => Some((column, v.clone())),
+        _ => None,
     }
 }
 
@@ -176,10 +240,44 @@ mod tests {
         stats
             .recent_dead_letters
             .push(&[letter(&p, 9, Reason::Bad, "missing_field")], 2_000);
+        let table = DeadLettersTable::new(stats.clone(), live.clone(), None);
+        let newest = table.rows(&|_| true, Some(1)).unwrap();
+        assert_eq!(newest.num_rows(), 1, "the limit is applied while building");
+        let late = table.rows(&|d| d.reason == "late", None).unwrap();
+        assert_eq!(late.num_rows(), 1);
         let engine = QueryEngine::new(live, QueryLimits::default())
             .unwrap()
             .with_dead_letters(stats, None)
             .unwrap();
+        for (sql, want) in [
+            (
+                r#"SELECT "offset" FROM weir_dead_letters LIMIT 2"#,
+                vec![9, 8],
+            ),
+            (
+                r#"SELECT "offset" FROM weir_dead_letters WHERE code = 'late_event'"#,
+                vec![8],
+            ),
+            (
+                r#"SELECT "offset" FROM weir_dead_letters WHERE 'bad' = reason AND "offset" < 9 LIMIT 5"#,
+                vec![7],
+            ),
+            (
+                r#"SELECT "offset" FROM weir_dead_letters WHERE code = 'late_event' OR code = 'missing_field'"#,
+                vec![9, 8],
+            ),
+        ] {
+            let a = engine.query(sql).await.unwrap();
+            let batch = arrow::compute::concat_batches(&a.schema, &a.batches).unwrap();
+            let got = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .unwrap()
+                .values()
+                .to_vec();
+            assert_eq!(got, want, "{sql}");
+        }
         let all = engine
             .query(r#"SELECT "offset", "partition", details FROM weir_dead_letters"#)
             .await

@@ -8,11 +8,14 @@
 //!
 //! Access: with `serve.token` set, every console route needs the token, as `/sql` does. A
 //! browser gives it once (the login form, or `/?token=...` which is then taken out of the
-//! address) and gets a cookie: `HttpOnly`, `SameSite=Strict`, holding a digest of the token,
-//! never the token. The endpoints that take the bearer token take that cookie too, but only
-//! on requests the browser marks as coming from the page itself (`Sec-Fetch-Site` and `Origin`).
+//! address) and gets a session ([`sessions`]): a random id in the cookie `weir_console_<port>`
+//! (`HttpOnly`, `SameSite=Strict`), kept by the server until it expires or the browser signs
+//! out. The endpoints that take the bearer token take that cookie too, but only on requests
+//! the browser marks as coming from the page itself (`Sec-Fetch-Site`, `Origin`; see
+//! [`admit`]). Wrong tokens count as failed logins on every route.
 
 pub mod dead_letters;
+pub mod sessions;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -26,13 +29,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::http::HttpState;
 use crate::logins::secret_matches;
-
-/// The cookie a browser keeps after giving the token.
-pub const COOKIE: &str = "weir_console";
 
 const INDEX_HTML: &str = include_str!("../../console/index.html");
 const APP_JS: &str = include_str!("../../console/app.js");
@@ -42,15 +41,18 @@ const LOGIN_HTML: &str = include_str!("../../console/login.html");
 /// The pipeline as a small graph, for the console's overview.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Graph {
+    /// The sources, in the pipeline file's order.
     pub sources: Vec<GraphNode>,
     /// Windows and views, each reading one source.
     pub operators: Vec<GraphOperator>,
+    /// The sinks (not the dead-letter output).
     pub sinks: Vec<GraphNode>,
 }
 
 /// A source or a sink.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GraphNode {
+    /// Its name in the pipeline file.
     pub name: String,
     /// `file`, `generator`, `kafka`, `iceberg`, `elasticsearch`...
     pub kind: String,
@@ -61,9 +63,11 @@ pub struct GraphNode {
 /// A window or a view.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GraphOperator {
+    /// Its name in the pipeline file (and its SQL table's).
     pub name: String,
     /// `window` or `view`.
     pub kind: String,
+    /// Its definition in one line (as `weir validate` prints it: key, window, aggregates).
     pub detail: String,
     /// The source it reads.
     pub from: String,
@@ -82,43 +86,159 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/console/app.css", get(app_css))
 }
 
-/// The cookie's value for `token`: a digest, so the cookie is not the token itself.
-fn cookie_value(token: &str) -> String {
-    let digest = Sha256::digest(format!("weir-console-v1\0{token}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// How a route uses a request's credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// `GET /` and the script: a browser's navigation. Without any credential it gets the
+    /// sign-in page.
+    Page,
+    /// Reads by the page's script or by a client: `GET /console/state`, `GET /subscribe`.
+    Read,
+    /// `POST /sql` and signing out: the cookie counts only when `Origin` or `Sec-Fetch-Site`
+    /// marks the request as the page's own (a client without a browser sends the bearer token).
+    Post,
 }
 
-/// The console cookie of a request, when the browser says the request comes from a page of
-/// the endpoint itself (not from another site, whose requests must not ride on the cookie).
-fn same_origin_cookie(headers: &HeaderMap) -> Option<String> {
+/// Why a request may not go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Too many failed logins from the client's address: it must wait this long.
+    Locked(std::time::Duration),
+    /// No valid credential.
+    Unauthorized,
+}
+
+/// The console cookie a request carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Cookie {
+    Absent,
+    /// Sent by a request the browser does not mark as the page's own: not taken (another
+    /// site's page, or a proxy that hides the address the browser used).
+    Foreign,
+    /// Unknown, expired or signed out (or from before a restart).
+    Stale,
+    /// A live session, with its id.
+    Valid(String),
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The first value of a header that proxies may give as a list.
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let v = headers.get(name)?.to_str().ok()?;
+    v.split(',').next().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Whether `Origin` names the address the browser used: `Host`, or behind a proxy that
+/// rewrites `Host`, the first `X-Forwarded-Host`.
+fn origin_matches(origin: &str, headers: &HeaderMap) -> bool {
+    let Some((_, origin_host)) = origin.split_once("://") else {
+        return false; // `null`
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    [host, first_value(headers, "x-forwarded-host")]
+        .into_iter()
+        .flatten()
+        .any(|h| h.eq_ignore_ascii_case(origin_host))
+}
+
+/// Whether the browser marks the request as the console page's own, not another site's
+/// (whose requests must not ride on the cookie). `Sec-Fetch-Site` must be `same-origin`
+/// (or, for a page or a read, `none`: an address typed or bookmarked); an `Origin` must match
+/// the address; a `POST` must carry at least one of the two. `Origin: null` says nothing (the
+/// page's `no-referrer` policy makes the browser send it on its own form posts).
+fn from_the_page(headers: &HeaderMap, usage: Use) -> bool {
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if site.is_some_and(|s| s != "same-origin" && s != "none") {
-        return None;
+    match site {
+        None | Some("same-origin") => {}
+        Some("none") if usage != Use::Post => {}
+        Some(_) => return false,
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if !origin_host.eq_ignore_ascii_case(host) {
-            return None;
-        }
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null");
+    match origin {
+        Some(origin) => origin_matches(origin, headers),
+        None => site.is_some() || usage != Use::Post,
     }
+}
+
+/// The value of the cookie `name`, if the request has it.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
-/// Whether the request's console cookie matches `token` (`None`: it has none usable).
-pub(crate) fn cookie_matches(headers: &HeaderMap, token: &str) -> Option<bool> {
-    let given = same_origin_cookie(headers)?;
-    Some(secret_matches(
-        given.as_bytes(),
-        cookie_value(token).as_bytes(),
-    ))
+fn cookie_of(state: &HttpState, headers: &HeaderMap, usage: Use) -> Cookie {
+    let Some(id) = cookie_value(headers, state.sessions.cookie()) else {
+        return Cookie::Absent;
+    };
+    if !from_the_page(headers, usage) {
+        return Cookie::Foreign;
+    }
+    if state.sessions.check(id) {
+        Cookie::Valid(id.to_string())
+    } else {
+        Cookie::Stale
+    }
+}
+
+/// Whether a request may use a route that needs `serve.token`: the bearer token, or the
+/// console's session cookie on a request of the page itself.
+///
+/// Failed logins are counted as on every endpoint: a wrong bearer token counts one for the
+/// client's address, and an address that must wait is refused whatever it sends (even the
+/// right token or a live session). What cannot be a guess counts nothing: a request without
+/// any credential, a cookie a request of another site (or of a misconfigured proxy) carries,
+/// or the cookie of a session that ended (its id is 256 random bits).
+pub(crate) fn admit(
+    state: &HttpState,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    usage: Use,
+) -> Result<(), Refused> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let logins = &state.engine.logins;
+    if let Some(given) = bearer(headers) {
+        logins.check(peer).map_err(Refused::Locked)?;
+        if secret_matches(given.as_bytes(), token.as_bytes()) {
+            logins.succeeded(peer);
+            return Ok(());
+        }
+        logins.failed(peer);
+        return Err(Refused::Unauthorized);
+    }
+    match cookie_of(state, headers, usage) {
+        // a session does not clear the address's failures: only the token itself does
+        Cookie::Valid(_) => logins.check(peer).map_err(Refused::Locked),
+        Cookie::Absent | Cookie::Foreign | Cookie::Stale => Err(Refused::Unauthorized),
+    }
+}
+
+/// The `Set-Cookie` value of a new session `id`: `Secure` when the browser reached the
+/// endpoint over HTTPS (a TLS proxy saying so with `X-Forwarded-Proto: https`).
+fn session_cookie(name: &str, id: &str, headers: &HeaderMap) -> String {
+    let https =
+        first_value(headers, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    format!(
+        "{name}={id}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+        sessions::LIFETIME.as_secs(),
+        if https { "; Secure" } else { "" }
+    )
 }
 
 /// Headers of every console answer: nothing cached, no framing, no script but its own.
@@ -172,24 +292,24 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
-/// Whether the request may see the console: no token set, or the bearer token, or the cookie.
-fn signed_in(state: &HttpState, headers: &HeaderMap) -> bool {
-    let Some(token) = &state.token else {
-        return true;
-    };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match bearer {
-        Some(b) => secret_matches(b.as_bytes(), token.as_bytes()),
-        None => cookie_matches(headers, token) == Some(true),
-    }
+/// The wait of a locked-out address, for people.
+fn wait_message(wait: std::time::Duration) -> String {
+    format!(
+        "Too many failed logins from this address; try again in {:.0} s.",
+        wait.as_secs_f64().ceil()
+    )
 }
 
 /// Checks a token typed into the login form or given as `?token=`: on success the answer
-/// sets the cookie and sends the browser to the console; else the login page again.
-fn try_token(state: &HttpState, peer: IpAddr, given: &str, to: &'static str) -> Response {
+/// starts a session, sets its cookie and sends the browser to the console; else the login
+/// page again.
+fn try_token(
+    state: &HttpState,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    given: &str,
+    to: &'static str,
+) -> Response {
     // the login page answers at `to`'s place: `/` or `/console/login`
     let root = if to == "./" { "" } else { "../" };
     let Some(token) = &state.token else {
@@ -197,25 +317,24 @@ fn try_token(state: &HttpState, peer: IpAddr, given: &str, to: &'static str) -> 
     };
     let logins = &state.engine.logins;
     if let Err(wait) = logins.check(peer) {
-        return login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!(
-                "Too many failed logins from this address; try again in {:.0} s.",
-                wait.as_secs_f64().ceil()
-            ),
-            root,
-        );
+        return login_page(StatusCode::TOO_MANY_REQUESTS, &wait_message(wait), root);
     }
     if !secret_matches(given.as_bytes(), token.as_bytes()) {
         logins.failed(peer);
         return login_page(StatusCode::UNAUTHORIZED, "That token is not right.", root);
     }
     logins.succeeded(peer);
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        cookie_value(token)
-    );
-    redirect(to, Some(cookie))
+    let Some(id) = state.sessions.open() else {
+        return login_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The operating system gave no random bytes for a session; try again.",
+            root,
+        );
+    };
+    redirect(
+        to,
+        Some(session_cookie(state.sessions.cookie(), &id, headers)),
+    )
 }
 
 /// 303 to `to` (relative, so a proxy's path prefix is kept), setting `cookie`.
@@ -238,19 +357,25 @@ async fn page(
 ) -> Response {
     if let Some((_, given)) = params.iter().find(|(k, _)| k == "token") {
         // the token leaves the address bar (and the history entry) at once
-        return try_token(&state, peer.ip(), given, "./");
+        return try_token(&state, peer.ip(), &headers, given, "./");
     }
-    if !signed_in(&state, &headers) {
-        return login_page(StatusCode::UNAUTHORIZED, "", "");
+    match admit(&state, &headers, peer.ip(), Use::Page) {
+        Ok(()) => {
+            let title = escape_html(&state.engine.live().pipeline);
+            html(StatusCode::OK, INDEX_HTML.replace("{{pipeline}}", &title))
+        }
+        Err(Refused::Locked(wait)) => {
+            login_page(StatusCode::TOO_MANY_REQUESTS, &wait_message(wait), "")
+        }
+        Err(Refused::Unauthorized) => login_page(StatusCode::UNAUTHORIZED, "", ""),
     }
-    let title = escape_html(&state.engine.live().pipeline);
-    html(StatusCode::OK, INDEX_HTML.replace("{{pipeline}}", &title))
 }
 
 /// `POST /console/login` with the form's `token`.
 async fn login(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
@@ -264,37 +389,61 @@ async fn login(
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    try_token(&state, peer.ip(), &token, "../")
+    try_token(&state, peer.ip(), &headers, &token, "../")
 }
 
-/// `POST /console/logout`: forgets the cookie.
-async fn logout() -> Response {
+/// `POST /console/logout`: ends the session and deletes the cookie (when the request is the
+/// page's own: another site cannot sign a browser out).
+async fn logout(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let clear = match cookie_of(&state, &headers, Use::Post) {
+        Cookie::Valid(id) => {
+            state.sessions.close(&id);
+            true
+        }
+        Cookie::Stale => true,
+        Cookie::Absent | Cookie::Foreign => false,
+    };
+    let name = state.sessions.cookie();
     redirect(
         "../",
-        Some(format!(
-            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
-        )),
+        clear.then(|| format!("{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict")),
     )
 }
 
 /// An asset, to a signed-in browser only.
 fn asset(
     state: &HttpState,
+    peer: IpAddr,
     headers: &HeaderMap,
     body: &'static str,
     kind: &'static str,
 ) -> Response {
-    if !signed_in(state, headers) {
-        return guarded(
+    let text = "text/plain; charset=utf-8";
+    match admit(state, headers, peer, Use::Page) {
+        Ok(()) => guarded((StatusCode::OK, body).into_response(), kind),
+        Err(Refused::Locked(wait)) => guarded(
+            (StatusCode::TOO_MANY_REQUESTS, wait_message(wait)).into_response(),
+            text,
+        ),
+        Err(Refused::Unauthorized) => guarded(
             (StatusCode::UNAUTHORIZED, "sign in first").into_response(),
-            "text/plain; charset=utf-8",
-        );
+            text,
+        ),
     }
-    guarded((StatusCode::OK, body).into_response(), kind)
 }
 
-async fn app_js(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    asset(&state, &headers, APP_JS, "text/javascript; charset=utf-8")
+async fn app_js(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    asset(
+        &state,
+        peer.ip(),
+        &headers,
+        APP_JS,
+        "text/javascript; charset=utf-8",
+    )
 }
 
 /// The style sheet holds no data: the login page uses it too.
@@ -319,8 +468,8 @@ async fn state_json(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::http::refusal(&state, &headers, peer.ip()) {
-        return refused;
+    if let Some(refused) = crate::http::refusal(&state, &headers, peer.ip(), Use::Read) {
+        return guarded(refused, "application/json");
     }
     let engine = &state.engine;
     let live = engine.live();
@@ -421,62 +570,8 @@ async fn state_json(
         "tables": tables,
         "token": state.token.is_some(),
     });
-    let mut r = axum::Json(body).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    guarded(axum::Json(body).into_response(), "application/json")
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn console_cookie_counts_only_from_the_page_itself() {
-        let good = format!("a=1; {COOKIE}={}", cookie_value("s3cret"));
-        let h = headers(&[("cookie", &good), ("host", "127.0.0.1:8080")]);
-        assert_eq!(cookie_matches(&h, "s3cret"), Some(true));
-        assert_eq!(cookie_matches(&h, "other"), Some(false));
-        let same = headers(&[
-            ("cookie", &good),
-            ("host", "127.0.0.1:8080"),
-            ("origin", "http://127.0.0.1:8080"),
-            ("sec-fetch-site", "same-origin"),
-        ]);
-        assert_eq!(cookie_matches(&same, "s3cret"), Some(true));
-        let cross = headers(&[
-            ("cookie", &good),
-            ("host", "127.0.0.1:8080"),
-            ("sec-fetch-site", "cross-site"),
-        ]);
-        assert_eq!(cookie_matches(&cross, "s3cret"), None);
-        let other_origin = headers(&[
-            ("cookie", &good),
-            ("host", "127.0.0.1:8080"),
-            ("origin", "http://evil.example"),
-        ]);
-        assert_eq!(cookie_matches(&other_origin, "s3cret"), None);
-        // the cookie is a digest: the token itself does not pass as the cookie
-        let raw = headers(&[("cookie", "weir_console=s3cret"), ("host", "h")]);
-        assert_eq!(cookie_matches(&raw, "s3cret"), Some(false));
-    }
-
-    #[test]
-    fn console_escapes_html() {
-        assert_eq!(
-            escape_html(r#"<img src=x onerror="a('b')">&"#),
-            "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;"
-        );
-    }
-}
+mod tests;

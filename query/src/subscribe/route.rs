@@ -28,7 +28,9 @@ pub async fn handler(
     Query(params): Query<Vec<(String, String)>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Some(refused) = crate::http::refusal(&state, &headers, peer.ip()) {
+    if let Some(refused) =
+        crate::http::refusal(&state, &headers, peer.ip(), crate::console::Use::Read)
+    {
         return refused;
     }
     let last_event_id = headers
