@@ -399,7 +399,7 @@ fn deliveries(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
     counter(
         e,
         "weir_webhook_failures_total",
-        "Failed webhook requests, per sink and class (connection, 3xx, 4xx, 5xx).",
+        "Failed webhook requests, per sink and class (connection, 3xx, 4xx, 5xx, other).",
         list.iter().flat_map(|(n, d)| {
             DELIVERY_FAILURE_CLASSES
                 .iter()
