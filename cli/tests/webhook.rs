@@ -776,7 +776,10 @@ fn a_wrong_secret_is_detected_by_the_receiver_and_a_bad_one_by_validate() {
                 .find_map(|l| l.strip_prefix(failures))
                 .and_then(|n| n.trim().parse::<u64>().ok())
                 .unwrap_or(0);
-            if ready.contains("sink `hook`: circuit open") && failed >= 3 {
+            let open = metrics
+                .lines()
+                .any(|l| l == "weir_sink_circuit_state{pipeline=\"webhooks\",sink=\"hook\"} 1");
+            if open && ready.contains("sink `hook`: circuit open") && failed >= 3 {
                 break;
             }
         }

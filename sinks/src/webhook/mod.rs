@@ -7,15 +7,23 @@
 //!   restore.
 //! - Requests carry up to `batch_max_rows` rows and about `batch_max_bytes` bytes (a JSON
 //!   array), or one row each; as JSON rows or CloudEvents 1.0 (structured or binary mode).
-//!   A URL template may hold key columns, so rows go to the URL of their key.
+//!   A URL template may hold key columns, so rows go to the URL of their key; its host is
+//!   written out before any placeholder and each row's URL is checked to keep it (a row
+//!   without a URL is dead-lettered).
+//! - Ordered per key: each URL's rows are split into `max_in_flight` lanes by a hash of
+//!   their key columns; a lane sends one request at a time and stops at a failed one, so the
+//!   updates of a key arrive in order, retries included.
 //! - Every request is signed as Standard Webhooks specify (see [`signing`]): `webhook-id`
 //!   (from the ids of the rows it carries: a repeated request has the same id),
 //!   `webhook-timestamp`, and one `v1,` signature per active secret.
-//! - 2xx: delivered. 408, 429, 5xx and requests without an answer stay pending and the call
-//!   fails as [`EngineError::Unavailable`], so the engine's retry policy (backoff, circuit
-//!   breaker, backpressure) sends them again; a `Retry-After` holds the next attempt back
-//!   at least that long. Other answers (4xx, 3xx) send the request's rows to the dead-letter
-//!   output with the status, the answer's headers and the first KiB of its body.
+//! - 2xx: delivered. 408, 429, 5xx, 401, 403 (the receiver refuses the sink's credentials)
+//!   and requests without an answer stay pending and the call fails as
+//!   [`EngineError::Unavailable`], so the engine's retry policy (backoff, circuit breaker,
+//!   backpressure) sends them again; a `Retry-After` is given to the policy as the least wait
+//!   (see [`EngineError::unavailable_for`]): the sink never sleeps itself. Other answers
+//!   (4xx, 3xx) send the request's rows to the dead-letter output with the status, the
+//!   answer's headers and the first KiB of its body (no more is read).
+//! - URLs in messages and dead letters are shown without user, password and query.
 //! - Every pending row is sent at each flush and checkpoint barrier (pre-commit): a
 //!   checkpoint completes only after its rows were acknowledged (at least once).
 
