@@ -474,16 +474,14 @@ fn with_requests_in_parallel_and_failing_the_updates_of_a_key_arrive_in_order() 
       batch: single
       max_in_flight: 4
     retry: { initial_backoff: 20ms, max_backoff: 100ms, circuit_breaker: { failures: 1000 } }"#,
-        &format!(
-            r#"views:
+        r#"views:
   per_source:
     from: events
     key: [source]
     aggregates:
       events: count(*)
     sinks: [changes]
-"#
-        ),
+"#,
     );
     let mut text = std::fs::read_to_string(&pipeline).unwrap();
     text = text.replace(
