@@ -249,18 +249,24 @@ impl WebhookSink {
             }
         };
         let keys = self.key_json(batch, key_count)?;
-        let lanes: Vec<u64> = if lane_count == 0 {
-            vec![0; batch.num_rows()]
-        } else {
-            let k = self.key_json(batch, lane_count)?;
-            k.ends
-                .iter()
-                .enumerate()
-                .map(|(row, &end)| {
-                    let start = if row == 0 { 0 } else { k.ends[row - 1] };
-                    fnv1a(&k.bytes[start..end])
-                })
-                .collect()
+        let lane_keys = match lane_count {
+            0 => None,
+            n if n == key_count => Some(None),
+            n => Some(Some(self.key_json(batch, n)?)),
+        };
+        let lanes: Vec<u64> = match lane_keys {
+            None => vec![0; batch.num_rows()],
+            Some(k) => {
+                let k = k.as_ref().unwrap_or(&keys);
+                k.ends
+                    .iter()
+                    .enumerate()
+                    .map(|(row, &end)| {
+                        let start = if row == 0 { 0 } else { k.ends[row - 1] };
+                        fnv1a(&k.bytes[start..end])
+                    })
+                    .collect()
+            }
         };
         let urls = self.row_urls(batch)?;
         let (cfg, pending) = (&self.config, &mut self.pending);
