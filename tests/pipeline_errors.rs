@@ -304,6 +304,12 @@ fn webhook_settings_are_checked_with_their_position() {
             "the host must be written out",
         ),
         (
+            format!("{{ url: \"https://hooks.example.com{{datasetName}}/x\", secret: {key} }}"),
+            "",
+            "",
+            "the host must be written out",
+        ),
+        (
             "{ url: \"http://h/x\", secret: \"\" }".to_string(),
             "",
             "19:",
@@ -415,7 +421,7 @@ fn webhook_settings_are_checked_with_their_position() {
     // the contract's example loads; the secret is masked from then on
     let text = GOOD.replace(
         "file: { path: out/w.ndjson }",
-        &format!("webhook: {{ url: \"http://127.0.0.1:9000/hooks/{{output}}/{{datasetName}}\", secret: [\"{key}\", \"{key}\"], batch_max_rows: 100, where: \"events > 10\", headers: {{ Authorization: \"Bearer sekrit-token\" }} }}"),
+        &format!("webhook: {{ url: \"http://127.0.0.1:9000/hooks/{{output}}/{{datasetName}}\", secret: [\"{key}\", \"{key}\"], batch_max_rows: 100, where: \"events > 10\", headers: {{ Authorization: \"Bearer sekrit-token\", X-Tenant: \"tenant-4711\" }} }}"),
     );
     std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
     let plan = load(&dir.path().join("p.yaml")).unwrap();
@@ -425,6 +431,19 @@ fn webhook_settings_are_checked_with_their_position() {
         "{described}"
     );
     assert!(described.contains("signed with 2 secrets"), "{described}");
+    // every header value is masked, whatever the header's name
+    assert!(
+        described.contains("headers Authorization: ***, X-Tenant: ***"),
+        "{described}"
+    );
+    assert!(!described.contains("tenant-4711"), "{described}");
+    assert!(!weir_pipelines::secrets::redact("x tenant-4711 y").contains("tenant-4711"));
+    // neither the URL nor the headers are in the checkpoint fingerprint
+    let fingerprint = format!("{:?}", plan.fingerprint());
+    assert!(
+        !fingerprint.contains("127.0.0.1:9000") && !fingerprint.contains("tenant-4711"),
+        "{fingerprint}"
+    );
     assert!(
         !weir_pipelines::secrets::redact(&format!("{key} Bearer sekrit-token")).contains("sekrit")
     );

@@ -37,6 +37,14 @@ pub enum EngineError {
     /// (see [`crate::retry`]).
     #[error("{0}")]
     Unavailable(Box<EngineError>),
+    /// Inside [`EngineError::Unavailable`]: the output asked for the next attempt to wait at
+    /// least `at_least` (an HTTP `Retry-After`); the retry policy waits the longer of that
+    /// and its own backoff (see [`EngineError::unavailable_for`]).
+    #[error("{error}")]
+    RetryAfter {
+        at_least: std::time::Duration,
+        error: Box<EngineError>,
+    },
 }
 
 impl EngineError {
@@ -59,6 +67,23 @@ impl EngineError {
         match self {
             EngineError::Unavailable(_) => self,
             e => EngineError::Unavailable(Box::new(e)),
+        }
+    }
+    /// This error, marked as one the same call can be retried after, but not before
+    /// `at_least` (see [`crate::retry`]).
+    pub fn unavailable_for(self, at_least: std::time::Duration) -> Self {
+        let error = match self {
+            EngineError::Unavailable(inner) => inner,
+            e => Box::new(e),
+        };
+        EngineError::Unavailable(Box::new(EngineError::RetryAfter { at_least, error }))
+    }
+    /// The least wait an unavailable output asked for before the next attempt.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            EngineError::Unavailable(inner) => inner.retry_after(),
+            EngineError::RetryAfter { at_least, .. } => Some(*at_least),
+            _ => None,
         }
     }
     /// An error of a named source.

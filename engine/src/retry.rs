@@ -184,8 +184,13 @@ impl<'a> Retrier<'a> {
             self.health
                 .last_error_ms
                 .store(crate::time::now_ms().max(0) as u64, Ordering::Relaxed);
+            let at_least = e.retry_after();
             let EngineError::Unavailable(inner) = e else {
                 return Err(e);
+            };
+            let inner = match *inner {
+                EngineError::RetryAfter { error, .. } => error,
+                other => Box::new(other),
             };
             if self.policy.max_retries.is_some_and(|m| retry >= m) {
                 tracing::error!(output = %self.output, call = what, retries = retry, error = %inner, "giving up");
@@ -193,7 +198,11 @@ impl<'a> Retrier<'a> {
             }
             self.consecutive += 1;
             let unit = self.unit();
-            let wait = self.policy.jittered(self.policy.backoff(retry), unit);
+            // an output that asked for a least wait (`Retry-After`) gets the longer of the two
+            let wait = self
+                .policy
+                .jittered(self.policy.backoff(retry), unit)
+                .max(at_least.unwrap_or_default());
             let reopen = self.health.circuit() == CircuitState::HalfOpen
                 || self.consecutive >= self.policy.breaker_failures.max(1);
             let wait = if reopen {
@@ -365,6 +374,64 @@ mod tests {
         assert!(seen[2].1 - seen[1].1 >= Duration::from_millis(100));
         assert!(seen[3].1 - seen[2].1 >= Duration::from_millis(100));
         assert_eq!(health.circuit(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_least_wait_asked_by_the_output_replaces_a_shorter_backoff_and_is_not_added() {
+        let health = OutputHealth::default();
+        let cancel = AtomicBool::new(false);
+        let wait_once = |backoff_ms: u64, asked_ms: u64| {
+            let policy = RetryPolicy {
+                initial_backoff: Duration::from_millis(backoff_ms),
+                max_backoff: Duration::from_millis(backoff_ms),
+                ..quick()
+            };
+            let mut r = Retrier::new("out", policy, &health, &cancel);
+            let calls = Cell::new(0);
+            let started = Instant::now();
+            r.call("write", || {
+                calls.set(calls.get() + 1);
+                if calls.get() == 1 {
+                    Err(unavailable().unavailable_for(Duration::from_millis(asked_ms)))
+                } else {
+                    Ok(())
+                }
+            })
+            .unwrap();
+            started.elapsed()
+        };
+        // the output asks for more than the backoff: its wait
+        let w = wait_once(10, 400);
+        assert!(w >= Duration::from_millis(400), "{w:?}");
+        // the backoff is longer: the backoff alone, not the sum
+        let w = wait_once(400, 300);
+        assert!(
+            w >= Duration::from_millis(400) && w < Duration::from_millis(650),
+            "{w:?}"
+        );
+        // the error that gives up is the output's own
+        let e = unavailable().unavailable_for(Duration::from_secs(1));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(e.to_string(), unavailable().to_string());
+    }
+
+    #[test]
+    fn a_stopped_run_ends_a_long_wait_an_output_asked_for() {
+        let health = OutputHealth::default();
+        let cancel = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let started = Instant::now();
+            let job = s.spawn(|| {
+                let mut r = Retrier::new("out", quick(), &health, &cancel);
+                r.call("write", || -> Result<(), _> {
+                    Err(unavailable().unavailable_for(Duration::from_secs(300)))
+                })
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            cancel.store(true, Ordering::Relaxed);
+            assert!(matches!(job.join().unwrap(), Err(EngineError::Cancelled)));
+            assert!(started.elapsed() < Duration::from_secs(2));
+        });
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub struct RunStats {
 }
 
 /// Failure classes of [`DeliveryStats::failures`], as the `class` label shows them.
-pub const DELIVERY_FAILURE_CLASSES: [&str; 4] = ["connection", "3xx", "4xx", "5xx"];
+pub const DELIVERY_FAILURE_CLASSES: [&str; 5] = ["connection", "3xx", "4xx", "5xx", "other"];
 
 /// Requests of a sink that delivers rows over HTTP, updated by the sink itself.
 #[derive(Debug, Default)]
@@ -171,8 +171,9 @@ pub struct DeliveryStats {
     pub delivered: AtomicU64,
     /// Rows those requests carried.
     pub rows_delivered: AtomicU64,
-    /// Failed requests per class of [`DELIVERY_FAILURE_CLASSES`] (no answer, 3xx, 4xx, 5xx).
-    pub failures: [AtomicU64; 4],
+    /// Failed requests per class of [`DELIVERY_FAILURE_CLASSES`] (no answer, 3xx, 4xx, 5xx,
+    /// any other status).
+    pub failures: [AtomicU64; 5],
     /// Time from sending a request to its answer (any answer).
     pub latency: Histogram,
 }

@@ -9,7 +9,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use weir_engine::job::Sink;
 use weir_engine::{EngineError, RejectedRow};
 
-/// `inner` given only the rows for which `predicate` is true (null counts as false).
+/// `inner` given only the rows for which `predicate` is true (null counts as false; a
+/// predicate that is not boolean is an error).
 pub struct Filtered {
     inner: Box<dyn Sink>,
     predicate: Arc<dyn PhysicalExpr>,
@@ -37,7 +38,12 @@ impl Filtered {
             .as_any()
             .downcast_ref::<BooleanArray>()
             .cloned()
-            .unwrap_or_else(|| BooleanArray::from(vec![false; batch.num_rows()]));
+            .ok_or_else(|| {
+                err(&format!(
+                    "the predicate is {}, not boolean: it cannot choose rows",
+                    value.data_type()
+                ))
+            })?;
         // nulls do not match
         let mask = match mask.nulls() {
             Some(_) => mask.iter().map(|v| Some(v == Some(true))).collect(),
@@ -70,5 +76,62 @@ impl Sink for Filtered {
     }
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
         self.inner.take_rejected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{col, lit, BinaryExpr};
+
+    /// A sink keeping what it is given.
+    struct Keep(Arc<std::sync::Mutex<Vec<RecordBatch>>>);
+
+    impl Sink for Keep {
+        fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+            self.0.lock().unwrap().push(batch.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<bool, EngineError> {
+            Ok(true)
+        }
+        fn finish(&mut self) -> Result<(), EngineError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_boolean_predicate_chooses_rows_and_another_is_an_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![Some(1), Some(50), None]))],
+        )
+        .unwrap();
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let gt = Arc::new(BinaryExpr::new(
+            col("n", &schema).unwrap(),
+            Operator::Gt,
+            lit(10i64),
+        ));
+        let mut f = Filtered::new("hook", Box::new(Keep(kept.clone())), gt);
+        f.write(&batch).unwrap();
+        assert_eq!(
+            kept.lock().unwrap()[0].num_rows(),
+            1,
+            "50 > 10; null is false"
+        );
+        // `n` itself: an integer, not a choice
+        let mut f = Filtered::new(
+            "hook",
+            Box::new(Keep(kept.clone())),
+            col("n", &schema).unwrap(),
+        );
+        let e = f.write(&batch).unwrap_err().to_string();
+        assert!(e.contains("not boolean"), "{e}");
+        assert_eq!(kept.lock().unwrap().len(), 1, "nothing written");
     }
 }

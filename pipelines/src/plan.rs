@@ -424,7 +424,7 @@ fn webhook_config(
         Some(m) => return Err(at(format!("`method` is POST or PUT, not `{m}`"))),
     };
     for (k, v) in &d.headers {
-        weir_sinks::webhook::check_header(k, v).map_err(at)?;
+        weir_sinks::webhook::check_header(k, v).map_err(|e| at(e.to_string()))?;
     }
     let batching = match d.batch.as_deref() {
         None | Some("array") => Batching::Array,
@@ -532,12 +532,25 @@ fn describe_webhook(t: &WebhookTarget, checkpointed: bool) -> String {
     use weir_sinks::webhook::{Batching, BodyMode};
     let c = &t.config;
     format!(
-        "webhook {} {}, {}, {} body, {} at once, signed with {} secret{} (Standard Webhooks){}; at least once: {}",
+        "webhook {} {}{}, {}, {} body, {} at once (ordered per key), signed with {} secret{} (Standard Webhooks){}; at least once: {}",
         match c.method {
             WebhookMethod::Post => "POST",
             WebhookMethod::Put => "PUT",
         },
         c.url.describe(&c.pipeline, &c.output),
+        if c.headers.is_empty() {
+            String::new()
+        } else {
+            // header values are never shown, whatever their name
+            format!(
+                ", headers {}",
+                c.headers
+                    .iter()
+                    .map(|(k, _)| format!("{k}: {}", crate::secrets::MASK))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
         match c.batching {
             Batching::Single => "one row a request".to_string(),
             Batching::Array => format!("arrays of up to {} rows or {} bytes", c.batch_max_rows, c.batch_max_bytes),
@@ -790,11 +803,8 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         if let Some(w) = &s.value.webhook {
             let w = &w.value;
             out.extend(w.secret.value.iter().cloned());
-            for (k, v) in &w.headers {
-                if is_secret_name(k) {
-                    out.push(v.clone());
-                }
-            }
+            // every header value: an `X-Api-Key`, a tenant token... whatever its name
+            out.extend(w.headers.values().cloned());
             urls.push(w.url.value.clone());
         }
     }
@@ -2015,7 +2025,10 @@ impl Plan {
                 SinkTarget::Kafka(k) => format!("kafka topic {}", k.topic),
                 SinkTarget::Iceberg(t) => format!("iceberg table {}", t.table),
                 SinkTarget::Elasticsearch(c) => format!("elasticsearch {}", c.urls.join(",")),
-                SinkTarget::Webhook(t) => format!("webhook {:?}", t.config.url),
+                // not the URL nor the headers: row ids do not depend on them, the URL may hold
+                // credentials (fingerprints are stored in clear in every manifest), and a
+                // moved endpoint must not force dropping the state
+                SinkTarget::Webhook(t) => format!("webhook of {}", t.config.output),
                 SinkTarget::Postgres(c) => format!("postgres table {}", c.table),
             };
             f.insert(format!("sink {}", k.name), t);

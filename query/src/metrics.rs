@@ -399,7 +399,7 @@ fn deliveries(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
     counter(
         e,
         "weir_webhook_failures_total",
-        "Failed webhook requests, per sink and class (connection, 3xx, 4xx, 5xx).",
+        "Failed webhook requests, per sink and class (connection, 3xx, 4xx, 5xx, other).",
         list.iter().flat_map(|(n, d)| {
             DELIVERY_FAILURE_CLASSES
                 .iter()
@@ -621,6 +621,12 @@ impl Metrics {
         if snap.seq == 0 {
             reasons.push("no snapshot published yet (the job is starting)".to_string());
         }
+        // a sink still failing after the input ended: its rows are not delivered yet
+        for (name, h) in outputs(s) {
+            if h.circuit() == CircuitState::Open {
+                reasons.push(format!("sink `{name}`: circuit open (the sink is failing)"));
+            }
+        }
         if snap.finished {
             return reasons;
         }
@@ -660,11 +666,6 @@ impl Metrics {
                     age / 1000,
                     interval / 1000
                 ));
-            }
-        }
-        for (name, h) in outputs(s) {
-            if h.circuit() == CircuitState::Open {
-                reasons.push(format!("sink `{name}`: circuit open (the sink is failing)"));
             }
         }
         reasons

@@ -8,13 +8,15 @@ Standard Webhooks), drops rows whose `_row_id` it already holds, and records eve
 Prints `listening PORT` once it serves. A request with a bad or missing signature is
 answered 401 and counted; a good one 200 (or what the faults say). `GET /_state` answers
 the record as JSON: `rows` (first delivery of each row id) and `paths` (its URL path),
-`requests`, `timeline` ([time, status] of each answer), `webhook_ids`,
+`arrivals` ([path, row id] of every row of every accepted request, repeats included, in
+the order they arrived), `requests`, `timeline` ([time, status] of each answer), `webhook_ids`,
 `repeated_rows`, `repeats_differing` (repeated ids whose row differs from its first
 delivery), `bad_signatures`, `answers` (status counts). `POST /_faults` sets the faults:
 `{"statuses": [429, 503, ...]}` answers the next requests with these statuses (each one
 request; `retry_after` adds a `Retry-After` header to 429 and 503), `{"refuse": "TEXT",
 "refuse_status": 400, "refuse_body": "..."}` answers requests whose body contains TEXT with
-that status and body. With `--state`, the record is saved after each request and loaded at
+that status and body, `{"fail_every": N}` answers every Nth signed request 503 (no
+`Retry-After`). `POST /_reset` empties the record (not the faults). With `--state`, the record is saved after each request and loaded at
 start, so a receiver restarted on the same port goes on with it.
 """
 
@@ -31,20 +33,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 LOCK = threading.Lock()
-STATE = {
-    "rows": {},
-    "requests": 0,
-    "webhook_ids": {},
-    "repeated_rows": 0,
-    "repeats_differing": 0,
-    "bad_signatures": 0,
-    "answers": {},
-    "content_types": {},
-    "paths": {},
-    "timeline": [],
-}
+
+
+def empty_state():
+    return {
+        "rows": {},
+        "arrivals": [],
+        "requests": 0,
+        "webhook_ids": {},
+        "repeated_rows": 0,
+        "repeats_differing": 0,
+        "bad_signatures": 0,
+        "answers": {},
+        "content_types": {},
+        "paths": {},
+        "timeline": [],
+        "signed": 0,
+    }
+
+
+STATE = empty_state()
 RECORD = None
-FAULTS = {"statuses": [], "retry_after": None, "refuse": None}
+FAULTS = {"statuses": [], "retry_after": None, "refuse": None, "fail_every": None}
 
 
 def rows_of(body, content_type):
@@ -77,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             key = str(status)
             STATE["answers"][key] = STATE["answers"].get(key, 0) + 1
-            if self.path not in ("/_state", "/_faults"):
+            if self.path not in ("/_state", "/_faults", "/_reset"):
                 STATE["timeline"].append([time.time(), status])
 
     def do_GET(self):
@@ -98,6 +108,13 @@ class Handler(BaseHTTPRequestHandler):
                 FAULTS.update(json.loads(body))
             self.answer(200)
             return
+        if self.path == "/_reset":
+            with LOCK:
+                STATE.clear()
+                STATE.update(empty_state())
+                save()
+            self.answer(200)
+            return
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             WEBHOOK.verify(body, headers)
@@ -107,7 +124,11 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(401, f"bad signature: {e}".encode())
             return
         with LOCK:
+            STATE["signed"] = STATE.get("signed", 0) + 1
             status = FAULTS["statuses"].pop(0) if FAULTS["statuses"] else None
+            every = FAULTS.get("fail_every")
+            if status is None and every and STATE["signed"] % every == 0:
+                status = 503
             refuse = FAULTS["refuse"]
         if status is not None:
             extra = []
@@ -131,6 +152,7 @@ class Handler(BaseHTTPRequestHandler):
             STATE["content_types"][ctype] = STATE["content_types"].get(ctype, 0) + 1
             for row in rows:
                 rid = row["_row_id"]
+                STATE.setdefault("arrivals", []).append([self.path, rid])
                 first = STATE["rows"].get(rid)
                 if first is None:
                     STATE["rows"][rid] = row

@@ -41,18 +41,79 @@ enum Part {
     Column(String),
 }
 
-/// A URL with `{pipeline}`, `{output}` and `{key column}` placeholders.
+/// Why a URL template, or the URL of a row, is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("`url` `{0}` is not an http:// or https:// URL")]
+    NotHttp(String),
+    #[error("`url` `{0}`: unclosed `{{`")]
+    Unclosed(String),
+    #[error("`url` `{0}`: empty `{{}}`")]
+    EmptyPlaceholder(String),
+    #[error("`url` `{0}`: the host must be written out, ended by a `/`, `?` or `#`, before any placeholder (placeholders go in the path or query)")]
+    HostNotWritten(String),
+    #[error("`url` `{url}`: {reason}")]
+    Invalid { url: String, reason: String },
+    /// A row whose key column named in the template is null.
+    #[error("key column `{0}` is null: the row has no URL (the `url` template names it)")]
+    NullKey(String),
+    /// A rendered URL that does not parse, or goes elsewhere than the template's scheme,
+    /// host and port (shown without user, password and query).
+    #[error("the row's URL `{url}` does not go to {origin}: {reason}")]
+    OtherOrigin {
+        url: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+/// A URL with `{pipeline}`, `{output}` and `{key column}` placeholders. Its scheme, host
+/// and port are written out before any placeholder, and every row's URL is checked to keep
+/// them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlTemplate {
     parts: Vec<Part>,
+    /// The scheme, host and port every URL must have.
+    origin: (String, String, Option<u16>),
+}
+
+/// The scheme, host and port of a URL.
+fn origin_of(url: &reqwest::Url) -> (String, String, Option<u16>) {
+    (
+        url.scheme().to_string(),
+        url.host_str().unwrap_or_default().to_string(),
+        url.port_or_known_default(),
+    )
+}
+
+/// `scheme://host[:port]/path` of `url`: no user, password, query or fragment (for logs and
+/// dead letters: secrets are often in those).
+pub fn public_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let mut s = format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default());
+            if let Some(p) = u.port() {
+                s.push_str(&format!(":{p}"));
+            }
+            s.push_str(u.path());
+            s
+        }
+        Err(_) => "(a URL that does not parse)".to_string(),
+    }
 }
 
 impl UrlTemplate {
-    /// Parses a template; it must be an http:// or https:// URL.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if !(text.starts_with("http://") || text.starts_with("https://")) {
-            return Err(format!("`url` `{text}` is not an http:// or https:// URL"));
-        }
+    /// Parses a template; it must be an http:// or https:// URL whose authority (host and
+    /// port) is complete, up to a `/`, `?` or `#`, before the first placeholder: a key's
+    /// value can never change where a request goes.
+    pub fn parse(text: &str) -> Result<Self, UrlError> {
+        let scheme_len = if text.starts_with("http://") {
+            "http://".len()
+        } else if text.starts_with("https://") {
+            "https://".len()
+        } else {
+            return Err(UrlError::NotHttp(text.to_string()));
+        };
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -61,12 +122,12 @@ impl UrlTemplate {
             }
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("`url` `{text}`: unclosed `{{`"))?;
+                .ok_or_else(|| UrlError::Unclosed(text.to_string()))?;
             let inner = rest[open + 1..open + close].trim();
             parts.push(match inner {
                 "pipeline" => Part::Pipeline,
                 "output" => Part::Output,
-                "" => return Err(format!("`url` `{text}`: empty `{{}}`")),
+                "" => return Err(UrlError::EmptyPlaceholder(text.to_string())),
                 c => Part::Column(c.to_string()),
             });
             rest = &rest[open + close + 1..];
@@ -74,16 +135,29 @@ impl UrlTemplate {
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_string()));
         }
-        let host_part = match parts.first() {
-            Some(Part::Text(t)) => t.splitn(4, '/').count() >= 3 && t.len() > "https://".len(),
-            _ => false,
+        // the text before the first placeholder holds the whole authority
+        let head = match parts.first() {
+            Some(Part::Text(t)) => t.as_str(),
+            _ => "",
         };
-        if !host_part {
-            return Err(format!(
-                "`url` `{text}`: the host must be written out (placeholders go in the path or query)"
-            ));
+        let end = head
+            .get(scheme_len..)
+            .and_then(|a| a.find(['/', '?', '#']))
+            .filter(|&i| i > 0)
+            .ok_or_else(|| UrlError::HostNotWritten(text.to_string()))?;
+        let authority = &head[..scheme_len + end];
+        let base =
+            reqwest::Url::parse(&format!("{authority}/")).map_err(|e| UrlError::Invalid {
+                url: text.to_string(),
+                reason: e.to_string(),
+            })?;
+        if base.host_str().is_none_or(str::is_empty) {
+            return Err(UrlError::HostNotWritten(text.to_string()));
         }
-        Ok(UrlTemplate { parts })
+        Ok(UrlTemplate {
+            parts,
+            origin: origin_of(&base),
+        })
     }
 
     /// The key columns the template names.
@@ -97,23 +171,47 @@ impl UrlTemplate {
             .collect()
     }
 
-    /// The URL of a row: `values` gives a named column's value as text.
+    /// The URL of a row: `values` gives a named column's value as text (`None`: null, an
+    /// error). The URL is checked to parse with the template's scheme, host and port.
     pub fn render(
         &self,
         pipeline: &str,
         output: &str,
-        mut values: impl FnMut(&str) -> String,
-    ) -> String {
+        mut values: impl FnMut(&str) -> Option<String>,
+    ) -> Result<String, UrlError> {
         let mut s = String::new();
         for p in &self.parts {
             match p {
                 Part::Text(t) => s.push_str(t),
                 Part::Pipeline => percent_encode(&mut s, pipeline),
                 Part::Output => percent_encode(&mut s, output),
-                Part::Column(c) => percent_encode(&mut s, &values(c)),
+                Part::Column(c) => match values(c) {
+                    Some(v) => percent_encode(&mut s, &v),
+                    None => return Err(UrlError::NullKey(c.clone())),
+                },
             }
         }
-        s
+        self.check(&s)?;
+        Ok(s)
+    }
+
+    /// Whether `url` parses and has the template's scheme, host and port.
+    pub fn check(&self, url: &str) -> Result<(), UrlError> {
+        let (scheme, host, port) = &self.origin;
+        let origin = match port {
+            Some(p) => format!("{scheme}://{host}:{p}"),
+            None => format!("{scheme}://{host}"),
+        };
+        let other = |reason: String| UrlError::OtherOrigin {
+            url: public_url(url),
+            origin: origin.clone(),
+            reason,
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| other(e.to_string()))?;
+        if origin_of(&parsed) != self.origin {
+            return Err(other("another scheme, host or port".to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -221,7 +319,9 @@ pub fn cut(sizes: &[usize], max_rows: usize, max_bytes: usize) -> Vec<std::ops::
 
 /// What a CloudEvent says of where rows come from.
 pub struct EventSource<'a> {
+    /// The pipeline's name.
     pub pipeline: &'a str,
+    /// The window or view the rows come from.
     pub output: &'a str,
     /// `window` or `view`.
     pub kind: &'a str,
@@ -408,9 +508,12 @@ mod tests {
         assert_eq!(t.columns(), ["datasetName"]);
         let url = t.render("p", "per_ds", |c| {
             assert_eq!(c, "datasetName");
-            "a b/é".to_string()
+            Some("a b/é".to_string())
         });
-        assert_eq!(url, "http://h:9000/hooks/p/per_ds?ds=a%20b%2F%C3%A9");
+        assert_eq!(
+            url.unwrap(),
+            "http://h:9000/hooks/p/per_ds?ds=a%20b%2F%C3%A9"
+        );
         for bad in [
             "ftp://h/x",
             "http://h/{output",
@@ -420,5 +523,70 @@ mod tests {
         ] {
             assert!(UrlTemplate::parse(bad).is_err(), "{bad}");
         }
+        // a null key: no URL, an error naming the column
+        let e = t.render("p", "per_ds", |_| None).unwrap_err();
+        assert_eq!(e, UrlError::NullKey("datasetName".into()));
+        assert!(e.to_string().contains("`datasetName` is null"), "{e}");
+    }
+
+    #[test]
+    fn a_key_value_cannot_change_the_host() {
+        // the authority must be complete (ended by `/`, `?` or `#`) before a placeholder
+        for bad in [
+            "https://hooks.example.com{tenant}/x",
+            "https://api{k}.example.com/",
+            "https://hooks.example.com:{port}/x",
+            "https://user{k}@hooks.example.com/x",
+            "https://hooks.example.com{k}",
+            "https://{k}",
+        ] {
+            let e = UrlTemplate::parse(bad).unwrap_err();
+            assert!(matches!(e, UrlError::HostNotWritten(_)), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("the host must be written out"),
+                "{e}"
+            );
+        }
+        for good in [
+            "https://hooks.example.com/{tenant}/x",
+            "https://hooks.example.com?t={tenant}",
+            "https://hooks.example.com#{tenant}",
+            "http://127.0.0.1:9000/{output}/{k}",
+            "https://[::1]:8443/{k}",
+        ] {
+            let t = UrlTemplate::parse(good).unwrap();
+            for evil in [".evil.net", "@evil.net", "x@evil.net:80/", "../../x", ":1"] {
+                let url = t.render("p", "o", |_| Some(evil.to_string())).unwrap();
+                let parsed = reqwest::Url::parse(&url).unwrap();
+                let base = reqwest::Url::parse(good.split('{').next().unwrap()).unwrap();
+                assert_eq!(parsed.host_str(), base.host_str(), "{good} {evil}: {url}");
+                assert_eq!(parsed.port_or_known_default(), base.port_or_known_default());
+            }
+        }
+        // every rendered URL is checked against the template's scheme, host and port
+        let t = UrlTemplate::parse("https://hooks.example.com/x").unwrap();
+        assert!(t.check("https://hooks.example.com/y?a=b").is_ok());
+        assert!(t.check("https://hooks.example.com:443/y").is_ok());
+        for other in [
+            "https://hooks.example.com.evil.net/x",
+            "https://evil.net/x",
+            "http://hooks.example.com/x",
+            "https://hooks.example.com:8443/x",
+            "https://u:secret@evil.net/x?token=abc",
+            "not a url",
+        ] {
+            let e = t.check(other).unwrap_err();
+            assert!(matches!(e, UrlError::OtherOrigin { .. }), "{other}: {e}");
+            // neither a password nor a query in the message
+            assert!(
+                !e.to_string().contains("secret") && !e.to_string().contains("abc"),
+                "{e}"
+            );
+        }
+        // the log form of a URL: no user, password, query or fragment
+        assert_eq!(
+            public_url("https://u:pw@h.example.com:8443/a/b?token=t#f"),
+            "https://h.example.com:8443/a/b"
+        );
     }
 }

@@ -16,6 +16,10 @@ pub enum Class {
     Delivered,
     /// 408, 429 and 5xx: sent again under the retry policy.
     Retry,
+    /// 401 and 403: the receiver refuses the sink itself (a secret or token it does not
+    /// accept, a rotated secret), not its rows: a failure of the sink, sent again under the
+    /// retry policy (its circuit opens, sources slow down) until the credentials are fixed.
+    Unauthorized,
     /// Any other answer (other 4xx, 3xx, 1xx): the rows go to the dead-letter output.
     Refused,
 }
@@ -25,24 +29,27 @@ pub fn classify(status: u16) -> Class {
     match status {
         200..=299 => Class::Delivered,
         408 | 429 | 500..=599 => Class::Retry,
+        401 | 403 => Class::Unauthorized,
         _ => Class::Refused,
     }
 }
 
 /// The index in `weir_engine::stats::DELIVERY_FAILURE_CLASSES` of a failed answer's status
-/// (`None` for no answer at all: the connection class, 0).
+/// (`None` for no answer at all: the connection class, 0; a status outside 3xx, 4xx and
+/// 5xx: `other`, 4).
 pub fn failure_class(status: Option<u16>) -> usize {
     match status {
         None => 0,
         Some(300..=399) => 1,
         Some(400..=499) => 2,
-        Some(_) => 3,
+        Some(500..=599) => 3,
+        Some(_) => 4,
     }
 }
 
 /// The wait a `Retry-After` value asks for, at `now`: delay-seconds or an HTTP date (RFC
-/// 9110, IMF-fixdate and the obsolete forms chrono reads as RFC 2822); `None` when it cannot
-/// be read. Capped at [`MAX_RETRY_AFTER`]; a date in the past is no wait.
+/// 9110: IMF-fixdate, and the obsolete RFC 850 and asctime forms); `None` when it cannot be
+/// read. Capped at [`MAX_RETRY_AFTER`]; a date in the past is no wait.
 pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if v.is_empty() {
@@ -56,6 +63,8 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
             // (`Sunday, 06-Nov-94 08:49:37 GMT`) is read as well
             chrono::NaiveDateTime::parse_from_str(v, "%A, %d-%b-%y %H:%M:%S GMT")
                 .ok()
+                // asctime (`Sun Nov  6 08:49:37 1994`), in UTC as RFC 9110 says
+                .or_else(|| chrono::NaiveDateTime::parse_from_str(v, "%a %b %e %H:%M:%S %Y").ok())
                 .map(|t| t.and_utc().fixed_offset())
         })?;
         let at =
@@ -94,15 +103,23 @@ mod tests {
         for s in [408, 429, 500, 502, 503, 504, 599] {
             assert_eq!(classify(s), Class::Retry, "{s}");
         }
-        for s in [
-            100, 301, 302, 307, 400, 401, 403, 404, 409, 410, 413, 422, 451,
-        ] {
+        for s in [100, 301, 302, 307, 400, 404, 409, 410, 413, 422, 451] {
             assert_eq!(classify(s), Class::Refused, "{s}");
         }
+        // the receiver refuses the sink's credentials: a failure of the sink, not of rows
+        assert_eq!(classify(401), Class::Unauthorized);
+        assert_eq!(classify(403), Class::Unauthorized);
         assert_eq!(failure_class(None), 0);
         assert_eq!(failure_class(Some(302)), 1);
         assert_eq!(failure_class(Some(429)), 2);
+        assert_eq!(failure_class(Some(401)), 2);
         assert_eq!(failure_class(Some(503)), 3);
+        // 1xx is no 5xx
+        assert_eq!(failure_class(Some(101)), 4);
+        assert_eq!(
+            weir_engine::stats::DELIVERY_FAILURE_CLASSES[failure_class(Some(101))],
+            "other"
+        );
     }
 
     #[test]
@@ -122,6 +139,15 @@ mod tests {
         assert_eq!(
             retry_after("Sunday, 06-Nov-94 08:50:37 GMT", now),
             Some(Duration::from_secs(60))
+        );
+        // asctime, with its space-padded day
+        assert_eq!(
+            retry_after("Sun Nov  6 08:49:57 1994", now),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            retry_after("Thu Nov 10 08:49:37 1994", now),
+            Some(MAX_RETRY_AFTER)
         );
         // a date gone by: no wait
         assert_eq!(

@@ -7,15 +7,23 @@
 //!   restore.
 //! - Requests carry up to `batch_max_rows` rows and about `batch_max_bytes` bytes (a JSON
 //!   array), or one row each; as JSON rows or CloudEvents 1.0 (structured or binary mode).
-//!   A URL template may hold key columns, so rows go to the URL of their key.
+//!   A URL template may hold key columns, so rows go to the URL of their key; its host is
+//!   written out before any placeholder and each row's URL is checked to keep it (a row
+//!   without a URL is dead-lettered).
+//! - Ordered per key: each URL's rows are split into `max_in_flight` lanes by a hash of
+//!   their key columns; a lane sends one request at a time and stops at a failed one, so the
+//!   updates of a key arrive in order, retries included.
 //! - Every request is signed as Standard Webhooks specify (see [`signing`]): `webhook-id`
 //!   (from the ids of the rows it carries: a repeated request has the same id),
 //!   `webhook-timestamp`, and one `v1,` signature per active secret.
-//! - 2xx: delivered. 408, 429, 5xx and requests without an answer stay pending and the call
-//!   fails as [`EngineError::Unavailable`], so the engine's retry policy (backoff, circuit
-//!   breaker, backpressure) sends them again; a `Retry-After` holds the next attempt back
-//!   at least that long. Other answers (4xx, 3xx) send the request's rows to the dead-letter
-//!   output with the status, the answer's headers and the first KiB of its body.
+//! - 2xx: delivered. 408, 429, 5xx, 401, 403 (the receiver refuses the sink's credentials)
+//!   and requests without an answer stay pending and the call fails as
+//!   [`EngineError::Unavailable`], so the engine's retry policy (backoff, circuit breaker,
+//!   backpressure) sends them again; a `Retry-After` is given to the policy as the least wait
+//!   (see [`EngineError::unavailable_for`]): the sink never sleeps itself. Other answers
+//!   (4xx, 3xx) send the request's rows to the dead-letter output with the status, the
+//!   answer's headers and the first KiB of its body (no more is read).
+//! - URLs in messages and dead letters are shown without user, password and query.
 //! - Every pending row is sent at each flush and checkpoint barrier (pre-commit): a
 //!   checkpoint completes only after its rows were acknowledged (at least once).
 
@@ -34,8 +42,8 @@ use weir_engine::job::Sink;
 use weir_engine::stats::DeliveryStats;
 use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 
-pub use body::{Batching, BodyMode, UrlTemplate, ROW_ID_FIELD};
-pub use signing::Secret;
+pub use body::{public_url, Batching, BodyMode, UrlError, UrlTemplate, ROW_ID_FIELD};
+pub use signing::{Secret, SecretError};
 
 use crate::file::for_each_json_row;
 use delivery::Class;
@@ -43,29 +51,39 @@ use delivery::Class;
 /// The HTTP method of requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookMethod {
+    /// `POST` (the default).
     Post,
+    /// `PUT`.
     Put,
 }
 
 /// What the sink needs to know.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
+    /// Where requests go: a URL, or a template filled in per row.
     pub url: UrlTemplate,
+    /// `POST` or `PUT`.
     pub method: WebhookMethod,
     /// Extra request headers (name, value).
     pub headers: Vec<(String, String)>,
     /// One secret, or two while rotating: each signs every request.
     pub secrets: Vec<Secret>,
+    /// One row a request, or arrays.
     pub batching: Batching,
+    /// Most rows in one array body.
     pub batch_max_rows: usize,
+    /// About the most bytes in one array body (a single larger row goes alone).
     pub batch_max_bytes: usize,
+    /// JSON rows or CloudEvents.
     pub body: BodyMode,
     /// One request's time limit.
     pub timeout: Duration,
-    /// Requests sent at once.
+    /// Requests sent at once (across URLs and lanes: each lane, holding the rows of some keys
+    /// of one URL, sends one request at a time).
     pub max_in_flight: usize,
     /// Pending rows older than this are sent even when no request is full.
     pub flush_interval: Duration,
+    /// The pipeline's name (in row ids, `{pipeline}` and CloudEvents' `source`).
     pub pipeline: String,
     /// The window or view sent.
     pub output: String,
@@ -73,12 +91,29 @@ pub struct WebhookConfig {
     pub view_keys: Option<usize>,
 }
 
-/// A row waiting to be delivered: its URL, id and object in `Pending::bytes`.
+/// A row waiting to be delivered: its URL, id, lane and object in `Pending::bytes`.
 struct Row {
     url: Arc<str>,
     id: Box<str>,
+    /// A hash of the row's key columns (without `window_start`): the rows of one key go
+    /// through one lane of their URL, one request at a time, in order.
+    lane: u64,
     start: usize,
     end: usize,
+}
+
+/// The JSON objects of some columns of a batch's rows, one after the other.
+struct KeyJson {
+    bytes: Vec<u8>,
+    /// Where each row's object ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+/// FNV-1a of `bytes` (a row's lane: stable within a run, cheap).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Rows not delivered yet.
@@ -101,6 +136,7 @@ impl Pending {
             rows.push(Row {
                 url: r.url.clone(),
                 id: r.id.clone(),
+                lane: r.lane,
                 start,
                 end: bytes.len(),
             });
@@ -118,6 +154,10 @@ struct Request {
     url: Arc<str>,
     rows: Vec<usize>,
 }
+
+/// The requests of one lane, sent one at a time in order: a lane holds the rows of some keys
+/// of one URL, so the updates of a key arrive in the order they were made.
+type Lane = Vec<Request>;
 
 /// What became of one request.
 enum Outcome {
@@ -142,9 +182,8 @@ pub struct WebhookSink {
     /// No request before this (a `Retry-After`).
     not_before: Option<Instant>,
     stats: Arc<DeliveryStats>,
-    /// Reused encoding buffers.
+    /// A reused encoding buffer.
     line: Vec<u8>,
-    keys: Vec<u8>,
 }
 
 impl WebhookSink {
@@ -182,7 +221,6 @@ impl WebhookSink {
             not_before: None,
             stats: Arc::new(DeliveryStats::default()),
             line: Vec::new(),
-            keys: Vec::new(),
         })
     }
 
@@ -195,66 +233,119 @@ impl WebhookSink {
         EngineError::sink(&self.name, e)
     }
 
-    /// Appends `batch`'s rows as pending row objects with their ids and URLs.
+    /// Appends `batch`'s rows as pending row objects with their ids, lanes and URLs; a row
+    /// without a URL (a null key, a URL that would go elsewhere) goes to `rejected`.
     fn add_rows(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         let schema = batch.schema();
-        let key_count = match self.config.view_keys {
-            Some(k) => k,
+        // the key columns (a view's keys; a window's group keys then `window_start`), and
+        // those that choose a row's lane (without `window_start`)
+        let (key_count, lane_count) = match self.config.view_keys {
+            Some(k) => (k, k),
             None => {
-                schema
+                let ws = schema
                     .index_of("window_start")
-                    .map_err(|_| self.fatal("rows without `window_start` cannot be keyed"))?
-                    + 1
+                    .map_err(|_| self.fatal("rows without `window_start` cannot be keyed"))?;
+                (ws + 1, ws)
             }
         };
-        let key_batch = batch
-            .project(&(0..key_count).collect::<Vec<_>>())
-            .map_err(|e| self.fatal(e))?;
-        self.keys.clear();
-        let mut key_ends = Vec::with_capacity(batch.num_rows());
-        let keys = &mut self.keys;
-        for_each_json_row(&key_batch, &mut self.line, |_, k| {
-            keys.extend_from_slice(k);
-            key_ends.push(keys.len());
-            Ok(())
-        })
-        .map_err(|e| self.fatal(e))?;
+        let keys = self.key_json(batch, key_count)?;
+        let lane_keys = match lane_count {
+            0 => None,
+            n if n == key_count => Some(None),
+            n => Some(Some(self.key_json(batch, n)?)),
+        };
+        let lanes: Vec<u64> = match lane_keys {
+            None => vec![0; batch.num_rows()],
+            Some(k) => {
+                let k = k.as_ref().unwrap_or(&keys);
+                k.ends
+                    .iter()
+                    .enumerate()
+                    .map(|(row, &end)| {
+                        let start = if row == 0 { 0 } else { k.ends[row - 1] };
+                        fnv1a(&k.bytes[start..end])
+                    })
+                    .collect()
+            }
+        };
         let urls = self.row_urls(batch)?;
-        let (cfg, pending, keys) = (&self.config, &mut self.pending, &self.keys);
+        let (cfg, pending) = (&self.config, &mut self.pending);
+        let rejected = &mut self.rejected;
+        let mut refused = Vec::new();
         for_each_json_row(batch, &mut self.line, |row, json| {
-            let start = if row == 0 { 0 } else { key_ends[row - 1] };
-            let key = &keys[start..key_ends[row]];
+            let start = if row == 0 { 0 } else { keys.ends[row - 1] };
+            let key = &keys.bytes[start..keys.ends[row]];
             let content = cfg.view_keys.map(|_| json);
             let id = body::row_id(&cfg.pipeline, &cfg.output, key, content);
+            let url = match &urls[row] {
+                Ok(u) => u.clone(),
+                Err(e) => {
+                    let mut raw = Vec::new();
+                    body::row_object(&mut raw, &id, json);
+                    refused.push(e.clone());
+                    rejected.push(RejectedRow {
+                        raw,
+                        error: ErrorInfo::new("webhook_no_url", e.to_string())
+                            .with("row_id", id.as_str()),
+                    });
+                    return Ok(());
+                }
+            };
             let start = pending.bytes.len();
             body::row_object(&mut pending.bytes, &id, json);
             pending.rows.push(Row {
-                url: urls[row].clone(),
+                url,
                 id: id.into(),
+                lane: lanes[row],
                 start,
                 end: pending.bytes.len(),
             });
             Ok(())
         })
         .map_err(|e| self.fatal(e))?;
-        if batch.num_rows() > 0 {
+        if let Some(e) = refused.first() {
+            tracing::warn!(sink = %self.name, rows = refused.len(), error = %e, "rows without a URL sent to the dead-letter output");
+        }
+        if !self.pending.rows.is_empty() {
             self.pending.since.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
 
-    /// The URL of each row of `batch` (the same one unless the template names columns).
-    fn row_urls(&self, batch: &RecordBatch) -> Result<Vec<Arc<str>>, EngineError> {
+    /// The JSON objects of the first `count` columns of each row of `batch`.
+    fn key_json(&mut self, batch: &RecordBatch, count: usize) -> Result<KeyJson, EngineError> {
+        let key_batch = batch
+            .project(&(0..count).collect::<Vec<_>>())
+            .map_err(|e| self.fatal(e))?;
+        let mut out = KeyJson {
+            bytes: Vec::new(),
+            ends: Vec::with_capacity(batch.num_rows()),
+        };
+        for_each_json_row(&key_batch, &mut self.line, |_, k| {
+            out.bytes.extend_from_slice(k);
+            out.ends.push(out.bytes.len());
+            Ok(())
+        })
+        .map_err(|e| self.fatal(e))?;
+        Ok(out)
+    }
+
+    /// The URL of each row of `batch` (the same one unless the template names columns), or
+    /// why it has none (a null key, a URL that would leave the template's host).
+    fn row_urls(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<Vec<Result<Arc<str>, UrlError>>, EngineError> {
         let cfg = &self.config;
         let columns = cfg.url.columns();
         if columns.is_empty() {
-            let url: Arc<str> = cfg
+            let url = cfg
                 .url
-                .render(&cfg.pipeline, &cfg.output, |_| String::new())
-                .into();
+                .render(&cfg.pipeline, &cfg.output, |_| None)
+                .map(Arc::<str>::from);
             return Ok(vec![url; batch.num_rows()]);
         }
-        let opts = FormatOptions::default().with_null("");
+        let opts = FormatOptions::default();
         let mut formatters = Vec::new();
         for c in &columns {
             let col = batch
@@ -262,6 +353,7 @@ impl WebhookSink {
                 .ok_or_else(|| self.fatal(format!("`url` names `{c}`, which the rows lack")))?;
             formatters.push((
                 *c,
+                col.clone(),
                 ArrayFormatter::try_new(col.as_ref(), &opts).map_err(|e| self.fatal(e))?,
             ));
         }
@@ -269,12 +361,16 @@ impl WebhookSink {
         let mut out = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let url = cfg.url.render(&cfg.pipeline, &cfg.output, |c| {
-                formatters
-                    .iter()
-                    .find(|(n, _)| *n == c)
-                    .map(|(_, f)| f.value(row).to_string())
-                    .unwrap_or_default()
+                let (_, col, f) = formatters.iter().find(|(n, _, _)| *n == c)?;
+                (!col.is_null(row)).then(|| f.value(row).to_string())
             });
+            let url = match url {
+                Ok(u) => u,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
             let shared = match &last {
                 Some((u, a)) if *u == url => a.clone(),
                 _ => {
@@ -283,70 +379,79 @@ impl WebhookSink {
                     a
                 }
             };
-            out.push(shared);
+            out.push(Ok(shared));
         }
         Ok(out)
     }
 
-    /// The requests of the pending rows: per URL in order of first appearance, cut by rows
-    /// and bytes.
-    fn requests(&self) -> Vec<Request> {
-        let mut by_url: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
-        let mut index: std::collections::HashMap<Arc<str>, usize> = Default::default();
+    /// The lanes of the pending rows: per URL (in order of first appearance), the rows of
+    /// each of `max_in_flight` lanes (by a hash of their key), cut by rows and bytes.
+    fn lanes(&self) -> Vec<Lane> {
+        let lanes = self.config.max_in_flight.max(1) as u64;
+        let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        let mut index: std::collections::HashMap<(Arc<str>, u64), usize> = Default::default();
         for (i, r) in self.pending.rows.iter().enumerate() {
-            let k = *index.entry(r.url.clone()).or_insert_with(|| {
-                by_url.push((r.url.clone(), Vec::new()));
-                by_url.len() - 1
-            });
-            by_url[k].1.push(i);
+            let k = *index
+                .entry((r.url.clone(), r.lane % lanes))
+                .or_insert_with(|| {
+                    groups.push((r.url.clone(), Vec::new()));
+                    groups.len() - 1
+                });
+            groups[k].1.push(i);
         }
         let max_rows = match self.config.batching {
             Batching::Single => 1,
             Batching::Array => self.config.batch_max_rows,
         };
-        let mut out = Vec::new();
-        for (url, rows) in by_url {
-            let sizes: Vec<usize> = rows
-                .iter()
-                .map(|&i| self.pending.rows[i].end - self.pending.rows[i].start)
-                .collect();
-            for range in body::cut(&sizes, max_rows, self.config.batch_max_bytes) {
-                out.push(Request {
-                    url: url.clone(),
-                    rows: rows[range].to_vec(),
-                });
-            }
-        }
-        out
-    }
-
-    /// Waits out a `Retry-After` an earlier answer asked for.
-    fn wait_retry_after(&mut self) {
-        if let Some(t) = self.not_before.take() {
-            let now = Instant::now();
-            if t > now {
-                tracing::info!(sink = %self.name, wait_ms = (t - now).as_millis() as u64, "waiting as Retry-After asked");
-                std::thread::sleep(t - now);
-            }
-        }
+        groups
+            .into_iter()
+            .map(|(url, rows)| {
+                let sizes: Vec<usize> = rows
+                    .iter()
+                    .map(|&i| self.pending.rows[i].end - self.pending.rows[i].start)
+                    .collect();
+                body::cut(&sizes, max_rows, self.config.batch_max_bytes)
+                    .into_iter()
+                    .map(|range| Request {
+                        url: url.clone(),
+                        rows: rows[range].to_vec(),
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Sends every pending row; rows to send again stay pending and make the call fail as
-    /// unavailable, rows refused for good go to `rejected`.
+    /// unavailable (with the wait a `Retry-After` asked for), rows refused for good go to
+    /// `rejected`. Nothing is sent before a `Retry-After` has passed: the call fails at once
+    /// with the rest of the wait, which the retry policy waits out (a stopped run ends it).
     fn send_pending(&mut self) -> Result<(), EngineError> {
         if self.pending.rows.is_empty() {
             return Ok(());
         }
-        self.wait_retry_after();
-        let requests = self.requests();
+        if let Some(t) = self.not_before {
+            let now = Instant::now();
+            if t > now {
+                return Err(self
+                    .fatal(format!(
+                        "{} rows not delivered yet: waiting as Retry-After asked",
+                        self.pending.rows.len()
+                    ))
+                    .unavailable_for(t - now));
+            }
+            self.not_before = None;
+        }
+        let lanes = self.lanes();
         let mut keep = Vec::new();
         let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, None::<Duration>);
-        for (req, outcome) in requests.iter().zip(self.send_all(&requests)) {
+        for (req, outcome) in lanes.iter().flatten().zip(self.send_all(&lanes)) {
             match outcome {
                 Outcome::Delivered => {}
                 Outcome::Retry { reason, after } => {
                     retry_rows += req.rows.len();
-                    first_reason.get_or_insert(reason);
+                    if first_reason.is_none() || after.is_some() {
+                        first_reason = Some(reason);
+                    }
                     if let Some(a) = after {
                         wait = Some(wait.map_or(a, |w| w.max(a)));
                     }
@@ -369,44 +474,57 @@ impl WebhookSink {
         if retry_rows == 0 {
             return Ok(());
         }
-        if let Some(w) = wait {
-            self.not_before = Some(Instant::now() + w);
-        }
-        Err(self
-            .fatal(format!(
-                "{retry_rows} of {total} rows not delivered yet: {}",
-                first_reason.unwrap_or_default()
-            ))
-            .unavailable())
+        let e = self.fatal(format!(
+            "{retry_rows} of {total} rows not delivered yet: {}",
+            first_reason.unwrap_or_default()
+        ));
+        Err(match wait {
+            Some(w) => {
+                self.not_before = Some(Instant::now() + w);
+                e.unavailable_for(w)
+            }
+            None => e.unavailable(),
+        })
     }
 
-    /// Sends `requests`, `max_in_flight` at a time: each of that many threads takes the next
-    /// request not sent yet as soon as its previous one was answered. After an answer asking
-    /// to wait (408, 429, 5xx, no answer), no new request starts: those not sent are
-    /// outcomes to retry as well.
-    fn send_all(&self, requests: &[Request]) -> Vec<Outcome> {
+    /// Sends the requests of `lanes`, up to `max_in_flight` lanes at a time, each lane one
+    /// request at a time in order: after an answer asking to wait (408, 429, 5xx, 401, 403,
+    /// no answer), the rest of its lane is not sent (an outcome to retry as well), so a
+    /// key's later rows never overtake its earlier ones; other lanes go on, unless the answer
+    /// carried a `Retry-After`, which holds every lane. Outcomes in the order of
+    /// `lanes.iter().flatten()`.
+    fn send_all(&self, lanes: &[Lane]) -> Vec<Outcome> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let next = AtomicUsize::new(0);
         let hold = AtomicBool::new(false);
-        let outcomes: Vec<std::sync::Mutex<Option<Outcome>>> =
-            requests.iter().map(|_| Default::default()).collect();
+        let outcomes: Vec<std::sync::Mutex<Vec<Outcome>>> =
+            lanes.iter().map(|_| Default::default()).collect();
         let work = || loop {
-            if hold.load(Ordering::SeqCst) {
-                return;
-            }
             let i = next.fetch_add(1, Ordering::SeqCst);
-            let Some(req) = requests.get(i) else {
+            let Some(lane) = lanes.get(i) else {
                 return;
             };
-            let outcome = self.send(req);
-            if matches!(outcome, Outcome::Retry { .. }) {
-                hold.store(true, Ordering::SeqCst);
+            let mut out = Vec::with_capacity(lane.len());
+            for req in lane {
+                let waiting = matches!(out.last(), Some(Outcome::Retry { .. }));
+                if waiting || hold.load(Ordering::SeqCst) {
+                    out.push(Outcome::Retry {
+                        reason: "not sent: an earlier request of its lane waits".into(),
+                        after: None,
+                    });
+                    continue;
+                }
+                let outcome = self.send(req);
+                if matches!(outcome, Outcome::Retry { after: Some(_), .. }) {
+                    hold.store(true, Ordering::SeqCst);
+                }
+                out.push(outcome);
             }
             if let Ok(mut slot) = outcomes[i].lock() {
-                *slot = Some(outcome);
+                *slot = out;
             }
         };
-        let threads = self.config.max_in_flight.clamp(1, requests.len().max(1));
+        let threads = self.config.max_in_flight.clamp(1, lanes.len().max(1));
         if threads == 1 {
             work();
         } else {
@@ -418,11 +536,17 @@ impl WebhookSink {
         }
         outcomes
             .into_iter()
-            .map(|slot| {
-                slot.into_inner().ok().flatten().unwrap_or(Outcome::Retry {
-                    reason: "not sent: the endpoint asked to wait".into(),
-                    after: None,
-                })
+            .zip(lanes)
+            .flat_map(|(slot, lane)| {
+                let mut out = slot.into_inner().unwrap_or_default();
+                // a lane whose thread panicked: all of it again
+                while out.len() < lane.len() {
+                    out.push(Outcome::Retry {
+                        reason: "not sent".into(),
+                        after: None,
+                    });
+                }
+                out
             })
             .collect()
     }
@@ -475,12 +599,14 @@ impl WebhookSink {
         let started = Instant::now();
         let answer = builder.body(bytes).send();
         self.stats.latency.observe(started.elapsed().as_secs_f64());
-        let resp = match answer {
+        let mut resp = match answer {
             Ok(r) => r,
             Err(e) => {
                 self.stats.failed(delivery::failure_class(None));
+                // reqwest's error repeats the whole URL: the query and user stay out
+                let e = e.without_url();
                 return Outcome::Retry {
-                    reason: format!("{}: {}", req.url, error_chain(&e)),
+                    reason: format!("{}: {}", public_url(&req.url), error_chain(&e)),
                     after: None,
                 };
             }
@@ -488,6 +614,8 @@ impl WebhookSink {
         let status = resp.status().as_u16();
         match delivery::classify(status) {
             Class::Delivered => {
+                // a small body read to its end lets the connection be used again
+                drain(&mut resp);
                 weir_engine::stats::RunStats::add(&self.stats.delivered, 1);
                 weir_engine::stats::RunStats::add(&self.stats.rows_delivered, rows.len() as u64);
                 Outcome::Delivered
@@ -500,13 +628,13 @@ impl WebhookSink {
     }
 
     /// What a non-2xx answer means: a retry (with its `Retry-After`) or a refusal with the
-    /// status, headers and the first KiB of the body.
+    /// status, headers and the first KiB of the body (no more of it is read).
     fn failed_answer(
         &self,
         req: &Request,
         id: &str,
         class: Class,
-        resp: reqwest::blocking::Response,
+        mut resp: reqwest::blocking::Response,
     ) -> Outcome {
         let status = resp.status();
         let after = resp
@@ -524,22 +652,35 @@ impl WebhookSink {
                 )
             })
             .collect();
-        let bytes = resp.bytes().unwrap_or_default();
+        let bytes = read_head(&mut resp);
         let head = delivery::body_head(&bytes);
         let short: String = head.chars().take(200).collect();
-        if class == Class::Retry {
-            return Outcome::Retry {
-                reason: format!("{} answered {status}: {short}", req.url),
-                after,
-            };
+        let url = public_url(&req.url);
+        match class {
+            Class::Retry => {
+                return Outcome::Retry {
+                    reason: format!("{url} answered {status}: {short}"),
+                    after,
+                }
+            }
+            Class::Unauthorized => {
+                return Outcome::Retry {
+                    reason: format!(
+                        "{url} answered {status} (the receiver does not accept the sink's \
+                         signature or credentials: check `secret` and `headers`): {short}"
+                    ),
+                    after,
+                }
+            }
+            Class::Delivered | Class::Refused => {}
         }
         Outcome::Refused(
             ErrorInfo::new(
                 "webhook_refused",
-                format!("{} answered {status}: {short}", req.url),
+                format!("{url} answered {status}: {short}"),
             )
             .with("status", status.as_u16())
-            .with("url", &*req.url)
+            .with("url", url)
             .with("webhook_id", id)
             .with("headers", serde_json::Value::Object(headers))
             .with("body", head),
@@ -547,22 +688,59 @@ impl WebhookSink {
     }
 }
 
+/// Why an extra request header is refused (the message never repeats its value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("header `{0}` is set by the sink itself")]
+    Reserved(String),
+    #[error("`{0}` is not an HTTP header name")]
+    BadName(String),
+    #[error("header `{0}`: the value holds characters HTTP headers cannot carry")]
+    BadValue(String),
+}
+
 /// Whether `name: value` can be an extra request header: a valid name and value, and none
 /// of the headers the sink sets itself (`webhook-*`, `ce-*`, `content-type`).
-pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+pub fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
     let lower = name.to_ascii_lowercase();
     if lower.starts_with("webhook-") || lower.starts_with("ce-") || lower == "content-type" {
-        return Err(format!("header `{name}` is set by the sink itself"));
+        return Err(HeaderError::Reserved(name.to_string()));
     }
     if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        return Err(format!("`{name}` is not an HTTP header name"));
+        return Err(HeaderError::BadName(name.to_string()));
     }
     if reqwest::header::HeaderValue::from_str(value).is_err() {
-        return Err(format!(
-            "header `{name}`: the value holds characters HTTP headers cannot carry"
-        ));
+        return Err(HeaderError::BadValue(name.to_string()));
     }
     Ok(())
+}
+
+/// Bytes of an answer's body read at most before the connection is given up: a body read
+/// to its end lets the connection serve the next request.
+const DRAIN_MAX: u64 = 16 * 1024;
+
+/// Reads a small body to its end (so the connection is kept alive); a larger or unknown one
+/// is left, and the connection closed.
+fn drain(resp: &mut reqwest::blocking::Response) {
+    // asked before any read: reqwest's blocking response forgets its length once read
+    if resp.content_length().is_some_and(|n| n <= DRAIN_MAX) {
+        let _ = std::io::copy(resp, &mut std::io::sink());
+    }
+}
+
+/// The first [`delivery::BODY_KEPT`] bytes of a body (and a few more, to tell a cut
+/// character), never more; the rest is drained when the whole body is small.
+fn read_head(resp: &mut reqwest::blocking::Response) -> Vec<u8> {
+    use std::io::Read;
+    let small = resp.content_length().is_some_and(|n| n <= DRAIN_MAX);
+    let mut head = Vec::with_capacity(delivery::BODY_KEPT + 4);
+    let _ = resp
+        .take(delivery::BODY_KEPT as u64 + 4)
+        .read_to_end(&mut head);
+    if small {
+        let _ = std::io::copy(resp, &mut std::io::sink());
+    }
+    head
 }
 
 /// An error with its causes (reqwest hides the reason of a refused connection in them).

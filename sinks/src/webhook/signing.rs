@@ -13,6 +13,17 @@ pub const SECRET_PREFIX: &str = "whsec_";
 /// The shortest and longest key a secret may hold (the specification's 24 to 64 bytes).
 const KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 
+/// Why a secret is refused; the message never repeats the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("the secret is empty (an unset variable?): give `whsec_<base64>`")]
+    Empty,
+    #[error("the secret is not `whsec_` followed by base64 (standard alphabet, padded)")]
+    NotBase64,
+    #[error("the secret's key is {0} bytes; Standard Webhooks keys are 24 to 64 bytes")]
+    Length(usize),
+}
+
 /// A signing key, decoded from `whsec_<base64>`. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
@@ -26,23 +37,17 @@ impl std::fmt::Debug for Secret {
 impl Secret {
     /// Decodes `whsec_<base64>` (the prefix may be left out, as the reference libraries
     /// allow); the error says what is wrong without repeating the value.
-    pub fn parse(text: &str) -> Result<Secret, String> {
+    pub fn parse(text: &str) -> Result<Secret, SecretError> {
         let text = text.trim();
         if text.is_empty() {
-            return Err("the secret is empty (an unset variable?): give `whsec_<base64>`".into());
+            return Err(SecretError::Empty);
         }
         let b64 = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
         let key = base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map_err(|_| {
-                "the secret is not `whsec_` followed by base64 (standard alphabet, padded)"
-                    .to_string()
-            })?;
+            .map_err(|_| SecretError::NotBase64)?;
         if !KEY_BYTES.contains(&key.len()) {
-            return Err(format!(
-                "the secret's key is {} bytes; Standard Webhooks keys are 24 to 64 bytes",
-                key.len()
-            ));
+            return Err(SecretError::Length(key.len()));
         }
         Ok(Secret(key))
     }
@@ -123,14 +128,20 @@ mod tests {
     #[test]
     fn bad_secrets_are_refused_without_echoing_them() {
         for bad in ["", "   ", "whsec_not base64!", "whsec_c2hvcnQ="] {
-            let e = Secret::parse(bad).unwrap_err();
+            let e = Secret::parse(bad).unwrap_err().to_string();
             assert!(
                 !bad.trim().is_empty() && !e.contains(bad.trim()) || bad.trim().is_empty(),
                 "{e}"
             );
         }
+        assert_eq!(
+            Secret::parse("whsec_c2hvcnQ=").unwrap_err(),
+            SecretError::Length(5)
+        );
+        assert_eq!(Secret::parse(" ").unwrap_err(), SecretError::Empty);
         assert!(Secret::parse("whsec_c2hvcnQ=")
             .unwrap_err()
+            .to_string()
             .contains("5 bytes"));
         assert_eq!(
             format!(

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
@@ -18,17 +19,27 @@ struct Received {
     body: Vec<u8>,
 }
 
-/// A server answering each request with the next of `answers` (status, extra header line),
-/// then 200; returns its port and what it received.
-fn server(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Received>>>) {
+/// What a test server answers a request: status, extra header lines, body.
+type Answer = (u16, String, Vec<u8>);
+
+/// A server answering each request with what `answer` says (given the request and how many
+/// came before it), after `delay`; returns its port, what it received and how many
+/// connections it accepted.
+#[allow(clippy::type_complexity)]
+fn server_fn(
+    delay: Duration,
+    answer: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
+) -> (u16, Arc<Mutex<Vec<Received>>>, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = Arc::new(Mutex::new(Vec::new()));
-    let answers = Arc::new(Mutex::new(answers));
-    let seen = got.clone();
+    let connections = Arc::new(Mutex::new(0));
+    let answer = Arc::new(answer);
+    let (seen, conns) = (got.clone(), connections.clone());
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let (seen, answers) = (seen.clone(), answers.clone());
+            *conns.lock().unwrap() += 1;
+            let (seen, answer) = (seen.clone(), answer.clone());
             std::thread::spawn(move || {
                 let mut conn = conn.unwrap();
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -38,11 +49,18 @@ fn server(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Received>>>)
                     if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
-                    let method = line.split(' ').next().unwrap_or_default().to_string();
+                    let mut parts = line.split(' ');
+                    let method = parts.next().unwrap_or_default().to_string();
                     headers.insert(":method".to_string(), method);
+                    headers.insert(
+                        ":path".to_string(),
+                        parts.next().unwrap_or_default().to_string(),
+                    );
                     loop {
                         line.clear();
-                        reader.read_line(&mut line).unwrap();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
                         let Some((k, v)) = line.trim_end().split_once(": ") else {
                             break;
                         };
@@ -50,24 +68,60 @@ fn server(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Received>>>)
                     }
                     let len: usize = headers["content-length"].parse().unwrap();
                     let mut body = vec![0; len];
-                    reader.read_exact(&mut body).unwrap();
-                    seen.lock().unwrap().push(Received { headers, body });
-                    let next = {
-                        let mut a = answers.lock().unwrap();
-                        (!a.is_empty()).then(|| a.remove(0))
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let r = Received { headers, body };
+                    let n = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(r.clone());
+                        seen.len() - 1
                     };
-                    let (status, extra) = next.unwrap_or((200, ""));
-                    let text = format!("answer {status}");
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{extra}\r\n{text}",
-                        text.len()
-                    );
+                    std::thread::sleep(delay);
+                    let (status, extra, text) = answer(&r, n);
+                    let mut head = format!("HTTP/1.1 {status} X\r\n{extra}").into_bytes();
+                    if !extra.to_ascii_lowercase().contains("content-length") {
+                        head.extend(format!("Content-Length: {}\r\n", text.len()).bytes());
+                    }
+                    head.extend(b"\r\n");
+                    head.extend(&text);
+                    if conn.write_all(&head).is_err() {
+                        return;
+                    }
                 }
             });
         }
     });
+    (port, got, connections)
+}
+
+/// A server answering each request with the next of `answers` (status, extra header line),
+/// then 200; returns its port and what it received.
+fn server(answers: Vec<(u16, &'static str)>) -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let answers = Mutex::new(answers);
+    let (port, got, _) = server_fn(Duration::ZERO, move |_, _| {
+        let next = {
+            let mut a = answers.lock().unwrap();
+            (!a.is_empty()).then(|| a.remove(0))
+        };
+        let (status, extra) = next.unwrap_or((200, ""));
+        (
+            status,
+            extra.to_string(),
+            format!("answer {status}").into_bytes(),
+        )
+    });
     (port, got)
+}
+
+/// A retry policy with short waits.
+fn quick_retries() -> weir_engine::retry::RetryPolicy {
+    weir_engine::retry::RetryPolicy {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+        jitter: 0.0,
+        ..Default::default()
+    }
 }
 
 fn config(port: u16, batch_max_rows: usize) -> WebhookConfig {
@@ -128,9 +182,10 @@ fn requests_are_cut_by_rows_signed_and_their_ids_follow_their_rows() {
     sink.write(&rows(10)).unwrap();
     sink.flush().unwrap();
     let got = got.lock().unwrap().clone();
-    let mut sizes: Vec<usize> = got.iter().map(|r| ids(r).len()).collect();
-    sizes.sort_unstable();
-    assert_eq!(sizes, [2, 4, 4]);
+    // per lane (2: max_in_flight), arrays of at most 4 rows
+    let sizes: Vec<usize> = got.iter().map(|r| ids(r).len()).collect();
+    assert!(sizes.iter().all(|&n| (1..=4).contains(&n)), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 10);
     let secret = &config(port, 4).secrets[0];
     let mut all = Vec::new();
     for r in &got {
@@ -151,7 +206,7 @@ fn requests_are_cut_by_rows_signed_and_their_ids_follow_their_rows() {
     let stats = sink.stats();
     assert_eq!(
         stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
-        3
+        got.len() as u64
     );
     assert_eq!(
         stats
@@ -174,11 +229,30 @@ fn a_503_keeps_the_rows_and_the_retry_carries_the_same_ids() {
         e.to_string().contains("3 of 3 rows not delivered yet"),
         "{e}"
     );
+    // the sink asks the retry policy for the wait, and does not wait itself
+    let asked = e.retry_after().expect("Retry-After: 1 asked for");
+    assert!(asked > Duration::from_millis(900) && asked <= Duration::from_secs(1));
     let started = Instant::now();
-    sink.flush().unwrap();
+    let again = sink.flush().unwrap_err();
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "Retry-After: 1 waited"
+        started.elapsed() < Duration::from_millis(100),
+        "no sleep in the sink"
+    );
+    assert!(again.retry_after().is_some_and(|w| w <= asked));
+    assert_eq!(
+        got.lock().unwrap().len(),
+        1,
+        "nothing sent before Retry-After passed"
+    );
+    // under the retry policy (a 10 ms backoff): the Retry-After's wait, then the request
+    let health = weir_engine::retry::OutputHealth::default();
+    let cancel = AtomicBool::new(false);
+    let mut retrier = weir_engine::retry::Retrier::new("hook", quick_retries(), &health, &cancel);
+    retrier.call("flush", || sink.flush()).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "Retry-After: 1 waited: {:?}",
+        started.elapsed()
     );
     let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 2);
@@ -216,10 +290,7 @@ fn a_400_rejects_the_rows_of_its_request_and_no_answer_is_unavailable() {
     sink.write(&rows(2)).unwrap();
     assert!(matches!(sink.flush(), Err(EngineError::Unavailable(_))));
     assert_eq!(sink.pending.rows.len(), 2);
-    assert_eq!(
-        sink.stats().failures[0].load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert!(sink.stats().failures[0].load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
 #[test]
@@ -228,6 +299,7 @@ fn cloudevents_binary_mode_puts_the_attributes_in_headers_and_put_is_used() {
     let mut cfg = config(port, 100);
     cfg.body = BodyMode::CloudEventsBinary;
     cfg.method = WebhookMethod::Put;
+    cfg.max_in_flight = 1;
     let mut sink = WebhookSink::new("hook", cfg).unwrap();
     sink.write(&rows(2)).unwrap();
     sink.flush().unwrap();
@@ -242,4 +314,277 @@ fn cloudevents_binary_mode_puts_the_attributes_in_headers_and_put_is_used() {
     assert_eq!(h["content-type"], "application/json");
     assert_eq!(h[":method"], "PUT");
     assert_eq!(ids(&got[0]).len(), 2);
+}
+
+/// Rows of `keys` datasets in `windows` consecutive 1-minute windows, window by window.
+fn windows(keys: usize, windows: usize) -> RecordBatch {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("datasetName", DataType::Utf8, true),
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+        Field::new("events", DataType::Int64, false),
+    ]));
+    let n = keys * windows;
+    let utc = |v: Vec<i64>| TimestampMillisecondArray::from(v).with_timezone("UTC");
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("d{}", i % keys)),
+            )),
+            Arc::new(utc((0..n).map(|i| (i / keys) as i64 * 60_000).collect())),
+            Arc::new(utc((0..n)
+                .map(|i| (i / keys + 1) as i64 * 60_000)
+                .collect())),
+            Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i * 10))),
+        ],
+    )
+    .unwrap()
+}
+
+/// Whether a row is of the first window (1970-01-01 00:00).
+fn first_window(v: &Value) -> bool {
+    v["window_start"]
+        .as_str()
+        .is_some_and(|w| w.starts_with("1970-01-01T00:00:00"))
+}
+
+/// The rows of a request body (an array, or one object).
+fn body_rows(r: &Received) -> Vec<Value> {
+    match serde_json::from_slice(&r.body).unwrap() {
+        Value::Array(a) => a,
+        v => vec![v],
+    }
+}
+
+#[test]
+fn the_rows_of_a_key_arrive_in_order_while_requests_run_in_parallel_and_fail() {
+    // the first request carrying d0's first window fails; requests are slow, so several
+    // are in flight at once (4 lanes)
+    let failed = Arc::new(AtomicBool::new(false));
+    let f = failed.clone();
+    let (port, got, _) = server_fn(Duration::from_millis(150), move |r, _| {
+        let rows = body_rows(r);
+        let first_d0 = rows
+            .iter()
+            .any(|v| v["datasetName"] == "d0" && first_window(v));
+        if first_d0 && !f.swap(true, Ordering::SeqCst) {
+            return (503, String::new(), b"busy".to_vec());
+        }
+        (200, String::new(), b"ok".to_vec())
+    });
+    let mut cfg = config(port, 1);
+    cfg.max_in_flight = 4;
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    // the write sends (6 rows fill 4 requests): its 503 leaves rows pending
+    let first = sink.write(&windows(2, 3));
+    assert!(
+        matches!(first, Err(EngineError::Unavailable(_))),
+        "{first:?}"
+    );
+    sink.flush().unwrap();
+    assert!(failed.load(Ordering::SeqCst));
+    // what the receiver accepted, in arrival order: each key's windows only move forward
+    let got = got.lock().unwrap().clone();
+    let mut accepted: Vec<(String, String)> = Vec::new();
+    let mut refused_once = false;
+    for r in &got {
+        let rows = body_rows(r);
+        let is_failed = !refused_once
+            && rows
+                .iter()
+                .any(|v| v["datasetName"] == "d0" && first_window(v));
+        if is_failed {
+            refused_once = true;
+            continue;
+        }
+        for v in rows {
+            accepted.push((
+                v["datasetName"].as_str().unwrap().to_string(),
+                v["window_start"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert_eq!(accepted.len(), 6, "{accepted:?}");
+    for key in ["d0", "d1"] {
+        let starts: Vec<&str> = accepted
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, w)| w.as_str())
+            .collect();
+        assert!(starts.windows(2).all(|p| p[0] < p[1]), "{key}: {starts:?}");
+    }
+}
+
+#[test]
+fn a_long_retry_after_is_waited_by_the_retry_policy_and_a_stopped_run_ends_it() {
+    let (port, got) = server(vec![(429, "Retry-After: 300\r\n")]);
+    let mut cfg = config(port, 100);
+    cfg.max_in_flight = 1;
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    sink.write(&rows(3)).unwrap();
+    let health = weir_engine::retry::OutputHealth::default();
+    let cancel = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let started = Instant::now();
+        let job = s.spawn(|| {
+            let mut retrier =
+                weir_engine::retry::Retrier::new("hook", quick_retries(), &health, &cancel);
+            retrier.call("flush", || sink.flush())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        cancel.store(true, Ordering::Relaxed);
+        let result = job.join().unwrap();
+        assert!(matches!(result, Err(EngineError::Cancelled)), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the stop ended the wait: {:?}",
+            started.elapsed()
+        );
+    });
+    assert_eq!(
+        got.lock().unwrap().len(),
+        1,
+        "no request before Retry-After"
+    );
+    assert_eq!(sink.pending.rows.len(), 3);
+}
+
+#[test]
+fn only_the_first_kib_of_a_refusing_body_is_read_and_small_bodies_keep_the_connection() {
+    // a 400 announcing 100 MB, of which 2000 bytes come: the sink reads what it keeps
+    let (port, _, _) = server_fn(Duration::ZERO, |_, _| {
+        (
+            400,
+            "Content-Length: 100000000\r\n".to_string(),
+            vec![b'x'; 2000],
+        )
+    });
+    let mut cfg = config(port, 100);
+    cfg.timeout = Duration::from_secs(5);
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    sink.write(&rows(2)).unwrap();
+    let started = Instant::now();
+    sink.flush().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the body was read on: {:?}",
+        started.elapsed()
+    );
+    let rejected = sink.take_rejected();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(
+        rejected[0].error.details["body"].as_str().unwrap().len(),
+        1024
+    );
+    // 2xx with bodies up to 16 KiB, read to their end: one connection for requests one
+    // after the other
+    let (port, got, connections) = server_fn(Duration::ZERO, |_, _| {
+        (200, String::new(), vec![b'k'; 12_000])
+    });
+    let mut cfg = config(port, 1);
+    cfg.max_in_flight = 1;
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    for _ in 0..3 {
+        sink.write(&rows(1)).unwrap();
+        sink.flush().unwrap();
+    }
+    assert_eq!(got.lock().unwrap().len(), 3);
+    assert_eq!(
+        *connections.lock().unwrap(),
+        1,
+        "the connection was kept alive"
+    );
+}
+
+#[test]
+fn a_401_or_403_is_a_failure_of_the_sink_not_a_refusal_of_rows() {
+    for status in [401, 403] {
+        let (port, got) = server(vec![(status, "")]);
+        let mut cfg = config(port, 100);
+        cfg.max_in_flight = 1;
+        let mut sink = WebhookSink::new("hook", cfg).unwrap();
+        sink.write(&rows(3)).unwrap();
+        let e = sink.flush().unwrap_err();
+        assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+        assert!(e.to_string().contains(&format!("answered {status}")), "{e}");
+        assert!(e.to_string().contains("`secret`"), "{e}");
+        assert!(sink.take_rejected().is_empty(), "no row dead-lettered");
+        assert_eq!(sink.pending.rows.len(), 3);
+        assert_eq!(sink.stats().failures[2].load(Ordering::Relaxed), 1);
+        // the receiver takes the credentials again: delivered
+        sink.flush().unwrap();
+        assert_eq!(got.lock().unwrap().len(), 2);
+        assert!(sink.pending.rows.is_empty());
+    }
+}
+
+#[test]
+fn a_row_without_a_url_goes_to_the_dead_letters_and_the_others_on() {
+    let (port, got) = server(vec![]);
+    let mut cfg = config(port, 100);
+    cfg.url = UrlTemplate::parse(&format!(
+        "http://127.0.0.1:{port}/hooks/{{output}}/{{datasetName}}"
+    ))
+    .unwrap();
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    let batch = windows(2, 1);
+    let names = StringArray::from(vec![Some("d0"), None]);
+    let mut columns = batch.columns().to_vec();
+    columns[0] = Arc::new(names);
+    let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    sink.write(&batch).unwrap();
+    sink.flush().unwrap();
+    let rejected = sink.take_rejected();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].error.code, "webhook_no_url");
+    assert!(
+        rejected[0].error.message.contains("`datasetName` is null"),
+        "{}",
+        rejected[0].error.message
+    );
+    let raw: Value = serde_json::from_slice(&rejected[0].raw).unwrap();
+    assert_eq!(raw["datasetName"], Value::Null);
+    assert!(raw["_row_id"].as_str().unwrap().starts_with("row_"));
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers[":path"], "/hooks/per_ds/d0");
+}
+
+#[test]
+fn messages_and_dead_letters_name_the_url_without_user_password_or_query() {
+    let (port, _) = server(vec![(400, "")]);
+    let mut cfg = config(port, 100);
+    cfg.url = UrlTemplate::parse(&format!(
+        "http://user:pass-w0rd@127.0.0.1:{port}/hooks/{{output}}?token=sekrit"
+    ))
+    .unwrap();
+    let mut sink = WebhookSink::new("hook", cfg.clone()).unwrap();
+    sink.write(&rows(1)).unwrap();
+    sink.flush().unwrap();
+    let rejected = sink.take_rejected();
+    let e = &rejected[0].error;
+    let text = format!("{} {}", e.message, Value::Object(e.details.clone()));
+    assert!(
+        !text.contains("sekrit") && !text.contains("pass-w0rd"),
+        "{text}"
+    );
+    assert_eq!(
+        e.details["url"],
+        format!("http://127.0.0.1:{port}/hooks/per_ds")
+    );
+    // no answer: the retry message
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap().port();
+    drop(closed);
+    cfg.url = UrlTemplate::parse(&format!(
+        "http://user:pass-w0rd@127.0.0.1:{dead}/hooks?token=sekrit"
+    ))
+    .unwrap();
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    sink.write(&rows(1)).unwrap();
+    let e = sink.flush().unwrap_err().to_string();
+    assert!(e.contains(&format!("http://127.0.0.1:{dead}/hooks")), "{e}");
+    assert!(!e.contains("sekrit") && !e.contains("pass-w0rd"), "{e}");
 }
