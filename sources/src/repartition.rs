@@ -37,7 +37,7 @@ use weir_engine::job::Decode;
 use weir_engine::{Chunk, ChunkData, EngineError, Messages};
 use weir_kafka::{client_config, create_topic, partition_counts, Producer};
 
-use crate::kafka::close::{close_consumer, is_cooperative, Held, HoldsPartitions, CLOSE_TIMEOUT};
+use crate::kafka::close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
 use crate::kafka::{group_consumer_config, KafkaSourceConfig, MessageBuffer};
 
 /// How many messages the stage reads before it sends them on.
@@ -295,16 +295,9 @@ impl Drop for RepartitionStage {
 struct StageContext {
     /// From the configured assignment strategy (see [`crate::kafka::close`]).
     cooperative: bool,
-    held: Held,
 }
 
 impl ClientContext for StageContext {}
-
-impl HoldsPartitions for StageContext {
-    fn holds_partitions(&self) -> bool {
-        self.held.any()
-    }
-}
 
 impl ConsumerContext for StageContext {
     fn rebalance(
@@ -314,11 +307,6 @@ impl ConsumerContext for StageContext {
         tpl: &mut TopicPartitionList,
     ) {
         let cooperative = self.cooperative;
-        let list: Vec<(String, i32)> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if cooperative => {
                 consumer.incremental_assign(tpl)
@@ -329,11 +317,6 @@ impl ConsumerContext for StageContext {
             }
             _ => consumer.unassign(),
         };
-        if matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-            self.held.assign(&list, cooperative);
-        } else {
-            self.held.revoke(&list, cooperative);
-        }
         match result {
             Ok(()) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -391,7 +374,6 @@ impl Stage {
         let consumer: BaseConsumer<StageContext> = cfg
             .create_with_context(StageContext {
                 cooperative: is_cooperative(&cfg),
-                held: Held::default(),
             })
             .map_err(|e| fail("cannot create a consumer", &e))?;
         consumer

@@ -7,20 +7,20 @@
 //! (confluentinc/librdkafka#4041, #4884). A pool worker that lost partitions closes its
 //! consumer and joins again, so an unbounded close would stall the worker for good.
 
-use std::collections::HashSet;
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 
 /// The longest a reader waits for its consumer to leave the group.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Leaves the group and closes the consumer in a thread of its own: first gives its
-/// partitions back while the consumer still serves rebalances normally (the revocation runs
-/// in that thread's poll), then drops it. Waits at most `timeout`; after that the close
-/// finishes in the background and the caller goes on (a new consumer may join meanwhile).
-pub(crate) fn close_consumer<C: HoldsPartitions + 'static>(
+/// Closes the consumer (rdkafka's close: it leaves the group, serving the revocation in its
+/// own poll) in a thread of its own, waiting at most `timeout`; after that the close finishes
+/// in the background and the caller goes on (a new consumer may join meanwhile). The consumer
+/// is not unsubscribed first: librdkafka then rejoins with an empty subscription before it
+/// leaves, and a broker (tansu) was seen to lose the other members' generation over it.
+pub(crate) fn close_consumer<C: ConsumerContext + 'static>(
     consumer: BaseConsumer<C>,
     source: &str,
     timeout: Duration,
@@ -30,12 +30,6 @@ pub(crate) fn close_consumer<C: HoldsPartitions + 'static>(
     let spawned = std::thread::Builder::new()
         .name("kafka-close".into())
         .spawn(move || {
-            consumer.unsubscribe();
-            while consumer.context().holds_partitions() && started.elapsed() < timeout {
-                // a message fetched before the revocation is dropped: where each partition
-                // continues is in the checkpoint or the group's committed offsets
-                let _ = consumer.poll(Duration::from_millis(50));
-            }
             drop(consumer);
             let _ = done.send(());
         });
@@ -60,66 +54,4 @@ pub(crate) fn is_cooperative(config: &rdkafka::ClientConfig) -> bool {
     config
         .get("partition.assignment.strategy")
         .is_some_and(|s| s.contains("cooperative"))
-}
-
-/// A consumer context that knows which partitions librdkafka assigned it (its rebalance
-/// callback records them in a [`Held`]).
-pub(crate) trait HoldsPartitions: ConsumerContext {
-    /// Whether librdkafka still assigns the consumer partitions.
-    fn holds_partitions(&self) -> bool;
-}
-
-/// The partitions a consumer is assigned now, as its rebalance callback saw them.
-#[derive(Default)]
-pub(crate) struct Held(Mutex<HashSet<(String, i32)>>);
-
-impl Held {
-    /// Records an assignment: added to the held partitions (cooperative) or replacing them.
-    pub(crate) fn assign(&self, assigned: &[(String, i32)], cooperative: bool) {
-        if let Ok(mut held) = self.0.lock() {
-            if !cooperative {
-                held.clear();
-            }
-            held.extend(assigned.iter().cloned());
-        }
-    }
-
-    /// Records a revocation: removed from the held partitions (cooperative), or all of them.
-    pub(crate) fn revoke(&self, revoked: &[(String, i32)], cooperative: bool) {
-        if let Ok(mut held) = self.0.lock() {
-            if cooperative {
-                for r in revoked {
-                    held.remove(r);
-                }
-            } else {
-                held.clear();
-            }
-        }
-    }
-
-    /// Whether any partition is held.
-    pub(crate) fn any(&self) -> bool {
-        self.0.lock().is_ok_and(|h| !h.is_empty())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn held_partitions_follow_cooperative_and_eager_rebalances() {
-        let p = |n: i32| ("t".to_string(), n);
-        let held = Held::default();
-        held.assign(&[p(0), p(1)], true);
-        held.assign(&[p(2)], true);
-        held.revoke(&[p(0), p(1)], true);
-        assert!(held.any());
-        held.revoke(&[p(2)], true);
-        assert!(!held.any());
-        held.assign(&[p(0)], false);
-        held.assign(&[p(1)], false);
-        held.revoke(&[], false);
-        assert!(!held.any());
-    }
 }

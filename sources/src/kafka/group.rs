@@ -56,8 +56,6 @@ pub(super) struct GroupContext {
     pub(super) failed: Mutex<Option<String>>,
     /// The group's assignment strategy is cooperative (incremental assign and unassign).
     pub(super) cooperative: bool,
-    /// The partitions librdkafka assigned this consumer now (to leave the group cleanly).
-    pub(super) held: Held,
     /// Where this process stopped reading each partition (the offset after the last
     /// message handed over): a partition assigned again (after a lost session) continues
     /// there, not at the group's older committed offset (which would count events twice).
@@ -271,12 +269,6 @@ impl GroupContext {
     }
 }
 
-impl HoldsPartitions for GroupContext {
-    fn holds_partitions(&self) -> bool {
-        self.held.any()
-    }
-}
-
 impl ClientContext for GroupContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
     /// partition this process fetches, as the high watermark minus the next offset to read.
@@ -349,7 +341,6 @@ impl ConsumerContext for GroupContext {
                     tracing::error!(error = %e, "kafka: assigning partitions failed");
                 }
                 tracing::info!(partitions = ?list(tpl), "kafka: partitions assigned");
-                self.held.assign(&list(tpl), cooperative);
                 self.push(GroupEvent::Assigned(list(tpl)));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -380,14 +371,12 @@ impl ConsumerContext for GroupContext {
                 if let Some(pool) = &self.pool {
                     (pool.released)(&revoked, handed_over);
                 }
-                self.held.revoke(&revoked, cooperative);
                 tracing::info!(partitions = ?revoked, "kafka: partitions revoked");
                 self.push(GroupEvent::Revoked(revoked));
             }
             other => {
                 tracing::error!(error = ?other, "kafka: rebalance failed");
                 let _ = consumer.unassign();
-                self.held.revoke(&[], false);
             }
         }
     }

@@ -42,7 +42,7 @@ use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
 use weir_kafka::{client_config, partition_counts, KafkaError};
 
 use crate::caught_up::{CatchUpWait, Wait};
-use close::{close_consumer, is_cooperative, Held, HoldsPartitions, CLOSE_TIMEOUT};
+use close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
 
 /// A chunk is handed over once its messages reach this size...
 const CHUNK_BYTES: usize = 1 << 20;

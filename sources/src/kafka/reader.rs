@@ -303,7 +303,6 @@ impl KafkaReader {
             in_backpressure: AtomicBool::new(false),
             failed: Mutex::new(None),
             cooperative: false,
-            held: Held::default(),
         };
         let cfg = group_consumer_config(
             &self.config,
