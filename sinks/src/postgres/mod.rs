@@ -239,7 +239,9 @@ impl PostgresSink {
                 Err(f) => return Err(self.fault(f)),
             }
         }
-        Ok(self.session.as_mut().expect("connected"))
+        self.session
+            .as_mut()
+            .ok_or_else(|| EngineError::Internal("the PostgreSQL session was not opened".into()))
     }
 
     /// Runs `f` on the session; it fails as retryable when the server answers no statement
@@ -256,7 +258,10 @@ impl PostgresSink {
     ) -> Result<T, EngineError> {
         let timeout = self.config.timeout;
         self.session()?;
-        let session = self.session.as_mut().expect("connected");
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| EngineError::Internal("the PostgreSQL session was not opened".into()))?;
         let last = session.last_answer.clone();
         let started = Instant::now();
         if let Ok(mut t) = last.lock() {
