@@ -6,6 +6,7 @@ pub mod error;
 pub mod filtered;
 pub mod interpolate;
 pub mod model;
+mod nats;
 pub mod plan;
 pub mod pool;
 pub mod replay;

@@ -683,3 +683,43 @@ pub struct ServeDoc {
     #[serde(default)]
     pub subscription_retain_mb: Option<u64>,
 }
+
+/// `credentials:` of a NATS source or sink: at most one way to authenticate (values may come
+/// from `${ENV}`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NatsCredentialsDoc {
+    /// User name (with `password`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password (with `user`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A `.creds` file (user JWT and NKey seed), relative to the pipeline file.
+    #[serde(default)]
+    pub creds_file: Option<String>,
+    /// An NKey seed (`SU…`).
+    #[serde(default)]
+    pub nkey_seed: Option<String>,
+}
+
+/// `tls:` of a NATS source or sink.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTlsDoc {
+    /// Refuse to connect without TLS (default false: TLS when the server asks or a URL is `tls://`).
+    #[serde(default)]
+    pub required: Option<bool>,
+    /// PEM file of certificate authorities to trust, relative to the pipeline file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM client certificate (with `key_file`), for servers that verify clients.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+}

@@ -1,0 +1,191 @@
+//! Planning of the NATS connectors: how a source's or sink's `url`, `credentials` and `tls`
+//! become a [`NatsEndpoint`], checked with the pipeline file's positions by the caller.
+
+use std::path::{Path, PathBuf};
+
+use weir_nats::{NatsCredentials, NatsEndpoint, NatsTls};
+
+use crate::model::{NatsCredentialsDoc, NatsTlsDoc, OneOrMany};
+
+/// The endpoint of a NATS connector, or a message saying what is wrong (the caller adds the
+/// file position). Relative files resolve against `dir`, the pipeline file's folder.
+#[allow(dead_code)] // until the nats source and sink plan with it
+pub(crate) fn endpoint(
+    url: &OneOrMany<String>,
+    credentials: Option<&NatsCredentialsDoc>,
+    tls: Option<&NatsTlsDoc>,
+    dir: &Path,
+    name: String,
+) -> Result<NatsEndpoint, String> {
+    let servers: Vec<String> = url.iter().map(|u| u.trim().to_string()).collect();
+    if servers.is_empty() || servers.iter().any(String::is_empty) {
+        return Err("`url` needs at least one server (nats://host:4222)".into());
+    }
+    let mut endpoint = NatsEndpoint::new(servers, name);
+    endpoint.credentials = credentials_of(credentials, dir)?;
+    endpoint.tls = tls_of(tls, dir)?;
+    endpoint.validate().map_err(|e| e.to_string())?;
+    Ok(endpoint)
+}
+
+fn resolve(dir: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+fn existing_file(dir: &Path, key: &str, file: &str) -> Result<PathBuf, String> {
+    let path = resolve(dir, file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("`{key}` {} is not a file", path.display()))
+    }
+}
+
+fn credentials_of(doc: Option<&NatsCredentialsDoc>, dir: &Path) -> Result<NatsCredentials, String> {
+    let Some(d) = doc else {
+        return Ok(NatsCredentials::None);
+    };
+    let given = [
+        d.user.is_some() || d.password.is_some(),
+        d.token.is_some(),
+        d.creds_file.is_some(),
+        d.nkey_seed.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(
+            "`credentials` takes one of user/password, token, creds_file or nkey_seed".into(),
+        );
+    }
+    Ok(match d {
+        NatsCredentialsDoc {
+            user: Some(user),
+            password: Some(password),
+            ..
+        } => NatsCredentials::UserPassword {
+            user: user.clone(),
+            password: password.clone(),
+        },
+        NatsCredentialsDoc { user: Some(_), .. }
+        | NatsCredentialsDoc {
+            password: Some(_), ..
+        } => return Err("`credentials` needs both `user` and `password`".into()),
+        NatsCredentialsDoc {
+            token: Some(token), ..
+        } => NatsCredentials::Token(token.clone()),
+        NatsCredentialsDoc {
+            creds_file: Some(f),
+            ..
+        } => NatsCredentials::CredsFile(existing_file(dir, "creds_file", f)?),
+        NatsCredentialsDoc {
+            nkey_seed: Some(seed),
+            ..
+        } => NatsCredentials::NKeySeed(seed.clone()),
+        _ => NatsCredentials::None,
+    })
+}
+
+fn tls_of(doc: Option<&NatsTlsDoc>, dir: &Path) -> Result<NatsTls, String> {
+    let Some(d) = doc else {
+        return Ok(NatsTls::default());
+    };
+    let client_cert = match (&d.cert_file, &d.key_file) {
+        (Some(c), Some(k)) => Some((
+            existing_file(dir, "cert_file", c)?,
+            existing_file(dir, "key_file", k)?,
+        )),
+        (None, None) => None,
+        _ => return Err("`tls` needs both `cert_file` and `key_file`".into()),
+    };
+    Ok(NatsTls {
+        required: d.required.unwrap_or(false),
+        ca_file: d
+            .ca_file
+            .as_deref()
+            .map(|f| existing_file(dir, "ca_file", f))
+            .transpose()?,
+        client_cert,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(u: &str) -> OneOrMany<String> {
+        OneOrMany::One(u.to_string())
+    }
+
+    #[test]
+    fn one_way_of_authenticating_at_a_time() {
+        let both = NatsCredentialsDoc {
+            token: Some("t".into()),
+            nkey_seed: Some("SU".into()),
+            ..Default::default()
+        };
+        let e = endpoint(
+            &url("nats://h:4222"),
+            Some(&both),
+            None,
+            Path::new("."),
+            "n".into(),
+        );
+        assert!(e.unwrap_err().contains("one of"));
+        let half = NatsCredentialsDoc {
+            user: Some("u".into()),
+            ..Default::default()
+        };
+        let e = endpoint(
+            &url("nats://h:4222"),
+            Some(&half),
+            None,
+            Path::new("."),
+            "n".into(),
+        );
+        assert!(e.unwrap_err().contains("both `user` and `password`"));
+    }
+
+    #[test]
+    fn files_are_checked_and_resolved_against_the_pipeline_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let tls = NatsTlsDoc {
+            required: Some(true),
+            ca_file: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        let e = endpoint(
+            &url("tls://h:4222"),
+            None,
+            Some(&tls),
+            dir.path(),
+            "n".into(),
+        )
+        .unwrap();
+        assert_eq!(e.tls.ca_file, Some(dir.path().join("ca.pem")));
+        assert!(e.tls.required);
+        let missing = NatsCredentialsDoc {
+            creds_file: Some("nope.creds".into()),
+            ..Default::default()
+        };
+        let err = endpoint(
+            &url("nats://h"),
+            Some(&missing),
+            None,
+            dir.path(),
+            "n".into(),
+        );
+        assert!(err.unwrap_err().contains("is not a file"));
+    }
+
+    #[test]
+    fn several_servers() {
+        let urls = OneOrMany::Many(vec!["nats://a:4222".into(), "nats://b:4222".into()]);
+        let e = endpoint(&urls, None, None, Path::new("."), "n".into()).unwrap();
+        assert_eq!(e.servers.len(), 2);
+    }
+}
