@@ -1,0 +1,182 @@
+//! Planning of Kafka: a source's consumer settings, a sink's producer settings, the
+//! dead-letter topic.
+
+use serde_saphyr::Spanned;
+use weir_sinks::{KafkaDelivery, KafkaFormat, KafkaSinkConfig};
+use weir_sources::{KafkaSourceConfig, StartFrom};
+
+use super::Ctx;
+use crate::error::PipelineError;
+use crate::model::*;
+
+/// The brokers a Kafka sink or dead-letter output uses when it names none: those of the
+/// first Kafka source, else `127.0.0.1:9092`.
+fn default_brokers(doc: &PipelineDoc) -> String {
+    doc.sources
+        .values()
+        .find_map(|s| s.value.kafka.as_ref().map(|k| k.value.brokers.clone()))
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string())
+}
+
+pub(super) fn kafka_sink_config(
+    doc: &PipelineDoc,
+    k: &KafkaSinkDoc,
+    format: KafkaFormat,
+    delivery: KafkaDelivery,
+) -> KafkaSinkConfig {
+    KafkaSinkConfig {
+        format,
+        delivery,
+        brokers: k.brokers.clone().unwrap_or_else(|| default_brokers(doc)),
+        topic: k.topic.clone(),
+        properties: k
+            .properties
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect(),
+    }
+}
+
+/// Reads `start_from`: `committed`, `earliest`, `latest` or an RFC 3339 time.
+pub(super) fn parse_start_from(text: &str) -> Option<StartFrom> {
+    match text {
+        "committed" => Some(StartFrom::Committed),
+        "earliest" => Some(StartFrom::Earliest),
+        "latest" => Some(StartFrom::Latest),
+        t => weir_engine::time::parse_rfc3339_ms(t.as_bytes()).map(StartFrom::Time),
+    }
+}
+
+/// A Kafka source's consumer settings, checked (`format` is the source's).
+pub(super) fn source_config(
+    doc: &PipelineDoc,
+    ctx: &Ctx,
+    sname: &str,
+    k: &Spanned<KafkaSourceDoc>,
+    format: Format,
+) -> Result<KafkaSourceConfig, PipelineError> {
+    let d = &k.value;
+    let topics = match &d.topic {
+        OneOrMany::One(t) => vec![t.clone()],
+        OneOrMany::Many(ts) => ts.clone(),
+    };
+    if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+        return Err(ctx.err(
+            &k.referenced,
+            format!("source `{sname}`: `topic` needs a topic name (or a list of them)"),
+        ));
+    }
+    if d.brokers.trim().is_empty() {
+        return Err(ctx.err(
+            &k.referenced,
+            format!("source `{sname}`: `brokers` is empty (host:port[,host:port...])"),
+        ));
+    }
+    let start_from = match &d.start_from {
+                None => StartFrom::Committed,
+                Some(t) => parse_start_from(t).ok_or_else(|| ctx.err(&k.referenced, format!("source `{sname}`: bad start_from `{t}`: use committed, earliest, latest or an RFC 3339 time such as 2026-11-24T10:00:00Z")))?,
+            };
+    if let Some(r) = &d.schema_registry {
+        if format != Format::Avro {
+            return Err(ctx.err(
+                &k.referenced,
+                format!("source `{sname}`: schema_registry is for `format: avro`"),
+            ));
+        }
+        weir_sources::SchemaRegistry::new(r)
+            .map_err(|e| ctx.err(&k.referenced, format!("source `{sname}`: {e}")))?;
+    }
+    let cfg = KafkaSourceConfig {
+        brokers: d.brokers.clone(),
+        topics,
+        group_id: d
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("weir-{}", doc.name.value)),
+        start_from,
+        properties: d
+            .properties
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect(),
+        idle_timeout: None,
+        until_caught_up: false,
+        caught_up_timeout: weir_sources::DEFAULT_CAUGHT_UP_TIMEOUT,
+        end_offsets: Default::default(),
+        read_offsets: None,
+        with_headers: false,
+        pool: None,
+        upstream: None,
+    };
+    Ok(cfg)
+}
+
+/// A Kafka sink's producer settings, checked (`format` is the sink's `format:`).
+pub(super) fn sink_config(
+    doc: &PipelineDoc,
+    ctx: &Ctx,
+    kname: &str,
+    k: &Spanned<KafkaSinkDoc>,
+    format_doc: Option<&Spanned<Format>>,
+) -> Result<KafkaSinkConfig, PipelineError> {
+    let format = match format_doc.map(|f| (f.value, f.referenced)) {
+        None | Some((Format::Json, _)) => KafkaFormat::Json,
+        Some((Format::Avro, _)) => KafkaFormat::Avro {
+            registry: k.value.schema_registry.clone(),
+        },
+        Some((Format::Cloudevents, l)) => {
+            return Err(ctx.err(
+                &l,
+                format!("sink `{kname}`: kafka sinks write `json` or `avro`"),
+            ))
+        }
+    };
+    if let Some(r) = &k.value.schema_registry {
+        if format == KafkaFormat::Json {
+            return Err(ctx.err(
+                &k.referenced,
+                format!("sink `{kname}`: schema_registry is for `format: avro`"),
+            ));
+        }
+        weir_kafka::RegistryClient::new(r)
+            .map_err(|e| ctx.err(&k.referenced, format!("sink `{kname}`: {e}")))?;
+    }
+    if k.value.topic.is_empty() {
+        return Err(ctx.err(&k.referenced, format!("sink `{kname}`: `topic` is empty")));
+    }
+    let delivery = match k.value.delivery.as_deref() {
+        None | Some("idempotent") => {
+            if k.value.transactional_id.is_some() {
+                return Err(ctx.err(
+                    &k.referenced,
+                    format!("sink `{kname}`: `transactional_id` is for `delivery: exactly_once`"),
+                ));
+            }
+            KafkaDelivery::Idempotent
+        }
+        Some("exactly_once") => {
+            if doc.checkpoint.is_none() {
+                return Err(ctx.err(
+                            &k.referenced,
+                            format!("sink `{kname}`: `delivery: exactly_once` commits one Kafka transaction per checkpoint: add `checkpoint: {{ dir: … }}`"),
+                        ));
+            }
+            KafkaDelivery::ExactlyOnce {
+                transactional_id: k
+                    .value
+                    .transactional_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.{kname}", doc.name.value)),
+            }
+        }
+        Some(other) => {
+            return Err(ctx.err(
+                &k.referenced,
+                format!(
+                "sink `{kname}`: unknown delivery `{other}`: use `idempotent` or `exactly_once`"
+            ),
+            ))
+        }
+    };
+    Ok(kafka_sink_config(doc, &k.value, format, delivery))
+}

@@ -1,0 +1,420 @@
+//! From a pipeline file to a checked plan: names resolved, schemas loaded, SQL compiled.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+use indexmap::IndexMap;
+use serde_saphyr::Location;
+use weir_engine::job::Decode;
+use weir_engine::retry::RetryPolicy;
+use weir_iceberg::{CatalogUri, PartitionBy};
+use weir_operators::{SqlCompiler, ViewConfig, WindowConfig};
+use weir_sinks::{ElasticsearchConfig, FileFormat, KafkaSinkConfig, PostgresConfig, WebhookConfig};
+use weir_sources::{GeneratorConfig, KafkaSourceConfig, SourceSchema};
+
+use crate::error::PipelineError;
+use crate::interpolate::{interpolate, Interpolated};
+use crate::model::*;
+
+mod describe;
+mod elasticsearch;
+mod iceberg;
+mod kafka;
+mod outputs;
+mod postgres;
+mod settings;
+mod sinks;
+mod sources;
+mod webhook;
+
+pub use iceberg::iceberg_config;
+
+/// `event_time.max_future` when not given: 1 hour.
+pub const DEFAULT_MAX_FUTURE_MS: u64 = weir_engine::bounds::DEFAULT_MAX_FUTURE_MS as u64;
+
+/// `event_time.idle_timeout` of a Kafka source when not given: a partition assigned to the
+/// process that delivers nothing for a minute stops holding the watermark back.
+pub const DEFAULT_KAFKA_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+/// What a source reads.
+#[derive(Debug)]
+pub enum SourceInput {
+    /// NDJSON files, one partition each.
+    Files(Vec<PathBuf>),
+    Generator(GeneratorConfig),
+    /// Topics of a Kafka cluster, read in a consumer group.
+    Kafka(KafkaSourceConfig),
+}
+
+/// A checked source.
+pub struct PlannedSource {
+    pub name: String,
+    pub input: SourceInput,
+    pub schema: Arc<SourceSchema>,
+    pub time_field: String,
+    pub max_out_of_orderness_ms: u64,
+    pub idle_timeout_ms: Option<u64>,
+    /// Rows more than this ahead of the wall clock are dead-lettered (`future_event_time`).
+    pub max_future_ms: u64,
+    /// The fields the pipeline reads (others are checked, not kept).
+    pub columns: Vec<String>,
+    pub decoder: Arc<dyn Decode>,
+    /// The schema of the decoded batches.
+    pub output_schema: SchemaRef,
+    /// The fields its producers key (partition) messages by, as declared.
+    pub partitioned_by: Vec<String>,
+    /// Set while its records wait for an unreachable schema registry.
+    pub waiting: Option<weir_engine::stats::Condition>,
+}
+
+/// A checked window.
+pub struct PlannedWindow {
+    pub config: Arc<WindowConfig>,
+    pub source: usize,
+    pub sinks: Vec<usize>,
+    pub retain_ms: Option<u64>,
+}
+
+/// A checked materialized view.
+pub struct PlannedView {
+    pub config: Arc<ViewConfig>,
+    pub source: usize,
+    /// Sinks receiving its changes (upserts by key) and final snapshot.
+    pub sinks: Vec<usize>,
+}
+
+/// The SQL endpoints of a run.
+#[derive(Debug, Clone)]
+pub struct PlannedServe {
+    pub http: Option<String>,
+    pub postgres: Option<String>,
+    pub token: Option<String>,
+    pub password: Option<String>,
+    pub refresh_ms: u64,
+    /// Limits of queries and of the endpoints.
+    pub limits: weir_query::QueryLimits,
+}
+
+/// Spans exported to an OpenTelemetry collector (OTLP/HTTP).
+#[derive(Debug, Clone)]
+pub struct PlannedTracing {
+    /// The traces endpoint: the base URL with `/v1/traces`.
+    pub endpoint: String,
+    pub service_name: String,
+    pub sample_ratio: f64,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a sink writes.
+#[derive(Debug, Clone)]
+pub enum SinkTarget {
+    File {
+        path: PathBuf,
+        format: FileFormat,
+    },
+    /// A Kafka topic, one JSON message per row.
+    Kafka(KafkaSinkConfig),
+    /// An Iceberg table.
+    Iceberg(Box<IcebergTarget>),
+    /// Elasticsearch indices (the output is set when a window or view names the sink).
+    Elasticsearch(Box<ElasticsearchConfig>),
+    /// Signed webhook requests (the output is set when a window or view names the sink).
+    Webhook(Box<WebhookTarget>),
+    /// A PostgreSQL table (the output is set when a window or view names the sink).
+    Postgres(Box<PostgresConfig>),
+}
+
+/// A webhook sink's settings and its `where` on the output rows (compiled when an output
+/// names the sink).
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    pub config: WebhookConfig,
+    /// Where `where` is written, and its text.
+    pub filter_text: Option<(Location, String)>,
+    /// `where`, compiled against the output's rows.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// An Iceberg sink's table, and the output that feeds it (set when an output names it).
+#[derive(Debug, Clone)]
+pub struct IcebergTarget {
+    pub catalog: CatalogUri,
+    pub catalog_name: String,
+    /// An absolute folder or an object-store URL.
+    pub warehouse: String,
+    pub table: String,
+    pub partition_by: Option<PartitionBy>,
+    /// Where `partition_by` is written, and its text (checked against the output's columns).
+    pub partition_text: Option<(Location, String)>,
+    pub target_file_size: usize,
+    pub properties: HashMap<String, String>,
+    /// The window or view writing to the table.
+    pub output: Option<String>,
+    /// The key columns of a view's rows; `None` for a window.
+    pub view_keys: Option<usize>,
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone)]
+pub enum DeadLetterTarget {
+    /// An NDJSON file.
+    File(PathBuf),
+    /// A Kafka topic, one JSON message per record.
+    Kafka(KafkaSinkConfig),
+}
+
+/// A checked sink.
+pub struct PlannedSink {
+    pub name: String,
+    pub target: SinkTarget,
+    /// The schema of the rows it receives (the windows feeding it).
+    pub schema: Option<SchemaRef>,
+    /// How its failed writes are retried.
+    pub retry: RetryPolicy,
+}
+
+/// A pipeline ready to run.
+pub struct Plan {
+    pub name: String,
+    pub file: PathBuf,
+    pub parallelism: Option<usize>,
+    pub sources: Vec<PlannedSource>,
+    pub windows: Vec<PlannedWindow>,
+    pub views: Vec<PlannedView>,
+    pub sinks: Vec<PlannedSink>,
+    pub dead_letter: DeadLetterTarget,
+    /// How failed dead-letter writes are retried.
+    pub dead_letter_retry: RetryPolicy,
+    /// SQL serving, when configured.
+    pub serve: Option<PlannedServe>,
+    /// Span export, when configured.
+    pub tracing: Option<PlannedTracing>,
+    /// Checkpointing, when configured.
+    pub checkpoint: Option<PlannedCheckpoint>,
+}
+
+/// Where and how often a pipeline checkpoints.
+#[derive(Debug, Clone)]
+pub struct PlannedCheckpoint {
+    /// A local folder (resolved against the pipeline's folder) or an object-store URL.
+    pub location: String,
+    pub interval_ms: u64,
+    /// Complete checkpoints kept.
+    pub keep: usize,
+}
+
+/// Checkpoints every 10 s unless told otherwise (Flink users set about this).
+const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 10_000;
+
+struct Ctx<'a> {
+    file: String,
+    text: &'a Interpolated,
+    dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn err(&self, loc: &Location, message: impl Into<String>) -> PipelineError {
+        let line = loc.line();
+        let column = if line == 0 {
+            0
+        } else {
+            self.text.original_column(line, loc.column())
+        };
+        PipelineError::at(&self.file, line, column, message)
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+fn names<T>(m: &indexmap::IndexMap<String, T>) -> String {
+    if m.is_empty() {
+        "none is declared".to_string()
+    } else {
+        m.keys()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Reads, interpolates, parses and checks a pipeline file.
+pub fn load(path: &Path) -> Result<Plan, PipelineError> {
+    let file = path.display().to_string();
+    let raw = std::fs::read_to_string(path).map_err(|e| {
+        PipelineError::at(&file, 0, 0, format!("cannot read the pipeline file: {e}"))
+    })?;
+    let env = |name: &str| std::env::var(name).ok();
+    let text = interpolate(&raw, &env).map_err(|(l, c, m)| PipelineError::at(&file, l, c, m))?;
+    crate::secrets::register(text.secrets.iter().cloned());
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    let ctx = Ctx {
+        file: file.clone(),
+        text: &text,
+        dir,
+    };
+    let doc: PipelineDoc = serde_saphyr::from_str(&text.text).map_err(|e| {
+        let loc = e.location().unwrap_or(Location::UNKNOWN);
+        ctx.err(&loc, yaml_message(&e))
+    })?;
+    crate::secrets::register(secret_settings(&doc));
+    plan(doc, &ctx, path)
+}
+
+/// Values of the pipeline's secret settings, written in the file or substituted: passwords,
+/// tokens and API keys, secret-named Kafka and catalog properties, and URL passwords.
+fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
+    use crate::secrets::{is_secret_name, url_password};
+    let mut out = Vec::new();
+    let props = |out: &mut Vec<String>, p: &IndexMap<String, String>| {
+        for (k, v) in p {
+            if is_secret_name(k) {
+                out.push(v.clone());
+            }
+            if let Some(pw) = url_password(v) {
+                out.push(pw);
+            }
+        }
+    };
+    for s in doc.sources.values() {
+        if let Some(k) = &s.value.kafka {
+            props(&mut out, &k.value.properties);
+        }
+    }
+    let dead_kafka = doc
+        .dead_letter
+        .as_ref()
+        .and_then(|d| d.value.kafka.as_ref());
+    for k in doc
+        .sinks
+        .values()
+        .filter_map(|s| s.value.kafka.as_ref())
+        .chain(dead_kafka)
+    {
+        props(&mut out, &k.value.properties);
+    }
+    let mut urls = Vec::new();
+    for s in doc.sinks.values() {
+        if let Some(i) = &s.value.iceberg {
+            props(&mut out, &i.value.properties);
+            urls.push(i.value.catalog.clone());
+            urls.push(i.value.warehouse.clone());
+        }
+        if let Some(e) = &s.value.elasticsearch {
+            let e = &e.value;
+            out.extend(
+                [&e.api_key, &e.password, &e.bearer_token]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+            urls.extend(e.url.iter().cloned());
+        }
+        if let Some(p) = &s.value.postgres {
+            urls.push(p.value.url.clone());
+        }
+        if let Some(k) = &s.value.kafka {
+            urls.extend(k.value.schema_registry.clone());
+        }
+        if let Some(w) = &s.value.webhook {
+            let w = &w.value;
+            out.extend(w.secret.value.iter().cloned());
+            // every header value: an `X-Api-Key`, a tenant token... whatever its name
+            out.extend(w.headers.values().cloned());
+            urls.push(w.url.value.clone());
+        }
+    }
+    for s in doc.sources.values() {
+        if let Some(k) = &s.value.kafka {
+            urls.extend(k.value.schema_registry.clone());
+        }
+    }
+    if let Some(c) = &doc.checkpoint {
+        urls.push(c.value.dir.clone());
+    }
+    if let Some(sv) = &doc.serve {
+        out.extend(
+            [&sv.value.password, &sv.value.token]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+    }
+    if let Some(t) = &doc.tracing {
+        props(&mut out, &t.value.headers);
+        urls.push(t.value.otlp.value.clone());
+    }
+    out.extend(urls.iter().filter_map(|u| url_password(u)));
+    out
+}
+
+/// serde-saphyr's message without its own position suffix.
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    let s = e.without_snippet().to_string();
+    let s = s.lines().next().unwrap_or(&s).to_string();
+    match s.rfind(" at line ") {
+        Some(p) => s[..p].to_string(),
+        None => s,
+    }
+}
+
+fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError> {
+    let name = doc.name.value.clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        return Err(ctx.err(
+            &doc.name.referenced,
+            format!("bad pipeline name `{name}`: use lowercase letters, digits, `_` and `-`"),
+        ));
+    }
+    let parallelism = match &doc.parallelism {
+        Some(p) if p.value == 0 || p.value > 256 => {
+            return Err(ctx.err(&p.referenced, "parallelism must be between 1 and 256"))
+        }
+        Some(p) => Some(p.value as usize),
+        None => None,
+    };
+    let srcs = sources::check_sources(&doc, ctx)?;
+    let mut sinks = sinks::check_sinks(&doc, ctx, &name)?;
+    let compiler = SqlCompiler::new();
+    let checked = outputs::check_outputs(&doc, ctx, &compiler, &srcs)?;
+    let checkpoint = settings::checkpoint(&doc, ctx)?;
+    let tracing = settings::tracing(&doc, ctx)?;
+    let serve = settings::serve(&doc, ctx)?;
+    let (dead_letter, dead_letter_retry) = sinks::dead_letter(&doc, ctx)?;
+    // decoders with only the columns read, then the windows and views compiled against them
+    let sources = sources::planned_sources(&doc, ctx, srcs, &checked.columns)?;
+    let windows =
+        outputs::compile_windows(&doc, ctx, &compiler, checked.windows, &sources, &mut sinks)?;
+    let views = outputs::compile_views(&doc, ctx, &compiler, checked.views, &sources, &mut sinks)?;
+    Ok(Plan {
+        name,
+        file: path.to_path_buf(),
+        parallelism,
+        sources,
+        windows,
+        views,
+        sinks,
+        dead_letter,
+        dead_letter_retry,
+        tracing,
+        serve,
+        checkpoint,
+    })
+}

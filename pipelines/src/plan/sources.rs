@@ -1,0 +1,360 @@
+//! Planning of sources: what each reads (Kafka, files, the generator), its schema and event
+//! time, then its decoder with only the columns its windows and views read.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_saphyr::{Location, Spanned};
+use weir_engine::job::Decode;
+use weir_sources::{
+    resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, Kind, MessageColumn,
+    SchemaRegistry, SourceSchema,
+};
+
+use super::{
+    Ctx, PlannedSource, SourceInput, DEFAULT_KAFKA_IDLE_TIMEOUT_MS, DEFAULT_MAX_FUTURE_MS,
+};
+use crate::error::PipelineError;
+use crate::model::*;
+
+/// A source checked, before its decoder is built (which needs the columns read).
+pub(super) struct Src {
+    /// CloudEvents or the platform envelope around the schema's fields.
+    enveloped: bool,
+    /// Avro records (the schema's `.avsc` is the writer schema).
+    avro: bool,
+    /// The schema registry of Avro records, when given.
+    registry: Option<String>,
+    /// Bounds on what one Avro record may decode to.
+    avro_limits: weir_sources::avro::AvroLimits,
+    name: String,
+    pub(super) input: SourceInput,
+    pub(super) schema: Arc<SourceSchema>,
+    pub(super) time_field: String,
+    ooo: u64,
+    idle: Option<u64>,
+    max_future: u64,
+}
+
+/// Every source of the file, checked.
+pub(super) fn check_sources(doc: &PipelineDoc, ctx: &Ctx) -> Result<Vec<Src>, PipelineError> {
+    let mut srcs = Vec::new();
+    for (sname, s) in &doc.sources {
+        srcs.push(check_source(doc, ctx, sname, s)?);
+    }
+    Ok(srcs)
+}
+
+fn check_source(
+    doc: &PipelineDoc,
+    ctx: &Ctx,
+    sname: &str,
+    s: &Spanned<SourceDoc>,
+) -> Result<Src, PipelineError> {
+    let loc = &s.referenced;
+    let s = &s.value;
+    let declared = [s.kafka.is_some(), s.file.is_some(), s.generator.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if declared != 1 {
+        return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `file`, `generator` (found {declared})")));
+    }
+    let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
+    if format == Format::Avro && s.kafka.is_none() {
+        let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
+        return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka messages; files and the generator are json")));
+    }
+    let enveloped = format == Format::Cloudevents;
+    let (input, default_schema) = if let Some(k) = &s.kafka {
+        (
+            SourceInput::Kafka(super::kafka::source_config(doc, ctx, sname, k, format)?),
+            None,
+        )
+    } else if let Some(f) = &s.file {
+        let p = ctx.path(&f.value.path.value);
+        let files = resolve_files(&p).map_err(|e| ctx.err(&f.value.path.referenced, e))?;
+        (SourceInput::Files(files), None)
+    } else {
+        let g = s.generator.as_ref().expect("one input is declared");
+        let kind = match g.value.kind {
+            GeneratorKind::DataIngestion => Kind::DataIngestion,
+            GeneratorKind::ServiceHealth => Kind::ServiceHealth,
+        };
+        (
+            SourceInput::Generator(generator_config(ctx, g, kind)?),
+            Some(kind.schema_name()),
+        )
+    };
+    let schema = source_schema(ctx, loc, sname, s, default_schema)?;
+    let (time_field, ooo, idle) = event_time(ctx, loc, sname, s, &schema, enveloped)?;
+    for f in s.partitioned_by.iter().flatten() {
+        if schema.index_of(f).is_none() {
+            return Err(ctx.err(
+                    loc,
+                    format!(
+                        "source `{sname}`: partitioned_by field `{f}` is not in schema `{}`; its fields are {}",
+                        schema.name,
+                        schema.field_names().join(", ")
+                    ),
+                ));
+        }
+    }
+    let max_future = s
+        .event_time
+        .as_ref()
+        .and_then(|et| et.value.max_future)
+        .map_or(DEFAULT_MAX_FUTURE_MS, |d| d.0);
+    let mut input = input;
+    // a Kafka partition that is assigned but silent must not hold windows open forever
+    let idle = match &input {
+        SourceInput::Kafka(_) => Some(idle.unwrap_or(DEFAULT_KAFKA_IDLE_TIMEOUT_MS)),
+        _ => idle,
+    };
+    if let SourceInput::Kafka(cfg) = &mut input {
+        cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
+    }
+    if let SourceInput::Generator(cfg) = &mut input {
+        cfg.idle_timeout_ms = idle;
+        if time_field != "timestamp" {
+            let l = s
+                .event_time
+                .as_ref()
+                .map_or(*loc, |e| e.value.field.referenced);
+            return Err(ctx.err(&l, "the generator's event time is its `timestamp` field"));
+        }
+    }
+    let mut avro_limits = weir_sources::avro::AvroLimits::default();
+    if let Some(l) = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref()) {
+        if let Some(b) = l.max_record_bytes {
+            avro_limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = l.max_items {
+            avro_limits.max_items = n;
+        }
+    }
+    Ok(Src {
+        avro_limits,
+        registry: s
+            .kafka
+            .as_ref()
+            .and_then(|k| k.value.schema_registry.clone()),
+        enveloped,
+        avro: format == Format::Avro,
+        name: sname.to_string(),
+        input,
+        schema: Arc::new(schema),
+        time_field,
+        ooo,
+        idle,
+        max_future,
+    })
+}
+
+/// The generator's settings, checked.
+fn generator_config(
+    ctx: &Ctx,
+    g: &Spanned<GeneratorDoc>,
+    kind: Kind,
+) -> Result<GeneratorConfig, PipelineError> {
+    let d = &g.value;
+    let mut cfg = GeneratorConfig::new(kind);
+    cfg.count = d.count;
+    cfg.events_per_second = d.events_per_second.unwrap_or(0.0);
+    if cfg.events_per_second < 0.0 {
+        return Err(ctx.err(
+            &g.referenced,
+            "events_per_second must be 0 (as fast as possible) or more",
+        ));
+    }
+    if let Some(v) = d.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = d.keys {
+        cfg.keys = v.max(1);
+    }
+    if let Some(v) = d.skew {
+        cfg.skew = v;
+    }
+    cfg.start_ms = d.start_ms;
+    cfg.step_ms = d.step_ms;
+    if let Some(v) = d.jitter_frac {
+        cfg.jitter_frac = v;
+    }
+    if let Some(v) = d.jitter_ms {
+        cfg.jitter_ms = v.max(0);
+    }
+    if let Some(v) = d.late_frac {
+        cfg.late_frac = v;
+    }
+    if let Some(v) = d.late_ms {
+        cfg.late_ms = v.max(0);
+    }
+    if let Some(v) = d.unicode_keys {
+        cfg.unicode_keys = v;
+    }
+    Ok(cfg)
+}
+
+/// A source's schema: the one named, or the generator's.
+fn source_schema(
+    ctx: &Ctx,
+    loc: &Location,
+    sname: &str,
+    s: &SourceDoc,
+    default_schema: Option<&str>,
+) -> Result<SourceSchema, PipelineError> {
+    let schema = match (&s.schema, default_schema) {
+            (Some(sch), Some(builtin)) if sch.value != builtin => {
+                return Err(ctx.err(&sch.referenced, format!("the generator makes `{builtin}` events: its schema is `{builtin}`")));
+            }
+            (Some(sch), _) => match SourceSchema::builtin(&sch.value) {
+                Some(b) => b,
+                None if sch.value.ends_with(".avsc") => {
+                    let p = ctx.path(&sch.value);
+                    let text = std::fs::read_to_string(&p).map_err(|e| ctx.err(&sch.referenced, format!("cannot read schema {}: {e}", p.display())))?;
+                    SourceSchema::from_avsc(&text).map_err(|e| ctx.err(&sch.referenced, format!("schema {}: {e}", p.display())))?
+                }
+                None => {
+                    return Err(ctx.err(&sch.referenced, format!("unknown schema `{}`: use one of `data-ingestion`, `service-health`, or a path to an .avsc file", sch.value)));
+                }
+            },
+            (None, Some(builtin)) => SourceSchema::builtin(builtin).expect("built-in schema"),
+            (None, None) => return Err(ctx.err(loc, format!("source `{sname}` needs a `schema`: `data-ingestion`, `service-health`, or a path to an .avsc file"))),
+        };
+    Ok(schema)
+}
+
+/// A source's event-time field, `max_out_of_orderness` and `idle_timeout`.
+fn event_time(
+    ctx: &Ctx,
+    loc: &Location,
+    sname: &str,
+    s: &SourceDoc,
+    schema: &SourceSchema,
+    enveloped: bool,
+) -> Result<(String, u64, Option<u64>), PipelineError> {
+    let found = match &s.event_time {
+        Some(et) => {
+            let f = &et.value.field;
+            let envelope_time =
+                enveloped && weir_sources::json::ENVELOPE_TIME_FIELDS.contains(&f.value.as_str());
+            if schema.index_of(&f.value).is_none() && !envelope_time {
+                return Err(ctx.err(
+                    &f.referenced,
+                    format!(
+                        "event-time field `{}` is not in schema `{}`; its fields are {}",
+                        f.value,
+                        schema.name,
+                        schema.field_names().join(", ")
+                    ),
+                ));
+            }
+            (
+                f.value.clone(),
+                et.value.max_out_of_orderness.map_or(0, |d| d.0),
+                et.value.idle_timeout.map(|d| d.0),
+            )
+        }
+        None if enveloped => ("time".to_string(), 0, None),
+        None if schema.index_of("timestamp").is_some() => ("timestamp".to_string(), 0, None),
+        None => {
+            return Err(ctx.err(
+                loc,
+                format!("source `{sname}` needs `event_time: {{ field: ... }}`"),
+            ))
+        }
+    };
+    Ok(found)
+}
+
+/// The sources ready to run: each decoder built with only the columns `columns` (per source)
+/// says its outputs read.
+pub(super) fn planned_sources(
+    doc: &PipelineDoc,
+    ctx: &Ctx,
+    srcs: Vec<Src>,
+    columns: &[BTreeSet<String>],
+) -> Result<Vec<PlannedSource>, PipelineError> {
+    let mut sources = Vec::new();
+    for (i, s) in srcs.into_iter().enumerate() {
+        let cols: Vec<String> = s
+            .schema
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|f| columns[i].contains(f))
+            .collect();
+        let message_columns: Vec<MessageColumn> = MessageColumn::ALL
+            .into_iter()
+            .filter(|c| columns[i].contains(c.name()))
+            .collect();
+        let mut input = s.input;
+        if let SourceInput::Kafka(cfg) = &mut input {
+            cfg.with_headers = message_columns.contains(&MessageColumn::Headers);
+        }
+        let decoder = if s.enveloped {
+            JsonDecoder::enveloped(s.schema.clone(), &cols, &s.time_field)
+        } else {
+            JsonDecoder::new(s.schema.clone(), &cols, &s.time_field)
+        }
+        .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?
+        .with_message_columns(message_columns);
+        let output_schema = decoder.output_schema();
+        let cols: Vec<String> = output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut waiting = None;
+        let decoder: Arc<dyn Decode> = if s.avro {
+            let writer = AvroType::parse(&s.schema.avsc).map_err(|e| {
+                PipelineError::at(
+                    &ctx.file,
+                    0,
+                    0,
+                    format!("source `{}`: its schema as Avro: {e}", s.name),
+                )
+            })?;
+            let avro = AvroDecoder::new(writer, decoder).with_limits(s.avro_limits);
+            match &s.registry {
+                Some(url) => {
+                    let registry = SchemaRegistry::new(url).map_err(|e| {
+                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
+                    })?;
+                    waiting = Some(registry.waiting());
+                    let avro = avro.with_reader_defaults(&s.schema.avsc).map_err(|e| {
+                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
+                    })?;
+                    Arc::new(avro.with_registry(registry))
+                }
+                None => Arc::new(avro),
+            }
+        } else {
+            Arc::new(decoder)
+        };
+        sources.push(PlannedSource {
+            name: s.name,
+            input,
+            schema: s.schema,
+            time_field: s.time_field,
+            max_out_of_orderness_ms: s.ooo,
+            idle_timeout_ms: s.idle,
+            max_future_ms: s.max_future,
+            columns: cols,
+            decoder,
+            output_schema,
+            partitioned_by: Vec::new(),
+            waiting,
+        });
+    }
+    let partitioned_by: Vec<Vec<String>> = doc
+        .sources
+        .values()
+        .map(|s| s.value.partitioned_by.clone().unwrap_or_default())
+        .collect();
+    for (s, by) in sources.iter_mut().zip(&partitioned_by) {
+        s.partitioned_by = by.clone();
+    }
+    Ok(sources)
+}
