@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub worker: Option<String>,
 }
 
+/// Per webhook sink, its delivery statistics (for `/metrics` and `weir_status`).
+type Deliveries = Vec<(String, Arc<weir_engine::stats::DeliveryStats>)>;
+
 /// Emitted windows stay queryable this long unless a window says `retain`.
 const DEFAULT_RETAIN_MS: u64 = 3_600_000;
 /// Live barriers of a pipeline whose views have sinks but which serves no SQL.
@@ -139,11 +142,67 @@ pub(crate) fn run_job(
     checkpoint: Option<CheckpointSpec>,
     pool: Option<&crate::pool::PoolJob>,
 ) -> Result<RunSummary, RunError> {
-    let pooled = pool.map(|p| p.sources);
     let n = parallelism(plan, opts);
     let manifest = checkpoint
         .as_ref()
         .and_then(|c| c.restored.as_ref().map(|r| &r.manifest));
+    let sources = open_sources(plan, opts, manifest, pool)?;
+    let (sinks, sink_index, deliveries) = open_sinks(plan, opts, checkpoint.is_some())?;
+    let operators = operators(plan, n, &sink_index)?;
+    let dead_letter = open_dead_letter(plan, checkpoint.is_some())?;
+    let stats = run_stats(plan, &operators, &sinks, deliveries);
+    let (live, server) = start_live(plan, opts, pool, &stats)?;
+    tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
+    let progress_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = opts
+        .replay
+        .as_ref()
+        .map(|r| replay_progress(r, &stats, &progress_stop));
+    let restored_epoch = manifest.map(|m| m.epoch);
+    let report = job::run(
+        JobSpec {
+            sources,
+            operators,
+            sinks,
+            dead_letter,
+            dead_letter_retry: plan.dead_letter_retry.clone(),
+            parallelism: n,
+            checkpoint,
+            live,
+        },
+        stats.clone(),
+        opts.stop.clone(),
+    );
+    progress_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let report = report?;
+    let summary = summary(n, &stats, &report, restored_epoch);
+    if let Some(f) = &opts.on_finished {
+        f(&summary);
+    }
+    if let Some(server) = server {
+        if opts.keep_serving {
+            tracing::info!("every source ended; still answering SQL until stopped (Ctrl-C)");
+            while !opts.stop.is_stopped() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        server.shutdown();
+    }
+    Ok(summary)
+}
+
+/// The readers of the plan's sources, each resuming where `manifest` says (a pool worker's
+/// Kafka readers are the pool's, which outlive its jobs).
+fn open_sources(
+    plan: &Plan,
+    opts: &RunOptions,
+    manifest: Option<&weir_engine::checkpoint::Manifest>,
+    pool: Option<&crate::pool::PoolJob>,
+) -> Result<Vec<SourceSpec>, RunError> {
+    let pooled = pool.map(|p| p.sources);
     let mut sources = Vec::new();
     let mut first_partition = 0;
     for (i, s) in plan.sources.iter().enumerate() {
@@ -208,6 +267,16 @@ pub(crate) fn run_job(
             max_future_ms: Some(s.max_future_ms.min(i64::MAX as u64) as i64),
         });
     }
+    Ok(sources)
+}
+
+/// The sinks that receive rows (others are not opened), the index of each plan sink among
+/// them (`usize::MAX` when not opened), and the webhook sinks' delivery statistics.
+fn open_sinks(
+    plan: &Plan,
+    opts: &RunOptions,
+    checkpointed: bool,
+) -> Result<(Vec<job::SinkSpec>, Vec<usize>, Deliveries), RunError> {
     // Only sinks that receive rows are opened.
     let used: Vec<bool> = (0..plan.sinks.len())
         .map(|i| {
@@ -231,7 +300,7 @@ pub(crate) fn run_job(
         let target = replayed_target.as_ref().unwrap_or(&s.target);
         let sink: Box<dyn Sink> = match target {
             SinkTarget::File { path, format } => {
-                if checkpoint.is_some() {
+                if checkpointed {
                     Box::new(CommittedFileSink::create(&s.name, path, *format, schema)?)
                 } else {
                     Box::new(FileSink::create(&s.name, path, *format, schema)?)
@@ -262,7 +331,7 @@ pub(crate) fn run_job(
                 &s.name,
                 (**c).clone(),
                 &schema,
-                checkpoint.is_some(),
+                checkpointed,
             )?),
         };
         let sink = match &opts.replay {
@@ -276,6 +345,11 @@ pub(crate) fn run_job(
             retry: s.retry.clone(),
         });
     }
+    Ok((sinks, sink_index, deliveries))
+}
+
+/// The windows' and views' operators, `n` workers each, writing to `sink_index`'s sinks.
+fn operators(plan: &Plan, n: usize, sink_index: &[usize]) -> Result<Vec<OperatorSpec>, RunError> {
     let mut operators = Vec::new();
     for w in &plan.windows {
         let workers = (0..n)
@@ -305,13 +379,31 @@ pub(crate) fn run_job(
             sinks: v.sinks.iter().map(|s| sink_index[*s]).collect(),
         });
     }
+    Ok(operators)
+}
+
+/// The dead-letter output (committed per checkpoint when the run checkpoints).
+fn open_dead_letter(
+    plan: &Plan,
+    checkpointed: bool,
+) -> Result<Box<dyn job::DeadLetterSink>, RunError> {
     let dead_letter: Box<dyn job::DeadLetterSink> = match &plan.dead_letter {
-        DeadLetterTarget::File(path) if checkpoint.is_some() => {
+        DeadLetterTarget::File(path) if checkpointed => {
             Box::new(CommittedDeadLetterFile::create(path))
         }
         DeadLetterTarget::File(path) => Box::new(DeadLetterFile::create(path)?),
         DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
     };
+    Ok(dead_letter)
+}
+
+/// The run's statistics, with what `weir_status` and `/metrics` read besides the counters.
+fn run_stats(
+    plan: &Plan,
+    operators: &[OperatorSpec],
+    sinks: &[job::SinkSpec],
+    deliveries: Deliveries,
+) -> Arc<RunStats> {
     let op_names: Vec<String> = operators.iter().map(|o| o.name.clone()).collect();
     let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
     let source_names: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
@@ -348,9 +440,19 @@ pub(crate) fn run_job(
             );
         }
     }
-    // Live barriers publish snapshots for SQL and send views' changes to their sinks.
+    stats
+}
+
+/// Live barriers publish snapshots for SQL and send views' changes to their sinks: the live
+/// state and the SQL server, when the plan serves SQL or a view has sinks.
+fn start_live(
+    plan: &Plan,
+    opts: &RunOptions,
+    pool: Option<&crate::pool::PoolJob>,
+    stats: &Arc<RunStats>,
+) -> Result<(Option<LiveSpec>, Option<SqlServer>), RunError> {
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
-    let (live, server) = if plan.serve.is_some() || views_with_sinks {
+    Ok(if plan.serve.is_some() || views_with_sinks {
         let mut tables = Vec::new();
         for w in &plan.windows {
             let retain_ms = w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64;
@@ -404,49 +506,42 @@ pub(crate) fn run_job(
         )
     } else {
         (None, None)
-    };
-    tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
-    let progress_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let progress = opts.replay.as_ref().map(|r| {
-        let partitions = r
-            .ranges
-            .iter()
-            .zip(&r.read)
-            .flat_map(|((_, ranges), read)| {
-                ranges.iter().filter_map(|x| {
-                    let at = read.0.get(&(x.topic.clone(), x.partition))?.clone();
-                    Some((format!("{}/{}", x.topic, x.partition), x.start, x.end, at))
-                })
+    })
+}
+
+/// A replay's progress reporter, running until `stop`.
+fn replay_progress(
+    r: &crate::replay::ReplaySetup,
+    stats: &Arc<RunStats>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let partitions = r
+        .ranges
+        .iter()
+        .zip(&r.read)
+        .flat_map(|((_, ranges), read)| {
+            ranges.iter().filter_map(|x| {
+                let at = read.0.get(&(x.topic.clone(), x.partition))?.clone();
+                Some((format!("{}/{}", x.topic, x.partition), x.start, x.end, at))
             })
-            .collect();
-        let p = crate::replay::Progress {
-            total: r.messages(),
-            stats: stats.clone(),
-            stop: progress_stop.clone(),
-            partitions,
-        };
-        std::thread::spawn(move || p.report())
-    });
-    let restored_epoch = manifest.map(|m| m.epoch);
-    let report = job::run(
-        JobSpec {
-            sources,
-            operators,
-            sinks,
-            dead_letter,
-            dead_letter_retry: plan.dead_letter_retry.clone(),
-            parallelism: n,
-            checkpoint,
-            live,
-        },
-        stats.clone(),
-        opts.stop.clone(),
-    );
-    progress_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(p) = progress {
-        let _ = p.join();
-    }
-    let report = report?;
+        })
+        .collect();
+    let p = crate::replay::Progress {
+        total: r.messages(),
+        stats: stats.clone(),
+        stop: stop.clone(),
+        partitions,
+    };
+    std::thread::spawn(move || p.report())
+}
+
+/// What the run did, from its statistics.
+fn summary(
+    n: usize,
+    stats: &RunStats,
+    report: &weir_engine::job::RunReport,
+    restored_epoch: Option<u64>,
+) -> RunSummary {
     let get = RunStats::get;
     let summary = RunSummary {
         parallelism: n,
@@ -477,19 +572,7 @@ pub(crate) fn run_job(
                 .saturating_sub(get(&stats.checkpoints.last_completed_ms)),
         }),
     };
-    if let Some(f) = &opts.on_finished {
-        f(&summary);
-    }
-    if let Some(server) = server {
-        if opts.keep_serving {
-            tracing::info!("every source ended; still answering SQL until stopped (Ctrl-C)");
-            while !opts.stop.is_stopped() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        server.shutdown();
-    }
-    Ok(summary)
+    summary
 }
 
 /// Opens the checkpoint store and reads the newest intact checkpoint (a damaged newer one is
