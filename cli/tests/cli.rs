@@ -177,6 +177,27 @@ fn runtime_failures_exit_2() {
     );
 }
 
+/// A pool worker id that cannot name files is the user's error (exit 1), said before
+/// anything connects or writes.
+#[test]
+fn a_worker_id_unusable_in_file_names_is_a_user_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        format!("name: x\nsources:\n  s:\n    kafka: {{ brokers: \"127.0.0.1:{}\", topic: t }}\n    schema: data-ingestion\nwindows:\n  w: {{ from: s, key: [datasetName], tumbling: 1m, aggregates: {{ n: count(*) }}, sinks: [out] }}\nsinks:\n  out: {{ file: {{ path: out.ndjson }} }}\ncheckpoint: {{ dir: state }}\n", free_port()),
+    )
+    .unwrap();
+    let o = weir()
+        .args(["run", "--worker", "a/b"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let err = assert_clean_error(&o, 1);
+    assert!(err.contains("worker id `a/b` is not usable"), "{err}");
+    assert!(!dir.path().join("state").exists(), "nothing written");
+}
+
 #[test]
 fn generator_source_at_parallelism_2_equals_parallelism_1() {
     let dir = tempfile::tempdir().unwrap();

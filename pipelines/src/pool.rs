@@ -371,10 +371,12 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
     let Some(location) = plan.checkpoint.as_ref().map(|c| c.location.clone()) else {
         return Err(RunError::Pool("no checkpoint location".into()));
     };
-    let pool = Arc::new(PoolStore::open(&location, &worker).map_err(|e| match e {
-        EngineError::Checkpoint(m) if m.contains("worker id") => RunError::Pool(m),
-        e => RunError::Engine(e),
-    })?);
+    if !weir_engine::pool::valid_worker_id(&worker) {
+        return Err(RunError::Pool(format!(
+            "worker id `{worker}` is not usable in file names: use letters, digits, `-`, `_` and `.`"
+        )));
+    }
+    let pool = Arc::new(PoolStore::open(&location, &worker)?);
     let files = WorkerFiles::of(&plan);
     // this worker's own files; state kept per partition
     for s in &mut plan.sinks {
