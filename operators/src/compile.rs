@@ -258,21 +258,11 @@ fn contains_aggregate(expr: &Expr) -> bool {
     found
 }
 
-/// DataFusion's message without its error-kind prefixes and backtrace.
-fn clean(e: impl std::fmt::Display) -> String {
-    let s = e.to_string();
-    let mut s = s.as_str();
-    for prefix in [
-        "Error during planning: ",
-        "Schema error: ",
-        "SQL error: ",
-        "Execution error: ",
-        "This feature is not implemented: ",
-        "Internal error: ",
-    ] {
-        s = s.trim_start_matches(prefix);
-    }
-    s.lines().next().unwrap_or(s).trim().to_string()
+/// DataFusion's message: the innermost DataFusion error's own text (no error-kind prefix,
+/// no backtrace), first line only.
+fn clean(e: datafusion::error::DataFusionError) -> String {
+    let message = e.find_root().message();
+    message.lines().next().unwrap_or_default().trim().to_string()
 }
 
 #[cfg(test)]

@@ -102,7 +102,7 @@ impl QueryError {
 
     fn from_df(e: DataFusionError, phase: Phase) -> Self {
         let root = e.find_root();
-        let message = clean(&root.to_string());
+        let message = clean(root);
         if matches!(root, DataFusionError::ResourcesExhausted(_)) {
             return QueryError::Memory(message);
         }
@@ -116,7 +116,7 @@ impl QueryError {
     fn read_only(e: &DataFusionError) -> Self {
         QueryError::ReadOnly(format!(
             "weir's SQL is read-only: only queries (SELECT, WITH, EXPLAIN) run here ({})",
-            clean(&e.find_root().to_string())
+            clean(e)
         ))
     }
 }
@@ -142,7 +142,7 @@ async fn plan_in(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, QueryEr
         Err(e) if !reads_only(&statement) => return Err(QueryError::read_only(&e)),
         Err(e) => {
             return Err(match missing_table(ctx, &state, &statement) {
-                true => QueryError::UndefinedTable(clean(&e.find_root().to_string())),
+                true => QueryError::UndefinedTable(clean(&e)),
                 false => QueryError::from_df(e, Phase::Plan),
             })
         }
@@ -189,22 +189,11 @@ fn missing_table(ctx: &SessionContext, state: &SessionState, statement: &DfState
     })
 }
 
-/// DataFusion's message without its error-kind prefixes and backtrace.
-pub(crate) fn clean(s: &str) -> String {
-    let mut s = s.trim();
-    for prefix in [
-        "Error during planning: ",
-        "Schema error: ",
-        "SQL error: ",
-        "Execution error: ",
-        "This feature is not implemented: ",
-        "Resources exhausted: ",
-        "Arrow error: ",
-        "Internal error: ",
-    ] {
-        s = s.trim_start_matches(prefix);
-    }
-    s.lines().next().unwrap_or(s).trim().to_string()
+/// DataFusion's message: the innermost DataFusion error's own text (no error-kind prefix,
+/// no backtrace), first line only.
+pub(crate) fn clean(e: &DataFusionError) -> String {
+    let message = e.find_root().message();
+    message.lines().next().unwrap_or_default().trim().to_string()
 }
 
 /// Rows per batch of planned queries (DataFusion's default is 8,192).

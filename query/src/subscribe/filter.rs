@@ -29,7 +29,7 @@ impl Compiler {
     /// The predicate `sql` over rows of `schema`; it must be boolean.
     pub fn compile(&self, sql: &str, schema: &SchemaRef) -> Result<Filter, SubscribeError> {
         let bad = |e: datafusion::error::DataFusionError| {
-            SubscribeError::Where(crate::engine::clean(&e.find_root().to_string()))
+            SubscribeError::Where(crate::engine::clean(&e))
         };
         let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(bad)?;
         let expr = self.ctx.parse_sql_expr(sql, &df_schema).map_err(bad)?;
@@ -63,7 +63,7 @@ impl Filter {
             .expr
             .evaluate(batch)
             .and_then(|v| v.into_array(n))
-            .map_err(|e| crate::engine::clean(&e.find_root().to_string()))?;
+            .map_err(|e| crate::engine::clean(&e))?;
         let Some(mask) = value.as_any().downcast_ref::<BooleanArray>() else {
             return Ok(vec![false; n]);
         };
