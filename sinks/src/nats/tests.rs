@@ -1,0 +1,1 @@
+//! Tests of the NATS sink against a nats-server, when one is installed.
