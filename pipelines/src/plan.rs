@@ -120,6 +120,8 @@ pub enum SinkTarget {
     Webhook(Box<WebhookTarget>),
     /// A PostgreSQL table (the output is set when a window or view names the sink).
     Postgres(Box<PostgresConfig>),
+    /// A NATS JetStream subject (the output is set when a window or view names the sink).
+    Nats(Box<weir_sinks::NatsSinkConfig>),
 }
 
 /// A webhook sink's settings and its `where` on the output rows (compiled when an output
@@ -159,6 +161,8 @@ pub enum DeadLetterTarget {
     File(PathBuf),
     /// A Kafka topic, one JSON message per record.
     Kafka(KafkaSinkConfig),
+    /// A NATS JetStream subject, one JSON message per record.
+    Nats(Box<weir_sinks::DeadLetterNatsConfig>),
 }
 
 /// The brokers a Kafka sink or dead-letter output uses when it names none: those of the
@@ -800,6 +804,9 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         if let Some(k) = &s.value.kafka {
             urls.extend(k.value.schema_registry.clone());
         }
+        if let Some(n) = &s.value.nats {
+            out.extend(crate::nats::sink::secrets(&n.value));
+        }
         if let Some(w) = &s.value.webhook {
             let w = &w.value;
             out.extend(w.secret.value.iter().cloned());
@@ -812,6 +819,9 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         if let Some(k) = &s.value.kafka {
             urls.extend(k.value.schema_registry.clone());
         }
+    }
+    if let Some(n) = doc.dead_letter.as_ref().and_then(|d| d.value.nats.as_ref()) {
+        out.extend(crate::nats::sink::secrets(&n.value));
     }
     if let Some(c) = &doc.checkpoint {
         urls.push(c.value.dir.clone());
@@ -1067,6 +1077,10 @@ fn attach_sinks(
         }
         if let SinkTarget::Webhook(t) = &mut sink.target {
             attach_webhook(ctx, t, s, schema, output)?;
+        }
+        if let SinkTarget::Nats(c) = &mut sink.target {
+            crate::nats::sink::attach(c, &s.value, schema, output)
+                .map_err(|m| ctx.err(&s.referenced, m))?;
         }
         if let SinkTarget::Postgres(c) = &mut sink.target {
             if !c.output.is_empty() {
@@ -1368,19 +1382,20 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             v.elasticsearch.is_some(),
             v.webhook.is_some(),
             v.postgres.is_some(),
+            v.nats.is_some(),
             v.file.is_some(),
         ]
         .iter()
         .filter(|b| **b)
         .count();
         if declared != 1 {
-            return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `postgres`, `file` (found {declared})")));
+            return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `postgres`, `nats`, `file` (found {declared})")));
         }
-        if let (None, Some(f)) = (&v.kafka, &v.format) {
+        if let (None, None, Some(f)) = (&v.kafka, &v.nats, &v.format) {
             if f.value != Format::Json {
                 return Err(ctx.err(
                     &f.referenced,
-                    format!("sink `{kname}`: `format` is for Kafka sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch, webhook and PostgreSQL sinks have their own"),
+                    format!("sink `{kname}`: `format` is for Kafka and NATS sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch, webhook and PostgreSQL sinks have their own"),
                 ));
             }
         }
@@ -1496,6 +1511,11 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             SinkTarget::Webhook(Box::new(webhook_config(ctx, &name, kname, w)?))
         } else if let Some(p) = &v.postgres {
             SinkTarget::Postgres(Box::new(postgres_config(ctx, &name, kname, p)?))
+        } else if let Some(n) = &v.nats {
+            let format = v.format.as_ref().map(|f| f.value);
+            let c = crate::nats::sink::sink_config(&name, kname, &n.value, format, &ctx.dir)
+                .map_err(|m| ctx.err(&n.referenced, format!("sink `{kname}`: {m}")))?;
+            SinkTarget::Nats(Box::new(c))
         } else {
             return Err(ctx.err(loc, format!("sink `{kname}` has no output")));
         };
@@ -1706,9 +1726,13 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         None => None,
     };
     let dead_letter = match &doc.dead_letter {
-        Some(d) => match (&d.value.file, &d.value.kafka) {
-            (Some(f), None) => DeadLetterTarget::File(ctx.path(&f.value.path.value)),
-            (None, Some(k)) => {
+        Some(d) => match (&d.value.file, &d.value.kafka, &d.value.nats) {
+            (Some(f), None, None) => DeadLetterTarget::File(ctx.path(&f.value.path.value)),
+            (None, None, Some(n)) => DeadLetterTarget::Nats(Box::new(
+                crate::nats::sink::dead_letter_config(&name, &n.value, &ctx.dir)
+                    .map_err(|m| ctx.err(&n.referenced, format!("dead_letter: {m}")))?,
+            )),
+            (None, Some(k), None) => {
                 if k.value.topic.is_empty() {
                     return Err(ctx.err(&k.referenced, "dead_letter: `topic` is empty"));
                 }
@@ -1734,7 +1758,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             _ => {
                 return Err(ctx.err(
                     &d.referenced,
-                    "dead_letter needs exactly one of `file`, `kafka`",
+                    "dead_letter needs exactly one of `file`, `kafka`, `nats`",
                 ))
             }
         },
@@ -2030,6 +2054,8 @@ impl Plan {
                 // moved endpoint must not force dropping the state
                 SinkTarget::Webhook(t) => format!("webhook of {}", t.config.output),
                 SinkTarget::Postgres(c) => format!("postgres table {}", c.table),
+                // not the URL: message ids do not depend on it, and it may hold credentials
+                SinkTarget::Nats(c) => format!("nats subject {} of {}", c.subject, c.output),
             };
             f.insert(format!("sink {}", k.name), t);
         }
@@ -2038,6 +2064,7 @@ impl Plan {
             match &self.dead_letter {
                 DeadLetterTarget::File(p) => format!("file {}", p.display()),
                 DeadLetterTarget::Kafka(k) => format!("kafka topic {}", k.topic),
+                DeadLetterTarget::Nats(c) => format!("nats subject {}", c.subject),
             },
         );
         f
@@ -2124,6 +2151,7 @@ impl Plan {
                     SinkTarget::Elasticsearch(_) => ("elasticsearch", "indices".to_string()),
                     SinkTarget::Webhook(_) => ("webhook", "signed HTTP requests".to_string()),
                     SinkTarget::Postgres(c) => ("postgres", format!("table {}", c.table)),
+                    SinkTarget::Nats(c) => ("nats", format!("subject {}", c.subject)),
                 };
                 GraphNode {
                     name: k.name.clone(),
@@ -2331,6 +2359,7 @@ impl Plan {
                     }
                 ),
                 SinkTarget::Webhook(t) => describe_webhook(t, checkpointed),
+                SinkTarget::Nats(c) => crate::nats::sink::describe(c, checkpointed),
                 SinkTarget::Postgres(c) => format!(
                     "postgres table {} on {}, {} rows or {} ms per batch (COPY into staging, then one merge); {}",
                     c.table,
@@ -2351,6 +2380,12 @@ impl Plan {
             DeadLetterTarget::Kafka(k) => {
                 writeln!(s, "dead letters: kafka {} topic {}", k.brokers, k.topic)
             }
+            DeadLetterTarget::Nats(c) => writeln!(
+                s,
+                "dead letters: nats {} subject {}",
+                c.endpoint.describe_servers(),
+                c.subject
+            ),
         };
         let _ = match &self.checkpoint {
             Some(c) => writeln!(

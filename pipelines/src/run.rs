@@ -258,6 +258,7 @@ pub(crate) fn run_job(
                     None => Box::new(sink),
                 }
             }
+            SinkTarget::Nats(c) => Box::new(weir_sinks::NatsSink::new(&s.name, (**c).clone())?),
             SinkTarget::Postgres(c) => Box::new(PostgresSink::new(
                 &s.name,
                 (**c).clone(),
@@ -311,6 +312,7 @@ pub(crate) fn run_job(
         }
         DeadLetterTarget::File(path) => Box::new(DeadLetterFile::create(path)?),
         DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
+        DeadLetterTarget::Nats(c) => Box::new(weir_sinks::DeadLetterNats::new((**c).clone())?),
     };
     let op_names: Vec<String> = operators.iter().map(|o| o.name.clone()).collect();
     let sink_names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();

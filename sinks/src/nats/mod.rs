@@ -21,8 +21,6 @@
 mod dead_letter;
 pub mod ids;
 pub mod publish;
-#[cfg(test)]
-mod tests;
 
 use std::collections::HashMap;
 use std::time::Duration;
