@@ -4,7 +4,6 @@
 //! of acknowledgements outstanding, and says for every message whether the server stored it,
 //! refused it for good, or whether it must be sent again.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,6 +92,9 @@ pub enum PublishFailure {
     /// send it again.
     #[error("not acknowledged")]
     Unacknowledged(#[source] PublishError),
+    /// Not sent: an earlier message of the same call was not acknowledged.
+    #[error("not sent: an earlier message was not acknowledged")]
+    NotSent,
 }
 
 impl PublishFailure {
@@ -100,7 +102,9 @@ impl PublishFailure {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            PublishFailure::NoStream(_) | PublishFailure::Unacknowledged(_)
+            PublishFailure::NoStream(_)
+                | PublishFailure::Unacknowledged(_)
+                | PublishFailure::NotSent
         )
     }
 
@@ -111,6 +115,7 @@ impl PublishFailure {
             PublishFailure::Refused { .. } => "nats_refused",
             PublishFailure::NoStream(_) => "nats_no_stream",
             PublishFailure::Unacknowledged(_) => "nats_unacknowledged",
+            PublishFailure::NotSent => "nats_not_sent",
         }
     }
 }
@@ -189,11 +194,14 @@ impl Publisher {
             .map_err(NatsSinkError::Runtime)?;
         let client = runtime.block_on(endpoint.connect())?;
         let max_in_flight = max_in_flight.max(1);
+        // the context spawns its acknowledgement task: built inside the runtime
+        let _guard = runtime.enter();
         let js = jetstream::ContextBuilder::new()
             .timeout(ack_timeout)
             .max_ack_inflight(max_in_flight)
             .backpressure_on_inflight(true)
             .build(client);
+        drop(_guard);
         Ok(Publisher {
             runtime,
             js,
@@ -258,18 +266,28 @@ impl Publisher {
     }
 
     /// Publishes `messages` to `subject`, at most `max_in_flight` awaiting their
-    /// acknowledgement at once, and waits for every acknowledgement; one outcome per message,
-    /// in order.
+    /// acknowledgement at once (their timeouts run together), and waits for every
+    /// acknowledgement; one outcome per message, in order. After a failure that may be the
+    /// connection's (a timeout, a broken pipe), the messages not sent yet are not sent in this
+    /// call ([`PublishFailure::NotSent`]): a call lasts about two `ack_timeout`s at most while
+    /// the server is away, not one per message.
     pub fn publish_all(&self, subject: &str, messages: &[Outgoing]) -> Vec<Outcome> {
+        use futures::StreamExt;
         let subject = async_nats::Subject::from(subject);
         self.runtime.block_on(async {
             let mut outcomes: Vec<Option<Outcome>> = (0..messages.len()).map(|_| None).collect();
-            let mut in_flight = VecDeque::with_capacity(self.max_in_flight);
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut broken = false;
             for (i, m) in messages.iter().enumerate() {
-                if in_flight.len() >= self.max_in_flight {
-                    if let Some((j, ack)) = in_flight.pop_front() {
-                        outcomes[j] = Some(acknowledged(ack).await);
+                while !broken && in_flight.len() >= self.max_in_flight {
+                    if let Some((j, o)) = in_flight.next().await {
+                        broken |= is_retryable(&o);
+                        outcomes[j] = Some(o);
                     }
+                }
+                if broken {
+                    outcomes[i] = Some(Outcome::Failed(PublishFailure::NotSent));
+                    continue;
                 }
                 let mut headers = async_nats::HeaderMap::new();
                 for (k, v) in &m.headers {
@@ -280,23 +298,27 @@ impl Publisher {
                     .headers(headers)
                     .message_id(&m.id);
                 match self.js.send_publish(subject.clone(), publish).await {
-                    Ok(ack) => in_flight.push_back((i, ack)),
-                    Err(e) => outcomes[i] = Some(Outcome::Failed(classify(e))),
+                    Ok(ack) => in_flight.push(async move { (i, acknowledged(ack).await) }),
+                    Err(e) => {
+                        let o = Outcome::Failed(classify(e));
+                        broken |= is_retryable(&o);
+                        outcomes[i] = Some(o);
+                    }
                 }
             }
-            while let Some((j, ack)) = in_flight.pop_front() {
-                outcomes[j] = Some(acknowledged(ack).await);
+            while let Some((j, o)) = in_flight.next().await {
+                outcomes[j] = Some(o);
             }
             outcomes
                 .into_iter()
-                .map(|o| {
-                    o.unwrap_or(Outcome::Failed(PublishFailure::Unacknowledged(
-                        PublishError::new(PublishErrorKind::Other),
-                    )))
-                })
+                .map(|o| o.unwrap_or(Outcome::Failed(PublishFailure::NotSent)))
                 .collect()
         })
     }
+}
+
+fn is_retryable(o: &Outcome) -> bool {
+    matches!(o, Outcome::Failed(f) if f.is_retryable())
 }
 
 async fn acknowledged(ack: jetstream::context::PublishAckFuture) -> Outcome {
