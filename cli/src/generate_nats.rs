@@ -165,7 +165,10 @@ mod tests {
     #[test]
     fn targets_are_url_and_subject() {
         let (s, subj) = parse_target("nats://127.0.0.1:4222/events.ingest").unwrap();
-        assert_eq!((s, subj.as_str()), (vec!["nats://127.0.0.1:4222".to_string()], "events.ingest"));
+        assert_eq!(
+            (s, subj.as_str()),
+            (vec!["nats://127.0.0.1:4222".to_string()], "events.ingest")
+        );
         let (s, _) = parse_target("nats://a:1,nats://b:2/x").unwrap();
         assert_eq!(s.len(), 2);
         assert!(parse_target("events").is_err());

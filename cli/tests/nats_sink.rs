@@ -61,7 +61,9 @@ fn stream_count(server: &NatsServer, stream: &str) -> u64 {
 fn rows_without_repeats(messages: &[Row]) -> Vec<Row> {
     let mut ids = HashSet::new();
     for m in messages {
-        let id = m["msg_id"].as_str().expect("every message has a Nats-Msg-Id");
+        let id = m["msg_id"]
+            .as_str()
+            .expect("every message has a Nats-Msg-Id");
         assert!(ids.insert(id.to_string()), "message id {id} stored twice");
     }
     messages
@@ -117,8 +119,19 @@ fn window_rows_and_dead_letters_on_nats_equal_the_oracle() {
     generate(
         &events,
         &[
-            "60000", "--seed", "5", "--keys", "50", "--step-ms", "10", "--bad-frac", "0.01",
-            "--late-frac", "0.01", "--late-ms", "600000",
+            "60000",
+            "--seed",
+            "5",
+            "--keys",
+            "50",
+            "--step-ms",
+            "10",
+            "--bad-frac",
+            "0.01",
+            "--late-frac",
+            "0.01",
+            "--late-ms",
+            "600000",
         ],
     );
     let (expected, summary) = oracle_per_dataset(&events, &AGGS, &d.join("expected.ndjson"));
@@ -145,7 +158,9 @@ dead_letter: {{ nats: {{ url: "{url}", subject: weir.dead }} }}
     let rows = rows_without_repeats(&messages);
     compare(&expected, &rows, &["datasetName"]).unwrap_or_else(|e| panic!("{e}"));
     for m in &messages {
-        let key = m["headers"]["Weir-Key"].as_str().expect("a Weir-Key header");
+        let key = m["headers"]["Weir-Key"]
+            .as_str()
+            .expect("a Weir-Key header");
         assert!(key.contains("window_start"), "{key}");
     }
 
@@ -163,7 +178,10 @@ dead_letter: {{ nats: {{ url: "{url}", subject: weir.dead }} }}
     assert_eq!(records.len() as u64, count("bad") + count("late"));
     for r in &records {
         for field in ["source", "reason", "error", "raw"] {
-            assert!(r.get(field).is_some(), "a dead letter without `{field}`: {r:?}");
+            assert!(
+                r.get(field).is_some(),
+                "a dead letter without `{field}`: {r:?}"
+            );
         }
         assert_eq!(r["source"], "events");
         assert!(r["error"]["code"].is_string(), "{r:?}");
@@ -190,7 +208,10 @@ fn view_changelog_on_nats_ends_with_every_key_s_final_row() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let events = d.join("events.ndjson");
-    generate(&events, &["50000", "--seed", "8", "--keys", "40", "--step-ms", "5"]);
+    generate(
+        &events,
+        &["50000", "--seed", "8", "--keys", "40", "--step-ms", "5"],
+    );
     let expected = counts_per_dataset(&events);
     let yaml = format!(
         r#"name: nats-view
@@ -274,7 +295,10 @@ checkpoint: {{ dir: state, interval: 1s }}
     let deadline = Instant::now() + Duration::from_secs(120);
     // windows reached the stream: the sink is publishing
     while stream_count(&server, "ROWS") == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before publishing");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before publishing"
+        );
         assert!(Instant::now() < deadline, "nothing published");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -376,7 +400,14 @@ fn generate_publishes_exactly_n_events() {
     let target = format!("{}/gen.events", server.url());
     let out = Command::new(weir_bin())
         .args(["generate", "service-health", "--count", &n.to_string()])
-        .args(["--seed", "3", "--start-ms", "1700000000000", "--nats", &target])
+        .args([
+            "--seed",
+            "3",
+            "--start-ms",
+            "1700000000000",
+            "--nats",
+            &target,
+        ])
         .output()
         .unwrap();
     check(&out, "weir generate --nats");
@@ -399,7 +430,10 @@ fn generate_publishes_exactly_n_events() {
         .lines()
         .map(String::from)
         .collect();
-    assert_eq!(published, written, "the published events are the generator's, in order");
+    assert_eq!(
+        published, written,
+        "the published events are the generator's, in order"
+    );
     let ids: HashSet<&str> = messages
         .iter()
         .map(|m| m["msg_id"].as_str().unwrap())

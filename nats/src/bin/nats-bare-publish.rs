@@ -41,6 +41,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ack.await?;
     }
     let s = started.elapsed().as_secs_f64();
-    println!("messages={count} seconds={s:.3} rate={:.0}", count as f64 / s);
+    println!(
+        "messages={count} seconds={s:.3} rate={:.0}",
+        count as f64 / s
+    );
     Ok(())
 }

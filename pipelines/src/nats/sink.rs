@@ -53,7 +53,9 @@ pub(crate) fn check_subject(subject: &str) -> Result<(), String> {
     }
     for token in subject.split('.') {
         if token.is_empty() {
-            return Err(format!("subject `{subject}` has an empty token (`..`, or a `.` at an end)"));
+            return Err(format!(
+                "subject `{subject}` has an empty token (`..`, or a `.` at an end)"
+            ));
         }
         if token == "*" || token == ">" {
             return Err(format!(
@@ -71,8 +73,7 @@ fn common(
     name: String,
 ) -> Result<(weir_nats::NatsEndpoint, usize, Duration), String> {
     check_subject(&d.subject)?;
-    let mut endpoint =
-        super::endpoint(&d.url, d.credentials.as_ref(), d.tls.as_ref(), dir, name)?;
+    let mut endpoint = super::endpoint(&d.url, d.credentials.as_ref(), d.tls.as_ref(), dir, name)?;
     if let Some(t) = d.connect_timeout {
         if t.0 == 0 {
             return Err("`connect_timeout` must be above 0".into());
@@ -106,8 +107,7 @@ pub(crate) fn sink_config(
         Some(Format::Avro) => NatsFormat::Avro,
         Some(Format::Cloudevents) => return Err("nats sinks write `json` or `avro`".into()),
     };
-    let (endpoint, max_in_flight, ack_timeout) =
-        common(d, dir, format!("weir-{pipeline}-{sink}"))?;
+    let (endpoint, max_in_flight, ack_timeout) = common(d, dir, format!("weir-{pipeline}-{sink}"))?;
     Ok(NatsSinkConfig {
         endpoint,
         subject: d.subject.clone(),
@@ -231,10 +231,22 @@ mod tests {
         assert_eq!(c.endpoint.name, "weir-p-s");
         let e = sink_config("p", "s", &doc(", max_in_flight: 0"), None, Path::new("."));
         assert!(e.unwrap_err().contains("max_in_flight"));
-        let e = sink_config("p", "s", &doc(""), Some(Format::Cloudevents), Path::new("."));
+        let e = sink_config(
+            "p",
+            "s",
+            &doc(""),
+            Some(Format::Cloudevents),
+            Path::new("."),
+        );
         assert!(e.unwrap_err().contains("json"));
-        let c = sink_config("p", "s", &doc(", ack_timeout: 2s"), Some(Format::Avro), Path::new("."))
-            .unwrap();
+        let c = sink_config(
+            "p",
+            "s",
+            &doc(", ack_timeout: 2s"),
+            Some(Format::Avro),
+            Path::new("."),
+        )
+        .unwrap();
         assert_eq!(c.ack_timeout, Duration::from_secs(2));
         assert_eq!(c.format, NatsFormat::Avro);
     }
@@ -247,8 +259,13 @@ mod tests {
             arrow::datatypes::Field::new("window_start", arrow::datatypes::DataType::Int64, false),
         ]));
         attach(&mut c, "s", &schema, "w1").unwrap();
-        assert!(attach(&mut c, "s", &schema, "w2").unwrap_err().contains("one window or view"));
+        assert!(attach(&mut c, "s", &schema, "w2")
+            .unwrap_err()
+            .contains("one window or view"));
         let r = replayed(&c, "replay-x");
-        assert_eq!((r.id_salt.as_str(), r.subject.as_str()), ("replay-x", "out.rows"));
+        assert_eq!(
+            (r.id_salt.as_str(), r.subject.as_str()),
+            ("replay-x", "out.rows")
+        );
     }
 }

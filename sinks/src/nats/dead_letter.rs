@@ -10,8 +10,8 @@ use weir_engine::job::DeadLetterSink;
 use weir_engine::{DeadLetter, EngineError};
 use weir_nats::NatsEndpoint;
 
-use super::publish::{NatsSinkError, Outcome, Outgoing, Publisher};
 use super::error_chain;
+use super::publish::{NatsSinkError, Outcome, Outgoing, Publisher};
 
 /// Bytes of a dead letter's `raw` kept when the whole record is over the server's limit.
 const TRUNCATED_RAW: usize = 64 << 10;

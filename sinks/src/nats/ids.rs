@@ -64,9 +64,18 @@ mod tests {
     fn ids_depend_on_the_row_only() {
         let a = window_id("p", "w", "", br#"{"k":"a","window_start":0}"#);
         assert_eq!(a, window_id("p", "w", "", br#"{"k":"a","window_start":0}"#));
-        assert_ne!(a, window_id("p", "w", "", br#"{"k":"a","window_start":60000}"#));
-        assert_ne!(a, window_id("p", "w2", "", br#"{"k":"a","window_start":0}"#));
-        assert_ne!(a, window_id("p", "w", "replay-x", br#"{"k":"a","window_start":0}"#));
+        assert_ne!(
+            a,
+            window_id("p", "w", "", br#"{"k":"a","window_start":60000}"#)
+        );
+        assert_ne!(
+            a,
+            window_id("p", "w2", "", br#"{"k":"a","window_start":0}"#)
+        );
+        assert_ne!(
+            a,
+            window_id("p", "w", "replay-x", br#"{"k":"a","window_start":0}"#)
+        );
         // length-prefixed parts: moving a byte from one part to the next changes the id
         assert_ne!(window_id("pw", "", "", b"k"), window_id("p", "w", "", b"k"));
         assert!(a.len() < 64, "ids stay short: {a}");

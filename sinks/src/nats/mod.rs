@@ -33,8 +33,8 @@ use weir_nats::NatsEndpoint;
 
 pub use dead_letter::{DeadLetterNats, DeadLetterNatsConfig};
 pub use publish::{
-    NatsSinkError, Outcome, Outgoing, PublishFailure, Publisher, StreamFacts,
-    DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT,
+    NatsSinkError, Outcome, Outgoing, PublishFailure, Publisher, StreamFacts, DEFAULT_ACK_TIMEOUT,
+    DEFAULT_MAX_IN_FLIGHT,
 };
 
 use crate::file::for_each_json_row;
@@ -240,9 +240,7 @@ impl NatsSink {
             return Ok(());
         }
         let messages: Vec<Outgoing> = self.pending.iter().map(|p| p.message.clone()).collect();
-        let outcomes = self
-            .publisher
-            .publish_all(&self.config.subject, &messages);
+        let outcomes = self.publisher.publish_all(&self.config.subject, &messages);
         let total = self.pending.len();
         let mut keep = Vec::new();
         let (mut first, mut no_stream, mut duplicates) = (None, false, 0u64);

@@ -125,7 +125,9 @@ impl PublishFailure {
 pub enum Outcome {
     /// Stored by the stream; `duplicate`: the stream already had a message with its id (a
     /// repeat dropped within the stream's duplicate window).
-    Stored { duplicate: bool },
+    Stored {
+        duplicate: bool,
+    },
     Failed(PublishFailure),
 }
 
@@ -212,21 +214,24 @@ impl Publisher {
     /// The stream that captures `subject`, and its duplicate window.
     pub fn stream_for(&self, subject: &str) -> Result<StreamFacts, NatsSinkError> {
         self.runtime.block_on(async {
-            let name = self.js.stream_by_subject(subject).await.map_err(|source| {
-                match source.kind() {
-                    GetStreamByNameErrorKind::NotFound => NatsSinkError::NoStream {
-                        subject: subject.to_string(),
-                    },
-                    _ => NatsSinkError::Lookup {
-                        subject: subject.to_string(),
-                        source,
-                    },
-                }
-            })?;
-            let info_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSinkError::StreamInfo {
-                stream: name.clone(),
-                source: e,
-            };
+            let name =
+                self.js
+                    .stream_by_subject(subject)
+                    .await
+                    .map_err(|source| match source.kind() {
+                        GetStreamByNameErrorKind::NotFound => NatsSinkError::NoStream {
+                            subject: subject.to_string(),
+                        },
+                        _ => NatsSinkError::Lookup {
+                            subject: subject.to_string(),
+                            source,
+                        },
+                    })?;
+            let info_err =
+                |e: Box<dyn std::error::Error + Send + Sync>| NatsSinkError::StreamInfo {
+                    stream: name.clone(),
+                    source: e,
+                };
             let mut stream = self
                 .js
                 .get_stream(&name)
