@@ -31,7 +31,7 @@ work=$(mktemp -d)
 port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$SERVER" -a 127.0.0.1 -p "$port" -js -sd "$work/store" -l "$work/server.log" &
 server_pid=$!
-cleanup() { kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+cleanup() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 URL=nats://127.0.0.1:$port
 for _ in $(seq 100); do # until the server takes connections
