@@ -1,5 +1,6 @@
 //! `weir`: run, validate and feed stream pipelines declared in YAML.
 
+mod generate_nats;
 mod subscribe;
 mod telemetry;
 
@@ -83,7 +84,7 @@ enum Command {
         #[arg(long)]
         parallelism: Option<usize>,
     },
-    /// Write synthetic events as NDJSON, to a file or a Kafka topic.
+    /// Write synthetic events as NDJSON, to a file, a Kafka topic or a NATS subject.
     Generate(GenerateArgs),
     /// Re-read a time range of the pipeline's Kafka topics and rewrite the windows starting
     /// in it (Kafka rows by key, Iceberg rows replaced in one snapshot, files written beside
@@ -164,12 +165,21 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Output file (`-` for stdout).
-    #[arg(long, conflicts_with = "kafka")]
+    #[arg(long, conflicts_with_all = ["kafka", "nats"])]
     out: Option<PathBuf>,
     /// BROKERS/TOPIC to produce to (keyed by datasetName/serviceName); the topic is created
     /// with --partitions partitions when it does not exist.
     #[arg(long)]
     kafka: Option<String>,
+    /// URL/SUBJECT to publish to with JetStream (every acknowledgement awaited), e.g.
+    /// nats://127.0.0.1:4222/events.ingest; a stream is created for the subject when none
+    /// captures it (see --nats-stream).
+    #[arg(long, conflicts_with = "kafka")]
+    nats: Option<String>,
+    /// Name of the stream --nats creates when no stream captures the subject (default: the
+    /// subject in capitals, other characters `_`).
+    #[arg(long, requires = "nats")]
+    nats_stream: Option<String>,
     /// Partitions of a topic --kafka creates.
     #[arg(long, default_value_t = 12)]
     partitions: i32,
@@ -569,9 +579,9 @@ fn stop_grace() -> std::time::Duration {
 }
 
 fn generate(a: GenerateArgs) -> Result<(), Failure> {
-    if a.out.is_none() && a.kafka.is_none() {
+    if a.out.is_none() && a.kafka.is_none() && a.nats.is_none() {
         return Err(user(anyhow::anyhow!(
-            "give --out FILE (or - for stdout), or --kafka BROKERS/TOPIC"
+            "give --out FILE (or - for stdout), --kafka BROKERS/TOPIC or --nats URL/SUBJECT"
         )));
     }
     for (name, v) in [
@@ -601,6 +611,15 @@ fn generate(a: GenerateArgs) -> Result<(), Failure> {
     cfg.unicode_keys = a.unicode_keys;
     if let Some(target) = &a.kafka {
         return generate_to_kafka(&a, cfg, target);
+    }
+    if let Some(target) = &a.nats {
+        let stored = generate_nats::generate(target, a.nats_stream.as_deref(), cfg, a.rate)
+            .map_err(|e| match e {
+                generate_nats::GenerateNatsError::Target => user(e),
+                e => runtime(e),
+            })?;
+        tracing::info!(events = stored, "published");
+        return Ok(());
     }
     let out = a.out.clone().expect("checked above");
     let mut sink: Box<dyn Write> = if out.as_os_str() == "-" {

@@ -262,7 +262,12 @@ fn contains_aggregate(expr: &Expr) -> bool {
 /// no backtrace), first line only.
 fn clean(e: datafusion::error::DataFusionError) -> String {
     let message = e.find_root().message();
-    message.lines().next().unwrap_or_default().trim().to_string()
+    message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -361,11 +361,15 @@ pub struct SinkDoc {
     #[serde(default)]
     #[schemars(with = "Option<PostgresDoc>")]
     pub postgres: Option<Spanned<PostgresDoc>>,
+    /// Publish to a NATS JetStream subject.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::nats::sink::NatsSinkDoc>")]
+    pub nats: Option<Spanned<crate::nats::sink::NatsSinkDoc>>,
     /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
     #[serde(default)]
     #[schemars(with = "Option<FileSinkDoc>")]
     pub file: Option<Spanned<FileSinkDoc>>,
-    /// Record format of Kafka sinks (default json).
+    /// Record format of Kafka and NATS sinks (default json).
     #[serde(default)]
     #[schemars(with = "Option<Format>")]
     pub format: Option<Spanned<Format>>,
@@ -597,6 +601,10 @@ pub struct DeadLetterDoc {
     #[serde(default)]
     #[schemars(with = "Option<KafkaSinkDoc>")]
     pub kafka: Option<Spanned<KafkaSinkDoc>>,
+    /// Publish dead letters to a NATS JetStream subject.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::nats::sink::NatsSinkDoc>")]
+    pub nats: Option<Spanned<crate::nats::sink::NatsSinkDoc>>,
     /// How failed dead-letter writes are retried.
     #[serde(default)]
     #[schemars(with = "Option<RetryDoc>")]

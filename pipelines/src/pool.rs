@@ -327,7 +327,7 @@ impl WorkerFiles {
                 .collect(),
             dead_letter: match &plan.dead_letter {
                 DeadLetterTarget::File(p) => Some(p.clone()),
-                DeadLetterTarget::Kafka(_) => None,
+                DeadLetterTarget::Kafka(_) | DeadLetterTarget::Nats(_) => None,
             },
         }
     }

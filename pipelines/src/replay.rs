@@ -150,7 +150,7 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
     // dead letters of the range go beside the live run's, never into them
     plan.dead_letter = match &plan.dead_letter {
         DeadLetterTarget::File(p) => DeadLetterTarget::File(beside(p, &suffix)),
-        DeadLetterTarget::Kafka(_) => DeadLetterTarget::File(
+        DeadLetterTarget::Kafka(_) | DeadLetterTarget::Nats(_) => DeadLetterTarget::File(
             plan.file
                 .parent()
                 .unwrap_or(std::path::Path::new("."))
@@ -236,6 +236,7 @@ pub fn target(target: &SinkTarget, suffix: &str) -> SinkTarget {
             path: beside(path, suffix),
             format: *format,
         },
+        SinkTarget::Nats(c) => SinkTarget::Nats(Box::new(crate::nats::sink::replayed(c, suffix))),
         other => other.clone(),
     }
 }

@@ -327,6 +327,7 @@ fn open_sinks(
                     None => Box::new(sink),
                 }
             }
+            SinkTarget::Nats(c) => Box::new(weir_sinks::NatsSink::new(&s.name, (**c).clone())?),
             SinkTarget::Postgres(c) => Box::new(PostgresSink::new(
                 &s.name,
                 (**c).clone(),
@@ -393,6 +394,7 @@ fn open_dead_letter(
         }
         DeadLetterTarget::File(path) => Box::new(DeadLetterFile::create(path)?),
         DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
+        DeadLetterTarget::Nats(c) => Box::new(weir_sinks::DeadLetterNats::new((**c).clone())?),
     };
     Ok(dead_letter)
 }

@@ -193,7 +193,12 @@ fn missing_table(ctx: &SessionContext, state: &SessionState, statement: &DfState
 /// no backtrace), first line only.
 pub(crate) fn clean(e: &DataFusionError) -> String {
     let message = e.find_root().message();
-    message.lines().next().unwrap_or_default().trim().to_string()
+    message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Rows per batch of planned queries (DataFusion's default is 8,192).

@@ -125,6 +125,8 @@ impl Plan {
                 // moved endpoint must not force dropping the state
                 SinkTarget::Webhook(t) => format!("webhook of {}", t.config.output),
                 SinkTarget::Postgres(c) => format!("postgres table {}", c.table),
+                // not the URL: message ids do not depend on it, and it may hold credentials
+                SinkTarget::Nats(c) => format!("nats subject {} of {}", c.subject, c.output),
             };
             f.insert(format!("sink {}", k.name), t);
         }
@@ -133,6 +135,7 @@ impl Plan {
             match &self.dead_letter {
                 DeadLetterTarget::File(p) => format!("file {}", p.display()),
                 DeadLetterTarget::Kafka(k) => format!("kafka topic {}", k.topic),
+                DeadLetterTarget::Nats(c) => format!("nats subject {}", c.subject),
             },
         );
         f
@@ -219,6 +222,7 @@ impl Plan {
                     SinkTarget::Elasticsearch(_) => ("elasticsearch", "indices".to_string()),
                     SinkTarget::Webhook(_) => ("webhook", "signed HTTP requests".to_string()),
                     SinkTarget::Postgres(c) => ("postgres", format!("table {}", c.table)),
+                    SinkTarget::Nats(c) => ("nats", format!("subject {}", c.subject)),
                 };
                 GraphNode {
                     name: k.name.clone(),
@@ -386,6 +390,12 @@ impl Plan {
             DeadLetterTarget::Kafka(k) => {
                 writeln!(s, "dead letters: kafka {} topic {}", k.brokers, k.topic)
             }
+            DeadLetterTarget::Nats(c) => writeln!(
+                s,
+                "dead letters: nats {} subject {}",
+                c.endpoint.describe_servers(),
+                c.subject
+            ),
         };
         let _ = match &self.checkpoint {
             Some(c) => writeln!(
@@ -529,6 +539,7 @@ fn describe_sink(target: &SinkTarget, checkpointed: bool) -> String {
                 }
             ),
             SinkTarget::Webhook(t) => describe_webhook(t, checkpointed),
+        SinkTarget::Nats(c) => crate::nats::sink::describe(c, checkpointed),
             SinkTarget::Postgres(c) => format!(
                 "postgres table {} on {}, {} rows or {} ms per batch (COPY into staging, then one merge); {}",
                 c.table,

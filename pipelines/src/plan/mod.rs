@@ -125,6 +125,8 @@ pub enum SinkTarget {
     Webhook(Box<WebhookTarget>),
     /// A PostgreSQL table (the output is set when a window or view names the sink).
     Postgres(Box<PostgresConfig>),
+    /// A NATS JetStream subject (the output is set when a window or view names the sink).
+    Nats(Box<weir_sinks::NatsSinkConfig>),
 }
 
 /// A webhook sink's settings and its `where` on the output rows (compiled when an output
@@ -164,6 +166,8 @@ pub enum DeadLetterTarget {
     File(PathBuf),
     /// A Kafka topic, one JSON message per record.
     Kafka(KafkaSinkConfig),
+    /// A NATS JetStream subject, one JSON message per record.
+    Nats(Box<weir_sinks::DeadLetterNatsConfig>),
 }
 
 /// A checked sink.
@@ -329,6 +333,9 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         if let Some(k) = &s.value.kafka {
             urls.extend(k.value.schema_registry.clone());
         }
+        if let Some(n) = &s.value.nats {
+            out.extend(crate::nats::sink::secrets(&n.value));
+        }
         if let Some(w) = &s.value.webhook {
             let w = &w.value;
             out.extend(w.secret.value.iter().cloned());
@@ -341,6 +348,9 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         if let Some(k) = &s.value.kafka {
             urls.extend(k.value.schema_registry.clone());
         }
+    }
+    if let Some(n) = doc.dead_letter.as_ref().and_then(|d| d.value.nats.as_ref()) {
+        out.extend(crate::nats::sink::secrets(&n.value));
     }
     if let Some(c) = &doc.checkpoint {
         urls.push(c.value.dir.clone());

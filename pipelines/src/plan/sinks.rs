@@ -47,19 +47,20 @@ fn sink_target(
         v.elasticsearch.is_some(),
         v.webhook.is_some(),
         v.postgres.is_some(),
+        v.nats.is_some(),
         v.file.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if declared != 1 {
-        return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `postgres`, `file` (found {declared})")));
+        return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `postgres`, `nats`, `file` (found {declared})")));
     }
-    if let (None, Some(f)) = (&v.kafka, &v.format) {
+    if let (None, None, Some(f)) = (&v.kafka, &v.nats, &v.format) {
         if f.value != Format::Json {
             return Err(ctx.err(
                     &f.referenced,
-                    format!("sink `{kname}`: `format` is for Kafka sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch, webhook and PostgreSQL sinks have their own"),
+                    format!("sink `{kname}`: `format` is for Kafka and NATS sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch, webhook and PostgreSQL sinks have their own"),
                 ));
         }
     }
@@ -97,6 +98,11 @@ fn sink_target(
         SinkTarget::Postgres(Box::new(super::postgres::postgres_config(
             ctx, name, kname, p,
         )?))
+    } else if let Some(n) = &v.nats {
+        let format = v.format.as_ref().map(|f| f.value);
+        let c = crate::nats::sink::sink_config(name, kname, &n.value, format, &ctx.dir)
+            .map_err(|m| ctx.err(&n.referenced, format!("sink `{kname}`: {m}")))?;
+        SinkTarget::Nats(Box::new(c))
     } else {
         return Err(ctx.err(loc, format!("sink `{kname}` has no output")));
     };
@@ -109,9 +115,13 @@ pub(super) fn dead_letter(
     ctx: &Ctx,
 ) -> Result<(DeadLetterTarget, RetryPolicy), PipelineError> {
     let dead_letter = match &doc.dead_letter {
-        Some(d) => match (&d.value.file, &d.value.kafka) {
-            (Some(f), None) => DeadLetterTarget::File(ctx.path(&f.value.path.value)),
-            (None, Some(k)) => {
+        Some(d) => match (&d.value.file, &d.value.kafka, &d.value.nats) {
+            (Some(f), None, None) => DeadLetterTarget::File(ctx.path(&f.value.path.value)),
+            (None, None, Some(n)) => DeadLetterTarget::Nats(Box::new(
+                crate::nats::sink::dead_letter_config(&doc.name.value, &n.value, &ctx.dir)
+                    .map_err(|m| ctx.err(&n.referenced, format!("dead_letter: {m}")))?,
+            )),
+            (None, Some(k), None) => {
                 if k.value.topic.is_empty() {
                     return Err(ctx.err(&k.referenced, "dead_letter: `topic` is empty"));
                 }
@@ -137,7 +147,7 @@ pub(super) fn dead_letter(
             _ => {
                 return Err(ctx.err(
                     &d.referenced,
-                    "dead_letter needs exactly one of `file`, `kafka`",
+                    "dead_letter needs exactly one of `file`, `kafka`, `nats`",
                 ))
             }
         },
@@ -273,6 +283,10 @@ pub(super) fn attach_sinks(
         }
         if let SinkTarget::Webhook(t) = &mut sink.target {
             super::webhook::attach_webhook(ctx, t, s, schema, output)?;
+        }
+        if let SinkTarget::Nats(c) = &mut sink.target {
+            crate::nats::sink::attach(c, &s.value, schema, output)
+                .map_err(|m| ctx.err(&s.referenced, m))?;
         }
         if let SinkTarget::Postgres(c) = &mut sink.target {
             if !c.output.is_empty() {

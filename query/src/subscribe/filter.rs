@@ -28,9 +28,8 @@ impl Compiler {
 
     /// The predicate `sql` over rows of `schema`; it must be boolean.
     pub fn compile(&self, sql: &str, schema: &SchemaRef) -> Result<Filter, SubscribeError> {
-        let bad = |e: datafusion::error::DataFusionError| {
-            SubscribeError::Where(crate::engine::clean(&e))
-        };
+        let bad =
+            |e: datafusion::error::DataFusionError| SubscribeError::Where(crate::engine::clean(&e));
         let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(bad)?;
         let expr = self.ctx.parse_sql_expr(sql, &df_schema).map_err(bad)?;
         let physical = self

@@ -1,0 +1,198 @@
+//! Dead letters published to a JetStream subject: the same JSON record as in a dead-letter
+//! file or topic, one message per record, with a deterministic `Nats-Msg-Id` (the record's
+//! source, partition, offset, reason and bytes), so records a restore writes again are
+//! dropped by the stream's duplicate window.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_engine::job::DeadLetterSink;
+use weir_engine::{DeadLetter, EngineError};
+use weir_nats::NatsEndpoint;
+
+use super::error_chain;
+use super::publish::{NatsSinkError, Outcome, Outgoing, Publisher};
+
+/// Bytes of a dead letter's `raw` kept when the whole record is over the server's limit.
+const TRUNCATED_RAW: usize = 64 << 10;
+
+/// Where dead letters go.
+#[derive(Debug, Clone)]
+pub struct DeadLetterNatsConfig {
+    pub endpoint: NatsEndpoint,
+    pub subject: String,
+    /// Publishes awaiting their acknowledgement at once.
+    pub max_in_flight: usize,
+    /// Wait for one acknowledgement before the record is sent again.
+    pub ack_timeout: Duration,
+}
+
+/// A record waiting for its acknowledgement.
+struct PendingRecord {
+    record: DeadLetter,
+    message: Outgoing,
+    /// Its `raw` was cut to fit.
+    cut: bool,
+}
+
+/// The dead-letter output on NATS.
+pub struct DeadLetterNats {
+    config: DeadLetterNatsConfig,
+    publisher: Publisher,
+    /// Records not acknowledged yet, with their message.
+    pending: Vec<PendingRecord>,
+    write_failed: bool,
+}
+
+fn dead_err(e: impl std::fmt::Display, retryable: bool) -> EngineError {
+    let e = EngineError::DeadLetter(e.to_string());
+    if retryable {
+        e.unavailable()
+    } else {
+        e
+    }
+}
+
+/// A dead letter's message id: its position and content, nothing of the process.
+fn record_id(r: &DeadLetter) -> String {
+    let p = &r.partition;
+    let key = format!(
+        "{}/{}/{}/{}/{}/{}",
+        p.source,
+        p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
+        p.number,
+        r.offset.map_or(String::new(), |o| o.to_string()),
+        r.reason.as_str(),
+        r.error.code,
+    );
+    let raw = r.raw.as_deref().unwrap_or_default();
+    super::ids::window_id("dead_letter", &key, "", raw).replacen("w-", "d-", 1)
+}
+
+/// A record's message: its JSON, `raw` cut to [`TRUNCATED_RAW`] bytes when `cut`.
+fn message(r: &DeadLetter, cut: bool) -> Result<Outgoing, serde_json::Error> {
+    let mut json = r.to_json();
+    if cut {
+        let raw = json["raw"].as_str().unwrap_or_default();
+        let mut end = TRUNCATED_RAW.min(raw.len());
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        json["raw"] = serde_json::Value::String(raw[..end].to_string());
+        json["raw_truncated"] = serde_json::Value::Bool(true);
+        if let Some(o) = json.as_object_mut() {
+            o.remove("raw_base64");
+        }
+    }
+    let mut headers = vec![("Weir-Reason", r.reason.as_str().to_string())];
+    for (k, v) in r.trace.headers() {
+        headers.push((k, String::from_utf8_lossy(v).into_owned()));
+    }
+    Ok(Outgoing {
+        id: record_id(r),
+        headers,
+        payload: Bytes::from(serde_json::to_vec(&json)?),
+    })
+}
+
+impl DeadLetterNats {
+    /// Connects and checks that a stream captures the subject.
+    pub fn new(config: DeadLetterNatsConfig) -> Result<Self, EngineError> {
+        let err = |e: NatsSinkError| dead_err(error_chain(&e), e.is_retryable());
+        let publisher =
+            Publisher::connect(&config.endpoint, config.max_in_flight, config.ack_timeout)
+                .map_err(err)?;
+        publisher.stream_for(&config.subject).map_err(err)?;
+        Ok(DeadLetterNats {
+            config,
+            publisher,
+            pending: Vec::new(),
+            write_failed: false,
+        })
+    }
+
+    /// Publishes every pending record; a record over the size limits goes again at once
+    /// with its `raw` cut (once); one refused even so fails the run. Records not
+    /// acknowledged stay pending and the call fails as unavailable.
+    fn send_pending(&mut self) -> Result<(), EngineError> {
+        for _attempt in 0..2 {
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let messages: Vec<Outgoing> = self.pending.iter().map(|p| p.message.clone()).collect();
+            let outcomes = self.publisher.publish_all(&self.config.subject, &messages);
+            let (mut keep, mut first, mut cut_any) = (Vec::new(), None, false);
+            for (mut p, o) in std::mem::take(&mut self.pending).into_iter().zip(outcomes) {
+                match o {
+                    Outcome::Stored { .. } => {}
+                    Outcome::Failed(f) if f.is_retryable() => {
+                        first.get_or_insert_with(|| error_chain(&f));
+                        keep.push(p);
+                    }
+                    Outcome::Failed(f) if !p.cut => {
+                        tracing::warn!(msg_id = %p.message.id, error = %error_chain(&f), "dead letter over the size limit: its raw bytes are cut");
+                        p.message = message(&p.record, true).map_err(|e| dead_err(e, false))?;
+                        p.cut = true;
+                        cut_any = true;
+                        keep.push(p);
+                    }
+                    Outcome::Failed(f) => {
+                        return Err(dead_err(
+                            format!(
+                                "the server refused a dead letter for good, even with its raw bytes cut: {}",
+                                error_chain(&f)
+                            ),
+                            false,
+                        ))
+                    }
+                }
+            }
+            self.pending = keep;
+            if let Some(reason) = first {
+                return Err(dead_err(
+                    format!(
+                        "{} dead letters to `{}` not acknowledged yet: {reason}",
+                        self.pending.len(),
+                        self.config.subject
+                    ),
+                    true,
+                ));
+            }
+            if !cut_any {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DeadLetterSink for DeadLetterNats {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        if !std::mem::take(&mut self.write_failed) {
+            for r in records {
+                let message = message(r, false).map_err(|e| dead_err(e, false))?;
+                self.pending.push(PendingRecord {
+                    record: r.clone(),
+                    message,
+                    cut: false,
+                });
+            }
+        }
+        if self.pending.len() >= self.config.max_in_flight.max(1) {
+            if let Err(e) = self.send_pending() {
+                self.write_failed = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.send_pending()?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.send_pending()
+    }
+}
