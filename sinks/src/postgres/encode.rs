@@ -9,9 +9,14 @@ use arrow::datatypes::{DataType, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
-/// Staged rows: CSV lines one after another, with where each ends.
+/// Staged rows: CSV lines, or binary tuples (see [`super::binary`]), one after another, with
+/// where each ends.
 #[derive(Default)]
 pub struct Lines {
+    /// The rows are binary tuples (`COPY … (FORMAT binary)`), not CSV lines.
+    pub binary: bool,
+    /// No two rows have the same key (the merge needs no `DISTINCT ON`).
+    pub unique_keys: bool,
     pub bytes: Vec<u8>,
     /// The end of each line in `bytes`.
     pub ends: Vec<usize>,
