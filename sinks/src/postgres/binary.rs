@@ -228,9 +228,11 @@ pub fn encode(
     let ops = op.and_then(|i| batch.column(i).as_string_opt::<i32>());
     let count = (columns.len() + 3) as i16;
     let epoch = epoch as i64;
-    let out = &mut lines.bytes;
-    out.reserve(batch.num_rows() * (2 + fields.len() * 12 + 33));
+    lines
+        .bytes
+        .reserve(batch.num_rows() * (2 + fields.len() * 12 + 33));
     for row in 0..batch.num_rows() {
+        let out = &mut lines.bytes;
         out.extend_from_slice(&count.to_be_bytes());
         for f in &fields {
             f(row, out);
@@ -239,6 +241,7 @@ pub fn encode(
         put(out, &seq.to_be_bytes());
         let delete = ops.is_some_and(|o| o.is_valid(row) && o.value(row) == "delete");
         put(out, &[delete as u8]);
+        lines.deletes |= delete;
         lines.ends.push(out.len());
         lines.seqs.push(*seq);
         *seq += 1;
@@ -294,7 +297,7 @@ mod tests {
         let mut seq = 3;
         let cols = [0, 1, 2, 3, 4, 5, 6];
         encode(&batch, &cols, &wires, Some(7), 9, &mut seq, &mut lines).unwrap();
-        assert_eq!((seq, lines.len()), (5, 2));
+        assert_eq!((seq, lines.len(), lines.deletes), (5, 2, true));
         let mut first = vec![0, 10];
         first.extend([0, 0, 0, 2, 0xc3, 0xa9]);
         first.extend([0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x03, 0xe8]);

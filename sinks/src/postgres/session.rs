@@ -278,9 +278,17 @@ impl Session {
 
     /// Merges the staged rows of epochs up to `upto` into the table; when the server
     /// refuses the merge, merges them row by row and returns the rows it refuses.
-    /// `unique_keys`: no key is staged twice (see [`Layout::merge`]).
-    async fn merge(&mut self, upto: i64, unique_keys: bool) -> Result<Vec<Refusal>, Fault> {
-        let all = self.layout.merge(self.temporary, false, unique_keys);
+    /// `unique_keys`: no key is staged twice; `deletes`: some rows may delete their key
+    /// (see [`Layout::merge`]).
+    async fn merge(
+        &mut self,
+        upto: i64,
+        unique_keys: bool,
+        deletes: bool,
+    ) -> Result<Vec<Refusal>, Fault> {
+        let all = self
+            .layout
+            .merge(self.temporary, false, unique_keys, deletes);
         self.exec("SAVEPOINT weir_merge").await.map_err(strict)?;
         let first = sqlx::query(&all).bind(upto).execute(&mut self.conn).await;
         match first.map_err(fault) {
@@ -302,7 +310,7 @@ impl Session {
             .fetch_all(&mut self.conn)
             .await
             .map_err(strict)?;
-        let one = self.layout.merge(self.temporary, true, false);
+        let one = self.layout.merge(self.temporary, true, false, deletes);
         let mut refused = Vec::new();
         for seq in seqs {
             self.exec("SAVEPOINT weir_row").await.map_err(strict)?;
@@ -350,7 +358,10 @@ impl Session {
         self.exec("BEGIN").await.map_err(strict)?;
         let mut refused = self.stage(lines).await?;
         if merge {
-            refused.extend(self.merge(i64::MAX, lines.unique_keys).await?);
+            refused.extend(
+                self.merge(i64::MAX, lines.unique_keys, lines.deletes)
+                    .await?,
+            );
         }
         self.exec("COMMIT").await.map_err(strict)?;
         Ok(refused)
@@ -363,7 +374,7 @@ impl Session {
     pub async fn trial_merge(&mut self, epoch: u64) -> Result<Vec<Refusal>, Fault> {
         self.exec("BEGIN").await.map_err(strict)?;
         self.exec("SAVEPOINT weir_trial").await.map_err(strict)?;
-        let refused = self.merge(epoch as i64, false).await?;
+        let refused = self.merge(epoch as i64, false, self.layout.view).await?;
         self.exec("ROLLBACK TO SAVEPOINT weir_trial")
             .await
             .map_err(strict)?;
@@ -393,7 +404,7 @@ impl Session {
         epoch: u64,
     ) -> Result<Vec<Refusal>, Fault> {
         let upto = epoch as i64;
-        let refused = self.merge(upto, false).await?;
+        let refused = self.merge(upto, false, self.layout.view).await?;
         let delete = format!(
             "DELETE FROM {} WHERE weir_epoch <= $1",
             self.layout.staging_sql(false)
