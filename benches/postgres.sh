@@ -5,16 +5,18 @@
 # 1. The write paths, with psql, on ROWS window rows (a text key, window_start, window_end, three
 #    bigints) in batches of 10,000, into an empty table and then again over it (every row an
 #    update): COPY (csv) into a temporary staging table then one INSERT … SELECT DISTINCT ON …
-#    ON CONFLICT DO UPDATE per batch (what the sink does), against one multi-row
+#    ON CONFLICT DO UPDATE per batch; binary COPY into it then the merge without DISTINCT ON
+#    (what the sink does with a batch of distinct keys); one multi-row
 #    INSERT … VALUES … ON CONFLICT DO UPDATE per batch; and `psql \copy` of all rows into a
-#    table without a key as the ceiling.
+#    table without a key and into one with the same primary key, as ceilings.
 # 2. The sink in a pipeline: EVENTS benchmark events (benches/events.sh), 1-second windows per
 #    dataset (many rows), to a CSV file (no database: the reference), to the postgres sink
-#    without and with checkpoints (1 s); then `psql \copy` of the CSV file's rows into a plain
-#    table, in the same run. Prints rows/s of each over the run's wall time (a lower bound of
-#    the sink's rate), the sink's own rows/s over the time its calls spent in the database
-#    (logged when it finishes), and the pipeline's events per CPU-second of weir (the
-#    server's CPU aside).
+#    without and with checkpoints (1 s); then `psql \copy` of the CSV file's rows into a table
+#    without a key and into one with the sink's primary key, in the same run. Prints rows/s of
+#    each over the run's wall time (a lower bound of the sink's rate), the sink's own rows/s
+#    over its own time (encoding the rows and the database's calls; logged when it finishes),
+#    their ratio to the two `psql \copy` figures, and the pipeline's events per CPU-second of
+#    weir (the server's CPU aside).
 # WEIR_BIN picks the binary (default: a release build of weir-cli).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,8 +67,13 @@ with open(f"{work}/rows.csv", "w") as all_:
     for k, s, a, b, c in lines:
         all_.write(f'"{k}",{ts(s)},{ts(s + 60)},{a},{b},{c}\n')
 copy = open(f"{work}/copy.sql", "w")
+binary = open(f"{work}/binary.sql", "w")
+export = open(f"{work}/export.sql", "w")
 ins = open(f"{work}/insert.sql", "w")
-copy.write(f"CREATE TEMPORARY TABLE stage (LIKE t_copy INCLUDING DEFAULTS INCLUDING CONSTRAINTS, weir_epoch bigint NOT NULL, weir_seq bigint NOT NULL, weir_delete boolean NOT NULL) ON COMMIT DELETE ROWS;\n")
+stage = "CREATE TEMPORARY TABLE stage (LIKE t_copy INCLUDING DEFAULTS INCLUDING CONSTRAINTS, weir_epoch bigint NOT NULL, weir_seq bigint NOT NULL, weir_delete boolean NOT NULL) ON COMMIT DELETE ROWS;\n"
+copy.write(stage)
+binary.write(stage)
+export.write(stage.replace(" ON COMMIT DELETE ROWS", ""))
 for n, off in enumerate(range(0, rows, B)):
     chunk = lines[off:off + B]
     path = f"{work}/chunk-{n}.csv"
@@ -79,14 +86,26 @@ for n, off in enumerate(range(0, rows, B)):
                f'ORDER BY "datasetName", window_start, weir_epoch DESC, weir_seq DESC) '
                f'INSERT INTO t_copy ({cols}) SELECT {cols} FROM l WHERE NOT l.weir_delete ON CONFLICT ("datasetName", window_start) DO UPDATE SET {upd};\n')
     copy.write("COMMIT;\n")
+    # the same batch as binary COPY data (made with psql before the timing), merged as the
+    # sink merges a batch whose keys are distinct (no DISTINCT ON)
+    export.write(f"\\copy stage ({cols}, weir_epoch, weir_seq, weir_delete) FROM '{path}' (FORMAT csv)\n")
+    export.write(f"\\copy stage ({cols}, weir_epoch, weir_seq, weir_delete) TO '{path}.bin' (FORMAT binary)\nTRUNCATE stage;\n")
+    binary.write("BEGIN;\n")
+    binary.write(f"\\copy stage ({cols}, weir_epoch, weir_seq, weir_delete) FROM '{path}.bin' (FORMAT binary)\n")
+    binary.write(f'WITH l AS (SELECT {cols}, weir_delete FROM stage WHERE weir_epoch <= 9223372036854775807) '
+                 f'INSERT INTO t_binary ({cols}) SELECT {cols} FROM l WHERE NOT l.weir_delete ON CONFLICT ("datasetName", window_start) DO UPDATE SET {upd};\n')
+    binary.write("COMMIT;\n")
     values = ",".join(f"('{k}','{ts(s)}','{ts(s + 60)}',{a},{b},{c})" for k, s, a, b, c in chunk)
     ins.write(f'INSERT INTO t_insert ({cols}) VALUES {values} ON CONFLICT ("datasetName", window_start) DO UPDATE SET {upd};\n')
 PY
 table() { echo "CREATE TABLE $1 (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, window_end timestamptz, events bigint, records bigint, bytes bigint${2:-, PRIMARY KEY (\"datasetName\", window_start)});"; }
-psql_ -c "$(table t_copy)" -c "$(table t_insert)" -c "$(table t_plain ' ')" -c "$(table t_keyed)"
+psql_ -c "$(table t_copy)" -c "$(table t_binary)" -c "$(table t_insert)" -c "$(table t_plain ' ')" -c "$(table t_keyed)"
+psql_ -f "$work/export.sql"
 for pass in "empty table" "all updates"; do
   a=$(now); psql_ -f "$work/copy.sql"; b=$(now)
-  echo "  COPY into staging + merge   ($pass): $(rate "$ROWS" "$a" "$b")"
+  echo "  COPY csv into staging + merge    ($pass): $(rate "$ROWS" "$a" "$b")"
+  a=$(now); psql_ -f "$work/binary.sql"; b=$(now)
+  echo "  COPY binary into staging + merge ($pass): $(rate "$ROWS" "$a" "$b")"
   a=$(now); psql_ -f "$work/insert.sql"; b=$(now)
   echo "  multi-row INSERT ON CONFLICT ($pass): $(rate "$ROWS" "$a" "$b")"
 done
@@ -95,6 +114,7 @@ echo "  psql \\copy, no key               : $(rate "$ROWS" "$a" "$b")"
 a=$(now); psql_ -c "\\copy t_keyed FROM '$work/rows.csv' (FORMAT csv)"; b=$(now)
 echo "  psql \\copy, same primary key     : $(rate "$ROWS" "$a" "$b")"
 [ "$(psql_ -At -c 'SELECT count(*) FROM t_copy')" = "$(psql_ -At -c 'SELECT count(*) FROM t_insert')" ]
+[ "$(psql_ -At -c 'SELECT count(*) FROM t_binary')" = "$(psql_ -At -c 'SELECT count(*) FROM t_insert')" ]
 
 echo "== the sink in a pipeline: $N events, 1-second windows per dataset ($WEIR)"
 events=$("$repo/benches/events.sh" "$N" "$WEIR")
@@ -130,7 +150,7 @@ run() { # name sink-yaml [rest]
   RUST_LOG=warn,weir_sinks::postgres=info /usr/bin/time -o "$work/$1.time" -f '%e %U %S %M' "$WEIR" run "$work/$1.yaml" > "$work/$1.summary" 2> "$work/$1.log"
   read -r wall usr sys rss < <(tail -1 "$work/$1.time")
   rows=$(sed -n 's/^  sink out: \([0-9]*\) rows.*/\1/p' "$work/$1.summary")
-  sink=$(sed -n 's/.*postgres sink finished.*busy_ms=\([0-9]*\) rows_per_s=\([0-9]*\).*/in the database: \1 ms, \2 rows\/s/p' "$work/$1.log")
+  sink=$(sed -n 's/.*postgres sink finished.*busy_ms=\([0-9]*\) rows_per_s=\([0-9]*\).*/sink own time: \1 ms, \2 rows\/s/p' "$work/$1.log")
   python3 -c "import sys; name, n, rows, wall, cpu, rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]) + float(sys.argv[6]), int(sys.argv[7]); print(f'  {name:<20} rows={rows} wall={wall:6.2f}s rows/s(wall)={rows / wall:8.0f} weir cpu={cpu:6.2f}s events/cpu-s={n / cpu:8.0f} peak_rss={rss // 1024} MiB', sys.argv[8])" \
     "$1" "$N" "$rows" "$wall" "$usr" "$sys" "$rss" "$sink"
   echo "$rows" > "$work/$1.rows"
@@ -144,6 +164,12 @@ rows=$(cat "$work/csv_file.rows")
 psql_ -c 'CREATE TABLE plain_windows (LIKE bench_windows)' -c 'CREATE TABLE keyed_windows (LIKE bench_windows INCLUDING ALL)'
 a=$(now); psql_ -c "\\copy plain_windows FROM '$work/out.csv' (FORMAT csv, HEADER)"; b=$(now)
 echo "  psql \\copy of the same rows, no key:          $(rate "$rows" "$a" "$b")"
+plain=$(python3 -c "import sys; print(int(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2])))" "$rows" "$a" "$b")
 a=$(now); psql_ -c "\\copy keyed_windows FROM '$work/out.csv' (FORMAT csv, HEADER)"; b=$(now)
 echo "  psql \\copy of the same rows, same primary key: $(rate "$rows" "$a" "$b")"
+keyed=$(python3 -c "import sys; print(int(sys.argv[1]) / (float(sys.argv[3]) - float(sys.argv[2])))" "$rows" "$a" "$b")
+for r in postgres postgres_checkpoint; do
+  sink=$(sed -n 's/.*postgres sink finished.*rows_per_s=\([0-9]*\).*/\1/p' "$work/$r.log")
+  python3 -c "import sys; n, s, p, k = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]); print(f'  ratio {n:<20} sink {s:8.0f} rows/s (own time) = {s / k:4.2f}x psql \\\\copy into the same keyed table, {s / p:4.2f}x into one without a key')" "$r" "$sink" "$plain" "$keyed"
+done
 [ "$(psql_ -At -c 'SELECT count(*) FROM bench_windows')" = "$rows" ]

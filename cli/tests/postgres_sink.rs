@@ -5,10 +5,13 @@
 //! epoch; the server stopped for 30 s mid-run and started again, nothing lost, memory
 //! bounded; rows a CHECK constraint or a foreign key refuses dead-lettered with their
 //! SQLSTATE; retain's deletes; TLS (`require`, and `verify-full` with the CA file of a
-//! private CA).
+//! private CA); `weir replay` of an hour of a Kafka topic rewriting exactly that hour's rows
+//! by key (needs the tests' broker, `scripts/kafka.sh start`).
 
 #[path = "support/crash.rs"]
 mod crash;
+#[path = "support/kafka.rs"]
+mod kafka_support;
 #[path = "support/postgres.rs"]
 mod postgres;
 
@@ -697,4 +700,205 @@ fn tls_require_and_verify_full_against_a_private_ca() {
             assert!(err.contains("sink `db_windows`"), "{extra}: {err}");
         }
     }
+}
+
+/// Windows starting in the replayed hour (`2023-11-14T23:15:00Z` to `2023-11-15T00:15:00Z`).
+const REPLAY_FROM: (&str, i64) = ("2023-11-14T23:15:00Z", 1_700_003_700_000);
+const REPLAY_TO: (&str, i64) = ("2023-11-15T00:15:00Z", 1_700_007_300_000);
+
+/// The window table with each row's `xmin` (the transaction that last wrote it), in key
+/// order.
+fn window_rows_with_xmin(pg: &PgServer) -> Vec<(Row, String)> {
+    rows(
+        pg,
+        "SELECT \"datasetName\", (extract(epoch FROM window_start) * 1000)::bigint AS window_start, \
+         (extract(epoch FROM window_end) * 1000)::bigint AS window_end, events, records, \
+         xmin::text AS xmin FROM public.per_dataset",
+    )
+    .into_iter()
+    .map(|mut r| {
+        let xmin = r.remove("xmin").unwrap().as_str().unwrap().to_string();
+        let id = format!("{} {}", r["datasetName"], r["window_start"]);
+        (id, (r, xmin))
+    })
+    .collect::<std::collections::BTreeMap<String, _>>()
+    .into_values()
+    .collect()
+}
+
+fn replayed(r: &Row) -> bool {
+    (REPLAY_FROM.1..REPLAY_TO.1).contains(&r["window_start"].as_i64().unwrap())
+}
+
+/// `weir replay` of the hour above with the live run's pipeline file; returns its output.
+fn replay(pipeline: &Path) -> String {
+    let o = kafka_support::weir()
+        .args(["replay", pipeline.to_str().unwrap()])
+        .args(["--from", REPLAY_FROM.0, "--to", REPLAY_TO.0])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "weir replay failed:\n{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_replay_rewrites_its_range_by_key_and_nothing_else() {
+    let brokers = kafka_support::brokers();
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // three hours of events in a 3-partition topic, message timestamps = event times
+    let events = d.join("events.ndjson");
+    generate(
+        &events,
+        &[
+            "60000",
+            "--seed",
+            "5",
+            "--keys",
+            "50",
+            "--step-ms",
+            "180",
+            "--bad-frac",
+            "0.005",
+            "--late-frac",
+            "0.004",
+            "--late-ms",
+            "240000",
+        ],
+    );
+    let (expected, _) = oracle(
+        &events,
+        &[
+            "--key",
+            "datasetName",
+            "--size",
+            "5m",
+            "--ooo",
+            "5s",
+            "--agg",
+            "events=count",
+            "--agg",
+            "records=sum:recordCount",
+        ],
+        &d.join("expected.ndjson"),
+    );
+    let topic = kafka_support::unique("pg-replay-in");
+    kafka_support::tool(&["create", &brokers, &topic, "3"]);
+    kafka_support::tool(&[
+        "produce",
+        &brokers,
+        &topic,
+        events.to_str().unwrap(),
+        "--timestamp-field",
+        "timestamp",
+    ]);
+    let pipeline = d.join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: pgreplay
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {topic}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    partitioned_by: [datasetName]
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 5m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+    sinks: [db]
+sinks:
+  db: {{ postgres: {{ url: "{url}", table: public.per_dataset }} }}
+dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
+checkpoint: {{ dir: state, interval: 1s }}
+"#,
+            group = kafka_support::unique("pg-replay-live"),
+            url = pg.url(),
+        ),
+    )
+    .unwrap();
+    let live = |what: &str| {
+        let o = kafka_support::weir()
+            .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{what} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let keys = ["datasetName"];
+    live("the live run");
+    compare(&expected, &window_rows(&pg), &keys).expect("the live run's table");
+    let in_range = expected.iter().filter(|r| replayed(r)).count();
+    assert!(
+        in_range > 100 && in_range < expected.len() / 2,
+        "{in_range}"
+    );
+    let (live_epochs, staged) = epochs(&pg);
+    assert_eq!(staged, 0);
+
+    // a bug's damage in the range: wrong counts, a window lost; and outside it
+    let range = format!(
+        "window_start >= to_timestamp({}) AND window_start < to_timestamp({})",
+        REPLAY_FROM.1 / 1000,
+        REPLAY_TO.1 / 1000
+    );
+    pg.psql(&format!(
+        "UPDATE public.per_dataset SET events = events + 1000 WHERE {range}; \
+         DELETE FROM public.per_dataset WHERE ctid = (SELECT min(ctid) FROM public.per_dataset WHERE {range})"
+    ));
+    assert!(compare(&expected, &window_rows(&pg), &keys).is_err());
+    let before: Vec<(Row, String)> = window_rows_with_xmin(&pg);
+    let outside: Vec<&(Row, String)> = before.iter().filter(|(r, _)| !replayed(r)).collect();
+
+    // the replay, with the live run's file and default settings, rewrites the range by key
+    let out = replay(&pipeline);
+    assert!(
+        out.contains(&format!("sink db: {in_range} windows rewritten")),
+        "{out}"
+    );
+    compare(&expected, &window_rows(&pg), &keys)
+        .unwrap_or_else(|e| panic!("the table after the replay differs from the oracle: {e}"));
+    let after = window_rows_with_xmin(&pg);
+    let untouched = |after: &[(Row, String)]| {
+        let now: Vec<&(Row, String)> = after.iter().filter(|(r, _)| !replayed(r)).collect();
+        assert_eq!(now, outside, "rows outside the range were written");
+    };
+    untouched(&after);
+    let old: std::collections::BTreeSet<&String> = before.iter().map(|(_, x)| x).collect();
+    for (r, xmin) in after.iter().filter(|(r, _)| replayed(r)) {
+        assert!(!old.contains(xmin), "not rewritten by the replay: {r:?}");
+    }
+    // the replay has no checkpoint: it records no epoch and leaves no staged rows
+    assert_eq!(epochs(&pg), (live_epochs.clone(), 0));
+    // replaying again leaves the same table
+    replay(&pipeline);
+    compare(&expected, &window_rows(&pg), &keys).unwrap();
+    untouched(&window_rows_with_xmin(&pg));
+    assert_eq!(epochs(&pg), (live_epochs.clone(), 0));
+    // the live run restores its checkpoint, finds nothing new and goes on with the next epoch
+    let stdout = live("the live run again");
+    assert!(stdout.contains("restored from checkpoint"), "{stdout}");
+    compare(&expected, &window_rows(&pg), &keys).unwrap();
+    let (epochs, staged) = epochs(&pg);
+    assert_eq!(staged, 0);
+    let mine: Vec<i64> = epochs.iter().map(|e| e.1).collect();
+    assert!(mine.windows(2).all(|w| w[0] < w[1]), "{mine:?}");
+    assert_eq!(mine.last(), Some(&last_checkpoint(&d.join("state"))));
+    assert!(mine.len() >= live_epochs.len(), "{mine:?} {live_epochs:?}");
 }

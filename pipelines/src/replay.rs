@@ -302,6 +302,11 @@ impl Sink for WindowRange {
     fn finish(&mut self) -> Result<(), EngineError> {
         self.inner.finish()
     }
+    // rows the output refused (a PostgreSQL constraint, an Elasticsearch mapping) reach the
+    // replay's dead letters
+    fn take_rejected(&mut self) -> Vec<weir_engine::RejectedRow> {
+        self.inner.take_rejected()
+    }
 }
 
 /// What the replay's progress reporter reads.

@@ -9,9 +9,16 @@ use arrow::datatypes::{DataType, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
-/// Staged rows: CSV lines one after another, with where each ends.
+/// Staged rows: CSV lines, or binary tuples (see [`super::binary`]), one after another, with
+/// where each ends.
 #[derive(Default)]
 pub struct Lines {
+    /// The rows are binary tuples (`COPY … (FORMAT binary)`), not CSV lines.
+    pub binary: bool,
+    /// No two rows have the same key (the merge needs no `DISTINCT ON`).
+    pub unique_keys: bool,
+    /// Some row deletes its key (a view's `op = 'delete'`).
+    pub deletes: bool,
     pub bytes: Vec<u8>,
     /// The end of each line in `bytes`.
     pub ends: Vec<usize>,
@@ -78,8 +85,8 @@ pub fn encode(
         })
         .collect::<Result<_, _>>()?;
     let ops = op.and_then(|i| batch.column(i).as_string_opt::<i32>());
-    let out = &mut lines.bytes;
     for row in 0..batch.num_rows() {
+        let out = &mut lines.bytes;
         for (i, &c) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -101,6 +108,7 @@ pub fn encode(
             }
         }
         let delete = ops.is_some_and(|o| o.value(row) == "delete");
+        lines.deletes |= delete;
         writeln!(out, ",{epoch},{},{}", *seq, if delete { "t" } else { "f" })
             .map_err(|e| e.to_string())?;
         lines.ends.push(out.len());

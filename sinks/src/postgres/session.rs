@@ -7,6 +7,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
+use super::binary::{self, Wire};
 use super::ddl::{self, Layout, TableColumn, TableName};
 use super::encode::Lines;
 use super::errors::{classify, Fault};
@@ -42,6 +43,9 @@ pub struct Session {
     /// The table has constraints the staging table does not copy (foreign keys, unique
     /// indexes besides the key, exclusion constraints, triggers): a merge can refuse rows.
     pub merge_can_refuse: bool,
+    /// How each column is sent in binary `COPY`; `None`: as CSV (a column type without a
+    /// binary form for the output's values, see [`binary::wire`]).
+    pub wires: Option<Vec<Wire>>,
     /// When the server last answered a statement (see [`Self::stepped`]).
     pub last_answer: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 }
@@ -97,6 +101,7 @@ impl Session {
             temporary: !exactly_once,
             epochs: layout.table.sibling("weir_sink_epochs"),
             merge_can_refuse: false,
+            wires: None,
             last_answer: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         };
         s.setup().await?;
@@ -157,6 +162,16 @@ impl Session {
                 self.exec(&create).await.map_err(strict)?;
             }
         }
+        let columns = self.columns(&table).await?;
+        self.wires = self
+            .layout
+            .columns
+            .iter()
+            .map(|(name, t)| {
+                let c = columns.iter().find(|c| &c.name == name)?;
+                binary::wire(t, &c.type_name)
+            })
+            .collect();
         self.exec("COMMIT").await.map_err(strict)?;
         if self.temporary {
             let create = self.layout.create_staging(true);
@@ -165,14 +180,14 @@ impl Session {
         Ok(())
     }
 
-    /// Checks an existing table column by column.
-    async fn check_table(&mut self, table: &str) -> Result<(), Fault> {
+    /// The table's columns, as the catalog describes them.
+    async fn columns(&mut self, table: &str) -> Result<Vec<TableColumn>, Fault> {
         let rows: Vec<(String, String, String, bool, bool)> = sqlx::query_as(ddl::COLUMNS_QUERY)
             .bind(table)
             .fetch_all(&mut self.conn)
             .await
             .map_err(strict)?;
-        let columns: Vec<TableColumn> = rows
+        Ok(rows
             .into_iter()
             .map(
                 |(name, type_name, display, not_null, has_default)| TableColumn {
@@ -183,7 +198,12 @@ impl Session {
                     has_default,
                 },
             )
-            .collect();
+            .collect())
+    }
+
+    /// Checks an existing table column by column.
+    async fn check_table(&mut self, table: &str) -> Result<(), Fault> {
+        let columns = self.columns(table).await?;
         let unique: Vec<Vec<String>> = sqlx::query_scalar(ddl::UNIQUE_QUERY)
             .bind(table)
             .fetch_all(&mut self.conn)
@@ -192,11 +212,21 @@ impl Session {
         ddl::check_table(&self.layout, &columns, &unique).map_err(Fault::Fatal)
     }
 
-    /// `COPY`s lines into the staging table.
-    async fn copy(&mut self, data: &[u8]) -> Result<(), sqlx::Error> {
-        let sql = self.layout.copy_in(self.temporary);
+    /// `COPY`s lines `range` into the staging table.
+    async fn copy(
+        &mut self,
+        lines: &Lines,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), sqlx::Error> {
+        let sql = self.layout.copy_in(self.temporary, lines.binary);
         let mut copy = self.conn.copy_in_raw(&sql).await?;
-        copy.send(data).await?;
+        if lines.binary {
+            copy.send(&binary::HEADER[..]).await?;
+        }
+        copy.send(lines.slice(range)).await?;
+        if lines.binary {
+            copy.send(&binary::TRAILER[..]).await?;
+        }
         let r = copy.finish().await.map(|_| ());
         self.stepped();
         r
@@ -214,7 +244,7 @@ impl Session {
                 continue;
             }
             self.exec("SAVEPOINT weir_stage").await.map_err(strict)?;
-            match self.copy(lines.slice(range.clone())).await {
+            match self.copy(lines, range.clone()).await {
                 Ok(()) => {
                     self.exec("RELEASE SAVEPOINT weir_stage")
                         .await
@@ -248,8 +278,17 @@ impl Session {
 
     /// Merges the staged rows of epochs up to `upto` into the table; when the server
     /// refuses the merge, merges them row by row and returns the rows it refuses.
-    async fn merge(&mut self, upto: i64) -> Result<Vec<Refusal>, Fault> {
-        let all = self.layout.merge(self.temporary, false);
+    /// `unique_keys`: no key is staged twice; `deletes`: some rows may delete their key
+    /// (see [`Layout::merge`]).
+    async fn merge(
+        &mut self,
+        upto: i64,
+        unique_keys: bool,
+        deletes: bool,
+    ) -> Result<Vec<Refusal>, Fault> {
+        let all = self
+            .layout
+            .merge(self.temporary, false, unique_keys, deletes);
         self.exec("SAVEPOINT weir_merge").await.map_err(strict)?;
         let first = sqlx::query(&all).bind(upto).execute(&mut self.conn).await;
         match first.map_err(fault) {
@@ -271,7 +310,7 @@ impl Session {
             .fetch_all(&mut self.conn)
             .await
             .map_err(strict)?;
-        let one = self.layout.merge(self.temporary, true);
+        let one = self.layout.merge(self.temporary, true, false, deletes);
         let mut refused = Vec::new();
         for seq in seqs {
             self.exec("SAVEPOINT weir_row").await.map_err(strict)?;
@@ -319,7 +358,10 @@ impl Session {
         self.exec("BEGIN").await.map_err(strict)?;
         let mut refused = self.stage(lines).await?;
         if merge {
-            refused.extend(self.merge(i64::MAX).await?);
+            refused.extend(
+                self.merge(i64::MAX, lines.unique_keys, lines.deletes)
+                    .await?,
+            );
         }
         self.exec("COMMIT").await.map_err(strict)?;
         Ok(refused)
@@ -332,7 +374,7 @@ impl Session {
     pub async fn trial_merge(&mut self, epoch: u64) -> Result<Vec<Refusal>, Fault> {
         self.exec("BEGIN").await.map_err(strict)?;
         self.exec("SAVEPOINT weir_trial").await.map_err(strict)?;
-        let refused = self.merge(epoch as i64).await?;
+        let refused = self.merge(epoch as i64, false, self.layout.view).await?;
         self.exec("ROLLBACK TO SAVEPOINT weir_trial")
             .await
             .map_err(strict)?;
@@ -362,7 +404,7 @@ impl Session {
         epoch: u64,
     ) -> Result<Vec<Refusal>, Fault> {
         let upto = epoch as i64;
-        let refused = self.merge(upto).await?;
+        let refused = self.merge(upto, false, self.layout.view).await?;
         let delete = format!(
             "DELETE FROM {} WHERE weir_epoch <= $1",
             self.layout.staging_sql(false)
