@@ -42,6 +42,20 @@ pub enum SourceInput {
     Generator(GeneratorConfig),
     /// Topics of a Kafka cluster, read in a consumer group.
     Kafka(KafkaSourceConfig),
+    /// A NATS JetStream stream, read by a durable pull consumer (one partition).
+    Nats(Box<weir_sources::NatsSourceConfig>),
+}
+
+impl SourceInput {
+    /// The message columns its records offer (`_key`..., `_subject`...), none for files and
+    /// the generator.
+    pub fn message_columns(&self) -> &'static [MessageColumn] {
+        match self {
+            SourceInput::Kafka(_) => &MessageColumn::ALL,
+            SourceInput::Nats(_) => &MessageColumn::NATS,
+            SourceInput::Files(_) | SourceInput::Generator(_) => &[],
+        }
+    }
 }
 
 /// A checked source.
@@ -842,17 +856,15 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
-/// The columns a source offers: its schema's fields, and for Kafka sources the message
-/// columns (`_key`, `_partition`, `_offset`, `_timestamp`, `_headers`).
-fn arrow_schema(schema: &SourceSchema, messages: bool) -> SchemaRef {
+/// The columns a source offers: its schema's fields, and the message columns of Kafka
+/// (`_key`, `_partition`, `_offset`, `_timestamp`, `_headers`) and NATS sources.
+fn arrow_schema(schema: &SourceSchema, messages: &[MessageColumn]) -> SchemaRef {
     let mut fields: Vec<Field> = schema
         .fields
         .iter()
         .map(|f| Field::new(&f.name, f.kind.arrow_type(), true))
         .collect();
-    if messages {
-        fields.extend(MessageColumn::ALL.iter().map(|c| c.field()));
-    }
+    fields.extend(messages.iter().map(|c| c.field()));
     Arc::new(Schema::new(fields))
 }
 
@@ -876,13 +888,14 @@ struct OutputDoc<'a> {
 }
 
 /// Checks a window's or view's source, keys, `where`, aggregates and sinks against the
-/// sources (schema, is Kafka) and notes the columns it reads; returns its source's index.
+/// sources (schema, message columns) and notes the columns it reads; returns its source's
+/// index.
 fn check_output(
     ctx: &Ctx,
     doc: &PipelineDoc,
     compiler: &SqlCompiler,
     o: OutputDoc,
-    sources: &[(Arc<SourceSchema>, bool)],
+    sources: &[(Arc<SourceSchema>, &'static [MessageColumn])],
     read: &mut [BTreeSet<String>],
 ) -> Result<usize, PipelineError> {
     let what = &o.what;
@@ -896,8 +909,8 @@ fn check_output(
             ),
         )
     })?;
-    let (schema, is_kafka) = &sources[source];
-    let full = arrow_schema(schema, *is_kafka);
+    let (schema, messages) = &sources[source];
+    let full = arrow_schema(schema, messages);
     if o.key.value.is_empty() {
         return Err(ctx.err(
             &o.key.referenced,
@@ -905,7 +918,7 @@ fn check_output(
         ));
     }
     for k in &o.key.value {
-        let message_column = *is_kafka && MessageColumn::from_name(&k.value).is_some();
+        let message_column = messages.iter().any(|c| c.name() == k.value);
         if schema.index_of(&k.value).is_none() && !message_column {
             return Err(ctx.err(
                 &k.referenced,
@@ -914,10 +927,11 @@ fn check_output(
                     k.value,
                     schema.name,
                     schema.field_names().join(", "),
-                    if *is_kafka {
-                        ", and the message columns _key, _partition, _offset, _timestamp, _headers"
+                    if messages.is_empty() {
+                        String::new()
                     } else {
-                        ""
+                        let names: Vec<&str> = messages.iter().map(|c| c.name()).collect();
+                        format!(", and the message columns {}", names.join(", "))
                     }
                 ),
             ));
@@ -1129,17 +1143,22 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
     for (sname, s) in &doc.sources {
         let loc = &s.referenced;
         let s = &s.value;
-        let declared = [s.kafka.is_some(), s.file.is_some(), s.generator.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let declared = [
+            s.kafka.is_some(),
+            s.nats.is_some(),
+            s.file.is_some(),
+            s.generator.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if declared != 1 {
-            return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `file`, `generator` (found {declared})")));
+            return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `nats`, `file`, `generator` (found {declared})")));
         }
         let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
-        if format == Format::Avro && s.kafka.is_none() {
+        if format == Format::Avro && s.kafka.is_none() && s.nats.is_none() {
             let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
-            return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka messages; files and the generator are json")));
+            return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka or NATS messages; files and the generator are json")));
         }
         let enveloped = format == Format::Cloudevents;
         let (input, default_schema) = if let Some(k) = &s.kafka {
@@ -1197,6 +1216,10 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
                 upstream: None,
             };
             (SourceInput::Kafka(cfg), None)
+        } else if let Some(n) = &s.nats {
+            let cfg = crate::nats::source::config(&n.value, &doc.name.value, sname, &ctx.dir)
+                .map_err(|e| ctx.err(&n.referenced, format!("source `{sname}`: {e}")))?;
+            (SourceInput::Nats(Box::new(cfg)), None)
         } else if let Some(f) = &s.file {
             let p = ctx.path(&f.value.path.value);
             let files = resolve_files(&p).map_err(|e| ctx.err(&f.value.path.referenced, e))?;
@@ -1314,10 +1337,15 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         let mut input = input;
         // a Kafka partition that is assigned but silent must not hold windows open forever
         let idle = match &input {
-            SourceInput::Kafka(_) => Some(idle.unwrap_or(DEFAULT_KAFKA_IDLE_TIMEOUT_MS)),
+            SourceInput::Kafka(_) | SourceInput::Nats(_) => {
+                Some(idle.unwrap_or(DEFAULT_KAFKA_IDLE_TIMEOUT_MS))
+            }
             _ => idle,
         };
         if let SourceInput::Kafka(cfg) = &mut input {
+            cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
+        }
+        if let SourceInput::Nats(cfg) = &mut input {
             cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
         }
         if let SourceInput::Generator(cfg) = &mut input {
@@ -1331,7 +1359,9 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             }
         }
         let mut avro_limits = weir_sources::avro::AvroLimits::default();
-        if let Some(l) = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref()) {
+        let limits = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref());
+        let limits = limits.or(s.nats.as_ref().and_then(|n| n.value.avro_limits.as_ref()));
+        if let Some(l) = limits {
             if let Some(b) = l.max_record_bytes {
                 avro_limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
             }
@@ -1521,9 +1551,9 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
         source: usize,
     }
     let mut wins = Vec::new();
-    let src_info: Vec<(Arc<SourceSchema>, bool)> = srcs
+    let src_info: Vec<(Arc<SourceSchema>, &'static [MessageColumn])> = srcs
         .iter()
-        .map(|s| (s.schema.clone(), matches!(s.input, SourceInput::Kafka(_))))
+        .map(|s| (s.schema.clone(), s.input.message_columns()))
         .collect();
     for (wname, w) in &doc.windows {
         let d = &w.value;
@@ -1758,13 +1788,20 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
             .map(|f| f.name.clone())
             .filter(|f| columns[i].contains(f))
             .collect();
-        let message_columns: Vec<MessageColumn> = MessageColumn::ALL
-            .into_iter()
+        let message_columns: Vec<MessageColumn> = s
+            .input
+            .message_columns()
+            .iter()
+            .copied()
             .filter(|c| columns[i].contains(c.name()))
             .collect();
         let mut input = s.input;
+        let with_headers = message_columns.contains(&MessageColumn::Headers);
         if let SourceInput::Kafka(cfg) = &mut input {
-            cfg.with_headers = message_columns.contains(&MessageColumn::Headers);
+            cfg.with_headers = with_headers;
+        }
+        if let SourceInput::Nats(cfg) = &mut input {
+            cfg.with_headers = with_headers;
         }
         let decoder = if s.enveloped {
             JsonDecoder::enveloped(s.schema.clone(), &cols, &s.time_field)
@@ -1979,6 +2016,7 @@ impl Plan {
                     format!("generator {:?} seed {}", g.kind, g.seed)
                 }
                 SourceInput::Kafka(k) => format!("kafka topics {}", k.topics.join(", ")),
+                SourceInput::Nats(n) => format!("nats stream {}", n.stream),
             };
             f.insert(format!("source {}", src.name), input);
             f.insert(
@@ -2081,6 +2119,7 @@ impl Plan {
                         ),
                     ),
                     SourceInput::Kafka(k) => ("kafka", format!("topics {}", k.topics.join(", "))),
+                    SourceInput::Nats(n) => ("nats", crate::nats::source::describe(n)),
                 };
                 GraphNode {
                     name: s.name.clone(),
@@ -2179,6 +2218,11 @@ impl Plan {
                 .replace("Committed", "committed")
                 .replace("Earliest", "earliest")
                 .replace("Latest", "latest"),
+                SourceInput::Nats(n) => format!(
+                    "nats {} {}",
+                    n.endpoint.describe_servers(),
+                    crate::nats::source::describe(n)
+                ),
             };
             let _ = writeln!(s, "  {}: {input}", src.name);
             let _ = writeln!(

@@ -73,7 +73,10 @@ impl NatsServer {
             .unwrap();
         self.child = Some(child);
         let started = Instant::now();
-        let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", self.monitor_port);
+        let url = format!(
+            "http://127.0.0.1:{}/healthz?js-enabled-only=true",
+            self.monitor_port
+        );
         loop {
             let healthy = reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success());
             if healthy {

@@ -1,6 +1,8 @@
 //! Planning of the NATS connectors: how a source's or sink's `url`, `credentials` and `tls`
 //! become a [`NatsEndpoint`], checked with the pipeline file's positions by the caller.
 
+pub(crate) mod source;
+
 use std::path::{Path, PathBuf};
 
 use weir_nats::{NatsCredentials, NatsEndpoint, NatsTls};
@@ -9,7 +11,6 @@ use crate::model::{NatsCredentialsDoc, NatsTlsDoc, OneOrMany};
 
 /// The endpoint of a NATS connector, or a message saying what is wrong (the caller adds the
 /// file position). Relative files resolve against `dir`, the pipeline file's folder.
-#[allow(dead_code)] // until the nats source and sink plan with it
 pub(crate) fn endpoint(
     url: &OneOrMany<String>,
     credentials: Option<&NatsCredentialsDoc>,
