@@ -136,6 +136,7 @@ fn verify(d: &Path, expected: &[Row], bad: u64, late: u64, label: &str) {
     let lake = read_parquet_folder(&d.join("out/per_dataset.parquet"));
     compare(expected, &lake, &["datasetName"])
         .unwrap_or_else(|e| panic!("{label}: the windows differ from the oracle: {e}"));
+    assert!(bad > 0 && late > 0, "the data has bad and late rows");
     let dead = read_ndjson(&d.join("out/dead_letter.ndjson"));
     let count = |reason: &str| dead.iter().filter(|r| r["reason"] == reason).count() as u64;
     assert_eq!(
@@ -172,6 +173,8 @@ fn events_file(d: &Path, count: &str) -> PathBuf {
             "0.01",
             "--late-frac",
             "0.01",
+            "--late-ms",
+            "60000",
         ],
     );
     events
@@ -324,4 +327,129 @@ fn killed_and_restarted_runs_are_exactly_once() {
     );
     eprintln!("{report:?}");
     verify(d, &rows, bad, late, "after the crashes");
+}
+
+/// `--until-caught-up` bounds the source at the stream's last sequence when the run started:
+/// messages published once the run started are left for the next run, and the run ends.
+#[test]
+fn until_caught_up_stops_at_the_sequence_of_the_start() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "30000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let more = d.join("more.ndjson");
+    generate(
+        &more,
+        &["20000", "--seed", "8", "--keys", "200", "--step-ms", "5"],
+    );
+    let p = pipeline(d, &server.url(), false);
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut bound = None;
+    let mut log = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("reading until caught up") {
+            bound = Some(line);
+            break;
+        }
+    }
+    assert!(bound.is_some(), "{log}");
+    // published while the run reads: not for this run
+    let mut args = vec!["publish", more.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(&server.url(), &args);
+    log.extend(lines.map_while(Result::ok).map(|l| l + "\n"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{log}");
+    verify(d, &rows, bad, late, "a run bounded at its start");
+    let info: Value = serde_json::from_str(&nats_py(&server.url(), &["info", "EVENTS"])).unwrap();
+    assert_eq!(info["messages"], 50 + 30000 + 20000);
+}
+
+/// `weir replay` over a time range of a NATS stream: the messages are found by the time the
+/// server stored them (published as they happen, event time ≈ publish time here), and the
+/// windows starting in the range are written beside the live files, equal to the oracle's.
+#[test]
+fn a_replay_rewrites_the_windows_of_its_range() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let events = d.join("events.ndjson");
+    let start = now.to_string();
+    generate(
+        &events,
+        &[
+            "30000",
+            "--seed",
+            "9",
+            "--keys",
+            "100",
+            "--step-ms",
+            "5",
+            "--start-ms",
+            &start,
+            "--bad-frac",
+            "0.01",
+        ],
+    );
+    stream_with_events(&server, &events, d);
+    let (rows, _, _) = expected(&events, d);
+    let from = (now / 60_000 + 1) * 60_000;
+    let to = from + 60_000;
+    let iso = |ms: i64| {
+        let out = Command::new("date")
+            .args([
+                "-u",
+                "-d",
+                &format!("@{}", ms / 1000),
+                "+%Y-%m-%dT%H:%M:%SZ",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let p = pipeline(d, &server.url(), false);
+    let out = weir()
+        .args([
+            "replay",
+            p.to_str().unwrap(),
+            "--from",
+            &iso(from),
+            "--to",
+            &iso(to),
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let replayed = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("per_dataset.replay-")
+        })
+        .unwrap_or_else(|| panic!("no replayed Parquet folder:\n{log}"));
+    let got = read_parquet_folder(&replayed);
+    let want: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| {
+            let start = r["window_start"].as_i64().expect("the oracle's ms");
+            (from..to).contains(&start)
+        })
+        .collect();
+    assert!(!want.is_empty(), "the range holds windows");
+    compare(&want, &got, &["datasetName"]).unwrap_or_else(|e| panic!("replayed windows: {e}"));
 }
