@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use futures_util::StreamExt;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), async_nats::Error> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 4 {
         return Err("usage: nats_count URL STREAM EXPECTED".into());
@@ -59,6 +59,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "messages={n} seconds={s:.3} per_second={:.0} bytes={bytes}",
             n as f64 / s
         );
-        Ok::<(), Box<dyn std::error::Error>>(())
+        Ok::<(), async_nats::Error>(())
     })
 }
