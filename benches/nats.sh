@@ -74,6 +74,6 @@ for r in $(seq 1 "$ROUNDS"); do
   weir_s=$(echo "$t1 - $t0" | bc -l)
   weir_rate=$(echo "$N / $weir_s" | bc -l)
   printf "%-6s %-14s %10.2f %14.0f %14.0f\n" "$r" weir "$weir_s" "$weir_rate" "$(echo "$N / $(cpu_of "$work/weir.time")" | bc -l)"
-  grep -q "$N events in" "$work/weir.out" || { echo "weir did not read $N events:"; cat "$work/weir.out"; exit 1; }
+  grep -q "$N events processed in" "$work/weir.out" || { echo "weir did not read $N events:"; cat "$work/weir.out"; exit 1; }
   printf "%-6s ratio weir / bare consumer: %.2f\n" "$r" "$(echo "$weir_rate / $bare_rate" | bc -l)"
 done

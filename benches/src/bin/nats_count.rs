@@ -30,6 +30,8 @@ fn main() -> Result<(), async_nats::Error> {
         let consumer = stream
             .create_consumer(pull::Config {
                 ack_policy: AckPolicy::All,
+                // weir's default: the acknowledgements below come every 16,384 messages
+                max_ack_pending: 1_000_000,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
