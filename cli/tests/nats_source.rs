@@ -453,3 +453,50 @@ fn a_replay_rewrites_the_windows_of_its_range() {
     assert!(!want.is_empty(), "the range holds windows");
     compare(&want, &got, &["datasetName"]).unwrap_or_else(|e| panic!("replayed windows: {e}"));
 }
+
+/// The checkpoint, not the server, says where a restored run continues: after a kill -9, the
+/// durable consumer is acknowledged to the stream's end by another client, and the restored
+/// run still reads from the checkpoint's sequence (its windows equal the oracle's).
+#[test]
+fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_acknowledged() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "60000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let p = pipeline(d, &server.url(), true);
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("checkpoint complete") && !line.contains("state_rows=0 ") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(log.contains("checkpoint complete"), "{log}");
+    let acked: Value = serde_json::from_str(&nats_py(
+        &server.url(),
+        &["ack-all", "EVENTS", "weir-events"],
+    ))
+    .unwrap();
+    assert!(acked["ack_floor"].as_u64().unwrap() > 30000, "{acked}");
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("restored from checkpoint"), "{text}");
+    verify(d, &rows, bad, late, "restored after the consumer moved on");
+}

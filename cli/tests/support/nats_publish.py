@@ -5,6 +5,7 @@
     nats_publish.py URL publish FILE SUBJECT [SUBJECT...]   # line i goes to SUBJECT[i % n]
     nats_publish.py URL info STREAM                          # prints {"messages", "last_seq"}
     nats_publish.py URL delete-consumer STREAM CONSUMER      # when it exists
+    nats_publish.py URL ack-all STREAM CONSUMER              # fetches and acknowledges all
 
 Publishes are pipelined (a window of acknowledgements in flight) and every acknowledgement is
 checked, so the stream holds every line, in the file's order, when the command returns.
@@ -44,6 +45,17 @@ async def main():
         (stream,) = rest
         info = await js.stream_info(stream)
         print(json.dumps({"messages": info.state.messages, "last_seq": info.state.last_seq}))
+    elif cmd == "ack-all":
+        stream, consumer = rest
+        sub = await js.pull_subscribe_bind(consumer, stream=stream)
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=2)
+            except nats.errors.TimeoutError:
+                break
+            await msgs[-1].ack_sync()
+        info = await js.consumer_info(stream, consumer)
+        print(json.dumps({"ack_floor": info.ack_floor.stream_seq}))
     elif cmd == "delete-consumer":
         stream, consumer = rest
         try:
