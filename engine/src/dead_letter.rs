@@ -116,9 +116,16 @@ impl DeadLetter {
             return Value::Object(obj);
         }
         obj.insert("source".into(), json!(&*p.source));
-        obj.insert("topic".into(), json!(p.topic.as_deref()));
-        obj.insert("partition".into(), json!(p.number));
-        obj.insert("offset".into(), json!(self.offset));
+        if let Some(subject) = &self.trace.subject {
+            // a NATS stream's message: its subject and stream sequence
+            obj.insert("stream".into(), json!(p.topic.as_deref()));
+            obj.insert("subject".into(), json!(subject));
+            obj.insert("sequence".into(), json!(self.offset));
+        } else {
+            obj.insert("topic".into(), json!(p.topic.as_deref()));
+            obj.insert("partition".into(), json!(p.number));
+            obj.insert("offset".into(), json!(self.offset));
+        }
         if let Some(file) = &p.file {
             obj.insert("file".into(), json!(&**file));
             obj.insert("line".into(), json!(self.offset.map(|o| o + 1)));
@@ -423,11 +430,22 @@ mod tests {
             raw: Some(b"nope".to_vec()),
             trace: crate::trace::TraceIds {
                 trace_id: Some("t1".into()),
-                correlation_id: None,
+                ..Default::default()
             },
         };
         let v = d.to_json();
         assert_eq!(v["line"], 42);
+        let nats = DeadLetter {
+            trace: crate::trace::TraceIds {
+                subject: Some("ontology.schema.created".into()),
+                ..Default::default()
+            },
+            ..d.clone()
+        };
+        let n = nats.to_json();
+        assert_eq!(n["subject"], "ontology.schema.created");
+        assert_eq!(n["sequence"], 41);
+        assert!(n.get("topic").is_none() && n.get("offset").is_none());
         assert_eq!(v["reason"], "bad");
         assert_eq!(v["error"]["code"], "invalid_json");
         assert_eq!(v["raw"], "nope");
@@ -540,7 +558,7 @@ mod tests {
             raw: Some(vec![0xff; 3 * RecentDeadLetters::RAW_BYTES]),
             trace: crate::trace::TraceIds {
                 trace_id: Some("t".repeat(10_000)),
-                correlation_id: None,
+                ..Default::default()
             },
             ..webhook_refusal()
         };

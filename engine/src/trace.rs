@@ -1,7 +1,8 @@
 //! Trace and correlation ids of input records, carried into their dead letters: from Kafka
 //! message headers (`trace_id`, W3C `traceparent`, `correlation_id`, with `x-` and dashed
 //! variants) or from the platform envelope's `trace_id` / `correlation_id` fields. Read only
-//! when a record is dead-lettered, never on the hot path.
+//! when a record is dead-lettered, never on the hot path. A NATS source also records each
+//! message's subject under the `Nats-Subject` header, kept here for its dead letters.
 
 static TRACEPARENT: std::sync::OnceLock<fn() -> Option<String>> = std::sync::OnceLock::new();
 
@@ -22,7 +23,12 @@ pub fn current_traceparent() -> Option<String> {
 pub struct TraceIds {
     pub trace_id: Option<String>,
     pub correlation_id: Option<String>,
+    /// The NATS subject the record was published on (a NATS source's records).
+    pub subject: Option<String>,
 }
+
+/// The header a NATS source records each message's subject under.
+pub const NATS_SUBJECT_HEADER: &str = "Nats-Subject";
 
 /// Header names holding a trace id, normalised (lower case, `-` as `_`).
 const TRACE_HEADERS: &[&str] = &["trace_id", "x_trace_id", "traceid", "x_b3_traceid"];
@@ -47,6 +53,7 @@ fn traceparent_id(v: &str) -> Option<String> {
 pub fn is_trace_header(name: &str) -> bool {
     let name = name.as_bytes();
     name_is(name, "traceparent")
+        || name_is(name, "nats_subject")
         || TRACE_HEADERS.iter().any(|t| name_is(name, t))
         || CORRELATION_HEADERS.iter().any(|c| name_is(name, c))
 }
@@ -93,6 +100,8 @@ impl TraceIds {
                 }
             } else if CORRELATION_HEADERS.contains(&name.as_str()) {
                 ids.correlation_id.get_or_insert_with(|| value.to_string());
+            } else if name == "nats_subject" {
+                ids.subject.get_or_insert_with(|| value.to_string());
             }
         }
         ids
@@ -106,6 +115,7 @@ impl TraceIds {
         TraceIds {
             trace_id: field(&["trace_id", "traceId"]),
             correlation_id: field(&["correlation_id", "correlationId"]),
+            subject: None,
         }
     }
 
@@ -114,6 +124,7 @@ impl TraceIds {
         TraceIds {
             trace_id: self.trace_id.or(other.trace_id),
             correlation_id: self.correlation_id.or(other.correlation_id),
+            subject: self.subject.or(other.subject),
         }
     }
 
@@ -199,7 +210,7 @@ mod tests {
         assert!(TraceIds::from_record(br#"{"trace_id": 5}"#).is_empty());
         let from_headers = TraceIds {
             trace_id: Some("h".into()),
-            correlation_id: None,
+            ..Default::default()
         };
         let merged = from_headers.or(ids);
         assert_eq!(merged.trace_id.as_deref(), Some("h"));

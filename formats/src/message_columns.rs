@@ -1,5 +1,7 @@
-//! Attributes of Kafka messages available to pipelines as columns: `_key`, `_partition`,
-//! `_offset`, `_timestamp` and `_headers`.
+//! Attributes of messages available to pipelines as columns: for Kafka `_key`, `_partition`,
+//! `_offset`, `_timestamp` and `_headers`; for NATS `_subject`, `_sequence`, `_timestamp` and
+//! `_headers` (a NATS reader records the subject where Kafka's key goes, and the stream
+//! sequence as the offset).
 
 use std::sync::Arc;
 
@@ -23,10 +25,22 @@ pub enum MessageColumn {
     Timestamp,
     /// The headers, a map of name to text value: `_headers['trace_id']`.
     Headers,
+    /// The NATS subject the message was published on.
+    Subject,
+    /// The NATS stream sequence.
+    Sequence,
 }
 
 impl MessageColumn {
-    /// Every message column.
+    /// The message columns of a NATS source.
+    pub const NATS: [MessageColumn; 4] = [
+        MessageColumn::Subject,
+        MessageColumn::Sequence,
+        MessageColumn::Timestamp,
+        MessageColumn::Headers,
+    ];
+
+    /// The message columns of a Kafka source.
     pub const ALL: [MessageColumn; 5] = [
         MessageColumn::Key,
         MessageColumn::Partition,
@@ -43,20 +57,25 @@ impl MessageColumn {
             MessageColumn::Offset => "_offset",
             MessageColumn::Timestamp => "_timestamp",
             MessageColumn::Headers => "_headers",
+            MessageColumn::Subject => "_subject",
+            MessageColumn::Sequence => "_sequence",
         }
     }
 
     /// The column named `name`, if it is one.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
+        Self::ALL
+            .into_iter()
+            .chain(Self::NATS)
+            .find(|c| c.name() == name)
     }
 
     /// The column's Arrow field.
     pub fn field(self) -> Field {
         let t = match self {
-            MessageColumn::Key => DataType::Utf8,
+            MessageColumn::Key | MessageColumn::Subject => DataType::Utf8,
             MessageColumn::Partition => DataType::Int32,
-            MessageColumn::Offset => DataType::Int64,
+            MessageColumn::Offset | MessageColumn::Sequence => DataType::Int64,
             MessageColumn::Timestamp => {
                 DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
             }
@@ -69,13 +88,13 @@ impl MessageColumn {
     pub fn build(self, messages: &Messages, rows: &[u32], partition: i32) -> ArrayRef {
         let text = |r: (u32, u32)| String::from_utf8_lossy(messages.slice(r)).into_owned();
         match self {
-            MessageColumn::Key => Arc::new(
+            MessageColumn::Key | MessageColumn::Subject => Arc::new(
                 rows.iter()
                     .map(|&i| messages.keys[i as usize].map(text))
                     .collect::<StringArray>(),
             ),
             MessageColumn::Partition => Arc::new(Int32Array::from(vec![partition; rows.len()])),
-            MessageColumn::Offset => Arc::new(
+            MessageColumn::Offset | MessageColumn::Sequence => Arc::new(
                 rows.iter()
                     .map(|&i| messages.offsets[i as usize] as i64)
                     .collect::<Int64Array>(),

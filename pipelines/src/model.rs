@@ -132,6 +132,10 @@ pub struct SourceDoc {
     #[serde(default)]
     #[schemars(with = "Option<KafkaSourceDoc>")]
     pub kafka: Option<Spanned<KafkaSourceDoc>>,
+    /// Read a NATS JetStream stream (a durable pull consumer).
+    #[serde(default)]
+    #[schemars(with = "Option<NatsSourceDoc>")]
+    pub nats: Option<Spanned<NatsSourceDoc>>,
     /// Read NDJSON files (a file, a folder or a glob; one partition per file).
     #[serde(default)]
     #[schemars(with = "Option<FileSourceDoc>")]
@@ -176,6 +180,43 @@ pub struct KafkaSourceDoc {
     /// Confluent schema registry URL for `format: avro` with the wire-format header.
     #[serde(default)]
     pub schema_registry: Option<String>,
+    /// Bounds on what one Avro record may decode to (`format: avro`).
+    #[serde(default)]
+    pub avro_limits: Option<AvroLimitsDoc>,
+}
+
+/// `nats:` of a source: a JetStream stream read by a durable pull consumer.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSourceDoc {
+    /// One server URL or a list (`nats://host:4222`, `tls://host:4222`).
+    pub url: OneOrMany<String>,
+    /// The JetStream stream.
+    pub stream: String,
+    /// Subject filters, wildcards allowed (default: every subject of the stream).
+    #[serde(default)]
+    pub subjects: Option<OneOrMany<String>>,
+    /// The durable consumer's name (default `weir-<pipeline>-<source>`), created when missing.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Where a new consumer starts: `earliest` (default), `latest`, an RFC 3339 time or a stream sequence.
+    #[serde(default)]
+    pub start_from: Option<String>,
+    /// How long the server waits for an acknowledgement before delivering again (default 5m).
+    #[serde(default)]
+    pub ack_wait: Option<Duration>,
+    /// Unacknowledged messages after which the server stops delivering (default 1,000,000).
+    #[serde(default)]
+    pub max_ack_pending: Option<u64>,
+    /// Messages one pull request asks for (default 1000).
+    #[serde(default)]
+    pub fetch_batch: Option<u64>,
+    /// Credentials (one way: user/password, token, creds file or NKey seed).
+    #[serde(default)]
+    pub credentials: Option<NatsCredentialsDoc>,
+    /// TLS settings.
+    #[serde(default)]
+    pub tls: Option<NatsTlsDoc>,
     /// Bounds on what one Avro record may decode to (`format: avro`).
     #[serde(default)]
     pub avro_limits: Option<AvroLimitsDoc>,

@@ -117,6 +117,12 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
         ));
     }
     for s in &plan.sources {
+        if matches!(s.input, SourceInput::Nats(_)) {
+            return Some(format!(
+                "{file}: source `{}` is a NATS stream: worker pools do not share NATS sources yet                  (a stream is one partition, held by one worker); run it without --worker                  (see docs/src/connectors/nats.md, \"Worker pools\")",
+                s.name
+            ));
+        }
         if !matches!(s.input, SourceInput::Kafka(_)) {
             return Some(format!(
                 "{file}: source `{}` is not a Kafka topic: only Kafka sources can be shared by a \

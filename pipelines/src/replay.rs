@@ -166,21 +166,31 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
     let mut ranges = Vec::new();
     let mut read = Vec::new();
     for (i, s) in plan.sources.iter_mut().enumerate() {
+        let ooo = s.max_out_of_orderness_ms as i64;
+        let range = (
+            req.from_ms.saturating_sub(margin + ooo),
+            req.to_ms.saturating_add(margin + ooo),
+        );
+        if let SourceInput::Nats(cfg) = &mut s.input {
+            let (found, offsets) = crate::nats::source::replay(cfg, range, &suffix)?;
+            read.push(offsets);
+            ranges.push((i, vec![found]));
+            continue;
+        }
         let SourceInput::Kafka(cfg) = &mut s.input else {
             return Err(format!(
-                "source `{}` is not a Kafka source: replay re-reads Kafka topics",
+                "source `{}` is not a Kafka or NATS source: replay re-reads Kafka topics and NATS streams",
                 s.name
             ));
         };
-        let ooo = s.max_out_of_orderness_ms as i64;
         let partitions = weir_sources::KafkaPartitions::discover(cfg).map_err(|e| e.to_string())?;
         let found = weir_kafka::offset_ranges(
             &cfg.brokers,
             &cfg.properties,
             &cfg.topics,
             &partitions.counts,
-            req.from_ms.saturating_sub(margin + ooo),
-            req.to_ms.saturating_add(margin + ooo),
+            range.0,
+            range.1,
             Duration::from_secs(30),
         )
         .map_err(|e| e.to_string())?;

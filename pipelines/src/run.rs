@@ -254,6 +254,16 @@ fn open_sources(
                     });
                 (Box::new(reader), keys)
             }
+            SourceInput::Nats(cfg) => {
+                let key = cfg.partition_key();
+                let start = match &opts.replay {
+                    Some(r) => r.start(i, &cfg.stream, 0),
+                    None => resume(&key).map(|r| r.next_offset),
+                };
+                let bounded = opts.until_caught_up || opts.replay.is_some();
+                let reader = crate::nats::source::reader(i, s, first_partition, bounded, start)?;
+                (reader, vec![key])
+            }
         };
         let partitions = keys.len();
         first_partition += partitions;

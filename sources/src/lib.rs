@@ -5,6 +5,7 @@ pub mod caught_up;
 pub mod file;
 pub mod generator;
 pub mod kafka;
+pub mod nats;
 pub mod repartition;
 
 pub use avro::{AvroDecoder, AvroType};
@@ -16,6 +17,7 @@ pub use kafka::{
     ClaimedStart, KafkaPartitions, KafkaReader, KafkaSourceConfig, ReadOffsets, StartFrom, Upstream,
 };
 pub use message_columns::MessageColumn;
+pub use nats::{NatsReader, NatsSourceConfig, NatsStartFrom};
 pub use registry::SchemaRegistry;
 pub use repartition::{RepartitionSpec, RepartitionStage};
 pub use schema::{FieldKind, SchemaField, SourceSchema};

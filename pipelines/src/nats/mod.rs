@@ -2,6 +2,7 @@
 //! become a [`NatsEndpoint`], checked with the pipeline file's positions by the caller.
 
 pub mod sink;
+pub(crate) mod source;
 
 use std::path::{Path, PathBuf};
 

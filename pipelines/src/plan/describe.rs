@@ -74,6 +74,7 @@ impl Plan {
                     format!("generator {:?} seed {}", g.kind, g.seed)
                 }
                 SourceInput::Kafka(k) => format!("kafka topics {}", k.topics.join(", ")),
+                SourceInput::Nats(n) => format!("nats stream {}", n.stream),
             };
             f.insert(format!("source {}", src.name), input);
             f.insert(
@@ -179,6 +180,7 @@ impl Plan {
                         ),
                     ),
                     SourceInput::Kafka(k) => ("kafka", format!("topics {}", k.topics.join(", "))),
+                    SourceInput::Nats(n) => ("nats", crate::nats::source::describe(n)),
                 };
                 GraphNode {
                     name: s.name.clone(),
@@ -298,6 +300,11 @@ impl Plan {
                 .replace("Committed", "committed")
                 .replace("Earliest", "earliest")
                 .replace("Latest", "latest"),
+                SourceInput::Nats(n) => format!(
+                    "nats {} {}",
+                    n.endpoint.describe_servers(),
+                    crate::nats::source::describe(n)
+                ),
             };
             let _ = writeln!(s, "  {}: {input}", src.name);
             let _ = writeln!(

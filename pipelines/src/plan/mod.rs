@@ -13,7 +13,7 @@ use weir_engine::retry::RetryPolicy;
 use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{SqlCompiler, ViewConfig, WindowConfig};
 use weir_sinks::{ElasticsearchConfig, FileFormat, KafkaSinkConfig, PostgresConfig, WebhookConfig};
-use weir_sources::{GeneratorConfig, KafkaSourceConfig, SourceSchema};
+use weir_sources::{GeneratorConfig, KafkaSourceConfig, MessageColumn, SourceSchema};
 
 use crate::error::PipelineError;
 use crate::interpolate::{interpolate, Interpolated};
@@ -47,6 +47,20 @@ pub enum SourceInput {
     Generator(GeneratorConfig),
     /// Topics of a Kafka cluster, read in a consumer group.
     Kafka(KafkaSourceConfig),
+    /// A NATS JetStream stream, read by a durable pull consumer (one partition).
+    Nats(Box<weir_sources::NatsSourceConfig>),
+}
+
+impl SourceInput {
+    /// The message columns its records offer (`_key`..., `_subject`...), none for files and
+    /// the generator.
+    pub fn message_columns(&self) -> &'static [MessageColumn] {
+        match self {
+            SourceInput::Kafka(_) => &MessageColumn::ALL,
+            SourceInput::Nats(_) => &MessageColumn::NATS,
+            SourceInput::Files(_) | SourceInput::Generator(_) => &[],
+        }
+    }
 }
 
 /// A checked source.

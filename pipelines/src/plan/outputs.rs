@@ -15,7 +15,7 @@ use weir_sources::{MessageColumn, SourceSchema};
 
 use super::sinks::attach_sinks;
 use super::sources::Src;
-use super::{names, Ctx, PlannedSink, PlannedSource, PlannedView, PlannedWindow, SourceInput};
+use super::{names, Ctx, PlannedSink, PlannedSource, PlannedView, PlannedWindow};
 use crate::error::PipelineError;
 use crate::model::*;
 
@@ -53,9 +53,9 @@ pub(super) fn check_outputs<'a>(
         .map(|s| BTreeSet::from([s.time_field.clone()]))
         .collect();
     let mut wins = Vec::new();
-    let src_info: Vec<(Arc<SourceSchema>, bool)> = srcs
+    let src_info: Vec<(Arc<SourceSchema>, &'static [MessageColumn])> = srcs
         .iter()
-        .map(|s| (s.schema.clone(), matches!(s.input, SourceInput::Kafka(_))))
+        .map(|s| (s.schema.clone(), s.input.message_columns()))
         .collect();
     for (wname, w) in &doc.windows {
         let d = &w.value;
@@ -225,17 +225,15 @@ pub(super) fn compile_views(
     Ok(views)
 }
 
-/// The columns a source offers: its schema's fields, and for Kafka sources the message
-/// columns (`_key`, `_partition`, `_offset`, `_timestamp`, `_headers`).
-fn arrow_schema(schema: &SourceSchema, messages: bool) -> SchemaRef {
+/// The columns a source offers: its schema's fields, and the message columns of Kafka
+/// (`_key`, `_partition`, `_offset`, `_timestamp`, `_headers`) and NATS sources.
+fn arrow_schema(schema: &SourceSchema, messages: &[MessageColumn]) -> SchemaRef {
     let mut fields: Vec<Field> = schema
         .fields
         .iter()
         .map(|f| Field::new(&f.name, f.kind.arrow_type(), true))
         .collect();
-    if messages {
-        fields.extend(MessageColumn::ALL.iter().map(|c| c.field()));
-    }
+    fields.extend(messages.iter().map(|c| c.field()));
     Arc::new(Schema::new(fields))
 }
 
@@ -265,7 +263,7 @@ fn check_output(
     doc: &PipelineDoc,
     compiler: &SqlCompiler,
     o: OutputDoc,
-    sources: &[(Arc<SourceSchema>, bool)],
+    sources: &[(Arc<SourceSchema>, &'static [MessageColumn])],
     read: &mut [BTreeSet<String>],
 ) -> Result<usize, PipelineError> {
     let what = &o.what;
@@ -279,8 +277,8 @@ fn check_output(
             ),
         )
     })?;
-    let (schema, is_kafka) = &sources[source];
-    let full = arrow_schema(schema, *is_kafka);
+    let (schema, messages) = &sources[source];
+    let full = arrow_schema(schema, messages);
     if o.key.value.is_empty() {
         return Err(ctx.err(
             &o.key.referenced,
@@ -288,7 +286,7 @@ fn check_output(
         ));
     }
     for k in &o.key.value {
-        let message_column = *is_kafka && MessageColumn::from_name(&k.value).is_some();
+        let message_column = messages.iter().any(|c| c.name() == k.value);
         if schema.index_of(&k.value).is_none() && !message_column {
             return Err(ctx.err(
                 &k.referenced,
@@ -297,10 +295,11 @@ fn check_output(
                     k.value,
                     schema.name,
                     schema.field_names().join(", "),
-                    if *is_kafka {
-                        ", and the message columns _key, _partition, _offset, _timestamp, _headers"
+                    if messages.is_empty() {
+                        String::new()
                     } else {
-                        ""
+                        let names: Vec<&str> = messages.iter().map(|c| c.name()).collect();
+                        format!(", and the message columns {}", names.join(", "))
                     }
                 ),
             ));

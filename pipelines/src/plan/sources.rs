@@ -53,17 +53,22 @@ fn check_source(
 ) -> Result<Src, PipelineError> {
     let loc = &s.referenced;
     let s = &s.value;
-    let declared = [s.kafka.is_some(), s.file.is_some(), s.generator.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let declared = [
+        s.kafka.is_some(),
+        s.nats.is_some(),
+        s.file.is_some(),
+        s.generator.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if declared != 1 {
-        return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `file`, `generator` (found {declared})")));
+        return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `nats`, `file`, `generator` (found {declared})")));
     }
     let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
-    if format == Format::Avro && s.kafka.is_none() {
+    if format == Format::Avro && s.kafka.is_none() && s.nats.is_none() {
         let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
-        return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka messages; files and the generator are json")));
+        return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka or NATS messages; files and the generator are json")));
     }
     let enveloped = format == Format::Cloudevents;
     let (input, default_schema) = if let Some(k) = &s.kafka {
@@ -71,6 +76,10 @@ fn check_source(
             SourceInput::Kafka(super::kafka::source_config(doc, ctx, sname, k, format)?),
             None,
         )
+    } else if let Some(n) = &s.nats {
+        let cfg = crate::nats::source::config(&n.value, &doc.name.value, sname, &ctx.dir)
+            .map_err(|e| ctx.err(&n.referenced, format!("source `{sname}`: {e}")))?;
+        (SourceInput::Nats(Box::new(cfg)), None)
     } else if let Some(f) = &s.file {
         let p = ctx.path(&f.value.path.value);
         let files = resolve_files(&p).map_err(|e| ctx.err(&f.value.path.referenced, e))?;
@@ -108,10 +117,15 @@ fn check_source(
     let mut input = input;
     // a Kafka partition that is assigned but silent must not hold windows open forever
     let idle = match &input {
-        SourceInput::Kafka(_) => Some(idle.unwrap_or(DEFAULT_KAFKA_IDLE_TIMEOUT_MS)),
+        SourceInput::Kafka(_) | SourceInput::Nats(_) => {
+            Some(idle.unwrap_or(DEFAULT_KAFKA_IDLE_TIMEOUT_MS))
+        }
         _ => idle,
     };
     if let SourceInput::Kafka(cfg) = &mut input {
+        cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
+    }
+    if let SourceInput::Nats(cfg) = &mut input {
         cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
     }
     if let SourceInput::Generator(cfg) = &mut input {
@@ -125,7 +139,9 @@ fn check_source(
         }
     }
     let mut avro_limits = weir_sources::avro::AvroLimits::default();
-    if let Some(l) = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref()) {
+    let limits = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref());
+    let limits = limits.or(s.nats.as_ref().and_then(|n| n.value.avro_limits.as_ref()));
+    if let Some(l) = limits {
         if let Some(b) = l.max_record_bytes {
             avro_limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
         }
@@ -285,13 +301,20 @@ pub(super) fn planned_sources(
             .map(|f| f.name.clone())
             .filter(|f| columns[i].contains(f))
             .collect();
-        let message_columns: Vec<MessageColumn> = MessageColumn::ALL
-            .into_iter()
+        let message_columns: Vec<MessageColumn> = s
+            .input
+            .message_columns()
+            .iter()
+            .copied()
             .filter(|c| columns[i].contains(c.name()))
             .collect();
         let mut input = s.input;
+        let with_headers = message_columns.contains(&MessageColumn::Headers);
         if let SourceInput::Kafka(cfg) = &mut input {
-            cfg.with_headers = message_columns.contains(&MessageColumn::Headers);
+            cfg.with_headers = with_headers;
+        }
+        if let SourceInput::Nats(cfg) = &mut input {
+            cfg.with_headers = with_headers;
         }
         let decoder = if s.enveloped {
             JsonDecoder::enveloped(s.schema.clone(), &cols, &s.time_field)

@@ -7,7 +7,7 @@ use super::*;
 pub(crate) struct MessageBuffer {
     pub(super) bytes: Vec<u8>,
     pub(super) messages: Messages,
-    pub(super) since: Option<Instant>,
+    pub(crate) since: Option<Instant>,
 }
 
 impl MessageBuffer {
@@ -71,7 +71,7 @@ impl MessageBuffer {
         self.messages.offsets.is_empty()
     }
 
-    pub(super) fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.bytes.len() >= CHUNK_BYTES || self.messages.offsets.len() >= CHUNK_MESSAGES
     }
 

@@ -47,7 +47,7 @@ use close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
 /// A chunk is handed over once its messages reach this size...
 const CHUNK_BYTES: usize = 1 << 20;
 /// ...or this many messages...
-const CHUNK_MESSAGES: usize = 16 * 1024;
+pub(crate) const CHUNK_MESSAGES: usize = 16 * 1024;
 /// ...or when its oldest message waited this long.
 const CHUNK_AGE: Duration = Duration::from_millis(100);
 /// How often committable offsets are committed to the group.

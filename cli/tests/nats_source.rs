@@ -1,0 +1,502 @@
+//! The NATS JetStream source end to end, against a real `nats-server` (started by each test
+//! on free ports, `support/nats.rs`): events published by an independent client (nats-py,
+//! `support/nats_publish.py`), windows computed by `weir run` as users run it, compared with
+//! the oracle's rows (the reference model `tests/model/window_model.py`).
+
+#[path = "support/crash.rs"]
+mod crash;
+#[path = "support/nats.rs"]
+mod nats_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crash::{read_parquet_folder, venv_python};
+use nats_support::NatsServer;
+use serde_json::Value;
+use weir_tests::{compare, generate, oracle_per_dataset, read_ndjson, Row};
+
+const SUBJECTS: [&str; 2] = ["ontology.schema.created", "ontology.schema.updated"];
+
+fn weir() -> Command {
+    let bin = std::env::var_os("WEIR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_weir").into());
+    let mut c = Command::new(bin);
+    c.env("RUST_LOG", "info");
+    c
+}
+
+fn publisher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py")
+}
+
+/// Runs the nats-py helper; its stdout.
+fn nats_py(url: &str, args: &[&str]) -> String {
+    let out = Command::new(venv_python())
+        .arg(publisher())
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "nats_publish.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A stream `EVENTS` over `ontology.>` and `other.>`, the events of `events` published
+/// alternately on the two subjects of [`SUBJECTS`], and noise on `other.noise` that the
+/// pipeline's filter must leave out.
+fn stream_with_events(server: &NatsServer, events: &Path, d: &Path) {
+    let url = server.url();
+    nats_py(&url, &["create", "EVENTS", "ontology.>", "other.>"]);
+    let noise = d.join("noise.ndjson");
+    std::fs::write(&noise, "{\"datasetName\": \"noise\"}\n".repeat(50)).unwrap();
+    nats_py(&url, &["publish", noise.to_str().unwrap(), "other.noise"]);
+    let mut args = vec!["publish", events.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(&url, &args);
+}
+
+/// The pipeline: the stream read through `ontology.schema.*`, 1-minute windows per dataset
+/// into Parquet, a window per subject (`_subject`), dead letters to NDJSON.
+fn pipeline(d: &Path, url: &str, checkpoint: bool) -> PathBuf {
+    let yaml = format!(
+        r#"name: nats-source
+sources:
+  events:
+    nats:
+      url: "{url}"
+      stream: EVENTS
+      subjects: ["ontology.schema.*"]
+      consumer: weir-events
+      start_from: earliest
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+      max_bytes: max(sizeBytes)
+    sinks: [lake]
+  per_subject:
+    from: events
+    where: "_subject LIKE 'ontology.%'"
+    key: [_subject]
+    tumbling: 1d
+    allowed_lateness: 1d
+    aggregates:
+      events: count(*)
+      last_sequence: max(_sequence)
+    sinks: [subjects]
+sinks:
+  lake: {{ file: {{ path: out/per_dataset.parquet }} }}
+  subjects: {{ file: {{ path: out/per_subject.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
+{checkpoint}"#,
+        checkpoint = if checkpoint {
+            "checkpoint: { dir: state, interval: 300ms }\n"
+        } else {
+            ""
+        }
+    );
+    let p = d.join("pipeline.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// The oracle's rows and (bad, late) counts of `events`.
+fn expected(events: &Path, d: &Path) -> (Vec<Row>, u64, u64) {
+    let (rows, s) = oracle_per_dataset(
+        events,
+        &[
+            "events=count",
+            "records=sum:recordCount",
+            "max_bytes=max:sizeBytes",
+        ],
+        &d.join("expected.ndjson"),
+    );
+    (
+        rows,
+        s["bad"].as_u64().unwrap(),
+        s["late"].as_u64().unwrap(),
+    )
+}
+
+/// The outputs equal the oracle's; every dead letter names its subject and sequence, once.
+fn verify(d: &Path, expected: &[Row], bad: u64, late: u64, label: &str) {
+    let lake = read_parquet_folder(&d.join("out/per_dataset.parquet"));
+    compare(expected, &lake, &["datasetName"])
+        .unwrap_or_else(|e| panic!("{label}: the windows differ from the oracle: {e}"));
+    assert!(bad > 0 && late > 0, "the data has bad and late rows");
+    let dead = read_ndjson(&d.join("out/dead_letter.ndjson"));
+    let count = |reason: &str| dead.iter().filter(|r| r["reason"] == reason).count() as u64;
+    assert_eq!(
+        (count("bad"), count("late")),
+        (bad, late),
+        "{label}: dead letters"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for r in &dead {
+        let subject = r["subject"].as_str().unwrap_or_default();
+        assert!(SUBJECTS.contains(&subject), "{label}: {r:?}");
+        assert!(r["sequence"].as_u64().is_some(), "{label}: {r:?}");
+        assert!(r.get("topic").is_none(), "{label}: {r:?}");
+        assert!(
+            seen.insert(r["sequence"].to_string()),
+            "{label}: twice: {r:?}"
+        );
+    }
+}
+
+fn events_file(d: &Path, count: &str) -> PathBuf {
+    let events = d.join("events.ndjson");
+    generate(
+        &events,
+        &[
+            count,
+            "--seed",
+            "7",
+            "--keys",
+            "200",
+            "--step-ms",
+            "5",
+            "--bad-frac",
+            "0.01",
+            "--late-frac",
+            "0.01",
+            "--late-ms",
+            "60000",
+        ],
+    );
+    events
+}
+
+/// Windows equal to the oracle's; bad and late rows dead-lettered with their subject and
+/// sequence; the subject filter (`ontology.schema.*`) leaves the stream's other subjects out,
+/// and `_subject` / `_sequence` work as keys, in `where` and in aggregates; the run ends at
+/// the stream's end (`--until-caught-up`).
+#[test]
+fn windows_equal_the_oracle_through_a_subject_wildcard() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "30000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let p = pipeline(d, &server.url(), false);
+    let started = Instant::now();
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    eprintln!("run: {:?}", started.elapsed());
+    verify(d, &rows, bad, late, "one run");
+    // per subject: both subjects, the noise subject left out, sequences of the stream
+    let per_subject = read_ndjson(&d.join("out/per_subject.ndjson"));
+    let subjects: std::collections::BTreeSet<&str> = per_subject
+        .iter()
+        .map(|r| r["_subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, SUBJECTS.into_iter().collect(), "{per_subject:?}");
+    let last = per_subject
+        .iter()
+        .filter_map(|r| r["last_sequence"].as_u64())
+        .max()
+        .unwrap();
+    let info: Value = serde_json::from_str(&nats_py(&server.url(), &["info", "EVENTS"])).unwrap();
+    assert!(
+        last <= info["last_seq"].as_u64().unwrap() && last > 50,
+        "{last}"
+    );
+
+    // a second run with the same consumer: everything was acknowledged, nothing is read again
+    let _ = std::fs::remove_dir_all(d.join("out"));
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lake = d.join("out/per_dataset.parquet");
+    assert!(
+        !lake.exists() || read_parquet_folder(&lake).is_empty(),
+        "the acknowledged messages were read again"
+    );
+}
+
+/// A graceful restart of the server while the source reads: the client reconnects, the
+/// reader goes on, and nothing is lost or doubled (the windows equal the oracle's).
+#[test]
+fn a_server_restart_during_a_run_loses_nothing() {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "150000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let p = pipeline(d, &server.url(), false);
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    // once the source reads, the server goes away for a moment
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the source never started reading");
+        if line.contains("reading until caught up") {
+            break;
+        }
+    }
+    server.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("NATS disconnected"),
+        "the server never went away:\n{log}"
+    );
+    verify(d, &rows, bad, late, "after a server restart");
+}
+
+/// Exactly once across kill -9 with checkpoints, restarted as users do (the same pipeline
+/// file, so the same durable consumer, default settings): the Parquet windows and the dead
+/// letters equal the oracle's exactly.
+#[test]
+fn killed_and_restarted_runs_are_exactly_once() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    if std::env::var_os("WEIR_CRASH_KEEP").is_some() {
+        eprintln!("keeping {}", d.display());
+        std::mem::forget(dir);
+    }
+    let d = d.as_path();
+    let events = events_file(d, "120000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let p = pipeline(d, &server.url(), true);
+    let report = crash::crash_loop(
+        || {
+            let mut c = weir();
+            c.args(["run", p.to_str().unwrap(), "--until-caught-up"]);
+            c
+        },
+        std::env::var("WEIR_CRASH_KILLS")
+            .ok()
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(4),
+        Duration::from_millis(800),
+        &d.join("logs"),
+        || {
+            verify(d, &rows, bad, late, "a run that finished before its kill");
+            let _ = std::fs::remove_dir_all(d.join("out"));
+            let _ = std::fs::remove_dir_all(d.join("state"));
+            // started over: without state and without the consumer, from the stream's start
+            nats_py(&server.url(), &["delete-consumer", "EVENTS", "weir-events"]);
+        },
+    );
+    eprintln!("{report:?}");
+    verify(d, &rows, bad, late, "after the crashes");
+}
+
+/// `--until-caught-up` bounds the source at the stream's last sequence when the run started:
+/// messages published once the run started are left for the next run, and the run ends.
+#[test]
+fn until_caught_up_stops_at_the_sequence_of_the_start() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "30000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let more = d.join("more.ndjson");
+    generate(
+        &more,
+        &["20000", "--seed", "8", "--keys", "200", "--step-ms", "5"],
+    );
+    let p = pipeline(d, &server.url(), false);
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut bound = None;
+    let mut log = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("reading until caught up") {
+            bound = Some(line);
+            break;
+        }
+    }
+    assert!(bound.is_some(), "{log}");
+    // published while the run reads: not for this run
+    let mut args = vec!["publish", more.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(&server.url(), &args);
+    log.extend(lines.map_while(Result::ok).map(|l| l + "\n"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{log}");
+    verify(d, &rows, bad, late, "a run bounded at its start");
+    let info: Value = serde_json::from_str(&nats_py(&server.url(), &["info", "EVENTS"])).unwrap();
+    assert_eq!(info["messages"], 50 + 30000 + 20000);
+}
+
+/// `weir replay` over a time range of a NATS stream: the messages are found by the time the
+/// server stored them (published as they happen, event time ≈ publish time here), and the
+/// windows starting in the range are written beside the live files, equal to the oracle's.
+#[test]
+fn a_replay_rewrites_the_windows_of_its_range() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let events = d.join("events.ndjson");
+    let start = now.to_string();
+    generate(
+        &events,
+        &[
+            "30000",
+            "--seed",
+            "9",
+            "--keys",
+            "100",
+            "--step-ms",
+            "5",
+            "--start-ms",
+            &start,
+            "--bad-frac",
+            "0.01",
+        ],
+    );
+    stream_with_events(&server, &events, d);
+    let (rows, _, _) = expected(&events, d);
+    let from = (now / 60_000 + 1) * 60_000;
+    let to = from + 60_000;
+    let iso = |ms: i64| {
+        let out = Command::new("date")
+            .args([
+                "-u",
+                "-d",
+                &format!("@{}", ms / 1000),
+                "+%Y-%m-%dT%H:%M:%SZ",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let p = pipeline(d, &server.url(), false);
+    let out = weir()
+        .args([
+            "replay",
+            p.to_str().unwrap(),
+            "--from",
+            &iso(from),
+            "--to",
+            &iso(to),
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let replayed = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("per_dataset.replay-")
+        })
+        .unwrap_or_else(|| panic!("no replayed Parquet folder:\n{log}"));
+    let got = read_parquet_folder(&replayed);
+    let want: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| {
+            let start = r["window_start"].as_i64().expect("the oracle's ms");
+            (from..to).contains(&start)
+        })
+        .collect();
+    assert!(!want.is_empty(), "the range holds windows");
+    compare(&want, &got, &["datasetName"]).unwrap_or_else(|e| panic!("replayed windows: {e}"));
+}
+
+/// The checkpoint, not the server, says where a restored run continues: after a kill -9, the
+/// durable consumer is acknowledged to the stream's end by another client, and the restored
+/// run still reads from the checkpoint's sequence (its windows equal the oracle's).
+#[test]
+fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_acknowledged() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "60000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let p = pipeline(d, &server.url(), true);
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("checkpoint complete") && !line.contains("state_rows=0 ") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(log.contains("checkpoint complete"), "{log}");
+    let acked: Value = serde_json::from_str(&nats_py(
+        &server.url(),
+        &["ack-all", "EVENTS", "weir-events"],
+    ))
+    .unwrap();
+    assert!(acked["ack_floor"].as_u64().unwrap() > 30000, "{acked}");
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("restored from checkpoint"), "{text}");
+    verify(d, &rows, bad, late, "restored after the consumer moved on");
+}

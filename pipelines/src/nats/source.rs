@@ -1,0 +1,215 @@
+//! Planning of the `nats:` source: its YAML keys checked and turned into a
+//! [`NatsSourceConfig`].
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use weir_engine::job::PartitionReader;
+use weir_engine::EngineError;
+use weir_sources::nats::{
+    parse_start_from, sequence_range, NatsReader, NatsSourceConfig, NatsStartFrom,
+    DEFAULT_FETCH_BATCH,
+};
+
+use crate::model::{NatsSourceDoc, OneOrMany};
+use crate::plan::{PlannedSource, SourceInput};
+use weir_sources::ReadOffsets;
+
+/// The reader of NATS source `s` (index `i`, partition id `partition`): `bounded` by the
+/// stream's last sequence at the start (`--until-caught-up`, a replay), continuing at
+/// `start` (a checkpoint's or a replay's sequence) when given.
+pub(crate) fn reader(
+    i: usize,
+    s: &PlannedSource,
+    partition: usize,
+    bounded: bool,
+    start: Option<u64>,
+) -> Result<Box<dyn PartitionReader>, EngineError> {
+    let SourceInput::Nats(cfg) = &s.input else {
+        return Err(EngineError::Internal(format!(
+            "source {} is not a NATS source",
+            s.name
+        )));
+    };
+    let mut cfg = (**cfg).clone();
+    cfg.until_caught_up = bounded;
+    let reader = NatsReader::new(i, &s.name, partition, cfg)?.with_resume(start);
+    Ok(Box::new(reader))
+}
+
+/// Largest `fetch_batch`: a pull request's messages are buffered by the client.
+const MAX_FETCH_BATCH: u64 = 100_000;
+
+/// The config of source `source` of pipeline `pipeline`, or what is wrong with its keys (the
+/// caller adds the file position). Relative files resolve against `dir`.
+pub(crate) fn config(
+    doc: &NatsSourceDoc,
+    pipeline: &str,
+    source: &str,
+    dir: &Path,
+) -> Result<NatsSourceConfig, String> {
+    let endpoint = super::endpoint(
+        &doc.url,
+        doc.credentials.as_ref(),
+        doc.tls.as_ref(),
+        dir,
+        format!("weir-{pipeline}-{source}"),
+    )?;
+    if doc.stream.trim().is_empty() || doc.stream.contains(['.', '*', '>', ' ']) {
+        return Err(format!(
+            "`stream` must name a JetStream stream (no spaces, `.`, `*` or `>`), not `{}`",
+            doc.stream
+        ));
+    }
+    let subjects: Vec<String> = match &doc.subjects {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s.trim().to_string()],
+        Some(OneOrMany::Many(v)) => v.iter().map(|s| s.trim().to_string()).collect(),
+    };
+    if let Some(bad) = subjects.iter().find(|s| !valid_filter(s)) {
+        return Err(format!(
+            "bad subject filter `{bad}`: tokens separated by `.`, `*` for one token, `>` for the rest"
+        ));
+    }
+    let consumer = doc
+        .consumer
+        .clone()
+        .unwrap_or_else(|| format!("weir-{pipeline}-{source}"));
+    if consumer.is_empty() || consumer.contains(['.', '*', '>', ' ', '/', '\\']) {
+        return Err(format!(
+            "`consumer` `{consumer}` is not a valid consumer name (no spaces, `.`, `*`, `>`, `/`)"
+        ));
+    }
+    let start_from = match &doc.start_from {
+        None => NatsStartFrom::Earliest,
+        Some(t) => parse_start_from(t).ok_or_else(|| {
+            format!("bad start_from `{t}`: use earliest, latest, a stream sequence (1 or more) or an RFC 3339 time such as 2026-11-24T10:00:00Z")
+        })?,
+    };
+    let mut cfg = NatsSourceConfig::new(endpoint, doc.stream.trim(), &consumer);
+    cfg.subjects = subjects;
+    cfg.start_from = start_from;
+    if let Some(w) = doc.ack_wait {
+        if w.0 < 1_000 {
+            return Err("`ack_wait` must be at least 1s".into());
+        }
+        cfg.ack_wait = std::time::Duration::from_millis(w.0);
+    }
+    if let Some(m) = doc.max_ack_pending {
+        cfg.max_ack_pending = i64::try_from(m)
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or("`max_ack_pending` must be 1 or more")?;
+    }
+    cfg.fetch_batch = match doc.fetch_batch {
+        None => DEFAULT_FETCH_BATCH,
+        Some(b) if (1..=MAX_FETCH_BATCH).contains(&b) => b as usize,
+        Some(_) => return Err(format!("`fetch_batch` must be 1 to {MAX_FETCH_BATCH}")),
+    };
+    Ok(cfg)
+}
+
+/// How long a replay's consumer outlives its last use before the server deletes it.
+const REPLAY_CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sets `cfg` up for a replay of the messages stored in `range` (ms, margins included): a
+/// consumer of its own (deleted by the server once unused), bounded at the first sequence
+/// past the range. Returns the sequence range (as a one-partition offset range named after
+/// the stream) and where the reader reports its progress.
+pub(crate) fn replay(
+    cfg: &mut NatsSourceConfig,
+    range: (i64, i64),
+    suffix: &str,
+) -> Result<(weir_kafka::OffsetRange, Arc<ReadOffsets>), String> {
+    let (start, end, last) = sequence_range(cfg, range).map_err(|e| e.chain())?;
+    cfg.consumer = format!("{}-{suffix}-{}", cfg.consumer, std::process::id()).replace('.', "_");
+    cfg.delete_after = Some(REPLAY_CONSUMER_LINGER);
+    cfg.until_caught_up = true;
+    // `end` is the first sequence past the range: the last one read is the one before
+    cfg.end_sequence = Some(end.saturating_sub(1));
+    let at = Arc::new(AtomicU64::new(start));
+    cfg.read_sequence = Some(at.clone());
+    let offsets = Arc::new(ReadOffsets(
+        [((cfg.stream.clone(), 0), at)].into_iter().collect(),
+    ));
+    let found = weir_kafka::OffsetRange {
+        topic: cfg.stream.clone(),
+        partition: 0,
+        start,
+        end,
+        high: last + 1,
+    };
+    Ok((found, offsets))
+}
+
+/// The source for `weir validate` and the console: stream, subjects, consumer, start.
+pub(crate) fn describe(c: &NatsSourceConfig) -> String {
+    let subjects = if c.subjects.is_empty() {
+        "every subject".to_string()
+    } else {
+        format!("subjects {}", c.subjects.join(", "))
+    };
+    let start = match c.start_from {
+        NatsStartFrom::Earliest => "earliest".to_string(),
+        NatsStartFrom::Latest => "latest".to_string(),
+        NatsStartFrom::Sequence(s) => format!("sequence {s}"),
+        NatsStartFrom::Time(ms) => format!("time {ms} ms"),
+    };
+    format!(
+        "stream {} ({subjects}), consumer {}, start from {start} (new consumer)",
+        c.stream, c.consumer
+    )
+}
+
+/// Whether `s` is a subject filter: non-empty tokens, `*` alone in a token, `>` last.
+fn valid_filter(s: &str) -> bool {
+    let tokens: Vec<&str> = s.split('.').collect();
+    !s.is_empty()
+        && tokens.iter().enumerate().all(|(i, t)| {
+            !t.is_empty()
+                && !t.contains(char::is_whitespace)
+                && (*t == "*" || !t.contains('*'))
+                && (*t == ">" && i == tokens.len() - 1 || !t.contains('>'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(yaml: &str) -> NatsSourceDoc {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_names() {
+        let d = doc("{url: 'nats://127.0.0.1:4222', stream: EVENTS}");
+        let c = config(&d, "p", "bus", Path::new(".")).unwrap();
+        assert_eq!(c.consumer, "weir-p-bus");
+        assert_eq!(c.start_from, NatsStartFrom::Earliest);
+        assert!(c.subjects.is_empty());
+        assert_eq!(c.fetch_batch, DEFAULT_FETCH_BATCH);
+    }
+
+    #[test]
+    fn subject_filters_and_start_from_are_checked() {
+        let d = doc("{url: 'nats://h:4222', stream: E, subjects: ['ontology.schema.*', 'a.>'], start_from: '17'}");
+        let c = config(&d, "p", "bus", Path::new(".")).unwrap();
+        assert_eq!(c.subjects, vec!["ontology.schema.*", "a.>"]);
+        assert_eq!(c.start_from, NatsStartFrom::Sequence(17));
+        for bad in ["a..b", "a.>.b", "a.b*", ""] {
+            let d = NatsSourceDoc {
+                subjects: Some(OneOrMany::One(bad.into())),
+                ..doc("{url: 'nats://h:4222', stream: E}")
+            };
+            assert!(config(&d, "p", "s", Path::new(".")).is_err(), "{bad}");
+        }
+        let d = doc("{url: 'nats://h:4222', stream: E, start_from: soon}");
+        assert!(config(&d, "p", "s", Path::new("."))
+            .unwrap_err()
+            .contains("start_from"));
+        let d = doc("{url: 'nats://h:4222', stream: 'a.b'}");
+        assert!(config(&d, "p", "s", Path::new(".")).is_err());
+    }
+}

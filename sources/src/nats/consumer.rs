@@ -1,0 +1,299 @@
+//! The JetStream side of the source: the stream, the durable pull consumer (created or put
+//! where weir's position says) and its message stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::{Config as PullConfig, Stream as PullStream};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, stream::Stream};
+use weir_nats::NatsError;
+
+use super::{NatsSourceConfig, NatsStartFrom};
+
+/// A NATS source failure, by kind, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsSourceError {
+    /// No connection (see [`NatsError`]).
+    #[error(transparent)]
+    Connect(#[from] NatsError),
+    /// The stream is missing or its information could not be read.
+    #[error("cannot read JetStream stream `{stream}` (does it exist?)")]
+    Stream {
+        stream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The durable consumer could not be read, deleted or created.
+    #[error("cannot {what} the durable consumer `{consumer}` of stream `{stream}`")]
+    Consumer {
+        what: &'static str,
+        stream: String,
+        consumer: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The consumer's pull requests could not start.
+    #[error("cannot pull from the consumer `{consumer}`")]
+    Pull {
+        consumer: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The server refused the pull requests for good (a consumer limit).
+    #[error("the server refused the pull requests of consumer `{consumer}`")]
+    Refused {
+        consumer: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl NatsSourceError {
+    /// The error and its causes on one line.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+}
+
+/// A connected source: the client, the stream and the consumer's message stream.
+pub(super) struct Connection {
+    pub(super) client: async_nats::Client,
+    pub(super) consumer: PullConsumer,
+    pub(super) messages: PullStream,
+}
+
+fn boxed(
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+/// Where a consumer weir creates starts: the checkpoint's sequence, or `start_from`.
+fn deliver_policy(start: Option<u64>, from: NatsStartFrom) -> DeliverPolicy {
+    match (start, from) {
+        (Some(seq), _) | (None, NatsStartFrom::Sequence(seq)) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq.max(1),
+        },
+        (None, NatsStartFrom::Earliest) => DeliverPolicy::All,
+        (None, NatsStartFrom::Latest) => DeliverPolicy::New,
+        (None, NatsStartFrom::Time(ms)) => {
+            match async_nats::datetime::from_nanos(i128::from(ms) * 1_000_000) {
+                Ok(start_time) => DeliverPolicy::ByStartTime { start_time },
+                Err(_) => DeliverPolicy::All,
+            }
+        }
+    }
+}
+
+/// The consumer's configuration (see the connector's docs for the defaults).
+pub(super) fn consumer_config(cfg: &NatsSourceConfig, deliver: DeliverPolicy) -> PullConfig {
+    PullConfig {
+        durable_name: Some(cfg.consumer.clone()),
+        description: Some("weir source (positions live in weir's checkpoints)".into()),
+        deliver_policy: deliver,
+        ack_policy: AckPolicy::All,
+        ack_wait: cfg.ack_wait,
+        max_ack_pending: cfg.max_ack_pending,
+        filter_subjects: cfg.subjects.clone(),
+        inactive_threshold: cfg.delete_after.unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The first sequence of the stream at or after `from_ms` and the first at or after `to_ms`
+/// (of the messages the subject filters match, by the time the server stored them; the
+/// sequence after the last one when none is), and the stream's last sequence. For a replay.
+pub fn sequence_range(
+    cfg: &NatsSourceConfig,
+    (from_ms, to_ms): (i64, i64),
+) -> Result<(u64, u64, u64), NatsSourceError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NatsSourceError::Stream {
+            stream: cfg.stream.clone(),
+            source: boxed(e),
+        })?;
+    rt.block_on(async {
+        let client = cfg.endpoint.connect().await?;
+        let js = jetstream::new(client);
+        let stream_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Stream {
+            stream: cfg.stream.clone(),
+            source: e,
+        };
+        let mut stream = js
+            .get_stream(&cfg.stream)
+            .await
+            .map_err(|e| stream_err(boxed(e)))?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| stream_err(boxed(e)))?
+            .state
+            .last_sequence;
+        let from = first_at(&stream, cfg, from_ms, last).await?;
+        let to = first_at(&stream, cfg, to_ms, last).await?;
+        Ok((from, to.max(from), last))
+    })
+}
+
+/// The sequence of the first message at or after `ms` the filters match (`last + 1` when
+/// none is), read with a short-lived consumer.
+async fn first_at(
+    stream: &Stream,
+    cfg: &NatsSourceConfig,
+    ms: i64,
+    last: u64,
+) -> Result<u64, NatsSourceError> {
+    let consumer_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Consumer {
+        what: "create a probe of",
+        stream: cfg.stream.clone(),
+        consumer: "(ephemeral)".into(),
+        source: e,
+    };
+    let config = PullConfig {
+        deliver_policy: deliver_policy(None, NatsStartFrom::Time(ms)),
+        ack_policy: AckPolicy::None,
+        filter_subjects: cfg.subjects.clone(),
+        inactive_threshold: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let consumer: PullConsumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| consumer_err(boxed(e)))?;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| consumer_err(boxed(e)))?;
+    let seq = match futures_util::StreamExt::next(&mut batch).await {
+        Some(Ok(m)) => m.info().map(|i| i.stream_sequence).map_err(consumer_err)?,
+        _ => last + 1,
+    };
+    let name = consumer.cached_info().name.clone();
+    let _ = stream.delete_consumer(&name).await;
+    Ok(seq)
+}
+
+/// Connects, reads the stream's last sequence, and puts the durable consumer where the reader
+/// continues: `resume` (a checkpoint's sequence) if given; else an existing consumer's
+/// acknowledgement floor; else `start_from`. Returns the connection, the stream's last
+/// sequence and the sequence the consumer delivers next (at least).
+pub(super) async fn connect(
+    cfg: &NatsSourceConfig,
+    resume: Option<u64>,
+) -> Result<(Connection, u64, u64), NatsSourceError> {
+    let client = cfg.endpoint.connect().await?;
+    let js = jetstream::new(client.clone());
+    let stream_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Stream {
+        stream: cfg.stream.clone(),
+        source: e,
+    };
+    let mut stream = js
+        .get_stream(&cfg.stream)
+        .await
+        .map_err(|e| stream_err(boxed(e)))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| stream_err(boxed(e)))?
+        .state
+        .last_sequence;
+    let consumer_err =
+        |what, e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Consumer {
+            what,
+            stream: cfg.stream.clone(),
+            consumer: cfg.consumer.clone(),
+            source: e,
+        };
+    let existing = stream.get_consumer::<PullConfig>(&cfg.consumer).await.ok();
+    let start = match (resume, existing) {
+        (Some(seq), _) => Some(Some(seq)),
+        (None, None) => Some(None),
+        (None, Some(mut c)) => {
+            let info = c.info().await.map_err(|e| consumer_err("read", boxed(e)))?;
+            let same_filter = info.config.filter_subjects == cfg.subjects
+                || (cfg.subjects.len() == 1
+                    && info.config.filter_subject == cfg.subjects[0]
+                    && info.config.filter_subjects.is_empty());
+            let floor = info.ack_floor.stream_sequence;
+            if info.num_ack_pending == 0 && same_filter && info.config.ack_policy == AckPolicy::All
+            {
+                None // continues where it is
+            } else if floor > 0 {
+                Some(Some(floor + 1))
+            } else {
+                Some(None)
+            }
+        }
+    };
+    let mut consumer: PullConsumer = match start {
+        None => stream
+            .get_consumer(&cfg.consumer)
+            .await
+            .map_err(|e| consumer_err("read", e))?,
+        Some(seq) => {
+            // repositioned: a consumer's start cannot change, so it is created again
+            if let Err(e) = stream.delete_consumer(&cfg.consumer).await {
+                // a consumer that is not there is fine; one that stays is not
+                if stream
+                    .get_consumer::<PullConfig>(&cfg.consumer)
+                    .await
+                    .is_ok()
+                {
+                    return Err(consumer_err("delete", boxed(e)));
+                }
+            }
+            let config = consumer_config(cfg, deliver_policy(seq, cfg.start_from));
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| consumer_err("create", boxed(e)))?
+        }
+    };
+    let delivered = consumer
+        .info()
+        .await
+        .map_err(|e| consumer_err("read", boxed(e)))?
+        .delivered
+        .stream_sequence;
+    let messages = pull(&consumer, cfg).await?;
+    Ok((
+        Connection {
+            client,
+            consumer,
+            messages,
+        },
+        last,
+        delivered + 1,
+    ))
+}
+
+/// The consumer's message stream: pull requests of `fetch_batch` messages, heartbeats every
+/// 5 s (a server gone quiet is noticed and the pull renewed).
+pub(super) async fn pull(
+    consumer: &PullConsumer,
+    cfg: &NatsSourceConfig,
+) -> Result<PullStream, NatsSourceError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(cfg.fetch_batch.max(1))
+        .expires(Duration::from_secs(10))
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| NatsSourceError::Pull {
+            consumer: cfg.consumer.clone(),
+            source: boxed(e),
+        })
+}

@@ -1,0 +1,130 @@
+//! The NATS JetStream source: a durable pull consumer on one stream, read as **one
+//! partition** (the stream: its sequence is the partition's offset).
+//!
+//! * Positions. The partition key in checkpoints is `stream`; its position is the stream
+//!   sequence after the last message read. weir's checkpoint is the truth: a run restored from
+//!   a checkpoint deletes the durable consumer and creates it again at that sequence
+//!   (`DeliverPolicy::ByStartSequence`), whatever the server remembers. Without a checkpoint,
+//!   an existing consumer continues from its acknowledgement floor (messages delivered to an
+//!   earlier run but not acknowledged are read again at once, not after `ack_wait`); a missing
+//!   one is created where `start_from` says.
+//! * Acknowledgements (`AckPolicy::All`). Messages are acknowledged once [`Progress`] says the
+//!   rows they carry are durable: in the outputs (at least once), or in a complete checkpoint
+//!   (then the checkpoint is what a restart trusts, and acknowledgements only free the
+//!   consumer's `max_ack_pending`). Acknowledging the last message of a chunk acknowledges
+//!   every earlier one, so the reader keeps one reply subject per chunk.
+//! * Backpressure. The reader pulls only when the workers take chunks; the client's pull
+//!   requests ask for at most `fetch_batch` messages, and the server stops delivering at
+//!   `max_ack_pending` unacknowledged messages.
+//! * Watermarks. One partition per stream: the watermark is the largest event time read minus
+//!   `max_out_of_orderness`, across every subject of the stream.
+//! * Redeliveries (after `ack_wait`) and server restarts: the client reconnects by itself; a
+//!   message at a sequence the reader already passed is dropped.
+
+mod consumer;
+mod reader;
+#[cfg(test)]
+mod tests;
+
+pub use consumer::{sequence_range, NatsSourceError};
+pub use reader::NatsReader;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_nats::NatsEndpoint;
+
+/// Where a consumer that weir creates starts (an existing consumer, or a checkpoint, decide
+/// otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsStartFrom {
+    /// The first message still in the stream.
+    Earliest,
+    /// Only messages published after the consumer is created.
+    Latest,
+    /// The first message stored at or after this time (epoch ms).
+    Time(i64),
+    /// The message at this stream sequence (or the next one present).
+    Sequence(u64),
+}
+
+/// Default `ack_wait`: how long the server waits for an acknowledgement before delivering a
+/// message again. Longer than a typical window, since rows are acknowledged once durable.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(300);
+/// Default `max_ack_pending`: unacknowledged messages after which the server stops delivering.
+/// It must exceed the messages of the longest open window (see the connector's docs).
+pub const DEFAULT_MAX_ACK_PENDING: i64 = 1_000_000;
+/// Default `fetch_batch`: messages one pull request asks for.
+pub const DEFAULT_FETCH_BATCH: usize = 1_000;
+
+/// What the NATS source reads.
+#[derive(Debug, Clone)]
+pub struct NatsSourceConfig {
+    pub endpoint: NatsEndpoint,
+    /// The JetStream stream.
+    pub stream: String,
+    /// Subject filters (wildcards allowed); empty: every subject of the stream.
+    pub subjects: Vec<String>,
+    /// The durable consumer's name.
+    pub consumer: String,
+    pub start_from: NatsStartFrom,
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+    pub fetch_batch: usize,
+    /// The stream silent this long stops holding the watermark back.
+    pub idle_timeout: Option<Duration>,
+    /// End once the stream's last sequence when the reader connected is read.
+    pub until_caught_up: bool,
+    /// With `until_caught_up`: end at this sequence instead (a replay's range), at most the
+    /// stream's last sequence.
+    pub end_sequence: Option<u64>,
+    /// Keep message headers, for the `_headers` column.
+    pub with_headers: bool,
+    /// Where the reader stores the sequence after the last message read (progress bars).
+    pub read_sequence: Option<Arc<AtomicU64>>,
+    /// The server deletes the consumer once unused this long (a replay's consumer); `None`:
+    /// it stays (a durable consumer).
+    pub delete_after: Option<Duration>,
+}
+
+impl NatsSourceConfig {
+    /// A config with the documented defaults.
+    pub fn new(endpoint: NatsEndpoint, stream: &str, consumer: &str) -> Self {
+        NatsSourceConfig {
+            endpoint,
+            stream: stream.to_string(),
+            subjects: Vec::new(),
+            consumer: consumer.to_string(),
+            start_from: NatsStartFrom::Earliest,
+            ack_wait: DEFAULT_ACK_WAIT,
+            max_ack_pending: DEFAULT_MAX_ACK_PENDING,
+            fetch_batch: DEFAULT_FETCH_BATCH,
+            idle_timeout: None,
+            until_caught_up: false,
+            end_sequence: None,
+            with_headers: false,
+            read_sequence: None,
+            delete_after: None,
+        }
+    }
+
+    /// The partition key of the stream in checkpoints.
+    pub fn partition_key(&self) -> String {
+        format!("nats/{}", self.stream)
+    }
+}
+
+/// Parses `start_from`: `earliest`, `latest`, a sequence number or an RFC 3339 time.
+pub fn parse_start_from(s: &str) -> Option<NatsStartFrom> {
+    let s = s.trim();
+    match s {
+        "earliest" => return Some(NatsStartFrom::Earliest),
+        "latest" => return Some(NatsStartFrom::Latest),
+        _ => {}
+    }
+    if let Ok(n) = s.parse::<u64>() {
+        return (n > 0).then_some(NatsStartFrom::Sequence(n));
+    }
+    weir_engine::time::parse_rfc3339_ms(s.as_bytes()).map(NatsStartFrom::Time)
+}

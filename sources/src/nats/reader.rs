@@ -1,0 +1,460 @@
+//! The reader: pulls messages on a small runtime of its own, gathers them into chunks of the
+//! stream's one partition, acknowledges them once their rows are durable.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::Subject;
+use futures_util::{FutureExt, StreamExt};
+use weir_engine::dead_letter::PartitionInfo;
+use weir_engine::events::Resume;
+use weir_engine::job::{PartitionReader, ReaderContext};
+use weir_engine::{Chunk, ChunkData, EngineError};
+
+use super::consumer::{connect, Connection, NatsSourceError};
+use super::NatsSourceConfig;
+use crate::kafka::MessageBuffer;
+
+/// A chunk is handed over once its oldest message waited this long (or it is full).
+const CHUNK_AGE: Duration = Duration::from_millis(100);
+/// How long one pull round waits for a first message.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How often the reader asks the server whether it read the stream to its end (caught up)
+/// while no message comes.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long the reader waits before connecting again after a failed attempt mid-run.
+const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads a NATS JetStream stream for a job (one partition: see the module's docs).
+pub struct NatsReader {
+    source: usize,
+    name: Arc<str>,
+    config: NatsSourceConfig,
+    info: Arc<PartitionInfo>,
+    /// The runtime of the client (one thread: it keeps the connection alive while the
+    /// workers apply backpressure).
+    rt: Option<tokio::runtime::Runtime>,
+    conn: Option<Connection>,
+    buffer: MessageBuffer,
+    ready: VecDeque<Chunk>,
+    /// The next chunk's number.
+    seq: u64,
+    /// The stream sequence after the last message read (from a checkpoint at first).
+    read_next: Option<u64>,
+    /// With `until_caught_up`: the last sequence to read.
+    target: Option<u64>,
+    ended: bool,
+    /// Per chunk handed over: the sequence after it and the reply subject of its last message.
+    acks: VecDeque<(u64, Subject)>,
+    /// The reply subject of the last message placed in the buffer.
+    last_reply: Option<Subject>,
+    last_message: Instant,
+    last_check: Instant,
+    /// Messages the server has for the consumer after the last one read.
+    pending: u64,
+    /// The connection is lost mid-run since then (a server that went away).
+    failing_since: Option<Instant>,
+    /// The first connection was made.
+    started: bool,
+}
+
+impl Drop for NatsReader {
+    fn drop(&mut self) {
+        self.conn = None;
+        if let Some(rt) = self.rt.take() {
+            // the client's tasks end with the runtime; do not wait for them
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl NatsReader {
+    /// A reader of source `source` (named `name`) whose one partition has global id
+    /// `partition`.
+    pub fn new(
+        source: usize,
+        name: &str,
+        partition: usize,
+        config: NatsSourceConfig,
+    ) -> Result<Self, EngineError> {
+        let name: Arc<str> = name.into();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-nats-source")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                EngineError::source(&name, format!("nats: cannot start a runtime: {e}"))
+            })?;
+        Ok(NatsReader {
+            source,
+            info: Arc::new(PartitionInfo {
+                source: name.clone(),
+                id: partition,
+                state_id: partition,
+                number: 0,
+                topic: Some(config.stream.as_str().into()),
+                file: None,
+            }),
+            name,
+            config,
+            rt: Some(rt),
+            last_reply: None,
+            conn: None,
+            buffer: MessageBuffer::default(),
+            ready: VecDeque::new(),
+            seq: 0,
+            read_next: None,
+            target: None,
+            ended: false,
+            acks: VecDeque::new(),
+            last_message: Instant::now(),
+            last_check: Instant::now(),
+            pending: 0,
+            failing_since: None,
+            started: false,
+        })
+    }
+
+    /// Continues at stream sequence `next` (a checkpoint's position), whatever the consumer
+    /// and `start_from` say.
+    pub fn with_resume(mut self, next: Option<u64>) -> Self {
+        self.read_next = next;
+        self
+    }
+
+    fn err(&self, e: NatsSourceError) -> EngineError {
+        EngineError::source(
+            &self.name,
+            format!(
+                "nats ({}): {}",
+                self.config.endpoint.describe_servers(),
+                e.chain()
+            ),
+        )
+    }
+
+    /// Connects (the first time: failures are errors; mid-run, the caller retries).
+    fn connect(&mut self) -> Result<(), NatsSourceError> {
+        let cfg = self.config.clone();
+        let resume = self.read_next;
+        let Some(rt) = &self.rt else {
+            return Ok(());
+        };
+        let (conn, last, next) = rt.block_on(connect(&cfg, resume))?;
+        // nothing below is delivered again (a consumer kept has no unacknowledged message)
+        self.read_next.get_or_insert(next);
+        // reply subjects of an earlier consumer must not acknowledge the new one's messages
+        // (its consumer sequences start again); later chunks' acknowledgements cover them
+        self.acks.clear();
+        self.last_reply = None;
+        if self.config.until_caught_up && self.target.is_none() {
+            let target = self.config.end_sequence.map_or(last, |e| e.min(last));
+            self.target = Some(target);
+            tracing::info!(source = %self.name, stream = %cfg.stream, last_sequence = target, "nats: reading until caught up");
+        }
+        self.conn = Some(conn);
+        self.last_check = Instant::now() - CHECK_EVERY;
+        Ok(())
+    }
+
+    /// Puts a pulled message in the buffer, unless the reader passed its sequence already
+    /// (a redelivery) or it is past the caught-up target.
+    fn place(&mut self, m: async_nats::jetstream::Message, ctx: &ReaderContext) {
+        let Ok(info) = m.info() else {
+            tracing::warn!(source = %self.name, subject = %m.subject, "nats: a message without JetStream metadata; skipped");
+            return;
+        };
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        let published = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+        if self.read_next.is_some_and(|n| seq < n) || self.ended {
+            return;
+        }
+        if self.target.is_some_and(|t| seq > t) {
+            self.end(ctx);
+            return;
+        }
+        let m = &m.message;
+        let headers = m.headers.iter().flat_map(|h| {
+            h.iter().flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (AsRef::<str>::as_ref(name), Some(v.as_str().as_bytes())))
+            })
+        });
+        let subject = std::iter::once((
+            weir_engine::trace::NATS_SUBJECT_HEADER,
+            Some(m.subject.as_bytes()),
+        ));
+        self.buffer.push_parts(
+            (&m.payload, Some(m.subject.as_bytes())),
+            Some(published),
+            headers.chain(subject),
+            self.config.with_headers,
+            seq,
+        );
+        self.read_next = Some(seq + 1);
+        self.pending = pending;
+        if let Some(r) = &self.config.read_sequence {
+            r.store(seq + 1, Ordering::Relaxed);
+        }
+        if let Some(r) = &m.reply {
+            self.last_reply = Some(r.clone());
+        }
+        self.last_message = Instant::now();
+        let clock = ctx.clocks.partition(self.info.id);
+        if clock.is_idle() {
+            clock.set_idle(false);
+        }
+        if self.buffer.is_full() {
+            self.hand_over();
+        }
+        if self.target.is_some_and(|t| seq >= t || pending == 0) {
+            self.end(ctx);
+        }
+    }
+
+    /// Hands the buffer over as a chunk, noting the reply subject to acknowledge it by.
+    fn hand_over(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let messages = self.buffer.take();
+        let first = messages.offsets.first().copied().unwrap_or(0);
+        let next = self.read_next.unwrap_or(first + 1);
+        if let Some(reply) = self.last_reply.take() {
+            self.acks.push_back((next, reply));
+        }
+        self.ready.push_back(Chunk {
+            source: self.source,
+            partition: self.info.clone(),
+            seq: self.seq,
+            first_offset: first,
+            resume: Resume::at(next),
+            data: ChunkData::Messages(messages),
+        });
+        self.seq += 1;
+    }
+
+    /// The stream is read to its caught-up target: what is buffered goes, then the end.
+    fn end(&mut self, _ctx: &ReaderContext) {
+        if self.ended {
+            return;
+        }
+        self.hand_over();
+        self.ended = true;
+        let next = self.read_next.unwrap_or(1);
+        self.ready.push_back(Chunk {
+            source: self.source,
+            partition: self.info.clone(),
+            seq: self.seq,
+            first_offset: next,
+            resume: Resume::at(next),
+            data: ChunkData::End,
+        });
+        self.seq += 1;
+        tracing::info!(source = %self.name, next_sequence = next, "nats: the stream is read to where it ended when the run started");
+    }
+
+    /// Acknowledges the chunks whose rows are durable (the last message of the newest one:
+    /// `AckPolicy::All` acknowledges every earlier message with it).
+    fn acknowledge(&mut self, ctx: &ReaderContext) {
+        let Some(durable) = ctx.progress.committable(self.info.id) else {
+            return;
+        };
+        let mut last = None;
+        while self.acks.front().is_some_and(|(next, _)| *next <= durable) {
+            last = self.acks.pop_front().map(|(_, reply)| reply);
+        }
+        let (Some(reply), Some(conn), Some(rt)) = (last, &self.conn, &self.rt) else {
+            return;
+        };
+        let client = conn.client.clone();
+        // fire and forget: a lost acknowledgement is a redelivery, which the reader drops
+        if let Err(e) = rt.block_on(client.publish(reply, "+ACK".into())) {
+            tracing::warn!(source = %self.name, error = %e, "nats: an acknowledgement was not sent; the server delivers those messages again after ack_wait");
+        }
+    }
+
+    /// Pulls messages for up to [`POLL_WAIT`] (then what already arrived); whether any came.
+    fn poll_round(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
+        if self.conn.is_none() {
+            match self.connect() {
+                Ok(()) => {
+                    if self.failing_since.take().is_some() {
+                        tracing::info!(source = %self.name, "nats: connected again");
+                    }
+                }
+                Err(e) => {
+                    let since = *self.failing_since.get_or_insert_with(Instant::now);
+                    tracing::warn!(source = %self.name, error = %e.chain(), down_s = since.elapsed().as_secs(), "nats: cannot connect; retrying");
+                    std::thread::sleep(RECONNECT_WAIT);
+                    return Ok(false);
+                }
+            }
+        }
+        let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) else {
+            return Ok(false);
+        };
+        let max = crate::kafka::CHUNK_MESSAGES;
+        let mut got = Vec::new();
+        let mut failure = None;
+        rt.block_on(async {
+            match tokio::time::timeout(POLL_WAIT, conn.messages.next()).await {
+                Err(_) => return,
+                Ok(first) => match first {
+                    Some(Ok(m)) => got.push(m),
+                    other => {
+                        failure = Some(other);
+                        return;
+                    }
+                },
+            }
+            while got.len() < max {
+                match conn.messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => got.push(m),
+                    Some(other) => {
+                        failure = Some(other);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        let any = !got.is_empty();
+        for m in got {
+            self.place(m, ctx);
+        }
+        if let Some(f) = failure {
+            self.pull_failed(f)?;
+        }
+        Ok(any)
+    }
+
+    /// A failure of the message stream: transient ones (a missed heartbeat while the server
+    /// restarts) are logged and the client goes on; a consumer deleted or a stream that ended
+    /// is set up again from the sequence read next; a refusal for good is an error.
+    fn pull_failed(
+        &mut self,
+        f: Option<
+            Result<
+                async_nats::jetstream::Message,
+                async_nats::jetstream::consumer::pull::MessagesError,
+            >,
+        >,
+    ) -> Result<(), EngineError> {
+        let e = match f {
+            Some(Err(e)) => e,
+            _ => {
+                tracing::warn!(source = %self.name, "nats: the message stream ended; pulling again");
+                self.conn = None;
+                return Ok(());
+            }
+        };
+        match e.kind() {
+            MessagesErrorKind::RequestLimitExceeded | MessagesErrorKind::PushBasedConsumer => {
+                Err(self.err(NatsSourceError::Refused {
+                    consumer: self.config.consumer.clone(),
+                    source: Box::new(e),
+                }))
+            }
+            MessagesErrorKind::ConsumerDeleted => {
+                tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer was deleted; creating it again at the sequence read next");
+                self.conn = None;
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(source = %self.name, error = %e, "nats: pulling failed (the client reconnects and pulls again)");
+                Ok(())
+            }
+        }
+    }
+
+    /// After a quiet round: hands an old buffer over, marks the stream idle, and with
+    /// `until_caught_up` asks the server whether anything is left to read.
+    fn housekeeping(&mut self, ctx: &ReaderContext, quiet: bool) -> Result<(), EngineError> {
+        if self
+            .buffer
+            .since
+            .is_some_and(|t| quiet || t.elapsed() >= CHUNK_AGE)
+        {
+            self.hand_over();
+        }
+        if let Some(idle) = self.config.idle_timeout {
+            if quiet && self.pending == 0 && self.last_message.elapsed() >= idle {
+                ctx.clocks.partition(self.info.id).set_idle(true);
+            }
+        }
+        if !quiet || self.ended || self.last_check.elapsed() < CHECK_EVERY {
+            return Ok(());
+        }
+        self.last_check = Instant::now();
+        let Some(target) = self.target else {
+            return Ok(());
+        };
+        if self.read_next.is_some_and(|n| n > target) || target == 0 {
+            self.end(ctx);
+            return Ok(());
+        }
+        let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) else {
+            return Ok(());
+        };
+        match rt.block_on(conn.consumer.info()) {
+            // nothing matching the filters is left, and everything delivered was read
+            Ok(info)
+                if info.num_pending == 0
+                    && info.delivered.stream_sequence < self.read_next.unwrap_or(1) =>
+            {
+                self.end(ctx)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "nats: cannot read the consumer's state (retrying)");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PartitionReader for NatsReader {
+    fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
+        if !self.started {
+            // the first connection: a failure is the pipeline's error
+            self.started = true;
+            ctx.progress.track(self.info.id);
+            if let Some(src) = ctx.stats.sources.get(self.source) {
+                src.assigned
+                    .store(weir_engine::stats::NOT_GROUP_MANAGED, Ordering::Relaxed);
+            }
+            self.connect().map_err(|e| self.err(e))?;
+        }
+        loop {
+            if let Some(c) = self.ready.pop_front() {
+                return Ok(Some(c));
+            }
+            if ctx.stop.load(Ordering::Relaxed) || self.ended {
+                return Ok(None);
+            }
+            self.acknowledge(ctx);
+            let got = self.poll_round(ctx)?;
+            self.housekeeping(ctx, !got)?;
+        }
+    }
+
+    fn finish(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.acknowledge(ctx);
+        if let (Some(rt), Some(conn)) = (&self.rt, &self.conn) {
+            let client = conn.client.clone();
+            let flushed = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), client.flush()).await
+            });
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::warn!(source = %self.name, "nats: the last acknowledgements were not confirmed sent; the server delivers those messages again");
+            }
+        }
+        Ok(())
+    }
+}
