@@ -611,7 +611,7 @@ pub struct PostgresDoc {
     /// PEM file of the CA that signed the server's certificate.
     #[serde(default)]
     pub ca_file: Option<String>,
-    /// Rows per batch (default 10000).
+    /// Rows per batch (default 50000).
     #[serde(default)]
     pub batch_max_rows: Option<u64>,
     /// Longest a row waits before its batch is sent (default 1s).

@@ -46,7 +46,7 @@ pub(super) fn postgres_config(
             "`ca_file` verifies a TLS server: it needs `tls: require` or `tls: verify-full`".into(),
         ));
     }
-    let batch_max_rows = d.batch_max_rows.unwrap_or(10_000);
+    let batch_max_rows = d.batch_max_rows.unwrap_or(50_000);
     if !(1..=1_000_000).contains(&batch_max_rows) {
         return Err(at("`batch_max_rows` must be between 1 and 1000000".into()));
     }

@@ -123,21 +123,7 @@ pub fn sequence_range(
         })?;
     rt.block_on(async {
         let client = cfg.endpoint.connect().await?;
-        let js = jetstream::new(client);
-        let stream_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Stream {
-            stream: cfg.stream.clone(),
-            source: e,
-        };
-        let mut stream = js
-            .get_stream(&cfg.stream)
-            .await
-            .map_err(|e| stream_err(boxed(e)))?;
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| stream_err(boxed(e)))?
-            .state
-            .last_sequence;
+        let (stream, last) = stream_and_last(&jetstream::new(client), cfg).await?;
         let from = first_at(&stream, cfg, from_ms, last).await?;
         let to = first_at(&stream, cfg, to_ms, last).await?;
         Ok((from, to.max(from), last))
@@ -185,16 +171,11 @@ async fn first_at(
     Ok(seq)
 }
 
-/// Connects, reads the stream's last sequence, and puts the durable consumer where the reader
-/// continues: `resume` (a checkpoint's sequence) if given; else an existing consumer's
-/// acknowledgement floor; else `start_from`. Returns the connection, the stream's last
-/// sequence and the sequence the consumer delivers next (at least).
-pub(super) async fn connect(
+/// The configured stream and its last sequence now.
+async fn stream_and_last(
+    js: &jetstream::Context,
     cfg: &NatsSourceConfig,
-    resume: Option<u64>,
-) -> Result<(Connection, u64, u64), NatsSourceError> {
-    let client = cfg.endpoint.connect().await?;
-    let js = jetstream::new(client.clone());
+) -> Result<(Stream, u64), NatsSourceError> {
     let stream_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Stream {
         stream: cfg.stream.clone(),
         source: e,
@@ -209,6 +190,20 @@ pub(super) async fn connect(
         .map_err(|e| stream_err(boxed(e)))?
         .state
         .last_sequence;
+    Ok((stream, last))
+}
+
+/// Connects, reads the stream's last sequence, and puts the durable consumer where the reader
+/// continues: `resume` (a checkpoint's sequence) if given; else an existing consumer's
+/// acknowledgement floor; else `start_from`. Returns the connection, the stream's last
+/// sequence and the sequence the consumer delivers next (at least).
+pub(super) async fn connect(
+    cfg: &NatsSourceConfig,
+    resume: Option<u64>,
+) -> Result<(Connection, u64, u64), NatsSourceError> {
+    let client = cfg.endpoint.connect().await?;
+    let js = jetstream::new(client.clone());
+    let (stream, last) = stream_and_last(&js, cfg).await?;
     let consumer_err =
         |what, e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Consumer {
             what,
