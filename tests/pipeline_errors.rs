@@ -645,10 +645,10 @@ fn generator_event_time_is_its_timestamp() {
 }
 
 #[test]
-fn avro_is_read_from_kafka_only() {
+fn avro_is_read_from_kafka_and_nats_only() {
     let e = error_of("    format: json", "    format: avro");
     assert!(
-        e.starts_with("5:13: ") && e.contains("read from Kafka messages"),
+        e.starts_with("5:13: ") && e.contains("read from Kafka or NATS messages"),
         "{e}"
     );
 }
@@ -736,7 +736,7 @@ fn options_an_output_would_ignore_are_refused() {
         "out: { file: { path: out/w.ndjson } }",
         "out: { file: { path: out/w.ndjson }, format: avro }",
     );
-    assert!(e.contains("`format` is for Kafka sinks"), "{e}");
+    assert!(e.contains("`format` is for Kafka and NATS sinks"), "{e}");
     let e = error_of(
         "sinks:\n  out:",
         "dead_letter: { kafka: { topic: dl, schema_registry: \"http://r:8081\" } }\nsinks:\n  out:",
