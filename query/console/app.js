@@ -590,12 +590,17 @@ async function loadDead() {
   } catch (e) { showError($('dead-list'), e); }
 }
 
+// Rebuilt only when its choices change: a refresh must not close a list the user has open
+// or replace the option being picked.
 function fillSelect(select, values) {
+  const sorted = [...values].sort();
+  const shown = [...select.options].slice(1).map((o) => o.value);
+  if (shown.length === sorted.length && shown.every((v, i) => v === sorted[i])) return;
   const keep = select.value;
   clear(select);
   select.append(el('option', { value: '' }, 'any'));
-  for (const v of values.sort()) select.append(el('option', { value: v }, v));
-  if (values.includes(keep)) select.value = keep;
+  for (const v of sorted) select.append(el('option', { value: v }, v));
+  if (sorted.includes(keep)) select.value = keep;
 }
 $('dead-reason').addEventListener('change', loadDead);
 $('dead-code').addEventListener('change', loadDead);

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -199,7 +199,15 @@ def main():
             tab(driver, "dead")
             wait(driver, "a dead letter", lambda d: texts(d, "#dead-list article"))
             wait(driver, "the code filter's choices", lambda d: ARGS.dead_code in texts(d, "#dead-code option"))
-            Select(driver.find_element(By.ID, "dead-code")).select_by_value(ARGS.dead_code)
+            # the choices are rebuilt when a new code appears: pick again if the option went stale
+            for attempt in range(5):
+                try:
+                    Select(driver.find_element(By.ID, "dead-code")).select_by_value(ARGS.dead_code)
+                    break
+                except StaleElementReferenceException:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2)
             wait(
                 driver,
                 "the code filter",
