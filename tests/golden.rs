@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use serde_json::Value;
-use weir_pipelines::plan::{DeadLetterTarget, SinkTarget};
 use weir_pipelines::{load, run, RunOptions};
 use weir_tests::{compare, copy_dir, golden_dir, read_ndjson, read_rows};
 
@@ -22,17 +21,17 @@ fn run_case(case: &str, parallelism: usize, chunk_bytes: Option<usize>) {
             let paths = w
                 .sinks
                 .iter()
-                .map(|s| match &plan.sinks[*s].target {
-                    SinkTarget::File { path, .. } => path.clone(),
-                    other => panic!("unexpected sink {other:?}"),
+                .map(|s| match plan.sinks[*s].target.local_file() {
+                    Some(path) => path.to_path_buf(),
+                    None => panic!("unexpected sink {:?}", plan.sinks[*s].target),
                 })
                 .collect();
             (w.config.name.clone(), w.config.keys.clone(), paths)
         })
         .collect();
-    let dead_letter = match &plan.dead_letter {
-        DeadLetterTarget::File(path) => path.clone(),
-        other => panic!("unexpected dead-letter output {other:?}"),
+    let dead_letter = match plan.dead_letter.local_file() {
+        Some(path) => path.to_path_buf(),
+        None => panic!("unexpected dead-letter output {:?}", plan.dead_letter),
     };
     let summary = run(
         plan,

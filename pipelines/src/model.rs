@@ -404,8 +404,8 @@ pub struct SinkDoc {
     pub postgres: Option<Spanned<PostgresDoc>>,
     /// Publish to a NATS JetStream subject.
     #[serde(default)]
-    #[schemars(with = "Option<crate::nats::sink::NatsSinkDoc>")]
-    pub nats: Option<Spanned<crate::nats::sink::NatsSinkDoc>>,
+    #[schemars(with = "Option<crate::connectors::nats::sink::NatsSinkDoc>")]
+    pub nats: Option<Spanned<crate::connectors::nats::sink::NatsSinkDoc>>,
     /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
     #[serde(default)]
     #[schemars(with = "Option<FileSinkDoc>")]
@@ -644,8 +644,8 @@ pub struct DeadLetterDoc {
     pub kafka: Option<Spanned<KafkaSinkDoc>>,
     /// Publish dead letters to a NATS JetStream subject.
     #[serde(default)]
-    #[schemars(with = "Option<crate::nats::sink::NatsSinkDoc>")]
-    pub nats: Option<Spanned<crate::nats::sink::NatsSinkDoc>>,
+    #[schemars(with = "Option<crate::connectors::nats::sink::NatsSinkDoc>")]
+    pub nats: Option<Spanned<crate::connectors::nats::sink::NatsSinkDoc>>,
     /// How failed dead-letter writes are retried.
     #[serde(default)]
     #[schemars(with = "Option<RetryDoc>")]

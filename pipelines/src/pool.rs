@@ -26,8 +26,6 @@ use weir_engine::job::{PartitionReader, ReaderContext, StopHandle};
 use weir_engine::pool::{PoolStore, StateRef};
 use weir_engine::{Chunk, EngineError};
 use weir_query::Peers;
-use weir_sinks::committed::{CommittedLines, CommittedParts};
-use weir_sinks::{FileFormat, KafkaDelivery};
 use weir_sources::kafka::PoolHook;
 use weir_sources::repartition::internal_topic;
 use weir_sources::{
@@ -35,7 +33,8 @@ use weir_sources::{
     Upstream,
 };
 
-use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
+use crate::connectors::{DeadLetterConnector, SinkConnector};
+use crate::plan::Plan;
 use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
 
 /// How long a revoked partition waits for its hand-over checkpoint before it is released
@@ -117,18 +116,8 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
         ));
     }
     for s in &plan.sources {
-        if matches!(s.input, SourceInput::Nats(_)) {
-            return Some(format!(
-                "{file}: source `{}` is a NATS stream: worker pools do not share NATS sources yet                  (a stream is one partition, held by one worker); run it without --worker                  (see docs/src/connectors/nats.md, \"Worker pools\")",
-                s.name
-            ));
-        }
-        if !matches!(s.input, SourceInput::Kafka(_)) {
-            return Some(format!(
-                "{file}: source `{}` is not a Kafka topic: only Kafka sources can be shared by a \
-                 worker pool (their consumer group assigns the partitions)",
-                s.name
-            ));
+        if let Some(why) = s.input.pool_refusal(&s.name) {
+            return Some(format!("{file}: {why}"));
         }
     }
     for i in 0..plan.sources.len() {
@@ -137,29 +126,8 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
         }
     }
     for s in &plan.sinks {
-        match &s.target {
-            SinkTarget::Iceberg(_) => {
-                return Some(format!(
-                    "{file}: sink `{}`: Iceberg sinks do not run in a worker pool yet",
-                    s.name
-                ))
-            }
-            SinkTarget::Postgres(_) => {
-                return Some(format!(
-                    "{file}: sink `{}`: a PostgreSQL sink commits one epoch sequence per \
-                     pipeline and sink (weir_sink_epochs), which the workers of a pool would \
-                     share; run it without `--worker`",
-                    s.name
-                ))
-            }
-            SinkTarget::Kafka(k) if matches!(k.delivery, KafkaDelivery::ExactlyOnce { .. }) => {
-                return Some(format!(
-                    "{file}: sink `{}`: `delivery: exactly_once` does not run in a worker pool \
-                     yet; use the default at-least-once delivery (repeats are byte-identical)",
-                    s.name
-                ))
-            }
-            _ => {}
+        if let Some(why) = s.target.pool_refusal(&s.name) {
+            return Some(format!("{file}: {why}"));
         }
     }
     None
@@ -236,7 +204,7 @@ fn repartition_keys(plan: &Plan, source: usize) -> Result<Option<Vec<String>>, S
             names.join(", ")
         ));
     }
-    if let SourceInput::Kafka(cfg) = &src.input {
+    if let Some(cfg) = crate::connectors::kafka::source_config(src.input.as_ref()) {
         if cfg.topics.len() != 1 {
             return Err(format!(
                 "source `{}`: a worker pool repartitions one topic per source, and it reads {}: \
@@ -278,15 +246,7 @@ fn keyed_by(plan: &Plan, source: usize, keys: &[String]) -> bool {
 
 /// `path` with the worker's id before its extension: `out/w.ndjson` → `out/w.<worker>.ndjson`.
 pub fn worker_path(path: &Path, worker: &str) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}.{worker}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.{worker}"),
-    };
-    path.with_file_name(name)
+    crate::connectors::file::tagged_path(path, worker)
 }
 
 /// The worker id `auto` stands for: the host name and the process id.
@@ -309,12 +269,12 @@ pub fn auto_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The files of `plan`'s outputs as one worker writes them.
+/// `plan`'s outputs as configured (before a worker's id is in their files), to finish a
+/// dead worker's commits with.
 #[derive(Clone)]
 struct WorkerFiles {
-    /// Per sink: its file (as configured) and format, for file sinks.
-    sinks: Vec<(String, Option<(PathBuf, FileFormat)>)>,
-    dead_letter: Option<PathBuf>,
+    sinks: Vec<(String, Box<dyn SinkConnector>)>,
+    dead_letter: Box<dyn DeadLetterConnector>,
 }
 
 impl WorkerFiles {
@@ -323,43 +283,18 @@ impl WorkerFiles {
             sinks: plan
                 .sinks
                 .iter()
-                .map(|s| {
-                    let file = match &s.target {
-                        SinkTarget::File { path, format } => Some((path.clone(), *format)),
-                        _ => None,
-                    };
-                    (s.name.clone(), file)
-                })
+                .map(|s| (s.name.clone(), s.target.clone()))
                 .collect(),
-            dead_letter: match &plan.dead_letter {
-                DeadLetterTarget::File(p) => Some(p.clone()),
-                DeadLetterTarget::Kafka(_) | DeadLetterTarget::Nats(_) => None,
-            },
+            dead_letter: plan.dead_letter.clone(),
         }
     }
 
-    /// Finishes the commits of checkpoint `m` of dead worker `worker` in its files.
+    /// Finishes the commits of checkpoint `m` of dead worker `worker` in its outputs.
     fn roll_forward(&self, worker: &str, m: &Manifest) -> Result<(), EngineError> {
-        for (name, file) in &self.sinks {
-            let Some((path, format)) = file else {
-                continue;
-            };
-            let path = worker_path(path, worker);
-            let result = match format {
-                FileFormat::Parquet => CommittedParts::roll_forward(&path, m.epoch),
-                FileFormat::Ndjson | FileFormat::Csv => match m.sinks.get(name) {
-                    Some(info) => CommittedLines::roll_forward(&path, info),
-                    None => Ok(()),
-                },
-            };
-            result.map_err(|e| EngineError::sink(name, format!("{}: {e}", path.display())))?;
+        for (name, target) in &self.sinks {
+            target.roll_forward(name, worker, m)?;
         }
-        if let Some(p) = &self.dead_letter {
-            let path = worker_path(p, worker);
-            CommittedLines::roll_forward(&path, &m.dead_letter)
-                .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))?;
-        }
-        Ok(())
+        self.dead_letter.roll_forward(worker, m)
     }
 }
 
@@ -386,13 +321,9 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
     let files = WorkerFiles::of(&plan);
     // this worker's own files; state kept per partition
     for s in &mut plan.sinks {
-        if let SinkTarget::File { path, .. } = &mut s.target {
-            *path = worker_path(path, &worker);
-        }
+        s.target.for_worker(&worker);
     }
-    if let DeadLetterTarget::File(p) = &mut plan.dead_letter {
-        *p = worker_path(p, &worker);
-    }
+    plan.dead_letter.for_worker(&worker);
     for w in &mut plan.windows {
         let mut c = (*w.config).clone();
         c.partition_state = true;
@@ -415,7 +346,7 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
         };
         let topic = internal_topic(&plan.name, &plan.sources[i].name);
         let src = &mut plan.sources[i];
-        let SourceInput::Kafka(cfg) = &mut src.input else {
+        let Some(cfg) = crate::connectors::kafka::source_config_mut(src.input.as_mut()) else {
             continue;
         };
         let spec = RepartitionSpec {
@@ -610,7 +541,7 @@ fn pooled_sources(
     let mut out = Vec::new();
     let mut first_partition = 0;
     for (i, s) in plan.sources.iter().enumerate() {
-        let SourceInput::Kafka(cfg) = &s.input else {
+        let Some(cfg) = crate::connectors::kafka::source_config(s.input.as_ref()) else {
             return Err(RunError::Pool(format!("source {} is not Kafka", s.name)));
         };
         let mut cfg = cfg.clone();

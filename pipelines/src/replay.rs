@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use weir_sources::ReadOffsets;
 
-use crate::plan::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
+use crate::plan::Plan;
 use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMillisecondType;
@@ -148,15 +148,12 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
         rfc3339_compact(req.to_ms)
     );
     // dead letters of the range go beside the live run's, never into them
-    plan.dead_letter = match &plan.dead_letter {
-        DeadLetterTarget::File(p) => DeadLetterTarget::File(beside(p, &suffix)),
-        DeadLetterTarget::Kafka(_) | DeadLetterTarget::Nats(_) => DeadLetterTarget::File(
-            plan.file
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(format!("{}-dead-letter.{suffix}.ndjson", plan.name)),
-        ),
-    };
+    let fallback = plan
+        .file
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(format!("{}-dead-letter.{suffix}.ndjson", plan.name));
+    plan.dead_letter = plan.dead_letter.replayed(&suffix, &fallback);
     let margin = plan
         .windows
         .iter()
@@ -171,47 +168,9 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
             req.from_ms.saturating_sub(margin + ooo),
             req.to_ms.saturating_add(margin + ooo),
         );
-        if let SourceInput::Nats(cfg) = &mut s.input {
-            let (found, offsets) = crate::nats::source::replay(cfg, range, &suffix)?;
-            read.push(offsets);
-            ranges.push((i, vec![found]));
-            continue;
-        }
-        let SourceInput::Kafka(cfg) = &mut s.input else {
-            return Err(format!(
-                "source `{}` is not a Kafka or NATS source: replay re-reads Kafka topics and NATS streams",
-                s.name
-            ));
-        };
-        let partitions = weir_sources::KafkaPartitions::discover(cfg).map_err(|e| e.to_string())?;
-        let found = weir_kafka::offset_ranges(
-            &cfg.brokers,
-            &cfg.properties,
-            &cfg.topics,
-            &partitions.counts,
-            range.0,
-            range.1,
-            Duration::from_secs(30),
-        )
-        .map_err(|e| e.to_string())?;
-        cfg.group_id = format!("{}-{suffix}-{}", cfg.group_id, std::process::id());
-        cfg.until_caught_up = true;
-        cfg.end_offsets = found
-            .iter()
-            .map(|r| ((r.topic.clone(), r.partition), r.end))
-            .collect();
-        let offsets = Arc::new(ReadOffsets(
-            found
-                .iter()
-                .map(|r| {
-                    let at = Arc::new(std::sync::atomic::AtomicU64::new(r.start));
-                    ((r.topic.clone(), r.partition), at)
-                })
-                .collect(),
-        ));
-        cfg.read_offsets = Some(offsets.clone());
-        read.push(offsets);
-        ranges.push((i, found));
+        let replayed = s.input.replay(&s.name, range, &suffix)?;
+        read.push(replayed.read);
+        ranges.push((i, replayed.ranges));
     }
     Ok(ReplaySetup {
         from_ms: req.from_ms,
@@ -221,34 +180,6 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
         written: Default::default(),
         read,
     })
-}
-
-/// `path` with the replay's suffix before its extension (`out/w.ndjson` →
-/// `out/w.replay-….ndjson`).
-pub fn beside(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}.{suffix}.{}", ext.to_string_lossy()),
-        None => format!("{stem}.{suffix}"),
-    };
-    path.with_file_name(name)
-}
-
-/// The sink target a replay writes to instead of `target`: files beside the live ones; Kafka
-/// topics, Iceberg and PostgreSQL tables as they are (their rows are replaced by identity, a
-/// PostgreSQL table's upserted by key).
-pub fn target(target: &SinkTarget, suffix: &str) -> SinkTarget {
-    match target {
-        SinkTarget::File { path, format } => SinkTarget::File {
-            path: beside(path, suffix),
-            format: *format,
-        },
-        SinkTarget::Nats(c) => SinkTarget::Nats(Box::new(crate::nats::sink::replayed(c, suffix))),
-        other => other.clone(),
-    }
 }
 
 /// A sink that passes on only the rows whose `window_start` lies in `[from, to)`.

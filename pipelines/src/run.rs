@@ -4,20 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weir_engine::checkpoint::{self, CheckpointSpec, CheckpointStore};
-use weir_engine::job::{self, JobSpec, OperatorSpec, Sink, SourceSpec, StopHandle, WorkerOperator};
+use weir_engine::job::{self, JobSpec, OperatorSpec, SourceSpec, StopHandle, WorkerOperator};
 use weir_engine::live::{LiveKind, LiveSpec, LiveState, LiveTableDef};
 use weir_engine::stats::RunStats;
 use weir_engine::EngineError;
-use weir_iceberg::IcebergSink;
 use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{ServeConfig, SqlServer};
-use weir_sinks::{
-    CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, DeadLetterKafka, ElasticsearchSink,
-    FileSink, KafkaSink, PostgresSink, WebhookSink,
-};
-use weir_sources::{FileReader, GeneratorReader, KafkaPartitions, KafkaReader};
 
-use crate::plan::{DeadLetterTarget, Plan, PlannedCheckpoint, SinkTarget, SourceInput};
+use crate::connectors::{OpenSink, OpenSource};
+use crate::plan::{Plan, PlannedCheckpoint};
 
 /// Called with the summary when the job finished, before [`RunOptions::keep_serving`] waits.
 pub type OnFinished = Arc<dyn Fn(&RunSummary) + Send + Sync>;
@@ -207,62 +202,28 @@ fn open_sources(
     let mut first_partition = 0;
     for (i, s) in plan.sources.iter().enumerate() {
         let resume = |key: &str| manifest.and_then(|m| m.resume(&s.name, key));
-        let (reader, keys): (Box<dyn job::PartitionReader>, Vec<String>) = match &s.input {
-            SourceInput::Files(files) => {
-                let keys: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                let reader = FileReader::new(i, &s.name, files.clone(), first_partition)
-                    .with_resume(keys.iter().map(|k| resume(k)).collect());
-                (Box::new(reader), keys)
+        // a pool worker's readers are the pool's, which outlive its jobs
+        let (reader, keys) = match (pooled, pooled.and_then(|p| p.get(i))) {
+            (Some(_), Some(p)) => (p.reader(), p.keys.clone()),
+            (Some(_), None) => {
+                return Err(EngineError::Internal(format!(
+                    "source {} has no pooled reader",
+                    s.name
+                ))
+                .into())
             }
-            SourceInput::Generator(cfg) => (
-                Box::new(
-                    GeneratorReader::new(
-                        i,
-                        &s.name,
-                        first_partition,
-                        cfg.clone(),
-                        s.output_schema.clone(),
-                    )
-                    .skip(resume("0").map_or(0, |r| r.next_offset)),
-                ),
-                vec!["0".to_string()],
-            ),
-            SourceInput::Kafka(_) if pooled.is_some() => {
-                let Some(p) = pooled.and_then(|p| p.get(i)) else {
-                    return Err(EngineError::Internal(format!(
-                        "source {} has no pooled reader",
-                        s.name
-                    ))
-                    .into());
-                };
-                (p.reader(), p.keys.clone())
-            }
-            SourceInput::Kafka(cfg) => {
-                let mut cfg = cfg.clone();
-                cfg.until_caught_up = opts.until_caught_up || opts.replay.is_some();
-                if let Some(t) = opts.caught_up_timeout {
-                    cfg.caught_up_timeout = t;
-                }
-                let partitions =
-                    KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
-                let keys = partitions.keys(&cfg);
-                let replay = opts.replay.clone();
-                let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions)
-                    .with_resume(|t, p| match &replay {
-                        Some(r) => r.start(i, t, p),
-                        None => resume(&format!("{t}/{p}")).map(|r| r.next_offset),
-                    });
-                (Box::new(reader), keys)
-            }
-            SourceInput::Nats(cfg) => {
-                let key = cfg.partition_key();
-                let start = match &opts.replay {
-                    Some(r) => r.start(i, &cfg.stream, 0),
-                    None => resume(&key).map(|r| r.next_offset),
-                };
-                let bounded = opts.until_caught_up || opts.replay.is_some();
-                let reader = crate::nats::source::reader(i, s, first_partition, bounded, start)?;
-                (reader, vec![key])
+            (None, _) => {
+                let opened = s.input.open(&OpenSource {
+                    index: i,
+                    name: &s.name,
+                    first_partition,
+                    output_schema: s.output_schema.clone(),
+                    resume: &resume,
+                    until_caught_up: opts.until_caught_up,
+                    caught_up_timeout: opts.caught_up_timeout,
+                    replay: opts.replay.as_deref(),
+                })?;
+                (opened.reader, opened.keys)
             }
         };
         let partitions = keys.len();
@@ -303,48 +264,16 @@ fn open_sinks(
             tracing::warn!(sink = %s.name, "sink receives no output and is not opened");
             continue;
         };
-        let replayed_target = opts
-            .replay
-            .as_ref()
-            .map(|r| crate::replay::target(&s.target, &r.suffix));
+        let replayed_target = opts.replay.as_ref().map(|r| s.target.replayed(&r.suffix));
         let target = replayed_target.as_ref().unwrap_or(&s.target);
-        let sink: Box<dyn Sink> = match target {
-            SinkTarget::File { path, format } => {
-                if checkpointed {
-                    Box::new(CommittedFileSink::create(&s.name, path, *format, schema)?)
-                } else {
-                    Box::new(FileSink::create(&s.name, path, *format, schema)?)
-                }
-            }
-            SinkTarget::Kafka(cfg) => Box::new(KafkaSink::new(&s.name, cfg.clone())?),
-            SinkTarget::Iceberg(t) => {
-                let mut config = crate::plan::iceberg_config(&plan.name, &s.name, t);
-                config.replace_windows = opts.replay.as_ref().map(|r| (r.from_ms, r.to_ms));
-                Box::new(IcebergSink::open(config, &schema, t.view_keys)?)
-            }
-            SinkTarget::Elasticsearch(c) => {
-                Box::new(ElasticsearchSink::new(&s.name, (**c).clone())?)
-            }
-            SinkTarget::Webhook(t) => {
-                let sink = WebhookSink::new(&s.name, t.config.clone())?;
-                deliveries.push((s.name.clone(), sink.stats()));
-                match &t.filter {
-                    Some(p) => Box::new(crate::filtered::Filtered::new(
-                        &s.name,
-                        Box::new(sink),
-                        p.clone(),
-                    )),
-                    None => Box::new(sink),
-                }
-            }
-            SinkTarget::Nats(c) => Box::new(weir_sinks::NatsSink::new(&s.name, (**c).clone())?),
-            SinkTarget::Postgres(c) => Box::new(PostgresSink::new(
-                &s.name,
-                (**c).clone(),
-                &schema,
-                checkpointed,
-            )?),
-        };
+        let sink = target.open(&mut OpenSink {
+            pipeline: &plan.name,
+            name: &s.name,
+            schema: &schema,
+            checkpointed,
+            replay: opts.replay.as_deref(),
+            deliveries: &mut deliveries,
+        })?;
         let sink = match &opts.replay {
             Some(r) => Box::new(crate::replay::WindowRange::new(&s.name, sink, r)),
             None => sink,
@@ -398,14 +327,7 @@ fn open_dead_letter(
     plan: &Plan,
     checkpointed: bool,
 ) -> Result<Box<dyn job::DeadLetterSink>, RunError> {
-    let dead_letter: Box<dyn job::DeadLetterSink> = match &plan.dead_letter {
-        DeadLetterTarget::File(path) if checkpointed => {
-            Box::new(CommittedDeadLetterFile::create(path))
-        }
-        DeadLetterTarget::File(path) => Box::new(DeadLetterFile::create(path)?),
-        DeadLetterTarget::Kafka(cfg) => Box::new(DeadLetterKafka::new(cfg.clone())?),
-        DeadLetterTarget::Nats(c) => Box::new(weir_sinks::DeadLetterNats::new((**c).clone())?),
-    };
+    let dead_letter = plan.dead_letter.open(checkpointed)?;
     Ok(dead_letter)
 }
 

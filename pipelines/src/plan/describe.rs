@@ -4,10 +4,8 @@
 use std::fmt::Write as _;
 
 use weir_operators::{TimeMode, ViewConfig, WindowConfig};
-use weir_sinks::{FileFormat, KafkaDelivery, KafkaFormat};
 
-use super::webhook::describe_webhook;
-use super::{DeadLetterTarget, Plan, SinkTarget, SourceInput};
+use super::Plan;
 
 fn window_definition(c: &WindowConfig, source: &str) -> String {
     let mut d = format!(
@@ -68,14 +66,7 @@ impl Plan {
         let mut f = std::collections::BTreeMap::new();
         f.insert("pipeline name".to_string(), self.name.clone());
         for src in &self.sources {
-            let input = match &src.input {
-                SourceInput::Files(_) => "files".to_string(),
-                SourceInput::Generator(g) => {
-                    format!("generator {:?} seed {}", g.kind, g.seed)
-                }
-                SourceInput::Kafka(k) => format!("kafka topics {}", k.topics.join(", ")),
-                SourceInput::Nats(n) => format!("nats stream {}", n.stream),
-            };
+            let input = src.input.fingerprint();
             f.insert(format!("source {}", src.name), input);
             f.insert(
                 format!("source {}: event time", src.name),
@@ -116,29 +107,10 @@ impl Plan {
             );
         }
         for k in &self.sinks {
-            let t = match &k.target {
-                SinkTarget::File { path, format } => format!("{format:?} file {}", path.display()),
-                SinkTarget::Kafka(k) => format!("kafka topic {}", k.topic),
-                SinkTarget::Iceberg(t) => format!("iceberg table {}", t.table),
-                SinkTarget::Elasticsearch(c) => format!("elasticsearch {}", c.urls.join(",")),
-                // not the URL nor the headers: row ids do not depend on them, the URL may hold
-                // credentials (fingerprints are stored in clear in every manifest), and a
-                // moved endpoint must not force dropping the state
-                SinkTarget::Webhook(t) => format!("webhook of {}", t.config.output),
-                SinkTarget::Postgres(c) => format!("postgres table {}", c.table),
-                // not the URL: message ids do not depend on it, and it may hold credentials
-                SinkTarget::Nats(c) => format!("nats subject {} of {}", c.subject, c.output),
-            };
+            let t = k.target.fingerprint();
             f.insert(format!("sink {}", k.name), t);
         }
-        f.insert(
-            "dead_letter".to_string(),
-            match &self.dead_letter {
-                DeadLetterTarget::File(p) => format!("file {}", p.display()),
-                DeadLetterTarget::Kafka(k) => format!("kafka topic {}", k.topic),
-                DeadLetterTarget::Nats(c) => format!("nats subject {}", c.subject),
-            },
-        );
+        f.insert("dead_letter".to_string(), self.dead_letter.fingerprint());
         f
     }
 
@@ -147,41 +119,11 @@ impl Plan {
     /// with one line about it (no addresses, credentials or properties).
     pub fn console_graph(&self) -> weir_query::console::Graph {
         use weir_query::console::{Graph, GraphNode, GraphOperator};
-        let file_name = |p: &std::path::Path| {
-            p.file_name()
-                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
-        };
         let sources = self
             .sources
             .iter()
             .map(|s| {
-                let (kind, detail) = match &s.input {
-                    SourceInput::Files(f) => (
-                        "file",
-                        format!(
-                            "{} file(s): {}",
-                            f.len(),
-                            f.iter()
-                                .map(|p| file_name(p))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ),
-                    SourceInput::Generator(g) => (
-                        "generator",
-                        format!(
-                            "{} events{}",
-                            g.count.map_or("unbounded".to_string(), |c| c.to_string()),
-                            if g.events_per_second > 0.0 {
-                                format!(" at {}/s", g.events_per_second)
-                            } else {
-                                String::new()
-                            }
-                        ),
-                    ),
-                    SourceInput::Kafka(k) => ("kafka", format!("topics {}", k.topics.join(", "))),
-                    SourceInput::Nats(n) => ("nats", crate::nats::source::describe(n)),
-                };
+                let (kind, detail) = (s.input.kind(), s.input.summary());
                 GraphNode {
                     name: s.name.clone(),
                     kind: kind.into(),
@@ -214,18 +156,7 @@ impl Plan {
             .sinks
             .iter()
             .map(|k| {
-                let (kind, detail) = match &k.target {
-                    SinkTarget::File { path, format } => (
-                        "file",
-                        format!("{format:?} file {}", file_name(path)).to_lowercase(),
-                    ),
-                    SinkTarget::Kafka(c) => ("kafka", format!("topic {}", c.topic)),
-                    SinkTarget::Iceberg(t) => ("iceberg", format!("table {}", t.table)),
-                    SinkTarget::Elasticsearch(_) => ("elasticsearch", "indices".to_string()),
-                    SinkTarget::Webhook(_) => ("webhook", "signed HTTP requests".to_string()),
-                    SinkTarget::Postgres(c) => ("postgres", format!("table {}", c.table)),
-                    SinkTarget::Nats(c) => ("nats", format!("subject {}", c.subject)),
-                };
+                let (kind, detail) = (k.target.kind(), k.target.summary());
                 GraphNode {
                     name: k.name.clone(),
                     kind: kind.into(),
@@ -241,7 +172,6 @@ impl Plan {
     }
 
     /// A readable description of the plan, for `weir validate`.
-    /// A readable description of the plan, for `weir validate`.
     pub fn describe(&self, parallelism: usize) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -256,12 +186,7 @@ impl Plan {
         let _ = writeln!(s, "sinks:");
         let checkpointed = self.checkpoint.is_some();
         for k in &self.sinks {
-            let _ = writeln!(
-                s,
-                "  {}: {}",
-                k.name,
-                describe_sink(&k.target, checkpointed)
-            );
+            let _ = writeln!(s, "  {}: {}", k.name, k.target.describe(checkpointed));
         }
         self.describe_settings(&mut s);
         s.push_str(&crate::pool::describe(self));
@@ -271,41 +196,7 @@ impl Plan {
     fn describe_sources(&self, s: &mut String) {
         let _ = writeln!(s, "sources:");
         for src in &self.sources {
-            let input = match &src.input {
-                SourceInput::Files(f) => format!(
-                    "file, {} partition(s): {}",
-                    f.len(),
-                    f.iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                SourceInput::Generator(g) => format!(
-                    "generator {} events{}, seed {}",
-                    g.count.map_or("unbounded".to_string(), |c| c.to_string()),
-                    if g.events_per_second > 0.0 {
-                        format!(" at {}/s", g.events_per_second)
-                    } else {
-                        " as fast as possible".into()
-                    },
-                    g.seed
-                ),
-                SourceInput::Kafka(k) => format!(
-                    "kafka {} topic(s) {}, group {}, start from {:?}",
-                    k.brokers,
-                    k.topics.join(", "),
-                    k.group_id,
-                    k.start_from
-                )
-                .replace("Committed", "committed")
-                .replace("Earliest", "earliest")
-                .replace("Latest", "latest"),
-                SourceInput::Nats(n) => format!(
-                    "nats {} {}",
-                    n.endpoint.describe_servers(),
-                    crate::nats::source::describe(n)
-                ),
-            };
+            let input = src.input.describe();
             let _ = writeln!(s, "  {}: {input}", src.name);
             let _ = writeln!(
                 s,
@@ -392,18 +283,7 @@ impl Plan {
 
     /// Dead letters, checkpoints, SQL serving and tracing.
     fn describe_settings(&self, s: &mut String) {
-        let _ = match &self.dead_letter {
-            DeadLetterTarget::File(p) => writeln!(s, "dead letters: {}", p.display()),
-            DeadLetterTarget::Kafka(k) => {
-                writeln!(s, "dead letters: kafka {} topic {}", k.brokers, k.topic)
-            }
-            DeadLetterTarget::Nats(c) => writeln!(
-                s,
-                "dead letters: nats {} subject {}",
-                c.endpoint.describe_servers(),
-                c.subject
-            ),
-        };
+        let _ = writeln!(s, "dead letters: {}", self.dead_letter.describe());
         let _ = match &self.checkpoint {
             Some(c) => writeln!(
                 s,
@@ -470,94 +350,4 @@ impl Plan {
             ),
         };
     }
-}
-
-/// What `weir validate` says of a sink.
-fn describe_sink(target: &SinkTarget, checkpointed: bool) -> String {
-    match target {
-            SinkTarget::File { path, format } => {
-                let what = format!("{format:?} file {}", path.display()).to_lowercase();
-                match (checkpointed, format) {
-                    (false, _) => format!("{what}; written when the run ends"),
-                    (true, FileFormat::Parquet) => format!(
-                        "{what}; exactly once: a folder of part files, one committed per checkpoint"
-                    ),
-                    (true, _) => {
-                        format!("{what}; exactly once: grows by whole checkpoints")
-                    }
-                }
-            }
-            SinkTarget::Kafka(k) => {
-                format!(
-                    "kafka {} topic {}, {}",
-                    k.brokers,
-                    k.topic,
-                    match &k.format {
-                        KafkaFormat::Json => "json".to_string(),
-                        KafkaFormat::Avro { registry: None } => "avro".to_string(),
-                        KafkaFormat::Avro { registry: Some(r) } =>
-                            format!("avro, registry {}", weir_kafka::redact_urls(r)),
-                    }
-                ) + match (&k.delivery, checkpointed) {
-                    (KafkaDelivery::ExactlyOnce { transactional_id }, _) => format!(
-                        "; delivery exactly_once: one Kafka transaction per checkpoint \
-                         (transactional id `{transactional_id}`), rows visible to \
-                         read_committed readers once, after their checkpoint"
-                    ),
-                    (KafkaDelivery::Idempotent, true) => "; delivery idempotent: keyed by key + window_start, a row re-sent after a \
-                 restore is byte-identical (a compacted topic or a key-deduplicating reader \
-                 sees each window once)".to_string(),
-                    (KafkaDelivery::Idempotent, false) => {
-                        "; at least once: offsets are committed after rows are acknowledged".to_string()
-                    }
-                }.as_str()
-            }
-            SinkTarget::Iceberg(t) => format!(
-                "iceberg table {} in catalog `{}` ({}), warehouse {}, partitioned by {}; {}",
-                t.table,
-                t.catalog_name,
-                t.catalog.display(),
-                t.warehouse,
-                match (&t.partition_by, t.view_keys) {
-                    (Some(p), _) => format!("{p:?}").to_lowercase(),
-                    (None, None) => "day(window_start)".into(),
-                    (None, Some(_)) => "nothing".into(),
-                },
-                match (checkpointed, t.view_keys) {
-                    (_, Some(_)) =>
-                        "a view: each commit replaces the table with one row per key",
-                    (true, None) => "exactly once: one snapshot per checkpoint",
-                    (false, None) => "one snapshot when the run ends",
-                }
-            ),
-            SinkTarget::Elasticsearch(c) => format!(
-                "elasticsearch {} ({} nodes), index {:?}, {} docs or {} bytes per bulk request, {} at once{}; {}",
-                c.urls.join(", "),
-                c.urls.len(),
-                c.index,
-                c.bulk_max_docs,
-                c.bulk_max_bytes,
-                c.max_in_flight,
-                if c.auth.is_some() { ", authenticated" } else { "" },
-                if checkpointed {
-                    "exactly-once effect: deterministic document ids, every row acknowledged before its checkpoint completes"
-                } else {
-                    "deterministic document ids: a row sent again overwrites its document"
-                }
-            ),
-            SinkTarget::Webhook(t) => describe_webhook(t, checkpointed),
-        SinkTarget::Nats(c) => crate::nats::sink::describe(c, checkpointed),
-            SinkTarget::Postgres(c) => format!(
-                "postgres table {} on {}, {} rows or {} ms per batch (COPY into staging, then one merge); {}",
-                c.table,
-                weir_sinks::postgres::server(c),
-                c.batch_max_rows,
-                c.flush_interval.as_millis(),
-                match (checkpointed, c.view_keys) {
-                    (true, _) => "exactly once: each checkpoint's rows and its epoch (weir_sink_epochs) commit in one transaction",
-                    (false, Some(_)) => "at least once: upserts by key, deletes for expired keys",
-                    (false, None) => "at least once: windows upserted by key and window_start",
-                }
-            ),
-        }
 }

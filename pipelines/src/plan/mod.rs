@@ -1,72 +1,41 @@
 //! From a pipeline file to a checked plan: names resolved, schemas loaded, SQL compiled.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use datafusion::physical_expr::PhysicalExpr;
 use indexmap::IndexMap;
 use serde_saphyr::Location;
 use weir_engine::job::Decode;
 use weir_engine::retry::RetryPolicy;
-use weir_iceberg::{CatalogUri, PartitionBy};
 use weir_operators::{SqlCompiler, ViewConfig, WindowConfig};
-use weir_sinks::{ElasticsearchConfig, FileFormat, KafkaSinkConfig, PostgresConfig, WebhookConfig};
-use weir_sources::{GeneratorConfig, KafkaSourceConfig, MessageColumn, SourceSchema};
+use weir_sources::SourceSchema;
 
 use crate::error::PipelineError;
 use crate::interpolate::{interpolate, Interpolated};
 use crate::model::*;
 
 mod describe;
-mod elasticsearch;
-mod iceberg;
-mod kafka;
 mod outputs;
-mod postgres;
 mod settings;
 mod sinks;
 mod sources;
-mod webhook;
 
-pub use iceberg::iceberg_config;
+pub use crate::connectors::iceberg::{iceberg_config, IcebergTarget};
+pub use crate::connectors::webhook::WebhookTarget;
+use crate::connectors::{DeadLetterConnector, SinkConnector, SourceConnector};
 
 /// `event_time.max_future` when not given: 1 hour.
 pub const DEFAULT_MAX_FUTURE_MS: u64 = weir_engine::bounds::DEFAULT_MAX_FUTURE_MS as u64;
 
-/// `event_time.idle_timeout` of a Kafka source when not given: a partition assigned to the
-/// process that delivers nothing for a minute stops holding the watermark back.
-pub const DEFAULT_KAFKA_IDLE_TIMEOUT_MS: u64 = 60_000;
-
-/// What a source reads.
-#[derive(Debug)]
-pub enum SourceInput {
-    /// NDJSON files, one partition each.
-    Files(Vec<PathBuf>),
-    Generator(GeneratorConfig),
-    /// Topics of a Kafka cluster, read in a consumer group.
-    Kafka(KafkaSourceConfig),
-    /// A NATS JetStream stream, read by a durable pull consumer (one partition).
-    Nats(Box<weir_sources::NatsSourceConfig>),
-}
-
-impl SourceInput {
-    /// The message columns its records offer (`_key`..., `_subject`...), none for files and
-    /// the generator.
-    pub fn message_columns(&self) -> &'static [MessageColumn] {
-        match self {
-            SourceInput::Kafka(_) => &MessageColumn::ALL,
-            SourceInput::Nats(_) => &MessageColumn::NATS,
-            SourceInput::Files(_) | SourceInput::Generator(_) => &[],
-        }
-    }
-}
+/// `event_time.idle_timeout` of a Kafka source when not given.
+pub const DEFAULT_KAFKA_IDLE_TIMEOUT_MS: u64 = crate::connectors::kafka::DEFAULT_IDLE_TIMEOUT_MS;
 
 /// A checked source.
 pub struct PlannedSource {
     pub name: String,
-    pub input: SourceInput,
+    /// What it reads.
+    pub input: Box<dyn SourceConnector>,
     pub schema: Arc<SourceSchema>,
     pub time_field: String,
     pub max_out_of_orderness_ms: u64,
@@ -122,72 +91,11 @@ pub struct PlannedTracing {
     pub headers: Vec<(String, String)>,
 }
 
-/// Where a sink writes.
-#[derive(Debug, Clone)]
-pub enum SinkTarget {
-    File {
-        path: PathBuf,
-        format: FileFormat,
-    },
-    /// A Kafka topic, one JSON message per row.
-    Kafka(KafkaSinkConfig),
-    /// An Iceberg table.
-    Iceberg(Box<IcebergTarget>),
-    /// Elasticsearch indices (the output is set when a window or view names the sink).
-    Elasticsearch(Box<ElasticsearchConfig>),
-    /// Signed webhook requests (the output is set when a window or view names the sink).
-    Webhook(Box<WebhookTarget>),
-    /// A PostgreSQL table (the output is set when a window or view names the sink).
-    Postgres(Box<PostgresConfig>),
-    /// A NATS JetStream subject (the output is set when a window or view names the sink).
-    Nats(Box<weir_sinks::NatsSinkConfig>),
-}
-
-/// A webhook sink's settings and its `where` on the output rows (compiled when an output
-/// names the sink).
-#[derive(Debug, Clone)]
-pub struct WebhookTarget {
-    pub config: WebhookConfig,
-    /// Where `where` is written, and its text.
-    pub filter_text: Option<(Location, String)>,
-    /// `where`, compiled against the output's rows.
-    pub filter: Option<Arc<dyn PhysicalExpr>>,
-}
-
-/// An Iceberg sink's table, and the output that feeds it (set when an output names it).
-#[derive(Debug, Clone)]
-pub struct IcebergTarget {
-    pub catalog: CatalogUri,
-    pub catalog_name: String,
-    /// An absolute folder or an object-store URL.
-    pub warehouse: String,
-    pub table: String,
-    pub partition_by: Option<PartitionBy>,
-    /// Where `partition_by` is written, and its text (checked against the output's columns).
-    pub partition_text: Option<(Location, String)>,
-    pub target_file_size: usize,
-    pub properties: HashMap<String, String>,
-    /// The window or view writing to the table.
-    pub output: Option<String>,
-    /// The key columns of a view's rows; `None` for a window.
-    pub view_keys: Option<usize>,
-}
-
-/// Where dead letters go.
-#[derive(Debug, Clone)]
-pub enum DeadLetterTarget {
-    /// An NDJSON file.
-    File(PathBuf),
-    /// A Kafka topic, one JSON message per record.
-    Kafka(KafkaSinkConfig),
-    /// A NATS JetStream subject, one JSON message per record.
-    Nats(Box<weir_sinks::DeadLetterNatsConfig>),
-}
-
 /// A checked sink.
 pub struct PlannedSink {
     pub name: String,
-    pub target: SinkTarget,
+    /// Where it writes.
+    pub target: Box<dyn SinkConnector>,
     /// The schema of the rows it receives (the windows feeding it).
     pub schema: Option<SchemaRef>,
     /// How its failed writes are retried.
@@ -203,7 +111,7 @@ pub struct Plan {
     pub windows: Vec<PlannedWindow>,
     pub views: Vec<PlannedView>,
     pub sinks: Vec<PlannedSink>,
-    pub dead_letter: DeadLetterTarget,
+    pub dead_letter: Box<dyn DeadLetterConnector>,
     /// How failed dead-letter writes are retried.
     pub dead_letter_retry: RetryPolicy,
     /// SQL serving, when configured.
@@ -227,14 +135,16 @@ pub struct PlannedCheckpoint {
 /// Checkpoints every 10 s unless told otherwise (Flink users set about this).
 const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 10_000;
 
-struct Ctx<'a> {
-    file: String,
-    text: &'a Interpolated,
-    dir: PathBuf,
+/// What planning reads of the file: its name, interpolated text (for positions) and folder.
+pub struct Ctx<'a> {
+    pub(crate) file: String,
+    pub(crate) text: &'a Interpolated,
+    pub(crate) dir: PathBuf,
 }
 
 impl Ctx<'_> {
-    fn err(&self, loc: &Location, message: impl Into<String>) -> PipelineError {
+    /// An error at `loc` of the file.
+    pub(crate) fn err(&self, loc: &Location, message: impl Into<String>) -> PipelineError {
         let line = loc.line();
         let column = if line == 0 {
             0
@@ -243,7 +153,8 @@ impl Ctx<'_> {
         };
         PipelineError::at(&self.file, line, column, message)
     }
-    fn path(&self, p: &str) -> PathBuf {
+    /// `p` resolved against the pipeline file's folder.
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()
@@ -348,7 +259,7 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
             urls.extend(k.value.schema_registry.clone());
         }
         if let Some(n) = &s.value.nats {
-            out.extend(crate::nats::sink::secrets(&n.value));
+            out.extend(crate::connectors::nats::sink::secrets(&n.value));
         }
         if let Some(w) = &s.value.webhook {
             let w = &w.value;
@@ -364,7 +275,7 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         }
     }
     if let Some(n) = doc.dead_letter.as_ref().and_then(|d| d.value.nats.as_ref()) {
-        out.extend(crate::nats::sink::secrets(&n.value));
+        out.extend(crate::connectors::nats::sink::secrets(&n.value));
     }
     if let Some(c) = &doc.checkpoint {
         urls.push(c.value.dir.clone());

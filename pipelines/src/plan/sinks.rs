@@ -1,15 +1,17 @@
 //! Planning of sinks and the dead-letter output: each declared sink checked, retry policies,
 //! and the sinks attached to the windows and views that write to them.
 
+use super::{names, Ctx, PlannedSink};
+use crate::connectors::file::FileDeadLetter;
+use crate::connectors::{
+    keys_of, Attach, DeadLetterConnector, DeadLetterKind, SinkConnector, SinkKind, SinkPlanning,
+    DEAD_LETTERS, SINKS,
+};
+use crate::error::PipelineError;
+use crate::model::*;
 use arrow::datatypes::SchemaRef;
 use serde_saphyr::Spanned;
 use weir_engine::retry::RetryPolicy;
-use weir_iceberg::{CatalogUri, PartitionBy};
-use weir_sinks::{FileFormat, KafkaDelivery, KafkaFormat};
-
-use super::{names, Ctx, DeadLetterTarget, PlannedSink, SinkTarget};
-use crate::error::PipelineError;
-use crate::model::*;
 
 /// Every declared sink, checked.
 pub(super) fn check_sinks(
@@ -31,127 +33,70 @@ pub(super) fn check_sinks(
     Ok(sinks)
 }
 
-/// One sink's target, checked.
+/// One sink's target, checked: exactly one registered kind is declared.
 fn sink_target(
     doc: &PipelineDoc,
     ctx: &Ctx,
     name: &str,
     kname: &str,
     k: &Spanned<SinkDoc>,
-) -> Result<SinkTarget, PipelineError> {
-    let loc = &k.referenced;
-    let v = &k.value;
-    let declared = [
-        v.kafka.is_some(),
-        v.iceberg.is_some(),
-        v.elasticsearch.is_some(),
-        v.webhook.is_some(),
-        v.postgres.is_some(),
-        v.nats.is_some(),
-        v.file.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if declared != 1 {
-        return Err(ctx.err(loc, format!("sink `{kname}` needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `postgres`, `nats`, `file` (found {declared})")));
-    }
-    if let (None, None, Some(f)) = (&v.kafka, &v.nats, &v.format) {
-        if f.value != Format::Json {
+) -> Result<Box<dyn SinkConnector>, PipelineError> {
+    let declared: Vec<&SinkKind> = SINKS
+        .iter()
+        .filter(|kind| (kind.declared)(&k.value))
+        .collect();
+    let [kind] = declared.as_slice() else {
+        return Err(ctx.err(
+            &k.referenced,
+            format!(
+                "sink `{kname}` needs exactly one of {} (found {})",
+                keys_of(SINKS.iter().map(|k| k.key)),
+                declared.len()
+            ),
+        ));
+    };
+    if let Some(f) = &k.value.format {
+        if !kind.takes_format && f.value != Format::Json {
             return Err(ctx.err(
                     &f.referenced,
                     format!("sink `{kname}`: `format` is for Kafka and NATS sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch, webhook and PostgreSQL sinks have their own"),
                 ));
         }
     }
-    let target = if let Some(f) = &v.file {
-        let p = ctx.path(&f.value.path.value);
-        let format = FileFormat::from_path(&p).ok_or_else(|| {
-            ctx.err(
-                &f.value.path.referenced,
-                format!(
-                    "file sink `{kname}`: unknown extension of `{}`: use .ndjson, .csv or .parquet",
-                    f.value.path.value
-                ),
-            )
-        })?;
-        SinkTarget::File { path: p, format }
-    } else if let Some(k) = &v.kafka {
-        SinkTarget::Kafka(super::kafka::sink_config(
-            doc,
-            ctx,
-            kname,
-            k,
-            v.format.as_ref(),
-        )?)
-    } else if let Some(i) = &v.iceberg {
-        SinkTarget::Iceberg(Box::new(super::iceberg::target(ctx, name, kname, i)?))
-    } else if let Some(e) = &v.elasticsearch {
-        SinkTarget::Elasticsearch(Box::new(super::elasticsearch::elasticsearch_config(
-            ctx, name, kname, e,
-        )?))
-    } else if let Some(w) = &v.webhook {
-        SinkTarget::Webhook(Box::new(super::webhook::webhook_config(
-            ctx, name, kname, w,
-        )?))
-    } else if let Some(p) = &v.postgres {
-        SinkTarget::Postgres(Box::new(super::postgres::postgres_config(
-            ctx, name, kname, p,
-        )?))
-    } else if let Some(n) = &v.nats {
-        let format = v.format.as_ref().map(|f| f.value);
-        let c = crate::nats::sink::sink_config(name, kname, &n.value, format, &ctx.dir)
-            .map_err(|m| ctx.err(&n.referenced, format!("sink `{kname}`: {m}")))?;
-        SinkTarget::Nats(Box::new(c))
-    } else {
-        return Err(ctx.err(loc, format!("sink `{kname}` has no output")));
-    };
-    Ok(target)
+    (kind.plan)(&SinkPlanning {
+        doc,
+        ctx,
+        pipeline: name,
+        name: kname,
+        sink: k,
+    })
 }
 
 /// The dead-letter output and its retry policy.
 pub(super) fn dead_letter(
     doc: &PipelineDoc,
     ctx: &Ctx,
-) -> Result<(DeadLetterTarget, RetryPolicy), PipelineError> {
-    let dead_letter = match &doc.dead_letter {
-        Some(d) => match (&d.value.file, &d.value.kafka, &d.value.nats) {
-            (Some(f), None, None) => DeadLetterTarget::File(ctx.path(&f.value.path.value)),
-            (None, None, Some(n)) => DeadLetterTarget::Nats(Box::new(
-                crate::nats::sink::dead_letter_config(&doc.name.value, &n.value, &ctx.dir)
-                    .map_err(|m| ctx.err(&n.referenced, format!("dead_letter: {m}")))?,
-            )),
-            (None, Some(k), None) => {
-                if k.value.topic.is_empty() {
-                    return Err(ctx.err(&k.referenced, "dead_letter: `topic` is empty"));
-                }
-                if k.value.delivery.is_some() || k.value.transactional_id.is_some() {
-                    return Err(ctx.err(
-                        &k.referenced,
-                        "dead_letter: a dead-letter topic is written idempotently (keyed by source, partition and offset); `delivery` is for sinks",
-                    ));
-                }
-                if k.value.schema_registry.is_some() {
-                    return Err(ctx.err(
-                        &k.referenced,
-                        "dead_letter: dead letters are JSON records; `schema_registry` is for Avro sinks",
-                    ));
-                }
-                DeadLetterTarget::Kafka(super::kafka::kafka_sink_config(
-                    doc,
-                    &k.value,
-                    KafkaFormat::Json,
-                    KafkaDelivery::Idempotent,
-                ))
-            }
-            _ => {
+) -> Result<(Box<dyn DeadLetterConnector>, RetryPolicy), PipelineError> {
+    let dead_letter: Box<dyn DeadLetterConnector> = match &doc.dead_letter {
+        Some(d) => {
+            let declared: Vec<&DeadLetterKind> = DEAD_LETTERS
+                .iter()
+                .filter(|kind| (kind.declared)(&d.value))
+                .collect();
+            let [kind] = declared.as_slice() else {
                 return Err(ctx.err(
                     &d.referenced,
-                    "dead_letter needs exactly one of `file`, `kafka`, `nats`",
-                ))
-            }
-        },
-        None => DeadLetterTarget::File(ctx.dir.join("dead_letter.ndjson")),
+                    format!(
+                        "dead_letter needs exactly one of {}",
+                        keys_of(DEAD_LETTERS.iter().map(|k| k.key))
+                    ),
+                ));
+            };
+            (kind.plan)(doc, ctx, d)?
+        }
+        None => Box::new(FileDeadLetter {
+            path: ctx.dir.join("dead_letter.ndjson"),
+        }),
     };
     let dead_letter_retry = retry_policy(
         ctx,
@@ -238,69 +183,13 @@ pub(super) fn attach_sinks(
             )
         })?;
         let sink = &mut sinks[id];
-        if let (Some(prev), SinkTarget::File { format, .. }) = (&sink.schema, &sink.target) {
-            if *format != FileFormat::Ndjson && prev != schema {
-                return Err(ctx.err(&s.referenced, format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per window or view", s.value)));
-            }
-        }
-        if let SinkTarget::Iceberg(t) = &mut sink.target {
-            if let Some(other) = &t.output {
-                return Err(ctx.err(&s.referenced, format!("sink `{}` already writes `{other}`: an Iceberg sink writes one table; use one sink per window or view", s.value)));
-            }
-            let columns: Vec<&str> = schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .filter(|c| *c != weir_iceberg::schema::OP_COLUMN)
-                .collect();
-            if let Some((loc, text)) = &t.partition_text {
-                t.partition_by = Some(
-                    PartitionBy::parse(text, &columns)
-                        .map_err(|e| ctx.err(loc, format!("sink `{}`: {e}", s.value)))?,
-                );
-            }
-            t.view_keys = schema
-                .metadata()
-                .get(weir_engine::KEYS_METADATA)
-                .and_then(|k| k.parse().ok());
-            if t.view_keys.is_some() && matches!(t.catalog, CatalogUri::Rest(_)) {
-                return Err(ctx.err(&s.referenced, format!("sink `{}`: a view's table is replaced at every commit, which weir can only commit through a SQL catalog (sqlite:// or postgres://), not a REST catalog; use a SQL catalog for views", s.value)));
-            }
-            t.output = Some(output.to_string());
-        }
-        if let SinkTarget::Elasticsearch(c) = &mut sink.target {
-            if !c.output.is_empty() {
-                return Err(ctx.err(&s.referenced, format!("sink `{}` already writes `{}`: an Elasticsearch sink writes one window or view (its documents' ids and mapping are the output's); use one sink per window or view", s.value, c.output)));
-            }
-            c.view_keys = schema
-                .metadata()
-                .get(weir_engine::KEYS_METADATA)
-                .and_then(|k| k.parse().ok());
-            if c.view_keys.is_some() && c.index.uses_window_start() {
-                return Err(ctx.err(&s.referenced, format!("sink `{}`: `{{window_start}}` in `index` names indices by window, but `{output}` is a view (no window_start)", s.value)));
-            }
-            c.output = output.to_string();
-        }
-        if let SinkTarget::Webhook(t) = &mut sink.target {
-            super::webhook::attach_webhook(ctx, t, s, schema, output)?;
-        }
-        if let SinkTarget::Nats(c) = &mut sink.target {
-            crate::nats::sink::attach(c, &s.value, schema, output)
-                .map_err(|m| ctx.err(&s.referenced, m))?;
-        }
-        if let SinkTarget::Postgres(c) = &mut sink.target {
-            if !c.output.is_empty() {
-                return Err(ctx.err(&s.referenced, format!("sink `{}` already writes `{}`: a PostgreSQL sink writes one window or view (its table has the output's columns and key); use one sink per window or view", s.value, c.output)));
-            }
-            c.view_keys = schema
-                .metadata()
-                .get(weir_engine::KEYS_METADATA)
-                .and_then(|k| k.parse().ok());
-            let table = c.table.clone();
-            weir_sinks::postgres::ddl::Layout::new(table.clone(), table, schema, c.view_keys)
-                .map_err(|e| ctx.err(&s.referenced, format!("sink `{}`: {e}", s.value)))?;
-            c.output = output.to_string();
-        }
+        sink.target.attach(&Attach {
+            ctx,
+            reference: s,
+            schema,
+            previous: sink.schema.as_ref(),
+            output,
+        })?;
         sink.schema = Some(schema.clone());
         ids.push(id);
     }

@@ -7,13 +7,11 @@ use std::sync::Arc;
 use serde_saphyr::{Location, Spanned};
 use weir_engine::job::Decode;
 use weir_sources::{
-    resolve_files, AvroDecoder, AvroType, GeneratorConfig, JsonDecoder, Kind, MessageColumn,
-    SchemaRegistry, SourceSchema,
+    AvroDecoder, AvroType, JsonDecoder, MessageColumn, SchemaRegistry, SourceSchema,
 };
 
-use super::{
-    Ctx, PlannedSource, SourceInput, DEFAULT_KAFKA_IDLE_TIMEOUT_MS, DEFAULT_MAX_FUTURE_MS,
-};
+use super::{Ctx, PlannedSource, DEFAULT_MAX_FUTURE_MS};
+use crate::connectors::{keys_of, SourceConnector, SourceKind, SourcePlanning, SOURCES};
 use crate::error::PipelineError;
 use crate::model::*;
 
@@ -28,7 +26,7 @@ pub(super) struct Src {
     /// Bounds on what one Avro record may decode to.
     avro_limits: weir_sources::avro::AvroLimits,
     name: String,
-    pub(super) input: SourceInput,
+    pub(super) input: Box<dyn SourceConnector>,
     pub(super) schema: Arc<SourceSchema>,
     pub(super) time_field: String,
     ooo: u64,
@@ -49,52 +47,35 @@ fn check_source(
     doc: &PipelineDoc,
     ctx: &Ctx,
     sname: &str,
-    s: &Spanned<SourceDoc>,
+    spanned: &Spanned<SourceDoc>,
 ) -> Result<Src, PipelineError> {
-    let loc = &s.referenced;
-    let s = &s.value;
-    let declared = [
-        s.kafka.is_some(),
-        s.nats.is_some(),
-        s.file.is_some(),
-        s.generator.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if declared != 1 {
-        return Err(ctx.err(loc, format!("source `{sname}` needs exactly one of `kafka`, `nats`, `file`, `generator` (found {declared})")));
-    }
+    let loc = &spanned.referenced;
+    let s = &spanned.value;
+    let declared: Vec<&SourceKind> = SOURCES.iter().filter(|k| (k.declared)(s)).collect();
+    let [kind] = declared.as_slice() else {
+        return Err(ctx.err(
+            loc,
+            format!(
+                "source `{sname}` needs exactly one of {} (found {})",
+                keys_of(SOURCES.iter().map(|k| k.key)),
+                declared.len()
+            ),
+        ));
+    };
     let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
-    if format == Format::Avro && s.kafka.is_none() && s.nats.is_none() {
+    if format == Format::Avro && !kind.reads_avro {
         let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
         return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka or NATS messages; files and the generator are json")));
     }
     let enveloped = format == Format::Cloudevents;
-    let (input, default_schema) = if let Some(k) = &s.kafka {
-        (
-            SourceInput::Kafka(super::kafka::source_config(doc, ctx, sname, k, format)?),
-            None,
-        )
-    } else if let Some(n) = &s.nats {
-        let cfg = crate::nats::source::config(&n.value, &doc.name.value, sname, &ctx.dir)
-            .map_err(|e| ctx.err(&n.referenced, format!("source `{sname}`: {e}")))?;
-        (SourceInput::Nats(Box::new(cfg)), None)
-    } else if let Some(f) = &s.file {
-        let p = ctx.path(&f.value.path.value);
-        let files = resolve_files(&p).map_err(|e| ctx.err(&f.value.path.referenced, e))?;
-        (SourceInput::Files(files), None)
-    } else {
-        let g = s.generator.as_ref().expect("one input is declared");
-        let kind = match g.value.kind {
-            GeneratorKind::DataIngestion => Kind::DataIngestion,
-            GeneratorKind::ServiceHealth => Kind::ServiceHealth,
-        };
-        (
-            SourceInput::Generator(generator_config(ctx, g, kind)?),
-            Some(kind.schema_name()),
-        )
-    };
+    let planned = (kind.plan)(&SourcePlanning {
+        doc,
+        ctx,
+        name: sname,
+        source: spanned,
+        format,
+    })?;
+    let default_schema = planned.default_schema;
     let schema = source_schema(ctx, loc, sname, s, default_schema)?;
     let (time_field, ooo, idle) = event_time(ctx, loc, sname, s, &schema, enveloped)?;
     for f in s.partitioned_by.iter().flatten() {
@@ -114,47 +95,19 @@ fn check_source(
         .as_ref()
         .and_then(|et| et.value.max_future)
         .map_or(DEFAULT_MAX_FUTURE_MS, |d| d.0);
-    let mut input = input;
+    let mut input = planned.connector;
     // a Kafka partition that is assigned but silent must not hold windows open forever
-    let idle = match &input {
-        SourceInput::Kafka(_) | SourceInput::Nats(_) => {
-            Some(idle.unwrap_or(DEFAULT_KAFKA_IDLE_TIMEOUT_MS))
-        }
-        _ => idle,
-    };
-    if let SourceInput::Kafka(cfg) = &mut input {
-        cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
-    }
-    if let SourceInput::Nats(cfg) = &mut input {
-        cfg.idle_timeout = idle.map(std::time::Duration::from_millis);
-    }
-    if let SourceInput::Generator(cfg) = &mut input {
-        cfg.idle_timeout_ms = idle;
-        if time_field != "timestamp" {
-            let l = s
-                .event_time
-                .as_ref()
-                .map_or(*loc, |e| e.value.field.referenced);
-            return Err(ctx.err(&l, "the generator's event time is its `timestamp` field"));
-        }
-    }
-    let mut avro_limits = weir_sources::avro::AvroLimits::default();
-    let limits = s.kafka.as_ref().and_then(|k| k.value.avro_limits.as_ref());
-    let limits = limits.or(s.nats.as_ref().and_then(|n| n.value.avro_limits.as_ref()));
-    if let Some(l) = limits {
-        if let Some(b) = l.max_record_bytes {
-            avro_limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
-        }
-        if let Some(n) = l.max_items {
-            avro_limits.max_items = n;
-        }
-    }
-    Ok(Src {
-        avro_limits,
-        registry: s
-            .kafka
+    let idle = idle.or(input.default_idle_timeout_ms());
+    input.set_event_time(&time_field, idle).map_err(|m| {
+        let l = s
+            .event_time
             .as_ref()
-            .and_then(|k| k.value.schema_registry.clone()),
+            .map_or(*loc, |e| e.value.field.referenced);
+        ctx.err(&l, m)
+    })?;
+    Ok(Src {
+        avro_limits: planned.avro_limits,
+        registry: planned.registry,
         enveloped,
         avro: format == Format::Avro,
         name: sname.to_string(),
@@ -165,51 +118,6 @@ fn check_source(
         idle,
         max_future,
     })
-}
-
-/// The generator's settings, checked.
-fn generator_config(
-    ctx: &Ctx,
-    g: &Spanned<GeneratorDoc>,
-    kind: Kind,
-) -> Result<GeneratorConfig, PipelineError> {
-    let d = &g.value;
-    let mut cfg = GeneratorConfig::new(kind);
-    cfg.count = d.count;
-    cfg.events_per_second = d.events_per_second.unwrap_or(0.0);
-    if cfg.events_per_second < 0.0 {
-        return Err(ctx.err(
-            &g.referenced,
-            "events_per_second must be 0 (as fast as possible) or more",
-        ));
-    }
-    if let Some(v) = d.seed {
-        cfg.seed = v;
-    }
-    if let Some(v) = d.keys {
-        cfg.keys = v.max(1);
-    }
-    if let Some(v) = d.skew {
-        cfg.skew = v;
-    }
-    cfg.start_ms = d.start_ms;
-    cfg.step_ms = d.step_ms;
-    if let Some(v) = d.jitter_frac {
-        cfg.jitter_frac = v;
-    }
-    if let Some(v) = d.jitter_ms {
-        cfg.jitter_ms = v.max(0);
-    }
-    if let Some(v) = d.late_frac {
-        cfg.late_frac = v;
-    }
-    if let Some(v) = d.late_ms {
-        cfg.late_ms = v.max(0);
-    }
-    if let Some(v) = d.unicode_keys {
-        cfg.unicode_keys = v;
-    }
-    Ok(cfg)
 }
 
 /// A source's schema: the one named, or the generator's.
@@ -309,13 +217,7 @@ pub(super) fn planned_sources(
             .filter(|c| columns[i].contains(c.name()))
             .collect();
         let mut input = s.input;
-        let with_headers = message_columns.contains(&MessageColumn::Headers);
-        if let SourceInput::Kafka(cfg) = &mut input {
-            cfg.with_headers = with_headers;
-        }
-        if let SourceInput::Nats(cfg) = &mut input {
-            cfg.with_headers = with_headers;
-        }
+        input.set_headers(message_columns.contains(&MessageColumn::Headers));
         let decoder = if s.enveloped {
             JsonDecoder::enveloped(s.schema.clone(), &cols, &s.time_field)
         } else {

@@ -3,12 +3,12 @@
 use serde_saphyr::Spanned;
 use weir_sinks::{ElasticsearchConfig, EsAuth, IndexTemplate};
 
-use super::Ctx;
 use crate::error::PipelineError;
 use crate::model::*;
+use crate::plan::Ctx;
 
 /// An `elasticsearch` sink's settings, checked.
-pub(super) fn elasticsearch_config(
+pub(crate) fn elasticsearch_config(
     ctx: &Ctx,
     pipeline: &str,
     kname: &str,

@@ -3,12 +3,12 @@
 use serde_saphyr::Spanned;
 use weir_sinks::PostgresConfig;
 
-use super::Ctx;
 use crate::error::PipelineError;
 use crate::model::*;
+use crate::plan::Ctx;
 
 /// A `postgres` sink's settings, checked.
-pub(super) fn postgres_config(
+pub(crate) fn postgres_config(
     ctx: &Ctx,
     pipeline: &str,
     kname: &str,

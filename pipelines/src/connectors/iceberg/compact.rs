@@ -3,7 +3,8 @@
 
 pub use weir_iceberg::{CompactOptions, CompactReport, IcebergError};
 
-use crate::plan::{iceberg_config, Plan, SinkTarget};
+use super::{iceberg_config, IcebergTarget};
+use crate::plan::Plan;
 
 /// Each compacted sink's name and what compacting its table did.
 pub type SinkReports = Vec<(String, Result<CompactReport, IcebergError>)>;
@@ -19,9 +20,9 @@ pub fn compact(
     let windows: Vec<_> = plan
         .sinks
         .iter()
-        .filter_map(|s| match &s.target {
-            SinkTarget::Iceberg(t) if t.output.is_some() && t.view_keys.is_none() => Some((s, t)),
-            _ => None,
+        .filter_map(|s| {
+            let t = s.target.as_any().downcast_ref::<IcebergTarget>()?;
+            (t.output.is_some() && t.view_keys.is_none()).then_some((s, t))
         })
         .filter(|(s, _)| only.is_none_or(|o| o == s.name))
         .collect();

@@ -5,38 +5,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use weir_engine::job::PartitionReader;
-use weir_engine::EngineError;
 use weir_sources::nats::{
-    parse_start_from, sequence_range, NatsReader, NatsSourceConfig, NatsStartFrom,
-    DEFAULT_FETCH_BATCH,
+    parse_start_from, sequence_range, NatsSourceConfig, NatsStartFrom, DEFAULT_FETCH_BATCH,
 };
 
 use crate::model::{NatsSourceDoc, OneOrMany};
-use crate::plan::{PlannedSource, SourceInput};
 use weir_sources::ReadOffsets;
-
-/// The reader of NATS source `s` (index `i`, partition id `partition`): `bounded` by the
-/// stream's last sequence at the start (`--until-caught-up`, a replay), continuing at
-/// `start` (a checkpoint's or a replay's sequence) when given.
-pub(crate) fn reader(
-    i: usize,
-    s: &PlannedSource,
-    partition: usize,
-    bounded: bool,
-    start: Option<u64>,
-) -> Result<Box<dyn PartitionReader>, EngineError> {
-    let SourceInput::Nats(cfg) = &s.input else {
-        return Err(EngineError::Internal(format!(
-            "source {} is not a NATS source",
-            s.name
-        )));
-    };
-    let mut cfg = (**cfg).clone();
-    cfg.until_caught_up = bounded;
-    let reader = NatsReader::new(i, &s.name, partition, cfg)?.with_resume(start);
-    Ok(Box::new(reader))
-}
 
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
 const MAX_FETCH_BATCH: u64 = 100_000;

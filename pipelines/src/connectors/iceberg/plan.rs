@@ -3,9 +3,10 @@
 use serde_saphyr::Spanned;
 use weir_iceberg::CatalogUri;
 
-use super::{Ctx, IcebergTarget};
+use super::IcebergTarget;
 use crate::error::PipelineError;
 use crate::model::*;
+use crate::plan::Ctx;
 
 /// The Iceberg sink `sink` of pipeline `pipeline`, writing `target`.
 pub fn iceberg_config(
@@ -30,7 +31,7 @@ pub fn iceberg_config(
 
 /// An `iceberg` sink's target, checked (its output and partitioning are set when a window or
 /// view attaches it).
-pub(super) fn target(
+pub(crate) fn target(
     ctx: &Ctx,
     name: &str,
     kname: &str,

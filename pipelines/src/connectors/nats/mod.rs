@@ -1,8 +1,13 @@
-//! Planning of the NATS connectors: how a source's or sink's `url`, `credentials` and `tls`
-//! become a [`NatsEndpoint`], checked with the pipeline file's positions by the caller.
+//! NATS JetStream: a stream read by a durable pull consumer, rows and dead letters published
+//! with deterministic `Nats-Msg-Id`s. This module turns a source's or sink's `url`,
+//! `credentials` and `tls` into a [`NatsEndpoint`], checked with the pipeline file's
+//! positions by the caller.
 
+mod connector;
 pub mod sink;
 pub(crate) mod source;
+
+pub use connector::{NatsDeadLetter, NatsInput, NatsTarget, DEAD_LETTER, SINK, SOURCE};
 
 use std::path::{Path, PathBuf};
 

@@ -5,12 +5,13 @@ use serde_saphyr::Spanned;
 use weir_operators::SqlCompiler;
 use weir_sinks::{WebhookConfig, WebhookMethod};
 
-use super::{Ctx, WebhookTarget};
+use super::WebhookTarget;
 use crate::error::PipelineError;
 use crate::model::*;
+use crate::plan::Ctx;
 
 /// A `webhook` sink's settings, checked (the output and `where` are set later).
-pub(super) fn webhook_config(
+pub(crate) fn webhook_config(
     ctx: &Ctx,
     pipeline: &str,
     kname: &str,
@@ -105,7 +106,7 @@ pub(super) fn webhook_config(
 
 /// A webhook sink named by output `output` of rows `schema`: one output a sink, URL
 /// placeholders that are key columns, `where` compiled.
-pub(super) fn attach_webhook(
+pub(crate) fn attach_webhook(
     ctx: &Ctx,
     t: &mut WebhookTarget,
     sink: &Spanned<String>,
@@ -149,7 +150,7 @@ pub(super) fn attach_webhook(
 }
 
 /// What `weir validate` says of a webhook sink.
-pub(super) fn describe_webhook(t: &WebhookTarget, checkpointed: bool) -> String {
+pub(crate) fn describe_webhook(t: &WebhookTarget, checkpointed: bool) -> String {
     use weir_sinks::webhook::{Batching, BodyMode};
     let c = &t.config;
     format!(

@@ -5,9 +5,9 @@ use serde_saphyr::Spanned;
 use weir_sinks::{KafkaDelivery, KafkaFormat, KafkaSinkConfig};
 use weir_sources::{KafkaSourceConfig, StartFrom};
 
-use super::Ctx;
 use crate::error::PipelineError;
 use crate::model::*;
+use crate::plan::Ctx;
 
 /// The brokers a Kafka sink or dead-letter output uses when it names none: those of the
 /// first Kafka source, else `127.0.0.1:9092`.
@@ -18,7 +18,7 @@ fn default_brokers(doc: &PipelineDoc) -> String {
         .unwrap_or_else(|| "127.0.0.1:9092".to_string())
 }
 
-pub(super) fn kafka_sink_config(
+pub(crate) fn kafka_sink_config(
     doc: &PipelineDoc,
     k: &KafkaSinkDoc,
     format: KafkaFormat,
@@ -38,7 +38,7 @@ pub(super) fn kafka_sink_config(
 }
 
 /// Reads `start_from`: `committed`, `earliest`, `latest` or an RFC 3339 time.
-pub(super) fn parse_start_from(text: &str) -> Option<StartFrom> {
+pub(crate) fn parse_start_from(text: &str) -> Option<StartFrom> {
     match text {
         "committed" => Some(StartFrom::Committed),
         "earliest" => Some(StartFrom::Earliest),
@@ -48,7 +48,7 @@ pub(super) fn parse_start_from(text: &str) -> Option<StartFrom> {
 }
 
 /// A Kafka source's consumer settings, checked (`format` is the source's).
-pub(super) fn source_config(
+pub(crate) fn source_config(
     doc: &PipelineDoc,
     ctx: &Ctx,
     sname: &str,
@@ -112,7 +112,7 @@ pub(super) fn source_config(
 }
 
 /// A Kafka sink's producer settings, checked (`format` is the sink's `format:`).
-pub(super) fn sink_config(
+pub(crate) fn sink_config(
     doc: &PipelineDoc,
     ctx: &Ctx,
     kname: &str,

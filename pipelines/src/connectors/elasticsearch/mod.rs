@@ -1,0 +1,92 @@
+//! Elasticsearch: a window's or view's rows as documents with deterministic ids, written by
+//! bulk requests (every row acknowledged before its checkpoint completes).
+
+use std::any::Any;
+
+use weir_engine::job::Sink;
+use weir_sinks::{ElasticsearchConfig, ElasticsearchSink};
+
+use super::{Attach, OpenSink, SinkConnector, SinkKind};
+use crate::error::PipelineError;
+use crate::run::RunError;
+
+mod plan;
+
+/// The `elasticsearch` sink kind.
+pub const SINK: SinkKind = SinkKind {
+    key: "elasticsearch",
+    declared: |d| d.elasticsearch.is_some(),
+    takes_format: false,
+    plan: |p| {
+        let e = p.sink.value.elasticsearch.as_ref().ok_or_else(|| {
+            p.ctx.err(
+                &p.sink.referenced,
+                format!("sink `{}`: `elasticsearch` is missing", p.name),
+            )
+        })?;
+        let cfg = plan::elasticsearch_config(p.ctx, p.pipeline, p.name, e)?;
+        Ok(Box::new(ElasticsearchTarget(cfg)))
+    },
+};
+
+/// Elasticsearch indices (the output is set when a window or view names the sink).
+#[derive(Debug, Clone)]
+pub struct ElasticsearchTarget(pub ElasticsearchConfig);
+
+impl SinkConnector for ElasticsearchTarget {
+    fn kind(&self) -> &'static str {
+        "elasticsearch"
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("elasticsearch {}", self.0.urls.join(","))
+    }
+
+    fn summary(&self) -> String {
+        "indices".to_string()
+    }
+
+    fn describe(&self, checkpointed: bool) -> String {
+        let c = &self.0;
+        format!(
+            "elasticsearch {} ({} nodes), index {:?}, {} docs or {} bytes per bulk request, {} at once{}; {}",
+            c.urls.join(", "),
+            c.urls.len(),
+            c.index,
+            c.bulk_max_docs,
+            c.bulk_max_bytes,
+            c.max_in_flight,
+            if c.auth.is_some() { ", authenticated" } else { "" },
+            if checkpointed {
+                "exactly-once effect: deterministic document ids, every row acknowledged before its checkpoint completes"
+            } else {
+                "deterministic document ids: a row sent again overwrites its document"
+            }
+        )
+    }
+
+    fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
+        let (c, sink, output) = (&mut self.0, &at.reference.value, at.output);
+        if !c.output.is_empty() {
+            return Err(at.err(format!("sink `{sink}` already writes `{}`: an Elasticsearch sink writes one window or view (its documents' ids and mapping are the output's); use one sink per window or view", c.output)));
+        }
+        c.view_keys = at.view_keys();
+        if c.view_keys.is_some() && c.index.uses_window_start() {
+            return Err(at.err(format!("sink `{sink}`: `{{window_start}}` in `index` names indices by window, but `{output}` is a view (no window_start)")));
+        }
+        c.output = output.to_string();
+        Ok(())
+    }
+
+    fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
+        Ok(Box::new(ElasticsearchSink::new(at.name, self.0.clone())?))
+    }
+
+    fn clone_box(&self) -> Box<dyn SinkConnector> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,230 @@
+//! Files: NDJSON sources (one partition per file), NDJSON/CSV/Parquet sinks and the NDJSON
+//! dead-letter file. With checkpoints a file grows by whole checkpoints (NDJSON, CSV) or is a
+//! folder of part files, one committed per checkpoint (Parquet); a pool worker writes its own
+//! files, and the next owner of a dead worker's partitions finishes that worker's commit.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+
+use weir_engine::checkpoint::Manifest;
+use weir_engine::job::{DeadLetterSink, Sink};
+use weir_engine::EngineError;
+use weir_sinks::committed::{CommittedLines, CommittedParts};
+use weir_sinks::{
+    CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink,
+};
+
+use super::{
+    Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind, SinkPlanning,
+};
+use crate::error::PipelineError;
+use crate::run::RunError;
+
+mod source;
+
+pub use source::SOURCE;
+
+/// The `file` sink kind.
+pub const SINK: SinkKind = SinkKind {
+    key: "file",
+    declared: |d| d.file.is_some(),
+    takes_format: false,
+    plan: plan_sink,
+};
+
+/// The `file` dead-letter kind.
+pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
+    key: "file",
+    declared: |d| d.file.is_some(),
+    plan: |_, ctx, d| {
+        let f = d
+            .value
+            .file
+            .as_ref()
+            .ok_or_else(|| ctx.err(&d.referenced, "dead_letter: `file` is missing"))?;
+        Ok(Box::new(FileDeadLetter {
+            path: ctx.path(&f.value.path.value),
+        }))
+    },
+};
+
+/// `path` with `tag` before its extension: `out/w.ndjson` → `out/w.<tag>.ndjson`.
+pub fn tagged_path(path: &Path, tag: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{tag}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{tag}"),
+    };
+    path.with_file_name(name)
+}
+
+/// A file sink: its path and format (from the extension).
+#[derive(Debug, Clone)]
+pub struct FileTarget {
+    pub path: PathBuf,
+    pub format: FileFormat,
+}
+
+fn plan_sink(p: &SinkPlanning) -> Result<Box<dyn SinkConnector>, PipelineError> {
+    let (ctx, kname) = (p.ctx, p.name);
+    let f = p.sink.value.file.as_ref().ok_or_else(|| {
+        ctx.err(
+            &p.sink.referenced,
+            format!("sink `{kname}`: `file` is missing"),
+        )
+    })?;
+    let path = ctx.path(&f.value.path.value);
+    let format = FileFormat::from_path(&path).ok_or_else(|| {
+        ctx.err(
+            &f.value.path.referenced,
+            format!(
+                "file sink `{kname}`: unknown extension of `{}`: use .ndjson, .csv or .parquet",
+                f.value.path.value
+            ),
+        )
+    })?;
+    Ok(Box::new(FileTarget { path, format }))
+}
+
+impl SinkConnector for FileTarget {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("{:?} file {}", self.format, self.path.display())
+    }
+
+    fn summary(&self) -> String {
+        let name = self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
+        format!("{:?} file {name}", self.format).to_lowercase()
+    }
+
+    fn describe(&self, checkpointed: bool) -> String {
+        let what = format!("{:?} file {}", self.format, self.path.display()).to_lowercase();
+        match (checkpointed, self.format) {
+            (false, _) => format!("{what}; written when the run ends"),
+            (true, FileFormat::Parquet) => format!(
+                "{what}; exactly once: a folder of part files, one committed per checkpoint"
+            ),
+            (true, _) => format!("{what}; exactly once: grows by whole checkpoints"),
+        }
+    }
+
+    fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
+        if let Some(prev) = at.previous {
+            if self.format != FileFormat::Ndjson && prev != at.schema {
+                return Err(at.err(format!("sink `{}` already receives rows of another shape: a CSV or Parquet file holds one output; use one sink per window or view", at.reference.value)));
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
+        let (name, schema) = (at.name, at.schema.clone());
+        Ok(if at.checkpointed {
+            Box::new(CommittedFileSink::create(
+                name,
+                &self.path,
+                self.format,
+                schema,
+            )?)
+        } else {
+            Box::new(FileSink::create(name, &self.path, self.format, schema)?)
+        })
+    }
+
+    /// Files beside the live run's, never into them.
+    fn replayed(&self, suffix: &str) -> Box<dyn SinkConnector> {
+        Box::new(FileTarget {
+            path: tagged_path(&self.path, suffix),
+            format: self.format,
+        })
+    }
+
+    fn for_worker(&mut self, worker: &str) {
+        self.path = tagged_path(&self.path, worker);
+    }
+
+    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+        let path = tagged_path(&self.path, worker);
+        let result = match self.format {
+            FileFormat::Parquet => CommittedParts::roll_forward(&path, m.epoch),
+            FileFormat::Ndjson | FileFormat::Csv => match m.sinks.get(sink) {
+                Some(info) => CommittedLines::roll_forward(&path, info),
+                None => Ok(()),
+            },
+        };
+        result.map_err(|e| EngineError::sink(sink, format!("{}: {e}", path.display())))
+    }
+
+    fn local_file(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    fn clone_box(&self) -> Box<dyn SinkConnector> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The NDJSON dead-letter file.
+#[derive(Debug, Clone)]
+pub struct FileDeadLetter {
+    pub path: PathBuf,
+}
+
+impl DeadLetterConnector for FileDeadLetter {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn open(&self, checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError> {
+        Ok(if checkpointed {
+            Box::new(CommittedDeadLetterFile::create(&self.path))
+        } else {
+            Box::new(DeadLetterFile::create(&self.path)?)
+        })
+    }
+
+    fn local_file(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    fn replayed(&self, suffix: &str, _fallback: &Path) -> Box<dyn DeadLetterConnector> {
+        Box::new(FileDeadLetter {
+            path: tagged_path(&self.path, suffix),
+        })
+    }
+
+    fn for_worker(&mut self, worker: &str) {
+        self.path = tagged_path(&self.path, worker);
+    }
+
+    fn roll_forward(&self, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+        let path = tagged_path(&self.path, worker);
+        CommittedLines::roll_forward(&path, &m.dead_letter)
+            .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))
+    }
+
+    fn clone_box(&self) -> Box<dyn DeadLetterConnector> {
+        Box::new(self.clone())
+    }
+}

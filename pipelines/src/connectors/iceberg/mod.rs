@@ -1,0 +1,138 @@
+//! Iceberg tables: a window's rows appended (one snapshot per checkpoint, exactly once), a
+//! view's table replaced with one row per key at every commit; `weir compact` rewrites a
+//! window table's small files.
+
+use std::any::Any;
+use std::collections::HashMap;
+
+use serde_saphyr::Location;
+use weir_engine::job::Sink;
+use weir_iceberg::{CatalogUri, IcebergSink, PartitionBy};
+
+use super::{Attach, OpenSink, SinkConnector, SinkKind};
+use crate::error::PipelineError;
+use crate::run::RunError;
+
+pub mod compact;
+mod plan;
+
+pub use plan::iceberg_config;
+
+/// The `iceberg` sink kind.
+pub const SINK: SinkKind = SinkKind {
+    key: "iceberg",
+    declared: |d| d.iceberg.is_some(),
+    takes_format: false,
+    plan: |p| {
+        let i = p.sink.value.iceberg.as_ref().ok_or_else(|| {
+            p.ctx.err(
+                &p.sink.referenced,
+                format!("sink `{}`: `iceberg` is missing", p.name),
+            )
+        })?;
+        Ok(Box::new(plan::target(p.ctx, p.pipeline, p.name, i)?))
+    },
+};
+
+/// An Iceberg sink's table, and the output that feeds it (set when an output names it).
+#[derive(Debug, Clone)]
+pub struct IcebergTarget {
+    pub catalog: CatalogUri,
+    pub catalog_name: String,
+    /// An absolute folder or an object-store URL.
+    pub warehouse: String,
+    pub table: String,
+    pub partition_by: Option<PartitionBy>,
+    /// Where `partition_by` is written, and its text (checked against the output's columns).
+    pub partition_text: Option<(Location, String)>,
+    pub target_file_size: usize,
+    pub properties: HashMap<String, String>,
+    /// The window or view writing to the table.
+    pub output: Option<String>,
+    /// The key columns of a view's rows; `None` for a window.
+    pub view_keys: Option<usize>,
+}
+
+impl SinkConnector for IcebergTarget {
+    fn kind(&self) -> &'static str {
+        "iceberg"
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("iceberg table {}", self.table)
+    }
+
+    fn summary(&self) -> String {
+        format!("table {}", self.table)
+    }
+
+    fn describe(&self, checkpointed: bool) -> String {
+        format!(
+            "iceberg table {} in catalog `{}` ({}), warehouse {}, partitioned by {}; {}",
+            self.table,
+            self.catalog_name,
+            self.catalog.display(),
+            self.warehouse,
+            match (&self.partition_by, self.view_keys) {
+                (Some(p), _) => format!("{p:?}").to_lowercase(),
+                (None, None) => "day(window_start)".into(),
+                (None, Some(_)) => "nothing".into(),
+            },
+            match (checkpointed, self.view_keys) {
+                (_, Some(_)) => "a view: each commit replaces the table with one row per key",
+                (true, None) => "exactly once: one snapshot per checkpoint",
+                (false, None) => "one snapshot when the run ends",
+            }
+        )
+    }
+
+    fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
+        let sink = &at.reference.value;
+        if let Some(other) = &self.output {
+            return Err(at.err(format!("sink `{sink}` already writes `{other}`: an Iceberg sink writes one table; use one sink per window or view")));
+        }
+        let columns: Vec<&str> = at
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|c| *c != weir_iceberg::schema::OP_COLUMN)
+            .collect();
+        if let Some((loc, text)) = &self.partition_text {
+            self.partition_by = Some(
+                PartitionBy::parse(text, &columns)
+                    .map_err(|e| at.ctx.err(loc, format!("sink `{sink}`: {e}")))?,
+            );
+        }
+        self.view_keys = at.view_keys();
+        if self.view_keys.is_some() && matches!(self.catalog, CatalogUri::Rest(_)) {
+            return Err(at.err(format!("sink `{sink}`: a view's table is replaced at every commit, which weir can only commit through a SQL catalog (sqlite:// or postgres://), not a REST catalog; use a SQL catalog for views")));
+        }
+        self.output = Some(at.output.to_string());
+        Ok(())
+    }
+
+    fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
+        let mut config = iceberg_config(at.pipeline, at.name, self);
+        config.replace_windows = at.replay.map(|r| (r.from_ms, r.to_ms));
+        Ok(Box::new(IcebergSink::open(
+            config,
+            at.schema,
+            self.view_keys,
+        )?))
+    }
+
+    fn pool_refusal(&self, sink: &str) -> Option<String> {
+        Some(format!(
+            "sink `{sink}`: Iceberg sinks do not run in a worker pool yet"
+        ))
+    }
+
+    fn clone_box(&self) -> Box<dyn SinkConnector> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

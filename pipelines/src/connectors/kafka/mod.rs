@@ -1,0 +1,329 @@
+//! Kafka: topics read in a consumer group (a worker pool shares their partitions), rows
+//! written as JSON or Avro messages (idempotent, or one transaction per checkpoint), and dead
+//! letters written idempotently to a topic.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_engine::job::{DeadLetterSink, Sink};
+use weir_engine::EngineError;
+use weir_sinks::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
+use weir_sources::{KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets};
+
+use super::sources::{
+    avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
+    SourceKind,
+};
+use super::{Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind};
+use crate::error::PipelineError;
+use crate::run::RunError;
+
+pub(crate) mod plan;
+
+/// `event_time.idle_timeout` of a Kafka source when not given: a partition assigned to the
+/// process that delivers nothing for a minute stops holding the watermark back.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+
+/// The `kafka` source kind.
+pub const SOURCE: SourceKind = SourceKind {
+    key: "kafka",
+    declared: |d| d.kafka.is_some(),
+    reads_avro: true,
+    plan: |p| {
+        let k = p.source.value.kafka.as_ref().ok_or_else(|| {
+            p.ctx.err(
+                &p.source.referenced,
+                format!("source `{}`: `kafka` is missing", p.name),
+            )
+        })?;
+        let cfg = plan::source_config(p.doc, p.ctx, p.name, k, p.format)?;
+        let mut planned = PlannedInput::of(Box::new(KafkaInput(cfg)));
+        planned.avro_limits = avro_limits(k.value.avro_limits.as_ref());
+        planned.registry = k.value.schema_registry.clone();
+        Ok(planned)
+    },
+};
+
+/// The `kafka` sink kind.
+pub const SINK: SinkKind = SinkKind {
+    key: "kafka",
+    declared: |d| d.kafka.is_some(),
+    takes_format: true,
+    plan: |p| {
+        let k = p.sink.value.kafka.as_ref().ok_or_else(|| {
+            p.ctx.err(
+                &p.sink.referenced,
+                format!("sink `{}`: `kafka` is missing", p.name),
+            )
+        })?;
+        let cfg = plan::sink_config(p.doc, p.ctx, p.name, k, p.sink.value.format.as_ref())?;
+        Ok(Box::new(KafkaTarget(cfg)))
+    },
+};
+
+/// The `kafka` dead-letter kind.
+pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
+    key: "kafka",
+    declared: |d| d.kafka.is_some(),
+    plan: |doc, ctx, d| {
+        let k = d
+            .value
+            .kafka
+            .as_ref()
+            .ok_or_else(|| ctx.err(&d.referenced, "dead_letter: `kafka` is missing"))?;
+        if k.value.topic.is_empty() {
+            return Err(ctx.err(&k.referenced, "dead_letter: `topic` is empty"));
+        }
+        if k.value.delivery.is_some() || k.value.transactional_id.is_some() {
+            return Err(ctx.err(
+                &k.referenced,
+                "dead_letter: a dead-letter topic is written idempotently (keyed by source, partition and offset); `delivery` is for sinks",
+            ));
+        }
+        if k.value.schema_registry.is_some() {
+            return Err(ctx.err(
+                &k.referenced,
+                "dead_letter: dead letters are JSON records; `schema_registry` is for Avro sinks",
+            ));
+        }
+        Ok(Box::new(KafkaDeadLetter(plan::kafka_sink_config(
+            doc,
+            &k.value,
+            KafkaFormat::Json,
+            KafkaDelivery::Idempotent,
+        ))))
+    },
+};
+
+/// Topics of a Kafka cluster, read in a consumer group.
+#[derive(Debug, Clone)]
+pub struct KafkaInput(pub KafkaSourceConfig);
+
+/// The Kafka settings of `source`, when it is a Kafka source.
+pub fn source_config(source: &dyn SourceConnector) -> Option<&KafkaSourceConfig> {
+    source.as_any().downcast_ref::<KafkaInput>().map(|k| &k.0)
+}
+
+/// The Kafka settings of `source`, when it is a Kafka source, to change.
+pub fn source_config_mut(source: &mut dyn SourceConnector) -> Option<&mut KafkaSourceConfig> {
+    source
+        .as_any_mut()
+        .downcast_mut::<KafkaInput>()
+        .map(|k| &mut k.0)
+}
+
+impl SourceConnector for KafkaInput {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn message_columns(&self) -> &'static [MessageColumn] {
+        &MessageColumn::ALL
+    }
+
+    fn default_idle_timeout_ms(&self) -> Option<u64> {
+        Some(DEFAULT_IDLE_TIMEOUT_MS)
+    }
+
+    fn set_event_time(&mut self, _field: &str, idle_timeout_ms: Option<u64>) -> Result<(), String> {
+        self.0.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
+        Ok(())
+    }
+
+    fn set_headers(&mut self, read: bool) {
+        self.0.with_headers = read;
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("kafka topics {}", self.0.topics.join(", "))
+    }
+
+    fn summary(&self) -> String {
+        format!("topics {}", self.0.topics.join(", "))
+    }
+
+    fn describe(&self) -> String {
+        let k = &self.0;
+        format!(
+            "kafka {} topic(s) {}, group {}, start from {:?}",
+            k.brokers,
+            k.topics.join(", "),
+            k.group_id,
+            k.start_from
+        )
+        .replace("Committed", "committed")
+        .replace("Earliest", "earliest")
+        .replace("Latest", "latest")
+    }
+
+    fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
+        let mut cfg = self.0.clone();
+        cfg.until_caught_up = at.until_caught_up || at.replay.is_some();
+        if let Some(t) = at.caught_up_timeout {
+            cfg.caught_up_timeout = t;
+        }
+        let partitions =
+            KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(at.name, e))?;
+        let keys = partitions.keys(&cfg);
+        let (index, replay, resume) = (at.index, at.replay, at.resume);
+        let reader = KafkaReader::new(index, at.name, at.first_partition, cfg, &partitions)
+            .with_resume(|t, p| match replay {
+                Some(r) => r.start(index, t, p),
+                None => resume(&format!("{t}/{p}")).map(|r| r.next_offset),
+            });
+        Ok(OpenedSource {
+            reader: Box::new(reader),
+            keys,
+        })
+    }
+
+    fn replay(
+        &mut self,
+        _source: &str,
+        range: (i64, i64),
+        suffix: &str,
+    ) -> Result<ReplayedSource, String> {
+        let cfg = &mut self.0;
+        let partitions = KafkaPartitions::discover(cfg).map_err(|e| e.to_string())?;
+        let found = weir_kafka::offset_ranges(
+            &cfg.brokers,
+            &cfg.properties,
+            &cfg.topics,
+            &partitions.counts,
+            range.0,
+            range.1,
+            Duration::from_secs(30),
+        )
+        .map_err(|e| e.to_string())?;
+        cfg.group_id = format!("{}-{suffix}-{}", cfg.group_id, std::process::id());
+        cfg.until_caught_up = true;
+        cfg.end_offsets = found
+            .iter()
+            .map(|r| ((r.topic.clone(), r.partition), r.end))
+            .collect();
+        let offsets = Arc::new(ReadOffsets(
+            found
+                .iter()
+                .map(|r| {
+                    let at = Arc::new(std::sync::atomic::AtomicU64::new(r.start));
+                    ((r.topic.clone(), r.partition), at)
+                })
+                .collect(),
+        ));
+        cfg.read_offsets = Some(offsets.clone());
+        Ok(ReplayedSource {
+            ranges: found,
+            read: offsets,
+        })
+    }
+
+    fn pool_refusal(&self, _source: &str) -> Option<String> {
+        None
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A Kafka topic, one message per row.
+#[derive(Debug, Clone)]
+pub struct KafkaTarget(pub KafkaSinkConfig);
+
+impl SinkConnector for KafkaTarget {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("kafka topic {}", self.0.topic)
+    }
+
+    fn summary(&self) -> String {
+        format!("topic {}", self.0.topic)
+    }
+
+    fn describe(&self, checkpointed: bool) -> String {
+        let k = &self.0;
+        let format = match &k.format {
+            KafkaFormat::Json => "json".to_string(),
+            KafkaFormat::Avro { registry: None } => "avro".to_string(),
+            KafkaFormat::Avro { registry: Some(r) } => {
+                format!("avro, registry {}", weir_kafka::redact_urls(r))
+            }
+        };
+        let delivery = match (&k.delivery, checkpointed) {
+            (KafkaDelivery::ExactlyOnce { transactional_id }, _) => format!(
+                "; delivery exactly_once: one Kafka transaction per checkpoint \
+                 (transactional id `{transactional_id}`), rows visible to \
+                 read_committed readers once, after their checkpoint"
+            ),
+            (KafkaDelivery::Idempotent, true) => {
+                "; delivery idempotent: keyed by key + window_start, a row re-sent after a \
+                 restore is byte-identical (a compacted topic or a key-deduplicating reader \
+                 sees each window once)"
+                    .to_string()
+            }
+            (KafkaDelivery::Idempotent, false) => {
+                "; at least once: offsets are committed after rows are acknowledged".to_string()
+            }
+        };
+        format!("kafka {} topic {}, {format}{delivery}", k.brokers, k.topic)
+    }
+
+    fn attach(&mut self, _at: &Attach) -> Result<(), PipelineError> {
+        Ok(())
+    }
+
+    fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
+        Ok(Box::new(KafkaSink::new(at.name, self.0.clone())?))
+    }
+
+    fn pool_refusal(&self, sink: &str) -> Option<String> {
+        matches!(self.0.delivery, KafkaDelivery::ExactlyOnce { .. }).then(|| {
+            format!(
+                "sink `{sink}`: `delivery: exactly_once` does not run in a worker pool \
+                 yet; use the default at-least-once delivery (repeats are byte-identical)"
+            )
+        })
+    }
+
+    fn clone_box(&self) -> Box<dyn SinkConnector> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A Kafka topic of dead letters, one JSON message per record.
+#[derive(Debug, Clone)]
+pub struct KafkaDeadLetter(pub KafkaSinkConfig);
+
+impl DeadLetterConnector for KafkaDeadLetter {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("kafka topic {}", self.0.topic)
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka {} topic {}", self.0.brokers, self.0.topic)
+    }
+
+    fn open(&self, _checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError> {
+        Ok(Box::new(DeadLetterKafka::new(self.0.clone())?))
+    }
+
+    fn clone_box(&self) -> Box<dyn DeadLetterConnector> {
+        Box::new(self.clone())
+    }
+}

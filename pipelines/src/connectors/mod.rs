@@ -1,0 +1,215 @@
+//! Connectors: one folder per system, each owning what a pipeline file says of it (its YAML
+//! checked with positions, defaults, secrets), how it describes and fingerprints itself, how
+//! it opens for a run, and what it does in a replay and in a worker pool (or why it cannot).
+//!
+//! The [`SINKS`], [`DEAD_LETTERS`] and [`SOURCES`] registries map a YAML key to its
+//! connector; planning, running, replaying and pooling go through the traits below, and no
+//! code outside `connectors/` matches on a connector kind. A new connector is a folder here
+//! plus one registry line (and its field in the YAML model).
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use serde_saphyr::Spanned;
+use weir_engine::checkpoint::Manifest;
+use weir_engine::job::{DeadLetterSink, Sink};
+use weir_engine::stats::DeliveryStats;
+use weir_engine::EngineError;
+
+use crate::error::PipelineError;
+use crate::model::{DeadLetterDoc, PipelineDoc, SinkDoc};
+use crate::plan::Ctx;
+use crate::replay::ReplaySetup;
+use crate::run::RunError;
+
+pub mod elasticsearch;
+pub mod file;
+pub mod generator;
+pub mod iceberg;
+pub mod kafka;
+pub mod nats;
+pub mod postgres;
+mod sources;
+pub mod webhook;
+
+pub use sources::{OpenSource, OpenedSource, SourceConnector, SourceKind, SourcePlanning, SOURCES};
+
+/// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the
+/// pipeline's and the sink's names, and the sink's YAML.
+pub struct SinkPlanning<'a> {
+    pub doc: &'a PipelineDoc,
+    pub ctx: &'a Ctx<'a>,
+    pub pipeline: &'a str,
+    pub name: &'a str,
+    pub sink: &'a Spanned<SinkDoc>,
+}
+
+/// A sink kind: its YAML key and how a declaration of it is planned.
+pub struct SinkKind {
+    /// The key under a sink (`kafka`, `file`...).
+    pub key: &'static str,
+    /// Whether the sink's YAML declares this kind.
+    pub declared: fn(&SinkDoc) -> bool,
+    /// Whether the sink-level `format` key applies to it.
+    pub takes_format: bool,
+    /// The checked sink.
+    pub plan: fn(&SinkPlanning) -> Result<Box<dyn SinkConnector>, PipelineError>,
+}
+
+/// Every sink kind, in the order error messages list them.
+pub const SINKS: &[SinkKind] = &[
+    kafka::SINK,
+    iceberg::SINK,
+    elasticsearch::SINK,
+    webhook::SINK,
+    postgres::SINK,
+    nats::SINK,
+    file::SINK,
+];
+
+/// A window or view naming a sink: the output it binds the sink to.
+pub struct Attach<'a> {
+    pub ctx: &'a Ctx<'a>,
+    /// The sink's name where the output names it.
+    pub reference: &'a Spanned<String>,
+    /// The rows the output writes.
+    pub schema: &'a SchemaRef,
+    /// The schema of another output already writing to the sink.
+    pub previous: Option<&'a SchemaRef>,
+    /// The window's or view's name.
+    pub output: &'a str,
+}
+
+impl Attach<'_> {
+    /// An error located where the output names the sink.
+    pub fn err(&self, message: impl Into<String>) -> PipelineError {
+        self.ctx.err(&self.reference.referenced, message)
+    }
+
+    /// The number of key columns of a view's rows; `None` for a window.
+    pub fn view_keys(&self) -> Option<usize> {
+        self.schema
+            .metadata()
+            .get(weir_engine::KEYS_METADATA)
+            .and_then(|k| k.parse().ok())
+    }
+}
+
+/// What opening a sink for a run needs besides its configuration.
+pub struct OpenSink<'a> {
+    pub pipeline: &'a str,
+    pub name: &'a str,
+    pub schema: &'a SchemaRef,
+    /// Whether the run checkpoints (outputs then commit per checkpoint).
+    pub checkpointed: bool,
+    /// The replay this run is, if any.
+    pub replay: Option<&'a ReplaySetup>,
+    /// Delivery statistics of sinks that keep them (webhooks), by sink name.
+    pub deliveries: &'a mut Vec<(String, Arc<DeliveryStats>)>,
+}
+
+/// A planned sink: where rows go, checked.
+pub trait SinkConnector: Debug + Send + Sync {
+    /// Its YAML key (`kafka`, `file`...), shown as its kind.
+    fn kind(&self) -> &'static str;
+    /// What checkpointed state depends on (no secrets: fingerprints are stored in clear).
+    fn fingerprint(&self) -> String;
+    /// One line for the web console's graph (no addresses, credentials or properties).
+    fn summary(&self) -> String;
+    /// What `weir validate` says of it.
+    fn describe(&self, checkpointed: bool) -> String;
+    /// Binds it to the window or view that names it, whose rows it receives.
+    fn attach(&mut self, at: &Attach) -> Result<(), PipelineError>;
+    /// Opens it for a run.
+    fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError>;
+    /// What a replay writes to instead (by default the same: rows are replaced by identity).
+    fn replayed(&self, _suffix: &str) -> Box<dyn SinkConnector> {
+        self.clone_box()
+    }
+    /// Why it cannot run in a worker pool, `None` when it can.
+    fn pool_refusal(&self, _sink: &str) -> Option<String> {
+        None
+    }
+    /// Makes it write as worker `worker` of a pool (files get the worker's id).
+    fn for_worker(&mut self, _worker: &str) {}
+    /// Finishes the commit of checkpoint `m` that dead worker `worker` left unfinished (its
+    /// own configuration, not a worker's).
+    fn roll_forward(&self, _sink: &str, _worker: &str, _m: &Manifest) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// The local file it writes, if it writes one.
+    fn local_file(&self) -> Option<&Path> {
+        None
+    }
+    fn clone_box(&self) -> Box<dyn SinkConnector>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl Clone for Box<dyn SinkConnector> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// A dead-letter output kind: its YAML key and how a declaration of it is planned.
+pub struct DeadLetterKind {
+    pub key: &'static str,
+    pub declared: fn(&DeadLetterDoc) -> bool,
+    pub plan: PlanDeadLetter,
+}
+
+/// Plans a `dead_letter:` declaration of one kind.
+pub type PlanDeadLetter = fn(
+    &PipelineDoc,
+    &Ctx,
+    &Spanned<DeadLetterDoc>,
+) -> Result<Box<dyn DeadLetterConnector>, PipelineError>;
+
+/// Every dead-letter output kind, in the order error messages list them.
+pub const DEAD_LETTERS: &[DeadLetterKind] =
+    &[file::DEAD_LETTER, kafka::DEAD_LETTER, nats::DEAD_LETTER];
+
+/// A planned dead-letter output.
+pub trait DeadLetterConnector: Debug + Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// What checkpointed state depends on.
+    fn fingerprint(&self) -> String;
+    /// What `weir validate` says of it.
+    fn describe(&self) -> String;
+    /// Opens it for a run (committed per checkpoint when the run checkpoints).
+    fn open(&self, checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError>;
+    /// The local file it writes, if it writes one.
+    fn local_file(&self) -> Option<&Path> {
+        None
+    }
+    /// Where a replay writes its dead letters instead: beside the live run's, never into
+    /// them; `fallback` (a file beside the pipeline) when the live ones are not a file.
+    fn replayed(&self, _suffix: &str, fallback: &Path) -> Box<dyn DeadLetterConnector> {
+        Box::new(file::FileDeadLetter {
+            path: fallback.to_path_buf(),
+        })
+    }
+    /// Makes it write as worker `worker` of a pool.
+    fn for_worker(&mut self, _worker: &str) {}
+    /// Finishes the commit of checkpoint `m` that dead worker `worker` left unfinished.
+    fn roll_forward(&self, _worker: &str, _m: &Manifest) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn clone_box(&self) -> Box<dyn DeadLetterConnector>;
+}
+
+impl Clone for Box<dyn DeadLetterConnector> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// Every key of `kinds`, quoted, for "needs exactly one of" messages.
+pub(crate) fn keys_of<'a>(keys: impl Iterator<Item = &'a str>) -> String {
+    keys.map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,244 @@
+//! The NATS connectors behind the registry's traits: the JetStream source, the publishing
+//! sink and the dead-letter subject.
+
+use std::any::Any;
+use std::time::Duration;
+
+use weir_engine::job::{DeadLetterSink, Sink};
+use weir_sinks::{DeadLetterNats, DeadLetterNatsConfig, NatsSink, NatsSinkConfig};
+use weir_sources::nats::{NatsReader, NatsSourceConfig};
+use weir_sources::MessageColumn;
+
+use crate::connectors::sources::{
+    avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
+    SourceKind,
+};
+use crate::connectors::{
+    Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind,
+};
+use crate::error::PipelineError;
+use crate::run::RunError;
+
+/// The `nats` source kind.
+pub const SOURCE: SourceKind = SourceKind {
+    key: "nats",
+    declared: |d| d.nats.is_some(),
+    reads_avro: true,
+    plan: |p| {
+        let n = p.source.value.nats.as_ref().ok_or_else(|| {
+            p.ctx.err(
+                &p.source.referenced,
+                format!("source `{}`: `nats` is missing", p.name),
+            )
+        })?;
+        let cfg = super::source::config(&n.value, &p.doc.name.value, p.name, &p.ctx.dir).map_err(
+            |e| {
+                p.ctx
+                    .err(&n.referenced, format!("source `{}`: {e}", p.name))
+            },
+        )?;
+        let mut planned = PlannedInput::of(Box::new(NatsInput(Box::new(cfg))));
+        planned.avro_limits = avro_limits(n.value.avro_limits.as_ref());
+        Ok(planned)
+    },
+};
+
+/// The `nats` sink kind.
+pub const SINK: SinkKind = SinkKind {
+    key: "nats",
+    declared: |d| d.nats.is_some(),
+    takes_format: true,
+    plan: |p| {
+        let n = p.sink.value.nats.as_ref().ok_or_else(|| {
+            p.ctx.err(
+                &p.sink.referenced,
+                format!("sink `{}`: `nats` is missing", p.name),
+            )
+        })?;
+        let format = p.sink.value.format.as_ref().map(|f| f.value);
+        let c = super::sink::sink_config(p.pipeline, p.name, &n.value, format, &p.ctx.dir)
+            .map_err(|m| p.ctx.err(&n.referenced, format!("sink `{}`: {m}", p.name)))?;
+        Ok(Box::new(NatsTarget(c)))
+    },
+};
+
+/// The `nats` dead-letter kind.
+pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
+    key: "nats",
+    declared: |d| d.nats.is_some(),
+    plan: |doc, ctx, d| {
+        let n = d
+            .value
+            .nats
+            .as_ref()
+            .ok_or_else(|| ctx.err(&d.referenced, "dead_letter: `nats` is missing"))?;
+        let c = super::sink::dead_letter_config(&doc.name.value, &n.value, &ctx.dir)
+            .map_err(|m| ctx.err(&n.referenced, format!("dead_letter: {m}")))?;
+        Ok(Box::new(NatsDeadLetter(c)))
+    },
+};
+
+/// A NATS JetStream stream, read by a durable pull consumer (one partition).
+#[derive(Debug, Clone)]
+pub struct NatsInput(pub Box<NatsSourceConfig>);
+
+impl SourceConnector for NatsInput {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn message_columns(&self) -> &'static [MessageColumn] {
+        &MessageColumn::NATS
+    }
+
+    fn default_idle_timeout_ms(&self) -> Option<u64> {
+        Some(crate::connectors::kafka::DEFAULT_IDLE_TIMEOUT_MS)
+    }
+
+    fn set_event_time(&mut self, _field: &str, idle_timeout_ms: Option<u64>) -> Result<(), String> {
+        self.0.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
+        Ok(())
+    }
+
+    fn set_headers(&mut self, read: bool) {
+        self.0.with_headers = read;
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("nats stream {}", self.0.stream)
+    }
+
+    fn summary(&self) -> String {
+        super::source::describe(&self.0)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "nats {} {}",
+            self.0.endpoint.describe_servers(),
+            super::source::describe(&self.0)
+        )
+    }
+
+    /// Bounded by the stream's last sequence at the start with `--until-caught-up` and in a
+    /// replay; continuing at a checkpoint's or a replay's sequence.
+    fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
+        let key = self.0.partition_key();
+        let start = match at.replay {
+            Some(r) => r.start(at.index, &self.0.stream, 0),
+            None => (at.resume)(&key).map(|r| r.next_offset),
+        };
+        let mut cfg = (*self.0).clone();
+        cfg.until_caught_up = at.until_caught_up || at.replay.is_some();
+        let reader =
+            NatsReader::new(at.index, at.name, at.first_partition, cfg)?.with_resume(start);
+        Ok(OpenedSource {
+            reader: Box::new(reader),
+            keys: vec![key],
+        })
+    }
+
+    fn replay(
+        &mut self,
+        _source: &str,
+        range: (i64, i64),
+        suffix: &str,
+    ) -> Result<ReplayedSource, String> {
+        let (found, read) = super::source::replay(&mut self.0, range, suffix)?;
+        Ok(ReplayedSource {
+            ranges: vec![found],
+            read,
+        })
+    }
+
+    fn pool_refusal(&self, source: &str) -> Option<String> {
+        Some(format!(
+            "source `{source}` is a NATS stream: worker pools do not share NATS sources yet \
+             (a stream is one partition, held by one worker); run it without --worker \
+             (see docs/src/connectors/nats.md, \"Worker pools\")"
+        ))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A NATS JetStream subject (the output is set when a window or view names the sink).
+#[derive(Debug, Clone)]
+pub struct NatsTarget(pub NatsSinkConfig);
+
+impl SinkConnector for NatsTarget {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    // not the URL: message ids do not depend on it, and it may hold credentials
+    fn fingerprint(&self) -> String {
+        format!("nats subject {} of {}", self.0.subject, self.0.output)
+    }
+
+    fn summary(&self) -> String {
+        format!("subject {}", self.0.subject)
+    }
+
+    fn describe(&self, checkpointed: bool) -> String {
+        super::sink::describe(&self.0, checkpointed)
+    }
+
+    fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
+        super::sink::attach(&mut self.0, &at.reference.value, at.schema, at.output)
+            .map_err(|m| at.err(m))
+    }
+
+    fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
+        Ok(Box::new(NatsSink::new(at.name, self.0.clone())?))
+    }
+
+    /// The same subject, message ids salted with the replay's range.
+    fn replayed(&self, suffix: &str) -> Box<dyn SinkConnector> {
+        Box::new(NatsTarget(super::sink::replayed(&self.0, suffix)))
+    }
+
+    fn clone_box(&self) -> Box<dyn SinkConnector> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A NATS JetStream subject of dead letters, one JSON message per record.
+#[derive(Debug, Clone)]
+pub struct NatsDeadLetter(pub DeadLetterNatsConfig);
+
+impl DeadLetterConnector for NatsDeadLetter {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("nats subject {}", self.0.subject)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "nats {} subject {}",
+            self.0.endpoint.describe_servers(),
+            self.0.subject
+        )
+    }
+
+    fn open(&self, _checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError> {
+        Ok(Box::new(DeadLetterNats::new(self.0.clone())?))
+    }
+
+    fn clone_box(&self) -> Box<dyn DeadLetterConnector> {
+        Box::new(self.clone())
+    }
+}

@@ -1,0 +1,168 @@
+//! The source side of the registry: what a source kind plans from its YAML and how a planned
+//! source opens, describes itself and replays.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+use weir_engine::events::Resume;
+use weir_engine::job::PartitionReader;
+use weir_sources::{MessageColumn, ReadOffsets};
+
+use crate::error::PipelineError;
+use crate::model::{AvroLimitsDoc, Format, PipelineDoc, SourceDoc};
+use crate::plan::Ctx;
+use crate::replay::ReplaySetup;
+use crate::run::RunError;
+
+/// What a source's planning reads.
+pub struct SourcePlanning<'a> {
+    pub doc: &'a PipelineDoc,
+    pub ctx: &'a Ctx<'a>,
+    pub name: &'a str,
+    pub source: &'a Spanned<SourceDoc>,
+    /// `format`, `json` when not given.
+    pub format: Format,
+}
+
+/// What a source kind planned from its YAML.
+pub struct PlannedInput {
+    pub connector: Box<dyn SourceConnector>,
+    /// The schema of its events when the pipeline names none (the generator's).
+    pub default_schema: Option<&'static str>,
+    /// Bounds on what one Avro record may decode to.
+    pub avro_limits: weir_sources::avro::AvroLimits,
+    /// The schema registry of Avro records, when given.
+    pub registry: Option<String>,
+}
+
+impl PlannedInput {
+    /// A planned source with no default schema, the default Avro limits and no registry.
+    pub fn of(connector: Box<dyn SourceConnector>) -> Self {
+        PlannedInput {
+            connector,
+            default_schema: None,
+            avro_limits: Default::default(),
+            registry: None,
+        }
+    }
+}
+
+/// Avro limits as `avro_limits` sets them, the defaults otherwise.
+pub fn avro_limits(doc: Option<&AvroLimitsDoc>) -> weir_sources::avro::AvroLimits {
+    let mut limits = weir_sources::avro::AvroLimits::default();
+    if let Some(l) = doc {
+        if let Some(b) = l.max_record_bytes {
+            limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = l.max_items {
+            limits.max_items = n;
+        }
+    }
+    limits
+}
+
+/// A source kind: its YAML key and how a declaration of it is planned.
+pub struct SourceKind {
+    pub key: &'static str,
+    pub declared: fn(&SourceDoc) -> bool,
+    /// Whether it reads Avro records (message payloads).
+    pub reads_avro: bool,
+    pub plan: fn(&SourcePlanning) -> Result<PlannedInput, PipelineError>,
+}
+
+/// Every source kind, in the order error messages list them.
+pub const SOURCES: &[SourceKind] = &[
+    super::kafka::SOURCE,
+    super::nats::SOURCE,
+    super::file::SOURCE,
+    super::generator::SOURCE,
+];
+
+/// What opening a source for a run needs besides its configuration.
+pub struct OpenSource<'a> {
+    /// The source's index in the plan.
+    pub index: usize,
+    pub name: &'a str,
+    /// The engine-wide id of its first partition.
+    pub first_partition: usize,
+    /// The schema of its decoded batches.
+    pub output_schema: arrow::datatypes::SchemaRef,
+    /// Where partition `key` resumes, from the checkpoint being restored.
+    pub resume: &'a dyn Fn(&str) -> Option<Resume>,
+    /// Read to the end present at the start, then stop.
+    pub until_caught_up: bool,
+    /// How long a bounded read waits for the end, when set.
+    pub caught_up_timeout: Option<Duration>,
+    /// The replay this run is, if any.
+    pub replay: Option<&'a ReplaySetup>,
+}
+
+/// A source opened for a run: its reader and the keys of its partitions.
+pub struct OpenedSource {
+    pub reader: Box<dyn PartitionReader>,
+    pub keys: Vec<String>,
+}
+
+/// The part of a time range a replay reads from one source.
+pub struct ReplayedSource {
+    /// The offset range of each partition.
+    pub ranges: Vec<weir_kafka::OffsetRange>,
+    /// Where its reader reports the offset after the last message read.
+    pub read: Arc<ReadOffsets>,
+}
+
+/// A planned source: what it reads, checked.
+pub trait SourceConnector: Debug + Send + Sync {
+    /// Its YAML key (`kafka`, `file`...), shown as its kind.
+    fn kind(&self) -> &'static str;
+    /// The message columns its records offer (`_key`..., `_subject`...).
+    fn message_columns(&self) -> &'static [MessageColumn] {
+        &[]
+    }
+    /// `idle_timeout` when not given.
+    fn default_idle_timeout_ms(&self) -> Option<u64> {
+        None
+    }
+    /// Takes the source's event time: its field and idle timeout. `Err` is a message about
+    /// the event-time field (located by the caller).
+    fn set_event_time(
+        &mut self,
+        _field: &str,
+        _idle_timeout_ms: Option<u64>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether the pipeline reads its `_headers` column.
+    fn set_headers(&mut self, _read: bool) {}
+    /// What checkpointed state depends on.
+    fn fingerprint(&self) -> String;
+    /// One line for the web console's graph (no addresses or credentials).
+    fn summary(&self) -> String;
+    /// What `weir validate` says of it.
+    fn describe(&self) -> String;
+    /// Opens its reader for a run.
+    fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError>;
+    /// Sets it up to re-read what a replay of `range` (ms, margins included) needs.
+    fn replay(
+        &mut self,
+        source: &str,
+        _range: (i64, i64),
+        _suffix: &str,
+    ) -> Result<ReplayedSource, String> {
+        Err(format!(
+            "source `{source}` is not a Kafka or NATS source: replay re-reads Kafka topics and NATS streams"
+        ))
+    }
+    /// Why it cannot be shared by a worker pool, `None` when it can.
+    fn pool_refusal(&self, source: &str) -> Option<String> {
+        Some(format!(
+            "source `{source}` is not a Kafka topic: only Kafka sources can be shared by a \
+             worker pool (their consumer group assigns the partitions)"
+        ))
+    }
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
