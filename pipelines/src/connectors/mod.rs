@@ -55,6 +55,8 @@ pub struct SinkKind {
     pub declared: fn(&SinkDoc) -> bool,
     /// Whether the sink-level `format` key applies to it.
     pub takes_format: bool,
+    /// The secret values its YAML holds (masked wherever they would be shown).
+    pub secrets: fn(&SinkDoc) -> Vec<String>,
     /// The checked sink.
     pub plan: fn(&SinkPlanning) -> Result<Box<dyn SinkConnector>, PipelineError>,
 }
@@ -158,6 +160,8 @@ impl Clone for Box<dyn SinkConnector> {
 pub struct DeadLetterKind {
     pub key: &'static str,
     pub declared: fn(&DeadLetterDoc) -> bool,
+    /// The secret values its YAML holds.
+    pub secrets: fn(&DeadLetterDoc) -> Vec<String>,
     pub plan: PlanDeadLetter,
 }
 
@@ -205,6 +209,38 @@ impl Clone for Box<dyn DeadLetterConnector> {
     fn clone(&self) -> Self {
         self.clone_box()
     }
+}
+
+/// The dead-letter output of a pipeline that declares none: `dead_letter.ndjson` in `dir`,
+/// the pipeline file's folder.
+pub fn default_dead_letter(dir: &Path) -> Box<dyn DeadLetterConnector> {
+    Box::new(file::FileDeadLetter {
+        path: dir.join("dead_letter.ndjson"),
+    })
+}
+
+/// Secret values among client `properties`: secret-named ones, and passwords in URLs.
+pub(crate) fn property_secrets(properties: &indexmap::IndexMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in properties {
+        if crate::secrets::is_secret_name(k) {
+            out.push(v.clone());
+        }
+        out.extend(crate::secrets::url_password(v));
+    }
+    out
+}
+
+/// The passwords of `urls`.
+pub(crate) fn url_secrets<'a>(urls: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    urls.into_iter()
+        .filter_map(|u| crate::secrets::url_password(u))
+        .collect()
+}
+
+/// No secrets.
+pub(crate) fn none<T>(_: &T) -> Vec<String> {
+    Vec::new()
 }
 
 /// Every key of `kinds`, quoted, for "needs exactly one of" messages.

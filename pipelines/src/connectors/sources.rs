@@ -70,6 +70,8 @@ pub struct SourceKind {
     pub declared: fn(&SourceDoc) -> bool,
     /// Whether it reads Avro records (message payloads).
     pub reads_avro: bool,
+    /// The secret values its YAML holds (masked wherever they would be shown).
+    pub secrets: fn(&SourceDoc) -> Vec<String>,
     pub plan: fn(&SourcePlanning) -> Result<PlannedInput, PipelineError>,
 }
 

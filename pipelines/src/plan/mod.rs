@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use indexmap::IndexMap;
 use serde_saphyr::Location;
 use weir_engine::job::Decode;
 use weir_engine::retry::RetryPolicy;
@@ -23,7 +22,9 @@ mod sources;
 
 pub use crate::connectors::iceberg::{iceberg_config, IcebergTarget};
 pub use crate::connectors::webhook::WebhookTarget;
-use crate::connectors::{DeadLetterConnector, SinkConnector, SourceConnector};
+use crate::connectors::{
+    DeadLetterConnector, SinkConnector, SourceConnector, DEAD_LETTERS, SINKS, SOURCES,
+};
 
 /// `event_time.max_future` when not given: 1 hour.
 pub const DEFAULT_MAX_FUTURE_MS: u64 = weir_engine::bounds::DEFAULT_MAX_FUTURE_MS as u64;
@@ -206,77 +207,24 @@ pub fn load(path: &Path) -> Result<Plan, PipelineError> {
 /// Values of the pipeline's secret settings, written in the file or substituted: passwords,
 /// tokens and API keys, secret-named Kafka and catalog properties, and URL passwords.
 fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
-    use crate::secrets::{is_secret_name, url_password};
+    use crate::secrets::url_password;
     let mut out = Vec::new();
-    let props = |out: &mut Vec<String>, p: &IndexMap<String, String>| {
-        for (k, v) in p {
-            if is_secret_name(k) {
-                out.push(v.clone());
-            }
-            if let Some(pw) = url_password(v) {
-                out.push(pw);
-            }
-        }
-    };
     for s in doc.sources.values() {
-        if let Some(k) = &s.value.kafka {
-            props(&mut out, &k.value.properties);
+        for kind in SOURCES.iter().filter(|k| (k.declared)(&s.value)) {
+            out.extend((kind.secrets)(&s.value));
         }
     }
-    let dead_kafka = doc
-        .dead_letter
-        .as_ref()
-        .and_then(|d| d.value.kafka.as_ref());
-    for k in doc
-        .sinks
-        .values()
-        .filter_map(|s| s.value.kafka.as_ref())
-        .chain(dead_kafka)
-    {
-        props(&mut out, &k.value.properties);
+    for s in doc.sinks.values() {
+        for kind in SINKS.iter().filter(|k| (k.declared)(&s.value)) {
+            out.extend((kind.secrets)(&s.value));
+        }
+    }
+    if let Some(d) = &doc.dead_letter {
+        for kind in DEAD_LETTERS.iter().filter(|k| (k.declared)(&d.value)) {
+            out.extend((kind.secrets)(&d.value));
+        }
     }
     let mut urls = Vec::new();
-    for s in doc.sinks.values() {
-        if let Some(i) = &s.value.iceberg {
-            props(&mut out, &i.value.properties);
-            urls.push(i.value.catalog.clone());
-            urls.push(i.value.warehouse.clone());
-        }
-        if let Some(e) = &s.value.elasticsearch {
-            let e = &e.value;
-            out.extend(
-                [&e.api_key, &e.password, &e.bearer_token]
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-            urls.extend(e.url.iter().cloned());
-        }
-        if let Some(p) = &s.value.postgres {
-            urls.push(p.value.url.clone());
-        }
-        if let Some(k) = &s.value.kafka {
-            urls.extend(k.value.schema_registry.clone());
-        }
-        if let Some(n) = &s.value.nats {
-            out.extend(crate::connectors::nats::sink::secrets(&n.value));
-        }
-        if let Some(w) = &s.value.webhook {
-            let w = &w.value;
-            out.extend(w.secret.value.iter().cloned());
-            // every header value: an `X-Api-Key`, a tenant token... whatever its name
-            out.extend(w.headers.values().cloned());
-            urls.push(w.url.value.clone());
-        }
-    }
-    for s in doc.sources.values() {
-        if let Some(k) = &s.value.kafka {
-            urls.extend(k.value.schema_registry.clone());
-        }
-    }
-    if let Some(n) = doc.dead_letter.as_ref().and_then(|d| d.value.nats.as_ref()) {
-        out.extend(crate::connectors::nats::sink::secrets(&n.value));
-    }
     if let Some(c) = &doc.checkpoint {
         urls.push(c.value.dir.clone());
     }
@@ -289,7 +237,7 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
         );
     }
     if let Some(t) = &doc.tracing {
-        props(&mut out, &t.value.headers);
+        out.extend(crate::connectors::property_secrets(&t.value.headers));
         urls.push(t.value.otlp.value.clone());
     }
     out.extend(urls.iter().filter_map(|u| url_password(u)));

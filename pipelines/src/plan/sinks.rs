@@ -2,10 +2,9 @@
 //! and the sinks attached to the windows and views that write to them.
 
 use super::{names, Ctx, PlannedSink};
-use crate::connectors::file::FileDeadLetter;
 use crate::connectors::{
-    keys_of, Attach, DeadLetterConnector, DeadLetterKind, SinkConnector, SinkKind, SinkPlanning,
-    DEAD_LETTERS, SINKS,
+    default_dead_letter, keys_of, Attach, DeadLetterConnector, DeadLetterKind, SinkConnector,
+    SinkKind, SinkPlanning, DEAD_LETTERS, SINKS,
 };
 use crate::error::PipelineError;
 use crate::model::*;
@@ -94,9 +93,7 @@ pub(super) fn dead_letter(
             };
             (kind.plan)(doc, ctx, d)?
         }
-        None => Box::new(FileDeadLetter {
-            path: ctx.dir.join("dead_letter.ndjson"),
-        }),
+        None => default_dead_letter(&ctx.dir),
     };
     let dead_letter_retry = retry_policy(
         ctx,

@@ -17,6 +17,21 @@ pub const SINK: SinkKind = SinkKind {
     key: "elasticsearch",
     declared: |d| d.elasticsearch.is_some(),
     takes_format: false,
+    secrets: |d| {
+        d.elasticsearch
+            .iter()
+            .flat_map(|e| {
+                let e = &e.value;
+                let mut out: Vec<String> = [&e.api_key, &e.password, &e.bearer_token]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                out.extend(super::url_secrets(e.url.iter()));
+                out
+            })
+            .collect()
+    },
     plan: |p| {
         let e = p.sink.value.elasticsearch.as_ref().ok_or_else(|| {
             p.ctx.err(

@@ -29,6 +29,7 @@ pub const SINK: SinkKind = SinkKind {
     key: "file",
     declared: |d| d.file.is_some(),
     takes_format: false,
+    secrets: super::none,
     plan: plan_sink,
 };
 
@@ -36,6 +37,7 @@ pub const SINK: SinkKind = SinkKind {
 pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
     key: "file",
     declared: |d| d.file.is_some(),
+    secrets: super::none,
     plan: |_, ctx, d| {
         let f = d
             .value

@@ -15,6 +15,7 @@ pub const SOURCE: SourceKind = SourceKind {
     key: "file",
     declared: |d| d.file.is_some(),
     reads_avro: false,
+    secrets: crate::connectors::none,
     plan: |p| {
         let f = p.source.value.file.as_ref().ok_or_else(|| {
             p.ctx.err(

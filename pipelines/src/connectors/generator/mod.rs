@@ -19,6 +19,7 @@ pub const SOURCE: SourceKind = SourceKind {
     key: "generator",
     declared: |d| d.generator.is_some(),
     reads_avro: false,
+    secrets: crate::connectors::none,
     plan: |p| {
         let g = p.source.value.generator.as_ref().ok_or_else(|| {
             p.ctx.err(

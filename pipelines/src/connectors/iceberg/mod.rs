@@ -23,6 +23,16 @@ pub const SINK: SinkKind = SinkKind {
     key: "iceberg",
     declared: |d| d.iceberg.is_some(),
     takes_format: false,
+    secrets: |d| {
+        d.iceberg
+            .iter()
+            .flat_map(|i| {
+                let mut out = super::property_secrets(&i.value.properties);
+                out.extend(super::url_secrets([&i.value.catalog, &i.value.warehouse]));
+                out
+            })
+            .collect()
+    },
     plan: |p| {
         let i = p.sink.value.iceberg.as_ref().ok_or_else(|| {
             p.ctx.err(

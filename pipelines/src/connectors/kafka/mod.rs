@@ -30,6 +30,16 @@ pub const SOURCE: SourceKind = SourceKind {
     key: "kafka",
     declared: |d| d.kafka.is_some(),
     reads_avro: true,
+    secrets: |d| {
+        d.kafka
+            .iter()
+            .flat_map(|k| {
+                let mut out = super::property_secrets(&k.value.properties);
+                out.extend(super::url_secrets(&k.value.schema_registry));
+                out
+            })
+            .collect()
+    },
     plan: |p| {
         let k = p.source.value.kafka.as_ref().ok_or_else(|| {
             p.ctx.err(
@@ -50,6 +60,16 @@ pub const SINK: SinkKind = SinkKind {
     key: "kafka",
     declared: |d| d.kafka.is_some(),
     takes_format: true,
+    secrets: |d| {
+        d.kafka
+            .iter()
+            .flat_map(|k| {
+                let mut out = super::property_secrets(&k.value.properties);
+                out.extend(super::url_secrets(&k.value.schema_registry));
+                out
+            })
+            .collect()
+    },
     plan: |p| {
         let k = p.sink.value.kafka.as_ref().ok_or_else(|| {
             p.ctx.err(
@@ -66,6 +86,12 @@ pub const SINK: SinkKind = SinkKind {
 pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
     key: "kafka",
     declared: |d| d.kafka.is_some(),
+    secrets: |d| {
+        d.kafka
+            .iter()
+            .flat_map(|k| super::property_secrets(&k.value.properties))
+            .collect()
+    },
     plan: |doc, ctx, d| {
         let k = d
             .value

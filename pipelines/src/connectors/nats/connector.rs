@@ -24,6 +24,12 @@ pub const SOURCE: SourceKind = SourceKind {
     key: "nats",
     declared: |d| d.nats.is_some(),
     reads_avro: true,
+    secrets: |d| {
+        d.nats
+            .iter()
+            .flat_map(|n| super::secrets(&n.value.url, n.value.credentials.as_ref()))
+            .collect()
+    },
     plan: |p| {
         let n = p.source.value.nats.as_ref().ok_or_else(|| {
             p.ctx.err(
@@ -48,6 +54,12 @@ pub const SINK: SinkKind = SinkKind {
     key: "nats",
     declared: |d| d.nats.is_some(),
     takes_format: true,
+    secrets: |d| {
+        d.nats
+            .iter()
+            .flat_map(|n| super::sink::secrets(&n.value))
+            .collect()
+    },
     plan: |p| {
         let n = p.sink.value.nats.as_ref().ok_or_else(|| {
             p.ctx.err(
@@ -66,6 +78,12 @@ pub const SINK: SinkKind = SinkKind {
 pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
     key: "nats",
     declared: |d| d.nats.is_some(),
+    secrets: |d| {
+        d.nats
+            .iter()
+            .flat_map(|n| super::sink::secrets(&n.value))
+            .collect()
+    },
     plan: |doc, ctx, d| {
         let n = d
             .value

@@ -35,6 +35,21 @@ pub(crate) fn endpoint(
     Ok(endpoint)
 }
 
+/// Secret values of a NATS connector's settings: passwords, tokens, seeds, URL passwords.
+pub(crate) fn secrets(
+    url: &OneOrMany<String>,
+    credentials: Option<&NatsCredentialsDoc>,
+) -> Vec<String> {
+    let mut out: Vec<String> = credentials
+        .iter()
+        .flat_map(|c| [&c.password, &c.token, &c.nkey_seed])
+        .flatten()
+        .cloned()
+        .collect();
+    out.extend(url.iter().filter_map(|u| crate::secrets::url_password(u)));
+    out
+}
+
 fn resolve(dir: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {

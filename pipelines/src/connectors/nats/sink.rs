@@ -172,15 +172,7 @@ pub(crate) fn replayed(c: &NatsSinkConfig, suffix: &str) -> NatsSinkConfig {
 
 /// Secret values of a `nats:` block: passwords, tokens, seeds, URL passwords.
 pub(crate) fn secrets(d: &NatsSinkDoc) -> Vec<String> {
-    let mut out: Vec<String> = d
-        .credentials
-        .iter()
-        .flat_map(|c| [&c.password, &c.token, &c.nkey_seed])
-        .flatten()
-        .cloned()
-        .collect();
-    out.extend(d.url.iter().filter_map(|u| crate::secrets::url_password(u)));
-    out
+    super::secrets(&d.url, d.credentials.as_ref())
 }
 
 /// What `weir validate` says of a NATS sink.

@@ -18,6 +18,12 @@ pub const SINK: SinkKind = SinkKind {
     key: "postgres",
     declared: |d| d.postgres.is_some(),
     takes_format: false,
+    secrets: |d| {
+        d.postgres
+            .iter()
+            .flat_map(|p| super::url_secrets([&p.value.url]))
+            .collect()
+    },
     plan: |p| {
         let d = p.sink.value.postgres.as_ref().ok_or_else(|| {
             p.ctx.err(

@@ -20,6 +20,19 @@ pub const SINK: SinkKind = SinkKind {
     key: "webhook",
     declared: |d| d.webhook.is_some(),
     takes_format: false,
+    // every header value: an `X-Api-Key`, a tenant token... whatever its name
+    secrets: |d| {
+        d.webhook
+            .iter()
+            .flat_map(|w| {
+                let w = &w.value;
+                let mut out: Vec<String> = w.secret.value.iter().cloned().collect();
+                out.extend(w.headers.values().cloned());
+                out.extend(super::url_secrets([&w.url.value]));
+                out
+            })
+            .collect()
+    },
     plan: |p| {
         let w = p.sink.value.webhook.as_ref().ok_or_else(|| {
             p.ctx.err(
