@@ -33,6 +33,8 @@ pub mod kafka;
 pub mod nats;
 pub mod postgres;
 mod sources;
+#[cfg(test)]
+mod tests;
 pub mod webhook;
 
 pub use sources::{OpenSource, OpenedSource, SourceConnector, SourceKind, SourcePlanning, SOURCES};

@@ -1,0 +1,131 @@
+//! The registry's contract, on pipelines planned from YAML (nothing connects anywhere).
+
+use super::*;
+use crate::plan::Plan;
+
+/// `yaml` written to a fresh folder and planned.
+fn plan_of(name: &str, yaml: &str) -> Result<Plan, PipelineError> {
+    let dir = std::env::temp_dir().join(format!("weir-connectors-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("in.ndjson"), "").expect("input file");
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, yaml).expect("pipeline file");
+    crate::plan::load(&path)
+}
+
+const WINDOW: &str = "windows:\n  w:\n    from: events\n    key: [datasetName]\n    tumbling: 1m\n    aggregates: { n: count(*) }\n    sinks: [out]\n";
+
+fn pipeline(source: &str, sink: &str, extra: &str) -> String {
+    format!(
+        "name: p\nsources:\n  events:\n{source}\n    schema: data-ingestion\n    event_time: {{ field: timestamp }}\n{WINDOW}sinks:\n  out:\n{sink}\n{extra}"
+    )
+}
+
+#[test]
+fn every_kind_has_one_registry_line_and_a_unique_key() {
+    for keys in [
+        SINKS.iter().map(|k| k.key).collect::<Vec<_>>(),
+        SOURCES.iter().map(|k| k.key).collect(),
+        DEAD_LETTERS.iter().map(|k| k.key).collect(),
+    ] {
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len(), "a key registered twice: {keys:?}");
+    }
+}
+
+#[test]
+fn a_planned_connector_says_its_kind_and_retargets_itself_for_replay_and_pool() {
+    let plan = plan_of(
+        "files",
+        &pipeline(
+            "    file: { path: in.ndjson }",
+            "    file: { path: out/w.ndjson }",
+            "",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (source, sink) = (&plan.sources[0].input, &plan.sinks[0].target);
+    assert_eq!(
+        (source.kind(), sink.kind(), plan.dead_letter.kind()),
+        ("file", "file", "file")
+    );
+    assert!(sink.describe(false).contains("written when the run ends"));
+    assert!(sink.describe(true).contains("exactly once"));
+    // a replay writes beside the live file, a worker to its own
+    let replayed = sink.replayed("replay-a-b");
+    assert!(replayed
+        .local_file()
+        .unwrap()
+        .ends_with("out/w.replay-a-b.ndjson"));
+    let mut worker = sink.clone();
+    worker.for_worker("w1");
+    assert!(worker.local_file().unwrap().ends_with("out/w.w1.ndjson"));
+    // the live one is untouched
+    assert!(sink.local_file().unwrap().ends_with("out/w.ndjson"));
+    let fallback = std::path::Path::new("/x/p-dead-letter.replay.ndjson");
+    let dead = plan.dead_letter.replayed("replay-a-b", fallback);
+    assert!(dead
+        .local_file()
+        .unwrap()
+        .ends_with("dead_letter.replay-a-b.ndjson"));
+    // files are not a pool's sources, and cannot be replayed
+    assert!(source
+        .pool_refusal("events")
+        .unwrap()
+        .contains("not a Kafka topic"));
+    assert!(sink.pool_refusal("out").is_none());
+}
+
+#[test]
+fn the_pool_refuses_by_asking_each_connector() {
+    let kafka = "    kafka: { brokers: \"127.0.0.1:9\", topic: t, group_id: g }\n    partitioned_by: [datasetName]";
+    let nats = "    nats: { url: \"nats://127.0.0.1:9\", stream: s }";
+    let eos = "    kafka: { brokers: \"127.0.0.1:9\", topic: o, delivery: exactly_once }";
+    let chk = "checkpoint: { dir: state }\n";
+    let file_sink = "    file: { path: out.ndjson }";
+    let ok = plan_of("pool-ok", &pipeline(kafka, file_sink, chk)).unwrap();
+    assert_eq!(crate::pool::pool_refusal(&ok), None);
+    let on_nats = plan_of("pool-nats", &pipeline(nats, file_sink, chk)).unwrap();
+    let why = crate::pool::pool_refusal(&on_nats).expect("refused");
+    assert!(why.contains("source `events` is a NATS stream"), "{why}");
+    let to_eos = plan_of("pool-eos", &pipeline(kafka, eos, chk)).unwrap();
+    let why = crate::pool::pool_refusal(&to_eos).expect("refused");
+    assert!(
+        why.contains("sink `out`: `delivery: exactly_once`"),
+        "{why}"
+    );
+}
+
+#[test]
+fn secrets_written_in_the_file_are_registered_by_their_connector() {
+    let nats = "    nats:\n      url: \"nats://127.0.0.1:9\"\n      stream: s\n      credentials: { user: u, password: pw-in-a-nats-source-4711 }";
+    let sink = "    kafka: { brokers: \"127.0.0.1:9\", topic: o, properties: { sasl.password: kafka-sink-secret-4712 } }";
+    let dead = "dead_letter:\n  kafka: { brokers: \"127.0.0.1:9\", topic: d, properties: { ssl.key.password: dead-letter-secret-4713 } }\n";
+    plan_of("secrets", &pipeline(nats, sink, dead)).unwrap_or_else(|e| panic!("{e}"));
+    let shown = crate::secrets::redact(
+        "pw-in-a-nats-source-4711 kafka-sink-secret-4712 dead-letter-secret-4713",
+    );
+    assert!(
+        !shown.contains("4711") && !shown.contains("4712") && !shown.contains("4713"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn exactly_one_kind_is_declared_and_the_message_lists_the_registry() {
+    let yaml = pipeline(
+        "    file: { path: in.ndjson }",
+        "    file: { path: out.ndjson }\n    kafka: { brokers: \"127.0.0.1:9\", topic: o }",
+        "",
+    );
+    let e = plan_of("two-kinds", &yaml)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("needs exactly one of `kafka`, `iceberg`, `elasticsearch`, `webhook`, `postgres`, `nats`, `file` (found 2)"),
+        "{e}"
+    );
+}
