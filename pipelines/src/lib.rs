@@ -9,6 +9,7 @@ pub mod model;
 mod nats;
 pub mod plan;
 pub mod pool;
+mod pool_sinks;
 pub mod replay;
 pub mod run;
 pub mod schema;

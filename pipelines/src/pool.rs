@@ -12,8 +12,10 @@
 //! and what they read but did not hand out yet) outlive the jobs.
 //!
 //! Outputs stay exactly once per worker: every worker writes its own files (the worker id
-//! before the extension), committed per checkpoint, and finishes the commit of a dead
-//! worker's checkpoint that it restores partitions from.
+//! before the extension), transactional Kafka sinks and PostgreSQL sinks commit under the
+//! worker's own transactional id or epoch sequence (`crate::pool_sinks`), committed per
+//! checkpoint, and a worker finishes the commit of a dead worker's checkpoint that it
+//! restores partitions from.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,7 +29,7 @@ use weir_engine::pool::{PoolStore, StateRef};
 use weir_engine::{Chunk, EngineError};
 use weir_query::Peers;
 use weir_sinks::committed::{CommittedLines, CommittedParts};
-use weir_sinks::{FileFormat, KafkaDelivery};
+use weir_sinks::FileFormat;
 use weir_sources::kafka::PoolHook;
 use weir_sources::repartition::internal_topic;
 use weir_sources::{
@@ -136,30 +138,13 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
             return Some(format!("{file}: {why}"));
         }
     }
+    // transactional Kafka and PostgreSQL sinks commit per worker (crate::pool_sinks)
     for s in &plan.sinks {
-        match &s.target {
-            SinkTarget::Iceberg(_) => {
-                return Some(format!(
-                    "{file}: sink `{}`: Iceberg sinks do not run in a worker pool yet",
-                    s.name
-                ))
-            }
-            SinkTarget::Postgres(_) => {
-                return Some(format!(
-                    "{file}: sink `{}`: a PostgreSQL sink commits one epoch sequence per \
-                     pipeline and sink (weir_sink_epochs), which the workers of a pool would \
-                     share; run it without `--worker`",
-                    s.name
-                ))
-            }
-            SinkTarget::Kafka(k) if matches!(k.delivery, KafkaDelivery::ExactlyOnce { .. }) => {
-                return Some(format!(
-                    "{file}: sink `{}`: `delivery: exactly_once` does not run in a worker pool \
-                     yet; use the default at-least-once delivery (repeats are byte-identical)",
-                    s.name
-                ))
-            }
-            _ => {}
+        if let SinkTarget::Iceberg(_) = &s.target {
+            return Some(format!(
+                "{file}: sink `{}`: Iceberg sinks do not run in a worker pool yet",
+                s.name
+            ));
         }
     }
     None
@@ -315,6 +300,8 @@ struct WorkerFiles {
     /// Per sink: its file (as configured) and format, for file sinks.
     sinks: Vec<(String, Option<(PathBuf, FileFormat)>)>,
     dead_letter: Option<PathBuf>,
+    /// Transactional Kafka and PostgreSQL sinks.
+    transactional: crate::pool_sinks::WorkerSinks,
 }
 
 impl WorkerFiles {
@@ -335,11 +322,13 @@ impl WorkerFiles {
                 DeadLetterTarget::File(p) => Some(p.clone()),
                 DeadLetterTarget::Kafka(_) | DeadLetterTarget::Nats(_) => None,
             },
+            transactional: crate::pool_sinks::WorkerSinks::of(plan),
         }
     }
 
     /// Finishes the commits of checkpoint `m` of dead worker `worker` in its files.
     fn roll_forward(&self, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+        self.transactional.roll_forward(worker, m)?;
         for (name, file) in &self.sinks {
             let Some((path, format)) = file else {
                 continue;
@@ -393,6 +382,7 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
     if let DeadLetterTarget::File(p) = &mut plan.dead_letter {
         *p = worker_path(p, &worker);
     }
+    crate::pool_sinks::for_worker(&mut plan, &worker);
     for w in &mut plan.windows {
         let mut c = (*w.config).clone();
         c.partition_state = true;
