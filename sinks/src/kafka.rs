@@ -131,8 +131,12 @@ struct Txn {
     marker_reader: Option<Box<dyn Fn() -> Option<u64> + Send>>,
     /// Told of every transaction that commits, in tests: (transactional id, epoch, rows).
     #[cfg(test)]
-    on_commit: Option<Box<dyn Fn(&str, u64, &[RecordBatch]) + Send>>,
+    on_commit: Option<OnCommit>,
 }
+
+/// A test's view of the transactions that commit: (transactional id, epoch, rows).
+#[cfg(test)]
+type OnCommit = Box<dyn Fn(&str, u64, &[RecordBatch]) + Send>;
 
 impl Txn {
     /// The epoch of the last transaction that committed.
