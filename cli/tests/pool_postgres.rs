@@ -1,9 +1,10 @@
 //! A worker pool writing PostgreSQL tables, against a real broker (`scripts/kafka.sh start`,
 //! or `KAFKA_BROKERS`) and a throwaway PostgreSQL 15 server: three workers (`weir run
 //! --worker ID --until-caught-up`) share a keyed topic and upsert one window table and one
-//! view table; one worker is killed between a complete checkpoint and its commit and
-//! started again at once; whoever restores its partitions from that checkpoint (another
-//! worker, under the killed one's epoch sequence, or the worker itself) finishes the commit. The tables, read back with psql, equal the reference model's
+//! view table; one worker is killed between a complete checkpoint and its commit (and
+//! started again at once, or not at all); whoever restores its partitions from that
+//! checkpoint (another worker, under the killed one's epoch sequence, or the worker itself)
+//! finishes the commit. The tables, read back with psql, equal the reference model's
 //! (`tests/model/window_model.py`): no row lost, none applied twice, each worker's epochs
 //! recorded in its own `weir_sink_epochs` rows.
 
@@ -28,8 +29,28 @@ fn rows(pg: &PgServer, sql: &str) -> Vec<Row> {
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
 }
 
+/// Worker b killed between a complete checkpoint and its commit, and started again at once
+/// (the killed process stays a member of the group until its session times out): its
+/// checkpoint is committed by whoever restores its partitions (another worker under b's
+/// epoch sequence, or b itself).
 #[test]
-fn a_pool_of_three_with_a_worker_killed_before_its_commit_writes_postgres_exactly_once() {
+fn a_pool_of_three_with_a_worker_killed_and_restarted_writes_postgres_exactly_once() {
+    pool_case(true);
+}
+
+/// Worker b killed between a complete checkpoint and its commit, and not started again: the
+/// others take its partitions over once its session timed out and commit that checkpoint
+/// under b's epoch sequence. (A worker started again only after that meets a known stall of
+/// the tests' broker, tansu, which keeps a killed member's partitions until another member
+/// joins: the first test restarts it at once, as users do.)
+#[test]
+fn a_pool_whose_killed_worker_does_not_come_back_writes_postgres_exactly_once() {
+    pool_case(false);
+}
+
+/// Three workers, b killed at `before_commit_owning` and started again at once when
+/// `restart`; both tables must equal the oracle's.
+fn pool_case(restart: bool) {
     let brokers = brokers();
     let pg = PgServer::start();
     // a weir_sink_epochs of an earlier version (no worker column): it is migrated
@@ -146,29 +167,36 @@ checkpoint: {{ dir: state, interval: 300ms }}
             .iter()
             .any(|l| l.contains("failpoint before_commit_owning"))
     });
-    // killed there and started again at once (the killed process stays a member of the
-    // group until its session times out)
     let b_log = b.kill();
-    let b = worker("b", &[]);
     let limit = Duration::from_secs(240);
-    let logs = [
-        a.wait_within(limit),
-        b.wait_within(limit),
-        c.wait_within(limit),
-    ];
+    let (logs, names) = if restart {
+        let b = worker("b", &[]);
+        let logs = vec![
+            a.wait_within(limit),
+            c.wait_within(limit),
+            b.wait_within(limit),
+        ];
+        (logs, vec!["a", "c", "b"])
+    } else {
+        (
+            vec![a.wait_within(limit), c.wait_within(limit)],
+            vec!["a", "c"],
+        )
+    };
     std::fs::write(d.join("b-killed.log"), b_log.join("\n")).unwrap();
-    for (name, log) in ["a", "b", "c"].iter().zip(&logs) {
+    for (name, log) in names.iter().zip(&logs) {
         std::fs::write(d.join(format!("{name}.log")), log.join("\n")).unwrap();
     }
     // b's complete checkpoint was committed by whoever restored its partitions from it:
     // another worker, under b's epoch sequence, or b itself when it restored
-    let rolled = logs[0]
+    let rolled = logs[..2]
         .iter()
-        .chain(&logs[2])
+        .flatten()
         .filter(|l| l.contains("committed another worker's checkpoint epoch"))
         .count();
-    let recovered = logs[1]
+    let recovered = logs[2..]
         .iter()
+        .flatten()
         .filter(|l| l.contains("committed the epoch a crash interrupted"))
         .count();
     assert!(rolled + recovered > 0, "nobody finished b's commit");
@@ -204,7 +232,8 @@ checkpoint: {{ dir: state, interval: 300ms }}
         pg.psql("SELECT worker || '/' || epoch FROM weir_sink_epochs WHERE pipeline = 'older'"),
         "/7"
     );
-    // nothing is left staged: every complete checkpoint is committed
+    // nothing is left staged: every complete checkpoint is committed, and a restore drops
+    // what was staged after it
     let stages =
         pg.psql("SELECT tablename FROM pg_tables WHERE tablename LIKE '\\_weir\\_stage\\_%'");
     let staged: i64 = stages
@@ -215,7 +244,10 @@ checkpoint: {{ dir: state, interval: 300ms }}
                 .unwrap()
         })
         .sum();
-    assert_eq!(staged, 0, "rows left in {stages}");
+    // (a worker that never comes back may leave the rows it staged after its checkpoint)
+    if restart {
+        assert_eq!(staged, 0, "rows left in {stages}");
+    }
     // no dead letters in any worker's file (out/dead.<worker>.ndjson)
     for e in std::fs::read_dir(d.join("out"))
         .into_iter()
