@@ -556,6 +556,9 @@ impl Pending {
         if let Some(o) = &spec.ownership {
             failpoint("before_seal");
             o.fencing.seal(self.epoch)?;
+            if !o.owned.is_empty() {
+                failpoint("before_commit_owning");
+            }
         }
         failpoint("before_commit");
         Ok(manifest)
@@ -679,7 +682,8 @@ pub(crate) fn test_manifest(epoch: u64) -> Manifest {
 /// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>]` pauses the coordinator at
 /// `point` (`before_manifest`: every part is in, the manifest is not written;
 /// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
-/// manifest is written (and sealed), the outputs are not told to commit), after
+/// manifest is written (and sealed), the outputs are not told to commit;
+/// `before_commit_owning`: the same, for a pool worker that owns partitions), after
 /// passing it `skip` times, so that crash tests can kill the process there. It logs
 /// `failpoint <point>` first.
 pub(crate) fn failpoint(point: &str) {

@@ -391,6 +391,13 @@ impl PoolStore {
     /// under that claim, so the next owner need not void its next checkpoint (which would
     /// fail a job that owns other partitions).
     pub fn release(&self, partition: &str, generation: u64) -> Result<(), EngineError> {
+        // the hand-over checkpoint is committed: the next owner need not finish its commit
+        // (for a transactional sink, that would fence this worker's producer)
+        if let Some(m) = newest_valid(&self.own, None)? {
+            if self.committed_epoch(&self.worker)? < m.epoch {
+                self.mark_committed(m.epoch)?;
+            }
+        }
         let body = serde_json::json!({ "worker": self.worker, "generation": generation });
         self.root.put(
             &released_name(partition, generation),

@@ -12,8 +12,10 @@
 //! and what they read but did not hand out yet) outlive the jobs.
 //!
 //! Outputs stay exactly once per worker: every worker writes its own files (the worker id
-//! before the extension), committed per checkpoint, and finishes the commit of a dead
-//! worker's checkpoint that it restores partitions from.
+//! before the extension), transactional Kafka sinks and PostgreSQL sinks commit under the
+//! worker's own transactional id or epoch sequence (their connectors' `for_worker`), committed per
+//! checkpoint, and a worker finishes the commit of a dead worker's checkpoint that it
+//! restores partitions from.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

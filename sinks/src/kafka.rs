@@ -129,7 +129,14 @@ struct Txn {
     /// transactional offset commits without storing them.
     #[cfg(test)]
     marker_reader: Option<Box<dyn Fn() -> Option<u64> + Send>>,
+    /// Told of every transaction that commits, in tests: (transactional id, epoch, rows).
+    #[cfg(test)]
+    on_commit: Option<OnCommit>,
 }
+
+/// A test's view of the transactions that commit: (transactional id, epoch, rows).
+#[cfg(test)]
+type OnCommit = Box<dyn Fn(&str, u64, &[RecordBatch]) + Send>;
 
 impl Txn {
     /// The epoch of the last transaction that committed.
@@ -168,6 +175,8 @@ impl KafkaSink {
                 uncertain: None,
                 #[cfg(test)]
                 marker_reader: None,
+                #[cfg(test)]
+                on_commit: None,
             }),
         };
         Ok(KafkaSink {
@@ -436,6 +445,53 @@ impl KafkaSink {
     }
 }
 
+impl KafkaSink {
+    /// In a worker pool, before restoring partitions from checkpoint `epoch` of another
+    /// worker, whose pre-commit said `info`; this sink has that worker's transactional id.
+    /// Registering the id aborts the transaction it left open and fences it if it still runs
+    /// (a zombie); then the checkpoint's transaction commits from its outbox unless the
+    /// marker says it did already (by that worker before it stopped, or by another claimant).
+    /// Returns whether it committed.
+    pub fn roll_forward(
+        mut self,
+        epoch: u64,
+        info: &serde_json::Value,
+    ) -> Result<bool, EngineError> {
+        if self.txn.is_none() {
+            return Ok(false);
+        }
+        self.begin()?;
+        let Some(t) = self.txn.as_ref() else {
+            return Ok(false);
+        };
+        let committed = t
+            .committed_epoch(&self.config)
+            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+        let outbox = info["outbox"].as_str();
+        let done = committed.is_some_and(|c| c >= epoch) || outbox.is_none();
+        if !done {
+            let batches = outbox
+                .map(outbox_decode)
+                .transpose()
+                .map_err(|e| EngineError::sink(&self.name, e))?
+                .unwrap_or_default();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            tracing::info!(sink = %self.name, transactional_id = %t.id, epoch, rows, "kafka: committing the transaction of another worker's checkpoint, which it did not commit");
+            for batch in &batches {
+                self.send_now(batch)?;
+            }
+            self.flush()?;
+            if let Some(t) = self.txn.as_mut() {
+                t.prepared = Some(epoch);
+            }
+            self.commit(epoch)?;
+        }
+        // an empty transaction stays open on the producer: nothing to abort at the broker
+        self.finish()?;
+        Ok(!done)
+    }
+}
+
 impl Sink for KafkaSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         self.rebuild()?;
@@ -521,6 +577,10 @@ impl Sink for KafkaSink {
             // settled the transaction (see `rebuild`)
             t.uncertain = Some(prepared);
             return Err(self.failed(e));
+        }
+        #[cfg(test)]
+        if let Some(f) = &t.on_commit {
+            f(&t.id, prepared, &self.unacked);
         }
         t.open = false;
         t.prepared = None;

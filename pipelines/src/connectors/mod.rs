@@ -240,6 +240,31 @@ pub(crate) fn url_secrets<'a>(urls: impl IntoIterator<Item = &'a String>) -> Vec
         .collect()
 }
 
+/// How long finishing a dead worker's commit is retried while its server is unavailable.
+const ROLL_FORWARD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `finish` (finishing dead worker `worker`'s commit of `epoch` in sink `sink`) until it
+/// succeeds, fails for good, or its server stays unavailable for [`ROLL_FORWARD_PATIENCE`].
+pub(crate) fn patiently(
+    sink: &str,
+    worker: &str,
+    epoch: u64,
+    mut finish: impl FnMut() -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    let started = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match finish() {
+            Err(EngineError::Unavailable(why)) if started.elapsed() < ROLL_FORWARD_PATIENCE => {
+                tracing::warn!(sink, worker, epoch, error = %why, "finishing another worker's commit: retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// No secrets.
 pub(crate) fn none<T>(_: &T) -> Vec<String> {
     Vec::new()

@@ -90,11 +90,15 @@ fn the_pool_refuses_by_asking_each_connector() {
     let on_nats = plan_of("pool-nats", &pipeline(nats, file_sink, chk)).unwrap();
     let why = crate::pool::pool_refusal(&on_nats).expect("refused");
     assert!(why.contains("source `events` is a NATS stream"), "{why}");
+    // a transactional sink runs in a pool under the worker's own transactional id
     let to_eos = plan_of("pool-eos", &pipeline(kafka, eos, chk)).unwrap();
-    let why = crate::pool::pool_refusal(&to_eos).expect("refused");
+    assert_eq!(crate::pool::pool_refusal(&to_eos), None);
+    let mut sink = to_eos.sinks[0].target.clone();
+    sink.for_worker("w1");
     assert!(
-        why.contains("sink `out`: `delivery: exactly_once`"),
-        "{why}"
+        sink.describe(true).contains("transactional id `p.out.w1`"),
+        "{}",
+        sink.describe(true)
     );
 }
 

@@ -297,3 +297,106 @@ fn after_a_failed_delivery_the_retry_sends_every_unacknowledged_row_again() {
     keys.dedup();
     assert_eq!(keys.len(), 3, "{keys:?}");
 }
+
+/// What a broker with transactions would keep, for the mock cluster (which stores no
+/// transactional offsets and has no `read_committed`): each transactional id's marker, and
+/// the keys of the rows of every transaction that committed, which is what a
+/// `read_committed` reader sees.
+#[derive(Default)]
+struct Committed {
+    markers: std::collections::HashMap<String, u64>,
+    keys: Vec<String>,
+}
+
+/// A transactional sink with id `id` whose marker and commits are `committed`'s.
+fn pool_sink(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    id: &str,
+    committed: &Arc<std::sync::Mutex<Committed>>,
+) -> KafkaSink {
+    let mut s = txn_sink(mock, id);
+    let (read, write, id) = (committed.clone(), committed.clone(), id.to_string());
+    if let Some(t) = s.txn.as_mut() {
+        t.marker_reader = Some(Box::new(move || {
+            read.lock().unwrap().markers.get(&id).copied()
+        }));
+        t.on_commit = Some(Box::new(move |id, epoch, rows| {
+            let mut c = write.lock().unwrap();
+            c.markers.insert(id.to_string(), epoch);
+            for b in rows {
+                let k = b.column(0).as_string::<i32>();
+                c.keys.extend(k.iter().flatten().map(str::to_string));
+            }
+        }));
+    }
+    s
+}
+
+/// Two workers of a pool, each under its own transactional id (`<id>.<worker>`), so each
+/// has its own marker: worker a dies after its checkpoint 2 completed and before it
+/// committed it; worker b, restoring a's partitions from that checkpoint, commits it from
+/// its outbox under a's id (which aborts what a left open and would fence a if it still
+/// ran), once: a second roll-forward and a's own restart send nothing. A zombie's
+/// checkpoint that the pool voided is never committed (the engine commits only complete
+/// checkpoints), its transaction aborted when the id registers again, and the new owner
+/// produces its rows. A zombie that committed a complete checkpoint before the new owner
+/// looked leaves nothing to roll forward. Every row is committed once. (The remaining
+/// order, the roll-forward first and then the zombie's commit, is refused by the broker,
+/// which fences the zombie's producer when the id registers again; the mock cluster gives
+/// every registration a new producer id and fences nothing, so that order is left to the
+/// opt-in crash test against a broker with transactions.)
+#[test]
+fn a_pool_takes_over_a_dead_workers_transaction_once_and_never_commits_a_voided_one() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let committed = Arc::new(std::sync::Mutex::new(Committed::default()));
+    let (ida, idb) = ("p.out.a", "p.out.b");
+    let mut a = pool_sink(&mock, ida, &committed);
+    let mut b = pool_sink(&mock, idb, &committed);
+    a.recover(None).unwrap();
+    b.recover(None).unwrap();
+    a.write(&batch(&[("a1", 1)])).unwrap();
+    assert_eq!(a.pre_commit(1).unwrap()["transactional_id"], ida);
+    a.commit(1).unwrap();
+    b.write(&batch(&[("b1", 1)])).unwrap();
+    b.pre_commit(1).unwrap();
+    b.commit(1).unwrap();
+    // a's checkpoint 2 completes; a dies before its commit (rows after it wait, lost)
+    a.write(&batch(&[("a2", 1)])).unwrap();
+    let a2 = a.pre_commit(2).unwrap();
+    a.write(&batch(&[("a3", 1)])).unwrap();
+    drop(a);
+    // b takes a's partitions over from checkpoint 2: it commits it under a's id, once
+    assert!(pool_sink(&mock, ida, &committed)
+        .roll_forward(2, &a2)
+        .unwrap());
+    assert!(!pool_sink(&mock, ida, &committed)
+        .roll_forward(2, &a2)
+        .unwrap());
+    // a comes back with the same id and restores its checkpoint 2: nothing again
+    let mut a = pool_sink(&mock, ida, &committed);
+    a.recover(Some((2, &a2))).unwrap();
+    // a zombie: its checkpoint 3 is voided by a claim, so the engine never commits it; the
+    // worker joins again, and registering its id aborts that transaction
+    a.write(&batch(&[("a3", 1)])).unwrap();
+    a.pre_commit(3).unwrap();
+    drop(a);
+    let mut a = pool_sink(&mock, ida, &committed);
+    a.recover(Some((2, &a2))).unwrap();
+    // b restored the partition from checkpoint 2: it produces a3 in its own transaction
+    b.write(&batch(&[("a3", 1)])).unwrap();
+    b.pre_commit(2).unwrap();
+    b.commit(2).unwrap();
+    // a's epoch 3 again, complete and committed by a before b claims: nothing to roll forward
+    a.write(&batch(&[("a4", 1)])).unwrap();
+    let a3 = a.pre_commit(3).unwrap();
+    a.commit(3).unwrap();
+    assert!(!pool_sink(&mock, ida, &committed)
+        .roll_forward(3, &a3)
+        .unwrap());
+    let c = committed.lock().unwrap();
+    let mut keys = c.keys.clone();
+    keys.sort();
+    assert_eq!(keys, ["a1", "a2", "a3", "a4", "b1"], "{keys:?}");
+    assert_eq!((c.markers[ida], c.markers[idb]), (3, 2));
+}

@@ -419,11 +419,21 @@ fn display_type(typname: &str) -> &str {
 pub fn create_epochs(epochs: &TableName) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {} (pipeline text NOT NULL, sink text NOT NULL, \
-         epoch bigint NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(), \
-         PRIMARY KEY (pipeline, sink, epoch))",
+         worker text NOT NULL DEFAULT '', epoch bigint NOT NULL, \
+         committed_at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (pipeline, sink, worker, epoch))",
         epochs.sql()
     )
 }
+
+/// Whether the table `$1` has a `worker` column (`weir_sink_epochs` of an earlier version
+/// has none).
+pub const HAS_WORKER_QUERY: &str = "SELECT EXISTS (SELECT 1 FROM pg_attribute \
+     WHERE attrelid = $1::regclass AND attname = 'worker' AND NOT attisdropped)";
+
+/// The name of the primary key constraint of table `$1`.
+pub const PRIMARY_KEY_QUERY: &str =
+    "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'";
 
 #[cfg(test)]
 mod tests {

@@ -96,6 +96,9 @@ pub struct PostgresConfig {
     pub output: String,
     /// A view's key columns (`None` for a window).
     pub view_keys: Option<usize>,
+    /// The pool worker writing (`--worker`; empty outside a pool): each worker has its own
+    /// staging table and epoch sequence in `weir_sink_epochs`.
+    pub worker: String,
 }
 
 /// Checks that the URL and TLS settings make connection settings (without connecting).
@@ -159,9 +162,12 @@ impl PostgresSink {
         exactly_once: bool,
     ) -> Result<Self, EngineError> {
         let err = |e: &dyn std::fmt::Display| EngineError::sink(name, e);
-        let hash = sha2::Sha256::digest(
-            format!("{}\0{name}\0{}", config.pipeline, config.table).as_bytes(),
-        );
+        // outside a pool the name is the one earlier versions used
+        let mut id = format!("{}\0{name}\0{}", config.pipeline, config.table);
+        if !config.worker.is_empty() {
+            id.push_str(&format!("\0{}", config.worker));
+        }
+        let hash = sha2::Sha256::digest(id.as_bytes());
         let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
         let staging = if exactly_once {
             config.table.sibling(&format!("_weir_stage_{hex}"))
@@ -406,17 +412,45 @@ impl PostgresSink {
         self.rejected.push(RejectedRow { raw, error });
     }
 
+    /// The epoch sequence the sink commits: (pipeline, sink, worker).
+    fn sequence(&self) -> session::Sequence {
+        session::Sequence {
+            pipeline: self.config.pipeline.clone(),
+            sink: self.name.clone(),
+            worker: self.config.worker.clone(),
+        }
+    }
+
     /// Commits the staged rows of epochs up to `epoch` with the epoch itself.
     fn commit_epoch(&mut self, epoch: u64) -> Result<(), EngineError> {
-        let (pipeline, sink) = (self.config.pipeline.clone(), self.name.clone());
+        let seq = self.sequence();
         let refused = self.run("committing an epoch", |s| {
-            Box::pin(async move { s.commit_epoch(&pipeline, &sink, epoch).await })
+            Box::pin(async move { s.commit_epoch(&seq, epoch).await })
         })?;
         for r in refused {
             let raw = r.raw.clone().unwrap_or_default();
             self.reject(raw, r);
         }
         Ok(())
+    }
+}
+
+impl PostgresSink {
+    /// In a worker pool, before restoring partitions from checkpoint `epoch` of another
+    /// worker (this sink's `config.worker`), which may have died between the checkpoint and
+    /// its commit: commits that epoch's staged rows unless its sequence already has it.
+    /// Rows it staged after the epoch stay: they belong to checkpoints that never completed,
+    /// and its own restore drops them if it comes back. Returns whether it committed.
+    pub fn roll_forward(&mut self, epoch: u64) -> Result<bool, EngineError> {
+        let seq = self.sequence();
+        let (committed, refused) = self.run("finishing another worker's commit", |s| {
+            Box::pin(async move { s.roll_forward(&seq, epoch).await })
+        })?;
+        for r in refused {
+            let raw = r.raw.clone().unwrap_or_default();
+            self.reject(raw, r);
+        }
+        Ok(committed)
     }
 }
 
@@ -483,10 +517,10 @@ impl Sink for PostgresSink {
     }
 
     fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
-        let (pipeline, sink) = (self.config.pipeline.clone(), self.name.clone());
+        let seq = self.sequence();
         let epoch = from.map(|(e, _)| e);
         let refused = self.run("recovering", |s| {
-            Box::pin(async move { s.recover(&pipeline, &sink, epoch).await })
+            Box::pin(async move { s.recover(&seq, epoch).await })
         })?;
         for r in refused {
             let raw = r.raw.clone().unwrap_or_default();
@@ -548,6 +582,7 @@ mod tests {
             pipeline: "p".into(),
             output: "w".into(),
             view_keys: None,
+            worker: String::new(),
         };
         PostgresSink::new("db", config, &batch(0).schema(), false).unwrap()
     }

@@ -20,6 +20,34 @@ const SETUP_LOCK: i64 = 0x0077_6569_725f_7067;
 /// How many of a sink's newest committed epochs `weir_sink_epochs` keeps.
 const KEEP_EPOCHS: i64 = 1000;
 
+/// One epoch sequence in `weir_sink_epochs`: a sink of a pipeline, written by one worker
+/// of a pool (`worker` empty outside a pool).
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    pub pipeline: String,
+    pub sink: String,
+    pub worker: String,
+}
+
+impl Sequence {
+    /// The advisory lock that serializes the commits of this sequence (a worker's own, and
+    /// another worker finishing it after taking its partitions over).
+    fn lock(&self, epochs: &TableName) -> i64 {
+        use sha2::Digest;
+        let id = format!(
+            "{}\0{}\0{}\0{}",
+            epochs.sql(),
+            self.pipeline,
+            self.sink,
+            self.worker
+        );
+        let hash = sha2::Sha256::digest(id.as_bytes());
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&hash[..8]);
+        i64::from_be_bytes(bytes)
+    }
+}
+
 /// A row the server refused for good.
 #[derive(Debug, Clone)]
 pub struct Refusal {
@@ -157,6 +185,7 @@ impl Session {
         if !self.temporary {
             let create = ddl::create_epochs(&self.epochs);
             self.exec(&create).await.map_err(strict)?;
+            self.add_worker_column().await?;
             if !self.exists(&self.layout.staging.sql()).await? {
                 let create = self.layout.create_staging(false);
                 self.exec(&create).await.map_err(strict)?;
@@ -178,6 +207,57 @@ impl Session {
             self.exec(&create).await.map_err(strict)?;
         }
         Ok(())
+    }
+
+    /// A `weir_sink_epochs` created by an earlier version has no `worker` column: it is
+    /// added (empty for the rows there) and made part of the primary key.
+    async fn add_worker_column(&mut self) -> Result<(), Fault> {
+        let epochs = self.epochs.sql();
+        let has: bool = sqlx::query_scalar(ddl::HAS_WORKER_QUERY)
+            .bind(&epochs)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        if has {
+            return Ok(());
+        }
+        let key: Option<String> = sqlx::query_scalar(ddl::PRIMARY_KEY_QUERY)
+            .bind(&epochs)
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        let mut alter = format!("ALTER TABLE {epochs} ADD COLUMN worker text NOT NULL DEFAULT ''");
+        if let Some(k) = key {
+            alter.push_str(&format!(", DROP CONSTRAINT {}", ddl::ident(&k)));
+        }
+        alter.push_str(", ADD PRIMARY KEY (pipeline, sink, worker, epoch)");
+        self.exec(&alter).await.map_err(strict)?;
+        tracing::info!(table = %self.epochs, "postgres: weir_sink_epochs has a worker column now (one epoch sequence per pool worker)");
+        Ok(())
+    }
+
+    /// Takes the lock of `seq`'s commits until the transaction ends.
+    async fn lock_sequence(&mut self, seq: &Sequence) -> Result<(), Fault> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(seq.lock(&self.epochs))
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        Ok(())
+    }
+
+    /// The newest epoch `seq` committed.
+    async fn committed(&mut self, seq: &Sequence) -> Result<Option<i64>, Fault> {
+        sqlx::query_scalar(&format!(
+            "SELECT max(epoch) FROM {} WHERE pipeline = $1 AND sink = $2 AND worker = $3",
+            self.epochs.sql()
+        ))
+        .bind(&seq.pipeline)
+        .bind(&seq.sink)
+        .bind(&seq.worker)
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(strict)
     }
 
     /// The table's columns, as the catalog describes them.
@@ -397,12 +477,7 @@ impl Session {
 
     /// Merges, removes from staging and records epochs up to `epoch`, without a
     /// transaction of its own.
-    async fn apply_epoch(
-        &mut self,
-        pipeline: &str,
-        sink: &str,
-        epoch: u64,
-    ) -> Result<Vec<Refusal>, Fault> {
+    async fn apply_epoch(&mut self, seq: &Sequence, epoch: u64) -> Result<Vec<Refusal>, Fault> {
         let upto = epoch as i64;
         let refused = self.merge(upto, false, self.layout.view).await?;
         let delete = format!(
@@ -415,24 +490,27 @@ impl Session {
             .await
             .map_err(strict)?;
         let record = format!(
-            "INSERT INTO {} (pipeline, sink, epoch) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            "INSERT INTO {} (pipeline, sink, worker, epoch) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
             self.epochs.sql()
         );
         sqlx::query(&record)
-            .bind(pipeline)
-            .bind(sink)
+            .bind(&seq.pipeline)
+            .bind(&seq.sink)
+            .bind(&seq.worker)
             .bind(upto)
             .execute(&mut self.conn)
             .await
             .map_err(strict)?;
         // a restore needs only the newest; the last KEEP_EPOCHS stay as a history
         let prune = format!(
-            "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND epoch <= $3",
+            "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND worker = $3 AND epoch <= $4",
             self.epochs.sql()
         );
         sqlx::query(&prune)
-            .bind(pipeline)
-            .bind(sink)
+            .bind(&seq.pipeline)
+            .bind(&seq.sink)
+            .bind(&seq.worker)
             .bind(upto - KEEP_EPOCHS)
             .execute(&mut self.conn)
             .await
@@ -444,14 +522,35 @@ impl Session {
     /// and the epoch recorded, in one transaction. Making it again changes nothing.
     pub async fn commit_epoch(
         &mut self,
-        pipeline: &str,
-        sink: &str,
+        seq: &Sequence,
         epoch: u64,
     ) -> Result<Vec<Refusal>, Fault> {
         self.exec("BEGIN").await.map_err(strict)?;
-        let refused = self.apply_epoch(pipeline, sink, epoch).await?;
+        self.lock_sequence(seq).await?;
+        let refused = self.apply_epoch(seq, epoch).await?;
         self.exec("COMMIT").await.map_err(strict)?;
         Ok(refused)
+    }
+
+    /// Another worker's `epoch` (a checkpoint this one restores partitions from) committed
+    /// unless `seq` has it already, under the sequence's lock (its worker, if alive, may be
+    /// committing it at the same moment). Returns whether it committed, and the rows refused.
+    pub async fn roll_forward(
+        &mut self,
+        seq: &Sequence,
+        epoch: u64,
+    ) -> Result<(bool, Vec<Refusal>), Fault> {
+        self.exec("BEGIN").await.map_err(strict)?;
+        self.lock_sequence(seq).await?;
+        let committed = self.committed(seq).await?;
+        let todo = committed.is_none_or(|c| c < epoch as i64);
+        let refused = if todo {
+            self.apply_epoch(seq, epoch).await?
+        } else {
+            Vec::new()
+        };
+        self.exec("COMMIT").await.map_err(strict)?;
+        Ok((todo, refused))
     }
 
     /// Before a checkpointed run writes, from checkpoint `epoch` (`None`: from nothing):
@@ -460,26 +559,19 @@ impl Session {
     /// that it has the table's current constraints.
     pub async fn recover(
         &mut self,
-        pipeline: &str,
-        sink: &str,
+        seq: &Sequence,
         epoch: Option<u64>,
     ) -> Result<Vec<Refusal>, Fault> {
         let staging = self.layout.staging_sql(false);
         let epochs = self.epochs.sql();
         self.exec("BEGIN").await.map_err(strict)?;
+        self.lock_sequence(seq).await?;
         let mut refused = Vec::new();
         let from = epoch.map_or(0, |e| e as i64);
         if let Some(e) = epoch {
-            let committed: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT max(epoch) FROM {epochs} WHERE pipeline = $1 AND sink = $2"
-            ))
-            .bind(pipeline)
-            .bind(sink)
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(strict)?;
+            let committed = self.committed(seq).await?;
             if committed.is_none_or(|c| c < from) {
-                refused = self.apply_epoch(pipeline, sink, e).await?;
+                refused = self.apply_epoch(seq, e).await?;
                 tracing::info!(table = %self.layout.table, epoch = e, "postgres: committed the epoch a crash interrupted");
             }
         }
@@ -490,10 +582,11 @@ impl Session {
             .map_err(strict)?
             .rows_affected();
         let later = sqlx::query(&format!(
-            "DELETE FROM {epochs} WHERE pipeline = $1 AND sink = $2 AND epoch > $3"
+            "DELETE FROM {epochs} WHERE pipeline = $1 AND sink = $2 AND worker = $3 AND epoch > $4"
         ))
-        .bind(pipeline)
-        .bind(sink)
+        .bind(&seq.pipeline)
+        .bind(&seq.sink)
+        .bind(&seq.worker)
         .bind(from)
         .execute(&mut self.conn)
         .await

@@ -6,6 +6,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use weir_engine::checkpoint::Manifest;
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::EngineError;
 use weir_sinks::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
@@ -310,12 +311,35 @@ impl SinkConnector for KafkaTarget {
         Ok(Box::new(KafkaSink::new(at.name, self.0.clone())?))
     }
 
-    fn pool_refusal(&self, sink: &str) -> Option<String> {
-        matches!(self.0.delivery, KafkaDelivery::ExactlyOnce { .. }).then(|| {
-            format!(
-                "sink `{sink}`: `delivery: exactly_once` does not run in a worker pool \
-                 yet; use the default at-least-once delivery (repeats are byte-identical)"
-            )
+    /// A transactional sink commits under the worker's own transactional id (and so its own
+    /// fencing and marker group): see `docs/src/operations/worker-pool.md`.
+    fn for_worker(&mut self, worker: &str) {
+        if let KafkaDelivery::ExactlyOnce { transactional_id } = &mut self.0.delivery {
+            *transactional_id = worker_transactional_id(transactional_id, worker);
+        }
+    }
+
+    /// Commits dead worker `worker`'s transaction of checkpoint `m` under its id, unless its
+    /// marker says it is committed (registering the id aborts what it left open).
+    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+        let mut config = self.0.clone();
+        let KafkaDelivery::ExactlyOnce { transactional_id } = &mut config.delivery else {
+            return Ok(());
+        };
+        *transactional_id = worker_transactional_id(transactional_id, worker);
+        let Some(info) = m.sinks.get(sink).filter(|i| !i.is_null()) else {
+            return Ok(());
+        };
+        super::patiently(sink, worker, m.epoch, || {
+            if KafkaSink::new(sink, config.clone())?.roll_forward(m.epoch, info)? {
+                tracing::info!(
+                    sink,
+                    worker,
+                    epoch = m.epoch,
+                    "committed another worker's checkpoint transaction"
+                );
+            }
+            Ok(())
         })
     }
 
@@ -326,6 +350,11 @@ impl SinkConnector for KafkaTarget {
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// The transactional id worker `worker` of a pool uses for a sink configured with `id`.
+pub fn worker_transactional_id(id: &str, worker: &str) -> String {
+    format!("{id}.{worker}")
 }
 
 /// A Kafka topic of dead letters, one JSON message per record.

@@ -4,7 +4,10 @@
 
 use std::any::Any;
 
+use arrow::datatypes::SchemaRef;
+use weir_engine::checkpoint::Manifest;
 use weir_engine::job::Sink;
+use weir_engine::EngineError;
 use weir_sinks::{PostgresConfig, PostgresSink};
 
 use super::{Attach, OpenSink, SinkConnector, SinkKind};
@@ -32,13 +35,14 @@ pub const SINK: SinkKind = SinkKind {
             )
         })?;
         let cfg = plan::postgres_config(p.ctx, p.pipeline, p.name, d)?;
-        Ok(Box::new(PostgresTarget(cfg)))
+        Ok(Box::new(PostgresTarget(cfg, None)))
     },
 };
 
-/// A PostgreSQL table (the output is set when a window or view names the sink).
+/// A PostgreSQL table (the output is set when a window or view names the sink), and the
+/// rows it receives (set then too).
 #[derive(Debug, Clone)]
-pub struct PostgresTarget(pub PostgresConfig);
+pub struct PostgresTarget(pub PostgresConfig, pub Option<SchemaRef>);
 
 impl SinkConnector for PostgresTarget {
     fn kind(&self) -> &'static str {
@@ -79,6 +83,7 @@ impl SinkConnector for PostgresTarget {
         weir_sinks::postgres::ddl::Layout::new(table.clone(), table, at.schema, c.view_keys)
             .map_err(|e| at.err(format!("sink `{sink}`: {e}")))?;
         c.output = at.output.to_string();
+        self.1 = Some(at.schema.clone());
         Ok(())
     }
 
@@ -91,12 +96,42 @@ impl SinkConnector for PostgresTarget {
         )?))
     }
 
-    fn pool_refusal(&self, sink: &str) -> Option<String> {
-        Some(format!(
-            "sink `{sink}`: a PostgreSQL sink commits one epoch sequence per \
-             pipeline and sink (weir_sink_epochs), which the workers of a pool would \
-             share; run it without `--worker`"
-        ))
+    /// Each worker records its own epochs (`weir_sink_epochs` keyed by worker too), with a
+    /// staging table of its own.
+    fn for_worker(&mut self, worker: &str) {
+        self.0.worker = worker.to_string();
+    }
+
+    /// Commits dead worker `worker`'s staged epoch of checkpoint `m`, unless its epoch row
+    /// says it is committed.
+    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+        let Some(schema) = &self.1 else {
+            return Ok(());
+        };
+        let mut config = self.0.clone();
+        config.worker = worker.to_string();
+        super::patiently(sink, worker, m.epoch, || {
+            let mut pg = PostgresSink::new(sink, config.clone(), schema, true)?;
+            if pg.roll_forward(m.epoch)? {
+                tracing::info!(
+                    sink,
+                    worker,
+                    epoch = m.epoch,
+                    "committed another worker's checkpoint epoch"
+                );
+            }
+            let refused = Sink::take_rejected(&mut pg);
+            if !refused.is_empty() {
+                tracing::warn!(
+                    sink,
+                    worker,
+                    epoch = m.epoch,
+                    rows = refused.len(),
+                    "rows of another worker's epoch were refused when it was committed"
+                );
+            }
+            Ok(())
+        })
     }
 
     fn clone_box(&self) -> Box<dyn SinkConnector> {

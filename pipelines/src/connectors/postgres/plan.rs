@@ -65,6 +65,7 @@ pub(crate) fn postgres_config(
         pipeline: pipeline.to_string(),
         output: String::new(),
         view_keys: None,
+        worker: String::new(),
     };
     weir_sinks::postgres::check_url(&config).map_err(at)?;
     Ok(config)
