@@ -235,7 +235,7 @@ fn open_sources(
                     ))
                     .into());
                 };
-                (p.reader(), p.keys.clone())
+                (p.reader(&|_| None), p.keys.clone())
             }
             SourceInput::Kafka(cfg) => {
                 let mut cfg = cfg.clone();
@@ -254,15 +254,24 @@ fn open_sources(
                     });
                 (Box::new(reader), keys)
             }
+            SourceInput::Nats(_) if pooled.is_some() => {
+                let Some(p) = pooled.and_then(|p| p.get(i)) else {
+                    return Err(EngineError::Internal(format!(
+                        "source {} has no pooled reader",
+                        s.name
+                    ))
+                    .into());
+                };
+                (p.reader(&|key| resume(key).map(|r| r.next_offset)), p.keys.clone())
+            }
             SourceInput::Nats(cfg) => {
-                let key = cfg.partition_key();
-                let start = match &opts.replay {
+                let start = |key: &str| match &opts.replay {
                     Some(r) => r.start(i, &cfg.stream, 0),
-                    None => resume(&key).map(|r| r.next_offset),
+                    None => resume(key).map(|r| r.next_offset),
                 };
                 let bounded = opts.until_caught_up || opts.replay.is_some();
-                let reader = crate::nats::source::reader(i, s, first_partition, bounded, start)?;
-                (reader, vec![key])
+                let reader = crate::nats::source::reader(i, s, first_partition, bounded, &start)?;
+                (reader, cfg.partition_keys())
             }
         };
         let partitions = keys.len();

@@ -2,6 +2,12 @@
 (the independent client), creating the stream first when asked.
 
     nats_publish.py URL create STREAM SUBJECT [SUBJECT...]
+    nats_publish.py URL create-partitioned STREAM PREFIX N
+        # subjects PREFIX.*, stored as PREFIX.<partition>.<token> by the stream's subject
+        # transform {{partition(N,1)}}
+    nats_publish.py URL publish-keyed FILE PREFIX FIELD [START [COUNT]]
+        # line i goes to PREFIX.<its FIELD, as a subject token> (`_bad` when it has none)
+    nats_publish.py URL partitions STREAM          # prints the partition token of every message
     nats_publish.py URL publish FILE SUBJECT [SUBJECT...]   # line i goes to SUBJECT[i % n]
     nats_publish.py URL info STREAM                          # prints {"messages", "last_seq"}
     nats_publish.py URL delete-consumer STREAM CONSUMER      # when it exists
@@ -16,9 +22,29 @@ import json
 import sys
 
 import nats
-from nats.js.api import StreamConfig
+from nats.js.api import StreamConfig, SubjectTransform
 
 WINDOW = 2000
+
+
+def token(line, field):
+    """The subject token of a line's FIELD: letters, digits, `-` and `_` kept, others `_`."""
+    try:
+        value = json.loads(line).get(field)
+    except (ValueError, AttributeError):
+        value = None
+    if not isinstance(value, str) or not value:
+        return "_bad"
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in value)
+
+
+async def publish(js, lines, subject_of):
+    for start in range(0, len(lines), WINDOW):
+        batch = lines[start : start + WINDOW]
+        acks = await asyncio.gather(
+            *(js.publish(subject_of(start + i, line), line, timeout=30) for i, line in enumerate(batch))
+        )
+        assert len(acks) == len(batch)
 
 
 async def main():
@@ -28,6 +54,26 @@ async def main():
     if cmd == "create":
         stream, *subjects = rest
         await js.add_stream(StreamConfig(name=stream, subjects=subjects))
+    elif cmd == "create-partitioned":
+        stream, prefix, n = rest
+        transform = SubjectTransform(src=f"{prefix}.*", dest=f"{prefix}.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}")
+        await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.*"], subject_transform=transform))
+    elif cmd == "publish-keyed":
+        path, prefix, field, *span = rest
+        with open(path, "rb") as f:
+            lines = [line.rstrip(b"\n") for line in f if line.strip()]
+        first = int(span[0]) if span else 0
+        count = int(span[1]) if len(span) > 1 else len(lines) - first
+        lines = lines[first : first + count]
+        await publish(js, lines, lambda i, line: f"{prefix}.{token(line, field)}")
+    elif cmd == "partitions":
+        (stream,) = rest
+        info = await js.stream_info(stream)
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(stream, seq)
+            out.append(msg.subject.split(".")[1])
+        print(json.dumps(out))
     elif cmd == "publish":
         path, *subjects = rest
         with open(path, "rb") as f:

@@ -1,6 +1,7 @@
 //! Planning of the NATS connectors: how a source's or sink's `url`, `credentials` and `tls`
 //! become a [`NatsEndpoint`], checked with the pipeline file's positions by the caller.
 
+pub(crate) mod pool;
 pub mod sink;
 pub(crate) mod source;
 

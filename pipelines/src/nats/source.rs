@@ -8,23 +8,23 @@ use std::sync::Arc;
 use weir_engine::job::PartitionReader;
 use weir_engine::EngineError;
 use weir_sources::nats::{
-    parse_start_from, sequence_range, NatsReader, NatsSourceConfig, NatsStartFrom,
-    DEFAULT_FETCH_BATCH,
+    parse_start_from, sequence_range, NatsPartitions, NatsPartitionsReader, NatsReader,
+    NatsSourceConfig, NatsStartFrom, DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
-use crate::model::{NatsSourceDoc, OneOrMany};
+use crate::model::{NatsPartitionsDoc, NatsSourceDoc, OneOrMany};
 use crate::plan::{PlannedSource, SourceInput};
 use weir_sources::ReadOffsets;
 
-/// The reader of NATS source `s` (index `i`, partition id `partition`): `bounded` by the
-/// stream's last sequence at the start (`--until-caught-up`, a replay), continuing at
-/// `start` (a checkpoint's or a replay's sequence) when given.
+/// The reader of NATS source `s` (index `i`, first partition id `partition`): `bounded` by
+/// the stream's last sequence at the start (`--until-caught-up`, a replay), each partition
+/// continuing at `start(partition key)` (a checkpoint's or a replay's sequence) when given.
 pub(crate) fn reader(
     i: usize,
     s: &PlannedSource,
     partition: usize,
     bounded: bool,
-    start: Option<u64>,
+    start: &dyn Fn(&str) -> Option<u64>,
 ) -> Result<Box<dyn PartitionReader>, EngineError> {
     let SourceInput::Nats(cfg) = &s.input else {
         return Err(EngineError::Internal(format!(
@@ -34,6 +34,17 @@ pub(crate) fn reader(
     };
     let mut cfg = (**cfg).clone();
     cfg.until_caught_up = bounded;
+    if cfg.partitions.is_some() {
+        let partitions: Vec<(u32, Option<u64>)> = cfg
+            .partition_keys()
+            .iter()
+            .enumerate()
+            .map(|(n, key)| (n as u32, start(key)))
+            .collect();
+        let reader = NatsPartitionsReader::new(i, &s.name, partition, &cfg, &partitions)?;
+        return Ok(Box::new(reader));
+    }
+    let start = start(&cfg.partition_key());
     let reader = NatsReader::new(i, &s.name, partition, cfg)?.with_resume(start);
     Ok(Box::new(reader))
 }
@@ -72,6 +83,14 @@ pub(crate) fn config(
             "bad subject filter `{bad}`: tokens separated by `.`, `*` for one token, `>` for the rest"
         ));
     }
+    if doc.partitions.is_some() && !subjects.is_empty() {
+        return Err(
+            "`subjects` and `partitions` exclude each other: each partition's consumer is \
+             filtered by `partitions.subject`"
+                .into(),
+        );
+    }
+    let partitions = doc.partitions.as_ref().map(|p| partitions(&p.value)).transpose()?;
     let consumer = doc
         .consumer
         .clone()
@@ -89,6 +108,7 @@ pub(crate) fn config(
     };
     let mut cfg = NatsSourceConfig::new(endpoint, doc.stream.trim(), &consumer);
     cfg.subjects = subjects;
+    cfg.partitions = partitions;
     cfg.start_from = start_from;
     if let Some(w) = doc.ack_wait {
         if w.0 < 1_000 {
@@ -110,6 +130,42 @@ pub(crate) fn config(
     Ok(cfg)
 }
 
+/// Most subject partitions of a source.
+const MAX_PARTITIONS: u32 = 1024;
+
+/// `partitions: { count, subject }` checked: a count of 1 to [`MAX_PARTITIONS`], and a subject
+/// filter with `{partition}` as one whole token.
+fn partitions(doc: &NatsPartitionsDoc) -> Result<NatsPartitions, String> {
+    if !(1..=MAX_PARTITIONS).contains(&doc.count) {
+        return Err(format!(
+            "`partitions.count` must be 1 to {MAX_PARTITIONS}, not {}",
+            doc.count
+        ));
+    }
+    let subject = doc.subject.trim();
+    let holes = subject
+        .split('.')
+        .filter(|t| *t == PARTITION_PLACEHOLDER)
+        .count();
+    if holes != 1 || subject.matches(PARTITION_PLACEHOLDER).count() != 1 {
+        return Err(format!(
+            "`partitions.subject` `{subject}` must hold `{PARTITION_PLACEHOLDER}` once, as a \
+             whole token (`events.{PARTITION_PLACEHOLDER}.>`)"
+        ));
+    }
+    let p = NatsPartitions {
+        count: doc.count,
+        subject: subject.to_string(),
+    };
+    if !valid_filter(&p.filter(0)) {
+        return Err(format!(
+            "bad `partitions.subject` `{subject}`: tokens separated by `.`, `*` for one token, \
+             `>` for the rest, `{PARTITION_PLACEHOLDER}` for the partition's number"
+        ));
+    }
+    Ok(p)
+}
+
 /// How long a replay's consumer outlives its last use before the server deletes it.
 const REPLAY_CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -122,6 +178,10 @@ pub(crate) fn replay(
     range: (i64, i64),
     suffix: &str,
 ) -> Result<(weir_kafka::OffsetRange, Arc<ReadOffsets>), String> {
+    if let Some(p) = cfg.partitions.take() {
+        // a replay reads the partitions' subjects as one range of the stream
+        cfg.subjects = vec![p.subject.replace(PARTITION_PLACEHOLDER, "*")];
+    }
     let (start, end, last) = sequence_range(cfg, range).map_err(|e| e.chain())?;
     cfg.consumer = format!("{}-{suffix}-{}", cfg.consumer, std::process::id()).replace('.', "_");
     cfg.delete_after = Some(REPLAY_CONSUMER_LINGER);
