@@ -7,7 +7,9 @@
         # transform {{partition(N,1)}}
     nats_publish.py URL publish-keyed FILE PREFIX FIELD [START [COUNT]]
         # line i goes to PREFIX.<its FIELD, as a subject token> (`_bad` when it has none)
-    nats_publish.py URL partitions STREAM          # prints the partition token of every message
+    nats_publish.py URL split STREAM FILE FIELD OUTDIR N
+        # FILE's lines (published with publish-keyed) by the partition the stream stored them
+        # in: OUTDIR/part-<n>.ndjson, in order; prints the counts
     nats_publish.py URL publish FILE SUBJECT [SUBJECT...]   # line i goes to SUBJECT[i % n]
     nats_publish.py URL info STREAM                          # prints {"messages", "last_seq"}
     nats_publish.py URL delete-consumer STREAM CONSUMER      # when it exists
@@ -66,14 +68,26 @@ async def main():
         count = int(span[1]) if len(span) > 1 else len(lines) - first
         lines = lines[first : first + count]
         await publish(js, lines, lambda i, line: f"{prefix}.{token(line, field)}")
-    elif cmd == "partitions":
-        (stream,) = rest
+    elif cmd == "split":
+        stream, path, field, outdir, n = rest
+        with open(path, "rb") as f:
+            lines = [line.rstrip(b"\n") for line in f if line.strip()]
         info = await js.stream_info(stream)
-        out = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(stream, seq)
-            out.append(msg.subject.split(".")[1])
-        print(json.dumps(out))
+        assert info.state.messages == len(lines), (info.state.messages, len(lines))
+        first = info.state.first_seq
+        # line i is the message at sequence first + i; one look-up per token
+        partition = {}
+        parts = [[] for _ in range(int(n))]
+        for i, line in enumerate(lines):
+            t = token(line, field)
+            if t not in partition:
+                msg = await js.get_msg(stream, first + i)
+                partition[t] = int(msg.subject.split(".")[1])
+            parts[partition[t]].append(line)
+        for p, ls in enumerate(parts):
+            with open(f"{outdir}/part-{p}.ndjson", "wb") as f:
+                f.write(b"".join(l + b"\n" for l in ls))
+        print(json.dumps([len(ls) for ls in parts]))
     elif cmd == "publish":
         path, *subjects = rest
         with open(path, "rb") as f:
