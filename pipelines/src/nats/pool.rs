@@ -80,3 +80,35 @@ pub(crate) fn heartbeat(
     }
     Heartbeat::start(pool.clone(), address.unwrap_or_default()).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::pool::pool_refusal;
+
+    /// A pipeline over NATS stream `E` (`nats` the source's keys after `url` and `stream`),
+    /// planned from YAML (nothing connects).
+    fn plan_of(name: &str, nats: &str, partitioned_by: &str) -> crate::plan::Plan {
+        let dir = std::env::temp_dir().join(format!("weir-nats-pool-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.yaml");
+        let yaml = format!(
+            "name: p\nsources:\n  events:\n    nats: {{ url: \"nats://127.0.0.1:9\", stream: E{nats} }}\n{partitioned_by}    format: json\n    schema: data-ingestion\n    \
+             event_time: {{ field: timestamp }}\nwindows:\n  w:\n    from: events\n    key: [datasetName]\n    tumbling: 1m\n    aggregates: {{ n: count(*) }}\n    sinks: [out]\n\
+             sinks:\n  out: {{ file: {{ path: out.ndjson }} }}\ncheckpoint: {{ dir: state }}\n"
+        );
+        std::fs::write(&path, yaml).unwrap();
+        crate::plan::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const PARTS: &str = ", partitions: { count: 4, subject: \"e.{partition}.*\" }";
+    const KEYED: &str = "    partitioned_by: [datasetName]\n";
+
+    #[test]
+    fn a_pool_shares_a_partitioned_stream_keyed_by_its_windows_only() {
+        assert_eq!(pool_refusal(&plan_of("ready", PARTS, KEYED)), None);
+        let why = pool_refusal(&plan_of("whole", "", KEYED)).expect("refused");
+        assert!(why.contains("whole (one partition"), "{why}");
+        let why = pool_refusal(&plan_of("unkeyed", PARTS, "")).expect("refused");
+        assert!(why.contains("does not repartition a NATS stream"), "{why}");
+    }
+}

@@ -2,6 +2,8 @@
 //! [`NatsSourceConfig`].
 
 use std::path::Path;
+
+use serde_saphyr::Location;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -52,9 +54,32 @@ pub(crate) fn reader(
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
 const MAX_FETCH_BATCH: u64 = 100_000;
 
-/// The config of source `source` of pipeline `pipeline`, or what is wrong with its keys (the
-/// caller adds the file position). Relative files resolve against `dir`.
+/// The config of source `source` of pipeline `pipeline`, or what is wrong with its keys and
+/// where, when a key more precise than `nats` is (the caller adds the file position).
+/// Relative files resolve against `dir`.
 pub(crate) fn config(
+    doc: &NatsSourceDoc,
+    pipeline: &str,
+    source: &str,
+    dir: &Path,
+) -> Result<NatsSourceConfig, (Option<Location>, String)> {
+    let mut cfg = config_of(doc, pipeline, source, dir).map_err(|e| (None, e))?;
+    if let Some(p) = &doc.partitions {
+        if !cfg.subjects.is_empty() {
+            return Err((
+                Some(p.referenced),
+                "`subjects` and `partitions` exclude each other: each partition's consumer is \
+                 filtered by `partitions.subject`"
+                    .into(),
+            ));
+        }
+        cfg.partitions = Some(partitions(&p.value).map_err(|e| (Some(p.referenced), e))?);
+    }
+    Ok(cfg)
+}
+
+/// [`config`] without `partitions`.
+fn config_of(
     doc: &NatsSourceDoc,
     pipeline: &str,
     source: &str,
@@ -83,14 +108,6 @@ pub(crate) fn config(
             "bad subject filter `{bad}`: tokens separated by `.`, `*` for one token, `>` for the rest"
         ));
     }
-    if doc.partitions.is_some() && !subjects.is_empty() {
-        return Err(
-            "`subjects` and `partitions` exclude each other: each partition's consumer is \
-             filtered by `partitions.subject`"
-                .into(),
-        );
-    }
-    let partitions = doc.partitions.as_ref().map(|p| partitions(&p.value)).transpose()?;
     let consumer = doc
         .consumer
         .clone()
@@ -108,7 +125,6 @@ pub(crate) fn config(
     };
     let mut cfg = NatsSourceConfig::new(endpoint, doc.stream.trim(), &consumer);
     cfg.subjects = subjects;
-    cfg.partitions = partitions;
     cfg.start_from = start_from;
     if let Some(w) = doc.ack_wait {
         if w.0 < 1_000 {
@@ -268,8 +284,43 @@ mod tests {
         let d = doc("{url: 'nats://h:4222', stream: E, start_from: soon}");
         assert!(config(&d, "p", "s", Path::new("."))
             .unwrap_err()
+            .1
             .contains("start_from"));
         let d = doc("{url: 'nats://h:4222', stream: 'a.b'}");
         assert!(config(&d, "p", "s", Path::new(".")).is_err());
+    }
+
+    #[test]
+    fn partitions_give_a_consumer_and_a_filter_each() {
+        let d = doc("{url: 'nats://h:4222', stream: E, partitions: {count: 4, subject: 'events.{partition}.>'}}");
+        let c = config(&d, "p", "bus", Path::new(".")).unwrap();
+        assert_eq!(
+            c.partition_keys(),
+            vec!["nats/E/0", "nats/E/1", "nats/E/2", "nats/E/3"]
+        );
+        let p2 = c.for_partition(2);
+        assert_eq!(p2.consumer, "weir-p-bus-p2");
+        assert_eq!(p2.subjects, vec!["events.2.>"]);
+        assert!(p2.partitions.is_none());
+        // a stream read whole keeps its one key and consumer
+        let whole = config(&doc("{url: 'nats://h:4222', stream: E}"), "p", "bus", Path::new("."))
+            .unwrap();
+        assert_eq!(whole.partition_keys(), vec!["nats/E"]);
+        assert_eq!(whole.for_partition(0).consumer, "weir-p-bus");
+        for (bad, says) in [
+            ("{count: 0, subject: 'e.{partition}'}", "count"),
+            ("{count: 2000, subject: 'e.{partition}'}", "count"),
+            ("{count: 2, subject: 'e.p{partition}'}", "whole token"),
+            ("{count: 2, subject: 'e.{partition}.{partition}'}", "once"),
+            ("{count: 2, subject: 'events.>'}", "once"),
+            ("{count: 2, subject: 'e..{partition}'}", "bad `partitions.subject`"),
+        ] {
+            let d = doc(&format!("{{url: 'nats://h:4222', stream: E, partitions: {bad}}}"));
+            let (at, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+            assert!(at.is_some() && e.contains(says), "{bad}: {e}");
+        }
+        let d = doc("{url: 'nats://h:4222', stream: E, subjects: a.>, partitions: {count: 2, subject: 'a.{partition}'}}");
+        let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+        assert!(e.contains("exclude each other"), "{e}");
     }
 }
