@@ -106,7 +106,12 @@ fn expected(url: &str, events: &Path, d: &Path) -> (Vec<Row>, serde_json::Value)
         .args((0..PARTITIONS).map(|p| parts.join(format!("part-{p}.ndjson"))))
         .args(["--schema", "data-ingestion", "--key", "datasetName"])
         .args(["--size", "1m", "--ooo", "5s", "--agg", "events=count"])
-        .args(["--agg", "records=sum:recordCount", "--agg", "max_bytes=max:sizeBytes"])
+        .args([
+            "--agg",
+            "records=sum:recordCount",
+            "--agg",
+            "max_bytes=max:sizeBytes",
+        ])
         .arg("-o")
         .arg(&out)
         .output()
@@ -137,7 +142,10 @@ fn verify(out: &Path, expected: &[Row], summary: &serde_json::Value, label: &str
     let dead = union_of(out, "dead");
     let count = |reason: &str| dead.iter().filter(|d| d["reason"] == reason).count() as u64;
     let (bad, late) = (summary["bad"].as_u64(), summary["late"].as_u64());
-    assert!(bad > Some(0) && late > Some(0), "the data has bad and late rows");
+    assert!(
+        bad > Some(0) && late > Some(0),
+        "the data has bad and late rows"
+    );
     assert_eq!(
         (Some(count("bad")), Some(count("late"))),
         (bad, late),
@@ -261,7 +269,9 @@ fn claims_from(log: &[String], from: &str) -> usize {
 }
 
 fn claims(log: &[String]) -> usize {
-    log.iter().filter(|l| l.contains("partition claimed")).count()
+    log.iter()
+        .filter(|l| l.contains("partition claimed"))
+        .count()
 }
 
 /// Two workers share the four partitions while events are published; one is killed (-9)
@@ -290,7 +300,9 @@ fn two_workers_share_the_partitions_through_a_kill_and_a_restart_exactly_once() 
     let a = Running::start(&p, &["--worker", "a"]);
     let b = Running::start(&p, &["--worker", "b"]);
     for (w, name) in [(&a, "a"), (&b, "b")] {
-        w.wait_for(&format!("partitions for {name}"), |r| claims(&r.lines()) > 0);
+        w.wait_for(&format!("partitions for {name}"), |r| {
+            claims(&r.lines()) > 0
+        });
     }
     publisher.wait_for(5);
 

@@ -168,7 +168,12 @@ mod tests {
     #[test]
     fn every_partition_goes_to_one_member_balanced_whatever_the_order() {
         for n in [1, 2, 4, 7, 16, 64] {
-            for ids in [&["a"][..], &["a", "b"], &["w1", "w2", "w3"], &["x", "y", "z", "t", "u"]] {
+            for ids in [
+                &["a"][..],
+                &["a", "b"],
+                &["w1", "w2", "w3"],
+                &["x", "y", "z", "t", "u"],
+            ] {
                 let a = assign(&keys(n), &members(ids));
                 assert_eq!(a.len(), n, "{n} partitions over {ids:?}");
                 let c = counts(&a);

@@ -489,7 +489,11 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
     }
     let stages = start_repartition(specs, &opts)?;
     // a NATS source's partitions are assigned among the workers that heartbeat
-    let address = plan.serve.as_ref().and_then(|s| s.http.as_deref()).map(advertised);
+    let address = plan
+        .serve
+        .as_ref()
+        .and_then(|s| s.http.as_deref())
+        .map(advertised);
     let _members = crate::nats::pool::heartbeat(&plan, &pool, address)?;
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
     // SQL: announce this worker's address; queries read the other workers' rows too

@@ -262,7 +262,10 @@ fn open_sources(
                     ))
                     .into());
                 };
-                (p.reader(&|key| resume(key).map(|r| r.next_offset)), p.keys.clone())
+                (
+                    p.reader(&|key| resume(key).map(|r| r.next_offset)),
+                    p.keys.clone(),
+                )
             }
             SourceInput::Nats(cfg) => {
                 let start = |key: &str| match &opts.replay {

@@ -60,7 +60,14 @@ pub(crate) fn pooled_source(
     let mut cfg = (**cfg).clone();
     cfg.until_caught_up = opts.until_caught_up;
     let keys = cfg.partition_keys();
-    let reader = NatsPoolReader::new(i, &s.name, first_partition, cfg, pool.clone(), owned.clone());
+    let reader = NatsPoolReader::new(
+        i,
+        &s.name,
+        first_partition,
+        cfg,
+        pool.clone(),
+        owned.clone(),
+    );
     Ok(PooledSource::new(Arc::new(Mutex::new(reader)), keys))
 }
 
@@ -88,7 +95,8 @@ mod tests {
     /// A pipeline over NATS stream `E` (`nats` the source's keys after `url` and `stream`),
     /// planned from YAML (nothing connects).
     fn plan_of(name: &str, nats: &str, partitioned_by: &str) -> crate::plan::Plan {
-        let dir = std::env::temp_dir().join(format!("weir-nats-pool-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("weir-nats-pool-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("p.yaml");
         let yaml = format!(

@@ -303,8 +303,13 @@ mod tests {
         assert_eq!(p2.subjects, vec!["events.2.>"]);
         assert!(p2.partitions.is_none());
         // a stream read whole keeps its one key and consumer
-        let whole = config(&doc("{url: 'nats://h:4222', stream: E}"), "p", "bus", Path::new("."))
-            .unwrap();
+        let whole = config(
+            &doc("{url: 'nats://h:4222', stream: E}"),
+            "p",
+            "bus",
+            Path::new("."),
+        )
+        .unwrap();
         assert_eq!(whole.partition_keys(), vec!["nats/E"]);
         assert_eq!(whole.for_partition(0).consumer, "weir-p-bus");
         for (bad, says) in [
@@ -313,9 +318,14 @@ mod tests {
             ("{count: 2, subject: 'e.p{partition}'}", "whole token"),
             ("{count: 2, subject: 'e.{partition}.{partition}'}", "once"),
             ("{count: 2, subject: 'events.>'}", "once"),
-            ("{count: 2, subject: 'e..{partition}'}", "bad `partitions.subject`"),
+            (
+                "{count: 2, subject: 'e..{partition}'}",
+                "bad `partitions.subject`",
+            ),
         ] {
-            let d = doc(&format!("{{url: 'nats://h:4222', stream: E, partitions: {bad}}}"));
+            let d = doc(&format!(
+                "{{url: 'nats://h:4222', stream: E, partitions: {bad}}}"
+            ));
             let (at, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
             assert!(at.is_some() && e.contains(says), "{bad}: {e}");
         }

@@ -77,10 +77,14 @@ fn check_source(
             None,
         )
     } else if let Some(n) = &s.nats {
-        let cfg = crate::nats::source::config(&n.value, &doc.name.value, sname, &ctx.dir)
-            .map_err(|(at, e)| {
-                ctx.err(at.as_ref().unwrap_or(&n.referenced), format!("source `{sname}`: {e}"))
-            })?;
+        let cfg = crate::nats::source::config(&n.value, &doc.name.value, sname, &ctx.dir).map_err(
+            |(at, e)| {
+                ctx.err(
+                    at.as_ref().unwrap_or(&n.referenced),
+                    format!("source `{sname}`: {e}"),
+                )
+            },
+        )?;
         (SourceInput::Nats(Box::new(cfg)), None)
     } else if let Some(f) = &s.file {
         let p = ctx.path(&f.value.path.value);

@@ -1,5 +1,6 @@
 //! The NATS JetStream source: a durable pull consumer on one stream, read as **one
-//! partition** (the stream: its sequence is the partition's offset).
+//! partition** (the stream: its sequence is the partition's offset), or as subject
+//! partitions (below).
 //!
 //! * Positions. The partition key in checkpoints is `stream`; its position is the stream
 //!   sequence after the last message read. weir's checkpoint is the truth: a run restored from
@@ -18,6 +19,10 @@
 //!   `max_ack_pending` unacknowledged messages.
 //! * Watermarks. One partition per stream: the watermark is the largest event time read minus
 //!   `max_out_of_orderness`, across every subject of the stream.
+//! * Subject partitions ([`NatsPartitions`]): a stream whose subjects carry a partition
+//!   number is read as that many partitions ([`NatsPartitionsReader`]), one filtered durable
+//!   consumer `<consumer>-p<n>` each, with its own key `nats/<stream>/<n>`, sequence and
+//!   watermark; a worker pool shares them ([`pool`]).
 //! * Redeliveries (after `ack_wait`) and server restarts: the client reconnects by itself; a
 //!   message at a sequence the reader already passed is dropped.
 
@@ -164,7 +169,6 @@ impl NatsSourceConfig {
         c
     }
 }
-
 
 /// Parses `start_from`: `earliest`, `latest`, a sequence number or an RFC 3339 time.
 pub fn parse_start_from(s: &str) -> Option<NatsStartFrom> {

@@ -28,7 +28,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long the reader waits before connecting again after a failed attempt mid-run.
 const RECONNECT_WAIT: Duration = Duration::from_secs(1);
 
-/// What one round of a reader gave.
+/// What one round of a reader gave (moved out at once: its size does not matter).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Step {
     Chunk(Chunk),
     /// Nothing arrived in time.
@@ -164,7 +165,11 @@ impl NatsReader {
 
     /// One round: a chunk ready (pulling for up to `wait` first when none is), nothing yet,
     /// or the end (read to the caught-up target, or the job stops).
-    pub(super) fn step(&mut self, ctx: &ReaderContext, wait: Duration) -> Result<Step, EngineError> {
+    pub(super) fn step(
+        &mut self,
+        ctx: &ReaderContext,
+        wait: Duration,
+    ) -> Result<Step, EngineError> {
         if let Some(c) = self.ready.pop_front() {
             return Ok(Step::Chunk(c));
         }
