@@ -191,24 +191,32 @@ impl NatsPoolReader {
             return Ok(false);
         }
         tracing::info!(source = %self.name, workers = ?members, give_up = ?give_up, take = ?take, "nats: the pool's assignment changed; ending the job with a hand-over checkpoint");
-        let mut claimed = Vec::with_capacity(take.len());
-        for n in take {
-            let key = self.keys[n as usize].clone();
-            let (generation, _) = self.pool.claim(&key)?;
-            claimed.push((key, generation));
-        }
         let mut owned = self
             .owned
             .lock()
             .map_err(|_| EngineError::Internal("the owned partitions are poisoned".into()))?;
-        owned.extend(claimed);
+        let mut changed = !give_up.is_empty();
+        for n in take {
+            let key = self.keys[n as usize].clone();
+            match self.pool.claim(&key) {
+                Ok((generation, _)) => {
+                    owned.insert(key, generation);
+                    changed = true;
+                }
+                // claimed by another worker meanwhile, or the store failed: the next look
+                // at the assignment tries again
+                Err(e) => {
+                    tracing::warn!(partition = %key, error = %e, "nats: cannot claim a partition (trying again)")
+                }
+            }
+        }
         for n in give_up {
             let key = &self.keys[n as usize];
             if let Some(generation) = owned.remove(key) {
                 self.to_release.push((key.clone(), generation));
             }
         }
-        Ok(true)
+        Ok(changed)
     }
 }
 
@@ -227,10 +235,18 @@ impl PartitionReader for NatsPoolReader {
             }
             if self.last_check.elapsed() >= CHECK_EVERY {
                 self.last_check = Instant::now();
-                if self.rebalance()? {
-                    self.handed_over = true;
-                    ctx.request_handover();
-                    return Ok(None);
+                match self.rebalance() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        self.handed_over = true;
+                        ctx.request_handover();
+                        return Ok(None);
+                    }
+                    // the store did not answer: the partitions stay as they are for now
+                    // (fencing keeps a worker that lost them from committing for them)
+                    Err(e) => {
+                        tracing::warn!(source = %self.name, error = %e, "nats: cannot read the pool's assignment (trying again)")
+                    }
                 }
             }
             let Some((_, readers)) = self.run.as_mut() else {
