@@ -743,3 +743,37 @@ fn options_an_output_would_ignore_are_refused() {
     );
     assert!(e.contains("`schema_registry` is for Avro sinks"), "{e}");
 }
+
+#[test]
+fn nats_partitions_are_checked_where_they_are_written() {
+    let file = "    file: { path: input.ndjson }\n";
+    let nats = |partitions: &str| {
+        format!(
+            "    nats:\n      url: nats://127.0.0.1:4222\n      stream: EVENTS\n      partitions: {partitions}\n"
+        )
+    };
+    let e = error_of(
+        file,
+        &nats("{ count: 4, subject: \"events.p{partition}.>\" }"),
+    );
+    assert!(
+        e.starts_with("7:19: ") && e.contains("`{partition}` once, as a whole token"),
+        "{e}"
+    );
+    let e = error_of(
+        file,
+        &nats("{ count: 0, subject: \"events.{partition}.>\" }"),
+    );
+    assert!(
+        e.starts_with("7:19: ") && e.contains("`partitions.count` must be 1 to 1024"),
+        "{e}"
+    );
+    let e = error_of(
+        file,
+        &nats("{ count: 4, subjects: \"events.{partition}.>\" }"),
+    );
+    assert!(
+        e.starts_with("7:") && e.contains("unknown field `subjects`"),
+        "{e}"
+    );
+}

@@ -16,6 +16,7 @@ pub mod events;
 pub mod job;
 pub mod live;
 pub mod pool;
+pub mod pool_members;
 pub mod progress;
 pub mod retry;
 pub mod stats;

@@ -148,6 +148,15 @@ fn newest_valid(
     Ok(None)
 }
 
+/// The newest claim of a partition (see [`PoolStore::holder`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub worker: String,
+    pub generation: u64,
+    /// Its worker handed the partition over (its hand-over checkpoint is committed).
+    pub released: bool,
+}
+
 /// What a pool worker restores when it starts a run with a set of partitions.
 pub struct PoolRestore {
     /// The state to start from, cut to the owned partitions (its manifest holds this
@@ -403,6 +412,24 @@ impl PoolStore {
             &released_name(partition, generation),
             serde_json::to_vec(&body).map_err(err)?,
         )
+    }
+
+    /// Who holds `partition` now: the worker of its newest claim, that claim's generation,
+    /// and whether that worker released it (handed it over); `None` when never claimed.
+    pub fn holder(&self, partition: &str) -> Result<Option<Holder>, EngineError> {
+        let Some(generation) = self.generations(partition)?.last().copied() else {
+            return Ok(None);
+        };
+        let claim = self.read_claim(partition, generation)?;
+        let released = self
+            .root
+            .get(&released_name(partition, generation))?
+            .is_some();
+        Ok(Some(Holder {
+            worker: claim.worker,
+            generation,
+            released,
+        }))
     }
 
     /// Fails when another worker claimed one of `owned` after this worker did.

@@ -196,6 +196,11 @@ pub struct NatsSourceDoc {
     /// Subject filters, wildcards allowed (default: every subject of the stream).
     #[serde(default)]
     pub subjects: Option<OneOrMany<String>>,
+    /// Read the stream as subject partitions, one filtered durable consumer each (for
+    /// parallelism and worker pools).
+    #[serde(default)]
+    #[schemars(with = "Option<NatsPartitionsDoc>")]
+    pub partitions: Option<Spanned<NatsPartitionsDoc>>,
     /// The durable consumer's name (default `weir-<pipeline>-<source>`), created when missing.
     #[serde(default)]
     pub consumer: Option<String>,
@@ -220,6 +225,18 @@ pub struct NatsSourceDoc {
     /// Bounds on what one Avro record may decode to (`format: avro`).
     #[serde(default)]
     pub avro_limits: Option<AvroLimitsDoc>,
+}
+
+/// `partitions: { count, subject }` of a NATS source: a stream whose subjects carry a
+/// partition number in one token.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NatsPartitionsDoc {
+    /// How many partitions (1 to 1024), numbered from 0.
+    pub count: u32,
+    /// The subject filter of one partition, `{partition}` standing for its number as a
+    /// whole token (`events.{partition}.>`).
+    pub subject: String,
 }
 
 /// `avro_limits: { max_record_bytes, max_items }` of a Kafka source (defaults 16 MiB of JSON

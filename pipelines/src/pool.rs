@@ -53,37 +53,67 @@ pub(crate) struct PoolJob<'a> {
     pub peers: Option<Arc<Peers>>,
 }
 
-/// A Kafka source's reader, shared by the jobs of a worker.
+/// A pooled reader: it outlives the jobs of a worker, which each read the partitions the
+/// worker owned when it started.
+pub(crate) trait PooledReader: PartitionReader {
+    /// Before a job: where its partitions continue, by partition key (the restored
+    /// checkpoint's offsets); a reader that positions claimed partitions itself ignores it.
+    fn start_job(&mut self, _resume: &dyn Fn(&str) -> Option<u64>) {}
+    /// Whether the job served last ended with a hand-over (a change of partitions).
+    fn handed_over(&self) -> bool;
+    /// Stops reading and leaves the group.
+    fn close(&mut self);
+}
+
+impl PooledReader for KafkaReader {
+    fn handed_over(&self) -> bool {
+        KafkaReader::handed_over(self)
+    }
+    fn close(&mut self) {
+        KafkaReader::close(self)
+    }
+}
+
+type SharedPooled = Arc<Mutex<dyn PooledReader>>;
+
+/// A source's pooled reader, shared by the jobs of a worker.
 pub(crate) struct PooledSource {
-    reader: Arc<Mutex<KafkaReader>>,
+    reader: SharedPooled,
     /// Partition keys (`topic/partition`), in global order.
     pub keys: Vec<String>,
 }
 
 impl PooledSource {
-    /// The reader, for one job.
-    pub fn reader(&self) -> Box<dyn PartitionReader> {
+    pub(crate) fn new(reader: SharedPooled, keys: Vec<String>) -> Self {
+        PooledSource { reader, keys }
+    }
+
+    /// The reader, for one job continuing its partitions where `resume` says.
+    pub fn reader(&self, resume: &dyn Fn(&str) -> Option<u64>) -> Box<dyn PartitionReader> {
+        if let Ok(mut r) = self.reader.lock() {
+            r.start_job(resume);
+        }
         Box::new(SharedReader(self.reader.clone()))
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, dyn PooledReader + 'static>, EngineError> {
         lock_reader(&self.reader)
     }
 }
 
 fn lock_reader(
-    reader: &Mutex<KafkaReader>,
-) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
+    reader: &Mutex<dyn PooledReader>,
+) -> Result<std::sync::MutexGuard<'_, dyn PooledReader + 'static>, EngineError> {
     reader
         .lock()
-        .map_err(|_| EngineError::Internal("a pooled Kafka reader is poisoned".into()))
+        .map_err(|_| EngineError::Internal("a pooled reader is poisoned".into()))
 }
 
 /// One job's handle on a pooled reader.
-struct SharedReader(Arc<Mutex<KafkaReader>>);
+struct SharedReader(SharedPooled);
 
 impl SharedReader {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, KafkaReader>, EngineError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, dyn PooledReader + 'static>, EngineError> {
         lock_reader(&self.0)
     }
 }
@@ -117,8 +147,9 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
              `checkpoint: {{ dir: ... }}` with a folder or object-store URL every worker reaches"
         ));
     }
-    for s in &plan.sources {
-        if let Some(why) = s.input.pool_refusal(&s.name) {
+    for (i, s) in plan.sources.iter().enumerate() {
+        let keyed = repartition_keys(plan, i) == Ok(None);
+        if let Some(why) = s.input.pool_refusal(&s.name, keyed) {
             return Some(format!("{file}: {why}"));
         }
     }
@@ -378,6 +409,24 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
         }
     }
     let stages = start_repartition(specs, &opts)?;
+    // a NATS source's partitions are assigned among the workers that heartbeat
+    let address = plan
+        .serve
+        .as_ref()
+        .and_then(|s| s.http.as_deref())
+        .map(advertised);
+    let _members = if plan
+        .sources
+        .iter()
+        .any(|s| s.input.pool_assigns_partitions())
+    {
+        Some(weir_engine::pool_members::Heartbeat::start(
+            pool.clone(),
+            address.unwrap_or_default(),
+        )?)
+    } else {
+        None
+    };
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
     // SQL: announce this worker's address; queries read the other workers' rows too
     let announcing = Arc::new(AtomicBool::new(true));
@@ -543,6 +592,19 @@ fn pooled_sources(
     let mut out = Vec::new();
     let mut first_partition = 0;
     for (i, s) in plan.sources.iter().enumerate() {
+        // a source whose partitions the pool assigns itself (a NATS stream's subjects)
+        if let Some(p) = crate::connectors::nats::pool::pooled_source(
+            plan,
+            i,
+            first_partition,
+            opts,
+            pool,
+            owned,
+        )? {
+            first_partition += p.keys.len();
+            out.push(p);
+            continue;
+        }
         let Some(cfg) = crate::connectors::kafka::source_config(s.input.as_ref()) else {
             return Err(RunError::Pool(format!("source {} is not Kafka", s.name)));
         };
@@ -601,10 +663,7 @@ fn pooled_sources(
         let keys = partitions.keys(&cfg);
         let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions);
         first_partition += keys.len();
-        out.push(PooledSource {
-            reader: Arc::new(Mutex::new(reader)),
-            keys,
-        });
+        out.push(PooledSource::new(Arc::new(Mutex::new(reader)), keys));
     }
     Ok(out)
 }

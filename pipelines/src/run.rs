@@ -204,7 +204,10 @@ fn open_sources(
         let resume = |key: &str| manifest.and_then(|m| m.resume(&s.name, key));
         // a pool worker's readers are the pool's, which outlive its jobs
         let (reader, keys) = match (pooled, pooled.and_then(|p| p.get(i))) {
-            (Some(_), Some(p)) => (p.reader(), p.keys.clone()),
+            (Some(_), Some(p)) => (
+                p.reader(&|key| resume(key).map(|r| r.next_offset)),
+                p.keys.clone(),
+            ),
             (Some(_), None) => {
                 return Err(EngineError::Internal(format!(
                     "source {} has no pooled reader",

@@ -2,6 +2,14 @@
 (the independent client), creating the stream first when asked.
 
     nats_publish.py URL create STREAM SUBJECT [SUBJECT...]
+    nats_publish.py URL create-partitioned STREAM PREFIX N
+        # subjects PREFIX.*, stored as PREFIX.<partition>.<token> by the stream's subject
+        # transform {{partition(N,1)}}
+    nats_publish.py URL publish-keyed FILE PREFIX FIELD [START [COUNT]]
+        # line i goes to PREFIX.<its FIELD, as a subject token> (`_bad` when it has none)
+    nats_publish.py URL split STREAM FILE FIELD OUTDIR N
+        # FILE's lines (published with publish-keyed) by the partition the stream stored them
+        # in: OUTDIR/part-<n>.ndjson, in order; prints the counts
     nats_publish.py URL publish FILE SUBJECT [SUBJECT...]   # line i goes to SUBJECT[i % n]
     nats_publish.py URL info STREAM                          # prints {"messages", "last_seq"}
     nats_publish.py URL delete-consumer STREAM CONSUMER      # when it exists
@@ -16,9 +24,29 @@ import json
 import sys
 
 import nats
-from nats.js.api import StreamConfig
+from nats.js.api import StreamConfig, SubjectTransform
 
 WINDOW = 2000
+
+
+def token(line, field):
+    """The subject token of a line's FIELD: letters, digits, `-` and `_` kept, others `_`."""
+    try:
+        value = json.loads(line).get(field)
+    except (ValueError, AttributeError):
+        value = None
+    if not isinstance(value, str) or not value:
+        return "_bad"
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in value)
+
+
+async def publish(js, lines, subject_of):
+    for start in range(0, len(lines), WINDOW):
+        batch = lines[start : start + WINDOW]
+        acks = await asyncio.gather(
+            *(js.publish(subject_of(start + i, line), line, timeout=30) for i, line in enumerate(batch))
+        )
+        assert len(acks) == len(batch)
 
 
 async def main():
@@ -28,6 +56,38 @@ async def main():
     if cmd == "create":
         stream, *subjects = rest
         await js.add_stream(StreamConfig(name=stream, subjects=subjects))
+    elif cmd == "create-partitioned":
+        stream, prefix, n = rest
+        transform = SubjectTransform(src=f"{prefix}.*", dest=f"{prefix}.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}")
+        await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.*"], subject_transform=transform))
+    elif cmd == "publish-keyed":
+        path, prefix, field, *span = rest
+        with open(path, "rb") as f:
+            lines = [line.rstrip(b"\n") for line in f if line.strip()]
+        first = int(span[0]) if span else 0
+        count = int(span[1]) if len(span) > 1 else len(lines) - first
+        lines = lines[first : first + count]
+        await publish(js, lines, lambda i, line: f"{prefix}.{token(line, field)}")
+    elif cmd == "split":
+        stream, path, field, outdir, n = rest
+        with open(path, "rb") as f:
+            lines = [line.rstrip(b"\n") for line in f if line.strip()]
+        info = await js.stream_info(stream)
+        assert info.state.messages == len(lines), (info.state.messages, len(lines))
+        first = info.state.first_seq
+        # line i is the message at sequence first + i; one look-up per token
+        partition = {}
+        parts = [[] for _ in range(int(n))]
+        for i, line in enumerate(lines):
+            t = token(line, field)
+            if t not in partition:
+                msg = await js.get_msg(stream, first + i)
+                partition[t] = int(msg.subject.split(".")[1])
+            parts[partition[t]].append(line)
+        for p, ls in enumerate(parts):
+            with open(f"{outdir}/part-{p}.ndjson", "wb") as f:
+                f.write(b"".join(l + b"\n" for l in ls))
+        print(json.dumps([len(ls) for ls in parts]))
     elif cmd == "publish":
         path, *subjects = rest
         with open(path, "rb") as f:

@@ -158,12 +158,18 @@ pub trait SourceConnector: Debug + Send + Sync {
             "source `{source}` is not a Kafka or NATS source: replay re-reads Kafka topics and NATS streams"
         ))
     }
-    /// Why it cannot be shared by a worker pool, `None` when it can.
-    fn pool_refusal(&self, source: &str) -> Option<String> {
+    /// Why it cannot be shared by a worker pool, `None` when it can; `keyed` says whether its
+    /// declared `partitioned_by` keys every window and view reading it.
+    fn pool_refusal(&self, source: &str, _keyed: bool) -> Option<String> {
         Some(format!(
-            "source `{source}` is not a Kafka topic: only Kafka sources can be shared by a \
-             worker pool (their consumer group assigns the partitions)"
+            "source `{source}` is not a Kafka topic or partitioned NATS stream: only \
+             those can be shared by a worker pool"
         ))
+    }
+    /// Whether a pool assigns its partitions among the workers itself (workers then
+    /// heartbeat), rather than a broker's consumer group.
+    fn pool_assigns_partitions(&self) -> bool {
+        false
     }
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;

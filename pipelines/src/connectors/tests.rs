@@ -72,9 +72,9 @@ fn a_planned_connector_says_its_kind_and_retargets_itself_for_replay_and_pool() 
         .ends_with("dead_letter.replay-a-b.ndjson"));
     // files are not a pool's sources, and cannot be replayed
     assert!(source
-        .pool_refusal("events")
+        .pool_refusal("events", true)
         .unwrap()
-        .contains("not a Kafka topic"));
+        .contains("not a Kafka topic or partitioned NATS stream"));
     assert!(sink.pool_refusal("out").is_none());
 }
 
@@ -89,7 +89,7 @@ fn the_pool_refuses_by_asking_each_connector() {
     assert_eq!(crate::pool::pool_refusal(&ok), None);
     let on_nats = plan_of("pool-nats", &pipeline(nats, file_sink, chk)).unwrap();
     let why = crate::pool::pool_refusal(&on_nats).expect("refused");
-    assert!(why.contains("source `events` is a NATS stream"), "{why}");
+    assert!(why.contains("reads NATS stream `s` whole"), "{why}");
     // a transactional sink runs in a pool under the worker's own transactional id
     let to_eos = plan_of("pool-eos", &pipeline(kafka, eos, chk)).unwrap();
     assert_eq!(crate::pool::pool_refusal(&to_eos), None);

@@ -1,5 +1,6 @@
 //! The NATS JetStream source: a durable pull consumer on one stream, read as **one
-//! partition** (the stream: its sequence is the partition's offset).
+//! partition** (the stream: its sequence is the partition's offset), or as subject
+//! partitions (below).
 //!
 //! * Positions. The partition key in checkpoints is `stream`; its position is the stream
 //!   sequence after the last message read. weir's checkpoint is the truth: a run restored from
@@ -18,15 +19,22 @@
 //!   `max_ack_pending` unacknowledged messages.
 //! * Watermarks. One partition per stream: the watermark is the largest event time read minus
 //!   `max_out_of_orderness`, across every subject of the stream.
+//! * Subject partitions ([`NatsPartitions`]): a stream whose subjects carry a partition
+//!   number is read as that many partitions ([`NatsPartitionsReader`]), one filtered durable
+//!   consumer `<consumer>-p<n>` each, with its own key `nats/<stream>/<n>`, sequence and
+//!   watermark; a worker pool shares them ([`pool`]).
 //! * Redeliveries (after `ack_wait`) and server restarts: the client reconnects by itself; a
 //!   message at a sequence the reader already passed is dropped.
 
 mod consumer;
+mod partitions;
+pub mod pool;
 mod reader;
 #[cfg(test)]
 mod tests;
 
 pub use consumer::{sequence_range, NatsSourceError};
+pub use partitions::NatsPartitionsReader;
 pub use reader::NatsReader;
 
 use std::sync::atomic::AtomicU64;
@@ -86,6 +94,29 @@ pub struct NatsSourceConfig {
     /// The server deletes the consumer once unused this long (a replay's consumer); `None`:
     /// it stays (a durable consumer).
     pub delete_after: Option<Duration>,
+    /// Subject partitions: the stream is read as this many partitions, one filtered durable
+    /// consumer each; `None`: the stream is one partition.
+    pub partitions: Option<NatsPartitions>,
+}
+
+/// A stream split into partitions by a subject token (see the connector's docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsPartitions {
+    /// How many partitions (`0..count`).
+    pub count: u32,
+    /// The subject filter of a partition, `{partition}` standing for its number
+    /// (`events.{partition}.>`).
+    pub subject: String,
+}
+
+/// What stands for the partition number in [`NatsPartitions::subject`].
+pub const PARTITION_PLACEHOLDER: &str = "{partition}";
+
+impl NatsPartitions {
+    /// The subject filter of partition `n`.
+    pub fn filter(&self, n: u32) -> String {
+        self.subject.replace(PARTITION_PLACEHOLDER, &n.to_string())
+    }
 }
 
 impl NatsSourceConfig {
@@ -106,12 +137,36 @@ impl NatsSourceConfig {
             with_headers: false,
             read_sequence: None,
             delete_after: None,
+            partitions: None,
         }
     }
 
-    /// The partition key of the stream in checkpoints.
+    /// The partition key of the stream in checkpoints (not partitioned).
     pub fn partition_key(&self) -> String {
         format!("nats/{}", self.stream)
+    }
+
+    /// The partition keys in checkpoints: `nats/<stream>` for a stream read whole, else
+    /// `nats/<stream>/<n>` per subject partition.
+    pub fn partition_keys(&self) -> Vec<String> {
+        match &self.partitions {
+            None => vec![self.partition_key()],
+            Some(p) => (0..p.count)
+                .map(|n| format!("nats/{}/{n}", self.stream))
+                .collect(),
+        }
+    }
+
+    /// The config of subject partition `n`: its own durable consumer (`<consumer>-p<n>`),
+    /// filtered on the partition's subject. A stream read whole is its own partition 0.
+    pub fn for_partition(&self, n: u32) -> NatsSourceConfig {
+        let mut c = self.clone();
+        if let Some(p) = self.partitions.as_ref() {
+            c.consumer = format!("{}-p{n}", self.consumer);
+            c.subjects = vec![p.filter(n)];
+            c.partitions = None;
+        }
+        c
     }
 }
 

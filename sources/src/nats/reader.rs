@@ -21,12 +21,22 @@ use crate::kafka::MessageBuffer;
 /// A chunk is handed over once its oldest message waited this long (or it is full).
 const CHUNK_AGE: Duration = Duration::from_millis(100);
 /// How long one pull round waits for a first message.
-const POLL_WAIT: Duration = Duration::from_millis(100);
+pub(super) const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often the reader asks the server whether it read the stream to its end (caught up)
 /// while no message comes.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long the reader waits before connecting again after a failed attempt mid-run.
 const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// What one round of a reader gave (moved out at once: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Step {
+    Chunk(Chunk),
+    /// Nothing arrived in time.
+    Quiet,
+    /// Read to its end, or the job stops.
+    Done,
+}
 
 /// Reads a NATS JetStream stream for a job (one partition: see the module's docs).
 pub struct NatsReader {
@@ -116,6 +126,62 @@ impl NatsReader {
             pending: 0,
             failing_since: None,
             started: false,
+        })
+    }
+
+    /// The reader of subject partition `number` of its stream (dead letters name it).
+    pub fn numbered(mut self, number: u32) -> Self {
+        let i = &self.info;
+        self.info = Arc::new(PartitionInfo {
+            source: i.source.clone(),
+            id: i.id,
+            state_id: i.state_id,
+            number,
+            topic: i.topic.clone(),
+            file: i.file.clone(),
+        });
+        self
+    }
+
+    /// Its global partition id in the job.
+    pub fn partition_id(&self) -> usize {
+        self.info.id
+    }
+
+    /// The first call: registers the partition and connects (a failure is the pipeline's
+    /// error).
+    pub(super) fn start(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        ctx.progress.track(self.info.id);
+        if let Some(src) = ctx.stats.sources.get(self.source) {
+            src.assigned
+                .store(weir_engine::stats::NOT_GROUP_MANAGED, Ordering::Relaxed);
+        }
+        self.connect().map_err(|e| self.err(e))
+    }
+
+    /// One round: a chunk ready (pulling for up to `wait` first when none is), nothing yet,
+    /// or the end (read to the caught-up target, or the job stops).
+    pub(super) fn step(
+        &mut self,
+        ctx: &ReaderContext,
+        wait: Duration,
+    ) -> Result<Step, EngineError> {
+        if let Some(c) = self.ready.pop_front() {
+            return Ok(Step::Chunk(c));
+        }
+        if ctx.stop.load(Ordering::Relaxed) || self.ended {
+            return Ok(Step::Done);
+        }
+        self.acknowledge(ctx);
+        let got = self.poll_round(ctx, wait)?;
+        self.housekeeping(ctx, !got)?;
+        Ok(match self.ready.pop_front() {
+            Some(c) => Step::Chunk(c),
+            None => Step::Quiet,
         })
     }
 
@@ -279,8 +345,8 @@ impl NatsReader {
         }
     }
 
-    /// Pulls messages for up to [`POLL_WAIT`] (then what already arrived); whether any came.
-    fn poll_round(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
+    /// Pulls messages for up to `wait` (then what already arrived); whether any came.
+    fn poll_round(&mut self, ctx: &ReaderContext, wait: Duration) -> Result<bool, EngineError> {
         if self.conn.is_none() {
             match self.connect() {
                 Ok(()) => {
@@ -303,7 +369,7 @@ impl NatsReader {
         let mut got = Vec::new();
         let mut failure = None;
         rt.block_on(async {
-            match tokio::time::timeout(POLL_WAIT, conn.messages.next()).await {
+            match tokio::time::timeout(wait, conn.messages.next()).await {
                 Err(_) => return,
                 Ok(first) => match first {
                     Some(Ok(m)) => got.push(m),
@@ -421,26 +487,13 @@ impl NatsReader {
 
 impl PartitionReader for NatsReader {
     fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
-        if !self.started {
-            // the first connection: a failure is the pipeline's error
-            self.started = true;
-            ctx.progress.track(self.info.id);
-            if let Some(src) = ctx.stats.sources.get(self.source) {
-                src.assigned
-                    .store(weir_engine::stats::NOT_GROUP_MANAGED, Ordering::Relaxed);
-            }
-            self.connect().map_err(|e| self.err(e))?;
-        }
+        self.start(ctx)?;
         loop {
-            if let Some(c) = self.ready.pop_front() {
-                return Ok(Some(c));
+            match self.step(ctx, POLL_WAIT)? {
+                Step::Chunk(c) => return Ok(Some(c)),
+                Step::Done => return Ok(None),
+                Step::Quiet => {}
             }
-            if ctx.stop.load(Ordering::Relaxed) || self.ended {
-                return Ok(None);
-            }
-            self.acknowledge(ctx);
-            let got = self.poll_round(ctx)?;
-            self.housekeeping(ctx, !got)?;
         }
     }
 

@@ -245,7 +245,7 @@ impl SourceConnector for KafkaInput {
         })
     }
 
-    fn pool_refusal(&self, _source: &str) -> Option<String> {
+    fn pool_refusal(&self, _source: &str, _keyed: bool) -> Option<String> {
         None
     }
 

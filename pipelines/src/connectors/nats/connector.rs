@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_sinks::{DeadLetterNats, DeadLetterNatsConfig, NatsSink, NatsSinkConfig};
-use weir_sources::nats::{NatsReader, NatsSourceConfig};
+use weir_sources::nats::{NatsPartitionsReader, NatsReader, NatsSourceConfig};
 use weir_sources::MessageColumn;
 
 use crate::connectors::sources::{
@@ -38,9 +38,9 @@ pub const SOURCE: SourceKind = SourceKind {
             )
         })?;
         let cfg = super::source::config(&n.value, &p.doc.name.value, p.name, &p.ctx.dir).map_err(
-            |e| {
-                p.ctx
-                    .err(&n.referenced, format!("source `{}`: {e}", p.name))
+            |(at, e)| {
+                let at = at.as_ref().unwrap_or(&n.referenced);
+                p.ctx.err(at, format!("source `{}`: {e}", p.name))
             },
         )?;
         let mut planned = PlannedInput::of(Box::new(NatsInput(Box::new(cfg))));
@@ -141,19 +141,34 @@ impl SourceConnector for NatsInput {
     /// Bounded by the stream's last sequence at the start with `--until-caught-up` and in a
     /// replay; continuing at a checkpoint's or a replay's sequence.
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
-        let key = self.0.partition_key();
-        let start = match at.replay {
+        let start = |key: &str| match at.replay {
             Some(r) => r.start(at.index, &self.0.stream, 0),
-            None => (at.resume)(&key).map(|r| r.next_offset),
+            None => (at.resume)(key).map(|r| r.next_offset),
         };
         let mut cfg = (*self.0).clone();
         cfg.until_caught_up = at.until_caught_up || at.replay.is_some();
-        let reader =
-            NatsReader::new(at.index, at.name, at.first_partition, cfg)?.with_resume(start);
-        Ok(OpenedSource {
-            reader: Box::new(reader),
-            keys: vec![key],
-        })
+        let keys = cfg.partition_keys();
+        let reader: Box<dyn weir_engine::job::PartitionReader> = if cfg.partitions.is_some() {
+            // one filtered consumer and watermark per subject partition
+            let partitions: Vec<(u32, Option<u64>)> = keys
+                .iter()
+                .enumerate()
+                .map(|(n, key)| (n as u32, start(key)))
+                .collect();
+            Box::new(NatsPartitionsReader::new(
+                at.index,
+                at.name,
+                at.first_partition,
+                &cfg,
+                &partitions,
+            )?)
+        } else {
+            let start = start(&cfg.partition_key());
+            Box::new(
+                NatsReader::new(at.index, at.name, at.first_partition, cfg)?.with_resume(start),
+            )
+        };
+        Ok(OpenedSource { reader, keys })
     }
 
     fn replay(
@@ -169,12 +184,12 @@ impl SourceConnector for NatsInput {
         })
     }
 
-    fn pool_refusal(&self, source: &str) -> Option<String> {
-        Some(format!(
-            "source `{source}` is a NATS stream: worker pools do not share NATS sources yet \
-             (a stream is one partition, held by one worker); run it without --worker \
-             (see docs/src/connectors/nats.md, \"Worker pools\")"
-        ))
+    fn pool_refusal(&self, source: &str, keyed: bool) -> Option<String> {
+        super::pool::refusal(source, &self.0, keyed)
+    }
+
+    fn pool_assigns_partitions(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -4,6 +4,7 @@
 //! positions by the caller.
 
 mod connector;
+pub(crate) mod pool;
 pub mod sink;
 pub(crate) mod source;
 

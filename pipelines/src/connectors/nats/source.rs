@@ -2,22 +2,48 @@
 //! [`NatsSourceConfig`].
 
 use std::path::Path;
+
+use serde_saphyr::Location;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use weir_sources::nats::{
-    parse_start_from, sequence_range, NatsSourceConfig, NatsStartFrom, DEFAULT_FETCH_BATCH,
+    parse_start_from, sequence_range, NatsPartitions, NatsSourceConfig, NatsStartFrom,
+    DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
-use crate::model::{NatsSourceDoc, OneOrMany};
+use crate::model::{NatsPartitionsDoc, NatsSourceDoc, OneOrMany};
 use weir_sources::ReadOffsets;
 
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
 const MAX_FETCH_BATCH: u64 = 100_000;
 
-/// The config of source `source` of pipeline `pipeline`, or what is wrong with its keys (the
-/// caller adds the file position). Relative files resolve against `dir`.
+/// The config of source `source` of pipeline `pipeline`, or what is wrong with its keys and
+/// where, when a key more precise than `nats` is (the caller adds the file position).
+/// Relative files resolve against `dir`.
 pub(crate) fn config(
+    doc: &NatsSourceDoc,
+    pipeline: &str,
+    source: &str,
+    dir: &Path,
+) -> Result<NatsSourceConfig, (Option<Location>, String)> {
+    let mut cfg = config_of(doc, pipeline, source, dir).map_err(|e| (None, e))?;
+    if let Some(p) = &doc.partitions {
+        if !cfg.subjects.is_empty() {
+            return Err((
+                Some(p.referenced),
+                "`subjects` and `partitions` exclude each other: each partition's consumer is \
+                 filtered by `partitions.subject`"
+                    .into(),
+            ));
+        }
+        cfg.partitions = Some(partitions(&p.value).map_err(|e| (Some(p.referenced), e))?);
+    }
+    Ok(cfg)
+}
+
+/// [`config`] without `partitions`.
+fn config_of(
     doc: &NatsSourceDoc,
     pipeline: &str,
     source: &str,
@@ -84,6 +110,42 @@ pub(crate) fn config(
     Ok(cfg)
 }
 
+/// Most subject partitions of a source.
+const MAX_PARTITIONS: u32 = 1024;
+
+/// `partitions: { count, subject }` checked: a count of 1 to [`MAX_PARTITIONS`], and a subject
+/// filter with `{partition}` as one whole token.
+fn partitions(doc: &NatsPartitionsDoc) -> Result<NatsPartitions, String> {
+    if !(1..=MAX_PARTITIONS).contains(&doc.count) {
+        return Err(format!(
+            "`partitions.count` must be 1 to {MAX_PARTITIONS}, not {}",
+            doc.count
+        ));
+    }
+    let subject = doc.subject.trim();
+    let holes = subject
+        .split('.')
+        .filter(|t| *t == PARTITION_PLACEHOLDER)
+        .count();
+    if holes != 1 || subject.matches(PARTITION_PLACEHOLDER).count() != 1 {
+        return Err(format!(
+            "`partitions.subject` `{subject}` must hold `{PARTITION_PLACEHOLDER}` once, as a \
+             whole token (`events.{PARTITION_PLACEHOLDER}.>`)"
+        ));
+    }
+    let p = NatsPartitions {
+        count: doc.count,
+        subject: subject.to_string(),
+    };
+    if !valid_filter(&p.filter(0)) {
+        return Err(format!(
+            "bad `partitions.subject` `{subject}`: tokens separated by `.`, `*` for one token, \
+             `>` for the rest, `{PARTITION_PLACEHOLDER}` for the partition's number"
+        ));
+    }
+    Ok(p)
+}
+
 /// How long a replay's consumer outlives its last use before the server deletes it.
 const REPLAY_CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -96,6 +158,10 @@ pub(crate) fn replay(
     range: (i64, i64),
     suffix: &str,
 ) -> Result<(weir_kafka::OffsetRange, Arc<ReadOffsets>), String> {
+    if let Some(p) = cfg.partitions.take() {
+        // a replay reads the partitions' subjects as one range of the stream
+        cfg.subjects = vec![p.subject.replace(PARTITION_PLACEHOLDER, "*")];
+    }
     let (start, end, last) = sequence_range(cfg, range).map_err(|e| e.chain())?;
     cfg.consumer = format!("{}-{suffix}-{}", cfg.consumer, std::process::id()).replace('.', "_");
     cfg.delete_after = Some(REPLAY_CONSUMER_LINGER);
@@ -182,8 +248,53 @@ mod tests {
         let d = doc("{url: 'nats://h:4222', stream: E, start_from: soon}");
         assert!(config(&d, "p", "s", Path::new("."))
             .unwrap_err()
+            .1
             .contains("start_from"));
         let d = doc("{url: 'nats://h:4222', stream: 'a.b'}");
         assert!(config(&d, "p", "s", Path::new(".")).is_err());
+    }
+
+    #[test]
+    fn partitions_give_a_consumer_and_a_filter_each() {
+        let d = doc("{url: 'nats://h:4222', stream: E, partitions: {count: 4, subject: 'events.{partition}.>'}}");
+        let c = config(&d, "p", "bus", Path::new(".")).unwrap();
+        assert_eq!(
+            c.partition_keys(),
+            vec!["nats/E/0", "nats/E/1", "nats/E/2", "nats/E/3"]
+        );
+        let p2 = c.for_partition(2);
+        assert_eq!(p2.consumer, "weir-p-bus-p2");
+        assert_eq!(p2.subjects, vec!["events.2.>"]);
+        assert!(p2.partitions.is_none());
+        // a stream read whole keeps its one key and consumer
+        let whole = config(
+            &doc("{url: 'nats://h:4222', stream: E}"),
+            "p",
+            "bus",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(whole.partition_keys(), vec!["nats/E"]);
+        assert_eq!(whole.for_partition(0).consumer, "weir-p-bus");
+        for (bad, says) in [
+            ("{count: 0, subject: 'e.{partition}'}", "count"),
+            ("{count: 2000, subject: 'e.{partition}'}", "count"),
+            ("{count: 2, subject: 'e.p{partition}'}", "whole token"),
+            ("{count: 2, subject: 'e.{partition}.{partition}'}", "once"),
+            ("{count: 2, subject: 'events.>'}", "once"),
+            (
+                "{count: 2, subject: 'e..{partition}'}",
+                "bad `partitions.subject`",
+            ),
+        ] {
+            let d = doc(&format!(
+                "{{url: 'nats://h:4222', stream: E, partitions: {bad}}}"
+            ));
+            let (at, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+            assert!(at.is_some() && e.contains(says), "{bad}: {e}");
+        }
+        let d = doc("{url: 'nats://h:4222', stream: E, subjects: a.>, partitions: {count: 2, subject: 'a.{partition}'}}");
+        let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+        assert!(e.contains("exclude each other"), "{e}");
     }
 }

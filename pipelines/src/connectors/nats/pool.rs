@@ -1,0 +1,111 @@
+//! A partitioned NATS source in a worker pool (`weir run --worker`): the pool assigns its
+//! subject partitions itself (see [`weir_sources::nats::pool`]); this module checks that a
+//! pipeline can be shared that way and builds the worker's reader.
+
+use std::sync::{Arc, Mutex};
+
+use weir_engine::pool::PoolStore;
+use weir_engine::EngineError;
+use weir_sources::nats::pool::{NatsPoolReader, Owned};
+use weir_sources::nats::NatsSourceConfig;
+
+use super::NatsInput;
+use crate::plan::Plan;
+use crate::pool::{PooledReader, PooledSource};
+use crate::run::RunOptions;
+
+/// The reader of source `i` for a pool worker's jobs (`first_partition`: its first
+/// partition's global id), taking partitions into `owned`, when it is a NATS source (whose
+/// subject partitions the pool assigns itself); `None` for other sources.
+pub(crate) fn pooled_source(
+    plan: &Plan,
+    i: usize,
+    first_partition: usize,
+    opts: &RunOptions,
+    pool: &Arc<PoolStore>,
+    owned: &Owned,
+) -> Result<Option<PooledSource>, EngineError> {
+    let s = &plan.sources[i];
+    let Some(NatsInput(cfg)) = s.input.as_any().downcast_ref::<NatsInput>() else {
+        return Ok(None);
+    };
+    let mut cfg = (**cfg).clone();
+    cfg.until_caught_up = opts.until_caught_up;
+    let keys = cfg.partition_keys();
+    let reader = NatsPoolReader::new(
+        i,
+        &s.name,
+        first_partition,
+        cfg,
+        pool.clone(),
+        owned.clone(),
+    );
+    Ok(Some(PooledSource::new(Arc::new(Mutex::new(reader)), keys)))
+}
+
+impl PooledReader for NatsPoolReader {
+    fn start_job(&mut self, resume: &dyn Fn(&str) -> Option<u64>) {
+        NatsPoolReader::start_job(self, resume)
+    }
+    fn handed_over(&self) -> bool {
+        NatsPoolReader::handed_over(self)
+    }
+    fn close(&mut self) {
+        NatsPoolReader::close(self)
+    }
+}
+
+/// Why NATS source `source` (`cfg`) cannot be shared by a pool (`None`: it can); `keyed` says
+/// whether its declared `partitioned_by` keys every window and view reading it.
+pub(crate) fn refusal(source: &str, cfg: &NatsSourceConfig, keyed: bool) -> Option<String> {
+    if cfg.partitions.is_none() {
+        return Some(format!(
+            "source `{source}` reads NATS stream `{}` whole (one partition, held by one worker): \
+             declare `partitions: {{ count: N, subject: \"….{{partition}}.…\" }}` to share its \
+             subject partitions (see docs/src/connectors/nats.md, \"Worker pools\"), or run it \
+             without --worker",
+            cfg.stream
+        ));
+    }
+    if !keyed {
+        return Some(format!(
+            "source `{source}`: a worker pool does not repartition a NATS stream: declare \
+             `partitioned_by` with the fields its subjects' partition number is computed from, \
+             and key every window and view reading it by them"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pool::pool_refusal;
+
+    /// A pipeline over NATS stream `E` (`nats` the source's keys after `url` and `stream`),
+    /// planned from YAML (nothing connects).
+    fn plan_of(name: &str, nats: &str, partitioned_by: &str) -> crate::plan::Plan {
+        let dir =
+            std::env::temp_dir().join(format!("weir-nats-pool-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.yaml");
+        let yaml = format!(
+            "name: p\nsources:\n  events:\n    nats: {{ url: \"nats://127.0.0.1:9\", stream: E{nats} }}\n{partitioned_by}    format: json\n    schema: data-ingestion\n    \
+             event_time: {{ field: timestamp }}\nwindows:\n  w:\n    from: events\n    key: [datasetName]\n    tumbling: 1m\n    aggregates: {{ n: count(*) }}\n    sinks: [out]\n\
+             sinks:\n  out: {{ file: {{ path: out.ndjson }} }}\ncheckpoint: {{ dir: state }}\n"
+        );
+        std::fs::write(&path, yaml).unwrap();
+        crate::plan::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const PARTS: &str = ", partitions: { count: 4, subject: \"e.{partition}.*\" }";
+    const KEYED: &str = "    partitioned_by: [datasetName]\n";
+
+    #[test]
+    fn a_pool_shares_a_partitioned_stream_keyed_by_its_windows_only() {
+        assert_eq!(pool_refusal(&plan_of("ready", PARTS, KEYED)), None);
+        let why = pool_refusal(&plan_of("whole", "", KEYED)).expect("refused");
+        assert!(why.contains("whole (one partition"), "{why}");
+        let why = pool_refusal(&plan_of("unkeyed", PARTS, "")).expect("refused");
+        assert!(why.contains("does not repartition a NATS stream"), "{why}");
+    }
+}

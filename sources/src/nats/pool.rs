@@ -1,0 +1,277 @@
+//! A worker pool's reader of a partitioned NATS source. JetStream has no consumer group, so
+//! the pool assigns the subject partitions itself ([`weir_engine::pool_members`]): every
+//! worker heartbeats in the checkpoint store, computes the same assignment from the live
+//! workers, and takes its partitions through the pool's claims (fencing, sealing, hand-over
+//! checkpoints: [`weir_engine::pool`]), as a Kafka worker does when its group assigns them.
+//!
+//! The reader outlives the worker's jobs; each job reads the partitions owned when it started.
+//! About every [`CHECK_EVERY`] the reader compares them with the assignment:
+//!
+//! * a partition assigned to another worker is given up: the job ends with a hand-over
+//!   checkpoint, and the partition is released once it is committed (when the next job
+//!   starts, the previous one having finished);
+//! * a partition assigned to this worker is claimed once its holder released it, or stopped
+//!   heartbeating for [`SESSION_TIMEOUT`] (its state then comes from its last complete
+//!   checkpoint, and its next checkpoint is voided), or was this worker itself (an earlier
+//!   process); the job then ends with a hand-over checkpoint, and the next one restores it.
+//!
+//! Every job reads its partitions from the sequences of the checkpoint it restored, each
+//! with a consumer of its own (`<consumer>-p<n>`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weir_engine::job::{PartitionReader, ReaderContext};
+use weir_engine::pool::PoolStore;
+use weir_engine::pool_members::{assign, live_members};
+use weir_engine::{Chunk, EngineError};
+
+pub use weir_engine::pool_members::SESSION_TIMEOUT;
+
+use super::{NatsPartitionsReader, NatsSourceConfig};
+
+/// How often a reader compares its partitions with the assignment.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The partitions a worker owns: `source/partition key` → its claim's generation (shared with
+/// the worker's job loop, which restores them).
+pub type Owned = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// A pool worker's reader of one partitioned NATS source (see the module's docs).
+pub struct NatsPoolReader {
+    source: usize,
+    name: String,
+    first_partition: usize,
+    config: NatsSourceConfig,
+    pool: Arc<PoolStore>,
+    owned: Owned,
+    /// The partitions' keys in the pool (`source/nats/<stream>/<n>`), by number.
+    keys: Vec<String>,
+    /// Where the next job's partitions continue (from the checkpoint it restored).
+    resume: HashMap<u32, Option<u64>>,
+    /// The hand-over flag of the job served, and its readers.
+    run: Option<(Arc<AtomicBool>, NatsPartitionsReader)>,
+    /// Partitions given up by the job that ended: released once the next one starts.
+    to_release: Vec<(String, u64)>,
+    /// The job served last ended with a hand-over (a change of partitions).
+    handed_over: bool,
+    last_check: Instant,
+}
+
+impl NatsPoolReader {
+    /// The reader of source `source` (named `name`, partition `n` at global id
+    /// `first_partition + n`) for the worker of `pool`.
+    pub fn new(
+        source: usize,
+        name: &str,
+        first_partition: usize,
+        config: NatsSourceConfig,
+        pool: Arc<PoolStore>,
+        owned: Owned,
+    ) -> Self {
+        let keys = config
+            .partition_keys()
+            .into_iter()
+            .map(|k| format!("{name}/{k}"))
+            .collect();
+        NatsPoolReader {
+            source,
+            name: name.to_string(),
+            first_partition,
+            config,
+            pool,
+            owned,
+            keys,
+            resume: HashMap::new(),
+            run: None,
+            to_release: Vec::new(),
+            handed_over: false,
+            last_check: Instant::now(),
+        }
+    }
+
+    /// Before a job: where each partition continues (`resume(partition key)`, the
+    /// restored checkpoint's sequence).
+    pub fn start_job(&mut self, resume: &dyn Fn(&str) -> Option<u64>) {
+        self.resume = self
+            .config
+            .partition_keys()
+            .iter()
+            .enumerate()
+            .map(|(n, k)| (n as u32, resume(k)))
+            .collect();
+    }
+
+    /// Whether the job served last ended with a hand-over.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over
+    }
+
+    /// Stops reading (the worker stops, or joins again after losing partitions).
+    pub fn close(&mut self) {
+        self.run = None;
+    }
+
+    fn owned_numbers(&self) -> Result<BTreeSet<u32>, EngineError> {
+        let owned = self
+            .owned
+            .lock()
+            .map_err(|_| EngineError::Internal("the owned partitions are poisoned".into()))?;
+        Ok(self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| owned.contains_key(*k))
+            .map(|(n, _)| n as u32)
+            .collect())
+    }
+
+    /// The first call of a job: releases what the previous one handed over (its checkpoint is
+    /// committed: that job finished), opens the owned partitions' readers, and marks the
+    /// others idle in the job's clocks.
+    fn join_run(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        for (key, generation) in self.to_release.drain(..) {
+            if let Err(e) = self.pool.release(&key, generation) {
+                tracing::warn!(partition = %key, "cannot record the release of a partition: {e}");
+            }
+        }
+        self.handed_over = false;
+        let owned = self.owned_numbers()?;
+        let partitions: Vec<(u32, Option<u64>)> = owned
+            .iter()
+            .map(|n| (*n, self.resume.get(n).copied().flatten()))
+            .collect();
+        for n in 0..self.keys.len() {
+            let clock = ctx.clocks.partition(self.first_partition + n);
+            clock.set_idle(!owned.contains(&(n as u32)));
+        }
+        tracing::info!(source = %self.name, partitions = ?owned, "nats: this worker reads its partitions");
+        let readers = NatsPartitionsReader::new(
+            self.source,
+            &self.name,
+            self.first_partition,
+            &self.config,
+            &partitions,
+        )?;
+        self.run = Some((ctx.handover.clone(), readers));
+        // a job that owns nothing looks at the assignment at once
+        self.last_check = if owned.is_empty() {
+            Instant::now() - CHECK_EVERY
+        } else {
+            Instant::now()
+        };
+        Ok(())
+    }
+
+    /// Compares the owned partitions with the assignment; claims and gives up partitions
+    /// when they differ, and returns whether the job must end with a hand-over.
+    fn rebalance(&mut self) -> Result<bool, EngineError> {
+        let members = live_members(&self.pool)?;
+        let me = self.pool.worker().to_string();
+        let assigned = assign(&self.keys, &members);
+        let owned = self.owned_numbers()?;
+        let mine: BTreeSet<u32> = (0..self.keys.len() as u32)
+            .filter(|n| assigned.get(&self.keys[*n as usize]) == Some(&me))
+            .collect();
+        let give_up: Vec<u32> = owned.difference(&mine).copied().collect();
+        let mut take = Vec::new();
+        for &n in mine.difference(&owned) {
+            let key = &self.keys[n as usize];
+            let free = match self.pool.holder(key)? {
+                None => true,
+                Some(h) => h.worker == me || h.released || !members.contains(&h.worker),
+            };
+            if free {
+                take.push(n);
+            }
+        }
+        if give_up.is_empty() && take.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(source = %self.name, workers = ?members, give_up = ?give_up, take = ?take, "nats: the pool's assignment changed; ending the job with a hand-over checkpoint");
+        let mut owned = self
+            .owned
+            .lock()
+            .map_err(|_| EngineError::Internal("the owned partitions are poisoned".into()))?;
+        let mut changed = !give_up.is_empty();
+        for n in take {
+            let key = self.keys[n as usize].clone();
+            match self.pool.claim(&key) {
+                Ok((generation, _)) => {
+                    owned.insert(key, generation);
+                    changed = true;
+                }
+                // claimed by another worker meanwhile, or the store failed: the next look
+                // at the assignment tries again
+                Err(e) => {
+                    tracing::warn!(partition = %key, error = %e, "nats: cannot claim a partition (trying again)")
+                }
+            }
+        }
+        for n in give_up {
+            let key = &self.keys[n as usize];
+            if let Some(generation) = owned.remove(key) {
+                self.to_release.push((key.clone(), generation));
+            }
+        }
+        Ok(changed)
+    }
+}
+
+impl PartitionReader for NatsPoolReader {
+    fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
+        let joined = self
+            .run
+            .as_ref()
+            .is_some_and(|(h, _)| Arc::ptr_eq(h, &ctx.handover));
+        if !joined {
+            self.join_run(ctx)?;
+        }
+        loop {
+            if ctx.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(None);
+            }
+            if self.last_check.elapsed() >= CHECK_EVERY {
+                self.last_check = Instant::now();
+                match self.rebalance() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        self.handed_over = true;
+                        ctx.request_handover();
+                        return Ok(None);
+                    }
+                    // the store did not answer: the partitions stay as they are for now
+                    // (fencing keeps a worker that lost them from committing for them)
+                    Err(e) => {
+                        tracing::warn!(source = %self.name, error = %e, "nats: cannot read the pool's assignment (trying again)")
+                    }
+                }
+            }
+            let Some((_, readers)) = self.run.as_mut() else {
+                return Ok(None);
+            };
+            if readers.numbers().is_empty() {
+                if self.config.until_caught_up {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            if let Some(c) = readers.poll(ctx)? {
+                return Ok(Some(c));
+            }
+            if readers.ended() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn finish(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        match self.run.as_mut() {
+            Some((_, readers)) => readers.finish_all(ctx),
+            None => Ok(()),
+        }
+    }
+}
