@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema as ArrowSchema;
 use iceberg::spec::{
-    DataFile, FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
+    DataFile, FormatVersion, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
     SnapshotReference, SnapshotRetention, Summary, Transform, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
@@ -325,6 +325,46 @@ impl Lake {
         operation: Operation,
         properties: HashMap<String, String>,
     ) -> Result<Table, IcebergError> {
+        self.commit_snapshot(table, Vec::new(), files, operation, properties)
+            .await
+    }
+
+    /// Appends `files` in one snapshot that keeps the current snapshot's manifests, with the
+    /// same compare-and-swap as [`Self::commit_content`]: a concurrent commit fails it with
+    /// [`IcebergError::Conflict`] (iceberg-rust's own append would retry on the new snapshot
+    /// without letting weir check again that the epoch is not committed yet).
+    pub async fn commit_append(
+        &self,
+        table: &Table,
+        files: Vec<DataFile>,
+        properties: HashMap<String, String>,
+    ) -> Result<Table, IcebergError> {
+        let kept = match table.metadata().current_snapshot() {
+            Some(s) => table
+                .manifest_list_reader(s)
+                .load()
+                .await
+                .map_err(|e| IcebergError::Write(e.to_string()))?
+                .entries()
+                .to_vec(),
+            None => Vec::new(),
+        };
+        // an empty `kept` list still appends: the totals follow the operation
+        self.commit_snapshot(table, kept, files, Operation::Append, properties)
+            .await
+    }
+
+    /// A snapshot of the manifests `kept` plus one of `files`; an `append` adds to the
+    /// current snapshot's totals, any other operation replaces them.
+    async fn commit_snapshot(
+        &self,
+        table: &Table,
+        kept: Vec<ManifestFile>,
+        files: Vec<DataFile>,
+        operation: Operation,
+        properties: HashMap<String, String>,
+    ) -> Result<Table, IcebergError> {
+        let append = operation == Operation::Append;
         let Some(pool) = &self.pool else {
             return Err(IcebergError::Config(format!(
                 "{}: replacing a table's content (a view's commit) needs a SQL catalog \
@@ -377,7 +417,8 @@ impl Lake {
             parent,
             sequence,
         );
-        list.add_manifests(std::iter::once(manifest)).map_err(wr)?;
+        list.add_manifests(kept.into_iter().chain(std::iter::once(manifest)))
+            .map_err(wr)?;
         list.close().await.map_err(wr)?;
 
         let previous = meta.current_snapshot().map(|s| s.summary());
@@ -390,14 +431,24 @@ impl Lake {
         let mut summary = properties;
         summary.insert("added-data-files".into(), added_files.to_string());
         summary.insert("added-records".into(), added_rows.to_string());
-        summary.insert(
-            "deleted-data-files".into(),
-            prev("total-data-files").to_string(),
-        );
-        summary.insert("deleted-records".into(), prev("total-records").to_string());
-        summary.insert("total-data-files".into(), added_files.to_string());
-        summary.insert("total-records".into(), added_rows.to_string());
-        summary.insert("total-delete-files".into(), "0".into());
+        if append {
+            let total = |k: &str, added: u64| (prev(k) + added).to_string();
+            summary.insert(
+                "total-data-files".into(),
+                total("total-data-files", added_files as u64),
+            );
+            summary.insert("total-records".into(), total("total-records", added_rows));
+            summary.insert("total-delete-files".into(), total("total-delete-files", 0));
+        } else {
+            summary.insert(
+                "deleted-data-files".into(),
+                prev("total-data-files").to_string(),
+            );
+            summary.insert("deleted-records".into(), prev("total-records").to_string());
+            summary.insert("total-data-files".into(), added_files.to_string());
+            summary.insert("total-records".into(), added_rows.to_string());
+            summary.insert("total-delete-files".into(), "0".into());
+        }
         let snapshot = Snapshot::builder()
             .with_snapshot_id(snapshot_id)
             .with_parent_snapshot_id(parent)

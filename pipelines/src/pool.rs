@@ -138,9 +138,11 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
     }
     for s in &plan.sinks {
         match &s.target {
-            SinkTarget::Iceberg(_) => {
+            SinkTarget::Iceberg(t) if matches!(t.catalog, weir_iceberg::CatalogUri::Rest(_)) => {
                 return Some(format!(
-                    "{file}: sink `{}`: Iceberg sinks do not run in a worker pool yet",
+                    "{file}: sink `{}`: in a worker pool an Iceberg sink needs a SQL catalog \
+                     (sqlite:// or postgres://), whose commits weir checks and retries itself; \
+                     a REST catalog runs without `--worker`",
                     s.name
                 ))
             }
@@ -314,6 +316,8 @@ pub fn auto_worker_id() -> String {
 struct WorkerFiles {
     /// Per sink: its file (as configured) and format, for file sinks.
     sinks: Vec<(String, Option<(PathBuf, FileFormat)>)>,
+    /// Iceberg sinks: their name and table.
+    iceberg: Vec<(String, weir_iceberg::IcebergSinkConfig)>,
     dead_letter: Option<PathBuf>,
 }
 
@@ -329,6 +333,17 @@ impl WorkerFiles {
                         _ => None,
                     };
                     (s.name.clone(), file)
+                })
+                .collect(),
+            iceberg: plan
+                .sinks
+                .iter()
+                .filter_map(|s| match &s.target {
+                    SinkTarget::Iceberg(t) => Some((
+                        s.name.clone(),
+                        crate::plan::iceberg_config(&plan.name, &s.name, t),
+                    )),
+                    _ => None,
                 })
                 .collect(),
             dead_letter: match &plan.dead_letter {
@@ -353,6 +368,13 @@ impl WorkerFiles {
                 },
             };
             result.map_err(|e| EngineError::sink(name, format!("{}: {e}", path.display())))?;
+        }
+        // Iceberg: the dead worker's epochs, committed unless a snapshot has them already
+        for (name, config) in &self.iceberg {
+            if let Some(info) = m.sinks.get(name) {
+                weir_iceberg::pool::roll_forward(config, worker, m.epoch, info)
+                    .map_err(|e| EngineError::sink(name, e))?;
+            }
         }
         if let Some(p) = &self.dead_letter {
             let path = worker_path(p, worker);
@@ -392,6 +414,12 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
     }
     if let DeadLetterTarget::File(p) = &mut plan.dead_letter {
         *p = worker_path(p, &worker);
+    }
+    // Iceberg commits carry the worker's id (see weir_iceberg::pool)
+    for s in &mut plan.sinks {
+        if let SinkTarget::Iceberg(t) = &mut s.target {
+            t.worker = Some(worker.clone());
+        }
     }
     for w in &mut plan.windows {
         let mut c = (*w.config).clone();

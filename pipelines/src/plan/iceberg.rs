@@ -25,6 +25,7 @@ pub fn iceberg_config(
         target_file_size: target.target_file_size,
         catalog_properties: target.properties.clone(),
         replace_windows: None,
+        worker: target.worker.clone(),
     }
 }
 
@@ -69,6 +70,7 @@ pub(super) fn target(
             .collect(),
         output: None,
         view_keys: None,
+        worker: None,
     };
     let config = weir_iceberg::IcebergSinkConfig {
         table: target.table.clone(),

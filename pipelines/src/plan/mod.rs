@@ -171,6 +171,8 @@ pub struct IcebergTarget {
     pub output: Option<String>,
     /// The key columns of a view's rows; `None` for a window.
     pub view_keys: Option<usize>,
+    /// The pool worker writing it (set by `weir run --worker`).
+    pub worker: Option<String>,
 }
 
 /// Where dead letters go.
