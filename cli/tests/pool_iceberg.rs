@@ -211,13 +211,13 @@ checkpoint: {{ dir: state, interval: 1s }}
         env.push(("POOL_GROUP", group));
         Running::start_with(&pipeline, &args, &env)
     };
-    // b stops for good at its third checkpoint's commit: the checkpoint is complete, its
+    // b stops for good at its sixth checkpoint's commit: the checkpoint is complete, its
     // Iceberg snapshots are not committed
     let a = worker("a", &[], &[], &group);
     let b = worker(
         "b",
         &[],
-        &[("WEIR_FAILPOINT_PAUSE", "before_commit:600000:2")],
+        &[("WEIR_FAILPOINT_PAUSE", "before_commit:600000:5")],
         &group,
     );
     let c = worker("c", &[], &[], &group);
