@@ -98,8 +98,10 @@ fn worker_epochs(table: &iceberg::Table) -> BTreeSet<(String, u64)> {
     let mut seen = BTreeSet::new();
     for s in table.snapshots() {
         let summary = &s["summary"];
-        let (Some(w), Some(e)) = (summary["weir.worker"].as_str(), summary["weir.epoch"].as_str())
-        else {
+        let (Some(w), Some(e)) = (
+            summary["weir.worker"].as_str(),
+            summary["weir.epoch"].as_str(),
+        ) else {
             continue;
         };
         let pair = (w.to_string(), e.parse::<u64>().unwrap());
@@ -277,8 +279,9 @@ checkpoint: {{ dir: state, interval: 1s }}
     let per_dataset = table("analytics.per_dataset");
     let totals = table("analytics.totals");
     for reader in ["pyiceberg", "duckdb"] {
-        compare(&windows, &rows(&per_dataset, reader), &["datasetName"])
-            .unwrap_or_else(|e| panic!("{reader}: the windows' table differs from the oracle: {e}"));
+        compare(&windows, &rows(&per_dataset, reader), &["datasetName"]).unwrap_or_else(|e| {
+            panic!("{reader}: the windows' table differs from the oracle: {e}")
+        });
         // compare() fails on a repeated key: one row per key
         compare(&view, &rows(&totals, reader), &["datasetName"])
             .unwrap_or_else(|e| panic!("{reader}: the view's table differs from the oracle: {e}"));
@@ -286,10 +289,16 @@ checkpoint: {{ dir: state, interval: 1s }}
     let committed = worker_epochs(&per_dataset);
     let workers: BTreeSet<&str> = committed.iter().map(|(w, _)| w.as_str()).collect();
     for w in ["a", "b", "c", "d", "e"] {
-        assert!(workers.contains(w), "no snapshot of worker {w}: {committed:?}");
+        assert!(
+            workers.contains(w),
+            "no snapshot of worker {w}: {committed:?}"
+        );
     }
     let view_commits = worker_epochs(&totals);
-    assert!(view_commits.iter().any(|(w, _)| w == "b"), "{view_commits:?}");
+    assert!(
+        view_commits.iter().any(|(w, _)| w == "b"),
+        "{view_commits:?}"
+    );
     eprintln!(
         "windows: {} rows in {} snapshots; view: {} keys in {} snapshots",
         windows.len(),

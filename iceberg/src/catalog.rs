@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema as ArrowSchema;
 use iceberg::spec::{
-    DataFile, FormatVersion, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
-    SnapshotReference, SnapshotRetention, Summary, Transform, UnboundPartitionSpec,
+    DataFile, FormatVersion, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation,
+    Snapshot, SnapshotReference, SnapshotRetention, Summary, Transform, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, MetadataLocation, TableCreation, TableIdent};

@@ -294,3 +294,209 @@ pub fn roll_forward(
         Ok(n)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{CatalogUri, PartitionBy};
+    use crate::sink::IcebergSink;
+    use arrow::array::{Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, SchemaRef};
+    use weir_engine::job::Sink;
+
+    fn config(dir: &Path, table: &str, worker: &str) -> IcebergSinkConfig {
+        IcebergSinkConfig {
+            pipeline: "p".into(),
+            sink: "lake".into(),
+            output: "o".into(),
+            catalog: CatalogUri::Sqlite(dir.join("catalog.db").to_string_lossy().into()),
+            catalog_name: "weir".into(),
+            warehouse: dir.to_string_lossy().into(),
+            table: table.into(),
+            partition_by: Some(PartitionBy::None),
+            target_file_size: 1 << 20,
+            catalog_properties: Default::default(),
+            replace_windows: None,
+            worker: Some(worker.into()),
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new("op", DataType::Utf8, false),
+        ]))
+    }
+
+    fn rows(keys: &[&str], values: &[i64], ops: &[&str]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(values.to_vec())),
+                Arc::new(StringArray::from(ops.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// (worker, epoch) of the snapshots and the rows (k, v) of a table, sorted.
+    type Read = (Vec<(String, u64)>, Vec<(String, i64)>);
+
+    fn read(dir: &Path, table: &str) -> Read {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let c = config(dir, table, "reader");
+        rt.block_on(async {
+            use futures::TryStreamExt;
+            let lake = c.open_lake(&rt).await.unwrap();
+            let t = lake.load(&c.ident().unwrap()).await.unwrap();
+            let mut epochs: Vec<(String, u64)> = t
+                .metadata()
+                .snapshots()
+                .filter_map(|s| {
+                    let p = &s.summary().additional_properties;
+                    Some((
+                        p.get("weir.worker")?.clone(),
+                        p.get("weir.epoch")?.parse().ok()?,
+                    ))
+                })
+                .collect();
+            epochs.sort();
+            let batches: Vec<RecordBatch> = t
+                .scan()
+                .select_all()
+                .build()
+                .unwrap()
+                .to_arrow()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for b in batches {
+                let k = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let v = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                for i in 0..b.num_rows() {
+                    out.push((k.value(i).to_string(), v.value(i)));
+                }
+            }
+            out.sort();
+            (epochs, out)
+        })
+    }
+
+    use std::path::Path;
+
+    /// A dead worker's epoch finished by two others at once, and by the worker itself: one
+    /// snapshot.
+    #[test]
+    fn an_epoch_finished_by_several_workers_at_once_is_committed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let c = config(d, "ns.windows", "w1");
+        let mut sink = IcebergSink::open(c.clone(), &schema(), None).unwrap();
+        sink.recover(None).unwrap();
+        sink.write(&rows(&["a", "b"], &[1, 2], &["x", "x"]))
+            .unwrap();
+        let info = sink.pre_commit(1).unwrap();
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (c, info) = (c.clone(), info.clone());
+                std::thread::spawn(move || roll_forward(&c, "w1", 1, &info).unwrap())
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 1);
+        }
+        sink.commit(1).unwrap();
+        let (epochs, got) = read(d, "ns.windows");
+        assert_eq!(epochs, vec![("w1".to_string(), 1)]);
+        assert_eq!(got, vec![("a".into(), 1), ("b".into(), 2)]);
+        // a later epoch of the same worker appends; another worker's epoch 1 is its own
+        sink.write(&rows(&["c"], &[3], &["x"])).unwrap();
+        sink.pre_commit(2).unwrap();
+        sink.commit(2).unwrap();
+        let mut other = IcebergSink::open(config(d, "ns.windows", "w2"), &schema(), None).unwrap();
+        other.recover(None).unwrap();
+        other.write(&rows(&["d"], &[4], &["x"])).unwrap();
+        other.pre_commit(1).unwrap();
+        other.commit(1).unwrap();
+        let (epochs, got) = read(d, "ns.windows");
+        assert_eq!(epochs.len(), 3, "{epochs:?}");
+        assert_eq!(got.len(), 4, "{got:?}");
+    }
+
+    /// Two workers' views in one table: each epoch replaces only its keys; a key moved to
+    /// another worker is replaced there; deletes remove the key.
+    #[test]
+    fn pool_views_keep_one_row_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let open = |w: &str| {
+            let mut s = IcebergSink::open(config(d, "ns.view", w), &schema(), Some(1)).unwrap();
+            s.recover(None).unwrap();
+            s
+        };
+        let (mut w1, mut w2) = (open("w1"), open("w2"));
+        let step = |s: &mut IcebergSink, epoch: u64, b: RecordBatch| {
+            s.write(&b).unwrap();
+            s.pre_commit(epoch).unwrap();
+            s.commit(epoch).unwrap();
+        };
+        step(
+            &mut w1,
+            1,
+            rows(&["a", "b", "a"], &[1, 1, 2], &["u", "u", "u"]),
+        );
+        step(&mut w2, 1, rows(&["c", "d"], &[1, 1], &["u", "u"]));
+        assert_eq!(
+            read(d, "ns.view").1,
+            vec![
+                ("a".into(), 2),
+                ("b".into(), 1),
+                ("c".into(), 1),
+                ("d".into(), 1)
+            ]
+        );
+        // w1: b changes and a is deleted; w2 takes key a over later and writes it again
+        step(&mut w1, 2, rows(&["b", "a"], &[5, 0], &["u", "delete"]));
+        step(&mut w2, 2, rows(&["a", "d"], &[7, 8], &["u", "u"]));
+        // w2 deletes c, which it never rewrote since epoch 1
+        step(&mut w2, 3, rows(&["c"], &[0], &["delete"]));
+        let (epochs, got) = read(d, "ns.view");
+        assert_eq!(got, vec![("a".into(), 7), ("b".into(), 5), ("d".into(), 8)]);
+        assert_eq!(epochs.len(), 5, "{epochs:?}");
+        // epoch 3 of w2 written again (a restarted worker) is not committed again
+        let info = {
+            let mut w = open("w2");
+            w.write(&rows(&["d"], &[9], &["u"])).unwrap();
+            w.pre_commit(3).unwrap()
+        };
+        assert_eq!(
+            roll_forward(&config(d, "ns.view", "w2"), "w2", 3, &info).unwrap(),
+            1
+        );
+        assert_eq!(read(d, "ns.view").1.len(), 3);
+        // keys survive the checkpoint's JSON
+        let keys = key_columns(&rows(&["x", "y"], &[1, 2], &["u", "u"]), 1).unwrap();
+        let json = keys_to_json(&keys).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let c = config(d, "ns.view", "w2");
+        let table = rt.block_on(async {
+            let lake = c.open_lake(&rt).await.unwrap();
+            lake.load(&c.ident().unwrap()).await.unwrap()
+        });
+        let back = keys_from_json(&table, 1, &json).unwrap();
+        assert_eq!(back.column(0).len(), 2);
+        assert_eq!(
+            back.column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(1),
+            "y"
+        );
+    }
+}

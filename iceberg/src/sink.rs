@@ -187,8 +187,8 @@ pub fn committed_epochs<'a>(
         (p.get(PIPELINE).map(String::as_str) == Some(pipeline)
             && p.get(SINK).map(String::as_str) == Some(sink)
             && p.get(WORKER).map(String::as_str) == worker)
-        .then(|| p.get(EPOCH).and_then(|e| e.parse().ok()))
-        .flatten()
+            .then(|| p.get(EPOCH).and_then(|e| e.parse().ok()))
+            .flatten()
     })
 }
 
@@ -700,9 +700,9 @@ pub(crate) fn pending_of(table: &Table, v: &Value) -> Result<Pending, IcebergErr
     let epoch = v.get("epoch").and_then(Value::as_u64).ok_or_else(bad)?;
     let spec_id = v.get("spec_id").and_then(Value::as_i64).ok_or_else(bad)? as i32;
     let meta = table.metadata();
-    let spec = meta.partition_spec_by_id(spec_id).ok_or_else(|| {
-        IcebergError::Schema(format!("the table lost partition spec {spec_id}"))
-    })?;
+    let spec = meta
+        .partition_spec_by_id(spec_id)
+        .ok_or_else(|| IcebergError::Schema(format!("the table lost partition spec {spec_id}")))?;
     let schema = meta.current_schema();
     let partition_type = spec.partition_type(schema).map_err(wr)?;
     let files = v
