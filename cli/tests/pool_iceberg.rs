@@ -38,19 +38,19 @@ struct SliceProducer {
 }
 
 impl SliceProducer {
-    fn start(brokers: &str, topic: &str, slices: Vec<PathBuf>) -> Self {
+    fn start(brokers: &str, topic: &str, slices: Vec<PathBuf>, keyed: bool) -> Self {
         let produced = Arc::new(AtomicUsize::new(0));
         let (brokers, topic, count) = (brokers.to_string(), topic.to_string(), produced.clone());
         let thread = std::thread::spawn(move || {
             for s in &slices {
-                tool(&[
-                    "produce",
-                    &brokers,
-                    &topic,
-                    s.to_str().unwrap(),
-                    "--key-field",
-                    "datasetName",
-                ]);
+                let how: &[&str] = if keyed {
+                    &["--key-field", "datasetName"]
+                } else {
+                    &["--round-robin"]
+                };
+                let mut args = vec!["produce", &brokers, &topic, s.to_str().unwrap()];
+                args.extend_from_slice(how);
+                tool(&args);
                 count.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(700));
             }
@@ -118,7 +118,13 @@ fn worker_epochs(table: &iceberg::Table) -> BTreeSet<(String, u64)> {
 
 /// The pool scenario writing tables through `catalog` (a `sqlite://` or `postgres://` URL);
 /// `reader_catalog` is what the readers open (a SQLite file's path, or the same URL).
-fn pool_writes_iceberg_exactly_once(catalog: &str, reader_catalog: impl Fn(&Path) -> String) {
+/// With `keyed`, the producer keys messages by datasetName and the source says so; without,
+/// they are spread round-robin and the pool repartitions them by the windows' and view's key.
+fn pool_writes_iceberg_exactly_once(
+    catalog: &str,
+    reader_catalog: impl Fn(&Path) -> String,
+    keyed: bool,
+) {
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().to_path_buf();
@@ -172,7 +178,7 @@ fn pool_writes_iceberg_exactly_once(catalog: &str, reader_catalog: impl Fn(&Path
 sources:
   events:
     kafka: {{ brokers: "{brokers}", topic: {input}, group_id: "${{POOL_GROUP}}", start_from: earliest }}
-    partitioned_by: [datasetName]
+{partitioned}
     format: json
     schema: data-ingestion
     event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
@@ -200,12 +206,17 @@ sinks:
   view_lake: {{ iceberg: {{ catalog: "{catalog}", warehouse: lake, table: analytics.totals }} }}
 dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
 checkpoint: {{ dir: state, interval: 1s }}
-"#
+"#,
+            partitioned = if keyed {
+                "    partitioned_by: [datasetName]"
+            } else {
+                "    # not keyed: the pool repartitions it"
+            }
         ),
     )
     .unwrap();
     let started = Instant::now();
-    let producer = SliceProducer::start(&brokers, &input, slices_of(&events, 2000));
+    let producer = SliceProducer::start(&brokers, &input, slices_of(&events, 2000), keyed);
     let worker = |id: &str, extra: &[&str], env: &[(&str, &str)], group: &str| {
         let mut args = vec!["--worker", id];
         args.extend_from_slice(extra);
@@ -255,14 +266,19 @@ checkpoint: {{ dir: state, interval: 1s }}
     dw.wait_for("d's partitions", has_claims);
     producer.thread.join().unwrap();
     std::thread::sleep(Duration::from_secs(3));
+    let mut logs = Vec::new();
     for w in [c, dw, a] {
-        w.interrupt();
+        logs.extend(w.interrupt());
         std::thread::sleep(Duration::from_secs(1));
     }
     // the last worker reads every partition to its end (a group of its own: the state and
     // offsets are in the checkpoint store)
     let e = worker("e", &["--until-caught-up"], &[], &format!("{group}-end"));
-    e.wait_within(Duration::from_secs(180));
+    logs.extend(e.wait_within(Duration::from_secs(180)));
+    let conflicts = logs
+        .iter()
+        .filter(|l| l.contains("committed after concurrent commits"))
+        .count();
     eprintln!(
         "pool with catalog {}: {:.1} s",
         catalog.split("://").next().unwrap_or_default(),
@@ -300,7 +316,8 @@ checkpoint: {{ dir: state, interval: 1s }}
         "{view_commits:?}"
     );
     eprintln!(
-        "windows: {} rows in {} snapshots; view: {} keys in {} snapshots",
+        "windows: {} rows in {} snapshots; view: {} keys in {} snapshots; {conflicts} commits \
+         met a concurrent one and were checked and retried",
         windows.len(),
         committed.len(),
         view.len(),
@@ -310,14 +327,27 @@ checkpoint: {{ dir: state, interval: 1s }}
 
 #[test]
 fn a_pool_writes_iceberg_tables_exactly_once_with_the_sqlite_catalog() {
-    pool_writes_iceberg_exactly_once("sqlite://lake/catalog.db", |d| {
-        d.join("lake/catalog.db").to_string_lossy().into_owned()
-    });
+    pool_writes_iceberg_exactly_once(
+        "sqlite://lake/catalog.db",
+        |d| d.join("lake/catalog.db").to_string_lossy().into_owned(),
+        true,
+    );
+}
+
+/// The same through the repartition topic (round-robin producer): each key still lives in
+/// one worker at a time, so the view keeps one row per key.
+#[test]
+fn a_pool_writes_iceberg_tables_exactly_once_through_the_repartition_topic() {
+    pool_writes_iceberg_exactly_once(
+        "sqlite://lake/catalog.db",
+        |d| d.join("lake/catalog.db").to_string_lossy().into_owned(),
+        false,
+    );
 }
 
 #[test]
 fn a_pool_writes_iceberg_tables_exactly_once_with_the_postgres_catalog() {
     let pg = postgres::PgServer::start();
     let url = pg.url();
-    pool_writes_iceberg_exactly_once(&url, |_| url.clone());
+    pool_writes_iceberg_exactly_once(&url, |_| url.clone(), true);
 }

@@ -411,6 +411,23 @@ mod tests {
             assert_eq!(t.join().unwrap(), 1);
         }
         sink.commit(1).unwrap();
+        // the compare-and-swap: a commit over a table that changed since it was read fails
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let conflict = rt.block_on(async {
+            let lake = c.open_lake(&rt).await.unwrap();
+            let ident = c.ident().unwrap();
+            let stale = lake.load(&ident).await.unwrap();
+            let fresh = lake.load(&ident).await.unwrap();
+            lake.commit_append(&fresh, Vec::new(), Default::default())
+                .await
+                .unwrap();
+            lake.commit_append(&stale, Vec::new(), Default::default())
+                .await
+        });
+        assert!(
+            matches!(conflict, Err(IcebergError::Conflict(_))),
+            "{conflict:?}"
+        );
         let (epochs, got) = read(d, "ns.windows");
         assert_eq!(epochs, vec![("w1".to_string(), 1)]);
         assert_eq!(got, vec![("a".into(), 1), ("b".into(), 2)]);

@@ -13,7 +13,8 @@
 //!
 //! Outputs stay exactly once per worker: every worker writes its own files (the worker id
 //! before the extension), committed per checkpoint, and finishes the commit of a dead
-//! worker's checkpoint that it restores partitions from.
+//! worker's checkpoint that it restores partitions from. Iceberg sinks share one table: each
+//! worker's snapshots carry its id and epoch (`weir_iceberg::pool`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -924,6 +925,27 @@ mod tests {
         let topics = "    kafka: { brokers: \"127.0.0.1:9\", topic: [t, u], group_id: g }";
         let why = pool_refusal(&plan_of("topics", topics, BY_DATASET)).expect("refused");
         assert!(why.contains("one topic per source"), "{why}");
+    }
+
+    #[test]
+    fn iceberg_sinks_run_in_a_pool_with_a_sql_catalog() {
+        let dir = std::env::temp_dir().join(format!("weir-pool-{}-lake", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plan = |catalog: &str| {
+            let path = dir.join("p.yaml");
+            let yaml = format!(
+                "name: p\nsources:\n  events:\n{ONE_TOPIC}\n    partitioned_by: [datasetName]\n    \
+                 format: json\n    schema: data-ingestion\n    event_time: {{ field: timestamp }}\n\
+                 windows:\n{}\nsinks:\n  out: {{ iceberg: {{ catalog: \"{catalog}\", warehouse: lake, \
+                 table: a.w }} }}\ncheckpoint: {{ dir: state }}\n",
+                BY_DATASET
+            );
+            std::fs::write(&path, yaml).unwrap();
+            crate::plan::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(pool_refusal(&plan("sqlite://lake/catalog.db")), None);
+        let why = pool_refusal(&plan("https://rest.example/api")).expect("refused");
+        assert!(why.contains("needs a SQL catalog"), "{why}");
     }
 
     #[test]
