@@ -516,4 +516,41 @@ mod tests {
             "y"
         );
     }
+
+    /// The cost of a pool view's epoch over a large table (every live file is read):
+    /// `cargo test -p weir-iceberg --release --lib pool_view_epoch_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn pool_view_epoch_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut w = IcebergSink::open(config(d, "ns.big", "w1"), &schema(), Some(1)).unwrap();
+        w.recover(None).unwrap();
+        let n = 200_000usize;
+        let keys: Vec<String> = (0..n).map(|i| format!("key-{i:07}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let values: Vec<i64> = (0..n as i64).collect();
+        let ops = vec!["u"; n];
+        let started = std::time::Instant::now();
+        w.write(&rows(&refs, &values, &ops)).unwrap();
+        w.pre_commit(1).unwrap();
+        w.commit(1).unwrap();
+        eprintln!("epoch 1: {n} keys in {} ms", started.elapsed().as_millis());
+        for (epoch, changed) in [(2u64, 1_000usize), (3, 10_000), (4, 1_000)] {
+            let step = n / changed;
+            let some: Vec<&str> = refs.iter().step_by(step).copied().collect();
+            let vals = vec![epoch as i64; some.len()];
+            let ops = vec!["u"; some.len()];
+            let started = std::time::Instant::now();
+            w.write(&rows(&some, &vals, &ops)).unwrap();
+            w.pre_commit(epoch).unwrap();
+            w.commit(epoch).unwrap();
+            eprintln!(
+                "epoch {epoch}: {} keys changed in a {n}-key table: {} ms",
+                some.len(),
+                started.elapsed().as_millis()
+            );
+        }
+        assert_eq!(read(d, "ns.big").1.len(), n);
+    }
 }
