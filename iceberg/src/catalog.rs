@@ -184,23 +184,21 @@ impl Lake {
                 .with_storage_factory(storage.clone())
                 .with_runtime(rt.clone())
         };
-        let (url, builder) = match uri {
+        let (url, qmark) = match uri {
             CatalogUri::Sqlite(path) => {
                 if let Some(dir) = std::path::Path::new(path).parent() {
                     std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
                 }
                 // the file is created when missing
                 let url = format!("sqlite://{path}?mode=rwc");
-                (url.clone(), Some(sql(url, SqlBindStyle::QMark)))
+                (url, Some(true))
             }
-            CatalogUri::Postgres(url) => (
-                url.clone(),
-                Some(sql(url.clone(), SqlBindStyle::DollarNumeric)),
-            ),
+            // `$1` parameters for PostgreSQL
+            CatalogUri::Postgres(url) => (url.clone(), Some(false)),
             CatalogUri::Rest(url) => (url.clone(), None),
         };
-        let (catalog, pool): (Arc<dyn Catalog>, _) = match builder {
-            Some(builder) => {
+        let (catalog, pool): (Arc<dyn Catalog>, _) = match qmark {
+            Some(qmark) => {
                 // our own connection first: an unreachable database fails in 10 s with
                 // sqlx's reason, not after the catalog's 30 s pool timeout
                 sqlx::any::install_default_drivers();
@@ -217,7 +215,27 @@ impl Lake {
                     .connect(&url)
                     .await
                     .map_err(|e| err(&e))?;
-                let catalog = builder.load(name, props).await.map_err(|e| err(&e))?;
+                // The catalog's first use creates its tables, and PostgreSQL's `CREATE TABLE
+                // IF NOT EXISTS` fails for one of two sessions creating them at once (the
+                // workers of a pool starting together): the loser opens it again.
+                let mut attempt = 0u64;
+                let catalog = loop {
+                    let style = if qmark {
+                        SqlBindStyle::QMark
+                    } else {
+                        SqlBindStyle::DollarNumeric
+                    };
+                    match sql(url.clone(), style).load(name, props.clone()).await {
+                        Ok(c) => break c,
+                        Err(e) if attempt < 3 => {
+                            attempt += 1;
+                            tracing::debug!(catalog = %uri.display(), attempt, "opening the catalog again: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt))
+                                .await;
+                        }
+                        Err(e) => return Err(err(&e)),
+                    }
+                };
                 (Arc::new(catalog), Some(pool))
             }
             None => {
