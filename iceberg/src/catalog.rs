@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema as ArrowSchema;
 use iceberg::spec::{
-    DataFile, FormatVersion, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
-    SnapshotReference, SnapshotRetention, Summary, Transform, UnboundPartitionSpec,
+    DataFile, FormatVersion, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation,
+    Snapshot, SnapshotReference, SnapshotRetention, Summary, Transform, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, MetadataLocation, TableCreation, TableIdent};
@@ -184,23 +184,21 @@ impl Lake {
                 .with_storage_factory(storage.clone())
                 .with_runtime(rt.clone())
         };
-        let (url, builder) = match uri {
+        let (url, qmark) = match uri {
             CatalogUri::Sqlite(path) => {
                 if let Some(dir) = std::path::Path::new(path).parent() {
                     std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
                 }
                 // the file is created when missing
                 let url = format!("sqlite://{path}?mode=rwc");
-                (url.clone(), Some(sql(url, SqlBindStyle::QMark)))
+                (url, Some(true))
             }
-            CatalogUri::Postgres(url) => (
-                url.clone(),
-                Some(sql(url.clone(), SqlBindStyle::DollarNumeric)),
-            ),
+            // `$1` parameters for PostgreSQL
+            CatalogUri::Postgres(url) => (url.clone(), Some(false)),
             CatalogUri::Rest(url) => (url.clone(), None),
         };
-        let (catalog, pool): (Arc<dyn Catalog>, _) = match builder {
-            Some(builder) => {
+        let (catalog, pool): (Arc<dyn Catalog>, _) = match qmark {
+            Some(qmark) => {
                 // our own connection first: an unreachable database fails in 10 s with
                 // sqlx's reason, not after the catalog's 30 s pool timeout
                 sqlx::any::install_default_drivers();
@@ -217,7 +215,27 @@ impl Lake {
                     .connect(&url)
                     .await
                     .map_err(|e| err(&e))?;
-                let catalog = builder.load(name, props).await.map_err(|e| err(&e))?;
+                // The catalog's first use creates its tables, and PostgreSQL's `CREATE TABLE
+                // IF NOT EXISTS` fails for one of two sessions creating them at once (the
+                // workers of a pool starting together): the loser opens it again.
+                let mut attempt = 0u64;
+                let catalog = loop {
+                    let style = if qmark {
+                        SqlBindStyle::QMark
+                    } else {
+                        SqlBindStyle::DollarNumeric
+                    };
+                    match sql(url.clone(), style).load(name, props.clone()).await {
+                        Ok(c) => break c,
+                        Err(e) if attempt < 3 => {
+                            attempt += 1;
+                            tracing::debug!(catalog = %uri.display(), attempt, "opening the catalog again: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt))
+                                .await;
+                        }
+                        Err(e) => return Err(err(&e)),
+                    }
+                };
                 (Arc::new(catalog), Some(pool))
             }
             None => {
@@ -325,6 +343,46 @@ impl Lake {
         operation: Operation,
         properties: HashMap<String, String>,
     ) -> Result<Table, IcebergError> {
+        self.commit_snapshot(table, Vec::new(), files, operation, properties)
+            .await
+    }
+
+    /// Appends `files` in one snapshot that keeps the current snapshot's manifests, with the
+    /// same compare-and-swap as [`Self::commit_content`]: a concurrent commit fails it with
+    /// [`IcebergError::Conflict`] (iceberg-rust's own append would retry on the new snapshot
+    /// without letting weir check again that the epoch is not committed yet).
+    pub async fn commit_append(
+        &self,
+        table: &Table,
+        files: Vec<DataFile>,
+        properties: HashMap<String, String>,
+    ) -> Result<Table, IcebergError> {
+        let kept = match table.metadata().current_snapshot() {
+            Some(s) => table
+                .manifest_list_reader(s)
+                .load()
+                .await
+                .map_err(|e| IcebergError::Write(e.to_string()))?
+                .entries()
+                .to_vec(),
+            None => Vec::new(),
+        };
+        // an empty `kept` list still appends: the totals follow the operation
+        self.commit_snapshot(table, kept, files, Operation::Append, properties)
+            .await
+    }
+
+    /// A snapshot of the manifests `kept` plus one of `files`; an `append` adds to the
+    /// current snapshot's totals, any other operation replaces them.
+    async fn commit_snapshot(
+        &self,
+        table: &Table,
+        kept: Vec<ManifestFile>,
+        files: Vec<DataFile>,
+        operation: Operation,
+        properties: HashMap<String, String>,
+    ) -> Result<Table, IcebergError> {
+        let append = operation == Operation::Append;
         let Some(pool) = &self.pool else {
             return Err(IcebergError::Config(format!(
                 "{}: replacing a table's content (a view's commit) needs a SQL catalog \
@@ -377,7 +435,8 @@ impl Lake {
             parent,
             sequence,
         );
-        list.add_manifests(std::iter::once(manifest)).map_err(wr)?;
+        list.add_manifests(kept.into_iter().chain(std::iter::once(manifest)))
+            .map_err(wr)?;
         list.close().await.map_err(wr)?;
 
         let previous = meta.current_snapshot().map(|s| s.summary());
@@ -390,14 +449,24 @@ impl Lake {
         let mut summary = properties;
         summary.insert("added-data-files".into(), added_files.to_string());
         summary.insert("added-records".into(), added_rows.to_string());
-        summary.insert(
-            "deleted-data-files".into(),
-            prev("total-data-files").to_string(),
-        );
-        summary.insert("deleted-records".into(), prev("total-records").to_string());
-        summary.insert("total-data-files".into(), added_files.to_string());
-        summary.insert("total-records".into(), added_rows.to_string());
-        summary.insert("total-delete-files".into(), "0".into());
+        if append {
+            let total = |k: &str, added: u64| (prev(k) + added).to_string();
+            summary.insert(
+                "total-data-files".into(),
+                total("total-data-files", added_files as u64),
+            );
+            summary.insert("total-records".into(), total("total-records", added_rows));
+            summary.insert("total-delete-files".into(), total("total-delete-files", 0));
+        } else {
+            summary.insert(
+                "deleted-data-files".into(),
+                prev("total-data-files").to_string(),
+            );
+            summary.insert("deleted-records".into(), prev("total-records").to_string());
+            summary.insert("total-data-files".into(), added_files.to_string());
+            summary.insert("total-records".into(), added_rows.to_string());
+            summary.insert("total-delete-files".into(), "0".into());
+        }
         let snapshot = Snapshot::builder()
             .with_snapshot_id(snapshot_id)
             .with_parent_snapshot_id(parent)

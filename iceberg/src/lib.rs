@@ -23,6 +23,7 @@
 
 mod catalog;
 mod compact;
+pub mod pool;
 mod rewrite;
 pub mod schema;
 mod sink;

@@ -41,6 +41,8 @@ const PIPELINE: &str = "weir.pipeline";
 const SINK: &str = "weir.sink";
 const OUTPUT: &str = "weir.output";
 const EPOCH: &str = "weir.epoch";
+/// A pool worker's id (absent for a single process).
+pub(crate) const WORKER: &str = "weir.worker";
 
 /// What an Iceberg sink writes where.
 #[derive(Debug, Clone)]
@@ -67,6 +69,9 @@ pub struct IcebergSinkConfig {
     /// A replay's window range `[from, to)` (epoch ms): its rows replace those windows'
     /// rows in one snapshot instead of being appended.
     pub replace_windows: Option<(i64, i64)>,
+    /// The pool worker writing (`weir run --worker ID`): its commits carry its id, and a
+    /// view's commits replace only the keys it wrote (see [`crate::pool`]).
+    pub worker: Option<String>,
 }
 
 impl IcebergSinkConfig {
@@ -137,9 +142,12 @@ enum Writer {
 }
 
 /// Data files written for an epoch, not committed yet.
-struct Pending {
-    epoch: u64,
-    files: Vec<DataFile>,
+pub(crate) struct Pending {
+    pub epoch: u64,
+    pub files: Vec<DataFile>,
+    /// A pool worker's view: the keys the epoch upserted or deleted (its key columns), whose
+    /// rows the commit replaces with `files`.
+    pub keys: Option<RecordBatch>,
 }
 
 /// An Iceberg table fed by one window or view.
@@ -156,6 +164,8 @@ pub struct IcebergSink {
     /// A view's rows (the table's content is replaced at each commit).
     view: Option<ViewRows>,
     pending: Vec<Pending>,
+    /// A pool worker's view: the key columns of the rows deleted since the last pre-commit.
+    deleted: Vec<RecordBatch>,
     /// Whether the run is checkpointed (recover was called).
     checkpointed: bool,
 }
@@ -164,18 +174,21 @@ fn engine_err(sink: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::sink(sink, e)
 }
 
-/// The epochs committed to `table` by `pipeline`'s sink `sink`, from the snapshot summaries.
+/// The epochs committed to `table` by `pipeline`'s sink `sink` (as pool worker `worker`, or
+/// a single process when `None`), from the snapshot summaries.
 pub fn committed_epochs<'a>(
     table: &'a Table,
     pipeline: &'a str,
     sink: &'a str,
+    worker: Option<&'a str>,
 ) -> impl Iterator<Item = u64> + 'a {
-    table.metadata().snapshots().filter_map(|s| {
+    table.metadata().snapshots().filter_map(move |s| {
         let p = &s.summary().additional_properties;
         (p.get(PIPELINE).map(String::as_str) == Some(pipeline)
-            && p.get(SINK).map(String::as_str) == Some(sink))
-        .then(|| p.get(EPOCH).and_then(|e| e.parse().ok()))
-        .flatten()
+            && p.get(SINK).map(String::as_str) == Some(sink)
+            && p.get(WORKER).map(String::as_str) == worker)
+            .then(|| p.get(EPOCH).and_then(|e| e.parse().ok()))
+            .flatten()
     })
 }
 
@@ -267,6 +280,7 @@ impl IcebergSink {
             writer: None,
             view,
             pending: Vec::new(),
+            deleted: Vec::new(),
             checkpointed: false,
         })
     }
@@ -319,14 +333,33 @@ impl IcebergSink {
         result.map_err(|e| self.err(e))
     }
 
-    /// Closes the epoch's data files and returns them.
-    fn close_files(&mut self) -> Result<Vec<DataFile>, EngineError> {
+    /// Closes the epoch's data files and returns them, with a pool worker's view's changed
+    /// keys (its view then holds nothing: each epoch writes only the keys that changed).
+    fn close_files(&mut self) -> Result<(Vec<DataFile>, Option<RecordBatch>), EngineError> {
+        let pooled = self.config.worker.is_some();
+        let mut keys = None;
         if let Some(view) = &mut self.view {
-            if view.changed() {
+            if view.changed() || (pooled && !self.deleted.is_empty()) {
                 let rows = view.rows().map_err(|e| engine_err(&self.config.sink, e))?;
+                if pooled {
+                    let n = view.keys();
+                    *view = ViewRows::new(self.converter.target().clone(), n)
+                        .map_err(|e| engine_err(&self.config.sink, e))?;
+                    let mut parts = vec![crate::pool::key_columns(&rows, n)
+                        .map_err(|e| engine_err(&self.config.sink, e))?];
+                    parts.append(&mut self.deleted);
+                    keys = Some(
+                        crate::pool::concat_keys(&parts)
+                            .map_err(|e| engine_err(&self.config.sink, e))?,
+                    );
+                }
                 self.write_rows(rows)?;
             }
         }
+        Ok((self.close_writer()?, keys))
+    }
+
+    fn close_writer(&mut self) -> Result<Vec<DataFile>, EngineError> {
         let Some(writer) = self.writer.take() else {
             return Ok(Vec::new());
         };
@@ -340,15 +373,7 @@ impl IcebergSink {
     }
 
     fn summary(&self, epoch: Option<u64>) -> HashMap<String, String> {
-        let mut p = HashMap::from([
-            (PIPELINE.to_string(), self.config.pipeline.clone()),
-            (SINK.to_string(), self.config.sink.clone()),
-            (OUTPUT.to_string(), self.config.output.clone()),
-        ]);
-        if let Some(e) = epoch {
-            p.insert(EPOCH.to_string(), e.to_string());
-        }
-        p
+        summary_of(&self.config, self.config.worker.as_deref(), epoch)
     }
 
     /// Commits `files` as one snapshot (an append for a window, a replacement of the whole
@@ -367,7 +392,7 @@ impl IcebergSink {
         let table = self.runtime.block_on(async {
             let table = self.lake.load(&self.ident).await?;
             if let Some(e) = epoch {
-                if committed_epochs(&table, &pipeline, &sink).any(|c| c == e) {
+                if committed_epochs(&table, &pipeline, &sink, None).any(|c| c == e) {
                     tracing::info!(sink = %sink, epoch = e, "epoch already committed to Iceberg, not again");
                     return Ok(table);
                 }
@@ -439,47 +464,26 @@ impl IcebergSink {
         Ok(())
     }
 
-    /// A pending epoch as the checkpoint keeps it.
-    fn pending_json(&self, p: &Pending) -> Result<Value, EngineError> {
-        let meta = self.table.metadata();
-        let spec = meta.default_partition_spec();
-        let partition_type = spec
-            .partition_type(meta.current_schema())
+    /// Commits a pending epoch: a pool worker's through [`crate::pool::commit_epoch`], a
+    /// single process's through [`Self::commit_files`].
+    fn commit_one(&mut self, p: Pending) -> Result<(), EngineError> {
+        let Some(worker) = self.config.worker.clone() else {
+            return self.commit_files(Some(p.epoch), p.files);
+        };
+        let summary = summary_of(&self.config, Some(&worker), Some(p.epoch));
+        let table = self
+            .runtime
+            .block_on(crate::pool::commit_epoch(
+                &self.lake,
+                &self.ident,
+                &self.config,
+                &worker,
+                p,
+                summary,
+            ))
             .map_err(|e| self.err(e))?;
-        let files = p
-            .files
-            .iter()
-            .map(|f| {
-                serialize_data_file_to_json(f.clone(), &partition_type, FormatVersion::V2)
-                    .map_err(|e| self.err(e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(json!({ "epoch": p.epoch, "spec_id": spec.spec_id(), "files": files }))
-    }
-
-    /// A pending epoch read back from a checkpoint.
-    fn pending_of(&self, v: &Value) -> Result<Pending, EngineError> {
-        let bad = || self.err("a checkpoint's Iceberg entry is unreadable");
-        let epoch = v.get("epoch").and_then(Value::as_u64).ok_or_else(bad)?;
-        let spec_id = v.get("spec_id").and_then(Value::as_i64).ok_or_else(bad)? as i32;
-        let meta = self.table.metadata();
-        let spec = meta
-            .partition_spec_by_id(spec_id)
-            .ok_or_else(|| self.err(format!("the table lost partition spec {spec_id}")))?;
-        let schema = meta.current_schema();
-        let partition_type = spec.partition_type(schema).map_err(|e| self.err(e))?;
-        let files = v
-            .get("files")
-            .and_then(Value::as_array)
-            .ok_or_else(bad)?
-            .iter()
-            .map(|f| {
-                let text = f.as_str().ok_or_else(bad)?;
-                deserialize_data_file_from_json(text, spec_id, &partition_type, schema)
-                    .map_err(|e| self.err(e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Pending { epoch, files })
+        self.table = table;
+        Ok(())
     }
 
     /// Reads a view's rows back from the table's current snapshot.
@@ -523,11 +527,16 @@ impl Sink for IcebergSink {
             .and_then(|c| c.as_string_opt::<i32>())
             .cloned();
         match &mut self.view {
-            Some(view) => view
-                .apply(&rows, |row| {
-                    ops.as_ref().is_some_and(|o| o.value(row) == "delete")
-                })
-                .map_err(|e| engine_err(&self.config.sink, e)),
+            Some(view) => {
+                let deleted = |row: usize| ops.as_ref().is_some_and(|o| o.value(row) == "delete");
+                if self.config.worker.is_some() && ops.is_some() {
+                    let keys = crate::pool::deleted_keys(&rows, view.keys(), deleted)
+                        .map_err(|e| engine_err(&self.config.sink, e))?;
+                    self.deleted.extend(keys);
+                }
+                view.apply(&rows, deleted)
+                    .map_err(|e| engine_err(&self.config.sink, e))
+            }
             None => self.write_rows(rows),
         }
     }
@@ -545,7 +554,7 @@ impl Sink for IcebergSink {
             }
             return Ok(());
         }
-        let files = self.close_files()?;
+        let (files, _) = self.close_files()?;
         // a replay replaces its windows' rows even when the range had none
         if !files.is_empty() || self.config.replace_windows.is_some() {
             self.commit_files(None, files)?;
@@ -554,14 +563,14 @@ impl Sink for IcebergSink {
     }
 
     fn pre_commit(&mut self, epoch: u64) -> Result<Value, EngineError> {
-        let files = self.close_files()?;
-        if !files.is_empty() {
-            self.pending.push(Pending { epoch, files });
+        let (files, keys) = self.close_files()?;
+        if !files.is_empty() || keys.is_some() {
+            self.pending.push(Pending { epoch, files, keys });
         }
         let pending = self
             .pending
             .iter()
-            .map(|p| self.pending_json(p))
+            .map(|p| pending_json(&self.table, p).map_err(|e| self.err(e)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(json!({ "table": self.ident.to_string(), "pending": pending }))
     }
@@ -571,9 +580,12 @@ impl Sink for IcebergSink {
     /// only once committed, and an epoch the table already has is not committed again.
     fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
         while let Some(p) = self.pending.first().filter(|p| p.epoch <= epoch) {
-            let (e, files) = (p.epoch, p.files.clone());
-            self.commit_files(Some(e), files)
-                .map_err(EngineError::unavailable)?;
+            let p = Pending {
+                epoch: p.epoch,
+                files: p.files.clone(),
+                keys: p.keys.clone(),
+            };
+            self.commit_one(p).map_err(EngineError::unavailable)?;
             self.pending.remove(0);
         }
         Ok(())
@@ -588,7 +600,15 @@ impl Sink for IcebergSink {
             .block_on(self.lake.load(&self.ident))
             .map_err(|e| self.err(e))?;
         self.table = table;
-        let newest = committed_epochs(&self.table, &self.config.pipeline, &self.config.sink).max();
+        self.deleted.clear();
+        let worker = self.config.worker.clone();
+        let newest = committed_epochs(
+            &self.table,
+            &self.config.pipeline,
+            &self.config.sink,
+            worker.as_deref(),
+        )
+        .max();
         let upto = from.map_or(0, |(e, _)| e);
         // a view's commits replace the table, so only appends could be doubled
         if let (Some(last), None) = (newest, &self.view) {
@@ -613,10 +633,10 @@ impl Sink for IcebergSink {
                 .cloned()
                 .unwrap_or_default();
             for p in &pending {
-                let p = self.pending_of(p)?;
+                let p = pending_of(&self.table, p).map_err(|e| self.err(e))?;
                 if p.epoch <= epoch {
                     // idempotent: skipped when the crash came after the catalog commit
-                    self.commit_files(Some(p.epoch), p.files)?;
+                    self.commit_one(p)?;
                 }
             }
         }
@@ -624,8 +644,80 @@ impl Sink for IcebergSink {
             let schema = self.converter.target().clone();
             let keys = view.keys();
             self.view = Some(ViewRows::new(schema, keys).map_err(|e| self.err(e))?);
-            self.reload_view()?;
+            // a pool worker's view writes only its changes: the table keeps the other rows
+            if worker.is_none() {
+                self.reload_view()?;
+            }
         }
         Ok(())
     }
+}
+
+/// The snapshot summary of an epoch of `config`'s sink, written by pool worker `worker`.
+pub(crate) fn summary_of(
+    config: &IcebergSinkConfig,
+    worker: Option<&str>,
+    epoch: Option<u64>,
+) -> HashMap<String, String> {
+    let mut p = HashMap::from([
+        (PIPELINE.to_string(), config.pipeline.clone()),
+        (SINK.to_string(), config.sink.clone()),
+        (OUTPUT.to_string(), config.output.clone()),
+    ]);
+    if let Some(e) = epoch {
+        p.insert(EPOCH.to_string(), e.to_string());
+    }
+    if let Some(w) = worker {
+        p.insert(WORKER.to_string(), w.to_string());
+    }
+    p
+}
+
+/// A pending epoch as the checkpoint keeps it.
+pub(crate) fn pending_json(table: &Table, p: &Pending) -> Result<Value, IcebergError> {
+    let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+    let meta = table.metadata();
+    let spec = meta.default_partition_spec();
+    let partition_type = spec.partition_type(meta.current_schema()).map_err(wr)?;
+    let files = p
+        .files
+        .iter()
+        .map(|f| serialize_data_file_to_json(f.clone(), &partition_type, FormatVersion::V2))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(wr)?;
+    let mut v = json!({ "epoch": p.epoch, "spec_id": spec.spec_id(), "files": files });
+    if let Some(keys) = &p.keys {
+        v["keys"] = crate::pool::keys_to_json(keys)?;
+        v["key_columns"] = json!(keys.num_columns());
+    }
+    Ok(v)
+}
+
+/// A pending epoch read back from a checkpoint.
+pub(crate) fn pending_of(table: &Table, v: &Value) -> Result<Pending, IcebergError> {
+    let bad = || IcebergError::Write("a checkpoint's Iceberg entry is unreadable".into());
+    let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+    let epoch = v.get("epoch").and_then(Value::as_u64).ok_or_else(bad)?;
+    let spec_id = v.get("spec_id").and_then(Value::as_i64).ok_or_else(bad)? as i32;
+    let meta = table.metadata();
+    let spec = meta
+        .partition_spec_by_id(spec_id)
+        .ok_or_else(|| IcebergError::Schema(format!("the table lost partition spec {spec_id}")))?;
+    let schema = meta.current_schema();
+    let partition_type = spec.partition_type(schema).map_err(wr)?;
+    let files = v
+        .get("files")
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?
+        .iter()
+        .map(|f| {
+            let text = f.as_str().ok_or_else(bad)?;
+            deserialize_data_file_from_json(text, spec_id, &partition_type, schema).map_err(wr)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = match (v.get("keys"), v.get("key_columns").and_then(Value::as_u64)) {
+        (Some(k), Some(n)) => Some(crate::pool::keys_from_json(table, n as usize, k)?),
+        _ => None,
+    };
+    Ok(Pending { epoch, files, keys })
 }

@@ -891,6 +891,27 @@ mod tests {
     }
 
     #[test]
+    fn iceberg_sinks_run_in_a_pool_with_a_sql_catalog() {
+        let dir = std::env::temp_dir().join(format!("weir-pool-{}-lake", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plan = |catalog: &str| {
+            let path = dir.join("p.yaml");
+            let yaml = format!(
+                "name: p\nsources:\n  events:\n{ONE_TOPIC}\n    partitioned_by: [datasetName]\n    \
+                 format: json\n    schema: data-ingestion\n    event_time: {{ field: timestamp }}\n\
+                 windows:\n{}\nsinks:\n  out: {{ iceberg: {{ catalog: \"{catalog}\", warehouse: lake, \
+                 table: a.w }} }}\ncheckpoint: {{ dir: state }}\n",
+                BY_DATASET
+            );
+            std::fs::write(&path, yaml).unwrap();
+            crate::plan::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(pool_refusal(&plan("sqlite://lake/catalog.db")), None);
+        let why = pool_refusal(&plan("https://rest.example/api")).expect("refused");
+        assert!(why.contains("needs a SQL catalog"), "{why}");
+    }
+
+    #[test]
     fn a_claimed_partition_continues_at_its_slowest_lane() {
         let rec = |partition: &str, next_offset: u64, position: u64| {
             weir_engine::checkpoint::PartitionRecord {

@@ -6,7 +6,9 @@ use std::any::Any;
 use std::collections::HashMap;
 
 use serde_saphyr::Location;
+use weir_engine::checkpoint::Manifest;
 use weir_engine::job::Sink;
+use weir_engine::EngineError;
 use weir_iceberg::{CatalogUri, IcebergSink, PartitionBy};
 
 use super::{Attach, OpenSink, SinkConnector, SinkKind};
@@ -61,6 +63,10 @@ pub struct IcebergTarget {
     pub output: Option<String>,
     /// The key columns of a view's rows; `None` for a window.
     pub view_keys: Option<usize>,
+    /// The pool worker writing it (set by `weir run --worker`).
+    pub worker: Option<String>,
+    /// The pipeline writing it (its snapshots carry the name).
+    pub pipeline: String,
 }
 
 impl SinkConnector for IcebergTarget {
@@ -133,9 +139,29 @@ impl SinkConnector for IcebergTarget {
     }
 
     fn pool_refusal(&self, sink: &str) -> Option<String> {
-        Some(format!(
-            "sink `{sink}`: Iceberg sinks do not run in a worker pool yet"
-        ))
+        matches!(self.catalog, CatalogUri::Rest(_)).then(|| {
+            format!(
+                "sink `{sink}`: in a worker pool an Iceberg sink needs a SQL catalog \
+                 (sqlite:// or postgres://), whose commits weir checks and retries itself; \
+                 a REST catalog runs without `--worker`"
+            )
+        })
+    }
+
+    /// Its commits carry the worker's id (see `weir_iceberg::pool`).
+    fn for_worker(&mut self, worker: &str) {
+        self.worker = Some(worker.to_string());
+    }
+
+    /// Commits dead worker `worker`'s epochs of checkpoint `m`, unless a snapshot has them.
+    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+        let Some(info) = m.sinks.get(sink) else {
+            return Ok(());
+        };
+        let config = iceberg_config(&self.pipeline, sink, self);
+        weir_iceberg::pool::roll_forward(&config, worker, m.epoch, info)
+            .map_err(|e| EngineError::sink(sink, e))?;
+        Ok(())
     }
 
     fn clone_box(&self) -> Box<dyn SinkConnector> {

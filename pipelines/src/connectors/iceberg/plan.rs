@@ -26,6 +26,7 @@ pub fn iceberg_config(
         target_file_size: target.target_file_size,
         catalog_properties: target.properties.clone(),
         replace_windows: None,
+        worker: target.worker.clone(),
     }
 }
 
@@ -70,6 +71,8 @@ pub(crate) fn target(
             .collect(),
         output: None,
         view_keys: None,
+        worker: None,
+        pipeline: name.to_string(),
     };
     let config = weir_iceberg::IcebergSinkConfig {
         table: target.table.clone(),
