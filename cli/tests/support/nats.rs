@@ -45,14 +45,20 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server with JetStream enabled and waits until it is healthy.
     pub fn start() -> NatsServer {
-        let mut server = NatsServer {
+        let mut server = NatsServer::not_started();
+        server.restart();
+        server
+    }
+
+    /// A server whose ports and store are chosen but which is not running yet
+    /// ([`Self::restart`] starts it): a server that comes up after the pipeline.
+    pub fn not_started() -> NatsServer {
+        NatsServer {
             child: None,
             port: free_port(),
             monitor_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
-        };
-        server.restart();
-        server
+        }
     }
 
     /// Starts the server (again, after [`Self::stop`] or [`Self::kill`]) on the same ports and

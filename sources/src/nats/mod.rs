@@ -23,6 +23,7 @@
 
 mod consumer;
 mod reader;
+mod stall;
 #[cfg(test)]
 mod tests;
 
