@@ -188,14 +188,10 @@ impl NatsReader {
                     .map(move |v| (AsRef::<str>::as_ref(name), Some(v.as_str().as_bytes())))
             })
         });
-        let subject = std::iter::once((
-            weir_engine::trace::NATS_SUBJECT_HEADER,
-            Some(m.subject.as_bytes()),
-        ));
-        self.buffer.push_parts(
-            (&m.payload, Some(m.subject.as_bytes())),
-            Some(published),
-            headers.chain(subject),
+        self.buffer.push_nats(
+            (&m.payload, m.subject.as_bytes()),
+            published,
+            headers,
             self.config.with_headers,
             seq,
         );
