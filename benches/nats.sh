@@ -14,7 +14,9 @@ ROUNDS=${2:-3}
 PROFILE=${3:-release}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 flag=(); [[ "$PROFILE" == release ]] && flag=(--release)
-(cd "$repo" && cargo build "${flag[@]}" -q -p weir-cli -p weir-benches --bin weir --bin nats_count)
+# WEIR_BENCH_NO_BUILD=1: use the binaries already built (a release build takes long)
+[[ -n "${WEIR_BENCH_NO_BUILD:-}" ]] ||
+  (cd "$repo" && cargo build "${flag[@]}" -q -p weir-cli -p weir-benches --bin weir --bin nats_count)
 dir=$([[ "$PROFILE" == release ]] && echo release || echo debug)
 WEIR=$CARGO_TARGET_DIR/$dir/weir
 COUNT=$CARGO_TARGET_DIR/$dir/nats_count
