@@ -5,6 +5,7 @@
 # weir's pipeline (decode + 1-minute windows + file sink, `--until-caught-up`, a fresh durable
 # consumer each time).
 #   benches/nats.sh [EVENTS] [ROUNDS] [PROFILE]     (default: 1000000 3 release)
+#   FETCH_BATCH=N: weir's `fetch_batch` (default 1000, as the bare consumer's pulls)
 # Prints messages per second of both, weir's ratio to the bare consumer (the bar is 0.8), and
 # events per CPU-second of each (user + system time of the process; the server's CPU apart).
 set -euo pipefail
@@ -14,7 +15,9 @@ ROUNDS=${2:-3}
 PROFILE=${3:-release}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 flag=(); [[ "$PROFILE" == release ]] && flag=(--release)
-(cd "$repo" && cargo build "${flag[@]}" -q -p weir-cli -p weir-benches --bin weir --bin nats_count)
+# WEIR_BENCH_NO_BUILD=1: use the binaries already built (a release build takes long)
+[[ -n "${WEIR_BENCH_NO_BUILD:-}" ]] ||
+  (cd "$repo" && cargo build "${flag[@]}" -q -p weir-cli -p weir-benches --bin weir --bin nats_count)
 dir=$([[ "$PROFILE" == release ]] && echo release || echo debug)
 WEIR=$CARGO_TARGET_DIR/$dir/weir
 COUNT=$CARGO_TARGET_DIR/$dir/nats_count
@@ -42,7 +45,7 @@ run_weir() {
 name: nats-bench
 sources:
   events:
-    nats: { url: "$URL", stream: BENCH, consumer: weir-bench-$RANDOM$RANDOM, start_from: earliest }
+    nats: { url: "$URL", stream: BENCH, consumer: weir-bench-$RANDOM$RANDOM, start_from: earliest, fetch_batch: ${FETCH_BATCH:-1000} }
     format: json
     schema: data-ingestion
     event_time: { field: timestamp, max_out_of_orderness: 5s }

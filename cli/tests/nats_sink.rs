@@ -474,3 +474,149 @@ sources:
         "{text}"
     );
 }
+
+/// Waits for `child` to end (at most `limit`), returning its status; kills it past the limit.
+fn wait_for(
+    child: &mut std::process::Child,
+    limit: Duration,
+    log: &Path,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the run did not finish:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The NATS server is down when the run starts (its streams exist in its store) and comes
+/// up once the sink and the dead-letter output have failed to publish: the run does not
+/// fail, retries under the default policy, and the stream ends with the same windows as a
+/// file written by the same run; the bad events reach the dead-letter stream.
+#[test]
+fn a_server_that_starts_after_the_pipeline_loses_nothing() {
+    let mut server = NatsServer::start();
+    create_stream(&server, "ROWS", "analytics.per_dataset");
+    create_stream(&server, "DEAD", "dead.rows");
+    server.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = d.join("events.ndjson");
+    generate(
+        &events,
+        &[
+            "20000",
+            "--seed",
+            "5",
+            "--keys",
+            "30",
+            "--step-ms",
+            "50",
+            "--bad-frac",
+            "0.01",
+        ],
+    );
+    let yaml = format!(
+        r#"name: nats-late-server
+sources:
+  events:
+    file: {{ path: {events} }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+{windows}sinks:
+  bus: {{ nats: {{ url: "{url}", subject: analytics.per_dataset }}, format: json }}
+  reference: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ nats: {{ url: "{url}", subject: dead.rows }} }}
+"#,
+        events = events.display(),
+        windows = WINDOWS.replace("sinks: [bus]", "sinks: [bus, reference]"),
+        url = server.url(),
+    );
+    let pipeline = d.join("pipeline.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let log = d.join("run.log");
+    let mut child = Command::new(weir_bin())
+        .args(["run", pipeline.to_str().unwrap()])
+        .current_dir(d)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // both outputs started without a server, and the sink's publishes failed and are retried
+    while read().matches("does not answer at start").count() < 2 || !read().contains("retrying") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended while the server was down:\n{}",
+            read()
+        );
+        assert!(Instant::now() < deadline, "no retry logged:\n{}", read());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.restart();
+    let status = wait_for(&mut child, Duration::from_secs(180), &log);
+    assert!(status.success(), "the run failed:\n{}", read());
+    let expected = read_ndjson(&d.join("out/per_dataset.ndjson"));
+    assert!(expected.len() > 100, "{} windows", expected.len());
+    let rows = rows_without_repeats(&read_stream(&server, "ROWS", d));
+    compare(&expected, &rows, &["datasetName"]).unwrap_or_else(|e| panic!("{e}"));
+    let dead = rows_without_repeats(&read_stream(&server, "DEAD", d));
+    assert!(
+        !dead.is_empty(),
+        "no dead letter reached the stream:\n{}",
+        read()
+    );
+    assert!(dead.iter().all(|r| r["reason"] == "bad"), "{dead:?}");
+}
+
+/// No server ever: with `retry.max_retries` the run fails once the retries are spent, with
+/// a message that says what to do and no hang.
+#[test]
+fn a_server_that_never_comes_fails_the_run_after_the_retry_bound() {
+    let server = NatsServer::not_started();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = d.join("events.ndjson");
+    generate(&events, &["2000"]);
+    let yaml = format!(
+        r#"name: nats-never
+sources:
+  events:
+    file: {{ path: {events} }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+{WINDOWS}sinks:
+  bus:
+    nats: {{ url: "{url}", subject: analytics.rows }}
+    retry: {{ initial_backoff: 100ms, max_retries: 3 }}
+"#,
+        events = events.display(),
+        url = server.url(),
+    );
+    let pipeline = d.join("pipeline.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let started = Instant::now();
+    let out = weir_run(&pipeline);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{text}");
+    assert!(text.contains("does not answer at start"), "{text}");
+    assert!(text.contains("giving up"), "{text}");
+    assert!(
+        text.contains("start the NATS server or fix `url`"),
+        "{text}"
+    );
+}

@@ -471,11 +471,19 @@ fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_acknowledged() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // the log read on a thread, so that a run that never checkpoints fails the test in time
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut log = String::new();
-    for line in BufReader::new(child.stderr.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         log.push_str(&line);
         log.push('\n');
         if line.contains("checkpoint complete") && !line.contains("state_rows=0 ") {
@@ -491,12 +499,93 @@ fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_acknowledged() {
     ))
     .unwrap();
     assert!(acked["ack_floor"].as_u64().unwrap() > 30000, "{acked}");
-    let out = weir()
+    let log = d.join("restored.log");
+    let mut child = weir()
         .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-        .output()
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the restored run did not end in time:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{text}");
     assert!(text.contains("restored from checkpoint"), "{text}");
     verify(d, &rows, bad, late, "restored after the consumer moved on");
+}
+
+/// Without checkpoints, a window holding more messages than `max_ack_pending` stops the
+/// server's deliveries for good (its rows are never durable while it is open): the reader
+/// notices within seconds and says what to set, instead of stalling silently.
+#[test]
+fn a_window_larger_than_max_ack_pending_is_reported() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "3000");
+    stream_with_events(&server, &events, d);
+    let yaml = format!(
+        r#"name: nats-stall
+sources:
+  events:
+    nats:
+      url: "{url}"
+      stream: EVENTS
+      subjects: ["ontology.schema.*"]
+      consumer: weir-stall
+      max_ack_pending: 500
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1h
+    aggregates: {{ events: count(*) }}
+    sinks: [out]
+sinks:
+  out: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
+"#,
+        url = server.url()
+    );
+    let p = d.join("pipeline.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let log = d.join("run.log");
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read().contains("max_ack_pending 500") {
+        let ended = child.try_wait().unwrap();
+        if ended.is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no stall reported (ended: {ended:?}):\n{}", read());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = read();
+    assert!(
+        text.contains("set `checkpoint:`") && text.contains("raise `max_ack_pending`"),
+        "{text}"
+    );
 }

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, MapBuilder, StringArray, StringBuilder,
-    TimestampMillisecondArray,
+    Array, ArrayRef, Int32Array, Int64Array, MapBuilder, StringBuilder, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, TimeUnit};
 use weir_engine::Messages;
@@ -86,13 +85,20 @@ impl MessageColumn {
 
     /// The column for the messages at `rows` (indexes into `messages`) of `partition`.
     pub fn build(self, messages: &Messages, rows: &[u32], partition: i32) -> ArrayRef {
-        let text = |r: (u32, u32)| String::from_utf8_lossy(messages.slice(r)).into_owned();
+        // borrowed text (no String per value unless the bytes are not UTF-8)
+        let text = |r: (u32, u32)| String::from_utf8_lossy(messages.slice(r));
         match self {
-            MessageColumn::Key | MessageColumn::Subject => Arc::new(
-                rows.iter()
-                    .map(|&i| messages.keys[i as usize].map(text))
-                    .collect::<StringArray>(),
-            ),
+            MessageColumn::Key | MessageColumn::Subject => {
+                let bytes = rows
+                    .iter()
+                    .filter_map(|&i| messages.keys[i as usize].map(|(s, e)| (e - s) as usize))
+                    .sum();
+                let mut b = StringBuilder::with_capacity(rows.len(), bytes);
+                for &i in rows {
+                    b.append_option(messages.keys[i as usize].map(text));
+                }
+                Arc::new(b.finish())
+            }
             MessageColumn::Partition => Arc::new(Int32Array::from(vec![partition; rows.len()])),
             MessageColumn::Offset | MessageColumn::Sequence => Arc::new(
                 rows.iter()

@@ -246,6 +246,19 @@ fn sources(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
         .unwrap_or_default();
     gauge(
         e,
+        "weir_source_waiting",
+        "Reasons a source's records wait now (an unreachable schema registry, a NATS consumer stopped at max_ack_pending), per source; `/ready` names them.",
+        s.sources.iter().map(|src| {
+            let conditions = src.waiting.lock().map(|l| l.clone()).unwrap_or_default();
+            let now = conditions
+                .iter()
+                .filter(|c| c.lock().is_ok_and(|w| w.is_some()))
+                .count() as i64;
+            ([("source", src.name.as_str())], now)
+        }),
+    )?;
+    gauge(
+        e,
         "weir_consumer_lag",
         "Messages behind the partition's high watermark (Kafka sources, partitions this process reads).",
         lag.iter().map(|((source, partition), v)| {

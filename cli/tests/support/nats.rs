@@ -16,6 +16,8 @@ pub struct NatsServer {
     /// The HTTP monitoring port (`/healthz`, `/jsz`).
     pub monitor_port: u16,
     dir: tempfile::TempDir,
+    /// A configuration file's text (authorization, TLS), when the server has one.
+    config: Option<String>,
 }
 
 /// The `nats-server` of the tests' venv, or `WEIR_NATS_SERVER`.
@@ -45,14 +47,35 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server with JetStream enabled and waits until it is healthy.
     pub fn start() -> NatsServer {
-        let mut server = NatsServer {
+        let mut server = NatsServer::not_started();
+        server.restart();
+        server
+    }
+
+    /// A server whose ports and store are chosen but which is not running yet
+    /// ([`Self::restart`] starts it): a server that comes up after the pipeline.
+    pub fn not_started() -> NatsServer {
+        NatsServer {
             child: None,
             port: free_port(),
             monitor_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
-        };
+            config: None,
+        }
+    }
+
+    /// Starts a server with this configuration file's text (besides the ports and store of
+    /// the command line) and waits until it is healthy.
+    pub fn start_with_config(config: &str) -> NatsServer {
+        let mut server = NatsServer::not_started();
+        server.config = Some(config.to_string());
         server.restart();
         server
+    }
+
+    /// The server's folder (for files its configuration names).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Starts the server (again, after [`Self::stop`] or [`Self::kill`]) on the same ports and
@@ -60,7 +83,13 @@ impl NatsServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the NATS server is already running");
         let log = self.dir.path().join("server.log");
-        let child = Command::new(nats_server_bin())
+        let mut command = Command::new(nats_server_bin());
+        if let Some(config) = &self.config {
+            let path = self.dir.path().join("server.conf");
+            std::fs::write(&path, config).unwrap();
+            command.arg("-c").arg(path);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-js", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-sd")

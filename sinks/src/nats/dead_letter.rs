@@ -11,7 +11,8 @@ use weir_engine::{DeadLetter, EngineError};
 use weir_nats::NatsEndpoint;
 
 use super::error_chain;
-use super::publish::{NatsSinkError, Outcome, Outgoing, Publisher};
+use super::link::{Link, WHILE_DOWN};
+use super::publish::{Outcome, Outgoing};
 
 /// Bytes of a dead letter's `raw` kept when the whole record is over the server's limit.
 const TRUNCATED_RAW: usize = 64 << 10;
@@ -38,7 +39,7 @@ struct PendingRecord {
 /// The dead-letter output on NATS.
 pub struct DeadLetterNats {
     config: DeadLetterNatsConfig,
-    publisher: Publisher,
+    link: Link,
     /// Records not acknowledged yet, with their message.
     pending: Vec<PendingRecord>,
     write_failed: bool,
@@ -96,16 +97,20 @@ fn message(r: &DeadLetter, cut: bool) -> Result<Outgoing, serde_json::Error> {
 }
 
 impl DeadLetterNats {
-    /// Connects and checks that a stream captures the subject.
+    /// Connects and checks that a stream captures the subject; a server that does not
+    /// answer yet is connected to at the first publish.
     pub fn new(config: DeadLetterNatsConfig) -> Result<Self, EngineError> {
-        let err = |e: NatsSinkError| dead_err(error_chain(&e), e.is_retryable());
-        let publisher =
-            Publisher::connect(&config.endpoint, config.max_in_flight, config.ack_timeout)
-                .map_err(err)?;
-        publisher.stream_for(&config.subject).map_err(err)?;
+        let (link, _) = Link::open(
+            "dead_letter",
+            &config.endpoint,
+            &config.subject,
+            config.max_in_flight,
+            config.ack_timeout,
+        )
+        .map_err(|e| dead_err(error_chain(&e), false))?;
         Ok(DeadLetterNats {
             config,
-            publisher,
+            link,
             pending: Vec::new(),
             write_failed: false,
         })
@@ -120,7 +125,10 @@ impl DeadLetterNats {
                 return Ok(());
             }
             let messages: Vec<Outgoing> = self.pending.iter().map(|p| p.message.clone()).collect();
-            let outcomes = self.publisher.publish_all(&self.config.subject, &messages);
+            let outcomes = self
+                .link
+                .get(|m| dead_err(m, false))?
+                .publish_all(&self.config.subject, &messages);
             let (mut keep, mut first, mut cut_any) = (Vec::new(), None, false);
             for (mut p, o) in std::mem::take(&mut self.pending).into_iter().zip(outcomes) {
                 match o {
@@ -151,7 +159,7 @@ impl DeadLetterNats {
             if let Some(reason) = first {
                 return Err(dead_err(
                     format!(
-                        "{} dead letters to `{}` not acknowledged yet: {reason}",
+                        "{} dead letters to `{}` not acknowledged yet: {reason}; {WHILE_DOWN}",
                         self.pending.len(),
                         self.config.subject
                     ),

@@ -20,6 +20,7 @@
 
 mod dead_letter;
 pub mod ids;
+mod link;
 pub mod publish;
 
 use std::collections::HashMap;
@@ -89,7 +90,7 @@ struct ViewChanges {
 pub struct NatsSink {
     name: String,
     config: NatsSinkConfig,
-    publisher: Publisher,
+    link: link::Link,
     pending: Vec<Pending>,
     view: ViewChanges,
     /// The failed call was a write whose rows are already pending.
@@ -105,28 +106,26 @@ pub struct NatsSink {
 }
 
 impl NatsSink {
-    /// Connects and checks that a stream captures the subject.
+    /// Connects and checks that a stream captures the subject; a server that does not
+    /// answer yet is connected to at the first publish (see [`link`]).
     pub fn new(name: &str, config: NatsSinkConfig) -> Result<Self, EngineError> {
-        let err = |e: NatsSinkError| {
-            let retry = e.is_retryable();
-            let e = EngineError::sink(name, error_chain(&e));
-            if retry {
-                e.unavailable()
-            } else {
-                e
-            }
-        };
-        let publisher =
-            Publisher::connect(&config.endpoint, config.max_in_flight, config.ack_timeout)
-                .map_err(err)?;
-        let facts = publisher.stream_for(&config.subject).map_err(err)?;
-        tracing::info!(
-            sink = %name,
-            subject = %config.subject,
-            stream = %facts.name,
-            duplicate_window_s = facts.duplicate_window.as_secs(),
-            "nats: publishing to JetStream; repeats after a restore are dropped within the stream's duplicate window"
-        );
+        let (link, facts) = link::Link::open(
+            name,
+            &config.endpoint,
+            &config.subject,
+            config.max_in_flight,
+            config.ack_timeout,
+        )
+        .map_err(|e| EngineError::sink(name, error_chain(&e)))?;
+        if let Some(facts) = facts {
+            tracing::info!(
+                sink = %name,
+                subject = %config.subject,
+                stream = %facts.name,
+                duplicate_window_s = facts.duplicate_window.as_secs(),
+                "nats: publishing to JetStream; repeats after a restore are dropped within the stream's duplicate window"
+            );
+        }
         let run_tag = format!(
             "run{:x}",
             std::time::SystemTime::now()
@@ -136,7 +135,7 @@ impl NatsSink {
         Ok(NatsSink {
             name: name.to_string(),
             config,
-            publisher,
+            link,
             pending: Vec::new(),
             view: ViewChanges::default(),
             write_failed: false,
@@ -240,7 +239,11 @@ impl NatsSink {
             return Ok(());
         }
         let messages: Vec<Outgoing> = self.pending.iter().map(|p| p.message.clone()).collect();
-        let outcomes = self.publisher.publish_all(&self.config.subject, &messages);
+        let name = self.name.clone();
+        let outcomes = self
+            .link
+            .get(|m| EngineError::sink(&name, m))?
+            .publish_all(&self.config.subject, &messages);
         let total = self.pending.len();
         let mut keep = Vec::new();
         let (mut first, mut no_stream, mut duplicates) = (None, false, 0u64);
@@ -269,18 +272,21 @@ impl NatsSink {
         }
         if no_stream {
             // the server answers but no stream takes the subject: an error of the run
+            let name = self.name.clone();
+            let publisher = self.link.get(|m| EngineError::sink(&name, m))?;
             if let Err(e @ NatsSinkError::NoStream { .. }) =
-                self.publisher.stream_for(&self.config.subject)
+                publisher.stream_for(&self.config.subject)
             {
                 return Err(self.fatal(e));
             }
         }
         Err(self
             .fatal(format!(
-                "{} of {total} messages to `{}` not acknowledged yet: {}",
+                "{} of {total} messages to `{}` not acknowledged yet: {}; {}",
                 self.pending.len(),
                 self.config.subject,
-                first.unwrap_or_default()
+                first.unwrap_or_default(),
+                link::WHILE_DOWN
             ))
             .unavailable())
     }

@@ -8,6 +8,8 @@ pub(crate) struct MessageBuffer {
     pub(super) bytes: Vec<u8>,
     pub(super) messages: Messages,
     pub(crate) since: Option<Instant>,
+    /// Where a NATS chunk's `Nats-Subject` header name is in `bytes`.
+    subject_name: (u32, u32),
 }
 
 impl MessageBuffer {
@@ -65,6 +67,37 @@ impl MessageBuffer {
         }
         let last = self.messages.header_fields.len() as u32;
         self.messages.headers.push((first, last));
+    }
+
+    /// Appends a NATS message: the subject is stored once, as the key, and the
+    /// `Nats-Subject` trace header (for dead letters) points at the key's bytes, its name
+    /// stored once per chunk.
+    pub(crate) fn push_nats<'h>(
+        &mut self,
+        (payload, subject): (&[u8], &[u8]),
+        published: i64,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+        with_headers: bool,
+        seq: u64,
+    ) {
+        if self.messages.offsets.is_empty() {
+            let s = self.bytes.len() as u32;
+            self.bytes
+                .extend_from_slice(weir_engine::trace::NATS_SUBJECT_HEADER.as_bytes());
+            self.subject_name = (s, self.bytes.len() as u32);
+        }
+        self.push_parts(
+            (payload, Some(subject)),
+            Some(published),
+            headers,
+            with_headers,
+            seq,
+        );
+        let key = self.messages.keys.last().copied().flatten();
+        self.messages.header_fields.push((self.subject_name, key));
+        if let Some(h) = self.messages.headers.last_mut() {
+            h.1 += 1;
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -30,6 +30,7 @@ mod consumer;
 mod partitions;
 pub mod pool;
 mod reader;
+mod stall;
 #[cfg(test)]
 mod tests;
 

@@ -69,6 +69,8 @@ pub struct NatsReader {
     failing_since: Option<Instant>,
     /// The first connection was made.
     started: bool,
+    /// Notices a consumer stopped at `max_ack_pending` (see [`super::stall`]).
+    stall: super::stall::StallWatch,
 }
 
 impl Drop for NatsReader {
@@ -126,6 +128,7 @@ impl NatsReader {
             pending: 0,
             failing_since: None,
             started: false,
+            stall: super::stall::StallWatch::new(),
         })
     }
 
@@ -251,14 +254,10 @@ impl NatsReader {
                     .map(move |v| (AsRef::<str>::as_ref(name), Some(v.as_str().as_bytes())))
             })
         });
-        let subject = std::iter::once((
-            weir_engine::trace::NATS_SUBJECT_HEADER,
-            Some(m.subject.as_bytes()),
-        ));
-        self.buffer.push_parts(
-            (&m.payload, Some(m.subject.as_bytes())),
-            Some(published),
-            headers.chain(subject),
+        self.buffer.push_nats(
+            (&m.payload, m.subject.as_bytes()),
+            published,
+            headers,
             self.config.with_headers,
             seq,
         );
@@ -453,6 +452,14 @@ impl NatsReader {
             if quiet && self.pending == 0 && self.last_message.elapsed() >= idle {
                 ctx.clocks.partition(self.info.id).set_idle(true);
             }
+        }
+        if let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) {
+            let owed = !self.acks.is_empty();
+            let (at, limit) = ((self.source, self.info.id), self.config.max_ack_pending);
+            let consumer = &mut conn.consumer;
+            let since = self.last_message;
+            self.stall
+                .check(ctx, at, &self.name, since, owed, limit, rt, consumer);
         }
         if !quiet || self.ended || self.last_check.elapsed() < CHECK_EVERY {
             return Ok(());
