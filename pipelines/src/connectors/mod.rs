@@ -37,7 +37,9 @@ mod sources;
 mod tests;
 pub mod webhook;
 
-pub use sources::{OpenSource, OpenedSource, SourceConnector, SourceKind, SourcePlanning, SOURCES};
+pub use sources::{
+    OpenSource, OpenedSource, SourceBase, SourceConnector, SourceKind, SourcePlanning, SOURCES,
+};
 
 /// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the
 /// pipeline's and the sink's names, and the sink's YAML.
@@ -115,8 +117,24 @@ pub struct OpenSink<'a> {
     pub deliveries: &'a mut Vec<(String, Arc<DeliveryStats>)>,
 }
 
+/// What every planned sink has without writing it: a boxed copy and a view as `Any` (for
+/// code inside its own folder, such as `weir compact` for Iceberg).
+pub trait SinkBase {
+    fn clone_box(&self) -> Box<dyn SinkConnector>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: SinkConnector + Clone + 'static> SinkBase for T {
+    fn clone_box(&self) -> Box<dyn SinkConnector> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// A planned sink: where rows go, checked.
-pub trait SinkConnector: Debug + Send + Sync {
+pub trait SinkConnector: SinkBase + Debug + Send + Sync {
     /// Its YAML key (`kafka`, `file`...), shown as its kind.
     fn kind(&self) -> &'static str;
     /// What checkpointed state depends on (no secrets: fingerprints are stored in clear).
@@ -148,8 +166,6 @@ pub trait SinkConnector: Debug + Send + Sync {
     fn local_file(&self) -> Option<&Path> {
         None
     }
-    fn clone_box(&self) -> Box<dyn SinkConnector>;
-    fn as_any(&self) -> &dyn Any;
 }
 
 impl Clone for Box<dyn SinkConnector> {
@@ -178,8 +194,19 @@ pub type PlanDeadLetter = fn(
 pub const DEAD_LETTERS: &[DeadLetterKind] =
     &[file::DEAD_LETTER, kafka::DEAD_LETTER, nats::DEAD_LETTER];
 
+/// A boxed copy of a planned dead-letter output, without writing it.
+pub trait DeadLetterBase {
+    fn clone_box(&self) -> Box<dyn DeadLetterConnector>;
+}
+
+impl<T: DeadLetterConnector + Clone + 'static> DeadLetterBase for T {
+    fn clone_box(&self) -> Box<dyn DeadLetterConnector> {
+        Box::new(self.clone())
+    }
+}
+
 /// A planned dead-letter output.
-pub trait DeadLetterConnector: Debug + Send + Sync {
+pub trait DeadLetterConnector: DeadLetterBase + Debug + Send + Sync {
     fn kind(&self) -> &'static str;
     /// What checkpointed state depends on.
     fn fingerprint(&self) -> String;
@@ -204,7 +231,6 @@ pub trait DeadLetterConnector: Debug + Send + Sync {
     fn roll_forward(&self, _worker: &str, _m: &Manifest) -> Result<(), EngineError> {
         Ok(())
     }
-    fn clone_box(&self) -> Box<dyn DeadLetterConnector>;
 }
 
 impl Clone for Box<dyn DeadLetterConnector> {

@@ -116,8 +116,23 @@ pub struct ReplayedSource {
     pub read: Arc<ReadOffsets>,
 }
 
+/// A planned source as `Any`, for code inside its own folder (a pool's reader of it).
+pub trait SourceBase {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: SourceConnector + 'static> SourceBase for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 /// A planned source: what it reads, checked.
-pub trait SourceConnector: Debug + Send + Sync {
+pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     /// Its YAML key (`kafka`, `file`...), shown as its kind.
     fn kind(&self) -> &'static str;
     /// The message columns its records offer (`_key`..., `_subject`...).
@@ -171,6 +186,4 @@ pub trait SourceConnector: Debug + Send + Sync {
     fn pool_assigns_partitions(&self) -> bool {
         false
     }
-    fn as_any(&self) -> &dyn Any;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
 }

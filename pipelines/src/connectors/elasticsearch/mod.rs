@@ -1,8 +1,6 @@
 //! Elasticsearch: a window's or view's rows as documents with deterministic ids, written by
 //! bulk requests (every row acknowledged before its checkpoint completes).
 
-use std::any::Any;
-
 use weir_engine::job::Sink;
 use weir_sinks::{ElasticsearchConfig, ElasticsearchSink};
 
@@ -95,13 +93,5 @@ impl SinkConnector for ElasticsearchTarget {
 
     fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
         Ok(Box::new(ElasticsearchSink::new(at.name, self.0.clone())?))
-    }
-
-    fn clone_box(&self) -> Box<dyn SinkConnector> {
-        Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

@@ -3,7 +3,6 @@
 //! folder of part files, one committed per checkpoint (Parquet); a pool worker writes its own
 //! files, and the next owner of a dead worker's partitions finishes that worker's commit.
 
-use std::any::Any;
 use std::path::{Path, PathBuf};
 
 use weir_engine::checkpoint::Manifest;
@@ -169,14 +168,6 @@ impl SinkConnector for FileTarget {
     fn local_file(&self) -> Option<&Path> {
         Some(&self.path)
     }
-
-    fn clone_box(&self) -> Box<dyn SinkConnector> {
-        Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 /// The NDJSON dead-letter file.
@@ -224,9 +215,5 @@ impl DeadLetterConnector for FileDeadLetter {
         let path = tagged_path(&self.path, worker);
         CommittedLines::roll_forward(&path, &m.dead_letter)
             .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))
-    }
-
-    fn clone_box(&self) -> Box<dyn DeadLetterConnector> {
-        Box::new(self.clone())
     }
 }

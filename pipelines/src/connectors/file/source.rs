@@ -1,6 +1,5 @@
 //! The `file` source: NDJSON files (a file, a folder or a glob), one partition per file.
 
-use std::any::Any;
 use std::path::PathBuf;
 
 use weir_sources::{resolve_files, FileReader};
@@ -73,13 +72,5 @@ impl SourceConnector for FileInput {
             reader: Box::new(reader),
             keys,
         })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

@@ -1,8 +1,6 @@
 //! The `generator` source: synthetic `data-ingestion` or `service-health` events, seeded,
 //! as fast as possible or at a rate (one partition).
 
-use std::any::Any;
-
 use serde_saphyr::Spanned;
 use weir_sources::{GeneratorConfig, GeneratorReader, Kind};
 
@@ -143,13 +141,5 @@ impl SourceConnector for Generator {
             reader: Box::new(reader),
             keys: vec!["0".to_string()],
         })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }

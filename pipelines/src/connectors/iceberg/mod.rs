@@ -2,7 +2,6 @@
 //! view's table replaced with one row per key at every commit; `weir compact` rewrites a
 //! window table's small files.
 
-use std::any::Any;
 use std::collections::HashMap;
 
 use serde_saphyr::Location;
@@ -162,13 +161,5 @@ impl SinkConnector for IcebergTarget {
         weir_iceberg::pool::roll_forward(&config, worker, m.epoch, info)
             .map_err(|e| EngineError::sink(sink, e))?;
         Ok(())
-    }
-
-    fn clone_box(&self) -> Box<dyn SinkConnector> {
-        Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

@@ -2,7 +2,6 @@
 //! written as JSON or Avro messages (idempotent, or one transaction per checkpoint), and dead
 //! letters written idempotently to a topic.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,14 +247,6 @@ impl SourceConnector for KafkaInput {
     fn pool_refusal(&self, _source: &str, _keyed: bool) -> Option<String> {
         None
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
 }
 
 /// A Kafka topic, one message per row.
@@ -342,14 +333,6 @@ impl SinkConnector for KafkaTarget {
             Ok(())
         })
     }
-
-    fn clone_box(&self) -> Box<dyn SinkConnector> {
-        Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 /// The transactional id worker `worker` of a pool uses for a sink configured with `id`.
@@ -376,9 +359,5 @@ impl DeadLetterConnector for KafkaDeadLetter {
 
     fn open(&self, _checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError> {
         Ok(Box::new(DeadLetterKafka::new(self.0.clone())?))
-    }
-
-    fn clone_box(&self) -> Box<dyn DeadLetterConnector> {
-        Box::new(self.clone())
     }
 }

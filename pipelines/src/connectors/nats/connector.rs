@@ -1,7 +1,6 @@
 //! The NATS connectors behind the registry's traits: the JetStream source, the publishing
 //! sink and the dead-letter subject.
 
-use std::any::Any;
 use std::time::Duration;
 
 use weir_engine::job::{DeadLetterSink, Sink};
@@ -191,14 +190,6 @@ impl SourceConnector for NatsInput {
     fn pool_assigns_partitions(&self) -> bool {
         true
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
 }
 
 /// A NATS JetStream subject (the output is set when a window or view names the sink).
@@ -236,14 +227,6 @@ impl SinkConnector for NatsTarget {
     fn replayed(&self, suffix: &str) -> Box<dyn SinkConnector> {
         Box::new(NatsTarget(super::sink::replayed(&self.0, suffix)))
     }
-
-    fn clone_box(&self) -> Box<dyn SinkConnector> {
-        Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 /// A NATS JetStream subject of dead letters, one JSON message per record.
@@ -269,9 +252,5 @@ impl DeadLetterConnector for NatsDeadLetter {
 
     fn open(&self, _checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError> {
         Ok(Box::new(DeadLetterNats::new(self.0.clone())?))
-    }
-
-    fn clone_box(&self) -> Box<dyn DeadLetterConnector> {
-        Box::new(self.clone())
     }
 }

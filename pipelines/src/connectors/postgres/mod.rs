@@ -2,8 +2,6 @@
 //! table and one merge; with checkpoints each checkpoint's rows and its epoch
 //! (`weir_sink_epochs`) commit in one transaction.
 
-use std::any::Any;
-
 use arrow::datatypes::SchemaRef;
 use weir_engine::checkpoint::Manifest;
 use weir_engine::job::Sink;
@@ -132,13 +130,5 @@ impl SinkConnector for PostgresTarget {
             }
             Ok(())
         })
-    }
-
-    fn clone_box(&self) -> Box<dyn SinkConnector> {
-        Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

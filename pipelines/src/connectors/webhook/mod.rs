@@ -1,7 +1,6 @@
 //! Signed webhooks (Standard Webhooks): a window's or view's rows as HTTP requests with
 //! deterministic ids, optionally filtered by a SQL `where`.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use datafusion::physical_expr::PhysicalExpr;
@@ -92,13 +91,5 @@ impl SinkConnector for WebhookTarget {
             )),
             None => Box::new(sink),
         })
-    }
-
-    fn clone_box(&self) -> Box<dyn SinkConnector> {
-        Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
