@@ -25,6 +25,16 @@ pub(crate) mod plan;
 /// process that delivers nothing for a minute stops holding the watermark back.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 
+/// Secret values of a Kafka client's settings: secret-named properties, URL passwords.
+fn client_secrets(
+    properties: &indexmap::IndexMap<String, String>,
+    registry: &Option<String>,
+) -> Vec<String> {
+    let mut out = super::property_secrets(properties);
+    out.extend(super::url_secrets(registry));
+    out
+}
+
 /// The `kafka` source kind.
 pub const SOURCE: SourceKind = SourceKind {
     key: "kafka",
@@ -33,11 +43,7 @@ pub const SOURCE: SourceKind = SourceKind {
     secrets: |d| {
         d.kafka
             .iter()
-            .flat_map(|k| {
-                let mut out = super::property_secrets(&k.value.properties);
-                out.extend(super::url_secrets(&k.value.schema_registry));
-                out
-            })
+            .flat_map(|k| client_secrets(&k.value.properties, &k.value.schema_registry))
             .collect()
     },
     plan: |p| {
@@ -63,11 +69,7 @@ pub const SINK: SinkKind = SinkKind {
     secrets: |d| {
         d.kafka
             .iter()
-            .flat_map(|k| {
-                let mut out = super::property_secrets(&k.value.properties);
-                out.extend(super::url_secrets(&k.value.schema_registry));
-                out
-            })
+            .flat_map(|k| client_secrets(&k.value.properties, &k.value.schema_registry))
             .collect()
     },
     plan: |p| {
