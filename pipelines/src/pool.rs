@@ -331,6 +331,48 @@ impl WorkerFiles {
     }
 }
 
+/// Topics not keyed by their windows' key, repartitioned into internal topics which the jobs
+/// read instead: `plan`'s sources retargeted to them, and the repartition stages to run.
+fn repartitioned(plan: &mut Plan, opts: &RunOptions) -> Result<Vec<RepartitionSpec>, RunError> {
+    let mut specs = Vec::new();
+    for i in 0..plan.sources.len() {
+        let Some(keys) = repartition_keys(plan, i).map_err(RunError::Pool)? else {
+            continue;
+        };
+        let topic = internal_topic(&plan.name, &plan.sources[i].name);
+        let src = &mut plan.sources[i];
+        let Some(cfg) = crate::connectors::kafka::source_config_mut(src.input.as_mut()) else {
+            continue;
+        };
+        let spec = RepartitionSpec {
+            source: src.name.clone(),
+            input: cfg.clone(),
+            topic,
+            keys,
+            decoder: src.decoder.clone(),
+            until_caught_up: opts.until_caught_up,
+        };
+        let partitions = spec.prepare()?;
+        cfg.upstream = Some(Upstream {
+            topic: cfg.topics.first().cloned().unwrap_or_default(),
+            partitions,
+        });
+        cfg.topics = vec![spec.topic.clone()];
+        cfg.start_from = StartFrom::Earliest;
+        specs.push(spec);
+        // the internal topic is keyed by every window's key: a row is late by its own lane's
+        // watermark (its upstream partition's, as when a topic is keyed), not by what the
+        // worker flushed, which a partition claimed later (behind in event time) must not be
+        // held to; a flushed window's end is below every lane's watermark, so it stays closed
+        for w in plan.windows.iter_mut().filter(|w| w.source == i) {
+            let mut c = (*w.config).clone();
+            c.key_partitioned = true;
+            w.config = Arc::new(c);
+        }
+    }
+    Ok(specs)
+}
+
 /// Runs `plan` as worker `worker` of a pool until it is stopped (or, with
 /// `until_caught_up`, until the partitions it is assigned are read to their end).
 pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunSummary, RunError> {
@@ -370,44 +412,7 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
             .map_err(|e| RunError::Pool(format!("view {}: {e}", v.config.name)))?;
         v.config = Arc::new(c);
     }
-    // topics not keyed by their windows' key are repartitioned into internal topics, which
-    // the jobs read instead
-    let mut specs = Vec::new();
-    for i in 0..plan.sources.len() {
-        let Some(keys) = repartition_keys(&plan, i).map_err(RunError::Pool)? else {
-            continue;
-        };
-        let topic = internal_topic(&plan.name, &plan.sources[i].name);
-        let src = &mut plan.sources[i];
-        let Some(cfg) = crate::connectors::kafka::source_config_mut(src.input.as_mut()) else {
-            continue;
-        };
-        let spec = RepartitionSpec {
-            source: src.name.clone(),
-            input: cfg.clone(),
-            topic,
-            keys,
-            decoder: src.decoder.clone(),
-            until_caught_up: opts.until_caught_up,
-        };
-        let partitions = spec.prepare()?;
-        cfg.upstream = Some(Upstream {
-            topic: cfg.topics.first().cloned().unwrap_or_default(),
-            partitions,
-        });
-        cfg.topics = vec![spec.topic.clone()];
-        cfg.start_from = StartFrom::Earliest;
-        specs.push(spec);
-        // the internal topic is keyed by every window's key: a row is late by its own lane's
-        // watermark (its upstream partition's, as when a topic is keyed), not by what the
-        // worker flushed, which a partition claimed later (behind in event time) must not be
-        // held to; a flushed window's end is below every lane's watermark, so it stays closed
-        for w in plan.windows.iter_mut().filter(|w| w.source == i) {
-            let mut c = (*w.config).clone();
-            c.key_partitioned = true;
-            w.config = Arc::new(c);
-        }
-    }
+    let specs = repartitioned(&mut plan, &opts)?;
     let stages = start_repartition(specs, &opts)?;
     // a NATS source's partitions are assigned among the workers that heartbeat
     let address = plan
