@@ -225,6 +225,14 @@ fn user(e: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
+/// A failure of `kind`: exit status 1 for a user error, 2 otherwise.
+fn of_kind(kind: weir_engine::ErrorKind, e: impl Into<anyhow::Error>) -> Failure {
+    match kind {
+        weir_engine::ErrorKind::User => user(e),
+        _ => runtime(e),
+    }
+}
+
 fn runtime(e: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: 2,
@@ -358,7 +366,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                 replay: Some(setup.clone()),
                 ..Default::default()
             };
-            let summary = weir_pipelines::run(plan, options).map_err(runtime)?;
+            let summary = weir_pipelines::run(plan, options).map_err(|e| of_kind(e.kind(), e))?;
             println!(
                 "replay finished in {:.2}s: {} events in ({:.0} events/s), {} bad, {} late",
                 summary.elapsed.as_secs_f64(),
@@ -485,12 +493,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                     worker,
                 },
             )
-            .map_err(|e| match e {
-                RunError::IncompatibleState(_)
-                | RunError::Pool(_)
-                | RunError::Serve(weir_query::ServeError::Config(_)) => user(e),
-                RunError::Serve(_) | RunError::Engine(_) => runtime(e),
-            })?;
+            .map_err(|e: RunError| of_kind(e.kind(), e))?;
             Ok(())
         }
         Command::Generate(a) => generate(a),

@@ -1,5 +1,20 @@
 //! Errors raised while a job runs.
 
+/// What kind of failure an error is, for whoever decides what to do next: the CLI's exit
+/// status, a retry policy, a pool worker rejoining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The pipeline file, a setting or the stored state does not fit: fix it; retrying the
+    /// same run fails the same way.
+    User,
+    /// A service was unavailable: the same call may succeed later.
+    Retryable,
+    /// A pool worker lost a partition to another worker: it joins again.
+    Fenced,
+    /// Anything else: the run cannot go on.
+    Fatal,
+}
+
 /// A failure of a running job. Every variant says which part failed and why.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -48,6 +63,14 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Fenced(_) => ErrorKind::Fenced,
+            EngineError::Unavailable(_) | EngineError::RetryAfter { .. } => ErrorKind::Retryable,
+            _ => ErrorKind::Fatal,
+        }
+    }
     /// An error of a named operator.
     pub fn operator(operator: &str, message: impl std::fmt::Display) -> Self {
         EngineError::Operator {
@@ -92,5 +115,24 @@ impl EngineError {
             source_name: source_name.to_string(),
             message: message.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_variant_not_the_message() {
+        let fenced = EngineError::Fenced("unavailable".into());
+        assert_eq!(fenced.kind(), ErrorKind::Fenced);
+        let busy = EngineError::sink("s", "fenced").unavailable();
+        assert_eq!(busy.kind(), ErrorKind::Retryable);
+        let later = EngineError::sink("s", "x").unavailable_for(std::time::Duration::from_secs(1));
+        assert_eq!(later.kind(), ErrorKind::Retryable);
+        assert_eq!(
+            EngineError::sink("s", "unavailable").kind(),
+            ErrorKind::Fatal
+        );
     }
 }

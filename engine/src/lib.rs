@@ -29,7 +29,7 @@ pub mod types;
 pub const KEYS_METADATA: &str = "weir.keys";
 
 pub use dead_letter::{DeadLetter, ErrorInfo, Reason, RejectedRow};
-pub use error::EngineError;
+pub use error::{EngineError, ErrorKind};
 pub use events::{
     Chunk, ChunkData, Decoded, EventBatch, Messages, RawRows, RowHeaders, SharedBytes,
 };

@@ -13,6 +13,11 @@ pub struct PipelineError {
 }
 
 impl PipelineError {
+    /// Always a user error: the file must change.
+    pub fn kind(&self) -> weir_engine::ErrorKind {
+        weir_engine::ErrorKind::User
+    }
+
     /// An error at a position.
     pub fn at(file: &str, line: u64, column: u64, message: impl Into<String>) -> Self {
         PipelineError {

@@ -73,6 +73,21 @@ pub enum RunError {
     Engine(#[from] EngineError),
 }
 
+impl RunError {
+    /// What kind of failure this is: a user error (state of another pipeline version, a
+    /// pipeline a pool cannot run, an SQL endpoint setting), or the engine's kind.
+    pub fn kind(&self) -> weir_engine::ErrorKind {
+        use weir_engine::ErrorKind;
+        match self {
+            RunError::IncompatibleState(_)
+            | RunError::Pool(_)
+            | RunError::Serve(weir_query::ServeError::Config(_)) => ErrorKind::User,
+            RunError::Serve(_) => ErrorKind::Fatal,
+            RunError::Engine(e) => e.kind(),
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
