@@ -138,7 +138,7 @@ fn pool_writes_iceberg_exactly_once(
         Some(dir)
     };
     let events = d.join("events.ndjson");
-    let mut spec = vec![
+    let spec = vec![
         "24000",
         "--seed",
         "31",
@@ -148,14 +148,13 @@ fn pool_writes_iceberg_exactly_once(
         "100",
         "--bad-frac",
         "0.002",
+        "--late-frac",
+        "0.003",
+        "--late-ms",
+        "180000",
     ];
-    if keyed {
-        // (repartitioned, very late events are not all found late: a pool matter, reported
-        // apart from the Iceberg sink's)
-        spec.extend(["--late-frac", "0.003", "--late-ms", "180000"]);
-    }
     generate(&events, &spec);
-    let (windows, _) = oracle_per_dataset(&events, ORACLE_AGGREGATES, &d.join("windows.ndjson"));
+    let (windows, summary) = oracle_per_dataset(&events, ORACLE_AGGREGATES, &d.join("windows.ndjson"));
     // a view has no window: one window over all time holds every valid event
     let mut args = vec!["--key", "datasetName", "--size", "100000d", "--ooo", "5s"];
     for a in ORACLE_AGGREGATES {
@@ -307,6 +306,22 @@ checkpoint: {{ dir: state, interval: 1s }}
         // compare() fails on a repeated key: one row per key
         compare(&view, &rows(&totals, reader), &["datasetName"])
             .unwrap_or_else(|e| panic!("{reader}: the view's table differs from the oracle: {e}"));
+    }
+    // every bad and late record dead-lettered once, in the committed files of the workers
+    let mut dead = Vec::new();
+    for e in std::fs::read_dir(d.join("out")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("dead.") && name.ends_with(".ndjson") {
+            dead.extend(weir_tests::read_ndjson(&e.path()));
+        }
+    }
+    for reason in ["bad", "late"] {
+        let found = dead.iter().filter(|r| r["reason"] == reason).count() as u64;
+        assert_eq!(
+            found,
+            summary[reason].as_u64().unwrap(),
+            "{reason} records dead-lettered"
+        );
     }
     // b's last checkpoint was committed by the worker that took its partitions over (whether
     // it held window rows or only view keys depends on timing); at least three workers wrote

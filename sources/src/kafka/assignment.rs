@@ -154,6 +154,8 @@ impl KafkaReader {
                         s.assigned = true;
                         s.read_elsewhere = false;
                         s.end_at = end_at;
+                        s.restored = expected.is_some();
+                        s.warned_foreign = false;
                         for (u, lane) in s.lanes.iter_mut().enumerate() {
                             lane.last_message = Instant::now();
                             if let Some(e) = &expected {
