@@ -154,7 +154,8 @@ fn pool_writes_iceberg_exactly_once(
         "180000",
     ];
     generate(&events, &spec);
-    let (windows, summary) = oracle_per_dataset(&events, ORACLE_AGGREGATES, &d.join("windows.ndjson"));
+    let (windows, summary) =
+        oracle_per_dataset(&events, ORACLE_AGGREGATES, &d.join("windows.ndjson"));
     // a view has no window: one window over all time holds every valid event
     let mut args = vec!["--key", "datasetName", "--size", "100000d", "--ooo", "5s"];
     for a in ORACLE_AGGREGATES {

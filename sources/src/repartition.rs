@@ -777,12 +777,7 @@ mod tests {
         let e = Envelope::open(&out).expect("an envelope");
         assert_eq!(
             (e.topic, e.partition, e.offset, e.payload),
-            (
-                Some(&b"orders.v2"[..]),
-                7,
-                u64::MAX - 1,
-                &b"{\"a\":1}"[..]
-            )
+            (Some(&b"orders.v2"[..]), 7, u64::MAX - 1, &b"{\"a\":1}"[..])
         );
         let back: Vec<(&str, Option<&[u8]>)> = e.headers().collect();
         assert_eq!(
@@ -798,7 +793,13 @@ mod tests {
         Envelope::write(&mut out, "t", 0, 0, std::iter::empty(), b"");
         let e = Envelope::open(&out).expect("an envelope");
         assert_eq!(
-            (e.topic, e.partition, e.offset, e.payload, e.headers().count()),
+            (
+                e.topic,
+                e.partition,
+                e.offset,
+                e.payload,
+                e.headers().count()
+            ),
             (Some(&b"t"[..]), 0, 0, &b""[..], 0)
         );
         // not an envelope, or cut short
@@ -821,7 +822,10 @@ mod tests {
             (e.topic, e.partition, e.offset, e.payload),
             (None, 3, 41, &b"{}"[..])
         );
-        assert_eq!(e.headers().collect::<Vec<_>>(), vec![("h", Some(&b"v"[..]))]);
+        assert_eq!(
+            e.headers().collect::<Vec<_>>(),
+            vec![("h", Some(&b"v"[..]))]
+        );
     }
 
     #[test]

@@ -24,9 +24,6 @@ pub(super) struct PartitionState {
     pub(super) read_elsewhere: bool,
     /// Where to store the offset after the last message read (progress reports).
     pub(super) read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// A repartition topic's partition whose lanes continue from a checkpoint: it also
-    /// reads envelopes of weir 0.1.0 (see [`place_message`]).
-    pub(super) restored: bool,
     /// A skipped message of a repartition topic was logged since the partition's assignment.
     pub(super) warned_foreign: bool,
 }
@@ -40,6 +37,9 @@ pub(super) struct Lane {
     /// In a repartition topic: the upstream offset expected next; a message below it
     /// repeats one already read.
     pub(super) expect: Option<u64>,
+    /// In a repartition topic: the lane continues a checkpoint that had read some of its
+    /// messages, so it also takes envelopes of weir 0.1.0 (see [`place_message`]).
+    pub(super) legacy: bool,
 }
 
 impl Lane {
@@ -50,6 +50,7 @@ impl Lane {
             buffer: MessageBuffer::default(),
             last_message: Instant::now(),
             expect: None,
+            legacy: false,
         }
     }
 }
@@ -150,7 +151,6 @@ impl KafkaReader {
                         .read_offsets
                         .as_ref()
                         .and_then(|r| r.0.get(&(topic.to_string(), p as i32)).cloned()),
-                    restored: false,
                     warned_foreign: false,
                 });
             }
@@ -242,12 +242,12 @@ impl KafkaReader {
         for lane in s.lanes.iter_mut() {
             lane.buffer = MessageBuffer::default();
             lane.expect = None;
+            lane.legacy = false;
         }
         s.read_next = None;
         s.next_offset = None;
         s.end_at = None;
         s.ended = false;
-        s.restored = false;
         s.warned_foreign = false;
     }
 
@@ -574,14 +574,15 @@ pub(super) fn place_message<M: Message>(
     let why = match &envelope {
         None => Some("it was not written by weir (no upstream partition and offset)"),
         Some(e) => match e.topic {
-            Some(t) if t != upstream.as_bytes() => {
-                Some("it was written for another upstream topic (a previous use of this internal topic)")
-            }
-            // weir 0.1.0 wrote no topic: its messages continue a checkpointed partition, but
-            // a partition read from the beginning would take another topic's for this one's
-            None if !s.restored => Some(
-                "it was written by weir 0.1.0, which did not record the upstream topic, and the \
-                 partition has no checkpoint to continue from",
+            Some(t) if t != upstream.as_bytes() => Some(
+                "it was written for another upstream topic (a previous use of this internal topic)",
+            ),
+            // weir 0.1.0 wrote no topic: its messages continue a lane a checkpoint had read
+            // (a pool upgraded while running), but a lane read from the beginning would take
+            // another topic's for this one's
+            None if !s.lanes[e.partition].legacy => Some(
+                "it was written by weir 0.1.0, which did not record the upstream topic, and its \
+                 lane has no checkpointed position to continue",
             ),
             _ => None,
         },
