@@ -409,6 +409,18 @@ checkpoint: {{ dir: state, interval: 300ms }}
 /// topic again: the lanes of the internal topic drop every repeat.
 #[test]
 fn a_pool_repartitions_a_topic_not_keyed_by_the_window_key() {
+    pool_repartitions(false);
+}
+
+/// The same, b killed between a complete checkpoint and its commit (the `before_commit`
+/// failpoint) while its repartition stage goes on producing: the new owner of its partitions
+/// commits that checkpoint first, and continues each lane where it left it.
+#[test]
+fn a_pool_repartitions_with_a_worker_killed_between_a_checkpoint_and_its_commit() {
+    pool_repartitions(true);
+}
+
+fn pool_repartitions(pause_b: bool) {
     const EVENTS: usize = 20_000;
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
@@ -486,9 +498,24 @@ checkpoint: {{ dir: state, interval: 2s }}
     let producer = SliceProducer::start(&brokers, &input, slices, &["--round-robin"]);
     let worker = |id: &str, extra: &[&str], group: &str| start_worker(&pipeline, id, extra, group);
     let a = worker("a", &[], &group);
-    let b = worker("b", &[], &group);
+    let b = if pause_b {
+        let env = [
+            ("POOL_GROUP", group.as_str()),
+            ("WEIR_FAILPOINT_PAUSE", "before_commit:600000:5"),
+        ];
+        Running::start_with(&pipeline, &["--worker", "b"], &env)
+    } else {
+        worker("b", &[], &group)
+    };
     for w in [&a, &b] {
         w.wait_for("partitions for every worker", has_claims);
+    }
+    if pause_b {
+        b.wait_for("b's paused commit", |r| {
+            r.lines()
+                .iter()
+                .any(|l| l.contains("failpoint before_commit"))
+        });
     }
     producer.wait_for(4);
     // b dies: its partitions of both topics go to the others. When b claimed partitions no
