@@ -409,6 +409,18 @@ checkpoint: {{ dir: state, interval: 300ms }}
 /// topic again: the lanes of the internal topic drop every repeat.
 #[test]
 fn a_pool_repartitions_a_topic_not_keyed_by_the_window_key() {
+    pool_repartitions(false);
+}
+
+/// The same, b killed between a complete checkpoint and its commit (the `before_commit`
+/// failpoint) while its repartition stage goes on producing: the new owner of its partitions
+/// commits that checkpoint first, and continues each lane where it left it.
+#[test]
+fn a_pool_repartitions_with_a_worker_killed_between_a_checkpoint_and_its_commit() {
+    pool_repartitions(true);
+}
+
+fn pool_repartitions(pause_b: bool) {
     const EVENTS: usize = 20_000;
     let brokers = brokers();
     let dir = tempfile::tempdir().unwrap();
@@ -486,9 +498,24 @@ checkpoint: {{ dir: state, interval: 2s }}
     let producer = SliceProducer::start(&brokers, &input, slices, &["--round-robin"]);
     let worker = |id: &str, extra: &[&str], group: &str| start_worker(&pipeline, id, extra, group);
     let a = worker("a", &[], &group);
-    let b = worker("b", &[], &group);
+    let b = if pause_b {
+        let env = [
+            ("POOL_GROUP", group.as_str()),
+            ("WEIR_FAILPOINT_PAUSE", "before_commit:600000:5"),
+        ];
+        Running::start_with(&pipeline, &["--worker", "b"], &env)
+    } else {
+        worker("b", &[], &group)
+    };
     for w in [&a, &b] {
         w.wait_for("partitions for every worker", has_claims);
+    }
+    if pause_b {
+        b.wait_for("b's paused commit", |r| {
+            r.lines()
+                .iter()
+                .any(|l| l.contains("failpoint before_commit"))
+        });
     }
     producer.wait_for(4);
     // b dies: its partitions of both topics go to the others. When b claimed partitions no
@@ -564,7 +591,7 @@ checkpoint: {{ dir: state, interval: 2s }}
     ]);
     let internal_messages = read_ndjson(&raw);
     // keyed by the window key: one partition per key, each value wrapped with its upstream
-    // partition and offset
+    // topic, partition and offset
     let mut partition_of: std::collections::HashMap<String, Value> = Default::default();
     for m in &internal_messages {
         let key = m["key"].as_str().unwrap_or_default().to_string();
@@ -575,7 +602,7 @@ checkpoint: {{ dir: state, interval: 2s }}
         assert!(
             m["value"]
                 .as_str()
-                .is_some_and(|v| v.starts_with("weir\u{1}")),
+                .is_some_and(|v| v.starts_with("weir\u{2}") && v.contains(input.as_str())),
             "a message not wrapped by the repartition stage: {m:?}"
         );
     }
@@ -588,6 +615,102 @@ checkpoint: {{ dir: state, interval: 2s }}
         "repartition: {} windows; the internal topic holds {} messages for {EVENTS} events",
         expected.len(),
         internal_messages.len()
+    );
+}
+
+/// The internal topic is named after the pipeline: a pool of the same pipeline name over
+/// another topic (a source pointed elsewhere, a pool started again from scratch) finds the
+/// earlier pool's messages there, and reads them from the beginning for want of a
+/// checkpoint. Their upstream partitions and offsets are not this topic's: the second pool's
+/// results are still the oracle's (none of the first pool's events counted, none of its own
+/// dropped as a repeat), late and bad records included.
+#[test]
+fn a_repartitioned_pool_reads_only_its_own_topics_messages_of_a_reused_internal_topic() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline_name = unique("rr-again");
+    let run = |n: usize, seed: &str| {
+        let d = dir.path().join(format!("run{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let events = d.join("events.ndjson");
+        generate(
+            &events,
+            &[
+                "6000",
+                "--seed",
+                seed,
+                "--keys",
+                "20",
+                "--step-ms",
+                "100",
+                "--late-frac",
+                "0.005",
+                "--late-ms",
+                "180000",
+                "--bad-frac",
+                "0.002",
+            ],
+        );
+        let (input, group) = (unique("rr-again-in"), unique("rr-again"));
+        tool(&["create", &brokers, &input, "4"]);
+        tool(&[
+            "produce",
+            &brokers,
+            &input,
+            events.to_str().unwrap(),
+            "--round-robin",
+        ]);
+        let pipeline = d.join("pipeline.yaml");
+        std::fs::write(
+            &pipeline,
+            format!(
+                r#"name: {pipeline_name}
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: "{group}", start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [file]
+sinks:
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 1s }}
+"#
+            ),
+        )
+        .unwrap();
+        let log = Running::start(&pipeline, &["--worker", "a", "--until-caught-up"])
+            .wait_within(Duration::from_secs(180));
+        (d, events, log)
+    };
+    let _ = run(1, "51");
+    let (d, events, log) = run(2, "52");
+    let (expected, summary) =
+        oracle_per_dataset(&events, ORACLE_AGGREGATES, &d.join("expected.ndjson"));
+    let out = d.join("out");
+    compare(
+        &expected,
+        &union_of_workers(&out, "per_dataset"),
+        &["datasetName"],
+    )
+    .unwrap_or_else(|e| panic!("the second pool differs from the oracle: {e}"));
+    let dead = union_of_workers(&out, "dead");
+    for reason in ["bad", "late"] {
+        let found = dead.iter().filter(|r| r["reason"] == reason).count() as u64;
+        assert_eq!(found, summary[reason].as_u64().unwrap(), "{reason} records");
+    }
+    assert!(
+        log.iter()
+            .any(|l| l.contains("skipping messages of the repartition topic")),
+        "the first pool's messages were not skipped:\n{}",
+        log.join("\n")
     );
 }
 

@@ -7,12 +7,19 @@
 //!
 //! The stage is at least once: it commits an upstream offset once the messages before it
 //! are acknowledged, so a worker that dies re-produces what it sent after its last commit.
-//! Every message carries the upstream partition and offset it was read at (an
+//! Every message carries the upstream topic, partition and offset it was read at (an
 //! [`Envelope`] around its value); the reader of the internal topic keeps the
 //! upstream partitions apart as lanes (`crate::kafka::Upstream`), drops a message whose
 //! upstream offset its lane already passed, and checkpoints each lane's position with the
 //! pool's state. The producer is idempotent, so one upstream partition's messages stay in
 //! order in each internal partition: a repeat is always below what its lane expects.
+//!
+//! The internal topic is named after the pipeline, not the group or the upstream topic: it
+//! may hold messages written for another upstream topic (the pipeline's source pointed at
+//! another topic before, or another pool of the same pipeline name). A partition without a
+//! checkpoint reads the internal topic from its beginning, so the reader skips a message of
+//! another upstream topic: its partition and offset would otherwise pass for this topic's
+//! (counting another topic's events, and dropping this topic's as repeats).
 //!
 //! Records that do not decode go to the internal partition of their message key, as they
 //! are: the jobs decode them again and send them to the dead-letter output with their error.
@@ -52,18 +59,24 @@ pub fn internal_topic(pipeline: &str, source: &str) -> String {
     format!("{pipeline}-{source}-repartition")
 }
 
-/// The first bytes of every repartition topic message.
-const MAGIC: &[u8; 5] = b"weir\x01";
+/// The first bytes of a repartition topic message written by weir 0.1.0 (no upstream topic).
+const MAGIC_V1: &[u8; 5] = b"weir\x01";
+/// The first bytes of every repartition topic message written now.
+const MAGIC: &[u8; 5] = b"weir\x02";
 
-/// A repartition topic's message value: the upstream partition and offset it was read at,
-/// its headers, then its payload. (Kafka headers would be the natural place for the first
-/// two, but tansu 0.6, the broker these tests run, stops serving fetches of a topic whose
+/// A repartition topic's message value: the upstream topic, partition and offset it was read
+/// at, its headers, then its payload. (Kafka headers would be the natural place for the first
+/// three, but tansu 0.6, the broker these tests run, stops serving fetches of a topic whose
 /// messages carry headers at this volume.)
 ///
-/// `weir\x01`, partition (u32), offset (u64), header count (u16), per header: name length
-/// (u16), name, value length (i32, -1 for none), value; then the payload. Big-endian.
+/// `weir\x02`, topic length (u16), topic (UTF-8), partition (u32), offset (u64), header count
+/// (u16), per header: name length (u16), name, value length (i32, -1 for none), value; then
+/// the payload. Big-endian. Envelopes of weir 0.1.0 (`weir\x01`) have no topic and are read
+/// too: [`Self::topic`] is then `None`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Envelope<'a> {
+    /// The upstream topic (`None` in an envelope of weir 0.1.0).
+    pub topic: Option<&'a [u8]>,
     pub partition: usize,
     pub offset: u64,
     /// The encoded headers (see [`Self::headers`]).
@@ -73,15 +86,37 @@ pub struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
-    /// Appends the envelope of a message to `out`.
+    /// Appends the envelope of a message of `topic` to `out`.
     pub fn write<'h>(
         out: &mut Vec<u8>,
+        topic: &str,
         partition: u32,
         offset: u64,
         headers: impl Iterator<Item = (&'h [u8], Option<&'h [u8]>)>,
         payload: &[u8],
     ) {
-        out.extend_from_slice(MAGIC);
+        Self::write_as(out, Some(topic), partition, offset, headers, payload)
+    }
+
+    /// [`Self::write`]; without a topic, an envelope of weir 0.1.0 (for tests).
+    pub(crate) fn write_as<'h>(
+        out: &mut Vec<u8>,
+        topic: Option<&str>,
+        partition: u32,
+        offset: u64,
+        headers: impl Iterator<Item = (&'h [u8], Option<&'h [u8]>)>,
+        payload: &[u8],
+    ) {
+        match topic {
+            Some(t) => {
+                // a Kafka topic name has at most 249 characters
+                let t = &t.as_bytes()[..t.len().min(u16::MAX as usize)];
+                out.extend_from_slice(MAGIC);
+                out.extend_from_slice(&(t.len() as u16).to_be_bytes());
+                out.extend_from_slice(t);
+            }
+            None => out.extend_from_slice(MAGIC_V1),
+        }
         out.extend_from_slice(&partition.to_be_bytes());
         out.extend_from_slice(&offset.to_be_bytes());
         let count_at = out.len();
@@ -107,7 +142,14 @@ impl<'a> Envelope<'a> {
 
     /// Reads an envelope; `None` when the bytes are not one.
     pub fn open(bytes: &'a [u8]) -> Option<Self> {
-        let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+        let (topic, rest) = match bytes.strip_prefix(MAGIC.as_slice()) {
+            Some(rest) => {
+                let (len, rest) = take_array::<2>(rest)?;
+                let (topic, rest) = rest.split_at_checked(u16::from_be_bytes(len) as usize)?;
+                (Some(topic), rest)
+            }
+            None => (None, bytes.strip_prefix(MAGIC_V1.as_slice())?),
+        };
         let (partition, rest) = take_array::<4>(rest)?;
         let (offset, rest) = take_array::<8>(rest)?;
         let (count, rest) = take_array::<2>(rest)?;
@@ -122,6 +164,7 @@ impl<'a> Envelope<'a> {
             at = if len < 0 { r } else { r.get(len as usize..)? };
         }
         Some(Envelope {
+            topic,
             partition: u32::from_be_bytes(partition) as usize,
             offset: u64::from_be_bytes(offset),
             header_bytes: &rest[..rest.len() - at.len()],
@@ -632,6 +675,7 @@ impl Stage {
             value.clear();
             Envelope::write(
                 &mut value,
+                &self.upstream,
                 partition.max(0) as u32,
                 offset,
                 messages.header_pairs(i),
@@ -724,6 +768,7 @@ mod tests {
         let mut out = Vec::new();
         Envelope::write(
             &mut out,
+            "orders.v2",
             7,
             u64::MAX - 1,
             headers.iter().copied(),
@@ -731,8 +776,8 @@ mod tests {
         );
         let e = Envelope::open(&out).expect("an envelope");
         assert_eq!(
-            (e.partition, e.offset, e.payload),
-            (7, u64::MAX - 1, &b"{\"a\":1}"[..])
+            (e.topic, e.partition, e.offset, e.payload),
+            (Some(&b"orders.v2"[..]), 7, u64::MAX - 1, &b"{\"a\":1}"[..])
         );
         let back: Vec<(&str, Option<&[u8]>)> = e.headers().collect();
         assert_eq!(
@@ -745,18 +790,42 @@ mod tests {
         );
         // no headers, empty payload
         out.clear();
-        Envelope::write(&mut out, 0, 0, std::iter::empty(), b"");
+        Envelope::write(&mut out, "t", 0, 0, std::iter::empty(), b"");
         let e = Envelope::open(&out).expect("an envelope");
         assert_eq!(
-            (e.partition, e.offset, e.payload, e.headers().count()),
-            (0, 0, &b""[..], 0)
+            (
+                e.topic,
+                e.partition,
+                e.offset,
+                e.payload,
+                e.headers().count()
+            ),
+            (Some(&b"t"[..]), 0, 0, &b""[..], 0)
         );
         // not an envelope, or cut short
         assert_eq!(Envelope::open(b"{\"datasetName\":\"x\"}"), None);
         assert_eq!(Envelope::open(&out[..10]), None);
+        assert_eq!(Envelope::open(&out[..7]), None);
         let mut cut = Vec::new();
-        Envelope::write(&mut cut, 1, 2, headers.iter().copied(), b"x");
+        Envelope::write(&mut cut, "t", 1, 2, headers.iter().copied(), b"x");
         assert_eq!(Envelope::open(&cut[..cut.len() - 12]), None);
+    }
+
+    #[test]
+    fn an_envelope_of_weir_0_1_0_has_no_topic() {
+        let mut out = Vec::new();
+        let headers: Vec<(&[u8], Option<&[u8]>)> = vec![(b"h", Some(b"v"))];
+        Envelope::write_as(&mut out, None, 3, 41, headers.iter().copied(), b"{}");
+        assert!(out.starts_with(b"weir\x01"));
+        let e = Envelope::open(&out).expect("an envelope");
+        assert_eq!(
+            (e.topic, e.partition, e.offset, e.payload),
+            (None, 3, 41, &b"{}"[..])
+        );
+        assert_eq!(
+            e.headers().collect::<Vec<_>>(),
+            vec![("h", Some(&b"v"[..]))]
+        );
     }
 
     #[test]

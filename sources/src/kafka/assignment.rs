@@ -154,10 +154,12 @@ impl KafkaReader {
                         s.assigned = true;
                         s.read_elsewhere = false;
                         s.end_at = end_at;
+                        s.warned_foreign = false;
                         for (u, lane) in s.lanes.iter_mut().enumerate() {
                             lane.last_message = Instant::now();
                             if let Some(e) = &expected {
                                 lane.expect = e.get(u).copied();
+                                lane.legacy = lane.expect.is_some_and(|o| o > 0);
                             }
                             ctx.progress.track(lane.info.id);
                             ctx.progress.restart(lane.info.id, lane.seq);

@@ -103,9 +103,9 @@ pub struct KafkaSourceConfig {
     pub upstream: Option<Upstream>,
 }
 
-/// The topic a repartition topic was written from: its messages carry the upstream partition
-/// and offset they were read at ([`crate::repartition::UPSTREAM_PARTITION`] and
-/// [`crate::repartition::UPSTREAM_OFFSET`] headers). The reader then keeps the upstream
+/// The topic a repartition topic was written from: its messages carry the upstream topic,
+/// partition and offset they were read at (a [`crate::repartition::Envelope`]); a message of
+/// another upstream topic is skipped. The reader then keeps the upstream
 /// partitions apart, as lanes: each lane has its own watermark (the upstream partition's
 /// order, as if it was read directly), and a message at an upstream offset a lane already
 /// passed (a repeat of the at-least-once repartition stage) is dropped. Lanes appear in

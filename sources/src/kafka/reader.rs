@@ -24,6 +24,8 @@ pub(super) struct PartitionState {
     pub(super) read_elsewhere: bool,
     /// Where to store the offset after the last message read (progress reports).
     pub(super) read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// A skipped message of a repartition topic was logged since the partition's assignment.
+    pub(super) warned_foreign: bool,
 }
 
 /// A chunk stream of a partition: the partition, or one upstream partition's messages in it.
@@ -35,6 +37,9 @@ pub(super) struct Lane {
     /// In a repartition topic: the upstream offset expected next; a message below it
     /// repeats one already read.
     pub(super) expect: Option<u64>,
+    /// In a repartition topic: the lane continues a checkpoint that had read some of its
+    /// messages, so it also takes envelopes of weir 0.1.0 (see [`place_message`]).
+    pub(super) legacy: bool,
 }
 
 impl Lane {
@@ -45,6 +50,7 @@ impl Lane {
             buffer: MessageBuffer::default(),
             last_message: Instant::now(),
             expect: None,
+            legacy: false,
         }
     }
 }
@@ -145,6 +151,7 @@ impl KafkaReader {
                         .read_offsets
                         .as_ref()
                         .and_then(|r| r.0.get(&(topic.to_string(), p as i32)).cloned()),
+                    warned_foreign: false,
                 });
             }
         }
@@ -235,11 +242,13 @@ impl KafkaReader {
         for lane in s.lanes.iter_mut() {
             lane.buffer = MessageBuffer::default();
             lane.expect = None;
+            lane.legacy = false;
         }
         s.read_next = None;
         s.next_offset = None;
         s.end_at = None;
         s.ended = false;
+        s.warned_foreign = false;
     }
 
     /// In a pool: whether the run served last ended with a hand-over (a rebalance).
@@ -559,19 +568,42 @@ pub(super) fn place_message<M: Message>(
         return Some(offset);
     }
     let payload = m.payload().unwrap_or_default();
-    let Some(envelope) =
-        crate::repartition::Envelope::open(payload).filter(|e| e.partition < s.lanes.len())
-    else {
+    let upstream = config.upstream.as_ref().map_or("", |u| u.topic.as_str());
+    let envelope =
+        crate::repartition::Envelope::open(payload).filter(|e| e.partition < s.lanes.len());
+    let why = match &envelope {
+        None => Some("it was not written by weir (no upstream partition and offset)"),
+        Some(e) => match e.topic {
+            Some(t) if t != upstream.as_bytes() => Some(
+                "it was written for another upstream topic (a previous use of this internal topic)",
+            ),
+            // weir 0.1.0 wrote no topic: its messages continue a lane a checkpoint had read
+            // (a pool upgraded while running), but a lane read from the beginning would take
+            // another topic's for this one's
+            None if !s.lanes[e.partition].legacy => Some(
+                "it was written by weir 0.1.0, which did not record the upstream topic, and its \
+                 lane has no checkpointed position to continue",
+            ),
+            _ => None,
+        },
+    };
+    let (Some(envelope), None) = (envelope, why) else {
         if let Some(src) = stats {
             RunStats::add(&src.repartition_foreign, 1);
         }
-        tracing::error!(
-            source = %name,
-            topic = %s.topic,
-            partition = s.number,
-            offset,
-            "kafka: a message in a repartition topic was not written by weir (no upstream partition and offset); skipped"
-        );
+        if !s.warned_foreign {
+            s.warned_foreign = true;
+            tracing::warn!(
+                source = %name,
+                topic = %s.topic,
+                partition = s.number,
+                offset,
+                upstream,
+                reason = why.unwrap_or_default(),
+                "kafka: skipping messages of the repartition topic that are not this source's \
+                 (counted in weir_repartition_foreign_total; logged once per assignment)"
+            );
+        }
         return Some(offset);
     };
     let lane = &mut s.lanes[envelope.partition];

@@ -150,6 +150,9 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
 /// A repartition topic: its partitions are read as one lane per upstream partition, each
 /// in upstream order with upstream offsets; a repeat (an upstream offset its lane passed)
 /// is dropped; every lane's chunk records where the partition and the lane continue.
+/// Messages a previous use of the internal topic left (another upstream topic's, or weir
+/// 0.1.0's without a topic, read by a partition without a checkpoint) are skipped: their
+/// offsets would otherwise be taken for this topic's.
 #[test]
 fn a_repartition_topic_is_read_in_lanes_without_repeats() {
     use crate::repartition::Envelope;
@@ -161,12 +164,30 @@ fn a_repartition_topic_is_read_in_lanes_without_repeats() {
     // stage that restarted from an older commit) and continues with 4
     let mut sent = vec![(0u32, 0u64), (1, 0), (0, 1), (1, 1), (1, 2), (0, 2), (1, 3)];
     sent.extend([(1, 1), (1, 2), (1, 3), (1, 4)]);
+    // first, what an earlier pool of the same pipeline wrote for another topic, and weir
+    // 0.1.0 for some topic
+    let foreign = [
+        (Some("elsewhere"), 0u32, 7u64),
+        (Some("elsewhere"), 1, 9),
+        (None, 0, 8),
+    ];
     let mut value = Vec::new();
-    for &(u, o) in &sent {
+    let all = foreign
+        .iter()
+        .copied()
+        .chain(sent.iter().map(|&(u, o)| (Some("upstream"), u, o)));
+    for (topic, u, o) in all {
         value.clear();
         let headers = [(&b"traceparent"[..], Some(&b"t"[..]))];
         let payload = format!("{{\"u\":{u},\"o\":{o}}}");
-        Envelope::write(&mut value, u, o, headers.into_iter(), payload.as_bytes());
+        Envelope::write_as(
+            &mut value,
+            topic,
+            u,
+            o,
+            headers.into_iter(),
+            payload.as_bytes(),
+        );
         producer
             .send("internal", Some(b"k"), Some(&value), &[])
             .unwrap();
@@ -214,8 +235,9 @@ fn a_repartition_topic_is_read_in_lanes_without_repeats() {
     assert_eq!(read[0], vec![0, 1, 2]);
     assert_eq!(read[1], vec![0, 1, 2, 3, 4]);
     assert_eq!(RunStats::get(&stats.sources[0].repartition_repeats), 3);
+    assert_eq!(RunStats::get(&stats.sources[0].repartition_foreign), 3);
     // both lanes continue after the topic's last message; each at its next upstream offset
-    let end = sent.len() as u64;
+    let end = (foreign.len() + sent.len()) as u64;
     assert_eq!(
         last_resume,
         [
@@ -451,4 +473,62 @@ fn a_silent_partition_idles_unless_paused_or_behind() {
     );
     wait_past_timeout(&mut reader);
     assert!(idle(0) && idle(1));
+}
+
+/// Envelopes of weir 0.1.0 carry no upstream topic: a lane continuing a checkpoint that had
+/// read some of its messages takes them (a pool upgraded while running), a lane read from the
+/// beginning skips them (another topic's, left by an earlier pool of the same pipeline).
+/// Another topic's envelopes are skipped by every lane.
+#[test]
+fn envelopes_without_a_topic_are_read_only_by_lanes_continuing_a_checkpoint() {
+    use crate::repartition::Envelope;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+    let config = KafkaSourceConfig {
+        upstream: Some(Upstream {
+            topic: "upstream".into(),
+            partitions: 2,
+        }),
+        ..reading_to_the_end("127.0.0.1:1", "internal")
+    };
+    let partitions = KafkaPartitions { counts: vec![1] };
+    let mut reader = KafkaReader::new(0, "s", 0, config.clone(), &partitions);
+    let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
+    let ctx = context(2, stats.clone());
+    let s = &mut reader.partitions[0];
+    s.assigned = true;
+    // lane 0 continues a checkpoint at upstream offset 5; lane 1 has read nothing
+    s.lanes[0].expect = Some(5);
+    s.lanes[0].legacy = true;
+    s.lanes[1].expect = Some(0);
+    let mut offset = 0;
+    let mut place = |s: &mut PartitionState, topic: Option<&str>, u: u32, o: u64| {
+        let mut value = Vec::new();
+        Envelope::write_as(&mut value, topic, u, o, std::iter::empty(), b"{}");
+        let m = OwnedMessage::new(
+            Some(value),
+            None,
+            "internal".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        );
+        offset += 1;
+        place_message(s, &m, (&config, "s"), Some(&stats.sources[0]), &ctx)
+    };
+    for (topic, u, o) in [
+        (None, 0, 5),
+        (None, 1, 3),
+        (Some("elsewhere"), 0, 9),
+        (Some("elsewhere"), 1, 9),
+        (Some("upstream"), 1, 0),
+        (None, 0, 6),
+    ] {
+        assert!(place(s, topic, u, o).is_some());
+    }
+    let read = |l: &Lane| l.buffer.messages.offsets.clone();
+    assert_eq!(read(&s.lanes[0]), vec![5, 6]);
+    assert_eq!(read(&s.lanes[1]), vec![0]);
+    assert_eq!(RunStats::get(&stats.sources[0].repartition_foreign), 3);
+    assert_eq!(s.read_next, Some(6), "skipped messages are passed");
 }
