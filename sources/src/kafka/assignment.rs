@@ -424,19 +424,6 @@ impl KafkaReader {
             };
             return (pending, "no partition assigned to this worker");
         }
-        if !self.joined {
-            // a worker that joins (again, after losing partitions to fencing) may be given
-            // partitions whose state holds windows not flushed yet: it ends only once the
-            // group told it which ones it owns
-            return (
-                self.partitions
-                    .iter()
-                    .filter(|s| !s.ended)
-                    .map(key)
-                    .collect(),
-                "the group has not assigned this worker its partitions yet",
-            );
-        }
         // in a pool, another worker read a partition to its end once the group's committed
         // offset (committed after its checkpoint) reached it
         let unread = |s: &PartitionState| {
@@ -470,12 +457,23 @@ impl KafkaReader {
                 };
             }
         }
+        let pending = self
+            .partitions
+            .iter()
+            .filter(|s| unread(s))
+            .map(key)
+            .collect();
+        if !self.joined {
+            // a worker that joins (again, after losing partitions to fencing) may be given
+            // partitions whose state holds windows not flushed yet: it ends only once the
+            // group told it which ones it owns, or once every partition is finished
+            return (
+                pending,
+                "the group has not assigned this worker its partitions yet",
+            );
+        }
         (
-            self.partitions
-                .iter()
-                .filter(|s| unread(s))
-                .map(key)
-                .collect(),
+            pending,
             "not assigned to this worker, and not finished: the group's committed offset is \
              below that end, or the windows of its end are not flushed yet",
         )
