@@ -268,6 +268,7 @@ impl KafkaReader {
     /// background). Also done when the reader is dropped.
     pub fn close(&mut self) {
         if let Some(consumer) = self.consumer.take() {
+            consumer.context().closing.store(true, Ordering::SeqCst);
             close_consumer(consumer, &self.name, CLOSE_TIMEOUT);
         }
     }
@@ -318,6 +319,7 @@ impl KafkaReader {
             in_backpressure: AtomicBool::new(false),
             failed: Mutex::new(None),
             cooperative: false,
+            closing: AtomicBool::new(false),
         };
         let cfg = group_consumer_config(
             &self.config,
