@@ -16,6 +16,7 @@ pub mod events;
 pub mod job;
 pub mod live;
 pub mod pool;
+mod pool_finished;
 pub mod pool_members;
 pub mod progress;
 pub mod retry;

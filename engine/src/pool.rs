@@ -226,7 +226,7 @@ impl PoolStore {
         self.own.clone()
     }
 
-    fn store_of(&self, worker: &str) -> Result<Arc<CheckpointStore>, EngineError> {
+    pub(crate) fn store_of(&self, worker: &str) -> Result<Arc<CheckpointStore>, EngineError> {
         if worker == self.worker {
             return Ok(self.own.clone());
         }
@@ -262,6 +262,17 @@ impl PoolStore {
             .collect();
         gens.sort_unstable();
         Ok(gens)
+    }
+
+    /// The worker and generation of `partition`'s newest claim (`None`: never claimed).
+    pub(crate) fn newest_claim(
+        &self,
+        partition: &str,
+    ) -> Result<Option<(String, u64)>, EngineError> {
+        let Some(g) = self.generations(partition)?.last().copied() else {
+            return Ok(None);
+        };
+        Ok(Some((self.read_claim(partition, g)?.worker, g)))
     }
 
     fn read_claim(&self, partition: &str, generation: u64) -> Result<Claim, EngineError> {

@@ -61,6 +61,11 @@ pub(crate) trait PooledReader: PartitionReader {
     fn start_job(&mut self, _resume: &dyn Fn(&str) -> Option<u64>) {}
     /// Whether the job served last ended with a hand-over (a change of partitions).
     fn handed_over(&self) -> bool;
+    /// Whether the job served last ended only to flush its partitions' last windows, the
+    /// worker waiting for other partitions after it (reading until caught up).
+    fn flushed_to_wait(&self) -> bool {
+        false
+    }
     /// Stops reading and leaves the group.
     fn close(&mut self);
 }
@@ -68,6 +73,9 @@ pub(crate) trait PooledReader: PartitionReader {
 impl PooledReader for KafkaReader {
     fn handed_over(&self) -> bool {
         KafkaReader::handed_over(self)
+    }
+    fn flushed_to_wait(&self) -> bool {
+        KafkaReader::flushed_to_wait(self)
     }
     fn close(&mut self) {
         KafkaReader::close(self)
@@ -623,7 +631,13 @@ fn pooled_sources(
         let released_owned = owned.clone();
         let released_pool = pool.clone();
         let released_name = s.name.clone();
+        let (finished_pool, finished_name) = (pool.clone(), s.name.clone());
         cfg.pool = Some(PoolHook {
+            finished: Arc::new(move |topic: &str, p: i32| {
+                finished_pool
+                    .partition_finished(&format!("{finished_name}/{topic}/{p}"))
+                    .map_err(|e| e.to_string())
+            }),
             claim: Arc::new(move |partitions: &[(String, i32)]| {
                 let mut offsets = Vec::with_capacity(partitions.len());
                 for (topic, p) in partitions {
@@ -806,14 +820,20 @@ fn run_jobs(
         if let Some(c) = &s.last_checkpoint {
             pool.mark_committed(c.epoch)?;
         }
-        let handed_over = sources
-            .iter()
-            .map(|s| s.lock().map(|r| r.handed_over()))
-            .collect::<Result<Vec<bool>, _>>()?
-            .into_iter()
-            .any(|h| h);
+        let (mut handed_over, mut flushed_to_wait) = (false, false);
+        for src in sources {
+            let r = src.lock()?;
+            handed_over |= r.handed_over();
+            flushed_to_wait |= r.flushed_to_wait();
+        }
+        let stopped = opts.stop.is_stopped();
+        if opts.until_caught_up && !handed_over && !stopped {
+            // the job ended with its input: its final checkpoint flushed the last windows
+            // of the partitions it owned, and is committed
+            pool.mark_finished(&owned_now)?;
+        }
         *summary = Some(s);
-        if !handed_over || opts.stop.is_stopped() {
+        if (!handed_over && !flushed_to_wait) || stopped {
             return Ok(());
         }
     }

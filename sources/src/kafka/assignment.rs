@@ -339,6 +339,18 @@ impl KafkaReader {
                 Ok(true)
             }
             Ok(Wait::Waiting(reason)) => {
+                if self.flush_before_waiting() {
+                    // ends this job with a final flush of its partitions; the worker then
+                    // waits in a new job, its partitions finished
+                    tracing::info!(
+                        source = %self.name,
+                        partitions = %pending.join(", "),
+                        "kafka: every partition assigned to this worker is read to its end; \
+                         flushing their last windows before waiting for the others"
+                    );
+                    self.flushed_to_wait = true;
+                    return Ok(true);
+                }
                 self.set_waiting(ctx, reason);
                 self.rejoin_if_stuck(&pending)?;
                 Ok(false)
@@ -348,6 +360,36 @@ impl KafkaReader {
                 message: e.to_string(),
             }),
         }
+    }
+
+    /// In a pool, reading until caught up: whether this worker, having read every partition
+    /// it is assigned to its end while others are not finished, must first flush the last
+    /// windows of its own partitions (a final checkpoint, recorded as finished). Workers
+    /// that waited for each other's partitions to be flushed would wait forever; and one
+    /// that ended without waiting could leave the windows of a partition whose owner was
+    /// killed (or that was between two owners) unflushed for good.
+    fn flush_before_waiting(&mut self) -> bool {
+        let Some(pool) = &self.config.pool else {
+            return false;
+        };
+        if self.config.upstream.is_some()
+            || !self.joined
+            || self
+                .own_checked
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.own_checked = Some(Instant::now());
+        self.partitions.iter().filter(|s| s.assigned).any(|s| {
+            match (pool.finished)(&s.topic, s.number) {
+                Ok(finished) => !finished,
+                Err(e) => {
+                    tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
+                    false
+                }
+            }
+        })
     }
 
     /// The partitions of the topics this process waits for (not read to their end and not
@@ -384,19 +426,6 @@ impl KafkaReader {
             };
             return (pending, "no partition assigned to this worker");
         }
-        if !self.joined {
-            // a worker that joins (again, after losing partitions to fencing) may be given
-            // partitions whose state holds windows not flushed yet: it ends only once the
-            // group told it which ones it owns
-            return (
-                self.partitions
-                    .iter()
-                    .filter(|s| !s.ended)
-                    .map(key)
-                    .collect(),
-                "the group has not assigned this worker its partitions yet",
-            );
-        }
         // in a pool, another worker read a partition to its end once the group's committed
         // offset (committed after its checkpoint) reached it
         let unread = |s: &PartitionState| {
@@ -408,20 +437,47 @@ impl KafkaReader {
         {
             self.checked_elsewhere = Some(Instant::now());
             let committed = self.committed_offsets(unread);
+            let finished = self.config.pool.as_ref().map(|p| p.finished.clone());
             for s in self.partitions.iter_mut() {
                 let key = (s.topic.to_string(), s.number);
-                if let (Some(&c), Some(t)) = (committed.get(&key), s.target) {
-                    s.read_elsewhere |= c >= t;
+                let (Some(&c), Some(t)) = (committed.get(&key), s.target) else {
+                    continue;
+                };
+                if c < t {
+                    continue;
                 }
+                // read to its end by another worker; its last windows are flushed only by
+                // the final checkpoint of the worker owning it (not yet, if that worker
+                // was killed waiting, or it is between two owners)
+                s.read_elsewhere = match finished.as_ref().map(|f| f(&s.topic, s.number)) {
+                    None | Some(Ok(true)) => true,
+                    Some(Ok(false)) => false,
+                    Some(Err(e)) => {
+                        tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
+                        false
+                    }
+                };
             }
         }
+        let pending = self
+            .partitions
+            .iter()
+            .filter(|s| unread(s))
+            .map(key)
+            .collect();
+        if !self.joined {
+            // a worker that joins (again, after losing partitions to fencing) may be given
+            // partitions whose state holds windows not flushed yet: it ends only once the
+            // group told it which ones it owns, or once every partition is finished
+            return (
+                pending,
+                "the group has not assigned this worker its partitions yet",
+            );
+        }
         (
-            self.partitions
-                .iter()
-                .filter(|s| unread(s))
-                .map(key)
-                .collect(),
-            "not assigned to this worker, and the group's committed offset is below that end",
+            pending,
+            "not assigned to this worker, and not finished: the group's committed offset is \
+             below that end, or the windows of its end are not flushed yet",
         )
     }
 

@@ -60,6 +60,9 @@ pub(super) struct GroupContext {
     /// message handed over): a partition assigned again (after a lost session) continues
     /// there, not at the group's older committed offset (which would count events twice).
     pub(super) positions: Mutex<HashMap<(String, i32), u64>>,
+    /// The consumer is leaving its group: partitions assigned now are not claimed (a
+    /// worker that ends must not become the newest owner of partitions it never flushes).
+    pub(super) closing: AtomicBool,
 }
 
 impl GroupContext {
@@ -311,7 +314,8 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // in a pool, an empty assignment (a cooperative rebalance that moved other
                 // partitions) changes nothing
-                if let Some(pool) = self.pool.as_ref().filter(|_| tpl.count() > 0) {
+                let closing = self.closing.load(Ordering::SeqCst);
+                if let Some(pool) = self.pool.as_ref().filter(|_| tpl.count() > 0 && !closing) {
                     // the run ends first: the next one restores the new partitions' state
                     self.end_run();
                     let fresh = self.claim(pool, tpl);

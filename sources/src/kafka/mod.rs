@@ -134,6 +134,10 @@ pub struct ClaimedStart {
 /// committed (see [`PoolHook::released`]).
 pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
 
+/// Whether a `(topic, partition)` another worker read to its end is finished: its last
+/// windows flushed by a committed final checkpoint (see `weir_engine::pool`).
+pub type PartitionFinished = Arc<dyn Fn(&str, i32) -> Result<bool, String> + Send + Sync>;
+
 /// How a Kafka source takes part in a worker pool (see `weir_engine::pool`): the reader
 /// outlives the runs of the worker, each of which owns the partitions assigned when it
 /// started; an assignment or a revocation ends the run with a hand-over checkpoint first.
@@ -145,6 +149,10 @@ pub struct PoolHook {
     /// Called with revoked `(topic, partition)`s once their hand-over checkpoint is committed
     /// (`true`), or once they are given up without it (`false`: a timeout, backpressure).
     pub released: ReleasePartitions,
+    /// With `until_caught_up`: a partition not assigned to this worker counts as read
+    /// elsewhere once the group's committed offset reached its end *and* this says it is
+    /// finished (its state may still hold windows that only a final flush emits).
+    pub finished: PartitionFinished,
     /// The longest wait for a hand-over checkpoint before partitions are given up anyway
     /// (fencing then keeps the slow run from committing for them).
     pub handover_timeout: Duration,

@@ -80,6 +80,11 @@ pub struct KafkaReader {
     pub(super) group_moved: Instant,
     /// The group assigned this reader partitions (maybe none) at least once.
     pub(super) joined: bool,
+    /// In a pool: the run served last ended to flush its partitions' last windows before
+    /// waiting for the other partitions (see `flush_before_waiting`).
+    pub(super) flushed_to_wait: bool,
+    /// When this worker last checked whether its own partitions are finished.
+    pub(super) own_checked: Option<Instant>,
     /// (topic, partition) → offset to continue from, from a checkpoint.
     pub(super) resume: HashMap<(String, i32), u64>,
     /// In a pool: the hand-over flag of the run served now (a new one means a new run).
@@ -172,6 +177,8 @@ impl KafkaReader {
             checked_elsewhere: None,
             group_moved: Instant::now(),
             joined: false,
+            flushed_to_wait: false,
+            own_checked: None,
             resume: HashMap::new(),
             run: None,
         }
@@ -189,6 +196,8 @@ impl KafkaReader {
             return;
         }
         self.run = Some(ctx.handover.clone());
+        self.flushed_to_wait = false;
+        self.own_checked = None;
         if let Some(consumer) = &self.consumer {
             if let Ok(mut run) = consumer.context().run.lock() {
                 *run = ctx.clone();
@@ -251,6 +260,12 @@ impl KafkaReader {
         s.warned_foreign = false;
     }
 
+    /// In a pool, reading until caught up: whether the run served last ended only to flush
+    /// the last windows of its partitions; the worker then waits for the others in a new run.
+    pub fn flushed_to_wait(&self) -> bool {
+        self.flushed_to_wait
+    }
+
     /// In a pool: whether the run served last ended with a hand-over (a rebalance).
     pub fn handed_over(&self) -> bool {
         self.run.as_ref().is_some_and(|r| r.load(Ordering::SeqCst))
@@ -262,6 +277,7 @@ impl KafkaReader {
     /// background). Also done when the reader is dropped.
     pub fn close(&mut self) {
         if let Some(consumer) = self.consumer.take() {
+            consumer.context().closing.store(true, Ordering::SeqCst);
             close_consumer(consumer, &self.name, CLOSE_TIMEOUT);
         }
     }
@@ -312,6 +328,7 @@ impl KafkaReader {
             in_backpressure: AtomicBool::new(false),
             failed: Mutex::new(None),
             cooperative: false,
+            closing: AtomicBool::new(false),
         };
         let cfg = group_consumer_config(
             &self.config,

@@ -113,6 +113,7 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
     let hook = PoolHook {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+        finished: Arc::new(|_: &str, _: i32| Ok(true)),
         handover_timeout: Duration::from_secs(60),
     };
     let config = KafkaSourceConfig {
@@ -531,4 +532,84 @@ fn envelopes_without_a_topic_are_read_only_by_lanes_continuing_a_checkpoint() {
     assert_eq!(read(&s.lanes[1]), vec![0]);
     assert_eq!(RunStats::get(&stats.sources[0].repartition_foreign), 3);
     assert_eq!(s.read_next, Some(6), "skipped messages are passed");
+}
+
+/// In a worker pool reading until caught up, a partition another worker read to its end
+/// (the group's committed offset at its end) may still hold, in its owner's state, the last
+/// windows that only a final flush emits (its owner was killed while waiting, or it is
+/// between two owners): a worker does not end until that partition is finished. A worker
+/// whose own partitions are not finished first ends its run to flush them, then waits.
+#[test]
+fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("pooled", 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, "pooled", 200);
+    // the other worker read both partitions to their end and committed the offsets
+    let committer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "g")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut ends = TopicPartitionList::new();
+    for p in 0..2 {
+        let (_, high) = committer
+            .fetch_watermarks("pooled", p, Duration::from_secs(10))
+            .unwrap();
+        assert!(high > 0);
+        ends.add_partition_offset("pooled", p, Offset::Offset(high))
+            .unwrap();
+    }
+    committer.commit(&ends, CommitMode::Sync).unwrap();
+    // partition 0 is this worker's; whether each one is finished
+    let finished = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+    let f = finished.clone();
+    let hook = PoolHook {
+        claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
+        released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+        finished: Arc::new(move |_: &str, p: i32| Ok(f[p as usize].load(Ordering::SeqCst))),
+        handover_timeout: Duration::from_secs(60),
+    };
+    let config = KafkaSourceConfig {
+        pool: Some(hook),
+        ..reading_to_the_end(&brokers, "pooled")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = context(
+        2,
+        Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
+    );
+    reader.connect(&ctx).unwrap();
+    reader.read_targets(&ctx).unwrap();
+    // the group assigned partition 0 to this worker, which read it to its end
+    reader.joined = true;
+    reader.partitions[0].assigned = true;
+    reader.partitions[0].ended = true;
+    reader.partitions[1].assigned = false;
+    // its own partition not flushed yet: it ends its run to flush it
+    assert!(reader.caught_up(&ctx).unwrap());
+    assert!(reader.flushed_to_wait(), "ended without flushing first");
+    // flushed (a new run): partition 1 is read to its end, but not finished: it waits
+    finished[0].store(true, Ordering::SeqCst);
+    reader.flushed_to_wait = false;
+    reader.own_checked = None;
+    for _ in 0..3 {
+        assert!(
+            !reader.caught_up(&ctx).unwrap(),
+            "ended while the windows of partition 1 are not flushed"
+        );
+        assert!(!reader.flushed_to_wait());
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    // its owner flushed it: the reader ends
+    finished[1].store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    while !reader.caught_up(&ctx).unwrap() {
+        assert!(started.elapsed() < Duration::from_secs(10), "still waiting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!reader.flushed_to_wait());
+    reader.close();
 }
