@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::Subject;
-use futures_util::{FutureExt, StreamExt};
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::{Chunk, ChunkData, EngineError};
 
 use super::consumer::{connect, Connection, NatsSourceError};
+use super::fetch::Fetched;
 use super::NatsSourceConfig;
 use crate::kafka::MessageBuffer;
 
 /// A chunk is handed over once its oldest message waited this long (or it is full).
 const CHUNK_AGE: Duration = Duration::from_millis(100);
-/// How long one pull round waits for a first message.
+/// How long one round waits for a first batch of messages.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often the reader asks the server whether it read the stream to its end (caught up)
 /// while no message comes.
@@ -298,56 +298,48 @@ impl NatsReader {
         let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) else {
             return Ok(false);
         };
-        let max = crate::kafka::CHUNK_MESSAGES;
-        let mut got = Vec::new();
-        let mut failure = None;
-        rt.block_on(async {
-            match tokio::time::timeout(POLL_WAIT, conn.messages.next()).await {
-                Err(_) => return,
-                Ok(first) => match first {
-                    Some(Ok(m)) => got.push(m),
-                    other => {
-                        failure = Some(other);
-                        return;
-                    }
-                },
-            }
-            while got.len() < max {
-                match conn.messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => got.push(m),
-                    Some(other) => {
-                        failure = Some(other);
-                        break;
-                    }
-                    None => break,
+        // what the pulling task queued; else the first batch within POLL_WAIT
+        let fetcher = &mut conn.fetcher;
+        let first = match fetcher.try_next() {
+            Some(f) => f,
+            None => match rt.block_on(tokio::time::timeout(POLL_WAIT, fetcher.next())) {
+                Ok(f) => f,
+                Err(_) => return Ok(false),
+            },
+        };
+        let (mut batches, mut failure, mut n) = (Vec::new(), None, 0);
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            match f {
+                Fetched::Messages(m) => {
+                    n += m.len();
+                    batches.push(m);
+                }
+                other => {
+                    failure = Some(other);
+                    break;
                 }
             }
-        });
-        let any = !got.is_empty();
-        for m in got {
+            if n < crate::kafka::CHUNK_MESSAGES {
+                next = fetcher.try_next();
+            }
+        }
+        for m in batches.into_iter().flatten() {
             self.place(m, ctx);
         }
         if let Some(f) = failure {
             self.pull_failed(f)?;
         }
-        Ok(any)
+        Ok(n > 0)
     }
 
     /// A failure of the message stream: transient ones (a missed heartbeat while the server
     /// restarts) are logged and the client goes on; a consumer deleted or a stream that ended
     /// is set up again from the sequence read next; a refusal for good is an error.
-    fn pull_failed(
-        &mut self,
-        f: Option<
-            Result<
-                async_nats::jetstream::Message,
-                async_nats::jetstream::consumer::pull::MessagesError,
-            >,
-        >,
-    ) -> Result<(), EngineError> {
+    fn pull_failed(&mut self, f: Fetched) -> Result<(), EngineError> {
         let e = match f {
-            Some(Err(e)) => e,
-            _ => {
+            Fetched::Failed(e) => e,
+            Fetched::Messages(_) | Fetched::Ended => {
                 tracing::warn!(source = %self.name, "nats: the message stream ended; pulling again");
                 self.conn = None;
                 return Ok(());
