@@ -302,10 +302,13 @@ impl NatsReader {
         let fetcher = &mut conn.fetcher;
         let first = match fetcher.try_next() {
             Some(f) => f,
-            None => match rt.block_on(tokio::time::timeout(POLL_WAIT, fetcher.next())) {
-                Ok(f) => f,
-                Err(_) => return Ok(false),
-            },
+            // (the timer is made inside the runtime: it needs its reactor)
+            None => {
+                match rt.block_on(async { tokio::time::timeout(POLL_WAIT, fetcher.next()).await }) {
+                    Ok(f) => f,
+                    Err(_) => return Ok(false),
+                }
+            }
         };
         let (mut batches, mut failure, mut n) = (Vec::new(), None, 0);
         let mut next = Some(first);
