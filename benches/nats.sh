@@ -6,6 +6,11 @@
 # consumer each time).
 #   benches/nats.sh [EVENTS] [ROUNDS] [PROFILE]     (default: 1000000 3 release)
 #   FETCH_BATCH=N: weir's `fetch_batch` (default 1000, as the bare consumer's pulls)
+#   CHECKPOINT=DURATION: weir checkpoints at this interval (its acknowledgements then follow
+#     each checkpoint; without, the file sink makes rows durable only at the end, so weir
+#     acknowledges nothing before: the server's consumer then tracks every message read)
+#   ACK_EVERY=N: the bare consumer acknowledges every N messages (default 16384; a number
+#     above EVENTS holds every acknowledgement to the end, as weir without CHECKPOINT)
 # Prints messages per second of both, weir's ratio to the bare consumer (the bar is 0.8), and
 # events per CPU-second of each (user + system time of the process; the server's CPU apart).
 set -euo pipefail
@@ -60,9 +65,11 @@ sinks:
   out: { file: { path: $work/out.ndjson } }
 dead_letter: { file: { path: $work/dead.ndjson } }
 YAML
+  rm -rf "$work/state"
+  [[ -z "${CHECKPOINT:-}" ]] || echo "checkpoint: { dir: $work/state, interval: $CHECKPOINT }" >>"$work/p.yaml"
   RUST_LOG=warn /usr/bin/time -v -o "$work/weir.time" "$WEIR" run "$work/p.yaml" --until-caught-up --parallelism 2 >"$work/weir.out"
 }
-echo "profile: $PROFILE, $N events, $(nproc) cores"
+echo "profile: $PROFILE, $N events, $(nproc) cores, bare acks every ${ACK_EVERY:-16384}, weir checkpoint: ${CHECKPOINT:-none}"
 printf "%-6s %-14s %10s %14s %14s\n" round engine seconds messages/s events/cpu-s
 for r in $(seq 1 "$ROUNDS"); do
   t0=$(date +%s.%N)

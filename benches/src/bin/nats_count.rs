@@ -5,7 +5,8 @@
 //!
 //! Creates an ephemeral pull consumer from the stream's start with the same pull settings as
 //! weir's NATS source (batches of 1000, `AckPolicy::All`, one acknowledgement per 16,384
-//! messages as weir sends per chunk), touches every payload (sums its length) and stops after
+//! messages as weir sends per chunk when its outputs are durable at once; `ACK_EVERY=N` sets
+//! another interval), touches every payload (sums its length) and stops after
 //! EXPECTED messages. Prints `messages=N seconds=S per_second=R`.
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,12 @@ fn main() -> Result<(), async_nats::Error> {
         return Err("usage: nats_count URL STREAM EXPECTED".into());
     }
     let (url, stream, expected) = (&args[1], &args[2], args[3].parse::<u64>()?);
+    // ACK_EVERY=N: acknowledge every N messages instead (a large N keeps them unacknowledged,
+    // as weir does until its outputs are durable)
+    let ack_every = match std::env::var("ACK_EVERY") {
+        Ok(v) => v.parse::<u64>()?.max(1),
+        Err(_) => 16_384,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -49,7 +56,7 @@ fn main() -> Result<(), async_nats::Error> {
             let m = m?;
             bytes += m.payload.len();
             n += 1;
-            if n % 16_384 == 0 || n == expected {
+            if n % ack_every == 0 || n == expected {
                 m.ack().await?;
             }
             if n >= expected {

@@ -8,6 +8,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream::Stream};
 use weir_nats::NatsError;
 
+use super::fetch::Fetcher;
 use super::{NatsSourceConfig, NatsStartFrom};
 
 /// A NATS source failure, by kind, with its cause.
@@ -62,11 +63,11 @@ impl NatsSourceError {
     }
 }
 
-/// A connected source: the client, the stream and the consumer's message stream.
+/// A connected source: the client, the consumer and the task pulling its messages.
 pub(super) struct Connection {
     pub(super) client: async_nats::Client,
     pub(super) consumer: PullConsumer,
-    pub(super) messages: PullStream,
+    pub(super) fetcher: Fetcher,
 }
 
 fn boxed(
@@ -193,7 +194,7 @@ async fn stream_and_last(
     Ok((stream, last))
 }
 
-/// Connects, reads the stream's last sequence, and puts the durable consumer where the reader
+/// Connects (on the reader's runtime: the pulling task runs there), reads the stream's last sequence, and puts the durable consumer where the reader
 /// continues: `resume` (a checkpoint's sequence) if given; else an existing consumer's
 /// acknowledgement floor; else `start_from`. Returns the connection, the stream's last
 /// sequence and the sequence the consumer delivers next (at least).
@@ -267,7 +268,7 @@ pub(super) async fn connect(
         Connection {
             client,
             consumer,
-            messages,
+            fetcher: Fetcher::spawn(messages),
         },
         last,
         delivered + 1,

@@ -14,9 +14,11 @@
 //!   (then the checkpoint is what a restart trusts, and acknowledgements only free the
 //!   consumer's `max_ack_pending`). Acknowledging the last message of a chunk acknowledges
 //!   every earlier one, so the reader keeps one reply subject per chunk.
-//! * Backpressure. The reader pulls only when the workers take chunks; the client's pull
-//!   requests ask for at most `fetch_batch` messages, and the server stops delivering at
-//!   `max_ack_pending` unacknowledged messages.
+//! * Pulling and backpressure. A task on the reader's runtime keeps the client's pull requests
+//!   (of `fetch_batch` messages) outstanding and queues what arrives, a bounded queue of
+//!   batches ([`fetch`]): the workers never wait for a pull's round trip. A full queue stops
+//!   the pulling; the server also stops delivering at `max_ack_pending` unacknowledged
+//!   messages.
 //! * Watermarks. One partition per stream: the watermark is the largest event time read minus
 //!   `max_out_of_orderness`, across every subject of the stream.
 //! * Subject partitions ([`NatsPartitions`]): a stream whose subjects carry a partition
@@ -27,6 +29,7 @@
 //!   message at a sequence the reader already passed is dropped.
 
 mod consumer;
+mod fetch;
 mod partitions;
 pub mod pool;
 mod reader;

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::Subject;
-use futures_util::{FutureExt, StreamExt};
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::{Chunk, ChunkData, EngineError};
 
 use super::consumer::{connect, Connection, NatsSourceError};
+use super::fetch::Fetched;
 use super::NatsSourceConfig;
 use crate::kafka::MessageBuffer;
 
@@ -364,56 +364,49 @@ impl NatsReader {
         let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) else {
             return Ok(false);
         };
-        let max = crate::kafka::CHUNK_MESSAGES;
-        let mut got = Vec::new();
-        let mut failure = None;
-        rt.block_on(async {
-            match tokio::time::timeout(wait, conn.messages.next()).await {
-                Err(_) => return,
-                Ok(first) => match first {
-                    Some(Ok(m)) => got.push(m),
-                    other => {
-                        failure = Some(other);
-                        return;
-                    }
-                },
-            }
-            while got.len() < max {
-                match conn.messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => got.push(m),
-                    Some(other) => {
-                        failure = Some(other);
-                        break;
-                    }
-                    None => break,
+        // what the pulling task queued; else the first batch within `wait`
+        let fetcher = &mut conn.fetcher;
+        let first = match fetcher.try_next() {
+            Some(f) => f,
+            // (the timer is made inside the runtime: it needs its reactor)
+            None => match rt.block_on(async { tokio::time::timeout(wait, fetcher.next()).await }) {
+                Ok(f) => f,
+                Err(_) => return Ok(false),
+            },
+        };
+        let (mut batches, mut failure, mut n) = (Vec::new(), None, 0);
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            match f {
+                Fetched::Messages(m) => {
+                    n += m.len();
+                    batches.push(m);
+                }
+                other => {
+                    failure = Some(other);
+                    break;
                 }
             }
-        });
-        let any = !got.is_empty();
-        for m in got {
+            if n < crate::kafka::CHUNK_MESSAGES {
+                next = fetcher.try_next();
+            }
+        }
+        for m in batches.into_iter().flatten() {
             self.place(m, ctx);
         }
         if let Some(f) = failure {
             self.pull_failed(f)?;
         }
-        Ok(any)
+        Ok(n > 0)
     }
 
     /// A failure of the message stream: transient ones (a missed heartbeat while the server
     /// restarts) are logged and the client goes on; a consumer deleted or a stream that ended
     /// is set up again from the sequence read next; a refusal for good is an error.
-    fn pull_failed(
-        &mut self,
-        f: Option<
-            Result<
-                async_nats::jetstream::Message,
-                async_nats::jetstream::consumer::pull::MessagesError,
-            >,
-        >,
-    ) -> Result<(), EngineError> {
+    fn pull_failed(&mut self, f: Fetched) -> Result<(), EngineError> {
         let e = match f {
-            Some(Err(e)) => e,
-            _ => {
+            Fetched::Failed(e) => e,
+            Fetched::Messages(_) | Fetched::Ended => {
                 tracing::warn!(source = %self.name, "nats: the message stream ended; pulling again");
                 self.conn = None;
                 return Ok(());
