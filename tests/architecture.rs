@@ -50,29 +50,6 @@ const KIND_SPECIFIC: &[&str] = &[
 const ALLOWED: &[(&str, &str, &str)] = &[
     // the YAML model names every kind's block: it is the file format
     ("model.rs", "", "the YAML model"),
-    // a worker pool's partition assignment is the Kafka consumer group's (the pool asks the
-    // Kafka connector for its settings and shares Kafka readers between its jobs) or, for a
-    // NATS stream's subject partitions, the pool's own (docs/src/connectors/nats.md)
-    (
-        "pool.rs",
-        "connectors::kafka::",
-        "pool partitions from the Kafka group",
-    ),
-    (
-        "pool.rs",
-        "KafkaReader",
-        "pool partitions from the Kafka group",
-    ),
-    (
-        "pool.rs",
-        "connectors::nats::pool::",
-        "a NATS stream's partitions assigned by the pool",
-    ),
-    (
-        "pool.rs",
-        "connectors::file::tagged_path",
-        "a worker's file names",
-    ),
     (
         "lib.rs",
         "connectors::iceberg::compact",

@@ -250,6 +250,10 @@ fn main() -> ExitCode {
         }
     };
     let telemetry = telemetry::Telemetry::new(cli.log_format);
+    if let Err(e) = configure_io() {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     match dispatch(cli.command, &telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -260,6 +264,23 @@ fn main() -> ExitCode {
             eprintln!("error: {}", weir_pipelines::secrets::redact(&msg));
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// Sizes the process's I/O runtime from `WEIR_IO_THREADS` (see docs/src/environment.md).
+fn configure_io() -> Result<(), String> {
+    let Ok(v) = std::env::var("WEIR_IO_THREADS") else {
+        return Ok(());
+    };
+    match v.trim().parse::<usize>() {
+        Ok(n @ 1..=256) => {
+            weir_engine::io::configure(n);
+            Ok(())
+        }
+        _ => Err(format!(
+            "WEIR_IO_THREADS={v}: expected a number of threads from 1 to 256 (default {})",
+            weir_engine::io::DEFAULT_THREADS
+        )),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod dead_letter;
 pub mod error;
 pub mod events;
+pub mod io;
 pub mod job;
 pub mod live;
 pub mod pool;

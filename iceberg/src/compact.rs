@@ -214,13 +214,9 @@ pub fn compact(
     config: &IcebergSinkConfig,
     options: &CompactOptions,
 ) -> Result<CompactReport, IcebergError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| IcebergError::Write(e.to_string()))?;
+    let runtime = weir_engine::io::runtime().map_err(|e| IcebergError::Write(e.to_string()))?;
     runtime.block_on(async {
-        let lake = config.open_lake(&runtime).await?;
+        let lake = config.open_lake(runtime).await?;
         let mut attempts = 0;
         loop {
             let now_ms = std::time::SystemTime::now()

@@ -272,14 +272,9 @@ pub fn roll_forward(
         return Ok(0);
     }
     let ident = config.ident()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("iceberg-roll-forward")
-        .enable_all()
-        .build()
-        .map_err(wr)?;
+    let runtime = weir_engine::io::runtime().map_err(|e| IcebergError::Write(e.to_string()))?;
     runtime.block_on(async {
-        let lake = config.open_lake(&runtime).await?;
+        let lake = config.open_lake(runtime).await?;
         let table = lake.load(&ident).await?;
         let mut n = 0;
         for v in &pending {

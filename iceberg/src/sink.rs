@@ -153,7 +153,8 @@ pub(crate) struct Pending {
 /// An Iceberg table fed by one window or view.
 pub struct IcebergSink {
     config: IcebergSinkConfig,
-    runtime: tokio::runtime::Runtime,
+    /// The process's I/O runtime.
+    runtime: &'static tokio::runtime::Runtime,
     lake: Lake,
     ident: TableIdent,
     table: Table,
@@ -203,12 +204,7 @@ impl IcebergSink {
         let sink = config.sink.clone();
         let e = |e: IcebergError| engine_err(&sink, e);
         let ident = config.ident().map_err(e)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("iceberg-{sink}"))
-            .enable_all()
-            .build()
-            .map_err(|x| engine_err(&sink, x))?;
+        let runtime = weir_engine::io::runtime().map_err(|x| engine_err(&sink, x))?;
         let partition = match (&config.partition_by, view_keys) {
             (Some(p), _) => p.clone(),
             (None, None) => PartitionBy::Day("window_start".into()),
@@ -228,7 +224,7 @@ impl IcebergSink {
         ]);
         let (lake, table) = runtime
             .block_on(async {
-                let lake = config.open_lake(&runtime).await?;
+                let lake = config.open_lake(runtime).await?;
                 let table = lake
                     .open_table(
                         &ident,

@@ -18,30 +18,23 @@
 //! restores partitions from.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColumn};
-use weir_engine::job::{PartitionReader, ReaderContext, StopHandle};
+use weir_engine::job::StopHandle;
 use weir_engine::pool::{PoolStore, StateRef};
-use weir_engine::{Chunk, EngineError};
+use weir_engine::EngineError;
 use weir_query::Peers;
-use weir_sources::kafka::PoolHook;
 use weir_sources::repartition::internal_topic;
-use weir_sources::{
-    ClaimedStart, KafkaPartitions, KafkaReader, RepartitionSpec, RepartitionStage, StartFrom,
-    Upstream,
-};
+use weir_sources::{RepartitionSpec, RepartitionStage};
 
-use crate::connectors::{DeadLetterConnector, SinkConnector};
+use crate::connectors::{
+    DeadLetterConnector, OwnedPartitions, PoolSource, PooledSource, Repartitioning, SinkConnector,
+};
 use crate::plan::Plan;
 use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
-
-/// How long a revoked partition waits for its hand-over checkpoint before it is released
-/// anyway (fencing then stops the slow job from committing for it).
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What one job of a pool worker runs with.
 pub(crate) struct PoolJob<'a> {
@@ -51,99 +44,6 @@ pub(crate) struct PoolJob<'a> {
     pub owned: HashSet<(String, String)>,
     /// The other workers, for SQL.
     pub peers: Option<Arc<Peers>>,
-}
-
-/// A pooled reader: it outlives the jobs of a worker, which each read the partitions the
-/// worker owned when it started.
-pub(crate) trait PooledReader: PartitionReader {
-    /// Before a job: where its partitions continue, by partition key (the restored
-    /// checkpoint's offsets); a reader that positions claimed partitions itself ignores it.
-    fn start_job(&mut self, _resume: &dyn Fn(&str) -> Option<u64>) {}
-    /// Whether the job served last ended with a hand-over (a change of partitions).
-    fn handed_over(&self) -> bool;
-    /// Whether the job served last ended only to flush its partitions' last windows, the
-    /// worker waiting for other partitions after it (reading until caught up).
-    fn flushed_to_wait(&self) -> bool {
-        false
-    }
-    /// Stops reading and leaves the group.
-    fn close(&mut self);
-}
-
-impl PooledReader for KafkaReader {
-    fn handed_over(&self) -> bool {
-        KafkaReader::handed_over(self)
-    }
-    fn flushed_to_wait(&self) -> bool {
-        KafkaReader::flushed_to_wait(self)
-    }
-    fn close(&mut self) {
-        KafkaReader::close(self)
-    }
-}
-
-type SharedPooled = Arc<Mutex<dyn PooledReader>>;
-
-/// A source's pooled reader, shared by the jobs of a worker.
-pub(crate) struct PooledSource {
-    reader: SharedPooled,
-    /// Partition keys (`topic/partition`), in global order.
-    pub keys: Vec<String>,
-}
-
-impl PooledSource {
-    pub(crate) fn new(reader: SharedPooled, keys: Vec<String>) -> Self {
-        PooledSource { reader, keys }
-    }
-
-    /// The reader, for one job continuing its partitions where `resume` says.
-    pub fn reader(&self, resume: &dyn Fn(&str) -> Option<u64>) -> Box<dyn PartitionReader> {
-        if let Ok(mut r) = self.reader.lock() {
-            r.start_job(resume);
-        }
-        Box::new(SharedReader(self.reader.clone()))
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, dyn PooledReader + 'static>, EngineError> {
-        lock_reader(&self.reader)
-    }
-}
-
-fn lock_reader(
-    reader: &Mutex<dyn PooledReader>,
-) -> Result<std::sync::MutexGuard<'_, dyn PooledReader + 'static>, EngineError> {
-    reader
-        .lock()
-        .map_err(|_| EngineError::Internal("a pooled reader is poisoned".into()))
-}
-
-/// One job's handle on a pooled reader.
-struct SharedReader(SharedPooled);
-
-impl SharedReader {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, dyn PooledReader + 'static>, EngineError> {
-        lock_reader(&self.0)
-    }
-}
-
-impl PartitionReader for SharedReader {
-    fn next_chunk(&mut self, ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
-        self.lock()?.next_chunk(ctx)
-    }
-    fn finish(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
-        self.lock()?.finish(ctx)
-    }
-    fn backpressure(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
-        self.lock()?.backpressure(ctx)
-    }
-    fn backpressure_released(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
-        self.lock()?.backpressure_released(ctx)
-    }
-    fn unread(&mut self, chunk: Chunk) {
-        if let Ok(mut r) = self.0.lock() {
-            r.unread(chunk);
-        }
-    }
 }
 
 /// Why a pipeline cannot run as a pool worker; `None` when it can.
@@ -245,22 +145,8 @@ fn repartition_keys(plan: &Plan, source: usize) -> Result<Option<Vec<String>>, S
             names.join(", ")
         ));
     }
-    if let Some(cfg) = crate::connectors::kafka::source_config(src.input.as_ref()) {
-        if cfg.topics.len() != 1 {
-            return Err(format!(
-                "source `{}`: a worker pool repartitions one topic per source, and it reads {}: \
-                 declare a source per topic",
-                src.name,
-                cfg.topics.len()
-            ));
-        }
-        if matches!(cfg.start_from, StartFrom::Time(_)) {
-            return Err(format!(
-                "source `{}`: `start_from` a time is not supported when a worker pool \
-                 repartitions the topic: start from `earliest`, `latest` or `committed`",
-                src.name
-            ));
-        }
+    if let Some(why) = src.input.repartition_refusal(&src.name) {
+        return Err(why);
     }
     Ok(Some(common))
 }
@@ -283,11 +169,6 @@ fn keyed_outputs(
 fn keyed_by(plan: &Plan, source: usize, keys: &[String]) -> bool {
     let by = &plan.sources[source].partitioned_by;
     !by.is_empty() && by.iter().all(|f| keys.contains(f))
-}
-
-/// `path` with the worker's id before its extension: `out/w.ndjson` → `out/w.<worker>.ndjson`.
-pub fn worker_path(path: &Path, worker: &str) -> PathBuf {
-    crate::connectors::file::tagged_path(path, worker)
 }
 
 /// The worker id `auto` stands for: the host name and the process id.
@@ -347,26 +228,17 @@ fn repartitioned(plan: &mut Plan, opts: &RunOptions) -> Result<Vec<RepartitionSp
         let Some(keys) = repartition_keys(plan, i).map_err(RunError::Pool)? else {
             continue;
         };
-        let topic = internal_topic(&plan.name, &plan.sources[i].name);
         let src = &mut plan.sources[i];
-        let Some(cfg) = crate::connectors::kafka::source_config_mut(src.input.as_mut()) else {
-            continue;
-        };
-        let spec = RepartitionSpec {
-            source: src.name.clone(),
-            input: cfg.clone(),
-            topic,
+        let at = Repartitioning {
+            source: &src.name,
+            topic: internal_topic(&plan.name, &src.name),
             keys,
             decoder: src.decoder.clone(),
             until_caught_up: opts.until_caught_up,
         };
-        let partitions = spec.prepare()?;
-        cfg.upstream = Some(Upstream {
-            topic: cfg.topics.first().cloned().unwrap_or_default(),
-            partitions,
-        });
-        cfg.topics = vec![spec.topic.clone()];
-        cfg.start_from = StartFrom::Earliest;
+        let Some(spec) = src.input.repartition(at)? else {
+            continue;
+        };
         specs.push(spec);
         // the internal topic is keyed by every window's key: a row is late by its own lane's
         // watermark (its upstream partition's, as when a topic is keyed), not by what the
@@ -572,7 +444,7 @@ fn advertised(http: &str) -> String {
 fn run_worker_jobs(w: &Worker) -> Result<RunSummary, RunError> {
     let mut summary = None;
     loop {
-        let owned = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+        let owned: OwnedPartitions = Arc::new(Mutex::new(BTreeMap::new()));
         let sources = pooled_sources(&w.plan, &w.opts, &w.pool, &owned)?;
         match run_jobs(w, &sources, &owned, &mut summary) {
             Ok(()) => {
@@ -595,118 +467,30 @@ fn run_worker_jobs(w: &Worker) -> Result<RunSummary, RunError> {
     }
 }
 
-/// The Kafka readers of a worker, claiming the partitions they are assigned in `pool`.
+/// The pooled readers of a worker's sources, claiming the partitions they are assigned in
+/// `pool`.
 fn pooled_sources(
     plan: &Plan,
     opts: &RunOptions,
     pool: &Arc<PoolStore>,
-    owned: &Arc<Mutex<BTreeMap<String, u64>>>,
+    owned: &OwnedPartitions,
 ) -> Result<Vec<PooledSource>, RunError> {
     let mut out = Vec::new();
     let mut first_partition = 0;
-    for (i, s) in plan.sources.iter().enumerate() {
-        // a source whose partitions the pool assigns itself (a NATS stream's subjects)
-        if let Some(p) = crate::connectors::nats::pool::pooled_source(
-            plan,
-            i,
+    for (index, s) in plan.sources.iter().enumerate() {
+        let source = s.input.pooled(&PoolSource {
+            index,
+            name: &s.name,
             first_partition,
-            opts,
+            until_caught_up: opts.until_caught_up,
+            caught_up_timeout: opts.caught_up_timeout,
             pool,
             owned,
-        )? {
-            first_partition += p.keys.len();
-            out.push(p);
-            continue;
-        }
-        let Some(cfg) = crate::connectors::kafka::source_config(s.input.as_ref()) else {
-            return Err(RunError::Pool(format!("source {} is not Kafka", s.name)));
-        };
-        let mut cfg = cfg.clone();
-        cfg.until_caught_up = opts.until_caught_up;
-        if let Some(t) = opts.caught_up_timeout {
-            cfg.caught_up_timeout = t;
-        }
-        let name = s.name.clone();
-        let (claim_pool, claim_owned) = (pool.clone(), owned.clone());
-        let released_owned = owned.clone();
-        let released_pool = pool.clone();
-        let released_name = s.name.clone();
-        let (finished_pool, finished_name) = (pool.clone(), s.name.clone());
-        cfg.pool = Some(PoolHook {
-            finished: Arc::new(move |topic: &str, p: i32| {
-                finished_pool
-                    .partition_finished(&format!("{finished_name}/{topic}/{p}"))
-                    .map_err(|e| e.to_string())
-            }),
-            claim: Arc::new(move |partitions: &[(String, i32)]| {
-                let mut offsets = Vec::with_capacity(partitions.len());
-                for (topic, p) in partitions {
-                    let key = format!("{name}/{topic}/{p}");
-                    let (generation, from) = claim_pool.claim(&key).map_err(|e| e.to_string())?;
-                    let offset = match &from {
-                        Some(r) => claimed_start(
-                            &claim_pool
-                                .partition_records(r, &name, &format!("{topic}/{p}"))
-                                .map_err(|e| e.to_string())?,
-                        ),
-                        None => None,
-                    };
-                    if let Ok(mut o) = claim_owned.lock() {
-                        o.insert(key, generation);
-                    }
-                    offsets.push(offset);
-                }
-                Ok(offsets)
-            }),
-            released: Arc::new(move |partitions: &[(String, i32)], handed_over: bool| {
-                if let Ok(mut o) = released_owned.lock() {
-                    for (topic, p) in partitions {
-                        let key = format!("{released_name}/{topic}/{p}");
-                        let Some(generation) = o.remove(&key) else {
-                            continue;
-                        };
-                        // its hand-over checkpoint is committed and no later job owns it:
-                        // the next owner need not void this worker's next checkpoint
-                        if handed_over {
-                            if let Err(e) = released_pool.release(&key, generation) {
-                                tracing::warn!(partition = %key, "cannot record the release of a partition: {e}");
-                            }
-                        }
-                    }
-                }
-            }),
-            handover_timeout: HANDOVER_TIMEOUT,
-        });
-        let partitions =
-            KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(&s.name, e))?;
-        let keys = partitions.keys(&cfg);
-        let reader = KafkaReader::new(i, &s.name, first_partition, cfg, &partitions);
-        first_partition += keys.len();
-        out.push(PooledSource::new(Arc::new(Mutex::new(reader)), keys));
+        })?;
+        first_partition += source.keys.len();
+        out.push(source);
     }
     Ok(out)
-}
-
-/// Where a claimed partition continues, from its records in a checkpoint: its own, or its
-/// lanes' (a repartition topic continues at the smallest of its lanes' offsets, each lane
-/// dropping what it read before).
-fn claimed_start(records: &[weir_engine::checkpoint::PartitionRecord]) -> Option<ClaimedStart> {
-    let offset = records.iter().map(|r| r.next_offset).min()?;
-    let mut lanes = Vec::new();
-    for r in records {
-        let lane = r
-            .partition
-            .rsplit('/')
-            .next()
-            .and_then(|l| l.parse::<usize>().ok());
-        if let (Some(lane), 3) = (lane, r.partition.split('/').count()) {
-            if lanes.len() <= lane {
-                lanes.resize(lane + 1, 0);
-            }
-            lanes[lane] = r.position;
-        }
-    }
-    Some(ClaimedStart { offset, lanes })
 }
 
 /// A pool worker's settings for its jobs.
@@ -723,7 +507,7 @@ struct Worker {
 fn run_jobs(
     w: &Worker,
     sources: &[PooledSource],
-    owned: &Arc<Mutex<BTreeMap<String, u64>>>,
+    owned: &OwnedPartitions,
     summary: &mut Option<RunSummary>,
 ) -> Result<(), RunError> {
     let Worker {
@@ -937,50 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn a_claimed_partition_continues_at_its_slowest_lane() {
-        let rec = |partition: &str, next_offset: u64, position: u64| {
-            weir_engine::checkpoint::PartitionRecord {
-                source: "events".into(),
-                partition: partition.into(),
-                next_offset,
-                position,
-                newest: 0,
-            }
-        };
-        assert_eq!(claimed_start(&[]), None);
-        // a partition of its own: its offset
-        assert_eq!(
-            claimed_start(&[rec("t/3", 40, 40)]),
-            Some(ClaimedStart {
-                offset: 40,
-                lanes: vec![]
-            })
-        );
-        // lanes: the smallest offset, and each lane's next upstream offset
-        assert_eq!(
-            claimed_start(&[
-                rec("t/3/1", 90, 17),
-                rec("t/3/0", 70, 5),
-                rec("t/3/2", 90, 0)
-            ]),
-            Some(ClaimedStart {
-                offset: 70,
-                lanes: vec![5, 17, 0]
-            })
-        );
-    }
-
-    #[test]
-    fn worker_files_carry_the_worker_id_before_the_extension() {
-        assert_eq!(
-            worker_path(Path::new("out/w.ndjson"), "w1"),
-            PathBuf::from("out/w.w1.ndjson")
-        );
-        assert_eq!(
-            worker_path(Path::new("out/parts.parquet"), "weir-2"),
-            PathBuf::from("out/parts.weir-2.parquet")
-        );
-        assert_eq!(worker_path(Path::new("dead"), "a"), PathBuf::from("dead.a"));
+    fn an_automatic_worker_id_is_usable_in_file_names() {
         let id = auto_worker_id();
         assert!(weir_engine::pool::valid_worker_id(&id), "{id}");
     }

@@ -37,10 +37,7 @@ pub fn query(
 ) -> Result<String, ClientError> {
     let url = format!("{}/sql", server.trim_end_matches('/'));
     let other = |e: String| ClientError::Other(e);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| other(e.to_string()))?;
+    let runtime = weir_engine::io::runtime().map_err(|e| other(e.to_string()))?;
     let (status, body) = runtime.block_on(async {
         let client = reqwest::Client::new();
         let mut req = client

@@ -37,7 +37,8 @@ pub struct CheckpointStore {
     location: String,
     /// The folder, for a local store (its emptied checkpoint folders are removed).
     pub(super) local: Option<PathBuf>,
-    runtime: tokio::runtime::Runtime,
+    /// The process's I/O runtime.
+    runtime: &'static tokio::runtime::Runtime,
 }
 
 impl CheckpointStore {
@@ -45,10 +46,7 @@ impl CheckpointStore {
     /// the usual environment variables, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`), or a local
     /// path, created when missing.
     pub fn open(location: &str) -> Result<Self, EngineError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(format!("cannot start the storage runtime: {e}")))?;
+        let runtime = crate::io::runtime().map_err(|e| err(e.to_string()))?;
         let is_url = location.contains("://");
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if is_url {
             open_object_store(location).map_err(err)?

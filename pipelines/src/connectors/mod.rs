@@ -31,12 +31,16 @@ pub mod generator;
 pub mod iceberg;
 pub mod kafka;
 pub mod nats;
+mod pooled;
 pub mod postgres;
 mod sources;
 #[cfg(test)]
 mod tests;
 pub mod webhook;
 
+pub use pooled::{
+    OwnedPartitions, PoolSource, PooledReader, PooledSource, Repartitioning, HANDOVER_TIMEOUT,
+};
 pub use sources::{
     OpenSource, OpenedSource, SourceBase, SourceConnector, SourceKind, SourcePlanning, SOURCES,
 };

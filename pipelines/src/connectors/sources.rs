@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 use weir_engine::events::Resume;
 use weir_engine::job::PartitionReader;
-use weir_sources::{MessageColumn, ReadOffsets};
+use weir_sources::{MessageColumn, ReadOffsets, RepartitionSpec};
 
+use super::pooled::{PoolSource, PooledSource, Repartitioning};
 use crate::error::PipelineError;
 use crate::model::{AvroLimitsDoc, Format, PipelineDoc, SourceDoc};
 use crate::plan::Ctx;
@@ -185,5 +186,23 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     /// heartbeat), rather than a broker's consumer group.
     fn pool_assigns_partitions(&self) -> bool {
         false
+    }
+    /// Its reader for a pool worker's jobs, claiming the partitions the worker is assigned
+    /// (asked only of sources [`pool_refusal`](Self::pool_refusal) accepts).
+    fn pooled(&self, at: &PoolSource) -> Result<PooledSource, RunError> {
+        Err(RunError::Pool(format!(
+            "source `{}` cannot be read by a worker pool",
+            at.name
+        )))
+    }
+    /// Why a pool cannot repartition it through an internal topic, `None` when it can
+    /// (asked when its `partitioned_by` does not key its windows and views).
+    fn repartition_refusal(&self, _source: &str) -> Option<String> {
+        None
+    }
+    /// Retargets it to read the internal topic that `at` repartitions its events through,
+    /// and returns the stage that writes them there; `None` when it is not repartitioned.
+    fn repartition(&mut self, _at: Repartitioning) -> Result<Option<RepartitionSpec>, RunError> {
+        Ok(None)
     }
 }

@@ -130,7 +130,8 @@ pub struct PostgresSink {
     layout: Layout,
     /// With checkpoints: the epoch protocol of the module documentation.
     exactly_once: bool,
-    runtime: tokio::runtime::Runtime,
+    /// The process's I/O runtime.
+    runtime: &'static tokio::runtime::Runtime,
     session: Option<Session>,
     /// Rows not sent yet, and since when the oldest waits.
     pending: Vec<RecordBatch>,
@@ -184,10 +185,7 @@ impl PostgresSink {
         let op = config
             .view_keys
             .and_then(|_| schema.index_of(OP_COLUMN).ok());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(&e))?;
+        let runtime = weir_engine::io::runtime().map_err(|e| err(&e))?;
         Ok(PostgresSink {
             name: name.to_string(),
             config,

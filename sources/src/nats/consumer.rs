@@ -115,13 +115,10 @@ pub fn sequence_range(
     cfg: &NatsSourceConfig,
     (from_ms, to_ms): (i64, i64),
 ) -> Result<(u64, u64, u64), NatsSourceError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| NatsSourceError::Stream {
-            stream: cfg.stream.clone(),
-            source: boxed(e),
-        })?;
+    let rt = weir_engine::io::runtime().map_err(|e| NatsSourceError::Stream {
+        stream: cfg.stream.clone(),
+        source: boxed(e),
+    })?;
     rt.block_on(async {
         let client = cfg.endpoint.connect().await?;
         let (stream, last) = stream_and_last(&jetstream::new(client), cfg).await?;

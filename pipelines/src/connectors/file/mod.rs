@@ -217,3 +217,21 @@ impl DeadLetterConnector for FileDeadLetter {
             .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_files_carry_its_id_before_the_extension() {
+        assert_eq!(
+            tagged_path(Path::new("out/w.ndjson"), "w1"),
+            PathBuf::from("out/w.w1.ndjson")
+        );
+        assert_eq!(
+            tagged_path(Path::new("out/parts.parquet"), "weir-2"),
+            PathBuf::from("out/parts.weir-2.parquet")
+        );
+        assert_eq!(tagged_path(Path::new("dead"), "a"), PathBuf::from("dead.a"));
+    }
+}

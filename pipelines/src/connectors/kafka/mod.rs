@@ -9,17 +9,21 @@ use weir_engine::checkpoint::Manifest;
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::EngineError;
 use weir_sinks::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
-use weir_sources::{KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets};
+use weir_sources::{
+    KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets, RepartitionSpec,
+};
 
 use super::sources::{
     avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
     SourceKind,
 };
 use super::{Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind};
+use super::{PoolSource, PooledSource, Repartitioning};
 use crate::error::PipelineError;
 use crate::run::RunError;
 
 pub(crate) mod plan;
+mod pool;
 
 /// `event_time.idle_timeout` of a Kafka source when not given: a partition assigned to the
 /// process that delivers nothing for a minute stops holding the watermark back.
@@ -128,19 +132,6 @@ pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
 #[derive(Debug, Clone)]
 pub struct KafkaInput(pub KafkaSourceConfig);
 
-/// The Kafka settings of `source`, when it is a Kafka source.
-pub fn source_config(source: &dyn SourceConnector) -> Option<&KafkaSourceConfig> {
-    source.as_any().downcast_ref::<KafkaInput>().map(|k| &k.0)
-}
-
-/// The Kafka settings of `source`, when it is a Kafka source, to change.
-pub fn source_config_mut(source: &mut dyn SourceConnector) -> Option<&mut KafkaSourceConfig> {
-    source
-        .as_any_mut()
-        .downcast_mut::<KafkaInput>()
-        .map(|k| &mut k.0)
-}
-
 impl SourceConnector for KafkaInput {
     fn kind(&self) -> &'static str {
         "kafka"
@@ -161,6 +152,18 @@ impl SourceConnector for KafkaInput {
 
     fn set_headers(&mut self, read: bool) {
         self.0.with_headers = read;
+    }
+
+    fn pooled(&self, at: &PoolSource) -> Result<PooledSource, RunError> {
+        pool::pooled(&self.0, at)
+    }
+
+    fn repartition_refusal(&self, source: &str) -> Option<String> {
+        pool::repartition_refusal(source, &self.0)
+    }
+
+    fn repartition(&mut self, at: Repartitioning) -> Result<Option<RepartitionSpec>, RunError> {
+        pool::repartition(&mut self.0, at).map(Some)
     }
 
     fn fingerprint(&self) -> String {

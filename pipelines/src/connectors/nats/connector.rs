@@ -13,7 +13,8 @@ use crate::connectors::sources::{
     SourceKind,
 };
 use crate::connectors::{
-    Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind,
+    Attach, DeadLetterConnector, DeadLetterKind, OpenSink, PoolSource, PooledSource, SinkConnector,
+    SinkKind,
 };
 use crate::error::PipelineError;
 use crate::run::RunError;
@@ -189,6 +190,10 @@ impl SourceConnector for NatsInput {
 
     fn pool_assigns_partitions(&self) -> bool {
         true
+    }
+
+    fn pooled(&self, at: &PoolSource) -> Result<PooledSource, RunError> {
+        Ok(super::pool::pooled(&self.0, at))
     }
 }
 

@@ -2,45 +2,26 @@
 //! subject partitions itself (see [`weir_sources::nats::pool`]); this module checks that a
 //! pipeline can be shared that way and builds the worker's reader.
 
-use std::sync::{Arc, Mutex};
-
-use weir_engine::pool::PoolStore;
-use weir_engine::EngineError;
-use weir_sources::nats::pool::{NatsPoolReader, Owned};
+use weir_sources::nats::pool::NatsPoolReader;
 use weir_sources::nats::NatsSourceConfig;
 
-use super::NatsInput;
-use crate::plan::Plan;
-use crate::pool::{PooledReader, PooledSource};
-use crate::run::RunOptions;
+use crate::connectors::{PoolSource, PooledReader, PooledSource};
 
-/// The reader of source `i` for a pool worker's jobs (`first_partition`: its first
-/// partition's global id), taking partitions into `owned`, when it is a NATS source (whose
-/// subject partitions the pool assigns itself); `None` for other sources.
-pub(crate) fn pooled_source(
-    plan: &Plan,
-    i: usize,
-    first_partition: usize,
-    opts: &RunOptions,
-    pool: &Arc<PoolStore>,
-    owned: &Owned,
-) -> Result<Option<PooledSource>, EngineError> {
-    let s = &plan.sources[i];
-    let Some(NatsInput(cfg)) = s.input.as_any().downcast_ref::<NatsInput>() else {
-        return Ok(None);
-    };
-    let mut cfg = (**cfg).clone();
-    cfg.until_caught_up = opts.until_caught_up;
+/// The reader of NATS source `cfg` for a pool worker's jobs: the pool assigns its subject
+/// partitions among the workers that heartbeat.
+pub(crate) fn pooled(cfg: &NatsSourceConfig, at: &PoolSource) -> PooledSource {
+    let mut cfg = cfg.clone();
+    cfg.until_caught_up = at.until_caught_up;
     let keys = cfg.partition_keys();
     let reader = NatsPoolReader::new(
-        i,
-        &s.name,
-        first_partition,
+        at.index,
+        at.name,
+        at.first_partition,
         cfg,
-        pool.clone(),
-        owned.clone(),
+        at.pool.clone(),
+        at.owned.clone(),
     );
-    Ok(Some(PooledSource::new(Arc::new(Mutex::new(reader)), keys)))
+    PooledSource::new(reader, keys)
 }
 
 impl PooledReader for NatsPoolReader {

@@ -1,0 +1,200 @@
+//! A Kafka source in a worker pool: the topic's partitions are assigned by the source's
+//! consumer group, each claimed in the pool's checkpoint store before it is read; a topic
+//! whose messages are not keyed by the windows' key is repartitioned through an internal
+//! topic first.
+
+use weir_sources::kafka::PoolHook;
+use weir_sources::{
+    ClaimedStart, KafkaPartitions, KafkaReader, KafkaSourceConfig, RepartitionSpec, StartFrom,
+    Upstream,
+};
+
+use super::super::{PoolSource, PooledReader, PooledSource, Repartitioning, HANDOVER_TIMEOUT};
+use weir_engine::checkpoint::PartitionRecord;
+use weir_engine::EngineError;
+
+use crate::run::RunError;
+
+impl PooledReader for KafkaReader {
+    fn handed_over(&self) -> bool {
+        KafkaReader::handed_over(self)
+    }
+    fn flushed_to_wait(&self) -> bool {
+        KafkaReader::flushed_to_wait(self)
+    }
+    fn close(&mut self) {
+        KafkaReader::close(self)
+    }
+}
+
+/// The reader of Kafka source `cfg` for a pool worker's jobs: its consumer group assigns the
+/// partitions, which it claims in the pool before reading them.
+pub(crate) fn pooled(cfg: &KafkaSourceConfig, at: &PoolSource) -> Result<PooledSource, RunError> {
+    let mut cfg = cfg.clone();
+    cfg.until_caught_up = at.until_caught_up;
+    if let Some(t) = at.caught_up_timeout {
+        cfg.caught_up_timeout = t;
+    }
+    cfg.pool = Some(pool_hook(at));
+    let partitions =
+        KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(at.name, e))?;
+    let keys = partitions.keys(&cfg);
+    let reader = KafkaReader::new(at.index, at.name, at.first_partition, cfg, &partitions);
+    Ok(PooledSource::new(reader, keys))
+}
+
+/// How the source's reader claims, releases and finishes partitions in the pool.
+fn pool_hook(at: &PoolSource) -> PoolHook {
+    let name = at.name.to_string();
+    let (claim_pool, claim_owned) = (at.pool.clone(), at.owned.clone());
+    let (released_pool, released_owned) = (at.pool.clone(), at.owned.clone());
+    let released_name = name.clone();
+    let (finished_pool, finished_name) = (at.pool.clone(), name.clone());
+    PoolHook {
+        finished: std::sync::Arc::new(move |topic: &str, p: i32| {
+            finished_pool
+                .partition_finished(&format!("{finished_name}/{topic}/{p}"))
+                .map_err(|e| e.to_string())
+        }),
+        claim: std::sync::Arc::new(move |partitions: &[(String, i32)]| {
+            let mut offsets = Vec::with_capacity(partitions.len());
+            for (topic, p) in partitions {
+                let key = format!("{name}/{topic}/{p}");
+                let (generation, from) = claim_pool.claim(&key).map_err(|e| e.to_string())?;
+                let offset = match &from {
+                    Some(r) => claimed_start(
+                        &claim_pool
+                            .partition_records(r, &name, &format!("{topic}/{p}"))
+                            .map_err(|e| e.to_string())?,
+                    ),
+                    None => None,
+                };
+                if let Ok(mut o) = claim_owned.lock() {
+                    o.insert(key, generation);
+                }
+                offsets.push(offset);
+            }
+            Ok(offsets)
+        }),
+        released: std::sync::Arc::new(move |partitions: &[(String, i32)], handed_over: bool| {
+            let Ok(mut o) = released_owned.lock() else {
+                return;
+            };
+            for (topic, p) in partitions {
+                let key = format!("{released_name}/{topic}/{p}");
+                let Some(generation) = o.remove(&key) else {
+                    continue;
+                };
+                // its hand-over checkpoint is committed and no later job owns it: the next
+                // owner need not void this worker's next checkpoint
+                if handed_over {
+                    if let Err(e) = released_pool.release(&key, generation) {
+                        tracing::warn!(partition = %key, "cannot record the release of a partition: {e}");
+                    }
+                }
+            }
+        }),
+        handover_timeout: HANDOVER_TIMEOUT,
+    }
+}
+
+/// Where a claimed partition continues, from its records in a checkpoint: its own, or its
+/// lanes' (a repartition topic continues at the smallest of its lanes' offsets, each lane
+/// dropping what it read before).
+fn claimed_start(records: &[PartitionRecord]) -> Option<ClaimedStart> {
+    let offset = records.iter().map(|r| r.next_offset).min()?;
+    let mut lanes = Vec::new();
+    for r in records {
+        let lane = r
+            .partition
+            .rsplit('/')
+            .next()
+            .and_then(|l| l.parse::<usize>().ok());
+        if let (Some(lane), 3) = (lane, r.partition.split('/').count()) {
+            if lanes.len() <= lane {
+                lanes.resize(lane + 1, 0);
+            }
+            lanes[lane] = r.position;
+        }
+    }
+    Some(ClaimedStart { offset, lanes })
+}
+
+/// Why a pool cannot repartition Kafka source `source` (`cfg`), `None` when it can.
+pub(crate) fn repartition_refusal(source: &str, cfg: &KafkaSourceConfig) -> Option<String> {
+    if cfg.topics.len() != 1 {
+        return Some(format!(
+            "source `{source}`: a worker pool repartitions one topic per source, and it reads {}: \
+             declare a source per topic",
+            cfg.topics.len()
+        ));
+    }
+    if matches!(cfg.start_from, StartFrom::Time(_)) {
+        return Some(format!(
+            "source `{source}`: `start_from` a time is not supported when a worker pool \
+             repartitions the topic: start from `earliest`, `latest` or `committed`"
+        ));
+    }
+    None
+}
+
+/// Retargets Kafka source `cfg` to the internal topic of `at`, which the returned stage fills
+/// with its topic's events keyed by `at.keys`.
+pub(crate) fn repartition(
+    cfg: &mut KafkaSourceConfig,
+    at: Repartitioning,
+) -> Result<RepartitionSpec, RunError> {
+    let spec = RepartitionSpec {
+        source: at.source.to_string(),
+        input: cfg.clone(),
+        topic: at.topic,
+        keys: at.keys,
+        decoder: at.decoder,
+        until_caught_up: at.until_caught_up,
+    };
+    let partitions = spec.prepare()?;
+    cfg.upstream = Some(Upstream {
+        topic: cfg.topics.first().cloned().unwrap_or_default(),
+        partitions,
+    });
+    cfg.topics = vec![spec.topic.clone()];
+    cfg.start_from = StartFrom::Earliest;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_partition_continues_at_its_slowest_lane() {
+        let rec = |partition: &str, next_offset: u64, position: u64| PartitionRecord {
+            source: "events".into(),
+            partition: partition.into(),
+            next_offset,
+            position,
+            newest: 0,
+        };
+        assert_eq!(claimed_start(&[]), None);
+        // a partition of its own: its offset
+        assert_eq!(
+            claimed_start(&[rec("t/3", 40, 40)]),
+            Some(ClaimedStart {
+                offset: 40,
+                lanes: vec![]
+            })
+        );
+        // lanes: the smallest offset, and each lane's next upstream offset
+        assert_eq!(
+            claimed_start(&[
+                rec("t/3/1", 90, 17),
+                rec("t/3/0", 70, 5),
+                rec("t/3/2", 90, 0)
+            ]),
+            Some(ClaimedStart {
+                offset: 70,
+                lanes: vec![5, 17, 0]
+            })
+        );
+    }
+}
