@@ -326,3 +326,49 @@ fn checkpointed_outputs_commit_each_epoch_after_pre_committing_it() {
     );
     assert_eq!(RunStats::get(&stats.rows_committed[0].value), 4);
 }
+
+#[test]
+fn a_live_view_observes_when_read_rows_became_visible_and_sinks_when_windows_were_durable() {
+    let state = Arc::new(LiveState::new(
+        "test",
+        vec![LiveTableDef::new(
+            "counts",
+            LiveKind::View,
+            &output_schema(),
+            Vec::new(),
+        )],
+    ));
+    let interval = Duration::from_millis(50);
+    let mut spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        RecordingSink::default(),
+        RecordingDeadLetters::default(),
+        2,
+    );
+    spec.live = Some(LiveSpec {
+        state: state.clone(),
+        interval,
+    });
+    let stop = StopHandle::new();
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        stopper.stop();
+    });
+    let stats = run_stats();
+    run_within(spec, stats.clone(), stop, Duration::from_secs(20)).unwrap();
+    // the operator is a view here: its rows became visible at the next snapshot
+    let (buckets, count, sum) = stats.view_visible_latency[0].read();
+    assert!(count > 0, "rows were observed");
+    let within = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+    assert!(
+        within(1.0) == count,
+        "a snapshot every {interval:?} shows rows within a second: {buckets:?}"
+    );
+    assert!(sum / count as f64 <= 1.0, "mean {}", sum / count as f64);
+    // the fake operator emits windows: each written row was flushed and observed once
+    let (_, durable, _) = stats.window_durable_latency[0].read();
+    assert_eq!(durable, RunStats::get(&stats.rows_written[0].value));
+    assert!(durable > 0);
+}
