@@ -329,7 +329,9 @@ impl Merger<'_> {
         }
         *emitted = wm;
         let windows = merge.emits_windows();
+        let mut sent = false;
         for batch in merge.emit(wm)? {
+            sent |= windows && !sink_ids.is_empty();
             if windows {
                 RunStats::add(
                     &self.stats.windows[msg.operator].value,
@@ -347,6 +349,11 @@ impl Merger<'_> {
             }
         }
         self.passed[msg.operator].emitted(wm);
+        if sent {
+            if let Some(link) = &self.link {
+                link.epochs.windows_emitted.store(true, Ordering::SeqCst);
+            }
+        }
         for &s in sink_ids.iter() {
             self.sinks[s]
                 .send(SinkMsg::Upto {

@@ -372,3 +372,54 @@ fn a_live_view_observes_when_read_rows_became_visible_and_sinks_when_windows_wer
     assert_eq!(durable, RunStats::get(&stats.rows_written[0].value));
     assert!(durable > 0);
 }
+
+/// Commits an endless run made before it was stopped, with a 60 s checkpoint interval.
+fn commits_while_running(after_windows: bool) -> (usize, Arc<RunStats>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::default();
+    let calls = sink.calls.clone();
+    let mut spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        sink,
+        RecordingDeadLetters::default(),
+        2,
+    );
+    checkpointed(&mut spec, dir.path());
+    if let Some(c) = spec.checkpoint.as_mut() {
+        c.interval = Duration::from_secs(60);
+        c.after_windows = after_windows;
+    }
+    let stop = StopHandle::new();
+    let stopper = stop.clone();
+    let seen = calls.clone();
+    let watcher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        let commits = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| matches!(c, Call::Commit(_)))
+            .count();
+        stopper.stop();
+        commits
+    });
+    let stats = run_stats();
+    run_within(spec, stats.clone(), stop, Duration::from_secs(20)).unwrap();
+    (watcher.join().unwrap(), stats)
+}
+
+#[test]
+fn checkpoints_after_windows_commit_emitted_windows_without_waiting_for_the_interval() {
+    let (commits, stats) = commits_while_running(true);
+    assert!(commits >= 2, "{commits} commits while running");
+    let (_, durable, sum) = stats.window_durable_latency[0].read();
+    assert!(durable > 0);
+    assert!(
+        sum / (durable as f64) < 5.0,
+        "committed long before the 60 s interval: mean {} s",
+        sum / durable as f64
+    );
+    let (commits, _) = commits_while_running(false);
+    assert_eq!(commits, 0, "the interval alone: no checkpoint yet");
+}
