@@ -12,17 +12,18 @@
 #   - weir_view_visible_latency_seconds (a row read -> its change visible to SQL in the view).
 #
 #   benches/latency.sh [SECONDS] [CONFIGS] [SINKS]
-#     defaults: 20 "none ckpt-default ckpt-100ms" "file kafka iceberg elasticsearch"
+#     defaults: 20 "none ckpt-default ckpt-100ms ckpt-after" "file kafka iceberg elasticsearch"
 #   CONFIGS: none (no checkpoints: Kafka and Elasticsearch acknowledge at each flush; files
 #   and Iceberg are durable only when the run ends, so they are skipped), ckpt-default
 #   (checkpoint.interval 10s, serve.refresh 1s), ckpt-100ms (checkpoint.interval 100ms, the
-#   smallest allowed, serve.refresh 100ms).
+#   smallest allowed, serve.refresh 100ms), ckpt-after (checkpoint.after_windows: true with
+#   the default interval, serve.refresh 100ms).
 #   Kafka: a broker of our own, `WEIR_KAFKA_PORT=19495 scripts/kafka.sh start` (started and
 #   stopped here when it is not running), or KAFKA_BROKERS=host:port.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_RUN=${1:-20}
-CONFIGS=${2:-"none ckpt-default ckpt-100ms"}
+CONFIGS=${2:-"none ckpt-default ckpt-100ms ckpt-after"}
 SINKS=${3:-"file kafka iceberg elasticsearch"}
 OOO_MS=100
 cache=${WEIR_CACHE:-$HOME/.cache/weir}
@@ -72,6 +73,7 @@ pipeline() { # sink run-id config http-port
   case $3 in
     ckpt-default) checkpoint="checkpoint: { dir: \"$work/$2/state\" }" ;;
     ckpt-100ms) checkpoint="checkpoint: { dir: \"$work/$2/state\", interval: 100ms }"; refresh=100ms ;;
+    ckpt-after) checkpoint="checkpoint: { dir: \"$work/$2/state\", after_windows: true }"; refresh=100ms ;;
   esac
   cat <<YAML
 name: latency

@@ -159,12 +159,18 @@ pub(super) fn recover<O: Committable>(
 
 /// How often an output waiting for a checkpoint to complete looks whether it did.
 const COMMIT_POLL: Duration = Duration::from_millis(2);
+/// Without checkpoints, the least time between two flushes of rows as they come, so that a
+/// sink fed faster than it flushes (a replay) still writes large batches.
+const FLUSH_GAP: Duration = Duration::from_millis(10);
 
 /// The two-phase-commit state of an output: the epochs it pre-committed and committed.
 #[derive(Default)]
 struct Commits {
     pre_committed: u64,
     committed: u64,
+    /// Without checkpoints: when rows written since the last flush may be flushed (a step
+    /// waits no longer than that).
+    flush_at: Option<Instant>,
 }
 
 impl Commits {
@@ -172,10 +178,14 @@ impl Commits {
     /// pre-committed epoch waits for its checkpoint to complete, so that it is committed
     /// soon after (its rows become durable then).
     fn wait(&self) -> Duration {
-        if self.pre_committed > self.committed {
+        let wait = if self.pre_committed > self.committed {
             COMMIT_POLL
         } else {
             TICK
+        };
+        match self.flush_at {
+            Some(at) => wait.min(at.saturating_duration_since(Instant::now())),
+            None => wait,
         }
     }
 
@@ -213,9 +223,12 @@ trait OutputThread<'a> {
     fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError>;
     /// Without checkpoints: whether a flush has progress to report.
     fn awaits_flush(&self) -> bool;
-    /// Without checkpoints: whether to flush now rather than at the next
-    /// [`DURABLE_EVERY`]: rows were written since the last flush and no more are queued.
-    fn flush_now(&self) -> bool {
+    /// Rows were written since the last flush.
+    fn unflushed(&self) -> bool {
+        false
+    }
+    /// No more input is queued now.
+    fn idle(&self) -> bool {
         false
     }
     /// After a flush, which made everything written so far durable when `durable`.
@@ -229,8 +242,8 @@ trait OutputThread<'a> {
 
 /// The lifecycle of an output thread: [`OutputThread::step`] until the input ends; after
 /// each step, with checkpoints (`link`), commits the epoch whose checkpoint became
-/// complete, and without, flushes every [`DURABLE_EVERY`] when there is progress to
-/// report. At the end: waits for the checkpoint of the last barrier and commits it, then
+/// complete, and without, flushes rows written as soon as no more are queued (at most every
+/// [`FLUSH_GAP`]) and every [`DURABLE_EVERY`] when there is progress to report. At the end: waits for the checkpoint of the last barrier and commits it, then
 /// finishes the output.
 fn run_output<'a, T: OutputThread<'a>>(
     mut thread: T,
@@ -239,7 +252,11 @@ fn run_output<'a, T: OutputThread<'a>>(
 ) -> Result<(), EngineError> {
     let mut commits = Commits::default();
     let mut last_flush = Instant::now();
-    while thread.step(&mut commits)? {
+    loop {
+        commits.flush_at = (link.is_none() && thread.unflushed()).then(|| last_flush + FLUSH_GAP);
+        if !thread.step(&mut commits)? {
+            break;
+        }
         if let Some(link) = link {
             if let Some(epoch) = commits.due(link) {
                 thread.output().call("commit", |o| o.commit(epoch))?;
@@ -247,7 +264,7 @@ fn run_output<'a, T: OutputThread<'a>>(
                 thread.committed(&commits, false)?;
             }
         } else if (last_flush.elapsed() >= DURABLE_EVERY && thread.awaits_flush())
-            || thread.flush_now()
+            || (thread.unflushed() && thread.idle() && last_flush.elapsed() >= FLUSH_GAP)
         {
             let durable = thread.output().call("flush", |o| o.flush())?;
             thread.flushed(durable)?;
@@ -389,8 +406,12 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
         self.sent_upto.iter().any(Option::is_some)
     }
 
-    fn flush_now(&self) -> bool {
-        self.fresh && self.rx.is_empty()
+    fn unflushed(&self) -> bool {
+        self.fresh
+    }
+
+    fn idle(&self) -> bool {
+        self.rx.is_empty()
     }
 
     fn flushed(&mut self, durable: bool) -> Result<(), EngineError> {
