@@ -182,6 +182,9 @@ impl LiveTables {
     }
 }
 
+/// Most points [`PassedWatermarks`] keeps between two emissions.
+const PASSED_CAP: usize = 4096;
+
 /// When the watermark first passed each point (the first worker hand-over that reached it),
 /// for the points not emitted yet: a window ending at `end` was complete from the first
 /// entry at or past `end`. A few entries per emission, not one per row.
@@ -194,7 +197,8 @@ pub(super) struct PassedWatermarks {
 impl PassedWatermarks {
     /// A worker handed over up to `upto` now.
     pub(super) fn handed_over(&mut self, upto: i64) {
-        if self.seen.back().is_none_or(|(w, _)| upto > *w) {
+        // bounded: past the cap, later windows count from an earlier point (never shorter)
+        if self.seen.len() < PASSED_CAP && self.seen.back().is_none_or(|(w, _)| upto > *w) {
             self.seen.push_back((upto, Instant::now()));
         }
     }
