@@ -18,6 +18,7 @@
 #   (checkpoint.interval 10s, serve.refresh 1s), ckpt-100ms (checkpoint.interval 100ms, the
 #   smallest allowed, serve.refresh 100ms), ckpt-after (checkpoint.after_windows: true with
 #   the default interval, serve.refresh 100ms).
+#   RATE=N changes the generator's rate (events/s). WEIR_BIN=path runs that binary.
 #   Kafka: a broker of our own, `WEIR_KAFKA_PORT=19495 scripts/kafka.sh start` (started and
 #   stopped here when it is not running), or KAFKA_BROKERS=host:port.
 set -euo pipefail
@@ -26,6 +27,7 @@ SECONDS_RUN=${1:-20}
 CONFIGS=${2:-"none ckpt-default ckpt-100ms ckpt-after"}
 SINKS=${3:-"file kafka iceberg elasticsearch"}
 OOO_MS=100
+RATE=${RATE:-100000} # events per second
 cache=${WEIR_CACHE:-$HOME/.cache/weir}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 WEIR=${WEIR_BIN:-$CARGO_TARGET_DIR/release/weir}
@@ -79,7 +81,7 @@ pipeline() { # sink run-id config http-port
 name: latency
 sources:
   events:
-    generator: { kind: data-ingestion, events_per_second: 100000, seed: 7 }
+    generator: { kind: data-ingestion, events_per_second: $RATE, seed: 7 }
     event_time: { field: timestamp, max_out_of_orderness: ${OOO_MS}ms }
 windows:
   per_dataset_1s:
@@ -181,7 +183,7 @@ print(f"p50={q(0.5) * 1000:7.1f} ms p99={q(0.99) * 1000:7.1f} ms n={len(v)}")
 PY
 }
 
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $SECONDS_RUN s per run"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); $RATE events/s, $SECONDS_RUN s per run; $WEIR"
 for config in $CONFIGS; do
   for sink in $SINKS; do
     if [ "$config" = none ] && { [ "$sink" = file ] || [ "$sink" = iceberg ]; }; then
