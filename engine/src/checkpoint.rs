@@ -293,6 +293,9 @@ pub fn partials_of_partitions(
 pub struct CheckpointSpec {
     pub store: Arc<CheckpointStore>,
     pub interval: Duration,
+    /// Start a checkpoint as soon as windows were emitted to sinks (one at a time), not
+    /// only every `interval`: their rows are committed a checkpoint's duration later.
+    pub after_windows: bool,
     /// Complete checkpoints kept; older ones are deleted.
     pub keep: usize,
     pub pipeline: String,
@@ -338,6 +341,9 @@ pub(crate) struct Epochs {
     /// flush every window the end of the input closes before its barrier, so that its
     /// checkpoint commits them.
     pub end_of_input: AtomicU64,
+    /// The merger sent window rows to sinks since the last checkpoint barrier was taken
+    /// (read by the coordinator with `CheckpointSpec::after_windows`).
+    pub windows_emitted: std::sync::atomic::AtomicBool,
 }
 
 /// A part of a checkpoint, sent to the coordinator by a thread at the barrier.

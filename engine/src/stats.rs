@@ -30,18 +30,29 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+/// Buckets from 1 ms to 1 minute for the engine's own delays (a window's watermark to its
+/// durable row, a read row to its visible view change), which live in milliseconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            bounds: SECONDS_BUCKETS,
-            buckets: SECONDS_BUCKETS.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
+        Histogram::with_bounds(SECONDS_BUCKETS)
     }
 }
 
 impl Histogram {
+    /// An empty histogram with the given bucket bounds (seconds, increasing).
+    pub fn with_bounds(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     /// Records `n` observations of `seconds` (negative values count as 0).
     pub fn observe_n(&self, seconds: f64, n: u64) {
         if n == 0 {
@@ -151,6 +162,14 @@ pub struct RunStats {
     /// Per sink: from a window's end to the moment its row is acknowledged by the sink
     /// (committed with its checkpoint, or flushed).
     pub sink_latency: Vec<Histogram>,
+    /// Per sink: from the moment the watermark passed a window's end (the first worker that
+    /// saw it hands the window over) to the sink acknowledging its row durable (flushed
+    /// without checkpoints, committed with its checkpoint). Observed per batch, not per row.
+    pub window_durable_latency: Vec<Histogram>,
+    /// Per operator (views only are exported): from the moment a reader took a chunk of
+    /// rows from its source to the live snapshot showing their changes to SQL. Observed
+    /// per chunk, weighted by its rows.
+    pub view_visible_latency: Vec<Histogram>,
     /// Errors, retries and circuit state of the dead-letter output.
     pub dead_letter_health: OutputHealth,
     /// Per operator: the counter of its integer sums given as null because they did not fit
@@ -313,6 +332,14 @@ impl RunStats {
             checkpoints: Default::default(),
             sink_health: sinks.iter().map(|_| OutputHealth::default()).collect(),
             sink_latency: sinks.iter().map(|_| Histogram::default()).collect(),
+            window_durable_latency: sinks
+                .iter()
+                .map(|_| Histogram::with_bounds(LATENCY_BUCKETS))
+                .collect(),
+            view_visible_latency: operators
+                .iter()
+                .map(|_| Histogram::with_bounds(LATENCY_BUCKETS))
+                .collect(),
             dead_letter_health: OutputHealth::default(),
             sum_overflows: Mutex::new(Vec::new()),
             deliveries: Mutex::new(Vec::new()),

@@ -680,6 +680,10 @@ pub struct CheckpointDoc {
     /// Complete checkpoints kept (default 3).
     #[serde(default)]
     pub keep: Option<usize>,
+    /// Also start a checkpoint as soon as windows were emitted to sinks (default false), so
+    /// exactly-once sinks commit them without waiting for the interval.
+    #[serde(default)]
+    pub after_windows: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

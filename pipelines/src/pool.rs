@@ -557,6 +557,7 @@ fn run_jobs(
         let checkpoint = CheckpointSpec {
             store: pool.own(),
             interval: Duration::from_millis(planned.interval_ms),
+            after_windows: planned.after_windows,
             keep: planned.keep,
             pipeline: plan.name.clone(),
             fingerprint: plan.fingerprint(),

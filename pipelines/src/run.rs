@@ -546,6 +546,7 @@ fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec,
     Ok(CheckpointSpec {
         store,
         interval: Duration::from_millis(c.interval_ms),
+        after_windows: c.after_windows,
         keep: c.keep,
         pipeline: plan.name.clone(),
         fingerprint: plan.fingerprint(),

@@ -298,6 +298,21 @@ fn operators(
             .filter(|n| is_window(&n.name))
             .map(|n| ([("window", n.name.as_str())], get(&n.value))),
     )?;
+    let is_view = |name: &str| {
+        live.tables
+            .iter()
+            .any(|t| t.name == name && matches!(t.kind, LiveKind::View))
+    };
+    histogram(
+        e,
+        "weir_view_visible_latency_seconds",
+        "From a row being read from its source to its change being visible to SQL in the view (the next live snapshot), per view.",
+        s.late
+            .iter()
+            .zip(&s.view_visible_latency)
+            .filter(|(n, _)| is_view(&n.name))
+            .map(|(n, h)| ([("view", n.name.as_str())], h)),
+    )?;
     let mut overflows: std::collections::BTreeMap<String, u64> = Default::default();
     if let Ok(list) = s.sum_overflows.lock() {
         for (op, n) in list.iter() {
@@ -383,6 +398,15 @@ fn sinks(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
         s.rows_written
             .iter()
             .zip(&s.sink_latency)
+            .map(|(n, h)| ([("sink", n.name.as_str())], h)),
+    )?;
+    histogram(
+        e,
+        "weir_window_durable_latency_seconds",
+        "From the watermark passing a window's end to its row being acknowledged durable by the sink (flushed, or committed with its checkpoint).",
+        s.rows_written
+            .iter()
+            .zip(&s.window_durable_latency)
             .map(|(n, h)| ([("sink", n.name.as_str())], h)),
     )
 }
@@ -758,6 +782,9 @@ mod tests {
         stats.sources[0].bad.store(1, Ordering::Relaxed);
         stats.sink_latency[1].observe_n(0.3, 4);
         stats.sink_latency[1].observe(1000.0);
+        stats.window_durable_latency[0].observe_n(0.004, 3);
+        stats.window_durable_latency[0].observe(0.08);
+        stats.view_visible_latency[1].observe_n(0.6, 7);
         stats.checkpoints.completed.store(1, Ordering::Relaxed);
         let engine = Arc::new(QueryEngine::new(live, QueryLimits::default()).unwrap());
         Metrics::new(stats, engine)
@@ -855,6 +882,14 @@ mod tests {
             "weir_end_to_end_latency_seconds_bucket{pipeline=\"ops\",sink=\"lake\",le=\"+Inf\"} 5",
             "weir_end_to_end_latency_seconds_count{pipeline=\"ops\",sink=\"lake\"} 5",
             "weir_sink_circuit_state{pipeline=\"ops\",sink=\"dead_letter\"} 0",
+            "weir_window_durable_latency_seconds_bucket{pipeline=\"ops\",sink=\"rows\",le=\"0.0025\"} 0",
+            "weir_window_durable_latency_seconds_bucket{pipeline=\"ops\",sink=\"rows\",le=\"0.005\"} 3",
+            "weir_window_durable_latency_seconds_bucket{pipeline=\"ops\",sink=\"rows\",le=\"0.075\"} 3",
+            "weir_window_durable_latency_seconds_bucket{pipeline=\"ops\",sink=\"rows\",le=\"0.1\"} 4",
+            "weir_window_durable_latency_seconds_count{pipeline=\"ops\",sink=\"lake\"} 0",
+            "weir_view_visible_latency_seconds_bucket{pipeline=\"ops\",view=\"latest\",le=\"0.5\"} 0",
+            "weir_view_visible_latency_seconds_bucket{pipeline=\"ops\",view=\"latest\",le=\"1\"} 7",
+            "weir_view_visible_latency_seconds_count{pipeline=\"ops\",view=\"latest\"} 7",
             "weir_live_snapshot{pipeline=\"ops\"} 3",
             "weir_watermark_milliseconds{pipeline=\"ops\",source=\"events\",partition=\"p\"} 5",
             "weir_partitions_without_watermark{pipeline=\"ops\",source=\"more\"} 0",
@@ -863,6 +898,10 @@ mod tests {
         }
         // views are not windows; the dead-letter output rejects nothing itself
         assert!(!text.contains("window=\"latest\""), "{text}");
+        assert!(
+            !text.contains("view=\"per_minute\""),
+            "windows are not views: {text}"
+        );
         assert!(!text.contains("weir_sink_rejected_total{pipeline=\"ops\",sink=\"dead_letter\""));
         assert!(text.contains("# TYPE weir_checkpoint_age_seconds gauge"));
         assert!(!text.contains("# EOF"));

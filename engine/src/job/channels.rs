@@ -29,7 +29,9 @@ pub(super) const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
 /// What the merger sends a sink thread.
 pub(super) enum SinkMsg {
-    Rows(RecordBatch),
+    /// Rows, with the moment the watermark passed their window's end (window rows; `None`
+    /// for views' changes).
+    Rows(RecordBatch, Option<Instant>),
     /// Operator `op`'s windows up to `upto` were all sent, with every worker's hand-overs up
     /// to `covered[worker]`.
     Upto {
@@ -54,7 +56,8 @@ pub(super) enum DeadMsg {
 /// to make the variants the same size would cost an allocation each for nothing.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum WorkerMsg {
-    Chunk(Chunk),
+    /// A chunk, with when its reader took it from the source.
+    Chunk(Chunk, Instant),
     /// Checkpoint barrier, at the same point of the chunk order in every worker's queue.
     Barrier(u64),
     /// Live barrier (a snapshot for SQL readers), placed as checkpoint barriers are.
@@ -70,6 +73,9 @@ pub(super) enum MergeInput {
     LivePart {
         seq: u64,
         ops: Vec<(usize, Vec<PartialWindow>)>,
+        /// The chunks the worker handled since the last live barrier, whose changes the
+        /// snapshot shows first.
+        arrivals: Vec<Arrival>,
     },
     /// Live barrier `seq`: every worker's hand-overs and live parts before it belong to the
     /// snapshot; with the counters and partition clocks at the barrier.
@@ -79,6 +85,9 @@ pub(super) enum MergeInput {
         clocks: Vec<ClockRow>,
     },
 }
+
+/// A chunk a worker handled: (source index, when its reader took it, records).
+pub(super) type Arrival = (usize, Instant, u64);
 
 /// Spreads chunks over the workers, and records where each partition continues after the
 /// chunks dispatched so far: a barrier sent under the same lock cuts the chunk order there.

@@ -38,11 +38,13 @@ impl Coordinator {
     pub(super) fn run(mut self, failure: &Failure) -> Result<(), EngineError> {
         let mut next_at = Instant::now() + self.spec.interval;
         let mut pending: Option<Pending> = None;
+        // after windows: look for emitted windows often, a checkpoint starts right after them
+        let poll = Duration::from_millis(if self.spec.after_windows { 2 } else { 20 });
         loop {
             if failure.cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);
             }
-            match self.parts.recv_timeout(Duration::from_millis(20)) {
+            match self.parts.recv_timeout(poll) {
                 Ok(part) => {
                     let p = pending.as_mut().ok_or_else(|| {
                         EngineError::Internal("a checkpoint part arrived unasked".into())
@@ -72,7 +74,9 @@ impl Coordinator {
             if handover {
                 tracing::info!(epoch = self.epoch + 1, "hand-over checkpoint");
             }
-            if readers_done || handover || Instant::now() >= next_at {
+            let emitted = self.spec.after_windows
+                && self.epochs.windows_emitted.swap(false, Ordering::SeqCst);
+            if readers_done || handover || emitted || Instant::now() >= next_at {
                 pending = Some(self.trigger(readers_done || handover, failure)?);
             }
         }

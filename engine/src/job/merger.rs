@@ -3,12 +3,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::channels::{
-    clock_status, CheckpointLink, ClockRow, Failure, MergeInput, MergeMsg, SinkMsg,
+    clock_status, Arrival, CheckpointLink, ClockRow, Failure, MergeInput, MergeMsg, SinkMsg,
 };
 use crate::api::MergeOperator;
 use crate::checkpoint::Part;
@@ -70,6 +71,10 @@ pub(super) struct LiveTables {
     retained: Vec<Retained>,
     pub(super) parts: Vec<Vec<PartialWindow>>,
     pub(super) seq: u64,
+    /// Per operator, the index of its source.
+    op_sources: Vec<usize>,
+    /// Chunks the workers handled before the live barrier: the next snapshot shows them.
+    arrivals: Vec<Arrival>,
 }
 
 impl LiveTables {
@@ -77,6 +82,7 @@ impl LiveTables {
         state: Arc<LiveState>,
         partitions: &[(String, String)],
         clocks: Arc<Clocks>,
+        op_sources: Vec<usize>,
     ) -> Self {
         let n = state.tables.len();
         // before the first barrier: the partitions, with what a restore gave their clocks
@@ -98,6 +104,8 @@ impl LiveTables {
             retained: (0..n).map(|_| Retained::new()).collect(),
             parts: (0..n).map(|_| Vec::new()).collect(),
             seq: 0,
+            op_sources,
+            arrivals: Vec::new(),
         }
     }
 
@@ -153,7 +161,62 @@ impl LiveTables {
             partitions,
             finished,
         });
+        self.observe_visible(stats);
         Ok(())
+    }
+
+    /// After a snapshot was published: the rows of the chunks it shows first are visible to
+    /// SQL in each view of their source.
+    fn observe_visible(&mut self, stats: &RunStats) {
+        let now = Instant::now();
+        for (source, read_at, records) in self.arrivals.drain(..) {
+            let seconds = now.duration_since(read_at).as_secs_f64();
+            for (op, def) in self.state.tables.iter().enumerate() {
+                if matches!(def.kind, LiveKind::View) && self.op_sources.get(op) == Some(&source) {
+                    if let Some(h) = stats.view_visible_latency.get(op) {
+                        h.observe_n(seconds, records);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Most points [`PassedWatermarks`] keeps between two emissions.
+const PASSED_CAP: usize = 4096;
+
+/// When the watermark first passed each point (the first worker hand-over that reached it),
+/// for the points not emitted yet: a window ending at `end` was complete from the first
+/// entry at or past `end`. A few entries per emission, not one per row.
+#[derive(Default)]
+pub(super) struct PassedWatermarks {
+    /// (watermark, when it was first handed over), watermarks increasing.
+    seen: std::collections::VecDeque<(i64, Instant)>,
+}
+
+impl PassedWatermarks {
+    /// A worker handed over up to `upto` now.
+    pub(super) fn handed_over(&mut self, upto: i64) {
+        // bounded: past the cap, later windows count from an earlier point (never shorter)
+        if self.seen.len() < PASSED_CAP && self.seen.back().is_none_or(|(w, _)| upto > *w) {
+            self.seen.push_back((upto, Instant::now()));
+        }
+    }
+
+    /// When the window ending at `end` became complete (now when that was not seen: a
+    /// window reopened by a lagging partition, emitted as soon as it is handed over).
+    pub(super) fn since(&self, end: i64) -> Instant {
+        self.seen
+            .iter()
+            .find(|(w, _)| *w >= end)
+            .map_or_else(Instant::now, |(_, t)| *t)
+    }
+
+    /// Windows up to `wm` were emitted: points up to it are no longer needed.
+    pub(super) fn emitted(&mut self, wm: i64) {
+        while self.seen.front().is_some_and(|(w, _)| *w <= wm) {
+            self.seen.pop_front();
+        }
     }
 }
 
@@ -175,6 +238,7 @@ pub(super) fn merger_loop(
 ) -> Result<(), EngineError> {
     let workers = start.workers;
     let mut m = Merger {
+        passed: ops.iter().map(|_| PassedWatermarks::default()).collect(),
         upto: ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect(),
         covered: ops.iter().map(|_| vec![0; workers]).collect(),
         ops,
@@ -188,12 +252,17 @@ pub(super) fn merger_loop(
     for input in rx {
         match input {
             MergeInput::Handover(msg) => m.handover(msg)?,
-            MergeInput::LivePart { seq, ops: parts } => {
+            MergeInput::LivePart {
+                seq,
+                ops: parts,
+                arrivals,
+            } => {
                 tracing::trace!(seq, "live part");
                 if let Some(l) = m.live.as_mut() {
                     for (op, p) in parts {
                         l.parts[op].extend(p);
                     }
+                    l.arrivals.extend(arrivals);
                 }
             }
             MergeInput::Live {
@@ -225,6 +294,8 @@ pub(super) fn merger_loop(
 /// The merger's state.
 struct Merger<'a> {
     ops: Vec<MergePart>,
+    /// Per operator: when the watermark first passed each point not emitted yet.
+    passed: Vec<PassedWatermarks>,
     sinks: Vec<Sender<SinkMsg>>,
     /// Per operator and worker: the watermark of its last hand-over.
     upto: Vec<Vec<i64>>,
@@ -246,6 +317,7 @@ impl Merger<'_> {
         for p in msg.partials {
             merge.merge(p)?;
         }
+        self.passed[msg.operator].handed_over(msg.upto);
         self.upto[msg.operator][msg.worker] = msg.upto;
         self.covered[msg.operator][msg.worker] = msg.seq;
         let emitted = &mut self.emitted[msg.operator];
@@ -261,7 +333,9 @@ impl Merger<'_> {
         }
         *emitted = wm;
         let windows = merge.emits_windows();
+        let mut sent = false;
         for batch in merge.emit(wm)? {
+            sent |= windows && !sink_ids.is_empty();
             if windows {
                 RunStats::add(
                     &self.stats.windows[msg.operator].value,
@@ -271,10 +345,17 @@ impl Merger<'_> {
             if let Some(l) = self.live.as_mut() {
                 l.emitted(msg.operator, &batch)?;
             }
+            let since = window_end_of(&batch).map(|end| self.passed[msg.operator].since(end));
             for &s in sink_ids.iter() {
                 self.sinks[s]
-                    .send(SinkMsg::Rows(batch.clone()))
+                    .send(SinkMsg::Rows(batch.clone(), since))
                     .map_err(|_| self.failure.closed("a sink"))?;
+            }
+        }
+        self.passed[msg.operator].emitted(wm);
+        if sent {
+            if let Some(link) = &self.link {
+                link.epochs.windows_emitted.store(true, Ordering::SeqCst);
             }
         }
         for &s in sink_ids.iter() {
@@ -325,11 +406,38 @@ impl Merger<'_> {
             for batch in merge.barrier_rows()? {
                 for &s in sink_ids.iter() {
                     self.sinks[s]
-                        .send(SinkMsg::Rows(batch.clone()))
+                        .send(SinkMsg::Rows(batch.clone(), None))
                         .map_err(|_| self.failure.closed("a sink"))?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PassedWatermarks;
+
+    #[test]
+    fn a_window_is_complete_from_the_first_hand_over_that_passed_its_end() {
+        let mut p = PassedWatermarks::default();
+        p.handed_over(10);
+        let t10 = p.seen[0].1;
+        p.handed_over(5); // another worker, behind: not a new point
+        p.handed_over(30);
+        let t30 = p.seen[1].1;
+        assert_eq!(p.seen.len(), 2);
+        assert_eq!(p.since(10), t10);
+        assert_eq!(p.since(20), t30);
+        assert_eq!(p.since(8), t10);
+        p.emitted(10);
+        assert_eq!(
+            p.seen.len(),
+            1,
+            "points up to the emitted watermark are dropped"
+        );
+        assert_eq!(p.since(25), t30);
+        assert!(p.since(40) >= t30, "not passed yet: now");
     }
 }

@@ -104,6 +104,7 @@ pub fn run(
         start.emitted.clone(),
         link.clone(),
         live,
+        op_sources.clone(),
     )?;
     let worker_senders = w.start_workers(
         worker_parts,
@@ -114,6 +115,7 @@ pub fn run(
             merge_tx,
             link: link.clone(),
             rendezvous,
+            live: live_interval.is_some(),
         },
     )?;
     let dispatcher = Arc::new(Mutex::new(Dispatcher {
@@ -254,6 +256,8 @@ struct Stages<'a> {
     merge_tx: Sender<MergeInput>,
     link: Option<CheckpointLink>,
     rendezvous: Option<Arc<Rendezvous>>,
+    /// Live snapshots are published.
+    live: bool,
 }
 
 /// What the threads of one run share, and the threads started so far.
@@ -525,13 +529,16 @@ impl Wiring {
         emitted: Vec<i64>,
         link: Option<CheckpointLink>,
         live: Option<LiveSpec>,
+        op_sources: Vec<usize>,
     ) -> Result<Sender<MergeInput>, EngineError> {
         let n = self.workers;
         let (merge_tx, merge_rx) = bounded::<MergeInput>(64 * n);
         let failure = self.failure.clone();
         let stats = self.stats.clone();
-        let live =
-            live.map(|l| LiveTables::new(l.state, &self.partition_keys, self.clocks.clone()));
+        let live = live.map(|l| {
+            let clocks = self.clocks.clone();
+            LiveTables::new(l.state, &self.partition_keys, clocks, op_sources)
+        });
         self.spawn("merger".into(), move || {
             merger_loop(
                 merge_rx,
@@ -579,6 +586,7 @@ impl Wiring {
                 progress: self.progress.clone(),
                 link: to.link.clone(),
                 rendezvous: to.rendezvous.clone(),
+                live: to.live,
             };
             self.spawn(format!("worker-{w}"), move || worker_loop(rx, ops, ctx))?;
         }

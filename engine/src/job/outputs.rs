@@ -1,6 +1,6 @@
 //! The output threads: one per sink, and the dead-letter thread. Both follow one commit
-//! lifecycle ([`run_output`]): write what arrives; without checkpoints, flush every
-//! [`DURABLE_EVERY`] and report what became durable; with checkpoints, pre-commit at each
+//! lifecycle ([`run_output`]): write what arrives; without checkpoints, flush once no more
+//! rows are queued (or every [`DURABLE_EVERY`]) and report what became durable; with checkpoints, pre-commit at each
 //! barrier, commit each epoch once its checkpoint is complete, and at the end commit the
 //! last one; then finish the output.
 
@@ -45,6 +45,14 @@ fn window_end_runs(batch: &RecordBatch, out: &mut Vec<(i64, u64)>) {
             _ => out.push((end, 1)),
         }
     }
+}
+
+/// Rows a sink wrote and that are not durable yet: (window end, rows) runs, and per batch
+/// of window rows (when the watermark passed its window's end, rows).
+#[derive(Default)]
+struct Unacked {
+    ends: Vec<(i64, u64)>,
+    since: Vec<(Instant, u64)>,
 }
 
 /// The commit lifecycle [`Sink`] and [`DeadLetterSink`] share.
@@ -149,14 +157,38 @@ pub(super) fn recover<O: Committable>(
     Ok(out.inner)
 }
 
+/// How often an output waiting for a checkpoint to complete looks whether it did.
+const COMMIT_POLL: Duration = Duration::from_millis(2);
+/// Without checkpoints, the least time between two flushes of rows as they come, so that a
+/// sink fed faster than it flushes (a replay) still writes large batches.
+const FLUSH_GAP: Duration = Duration::from_millis(10);
+
 /// The two-phase-commit state of an output: the epochs it pre-committed and committed.
 #[derive(Default)]
 struct Commits {
     pre_committed: u64,
     committed: u64,
+    /// Without checkpoints: when rows written since the last flush may be flushed (a step
+    /// waits no longer than that).
+    flush_at: Option<Instant>,
 }
 
 impl Commits {
+    /// How long a step may wait for input: a [`TICK`], or [`COMMIT_POLL`] while a
+    /// pre-committed epoch waits for its checkpoint to complete, so that it is committed
+    /// soon after (its rows become durable then).
+    fn wait(&self) -> Duration {
+        let wait = if self.pre_committed > self.committed {
+            COMMIT_POLL
+        } else {
+            TICK
+        };
+        match self.flush_at {
+            Some(at) => wait.min(at.saturating_duration_since(Instant::now())),
+            None => wait,
+        }
+    }
+
     /// The epoch to commit now, if a pre-committed one became complete.
     fn due(&self, link: &CheckpointLink) -> Option<u64> {
         let complete = link.epochs.completed.load(Ordering::SeqCst);
@@ -186,11 +218,19 @@ impl Commits {
 trait OutputThread<'a> {
     type Output: Committable;
     fn output(&mut self) -> &mut Output<'a, Self::Output>;
-    /// Takes the next input, waiting at most a [`TICK`], and handles it; at a barrier,
+    /// Takes the next input, waiting at most [`Commits::wait`], and handles it; at a barrier,
     /// pre-commits its epoch (see [`Output::pre_commit`]). `false` once the input ended.
     fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError>;
     /// Without checkpoints: whether a flush has progress to report.
     fn awaits_flush(&self) -> bool;
+    /// Rows were written since the last flush.
+    fn unflushed(&self) -> bool {
+        false
+    }
+    /// No more input is queued now.
+    fn idle(&self) -> bool {
+        false
+    }
     /// After a flush, which made everything written so far durable when `durable`.
     fn flushed(&mut self, durable: bool) -> Result<(), EngineError>;
     /// After epoch `commits.committed` was committed; `at_end` for the last commit, once the
@@ -202,8 +242,8 @@ trait OutputThread<'a> {
 
 /// The lifecycle of an output thread: [`OutputThread::step`] until the input ends; after
 /// each step, with checkpoints (`link`), commits the epoch whose checkpoint became
-/// complete, and without, flushes every [`DURABLE_EVERY`] when there is progress to
-/// report. At the end: waits for the checkpoint of the last barrier and commits it, then
+/// complete, and without, flushes rows written as soon as no more are queued (at most every
+/// [`FLUSH_GAP`]) and every [`DURABLE_EVERY`] when there is progress to report. At the end: waits for the checkpoint of the last barrier and commits it, then
 /// finishes the output.
 fn run_output<'a, T: OutputThread<'a>>(
     mut thread: T,
@@ -212,14 +252,20 @@ fn run_output<'a, T: OutputThread<'a>>(
 ) -> Result<(), EngineError> {
     let mut commits = Commits::default();
     let mut last_flush = Instant::now();
-    while thread.step(&mut commits)? {
+    loop {
+        commits.flush_at = (link.is_none() && thread.unflushed()).then(|| last_flush + FLUSH_GAP);
+        if !thread.step(&mut commits)? {
+            break;
+        }
         if let Some(link) = link {
             if let Some(epoch) = commits.due(link) {
                 thread.output().call("commit", |o| o.commit(epoch))?;
                 commits.committed = epoch;
                 thread.committed(&commits, false)?;
             }
-        } else if last_flush.elapsed() >= DURABLE_EVERY && thread.awaits_flush() {
+        } else if (last_flush.elapsed() >= DURABLE_EVERY && thread.awaits_flush())
+            || (thread.unflushed() && thread.idle() && last_flush.elapsed() >= FLUSH_GAP)
+        {
             let durable = thread.output().call("flush", |o| o.flush())?;
             thread.flushed(durable)?;
             last_flush = Instant::now();
@@ -283,7 +329,8 @@ impl SinkThread {
             epoch: self.epoch,
             rejected_from: self.rejected_from,
             rows: Vec::new(),
-            unacked: Vec::new(),
+            unacked: Unacked::default(),
+            fresh: false,
             pending_ack: Vec::new(),
         };
         run_output(state, link.as_ref(), &cancel)
@@ -309,10 +356,12 @@ struct SinkState<'a> {
     /// (epoch, rows written before its barrier) of the epochs pre-committed and not
     /// committed yet.
     rows: Vec<(u64, u64)>,
-    /// (window end, rows) written and not acknowledged yet, for the latency histogram.
-    unacked: Vec<(i64, u64)>,
+    /// Rows written and not acknowledged yet, for the latency histograms.
+    unacked: Unacked,
+    /// Rows were written since the last flush.
+    fresh: bool,
     /// Per pre-committed epoch, its rows not acknowledged yet.
-    pending_ack: Vec<(u64, Vec<(i64, u64)>)>,
+    pending_ack: Vec<(u64, Unacked)>,
 }
 
 impl<'a> OutputThread<'a> for SinkState<'a> {
@@ -323,15 +372,17 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
     }
 
     fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError> {
-        match self.rx.recv_timeout(TICK) {
-            Ok(SinkMsg::Rows(batch)) => {
+        match self.rx.recv_timeout(commits.wait()) {
+            Ok(SinkMsg::Rows(batch, since)) => {
+                self.fresh = true;
                 self.out.call("write", |s| s.write(&batch))?;
                 self.forward_rejected()?;
-                RunStats::add(
-                    &self.stats.rows_written[self.index].value,
-                    batch.num_rows() as u64,
-                );
-                window_end_runs(&batch, &mut self.unacked);
+                let rows = batch.num_rows() as u64;
+                RunStats::add(&self.stats.rows_written[self.index].value, rows);
+                window_end_runs(&batch, &mut self.unacked.ends);
+                if let Some(t) = since {
+                    self.unacked.since.push((t, rows));
+                }
             }
             Ok(SinkMsg::Upto { op, upto, covered }) => {
                 if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
@@ -355,12 +406,21 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
         self.sent_upto.iter().any(Option::is_some)
     }
 
+    fn unflushed(&self) -> bool {
+        self.fresh
+    }
+
+    fn idle(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     fn flushed(&mut self, durable: bool) -> Result<(), EngineError> {
+        self.fresh = false;
         self.forward_rejected()?;
         if durable {
             self.report();
             let rows = std::mem::take(&mut self.unacked);
-            self.acknowledged(rows);
+            self.acknowledged([rows]);
         }
         Ok(())
     }
@@ -375,7 +435,7 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
         let (acked, rest): (Vec<_>, Vec<_>) =
             self.pending_ack.drain(..).partition(|(e, _)| *e <= epoch);
         self.pending_ack = rest;
-        self.acknowledged(acked.into_iter().flat_map(|(_, rows)| rows));
+        self.acknowledged(acked.into_iter().map(|(_, rows)| rows));
         Ok(())
     }
 
@@ -397,10 +457,10 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
         self.report();
         if self.link.is_some() {
             let pending = std::mem::take(&mut self.pending_ack);
-            self.acknowledged(pending.into_iter().flat_map(|(_, rows)| rows));
+            self.acknowledged(pending.into_iter().map(|(_, rows)| rows));
         } else {
             let rows = std::mem::take(&mut self.unacked);
-            self.acknowledged(rows);
+            self.acknowledged([rows]);
         }
         Ok(())
     }
@@ -422,12 +482,19 @@ impl SinkState<'_> {
         self.rows.retain(|(e, _)| *e > upto);
     }
 
-    /// Rows the sink acknowledged now: their latency from their window's end.
-    fn acknowledged(&self, rows: impl IntoIterator<Item = (i64, u64)>) {
-        let now = now_ms();
-        let h = &self.stats.sink_latency[self.index];
-        for (end, n) in rows {
-            h.observe_n((now - end) as f64 / 1000.0, n);
+    /// Rows the sink acknowledged now: their latency from their window's end, and from the
+    /// watermark passing it.
+    fn acknowledged(&self, rows: impl IntoIterator<Item = Unacked>) {
+        let (now, at) = (now_ms(), Instant::now());
+        let from_end = &self.stats.sink_latency[self.index];
+        let from_watermark = &self.stats.window_durable_latency[self.index];
+        for group in rows {
+            for (end, n) in group.ends {
+                from_end.observe_n((now - end) as f64 / 1000.0, n);
+            }
+            for (t, n) in group.since {
+                from_watermark.observe_n(at.duration_since(t).as_secs_f64(), n);
+            }
         }
     }
 
@@ -601,7 +668,7 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
             let mut select = crossbeam_channel::Select::new();
             let workers = self.workers_open.then(|| select.recv(&self.rx));
             let sinks = self.sinks_open.then(|| select.recv(&self.rejects));
-            match select.select_timeout(TICK) {
+            match select.select_timeout(commits.wait()) {
                 Ok(op) if Some(op.index()) == workers => (Some(op.recv(&self.rx)), None),
                 Ok(op) if Some(op.index()) == sinks => (None, Some(op.recv(&self.rejects))),
                 Ok(_) | Err(_) => (None, None),

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use crossbeam_channel::SendTimeoutError;
 
@@ -19,6 +20,7 @@ pub(super) fn read_source(
 ) -> Result<(), EngineError> {
     let poisoned = || EngineError::Internal("dispatcher poisoned".into());
     while let Some(chunk) = reader.next_chunk(ctx)? {
+        let read_at = Instant::now();
         if failure.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
@@ -32,7 +34,7 @@ pub(super) fn read_source(
         d.next += 1;
         let partition = chunk.partition.id;
         let resume = chunk.resume;
-        let mut msg = WorkerMsg::Chunk(chunk);
+        let mut msg = WorkerMsg::Chunk(chunk, read_at);
         let mut pressed = false;
         loop {
             match d.senders[target].send_timeout(msg, TICK) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::channels::{
-    clock_status, CheckpointLink, DeadMsg, Failure, MergeInput, MergeMsg, WorkerMsg, TICK,
+    clock_status, Arrival, CheckpointLink, DeadMsg, Failure, MergeInput, MergeMsg, WorkerMsg, TICK,
 };
 use crate::api::{Decode, WorkerOperator};
 use crate::checkpoint::{Part, Rendezvous};
@@ -35,6 +35,8 @@ pub(super) struct WorkerCtx {
     pub(super) progress: Arc<Progress>,
     pub(super) link: Option<CheckpointLink>,
     pub(super) rendezvous: Option<Arc<Rendezvous>>,
+    /// Live snapshots are published (the worker notes when its chunks were read).
+    pub(super) live: bool,
 }
 
 pub(super) fn worker_loop(
@@ -44,14 +46,23 @@ pub(super) fn worker_loop(
 ) -> Result<(), EngineError> {
     let mut flushed: Vec<Handover> = vec![Handover::default(); ops.len()];
     let mut row_wm: Vec<i64> = Vec::new();
+    // with live snapshots: the chunks handled since the last live barrier
+    let mut arrivals: Vec<Arrival> = Vec::new();
     loop {
         match rx.recv_timeout(TICK) {
-            Ok(WorkerMsg::Chunk(chunk)) => {
-                process_chunk(chunk, &mut ops, &mut flushed, &ctx, &mut row_wm)?;
+            Ok(WorkerMsg::Chunk(chunk, read_at)) => {
+                let source = chunk.source;
+                let records = process_chunk(chunk, &mut ops, &mut flushed, &ctx, &mut row_wm)?;
+                if ctx.live && records > 0 {
+                    arrivals.push((source, read_at, records));
+                }
                 flush_ops(&mut ops, &mut flushed, &ctx)?;
             }
             Ok(WorkerMsg::Barrier(epoch)) => worker_barrier(epoch, &mut ops, &mut flushed, &ctx)?,
-            Ok(WorkerMsg::Live(seq)) => worker_live(seq, &mut ops, &mut flushed, &ctx)?,
+            Ok(WorkerMsg::Live(seq)) => {
+                let arrived = std::mem::take(&mut arrivals);
+                worker_live(seq, &mut ops, &mut flushed, &ctx, arrived)?
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if ctx.failure.cancel.load(Ordering::Relaxed) {
                     return Err(EngineError::Cancelled);
@@ -160,6 +171,7 @@ fn worker_live(
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
     ctx: &WorkerCtx,
+    arrivals: Vec<Arrival>,
 ) -> Result<(), EngineError> {
     let rendezvous = ctx
         .rendezvous
@@ -175,7 +187,11 @@ fn worker_live(
             }
         }
         ctx.merge_tx
-            .send(MergeInput::LivePart { seq, ops: parts })
+            .send(MergeInput::LivePart {
+                seq,
+                ops: parts,
+                arrivals,
+            })
             .map_err(|_| merger_lost())
     };
     let lead = || {
@@ -275,13 +291,14 @@ impl ExitBarrier {
     }
 }
 
+/// Decodes, sequences and aggregates a chunk; returns its records (good and bad).
 fn process_chunk(
     chunk: Chunk,
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     handovers: &mut [Handover],
     ctx: &WorkerCtx,
     row_wm: &mut Vec<i64>,
-) -> Result<(), EngineError> {
+) -> Result<u64, EngineError> {
     let _span = tracing::info_span!(
         "batch",
         source = %chunk.partition.source,
@@ -368,7 +385,7 @@ fn process_chunk(
                 Vec::new(),
             )?;
         }
-        return Ok(());
+        return Ok(records);
     };
     for w in row_wm.iter_mut() {
         *w = clock.watermark_after((*w).max(before));
@@ -412,7 +429,7 @@ fn process_chunk(
             .collect();
         send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, windows)?;
     }
-    Ok(())
+    Ok(records)
 }
 
 /// Counts the records operators dead-lettered as bad (an expression failed on them) as bad

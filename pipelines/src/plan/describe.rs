@@ -287,8 +287,15 @@ impl Plan {
         let _ = match &self.checkpoint {
             Some(c) => writeln!(
                 s,
-                "checkpoints: {} every {} ms, keeping {}; a restart continues from the newest",
-                c.location, c.interval_ms, c.keep
+                "checkpoints: {} every {} ms{}, keeping {}; a restart continues from the newest",
+                c.location,
+                c.interval_ms,
+                if c.after_windows {
+                    " and after windows are emitted"
+                } else {
+                    ""
+                },
+                c.keep
             ),
             None => writeln!(
                 s,

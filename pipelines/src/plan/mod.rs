@@ -131,6 +131,8 @@ pub struct PlannedCheckpoint {
     pub interval_ms: u64,
     /// Complete checkpoints kept.
     pub keep: usize,
+    /// Also checkpoint as soon as windows were emitted to sinks.
+    pub after_windows: bool,
 }
 
 /// Checkpoints every 10 s unless told otherwise (Flink users set about this).

@@ -38,6 +38,7 @@ pub(super) fn checkpoint(
                 location,
                 interval_ms,
                 keep,
+                after_windows: c.value.after_windows.unwrap_or(false),
             })
         }
         None => None,

@@ -510,6 +510,7 @@ pub(super) fn checkpointed(spec: &mut JobSpec, dir: &std::path::Path) {
     spec.checkpoint = Some(crate::checkpoint::CheckpointSpec {
         store: Arc::new(CheckpointStore::open(dir.to_str().unwrap()).unwrap()),
         interval: Duration::from_millis(20),
+        after_windows: false,
         keep: 2,
         pipeline: "test".into(),
         fingerprint: BTreeMap::new(),

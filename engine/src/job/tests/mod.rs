@@ -326,3 +326,100 @@ fn checkpointed_outputs_commit_each_epoch_after_pre_committing_it() {
     );
     assert_eq!(RunStats::get(&stats.rows_committed[0].value), 4);
 }
+
+#[test]
+fn a_live_view_observes_when_read_rows_became_visible_and_sinks_when_windows_were_durable() {
+    let state = Arc::new(LiveState::new(
+        "test",
+        vec![LiveTableDef::new(
+            "counts",
+            LiveKind::View,
+            &output_schema(),
+            Vec::new(),
+        )],
+    ));
+    let interval = Duration::from_millis(50);
+    let mut spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        RecordingSink::default(),
+        RecordingDeadLetters::default(),
+        2,
+    );
+    spec.live = Some(LiveSpec {
+        state: state.clone(),
+        interval,
+    });
+    let stop = StopHandle::new();
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        stopper.stop();
+    });
+    let stats = run_stats();
+    run_within(spec, stats.clone(), stop, Duration::from_secs(20)).unwrap();
+    // the operator is a view here: its rows became visible at the next snapshot
+    let (buckets, count, sum) = stats.view_visible_latency[0].read();
+    assert!(count > 0, "rows were observed");
+    let within = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+    assert!(
+        within(1.0) == count,
+        "a snapshot every {interval:?} shows rows within a second: {buckets:?}"
+    );
+    assert!(sum / count as f64 <= 1.0, "mean {}", sum / count as f64);
+    // the fake operator emits windows: each written row was flushed and observed once
+    let (_, durable, _) = stats.window_durable_latency[0].read();
+    assert_eq!(durable, RunStats::get(&stats.rows_written[0].value));
+    assert!(durable > 0);
+}
+
+/// Commits an endless run made before it was stopped, with a 60 s checkpoint interval.
+fn commits_while_running(after_windows: bool) -> (usize, Arc<RunStats>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RecordingSink::default();
+    let calls = sink.calls.clone();
+    let mut spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        sink,
+        RecordingDeadLetters::default(),
+        2,
+    );
+    checkpointed(&mut spec, dir.path());
+    if let Some(c) = spec.checkpoint.as_mut() {
+        c.interval = Duration::from_secs(60);
+        c.after_windows = after_windows;
+    }
+    let stop = StopHandle::new();
+    let stopper = stop.clone();
+    let seen = calls.clone();
+    let watcher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        let commits = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| matches!(c, Call::Commit(_)))
+            .count();
+        stopper.stop();
+        commits
+    });
+    let stats = run_stats();
+    run_within(spec, stats.clone(), stop, Duration::from_secs(20)).unwrap();
+    (watcher.join().unwrap(), stats)
+}
+
+#[test]
+fn checkpoints_after_windows_commit_emitted_windows_without_waiting_for_the_interval() {
+    let (commits, stats) = commits_while_running(true);
+    assert!(commits >= 2, "{commits} commits while running");
+    let (_, durable, sum) = stats.window_durable_latency[0].read();
+    assert!(durable > 0);
+    assert!(
+        sum / (durable as f64) < 5.0,
+        "committed long before the 60 s interval: mean {} s",
+        sum / durable as f64
+    );
+    let (commits, _) = commits_while_running(false);
+    assert_eq!(commits, 0, "the interval alone: no checkpoint yet");
+}

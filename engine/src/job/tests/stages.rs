@@ -137,7 +137,7 @@ fn a_reader_deals_chunks_round_robin_and_ends_the_workers_input() {
     let seqs = |rx: Receiver<WorkerMsg>| -> Vec<u64> {
         rx.try_iter()
             .map(|m| match m {
-                WorkerMsg::Chunk(c) => c.seq,
+                WorkerMsg::Chunk(c, _) => c.seq,
                 _ => panic!("not a chunk"),
             })
             .collect()
@@ -206,7 +206,7 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
     // worker 1 closed [0, 10) only: only it is emitted, with both workers' rows
     tx.send(handover(1, 1, vec![partial(0, 2)], 10)).unwrap();
     match next() {
-        SinkMsg::Rows(b) => assert_eq!(windows_in(&b), vec![(0, 3)]),
+        SinkMsg::Rows(b, _) => assert_eq!(windows_in(&b), vec![(0, 3)]),
         _ => panic!("not rows"),
     }
     match next() {
@@ -216,7 +216,7 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
     tx.send(handover(1, 2, vec![partial(10, 4)], WATERMARK_END))
         .unwrap();
     match next() {
-        SinkMsg::Rows(b) => assert_eq!(windows_in(&b), vec![(10, 5)]),
+        SinkMsg::Rows(b, _) => assert_eq!(windows_in(&b), vec![(10, 5)]),
         _ => panic!("not rows"),
     }
     match next() {
@@ -248,9 +248,11 @@ fn a_worker_hands_windows_over_in_order_and_dead_letters_late_rows() {
         progress: Arc::new(Progress::new(1, &[1])),
         link: None,
         rendezvous: None,
+        live: false,
     };
     for chunk in partition_chunks(0, &[&[0, 5], &[25], &[3]]) {
-        tx.send(WorkerMsg::Chunk(chunk)).unwrap();
+        tx.send(WorkerMsg::Chunk(chunk, std::time::Instant::now()))
+            .unwrap();
     }
     drop(tx);
     let ops: Vec<(usize, Box<dyn WorkerOperator>)> = vec![(0, Box::new(CountWorker::default()))];
@@ -279,7 +281,8 @@ fn a_worker_hands_windows_over_in_order_and_dead_letters_late_rows() {
 }
 
 #[test]
-fn a_sink_thread_without_checkpoints_flushes_to_report_progress_and_forwards_refused_rows() {
+fn a_sink_thread_without_checkpoints_flushes_rows_at_once_and_to_report_progress_and_forwards_refused_rows(
+) {
     let sink = RecordingSink {
         refuse_every_row: true,
         ..Default::default()
@@ -303,28 +306,44 @@ fn a_sink_thread_without_checkpoints_flushes_to_report_progress_and_forwards_ref
         rejected_from: partition(usize::MAX),
     };
     let done = std::thread::spawn(move || thread.run(rx));
-    tx.send(SinkMsg::Rows(window_rows(&[(0, 2), (10, 1)])))
+    let passed = Instant::now() - Duration::from_millis(30);
+    tx.send(SinkMsg::Rows(window_rows(&[(0, 2), (10, 1)]), Some(passed)))
         .unwrap();
-    // nothing to report yet: no flush
-    std::thread::sleep(Duration::from_millis(400));
-    assert!(!calls.lock().unwrap().contains(&Call::Flush));
+    // no more rows queued: flushed at once, not at the next progress report
+    let flushes = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == Call::Flush)
+            .count()
+            < n
+        {
+            assert!(Instant::now() < deadline, "no flush");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    flushes(1);
+    let (buckets, count, sum) = stats.window_durable_latency[0].read();
+    assert_eq!(count, 2, "one observation per row of the batch");
+    assert!(sum >= 0.06, "from the watermark passing: {sum}");
+    assert_eq!(buckets.iter().find(|(b, _)| *b == 0.025).unwrap().1, 0);
     tx.send(SinkMsg::Upto {
         op: 0,
         upto: 20,
         covered: vec![1],
     })
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !calls.lock().unwrap().contains(&Call::Flush) {
-        assert!(Instant::now() < deadline, "no flush");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // progress to report: flushed again
+    flushes(2);
     drop(tx);
     done.join().unwrap().unwrap();
     assert_eq!(
         *calls.lock().unwrap(),
         vec![
             Call::Write(vec![(0, 2), (10, 1)]),
+            Call::Flush,
             Call::Flush,
             Call::Finish
         ]
