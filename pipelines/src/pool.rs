@@ -687,13 +687,18 @@ fn pooled_sources(
     Ok(out)
 }
 
-/// Where a claimed partition continues, from its records in a checkpoint: its own, or its
-/// lanes' (a repartition topic continues at the smallest of its lanes' offsets, each lane
-/// dropping what it read before).
+/// Where a claimed partition continues, from its records in a checkpoint: its own (a
+/// repartition topic's with the vector of its lanes' next upstream offsets), or in a
+/// checkpoint of format 1, its lanes' (it continues at the smallest of their offsets, each
+/// lane dropping what it read before).
 fn claimed_start(records: &[weir_engine::checkpoint::PartitionRecord]) -> Option<ClaimedStart> {
     let offset = records.iter().map(|r| r.next_offset).min()?;
     let mut lanes = Vec::new();
     for r in records {
+        if !r.lanes.is_empty() {
+            lanes.clone_from(&r.lanes);
+            continue;
+        }
         let lane = r
             .partition
             .rsplit('/')
@@ -707,6 +712,28 @@ fn claimed_start(records: &[weir_engine::checkpoint::PartitionRecord]) -> Option
         }
     }
     Some(ClaimedStart { offset, lanes })
+}
+
+/// With a repartitioned source: the state ids checkpoints of format 1 gave the partitions,
+/// which numbered every lane of a repartition topic's partition (its state under the first).
+fn legacy_state_ids(plan: &Plan, sources: &[PooledSource]) -> Option<HashMap<String, u32>> {
+    let laned = |s: &crate::plan::PlannedSource| {
+        crate::connectors::kafka::source_config(s.input.as_ref())
+            .and_then(|c| c.upstream.as_ref())
+            .map(|u| u.partitions.max(1) as u32)
+    };
+    plan.sources.iter().any(|s| laned(s).is_some()).then(|| {
+        let mut ids = HashMap::new();
+        let mut next = 0u32;
+        for (s, src) in plan.sources.iter().zip(sources) {
+            let per = laned(s).unwrap_or(1);
+            for key in &src.keys {
+                ids.insert(format!("{}/{key}", s.name), next);
+                next += per;
+            }
+        }
+        ids
+    })
 }
 
 /// A pool worker's settings for its jobs.
@@ -753,12 +780,13 @@ fn run_jobs(
             ids.insert(format!("{}/{key}", s.name), ids.len() as u32);
         }
     }
+    let legacy_ids = legacy_state_ids(plan, sources);
     loop {
         let owned_now = owned
             .lock()
             .map_err(|_| EngineError::Internal("the owned partitions are poisoned".into()))?
             .clone();
-        let restore = pool.restore(&owned_now, &ids, &columns)?;
+        let restore = pool.restore_numbered(&owned_now, &ids, legacy_ids.as_ref(), &columns)?;
         if let Some(r) = &restore.restored {
             check_compatible(plan, &planned.location, &r.manifest)?;
         }
@@ -945,6 +973,8 @@ mod tests {
                 next_offset,
                 position,
                 newest: 0,
+                lanes: vec![],
+                lane_lag: vec![],
             }
         };
         assert_eq!(claimed_start(&[]), None);
@@ -963,6 +993,17 @@ mod tests {
                 rec("t/3/0", 70, 5),
                 rec("t/3/2", 90, 0)
             ]),
+            Some(ClaimedStart {
+                offset: 70,
+                lanes: vec![5, 17, 0]
+            })
+        );
+        // format 2: one record with its lanes
+        let mut one = rec("t/3", 70, 0);
+        one.lanes = vec![5, 17, 0];
+        one.lane_lag = vec![0, 3, -1];
+        assert_eq!(
+            claimed_start(&[one]),
             Some(ClaimedStart {
                 offset: 70,
                 lanes: vec![5, 17, 0]
