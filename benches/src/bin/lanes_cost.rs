@@ -215,7 +215,11 @@ fn hand_over(p: usize, messages: usize, old: bool) -> (usize, u64) {
             }
             let got = rx.recv().ok();
             let clock: &PartitionClock = clocks.partition(id);
-            black_box(clock.sequence_in(seq, lane, round as i64, false, &cancel).ok());
+            black_box(
+                clock
+                    .sequence_in(seq, lane, round as i64, false, &cancel)
+                    .ok(),
+            );
             black_box(got);
             chunks += 1;
         }
@@ -256,7 +260,13 @@ fn main() {
     };
     println!(
         "{:>6} {:>7} {:>12} {:>12} {:>14} {:>16} {:>18}",
-        "P", "layout", "job parts", "memory MiB", "checkpoint KiB", "chunks/handover", "handover us (1024)"
+        "P",
+        "layout",
+        "job parts",
+        "memory MiB",
+        "checkpoint KiB",
+        "chunks/handover",
+        "handover us (1024)"
     );
     for &p in &ps {
         for old in [true, false] {

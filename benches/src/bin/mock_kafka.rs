@@ -2,7 +2,8 @@
 //! loaded from an NDJSON file, served over TCP to consumers in other processes.
 //!
 //!   mock_kafka [--brokers N] [--partitions P] [--topic T] [--key FIELD]
-//!              [--compression none|lz4|zstd|gzip|snappy] [--live] [--ignore-stdin] FILE
+//!              [--compression none|lz4|zstd|gzip|snappy] [--live] [--ignore-stdin]
+//!              [--more-topic NAME]... FILE
 //!
 //! Starts a mock cluster of N brokers (default 1), creates topic T (default `events`) with P
 //! partitions (default 12) and produces every line of FILE to it as one message: keyed by the
@@ -19,7 +20,10 @@
 //! beyond that (hard-coded in librdkafka 2.12, `rd_kafka_mock_partition_init`); a benchmark's
 //! topic is larger, so this raises both limits on the topic's partitions through librdkafka's
 //! internal partition structure, after checking the fields hold the expected defaults (it
-//! refuses to start otherwise rather than serve a truncated topic).
+//! refuses to start otherwise rather than serve a truncated topic). `--more-topic NAME` creates
+//! an empty topic NAME with P partitions and the same limits (a topic the consumers write,
+//! such as a worker pool's repartition topic, which they would otherwise create with the
+//! mock's limits).
 
 use std::ffi::{c_char, c_void, CString};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,11 +43,13 @@ struct Args {
     compression: String,
     live: bool,
     ignore_stdin: bool,
+    more_topics: Vec<String>,
     file: String,
 }
 
 const USAGE: &str = "usage: mock_kafka [--brokers N] [--partitions P] [--topic T] [--key FIELD] \
-                     [--compression none|lz4|zstd|gzip|snappy] [--live] [--ignore-stdin] FILE";
+                     [--compression none|lz4|zstd|gzip|snappy] [--live] [--ignore-stdin] \
+                     [--more-topic NAME]... FILE";
 
 fn parse_args() -> Result<Args, Error> {
     let mut a = Args {
@@ -54,6 +60,7 @@ fn parse_args() -> Result<Args, Error> {
         compression: "lz4".into(),
         live: false,
         ignore_stdin: false,
+        more_topics: Vec::new(),
         file: String::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -70,6 +77,7 @@ fn parse_args() -> Result<Args, Error> {
             "--compression" => a.compression = value()?,
             "--live" => a.live = true,
             "--ignore-stdin" => a.ignore_stdin = true,
+            "--more-topic" => a.more_topics.push(value()?),
             "-h" | "--help" => return Err(USAGE.into()),
             _ if a.file.is_empty() && !arg.starts_with("--") => a.file = arg,
             _ => return Err(format!("unexpected argument `{arg}`\n{USAGE}").into()),
@@ -224,6 +232,10 @@ fn main() -> Result<(), Error> {
     let mcluster =
         unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(producer.client().native_ptr()) };
     unlimit_retention(mcluster, &a.topic, a.partitions)?;
+    for t in &a.more_topics {
+        mock.create_topic(t, a.partitions, 1)?;
+        unlimit_retention(mcluster, t, a.partitions)?;
+    }
     // A real broker waits 3 s (the mock's default too) for more members before a new group's
     // first assignment; a benchmark's consumers come alone.
     // SAFETY: as above.

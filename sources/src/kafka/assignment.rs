@@ -161,6 +161,7 @@ impl KafkaReader {
                             let (from, expect) = expected.unwrap_or_default();
                             let lanes =
                                 Lanes::new(up.topic.as_str().into(), up.partitions, &expect, from);
+                            ctx.clocks.partition(id).set_idle(false);
                             lanes.set_up(ctx.clocks.partition(id));
                             s.up = Some(Box::new(lanes));
                         }

@@ -204,10 +204,11 @@ impl KafkaReader {
         }
         for s in &self.partitions {
             let clock = ctx.clocks.partition(s.lane.info.id);
-            if let Some(up) = &s.up {
+            clock.set_idle(!s.assigned);
+            // then the lanes this reader knows to be idle
+            if let Some(up) = s.up.as_ref().filter(|_| s.assigned) {
                 up.set_up(clock);
             }
-            clock.set_idle(!s.assigned);
             if s.assigned {
                 ctx.progress.track(s.lane.info.id);
             }
