@@ -7,6 +7,7 @@
 # the broker: a 2-core machine cannot host a real broker and two busy workers.
 #   benches/pool_cost.sh [EVENTS] [ROUNDS]         (default: 400000 2)
 #   MODES="keyed repartitioned"  WORKERS="1 2 4"  PARTITIONS=12  PAUSE=1|0
+#   PROFILE=debug                 debug builds (ratios only; absolute figures are release's)
 # Prints, per mode, round and worker count: wall seconds, weir CPU seconds (user+system of
 # every worker, from /usr/bin/time), CPU microseconds per event, window rows (equal for
 # every run: a sanity check), and the ratio of CPU per event to 1 worker's of the same
@@ -20,10 +21,13 @@ WORKERS=${WORKERS:-1 2 4}
 PARTITIONS=${PARTITIONS:-12}
 PAUSE=${PAUSE:-1}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-(cd "$repo" && cargo build --release -q -p weir-cli --bin weir &&
-  cargo build --release -q -p weir-benches --bin mock_kafka)
-WEIR=$CARGO_TARGET_DIR/release/weir
-MOCK=$CARGO_TARGET_DIR/release/mock_kafka
+PROFILE=${PROFILE:-release}
+flag=--release
+if [[ $PROFILE == debug ]]; then flag=""; fi
+(cd "$repo" && cargo build $flag -q -p weir-cli --bin weir &&
+  cargo build $flag -q -p weir-benches --bin mock_kafka)
+WEIR=$CARGO_TARGET_DIR/$PROFILE/weir
+MOCK=$CARGO_TARGET_DIR/$PROFILE/mock_kafka
 py=${WEIR_VENV:-$HOME/.cache/weir/venv}/bin/python
 [[ -x $py ]] || py=python3
 work=$(mktemp -d)

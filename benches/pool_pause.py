@@ -8,7 +8,7 @@ Starts worker `a` of PIPELINE (whose `serve` takes its port from WEIR_HTTP_PORT,
 join); once every partition made progress again, stops `b` with SIGTERM (a leave: it hands
 its partitions over); then waits for `a` to finish. Polls `weir_status` of each running
 worker every 100 ms. The pause of an event is the longest time, over the partitions not yet
-read to their end, from the event to the partition's first progress (its `records_in`
+read to their end, from the event to the partition's first progress (its `events_in`
 growing) after it. Prints `join_pause_s=... leave_pause_s=...`.
 """
 
@@ -24,7 +24,7 @@ import urllib.request
 def status(port):
     """(partition -> records_in, partition -> ended) of a worker, or None."""
     body = json.dumps(
-        {"query": "SELECT partition, records_in, ended FROM weir_status"}
+        {"query": "SELECT partition, events_in, ended FROM weir_status"}
     ).encode()
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/sql",
@@ -37,7 +37,7 @@ def status(port):
     except Exception:
         return None
     return (
-        {row["partition"]: row["records_in"] or 0 for row in rows},
+        {row["partition"]: row["events_in"] or 0 for row in rows},
         {row["partition"]: bool(row["ended"]) for row in rows},
     )
 

@@ -23,6 +23,36 @@ struct Sequence {
     /// A repartition topic's partition: one entry per upstream partition (lane), each with
     /// its own newest event time (see [`PartitionClock::use_lanes`]). Empty otherwise.
     lanes: Vec<LaneTime>,
+    /// The smallest newest event time of the lanes that are not idle, and how many lanes
+    /// have it (`None`: to be computed again), so that a chunk costs O(1), not O(lanes).
+    slowest: Option<(i64, usize)>,
+}
+
+impl Sequence {
+    /// The smallest newest event time of the lanes that are not idle.
+    fn slowest(&mut self) -> Option<i64> {
+        if self.slowest.is_none() {
+            let mut min: Option<(i64, usize)> = None;
+            for l in self.lanes.iter().filter(|l| !l.idle) {
+                min = match min {
+                    Some((m, c)) if l.newest == m => Some((m, c + 1)),
+                    Some((m, c)) if l.newest > m => Some((m, c)),
+                    _ => Some((l.newest, 1)),
+                };
+            }
+            self.slowest = min;
+        }
+        self.slowest.map(|(m, _)| m)
+    }
+
+    /// Lane `l` (not idle) moved from `old` to a newer time.
+    fn advanced(&mut self, old: i64) {
+        if let Some((m, c)) = self.slowest {
+            if old == m {
+                self.slowest = (c > 1).then_some((m, c - 1));
+            }
+        }
+    }
 }
 
 /// The event-time progress of one lane of a partition.
@@ -58,6 +88,7 @@ impl PartitionClock {
                 next_seq: 0,
                 newest: WATERMARK_MIN,
                 lanes: Vec::new(),
+                slowest: None,
             }),
             advanced: Condvar::new(),
             watermark: AtomicI64::new(WATERMARK_MIN),
@@ -116,12 +147,18 @@ impl PartitionClock {
             Some(l) => {
                 if s.lanes.len() <= l {
                     s.lanes.resize(l + 1, LaneTime::default());
+                    s.slowest = None;
                 }
                 let lane = &mut s.lanes[l];
-                let before = lane.newest;
+                let (before, was_idle) = (lane.newest, lane.idle);
                 lane.newest = lane.newest.max(chunk_newest);
                 // a lane delivering is not idle
                 lane.idle = false;
+                if was_idle {
+                    s.slowest = None;
+                } else if s.lanes[l].newest > before {
+                    s.advanced(before);
+                }
                 before
             }
             None => s.newest,
@@ -131,7 +168,7 @@ impl PartitionClock {
         let wm = if end {
             WATERMARK_END
         } else {
-            self.watermark_of(&s)
+            self.watermark_of(&mut s)
         };
         self.watermark.store(wm, Ordering::Release);
         drop(s);
@@ -141,17 +178,11 @@ impl PartitionClock {
 
     /// The watermark of a partition that has not ended: from its newest event time, or with
     /// lanes, from the smallest newest event time of the lanes that are not idle.
-    fn watermark_of(&self, s: &Sequence) -> i64 {
+    fn watermark_of(&self, s: &mut Sequence) -> i64 {
         if s.lanes.is_empty() {
             return s.newest.saturating_sub(self.max_out_of_orderness);
         }
-        let newest = s
-            .lanes
-            .iter()
-            .filter(|l| !l.idle)
-            .map(|l| l.newest)
-            .min()
-            .unwrap_or(s.newest);
+        let newest = s.slowest().unwrap_or(s.newest);
         newest.saturating_sub(self.max_out_of_orderness)
     }
 
@@ -162,7 +193,8 @@ impl PartitionClock {
         if let Ok(mut s) = self.sequence.lock() {
             if s.lanes.len() < count {
                 s.lanes.resize(count, LaneTime::default());
-                self.refresh(&s);
+                s.slowest = None;
+                self.refresh(&mut s);
             }
         }
     }
@@ -174,16 +206,20 @@ impl PartitionClock {
             let l = lane as usize;
             if s.lanes.len() <= l {
                 s.lanes.resize(l + 1, LaneTime::default());
+                s.slowest = None;
             }
-            s.lanes[l].idle = idle;
+            if s.lanes[l].idle != idle {
+                s.lanes[l].idle = idle;
+                s.slowest = None;
+            }
             self.idle
                 .store(s.lanes.iter().all(|l| l.idle), Ordering::Release);
-            self.refresh(&s);
+            self.refresh(&mut s);
         }
     }
 
     /// Recomputes the watermark after a change of lanes (an ended partition stays ended).
-    fn refresh(&self, s: &Sequence) {
+    fn refresh(&self, s: &mut Sequence) {
         if self.watermark.load(Ordering::Acquire) != WATERMARK_END {
             self.watermark
                 .store(self.watermark_of(s), Ordering::Release);
@@ -207,7 +243,8 @@ impl PartitionClock {
             for (lane, &n) in s.lanes.iter_mut().zip(newest) {
                 lane.newest = n;
             }
-            self.refresh(&s);
+            s.slowest = None;
+            self.refresh(&mut s);
         }
     }
 
@@ -227,7 +264,7 @@ impl PartitionClock {
             let wm = if newest == WATERMARK_END {
                 WATERMARK_END
             } else {
-                self.watermark_of(&s)
+                self.watermark_of(&mut s)
             };
             self.watermark.store(wm, Ordering::Release);
         }
@@ -252,7 +289,8 @@ impl PartitionClock {
                 for l in s.lanes.iter_mut() {
                     l.idle = idle;
                 }
-                self.refresh(&s);
+                s.slowest = None;
+                self.refresh(&mut s);
             }
         }
         self.idle.store(idle, Ordering::Release);
@@ -458,6 +496,40 @@ mod tests {
         assert_eq!(back.watermark(), WATERMARK_END);
         back.set_lane_idle(2, false);
         assert_eq!(back.watermark(), WATERMARK_END);
+    }
+
+    #[test]
+    fn the_slowest_lane_kept_as_chunks_come_is_the_one_a_full_scan_finds() {
+        let clock = PartitionClock::new(0);
+        let cancel = AtomicBool::new(false);
+        let lanes = 50usize;
+        clock.use_lanes(lanes);
+        let mut newest = vec![WATERMARK_MIN; lanes];
+        let mut idle = vec![false; lanes];
+        let mut x: u64 = 7;
+        for seq in 0..20_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let lane = (x >> 33) as usize % lanes;
+            if (x >> 20).is_multiple_of(97) {
+                let on = (x >> 10).is_multiple_of(2);
+                clock.set_lane_idle(lane as u32, on);
+                idle[lane] = on;
+            }
+            let t = (seq / 40) as i64 + ((x >> 40) % 5) as i64;
+            clock
+                .sequence_in(seq, Some(lane as u32), t, false, &cancel)
+                .unwrap();
+            newest[lane] = newest[lane].max(t);
+            idle[lane] = false;
+            let expected = (0..lanes)
+                .filter(|&l| !idle[l])
+                .map(|l| newest[l])
+                .min()
+                .unwrap_or(*newest.iter().max().unwrap());
+            assert_eq!(clock.watermark(), expected, "after chunk {seq}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! reader allocate (clocks, offset trackers, partition keys, the reader's per-lane state),
 //! measured as resident memory grown while building them; the checkpoint records' bytes
 //! (the manifest's `partitions`, lanes at realistic offsets and times); and the cost of one
-//! hand-over of a partition holding 1,024 messages spread round-robin over its lanes, from
+//! hand-over of a partition holding 1,024 (a busy partition) or 16 messages (one read at
+//! about 160 events/s, handed over every 100 ms) spread round-robin over its lanes, from
 //! reader to worker clock: chunks built, sent through a channel, sequenced in their clock,
 //! recorded in the checkpoint cut (decoding and windows not included: they cost the same per
 //! message in both layouts, plus a fixed cost per chunk which the chunk count shows).
@@ -259,29 +260,35 @@ fn main() {
         ps
     };
     println!(
-        "{:>6} {:>7} {:>12} {:>12} {:>14} {:>16} {:>18}",
+        "{:>6} {:>7} {:>10} {:>11} {:>15} {:>12} {:>11} {:>12} {:>11}",
         "P",
         "layout",
         "job parts",
         "memory MiB",
         "checkpoint KiB",
-        "chunks/handover",
-        "handover us (1024)"
+        "chunks/1024",
+        "us/1024",
+        "chunks/16",
+        "us/16"
     );
     for &p in &ps {
         for old in [true, false] {
             let mem = memory_apart(p, old);
             let bytes = checkpoint_bytes(p, old);
             let (chunks, ns) = hand_over(p, 1_024, old);
+            let (few, few_ns) = hand_over(p, 16, old);
+            let us = |ns: u64| Duration::from_nanos(ns).as_secs_f64() * 1e6;
             println!(
-                "{:>6} {:>7} {:>12} {:>12.1} {:>14.1} {:>16} {:>18.1}",
+                "{:>6} {:>7} {:>10} {:>11.1} {:>15.1} {:>12} {:>11.1} {:>12} {:>11.1}",
                 p,
                 if old { "lanes" } else { "vector" },
                 if old { p * p } else { p },
                 mem as f64 / 1_048_576.0,
                 bytes as f64 / 1_024.0,
                 chunks,
-                Duration::from_nanos(ns).as_secs_f64() * 1e6,
+                us(ns),
+                few,
+                us(few_ns),
             );
         }
     }
