@@ -37,8 +37,14 @@ pub use crate::stats::CheckpointStats;
 use crate::types::PartialWindow;
 use crate::EngineError;
 
-/// The manifest format this build writes and reads.
-const FORMAT: u32 = 1;
+/// The manifest format this build writes. Format 2 keeps a repartition topic's partition
+/// as one record with a vector of lanes (see [`PartitionRecord::lanes`]) where format 1 had a
+/// record per lane (`topic/partition/lane`); both are read (format 1's lanes are folded by
+/// [`restored_partitions`], and its state ids numbered lanes, see `crate::pool`). Weir before
+/// format 2 refuses a checkpoint of format 2 ("has format 2 but this weir reads format 1").
+const FORMAT: u32 = 2;
+/// The oldest manifest format this build reads.
+const FORMAT_OLDEST: u32 = 1;
 
 /// The hidden first key column of an operator whose state is kept per source partition (a
 /// worker pool): the partition's global id (`UInt32`), so that one partition's state can be
@@ -111,9 +117,45 @@ pub struct PartitionRecord {
     pub position: u64,
     /// The newest event time seen (the watermark follows from it).
     pub newest: i64,
+    /// A worker pool's repartition topic (format 2): per upstream partition (lane), the
+    /// upstream offset expected next; a message below it repeats one already counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lanes: Vec<u64>,
+    /// Per lane, how far its newest event time is behind `newest` (ms), -1 when the lane had
+    /// no event: small numbers, so that 1,000 lanes cost a few kilobytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lane_lag: Vec<i64>,
 }
 
 impl PartitionRecord {
+    /// Per lane, the newest event time (from [`Self::lane_lag`]).
+    pub fn lane_newest(&self) -> Vec<i64> {
+        self.lane_lag
+            .iter()
+            .map(|&lag| {
+                if lag < 0 || self.newest == i64::MIN || self.newest == i64::MAX {
+                    i64::MIN
+                } else {
+                    self.newest.saturating_sub(lag)
+                }
+            })
+            .collect()
+    }
+
+    /// Encodes lanes' newest event times as lags behind `newest` (see [`Self::lane_lag`]).
+    pub fn lags(newest: i64, lanes: &[i64]) -> Vec<i64> {
+        lanes
+            .iter()
+            .map(|&n| {
+                if n == i64::MIN || newest == i64::MIN || newest == i64::MAX {
+                    -1
+                } else {
+                    newest.saturating_sub(n).max(0)
+                }
+            })
+            .collect()
+    }
+
     /// Where the partition continues.
     pub fn resume(&self) -> Resume {
         Resume {
@@ -289,6 +331,38 @@ pub fn partials_of_partitions(
     Ok(out)
 }
 
+/// `partials` with their partition ids (in `column`) renumbered by `map` (ids it does not
+/// know stay): state of a checkpoint whose partitions were numbered otherwise.
+pub fn renumber_partitions(
+    partials: Vec<PartialWindow>,
+    column: PartitionColumn,
+    map: &HashMap<u32, u32>,
+) -> Result<Vec<PartialWindow>, EngineError> {
+    let mut out = Vec::with_capacity(partials.len());
+    for mut p in partials {
+        let slot = match column {
+            PartitionColumn::Key(i) => p.keys.get_mut(i),
+            PartitionColumn::State(i) => p.states.get_mut(i),
+        };
+        let Some(slot) = slot else {
+            return Err(err(format!("the checkpoint's state has no {column:?}")));
+        };
+        let Some(ids) = slot.as_any().downcast_ref::<arrow::array::UInt32Array>() else {
+            return Err(err(format!(
+                "the checkpoint's state is not kept per partition (its {column:?} is {:?})",
+                slot.data_type()
+            )));
+        };
+        let renumbered: arrow::array::UInt32Array = ids
+            .iter()
+            .map(|id| id.map(|id| map.get(&id).copied().unwrap_or(id)))
+            .collect();
+        *slot = Arc::new(renumbered);
+        out.push(p);
+    }
+    Ok(out)
+}
+
 /// How a job checkpoints.
 pub struct CheckpointSpec {
     pub store: Arc<CheckpointStore>,
@@ -357,6 +431,8 @@ pub(crate) enum Part {
         epoch: u64,
         /// Newest event time per global partition.
         newest: Vec<i64>,
+        /// Per global partition with lanes: each lane's newest event time.
+        lane_newest: HashMap<usize, Vec<i64>>,
         counters: Vec<(String, u64)>,
     },
     Merger {
@@ -397,6 +473,8 @@ pub(crate) struct Pending {
     pub final_: bool,
     /// Global partition → (source, key, resume) at the barrier.
     pub cut: Vec<(String, String, Option<Resume>)>,
+    /// Global partition with lanes → each lane's next upstream offset at the barrier.
+    pub lanes: HashMap<usize, Vec<u64>>,
     parts: Vec<Part>,
     expected: usize,
 }
@@ -413,6 +491,7 @@ impl Pending {
             started: Instant::now(),
             final_,
             cut,
+            lanes: HashMap::new(),
             parts: Vec::new(),
             expected,
         }
@@ -442,6 +521,7 @@ impl Pending {
         let mut flushed = vec![i64::MIN; n_ops];
         let mut emitted = vec![i64::MIN; n_ops];
         let mut newest: Vec<i64> = Vec::new();
+        let mut lane_newest: HashMap<usize, Vec<i64>> = HashMap::new();
         let mut counters = BTreeMap::new();
         let mut sinks = BTreeMap::new();
         let mut dead_letter = serde_json::Value::Null;
@@ -455,10 +535,12 @@ impl Pending {
                 }
                 Part::Leader {
                     newest: n,
+                    lane_newest: l,
                     counters: c,
                     ..
                 } => {
                     newest = n;
+                    lane_newest = l;
                     counters.extend(c);
                 }
                 Part::Merger {
@@ -526,12 +608,20 @@ impl Pending {
                 if owned.is_some_and(|o| !o.keys().any(|k| crate::types::covers(k, &full))) {
                     return None;
                 }
+                let newest = newest.get(id).copied().unwrap_or(i64::MIN);
+                let (lanes, lane_lag) = lane_fields(
+                    newest,
+                    self.lanes.get(&id).map_or(&[][..], |l| l),
+                    lane_newest.get(&id).map_or(&[][..], |l| l),
+                );
                 Some(PartitionRecord {
                     source: source.clone(),
                     partition: key.clone(),
                     next_offset: r.next_offset,
                     position: r.position,
-                    newest: newest.get(id).copied().unwrap_or(i64::MIN),
+                    newest,
+                    lanes,
+                    lane_lag,
                 })
             })
             .collect();
@@ -752,23 +842,220 @@ impl Rendezvous {
     }
 }
 
-/// Maps a checkpoint's partitions to the job's global partition ids.
+/// A record's lanes: the offsets and lags, both as long as the longer of the two inputs.
+fn lane_fields(newest: i64, offsets: &[u64], lane_newest: &[i64]) -> (Vec<u64>, Vec<i64>) {
+    let n = offsets.len().max(lane_newest.len());
+    if n == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let mut lanes = offsets.to_vec();
+    lanes.resize(n, 0);
+    let mut times = lane_newest.to_vec();
+    times.resize(n, i64::MIN);
+    (lanes, PartitionRecord::lags(newest, &times))
+}
+
+/// Where a restored partition continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RestoredPartition {
+    pub resume: Resume,
+    pub newest: i64,
+    /// With lanes: each lane's next upstream offset and newest event time.
+    pub lanes: Option<(Vec<u64>, Vec<i64>)>,
+}
+
+/// Maps a checkpoint's partitions to the job's global partition ids. A partition with lanes
+/// recorded as one record per lane (`key/lane`, format 1) gets them folded: it continues at
+/// the smallest of their offsets, each lane dropping what it had read.
 pub(crate) fn restored_partitions(
     manifest: &Manifest,
     keys: &[(String, String)],
-) -> HashMap<usize, (Resume, i64)> {
-    keys.iter()
-        .enumerate()
-        .filter_map(|(id, (source, key))| {
-            let p = manifest.partition(source, key)?;
-            Some((id, (p.resume(), p.newest)))
-        })
-        .collect()
+) -> HashMap<usize, RestoredPartition> {
+    let mut by_key: HashMap<(&str, &str), &PartitionRecord> = HashMap::new();
+    let mut lanes_of: HashMap<(&str, &str), Vec<(usize, &PartitionRecord)>> = HashMap::new();
+    for r in &manifest.partitions {
+        by_key.insert((&r.source, &r.partition), r);
+        if let Some((base, lane)) = r.partition.rsplit_once('/') {
+            if let (Ok(lane), 3) = (lane.parse::<usize>(), r.partition.split('/').count()) {
+                lanes_of
+                    .entry((&r.source, base))
+                    .or_default()
+                    .push((lane, r));
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for (id, (source, key)) in keys.iter().enumerate() {
+        let k = (source.as_str(), key.as_str());
+        if let Some(p) = by_key.get(&k) {
+            let lanes = (!p.lanes.is_empty() || !p.lane_lag.is_empty())
+                .then(|| (p.lanes.clone(), p.lane_newest()));
+            out.insert(
+                id,
+                RestoredPartition {
+                    resume: p.resume(),
+                    newest: p.newest,
+                    lanes,
+                },
+            );
+        } else if let Some(records) = lanes_of.get(&k) {
+            out.insert(id, fold_lanes(records));
+        }
+    }
+    out
+}
+
+/// One partition from its lanes' records (format 1).
+fn fold_lanes(records: &[(usize, &PartitionRecord)]) -> RestoredPartition {
+    let n = records.iter().map(|(l, _)| l + 1).max().unwrap_or(0);
+    let (mut offsets, mut newest) = (vec![0; n], vec![i64::MIN; n]);
+    for &(l, r) in records {
+        offsets[l] = r.position;
+        newest[l] = r.newest;
+    }
+    let ended = records.iter().all(|(_, r)| r.newest == i64::MAX);
+    let next_offset = records
+        .iter()
+        .map(|(_, r)| r.next_offset)
+        .min()
+        .unwrap_or(0);
+    RestoredPartition {
+        resume: Resume {
+            next_offset,
+            position: 0,
+        },
+        newest: if ended {
+            i64::MAX
+        } else {
+            newest.iter().copied().max().unwrap_or(i64::MIN)
+        },
+        lanes: Some((offsets, newest)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(partition: &str, next_offset: u64, position: u64, newest: i64) -> PartitionRecord {
+        PartitionRecord {
+            source: "events".into(),
+            partition: partition.into(),
+            next_offset,
+            position,
+            newest,
+            lanes: vec![],
+            lane_lag: vec![],
+        }
+    }
+
+    fn manifest_with(partitions: Vec<PartitionRecord>) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            pipeline: "p".into(),
+            epoch: 1,
+            created_ms: 0,
+            finished: false,
+            fingerprint: BTreeMap::new(),
+            partitions,
+            operators: vec![],
+            sinks: BTreeMap::new(),
+            dead_letter: serde_json::Value::Null,
+            counters: BTreeMap::new(),
+            state_bytes: 0,
+            took_ms: 0,
+            owned: BTreeMap::new(),
+            checksums: BTreeMap::new(),
+            sealed: false,
+        }
+    }
+
+    #[test]
+    fn lanes_are_one_record_with_their_offsets_and_lags() {
+        let (lanes, lags) = lane_fields(1_000, &[4, 0, 9], &[1_000, i64::MIN, 990, 400]);
+        assert_eq!(lanes, vec![4, 0, 9, 0]);
+        assert_eq!(lags, vec![0, -1, 10, 600]);
+        let mut r = record("t/2", 50, 0, 1_000);
+        (r.lanes, r.lane_lag) = (lanes, lags);
+        assert_eq!(r.lane_newest(), vec![1_000, i64::MIN, 990, 400]);
+        let keys = vec![
+            ("events".to_string(), "t/1".to_string()),
+            ("events".to_string(), "t/2".to_string()),
+        ];
+        let back = restored_partitions(&manifest_with(vec![r.clone()]), &keys);
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            back[&1],
+            RestoredPartition {
+                resume: Resume {
+                    next_offset: 50,
+                    position: 0
+                },
+                newest: 1_000,
+                lanes: Some((vec![4, 0, 9, 0], vec![1_000, i64::MIN, 990, 400])),
+            }
+        );
+        // 1,000 lanes in a few kilobytes
+        r.lanes = (0..1_000).map(|i| 1_000_000 + i).collect();
+        r.lane_lag = (0..1_000).map(|i| i % 200).collect();
+        let bytes = serde_json::to_vec(&r).unwrap().len();
+        assert!(bytes < 14_000, "{bytes} bytes");
+    }
+
+    #[test]
+    fn lanes_recorded_one_per_partition_key_in_format_1_are_folded() {
+        let keys = vec![
+            ("events".to_string(), "t/0".to_string()),
+            ("events".to_string(), "t/1".to_string()),
+        ];
+        let m = manifest_with(vec![
+            record("t/1/2", 90, 17, 500),
+            record("t/1/0", 70, 5, 480),
+            record("t/0", 12, 12, 7),
+        ]);
+        let back = restored_partitions(&m, &keys);
+        assert_eq!(back[&0].resume, Resume::at(12));
+        assert_eq!(back[&0].lanes, None);
+        assert_eq!(
+            back[&1],
+            RestoredPartition {
+                // the slowest lane's offset; every lane drops what it had read
+                resume: Resume {
+                    next_offset: 70,
+                    position: 0
+                },
+                newest: 500,
+                lanes: Some((vec![5, 0, 17], vec![480, i64::MIN, 500])),
+            }
+        );
+        // an ended partition's lanes all ended
+        let m = manifest_with(vec![
+            record("t/1/0", 70, 5, i64::MAX),
+            record("t/1/1", 70, 6, i64::MAX),
+        ]);
+        assert_eq!(restored_partitions(&m, &keys)[&1].newest, i64::MAX);
+    }
+
+    #[test]
+    fn state_of_another_numbering_is_renumbered() {
+        let p = PartialWindow {
+            window_start: 0,
+            keys: vec![
+                Arc::new(arrow::array::UInt32Array::from(vec![0, 4, 8])),
+                Arc::new(arrow::array::StringArray::from(vec!["a", "b", "c"])),
+            ],
+            states: vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+        };
+        let map = HashMap::from([(4, 1), (8, 2)]);
+        let out = renumber_partitions(vec![p], PartitionColumn::Key(0), &map).unwrap();
+        let ids = out[0].keys[0]
+            .as_any()
+            .downcast_ref::<arrow::array::UInt32Array>()
+            .unwrap();
+        assert_eq!(ids.values().to_vec(), vec![0, 1, 2]);
+        let p = out[0].clone();
+        assert!(renumber_partitions(vec![p], PartitionColumn::Key(1), &map).is_err());
+    }
     use arrow::array::{StringArray, UInt64Array};
 
     fn partial(start: i64, keys: &[&str], counts: &[u64]) -> PartialWindow {

@@ -120,6 +120,9 @@ pub struct Messages {
     pub headers: Vec<(u32, u32)>,
     /// Headers: name and value (if not null) ranges in `bytes`.
     pub header_fields: Vec<(Range, Option<Range>)>,
+    /// In a worker pool's repartition topic: the upstream partition (lane) every message
+    /// comes from; its offsets are that partition's (see `PartitionClock::sequence_in`).
+    pub lane: Option<u32>,
 }
 
 impl Messages {

@@ -40,7 +40,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    partials_of_partitions, CheckpointStore, Fencing, Manifest, PartitionColumn, Restored,
+    partials_of_partitions, renumber_partitions, CheckpointStore, Fencing, Manifest,
+    PartitionColumn, Restored,
 };
 pub use crate::types::covers;
 use crate::types::PartialWindow;
@@ -473,6 +474,19 @@ impl PoolStore {
         ids: &HashMap<String, u32>,
         columns: &HashMap<String, PartitionColumn>,
     ) -> Result<PoolRestore, EngineError> {
+        self.restore_numbered(owned, ids, None, columns)
+    }
+
+    /// [`Self::restore`], where checkpoints of format 1 numbered partitions as `legacy_ids`
+    /// says (a repartition topic's partition then took one id per lane, the first one its
+    /// state's): their state rows are cut by those ids and renumbered to `ids`.
+    pub fn restore_numbered(
+        &self,
+        owned: &BTreeMap<String, u64>,
+        ids: &HashMap<String, u32>,
+        legacy_ids: Option<&HashMap<String, u32>>,
+        columns: &HashMap<String, PartitionColumn>,
+    ) -> Result<PoolRestore, EngineError> {
         // where each owned partition's state is
         let mut by_ref: BTreeMap<StateRef, Vec<String>> = BTreeMap::new();
         for (partition, &generation) in owned {
@@ -514,10 +528,15 @@ impl PoolStore {
         let mut foreign = Vec::new();
         for (r, partitions) in &by_ref {
             let m = self.manifest_of(r)?;
-            let keep: Vec<u32> = ids
+            let numbering = match legacy_ids {
+                Some(legacy) if m.format < 2 => legacy,
+                _ => ids,
+            };
+            // the state id a covered key has in this checkpoint → the one it has now
+            let renumber: HashMap<u32, u32> = numbering
                 .iter()
                 .filter(|(key, _)| partitions.iter().any(|p| covers(p, key)))
-                .map(|(_, &id)| id)
+                .filter_map(|(key, &old)| Some((old, *ids.get(key)?)))
                 .collect();
             let loaded = self.store_of(&r.worker)?.load(&m)?;
             for (j, rec) in m.operators.iter().enumerate() {
@@ -530,8 +549,14 @@ impl PoolStore {
                         rec.name
                     ))
                 })?;
-                let cut =
-                    partials_of_partitions(&loaded.operators[j], column, &|id| keep.contains(&id))?;
+                let cut = partials_of_partitions(&loaded.operators[j], column, &|id| {
+                    renumber.contains_key(&id)
+                })?;
+                let cut = if renumber.iter().all(|(a, b)| a == b) {
+                    cut
+                } else {
+                    renumber_partitions(cut, column, &renumber)?
+                };
                 base.operators[i].rows += cut
                     .iter()
                     .map(|p| p.keys.first().map_or(0, |k| k.len()) as u64)
@@ -812,6 +837,96 @@ mod tests {
             .put(&format!("chk-{epoch:010}/manifest.json"), bytes)
             .unwrap();
         pool.seal(epoch)
+    }
+
+    /// A checkpoint of format 1 (weir before lanes were kept inside their partition)
+    /// numbered every lane of a repartition topic's partition; its state is cut by that
+    /// numbering and renumbered, its lanes' records kept for the job to fold.
+    #[test]
+    fn a_checkpoint_of_format_1_restores_under_the_new_numbering() {
+        use crate::checkpoint::{encode_partials, OperatorRecord, PartitionRecord};
+        use arrow::array::{Array, Int64Array, UInt32Array};
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().to_str().unwrap();
+        let a = PoolStore::open(loc, "a").unwrap();
+        let b = PoolStore::open(loc, "b").unwrap();
+        let (t0, t1) = ("events/t/0", "events/t/1");
+        let (g0, _) = a.claim(t0).unwrap();
+        let (g1, _) = a.claim(t1).unwrap();
+        let owned: BTreeMap<String, u64> = [(t0.to_string(), g0), (t1.to_string(), g1)].into();
+        Fencing::fence(&a, &owned).unwrap();
+        // two partitions of two lanes: t/0 had ids 0 and 1, t/1 ids 2 and 3 (its state 2)
+        let partial = PartialWindow {
+            window_start: 0,
+            keys: vec![Arc::new(UInt32Array::from(vec![0, 2, 2]))],
+            states: vec![Arc::new(Int64Array::from(vec![10, 20, 30]))],
+        };
+        a.own()
+            .put(
+                "chk-0000000001/op-0.arrow",
+                encode_partials(&[partial]).unwrap(),
+            )
+            .unwrap();
+        let lane = |key: &str, position| PartitionRecord {
+            source: "events".into(),
+            partition: key.into(),
+            next_offset: 40,
+            position,
+            newest: 100,
+            lanes: vec![],
+            lane_lag: vec![],
+        };
+        let mut m = crate::checkpoint::test_manifest(1);
+        m.format = 1;
+        m.owned = owned;
+        m.sealed = true;
+        m.partitions = vec![
+            lane("t/0/0", 1),
+            lane("t/0/1", 2),
+            lane("t/1/0", 3),
+            lane("t/1/1", 4),
+        ];
+        m.operators = vec![OperatorRecord {
+            name: "w".into(),
+            file: Some("op-0.arrow".into()),
+            rows: 3,
+            flushed: 0,
+            emitted: 0,
+        }];
+        let bytes = crate::checkpoint::encode_manifest(&m).unwrap();
+        a.own().put("chk-0000000001/manifest.json", bytes).unwrap();
+        a.seal(1).unwrap();
+        // b takes t/1 over
+        let (g, from) = b.claim(t1).unwrap();
+        assert!(from.is_some());
+        let ids: HashMap<String, u32> = [(t0.to_string(), 0), (t1.to_string(), 1)].into();
+        let legacy: HashMap<String, u32> = [(t0.to_string(), 0), (t1.to_string(), 2)].into();
+        let columns: HashMap<String, PartitionColumn> =
+            [("w".to_string(), PartitionColumn::Key(0))].into();
+        let r = b
+            .restore_numbered(&[(t1.to_string(), g)].into(), &ids, Some(&legacy), &columns)
+            .unwrap();
+        let restored = r.restored.unwrap();
+        let rows = &restored.operators[0];
+        let ids_of = |p: &PartialWindow| {
+            let a = p.keys[0].as_any().downcast_ref::<UInt32Array>().unwrap();
+            a.values().to_vec()
+        };
+        assert_eq!(rows.iter().flat_map(ids_of).collect::<Vec<_>>(), vec![1, 1]);
+        let kept: Vec<&str> = restored
+            .manifest
+            .partitions
+            .iter()
+            .map(|p| p.partition.as_str())
+            .collect();
+        assert_eq!(kept, vec!["t/1/0", "t/1/1"]);
+        // without the old numbering, the rows of another partition would be taken
+        let (g, _) = b.claim(t0).unwrap();
+        let r = b
+            .restore_numbered(&[(t0.to_string(), g)].into(), &ids, Some(&legacy), &columns)
+            .unwrap();
+        let rows = &r.restored.unwrap().operators[0];
+        assert_eq!(rows.iter().map(|p| p.keys[0].len()).sum::<usize>(), 1);
     }
 
     const P: &str = "events/t/0";

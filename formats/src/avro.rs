@@ -530,6 +530,7 @@ impl AvroDecoder {
             timestamps: Vec::with_capacity(messages.len()),
             headers: Vec::with_capacity(messages.len()),
             header_fields: Vec::new(),
+            lane: messages.lane,
         };
         let copy = |buf: &mut Vec<u8>, r: (u32, u32)| -> (u32, u32) {
             let start = buf.len() as u32;
@@ -733,6 +734,7 @@ mod tests {
                 (good_end + 2, good_end + 3),
                 Some((good_end + 3, good_end + 4)),
             )],
+            lane: None,
         };
         let d = decoder.decode_messages(&messages, 0);
         assert_eq!(d.records, 2);
@@ -823,6 +825,7 @@ mod tests {
             timestamps: vec![None],
             headers: vec![(0, 0)],
             header_fields: vec![],
+            lane: None,
         };
         let decoding = std::thread::spawn(move || decoder.decode_messages(&messages, 0));
         let started = std::time::Instant::now();

@@ -493,6 +493,24 @@ fn pooled_sources(
     Ok(out)
 }
 
+/// With a repartitioned source: the state ids checkpoints of format 1 gave the partitions,
+/// which numbered every lane of a repartition topic's partition (its state under the first).
+fn legacy_state_ids(plan: &Plan, sources: &[PooledSource]) -> Option<HashMap<String, u32>> {
+    let laned = |s: &crate::plan::PlannedSource| s.input.lanes_per_partition();
+    plan.sources.iter().any(|s| laned(s).is_some()).then(|| {
+        let mut ids = HashMap::new();
+        let mut next = 0u32;
+        for (s, src) in plan.sources.iter().zip(sources) {
+            let per = laned(s).unwrap_or(1);
+            for key in &src.keys {
+                ids.insert(format!("{}/{key}", s.name), next);
+                next += per;
+            }
+        }
+        ids
+    })
+}
+
 /// A pool worker's settings for its jobs.
 struct Worker {
     plan: Plan,
@@ -537,12 +555,13 @@ fn run_jobs(
             ids.insert(format!("{}/{key}", s.name), ids.len() as u32);
         }
     }
+    let legacy_ids = legacy_state_ids(plan, sources);
     loop {
         let owned_now = owned
             .lock()
             .map_err(|_| EngineError::Internal("the owned partitions are poisoned".into()))?
             .clone();
-        let restore = pool.restore(&owned_now, &ids, &columns)?;
+        let restore = pool.restore_numbered(&owned_now, &ids, legacy_ids.as_ref(), &columns)?;
         if let Some(r) = &restore.restored {
             check_compatible(plan, &planned.location, &r.manifest)?;
         }

@@ -251,12 +251,20 @@ impl RepartitionSpec {
             .first()
             .copied()
             .unwrap_or(0);
-        create_topic(brokers, props, &self.topic, count as i32).map_err(err)?;
-        let internal = partition_counts(brokers, props, std::slice::from_ref(&self.topic), timeout)
-            .map_err(err)?
-            .first()
-            .copied()
-            .unwrap_or(0);
+        let internal_count = || {
+            partition_counts(brokers, props, std::slice::from_ref(&self.topic), timeout)
+                .map(|c| c.first().copied().unwrap_or(0))
+        };
+        // an internal topic created beforehand is used as it is (no CreateTopics: the
+        // workers' credentials may lack `CREATE`, and some brokers do not answer it)
+        let internal = match internal_count() {
+            Ok(n) => n,
+            Err(weir_kafka::KafkaError::NoSuchTopic { .. }) => {
+                create_topic(brokers, props, &self.topic, count as i32).map_err(err)?;
+                internal_count().map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
         if internal != count {
             return Err(EngineError::source(
                 &self.source,

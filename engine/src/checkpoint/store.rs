@@ -10,7 +10,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
-use super::{decode_partials, err, Manifest, Restored, FORMAT};
+use super::{decode_partials, err, Manifest, Restored, FORMAT, FORMAT_OLDEST};
 use crate::EngineError;
 
 /// The object store of a URL (`s3://`, `gs://`, `az://`/`abfs://`, `file://`) and the path in
@@ -248,9 +248,9 @@ impl CheckpointStore {
         };
         let m = decode_manifest(&bytes)
             .map_err(|why| EngineError::Damaged(format!("{}/{name}: {why}", self.location)))?;
-        if m.format != FORMAT {
+        if !(FORMAT_OLDEST..=FORMAT).contains(&m.format) {
             return Err(err(format!(
-                "{}/{name} has format {} but this weir reads format {FORMAT}",
+                "{}/{name} has format {} but this weir reads formats {FORMAT_OLDEST} to {FORMAT}",
                 self.location, m.format
             )));
         }

@@ -1,6 +1,7 @@
 //! What the stages of a job share: the messages on the channels between them, the
 //! dispatcher that feeds the workers, the checkpoint link and the failure state.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -96,6 +97,9 @@ pub(super) struct Dispatcher {
     pub(super) senders: Vec<Sender<WorkerMsg>>,
     /// Per global partition: where it continues after its last dispatched chunk.
     pub(super) cut: Vec<Option<Resume>>,
+    /// Per global partition with lanes (a repartition topic's): each lane's next upstream
+    /// offset after its last dispatched chunk (the chunk's `resume.position`).
+    pub(super) lane_cut: HashMap<usize, Vec<u64>>,
     pub(super) readers_left: usize,
     /// The coordinator ends the workers' input itself, after the final barrier.
     pub(super) checkpointing: bool,

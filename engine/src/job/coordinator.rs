@@ -107,7 +107,9 @@ impl Coordinator {
             .map(|((s, k), r)| (s.clone(), k.clone(), *r))
             .collect();
         tracing::debug!(epoch, last, "checkpoint started");
-        Ok(Pending::new(epoch, last, cut, self.expected))
+        let mut pending = Pending::new(epoch, last, cut, self.expected);
+        pending.lanes = d.lane_cut.clone();
+        Ok(pending)
     }
 
     fn complete(&mut self, pending: Pending) -> Result<(), EngineError> {

@@ -27,6 +27,7 @@ mod reader;
 mod tests;
 mod worker;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -122,6 +123,7 @@ pub fn run(
         next: 0,
         senders: worker_senders,
         cut: start.cut.clone(),
+        lane_cut: start.lane_cut.clone(),
         readers_left: sources.len(),
         checkpointing: checkpoint.is_some(),
     }));
@@ -222,6 +224,8 @@ fn split_operators(
 struct Start {
     /// Per global partition: where it continues.
     cut: Vec<Option<Resume>>,
+    /// Per partition with lanes: each lane's next upstream offset.
+    lane_cut: HashMap<usize, Vec<u64>>,
     /// Per operator: the watermark up to which windows were emitted.
     emitted: Vec<i64>,
     /// The manifest of the checkpoint restored.
@@ -354,6 +358,7 @@ impl Wiring {
     ) -> Result<Start, EngineError> {
         let mut start = Start {
             cut: vec![None; self.partition_keys.len()],
+            lane_cut: HashMap::new(),
             emitted: vec![WATERMARK_MIN; spec.operators.len()],
             manifest: None,
         };
@@ -374,10 +379,15 @@ impl Wiring {
             .iter()
             .flat_map(|s| std::iter::repeat_n(s.max_future_ms, s.partitions))
             .collect();
-        for (id, (resume, newest)) in restored_partitions(m, &self.partition_keys) {
+        for (id, restored) in restored_partitions(m, &self.partition_keys) {
+            let (resume, newest) = (restored.resume, restored.newest);
             start.cut[id] = Some(resume);
             if newest != WATERMARK_MIN {
                 self.clocks.partition(id).restore(newest);
+            }
+            if let Some((offsets, times)) = restored.lanes {
+                self.clocks.partition(id).restore_lanes(&times);
+                start.lane_cut.insert(id, offsets);
             }
             if let (Some(Some(max)), Some((source, key))) =
                 (max_future.get(id), self.partition_keys.get(id))

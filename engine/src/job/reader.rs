@@ -9,6 +9,7 @@ use crossbeam_channel::SendTimeoutError;
 
 use super::channels::{Dispatcher, Failure, WorkerMsg, TICK};
 use crate::api::{PartitionReader, ReaderContext};
+use crate::events::ChunkData;
 use crate::EngineError;
 
 /// A reader's thread: dispatches its chunks round-robin to the workers.
@@ -34,6 +35,10 @@ pub(super) fn read_source(
         d.next += 1;
         let partition = chunk.partition.id;
         let resume = chunk.resume;
+        let lane = match &chunk.data {
+            ChunkData::Messages(m) => m.lane,
+            _ => None,
+        };
         let mut msg = WorkerMsg::Chunk(chunk, read_at);
         let mut pressed = false;
         loop {
@@ -52,6 +57,13 @@ pub(super) fn read_source(
         }
         if let Some(c) = d.cut.get_mut(partition) {
             *c = Some(resume);
+        }
+        if let Some(l) = lane.map(|l| l as usize) {
+            let lanes = d.lane_cut.entry(partition).or_default();
+            if lanes.len() <= l {
+                lanes.resize(l + 1, 0);
+            }
+            lanes[l] = resume.position;
         }
         drop(d);
         if pressed {

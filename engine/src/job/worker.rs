@@ -146,10 +146,17 @@ fn worker_barrier(
                 }
             })
             .collect();
+        let lane_newest = (0..ctx.clocks.len())
+            .filter_map(|id| {
+                let lanes = ctx.clocks.partition(id).lane_newest();
+                (!lanes.is_empty()).then_some((id, lanes))
+            })
+            .collect();
         link.parts
             .send(Part::Leader {
                 epoch,
                 newest,
+                lane_newest,
                 counters: ctx.stats.worker_counters(),
             })
             .map_err(|_| lost())?;
@@ -312,6 +319,10 @@ fn process_chunk(
         ChunkData::Messages(m) => m.payloads.iter().map(|(a, b)| (b - a) as u64).sum(),
         _ => 0,
     };
+    let lane = match &chunk.data {
+        ChunkData::Messages(m) => m.lane,
+        _ => None,
+    };
     let next_offset = match &chunk.data {
         ChunkData::Messages(m) => Some(m.offsets.last().map_or(chunk.first_offset, |o| o + 1)),
         ChunkData::End => Some(chunk.first_offset),
@@ -374,7 +385,7 @@ fn process_chunk(
         }
     }
     let clock = ctx.clocks.partition(chunk.partition.id);
-    let before = clock.sequence(chunk.seq, newest, end, &ctx.failure.cancel)?;
+    let before = clock.sequence_in(chunk.seq, lane, newest, end, &ctx.failure.cancel)?;
     let tracked = next_offset.is_some() && ctx.progress.is_tracked(chunk.partition.id);
     let Some(events) = events else {
         if let (true, Some(next_offset)) = (tracked, next_offset) {

@@ -200,6 +200,11 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     fn repartition_refusal(&self, _source: &str) -> Option<String> {
         None
     }
+    /// When it reads a repartition topic: how many upstream partitions (lanes) each of its
+    /// partitions carries (checkpoints of format 1 numbered their state by lane).
+    fn lanes_per_partition(&self) -> Option<u32> {
+        None
+    }
     /// Retargets it to read the internal topic that `at` repartitions its events through,
     /// and returns the stage that writes them there; `None` when it is not repartitioned.
     fn repartition(&mut self, _at: Repartitioning) -> Result<Option<RepartitionSpec>, RunError> {

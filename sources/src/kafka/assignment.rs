@@ -155,16 +155,19 @@ impl KafkaReader {
                         s.read_elsewhere = false;
                         s.end_at = end_at;
                         s.warned_foreign = false;
-                        for (u, lane) in s.lanes.iter_mut().enumerate() {
-                            lane.last_message = Instant::now();
-                            if let Some(e) = &expected {
-                                lane.expect = e.get(u).copied();
-                                lane.legacy = lane.expect.is_some_and(|o| o > 0);
-                            }
-                            ctx.progress.track(lane.info.id);
-                            ctx.progress.restart(lane.info.id, lane.seq);
-                            ctx.clocks.partition(lane.info.id).set_idle(false);
+                        s.lane.last_message = Instant::now();
+                        let id = s.lane.info.id;
+                        if let Some(up) = &self.config.upstream {
+                            let (from, expect) = expected.unwrap_or_default();
+                            let lanes =
+                                Lanes::new(up.topic.as_str().into(), up.partitions, &expect, from);
+                            ctx.clocks.partition(id).set_idle(false);
+                            lanes.set_up(ctx.clocks.partition(id));
+                            s.up = Some(Box::new(lanes));
                         }
+                        ctx.progress.track(id);
+                        ctx.progress.restart(id, s.lane.seq);
+                        ctx.clocks.partition(id).set_idle(false);
                         // A partition starting at (or past) its end offset: no message will
                         // come to say it is caught up.
                         if let Some(end) = end_at {
@@ -187,9 +190,7 @@ impl KafkaReader {
                         let idle = !self.reads_every_partition();
                         let s = &mut self.partitions[l];
                         s.assigned = false;
-                        for lane in &s.lanes {
-                            ctx.clocks.partition(lane.info.id).set_idle(idle);
-                        }
+                        ctx.clocks.partition(s.lane.info.id).set_idle(idle);
                     }
                 }
             }
@@ -246,13 +247,15 @@ impl KafkaReader {
         }
     }
 
-    /// Moves a partition's buffered messages to ready chunks, one per lane. Every lane of a
-    /// repartition topic gets one (maybe empty), so that each lane's checkpointed offset
-    /// stays close to the partition's: it continues from the smallest of them.
+    /// Moves a partition's buffered messages to ready chunks: one, or for a repartition
+    /// topic's partition, one per lane with messages (see [`Lanes::hand_over`]).
     pub(super) fn hand_over(&mut self, l: usize) {
         let source = self.source;
         let s = &mut self.partitions[l];
-        if s.lanes.iter().all(|lane| lane.buffer.messages.is_empty()) {
+        let empty =
+            s.up.as_ref()
+                .map_or(s.lane.buffer.is_empty(), |up| up.is_empty());
+        if empty {
             return;
         }
         let Some(next) = s.read_next else {
@@ -264,32 +267,24 @@ impl KafkaReader {
                 positions.insert((s.topic.to_string(), s.number), next);
             }
         }
-        let in_lanes = self.config.upstream.is_some();
-        for lane in s.lanes.iter_mut() {
-            if lane.buffer.messages.is_empty() && !in_lanes {
-                continue;
+        let lane = &mut s.lane;
+        match s.up.as_mut() {
+            Some(up) => {
+                let chunks = up.hand_over((source, &lane.info), &mut lane.seq, next);
+                self.ready.extend(chunks);
             }
-            let messages = lane.buffer.take();
-            let (first, resume) = if in_lanes {
-                let expect = lane.expect.unwrap_or(0);
-                let first = messages.offsets.first().copied().unwrap_or(expect);
-                let resume = Resume {
-                    next_offset: next,
-                    position: expect,
-                };
-                (first, resume)
-            } else {
-                (messages.offsets[0], Resume::at(next))
-            };
-            self.ready.push_back(Chunk {
-                source,
-                partition: lane.info.clone(),
-                seq: lane.seq,
-                first_offset: first,
-                resume,
-                data: ChunkData::Messages(messages),
-            });
-            lane.seq += 1;
+            None => {
+                let messages = lane.buffer.take();
+                self.ready.push_back(Chunk {
+                    source,
+                    partition: lane.info.clone(),
+                    seq: lane.seq,
+                    first_offset: messages.offsets[0],
+                    resume: Resume::at(next),
+                    data: ChunkData::Messages(messages),
+                });
+                lane.seq += 1;
+            }
         }
     }
 
@@ -304,10 +299,7 @@ impl KafkaReader {
         s.ended = true;
         let next = s.next_offset.unwrap_or(next_offset).max(next_offset);
         s.next_offset = Some(next);
-        let in_lanes = self.config.upstream.is_some();
-        for lane in s.lanes.iter_mut() {
-            self.ready.push_back(lane_end(source, lane, next, in_lanes));
-        }
+        self.ready.push_back(lane_end(source, s, next));
         if let Some(consumer) = &self.consumer {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&s.topic, s.number);

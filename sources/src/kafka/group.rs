@@ -27,14 +27,19 @@ pub(super) enum GroupEvent {
 }
 
 /// The consumer's context: handles rebalances inside `poll`.
+/// Where a claimed partition of a repartition topic continues, and each lane's next upstream
+/// offset.
+pub(super) type LaneStart = (u64, Vec<u64>);
+
 pub(super) struct GroupContext {
     pub(super) start_from: StartFrom,
     /// Offsets of a checkpoint, which override `start_from` for the partitions it holds.
     pub(super) resume: HashMap<(String, i32), u64>,
     /// Where newly assigned partitions were set to start (absent: the committed offset).
     pub(super) starts: Mutex<HashMap<(String, i32), Offset>>,
-    /// Claimed partitions of a repartition topic: the upstream offset each lane expects.
-    pub(super) lane_starts: Mutex<HashMap<(String, i32), Vec<u64>>>,
+    /// Claimed partitions of a repartition topic: the offset the partition continues at,
+    /// and the upstream offset each lane expects.
+    pub(super) lane_starts: Mutex<HashMap<(String, i32), LaneStart>>,
     /// (topic, partition) → global partition id.
     pub(super) ids: HashMap<(String, i32), usize>,
     /// Partitions assigned before in this process (they resume from committed offsets).
@@ -122,7 +127,7 @@ impl GroupContext {
                                 starts.insert((topic.clone(), *p), o);
                             }
                             if let Ok(mut l) = self.lane_starts.lock() {
-                                l.insert((topic.clone(), *p), lanes);
+                                l.insert((topic.clone(), *p), (offset, lanes));
                             }
                         }
                         None => fresh.push((topic.clone(), *p)),

@@ -12,6 +12,7 @@ mod assignment;
 mod buffer;
 pub(crate) mod close;
 mod group;
+mod lanes;
 mod reader;
 #[cfg(test)]
 mod tests;
@@ -19,10 +20,11 @@ mod tests;
 pub(crate) use buffer::MessageBuffer;
 pub(crate) use group::group_consumer_config;
 use group::*;
+use lanes::Lanes;
 pub use reader::KafkaReader;
 use reader::*;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
+use weir_engine::clock::PartitionClock;
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
@@ -50,6 +53,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 pub(crate) const CHUNK_MESSAGES: usize = 16 * 1024;
 /// ...or when its oldest message waited this long.
 const CHUNK_AGE: Duration = Duration::from_millis(100);
+/// How often the lanes of a repartition topic's partitions are checked for silence.
+const LANE_IDLE_SCAN: Duration = Duration::from_secs(1);
 /// How often committable offsets are committed to the group.
 const COMMIT_EVERY: Duration = Duration::from_secs(2);
 /// Before giving partitions up: how long their committable offsets must stay put...
@@ -108,9 +113,9 @@ pub struct KafkaSourceConfig {
 /// another upstream topic is skipped. The reader then keeps the upstream
 /// partitions apart, as lanes: each lane has its own watermark (the upstream partition's
 /// order, as if it was read directly), and a message at an upstream offset a lane already
-/// passed (a repeat of the at-least-once repartition stage) is dropped. Lanes appear in
-/// checkpoints as `topic/partition/upstream partition`; their position is the upstream
-/// offset expected next.
+/// passed (a repeat of the at-least-once repartition stage) is dropped. A partition stays
+/// one chunk stream whose chunks each hold one lane's messages; its checkpoint record keeps
+/// the upstream offset each lane expects next as a vector (see `lanes.rs`).
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub topic: String,
@@ -193,20 +198,14 @@ impl KafkaPartitions {
         self.counts.iter().sum()
     }
 
-    /// Every partition's key (`topic/partition`), topic by topic: their global order. A
-    /// repartition topic's partitions have a key per lane (`topic/partition/upstream`).
+    /// Every partition's key (`topic/partition`), topic by topic: their global order (a
+    /// repartition topic's partition too: its lanes are inside it).
     pub fn keys(&self, config: &KafkaSourceConfig) -> Vec<String> {
-        let lanes = config.upstream.as_ref().map(|u| u.partitions);
         config
             .topics
             .iter()
             .zip(&self.counts)
-            .flat_map(|(t, &count)| {
-                (0..count).flat_map(move |p| match lanes {
-                    None => vec![format!("{t}/{p}")],
-                    Some(n) => (0..n).map(|u| format!("{t}/{p}/{u}")).collect(),
-                })
-            })
+            .flat_map(|(t, &count)| (0..count).map(move |p| format!("{t}/{p}")))
             .collect()
     }
 }

@@ -7,9 +7,11 @@ use super::*;
 pub(super) struct PartitionState {
     pub(super) topic: Arc<str>,
     pub(super) number: i32,
-    /// What the job sees of it: the partition itself, or one lane per upstream partition of
-    /// a repartition topic (see [`Upstream`]).
-    pub(super) lanes: Vec<Lane>,
+    /// Its chunk stream (and outside a repartition topic, its buffer).
+    pub(super) lane: Lane,
+    /// A repartition topic's partition while assigned: its upstream partitions (see
+    /// [`Upstream`]).
+    pub(super) up: Option<Box<Lanes>>,
     pub(super) assigned: bool,
     /// The offset after the last message read (repeats included).
     pub(super) read_next: Option<u64>,
@@ -28,18 +30,12 @@ pub(super) struct PartitionState {
     pub(super) warned_foreign: bool,
 }
 
-/// A chunk stream of a partition: the partition, or one upstream partition's messages in it.
+/// The chunk stream of a partition.
 pub(super) struct Lane {
     pub(super) info: Arc<PartitionInfo>,
     pub(super) seq: u64,
     pub(super) buffer: MessageBuffer,
     pub(super) last_message: Instant,
-    /// In a repartition topic: the upstream offset expected next; a message below it
-    /// repeats one already read.
-    pub(super) expect: Option<u64>,
-    /// In a repartition topic: the lane continues a checkpoint that had read some of its
-    /// messages, so it also takes envelopes of weir 0.1.0 (see [`place_message`]).
-    pub(super) legacy: bool,
 }
 
 impl Lane {
@@ -49,8 +45,6 @@ impl Lane {
             seq: 0,
             buffer: MessageBuffer::default(),
             last_message: Instant::now(),
-            expect: None,
-            legacy: false,
         }
     }
 }
@@ -62,8 +56,6 @@ pub struct KafkaReader {
     pub(super) config: KafkaSourceConfig,
     /// Index in `partitions` of each topic's first partition.
     pub(super) topic_base: Vec<usize>,
-    /// Lanes per partition (1, or the upstream partition count of a repartition topic).
-    pub(super) lanes_per: usize,
     /// First global partition id of the source.
     pub(super) first_id: usize,
     pub(super) partitions: Vec<PartitionState>,
@@ -89,6 +81,8 @@ pub struct KafkaReader {
     pub(super) resume: HashMap<(String, i32), u64>,
     /// In a pool: the hand-over flag of the run served now (a new one means a new run).
     pub(super) run: Option<Arc<AtomicBool>>,
+    /// When the lanes of repartition topic partitions were last checked for silence.
+    pub(super) lanes_scanned: Instant,
 }
 
 impl Drop for KafkaReader {
@@ -108,43 +102,25 @@ impl KafkaReader {
         partitions: &KafkaPartitions,
     ) -> Self {
         let name: Arc<str> = name.into();
-        let lanes_per = config.upstream.as_ref().map_or(1, |u| u.partitions.max(1));
-        let upstream_topic: Option<Arc<str>> =
-            config.upstream.as_ref().map(|u| u.topic.as_str().into());
         let mut topic_base = Vec::new();
         let mut states: Vec<PartitionState> = Vec::new();
         for (t, &count) in partitions.counts.iter().enumerate() {
             topic_base.push(states.len());
             let topic: Arc<str> = config.topics[t].as_str().into();
             for p in 0..count {
-                let first = first_partition + states.len() * lanes_per;
-                let lanes = match &upstream_topic {
-                    // a lane is the upstream partition: dead letters and `_partition` name it
-                    Some(up) => (0..lanes_per)
-                        .map(|u| {
-                            Lane::new(PartitionInfo {
-                                source: name.clone(),
-                                id: first + u,
-                                state_id: first,
-                                number: u as u32,
-                                topic: Some(up.clone()),
-                                file: None,
-                            })
-                        })
-                        .collect(),
-                    None => vec![Lane::new(PartitionInfo {
-                        source: name.clone(),
-                        id: first,
-                        state_id: first,
-                        number: p as u32,
-                        topic: Some(topic.clone()),
-                        file: None,
-                    })],
-                };
+                let lane = Lane::new(PartitionInfo {
+                    source: name.clone(),
+                    id: first_partition + states.len(),
+                    state_id: first_partition + states.len(),
+                    number: p as u32,
+                    topic: Some(topic.clone()),
+                    file: None,
+                });
                 states.push(PartitionState {
                     topic: topic.clone(),
                     number: p as i32,
-                    lanes,
+                    lane,
+                    up: None,
                     assigned: false,
                     read_next: None,
                     next_offset: None,
@@ -166,7 +142,6 @@ impl KafkaReader {
             name,
             config,
             topic_base,
-            lanes_per,
             first_id: first_partition,
             partitions: states,
             consumer: None,
@@ -181,6 +156,7 @@ impl KafkaReader {
             own_checked: None,
             resume: HashMap::new(),
             run: None,
+            lanes_scanned: Instant::now(),
         }
     }
 
@@ -203,39 +179,38 @@ impl KafkaReader {
                 *run = ctx.clone();
             }
         }
-        for lane in self.partitions.iter_mut().flat_map(|s| s.lanes.iter_mut()) {
-            lane.seq = 0;
+        for s in self.partitions.iter_mut() {
+            s.lane.seq = 0;
         }
         for chunk in self.ready.iter_mut() {
-            let i = chunk.partition.id - self.first_id;
-            let lane = &mut self.partitions[i / self.lanes_per].lanes[i % self.lanes_per];
+            let lane = &mut self.partitions[chunk.partition.id - self.first_id].lane;
             chunk.seq = lane.seq;
             lane.seq += 1;
         }
         // A partition that ended (read to its end offset) in an earlier run ends this one's
         // too: its restored clock is not at the end any more.
-        let in_lanes = self.config.upstream.is_some();
         for s in self.partitions.iter_mut() {
             let (true, true, Some(next)) = (s.assigned, s.ended, s.next_offset) else {
                 continue;
             };
-            for lane in s.lanes.iter_mut() {
-                let pending_end = self
-                    .ready
-                    .iter()
-                    .any(|c| c.partition.id == lane.info.id && matches!(c.data, ChunkData::End));
-                if !pending_end {
-                    self.ready
-                        .push_back(lane_end(self.source, lane, next, in_lanes));
-                }
+            let id = s.lane.info.id;
+            let pending_end = self
+                .ready
+                .iter()
+                .any(|c| c.partition.id == id && matches!(c.data, ChunkData::End));
+            if !pending_end {
+                self.ready.push_back(lane_end(self.source, s, next));
             }
         }
         for s in &self.partitions {
-            for lane in &s.lanes {
-                ctx.clocks.partition(lane.info.id).set_idle(!s.assigned);
-                if s.assigned {
-                    ctx.progress.track(lane.info.id);
-                }
+            let clock = ctx.clocks.partition(s.lane.info.id);
+            clock.set_idle(!s.assigned);
+            // then the lanes this reader knows to be idle
+            if let Some(up) = s.up.as_ref().filter(|_| s.assigned) {
+                up.set_up(clock);
+            }
+            if s.assigned {
+                ctx.progress.track(s.lane.info.id);
             }
         }
         self.report_assigned(ctx);
@@ -244,15 +219,11 @@ impl KafkaReader {
     /// Drops what was read of a partition given up in a pool: its next owner reads it again
     /// from the hand-over checkpoint.
     pub(super) fn forget(&mut self, l: usize) {
-        let first = self.first_id + l * self.lanes_per;
-        let ids = first..first + self.lanes_per;
-        self.ready.retain(|c| !ids.contains(&c.partition.id));
+        let id = self.first_id + l;
+        self.ready.retain(|c| c.partition.id != id);
         let s = &mut self.partitions[l];
-        for lane in s.lanes.iter_mut() {
-            lane.buffer = MessageBuffer::default();
-            lane.expect = None;
-            lane.legacy = false;
-        }
+        s.lane.buffer = MessageBuffer::default();
+        s.up = None;
         s.read_next = None;
         s.next_offset = None;
         s.end_at = None;
@@ -309,7 +280,7 @@ impl KafkaReader {
     pub(super) fn connect(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
         let mut ids = HashMap::new();
         for s in &self.partitions {
-            ids.insert((s.topic.to_string(), s.number), s.lanes[0].info.id);
+            ids.insert((s.topic.to_string(), s.number), s.lane.info.id);
         }
         let context = GroupContext {
             start_from: self.config.start_from,
@@ -349,8 +320,8 @@ impl KafkaReader {
         // Every partition is idle until it is assigned to this process, unless this process
         // reads every partition (below).
         let idle = !self.reads_every_partition();
-        for lane in self.partitions.iter().flat_map(|s| &s.lanes) {
-            ctx.clocks.partition(lane.info.id).set_idle(idle);
+        for s in &self.partitions {
+            ctx.clocks.partition(s.lane.info.id).set_idle(idle);
         }
         if let Some(src) = ctx.stats.sources.get(self.source) {
             src.assigned.store(-1, Ordering::Relaxed);
@@ -471,7 +442,11 @@ impl KafkaReader {
         let caught_up = s.end_at.is_some_and(|end| offset + 1 >= end);
         if caught_up {
             self.end_partition(l, offset + 1, ctx);
-        } else if s.lanes.iter().any(|lane| lane.buffer.is_full()) {
+        } else if s
+            .up
+            .as_ref()
+            .map_or(s.lane.buffer.is_full(), |up| up.is_full())
+        {
             self.hand_over(l);
         }
     }
@@ -483,13 +458,14 @@ impl KafkaReader {
         quiet: bool,
     ) -> Result<(), EngineError> {
         let now = Instant::now();
+        let scan_lanes = now - self.lanes_scanned >= LANE_IDLE_SCAN;
+        if scan_lanes {
+            self.lanes_scanned = now;
+        }
         for l in 0..self.partitions.len() {
             let s = &self.partitions[l];
-            if s.lanes.iter().any(|lane| {
-                lane.buffer
-                    .since
-                    .is_some_and(|t| quiet || now - t >= CHUNK_AGE)
-            }) {
+            let since = s.up.as_ref().map_or(s.lane.buffer.since, |up| up.since);
+            if since.is_some_and(|t| quiet || now - t >= CHUNK_AGE) {
                 self.hand_over(l);
             }
             let s = &self.partitions[l];
@@ -498,14 +474,15 @@ impl KafkaReader {
             // consumer's statistics know (a partition behind is slow, not idle: its rows
             // would turn late).
             if let (Some(idle), false) = (self.config.idle_timeout, self.paused) {
-                let silent = |lane: &Lane| now - lane.last_message >= idle;
-                if s.assigned
-                    && !s.ended
-                    && s.lanes.iter().any(silent)
-                    && !behind(ctx, &self.name, s)
-                {
-                    for lane in s.lanes.iter().filter(|lane| silent(lane)) {
-                        ctx.clocks.partition(lane.info.id).set_idle(true);
+                let silent = now - s.lane.last_message >= idle;
+                // lanes of a partition that delivers may be silent: scanned once per
+                // `LANE_IDLE_SCAN` at most
+                let scan = silent || (s.up.is_some() && scan_lanes);
+                if s.assigned && !s.ended && scan && !behind(ctx, &self.name, s) {
+                    let clock = ctx.clocks.partition(s.lane.info.id);
+                    match self.partitions[l].up.as_mut() {
+                        Some(up) => up.mark_idle(now, idle, clock),
+                        None => clock.set_idle(true),
                     }
                 }
             }
@@ -555,8 +532,11 @@ impl KafkaReader {
         if !paused {
             // the pause was weir's, not the partitions' silence
             let now = Instant::now();
-            for lane in self.partitions.iter_mut().flat_map(|s| s.lanes.iter_mut()) {
-                lane.last_message = now;
+            for s in self.partitions.iter_mut() {
+                s.lane.last_message = now;
+                if let Some(up) = s.up.as_mut() {
+                    up.touch(now);
+                }
             }
         }
     }
@@ -572,22 +552,24 @@ pub(super) fn place_message<M: Message>(
     stats: Option<&SourceStats>,
     ctx: &ReaderContext,
 ) -> Option<u64> {
-    let in_lanes = config.upstream.is_some();
     if !s.assigned || s.ended {
         return None;
     }
     let offset = m.offset() as u64;
     s.read_next = Some(offset + 1);
-    if !in_lanes {
-        s.lanes[0].buffer.push(m, config.with_headers, offset);
-        s.lanes[0].last_message = Instant::now();
-        unidle(ctx, &s.lanes[0]);
+    s.lane.last_message = Instant::now();
+    let Some(up) = &config.upstream else {
+        s.lane.buffer.push(m, config.with_headers, offset);
+        unidle(ctx, &s.lane);
         return Some(offset);
-    }
+    };
+    let lanes = s.up.get_or_insert_with(|| {
+        Box::new(Lanes::new(up.topic.as_str().into(), up.partitions, &[], 0))
+    });
     let payload = m.payload().unwrap_or_default();
-    let upstream = config.upstream.as_ref().map_or("", |u| u.topic.as_str());
+    let upstream = up.topic.as_str();
     let envelope =
-        crate::repartition::Envelope::open(payload).filter(|e| e.partition < s.lanes.len());
+        crate::repartition::Envelope::open(payload).filter(|e| e.partition < lanes.len());
     let why = match &envelope {
         None => Some("it was not written by weir (no upstream partition and offset)"),
         Some(e) => match e.topic {
@@ -597,7 +579,7 @@ pub(super) fn place_message<M: Message>(
             // weir 0.1.0 wrote no topic: its messages continue a lane a checkpoint had read
             // (a pool upgraded while running), but a lane read from the beginning would take
             // another topic's for this one's
-            None if !s.lanes[e.partition].legacy => Some(
+            None if !lanes.legacy[e.partition] => Some(
                 "it was written by weir 0.1.0, which did not record the upstream topic, and its \
                  lane has no checkpointed position to continue",
             ),
@@ -623,23 +605,19 @@ pub(super) fn place_message<M: Message>(
         }
         return Some(offset);
     };
-    let lane = &mut s.lanes[envelope.partition];
-    if lane.expect.is_some_and(|e| envelope.offset < e) {
-        if let Some(src) = stats {
-            RunStats::add(&src.repartition_repeats, 1);
-        }
-        return Some(offset);
-    }
-    lane.buffer.push_parts(
+    let clock = ctx.clocks.partition(s.lane.info.id);
+    let placed = lanes.push(
+        (envelope.partition, envelope.offset),
         (envelope.payload, m.key()),
         m.timestamp().to_millis(),
         envelope.headers(),
-        config.with_headers,
-        envelope.offset,
+        (config.with_headers, clock),
     );
-    lane.expect = Some(envelope.offset + 1);
-    lane.last_message = Instant::now();
-    unidle(ctx, lane);
+    if !placed {
+        if let Some(src) = stats {
+            RunStats::add(&src.repartition_repeats, 1);
+        }
+    }
     Some(offset)
 }
 
@@ -663,19 +641,16 @@ pub(super) fn unidle(ctx: &ReaderContext, lane: &Lane) {
     }
 }
 
-/// The end chunk of a lane whose partition continues at `next`.
-pub(super) fn lane_end(source: usize, lane: &mut Lane, next: u64, in_lanes: bool) -> Chunk {
-    // a lane's offsets are upstream offsets: none seen yet is 0
-    let expect = lane.expect.unwrap_or(if in_lanes { 0 } else { next });
+/// The end chunk of partition `s`, which continues at `next` (every lane of a repartition
+/// topic's partition ends with it).
+pub(super) fn lane_end(source: usize, s: &mut PartitionState, next: u64) -> Chunk {
+    let lane = &mut s.lane;
     let chunk = Chunk {
         source,
         partition: lane.info.clone(),
         seq: lane.seq,
-        first_offset: expect,
-        resume: Resume {
-            next_offset: next,
-            position: expect,
-        },
+        first_offset: next,
+        resume: Resume::at(next),
         data: ChunkData::End,
     };
     lane.seq += 1;

@@ -150,7 +150,8 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
 
 /// A repartition topic: its partitions are read as one lane per upstream partition, each
 /// in upstream order with upstream offsets; a repeat (an upstream offset its lane passed)
-/// is dropped; every lane's chunk records where the partition and the lane continue.
+/// is dropped; the partition is one chunk stream whose chunks each hold one lane's
+/// messages and record where the partition and the lane continue.
 /// Messages a previous use of the internal topic left (another upstream topic's, or weir
 /// 0.1.0's without a topic, read by a partition without a checkpoint) are skipped: their
 /// offsets would otherwise be taken for this topic's.
@@ -202,27 +203,28 @@ fn a_repartition_topic_is_read_in_lanes_without_repeats() {
         ..reading_to_the_end(&brokers, "internal")
     };
     let partitions = KafkaPartitions::discover(&config).unwrap();
-    assert_eq!(
-        partitions.keys(&config),
-        vec!["internal/0/0".to_string(), "internal/0/1".to_string()]
-    );
+    assert_eq!(partitions.keys(&config), vec!["internal/0".to_string()]);
     let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
     let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
-    let ctx = context(2, stats.clone());
+    let ctx = context(1, stats.clone());
     let mut read: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-    let mut next_seq = [0u64; 2];
-    let mut last_resume = [None; 2];
+    let mut next_seq = 0u64;
+    let mut position = [None; 2];
+    let mut last_resume = None;
     while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
-        let lane = chunk.partition.id;
         assert_eq!(
-            chunk.partition.state_id, 0,
-            "state stays with the Kafka partition"
+            (chunk.partition.id, chunk.partition.state_id),
+            (0, 0),
+            "one partition, whose state stays with the Kafka partition"
         );
-        assert_eq!(chunk.partition.topic.as_deref(), Some("upstream"));
-        assert_eq!(chunk.partition.number as usize, lane);
-        assert_eq!(chunk.seq, next_seq[lane]);
-        next_seq[lane] += 1;
+        assert_eq!(chunk.seq, next_seq);
+        next_seq += 1;
+        last_resume = Some(chunk.resume);
         if let ChunkData::Messages(m) = &chunk.data {
+            let lane = m.lane.expect("a lane") as usize;
+            assert_eq!(chunk.partition.topic.as_deref(), Some("upstream"));
+            assert_eq!(chunk.partition.number as usize, lane);
+            position[lane] = Some(chunk.resume.position);
             for (i, &o) in m.offsets.iter().enumerate() {
                 let payload = std::str::from_utf8(m.slice(m.payloads[i])).unwrap();
                 assert_eq!(payload, format!("{{\"u\":{lane},\"o\":{o}}}"));
@@ -231,27 +233,16 @@ fn a_repartition_topic_is_read_in_lanes_without_repeats() {
             }
             read[lane].extend(&m.offsets);
         }
-        last_resume[lane] = Some(chunk.resume);
     }
     assert_eq!(read[0], vec![0, 1, 2]);
     assert_eq!(read[1], vec![0, 1, 2, 3, 4]);
     assert_eq!(RunStats::get(&stats.sources[0].repartition_repeats), 3);
     assert_eq!(RunStats::get(&stats.sources[0].repartition_foreign), 3);
-    // both lanes continue after the topic's last message; each at its next upstream offset
+    // the partition continues after the topic's last message; each lane at its next
+    // upstream offset
     let end = (foreign.len() + sent.len()) as u64;
-    assert_eq!(
-        last_resume,
-        [
-            Some(Resume {
-                next_offset: end,
-                position: 3
-            }),
-            Some(Resume {
-                next_offset: end,
-                position: 5
-            })
-        ]
-    );
+    assert_eq!(last_resume, Some(Resume::at(end)));
+    assert_eq!(position, [Some(3), Some(5)]);
 }
 
 /// Another member of the group (a consumer polling, not reading): started first, it
@@ -494,13 +485,11 @@ fn envelopes_without_a_topic_are_read_only_by_lanes_continuing_a_checkpoint() {
     let partitions = KafkaPartitions { counts: vec![1] };
     let mut reader = KafkaReader::new(0, "s", 0, config.clone(), &partitions);
     let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
-    let ctx = context(2, stats.clone());
+    let ctx = context(1, stats.clone());
     let s = &mut reader.partitions[0];
     s.assigned = true;
     // lane 0 continues a checkpoint at upstream offset 5; lane 1 has read nothing
-    s.lanes[0].expect = Some(5);
-    s.lanes[0].legacy = true;
-    s.lanes[1].expect = Some(0);
+    s.up = Some(Box::new(Lanes::new("upstream".into(), 2, &[5, 0], 0)));
     let mut offset = 0;
     let mut place = |s: &mut PartitionState, topic: Option<&str>, u: u32, o: u64| {
         let mut value = Vec::new();
@@ -527,11 +516,18 @@ fn envelopes_without_a_topic_are_read_only_by_lanes_continuing_a_checkpoint() {
     ] {
         assert!(place(s, topic, u, o).is_some());
     }
-    let read = |l: &Lane| l.buffer.messages.offsets.clone();
-    assert_eq!(read(&s.lanes[0]), vec![5, 6]);
-    assert_eq!(read(&s.lanes[1]), vec![0]);
     assert_eq!(RunStats::get(&stats.sources[0].repartition_foreign), 3);
     assert_eq!(s.read_next, Some(6), "skipped messages are passed");
+    reader.hand_over(0);
+    let read: Vec<(Option<u32>, Vec<u64>)> = reader
+        .ready
+        .iter()
+        .map(|c| match &c.data {
+            ChunkData::Messages(m) => (m.lane, m.offsets.clone()),
+            _ => (None, vec![]),
+        })
+        .collect();
+    assert_eq!(read, vec![(Some(0), vec![5, 6]), (Some(1), vec![0])]);
 }
 
 /// In a worker pool reading until caught up, a partition another worker read to its end

@@ -1,5 +1,6 @@
 //! Each stage alone: the coordinator, a reader, the merger, a worker, a sink thread.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
         next: 0,
         senders: vec![worker_tx],
         cut: vec![Some(Resume::at(7))],
+        // a repartition topic's partition: its lanes' next upstream offsets
+        lane_cut: HashMap::from([(0, vec![3, 9])]),
         // every reader ended: the coordinator takes the final checkpoint at once
         readers_left: 0,
         checkpointing: true,
@@ -79,6 +82,7 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
         Part::Leader {
             epoch,
             newest: vec![WATERMARK_END],
+            lane_newest: HashMap::from([(0, vec![100, 90])]),
             counters: vec![("records_in".into(), 7)],
         },
         Part::Merger {
@@ -109,6 +113,11 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
     assert_eq!(restored.manifest.epoch, epoch);
     assert_eq!(restored.operators[0].len(), 2);
     assert!(restored.manifest.finished);
+    // one record for the partition, its lanes in it (an ended partition's lanes have no time)
+    let p = &restored.manifest.partitions;
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].next_offset, &p[0].lanes), (7, &vec![3, 9]));
+    assert_eq!(p[0].lane_lag, vec![-1, -1]);
 }
 
 #[test]
@@ -119,6 +128,7 @@ fn a_reader_deals_chunks_round_robin_and_ends_the_workers_input() {
         next: 0,
         senders: vec![tx0, tx1],
         cut: vec![None],
+        lane_cut: HashMap::new(),
         readers_left: 1,
         checkpointing: false,
     });

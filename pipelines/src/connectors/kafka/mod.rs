@@ -158,6 +158,10 @@ impl SourceConnector for KafkaInput {
         pool::pooled(&self.0, at)
     }
 
+    fn lanes_per_partition(&self) -> Option<u32> {
+        self.0.upstream.as_ref().map(|u| u.partitions.max(1) as u32)
+    }
+
     fn repartition_refusal(&self, source: &str) -> Option<String> {
         pool::repartition_refusal(source, &self.0)
     }

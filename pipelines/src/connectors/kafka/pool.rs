@@ -98,13 +98,18 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
     }
 }
 
-/// Where a claimed partition continues, from its records in a checkpoint: its own, or its
-/// lanes' (a repartition topic continues at the smallest of its lanes' offsets, each lane
-/// dropping what it read before).
+/// Where a claimed partition continues, from its records in a checkpoint: its own (a
+/// repartition topic's with the vector of its lanes' next upstream offsets), or in a
+/// checkpoint of format 1, its lanes' (it continues at the smallest of their offsets, each
+/// lane dropping what it read before).
 fn claimed_start(records: &[PartitionRecord]) -> Option<ClaimedStart> {
     let offset = records.iter().map(|r| r.next_offset).min()?;
     let mut lanes = Vec::new();
     for r in records {
+        if !r.lanes.is_empty() {
+            lanes.clone_from(&r.lanes);
+            continue;
+        }
         let lane = r
             .partition
             .rsplit('/')
@@ -174,6 +179,8 @@ mod tests {
             next_offset,
             position,
             newest: 0,
+            lanes: vec![],
+            lane_lag: vec![],
         };
         assert_eq!(claimed_start(&[]), None);
         // a partition of its own: its offset
@@ -191,6 +198,17 @@ mod tests {
                 rec("t/3/0", 70, 5),
                 rec("t/3/2", 90, 0)
             ]),
+            Some(ClaimedStart {
+                offset: 70,
+                lanes: vec![5, 17, 0]
+            })
+        );
+        // format 2: one record with its lanes
+        let mut one = rec("t/3", 70, 0);
+        one.lanes = vec![5, 17, 0];
+        one.lane_lag = vec![0, 3, -1];
+        assert_eq!(
+            claimed_start(&[one]),
             Some(ClaimedStart {
                 offset: 70,
                 lanes: vec![5, 17, 0]
