@@ -240,10 +240,7 @@ fn decoders_never_panic_and_account_for_every_record() {
 fn fingerprint(d: &DecodedLines) -> String {
     let mut out = format!("records {}\n", d.records);
     if let Some(e) = &d.events {
-        out += &format!(
-            "{:?}\n{:?}\n{:?}\n",
-            e.batch, e.event_time, e.offsets
-        );
+        out += &format!("{:?}\n{:?}\n{:?}\n", e.batch, e.event_time, e.offsets);
     }
     for b in &d.bad {
         out += &format!(

@@ -8,6 +8,7 @@
 //! (the reference oracle): strict strings (no raw control characters), integers without
 //! fraction or exponent, `NaN`/`Infinity` accepted as numbers, the last duplicate key wins.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;
@@ -123,6 +124,11 @@ impl LineError {
 }
 
 const MAX_DEPTH: usize = 512;
+
+thread_local! {
+    /// Stage 1's bitmap, kept between the buffers a thread decodes.
+    static SPECIALS: Cell<Specials> = Cell::new(Specials::default());
+}
 
 impl JsonDecoder {
     /// A decoder for `schema` whose output holds the fields named in `columns` (in schema
@@ -308,7 +314,7 @@ impl JsonDecoder {
     ) -> DecodedLines {
         let mut kept: Vec<u32> = Vec::new();
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
-        let mut specials = Specials::default();
+        let mut specials = SPECIALS.with(Cell::take);
         specials.fill_with(bytes, self.kernel);
         let mut cols: Vec<ColumnBuilder> = self
             .projected
@@ -374,6 +380,8 @@ impl JsonDecoder {
                 }
             }
         }
+        specials.shrink();
+        SPECIALS.with(|s| s.set(specials));
         let rows = event_time.len();
         if rows == 0 {
             return DecodedLines {

@@ -103,6 +103,13 @@ impl Specials {
         }
     }
 
+    /// Frees the bitmap of an unusually large buffer (kept ones cover up to 4 MiB).
+    pub(crate) fn shrink(&mut self) {
+        if self.words.capacity() > (4 << 20) / BLOCK {
+            *self = Specials::default();
+        }
+    }
+
     /// The position of the first special byte at or after `from`, or the buffer's length.
     #[inline]
     pub(crate) fn next(&self, from: usize) -> usize {
