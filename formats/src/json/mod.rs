@@ -1,12 +1,18 @@
 //! NDJSON into Arrow, one pass per line, no intermediate JSON values.
 //!
-//! Each line is parsed by a small validating scanner. Values of schema fields land in
-//! per-row slots (positions into the line, or the parsed number); a row is appended to the
-//! Arrow columns only after the whole line parsed and matched the schema, so a bad line
-//! leaves no trace but its dead letter. Only the columns the pipeline reads are built; the
-//! other fields are still checked. Validity follows Python's `json.loads` plus the schema
-//! (the reference oracle): strict strings (no raw control characters), integers without
-//! fraction or exponent, `NaN`/`Infinity` accepted as numbers, the last duplicate key wins.
+//! Each buffer of lines is first classified by stage 1 (`stage1`: SIMD, or a portable kernel
+//! that gives the same bitmap) into a bitmap of the bytes a string scanner must stop at.
+//! Each line is then parsed by a small validating scanner (`scanner`, stage 2) that jumps
+//! from one such byte to the next inside strings, matches keys against the field expected
+//! next, and reads integers eight digits at a time (`number`). Values of schema fields land
+//! in per-row slots (positions into the line, or the parsed number); a row is appended to the
+//! Arrow columns (`columns`) only after the whole line parsed and matched the schema, so a
+//! bad line leaves no trace but its dead letter. Only the columns the pipeline reads are
+//! built; the other fields are still checked: every string for raw control characters and
+//! bad escapes, every number, literal, nesting and separator. Validity follows Python's
+//! `json.loads` plus the schema (the reference oracle): strict strings (no raw control
+//! characters), integers without fraction or exponent, `NaN`/`Infinity` accepted as
+//! numbers, the last duplicate key wins, invalid UTF-8 refused.
 
 use std::cell::Cell;
 use std::sync::Arc;
