@@ -3,6 +3,10 @@
 //! nesting, huge numbers, escapes, invalid UTF-8) must decode without a panic into rows and
 //! dead letters that add up, and every row's event time must be the one its record carries.
 //!
+//! A second, differential harness decodes the same mutated records with the SIMD stage 1 of
+//! the JSON scanner (the processor's best) and with its portable scalar one: rows, event
+//! times, offsets and dead letters (codes, messages, details) must be identical.
+//!
 //! `cargo test -p weir-formats --test fuzz_decoders` runs a few thousand cases (seconds);
 //! `WEIR_FUZZ_CASES` and `WEIR_FUZZ_SEED` set the count and the seed, and
 //! `scripts/fuzz.sh` runs it for hours with fresh seeds. A case that fails prints its seed
@@ -16,6 +20,7 @@ mod support;
 
 use support::Rng;
 use weir_engine::SharedBytes;
+use weir_formats::json::DecodedLines;
 use weir_formats::json::JsonDecoder;
 use weir_formats::schema::SourceSchema;
 
@@ -227,6 +232,93 @@ fn decoders_never_panic_and_account_for_every_record() {
                 .map(|l| String::from_utf8_lossy(l).into_owned())
                 .collect();
             panic!("case {case} (seed {seed}): {e}\ninput lines: {shown:#?}");
+        }
+    }
+}
+
+/// Everything a decoding produced, in a comparable form.
+fn fingerprint(d: &DecodedLines) -> String {
+    let mut out = format!("records {}\n", d.records);
+    if let Some(e) = &d.events {
+        out += &format!("{:?}\n{:?}\n{:?}\n", e.batch, e.event_time, e.offsets);
+    }
+    for b in &d.bad {
+        out += &format!(
+            "bad {} {:?} {} {} {:?}\n",
+            b.offset, b.raw, b.error.code, b.error.message, b.error.details
+        );
+    }
+    out
+}
+
+/// A mutation that makes strings long or moves them across 16/32/64-byte block boundaries.
+fn stretch(rng: &mut Rng, input: &mut Vec<u8>) {
+    let quotes: Vec<usize> = (0..input.len()).filter(|&i| input[i] == b'"').collect();
+    let Some(&q) = quotes.get(rng.below(quotes.len())) else {
+        return;
+    };
+    let pieces: [&[u8]; 8] = [
+        b"a",
+        b"\\\"",
+        b"\\\\",
+        b"\\u00e9",
+        "é".as_bytes(),
+        "😀".as_bytes(),
+        b"\x01",
+        b" ",
+    ];
+    let piece = pieces[rng.below(pieces.len())];
+    let times = 1 + rng.below(70);
+    let at = q + 1;
+    for _ in 0..times {
+        input.splice(at..at, piece.iter().copied());
+    }
+}
+
+#[test]
+fn simd_and_portable_stage1_decode_alike() {
+    let cases = support::cases(20_000);
+    let seed = support::seed(0x5eed_3333);
+    eprintln!("fuzz_decoders differential: {cases} cases, seed {seed} (WEIR_FUZZ_SEED to repeat)");
+    let pairs: Vec<(&str, JsonDecoder, JsonDecoder)> = decoders()
+        .into_iter()
+        .zip(decoders())
+        .map(|((name, simd), (_, scalar))| (name, simd, scalar.with_portable_stage1()))
+        .collect();
+    let mut rng = Rng(seed | 1);
+    for case in 0..cases {
+        let n = 1 + rng.below(8);
+        let mut bytes = Vec::new();
+        for _ in 0..n {
+            let mut l = SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec();
+            for _ in 0..rng.below(4) {
+                stretch(&mut rng, &mut l);
+            }
+            for _ in 0..rng.below(4) {
+                mutate(&mut rng, &mut l);
+            }
+            bytes.extend(l.iter().copied().filter(|&b| b != b'\n'));
+            bytes.push(b'\n');
+        }
+        // sometimes no final newline, sometimes a prefix that shifts every block boundary
+        if rng.below(4) == 0 {
+            bytes.pop();
+        }
+        let shift = rng.below(64);
+        let mut shifted = vec![b'\n'; shift];
+        shifted.extend_from_slice(&bytes);
+        for input in [bytes, shifted] {
+            let shared = SharedBytes::from(input.clone());
+            for (name, simd, scalar) in &pairs {
+                let a = fingerprint(&simd.decode_lines(&shared, 0));
+                let b = fingerprint(&scalar.decode_lines(&shared, 0));
+                if a != b {
+                    panic!(
+                        "case {case} (seed {seed}), {name}: SIMD and portable stage 1 differ\ninput: {:?}\nSIMD:\n{a}\nportable:\n{b}",
+                        String::from_utf8_lossy(&input)
+                    );
+                }
+            }
         }
     }
 }

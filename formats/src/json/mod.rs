@@ -1,18 +1,23 @@
 //! NDJSON into Arrow, one pass per line, no intermediate JSON values.
 //!
-//! Each line is parsed by a small validating scanner. Values of schema fields land in
-//! per-row slots (positions into the line, or the parsed number); a row is appended to the
-//! Arrow columns only after the whole line parsed and matched the schema, so a bad line
-//! leaves no trace but its dead letter. Only the columns the pipeline reads are built; the
-//! other fields are still checked. Validity follows Python's `json.loads` plus the schema
-//! (the reference oracle): strict strings (no raw control characters), integers without
-//! fraction or exponent, `NaN`/`Infinity` accepted as numbers, the last duplicate key wins.
+//! Each buffer of lines is first classified by stage 1 (`stage1`: SIMD, or a portable kernel
+//! that gives the same bitmap) into a bitmap of the bytes a string scanner must stop at.
+//! Each line is then parsed by a small validating scanner (`scanner`, stage 2) that jumps
+//! from one such byte to the next inside strings, matches keys against the field expected
+//! next, and reads integers eight digits at a time (`number`). Values of schema fields land
+//! in per-row slots (positions into the line, or the parsed number); a row is appended to the
+//! Arrow columns (`columns`) only after the whole line parsed and matched the schema, so a
+//! bad line leaves no trace but its dead letter. Only the columns the pipeline reads are
+//! built; the other fields are still checked: every string for raw control characters and
+//! bad escapes, every number, literal, nesting and separator. Validity follows Python's
+//! `json.loads` plus the schema (the reference oracle): strict strings (no raw control
+//! characters), integers without fraction or exponent, `NaN`/`Infinity` accepted as
+//! numbers, the last duplicate key wins, invalid UTF-8 refused.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
-use arrow::array::NullBufferBuilder;
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Array, Int64Array, StringArray};
-use arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use arrow::array::ArrayRef;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_engine::job::Decode;
@@ -25,6 +30,17 @@ use weir_engine::{
 
 use crate::message_columns::MessageColumn;
 use crate::schema::{FieldKind, SourceSchema};
+
+mod columns;
+mod number;
+mod scanner;
+mod stage1;
+mod strings;
+
+use columns::ColumnBuilder;
+use scanner::Parser;
+use stage1::{KernelKind, Specials};
+use strings::{eq_bytes, unescape};
 
 /// A line that could not be decoded.
 pub struct BadLine {
@@ -58,6 +74,11 @@ pub struct JsonDecoder {
     /// The schema field holding event time; `None` when it comes from the envelope.
     time_field: Option<usize>,
     envelope: bool,
+    /// Stage 1's kernel (the processor's best unless a test asks for another).
+    kernel: KernelKind,
+    /// Per schema field: whether its name can be matched byte for byte in a record (it has
+    /// no byte a JSON string would escape).
+    plain_name: Vec<bool>,
 }
 
 /// The envelope attributes that may carry event time (CloudEvents `time`, the platform
@@ -109,6 +130,11 @@ impl LineError {
 }
 
 const MAX_DEPTH: usize = 512;
+
+thread_local! {
+    /// Stage 1's bitmap, kept between the buffers a thread decodes.
+    static SPECIALS: Cell<Specials> = Cell::new(Specials::default());
+}
 
 impl JsonDecoder {
     /// A decoder for `schema` whose output holds the fields named in `columns` (in schema
@@ -185,6 +211,7 @@ impl JsonDecoder {
                 return Err(format!("field `{c}` is not in schema `{}`", schema.name));
             }
         }
+        let plain_name = schema_plain_names(&schema);
         Ok(JsonDecoder {
             schema,
             by_len,
@@ -194,6 +221,8 @@ impl JsonDecoder {
             message_columns: Vec::new(),
             time_field,
             envelope,
+            kernel: KernelKind::best(),
+            plain_name,
         })
     }
 
@@ -230,6 +259,27 @@ impl JsonDecoder {
             .iter()
             .find(|(n, _)| eq_bytes(n, key))
             .map(|(_, i)| *i)
+    }
+
+    /// When the string at `at` (its opening quote) is exactly the name of field `hint`, the
+    /// position after its closing quote. The name has no byte a string would escape, so the
+    /// bytes between the quotes are the whole key, and valid.
+    #[inline]
+    fn expected_key(&self, line: &[u8], at: usize, hint: usize) -> Option<usize> {
+        let name = self.schema.fields.get(hint)?.name.as_bytes();
+        if !self.plain_name[hint] {
+            return None;
+        }
+        let s = at + 1;
+        let e = s + name.len();
+        (line.get(e) == Some(&b'"') && eq_bytes(&line[s..e], name)).then_some(e + 1)
+    }
+
+    /// Uses the portable stage 1 instead of the processor's SIMD one (tests compare the two).
+    #[doc(hidden)]
+    pub fn with_portable_stage1(mut self) -> Self {
+        self.kernel = KernelKind::Scalar;
+        self
     }
 
     /// Decodes newline-separated records. `first_offset` is the offset of the first line.
@@ -270,6 +320,8 @@ impl JsonDecoder {
     ) -> DecodedLines {
         let mut kept: Vec<u32> = Vec::new();
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
+        let mut specials = SPECIALS.with(Cell::take);
+        specials.fill_with(bytes, self.kernel);
         let mut cols: Vec<ColumnBuilder> = self
             .projected
             .iter()
@@ -297,7 +349,11 @@ impl JsonDecoder {
                     column: None,
                 })
             } else {
-                self.parse_line(line, &mut slots, &mut scratch)
+                self.parse_line(
+                    Parser::new(line, start, &specials),
+                    &mut slots,
+                    &mut scratch,
+                )
             };
             match result.and_then(|t| {
                 self.append(line, &slots, &mut cols, &mut scratch)?;
@@ -330,6 +386,8 @@ impl JsonDecoder {
                 }
             }
         }
+        specials.shrink();
+        SPECIALS.with(|s| s.set(specials));
         let rows = event_time.len();
         if rows == 0 {
             return DecodedLines {
@@ -371,12 +429,12 @@ impl JsonDecoder {
     /// Parses one line into the slots and returns its event time.
     fn parse_line(
         &self,
-        line: &[u8],
+        mut p: Parser<'_>,
         slots: &mut [Val],
         scratch: &mut Vec<u8>,
     ) -> Result<i64, LineError> {
         slots.fill(Val::Missing);
-        let mut p = Parser { b: line, i: 0 };
+        let line = p.b;
         p.ws();
         if p.i >= line.len() {
             return Err(LineError::syntax("empty record: expected a JSON object", 0));
@@ -384,7 +442,7 @@ impl JsonDecoder {
         let mut envelope_time = Val::Missing;
         if line[p.i] != b'{' {
             // a valid JSON value that is not an object is still bad, with a clearer message
-            let mut q = Parser { b: line, i: p.i };
+            let mut q = p.at(p.i);
             if q.skip_value(0).is_ok() {
                 q.ws();
                 if q.i == line.len() {
@@ -522,13 +580,18 @@ impl JsonDecoder {
             if p.peek() != Some(b'"') {
                 return Err(LineError::syntax("expected a quoted field name", p.i));
             }
-            let (ks, ke, kesc) = p.string()?;
-            let field = if kesc {
-                scratch.clear();
-                unescape(&line[ks..ke], scratch);
-                self.lookup(scratch, hint)
+            let field = if let Some(end) = self.expected_key(line, p.i, hint) {
+                p.i = end;
+                Some(hint)
             } else {
-                self.lookup(&line[ks..ke], hint)
+                let (ks, ke, kesc) = p.string()?;
+                if kesc {
+                    scratch.clear();
+                    unescape(&line[ks..ke], scratch);
+                    self.lookup(scratch, hint)
+                } else {
+                    self.lookup(&line[ks..ke], hint)
+                }
             };
             if let Some(f) = field {
                 hint = f + 1;
@@ -662,22 +725,13 @@ pub(crate) fn into_decoded(chunk: &Chunk, decoded: DecodedLines) -> Decoded {
     }
 }
 
-/// Byte equality for short names, compared a word at a time without a library call.
-#[inline]
-fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i + 8 <= a.len() {
-        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or([0; 8]));
-        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([1; 8]));
-        if x != y {
-            return false;
-        }
-        i += 8;
-    }
-    a[i..].iter().zip(&b[i..]).all(|(x, y)| x == y)
+/// Per field: whether its name has no `"`, `\\` or control character.
+fn schema_plain_names(schema: &SourceSchema) -> Vec<bool> {
+    schema
+        .fields
+        .iter()
+        .map(|f| !f.name.bytes().any(stage1::is_special))
+        .collect()
 }
 
 fn describe(v: Val) -> &'static str {
@@ -691,487 +745,6 @@ fn describe(v: Val) -> &'static str {
         Val::Bool(_) => "a boolean",
         Val::Obj { .. } => "an object",
         Val::Arr { .. } => "an array",
-    }
-}
-
-enum ColumnBuilder {
-    Str {
-        offsets: Vec<i32>,
-        values: Vec<u8>,
-        nulls: NullBufferBuilder,
-    },
-    Int {
-        values: Vec<i64>,
-        nulls: NullBufferBuilder,
-    },
-    Float {
-        values: Vec<f64>,
-        nulls: NullBufferBuilder,
-    },
-    Bool(BooleanBuilder),
-}
-
-impl ColumnBuilder {
-    fn new(kind: FieldKind) -> Self {
-        match kind {
-            FieldKind::Str | FieldKind::Object | FieldKind::Array => ColumnBuilder::Str {
-                offsets: vec![0],
-                values: Vec::new(),
-                nulls: NullBufferBuilder::new(0),
-            },
-            FieldKind::Int => ColumnBuilder::Int {
-                values: Vec::new(),
-                nulls: NullBufferBuilder::new(0),
-            },
-            FieldKind::Float => ColumnBuilder::Float {
-                values: Vec::new(),
-                nulls: NullBufferBuilder::new(0),
-            },
-            FieldKind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
-        }
-    }
-
-    /// Appends a value already checked against the field's kind.
-    fn push(&mut self, line: &[u8], v: Val, scratch: &mut Vec<u8>) {
-        match self {
-            ColumnBuilder::Str {
-                offsets,
-                values,
-                nulls,
-            } => {
-                match v {
-                    Val::Str {
-                        start,
-                        end,
-                        escaped,
-                    } => {
-                        let s = &line[start as usize..end as usize];
-                        if escaped {
-                            scratch.clear();
-                            unescape(s, scratch);
-                            values.extend_from_slice(scratch);
-                        } else {
-                            values.extend_from_slice(s);
-                        }
-                        nulls.append_non_null();
-                    }
-                    Val::Obj { start, end } | Val::Arr { start, end } => {
-                        values.extend_from_slice(&line[start as usize..end as usize]);
-                        nulls.append_non_null();
-                    }
-                    _ => nulls.append_null(),
-                }
-                offsets.push(values.len() as i32);
-            }
-            ColumnBuilder::Int { values, nulls } => match v {
-                Val::Int(x) => {
-                    values.push(x);
-                    nulls.append_non_null();
-                }
-                _ => {
-                    values.push(0);
-                    nulls.append_null();
-                }
-            },
-            ColumnBuilder::Float { values, nulls } => match v {
-                Val::Int(x) => {
-                    values.push(x as f64);
-                    nulls.append_non_null();
-                }
-                Val::Float(x) | Val::BigInt(x) => {
-                    values.push(x);
-                    nulls.append_non_null();
-                }
-                _ => {
-                    values.push(0.0);
-                    nulls.append_null();
-                }
-            },
-            ColumnBuilder::Bool(b) => match v {
-                Val::Bool(x) => b.append_value(x),
-                _ => b.append_null(),
-            },
-        }
-    }
-
-    fn finish(self) -> ArrayRef {
-        match self {
-            ColumnBuilder::Str {
-                offsets,
-                values,
-                mut nulls,
-            } => {
-                let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-                // SAFETY: every value is a slice of a line that passed UTF-8 validation, cut at
-                // JSON string quotes (ASCII), or the output of `unescape`, which writes UTF-8.
-                Arc::new(unsafe {
-                    StringArray::new_unchecked(offsets, values.into(), nulls.finish())
-                })
-            }
-            ColumnBuilder::Int { values, mut nulls } => {
-                Arc::new(Int64Array::new(values.into(), nulls.finish()))
-            }
-            ColumnBuilder::Float { values, mut nulls } => {
-                Arc::new(Float64Array::new(values.into(), nulls.finish()))
-            }
-            ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
-        }
-    }
-}
-
-struct Parser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-/// High bits set on the bytes of `w` (little-endian) that are `"`, `\\` or below 0x20. Bits
-/// above the first flagged byte may be spurious; the lowest one is exact.
-#[inline]
-fn string_special_mask(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    let q = w ^ (ONES * b'"' as u64);
-    let quote = q.wrapping_sub(ONES) & !q & HIGH;
-    let s = w ^ (ONES * b'\\' as u64);
-    let slash = s.wrapping_sub(ONES) & !s & HIGH;
-    control | quote | slash
-}
-
-#[cfg(test)]
-fn has_string_special(w: u64) -> bool {
-    string_special_mask(w) != 0
-}
-
-impl Parser<'_> {
-    /// Skips whitespace, a `:` and whitespace.
-    #[inline]
-    fn colon(&mut self) -> Result<(), LineError> {
-        self.ws();
-        if self.peek() != Some(b':') {
-            return Err(LineError::syntax("expected `:` after a field name", self.i));
-        }
-        self.i += 1;
-        self.ws();
-        Ok(())
-    }
-
-    #[inline]
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    #[inline]
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    /// Parses a string starting at `"`; returns the content's range and whether it has escapes.
-    #[inline]
-    fn string(&mut self) -> Result<(usize, usize, bool), LineError> {
-        let b = self.b;
-        let start = self.i + 1;
-        let mut i = start;
-        let mut escaped = false;
-        loop {
-            // Jump to the next `"`, `\` or control character, 8 bytes at a time.
-            loop {
-                match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
-                    Some(word) => {
-                        let mask = string_special_mask(u64::from_le_bytes(word));
-                        if mask != 0 {
-                            i += (mask.trailing_zeros() / 8) as usize;
-                            break;
-                        }
-                        i += 8;
-                    }
-                    None => {
-                        while i < b.len() && !matches!(b[i], b'"' | b'\\' | 0..=0x1f) {
-                            i += 1;
-                        }
-                        break;
-                    }
-                }
-            }
-            let Some(&c) = b.get(i) else {
-                return Err(LineError::syntax("unterminated string", self.i));
-            };
-            match c {
-                b'"' => {
-                    self.i = i + 1;
-                    return Ok((start, i, escaped));
-                }
-                b'\\' => {
-                    escaped = true;
-                    match b.get(i + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                        Some(b'u') => {
-                            if b.len() < i + 6 || !b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit)
-                            {
-                                return Err(LineError::syntax("bad \\u escape in a string", i));
-                            }
-                            i += 6;
-                        }
-                        _ => return Err(LineError::syntax("bad escape in a string", i)),
-                    }
-                }
-                _ => return Err(LineError::syntax("control character in a string", i)),
-            }
-        }
-    }
-
-    /// After a member of an object or array: consumes `,` (false: another member follows) or
-    /// the closing `close` (true: the container ended).
-    #[inline]
-    fn member_end(&mut self, close: u8) -> Result<bool, LineError> {
-        self.ws();
-        match self.peek() {
-            Some(b',') => {
-                self.i += 1;
-                self.ws();
-                Ok(false)
-            }
-            Some(c) if c == close => {
-                self.i += 1;
-                Ok(true)
-            }
-            _ => Err(LineError::syntax(
-                if close == b'}' {
-                    "expected `,` or `}`"
-                } else {
-                    "expected `,` or `]`"
-                },
-                self.i,
-            )),
-        }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Result<(), LineError> {
-        if self.b[self.i..].starts_with(word) {
-            self.i += word.len();
-            Ok(())
-        } else {
-            Err(LineError::syntax("invalid literal", self.i))
-        }
-    }
-
-    fn number(&mut self) -> Result<Val, LineError> {
-        let b = self.b;
-        let start = self.i;
-        let mut i = start;
-        let neg = b.get(i) == Some(&b'-');
-        if neg {
-            i += 1;
-            if b[i..].starts_with(b"Infinity") {
-                self.i = i + 8;
-                return Ok(Val::Float(f64::NEG_INFINITY));
-            }
-        }
-        let int_start = i;
-        match b.get(i) {
-            Some(b'0') => i += 1,
-            Some(b'1'..=b'9') => {
-                while let Some(b'0'..=b'9') = b.get(i) {
-                    i += 1;
-                }
-            }
-            _ => return Err(LineError::syntax("invalid number", start)),
-        }
-        let int_end = i;
-        let mut float = false;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-            let d = i;
-            while let Some(b'0'..=b'9') = b.get(i) {
-                i += 1;
-            }
-            if i == d {
-                return Err(LineError::syntax("invalid number", start));
-            }
-            float = true;
-        }
-        if let Some(b'e' | b'E') = b.get(i) {
-            i += 1;
-            if let Some(b'+' | b'-') = b.get(i) {
-                i += 1;
-            }
-            let d = i;
-            while let Some(b'0'..=b'9') = b.get(i) {
-                i += 1;
-            }
-            if i == d {
-                return Err(LineError::syntax("invalid number", start));
-            }
-            float = true;
-        }
-        self.i = i;
-        if !float {
-            let mut v: i64 = 0;
-            for &c in &b[int_start..int_end] {
-                v = match v.checked_mul(10).and_then(|v| {
-                    if neg {
-                        v.checked_sub((c - b'0') as i64)
-                    } else {
-                        v.checked_add((c - b'0') as i64)
-                    }
-                }) {
-                    Some(v) => v,
-                    None => {
-                        let text = std::str::from_utf8(&b[start..i])
-                            .map_err(|_| LineError::syntax("invalid number", start))?;
-                        let x = text
-                            .parse::<f64>()
-                            .map_err(|_| LineError::syntax("invalid number", start))?;
-                        return Ok(Val::BigInt(x));
-                    }
-                };
-            }
-            return Ok(Val::Int(v));
-        }
-        // SAFETY-free: the slice is ASCII digits, signs, dots and exponents.
-        let text = std::str::from_utf8(&b[start..i])
-            .map_err(|_| LineError::syntax("invalid number", start))?;
-        text.parse::<f64>()
-            .map(Val::Float)
-            .map_err(|_| LineError::syntax("invalid number", start))
-    }
-
-    /// Parses a value into a slot.
-    fn value(&mut self) -> Result<Val, LineError> {
-        match self.peek() {
-            Some(b'"') => {
-                let (s, e, escaped) = self.string()?;
-                Ok(Val::Str {
-                    start: s as u32,
-                    end: e as u32,
-                    escaped,
-                })
-            }
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            Some(b't') => self.literal(b"true").map(|_| Val::Bool(true)),
-            Some(b'f') => self.literal(b"false").map(|_| Val::Bool(false)),
-            Some(b'n') => self.literal(b"null").map(|_| Val::Null),
-            Some(b'N') => self.literal(b"NaN").map(|_| Val::Float(f64::NAN)),
-            Some(b'I') => self.literal(b"Infinity").map(|_| Val::Float(f64::INFINITY)),
-            Some(b'{') => {
-                let s = self.i;
-                self.skip_value(0)?;
-                Ok(Val::Obj {
-                    start: s as u32,
-                    end: self.i as u32,
-                })
-            }
-            Some(b'[') => {
-                let s = self.i;
-                self.skip_value(0)?;
-                Ok(Val::Arr {
-                    start: s as u32,
-                    end: self.i as u32,
-                })
-            }
-            None => Err(LineError::syntax("unexpected end of the record", self.i)),
-            _ => Err(LineError::syntax("expected a value", self.i)),
-        }
-    }
-
-    /// Checks and skips any value.
-    fn skip_value(&mut self, depth: usize) -> Result<(), LineError> {
-        if depth > MAX_DEPTH {
-            return Err(LineError::syntax("nested too deeply", self.i));
-        }
-        match self.peek() {
-            Some(b'{') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    if self.peek() != Some(b'"') {
-                        return Err(LineError::syntax("expected a quoted field name", self.i));
-                    }
-                    self.string()?;
-                    self.ws();
-                    if self.peek() != Some(b':') {
-                        return Err(LineError::syntax("expected `:`", self.i));
-                    }
-                    self.i += 1;
-                    self.ws();
-                    self.skip_value(depth + 1)?;
-                    if self.member_end(b'}')? {
-                        return Ok(());
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.skip_value(depth + 1)?;
-                    if self.member_end(b']')? {
-                        return Ok(());
-                    }
-                }
-            }
-            _ => self.value().map(|_| ()),
-        }
-    }
-}
-
-/// Decodes the escapes of a checked JSON string body into UTF-8.
-fn unescape(s: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < s.len() {
-        let c = s[i];
-        if c != b'\\' {
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let e = s.get(i + 1).copied().unwrap_or(b'\\');
-        i += 2;
-        let ch = match e {
-            b'n' => '\n',
-            b't' => '\t',
-            b'r' => '\r',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'u' => {
-                let hex = |at: usize| -> u32 {
-                    s.get(at..at + 4)
-                        .and_then(|h| std::str::from_utf8(h).ok())
-                        .and_then(|h| u32::from_str_radix(h, 16).ok())
-                        .unwrap_or(0xFFFD)
-                };
-                let hi = hex(i);
-                i += 4;
-                if (0xD800..0xDC00).contains(&hi)
-                    && s.get(i) == Some(&b'\\')
-                    && s.get(i + 1) == Some(&b'u')
-                {
-                    let lo = hex(i + 2);
-                    if (0xDC00..0xE000).contains(&lo) {
-                        i += 6;
-                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
-                            .unwrap_or('\u{FFFD}')
-                    } else {
-                        '\u{FFFD}'
-                    }
-                } else {
-                    char::from_u32(hi).unwrap_or('\u{FFFD}')
-                }
-            }
-            other => other as char,
-        };
-        let mut buf = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
     }
 }
 

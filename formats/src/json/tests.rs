@@ -281,14 +281,3 @@ fn never_panics_on_mangled_input() {
         n
     );
 }
-
-#[test]
-fn swar_detects_specials() {
-    assert!(!has_string_special(u64::from_le_bytes(*b"abcdefgh")));
-    assert!(has_string_special(u64::from_le_bytes(*b"abc\"efgh")));
-    assert!(has_string_special(u64::from_le_bytes(*b"abcdef\\h")));
-    assert!(has_string_special(u64::from_le_bytes(*b"a\x1fcdefgh")));
-    assert!(!has_string_special(u64::from_le_bytes([
-        0xc3, 0xa9, b'x', 0xe6, 0x97, 0xa5, b' ', b'~'
-    ])));
-}
