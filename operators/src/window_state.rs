@@ -22,10 +22,7 @@ use crate::window::{into_partial, Groups, WindowConfig};
 
 /// Rows of a partial window.
 fn rows(p: &PartialWindow) -> usize {
-    p.keys
-        .first()
-        .or(p.states.first())
-        .map_or(0, |k| k.len())
+    p.keys.first().or(p.states.first()).map_or(0, |k| k.len())
 }
 
 /// One open window.
@@ -309,11 +306,14 @@ mod tests {
             let s = b.column(1).as_primitive::<TimestampMillisecondType>();
             for i in 0..b.num_rows() {
                 let values: Vec<String> = (3..b.num_columns())
-                    .map(|c| {
-                        arrow::util::display::array_value_to_string(b.column(c), i).unwrap()
-                    })
+                    .map(|c| arrow::util::display::array_value_to_string(b.column(c), i).unwrap())
                     .collect();
-                out.push(format!("{} {} {}", k.value(i), s.value(i), values.join(" ")));
+                out.push(format!(
+                    "{} {} {}",
+                    k.value(i),
+                    s.value(i),
+                    values.join(" ")
+                ));
             }
         }
         out
@@ -368,8 +368,16 @@ mod tests {
         let (b, _) = w.snapshot().unwrap();
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
-            for (c, d) in x.keys.iter().chain(&x.states).zip(y.keys.iter().chain(&y.states)) {
-                assert_eq!(c.to_data().buffers()[0].as_ptr(), d.to_data().buffers()[0].as_ptr());
+            for (c, d) in x
+                .keys
+                .iter()
+                .chain(&x.states)
+                .zip(y.keys.iter().chain(&y.states))
+            {
+                assert_eq!(
+                    c.to_data().buffers()[0].as_ptr(),
+                    d.to_data().buffers()[0].as_ptr()
+                );
             }
         }
         // rows after it are frozen on their own, next to the shared part

@@ -233,9 +233,8 @@ impl State {
         let mut out = (0, 0, 0);
         for b in batches {
             out.0 += b.num_rows();
-            let sum = |c: &ArrayRef| {
-                arrow::compute::sum(c.as_primitive::<Int64Type>()).unwrap_or(0)
-            };
+            let sum =
+                |c: &ArrayRef| arrow::compute::sum(c.as_primitive::<Int64Type>()).unwrap_or(0);
             out.1 += sum(b.column(at));
             out.2 += sum(b.column(at + 1));
         }
@@ -328,10 +327,7 @@ fn one(shape: &str, keys: u64) {
     println!("checkpoint_pause_ms={pause_ms:.0}");
     println!("checkpoint_encode_ms={encode_ms:.0}");
     println!("checkpoint_write_ms={write_ms:.0}");
-    println!(
-        "checkpoint_total_ms={:.0}",
-        pause_ms + encode_ms + write_ms
-    );
+    println!("checkpoint_total_ms={:.0}", pause_ms + encode_ms + write_ms);
     println!("checkpoint_mb={:.1}", len as f64 / 1e6);
     println!("rss_peak_checkpoint_per_key={:.1}", per_key(cp_peak));
 
@@ -353,7 +349,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("one") {
         let shape = args.get(2).map_or("window", String::as_str);
-        let keys = args.get(3).and_then(|k| k.parse().ok()).unwrap_or(1_000_000);
+        let keys = args
+            .get(3)
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(1_000_000);
         one(shape, keys);
         return;
     }
