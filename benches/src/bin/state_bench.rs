@@ -139,7 +139,7 @@ fn partition() -> Arc<PartitionInfo> {
 /// The state a checkpoint takes, where it is held.
 enum State {
     Window(WindowWorker),
-    View(ViewWorker, ViewMerger),
+    View(ViewWorker, Box<ViewMerger>),
 }
 
 impl State {
@@ -159,7 +159,7 @@ impl State {
                 });
                 State::View(
                     ViewWorker::new(config.clone()).expect("view"),
-                    ViewMerger::new(config).expect("view"),
+                    Box::new(ViewMerger::new(config).expect("view")),
                 )
             }
         }
