@@ -6,6 +6,7 @@ pub mod isolate;
 pub mod ordered_value;
 pub mod view;
 pub mod window;
+mod window_state;
 
 pub use compile::{CompiledAggregate, SqlCompiler};
 pub use view::{ViewConfig, ViewMerger, ViewWorker, KEYS_METADATA};

@@ -7,7 +7,6 @@
 //! every worker and emits the final rows, sorted by key, once all workers have handed the
 //! window over.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, TimestampMillisecondArray, UInt32Array};
@@ -25,6 +24,7 @@ use weir_engine::{DeadLetter, EngineError, ErrorInfo, EventBatch, Reason};
 
 use crate::compile::CompiledAggregate;
 use crate::isolate::{evaluate, process_isolating, BatchError, RowExprs};
+use crate::window_state::{OpenWindows, Window};
 
 /// Which clock windows follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +162,7 @@ impl WindowConfig {
     }
 
     /// The largest window start closed at `watermark`.
-    fn last_closed_start(&self, watermark: i64) -> i64 {
+    pub(crate) fn last_closed_start(&self, watermark: i64) -> i64 {
         watermark
             .saturating_sub(self.size_ms)
             .saturating_sub(self.allowed_lateness_ms)
@@ -353,84 +353,6 @@ pub(crate) fn to_output(
     Ok(out)
 }
 
-/// The open windows of a worker or of the merger, by window start.
-struct OpenWindows {
-    key_schema: SchemaRef,
-    windows: BTreeMap<i64, Groups>,
-}
-
-impl OpenWindows {
-    fn new(config: &WindowConfig) -> Result<Self, EngineError> {
-        Ok(OpenWindows {
-            key_schema: config.state_key_schema()?,
-            windows: BTreeMap::new(),
-        })
-    }
-
-    /// The groups of the window starting at `start`, created empty when new.
-    fn get_or_create(
-        &mut self,
-        start: i64,
-        config: &WindowConfig,
-    ) -> Result<&mut Groups, EngineError> {
-        Ok(match self.windows.entry(start) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(Groups::new(
-                &config.name,
-                &config.aggregates,
-                &self.key_schema,
-            )?),
-        })
-    }
-
-    /// Merges a partial window (a worker's hand-over, or a checkpoint's) into its window.
-    fn merge(
-        &mut self,
-        partial: &PartialWindow,
-        config: &WindowConfig,
-        state_lens: &[usize],
-        group_ids: &mut Vec<usize>,
-    ) -> Result<(), EngineError> {
-        let groups = self.get_or_create(partial.window_start, config)?;
-        groups.merge(
-            &partial.keys,
-            &partial.states,
-            state_lens,
-            group_ids,
-            &config.name,
-        )
-    }
-
-    /// The partial state of every open window, for a checkpoint. Accumulators only give
-    /// their state away, so each window is rebuilt from the copy it returns.
-    fn snapshot(
-        &mut self,
-        config: &WindowConfig,
-        state_lens: &[usize],
-        group_ids: &mut Vec<usize>,
-    ) -> Result<Vec<PartialWindow>, EngineError> {
-        let windows = std::mem::take(&mut self.windows);
-        let mut out = Vec::with_capacity(windows.len());
-        for (start, g) in windows {
-            let partial = into_partial(start, g, &config.name)?;
-            self.merge(&partial, config, state_lens, group_ids)?;
-            out.push(partial);
-        }
-        Ok(out)
-    }
-
-    /// Removes and returns, in start order, every window closed at `watermark`.
-    fn take_closed(&mut self, config: &WindowConfig, watermark: i64) -> BTreeMap<i64, Groups> {
-        let last = config.last_closed_start(watermark);
-        let open = if last == i64::MAX {
-            BTreeMap::new()
-        } else {
-            self.windows.split_off(&(last + 1))
-        };
-        std::mem::replace(&mut self.windows, open)
-    }
-}
-
 /// A window's keys and accumulator states, taken out of its groups.
 pub(crate) fn into_partial(
     start: i64,
@@ -477,7 +399,7 @@ impl WindowWorker {
     /// A worker instance of `config`.
     pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
         Ok(WindowWorker {
-            windows: OpenWindows::new(&config)?,
+            windows: OpenWindows::new(config.state_key_schema()?),
             state_lens: state_lens(&config.name, &config.aggregates)?,
             state_keys: config.state_keys(),
             config,
@@ -637,10 +559,11 @@ impl WorkerOperator for WindowWorker {
         self.flushed = self.flushed.max(watermark);
         let config = self.config.clone();
         let closed = self.windows.take_closed(&config, watermark);
-        closed
-            .into_iter()
-            .map(|(start, g)| into_partial(start, g, &config.name))
-            .collect()
+        let mut out = Vec::new();
+        for (start, w) in closed {
+            out.extend(w.into_partials(start, &config, self.windows.key_schema())?);
+        }
+        Ok(out)
     }
 
     fn snapshot(&mut self) -> Result<(Vec<PartialWindow>, i64), EngineError> {
@@ -651,9 +574,8 @@ impl WorkerOperator for WindowWorker {
     }
 
     fn restore(&mut self, partials: Vec<PartialWindow>, flushed: i64) -> Result<(), EngineError> {
-        for p in &partials {
-            self.windows
-                .merge(p, &self.config, &self.state_lens, &mut self.group_ids)?;
+        for p in partials {
+            self.windows.merge(p, &self.config)?;
         }
         self.flushed = self.flushed.max(flushed);
         Ok(())
@@ -688,7 +610,7 @@ impl WindowMerger {
     pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
         Ok(WindowMerger {
             output: config.output_schema()?,
-            windows: OpenWindows::new(&config)?,
+            windows: OpenWindows::new(config.state_key_schema()?),
             state_lens: state_lens(&config.name, &config.aggregates)?,
             config,
             group_ids: Vec::new(),
@@ -698,12 +620,13 @@ impl WindowMerger {
     /// The result rows of a window; `emitted` when they are its final rows (overflowed sums
     /// are counted once, there).
     fn finish_window(
-        &self,
+        &mut self,
         start: i64,
-        mut g: Groups,
+        w: Window,
         emitted: bool,
     ) -> Result<RecordBatch, EngineError> {
         let config = &self.config;
+        let mut g = w.into_groups(config, &self.state_lens, &mut self.group_ids)?;
         let (mut keys, values) = g.finish(&config.aggregates, &config.name, emitted)?;
         if config.partition_state && !keys.is_empty() {
             // the partition column is the state's, not the result's
@@ -747,12 +670,7 @@ impl WindowMerger {
 
 impl MergeOperator for WindowMerger {
     fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError> {
-        self.windows.merge(
-            &partial,
-            &self.config,
-            &self.state_lens,
-            &mut self.group_ids,
-        )
+        self.windows.merge(partial, &self.config)
     }
 
     fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
@@ -764,22 +682,22 @@ impl MergeOperator for WindowMerger {
         let closed = self.windows.take_closed(&self.config, watermark);
         closed
             .into_iter()
-            .map(|(start, g)| self.finish_window(start, g, true))
+            .map(|(start, w)| self.finish_window(start, w, true))
             .collect()
     }
 
     fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {
         // The held partials and the workers' copies, merged into windows of their own.
-        let mut open = OpenWindows::new(&self.config)?;
+        let mut open = OpenWindows::new(self.windows.key_schema().clone());
         let held = self
             .windows
             .snapshot(&self.config, &self.state_lens, &mut self.group_ids)?;
-        for p in held.iter().chain(&workers) {
-            open.merge(p, &self.config, &self.state_lens, &mut self.group_ids)?;
+        for p in held.into_iter().chain(workers) {
+            open.merge(p, &self.config)?;
         }
-        std::mem::take(&mut open.windows)
+        open.take_all()
             .into_iter()
-            .map(|(start, g)| self.finish_window(start, g, false))
+            .map(|(start, w)| self.finish_window(start, w, false))
             .collect()
     }
 }
