@@ -159,7 +159,10 @@ fn parse_slow(b: &[u8], start: usize) -> Result<(Val, usize), LineError> {
 mod tests {
     use super::*;
 
-    fn both(text: &str) -> (Option<(String, usize)>, Result<(String, usize), String>) {
+    /// A parsed number shown, and where parsing ended.
+    type Shown = (String, usize);
+
+    fn both(text: &str) -> (Option<Shown>, Result<Shown, String>) {
         let b = format!("{text},\"x\":1}}").into_bytes();
         let show = |(v, e): (Val, usize)| (format!("{v:?}"), e);
         (
