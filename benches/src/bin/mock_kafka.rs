@@ -15,6 +15,10 @@
 //! and end offsets work as on a real broker; a new group's first assignment does not wait
 //! (the mock's `group.initial.rebalance.delay.ms` is 0 rather than 3 s).
 //!
+//! The mock answers a fetch with at most one produced batch per partition (a real broker
+//! fills the fetch), so consumers' fetch sizes follow the producer's batches: preloading
+//! lingers up to 2 s to write full batches of up to 1 MB (`batch.size`), `--live` 50 ms.
+//!
 //! The mock keeps at most 5 MB or 100,000 batches per partition and drops older batches
 //! beyond that (hard-coded in librdkafka 2.12, `rd_kafka_mock_partition_init`); a benchmark's
 //! topic is larger, so this raises both limits on the topic's partitions through librdkafka's
@@ -208,7 +212,9 @@ fn main() -> Result<(), Error> {
     let producer: BaseProducer = ClientConfig::new()
         .set("test.mock.num.brokers", a.brokers.to_string())
         .set("compression.codec", &a.compression)
-        .set("linger.ms", "50")
+        // The mock answers a fetch with one batch per partition, so a preloaded topic is
+        // written in full batches (up to batch.size); a live one as it comes.
+        .set("linger.ms", if a.live { "50" } else { "2000" })
         .set("batch.num.messages", "100000")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
