@@ -269,6 +269,9 @@ impl KafkaReader {
             if lane.buffer.messages.is_empty() && !in_lanes {
                 continue;
             }
+            if !in_lanes {
+                lane.last_message = Instant::now();
+            }
             let messages = lane.buffer.take();
             let (first, resume) = if in_lanes {
                 let expect = lane.expect.unwrap_or(0);

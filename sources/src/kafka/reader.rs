@@ -299,6 +299,16 @@ impl KafkaReader {
         (local < self.partitions.len()).then_some(local)
     }
 
+    /// The partition of message `m`; with a single topic without reading the topic's name
+    /// (a C string, measured and checked as UTF-8 on every call).
+    fn local_of<M: Message>(&self, m: &M) -> Option<usize> {
+        if self.config.topics.len() != 1 {
+            return self.local(m.topic(), m.partition());
+        }
+        let local = self.topic_base[0] + usize::try_from(m.partition()).ok()?;
+        (local < self.partitions.len()).then_some(local)
+    }
+
     pub(super) fn err(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
         EngineError::Source {
             source_name: self.name.to_string(),
@@ -419,7 +429,7 @@ impl KafkaReader {
                 self.handle_group_events(ctx)?;
                 self.place_owned(&topic, p, &detached, ctx);
             } else {
-                let Some(l) = self.local(msg.topic(), msg.partition()) else {
+                let Some(l) = self.local_of(&msg) else {
                     continue;
                 };
                 let placed = place_message(
@@ -579,9 +589,15 @@ pub(super) fn place_message<M: Message>(
     let offset = m.offset() as u64;
     s.read_next = Some(offset + 1);
     if !in_lanes {
-        s.lanes[0].buffer.push(m, config.with_headers, offset);
-        s.lanes[0].last_message = Instant::now();
-        unidle(ctx, &s.lanes[0]);
+        let lane = &mut s.lanes[0];
+        let fresh = lane.buffer.is_empty();
+        lane.buffer.push(m, config.with_headers, offset);
+        if fresh {
+            // once per chunk, not per message: `hand_over` sets it again when the chunk
+            // leaves (at most `CHUNK_AGE` after its first message while messages flow)
+            lane.last_message = lane.buffer.since.unwrap_or_else(Instant::now);
+        }
+        unidle(ctx, lane);
         return Some(offset);
     }
     let payload = m.payload().unwrap_or_default();
