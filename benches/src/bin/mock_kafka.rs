@@ -199,7 +199,7 @@ fn load(producer: &BaseProducer, a: &Args) -> Result<u64, Error> {
             }
         }
         n += 1;
-        if n % 10_000 == 0 {
+        if n.is_multiple_of(10_000) {
             producer.poll(Duration::ZERO);
         }
     }
