@@ -1,6 +1,10 @@
 //! A Kafka cluster for benchmarks without a real broker: librdkafka's in-process mock cluster,
 //! loaded from an NDJSON file, served over TCP to consumers in other processes.
 //!
+//! The mock answers a fetch with at most one produced batch per partition (a real broker
+//! fills the fetch), so consumers' fetch sizes follow the producer's batches: preloading
+//! lingers up to 2 s to write full batches of up to 1 MB (`batch.size`), `--live` 50 ms.
+//!
 //!   mock_kafka [--brokers N] [--partitions P] [--topic T] [--key FIELD]
 //!              [--compression none|lz4|zstd|gzip|snappy] [--live] [--ignore-stdin]
 //!              [--more-topic NAME]... FILE
@@ -216,7 +220,9 @@ fn main() -> Result<(), Error> {
     let producer: BaseProducer = ClientConfig::new()
         .set("test.mock.num.brokers", a.brokers.to_string())
         .set("compression.codec", &a.compression)
-        .set("linger.ms", "50")
+        // The mock answers a fetch with one batch per partition, so a preloaded topic is
+        // written in full batches (up to batch.size); a live one as it comes.
+        .set("linger.ms", if a.live { "50" } else { "2000" })
         .set("batch.num.messages", "100000")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")

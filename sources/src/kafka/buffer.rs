@@ -10,6 +10,9 @@ pub(crate) struct MessageBuffer {
     pub(crate) since: Option<Instant>,
     /// Where a NATS chunk's `Nats-Subject` header name is in `bytes`.
     subject_name: (u32, u32),
+    /// Bytes and messages of the last chunk taken: the next one reserves as much up front
+    /// rather than growing (and copying) its buffers from empty.
+    last_size: (usize, usize),
 }
 
 impl MessageBuffer {
@@ -40,7 +43,10 @@ impl MessageBuffer {
         offset: u64,
     ) {
         let pos = |b: &Vec<u8>| b.len() as u32;
-        self.since.get_or_insert_with(Instant::now);
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            self.reserve();
+        }
         let start = pos(&self.bytes);
         self.bytes.extend_from_slice(payload);
         self.messages.payloads.push((start, pos(&self.bytes)));
@@ -108,8 +114,23 @@ impl MessageBuffer {
         self.bytes.len() >= CHUNK_BYTES || self.messages.offsets.len() >= CHUNK_MESSAGES
     }
 
+    /// Reserves room for a chunk the size of the last one (at most a full chunk and 1/8).
+    fn reserve(&mut self) {
+        let (bytes, messages) = self.last_size;
+        let bytes = bytes.min(CHUNK_BYTES);
+        self.bytes.reserve(bytes + bytes / 8);
+        let n = messages.min(CHUNK_MESSAGES) + 1;
+        let m = &mut self.messages;
+        m.payloads.reserve(n);
+        m.offsets.reserve(n);
+        m.keys.reserve(n);
+        m.timestamps.reserve(n);
+        m.headers.reserve(n);
+    }
+
     pub(crate) fn take(&mut self) -> Messages {
         self.since = None;
+        self.last_size = (self.bytes.len(), self.messages.offsets.len());
         let mut m = std::mem::take(&mut self.messages);
         m.bytes = SharedBytes::from(std::mem::take(&mut self.bytes));
         m
