@@ -270,6 +270,16 @@ impl KafkaReader {
         (local < self.partitions.len()).then_some(local)
     }
 
+    /// The partition of message `m`; with a single topic without reading the topic's name
+    /// (a C string, measured and checked as UTF-8 on every call).
+    fn local_of<M: Message>(&self, m: &M) -> Option<usize> {
+        if self.config.topics.len() != 1 {
+            return self.local(m.topic(), m.partition());
+        }
+        let local = self.topic_base[0] + usize::try_from(m.partition()).ok()?;
+        (local < self.partitions.len()).then_some(local)
+    }
+
     pub(super) fn err(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
         EngineError::Source {
             source_name: self.name.to_string(),
@@ -390,7 +400,7 @@ impl KafkaReader {
                 self.handle_group_events(ctx)?;
                 self.place_owned(&topic, p, &detached, ctx);
             } else {
-                let Some(l) = self.local(msg.topic(), msg.partition()) else {
+                let Some(l) = self.local_of(&msg) else {
                     continue;
                 };
                 let placed = place_message(
