@@ -10,6 +10,8 @@
 # file grows, so the tests' topics stay out of the benchmark's broker.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$repo/benches/lib.sh"
 N=${1:-2000000}
 ROUNDS=${2:-3}
 export WEIR_KAFKA_PORT=${WEIR_BENCH_KAFKA_PORT:-9093}
@@ -52,25 +54,9 @@ broker_cpu() { # utime+stime of the broker in seconds
   else echo 0; fi
 }
 run_weir() {
-  cat > "$work/p.yaml" <<YAML
-name: kafka-bench
-sources:
-  events:
-    kafka: { brokers: "$BROKERS", topic: $topic, group_id: weir-bench-$RANDOM-$(date +%s%N), start_from: earliest }
-    format: json
-    schema: data-ingestion
-    event_time: { field: timestamp, max_out_of_orderness: 5s }
-windows:
-  per_dataset_1m:
-    from: events
-    key: [datasetName]
-    tumbling: 1m
-    aggregates: { count: count(*), records: sum(recordCount), bytes: sum(sizeBytes), failures: "count(*) FILTER (WHERE status = 'FAILURE')" }
-    sinks: [out]
-sinks:
-  out: { file: { path: $work/out.ndjson } }
-dead_letter: { file: { path: $work/dead.ndjson } }
-YAML
+  bench_pipeline kafka-bench "$work" \
+    "kafka: { brokers: \"$BROKERS\", topic: $topic, group_id: weir-bench-$RANDOM-$(date +%s%N), start_from: earliest }" \
+    >"$work/p.yaml"
   RUST_LOG=warn "$WEIR" run "$work/p.yaml" --until-caught-up --parallelism 2 >"$work/weir.out"
 }
 printf "%-6s %-14s %10s %14s %14s\n" round engine seconds messages/s broker-cores
@@ -87,6 +73,6 @@ for r in $(seq 1 "$ROUNDS"); do
   weir_s=$(echo "$t1 - $t0" | bc -l)
   weir_rate=$(echo "$N / $weir_s" | bc -l)
   printf "%-6s %-14s %10.2f %14.0f %14.2f\n" "$r" weir "$weir_s" "$weir_rate" "$(echo "($c1 - $c0) / $weir_s" | bc -l)"
-  grep -q "$N events in" "$work/weir.out" || { echo "weir did not read $N events:"; cat "$work/weir.out"; exit 1; }
+  grep -q "$N events processed in" "$work/weir.out" || { echo "weir did not read $N events:"; cat "$work/weir.out"; exit 1; }
   printf "%-6s ratio weir / bare consumer: %.2f\n" "$r" "$(echo "$weir_rate / $bare_rate" | bc -l)"
 done

@@ -15,11 +15,15 @@
 # first round while the mock is still being loaded (producing concurrently) instead of after.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$repo/benches/lib.sh"
 N=${1:-2000000}
 ROUNDS=${2:-3}
 PAR=${PARALLELISM:-2}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-(cd "$repo" && cargo build --release -q -p weir-cli -p weir-benches --bin weir --bin kafka_count --bin mock_kafka)
+# WEIR_BENCH_NO_BUILD=1: use the binaries already built (a release build takes long)
+[[ -n "${WEIR_BENCH_NO_BUILD:-}" ]] ||
+  (cd "$repo" && cargo build --release -q -p weir-cli -p weir-benches --bin weir --bin kafka_count --bin mock_kafka)
 WEIR=$CARGO_TARGET_DIR/release/weir
 COUNT=$CARGO_TARGET_DIR/release/kafka_count
 MOCK=$CARGO_TARGET_DIR/release/mock_kafka
@@ -43,25 +47,7 @@ BROKERS=$(head -1 "$work/mock.out")
 echo "mock cluster at $BROKERS: $(grep '^ready' "$work/mock.out")" >&2
 
 pipeline() { # $1: the source's YAML
-  cat <<YAML
-name: kafka-mock-bench
-sources:
-  events:
-    $1
-    format: json
-    schema: data-ingestion
-    event_time: { field: timestamp, max_out_of_orderness: 5s }
-windows:
-  per_dataset_1m:
-    from: events
-    key: [datasetName]
-    tumbling: 1m
-    aggregates: { count: count(*), records: sum(recordCount), bytes: sum(sizeBytes), failures: "count(*) FILTER (WHERE status = 'FAILURE')" }
-    sinks: [out]
-sinks:
-  out: { file: { path: $work/out.ndjson } }
-dead_letter: { file: { path: $work/dead.ndjson } }
-YAML
+  bench_pipeline kafka-mock-bench "$work" "$1"
 }
 pipeline "file: { path: $events }" >"$work/file.yaml"
 # timed NAME CMD...: runs CMD, sets wall/cpu (seconds) from GNU time
@@ -79,7 +65,7 @@ for r in $(seq 1 "$ROUNDS"); do
   bare_rate=$(echo "$N / $wall" | bc -l); row "$r" bare
   pipeline "kafka: { brokers: \"$BROKERS\", topic: events, group_id: weir-mock-$r-$(date +%s%N), start_from: earliest }" >"$work/kafka.yaml"
   RUST_LOG=warn timed kafka "$WEIR" run "$work/kafka.yaml" --until-caught-up --parallelism "$PAR"
-  grep -q "$N events in" "$work/kafka.out" || { echo "weir did not read $N events:"; cat "$work/kafka.out"; exit 1; }
+  grep -q "$N events processed in" "$work/kafka.out" || { echo "weir did not read $N events:"; cat "$work/kafka.out"; exit 1; }
   kafka_rate=$(echo "$N / $wall" | bc -l); kafka_cpu=$cpu; row "$r" kafka
   RUST_LOG=warn timed file "$WEIR" run "$work/file.yaml" --parallelism "$PAR"
   file_cpu=$cpu; row "$r" file

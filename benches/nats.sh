@@ -15,6 +15,8 @@
 # events per CPU-second of each (user + system time of the process; the server's CPU apart).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$repo/benches/lib.sh"
 N=${1:-1000000}
 ROUNDS=${2:-3}
 PROFILE=${3:-release}
@@ -46,25 +48,9 @@ cpu_of() { # user+system seconds of a finished command, from /usr/bin/time
   awk -F: '/User time/ {u=$2} /System time/ {s=$2} END {print u + s}' "$1"
 }
 run_weir() {
-  cat > "$work/p.yaml" <<YAML
-name: nats-bench
-sources:
-  events:
-    nats: { url: "$URL", stream: BENCH, consumer: weir-bench-$RANDOM$RANDOM, start_from: earliest, fetch_batch: ${FETCH_BATCH:-1000} }
-    format: json
-    schema: data-ingestion
-    event_time: { field: timestamp, max_out_of_orderness: 5s }
-windows:
-  per_dataset_1m:
-    from: events
-    key: [datasetName]
-    tumbling: 1m
-    aggregates: { count: count(*), records: sum(recordCount), bytes: sum(sizeBytes), failures: "count(*) FILTER (WHERE status = 'FAILURE')" }
-    sinks: [out]
-sinks:
-  out: { file: { path: $work/out.ndjson } }
-dead_letter: { file: { path: $work/dead.ndjson } }
-YAML
+  bench_pipeline nats-bench "$work" \
+    "nats: { url: \"$URL\", stream: BENCH, consumer: weir-bench-$RANDOM$RANDOM, start_from: earliest, fetch_batch: ${FETCH_BATCH:-1000} }" \
+    >"$work/p.yaml"
   rm -rf "$work/state"
   [[ -z "${CHECKPOINT:-}" ]] || echo "checkpoint: { dir: $work/state, interval: $CHECKPOINT }" >>"$work/p.yaml"
   RUST_LOG=warn /usr/bin/time -v -o "$work/weir.time" "$WEIR" run "$work/p.yaml" --until-caught-up --parallelism 2 >"$work/weir.out"

@@ -12,6 +12,8 @@
 # `scripts/kafka.sh`), since tansu slows down as its file grows.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$repo/benches/lib.sh"
 N=${1:-400000}
 ROUNDS=${2:-2}
 export WEIR_KAFKA_PORT=${WEIR_POOL_BENCH_KAFKA_PORT:-9094}
@@ -53,27 +55,9 @@ pin() { # pin worker $1 (0-based) to a core of its own when there are enough
 run_pool() { # $1 = workers; prints seconds
   local dir="$work/pool-$1-$RANDOM"
   mkdir -p "$dir"
-  cat > "$dir/p.yaml" <<YAML
-name: pool-bench-$RANDOM$RANDOM
-sources:
-  events:
-    kafka: { brokers: "$BROKERS", topic: $topic, group_id: weir-pool-bench-$RANDOM-$(date +%s%N), start_from: earliest }
-    $keyed
-    format: json
-    schema: data-ingestion
-    event_time: { field: timestamp, max_out_of_orderness: 5s }
-windows:
-  per_dataset_1m:
-    from: events
-    key: [datasetName]
-    tumbling: 1m
-    aggregates: { count: count(*), records: sum(recordCount), bytes: sum(sizeBytes), failures: "count(*) FILTER (WHERE status = 'FAILURE')" }
-    sinks: [out]
-sinks:
-  out: { file: { path: $dir/out.ndjson } }
-dead_letter: { file: { path: $dir/dead.ndjson } }
-checkpoint: { dir: $dir/state, interval: 10s }
-YAML
+  bench_pipeline "pool-bench-$RANDOM$RANDOM" "$dir" \
+    "kafka: { brokers: \"$BROKERS\", topic: $topic, group_id: weir-pool-bench-$RANDOM-$(date +%s%N), start_from: earliest }
+    $keyed" "checkpoint: { dir: $dir/state, interval: 10s }" >"$dir/p.yaml"
   local t0 pids=()
   t0=$(date +%s.%N)
   for w in $(seq 0 $(( $1 - 1 ))); do

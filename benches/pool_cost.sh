@@ -14,6 +14,8 @@
 # round (the bar: at most 1.15); then each mode's pause (see benches/pool_pause.py).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$repo/benches/lib.sh"
 N=${1:-400000}
 ROUNDS=${2:-2}
 MODES=${MODES:-keyed repartitioned}
@@ -64,28 +66,10 @@ pipeline() { # $1 = dir, $2 = pipeline name, $3 = mode, $4 = with SQL (pause run
   local keyed="" serve=""
   if [[ $3 == keyed ]]; then keyed="partitioned_by: [datasetName]"; fi
   if [[ -n "${4:-}" ]]; then serve="serve: { http: \"127.0.0.1:\${WEIR_HTTP_PORT}\", refresh: 100ms }"; fi
-  cat >"$1/p.yaml" <<YAML
-name: $2
-sources:
-  events:
-    kafka: { brokers: "$BROKERS", topic: events, group_id: $2, start_from: earliest }
-    $keyed
-    format: json
-    schema: data-ingestion
-    event_time: { field: timestamp, max_out_of_orderness: 5s }
-windows:
-  per_dataset_1m:
-    from: events
-    key: [datasetName]
-    tumbling: 1m
-    aggregates: { count: count(*), records: sum(recordCount), bytes: sum(sizeBytes), failures: "count(*) FILTER (WHERE status = 'FAILURE')" }
-    sinks: [out]
-sinks:
-  out: { file: { path: $1/out.ndjson } }
-dead_letter: { file: { path: $1/dead.ndjson } }
-checkpoint: { dir: $1/state, interval: 10s }
-$serve
-YAML
+  bench_pipeline "$2" "$1" \
+    "kafka: { brokers: \"$BROKERS\", topic: events, group_id: $2, start_from: earliest }
+    $keyed" "checkpoint: { dir: $1/state, interval: 10s }
+$serve" >"$1/p.yaml"
 }
 
 run_pool() { # $1 = mode, $2 = round, $3 = workers; prints "wall cpu rows"
