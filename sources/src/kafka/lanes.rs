@@ -70,7 +70,7 @@ impl Lanes {
         parts: (&[u8], Option<&[u8]>),
         timestamp: Option<i64>,
         headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
-        (with_headers, clock): (bool, &PartitionClock),
+        (with_headers, clock, now): (bool, &PartitionClock, Instant),
     ) -> bool {
         if offset < self.expect[lane] {
             return false;
@@ -80,9 +80,9 @@ impl Lanes {
         buffer.push_parts(parts, timestamp, headers, with_headers, offset);
         self.bytes += buffer.bytes.len() - before;
         self.messages += 1;
-        self.since.get_or_insert_with(Instant::now);
+        self.since.get_or_insert(now);
         self.expect[lane] = offset + 1;
-        self.last_message[lane] = Instant::now();
+        self.last_message[lane] = now;
         if self.idle[lane] {
             self.idle[lane] = false;
             clock.set_lane_idle(lane as u32, false);
@@ -199,7 +199,7 @@ mod tests {
             (payload.as_bytes(), None),
             None,
             std::iter::empty(),
-            (false, clock),
+            (false, clock, Instant::now()),
         )
     }
 

@@ -504,7 +504,13 @@ fn envelopes_without_a_topic_are_read_only_by_lanes_continuing_a_checkpoint() {
             None,
         );
         offset += 1;
-        place_message(s, &m, (&config, "s"), Some(&stats.sources[0]), &ctx)
+        place_message(
+            s,
+            &m,
+            (&config, "s"),
+            Some(&stats.sources[0]),
+            (&ctx, Instant::now()),
+        )
     };
     for (topic, u, o) in [
         (None, 0, 5),
@@ -608,4 +614,17 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
     }
     assert!(!reader.flushed_to_wait());
     reader.close();
+}
+
+#[test]
+fn prefetch_backs_off_briefly_and_a_source_may_set_it_otherwise() {
+    let mut config = reading_to_the_end("127.0.0.1:9", "t");
+    let cfg = group_consumer_config(&config, "g", false);
+    assert_eq!(cfg.get("fetch.queue.backoff.ms"), Some("20"));
+    // this librdkafka knows the setting: an unknown one fails the consumer's creation
+    let consumer: Result<BaseConsumer, _> = cfg.create();
+    assert!(consumer.is_ok(), "{:?}", consumer.err());
+    config.properties = vec![("fetch.queue.backoff.ms".into(), "500".into())];
+    let cfg = group_consumer_config(&config, "g", false);
+    assert_eq!(cfg.get("fetch.queue.backoff.ms"), Some("500"));
 }
