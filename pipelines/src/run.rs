@@ -41,10 +41,11 @@ pub struct RunOptions {
     pub insecure: bool,
     /// Told the summary as soon as the job finished.
     pub on_finished: Option<OnFinished>,
-    /// A replay (`replay::prepare` reduced the plan): Kafka partitions start at its offsets,
-    /// sinks get only its windows and write beside the live run's files.
+    /// Run as a replay ([`crate::mode::Replay`]; `replay::prepare` reduced the plan):
+    /// partitions start at its offsets, sinks get only its windows and write beside the live
+    /// run's files.
     pub replay: Option<Arc<crate::replay::ReplaySetup>>,
-    /// Run as this worker of a pool (see [`crate::pool`]): the Kafka partitions are shared
+    /// Run as this worker of a pool ([`crate::mode::PoolWorker`]): the partitions are shared
     /// with the other workers of the same pipeline, and state moves with them.
     pub worker: Option<String>,
 }
