@@ -340,7 +340,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                 Some(t) => time(t, "--to")?,
                 None => weir_engine::time::now_ms(),
             };
-            let mut plan = telemetry
+            let plan = telemetry
                 .scoped(|| weir_pipelines::load(&pipeline))
                 .map_err(user)?;
             let _export = telemetry.install(plan.tracing.as_ref()).map_err(user)?;
@@ -350,7 +350,7 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                 only,
                 sinks,
             };
-            let setup = weir_pipelines::replay::prepare(&mut plan, &request)
+            let (plan, setup) = weir_pipelines::replay::prepare(plan, &request)
                 .map_err(|e| user(anyhow::anyhow!(e)))?;
             let windows: Vec<String> = plan
                 .windows

@@ -5,6 +5,7 @@ pub mod connectors;
 pub mod error;
 pub mod filtered;
 pub mod interpolate;
+pub mod mode;
 pub mod model;
 pub mod plan;
 pub mod pool;

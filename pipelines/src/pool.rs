@@ -31,10 +31,91 @@ use weir_sources::repartition::internal_topic;
 use weir_sources::{RepartitionSpec, RepartitionStage};
 
 use crate::connectors::{
-    DeadLetterConnector, OwnedPartitions, PoolSource, PooledSource, Repartitioning, SinkConnector,
+    DeadLetterConnector, OpenSource, OpenedSource, OwnedPartitions, PoolSource, PooledSource,
+    Repartitioning, SinkConnector,
 };
-use crate::plan::Plan;
+use crate::mode::{JobHooks, RunMode};
+use crate::plan::{Plan, PlannedSource};
 use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
+
+/// The pool worker mode: `weir run --worker ID`.
+#[derive(Debug, Clone)]
+pub struct PoolWorker {
+    /// The worker's id (`auto` resolved to the host name and process id).
+    id: String,
+}
+
+impl PoolWorker {
+    /// Worker `worker` of a pool; `auto` takes the host name and the process id.
+    pub fn new(worker: &str) -> Self {
+        let id = if worker == "auto" {
+            auto_worker_id()
+        } else {
+            worker.to_string()
+        };
+        PoolWorker { id }
+    }
+}
+
+impl RunMode for PoolWorker {
+    fn name(&self) -> &'static str {
+        "pool worker"
+    }
+
+    fn retarget(&self, plan: Plan) -> Result<Plan, RunError> {
+        for_worker(plan, &self.id)
+    }
+
+    /// Runs the worker until it is stopped (or, with `until_caught_up`, until the partitions
+    /// it is assigned are read to their end).
+    fn run(&self, plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
+        run_worker(self, plan, opts)
+    }
+}
+
+/// `plan` as worker `worker` runs it: its outputs write the worker's own files (and commit
+/// under its own ids), and windows and views keep their state per partition, so that it can
+/// move with the partitions. Pure: opens nothing.
+pub fn for_worker(mut plan: Plan, worker: &str) -> Result<Plan, RunError> {
+    for s in &mut plan.sinks {
+        s.target.for_worker(worker);
+    }
+    plan.dead_letter.for_worker(worker);
+    for w in &mut plan.windows {
+        let mut c = (*w.config).clone();
+        c.partition_state = true;
+        w.config = Arc::new(c);
+    }
+    let compiler = weir_operators::SqlCompiler::new();
+    for v in &mut plan.views {
+        let c = (*v.config)
+            .clone()
+            .with_partition_state(&compiler)
+            .map_err(|e| RunError::Pool(format!("view {}: {e}", v.config.name)))?;
+        v.config = Arc::new(c);
+    }
+    Ok(plan)
+}
+
+/// `plan` with the windows reading sources `repartitioned` judging lateness per key lane.
+/// Pure: opens nothing.
+///
+/// The internal topic is keyed by every window's key: a row is late by its own lane's
+/// watermark (its upstream partition's, as when a topic is keyed), not by what the worker
+/// flushed, which a partition claimed later (behind in event time) must not be held to; a
+/// flushed window's end is below every lane's watermark, so it stays closed.
+pub fn key_partitioned(mut plan: Plan, repartitioned: &[usize]) -> Plan {
+    for w in plan
+        .windows
+        .iter_mut()
+        .filter(|w| repartitioned.contains(&w.source))
+    {
+        let mut c = (*w.config).clone();
+        c.key_partitioned = true;
+        w.config = Arc::new(c);
+    }
+    plan
+}
 
 /// What one job of a pool worker runs with.
 pub(crate) struct PoolJob<'a> {
@@ -44,6 +125,38 @@ pub(crate) struct PoolJob<'a> {
     pub owned: HashSet<(String, String)>,
     /// The other workers, for SQL.
     pub peers: Option<Arc<Peers>>,
+}
+
+impl JobHooks for PoolJob<'_> {
+    /// The worker's pooled reader, which outlives its jobs, continuing each partition at the
+    /// restored checkpoint's offset.
+    fn open_source(
+        &self,
+        source: &PlannedSource,
+        at: OpenSource,
+    ) -> Result<OpenedSource, RunError> {
+        let Some(p) = self.sources.get(at.index) else {
+            return Err(EngineError::Internal(format!(
+                "source {} has no pooled reader",
+                source.name
+            ))
+            .into());
+        };
+        let resume = at.resume;
+        Ok(OpenedSource {
+            reader: p.reader(&|key| resume(key).map(|r| r.next_offset)),
+            keys: p.keys.clone(),
+        })
+    }
+
+    /// The partitions this job owns; queries reach the other workers for the rest.
+    fn live_scope(&self, state: weir_engine::live::LiveState) -> weir_engine::live::LiveState {
+        state.in_pool(self.worker, self.owned.clone())
+    }
+
+    fn sql_peers(&self) -> Option<Arc<Peers>> {
+        self.peers.clone()
+    }
 }
 
 /// Why a pipeline cannot run as a pool worker; `None` when it can.
@@ -191,17 +304,18 @@ pub fn auto_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// `plan`'s outputs as configured (before a worker's id is in their files), to finish a
-/// dead worker's commits with.
+/// `plan`'s outputs as configured (before a worker's id is in them), to finish a dead
+/// worker's commits with: each connector rolls its own committed outputs forward (the file
+/// sink its part files, transactional sinks their pending transactions).
 #[derive(Clone)]
-struct WorkerFiles {
+struct ConfiguredOutputs {
     sinks: Vec<(String, Box<dyn SinkConnector>)>,
     dead_letter: Box<dyn DeadLetterConnector>,
 }
 
-impl WorkerFiles {
+impl ConfiguredOutputs {
     fn of(plan: &Plan) -> Self {
-        WorkerFiles {
+        ConfiguredOutputs {
             sinks: plan
                 .sinks
                 .iter()
@@ -221,11 +335,16 @@ impl WorkerFiles {
 }
 
 /// Topics not keyed by their windows' key, repartitioned into internal topics which the jobs
-/// read instead: `plan`'s sources retargeted to them, and the repartition stages to run.
-fn repartitioned(plan: &mut Plan, opts: &RunOptions) -> Result<Vec<RepartitionSpec>, RunError> {
+/// read instead: `plan`'s sources retargeted to them (their connectors prepare the topics),
+/// and the repartition stages to run.
+fn repartitioned(
+    mut plan: Plan,
+    opts: &RunOptions,
+) -> Result<(Plan, Vec<RepartitionSpec>), RunError> {
     let mut specs = Vec::new();
+    let mut sources = Vec::new();
     for i in 0..plan.sources.len() {
-        let Some(keys) = repartition_keys(plan, i).map_err(RunError::Pool)? else {
+        let Some(keys) = repartition_keys(&plan, i).map_err(RunError::Pool)? else {
             continue;
         };
         let src = &mut plan.sources[i];
@@ -240,30 +359,17 @@ fn repartitioned(plan: &mut Plan, opts: &RunOptions) -> Result<Vec<RepartitionSp
             continue;
         };
         specs.push(spec);
-        // the internal topic is keyed by every window's key: a row is late by its own lane's
-        // watermark (its upstream partition's, as when a topic is keyed), not by what the
-        // worker flushed, which a partition claimed later (behind in event time) must not be
-        // held to; a flushed window's end is below every lane's watermark, so it stays closed
-        for w in plan.windows.iter_mut().filter(|w| w.source == i) {
-            let mut c = (*w.config).clone();
-            c.key_partitioned = true;
-            w.config = Arc::new(c);
-        }
+        sources.push(i);
     }
-    Ok(specs)
+    Ok((key_partitioned(plan, &sources), specs))
 }
 
-/// Runs `plan` as worker `worker` of a pool until it is stopped (or, with
-/// `until_caught_up`, until the partitions it is assigned are read to their end).
-pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunSummary, RunError> {
+/// Runs `plan` (as configured) as worker `mode` of a pool.
+fn run_worker(mode: &PoolWorker, plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
     if let Some(why) = pool_refusal(&plan) {
         return Err(RunError::Pool(why));
     }
-    let worker = if worker == "auto" {
-        auto_worker_id()
-    } else {
-        worker.to_string()
-    };
+    let worker = mode.id.clone();
     let Some(location) = plan.checkpoint.as_ref().map(|c| c.location.clone()) else {
         return Err(RunError::Pool("no checkpoint location".into()));
     };
@@ -273,27 +379,11 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
         )));
     }
     let pool = Arc::new(PoolStore::open(&location, &worker)?);
-    let files = WorkerFiles::of(&plan);
-    // this worker's own files; state kept per partition
-    for s in &mut plan.sinks {
-        s.target.for_worker(&worker);
-    }
-    plan.dead_letter.for_worker(&worker);
-    for w in &mut plan.windows {
-        let mut c = (*w.config).clone();
-        c.partition_state = true;
-        w.config = Arc::new(c);
-    }
-    let compiler = weir_operators::SqlCompiler::new();
-    for v in &mut plan.views {
-        let c = (*v.config)
-            .clone()
-            .with_partition_state(&compiler)
-            .map_err(|e| RunError::Pool(format!("view {}: {e}", v.config.name)))?;
-        v.config = Arc::new(c);
-    }
-    let specs = repartitioned(&mut plan, &opts)?;
-    let stages = start_repartition(specs, &opts)?;
+    let outputs = ConfiguredOutputs::of(&plan);
+    // this worker's own outputs; state kept per partition
+    let plan = mode.retarget(plan)?;
+    let (plan, specs) = repartitioned(plan, opts)?;
+    let stages = start_repartition(specs, opts)?;
     // a NATS source's partitions are assigned among the workers that heartbeat
     let address = plan
         .serve
@@ -358,9 +448,9 @@ pub fn run_worker(mut plan: Plan, opts: RunOptions, worker: &str) -> Result<RunS
     };
     let w = Worker {
         plan,
-        opts,
+        opts: opts.clone(),
         pool,
-        files,
+        outputs,
         peers,
     };
     let result = run_worker_jobs(&w);
@@ -516,7 +606,7 @@ struct Worker {
     plan: Plan,
     opts: RunOptions,
     pool: Arc<PoolStore>,
-    files: WorkerFiles,
+    outputs: ConfiguredOutputs,
     peers: Option<Arc<Peers>>,
 }
 
@@ -532,7 +622,7 @@ fn run_jobs(
         plan,
         opts,
         pool,
-        files,
+        outputs,
         peers,
     } = w;
     let Some(planned) = &plan.checkpoint else {
@@ -566,7 +656,7 @@ fn run_jobs(
             check_compatible(plan, &planned.location, &r.manifest)?;
         }
         for (r, m) in &restore.foreign {
-            finish_commit(pool, files, r, m)?;
+            finish_commit(pool, outputs, r, m)?;
         }
         tracing::info!(
             partitions = owned_now.len(),
@@ -617,7 +707,7 @@ fn run_jobs(
                 .collect(),
             peers: peers.clone(),
         };
-        let result = run_job(plan, &job_opts, Some(checkpoint), Some(&job));
+        let result = run_job(plan, &job_opts, Some(checkpoint), &job);
         done.store(true, Ordering::Relaxed);
         let _ = forward.join();
         let s = result?;
@@ -647,7 +737,7 @@ fn run_jobs(
 /// that worker did not record it (it died between the checkpoint and its commit).
 fn finish_commit(
     pool: &PoolStore,
-    files: &WorkerFiles,
+    outputs: &ConfiguredOutputs,
     r: &StateRef,
     m: &Manifest,
 ) -> Result<(), RunError> {
@@ -659,7 +749,7 @@ fn finish_commit(
         epoch = r.epoch,
         "finishing the commit of a checkpoint of a worker that stopped before it recorded it"
     );
-    files.roll_forward(&r.worker, m)?;
+    outputs.roll_forward(&r.worker, m)?;
     Ok(())
 }
 
@@ -738,6 +828,58 @@ mod tests {
         assert_eq!(pool_refusal(&plan("sqlite://lake/catalog.db")), None);
         let why = pool_refusal(&plan("https://rest.example/api")).expect("refused");
         assert!(why.contains("needs a SQL catalog"), "{why}");
+    }
+
+    #[test]
+    fn a_worker_writes_its_own_outputs_and_keeps_state_per_partition() {
+        let views = format!(
+            "{BY_DATASET}\nviews:\n  v:\n    from: events\n    key: [datasetName]\n    \
+             aggregates: {{ n: count(*) }}"
+        );
+        let live = plan_of("worker", ONE_TOPIC, &views);
+        let file = |p: &Plan| p.sinks[0].target.local_file().map(|f| f.to_path_buf());
+        let live_file = file(&live).expect("a file sink");
+        let live_dead = live.dead_letter.local_file().map(|f| f.to_path_buf());
+        assert!(!live.windows[0].config.partition_state);
+        let mode = PoolWorker::new("w1");
+        let plan = mode.retarget(live).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(file(&plan), Some(live_file.with_extension("w1.ndjson")));
+        let dead = plan.dead_letter.local_file().map(|f| f.to_path_buf());
+        assert_eq!(dead, live_dead.map(|d| d.with_extension("w1.ndjson")));
+        assert!(plan.windows[0].config.partition_state);
+        assert!(!plan.windows[0].config.key_partitioned);
+        assert!(plan.views[0].config.partition_state);
+        assert!(plan.views[0]
+            .config
+            .partition_state_column()
+            .is_ok_and(|c| c.is_some()));
+        // `auto` is resolved once, when the mode is made
+        assert_eq!(PoolWorker::new("auto").id, auto_worker_id());
+    }
+
+    #[test]
+    fn windows_of_a_repartitioned_source_judge_lateness_per_key_lane() {
+        let sources = format!(
+            "{ONE_TOPIC}\n    format: json\n    schema: data-ingestion\n    \
+             event_time: {{ field: timestamp }}\n  other:\n{}",
+            ONE_TOPIC.replace("topic: t", "topic: u")
+        );
+        let two = format!(
+            "{BY_DATASET}\n  o:\n    from: other\n    key: [datasetName]\n    tumbling: 1m\n    \
+             aggregates: {{ n: count(*) }}\n    sinks: [out]"
+        );
+        let plan = plan_of("lanes", &sources, &two);
+        let keyed = |p: &Plan| {
+            p.windows
+                .iter()
+                .map(|w| (w.source, w.config.key_partitioned))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keyed(&plan), vec![(0, false), (1, false)]);
+        let plan = key_partitioned(plan, &[1]);
+        assert_eq!(keyed(&plan), vec![(0, false), (1, true)]);
+        let plan = key_partitioned(plan, &[]);
+        assert_eq!(keyed(&plan), vec![(0, false), (1, true)]);
     }
 
     #[test]

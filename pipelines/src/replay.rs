@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use weir_sources::ReadOffsets;
 
-use crate::plan::Plan;
+use crate::connectors::{OpenSink, OpenSource, OpenedSource};
+use crate::mode::{JobHooks, Reporter, RunMode};
+use crate::plan::{Plan, PlannedSink, PlannedSource};
+use crate::run::{RunError, RunOptions, RunSummary};
 use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMillisecondType;
@@ -102,9 +105,54 @@ fn rfc3339_compact(ms: i64) -> String {
         .replace(".000Z", "Z")
 }
 
-/// Reduces `plan` to a replay of `req` and finds the offset ranges. Refused: pipelines
-/// without Kafka sources, unknown window or sink names, an empty range.
-pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, String> {
+/// Reduces `plan` to a replay of `req` ([`reduce`]) and finds the offset ranges of its
+/// sources (asking their brokers). Refused: pipelines without Kafka or NATS sources, unknown
+/// window or sink names, an empty range.
+pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), String> {
+    let mut plan = reduce(plan, req)?;
+    let suffix = suffix(req);
+    let margin = plan
+        .windows
+        .iter()
+        .map(|w| w.config.size_ms + w.config.allowed_lateness_ms)
+        .max()
+        .unwrap_or(0);
+    let mut ranges = Vec::new();
+    let mut read = Vec::new();
+    for (i, s) in plan.sources.iter_mut().enumerate() {
+        let ooo = s.max_out_of_orderness_ms as i64;
+        let range = (
+            req.from_ms.saturating_sub(margin + ooo),
+            req.to_ms.saturating_add(margin + ooo),
+        );
+        let replayed = s.input.replay(&s.name, range, &suffix)?;
+        read.push(replayed.read);
+        ranges.push((i, replayed.ranges));
+    }
+    let setup = ReplaySetup {
+        from_ms: req.from_ms,
+        to_ms: req.to_ms,
+        ranges,
+        suffix,
+        written: Default::default(),
+        read,
+    };
+    Ok((plan, setup))
+}
+
+/// The suffix of the files a replay of `req` writes beside the live run's.
+fn suffix(req: &ReplayRequest) -> String {
+    format!(
+        "replay-{}-{}",
+        rfc3339_compact(req.from_ms),
+        rfc3339_compact(req.to_ms)
+    )
+}
+
+/// `plan` reduced to what a replay of `req` rewrites: the windows it names (all when none),
+/// writing only to the sinks it names (all when none), with state of its own (no
+/// checkpoint, no SQL, no views). Pure: opens nothing.
+pub fn reduce(mut plan: Plan, req: &ReplayRequest) -> Result<Plan, String> {
     if req.to_ms <= req.from_ms {
         return Err("--to must be after --from".into());
     }
@@ -142,44 +190,101 @@ pub fn prepare(plan: &mut Plan, req: &ReplayRequest) -> Result<ReplaySetup, Stri
     plan.views.clear();
     plan.checkpoint = None;
     plan.serve = None;
-    let suffix = format!(
-        "replay-{}-{}",
-        rfc3339_compact(req.from_ms),
-        rfc3339_compact(req.to_ms)
-    );
-    // dead letters of the range go beside the live run's, never into them
+    Ok(plan)
+}
+
+/// `plan`'s outputs retargeted for a replay writing files tagged `suffix`: each sink's
+/// replayed target (files beside the live run's; other outputs replace rows by identity),
+/// and dead letters beside the live run's, never into them. Pure: opens nothing.
+pub fn retarget_outputs(mut plan: Plan, suffix: &str) -> Plan {
+    for s in &mut plan.sinks {
+        s.target = s.target.replayed(suffix);
+    }
     let fallback = plan
         .file
         .parent()
         .unwrap_or(std::path::Path::new("."))
         .join(format!("{}-dead-letter.{suffix}.ndjson", plan.name));
-    plan.dead_letter = plan.dead_letter.replayed(&suffix, &fallback);
-    let margin = plan
-        .windows
-        .iter()
-        .map(|w| w.config.size_ms + w.config.allowed_lateness_ms)
-        .max()
-        .unwrap_or(0);
-    let mut ranges = Vec::new();
-    let mut read = Vec::new();
-    for (i, s) in plan.sources.iter_mut().enumerate() {
-        let ooo = s.max_out_of_orderness_ms as i64;
-        let range = (
-            req.from_ms.saturating_sub(margin + ooo),
-            req.to_ms.saturating_add(margin + ooo),
-        );
-        let replayed = s.input.replay(&s.name, range, &suffix)?;
-        read.push(replayed.read);
-        ranges.push((i, replayed.ranges));
+    plan.dead_letter = plan.dead_letter.replayed(suffix, &fallback);
+    plan
+}
+
+/// The replay mode: a bounded job over the offset ranges of a [`ReplaySetup`] (the plan
+/// already [`prepare`]d), writing beside the live run's outputs and only its windows.
+pub struct Replay {
+    setup: Arc<ReplaySetup>,
+}
+
+impl Replay {
+    /// A replay of `setup`'s range.
+    pub fn new(setup: Arc<ReplaySetup>) -> Self {
+        Replay { setup }
     }
-    Ok(ReplaySetup {
-        from_ms: req.from_ms,
-        to_ms: req.to_ms,
-        ranges,
-        suffix,
-        written: Default::default(),
-        read,
-    })
+}
+
+impl RunMode for Replay {
+    fn name(&self) -> &'static str {
+        "replay"
+    }
+
+    fn retarget(&self, plan: Plan) -> Result<Plan, RunError> {
+        Ok(retarget_outputs(plan, &self.setup.suffix))
+    }
+
+    fn run(&self, plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
+        let plan = self.retarget(plan)?;
+        crate::run::run_single(&plan, opts, self)
+    }
+}
+
+impl JobHooks for Replay {
+    /// Partitions start at the replay's range and end at its end.
+    fn open_source(
+        &self,
+        source: &PlannedSource,
+        at: OpenSource,
+    ) -> Result<OpenedSource, RunError> {
+        source.input.open(&OpenSource {
+            replay: Some(&self.setup),
+            ..at
+        })
+    }
+
+    /// Only rows of windows starting in the range, counted.
+    fn open_sink<'a>(
+        &'a self,
+        sink: &PlannedSink,
+        at: &mut OpenSink<'a>,
+    ) -> Result<Box<dyn Sink>, RunError> {
+        at.replay = Some(&self.setup);
+        let inner = sink.target.open(at)?;
+        Ok(Box::new(WindowRange::new(&sink.name, inner, &self.setup)))
+    }
+
+    fn progress(&self, stats: &Arc<weir_engine::RunStats>) -> Option<Reporter> {
+        let r = &self.setup;
+        let partitions = r
+            .ranges
+            .iter()
+            .zip(&r.read)
+            .flat_map(|((_, ranges), read)| {
+                ranges.iter().filter_map(|x| {
+                    let at = read.0.get(&(x.topic.clone(), x.partition))?.clone();
+                    Some((format!("{}/{}", x.topic, x.partition), x.start, x.end, at))
+                })
+            })
+            .collect();
+        let (total, stats) = (r.messages(), stats.clone());
+        Some(Reporter::spawn(move |stop| {
+            Progress {
+                total,
+                stats,
+                stop,
+                partitions,
+            }
+            .report()
+        }))
+    }
 }
 
 /// A sink that passes on only the rows whose `window_start` lies in `[from, to)`.
@@ -251,7 +356,7 @@ impl Sink for WindowRange {
 }
 
 /// What the replay's progress reporter reads.
-pub(crate) struct Progress {
+struct Progress {
     pub total: u64,
     pub stats: Arc<weir_engine::RunStats>,
     pub stop: Arc<std::sync::atomic::AtomicBool>,
@@ -327,5 +432,142 @@ impl Progress {
                 100.0 * done as f64 / self.total.max(1) as f64
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two windows (`a` to sinks `x` and `y`, `b` to `y`) and a view over a Kafka topic,
+    /// with a checkpoint and SQL, planned from YAML (nothing connects to the brokers).
+    fn live_plan(name: &str) -> Plan {
+        let dir = std::env::temp_dir().join(format!("weir-replay-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("p.yaml");
+        let window = |name: &str, sinks: &str| {
+            format!(
+                "  {name}:\n    from: events\n    key: [datasetName]\n    tumbling: 1m\n    \
+                 aggregates: {{ n: count(*) }}\n    sinks: [{sinks}]\n"
+            )
+        };
+        let yaml = format!(
+            "name: p\nsources:\n  events:\n    kafka: {{ brokers: \"127.0.0.1:9\", topic: t, group_id: g }}\n    \
+             format: json\n    schema: data-ingestion\n    event_time: {{ field: timestamp }}\n\
+             windows:\n{}{}views:\n  v:\n    from: events\n    key: [datasetName]\n    \
+             aggregates: {{ n: count(*) }}\n\
+             sinks:\n  x: {{ file: {{ path: out/x.ndjson }} }}\n  y: {{ file: {{ path: out/y.ndjson }} }}\n\
+             checkpoint: {{ dir: state }}\nserve: {{ http: \"127.0.0.1:0\" }}\n",
+            window("a", "x, y"),
+            window("b", "y"),
+        );
+        std::fs::write(&path, yaml).expect("pipeline file");
+        crate::plan::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn request(only: &[&str], sinks: Option<&[&str]>) -> ReplayRequest {
+        ReplayRequest {
+            from_ms: 60_000,
+            to_ms: 180_000,
+            only: only.iter().map(|s| s.to_string()).collect(),
+            sinks: sinks.map(|s| s.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn windows(plan: &Plan) -> Vec<(String, Vec<String>)> {
+        plan.windows
+            .iter()
+            .map(|w| {
+                let sinks = w.sinks.iter().map(|&i| plan.sinks[i].name.clone());
+                (w.config.name.clone(), sinks.collect())
+            })
+            .collect()
+    }
+
+    fn reduced(only: &[&str], sinks: Option<&[&str]>) -> Result<Plan, String> {
+        reduce(live_plan("reduce"), &request(only, sinks))
+    }
+
+    #[test]
+    fn a_replay_keeps_the_windows_and_sinks_asked_for_with_state_of_its_own() {
+        let all = reduced(&[], None).unwrap_or_else(|e| panic!("{e}"));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            windows(&all),
+            vec![
+                ("a".to_string(), names(&["x", "y"])),
+                ("b".to_string(), names(&["y"]))
+            ]
+        );
+        assert!(all.views.is_empty() && all.checkpoint.is_none() && all.serve.is_none());
+        // the sinks themselves are kept (windows refer to them by index)
+        assert_eq!(all.sinks.len(), 2);
+        let only_a = reduced(&["a"], None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            windows(&only_a),
+            vec![("a".to_string(), names(&["x", "y"]))]
+        );
+        let to_y = reduced(&[], Some(&["y"])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            windows(&to_y),
+            vec![
+                ("a".to_string(), names(&["y"])),
+                ("b".to_string(), names(&["y"]))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_replay_refuses_what_it_cannot_rewrite() {
+        let refused = |r: Result<Plan, String>| match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        };
+        let mut backwards = request(&[], None);
+        backwards.to_ms = backwards.from_ms;
+        let why = refused(reduce(live_plan("backwards"), &backwards));
+        assert!(why.contains("--to must be after --from"), "{why}");
+        let why = refused(reduced(&["v"], None));
+        assert!(
+            why.contains("--only v: no such window (windows: a, b)"),
+            "{why}"
+        );
+        let why = refused(reduced(&[], Some(&["z"])));
+        assert!(why.contains("--sinks z: no such sink"), "{why}");
+        let why = refused(reduced(&["b"], Some(&["x"])));
+        assert!(why.contains("no replayed window writes to a sink"), "{why}");
+    }
+
+    #[test]
+    fn a_replay_writes_beside_the_live_runs_outputs() {
+        let req = request(&[], None);
+        let suffix = suffix(&req);
+        assert_eq!(suffix, "replay-19700101T000100Z-19700101T000300Z");
+        let live = live_plan("outputs");
+        let live_files: Vec<_> = live
+            .sinks
+            .iter()
+            .map(|s| s.target.local_file().map(|p| p.to_path_buf()))
+            .collect();
+        let mode = Replay::new(Arc::new(ReplaySetup {
+            from_ms: req.from_ms,
+            to_ms: req.to_ms,
+            ranges: Vec::new(),
+            suffix: suffix.clone(),
+            written: Default::default(),
+            read: Vec::new(),
+        }));
+        let plan = mode.retarget(live).unwrap_or_else(|e| panic!("{e}"));
+        for (s, live) in plan.sinks.iter().zip(live_files) {
+            let (file, live) = (s.target.local_file(), live.expect("a file sink"));
+            let expected = live.with_extension(format!("{suffix}.ndjson"));
+            assert_eq!(file, Some(expected.as_path()), "sink {}", s.name);
+        }
+        let dead = plan.dead_letter.local_file().expect("a dead-letter file");
+        assert!(
+            dead.ends_with(format!("dead_letter.{suffix}.ndjson")),
+            "{}",
+            dead.display()
+        );
     }
 }

@@ -12,6 +12,7 @@ use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{ServeConfig, SqlServer};
 
 use crate::connectors::{OpenSink, OpenSource};
+use crate::mode::JobHooks;
 use crate::plan::{Plan, PlannedCheckpoint};
 
 /// Called with the summary when the job finished, before [`RunOptions::keep_serving`] waits.
@@ -40,10 +41,11 @@ pub struct RunOptions {
     pub insecure: bool,
     /// Told the summary as soon as the job finished.
     pub on_finished: Option<OnFinished>,
-    /// A replay (`replay::prepare` reduced the plan): Kafka partitions start at its offsets,
-    /// sinks get only its windows and write beside the live run's files.
+    /// Run as a replay ([`crate::mode::Replay`]; `replay::prepare` reduced the plan):
+    /// partitions start at its offsets, sinks get only its windows and write beside the live
+    /// run's files.
     pub replay: Option<Arc<crate::replay::ReplaySetup>>,
-    /// Run as this worker of a pool (see [`crate::pool`]): the Kafka partitions are shared
+    /// Run as this worker of a pool ([`crate::mode::PoolWorker`]): the partitions are shared
     /// with the other workers of the same pipeline, and state moves with them.
     pub worker: Option<String>,
 }
@@ -132,42 +134,45 @@ pub fn parallelism(plan: &Plan, opts: &RunOptions) -> usize {
     opts.parallelism.or(plan.parallelism).unwrap_or(1).max(1)
 }
 
-/// Runs a plan until its sources end (or `opts.stop`).
+/// Runs a plan until its sources end (or `opts.stop`), in the mode `opts` select
+/// ([`crate::mode::select`]): standalone, a replay, or a pool worker.
 pub fn run(plan: Plan, opts: RunOptions) -> Result<RunSummary, RunError> {
-    if let Some(worker) = opts.worker.clone() {
-        return crate::pool::run_worker(plan, opts, &worker);
-    }
-    let checkpoint = match &plan.checkpoint {
-        Some(c) => Some(open_checkpoint(&plan, c)?),
-        None => None,
-    };
-    run_job(&plan, &opts, checkpoint, None)
+    crate::mode::select(&opts)?.run(plan, &opts)
 }
 
-/// Runs one job of `plan`: the whole run, or one run of a pool worker, whose Kafka sources
-/// are the `pooled` readers that outlive it.
+/// Runs `plan` as one job, restoring its checkpoint (when it has one).
+pub(crate) fn run_single(
+    plan: &Plan,
+    opts: &RunOptions,
+    hooks: &dyn JobHooks,
+) -> Result<RunSummary, RunError> {
+    let checkpoint = match &plan.checkpoint {
+        Some(c) => Some(open_checkpoint(plan, c)?),
+        None => None,
+    };
+    run_job(plan, opts, checkpoint, hooks)
+}
+
+/// Runs one job of `plan`: the whole run, or one run of a pool worker; what differs between
+/// modes is asked of `hooks`.
 pub(crate) fn run_job(
     plan: &Plan,
     opts: &RunOptions,
     checkpoint: Option<CheckpointSpec>,
-    pool: Option<&crate::pool::PoolJob>,
+    hooks: &dyn JobHooks,
 ) -> Result<RunSummary, RunError> {
     let n = parallelism(plan, opts);
     let manifest = checkpoint
         .as_ref()
         .and_then(|c| c.restored.as_ref().map(|r| &r.manifest));
-    let sources = open_sources(plan, opts, manifest, pool)?;
-    let (sinks, sink_index, deliveries) = open_sinks(plan, opts, checkpoint.is_some())?;
+    let sources = open_sources(plan, opts, manifest, hooks)?;
+    let (sinks, sink_index, deliveries) = open_sinks(plan, checkpoint.is_some(), hooks)?;
     let operators = operators(plan, n, &sink_index)?;
     let dead_letter = open_dead_letter(plan, checkpoint.is_some())?;
     let stats = run_stats(plan, &operators, &sinks, deliveries);
-    let (live, server) = start_live(plan, opts, pool, &stats)?;
+    let (live, server) = start_live(plan, opts, hooks, &stats)?;
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
-    let progress_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let progress = opts
-        .replay
-        .as_ref()
-        .map(|r| replay_progress(r, &stats, &progress_stop));
+    let progress = hooks.progress(&stats);
     let restored_epoch = manifest.map(|m| m.epoch);
     let report = job::run(
         JobSpec {
@@ -183,9 +188,8 @@ pub(crate) fn run_job(
         stats.clone(),
         opts.stop.clone(),
     );
-    progress_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(p) = progress {
-        let _ = p.join();
+        p.finish();
     }
     let report = report?;
     let summary = summary(n, &stats, &report, restored_epoch);
@@ -204,46 +208,32 @@ pub(crate) fn run_job(
     Ok(summary)
 }
 
-/// The readers of the plan's sources, each resuming where `manifest` says (a pool worker's
-/// Kafka readers are the pool's, which outlive its jobs).
+/// The readers of the plan's sources, each resuming where `manifest` says unless the mode
+/// starts it elsewhere (a replay's range, a pool worker's readers that outlive its jobs).
 fn open_sources(
     plan: &Plan,
     opts: &RunOptions,
     manifest: Option<&weir_engine::checkpoint::Manifest>,
-    pool: Option<&crate::pool::PoolJob>,
+    hooks: &dyn JobHooks,
 ) -> Result<Vec<SourceSpec>, RunError> {
-    let pooled = pool.map(|p| p.sources);
     let mut sources = Vec::new();
     let mut first_partition = 0;
     for (i, s) in plan.sources.iter().enumerate() {
         let resume = |key: &str| manifest.and_then(|m| m.resume(&s.name, key));
-        // a pool worker's readers are the pool's, which outlive its jobs
-        let (reader, keys) = match (pooled, pooled.and_then(|p| p.get(i))) {
-            (Some(_), Some(p)) => (
-                p.reader(&|key| resume(key).map(|r| r.next_offset)),
-                p.keys.clone(),
-            ),
-            (Some(_), None) => {
-                return Err(EngineError::Internal(format!(
-                    "source {} has no pooled reader",
-                    s.name
-                ))
-                .into())
-            }
-            (None, _) => {
-                let opened = s.input.open(&OpenSource {
-                    index: i,
-                    name: &s.name,
-                    first_partition,
-                    output_schema: s.output_schema.clone(),
-                    resume: &resume,
-                    until_caught_up: opts.until_caught_up,
-                    caught_up_timeout: opts.caught_up_timeout,
-                    replay: opts.replay.as_deref(),
-                })?;
-                (opened.reader, opened.keys)
-            }
-        };
+        let opened = hooks.open_source(
+            s,
+            OpenSource {
+                index: i,
+                name: &s.name,
+                first_partition,
+                output_schema: s.output_schema.clone(),
+                resume: &resume,
+                until_caught_up: opts.until_caught_up,
+                caught_up_timeout: opts.caught_up_timeout,
+                replay: None,
+            },
+        )?;
+        let (reader, keys) = (opened.reader, opened.keys);
         let partitions = keys.len();
         first_partition += partitions;
         sources.push(SourceSpec {
@@ -259,12 +249,13 @@ fn open_sources(
     Ok(sources)
 }
 
-/// The sinks that receive rows (others are not opened), the index of each plan sink among
-/// them (`usize::MAX` when not opened), and the webhook sinks' delivery statistics.
+/// The sinks that receive rows (others are not opened) as the mode opens them, the index of
+/// each plan sink among them (`usize::MAX` when not opened), and the webhook sinks' delivery
+/// statistics.
 fn open_sinks(
     plan: &Plan,
-    opts: &RunOptions,
     checkpointed: bool,
+    hooks: &dyn JobHooks,
 ) -> Result<(Vec<job::SinkSpec>, Vec<usize>, Deliveries), RunError> {
     // Only sinks that receive rows are opened.
     let used: Vec<bool> = (0..plan.sinks.len())
@@ -282,20 +273,17 @@ fn open_sinks(
             tracing::warn!(sink = %s.name, "sink receives no output and is not opened");
             continue;
         };
-        let replayed_target = opts.replay.as_ref().map(|r| s.target.replayed(&r.suffix));
-        let target = replayed_target.as_ref().unwrap_or(&s.target);
-        let sink = target.open(&mut OpenSink {
-            pipeline: &plan.name,
-            name: &s.name,
-            schema: &schema,
-            checkpointed,
-            replay: opts.replay.as_deref(),
-            deliveries: &mut deliveries,
-        })?;
-        let sink = match &opts.replay {
-            Some(r) => Box::new(crate::replay::WindowRange::new(&s.name, sink, r)),
-            None => sink,
-        };
+        let sink = hooks.open_sink(
+            s,
+            &mut OpenSink {
+                pipeline: &plan.name,
+                name: &s.name,
+                schema: &schema,
+                checkpointed,
+                replay: None,
+                deliveries: &mut deliveries,
+            },
+        )?;
         sink_index[i] = sinks.len();
         sinks.push(job::SinkSpec {
             name: s.name.clone(),
@@ -400,7 +388,7 @@ fn run_stats(
 fn start_live(
     plan: &Plan,
     opts: &RunOptions,
-    pool: Option<&crate::pool::PoolJob>,
+    hooks: &dyn JobHooks,
     stats: &Arc<RunStats>,
 ) -> Result<(Option<LiveSpec>, Option<SqlServer>), RunError> {
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
@@ -423,11 +411,7 @@ fn start_live(
                 v.config.keys.clone(),
             ));
         }
-        let state = LiveState::new(&plan.name, tables);
-        let state = Arc::new(match pool {
-            Some(p) => state.in_pool(p.worker, p.owned.clone()),
-            None => state,
-        });
+        let state = Arc::new(hooks.live_scope(LiveState::new(&plan.name, tables)));
         let server = match &plan.serve {
             Some(sv) => Some(SqlServer::start(
                 &ServeConfig {
@@ -437,7 +421,7 @@ fn start_live(
                     password: sv.password.clone(),
                     insecure: opts.insecure,
                     limits: sv.limits.clone(),
-                    peers: pool.and_then(|p| p.peers.clone()),
+                    peers: hooks.sql_peers(),
                     graph: plan.console_graph(),
                 },
                 state.clone(),
@@ -459,32 +443,6 @@ fn start_live(
     } else {
         (None, None)
     })
-}
-
-/// A replay's progress reporter, running until `stop`.
-fn replay_progress(
-    r: &crate::replay::ReplaySetup,
-    stats: &Arc<RunStats>,
-    stop: &Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let partitions = r
-        .ranges
-        .iter()
-        .zip(&r.read)
-        .flat_map(|((_, ranges), read)| {
-            ranges.iter().filter_map(|x| {
-                let at = read.0.get(&(x.topic.clone(), x.partition))?.clone();
-                Some((format!("{}/{}", x.topic, x.partition), x.start, x.end, at))
-            })
-        })
-        .collect();
-    let p = crate::replay::Progress {
-        total: r.messages(),
-        stats: stats.clone(),
-        stop: stop.clone(),
-        partitions,
-    };
-    std::thread::spawn(move || p.report())
 }
 
 /// What the run did, from its statistics.

@@ -234,4 +234,81 @@ mod tests {
         );
         assert_eq!(tagged_path(Path::new("dead"), "a"), PathBuf::from("dead.a"));
     }
+
+    /// A checkpoint of worker `w1` whose sink `out` pre-committed `info`.
+    fn manifest(epoch: u64, info: serde_json::Value) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": 2, "pipeline": "p", "epoch": epoch, "created_ms": 0, "finished": false,
+            "fingerprint": {}, "partitions": [], "operators": [], "sinks": { "out": info },
+            "dead_letter": null, "counters": {}, "state_bytes": 0
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Through the connector's hooks only, as a pool does: worker `w1` writes its own file
+    /// (`for_worker`), dies after checkpoint 1 completed but before committing it, and the
+    /// sink as planned finishes that commit (`roll_forward`), once however often asked.
+    #[test]
+    fn the_file_sink_rolls_a_dead_workers_committed_output_forward() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let dir = std::env::temp_dir().join(format!("weir-file-roll-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![1, 2]))],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for (file, format) in [
+            ("w.ndjson", FileFormat::Ndjson),
+            ("w.parquet", FileFormat::Parquet),
+        ] {
+            let planned = FileTarget {
+                path: dir.join(file),
+                format,
+            };
+            let mut worker = planned.clone();
+            SinkConnector::for_worker(&mut worker, "w1");
+            let mut deliveries = Vec::new();
+            let mut sink = worker
+                .open(&mut OpenSink {
+                    pipeline: "p",
+                    name: "out",
+                    schema: &schema,
+                    checkpointed: true,
+                    replay: None,
+                    deliveries: &mut deliveries,
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            sink.recover(None).unwrap_or_else(|e| panic!("{e}"));
+            sink.write(&batch).unwrap_or_else(|e| panic!("{e}"));
+            sink.flush().unwrap_or_else(|e| panic!("{e}"));
+            let info = sink.pre_commit(1).unwrap_or_else(|e| panic!("{e}"));
+            drop(sink); // dies before the commit
+            let written = tagged_path(&planned.path, "w1");
+            let rows = || match format {
+                FileFormat::Parquet => std::fs::read_dir(&written)
+                    .map(|d| {
+                        d.filter_map(Result::ok)
+                            .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                            .count()
+                    })
+                    .unwrap_or(0),
+                _ => std::fs::read_to_string(&written)
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0),
+            };
+            let before = rows();
+            let m = manifest(1, info);
+            for _ in 0..2 {
+                SinkConnector::roll_forward(&planned, "out", "w1", &m)
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                let expected = if format == FileFormat::Parquet { 1 } else { 2 };
+                assert_eq!((before, rows()), (0, expected), "{file}");
+            }
+        }
+    }
 }

@@ -1,0 +1,193 @@
+//! Run modes as strategies: a pipeline runs [`Standalone`], as a [`Replay`] of a time range
+//! (`weir replay`), or as a [`PoolWorker`] of a pool (`weir run --worker`). [`select`] picks
+//! the mode [`RunOptions`] ask for; [`crate::run::run`] then lets the mode retarget the plan
+//! and drive it, and the job runner ([`crate::run::run_job`]) asks the mode's [`JobHooks`]
+//! whatever differs between modes instead of testing which mode it is.
+//!
+//! - [`RunMode::retarget`] is a pure `Plan -> Plan` function: the outputs a replay writes
+//!   beside the live run's, a worker's outputs tagged with its id and its state kept per
+//!   partition. It opens nothing, so each is unit tested on a planned pipeline.
+//! - [`RunMode::run`] drives the retargeted plan: one job restoring the plan's checkpoint, or
+//!   a pool worker's sequence of jobs over the partitions it is assigned.
+//! - [`JobHooks`], per job: where each source starts, how each sink is opened and wrapped,
+//!   what the live (SQL) state covers and which peers SQL reaches, and what reports progress.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use weir_engine::job::Sink;
+use weir_engine::live::LiveState;
+use weir_engine::stats::RunStats;
+use weir_query::Peers;
+
+use crate::connectors::{OpenSink, OpenSource, OpenedSource};
+use crate::plan::{Plan, PlannedSink, PlannedSource};
+use crate::run::{RunError, RunOptions, RunSummary};
+
+pub use crate::pool::PoolWorker;
+pub use crate::replay::Replay;
+
+/// How a plan runs: how it is retargeted, and what drives its jobs.
+pub trait RunMode: Send + Sync {
+    /// Its name, for logs and tests (`standalone`, `replay`, `pool worker`).
+    fn name(&self) -> &'static str;
+    /// The plan as this mode runs it; pure (opens nothing, reads no clock or broker).
+    fn retarget(&self, plan: Plan) -> Result<Plan, RunError>;
+    /// Runs `plan` (as configured: the mode retargets it) until its sources end or `opts.stop`.
+    fn run(&self, plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError>;
+}
+
+/// What one job asks of its mode. The defaults are a standalone run's.
+pub(crate) trait JobHooks {
+    /// Opens source `source`'s reader (`at.index` in the plan): where its partitions start.
+    fn open_source(
+        &self,
+        source: &PlannedSource,
+        at: OpenSource,
+    ) -> Result<OpenedSource, RunError> {
+        source.input.open(&at)
+    }
+    /// Opens sink `sink`, wrapped in what filters or counts its rows in this mode.
+    fn open_sink<'a>(
+        &'a self,
+        sink: &PlannedSink,
+        at: &mut OpenSink<'a>,
+    ) -> Result<Box<dyn Sink>, RunError> {
+        sink.target.open(at)
+    }
+    /// What the live state (SQL, views' changes) covers: all of it, or one worker's partitions.
+    fn live_scope(&self, state: LiveState) -> LiveState {
+        state
+    }
+    /// The other workers SQL queries reach, if any.
+    fn sql_peers(&self) -> Option<Arc<Peers>> {
+        None
+    }
+    /// Starts reporting the job's progress, if this mode does.
+    fn progress(&self, _stats: &Arc<RunStats>) -> Option<Reporter> {
+        None
+    }
+}
+
+/// A background thread reporting progress until [`Reporter::finish`].
+pub(crate) struct Reporter {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Reporter {
+    /// Runs `report` on its own thread, told to end through the flag it is given.
+    pub(crate) fn spawn(report: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        Reporter {
+            stop,
+            thread: std::thread::spawn(move || report(flag)),
+        }
+    }
+
+    /// Tells the reporter to end (it reports once more) and waits for it.
+    pub(crate) fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::warn!("the progress reporter panicked");
+        }
+    }
+}
+
+/// A run of the plan as configured: one job, restoring the plan's checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Standalone;
+
+impl RunMode for Standalone {
+    fn name(&self) -> &'static str {
+        "standalone"
+    }
+
+    fn retarget(&self, plan: Plan) -> Result<Plan, RunError> {
+        Ok(plan)
+    }
+
+    fn run(&self, plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
+        let plan = self.retarget(plan)?;
+        crate::run::run_single(&plan, opts, self)
+    }
+}
+
+impl JobHooks for Standalone {}
+
+/// The mode `opts` ask for: a replay (`opts.replay`), a pool worker (`opts.worker`), or
+/// standalone. A replay runs on its own: it cannot also be a pool worker.
+pub fn select(opts: &RunOptions) -> Result<Box<dyn RunMode>, RunError> {
+    Ok(match (&opts.replay, &opts.worker) {
+        (Some(_), Some(_)) => {
+            return Err(RunError::Pool(
+                "a replay runs on its own, with its own state: it cannot run as a pool worker"
+                    .into(),
+            ))
+        }
+        (Some(setup), None) => Box::new(Replay::new(setup.clone())),
+        (None, Some(worker)) => Box::new(PoolWorker::new(worker)),
+        (None, None) => Box::new(Standalone),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> Arc<crate::replay::ReplaySetup> {
+        Arc::new(crate::replay::ReplaySetup {
+            from_ms: 0,
+            to_ms: 60_000,
+            ranges: Vec::new(),
+            suffix: "replay-a-b".into(),
+            written: Default::default(),
+            read: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn the_options_select_the_mode() {
+        let name = |opts: &RunOptions| select(opts).map(|m| m.name());
+        assert_eq!(name(&RunOptions::default()).ok(), Some("standalone"));
+        let replay = RunOptions {
+            replay: Some(setup()),
+            ..Default::default()
+        };
+        assert_eq!(name(&replay).ok(), Some("replay"));
+        let worker = RunOptions {
+            worker: Some("w1".into()),
+            ..Default::default()
+        };
+        assert_eq!(name(&worker).ok(), Some("pool worker"));
+        let both = RunOptions {
+            replay: Some(setup()),
+            worker: Some("w1".into()),
+            ..Default::default()
+        };
+        match select(&both) {
+            Err(e @ RunError::Pool(_)) => {
+                assert_eq!(e.kind(), weir_engine::ErrorKind::User);
+                assert!(e.to_string().contains("cannot run as a pool worker"), "{e}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(m) => panic!("selected {}", m.name()),
+        }
+    }
+
+    #[test]
+    fn a_reporter_reports_until_finished() {
+        let reported = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = reported.clone();
+        let r = Reporter::spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        r.finish();
+        assert_eq!(reported.load(Ordering::Relaxed), 1);
+    }
+}
