@@ -27,17 +27,22 @@ use weir_engine::EngineError;
 
 /// A failure of a committed output. `retry` is set when the call changed nothing and the
 /// output may come back (a full disk, a read-only folder): the engine then retries it.
+/// Its text is `message`; the I/O error that caused it, if any, is its `cause` (printed by
+/// the chain, see [`weir_engine::error::chain`]).
 #[derive(Debug)]
 pub struct Error {
     pub message: String,
     pub retry: bool,
+    pub cause: Option<std::io::Error>,
 }
 
 impl Error {
-    /// `err` (this failure as the output's error), marked retryable when this one is.
-    pub fn into_engine(self, err: impl FnOnce(String) -> EngineError) -> EngineError {
-        let e = err(self.message);
-        if self.retry {
+    /// `err` (this failure as the output's error, which keeps it as its cause), marked
+    /// retryable when this one is.
+    pub fn into_engine(self, err: impl FnOnce(Error) -> EngineError) -> EngineError {
+        let retry = self.retry;
+        let e = err(self);
+        if retry {
             e.unavailable()
         } else {
             e
@@ -50,6 +55,7 @@ impl From<String> for Error {
         Error {
             message,
             retry: false,
+            cause: None,
         }
     }
 }
@@ -57,6 +63,12 @@ impl From<String> for Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_ref().map(|e| e as _)
     }
 }
 
@@ -76,8 +88,9 @@ fn io(e: std::io::Error) -> Error {
             | K::ResourceBusy
     ) || e.raw_os_error() == Some(5); // EIO
     Error {
-        message: e.to_string(),
+        message: String::new(),
         retry,
+        cause: Some(e),
     }
 }
 
@@ -85,7 +98,7 @@ fn io(e: std::io::Error) -> Error {
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| {
         let mut err = io(e);
-        err.message = format!("{}: {}", path.display(), err.message);
+        err.message = path.display().to_string();
         err
     }
 }
@@ -158,7 +171,11 @@ impl Appender {
                 .set_len(written)
                 .and_then(|_| self.file.seek(SeekFrom::Start(written)).map(|_| ()))
             {
-                err.message = format!("{err} (and cutting it back failed: {cut})");
+                err.message = format!(
+                    "{} (and cutting it back failed: {cut})",
+                    weir_engine::error::chain(&err)
+                );
+                err.cause = None;
                 err.retry = false;
             }
             return Err(err);
@@ -585,7 +602,7 @@ impl CommittedParts {
 pub(crate) fn sink_err(name: &str, path: &Path) -> impl Fn(Error) -> EngineError {
     let name = name.to_string();
     let path = path.display().to_string();
-    move |e| e.into_engine(|m| EngineError::sink(&name, format!("{path}: {m}")))
+    move |e| e.into_engine(|e| EngineError::sink_caused(&name, &path, e))
 }
 
 #[cfg(test)]

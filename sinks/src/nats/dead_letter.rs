@@ -46,7 +46,7 @@ pub struct DeadLetterNats {
 }
 
 fn dead_err(e: impl std::fmt::Display, retryable: bool) -> EngineError {
-    let e = EngineError::DeadLetter(e.to_string());
+    let e = EngineError::dead_letter(e);
     if retryable {
         e.unavailable()
     } else {
@@ -107,7 +107,7 @@ impl DeadLetterNats {
             config.max_in_flight,
             config.ack_timeout,
         )
-        .map_err(|e| dead_err(error_chain(&e), false))?;
+        .map_err(|e| EngineError::dead_letter_caused("", e))?;
         Ok(DeadLetterNats {
             config,
             link,
