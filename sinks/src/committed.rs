@@ -27,13 +27,13 @@ use weir_engine::EngineError;
 
 /// A failure of a committed output. `retry` is set when the call changed nothing and the
 /// output may come back (a full disk, a read-only folder): the engine then retries it.
-/// Its text is `message`; the I/O error that caused it, if any, is its `cause` (printed by
-/// the chain, see [`weir_engine::error::chain`]).
+/// Its text is `message`; the error that caused it (I/O, Parquet), if any, is its `cause`
+/// (printed by the chain, see [`weir_engine::error::chain`]).
 #[derive(Debug)]
 pub struct Error {
     pub message: String,
     pub retry: bool,
-    pub cause: Option<std::io::Error>,
+    pub cause: Option<weir_engine::error::Cause>,
 }
 
 impl Error {
@@ -68,7 +68,7 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause.as_ref().map(|e| e as _)
+        self.cause.as_deref().map(|e| e as _)
     }
 }
 
@@ -90,7 +90,7 @@ fn io(e: std::io::Error) -> Error {
     Error {
         message: String::new(),
         retry,
-        cause: Some(e),
+        cause: Some(e.into()),
     }
 }
 
@@ -108,9 +108,13 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
     io_at(path)(e)
 }
 
-/// A message that cannot be retried.
-fn fatal(e: impl std::fmt::Display) -> Error {
-    Error::from(e.to_string())
+/// A failure caused by `e` that cannot be retried.
+fn fatal(e: impl Into<weir_engine::error::Cause>) -> Error {
+    Error {
+        message: String::new(),
+        retry: false,
+        cause: Some(e.into()),
+    }
 }
 
 /// Bytes buffered before a file is written to.
@@ -614,6 +618,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn an_io_failure_stays_the_cause_of_the_sinks_error() {
+        let path = Path::new("/data/out.ndjson");
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e = sink_err("out", path)(io_error(path, full));
+        assert!(matches!(e, EngineError::Unavailable(_)), "a full disk is retried");
+        assert_eq!(e.to_string(), "sink `out`: /data/out.ndjson");
+        // the file is named once, though both the sink and the file's error name it
+        assert_eq!(
+            e.chain().to_string(),
+            "sink `out`: /data/out.ndjson: no space left"
+        );
+        // the I/O error is a value at the end of the chain
+        let mut last: &(dyn std::error::Error + 'static) = &e;
+        while let Some(next) = last.source() {
+            last = next;
+        }
+        let io = last.downcast_ref::<std::io::Error>().expect("the I/O error");
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
     }
 
     #[test]

@@ -127,7 +127,10 @@ impl DeadLetterNats {
             let messages: Vec<Outgoing> = self.pending.iter().map(|p| p.message.clone()).collect();
             let outcomes = self
                 .link
-                .get(|m| dead_err(m, false))?
+                .get(|m, e| match e {
+                    Some(e) => EngineError::dead_letter_caused(m, e),
+                    None => dead_err(m, false),
+                })?
                 .publish_all(&self.config.subject, &messages);
             let (mut keep, mut first, mut cut_any) = (Vec::new(), None, false);
             for (mut p, o) in std::mem::take(&mut self.pending).into_iter().zip(outcomes) {

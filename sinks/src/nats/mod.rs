@@ -247,7 +247,7 @@ impl NatsSink {
         let name = self.name.clone();
         let outcomes = self
             .link
-            .get(|m| EngineError::sink(&name, m))?
+            .get(|m, e| link_error(&name, m, e))?
             .publish_all(&self.config.subject, &messages);
         let total = self.pending.len();
         let mut keep = Vec::new();
@@ -278,7 +278,7 @@ impl NatsSink {
         if no_stream {
             // the server answers but no stream takes the subject: an error of the run
             let name = self.name.clone();
-            let publisher = self.link.get(|m| EngineError::sink(&name, m))?;
+            let publisher = self.link.get(|m, e| link_error(&name, m, e))?;
             if let Err(e @ NatsSinkError::NoStream { .. }) =
                 publisher.stream_for(&self.config.subject)
             {
@@ -313,6 +313,14 @@ fn outgoing(id: String, key: &[u8], payload: Bytes, traceparent: Option<&str>) -
         id,
         headers,
         payload,
+    }
+}
+
+/// The sink's error of its connection: `message`, caused by the client's error if any.
+fn link_error(name: &str, message: String, e: Option<NatsSinkError>) -> EngineError {
+    match e {
+        Some(e) => EngineError::sink_caused(name, message, e),
+        None => EngineError::sink(name, message),
     }
 }
 
