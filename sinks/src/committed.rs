@@ -625,7 +625,10 @@ mod tests {
         let path = Path::new("/data/out.ndjson");
         let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
         let e = sink_err("out", path)(io_error(path, full));
-        assert!(matches!(e, EngineError::Unavailable(_)), "a full disk is retried");
+        assert!(
+            matches!(e, EngineError::Unavailable(_)),
+            "a full disk is retried"
+        );
         assert_eq!(e.to_string(), "sink `out`: /data/out.ndjson");
         // the file is named once, though both the sink and the file's error name it
         assert_eq!(
@@ -637,7 +640,9 @@ mod tests {
         while let Some(next) = last.source() {
             last = next;
         }
-        let io = last.downcast_ref::<std::io::Error>().expect("the I/O error");
+        let io = last
+            .downcast_ref::<std::io::Error>()
+            .expect("the I/O error");
         assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
     }
 

@@ -142,20 +142,16 @@ impl DeadLetterNats {
                     }
                     Outcome::Failed(f) if !p.cut => {
                         tracing::warn!(msg_id = %p.message.id, error = %error_chain(&f), "dead letter over the size limit: its raw bytes are cut");
-                        p.message = message(&p.record, true).map_err(|e| dead_err(e, false))?;
+                        p.message = message(&p.record, true)
+                            .map_err(|e| EngineError::dead_letter_caused("", e))?;
                         p.cut = true;
                         cut_any = true;
                         keep.push(p);
                     }
-                    Outcome::Failed(f) => {
-                        return Err(dead_err(
-                            format!(
-                                "the server refused a dead letter for good, even with its raw bytes cut: {}",
-                                error_chain(&f)
-                            ),
-                            false,
-                        ))
-                    }
+                    Outcome::Failed(f) => return Err(EngineError::dead_letter_caused(
+                        "the server refused a dead letter for good, even with its raw bytes cut",
+                        f,
+                    )),
                 }
             }
             self.pending = keep;
@@ -181,7 +177,8 @@ impl DeadLetterSink for DeadLetterNats {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
         if !std::mem::take(&mut self.write_failed) {
             for r in records {
-                let message = message(r, false).map_err(|e| dead_err(e, false))?;
+                let message =
+                    message(r, false).map_err(|e| EngineError::dead_letter_caused("", e))?;
                 self.pending.push(PendingRecord {
                     record: r.clone(),
                     message,
