@@ -257,14 +257,20 @@ fn main() -> ExitCode {
     match dispatch(cli.command, &telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            let mut msg = format!("{}", f.error);
-            for cause in f.error.chain().skip(1) {
-                msg.push_str(&format!(": {cause}"));
-            }
-            eprintln!("error: {}", weir_pipelines::secrets::redact(&msg));
+            eprintln!(
+                "error: {}",
+                weir_pipelines::secrets::redact(&report(&f.error))
+            );
             ExitCode::from(f.code)
         }
     }
+}
+
+/// An error with its causes, `a: b: c` (each error keeps what caused it as its source;
+/// a cause its error already repeats is printed once).
+fn report(e: &anyhow::Error) -> String {
+    let e: &(dyn std::error::Error + 'static) = e.as_ref();
+    weir_engine::error::chain(e).to_string()
 }
 
 /// Sizes the process's I/O runtime from `WEIR_IO_THREADS` (see docs/src/environment.md).
@@ -435,7 +441,9 @@ fn dispatch(cmd: Command, telemetry: &telemetry::Telemetry) -> Result<(), Failur
                     Err(e) => {
                         eprintln!(
                             "error: sink `{name}`: {}",
-                            weir_pipelines::secrets::redact(&e.to_string())
+                            weir_pipelines::secrets::redact(
+                                &weir_engine::error::chain(&e).to_string()
+                            )
                         );
                         failed = Some(e);
                     }
@@ -722,4 +730,42 @@ fn generate_to_kafka(a: &GenerateArgs, cfg: GeneratorConfig, target: &str) -> Re
     producer.flush().map_err(runtime)?;
     tracing::info!(events = gen.produced(), brokers, topic, "produced");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_prints_an_error_with_its_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device");
+        let e = weir_engine::EngineError::sink_caused("out", "/data/out.ndjson", io).unavailable();
+        let run = RunError::from(e);
+        assert_eq!(run.kind(), weir_engine::ErrorKind::Retryable);
+        let failure = of_kind(run.kind(), run);
+        assert_eq!(failure.code, 2);
+        assert_eq!(
+            report(&failure.error),
+            "sink `out`: /data/out.ndjson: no space left on device"
+        );
+        // the original error is still a value at the end of the chain
+        let last = failure.error.chain().last().unwrap();
+        assert!(last.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn a_user_error_exits_with_status_1() {
+        let e = weir_engine::EngineError::source(
+            "in",
+            "a repartitioned source reads exactly one topic",
+        )
+        .user();
+        let run = RunError::from(e);
+        let failure = of_kind(run.kind(), run);
+        assert_eq!(failure.code, 1);
+        assert_eq!(
+            report(&failure.error),
+            "source `in`: a repartitioned source reads exactly one topic"
+        );
+    }
 }

@@ -60,7 +60,7 @@ pub fn drop_future(
     events
         .retain_rows(&keep)
         .map(Some)
-        .map_err(|e| EngineError::source(&partition.source, e))
+        .map_err(|e| EngineError::source_caused(&partition.source, "", e))
 }
 
 /// Logs a warning when a checkpoint restores a partition whose newest event time is more than

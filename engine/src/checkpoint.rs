@@ -51,8 +51,14 @@ const FORMAT_OLDEST: u32 = 1;
 /// cut out of a checkpoint (see [`partials_of_partitions`]).
 pub const PARTITION_COLUMN: &str = "__weir_partition";
 
-fn err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Checkpoint(e.to_string())
+/// A checkpoint error caused by `e`, which says it all.
+fn err(e: impl Into<crate::error::Cause>) -> EngineError {
+    EngineError::checkpoint_caused("", e)
+}
+
+/// A checkpoint error caused by `e` while doing what `message` says.
+fn caused(message: impl std::fmt::Display, e: impl Into<crate::error::Cause>) -> EngineError {
+    EngineError::checkpoint_caused(message, e)
 }
 
 /// What a complete checkpoint holds, besides the state files.
@@ -265,7 +271,7 @@ pub fn decode_partials(bytes: &[u8]) -> Result<Vec<PartialWindow>, EngineError> 
             .column(0)
             .as_any()
             .downcast_ref::<Int64Array>()
-            .ok_or_else(|| err("window_start is not an Int64 column"))?;
+            .ok_or_else(|| EngineError::checkpoint("window_start is not an Int64 column"))?;
         // rows of one window are consecutive
         let mut from = 0;
         while from < batch.num_rows() {

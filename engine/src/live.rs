@@ -76,7 +76,7 @@ impl LiveTableDef {
             batch.num_rows()
         ])));
         RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| EngineError::operator(&self.name, e))
+            .map_err(|e| EngineError::operator_caused(&self.name, "", e))
     }
 }
 

@@ -47,8 +47,14 @@ pub use crate::types::covers;
 use crate::types::PartialWindow;
 use crate::EngineError;
 
-fn err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Checkpoint(e.to_string())
+/// A checkpoint error caused by `e`, which says it all.
+fn err(e: impl Into<crate::error::Cause>) -> EngineError {
+    EngineError::checkpoint_caused("", e)
+}
+
+/// A checkpoint error caused by `e` while doing what `message` says.
+fn caused(message: impl std::fmt::Display, e: impl Into<crate::error::Cause>) -> EngineError {
+    EngineError::checkpoint_caused(message, e)
 }
 
 /// A checkpoint of one worker: where a partition's state is.
@@ -278,16 +284,11 @@ impl PoolStore {
 
     fn read_claim(&self, partition: &str, generation: u64) -> Result<Claim, EngineError> {
         let name = claim_name(partition, generation);
-        let bytes = self
-            .root
-            .get(&name)?
-            .ok_or_else(|| err(format!("{}/{name} disappeared", self.root.location())))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            err(format!(
-                "{}/{name} cannot be read: {e}",
-                self.root.location()
-            ))
-        })
+        let bytes = self.root.get(&name)?.ok_or_else(|| {
+            EngineError::checkpoint(format!("{}/{name} disappeared", self.root.location()))
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| caused(format!("{}/{name} cannot be read", self.root.location()), e))
     }
 
     /// Where `partition`'s state is under `claim`: the newest complete checkpoint its worker
@@ -544,7 +545,7 @@ impl PoolStore {
                     continue;
                 };
                 let column = columns.get(&rec.name).copied().ok_or_else(|| {
-                    err(format!(
+                    EngineError::checkpoint(format!(
                         "operator {} keeps no partition in its state",
                         rec.name
                     ))
@@ -611,7 +612,7 @@ impl PoolStore {
 
     fn manifest_of(&self, r: &StateRef) -> Result<Manifest, EngineError> {
         valid_manifest(&*self.store_of(&r.worker)?, r.epoch)?.ok_or_else(|| {
-            err(format!(
+            EngineError::checkpoint(format!(
                 "checkpoint {} of worker `{}` is gone from {} (or damaged): it holds \
                  partitions' state that no newer checkpoint has",
                 r.epoch,

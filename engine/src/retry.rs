@@ -189,11 +189,11 @@ impl<'a> Retrier<'a> {
                 return Err(e);
             };
             let inner = match *inner {
-                EngineError::RetryAfter { error, .. } => error,
+                EngineError::RetryAfter(d) => Box::new(d.error),
                 other => Box::new(other),
             };
             if self.policy.max_retries.is_some_and(|m| retry >= m) {
-                tracing::error!(output = %self.output, call = what, retries = retry, error = %inner, "giving up");
+                tracing::error!(output = %self.output, call = what, retries = retry, error = %inner.chain(), "giving up");
                 return Err(*inner);
             }
             self.consecutive += 1;
@@ -213,7 +213,7 @@ impl<'a> Retrier<'a> {
                     call = what,
                     consecutive_failures = self.consecutive,
                     open_for_ms = open_for.as_millis() as u64,
-                    error = %inner,
+                    error = %inner.chain(),
                     "circuit open"
                 );
                 self.open_until = Some(Instant::now() + open_for);
@@ -224,7 +224,7 @@ impl<'a> Retrier<'a> {
                     call = what,
                     retry = retry + 1,
                     backoff_ms = wait.as_millis() as u64,
-                    error = %inner,
+                    error = %inner.chain(),
                     "retrying"
                 );
                 wait

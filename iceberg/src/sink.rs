@@ -171,8 +171,8 @@ pub struct IcebergSink {
     checkpointed: bool,
 }
 
-fn engine_err(sink: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::sink(sink, e)
+fn engine_err(sink: &str, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+    EngineError::sink_caused(sink, "", e)
 }
 
 /// The epochs committed to `table` by `pipeline`'s sink `sink` (as pool worker `worker`, or
@@ -281,7 +281,7 @@ impl IcebergSink {
         })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> EngineError {
+    fn err(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
         engine_err(&self.config.sink, e)
     }
 

@@ -45,7 +45,7 @@ impl BatchError {
         if is_row_error(&e) {
             BatchError::Expression(e)
         } else {
-            BatchError::Engine(EngineError::operator(name, e))
+            BatchError::Engine(EngineError::operator_caused(name, "", e))
         }
     }
 }
@@ -170,7 +170,7 @@ pub(crate) fn process_isolating(
     dead.truncate(mark);
     let failing = exprs.failing_rows(&extend(events)?);
     if failing.is_empty() {
-        return Err(EngineError::operator(name, first));
+        return Err(EngineError::operator_caused(name, "", first));
     }
     tracing::warn!(
         operator = name,
@@ -179,8 +179,8 @@ pub(crate) fn process_isolating(
         "expression errors: rows dead-lettered"
     );
     let drop: Vec<usize> = failing.iter().map(|f| f.0).collect();
-    let (rest, rest_watermarks) =
-        without_rows(events, row_watermarks, &drop).map_err(|e| EngineError::operator(name, e))?;
+    let (rest, rest_watermarks) = without_rows(events, row_watermarks, &drop)
+        .map_err(|e| EngineError::operator_caused(name, "", e))?;
     for (i, what, message) in failing {
         dead.push(DeadLetter {
             partition: partition.clone(),
@@ -196,7 +196,7 @@ pub(crate) fn process_isolating(
     match attempt(&rest, &rest_watermarks, dead) {
         Ok(late) => Ok(late),
         Err(BatchError::Engine(e)) => Err(e),
-        Err(BatchError::Expression(e)) => Err(EngineError::operator(name, e)),
+        Err(BatchError::Expression(e)) => Err(EngineError::operator_caused(name, "", e)),
     }
 }
 

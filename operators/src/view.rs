@@ -257,7 +257,7 @@ fn with_hidden_columns(
         )));
     }
     RecordBatch::try_new(config.extended_schema(), columns)
-        .map_err(|e| EngineError::operator(&config.name, e))
+        .map_err(|e| EngineError::operator_caused(&config.name, "", e))
 }
 
 impl ViewWorker {
@@ -293,7 +293,7 @@ impl ViewWorker {
                     batch
                 } else {
                     subset = filter_record_batch(batch, pass)
-                        .map_err(|e| EngineError::operator(&config.name, e))?;
+                        .map_err(|e| EngineError::operator_caused(&config.name, "", e))?;
                     &subset
                 }
             }
@@ -440,7 +440,7 @@ pub struct ViewMerger {
 impl ViewMerger {
     /// The merger of `config`.
     pub fn new(config: Arc<ViewConfig>) -> Result<Self, EngineError> {
-        let err = |e| EngineError::operator(&config.name, e);
+        let err = |e| EngineError::operator_caused(&config.name, "", e);
         let key_schema = config.key_schema()?;
         let values = new_group_values(key_schema.clone(), &GroupOrdering::None).map_err(err)?;
         let keys = key_schema
@@ -494,8 +494,8 @@ impl ViewMerger {
         self.output.clone()
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::operator(&self.config.name, e)
+    fn err(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::operator_caused(&self.config.name, "", e)
     }
 
     /// Folded groups.
@@ -546,7 +546,7 @@ impl ViewMerger {
         let mut at = 0;
         for (acc, &len) in self.pending.iter_mut().zip(&self.state_lens) {
             acc.merge_batch(&partial.states[at..at + len], &self.local_ids, None, k)
-                .map_err(|e| EngineError::operator(&self.config.name, e))?;
+                .map_err(|e| EngineError::operator_caused(&self.config.name, "", e))?;
             at += len;
         }
         Ok(())
@@ -664,7 +664,7 @@ impl ViewMerger {
             let mut at = 0;
             for (acc, &len) in self.pending.iter_mut().zip(&self.state_lens) {
                 acc.merge_batch(&old[at..at + len], &old_locals, None, k)
-                    .map_err(|e| EngineError::operator(&self.config.name, e))?;
+                    .map_err(|e| EngineError::operator_caused(&self.config.name, "", e))?;
                 at += len;
             }
         }
@@ -762,7 +762,7 @@ fn accumulators(config: &ViewConfig) -> Result<Vec<Box<dyn GroupsAccumulator>>, 
         .iter()
         .map(|a| {
             a.accumulator()
-                .map_err(|e| EngineError::operator(&config.name, e))
+                .map_err(|e| EngineError::operator_caused(&config.name, "", e))
         })
         .collect()
 }

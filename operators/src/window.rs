@@ -73,7 +73,7 @@ pub(crate) fn key_schema(
             input
                 .field_with_name(k)
                 .map(|f| f.clone().with_nullable(true))
-                .map_err(|e| EngineError::operator(name, e))
+                .map_err(|e| EngineError::operator_caused(name, "", e))
         })
         .collect::<Result<Vec<Field>, _>>()?;
     Ok(Arc::new(Schema::new(fields)))
@@ -168,8 +168,8 @@ impl WindowConfig {
             .saturating_sub(self.allowed_lateness_ms)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::operator(&self.name, e)
+    fn err(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::operator_caused(&self.name, "", e)
     }
 }
 
@@ -195,7 +195,7 @@ impl Groups {
         aggregates: &[CompiledAggregate],
         key_schema: &SchemaRef,
     ) -> Result<Self, EngineError> {
-        let err = |e| EngineError::operator(name, e);
+        let err = |e| EngineError::operator_caused(name, "", e);
         let values = new_group_values(key_schema.clone(), &GroupOrdering::None).map_err(err)?;
         let accumulators = aggregates
             .iter()
@@ -254,7 +254,7 @@ impl Groups {
         group_ids: &mut Vec<usize>,
         name: &str,
     ) -> Result<(), EngineError> {
-        let err = |e: datafusion::error::DataFusionError| EngineError::operator(name, e);
+        let err = |e: datafusion::error::DataFusionError| EngineError::operator_caused(name, "", e);
         self.values.intern(&rows.keys, group_ids).map_err(err)?;
         let total = self.values.len();
         for ((acc, inputs), filter) in self
@@ -293,7 +293,7 @@ impl Groups {
         group_ids: &mut Vec<usize>,
         name: &str,
     ) -> Result<(), EngineError> {
-        let err = |e| EngineError::operator(name, e);
+        let err = |e| EngineError::operator_caused(name, "", e);
         self.values.intern(keys, group_ids).map_err(err)?;
         let total = self.values.len();
         let mut at = 0;
@@ -313,7 +313,7 @@ impl Groups {
         name: &str,
         count_overflows: bool,
     ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>), EngineError> {
-        let err = |e| EngineError::operator(name, e);
+        let err = |e| EngineError::operator_caused(name, "", e);
         let keys = self.values.emit(EmitTo::All).map_err(err)?;
         let mut values = Vec::with_capacity(aggregates.len());
         for (acc, agg) in self.accumulators.iter_mut().zip(aggregates) {
@@ -337,8 +337,8 @@ pub(crate) fn to_output(
     if v.data_type() == want.data_type() {
         return Ok(v);
     }
-    let out =
-        arrow::compute::cast(&v, want.data_type()).map_err(|e| EngineError::operator(name, e))?;
+    let out = arrow::compute::cast(&v, want.data_type())
+        .map_err(|e| EngineError::operator_caused(name, "", e))?;
     let overflowed = out.null_count().saturating_sub(v.null_count());
     if overflowed > 0 && count {
         agg.overflows
@@ -359,7 +359,7 @@ pub(crate) fn into_partial(
     mut g: Groups,
     name: &str,
 ) -> Result<PartialWindow, EngineError> {
-    let err = |e| EngineError::operator(name, e);
+    let err = |e| EngineError::operator_caused(name, "", e);
     let keys = g.values.emit(EmitTo::All).map_err(err)?;
     let mut states = Vec::new();
     for acc in g.accumulators.iter_mut() {
@@ -379,7 +379,10 @@ pub(crate) fn state_lens(
 ) -> Result<Vec<usize>, EngineError> {
     aggregates
         .iter()
-        .map(|a| a.state_len().map_err(|e| EngineError::operator(name, e)))
+        .map(|a| {
+            a.state_len()
+                .map_err(|e| EngineError::operator_caused(name, "", e))
+        })
         .collect()
 }
 

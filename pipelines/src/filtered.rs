@@ -28,28 +28,31 @@ impl Filtered {
     }
 
     fn matching(&self, batch: &RecordBatch) -> Result<RecordBatch, EngineError> {
-        let err = |e: &dyn std::fmt::Display| EngineError::sink(&self.name, format!("where: {e}"));
+        let err = |e: weir_engine::error::Cause| EngineError::sink_caused(&self.name, "where", e);
         let value = self
             .predicate
             .evaluate(batch)
             .and_then(|v| v.into_array(batch.num_rows()))
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(e.into()))?;
         let mask = value
             .as_any()
             .downcast_ref::<BooleanArray>()
             .cloned()
             .ok_or_else(|| {
-                err(&format!(
-                    "the predicate is {}, not boolean: it cannot choose rows",
-                    value.data_type()
-                ))
+                EngineError::sink(
+                    &self.name,
+                    format!(
+                        "where: the predicate is {}, not boolean: it cannot choose rows",
+                        value.data_type()
+                    ),
+                )
             })?;
         // nulls do not match
         let mask = match mask.nulls() {
             Some(_) => mask.iter().map(|v| Some(v == Some(true))).collect(),
             None => mask,
         };
-        filter_record_batch(batch, &mask).map_err(|e| err(&e))
+        filter_record_batch(batch, &mask).map_err(|e| err(e.into()))
     }
 }
 

@@ -159,29 +159,34 @@ impl JobHooks for PoolJob<'_> {
     }
 }
 
-/// Why a pipeline cannot run as a pool worker; `None` when it can.
+/// Why a pipeline cannot run as a pool worker, naming its file; `None` when it can.
 pub fn pool_refusal(plan: &Plan) -> Option<String> {
-    let file = plan.file.display();
+    refusal_reason(plan).map(|why| format!("{}: {why}", plan.file.display()))
+}
+
+/// Why a pipeline cannot run as a pool worker; `None` when it can.
+fn refusal_reason(plan: &Plan) -> Option<String> {
     if plan.checkpoint.is_none() {
-        return Some(format!(
-            "{file}: a worker pool keeps its state in the checkpoint store: add \
-             `checkpoint: {{ dir: ... }}` with a folder or object-store URL every worker reaches"
-        ));
+        return Some(
+            "a worker pool keeps its state in the checkpoint store: add \
+             `checkpoint: { dir: ... }` with a folder or object-store URL every worker reaches"
+                .to_string(),
+        );
     }
     for (i, s) in plan.sources.iter().enumerate() {
         let keyed = repartition_keys(plan, i) == Ok(None);
         if let Some(why) = s.input.pool_refusal(&s.name, keyed) {
-            return Some(format!("{file}: {why}"));
+            return Some(why);
         }
     }
     for i in 0..plan.sources.len() {
         if let Err(why) = repartition_keys(plan, i) {
-            return Some(format!("{file}: {why}"));
+            return Some(why);
         }
     }
     for s in &plan.sinks {
         if let Some(why) = s.target.pool_refusal(&s.name) {
-            return Some(format!("{file}: {why}"));
+            return Some(why);
         }
     }
     None
@@ -192,15 +197,9 @@ pub fn pool_refusal(plan: &Plan) -> Option<String> {
 /// the pool can run it.
 pub fn describe(plan: &Plan) -> String {
     let mut s = String::from("worker pool (weir run --worker ID, started N times): ");
-    match pool_refusal(plan) {
+    match refusal_reason(plan) {
         None => s.push_str("ready\n"),
-        Some(why) => {
-            let why = why
-                .strip_prefix(&format!("{}: ", plan.file.display()))
-                .unwrap_or(&why)
-                .to_string();
-            s.push_str(&format!("not possible: {why}\n"));
-        }
+        Some(why) => s.push_str(&format!("not possible: {why}\n")),
     }
     for (kind, name, source, keys) in keyed_outputs(plan) {
         let src = &plan.sources[source];

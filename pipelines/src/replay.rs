@@ -335,8 +335,8 @@ impl Sink for WindowRange {
         if keep.true_count() == batch.num_rows() {
             return self.inner.write(batch);
         }
-        let rows =
-            filter_record_batch(batch, &keep).map_err(|e| EngineError::sink(&self.name, e))?;
+        let rows = filter_record_batch(batch, &keep)
+            .map_err(|e| EngineError::sink_caused(&self.name, "", e))?;
         if rows.num_rows() > 0 {
             self.inner.write(&rows)?;
         }

@@ -27,17 +27,22 @@ use weir_engine::EngineError;
 
 /// A failure of a committed output. `retry` is set when the call changed nothing and the
 /// output may come back (a full disk, a read-only folder): the engine then retries it.
+/// Its text is `message`; the error that caused it (I/O, Parquet), if any, is its `cause`
+/// (printed by the chain, see [`weir_engine::error::chain`]).
 #[derive(Debug)]
 pub struct Error {
     pub message: String,
     pub retry: bool,
+    pub cause: Option<weir_engine::error::Cause>,
 }
 
 impl Error {
-    /// `err` (this failure as the output's error), marked retryable when this one is.
-    pub fn into_engine(self, err: impl FnOnce(String) -> EngineError) -> EngineError {
-        let e = err(self.message);
-        if self.retry {
+    /// `err` (this failure as the output's error, which keeps it as its cause), marked
+    /// retryable when this one is.
+    pub fn into_engine(self, err: impl FnOnce(Error) -> EngineError) -> EngineError {
+        let retry = self.retry;
+        let e = err(self);
+        if retry {
             e.unavailable()
         } else {
             e
@@ -50,6 +55,7 @@ impl From<String> for Error {
         Error {
             message,
             retry: false,
+            cause: None,
         }
     }
 }
@@ -57,6 +63,12 @@ impl From<String> for Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_deref().map(|e| e as _)
     }
 }
 
@@ -76,8 +88,9 @@ fn io(e: std::io::Error) -> Error {
             | K::ResourceBusy
     ) || e.raw_os_error() == Some(5); // EIO
     Error {
-        message: e.to_string(),
+        message: String::new(),
         retry,
+        cause: Some(e.into()),
     }
 }
 
@@ -85,7 +98,7 @@ fn io(e: std::io::Error) -> Error {
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| {
         let mut err = io(e);
-        err.message = format!("{}: {}", path.display(), err.message);
+        err.message = path.display().to_string();
         err
     }
 }
@@ -95,9 +108,13 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
     io_at(path)(e)
 }
 
-/// A message that cannot be retried.
-fn fatal(e: impl std::fmt::Display) -> Error {
-    Error::from(e.to_string())
+/// A failure caused by `e` that cannot be retried.
+fn fatal(e: impl Into<weir_engine::error::Cause>) -> Error {
+    Error {
+        message: String::new(),
+        retry: false,
+        cause: Some(e.into()),
+    }
 }
 
 /// Bytes buffered before a file is written to.
@@ -158,7 +175,11 @@ impl Appender {
                 .set_len(written)
                 .and_then(|_| self.file.seek(SeekFrom::Start(written)).map(|_| ()))
             {
-                err.message = format!("{err} (and cutting it back failed: {cut})");
+                err.message = format!(
+                    "{} (and cutting it back failed: {cut})",
+                    weir_engine::error::chain(&err)
+                );
+                err.cause = None;
                 err.retry = false;
             }
             return Err(err);
@@ -585,7 +606,7 @@ impl CommittedParts {
 pub(crate) fn sink_err(name: &str, path: &Path) -> impl Fn(Error) -> EngineError {
     let name = name.to_string();
     let path = path.display().to_string();
-    move |e| e.into_engine(|m| EngineError::sink(&name, format!("{path}: {m}")))
+    move |e| e.into_engine(|e| EngineError::sink_caused(&name, &path, e))
 }
 
 #[cfg(test)]
@@ -597,6 +618,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn an_io_failure_stays_the_cause_of_the_sinks_error() {
+        let path = Path::new("/data/out.ndjson");
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e = sink_err("out", path)(io_error(path, full));
+        assert!(
+            matches!(e, EngineError::Unavailable(_)),
+            "a full disk is retried"
+        );
+        assert_eq!(e.to_string(), "sink `out`: /data/out.ndjson");
+        // the file is named once, though both the sink and the file's error name it
+        assert_eq!(
+            e.chain().to_string(),
+            "sink `out`: /data/out.ndjson: no space left"
+        );
+        // the I/O error is a value at the end of the chain
+        let mut last: &(dyn std::error::Error + 'static) = &e;
+        while let Some(next) = last.source() {
+            last = next;
+        }
+        let io = last
+            .downcast_ref::<std::io::Error>()
+            .expect("the I/O error");
+        assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
     }
 
     #[test]

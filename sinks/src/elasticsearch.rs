@@ -249,7 +249,8 @@ const MAX_ID: usize = 512;
 impl ElasticsearchSink {
     /// A sink named `name`; nothing is sent until rows come.
     pub fn new(name: &str, config: ElasticsearchConfig) -> Result<Self, EngineError> {
-        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, e);
+        // what fails here is a setting: the user's to fix
+        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, e).user();
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(auth) = &config.auth {
             let value = match auth {
@@ -275,13 +276,16 @@ impl ElasticsearchSink {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.ca_file {
+            let at = format!("ca_file {}", ca.display());
             let pem =
-                std::fs::read(ca).map_err(|e| err(&format!("ca_file {}: {e}", ca.display())))?;
+                std::fs::read(ca).map_err(|e| EngineError::sink_caused(name, &at, e).user())?;
             let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| err(&format!("ca_file {}: {e}", ca.display())))?;
+                .map_err(|e| EngineError::sink_caused(name, &at, e).user())?;
             builder = builder.add_root_certificate(cert);
         }
-        let client = builder.build().map_err(|e| err(&e))?;
+        let client = builder
+            .build()
+            .map_err(|e| EngineError::sink_caused(name, "", e))?;
         Ok(ElasticsearchSink {
             name: name.to_string(),
             config,
@@ -298,12 +302,17 @@ impl ElasticsearchSink {
         })
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::sink(&self.name, e).unavailable()
+    fn unavailable(&self, message: impl std::fmt::Display) -> EngineError {
+        EngineError::sink(&self.name, message).unavailable()
     }
 
-    fn fatal(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::sink(&self.name, e)
+    fn fatal(&self, message: impl std::fmt::Display) -> EngineError {
+        EngineError::sink(&self.name, message)
+    }
+
+    /// A failure caused by `e`, which says it all.
+    fn caused(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::sink_caused(&self.name, "", e)
     }
 
     /// Sends a request to the next node (round-robin), going on to the others when one does
@@ -386,7 +395,7 @@ impl ElasticsearchSink {
             )));
         }
         if let Some((name, body)) = self.config.index_template.clone() {
-            let bytes = serde_json::to_vec(&body).map_err(|e| self.fatal(e))?;
+            let bytes = serde_json::to_vec(&body).map_err(|e| self.caused(e))?;
             let (status, answer) = self.request(
                 reqwest::Method::PUT,
                 &format!("/_index_template/{name}"),
@@ -419,7 +428,7 @@ impl ElasticsearchSink {
             return Ok(());
         }
         let body = json!({ "mappings": mapping(schema) });
-        let bytes = serde_json::to_vec(&body).map_err(|e| self.fatal(e))?;
+        let bytes = serde_json::to_vec(&body).map_err(|e| self.caused(e))?;
         let (status, answer) = self.request(
             reqwest::Method::PUT,
             &format!("/{index}"),
@@ -451,10 +460,10 @@ impl ElasticsearchSink {
         let doc_columns: Vec<usize> = (0..schema.fields().len())
             .filter(|&i| schema.field(i).name() != "op" || self.config.view_keys.is_none())
             .collect();
-        let doc_batch = batch.project(&doc_columns).map_err(|e| self.fatal(e))?;
+        let doc_batch = batch.project(&doc_columns).map_err(|e| self.caused(e))?;
         let key_batch = batch
             .project(&(0..key_count).collect::<Vec<_>>())
-            .map_err(|e| self.fatal(e))?;
+            .map_err(|e| self.caused(e))?;
         let starts = batch
             .column_by_name("window_start")
             .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
@@ -468,7 +477,7 @@ impl ElasticsearchSink {
             key_ends.push(keys.len());
             Ok(())
         })
-        .map_err(|e| self.fatal(e))?;
+        .map_err(|e| self.caused(e))?;
         // the index of each row
         let mut row_index: Vec<Arc<str>> = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
@@ -544,7 +553,7 @@ impl ElasticsearchSink {
             });
             Ok(())
         })
-        .map_err(|e| self.fatal(e))?;
+        .map_err(|e| self.caused(e))?;
         if batch.num_rows() > 0 {
             self.pending.since.get_or_insert_with(Instant::now);
         }
@@ -705,7 +714,7 @@ impl ElasticsearchSink {
         );
         gz.write_all(raw)
             .and_then(|_| gz.finish())
-            .map_err(|e| self.fatal(e))
+            .map_err(|e| self.caused(e))
     }
 
     /// The per-item outcomes of a bulk answer.
@@ -791,16 +800,10 @@ fn es_reason(v: &Value) -> String {
     }
 }
 
-/// An error with its causes (reqwest hides the reason of a refused connection in them).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// An error with its causes, `a: b: c` (reqwest hides the reason of a refused connection
+/// in them; see [`weir_engine::error::chain`]).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    weir_engine::error::chain(e).to_string()
 }
 
 /// The explicit mapping of rows of `schema`.

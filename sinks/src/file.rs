@@ -301,8 +301,8 @@ impl CommittedDeadLetterFile {
         }
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::DeadLetter(format!("{}: {e}", self.path.display()))
+    fn err(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::dead_letter_caused(self.path.display(), e)
     }
 
     /// An error of the committed file, retried when it can be.
@@ -388,7 +388,7 @@ pub struct DeadLetterFile {
 
 /// A dead-letter error of a file, retried when it can be.
 fn dead_letter_err(path: &Path, e: crate::committed::Error) -> EngineError {
-    e.into_engine(|m| EngineError::DeadLetter(format!("{}: {m}", path.display())))
+    e.into_engine(|e| EngineError::dead_letter_caused(path.display(), e))
 }
 
 impl DeadLetterFile {
@@ -410,11 +410,11 @@ impl DeadLetterSink for DeadLetterFile {
         let out = self
             .out
             .as_mut()
-            .ok_or_else(|| EngineError::DeadLetter("already closed".into()))?;
+            .ok_or_else(|| EngineError::dead_letter("already closed"))?;
         self.buf.clear();
         for r in records {
             serde_json::to_writer(&mut self.buf, &r.to_json())
-                .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", self.path.display())))?;
+                .map_err(|e| EngineError::dead_letter_caused(self.path.display(), e))?;
             self.buf.push(b'\n');
         }
         out.append(&self.buf)

@@ -155,9 +155,9 @@ impl Txn {
 impl KafkaSink {
     /// A sink named `name`.
     pub fn new(name: &str, config: KafkaSinkConfig) -> Result<Self, EngineError> {
-        ensure_topic(&config).map_err(|e| EngineError::sink(name, e))?;
+        ensure_topic(&config).map_err(|e| EngineError::sink_caused(name, "", e))?;
         let producer = Producer::new(&config.brokers, &producer_properties(&config))
-            .map_err(|e| EngineError::sink(name, e))?;
+            .map_err(|e| EngineError::sink_caused(name, "", e))?;
         let txn = match &config.delivery {
             KafkaDelivery::Idempotent => None,
             KafkaDelivery::ExactlyOnce { transactional_id } => Some(Txn {
@@ -166,7 +166,7 @@ impl KafkaSink {
                     &format!("weir-txn.{transactional_id}"),
                     &config.topic,
                 )
-                .map_err(|e| EngineError::sink(name, e))?,
+                .map_err(|e| EngineError::sink_caused(name, "", e))?,
                 id: transactional_id.clone(),
                 ready: false,
                 open: false,
@@ -197,9 +197,9 @@ impl KafkaSink {
 
     /// A transient failure: the producer is replaced at the next call, which sends every
     /// unacknowledged batch again first.
-    fn failed(&mut self, e: impl std::fmt::Display) -> EngineError {
+    fn failed(&mut self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
         self.broken = true;
-        EngineError::sink(&self.name, e).unavailable()
+        EngineError::sink_caused(&self.name, "", e).unavailable()
     }
 
     /// After a failure: a new producer, and every unacknowledged batch sent again (for a
@@ -209,7 +209,7 @@ impl KafkaSink {
             return Ok(());
         }
         let producer = Producer::new(&self.config.brokers, &producer_properties(&self.config))
-            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+            .map_err(|e| EngineError::sink_caused(&self.name, "", e).unavailable())?;
         // the old producer's queue is purged when it is dropped here
         self.producer = producer;
         if let Some(t) = self.txn.as_mut() {
@@ -226,7 +226,7 @@ impl KafkaSink {
         for batch in std::mem::take(&mut self.unacked) {
             let sent = self.send_batch(&batch);
             self.unacked.push(batch);
-            sent.map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+            sent.map_err(|e| EngineError::sink_caused(&self.name, "", e).unavailable())?;
         }
         self.broken = false;
         Ok(())
@@ -244,7 +244,7 @@ impl KafkaSink {
         };
         let committed = t
             .committed_epoch(&self.config)
-            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+            .map_err(|e| EngineError::sink_caused(&self.name, "", e).unavailable())?;
         t.uncertain = None;
         if committed.is_none_or(|c| c < epoch) {
             tracing::info!(sink = %self.name, epoch, "kafka: the transaction whose commit failed did not commit");
@@ -267,7 +267,7 @@ impl KafkaSink {
         };
         let err = |e: weir_kafka::KafkaError| {
             let fatal = matches!(e, weir_kafka::KafkaError::Transaction { fatal: true, .. });
-            let e = EngineError::sink(&self.name, e);
+            let e = EngineError::sink_caused(&self.name, "", e);
             if fatal {
                 e
             } else {
@@ -466,14 +466,14 @@ impl KafkaSink {
         };
         let committed = t
             .committed_epoch(&self.config)
-            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+            .map_err(|e| EngineError::sink_caused(&self.name, "", e).unavailable())?;
         let outbox = info["outbox"].as_str();
         let done = committed.is_some_and(|c| c >= epoch) || outbox.is_none();
         if !done {
             let batches = outbox
                 .map(outbox_decode)
                 .transpose()
-                .map_err(|e| EngineError::sink(&self.name, e))?
+                .map_err(|e| EngineError::sink_caused(&self.name, "", e))?
                 .unwrap_or_default();
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             tracing::info!(sink = %self.name, transactional_id = %t.id, epoch, rows, "kafka: committing the transaction of another worker's checkpoint, which it did not commit");
@@ -531,7 +531,7 @@ impl Sink for KafkaSink {
                 tracing::info!(sink = %self.name, "kafka: aborting the transaction of the rows after the last checkpoint");
                 self.producer
                     .abort_transaction()
-                    .map_err(|e| EngineError::sink(&self.name, e))
+                    .map_err(|e| EngineError::sink_caused(&self.name, "", e))
             }
             Some(_) => Ok(()),
             None => self.flush().map(|_| ()),
@@ -547,7 +547,8 @@ impl Sink for KafkaSink {
             _ => {}
         }
         self.flush()?;
-        let outbox = outbox_encode(&self.unacked).map_err(|e| EngineError::sink(&self.name, e))?;
+        let outbox = outbox_encode(&self.unacked)
+            .map_err(|e| EngineError::sink_caused(&self.name, "", e))?;
         let rows: usize = self.unacked.iter().map(|b| b.num_rows()).sum();
         let Some(t) = self.txn.as_mut() else {
             return Ok(serde_json::Value::Null);
@@ -607,7 +608,7 @@ impl Sink for KafkaSink {
         };
         let committed = t
             .committed_epoch(&self.config)
-            .map_err(|e| EngineError::sink(&self.name, e).unavailable())?;
+            .map_err(|e| EngineError::sink_caused(&self.name, "", e).unavailable())?;
         if let Some(c) = committed.filter(|&c| c > epoch) {
             // a restore from an older checkpoint than the newest (a damaged one skipped):
             // the rows of the epochs after it committed and cannot be taken back
@@ -629,7 +630,8 @@ impl Sink for KafkaSink {
             tracing::info!(sink = %self.name, epoch, "kafka: the restored checkpoint's transaction had committed");
             return Ok(());
         }
-        let batches = outbox_decode(outbox).map_err(|e| EngineError::sink(&self.name, e))?;
+        let batches =
+            outbox_decode(outbox).map_err(|e| EngineError::sink_caused(&self.name, "", e))?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         tracing::info!(sink = %self.name, epoch, rows, "kafka: the restored checkpoint's transaction did not commit; sending its rows again");
         for batch in &batches {
@@ -711,9 +713,9 @@ const TRUNCATED_RAW: usize = 64 << 10;
 impl DeadLetterKafka {
     /// Dead letters to `topic`.
     pub fn new(config: KafkaSinkConfig) -> Result<Self, EngineError> {
-        ensure_topic(&config).map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+        ensure_topic(&config).map_err(|e| EngineError::dead_letter_caused("", e))?;
         let producer = Producer::new(&config.brokers, &config.properties)
-            .map_err(|e| EngineError::DeadLetter(e.to_string()))?;
+            .map_err(|e| EngineError::dead_letter_caused("", e))?;
         Ok(DeadLetterKafka {
             config,
             producer,
@@ -724,9 +726,9 @@ impl DeadLetterKafka {
         })
     }
 
-    fn failed(&mut self, e: impl std::fmt::Display) -> EngineError {
+    fn failed(&mut self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
         self.broken = true;
-        EngineError::DeadLetter(e.to_string()).unavailable()
+        EngineError::dead_letter_caused("", e).unavailable()
     }
 
     /// After a failure: a new producer, and every unacknowledged record sent again.
@@ -735,11 +737,11 @@ impl DeadLetterKafka {
             return Ok(());
         }
         self.producer = Producer::new(&self.config.brokers, &self.config.properties)
-            .map_err(|e| EngineError::DeadLetter(e.to_string()).unavailable())?;
+            .map_err(|e| EngineError::dead_letter_caused("", e).unavailable())?;
         let records = std::mem::take(&mut self.unacked);
         let sent = records.iter().try_for_each(|r| self.send(r));
         self.unacked = records;
-        sent.map_err(|e| EngineError::DeadLetter(e).unavailable())?;
+        sent.map_err(|e| EngineError::dead_letter(e).unavailable())?;
         self.broken = false;
         Ok(())
     }
@@ -811,7 +813,7 @@ impl DeadLetterSink for DeadLetterKafka {
             return Err(self.failed(e));
         }
         if let Some(r) = self.producer.take_refused().first() {
-            return Err(EngineError::DeadLetter(format!(
+            return Err(EngineError::dead_letter(format!(
                 "the broker refused a dead letter for good ({}): {}",
                 r.code, r.message
             )));

@@ -165,10 +165,11 @@ impl FileReader {
         c
     }
 
-    fn source_err(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::source(
+    fn source_err(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::source_caused(
             &self.partitions[0].source,
-            format!("{}: {e}", self.paths[self.current].display()),
+            self.paths[self.current].display(),
+            e,
         )
     }
 
@@ -298,7 +299,7 @@ impl FileReader {
                     .by_ref()
                     .take(chunk_bytes as u64)
                     .read_to_end(&mut buf)
-                    .map_err(|e| EngineError::source("file", e))?;
+                    .map_err(|e| EngineError::source_caused("file", "", e))?;
                 if n == 0 {
                     *eof = true;
                     *carry = buf;

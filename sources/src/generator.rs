@@ -589,7 +589,7 @@ impl GeneratorReader {
             arrays,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )
-        .map_err(|e| EngineError::source(&self.partition.source, e))?;
+        .map_err(|e| EngineError::source_caused(&self.partition.source, "", e))?;
         Ok(EventBatch {
             batch,
             event_time: times,

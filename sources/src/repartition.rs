@@ -234,7 +234,8 @@ impl RepartitionSpec {
             _ => Err(EngineError::source(
                 &self.source,
                 "a repartitioned source reads exactly one topic",
-            )),
+            )
+            .user()),
         }
     }
 
@@ -242,7 +243,7 @@ impl RepartitionSpec {
     /// which it returns. An existing internal topic with another count is refused.
     pub fn prepare(&self) -> Result<usize, EngineError> {
         let upstream = self.upstream_topic()?;
-        let err = |e: weir_kafka::KafkaError| EngineError::source(&self.source, e);
+        let err = |e: weir_kafka::KafkaError| EngineError::source_caused(&self.source, "", e);
         let props = &self.input.properties;
         let brokers = &self.input.brokers;
         let timeout = Duration::from_secs(30);
@@ -299,7 +300,7 @@ impl RepartitionStage {
             .spawn(move || {
                 let result = stage.run();
                 if let Err(e) = &result {
-                    tracing::error!(error = %e, "the repartition stage failed");
+                    tracing::error!(error = %e.chain(), "the repartition stage failed");
                 }
                 let source = stage.spec.source.clone();
                 close_consumer(stage.consumer, &source, CLOSE_TIMEOUT);
@@ -403,14 +404,19 @@ struct Stage {
 }
 
 impl Stage {
-    fn err(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::source(&self.spec.source, format!("repartition stage: {e}"))
+    fn err(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::source_caused(&self.spec.source, "repartition stage", e)
+    }
+
+    /// A failure of the stage with only a message.
+    fn fault(&self, message: impl std::fmt::Display) -> EngineError {
+        EngineError::source(&self.spec.source, format!("repartition stage: {message}"))
     }
 
     fn connect(spec: RepartitionSpec, stop: Arc<AtomicBool>) -> Result<Stage, EngineError> {
         let upstream = spec.upstream_topic()?.to_string();
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            EngineError::source(&spec.source, format!("repartition stage: {what}: {e}"))
+        let fail = |what: &str, e: weir_engine::error::Cause| {
+            EngineError::source_caused(&spec.source, format!("repartition stage: {what}"), e)
         };
         let mut cfg = group_consumer_config(&spec.input, &spec.group(), true);
         // the stage reports no consumer lag of its own
@@ -426,12 +432,12 @@ impl Stage {
             .create_with_context(StageContext {
                 cooperative: is_cooperative(&cfg),
             })
-            .map_err(|e| fail("cannot create a consumer", &e))?;
+            .map_err(|e| fail("cannot create a consumer", e.into()))?;
         consumer
             .subscribe(&[upstream.as_str()])
-            .map_err(|e| fail("cannot subscribe", &e))?;
+            .map_err(|e| fail("cannot subscribe", e.into()))?;
         let producer = Producer::new(&spec.input.brokers, &spec.input.properties)
-            .map_err(|e| fail("cannot create a producer", &e))?;
+            .map_err(|e| fail("cannot create a producer", e.into()))?;
         Ok(Stage {
             spec,
             upstream,
@@ -637,7 +643,7 @@ impl Stage {
                 .iter()
                 .map(|k| {
                     ev.batch.column_by_name(k).cloned().ok_or_else(|| {
-                        self.err(format!("the decoded events have no key column `{k}`"))
+                        self.fault(format!("the decoded events have no key column `{k}`"))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -715,7 +721,7 @@ impl Stage {
         self.producer.flush().map_err(|e| self.err(e))?;
         let refused = self.producer.take_refused();
         if let Some(r) = refused.first() {
-            return Err(self.err(format!(
+            return Err(self.fault(format!(
                 "the repartition topic `{}` refused {} message(s): {}",
                 self.spec.topic,
                 refused.len(),
@@ -737,10 +743,11 @@ impl Stage {
 
 /// The high watermark of every partition of `topic`, read by a client outside the group.
 fn end_offsets(spec: &RepartitionSpec, topic: &str) -> Result<HashMap<i32, u64>, EngineError> {
-    let fail = |e: &dyn std::fmt::Display| {
-        EngineError::source(
+    let fail = |e: weir_engine::error::Cause| {
+        EngineError::source_caused(
             &spec.source,
-            format!("repartition stage: cannot read the end offsets of {topic}: {e}"),
+            format!("repartition stage: cannot read the end offsets of {topic}"),
+            e,
         )
     };
     let timeout = Duration::from_secs(30);
@@ -750,13 +757,13 @@ fn end_offsets(spec: &RepartitionSpec, topic: &str) -> Result<HashMap<i32, u64>,
         &[topic.to_string()],
         timeout,
     )
-    .map_err(|e| fail(&e))?;
-    let client = spec.client().map_err(|e| fail(&e))?;
+    .map_err(|e| fail(e.into()))?;
+    let client = spec.client().map_err(|e| fail(e.into()))?;
     let mut ends = HashMap::new();
     for p in 0..counts.first().copied().unwrap_or(0) as i32 {
         let (low, high) = client
             .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| fail(e.into()))?;
         ends.insert(p, if high <= low { 0 } else { high as u64 });
     }
     Ok(ends)

@@ -10,7 +10,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
-use super::{decode_partials, err, Manifest, Restored, FORMAT, FORMAT_OLDEST};
+use super::{caused, decode_partials, err, Manifest, Restored, FORMAT, FORMAT_OLDEST};
 use crate::EngineError;
 
 /// The object store of a URL (`s3://`, `gs://`, `az://`/`abfs://`, `file://`) and the path in
@@ -46,16 +46,16 @@ impl CheckpointStore {
     /// the usual environment variables, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`), or a local
     /// path, created when missing.
     pub fn open(location: &str) -> Result<Self, EngineError> {
-        let runtime = crate::io::runtime().map_err(|e| err(e.to_string()))?;
+        let runtime = crate::io::runtime().map_err(err)?;
         let is_url = location.contains("://");
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if is_url {
-            open_object_store(location).map_err(err)?
+            open_object_store(location).map_err(|m| EngineError::checkpoint(m).user())?
         } else {
             let path = Path::new(location);
             std::fs::create_dir_all(path)
-                .map_err(|e| err(format!("cannot create {location}: {e}")))?;
+                .map_err(|e| caused(format!("cannot create {location}"), e))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
-                .map_err(|e| err(format!("cannot open {location}: {e}")))?;
+                .map_err(|e| caused(format!("cannot open {location}"), e))?;
             (Arc::new(fs), ObjectPath::default())
         };
         Ok(CheckpointStore {
@@ -87,12 +87,12 @@ impl CheckpointStore {
         if let Some(root) = &self.local {
             return write_durably(&root.join(path.as_ref()), &bytes, false)
                 .map(|_| ())
-                .map_err(|e| err(format!("cannot write {}/{name}: {e}", self.location)));
+                .map_err(|e| caused(format!("cannot write {}/{name}", self.location), e));
         }
         self.runtime
             .block_on(self.store.put(&path, PutPayload::from(bytes)))
             .map(|_| ())
-            .map_err(|e| err(format!("cannot write {}/{name}: {e}", self.location)))
+            .map_err(|e| caused(format!("cannot write {}/{name}", self.location), e))
     }
 
     /// Stores an object only if none exists under that name; returns whether it did (the
@@ -101,7 +101,7 @@ impl CheckpointStore {
         let path = self.path(name);
         if let Some(root) = &self.local {
             return write_durably(&root.join(path.as_ref()), &bytes, true)
-                .map_err(|e| err(format!("cannot create {}/{name}: {e}", self.location)));
+                .map_err(|e| caused(format!("cannot create {}/{name}", self.location), e));
         }
         let opts = object_store::PutOptions {
             mode: object_store::PutMode::Create,
@@ -113,7 +113,7 @@ impl CheckpointStore {
         {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(err(format!("cannot create {}/{name}: {e}", self.location))),
+            Err(e) => Err(caused(format!("cannot create {}/{name}", self.location), e)),
         }
     }
 
@@ -126,9 +126,9 @@ impl CheckpointStore {
                     .bytes()
                     .await
                     .map(|b| Some(b.to_vec()))
-                    .map_err(|e| err(format!("cannot read {}/{name}: {e}", self.location))),
+                    .map_err(|e| caused(format!("cannot read {}/{name}", self.location), e)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(err(format!("cannot read {}/{name}: {e}", self.location))),
+                Err(e) => Err(caused(format!("cannot read {}/{name}", self.location), e)),
             }
         })
     }
@@ -153,7 +153,7 @@ impl CheckpointStore {
             let mut out = Vec::new();
             let mut s = self.store.list(Some(&below));
             while let Some(m) = s.next().await {
-                let m = m.map_err(|e| err(format!("cannot list {location}: {e}")))?;
+                let m = m.map_err(|e| caused(format!("cannot list {location}"), e))?;
                 let rel: Vec<_> = m
                     .location
                     .prefix_match(&prefix)
@@ -177,7 +177,7 @@ impl CheckpointStore {
             let path = self.path(name);
             match self.runtime.block_on(self.store.delete(&path)) {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(err(format!("cannot delete {name}: {e}"))),
+                Err(e) => return Err(caused(format!("cannot delete {name}"), e)),
             }
         }
         Ok(())

@@ -174,7 +174,7 @@ where
         .name(thread_name)
         .spawn(move || {
             if let Err(e) = f() {
-                tracing::debug!(thread = %name, error = %e, "thread failed");
+                tracing::debug!(thread = %name, error = %e.chain(), "thread failed");
                 failure.record(e);
             }
         })

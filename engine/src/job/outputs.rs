@@ -26,7 +26,8 @@ fn sink_error(name: &str, e: EngineError) -> EngineError {
     match e {
         EngineError::Sink { .. } => e,
         EngineError::Unavailable(inner) => sink_error(name, *inner).unavailable(),
-        other => EngineError::sink(name, other),
+        EngineError::User(inner) => sink_error(name, *inner).user(),
+        other => EngineError::sink_caused(name, "", other),
     }
 }
 

@@ -286,7 +286,7 @@ pub(crate) fn patiently(
     loop {
         match finish() {
             Err(EngineError::Unavailable(why)) if started.elapsed() < ROLL_FORWARD_PATIENCE => {
-                tracing::warn!(sink, worker, epoch, error = %why, "finishing another worker's commit: retrying");
+                tracing::warn!(sink, worker, epoch, error = %why.chain(), "finishing another worker's commit: retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }

@@ -245,7 +245,14 @@ fn exactly_once_needs_a_broker_with_transactions() {
         .unwrap();
     let mut s = txn_sink(&mock, "p.out");
     let e = s.recover(None).unwrap_err();
-    assert!(e.to_string().contains("transaction"), "{e}");
+    assert!(
+        e.chain().to_string().contains("transaction"),
+        "{}",
+        e.chain()
+    );
+    // the client's error is kept as the cause, not flattened to text
+    let cause = std::error::Error::source(&e).expect("a cause");
+    assert!(cause.is::<weir_kafka::KafkaError>(), "{cause:?}");
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub struct DeadLetterNats {
 }
 
 fn dead_err(e: impl std::fmt::Display, retryable: bool) -> EngineError {
-    let e = EngineError::DeadLetter(e.to_string());
+    let e = EngineError::dead_letter(e);
     if retryable {
         e.unavailable()
     } else {
@@ -107,7 +107,7 @@ impl DeadLetterNats {
             config.max_in_flight,
             config.ack_timeout,
         )
-        .map_err(|e| dead_err(error_chain(&e), false))?;
+        .map_err(|e| EngineError::dead_letter_caused("", e))?;
         Ok(DeadLetterNats {
             config,
             link,
@@ -127,7 +127,10 @@ impl DeadLetterNats {
             let messages: Vec<Outgoing> = self.pending.iter().map(|p| p.message.clone()).collect();
             let outcomes = self
                 .link
-                .get(|m| dead_err(m, false))?
+                .get(|m, e| match e {
+                    Some(e) => EngineError::dead_letter_caused(m, e),
+                    None => dead_err(m, false),
+                })?
                 .publish_all(&self.config.subject, &messages);
             let (mut keep, mut first, mut cut_any) = (Vec::new(), None, false);
             for (mut p, o) in std::mem::take(&mut self.pending).into_iter().zip(outcomes) {
@@ -139,20 +142,16 @@ impl DeadLetterNats {
                     }
                     Outcome::Failed(f) if !p.cut => {
                         tracing::warn!(msg_id = %p.message.id, error = %error_chain(&f), "dead letter over the size limit: its raw bytes are cut");
-                        p.message = message(&p.record, true).map_err(|e| dead_err(e, false))?;
+                        p.message = message(&p.record, true)
+                            .map_err(|e| EngineError::dead_letter_caused("", e))?;
                         p.cut = true;
                         cut_any = true;
                         keep.push(p);
                     }
-                    Outcome::Failed(f) => {
-                        return Err(dead_err(
-                            format!(
-                                "the server refused a dead letter for good, even with its raw bytes cut: {}",
-                                error_chain(&f)
-                            ),
-                            false,
-                        ))
-                    }
+                    Outcome::Failed(f) => return Err(EngineError::dead_letter_caused(
+                        "the server refused a dead letter for good, even with its raw bytes cut",
+                        f,
+                    )),
                 }
             }
             self.pending = keep;
@@ -178,7 +177,8 @@ impl DeadLetterSink for DeadLetterNats {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
         if !std::mem::take(&mut self.write_failed) {
             for r in records {
-                let message = message(r, false).map_err(|e| dead_err(e, false))?;
+                let message =
+                    message(r, false).map_err(|e| EngineError::dead_letter_caused("", e))?;
                 self.pending.push(PendingRecord {
                     record: r.clone(),
                     message,

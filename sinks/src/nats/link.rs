@@ -68,10 +68,11 @@ impl Link {
     }
 
     /// The publisher, connecting first if needed. A server that still does not answer is
-    /// an unavailable error (`err` builds the output's error from a message).
+    /// an unavailable error (`err` builds the output's error from a message and the
+    /// client's error that caused it, when there is one).
     pub(crate) fn get(
         &mut self,
-        err: impl Fn(String) -> EngineError,
+        err: impl Fn(String, Option<NatsSinkError>) -> EngineError,
     ) -> Result<&Publisher, EngineError> {
         if self.publisher.is_none() {
             match self.connect() {
@@ -79,13 +80,14 @@ impl Link {
                     tracing::info!(subject = %self.subject, stream = %facts.name, "nats: connected; publishing")
                 }
                 Err(e) if e.is_retryable() => {
-                    return Err(err(format!("{}; {WHILE_DOWN}", error_chain(&e))).unavailable())
+                    let m = format!("{}; {WHILE_DOWN}", error_chain(&e));
+                    return Err(err(m, None).unavailable());
                 }
-                Err(e) => return Err(err(error_chain(&e))),
+                Err(e) => return Err(err(String::new(), Some(e))),
             }
         }
         self.publisher
             .as_ref()
-            .ok_or_else(|| err("nats: no connection".into()))
+            .ok_or_else(|| err("nats: no connection".into(), None))
     }
 }

@@ -116,7 +116,7 @@ impl NatsSink {
             config.max_in_flight,
             config.ack_timeout,
         )
-        .map_err(|e| EngineError::sink(name, error_chain(&e)))?;
+        .map_err(|e| EngineError::sink_caused(name, "", e))?;
         if let Some(facts) = facts {
             tracing::info!(
                 sink = %name,
@@ -147,8 +147,13 @@ impl NatsSink {
         })
     }
 
-    fn fatal(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::sink(&self.name, e)
+    fn fatal(&self, message: impl std::fmt::Display) -> EngineError {
+        EngineError::sink(&self.name, message)
+    }
+
+    /// A failure caused by `e`, which says it all.
+    fn caused(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::sink_caused(&self.name, "", e)
     }
 
     /// The number of key columns of `batch`'s rows (a view's keys; a window's group keys
@@ -170,19 +175,19 @@ impl NatsSink {
         let key_count = self.key_count(batch)?;
         let key_batch = batch
             .project(&(0..key_count).collect::<Vec<_>>())
-            .map_err(|e| self.fatal(e))?;
+            .map_err(|e| self.caused(e))?;
         let mut keys: Vec<Vec<u8>> = Vec::with_capacity(batch.num_rows());
         for_each_json_row(&key_batch, &mut self.line, |_, k| {
             keys.push(k.to_vec());
             Ok(())
         })
-        .map_err(|e| self.fatal(e))?;
+        .map_err(|e| self.caused(e))?;
         let mut rows: Vec<Bytes> = Vec::with_capacity(batch.num_rows());
         for_each_json_row(batch, &mut self.line, |_, r| {
             rows.push(Bytes::copy_from_slice(r));
             Ok(())
         })
-        .map_err(|e| self.fatal(e))?;
+        .map_err(|e| self.caused(e))?;
         let payloads = match self.config.format {
             NatsFormat::Json => rows.clone(),
             NatsFormat::Avro => self.avro_rows(batch),
@@ -242,7 +247,7 @@ impl NatsSink {
         let name = self.name.clone();
         let outcomes = self
             .link
-            .get(|m| EngineError::sink(&name, m))?
+            .get(|m, e| link_error(&name, m, e))?
             .publish_all(&self.config.subject, &messages);
         let total = self.pending.len();
         let mut keep = Vec::new();
@@ -273,11 +278,11 @@ impl NatsSink {
         if no_stream {
             // the server answers but no stream takes the subject: an error of the run
             let name = self.name.clone();
-            let publisher = self.link.get(|m| EngineError::sink(&name, m))?;
+            let publisher = self.link.get(|m, e| link_error(&name, m, e))?;
             if let Err(e @ NatsSinkError::NoStream { .. }) =
                 publisher.stream_for(&self.config.subject)
             {
-                return Err(self.fatal(e));
+                return Err(self.caused(e));
             }
         }
         Err(self
@@ -311,19 +316,18 @@ fn outgoing(id: String, key: &[u8], payload: Bytes, traceparent: Option<&str>) -
     }
 }
 
-/// An error with its causes, for messages.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.ends_with(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
+/// The sink's error of its connection: `message`, caused by the client's error if any.
+fn link_error(name: &str, message: String, e: Option<NatsSinkError>) -> EngineError {
+    match e {
+        Some(e) => EngineError::sink_caused(name, message, e),
+        None => EngineError::sink(name, message),
     }
-    s
+}
+
+/// An error with its causes, `a: b: c` (reqwest hides the reason of a refused connection
+/// in them; see [`weir_engine::error::chain`]).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    weir_engine::error::chain(e).to_string()
 }
 
 impl Sink for NatsSink {

@@ -162,7 +162,6 @@ impl PostgresSink {
         schema: &SchemaRef,
         exactly_once: bool,
     ) -> Result<Self, EngineError> {
-        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, e);
         // outside a pool the name is the one earlier versions used
         let mut id = format!("{}\0{name}\0{}", config.pipeline, config.table);
         if !config.worker.is_empty() {
@@ -176,16 +175,21 @@ impl PostgresSink {
             config.table.sibling("weir_stage")
         };
         let layout = Layout::new(config.table.clone(), staging, schema, config.view_keys)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| EngineError::sink_caused(name, "", e))?;
         let columns = layout
             .columns
             .iter()
-            .map(|(n, _)| schema.index_of(n).map_err(|e| err(&e)))
+            .map(|(n, _)| {
+                schema
+                    .index_of(n)
+                    .map_err(|e| EngineError::sink_caused(name, "", e))
+            })
             .collect::<Result<_, _>>()?;
         let op = config
             .view_keys
             .and_then(|_| schema.index_of(OP_COLUMN).ok());
-        let runtime = weir_engine::io::runtime().map_err(|e| err(&e))?;
+        let runtime =
+            weir_engine::io::runtime().map_err(|e| EngineError::sink_caused(name, "", e))?;
         Ok(PostgresSink {
             name: name.to_string(),
             config,
@@ -315,7 +319,7 @@ impl PostgresSink {
                 }
                 None => encode::encode(b, &self.columns, self.op, epoch, &mut seq, &mut lines),
             }
-            .map_err(|e| EngineError::sink(&self.name, e))?;
+            .map_err(|e| EngineError::sink_caused(&self.name, "", e))?;
         }
         // a staged batch merged at once (without checkpoints) skips the merge's sort when
         // its keys are distinct; with checkpoints, rows of several batches are merged

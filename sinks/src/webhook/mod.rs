@@ -189,7 +189,8 @@ pub struct WebhookSink {
 impl WebhookSink {
     /// A sink named `name`; nothing is sent until rows come.
     pub fn new(name: &str, config: WebhookConfig) -> Result<Self, EngineError> {
-        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, e);
+        // what fails here is a setting: the user's to fix
+        let err = |e: &dyn std::fmt::Display| EngineError::sink(name, e).user();
         if config.secrets.is_empty() {
             return Err(err(&"a webhook sink needs a secret"));
         }
@@ -209,7 +210,7 @@ impl WebhookSink {
             .pool_max_idle_per_host(config.max_in_flight.max(1))
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| err(&e))?;
+            .map_err(|e| EngineError::sink_caused(name, "", e))?;
         Ok(WebhookSink {
             name: name.to_string(),
             config,
@@ -229,8 +230,13 @@ impl WebhookSink {
         self.stats.clone()
     }
 
-    fn fatal(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::sink(&self.name, e)
+    fn fatal(&self, message: impl std::fmt::Display) -> EngineError {
+        EngineError::sink(&self.name, message)
+    }
+
+    /// A failure caused by `e`, which says it all.
+    fn caused(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::sink_caused(&self.name, "", e)
     }
 
     /// Appends `batch`'s rows as pending row objects with their ids, lanes and URLs; a row
@@ -302,7 +308,7 @@ impl WebhookSink {
             });
             Ok(())
         })
-        .map_err(|e| self.fatal(e))?;
+        .map_err(|e| self.caused(e))?;
         if let Some(e) = refused.first() {
             tracing::warn!(sink = %self.name, rows = refused.len(), error = %e, "rows without a URL sent to the dead-letter output");
         }
@@ -316,7 +322,7 @@ impl WebhookSink {
     fn key_json(&mut self, batch: &RecordBatch, count: usize) -> Result<KeyJson, EngineError> {
         let key_batch = batch
             .project(&(0..count).collect::<Vec<_>>())
-            .map_err(|e| self.fatal(e))?;
+            .map_err(|e| self.caused(e))?;
         let mut out = KeyJson {
             bytes: Vec::new(),
             ends: Vec::with_capacity(batch.num_rows()),
@@ -326,7 +332,7 @@ impl WebhookSink {
             out.ends.push(out.bytes.len());
             Ok(())
         })
-        .map_err(|e| self.fatal(e))?;
+        .map_err(|e| self.caused(e))?;
         Ok(out)
     }
 
@@ -354,7 +360,7 @@ impl WebhookSink {
             formatters.push((
                 *c,
                 col.clone(),
-                ArrayFormatter::try_new(col.as_ref(), &opts).map_err(|e| self.fatal(e))?,
+                ArrayFormatter::try_new(col.as_ref(), &opts).map_err(|e| self.caused(e))?,
             ));
         }
         let mut last: Option<(String, Arc<str>)> = None;
@@ -743,16 +749,10 @@ fn read_head(resp: &mut reqwest::blocking::Response) -> Vec<u8> {
     head
 }
 
-/// An error with its causes (reqwest hides the reason of a refused connection in them).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// An error with its causes, `a: b: c` (reqwest hides the reason of a refused connection
+/// in them; see [`weir_engine::error::chain`]).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    weir_engine::error::chain(e).to_string()
 }
 
 impl Sink for WebhookSink {

@@ -283,11 +283,12 @@ impl KafkaReader {
         (local < self.partitions.len()).then_some(local)
     }
 
-    pub(super) fn err(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
-        EngineError::Source {
-            source_name: self.name.to_string(),
-            message: format!("kafka ({}): {what}: {e}", self.config.brokers),
-        }
+    pub(super) fn err(&self, what: &str, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        EngineError::source_caused(
+            &self.name,
+            format!("kafka ({}): {what}", self.config.brokers),
+            e,
+        )
     }
 
     pub(super) fn connect(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {

@@ -134,7 +134,7 @@ impl NatsPoolReader {
     fn join_run(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
         for (key, generation) in self.to_release.drain(..) {
             if let Err(e) = self.pool.release(&key, generation) {
-                tracing::warn!(partition = %key, "cannot record the release of a partition: {e}");
+                tracing::warn!(partition = %key, "cannot record the release of a partition: {}", e.chain());
             }
         }
         self.handed_over = false;
@@ -206,7 +206,7 @@ impl NatsPoolReader {
                 // claimed by another worker meanwhile, or the store failed: the next look
                 // at the assignment tries again
                 Err(e) => {
-                    tracing::warn!(partition = %key, error = %e, "nats: cannot claim a partition (trying again)")
+                    tracing::warn!(partition = %key, error = %e.chain(), "nats: cannot claim a partition (trying again)")
                 }
             }
         }
@@ -245,7 +245,7 @@ impl PartitionReader for NatsPoolReader {
                     // the store did not answer: the partitions stay as they are for now
                     // (fencing keeps a worker that lost them from committing for them)
                     Err(e) => {
-                        tracing::warn!(source = %self.name, error = %e, "nats: cannot read the pool's assignment (trying again)")
+                        tracing::warn!(source = %self.name, error = %e.chain(), "nats: cannot read the pool's assignment (trying again)")
                     }
                 }
             }

@@ -98,9 +98,7 @@ impl NatsReader {
             .thread_name("weir-nats-source")
             .enable_all()
             .build()
-            .map_err(|e| {
-                EngineError::source(&name, format!("nats: cannot start a runtime: {e}"))
-            })?;
+            .map_err(|e| EngineError::source_caused(&name, "nats: cannot start a runtime", e))?;
         Ok(NatsReader {
             source,
             info: Arc::new(PartitionInfo {
@@ -196,13 +194,10 @@ impl NatsReader {
     }
 
     fn err(&self, e: NatsSourceError) -> EngineError {
-        EngineError::source(
+        EngineError::source_caused(
             &self.name,
-            format!(
-                "nats ({}): {}",
-                self.config.endpoint.describe_servers(),
-                e.chain()
-            ),
+            format!("nats ({})", self.config.endpoint.describe_servers()),
+            e,
         )
     }
 

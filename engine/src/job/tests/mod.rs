@@ -76,8 +76,9 @@ fn a_failing_sink_stops_the_job_with_its_error() {
         Duration::from_secs(20),
     )
     .unwrap_err();
+    let message = err.chain().to_string();
     match err {
-        EngineError::Sink { sink, message } => {
+        EngineError::Sink { sink, .. } => {
             assert_eq!(sink, "out");
             assert!(message.contains("the disk is full"), "{message}");
         }

@@ -162,7 +162,7 @@ impl SinkConnector for FileTarget {
                 None => Ok(()),
             },
         };
-        result.map_err(|e| EngineError::sink(sink, format!("{}: {e}", path.display())))
+        result.map_err(|e| EngineError::sink_caused(sink, path.display(), e))
     }
 
     fn local_file(&self) -> Option<&Path> {
@@ -214,7 +214,7 @@ impl DeadLetterConnector for FileDeadLetter {
     fn roll_forward(&self, worker: &str, m: &Manifest) -> Result<(), EngineError> {
         let path = tagged_path(&self.path, worker);
         CommittedLines::roll_forward(&path, &m.dead_letter)
-            .map_err(|e| EngineError::DeadLetter(format!("{}: {e}", path.display())))
+            .map_err(|e| EngineError::dead_letter_caused(path.display(), e))
     }
 }
 

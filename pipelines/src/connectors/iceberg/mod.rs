@@ -159,7 +159,7 @@ impl SinkConnector for IcebergTarget {
         };
         let config = iceberg_config(&self.pipeline, sink, self);
         weir_iceberg::pool::roll_forward(&config, worker, m.epoch, info)
-            .map_err(|e| EngineError::sink(sink, e))?;
+            .map_err(|e| EngineError::sink_caused(sink, "", e))?;
         Ok(())
     }
 }

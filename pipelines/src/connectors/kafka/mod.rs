@@ -198,8 +198,8 @@ impl SourceConnector for KafkaInput {
         if let Some(t) = at.caught_up_timeout {
             cfg.caught_up_timeout = t;
         }
-        let partitions =
-            KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(at.name, e))?;
+        let partitions = KafkaPartitions::discover(&cfg)
+            .map_err(|e| EngineError::source_caused(at.name, "", e))?;
         let keys = partitions.keys(&cfg);
         let (index, replay, resume) = (at.index, at.replay, at.resume);
         let reader = KafkaReader::new(index, at.name, at.first_partition, cfg, &partitions)

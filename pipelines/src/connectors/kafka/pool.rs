@@ -37,7 +37,7 @@ pub(crate) fn pooled(cfg: &KafkaSourceConfig, at: &PoolSource) -> Result<PooledS
     }
     cfg.pool = Some(pool_hook(at));
     let partitions =
-        KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source(at.name, e))?;
+        KafkaPartitions::discover(&cfg).map_err(|e| EngineError::source_caused(at.name, "", e))?;
     let keys = partitions.keys(&cfg);
     let reader = KafkaReader::new(at.index, at.name, at.first_partition, cfg, &partitions);
     Ok(PooledSource::new(reader, keys))
