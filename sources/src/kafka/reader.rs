@@ -387,7 +387,7 @@ impl KafkaReader {
             let polled = consumer.poll(timeout);
             // one clock read per few messages, not one per message (a visible share of the
             // source thread's time): `last_message` only needs to be right to a millisecond
-            if got % 64 == 0 {
+            if got.is_multiple_of(64) {
                 self.now = Instant::now();
             }
             let msg = match polled {
