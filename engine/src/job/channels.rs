@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,45 @@ pub(super) struct MergeMsg {
     pub(super) worker: usize,
     pub(super) partials: Vec<PartialWindow>,
     pub(super) upto: i64,
+}
+
+/// Closed by the merger while it holds messages a sink has no room for (see
+/// [`super::outbox::SinkOutbox`]): readers dispatch no new chunk until it opens again, so the
+/// rows held stay bounded by what was in flight, while barriers still pass (live snapshots
+/// are published, checkpoints start and wait for the sink).
+#[derive(Default)]
+pub(super) struct OutputGate {
+    closed: AtomicBool,
+    lock: Mutex<()>,
+    opened: Condvar,
+}
+
+impl OutputGate {
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Opens the gate and wakes the readers waiting at it.
+    pub(super) fn open(&self) {
+        if self.is_closed() && self.closed.swap(false, Ordering::AcqRel) {
+            let _g = self.lock.lock();
+            self.opened.notify_all();
+        }
+    }
+
+    /// Waits at most `timeout` for the gate to open.
+    pub(super) fn wait(&self, timeout: Duration) {
+        let Ok(g) = self.lock.lock() else {
+            return;
+        };
+        if self.is_closed() {
+            let _ = self.opened.wait_timeout(g, timeout);
+        }
+    }
 }
 
 /// Shared failure state: the first error stops everything.

@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use crossbeam_channel::SendTimeoutError;
 
-use super::channels::{Dispatcher, Failure, WorkerMsg, TICK};
+use super::channels::{Dispatcher, Failure, OutputGate, WorkerMsg, TICK};
 use crate::api::{PartitionReader, ReaderContext};
 use crate::events::ChunkData;
 use crate::EngineError;
 
-/// A reader's thread: dispatches its chunks round-robin to the workers.
+/// A reader's thread: dispatches its chunks round-robin to the workers, each once the
+/// merger's [`OutputGate`] is open (it holds no rows for a sink without room).
 pub(super) fn read_source(
     mut reader: Box<dyn PartitionReader>,
-    dispatcher: &Mutex<Dispatcher>,
+    (dispatcher, gate): (&Mutex<Dispatcher>, &OutputGate),
     ctx: &ReaderContext,
     failure: &Failure,
 ) -> Result<(), EngineError> {
@@ -24,6 +25,19 @@ pub(super) fn read_source(
         let read_at = Instant::now();
         if failure.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
+        }
+        // waits without the dispatcher's lock: barriers go on passing meanwhile
+        let mut pressed = false;
+        while gate.is_closed() {
+            if failure.cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            gate.wait(TICK);
+            if gate.is_closed() {
+                // as when the workers' queues are full for a tick
+                pressed = true;
+                reader.backpressure(ctx)?;
+            }
         }
         let mut d = dispatcher.lock().map_err(|_| poisoned())?;
         if d.senders.is_empty() {
@@ -40,7 +54,6 @@ pub(super) fn read_source(
             _ => None,
         };
         let mut msg = WorkerMsg::Chunk(chunk, read_at);
-        let mut pressed = false;
         loop {
             match d.senders[target].send_timeout(msg, TICK) {
                 Ok(()) => break,
