@@ -2,7 +2,7 @@
 //! dispatcher that feeds the workers, the checkpoint link and the failure state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -122,29 +122,44 @@ pub(super) struct MergeMsg {
     pub(super) upto: i64,
 }
 
-/// Closed by the merger while it holds messages a sink has no room for (see
-/// [`super::outbox::SinkOutbox`]): readers dispatch no new chunk until it opens again, so the
-/// rows held stay bounded by what was in flight, while barriers still pass (live snapshots
-/// are published, checkpoints start and wait for the sink).
+/// Closed while an output stage holds more messages than its channel's worth because an
+/// output cannot take them: the merger for a sink without room (see
+/// [`super::outbox::SinkOutbox`]), the dead-letter thread while it waits for the sinks to pass
+/// a checkpoint barrier. Readers dispatch no new chunk until it opens again, so what is held
+/// stays bounded by what was in flight, while barriers still pass (live snapshots are
+/// published, checkpoints start and wait for the sink).
 #[derive(Default)]
 pub(super) struct OutputGate {
-    closed: AtomicBool,
+    /// One bit per stage holding it closed ([`GATE_MERGER`], [`GATE_DEAD_LETTERS`]).
+    closed: AtomicU8,
     lock: Mutex<()>,
     opened: Condvar,
 }
 
+/// The merger's bit of the [`OutputGate`].
+pub(super) const GATE_MERGER: u8 = 1;
+/// The dead-letter thread's bit of the [`OutputGate`].
+pub(super) const GATE_DEAD_LETTERS: u8 = 2;
+
 impl OutputGate {
     pub(super) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::Acquire) != 0
     }
 
-    pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Stage `by` holds the gate closed.
+    pub(super) fn close(&self, by: u8) {
+        if self.closed.load(Ordering::Acquire) & by == 0 {
+            self.closed.fetch_or(by, Ordering::AcqRel);
+        }
     }
 
-    /// Opens the gate and wakes the readers waiting at it.
-    pub(super) fn open(&self) {
-        if self.is_closed() && self.closed.swap(false, Ordering::AcqRel) {
+    /// Stage `by` no longer holds the gate closed: once no stage does, the readers waiting at
+    /// it go on.
+    pub(super) fn open(&self, by: u8) {
+        if self.closed.load(Ordering::Acquire) & by == 0 {
+            return;
+        }
+        if self.closed.fetch_and(!by, Ordering::AcqRel) == by {
             let _g = self.lock.lock();
             self.opened.notify_all();
         }

@@ -525,6 +525,7 @@ impl Wiring {
             cancel: self.failure.cancel.clone(),
             epoch: outputs.start.first_epoch(),
             sinks,
+            gate: self.gate.clone(),
         };
         let done = self.output_done();
         self.spawn("dead-letter".into(), move || {

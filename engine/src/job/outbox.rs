@@ -2,9 +2,10 @@
 //! backoff, its circuit open) must not stop the merger: the merger publishes live snapshots
 //! and passes checkpoint barriers on, so SQL keeps answering and `/ready` names the sink
 //! rather than "the job is starting". When a sink's bounded channel is full, the merger
-//! holds the messages for it here, in order, and closes the [`OutputGate`]: readers then
-//! dispatch no new chunk, so what is held is bounded by what was already in flight (worker
-//! queues, the merger's input), and the sources stop reading as before. Barriers still pass:
+//! holds the messages for it here, in order, and past [`HOLD_FREELY`] of them closes the
+//! [`OutputGate`]: readers then dispatch no new chunk, so what is held is bounded by what was
+//! already in flight (worker queues, the merger's input), and the sources stop reading as
+//! before. Barriers still pass:
 //! a checkpoint barrier waits here behind the sink's rows, so the checkpoint completes only
 //! once the sink has pre-committed them.
 
@@ -14,14 +15,20 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Select, SendTimeoutError, Sender, TryRecvError, TrySendError};
 
-use super::channels::{Failure, MergeInput, OutputGate, SinkMsg, TICK};
+use super::channels::{Failure, MergeInput, OutputGate, SinkMsg, GATE_MERGER, TICK};
 use crate::EngineError;
+
+/// Messages the merger holds for the sinks before it closes the gate: as many as a sink's
+/// channel holds, the slack a slow sink had when the merger blocked on it.
+const HOLD_FREELY: usize = 16;
 
 /// The sinks' channels, with the messages held for those that had no room.
 pub(super) struct SinkOutbox {
     senders: Vec<Sender<SinkMsg>>,
     /// Per sink: messages its channel had no room for, oldest first.
     held: Vec<VecDeque<SinkMsg>>,
+    /// Messages held, for every sink.
+    held_count: usize,
     gate: Arc<OutputGate>,
 }
 
@@ -29,6 +36,7 @@ impl SinkOutbox {
     pub(super) fn new(senders: Vec<Sender<SinkMsg>>, gate: Arc<OutputGate>) -> Self {
         SinkOutbox {
             held: senders.iter().map(|_| VecDeque::new()).collect(),
+            held_count: 0,
             senders,
             gate,
         }
@@ -39,8 +47,8 @@ impl SinkOutbox {
         self.senders.len()
     }
 
-    /// Sends `msg` to sink `s` without waiting: held (and the gate closed) when the sink's
-    /// channel is full or messages are already held for it.
+    /// Sends `msg` to sink `s` without waiting: held when the sink's channel is full or
+    /// messages are already held for it (closing the gate past [`HOLD_FREELY`]).
     pub(super) fn send(
         &mut self,
         s: usize,
@@ -59,20 +67,23 @@ impl SinkOutbox {
         } else {
             msg
         };
-        if held.is_empty() {
+        held.push_back(msg);
+        self.held_count += 1;
+        if self.held_count > HOLD_FREELY && !self.gate.is_closed() {
             tracing::debug!(
                 sink = s,
-                "a sink has no room: the merger holds its rows and readers wait"
+                "a sink has no room: the merger holds its rows and the readers wait"
             );
         }
-        held.push_back(msg);
-        self.gate.close();
+        if self.held_count > HOLD_FREELY {
+            self.gate.close(GATE_MERGER);
+        }
         Ok(())
     }
 
     /// Whether messages are held for a sink.
     fn holding(&self) -> bool {
-        self.held.iter().any(|h| !h.is_empty())
+        self.held_count > 0
     }
 
     /// Moves held messages into the channels that have room; opens the gate once none is
@@ -81,7 +92,7 @@ impl SinkOutbox {
         for (tx, held) in self.senders.iter().zip(&mut self.held) {
             while let Some(msg) = held.pop_front() {
                 match tx.try_send(msg) {
-                    Ok(()) => {}
+                    Ok(()) => self.held_count -= 1,
                     Err(TrySendError::Full(m)) => {
                         held.push_front(m);
                         break;
@@ -91,7 +102,7 @@ impl SinkOutbox {
             }
         }
         if !self.holding() {
-            self.gate.open();
+            self.gate.open(GATE_MERGER);
         }
         Ok(())
     }
@@ -138,7 +149,10 @@ impl SinkOutbox {
             while let Some(mut msg) = held.pop_front() {
                 loop {
                     match tx.send_timeout(msg, TICK) {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            self.held_count -= 1;
+                            break;
+                        }
                         Err(SendTimeoutError::Timeout(m)) => {
                             if failure.cancel.load(Ordering::Relaxed) {
                                 return Err(EngineError::Cancelled);
@@ -152,7 +166,7 @@ impl SinkOutbox {
                 }
             }
         }
-        self.gate.open();
+        self.gate.open(GATE_MERGER);
         Ok(())
     }
 }

@@ -458,14 +458,23 @@ fn a_sink_failing_from_its_first_rows_does_not_hold_live_snapshots_or_checkpoint
         ..Default::default()
     };
     let calls = sink.calls.clone();
-    // one event per window, one chunk each
-    let times: Vec<[i64; 1]> = (0..WINDOWS).map(|k| [k * fakes::WINDOW]).collect();
+    let dead = RecordingDeadLetters::default();
+    let records = dead.records.clone();
+    // one event per window, one chunk each, and from the fourth on a late event too (a dead
+    // letter: the dead-letter output waits for the sink at each checkpoint)
+    let times: Vec<Vec<i64>> = (0..WINDOWS)
+        .map(|k| {
+            let mut t = vec![k * fakes::WINDOW];
+            t.extend((k >= 3).then(|| (k - 3) * fakes::WINDOW));
+            t
+        })
+        .collect();
     let slices: Vec<&[i64]> = times.iter().map(|t| &t[..]).collect();
     let mut spec = job(
         Box::new(FakeReader::new(partition_chunks(0, &slices))),
         1,
         sink,
-        RecordingDeadLetters::default(),
+        dead,
         2,
     );
     spec.sinks[0].retry = quick_retry();
@@ -522,7 +531,7 @@ fn a_sink_failing_from_its_first_rows_does_not_hold_live_snapshots_or_checkpoint
         "a checkpoint completed while the sink held none of its rows"
     );
     assert!(
-        RunStats::get(&stats.records_in) < WINDOWS as u64,
+        RunStats::get(&stats.records_in) < 2 * WINDOWS as u64 - 3,
         "the whole input was read while the sink failed"
     );
     assert!(stats.sink_health[0].errors.load(Ordering::Relaxed) >= 3);
@@ -533,6 +542,7 @@ fn a_sink_failing_from_its_first_rows_does_not_hold_live_snapshots_or_checkpoint
         .unwrap();
     let want: Vec<(i64, i64)> = (0..WINDOWS).map(|k| (k * fakes::WINDOW, 1)).collect();
     assert_eq!(written_windows(&calls), want);
+    assert_eq!(records.lock().unwrap().len(), WINDOWS as usize - 3);
     let (pre, committed) = lifecycle(&calls.lock().unwrap());
     assert_eq!(committed.last(), pre.last(), "the last epoch is committed");
     assert!(state.current().finished);
