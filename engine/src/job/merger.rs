@@ -12,7 +12,7 @@ use super::channels::{
     clock_status, Arrival, CheckpointLink, ClockRow, Failure, MergeInput, MergeMsg, OutputGate,
     SinkMsg,
 };
-use super::outbox::SinkOutbox;
+use super::outbox::{SinkOutbox, HOLD_PER_WORKER};
 use crate::api::MergeOperator;
 use crate::checkpoint::Part;
 use crate::clock::{Clocks, WATERMARK_MIN};
@@ -246,7 +246,7 @@ pub(super) fn merger_loop(
         upto: ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect(),
         covered: ops.iter().map(|_| vec![0; workers]).collect(),
         ops,
-        out: SinkOutbox::new(sinks, start.gate),
+        out: SinkOutbox::new(sinks, start.gate, HOLD_PER_WORKER * workers),
         emitted: start.emitted,
         live: start.live,
         link: start.link,

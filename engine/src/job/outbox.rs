@@ -2,7 +2,7 @@
 //! backoff, its circuit open) must not stop the merger: the merger publishes live snapshots
 //! and passes checkpoint barriers on, so SQL keeps answering and `/ready` names the sink
 //! rather than "the job is starting". When a sink's bounded channel is full, the merger
-//! holds the messages for it here, in order, and past [`HOLD_FREELY`] of them closes the
+//! holds the messages for it here, in order, and past a budget of them closes the
 //! [`OutputGate`]: readers then dispatch no new chunk, so what is held is bounded by what was
 //! already in flight (worker queues, the merger's input), and the sources stop reading as
 //! before. Barriers still pass:
@@ -18,9 +18,9 @@ use crossbeam_channel::{Receiver, Select, SendTimeoutError, Sender, TryRecvError
 use super::channels::{Failure, MergeInput, OutputGate, SinkMsg, GATE_MERGER, TICK};
 use crate::EngineError;
 
-/// Messages the merger holds for the sinks before it closes the gate: as many as a sink's
-/// channel holds, the slack a slow sink had when the merger blocked on it.
-const HOLD_FREELY: usize = 16;
+/// Messages the merger holds for the sinks, per worker, before it closes the gate: about
+/// the slack the workers had when the merger blocked on a full sink (its input's capacity).
+pub(super) const HOLD_PER_WORKER: usize = 64;
 
 /// The sinks' channels, with the messages held for those that had no room.
 pub(super) struct SinkOutbox {
@@ -29,14 +29,18 @@ pub(super) struct SinkOutbox {
     held: Vec<VecDeque<SinkMsg>>,
     /// Messages held, for every sink.
     held_count: usize,
+    /// Messages held past which the gate closes.
+    budget: usize,
     gate: Arc<OutputGate>,
 }
 
 impl SinkOutbox {
-    pub(super) fn new(senders: Vec<Sender<SinkMsg>>, gate: Arc<OutputGate>) -> Self {
+    /// The sinks' channels; the gate closes past `budget` messages held.
+    pub(super) fn new(senders: Vec<Sender<SinkMsg>>, gate: Arc<OutputGate>, budget: usize) -> Self {
         SinkOutbox {
             held: senders.iter().map(|_| VecDeque::new()).collect(),
             held_count: 0,
+            budget,
             senders,
             gate,
         }
@@ -48,7 +52,7 @@ impl SinkOutbox {
     }
 
     /// Sends `msg` to sink `s` without waiting: held when the sink's channel is full or
-    /// messages are already held for it (closing the gate past [`HOLD_FREELY`]).
+    /// messages are already held for it (closing the gate past the budget).
     pub(super) fn send(
         &mut self,
         s: usize,
@@ -69,13 +73,13 @@ impl SinkOutbox {
         };
         held.push_back(msg);
         self.held_count += 1;
-        if self.held_count > HOLD_FREELY && !self.gate.is_closed() {
+        if self.held_count > self.budget && !self.gate.is_closed() {
             tracing::debug!(
                 sink = s,
                 "a sink has no room: the merger holds its rows and the readers wait"
             );
         }
-        if self.held_count > HOLD_FREELY {
+        if self.held_count > self.budget {
             self.gate.close(GATE_MERGER);
         }
         Ok(())
