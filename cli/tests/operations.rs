@@ -741,6 +741,7 @@ fn a_full_disk_for_sixty_seconds_is_retried_with_backoff_and_nothing_is_lost() {
     let mut saw_open = false;
     let mut saw_unready = false;
     let mut events_in_during = Vec::new();
+    let mut live_rows = Vec::new();
     while failed_at.elapsed() < Duration::from_secs(60) {
         assert!(
             guard.0.try_wait().unwrap().is_none(),
@@ -753,17 +754,49 @@ fn a_full_disk_for_sixty_seconds_is_retried_with_backoff_and_nothing_is_lost() {
         events_in_during.push(s.sum("weir_events_in_total", &[]));
         let ready = http(port, "GET", "/ready", &[], b"");
         if ready.status == 503 {
-            // the sink fails from its first rows: until its circuit opens, the only other
-            // reason may be that no snapshot was published yet (the merger waits on the sink)
+            // the sink fails from its first rows: that is the reason, not the job's start
+            // (live snapshots do not wait on the sink)
             let body = String::from_utf8_lossy(&ready.body);
-            saw_unready |= body.contains("circuit open");
-            assert!(
-                body.contains("circuit open") || body.contains("the job is starting"),
-                "{body}"
-            );
+            saw_unready = true;
+            assert!(body.contains("sink `rows`: circuit open"), "{body}");
+            assert!(!body.contains("the job is starting"), "{body}");
         }
+        // the live window answers meanwhile, with what was read before the reading stopped
+        let n = sql_support::sql_json(port, "SELECT count(*) AS n FROM per_dataset");
+        live_rows.push(n[0]["n"].as_i64().unwrap_or(0));
         std::thread::sleep(Duration::from_millis(1000));
     }
+    assert!(
+        live_rows.last() > Some(&0),
+        "the live window had no rows during the outage: {live_rows:?}"
+    );
+    // its windows emitted before the outage stopped the reading are the oracle's
+    let finals = sql_support::sql_json(
+        port,
+        "SELECT datasetName, window_start, CAST(window_start AS BIGINT) AS start_ms, window_end, \
+         events, records FROM per_dataset WHERE is_final",
+    );
+    let starts: std::collections::HashSet<i64> = finals
+        .iter()
+        .filter_map(|r| r["start_ms"].as_i64())
+        .collect();
+    assert!(
+        !starts.is_empty(),
+        "no emitted window is queryable during the outage"
+    );
+    let expected_so_far: Vec<Row> = case
+        .expected
+        .iter()
+        .filter(|r| {
+            r["window_start"]
+                .as_i64()
+                .is_some_and(|s| starts.contains(&s))
+        })
+        .cloned()
+        .collect();
+    compare(&expected_so_far, &finals, &["datasetName"]).unwrap_or_else(|e| {
+        panic!("the emitted windows SQL shows during the outage differ from the oracle: {e}")
+    });
     let during = Samples::scrape(port);
     assert!(during.sum("weir_sink_retries_total", &[("sink", "rows")]) >= 5.0);
     assert!(during.sum("weir_sink_errors_total", &[("sink", "rows")]) >= 5.0);
@@ -869,6 +902,124 @@ fn a_full_disk_for_sixty_seconds_is_retried_with_backoff_and_nothing_is_lost() {
         "no recovery logged"
     );
     drop(guard);
+}
+
+#[test]
+fn a_sink_failing_from_its_first_rows_leaves_sql_answering_and_ready_naming_the_sink() {
+    let case = Case::new(200_000, 50);
+    let out = case.dir.path().join("out");
+    // no room at all: the sink's very first rows fail (its dead letters go elsewhere) at
+    // the first checkpoint (its first flush), before the first live snapshot; its circuit
+    // opens 3 s later
+    let disk = FullDisk::new(&out, 0);
+    let port = free_port();
+    let pipeline = case.pipeline(
+        &out,
+        &format!(
+            "    retry: {{ initial_backoff: 1s, max_backoff: 2s, jitter: 0.1, circuit_breaker: {{ failures: 3, open_for: 2s }} }}\n\
+             dead_letter: {{ file: {{ path: \"{dir}/dead_letter.ndjson\" }} }}\n\
+             checkpoint: {{ dir: \"{dir}/state\", interval: 100ms }}\n\
+             serve: {{ http: \"127.0.0.1:{port}\", refresh: 500ms }}\n",
+            dir = case.dir.path().display()
+        ),
+    );
+    let log_path = case.dir.path().join("run.log");
+    let mut child = Command::new(WEIR)
+        .args(["--log-format", "json", "run"])
+        .arg(&pipeline)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    disk.break_now();
+
+    // the circuit opens: /ready says so, naming the sink, and nothing says the job is
+    // still starting; SQL on the live window answers with what was read meanwhile
+    let started = Instant::now();
+    let body = loop {
+        assert!(
+            guard.0.try_wait().unwrap().is_none(),
+            "the run ended while its sink failed:\n{}",
+            log()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "/ready never named the sink's open circuit:\n{}",
+            log()
+        );
+        // (not listening yet at first)
+        if let Ok(ready) = sql_support::try_http(port, "GET", "/ready", &[], b"") {
+            let body = String::from_utf8_lossy(&ready.body).to_string();
+            if ready.status == 503 && body.contains("sink `rows`: circuit open") {
+                break body;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!body.contains("the job is starting"), "{body}");
+    assert_eq!(written_rows(&out), 0, "the sink wrote rows on a full disk");
+    let s = Samples::scrape(port);
+    assert_eq!(s.sum("weir_sink_circuit_state", &[("sink", "rows")]), 1.0);
+    assert!(s.sum("weir_sink_errors_total", &[("sink", "rows")]) >= 3.0);
+    // the reading stopped short of the input, and snapshots go on being published
+    assert!(s.sum("weir_events_in_total", &[]) < case.figure("lines"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = Samples::scrape(port);
+    assert!(
+        later.sum("weir_live_snapshot", &[]) > s.sum("weir_live_snapshot", &[])
+            && s.sum("weir_live_snapshot", &[]) >= 1.0,
+        "no new live snapshot while the sink fails: {} then {}",
+        s.sum("weir_live_snapshot", &[]),
+        later.sum("weir_live_snapshot", &[])
+    );
+    assert!(later.sum("weir_live_snapshot_age_seconds", &[]) < 5.0);
+    let rows = sql_support::sql_json(
+        port,
+        "SELECT count(*) AS n, count(*) FILTER (WHERE is_final) AS emitted FROM per_dataset",
+    );
+    assert!(
+        rows[0]["n"].as_i64().unwrap_or(0) > 0 && rows[0]["emitted"].as_i64().unwrap_or(0) > 0,
+        "the live window is empty while the sink fails: {rows:?}"
+    );
+
+    // the disk comes back: every row once
+    disk.free();
+    let status = loop {
+        if let Some(s) = guard.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the run did not finish after the disk came back:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{}", log());
+    compare(
+        &case.expected,
+        &read_ndjson(&out.join("per_dataset.ndjson")),
+        &["datasetName"],
+    )
+    .unwrap_or_else(|e| panic!("after the outage the rows differ from the oracle: {e}"));
+    drop(guard);
+}
+
+/// Lines the sink wrote to `out` so far.
+fn written_rows(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("per_dataset.ndjson"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 /// Secrets as a deployment passes them: environment variables.

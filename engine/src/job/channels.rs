@@ -2,8 +2,8 @@
 //! dispatcher that feeds the workers, the checkpoint link and the failure state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,60 @@ pub(super) struct MergeMsg {
     pub(super) worker: usize,
     pub(super) partials: Vec<PartialWindow>,
     pub(super) upto: i64,
+}
+
+/// Closed while an output stage holds more messages than its channel's worth because an
+/// output cannot take them: the merger for a sink without room (see
+/// [`super::outbox::SinkOutbox`]), the dead-letter thread while it waits for the sinks to pass
+/// a checkpoint barrier. Readers dispatch no new chunk until it opens again, so what is held
+/// stays bounded by what was in flight, while barriers still pass (live snapshots are
+/// published, checkpoints start and wait for the sink).
+#[derive(Default)]
+pub(super) struct OutputGate {
+    /// One bit per stage holding it closed ([`GATE_MERGER`], [`GATE_DEAD_LETTERS`]).
+    closed: AtomicU8,
+    lock: Mutex<()>,
+    opened: Condvar,
+}
+
+/// The merger's bit of the [`OutputGate`].
+pub(super) const GATE_MERGER: u8 = 1;
+/// The dead-letter thread's bit of the [`OutputGate`].
+pub(super) const GATE_DEAD_LETTERS: u8 = 2;
+
+impl OutputGate {
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) != 0
+    }
+
+    /// Stage `by` holds the gate closed.
+    pub(super) fn close(&self, by: u8) {
+        if self.closed.load(Ordering::Acquire) & by == 0 {
+            self.closed.fetch_or(by, Ordering::AcqRel);
+        }
+    }
+
+    /// Stage `by` no longer holds the gate closed: once no stage does, the readers waiting at
+    /// it go on.
+    pub(super) fn open(&self, by: u8) {
+        if self.closed.load(Ordering::Acquire) & by == 0 {
+            return;
+        }
+        if self.closed.fetch_and(!by, Ordering::AcqRel) == by {
+            let _g = self.lock.lock();
+            self.opened.notify_all();
+        }
+    }
+
+    /// Waits at most `timeout` for the gate to open.
+    pub(super) fn wait(&self, timeout: Duration) {
+        let Ok(g) = self.lock.lock() else {
+            return;
+        };
+        if self.is_closed() {
+            let _ = self.opened.wait_timeout(g, timeout);
+        }
+    }
 }
 
 /// Shared failure state: the first error stops everything.

@@ -9,8 +9,10 @@ use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::channels::{
-    clock_status, Arrival, CheckpointLink, ClockRow, Failure, MergeInput, MergeMsg, SinkMsg,
+    clock_status, Arrival, CheckpointLink, ClockRow, Failure, MergeInput, MergeMsg, OutputGate,
+    SinkMsg,
 };
+use super::outbox::{SinkOutbox, HOLD_PER_WORKER};
 use crate::api::MergeOperator;
 use crate::checkpoint::Part;
 use crate::clock::{Clocks, WATERMARK_MIN};
@@ -29,6 +31,8 @@ pub(super) struct MergerStart {
     pub(super) emitted: Vec<i64>,
     pub(super) link: Option<CheckpointLink>,
     pub(super) live: Option<LiveTables>,
+    /// Closed while the merger holds rows a sink has no room for.
+    pub(super) gate: Arc<OutputGate>,
 }
 
 /// Each partition's row of `weir_status`: its clocks, and its consumer lag from `stats`.
@@ -242,14 +246,15 @@ pub(super) fn merger_loop(
         upto: ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect(),
         covered: ops.iter().map(|_| vec![0; workers]).collect(),
         ops,
-        sinks,
+        out: SinkOutbox::new(sinks, start.gate, HOLD_PER_WORKER * workers),
         emitted: start.emitted,
         live: start.live,
         link: start.link,
         stats,
         failure,
     };
-    for input in rx {
+    // a sink without room does not stop the merger (see `outbox`)
+    while let Some(input) = m.out.next_input(&rx, failure)? {
         match input {
             MergeInput::Handover(msg) => m.handover(msg)?,
             MergeInput::LivePart {
@@ -282,6 +287,7 @@ pub(super) fn merger_loop(
     if failure.cancel.load(Ordering::SeqCst) {
         return Err(EngineError::Cancelled);
     }
+    m.out.send_held(failure)?;
     // Every worker finished: the last snapshot holds every window emitted and the views'
     // final rows.
     if let Some(l) = m.live.as_mut() {
@@ -296,7 +302,8 @@ struct Merger<'a> {
     ops: Vec<MergePart>,
     /// Per operator: when the watermark first passed each point not emitted yet.
     passed: Vec<PassedWatermarks>,
-    sinks: Vec<Sender<SinkMsg>>,
+    /// The sinks' channels, and what the merger holds for sinks without room.
+    out: SinkOutbox,
     /// Per operator and worker: the watermark of its last hand-over.
     upto: Vec<Vec<i64>>,
     /// Per operator and worker: its hand-overs so far.
@@ -347,9 +354,8 @@ impl Merger<'_> {
             }
             let since = window_end_of(&batch).map(|end| self.passed[msg.operator].since(end));
             for &s in sink_ids.iter() {
-                self.sinks[s]
-                    .send(SinkMsg::Rows(batch.clone(), since))
-                    .map_err(|_| self.failure.closed("a sink"))?;
+                self.out
+                    .send(s, SinkMsg::Rows(batch.clone(), since), self.failure)?;
             }
         }
         self.passed[msg.operator].emitted(wm);
@@ -359,13 +365,12 @@ impl Merger<'_> {
             }
         }
         for &s in sink_ids.iter() {
-            self.sinks[s]
-                .send(SinkMsg::Upto {
-                    op: msg.operator,
-                    upto: wm,
-                    covered: self.covered[msg.operator].clone(),
-                })
-                .map_err(|_| self.failure.closed("a sink"))?;
+            let upto = SinkMsg::Upto {
+                op: msg.operator,
+                upto: wm,
+                covered: self.covered[msg.operator].clone(),
+            };
+            self.out.send(s, upto, self.failure)?;
         }
         Ok(())
     }
@@ -390,9 +395,10 @@ impl Merger<'_> {
                 counters: self.stats.merger_counters(),
             })
             .map_err(|_| self.failure.closed("the checkpoint coordinator"))?;
-        for s in &self.sinks {
-            s.send(SinkMsg::Barrier(epoch))
-                .map_err(|_| self.failure.closed("a sink"))?;
+        // held behind the sink's rows when it has no room: the checkpoint completes only
+        // once the sink pre-committed them
+        for s in 0..self.out.sinks() {
+            self.out.send(s, SinkMsg::Barrier(epoch), self.failure)?;
         }
         Ok(())
     }
@@ -405,9 +411,8 @@ impl Merger<'_> {
             }
             for batch in merge.barrier_rows()? {
                 for &s in sink_ids.iter() {
-                    self.sinks[s]
-                        .send(SinkMsg::Rows(batch.clone(), None))
-                        .map_err(|_| self.failure.closed("a sink"))?;
+                    self.out
+                        .send(s, SinkMsg::Rows(batch.clone(), None), self.failure)?;
                 }
             }
         }

@@ -14,13 +14,15 @@
 //! channel blocks its sender, which is the backpressure that reaches back to the readers.
 //!
 //! [`run`] only wires the stages, each in a module of its own: `reader` (the reader
-//! threads), `worker`, `merger`, `outputs` (the sink and dead-letter threads, which share
-//! one commit lifecycle) and `coordinator` (checkpoint and live barriers); `channels` holds
-//! what they share. The traits and specs they run are in [`crate::api`], re-exported here.
+//! threads), `worker`, `merger`, `outbox` (what the merger holds for a sink without room,
+//! so that a failing sink does not stop live snapshots), `outputs` (the sink and dead-letter
+//! threads, which share one commit lifecycle) and `coordinator` (checkpoint and live
+//! barriers); `channels` holds what they share. The traits and specs they run are in [`crate::api`], re-exported here.
 
 mod channels;
 mod coordinator;
 mod merger;
+mod outbox;
 mod outputs;
 mod reader;
 #[cfg(test)]
@@ -50,8 +52,8 @@ use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
 use channels::{
-    spawn, CheckpointLink, DeadMsg, Dispatcher, Failure, MergeInput, SinkMsg, WorkerMsg,
-    WORKER_QUEUE,
+    spawn, CheckpointLink, DeadMsg, Dispatcher, Failure, MergeInput, OutputGate, SinkMsg,
+    WorkerMsg, WORKER_QUEUE,
 };
 use coordinator::{live_barriers, Coordinator};
 use merger::{merger_loop, LiveTables, MergePart, MergerStart};
@@ -279,6 +281,8 @@ struct Wiring {
     handover: Arc<AtomicBool>,
     /// Outputs still running; the last one to finish marks the progress final.
     outputs_left: Arc<AtomicUsize>,
+    /// Closed by the merger while a sink has no room: readers wait at it.
+    gate: Arc<OutputGate>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -325,6 +329,7 @@ impl Wiring {
             stop,
             handover: Arc::new(AtomicBool::new(false)),
             outputs_left: Arc::new(AtomicUsize::new(spec.sinks.len() + 1)),
+            gate: Arc::new(OutputGate::default()),
             threads: Vec::new(),
         }
     }
@@ -520,6 +525,7 @@ impl Wiring {
             cancel: self.failure.cancel.clone(),
             epoch: outputs.start.first_epoch(),
             sinks,
+            gate: self.gate.clone(),
         };
         let done = self.output_done();
         self.spawn("dead-letter".into(), move || {
@@ -545,6 +551,7 @@ impl Wiring {
         let (merge_tx, merge_rx) = bounded::<MergeInput>(64 * n);
         let failure = self.failure.clone();
         let stats = self.stats.clone();
+        let gate = self.gate.clone();
         let live = live.map(|l| {
             let clocks = self.clocks.clone();
             LiveTables::new(l.state, &self.partition_keys, clocks, op_sources)
@@ -559,6 +566,7 @@ impl Wiring {
                     emitted,
                     link,
                     live,
+                    gate,
                 },
                 &stats,
                 &failure,
@@ -621,8 +629,9 @@ impl Wiring {
             };
             let failure = self.failure.clone();
             let reader = source.reader;
+            let gate = self.gate.clone();
             self.spawn(format!("source-{}", source.name), move || {
-                read_source(reader, &dispatcher, &ctx, &failure)
+                read_source(reader, (&dispatcher, &gate), &ctx, &failure)
             })?;
         }
         Ok(())

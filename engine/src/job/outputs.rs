@@ -4,7 +4,7 @@
 //! barrier, commit each epoch once its checkpoint is complete, and at the end commit the
 //! last one; then finish the output.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::channels::{CheckpointLink, DeadMsg, SinkMsg, DURABLE_EVERY, TICK};
+use super::channels::{
+    CheckpointLink, DeadMsg, OutputGate, SinkMsg, DURABLE_EVERY, GATE_DEAD_LETTERS, TICK,
+};
 use crate::api::{DeadLetterSink, Sink};
 use crate::checkpoint::Part;
 use crate::dead_letter::{DeadLetter, PartitionInfo, Reason};
@@ -583,7 +585,10 @@ pub(super) enum RejectMsg {
 /// residues of tracked chunks reach the progress tracker only after the records sent before
 /// them were flushed. With checkpoints, epoch `E` is pre-committed once the workers' barrier
 /// `E` arrived and every sink passed its barrier `E`, so each rejected row is in the same
-/// checkpoint as the row itself (a restore neither loses nor repeats it).
+/// checkpoint as the row itself (a restore neither loses nor repeats it). Until the sinks
+/// passed it, the workers' later messages are held (past [`HOLD_FREELY`] of them, with the
+/// readers' gate closed), so that a sink that does not take rows does not stop the workers
+/// from reaching live barriers.
 pub(super) struct DeadLetterThread {
     pub(super) sink: Box<dyn DeadLetterSink>,
     pub(super) retry: RetryPolicy,
@@ -595,6 +600,8 @@ pub(super) struct DeadLetterThread {
     pub(super) epoch: u64,
     /// How many sinks send their rejected rows.
     pub(super) sinks: usize,
+    /// Closed while too many of the workers' messages wait for the sinks.
+    pub(super) gate: Arc<OutputGate>,
 }
 
 impl DeadLetterThread {
@@ -625,6 +632,9 @@ impl DeadLetterThread {
             workers_open: true,
             sinks_open: true,
             residues: Vec::new(),
+            waiting: None,
+            held: VecDeque::new(),
+            gate: self.gate,
         };
         run_output(state, link.as_ref(), &cancel)
     }
@@ -651,7 +661,16 @@ struct DeadLetterState<'a> {
     sinks_open: bool,
     /// Residues of tracked chunks, for the progress tracker once flushed.
     residues: Vec<ChunkResidue>,
+    /// The workers' barrier waiting for every sink to pass it.
+    waiting: Option<u64>,
+    /// The workers' messages after the barrier `waiting`, in order.
+    held: VecDeque<DeadMsg>,
+    gate: Arc<OutputGate>,
 }
+
+/// The workers' messages the dead-letter thread holds while it waits for the sinks before
+/// it closes the readers' gate: as many as its channel holds.
+const HOLD_FREELY: usize = 64;
 
 impl<'a> OutputThread<'a> for DeadLetterState<'a> {
     type Output = Box<dyn DeadLetterSink>;
@@ -661,7 +680,7 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
     }
 
     fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError> {
-        if !self.workers_open && !self.sinks_open {
+        if !self.workers_open && !self.sinks_open && self.waiting.is_none() {
             return Ok(false);
         }
         // received first, handled after: the selection borrows the channels
@@ -676,9 +695,7 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
             }
         };
         match from_workers {
-            Some(Ok(DeadMsg::Records(records))) => self.write(&records)?,
-            Some(Ok(DeadMsg::Residue(r))) => self.residues.push(r),
-            Some(Ok(DeadMsg::Barrier(epoch))) => self.barrier(epoch, commits)?,
+            Some(Ok(msg)) => self.on_worker_msg(msg, commits)?,
             Some(Err(_)) => self.workers_open = false,
             None => {}
         }
@@ -687,6 +704,7 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
             Some(Err(_)) => self.sinks_open = false,
             None => {}
         }
+        self.resume(commits)?;
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
@@ -741,25 +759,57 @@ impl DeadLetterState<'_> {
         }
     }
 
-    /// Takes sink messages until every sink passed `epoch` (or ended).
-    fn wait_sinks(&mut self, epoch: u64) -> Result<(), EngineError> {
-        while self.sinks_open && self.passed.iter().any(|&p| p < epoch) {
-            if self.cancel.load(Ordering::Relaxed) {
-                return Err(EngineError::Cancelled);
+    /// Handles a worker's message, or holds it while a barrier waits for the sinks.
+    fn on_worker_msg(&mut self, msg: DeadMsg, commits: &mut Commits) -> Result<(), EngineError> {
+        if self.waiting.is_some() {
+            self.held.push_back(msg);
+            if self.held.len() > HOLD_FREELY {
+                self.gate.close(GATE_DEAD_LETTERS);
             }
-            match self.rejects.recv_timeout(TICK) {
-                Ok(m) => self.on_reject(m)?,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => self.sinks_open = false,
+            return Ok(());
+        }
+        match msg {
+            DeadMsg::Records(records) => self.write(&records),
+            DeadMsg::Residue(r) => {
+                self.residues.push(r);
+                Ok(())
+            }
+            DeadMsg::Barrier(epoch) if self.sinks_passed(epoch) => self.barrier(epoch, commits),
+            DeadMsg::Barrier(epoch) => {
+                self.waiting = Some(epoch);
+                Ok(())
             }
         }
+    }
+
+    /// Every sink passed `epoch` (or the sinks ended).
+    fn sinks_passed(&self, epoch: u64) -> bool {
+        !self.sinks_open || self.passed.iter().all(|&p| p >= epoch)
+    }
+
+    /// Once the sinks passed the barrier waiting: pre-commits it, then handles the messages
+    /// held after it (up to the next barrier the sinks did not pass yet).
+    fn resume(&mut self, commits: &mut Commits) -> Result<(), EngineError> {
+        while let Some(epoch) = self.waiting {
+            if !self.sinks_passed(epoch) {
+                return Ok(());
+            }
+            self.waiting = None;
+            self.barrier(epoch, commits)?;
+            while self.waiting.is_none() {
+                let Some(msg) = self.held.pop_front() else {
+                    break;
+                };
+                self.on_worker_msg(msg, commits)?;
+            }
+        }
+        self.gate.open(GATE_DEAD_LETTERS);
         Ok(())
     }
 
-    /// At the workers' barrier `epoch`: once every sink passed it, pre-commits it, then
+    /// At the workers' barrier `epoch`, once every sink passed it: pre-commits it, then
     /// writes the rows rejected in the next epoch that arrived early.
     fn barrier(&mut self, epoch: u64, commits: &mut Commits) -> Result<(), EngineError> {
-        self.wait_sinks(epoch)?;
         let info = self.out.pre_commit(epoch, commits)?;
         let link = self
             .link

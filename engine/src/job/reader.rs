@@ -3,19 +3,23 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::SendTimeoutError;
 
-use super::channels::{Dispatcher, Failure, WorkerMsg, TICK};
+use super::channels::{Dispatcher, Failure, OutputGate, WorkerMsg, TICK};
 use crate::api::{PartitionReader, ReaderContext};
 use crate::events::ChunkData;
 use crate::EngineError;
 
-/// A reader's thread: dispatches its chunks round-robin to the workers.
+/// How long a reader waits at a closed [`OutputGate`] before it reports backpressure.
+const GATE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// A reader's thread: dispatches its chunks round-robin to the workers, each once the
+/// merger's [`OutputGate`] is open (it holds no rows for a sink without room).
 pub(super) fn read_source(
     mut reader: Box<dyn PartitionReader>,
-    dispatcher: &Mutex<Dispatcher>,
+    (dispatcher, gate): (&Mutex<Dispatcher>, &OutputGate),
     ctx: &ReaderContext,
     failure: &Failure,
 ) -> Result<(), EngineError> {
@@ -25,9 +29,29 @@ pub(super) fn read_source(
         if failure.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
+        // waits without the dispatcher's lock: barriers go on passing meanwhile
+        let mut pressed = false;
+        let closed_at = Instant::now();
+        while gate.is_closed() {
+            if failure.cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            gate.wait(TICK);
+            if gate.is_closed() && closed_at.elapsed() >= GATE_PATIENCE {
+                // as when the workers' queues are full (a Kafka reader pauses its partitions
+                // and serves rebalances without waiting for a hand-over): not for a gate
+                // closed a moment, which the outputs open again by themselves
+                pressed = true;
+                reader.backpressure(ctx)?;
+            }
+        }
         let mut d = dispatcher.lock().map_err(|_| poisoned())?;
         if d.senders.is_empty() {
             // a hand-over checkpoint ended the workers' input: this chunk is after its cut
+            drop(d);
+            if pressed {
+                reader.backpressure_released(ctx)?;
+            }
             reader.unread(chunk);
             break;
         }
@@ -40,7 +64,6 @@ pub(super) fn read_source(
             _ => None,
         };
         let mut msg = WorkerMsg::Chunk(chunk, read_at);
-        let mut pressed = false;
         loop {
             match d.senders[target].send_timeout(msg, TICK) {
                 Ok(()) => break,

@@ -321,6 +321,19 @@ pub(super) struct RecordingSink {
     pub(super) fail_writes: bool,
     pub(super) refuse_every_row: bool,
     pub(super) refused: Vec<RejectedRow>,
+    /// While set, every call fails as a full disk does (retried by the retry policy).
+    pub(super) down: Option<Arc<AtomicBool>>,
+}
+
+impl RecordingSink {
+    fn check_up(&self) -> Result<(), EngineError> {
+        match &self.down {
+            Some(d) if d.load(Ordering::SeqCst) => {
+                Err(EngineError::sink("out", "no space left on device").unavailable())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Sink for RecordingSink {
@@ -328,6 +341,7 @@ impl Sink for RecordingSink {
         if self.fail_writes {
             return Err(EngineError::Internal("the disk is full".into()));
         }
+        self.check_up()?;
         if self.refuse_every_row {
             for (start, _) in windows_in(batch) {
                 self.refused.push(RejectedRow {
@@ -351,6 +365,7 @@ impl Sink for RecordingSink {
         Ok(())
     }
     fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
+        self.check_up()?;
         self.calls.lock().unwrap().push(Call::PreCommit(epoch));
         Ok(serde_json::json!({ "epoch": epoch }))
     }

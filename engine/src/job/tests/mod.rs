@@ -424,3 +424,128 @@ fn checkpoints_after_windows_commit_emitted_windows_without_waiting_for_the_inte
     let (commits, _) = commits_while_running(false);
     assert_eq!(commits, 0, "the interval alone: no checkpoint yet");
 }
+
+/// A retry policy quick enough for tests: the circuit opens after 3 failures, for 50 ms.
+fn quick_retry() -> crate::retry::RetryPolicy {
+    crate::retry::RetryPolicy {
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        multiplier: 2.0,
+        jitter: 0.0,
+        max_retries: None,
+        breaker_failures: 3,
+        breaker_open_for: Duration::from_millis(50),
+    }
+}
+
+#[test]
+fn a_sink_failing_from_its_first_rows_does_not_hold_live_snapshots_or_checkpoints_wrong() {
+    const WINDOWS: i64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(LiveState::new(
+        "test",
+        vec![LiveTableDef::new(
+            "counts",
+            LiveKind::Window {
+                retain_ms: i64::MAX / 2,
+            },
+            &output_schema(),
+            Vec::new(),
+        )],
+    ));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sink = RecordingSink {
+        down: Some(down.clone()),
+        ..Default::default()
+    };
+    let calls = sink.calls.clone();
+    let dead = RecordingDeadLetters::default();
+    let records = dead.records.clone();
+    // one event per window, one chunk each, and from the fourth on a late event too (a dead
+    // letter: the dead-letter output waits for the sink at each checkpoint)
+    let times: Vec<Vec<i64>> = (0..WINDOWS)
+        .map(|k| {
+            let mut t = vec![k * fakes::WINDOW];
+            t.extend((k >= 3).then(|| (k - 3) * fakes::WINDOW));
+            t
+        })
+        .collect();
+    let slices: Vec<&[i64]> = times.iter().map(|t| &t[..]).collect();
+    let mut spec = job(
+        Box::new(FakeReader::new(partition_chunks(0, &slices))),
+        1,
+        sink,
+        dead,
+        2,
+    );
+    spec.sinks[0].retry = quick_retry();
+    checkpointed(&mut spec, dir.path());
+    spec.live = Some(LiveSpec {
+        state: state.clone(),
+        interval: Duration::from_millis(20),
+    });
+    let stats = run_stats();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    {
+        let stats = stats.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(run(spec, stats, StopHandle::new()));
+        });
+    }
+    // the sink fails from its first rows: its circuit opens, and meanwhile the live state
+    // goes on: snapshots are published with the windows emitted so far
+    let started = Instant::now();
+    let mut saw_open = false;
+    while started.elapsed() < Duration::from_millis(600) {
+        saw_open |= stats.sink_health[0].circuit() == crate::retry::CircuitState::Open;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(saw_open, "the sink's circuit never opened");
+    let first = state.current();
+    assert!(first.seq > 0, "no live snapshot while the sink fails");
+    let final_rows = |s: &crate::live::LiveSnapshot| -> usize {
+        s.tables[0]
+            .iter()
+            .map(|b| {
+                b.column_by_name("is_final")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .unwrap()
+                    .true_count()
+            })
+            .sum()
+    };
+    assert!(final_rows(&first) > 0, "no emitted window is queryable");
+    let epoch = stats.checkpoints.last_epoch.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(200));
+    let later = state.current();
+    assert!(
+        later.seq > first.seq,
+        "snapshots stopped while the sink fails"
+    );
+    // nothing was written: no checkpoint completes, the sources stopped short of the input
+    assert!(written_windows(&calls).is_empty());
+    assert_eq!(
+        stats.checkpoints.last_epoch.load(Ordering::SeqCst),
+        epoch,
+        "a checkpoint completed while the sink held none of its rows"
+    );
+    assert!(
+        RunStats::get(&stats.records_in) < 2 * WINDOWS as u64 - 3,
+        "the whole input was read while the sink failed"
+    );
+    assert!(stats.sink_health[0].errors.load(Ordering::Relaxed) >= 3);
+    // the sink comes back: every window is written once, in order
+    down.store(false, Ordering::SeqCst);
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the run did not end after the sink came back")
+        .unwrap();
+    let want: Vec<(i64, i64)> = (0..WINDOWS).map(|k| (k * fakes::WINDOW, 1)).collect();
+    assert_eq!(written_windows(&calls), want);
+    assert_eq!(records.lock().unwrap().len(), WINDOWS as usize - 3);
+    let (pre, committed) = lifecycle(&calls.lock().unwrap());
+    assert_eq!(committed.last(), pre.last(), "the last epoch is committed");
+    assert!(state.current().finished);
+    assert_eq!(final_rows(&state.current()), WINDOWS as usize);
+}

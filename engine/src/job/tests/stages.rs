@@ -143,7 +143,13 @@ fn a_reader_deals_chunks_round_robin_and_ends_the_workers_input() {
         progress,
         run_stats(),
     );
-    read_source(Box::new(reader), &dispatcher, &ctx, &Failure::new()).unwrap();
+    read_source(
+        Box::new(reader),
+        (&dispatcher, &Default::default()),
+        &ctx,
+        &Failure::new(),
+    )
+    .unwrap();
     let seqs = |rx: Receiver<WorkerMsg>| -> Vec<u64> {
         rx.try_iter()
             .map(|m| match m {
@@ -196,6 +202,7 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
                     emitted: vec![WATERMARK_MIN],
                     link: None,
                     live: None,
+                    gate: Default::default(),
                 },
                 &stats,
                 &failure,
