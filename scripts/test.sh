@@ -9,10 +9,23 @@
 # broker: tansu slows down as its SQLite store grows and, loaded long enough, can lose its
 # group coordinator (a panic in its storage task; consumers then never get partitions), which
 # would turn into a hang rather than a failure of the test that met it.
+#
+# Each test binary of the weir binary runs under `timeout` (WEIR_TEST_TIMEOUT seconds, default
+# 1200): a test that hangs fails as itself, with the binary named, and the rest still run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 status=0
+limit=${WEIR_TEST_TIMEOUT:-1200}
+# runs one cargo test command under the time limit; a timeout is reported and counts as failure
+bounded() {
+    local rc=0
+    timeout --kill-after=30 "$limit" "$@" || rc=$?
+    if [[ $rc == 124 || $rc == 137 ]]; then
+        echo "test.sh: TIMED OUT after ${limit}s (WEIR_TEST_TIMEOUT): $*" >&2
+    fi
+    return $rc
+}
 if [[ -n "${KAFKA_BROKERS:-}" ]]; then
     SKIP_BROKER=1 scripts/test-env.sh
     cargo test --workspace --locked --no-fail-fast "$@" || status=$?
@@ -47,15 +60,16 @@ done
 cargo test --workspace --locked --no-run -q
 fresh_broker
 # every crate but the binary's end-to-end tests, then those without the broker
-cargo test --workspace --locked --exclude weir-cli --no-fail-fast "$@" || status=$?
-other_args=()
-for t in "${other_tests[@]}"; do other_args+=(--test "$t"); done
-cargo test -p weir-cli --locked --bins --no-fail-fast "${other_args[@]}" "$@" || status=$?
+bounded cargo test --workspace --locked --exclude weir-cli --no-fail-fast "$@" || status=$?
+bounded cargo test -p weir-cli --locked --bins --no-fail-fast "$@" || status=$?
+for t in "${other_tests[@]}"; do
+    bounded cargo test -p weir-cli --locked --test "$t" --no-fail-fast "$@" || status=$?
+done
 # one test at a time: they share one broker, and the consumer-group test's allowance for
 # duplicates (at-least-once hand-overs) is about timing that parallel tests disturb
 for t in "${broker_tests[@]}"; do
     fresh_broker
-    RUST_TEST_THREADS=1 cargo test -p weir-cli --locked --test "$t" "$@" || status=$?
+    RUST_TEST_THREADS=1 bounded cargo test -p weir-cli --locked --test "$t" "$@" || status=$?
 done
 if [[ $running_before == 0 ]]; then
     scripts/kafka.sh stop || status=$?

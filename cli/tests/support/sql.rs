@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -40,6 +41,7 @@ pub fn try_http(
     let err = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| err("connect", e))?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -144,10 +146,25 @@ pub fn sql_json(port: u16, query: &str) -> Vec<serde_json::Map<String, Value>> {
     }
 }
 
-/// A `weir run` in the background, killed when dropped.
+/// A `weir run` in the background, killed when dropped. Its standard output and error are
+/// read while it runs (a pipe nobody reads blocks the process once full) and kept.
 pub struct Running {
     pub child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
 }
+
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// How long `Running::stop` waits for the exit after SIGINT.
+const STOP_LIMIT: Duration = Duration::from_secs(120);
 
 /// `psql` connected to the endpoint on `port` as user `weir`, without reading `~/.psqlrc`,
 /// with `password` (or none).
@@ -175,7 +192,7 @@ impl Running {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let child = Command::new(weir)
+        let mut child = Command::new(weir)
             .arg("run")
             .arg(pipeline)
             .args(args)
@@ -185,7 +202,20 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Running { child }
+        let stdout = child.stdout.take().map(drain);
+        let stderr = child.stderr.take().map(drain);
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Everything it wrote to `pipe` once it has exited (closing the pipe).
+    fn collected(pipe: &mut Option<JoinHandle<String>>) -> String {
+        pipe.take()
+            .map(|reader| reader.join().expect("a pipe reader does not panic"))
+            .unwrap_or_default()
     }
 
     /// Waits until the HTTP endpoint answers `/health`.
@@ -193,10 +223,7 @@ impl Running {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let mut err = String::new();
-                if let Some(e) = self.child.stderr.as_mut() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = Self::collected(&mut self.stderr);
                 panic!("weir run exited ({status}) before serving: {err}");
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -220,19 +247,26 @@ impl Running {
         panic!("the run did not finish its input");
     }
 
-    /// Stops it with SIGINT and returns its exit code and output.
+    /// Stops it with SIGINT and returns its exit code and output; panics (after killing it)
+    /// when it has not exited within two minutes.
     pub fn stop(mut self) -> (Option<i32>, String, String) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-INT", &pid]).status();
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(o) = self.child.stdout.as_mut() {
-            let _ = o.read_to_string(&mut out);
-        }
-        if let Some(e) = self.child.stderr.as_mut() {
-            let _ = e.read_to_string(&mut err);
-        }
-        let status = self.child.wait().unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > STOP_LIMIT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let err = Self::collected(&mut self.stderr);
+                panic!("weir run did not exit within {STOP_LIMIT:?} of SIGINT: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = Self::collected(&mut self.stdout);
+        let err = Self::collected(&mut self.stderr);
         (status.code(), out, err)
     }
 }

@@ -5,8 +5,9 @@
 //! server error; the caller checks the engine and its results afterwards.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::thread::JoinHandle;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -302,10 +303,13 @@ pub fn run(http_port: u16, pg_port: u16, token: &str, password: &str, time: Dura
 
 /// One `psql` session reading statements from its standard input, started again when the
 /// server closes it for an oversized message (psql joins lines into one statement when a
-/// quote or comment of the fuzz leaves one open).
+/// quote or comment of the fuzz leaves one open). Its standard error is read while it runs:
+/// a pipe nobody reads fills after 64 KiB of error messages, and psql, then the fuzzer
+/// writing its input, would block for ever.
 struct Psql {
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
+    stderr: Option<JoinHandle<String>>,
     errors: usize,
     restarts: usize,
 }
@@ -330,9 +334,16 @@ impl Psql {
             .spawn()
             .expect("psql is missing: install Debian's postgresql-client (.ci/run does)");
         let stdin = child.stdin.take();
+        let mut pipe = child.stderr.take().expect("psql's standard error is piped");
+        let stderr = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        });
         Psql {
             child,
             stdin,
+            stderr: Some(stderr),
             errors: 0,
             restarts: 0,
         }
@@ -359,22 +370,22 @@ impl Psql {
     /// connection was lost for any reason but an oversized message.
     fn end(&mut self) -> (usize, usize, Option<i32>) {
         drop(self.stdin.take());
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let status = self.child.wait().unwrap();
+        let err = self
+            .stderr
+            .take()
+            .map(|reader| reader.join().expect("the stderr reader does not panic"))
+            .unwrap_or_default();
         let lost = err.contains("server closed the connection")
             || err.contains("connection to server was lost");
         assert!(
             !lost || err.contains("is over the limit"),
             "psql lost its connection: {}",
-            &err[err.len().saturating_sub(2000)..]
+            &err[(err.len().saturating_sub(2000)..err.len())
+                .find(|i| err.is_char_boundary(*i))
+                .unwrap_or(err.len())..]
         );
-        (
-            err.matches("ERROR:").count(),
-            self.restarts,
-            out.status.code(),
-        )
+        (err.matches("ERROR:").count(), self.restarts, status.code())
     }
 
     fn finish(mut self) -> (usize, usize, Option<i32>) {
