@@ -380,13 +380,15 @@ fn a_replay_and_a_live_run_at_the_same_time_do_not_interfere() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // its output is read while the replay runs: a full pipe would stop it
+    let live = std::thread::spawn(move || live.wait_with_output().unwrap());
     let replay = weir()
         .args(["replay", path.to_str().unwrap()])
         .args(["--from", HOUR2_FROM, "--to", HOUR2_TO])
         .output()
         .unwrap();
     let replay_out = ok(replay, "the replay");
-    let live = ok(live.wait_with_output().unwrap(), "the live run");
+    let live = ok(live.join().unwrap(), "the live run");
     assert!(replay_out.contains("windows rewritten"), "{replay_out}");
     assert!(live.contains("sink file:"), "{live}");
     let keys = ["datasetName"];

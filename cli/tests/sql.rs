@@ -440,12 +440,8 @@ fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
         .arg(&pipeline)
         .env("TEST_SQL_TOKEN", token)
         .env("TEST_SQL_PASSWORD", password)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut run = Running {
-        child: c.spawn().unwrap(),
-    };
+        .env("RUST_LOG", "info");
+    let mut run = Running::spawn(c);
     run.wait_http(hp);
     let auth = format!("Bearer {token}");
     let ask = |q: &str, headers: &[(&str, &str)]| http(hp, "POST", "/sql", headers, q.as_bytes());

@@ -192,12 +192,19 @@ impl Running {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut child = Command::new(weir)
+        let mut command = Command::new(weir);
+        command
             .arg("run")
             .arg(pipeline)
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        Self::spawn(command)
+    }
+
+    /// Starts `command` with its output piped and read.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
