@@ -18,6 +18,7 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::parser::ParserError;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_engine::live::{LiveKind, LiveState};
@@ -190,15 +191,29 @@ fn missing_table(ctx: &SessionContext, state: &SessionState, statement: &DfState
 }
 
 /// DataFusion's message: the innermost DataFusion error's own text (no error-kind prefix,
-/// no backtrace), first line only.
+/// no backtrace), first line only. A parser's error is its text alone (DataFusion prints it
+/// in its `Debug` form, `ParserError("…")`).
 pub(crate) fn clean(e: &DataFusionError) -> String {
-    let message = e.find_root().message();
+    let message = match e.find_root() {
+        DataFusionError::SQL(parser, _) => std::borrow::Cow::Owned(parser_message(parser)),
+        root => root.message(),
+    };
     message
         .lines()
         .next()
         .unwrap_or_default()
         .trim()
         .to_string()
+}
+
+/// The text of a SQL parser's error, as a user reads it.
+fn parser_message(e: &ParserError) -> String {
+    match e {
+        ParserError::TokenizerError(text) | ParserError::ParserError(text) => text.clone(),
+        ParserError::RecursionLimitExceeded => {
+            "the statement nests too deeply (the parser's recursion limit)".to_string()
+        }
+    }
 }
 
 /// Rows per batch of planned queries (DataFusion's default is 8,192).

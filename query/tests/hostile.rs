@@ -294,6 +294,13 @@ async fn errors_are_classified_by_statement_and_catalog() {
         "unknown column",
     );
     expect_code(scalar(&e, "SELEC 1").await, "42601", "syntax");
+    // the parser's own words, not its Debug form (`ParserError("…")`)
+    let syntax = scalar(&e, "SELEC 1").await.unwrap_err().to_string();
+    assert!(
+        syntax.contains("Expected: an SQL statement, found: SELEC")
+            && !syntax.contains("ParserError"),
+        "{syntax}"
+    );
     // a table "not found" in a string literal is not an unknown table
     expect_code(
         scalar(&e, "SELECT 'table not found' + k FROM v").await,
