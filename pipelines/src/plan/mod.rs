@@ -19,6 +19,8 @@ mod outputs;
 mod settings;
 mod sinks;
 mod sources;
+#[cfg(test)]
+mod tests;
 
 pub use crate::connectors::iceberg::{iceberg_config, IcebergTarget};
 pub use crate::connectors::webhook::WebhookTarget;

@@ -1,0 +1,196 @@
+//! Planning, concern by concern, through `load` as a user's file reaches it: sources, sinks,
+//! windows and views, settings, describe and fingerprint, and the positions of refusals.
+
+use super::*;
+
+/// A pipeline with one generator source, a window, a view, two file sinks and a token.
+const PIPELINE: &str = r#"name: planned
+sources:
+  ingest:
+    generator: { kind: data-ingestion, count: 100, seed: 3, keys: 4 }
+    event_time: { field: timestamp, max_out_of_orderness: 5s }
+windows:
+  per_dataset:
+    from: ingest
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      bytes: sum(sizeBytes)
+    sinks: [rows]
+views:
+  latest:
+    from: ingest
+    key: [datasetName]
+    aggregates:
+      records: sum(recordCount)
+    sinks: [changes]
+sinks:
+  rows: { file: { path: out/rows.ndjson } }
+  changes: { file: { path: out/changes.ndjson } }
+dead_letter: { file: { path: out/dead.ndjson } }
+checkpoint: { dir: state }
+serve: { http: "127.0.0.1:0", token: "plan-test-token-4411" }
+"#;
+
+/// `text` written to a pipeline file in a folder of its own, and loaded.
+fn load_text(text: &str) -> Result<Plan, PipelineError> {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    load_in(dir.path(), text)
+}
+
+/// `text` written to `dir/pipeline.yaml` and loaded (paths resolve beside it).
+fn load_in(dir: &Path, text: &str) -> Result<Plan, PipelineError> {
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, text).expect("the pipeline file is written");
+    load(&path)
+}
+
+fn planned(text: &str) -> Plan {
+    load_text(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The refusal of `text`, as `line:column: message` (the file name left out).
+fn refusal(text: &str) -> String {
+    let e = match load_text(text) {
+        Ok(_) => panic!("the pipeline was accepted"),
+        Err(e) => e,
+    };
+    format!("{}:{}: {}", e.line, e.column, e.message)
+}
+
+#[test]
+fn sources_keep_only_the_columns_the_outputs_read() {
+    let plan = planned(PIPELINE);
+    assert_eq!(plan.sources.len(), 1);
+    let s = &plan.sources[0];
+    assert_eq!(s.name, "ingest");
+    assert_eq!(s.time_field, "timestamp");
+    assert_eq!(s.max_out_of_orderness_ms, 5_000);
+    assert_eq!(s.max_future_ms, DEFAULT_MAX_FUTURE_MS);
+    let mut columns = s.columns.clone();
+    columns.sort();
+    assert_eq!(
+        columns,
+        ["datasetName", "recordCount", "sizeBytes", "timestamp"]
+    );
+}
+
+#[test]
+fn windows_and_views_name_their_source_and_sinks() {
+    let plan = planned(PIPELINE);
+    let w = &plan.windows[0];
+    assert_eq!(w.config.name, "per_dataset");
+    assert_eq!(w.config.size_ms, 60_000);
+    assert_eq!(w.config.keys, ["datasetName"]);
+    assert_eq!(plan.sources[w.source].name, "ingest");
+    let sink_names = |sinks: &[usize]| -> Vec<String> {
+        sinks.iter().map(|&i| plan.sinks[i].name.clone()).collect()
+    };
+    assert_eq!(sink_names(&w.sinks), ["rows"]);
+    let v = &plan.views[0];
+    assert_eq!(v.config.name, "latest");
+    assert_eq!(sink_names(&v.sinks), ["changes"]);
+    // a sink knows the schema of the rows it receives
+    let schema = plan.sinks[w.sinks[0]].schema.as_ref().expect("a schema");
+    for column in [
+        "window_start",
+        "window_end",
+        "datasetName",
+        "events",
+        "bytes",
+    ] {
+        assert!(
+            schema.field_with_name(column).is_ok(),
+            "{column}: {schema:?}"
+        );
+    }
+}
+
+#[test]
+fn settings_get_their_defaults_and_paths_beside_the_file() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let plan = load_in(dir.path(), PIPELINE).unwrap_or_else(|e| panic!("{e}"));
+    let c = plan.checkpoint.as_ref().expect("checkpoint");
+    assert_eq!(c.interval_ms, DEFAULT_CHECKPOINT_INTERVAL_MS);
+    assert_eq!(c.keep, 3);
+    assert_eq!(c.location, dir.path().join("state").display().to_string());
+    let serve = plan.serve.as_ref().expect("serve");
+    assert_eq!(serve.http.as_deref(), Some("127.0.0.1:0"));
+    assert_eq!(serve.postgres, None);
+    assert!(plan.tracing.is_none());
+    let refused = refusal(&PIPELINE.replace(
+        "checkpoint: { dir: state }",
+        "checkpoint: { dir: state, interval: 10ms }",
+    ));
+    assert!(refused.contains("at least 100ms"), "{refused}");
+}
+
+#[test]
+fn describe_shows_every_part_and_no_secret() {
+    crate::secrets::register(["plan-test-token-4411".to_string()]);
+    let plan = planned(PIPELINE);
+    let described = plan.describe(2);
+    let text = crate::secrets::redact(&described);
+    for part in [
+        "planned",
+        "ingest",
+        "per_dataset",
+        "latest",
+        "rows",
+        "changes",
+    ] {
+        assert!(text.contains(part), "{part} missing from:\n{text}");
+    }
+    assert!(!text.contains("plan-test-token-4411"), "{text}");
+}
+
+#[test]
+fn the_fingerprint_changes_with_what_state_depends_on_only() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let fingerprint = |text: &str| {
+        load_in(dir.path(), text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .fingerprint()
+    };
+    let base = fingerprint(PIPELINE);
+    assert_eq!(fingerprint(PIPELINE), base, "stable across loads");
+    // a serving address is not state
+    assert_eq!(
+        fingerprint(&PIPELINE.replace("127.0.0.1:0", "127.0.0.1:1")),
+        base
+    );
+    // a window's size is
+    let resized = fingerprint(&PIPELINE.replace("tumbling: 1m", "tumbling: 5m"));
+    let changed: Vec<&String> = base
+        .keys()
+        .filter(|k| base.get(*k) != resized.get(*k))
+        .collect();
+    assert_eq!(changed, ["window per_dataset"]);
+    // and so is a view's aggregate
+    let f = fingerprint(&PIPELINE.replace("sum(recordCount)", "max(recordCount)"));
+    assert_ne!(
+        f.get("view latest: aggregates"),
+        base.get("view latest: aggregates")
+    );
+}
+
+#[test]
+fn refusals_point_at_the_line_and_column_of_the_mistake() {
+    let unknown_source = refusal(&PIPELINE.replace(
+        "    from: ingest\n    key: [datasetName]\n    tumbling",
+        "    from: nowhere\n    key: [datasetName]\n    tumbling",
+    ));
+    assert!(unknown_source.starts_with("8:"), "{unknown_source}");
+    assert!(unknown_source.contains("nowhere"), "{unknown_source}");
+    let unknown_sink = refusal(&PIPELINE.replace("sinks: [rows]", "sinks: [rows, nope]"));
+    assert!(unknown_sink.starts_with("14:19:"), "{unknown_sink}");
+    assert!(unknown_sink.contains("nope"), "{unknown_sink}");
+    let bad_name = refusal(&PIPELINE.replace("name: planned", "name: Planned!"));
+    assert!(bad_name.starts_with("1:"), "{bad_name}");
+    let bad_parallelism = refusal(&format!("{PIPELINE}parallelism: 0\n"));
+    assert!(
+        bad_parallelism.contains("between 1 and 256"),
+        "{bad_parallelism}"
+    );
+}
