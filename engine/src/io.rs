@@ -1,14 +1,16 @@
 //! The process's one I/O runtime: the Tokio runtime on which weir's asynchronous clients
 //! (the checkpoint store's object store, Iceberg catalogs and writers, PostgreSQL sessions,
-//! the SQL client, NATS stream look-ups) do their network and file I/O. It starts on first use
+//! the SQL client, the NATS source's readers and stream look-ups, the NATS sink's and
+//! dead-letter output's publishers) do their network and file I/O. It starts on first use
 //! with [`DEFAULT_THREADS`] worker threads named `weir-io`, or with the number the binary sets
 //! through [`configure`] before anything uses it (`WEIR_IO_THREADS`).
 //!
 //! CPU-bound work (decoding, aggregation, merging) stays on the engine's own threads, which
-//! call into this runtime with [`tokio::runtime::Runtime::block_on`]. Two runtimes stay apart
-//! on purpose: the SQL server's and the SQL executor's (`weir_query`), so that a hostile query
-//! can never delay a checkpoint's write; and each NATS reader's and publisher's one-thread
-//! runtime, whose client tasks end with it (see `weir_sources::nats`).
+//! call into this runtime with [`tokio::runtime::Runtime::block_on`]. The runtime outlives
+//! every client, so a client ends its own background tasks when its owner closes it: a NATS
+//! reader or publisher drains its connection when dropped (`weir_nats::OwnedClient`). Two
+//! runtimes stay apart on purpose: the SQL server's and the SQL executor's (`weir_query`), so
+//! that a hostile query can never delay a checkpoint's write.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;

@@ -1,7 +1,17 @@
 //! NATS plumbing shared by weir's NATS source, sink and generator: how to reach a server
 //! ([`NatsEndpoint`]: one or several URLs, credentials, TLS) and [`NatsEndpoint::connect`],
 //! which reconnects forever once connected (the client buffers and retries; callers bound
-//! their own waits) and reports connection changes through `tracing`.
+//! their own waits) and reports connection changes through `tracing`; and [`OwnedClient`],
+//! which closes a client's connection when its owner drops it.
+//!
+//! How async-nats (0.51) ends a client's background tasks, on whatever runtime it was
+//! connected on: the connection task ends once every handle that can send it commands is
+//! gone (clients, subscriptions, JetStream contexts and consumers) or once a `drain` is done,
+//! but only while it is connected: a client reconnecting to a server that is away keeps
+//! trying until one answers (with `max_reconnects(None)`, for ever). A JetStream context's
+//! acknowledgement task ends once every clone of the context and every publish awaiting
+//! its acknowledgement is gone; a pull consumer's message stream aborts its task when
+//! dropped. On the process's shared runtime nothing else ends them: [`OwnedClient`] drains.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -190,6 +200,42 @@ impl NatsEndpoint {
             .connect(addrs)
             .await
             .map_err(|source| NatsError::Connect { servers, source })
+    }
+}
+
+/// A client that its owner closes by dropping this: the connection is drained (what the
+/// client buffered is written, its subscriptions end, the connection closes and its tasks
+/// end), whatever other handles to it (subscriptions, JetStream contexts, consumers) still
+/// exist. The drain is sent from a task on `runtime` and is not waited for. A client whose
+/// server is away at that moment ends once it reconnects (async-nats cannot stop a client
+/// that is reconnecting).
+#[derive(Debug)]
+pub struct OwnedClient {
+    client: async_nats::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl OwnedClient {
+    /// Owns `client`, connected on `runtime`.
+    pub fn new(client: async_nats::Client, runtime: tokio::runtime::Handle) -> Self {
+        OwnedClient { client, runtime }
+    }
+
+    /// The client (clones share its connection, and end with it).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+impl Drop for OwnedClient {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        self.runtime.spawn(async move {
+            // an error: the connection task has ended already
+            if let Err(e) = client.drain().await {
+                tracing::debug!(error = %e, "NATS: the connection was closed already");
+            }
+        });
     }
 }
 

@@ -1,8 +1,9 @@
 //! A blocking JetStream publisher shared by the NATS sink, the NATS dead-letter output and
-//! `weir generate --nats`: it owns a small Tokio runtime (one worker thread, which keeps the
-//! connection serviced between calls: pings, reconnection), publishes with a bounded number
-//! of acknowledgements outstanding, and says for every message whether the server stored it,
-//! refused it for good, or whether it must be sent again.
+//! `weir generate --nats`: its client runs on the process's I/O runtime ([`weir_engine::io`],
+//! whose workers keep the connection serviced between calls: pings, reconnection), it
+//! publishes with a bounded number of acknowledgements outstanding, and says for every
+//! message whether the server stored it, refused it for good, or whether it must be sent
+//! again. Dropping it closes its connection (see [`weir_nats::OwnedClient`]).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use weir_nats::async_nats::jetstream::context::{
     GetStreamByNameErrorKind, PublishError, PublishErrorKind,
 };
 use weir_nats::async_nats::jetstream::{self, ErrorCode};
-use weir_nats::{NatsEndpoint, NatsError};
+use weir_nats::{NatsEndpoint, NatsError, OwnedClient};
 
 /// Default bound on publishes awaiting their acknowledgement (`max_in_flight`).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
@@ -22,9 +23,9 @@ pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a publisher could not be set up or a stream could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsSinkError {
-    /// The Tokio runtime could not start.
-    #[error("cannot start the NATS client's runtime")]
-    Runtime(#[source] std::io::Error),
+    /// The process's I/O runtime could not start.
+    #[error("no I/O runtime for the NATS client")]
+    Runtime(#[source] weir_engine::io::IoRuntimeError),
     /// No connection (see [`NatsError::is_retryable`]).
     #[error(transparent)]
     Connect(#[from] NatsError),
@@ -173,11 +174,15 @@ pub struct StreamFacts {
     pub max_msg_size: i32,
 }
 
-/// A connected JetStream publisher (blocking calls).
+/// A connected JetStream publisher (blocking calls). Dropping it closes its connection: the
+/// client's tasks on the I/O runtime end.
 pub struct Publisher {
-    runtime: tokio::runtime::Runtime,
+    /// The process's I/O runtime, where the client's tasks run.
+    runtime: &'static tokio::runtime::Runtime,
     js: jetstream::Context,
     max_in_flight: usize,
+    /// Drains the connection when the publisher is dropped (after `js`).
+    _client: OwnedClient,
 }
 
 impl Publisher {
@@ -188,26 +193,26 @@ impl Publisher {
         max_in_flight: usize,
         ack_timeout: Duration,
     ) -> Result<Publisher, NatsSinkError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("weir-nats")
-            .enable_all()
-            .build()
-            .map_err(NatsSinkError::Runtime)?;
-        let client = runtime.block_on(endpoint.connect())?;
+        let runtime = weir_engine::io::runtime().map_err(NatsSinkError::Runtime)?;
+        let client = OwnedClient::new(
+            runtime.block_on(endpoint.connect())?,
+            runtime.handle().clone(),
+        );
         let max_in_flight = max_in_flight.max(1);
-        // the context spawns its acknowledgement task: built inside the runtime
+        // the context spawns its acknowledgement task: built inside the runtime (the task
+        // ends once the context and its publishes are dropped)
         let _guard = runtime.enter();
         let js = jetstream::ContextBuilder::new()
             .timeout(ack_timeout)
             .max_ack_inflight(max_in_flight)
             .backpressure_on_inflight(true)
-            .build(client);
+            .build(client.client().clone());
         drop(_guard);
         Ok(Publisher {
             runtime,
             js,
             max_in_flight,
+            _client: client,
         })
     }
 

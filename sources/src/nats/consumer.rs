@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull::{Config as PullConfig, Stream as PullStream};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream::Stream};
-use weir_nats::NatsError;
+use weir_nats::{NatsError, OwnedClient};
 
 use super::fetch::Fetcher;
 use super::{NatsSourceConfig, NatsStartFrom};
@@ -63,11 +63,12 @@ impl NatsSourceError {
     }
 }
 
-/// A connected source: the client, the consumer and the task pulling its messages.
+/// A connected source: the client, the consumer and the task pulling its messages. Dropping
+/// it stops the pulling and closes the connection (its tasks on the I/O runtime end).
 pub(super) struct Connection {
-    pub(super) client: async_nats::Client,
-    pub(super) consumer: PullConsumer,
     pub(super) fetcher: Fetcher,
+    pub(super) consumer: PullConsumer,
+    pub(super) client: OwnedClient,
 }
 
 fn boxed(
@@ -120,8 +121,8 @@ pub fn sequence_range(
         source: boxed(e),
     })?;
     rt.block_on(async {
-        let client = cfg.endpoint.connect().await?;
-        let (stream, last) = stream_and_last(&jetstream::new(client), cfg).await?;
+        let client = OwnedClient::new(cfg.endpoint.connect().await?, rt.handle().clone());
+        let (stream, last) = stream_and_last(&jetstream::new(client.client().clone()), cfg).await?;
         let from = first_at(&stream, cfg, from_ms, last).await?;
         let to = first_at(&stream, cfg, to_ms, last).await?;
         Ok((from, to.max(from), last))
@@ -191,16 +192,20 @@ async fn stream_and_last(
     Ok((stream, last))
 }
 
-/// Connects (on the reader's runtime: the pulling task runs there), reads the stream's last sequence, and puts the durable consumer where the reader
-/// continues: `resume` (a checkpoint's sequence) if given; else an existing consumer's
-/// acknowledgement floor; else `start_from`. Returns the connection, the stream's last
-/// sequence and the sequence the consumer delivers next (at least).
+/// Connects (on the current runtime, the I/O runtime: the pulling task runs there), reads the
+/// stream's last sequence, and puts the durable consumer where the reader continues:
+/// `resume` (a checkpoint's sequence) if given; else an existing consumer's acknowledgement
+/// floor; else `start_from`. Returns the connection, the stream's last sequence and the
+/// sequence the consumer delivers next (at least).
 pub(super) async fn connect(
     cfg: &NatsSourceConfig,
     resume: Option<u64>,
 ) -> Result<(Connection, u64, u64), NatsSourceError> {
-    let client = cfg.endpoint.connect().await?;
-    let js = jetstream::new(client.clone());
+    let client = OwnedClient::new(
+        cfg.endpoint.connect().await?,
+        tokio::runtime::Handle::current(),
+    );
+    let js = jetstream::new(client.client().clone());
     let (stream, last) = stream_and_last(&js, cfg).await?;
     let consumer_err =
         |what, e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Consumer {
@@ -263,9 +268,9 @@ pub(super) async fn connect(
     let messages = pull(&consumer, cfg).await?;
     Ok((
         Connection {
-            client,
-            consumer,
             fetcher: Fetcher::spawn(messages),
+            consumer,
+            client,
         },
         last,
         delivered + 1,

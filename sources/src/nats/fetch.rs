@@ -1,4 +1,4 @@
-//! The background pull: a task on the reader's runtime keeps the consumer's message stream
+//! The background pull: a task on the I/O runtime keeps the consumer's message stream
 //! polled, so that the client keeps its pull requests outstanding (the next one goes when
 //! half a batch is left) while the workers compute, and hands the messages to the reader in
 //! batches through a bounded queue. A full queue stops the polling, hence the pulling: the

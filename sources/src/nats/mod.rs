@@ -14,11 +14,15 @@
 //!   (then the checkpoint is what a restart trusts, and acknowledgements only free the
 //!   consumer's `max_ack_pending`). Acknowledging the last message of a chunk acknowledges
 //!   every earlier one, so the reader keeps one reply subject per chunk.
-//! * Pulling and backpressure. A task on the reader's runtime keeps the client's pull requests
-//!   (of `fetch_batch` messages) outstanding and queues what arrives, a bounded queue of
-//!   batches ([`fetch`]): the workers never wait for a pull's round trip. A full queue stops
-//!   the pulling; the server also stops delivering at `max_ack_pending` unacknowledged
-//!   messages.
+//! * Pulling and backpressure. A task on the process's I/O runtime ([`weir_engine::io`])
+//!   keeps the client's pull requests (of `fetch_batch` messages) outstanding and queues what
+//!   arrives, a bounded queue of batches ([`fetch`]): the workers never wait for a pull's
+//!   round trip. A full queue stops the pulling; the server also stops delivering at
+//!   `max_ack_pending` unacknowledged messages.
+//! * Connections. Each reader (each subject partition's) has its own connection on the
+//!   shared I/O runtime; a reader dropped, or a connection it replaces, is drained and closed
+//!   at once ([`weir_nats::OwnedClient`]), so that jobs that restart and pool workers that
+//!   open and close readers leave no connection or task behind.
 //! * Watermarks. One partition per stream: the watermark is the largest event time read minus
 //!   `max_out_of_orderness`, across every subject of the stream.
 //! * Subject partitions ([`NatsPartitions`]): a stream whose subjects carry a partition

@@ -1,4 +1,4 @@
-//! The reader: pulls messages on a small runtime of its own, gathers them into chunks of the
+//! The reader: pulls messages on the process's I/O runtime, gathers them into chunks of the
 //! stream's one partition, acknowledges them once their rows are durable.
 
 use std::collections::VecDeque;
@@ -44,9 +44,10 @@ pub struct NatsReader {
     name: Arc<str>,
     config: NatsSourceConfig,
     info: Arc<PartitionInfo>,
-    /// The runtime of the client (one thread: it keeps the connection alive while the
-    /// workers apply backpressure).
-    rt: Option<tokio::runtime::Runtime>,
+    /// The process's I/O runtime: the client's tasks run there (they keep the connection alive
+    /// while the workers apply backpressure); the reader blocks on it for its calls.
+    rt: &'static tokio::runtime::Runtime,
+    /// The connection (dropping it closes it: see [`Connection`]).
     conn: Option<Connection>,
     buffer: MessageBuffer,
     ready: VecDeque<Chunk>,
@@ -73,16 +74,6 @@ pub struct NatsReader {
     stall: super::stall::StallWatch,
 }
 
-impl Drop for NatsReader {
-    fn drop(&mut self) {
-        self.conn = None;
-        if let Some(rt) = self.rt.take() {
-            // the client's tasks end with the runtime; do not wait for them
-            rt.shutdown_background();
-        }
-    }
-}
-
 impl NatsReader {
     /// A reader of source `source` (named `name`) whose one partition has global id
     /// `partition`.
@@ -93,12 +84,8 @@ impl NatsReader {
         config: NatsSourceConfig,
     ) -> Result<Self, EngineError> {
         let name: Arc<str> = name.into();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("weir-nats-source")
-            .enable_all()
-            .build()
-            .map_err(|e| EngineError::source_caused(&name, "nats: cannot start a runtime", e))?;
+        let rt = weir_engine::io::runtime()
+            .map_err(|e| EngineError::source_caused(&name, "nats: no I/O runtime", e))?;
         Ok(NatsReader {
             source,
             info: Arc::new(PartitionInfo {
@@ -111,7 +98,7 @@ impl NatsReader {
             }),
             name,
             config,
-            rt: Some(rt),
+            rt,
             last_reply: None,
             conn: None,
             buffer: MessageBuffer::default(),
@@ -205,10 +192,7 @@ impl NatsReader {
     fn connect(&mut self) -> Result<(), NatsSourceError> {
         let cfg = self.config.clone();
         let resume = self.read_next;
-        let Some(rt) = &self.rt else {
-            return Ok(());
-        };
-        let (conn, last, next) = rt.block_on(connect(&cfg, resume))?;
+        let (conn, last, next) = self.rt.block_on(connect(&cfg, resume))?;
         // nothing below is delivered again (a consumer kept has no unacknowledged message)
         self.read_next.get_or_insert(next);
         // reply subjects of an earlier consumer must not acknowledge the new one's messages
@@ -329,12 +313,12 @@ impl NatsReader {
         while self.acks.front().is_some_and(|(next, _)| *next <= durable) {
             last = self.acks.pop_front().map(|(_, reply)| reply);
         }
-        let (Some(reply), Some(conn), Some(rt)) = (last, &self.conn, &self.rt) else {
+        let (Some(reply), Some(conn)) = (last, &self.conn) else {
             return;
         };
-        let client = conn.client.clone();
+        let client = conn.client.client().clone();
         // fire and forget: a lost acknowledgement is a redelivery, which the reader drops
-        if let Err(e) = rt.block_on(client.publish(reply, "+ACK".into())) {
+        if let Err(e) = self.rt.block_on(client.publish(reply, "+ACK".into())) {
             tracing::warn!(source = %self.name, error = %e, "nats: an acknowledgement was not sent; the server delivers those messages again after ack_wait");
         }
     }
@@ -356,7 +340,7 @@ impl NatsReader {
                 }
             }
         }
-        let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) else {
+        let (rt, Some(conn)) = (self.rt, &mut self.conn) else {
             return Ok(false);
         };
         // what the pulling task queued; else the first batch within `wait`
@@ -441,8 +425,8 @@ impl NatsReader {
                 ctx.clocks.partition(self.info.id).set_idle(true);
             }
         }
-        if let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) {
-            let owed = !self.acks.is_empty();
+        if let Some(conn) = &mut self.conn {
+            let (rt, owed) = (self.rt, !self.acks.is_empty());
             let (at, limit) = ((self.source, self.info.id), self.config.max_ack_pending);
             let consumer = &mut conn.consumer;
             let since = self.last_message;
@@ -460,10 +444,10 @@ impl NatsReader {
             self.end(ctx);
             return Ok(());
         }
-        let (Some(rt), Some(conn)) = (&self.rt, &mut self.conn) else {
+        let Some(conn) = &mut self.conn else {
             return Ok(());
         };
-        match rt.block_on(conn.consumer.info()) {
+        match self.rt.block_on(conn.consumer.info()) {
             // nothing matching the filters is left, and everything delivered was read
             Ok(info)
                 if info.num_pending == 0
@@ -494,9 +478,9 @@ impl PartitionReader for NatsReader {
 
     fn finish(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
         self.acknowledge(ctx);
-        if let (Some(rt), Some(conn)) = (&self.rt, &self.conn) {
-            let client = conn.client.clone();
-            let flushed = rt.block_on(async {
+        if let Some(conn) = &self.conn {
+            let client = conn.client.client().clone();
+            let flushed = self.rt.block_on(async {
                 tokio::time::timeout(Duration::from_secs(10), client.flush()).await
             });
             if !matches!(flushed, Ok(Ok(()))) {
