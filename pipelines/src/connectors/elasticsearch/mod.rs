@@ -119,19 +119,34 @@ mod tests {
         // the URL without its trailing slash; no credentials in the fingerprint
         assert_eq!(s.fingerprint(), "elasticsearch http://127.0.0.1:9");
         assert_eq!(sink("es-plan-again", es).fingerprint(), s.fingerprint());
-        let other = sink("es-plan-other", "{ url: \"http://127.0.0.1:10\", index: i }");
+        let other = sink(
+            "es-plan-other",
+            "{ url: \"http://127.0.0.1:10\", index: i }",
+        );
         assert_ne!(other.fingerprint(), s.fingerprint());
         assert_eq!(s.summary(), "indices");
         let live = s.describe(true);
-        assert!(live.starts_with("elasticsearch http://127.0.0.1:9 (1 nodes)"), "{live}");
-        assert!(live.contains(", authenticated; exactly-once effect"), "{live}");
+        assert!(
+            live.starts_with("elasticsearch http://127.0.0.1:9 (1 nodes)"),
+            "{live}"
+        );
+        assert!(
+            live.contains(", authenticated; exactly-once effect"),
+            "{live}"
+        );
         assert!(!live.contains("k-4711"), "{live}");
-        assert!(s.describe(false).contains("a row sent again overwrites its document"));
+        assert!(s
+            .describe(false)
+            .contains("a row sent again overwrites its document"));
     }
 
     #[test]
     fn an_elasticsearch_sink_is_refused_where_its_block_is() {
-        let yaml = pipeline(FILES, "    elasticsearch: { url: \"ftp://x\", index: i }", "");
+        let yaml = pipeline(
+            FILES,
+            "    elasticsearch: { url: \"ftp://x\", index: i }",
+            "",
+        );
         let e = refusal("es-bad", &yaml);
         assert!(e.line > 0 && e.column > 0, "{e}");
         assert_eq!(
@@ -144,7 +159,10 @@ mod tests {
             "",
         );
         let e = refusal("es-half-auth", &yaml);
-        assert!(e.message.contains("needs both `username` and `password`"), "{e}");
+        assert!(
+            e.message.contains("needs both `username` and `password`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -163,27 +163,37 @@ mod tests {
 
     #[test]
     fn a_generator_plans_describes_and_fingerprints_its_seed() {
-        let g = source("gen-plan", "{ count: 10, seed: 7 }");
+        let g = source("gen-plan", "{ kind: data-ingestion, count: 10, seed: 7 }");
         assert_eq!(g.kind(), "generator");
-        assert_eq!(g.describe(), "generator 10 events as fast as possible, seed 7");
+        assert_eq!(
+            g.describe(),
+            "generator 10 events as fast as possible, seed 7"
+        );
         assert_eq!(g.summary(), "10 events");
         assert_eq!(g.fingerprint(), "generator DataIngestion seed 7");
         assert_eq!(
-            source("gen-plan-again", "{ count: 10, seed: 7 }").fingerprint(),
+            source(
+                "gen-plan-again",
+                "{ kind: data-ingestion, count: 10, seed: 7 }"
+            )
+            .fingerprint(),
             g.fingerprint()
         );
         // the events depend on the seed, not on how many are made or how fast
-        let faster = source("gen-rate", "{ count: 20, seed: 7, events_per_second: 50 }");
+        let faster = source(
+            "gen-rate",
+            "{ kind: data-ingestion, count: 20, seed: 7, events_per_second: 50 }",
+        );
         assert_eq!(faster.fingerprint(), g.fingerprint());
         assert_eq!(faster.describe(), "generator 20 events at 50/s, seed 7");
-        let reseeded = source("gen-seed", "{ count: 10, seed: 8 }");
+        let reseeded = source("gen-seed", "{ kind: data-ingestion, count: 10, seed: 8 }");
         assert_ne!(reseeded.fingerprint(), g.fingerprint());
     }
 
     #[test]
     fn a_generator_is_refused_where_its_block_is() {
         let yaml = pipeline(
-            "    generator: { events_per_second: -1 }",
+            "    generator: { kind: data-ingestion, events_per_second: -1 }",
             FILE_SINK,
             "",
         );
@@ -194,7 +204,11 @@ mod tests {
             "events_per_second must be 0 (as fast as possible) or more"
         );
         // its records are JSON: the message lists the kinds that read Avro
-        let yaml = pipeline("    generator: { count: 1 }\n    format: avro", FILE_SINK, "");
+        let yaml = pipeline(
+            "    generator: { kind: data-ingestion, count: 1 }\n    format: avro",
+            FILE_SINK,
+            "",
+        );
         assert_eq!(
             refusal("gen-avro", &yaml).message,
             "source `events`: format `avro` is read from Kafka or NATS messages; files and \
@@ -204,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_generator_is_neither_replayed_nor_shared_by_a_pool() {
-        let mut g = source("gen-modes", "{ count: 10 }");
+        let mut g = source("gen-modes", "{ kind: data-ingestion, count: 10 }");
         let why = g
             .replay("events", (0, 60_000), "replay-a-b")
             .err()

@@ -186,31 +186,48 @@ mod tests {
         let s = sink("ice-plan", SQLITE);
         assert_eq!(s.kind(), "iceberg");
         assert_eq!(s.fingerprint(), "iceberg table ns.t");
-        assert_eq!(sink("ice-plan-again", SQLITE).fingerprint(), s.fingerprint());
+        assert_eq!(
+            sink("ice-plan-again", SQLITE).fingerprint(),
+            s.fingerprint()
+        );
         let other = "{ catalog: \"sqlite://cat.db\", warehouse: lake, table: ns.u }";
         assert_ne!(sink("ice-plan-other", other).fingerprint(), s.fingerprint());
         assert_eq!(s.summary(), "table ns.t");
         let live = s.describe(true);
-        assert!(live.starts_with("iceberg table ns.t in catalog `"), "{live}");
         assert!(
-            live.ends_with("partitioned by day(window_start); exactly once: one snapshot per checkpoint"),
+            live.starts_with("iceberg table ns.t in catalog `"),
             "{live}"
         );
-        assert!(s.describe(false).ends_with("one snapshot when the run ends"));
+        assert!(
+            live.ends_with(
+                "partitioned by day(window_start); exactly once: one snapshot per checkpoint"
+            ),
+            "{live}"
+        );
+        assert!(s
+            .describe(false)
+            .ends_with("one snapshot when the run ends"));
     }
 
     #[test]
     fn an_iceberg_sink_is_refused_where_its_block_is() {
         let bad = "{ catalog: \"ftp://x\", warehouse: lake, table: ns.t }";
-        let e = refusal("ice-bad", &pipeline(FILES, &format!("    iceberg: {bad}"), ""));
+        let e = refusal(
+            "ice-bad",
+            &pipeline(FILES, &format!("    iceberg: {bad}"), ""),
+        );
         assert!(e.line > 0 && e.column > 0, "{e}");
         assert!(
-            e.message.starts_with("sink `out`: unknown catalog `ftp://x`"),
+            e.message
+                .starts_with("sink `out`: unknown catalog `ftp://x`"),
             "{e}"
         );
         // `partition_by` is checked against the window's columns when the window names it
         let by = "{ catalog: \"sqlite://cat.db\", warehouse: lake, table: ns.t, partition_by: \"bucket(nope, 4)\" }";
-        let e = refusal("ice-partition", &pipeline(FILES, &format!("    iceberg: {by}"), ""));
+        let e = refusal(
+            "ice-partition",
+            &pipeline(FILES, &format!("    iceberg: {by}"), ""),
+        );
         assert!(e.line > 0 && e.message.starts_with("sink `out`: "), "{e}");
     }
 

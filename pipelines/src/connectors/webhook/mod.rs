@@ -111,7 +111,8 @@ mod tests {
     }
 
     fn sink(name: &str, extra: &str) -> Box<dyn SinkConnector> {
-        let plan = plan_of(name, &pipeline(FILES, &hook(extra), "")).unwrap_or_else(|e| panic!("{e}"));
+        let plan =
+            plan_of(name, &pipeline(FILES, &hook(extra), "")).unwrap_or_else(|e| panic!("{e}"));
         plan.sinks[0].target.clone()
     }
 
@@ -129,7 +130,10 @@ mod tests {
         assert_eq!(moved.sinks[0].target.fingerprint(), s.fingerprint());
         assert_eq!(s.summary(), "signed HTTP requests");
         let live = s.describe(true);
-        assert!(live.starts_with("webhook POST http://127.0.0.1:9/hooks/"), "{live}");
+        assert!(
+            live.starts_with("webhook POST http://127.0.0.1:9/hooks/"),
+            "{live}"
+        );
         assert!(!live.contains(SECRET), "{live}");
         assert_ne!(live, sink("hook-put", ", method: PUT").describe(true));
     }
@@ -141,7 +145,10 @@ mod tests {
         assert_eq!(e.message, "sink `out`: `method` is POST or PUT, not `GET`");
         let bad_secret = hook("").replace(SECRET, "not-base64!");
         let e = refusal("hook-secret", &pipeline(FILES, &bad_secret, ""));
-        assert!(e.line > 0 && e.message.starts_with("sink `out`: `secret`: "), "{e}");
+        assert!(
+            e.line > 0 && e.message.starts_with("sink `out`: `secret`: "),
+            "{e}"
+        );
         // `format` is the Kafka and NATS sinks': the message is built from the registry
         let e = refusal(
             "hook-format",
