@@ -144,7 +144,6 @@ mod tests {
             ranges: Vec::new(),
             suffix: "replay-a-b".into(),
             written: Default::default(),
-            read: Vec::new(),
         })
     }
 

@@ -22,21 +22,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::connectors::{
+    internal_topic, DeadLetterConnector, OpenSource, OpenedSource, OwnedPartitions, PoolSource,
+    PooledSource, Repartition, Repartitioning, RunningRepartition, SinkConnector,
+};
+use crate::mode::{JobHooks, RunMode};
+use crate::plan::{Plan, PlannedSource};
+use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
 use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColumn};
 use weir_engine::job::StopHandle;
 use weir_engine::pool::{PoolStore, StateRef};
 use weir_engine::EngineError;
 use weir_query::Peers;
-use weir_sources::repartition::internal_topic;
-use weir_sources::{RepartitionSpec, RepartitionStage};
-
-use crate::connectors::{
-    DeadLetterConnector, OpenSource, OpenedSource, OwnedPartitions, PoolSource, PooledSource,
-    Repartitioning, SinkConnector,
-};
-use crate::mode::{JobHooks, RunMode};
-use crate::plan::{Plan, PlannedSource};
-use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
 
 /// The pool worker mode: `weir run --worker ID`.
 #[derive(Debug, Clone)]
@@ -339,7 +336,7 @@ impl ConfiguredOutputs {
 fn repartitioned(
     mut plan: Plan,
     opts: &RunOptions,
-) -> Result<(Plan, Vec<RepartitionSpec>), RunError> {
+) -> Result<(Plan, Vec<Box<dyn Repartition>>), RunError> {
     let mut specs = Vec::new();
     let mut sources = Vec::new();
     for i in 0..plan.sources.len() {
@@ -477,9 +474,9 @@ fn run_worker(mode: &PoolWorker, plan: Plan, opts: &RunOptions) -> Result<RunSum
 /// stage first repartitions what its partitions hold, so that the jobs then see it all.
 /// Otherwise the stages run beside the jobs; one that fails stops the worker.
 fn start_repartition(
-    specs: Vec<RepartitionSpec>,
+    specs: Vec<Box<dyn Repartition>>,
     opts: &RunOptions,
-) -> Result<Vec<RepartitionStage>, RunError> {
+) -> Result<Vec<Box<dyn RunningRepartition>>, RunError> {
     let mut stages = Vec::new();
     for spec in specs {
         let stop = opts.stop.clone();
@@ -488,7 +485,7 @@ fn start_repartition(
         } else {
             Box::new(move || stop.stop())
         };
-        stages.push(RepartitionStage::start(spec, on_end)?);
+        stages.push(spec.start(on_end)?);
     }
     if opts.until_caught_up {
         for stage in stages {

@@ -12,9 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_sources::ReadOffsets;
-
-use crate::connectors::{OpenSink, OpenSource, OpenedSource};
+use crate::connectors::{OpenSink, OpenSource, OpenedSource, ReplayRange};
 use crate::mode::{JobHooks, Reporter, RunMode};
 use crate::plan::{Plan, PlannedSink, PlannedSource};
 use crate::run::{RunError, RunOptions, RunSummary};
@@ -24,7 +22,6 @@ use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
 use weir_engine::job::Sink;
 use weir_engine::EngineError;
-use weir_kafka::OffsetRange;
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -38,20 +35,18 @@ pub struct ReplayRequest {
     pub sinks: Option<Vec<String>>,
 }
 
-/// A replay ready to run: the plan reduced to the replayed windows and sinks, and the offset
-/// ranges of every Kafka source.
+/// A replay ready to run: the plan reduced to the replayed windows and sinks, and the ranges
+/// of every source (each its connector's own value).
 pub struct ReplaySetup {
     pub from_ms: i64,
     pub to_ms: i64,
-    /// Per source (by index in the plan): the offset range of each partition.
-    pub ranges: Vec<(usize, Vec<OffsetRange>)>,
+    /// Per source (by index in the plan): the range of each partition (which also says
+    /// where its reader is).
+    pub ranges: Vec<(usize, Vec<Box<dyn ReplayRange>>)>,
     /// The suffix of files a replay writes beside the live run's (`replay-FROM-TO`).
     pub suffix: String,
     /// Rows of the range written to each sink.
     pub written: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
-    /// The offset after the last message read of every partition, per source (the readers
-    /// store them).
-    pub read: Vec<Arc<ReadOffsets>>,
 }
 
 impl ReplaySetup {
@@ -60,38 +55,34 @@ impl ReplaySetup {
         self.ranges
             .iter()
             .flat_map(|(_, r)| r.iter())
-            .map(|r| r.end - r.start)
+            .map(|r| r.messages())
             .sum()
     }
 
-    /// Where partition `topic/partition` of source `source` starts.
-    pub fn start(&self, source: usize, topic: &str, partition: i32) -> Option<u64> {
-        self.range(source, topic, partition).map(|r| r.start)
+    /// Where partition `key` (`topic/partition`) of source `source` starts.
+    pub fn start(&self, source: usize, key: &str) -> Option<u64> {
+        self.range(source, key).map(|r| r.start())
     }
 
-    fn range(&self, source: usize, topic: &str, partition: i32) -> Option<&OffsetRange> {
+    fn range(&self, source: usize, key: &str) -> Option<&dyn ReplayRange> {
         self.ranges
             .iter()
             .find(|(s, _)| *s == source)?
             .1
             .iter()
-            .find(|r| r.topic == topic && r.partition == partition)
+            .find(|r| r.key() == key)
+            .map(|r| r.as_ref())
     }
 
-    /// The offset ranges, one line per partition.
+    /// The ranges, one line per partition.
     pub fn describe(&self, plan: &Plan) -> String {
         let mut s = String::new();
         for (source, ranges) in &self.ranges {
             for r in ranges {
                 s.push_str(&format!(
-                    "  {} {}/{}: offsets {}..{} ({} messages; the partition ends at {})\n",
+                    "  {} {}\n",
                     plan.sources[*source].name,
-                    r.topic,
-                    r.partition,
-                    r.start,
-                    r.end,
-                    r.end - r.start,
-                    r.high
+                    r.describe()
                 ));
             }
         }
@@ -118,7 +109,6 @@ pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), S
         .max()
         .unwrap_or(0);
     let mut ranges = Vec::new();
-    let mut read = Vec::new();
     for (i, s) in plan.sources.iter_mut().enumerate() {
         let ooo = s.max_out_of_orderness_ms as i64;
         let range = (
@@ -126,7 +116,6 @@ pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), S
             req.to_ms.saturating_add(margin + ooo),
         );
         let replayed = s.input.replay(&s.name, range, &suffix)?;
-        read.push(replayed.read);
         ranges.push((i, replayed.ranges));
     }
     let setup = ReplaySetup {
@@ -135,7 +124,6 @@ pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), S
         ranges,
         suffix,
         written: Default::default(),
-        read,
     };
     Ok((plan, setup))
 }
@@ -266,13 +254,8 @@ impl JobHooks for Replay {
         let partitions = r
             .ranges
             .iter()
-            .zip(&r.read)
-            .flat_map(|((_, ranges), read)| {
-                ranges.iter().filter_map(|x| {
-                    let at = read.0.get(&(x.topic.clone(), x.partition))?.clone();
-                    Some((format!("{}/{}", x.topic, x.partition), x.start, x.end, at))
-                })
-            })
+            .flat_map(|(_, ranges)| ranges.iter())
+            .map(|x| (x.key(), x.start(), x.end(), x.read()))
             .collect();
         let (total, stats) = (r.messages(), stats.clone());
         Some(Reporter::spawn(move |stop| {
@@ -555,7 +538,6 @@ mod tests {
             ranges: Vec::new(),
             suffix: suffix.clone(),
             written: Default::default(),
-            read: Vec::new(),
         }));
         let plan = mode.retarget(live).unwrap_or_else(|e| panic!("{e}"));
         for (s, live) in plan.sinks.iter().zip(live_files) {

@@ -39,10 +39,13 @@ mod tests;
 pub mod webhook;
 
 pub use pooled::{
-    OwnedPartitions, PoolSource, PooledReader, PooledSource, Repartitioning, HANDOVER_TIMEOUT,
+    internal_topic, OwnedPartitions, PoolSource, PooledReader, PooledSource, Repartition,
+    Repartitioning, RunningRepartition, HANDOVER_TIMEOUT,
 };
+pub(crate) use sources::avro_refusal;
 pub use sources::{
-    OpenSource, OpenedSource, SourceBase, SourceConnector, SourceKind, SourcePlanning, SOURCES,
+    OpenSource, OpenedSource, ReplayRange, ReplayedSource, SourceBase, SourceConnector, SourceKind,
+    SourcePlanning, SOURCES,
 };
 
 /// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the
@@ -59,10 +62,15 @@ pub struct SinkPlanning<'a> {
 pub struct SinkKind {
     /// The key under a sink (`kafka`, `file`...).
     pub key: &'static str,
+    /// Its name in messages listing kinds (`Kafka`: "Kafka and NATS sinks").
+    pub name: &'static str,
     /// Whether the sink's YAML declares this kind.
     pub declared: fn(&SinkDoc) -> bool,
     /// Whether the sink-level `format` key applies to it.
     pub takes_format: bool,
+    /// Where its format comes from instead, when it says more than that it has its own
+    /// (`a file's format follows its extension (...)`).
+    pub own_format: Option<&'static str>,
     /// The secret values its YAML holds (masked wherever they would be shown).
     pub secrets: fn(&SinkDoc) -> Vec<String>,
     /// The checked sink.
@@ -79,6 +87,34 @@ pub const SINKS: &[SinkKind] = &[
     nats::SINK,
     file::SINK,
 ];
+
+/// Why sink `sink`'s `format` is refused: its kind takes none (the kinds that take one, and
+/// where the others' formats come from).
+pub(crate) fn format_refusal(sink: &str) -> String {
+    let takers = list(
+        SINKS.iter().filter(|k| k.takes_format).map(|k| k.name),
+        "and",
+    );
+    let others = SINKS.iter().filter(|k| !k.takes_format);
+    let mut own: Vec<String> = others
+        .clone()
+        .filter_map(|k| k.own_format.map(str::to_string))
+        .collect();
+    let rest: Vec<&str> = others
+        .filter(|k| k.own_format.is_none())
+        .map(|k| k.name)
+        .collect();
+    if !rest.is_empty() {
+        own.push(format!(
+            "{} sinks have their own",
+            list(rest.into_iter(), "and")
+        ));
+    }
+    format!(
+        "sink `{sink}`: `format` is for {takers} sinks: {}",
+        own.join(", ")
+    )
+}
 
 /// A window or view naming a sink: the output it binds the sink to.
 pub struct Attach<'a> {
@@ -305,4 +341,14 @@ pub(crate) fn keys_of<'a>(keys: impl Iterator<Item = &'a str>) -> String {
     keys.map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `items` as prose: `a`, `a and b`, `a, b and c` (with `last` for `and`).
+pub(crate) fn list<'a>(items: impl Iterator<Item = &'a str>, last: &str) -> String {
+    let items: Vec<&str> = items.collect();
+    match items.split_last() {
+        None => String::new(),
+        Some((only, [])) => only.to_string(),
+        Some((tail, head)) => format!("{} {last} {tail}", head.join(", ")),
+    }
 }

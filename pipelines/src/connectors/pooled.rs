@@ -50,6 +50,34 @@ pub struct Repartitioning<'a> {
     pub until_caught_up: bool,
 }
 
+/// The internal topic a pool repartitions source `source` of pipeline `pipeline` through
+/// (`PIPELINE-SOURCE-repartition`), shown by `weir validate`.
+pub fn internal_topic(pipeline: &str, source: &str) -> String {
+    weir_sources::repartition::internal_topic(pipeline, source)
+}
+
+/// A repartition stage ready to start: what a source's connector returns when a pool
+/// re-keys its events through an internal topic. The pool starts, stops and waits for it
+/// without knowing what it reads or writes.
+pub trait Repartition: Send {
+    /// Starts the stage; it runs until stopped (or, reading until caught up, until its
+    /// partitions are read to their end, or until it fails), then calls `on_end`.
+    fn start(
+        self: Box<Self>,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> Result<Box<dyn RunningRepartition>, EngineError>;
+}
+
+/// A running repartition stage (a thread of the worker).
+pub trait RunningRepartition: Send {
+    /// Whether the stage ended (caught up, or failed).
+    fn is_finished(&self) -> bool;
+    /// Asks the stage to stop (it sends what it read and commits first).
+    fn stop(&self);
+    /// Waits for the stage to end; its error, if it failed.
+    fn join(self: Box<Self>) -> Result<(), EngineError>;
+}
+
 /// A pooled reader: it outlives the jobs of a worker, which each read the partitions the
 /// worker owned when it started.
 pub trait PooledReader: PartitionReader {

@@ -3,15 +3,16 @@
 
 use std::any::Any;
 use std::fmt::Debug;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
 use weir_engine::events::Resume;
 use weir_engine::job::PartitionReader;
-use weir_sources::{MessageColumn, ReadOffsets, RepartitionSpec};
+use weir_sources::MessageColumn;
 
-use super::pooled::{PoolSource, PooledSource, Repartitioning};
+use super::pooled::{PoolSource, PooledSource, Repartition, Repartitioning};
 use crate::error::PipelineError;
 use crate::model::{AvroLimitsDoc, Format, PipelineDoc, SourceDoc};
 use crate::plan::Ctx;
@@ -68,9 +69,20 @@ pub fn avro_limits(doc: Option<&AvroLimitsDoc>) -> weir_sources::avro::AvroLimit
 /// A source kind: its YAML key and how a declaration of it is planned.
 pub struct SourceKind {
     pub key: &'static str,
+    /// Its name in messages listing kinds (`Kafka`: "a Kafka or NATS source").
+    pub name: &'static str,
+    /// What its sources are called in the plural in messages listing kinds (`Kafka topics`,
+    /// `files`, `the generator`).
+    pub plural: &'static str,
     pub declared: fn(&SourceDoc) -> bool,
     /// Whether it reads Avro records (message payloads).
     pub reads_avro: bool,
+    /// Whether a replay re-reads it (its connector implements
+    /// [`SourceConnector::replay`]).
+    pub replays: bool,
+    /// What a worker pool can share of it (`Kafka topic`), `None` when nothing (its
+    /// connector then keeps [`SourceConnector::pool_refusal`]'s default).
+    pub pooled: Option<&'static str>,
     /// The secret values its YAML holds (masked wherever they would be shown).
     pub secrets: fn(&SourceDoc) -> Vec<String>,
     pub plan: fn(&SourcePlanning) -> Result<PlannedInput, PipelineError>,
@@ -111,10 +123,41 @@ pub struct OpenedSource {
 
 /// The part of a time range a replay reads from one source.
 pub struct ReplayedSource {
-    /// The offset range of each partition.
-    pub ranges: Vec<weir_kafka::OffsetRange>,
-    /// Where its reader reports the offset after the last message read.
-    pub read: Arc<ReadOffsets>,
+    /// The range of each partition, as its connector defines it.
+    pub ranges: Vec<Box<dyn ReplayRange>>,
+}
+
+/// The messages a replay reads from one partition of a source: a connector's own value,
+/// which the replay counts, prints and follows without knowing what it reads.
+pub trait ReplayRange: Debug + Send + Sync {
+    /// The partition's key (`topic/partition`), as a progress bar names it.
+    fn key(&self) -> String;
+    /// The position (offset, sequence) of its first message.
+    fn start(&self) -> u64;
+    /// The position past its last message.
+    fn end(&self) -> u64;
+    /// Messages to read.
+    fn messages(&self) -> u64 {
+        self.end().saturating_sub(self.start())
+    }
+    /// Where the source's reader is: the position after the last message it read.
+    fn read(&self) -> Arc<AtomicU64>;
+    /// One line for `weir replay`: `KEY: offsets START..END (N messages; ...)`.
+    fn describe(&self) -> String;
+}
+
+/// Kinds `with` selects, by `name`, as `a, b or c` (`and` when `and`).
+fn listed(with: impl Fn(&SourceKind) -> Option<&'static str>, last: &str) -> String {
+    super::list(SOURCES.iter().filter_map(with), last)
+}
+
+/// Why source `source` in format `avro` is refused: its kind reads no Avro.
+pub(crate) fn avro_refusal(source: &str) -> String {
+    format!(
+        "source `{source}`: format `avro` is read from {} messages; {} are json",
+        listed(|k| k.reads_avro.then_some(k.name), "or"),
+        listed(|k| (!k.reads_avro).then_some(k.plural), "and"),
+    )
 }
 
 /// A planned source as `Any`, for code inside its own folder (a pool's reader of it).
@@ -171,15 +214,17 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
         _suffix: &str,
     ) -> Result<ReplayedSource, String> {
         Err(format!(
-            "source `{source}` is not a Kafka or NATS source: replay re-reads Kafka topics and NATS streams"
+            "source `{source}` is not a {} source: replay re-reads {}",
+            listed(|k| k.replays.then_some(k.name), "or"),
+            listed(|k| k.replays.then_some(k.plural), "and"),
         ))
     }
     /// Why it cannot be shared by a worker pool, `None` when it can; `keyed` says whether its
     /// declared `partitioned_by` keys every window and view reading it.
     fn pool_refusal(&self, source: &str, _keyed: bool) -> Option<String> {
         Some(format!(
-            "source `{source}` is not a Kafka topic or partitioned NATS stream: only \
-             those can be shared by a worker pool"
+            "source `{source}` is not a {}: only those can be shared by a worker pool",
+            listed(|k| k.pooled, "or"),
         ))
     }
     /// Whether a pool assigns its partitions among the workers itself (workers then
@@ -207,7 +252,10 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     }
     /// Retargets it to read the internal topic that `at` repartitions its events through,
     /// and returns the stage that writes them there; `None` when it is not repartitioned.
-    fn repartition(&mut self, _at: Repartitioning) -> Result<Option<RepartitionSpec>, RunError> {
+    fn repartition(
+        &mut self,
+        _at: Repartitioning,
+    ) -> Result<Option<Box<dyn Repartition>>, RunError> {
         Ok(None)
     }
 }

@@ -3,8 +3,8 @@
 use super::*;
 use crate::plan::Plan;
 
-/// `yaml` written to a fresh folder and planned.
-fn plan_of(name: &str, yaml: &str) -> Result<Plan, PipelineError> {
+/// `yaml` written to a fresh folder (with an empty `in.ndjson`) and planned.
+pub(super) fn plan_of(name: &str, yaml: &str) -> Result<Plan, PipelineError> {
     let dir = std::env::temp_dir().join(format!("weir-connectors-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     std::fs::write(dir.join("in.ndjson"), "").expect("input file");
@@ -13,9 +13,19 @@ fn plan_of(name: &str, yaml: &str) -> Result<Plan, PipelineError> {
     crate::plan::load(&path)
 }
 
+/// The error planning `yaml` gives (it must be refused).
+pub(super) fn refusal(name: &str, yaml: &str) -> PipelineError {
+    match plan_of(name, yaml) {
+        Ok(_) => panic!("{name}: accepted"),
+        Err(e) => e,
+    }
+}
+
 const WINDOW: &str = "windows:\n  w:\n    from: events\n    key: [datasetName]\n    tumbling: 1m\n    aggregates: { n: count(*) }\n    sinks: [out]\n";
 
-fn pipeline(source: &str, sink: &str, extra: &str) -> String {
+/// A pipeline reading `source` (lines under source `events`), with window `w` writing to
+/// sink `out` (`sink`'s lines), then `extra`.
+pub(super) fn pipeline(source: &str, sink: &str, extra: &str) -> String {
     format!(
         "name: p\nsources:\n  events:\n{source}\n    schema: data-ingestion\n    event_time: {{ field: timestamp }}\n{WINDOW}sinks:\n  out:\n{sink}\n{extra}"
     )

@@ -3,8 +3,8 @@
 
 use super::{names, Ctx, PlannedSink};
 use crate::connectors::{
-    default_dead_letter, keys_of, Attach, DeadLetterConnector, DeadLetterKind, SinkConnector,
-    SinkKind, SinkPlanning, DEAD_LETTERS, SINKS,
+    default_dead_letter, format_refusal, keys_of, Attach, DeadLetterConnector, DeadLetterKind,
+    SinkConnector, SinkKind, SinkPlanning, DEAD_LETTERS, SINKS,
 };
 use crate::error::PipelineError;
 use crate::model::*;
@@ -56,10 +56,7 @@ fn sink_target(
     };
     if let Some(f) = &k.value.format {
         if !kind.takes_format && f.value != Format::Json {
-            return Err(ctx.err(
-                    &f.referenced,
-                    format!("sink `{kname}`: `format` is for Kafka and NATS sinks: a file's format follows its extension (.ndjson, .csv, .parquet), Iceberg, Elasticsearch, webhook and PostgreSQL sinks have their own"),
-                ));
+            return Err(ctx.err(&f.referenced, format_refusal(kname)));
         }
     }
     (kind.plan)(&SinkPlanning {

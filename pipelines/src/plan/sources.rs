@@ -1,4 +1,4 @@
-//! Planning of sources: what each reads (Kafka, files, the generator), its schema and event
+//! Planning of sources: what each reads (its connector), its schema and event
 //! time, then its decoder with only the columns its windows and views read.
 
 use std::collections::BTreeSet;
@@ -11,7 +11,9 @@ use weir_sources::{
 };
 
 use super::{Ctx, PlannedSource, DEFAULT_MAX_FUTURE_MS};
-use crate::connectors::{keys_of, SourceConnector, SourceKind, SourcePlanning, SOURCES};
+use crate::connectors::{
+    avro_refusal, keys_of, SourceConnector, SourceKind, SourcePlanning, SOURCES,
+};
 use crate::error::PipelineError;
 use crate::model::*;
 
@@ -65,7 +67,7 @@ fn check_source(
     let format = s.format.as_ref().map(|f| f.value).unwrap_or(Format::Json);
     if format == Format::Avro && !kind.reads_avro {
         let f = s.format.as_ref().map(|f| f.referenced).unwrap_or(*loc);
-        return Err(ctx.err(&f, format!("source `{sname}`: format `avro` is read from Kafka or NATS messages; files and the generator are json")));
+        return Err(ctx.err(&f, avro_refusal(sname)));
     }
     let enveloped = format == Format::Cloudevents;
     let planned = (kind.plan)(&SourcePlanning {

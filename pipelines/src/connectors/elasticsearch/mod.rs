@@ -13,6 +13,8 @@ mod plan;
 /// The `elasticsearch` sink kind.
 pub const SINK: SinkKind = SinkKind {
     key: "elasticsearch",
+    name: "Elasticsearch",
+    own_format: None,
     declared: |d| d.elasticsearch.is_some(),
     takes_format: false,
     secrets: |d| {
@@ -93,5 +95,85 @@ impl SinkConnector for ElasticsearchTarget {
 
     fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
         Ok(Box::new(ElasticsearchSink::new(at.name, self.0.clone())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::connectors::tests::{pipeline, plan_of, refusal};
+    use crate::connectors::SinkConnector;
+
+    const FILES: &str = "    file: { path: in.ndjson }";
+
+    fn sink(name: &str, es: &str) -> Box<dyn SinkConnector> {
+        let yaml = pipeline(FILES, &format!("    elasticsearch: {es}"), "");
+        let plan = plan_of(name, &yaml).unwrap_or_else(|e| panic!("{e}"));
+        plan.sinks[0].target.clone()
+    }
+
+    #[test]
+    fn an_elasticsearch_sink_plans_describes_and_fingerprints_its_nodes() {
+        let es = "{ url: \"http://127.0.0.1:9/\", index: \"p-{output}\", api_key: k-4711 }";
+        let s = sink("es-plan", es);
+        assert_eq!(s.kind(), "elasticsearch");
+        // the URL without its trailing slash; no credentials in the fingerprint
+        assert_eq!(s.fingerprint(), "elasticsearch http://127.0.0.1:9");
+        assert_eq!(sink("es-plan-again", es).fingerprint(), s.fingerprint());
+        let other = sink(
+            "es-plan-other",
+            "{ url: \"http://127.0.0.1:10\", index: i }",
+        );
+        assert_ne!(other.fingerprint(), s.fingerprint());
+        assert_eq!(s.summary(), "indices");
+        let live = s.describe(true);
+        assert!(
+            live.starts_with("elasticsearch http://127.0.0.1:9 (1 nodes)"),
+            "{live}"
+        );
+        assert!(
+            live.contains(", authenticated; exactly-once effect"),
+            "{live}"
+        );
+        assert!(!live.contains("k-4711"), "{live}");
+        assert!(s
+            .describe(false)
+            .contains("a row sent again overwrites its document"));
+    }
+
+    #[test]
+    fn an_elasticsearch_sink_is_refused_where_its_block_is() {
+        let yaml = pipeline(
+            FILES,
+            "    elasticsearch: { url: \"ftp://x\", index: i }",
+            "",
+        );
+        let e = refusal("es-bad", &yaml);
+        assert!(e.line > 0 && e.column > 0, "{e}");
+        assert_eq!(
+            e.message,
+            "sink `out`: `url` `ftp://x` is not an http:// or https:// URL"
+        );
+        let yaml = pipeline(
+            FILES,
+            "    elasticsearch: { url: \"http://x\", index: i, username: u }",
+            "",
+        );
+        let e = refusal("es-half-auth", &yaml);
+        assert!(
+            e.message.contains("needs both `username` and `password`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_elasticsearch_sink_replays_and_pools_as_it_is() {
+        let s = sink("es-modes", "{ url: \"http://127.0.0.1:9\", index: i }");
+        // documents have deterministic ids: a replay overwrites them in place
+        assert_eq!(s.replayed("replay-a-b").describe(true), s.describe(true));
+        assert_eq!(s.pool_refusal("out"), None);
+        let mut worker = s.clone();
+        worker.for_worker("w1");
+        assert_eq!(worker.describe(true), s.describe(true));
+        assert!(s.local_file().is_none());
     }
 }

@@ -26,6 +26,8 @@ pub use source::SOURCE;
 /// The `file` sink kind.
 pub const SINK: SinkKind = SinkKind {
     key: "file",
+    name: "file",
+    own_format: Some("a file's format follows its extension (.ndjson, .csv, .parquet)"),
     declared: |d| d.file.is_some(),
     takes_format: false,
     secrets: super::none,

@@ -12,6 +12,10 @@ use crate::run::RunError;
 /// The `file` source kind.
 pub const SOURCE: SourceKind = SourceKind {
     key: "file",
+    name: "file",
+    plural: "files",
+    replays: false,
+    pooled: None,
     declared: |d| d.file.is_some(),
     reads_avro: false,
     secrets: crate::connectors::none,

@@ -15,6 +15,10 @@ use crate::run::RunError;
 /// The `generator` source kind.
 pub const SOURCE: SourceKind = SourceKind {
     key: "generator",
+    name: "generator",
+    plural: "the generator",
+    replays: false,
+    pooled: None,
     declared: |d| d.generator.is_some(),
     reads_avro: false,
     secrets: crate::connectors::none,
@@ -141,5 +145,97 @@ impl SourceConnector for Generator {
             reader: Box::new(reader),
             keys: vec!["0".to_string()],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::connectors::tests::{pipeline, plan_of, refusal};
+    use crate::connectors::SourceConnector;
+
+    const FILE_SINK: &str = "    file: { path: out/w.ndjson }";
+
+    fn source(name: &str, generator: &str) -> Box<dyn SourceConnector> {
+        let yaml = pipeline(&format!("    generator: {generator}"), FILE_SINK, "");
+        let mut plan = plan_of(name, &yaml).unwrap_or_else(|e| panic!("{e}"));
+        plan.sources.remove(0).input
+    }
+
+    #[test]
+    fn a_generator_plans_describes_and_fingerprints_its_seed() {
+        let g = source("gen-plan", "{ kind: data-ingestion, count: 10, seed: 7 }");
+        assert_eq!(g.kind(), "generator");
+        assert_eq!(
+            g.describe(),
+            "generator 10 events as fast as possible, seed 7"
+        );
+        assert_eq!(g.summary(), "10 events");
+        assert_eq!(g.fingerprint(), "generator DataIngestion seed 7");
+        assert_eq!(
+            source(
+                "gen-plan-again",
+                "{ kind: data-ingestion, count: 10, seed: 7 }"
+            )
+            .fingerprint(),
+            g.fingerprint()
+        );
+        // the events depend on the seed, not on how many are made or how fast
+        let faster = source(
+            "gen-rate",
+            "{ kind: data-ingestion, count: 20, seed: 7, events_per_second: 50 }",
+        );
+        assert_eq!(faster.fingerprint(), g.fingerprint());
+        assert_eq!(faster.describe(), "generator 20 events at 50/s, seed 7");
+        let reseeded = source("gen-seed", "{ kind: data-ingestion, count: 10, seed: 8 }");
+        assert_ne!(reseeded.fingerprint(), g.fingerprint());
+    }
+
+    #[test]
+    fn a_generator_is_refused_where_its_block_is() {
+        let yaml = pipeline(
+            "    generator: { kind: data-ingestion, events_per_second: -1 }",
+            FILE_SINK,
+            "",
+        );
+        let e = refusal("gen-bad", &yaml);
+        assert!(e.line > 0 && e.column > 0, "{e}");
+        assert_eq!(
+            e.message,
+            "events_per_second must be 0 (as fast as possible) or more"
+        );
+        // its records are JSON: the message lists the kinds that read Avro
+        let yaml = pipeline(
+            "    generator: { kind: data-ingestion, count: 1 }\n    format: avro",
+            FILE_SINK,
+            "",
+        );
+        assert_eq!(
+            refusal("gen-avro", &yaml).message,
+            "source `events`: format `avro` is read from Kafka or NATS messages; files and \
+             the generator are json"
+        );
+    }
+
+    #[test]
+    fn a_generator_is_neither_replayed_nor_shared_by_a_pool() {
+        let mut g = source("gen-modes", "{ kind: data-ingestion, count: 10 }");
+        let why = g
+            .replay("events", (0, 60_000), "replay-a-b")
+            .err()
+            .expect("refused");
+        assert_eq!(
+            why,
+            "source `events` is not a Kafka or NATS source: replay re-reads Kafka topics and \
+             NATS streams"
+        );
+        assert_eq!(
+            g.pool_refusal("events", true).as_deref(),
+            Some(
+                "source `events` is not a Kafka topic or partitioned NATS stream: only those \
+                 can be shared by a worker pool"
+            )
+        );
+        assert!(!g.pool_assigns_partitions());
+        assert_eq!(g.lanes_per_partition(), None);
     }
 }

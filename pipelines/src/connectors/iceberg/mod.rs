@@ -22,6 +22,8 @@ pub use plan::iceberg_config;
 /// The `iceberg` sink kind.
 pub const SINK: SinkKind = SinkKind {
     key: "iceberg",
+    name: "Iceberg",
+    own_format: None,
     declared: |d| d.iceberg.is_some(),
     takes_format: false,
     secrets: |d| {
@@ -161,5 +163,92 @@ impl SinkConnector for IcebergTarget {
         weir_iceberg::pool::roll_forward(&config, worker, m.epoch, info)
             .map_err(|e| EngineError::sink_caused(sink, "", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::connectors::tests::{pipeline, plan_of, refusal};
+    use crate::connectors::SinkConnector;
+
+    const FILES: &str = "    file: { path: in.ndjson }";
+
+    fn sink(name: &str, iceberg: &str) -> Box<dyn SinkConnector> {
+        let yaml = pipeline(FILES, &format!("    iceberg: {iceberg}"), "");
+        let plan = plan_of(name, &yaml).unwrap_or_else(|e| panic!("{e}"));
+        plan.sinks[0].target.clone()
+    }
+
+    const SQLITE: &str = "{ catalog: \"sqlite://cat.db\", warehouse: lake, table: ns.t }";
+
+    #[test]
+    fn an_iceberg_sink_plans_describes_and_fingerprints_its_table() {
+        let s = sink("ice-plan", SQLITE);
+        assert_eq!(s.kind(), "iceberg");
+        assert_eq!(s.fingerprint(), "iceberg table ns.t");
+        assert_eq!(
+            sink("ice-plan-again", SQLITE).fingerprint(),
+            s.fingerprint()
+        );
+        let other = "{ catalog: \"sqlite://cat.db\", warehouse: lake, table: ns.u }";
+        assert_ne!(sink("ice-plan-other", other).fingerprint(), s.fingerprint());
+        assert_eq!(s.summary(), "table ns.t");
+        let live = s.describe(true);
+        assert!(
+            live.starts_with("iceberg table ns.t in catalog `"),
+            "{live}"
+        );
+        assert!(
+            live.ends_with(
+                "partitioned by day(window_start); exactly once: one snapshot per checkpoint"
+            ),
+            "{live}"
+        );
+        assert!(s
+            .describe(false)
+            .ends_with("one snapshot when the run ends"));
+    }
+
+    #[test]
+    fn an_iceberg_sink_is_refused_where_its_block_is() {
+        let bad = "{ catalog: \"ftp://x\", warehouse: lake, table: ns.t }";
+        let e = refusal(
+            "ice-bad",
+            &pipeline(FILES, &format!("    iceberg: {bad}"), ""),
+        );
+        assert!(e.line > 0 && e.column > 0, "{e}");
+        assert!(
+            e.message
+                .starts_with("sink `out`: unknown catalog `ftp://x`"),
+            "{e}"
+        );
+        // `partition_by` is checked against the window's columns when the window names it
+        let by = "{ catalog: \"sqlite://cat.db\", warehouse: lake, table: ns.t, partition_by: \"bucket(nope, 4)\" }";
+        let e = refusal(
+            "ice-partition",
+            &pipeline(FILES, &format!("    iceberg: {by}"), ""),
+        );
+        assert!(e.line > 0 && e.message.starts_with("sink `out`: "), "{e}");
+    }
+
+    #[test]
+    fn an_iceberg_sink_replaces_a_replayed_range_and_pools_with_a_sql_catalog() {
+        let s = sink("ice-modes", SQLITE);
+        // a replay rewrites the range's windows in the same table
+        assert_eq!(s.replayed("replay-a-b").fingerprint(), s.fingerprint());
+        assert_eq!(s.pool_refusal("out"), None);
+        let rest = "{ catalog: \"http://127.0.0.1:9/catalog\", warehouse: lake, table: ns.t }";
+        let why = sink("ice-rest", rest).pool_refusal("out").expect("refused");
+        assert!(
+            why.starts_with("sink `out`: in a worker pool an Iceberg sink needs a SQL catalog"),
+            "{why}"
+        );
+        let mut worker = s.clone();
+        worker.for_worker("w1");
+        let worker = worker
+            .as_any()
+            .downcast_ref::<super::IcebergTarget>()
+            .expect("an Iceberg target");
+        assert_eq!(worker.worker.as_deref(), Some("w1"));
     }
 }

@@ -9,21 +9,20 @@ use weir_engine::checkpoint::Manifest;
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::EngineError;
 use weir_sinks::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
-use weir_sources::{
-    KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets, RepartitionSpec,
-};
+use weir_sources::{KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets};
 
 use super::sources::{
     avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
     SourceKind,
 };
 use super::{Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind};
-use super::{PoolSource, PooledSource, Repartitioning};
+use super::{PoolSource, PooledSource, Repartition, Repartitioning};
 use crate::error::PipelineError;
 use crate::run::RunError;
 
 pub(crate) mod plan;
 mod pool;
+mod replay;
 
 /// `event_time.idle_timeout` of a Kafka source when not given: a partition assigned to the
 /// process that delivers nothing for a minute stops holding the watermark back.
@@ -42,6 +41,10 @@ fn client_secrets(
 /// The `kafka` source kind.
 pub const SOURCE: SourceKind = SourceKind {
     key: "kafka",
+    name: "Kafka",
+    plural: "Kafka topics",
+    replays: true,
+    pooled: Some("Kafka topic"),
     declared: |d| d.kafka.is_some(),
     reads_avro: true,
     secrets: |d| {
@@ -68,6 +71,8 @@ pub const SOURCE: SourceKind = SourceKind {
 /// The `kafka` sink kind.
 pub const SINK: SinkKind = SinkKind {
     key: "kafka",
+    name: "Kafka",
+    own_format: None,
     declared: |d| d.kafka.is_some(),
     takes_format: true,
     secrets: |d| {
@@ -166,8 +171,12 @@ impl SourceConnector for KafkaInput {
         pool::repartition_refusal(source, &self.0)
     }
 
-    fn repartition(&mut self, at: Repartitioning) -> Result<Option<RepartitionSpec>, RunError> {
-        pool::repartition(&mut self.0, at).map(Some)
+    fn repartition(
+        &mut self,
+        at: Repartitioning,
+    ) -> Result<Option<Box<dyn Repartition>>, RunError> {
+        let spec = pool::repartition(&mut self.0, at)?;
+        Ok(Some(Box::new(spec)))
     }
 
     fn fingerprint(&self) -> String {
@@ -204,7 +213,7 @@ impl SourceConnector for KafkaInput {
         let (index, replay, resume) = (at.index, at.replay, at.resume);
         let reader = KafkaReader::new(index, at.name, at.first_partition, cfg, &partitions)
             .with_resume(|t, p| match replay {
-                Some(r) => r.start(index, t, p),
+                Some(r) => r.start(index, &format!("{t}/{p}")),
                 None => resume(&format!("{t}/{p}")).map(|r| r.next_offset),
             });
         Ok(OpenedSource {
@@ -237,19 +246,23 @@ impl SourceConnector for KafkaInput {
             .iter()
             .map(|r| ((r.topic.clone(), r.partition), r.end))
             .collect();
-        let offsets = Arc::new(ReadOffsets(
-            found
-                .iter()
-                .map(|r| {
-                    let at = Arc::new(std::sync::atomic::AtomicU64::new(r.start));
-                    ((r.topic.clone(), r.partition), at)
-                })
-                .collect(),
-        ));
-        cfg.read_offsets = Some(offsets.clone());
+        let ranges: Vec<replay::PartitionRange> = found
+            .into_iter()
+            .map(|range| replay::PartitionRange {
+                read: Arc::new(std::sync::atomic::AtomicU64::new(range.start)),
+                range,
+            })
+            .collect();
+        let offsets = ranges
+            .iter()
+            .map(|r| ((r.range.topic.clone(), r.range.partition), r.read.clone()))
+            .collect();
+        cfg.read_offsets = Some(Arc::new(ReadOffsets(offsets)));
         Ok(ReplayedSource {
-            ranges: found,
-            read: offsets,
+            ranges: ranges
+                .into_iter()
+                .map(|r| Box::new(r) as Box<dyn super::ReplayRange>)
+                .collect(),
         })
     }
 

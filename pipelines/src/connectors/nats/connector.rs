@@ -22,6 +22,10 @@ use crate::run::RunError;
 /// The `nats` source kind.
 pub const SOURCE: SourceKind = SourceKind {
     key: "nats",
+    name: "NATS",
+    plural: "NATS streams",
+    replays: true,
+    pooled: Some("partitioned NATS stream"),
     declared: |d| d.nats.is_some(),
     reads_avro: true,
     secrets: |d| {
@@ -52,6 +56,8 @@ pub const SOURCE: SourceKind = SourceKind {
 /// The `nats` sink kind.
 pub const SINK: SinkKind = SinkKind {
     key: "nats",
+    name: "NATS",
+    own_format: None,
     declared: |d| d.nats.is_some(),
     takes_format: true,
     secrets: |d| {
@@ -142,7 +148,7 @@ impl SourceConnector for NatsInput {
     /// replay; continuing at a checkpoint's or a replay's sequence.
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
         let start = |key: &str| match at.replay {
-            Some(r) => r.start(at.index, &self.0.stream, 0),
+            Some(r) => r.start(at.index, &format!("{}/0", self.0.stream)),
             None => (at.resume)(key).map(|r| r.next_offset),
         };
         let mut cfg = (*self.0).clone();
@@ -177,10 +183,9 @@ impl SourceConnector for NatsInput {
         range: (i64, i64),
         suffix: &str,
     ) -> Result<ReplayedSource, String> {
-        let (found, read) = super::source::replay(&mut self.0, range, suffix)?;
+        let found = super::source::replay(&mut self.0, range, suffix)?;
         Ok(ReplayedSource {
-            ranges: vec![found],
-            read,
+            ranges: vec![Box::new(found)],
         })
     }
 

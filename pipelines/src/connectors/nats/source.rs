@@ -12,8 +12,8 @@ use weir_sources::nats::{
     DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
+use crate::connectors::ReplayRange;
 use crate::model::{NatsPartitionsDoc, NatsSourceDoc, OneOrMany};
-use weir_sources::ReadOffsets;
 
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
 const MAX_FETCH_BATCH: u64 = 100_000;
@@ -151,13 +151,13 @@ const REPLAY_CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_se
 
 /// Sets `cfg` up for a replay of the messages stored in `range` (ms, margins included): a
 /// consumer of its own (deleted by the server once unused), bounded at the first sequence
-/// past the range. Returns the sequence range (as a one-partition offset range named after
-/// the stream) and where the reader reports its progress.
+/// past the range. Returns the sequence range (one partition named after the stream), which
+/// holds where the reader reports its progress.
 pub(crate) fn replay(
     cfg: &mut NatsSourceConfig,
     range: (i64, i64),
     suffix: &str,
-) -> Result<(weir_kafka::OffsetRange, Arc<ReadOffsets>), String> {
+) -> Result<SequenceRange, String> {
     if let Some(p) = cfg.partitions.take() {
         // a replay reads the partitions' subjects as one range of the stream
         cfg.subjects = vec![p.subject.replace(PARTITION_PLACEHOLDER, "*")];
@@ -168,19 +168,53 @@ pub(crate) fn replay(
     cfg.until_caught_up = true;
     // `end` is the first sequence past the range: the last one read is the one before
     cfg.end_sequence = Some(end.saturating_sub(1));
-    let at = Arc::new(AtomicU64::new(start));
-    cfg.read_sequence = Some(at.clone());
-    let offsets = Arc::new(ReadOffsets(
-        [((cfg.stream.clone(), 0), at)].into_iter().collect(),
-    ));
-    let found = weir_kafka::OffsetRange {
-        topic: cfg.stream.clone(),
-        partition: 0,
+    let read = Arc::new(AtomicU64::new(start));
+    cfg.read_sequence = Some(read.clone());
+    Ok(SequenceRange {
+        stream: cfg.stream.clone(),
         start,
         end,
-        high: last + 1,
-    };
-    Ok((found, offsets))
+        next: last + 1,
+        read,
+    })
+}
+
+/// The sequences a replay reads from a stream, as one partition (`STREAM/0`).
+#[derive(Debug)]
+pub(crate) struct SequenceRange {
+    pub stream: String,
+    pub start: u64,
+    /// The first sequence past the range.
+    pub end: u64,
+    /// The sequence after the stream's last at the start.
+    pub next: u64,
+    /// Where the reader is.
+    pub read: Arc<AtomicU64>,
+}
+
+impl ReplayRange for SequenceRange {
+    fn key(&self) -> String {
+        format!("{}/0", self.stream)
+    }
+    fn start(&self) -> u64 {
+        self.start
+    }
+    fn end(&self) -> u64 {
+        self.end
+    }
+    fn read(&self) -> Arc<AtomicU64> {
+        self.read.clone()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{}: offsets {}..{} ({} messages; the partition ends at {})",
+            self.key(),
+            self.start,
+            self.end,
+            self.end - self.start,
+            self.next
+        )
+    }
 }
 
 /// The source for `weir validate` and the console: stream, subjects, consumer, start.

@@ -17,6 +17,8 @@ mod plan;
 /// The `postgres` sink kind.
 pub const SINK: SinkKind = SinkKind {
     key: "postgres",
+    name: "PostgreSQL",
+    own_format: None,
     declared: |d| d.postgres.is_some(),
     takes_format: false,
     secrets: |d| {
@@ -130,5 +132,71 @@ impl SinkConnector for PostgresTarget {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::connectors::tests::{pipeline, plan_of, refusal};
+    use crate::connectors::SinkConnector;
+
+    const FILES: &str = "    file: { path: in.ndjson }";
+
+    fn sink(name: &str, postgres: &str) -> Box<dyn SinkConnector> {
+        let yaml = pipeline(FILES, &format!("    postgres: {postgres}"), "");
+        let plan = plan_of(name, &yaml).unwrap_or_else(|e| panic!("{e}"));
+        plan.sinks[0].target.clone()
+    }
+
+    const PG: &str = "{ url: \"postgres://weir:pw-4711@127.0.0.1:9/db\", table: public.t }";
+
+    #[test]
+    fn a_postgres_sink_plans_describes_and_fingerprints_its_table() {
+        let s = sink("pg-plan", PG);
+        assert_eq!(s.kind(), "postgres");
+        assert_eq!(s.fingerprint(), "postgres table public.t");
+        assert_eq!(sink("pg-plan-again", PG).fingerprint(), s.fingerprint());
+        let other = "{ url: \"postgres://weir@127.0.0.1:9/db\", table: public.u }";
+        assert_ne!(sink("pg-plan-other", other).fingerprint(), s.fingerprint());
+        assert_eq!(s.summary(), "table public.t");
+        let live = s.describe(true);
+        assert!(live.starts_with("postgres table public.t on "), "{live}");
+        assert!(!live.contains("pw-4711"), "{live}");
+        assert!(live.ends_with("exactly once: each checkpoint's rows and its epoch (weir_sink_epochs) commit in one transaction"), "{live}");
+        assert!(s
+            .describe(false)
+            .ends_with("at least once: windows upserted by key and window_start"));
+    }
+
+    #[test]
+    fn a_postgres_sink_is_refused_where_its_block_is() {
+        let yaml = pipeline(
+            FILES,
+            "    postgres: { url: \"postgres://weir@127.0.0.1:9/db\", table: t, batch_max_rows: 0 }",
+            "",
+        );
+        let e = refusal("pg-bad", &yaml);
+        assert!(e.line > 0 && e.column > 0, "{e}");
+        assert_eq!(
+            e.message,
+            "sink `out`: `batch_max_rows` must be between 1 and 1000000"
+        );
+    }
+
+    #[test]
+    fn a_postgres_sink_replays_by_key_and_commits_per_worker_in_a_pool() {
+        let s = sink("pg-modes", PG);
+        // rows are upserted by key: a replay writes the same table
+        assert_eq!(s.replayed("replay-a-b").describe(true), s.describe(true));
+        assert_eq!(s.pool_refusal("out"), None);
+        let mut worker = s.clone();
+        worker.for_worker("w1");
+        let worker = worker
+            .as_any()
+            .downcast_ref::<super::PostgresTarget>()
+            .expect("a PostgreSQL target");
+        assert_eq!(worker.0.worker, "w1");
+        // attached to the window: its rows' schema is kept to finish a dead worker's epoch
+        assert!(worker.1.is_some());
     }
 }

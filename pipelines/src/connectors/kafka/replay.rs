@@ -1,0 +1,90 @@
+//! A Kafka partition's part of a replay, and the repartition stage a pool runs, as the
+//! registry's opaque values.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use weir_engine::EngineError;
+use weir_kafka::OffsetRange;
+use weir_sources::{RepartitionSpec, RepartitionStage};
+
+use crate::connectors::{Repartition, ReplayRange, RunningRepartition};
+
+/// The offsets a replay reads from one partition, and where its reader is.
+#[derive(Debug)]
+pub(crate) struct PartitionRange {
+    pub range: OffsetRange,
+    pub read: Arc<AtomicU64>,
+}
+
+impl ReplayRange for PartitionRange {
+    fn key(&self) -> String {
+        format!("{}/{}", self.range.topic, self.range.partition)
+    }
+    fn start(&self) -> u64 {
+        self.range.start
+    }
+    fn end(&self) -> u64 {
+        self.range.end
+    }
+    fn read(&self) -> Arc<AtomicU64> {
+        self.read.clone()
+    }
+    fn describe(&self) -> String {
+        let r = &self.range;
+        format!(
+            "{}: offsets {}..{} ({} messages; the partition ends at {})",
+            self.key(),
+            r.start,
+            r.end,
+            r.end - r.start,
+            r.high
+        )
+    }
+}
+
+impl Repartition for RepartitionSpec {
+    fn start(
+        self: Box<Self>,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> Result<Box<dyn RunningRepartition>, EngineError> {
+        Ok(Box::new(RepartitionStage::start(*self, on_end)?))
+    }
+}
+
+impl RunningRepartition for RepartitionStage {
+    fn is_finished(&self) -> bool {
+        RepartitionStage::is_finished(self)
+    }
+    fn stop(&self) {
+        RepartitionStage::stop(self)
+    }
+    fn join(self: Box<Self>) -> Result<(), EngineError> {
+        RepartitionStage::join(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_range_prints_as_the_replay_always_did() {
+        let r = PartitionRange {
+            range: OffsetRange {
+                topic: "events".into(),
+                partition: 3,
+                start: 10,
+                end: 25,
+                high: 40,
+            },
+            read: Arc::new(AtomicU64::new(10)),
+        };
+        assert_eq!(r.key(), "events/3");
+        assert_eq!(r.messages(), 15);
+        assert_eq!(
+            r.describe(),
+            "events/3: offsets 10..25 (15 messages; the partition ends at 40)"
+        );
+    }
+}
