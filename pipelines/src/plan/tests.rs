@@ -117,7 +117,6 @@ fn settings_get_their_defaults_and_paths_beside_the_file() {
     assert_eq!(c.location, dir.path().join("state").display().to_string());
     let serve = plan.serve.as_ref().expect("serve");
     assert_eq!(serve.http.as_deref(), Some("127.0.0.1:0"));
-    assert_eq!(serve.postgres, None);
     assert!(plan.tracing.is_none());
     let refused = refusal(&PIPELINE.replace(
         "checkpoint: { dir: state }",
