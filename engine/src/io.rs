@@ -23,10 +23,11 @@ pub const DEFAULT_THREADS: usize = 2;
 static THREADS: AtomicUsize = AtomicUsize::new(DEFAULT_THREADS);
 static RUNTIME: OnceLock<Result<Runtime, std::io::Error>> = OnceLock::new();
 
-/// The I/O runtime could not start (the operating system refused its threads).
+/// The I/O runtime could not start (the operating system refused its threads). It refers to
+/// the error the runtime's first start met, kept for the life of the process.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the I/O runtime: {0}")]
-pub struct IoRuntimeError(#[source] std::io::Error);
+pub struct IoRuntimeError(#[source] &'static std::io::Error);
 
 /// Sets the number of worker threads (at least 1) of the runtime, before its first use;
 /// `false` when it has already started (it keeps its threads).
@@ -44,9 +45,7 @@ pub fn runtime() -> Result<&'static Runtime, IoRuntimeError> {
             .enable_all()
             .build()
     });
-    started
-        .as_ref()
-        .map_err(|e| IoRuntimeError(std::io::Error::new(e.kind(), e.to_string())))
+    started.as_ref().map_err(IoRuntimeError)
 }
 
 #[cfg(test)]

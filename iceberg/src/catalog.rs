@@ -123,12 +123,12 @@ impl PartitionBy {
             PartitionBy::Identity(c) => (c, Transform::Identity, ""),
         };
         let field = schema.field_by_name(column).ok_or_else(|| {
-            IcebergError::Config(format!("partition column `{column}` is not in the table"))
+            IcebergError::config(format!("partition column `{column}` is not in the table"))
         })?;
         UnboundPartitionSpec::builder()
             .add_partition_field(field.id, format!("{column}{suffix}"), transform)
             .map(|b| b.build())
-            .map_err(|e| IcebergError::Config(format!("partition_by: {e}")))
+            .map_err(|e| IcebergError::config_caused("partition_by", e))
     }
 }
 
@@ -142,11 +142,8 @@ pub struct Lake {
 }
 
 impl Lake {
-    fn err(&self, e: impl std::fmt::Display) -> IcebergError {
-        IcebergError::Catalog {
-            uri: self.uri.display(),
-            message: e.to_string(),
-        }
+    fn err(&self, e: impl Into<weir_engine::error::Cause>) -> IcebergError {
+        IcebergError::catalog(self.uri.display(), e)
     }
 
     /// Opens the catalog `name` at `uri`, whose tables go under `warehouse` (an absolute
@@ -158,19 +155,16 @@ impl Lake {
         properties: &HashMap<String, String>,
         runtime: &tokio::runtime::Runtime,
     ) -> Result<Lake, IcebergError> {
-        let err = |e: &dyn std::fmt::Display| IcebergError::Catalog {
-            uri: uri.display(),
-            message: e.to_string(),
-        };
+        let err = |e: weir_engine::error::Cause| IcebergError::catalog(uri.display(), e);
         let warehouse = if warehouse.contains("://") {
             warehouse.to_string()
         } else if !warehouse.starts_with('/') {
-            return Err(IcebergError::Config(format!(
+            return Err(IcebergError::config(format!(
                 "warehouse {warehouse} is not an absolute folder"
             )));
         } else {
             std::fs::create_dir_all(warehouse)
-                .map_err(|e| IcebergError::Config(format!("warehouse {warehouse}: {e}")))?;
+                .map_err(|e| IcebergError::config_caused(format!("warehouse {warehouse}"), e))?;
             format!("file://{warehouse}")
         };
         let storage = Arc::new(crate::storage::WarehouseStorageFactory);
@@ -187,7 +181,7 @@ impl Lake {
         let (url, qmark) = match uri {
             CatalogUri::Sqlite(path) => {
                 if let Some(dir) = std::path::Path::new(path).parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+                    std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
                 }
                 // the file is created when missing
                 let url = format!("sqlite://{path}?mode=rwc");
@@ -206,7 +200,7 @@ impl Lake {
                     use sqlx::Connection;
                     let probe = sqlx::AnyConnection::connect(&url)
                         .await
-                        .map_err(|e| err(&e))?;
+                        .map_err(|e| err(e.into()))?;
                     let _ = probe.close().await;
                 }
                 let pool = AnyPoolOptions::new()
@@ -214,7 +208,7 @@ impl Lake {
                     .acquire_timeout(std::time::Duration::from_secs(10))
                     .connect(&url)
                     .await
-                    .map_err(|e| err(&e))?;
+                    .map_err(|e| err(e.into()))?;
                 // The catalog's first use creates its tables, and PostgreSQL's `CREATE TABLE
                 // IF NOT EXISTS` fails for one of two sessions creating them at once (the
                 // workers of a pool starting together): the loser opens it again.
@@ -233,7 +227,7 @@ impl Lake {
                             tokio::time::sleep(std::time::Duration::from_millis(200 * attempt))
                                 .await;
                         }
-                        Err(e) => return Err(err(&e)),
+                        Err(e) => return Err(err(e.into())),
                     }
                 };
                 (Arc::new(catalog), Some(pool))
@@ -246,7 +240,7 @@ impl Lake {
                     .with_runtime(rt)
                     .load(name, props)
                     .await
-                    .map_err(|e| err(&e))?;
+                    .map_err(|e| err(e.into()))?;
                 (Arc::new(catalog), None)
             }
         };
@@ -362,7 +356,7 @@ impl Lake {
                 .manifest_list_reader(s)
                 .load()
                 .await
-                .map_err(|e| IcebergError::Write(e.to_string()))?
+                .map_err(IcebergError::writing("reading the table's manifest list"))?
                 .entries()
                 .to_vec(),
             None => Vec::new(),
@@ -384,7 +378,7 @@ impl Lake {
     ) -> Result<Table, IcebergError> {
         let append = operation == Operation::Append;
         let Some(pool) = &self.pool else {
-            return Err(IcebergError::Config(format!(
+            return Err(IcebergError::config(format!(
                 "{}: replacing a table's content (a view's commit) needs a SQL catalog \
                  (sqlite:// or postgres://): iceberg-rust 0.10 cannot send that commit to a \
                  REST catalog",
@@ -393,7 +387,7 @@ impl Lake {
         };
         let meta = table.metadata();
         if meta.format_version() != FormatVersion::V2 {
-            return Err(IcebergError::Config(format!(
+            return Err(IcebergError::config(format!(
                 "table {} is Iceberg format {:?}; weir replaces the content of v2 tables only",
                 table.identifier(),
                 meta.format_version()
@@ -406,7 +400,7 @@ impl Lake {
         let commit = uuid::Uuid::new_v4();
         let added_rows: u64 = files.iter().map(|f| f.record_count()).sum();
         let added_files = files.len();
-        let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+        let wr = |e: iceberg::Error| IcebergError::write("writing the snapshot's metadata", e);
 
         let manifest_path = format!("{}/metadata/{commit}-m0.avro", meta.location());
         let mut manifest = ManifestWriterBuilder::new(
@@ -482,7 +476,7 @@ impl Lake {
 
         let current = table
             .metadata_location()
-            .ok_or_else(|| IcebergError::Write("the table has no metadata file".into()))?
+            .ok_or_else(|| IcebergError::write_msg("the table has no metadata file"))?
             .to_string();
         let built = meta
             .clone()

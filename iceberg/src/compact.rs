@@ -62,21 +62,24 @@ pub(crate) async fn live_files(table: &Table) -> Result<Vec<Live>, IcebergError>
     let Some(snapshot) = meta.current_snapshot() else {
         return Ok(Vec::new());
     };
-    let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+    let wr = IcebergError::writing::<iceberg::Error>;
     let list = table
         .manifest_list_reader(snapshot)
         .load()
         .await
-        .map_err(wr)?;
+        .map_err(wr("reading the table's manifest list"))?;
     let mut out = Vec::new();
     for m in list.entries() {
-        let manifest = m.load_manifest(table.file_io()).await.map_err(wr)?;
+        let manifest = m
+            .load_manifest(table.file_io())
+            .await
+            .map_err(wr("reading the table's manifests"))?;
         for e in manifest.entries() {
             if !e.is_alive() {
                 continue;
             }
             if e.content_type() != DataContentType::Data {
-                return Err(IcebergError::Config(format!(
+                return Err(IcebergError::config(format!(
                     "table {} has delete files, which weir does not compact",
                     table.identifier()
                 )));
@@ -99,18 +102,20 @@ pub(crate) async fn read_file(
     table: &Table,
     file: &DataFile,
 ) -> Result<Vec<RecordBatch>, IcebergError> {
-    let wr = |e: &dyn std::fmt::Display| IcebergError::Write(format!("{}: {e}", file.file_path()));
+    let what = || format!("reading {}", file.file_path());
     let bytes = table
         .file_io()
         .new_input(file.file_path())
-        .map_err(|e| wr(&e))?
+        .map_err(|e| IcebergError::write(what(), e))?
         .read()
         .await
-        .map_err(|e| wr(&e))?;
+        .map_err(|e| IcebergError::write(what(), e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.with_batch_size(64 * 1024).build())
-        .map_err(|e| wr(&e))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| wr(&e))
+        .map_err(|e| IcebergError::write(what(), e))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IcebergError::write(what(), e))
 }
 
 /// One pass: rewrites the qualifying partitions of the current snapshot and commits.
@@ -137,8 +142,9 @@ async fn compact_once(
     }
     let meta = table.metadata();
     let schema = meta.current_schema().clone();
-    let target =
-        Arc::new(schema_to_arrow_schema(&schema).map_err(|e| IcebergError::Schema(e.to_string()))?);
+    let target = Arc::new(schema_to_arrow_schema(&schema).map_err(|e| {
+        IcebergError::schema_caused("the table's schema has no Arrow equivalent", e)
+    })?);
     let spec = meta.default_partition_spec().as_ref().clone();
     let names = DefaultFileNameGenerator::new(
         format!("weir-compact-{}", uuid::Uuid::new_v4()),
@@ -146,7 +152,7 @@ async fn compact_once(
         DataFileFormat::Parquet,
     );
     let builder = writer_builder(&table, config.target_file_size, &names)
-        .map_err(|e| IcebergError::Write(e.to_string()))?;
+        .map_err(IcebergError::writing("writing compacted files"))?;
     let mut report = CompactReport::default();
     let mut added = Vec::new();
     for (partition, group) in groups {
@@ -162,24 +168,24 @@ async fn compact_once(
         let mut writer = builder
             .build(key)
             .await
-            .map_err(|e| IcebergError::Write(e.to_string()))?;
+            .map_err(IcebergError::writing("writing compacted files"))?;
         for f in &group {
             report.bytes_before += f.file.file_size_in_bytes();
             report.rows += f.file.record_count();
             for batch in read_file(&table, &f.file).await? {
                 // the table's field ids on the columns as read
                 let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec())
-                    .map_err(|e| IcebergError::Write(e.to_string()))?;
+                    .map_err(IcebergError::writing("writing compacted files"))?;
                 writer
                     .write(batch)
                     .await
-                    .map_err(|e| IcebergError::Write(e.to_string()))?;
+                    .map_err(IcebergError::writing("writing compacted files"))?;
             }
         }
         let written = writer
             .close()
             .await
-            .map_err(|e| IcebergError::Write(e.to_string()))?;
+            .map_err(IcebergError::writing("writing compacted files"))?;
         report.partitions += 1;
         report.files_before += group.len();
         report.files_after += written.len();
@@ -192,7 +198,7 @@ async fn compact_once(
     }
     let written_rows: u64 = added.iter().map(|f| f.record_count()).sum();
     if written_rows != report.rows {
-        return Err(IcebergError::Write(format!(
+        return Err(IcebergError::write_msg(format!(
             "compaction read {} rows but wrote {written_rows}; nothing was committed",
             report.rows
         )));
@@ -214,7 +220,8 @@ pub fn compact(
     config: &IcebergSinkConfig,
     options: &CompactOptions,
 ) -> Result<CompactReport, IcebergError> {
-    let runtime = weir_engine::io::runtime().map_err(|e| IcebergError::Write(e.to_string()))?;
+    let runtime =
+        weir_engine::io::runtime().map_err(IcebergError::writing("writing compacted files"))?;
     runtime.block_on(async {
         let lake = config.open_lake(runtime).await?;
         let mut attempts = 0;

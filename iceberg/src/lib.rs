@@ -23,6 +23,7 @@
 
 mod catalog;
 mod compact;
+mod error;
 pub mod pool;
 mod rewrite;
 pub mod schema;
@@ -32,25 +33,6 @@ mod view_rows;
 
 pub use catalog::{CatalogUri, PartitionBy};
 pub use compact::{compact, CompactOptions, CompactReport};
+pub use error::IcebergError;
 pub use sink::{committed_epochs, IcebergSink, IcebergSinkConfig};
 pub use view_rows::ViewRows;
-
-/// An Iceberg sink's failure.
-#[derive(Debug, thiserror::Error)]
-pub enum IcebergError {
-    /// The output does not fit the table, or a type has no Iceberg equivalent.
-    #[error("{0}")]
-    Schema(String),
-    /// The catalog refused or could not be reached.
-    #[error("catalog {uri}: {message}")]
-    Catalog { uri: String, message: String },
-    /// Writing data files or metadata failed.
-    #[error("{0}")]
-    Write(String),
-    /// Another writer committed to the table first.
-    #[error("{0}")]
-    Conflict(String),
-    /// A configuration weir cannot run.
-    #[error("{0}")]
-    Config(String),
-}

@@ -44,13 +44,10 @@ use crate::IcebergError;
 /// How many times a commit that met a concurrent commit is tried again.
 const ATTEMPTS: u32 = 100;
 
-fn wr(e: impl std::fmt::Display) -> IcebergError {
-    IcebergError::Write(e.to_string())
-}
-
 /// The first `n` (key) columns of `rows`.
 pub(crate) fn key_columns(rows: &RecordBatch, n: usize) -> Result<RecordBatch, IcebergError> {
-    rows.project(&(0..n).collect::<Vec<_>>()).map_err(wr)
+    rows.project(&(0..n).collect::<Vec<_>>())
+        .map_err(IcebergError::writing("taking a view's key columns"))
 }
 
 /// The key columns of the rows of `rows` for which `deleted(row)`, if any.
@@ -64,14 +61,17 @@ pub(crate) fn deleted_keys(
         return Ok(None);
     }
     Ok(Some(
-        filter_record_batch(&key_columns(rows, n)?, &mask).map_err(wr)?,
+        filter_record_batch(&key_columns(rows, n)?, &mask)
+            .map_err(IcebergError::writing("taking a view's deleted keys"))?,
     ))
 }
 
 /// One batch of keys out of several of the same schema.
 pub(crate) fn concat_keys(parts: &[RecordBatch]) -> Result<RecordBatch, IcebergError> {
-    let first = parts.first().ok_or_else(|| wr("no keys"))?;
-    concat_batches(&first.schema(), parts).map_err(wr)
+    let first = parts
+        .first()
+        .ok_or_else(|| IcebergError::write_msg("no keys"))?;
+    concat_batches(&first.schema(), parts).map_err(IcebergError::writing("joining a view's keys"))
 }
 
 /// Keys as the checkpoint keeps them: a JSON array of objects.
@@ -80,9 +80,15 @@ pub(crate) fn keys_to_json(keys: &RecordBatch) -> Result<Value, IcebergError> {
         return Ok(Value::Array(Vec::new()));
     }
     let mut writer = arrow_json::ArrayWriter::new(Vec::new());
-    writer.write(keys).map_err(wr)?;
-    writer.finish().map_err(wr)?;
-    serde_json::from_slice(&writer.into_inner()).map_err(wr)
+    writer.write(keys).map_err(IcebergError::writing(
+        "writing a view's keys to the checkpoint",
+    ))?;
+    writer.finish().map_err(IcebergError::writing(
+        "writing a view's keys to the checkpoint",
+    ))?;
+    serde_json::from_slice(&writer.into_inner()).map_err(IcebergError::writing(
+        "writing a view's keys to the checkpoint",
+    ))
 }
 
 /// Keys read back from a checkpoint, in the types of `table`'s first `n` columns.
@@ -91,22 +97,32 @@ pub(crate) fn keys_from_json(
     n: usize,
     keys: &Value,
 ) -> Result<RecordBatch, IcebergError> {
-    let full = schema_to_arrow_schema(table.metadata().current_schema()).map_err(wr)?;
+    let full = schema_to_arrow_schema(table.metadata().current_schema()).map_err(
+        IcebergError::writing("reading a view's keys from a checkpoint"),
+    )?;
     if n == 0 || n > full.fields().len() {
-        return Err(wr(format!("a checkpoint names {n} key columns")));
+        return Err(IcebergError::write_msg(format!(
+            "a checkpoint names {n} key columns"
+        )));
     }
     let schema = Arc::new(Schema::new(full.fields()[..n].to_vec()));
     let rows = keys
         .as_array()
-        .ok_or_else(|| wr("a checkpoint's view keys are unreadable"))?;
+        .ok_or_else(|| IcebergError::write_msg("a checkpoint's view keys are unreadable"))?;
     let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.len().max(1))
         .build_decoder()
-        .map_err(wr)?;
-    decoder.serialize(rows).map_err(wr)?;
+        .map_err(IcebergError::writing(
+            "reading a view's keys from a checkpoint",
+        ))?;
+    decoder.serialize(rows).map_err(IcebergError::writing(
+        "reading a view's keys from a checkpoint",
+    ))?;
     Ok(decoder
         .flush()
-        .map_err(wr)?
+        .map_err(IcebergError::writing(
+            "reading a view's keys from a checkpoint",
+        ))?
         .unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
 
@@ -185,14 +201,24 @@ async fn replace_keys(
 ) -> Result<Table, IcebergError> {
     let meta = table.metadata();
     let schema = meta.current_schema().clone();
-    let target = Arc::new(schema_to_arrow_schema(&schema).map_err(wr)?);
+    let target = Arc::new(
+        schema_to_arrow_schema(&schema).map_err(IcebergError::writing(
+            "rewriting the files of a view's replaced keys",
+        ))?,
+    );
     let n = keys.num_columns();
     let fields = target.fields()[..n]
         .iter()
         .map(|f| SortField::new(f.data_type().clone()))
         .collect();
-    let converter = RowConverter::new(fields).map_err(wr)?;
-    let wanted = converter.convert_columns(keys.columns()).map_err(wr)?;
+    let converter = RowConverter::new(fields).map_err(IcebergError::writing(
+        "rewriting the files of a view's replaced keys",
+    ))?;
+    let wanted = converter
+        .convert_columns(keys.columns())
+        .map_err(IcebergError::writing(
+            "rewriting the files of a view's replaced keys",
+        ))?;
     let wanted: HashSet<Box<[u8]>> = wanted.iter().map(|r| r.as_ref().into()).collect();
     let spec = meta.default_partition_spec().as_ref().clone();
     let names = DefaultFileNameGenerator::new(
@@ -200,7 +226,9 @@ async fn replace_keys(
         None,
         DataFileFormat::Parquet,
     );
-    let builder = writer_builder(table, target_file_size, &names).map_err(wr)?;
+    let builder = writer_builder(table, target_file_size, &names).map_err(
+        IcebergError::writing("rewriting the files of a view's replaced keys"),
+    )?;
     let mut content = Vec::new();
     let (mut rewritten, mut replaced) = (0usize, 0usize);
     for live in live_files(table).await? {
@@ -212,17 +240,25 @@ async fn replace_keys(
         let mut kept = Vec::new();
         let mut dropped = 0;
         for batch in read_file(table, &f).await? {
-            let batch =
-                RecordBatch::try_new(target.clone(), batch.columns().to_vec()).map_err(wr)?;
-            let rows = converter
-                .convert_columns(&batch.columns()[..n])
-                .map_err(wr)?;
+            let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec()).map_err(
+                IcebergError::writing("rewriting the files of a view's replaced keys"),
+            )?;
+            let rows =
+                converter
+                    .convert_columns(&batch.columns()[..n])
+                    .map_err(IcebergError::writing(
+                        "rewriting the files of a view's replaced keys",
+                    ))?;
             let keep: BooleanArray = rows
                 .iter()
                 .map(|r| Some(!wanted.contains(r.as_ref())))
                 .collect();
             dropped += keep.false_count();
-            kept.push(filter_record_batch(&batch, &keep).map_err(wr)?);
+            kept.push(
+                filter_record_batch(&batch, &keep).map_err(IcebergError::writing(
+                    "rewriting the files of a view's replaced keys",
+                ))?,
+            );
         }
         if dropped == 0 {
             content.push(f);
@@ -235,11 +271,17 @@ async fn replace_keys(
         }
         let key = (!spec.is_unpartitioned())
             .then(|| PartitionKey::new(spec.clone(), schema.clone(), f.partition().clone()));
-        let mut writer = builder.build(key).await.map_err(wr)?;
+        let mut writer = builder.build(key).await.map_err(IcebergError::writing(
+            "rewriting the files of a view's replaced keys",
+        ))?;
         for b in kept.into_iter().filter(|b| b.num_rows() > 0) {
-            writer.write(b).await.map_err(wr)?;
+            writer.write(b).await.map_err(IcebergError::writing(
+                "rewriting the files of a view's replaced keys",
+            ))?;
         }
-        content.extend(writer.close().await.map_err(wr)?);
+        content.extend(writer.close().await.map_err(IcebergError::writing(
+            "rewriting the files of a view's replaced keys",
+        ))?);
     }
     tracing::debug!(
         table = %table.identifier(),
@@ -272,7 +314,7 @@ pub fn roll_forward(
         return Ok(0);
     }
     let ident = config.ident()?;
-    let runtime = weir_engine::io::runtime().map_err(|e| IcebergError::Write(e.to_string()))?;
+    let runtime = weir_engine::io::runtime()?;
     runtime.block_on(async {
         let lake = config.open_lake(runtime).await?;
         let table = lake.load(&ident).await?;

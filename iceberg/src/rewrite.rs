@@ -21,10 +21,6 @@ use crate::compact::{live_files, read_file};
 use crate::sink::writer_builder;
 use crate::IcebergError;
 
-fn wr(e: impl std::fmt::Display) -> IcebergError {
-    IcebergError::Write(e.to_string())
-}
-
 /// Whether a file may hold rows with `window_start` (field `field`) in `[from_us, to_us)`,
 /// from its column bounds (unknown bounds: it may).
 fn overlaps(file: &DataFile, field: i32, from_us: i64, to_us: i64) -> bool {
@@ -51,20 +47,26 @@ pub(crate) async fn replace_windows(
     let schema = meta.current_schema().clone();
     let field = schema
         .field_by_name("window_start")
-        .ok_or_else(|| IcebergError::Config("the table has no window_start column".into()))?
+        .ok_or_else(|| IcebergError::config("the table has no window_start column"))?
         .id;
     let (from_us, to_us) = (from_ms.saturating_mul(1000), to_ms.saturating_mul(1000));
-    let target = Arc::new(schema_to_arrow_schema(&schema).map_err(wr)?);
+    let target = Arc::new(
+        schema_to_arrow_schema(&schema).map_err(IcebergError::writing(
+            "rewriting the files of the replayed windows",
+        ))?,
+    );
     let column = target
         .index_of("window_start")
-        .map_err(|e| IcebergError::Config(e.to_string()))?;
+        .map_err(|e| IcebergError::config_caused("the table's window_start column", e))?;
     let spec = meta.default_partition_spec().as_ref().clone();
     let names = DefaultFileNameGenerator::new(
         format!("weir-replay-{}", uuid::Uuid::new_v4()),
         None,
         DataFileFormat::Parquet,
     );
-    let builder = writer_builder(table, target_file_size, &names).map_err(wr)?;
+    let builder = writer_builder(table, target_file_size, &names).map_err(
+        IcebergError::writing("rewriting the files of the replayed windows"),
+    )?;
     let mut content = Vec::new();
     let mut rewritten = 0usize;
     for live in live_files(table).await? {
@@ -76,26 +78,37 @@ pub(crate) async fn replace_windows(
         rewritten += 1;
         let key = (!spec.is_unpartitioned())
             .then(|| PartitionKey::new(spec.clone(), schema.clone(), f.partition().clone()));
-        let mut writer = builder.build(key).await.map_err(wr)?;
+        let mut writer = builder.build(key).await.map_err(IcebergError::writing(
+            "rewriting the files of the replayed windows",
+        ))?;
         let mut kept = 0usize;
         for batch in read_file(table, &f).await? {
-            let batch =
-                RecordBatch::try_new(target.clone(), batch.columns().to_vec()).map_err(wr)?;
+            let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec()).map_err(
+                IcebergError::writing("rewriting the files of the replayed windows"),
+            )?;
             let starts = batch
                 .column(column)
                 .as_primitive_opt::<TimestampMicrosecondType>()
-                .ok_or_else(|| wr("window_start is not a timestamp"))?;
+                .ok_or_else(|| {
+                    IcebergError::schema("the table's window_start is not a timestamp")
+                })?;
             let keep: BooleanArray = starts
                 .iter()
                 .map(|s| Some(!s.is_some_and(|s| s >= from_us && s < to_us)))
                 .collect();
-            let rows = filter_record_batch(&batch, &keep).map_err(wr)?;
+            let rows = filter_record_batch(&batch, &keep).map_err(IcebergError::writing(
+                "rewriting the files of the replayed windows",
+            ))?;
             if rows.num_rows() > 0 {
                 kept += rows.num_rows();
-                writer.write(rows).await.map_err(wr)?;
+                writer.write(rows).await.map_err(IcebergError::writing(
+                    "rewriting the files of the replayed windows",
+                ))?;
             }
         }
-        let files = writer.close().await.map_err(wr)?;
+        let files = writer.close().await.map_err(IcebergError::writing(
+            "rewriting the files of the replayed windows",
+        ))?;
         if kept > 0 {
             content.extend(files);
         }

@@ -37,7 +37,7 @@ pub fn iceberg_type(column: &str, t: &DataType) -> Result<Type, IcebergError> {
             scale: *s as u32,
         },
         other => {
-            return Err(IcebergError::Schema(format!(
+            return Err(IcebergError::schema(format!(
                 "column `{column}` has type {other}, which has no Iceberg type here"
             )))
         }
@@ -71,7 +71,7 @@ pub fn table_schema(output: &ArrowSchema, keys: usize) -> Result<Schema, Iceberg
     }
     builder
         .build()
-        .map_err(|e| IcebergError::Schema(e.to_string()))
+        .map_err(|e| IcebergError::schema_caused("the output's table schema", e))
 }
 
 /// Whether a column of type `have` in the table can hold values of type `give`: the same
@@ -123,7 +123,7 @@ pub fn check_compatible(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(IcebergError::Schema(format!(
+        Err(IcebergError::schema(format!(
             "table {table} cannot take this output: {}; write to another table, or change the \
              table so that it only adds nullable columns",
             problems.join("; ")
@@ -177,7 +177,7 @@ impl BatchConverter {
                         c.clone()
                     } else {
                         cast_with_options(c, t.data_type(), &options).map_err(|e| {
-                            IcebergError::Schema(format!("column `{}`: {e}", t.name()))
+                            IcebergError::schema_caused(format!("column `{}`", t.name()), e)
                         })?
                     }
                 }
@@ -186,7 +186,7 @@ impl BatchConverter {
             columns.push(column);
         }
         RecordBatch::try_new(self.target.clone(), columns)
-            .map_err(|e| IcebergError::Schema(e.to_string()))
+            .map_err(|e| IcebergError::schema_caused("the rows in the table's schema", e))
     }
 }
 

@@ -29,7 +29,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde_json::{json, Value};
 use weir_engine::job::Sink;
-use weir_engine::EngineError;
+use weir_engine::{EngineError, ErrorKind};
 
 use crate::catalog::{CatalogUri, Lake, PartitionBy};
 use crate::schema::BatchConverter;
@@ -94,12 +94,13 @@ impl IcebergSinkConfig {
     pub fn ident(&self) -> Result<TableIdent, IcebergError> {
         let parts: Vec<&str> = self.table.split('.').collect();
         if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-            return Err(IcebergError::Config(format!(
+            return Err(IcebergError::config(format!(
                 "table `{}` needs a namespace: NAMESPACE.TABLE",
                 self.table
             )));
         }
-        TableIdent::from_strs(parts).map_err(|e| IcebergError::Config(e.to_string()))
+        TableIdent::from_strs(parts)
+            .map_err(|e| IcebergError::config_caused(format!("table `{}`", self.table), e))
     }
 }
 
@@ -175,6 +176,27 @@ fn engine_err(sink: &str, e: impl Into<weir_engine::error::Cause>) -> EngineErro
     EngineError::sink_caused(sink, "", e)
 }
 
+/// The engine's error for a failure of a call that may have changed the sink's state (its
+/// open data files, which a failed write or close leaves unknown): never retried, since the
+/// same call could write rows twice or lose them. The run fails, and a restart resumes from
+/// the last checkpoint; a user's error stays one.
+fn not_retried(sink: &str, e: IcebergError) -> EngineError {
+    let kind = e.kind();
+    if kind == ErrorKind::Retryable {
+        tracing::warn!(
+            sink,
+            error = %weir_engine::error::chain(&e),
+            "the Iceberg storage or catalog failed while the epoch's data files were open: \
+             the run stops (a restart resumes from the last checkpoint)"
+        );
+    }
+    let e = engine_err(sink, e);
+    match kind {
+        ErrorKind::User => e.user(),
+        _ => e,
+    }
+}
+
 /// The epochs committed to `table` by `pipeline`'s sink `sink` (as pool worker `worker`, or
 /// a single process when `None`), from the snapshot summaries.
 pub fn committed_epochs<'a>(
@@ -202,7 +224,8 @@ impl IcebergSink {
         view_keys: Option<usize>,
     ) -> Result<Self, EngineError> {
         let sink = config.sink.clone();
-        let e = |e: IcebergError| engine_err(&sink, e);
+        // opening changes nothing: an unreachable catalog is retryable
+        let e = |e: IcebergError| e.into_sink_error(&sink);
         let ident = config.ident().map_err(e)?;
         let runtime = weir_engine::io::runtime().map_err(|x| engine_err(&sink, x))?;
         let partition = match (&config.partition_by, view_keys) {
@@ -285,6 +308,11 @@ impl IcebergSink {
         engine_err(&self.config.sink, e)
     }
 
+    /// See [`not_retried`].
+    fn fail(&self, e: IcebergError) -> EngineError {
+        not_retried(&self.config.sink, e)
+    }
+
     fn writer_builder(&self) -> Result<FileWriterBuilder, EngineError> {
         writer_builder(&self.table, self.config.target_file_size, &self.names)
             .map_err(|e| self.err(e))
@@ -336,18 +364,17 @@ impl IcebergSink {
         let mut keys = None;
         if let Some(view) = &mut self.view {
             if view.changed() || (pooled && !self.deleted.is_empty()) {
-                let rows = view.rows().map_err(|e| engine_err(&self.config.sink, e))?;
+                let sink = &self.config.sink;
+                let rows = view.rows().map_err(|e| not_retried(sink, e))?;
                 if pooled {
                     let n = view.keys();
                     *view = ViewRows::new(self.converter.target().clone(), n)
-                        .map_err(|e| engine_err(&self.config.sink, e))?;
-                    let mut parts = vec![crate::pool::key_columns(&rows, n)
-                        .map_err(|e| engine_err(&self.config.sink, e))?];
+                        .map_err(|e| not_retried(sink, e))?;
+                    let mut parts =
+                        vec![crate::pool::key_columns(&rows, n).map_err(|e| not_retried(sink, e))?];
                     parts.append(&mut self.deleted);
-                    keys = Some(
-                        crate::pool::concat_keys(&parts)
-                            .map_err(|e| engine_err(&self.config.sink, e))?,
-                    );
+                    keys =
+                        Some(crate::pool::concat_keys(&parts).map_err(|e| not_retried(sink, e))?);
                 }
                 self.write_rows(rows)?;
             }
@@ -378,7 +405,7 @@ impl IcebergSink {
         &mut self,
         epoch: Option<u64>,
         files: Vec<DataFile>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), IcebergError> {
         let started = Instant::now();
         let rows: u64 = files.iter().map(|f| f.record_count()).sum();
         let count = files.len();
@@ -440,15 +467,12 @@ impl IcebergSink {
                 .add_data_files(files)
                 .set_snapshot_properties(summary)
                 .apply(tx)
-                .map_err(|e| IcebergError::Write(e.to_string()))?;
+                .map_err(IcebergError::writing("preparing the append"))?;
             tx.commit(self.lake.catalog())
                 .await
-                .map_err(|e| IcebergError::Catalog {
-                    uri: self.config.catalog.display(),
-                    message: e.to_string(),
-                })
+                .map_err(|e| IcebergError::catalog(self.config.catalog.display(), e))
         });
-        self.table = table.map_err(|e| self.err(e))?;
+        self.table = table?;
         tracing::debug!(
             sink = %self.config.sink,
             epoch = ?epoch,
@@ -462,28 +486,25 @@ impl IcebergSink {
 
     /// Commits a pending epoch: a pool worker's through [`crate::pool::commit_epoch`], a
     /// single process's through [`Self::commit_files`].
-    fn commit_one(&mut self, p: Pending) -> Result<(), EngineError> {
+    fn commit_one(&mut self, p: Pending) -> Result<(), IcebergError> {
         let Some(worker) = self.config.worker.clone() else {
             return self.commit_files(Some(p.epoch), p.files);
         };
         let summary = summary_of(&self.config, Some(&worker), Some(p.epoch));
-        let table = self
-            .runtime
-            .block_on(crate::pool::commit_epoch(
-                &self.lake,
-                &self.ident,
-                &self.config,
-                &worker,
-                p,
-                summary,
-            ))
-            .map_err(|e| self.err(e))?;
+        let table = self.runtime.block_on(crate::pool::commit_epoch(
+            &self.lake,
+            &self.ident,
+            &self.config,
+            &worker,
+            p,
+            summary,
+        ))?;
         self.table = table;
         Ok(())
     }
 
     /// Reads a view's rows back from the table's current snapshot.
-    fn reload_view(&mut self) -> Result<(), EngineError> {
+    fn reload_view(&mut self) -> Result<(), IcebergError> {
         let Some(view) = &mut self.view else {
             return Ok(());
         };
@@ -496,14 +517,13 @@ impl IcebergSink {
             let scan = table.scan().select_all().build()?;
             scan.to_arrow().await?.try_collect::<Vec<_>>().await
         });
-        let batches = batches.map_err(|e| engine_err(&self.config.sink, e))?;
+        let batches = batches.map_err(IcebergError::writing("reading the view's rows back"))?;
         let target = self.converter.target().clone();
         for b in batches {
             // the reader gives the table's columns; give them the table schema's field ids
             let b = RecordBatch::try_new(target.clone(), b.columns().to_vec())
-                .map_err(|e| engine_err(&self.config.sink, e))?;
-            view.upsert(&b)
-                .map_err(|e| engine_err(&self.config.sink, e))?;
+                .map_err(IcebergError::writing("reading the view's rows back"))?;
+            view.upsert(&b)?;
         }
         // the table holds these rows already
         let _ = view.rows();
@@ -513,10 +533,7 @@ impl IcebergSink {
 
 impl Sink for IcebergSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let rows = self
-            .converter
-            .convert(batch)
-            .map_err(|e| engine_err(&self.config.sink, e))?;
+        let rows = self.converter.convert(batch).map_err(|e| self.fail(e))?;
         // a view's `op`: `delete` rows remove their key from the table
         let ops = batch
             .column_by_name(crate::schema::OP_COLUMN)
@@ -527,11 +544,11 @@ impl Sink for IcebergSink {
                 let deleted = |row: usize| ops.as_ref().is_some_and(|o| o.value(row) == "delete");
                 if self.config.worker.is_some() && ops.is_some() {
                     let keys = crate::pool::deleted_keys(&rows, view.keys(), deleted)
-                        .map_err(|e| engine_err(&self.config.sink, e))?;
+                        .map_err(|e| not_retried(&self.config.sink, e))?;
                     self.deleted.extend(keys);
                 }
                 view.apply(&rows, deleted)
-                    .map_err(|e| engine_err(&self.config.sink, e))
+                    .map_err(|e| not_retried(&self.config.sink, e))
             }
             None => self.write_rows(rows),
         }
@@ -553,7 +570,7 @@ impl Sink for IcebergSink {
         let (files, _) = self.close_files()?;
         // a replay replaces its windows' rows even when the range had none
         if !files.is_empty() || self.config.replace_windows.is_some() {
-            self.commit_files(None, files)?;
+            self.commit_files(None, files).map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
@@ -566,14 +583,15 @@ impl Sink for IcebergSink {
         let pending = self
             .pending
             .iter()
-            .map(|p| pending_json(&self.table, p).map_err(|e| self.err(e)))
+            .map(|p| pending_json(&self.table, p).map_err(|e| self.fail(e)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(json!({ "table": self.ident.to_string(), "pending": pending }))
     }
 
     /// Commits the pending epochs up to `epoch`. A failure (the catalog or the object store
     /// unreachable, a concurrent commit) is retried by the engine: an epoch leaves `pending`
-    /// only once committed, and an epoch the table already has is not committed again.
+    /// only once committed, and an epoch the table already has is not committed again. Only a
+    /// configuration weir cannot run (a view's table in a REST catalog) fails the run.
     fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
         while let Some(p) = self.pending.first().filter(|p| p.epoch <= epoch) {
             let p = Pending {
@@ -581,20 +599,28 @@ impl Sink for IcebergSink {
                 files: p.files.clone(),
                 keys: p.keys.clone(),
             };
-            self.commit_one(p).map_err(EngineError::unavailable)?;
+            self.commit_one(p).map_err(|e| match e.kind() {
+                ErrorKind::User => e.into_sink_error(&self.config.sink),
+                _ => engine_err(&self.config.sink, e).unavailable(),
+            })?;
             self.pending.remove(0);
         }
         Ok(())
     }
 
+    /// Starts again from checkpoint `from`: loads the table, commits the checkpoint's pending
+    /// epochs the table does not have yet and reads a view's rows back. It changes nothing
+    /// another call would not redo, so an unreachable catalog or storage is retried.
     fn recover(&mut self, from: Option<(u64, &Value)>) -> Result<(), EngineError> {
+        let sink = self.config.sink.clone();
+        let retried = |e: IcebergError| e.into_sink_error(&sink);
         self.checkpointed = true;
         self.writer = None;
         self.pending.clear();
         let table = self
             .runtime
             .block_on(self.lake.load(&self.ident))
-            .map_err(|e| self.err(e))?;
+            .map_err(retried)?;
         self.table = table;
         self.deleted.clear();
         let worker = self.config.worker.clone();
@@ -629,20 +655,20 @@ impl Sink for IcebergSink {
                 .cloned()
                 .unwrap_or_default();
             for p in &pending {
-                let p = pending_of(&self.table, p).map_err(|e| self.err(e))?;
+                let p = pending_of(&self.table, p).map_err(retried)?;
                 if p.epoch <= epoch {
                     // idempotent: skipped when the crash came after the catalog commit
-                    self.commit_one(p)?;
+                    self.commit_one(p).map_err(retried)?;
                 }
             }
         }
         if let Some(view) = &self.view {
             let schema = self.converter.target().clone();
             let keys = view.keys();
-            self.view = Some(ViewRows::new(schema, keys).map_err(|e| self.err(e))?);
+            self.view = Some(ViewRows::new(schema, keys).map_err(retried)?);
             // a pool worker's view writes only its changes: the table keeps the other rows
             if worker.is_none() {
-                self.reload_view()?;
+                self.reload_view().map_err(retried)?;
             }
         }
         Ok(())
@@ -671,7 +697,7 @@ pub(crate) fn summary_of(
 
 /// A pending epoch as the checkpoint keeps it.
 pub(crate) fn pending_json(table: &Table, p: &Pending) -> Result<Value, IcebergError> {
-    let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+    let wr = |e: iceberg::Error| IcebergError::write("describing the epoch's data files", e);
     let meta = table.metadata();
     let spec = meta.default_partition_spec();
     let partition_type = spec.partition_type(meta.current_schema()).map_err(wr)?;
@@ -691,14 +717,14 @@ pub(crate) fn pending_json(table: &Table, p: &Pending) -> Result<Value, IcebergE
 
 /// A pending epoch read back from a checkpoint.
 pub(crate) fn pending_of(table: &Table, v: &Value) -> Result<Pending, IcebergError> {
-    let bad = || IcebergError::Write("a checkpoint's Iceberg entry is unreadable".into());
-    let wr = |e: iceberg::Error| IcebergError::Write(e.to_string());
+    let bad = || IcebergError::write_msg("a checkpoint's Iceberg entry is unreadable");
+    let wr = |e: iceberg::Error| IcebergError::write("reading a checkpoint's data files", e);
     let epoch = v.get("epoch").and_then(Value::as_u64).ok_or_else(bad)?;
     let spec_id = v.get("spec_id").and_then(Value::as_i64).ok_or_else(bad)? as i32;
     let meta = table.metadata();
     let spec = meta
         .partition_spec_by_id(spec_id)
-        .ok_or_else(|| IcebergError::Schema(format!("the table lost partition spec {spec_id}")))?;
+        .ok_or_else(|| IcebergError::schema(format!("the table lost partition spec {spec_id}")))?;
     let schema = meta.current_schema();
     let partition_type = spec.partition_type(schema).map_err(wr)?;
     let files = v

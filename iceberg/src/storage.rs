@@ -22,8 +22,16 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-fn io_err(path: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Unexpected, format!("{path}: {e}"))
+/// An error of the object at `path`, keeping the object store's as its source (the sink
+/// decides from its type whether the store was unreachable).
+fn io_err(path: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Unexpected, path).with_source(e)
+}
+
+/// An error of the object at `path` that only a message describes (a URL no object store
+/// serves, a file written after it was closed).
+fn misuse(path: &str, what: &str) -> Error {
+    Error::new(ErrorKind::Unexpected, format!("{path}: {what}"))
 }
 
 /// Builds [`WarehouseStorage`].
@@ -61,7 +69,7 @@ impl WarehouseStorage {
                 Some(s) => s.clone(),
                 None => {
                     let (s, _) = weir_engine::checkpoint::open_object_store(&root)
-                        .map_err(|e| io_err(path, e))?;
+                        .map_err(|e| misuse(path, &e))?;
                     stores.insert(root.clone(), s.clone());
                     s
                 }
@@ -216,7 +224,7 @@ impl FileWrite for ObjectWrite {
         let w = self
             .writer
             .as_mut()
-            .ok_or_else(|| io_err(&self.path, "written after close"))?;
+            .ok_or_else(|| misuse(&self.path, "written after close"))?;
         w.put(bs).await.map_err(|e| io_err(&self.path, e))
     }
 
@@ -224,7 +232,7 @@ impl FileWrite for ObjectWrite {
         let mut w = self
             .writer
             .take()
-            .ok_or_else(|| io_err(&self.path, "closed twice"))?;
+            .ok_or_else(|| misuse(&self.path, "closed twice"))?;
         w.shutdown().await.map_err(|e| io_err(&self.path, e))
     }
 }

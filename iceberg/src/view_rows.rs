@@ -29,8 +29,9 @@ pub struct ViewRows {
     changed: bool,
 }
 
-fn err(e: impl std::fmt::Display) -> IcebergError {
-    IcebergError::Write(e.to_string())
+/// An error of the view's rows (Arrow's).
+fn err(e: arrow::error::ArrowError) -> IcebergError {
+    IcebergError::write("keeping a view's rows", e)
 }
 
 impl ViewRows {

@@ -8,6 +8,10 @@ use weir_kafka::Producer;
 
 use crate::file::for_each_json_row;
 
+mod error;
+
+pub use error::SendError;
+
 /// Partitions of an output topic weir creates because it does not exist.
 const CREATED_TOPIC_PARTITIONS: i32 = 3;
 
@@ -98,6 +102,8 @@ pub struct KafkaSink {
     rejected: Vec<RejectedRow>,
     /// `delivery: exactly_once`: the transaction's state.
     txn: Option<Txn>,
+    /// The schema registry's client (`format: avro` with a registry), made at first use.
+    registry: Option<weir_kafka::RegistryClient>,
 }
 
 /// A transactional sink's state. Rows go into the open transaction as they come. At
@@ -192,6 +198,7 @@ impl KafkaSink {
             broken: false,
             write_failed: false,
             rejected: Vec::new(),
+            registry: None,
         })
     }
 
@@ -226,7 +233,7 @@ impl KafkaSink {
         for batch in std::mem::take(&mut self.unacked) {
             let sent = self.send_batch(&batch);
             self.unacked.push(batch);
-            sent.map_err(|e| EngineError::sink_caused(&self.name, "", e).unavailable())?;
+            sent.map_err(|e| e.into_sink_error(&self.name))?;
         }
         self.broken = false;
         Ok(())
@@ -285,7 +292,9 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Sends rows inside the open transaction (transactional sinks), or as they come.
+    /// Sends rows inside the open transaction (transactional sinks), or as they come. A
+    /// producer that did not take them is replaced at the next call, which sends them again;
+    /// rows that cannot be sent (see [`SendError::kind`]) fail the run.
     fn send_now(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         if let Err(e) = self.begin() {
             self.broken = true;
@@ -293,8 +302,12 @@ impl KafkaSink {
         }
         self.unacked.push(batch.clone());
         if let Err(e) = self.send_batch(batch) {
-            self.write_failed = true;
-            return Err(self.failed(e));
+            if e.kind() == weir_engine::ErrorKind::Retryable {
+                self.write_failed = true;
+                self.broken = true;
+            }
+            // otherwise sending the rows again would fail the same way: the run fails
+            return Err(e.into_sink_error(&self.name));
         }
         Ok(())
     }
@@ -309,8 +322,9 @@ impl KafkaSink {
         });
     }
 
-    /// The Avro writer for rows of `batch`'s schema (registering the schema when it is new).
-    fn avro_writer(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    /// The Avro writer for rows of `batch`'s schema (registering the schema when it is new,
+    /// through the sink's one registry client).
+    fn avro_writer(&mut self, batch: &RecordBatch) -> Result<(), SendError> {
         let KafkaFormat::Avro { registry } = &self.config.format else {
             return Ok(());
         };
@@ -324,10 +338,21 @@ impl KafkaSink {
         let text = crate::avro::avro_schema(&batch.schema(), &self.name);
         let prefix = match registry {
             Some(url) => {
-                let client = weir_kafka::RegistryClient::new(url).map_err(|e| e.to_string())?;
+                let subject = format!("{}-value", self.config.topic);
+                let client = match &mut self.registry {
+                    Some(c) => c,
+                    slot => {
+                        slot.insert(weir_kafka::RegistryClient::new(url).map_err(|source| {
+                            SendError::Registry {
+                                subject: subject.clone(),
+                                source,
+                            }
+                        })?)
+                    }
+                };
                 let id = client
-                    .register(&format!("{}-value", self.config.topic), &text)
-                    .map_err(|e| e.to_string())?;
+                    .register(&subject, &text)
+                    .map_err(|source| SendError::Registry { subject, source })?;
                 let mut p = vec![0u8];
                 p.extend_from_slice(&id.to_be_bytes());
                 p
@@ -345,24 +370,26 @@ impl KafkaSink {
 impl KafkaSink {
     /// Queues every row of `batch`; rows the client refuses for good (over
     /// `message.max.bytes`) are kept for the dead-letter output; other errors are returned.
-    fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), SendError> {
         self.keys.clear();
         self.key_ends.clear();
         let schema = batch.schema();
         let key_count = match schema.metadata().get(weir_engine::KEYS_METADATA) {
             Some(n) => n
                 .parse::<usize>()
-                .map_err(|_| "bad `weir.keys` metadata".to_string())?,
+                .map_err(|_| SendError::BadKeys { value: n.clone() })?,
             None => {
                 schema
                     .index_of("window_start")
-                    .map_err(|_| "rows without `window_start` cannot be keyed".to_string())?
+                    .map_err(|_| SendError::Unkeyed)?
                     + 1
             }
         };
         let key_batch = batch
             .project(&(0..key_count).collect::<Vec<_>>())
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| SendError::BadKeys {
+                value: key_count.to_string(),
+            })?;
         let (keys, key_ends) = (&mut self.keys, &mut self.key_ends);
         let mut line = Vec::new();
         for_each_json_row(&key_batch, &mut line, |_, k| {
@@ -370,7 +397,7 @@ impl KafkaSink {
             key_ends.push(keys.len());
             Ok(())
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(SendError::encode)?;
         self.avro_writer(batch)?;
         // a view's rows carry `op`; `delete` rows are followed by a tombstone
         let ops = schema
@@ -401,15 +428,14 @@ impl KafkaSink {
                     .producer
                     .send(&topic, Some(key), Some(&self.value), &headers)
                 {
-                    Ok(()) if deleted(row) => self
-                        .producer
-                        .send(&topic, Some(key), None, &headers)
-                        .map_err(|e| e.to_string())?,
+                    Ok(()) if deleted(row) => {
+                        self.producer.send(&topic, Some(key), None, &headers)?
+                    }
                     Ok(()) => {}
                     Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
                         refused.push((code, message, key.to_vec(), self.value.clone()))
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         } else {
@@ -431,12 +457,15 @@ impl KafkaSink {
                         Ok(())
                     }
                     Err(e) => {
-                        failure = Some(e.to_string());
+                        failure = Some(e);
                         Err(std::io::Error::other("delivery failed"))
                     }
                 }
             })
-            .map_err(|e| failure.take().unwrap_or_else(|| e.to_string()))?;
+            .map_err(|e| match failure.take() {
+                Some(f) => SendError::Kafka(f),
+                None => SendError::encode(e),
+            })?;
         }
         for (code, message, key, value) in refused {
             self.refuse(code, message, &key, &value);
@@ -741,14 +770,14 @@ impl DeadLetterKafka {
         let records = std::mem::take(&mut self.unacked);
         let sent = records.iter().try_for_each(|r| self.send(r));
         self.unacked = records;
-        sent.map_err(|e| EngineError::dead_letter(e).unavailable())?;
+        sent.map_err(SendError::into_dead_letter_error)?;
         self.broken = false;
         Ok(())
     }
 
     /// Sends one record; one over the broker's size limit goes with its `raw` cut to
     /// [`TRUNCATED_RAW`] bytes (`raw_truncated: true`) rather than not at all.
-    fn send(&mut self, r: &DeadLetter) -> Result<(), String> {
+    fn send(&mut self, r: &DeadLetter) -> Result<(), SendError> {
         let p = &r.partition;
         let key = format!(
             "{}/{}/{}/{}",
@@ -763,7 +792,7 @@ impl DeadLetterKafka {
         let mut json = r.to_json();
         for attempt in 0..2 {
             self.value.clear();
-            serde_json::to_writer(&mut self.value, &json).map_err(|e| e.to_string())?;
+            serde_json::to_writer(&mut self.value, &json).map_err(SendError::encode)?;
             match self.producer.send(
                 &self.config.topic,
                 Some(key.as_bytes()),
@@ -784,7 +813,7 @@ impl DeadLetterKafka {
                         o.remove("raw_base64");
                     }
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -800,8 +829,11 @@ impl DeadLetterSink for DeadLetterKafka {
         self.unacked.extend_from_slice(records);
         for r in records {
             if let Err(e) = self.send(r) {
-                self.write_failed = true;
-                return Err(self.failed(e));
+                if e.kind() == weir_engine::ErrorKind::Retryable {
+                    self.write_failed = true;
+                    self.broken = true;
+                }
+                return Err(e.into_dead_letter_error());
             }
         }
         Ok(())

@@ -154,15 +154,18 @@ impl SinkConnector for IcebergTarget {
         self.worker = Some(worker.to_string());
     }
 
-    /// Commits dead worker `worker`'s epochs of checkpoint `m`, unless a snapshot has them.
+    /// Commits dead worker `worker`'s epochs of checkpoint `m`, unless a snapshot has them;
+    /// an unreachable catalog or storage is retried for a while (see `patiently`).
     fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
         let Some(info) = m.sinks.get(sink) else {
             return Ok(());
         };
         let config = iceberg_config(&self.pipeline, sink, self);
-        weir_iceberg::pool::roll_forward(&config, worker, m.epoch, info)
-            .map_err(|e| EngineError::sink_caused(sink, "", e))?;
-        Ok(())
+        super::patiently(sink, worker, m.epoch, || {
+            weir_iceberg::pool::roll_forward(&config, worker, m.epoch, info)
+                .map(|_| ())
+                .map_err(|e| e.into_sink_error(sink))
+        })
     }
 }
 
