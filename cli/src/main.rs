@@ -474,6 +474,7 @@ fn generate_to_kafka(a: &GenerateArgs, cfg: GeneratorConfig, target: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_pipelines::run::RunError;
 
     #[test]
     fn the_cli_prints_an_error_with_its_causes() {
