@@ -433,34 +433,11 @@ impl Lake {
             .map_err(wr)?;
         list.close().await.map_err(wr)?;
 
-        let previous = meta.current_snapshot().map(|s| s.summary());
-        let prev = |k: &str| -> u64 {
-            previous
-                .and_then(|s| s.additional_properties.get(k))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let mut summary = properties;
-        summary.insert("added-data-files".into(), added_files.to_string());
-        summary.insert("added-records".into(), added_rows.to_string());
-        if append {
-            let total = |k: &str, added: u64| (prev(k) + added).to_string();
-            summary.insert(
-                "total-data-files".into(),
-                total("total-data-files", added_files as u64),
-            );
-            summary.insert("total-records".into(), total("total-records", added_rows));
-            summary.insert("total-delete-files".into(), total("total-delete-files", 0));
-        } else {
-            summary.insert(
-                "deleted-data-files".into(),
-                prev("total-data-files").to_string(),
-            );
-            summary.insert("deleted-records".into(), prev("total-records").to_string());
-            summary.insert("total-data-files".into(), added_files.to_string());
-            summary.insert("total-records".into(), added_rows.to_string());
-            summary.insert("total-delete-files".into(), "0".into());
-        }
+        let previous = meta
+            .current_snapshot()
+            .map(|s| s.summary().additional_properties.clone())
+            .unwrap_or_default();
+        let summary = snapshot_summary(&previous, properties, added_files, added_rows, append);
         let snapshot = Snapshot::builder()
             .with_snapshot_id(snapshot_id)
             .with_parent_snapshot_id(parent)
@@ -501,7 +478,20 @@ impl Lake {
         built.write_to(io, &location).await.map_err(wr)?;
         let location = location.to_string();
         let ident = table.identifier();
-        // the SQL catalog's own commit: swap the pointer only if nobody moved it
+        self.swap_metadata_pointer(pool, ident, &current, &location)
+            .await?;
+        self.load(ident).await
+    }
+
+    /// The SQL catalog's own commit: points table `ident` at the metadata file `location`,
+    /// only if it still points at `current` (a conflict otherwise).
+    async fn swap_metadata_pointer(
+        &self,
+        pool: &AnyPool,
+        ident: &TableIdent,
+        current: &str,
+        location: &str,
+    ) -> Result<(), IcebergError> {
         let sql = match self.uri {
             CatalogUri::Sqlite(_) => {
                 "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
@@ -515,12 +505,12 @@ impl Lake {
             }
         };
         let done = sqlx::query(sql)
-            .bind(&location)
-            .bind(&current)
+            .bind(location)
+            .bind(current)
             .bind(&self.name)
             .bind(ident.namespace().join("."))
             .bind(ident.name())
-            .bind(&current)
+            .bind(current)
             .execute(pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -529,8 +519,43 @@ impl Lake {
                 "table {ident} changed while weir replaced its content (another writer committed)"
             )));
         }
-        self.load(ident).await
+        Ok(())
     }
+}
+
+/// A new snapshot's summary: `properties` plus the added counts; an `append` adds them to
+/// the `previous` snapshot's totals, any other operation replaces the totals (and counts the
+/// previous ones as deleted).
+fn snapshot_summary(
+    previous: &HashMap<String, String>,
+    properties: HashMap<String, String>,
+    added_files: usize,
+    added_rows: u64,
+    append: bool,
+) -> HashMap<String, String> {
+    let prev = |k: &str| -> u64 { previous.get(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let mut summary = properties;
+    summary.insert("added-data-files".into(), added_files.to_string());
+    summary.insert("added-records".into(), added_rows.to_string());
+    if append {
+        let total = |k: &str, added: u64| (prev(k) + added).to_string();
+        summary.insert(
+            "total-data-files".into(),
+            total("total-data-files", added_files as u64),
+        );
+        summary.insert("total-records".into(), total("total-records", added_rows));
+        summary.insert("total-delete-files".into(), total("total-delete-files", 0));
+    } else {
+        summary.insert(
+            "deleted-data-files".into(),
+            prev("total-data-files").to_string(),
+        );
+        summary.insert("deleted-records".into(), prev("total-records").to_string());
+        summary.insert("total-data-files".into(), added_files.to_string());
+        summary.insert("total-records".into(), added_rows.to_string());
+        summary.insert("total-delete-files".into(), "0".into());
+    }
+    summary
 }
 
 fn chrono_now_ms() -> i64 {
@@ -554,6 +579,33 @@ fn new_snapshot_id(table: &Table) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_append_adds_to_the_totals_and_a_replace_sets_them() {
+        let previous: HashMap<String, String> = [
+            ("total-data-files", "4"),
+            ("total-records", "100"),
+            ("total-delete-files", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let props = HashMap::from([("weir.epoch".to_string(), "7".to_string())]);
+        let appended = snapshot_summary(&previous, props.clone(), 2, 30, true);
+        assert_eq!(appended["total-data-files"], "6");
+        assert_eq!(appended["total-records"], "130");
+        assert_eq!(appended["added-records"], "30");
+        assert_eq!(appended["weir.epoch"], "7");
+        assert!(!appended.contains_key("deleted-records"));
+        let replaced = snapshot_summary(&previous, props, 1, 12, false);
+        assert_eq!(replaced["total-data-files"], "1");
+        assert_eq!(replaced["total-records"], "12");
+        assert_eq!(replaced["deleted-data-files"], "4");
+        assert_eq!(replaced["deleted-records"], "100");
+        // a first snapshot has no totals to add to
+        let first = snapshot_summary(&HashMap::new(), HashMap::new(), 3, 9, true);
+        assert_eq!(first["total-records"], "9");
+    }
 
     #[test]
     fn catalog_urls() {
