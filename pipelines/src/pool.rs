@@ -755,8 +755,12 @@ mod tests {
 
     /// A pipeline over a Kafka topic, planned from YAML (nothing connects to the brokers).
     fn plan_of(name: &str, source: &str, windows: &str) -> Plan {
-        let dir = std::env::temp_dir().join(format!("weir-pool-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // a folder per call: tests run in parallel, some with the same name
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("weir-pool-{name}-"))
+            .tempdir()
+            .expect("temp dir")
+            .keep();
         let path = dir.join("p.yaml");
         let yaml = format!(
             "name: p\nsources:\n  events:\n{source}\n    format: json\n    schema: data-ingestion\n    \

@@ -425,8 +425,12 @@ mod tests {
     /// Two windows (`a` to sinks `x` and `y`, `b` to `y`) and a view over a Kafka topic,
     /// with a checkpoint and SQL, planned from YAML (nothing connects to the brokers).
     fn live_plan(name: &str) -> Plan {
-        let dir = std::env::temp_dir().join(format!("weir-replay-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        // a folder per call: tests run in parallel and several plan the same pipeline
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("weir-replay-{name}-"))
+            .tempdir()
+            .expect("temp dir")
+            .keep();
         let path = dir.join("p.yaml");
         let window = |name: &str, sinks: &str| {
             format!(

@@ -5,8 +5,12 @@ use crate::plan::Plan;
 
 /// `yaml` written to a fresh folder (with an empty `in.ndjson`) and planned.
 pub(super) fn plan_of(name: &str, yaml: &str) -> Result<Plan, PipelineError> {
-    let dir = std::env::temp_dir().join(format!("weir-connectors-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    // a folder per call: tests run in parallel, some with the same name
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("weir-connectors-{name}-"))
+        .tempdir()
+        .expect("temp dir")
+        .keep();
     std::fs::write(dir.join("in.ndjson"), "").expect("input file");
     let path = dir.join("p.yaml");
     std::fs::write(&path, yaml).expect("pipeline file");

@@ -65,9 +65,12 @@ mod tests {
     /// A pipeline over NATS stream `E` (`nats` the source's keys after `url` and `stream`),
     /// planned from YAML (nothing connects).
     fn plan_of(name: &str, nats: &str, partitioned_by: &str) -> crate::plan::Plan {
-        let dir =
-            std::env::temp_dir().join(format!("weir-nats-pool-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // a folder per call: tests run in parallel, some with the same name
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("weir-nats-pool-{name}-"))
+            .tempdir()
+            .expect("temp dir")
+            .keep();
         let path = dir.join("p.yaml");
         let yaml = format!(
             "name: p\nsources:\n  events:\n    nats: {{ url: \"nats://127.0.0.1:9\", stream: E{nats} }}\n{partitioned_by}    format: json\n    schema: data-ingestion\n    \
