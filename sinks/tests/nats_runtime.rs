@@ -3,58 +3,24 @@
 //! reconnecting) must leave no task on it and no connection on the server. Against a real
 //! nats-server (the tests' venv); one test, so that nothing else uses the runtime meanwhile.
 
+#[path = "../../cli/tests/support/nats_runtime.rs"]
+mod nats_runtime_checks;
 #[path = "../../cli/tests/support/nats.rs"]
 mod nats_support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
+use nats_runtime_checks::{alive_tasks, back_to, connections};
 use nats_support::NatsServer;
 use weir_engine::job::Sink;
 use weir_nats::NatsEndpoint;
 use weir_sinks::nats::{
     NatsFormat, NatsSink, NatsSinkConfig, Outcome, Outgoing, Publisher, DEFAULT_ACK_TIMEOUT,
 };
-
-/// Tasks alive on the shared I/O runtime.
-fn alive_tasks() -> usize {
-    weir_engine::io::runtime()
-        .expect("the I/O runtime")
-        .metrics()
-        .num_alive_tasks()
-}
-
-/// The server's client connections (`/connz`).
-fn connections(server: &NatsServer) -> u64 {
-    let url = format!("http://127.0.0.1:{}/connz", server.monitor_port);
-    let text = reqwest::blocking::get(&url)
-        .and_then(|r| r.text())
-        .expect("/connz answers");
-    let body: serde_json::Value = serde_json::from_str(&text).expect("/connz is JSON");
-    body["num_connections"].as_u64().expect("num_connections")
-}
-
-/// Waits until the runtime is back to `tasks` alive tasks and the server to `conns`
-/// connections (within 30 s: a client reconnecting waits up to 4 s between attempts).
-fn back_to(server: &NatsServer, tasks: usize, conns: u64, after: &str) {
-    let started = Instant::now();
-    loop {
-        let (t, c) = (alive_tasks(), connections(server));
-        if t == tasks && c == conns {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{after}: {t} tasks alive on the I/O runtime (baseline {tasks}), {c} connections on \
-             the server (expected {conns})"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn endpoint(server: &NatsServer) -> NatsEndpoint {
     NatsEndpoint::new(vec![server.url()], "weir-test")

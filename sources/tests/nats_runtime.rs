@@ -3,13 +3,15 @@
 //! worker's readers) must leave no task on it and no connection on the server. Against a real
 //! nats-server (the tests' venv); one test, so that nothing else uses the runtime meanwhile.
 
+#[path = "../../cli/tests/support/nats_runtime.rs"]
+mod nats_runtime_checks;
 #[path = "../../cli/tests/support/nats.rs"]
 mod nats_support;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use nats_runtime_checks::{alive_tasks, back_to, connections};
 use nats_support::NatsServer;
 use weir_engine::clock::Clocks;
 use weir_engine::job::{PartitionReader, ReaderContext};
@@ -21,42 +23,6 @@ use weir_sources::nats::{NatsPartitions, NatsPartitionsReader, NatsReader, NatsS
 /// Messages per subject partition.
 const PER_PARTITION: usize = 100;
 const PARTITIONS: u32 = 3;
-
-/// Tasks alive on the shared I/O runtime.
-fn alive_tasks() -> usize {
-    weir_engine::io::runtime()
-        .expect("the I/O runtime")
-        .metrics()
-        .num_alive_tasks()
-}
-
-/// The server's client connections (`/connz`).
-fn connections(server: &NatsServer) -> u64 {
-    let url = format!("http://127.0.0.1:{}/connz", server.monitor_port);
-    let text = reqwest::blocking::get(&url)
-        .and_then(|r| r.text())
-        .expect("/connz answers");
-    let body: serde_json::Value = serde_json::from_str(&text).expect("/connz is JSON");
-    body["num_connections"].as_u64().expect("num_connections")
-}
-
-/// Waits until the runtime is back to `tasks` alive tasks and the server to `conns`
-/// connections (within 30 s: a client reconnecting waits up to 4 s between attempts).
-fn back_to(server: &NatsServer, tasks: usize, conns: u64, after: &str) {
-    let started = Instant::now();
-    loop {
-        let (t, c) = (alive_tasks(), connections(server));
-        if t == tasks && c == conns {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{after}: {t} tasks alive on the I/O runtime (baseline {tasks}), {c} connections on \
-             the server (expected {conns})"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Creates stream `events` (`events.<partition>.<n>`) and publishes its messages, with a
 /// client on a runtime of the test's own, gone when this returns.
