@@ -15,6 +15,7 @@ mod kafka_support;
 #[path = "support/postgres.rs"]
 mod postgres;
 
+use std::path::Path;
 use std::time::Duration;
 
 use kafka_support::{brokers, tool, unique, Running};
@@ -46,6 +47,35 @@ fn a_pool_of_three_with_a_worker_killed_and_restarted_writes_postgres_exactly_on
 #[test]
 fn a_pool_whose_killed_worker_does_not_come_back_writes_postgres_exactly_once() {
     pool_case(false);
+}
+
+/// Waits for every worker to end, at most `limit` in all; their logs, in order. Fails naming
+/// every worker that did not end cleanly, with the logs of all of them (a stalled worker is
+/// usually explained by what the others did), which are also written to `dir`.
+fn finish_all(workers: Vec<(&str, Running)>, limit: Duration, dir: &Path) -> Vec<Vec<String>> {
+    let started = std::time::Instant::now();
+    let mut ended = Vec::new();
+    let mut failed = Vec::new();
+    for (name, w) in workers {
+        let (status, log) = w.end_within(limit.saturating_sub(started.elapsed()));
+        std::fs::write(dir.join(format!("{name}.log")), log.join("\n")).unwrap();
+        if !status.as_ref().is_some_and(|s| s.success()) {
+            failed.push(format!("{name}: {status:?}"));
+        }
+        ended.push((name, log));
+    }
+    if !failed.is_empty() {
+        let all: Vec<String> = ended
+            .iter()
+            .map(|(name, log)| format!("---- {name} ----\n{}", log.join("\n")))
+            .collect();
+        panic!(
+            "workers that did not end cleanly: {}\n{}",
+            failed.join(", "),
+            all.join("\n")
+        );
+    }
+    ended.into_iter().map(|(_, log)| log).collect()
 }
 
 /// Three workers, b killed at `before_commit_owning` and started again at once when
@@ -154,13 +184,16 @@ checkpoint: {{ dir: state, interval: 300ms }}
             &[&[("RUST_LOG", "info")], env].concat(),
         )
     };
-    let a = worker("a", &[]);
-    // b stops after its second complete checkpoint owning partitions, before committing it:
-    // killed there
+    // b stops at its first complete checkpoint owning partitions, before committing it:
+    // killed there. It joins first, so that it owns partitions before the others have read
+    // them all (three workers read this input in a few seconds: a b that joined last could
+    // be given partitions only once they were finished, and never reach the point).
     let b = worker(
         "b",
-        &[("WEIR_FAILPOINT_PAUSE", "before_commit_owning:60000:1")],
+        &[("WEIR_FAILPOINT_PAUSE", "before_commit_owning:60000")],
     );
+    b.wait_for("b's first partitions", |r| r.assignments() > 0);
+    let a = worker("a", &[]);
     let c = worker("c", &[]);
     b.wait_for("b's checkpoint before its commit", |r| {
         r.lines()
@@ -168,25 +201,14 @@ checkpoint: {{ dir: state, interval: 300ms }}
             .any(|l| l.contains("failpoint before_commit_owning"))
     });
     let b_log = b.kill();
-    let limit = Duration::from_secs(240);
-    let (logs, names) = if restart {
-        let b = worker("b", &[]);
-        let logs = vec![
-            a.wait_within(limit),
-            c.wait_within(limit),
-            b.wait_within(limit),
-        ];
-        (logs, vec!["a", "c", "b"])
-    } else {
-        (
-            vec![a.wait_within(limit), c.wait_within(limit)],
-            vec!["a", "c"],
-        )
-    };
     std::fs::write(d.join("b-killed.log"), b_log.join("\n")).unwrap();
-    for (name, log) in names.iter().zip(&logs) {
-        std::fs::write(d.join(format!("{name}.log")), log.join("\n")).unwrap();
+    let limit = Duration::from_secs(240);
+    let mut workers = vec![("a", a), ("c", c)];
+    if restart {
+        workers.push(("b", worker("b", &[])));
     }
+    let names: Vec<&str> = workers.iter().map(|(name, _)| *name).collect();
+    let logs = finish_all(workers, limit, &d);
     // b's complete checkpoint was committed by whoever restored its partitions from it:
     // another worker, under b's epoch sequence, or b itself when it restored
     let rolled = logs[..2]

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use weir_tests::{read_ndjson, Row};
@@ -157,6 +157,26 @@ impl Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.lines()
+    }
+
+    /// Waits for it to end, at most `limit` (then kills it): its exit status (`None` when
+    /// killed) and its log.
+    pub fn end_within(mut self, limit: Duration) -> (Option<ExitStatus>, Vec<String>) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if started.elapsed() >= limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // the reader thread takes the last lines
+        std::thread::sleep(Duration::from_millis(200));
+        (status, self.lines())
     }
 
     /// Waits for a clean exit, at most `limit`.
