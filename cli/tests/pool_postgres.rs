@@ -207,7 +207,6 @@ checkpoint: {{ dir: state, interval: 300ms }}
     if restart {
         workers.push(("b", worker("b", &[])));
     }
-    let names: Vec<&str> = workers.iter().map(|(name, _)| *name).collect();
     let logs = finish_all(workers, limit, &d);
     // b's complete checkpoint was committed by whoever restored its partitions from it:
     // another worker, under b's epoch sequence, or b itself when it restored
