@@ -44,8 +44,8 @@ pub use pooled::{
 };
 pub(crate) use sources::avro_refusal;
 pub use sources::{
-    OpenSource, OpenedSource, ReplayRange, ReplayedSource, SourceBase, SourceConnector, SourceKind,
-    SourcePlanning, SOURCES,
+    AvroLimitsDoc, OpenSource, OpenedSource, ReplayRange, ReplayedSource, SourceBase,
+    SourceConnector, SourceKind, SourcePlanning, SOURCES,
 };
 
 /// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the
