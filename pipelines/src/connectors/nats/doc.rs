@@ -1,5 +1,5 @@
 //! The YAML blocks of a NATS source, and the `credentials:` and `tls:` it shares with
-//! the sink (whose block is [`super::sink::NatsSinkDoc`]).
+//! the sink (whose block is [`NatsSinkDoc`](crate::connectors::nats::sink::NatsSinkDoc)).
 
 use schemars::JsonSchema;
 use serde::Deserialize;
