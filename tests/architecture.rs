@@ -1,7 +1,9 @@
 //! The house rules that a grep can check: outside `pipelines/src/connectors/`, no planning,
 //! running or replay code names a connector kind. Each system's planning, opening, replay
 //! and pool behaviour lives in its folder there, behind the registry's traits
-//! (`pipelines/src/connectors/mod.rs`); a new connector is a folder plus a registry line.
+//! (`pipelines/src/connectors/mod.rs`); a new connector is a folder, a registry line and
+//! the field of its key in the YAML model (`model.rs`), which names the block's type by its
+//! path into the folder and defines no connector's type.
 //!
 //! What counts as naming a kind, in code (comments and string literals removed first, and
 //! `#[cfg(test)]` items skipped: tests write pipelines that name kinds):
@@ -84,8 +86,18 @@ const KIND_NAMES: &[&str] = &[
 /// Where a connector name is allowed outside the connectors, and why: a file, and the text
 /// of the line allowed (the whole file when empty).
 const ALLOWED: &[(&str, &str, &str)] = &[
-    // the YAML model is the file format: it declares every kind's block and its docs
-    ("model.rs", "", "the YAML model"),
+    // the YAML model names each kind's block in the field of its key, typed by a path into
+    // the connector's folder (it defines none: `the_yaml_model_defines_no_connector_type`)
+    (
+        "model.rs",
+        "crate::connectors::",
+        "a block's field, typed by its connector",
+    ),
+    (
+        "model.rs",
+        "pub postgres: Option<String>",
+        "`serve.postgres`",
+    ),
     (
         "lib.rs",
         "connectors::iceberg::compact",
@@ -118,6 +130,11 @@ const ALLOWED: &[(&str, &str, &str)] = &[
     ("run.rs", "sv.postgres", "`serve.postgres`"),
     // JSON Schema generation (schemars' "generator"), not the generator source
     ("schema.rs", "generator", "schemars' schema generator"),
+    (
+        "model.rs",
+        "schemars::SchemaGenerator",
+        "schemars' schema generator",
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -428,6 +445,105 @@ fn the_guard_sees_through_comments_strings_and_tests() {
     assert!(hits("fn f<'a>(x: &'a str) -> char { '\"' }\n").is_empty());
     // a neutral name that merely contains a type's letters is not a kind
     assert!(hits("let upstreams = offset_rangesx;").is_empty());
+}
+
+/// Words that say a type belongs to one connector (`file` too: a type name is no path).
+fn connector_words() -> impl Iterator<Item = &'static str> {
+    KIND_NAMES.iter().copied().chain(["file"])
+}
+
+/// The words of an identifier, lowercase: `FileSinkDoc` and `file_sink_doc` are both
+/// `file`, `sink`, `doc`.
+fn words(ident: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut prev_lower = false;
+    for ch in ident.chars() {
+        if ch == '_' {
+            prev_lower = false;
+            out.push(String::new());
+            continue;
+        }
+        if (ch.is_uppercase() && prev_lower) || out.is_empty() {
+            out.push(String::new());
+        }
+        prev_lower = ch.is_lowercase() || ch.is_ascii_digit();
+        out.last_mut().expect("a word").extend(ch.to_lowercase());
+    }
+    out.retain(|w| !w.is_empty());
+    out
+}
+
+/// The types, traits, functions and constants `text` defines whose names hold a connector's
+/// name (comments, strings and `#[cfg(test)]` items aside).
+fn connector_definitions(rel: &str, text: &str) -> Vec<String> {
+    const ITEMS: &[&str] = &[
+        "struct", "enum", "union", "type", "trait", "fn", "const", "static", "mod",
+    ];
+    let (code, _) = without_tests(&lex(text).code);
+    let mut found = Vec::new();
+    for (n, line) in code.lines().enumerate() {
+        let tokens: Vec<&str> = line
+            .split(|ch: char| !is_ident(ch))
+            .filter(|w| !w.is_empty())
+            .collect();
+        for pair in tokens.windows(2) {
+            let (item, name) = (pair[0], pair[1]);
+            if ITEMS.contains(&item)
+                && words(name)
+                    .iter()
+                    .any(|w| connector_words().any(|k| k == w))
+            {
+                found.push(format!("pipelines/src/{rel}:{}: {item} {name}", n + 1));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_yaml_model_defines_no_connector_type() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/src/model.rs");
+    let text = std::fs::read_to_string(&path).expect("read model.rs");
+    assert!(text.contains("pub struct PipelineDoc"), "wrong file?");
+    let found = connector_definitions("model.rs", &text);
+    assert!(
+        found.is_empty(),
+        "the YAML model defines a connector's type (move it into its folder, \
+         pipelines/src/connectors/<kind>/doc.rs, and name it by path):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_model_guard_sees_connector_types_and_nothing_else() {
+    let defs = |text: &str| connector_definitions("model.rs", text);
+    for code in [
+        "pub struct KafkaSinkDoc {}",
+        "pub struct FileSourceDoc { path: String }",
+        "pub enum GeneratorKind { DataIngestion }",
+        "pub(crate) fn webhook_secret() {}",
+        "pub type NatsCreds = String;",
+    ] {
+        assert_eq!(defs(code).len(), 1, "{code}");
+    }
+    // fields naming a connector's type by path, comments, strings, tests and words that
+    // merely contain a kind's letters are no definitions
+    for code in [
+        "pub struct SinkDoc { pub kafka: Option<crate::connectors::kafka::doc::KafkaSinkDoc> }",
+        "/// struct KafkaDoc\n// enum FileDoc\nlet m = \"struct NatsDoc\";",
+        "#[cfg(test)]\nmod tests { struct KafkaFixture; }",
+        "pub struct ProfileDoc {}",
+        "pub struct DeadLetterDoc {}",
+    ] {
+        assert!(defs(code).is_empty(), "{code}");
+    }
+    // the model may name a kind only in a field typed by a path into its connector
+    let hits = |text: &str| violations("model.rs", text);
+    assert!(
+        hits("pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSinkDoc>>,").is_empty()
+    );
+    assert_eq!(hits("pub kafka: Option<Spanned<KafkaSinkDoc>>,").len(), 1);
+    assert_eq!(hits("pub struct KafkaSinkDoc {").len(), 1);
 }
 
 #[test]

@@ -1,4 +1,13 @@
 //! The pipeline file as written: every section of `pipeline-spec.md`, unknown keys refused.
+//!
+//! This file holds the pipeline-level documents only. A connector's block (`kafka:`, `file:`,
+//! `webhook:`...) is a type of its own folder, `connectors/<kind>/` (`doc.rs`, or `sink.rs` for
+//! NATS sinks); [`SourceDoc`], [`SinkDoc`] and [`DeadLetterDoc`] name it by path in the field
+//! of its key, and define none (`tests/architecture.rs` checks it).
+//!
+//! A document without a description in the committed JSON schema
+//! (`pipelines/pipeline.schema.json`) keeps its doc comment for Rust readers only:
+//! `#[schemars(description = "")]`.
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;
@@ -125,25 +134,27 @@ pub enum Format {
     Cloudevents,
 }
 
+/// One entry of `sources:`: exactly one connector block, its format, schema and event time.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct SourceDoc {
     /// Read Kafka topics.
     #[serde(default)]
-    #[schemars(with = "Option<KafkaSourceDoc>")]
-    pub kafka: Option<Spanned<KafkaSourceDoc>>,
+    #[schemars(with = "Option<crate::connectors::kafka::doc::KafkaSourceDoc>")]
+    pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSourceDoc>>,
     /// Read a NATS JetStream stream (a durable pull consumer).
     #[serde(default)]
-    #[schemars(with = "Option<NatsSourceDoc>")]
-    pub nats: Option<Spanned<NatsSourceDoc>>,
+    #[schemars(with = "Option<crate::connectors::nats::doc::NatsSourceDoc>")]
+    pub nats: Option<Spanned<crate::connectors::nats::doc::NatsSourceDoc>>,
     /// Read NDJSON files (a file, a folder or a glob; one partition per file).
     #[serde(default)]
-    #[schemars(with = "Option<FileSourceDoc>")]
-    pub file: Option<Spanned<FileSourceDoc>>,
+    #[schemars(with = "Option<crate::connectors::file::doc::FileSourceDoc>")]
+    pub file: Option<Spanned<crate::connectors::file::doc::FileSourceDoc>>,
     /// Synthetic events from the built-in generator.
     #[serde(default)]
-    #[schemars(with = "Option<GeneratorDoc>")]
-    pub generator: Option<Spanned<GeneratorDoc>>,
+    #[schemars(with = "Option<crate::connectors::generator::doc::GeneratorDoc>")]
+    pub generator: Option<Spanned<crate::connectors::generator::doc::GeneratorDoc>>,
     /// Record format (default json).
     #[serde(default)]
     #[schemars(with = "Option<Format>")]
@@ -161,158 +172,10 @@ pub struct SourceDoc {
     pub partitioned_by: Option<Vec<String>>,
 }
 
+/// `event_time:` of a source: the field and how out of order it may be.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaSourceDoc {
-    /// Bootstrap servers, `host:port[,host:port...]`.
-    pub brokers: String,
-    /// One topic or a list of topics.
-    pub topic: OneOrMany<String>,
-    /// Consumer group id (default `weir-<pipeline>`).
-    #[serde(default)]
-    pub group_id: Option<String>,
-    /// Where a group without committed offsets starts: `committed` (default), `earliest`, `latest` or an RFC 3339 time.
-    #[serde(default)]
-    pub start_from: Option<String>,
-    /// librdkafka settings passed as they are (`security.protocol`, `sasl.*`, ...).
-    #[serde(default)]
-    pub properties: IndexMap<String, String>,
-    /// Confluent schema registry URL for `format: avro` with the wire-format header.
-    #[serde(default)]
-    pub schema_registry: Option<String>,
-    /// Bounds on what one Avro record may decode to (`format: avro`).
-    #[serde(default)]
-    pub avro_limits: Option<AvroLimitsDoc>,
-}
-
-/// `nats:` of a source: a JetStream stream read by a durable pull consumer.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsSourceDoc {
-    /// One server URL or a list (`nats://host:4222`, `tls://host:4222`).
-    pub url: OneOrMany<String>,
-    /// The JetStream stream.
-    pub stream: String,
-    /// Subject filters, wildcards allowed (default: every subject of the stream).
-    #[serde(default)]
-    pub subjects: Option<OneOrMany<String>>,
-    /// Read the stream as subject partitions, one filtered durable consumer each (for
-    /// parallelism and worker pools).
-    #[serde(default)]
-    #[schemars(with = "Option<NatsPartitionsDoc>")]
-    pub partitions: Option<Spanned<NatsPartitionsDoc>>,
-    /// The durable consumer's name (default `weir-<pipeline>-<source>`), created when missing.
-    #[serde(default)]
-    pub consumer: Option<String>,
-    /// Where a new consumer starts: `earliest` (default), `latest`, an RFC 3339 time or a stream sequence.
-    #[serde(default)]
-    pub start_from: Option<String>,
-    /// How long the server waits for an acknowledgement before delivering again (default 5m).
-    #[serde(default)]
-    pub ack_wait: Option<Duration>,
-    /// Unacknowledged messages after which the server stops delivering (default 1,000,000).
-    #[serde(default)]
-    pub max_ack_pending: Option<u64>,
-    /// Messages one pull request asks for (default 1000).
-    #[serde(default)]
-    pub fetch_batch: Option<u64>,
-    /// Credentials (one way: user/password, token, creds file or NKey seed).
-    #[serde(default)]
-    pub credentials: Option<NatsCredentialsDoc>,
-    /// TLS settings.
-    #[serde(default)]
-    pub tls: Option<NatsTlsDoc>,
-    /// Bounds on what one Avro record may decode to (`format: avro`).
-    #[serde(default)]
-    pub avro_limits: Option<AvroLimitsDoc>,
-}
-
-/// `partitions: { count, subject }` of a NATS source: a stream whose subjects carry a
-/// partition number in one token.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsPartitionsDoc {
-    /// How many partitions (1 to 1024), numbered from 0.
-    pub count: u32,
-    /// The subject filter of one partition, `{partition}` standing for its number as a
-    /// whole token (`events.{partition}.>`).
-    pub subject: String,
-}
-
-/// `avro_limits: { max_record_bytes, max_items }` of a Kafka source (defaults 16 MiB of JSON
-/// and 1,000,000 array items and map entries per record).
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AvroLimitsDoc {
-    /// Largest decoded record, in bytes of JSON (default 16 MiB).
-    #[serde(default)]
-    pub max_record_bytes: Option<u64>,
-    /// Most array items and map entries in one record (default 1,000,000).
-    #[serde(default)]
-    pub max_items: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceDoc {
-    /// A file, a folder or a glob, relative to the pipeline file.
-    #[schemars(with = "String")]
-    pub path: Spanned<String>,
-}
-
-/// The generator's event kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum GeneratorKind {
-    DataIngestion,
-    ServiceHealth,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GeneratorDoc {
-    /// Which events: `data-ingestion` or `service-health`.
-    pub kind: GeneratorKind,
-    /// Events to produce; absent = until stopped.
-    #[serde(default)]
-    pub count: Option<u64>,
-    /// Rate; 0 (the default) is as fast as possible.
-    #[serde(default)]
-    pub events_per_second: Option<f64>,
-    /// Random seed: the same seed gives the same events.
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Distinct datasetName/serviceName values.
-    #[serde(default)]
-    pub keys: Option<usize>,
-    /// Zipf exponent of key popularity (0 = uniform).
-    #[serde(default)]
-    pub skew: Option<f64>,
-    /// Event time of the first event, epoch ms.
-    #[serde(default)]
-    pub start_ms: Option<i64>,
-    /// Mean event-time advance per event, in ms.
-    #[serde(default)]
-    pub step_ms: Option<f64>,
-    /// Fraction of events out of order by up to `jitter_ms`.
-    #[serde(default)]
-    pub jitter_frac: Option<f64>,
-    /// How far out of order jittered events are, in ms.
-    #[serde(default)]
-    pub jitter_ms: Option<i64>,
-    /// Fraction of very late events.
-    #[serde(default)]
-    pub late_frac: Option<f64>,
-    /// How far behind the newest event time late events are, in ms.
-    #[serde(default)]
-    pub late_ms: Option<i64>,
-    /// Include non-ASCII, quoted and empty keys.
-    #[serde(default)]
-    pub unicode_keys: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct EventTimeDoc {
     /// The event-time field: epoch milliseconds or an RFC 3339 string.
     #[schemars(with = "String")]
@@ -337,8 +200,10 @@ pub enum TimeDoc {
     Processing,
 }
 
+/// One entry of `windows:`: a keyed tumbling-window aggregation of one source.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct WindowDoc {
     /// The source it reads.
     #[schemars(with = "String")]
@@ -371,8 +236,10 @@ pub struct WindowDoc {
     pub sinks: Vec<Spanned<String>>,
 }
 
+/// One entry of `views:`: a keyed aggregation without a window, always current.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct ViewDoc {
     /// The source it reads.
     #[schemars(with = "String")]
@@ -396,37 +263,39 @@ pub struct ViewDoc {
     pub sinks: Vec<Spanned<String>>,
 }
 
+/// One entry of `sinks:`: exactly one connector block, with its format and retries.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct SinkDoc {
     /// Write to a Kafka topic.
     #[serde(default)]
-    #[schemars(with = "Option<KafkaSinkDoc>")]
-    pub kafka: Option<Spanned<KafkaSinkDoc>>,
+    #[schemars(with = "Option<crate::connectors::kafka::doc::KafkaSinkDoc>")]
+    pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSinkDoc>>,
     /// Write an Iceberg table.
     #[serde(default)]
-    #[schemars(with = "Option<IcebergDoc>")]
-    pub iceberg: Option<Spanned<IcebergDoc>>,
+    #[schemars(with = "Option<crate::connectors::iceberg::doc::IcebergDoc>")]
+    pub iceberg: Option<Spanned<crate::connectors::iceberg::doc::IcebergDoc>>,
     /// Index into Elasticsearch.
     #[serde(default)]
-    #[schemars(with = "Option<ElasticsearchDoc>")]
-    pub elasticsearch: Option<Spanned<ElasticsearchDoc>>,
+    #[schemars(with = "Option<crate::connectors::elasticsearch::doc::ElasticsearchDoc>")]
+    pub elasticsearch: Option<Spanned<crate::connectors::elasticsearch::doc::ElasticsearchDoc>>,
     /// Send rows to an HTTP endpoint as signed webhooks (Standard Webhooks).
     #[serde(default)]
-    #[schemars(with = "Option<WebhookDoc>")]
-    pub webhook: Option<Spanned<WebhookDoc>>,
+    #[schemars(with = "Option<crate::connectors::webhook::doc::WebhookDoc>")]
+    pub webhook: Option<Spanned<crate::connectors::webhook::doc::WebhookDoc>>,
     /// Upsert into a PostgreSQL table.
     #[serde(default)]
-    #[schemars(with = "Option<PostgresDoc>")]
-    pub postgres: Option<Spanned<PostgresDoc>>,
+    #[schemars(with = "Option<crate::connectors::postgres::doc::PostgresDoc>")]
+    pub postgres: Option<Spanned<crate::connectors::postgres::doc::PostgresDoc>>,
     /// Publish to a NATS JetStream subject.
     #[serde(default)]
     #[schemars(with = "Option<crate::connectors::nats::sink::NatsSinkDoc>")]
     pub nats: Option<Spanned<crate::connectors::nats::sink::NatsSinkDoc>>,
     /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
     #[serde(default)]
-    #[schemars(with = "Option<FileSinkDoc>")]
-    pub file: Option<Spanned<FileSinkDoc>>,
+    #[schemars(with = "Option<crate::connectors::file::doc::FileSinkDoc>")]
+    pub file: Option<Spanned<crate::connectors::file::doc::FileSinkDoc>>,
     /// Record format of Kafka and NATS sinks (default json).
     #[serde(default)]
     #[schemars(with = "Option<Format>")]
@@ -473,192 +342,19 @@ pub struct CircuitBreakerDoc {
     pub open_for: Option<Duration>,
 }
 
+/// `dead_letter:`: one connector block and its retries.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaSinkDoc {
-    /// Bootstrap servers (default: the first Kafka source's, else `127.0.0.1:9092`).
-    #[serde(default)]
-    pub brokers: Option<String>,
-    /// The topic written.
-    pub topic: String,
-    /// librdkafka settings passed as they are.
-    #[serde(default)]
-    pub properties: IndexMap<String, String>,
-    /// `idempotent` (the default) or `exactly_once` (Kafka transactions; needs checkpoints).
-    /// Sinks only: a dead-letter topic is always written idempotently.
-    #[serde(default)]
-    pub delivery: Option<String>,
-    /// The transactional id of `exactly_once` (default `<pipeline>.<sink>`): unique per
-    /// running sink, the same across its restarts.
-    #[serde(default)]
-    pub transactional_id: Option<String>,
-    /// Schema registry of `format: avro` (Confluent wire format); plain Avro without it.
-    #[serde(default)]
-    pub schema_registry: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IcebergDoc {
-    /// `sqlite://PATH`, `postgres://…` or `http(s)://…` (REST).
-    pub catalog: String,
-    /// The catalog's name (default `weir`); readers open the catalog under the same name.
-    #[serde(default)]
-    pub catalog_name: Option<String>,
-    /// Where data files go: a folder or `s3://bucket/prefix`.
-    pub warehouse: String,
-    /// `NAMESPACE.TABLE`.
-    pub table: String,
-    /// `day` (the default for windows: `day(window_start)`), `hour`, `day(COL)`, `hour(COL)`,
-    /// `identity(COL)`, a column, or `none`.
-    #[serde(default)]
-    #[schemars(with = "Option<String>")]
-    pub partition_by: Option<Spanned<String>>,
-    /// Data files roll over at about this size (default 128 MiB).
-    #[serde(default)]
-    pub target_file_size_mb: Option<u64>,
-    /// Catalog properties as they are (REST credentials, a prefix...).
-    #[serde(default)]
-    pub properties: IndexMap<String, String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ElasticsearchDoc {
-    /// One node URL or a list of them.
-    pub url: OneOrMany<String>,
-    /// Index name; `{output}` and `{pipeline}` are replaced.
-    pub index: String,
-    /// API key credentials.
-    #[serde(default)]
-    pub api_key: Option<String>,
-    /// Basic-auth user.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Basic-auth password.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Bearer token credentials.
-    #[serde(default)]
-    pub bearer_token: Option<String>,
-    /// PEM file of the CA that signed the cluster's certificate.
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// Documents per bulk request (default 1000).
-    #[serde(default)]
-    pub bulk_max_docs: Option<u64>,
-    /// Bytes per bulk request (default 5 MiB).
-    #[serde(default)]
-    pub bulk_max_bytes: Option<u64>,
-    /// Longest a document waits before its bulk request is sent.
-    #[serde(default)]
-    pub flush_interval: Option<Duration>,
-    /// The bulk API's `refresh` parameter (`true`, `false`, `wait_for`).
-    #[serde(default)]
-    pub refresh: Option<String>,
-    /// A JSON file with an index template body (`index_patterns`, `template`), installed at
-    /// start instead of the mapping weir derives.
-    #[serde(default)]
-    pub index_template: Option<String>,
-    /// Bulk requests sent at once (default 2).
-    #[serde(default)]
-    pub max_in_flight: Option<u64>,
-    /// gzip request bodies (default true).
-    #[serde(default)]
-    pub compression: Option<bool>,
-    /// One request's time limit (default 30s).
-    #[serde(default)]
-    pub timeout: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookDoc {
-    /// The endpoint: an http(s) URL; `{pipeline}`, `{output}` and `{KEY_COLUMN}` are replaced
-    /// (percent-encoded), so rows go to the URL of their key.
-    #[schemars(with = "String")]
-    pub url: Spanned<String>,
-    /// The signing secret, `whsec_<base64>` (from `${ENV}`); a list of two while rotating.
-    #[schemars(with = "OneOrMany<String>")]
-    pub secret: Spanned<OneOrMany<String>>,
-    /// `POST` (default) or `PUT`.
-    #[serde(default)]
-    pub method: Option<String>,
-    /// Extra request headers; values may come from `${ENV}`.
-    #[serde(default)]
-    pub headers: IndexMap<String, String>,
-    /// `array` (default: a JSON array of rows a request) or `single` (one row a request).
-    #[serde(default)]
-    pub batch: Option<String>,
-    /// Rows per request (default 100; 1 = one row a request, still in an array).
-    #[serde(default)]
-    pub batch_max_rows: Option<u64>,
-    /// Bytes per request body, about (default 1 MiB).
-    #[serde(default)]
-    pub batch_max_bytes: Option<u64>,
-    /// `json` (default), `cloudevents_structured` or `cloudevents_binary` (CloudEvents 1.0).
-    #[serde(default)]
-    pub body: Option<String>,
-    /// One request's time limit (default 10s).
-    #[serde(default)]
-    pub timeout: Option<Duration>,
-    /// Requests sent at once (default 4).
-    #[serde(default)]
-    pub max_in_flight: Option<u64>,
-    /// Longest a row waits before its request is sent (default 1s).
-    #[serde(default)]
-    pub flush_interval: Option<Duration>,
-    /// Only output rows that match this SQL predicate are sent (e.g. `failures > 10`).
-    #[serde(default, rename = "where")]
-    #[schemars(with = "Option<String>")]
-    pub filter: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresDoc {
-    /// `postgres://user:${PGPASSWORD}@host:5432/database` (libpq parameters such as
-    /// `sslmode` accepted).
-    pub url: String,
-    /// `schema.table` (`public` when no schema is given); created on first use.
-    pub table: String,
-    /// `disable`, `require` or `verify-full` (default: the URL's `sslmode`, else `prefer`).
-    #[serde(default)]
-    pub tls: Option<String>,
-    /// PEM file of the CA that signed the server's certificate.
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// Rows per batch (default 50000).
-    #[serde(default)]
-    pub batch_max_rows: Option<u64>,
-    /// Longest a row waits before its batch is sent (default 1s).
-    #[serde(default)]
-    pub flush_interval: Option<Duration>,
-    /// How long a statement may stay unanswered (connecting, staging, merging) before the
-    /// batch is retried on a new connection (default 30s).
-    #[serde(default)]
-    pub timeout: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkDoc {
-    /// The output file, relative to the pipeline file; the extension picks the format.
-    #[schemars(with = "String")]
-    pub path: Spanned<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct DeadLetterDoc {
     /// Write dead letters to an NDJSON file.
     #[serde(default)]
-    #[schemars(with = "Option<FileSinkDoc>")]
-    pub file: Option<Spanned<FileSinkDoc>>,
+    #[schemars(with = "Option<crate::connectors::file::doc::FileSinkDoc>")]
+    pub file: Option<Spanned<crate::connectors::file::doc::FileSinkDoc>>,
     /// Write dead letters to a Kafka topic.
     #[serde(default)]
-    #[schemars(with = "Option<KafkaSinkDoc>")]
-    pub kafka: Option<Spanned<KafkaSinkDoc>>,
+    #[schemars(with = "Option<crate::connectors::kafka::doc::KafkaSinkDoc>")]
+    pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSinkDoc>>,
     /// Publish dead letters to a NATS JetStream subject.
     #[serde(default)]
     #[schemars(with = "Option<crate::connectors::nats::sink::NatsSinkDoc>")]
@@ -669,8 +365,10 @@ pub struct DeadLetterDoc {
     pub retry: Option<Spanned<RetryDoc>>,
 }
 
+/// `checkpoint:`: where and how often offsets and state are saved.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct CheckpointDoc {
     /// A folder, or `s3://bucket/prefix` for a pool on several machines.
     pub dir: String,
@@ -686,8 +384,10 @@ pub struct CheckpointDoc {
     pub after_windows: Option<bool>,
 }
 
+/// `serve:`: the SQL, metrics and health endpoints, and their limits.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct ServeDoc {
     /// HTTP address (`127.0.0.1:8080`): `/sql`, `/metrics`, `/health`, `/ready`.
     #[serde(default)]
@@ -752,44 +452,4 @@ pub struct ServeDoc {
     /// MiB of changes kept per table (default 64).
     #[serde(default)]
     pub subscription_retain_mb: Option<u64>,
-}
-
-/// `credentials:` of a NATS source or sink: at most one way to authenticate (values may come
-/// from `${ENV}`).
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsCredentialsDoc {
-    /// User name (with `password`).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Password (with `user`).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Authentication token.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// A `.creds` file (user JWT and NKey seed), relative to the pipeline file.
-    #[serde(default)]
-    pub creds_file: Option<String>,
-    /// An NKey seed (`SU…`).
-    #[serde(default)]
-    pub nkey_seed: Option<String>,
-}
-
-/// `tls:` of a NATS source or sink.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsTlsDoc {
-    /// Refuse to connect without TLS (default false: TLS when the server asks or a URL is `tls://`).
-    #[serde(default)]
-    pub required: Option<bool>,
-    /// PEM file of certificate authorities to trust, relative to the pipeline file.
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    /// PEM client certificate (with `key_file`), for servers that verify clients.
-    #[serde(default)]
-    pub cert_file: Option<String>,
-    /// PEM key of `cert_file`.
-    #[serde(default)]
-    pub key_file: Option<String>,
 }

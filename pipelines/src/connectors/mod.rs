@@ -4,8 +4,23 @@
 //!
 //! The [`SINKS`], [`DEAD_LETTERS`] and [`SOURCES`] registries map a YAML key to its
 //! connector; planning, running, replaying and pooling go through the traits below, and no
-//! code outside `connectors/` matches on a connector kind. A new connector is a folder here
-//! plus one registry line (and its field in the YAML model).
+//! code outside `connectors/` matches on a connector kind.
+//!
+//! A new connector touches:
+//! - its folder, `connectors/<kind>/`: its YAML block types (`doc.rs`), planning, the
+//!   connector types implementing the traits below, and its unit tests;
+//! - this file: its `pub mod <kind>;`;
+//! - per role it takes, one registry line: in [`SINKS`], [`DEAD_LETTERS`] (here) or
+//!   [`SOURCES`] (`sources.rs`);
+//! - per role it takes, one field of the YAML model (`model.rs`): in [`SinkDoc`],
+//!   [`DeadLetterDoc`] or [`SourceDoc`], named by its YAML key and typed by a path to its
+//!   block (`crate::connectors::<kind>::doc::...`). The model defines no connector's type
+//!   (`tests/architecture.rs` checks it).
+//!
+//! Its rows in the book's reference (`docs/src/reference/`) and the regenerated
+//! `pipelines/pipeline.schema.json` follow, as tests require.
+//!
+//! [`SourceDoc`]: crate::model::SourceDoc
 
 use std::any::Any;
 use std::fmt::Debug;
@@ -44,8 +59,8 @@ pub use pooled::{
 };
 pub(crate) use sources::avro_refusal;
 pub use sources::{
-    OpenSource, OpenedSource, ReplayRange, ReplayedSource, SourceBase, SourceConnector, SourceKind,
-    SourcePlanning, SOURCES,
+    AvroLimitsDoc, OpenSource, OpenedSource, ReplayRange, ReplayedSource, SourceBase,
+    SourceConnector, SourceKind, SourcePlanning, SOURCES,
 };
 
 /// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the

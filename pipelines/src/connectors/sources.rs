@@ -7,6 +7,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_saphyr::Spanned;
 use weir_engine::events::Resume;
 use weir_engine::job::PartitionReader;
@@ -14,7 +16,7 @@ use weir_sources::MessageColumn;
 
 use super::pooled::{PoolSource, PooledSource, Repartition, Repartitioning};
 use crate::error::PipelineError;
-use crate::model::{AvroLimitsDoc, Format, PipelineDoc, SourceDoc};
+use crate::model::{Format, PipelineDoc, SourceDoc};
 use crate::plan::Ctx;
 use crate::replay::ReplaySetup;
 use crate::run::RunError;
@@ -50,6 +52,19 @@ impl PlannedInput {
             registry: None,
         }
     }
+}
+
+/// `avro_limits: { max_record_bytes, max_items }` of a Kafka source (defaults 16 MiB of JSON
+/// and 1,000,000 array items and map entries per record).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AvroLimitsDoc {
+    /// Largest decoded record, in bytes of JSON (default 16 MiB).
+    #[serde(default)]
+    pub max_record_bytes: Option<u64>,
+    /// Most array items and map entries in one record (default 1,000,000).
+    #[serde(default)]
+    pub max_items: Option<u64>,
 }
 
 /// Avro limits as `avro_limits` sets them, the defaults otherwise.

@@ -3,8 +3,8 @@
 use serde_saphyr::Spanned;
 use weir_sinks::{ElasticsearchConfig, EsAuth, IndexTemplate};
 
+use super::doc::ElasticsearchDoc;
 use crate::error::PipelineError;
-use crate::model::*;
 use crate::plan::Ctx;
 
 /// An `elasticsearch` sink's settings, checked.

@@ -19,6 +19,8 @@ use super::{
 use crate::error::PipelineError;
 use crate::run::RunError;
 
+/// Its YAML blocks, as a pipeline file writes them.
+pub mod doc;
 mod source;
 
 pub use source::SOURCE;

@@ -8,9 +8,12 @@ use crate::connectors::sources::{
     OpenSource, OpenedSource, PlannedInput, SourceConnector, SourceKind,
 };
 use crate::error::PipelineError;
-use crate::model::{GeneratorDoc, GeneratorKind};
 use crate::plan::Ctx;
 use crate::run::RunError;
+use doc::{GeneratorDoc, GeneratorKind};
+
+/// Its YAML block, as a pipeline file writes it.
+pub mod doc;
 
 /// The `generator` source kind.
 pub const SOURCE: SourceKind = SourceKind {

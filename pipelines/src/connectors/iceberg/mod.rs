@@ -15,6 +15,8 @@ use crate::error::PipelineError;
 use crate::run::RunError;
 
 pub mod compact;
+/// Its YAML block, as a pipeline file writes it.
+pub mod doc;
 mod plan;
 
 pub use plan::iceberg_config;

@@ -3,9 +3,9 @@
 use serde_saphyr::Spanned;
 use weir_iceberg::CatalogUri;
 
+use super::doc::IcebergDoc;
 use super::IcebergTarget;
 use crate::error::PipelineError;
-use crate::model::*;
 use crate::plan::Ctx;
 
 /// The Iceberg sink `sink` of pipeline `pipeline`, writing `target`.

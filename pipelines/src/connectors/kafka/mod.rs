@@ -20,6 +20,8 @@ use super::{PoolSource, PooledSource, Repartition, Repartitioning};
 use crate::error::PipelineError;
 use crate::run::RunError;
 
+/// Its YAML blocks, as a pipeline file writes them.
+pub mod doc;
 pub(crate) mod plan;
 mod pool;
 mod replay;

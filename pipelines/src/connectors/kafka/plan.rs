@@ -5,6 +5,7 @@ use serde_saphyr::Spanned;
 use weir_sinks::{KafkaDelivery, KafkaFormat, KafkaSinkConfig};
 use weir_sources::{KafkaSourceConfig, StartFrom};
 
+use super::doc::{KafkaSinkDoc, KafkaSourceDoc};
 use crate::error::PipelineError;
 use crate::model::*;
 use crate::plan::Ctx;

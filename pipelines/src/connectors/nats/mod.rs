@@ -4,6 +4,8 @@
 //! positions by the caller.
 
 mod connector;
+/// Its YAML blocks, as a pipeline file writes them.
+pub mod doc;
 pub(crate) mod pool;
 pub mod sink;
 pub(crate) mod source;
@@ -14,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use weir_nats::{NatsCredentials, NatsEndpoint, NatsTls};
 
-use crate::model::{NatsCredentialsDoc, NatsTlsDoc, OneOrMany};
+use crate::model::OneOrMany;
+use doc::{NatsCredentialsDoc, NatsTlsDoc};
 
 /// The endpoint of a NATS connector, or a message saying what is wrong (the caller adds the
 /// file position). Relative files resolve against `dir`, the pipeline file's folder.

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use weir_sinks::nats::{DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
 use weir_sinks::{DeadLetterNatsConfig, NatsFormat, NatsSinkConfig};
 
-use crate::model::{self, Format, NatsCredentialsDoc, NatsTlsDoc, OneOrMany};
+use super::doc::{NatsCredentialsDoc, NatsTlsDoc};
+use crate::model::{self, Format, OneOrMany};
 
 /// Most publishes `max_in_flight` may allow.
 const MAX_IN_FLIGHT_LIMIT: u64 = 65_536;

@@ -12,8 +12,9 @@ use weir_sources::nats::{
     DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
+use super::doc::{NatsPartitionsDoc, NatsSourceDoc};
 use crate::connectors::ReplayRange;
-use crate::model::{NatsPartitionsDoc, NatsSourceDoc, OneOrMany};
+use crate::model::OneOrMany;
 
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
 const MAX_FETCH_BATCH: u64 = 100_000;

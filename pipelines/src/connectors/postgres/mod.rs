@@ -12,6 +12,8 @@ use super::{Attach, OpenSink, SinkConnector, SinkKind};
 use crate::error::PipelineError;
 use crate::run::RunError;
 
+/// Its YAML block, as a pipeline file writes it.
+pub mod doc;
 mod plan;
 
 /// The `postgres` sink kind.

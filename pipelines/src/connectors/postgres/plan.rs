@@ -3,8 +3,8 @@
 use serde_saphyr::Spanned;
 use weir_sinks::PostgresConfig;
 
+use super::doc::PostgresDoc;
 use crate::error::PipelineError;
-use crate::model::*;
 use crate::plan::Ctx;
 
 /// A `postgres` sink's settings, checked.

@@ -5,9 +5,9 @@ use serde_saphyr::Spanned;
 use weir_operators::SqlCompiler;
 use weir_sinks::{WebhookConfig, WebhookMethod};
 
+use super::doc::WebhookDoc;
 use super::WebhookTarget;
 use crate::error::PipelineError;
-use crate::model::*;
 use crate::plan::Ctx;
 
 /// A `webhook` sink's settings, checked (the output and `where` are set later).
