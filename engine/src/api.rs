@@ -181,10 +181,12 @@ pub trait MergeOperator: Send {
     }
 }
 
-/// An output of result rows.
-pub trait Sink: Send {
-    /// Writes rows.
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError>;
+/// The commit lifecycle every output shares, sinks and the dead-letter output alike: rows
+/// are written, made durable at each checkpoint's barrier ([`Self::pre_commit`]), made
+/// visible once the checkpoint is complete ([`Self::commit`]), and a restart finishes what a
+/// crash interrupted ([`Self::recover`]). Without checkpoints, [`Self::flush`] makes rows
+/// durable.
+pub trait Committable: Send {
     /// Makes every row written so far durable (messages acknowledged...) and says whether
     /// it could: an output that only becomes visible when it finishes (a file renamed into
     /// place) returns `false`, and offsets are then committed only after it finished.
@@ -207,6 +209,30 @@ pub trait Sink: Send {
     fn recover(&mut self, _from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
         Ok(())
     }
+}
+
+impl<T: Committable + ?Sized> Committable for Box<T> {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        (**self).flush()
+    }
+    fn finish(&mut self) -> Result<(), EngineError> {
+        (**self).finish()
+    }
+    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
+        (**self).pre_commit(epoch)
+    }
+    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
+        (**self).commit(epoch)
+    }
+    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
+        (**self).recover(from)
+    }
+}
+
+/// An output of result rows, with the commit lifecycle of [`Committable`].
+pub trait Sink: Committable {
+    /// Writes rows.
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError>;
     /// Rows the output refused for good since the last call (a document its index cannot
     /// map, a message over the broker's size limit): they go to the dead-letter output with
     /// the output's error, and the other rows go on. Asked after every call.
@@ -215,27 +241,10 @@ pub trait Sink: Send {
     }
 }
 
-/// The dead-letter output.
-pub trait DeadLetterSink: Send {
+/// The dead-letter output, with the commit lifecycle of [`Committable`].
+pub trait DeadLetterSink: Committable {
     /// Writes records.
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError>;
-    /// Makes every record written so far durable, and says whether it could (see
-    /// [`Sink::flush`]).
-    fn flush(&mut self) -> Result<bool, EngineError>;
-    /// Flushes and closes the output.
-    fn finish(&mut self) -> Result<(), EngineError>;
-    /// See [`Sink::pre_commit`].
-    fn pre_commit(&mut self, _epoch: u64) -> Result<serde_json::Value, EngineError> {
-        self.flush().map(|_| serde_json::Value::Null)
-    }
-    /// See [`Sink::commit`].
-    fn commit(&mut self, _epoch: u64) -> Result<(), EngineError> {
-        Ok(())
-    }
-    /// See [`Sink::recover`].
-    fn recover(&mut self, _from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
-        Ok(())
-    }
 }
 
 /// A source of a job.

@@ -75,7 +75,7 @@ pub struct Manifest {
     pub fingerprint: BTreeMap<String, String>,
     pub partitions: Vec<PartitionRecord>,
     pub operators: Vec<OperatorRecord>,
-    /// Per sink: what its commit needs (see `Sink::pre_commit`).
+    /// Per sink: what its commit needs (see `Committable::pre_commit`).
     pub sinks: BTreeMap<String, serde_json::Value>,
     pub dead_letter: serde_json::Value,
     pub counters: BTreeMap<String, u64>,

@@ -339,7 +339,7 @@ mod tests {
     use crate::sink::IcebergSink;
     use arrow::array::{Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, SchemaRef};
-    use weir_engine::job::Sink;
+    use weir_engine::job::{Committable, Sink};
 
     fn config(dir: &Path, table: &str, worker: &str) -> IcebergSinkConfig {
         IcebergSinkConfig {

@@ -28,7 +28,7 @@ use iceberg::TableIdent;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde_json::{json, Value};
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, ErrorKind};
 
 use crate::catalog::{CatalogUri, Lake, PartitionBy};
@@ -531,29 +531,7 @@ impl IcebergSink {
     }
 }
 
-impl Sink for IcebergSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let rows = self.converter.convert(batch).map_err(|e| self.fail(e))?;
-        // a view's `op`: `delete` rows remove their key from the table
-        let ops = batch
-            .column_by_name(crate::schema::OP_COLUMN)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .cloned();
-        match &mut self.view {
-            Some(view) => {
-                let deleted = |row: usize| ops.as_ref().is_some_and(|o| o.value(row) == "delete");
-                if self.config.worker.is_some() && ops.is_some() {
-                    let keys = crate::pool::deleted_keys(&rows, view.keys(), deleted)
-                        .map_err(|e| not_retried(&self.config.sink, e))?;
-                    self.deleted.extend(keys);
-                }
-                view.apply(&rows, deleted)
-                    .map_err(|e| not_retried(&self.config.sink, e))
-            }
-            None => self.write_rows(rows),
-        }
-    }
-
+impl Committable for IcebergSink {
     fn flush(&mut self) -> Result<bool, EngineError> {
         // rows become visible when their snapshot is committed
         Ok(false)
@@ -672,6 +650,30 @@ impl Sink for IcebergSink {
             }
         }
         Ok(())
+    }
+}
+
+impl Sink for IcebergSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let rows = self.converter.convert(batch).map_err(|e| self.fail(e))?;
+        // a view's `op`: `delete` rows remove their key from the table
+        let ops = batch
+            .column_by_name(crate::schema::OP_COLUMN)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .cloned();
+        match &mut self.view {
+            Some(view) => {
+                let deleted = |row: usize| ops.as_ref().is_some_and(|o| o.value(row) == "delete");
+                if self.config.worker.is_some() && ops.is_some() {
+                    let keys = crate::pool::deleted_keys(&rows, view.keys(), deleted)
+                        .map_err(|e| not_retried(&self.config.sink, e))?;
+                    self.deleted.extend(keys);
+                }
+                view.apply(&rows, deleted)
+                    .map_err(|e| not_retried(&self.config.sink, e))
+            }
+            None => self.write_rows(rows),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use arrow::array::{Array, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, RejectedRow};
 
 /// `inner` given only the rows for which `predicate` is true (null counts as false; a
@@ -56,12 +56,7 @@ impl Filtered {
     }
 }
 
-impl Sink for Filtered {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let rows = self.matching(batch)?;
-        // an empty batch still lets the sink send rows that waited long enough
-        self.inner.write(&rows)
-    }
+impl Committable for Filtered {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.inner.flush()
     }
@@ -76,6 +71,14 @@ impl Sink for Filtered {
     }
     fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
         self.inner.recover(from)
+    }
+}
+
+impl Sink for Filtered {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let rows = self.matching(batch)?;
+        // an empty batch still lets the sink send rows that waited long enough
+        self.inner.write(&rows)
     }
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
         self.inner.take_rejected()
@@ -93,15 +96,18 @@ mod tests {
     /// A sink keeping what it is given.
     struct Keep(Arc<std::sync::Mutex<Vec<RecordBatch>>>);
 
-    impl Sink for Keep {
-        fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-            self.0.lock().unwrap().push(batch.clone());
-            Ok(())
-        }
+    impl Committable for Keep {
         fn flush(&mut self) -> Result<bool, EngineError> {
             Ok(true)
         }
         fn finish(&mut self) -> Result<(), EngineError> {
+            Ok(())
+        }
+    }
+
+    impl Sink for Keep {
+        fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+            self.0.lock().unwrap().push(batch.clone());
             Ok(())
         }
     }

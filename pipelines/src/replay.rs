@@ -20,7 +20,7 @@ use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_engine::EngineError;
 
 /// What to replay.
@@ -298,6 +298,15 @@ impl WindowRange {
     }
 }
 
+impl Committable for WindowRange {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.inner.flush()
+    }
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.inner.finish()
+    }
+}
+
 impl Sink for WindowRange {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         let Some(col) = batch.column_by_name("window_start") else {
@@ -324,12 +333,6 @@ impl Sink for WindowRange {
             self.inner.write(&rows)?;
         }
         Ok(())
-    }
-    fn flush(&mut self) -> Result<bool, EngineError> {
-        self.inner.flush()
-    }
-    fn finish(&mut self) -> Result<(), EngineError> {
-        self.inner.finish()
     }
     // rows the output refused (a PostgreSQL constraint, an Elasticsearch mapping) reach the
     // replay's dead letters

@@ -25,7 +25,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use arrow::record_batch::RecordBatch;
 use serde_json::{json, Value};
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 
 use crate::file::{for_each_json_row, json_string};
@@ -832,6 +832,17 @@ pub fn mapping(schema: &SchemaRef) -> Value {
     json!({ "properties": props })
 }
 
+impl Committable for ElasticsearchSink {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.send_pending()?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.send_pending()
+    }
+}
+
 impl Sink for ElasticsearchSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         if !std::mem::take(&mut self.write_failed) {
@@ -851,15 +862,6 @@ impl Sink for ElasticsearchSink {
             }
         }
         Ok(())
-    }
-
-    fn flush(&mut self) -> Result<bool, EngineError> {
-        self.send_pending()?;
-        Ok(true)
-    }
-
-    fn finish(&mut self) -> Result<(), EngineError> {
-        self.send_pending()
     }
 
     fn take_rejected(&mut self) -> Vec<RejectedRow> {

@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use weir_engine::job::{DeadLetterSink, Sink};
+use weir_engine::job::{Committable, DeadLetterSink, Sink};
 use weir_engine::{DeadLetter, EngineError};
 
 use crate::committed::{sink_err, Appender, CommittedLines, CommittedParts};
@@ -98,30 +98,7 @@ impl FileSink {
     }
 }
 
-impl Sink for FileSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let err = sink_err(&self.name, &self.path);
-        match self.writer.as_mut() {
-            Some(Writer::Lines {
-                out,
-                csv,
-                line,
-                buf,
-            }) => {
-                buf.clear();
-                if *csv {
-                    write_csv(batch, out.is_empty(), buf)
-                } else {
-                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
-                }
-                .map_err(|e| err(e.into()))?;
-                out.append(buf).map_err(err)
-            }
-            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(e.to_string().into())),
-            None => Err(err("the file is already closed".to_string().into())),
-        }
-    }
-
+impl Committable for FileSink {
     fn flush(&mut self) -> Result<bool, EngineError> {
         // The rows become visible only when the file is renamed into place at the end.
         Ok(false)
@@ -145,6 +122,31 @@ impl Sink for FileSink {
         }
         self.writer = None;
         Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let err = sink_err(&self.name, &self.path);
+        match self.writer.as_mut() {
+            Some(Writer::Lines {
+                out,
+                csv,
+                line,
+                buf,
+            }) => {
+                buf.clear();
+                if *csv {
+                    write_csv(batch, out.is_empty(), buf)
+                } else {
+                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
+                }
+                .map_err(|e| err(e.into()))?;
+                out.append(buf).map_err(err)
+            }
+            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(e.to_string().into())),
+            None => Err(err("the file is already closed".to_string().into())),
+        }
     }
 }
 
@@ -220,29 +222,7 @@ impl CommittedFileSink {
     }
 }
 
-impl Sink for CommittedFileSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let err = sink_err(&self.name, &self.path);
-        match &mut self.output {
-            Committed::Parts(parts) => parts.write(batch).map_err(err),
-            Committed::Lines {
-                lines,
-                format,
-                line,
-                buf,
-            } => {
-                buf.clear();
-                if *format == FileFormat::Csv {
-                    write_csv(batch, lines.at_start(), buf)
-                } else {
-                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
-                }
-                .map_err(|e| err(e.into()))?;
-                lines.append(buf).map_err(err)
-            }
-        }
-    }
-
+impl Committable for CommittedFileSink {
     fn flush(&mut self) -> Result<bool, EngineError> {
         // rows become visible when their checkpoint commits
         Ok(false)
@@ -284,6 +264,30 @@ impl Sink for CommittedFileSink {
     }
 }
 
+impl Sink for CommittedFileSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let err = sink_err(&self.name, &self.path);
+        match &mut self.output {
+            Committed::Parts(parts) => parts.write(batch).map_err(err),
+            Committed::Lines {
+                lines,
+                format,
+                line,
+                buf,
+            } => {
+                buf.clear();
+                if *format == FileFormat::Csv {
+                    write_csv(batch, lines.at_start(), buf)
+                } else {
+                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
+                }
+                .map_err(|e| err(e.into()))?;
+                lines.append(buf).map_err(err)
+            }
+        }
+    }
+}
+
 /// Dead letters to an NDJSON file with two-phase commit per checkpoint.
 pub struct CommittedDeadLetterFile {
     path: PathBuf,
@@ -311,19 +315,7 @@ impl CommittedDeadLetterFile {
     }
 }
 
-impl DeadLetterSink for CommittedDeadLetterFile {
-    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        self.buf.clear();
-        for r in records {
-            serde_json::to_writer(&mut self.buf, &r.to_json()).map_err(|e| self.err(e))?;
-            self.buf.push(b'\n');
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let r = self.lines.append(&buf).map_err(|e| self.file_err(e));
-        self.buf = buf;
-        r
-    }
-
+impl Committable for CommittedDeadLetterFile {
     fn flush(&mut self) -> Result<bool, EngineError> {
         Ok(false)
     }
@@ -342,6 +334,20 @@ impl DeadLetterSink for CommittedDeadLetterFile {
 
     fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
         self.lines.recover(from).map_err(|e| self.file_err(e))
+    }
+}
+
+impl DeadLetterSink for CommittedDeadLetterFile {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        self.buf.clear();
+        for r in records {
+            serde_json::to_writer(&mut self.buf, &r.to_json()).map_err(|e| self.err(e))?;
+            self.buf.push(b'\n');
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.lines.append(&buf).map_err(|e| self.file_err(e));
+        self.buf = buf;
+        r
     }
 }
 
@@ -405,22 +411,7 @@ impl DeadLetterFile {
     }
 }
 
-impl DeadLetterSink for DeadLetterFile {
-    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| EngineError::dead_letter("already closed"))?;
-        self.buf.clear();
-        for r in records {
-            serde_json::to_writer(&mut self.buf, &r.to_json())
-                .map_err(|e| EngineError::dead_letter_caused(self.path.display(), e))?;
-            self.buf.push(b'\n');
-        }
-        out.append(&self.buf)
-            .map_err(|e| dead_letter_err(&self.path, e))
-    }
-
+impl Committable for DeadLetterFile {
     fn flush(&mut self) -> Result<bool, EngineError> {
         // The records become visible only when the file is renamed into place at the end.
         Ok(false)
@@ -435,6 +426,23 @@ impl DeadLetterSink for DeadLetterFile {
             self.out = None;
         }
         Ok(())
+    }
+}
+
+impl DeadLetterSink for DeadLetterFile {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| EngineError::dead_letter("already closed"))?;
+        self.buf.clear();
+        for r in records {
+            serde_json::to_writer(&mut self.buf, &r.to_json())
+                .map_err(|e| EngineError::dead_letter_caused(self.path.display(), e))?;
+            self.buf.push(b'\n');
+        }
+        out.append(&self.buf)
+            .map_err(|e| dead_letter_err(&self.path, e))
     }
 }
 

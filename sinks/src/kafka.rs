@@ -2,7 +2,7 @@
 
 use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
-use weir_engine::job::{DeadLetterSink, Sink};
+use weir_engine::job::{Committable, DeadLetterSink, Sink};
 use weir_engine::{DeadLetter, EngineError, ErrorInfo, RejectedRow};
 use weir_kafka::Producer;
 
@@ -521,21 +521,7 @@ impl KafkaSink {
     }
 }
 
-impl Sink for KafkaSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        self.rebuild()?;
-        if std::mem::take(&mut self.write_failed) {
-            // this batch failed before and was just sent again with the others
-            return Ok(());
-        }
-        if let Some(t) = self.txn.as_mut().filter(|t| t.prepared.is_some()) {
-            // the prepared transaction waits for its checkpoint: this row goes in the next
-            t.waiting.push(batch.clone());
-            return Ok(());
-        }
-        self.send_now(batch)
-    }
-
+impl Committable for KafkaSink {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.rebuild()?;
         let flushed = self.producer.flush();
@@ -670,6 +656,22 @@ impl Sink for KafkaSink {
             t.prepared = Some(epoch);
         }
         self.commit(epoch)
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        self.rebuild()?;
+        if std::mem::take(&mut self.write_failed) {
+            // this batch failed before and was just sent again with the others
+            return Ok(());
+        }
+        if let Some(t) = self.txn.as_mut().filter(|t| t.prepared.is_some()) {
+            // the prepared transaction waits for its checkpoint: this row goes in the next
+            t.waiting.push(batch.clone());
+            return Ok(());
+        }
+        self.send_now(batch)
     }
 
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
@@ -820,25 +822,7 @@ impl DeadLetterKafka {
     }
 }
 
-impl DeadLetterSink for DeadLetterKafka {
-    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        self.rebuild()?;
-        if std::mem::take(&mut self.write_failed) {
-            return Ok(()); // these records were just sent again with the others
-        }
-        self.unacked.extend_from_slice(records);
-        for r in records {
-            if let Err(e) = self.send(r) {
-                if e.kind() == weir_engine::ErrorKind::Retryable {
-                    self.write_failed = true;
-                    self.broken = true;
-                }
-                return Err(e.into_dead_letter_error());
-            }
-        }
-        Ok(())
-    }
-
+impl Committable for DeadLetterKafka {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.rebuild()?;
         if let Err(e) = self.producer.flush() {
@@ -856,6 +840,26 @@ impl DeadLetterSink for DeadLetterKafka {
 
     fn finish(&mut self) -> Result<(), EngineError> {
         self.flush().map(|_| ())
+    }
+}
+
+impl DeadLetterSink for DeadLetterKafka {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        self.rebuild()?;
+        if std::mem::take(&mut self.write_failed) {
+            return Ok(()); // these records were just sent again with the others
+        }
+        self.unacked.extend_from_slice(records);
+        for r in records {
+            if let Err(e) = self.send(r) {
+                if e.kind() == weir_engine::ErrorKind::Retryable {
+                    self.write_failed = true;
+                    self.broken = true;
+                }
+                return Err(e.into_dead_letter_error());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use nats_runtime_checks::{alive_tasks, back_to, connections};
 use nats_support::NatsServer;
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_nats::NatsEndpoint;
 use weir_sinks::nats::{
     NatsFormat, NatsSink, NatsSinkConfig, Outcome, Outgoing, Publisher, DEFAULT_ACK_TIMEOUT,

@@ -38,8 +38,9 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 pub use crate::api::{
-    DeadLetterSink, Decode, JobSpec, MergeOperator, OperatorSpec, PartialWindow, PartitionReader,
-    ReaderContext, RunReport, Sink, SinkSpec, SourceSpec, StopHandle, WorkerOperator,
+    Committable, DeadLetterSink, Decode, JobSpec, MergeOperator, OperatorSpec, PartialWindow,
+    PartitionReader, ReaderContext, RunReport, Sink, SinkSpec, SourceSpec, StopHandle,
+    WorkerOperator,
 };
 use crate::checkpoint::{restored_partitions, CheckpointSpec, Epochs, Manifest, Part, Rendezvous};
 use crate::clock::{Clocks, WATERMARK_MIN};

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::channels::{
     CheckpointLink, DeadMsg, OutputGate, SinkMsg, DURABLE_EVERY, GATE_DEAD_LETTERS, TICK,
 };
-use crate::api::{DeadLetterSink, Sink};
+use crate::api::{Committable, DeadLetterSink, Sink};
 use crate::checkpoint::Part;
 use crate::dead_letter::{DeadLetter, PartitionInfo, Reason};
 use crate::progress::{ChunkResidue, Progress};
@@ -56,51 +56,6 @@ fn window_end_runs(batch: &RecordBatch, out: &mut Vec<(i64, u64)>) {
 struct Unacked {
     ends: Vec<(i64, u64)>,
     since: Vec<(Instant, u64)>,
-}
-
-/// The commit lifecycle [`Sink`] and [`DeadLetterSink`] share.
-pub(super) trait Committable: Send {
-    fn flush(&mut self) -> Result<bool, EngineError>;
-    fn finish(&mut self) -> Result<(), EngineError>;
-    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError>;
-    fn commit(&mut self, epoch: u64) -> Result<(), EngineError>;
-    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError>;
-}
-
-impl Committable for Box<dyn Sink> {
-    fn flush(&mut self) -> Result<bool, EngineError> {
-        Sink::flush(&mut **self)
-    }
-    fn finish(&mut self) -> Result<(), EngineError> {
-        Sink::finish(&mut **self)
-    }
-    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
-        Sink::pre_commit(&mut **self, epoch)
-    }
-    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
-        Sink::commit(&mut **self, epoch)
-    }
-    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
-        Sink::recover(&mut **self, from)
-    }
-}
-
-impl Committable for Box<dyn DeadLetterSink> {
-    fn flush(&mut self) -> Result<bool, EngineError> {
-        DeadLetterSink::flush(&mut **self)
-    }
-    fn finish(&mut self) -> Result<(), EngineError> {
-        DeadLetterSink::finish(&mut **self)
-    }
-    fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
-        DeadLetterSink::pre_commit(&mut **self, epoch)
-    }
-    fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
-        DeadLetterSink::commit(&mut **self, epoch)
-    }
-    fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
-        DeadLetterSink::recover(&mut **self, from)
-    }
 }
 
 /// An output with the retrier its calls go through.
@@ -148,7 +103,7 @@ impl<'a, O: Committable> Output<'a, O> {
 }
 
 /// Before a checkpointed run writes: has the output finish the commits a crash interrupted
-/// (see [`Sink::recover`]), retried as its other calls.
+/// (see [`Committable::recover`]), retried as its other calls.
 pub(super) fn recover<O: Committable>(
     output: O,
     retrier: Retrier<'_>,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_engine::job::DeadLetterSink;
+use weir_engine::job::{Committable, DeadLetterSink};
 use weir_engine::{DeadLetter, EngineError};
 use weir_nats::NatsEndpoint;
 
@@ -173,6 +173,17 @@ impl DeadLetterNats {
     }
 }
 
+impl Committable for DeadLetterNats {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.send_pending()?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.send_pending()
+    }
+}
+
 impl DeadLetterSink for DeadLetterNats {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
         if !std::mem::take(&mut self.write_failed) {
@@ -193,14 +204,5 @@ impl DeadLetterSink for DeadLetterNats {
             }
         }
         Ok(())
-    }
-
-    fn flush(&mut self) -> Result<bool, EngineError> {
-        self.send_pending()?;
-        Ok(true)
-    }
-
-    fn finish(&mut self) -> Result<(), EngineError> {
-        self.send_pending()
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 use weir_nats::NatsEndpoint;
 
@@ -330,21 +330,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     weir_engine::error::chain(e).to_string()
 }
 
-impl Sink for NatsSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        if !std::mem::take(&mut self.write_failed) {
-            self.add_rows(batch)?;
-        }
-        if self.pending.len() >= self.config.max_in_flight.max(1) {
-            if let Err(e) = self.send_pending() {
-                // the rows are pending: the retried call only sends them again
-                self.write_failed = true;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
+impl Committable for NatsSink {
     fn flush(&mut self) -> Result<bool, EngineError> {
         if !self.view.rows.is_empty() {
             self.flushes += 1;
@@ -374,6 +360,22 @@ impl Sink for NatsSink {
 
     fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
         self.epoch = Some(from.map_or(0, |(e, _)| e));
+        Ok(())
+    }
+}
+
+impl Sink for NatsSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        if !std::mem::take(&mut self.write_failed) {
+            self.add_rows(batch)?;
+        }
+        if self.pending.len() >= self.config.max_in_flight.max(1) {
+            if let Err(e) = self.send_pending() {
+                // the rows are pending: the retried call only sends them again
+                self.write_failed = true;
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

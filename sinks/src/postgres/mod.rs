@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use sha2::Digest;
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 
 pub use ddl::TableName;
@@ -456,27 +456,7 @@ impl PostgresSink {
     }
 }
 
-impl Sink for PostgresSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        if !std::mem::take(&mut self.write_failed) && batch.num_rows() > 0 {
-            self.pending.push(batch.clone());
-            self.pending_rows += batch.num_rows();
-            self.since.get_or_insert_with(Instant::now);
-        }
-        let full = self.pending_rows >= self.config.batch_max_rows
-            || self
-                .since
-                .is_some_and(|t| t.elapsed() >= self.config.flush_interval);
-        if full {
-            if let Err(e) = self.send_pending(self.epoch) {
-                // the rows are pending: the retried call only sends them again
-                self.write_failed = true;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
+impl Committable for PostgresSink {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.send_pending(self.epoch)?;
         Ok(!self.exactly_once)
@@ -530,6 +510,28 @@ impl Sink for PostgresSink {
         }
         self.epoch = epoch.unwrap_or(0) + 1;
         self.seq = 0;
+        Ok(())
+    }
+}
+
+impl Sink for PostgresSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        if !std::mem::take(&mut self.write_failed) && batch.num_rows() > 0 {
+            self.pending.push(batch.clone());
+            self.pending_rows += batch.num_rows();
+            self.since.get_or_insert_with(Instant::now);
+        }
+        let full = self.pending_rows >= self.config.batch_max_rows
+            || self
+                .since
+                .is_some_and(|t| t.elapsed() >= self.config.flush_interval);
+        if full {
+            if let Err(e) = self.send_pending(self.epoch) {
+                // the rows are pending: the retried call only sends them again
+                self.write_failed = true;
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

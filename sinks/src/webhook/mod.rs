@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use weir_engine::job::Sink;
+use weir_engine::job::{Committable, Sink};
 use weir_engine::stats::DeliveryStats;
 use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 
@@ -755,6 +755,17 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     weir_engine::error::chain(e).to_string()
 }
 
+impl Committable for WebhookSink {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.send_pending()?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.send_pending()
+    }
+}
+
 impl Sink for WebhookSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         if !std::mem::take(&mut self.write_failed) {
@@ -779,15 +790,6 @@ impl Sink for WebhookSink {
             }
         }
         Ok(())
-    }
-
-    fn flush(&mut self) -> Result<bool, EngineError> {
-        self.send_pending()?;
-        Ok(true)
-    }
-
-    fn finish(&mut self) -> Result<(), EngineError> {
-        self.send_pending()
     }
 
     fn take_rejected(&mut self) -> Vec<RejectedRow> {

@@ -336,26 +336,7 @@ impl RecordingSink {
     }
 }
 
-impl Sink for RecordingSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        if self.fail_writes {
-            return Err(EngineError::Internal("the disk is full".into()));
-        }
-        self.check_up()?;
-        if self.refuse_every_row {
-            for (start, _) in windows_in(batch) {
-                self.refused.push(RejectedRow {
-                    raw: start.to_string().into_bytes(),
-                    error: ErrorInfo::new("too_big", "over the size limit"),
-                });
-            }
-        }
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::Write(windows_in(batch)));
-        Ok(())
-    }
+impl Committable for RecordingSink {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.calls.lock().unwrap().push(Call::Flush);
         Ok(true)
@@ -380,6 +361,28 @@ impl Sink for RecordingSink {
             .push(Call::Recover(from.map(|f| f.0)));
         Ok(())
     }
+}
+
+impl Sink for RecordingSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        if self.fail_writes {
+            return Err(EngineError::Internal("the disk is full".into()));
+        }
+        self.check_up()?;
+        if self.refuse_every_row {
+            for (start, _) in windows_in(batch) {
+                self.refused.push(RejectedRow {
+                    raw: start.to_string().into_bytes(),
+                    error: ErrorInfo::new("too_big", "over the size limit"),
+                });
+            }
+        }
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Write(windows_in(batch)));
+        Ok(())
+    }
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
         std::mem::take(&mut self.refused)
     }
@@ -392,16 +395,7 @@ pub(super) struct RecordingDeadLetters {
     pub(super) records: Arc<Mutex<Vec<DeadLetter>>>,
 }
 
-impl DeadLetterSink for RecordingDeadLetters {
-    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        self.records.lock().unwrap().extend(records.iter().cloned());
-        let written = records
-            .iter()
-            .map(|r| (r.offset.map_or(-1, |o| o as i64), r.reason as i64))
-            .collect();
-        self.calls.lock().unwrap().push(Call::Write(written));
-        Ok(())
-    }
+impl Committable for RecordingDeadLetters {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.calls.lock().unwrap().push(Call::Flush);
         Ok(true)
@@ -423,6 +417,18 @@ impl DeadLetterSink for RecordingDeadLetters {
             .lock()
             .unwrap()
             .push(Call::Recover(from.map(|f| f.0)));
+        Ok(())
+    }
+}
+
+impl DeadLetterSink for RecordingDeadLetters {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        self.records.lock().unwrap().extend(records.iter().cloned());
+        let written = records
+            .iter()
+            .map(|r| (r.offset.map_or(-1, |o| o as i64), r.reason as i64))
+            .collect();
+        self.calls.lock().unwrap().push(Call::Write(written));
         Ok(())
     }
 }
