@@ -4,16 +4,15 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::{DeadLetter, EngineError};
+use weir_formats::csv_rows::write_csv;
+use weir_formats::json_rows::for_each_json_row;
+use weir_formats::parquet_rows::{writer_properties, ParquetRows};
 
-use crate::committed::{sink_err, Appender, CommittedLines, CommittedParts};
-pub(crate) use weir_formats::json_rows::{for_each_json_row, json_string};
+use crate::committed::{fatal, sink_err, Appender, CommittedLines, CommittedParts};
 
 /// The format of a file sink, from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +42,7 @@ enum Writer {
         line: Vec<u8>,
         buf: Vec<u8>,
     },
-    Parquet(Box<ArrowWriter<File>>),
+    Parquet(Box<ParquetRows<File>>),
 }
 
 /// Result rows to one file.
@@ -79,13 +78,9 @@ impl FileSink {
             },
             FileFormat::Parquet => {
                 let file = Appender::create(&temp).map_err(&err)?.into_file();
+                let props = writer_properties().map_err(|e| err(fatal(e)))?;
                 Writer::Parquet(Box::new(
-                    ArrowWriter::try_new(
-                        file,
-                        schema,
-                        Some(parquet_props().map_err(|e| err(e.to_string().into()))?),
-                    )
-                    .map_err(|e| err(e.to_string().into()))?,
+                    ParquetRows::new(file, schema, props).map_err(|e| err(fatal(e)))?,
                 ))
             }
         };
@@ -110,14 +105,14 @@ impl Sink for FileSink {
             }) => {
                 buf.clear();
                 if *csv {
-                    write_csv(batch, out.is_empty(), buf)
+                    write_csv(batch, out.is_empty(), buf).map_err(fatal)
                 } else {
-                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
+                    write_ndjson(batch, line, buf).map_err(fatal)
                 }
-                .map_err(|e| err(e.into()))?;
+                .map_err(&err)?;
                 out.append(buf).map_err(err)
             }
-            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(e.to_string().into())),
+            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(fatal(e))),
             None => Err(err("the file is already closed".to_string().into())),
         }
     }
@@ -134,7 +129,7 @@ impl Sink for FileSink {
             Some(Writer::Lines { out, .. }) => out.sync().map_err(&err)?,
             Some(Writer::Parquet(_)) => {
                 if let Some(Writer::Parquet(w)) = self.writer.take() {
-                    w.close().map_err(|e| err(e.to_string().into()))?;
+                    w.close().map_err(|e| err(fatal(e)))?;
                 }
             }
             None => {}
@@ -146,24 +141,6 @@ impl Sink for FileSink {
         self.writer = None;
         Ok(())
     }
-}
-
-/// Rows as CSV (a header first when `header`), timestamps as RFC 3339 strings.
-fn write_csv(batch: &RecordBatch, header: bool, out: &mut Vec<u8>) -> Result<(), String> {
-    let mut w = arrow::csv::WriterBuilder::new()
-        .with_header(header)
-        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
-        .build(out);
-    utc_as_naive(batch)
-        .and_then(|b| w.write(&b))
-        .map_err(|e| e.to_string())
-}
-
-/// Parquet settings of every file sink: zstd level 3.
-fn parquet_props() -> Result<WriterProperties, parquet::errors::ParquetError> {
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .build())
 }
 
 /// How a checkpointed file sink commits its rows.
@@ -201,7 +178,7 @@ impl CommittedFileSink {
                 CommittedParts::new(
                     path,
                     schema,
-                    parquet_props().map_err(|e| err(e.to_string().into()))?,
+                    writer_properties().map_err(|e| err(fatal(e)))?,
                 )
                 .map_err(&err)?,
             )),
@@ -233,11 +210,11 @@ impl Sink for CommittedFileSink {
             } => {
                 buf.clear();
                 if *format == FileFormat::Csv {
-                    write_csv(batch, lines.at_start(), buf)
+                    write_csv(batch, lines.at_start(), buf).map_err(fatal)
                 } else {
-                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
+                    write_ndjson(batch, line, buf).map_err(fatal)
                 }
-                .map_err(|e| err(e.into()))?;
+                .map_err(&err)?;
                 lines.append(buf).map_err(err)
             }
         }
@@ -345,27 +322,6 @@ impl DeadLetterSink for CommittedDeadLetterFile {
     }
 }
 
-/// The batch with UTC timestamps as naive ones, so CSV prints them with a `Z` format
-/// without a time-zone database.
-fn utc_as_naive(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let mut fields = Vec::new();
-    let mut cols = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        if let DataType::Timestamp(unit, Some(_)) = f.data_type() {
-            let t = DataType::Timestamp(*unit, None);
-            cols.push(arrow::compute::cast(c, &t)?);
-            fields.push(f.as_ref().clone().with_data_type(t));
-        } else {
-            cols.push(c.clone());
-            fields.push(f.as_ref().clone());
-        }
-    }
-    RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        cols,
-    )
-}
-
 /// Rows as JSON objects, one a line: timestamps as RFC 3339 strings, numbers as numbers.
 fn write_ndjson(
     batch: &RecordBatch,
@@ -442,7 +398,7 @@ impl DeadLetterSink for DeadLetterFile {
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
-    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use std::sync::Arc;
 
     fn batch() -> RecordBatch {

@@ -5,7 +5,7 @@
 
 use weir_engine::error::Cause;
 use weir_engine::{EngineError, ErrorKind};
-use weir_kafka::RegistryError;
+use weir_formats::registry::RegistryError;
 
 /// A failure to send rows (or dead letters) to Kafka.
 #[derive(Debug, thiserror::Error)]
