@@ -45,8 +45,12 @@ fn registry_hint(e: &RegistryError) -> &'static str {
             " (refused: check the subject's compatibility setting, or register a compatible \
              schema, and the registry's credentials)"
         }
-        RegistryError::Invalid { .. } => " (check that `schema_registry` names a schema registry)",
-        RegistryError::Config { .. } => " (fix `schema_registry`)",
+        RegistryError::Invalid { .. } | RegistryError::NotJson { .. } => {
+            " (check that `schema_registry` names a schema registry)"
+        }
+        RegistryError::Config { .. }
+        | RegistryError::BadUrl { .. }
+        | RegistryError::HttpClient { .. } => " (fix `schema_registry`)",
     }
 }
 
