@@ -34,6 +34,14 @@ impl FileFormat {
     }
 }
 
+/// A call a file output refuses (I/O and encoding failures keep their own errors).
+#[derive(Debug, thiserror::Error)]
+pub enum FileSinkError {
+    /// Rows or dead letters came after the file was finished.
+    #[error("the file is already closed")]
+    Closed,
+}
+
 enum Writer {
     /// NDJSON or CSV: whole batches appended, so a failed write can be retried.
     Lines {
@@ -113,7 +121,7 @@ impl Sink for FileSink {
                 out.append(buf).map_err(err)
             }
             Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(fatal(e))),
-            None => Err(err("the file is already closed".to_string().into())),
+            None => Err(err(fatal(FileSinkError::Closed))),
         }
     }
 
@@ -363,10 +371,9 @@ impl DeadLetterFile {
 
 impl DeadLetterSink for DeadLetterFile {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| EngineError::dead_letter("already closed"))?;
+        let out = self.out.as_mut().ok_or_else(|| {
+            EngineError::dead_letter_caused(self.path.display(), FileSinkError::Closed)
+        })?;
         self.buf.clear();
         for r in records {
             serde_json::to_writer(&mut self.buf, &r.to_json())
@@ -443,6 +450,41 @@ mod tests {
         assert_eq!(lines[0]["n"], 3);
         assert_eq!(lines[0]["avg"], 1.5);
         assert!(lines[1]["k"].is_null() && lines[1]["avg"].is_null());
+    }
+
+    #[test]
+    fn writing_after_finish_is_a_typed_error() {
+        let dir = tempdir();
+        let b = batch();
+        let mut s =
+            FileSink::create("out", &dir.join("c.csv"), FileFormat::Csv, b.schema()).unwrap();
+        s.finish().unwrap();
+        let e = s.write(&b).unwrap_err();
+        let mut cause: &(dyn std::error::Error + 'static) = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        assert!(
+            matches!(cause.downcast_ref(), Some(FileSinkError::Closed)),
+            "{e:?}"
+        );
+        assert!(
+            e.chain()
+                .to_string()
+                .ends_with("c.csv: the file is already closed"),
+            "{}",
+            e.chain()
+        );
+        let mut d = DeadLetterFile::create(&dir.join("dl.ndjson")).unwrap();
+        d.finish().unwrap();
+        let e = d.write(&[]).unwrap_err();
+        assert!(
+            e.chain()
+                .to_string()
+                .ends_with("dl.ndjson: the file is already closed"),
+            "{}",
+            e.chain()
+        );
     }
 
     #[test]
