@@ -207,14 +207,16 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn parent_of(path: &Path) -> &Path {
+/// The folder `path` is in (`.` for a bare name).
+pub(crate) fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes the entries of `dir` (a rename into it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -114,7 +114,10 @@ impl Committable for FileSink {
             Some(Writer::Lines { out, .. }) => out.sync().map_err(&err)?,
             Some(Writer::Parquet(_)) => {
                 if let Some(Writer::Parquet(w)) = self.writer.take() {
-                    w.close().map_err(|e| err(fatal(e)))?;
+                    let file = w.finish().map_err(|e| err(fatal(e)))?;
+                    // durable before it is renamed into place, as the line formats are
+                    file.sync_all()
+                        .map_err(|e| err(crate::committed::io_error(&self.temp, e)))?;
                 }
             }
             None => {}
@@ -122,6 +125,9 @@ impl Committable for FileSink {
         if self.temp.exists() {
             std::fs::rename(&self.temp, &self.path)
                 .map_err(|e| err(crate::committed::io_error(&self.temp, e)))?;
+            // the rename itself is durable once the folder is
+            crate::committed::sync_dir(crate::committed::parent_of(&self.path))
+                .map_err(|e| err(crate::committed::io_error(&self.path, e)))?;
         }
         self.writer = None;
         Ok(())
