@@ -324,13 +324,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
     /// Serves one response per connection, `n` times; returns the port and the requests.
-    fn serve(responses: Vec<&'static str>) -> (u16, std::sync::mpsc::Receiver<String>) {
+    pub(in crate::registry) fn serve(
+        responses: Vec<&'static str>,
+    ) -> (u16, std::sync::mpsc::Receiver<String>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let (tx, rx) = std::sync::mpsc::channel();

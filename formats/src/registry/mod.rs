@@ -147,26 +147,9 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    /// Serves one response per connection, `n` times.
+    /// Serves one response per connection (the client's test server).
     fn serve(responses: Vec<&'static str>) -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for r in responses {
-                let (mut s, _) = l.accept().unwrap();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                }
-                s.write_all(r.as_bytes()).unwrap();
-            }
-        });
-        port
+        super::client::tests::serve(responses).0
     }
 
     #[test]
