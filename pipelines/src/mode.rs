@@ -122,10 +122,7 @@ impl JobHooks for Standalone {}
 pub fn select(opts: &RunOptions) -> Result<Box<dyn RunMode>, RunError> {
     Ok(match (&opts.replay, &opts.worker) {
         (Some(_), Some(_)) => {
-            return Err(RunError::Pool(
-                "a replay runs on its own, with its own state: it cannot run as a pool worker"
-                    .into(),
-            ))
+            return Err(crate::run::PoolRefusal::Replay.into())
         }
         (Some(setup), None) => Box::new(Replay::new(setup.clone())),
         (None, Some(worker)) => Box::new(PoolWorker::new(worker)),
@@ -167,7 +164,7 @@ mod tests {
             ..Default::default()
         };
         match select(&both) {
-            Err(e @ RunError::Pool(_)) => {
+            Err(e @ RunError::Pool(crate::run::PoolRefusal::Replay)) => {
                 assert_eq!(e.kind(), weir_engine::ErrorKind::User);
                 assert!(e.to_string().contains("cannot run as a pool worker"), "{e}");
             }

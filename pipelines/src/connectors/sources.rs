@@ -250,10 +250,7 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     /// Its reader for a pool worker's jobs, claiming the partitions the worker is assigned
     /// (asked only of sources [`pool_refusal`](Self::pool_refusal) accepts).
     fn pooled(&self, at: &PoolSource) -> Result<PooledSource, RunError> {
-        Err(RunError::Pool(format!(
-            "source `{}` cannot be read by a worker pool",
-            at.name
-        )))
+        Err(crate::run::PoolRefusal::NotPooled(at.name.to_string()).into())
     }
     /// Why a pool cannot repartition it through an internal topic, `None` when it can
     /// (asked when its `partitioned_by` does not key its windows and views).
