@@ -192,7 +192,7 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
         sinks,
     };
     let (plan, setup) =
-        weir_pipelines::replay::prepare(plan, &request).map_err(|e| user(anyhow::anyhow!(e)))?;
+        weir_pipelines::replay::prepare(plan, &request).map_err(|e| of_kind(e.kind(), e))?;
     let windows: Vec<String> = plan
         .windows
         .iter()

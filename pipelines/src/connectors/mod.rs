@@ -59,7 +59,8 @@ pub use pooled::{
 };
 pub(crate) use sources::avro_refusal;
 pub use sources::{
-    AvroLimitsDoc, OpenSource, OpenedSource, ReplayRange, ReplayedSource, SourceBase,
+    AvroLimitsDoc, EventTimeError, OpenSource, OpenedSource, ReplayRange, ReplayedSource,
+    SourceBase,
     SourceConnector, SourceKind, SourcePlanning, SOURCES,
 };
 

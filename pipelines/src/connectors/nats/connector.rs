@@ -9,7 +9,8 @@ use weir_sources::nats::{NatsPartitionsReader, NatsReader, NatsSourceConfig};
 use weir_sources::MessageColumn;
 
 use crate::connectors::sources::{
-    avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
+    avro_limits, EventTimeError, OpenSource, OpenedSource, PlannedInput, ReplayedSource,
+    SourceConnector,
     SourceKind,
 };
 use crate::connectors::{
@@ -17,6 +18,7 @@ use crate::connectors::{
     SinkKind,
 };
 use crate::error::PipelineError;
+use crate::replay::ReplayError;
 use crate::run::RunError;
 
 /// The `nats` source kind.
@@ -119,7 +121,11 @@ impl SourceConnector for NatsInput {
         Some(crate::connectors::kafka::DEFAULT_IDLE_TIMEOUT_MS)
     }
 
-    fn set_event_time(&mut self, _field: &str, idle_timeout_ms: Option<u64>) -> Result<(), String> {
+    fn set_event_time(
+        &mut self,
+        _field: &str,
+        idle_timeout_ms: Option<u64>,
+    ) -> Result<(), EventTimeError> {
         self.0.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
         Ok(())
     }
@@ -182,7 +188,7 @@ impl SourceConnector for NatsInput {
         _source: &str,
         range: (i64, i64),
         suffix: &str,
-    ) -> Result<ReplayedSource, String> {
+    ) -> Result<ReplayedSource, ReplayError> {
         let found = super::source::replay(&mut self.0, range, suffix)?;
         Ok(ReplayedSource {
             ranges: vec![Box::new(found)],

@@ -8,12 +8,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use weir_sources::nats::{
-    parse_start_from, sequence_range, NatsPartitions, NatsSourceConfig, NatsStartFrom,
+    parse_start_from, sequence_range, NatsPartitions, NatsSourceError, NatsSourceConfig, NatsStartFrom,
     DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
 use super::doc::{NatsPartitionsDoc, NatsSourceDoc};
 use crate::connectors::ReplayRange;
+use crate::replay::Lookup;
+use weir_engine::ErrorKind;
 use crate::model::OneOrMany;
 
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
@@ -158,12 +160,12 @@ pub(crate) fn replay(
     cfg: &mut NatsSourceConfig,
     range: (i64, i64),
     suffix: &str,
-) -> Result<SequenceRange, String> {
+) -> Result<SequenceRange, Lookup> {
     if let Some(p) = cfg.partitions.take() {
         // a replay reads the partitions' subjects as one range of the stream
         cfg.subjects = vec![p.subject.replace(PARTITION_PLACEHOLDER, "*")];
     }
-    let (start, end, last) = sequence_range(cfg, range).map_err(|e| e.chain())?;
+    let (start, end, last) = sequence_range(cfg, range).map_err(lookup)?;
     cfg.consumer = format!("{}-{suffix}-{}", cfg.consumer, std::process::id()).replace('.', "_");
     cfg.delete_after = Some(REPLAY_CONSUMER_LINGER);
     cfg.until_caught_up = true;
@@ -178,6 +180,18 @@ pub(crate) fn replay(
         next: last + 1,
         read,
     })
+}
+
+/// A replay's failed look-up in the stream: a server that refused the credentials or the
+/// URL is the user's to fix, one that was unreachable may answer later; any other failure
+/// (the stream, its consumer) is not the user's.
+fn lookup(e: NatsSourceError) -> Lookup {
+    let kind = match &e {
+        NatsSourceError::Connect(c) if c.is_retryable() => ErrorKind::Retryable,
+        NatsSourceError::Connect(_) => ErrorKind::User,
+        _ => ErrorKind::Fatal,
+    };
+    Lookup::new(kind, e)
 }
 
 /// The sequences a replay reads from a stream, as one partition (`STREAM/0`).
