@@ -46,7 +46,7 @@ pub const SOURCE: SourceKind = SourceKind {
         let cfg = super::source::config(&n.value, &p.doc.name.value, p.name, &p.ctx.dir).map_err(
             |(at, e)| {
                 let at = at.as_ref().unwrap_or(&n.referenced);
-                p.ctx.err(at, format!("source `{}`: {e}", p.name))
+                p.ctx.err(at, format!("source `{}`: {}", p.name, e.chain()))
             },
         )?;
         let mut planned = PlannedInput::of(Box::new(NatsInput(Box::new(cfg))));
@@ -77,7 +77,10 @@ pub const SINK: SinkKind = SinkKind {
         })?;
         let format = p.sink.value.format.as_ref().map(|f| f.value);
         let c = super::sink::sink_config(p.pipeline, p.name, &n.value, format, &p.ctx.dir)
-            .map_err(|m| p.ctx.err(&n.referenced, format!("sink `{}`: {m}", p.name)))?;
+            .map_err(|e| {
+                let m = format!("sink `{}`: {}", p.name, e.chain());
+                p.ctx.err(&n.referenced, m)
+            })?;
         Ok(Box::new(NatsTarget(c)))
     },
 };
@@ -99,7 +102,7 @@ pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
             .as_ref()
             .ok_or_else(|| ctx.err(&d.referenced, "dead_letter: `nats` is missing"))?;
         let c = super::sink::dead_letter_config(&doc.name.value, &n.value, &ctx.dir)
-            .map_err(|m| ctx.err(&n.referenced, format!("dead_letter: {m}")))?;
+            .map_err(|e| ctx.err(&n.referenced, format!("dead_letter: {}", e.chain())))?;
         Ok(Box::new(NatsDeadLetter(c)))
     },
 };
@@ -232,7 +235,7 @@ impl SinkConnector for NatsTarget {
 
     fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
         super::sink::attach(&mut self.0, &at.reference.value, at.schema, at.output)
-            .map_err(|m| at.err(m))
+            .map_err(|e| at.err(e.chain()))
     }
 
     fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
