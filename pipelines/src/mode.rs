@@ -121,9 +121,7 @@ impl JobHooks for Standalone {}
 /// standalone. A replay runs on its own: it cannot also be a pool worker.
 pub fn select(opts: &RunOptions) -> Result<Box<dyn RunMode>, RunError> {
     Ok(match (&opts.replay, &opts.worker) {
-        (Some(_), Some(_)) => {
-            return Err(crate::run::PoolRefusal::Replay.into())
-        }
+        (Some(_), Some(_)) => return Err(crate::run::PoolRefusal::Replay.into()),
         (Some(setup), None) => Box::new(Replay::new(setup.clone())),
         (None, Some(worker)) => Box::new(PoolWorker::new(worker)),
         (None, None) => Box::new(Standalone),

@@ -438,7 +438,8 @@ fn run_worker(mode: &PoolWorker, plan: Plan, opts: &RunOptions) -> Result<RunSum
             let token = plan.serve.as_ref().and_then(|s| s.token.clone());
             (
                 Some(Arc::new(
-                    Peers::new(addresses, token).map_err(|e| PoolRefusal::Peers { cause: Reason(e) })?,
+                    Peers::new(addresses, token)
+                        .map_err(|e| PoolRefusal::Peers { cause: Reason(e) })?,
                 )),
                 Some(heartbeat),
             )

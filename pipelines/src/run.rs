@@ -82,8 +82,9 @@ impl RunError {
     pub fn kind(&self) -> weir_engine::ErrorKind {
         use weir_engine::ErrorKind;
         match self {
-            RunError::IncompatibleState(_)
-            | RunError::Serve(weir_query::ServeError::Config(_)) => ErrorKind::User,
+            RunError::IncompatibleState(_) | RunError::Serve(weir_query::ServeError::Config(_)) => {
+                ErrorKind::User
+            }
             RunError::Serve(_) => ErrorKind::Fatal,
             RunError::Pool(r) => r.kind(),
             RunError::Engine(e) => e.kind(),
@@ -103,9 +104,7 @@ pub enum PoolRefusal {
     #[error("a replay runs on its own, with its own state: it cannot run as a pool worker")]
     Replay,
     /// `--worker` names no usable file-name part.
-    #[error(
-        "worker id `{0}` is not usable in file names: use letters, digits, `-`, `_` and `.`"
-    )]
+    #[error("worker id `{0}` is not usable in file names: use letters, digits, `-`, `_` and `.`")]
     WorkerId(String),
     /// Internal: the plan has no checkpoint location, which the pipeline check requires.
     #[error("no checkpoint location")]
@@ -631,7 +630,10 @@ mod tests {
             cause: Reason("unknown column".into()),
         });
         assert_eq!(e.to_string(), "view v");
-        assert_eq!(weir_engine::error::chain(&e).to_string(), "view v: unknown column");
+        assert_eq!(
+            weir_engine::error::chain(&e).to_string(),
+            "view v: unknown column"
+        );
         assert_eq!(e.kind(), ErrorKind::Fatal);
     }
 }

@@ -60,8 +60,7 @@ pub use pooled::{
 pub(crate) use sources::avro_refusal;
 pub use sources::{
     AvroLimitsDoc, EventTimeError, OpenSource, OpenedSource, ReplayRange, ReplayedSource,
-    SourceBase,
-    SourceConnector, SourceKind, SourcePlanning, SOURCES,
+    SourceBase, SourceConnector, SourceKind, SourcePlanning, SOURCES,
 };
 
 /// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the

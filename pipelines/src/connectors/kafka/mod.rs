@@ -13,8 +13,7 @@ use weir_sources::{KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColum
 
 use super::sources::{
     avro_limits, EventTimeError, OpenSource, OpenedSource, PlannedInput, ReplayedSource,
-    SourceConnector,
-    SourceKind,
+    SourceConnector, SourceKind,
 };
 use super::{Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind};
 use super::{PoolSource, PooledSource, Repartition, Repartitioning};
@@ -400,4 +399,3 @@ fn lookup(e: weir_kafka::KafkaError) -> Lookup {
     };
     Lookup::new(kind, e)
 }
-

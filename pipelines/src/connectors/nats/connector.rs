@@ -10,8 +10,7 @@ use weir_sources::MessageColumn;
 
 use crate::connectors::sources::{
     avro_limits, EventTimeError, OpenSource, OpenedSource, PlannedInput, ReplayedSource,
-    SourceConnector,
-    SourceKind,
+    SourceConnector, SourceKind,
 };
 use crate::connectors::{
     Attach, DeadLetterConnector, DeadLetterKind, OpenSink, PoolSource, PooledSource, SinkConnector,

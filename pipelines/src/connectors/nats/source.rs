@@ -8,16 +8,16 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use weir_sources::nats::{
-    parse_start_from, sequence_range, NatsPartitions, NatsSourceError, NatsSourceConfig, NatsStartFrom,
-    DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
+    parse_start_from, sequence_range, NatsPartitions, NatsSourceConfig, NatsSourceError,
+    NatsStartFrom, DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
 use super::doc::{NatsPartitionsDoc, NatsSourceDoc};
 use super::NatsConfigError;
 use crate::connectors::ReplayRange;
+use crate::model::OneOrMany;
 use crate::replay::Lookup;
 use weir_engine::ErrorKind;
-use crate::model::OneOrMany;
 
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
 const MAX_FETCH_BATCH: u64 = 100_000;
@@ -75,9 +75,7 @@ fn config_of(
     }
     let start_from = match &doc.start_from {
         None => NatsStartFrom::Earliest,
-        Some(t) => {
-            parse_start_from(t).ok_or_else(|| NatsConfigError::StartFrom(t.clone()))?
-        }
+        Some(t) => parse_start_from(t).ok_or_else(|| NatsConfigError::StartFrom(t.clone()))?,
     };
     let mut cfg = NatsSourceConfig::new(endpoint, doc.stream.trim(), &consumer);
     cfg.subjects = subjects;
@@ -337,7 +335,8 @@ mod tests {
 
     #[test]
     fn refusals_are_user_errors_that_say_the_setting() {
-        let d = doc("{url: 'nats://h:4222', stream: E, partitions: {count: 2, subject: 'events.>'}}");
+        let d =
+            doc("{url: 'nats://h:4222', stream: E, partitions: {count: 2, subject: 'events.>'}}");
         let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
         assert_eq!(e.kind(), weir_engine::ErrorKind::User);
         assert_eq!(
@@ -345,7 +344,9 @@ mod tests {
             "`partitions.subject` `events.>` must hold `{partition}` once, as a whole token \
              (`events.{partition}.>`)"
         );
-        let d = doc("{url: 'nats://h:4222', stream: E, partitions: {count: 2, subject: 'e..{partition}'}}");
+        let d = doc(
+            "{url: 'nats://h:4222', stream: E, partitions: {count: 2, subject: 'e..{partition}'}}",
+        );
         let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
         assert_eq!(
             e.to_string(),
