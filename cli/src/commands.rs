@@ -192,7 +192,7 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
         sinks,
     };
     let (plan, setup) =
-        weir_pipelines::replay::prepare(plan, &request).map_err(|e| user(anyhow::anyhow!(e)))?;
+        weir_pipelines::replay::prepare(plan, &request).map_err(|e| of_kind(e.kind(), e))?;
     let windows: Vec<String> = plan
         .windows
         .iter()
@@ -264,7 +264,7 @@ pub fn compact(a: CompactArgs) -> Result<(), Failure> {
         min_age_ms: min_age_ms as i64,
     };
     let reports = weir_pipelines::compact(&plan, sink.as_deref(), &options)
-        .map_err(|e| user(anyhow::anyhow!(e)))?;
+        .map_err(|e| of_kind(e.kind(), e))?;
     let mut failed = None;
     for (name, report) in reports {
         match report {

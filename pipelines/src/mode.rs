@@ -121,12 +121,7 @@ impl JobHooks for Standalone {}
 /// standalone. A replay runs on its own: it cannot also be a pool worker.
 pub fn select(opts: &RunOptions) -> Result<Box<dyn RunMode>, RunError> {
     Ok(match (&opts.replay, &opts.worker) {
-        (Some(_), Some(_)) => {
-            return Err(RunError::Pool(
-                "a replay runs on its own, with its own state: it cannot run as a pool worker"
-                    .into(),
-            ))
-        }
+        (Some(_), Some(_)) => return Err(crate::run::PoolRefusal::Replay.into()),
         (Some(setup), None) => Box::new(Replay::new(setup.clone())),
         (None, Some(worker)) => Box::new(PoolWorker::new(worker)),
         (None, None) => Box::new(Standalone),
@@ -167,7 +162,7 @@ mod tests {
             ..Default::default()
         };
         match select(&both) {
-            Err(e @ RunError::Pool(_)) => {
+            Err(e @ RunError::Pool(crate::run::PoolRefusal::Replay)) => {
                 assert_eq!(e.kind(), weir_engine::ErrorKind::User);
                 assert!(e.to_string().contains("cannot run as a pool worker"), "{e}");
             }

@@ -28,7 +28,9 @@ use crate::connectors::{
 };
 use crate::mode::{JobHooks, RunMode};
 use crate::plan::{Plan, PlannedSource};
-use crate::run::{check_compatible, run_job, RunError, RunOptions, RunSummary};
+use crate::run::{
+    check_compatible, run_job, PoolRefusal, Reason, RunError, RunOptions, RunSummary,
+};
 use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColumn};
 use weir_engine::job::StopHandle;
 use weir_engine::pool::{PoolStore, StateRef};
@@ -88,7 +90,10 @@ pub fn for_worker(mut plan: Plan, worker: &str) -> Result<Plan, RunError> {
         let c = (*v.config)
             .clone()
             .with_partition_state(&compiler)
-            .map_err(|e| RunError::Pool(format!("view {}: {e}", v.config.name)))?;
+            .map_err(|e| PoolRefusal::View {
+                view: v.config.name.clone(),
+                cause: Reason(e),
+            })?;
         v.config = Arc::new(c);
     }
     Ok(plan)
@@ -340,7 +345,7 @@ fn repartitioned(
     let mut specs = Vec::new();
     let mut sources = Vec::new();
     for i in 0..plan.sources.len() {
-        let Some(keys) = repartition_keys(&plan, i).map_err(RunError::Pool)? else {
+        let Some(keys) = repartition_keys(&plan, i).map_err(PoolRefusal::Pipeline)? else {
             continue;
         };
         let src = &mut plan.sources[i];
@@ -363,16 +368,14 @@ fn repartitioned(
 /// Runs `plan` (as configured) as worker `mode` of a pool.
 fn run_worker(mode: &PoolWorker, plan: Plan, opts: &RunOptions) -> Result<RunSummary, RunError> {
     if let Some(why) = pool_refusal(&plan) {
-        return Err(RunError::Pool(why));
+        return Err(PoolRefusal::Pipeline(why).into());
     }
     let worker = mode.id.clone();
     let Some(location) = plan.checkpoint.as_ref().map(|c| c.location.clone()) else {
-        return Err(RunError::Pool("no checkpoint location".into()));
+        return Err(PoolRefusal::NoCheckpointLocation.into());
     };
     if !weir_engine::pool::valid_worker_id(&worker) {
-        return Err(RunError::Pool(format!(
-            "worker id `{worker}` is not usable in file names: use letters, digits, `-`, `_` and `.`"
-        )));
+        return Err(PoolRefusal::WorkerId(worker).into());
     }
     let pool = Arc::new(PoolStore::open(&location, &worker)?);
     let outputs = ConfiguredOutputs::of(&plan);
@@ -435,7 +438,8 @@ fn run_worker(mode: &PoolWorker, plan: Plan, opts: &RunOptions) -> Result<RunSum
             let token = plan.serve.as_ref().and_then(|s| s.token.clone());
             (
                 Some(Arc::new(
-                    Peers::new(addresses, token).map_err(RunError::Pool)?,
+                    Peers::new(addresses, token)
+                        .map_err(|e| PoolRefusal::Peers { cause: Reason(e) })?,
                 )),
                 Some(heartbeat),
             )
@@ -622,7 +626,7 @@ fn run_jobs(
         peers,
     } = w;
     let Some(planned) = &plan.checkpoint else {
-        return Err(RunError::Pool("no checkpoint".into()));
+        return Err(PoolRefusal::NoCheckpoint.into());
     };
     // where each operator keeps the partition
     let mut columns = HashMap::new();

@@ -23,6 +23,84 @@ use arrow::record_batch::RecordBatch;
 use weir_engine::job::{Committable, Sink};
 use weir_engine::EngineError;
 
+/// Why a replay cannot be prepared: a request or pipeline it cannot rewrite (the user's to
+/// fix), or a source's broker that could not say where the range is (its own kind).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// `--to` is not after `--from`.
+    #[error("--to must be after --from")]
+    EmptyRange,
+    /// `--only` names a window the pipeline does not have.
+    #[error(
+        "--only {name}: no such window (windows: {windows}); views are always current and are not replayed"
+    )]
+    NoSuchWindow { name: String, windows: String },
+    /// The pipeline has no window.
+    #[error("the pipeline has no window to replay")]
+    NoWindow,
+    /// `--sinks` names a sink the pipeline does not have.
+    #[error("--sinks {0}: no such sink")]
+    NoSuchSink(String),
+    /// None of the replayed windows writes to the sinks asked for.
+    #[error("no replayed window writes to a sink")]
+    NoSink,
+    /// A source of a kind that replay does not re-read (`kinds` and `plural` list those it
+    /// does, from the registry).
+    #[error("source `{source_name}` is not a {kinds} source: replay re-reads {plural}")]
+    NotReplayable {
+        source_name: String,
+        kinds: String,
+        plural: String,
+    },
+    /// A source's broker could not be asked where the range is; reads as its cause.
+    #[error(transparent)]
+    Lookup(#[from] Lookup),
+}
+
+impl ReplayError {
+    /// A user error for a request or pipeline a replay cannot rewrite; a lookup's own kind.
+    pub fn kind(&self) -> weir_engine::ErrorKind {
+        match self {
+            ReplayError::Lookup(l) => l.kind,
+            _ => weir_engine::ErrorKind::User,
+        }
+    }
+}
+
+/// A failed look-up of a replay's range in a source's broker, with the kind its connector
+/// gives it (a missing topic is the user's; an unreachable broker is not). Reads as its
+/// error, whose causes follow it.
+#[derive(Debug)]
+pub struct Lookup {
+    pub kind: weir_engine::ErrorKind,
+    pub error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Lookup {
+    /// `error`, of `kind`.
+    pub fn new(
+        kind: weir_engine::ErrorKind,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Lookup {
+            kind,
+            error: Box::new(error),
+        }
+    }
+}
+
+impl std::fmt::Display for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Lookup {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
 /// What to replay.
 #[derive(Debug, Clone)]
 pub struct ReplayRequest {
@@ -99,7 +177,7 @@ fn rfc3339_compact(ms: i64) -> String {
 /// Reduces `plan` to a replay of `req` ([`reduce`]) and finds the offset ranges of its
 /// sources (asking their brokers). Refused: pipelines without Kafka or NATS sources, unknown
 /// window or sink names, an empty range.
-pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), String> {
+pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), ReplayError> {
     let mut plan = reduce(plan, req)?;
     let suffix = suffix(req);
     let margin = plan
@@ -140,31 +218,32 @@ fn suffix(req: &ReplayRequest) -> String {
 /// `plan` reduced to what a replay of `req` rewrites: the windows it names (all when none),
 /// writing only to the sinks it names (all when none), with state of its own (no
 /// checkpoint, no SQL, no views). Pure: opens nothing.
-pub fn reduce(mut plan: Plan, req: &ReplayRequest) -> Result<Plan, String> {
+pub fn reduce(mut plan: Plan, req: &ReplayRequest) -> Result<Plan, ReplayError> {
     if req.to_ms <= req.from_ms {
-        return Err("--to must be after --from".into());
+        return Err(ReplayError::EmptyRange);
     }
     for name in &req.only {
         if !plan.windows.iter().any(|w| &w.config.name == name) {
-            return Err(format!(
-                "--only {name}: no such window (windows: {}); views are always current and are not replayed",
-                plan.windows
+            return Err(ReplayError::NoSuchWindow {
+                name: name.clone(),
+                windows: plan
+                    .windows
                     .iter()
                     .map(|w| w.config.name.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                    .join(", "),
+            });
         }
     }
     plan.windows
         .retain(|w| req.only.is_empty() || req.only.contains(&w.config.name));
     if plan.windows.is_empty() {
-        return Err("the pipeline has no window to replay".into());
+        return Err(ReplayError::NoWindow);
     }
     if let Some(sinks) = &req.sinks {
         for name in sinks {
             if !plan.sinks.iter().any(|s| &s.name == name) {
-                return Err(format!("--sinks {name}: no such sink"));
+                return Err(ReplayError::NoSuchSink(name.clone()));
             }
         }
         for w in &mut plan.windows {
@@ -172,7 +251,7 @@ pub fn reduce(mut plan: Plan, req: &ReplayRequest) -> Result<Plan, String> {
         }
     }
     if plan.windows.iter().all(|w| w.sinks.is_empty()) {
-        return Err("no replayed window writes to a sink".into());
+        return Err(ReplayError::NoSink);
     }
     // its own state: no checkpoint, no SQL, no views
     plan.views.clear();
@@ -474,7 +553,7 @@ mod tests {
             .collect()
     }
 
-    fn reduced(only: &[&str], sinks: Option<&[&str]>) -> Result<Plan, String> {
+    fn reduced(only: &[&str], sinks: Option<&[&str]>) -> Result<Plan, ReplayError> {
         reduce(live_plan("reduce"), &request(only, sinks))
     }
 
@@ -509,9 +588,12 @@ mod tests {
 
     #[test]
     fn a_replay_refuses_what_it_cannot_rewrite() {
-        let refused = |r: Result<Plan, String>| match r {
+        let refused = |r: Result<Plan, ReplayError>| match r {
             Ok(_) => panic!("accepted"),
-            Err(e) => e,
+            Err(e) => {
+                assert_eq!(e.kind(), weir_engine::ErrorKind::User, "{e}");
+                e.to_string()
+            }
         };
         let mut backwards = request(&[], None);
         backwards.to_ms = backwards.from_ms;
@@ -526,6 +608,20 @@ mod tests {
         assert!(why.contains("--sinks z: no such sink"), "{why}");
         let why = refused(reduced(&["b"], Some(&["x"])));
         assert!(why.contains("no replayed window writes to a sink"), "{why}");
+    }
+
+    #[test]
+    fn a_lookup_reads_as_its_error_and_keeps_its_kind() {
+        let io = std::io::Error::other("broker down");
+        let e = ReplayError::from(Lookup::new(weir_engine::ErrorKind::Retryable, io));
+        assert_eq!(e.to_string(), "broker down");
+        assert_eq!(e.kind(), weir_engine::ErrorKind::Retryable);
+        let e = ReplayError::NotReplayable {
+            source_name: "s".into(),
+            kinds: "k".into(),
+            plural: "ks".into(),
+        };
+        assert_eq!(e.kind(), weir_engine::ErrorKind::User);
     }
 
     #[test]

@@ -67,28 +67,93 @@ pub enum RunError {
     /// The SQL endpoints could not start (a user error when it is a setting).
     #[error(transparent)]
     Serve(#[from] weir_query::ServeError),
-    /// The pipeline cannot run as a pool worker (a user error).
-    #[error("{0}")]
-    Pool(String),
+    /// The pipeline cannot run as a pool worker, or a pool worker met a condition it cannot
+    /// run with (see [`PoolRefusal::kind`]).
+    #[error(transparent)]
+    Pool(#[from] PoolRefusal),
     /// The run failed while running.
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
 
 impl RunError {
-    /// What kind of failure this is: a user error (state of another pipeline version, a
-    /// pipeline a pool cannot run, an SQL endpoint setting), or the engine's kind.
+    /// What kind of failure this is: a user error (state of another pipeline version, an SQL
+    /// endpoint setting), the pool refusal's kind, or the engine's.
     pub fn kind(&self) -> weir_engine::ErrorKind {
         use weir_engine::ErrorKind;
         match self {
-            RunError::IncompatibleState(_)
-            | RunError::Pool(_)
-            | RunError::Serve(weir_query::ServeError::Config(_)) => ErrorKind::User,
+            RunError::IncompatibleState(_) | RunError::Serve(weir_query::ServeError::Config(_)) => {
+                ErrorKind::User
+            }
             RunError::Serve(_) => ErrorKind::Fatal,
+            RunError::Pool(r) => r.kind(),
             RunError::Engine(e) => e.kind(),
         }
     }
 }
+
+/// Why a run cannot go on as a pool worker: the pipeline or the options do not fit a pool
+/// (the user's to fix), or a condition planning rules out was met (an internal failure).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolRefusal {
+    /// The pipeline file does not fit a pool; the text says why (and names the file when
+    /// the whole pipeline was judged, see [`crate::pool::pool_refusal`]).
+    #[error("{0}")]
+    Pipeline(String),
+    /// `weir replay` asked to run as a pool worker.
+    #[error("a replay runs on its own, with its own state: it cannot run as a pool worker")]
+    Replay,
+    /// `--worker` names no usable file-name part.
+    #[error("worker id `{0}` is not usable in file names: use letters, digits, `-`, `_` and `.`")]
+    WorkerId(String),
+    /// Internal: the plan has no checkpoint location, which the pipeline check requires.
+    #[error("no checkpoint location")]
+    NoCheckpointLocation,
+    /// Internal: a worker's job has no checkpoint, which the pipeline check requires.
+    #[error("no checkpoint")]
+    NoCheckpoint,
+    /// Internal: a view could not add the partition column its state keeps in a pool.
+    #[error("view {view}")]
+    View {
+        view: String,
+        #[source]
+        cause: Reason,
+    },
+    /// Internal: a source was asked for a pool reader that its kind does not give (the
+    /// pipeline check refuses such sources first).
+    #[error("source `{0}` cannot be read by a worker pool")]
+    NotPooled(String),
+    /// The HTTP client asking the other workers for their rows could not start.
+    #[error("cannot start the HTTP client that asks the other workers for their rows")]
+    Peers {
+        #[source]
+        cause: Reason,
+    },
+}
+
+impl PoolRefusal {
+    /// A user error when the pipeline or the options must change; otherwise an internal
+    /// failure ([`weir_engine::ErrorKind::Fatal`]).
+    pub fn kind(&self) -> weir_engine::ErrorKind {
+        use weir_engine::ErrorKind;
+        match self {
+            PoolRefusal::Pipeline(_) | PoolRefusal::Replay | PoolRefusal::WorkerId(_) => {
+                ErrorKind::User
+            }
+            PoolRefusal::NoCheckpointLocation
+            | PoolRefusal::NoCheckpoint
+            | PoolRefusal::View { .. }
+            | PoolRefusal::NotPooled(_)
+            | PoolRefusal::Peers { .. } => ErrorKind::Fatal,
+        }
+    }
+}
+
+/// A cause that a library gives only as text, kept as an error of its own so that it
+/// prints as the next link of the chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reason(pub String);
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -530,4 +595,45 @@ pub(crate) fn check_compatible(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_engine::ErrorKind;
+
+    #[test]
+    fn a_pool_refusal_of_the_pipeline_is_a_user_error_an_internal_one_is_not() {
+        for user in [
+            PoolRefusal::Pipeline("p.yaml: no checkpoint".into()),
+            PoolRefusal::Replay,
+            PoolRefusal::WorkerId("a/b".into()),
+        ] {
+            assert_eq!(RunError::from(user).kind(), ErrorKind::User);
+        }
+        for internal in [
+            PoolRefusal::NoCheckpointLocation,
+            PoolRefusal::NoCheckpoint,
+            PoolRefusal::NotPooled("s".into()),
+            PoolRefusal::Peers {
+                cause: Reason("no TLS backend".into()),
+            },
+        ] {
+            assert_eq!(RunError::from(internal).kind(), ErrorKind::Fatal);
+        }
+    }
+
+    #[test]
+    fn a_pool_refusal_keeps_its_cause_out_of_its_own_text() {
+        let e = RunError::from(PoolRefusal::View {
+            view: "v".into(),
+            cause: Reason("unknown column".into()),
+        });
+        assert_eq!(e.to_string(), "view v");
+        assert_eq!(
+            weir_engine::error::chain(&e).to_string(),
+            "view v: unknown column"
+        );
+        assert_eq!(e.kind(), ErrorKind::Fatal);
+    }
 }

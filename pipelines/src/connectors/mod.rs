@@ -59,8 +59,8 @@ pub use pooled::{
 };
 pub(crate) use sources::avro_refusal;
 pub use sources::{
-    AvroLimitsDoc, OpenSource, OpenedSource, ReplayRange, ReplayedSource, SourceBase,
-    SourceConnector, SourceKind, SourcePlanning, SOURCES,
+    AvroLimitsDoc, EventTimeError, OpenSource, OpenedSource, ReplayRange, ReplayedSource,
+    SourceBase, SourceConnector, SourceKind, SourcePlanning, SOURCES,
 };
 
 /// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the

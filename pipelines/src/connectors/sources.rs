@@ -18,7 +18,7 @@ use super::pooled::{PoolSource, PooledSource, Repartition, Repartitioning};
 use crate::error::PipelineError;
 use crate::model::{Format, PipelineDoc, SourceDoc};
 use crate::plan::Ctx;
-use crate::replay::ReplaySetup;
+use crate::replay::{ReplayError, ReplaySetup};
 use crate::run::RunError;
 
 /// What a source's planning reads.
@@ -175,6 +175,25 @@ pub(crate) fn avro_refusal(source: &str) -> String {
     )
 }
 
+/// Why a source cannot take the event-time field the pipeline declares: always the user's to
+/// fix (the caller locates it at `event_time.field`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventTimeError {
+    /// The source's records carry their event time in one field of their own.
+    #[error("the {source_kind}'s event time is its `{field}` field")]
+    FixedField {
+        source_kind: &'static str,
+        field: &'static str,
+    },
+}
+
+impl EventTimeError {
+    /// Always a user error: the pipeline file must name another field.
+    pub fn kind(&self) -> weir_engine::ErrorKind {
+        weir_engine::ErrorKind::User
+    }
+}
+
 /// A planned source as `Any`, for code inside its own folder (a pool's reader of it).
 pub trait SourceBase {
     fn as_any(&self) -> &dyn Any;
@@ -202,13 +221,13 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     fn default_idle_timeout_ms(&self) -> Option<u64> {
         None
     }
-    /// Takes the source's event time: its field and idle timeout. `Err` is a message about
-    /// the event-time field (located by the caller).
+    /// Takes the source's event time: its field and idle timeout. `Err` says what is wrong
+    /// with the event-time field (located by the caller).
     fn set_event_time(
         &mut self,
         _field: &str,
         _idle_timeout_ms: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EventTimeError> {
         Ok(())
     }
     /// Whether the pipeline reads its `_headers` column.
@@ -227,12 +246,12 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
         source: &str,
         _range: (i64, i64),
         _suffix: &str,
-    ) -> Result<ReplayedSource, String> {
-        Err(format!(
-            "source `{source}` is not a {} source: replay re-reads {}",
-            listed(|k| k.replays.then_some(k.name), "or"),
-            listed(|k| k.replays.then_some(k.plural), "and"),
-        ))
+    ) -> Result<ReplayedSource, ReplayError> {
+        Err(ReplayError::NotReplayable {
+            source_name: source.to_string(),
+            kinds: listed(|k| k.replays.then_some(k.name), "or"),
+            plural: listed(|k| k.replays.then_some(k.plural), "and"),
+        })
     }
     /// Why it cannot be shared by a worker pool, `None` when it can; `keyed` says whether its
     /// declared `partitioned_by` keys every window and view reading it.
@@ -250,10 +269,7 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     /// Its reader for a pool worker's jobs, claiming the partitions the worker is assigned
     /// (asked only of sources [`pool_refusal`](Self::pool_refusal) accepts).
     fn pooled(&self, at: &PoolSource) -> Result<PooledSource, RunError> {
-        Err(RunError::Pool(format!(
-            "source `{}` cannot be read by a worker pool",
-            at.name
-        )))
+        Err(crate::run::PoolRefusal::NotPooled(at.name.to_string()).into())
     }
     /// Why a pool cannot repartition it through an internal topic, `None` when it can
     /// (asked when its `partitioned_by` does not key its windows and views).

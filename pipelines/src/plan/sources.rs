@@ -105,7 +105,7 @@ fn check_source(
             .event_time
             .as_ref()
             .map_or(*loc, |e| e.value.field.referenced);
-        ctx.err(&l, m)
+        ctx.err(&l, m.to_string())
     })?;
     Ok(Src {
         avro_limits: planned.avro_limits,

@@ -5,7 +5,7 @@ use serde_saphyr::Spanned;
 use weir_sources::{GeneratorConfig, GeneratorReader, Kind};
 
 use crate::connectors::sources::{
-    OpenSource, OpenedSource, PlannedInput, SourceConnector, SourceKind,
+    EventTimeError, OpenSource, OpenedSource, PlannedInput, SourceConnector, SourceKind,
 };
 use crate::error::PipelineError;
 use crate::plan::Ctx;
@@ -96,10 +96,17 @@ impl SourceConnector for Generator {
         "generator"
     }
 
-    fn set_event_time(&mut self, field: &str, idle_timeout_ms: Option<u64>) -> Result<(), String> {
+    fn set_event_time(
+        &mut self,
+        field: &str,
+        idle_timeout_ms: Option<u64>,
+    ) -> Result<(), EventTimeError> {
         self.0.idle_timeout_ms = idle_timeout_ms;
         if field != "timestamp" {
-            return Err("the generator's event time is its `timestamp` field".into());
+            return Err(EventTimeError::FixedField {
+                source_kind: "generator",
+                field: "timestamp",
+            });
         }
         Ok(())
     }
@@ -226,8 +233,9 @@ mod tests {
             .replay("events", (0, 60_000), "replay-a-b")
             .err()
             .expect("refused");
+        assert_eq!(why.kind(), weir_engine::ErrorKind::User);
         assert_eq!(
-            why,
+            why.to_string(),
             "source `events` is not a Kafka or NATS source: replay re-reads Kafka topics and \
              NATS streams"
         );
@@ -240,5 +248,17 @@ mod tests {
         );
         assert!(!g.pool_assigns_partitions());
         assert_eq!(g.lanes_per_partition(), None);
+    }
+
+    #[test]
+    fn a_generator_refuses_another_event_time_field_as_a_user_error() {
+        let mut g = source("gen-time", "{ kind: data-ingestion, count: 10 }");
+        assert_eq!(g.set_event_time("timestamp", None), Ok(()));
+        let e = g.set_event_time("other", None).unwrap_err();
+        assert_eq!(e.kind(), weir_engine::ErrorKind::User);
+        assert_eq!(
+            e.to_string(),
+            "the generator's event time is its `timestamp` field"
+        );
     }
 }

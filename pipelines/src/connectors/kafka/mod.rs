@@ -12,12 +12,13 @@ use weir_sinks::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSi
 use weir_sources::{KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets};
 
 use super::sources::{
-    avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
-    SourceKind,
+    avro_limits, EventTimeError, OpenSource, OpenedSource, PlannedInput, ReplayedSource,
+    SourceConnector, SourceKind,
 };
 use super::{Attach, DeadLetterConnector, DeadLetterKind, OpenSink, SinkConnector, SinkKind};
 use super::{PoolSource, PooledSource, Repartition, Repartitioning};
 use crate::error::PipelineError;
+use crate::replay::{Lookup, ReplayError};
 use crate::run::RunError;
 
 /// Its YAML blocks, as a pipeline file writes them.
@@ -152,7 +153,11 @@ impl SourceConnector for KafkaInput {
         Some(DEFAULT_IDLE_TIMEOUT_MS)
     }
 
-    fn set_event_time(&mut self, _field: &str, idle_timeout_ms: Option<u64>) -> Result<(), String> {
+    fn set_event_time(
+        &mut self,
+        _field: &str,
+        idle_timeout_ms: Option<u64>,
+    ) -> Result<(), EventTimeError> {
         self.0.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
         Ok(())
     }
@@ -229,9 +234,9 @@ impl SourceConnector for KafkaInput {
         _source: &str,
         range: (i64, i64),
         suffix: &str,
-    ) -> Result<ReplayedSource, String> {
+    ) -> Result<ReplayedSource, ReplayError> {
         let cfg = &mut self.0;
-        let partitions = KafkaPartitions::discover(cfg).map_err(|e| e.to_string())?;
+        let partitions = KafkaPartitions::discover(cfg).map_err(lookup)?;
         let found = weir_kafka::offset_ranges(
             &cfg.brokers,
             &cfg.properties,
@@ -241,7 +246,7 @@ impl SourceConnector for KafkaInput {
             range.1,
             Duration::from_secs(30),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(lookup)?;
         cfg.group_id = format!("{}-{suffix}-{}", cfg.group_id, std::process::id());
         cfg.until_caught_up = true;
         cfg.end_offsets = found
@@ -384,4 +389,13 @@ impl DeadLetterConnector for KafkaDeadLetter {
     fn open(&self, _checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError> {
         Ok(Box::new(DeadLetterKafka::new(self.0.clone())?))
     }
+}
+/// A replay's failed look-up in the brokers: a topic that does not exist is the user's to
+/// fix; any other failure is not.
+fn lookup(e: weir_kafka::KafkaError) -> Lookup {
+    let kind = match e {
+        weir_kafka::KafkaError::NoSuchTopic { .. } => weir_engine::ErrorKind::User,
+        _ => weir_engine::ErrorKind::Fatal,
+    };
+    Lookup::new(kind, e)
 }

@@ -9,14 +9,15 @@ use weir_sources::nats::{NatsPartitionsReader, NatsReader, NatsSourceConfig};
 use weir_sources::MessageColumn;
 
 use crate::connectors::sources::{
-    avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
-    SourceKind,
+    avro_limits, EventTimeError, OpenSource, OpenedSource, PlannedInput, ReplayedSource,
+    SourceConnector, SourceKind,
 };
 use crate::connectors::{
     Attach, DeadLetterConnector, DeadLetterKind, OpenSink, PoolSource, PooledSource, SinkConnector,
     SinkKind,
 };
 use crate::error::PipelineError;
+use crate::replay::ReplayError;
 use crate::run::RunError;
 
 /// The `nats` source kind.
@@ -44,7 +45,7 @@ pub const SOURCE: SourceKind = SourceKind {
         let cfg = super::source::config(&n.value, &p.doc.name.value, p.name, &p.ctx.dir).map_err(
             |(at, e)| {
                 let at = at.as_ref().unwrap_or(&n.referenced);
-                p.ctx.err(at, format!("source `{}`: {e}", p.name))
+                p.ctx.err(at, format!("source `{}`: {}", p.name, e.chain()))
             },
         )?;
         let mut planned = PlannedInput::of(Box::new(NatsInput(Box::new(cfg))));
@@ -75,7 +76,10 @@ pub const SINK: SinkKind = SinkKind {
         })?;
         let format = p.sink.value.format.as_ref().map(|f| f.value);
         let c = super::sink::sink_config(p.pipeline, p.name, &n.value, format, &p.ctx.dir)
-            .map_err(|m| p.ctx.err(&n.referenced, format!("sink `{}`: {m}", p.name)))?;
+            .map_err(|e| {
+                let m = format!("sink `{}`: {}", p.name, e.chain());
+                p.ctx.err(&n.referenced, m)
+            })?;
         Ok(Box::new(NatsTarget(c)))
     },
 };
@@ -97,7 +101,7 @@ pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
             .as_ref()
             .ok_or_else(|| ctx.err(&d.referenced, "dead_letter: `nats` is missing"))?;
         let c = super::sink::dead_letter_config(&doc.name.value, &n.value, &ctx.dir)
-            .map_err(|m| ctx.err(&n.referenced, format!("dead_letter: {m}")))?;
+            .map_err(|e| ctx.err(&n.referenced, format!("dead_letter: {}", e.chain())))?;
         Ok(Box::new(NatsDeadLetter(c)))
     },
 };
@@ -119,7 +123,11 @@ impl SourceConnector for NatsInput {
         Some(crate::connectors::kafka::DEFAULT_IDLE_TIMEOUT_MS)
     }
 
-    fn set_event_time(&mut self, _field: &str, idle_timeout_ms: Option<u64>) -> Result<(), String> {
+    fn set_event_time(
+        &mut self,
+        _field: &str,
+        idle_timeout_ms: Option<u64>,
+    ) -> Result<(), EventTimeError> {
         self.0.idle_timeout = idle_timeout_ms.map(Duration::from_millis);
         Ok(())
     }
@@ -182,7 +190,7 @@ impl SourceConnector for NatsInput {
         _source: &str,
         range: (i64, i64),
         suffix: &str,
-    ) -> Result<ReplayedSource, String> {
+    ) -> Result<ReplayedSource, ReplayError> {
         let found = super::source::replay(&mut self.0, range, suffix)?;
         Ok(ReplayedSource {
             ranges: vec![Box::new(found)],
@@ -226,7 +234,7 @@ impl SinkConnector for NatsTarget {
 
     fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
         super::sink::attach(&mut self.0, &at.reference.value, at.schema, at.output)
-            .map_err(|m| at.err(m))
+            .map_err(|e| at.err(e.chain()))
     }
 
     fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {

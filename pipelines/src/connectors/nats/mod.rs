@@ -6,6 +6,7 @@
 mod connector;
 /// Its YAML blocks, as a pipeline file writes them.
 pub mod doc;
+mod error;
 pub(crate) mod pool;
 pub mod sink;
 pub(crate) mod source;
@@ -18,24 +19,24 @@ use weir_nats::{NatsCredentials, NatsEndpoint, NatsTls};
 
 use crate::model::OneOrMany;
 use doc::{NatsCredentialsDoc, NatsTlsDoc};
+pub(crate) use error::NatsConfigError;
 
-/// The endpoint of a NATS connector, or a message saying what is wrong (the caller adds the
-/// file position). Relative files resolve against `dir`, the pipeline file's folder.
+/// The endpoint of a NATS connector, or what is wrong (the caller adds the file position). Relative files resolve against `dir`, the pipeline file's folder.
 pub(crate) fn endpoint(
     url: &OneOrMany<String>,
     credentials: Option<&NatsCredentialsDoc>,
     tls: Option<&NatsTlsDoc>,
     dir: &Path,
     name: String,
-) -> Result<NatsEndpoint, String> {
+) -> Result<NatsEndpoint, NatsConfigError> {
     let servers: Vec<String> = url.iter().map(|u| u.trim().to_string()).collect();
     if servers.is_empty() || servers.iter().any(String::is_empty) {
-        return Err("`url` needs at least one server (nats://host:4222)".into());
+        return Err(NatsConfigError::NoServer);
     }
     let mut endpoint = NatsEndpoint::new(servers, name);
     endpoint.credentials = credentials_of(credentials, dir)?;
     endpoint.tls = tls_of(tls, dir)?;
-    endpoint.validate().map_err(|e| e.to_string())?;
+    endpoint.validate()?;
     Ok(endpoint)
 }
 
@@ -63,16 +64,19 @@ fn resolve(dir: &Path, file: &str) -> PathBuf {
     }
 }
 
-fn existing_file(dir: &Path, key: &str, file: &str) -> Result<PathBuf, String> {
+fn existing_file(dir: &Path, key: &'static str, file: &str) -> Result<PathBuf, NatsConfigError> {
     let path = resolve(dir, file);
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!("`{key}` {} is not a file", path.display()))
+        Err(NatsConfigError::NotAFile { key, path })
     }
 }
 
-fn credentials_of(doc: Option<&NatsCredentialsDoc>, dir: &Path) -> Result<NatsCredentials, String> {
+fn credentials_of(
+    doc: Option<&NatsCredentialsDoc>,
+    dir: &Path,
+) -> Result<NatsCredentials, NatsConfigError> {
     let Some(d) = doc else {
         return Ok(NatsCredentials::None);
     };
@@ -83,9 +87,7 @@ fn credentials_of(doc: Option<&NatsCredentialsDoc>, dir: &Path) -> Result<NatsCr
         d.nkey_seed.is_some(),
     ];
     if given.iter().filter(|g| **g).count() > 1 {
-        return Err(
-            "`credentials` takes one of user/password, token, creds_file or nkey_seed".into(),
-        );
+        return Err(NatsConfigError::CredentialsChoice);
     }
     Ok(match d {
         NatsCredentialsDoc {
@@ -99,7 +101,7 @@ fn credentials_of(doc: Option<&NatsCredentialsDoc>, dir: &Path) -> Result<NatsCr
         NatsCredentialsDoc { user: Some(_), .. }
         | NatsCredentialsDoc {
             password: Some(_), ..
-        } => return Err("`credentials` needs both `user` and `password`".into()),
+        } => return Err(NatsConfigError::UserWithoutPassword),
         NatsCredentialsDoc {
             token: Some(token), ..
         } => NatsCredentials::Token(token.clone()),
@@ -115,7 +117,7 @@ fn credentials_of(doc: Option<&NatsCredentialsDoc>, dir: &Path) -> Result<NatsCr
     })
 }
 
-fn tls_of(doc: Option<&NatsTlsDoc>, dir: &Path) -> Result<NatsTls, String> {
+fn tls_of(doc: Option<&NatsTlsDoc>, dir: &Path) -> Result<NatsTls, NatsConfigError> {
     let Some(d) = doc else {
         return Ok(NatsTls::default());
     };
@@ -125,7 +127,7 @@ fn tls_of(doc: Option<&NatsTlsDoc>, dir: &Path) -> Result<NatsTls, String> {
             existing_file(dir, "key_file", k)?,
         )),
         (None, None) => None,
-        _ => return Err("`tls` needs both `cert_file` and `key_file`".into()),
+        _ => return Err(NatsConfigError::CertWithoutKey),
     };
     Ok(NatsTls {
         required: d.required.unwrap_or(false),
@@ -160,7 +162,7 @@ mod tests {
             Path::new("."),
             "n".into(),
         );
-        assert!(e.unwrap_err().contains("one of"));
+        assert!(e.unwrap_err().to_string().contains("one of"));
         let half = NatsCredentialsDoc {
             user: Some("u".into()),
             ..Default::default()
@@ -172,7 +174,10 @@ mod tests {
             Path::new("."),
             "n".into(),
         );
-        assert!(e.unwrap_err().contains("both `user` and `password`"));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("both `user` and `password`"));
     }
 
     #[test]
@@ -205,7 +210,21 @@ mod tests {
             dir.path(),
             "n".into(),
         );
-        assert!(err.unwrap_err().contains("is not a file"));
+        let err = err.unwrap_err();
+        assert_eq!(err.kind(), weir_engine::ErrorKind::User);
+        assert!(err.to_string().contains("is not a file"));
+    }
+
+    #[test]
+    fn a_bad_server_url_keeps_the_clients_error() {
+        let e = endpoint(&url("ftp://h:4222"), None, None, Path::new("."), "n".into());
+        match e {
+            Err(e @ NatsConfigError::Endpoint(_)) => {
+                assert_eq!(e.kind(), weir_engine::ErrorKind::User);
+                assert!(e.chain().starts_with("invalid NATS server URL"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

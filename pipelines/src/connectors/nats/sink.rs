@@ -12,6 +12,7 @@ use weir_sinks::nats::{DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
 use weir_sinks::{DeadLetterNatsConfig, NatsFormat, NatsSinkConfig};
 
 use super::doc::{NatsCredentialsDoc, NatsTlsDoc};
+use super::NatsConfigError;
 use crate::model::{self, Format, OneOrMany};
 
 /// Most publishes `max_in_flight` may allow.
@@ -45,23 +46,19 @@ pub struct NatsSinkDoc {
 
 /// Checks a subject a sink publishes to: tokens separated by `.`, none empty, no wildcard
 /// and no white space.
-pub(crate) fn check_subject(subject: &str) -> Result<(), String> {
+pub(crate) fn check_subject(subject: &str) -> Result<(), NatsConfigError> {
     if subject.is_empty() {
-        return Err("`subject` is empty".into());
+        return Err(NatsConfigError::EmptySubject);
     }
     if subject.chars().any(char::is_whitespace) {
-        return Err(format!("subject `{subject}` holds white space"));
+        return Err(NatsConfigError::SubjectSpace(subject.to_string()));
     }
     for token in subject.split('.') {
         if token.is_empty() {
-            return Err(format!(
-                "subject `{subject}` has an empty token (`..`, or a `.` at an end)"
-            ));
+            return Err(NatsConfigError::SubjectEmptyToken(subject.to_string()));
         }
         if token == "*" || token == ">" {
-            return Err(format!(
-                "subject `{subject}` holds a wildcard: a sink publishes to one subject"
-            ));
+            return Err(NatsConfigError::SubjectWildcard(subject.to_string()));
         }
     }
     Ok(())
@@ -72,23 +69,23 @@ fn common(
     d: &NatsSinkDoc,
     dir: &Path,
     name: String,
-) -> Result<(weir_nats::NatsEndpoint, usize, Duration), String> {
+) -> Result<(weir_nats::NatsEndpoint, usize, Duration), NatsConfigError> {
     check_subject(&d.subject)?;
     let mut endpoint = super::endpoint(&d.url, d.credentials.as_ref(), d.tls.as_ref(), dir, name)?;
     if let Some(t) = d.connect_timeout {
         if t.0 == 0 {
-            return Err("`connect_timeout` must be above 0".into());
+            return Err(NatsConfigError::ConnectTimeout);
         }
         endpoint.connect_timeout = Duration::from_millis(t.0);
     }
     let max_in_flight = d.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT as u64);
     if max_in_flight == 0 || max_in_flight > MAX_IN_FLIGHT_LIMIT {
-        return Err(format!(
-            "`max_in_flight` must be between 1 and {MAX_IN_FLIGHT_LIMIT}"
-        ));
+        return Err(NatsConfigError::MaxInFlight {
+            max: MAX_IN_FLIGHT_LIMIT,
+        });
     }
     let ack_timeout = match d.ack_timeout {
-        Some(t) if t.0 == 0 => return Err("`ack_timeout` must be above 0".into()),
+        Some(t) if t.0 == 0 => return Err(NatsConfigError::AckTimeout),
         Some(t) => Duration::from_millis(t.0),
         None => DEFAULT_ACK_TIMEOUT,
     };
@@ -102,11 +99,11 @@ pub(crate) fn sink_config(
     d: &NatsSinkDoc,
     format: Option<Format>,
     dir: &Path,
-) -> Result<NatsSinkConfig, String> {
+) -> Result<NatsSinkConfig, NatsConfigError> {
     let format = match format {
         None | Some(Format::Json) => NatsFormat::Json,
         Some(Format::Avro) => NatsFormat::Avro,
-        Some(Format::Cloudevents) => return Err("nats sinks write `json` or `avro`".into()),
+        Some(Format::Cloudevents) => return Err(NatsConfigError::SinkFormat),
     };
     let (endpoint, max_in_flight, ack_timeout) = common(d, dir, format!("weir-{pipeline}-{sink}"))?;
     Ok(NatsSinkConfig {
@@ -127,7 +124,7 @@ pub(crate) fn dead_letter_config(
     pipeline: &str,
     d: &NatsSinkDoc,
     dir: &Path,
-) -> Result<DeadLetterNatsConfig, String> {
+) -> Result<DeadLetterNatsConfig, NatsConfigError> {
     let (endpoint, max_in_flight, ack_timeout) =
         common(d, dir, format!("weir-{pipeline}-dead-letter"))?;
     Ok(DeadLetterNatsConfig {
@@ -145,18 +142,22 @@ pub(crate) fn attach(
     sink: &str,
     schema: &SchemaRef,
     output: &str,
-) -> Result<(), String> {
+) -> Result<(), NatsConfigError> {
     if !c.output.is_empty() {
-        return Err(format!("sink `{sink}` already publishes `{}`: a NATS sink publishes one window or view (its message ids are the output's); use one sink per window or view", c.output));
+        return Err(NatsConfigError::SecondOutput {
+            sink: sink.to_string(),
+            output: c.output.clone(),
+        });
     }
     c.view_keys = schema
         .metadata()
         .get(weir_engine::KEYS_METADATA)
         .and_then(|k| k.parse().ok());
     if c.view_keys.is_none() && schema.index_of("window_start").is_err() {
-        return Err(format!(
-            "sink `{sink}`: `{output}` has no `window_start` to name its rows by"
-        ));
+        return Err(NatsConfigError::NoWindowStart {
+            sink: sink.to_string(),
+            output: output.to_string(),
+        });
     }
     c.output = output.to_string();
     Ok(())
@@ -203,10 +204,15 @@ mod tests {
     fn subjects_are_checked() {
         assert!(check_subject("analytics.ingestion_5m").is_ok());
         assert!(check_subject("").is_err());
-        assert!(check_subject("a..b").unwrap_err().contains("empty token"));
-        assert!(check_subject("a.*").unwrap_err().contains("wildcard"));
-        assert!(check_subject("a.>").unwrap_err().contains("wildcard"));
-        assert!(check_subject("a b").unwrap_err().contains("white space"));
+        let why = |s: &str| check_subject(s).unwrap_err().to_string();
+        assert!(why("a..b").contains("empty token"));
+        assert!(why("a.*").contains("wildcard"));
+        assert!(why("a.>").contains("wildcard"));
+        assert!(why("a b").contains("white space"));
+        assert_eq!(
+            check_subject("a b").unwrap_err().kind(),
+            weir_engine::ErrorKind::User
+        );
     }
 
     fn doc(extra: &str) -> NatsSinkDoc {
@@ -223,7 +229,7 @@ mod tests {
         assert_eq!(c.ack_timeout, DEFAULT_ACK_TIMEOUT);
         assert_eq!(c.endpoint.name, "weir-p-s");
         let e = sink_config("p", "s", &doc(", max_in_flight: 0"), None, Path::new("."));
-        assert!(e.unwrap_err().contains("max_in_flight"));
+        assert!(e.unwrap_err().to_string().contains("max_in_flight"));
         let e = sink_config(
             "p",
             "s",
@@ -231,7 +237,7 @@ mod tests {
             Some(Format::Cloudevents),
             Path::new("."),
         );
-        assert!(e.unwrap_err().contains("json"));
+        assert!(e.unwrap_err().to_string().contains("json"));
         let c = sink_config(
             "p",
             "s",
@@ -254,6 +260,7 @@ mod tests {
         attach(&mut c, "s", &schema, "w1").unwrap();
         assert!(attach(&mut c, "s", &schema, "w2")
             .unwrap_err()
+            .to_string()
             .contains("one window or view"));
         let r = replayed(&c, "replay-x");
         assert_eq!(

@@ -8,13 +8,16 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use weir_sources::nats::{
-    parse_start_from, sequence_range, NatsPartitions, NatsSourceConfig, NatsStartFrom,
-    DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
+    parse_start_from, sequence_range, NatsPartitions, NatsSourceConfig, NatsSourceError,
+    NatsStartFrom, DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
 use super::doc::{NatsPartitionsDoc, NatsSourceDoc};
+use super::NatsConfigError;
 use crate::connectors::ReplayRange;
 use crate::model::OneOrMany;
+use crate::replay::Lookup;
+use weir_engine::ErrorKind;
 
 /// Largest `fetch_batch`: a pull request's messages are buffered by the client.
 const MAX_FETCH_BATCH: u64 = 100_000;
@@ -27,16 +30,11 @@ pub(crate) fn config(
     pipeline: &str,
     source: &str,
     dir: &Path,
-) -> Result<NatsSourceConfig, (Option<Location>, String)> {
+) -> Result<NatsSourceConfig, (Option<Location>, NatsConfigError)> {
     let mut cfg = config_of(doc, pipeline, source, dir).map_err(|e| (None, e))?;
     if let Some(p) = &doc.partitions {
         if !cfg.subjects.is_empty() {
-            return Err((
-                Some(p.referenced),
-                "`subjects` and `partitions` exclude each other: each partition's consumer is \
-                 filtered by `partitions.subject`"
-                    .into(),
-            ));
+            return Err((Some(p.referenced), NatsConfigError::SubjectsAndPartitions));
         }
         cfg.partitions = Some(partitions(&p.value).map_err(|e| (Some(p.referenced), e))?);
     }
@@ -49,7 +47,7 @@ fn config_of(
     pipeline: &str,
     source: &str,
     dir: &Path,
-) -> Result<NatsSourceConfig, String> {
+) -> Result<NatsSourceConfig, NatsConfigError> {
     let endpoint = super::endpoint(
         &doc.url,
         doc.credentials.as_ref(),
@@ -58,10 +56,7 @@ fn config_of(
         format!("weir-{pipeline}-{source}"),
     )?;
     if doc.stream.trim().is_empty() || doc.stream.contains(['.', '*', '>', ' ']) {
-        return Err(format!(
-            "`stream` must name a JetStream stream (no spaces, `.`, `*` or `>`), not `{}`",
-            doc.stream
-        ));
+        return Err(NatsConfigError::Stream(doc.stream.clone()));
     }
     let subjects: Vec<String> = match &doc.subjects {
         None => Vec::new(),
@@ -69,31 +64,25 @@ fn config_of(
         Some(OneOrMany::Many(v)) => v.iter().map(|s| s.trim().to_string()).collect(),
     };
     if let Some(bad) = subjects.iter().find(|s| !valid_filter(s)) {
-        return Err(format!(
-            "bad subject filter `{bad}`: tokens separated by `.`, `*` for one token, `>` for the rest"
-        ));
+        return Err(NatsConfigError::SubjectFilter(bad.clone()));
     }
     let consumer = doc
         .consumer
         .clone()
         .unwrap_or_else(|| format!("weir-{pipeline}-{source}"));
     if consumer.is_empty() || consumer.contains(['.', '*', '>', ' ', '/', '\\']) {
-        return Err(format!(
-            "`consumer` `{consumer}` is not a valid consumer name (no spaces, `.`, `*`, `>`, `/`)"
-        ));
+        return Err(NatsConfigError::Consumer(consumer));
     }
     let start_from = match &doc.start_from {
         None => NatsStartFrom::Earliest,
-        Some(t) => parse_start_from(t).ok_or_else(|| {
-            format!("bad start_from `{t}`: use earliest, latest, a stream sequence (1 or more) or an RFC 3339 time such as 2026-11-24T10:00:00Z")
-        })?,
+        Some(t) => parse_start_from(t).ok_or_else(|| NatsConfigError::StartFrom(t.clone()))?,
     };
     let mut cfg = NatsSourceConfig::new(endpoint, doc.stream.trim(), &consumer);
     cfg.subjects = subjects;
     cfg.start_from = start_from;
     if let Some(w) = doc.ack_wait {
         if w.0 < 1_000 {
-            return Err("`ack_wait` must be at least 1s".into());
+            return Err(NatsConfigError::AckWait);
         }
         cfg.ack_wait = std::time::Duration::from_millis(w.0);
     }
@@ -101,12 +90,16 @@ fn config_of(
         cfg.max_ack_pending = i64::try_from(m)
             .ok()
             .filter(|m| *m > 0)
-            .ok_or("`max_ack_pending` must be 1 or more")?;
+            .ok_or(NatsConfigError::MaxAckPending)?;
     }
     cfg.fetch_batch = match doc.fetch_batch {
         None => DEFAULT_FETCH_BATCH,
         Some(b) if (1..=MAX_FETCH_BATCH).contains(&b) => b as usize,
-        Some(_) => return Err(format!("`fetch_batch` must be 1 to {MAX_FETCH_BATCH}")),
+        Some(_) => {
+            return Err(NatsConfigError::FetchBatch {
+                max: MAX_FETCH_BATCH,
+            })
+        }
     };
     Ok(cfg)
 }
@@ -116,12 +109,12 @@ const MAX_PARTITIONS: u32 = 1024;
 
 /// `partitions: { count, subject }` checked: a count of 1 to [`MAX_PARTITIONS`], and a subject
 /// filter with `{partition}` as one whole token.
-fn partitions(doc: &NatsPartitionsDoc) -> Result<NatsPartitions, String> {
+fn partitions(doc: &NatsPartitionsDoc) -> Result<NatsPartitions, NatsConfigError> {
     if !(1..=MAX_PARTITIONS).contains(&doc.count) {
-        return Err(format!(
-            "`partitions.count` must be 1 to {MAX_PARTITIONS}, not {}",
-            doc.count
-        ));
+        return Err(NatsConfigError::PartitionCount {
+            max: MAX_PARTITIONS,
+            count: doc.count,
+        });
     }
     let subject = doc.subject.trim();
     let holes = subject
@@ -129,20 +122,14 @@ fn partitions(doc: &NatsPartitionsDoc) -> Result<NatsPartitions, String> {
         .filter(|t| *t == PARTITION_PLACEHOLDER)
         .count();
     if holes != 1 || subject.matches(PARTITION_PLACEHOLDER).count() != 1 {
-        return Err(format!(
-            "`partitions.subject` `{subject}` must hold `{PARTITION_PLACEHOLDER}` once, as a \
-             whole token (`events.{PARTITION_PLACEHOLDER}.>`)"
-        ));
+        return Err(NatsConfigError::PartitionPlaceholder(subject.to_string()));
     }
     let p = NatsPartitions {
         count: doc.count,
         subject: subject.to_string(),
     };
     if !valid_filter(&p.filter(0)) {
-        return Err(format!(
-            "bad `partitions.subject` `{subject}`: tokens separated by `.`, `*` for one token, \
-             `>` for the rest, `{PARTITION_PLACEHOLDER}` for the partition's number"
-        ));
+        return Err(NatsConfigError::PartitionFilter(subject.to_string()));
     }
     Ok(p)
 }
@@ -158,12 +145,12 @@ pub(crate) fn replay(
     cfg: &mut NatsSourceConfig,
     range: (i64, i64),
     suffix: &str,
-) -> Result<SequenceRange, String> {
+) -> Result<SequenceRange, Lookup> {
     if let Some(p) = cfg.partitions.take() {
         // a replay reads the partitions' subjects as one range of the stream
         cfg.subjects = vec![p.subject.replace(PARTITION_PLACEHOLDER, "*")];
     }
-    let (start, end, last) = sequence_range(cfg, range).map_err(|e| e.chain())?;
+    let (start, end, last) = sequence_range(cfg, range).map_err(lookup)?;
     cfg.consumer = format!("{}-{suffix}-{}", cfg.consumer, std::process::id()).replace('.', "_");
     cfg.delete_after = Some(REPLAY_CONSUMER_LINGER);
     cfg.until_caught_up = true;
@@ -178,6 +165,18 @@ pub(crate) fn replay(
         next: last + 1,
         read,
     })
+}
+
+/// A replay's failed look-up in the stream: a server that refused the credentials or the
+/// URL is the user's to fix, one that was unreachable may answer later; any other failure
+/// (the stream, its consumer) is not the user's.
+fn lookup(e: NatsSourceError) -> Lookup {
+    let kind = match &e {
+        NatsSourceError::Connect(c) if c.is_retryable() => ErrorKind::Retryable,
+        NatsSourceError::Connect(_) => ErrorKind::User,
+        _ => ErrorKind::Fatal,
+    };
+    Lookup::new(kind, e)
 }
 
 /// The sequences a replay reads from a stream, as one partition (`STREAM/0`).
@@ -284,6 +283,7 @@ mod tests {
         assert!(config(&d, "p", "s", Path::new("."))
             .unwrap_err()
             .1
+            .to_string()
             .contains("start_from"));
         let d = doc("{url: 'nats://h:4222', stream: 'a.b'}");
         assert!(config(&d, "p", "s", Path::new(".")).is_err());
@@ -326,10 +326,35 @@ mod tests {
                 "{{url: 'nats://h:4222', stream: E, partitions: {bad}}}"
             ));
             let (at, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
-            assert!(at.is_some() && e.contains(says), "{bad}: {e}");
+            assert!(at.is_some() && e.to_string().contains(says), "{bad}: {e}");
         }
         let d = doc("{url: 'nats://h:4222', stream: E, subjects: a.>, partitions: {count: 2, subject: 'a.{partition}'}}");
         let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
-        assert!(e.contains("exclude each other"), "{e}");
+        assert!(e.to_string().contains("exclude each other"), "{e}");
+    }
+
+    #[test]
+    fn refusals_are_user_errors_that_say_the_setting() {
+        let d =
+            doc("{url: 'nats://h:4222', stream: E, partitions: {count: 2, subject: 'events.>'}}");
+        let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+        assert_eq!(e.kind(), weir_engine::ErrorKind::User);
+        assert_eq!(
+            e.to_string(),
+            "`partitions.subject` `events.>` must hold `{partition}` once, as a whole token \
+             (`events.{partition}.>`)"
+        );
+        let d = doc(
+            "{url: 'nats://h:4222', stream: E, partitions: {count: 2, subject: 'e..{partition}'}}",
+        );
+        let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad `partitions.subject` `e..{partition}`: tokens separated by `.`, `*` for one \
+             token, `>` for the rest, `{partition}` for the partition's number"
+        );
+        let d = doc("{url: 'nats://h:4222', stream: E, fetch_batch: 0}");
+        let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+        assert_eq!(e.to_string(), "`fetch_batch` must be 1 to 100000");
     }
 }
