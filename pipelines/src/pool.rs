@@ -439,7 +439,7 @@ fn run_worker(mode: &PoolWorker, plan: Plan, opts: &RunOptions) -> Result<RunSum
             (
                 Some(Arc::new(
                     Peers::new(addresses, token)
-                        .map_err(|e| PoolRefusal::Peers { cause: Reason(e) })?,
+                        .map_err(|e| PoolRefusal::Peers { cause: e.into() })?,
                 )),
                 Some(heartbeat),
             )

@@ -127,7 +127,7 @@ pub enum PoolRefusal {
     #[error("cannot start the HTTP client that asks the other workers for their rows")]
     Peers {
         #[source]
-        cause: Reason,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -616,7 +616,7 @@ mod tests {
             PoolRefusal::NoCheckpoint,
             PoolRefusal::NotPooled("s".into()),
             PoolRefusal::Peers {
-                cause: Reason("no TLS backend".into()),
+                cause: "no TLS backend".into(),
             },
         ] {
             assert_eq!(RunError::from(internal).kind(), ErrorKind::Fatal);

@@ -38,11 +38,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Peers {
     /// Peers found by `addresses`, asked with `token` (the pool's shared `serve.token`).
-    pub fn new(addresses: PeerAddresses, token: Option<String>) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .timeout(PEER_TIMEOUT)
-            .build()
-            .map_err(|e| e.to_string())?;
+    pub fn new(addresses: PeerAddresses, token: Option<String>) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().timeout(PEER_TIMEOUT).build()?;
         Ok(Peers {
             addresses,
             token: token.filter(|t| !t.is_empty()),
