@@ -8,8 +8,9 @@ use std::time::Duration;
 use weir_engine::checkpoint::Manifest;
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::EngineError;
+use weir_kafka::{KafkaPartitions, KafkaReader, KafkaSourceConfig, ReadOffsets};
 use weir_sinks::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
-use weir_sources::{KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets};
+use weir_sources::MessageColumn;
 
 use super::sources::{
     avro_limits, OpenSource, OpenedSource, PlannedInput, ReplayedSource, SourceConnector,
