@@ -545,26 +545,6 @@ fn the_model_guard_sees_connector_types_and_nothing_else() {
     assert_eq!(hits("pub struct KafkaSinkDoc {").len(), 1);
 }
 
-/// The weir crates a crate's `Cargo.toml` depends on (normal, dev and build dependencies).
-fn weir_crates_used_by(manifest: &str) -> Vec<String> {
-    let mut in_deps = false;
-    let mut found = Vec::new();
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_deps = line.ends_with("dependencies]");
-            continue;
-        }
-        if !in_deps || line.starts_with('#') {
-            continue;
-        }
-        let name = line.split(['=', '.', ' ']).next().unwrap_or_default();
-        if name.starts_with("weir-") {
-            found.push(name.to_string());
-        }
-    }
-    found
-}
-
 /// Kafka's runtime lives in `kafka/` (issue 24): the Kafka source, its `--until-caught-up`
 /// and a pool's repartition stage are `weir-kafka`'s, beside its client plumbing, so no
 /// other reader's crate has Kafka code nor depends on `weir-kafka`; and `weir-kafka` is
@@ -576,7 +556,7 @@ fn kafka_lives_in_its_own_crate() {
     let uses = |krate: &str| {
         let manifest =
             std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("read Cargo.toml");
-        weir_crates_used_by(&manifest)
+        weir_dependencies(&manifest)
     };
     for krate in ["sources", "engine", "nats", "operators", "iceberg", "query"] {
         assert!(
@@ -601,10 +581,6 @@ fn kafka_lives_in_its_own_crate() {
         root.join("kafka/src/source/mod.rs").is_file(),
         "wrong folder?"
     );
-    assert_eq!(
-        weir_crates_used_by("[dependencies]\nweir-engine.workspace = true\n# weir-x\n[dev-dependencies]\nweir-kafka = { path = \"k\" }\n[features]\nweir-y = []\n"),
-        ["weir-engine", "weir-kafka"]
-    );
 }
 
 #[test]
@@ -625,4 +601,49 @@ fn every_registered_kind_has_its_own_folder() {
             "connector `{key}` has no folder pipelines/src/connectors/{key}/"
         );
     }
+}
+
+/// The weir crates a crate's `Cargo.toml` depends on (normal, dev and build dependencies).
+fn weir_dependencies(manifest: &str) -> Vec<String> {
+    let mut in_deps = false;
+    let mut found = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line.ends_with("dependencies]");
+            continue;
+        }
+        if !in_deps || line.starts_with('#') {
+            continue;
+        }
+        let name = line.split(['=', '.', ' ']).next().unwrap_or_default();
+        if name.starts_with("weir-") {
+            found.push(name.to_string());
+        }
+    }
+    found
+}
+
+/// Dependencies point one way (ARCHITECTURE.md): `formats` (every decoder and encoder, the
+/// schema-registry client) depends on `engine` only and `engine` on no weir crate, never on
+/// a connector's crate (`weir-kafka`, `weir-sinks`…), so every connector can share them.
+#[test]
+fn the_shared_crates_depend_on_no_connector() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (krate, allowed) in [("formats", &["weir-engine"][..]), ("engine", &[][..])] {
+        let manifest =
+            std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("read Cargo.toml");
+        let deps = weir_dependencies(&manifest);
+        let wrong: Vec<&String> = deps
+            .iter()
+            .filter(|d| !allowed.contains(&d.as_str()))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "`{krate}` depends on {wrong:?}: it may depend on {allowed:?} only"
+        );
+    }
+    assert_eq!(
+        weir_dependencies("[dependencies]\nweir-engine.workspace = true\n# weir-x\n[dev-dependencies]\nweir-kafka = { path = \"k\" }\n[features]\nweir-y = []\n"),
+        ["weir-engine", "weir-kafka"]
+    );
 }

@@ -179,8 +179,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("time limit"), "{err}");
+        // the whole join (10^10 pairs) would take hours; one batch of it takes about a
+        // second in a debug build, and was seen to take 14 s on two busy cores
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(60),
             "{:?}",
             started.elapsed()
         );

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
 use serde_json::{json, Value};
 use weir_engine::EngineError;
+use weir_formats::parquet_rows::{ParquetRows, WriterProperties};
 
 /// A failure of a committed output. `retry` is set when the call changed nothing and the
 /// output may come back (a full disk, a read-only folder): the engine then retries it.
@@ -109,7 +109,7 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// A failure caused by `e` that cannot be retried.
-fn fatal(e: impl Into<weir_engine::error::Cause>) -> Error {
+pub(crate) fn fatal(e: impl Into<weir_engine::error::Cause>) -> Error {
     Error {
         message: String::new(),
         retry: false,
@@ -207,14 +207,16 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn parent_of(path: &Path) -> &Path {
+/// The folder `path` is in (`.` for a bare name).
+pub(crate) fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes the entries of `dir` (a rename into it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -436,20 +438,16 @@ impl CommittedLines {
 pub struct CommittedParts {
     dir: PathBuf,
     schema: SchemaRef,
-    props: parquet::file::properties::WriterProperties,
+    props: WriterProperties,
     epoch: u64,
-    writer: Option<ArrowWriter<File>>,
+    writer: Option<ParquetRows<File>>,
 }
 
 const PART_EXT: &str = "parquet";
 
 impl CommittedParts {
     /// Parts of rows of `schema` in folder `dir`.
-    pub fn new(
-        dir: &Path,
-        schema: SchemaRef,
-        props: parquet::file::properties::WriterProperties,
-    ) -> Result<Self, Error> {
+    pub fn new(dir: &Path, schema: SchemaRef, props: WriterProperties) -> Result<Self, Error> {
         if dir.is_file() {
             return Err(Error::from(format!(
                 "{} is a file, but a checkpointed Parquet output is a folder of part files \
@@ -484,8 +482,7 @@ impl CommittedParts {
                 let path = self.part(self.epoch, ".inprogress");
                 let f = File::create(&path).map_err(io_at(&path))?;
                 self.writer.insert(
-                    ArrowWriter::try_new(f, self.schema.clone(), Some(self.props.clone()))
-                        .map_err(fatal)?,
+                    ParquetRows::new(f, self.schema.clone(), self.props.clone()).map_err(fatal)?,
                 )
             }
         };
@@ -495,7 +492,7 @@ impl CommittedParts {
     /// Closes the epoch's part (durable, not visible yet).
     pub fn pre_commit(&mut self, epoch: u64) -> Result<Value, Error> {
         if let Some(w) = self.writer.take() {
-            let file = w.into_inner().map_err(fatal)?;
+            let file = w.finish().map_err(fatal)?;
             file.sync_all().map_err(fatal)?;
             std::fs::rename(
                 self.part(self.epoch, ".inprogress"),
@@ -555,7 +552,7 @@ impl CommittedParts {
         let parts = CommittedParts {
             dir: dir.to_path_buf(),
             schema: Arc::new(arrow::datatypes::Schema::empty()),
-            props: parquet::file::properties::WriterProperties::default(),
+            props: WriterProperties::default(),
             epoch: 1,
             writer: None,
         };
@@ -726,7 +723,7 @@ mod tests {
         let batch =
             RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))])
                 .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder().build();
+        let props = WriterProperties::builder().build();
         let mut p = CommittedParts::new(&dir, schema.clone(), props.clone()).unwrap();
         p.recover(None).unwrap();
         p.write(&batch).unwrap();

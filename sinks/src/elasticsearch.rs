@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 
-use crate::file::{for_each_json_row, json_string};
+use weir_formats::json_rows::{for_each_json_row, json_string};
 
 /// How requests authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,16 +4,15 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use weir_engine::job::{Committable, DeadLetterSink, Sink};
 use weir_engine::{DeadLetter, EngineError};
+use weir_formats::csv_rows::write_csv;
+use weir_formats::json_rows::for_each_json_row;
+use weir_formats::parquet_rows::{writer_properties, ParquetRows};
 
-use crate::committed::{sink_err, Appender, CommittedLines, CommittedParts};
-pub(crate) use weir_formats::json_rows::{for_each_json_row, json_string};
+use crate::committed::{fatal, sink_err, Appender, CommittedLines, CommittedParts};
 
 /// The format of a file sink, from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +34,14 @@ impl FileFormat {
     }
 }
 
+/// A call a file output refuses (I/O and encoding failures keep their own errors).
+#[derive(Debug, thiserror::Error)]
+pub enum FileSinkError {
+    /// Rows or dead letters came after the file was finished.
+    #[error("the file is already closed")]
+    Closed,
+}
+
 enum Writer {
     /// NDJSON or CSV: whole batches appended, so a failed write can be retried.
     Lines {
@@ -43,7 +50,7 @@ enum Writer {
         line: Vec<u8>,
         buf: Vec<u8>,
     },
-    Parquet(Box<ArrowWriter<File>>),
+    Parquet(Box<ParquetRows<File>>),
 }
 
 /// Result rows to one file.
@@ -79,13 +86,9 @@ impl FileSink {
             },
             FileFormat::Parquet => {
                 let file = Appender::create(&temp).map_err(&err)?.into_file();
+                let props = writer_properties().map_err(|e| err(fatal(e)))?;
                 Writer::Parquet(Box::new(
-                    ArrowWriter::try_new(
-                        file,
-                        schema,
-                        Some(parquet_props().map_err(|e| err(e.to_string().into()))?),
-                    )
-                    .map_err(|e| err(e.to_string().into()))?,
+                    ParquetRows::new(file, schema, props).map_err(|e| err(fatal(e)))?,
                 ))
             }
         };
@@ -111,7 +114,10 @@ impl Committable for FileSink {
             Some(Writer::Lines { out, .. }) => out.sync().map_err(&err)?,
             Some(Writer::Parquet(_)) => {
                 if let Some(Writer::Parquet(w)) = self.writer.take() {
-                    w.close().map_err(|e| err(e.to_string().into()))?;
+                    let file = w.finish().map_err(|e| err(fatal(e)))?;
+                    // durable before it is renamed into place, as the line formats are
+                    file.sync_all()
+                        .map_err(|e| err(crate::committed::io_error(&self.temp, e)))?;
                 }
             }
             None => {}
@@ -119,6 +125,9 @@ impl Committable for FileSink {
         if self.temp.exists() {
             std::fs::rename(&self.temp, &self.path)
                 .map_err(|e| err(crate::committed::io_error(&self.temp, e)))?;
+            // the rename itself is durable once the folder is
+            crate::committed::sync_dir(crate::committed::parent_of(&self.path))
+                .map_err(|e| err(crate::committed::io_error(&self.path, e)))?;
         }
         self.writer = None;
         Ok(())
@@ -137,35 +146,17 @@ impl Sink for FileSink {
             }) => {
                 buf.clear();
                 if *csv {
-                    write_csv(batch, out.is_empty(), buf)
+                    write_csv(batch, out.is_empty(), buf).map_err(fatal)
                 } else {
-                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
+                    write_ndjson(batch, line, buf).map_err(fatal)
                 }
-                .map_err(|e| err(e.into()))?;
+                .map_err(&err)?;
                 out.append(buf).map_err(err)
             }
-            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(e.to_string().into())),
-            None => Err(err("the file is already closed".to_string().into())),
+            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| err(fatal(e))),
+            None => Err(err(fatal(FileSinkError::Closed))),
         }
     }
-}
-
-/// Rows as CSV (a header first when `header`), timestamps as RFC 3339 strings.
-fn write_csv(batch: &RecordBatch, header: bool, out: &mut Vec<u8>) -> Result<(), String> {
-    let mut w = arrow::csv::WriterBuilder::new()
-        .with_header(header)
-        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
-        .build(out);
-    utc_as_naive(batch)
-        .and_then(|b| w.write(&b))
-        .map_err(|e| e.to_string())
-}
-
-/// Parquet settings of every file sink: zstd level 3.
-fn parquet_props() -> Result<WriterProperties, parquet::errors::ParquetError> {
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .build())
 }
 
 /// How a checkpointed file sink commits its rows.
@@ -203,7 +194,7 @@ impl CommittedFileSink {
                 CommittedParts::new(
                     path,
                     schema,
-                    parquet_props().map_err(|e| err(e.to_string().into()))?,
+                    writer_properties().map_err(|e| err(fatal(e)))?,
                 )
                 .map_err(&err)?,
             )),
@@ -277,11 +268,11 @@ impl Sink for CommittedFileSink {
             } => {
                 buf.clear();
                 if *format == FileFormat::Csv {
-                    write_csv(batch, lines.at_start(), buf)
+                    write_csv(batch, lines.at_start(), buf).map_err(fatal)
                 } else {
-                    write_ndjson(batch, line, buf).map_err(|e| e.to_string())
+                    write_ndjson(batch, line, buf).map_err(fatal)
                 }
-                .map_err(|e| err(e.into()))?;
+                .map_err(&err)?;
                 lines.append(buf).map_err(err)
             }
         }
@@ -351,27 +342,6 @@ impl DeadLetterSink for CommittedDeadLetterFile {
     }
 }
 
-/// The batch with UTC timestamps as naive ones, so CSV prints them with a `Z` format
-/// without a time-zone database.
-fn utc_as_naive(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let mut fields = Vec::new();
-    let mut cols = Vec::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        if let DataType::Timestamp(unit, Some(_)) = f.data_type() {
-            let t = DataType::Timestamp(*unit, None);
-            cols.push(arrow::compute::cast(c, &t)?);
-            fields.push(f.as_ref().clone().with_data_type(t));
-        } else {
-            cols.push(c.clone());
-            fields.push(f.as_ref().clone());
-        }
-    }
-    RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        cols,
-    )
-}
-
 /// Rows as JSON objects, one a line: timestamps as RFC 3339 strings, numbers as numbers.
 fn write_ndjson(
     batch: &RecordBatch,
@@ -431,10 +401,9 @@ impl Committable for DeadLetterFile {
 
 impl DeadLetterSink for DeadLetterFile {
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| EngineError::dead_letter("already closed"))?;
+        let out = self.out.as_mut().ok_or_else(|| {
+            EngineError::dead_letter_caused(self.path.display(), FileSinkError::Closed)
+        })?;
         self.buf.clear();
         for r in records {
             serde_json::to_writer(&mut self.buf, &r.to_json())
@@ -450,7 +419,7 @@ impl DeadLetterSink for DeadLetterFile {
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
-    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use std::sync::Arc;
 
     fn batch() -> RecordBatch {
@@ -495,6 +464,41 @@ mod tests {
         assert_eq!(lines[0]["n"], 3);
         assert_eq!(lines[0]["avg"], 1.5);
         assert!(lines[1]["k"].is_null() && lines[1]["avg"].is_null());
+    }
+
+    #[test]
+    fn writing_after_finish_is_a_typed_error() {
+        let dir = tempdir();
+        let b = batch();
+        let mut s =
+            FileSink::create("out", &dir.join("c.csv"), FileFormat::Csv, b.schema()).unwrap();
+        s.finish().unwrap();
+        let e = s.write(&b).unwrap_err();
+        let mut cause: &(dyn std::error::Error + 'static) = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        assert!(
+            matches!(cause.downcast_ref(), Some(FileSinkError::Closed)),
+            "{e:?}"
+        );
+        assert!(
+            e.chain()
+                .to_string()
+                .ends_with("c.csv: the file is already closed"),
+            "{}",
+            e.chain()
+        );
+        let mut d = DeadLetterFile::create(&dir.join("dl.ndjson")).unwrap();
+        d.finish().unwrap();
+        let e = d.write(&[]).unwrap_err();
+        assert!(
+            e.chain()
+                .to_string()
+                .ends_with("dl.ndjson: the file is already closed"),
+            "{}",
+            e.chain()
+        );
     }
 
     #[test]

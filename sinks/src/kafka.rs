@@ -6,7 +6,7 @@ use weir_engine::job::{Committable, DeadLetterSink, Sink};
 use weir_engine::{DeadLetter, EngineError, ErrorInfo, RejectedRow};
 use weir_kafka::Producer;
 
-use crate::file::for_each_json_row;
+use weir_formats::json_rows::for_each_json_row;
 
 mod error;
 
@@ -103,7 +103,7 @@ pub struct KafkaSink {
     /// `delivery: exactly_once`: the transaction's state.
     txn: Option<Txn>,
     /// The schema registry's client (`format: avro` with a registry), made at first use.
-    registry: Option<weir_kafka::RegistryClient>,
+    registry: Option<weir_formats::registry::RegistryClient>,
 }
 
 /// A transactional sink's state. Rows go into the open transaction as they come. At
@@ -341,14 +341,12 @@ impl KafkaSink {
                 let subject = format!("{}-value", self.config.topic);
                 let client = match &mut self.registry {
                     Some(c) => c,
-                    slot => {
-                        slot.insert(weir_kafka::RegistryClient::new(url).map_err(|source| {
-                            SendError::Registry {
-                                subject: subject.clone(),
-                                source,
-                            }
-                        })?)
-                    }
+                    slot => slot.insert(weir_formats::registry::RegistryClient::new(url).map_err(
+                        |source| SendError::Registry {
+                            subject: subject.clone(),
+                            source,
+                        },
+                    )?),
                 };
                 let id = client
                     .register(&subject, &text)

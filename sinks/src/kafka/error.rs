@@ -5,7 +5,7 @@
 
 use weir_engine::error::Cause;
 use weir_engine::{EngineError, ErrorKind};
-use weir_kafka::RegistryError;
+use weir_formats::registry::RegistryError;
 
 /// A failure to send rows (or dead letters) to Kafka.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +45,12 @@ fn registry_hint(e: &RegistryError) -> &'static str {
             " (refused: check the subject's compatibility setting, or register a compatible \
              schema, and the registry's credentials)"
         }
-        RegistryError::Invalid { .. } => " (check that `schema_registry` names a schema registry)",
-        RegistryError::Config { .. } => " (fix `schema_registry`)",
+        RegistryError::Invalid { .. } | RegistryError::NotJson { .. } => {
+            " (check that `schema_registry` names a schema registry)"
+        }
+        RegistryError::Config { .. }
+        | RegistryError::BadUrl { .. }
+        | RegistryError::HttpClient { .. } => " (fix `schema_registry`)",
     }
 }
 

@@ -38,7 +38,7 @@ pub use publish::{
     DEFAULT_MAX_IN_FLIGHT,
 };
 
-use crate::file::for_each_json_row;
+use weir_formats::json_rows::for_each_json_row;
 
 /// How rows are encoded in messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -363,7 +363,7 @@ impl PostgresSink {
                 let row = row.project(&self.columns).unwrap_or(row);
                 let mut out = Vec::new();
                 let mut buf = Vec::new();
-                let _ = crate::file::for_each_json_row(&row, &mut buf, |_, j| {
+                let _ = weir_formats::json_rows::for_each_json_row(&row, &mut buf, |_, j| {
                     out.extend_from_slice(j);
                     Ok(())
                 });

@@ -1,10 +1,10 @@
 //! Rows as webhook bodies: each row a JSON object led by its deterministic `_row_id`, URL
 //! templates, requests cut by rows and bytes, and the body modes (JSON rows, CloudEvents
-//! 1.0 structured or binary).
+//! 1.0 structured or binary, encoded by [`weir_formats::cloudevents`]).
 
 use sha2::{Digest, Sha256};
-
-use crate::file::json_string;
+use weir_formats::cloudevents::{self, Attributes};
+use weir_formats::json_rows::json_string;
 
 /// The field each row object starts with: the row's deterministic id.
 pub const ROW_ID_FIELD: &str = "_row_id";
@@ -317,37 +317,12 @@ pub fn cut(sizes: &[usize], max_rows: usize, max_bytes: usize) -> Vec<std::ops::
     out
 }
 
-/// What a CloudEvent says of where rows come from.
-pub struct EventSource<'a> {
-    /// The pipeline's name.
-    pub pipeline: &'a str,
-    /// The window or view the rows come from.
-    pub output: &'a str,
-    /// `window` or `view`.
-    pub kind: &'a str,
-}
-
-impl EventSource<'_> {
-    /// The event `source`: `weir/<pipeline>/<output>`.
-    pub fn source(&self) -> String {
-        format!("weir/{}/{}", self.pipeline, self.output)
-    }
-
-    /// The event `type`: `dev.weir.window.result` or `dev.weir.view.change`.
-    pub fn event_type(&self) -> &'static str {
-        if self.kind == "view" {
-            "dev.weir.view.change"
-        } else {
-            "dev.weir.window.result"
-        }
-    }
-}
-
-/// A request's body and content type, from its row objects.
+/// A request's body and content type, from its row objects (`(row id, row object)`);
+/// `attrs` are the CloudEvents attributes of structured mode.
 pub fn body(
     mode: BodyMode,
     batching: Batching,
-    ev: &EventSource<'_>,
+    attrs: &Attributes<'_>,
     rows: &[(&str, &[u8])],
 ) -> (Vec<u8>, &'static str) {
     let mut out = Vec::with_capacity(rows.iter().map(|r| r.1.len() + 1).sum::<usize>() + 2);
@@ -364,26 +339,12 @@ pub fn body(
             (out, "application/json")
         }
         BodyMode::CloudEventsStructured => {
-            let (source, ty) = (ev.source(), ev.event_type());
-            let event = |o: &mut Vec<u8>, (id, row): &(&str, &[u8])| {
-                o.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
-                json_string(o, id);
-                o.extend_from_slice(b",\"source\":");
-                json_string(o, &source);
-                o.extend_from_slice(b",\"type\":");
-                json_string(o, ty);
-                o.extend_from_slice(b",\"subject\":");
-                json_string(o, ev.output);
-                o.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"data\":");
-                o.extend_from_slice(row);
-                o.push(b'}');
-            };
             if single {
-                event(&mut out, &rows[0]);
-                (out, "application/cloudevents+json")
+                cloudevents::write_event(&mut out, attrs, rows[0].0, rows[0].1);
+                (out, cloudevents::STRUCTURED_CONTENT_TYPE)
             } else {
-                array(&mut out, rows.iter(), |o, r| event(o, r));
-                (out, "application/cloudevents-batch+json")
+                cloudevents::write_batch(&mut out, attrs, rows.iter().copied());
+                (out, cloudevents::BATCH_CONTENT_TYPE)
             }
         }
     }
@@ -466,11 +427,12 @@ mod tests {
         let mut b = Vec::new();
         row_object(&mut b, "row_2", br#"{"k":"b","n":2}"#);
         let rows = [("row_1", a.as_slice()), ("row_2", b.as_slice())];
-        let ev = EventSource {
+        let ev = weir_formats::cloudevents::EventSource {
             pipeline: "p",
             output: "w",
             kind: "window",
-        };
+        }
+        .attributes();
         let (json, ctype) = body(BodyMode::Json, Batching::Array, &ev, &rows);
         assert_eq!(ctype, "application/json");
         let v: Value = serde_json::from_slice(&json).unwrap();

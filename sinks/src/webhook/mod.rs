@@ -45,8 +45,9 @@ use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 pub use body::{public_url, Batching, BodyMode, UrlError, UrlTemplate, ROW_ID_FIELD};
 pub use signing::{Secret, SecretError};
 
-use crate::file::for_each_json_row;
 use delivery::Class;
+use weir_formats::cloudevents;
+use weir_formats::json_rows::for_each_json_row;
 
 /// The HTTP method of requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,12 +575,13 @@ impl WebhookSink {
         } else {
             "window"
         };
-        let ev = body::EventSource {
+        let attrs = cloudevents::EventSource {
             pipeline: &cfg.pipeline,
             output: &cfg.output,
             kind,
-        };
-        let (bytes, ctype) = body::body(cfg.body, cfg.batching, &ev, &rows);
+        }
+        .attributes();
+        let (bytes, ctype) = body::body(cfg.body, cfg.batching, &attrs, &rows);
         let timestamp = weir_engine::time::now_ms().div_euclid(1000);
         let signature = signing::signature_header(&cfg.secrets, &id, timestamp, &bytes);
         let method = match cfg.method {
@@ -595,12 +597,9 @@ impl WebhookSink {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature);
         if cfg.body == BodyMode::CloudEventsBinary {
-            builder = builder
-                .header("ce-specversion", "1.0")
-                .header("ce-id", &id)
-                .header("ce-source", ev.source())
-                .header("ce-type", ev.event_type())
-                .header("ce-subject", &cfg.output);
+            for (name, value) in cloudevents::binary_headers(&attrs, &id) {
+                builder = builder.header(name, value);
+            }
         }
         let started = Instant::now();
         let answer = builder.body(bytes).send();

@@ -297,7 +297,7 @@ impl SinkConnector for KafkaTarget {
             KafkaFormat::Json => "json".to_string(),
             KafkaFormat::Avro { registry: None } => "avro".to_string(),
             KafkaFormat::Avro { registry: Some(r) } => {
-                format!("avro, registry {}", weir_kafka::redact_urls(r))
+                format!("avro, registry {}", weir_formats::registry::redact_urls(r))
             }
         };
         let delivery = match (&k.delivery, checkpointed) {

@@ -139,7 +139,7 @@ pub(crate) fn sink_config(
                 format!("sink `{kname}`: schema_registry is for `format: avro`"),
             ));
         }
-        weir_kafka::RegistryClient::new(r)
+        weir_formats::registry::RegistryClient::new(r)
             .map_err(|e| ctx.err(&k.referenced, format!("sink `{kname}`: {e}")))?;
     }
     if k.value.topic.is_empty() {

@@ -1,12 +1,16 @@
-//! Writer schemas of Avro records from a schema registry, by id, fetched once and cached in a
-//! bounded cache; an id the registry refused is asked again after [`MISS_TTL`]; an unreachable
-//! registry is waited for (see [`SchemaRegistry::schema`]).
+//! The Confluent schema registry: its HTTP client ([`client`], writer schemas by id and
+//! registering a subject's schema, shared by the Kafka source and sink) and the writer schemas
+//! of Avro records by id, fetched once and cached in a bounded cache; an id the registry
+//! refused is asked again after [`MISS_TTL`]; an unreachable registry is waited for (see
+//! [`SchemaRegistry::schema`]).
+
+pub mod client;
+
+pub use client::{redact_url, redact_urls, RegistryClient, RegistryError, TOKEN_ENV};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use weir_kafka::{RegistryClient, RegistryError};
 
 use crate::avro::AvroType;
 
@@ -37,9 +41,9 @@ pub struct SchemaRegistry {
 
 impl SchemaRegistry {
     /// A client of the registry at `url` (see [`RegistryClient::new`]).
-    pub fn new(url: &str) -> Result<Self, String> {
+    pub fn new(url: &str) -> Result<Self, RegistryError> {
         Ok(SchemaRegistry {
-            client: RegistryClient::new(url).map_err(|e| e.to_string())?,
+            client: RegistryClient::new(url)?,
             cache: Mutex::new(HashMap::new()),
             waiting: Arc::new(Mutex::new(None)),
         })
@@ -143,26 +147,9 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    /// Serves one response per connection, `n` times.
+    /// Serves one response per connection (the client's test server).
     fn serve(responses: Vec<&'static str>) -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for r in responses {
-                let (mut s, _) = l.accept().unwrap();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                }
-                s.write_all(r.as_bytes()).unwrap();
-            }
-        });
-        port
+        super::client::tests::serve(responses).0
     }
 
     #[test]

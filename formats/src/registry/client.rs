@@ -20,8 +20,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A failure of the schema registry, by kind: whether asking again later may help is told by
-/// the kind, never by the message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// the kind, never by the message. A variant caused by another error keeps it as its
+/// source and also prints it (as the client always did; a chain prints it once).
+#[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// No address answered (no connection, a timeout, a 5xx or 429 answer): retryable.
     #[error("schema registry {url}: cannot reach it: {message}")]
@@ -36,9 +37,32 @@ pub enum RegistryError {
     /// The answer is not what a registry answers.
     #[error("schema registry {url}: {message}")]
     Invalid { url: String, message: String },
+    /// The answer to `what` (`schema 7`, ``registering `t-value` ``) is not JSON.
+    #[error("schema registry {url}: {what}: not JSON: {source}")]
+    NotJson {
+        url: String,
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The registry's URL is not usable.
     #[error("schema registry `{url}`: {message}")]
     Config { url: String, message: String },
+    /// One of the registry's URLs (`address`, without user info) does not parse.
+    #[error("schema registry `{url}`: {address} is not a URL: {source}")]
+    BadUrl {
+        url: String,
+        address: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// The HTTP client could not be built (its TLS roots).
+    #[error("schema registry `{url}`: cannot start an HTTP client: {source}")]
+    HttpClient {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 impl RegistryError {
@@ -142,8 +166,11 @@ impl RegistryClient {
         };
         let mut endpoints = Vec::new();
         for raw in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let u = url::Url::parse(raw)
-                .map_err(|e| config(format!("{} is not a URL: {e}", redact_url(raw))))?;
+            let u = url::Url::parse(raw).map_err(|source| RegistryError::BadUrl {
+                url: shown.clone(),
+                address: redact_url(raw),
+                source,
+            })?;
             if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
                 return Err(config(format!(
                     "{}: use http:// or https://host",
@@ -168,7 +195,10 @@ impl RegistryClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| config(format!("cannot start an HTTP client: {e}")))?;
+            .map_err(|source| RegistryError::HttpClient {
+                url: shown.clone(),
+                source,
+            })?;
         Ok(RegistryClient {
             endpoints,
             bearer,
@@ -185,8 +215,8 @@ impl RegistryClient {
     /// The text of the schema with `id`.
     pub fn schema_text(&self, id: u32) -> Result<String, RegistryError> {
         let body = self.request(reqwest::Method::GET, &format!("/schemas/ids/{id}"), None)?;
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| self.invalid(format!("schema {id}: not JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| self.not_json(format!("schema {id}"), e))?;
         v.get("schema")
             .and_then(|s| s.as_str())
             .map(String::from)
@@ -202,11 +232,19 @@ impl RegistryClient {
             Some(body),
         )?;
         let v: serde_json::Value = serde_json::from_slice(&answer)
-            .map_err(|e| self.invalid(format!("registering `{subject}`: not JSON: {e}")))?;
+            .map_err(|e| self.not_json(format!("registering `{subject}`"), e))?;
         v.get("id")
             .and_then(|i| i.as_u64())
             .and_then(|i| u32::try_from(i).ok())
             .ok_or_else(|| self.invalid(format!("registering `{subject}`: no `id` in {v}")))
+    }
+
+    fn not_json(&self, what: String, source: serde_json::Error) -> RegistryError {
+        RegistryError::NotJson {
+            url: self.shown.clone(),
+            what,
+            source,
+        }
     }
 
     fn invalid(&self, message: String) -> RegistryError {
@@ -286,13 +324,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
     /// Serves one response per connection, `n` times; returns the port and the requests.
-    fn serve(responses: Vec<&'static str>) -> (u16, std::sync::mpsc::Receiver<String>) {
+    pub(in crate::registry) fn serve(
+        responses: Vec<&'static str>,
+    ) -> (u16, std::sync::mpsc::Receiver<String>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -352,6 +392,15 @@ mod tests {
         assert!(e.is_retryable(), "{e}");
         assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
         assert!(RegistryClient::new("ftp://x").is_err());
+        // a URL that does not parse keeps the parser's error, without the password
+        let e = RegistryClient::with_bearer("http://u:s3cret@[::1", None).unwrap_err();
+        assert!(matches!(e, RegistryError::BadUrl { .. }), "{e:?}");
+        let cause = std::error::Error::source(&e).expect("the parser's error");
+        assert!(cause.is::<url::ParseError>());
+        assert!(
+            e.to_string().ends_with(&format!("is not a URL: {cause}")),
+            "{e}"
+        );
         assert_eq!(
             redact_urls("https://u:p@a:8081/x/, http://b"),
             "https://a:8081/x,http://b"
