@@ -545,11 +545,11 @@ fn the_model_guard_sees_connector_types_and_nothing_else() {
     assert_eq!(hits("pub struct KafkaSinkDoc {").len(), 1);
 }
 
-/// Kafka's runtime lives in `kafka/` (issue 24): the Kafka source, its `--until-caught-up`
-/// and a pool's repartition stage are `weir-kafka`'s, beside its client plumbing, so no
-/// other reader's crate has Kafka code nor depends on `weir-kafka`; and `weir-kafka` is
-/// under `pipelines` (its YAML and planning glue, `pipelines/src/connectors/kafka/`), never
-/// the other way.
+/// Kafka's runtime lives in `kafka/` (issue 24): the Kafka source, its `--until-caught-up`,
+/// the Kafka sink and dead-letter output and a pool's repartition stage are `weir-kafka`'s,
+/// beside its client plumbing, so no other reader's or writer's crate has Kafka code nor
+/// depends on `weir-kafka`; and `weir-kafka` is under `pipelines` (its YAML and planning
+/// glue, `pipelines/src/connectors/kafka/`), never the other way.
 #[test]
 fn kafka_lives_in_its_own_crate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -558,7 +558,16 @@ fn kafka_lives_in_its_own_crate() {
             std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("read Cargo.toml");
         weir_dependencies(&manifest)
     };
-    for krate in ["sources", "engine", "nats", "operators", "iceberg", "query"] {
+    for krate in [
+        "sources",
+        "sinks",
+        "formats",
+        "engine",
+        "nats",
+        "operators",
+        "iceberg",
+        "query",
+    ] {
         assert!(
             !uses(krate).iter().any(|d| d == "weir-kafka"),
             "`{krate}` depends on weir-kafka: Kafka's code belongs in kafka/"
@@ -571,16 +580,25 @@ fn kafka_lives_in_its_own_crate() {
             "weir-kafka depends on {above}: dependencies point one way (ARCHITECTURE.md)"
         );
     }
-    for moved in ["kafka", "kafka.rs", "repartition.rs", "caught_up.rs"] {
+    for moved in [
+        "sources/src/kafka",
+        "sources/src/kafka.rs",
+        "sources/src/repartition.rs",
+        "sources/src/caught_up.rs",
+        "sinks/src/kafka",
+        "sinks/src/kafka.rs",
+    ] {
         assert!(
-            !root.join("sources/src").join(moved).exists(),
-            "sources/src/{moved}: Kafka's source code belongs in kafka/src/"
+            !root.join(moved).exists(),
+            "{moved}: Kafka's runtime code belongs in kafka/src/"
         );
     }
-    assert!(
-        root.join("kafka/src/source/mod.rs").is_file(),
-        "wrong folder?"
-    );
+    for here in ["kafka/src/source/mod.rs", "kafka/src/sink/mod.rs"] {
+        assert!(
+            root.join(here).is_file(),
+            "{here} is missing: wrong folder?"
+        );
+    }
 }
 
 #[test]

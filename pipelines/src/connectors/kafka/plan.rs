@@ -2,8 +2,7 @@
 //! dead-letter topic.
 
 use serde_saphyr::Spanned;
-use weir_kafka::{KafkaSourceConfig, StartFrom};
-use weir_sinks::{KafkaDelivery, KafkaFormat, KafkaSinkConfig};
+use weir_kafka::{KafkaDelivery, KafkaFormat, KafkaSinkConfig, KafkaSourceConfig, StartFrom};
 
 use super::doc::{KafkaSinkDoc, KafkaSourceDoc};
 use crate::error::PipelineError;
