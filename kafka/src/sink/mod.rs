@@ -1,4 +1,4 @@
-//! Kafka sinks: result rows and dead letters ([`dead_letter`]) as messages.
+//! Kafka sinks: result rows and dead letters (`dead_letter.rs`) as messages.
 
 use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
