@@ -8,8 +8,8 @@
 //! What counts as naming a kind, in code (comments and string literals removed first, and
 //! `#[cfg(test)]` items skipped: tests write pipelines that name kinds):
 //! - a path into a connector's crate or module: `weir_kafka`, `weir_nats`, `weir_iceberg`,
-//!   `weir_sinks`, `weir_sources::kafka` (`::nats`, `::file`, `::generator`,
-//!   `::repartition`), `connectors::kafka::`... or any `kafka::`, `nats::`... path;
+//!   `weir_sinks`, `weir_sources::nats` (`::file`, `::generator`), `connectors::kafka::`...
+//!   or any `kafka::`, `nats::`... path;
 //! - an identifier containing a kind's name (`KafkaSourceConfig`, `nats_stream`,
 //!   `.kafka`, `OffsetRange`-like types of one system listed in [`KIND_TYPES`]);
 //! - a string literal naming two kinds or more: a message listing kinds by hand (build it
@@ -64,11 +64,9 @@ const KIND_PATHS: &[&str] = &[
     "weir_nats",
     "weir_iceberg",
     "weir_sinks",
-    "weir_sources::kafka",
     "weir_sources::nats",
     "weir_sources::file",
     "weir_sources::generator",
-    "weir_sources::repartition",
     "file::",
 ];
 
@@ -426,7 +424,8 @@ fn the_guard_sees_through_comments_strings_and_tests() {
     // paths, field accesses and system types
     for code in [
         "use weir_kafka::OffsetRange;",
-        "use weir_sources::repartition::x;",
+        "use weir_kafka::repartition::x;",
+        "use weir_sources::nats::x;",
         "let r: RepartitionSpec = s;",
         "if doc.kafka.is_some() {}",
         "let x = crate::connectors::nats::SOURCE;",
@@ -544,6 +543,62 @@ fn the_model_guard_sees_connector_types_and_nothing_else() {
     );
     assert_eq!(hits("pub kafka: Option<Spanned<KafkaSinkDoc>>,").len(), 1);
     assert_eq!(hits("pub struct KafkaSinkDoc {").len(), 1);
+}
+
+/// Kafka's runtime lives in `kafka/` (issue 24): the Kafka source, its `--until-caught-up`,
+/// the Kafka sink and dead-letter output and a pool's repartition stage are `weir-kafka`'s,
+/// beside its client plumbing, so no other reader's or writer's crate has Kafka code nor
+/// depends on `weir-kafka`; and `weir-kafka` is under `pipelines` (its YAML and planning
+/// glue, `pipelines/src/connectors/kafka/`), never the other way.
+#[test]
+fn kafka_lives_in_its_own_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let uses = |krate: &str| {
+        let manifest =
+            std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("read Cargo.toml");
+        weir_dependencies(&manifest)
+    };
+    for krate in [
+        "sources",
+        "sinks",
+        "formats",
+        "engine",
+        "nats",
+        "operators",
+        "iceberg",
+        "query",
+    ] {
+        assert!(
+            !uses(krate).iter().any(|d| d == "weir-kafka"),
+            "`{krate}` depends on weir-kafka: Kafka's code belongs in kafka/"
+        );
+    }
+    let kafka = uses("kafka");
+    for above in ["weir-pipelines", "weir-cli", "weir-query"] {
+        assert!(
+            !kafka.iter().any(|d| d == above),
+            "weir-kafka depends on {above}: dependencies point one way (ARCHITECTURE.md)"
+        );
+    }
+    for moved in [
+        "sources/src/kafka",
+        "sources/src/kafka.rs",
+        "sources/src/repartition.rs",
+        "sources/src/caught_up.rs",
+        "sinks/src/kafka",
+        "sinks/src/kafka.rs",
+    ] {
+        assert!(
+            !root.join(moved).exists(),
+            "{moved}: Kafka's runtime code belongs in kafka/src/"
+        );
+    }
+    for here in ["kafka/src/source/mod.rs", "kafka/src/sink/mod.rs"] {
+        assert!(
+            root.join(here).is_file(),
+            "{here} is missing: wrong folder?"
+        );
+    }
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn killed_and_restarted_kafka_runs_with_one_worker_are_exactly_once() {
 /// (tansu has none), so it is ignored by default; run it against Apache Kafka or Redpanda with
 /// `WEIR_TEST_KAFKA_TRANSACTIONS=1 KAFKA_BROKERS=HOST:PORT cargo test -p weir-cli --test
 /// crash_kafka -- --ignored`. The protocol is tested against librdkafka's mock cluster in
-/// `sinks/src/kafka.rs`.
+/// `kafka/src/sink/mod.rs`.
 #[test]
 #[ignore = "needs a broker with transactions: WEIR_TEST_KAFKA_TRANSACTIONS=1 KAFKA_BROKERS=…"]
 fn killed_and_restarted_transactional_runs_are_exactly_once() {
@@ -61,7 +61,7 @@ fn killed_and_restarted_transactional_runs_are_exactly_once() {
 /// needs a broker with transactions, like the test above: `WEIR_TEST_KAFKA_TRANSACTIONS=1
 /// KAFKA_BROKERS=HOST:PORT cargo test -p weir-cli --test crash_kafka -- --ignored pool`. Not
 /// run yet against such a broker (none runs on these machines); the take-over protocol is
-/// tested against librdkafka's mock cluster in `sinks/src/kafka/tests.rs`.
+/// tested against librdkafka's mock cluster in `kafka/src/sink/tests.rs`.
 #[test]
 #[ignore = "needs a broker with transactions: WEIR_TEST_KAFKA_TRANSACTIONS=1 KAFKA_BROKERS=…"]
 fn killed_pool_workers_with_transactions_are_exactly_once() {

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bounds;
+pub mod buffer;
 pub mod checkpoint;
 pub mod clock;
 pub mod dead_letter;

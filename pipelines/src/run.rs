@@ -33,7 +33,7 @@ pub struct RunOptions {
     /// file's.
     pub until_caught_up: bool,
     /// With `until_caught_up`: how long a source that read every partition it is assigned
-    /// waits for the others (default [`weir_sources::DEFAULT_CAUGHT_UP_TIMEOUT`]).
+    /// waits for the others (default [`weir_kafka::DEFAULT_CAUGHT_UP_TIMEOUT`]).
     pub caught_up_timeout: Option<Duration>,
     /// After the job finished, keep answering SQL until `stop` is triggered.
     pub keep_serving: bool,

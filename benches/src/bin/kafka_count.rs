@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.max.messages.kbytes", "32768")
         .set("fetch.max.bytes", "16777216")
-        // weir's prefetch settings (sources/src/kafka/group.rs), so that the bare consumer is
+        // weir's prefetch settings (kafka/src/source/group.rs), so that the bare consumer is
         // as fast as librdkafka can be here
         .set("fetch.queue.backoff.ms", "20")
         .create()?;

@@ -29,7 +29,7 @@ use weir_engine::events::Resume;
 use weir_engine::progress::Progress;
 use weir_engine::{Chunk, ChunkData, Messages};
 
-/// The reader's per-lane state before format 2 (`sources/src/kafka/reader.rs`'s `Lane`,
+/// The reader's per-lane state before format 2 (`kafka/src/source/reader.rs`'s `Lane`,
 /// with its `MessageBuffer`), reproduced to weigh it.
 #[allow(dead_code)]
 struct OldLane {
@@ -44,7 +44,7 @@ struct OldLane {
     legacy: bool,
 }
 
-/// The reader's per-lane state now (`sources/src/kafka/lanes.rs`'s vectors, per lane).
+/// The reader's per-lane state now (`kafka/src/source/lanes.rs`'s vectors, per lane).
 #[allow(dead_code)]
 struct NewLanes {
     expect: Vec<u64>,

@@ -53,7 +53,7 @@ pub struct Repartitioning<'a> {
 /// The internal topic a pool repartitions source `source` of pipeline `pipeline` through
 /// (`PIPELINE-SOURCE-repartition`), shown by `weir validate`.
 pub fn internal_topic(pipeline: &str, source: &str) -> String {
-    weir_sources::repartition::internal_topic(pipeline, source)
+    weir_kafka::repartition::internal_topic(pipeline, source)
 }
 
 /// A repartition stage ready to start: what a source's connector returns when a pool

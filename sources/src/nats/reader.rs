@@ -16,7 +16,7 @@ use weir_engine::{Chunk, ChunkData, EngineError};
 use super::consumer::{connect, Connection, NatsSourceError};
 use super::fetch::Fetched;
 use super::NatsSourceConfig;
-use crate::kafka::MessageBuffer;
+use weir_engine::buffer::{MessageBuffer, CHUNK_MESSAGES};
 
 /// A chunk is handed over once its oldest message waited this long (or it is full).
 const CHUNK_AGE: Duration = Duration::from_millis(100);
@@ -366,7 +366,7 @@ impl NatsReader {
                     break;
                 }
             }
-            if n < crate::kafka::CHUNK_MESSAGES {
+            if n < CHUNK_MESSAGES {
                 next = fetcher.try_next();
             }
         }
@@ -415,7 +415,7 @@ impl NatsReader {
     fn housekeeping(&mut self, ctx: &ReaderContext, quiet: bool) -> Result<(), EngineError> {
         if self
             .buffer
-            .since
+            .since()
             .is_some_and(|t| quiet || t.elapsed() >= CHUNK_AGE)
         {
             self.hand_over();

@@ -15,7 +15,7 @@ fn start_from_parses_every_form() {
 
 #[test]
 fn the_subject_is_stored_once_and_still_found_by_dead_letters() {
-    let mut b = crate::kafka::MessageBuffer::default();
+    let mut b = weir_engine::buffer::MessageBuffer::default();
     for (i, subject) in ["a.one", "b.two"].iter().enumerate() {
         let header = std::iter::once(("trace_id", Some(&b"t1"[..])));
         b.push_nats((b"{}", subject.as_bytes()), 5, header, false, i as u64 + 1);

@@ -8,8 +8,11 @@ use std::time::Duration;
 use weir_engine::checkpoint::Manifest;
 use weir_engine::job::{DeadLetterSink, Sink};
 use weir_engine::EngineError;
-use weir_sinks::{DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaSink, KafkaSinkConfig};
-use weir_sources::{KafkaPartitions, KafkaReader, KafkaSourceConfig, MessageColumn, ReadOffsets};
+use weir_kafka::{
+    DeadLetterKafka, KafkaDelivery, KafkaFormat, KafkaPartitions, KafkaReader, KafkaSink,
+    KafkaSinkConfig, KafkaSourceConfig, ReadOffsets,
+};
+use weir_sources::MessageColumn;
 
 use super::sources::{
     avro_limits, EventTimeError, OpenSource, OpenedSource, PlannedInput, ReplayedSource,

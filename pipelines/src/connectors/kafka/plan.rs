@@ -2,8 +2,7 @@
 //! dead-letter topic.
 
 use serde_saphyr::Spanned;
-use weir_sinks::{KafkaDelivery, KafkaFormat, KafkaSinkConfig};
-use weir_sources::{KafkaSourceConfig, StartFrom};
+use weir_kafka::{KafkaDelivery, KafkaFormat, KafkaSinkConfig, KafkaSourceConfig, StartFrom};
 
 use super::doc::{KafkaSinkDoc, KafkaSourceDoc};
 use crate::error::PipelineError;
@@ -102,7 +101,7 @@ pub(crate) fn source_config(
             .collect(),
         idle_timeout: None,
         until_caught_up: false,
-        caught_up_timeout: weir_sources::DEFAULT_CAUGHT_UP_TIMEOUT,
+        caught_up_timeout: weir_kafka::DEFAULT_CAUGHT_UP_TIMEOUT,
         end_offsets: Default::default(),
         read_offsets: None,
         with_headers: false,

@@ -3,8 +3,8 @@
 //! whose messages are not keyed by the windows' key is repartitioned through an internal
 //! topic first.
 
-use weir_sources::kafka::PoolHook;
-use weir_sources::{
+use weir_kafka::source::PoolHook;
+use weir_kafka::{
     ClaimedStart, KafkaPartitions, KafkaReader, KafkaSourceConfig, RepartitionSpec, StartFrom,
     Upstream,
 };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use weir_engine::EngineError;
 use weir_kafka::OffsetRange;
-use weir_sources::{RepartitionSpec, RepartitionStage};
+use weir_kafka::{RepartitionSpec, RepartitionStage};
 
 use crate::connectors::{Repartition, ReplayRange, RunningRepartition};
 

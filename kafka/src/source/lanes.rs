@@ -76,9 +76,9 @@ impl Lanes {
             return false;
         }
         let buffer = self.buffers.entry(lane as u32).or_default();
-        let before = buffer.bytes.len();
+        let before = buffer.bytes_len();
         buffer.push_parts(parts, timestamp, headers, with_headers, offset);
-        self.bytes += buffer.bytes.len() - before;
+        self.bytes += buffer.bytes_len() - before;
         self.messages += 1;
         self.since.get_or_insert(now);
         self.expect[lane] = offset + 1;

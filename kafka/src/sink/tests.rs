@@ -252,7 +252,7 @@ fn exactly_once_needs_a_broker_with_transactions() {
     );
     // the client's error is kept as the cause, not flattened to text
     let cause = std::error::Error::source(&e).expect("a cause");
-    assert!(cause.is::<weir_kafka::KafkaError>(), "{cause:?}");
+    assert!(cause.is::<crate::KafkaError>(), "{cause:?}");
 }
 
 #[test]

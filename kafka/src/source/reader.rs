@@ -483,7 +483,7 @@ impl KafkaReader {
         }
         for l in 0..self.partitions.len() {
             let s = &self.partitions[l];
-            let since = s.up.as_ref().map_or(s.lane.buffer.since, |up| up.since);
+            let since = s.up.as_ref().map_or(s.lane.buffer.since(), |up| up.since);
             if since.is_some_and(|t| quiet || now - t >= CHUNK_AGE) {
                 self.hand_over(l);
             }

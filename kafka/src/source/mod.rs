@@ -10,6 +10,7 @@
 
 mod assignment;
 mod buffer;
+pub mod caught_up;
 pub(crate) mod close;
 mod group;
 mod lanes;
@@ -17,7 +18,7 @@ mod reader;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use buffer::MessageBuffer;
+pub(crate) use buffer::PushMessage;
 pub(crate) use group::group_consumer_config;
 use group::*;
 use lanes::Lanes;
@@ -35,23 +36,21 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
+use weir_engine::buffer::{MessageBuffer, CHUNK_BYTES, CHUNK_MESSAGES};
 use weir_engine::clock::PartitionClock;
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::progress::Progress;
 use weir_engine::stats::{RunStats, SourceStats};
-use weir_engine::{Chunk, ChunkData, EngineError, Messages, SharedBytes};
-use weir_kafka::{client_config, partition_counts, KafkaError};
+use weir_engine::{Chunk, ChunkData, EngineError};
 
-use crate::caught_up::{CatchUpWait, Wait};
+use crate::{client_config, partition_counts, KafkaError};
+use caught_up::{CatchUpWait, Wait};
 use close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
 
-/// A chunk is handed over once its messages reach this size...
-const CHUNK_BYTES: usize = 1 << 20;
-/// ...or this many messages...
-pub(crate) const CHUNK_MESSAGES: usize = 16 * 1024;
-/// ...or when its oldest message waited this long.
+/// A chunk is handed over once its messages reach [`CHUNK_BYTES`] or [`CHUNK_MESSAGES`], or
+/// when its oldest message waited this long.
 const CHUNK_AGE: Duration = Duration::from_millis(100);
 /// How often the lanes of a repartition topic's partitions are checked for silence.
 const LANE_IDLE_SCAN: Duration = Duration::from_secs(1);
@@ -87,7 +86,7 @@ pub struct KafkaSourceConfig {
     /// A partition delivering nothing this long stops holding the watermark back.
     pub idle_timeout: Option<Duration>,
     /// End once every partition of the topics reached the end offset it had when the
-    /// reader connected (see [`crate::caught_up`]): outside a pool, read by this process;
+    /// reader connected (see [`caught_up`]): outside a pool, read by this process;
     /// in a pool, by this worker or (the group's committed offset says) another one.
     pub until_caught_up: bool,
     /// With `until_caught_up`: how long the reader, having read every partition it is

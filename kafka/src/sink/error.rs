@@ -34,7 +34,7 @@ pub enum SendError {
     },
     /// The producer did not take a message (a full queue, an unreachable cluster).
     #[error(transparent)]
-    Kafka(#[from] weir_kafka::KafkaError),
+    Kafka(#[from] crate::KafkaError),
 }
 
 /// What to do about a registry's failure, when it is not an outage.
@@ -117,7 +117,7 @@ mod tests {
             message: "connection refused".into(),
         });
         assert_eq!(down.kind(), ErrorKind::Retryable);
-        let queue = SendError::Kafka(weir_kafka::KafkaError::Delivery {
+        let queue = SendError::Kafka(crate::KafkaError::Delivery {
             brokers: "b".into(),
             topic: "t".into(),
             message: "timed out".into(),
@@ -162,7 +162,7 @@ mod tests {
         assert!(chain.ends_with("status 422: invalid schema"), "{chain}");
         let e = SendError::Unkeyed.into_sink_error("out");
         assert_eq!(e.kind(), ErrorKind::Fatal);
-        let e = SendError::Kafka(weir_kafka::KafkaError::Delivery {
+        let e = SendError::Kafka(crate::KafkaError::Delivery {
             brokers: "b".into(),
             topic: "t".into(),
             message: "timed out".into(),

@@ -1,13 +1,22 @@
-//! Messages of a partition gathered into one chunk's buffer.
+//! Messages of a partition gathered into one chunk's buffer, shared by the log sources (Kafka
+//! and NATS): each source appends its messages by their parts and takes them as [`Messages`].
 
-use super::*;
+use std::time::Instant;
+
+use crate::{Messages, SharedBytes};
+
+/// A chunk is handed over once its messages reach this size...
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// ...or this many messages (or when its oldest message waited long enough: each source
+/// says how long).
+pub const CHUNK_MESSAGES: usize = 16 * 1024;
 
 /// Messages of one partition being gathered into a chunk.
 #[derive(Default)]
-pub(crate) struct MessageBuffer {
-    pub(super) bytes: Vec<u8>,
-    pub(super) messages: Messages,
-    pub(crate) since: Option<Instant>,
+pub struct MessageBuffer {
+    bytes: Vec<u8>,
+    messages: Messages,
+    since: Option<Instant>,
     /// Where a NATS chunk's `Nats-Subject` header name is in `bytes`.
     subject_name: (u32, u32),
     /// Bytes and messages of the last chunk taken: the next one reserves as much up front
@@ -16,25 +25,10 @@ pub(crate) struct MessageBuffer {
 }
 
 impl MessageBuffer {
-    /// Appends a message, recorded at `offset`.
-    pub(crate) fn push<M: Message>(&mut self, m: &M, with_headers: bool, offset: u64) {
-        let headers = m
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter().map(|h| (h.key, h.value)));
-        self.push_parts(
-            (m.payload().unwrap_or_default(), m.key()),
-            m.timestamp().to_millis(),
-            headers,
-            with_headers,
-            offset,
-        );
-    }
-
     /// Appends a message given by its parts (a repartition topic's messages are unwrapped
     /// first), recorded at `offset`. Headers are kept when `with_headers`, else only trace
     /// ids (dead letters).
-    pub(crate) fn push_parts<'h>(
+    pub fn push_parts<'h>(
         &mut self,
         (payload, key): (&[u8], Option<&[u8]>),
         timestamp: Option<i64>,
@@ -59,7 +53,7 @@ impl MessageBuffer {
         self.messages.timestamps.push(timestamp);
         let first = self.messages.header_fields.len() as u32;
         for (name, value) in headers {
-            if with_headers || weir_engine::trace::is_trace_header(name) {
+            if with_headers || crate::trace::is_trace_header(name) {
                 let ks = pos(&self.bytes);
                 self.bytes.extend_from_slice(name.as_bytes());
                 let name = (ks, pos(&self.bytes));
@@ -78,7 +72,7 @@ impl MessageBuffer {
     /// Appends a NATS message: the subject is stored once, as the key, and the
     /// `Nats-Subject` trace header (for dead letters) points at the key's bytes, its name
     /// stored once per chunk.
-    pub(crate) fn push_nats<'h>(
+    pub fn push_nats<'h>(
         &mut self,
         (payload, subject): (&[u8], &[u8]),
         published: i64,
@@ -89,7 +83,7 @@ impl MessageBuffer {
         if self.messages.offsets.is_empty() {
             let s = self.bytes.len() as u32;
             self.bytes
-                .extend_from_slice(weir_engine::trace::NATS_SUBJECT_HEADER.as_bytes());
+                .extend_from_slice(crate::trace::NATS_SUBJECT_HEADER.as_bytes());
             self.subject_name = (s, self.bytes.len() as u32);
         }
         self.push_parts(
@@ -106,11 +100,23 @@ impl MessageBuffer {
         }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// When the first message of the chunk being gathered was appended.
+    pub fn since(&self) -> Option<Instant> {
+        self.since
+    }
+
+    /// The bytes gathered so far (payloads, keys and headers).
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether no message is gathered.
+    pub fn is_empty(&self) -> bool {
         self.messages.offsets.is_empty()
     }
 
-    pub(crate) fn is_full(&self) -> bool {
+    /// Whether the chunk reached [`CHUNK_BYTES`] or [`CHUNK_MESSAGES`].
+    pub fn is_full(&self) -> bool {
         self.bytes.len() >= CHUNK_BYTES || self.messages.offsets.len() >= CHUNK_MESSAGES
     }
 
@@ -128,7 +134,8 @@ impl MessageBuffer {
         m.headers.reserve(n);
     }
 
-    pub(crate) fn take(&mut self) -> Messages {
+    /// The messages gathered, as one chunk's; the buffer starts over.
+    pub fn take(&mut self) -> Messages {
         self.since = None;
         self.last_size = (self.bytes.len(), self.messages.offsets.len());
         let mut m = std::mem::take(&mut self.messages);

@@ -9,7 +9,7 @@
 //! are acknowledged, so a worker that dies re-produces what it sent after its last commit.
 //! Every message carries the upstream topic, partition and offset it was read at (an
 //! [`Envelope`] around its value); the reader of the internal topic keeps the
-//! upstream partitions apart as lanes (`crate::kafka::Upstream`), drops a message whose
+//! upstream partitions apart as lanes (`crate::source::Upstream`), drops a message whose
 //! upstream offset its lane already passed, and checkpoints each lane's position with the
 //! pool's state. The producer is idempotent, so one upstream partition's messages stay in
 //! order in each internal partition: a repeat is always below what its lane expects.
@@ -38,14 +38,15 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
+use weir_engine::buffer::MessageBuffer;
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
 use weir_engine::job::Decode;
 use weir_engine::{Chunk, ChunkData, EngineError, Messages};
-use weir_kafka::{client_config, create_topic, partition_counts, Producer};
 
-use crate::kafka::close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
-use crate::kafka::{group_consumer_config, KafkaSourceConfig, MessageBuffer};
+use crate::source::close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
+use crate::source::{group_consumer_config, KafkaSourceConfig, PushMessage};
+use crate::{client_config, create_topic, partition_counts, Producer};
 
 /// How many messages the stage reads before it sends them on.
 const BATCH_MESSAGES: usize = 8 * 1024;
@@ -243,7 +244,7 @@ impl RepartitionSpec {
     /// which it returns. An existing internal topic with another count is refused.
     pub fn prepare(&self) -> Result<usize, EngineError> {
         let upstream = self.upstream_topic()?;
-        let err = |e: weir_kafka::KafkaError| EngineError::source_caused(&self.source, "", e);
+        let err = |e: crate::KafkaError| EngineError::source_caused(&self.source, "", e);
         let props = &self.input.properties;
         let brokers = &self.input.brokers;
         let timeout = Duration::from_secs(30);
@@ -260,7 +261,7 @@ impl RepartitionSpec {
         // workers' credentials may lack `CREATE`, and some brokers do not answer it)
         let internal = match internal_count() {
             Ok(n) => n,
-            Err(weir_kafka::KafkaError::NoSuchTopic { .. }) => {
+            Err(crate::KafkaError::NoSuchTopic { .. }) => {
                 create_topic(brokers, props, &self.topic, count as i32).map_err(err)?;
                 internal_count().map_err(err)?
             }
@@ -345,7 +346,7 @@ impl Drop for RepartitionStage {
 
 /// Rebalances of the stage's consumer (cooperative: only moved partitions are touched).
 struct StageContext {
-    /// From the configured assignment strategy (see [`crate::kafka::close`]).
+    /// From the configured assignment strategy (see [`crate::source::close`]).
     cooperative: bool,
 }
 

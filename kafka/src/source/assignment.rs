@@ -308,7 +308,7 @@ impl KafkaReader {
     }
 
     /// With `until_caught_up`: whether every partition of the topics is read to its end
-    /// (see [`crate::caught_up`]). While this process has read every partition it is
+    /// (see [`caught_up`]). While this process has read every partition it is
     /// assigned but others are not read, it waits: says so in its log and `/ready`, and
     /// fails after `caught_up_timeout`.
     pub(super) fn caught_up(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
@@ -481,8 +481,8 @@ impl KafkaReader {
     /// may be reading theirs).
     pub(super) fn rejoin_if_stuck(&mut self, pending: &[String]) -> Result<(), EngineError> {
         let session =
-            crate::caught_up::session_timeout(&self.config.properties, self.config.pool.is_some());
-        if self.group_moved.elapsed() < session + crate::caught_up::REJOIN_MARGIN
+            caught_up::session_timeout(&self.config.properties, self.config.pool.is_some());
+        if self.group_moved.elapsed() < session + caught_up::REJOIN_MARGIN
             || (self.config.pool.is_some() && self.partitions.iter().any(|s| s.assigned))
         {
             return Ok(());

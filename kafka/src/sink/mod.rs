@@ -1,15 +1,17 @@
-//! Kafka sinks: result rows and dead letters as messages.
+//! Kafka sinks: result rows and dead letters (`dead_letter.rs`) as messages.
 
 use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use weir_engine::job::{Committable, DeadLetterSink, Sink};
 use weir_engine::{DeadLetter, EngineError, ErrorInfo, RejectedRow};
-use weir_kafka::Producer;
-
 use weir_formats::json_rows::for_each_json_row;
 
+use crate::Producer;
+
+mod dead_letter;
 mod error;
 
+pub use dead_letter::DeadLetterKafka;
 pub use error::SendError;
 
 /// Partitions of an output topic weir creates because it does not exist.
@@ -18,18 +20,18 @@ const CREATED_TOPIC_PARTITIONS: i32 = 3;
 /// Checks that the output topic exists, creating it (with [`CREATED_TOPIC_PARTITIONS`]
 /// partitions) when it does not, so that a missing topic fails fast or works instead of
 /// timing out on every message.
-fn ensure_topic(config: &KafkaSinkConfig) -> Result<(), weir_kafka::KafkaError> {
+fn ensure_topic(config: &KafkaSinkConfig) -> Result<(), crate::KafkaError> {
     let topics = [config.topic.clone()];
     let timeout = std::time::Duration::from_secs(30);
-    match weir_kafka::partition_counts(&config.brokers, &config.properties, &topics, timeout) {
+    match crate::partition_counts(&config.brokers, &config.properties, &topics, timeout) {
         Ok(_) => Ok(()),
-        Err(weir_kafka::KafkaError::NoSuchTopic { .. }) => {
+        Err(crate::KafkaError::NoSuchTopic { .. }) => {
             tracing::warn!(
                 topic = %config.topic,
                 partitions = CREATED_TOPIC_PARTITIONS,
                 "kafka: the output topic does not exist; creating it"
             );
-            weir_kafka::create_topic(
+            crate::create_topic(
                 &config.brokers,
                 &config.properties,
                 &config.topic,
@@ -118,7 +120,7 @@ pub struct KafkaSink {
 /// outbox again in a new transaction: nothing is lost, nothing is committed twice.
 struct Txn {
     id: String,
-    marker: weir_kafka::TxnMarker,
+    marker: crate::TxnMarker,
     /// `init_transactions` was called on the current producer.
     ready: bool,
     /// A transaction is open on the producer.
@@ -146,15 +148,12 @@ type OnCommit = Box<dyn Fn(&str, u64, &[RecordBatch]) + Send>;
 
 impl Txn {
     /// The epoch of the last transaction that committed.
-    fn committed_epoch(
-        &self,
-        config: &KafkaSinkConfig,
-    ) -> Result<Option<u64>, weir_kafka::KafkaError> {
+    fn committed_epoch(&self, config: &KafkaSinkConfig) -> Result<Option<u64>, crate::KafkaError> {
         #[cfg(test)]
         if let Some(read) = &self.marker_reader {
             return Ok(read());
         }
-        weir_kafka::committed_marker(&config.brokers, &config.properties, &self.marker)
+        crate::committed_marker(&config.brokers, &config.properties, &self.marker)
     }
 }
 
@@ -167,7 +166,7 @@ impl KafkaSink {
         let txn = match &config.delivery {
             KafkaDelivery::Idempotent => None,
             KafkaDelivery::ExactlyOnce { transactional_id } => Some(Txn {
-                marker: weir_kafka::TxnMarker::new(
+                marker: crate::TxnMarker::new(
                     &config.brokers,
                     &format!("weir-txn.{transactional_id}"),
                     &config.topic,
@@ -272,8 +271,8 @@ impl KafkaSink {
         let Some(t) = self.txn.as_mut() else {
             return Ok(());
         };
-        let err = |e: weir_kafka::KafkaError| {
-            let fatal = matches!(e, weir_kafka::KafkaError::Transaction { fatal: true, .. });
+        let err = |e: crate::KafkaError| {
+            let fatal = matches!(e, crate::KafkaError::Transaction { fatal: true, .. });
             let e = EngineError::sink_caused(&self.name, "", e);
             if fatal {
                 e
@@ -335,7 +334,7 @@ impl KafkaSink {
         {
             return Ok(());
         }
-        let text = crate::avro::avro_schema(&batch.schema(), &self.name);
+        let text = weir_formats::avro_encode::avro_schema(&batch.schema(), &self.name);
         let prefix = match registry {
             Some(url) => {
                 let subject = format!("{}-value", self.config.topic);
@@ -419,7 +418,7 @@ impl KafkaSink {
             for row in 0..batch.num_rows() {
                 self.value.clear();
                 self.value.extend_from_slice(&avro.prefix);
-                crate::avro::encode_row(batch, row, &mut self.value, &mut text);
+                weir_formats::avro_encode::encode_row(batch, row, &mut self.value, &mut text);
                 let start = if row == 0 { 0 } else { self.key_ends[row - 1] };
                 let key = &self.keys[start..self.key_ends[row]];
                 match self
@@ -430,7 +429,7 @@ impl KafkaSink {
                         self.producer.send(&topic, Some(key), None, &headers)?
                     }
                     Ok(()) => {}
-                    Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
+                    Err(crate::KafkaError::Refused { code, message, .. }) => {
                         refused.push((code, message, key.to_vec(), self.value.clone()))
                     }
                     Err(e) => return Err(e.into()),
@@ -450,7 +449,7 @@ impl KafkaSink {
                 };
                 match sent {
                     Ok(()) => Ok(()),
-                    Err(weir_kafka::KafkaError::Refused { code, message, .. }) => {
+                    Err(crate::KafkaError::Refused { code, message, .. }) => {
                         refused.push((code, message, key.to_vec(), value.to_vec()));
                         Ok(())
                     }
@@ -720,145 +719,6 @@ fn outbox_decode(text: &str) -> Result<Vec<RecordBatch>, String> {
     reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("the checkpoint's outbox is unreadable: {e}"))
-}
-
-/// Dead letters as JSON messages (the same record as in a dead-letter file, original bytes
-/// kept), keyed by `source/topic/partition/offset`.
-pub struct DeadLetterKafka {
-    config: KafkaSinkConfig,
-    producer: Producer,
-    value: Vec<u8>,
-    /// Records sent since the last successful flush, sent again through a new producer
-    /// after a failed delivery.
-    unacked: Vec<DeadLetter>,
-    broken: bool,
-    /// The failed call was a write whose records are already in `unacked`.
-    write_failed: bool,
-}
-
-/// Bytes of a dead letter's `raw` kept when the whole record is over the broker's limit.
-const TRUNCATED_RAW: usize = 64 << 10;
-
-impl DeadLetterKafka {
-    /// Dead letters to `topic`.
-    pub fn new(config: KafkaSinkConfig) -> Result<Self, EngineError> {
-        ensure_topic(&config).map_err(|e| EngineError::dead_letter_caused("", e))?;
-        let producer = Producer::new(&config.brokers, &config.properties)
-            .map_err(|e| EngineError::dead_letter_caused("", e))?;
-        Ok(DeadLetterKafka {
-            config,
-            producer,
-            value: Vec::new(),
-            unacked: Vec::new(),
-            broken: false,
-            write_failed: false,
-        })
-    }
-
-    fn failed(&mut self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
-        self.broken = true;
-        EngineError::dead_letter_caused("", e).unavailable()
-    }
-
-    /// After a failure: a new producer, and every unacknowledged record sent again.
-    fn rebuild(&mut self) -> Result<(), EngineError> {
-        if !self.broken {
-            return Ok(());
-        }
-        self.producer = Producer::new(&self.config.brokers, &self.config.properties)
-            .map_err(|e| EngineError::dead_letter_caused("", e).unavailable())?;
-        let records = std::mem::take(&mut self.unacked);
-        let sent = records.iter().try_for_each(|r| self.send(r));
-        self.unacked = records;
-        sent.map_err(SendError::into_dead_letter_error)?;
-        self.broken = false;
-        Ok(())
-    }
-
-    /// Sends one record; one over the broker's size limit goes with its `raw` cut to
-    /// [`TRUNCATED_RAW`] bytes (`raw_truncated: true`) rather than not at all.
-    fn send(&mut self, r: &DeadLetter) -> Result<(), SendError> {
-        let p = &r.partition;
-        let key = format!(
-            "{}/{}/{}/{}",
-            p.source,
-            p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
-            p.number,
-            r.offset.map_or(String::new(), |o| o.to_string())
-        );
-        // the record's trace and correlation ids travel on as headers
-        let mut headers = vec![("weir.reason", r.reason.as_str().as_bytes())];
-        headers.extend(r.trace.headers());
-        let mut json = r.to_json();
-        for attempt in 0..2 {
-            self.value.clear();
-            serde_json::to_writer(&mut self.value, &json).map_err(SendError::encode)?;
-            match self.producer.send(
-                &self.config.topic,
-                Some(key.as_bytes()),
-                Some(&self.value),
-                &headers,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(weir_kafka::KafkaError::Refused { message, .. }) if attempt == 0 => {
-                    tracing::warn!(key, error = %message, "dead letter over the broker's size limit: its raw bytes are cut");
-                    let raw = json["raw"].as_str().unwrap_or_default();
-                    let mut cut = TRUNCATED_RAW.min(raw.len());
-                    while !raw.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    json["raw"] = serde_json::Value::String(raw[..cut].to_string());
-                    json["raw_truncated"] = serde_json::Value::Bool(true);
-                    if let Some(o) = json.as_object_mut() {
-                        o.remove("raw_base64");
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Committable for DeadLetterKafka {
-    fn flush(&mut self) -> Result<bool, EngineError> {
-        self.rebuild()?;
-        if let Err(e) = self.producer.flush() {
-            return Err(self.failed(e));
-        }
-        if let Some(r) = self.producer.take_refused().first() {
-            return Err(EngineError::dead_letter(format!(
-                "the broker refused a dead letter for good ({}): {}",
-                r.code, r.message
-            )));
-        }
-        self.unacked.clear();
-        Ok(true)
-    }
-
-    fn finish(&mut self) -> Result<(), EngineError> {
-        self.flush().map(|_| ())
-    }
-}
-
-impl DeadLetterSink for DeadLetterKafka {
-    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
-        self.rebuild()?;
-        if std::mem::take(&mut self.write_failed) {
-            return Ok(()); // these records were just sent again with the others
-        }
-        self.unacked.extend_from_slice(records);
-        for r in records {
-            if let Err(e) = self.send(r) {
-                if e.kind() == weir_engine::ErrorKind::Retryable {
-                    self.write_failed = true;
-                    self.broken = true;
-                }
-                return Err(e.into_dead_letter_error());
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 use super::*;
+use crate::Producer;
 use rdkafka::mocking::MockCluster;
 use weir_engine::clock::Clocks;
-use weir_kafka::Producer;
 
 /// A reader context for `partitions` partitions outside a job, with `stats`.
 fn context(partitions: usize, stats: Arc<weir_engine::RunStats>) -> ReaderContext {

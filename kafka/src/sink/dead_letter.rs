@@ -1,0 +1,143 @@
+//! The Kafka dead-letter output: dead letters as JSON messages, sent again through a new
+//! producer after a failed delivery.
+
+use super::*;
+
+/// Dead letters as JSON messages (the same record as in a dead-letter file, original bytes
+/// kept), keyed by `source/topic/partition/offset`.
+pub struct DeadLetterKafka {
+    config: KafkaSinkConfig,
+    producer: Producer,
+    value: Vec<u8>,
+    /// Records sent since the last successful flush, sent again through a new producer
+    /// after a failed delivery.
+    unacked: Vec<DeadLetter>,
+    broken: bool,
+    /// The failed call was a write whose records are already in `unacked`.
+    write_failed: bool,
+}
+
+/// Bytes of a dead letter's `raw` kept when the whole record is over the broker's limit.
+const TRUNCATED_RAW: usize = 64 << 10;
+
+impl DeadLetterKafka {
+    /// Dead letters to `topic`.
+    pub fn new(config: KafkaSinkConfig) -> Result<Self, EngineError> {
+        ensure_topic(&config).map_err(|e| EngineError::dead_letter_caused("", e))?;
+        let producer = Producer::new(&config.brokers, &config.properties)
+            .map_err(|e| EngineError::dead_letter_caused("", e))?;
+        Ok(DeadLetterKafka {
+            config,
+            producer,
+            value: Vec::new(),
+            unacked: Vec::new(),
+            broken: false,
+            write_failed: false,
+        })
+    }
+
+    fn failed(&mut self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+        self.broken = true;
+        EngineError::dead_letter_caused("", e).unavailable()
+    }
+
+    /// After a failure: a new producer, and every unacknowledged record sent again.
+    fn rebuild(&mut self) -> Result<(), EngineError> {
+        if !self.broken {
+            return Ok(());
+        }
+        self.producer = Producer::new(&self.config.brokers, &self.config.properties)
+            .map_err(|e| EngineError::dead_letter_caused("", e).unavailable())?;
+        let records = std::mem::take(&mut self.unacked);
+        let sent = records.iter().try_for_each(|r| self.send(r));
+        self.unacked = records;
+        sent.map_err(SendError::into_dead_letter_error)?;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Sends one record; one over the broker's size limit goes with its `raw` cut to
+    /// [`TRUNCATED_RAW`] bytes (`raw_truncated: true`) rather than not at all.
+    fn send(&mut self, r: &DeadLetter) -> Result<(), SendError> {
+        let p = &r.partition;
+        let key = format!(
+            "{}/{}/{}/{}",
+            p.source,
+            p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
+            p.number,
+            r.offset.map_or(String::new(), |o| o.to_string())
+        );
+        // the record's trace and correlation ids travel on as headers
+        let mut headers = vec![("weir.reason", r.reason.as_str().as_bytes())];
+        headers.extend(r.trace.headers());
+        let mut json = r.to_json();
+        for attempt in 0..2 {
+            self.value.clear();
+            serde_json::to_writer(&mut self.value, &json).map_err(SendError::encode)?;
+            match self.producer.send(
+                &self.config.topic,
+                Some(key.as_bytes()),
+                Some(&self.value),
+                &headers,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(crate::KafkaError::Refused { message, .. }) if attempt == 0 => {
+                    tracing::warn!(key, error = %message, "dead letter over the broker's size limit: its raw bytes are cut");
+                    let raw = json["raw"].as_str().unwrap_or_default();
+                    let mut cut = TRUNCATED_RAW.min(raw.len());
+                    while !raw.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    json["raw"] = serde_json::Value::String(raw[..cut].to_string());
+                    json["raw_truncated"] = serde_json::Value::Bool(true);
+                    if let Some(o) = json.as_object_mut() {
+                        o.remove("raw_base64");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Committable for DeadLetterKafka {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        self.rebuild()?;
+        if let Err(e) = self.producer.flush() {
+            return Err(self.failed(e));
+        }
+        if let Some(r) = self.producer.take_refused().first() {
+            return Err(EngineError::dead_letter(format!(
+                "the broker refused a dead letter for good ({}): {}",
+                r.code, r.message
+            )));
+        }
+        self.unacked.clear();
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        self.flush().map(|_| ())
+    }
+}
+
+impl DeadLetterSink for DeadLetterKafka {
+    fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
+        self.rebuild()?;
+        if std::mem::take(&mut self.write_failed) {
+            return Ok(()); // these records were just sent again with the others
+        }
+        self.unacked.extend_from_slice(records);
+        for r in records {
+            if let Err(e) = self.send(r) {
+                if e.kind() == weir_engine::ErrorKind::Retryable {
+                    self.write_failed = true;
+                    self.broken = true;
+                }
+                return Err(e.into_dead_letter_error());
+            }
+        }
+        Ok(())
+    }
+}
