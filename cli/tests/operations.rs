@@ -906,7 +906,9 @@ fn a_full_disk_for_sixty_seconds_is_retried_with_backoff_and_nothing_is_lost() {
 
 #[test]
 fn a_sink_failing_from_its_first_rows_leaves_sql_answering_and_ready_naming_the_sink() {
-    let case = Case::new(200_000, 50);
+    // enough input that the readers' gate closes before the end even when the first
+    // barrier comes late (on two busy cores, 200,000 lines were all read first)
+    let case = Case::new(400_000, 50);
     let out = case.dir.path().join("out");
     // no room at all: the sink's very first rows fail (its dead letters go elsewhere) at
     // the first checkpoint (its first flush), before the first live snapshot; its circuit
