@@ -17,8 +17,8 @@ pub struct MessageBuffer {
     bytes: Vec<u8>,
     messages: Messages,
     since: Option<Instant>,
-    /// Where a NATS chunk's `Nats-Subject` header name is in `bytes`.
-    subject_name: (u32, u32),
+    /// Where the chunk's key header name (see [`Self::push_key_as_header`]) is in `bytes`.
+    key_header_name: (u32, u32),
     /// Bytes and messages of the last chunk taken: the next one reserves as much up front
     /// rather than growing (and copying) its buffers from empty.
     last_size: (usize, usize),
@@ -69,32 +69,35 @@ impl MessageBuffer {
         self.messages.headers.push((first, last));
     }
 
-    /// Appends a NATS message: the subject is stored once, as the key, and the
-    /// `Nats-Subject` trace header (for dead letters) points at the key's bytes, its name
-    /// stored once per chunk.
-    pub fn push_nats<'h>(
+    /// Appends a message whose key is also its header `key_header` (a NATS message's
+    /// subject, which dead letters name under `Nats-Subject`): the key's bytes are stored
+    /// once and the header points at them; the header's name is stored once per chunk, so
+    /// every message of a chunk gives the same `key_header`.
+    pub fn push_key_as_header<'h>(
         &mut self,
-        (payload, subject): (&[u8], &[u8]),
-        published: i64,
+        key_header: &'static str,
+        (payload, key): (&[u8], &[u8]),
+        timestamp: i64,
         headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
         with_headers: bool,
         seq: u64,
     ) {
         if self.messages.offsets.is_empty() {
             let s = self.bytes.len() as u32;
-            self.bytes
-                .extend_from_slice(crate::trace::NATS_SUBJECT_HEADER.as_bytes());
-            self.subject_name = (s, self.bytes.len() as u32);
+            self.bytes.extend_from_slice(key_header.as_bytes());
+            self.key_header_name = (s, self.bytes.len() as u32);
         }
         self.push_parts(
-            (payload, Some(subject)),
-            Some(published),
+            (payload, Some(key)),
+            Some(timestamp),
             headers,
             with_headers,
             seq,
         );
         let key = self.messages.keys.last().copied().flatten();
-        self.messages.header_fields.push((self.subject_name, key));
+        self.messages
+            .header_fields
+            .push((self.key_header_name, key));
         if let Some(h) = self.messages.headers.last_mut() {
             h.1 += 1;
         }

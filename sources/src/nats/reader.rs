@@ -233,7 +233,8 @@ impl NatsReader {
                     .map(move |v| (AsRef::<str>::as_ref(name), Some(v.as_str().as_bytes())))
             })
         });
-        self.buffer.push_nats(
+        self.buffer.push_key_as_header(
+            weir_engine::trace::NATS_SUBJECT_HEADER,
             (&m.payload, m.subject.as_bytes()),
             published,
             headers,

@@ -18,7 +18,14 @@ fn the_subject_is_stored_once_and_still_found_by_dead_letters() {
     let mut b = weir_engine::buffer::MessageBuffer::default();
     for (i, subject) in ["a.one", "b.two"].iter().enumerate() {
         let header = std::iter::once(("trace_id", Some(&b"t1"[..])));
-        b.push_nats((b"{}", subject.as_bytes()), 5, header, false, i as u64 + 1);
+        b.push_key_as_header(
+            weir_engine::trace::NATS_SUBJECT_HEADER,
+            (b"{}", subject.as_bytes()),
+            5,
+            header,
+            false,
+            i as u64 + 1,
+        );
     }
     let m = b.take();
     // the header name once, then per message: payload and subject, nothing else
