@@ -24,14 +24,18 @@ use weir_sources::nats::{NatsPartitions, NatsPartitionsReader, NatsReader, NatsS
 const PER_PARTITION: usize = 100;
 const PARTITIONS: u32 = 3;
 
+/// A runtime of the test's own (the clients on it are gone once a call returns).
+fn own_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Creates stream `events` (`events.<partition>.<n>`) and publishes its messages, with a
 /// client on a runtime of the test's own, gone when this returns.
 fn fill_stream(url: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    own_runtime().block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client);
         js.create_stream(async_nats::jetstream::stream::Config {
@@ -55,11 +59,7 @@ fn fill_stream(url: &str) {
 
 /// The consumer's acknowledgement floor and unacknowledged messages.
 fn acknowledged(url: &str, consumer: &str) -> (u64, usize) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    own_runtime().block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let stream = js.get_stream("events").await.unwrap();
