@@ -377,7 +377,7 @@ impl KafkaReader {
             match (pool.finished)(&s.topic, s.number) {
                 Ok(finished) => !finished,
                 Err(e) => {
-                    tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
+                    tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e.chain(), "kafka: cannot read whether a partition is finished");
                     false
                 }
             }

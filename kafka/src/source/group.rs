@@ -21,6 +21,16 @@ pub(super) fn hand_over(ctx: &ReaderContext, timeout: Duration) -> bool {
     ctx.outputs_finished() == Some(true)
 }
 
+/// Partitions of a rebalance the pool could not claim: the pool's error is the cause (its
+/// kind says what it was).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot claim partitions {partitions:?}")]
+pub(super) struct ClaimFailed {
+    partitions: Vec<(String, i32)>,
+    #[source]
+    cause: EngineError,
+}
+
 pub(super) enum GroupEvent {
     Assigned(Vec<(String, i32)>),
     Revoked(Vec<(String, i32)>),
@@ -58,7 +68,7 @@ pub(super) struct GroupContext {
     /// dispatcher, so a rebalance cannot wait for a hand-over checkpoint (fencing covers it).
     pub(super) in_backpressure: AtomicBool,
     /// A failure inside a rebalance callback, raised by the next read.
-    pub(super) failed: Mutex<Option<String>>,
+    pub(super) failed: Mutex<Option<ClaimFailed>>,
     /// The group's assignment strategy is cooperative (incremental assign and unassign).
     pub(super) cooperative: bool,
     /// Where this process stopped reading each partition (the offset after the last
@@ -97,10 +107,10 @@ impl GroupContext {
         }
     }
 
-    pub(super) fn fail(&self, message: String) {
-        tracing::error!(error = %message, "kafka: rebalance failed");
+    pub(super) fn fail(&self, e: ClaimFailed) {
+        tracing::error!(error = %weir_engine::error::chain(&e), "kafka: rebalance failed");
         if let Ok(mut f) = self.failed.lock() {
-            f.get_or_insert(message);
+            f.get_or_insert(e);
         }
     }
 
@@ -134,7 +144,10 @@ impl GroupContext {
                     }
                 }
             }
-            Err(e) => self.fail(format!("cannot claim partitions {list:?}: {e}")),
+            Err(cause) => self.fail(ClaimFailed {
+                partitions: list,
+                cause,
+            }),
         }
         fresh
     }

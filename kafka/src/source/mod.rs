@@ -121,9 +121,10 @@ pub struct Upstream {
     pub partitions: usize,
 }
 
-/// Claims partitions for a pool worker (see [`PoolHook::claim`]).
+/// Claims partitions for a pool worker (see [`PoolHook::claim`]); fails with the pool's
+/// error, whose kind says what it was.
 pub type ClaimPartitions =
-    Arc<dyn Fn(&[(String, i32)]) -> Result<Vec<Option<ClaimedStart>>, String> + Send + Sync>;
+    Arc<dyn Fn(&[(String, i32)]) -> Result<Vec<Option<ClaimedStart>>, EngineError> + Send + Sync>;
 
 /// Where a claimed partition continues, from the checkpoint holding its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +141,7 @@ pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
 
 /// Whether a `(topic, partition)` another worker read to its end is finished: its last
 /// windows flushed by a committed final checkpoint (see `weir_engine::pool`).
-pub type PartitionFinished = Arc<dyn Fn(&str, i32) -> Result<bool, String> + Send + Sync>;
+pub type PartitionFinished = Arc<dyn Fn(&str, i32) -> Result<bool, EngineError> + Send + Sync>;
 
 /// How a Kafka source takes part in a worker pool (see `weir_engine::pool`): the reader
 /// outlives the runs of the worker, each of which owns the partitions assigned when it

@@ -52,21 +52,19 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
     let (finished_pool, finished_name) = (at.pool.clone(), name.clone());
     PoolHook {
         finished: std::sync::Arc::new(move |topic: &str, p: i32| {
-            finished_pool
-                .partition_finished(&format!("{finished_name}/{topic}/{p}"))
-                .map_err(|e| e.to_string())
+            finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"))
         }),
         claim: std::sync::Arc::new(move |partitions: &[(String, i32)]| {
             let mut offsets = Vec::with_capacity(partitions.len());
             for (topic, p) in partitions {
                 let key = format!("{name}/{topic}/{p}");
-                let (generation, from) = claim_pool.claim(&key).map_err(|e| e.to_string())?;
+                let (generation, from) = claim_pool.claim(&key)?;
                 let offset = match &from {
-                    Some(r) => claimed_start(
-                        &claim_pool
-                            .partition_records(r, &name, &format!("{topic}/{p}"))
-                            .map_err(|e| e.to_string())?,
-                    ),
+                    Some(r) => claimed_start(&claim_pool.partition_records(
+                        r,
+                        &name,
+                        &format!("{topic}/{p}"),
+                    )?),
                     None => None,
                 };
                 if let Ok(mut o) = claim_owned.lock() {
