@@ -35,7 +35,8 @@ fn error_of(from: &str, to: &str) -> String {
     let e = load(&path)
         .err()
         .unwrap_or_else(|| panic!("accepted: {to}"));
-    let text = e.to_string();
+    // as the CLI prints it: the error, then its causes
+    let text = e.chain().to_string();
     let prefix = format!("{}:", path.display());
     assert!(text.starts_with(&prefix), "{text}");
     text[prefix.len()..].to_string()
@@ -272,7 +273,7 @@ fn elasticsearch_settings_are_checked_with_their_position() {
         std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
         let e = match load(&dir.path().join("p.yaml")) {
             Ok(_) => panic!("{es}: accepted"),
-            Err(e) => e.to_string(),
+            Err(e) => e.chain().to_string(),
         };
         assert!(e.contains(message), "{es}: {e}");
         assert!(
@@ -405,7 +406,7 @@ fn webhook_settings_are_checked_with_their_position() {
         std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
         let e = match load(&dir.path().join("p.yaml")) {
             Ok(_) => panic!("{hook}: accepted"),
-            Err(e) => e.to_string(),
+            Err(e) => e.chain().to_string(),
         };
         assert!(e.contains(message), "{hook}: {e}");
         let place = e.split_once(".yaml:").map(|(_, p)| p).unwrap_or_default();
@@ -494,7 +495,7 @@ fn postgres_settings_are_checked_with_their_position() {
         std::fs::write(dir.path().join("p.yaml"), &text).unwrap();
         let e = match load(&dir.path().join("p.yaml")) {
             Ok(_) => panic!("{pg}: accepted"),
-            Err(e) => e.to_string(),
+            Err(e) => e.chain().to_string(),
         };
         assert!(e.contains(message), "{pg}: {e}");
         assert!(
@@ -628,7 +629,7 @@ fn checkpoint_settings_are_checked() {
     ] {
         let path = dir.path().join("p.yaml");
         std::fs::write(&path, format!("{GOOD}checkpoint: {setting}\n")).unwrap();
-        let e = load(&path).err().expect("refused").to_string();
+        let e = load(&path).err().expect("refused").chain().to_string();
         let line = GOOD.lines().count() + 1;
         assert!(e.contains(&format!("p.yaml:{line}:")), "{e}");
         assert!(e.contains(wanted), "{setting}: {e}");

@@ -14,6 +14,7 @@ use serde_json::Value;
 use weir_engine::job::Decode;
 use weir_engine::{Chunk, Decoded, ErrorInfo, Messages, RawRows, RowHeaders, SharedBytes};
 
+pub use crate::avro_error::{AvroDecodeError, AvroSchemaError};
 use crate::json::{into_decoded, BadLine, DecodedLines, JsonDecoder};
 use crate::json_rows::json_string as json_str;
 use crate::registry::SchemaRegistry;
@@ -39,8 +40,8 @@ pub enum AvroType {
 
 impl AvroType {
     /// Reads an `.avsc` schema.
-    pub fn parse(text: &str) -> Result<AvroType, String> {
-        let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    pub fn parse(text: &str) -> Result<AvroType, AvroSchemaError> {
+        let v: Value = serde_json::from_str(text).map_err(AvroSchemaError::NotJson)?;
         parse_type(&v, &mut HashMap::new())
     }
 }
@@ -85,12 +86,9 @@ impl Budget {
         }
     }
 
-    fn check_size(&self, out: &[u8]) -> Result<(), String> {
+    fn check_size(&self, out: &[u8]) -> Result<(), AvroDecodeError> {
         if out.len() - self.start > self.max_bytes {
-            return Err(format!(
-                "the record decodes to more than {} bytes (the limit)",
-                self.max_bytes
-            ));
+            return Err(AvroDecodeError::TooLarge(self.max_bytes));
         }
         Ok(())
     }
@@ -114,7 +112,11 @@ fn json_bytes(out: &mut Vec<u8>, b: &[u8]) {
     json_str(out, &s);
 }
 
-fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroType, String> {
+fn parse_type(
+    v: &Value,
+    named: &mut HashMap<String, AvroType>,
+) -> Result<AvroType, AvroSchemaError> {
+    use AvroSchemaError::Missing;
     Ok(match v {
         Value::String(s) => match s.as_str() {
             "null" => AvroType::Null,
@@ -129,7 +131,7 @@ fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroTy
                 .get(other)
                 .or_else(|| named.get(other.rsplit('.').next().unwrap_or(other)))
                 .cloned()
-                .ok_or_else(|| format!("unknown Avro type `{other}`"))?,
+                .ok_or_else(|| AvroSchemaError::UnknownType(other.to_string()))?,
         },
         Value::Array(branches) => AvroType::Union(
             branches
@@ -138,22 +140,24 @@ fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroTy
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(o) => {
-            let t = o.get("type").ok_or("a complex Avro type needs \"type\"")?;
+            let t = o
+                .get("type")
+                .ok_or(Missing("a complex Avro type needs \"type\""))?;
             let name = o.get("name").and_then(Value::as_str).map(String::from);
             let ty = match t.as_str() {
                 Some("record") | Some("error") => {
                     let fields = o
                         .get("fields")
                         .and_then(Value::as_array)
-                        .ok_or("a record needs \"fields\"")?;
+                        .ok_or(Missing("a record needs \"fields\""))?;
                     let mut out = Vec::new();
                     for f in fields {
                         let n = f
                             .get("name")
                             .and_then(Value::as_str)
-                            .ok_or("a field needs \"name\"")?;
-                        let ft = f.get("type").ok_or("a field needs \"type\"")?;
-                        let t = parse_type(ft, named).map_err(|e| format!("field `{n}`: {e}"))?;
+                            .ok_or(Missing("a field needs \"name\""))?;
+                        let ft = f.get("type").ok_or(Missing("a field needs \"type\""))?;
+                        let t = parse_type(ft, named).map_err(|e| e.in_field(n))?;
                         out.push((n.to_string(), t));
                     }
                     AvroType::Record(Arc::new(out))
@@ -161,7 +165,7 @@ fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroTy
                 Some("enum") => AvroType::Enum(Arc::new(
                     o.get("symbols")
                         .and_then(Value::as_array)
-                        .ok_or("an enum needs \"symbols\"")?
+                        .ok_or(Missing("an enum needs \"symbols\""))?
                         .iter()
                         .filter_map(|s| s.as_str().map(String::from))
                         .collect(),
@@ -169,14 +173,14 @@ fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroTy
                 Some("fixed") => AvroType::Fixed(
                     o.get("size")
                         .and_then(Value::as_u64)
-                        .ok_or("a fixed needs \"size\"")? as usize,
+                        .ok_or(Missing("a fixed needs \"size\""))? as usize,
                 ),
                 Some("array") => AvroType::Array(Box::new(parse_type(
-                    o.get("items").ok_or("an array needs \"items\"")?,
+                    o.get("items").ok_or(Missing("an array needs \"items\""))?,
                     named,
                 )?)),
                 Some("map") => AvroType::Map(Box::new(parse_type(
-                    o.get("values").ok_or("a map needs \"values\"")?,
+                    o.get("values").ok_or(Missing("a map needs \"values\""))?,
                     named,
                 )?)),
                 _ => parse_type(t, named)?,
@@ -186,7 +190,7 @@ fn parse_type(v: &Value, named: &mut HashMap<String, AvroType>) -> Result<AvroTy
             }
             ty
         }
-        _ => return Err("bad Avro type".into()),
+        _ => return Err(AvroSchemaError::BadType),
     })
 }
 
@@ -196,14 +200,14 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn long(&mut self) -> Result<i64, String> {
+    fn long(&mut self) -> Result<i64, AvroDecodeError> {
         let mut v: u64 = 0;
         let mut shift = 0;
         loop {
-            let byte = *self.b.get(self.i).ok_or("truncated number")?;
+            let byte = *self.b.get(self.i).ok_or(AvroDecodeError::TruncatedNumber)?;
             self.i += 1;
             if shift >= 64 {
-                return Err("number too long".into());
+                return Err(AvroDecodeError::NumberTooLong);
             }
             v |= ((byte & 0x7f) as u64) << shift;
             if byte & 0x80 == 0 {
@@ -214,16 +218,22 @@ impl Reader<'_> {
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self.i.checked_add(n).ok_or("length overflow")?;
-        let s = self.b.get(self.i..end).ok_or("truncated value")?;
+    fn take(&mut self, n: usize) -> Result<&[u8], AvroDecodeError> {
+        let end = self
+            .i
+            .checked_add(n)
+            .ok_or(AvroDecodeError::LengthOverflow)?;
+        let s = self
+            .b
+            .get(self.i..end)
+            .ok_or(AvroDecodeError::TruncatedValue)?;
         self.i = end;
         Ok(s)
     }
 
-    fn len(&mut self) -> Result<usize, String> {
+    fn len(&mut self) -> Result<usize, AvroDecodeError> {
         let n = self.long()?;
-        usize::try_from(n).map_err(|_| format!("negative length {n}"))
+        usize::try_from(n).map_err(|_| AvroDecodeError::NegativeLength(n))
     }
 }
 
@@ -234,16 +244,16 @@ fn transcode(
     out: &mut Vec<u8>,
     depth: usize,
     budget: &mut Budget,
-) -> Result<(), String> {
+) -> Result<(), AvroDecodeError> {
     if depth > 64 {
-        return Err("nested too deep".into());
+        return Err(AvroDecodeError::TooDeep);
     }
     match t {
         AvroType::Null => out.extend_from_slice(b"null"),
         AvroType::Boolean => match r.take(1)?[0] {
             0 => out.extend_from_slice(b"false"),
             1 => out.extend_from_slice(b"true"),
-            b => return Err(format!("bad boolean byte {b}")),
+            b => return Err(AvroDecodeError::BadBoolean(b)),
         },
         AvroType::Int | AvroType::Long => {
             let _ = write!(out, "{}", r.long()?);
@@ -258,8 +268,7 @@ fn transcode(
         }
         AvroType::String => {
             let n = r.len()?;
-            let s = std::str::from_utf8(r.take(n)?)
-                .map_err(|_| "a string is not valid UTF-8".to_string())?;
+            let s = std::str::from_utf8(r.take(n)?).map_err(|_| AvroDecodeError::StringNotUtf8)?;
             json_str(out, s);
         }
         AvroType::Bytes => {
@@ -272,7 +281,7 @@ fn transcode(
             let s = usize::try_from(i)
                 .ok()
                 .and_then(|i| symbols.get(i))
-                .ok_or_else(|| format!("enum index {i} out of range"))?;
+                .ok_or(AvroDecodeError::EnumIndex(i))?;
             json_str(out, s);
         }
         AvroType::Union(branches) => {
@@ -280,7 +289,7 @@ fn transcode(
             let b = usize::try_from(i)
                 .ok()
                 .and_then(|i| branches.get(i))
-                .ok_or_else(|| format!("union branch {i} out of range"))?;
+                .ok_or(AvroDecodeError::UnionBranch(i))?;
             transcode(b, r, out, depth + 1, budget)?;
         }
         AvroType::Array(items) => {
@@ -307,8 +316,8 @@ fn transcode(
                 }
                 first = false;
                 let n = r.len()?;
-                let k = std::str::from_utf8(r.take(n)?)
-                    .map_err(|_| "a map key is not valid UTF-8".to_string())?;
+                let k =
+                    std::str::from_utf8(r.take(n)?).map_err(|_| AvroDecodeError::MapKeyNotUtf8)?;
                 json_str(out, k);
                 out.push(b':');
                 transcode(values, r, out, depth + 1, budget)?;
@@ -339,8 +348,8 @@ fn blocks<'a>(
     r: &mut Reader<'a>,
     budget: &mut Budget,
     sized: bool,
-    mut item: impl FnMut(&mut Reader<'a>, &mut Budget) -> Result<(), String>,
-) -> Result<(), String> {
+    mut item: impl FnMut(&mut Reader<'a>, &mut Budget) -> Result<(), AvroDecodeError>,
+) -> Result<(), AvroDecodeError> {
     loop {
         let count = r.long()?;
         if count == 0 {
@@ -351,16 +360,16 @@ fn blocks<'a>(
         }
         let n = count.unsigned_abs();
         if n > budget.items_left {
-            return Err(format!(
-                "a block of {n} items: over the {} items a record may have left",
-                budget.items_left
-            ));
+            return Err(AvroDecodeError::TooManyItems {
+                items: n,
+                left: budget.items_left,
+            });
         }
         if sized && n > (r.b.len() - r.i) as u64 {
-            return Err(format!(
-                "a block of {n} items but only {} bytes left",
-                r.b.len() - r.i
-            ));
+            return Err(AvroDecodeError::BlockOverBytes {
+                items: n,
+                left: r.b.len() - r.i,
+            });
         }
         budget.items_left -= n;
         for _ in 0..n {
@@ -388,7 +397,7 @@ pub fn record_to_json(
     bytes: &[u8],
     out: &mut Vec<u8>,
     limits: &AvroLimits,
-) -> Result<(), String> {
+) -> Result<(), AvroDecodeError> {
     let start = out.len();
     if bytes.len() >= 5 && bytes[0] == 0 {
         if body_to_json(schema, &bytes[5..], out, limits).is_ok() {
@@ -406,7 +415,7 @@ fn body_to_json(
     bytes: &[u8],
     out: &mut Vec<u8>,
     limits: &AvroLimits,
-) -> Result<(), String> {
+) -> Result<(), AvroDecodeError> {
     let start = out.len();
     let mut r = Reader { b: bytes, i: 0 };
     let mut budget = Budget::new(limits, out);
@@ -414,7 +423,7 @@ fn body_to_json(
         if r.i == bytes.len() {
             Ok(())
         } else {
-            Err(format!("{} bytes left after the record", bytes.len() - r.i))
+            Err(AvroDecodeError::BytesLeft(bytes.len() - r.i))
         }
     });
     if result.is_err() {
@@ -471,8 +480,8 @@ impl AvroDecoder {
     /// The defaults of the source schema's (`avsc`, the reader's) top-level fields: a record
     /// whose writer schema (from the registry) lacks such a field gets its default, as Avro
     /// schema resolution does, instead of being bad for a missing field.
-    pub fn with_reader_defaults(mut self, avsc: &str) -> Result<Self, String> {
-        let v: Value = serde_json::from_str(avsc).map_err(|e| format!("not valid JSON: {e}"))?;
+    pub fn with_reader_defaults(mut self, avsc: &str) -> Result<Self, AvroSchemaError> {
+        let v: Value = serde_json::from_str(avsc).map_err(AvroSchemaError::NotJson)?;
         self.defaults = v
             .get("fields")
             .and_then(Value::as_array)
@@ -502,15 +511,15 @@ impl AvroDecoder {
         self
     }
 
-    fn to_json(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    fn to_json(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), AvroDecodeError> {
         let Some(registry) = &self.registry else {
             return record_to_json(&self.schema, bytes, out, &self.limits);
         };
         if bytes.len() < 5 || bytes[0] != 0 {
-            return Err("not in the Confluent wire format (magic byte 0, schema id)".into());
+            return Err(AvroDecodeError::NotWireFormat);
         }
         let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
-        let writer = registry.schema(id)?;
+        let writer = registry.schema(id).map_err(AvroDecodeError::Registry)?;
         let start = out.len();
         body_to_json(&writer, &bytes[5..], out, &self.limits)?;
         add_defaults(out, start, &writer, &self.defaults);
@@ -546,7 +555,7 @@ impl AvroDecoder {
             let room = (u32::MAX as usize).saturating_sub(start);
             let most = (self.limits.max_record_bytes).saturating_add(messages.bytes.len());
             let result = if room < most {
-                Err("the batch's decoded records reach 4 GiB".to_string())
+                Err(AvroDecodeError::BatchFull)
             } else {
                 self.to_json(payload, &mut buf)
             };
@@ -751,7 +760,7 @@ mod tests {
         assert_eq!(ev.raw_row(0).unwrap(), good);
     }
 
-    fn to_json(schema: &AvroType, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    fn to_json(schema: &AvroType, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), AvroDecodeError> {
         record_to_json(schema, bytes, out, &AvroLimits::default())
     }
 
@@ -770,7 +779,8 @@ mod tests {
             zigzag(0, &mut b);
             let mut out = Vec::new();
             let e = to_json(&nulls, &b, &mut out).unwrap_err();
-            assert!(e.contains("items"), "{e}");
+            assert!(matches!(e, AvroDecodeError::TooManyItems { .. }), "{e}");
+            assert!(e.to_string().contains("items"), "{e}");
             assert!(out.is_empty());
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
@@ -786,7 +796,14 @@ mod tests {
         let mut b = Vec::new();
         zigzag(500_000, &mut b);
         let e = to_json(&longs, &b, &mut Vec::new()).unwrap_err();
-        assert!(e.contains("bytes left"), "{e}");
+        assert_eq!(
+            e,
+            AvroDecodeError::BlockOverBytes {
+                items: 500_000,
+                left: 0
+            }
+        );
+        assert!(e.to_string().contains("bytes left"), "{e}");
         // the output cap: nested arrays of nulls within the item count, over the bytes
         let small = AvroLimits {
             max_record_bytes: 100,
@@ -796,7 +813,8 @@ mod tests {
         zigzag(1000, &mut b);
         zigzag(0, &mut b);
         let e = record_to_json(&nulls, &b, &mut Vec::new(), &small).unwrap_err();
-        assert!(e.contains("more than 100 bytes"), "{e}");
+        assert_eq!(e, AvroDecodeError::TooLarge(100));
+        assert!(e.to_string().contains("more than 100 bytes"), "{e}");
     }
 
     /// Records whose registry cannot be reached wait for it: none is bad (dead-lettered),

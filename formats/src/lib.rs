@@ -16,6 +16,7 @@
 
 pub mod avro;
 pub mod avro_encode;
+mod avro_error;
 pub mod cloudevents;
 pub mod csv_rows;
 pub mod json;

@@ -3,7 +3,7 @@
 use arrow::datatypes::DataType;
 use serde_json::Value;
 
-use crate::avro::AvroType;
+use crate::avro::{AvroSchemaError, AvroType};
 
 /// The JSON type a field must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,10 +97,10 @@ impl SourceSchema {
     }
 
     /// Reads an Avro record schema (`.avsc` JSON text).
-    pub fn from_avsc(text: &str) -> Result<SourceSchema, String> {
-        let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    pub fn from_avsc(text: &str) -> Result<SourceSchema, AvroSchemaError> {
+        let v: Value = serde_json::from_str(text).map_err(AvroSchemaError::NotJson)?;
         if v.get("type").and_then(Value::as_str) != Some("record") {
-            return Err("the schema must be an Avro record (\"type\": \"record\")".into());
+            return Err(AvroSchemaError::NotRecord);
         }
         let name = v
             .get("name")
@@ -110,23 +110,25 @@ impl SourceSchema {
         let fields = v
             .get("fields")
             .and_then(Value::as_array)
-            .ok_or("the record has no \"fields\" array")?;
+            .ok_or(AvroSchemaError::Missing(
+                "the record has no \"fields\" array",
+            ))?;
         for f in fields {
             let fname = f
                 .get("name")
                 .and_then(Value::as_str)
-                .ok_or("a field has no \"name\"")?;
+                .ok_or(AvroSchemaError::Missing("a field has no \"name\""))?;
             f.get("type")
-                .ok_or_else(|| format!("field `{fname}` has no \"type\""))?;
+                .ok_or_else(|| AvroSchemaError::FieldWithoutType(fname.to_string()))?;
         }
         // The types, named ones resolved, by the same parser Avro records are decoded with.
         let AvroType::Record(types) = AvroType::parse(text)? else {
-            return Err("the schema must be an Avro record (\"type\": \"record\")".into());
+            return Err(AvroSchemaError::NotRecord);
         };
         let mut out = Vec::new();
         for (f, (fname, ty)) in fields.iter().zip(types.iter()) {
             let fname = fname.clone();
-            let (kind, nullable) = field_kind(ty).map_err(|e| format!("field `{fname}`: {e}"))?;
+            let (kind, nullable) = field_kind(ty).map_err(|e| e.in_field(&fname))?;
             let nullable = nullable || f.get("default").is_some_and(Value::is_null);
             out.push(SchemaField {
                 name: fname,
@@ -153,8 +155,8 @@ impl SourceSchema {
 }
 
 /// The kind of a field of Avro type `ty`, and whether it may be null.
-fn field_kind(ty: &AvroType) -> Result<(FieldKind, bool), String> {
-    let kind = |t: &AvroType| -> Result<FieldKind, String> {
+fn field_kind(ty: &AvroType) -> Result<(FieldKind, bool), AvroSchemaError> {
+    let kind = |t: &AvroType| -> Result<FieldKind, AvroSchemaError> {
         Ok(match t {
             AvroType::String | AvroType::Bytes | AvroType::Enum(_) | AvroType::Fixed(_) => {
                 FieldKind::Str
@@ -164,9 +166,7 @@ fn field_kind(ty: &AvroType) -> Result<(FieldKind, bool), String> {
             AvroType::Boolean => FieldKind::Bool,
             AvroType::Map(_) | AvroType::Record(_) => FieldKind::Object,
             AvroType::Array(_) => FieldKind::Array,
-            AvroType::Null | AvroType::Union(_) => {
-                return Err("only unions of null and one type are supported".into())
-            }
+            AvroType::Null | AvroType::Union(_) => return Err(AvroSchemaError::Union),
         })
     };
     match ty {
@@ -176,7 +176,7 @@ fn field_kind(ty: &AvroType) -> Result<(FieldKind, bool), String> {
                 .filter(|b| !matches!(b, AvroType::Null))
                 .collect();
             if non_null.len() != 1 {
-                return Err("only unions of null and one type are supported".into());
+                return Err(AvroSchemaError::Union);
             }
             Ok((kind(non_null[0])?, branches.len() > 1))
         }
@@ -222,13 +222,23 @@ mod tests {
 
     #[test]
     fn avsc_errors_are_explained() {
-        assert!(SourceSchema::from_avsc("{").unwrap_err().contains("JSON"));
-        assert!(SourceSchema::from_avsc(r#"{"type":"enum"}"#)
-            .unwrap_err()
-            .contains("record"));
+        let e = SourceSchema::from_avsc("{").unwrap_err();
+        assert!(matches!(e, AvroSchemaError::NotJson(_)), "{e}");
+        assert!(e.to_string().starts_with("not valid JSON: "), "{e}");
+        let e = SourceSchema::from_avsc(r#"{"type":"enum"}"#).unwrap_err();
+        assert!(e.to_string().contains("record"), "{e}");
         let e = SourceSchema::from_avsc(
             r#"{"type":"record","fields":[{"name":"a","type":"decimal"}]}"#,
-        );
-        assert!(e.unwrap_err().contains("field `a`"));
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "field `a`: unknown Avro type `decimal`");
+        // the cause is a value too, and the chain prints it once
+        assert!(matches!(
+            &e,
+            AvroSchemaError::Field { name, cause }
+                if name == "a" && matches!(&**cause, AvroSchemaError::UnknownType(t) if t == "decimal")
+        ));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(weir_engine::error::chain(&e).to_string(), e.to_string());
     }
 }

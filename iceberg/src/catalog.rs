@@ -21,6 +21,32 @@ use sqlx::AnyPool;
 use crate::schema::{check_compatible, table_schema};
 use crate::IcebergError;
 
+/// Why a sink's `catalog` or `partition_by` setting is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    #[error("a sqlite catalog needs a file: sqlite://PATH/catalog.db")]
+    SqliteWithoutFile,
+    /// The SQLite file's path cannot be made absolute.
+    #[error("{path}")]
+    SqlitePath {
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error(
+        "unknown catalog `{0}`: use sqlite://PATH (the embedded default), \
+         postgres://USER@HOST/DB (a SQL catalog) or https://HOST (a REST catalog)"
+    )]
+    UnknownCatalog(String),
+    #[error("`{0}` lacks a closing parenthesis")]
+    Unclosed(String),
+    /// A partition column the output does not have (its columns listed).
+    #[error("partition_by: `{column}` is not a column of the output (columns: {columns})")]
+    NotAColumn { column: String, columns: String },
+    #[error("partition_by: unknown transform `{0}`: use day(COL), hour(COL), identity(COL), COL or none")]
+    UnknownTransform(String),
+}
+
 /// Where a sink's catalog is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogUri {
@@ -35,24 +61,25 @@ pub enum CatalogUri {
 impl CatalogUri {
     /// Reads a catalog URL: `sqlite://PATH` (a relative path is taken from `base`),
     /// `postgres://…`/`postgresql://…`, or `http(s)://…`.
-    pub fn parse(text: &str, base: &std::path::Path) -> Result<Self, String> {
+    pub fn parse(text: &str, base: &std::path::Path) -> Result<Self, SettingError> {
         if let Some(path) = text.strip_prefix("sqlite://") {
             let path = path.split('?').next().unwrap_or_default();
             if path.is_empty() {
-                return Err("a sqlite catalog needs a file: sqlite://PATH/catalog.db".into());
+                return Err(SettingError::SqliteWithoutFile);
             }
             let p = std::path::Path::new(path);
-            let abs = std::path::absolute(base.join(p)).map_err(|e| format!("{path}: {e}"))?;
+            let abs =
+                std::path::absolute(base.join(p)).map_err(|cause| SettingError::SqlitePath {
+                    path: path.to_string(),
+                    cause,
+                })?;
             Ok(CatalogUri::Sqlite(abs.to_string_lossy().into_owned()))
         } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             Ok(CatalogUri::Postgres(text.to_string()))
         } else if text.starts_with("http://") || text.starts_with("https://") {
             Ok(CatalogUri::Rest(text.to_string()))
         } else {
-            Err(format!(
-                "unknown catalog `{text}`: use sqlite://PATH (the embedded default), \
-                 postgres://USER@HOST/DB (a SQL catalog) or https://HOST (a REST catalog)"
-            ))
+            Err(SettingError::UnknownCatalog(text.to_string()))
         }
     }
 
@@ -87,31 +114,29 @@ pub enum PartitionBy {
 impl PartitionBy {
     /// Reads `day`, `hour` (of `window_start`), `day(COL)`, `hour(COL)`, `identity(COL)`, a
     /// column name (identity) or `none`; `columns` are the output's.
-    pub fn parse(text: &str, columns: &[&str]) -> Result<Self, String> {
+    pub fn parse(text: &str, columns: &[&str]) -> Result<Self, SettingError> {
         let t = text.trim();
         let (transform, column) = match t.split_once('(') {
             Some((f, rest)) => match rest.strip_suffix(')') {
                 Some(c) => (f.trim(), c.trim()),
-                None => return Err(format!("`{t}` lacks a closing parenthesis")),
+                None => return Err(SettingError::Unclosed(t.to_string())),
             },
             None if t == "day" || t == "hour" => (t, "window_start"),
             None if t == "none" => return Ok(PartitionBy::None),
             None => ("identity", t),
         };
         if !columns.contains(&column) {
-            return Err(format!(
-                "partition_by: `{column}` is not a column of the output (columns: {})",
-                columns.join(", ")
-            ));
+            return Err(SettingError::NotAColumn {
+                column: column.to_string(),
+                columns: columns.join(", "),
+            });
         }
         let c = column.to_string();
         match transform {
             "day" => Ok(PartitionBy::Day(c)),
             "hour" => Ok(PartitionBy::Hour(c)),
             "identity" => Ok(PartitionBy::Identity(c)),
-            other => Err(format!(
-                "partition_by: unknown transform `{other}`: use day(COL), hour(COL), identity(COL), COL or none"
-            )),
+            other => Err(SettingError::UnknownTransform(other.to_string())),
         }
     }
 
@@ -625,7 +650,12 @@ mod tests {
             Ok(CatalogUri::Rest(_))
         ));
         let e = CatalogUri::parse("thrift://hive:9083", base).unwrap_err();
-        assert!(e.contains("sqlite://PATH"), "{e}");
+        assert!(matches!(e, SettingError::UnknownCatalog(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "unknown catalog `thrift://hive:9083`: use sqlite://PATH (the embedded default), \
+             postgres://USER@HOST/DB (a SQL catalog) or https://HOST (a REST catalog)"
+        );
     }
 
     #[test]
@@ -642,9 +672,12 @@ mod tests {
             PartitionBy::Identity("datasetName".into())
         );
         assert_eq!(p("none").unwrap(), PartitionBy::None);
-        assert!(p("month(window_start)")
-            .unwrap_err()
-            .contains("unknown transform"));
-        assert!(p("day(nope)").unwrap_err().contains("not a column"));
+        let e = p("month(window_start)").unwrap_err();
+        assert!(e.to_string().contains("unknown transform"), "{e}");
+        let e = p("day(nope)").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "partition_by: `nope` is not a column of the output (columns: datasetName, window_start, window_end)"
+        );
     }
 }

@@ -31,7 +31,7 @@ mod sink;
 mod storage;
 mod view_rows;
 
-pub use catalog::{CatalogUri, PartitionBy};
+pub use catalog::{CatalogUri, PartitionBy, SettingError};
 pub use compact::{compact, CompactOptions, CompactReport};
 pub use error::IcebergError;
 pub use sink::{committed_epochs, IcebergSink, IcebergSinkConfig};

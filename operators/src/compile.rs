@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
+use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, GroupsAccumulator};
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
@@ -103,8 +104,9 @@ impl SqlCompiler {
         self
     }
 
-    fn logical(&self, sql: &str, schema: &Schema) -> Result<(Expr, DFSchema), String> {
-        let df_schema = DFSchema::try_from(schema.clone()).map_err(|e| e.to_string())?;
+    fn logical(&self, sql: &str, schema: &Schema) -> Result<(Expr, DFSchema), CompileError> {
+        let df_schema =
+            DFSchema::try_from(schema.clone()).map_err(|e| CompileError::Schema(Box::new(e)))?;
         let expr = self
             .state
             .create_logical_expr(sql, &df_schema)
@@ -117,10 +119,10 @@ impl SqlCompiler {
         &self,
         sql: &str,
         schema: &SchemaRef,
-    ) -> Result<Arc<dyn PhysicalExpr>, String> {
+    ) -> Result<Arc<dyn PhysicalExpr>, CompileError> {
         let (expr, df_schema) = self.logical(sql, schema)?;
         if contains_aggregate(&expr) {
-            return Err("a filter cannot use an aggregate function".into());
+            return Err(CompileError::AggregateInFilter);
         }
         let phys = self
             .state
@@ -128,9 +130,7 @@ impl SqlCompiler {
             .map_err(clean)?;
         let ty = phys.data_type(schema).map_err(clean)?;
         if ty != DataType::Boolean && ty != DataType::Null {
-            return Err(format!(
-                "the filter must be a boolean condition, but it gives {ty}"
-            ));
+            return Err(CompileError::NotBoolean(ty));
         }
         Ok(phys)
     }
@@ -141,13 +141,11 @@ impl SqlCompiler {
         name: &str,
         sql: &str,
         schema: &SchemaRef,
-    ) -> Result<CompiledAggregate, String> {
+    ) -> Result<CompiledAggregate, CompileError> {
         let (expr, df_schema) = self.logical(sql, schema)?;
         let expr = expr.unalias_nested().data;
         if !matches!(expr, Expr::AggregateFunction(_)) {
-            return Err(format!(
-                "`{sql}` is not an aggregate call; use an aggregate function such as count(*), sum(x), min(x), max(x), avg(x), count(DISTINCT x), approx_distinct(x), approx_percentile_cont(x, 0.99)"
-            ));
+            return Err(CompileError::NotAggregate(sql.to_string()));
         }
         let mut rewriter = TypeCoercionRewriter::new(&df_schema);
         let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
@@ -260,14 +258,43 @@ fn contains_aggregate(expr: &Expr) -> bool {
 
 /// DataFusion's message: the innermost DataFusion error's own text (no error-kind prefix,
 /// no backtrace), first line only.
-fn clean(e: datafusion::error::DataFusionError) -> String {
-    let message = e.find_root().message();
-    message
+/// Why an expression of a pipeline does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// DataFusion refused it: reads as the first line of its root error (the rest is
+    /// DataFusion's context); the error itself is kept in `error`, not chained, since its
+    /// text repeats that line among others.
+    #[error("{message}")]
+    Sql {
+        message: String,
+        error: Box<DataFusionError>,
+    },
+    /// The input schema is not one DataFusion takes.
+    #[error("{0}")]
+    Schema(Box<DataFusionError>),
+    #[error("a filter cannot use an aggregate function")]
+    AggregateInFilter,
+    #[error("the filter must be a boolean condition, but it gives {0}")]
+    NotBoolean(DataType),
+    /// An aggregate that is not an aggregate call (the SQL written).
+    #[error("`{0}` is not an aggregate call; use an aggregate function such as count(*), sum(x), min(x), max(x), avg(x), count(DISTINCT x), approx_distinct(x), approx_percentile_cont(x, 0.99)")]
+    NotAggregate(String),
+}
+
+/// DataFusion's error as a [`CompileError::Sql`].
+fn clean(e: DataFusionError) -> CompileError {
+    let message = e
+        .find_root()
+        .message()
         .lines()
         .next()
         .unwrap_or_default()
         .trim()
-        .to_string()
+        .to_string();
+    CompileError::Sql {
+        message,
+        error: Box::new(e),
+    }
 }
 
 #[cfg(test)]
@@ -317,15 +344,23 @@ mod tests {
         let c = SqlCompiler::new();
         let s = schema();
         let e = c.aggregate("x", "sum(nope)", &s).unwrap_err();
-        assert!(e.contains("nope"), "{e}");
+        assert!(matches!(e, CompileError::Sql { .. }), "{e}");
+        assert!(e.to_string().contains("nope"), "{e}");
+        // DataFusion's own error is kept, not chained (its text repeats the message)
+        assert!(std::error::Error::source(&e).is_none());
         let e = c.aggregate("x", "medianish(recordCount)", &s).unwrap_err();
-        assert!(e.contains("medianish"), "{e}");
+        assert!(e.to_string().contains("medianish"), "{e}");
         let e = c.aggregate("x", "recordCount + 1", &s).unwrap_err();
-        assert!(e.contains("not an aggregate"), "{e}");
+        assert!(matches!(e, CompileError::NotAggregate(_)), "{e}");
+        assert!(e.to_string().contains("not an aggregate"), "{e}");
         let e = c.predicate("status = ", &s).unwrap_err();
-        assert!(!e.is_empty());
+        assert!(!e.to_string().is_empty());
         let e = c.predicate("recordCount + 1", &s).unwrap_err();
-        assert!(e.contains("boolean"), "{e}");
+        assert!(
+            matches!(e, CompileError::NotBoolean(DataType::Int64)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("boolean"), "{e}");
         assert!(c
             .predicate("status <> 'PARTIAL' AND recordCount > 10.5", &s)
             .is_ok());

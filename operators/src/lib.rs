@@ -8,6 +8,6 @@ pub mod view;
 pub mod window;
 mod window_state;
 
-pub use compile::{CompiledAggregate, SqlCompiler};
+pub use compile::{CompileError, CompiledAggregate, SqlCompiler};
 pub use view::{ViewConfig, ViewMerger, ViewWorker, KEYS_METADATA};
 pub use window::{TimeMode, WindowConfig, WindowMerger, WindowWorker};

@@ -69,7 +69,7 @@ impl ViewConfig {
         mut self,
         retain_ms: i64,
         compiler: &crate::SqlCompiler,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::CompileError> {
         self.retain_ms = Some(retain_ms);
         let newest = compiler.aggregate(
             EVENT_TIME_COLUMN,
@@ -84,7 +84,10 @@ impl ViewConfig {
     /// state moves between workers): a hidden `max(partition)` aggregate after the visible
     /// ones (and before the hidden event time, which stays last). The source must be
     /// partitioned by the key, so that a key's events all come from one partition.
-    pub fn with_partition_state(mut self, compiler: &crate::SqlCompiler) -> Result<Self, String> {
+    pub fn with_partition_state(
+        mut self,
+        compiler: &crate::SqlCompiler,
+    ) -> Result<Self, crate::CompileError> {
         if self.partition_state {
             return Ok(self);
         }

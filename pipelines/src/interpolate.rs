@@ -36,12 +36,36 @@ impl Interpolated {
     }
 }
 
+/// Why a `${...}` cannot be substituted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterpolationProblem {
+    #[error("unclosed `${{`: write ${{VAR}} or ${{VAR:-default}}")]
+    Unclosed,
+    #[error("`{0}` is not a variable name: use letters, digits and _")]
+    BadName(String),
+    #[error("environment variable {0} is not set (write ${{{0}:-default}} to give a default)")]
+    Unset(String),
+}
+
+/// A `${...}` that cannot be substituted, and where it is (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{column}: {problem}")]
+pub struct InterpolationError {
+    pub line: u64,
+    pub column: u64,
+    pub problem: InterpolationProblem,
+}
+
 /// Replaces `${VAR}` / `${VAR:-default}` outside comments. `$${` stays a literal `${`.
-/// Errors are (line, column, message), 1-based.
 pub fn interpolate(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Interpolated, (u64, u64, String)> {
+) -> Result<Interpolated, InterpolationError> {
+    let at = |ln: usize, i: usize, problem| InterpolationError {
+        line: ln as u64 + 1,
+        column: i as u64 + 1,
+        problem,
+    };
     let mut out = String::with_capacity(text.len());
     let mut edits = HashMap::new();
     let mut secrets = Vec::new();
@@ -71,11 +95,7 @@ pub fn interpolate(
             }
             if c == '$' && chars.get(i + 1) == Some(&'{') {
                 let Some(close) = chars[i + 2..].iter().position(|&c| c == '}') else {
-                    return Err((
-                        ln as u64 + 1,
-                        i as u64 + 1,
-                        "unclosed `${`: write ${VAR} or ${VAR:-default}".into(),
-                    ));
+                    return Err(at(ln, i, InterpolationProblem::Unclosed));
                 };
                 let inner: String = chars[i + 2..i + 2 + close].iter().collect();
                 let (name, default) = match inner.split_once(":-") {
@@ -83,11 +103,7 @@ pub fn interpolate(
                     None => (inner.as_str(), None),
                 };
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err((
-                        ln as u64 + 1,
-                        i as u64 + 1,
-                        format!("`{name}` is not a variable name: use letters, digits and _"),
-                    ));
+                    return Err(at(ln, i, InterpolationProblem::BadName(name.to_string())));
                 }
                 let value = match (
                     env(name).filter(|v| !v.is_empty() || default.is_none()),
@@ -96,7 +112,7 @@ pub fn interpolate(
                     (Some(v), _) => v,
                     (None, Some(d)) => d.to_string(),
                     (None, None) => {
-                        return Err((ln as u64 + 1, i as u64 + 1, format!("environment variable {name} is not set (write ${{{name}:-default}} to give a default)")));
+                        return Err(at(ln, i, InterpolationProblem::Unset(name.to_string())));
                     }
                 };
                 let before: String = chars[..i].iter().collect();
@@ -162,9 +178,21 @@ mod tests {
     #[test]
     fn unset_variables_are_errors_with_positions() {
         let e = interpolate("name: x\nbrokers: ${MISSING}\n", &env).unwrap_err();
-        assert_eq!((e.0, e.1), (2, 10));
-        assert!(e.2.contains("MISSING"));
-        assert!(interpolate("a: ${bad name}", &env).is_err());
-        assert!(interpolate("a: ${OPEN", &env).is_err());
+        assert_eq!((e.line, e.column), (2, 10));
+        assert_eq!(e.problem, InterpolationProblem::Unset("MISSING".into()));
+        assert_eq!(
+            e.problem.to_string(),
+            "environment variable MISSING is not set (write ${MISSING:-default} to give a default)"
+        );
+        let e = interpolate("a: ${bad name}", &env).unwrap_err();
+        assert_eq!(
+            e.problem.to_string(),
+            "`bad name` is not a variable name: use letters, digits and _"
+        );
+        let e = interpolate("a: ${OPEN", &env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "1:4: unclosed `${`: write ${VAR} or ${VAR:-default}"
+        );
     }
 }

@@ -28,9 +28,7 @@ use crate::connectors::{
 };
 use crate::mode::{JobHooks, RunMode};
 use crate::plan::{Plan, PlannedSource};
-use crate::run::{
-    check_compatible, run_job, PoolRefusal, Reason, RunError, RunOptions, RunSummary,
-};
+use crate::run::{check_compatible, run_job, PoolRefusal, RunError, RunOptions, RunSummary};
 use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColumn};
 use weir_engine::job::StopHandle;
 use weir_engine::pool::{PoolStore, StateRef};
@@ -92,7 +90,7 @@ pub fn for_worker(mut plan: Plan, worker: &str) -> Result<Plan, RunError> {
             .with_partition_state(&compiler)
             .map_err(|e| PoolRefusal::View {
                 view: v.config.name.clone(),
-                cause: Reason(e),
+                cause: e,
             })?;
         v.config = Arc::new(c);
     }

@@ -117,7 +117,7 @@ pub enum PoolRefusal {
     View {
         view: String,
         #[source]
-        cause: Reason,
+        cause: weir_operators::CompileError,
     },
     /// Internal: a source was asked for a pool reader that its kind does not give (the
     /// pipeline check refuses such sources first).
@@ -148,12 +148,6 @@ impl PoolRefusal {
         }
     }
 }
-
-/// A cause that a library gives only as text, kept as an error of its own so that it
-/// prints as the next link of the chain.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Reason(pub String);
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -627,12 +621,12 @@ mod tests {
     fn a_pool_refusal_keeps_its_cause_out_of_its_own_text() {
         let e = RunError::from(PoolRefusal::View {
             view: "v".into(),
-            cause: Reason("unknown column".into()),
+            cause: weir_operators::CompileError::AggregateInFilter,
         });
         assert_eq!(e.to_string(), "view v");
         assert_eq!(
             weir_engine::error::chain(&e).to_string(),
-            "view v: unknown column"
+            "view v: a filter cannot use an aggregate function"
         );
         assert_eq!(e.kind(), ErrorKind::Fatal);
     }

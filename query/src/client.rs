@@ -24,8 +24,27 @@ pub enum ClientError {
     Refused { code: String, message: String },
     #[error("cannot reach {url}: {error}; is `weir run` serving SQL there (serve.http)?")]
     Unreachable { url: String, error: String },
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Runtime(#[from] weir_engine::io::IoRuntimeError),
+    /// The answer's body broke off.
+    #[error(transparent)]
+    Body(reqwest::Error),
+    /// The answer is not an Arrow stream.
+    #[error("cannot read the answer")]
+    Answer(#[source] arrow::error::ArrowError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+/// Why rows cannot be formatted for printing.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Json(#[from] crate::encode::EncodeError),
+    #[error(transparent)]
+    Utf8(#[from] std::string::FromUtf8Error),
 }
 
 /// Runs `sql` on the engine at `server` (e.g. `http://127.0.0.1:8080`) and formats the rows.
@@ -36,8 +55,7 @@ pub fn query(
     format: OutputFormat,
 ) -> Result<String, ClientError> {
     let url = format!("{}/sql", server.trim_end_matches('/'));
-    let other = |e: String| ClientError::Other(e);
-    let runtime = weir_engine::io::runtime().map_err(|e| other(e.to_string()))?;
+    let runtime = weir_engine::io::runtime()?;
     let (status, body) = runtime.block_on(async {
         let client = reqwest::Client::new();
         let mut req = client
@@ -53,7 +71,7 @@ pub fn query(
             error: e.to_string(),
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| other(e.to_string()))?;
+        let body = resp.bytes().await.map_err(ClientError::Body)?;
         Ok::<_, ClientError>((status, body))
     })?;
     if !status.is_success() {
@@ -66,12 +84,12 @@ pub fn query(
         });
     }
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
-        .map_err(|e| other(format!("cannot read the answer: {e}")))?;
+        .map_err(ClientError::Answer)?;
     let schema = reader.schema();
     let batches = reader
         .collect::<Result<Vec<RecordBatch>, _>>()
-        .map_err(|e| other(format!("cannot read the answer: {e}")))?;
-    format_rows(&schema, &batches, format).map_err(other)
+        .map_err(ClientError::Answer)?;
+    Ok(format_rows(&schema, &batches, format)?)
 }
 
 /// Formats rows as `format` says.
@@ -79,7 +97,7 @@ pub fn format_rows(
     schema: &arrow::datatypes::SchemaRef,
     batches: &[RecordBatch],
     format: OutputFormat,
-) -> Result<String, String> {
+) -> Result<String, FormatError> {
     match format {
         OutputFormat::Table => {
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -89,8 +107,7 @@ pub fn format_rows(
                 )])
             } else {
                 arrow::util::pretty::pretty_format_batches(batches)
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             Ok(format!(
                 "{table}\n({rows} row{})\n",
                 if rows == 1 { "" } else { "s" }
@@ -101,10 +118,9 @@ pub fn format_rows(
                 schema: schema.clone(),
                 batches: batches.to_vec(),
             };
-            let mut out =
-                crate::encode::json_rows(&result, usize::MAX).map_err(|e| e.to_string())?;
+            let mut out = crate::encode::json_rows(&result, usize::MAX)?;
             out.push(b'\n');
-            String::from_utf8(out).map_err(|e| e.to_string())
+            Ok(String::from_utf8(out)?)
         }
         OutputFormat::Csv => {
             let mut out = Vec::new();
@@ -113,7 +129,7 @@ pub fn format_rows(
                     .with_header(true)
                     .build(&mut out);
                 for b in batches {
-                    w.write(b).map_err(|e| e.to_string())?;
+                    w.write(b)?;
                 }
             }
             if batches.is_empty() {
@@ -121,7 +137,7 @@ pub fn format_rows(
                 out.extend_from_slice(header.join(",").as_bytes());
                 out.push(b'\n');
             }
-            String::from_utf8(out).map_err(|e| e.to_string())
+            Ok(String::from_utf8(out)?)
         }
     }
 }

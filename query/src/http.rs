@@ -81,8 +81,8 @@ pub(crate) fn refusal(
 
 /// The query of a request: `{"query": "..."}`, or the body itself as SQL text; else what is
 /// wrong with the body.
-fn query_text(headers: &HeaderMap, body: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+fn query_text(headers: &HeaderMap, body: &[u8]) -> Result<String, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|_| BodyError::NotUtf8)?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -97,7 +97,17 @@ fn query_text(headers: &HeaderMap, body: &[u8]) -> Result<String, String> {
     }
     serde_json::from_str::<Body>(text)
         .map(|b| b.query)
-        .map_err(|e| format!("the body must be {{\"query\": \"SELECT ...\"}} or SQL text: {e}"))
+        .map_err(BodyError::NotQuery)
+}
+
+/// What is wrong with the body of a query request: the whole message the client gets (the
+/// JSON parser's error included, so it is no source of its own).
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the body is not UTF-8")]
+    NotUtf8,
+    #[error("the body must be {{\"query\": \"SELECT ...\"}} or SQL text: {0}")]
+    NotQuery(serde_json::Error),
 }
 
 async fn sql(
@@ -123,7 +133,7 @@ async fn sql(
     };
     let query = match query_text(&headers, &body) {
         Ok(q) => q,
-        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
     drop(body);
     let arrow = headers

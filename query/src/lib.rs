@@ -25,7 +25,7 @@ pub mod server;
 pub mod subscribe;
 pub mod tables;
 
-pub use client::{ClientError, OutputFormat};
+pub use client::{ClientError, FormatError, OutputFormat};
 pub use engine::{Answer, Encoding, QueryEngine, QueryError, QueryResult};
 pub use limits::QueryLimits;
 pub use peers::{PeerAddresses, Peers};

@@ -13,24 +13,53 @@ use weir_engine::{Chunk, ChunkData, EngineError, SharedBytes};
 /// Bytes read per chunk (whole lines are kept together; a chunk holds a few thousand events).
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// Why the files of a `path` cannot be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("bad glob pattern `{pattern}`")]
+    Pattern {
+        pattern: String,
+        #[source]
+        cause: glob::PatternError,
+    },
+    /// A match of the pattern cannot be read.
+    #[error("cannot read {}", .0.path().display())]
+    Match(#[source] glob::GlobError),
+    #[error("cannot read folder {}", path.display())]
+    Folder {
+        path: PathBuf,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("input file {} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("no input file matches {}", .0.display())]
+    NoMatch(PathBuf),
+}
+
 /// The files a `path` names: a file, every regular non-hidden file of a directory (sorted), or
 /// the matches of a glob pattern (sorted).
-pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, FilesError> {
     let text = path.to_string_lossy();
     let mut files = Vec::new();
     if text.contains(['*', '?', '[']) {
-        let paths = glob::glob(&text).map_err(|e| format!("bad glob pattern `{text}`: {e}"))?;
+        let paths = glob::glob(&text).map_err(|cause| FilesError::Pattern {
+            pattern: text.to_string(),
+            cause,
+        })?;
         for p in paths {
-            let p = p.map_err(|e| format!("cannot read {}: {e}", e.path().display()))?;
+            let p = p.map_err(FilesError::Match)?;
             if p.is_file() {
                 files.push(p);
             }
         }
     } else if path.is_dir() {
-        let entries = std::fs::read_dir(path)
-            .map_err(|e| format!("cannot read folder {}: {e}", path.display()))?;
-        for e in entries {
-            let e = e.map_err(|e| format!("cannot read folder {}: {e}", path.display()))?;
+        let folder = |cause| FilesError::Folder {
+            path: path.to_path_buf(),
+            cause,
+        };
+        for e in std::fs::read_dir(path).map_err(folder)? {
+            let e = e.map_err(folder)?;
             let p = e.path();
             let hidden = p
                 .file_name()
@@ -42,11 +71,11 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     } else if path.is_file() {
         files.push(path.to_path_buf());
     } else {
-        return Err(format!("input file {} does not exist", path.display()));
+        return Err(FilesError::Missing(path.to_path_buf()));
     }
     files.sort();
     if files.is_empty() {
-        return Err(format!("no input file matches {}", path.display()));
+        return Err(FilesError::NoMatch(path.to_path_buf()));
     }
     Ok(files)
 }

@@ -7,7 +7,7 @@ pub mod generator;
 pub mod nats;
 
 pub use avro::{AvroDecoder, AvroType};
-pub use file::{resolve_files, FileReader};
+pub use file::{resolve_files, FileReader, FilesError};
 pub use generator::{EventGenerator, GeneratorConfig, GeneratorReader, Kind};
 pub use json::{BadLine, DecodedLines, JsonDecoder};
 pub use message_columns::MessageColumn;

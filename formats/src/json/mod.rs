@@ -136,6 +136,20 @@ thread_local! {
     static SPECIALS: Cell<Specials> = Cell::new(Specials::default());
 }
 
+/// Why a decoder cannot be built for a source's schema and columns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecoderError {
+    #[error("event-time field `{field}` is not in schema `{schema}`")]
+    TimeFieldNotInSchema { field: String, schema: String },
+    #[error("event-time field `{field}` is neither in schema `{schema}` nor an envelope time (`time`, `occurred_at`)")]
+    TimeFieldNotInEnvelope { field: String, schema: String },
+    #[error("event-time field `{0}` must be an integer (epoch ms) or a string (RFC 3339)")]
+    TimeFieldType(String),
+    /// A column the pipeline reads that the schema does not have.
+    #[error("field `{field}` is not in schema `{schema}`")]
+    NotInSchema { field: String, schema: String },
+}
+
 impl JsonDecoder {
     /// A decoder for `schema` whose output holds the fields named in `columns` (in schema
     /// order) and reads event time from `time_field`, which must be an integer (epoch ms)
@@ -144,13 +158,14 @@ impl JsonDecoder {
         schema: Arc<SourceSchema>,
         columns: &[String],
         time_field: &str,
-    ) -> Result<Self, String> {
-        let time = schema.index_of(time_field).ok_or_else(|| {
-            format!(
-                "event-time field `{time_field}` is not in schema `{}`",
-                schema.name
-            )
-        })?;
+    ) -> Result<Self, DecoderError> {
+        let time =
+            schema
+                .index_of(time_field)
+                .ok_or_else(|| DecoderError::TimeFieldNotInSchema {
+                    field: time_field.to_string(),
+                    schema: schema.name.clone(),
+                })?;
         Self::build(schema, columns, Some(time), false)
     }
 
@@ -162,15 +177,15 @@ impl JsonDecoder {
         schema: Arc<SourceSchema>,
         columns: &[String],
         time_field: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DecoderError> {
         let time = match schema.index_of(time_field) {
             Some(i) => Some(i),
             None if ENVELOPE_TIME_FIELDS.contains(&time_field) => None,
             None => {
-                return Err(format!(
-                    "event-time field `{time_field}` is neither in schema `{}` nor an envelope time (`time`, `occurred_at`)",
-                    schema.name
-                ))
+                return Err(DecoderError::TimeFieldNotInEnvelope {
+                    field: time_field.to_string(),
+                    schema: schema.name.clone(),
+                })
             }
         };
         Self::build(schema, columns, time, true)
@@ -181,13 +196,10 @@ impl JsonDecoder {
         columns: &[String],
         time_field: Option<usize>,
         envelope: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, DecoderError> {
         if let Some(t) = time_field {
             if !matches!(schema.fields[t].kind, FieldKind::Int | FieldKind::Str) {
-                return Err(format!(
-                    "event-time field `{}` must be an integer (epoch ms) or a string (RFC 3339)",
-                    schema.fields[t].name
-                ));
+                return Err(DecoderError::TimeFieldType(schema.fields[t].name.clone()));
             }
         }
         let mut by_len: Vec<Vec<(Box<[u8]>, usize)>> = Vec::new();
@@ -208,7 +220,10 @@ impl JsonDecoder {
         }
         for c in columns {
             if schema.index_of(c).is_none() {
-                return Err(format!("field `{c}` is not in schema `{}`", schema.name));
+                return Err(DecoderError::NotInSchema {
+                    field: c.clone(),
+                    schema: schema.name.clone(),
+                });
             }
         }
         let plain_name = schema_plain_names(&schema);

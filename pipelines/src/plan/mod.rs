@@ -184,10 +184,11 @@ fn names<T>(m: &indexmap::IndexMap<String, T>) -> String {
 pub fn load(path: &Path) -> Result<Plan, PipelineError> {
     let file = path.display().to_string();
     let raw = std::fs::read_to_string(path).map_err(|e| {
-        PipelineError::at(&file, 0, 0, format!("cannot read the pipeline file: {e}"))
+        PipelineError::at(&file, 0, 0, "cannot read the pipeline file").caused_by(e)
     })?;
     let env = |name: &str| std::env::var(name).ok();
-    let text = interpolate(&raw, &env).map_err(|(l, c, m)| PipelineError::at(&file, l, c, m))?;
+    let text = interpolate(&raw, &env)
+        .map_err(|e| PipelineError::at(&file, e.line, e.column, "").caused_by(e.problem))?;
     crate::secrets::register(text.secrets.iter().cloned());
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {
@@ -202,7 +203,7 @@ pub fn load(path: &Path) -> Result<Plan, PipelineError> {
     };
     let doc: PipelineDoc = serde_saphyr::from_str(&text.text).map_err(|e| {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
-        ctx.err(&loc, yaml_message(&e))
+        ctx.err(&loc, "").caused_by(YamlError(e))
     })?;
     crate::secrets::register(secret_settings(&doc));
     plan(doc, &ctx, path)
@@ -247,6 +248,12 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
     out.extend(urls.iter().filter_map(|u| url_password(u)));
     out
 }
+
+/// The YAML parser's error, kept as a value; it reads as serde-saphyr's message without its
+/// position (the [`PipelineError`] holding it says where).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", yaml_message(.0))]
+pub struct YamlError(pub serde_saphyr::Error);
 
 /// serde-saphyr's message without its own position suffix.
 fn yaml_message(e: &serde_saphyr::Error) -> String {

@@ -169,7 +169,7 @@ pub(super) fn compile_windows(
         });
         let schema = config
             .output_schema()
-            .map_err(|e| ctx.err(&w.loc, e.to_string()))?;
+            .map_err(|e| ctx.err(&w.loc, "").caused_by(e))?;
         let sink_ids = attach_sinks(ctx, doc, sinks, &d.sinks, &schema, w.name)?;
         windows.push(PlannedWindow {
             config,
@@ -209,12 +209,12 @@ pub(super) fn compile_views(
         let config = Arc::new(match d.retain {
             Some(r) => config
                 .with_retain(r.0 as i64, compiler)
-                .map_err(|e| ctx.err(&d.from.referenced, e))?,
+                .map_err(|e| ctx.err(&d.from.referenced, "").caused_by(e))?,
             None => config,
         });
         let schema = config
             .sink_schema()
-            .map_err(|e| ctx.err(&d.from.referenced, e.to_string()))?;
+            .map_err(|e| ctx.err(&d.from.referenced, "").caused_by(e))?;
         let sink_ids = attach_sinks(ctx, doc, sinks, &d.sinks, &schema, v.name)?;
         views.push(PlannedView {
             config,
@@ -307,9 +307,10 @@ fn check_output(
         read[source].insert(k.value.clone());
     }
     if let Some(f) = o.filter {
-        let p = compiler
-            .predicate(&f.value, &full)
-            .map_err(|e| ctx.err(&f.referenced, format!("bad `where` expression: {e}")))?;
+        let p = compiler.predicate(&f.value, &full).map_err(|e| {
+            ctx.err(&f.referenced, "bad `where` expression")
+                .caused_by(e)
+        })?;
         columns_of(&p, &mut read[source]);
     }
     if o.aggregates.value.is_empty() {
@@ -328,9 +329,10 @@ fn check_output(
                 ),
             ));
         }
-        let a = compiler
-            .aggregate(out, &sql.value, &full)
-            .map_err(|e| ctx.err(&sql.referenced, format!("bad aggregate `{out}`: {e}")))?;
+        let a = compiler.aggregate(out, &sql.value, &full).map_err(|e| {
+            ctx.err(&sql.referenced, format!("bad aggregate `{out}`"))
+                .caused_by(e)
+        })?;
         for e in a.inputs.iter().chain(a.filter.iter()) {
             columns_of(e, &mut read[source]);
         }
@@ -365,7 +367,7 @@ fn compile_output(
         Some(f) => Some(
             compiler
                 .predicate(&f.value, input)
-                .map_err(|e| ctx.err(&f.referenced, e))?,
+                .map_err(|e| ctx.err(&f.referenced, "").caused_by(e))?,
         ),
         None => None,
     };
@@ -375,7 +377,7 @@ fn compile_output(
         .map(|(out, sql)| {
             compiler
                 .aggregate(out, &sql.value, input)
-                .map_err(|e| ctx.err(&sql.referenced, e))
+                .map_err(|e| ctx.err(&sql.referenced, "").caused_by(e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((predicate, aggregates))

@@ -105,7 +105,7 @@ fn check_source(
             .event_time
             .as_ref()
             .map_or(*loc, |e| e.value.field.referenced);
-        ctx.err(&l, m.to_string())
+        ctx.err(&l, "").caused_by(m)
     })?;
     Ok(Src {
         avro_limits: planned.avro_limits,
@@ -138,8 +138,8 @@ fn source_schema(
                 Some(b) => b,
                 None if sch.value.ends_with(".avsc") => {
                     let p = ctx.path(&sch.value);
-                    let text = std::fs::read_to_string(&p).map_err(|e| ctx.err(&sch.referenced, format!("cannot read schema {}: {e}", p.display())))?;
-                    SourceSchema::from_avsc(&text).map_err(|e| ctx.err(&sch.referenced, format!("schema {}: {e}", p.display())))?
+                    let text = std::fs::read_to_string(&p).map_err(|e| ctx.err(&sch.referenced, format!("cannot read schema {}", p.display())).caused_by(e))?;
+                    SourceSchema::from_avsc(&text).map_err(|e| ctx.err(&sch.referenced, format!("schema {}", p.display())).caused_by(e))?
                 }
                 None => {
                     return Err(ctx.err(&sch.referenced, format!("unknown schema `{}`: use one of `data-ingestion`, `service-health`, or a path to an .avsc file", sch.value)));
@@ -225,7 +225,7 @@ pub(super) fn planned_sources(
         } else {
             JsonDecoder::new(s.schema.clone(), &cols, &s.time_field)
         }
-        .map_err(|e| PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name)))?
+        .map_err(|e| source_error(ctx, &s.name, "", e))?
         .with_message_columns(message_columns);
         let output_schema = decoder.output_schema();
         let cols: Vec<String> = output_schema
@@ -235,24 +235,17 @@ pub(super) fn planned_sources(
             .collect();
         let mut waiting = None;
         let decoder: Arc<dyn Decode> = if s.avro {
-            let writer = AvroType::parse(&s.schema.avsc).map_err(|e| {
-                PipelineError::at(
-                    &ctx.file,
-                    0,
-                    0,
-                    format!("source `{}`: its schema as Avro: {e}", s.name),
-                )
-            })?;
+            let writer = AvroType::parse(&s.schema.avsc)
+                .map_err(|e| source_error(ctx, &s.name, ": its schema as Avro", e))?;
             let avro = AvroDecoder::new(writer, decoder).with_limits(s.avro_limits);
             match &s.registry {
                 Some(url) => {
-                    let registry = SchemaRegistry::new(url).map_err(|e| {
-                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
-                    })?;
+                    let registry =
+                        SchemaRegistry::new(url).map_err(|e| source_error(ctx, &s.name, "", e))?;
                     waiting = Some(registry.waiting());
-                    let avro = avro.with_reader_defaults(&s.schema.avsc).map_err(|e| {
-                        PipelineError::at(&ctx.file, 0, 0, format!("source `{}`: {e}", s.name))
-                    })?;
+                    let avro = avro
+                        .with_reader_defaults(&s.schema.avsc)
+                        .map_err(|e| source_error(ctx, &s.name, "", e))?;
                     Arc::new(avro.with_registry(registry))
                 }
                 None => Arc::new(avro),
@@ -284,4 +277,15 @@ pub(super) fn planned_sources(
         s.partitioned_by = by.clone();
     }
     Ok(sources)
+}
+
+/// An error of source `name` with no position in the file, caused by `e` (`what` follows
+/// the source's name: empty, or `": what"`).
+fn source_error(
+    ctx: &Ctx,
+    name: &str,
+    what: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> PipelineError {
+    PipelineError::at(&ctx.file, 0, 0, format!("source `{name}`{what}")).caused_by(e)
 }

@@ -56,7 +56,7 @@ fn refusal(text: &str) -> String {
         Ok(_) => panic!("the pipeline was accepted"),
         Err(e) => e,
     };
-    format!("{}:{}: {}", e.line, e.column, e.message)
+    format!("{}:{}: {}", e.line, e.column, e.reason())
 }
 
 #[test]

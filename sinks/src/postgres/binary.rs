@@ -16,7 +16,7 @@ use arrow::datatypes::{
 };
 use arrow::record_batch::RecordBatch;
 
-use super::encode::Lines;
+use super::encode::{EncodeError, Lines};
 
 /// The start of a binary `COPY` payload: signature, flags, header extension length.
 pub const HEADER: &[u8; 19] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -211,17 +211,16 @@ pub fn encode(
     epoch: u64,
     seq: &mut i64,
     lines: &mut Lines,
-) -> Result<(), String> {
+) -> Result<(), EncodeError> {
     let fields: Vec<Field> = columns
         .iter()
         .zip(wires)
         .map(|(&c, &w)| {
             let a = batch.column(c);
-            field(a.as_ref(), w).ok_or_else(|| {
-                format!(
-                    "column {c} of type {} cannot be sent as {w:?}",
-                    a.data_type()
-                )
+            field(a.as_ref(), w).ok_or_else(|| EncodeError::Wire {
+                column: c,
+                ty: a.data_type().clone(),
+                wire: format!("{w:?}"),
             })
         })
         .collect::<Result<_, _>>()?;

@@ -6,6 +6,45 @@ use arrow::datatypes::{DataType, Schema};
 /// The column a view's rows carry to say `upsert`, `delete` or `snapshot`; never written.
 pub const OP_COLUMN: &str = "op";
 
+/// Why the sink's table or the output's rows do not fit: a table name, the output's columns
+/// and keys, or an existing table's columns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The `table` setting as written.
+    #[error(
+        "table `{0}`: expected `schema.table` (names of 1 to 63 characters, without `.` or `\"`)"
+    )]
+    TableName(String),
+    #[error("rows without `window_start` or view keys cannot be upserted")]
+    NoUpsertKey,
+    #[error("column `{column}` is of type {ty} which has no PostgreSQL counterpart here")]
+    UnsupportedType { column: String, ty: DataType },
+    #[error("the output has no key columns to upsert by")]
+    NoKeyColumns,
+    /// The existing table lacks a column of the output (`created`: the type weir creates).
+    #[error("table {table} has no column `{name}` for the output's column `{name}` ({ty}): add it as {created}, or let weir create the table")]
+    MissingColumn {
+        table: TableName,
+        name: String,
+        ty: DataType,
+        created: String,
+    },
+    /// A column of the existing table whose type cannot take the output's values.
+    #[error("table {table}: column `{name}` is {found}, but the output's `{name}` is {ty}: it must be one of {accepted}")]
+    ColumnType {
+        table: TableName,
+        name: String,
+        found: String,
+        ty: DataType,
+        accepted: String,
+    },
+    #[error("table {table}: column `{name}` is NOT NULL without a default, and the output has no such column to fill it")]
+    NotNullColumn { table: TableName, name: String },
+    /// The existing table has no unique index on the upsert key (its columns listed).
+    #[error("table {table} has no primary key or unique index on exactly ({keys}): rows are upserted by it")]
+    NoUniqueKey { table: TableName, keys: String },
+}
+
 /// A schema-qualified table name (`public` when no schema is given).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableName {
@@ -16,16 +55,14 @@ pub struct TableName {
 impl TableName {
     /// Parses `schema.table` or `table`; names are taken as written (quoted in SQL, so they
     /// are case-sensitive).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, LayoutError> {
         let (schema, table) = match text.split_once('.') {
             Some((s, t)) => (s, t),
             None => ("public", text),
         };
         for part in [schema, table] {
             if part.is_empty() || part.contains(['.', '"', '\0']) || part.len() > 63 {
-                return Err(format!(
-                    "table `{text}`: expected `schema.table` (names of 1 to 63 characters, without `.` or `\"`)"
-                ));
+                return Err(LayoutError::TableName(text.to_string()));
             }
         }
         Ok(TableName {
@@ -116,13 +153,13 @@ impl Layout {
         staging: TableName,
         schema: &Schema,
         view_keys: Option<usize>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, LayoutError> {
         let keys = match view_keys {
             Some(k) => k,
             None => {
                 schema
                     .index_of("window_start")
-                    .map_err(|_| "rows without `window_start` or view keys cannot be upserted")?
+                    .map_err(|_| LayoutError::NoUpsertKey)?
                     + 1
             }
         };
@@ -132,16 +169,15 @@ impl Layout {
                 continue;
             }
             if pg_type(f.data_type()).is_none() {
-                return Err(format!(
-                    "column `{}` is of type {} which has no PostgreSQL counterpart here",
-                    f.name(),
-                    f.data_type()
-                ));
+                return Err(LayoutError::UnsupportedType {
+                    column: f.name().clone(),
+                    ty: f.data_type().clone(),
+                });
             }
             columns.push((f.name().clone(), f.data_type().clone()));
         }
         if keys == 0 || keys > columns.len() {
-            return Err("the output has no key columns to upsert by".into());
+            return Err(LayoutError::NoKeyColumns);
         }
         Ok(Layout {
             table,
@@ -354,33 +390,38 @@ pub fn check_table(
     layout: &Layout,
     columns: &[TableColumn],
     unique: &[Vec<String>],
-) -> Result<(), String> {
+) -> Result<(), LayoutError> {
     let table = &layout.table;
     for (name, t) in &layout.columns {
         let (created, accepted) = pg_type(t).unwrap_or(("text".into(), &[]));
         let Some(c) = columns.iter().find(|c| &c.name == name) else {
-            return Err(format!(
-                "table {table} has no column `{name}` for the output's column `{name}` ({t}): add it as {created}, or let weir create the table"
-            ));
+            return Err(LayoutError::MissingColumn {
+                table: table.clone(),
+                name: name.clone(),
+                ty: t.clone(),
+                created,
+            });
         };
         if !accepted.contains(&c.type_name.as_str()) {
-            return Err(format!(
-                "table {table}: column `{name}` is {}, but the output's `{name}` is {t}: it must be one of {}",
-                c.display,
-                accepted
+            return Err(LayoutError::ColumnType {
+                table: table.clone(),
+                name: name.clone(),
+                found: c.display.clone(),
+                ty: t.clone(),
+                accepted: accepted
                     .iter()
                     .map(|a| display_type(a))
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                    .join(", "),
+            });
         }
     }
     for c in columns {
         if c.not_null && !c.has_default && !layout.columns.iter().any(|(n, _)| n == &c.name) {
-            return Err(format!(
-                "table {table}: column `{}` is NOT NULL without a default, and the output has no such column to fill it",
-                c.name
-            ));
+            return Err(LayoutError::NotNullColumn {
+                table: table.clone(),
+                name: c.name.clone(),
+            });
         }
     }
     let mut want: Vec<String> = layout.key_names().map(str::to_string).collect();
@@ -390,10 +431,10 @@ pub fn check_table(
         u.sort();
         u == want
     }) {
-        return Err(format!(
-            "table {table} has no primary key or unique index on exactly ({}): rows are upserted by it",
-            layout.key_names().collect::<Vec<_>>().join(", ")
-        ));
+        return Err(LayoutError::NoUniqueKey {
+            table: table.clone(),
+            keys: layout.key_names().collect::<Vec<_>>().join(", "),
+        });
     }
     Ok(())
 }
@@ -585,20 +626,28 @@ mod tests {
     fn a_mismatch_is_named_column_by_column() {
         let mut cols = good_columns();
         cols[3] = col("events", "text", "text");
-        let e = check_table(&layout(), &cols, &pk()).unwrap_err();
+        let e = check_table(&layout(), &cols, &pk())
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "table public.per_dataset: column `events` is text, but the output's `events` is Int64: it must be one of bigint, integer, smallint, numeric");
-        let e = check_table(&layout(), &good_columns()[..4], &pk()).unwrap_err();
+        let e = check_table(&layout(), &good_columns()[..4], &pk())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("has no column `ratio`"), "{e}");
         let mut cols = good_columns();
         let mut extra = col("owner", "text", "text");
         extra.not_null = true;
         cols.push(extra);
-        let e = check_table(&layout(), &cols, &pk()).unwrap_err();
+        let e = check_table(&layout(), &cols, &pk())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("column `owner` is NOT NULL without a default"),
             "{e}"
         );
-        let e = check_table(&layout(), &good_columns(), &[vec!["datasetName".into()]]).unwrap_err();
+        let e = check_table(&layout(), &good_columns(), &[vec!["datasetName".into()]])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("no primary key or unique index on exactly (datasetName, window_start)"),
             "{e}"
@@ -618,6 +667,13 @@ mod tests {
         ]);
         let t = TableName::parse("t").unwrap();
         let e = Layout::new(t.clone(), t, &schema, None).unwrap_err();
-        assert!(e.contains("`b`"), "{e}");
+        assert!(
+            matches!(&e, LayoutError::UnsupportedType { column, .. } if column == "b"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "column `b` is of type Binary which has no PostgreSQL counterpart here"
+        );
     }
 }

@@ -6,8 +6,26 @@ use std::io::Write;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, TimeUnit};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+/// Why a batch cannot be encoded for `COPY` (a column the chosen form cannot carry).
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// A column whose values have no binary form of the wire type the table's column takes.
+    #[error("column {column} of type {ty} cannot be sent as {wire}")]
+    Wire {
+        column: usize,
+        ty: DataType,
+        wire: String,
+    },
+    /// Arrow cannot format the column's values as text.
+    #[error(transparent)]
+    Format(#[from] ArrowError),
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+}
 
 /// Staged rows: CSV lines, or binary tuples (see [`super::binary`]), one after another, with
 /// where each ends.
@@ -67,7 +85,7 @@ pub fn encode(
     epoch: u64,
     seq: &mut i64,
     lines: &mut Lines,
-) -> Result<(), String> {
+) -> Result<(), EncodeError> {
     let opts = FormatOptions::default().with_null("");
     let formatters: Vec<Option<ArrayFormatter>> = columns
         .iter()
@@ -78,9 +96,7 @@ pub fn encode(
                 | DataType::LargeUtf8
                 | DataType::Utf8View
                 | DataType::Timestamp(..) => Ok(None),
-                _ => ArrayFormatter::try_new(a.as_ref(), &opts)
-                    .map(Some)
-                    .map_err(|e| e.to_string()),
+                _ => ArrayFormatter::try_new(a.as_ref(), &opts).map(Some),
             }
         })
         .collect::<Result<_, _>>()?;
@@ -96,7 +112,7 @@ pub fn encode(
                 continue;
             }
             match (&formatters[i], a.data_type()) {
-                (Some(f), _) => write!(out, "{}", f.value(row)).map_err(|e| e.to_string())?,
+                (Some(f), _) => write!(out, "{}", f.value(row))?,
                 (None, DataType::Timestamp(unit, _)) => {
                     let v = a
                         .as_primitive_opt::<arrow::datatypes::TimestampMillisecondType>()
@@ -109,8 +125,7 @@ pub fn encode(
         }
         let delete = ops.is_some_and(|o| o.value(row) == "delete");
         lines.deletes |= delete;
-        writeln!(out, ",{epoch},{},{}", *seq, if delete { "t" } else { "f" })
-            .map_err(|e| e.to_string())?;
+        writeln!(out, ",{epoch},{},{}", *seq, if delete { "t" } else { "f" })?;
         lines.ends.push(out.len());
         lines.seqs.push(*seq);
         *seq += 1;

@@ -289,7 +289,7 @@ impl Session {
             .fetch_all(&mut self.conn)
             .await
             .map_err(strict)?;
-        ddl::check_table(&self.layout, &columns, &unique).map_err(Fault::Fatal)
+        ddl::check_table(&self.layout, &columns, &unique).map_err(|e| Fault::Fatal(e.to_string()))
     }
 
     /// `COPY`s lines `range` into the staging table.

@@ -27,7 +27,8 @@ pub const SOURCE: SourceKind = SourceKind {
             )
         })?;
         let path = p.ctx.path(&f.value.path.value);
-        let files = resolve_files(&path).map_err(|e| p.ctx.err(&f.value.path.referenced, e))?;
+        let files = resolve_files(&path)
+            .map_err(|e| p.ctx.err(&f.value.path.referenced, "").caused_by(e))?;
         Ok(PlannedInput::of(Box::new(FileInput { files })))
     },
 };

@@ -210,7 +210,7 @@ mod tests {
         let e = refusal("gen-bad", &yaml);
         assert!(e.line > 0 && e.column > 0, "{e}");
         assert_eq!(
-            e.message,
+            e.reason(),
             "events_per_second must be 0 (as fast as possible) or more"
         );
         // its records are JSON: the message lists the kinds that read Avro
@@ -220,7 +220,7 @@ mod tests {
             "",
         );
         assert_eq!(
-            refusal("gen-avro", &yaml).message,
+            refusal("gen-avro", &yaml).reason(),
             "source `events`: format `avro` is read from Kafka or NATS messages; files and \
              the generator are json"
         );

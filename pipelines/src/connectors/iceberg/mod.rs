@@ -120,7 +120,7 @@ impl SinkConnector for IcebergTarget {
         if let Some((loc, text)) = &self.partition_text {
             self.partition_by = Some(
                 PartitionBy::parse(text, &columns)
-                    .map_err(|e| at.ctx.err(loc, format!("sink `{sink}`: {e}")))?,
+                    .map_err(|e| at.ctx.err(loc, format!("sink `{sink}`")).caused_by(e))?,
             );
         }
         self.view_keys = at.view_keys();
@@ -223,7 +223,7 @@ mod tests {
         );
         assert!(e.line > 0 && e.column > 0, "{e}");
         assert!(
-            e.message
+            e.reason()
                 .starts_with("sink `out`: unknown catalog `ftp://x`"),
             "{e}"
         );
@@ -233,7 +233,7 @@ mod tests {
             "ice-partition",
             &pipeline(FILES, &format!("    iceberg: {by}"), ""),
         );
-        assert!(e.line > 0 && e.message.starts_with("sink `out`: "), "{e}");
+        assert!(e.line > 0 && e.reason().starts_with("sink `out`: "), "{e}");
     }
 
     #[test]

@@ -40,12 +40,15 @@ pub(crate) fn target(
 ) -> Result<IcebergTarget, PipelineError> {
     let d = &i.value;
     let at = |m: String| ctx.err(&i.referenced, format!("sink `{kname}`: {m}"));
-    let catalog = CatalogUri::parse(&d.catalog, &ctx.dir).map_err(at)?;
+    let catalog = CatalogUri::parse(&d.catalog, &ctx.dir).map_err(|e| {
+        ctx.err(&i.referenced, format!("sink `{kname}`"))
+            .caused_by(e)
+    })?;
     let warehouse = if d.warehouse.contains("://") {
         d.warehouse.clone()
     } else {
         std::path::absolute(ctx.path(&d.warehouse))
-            .map_err(|e| at(format!("warehouse {}: {e}", d.warehouse)))?
+            .map_err(|e| at(format!("warehouse {}", d.warehouse)).caused_by(e))?
             .to_string_lossy()
             .into_owned()
     };
@@ -78,6 +81,9 @@ pub(crate) fn target(
         table: target.table.clone(),
         ..iceberg_config(name, kname, &target)
     };
-    config.ident().map_err(|e| at(e.to_string()))?;
+    config.ident().map_err(|e| {
+        ctx.err(&i.referenced, format!("sink `{kname}`"))
+            .caused_by(e)
+    })?;
     Ok(target)
 }

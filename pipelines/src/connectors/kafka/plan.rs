@@ -83,8 +83,10 @@ pub(crate) fn source_config(
                 format!("source `{sname}`: schema_registry is for `format: avro`"),
             ));
         }
-        weir_sources::SchemaRegistry::new(r)
-            .map_err(|e| ctx.err(&k.referenced, format!("source `{sname}`: {e}")))?;
+        weir_sources::SchemaRegistry::new(r).map_err(|e| {
+            ctx.err(&k.referenced, format!("source `{sname}`"))
+                .caused_by(e)
+        })?;
     }
     let cfg = KafkaSourceConfig {
         brokers: d.brokers.clone(),
@@ -138,8 +140,10 @@ pub(crate) fn sink_config(
                 format!("sink `{kname}`: schema_registry is for `format: avro`"),
             ));
         }
-        weir_formats::registry::RegistryClient::new(r)
-            .map_err(|e| ctx.err(&k.referenced, format!("sink `{kname}`: {e}")))?;
+        weir_formats::registry::RegistryClient::new(r).map_err(|e| {
+            ctx.err(&k.referenced, format!("sink `{kname}`"))
+                .caused_by(e)
+        })?;
     }
     if k.value.topic.is_empty() {
         return Err(ctx.err(&k.referenced, format!("sink `{kname}`: `topic` is empty")));

@@ -83,7 +83,7 @@ impl SinkConnector for PostgresTarget {
         c.view_keys = at.view_keys();
         let table = c.table.clone();
         weir_sinks::postgres::ddl::Layout::new(table.clone(), table, at.schema, c.view_keys)
-            .map_err(|e| at.err(format!("sink `{sink}`: {e}")))?;
+            .map_err(|e| at.err(format!("sink `{sink}`")).caused_by(e))?;
         c.output = at.output.to_string();
         self.1 = Some(at.schema.clone());
         Ok(())
@@ -180,7 +180,7 @@ mod tests {
         let e = refusal("pg-bad", &yaml);
         assert!(e.line > 0 && e.column > 0, "{e}");
         assert_eq!(
-            e.message,
+            e.reason(),
             "sink `out`: `batch_max_rows` must be between 1 and 1000000"
         );
     }

@@ -22,7 +22,10 @@ pub(crate) fn postgres_config(
                 .into(),
         ));
     }
-    let table = weir_sinks::postgres::TableName::parse(&d.table).map_err(&at)?;
+    let table = weir_sinks::postgres::TableName::parse(&d.table).map_err(|e| {
+        ctx.err(&p.referenced, format!("sink `{kname}`"))
+            .caused_by(e)
+    })?;
     let tls = match d.tls.as_deref() {
         None => None,
         Some(t) => Some(weir_sinks::TlsMode::parse(t).ok_or_else(|| {
