@@ -727,7 +727,9 @@ fn a_checkpoint_of_a_wrapping_integer_sum_is_refused_as_a_change() {
         "window w: aggregates".into(),
         "events = count(1) -> Int64; bytes = sum(sizeBytes) -> Int64".into(),
     );
-    let e = weir_engine::checkpoint::compatibility(&before, &now).unwrap_err();
+    let e = weir_engine::checkpoint::compatibility(&before, &now)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("window w: aggregates changed"), "{e}");
 }
 

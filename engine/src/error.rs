@@ -90,8 +90,17 @@ pub enum EngineError {
     /// A pool worker lost a partition to another worker (see `crate::pool`).
     #[error("fenced: {0}")]
     Fenced(String),
+    /// A broken invariant, not an outside failure.
     #[error("{0}")]
     Internal(String),
+    /// A broken invariant caused by another error (a thread that cannot start, state that
+    /// does not encode), kept as the cause (see [`EngineError::internal_caused`]).
+    #[error("{message}")]
+    InternalCaused {
+        message: String,
+        #[source]
+        cause: Cause,
+    },
     #[error("the run was stopped")]
     Cancelled,
     /// An output could not take a call that changed nothing: the same call can be made again
@@ -173,6 +182,13 @@ impl EngineError {
     /// This error followed by its causes, `a: b: c` (see [`chain`]).
     pub fn chain(&self) -> Chain<'_> {
         Chain(self)
+    }
+    /// A broken invariant caused by `e`; `message` says what failed and does not repeat `e`.
+    pub fn internal_caused(message: impl fmt::Display, e: impl Into<Cause>) -> Self {
+        EngineError::InternalCaused {
+            message: message.to_string(),
+            cause: e.into(),
+        }
     }
     /// An error of a named operator, with only a message.
     pub fn operator(operator: &str, message: impl fmt::Display) -> Self {

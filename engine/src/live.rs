@@ -118,7 +118,7 @@ impl KeyIndex {
                 .map(|t| arrow::row::SortField::new(t.clone()))
                 .collect(),
         )
-        .map_err(|e| EngineError::Internal(format!("key index: {e}")))?;
+        .map_err(|e| EngineError::internal_caused("key index", e))?;
         Ok(KeyIndex {
             converter,
             map: RwLock::new(IndexMap::default()),
@@ -130,7 +130,7 @@ impl KeyIndex {
         let rows = self
             .converter
             .convert_columns(keys)
-            .map_err(|e| EngineError::Internal(format!("key index: {e}")))?;
+            .map_err(|e| EngineError::internal_caused("key index", e))?;
         let hashes: Vec<u64> = rows.iter().map(|r| hash_row(r.as_ref())).collect();
         let mut map = match self.map.write() {
             Ok(m) => m,
@@ -156,7 +156,7 @@ impl KeyIndex {
         let rows = self
             .converter
             .convert_columns(keys)
-            .map_err(|e| EngineError::Internal(format!("key index: {e}")))?;
+            .map_err(|e| EngineError::internal_caused("key index", e))?;
         let map = match self.map.read() {
             Ok(m) => m,
             Err(p) => p.into_inner(),

@@ -18,8 +18,9 @@ impl PoolStore {
     /// Records that this worker's final checkpoint (every window of `owned` flushed, the
     /// input at its end) is committed, for the partitions it `owned` (key → generation).
     pub fn mark_finished(&self, owned: &BTreeMap<String, u64>) -> Result<(), EngineError> {
-        let bytes = serde_json::to_vec(owned)
-            .map_err(|e| EngineError::Internal(format!("cannot encode {FINISHED}: {e}")))?;
+        let bytes = serde_json::to_vec(owned).map_err(|e| {
+            EngineError::internal_caused(format_args!("cannot encode {FINISHED}"), e)
+        })?;
         self.own().put(FINISHED, bytes)
     }
 
@@ -34,7 +35,10 @@ impl PoolStore {
             return Ok(false);
         };
         let finished: BTreeMap<String, u64> = serde_json::from_slice(&bytes).map_err(|e| {
-            EngineError::Internal(format!("{FINISHED} of worker {worker} cannot be read: {e}"))
+            EngineError::internal_caused(
+                format_args!("{FINISHED} of worker {worker} cannot be read"),
+                e,
+            )
         })?;
         Ok(finished.get(partition) == Some(&generation))
     }

@@ -128,7 +128,7 @@ impl Heartbeat {
                     tracing::warn!(error = %e, "pool: cannot withdraw this worker's announcement");
                 }
             })
-            .map_err(|e| EngineError::Internal(format!("cannot start the heartbeat: {e}")))?;
+            .map_err(|e| EngineError::internal_caused("cannot start the heartbeat", e))?;
         Ok(Heartbeat {
             running,
             thread: Some(thread),

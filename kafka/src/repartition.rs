@@ -308,9 +308,7 @@ impl RepartitionStage {
                 on_end();
                 result
             })
-            .map_err(|e| {
-                EngineError::Internal(format!("cannot start the repartition stage: {e}"))
-            })?;
+            .map_err(|e| EngineError::internal_caused("cannot start the repartition stage", e))?;
         Ok(RepartitionStage {
             thread: Some(thread),
             stop,

@@ -232,7 +232,7 @@ where
                 failure.record(e);
             }
         })
-        .map_err(|e| EngineError::Internal(format!("cannot start a thread: {e}")))
+        .map_err(|e| EngineError::internal_caused("cannot start a thread", e))
 }
 
 /// Puts `make(id)` into every worker's queue; the caller holds the dispatcher's lock, so the
