@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use store::encode_manifest;
 use store::{chk_dir, manifest_name, sha256_hex};
-pub use store::{open_object_store, CheckpointStore};
+pub use store::{open_object_store, CheckpointStore, ManifestError};
 
 use crate::events::Resume;
 pub use crate::stats::CheckpointStats;
@@ -743,7 +743,8 @@ pub(crate) fn collect_garbage(
                 intact.push((e, pool.then_some(m)));
             }
             Ok(None) => {}
-            Err(EngineError::Damaged(why)) => {
+            Err(d @ EngineError::Damaged { .. }) => {
+                let why = d.damage().unwrap_or_default();
                 tracing::warn!(
                     epoch = e,
                     "garbage collection skips a damaged checkpoint: {why}"

@@ -85,8 +85,13 @@ pub enum EngineError {
     },
     /// A stored checkpoint does not read back intact (a truncated or altered manifest, a
     /// state file missing or whose checksum differs): a restore falls back to an older one.
-    #[error("damaged checkpoint: {0}")]
-    Damaged(String),
+    /// `what` names the file and, without a cause, what is wrong with it.
+    #[error("damaged checkpoint: {what}")]
+    Damaged {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// A pool worker lost a partition to another worker (see `crate::pool`).
     #[error("fenced: {0}")]
     Fenced(String),
@@ -189,6 +194,31 @@ impl EngineError {
             message: message.to_string(),
             cause: e.into(),
         }
+    }
+    /// A damaged checkpoint: `what` names the file and what is wrong with it.
+    pub fn damaged(what: impl fmt::Display) -> Self {
+        EngineError::Damaged {
+            what: what.to_string(),
+            cause: None,
+        }
+    }
+    /// A damaged checkpoint file (`what`) that `e` says why.
+    pub fn damaged_caused(what: impl fmt::Display, e: impl Into<Cause>) -> Self {
+        EngineError::Damaged {
+            what: what.to_string(),
+            cause: cause(e),
+        }
+    }
+    /// What is damaged and why, without the `damaged checkpoint: ` of the error's text
+    /// (for the warnings of a checkpoint skipped); `None` for another error.
+    pub fn damage(&self) -> Option<String> {
+        let EngineError::Damaged { what, cause } = self else {
+            return None;
+        };
+        Some(match cause {
+            Some(c) => format!("{what}: {}", chain(c.as_ref())),
+            None => what.clone(),
+        })
     }
     /// An error of a named operator, with only a message.
     pub fn operator(operator: &str, message: impl fmt::Display) -> Self {

@@ -123,7 +123,8 @@ pub fn valid_manifest(
     let m = match store.manifest(epoch) {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(None),
-        Err(EngineError::Damaged(why)) => {
+        Err(d @ EngineError::Damaged { .. }) => {
+            let why = d.damage().unwrap_or_default();
             tracing::warn!(
                 epoch,
                 location = store.location(),

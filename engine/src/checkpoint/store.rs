@@ -205,7 +205,8 @@ impl CheckpointStore {
             match self.manifest(epoch) {
                 Ok(Some(m)) => return Ok(Some(m)),
                 Ok(None) => {}
-                Err(EngineError::Damaged(why)) => {
+                Err(e @ EngineError::Damaged { .. }) => {
+                    let why = e.damage().unwrap_or_default();
                     tracing::warn!(epoch, location = %self.location, "skipping a damaged checkpoint: {why}");
                 }
                 Err(e) => return Err(e),
@@ -228,7 +229,8 @@ impl CheckpointStore {
             };
             match loaded {
                 Ok(r) => return Ok((Some(r), skipped)),
-                Err(EngineError::Damaged(why)) => {
+                Err(e @ EngineError::Damaged { .. }) => {
+                    let why = e.damage().unwrap_or_default();
                     tracing::warn!(epoch, location = %self.location, "skipping a damaged checkpoint: {why}");
                     skipped.push(epoch);
                 }
@@ -246,8 +248,9 @@ impl CheckpointStore {
         let Some(bytes) = self.get(&name)? else {
             return Ok(None);
         };
-        let m = decode_manifest(&bytes)
-            .map_err(|why| EngineError::Damaged(format!("{}/{name}: {why}", self.location)))?;
+        let m = decode_manifest(&bytes).map_err(|e| {
+            EngineError::damaged_caused(format_args!("{}/{name}", self.location), e)
+        })?;
         if !(FORMAT_OLDEST..=FORMAT).contains(&m.format) {
             return Err(err(format!(
                 "{}/{name} has format {} but this weir reads formats {FORMAT_OLDEST} to {FORMAT}",
@@ -266,9 +269,8 @@ impl CheckpointStore {
             let partials = match &op.file {
                 Some(file) => {
                     let name = format!("{}/{file}", chk_dir(manifest.epoch));
-                    let damaged = |why: String| {
-                        EngineError::Damaged(format!("{}/{name}: {why}", self.location))
-                    };
+                    let at = format!("{}/{name}", self.location);
+                    let damaged = |why: String| EngineError::damaged(format_args!("{at}: {why}"));
                     let bytes = self
                         .get(&name)?
                         .ok_or_else(|| damaged("missing".to_string()))?;
@@ -282,7 +284,7 @@ impl CheckpointStore {
                         // a checkpoint written before checksums: decoding checks what it can
                         _ => {}
                     }
-                    decode_partials(&bytes).map_err(|e| damaged(e.to_string()))?
+                    decode_partials(&bytes).map_err(|e| EngineError::damaged_caused(&at, e))?
                 }
                 None => Vec::new(),
             };
@@ -332,28 +334,43 @@ pub(crate) fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, EngineError> {
     Ok(out)
 }
 
+/// Why a stored manifest does not read back intact.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("truncated ({0} bytes)")]
+    Truncated(usize),
+    #[error("its checksum is malformed")]
+    MalformedChecksum,
+    /// The body's SHA-256 is not the recorded one (the manifest's length given).
+    #[error("its SHA-256 is not the one it records ({0} bytes: truncated or altered)")]
+    ChecksumDiffers(usize),
+    /// The checked body does not parse.
+    #[error(transparent)]
+    Json(serde_json::Error),
+    /// A manifest written before checksums that does not parse.
+    #[error("not a manifest")]
+    NotManifest(#[source] serde_json::Error),
+}
+
 /// Reads what [`encode_manifest`] wrote, checking its checksum; a manifest written before
 /// checksums (no `checksum` member first) is only parsed.
-pub(super) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+pub(super) fn decode_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     if let Some(rest) = bytes.strip_prefix(CHECKSUM_HEAD.as_bytes()) {
         let (sum, tail) = rest
             .split_at_checked(64)
-            .ok_or_else(|| format!("truncated ({} bytes)", bytes.len()))?;
+            .ok_or(ManifestError::Truncated(bytes.len()))?;
         let tail = tail
             .strip_prefix(b"\",")
-            .ok_or_else(|| "its checksum is malformed".to_string())?;
+            .ok_or(ManifestError::MalformedChecksum)?;
         let mut body = Vec::with_capacity(tail.len() + 1);
         body.push(b'{');
         body.extend_from_slice(tail);
         if sha256_hex(&body).as_bytes() != sum {
-            return Err(format!(
-                "its SHA-256 is not the one it records ({} bytes: truncated or altered)",
-                bytes.len()
-            ));
+            return Err(ManifestError::ChecksumDiffers(bytes.len()));
         }
-        return serde_json::from_slice(&body).map_err(|e| e.to_string());
+        return serde_json::from_slice(&body).map_err(ManifestError::Json);
     }
-    serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))
+    serde_json::from_slice(bytes).map_err(ManifestError::NotManifest)
 }
 
 /// Tells temporary files apart (with the process id): see [`write_durably`].
@@ -474,7 +491,10 @@ mod tests {
         let len = std::fs::metadata(&m3).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&m3).unwrap();
         f.set_len(len / 2).unwrap();
-        assert!(matches!(store.manifest(3), Err(EngineError::Damaged(_))));
+        assert!(matches!(
+            store.manifest(3),
+            Err(EngineError::Damaged { .. })
+        ));
         assert_eq!(store.latest().unwrap().unwrap().epoch, 2);
         // a state file of the next one altered: one byte flipped
         let op2 = dir.path().join(format!("{}/op-0.arrow", chk_dir(2)));
@@ -490,7 +510,10 @@ mod tests {
         let m1 = dir.path().join(manifest_name(1));
         let text = std::fs::read_to_string(&m1).unwrap();
         std::fs::write(&m1, text.replace("\"epoch\": 1", "\"epoch\": 7")).unwrap();
-        assert!(matches!(store.manifest(1), Err(EngineError::Damaged(_))));
+        assert!(matches!(
+            store.manifest(1),
+            Err(EngineError::Damaged { .. })
+        ));
         let (r, skipped) = store.restorable().unwrap();
         assert!(r.is_none());
         assert_eq!(skipped, vec![3, 2, 1]);
