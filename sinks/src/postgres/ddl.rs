@@ -24,7 +24,7 @@ pub enum LayoutError {
     /// The existing table lacks a column of the output (`created`: the type weir creates).
     #[error("table {table} has no column `{name}` for the output's column `{name}` ({ty}): add it as {created}, or let weir create the table")]
     MissingColumn {
-        table: TableName,
+        table: String,
         name: String,
         ty: DataType,
         created: String,
@@ -32,17 +32,17 @@ pub enum LayoutError {
     /// A column of the existing table whose type cannot take the output's values.
     #[error("table {table}: column `{name}` is {found}, but the output's `{name}` is {ty}: it must be one of {accepted}")]
     ColumnType {
-        table: TableName,
+        table: String,
         name: String,
         found: String,
-        ty: DataType,
+        ty: String,
         accepted: String,
     },
     #[error("table {table}: column `{name}` is NOT NULL without a default, and the output has no such column to fill it")]
-    NotNullColumn { table: TableName, name: String },
+    NotNullColumn { table: String, name: String },
     /// The existing table has no unique index on the upsert key (its columns listed).
     #[error("table {table} has no primary key or unique index on exactly ({keys}): rows are upserted by it")]
-    NoUniqueKey { table: TableName, keys: String },
+    NoUniqueKey { table: String, keys: String },
 }
 
 /// A schema-qualified table name (`public` when no schema is given).
@@ -396,7 +396,7 @@ pub fn check_table(
         let (created, accepted) = pg_type(t).unwrap_or(("text".into(), &[]));
         let Some(c) = columns.iter().find(|c| &c.name == name) else {
             return Err(LayoutError::MissingColumn {
-                table: table.clone(),
+                table: table.to_string(),
                 name: name.clone(),
                 ty: t.clone(),
                 created,
@@ -404,10 +404,10 @@ pub fn check_table(
         };
         if !accepted.contains(&c.type_name.as_str()) {
             return Err(LayoutError::ColumnType {
-                table: table.clone(),
+                table: table.to_string(),
                 name: name.clone(),
                 found: c.display.clone(),
-                ty: t.clone(),
+                ty: t.to_string(),
                 accepted: accepted
                     .iter()
                     .map(|a| display_type(a))
@@ -419,7 +419,7 @@ pub fn check_table(
     for c in columns {
         if c.not_null && !c.has_default && !layout.columns.iter().any(|(n, _)| n == &c.name) {
             return Err(LayoutError::NotNullColumn {
-                table: table.clone(),
+                table: table.to_string(),
                 name: c.name.clone(),
             });
         }
@@ -432,7 +432,7 @@ pub fn check_table(
         u == want
     }) {
         return Err(LayoutError::NoUniqueKey {
-            table: table.clone(),
+            table: table.to_string(),
             keys: layout.key_names().collect::<Vec<_>>().join(", "),
         });
     }
