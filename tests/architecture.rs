@@ -8,7 +8,7 @@
 //! What counts as naming a kind, in code (comments and string literals removed first, and
 //! `#[cfg(test)]` items skipped: tests write pipelines that name kinds):
 //! - a path into a connector's crate or module: `weir_kafka`, `weir_nats`, `weir_iceberg`,
-//!   `weir_sinks`, `weir_sources::nats` (`::file`, `::generator`), `connectors::kafka::`...
+//!   `weir_sinks`, `weir_sources::file` (`::generator`), `connectors::kafka::`...
 //!   or any `kafka::`, `nats::`... path;
 //! - an identifier containing a kind's name (`KafkaSourceConfig`, `nats_stream`,
 //!   `.kafka`, `OffsetRange`-like types of one system listed in [`KIND_TYPES`]);
@@ -64,7 +64,6 @@ const KIND_PATHS: &[&str] = &[
     "weir_nats",
     "weir_iceberg",
     "weir_sinks",
-    "weir_sources::nats",
     "weir_sources::file",
     "weir_sources::generator",
     "file::",
@@ -84,13 +83,6 @@ const KIND_NAMES: &[&str] = &[
 /// Where a connector name is allowed outside the connectors, and why: a file, and the text
 /// of the line allowed (the whole file when empty).
 const ALLOWED: &[(&str, &str, &str)] = &[
-    // the YAML model names each kind's block in the field of its key, typed by a path into
-    // the connector's folder (it defines none: `the_yaml_model_defines_no_connector_type`)
-    (
-        "model.rs",
-        "crate::connectors::",
-        "a block's field, typed by its connector",
-    ),
     (
         "model.rs",
         "pub postgres: Option<String>",
@@ -425,7 +417,7 @@ fn the_guard_sees_through_comments_strings_and_tests() {
     for code in [
         "use weir_kafka::OffsetRange;",
         "use weir_kafka::repartition::x;",
-        "use weir_sources::nats::x;",
+        "use weir_nats::source::x;",
         "let r: RepartitionSpec = s;",
         "if doc.kafka.is_some() {}",
         "let x = crate::connectors::nats::SOURCE;",
@@ -536,10 +528,13 @@ fn the_model_guard_sees_connector_types_and_nothing_else() {
     ] {
         assert!(defs(code).is_empty(), "{code}");
     }
-    // the model may name a kind only in a field typed by a path into its connector
+    // the model names no kind at all: its connector fields come from the registry's lists
+    // (`connectors::sink_kinds!`...)
     let hits = |text: &str| violations("model.rs", text);
-    assert!(
-        hits("pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSinkDoc>>,").is_empty()
+    assert!(hits("crate::connectors::sink_kinds!(sink_doc);").is_empty());
+    assert_eq!(
+        hits("pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSinkDoc>>,").len(),
+        1
     );
     assert_eq!(hits("pub kafka: Option<Spanned<KafkaSinkDoc>>,").len(), 1);
     assert_eq!(hits("pub struct KafkaSinkDoc {").len(), 1);
@@ -601,6 +596,92 @@ fn kafka_lives_in_its_own_crate() {
     }
 }
 
+/// NATS's runtime lives in `nats/` (issue 24), as Kafka's does in `kafka/`: the NATS source,
+/// sink and dead-letter output are `weir-nats`'s, beside its connection plumbing, so
+/// `weir-sources` and `weir-sinks` have no NATS module nor depend on `weir-nats` or
+/// `async-nats`; and `weir-nats` is under `pipelines` (its YAML and planning glue,
+/// `pipelines/src/connectors/nats/`) and beside the other connectors' crates, never above
+/// them.
+#[test]
+fn nats_lives_in_its_own_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let uses = |krate: &str| {
+        let manifest =
+            std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("read Cargo.toml");
+        dependencies(&manifest)
+    };
+    for krate in [
+        "sources",
+        "sinks",
+        "formats",
+        "engine",
+        "kafka",
+        "operators",
+        "iceberg",
+        "query",
+    ] {
+        let deps = uses(krate);
+        for nats in ["weir-nats", "async-nats"] {
+            assert!(
+                !deps.iter().any(|d| d == nats),
+                "`{krate}` depends on {nats}: NATS's code belongs in nats/"
+            );
+        }
+    }
+    let nats = uses("nats");
+    for above in [
+        "weir-pipelines",
+        "weir-cli",
+        "weir-query",
+        "weir-sources",
+        "weir-sinks",
+        "weir-kafka",
+    ] {
+        assert!(
+            !nats.iter().any(|d| d == above),
+            "weir-nats depends on {above}: dependencies point one way (ARCHITECTURE.md)"
+        );
+    }
+    for moved in [
+        "sources/src/nats",
+        "sources/src/nats.rs",
+        "sources/tests/nats_runtime.rs",
+        "sinks/src/nats",
+        "sinks/src/nats.rs",
+        "sinks/tests/nats_runtime.rs",
+    ] {
+        assert!(
+            !root.join(moved).exists(),
+            "{moved}: NATS's runtime code belongs in nats/"
+        );
+    }
+    for krate in ["sources", "sinks"] {
+        let mut files = Vec::new();
+        rust_files(&root.join(krate).join("src"), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read a source file");
+            let code = lex(&text).code;
+            for (n, line) in code.lines().enumerate() {
+                assert!(
+                    !["async_nats", "weir_nats", "mod nats"]
+                        .iter()
+                        .any(|p| occurs(line, p)),
+                    "{}:{}: NATS code outside nats/: {}",
+                    file.display(),
+                    n + 1,
+                    line.trim()
+                );
+            }
+        }
+    }
+    for here in ["nats/src/source/mod.rs", "nats/src/sink/mod.rs"] {
+        assert!(
+            root.join(here).is_file(),
+            "{here} is missing: wrong folder?"
+        );
+    }
+}
+
 #[test]
 fn every_registered_kind_has_its_own_folder() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/src/connectors");
@@ -623,6 +704,14 @@ fn every_registered_kind_has_its_own_folder() {
 
 /// The weir crates a crate's `Cargo.toml` depends on (normal, dev and build dependencies).
 fn weir_dependencies(manifest: &str) -> Vec<String> {
+    dependencies(manifest)
+        .into_iter()
+        .filter(|d| d.starts_with("weir-"))
+        .collect()
+}
+
+/// Every crate a crate's `Cargo.toml` depends on (normal, dev and build dependencies).
+fn dependencies(manifest: &str) -> Vec<String> {
     let mut in_deps = false;
     let mut found = Vec::new();
     for line in manifest.lines().map(str::trim) {
@@ -634,7 +723,7 @@ fn weir_dependencies(manifest: &str) -> Vec<String> {
             continue;
         }
         let name = line.split(['=', '.', ' ']).next().unwrap_or_default();
-        if name.starts_with("weir-") {
+        if !name.is_empty() {
             found.push(name.to_string());
         }
     }

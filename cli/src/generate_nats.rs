@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use weir_nats::sink::{Outcome, Outgoing, Publisher, DEFAULT_ACK_TIMEOUT};
 use weir_nats::NatsEndpoint;
-use weir_sinks::nats::{Outcome, Outgoing, Publisher, DEFAULT_ACK_TIMEOUT};
 use weir_sources::{EventGenerator, GeneratorConfig};
 
 /// Events published before their acknowledgements are awaited.
@@ -22,12 +22,12 @@ pub enum GenerateNatsError {
     #[error("--nats wants URL/SUBJECT, e.g. nats://127.0.0.1:4222/events.ingest")]
     Target,
     #[error(transparent)]
-    Nats(#[from] weir_sinks::nats::NatsSinkError),
+    Nats(#[from] weir_nats::sink::NatsSinkError),
     #[error("event {index} was refused for good: {source}")]
     Refused {
         index: u64,
         #[source]
-        source: weir_sinks::nats::PublishFailure,
+        source: weir_nats::sink::PublishFailure,
     },
     #[error("{count} events were not acknowledged after {ATTEMPTS} attempts: {reason}")]
     Unacknowledged { count: usize, reason: String },

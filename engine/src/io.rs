@@ -1,7 +1,8 @@
 //! The process's one I/O runtime: the Tokio runtime on which weir's asynchronous clients
 //! (the checkpoint store's object store, Iceberg catalogs and writers, PostgreSQL sessions,
 //! the SQL client, the NATS source's readers and stream look-ups, the NATS sink's and
-//! dead-letter output's publishers) do their network and file I/O. It starts on first use
+//! dead-letter output's publishers, the webhook and Elasticsearch sinks' and the schema
+//! registry's HTTP clients) do their network and file I/O. It starts on first use
 //! with [`DEFAULT_THREADS`] worker threads named `weir-io`, or with the number the binary sets
 //! through [`configure`] before anything uses it (`WEIR_IO_THREADS`).
 //!

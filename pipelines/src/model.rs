@@ -1,9 +1,10 @@
 //! The pipeline file as written: every section of `pipeline-spec.md`, unknown keys refused.
 //!
 //! This file holds the pipeline-level documents only. A connector's block (`kafka:`, `file:`,
-//! `webhook:`...) is a type of its own folder, `connectors/<kind>/` (`doc.rs`, or `sink.rs` for
-//! NATS sinks); [`SourceDoc`], [`SinkDoc`] and [`DeadLetterDoc`] name it by path in the field
-//! of its key, and define none (`tests/architecture.rs` checks it).
+//! `webhook:`...) is a type of its own folder, `connectors/<kind>/`; the fields of
+//! [`SourceDoc`], [`SinkDoc`] and [`DeadLetterDoc`] that hold them are generated from the
+//! registry's lists (`connectors::source_kinds!`, `sink_kinds!`, `dead_letter_kinds!`), so this
+//! file names no connector (`tests/architecture.rs` checks it).
 //!
 //! A document without a description in the committed JSON schema
 //! (`pipelines/pipeline.schema.json`) keeps its doc comment for Rust readers only:
@@ -40,6 +41,41 @@ impl JsonSchema for Duration {
             "description": "A whole number and a unit: ms, s, m, h or d (500ms, 5s, 1m, 2h, 1d).",
             "examples": ["500ms", "5s", "1m"]
         })
+    }
+}
+
+/// A connector's block in a source, sink or dead-letter entry (`kafka: {...}`), with its
+/// position in the file. Its JSON schema is the block's own: the model's fields for connector
+/// blocks are generated from the registry's lists (`connectors::source_kinds!`...), and a
+/// derive attribute could not name their types.
+#[derive(Debug)]
+pub struct Block<T>(pub Spanned<T>);
+
+impl<T> std::ops::Deref for Block<T> {
+    type Target = Spanned<T>;
+    fn deref(&self) -> &Spanned<T> {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Block<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Spanned::<T>::deserialize(d).map(Block)
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Block<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(schemas: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(schemas)
     }
 }
 
@@ -134,43 +170,35 @@ pub enum Format {
     Cloudevents,
 }
 
-/// One entry of `sources:`: exactly one connector block, its format, schema and event time.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(description = "")]
-pub struct SourceDoc {
-    /// Read Kafka topics.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::kafka::doc::KafkaSourceDoc>")]
-    pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSourceDoc>>,
-    /// Read a NATS JetStream stream (a durable pull consumer).
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::nats::doc::NatsSourceDoc>")]
-    pub nats: Option<Spanned<crate::connectors::nats::doc::NatsSourceDoc>>,
-    /// Read NDJSON files (a file, a folder or a glob; one partition per file).
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::file::doc::FileSourceDoc>")]
-    pub file: Option<Spanned<crate::connectors::file::doc::FileSourceDoc>>,
-    /// Synthetic events from the built-in generator.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::generator::doc::GeneratorDoc>")]
-    pub generator: Option<Spanned<crate::connectors::generator::doc::GeneratorDoc>>,
-    /// Record format (default json).
-    #[serde(default)]
-    #[schemars(with = "Option<Format>")]
-    pub format: Option<Spanned<Format>>,
-    /// `data-ingestion`, `service-health`, or the path of an Avro schema (`.avsc`).
-    #[serde(default)]
-    #[schemars(with = "Option<String>")]
-    pub schema: Option<Spanned<String>>,
-    /// Where event time comes from and how out of order it may be.
-    #[serde(default)]
-    #[schemars(with = "Option<EventTimeDoc>")]
-    pub event_time: Option<Spanned<EventTimeDoc>>,
-    /// Fields the source is already partitioned by (for the worker pool).
-    #[serde(default)]
-    pub partitioned_by: Option<Vec<String>>,
+/// Generates [`SourceDoc`] with one field per source kind, from the registry's list
+/// (`connectors::source_kinds!`).
+macro_rules! source_doc {
+    ([] $($(#[$about:meta])* $key:ident: $($kind:ident)::+, $($block:ident)::+;)*) => {
+        /// One entry of `sources:`: exactly one connector block, its format, schema and event time.
+        #[derive(Debug, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        #[schemars(description = "")]
+        pub struct SourceDoc {
+            $($(#[$about])* #[serde(default)] pub $key: Option<Block<crate::connectors::$($block)::+>>,)*
+            /// Record format (default json).
+            #[serde(default)]
+            #[schemars(with = "Option<Format>")]
+            pub format: Option<Spanned<Format>>,
+            /// `data-ingestion`, `service-health`, or the path of an Avro schema (`.avsc`).
+            #[serde(default)]
+            #[schemars(with = "Option<String>")]
+            pub schema: Option<Spanned<String>>,
+            /// Where event time comes from and how out of order it may be.
+            #[serde(default)]
+            #[schemars(with = "Option<EventTimeDoc>")]
+            pub event_time: Option<Spanned<EventTimeDoc>>,
+            /// Fields the source is already partitioned by (for the worker pool).
+            #[serde(default)]
+            pub partitioned_by: Option<Vec<String>>,
+        }
+    };
 }
+crate::connectors::source_kinds!(source_doc);
 
 /// `event_time:` of a source: the field and how out of order it may be.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -263,48 +291,28 @@ pub struct ViewDoc {
     pub sinks: Vec<Spanned<String>>,
 }
 
-/// One entry of `sinks:`: exactly one connector block, with its format and retries.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(description = "")]
-pub struct SinkDoc {
-    /// Write to a Kafka topic.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::kafka::doc::KafkaSinkDoc>")]
-    pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSinkDoc>>,
-    /// Write an Iceberg table.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::iceberg::doc::IcebergDoc>")]
-    pub iceberg: Option<Spanned<crate::connectors::iceberg::doc::IcebergDoc>>,
-    /// Index into Elasticsearch.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::elasticsearch::doc::ElasticsearchDoc>")]
-    pub elasticsearch: Option<Spanned<crate::connectors::elasticsearch::doc::ElasticsearchDoc>>,
-    /// Send rows to an HTTP endpoint as signed webhooks (Standard Webhooks).
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::webhook::doc::WebhookDoc>")]
-    pub webhook: Option<Spanned<crate::connectors::webhook::doc::WebhookDoc>>,
-    /// Upsert into a PostgreSQL table.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::postgres::doc::PostgresDoc>")]
-    pub postgres: Option<Spanned<crate::connectors::postgres::doc::PostgresDoc>>,
-    /// Publish to a NATS JetStream subject.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::nats::sink::NatsSinkDoc>")]
-    pub nats: Option<Spanned<crate::connectors::nats::sink::NatsSinkDoc>>,
-    /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::file::doc::FileSinkDoc>")]
-    pub file: Option<Spanned<crate::connectors::file::doc::FileSinkDoc>>,
-    /// Record format of Kafka and NATS sinks (default json).
-    #[serde(default)]
-    #[schemars(with = "Option<Format>")]
-    pub format: Option<Spanned<Format>>,
-    /// How failed writes are retried (see `weir_engine::retry`).
-    #[serde(default)]
-    #[schemars(with = "Option<RetryDoc>")]
-    pub retry: Option<Spanned<RetryDoc>>,
+/// Generates [`SinkDoc`] with one field per kind, from the registry's list
+/// (`connectors::sink_kinds!`).
+macro_rules! sink_doc {
+    ([] $($(#[$about:meta])* $key:ident: $($kind:ident)::+, $($block:ident)::+;)*) => {
+        /// One entry of `sinks:`: exactly one connector block, with its format and retries.
+        #[derive(Debug, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        #[schemars(description = "")]
+        pub struct SinkDoc {
+            $($(#[$about])* #[serde(default)] pub $key: Option<Block<crate::connectors::$($block)::+>>,)*
+            /// Record format of Kafka and NATS sinks (default json).
+            #[serde(default)]
+            #[schemars(with = "Option<Format>")]
+            pub format: Option<Spanned<Format>>,
+            /// How failed writes are retried (see `weir_engine::retry`).
+            #[serde(default)]
+            #[schemars(with = "Option<RetryDoc>")]
+            pub retry: Option<Spanned<RetryDoc>>,
+        }
+    };
 }
+crate::connectors::sink_kinds!(sink_doc);
 
 /// `retry:` of a sink or the dead-letter output.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -342,28 +350,24 @@ pub struct CircuitBreakerDoc {
     pub open_for: Option<Duration>,
 }
 
-/// `dead_letter:`: one connector block and its retries.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(description = "")]
-pub struct DeadLetterDoc {
-    /// Write dead letters to an NDJSON file.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::file::doc::FileSinkDoc>")]
-    pub file: Option<Spanned<crate::connectors::file::doc::FileSinkDoc>>,
-    /// Write dead letters to a Kafka topic.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::kafka::doc::KafkaSinkDoc>")]
-    pub kafka: Option<Spanned<crate::connectors::kafka::doc::KafkaSinkDoc>>,
-    /// Publish dead letters to a NATS JetStream subject.
-    #[serde(default)]
-    #[schemars(with = "Option<crate::connectors::nats::sink::NatsSinkDoc>")]
-    pub nats: Option<Spanned<crate::connectors::nats::sink::NatsSinkDoc>>,
-    /// How failed dead-letter writes are retried.
-    #[serde(default)]
-    #[schemars(with = "Option<RetryDoc>")]
-    pub retry: Option<Spanned<RetryDoc>>,
+/// Generates [`DeadLetterDoc`] with one field per kind, from the registry's list
+/// (`connectors::dead_letter_kinds!`).
+macro_rules! dead_letter_doc {
+    ([] $($(#[$about:meta])* $key:ident: $($kind:ident)::+, $($block:ident)::+;)*) => {
+        /// `dead_letter:`: one connector block and its retries.
+        #[derive(Debug, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        #[schemars(description = "")]
+        pub struct DeadLetterDoc {
+            $($(#[$about])* #[serde(default)] pub $key: Option<Block<crate::connectors::$($block)::+>>,)*
+            /// How failed dead-letter writes are retried.
+            #[serde(default)]
+            #[schemars(with = "Option<RetryDoc>")]
+            pub retry: Option<Spanned<RetryDoc>>,
+        }
+    };
 }
+crate::connectors::dead_letter_kinds!(dead_letter_doc);
 
 /// `checkpoint:`: where and how often offsets and state are saved.
 #[derive(Debug, Deserialize, JsonSchema)]

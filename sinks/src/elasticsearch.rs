@@ -15,6 +15,9 @@
 //!   bodies are gzip-compressed (Elasticsearch accepts compressed requests).
 //! - With checkpoints, every pending row is acknowledged at the barrier (pre-commit), before
 //!   the checkpoint completes.
+//! - Requests run on the process's I/O runtime ([`weir_engine::io::runtime`]); the sink's
+//!   thread blocks on them (the bulk requests sent at once are futures of one `block_on`):
+//!   the sink starts no thread of its own.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -225,7 +228,9 @@ enum ItemOutcome {
 pub struct ElasticsearchSink {
     name: String,
     config: ElasticsearchConfig,
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
+    /// The process's I/O runtime, which runs the requests.
+    runtime: &'static tokio::runtime::Runtime,
     /// The node the next request goes to.
     next_node: usize,
     /// Indices known to exist (created or found).
@@ -270,7 +275,7 @@ impl ElasticsearchSink {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let mut builder = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(config.timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -286,10 +291,13 @@ impl ElasticsearchSink {
         let client = builder
             .build()
             .map_err(|e| EngineError::sink_caused(name, "", e))?;
+        let runtime =
+            weir_engine::io::runtime().map_err(|e| EngineError::sink_caused(name, "", e))?;
         Ok(ElasticsearchSink {
             name: name.to_string(),
             config,
             client,
+            runtime,
             next_node: 0,
             indices: HashSet::new(),
             checked: false,
@@ -316,7 +324,8 @@ impl ElasticsearchSink {
     }
 
     /// Sends a request to the next node (round-robin), going on to the others when one does
-    /// not answer. Returns the status and the body (JSON when it is).
+    /// not answer. Returns the status and the body (JSON when it is). Blocks the calling
+    /// thread while the request runs on the I/O runtime.
     fn request(
         &mut self,
         method: reqwest::Method,
@@ -325,11 +334,12 @@ impl ElasticsearchSink {
     ) -> Result<(u16, Value), EngineError> {
         let node = self.next_node;
         self.next_node = (self.next_node + 1) % self.config.urls.len();
-        self.send_on(node, method, path, body)
+        self.runtime
+            .block_on(self.send_on(node, method, path, body))
     }
 
     /// A request to node `node`, then to the others if it does not answer.
-    fn send_on(
+    async fn send_on(
         &self,
         node: usize,
         method: reqwest::Method,
@@ -350,10 +360,10 @@ impl ElasticsearchSink {
                     req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
                 }
             }
-            match req.send() {
+            match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let text = resp.bytes().unwrap_or_default();
+                    let text = resp.bytes().await.unwrap_or_default();
                     let value = serde_json::from_slice(&text).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&text).into_owned())
                     });
@@ -661,7 +671,7 @@ impl ElasticsearchSink {
                 });
             return vec![result.and_then(|(s, v)| self.items(s, &v, ranges[0].len()))];
         }
-        // several at once: one thread each, on nodes taken round-robin
+        // several at once, on nodes taken round-robin
         let nodes: Vec<usize> = (0..ranges.len())
             .map(|_| {
                 let n = self.next_node;
@@ -669,27 +679,15 @@ impl ElasticsearchSink {
                 n
             })
             .collect();
-        let answers: Vec<Result<(u16, Value), EngineError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = bodies
-                .into_iter()
-                .zip(&nodes)
-                .map(|(body, &node)| {
-                    let me = &*self;
-                    let path = &path;
-                    scope.spawn(move || {
-                        let body = Some(("application/x-ndjson", body?, me.config.compression));
-                        me.send_on(node, reqwest::Method::POST, path, body)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(self.fatal("a bulk request thread panicked")))
-                })
-                .collect()
+        let me = &*self;
+        let sends = bodies.into_iter().zip(&nodes).map(|(body, &node)| {
+            let path = &path;
+            async move {
+                let body = Some(("application/x-ndjson", body?, me.config.compression));
+                me.send_on(node, reqwest::Method::POST, path, body).await
+            }
         });
+        let answers = self.runtime.block_on(futures::future::join_all(sends));
         answers
             .into_iter()
             .zip(ranges)

@@ -1,6 +1,7 @@
-//! weir's outputs: result rows to NDJSON, CSV or Parquet files, NATS JetStream subjects,
-//! Elasticsearch indices, PostgreSQL tables and signed webhooks; dead letters to NDJSON or
-//! NATS. The Kafka sink and dead-letter output live in `weir-kafka`, with the rest of Kafka.
+//! weir's outputs: result rows to NDJSON, CSV or Parquet files, Elasticsearch indices,
+//! PostgreSQL tables and signed webhooks; dead letters to NDJSON files. The Kafka sink and
+//! dead-letter output live in `weir-kafka`, with the rest of Kafka, and the NATS ones in
+//! `weir-nats`, with the rest of NATS.
 //!
 //! Without checkpoints, files are written under `<path>.inprogress` and renamed into place
 //! when the run finishes, so a reader never mistakes a half-written file for a result. With
@@ -9,13 +10,11 @@
 pub mod committed;
 pub mod elasticsearch;
 pub mod file;
-pub mod nats;
 pub mod postgres;
 pub mod webhook;
 
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
-pub use nats::{DeadLetterNats, DeadLetterNatsConfig, NatsFormat, NatsSink, NatsSinkConfig};
 pub use postgres::{PostgresConfig, PostgresSink, TlsMode};
 pub use webhook::{WebhookConfig, WebhookMethod, WebhookSink};
 

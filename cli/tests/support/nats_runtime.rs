@@ -1,6 +1,6 @@
-//! Checks of the NATS clients' tasks and connections, shared by the NATS runtime tests of
-//! `weir-sources` and `weir-sinks` (included with `#[path]` beside `support/nats.rs`, as
-//! `nats_support`).
+//! Checks of the NATS clients' tasks and connections, shared by the NATS source's and sink's
+//! runtime tests of `weir-nats` (`nats/tests/`, included with `#[path]` beside
+//! `support/nats.rs`, as `nats_support`).
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,11 @@
 //! A client of a Confluent-compatible schema registry over HTTP or HTTPS (reqwest, rustls with
 //! the system's roots): writer schemas by id, and registering a subject's schema.
 //!
+//! Its calls block the calling thread (an Avro decoder's worker thread, the Kafka sink's
+//! output thread) while the request runs on the process's I/O runtime
+//! ([`weir_engine::io::runtime`]): the client starts no thread of its own. Never call it
+//! from inside an asynchronous task (`block_on` would panic there).
+//!
 //! `schema_registry` is one URL or several separated by commas (`https://a:8081,https://b:8081`),
 //! tried in order until one answers. Basic auth comes from a URL's user info
 //! (`https://user:password@host`), a bearer token from the environment variable
@@ -63,6 +68,14 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    /// The process's I/O runtime, on which requests run, could not start (the operating
+    /// system refused its threads): neither the user's to fix nor worth asking again.
+    #[error("schema registry `{url}`: no runtime for its requests")]
+    Runtime {
+        url: String,
+        #[source]
+        source: weir_engine::io::IoRuntimeError,
+    },
 }
 
 impl RegistryError {
@@ -85,7 +98,9 @@ struct Endpoint {
 pub struct RegistryClient {
     endpoints: Vec<Endpoint>,
     bearer: Option<String>,
-    http: reqwest::blocking::Client,
+    http: reqwest::Client,
+    /// The process's I/O runtime, which runs the requests.
+    runtime: &'static tokio::runtime::Runtime,
     /// The URLs without user info, for messages.
     shown: String,
 }
@@ -191,7 +206,7 @@ impl RegistryClient {
         if endpoints.is_empty() {
             return Err(config("no URL".into()));
         }
-        let http = reqwest::blocking::Client::builder()
+        let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -199,10 +214,15 @@ impl RegistryClient {
                 url: shown.clone(),
                 source,
             })?;
+        let runtime = weir_engine::io::runtime().map_err(|source| RegistryError::Runtime {
+            url: shown.clone(),
+            source,
+        })?;
         Ok(RegistryClient {
             endpoints,
             bearer,
             http,
+            runtime,
             shown,
         })
     }
@@ -255,7 +275,18 @@ impl RegistryClient {
     }
 
     /// Sends the request to each address in turn until one answers; a 4xx answer is final.
+    /// Blocks the calling thread while the request runs on the I/O runtime.
     fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, RegistryError> {
+        self.runtime.block_on(self.send(method, path, body))
+    }
+
+    /// [`Self::request`], on the runtime.
+    async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -280,10 +311,13 @@ impl RegistryClient {
                 (None, Some(token)) => req.bearer_auth(token),
                 (None, None) => req,
             };
-            let answer = req.send().and_then(|r| {
-                let status = r.status();
-                r.bytes().map(|b| (status, b))
-            });
+            let answer = match req.send().await {
+                Ok(r) => {
+                    let status = r.status();
+                    r.bytes().await.map(|b| (status, b))
+                }
+                Err(err) => Err(err),
+            };
             match answer {
                 Ok((status, bytes)) if status.is_success() => return Ok(bytes.to_vec()),
                 Ok((status, bytes))

@@ -51,6 +51,7 @@ fn registry_hint(e: &RegistryError) -> &'static str {
         RegistryError::Config { .. }
         | RegistryError::BadUrl { .. }
         | RegistryError::HttpClient { .. } => " (fix `schema_registry`)",
+        RegistryError::Runtime { .. } => "",
     }
 }
 
@@ -63,11 +64,15 @@ impl SendError {
     /// What kind of failure this is: an unreachable registry or a producer that did not take
     /// a message is [`ErrorKind::Retryable`]; a registry that refuses the schema or is not
     /// usable as configured is the [`ErrorKind::User`]'s to fix; rows that cannot be keyed
-    /// or encoded are [`ErrorKind::Fatal`].
+    /// or encoded, and an I/O runtime that cannot start, are [`ErrorKind::Fatal`].
     pub fn kind(&self) -> ErrorKind {
         match self {
             SendError::Kafka(_) => ErrorKind::Retryable,
             SendError::Registry { source, .. } if source.is_retryable() => ErrorKind::Retryable,
+            SendError::Registry {
+                source: RegistryError::Runtime { .. },
+                ..
+            } => ErrorKind::Fatal,
             SendError::Registry { .. } => ErrorKind::User,
             SendError::BadKeys { .. } | SendError::Unkeyed | SendError::Encode(_) => {
                 ErrorKind::Fatal

@@ -10,12 +10,11 @@
 //! - its folder, `connectors/<kind>/`: its YAML block types (`doc.rs`), planning, the
 //!   connector types implementing the traits below, and its unit tests;
 //! - this file: its `pub mod <kind>;`;
-//! - per role it takes, one registry line: in [`SINKS`], [`DEAD_LETTERS`] (here) or
-//!   [`SOURCES`] (`sources.rs`);
-//! - per role it takes, one field of the YAML model (`model.rs`): in [`SinkDoc`],
-//!   [`DeadLetterDoc`] or [`SourceDoc`], named by its YAML key and typed by a path to its
-//!   block (`crate::connectors::<kind>::doc::...`). The model defines no connector's type
-//!   (`tests/architecture.rs` checks it).
+//! - per role it takes, one registry line: its YAML key, its kind constant and its block's
+//!   type in [`sink_kinds!`], [`dead_letter_kinds!`] or [`source_kinds!`] (here). The YAML
+//!   model's [`SinkDoc`], [`DeadLetterDoc`] and [`SourceDoc`] get their connector fields from
+//!   these lists, and the [`SINKS`], [`DEAD_LETTERS`] and [`SOURCES`] registries their
+//!   entries; the model names no connector (`tests/architecture.rs` checks it).
 //!
 //! Its rows in the book's reference (`docs/src/reference/`) and the regenerated
 //! `pipelines/pipeline.schema.json` follow, as tests require.
@@ -39,6 +38,80 @@ use crate::model::{DeadLetterDoc, PipelineDoc, SinkDoc};
 use crate::plan::Ctx;
 use crate::replay::ReplaySetup;
 use crate::run::RunError;
+
+/// Every source kind, in the order error messages list them: its YAML key (a field of
+/// [`SourceDoc`], described by the comment above it), its registry entry ([`SourceKind`])
+/// and its block's type, both under `connectors::`. Calls `$then!` with the list (after `[$with]`, as given): the model
+/// makes [`SourceDoc`] of it and `sources.rs` the [`SOURCES`] registry.
+macro_rules! source_kinds {
+    ($then:ident $([$($with:tt)*])?) => {
+        $then! {
+            [$($($with)*)?]
+            /// Read Kafka topics.
+            kafka: kafka::SOURCE, kafka::doc::KafkaSourceDoc;
+            /// Read a NATS JetStream stream (a durable pull consumer).
+            nats: nats::SOURCE, nats::doc::NatsSourceDoc;
+            /// Read NDJSON files (a file, a folder or a glob; one partition per file).
+            file: file::SOURCE, file::doc::FileSourceDoc;
+            /// Synthetic events from the built-in generator.
+            generator: generator::SOURCE, generator::doc::GeneratorDoc;
+        }
+    };
+}
+pub(crate) use source_kinds;
+
+/// Every sink kind, in the order error messages list them: its YAML key (a field of
+/// [`SinkDoc`]), its registry entry ([`SinkKind`]) and its block's type. Calls `$then!` with
+/// the list: the model makes [`SinkDoc`] of it and this file the [`SINKS`] registry.
+macro_rules! sink_kinds {
+    ($then:ident $([$($with:tt)*])?) => {
+        $then! {
+            [$($($with)*)?]
+            /// Write to a Kafka topic.
+            kafka: kafka::SINK, kafka::doc::KafkaSinkDoc;
+            /// Write an Iceberg table.
+            iceberg: iceberg::SINK, iceberg::doc::IcebergDoc;
+            /// Index into Elasticsearch.
+            elasticsearch: elasticsearch::SINK, elasticsearch::doc::ElasticsearchDoc;
+            /// Send rows to an HTTP endpoint as signed webhooks (Standard Webhooks).
+            webhook: webhook::SINK, webhook::doc::WebhookDoc;
+            /// Upsert into a PostgreSQL table.
+            postgres: postgres::SINK, postgres::doc::PostgresDoc;
+            /// Publish to a NATS JetStream subject.
+            nats: nats::SINK, nats::sink::NatsSinkDoc;
+            /// Write a file: `.ndjson`, `.csv` or `.parquet` by extension.
+            file: file::SINK, file::doc::FileSinkDoc;
+        }
+    };
+}
+pub(crate) use sink_kinds;
+
+/// Every dead-letter output kind, in the order error messages list them, as
+/// [`sink_kinds!`] lists sinks: the model makes [`DeadLetterDoc`] of it and this file the
+/// [`DEAD_LETTERS`] registry.
+macro_rules! dead_letter_kinds {
+    ($then:ident $([$($with:tt)*])?) => {
+        $then! {
+            [$($($with)*)?]
+            /// Write dead letters to an NDJSON file.
+            file: file::DEAD_LETTER, file::doc::FileSinkDoc;
+            /// Write dead letters to a Kafka topic.
+            kafka: kafka::DEAD_LETTER, kafka::doc::KafkaSinkDoc;
+            /// Publish dead letters to a NATS JetStream subject.
+            nats: nats::DEAD_LETTER, nats::sink::NatsSinkDoc;
+        }
+    };
+}
+pub(crate) use dead_letter_kinds;
+
+/// Makes a registry (`$name`, of `$entry`s) from one of the kind lists above.
+macro_rules! registry {
+    ([$(#[$doc:meta])* $name:ident: $entry:ty]
+     $($(#[$about:meta])* $key:ident: $($kind:ident)::+, $($block:ident)::+;)*) => {
+        $(#[$doc])*
+        pub const $name: &[$entry] = &[$(crate::connectors::$($kind)::+),*];
+    };
+}
 
 pub mod elasticsearch;
 pub mod file;
@@ -92,16 +165,10 @@ pub struct SinkKind {
     pub plan: fn(&SinkPlanning) -> Result<Box<dyn SinkConnector>, PipelineError>,
 }
 
-/// Every sink kind, in the order error messages list them.
-pub const SINKS: &[SinkKind] = &[
-    kafka::SINK,
-    iceberg::SINK,
-    elasticsearch::SINK,
-    webhook::SINK,
-    postgres::SINK,
-    nats::SINK,
-    file::SINK,
-];
+sink_kinds!(registry [
+    /// Every sink kind, in the order error messages list them.
+    SINKS: SinkKind
+]);
 
 /// Why sink `sink`'s `format` is refused: its kind takes none (the kinds that take one, and
 /// where the others' formats come from).
@@ -245,9 +312,10 @@ pub type PlanDeadLetter = fn(
     &Spanned<DeadLetterDoc>,
 ) -> Result<Box<dyn DeadLetterConnector>, PipelineError>;
 
-/// Every dead-letter output kind, in the order error messages list them.
-pub const DEAD_LETTERS: &[DeadLetterKind] =
-    &[file::DEAD_LETTER, kafka::DEAD_LETTER, nats::DEAD_LETTER];
+dead_letter_kinds!(registry [
+    /// Every dead-letter output kind, in the order error messages list them.
+    DEAD_LETTERS: DeadLetterKind
+]);
 
 /// A boxed copy of a planned dead-letter output, without writing it.
 pub trait DeadLetterBase {

@@ -103,13 +103,10 @@ pub struct SourceKind {
     pub plan: fn(&SourcePlanning) -> Result<PlannedInput, PipelineError>,
 }
 
-/// Every source kind, in the order error messages list them.
-pub const SOURCES: &[SourceKind] = &[
-    super::kafka::SOURCE,
-    super::nats::SOURCE,
-    super::file::SOURCE,
-    super::generator::SOURCE,
-];
+super::source_kinds!(registry [
+    /// Every source kind, in the order error messages list them.
+    SOURCES: SourceKind
+]);
 
 /// What opening a source for a run needs besides its configuration.
 pub struct OpenSource<'a> {

@@ -26,6 +26,9 @@
 //! - URLs in messages and dead letters are shown without user, password and query.
 //! - Every pending row is sent at each flush and checkpoint barrier (pre-commit): a
 //!   checkpoint completes only after its rows were acknowledged (at least once).
+//! - Requests run on the process's I/O runtime ([`weir_engine::io::runtime`]); the sink's
+//!   thread blocks on them (its lanes are futures of one `block_on`): the sink starts no
+//!   thread of its own.
 
 pub mod body;
 pub mod delivery;
@@ -174,7 +177,9 @@ enum Outcome {
 pub struct WebhookSink {
     name: String,
     config: WebhookConfig,
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
+    /// The process's I/O runtime, which runs the requests.
+    runtime: &'static tokio::runtime::Runtime,
     headers: reqwest::header::HeaderMap,
     pending: Pending,
     /// The failed call was a write whose rows are already pending.
@@ -204,7 +209,7 @@ impl WebhookSink {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let client = reqwest::blocking::Client::builder()
+        let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
@@ -212,10 +217,13 @@ impl WebhookSink {
             .user_agent(concat!("weir/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| EngineError::sink_caused(name, "", e))?;
+        let runtime =
+            weir_engine::io::runtime().map_err(|e| EngineError::sink_caused(name, "", e))?;
         Ok(WebhookSink {
             name: name.to_string(),
             config,
             client,
+            runtime,
             headers,
             pending: Pending::default(),
             write_failed: false,
@@ -501,65 +509,49 @@ impl WebhookSink {
     /// carried a `Retry-After`, which holds every lane. Outcomes in the order of
     /// `lanes.iter().flatten()`.
     fn send_all(&self, lanes: &[Lane]) -> Vec<Outcome> {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        let next = AtomicUsize::new(0);
-        let hold = AtomicBool::new(false);
-        let outcomes: Vec<std::sync::Mutex<Vec<Outcome>>> =
-            lanes.iter().map(|_| Default::default()).collect();
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::SeqCst);
-            let Some(lane) = lanes.get(i) else {
-                return;
-            };
-            let mut out = Vec::with_capacity(lane.len());
-            for req in lane {
-                let waiting = matches!(out.last(), Some(Outcome::Retry { .. }));
-                if waiting || hold.load(Ordering::SeqCst) {
-                    out.push(Outcome::Retry {
-                        reason: "not sent: an earlier request of its lane waits".into(),
-                        after: None,
-                    });
-                    continue;
+        use std::cell::Cell;
+        // the workers are futures polled by one thread
+        let (next, hold) = (&Cell::new(0usize), &Cell::new(false));
+        // a worker takes one lane at a time and sends its requests in order
+        let work = || async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.replace(next.get() + 1);
+                let Some(lane) = lanes.get(i) else {
+                    return done;
+                };
+                let mut out = Vec::with_capacity(lane.len());
+                for req in lane {
+                    let waiting = matches!(out.last(), Some(Outcome::Retry { .. }));
+                    if waiting || hold.get() {
+                        out.push(Outcome::Retry {
+                            reason: "not sent: an earlier request of its lane waits".into(),
+                            after: None,
+                        });
+                        continue;
+                    }
+                    let outcome = self.send(req).await;
+                    if matches!(outcome, Outcome::Retry { after: Some(_), .. }) {
+                        hold.set(true);
+                    }
+                    out.push(outcome);
                 }
-                let outcome = self.send(req);
-                if matches!(outcome, Outcome::Retry { after: Some(_), .. }) {
-                    hold.store(true, Ordering::SeqCst);
-                }
-                out.push(outcome);
-            }
-            if let Ok(mut slot) = outcomes[i].lock() {
-                *slot = out;
+                done.push((i, out));
             }
         };
-        let threads = self.config.max_in_flight.clamp(1, lanes.len().max(1));
-        if threads == 1 {
-            work();
-        } else {
-            std::thread::scope(|scope| {
-                for _ in 0..threads {
-                    scope.spawn(work);
-                }
-            });
+        let workers = self.config.max_in_flight.clamp(1, lanes.len().max(1));
+        let finished = self
+            .runtime
+            .block_on(futures::future::join_all((0..workers).map(|_| work())));
+        let mut outcomes: Vec<Vec<Outcome>> = lanes.iter().map(|_| Vec::new()).collect();
+        for (i, out) in finished.into_iter().flatten() {
+            outcomes[i] = out;
         }
-        outcomes
-            .into_iter()
-            .zip(lanes)
-            .flat_map(|(slot, lane)| {
-                let mut out = slot.into_inner().unwrap_or_default();
-                // a lane whose thread panicked: all of it again
-                while out.len() < lane.len() {
-                    out.push(Outcome::Retry {
-                        reason: "not sent".into(),
-                        after: None,
-                    });
-                }
-                out
-            })
-            .collect()
+        outcomes.into_iter().flatten().collect()
     }
 
     /// Builds, signs and sends one request, and reads what its answer means.
-    fn send(&self, req: &Request) -> Outcome {
+    async fn send(&self, req: &Request) -> Outcome {
         let cfg = &self.config;
         let rows: Vec<(&str, &[u8])> = req
             .rows
@@ -602,7 +594,7 @@ impl WebhookSink {
             }
         }
         let started = Instant::now();
-        let answer = builder.body(bytes).send();
+        let answer = builder.body(bytes).send().await;
         self.stats.latency.observe(started.elapsed().as_secs_f64());
         let mut resp = match answer {
             Ok(r) => r,
@@ -620,26 +612,26 @@ impl WebhookSink {
         match delivery::classify(status) {
             Class::Delivered => {
                 // a small body read to its end lets the connection be used again
-                drain(&mut resp);
+                drain(&mut resp).await;
                 weir_engine::stats::RunStats::add(&self.stats.delivered, 1);
                 weir_engine::stats::RunStats::add(&self.stats.rows_delivered, rows.len() as u64);
                 Outcome::Delivered
             }
             class => {
                 self.stats.failed(delivery::failure_class(Some(status)));
-                self.failed_answer(req, &id, class, resp)
+                self.failed_answer(req, &id, class, resp).await
             }
         }
     }
 
     /// What a non-2xx answer means: a retry (with its `Retry-After`) or a refusal with the
     /// status, headers and the first KiB of the body (no more of it is read).
-    fn failed_answer(
+    async fn failed_answer(
         &self,
         req: &Request,
         id: &str,
         class: Class,
-        mut resp: reqwest::blocking::Response,
+        mut resp: reqwest::Response,
     ) -> Outcome {
         let status = resp.status();
         let after = resp
@@ -657,7 +649,7 @@ impl WebhookSink {
                 )
             })
             .collect();
-        let bytes = read_head(&mut resp);
+        let bytes = read_head(&mut resp).await;
         let head = delivery::body_head(&bytes);
         let short: String = head.chars().take(200).collect();
         let url = public_url(&req.url);
@@ -726,24 +718,41 @@ const DRAIN_MAX: u64 = 16 * 1024;
 
 /// Reads a small body to its end (so the connection is kept alive); a larger or unknown one
 /// is left, and the connection closed.
-fn drain(resp: &mut reqwest::blocking::Response) {
-    // asked before any read: reqwest's blocking response forgets its length once read
+async fn drain(resp: &mut reqwest::Response) {
+    // asked before any read: the length left shrinks as the body is read
     if resp.content_length().is_some_and(|n| n <= DRAIN_MAX) {
-        let _ = std::io::copy(resp, &mut std::io::sink());
+        skip(resp, DRAIN_MAX).await;
+    }
+}
+
+/// Reads and drops up to about `max` bytes of a body (a chunk at a time).
+async fn skip(resp: &mut reqwest::Response, max: u64) {
+    let mut read = 0u64;
+    while read <= max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len() as u64,
+            Ok(None) | Err(_) => break,
+        }
     }
 }
 
 /// The first [`delivery::BODY_KEPT`] bytes of a body (and a few more, to tell a cut
 /// character), never more; the rest is drained when the whole body is small.
-fn read_head(resp: &mut reqwest::blocking::Response) -> Vec<u8> {
-    use std::io::Read;
+async fn read_head(resp: &mut reqwest::Response) -> Vec<u8> {
     let small = resp.content_length().is_some_and(|n| n <= DRAIN_MAX);
-    let mut head = Vec::with_capacity(delivery::BODY_KEPT + 4);
-    let _ = resp
-        .take(delivery::BODY_KEPT as u64 + 4)
-        .read_to_end(&mut head);
+    let limit = delivery::BODY_KEPT + 4;
+    let mut head = Vec::with_capacity(limit);
+    while head.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - head.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
     if small {
-        let _ = std::io::copy(resp, &mut std::io::sink());
+        skip(resp, DRAIN_MAX).await;
     }
     head
 }

@@ -66,7 +66,9 @@ fn server_fn(
                         };
                         headers.insert(k.to_ascii_lowercase(), v.to_string());
                     }
-                    let len: usize = headers["content-length"].parse().unwrap();
+                    let len: usize = headers
+                        .get("content-length")
+                        .map_or(0, |n| n.parse().unwrap());
                     let mut body = vec![0; len];
                     if reader.read_exact(&mut body).is_err() {
                         return;
@@ -587,4 +589,50 @@ fn messages_and_dead_letters_name_the_url_without_user_password_or_query() {
     let e = sink.flush().unwrap_err().to_string();
     assert!(e.contains(&format!("http://127.0.0.1:{dead}/hooks")), "{e}");
     assert!(!e.contains("sekrit") && !e.contains("pass-w0rd"), "{e}");
+}
+
+/// How many of this process's threads have a name starting with `prefix` (Linux keeps the
+/// first 15 bytes of a thread's name in `/proc/self/task/*/comm`).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn the_sink_and_a_registry_client_run_on_the_io_runtime_and_start_no_thread() {
+    let (port, got, _) = server_fn(Duration::ZERO, |r, _| {
+        let body: &[u8] = if r.headers[":path"].starts_with("/schemas/ids/") {
+            br#"{"schema":"\"long\""}"#
+        } else {
+            b"ok"
+        };
+        (200, String::new(), body.to_vec())
+    });
+    let mut sink = WebhookSink::new("hooks", config(port, 10)).unwrap();
+    let registry = weir_formats::registry::RegistryClient::with_bearer(
+        &format!("http://127.0.0.1:{port}"),
+        None,
+    )
+    .unwrap();
+    sink.write(&rows(25)).unwrap();
+    sink.flush().unwrap();
+    assert_eq!(registry.schema_text(1).unwrap(), "\"long\"");
+    let paths: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.headers[":path"].clone())
+        .collect();
+    assert!(paths.len() >= 4, "{paths:?}");
+    assert_eq!(paths.last().unwrap(), "/schemas/ids/1");
+    // both clients are alive and have answered: a `reqwest::blocking` client would keep a
+    // thread `reqwest-internal-sync-runtime` of its own (`reqwest-interna` in `comm`)
+    assert_eq!(threads_named("reqwest-interna"), 0);
+    assert!(threads_named("weir-io") >= 1);
+    // their pooled connections wait as tasks of the I/O runtime
+    let io = weir_engine::io::runtime().unwrap();
+    assert!(io.metrics().num_alive_tasks() >= 1);
 }

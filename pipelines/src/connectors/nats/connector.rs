@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use weir_engine::job::{DeadLetterSink, Sink};
-use weir_sinks::{DeadLetterNats, DeadLetterNatsConfig, NatsSink, NatsSinkConfig};
-use weir_sources::nats::{NatsPartitionsReader, NatsReader, NatsSourceConfig};
+use weir_nats::source::{NatsPartitionsReader, NatsReader, NatsSourceConfig};
+use weir_nats::{DeadLetterNats, DeadLetterNatsConfig, NatsSink, NatsSinkConfig};
 use weir_sources::MessageColumn;
 
 use crate::connectors::sources::{

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use weir_sources::nats::PARTITION_PLACEHOLDER;
+use weir_nats::source::PARTITION_PLACEHOLDER;
 
 /// A `nats:` setting that does not fit; always the user's to fix (the caller adds the file
 /// position and the source or sink it belongs to).

@@ -1,9 +1,9 @@
 //! A partitioned NATS source in a worker pool (`weir run --worker`): the pool assigns its
-//! subject partitions itself (see [`weir_sources::nats::pool`]); this module checks that a
+//! subject partitions itself (see [`weir_nats::source::pool`]); this module checks that a
 //! pipeline can be shared that way and builds the worker's reader.
 
-use weir_sources::nats::pool::NatsPoolReader;
-use weir_sources::nats::NatsSourceConfig;
+use weir_nats::source::pool::NatsPoolReader;
+use weir_nats::source::NatsSourceConfig;
 
 use crate::connectors::{PoolSource, PooledReader, PooledSource};
 

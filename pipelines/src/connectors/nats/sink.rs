@@ -8,8 +8,8 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use weir_sinks::nats::{DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
-use weir_sinks::{DeadLetterNatsConfig, NatsFormat, NatsSinkConfig};
+use weir_nats::sink::{DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
+use weir_nats::{DeadLetterNatsConfig, NatsFormat, NatsSinkConfig};
 
 use super::doc::{NatsCredentialsDoc, NatsTlsDoc};
 use super::NatsConfigError;

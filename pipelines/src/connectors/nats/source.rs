@@ -7,7 +7,7 @@ use serde_saphyr::Location;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use weir_sources::nats::{
+use weir_nats::source::{
     parse_start_from, sequence_range, NatsPartitions, NatsSourceConfig, NatsSourceError,
     NatsStartFrom, DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };

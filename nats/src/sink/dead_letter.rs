@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use crate::NatsEndpoint;
 use bytes::Bytes;
 use weir_engine::job::{Committable, DeadLetterSink};
 use weir_engine::{DeadLetter, EngineError};
-use weir_nats::NatsEndpoint;
 
 use super::error_chain;
 use super::link::{Link, WHILE_DOWN};

@@ -17,8 +17,8 @@ use weir_engine::clock::Clocks;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::progress::Progress;
 use weir_engine::{ChunkData, RunStats};
+use weir_nats::source::{NatsPartitions, NatsPartitionsReader, NatsReader, NatsSourceConfig};
 use weir_nats::NatsEndpoint;
-use weir_sources::nats::{NatsPartitions, NatsPartitionsReader, NatsReader, NatsSourceConfig};
 
 /// Messages per subject partition.
 const PER_PARTITION: usize = 100;

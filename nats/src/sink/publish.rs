@@ -3,17 +3,14 @@
 //! whose workers keep the connection serviced between calls: pings, reconnection), it
 //! publishes with a bounded number of acknowledgements outstanding, and says for every
 //! message whether the server stored it, refused it for good, or whether it must be sent
-//! again. Dropping it closes its connection (see [`weir_nats::OwnedClient`]).
+//! again. Dropping it closes its connection (see [`crate::OwnedClient`]).
 
 use std::time::Duration;
 
+use crate::{NatsEndpoint, NatsError, OwnedClient};
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
-use weir_nats::async_nats;
-use weir_nats::async_nats::jetstream::context::{
-    GetStreamByNameErrorKind, PublishError, PublishErrorKind,
-};
-use weir_nats::async_nats::jetstream::{self, ErrorCode};
-use weir_nats::{NatsEndpoint, NatsError, OwnedClient};
 
 /// Default bound on publishes awaiting their acknowledgement (`max_in_flight`).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;

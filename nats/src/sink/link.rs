@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use crate::NatsEndpoint;
 use weir_engine::EngineError;
-use weir_nats::NatsEndpoint;
 
 use super::error_chain;
 use super::publish::{NatsSinkError, Publisher, StreamFacts};

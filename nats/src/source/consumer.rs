@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::{NatsError, OwnedClient};
 use async_nats::jetstream::consumer::pull::{Config as PullConfig, Stream as PullStream};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream::Stream};
-use weir_nats::{NatsError, OwnedClient};
 
 use super::fetch::Fetcher;
 use super::{NatsSourceConfig, NatsStartFrom};

@@ -26,11 +26,11 @@ pub mod publish;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::NatsEndpoint;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, ErrorInfo, RejectedRow};
-use weir_nats::NatsEndpoint;
 
 pub use dead_letter::{DeadLetterNats, DeadLetterNatsConfig};
 pub use publish::{
@@ -219,7 +219,7 @@ impl NatsSink {
         (0..batch.num_rows())
             .map(|row| {
                 let mut out = Vec::new();
-                crate::avro::encode_row(batch, row, &mut out, &mut text);
+                weir_formats::avro_encode::encode_row(batch, row, &mut out, &mut text);
                 Bytes::from(out)
             })
             .collect()

@@ -21,7 +21,7 @@
 //!   `max_ack_pending` unacknowledged messages.
 //! * Connections. Each reader (each subject partition's) has its own connection on the
 //!   shared I/O runtime; a reader dropped, or a connection it replaces, is drained and closed
-//!   at once ([`weir_nats::OwnedClient`]), so that jobs that restart and pool workers that
+//!   at once ([`crate::OwnedClient`]), so that jobs that restart and pool workers that
 //!   open and close readers leave no connection or task behind.
 //! * Watermarks. One partition per stream: the watermark is the largest event time read minus
 //!   `max_out_of_orderness`, across every subject of the stream.
@@ -49,7 +49,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_nats::NatsEndpoint;
+use crate::NatsEndpoint;
 
 /// Where a consumer that weir creates starts (an existing consumer, or a checkpoint, decide
 /// otherwise).

@@ -17,10 +17,10 @@ use bytes::Bytes;
 use nats_runtime_checks::{alive_tasks, back_to, connections};
 use nats_support::NatsServer;
 use weir_engine::job::{Committable, Sink};
-use weir_nats::NatsEndpoint;
-use weir_sinks::nats::{
+use weir_nats::sink::{
     NatsFormat, NatsSink, NatsSinkConfig, Outcome, Outgoing, Publisher, DEFAULT_ACK_TIMEOUT,
 };
+use weir_nats::NatsEndpoint;
 
 fn endpoint(server: &NatsServer) -> NatsEndpoint {
     NatsEndpoint::new(vec![server.url()], "weir-test")

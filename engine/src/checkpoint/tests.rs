@@ -1,0 +1,212 @@
+use super::*;
+
+fn record(partition: &str, next_offset: u64, position: u64, newest: i64) -> PartitionRecord {
+    PartitionRecord {
+        source: "events".into(),
+        partition: partition.into(),
+        next_offset,
+        position,
+        newest,
+        lanes: vec![],
+        lane_lag: vec![],
+    }
+}
+
+fn manifest_with(partitions: Vec<PartitionRecord>) -> Manifest {
+    Manifest {
+        format: FORMAT,
+        pipeline: "p".into(),
+        epoch: 1,
+        created_ms: 0,
+        finished: false,
+        fingerprint: BTreeMap::new(),
+        partitions,
+        operators: vec![],
+        sinks: BTreeMap::new(),
+        dead_letter: serde_json::Value::Null,
+        counters: BTreeMap::new(),
+        state_bytes: 0,
+        took_ms: 0,
+        owned: BTreeMap::new(),
+        checksums: BTreeMap::new(),
+        sealed: false,
+    }
+}
+
+#[test]
+fn lanes_are_one_record_with_their_offsets_and_lags() {
+    let (lanes, lags) = lane_fields(1_000, &[4, 0, 9], &[1_000, i64::MIN, 990, 400]);
+    assert_eq!(lanes, vec![4, 0, 9, 0]);
+    assert_eq!(lags, vec![0, -1, 10, 600]);
+    let mut r = record("t/2", 50, 0, 1_000);
+    (r.lanes, r.lane_lag) = (lanes, lags);
+    assert_eq!(r.lane_newest(), vec![1_000, i64::MIN, 990, 400]);
+    let keys = vec![
+        ("events".to_string(), "t/1".to_string()),
+        ("events".to_string(), "t/2".to_string()),
+    ];
+    let back = restored_partitions(&manifest_with(vec![r.clone()]), &keys);
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        back[&1],
+        RestoredPartition {
+            resume: Resume {
+                next_offset: 50,
+                position: 0
+            },
+            newest: 1_000,
+            lanes: Some((vec![4, 0, 9, 0], vec![1_000, i64::MIN, 990, 400])),
+        }
+    );
+    // 1,000 lanes in a few kilobytes
+    r.lanes = (0..1_000).map(|i| 1_000_000 + i).collect();
+    r.lane_lag = (0..1_000).map(|i| i % 200).collect();
+    let bytes = serde_json::to_vec(&r).unwrap().len();
+    assert!(bytes < 14_000, "{bytes} bytes");
+}
+
+#[test]
+fn lanes_recorded_one_per_partition_key_in_format_1_are_folded() {
+    let keys = vec![
+        ("events".to_string(), "t/0".to_string()),
+        ("events".to_string(), "t/1".to_string()),
+    ];
+    let m = manifest_with(vec![
+        record("t/1/2", 90, 17, 500),
+        record("t/1/0", 70, 5, 480),
+        record("t/0", 12, 12, 7),
+    ]);
+    let back = restored_partitions(&m, &keys);
+    assert_eq!(back[&0].resume, Resume::at(12));
+    assert_eq!(back[&0].lanes, None);
+    assert_eq!(
+        back[&1],
+        RestoredPartition {
+            // the slowest lane's offset; every lane drops what it had read
+            resume: Resume {
+                next_offset: 70,
+                position: 0
+            },
+            newest: 500,
+            lanes: Some((vec![5, 0, 17], vec![480, i64::MIN, 500])),
+        }
+    );
+    // an ended partition's lanes all ended
+    let m = manifest_with(vec![
+        record("t/1/0", 70, 5, i64::MAX),
+        record("t/1/1", 70, 6, i64::MAX),
+    ]);
+    assert_eq!(restored_partitions(&m, &keys)[&1].newest, i64::MAX);
+}
+
+#[test]
+fn state_of_another_numbering_is_renumbered() {
+    let p = PartialWindow {
+        window_start: 0,
+        keys: vec![
+            Arc::new(arrow::array::UInt32Array::from(vec![0, 4, 8])),
+            Arc::new(arrow::array::StringArray::from(vec!["a", "b", "c"])),
+        ],
+        states: vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+    };
+    let map = HashMap::from([(4, 1), (8, 2)]);
+    let out = renumber_partitions(vec![p], PartitionColumn::Key(0), &map).unwrap();
+    let ids = out[0].keys[0]
+        .as_any()
+        .downcast_ref::<arrow::array::UInt32Array>()
+        .unwrap();
+    assert_eq!(ids.values().to_vec(), vec![0, 1, 2]);
+    let p = out[0].clone();
+    assert!(renumber_partitions(vec![p], PartitionColumn::Key(1), &map).is_err());
+}
+use arrow::array::{StringArray, UInt64Array};
+
+fn partial(start: i64, keys: &[&str], counts: &[u64]) -> PartialWindow {
+    PartialWindow {
+        window_start: start,
+        keys: vec![Arc::new(StringArray::from(keys.to_vec()))],
+        states: vec![Arc::new(UInt64Array::from(counts.to_vec()))],
+    }
+}
+
+#[test]
+fn partials_round_trip_through_ipc() {
+    let parts = vec![
+        partial(0, &["a", "b"], &[1, 2]),
+        partial(60_000, &["a"], &[3]),
+    ];
+    let bytes = encode_partials(&parts).unwrap();
+    let back = decode_partials(&bytes).unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!(back[0].window_start, 0);
+    assert_eq!(back[1].window_start, 60_000);
+    assert_eq!(back[0].keys[0].len(), 2);
+    assert_eq!(back[1].states[0].len(), 1);
+    assert!(decode_partials(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn a_file_url_goes_through_the_object_store_api() {
+    let dir = std::env::temp_dir().join(format!("weir-chk-url-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = CheckpointStore::open(&format!("file://{}", dir.display())).unwrap();
+    store.put("chk-0000000001/op-0.arrow", vec![7]).unwrap();
+    assert_eq!(
+        store.get("chk-0000000001/op-0.arrow").unwrap(),
+        Some(vec![7])
+    );
+    assert_eq!(store.get("missing").unwrap(), None);
+    assert_eq!(
+        store.list().unwrap(),
+        vec!["chk-0000000001/op-0.arrow".to_string()]
+    );
+    assert!(dir.join("chk-0000000001/op-0.arrow").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_local_store_keeps_the_newest_complete_checkpoints() {
+    let dir = std::env::temp_dir().join(format!("weir-chk-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = CheckpointStore::open(dir.to_str().unwrap()).unwrap();
+    assert!(store.latest().unwrap().is_none());
+    for e in 1..=5u64 {
+        store
+            .put(&format!("chk-{e:010}/op-0.arrow"), vec![1, 2])
+            .unwrap();
+        if e != 5 {
+            let m = Manifest {
+                format: FORMAT,
+                pipeline: "p".into(),
+                epoch: e,
+                created_ms: 0,
+                finished: false,
+                fingerprint: BTreeMap::new(),
+                partitions: vec![],
+                operators: vec![],
+                sinks: BTreeMap::new(),
+                dead_letter: serde_json::Value::Null,
+                owned: BTreeMap::new(),
+                counters: BTreeMap::new(),
+                state_bytes: 2,
+                took_ms: 0,
+                checksums: BTreeMap::new(),
+                sealed: false,
+            };
+            store
+                .put(&manifest_name(e), serde_json::to_vec(&m).unwrap())
+                .unwrap();
+        }
+    }
+    // epoch 5 has no manifest: not complete
+    assert_eq!(store.latest().unwrap().unwrap().epoch, 4);
+    collect_garbage(&store, 2, false, &Default::default()).unwrap();
+    assert_eq!(store.complete_epochs().unwrap(), vec![3, 4]);
+    let names = store.list().unwrap();
+    assert!(
+        names.iter().all(|n| !n.starts_with("chk-0000000001")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"chk-0000000005/op-0.arrow".to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,306 @@
+use super::*;
+
+#[test]
+fn a_partition_covers_itself_and_its_lanes_only() {
+    assert!(covers("events/t/1", "events/t/1"));
+    assert!(covers("events/t/1", "events/t/1/0"));
+    assert!(covers("events/t/1", "events/t/1/11"));
+    assert!(!covers("events/t/1", "events/t/10"));
+    assert!(!covers("events/t/1", "events/t/10/1"));
+    assert!(!covers("events/t/1", "events/t/"));
+}
+
+#[test]
+fn worker_ids_must_be_usable_in_names() {
+    assert!(valid_worker_id("weir-0"));
+    assert!(valid_worker_id("host.example_1"));
+    assert!(!valid_worker_id(""));
+    assert!(!valid_worker_id("a/b"));
+    assert!(!valid_worker_id(".hidden"));
+}
+
+#[test]
+fn claims_take_turns_and_fence_the_previous_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let (ga, from) = a.claim("events/t/0").unwrap();
+    assert_eq!((ga, from), (1, None));
+    let owned_a: BTreeMap<String, u64> = [("events/t/0".to_string(), ga)].into();
+    a.fence(&owned_a).unwrap();
+    let (gb, _) = b.claim("events/t/0").unwrap();
+    assert_eq!(gb, 2);
+    let e = a.fence(&owned_a).unwrap_err();
+    assert!(matches!(e, EngineError::Fenced(_)), "{e}");
+    assert!(e.to_string().contains("worker `b`"), "{e}");
+    b.fence(&[("events/t/0".to_string(), gb)].into()).unwrap();
+    assert_eq!(a.committed_epoch("b").unwrap(), 0);
+    b.mark_committed(7).unwrap();
+    assert_eq!(a.committed_epoch("b").unwrap(), 7);
+    // announcements: each worker sees the others
+    a.announce("127.0.0.1:1").unwrap();
+    b.announce("127.0.0.1:2").unwrap();
+    assert_eq!(
+        a.members(10_000).unwrap(),
+        vec![("b".to_string(), "127.0.0.1:2".to_string())]
+    );
+    b.withdraw().unwrap();
+    assert!(a.members(10_000).unwrap().is_empty());
+}
+
+/// Stores checkpoint `epoch` of `pool`'s worker owning `owned` as the coordinator does
+/// (fence, manifest, seal); returns what the seal said.
+fn checkpoint(
+    pool: &PoolStore,
+    epoch: u64,
+    owned: &[(&str, u64)],
+    between: impl FnOnce(),
+) -> Result<(), EngineError> {
+    let owned: BTreeMap<String, u64> = owned.iter().map(|(p, g)| (p.to_string(), *g)).collect();
+    Fencing::fence(pool, &owned)?;
+    between();
+    let mut m = crate::checkpoint::test_manifest(epoch);
+    m.owned = owned;
+    m.sealed = true;
+    let bytes = crate::checkpoint::encode_manifest(&m).unwrap();
+    pool.own()
+        .put(&format!("chk-{epoch:010}/manifest.json"), bytes)
+        .unwrap();
+    pool.seal(epoch)
+}
+
+/// A checkpoint of format 1 (weir before lanes were kept inside their partition)
+/// numbered every lane of a repartition topic's partition; its state is cut by that
+/// numbering and renumbered, its lanes' records kept for the job to fold.
+#[test]
+fn a_checkpoint_of_format_1_restores_under_the_new_numbering() {
+    use crate::checkpoint::{encode_partials, OperatorRecord, PartitionRecord};
+    use arrow::array::{Array, Int64Array, UInt32Array};
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let (t0, t1) = ("events/t/0", "events/t/1");
+    let (g0, _) = a.claim(t0).unwrap();
+    let (g1, _) = a.claim(t1).unwrap();
+    let owned: BTreeMap<String, u64> = [(t0.to_string(), g0), (t1.to_string(), g1)].into();
+    Fencing::fence(&a, &owned).unwrap();
+    // two partitions of two lanes: t/0 had ids 0 and 1, t/1 ids 2 and 3 (its state 2)
+    let partial = PartialWindow {
+        window_start: 0,
+        keys: vec![Arc::new(UInt32Array::from(vec![0, 2, 2]))],
+        states: vec![Arc::new(Int64Array::from(vec![10, 20, 30]))],
+    };
+    a.own()
+        .put(
+            "chk-0000000001/op-0.arrow",
+            encode_partials(&[partial]).unwrap(),
+        )
+        .unwrap();
+    let lane = |key: &str, position| PartitionRecord {
+        source: "events".into(),
+        partition: key.into(),
+        next_offset: 40,
+        position,
+        newest: 100,
+        lanes: vec![],
+        lane_lag: vec![],
+    };
+    let mut m = crate::checkpoint::test_manifest(1);
+    m.format = 1;
+    m.owned = owned;
+    m.sealed = true;
+    m.partitions = vec![
+        lane("t/0/0", 1),
+        lane("t/0/1", 2),
+        lane("t/1/0", 3),
+        lane("t/1/1", 4),
+    ];
+    m.operators = vec![OperatorRecord {
+        name: "w".into(),
+        file: Some("op-0.arrow".into()),
+        rows: 3,
+        flushed: 0,
+        emitted: 0,
+    }];
+    let bytes = crate::checkpoint::encode_manifest(&m).unwrap();
+    a.own().put("chk-0000000001/manifest.json", bytes).unwrap();
+    a.seal(1).unwrap();
+    // b takes t/1 over
+    let (g, from) = b.claim(t1).unwrap();
+    assert!(from.is_some());
+    let ids: HashMap<String, u32> = [(t0.to_string(), 0), (t1.to_string(), 1)].into();
+    let legacy: HashMap<String, u32> = [(t0.to_string(), 0), (t1.to_string(), 2)].into();
+    let columns: HashMap<String, PartitionColumn> =
+        [("w".to_string(), PartitionColumn::Key(0))].into();
+    let r = b
+        .restore_numbered(&[(t1.to_string(), g)].into(), &ids, Some(&legacy), &columns)
+        .unwrap();
+    let restored = r.restored.unwrap();
+    let rows = &restored.operators[0];
+    let ids_of = |p: &PartialWindow| {
+        let a = p.keys[0].as_any().downcast_ref::<UInt32Array>().unwrap();
+        a.values().to_vec()
+    };
+    assert_eq!(rows.iter().flat_map(ids_of).collect::<Vec<_>>(), vec![1, 1]);
+    let kept: Vec<&str> = restored
+        .manifest
+        .partitions
+        .iter()
+        .map(|p| p.partition.as_str())
+        .collect();
+    assert_eq!(kept, vec!["t/1/0", "t/1/1"]);
+    // without the old numbering, the rows of another partition would be taken
+    let (g, _) = b.claim(t0).unwrap();
+    let r = b
+        .restore_numbered(&[(t0.to_string(), g)].into(), &ids, Some(&legacy), &columns)
+        .unwrap();
+    let rows = &r.restored.unwrap().operators[0];
+    assert_eq!(rows.iter().map(|p| p.keys[0].len()).sum::<usize>(), 1);
+}
+
+const P: &str = "events/t/0";
+
+/// The race between a worker's fence check and its manifest: another worker claims the
+/// partition in between. Either the checkpoint is voided (not completed, no commit) and
+/// the claim restores from the one before, or it is sealed and the claim restores from
+/// it; never a completed checkpoint that the claim ignores.
+#[test]
+fn a_claim_between_the_fence_and_the_manifest_voids_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let (g1, _) = a.claim(P).unwrap();
+    checkpoint(&a, 1, &[(P, g1)], || {}).unwrap();
+    // b claims after a's fence check of checkpoint 2, before its manifest
+    let mut claimed = None;
+    let e = checkpoint(&a, 2, &[(P, g1)], || claimed = Some(b.claim(P).unwrap())).unwrap_err();
+    assert!(matches!(e, EngineError::Fenced(_)), "{e}");
+    let (g2, from) = claimed.unwrap();
+    assert_eq!(g2, 2);
+    let one = StateRef {
+        worker: "a".into(),
+        epoch: 1,
+    };
+    assert_eq!(from, Some(one.clone()));
+    // the voided checkpoint is undone: a restarts from 1, and takes epoch 2 again
+    assert!(a.own().manifest(2).unwrap().is_none());
+    assert_eq!(newest_valid(&a.own(), None).unwrap().unwrap().epoch, 1);
+    checkpoint(&a, 2, &[], || {}).unwrap();
+    // the other order: a's checkpoint is sealed before the claimant voids, so the claim
+    // restores from it
+    let (g3, _) = a.claim(P).unwrap();
+    checkpoint(&a, 3, &[(P, g3)], || {}).unwrap();
+    let (_, from) = b.claim(P).unwrap();
+    assert_eq!(
+        from,
+        Some(StateRef {
+            worker: "a".into(),
+            epoch: 3
+        })
+    );
+    // and a cannot complete another checkpoint owning it
+    assert!(checkpoint(&a, 4, &[(P, g3)], || {}).is_err());
+}
+
+/// A partition handed over (released) is claimed without voiding the previous owner's
+/// next checkpoint, which owns other partitions.
+#[test]
+fn a_released_partition_is_claimed_without_voiding() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let (g1, _) = a.claim(P).unwrap();
+    let (q1, _) = a.claim("events/t/1").unwrap();
+    checkpoint(&a, 1, &[(P, g1), ("events/t/1", q1)], || {}).unwrap();
+    a.release(P, g1).unwrap();
+    let (_, from) = b.claim(P).unwrap();
+    assert_eq!(
+        from,
+        Some(StateRef {
+            worker: "a".into(),
+            epoch: 1
+        })
+    );
+    checkpoint(&a, 2, &[("events/t/1", q1)], || {}).unwrap();
+}
+
+/// A claimant that died between creating its claim and settling it: whoever reads the
+/// claim settles it (voiding the previous owner's next epoch first).
+#[test]
+fn an_unsettled_claim_is_settled_by_its_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let c = PoolStore::open(loc, "c").unwrap();
+    let (g1, _) = a.claim(P).unwrap();
+    checkpoint(&a, 1, &[(P, g1)], || {}).unwrap();
+    // b's claim, written but never settled (b died), from a stale look
+    let stale = Claim {
+        worker: "b".into(),
+        generation: 2,
+        from: None,
+        at_ms: 0,
+        settled: false,
+    };
+    a.root
+        .put_new(&claim_name(P, 2), serde_json::to_vec(&stale).unwrap())
+        .unwrap();
+    // a, fenced by it, cannot complete checkpoint 2 owning the partition
+    assert!(checkpoint(&a, 2, &[(P, g1)], || {}).is_err());
+    let (g3, from) = c.claim(P).unwrap();
+    assert_eq!(g3, 3);
+    assert_eq!(
+        from,
+        Some(StateRef {
+            worker: "a".into(),
+            epoch: 1
+        })
+    );
+}
+
+/// A damaged manifest blocks no claim and no collection; and garbage collection with
+/// `keep: 1` keeps the checkpoint a claim points to.
+#[test]
+fn a_damaged_manifest_blocks_nobody_and_claimed_checkpoints_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let (g1, _) = a.claim(P).unwrap();
+    checkpoint(&a, 1, &[(P, g1)], || {}).unwrap();
+    checkpoint(&a, 2, &[(P, g1)], || {}).unwrap();
+    std::fs::write(
+        dir.path().join("workers/a/chk-0000000002/manifest.json"),
+        b"{\"checksum\":\"00",
+    )
+    .unwrap();
+    let (_, from) = b.claim(P).unwrap();
+    assert_eq!(
+        from,
+        Some(StateRef {
+            worker: "a".into(),
+            epoch: 1
+        })
+    );
+    // a goes on with other partitions; its next epoch was voided by the claim (a claimant
+    // voids the previous owner's next epoch whatever it owns): it is taken again
+    assert!(checkpoint(&a, 3, &[], || {}).is_err());
+    // keep 1 would leave only its newest
+    for e in 3..=5 {
+        checkpoint(&a, e, &[], || {}).unwrap();
+    }
+    assert_eq!(a.claimed_epochs().unwrap(), BTreeSet::from([1]));
+    crate::checkpoint::collect_garbage(&a.own(), 1, true, &a.claimed_epochs().unwrap()).unwrap();
+    assert!(valid_manifest(&a.own(), 1).unwrap().is_some());
+    assert!(valid_manifest(&a.own(), 3).unwrap().is_none());
+    // b restores the partition from it
+    let ids = HashMap::from([(P.to_string(), 0u32)]);
+    let r = b
+        .restore(&BTreeMap::from([(P.to_string(), 2)]), &ids, &HashMap::new())
+        .unwrap();
+    assert_eq!(r.foreign.len(), 1);
+}
