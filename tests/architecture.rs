@@ -540,6 +540,57 @@ fn the_model_guard_sees_connector_types_and_nothing_else() {
     assert_eq!(hits("pub struct KafkaSinkDoc {").len(), 1);
 }
 
+/// What names a run mode: connectors are opened with neutral inputs (`OpenSource::bounds`,
+/// `OpenSink::replaces`), never told which mode opens them.
+const MODE_NAMES: &[&str] = &[
+    "ReplaySetup",
+    "PoolWorker",
+    "Standalone",
+    "JobHooks",
+    "RunMode",
+    "crate::mode::",
+    "mode::",
+];
+
+/// Every line of `text`'s code (comments, strings and tests aside) naming a run mode.
+fn mode_names(rel: &str, text: &str) -> Vec<String> {
+    let (code, _) = without_tests(&lex(text).code);
+    code.lines()
+        .enumerate()
+        .filter(|(_, line)| MODE_NAMES.iter().any(|m| occurs(line, m)))
+        .map(|(n, line)| format!("pipelines/src/connectors/{rel}:{}: {}", n + 1, line.trim()))
+        .collect()
+}
+
+#[test]
+fn no_connector_knows_which_run_mode_opens_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/src/connectors");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(
+        files.len() >= 10,
+        "only {} files: wrong folder?",
+        files.len()
+    );
+    let mut found = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&root).expect("under connectors");
+        let text = std::fs::read_to_string(&f).expect("read source");
+        found.extend(mode_names(&rel.to_string_lossy(), &text));
+    }
+    assert!(
+        found.is_empty(),
+        "connectors naming a run mode (give them what the mode changes as a neutral input of \
+         `OpenSource` or `OpenSink` instead):\n{}",
+        found.join("\n")
+    );
+    // the guard itself
+    assert_eq!(
+        mode_names("x.rs", "fn open(r: &ReplaySetup) {}\n// ReplaySetup\n").len(),
+        1
+    );
+}
+
 /// Kafka's runtime lives in `kafka/` (issue 24): the Kafka source, its `--until-caught-up`,
 /// the Kafka sink and dead-letter output and a pool's repartition stage are `weir-kafka`'s,
 /// beside its client plumbing, so no other reader's or writer's crate has Kafka code nor

@@ -11,6 +11,8 @@
 //!   a pool worker's sequence of jobs over the partitions it is assigned.
 //! - [`JobHooks`], per job: where each source starts, how each sink is opened and wrapped,
 //!   what the live (SQL) state covers and which peers SQL reaches, and what reports progress.
+//!   A mode tells connectors what it changes through neutral inputs ([`OpenSource::bounds`]
+//!   and `until_caught_up`, [`OpenSink::replaces`]), never which mode it is.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +42,8 @@ pub trait RunMode: Send + Sync {
 
 /// What one job asks of its mode. The defaults are a standalone run's.
 pub(crate) trait JobHooks {
-    /// Opens source `source`'s reader (`at.index` in the plan): where its partitions start.
+    /// Opens source `source`'s reader (`at.index` in the plan): where its partitions start
+    /// (and, bounded, stop).
     fn open_source(
         &self,
         source: &PlannedSource,

@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connectors::{OpenSink, OpenSource, OpenedSource, ReplayRange};
+use crate::connectors::{
+    OpenSink, OpenSource, OpenedSource, ReadBounds, ReplayRange, WindowStarts,
+};
 use crate::mode::{JobHooks, Reporter, RunMode};
 use crate::plan::{Plan, PlannedSink, PlannedSource};
 use crate::run::{RunError, RunOptions, RunSummary};
@@ -124,7 +126,7 @@ pub struct ReplaySetup {
     /// The suffix of files a replay writes beside the live run's (`replay-FROM-TO`).
     pub suffix: String,
     /// Rows of the range written to each sink.
-    pub written: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+    pub written: Written,
 }
 
 impl ReplaySetup {
@@ -137,19 +139,24 @@ impl ReplaySetup {
             .sum()
     }
 
-    /// Where partition `key` (`topic/partition`) of source `source` starts.
-    pub fn start(&self, source: usize, key: &str) -> Option<u64> {
-        self.range(source, key).map(|r| r.start())
-    }
-
-    fn range(&self, source: usize, key: &str) -> Option<&dyn ReplayRange> {
+    /// Where partition `key` of source `source` (by index in the plan) starts and stops,
+    /// `None` when the replay has no range for it: what the source is opened with.
+    pub fn bounds(&self, source: usize, key: &str) -> Option<ReadBounds> {
         self.ranges
             .iter()
             .find(|(s, _)| *s == source)?
             .1
             .iter()
-            .find(|r| r.key() == key)
-            .map(|r| r.as_ref())
+            .find(|r| r.partition() == key)
+            .map(|r| r.bounds())
+    }
+
+    /// The windows the replay rewrites: those starting in its range.
+    pub fn window_starts(&self) -> WindowStarts {
+        WindowStarts {
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+        }
     }
 
     /// The ranges, one line per partition.
@@ -311,21 +318,25 @@ impl JobHooks for Replay {
         source: &PlannedSource,
         at: OpenSource,
     ) -> Result<OpenedSource, RunError> {
-        source.input.open(&OpenSource {
-            replay: Some(&self.setup),
-            ..at
-        })
+        let index = at.index;
+        let bounds = move |key: &str| self.setup.bounds(index, key);
+        source.input.open(&bounded(at, &bounds))
     }
 
-    /// Only rows of windows starting in the range, counted.
+    /// Only rows of windows starting in the range, counted; an output that replaces rows
+    /// by range replaces those windows.
     fn open_sink<'a>(
         &'a self,
         sink: &PlannedSink,
         at: &mut OpenSink<'a>,
     ) -> Result<Box<dyn Sink>, RunError> {
-        at.replay = Some(&self.setup);
+        let range = self.setup.window_starts();
+        at.replaces = Some(range);
         let inner = sink.target.open(at)?;
-        Ok(Box::new(WindowRange::new(&sink.name, inner, &self.setup)))
+        let written = self.setup.written.clone();
+        Ok(Box::new(WindowRange::new(
+            &sink.name, inner, range, written,
+        )))
     }
 
     fn progress(&self, stats: &Arc<weir_engine::RunStats>) -> Option<Reporter> {
@@ -349,24 +360,38 @@ impl JobHooks for Replay {
     }
 }
 
-/// A sink that passes on only the rows whose `window_start` lies in `[from, to)`.
+/// `at` reading every partition `bounds` gives a range from its start to its end, then
+/// stopping: how a replay opens its sources.
+fn bounded<'a>(
+    at: OpenSource<'a>,
+    bounds: &'a dyn Fn(&str) -> Option<ReadBounds>,
+) -> OpenSource<'a> {
+    OpenSource {
+        bounds,
+        until_caught_up: true,
+        ..at
+    }
+}
+
+/// Rows written per sink.
+type Written = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+
+/// A sink that passes on only the rows of windows starting in a range, counting them.
 pub struct WindowRange {
     inner: Box<dyn Sink>,
-    from: i64,
-    to: i64,
+    range: WindowStarts,
     name: String,
-    written: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+    written: Written,
 }
 
 impl WindowRange {
-    /// `inner` given the rows of `setup`'s range.
-    pub fn new(name: &str, inner: Box<dyn Sink>, setup: &ReplaySetup) -> Self {
+    /// `inner` given the rows of windows starting in `range`, counted in `written`.
+    pub fn new(name: &str, inner: Box<dyn Sink>, range: WindowStarts, written: Written) -> Self {
         WindowRange {
             inner,
-            from: setup.from_ms,
-            to: setup.to_ms,
+            range,
             name: name.to_string(),
-            written: setup.written.clone(),
+            written,
         }
     }
 
@@ -400,7 +425,7 @@ impl Sink for WindowRange {
         };
         let keep: BooleanArray = starts
             .iter()
-            .map(|s| Some(s.is_some_and(|s| s >= self.from && s < self.to)))
+            .map(|s| Some(s.is_some_and(|s| self.range.contains(s))))
             .collect();
         self.count(keep.true_count());
         if keep.true_count() == batch.num_rows() {
@@ -654,5 +679,242 @@ mod tests {
             "{}",
             dead.display()
         );
+    }
+    /// One partition's range, as a connector would give it.
+    #[derive(Debug)]
+    struct Range {
+        key: &'static str,
+        partition: &'static str,
+        start: u64,
+        end: u64,
+    }
+
+    impl ReplayRange for Range {
+        fn key(&self) -> String {
+            self.key.into()
+        }
+        fn partition(&self) -> String {
+            self.partition.into()
+        }
+        fn start(&self) -> u64 {
+            self.start
+        }
+        fn end(&self) -> u64 {
+            self.end
+        }
+        fn read(&self) -> Arc<std::sync::atomic::AtomicU64> {
+            Arc::default()
+        }
+        fn describe(&self) -> String {
+            self.key.into()
+        }
+    }
+
+    fn setup_with(ranges: Vec<(usize, Vec<Box<dyn ReplayRange>>)>) -> Arc<ReplaySetup> {
+        Arc::new(ReplaySetup {
+            from_ms: 60_000,
+            to_ms: 180_000,
+            ranges,
+            suffix: "replay-a-b".into(),
+            written: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_replays_ranges_are_its_sources_bounds_by_partition() {
+        let range = |key, partition, start, end| {
+            Box::new(Range {
+                key,
+                partition,
+                start,
+                end,
+            }) as Box<dyn ReplayRange>
+        };
+        let setup = setup_with(vec![
+            (
+                0,
+                vec![range("t/0", "t/0", 3, 8), range("t/1", "t/1", 0, 2)],
+            ),
+            (1, vec![range("s/0", "nats/s", 10, 20)]),
+        ]);
+        let b = |start, end| Some(ReadBounds { start, end });
+        assert_eq!(setup.bounds(0, "t/0"), b(3, 8));
+        assert_eq!(setup.bounds(0, "t/1"), b(0, 2));
+        assert_eq!(setup.bounds(0, "t/2"), None);
+        // by the partition its reader reads, not the name its progress bar shows
+        assert_eq!(setup.bounds(1, "nats/s"), b(10, 20));
+        assert_eq!(setup.bounds(1, "s/0"), None);
+        assert_eq!(setup.bounds(2, "t/0"), None);
+        assert_eq!(setup.messages(), 5 + 2 + 10);
+    }
+
+    /// What a source was opened with, per partition: start, end, and whether it stops once
+    /// caught up.
+    type Opened = Arc<std::sync::Mutex<Vec<(Option<u64>, Option<u64>, bool)>>>;
+
+    /// A source recording what it is opened with (and then refusing to open).
+    #[derive(Debug)]
+    struct RecordingSource(Opened);
+
+    impl crate::connectors::SourceConnector for RecordingSource {
+        fn kind(&self) -> &'static str {
+            "recording"
+        }
+        fn fingerprint(&self) -> String {
+            String::new()
+        }
+        fn summary(&self) -> String {
+            String::new()
+        }
+        fn describe(&self) -> String {
+            String::new()
+        }
+        fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
+            if let Ok(mut opened) = self.0.lock() {
+                for key in ["t/0", "t/1"] {
+                    opened.push((at.start(key), at.end(key), at.until_caught_up));
+                }
+            }
+            Err(RunError::IncompatibleState("recorded".into()))
+        }
+    }
+
+    #[test]
+    fn a_replay_opens_its_sources_bounded_by_its_ranges() {
+        let mut plan = live_plan("bounds");
+        let opened = Opened::default();
+        plan.sources[0].input = Box::new(RecordingSource(opened.clone()));
+        let range = Range {
+            key: "t/1",
+            partition: "t/1",
+            start: 5,
+            end: 9,
+        };
+        let mode = Replay::new(setup_with(vec![(0, vec![Box::new(range)])]));
+        let s = &plan.sources[0];
+        // the run's own resume (a checkpoint's) is not what a bounded partition starts at
+        let resume = |_: &str| Some(weir_engine::events::Resume::at(1));
+        let at = OpenSource {
+            index: 0,
+            name: &s.name,
+            first_partition: 0,
+            output_schema: s.output_schema.clone(),
+            resume: &resume,
+            bounds: &crate::connectors::unbounded,
+            until_caught_up: false,
+            caught_up_timeout: None,
+        };
+        assert!(mode.open_source(s, at).is_err());
+        let opened = opened.lock().map(|o| o.clone()).unwrap_or_default();
+        assert_eq!(
+            opened,
+            vec![(Some(1), None, true), (Some(5), Some(9), true)]
+        );
+    }
+
+    /// Rows each write passed on.
+    type Rows = Arc<std::sync::Mutex<Vec<usize>>>;
+
+    /// A sink keeping the row count of each write.
+    struct Counting(Rows);
+
+    impl Committable for Counting {
+        fn flush(&mut self) -> Result<bool, EngineError> {
+            Ok(true)
+        }
+        fn finish(&mut self) -> Result<(), EngineError> {
+            Ok(())
+        }
+    }
+
+    impl Sink for Counting {
+        fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+            if let Ok(mut rows) = self.0.lock() {
+                rows.push(batch.num_rows());
+            }
+            Ok(())
+        }
+    }
+
+    /// An output recording the windows it is opened to replace.
+    #[derive(Debug, Clone, Default)]
+    struct RecordingTarget {
+        replaces: Arc<std::sync::Mutex<Option<WindowStarts>>>,
+        rows: Rows,
+    }
+
+    impl crate::connectors::SinkConnector for RecordingTarget {
+        fn kind(&self) -> &'static str {
+            "recording"
+        }
+        fn fingerprint(&self) -> String {
+            String::new()
+        }
+        fn summary(&self) -> String {
+            String::new()
+        }
+        fn describe(&self, _checkpointed: bool) -> String {
+            String::new()
+        }
+        fn attach(
+            &mut self,
+            _at: &crate::connectors::Attach,
+        ) -> Result<(), crate::error::PipelineError> {
+            Ok(())
+        }
+        fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
+            if let Ok(mut r) = self.replaces.lock() {
+                *r = at.replaces;
+            }
+            Ok(Box::new(Counting(self.rows.clone())))
+        }
+    }
+
+    #[test]
+    fn a_replays_sinks_replace_and_get_only_the_windows_of_its_range() {
+        let mut plan = live_plan("replaces");
+        let target = RecordingTarget::default();
+        plan.sinks[0].target = Box::new(target.clone());
+        let setup = setup_with(Vec::new());
+        let mode = Replay::new(setup.clone());
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new(
+                "window_start",
+                arrow::datatypes::DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Millisecond,
+                    None,
+                ),
+                true,
+            ),
+        ]));
+        let mut deliveries = Vec::new();
+        let mut at = OpenSink {
+            pipeline: "p",
+            name: "x",
+            schema: &schema,
+            checkpointed: false,
+            replaces: None,
+            deliveries: &mut deliveries,
+        };
+        let mut sink = mode
+            .open_sink(&plan.sinks[0], &mut at)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let replaces = target.replaces.lock().map(|r| *r).ok().flatten();
+        assert_eq!(
+            replaces,
+            Some(WindowStarts {
+                from_ms: 60_000,
+                to_ms: 180_000
+            })
+        );
+        let starts =
+            arrow::array::TimestampMillisecondArray::from(vec![0, 60_000, 120_000, 180_000]);
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(starts)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        sink.write(&batch).unwrap_or_else(|e| panic!("{e}"));
+        let rows = target.rows.lock().map(|r| r.clone()).unwrap_or_default();
+        assert_eq!(rows, vec![2]);
+        let written = setup.written.lock().map(|w| w.clone()).unwrap_or_default();
+        assert_eq!(written.get("x"), Some(&2));
     }
 }

@@ -287,9 +287,9 @@ fn open_sources(
                 first_partition,
                 output_schema: s.output_schema.clone(),
                 resume: &resume,
+                bounds: &crate::connectors::unbounded,
                 until_caught_up: opts.until_caught_up,
                 caught_up_timeout: opts.caught_up_timeout,
-                replay: None,
             },
         )?;
         let (reader, keys) = (opened.reader, opened.keys);
@@ -339,7 +339,7 @@ fn open_sinks(
                 name: &s.name,
                 schema: &schema,
                 checkpointed,
-                replay: None,
+                replaces: None,
                 deliveries: &mut deliveries,
             },
         )?;

@@ -36,7 +36,6 @@ use weir_engine::EngineError;
 use crate::error::PipelineError;
 use crate::model::{DeadLetterDoc, PipelineDoc, SinkDoc};
 use crate::plan::Ctx;
-use crate::replay::ReplaySetup;
 use crate::run::RunError;
 
 /// Every source kind, in the order error messages list them: its YAML key (a field of
@@ -132,8 +131,8 @@ pub use pooled::{
 };
 pub(crate) use sources::avro_refusal;
 pub use sources::{
-    AvroLimitsDoc, EventTimeError, OpenSource, OpenedSource, ReplayRange, ReplayedSource,
-    SourceBase, SourceConnector, SourceKind, SourcePlanning, SOURCES,
+    unbounded, AvroLimitsDoc, EventTimeError, OpenSource, OpenedSource, ReadBounds, ReplayRange,
+    ReplayedSource, SourceBase, SourceConnector, SourceKind, SourcePlanning, SOURCES,
 };
 
 /// What a sink's planning reads: the whole file (defaults such as Kafka brokers), the
@@ -233,10 +232,25 @@ pub struct OpenSink<'a> {
     pub schema: &'a SchemaRef,
     /// Whether the run checkpoints (outputs then commit per checkpoint).
     pub checkpointed: bool,
-    /// The replay this run is, if any.
-    pub replay: Option<&'a ReplaySetup>,
+    /// The windows whose rows this run replaces (a replay's range), if it replaces any:
+    /// an output that can replace rows by range (Iceberg) drops theirs first.
+    pub replaces: Option<WindowStarts>,
     /// Delivery statistics of sinks that keep them (webhooks), by sink name.
     pub deliveries: &'a mut Vec<(String, Arc<DeliveryStats>)>,
+}
+
+/// Windows starting in `[from_ms, to_ms)` (event time, ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowStarts {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+impl WindowStarts {
+    /// Whether a window starting at `start` is one of them.
+    pub fn contains(&self, start: i64) -> bool {
+        start >= self.from_ms && start < self.to_ms
+    }
 }
 
 /// What every planned sink has without writing it: a boxed copy and a view as `Any` (for

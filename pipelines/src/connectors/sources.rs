@@ -18,7 +18,7 @@ use super::pooled::{PoolSource, PooledSource, Repartition, Repartitioning};
 use crate::error::PipelineError;
 use crate::model::{Format, PipelineDoc, SourceDoc};
 use crate::plan::Ctx;
-use crate::replay::{ReplayError, ReplaySetup};
+use crate::replay::ReplayError;
 use crate::run::RunError;
 
 /// What a source's planning reads.
@@ -119,12 +119,43 @@ pub struct OpenSource<'a> {
     pub output_schema: arrow::datatypes::SchemaRef,
     /// Where partition `key` resumes, from the checkpoint being restored.
     pub resume: &'a dyn Fn(&str) -> Option<Resume>,
-    /// Read to the end present at the start, then stop.
+    /// Partitions read over a range of their own instead (a replay's): where partition
+    /// `key` starts and stops, `None` for a partition read as usual.
+    pub bounds: &'a dyn Fn(&str) -> Option<ReadBounds>,
+    /// Read to the end present at the start (or to each partition's bound), then stop.
     pub until_caught_up: bool,
     /// How long a bounded read waits for the end, when set.
     pub caught_up_timeout: Option<Duration>,
-    /// The replay this run is, if any.
-    pub replay: Option<&'a ReplaySetup>,
+}
+
+impl OpenSource<'_> {
+    /// Where partition `key` starts: its bounded read's start, else where the checkpoint
+    /// resumes it; `None` to start as the source's configuration says.
+    pub fn start(&self, key: &str) -> Option<u64> {
+        match (self.bounds)(key) {
+            Some(b) => Some(b.start),
+            None => (self.resume)(key).map(|r| r.next_offset),
+        }
+    }
+
+    /// Where partition `key` stops, when its read is bounded: the position past its last
+    /// message.
+    pub fn end(&self, key: &str) -> Option<u64> {
+        (self.bounds)(key).map(|b| b.end)
+    }
+}
+
+/// A bounded read of one partition: positions (offsets, sequences) `start..end`, `end`
+/// being the position past its last message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBounds {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// No partition is bounded: every one is read as usual (a run that is not a replay).
+pub fn unbounded(_key: &str) -> Option<ReadBounds> {
+    None
 }
 
 /// A source opened for a run: its reader and the keys of its partitions.
@@ -144,6 +175,18 @@ pub struct ReplayedSource {
 pub trait ReplayRange: Debug + Send + Sync {
     /// The partition's key (`topic/partition`), as a progress bar names it.
     fn key(&self) -> String;
+    /// The key of the partition its reader reads, as checkpoints and
+    /// [`OpenSource::bounds`] name it (by default [`key`](Self::key)).
+    fn partition(&self) -> String {
+        self.key()
+    }
+    /// Where the read of its partition starts and stops.
+    fn bounds(&self) -> ReadBounds {
+        ReadBounds {
+            start: self.start(),
+            end: self.end(),
+        }
+    }
     /// The position (offset, sequence) of its first message.
     fn start(&self) -> u64;
     /// The position past its last message.

@@ -283,7 +283,7 @@ mod tests {
                     name: "out",
                     schema: &schema,
                     checkpointed: true,
-                    replay: None,
+                    replaces: None,
                     deliveries: &mut deliveries,
                 })
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -72,6 +72,15 @@ pub struct IcebergTarget {
     pub pipeline: String,
 }
 
+impl IcebergTarget {
+    /// Its sink's configuration for a run opened `at`: a replay's windows are replaced.
+    fn opened_config(&self, at: &OpenSink) -> weir_iceberg::IcebergSinkConfig {
+        let mut config = iceberg_config(at.pipeline, at.name, self);
+        config.replace_windows = at.replaces.map(|r| (r.from_ms, r.to_ms));
+        config
+    }
+}
+
 impl SinkConnector for IcebergTarget {
     fn kind(&self) -> &'static str {
         "iceberg"
@@ -132,10 +141,8 @@ impl SinkConnector for IcebergTarget {
     }
 
     fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
-        let mut config = iceberg_config(at.pipeline, at.name, self);
-        config.replace_windows = at.replay.map(|r| (r.from_ms, r.to_ms));
         Ok(Box::new(IcebergSink::open(
-            config,
+            self.opened_config(at),
             at.schema,
             self.view_keys,
         )?))
@@ -255,5 +262,33 @@ mod tests {
             .downcast_ref::<super::IcebergTarget>()
             .expect("an Iceberg target");
         assert_eq!(worker.worker.as_deref(), Some("w1"));
+    }
+
+    #[test]
+    fn an_iceberg_sink_replaces_the_windows_it_is_opened_to_replace() {
+        let s = sink("ice-replaces", SQLITE);
+        let target = s
+            .as_any()
+            .downcast_ref::<super::IcebergTarget>()
+            .expect("an Iceberg target");
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+        let mut deliveries = Vec::new();
+        let mut at = crate::connectors::OpenSink {
+            pipeline: "p",
+            name: "out",
+            schema: &schema,
+            checkpointed: false,
+            replaces: None,
+            deliveries: &mut deliveries,
+        };
+        assert_eq!(target.opened_config(&at).replace_windows, None);
+        at.replaces = Some(crate::connectors::WindowStarts {
+            from_ms: 60_000,
+            to_ms: 180_000,
+        });
+        assert_eq!(
+            target.opened_config(&at).replace_windows,
+            Some((60_000, 180_000))
+        );
     }
 }

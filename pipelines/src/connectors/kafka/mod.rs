@@ -211,21 +211,15 @@ impl SourceConnector for KafkaInput {
         .replace("Latest", "latest")
     }
 
+    /// Bounded partitions (a replay's) start and end at their bounds; others continue at
+    /// the checkpoint's offset.
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
-        let mut cfg = self.0.clone();
-        cfg.until_caught_up = at.until_caught_up || at.replay.is_some();
-        if let Some(t) = at.caught_up_timeout {
-            cfg.caught_up_timeout = t;
-        }
-        let partitions = KafkaPartitions::discover(&cfg)
+        let partitions = KafkaPartitions::discover(&self.0)
             .map_err(|e| EngineError::source_caused(at.name, "", e))?;
+        let cfg = opened_config(&self.0, at, &partitions);
         let keys = partitions.keys(&cfg);
-        let (index, replay, resume) = (at.index, at.replay, at.resume);
-        let reader = KafkaReader::new(index, at.name, at.first_partition, cfg, &partitions)
-            .with_resume(|t, p| match replay {
-                Some(r) => r.start(index, &format!("{t}/{p}")),
-                None => resume(&format!("{t}/{p}")).map(|r| r.next_offset),
-            });
+        let reader = KafkaReader::new(at.index, at.name, at.first_partition, cfg, &partitions)
+            .with_resume(|t, p| at.start(&format!("{t}/{p}")));
         Ok(OpenedSource {
             reader: Box::new(reader),
             keys,
@@ -250,12 +244,8 @@ impl SourceConnector for KafkaInput {
             Duration::from_secs(30),
         )
         .map_err(lookup)?;
+        // where each partition ends reaches the reader as its bounds when the replay opens it
         cfg.group_id = format!("{}-{suffix}-{}", cfg.group_id, std::process::id());
-        cfg.until_caught_up = true;
-        cfg.end_offsets = found
-            .iter()
-            .map(|r| ((r.topic.clone(), r.partition), r.end))
-            .collect();
         let ranges: Vec<replay::PartitionRange> = found
             .into_iter()
             .map(|range| replay::PartitionRange {
@@ -279,6 +269,28 @@ impl SourceConnector for KafkaInput {
     fn pool_refusal(&self, _source: &str, _keyed: bool) -> Option<String> {
         None
     }
+}
+
+/// `cfg` as opened `at`: reading until caught up as asked, bounded partitions ending at
+/// their bounds' end.
+fn opened_config(
+    cfg: &KafkaSourceConfig,
+    at: &OpenSource,
+    partitions: &KafkaPartitions,
+) -> KafkaSourceConfig {
+    let mut cfg = cfg.clone();
+    cfg.until_caught_up = at.until_caught_up;
+    if let Some(t) = at.caught_up_timeout {
+        cfg.caught_up_timeout = t;
+    }
+    for (topic, &count) in cfg.topics.iter().zip(&partitions.counts) {
+        for p in 0..count {
+            if let Some(end) = at.end(&format!("{topic}/{p}")) {
+                cfg.end_offsets.insert((topic.clone(), p as i32), end);
+            }
+        }
+    }
+    cfg
 }
 
 /// A Kafka topic, one message per row.
@@ -401,4 +413,57 @@ fn lookup(e: weir_kafka::KafkaError) -> Lookup {
         _ => weir_engine::ErrorKind::Fatal,
     };
     Lookup::new(kind, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connectors::tests::{pipeline, plan_of};
+    use crate::connectors::ReadBounds;
+    use weir_engine::events::Resume;
+
+    #[test]
+    fn a_kafka_source_reads_bounded_partitions_from_their_start_to_their_end() {
+        let source =
+            "    kafka: { brokers: \"127.0.0.1:9\", topic: t, group_id: g }\n    format: json";
+        let plan = plan_of(
+            "kafka-bounds",
+            &pipeline(source, "    file: { path: out/w.ndjson }", ""),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let s = &plan.sources[0];
+        let input = s
+            .input
+            .as_any()
+            .downcast_ref::<KafkaInput>()
+            .expect("a Kafka input");
+        // partition 1 is bounded (a replay's), partition 0 resumes at the checkpoint
+        let bounds = |key: &str| (key == "t/1").then_some(ReadBounds { start: 5, end: 9 });
+        let resume = |key: &str| (key == "t/0").then(|| Resume::at(3));
+        let at = OpenSource {
+            index: 0,
+            name: &s.name,
+            first_partition: 0,
+            output_schema: s.output_schema.clone(),
+            resume: &resume,
+            bounds: &bounds,
+            until_caught_up: true,
+            caught_up_timeout: None,
+        };
+        let cfg = opened_config(&input.0, &at, &KafkaPartitions { counts: vec![2] });
+        assert!(cfg.until_caught_up);
+        assert_eq!(
+            cfg.end_offsets,
+            [(("t".to_string(), 1), 9)].into_iter().collect()
+        );
+        assert_eq!((at.start("t/0"), at.start("t/1")), (Some(3), Some(5)));
+        let unbounded = OpenSource {
+            bounds: &crate::connectors::unbounded,
+            until_caught_up: false,
+            ..at
+        };
+        let cfg = opened_config(&input.0, &unbounded, &KafkaPartitions { counts: vec![2] });
+        assert!(!cfg.until_caught_up && cfg.end_offsets.is_empty());
+        assert_eq!(unbounded.start("t/1"), None);
+    }
 }

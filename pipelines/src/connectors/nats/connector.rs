@@ -152,15 +152,12 @@ impl SourceConnector for NatsInput {
         )
     }
 
-    /// Bounded by the stream's last sequence at the start with `--until-caught-up` and in a
-    /// replay; continuing at a checkpoint's or a replay's sequence.
+    /// Bounded by the stream's last sequence at the start with `--until-caught-up`, and by
+    /// its bounds (a replay's) when the whole stream has some; continuing at a checkpoint's
+    /// sequence or at the bounds' start.
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
-        let start = |key: &str| match at.replay {
-            Some(r) => r.start(at.index, &format!("{}/0", self.0.stream)),
-            None => (at.resume)(key).map(|r| r.next_offset),
-        };
-        let mut cfg = (*self.0).clone();
-        cfg.until_caught_up = at.until_caught_up || at.replay.is_some();
+        let start = |key: &str| at.start(key);
+        let cfg = opened_config(&self.0, at);
         let keys = cfg.partition_keys();
         let reader: Box<dyn weir_engine::job::PartitionReader> = if cfg.partitions.is_some() {
             // one filtered consumer and watermark per subject partition
@@ -208,6 +205,20 @@ impl SourceConnector for NatsInput {
     fn pooled(&self, at: &PoolSource) -> Result<PooledSource, RunError> {
         Ok(super::pool::pooled(&self.0, at))
     }
+}
+
+/// `cfg` as opened `at`: reading until caught up as asked; a whole stream with bounds ends
+/// at the sequence before their end.
+fn opened_config(cfg: &NatsSourceConfig, at: &OpenSource) -> NatsSourceConfig {
+    let mut cfg = cfg.clone();
+    cfg.until_caught_up = at.until_caught_up;
+    if cfg.partitions.is_none() {
+        if let Some(end) = at.end(&cfg.partition_key()) {
+            // `end` is the first sequence past the range: the last one read is the one before
+            cfg.end_sequence = Some(end.saturating_sub(1));
+        }
+    }
+    cfg
 }
 
 /// A NATS JetStream subject (the output is set when a window or view names the sink).
@@ -270,5 +281,53 @@ impl DeadLetterConnector for NatsDeadLetter {
 
     fn open(&self, _checkpointed: bool) -> Result<Box<dyn DeadLetterSink>, RunError> {
         Ok(Box::new(DeadLetterNats::new(self.0.clone())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connectors::tests::{pipeline, plan_of};
+    use crate::connectors::ReadBounds;
+
+    #[test]
+    fn a_nats_stream_with_bounds_starts_and_ends_at_them() {
+        let source = "    nats: { url: \"nats://127.0.0.1:9\", stream: events }\n    format: json";
+        let plan = plan_of(
+            "nats-bounds",
+            &pipeline(source, "    file: { path: out/w.ndjson }", ""),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let s = &plan.sources[0];
+        let input = s
+            .input
+            .as_any()
+            .downcast_ref::<NatsInput>()
+            .expect("a NATS input");
+        let key = input.0.partition_key();
+        let bounds = |k: &str| (k == key).then_some(ReadBounds { start: 4, end: 10 });
+        let at = OpenSource {
+            index: 0,
+            name: &s.name,
+            first_partition: 0,
+            output_schema: s.output_schema.clone(),
+            resume: &|_| None,
+            bounds: &bounds,
+            until_caught_up: true,
+            caught_up_timeout: None,
+        };
+        let cfg = opened_config(&input.0, &at);
+        // the last sequence read is the one before the bounds' end
+        assert_eq!(cfg.end_sequence, Some(9));
+        assert!(cfg.until_caught_up);
+        assert_eq!(at.start(&key), Some(4));
+        let unbounded = OpenSource {
+            bounds: &crate::connectors::unbounded,
+            until_caught_up: false,
+            ..at
+        };
+        let cfg = opened_config(&input.0, &unbounded);
+        assert_eq!(cfg.end_sequence, None);
+        assert!(!cfg.until_caught_up);
     }
 }

@@ -138,9 +138,9 @@ fn partitions(doc: &NatsPartitionsDoc) -> Result<NatsPartitions, NatsConfigError
 const REPLAY_CONSUMER_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Sets `cfg` up for a replay of the messages stored in `range` (ms, margins included): a
-/// consumer of its own (deleted by the server once unused), bounded at the first sequence
-/// past the range. Returns the sequence range (one partition named after the stream), which
-/// holds where the reader reports its progress.
+/// consumer of its own (deleted by the server once unused). Returns the sequence range (one
+/// partition named after the stream), which holds where the reader reports its progress and
+/// bounds the read when the replay opens the source (up to the first sequence past it).
 pub(crate) fn replay(
     cfg: &mut NatsSourceConfig,
     range: (i64, i64),
@@ -153,13 +153,12 @@ pub(crate) fn replay(
     let (start, end, last) = sequence_range(cfg, range).map_err(lookup)?;
     cfg.consumer = format!("{}-{suffix}-{}", cfg.consumer, std::process::id()).replace('.', "_");
     cfg.delete_after = Some(REPLAY_CONSUMER_LINGER);
-    cfg.until_caught_up = true;
-    // `end` is the first sequence past the range: the last one read is the one before
-    cfg.end_sequence = Some(end.saturating_sub(1));
+    // where the range ends reaches the reader as its bounds when the replay opens it
     let read = Arc::new(AtomicU64::new(start));
     cfg.read_sequence = Some(read.clone());
     Ok(SequenceRange {
         stream: cfg.stream.clone(),
+        partition: cfg.partition_key(),
         start,
         end,
         next: last + 1,
@@ -183,6 +182,8 @@ fn lookup(e: NatsSourceError) -> Lookup {
 #[derive(Debug)]
 pub(crate) struct SequenceRange {
     pub stream: String,
+    /// The key of the partition its reader reads (the whole stream's).
+    pub partition: String,
     pub start: u64,
     /// The first sequence past the range.
     pub end: u64,
@@ -195,6 +196,9 @@ pub(crate) struct SequenceRange {
 impl ReplayRange for SequenceRange {
     fn key(&self) -> String {
         format!("{}/0", self.stream)
+    }
+    fn partition(&self) -> String {
+        self.partition.clone()
     }
     fn start(&self) -> u64 {
         self.start
