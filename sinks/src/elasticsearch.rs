@@ -59,7 +59,11 @@ pub struct IndexTemplate {
 
 impl IndexTemplate {
     /// Parses a template; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, IndexTemplateError> {
+        let bad = |problem| IndexTemplateError {
+            template: text.to_string(),
+            problem,
+        };
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -68,21 +72,19 @@ impl IndexTemplate {
             }
             let close = rest[open..]
                 .find('}')
-                .ok_or_else(|| format!("index `{text}`: unclosed `{{`"))?;
+                .ok_or_else(|| bad(IndexProblem::Unclosed))?;
             let inner = &rest[open + 1..open + close];
             parts.push(match inner.split_once(':') {
                 None if inner == "pipeline" => Part::Pipeline,
                 None if inner == "output" => Part::Output,
                 None if inner == "window_start" => Part::WindowStart("%Y.%m.%d".into()),
                 Some(("window_start", f)) if !f.is_empty() => {
-                    check_strftime(f)?;
+                    if !is_strftime(f) {
+                        return Err(bad(IndexProblem::NotStrftime(f.to_string())));
+                    }
                     Part::WindowStart(f.to_string())
                 }
-                _ => {
-                    return Err(format!(
-                        "index `{text}`: unknown `{{{inner}}}`: use {{pipeline}}, {{output}} or {{window_start:%Y.%m.%d}}"
-                    ))
-                }
+                _ => return Err(bad(IndexProblem::Unknown(inner.to_string()))),
             });
             rest = &rest[open + close + 1..];
         }
@@ -94,16 +96,12 @@ impl IndexTemplate {
                 if t.chars()
                     .any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c))
                 {
-                    return Err(format!(
-                        "index `{text}`: Elasticsearch index names are lowercase, without \\ / * ? \" < > | space , # :"
-                    ));
+                    return Err(bad(IndexProblem::BadCharacter));
                 }
             }
         }
         if matches!(parts.first(), Some(Part::Text(t)) if t.starts_with(['_', '-', '+'])) {
-            return Err(format!(
-                "index `{text}`: an index name cannot start with _, - or +"
-            ));
+            return Err(bad(IndexProblem::BadStart));
         }
         Ok(IndexTemplate { parts })
     }
@@ -134,13 +132,35 @@ impl IndexTemplate {
     }
 }
 
-/// Refuses strftime formats chrono cannot render (it would panic while formatting).
-fn check_strftime(f: &str) -> Result<(), String> {
+/// Whether chrono can render strftime format `f` (it would panic while formatting one it
+/// cannot).
+fn is_strftime(f: &str) -> bool {
     use chrono::format::{Item, StrftimeItems};
-    if StrftimeItems::new(f).any(|i| matches!(i, Item::Error)) {
-        return Err(format!("`{f}` is not a strftime format (e.g. %Y.%m.%d)"));
-    }
-    Ok(())
+    !StrftimeItems::new(f).any(|i| matches!(i, Item::Error))
+}
+
+/// An index name template that cannot name indices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("index `{template}`: {problem}")]
+pub struct IndexTemplateError {
+    /// The template as written.
+    pub template: String,
+    pub problem: IndexProblem,
+}
+
+/// What is wrong with an index name template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexProblem {
+    #[error("unclosed `{{`")]
+    Unclosed,
+    #[error("unknown `{{{0}}}`: use {{pipeline}}, {{output}} or {{window_start:%Y.%m.%d}}")]
+    Unknown(String),
+    #[error("`{0}` is not a strftime format (e.g. %Y.%m.%d)")]
+    NotStrftime(String),
+    #[error("Elasticsearch index names are lowercase, without \\ / * ? \" < > | space , # :")]
+    BadCharacter,
+    #[error("an index name cannot start with _, - or +")]
+    BadStart,
 }
 
 /// What the sink needs to know.

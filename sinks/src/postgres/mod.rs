@@ -101,13 +101,10 @@ pub struct PostgresConfig {
     pub worker: String,
 }
 
-/// Checks that the URL and TLS settings make connection settings (without connecting).
-pub fn check_url(config: &PostgresConfig) -> Result<(), String> {
-    match session::connect_options(config) {
-        Ok(_) => Ok(()),
-        Err(Fault::Fatal(m) | Fault::Retry(m)) => Err(m),
-        Err(Fault::Refused { message, .. }) => Err(message),
-    }
+/// Checks that the URL makes connection settings (without connecting); the TLS settings
+/// always do.
+pub fn check_url(config: &PostgresConfig) -> Result<(), sqlx::Error> {
+    session::url_options(config).map(|_| ())
 }
 
 /// `host:port/database` of the URL, without its credentials (for `weir validate`).

@@ -92,10 +92,14 @@ fn strict(e: sqlx::Error) -> Fault {
     }
 }
 
+/// The connection settings of the URL alone (what `weir validate` checks).
+pub fn url_options(config: &PostgresConfig) -> Result<PgConnectOptions, sqlx::Error> {
+    PgConnectOptions::from_str(&config.url)
+}
+
 /// The connection settings of `config`.
 pub fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions, Fault> {
-    let mut opts =
-        PgConnectOptions::from_str(&config.url).map_err(|e| Fault::Fatal(format!("`url`: {e}")))?;
+    let mut opts = url_options(config).map_err(|e| Fault::Fatal(format!("`url`: {e}")))?;
     if let Some(tls) = config.tls {
         opts = opts.ssl_mode(match tls {
             TlsMode::Disable => PgSslMode::Disable,

@@ -29,7 +29,10 @@ pub(crate) fn elasticsearch_config(
             return Err(at(format!("`url` `{u}` is not an http:// or https:// URL")));
         }
     }
-    let index = IndexTemplate::parse(&d.index).map_err(at)?;
+    let index = IndexTemplate::parse(&d.index).map_err(|err| {
+        ctx.err(&e.referenced, format!("sink `{kname}`"))
+            .caused_by(err)
+    })?;
     let set = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
     let auth = match (
         set(&d.api_key),
@@ -86,9 +89,10 @@ pub(crate) fn elasticsearch_config(
         Some(f) => {
             let p = ctx.path(f);
             let text = std::fs::read_to_string(&p)
-                .map_err(|e| at(format!("`index_template` {}: {e}", p.display())))?;
-            let body: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| at(format!("`index_template` {}: not JSON: {e}", p.display())))?;
+                .map_err(|e| at(format!("`index_template` {}", p.display())).caused_by(e))?;
+            let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                at(format!("`index_template` {}: not JSON", p.display())).caused_by(e)
+            })?;
             if body.get("index_patterns").is_none() {
                 return Err(at(format!(
                     "`index_template` {}: an index template body needs `index_patterns`",

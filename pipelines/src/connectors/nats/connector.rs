@@ -208,7 +208,8 @@ impl SourceConnector for NatsInput {
 }
 
 /// `cfg` as opened `at`: reading until caught up as asked; a whole stream with bounds ends
-/// at the sequence before their end.
+/// at the sequence before their end. Subject partitions are never bounded: a replay reads
+/// the whole stream as one partition (`source::replay` drops `partitions`).
 fn opened_config(cfg: &NatsSourceConfig, at: &OpenSource) -> NatsSourceConfig {
     let mut cfg = cfg.clone();
     cfg.until_caught_up = at.until_caught_up;

@@ -70,6 +70,9 @@ pub(crate) fn postgres_config(
         view_keys: None,
         worker: String::new(),
     };
-    weir_sinks::postgres::check_url(&config).map_err(at)?;
+    weir_sinks::postgres::check_url(&config).map_err(|e| {
+        ctx.err(&p.referenced, format!("sink `{kname}`: `url`"))
+            .caused_by(e)
+    })?;
     Ok(config)
 }

@@ -46,7 +46,10 @@ pub(crate) fn webhook_config(
         Some(m) => return Err(at(format!("`method` is POST or PUT, not `{m}`"))),
     };
     for (k, v) in &d.headers {
-        weir_sinks::webhook::check_header(k, v).map_err(|e| at(e.to_string()))?;
+        weir_sinks::webhook::check_header(k, v).map_err(|e| {
+            ctx.err(&w.referenced, format!("sink `{kname}`"))
+                .caused_by(e)
+        })?;
     }
     let batching = match d.batch.as_deref() {
         None | Some("array") => Batching::Array,
@@ -139,11 +142,10 @@ pub(crate) fn attach_webhook(
     }
     if let Some((loc, text)) = &t.filter_text {
         let compiler = SqlCompiler::new();
-        t.filter = Some(
-            compiler
-                .predicate(text, schema)
-                .map_err(|e| ctx.err(loc, format!("sink `{}`: `where`: {e}", sink.value)))?,
-        );
+        t.filter = Some(compiler.predicate(text, schema).map_err(|e| {
+            ctx.err(loc, format!("sink `{}`: `where`", sink.value))
+                .caused_by(e)
+        })?);
     }
     c.output = output.to_string();
     Ok(())
