@@ -126,10 +126,11 @@ pub(super) fn run_worker(
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
     // SQL: announce this worker's address; queries read the other workers' rows too
     let token = plan.serve.as_ref().and_then(|s| s.token.clone());
-    let announcer = match plan.serve.as_ref().and_then(|s| s.http.as_deref()) {
-        Some(http) => Some(Announcer::start(pool.clone(), advertised(http))),
-        None => None,
-    };
+    let announcer = plan
+        .serve
+        .as_ref()
+        .and_then(|s| s.http.as_deref())
+        .map(|http| Announcer::start(pool.clone(), advertised(http)));
     let peers = match &announcer {
         Some(a) => Some(Arc::new(
             Peers::new(a.addresses(), token).map_err(|e| PoolRefusal::Peers { cause: e.into() })?,
