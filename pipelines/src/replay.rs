@@ -802,14 +802,8 @@ mod tests {
         // a checkpoint's resume is not where a replayed partition starts
         let resume = |_: &str| Some(weir_engine::events::Resume::at(1));
         let at = OpenSource {
-            index: 0,
-            name: &s.name,
-            first_partition: 0,
-            output_schema: s.output_schema.clone(),
-            resume: &resume,
-            bounds: &crate::connectors::unbounded,
             until_caught_up: false,
-            caught_up_timeout: None,
+            ..crate::connectors::tests::opening(&plan, &resume, &crate::connectors::unbounded)
         };
         assert!(mode.open_source(s, at).is_err());
         let opened = opened.lock().map(|o| o.clone()).unwrap_or_default();

@@ -176,22 +176,8 @@ fn a_local_store_keeps_the_newest_complete_checkpoints() {
             .unwrap();
         if e != 5 {
             let m = Manifest {
-                format: FORMAT,
-                pipeline: "p".into(),
-                epoch: e,
-                created_ms: 0,
-                finished: false,
-                fingerprint: BTreeMap::new(),
-                partitions: vec![],
-                operators: vec![],
-                sinks: BTreeMap::new(),
-                dead_letter: serde_json::Value::Null,
-                owned: BTreeMap::new(),
-                counters: BTreeMap::new(),
                 state_bytes: 2,
-                took_ms: 0,
-                checksums: BTreeMap::new(),
-                sealed: false,
+                ..test_manifest(e)
             };
             store
                 .put(&manifest_name(e), serde_json::to_vec(&m).unwrap())

@@ -122,7 +122,7 @@ mod pooled;
 pub mod postgres;
 mod sources;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod webhook;
 
 pub use pooled::{

@@ -35,6 +35,43 @@ pub(super) fn pipeline(source: &str, sink: &str, extra: &str) -> String {
     )
 }
 
+/// A pipeline reading `source` (lines under source `events`) into a file, planned.
+pub(super) fn source_plan(name: &str, source: &str) -> Plan {
+    plan_of(
+        name,
+        &pipeline(source, "    file: { path: out/w.ndjson }", ""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The connector of `plan`'s first source, as its type `T`.
+pub(super) fn first_input<T: 'static>(plan: &Plan) -> &T {
+    plan.sources[0]
+        .input
+        .as_any()
+        .downcast_ref::<T>()
+        .expect("the source connector's type")
+}
+
+/// `plan`'s first source opened with `resume` and `bounds`, reading until caught up.
+pub(crate) fn opening<'a>(
+    plan: &'a Plan,
+    resume: &'a dyn Fn(&str) -> Option<weir_engine::events::Resume>,
+    bounds: &'a dyn Fn(&str) -> Option<ReadBounds>,
+) -> OpenSource<'a> {
+    let s = &plan.sources[0];
+    OpenSource {
+        index: 0,
+        name: &s.name,
+        first_partition: 0,
+        output_schema: s.output_schema.clone(),
+        resume,
+        bounds,
+        until_caught_up: true,
+        caught_up_timeout: None,
+    }
+}
+
 #[test]
 fn every_kind_has_one_registry_line_and_a_unique_key() {
     for keys in [

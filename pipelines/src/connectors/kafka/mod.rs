@@ -418,7 +418,7 @@ fn lookup(e: weir_kafka::KafkaError) -> Lookup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connectors::tests::{pipeline, plan_of};
+    use crate::connectors::tests::{first_input, opening, source_plan};
     use crate::connectors::ReadBounds;
     use weir_engine::events::Resume;
 
@@ -426,30 +426,12 @@ mod tests {
     fn a_kafka_source_reads_bounded_partitions_from_their_start_to_their_end() {
         let source =
             "    kafka: { brokers: \"127.0.0.1:9\", topic: t, group_id: g }\n    format: json";
-        let plan = plan_of(
-            "kafka-bounds",
-            &pipeline(source, "    file: { path: out/w.ndjson }", ""),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let s = &plan.sources[0];
-        let input = s
-            .input
-            .as_any()
-            .downcast_ref::<KafkaInput>()
-            .expect("a Kafka input");
+        let plan = source_plan("kafka-bounds", source);
+        let input: &KafkaInput = first_input(&plan);
         // partition 1 is bounded (a replay's), partition 0 resumes at the checkpoint
         let bounds = |key: &str| (key == "t/1").then_some(ReadBounds { start: 5, end: 9 });
         let resume = |key: &str| (key == "t/0").then(|| Resume::at(3));
-        let at = OpenSource {
-            index: 0,
-            name: &s.name,
-            first_partition: 0,
-            output_schema: s.output_schema.clone(),
-            resume: &resume,
-            bounds: &bounds,
-            until_caught_up: true,
-            caught_up_timeout: None,
-        };
+        let at = opening(&plan, &resume, &bounds);
         let cfg = opened_config(&input.0, &at, &KafkaPartitions { counts: vec![2] });
         assert!(cfg.until_caught_up);
         assert_eq!(

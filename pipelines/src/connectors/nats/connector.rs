@@ -288,35 +288,17 @@ impl DeadLetterConnector for NatsDeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connectors::tests::{pipeline, plan_of};
+    use crate::connectors::tests::{first_input, opening, source_plan};
     use crate::connectors::ReadBounds;
 
     #[test]
     fn a_nats_stream_with_bounds_starts_and_ends_at_them() {
         let source = "    nats: { url: \"nats://127.0.0.1:9\", stream: events }\n    format: json";
-        let plan = plan_of(
-            "nats-bounds",
-            &pipeline(source, "    file: { path: out/w.ndjson }", ""),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let s = &plan.sources[0];
-        let input = s
-            .input
-            .as_any()
-            .downcast_ref::<NatsInput>()
-            .expect("a NATS input");
+        let plan = source_plan("nats-bounds", source);
+        let input: &NatsInput = first_input(&plan);
         let key = input.0.partition_key();
         let bounds = |k: &str| (k == key).then_some(ReadBounds { start: 4, end: 10 });
-        let at = OpenSource {
-            index: 0,
-            name: &s.name,
-            first_partition: 0,
-            output_schema: s.output_schema.clone(),
-            resume: &|_| None,
-            bounds: &bounds,
-            until_caught_up: true,
-            caught_up_timeout: None,
-        };
+        let at = opening(&plan, &|_| None, &bounds);
         let cfg = opened_config(&input.0, &at);
         // the last sequence read is the one before the bounds' end
         assert_eq!(cfg.end_sequence, Some(9));
