@@ -758,13 +758,13 @@ pub(crate) fn test_manifest(epoch: u64) -> Manifest {
     }
 }
 
-/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>]` pauses the coordinator at
+/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>[:<times>]]` pauses the coordinator at
 /// `point` (`before_manifest`: every part is in, the manifest is not written;
 /// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
 /// manifest is written (and sealed), the outputs are not told to commit;
 /// `before_commit_owning`: the same, for a pool worker that owns partitions), after
-/// passing it `skip` times, so that crash tests can kill the process there. It logs
-/// `failpoint <point>` first.
+/// passing it `skip` times (then every time, or `times` times), so that crash tests can kill
+/// the process there. It logs `failpoint <point>` first.
 pub(crate) fn failpoint(point: &str) {
     static PASSED: AtomicU64 = AtomicU64::new(0);
     let Ok(spec) = std::env::var("WEIR_FAILPOINT_PAUSE") else {
@@ -775,7 +775,15 @@ pub(crate) fn failpoint(point: &str) {
         return;
     };
     let skip: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    if name == point && PASSED.fetch_add(1, Ordering::Relaxed) >= skip {
+    let times: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    if name != point {
+        return;
+    }
+    let passed = PASSED.fetch_add(1, Ordering::Relaxed);
+    if passed >= skip && passed - skip < times {
         let ms: u64 = ms.parse().unwrap_or(0);
         tracing::warn!(point, ms, "failpoint {point}");
         eprintln!("failpoint {point}");

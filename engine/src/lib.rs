@@ -22,6 +22,7 @@ mod pool_finished;
 pub mod pool_members;
 pub mod progress;
 pub mod retry;
+pub mod stage_stats;
 pub mod stats;
 pub mod time;
 pub mod trace;

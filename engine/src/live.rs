@@ -212,6 +212,8 @@ pub struct LiveSnapshot {
     /// Run counters at the snapshot (`records_in`, `bad`, `late/<window>`, ...).
     pub counters: BTreeMap<String, u64>,
     pub partitions: Vec<PartitionStatus>,
+    /// A pool worker's repartition stages: one row per upstream partition they read.
+    pub stages: Vec<crate::stage_stats::StageStatus>,
     /// Every source ended and every output was written: nothing changes any more.
     pub finished: bool,
 }

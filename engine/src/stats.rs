@@ -178,6 +178,8 @@ pub struct RunStats {
     /// Per HTTP-delivering sink (webhooks), by sink name: its requests, failures by status
     /// class and latency, registered by the pipeline that opened it.
     pub deliveries: Mutex<Vec<(String, std::sync::Arc<DeliveryStats>)>>,
+    /// A pool worker's repartition stages (they outlive its jobs), registered by the worker.
+    pub stages: Mutex<Vec<std::sync::Arc<crate::stage_stats::StageStats>>>,
 }
 
 /// Failure classes of [`DeliveryStats::failures`], as the `class` label shows them.
@@ -343,6 +345,7 @@ impl RunStats {
             dead_letter_health: OutputHealth::default(),
             sum_overflows: Mutex::new(Vec::new()),
             deliveries: Mutex::new(Vec::new()),
+            stages: Mutex::new(Vec::new()),
         }
     }
 

@@ -71,6 +71,10 @@ pub(crate) trait JobHooks {
     fn progress(&self, _stats: &Arc<RunStats>) -> Option<Reporter> {
         None
     }
+    /// The repartition stages running beside the job, whose figures it shows.
+    fn stages(&self) -> Vec<Arc<weir_engine::stage_stats::StageStats>> {
+        Vec::new()
+    }
 }
 
 /// A background thread reporting progress until [`Reporter::finish`].

@@ -229,6 +229,9 @@ pub(crate) fn run_job(
     let operators = operators(plan, n, &sink_index)?;
     let dead_letter = open_dead_letter(plan, checkpoint.is_some())?;
     let stats = run_stats(plan, &operators, &sinks, deliveries);
+    if let Ok(mut stages) = stats.stages.lock() {
+        stages.extend(hooks.stages());
+    }
     let (live, server) = start_live(plan, opts, hooks, &stats)?;
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
     let progress = hooks.progress(&stats);

@@ -251,6 +251,18 @@ impl TableProvider for LiveTable {
     }
 }
 
+/// One row of `weir_status`, before it becomes columns.
+struct StatusRow<'a> {
+    source: &'a str,
+    partition: &'a str,
+    watermark: Option<i64>,
+    newest: Option<i64>,
+    ended: bool,
+    lag: Option<i64>,
+    counts: weir_engine::stats::PartitionCount,
+    stage: &'static str,
+}
+
 /// `weir_status`: one row per source partition, with the run counters at the snapshot.
 #[derive(Debug)]
 pub struct StatusTable {
@@ -280,6 +292,9 @@ impl StatusTable {
             Field::new("finished", DataType::Boolean, false),
             // in a worker pool, the worker that owns the partition
             Field::new("worker", DataType::Utf8, true),
+            // `source`: the job reading the partition; `repartition`: a pool worker's
+            // repartition stage reading an upstream partition into the internal topic
+            Field::new("stage", DataType::Utf8, false),
         ]));
         StatusTable {
             live,
@@ -288,15 +303,40 @@ impl StatusTable {
         }
     }
 
-    /// The rows of a snapshot.
+    /// The rows of a snapshot: the partitions the job reads, then the upstream partitions
+    /// of this worker's repartition stages.
     pub fn rows(&self, s: &LiveSnapshot) -> DfResult<RecordBatch> {
         // a pool worker shows the partitions it owns
-        let owned: Vec<&weir_engine::live::PartitionStatus> = s
+        let owned = s
             .partitions
             .iter()
-            .filter(|p| self.live.owns(&p.source, &p.partition))
+            .filter(|p| self.live.owns(&p.source, &p.partition));
+        let mut rows: Vec<StatusRow> = owned
+            .map(|x| StatusRow {
+                source: &x.source,
+                partition: &x.partition,
+                watermark: x.watermark,
+                newest: x.newest,
+                ended: x.ended,
+                lag: x.lag,
+                counts: x.counts,
+                stage: "source",
+            })
             .collect();
-        let n = owned.len();
+        rows.extend(s.stages.iter().map(|x| StatusRow {
+            source: &x.source,
+            partition: &x.partition,
+            watermark: None,
+            newest: None,
+            ended: false,
+            lag: x.lag,
+            counts: weir_engine::stats::PartitionCount {
+                records_in: x.forwarded,
+                ..Default::default()
+            },
+            stage: "repartition",
+        }));
+        let n = rows.len();
         let counter = |name: &str| s.counters.get(name).copied().unwrap_or(0);
         let sum_prefix = |prefix: &str| -> u64 {
             s.counters
@@ -309,13 +349,11 @@ impl StatusTable {
         let ts = |v: Vec<Option<i64>>| {
             Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC")) as ArrayRef
         };
-        let p = &owned;
+        let p = &rows;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![self.live.pipeline.as_str(); n])),
-            Arc::new(StringArray::from_iter_values(p.iter().map(|x| &x.source))),
-            Arc::new(StringArray::from_iter_values(
-                p.iter().map(|x| &x.partition),
-            )),
+            Arc::new(StringArray::from_iter_values(p.iter().map(|x| x.source))),
+            Arc::new(StringArray::from_iter_values(p.iter().map(|x| x.partition))),
             ts(p.iter().map(|x| x.watermark).collect()),
             ts(p.iter().map(|x| x.newest).collect()),
             Arc::new(BooleanArray::from_iter(p.iter().map(|x| Some(x.ended)))),
@@ -335,6 +373,7 @@ impl StatusTable {
             ts(vec![(s.seq > 0).then_some(s.taken_ms); n]),
             Arc::new(BooleanArray::from(vec![s.finished; n])),
             Arc::new(StringArray::from(vec![self.live.worker(); n])),
+            Arc::new(StringArray::from_iter_values(p.iter().map(|x| x.stage))),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }

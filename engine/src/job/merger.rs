@@ -156,6 +156,11 @@ impl LiveTables {
         let mut counters: std::collections::BTreeMap<String, u64> = counters.into_iter().collect();
         counters.extend(stats.merger_counters());
         let partitions = partition_statuses(&self.partitions, clocks, Some(stats), &counters);
+        let stages = stats
+            .stages
+            .lock()
+            .map(|s| s.iter().flat_map(|st| st.statuses()).collect())
+            .unwrap_or_default();
         self.state.publish(LiveSnapshot {
             seq: self.seq,
             taken_ms: now_ms(),
@@ -163,6 +168,7 @@ impl LiveTables {
             indexes,
             counters,
             partitions,
+            stages,
             finished,
         });
         self.observe_visible(stats);

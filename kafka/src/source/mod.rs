@@ -105,7 +105,15 @@ pub struct KafkaSourceConfig {
     /// The topic is a worker pool's repartition topic (see [`crate::repartition`]): each
     /// partition is read as one lane per upstream partition.
     pub upstream: Option<Upstream>,
+    /// In a worker pool that repartitions the topic: how many messages of the internal topic
+    /// the pool's jobs may have left to checkpoint before the repartition stage pauses
+    /// reading the topic (see [`crate::repartition`]).
+    pub repartition_max_backlog: u64,
 }
+
+/// [`KafkaSourceConfig::repartition_max_backlog`] by default: about 100 s of input at
+/// 100,000 events/s, so that a checkpoint interval of 10 s never holds a pool back.
+pub const DEFAULT_REPARTITION_MAX_BACKLOG: u64 = 10_000_000;
 
 /// The topic a repartition topic was written from: its messages carry the upstream topic,
 /// partition and offset they were read at (a [`crate::repartition::Envelope`]); a message of

@@ -351,11 +351,10 @@ impl KafkaReader {
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
-        if self.config.upstream.is_some() {
-            // a repartition topic's offsets live in the pool's checkpoints only: its lanes
-            // continue from different offsets
-            return Ok(());
-        }
+        // A repartition topic's lanes continue from the pool's checkpoints, never from these
+        // offsets (its reader starts a partition without a checkpoint at its beginning): the
+        // offset a complete checkpoint continues from (its slowest lane's) is committed for
+        // the stage's backpressure and the group's lag as Kafka's tools show it.
         let assigned = self
             .partitions
             .iter()

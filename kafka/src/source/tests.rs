@@ -29,6 +29,7 @@ fn reading_to_the_end(brokers: &str, topic: &str) -> KafkaSourceConfig {
         with_headers: false,
         pool: None,
         upstream: None,
+        repartition_max_backlog: crate::source::DEFAULT_REPARTITION_MAX_BACKLOG,
     }
 }
 

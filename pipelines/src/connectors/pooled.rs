@@ -76,6 +76,8 @@ pub trait RunningRepartition: Send {
     fn stop(&self);
     /// Waits for the stage to end; its error, if it failed.
     fn join(self: Box<Self>) -> Result<(), EngineError>;
+    /// What the stage shows of itself in `/metrics` and `weir_status`.
+    fn stats(&self) -> Arc<weir_engine::stage_stats::StageStats>;
 }
 
 /// A pooled reader: it outlives the jobs of a worker, which each read the partitions the

@@ -124,6 +124,8 @@ pub(crate) struct PoolJob<'a> {
     pub owned: HashSet<(String, String)>,
     /// The other workers, for SQL.
     pub peers: Option<Arc<Peers>>,
+    /// The worker's repartition stages.
+    pub stages: Vec<Arc<weir_engine::stage_stats::StageStats>>,
 }
 
 impl JobHooks for PoolJob<'_> {
@@ -155,6 +157,10 @@ impl JobHooks for PoolJob<'_> {
 
     fn sql_peers(&self) -> Option<Arc<Peers>> {
         self.peers.clone()
+    }
+
+    fn stages(&self) -> Vec<Arc<weir_engine::stage_stats::StageStats>> {
+        self.stages.clone()
     }
 }
 

@@ -20,6 +20,7 @@ use crate::run::{check_compatible, run_job, PoolRefusal, RunError, RunOptions, R
 use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColumn};
 use weir_engine::job::StopHandle;
 use weir_engine::pool::{PoolStore, StateRef};
+use weir_engine::stage_stats::StageStats;
 use weir_engine::EngineError;
 use weir_query::Peers;
 
@@ -143,6 +144,7 @@ pub(super) fn run_worker(
         pool,
         outputs,
         peers,
+        stages: stages.iter().map(|s| s.stats()).collect(),
     };
     let result = run_worker_jobs(&w);
     drop(announcer);
@@ -357,6 +359,7 @@ struct Worker {
     pool: Arc<PoolStore>,
     outputs: ConfiguredOutputs,
     peers: Option<Arc<Peers>>,
+    stages: Vec<Arc<StageStats>>,
 }
 
 /// Runs jobs over the current assignment until one ends for another reason than a
@@ -373,6 +376,7 @@ fn run_jobs(
         pool,
         outputs,
         peers,
+        stages,
     } = w;
     let Some(planned) = &plan.checkpoint else {
         return Err(PoolRefusal::NoCheckpoint.into());
@@ -455,6 +459,7 @@ fn run_jobs(
                 })
                 .collect(),
             peers: peers.clone(),
+            stages: stages.clone(),
         };
         let result = run_job(plan, &job_opts, Some(checkpoint), &job);
         done.store(true, Ordering::Relaxed);

@@ -35,6 +35,9 @@ pub struct KafkaSourceDoc {
     /// Bounds on what one Avro record may decode to (`format: avro`).
     #[serde(default)]
     pub avro_limits: Option<AvroLimitsDoc>,
+    /// In a worker pool that repartitions the topic: messages of the internal topic the pool's jobs may have left to checkpoint before the repartition stage pauses reading the topic (default 10,000,000).
+    #[serde(default)]
+    pub repartition_max_backlog: Option<u64>,
 }
 
 /// `kafka:` of a sink or of `dead_letter`: one topic written.

@@ -109,6 +109,18 @@ pub(crate) fn source_config(
         with_headers: false,
         pool: None,
         upstream: None,
+        repartition_max_backlog: match d.repartition_max_backlog {
+            None => weir_kafka::source::DEFAULT_REPARTITION_MAX_BACKLOG,
+            Some(0) => {
+                return Err(ctx.err(
+                    &k.referenced,
+                    format!(
+                        "source `{sname}`: `repartition_max_backlog` must be at least 1 (messages)"
+                    ),
+                ))
+            }
+            Some(n) => n,
+        },
     };
     Ok(cfg)
 }

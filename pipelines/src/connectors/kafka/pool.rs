@@ -3,14 +3,20 @@
 //! whose messages are not keyed by the windows' key is repartitioned through an internal
 //! topic first.
 
+use std::sync::Arc;
+
 use weir_kafka::source::PoolHook;
 use weir_kafka::{
-    ClaimedStart, KafkaPartitions, KafkaReader, KafkaSourceConfig, RepartitionSpec, StartFrom,
-    Upstream,
+    ClaimedStart, KafkaPartitions, KafkaReader, KafkaSourceConfig, RepartitionSpec,
+    RepartitionStage, StartFrom, Upstream,
 };
 
-use super::super::{PoolSource, PooledReader, PooledSource, Repartitioning, HANDOVER_TIMEOUT};
+use super::super::{
+    PoolSource, PooledReader, PooledSource, Repartition, Repartitioning, RunningRepartition,
+    HANDOVER_TIMEOUT,
+};
 use weir_engine::checkpoint::PartitionRecord;
+use weir_engine::stage_stats::StageStats;
 use weir_engine::EngineError;
 
 use crate::run::RunError;
@@ -163,6 +169,30 @@ pub(crate) fn repartition(
     cfg.topics = vec![spec.topic.clone()];
     cfg.start_from = StartFrom::Earliest;
     Ok(spec)
+}
+
+impl Repartition for RepartitionSpec {
+    fn start(
+        self: Box<Self>,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> Result<Box<dyn RunningRepartition>, EngineError> {
+        Ok(Box::new(RepartitionStage::start(*self, on_end)?))
+    }
+}
+
+impl RunningRepartition for RepartitionStage {
+    fn is_finished(&self) -> bool {
+        RepartitionStage::is_finished(self)
+    }
+    fn stop(&self) {
+        RepartitionStage::stop(self)
+    }
+    fn join(self: Box<Self>) -> Result<(), EngineError> {
+        RepartitionStage::join(*self)
+    }
+    fn stats(&self) -> Arc<StageStats> {
+        RepartitionStage::stats(self)
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,11 @@
-//! A Kafka partition's part of a replay, and the repartition stage a pool runs, as the
-//! registry's opaque values.
+//! A Kafka partition's part of a replay, as the registry's opaque value.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use weir_engine::EngineError;
 use weir_kafka::OffsetRange;
-use weir_kafka::{RepartitionSpec, RepartitionStage};
 
-use crate::connectors::{Repartition, ReplayRange, RunningRepartition};
+use crate::connectors::ReplayRange;
 
 /// The offsets a replay reads from one partition, and where its reader is.
 #[derive(Debug)]
@@ -40,27 +37,6 @@ impl ReplayRange for PartitionRange {
             r.end - r.start,
             r.high
         )
-    }
-}
-
-impl Repartition for RepartitionSpec {
-    fn start(
-        self: Box<Self>,
-        on_end: Box<dyn FnOnce() + Send>,
-    ) -> Result<Box<dyn RunningRepartition>, EngineError> {
-        Ok(Box::new(RepartitionStage::start(*self, on_end)?))
-    }
-}
-
-impl RunningRepartition for RepartitionStage {
-    fn is_finished(&self) -> bool {
-        RepartitionStage::is_finished(self)
-    }
-    fn stop(&self) {
-        RepartitionStage::stop(self)
-    }
-    fn join(self: Box<Self>) -> Result<(), EngineError> {
-        RepartitionStage::join(*self)
     }
 }
 

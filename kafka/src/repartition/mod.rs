@@ -23,6 +23,12 @@
 //!
 //! Records that do not decode go to the internal partition of their message key, as they
 //! are: the jobs decode them again and send them to the dead-letter output with their error.
+//!
+//! The stage runs under the jobs' backpressure ([`backlog`]): it pauses reading while the
+//! pool's jobs have more than `repartition_max_backlog` messages of the internal topic left to
+//! checkpoint. Its figures ([`StageStats`]) are shown by every job of the worker.
+
+mod backlog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +48,7 @@ use weir_engine::buffer::MessageBuffer;
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
 use weir_engine::job::Decode;
+use weir_engine::stage_stats::{holds_back, StageStats};
 use weir_engine::{Chunk, ChunkData, EngineError, Messages};
 
 use crate::source::close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
@@ -285,6 +292,7 @@ impl RepartitionSpec {
 pub struct RepartitionStage {
     thread: Option<JoinHandle<Result<(), EngineError>>>,
     stop: Arc<AtomicBool>,
+    stats: Arc<StageStats>,
 }
 
 impl RepartitionStage {
@@ -296,6 +304,7 @@ impl RepartitionStage {
     ) -> Result<Self, EngineError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut stage = Stage::connect(spec, stop.clone())?;
+        let stats = stage.stats.clone();
         let thread = std::thread::Builder::new()
             .name("weir-repartition".into())
             .spawn(move || {
@@ -312,7 +321,13 @@ impl RepartitionStage {
         Ok(RepartitionStage {
             thread: Some(thread),
             stop,
+            stats,
         })
+    }
+
+    /// What the stage shows of itself (`/metrics`, `weir_status`).
+    pub fn stats(&self) -> Arc<StageStats> {
+        self.stats.clone()
     }
 
     /// Whether the stage ended (caught up, or failed).
@@ -346,6 +361,7 @@ impl Drop for RepartitionStage {
 struct StageContext {
     /// From the configured assignment strategy (see [`crate::source::close`]).
     cooperative: bool,
+    stats: Arc<StageStats>,
 }
 
 impl ClientContext for StageContext {}
@@ -374,6 +390,7 @@ impl ConsumerContext for StageContext {
                 let what = if matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
                     "assigned"
                 } else {
+                    self.stats.revoked(&partitions);
                     "revoked"
                 };
                 tracing::info!(?partitions, "repartition: upstream partitions {what}");
@@ -400,6 +417,14 @@ struct Stage {
     infos: HashMap<i32, Arc<PartitionInfo>>,
     /// Key bytes of the rows of a batch, reused.
     key_scratch: Vec<u8>,
+    stats: Arc<StageStats>,
+    /// The pool's backlog in the internal topic, for backpressure.
+    backlog: backlog::Backlog,
+    /// Whether the stage holds back (its partitions paused) for the backlog.
+    paused: bool,
+    /// The backlog at the last measure, and what the stage sent since.
+    measured: Option<u64>,
+    sent_since_measure: u64,
 }
 
 impl Stage {
@@ -418,8 +443,14 @@ impl Stage {
             EngineError::source_caused(&spec.source, format!("repartition stage: {what}"), e)
         };
         let mut cfg = group_consumer_config(&spec.input, &spec.group(), true);
-        // the stage reports no consumer lag of its own
+        // the stage measures the upstream partitions' lag itself (see `regulate`)
         cfg.set("statistics.interval.ms", "0");
+        let stats = Arc::new(StageStats::new(
+            &spec.source,
+            &upstream,
+            &spec.topic,
+            spec.input.repartition_max_backlog,
+        ));
         // the ends are read before consuming: a broker may hold a ListOffsets request back
         // behind the consumer's fetches (tansu then stops answering the group's heartbeats)
         let ends = if spec.until_caught_up {
@@ -430,6 +461,7 @@ impl Stage {
         let consumer: BaseConsumer<StageContext> = cfg
             .create_with_context(StageContext {
                 cooperative: is_cooperative(&cfg),
+                stats: stats.clone(),
             })
             .map_err(|e| fail("cannot create a consumer", e.into()))?;
         consumer
@@ -438,6 +470,7 @@ impl Stage {
         let producer = Producer::new(&spec.input.brokers, &spec.input.properties)
             .map_err(|e| fail("cannot create a producer", e.into()))?;
         Ok(Stage {
+            backlog: backlog::Backlog::new(&spec),
             spec,
             upstream,
             consumer,
@@ -449,6 +482,10 @@ impl Stage {
             ends,
             infos: HashMap::new(),
             key_scratch: Vec::new(),
+            stats,
+            paused: false,
+            measured: None,
+            sent_since_measure: 0,
         })
     }
 
@@ -555,8 +592,80 @@ impl Stage {
                 tracing::info!(source = %self.spec.source, "repartition stage caught up");
                 return Ok(());
             }
+            // reading to the end, the jobs start once the stages are done: nothing to wait for
+            if !self.spec.until_caught_up {
+                self.regulate();
+            }
         }
         Ok(())
+    }
+
+    /// Backpressure: pauses reading the upstream partitions while the pool's jobs have more
+    /// than `repartition_max_backlog` messages of the internal topic left to checkpoint, and
+    /// resumes at half of it. A backlog that cannot be measured does not hold the stage back.
+    ///
+    /// The backlog is measured every second; in between, what the stage sent since is added
+    /// to the last measure (the jobs' commits only lower it), so that the stage pauses
+    /// within a batch of going over the limit.
+    fn regulate(&mut self) {
+        let max = self.spec.input.repartition_max_backlog;
+        if !self.backlog.due() {
+            let estimate = self.measured.map(|b| b + self.sent_since_measure);
+            if !self.paused && holds_back(false, estimate, max) {
+                self.hold(true, estimate);
+            }
+            return;
+        }
+        let backlog = match self.backlog.measure(&self.spec) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot measure the pool's backlog; not holding back");
+                None
+            }
+        };
+        self.measured = backlog;
+        self.sent_since_measure = 0;
+        match self
+            .backlog
+            .upstream_lag(&self.spec, &self.consumer, &self.upstream)
+        {
+            Ok(lags) => {
+                for (p, lag) in lags {
+                    self.stats.set_lag(p, lag);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(source = %self.spec.source, error = %e, "repartition: cannot measure the upstream lag")
+            }
+        }
+        self.hold(holds_back(self.paused, backlog, max), backlog);
+    }
+
+    /// Pauses (`hold`) or resumes the upstream partitions, at `backlog`.
+    fn hold(&mut self, hold: bool, backlog: Option<u64>) {
+        let max = self.spec.input.repartition_max_backlog;
+        self.stats.set_backlog(backlog, hold);
+        if hold != self.paused {
+            if hold {
+                tracing::info!(source = %self.spec.source, backlog = ?backlog, max_backlog = max, topic = %self.spec.topic, "repartition: the pool's jobs are behind in the internal topic; pausing the upstream partitions");
+            } else {
+                tracing::info!(source = %self.spec.source, backlog = ?backlog, "repartition: the pool's jobs caught up; resuming");
+            }
+        }
+        // applied again at every measure: partitions assigned since are not paused yet
+        if let Ok(assigned) = self.consumer.assignment() {
+            let applied = if hold {
+                self.consumer.pause(&assigned)
+            } else if self.paused {
+                self.consumer.resume(&assigned)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = applied {
+                tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot pause or resume the upstream partitions");
+            }
+        }
+        self.paused = hold;
     }
 
     /// With `until_caught_up`: whether every assigned partition reached its end (its high
@@ -705,6 +814,9 @@ impl Stage {
                 .map_err(|e| self.err(e))?;
         }
         self.sent += messages.offsets.len() as u64;
+        self.sent_since_measure += messages.offsets.len() as u64;
+        self.stats
+            .forwarded(partition, messages.offsets.len() as u64);
         if let Some(&last) = messages.offsets.last() {
             self.next.insert(partition, last + 1);
         }

@@ -1,0 +1,223 @@
+//! A worker pool's repartition stage under backpressure, against a real broker
+//! (`scripts/kafka.sh start`, or `KAFKA_BROKERS`): while the pool's jobs are held back (their
+//! checkpoint coordinator paused before a commit, as a slow sink's commit holds it), the
+//! stage stops copying the topic into the internal topic once the jobs have
+//! `repartition_max_backlog` messages left there, shows it in `/metrics` and `weir_status`,
+//! and resumes when the jobs catch up; the results are still the oracle's.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir_tests::{compare, generate, oracle_per_dataset, read_ndjson, Row};
+
+#[path = "support/crash.rs"]
+mod crash;
+#[path = "support/kafka.rs"]
+mod kafka_support;
+#[path = "support/sql.rs"]
+mod sql_support;
+use kafka_support::{brokers, tool, unique, Running};
+use sql_support::{try_http, try_sql_json};
+
+const EVENTS: usize = 30_000;
+const MAX_BACKLOG: u64 = 1_000;
+/// How long the job's coordinator stays paused before its third commit.
+const HELD_MS: u64 = 25_000;
+
+/// The pool's group's lag on `topic`, measured by the Python client: (committed, end).
+fn group_lag(brokers: &str, group: &str, topic: &str) -> (u64, u64) {
+    let out = tool(&["lag", brokers, group, topic]);
+    let v: Value = serde_json::from_str(out.trim()).expect("lag answers JSON");
+    (
+        v["committed"].as_u64().unwrap_or(0),
+        v["end"].as_u64().unwrap_or(0),
+    )
+}
+
+/// A sample of a Prometheus text answer: the value of the first line starting with `name{`
+/// or `name ` (every sample has a `pipeline` label).
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Every row of the files `out/<stem>.<worker>.ndjson` of all workers.
+fn union_of_workers(out: &Path, stem: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for e in std::fs::read_dir(out).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{stem}.")) && name.ends_with(".ndjson") {
+            rows.extend(read_ndjson(&e.path()));
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_repartition_stage_holds_back_while_the_pool_s_jobs_are_behind() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    generate(
+        &events,
+        &[
+            &EVENTS.to_string(),
+            "--seed",
+            "71",
+            "--keys",
+            "40",
+            "--bad-frac",
+            "0.002",
+        ],
+    );
+    let (expected, _) = oracle_per_dataset(
+        &events,
+        &["events=count", "records=sum:recordCount"],
+        &dir.path().join("expected.ndjson"),
+    );
+    let (input, group, name) = (unique("bp-in"), unique("bp"), unique("bp-pipe"));
+    let internal = format!("{name}-events-repartition");
+    tool(&["create", &brokers, &input, "4"]);
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        events.to_str().unwrap(),
+        "--round-robin",
+    ]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: {name}
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: "${{POOL_GROUP}}", start_from: earliest, repartition_max_backlog: {MAX_BACKLOG} }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+    sinks: [file]
+sinks:
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 1s }}
+serve: {{ http: "127.0.0.1:${{WEIR_HTTP_PORT}}", refresh: 200ms }}
+"#
+        ),
+    )
+    .unwrap();
+    let port = sql_support::free_port();
+    let held = format!("before_commit:{HELD_MS}:2:1");
+    let a = Running::start_with(
+        &pipeline,
+        &["--worker", "a"],
+        &[
+            ("POOL_GROUP", group.as_str()),
+            ("WEIR_HTTP_PORT", &port.to_string()),
+            ("WEIR_FAILPOINT_PAUSE", &held),
+        ],
+    );
+    a.wait_for("the held commit", |r| {
+        r.lines()
+            .iter()
+            .any(|l| l.contains("failpoint before_commit"))
+    });
+    // the jobs are held: watch the internal topic fill up to the limit, and no further
+    let held_since = Instant::now();
+    let (mut most_behind, mut paused, mut stage_rows) = (0u64, false, Vec::new());
+    let mut metrics = String::new();
+    while held_since.elapsed() < Duration::from_millis(HELD_MS - 8_000) {
+        let (committed, end) = group_lag(&brokers, &group, &internal);
+        most_behind = most_behind.max(end.saturating_sub(committed));
+        let m = try_http(port, "GET", "/metrics", &[], b"");
+        if let Some(m) = m.ok().filter(|m| m.status == 200) {
+            metrics = String::from_utf8_lossy(&m.body).into_owned();
+            paused |= sample(&metrics, "weir_repartition_paused") == Some(1.0);
+        }
+        if let Ok(rows) = try_sql_json(
+            port,
+            "SELECT partition, lag, events_in FROM weir_status WHERE stage = 'repartition' ORDER BY partition",
+        ) {
+            if !rows.is_empty() {
+                stage_rows = rows;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, internal_end) = group_lag(&brokers, &group, &internal);
+    eprintln!(
+        "backpressure: held {} s; the internal topic holds {internal_end} of {EVENTS} events, \
+         the jobs at most {most_behind} behind (limit {MAX_BACKLOG})",
+        held_since.elapsed().as_secs()
+    );
+    assert!(paused, "the stage never paused:\n{metrics}");
+    assert!(
+        sample(&metrics, "weir_repartition_pauses_total").is_some_and(|n| n >= 1.0),
+        "no pause counted:\n{metrics}"
+    );
+    // the stage pauses within one batch (8,192 messages) of going over the limit
+    assert!(
+        most_behind <= MAX_BACKLOG + 8_192 && internal_end < EVENTS as u64 / 2,
+        "the stage copied {internal_end} of {EVENTS} events while the jobs were held \
+         ({most_behind} behind)"
+    );
+    // weir_status: a row per upstream partition the stage reads, with its lag
+    assert_eq!(stage_rows.len(), 4, "{stage_rows:?}");
+    let left: i64 = stage_rows
+        .iter()
+        .map(|r| r["lag"].as_i64().unwrap_or(0))
+        .sum();
+    assert!(left > 0, "the stage's rows show no lag: {stage_rows:?}");
+    assert!(
+        sample(&metrics, "weir_repartition_lag").is_some(),
+        "no weir_repartition_lag:\n{metrics}"
+    );
+
+    // released: the stage resumes and sends the rest
+    let started = Instant::now();
+    loop {
+        let (_, end) = group_lag(&brokers, &group, &internal);
+        if end >= EVENTS as u64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the stage did not resume: {end} of {EVENTS} sent\n{}",
+            a.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let a_log = a.interrupt();
+    assert!(
+        a_log
+            .iter()
+            .any(|l| l.contains("the pool's jobs caught up; resuming")),
+        "no resume logged:\n{}",
+        a_log.join("\n")
+    );
+    // a last worker reads to the end and flushes the last windows
+    let e = Running::start_with(
+        &pipeline,
+        &["--worker", "e", "--until-caught-up"],
+        &[
+            ("POOL_GROUP", &format!("{group}-end")),
+            ("WEIR_HTTP_PORT", &sql_support::free_port().to_string()),
+        ],
+    );
+    e.wait_within(Duration::from_secs(180));
+    let rows = union_of_workers(&dir.path().join("out"), "per_dataset");
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the pool differs from the oracle after backpressure: {e}"));
+}
