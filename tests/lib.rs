@@ -132,6 +132,18 @@ pub fn oracle_per_dataset(input: &Path, aggs: &[&str], out: &Path) -> (Vec<Row>,
     oracle(input, &args, out)
 }
 
+/// Every row of the files `out/<stem>.<worker>.ndjson` of all workers.
+pub fn union_of_workers(out: &Path, stem: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for e in std::fs::read_dir(out).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{stem}.")) && name.ends_with(".ndjson") {
+            rows.extend(read_ndjson(&e.path()));
+        }
+    }
+    rows
+}
+
 /// Rows of an NDJSON file.
 pub fn read_ndjson(path: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weir_tests::{
-    compare, compare_at_least_once, generate, oracle_per_dataset, read_ndjson, read_parquet, Row,
+    compare, compare_at_least_once, generate, oracle_per_dataset, read_ndjson, read_parquet,
+    union_of_workers, Row,
 };
 
 #[path = "support/crash.rs"]
@@ -95,18 +96,6 @@ fn start_worker(pipeline: &Path, id: &str, extra: &[&str], group: &str) -> Runni
     let mut args = vec!["--worker", id];
     args.extend_from_slice(extra);
     Running::start_with(pipeline, &args, &[("POOL_GROUP", group)])
-}
-
-/// Every row of the files `out/<stem>.<worker>.ndjson` of all workers.
-fn union_of_workers(out: &Path, stem: &str) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for e in std::fs::read_dir(out).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{stem}.")) && name.ends_with(".ndjson") {
-            rows.extend(read_ndjson(&e.path()));
-        }
-    }
-    rows
 }
 
 /// How many claims of a log took a partition whose state a given worker held.

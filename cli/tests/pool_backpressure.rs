@@ -5,11 +5,10 @@
 //! `repartition_max_backlog` messages left there, shows it in `/metrics` and `weir_status`,
 //! and resumes when the jobs catch up; the results are still the oracle's.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weir_tests::{compare, generate, oracle_per_dataset, read_ndjson, Row};
+use weir_tests::{compare, generate, oracle_per_dataset, union_of_workers};
 
 #[path = "support/crash.rs"]
 mod crash;
@@ -43,18 +42,6 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-/// Every row of the files `out/<stem>.<worker>.ndjson` of all workers.
-fn union_of_workers(out: &Path, stem: &str) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for e in std::fs::read_dir(out).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{stem}.")) && name.ends_with(".ndjson") {
-            rows.extend(read_ndjson(&e.path()));
-        }
-    }
-    rows
 }
 
 #[test]
