@@ -24,7 +24,7 @@ import urllib.request
 def status(port):
     """(partition -> records_in, partition -> ended) of a worker, or None."""
     body = json.dumps(
-        {"query": "SELECT partition, events_in, ended FROM weir_status"}
+        {"query": "SELECT partition, events_in, ended FROM weir_status WHERE stage = 'source'"}
     ).encode()
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/sql",

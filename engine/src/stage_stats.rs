@@ -34,8 +34,8 @@ pub struct StageStats {
 /// An upstream partition the stage reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StagePartition {
-    /// Messages between the partition's high watermark and the stage's position, from the
-    /// consumer's latest statistics; `None` before them.
+    /// Messages between the partition's high watermark and the stage's position (else its
+    /// group's committed offset), measured every second; `None` before the first measure.
     pub lag: Option<i64>,
     /// Messages of the partition sent on by this stage.
     pub forwarded: u64,

@@ -339,7 +339,7 @@ async function showPool() {
   poolAt = Date.now();
   $('pool').hidden = false;
   let rows = [];
-  try { rows = await sql('SELECT worker, source, "partition" FROM weir_status ORDER BY worker, source, "partition"'); } catch (_) { /* shown elsewhere */ }
+  try { rows = await sql('SELECT worker, source, "partition" FROM weir_status WHERE stage IS DISTINCT FROM \'repartition\' ORDER BY worker, source, "partition"'); } catch (_) { /* shown elsewhere */ }
   const by = new Map();
   by.set(state.worker, []);
   for (const p of state.peers) by.set(p.worker, []);
@@ -367,7 +367,7 @@ const SOURCE_COLUMNS = [
 
 async function loadSources() {
   let rows;
-  try { rows = await sql('SELECT * FROM weir_status'); } catch (e) { showError($('sources-table'), e); return; }
+  try { rows = await sql("SELECT * FROM weir_status WHERE stage IS DISTINCT FROM 'repartition'"); } catch (e) { showError($('sources-table'), e); return; }
   const now = Date.now();
   const idle = new Map((state ? state.partitions : []).map((p) => [p.source + '\u0000' + p.partition, p]));
   for (const r of rows) {

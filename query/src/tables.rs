@@ -53,7 +53,16 @@ pub(crate) async fn remote_rows(
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .map(|b| {
-            RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(|e| {
+            // by name: a worker of an earlier version may lack a column added since (null)
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| match b.schema().index_of(f.name()) {
+                    Ok(i) => b.column(i).clone(),
+                    Err(_) => arrow::array::new_null_array(f.data_type(), b.num_rows()),
+                })
+                .collect();
+            RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
                 datafusion::error::DataFusionError::Execution(format!(
                     "another worker's rows of {table} do not match this worker's table \
                      (are all workers running the same pipeline?): {e}"
@@ -294,7 +303,8 @@ impl StatusTable {
             Field::new("worker", DataType::Utf8, true),
             // `source`: the job reading the partition; `repartition`: a pool worker's
             // repartition stage reading an upstream partition into the internal topic
-            Field::new("stage", DataType::Utf8, false),
+            // (null in the rows of a pool worker of an earlier version)
+            Field::new("stage", DataType::Utf8, true),
         ]));
         StatusTable {
             live,

@@ -1,8 +1,10 @@
 //! The repartition stage's backpressure: how many messages of the internal topic the pool's
 //! jobs have not checkpointed yet. The jobs' readers commit, with the pool's group, the
 //! internal offsets their complete checkpoints continue from (their slowest lane's); the
-//! backlog is the internal topic's high watermarks minus those offsets (a partition without
-//! one counts from its first message). A stage over its `repartition_max_backlog` pauses
+//! backlog is the internal topic's high watermarks minus those offsets. A partition without
+//! one counts from the end it had at the stage's first measure: the messages before may all
+//! be skipped by the jobs (another topic's, left by an earlier pool of the same pipeline),
+//! which then never commit it, and counting them would hold the stage back for good. A stage over its `repartition_max_backlog` pauses
 //! reading the upstream topic until the jobs catch up, so that a pool whose jobs are held back
 //! (a sink down, a slow worker) does not keep copying its whole input into the internal topic.
 
@@ -27,6 +29,8 @@ pub(super) struct Backlog {
     client: Option<BaseConsumer>,
     partitions: i32,
     last: Option<Instant>,
+    /// Each partition's end at the first measure: where one without a commit counts from.
+    baseline: HashMap<i32, i64>,
 }
 
 impl Backlog {
@@ -37,6 +41,7 @@ impl Backlog {
             client: None,
             partitions: 0,
             last: None,
+            baseline: HashMap::new(),
         }
     }
 
@@ -77,14 +82,10 @@ impl Backlog {
         let committed = client
             .committed_offsets(tpl, MEASURE_TIMEOUT)
             .map_err(|e| client_error(spec, "cannot read the pool's committed offsets", e))?;
-        let committed = offsets_of(&committed);
-        let starts = if (0..self.partitions).all(|p| committed.contains_key(&p)) {
-            HashMap::new()
-        } else {
-            offsets(client, &self.topic, &all, Offset::Beginning)
-                .map_err(|e| client_error(spec, "cannot read the internal topic's offsets", e))?
-        };
-        Ok(backlog_of(&ends, &committed, &starts))
+        if self.baseline.is_empty() {
+            self.baseline = ends.clone();
+        }
+        Ok(backlog_of(&ends, &offsets_of(&committed), &self.baseline))
     }
 
     /// The lag of each upstream partition `consumer` (the stage's) is assigned: its end
@@ -146,16 +147,16 @@ fn offsets_of(tpl: &TopicPartitionList) -> HashMap<i32, i64> {
         .collect()
 }
 
-/// The messages between each partition's committed offset (else its first offset, else 0)
+/// The messages between each partition's committed offset (else its `baseline` end, else 0)
 /// and its end.
 fn backlog_of(
     ends: &HashMap<i32, i64>,
     committed: &HashMap<i32, i64>,
-    starts: &HashMap<i32, i64>,
+    baseline: &HashMap<i32, i64>,
 ) -> u64 {
     ends.iter()
         .map(|(p, &end)| {
-            let from = committed.get(p).or(starts.get(p)).copied().unwrap_or(0);
+            let from = committed.get(p).or(baseline.get(p)).copied().unwrap_or(0);
             end.saturating_sub(from).max(0) as u64
         })
         .sum()
@@ -175,16 +176,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_backlog_counts_from_the_committed_offset_else_the_first_one() {
+    fn the_backlog_counts_from_the_committed_offset_else_the_first_measure() {
         let m = |v: &[(i32, i64)]| v.iter().copied().collect::<HashMap<_, _>>();
-        // partition 0 committed at 40 of 100; partition 1 never committed, starting at 10
+        // partition 0 committed at 40 of 100; partition 1 never committed, 10 at the start
         assert_eq!(
             backlog_of(&m(&[(0, 100), (1, 30)]), &m(&[(0, 40)]), &m(&[(1, 10)])),
             60 + 20
         );
         // a committed offset past a (reset) end counts nothing
         assert_eq!(backlog_of(&m(&[(0, 5)]), &m(&[(0, 9)]), &m(&[])), 0);
-        // neither committed nor a known start: from 0
-        assert_eq!(backlog_of(&m(&[(0, 7)]), &m(&[]), &m(&[])), 7);
     }
 }

@@ -362,6 +362,8 @@ struct StageContext {
     /// From the configured assignment strategy (see [`crate::source::close`]).
     cooperative: bool,
     stats: Arc<StageStats>,
+    /// Whether the stage holds back: partitions assigned meanwhile are paused too.
+    paused: AtomicBool,
 }
 
 impl ClientContext for StageContext {}
@@ -374,6 +376,12 @@ impl ConsumerContext for StageContext {
         tpl: &mut TopicPartitionList,
     ) {
         let cooperative = self.cooperative;
+        let assigning = matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS);
+        if !assigning {
+            // librdkafka keeps a partition's pause past its revocation: it would come back
+            // paused, and never be resumed
+            let _ = consumer.resume(tpl);
+        }
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS if cooperative => {
                 consumer.incremental_assign(tpl)
@@ -384,10 +392,17 @@ impl ConsumerContext for StageContext {
             }
             _ => consumer.unassign(),
         };
+        let result = result.and_then(|()| {
+            if assigning && self.paused.load(Ordering::SeqCst) {
+                consumer.pause(tpl)
+            } else {
+                Ok(())
+            }
+        });
         match result {
             Ok(()) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                let what = if matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                let what = if assigning {
                     "assigned"
                 } else {
                     self.stats.revoked(&partitions);
@@ -420,8 +435,6 @@ struct Stage {
     stats: Arc<StageStats>,
     /// The pool's backlog in the internal topic, for backpressure.
     backlog: backlog::Backlog,
-    /// Whether the stage holds back (its partitions paused) for the backlog.
-    paused: bool,
     /// The backlog at the last measure, and what the stage sent since.
     measured: Option<u64>,
     sent_since_measure: u64,
@@ -462,6 +475,7 @@ impl Stage {
             .create_with_context(StageContext {
                 cooperative: is_cooperative(&cfg),
                 stats: stats.clone(),
+                paused: AtomicBool::new(false),
             })
             .map_err(|e| fail("cannot create a consumer", e.into()))?;
         consumer
@@ -483,7 +497,6 @@ impl Stage {
             infos: HashMap::new(),
             key_scratch: Vec::new(),
             stats,
-            paused: false,
             measured: None,
             sent_since_measure: 0,
         })
@@ -611,7 +624,7 @@ impl Stage {
         let max = self.spec.input.repartition_max_backlog;
         if !self.backlog.due() {
             let estimate = self.measured.map(|b| b + self.sent_since_measure);
-            if !self.paused && holds_back(false, estimate, max) {
+            if !self.is_paused() && holds_back(false, estimate, max) {
                 self.hold(true, estimate);
             }
             return;
@@ -638,34 +651,46 @@ impl Stage {
                 tracing::debug!(source = %self.spec.source, error = %e, "repartition: cannot measure the upstream lag")
             }
         }
-        self.hold(holds_back(self.paused, backlog, max), backlog);
+        self.hold(holds_back(self.is_paused(), backlog, max), backlog);
+    }
+
+    /// Whether the stage holds back (its partitions paused) for the backlog.
+    fn is_paused(&self) -> bool {
+        self.consumer.context().paused.load(Ordering::SeqCst)
     }
 
     /// Pauses (`hold`) or resumes the upstream partitions, at `backlog`.
     fn hold(&mut self, hold: bool, backlog: Option<u64>) {
         let max = self.spec.input.repartition_max_backlog;
-        self.stats.set_backlog(backlog, hold);
-        if hold != self.paused {
+        let was = self.is_paused();
+        if hold != was {
             if hold {
                 tracing::info!(source = %self.spec.source, backlog = ?backlog, max_backlog = max, topic = %self.spec.topic, "repartition: the pool's jobs are behind in the internal topic; pausing the upstream partitions");
             } else {
                 tracing::info!(source = %self.spec.source, backlog = ?backlog, "repartition: the pool's jobs caught up; resuming");
             }
         }
-        // applied again at every measure: partitions assigned since are not paused yet
-        if let Ok(assigned) = self.consumer.assignment() {
-            let applied = if hold {
+        // applied again at every measure; the flag changes once it is applied
+        let applied = self.consumer.assignment().and_then(|assigned| {
+            if hold {
                 self.consumer.pause(&assigned)
-            } else if self.paused {
+            } else if was {
                 self.consumer.resume(&assigned)
             } else {
                 Ok(())
-            };
-            if let Err(e) = applied {
-                tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot pause or resume the upstream partitions");
             }
-        }
-        self.paused = hold;
+        });
+        let now = match applied {
+            Ok(()) => {
+                self.consumer.context().paused.store(hold, Ordering::SeqCst);
+                hold
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot pause or resume the upstream partitions");
+                was
+            }
+        };
+        self.stats.set_backlog(backlog, now);
     }
 
     /// With `until_caught_up`: whether every assigned partition reached its end (its high

@@ -615,7 +615,7 @@ fn stages(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
     gauge(
         e,
         "weir_repartition_lag",
-        "Messages behind the upstream partition's high watermark, per partition a pool worker's repartition stage reads (librdkafka statistics every second).",
+        "Messages behind the upstream partition's high watermark, per partition a pool worker's repartition stage reads (measured every second).",
         rows.iter().filter_map(|r| {
             let lag = r.lag?;
             Some(([("source", r.source.as_str()), ("partition", r.partition.as_str())], lag))
