@@ -1,122 +1,237 @@
 //! The repartition stage's backpressure: how many messages of the internal topic the pool's
-//! jobs have not checkpointed yet. The jobs' readers commit, with the pool's group, the
-//! internal offsets their complete checkpoints continue from (their slowest lane's); the
-//! backlog is the internal topic's high watermarks minus those offsets. A partition without
-//! one counts from the end it had at the stage's first measure: the messages before may all
-//! be skipped by the jobs (another topic's, left by an earlier pool of the same pipeline),
-//! which then never commit it, and counting them would hold the stage back for good. A stage over its `repartition_max_backlog` pauses
-//! reading the upstream topic until the jobs catch up, so that a pool whose jobs are held back
-//! (a sink down, a slow worker) does not keep copying its whole input into the internal topic.
+//! jobs have not checkpointed yet.
+//!
+//! - The jobs' readers commit, with the pool's group, the internal offsets their complete
+//!   checkpoints continue from; the backlog is the internal topic's high watermarks minus
+//!   those offsets.
+//! - A partition without one counts from the end it had at the first measure: the messages
+//!   before may all be skipped by the jobs (another topic's, left by an earlier pool of the
+//!   same pipeline), which then never commit it, and counting them would hold the stage back
+//!   for good.
+//! - A stage over its `repartition_max_backlog` pauses reading the upstream topic until the
+//!   jobs catch up, so that a pool whose jobs are held back (a sink down, a slow worker) does
+//!   not keep copying its whole input into the internal topic.
+//!
+//! The measures run on a thread of their own ([`Monitor`]), so that the stage's poll loop
+//! never waits on the broker for them; the stage reads the newest one and adds what it sent
+//! since.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use weir_engine::stage_stats::StageStats;
 
 use super::RepartitionSpec;
 use crate::{client_config, partition_counts, KafkaError};
 
-/// How often the stage measures the backlog.
-pub(super) const MEASURE_EVERY: Duration = Duration::from_secs(1);
-/// How long one measure may take (the stage polls nothing meanwhile).
+/// How often the backlog and the upstream lag are measured.
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
+/// How long one request of a measure may take.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Measures the backlog of one internal topic for the pool's group.
-pub(super) struct Backlog {
-    topic: String,
-    /// A client of the pool's group that does not join it, created at the first measure.
-    client: Option<BaseConsumer>,
+/// The newest measure of the pool's backlog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Measure {
+    /// Messages of the internal topic the jobs have not checkpointed; `None` before the first
+    /// measure or when the last one failed.
+    pub backlog: Option<u64>,
+    /// What the stage had sent when the measure started: what it sent since counts on top.
+    pub forwarded_at: u64,
+}
+
+impl Measure {
+    /// The backlog now: the measure's, plus what the stage sent since (the jobs' commits only
+    /// lower it); `forwarded` is what the stage has sent so far.
+    pub(super) fn estimate(&self, forwarded: u64) -> Option<u64> {
+        self.backlog
+            .map(|b| b + forwarded.saturating_sub(self.forwarded_at))
+    }
+}
+
+/// A thread measuring, every second, the pool's backlog in the internal topic and the lag of
+/// the upstream partitions the stage is assigned (into its [`StageStats`]).
+pub(super) struct Monitor {
+    latest: Arc<Mutex<Measure>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Starts measuring for the stage of `spec` reading `upstream`, whose assigned upstream
+    /// partitions are `assigned`.
+    pub(super) fn start(
+        spec: &RepartitionSpec,
+        upstream: &str,
+        stats: Arc<StageStats>,
+        assigned: Arc<Mutex<BTreeSet<i32>>>,
+    ) -> std::io::Result<Self> {
+        let latest = Arc::new(Mutex::new(Measure::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut measurer = Measurer {
+            spec: spec.clone(),
+            upstream: upstream.to_string(),
+            clients: None,
+            partitions: 0,
+            baseline: HashMap::new(),
+        };
+        let (out, halt) = (latest.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("weir-repartition-monitor".into())
+            .spawn(move || {
+                let mut failing = false;
+                while !halt.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let forwarded_at = stats.forwarded.load(Ordering::Relaxed);
+                    let backlog = match measurer.backlog() {
+                        Ok(b) => {
+                            failing = false;
+                            Some(b)
+                        }
+                        Err(e) => {
+                            if !failing {
+                                tracing::warn!(source = %measurer.spec.source, error = %e, "repartition: cannot measure the pool's backlog; not holding back until it can");
+                            }
+                            failing = true;
+                            None
+                        }
+                    };
+                    if let Ok(mut m) = out.lock() {
+                        *m = Measure {
+                            backlog,
+                            forwarded_at,
+                        };
+                    }
+                    let partitions: Vec<i32> = assigned
+                        .lock()
+                        .map(|a| a.iter().copied().collect())
+                        .unwrap_or_default();
+                    match measurer.upstream_lag(&partitions) {
+                        Ok(lags) => lags.into_iter().for_each(|(p, l)| stats.set_lag(p, l)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "repartition: cannot measure the upstream lag")
+                        }
+                    }
+                    while !halt.load(Ordering::Relaxed) && started.elapsed() < MEASURE_EVERY {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })?;
+        Ok(Monitor {
+            latest,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The newest measure.
+    pub(super) fn latest(&self) -> Measure {
+        self.latest.lock().map(|m| *m).unwrap_or_default()
+    }
+}
+
+impl Drop for Monitor {
+    /// Stops measuring (within a request's timeout).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The monitor's clients and what it keeps between measures.
+struct Measurer {
+    spec: RepartitionSpec,
+    upstream: String,
+    /// Clients of the pool's group and of the stage's group, which do not join them; created
+    /// at the first measure.
+    clients: Option<(BaseConsumer, BaseConsumer)>,
+    /// The internal topic's partition count.
     partitions: i32,
-    last: Option<Instant>,
-    /// Each partition's end at the first measure: where one without a commit counts from.
+    /// Each internal partition's end at the first measure: where one without a commit counts
+    /// from.
     baseline: HashMap<i32, i64>,
 }
 
-impl Backlog {
-    /// The backlog of `spec`'s internal topic.
-    pub(super) fn new(spec: &RepartitionSpec) -> Self {
-        Backlog {
-            topic: spec.topic.clone(),
-            client: None,
-            partitions: 0,
-            last: None,
-            baseline: HashMap::new(),
-        }
-    }
-
-    /// Whether a measure is due.
-    pub(super) fn due(&self) -> bool {
-        self.last.is_none_or(|t| t.elapsed() >= MEASURE_EVERY)
-    }
-
-    /// Messages of the internal topic the pool's jobs have not checkpointed.
-    pub(super) fn measure(&mut self, spec: &RepartitionSpec) -> Result<u64, KafkaError> {
-        self.last = Some(Instant::now());
-        if self.client.is_none() {
+impl Measurer {
+    /// Creates the clients when missing.
+    fn connect(&mut self) -> Result<(), KafkaError> {
+        if self.clients.is_none() {
+            let spec = &self.spec;
             let counts = partition_counts(
                 &spec.input.brokers,
                 &spec.input.properties,
-                std::slice::from_ref(&self.topic),
+                std::slice::from_ref(&spec.topic),
                 MEASURE_TIMEOUT,
             )?;
             self.partitions = counts.first().copied().unwrap_or(0) as i32;
-            // the jobs' group: the source's, which reads the internal topic
-            let client: BaseConsumer = client_config(&spec.input.brokers, &spec.input.properties)
-                .set("enable.auto.commit", "false")
-                .set("group.id", &spec.input.group_id)
-                .create()
-                .map_err(|e| client_error(spec, "cannot create a client", e))?;
-            self.client = Some(client);
+            let client = |group: &str| {
+                client_config(&spec.input.brokers, &spec.input.properties)
+                    .set("enable.auto.commit", "false")
+                    .set("group.id", group)
+                    .create::<BaseConsumer>()
+                    .map_err(|e| client_error(spec, "cannot create a client", e))
+            };
+            // the jobs' group (the source's, which reads the internal topic), and the stage's
+            self.clients = Some((client(&spec.input.group_id)?, client(&spec.group())?));
         }
-        let Some(client) = &self.client else {
+        Ok(())
+    }
+
+    /// Messages of the internal topic the pool's jobs have not checkpointed.
+    fn backlog(&mut self) -> Result<u64, KafkaError> {
+        self.connect()?;
+        let Some((pool, _)) = &self.clients else {
             return Ok(0);
         };
+        let topic = &self.spec.topic;
+        let fail = |e| client_error(&self.spec, "cannot read the internal topic's offsets", e);
         let all: Vec<i32> = (0..self.partitions).collect();
-        let ends = offsets(client, &self.topic, &all, Offset::End)
-            .map_err(|e| client_error(spec, "cannot read the internal topic's offsets", e))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            tpl.add_partition(&self.topic, p);
-        }
-        let committed = client
-            .committed_offsets(tpl, MEASURE_TIMEOUT)
-            .map_err(|e| client_error(spec, "cannot read the pool's committed offsets", e))?;
+        let ends = offsets(pool, topic, &all, Offset::End).map_err(fail)?;
+        let committed = committed(pool, topic, &all).map_err(fail)?;
         if self.baseline.is_empty() {
             self.baseline = ends.clone();
         }
-        Ok(backlog_of(&ends, &offsets_of(&committed), &self.baseline))
+        Ok(backlog_of(&ends, &committed, &self.baseline))
     }
 
-    /// The lag of each upstream partition `consumer` (the stage's) is assigned: its end
-    /// minus the stage's position (else its group's committed offset, else 0).
-    pub(super) fn upstream_lag<C: rdkafka::consumer::ConsumerContext>(
-        &self,
-        spec: &RepartitionSpec,
-        consumer: &BaseConsumer<C>,
-        upstream: &str,
-    ) -> Result<Vec<(i32, i64)>, KafkaError> {
-        let Some(client) = &self.client else {
-            return Ok(Vec::new());
-        };
-        let fail = |e| client_error(spec, "cannot read the upstream partitions' offsets", e);
-        let assigned = consumer.assignment().map_err(fail)?;
-        let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+    /// The lag of upstream partitions `partitions`: their end minus the stage's committed
+    /// offset (it commits twice a second), else minus their first offset.
+    fn upstream_lag(&mut self, partitions: &[i32]) -> Result<Vec<(i32, i64)>, KafkaError> {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
-        let ends = offsets(client, upstream, &partitions, Offset::End).map_err(fail)?;
-        let positions = offsets_of(&consumer.position().map_err(fail)?);
-        let committed = offsets_of(
-            &consumer
-                .committed_offsets(assigned, MEASURE_TIMEOUT)
-                .map_err(fail)?,
-        );
+        self.connect()?;
+        let Some((_, stage)) = &self.clients else {
+            return Ok(Vec::new());
+        };
+        let upstream = &self.upstream;
+        let fail = |e| {
+            client_error(
+                &self.spec,
+                "cannot read the upstream partitions' offsets",
+                e,
+            )
+        };
+        let ends = offsets(stage, upstream, partitions, Offset::End).map_err(fail)?;
+        let mut at = committed(stage, upstream, partitions).map_err(fail)?;
+        if partitions.iter().any(|p| !at.contains_key(p)) {
+            for (p, first) in
+                offsets(stage, upstream, partitions, Offset::Beginning).map_err(fail)?
+            {
+                at.entry(p).or_insert(first);
+            }
+        }
         Ok(partitions
             .iter()
             .map(|p| {
-                let at = positions.get(p).or(committed.get(p)).copied().unwrap_or(0);
-                (*p, ends.get(p).map_or(0, |e| (e - at).max(0)))
+                let from = at.get(p).copied().unwrap_or(0);
+                (*p, ends.get(p).map_or(0, |e| (e - from).max(0)))
             })
             .collect())
     }
@@ -134,6 +249,19 @@ fn offsets(
         tpl.add_partition_offset(topic, p, at)?;
     }
     Ok(offsets_of(&client.offsets_for_times(tpl, MEASURE_TIMEOUT)?))
+}
+
+/// The offsets `client`'s group committed on `partitions` of `topic`.
+fn committed(
+    client: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, rdkafka::error::KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    Ok(offsets_of(&client.committed_offsets(tpl, MEASURE_TIMEOUT)?))
 }
 
 /// The valid offsets of a list, by partition.
@@ -162,7 +290,7 @@ fn backlog_of(
         .sum()
 }
 
-/// A failed request of the measure, with what it was.
+/// A failed request of a measure, with what it was.
 fn client_error(spec: &RepartitionSpec, what: &str, e: rdkafka::error::KafkaError) -> KafkaError {
     KafkaError::Client {
         brokers: spec.input.brokers.clone(),
@@ -185,5 +313,16 @@ mod tests {
         );
         // a committed offset past a (reset) end counts nothing
         assert_eq!(backlog_of(&m(&[(0, 5)]), &m(&[(0, 9)]), &m(&[])), 0);
+    }
+
+    #[test]
+    fn what_the_stage_sent_since_a_measure_counts_on_top_of_it() {
+        let m = Measure {
+            backlog: Some(100),
+            forwarded_at: 40,
+        };
+        assert_eq!(m.estimate(40), Some(100));
+        assert_eq!(m.estimate(65), Some(125));
+        assert_eq!(Measure::default().estimate(1_000), None);
     }
 }

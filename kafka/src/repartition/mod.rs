@@ -364,6 +364,8 @@ struct StageContext {
     stats: Arc<StageStats>,
     /// Whether the stage holds back: partitions assigned meanwhile are paused too.
     paused: AtomicBool,
+    /// The upstream partitions assigned now (the monitor measures their lag).
+    assigned: Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
 }
 
 impl ClientContext for StageContext {}
@@ -402,6 +404,18 @@ impl ConsumerContext for StageContext {
         match result {
             Ok(()) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                if let Ok(mut a) = self.assigned.lock() {
+                    if !assigning && !cooperative {
+                        a.clear();
+                    }
+                    for p in &partitions {
+                        if assigning {
+                            a.insert(*p);
+                        } else {
+                            a.remove(p);
+                        }
+                    }
+                }
                 let what = if assigning {
                     "assigned"
                 } else {
@@ -433,11 +447,9 @@ struct Stage {
     /// Key bytes of the rows of a batch, reused.
     key_scratch: Vec<u8>,
     stats: Arc<StageStats>,
-    /// The pool's backlog in the internal topic, for backpressure.
-    backlog: backlog::Backlog,
-    /// The backlog at the last measure, and what the stage sent since.
-    measured: Option<u64>,
-    sent_since_measure: u64,
+    /// Measures the pool's backlog in the internal topic (for backpressure) and the upstream
+    /// lag; `None` reading until caught up (no backpressure then).
+    monitor: Option<backlog::Monitor>,
 }
 
 impl Stage {
@@ -464,6 +476,16 @@ impl Stage {
             &spec.topic,
             spec.input.repartition_max_backlog,
         ));
+        let assigned = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        // reading to the end, the jobs start once the stages are done: nothing to wait for
+        let monitor = if spec.until_caught_up {
+            None
+        } else {
+            Some(
+                backlog::Monitor::start(&spec, &upstream, stats.clone(), assigned.clone())
+                    .map_err(|e| fail("cannot start its monitor", e.into()))?,
+            )
+        };
         // the ends are read before consuming: a broker may hold a ListOffsets request back
         // behind the consumer's fetches (tansu then stops answering the group's heartbeats)
         let ends = if spec.until_caught_up {
@@ -476,6 +498,7 @@ impl Stage {
                 cooperative: is_cooperative(&cfg),
                 stats: stats.clone(),
                 paused: AtomicBool::new(false),
+                assigned: assigned.clone(),
             })
             .map_err(|e| fail("cannot create a consumer", e.into()))?;
         consumer
@@ -484,7 +507,7 @@ impl Stage {
         let producer = Producer::new(&spec.input.brokers, &spec.input.properties)
             .map_err(|e| fail("cannot create a producer", e.into()))?;
         Ok(Stage {
-            backlog: backlog::Backlog::new(&spec),
+            monitor,
             spec,
             upstream,
             consumer,
@@ -497,8 +520,6 @@ impl Stage {
             infos: HashMap::new(),
             key_scratch: Vec::new(),
             stats,
-            measured: None,
-            sent_since_measure: 0,
         })
     }
 
@@ -605,53 +626,31 @@ impl Stage {
                 tracing::info!(source = %self.spec.source, "repartition stage caught up");
                 return Ok(());
             }
-            // reading to the end, the jobs start once the stages are done: nothing to wait for
-            if !self.spec.until_caught_up {
-                self.regulate();
-            }
+            self.regulate();
         }
         Ok(())
     }
 
     /// Backpressure: pauses reading the upstream partitions while the pool's jobs have more
     /// than `repartition_max_backlog` messages of the internal topic left to checkpoint, and
-    /// resumes at half of it. A backlog that cannot be measured does not hold the stage back.
-    ///
-    /// The backlog is measured every second; in between, what the stage sent since is added
-    /// to the last measure (the jobs' commits only lower it), so that the stage pauses
-    /// within a batch of going over the limit.
+    /// resumes at half of it. The backlog is the monitor's newest measure (every second)
+    /// plus what the stage sent since (the jobs' commits only lower it), so that the stage
+    /// pauses within a batch of going over the limit. A backlog that cannot be measured does
+    /// not hold the stage back.
     fn regulate(&mut self) {
-        let max = self.spec.input.repartition_max_backlog;
-        if !self.backlog.due() {
-            let estimate = self.measured.map(|b| b + self.sent_since_measure);
-            if !self.is_paused() && holds_back(false, estimate, max) {
-                self.hold(true, estimate);
-            }
+        let Some(monitor) = &self.monitor else {
             return;
-        }
-        let backlog = match self.backlog.measure(&self.spec) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot measure the pool's backlog; not holding back");
-                None
-            }
         };
-        self.measured = backlog;
-        self.sent_since_measure = 0;
-        match self
-            .backlog
-            .upstream_lag(&self.spec, &self.consumer, &self.upstream)
-        {
-            Ok(lags) => {
-                for (p, lag) in lags {
-                    self.stats.set_lag(p, lag);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(source = %self.spec.source, error = %e, "repartition: cannot measure the upstream lag")
-            }
+        let measure = monitor.latest();
+        let backlog = measure.estimate(self.stats.forwarded.load(Ordering::Relaxed));
+        let max = self.spec.input.repartition_max_backlog;
+        let paused = self.is_paused();
+        let hold = holds_back(paused, backlog, max);
+        if hold != paused {
+            self.hold(hold, backlog);
+        } else {
+            self.stats.set_backlog(backlog, paused);
         }
-        self.hold(holds_back(self.is_paused(), backlog, max), backlog);
     }
 
     /// Whether the stage holds back (its partitions paused) for the backlog.
@@ -670,7 +669,7 @@ impl Stage {
                 tracing::info!(source = %self.spec.source, backlog = ?backlog, "repartition: the pool's jobs caught up; resuming");
             }
         }
-        // applied again at every measure; the flag changes once it is applied
+        // partitions assigned later are paused or not as they arrive (see the rebalance)
         let applied = self.consumer.assignment().and_then(|assigned| {
             if hold {
                 self.consumer.pause(&assigned)
@@ -839,7 +838,6 @@ impl Stage {
                 .map_err(|e| self.err(e))?;
         }
         self.sent += messages.offsets.len() as u64;
-        self.sent_since_measure += messages.offsets.len() as u64;
         self.stats
             .forwarded(partition, messages.offsets.len() as u64);
         if let Some(&last) = messages.offsets.last() {
