@@ -19,10 +19,12 @@ mod sql_support;
 use kafka_support::{brokers, tool, unique, Running};
 use sql_support::{try_http, try_sql_json};
 
+/// Events produced before the workers start, and after b left.
 const EVENTS: usize = 30_000;
+const LATER: usize = 10_000;
 const MAX_BACKLOG: u64 = 1_000;
 /// How long the job's coordinator stays paused before its third commit.
-const HELD_MS: u64 = 25_000;
+const HELD_MS: u64 = 45_000;
 
 /// The pool's group's lag on `topic`, measured by the Python client: (committed, end).
 fn group_lag(brokers: &str, group: &str, topic: &str) -> (u64, u64) {
@@ -52,7 +54,7 @@ fn a_repartition_stage_holds_back_while_the_pool_s_jobs_are_behind() {
     generate(
         &events,
         &[
-            &EVENTS.to_string(),
+            &(EVENTS + LATER).to_string(),
             "--seed",
             "71",
             "--keys",
@@ -66,6 +68,14 @@ fn a_repartition_stage_holds_back_while_the_pool_s_jobs_are_behind() {
         &["events=count", "records=sum:recordCount"],
         &dir.path().join("expected.ndjson"),
     );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, later) = (
+        dir.path().join("first.ndjson"),
+        dir.path().join("later.ndjson"),
+    );
+    std::fs::write(&first, lines[..EVENTS].join("\n") + "\n").unwrap();
+    std::fs::write(&later, lines[EVENTS..].join("\n") + "\n").unwrap();
     let (input, group, name) = (unique("bp-in"), unique("bp"), unique("bp-pipe"));
     let internal = format!("{name}-events-repartition");
     tool(&["create", &brokers, &input, "4"]);
@@ -73,7 +83,7 @@ fn a_repartition_stage_holds_back_while_the_pool_s_jobs_are_behind() {
         "produce",
         &brokers,
         &input,
-        events.to_str().unwrap(),
+        first.to_str().unwrap(),
         "--round-robin",
     ]);
     let pipeline = dir.path().join("pipeline.yaml");
@@ -125,7 +135,7 @@ serve: {{ http: "127.0.0.1:${{WEIR_HTTP_PORT}}", refresh: 200ms }}
     let held_since = Instant::now();
     let (mut most_behind, mut paused, mut stage_rows) = (0u64, false, Vec::new());
     let mut metrics = String::new();
-    while held_since.elapsed() < Duration::from_millis(HELD_MS - 8_000) {
+    while held_since.elapsed() < Duration::from_secs(15) {
         let (committed, end) = group_lag(&brokers, &group, &internal);
         most_behind = most_behind.max(end.saturating_sub(committed));
         let m = try_http(port, "GET", "/metrics", &[], b"");
@@ -172,20 +182,59 @@ serve: {{ http: "127.0.0.1:${{WEIR_HTTP_PORT}}", refresh: 200ms }}
         "no weir_repartition_lag:\n{metrics}"
     );
 
-    // released: the stage resumes and sends the rest
-    let started = Instant::now();
-    loop {
-        let (_, end) = group_lag(&brokers, &group, &internal);
-        if end >= EVENTS as u64 {
-            break;
+    // while a's stage holds back, b joins: upstream partitions move from a's paused stage
+    // to b's; they come back to a after a resumed, and must be read there
+    let b = Running::start_with(
+        &pipeline,
+        &["--worker", "b"],
+        &[
+            ("POOL_GROUP", group.as_str()),
+            ("WEIR_HTTP_PORT", &sql_support::free_port().to_string()),
+        ],
+    );
+    let assigned = |r: &Running| {
+        r.lines()
+            .iter()
+            .filter(|l| l.contains("repartition: upstream partitions assigned"))
+            .count()
+    };
+    b.wait_for("b's stage's partitions", |r| assigned(r) >= 1);
+    a.wait_for("a's stage giving partitions up", |r| {
+        r.lines()
+            .iter()
+            .any(|l| l.contains("repartition: upstream partitions revoked"))
+    });
+    eprintln!(
+        "backpressure: b joined after {} s of the hold",
+        held_since.elapsed().as_secs()
+    );
+    // released: the stages resume and send the rest
+    let sent_up_to = |n: usize| {
+        let started = Instant::now();
+        loop {
+            let (_, end) = group_lag(&brokers, &group, &internal);
+            if end >= n as u64 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the stages did not send everything: {end} of {n} sent\n{}",
+                a.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(500));
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the stage did not resume: {end} of {EVENTS} sent\n{}",
-            a.lines().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    };
+    sent_up_to(EVENTS);
+    b.interrupt();
+    a.wait_for("a's stage taking b's partitions back", |r| assigned(r) >= 2);
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        later.to_str().unwrap(),
+        "--round-robin",
+    ]);
+    sent_up_to(EVENTS + LATER);
     let a_log = a.interrupt();
     assert!(
         a_log
