@@ -14,16 +14,12 @@ pub struct StageStats {
     pub source: String,
     /// The topic it reads.
     pub upstream: String,
-    /// The internal topic it writes.
-    pub internal: String,
-    /// How far the pool's jobs may be behind in the internal topic before the stage pauses.
-    pub max_backlog: u64,
     /// Messages sent to the internal topic since the stage started.
     pub forwarded: AtomicU64,
     /// Messages of the internal topic the pool's jobs have not checkpointed yet, at the last
     /// measure; -1 before the first (or when it cannot be measured).
     pub backlog: AtomicI64,
-    /// Whether the stage holds back now.
+    /// Whether the stage holds back now (its upstream partitions paused).
     pub paused: AtomicBool,
     /// How many times it paused.
     pub pauses: AtomicU64,
@@ -52,13 +48,11 @@ pub struct StageStatus {
 }
 
 impl StageStats {
-    /// The figures of a stage repartitioning `source` from `upstream` into `internal`.
-    pub fn new(source: &str, upstream: &str, internal: &str, max_backlog: u64) -> Self {
+    /// The figures of a stage repartitioning `source`, which reads topic `upstream`.
+    pub fn new(source: &str, upstream: &str) -> Self {
         StageStats {
             source: source.to_string(),
             upstream: upstream.to_string(),
-            internal: internal.to_string(),
-            max_backlog,
             forwarded: AtomicU64::new(0),
             backlog: AtomicI64::new(-1),
             paused: AtomicBool::new(false),
@@ -147,7 +141,7 @@ mod tests {
 
     #[test]
     fn pauses_are_counted_once_each_and_rows_follow_the_partitions_read() {
-        let s = StageStats::new("events", "in", "p-events-repartition", 10);
+        let s = StageStats::new("events", "in");
         s.set_backlog(Some(20), true);
         s.set_backlog(Some(20), true);
         s.set_backlog(Some(2), false);

@@ -27,7 +27,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use weir_engine::stage_stats::StageStats;
 
 use super::RepartitionSpec;
-use crate::{client_config, partition_counts, KafkaError};
+use crate::{partition_counts, KafkaError};
 
 /// How often the backlog and the upstream lag are measured.
 const MEASURE_EVERY: Duration = Duration::from_secs(1);
@@ -170,15 +170,10 @@ impl Measurer {
                 MEASURE_TIMEOUT,
             )?;
             self.partitions = counts.first().copied().unwrap_or(0) as i32;
-            let client = |group: &str| {
-                client_config(&spec.input.brokers, &spec.input.properties)
-                    .set("enable.auto.commit", "false")
-                    .set("group.id", group)
-                    .create::<BaseConsumer>()
-                    .map_err(|e| client_error(spec, "cannot create a client", e))
-            };
+            let fail = |e| client_error(spec, "cannot create a client", e);
             // the jobs' group (the source's, which reads the internal topic), and the stage's
-            self.clients = Some((client(&spec.input.group_id)?, client(&spec.group())?));
+            let pool = spec.client_of(&spec.input.group_id).map_err(fail)?;
+            self.clients = Some((pool, spec.client().map_err(fail)?));
         }
         Ok(())
     }

@@ -230,9 +230,14 @@ impl RepartitionSpec {
 
     /// A client of the stage's group that does not join it (end and committed offsets).
     fn client(&self) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+        self.client_of(&self.group())
+    }
+
+    /// A client of consumer group `group` that does not join it.
+    fn client_of(&self, group: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
         client_config(&self.input.brokers, &self.input.properties)
             .set("enable.auto.commit", "false")
-            .set("group.id", self.group())
+            .set("group.id", group)
             .create()
     }
 
@@ -361,9 +366,8 @@ impl Drop for RepartitionStage {
 struct StageContext {
     /// From the configured assignment strategy (see [`crate::source::close`]).
     cooperative: bool,
+    /// The stage's figures; while `paused` is set, partitions assigned are paused too.
     stats: Arc<StageStats>,
-    /// Whether the stage holds back: partitions assigned meanwhile are paused too.
-    paused: AtomicBool,
     /// The upstream partitions assigned now (the monitor measures their lag).
     assigned: Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
 }
@@ -380,8 +384,8 @@ impl ConsumerContext for StageContext {
         let cooperative = self.cooperative;
         let assigning = matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS);
         if !assigning {
-            // librdkafka keeps a partition's pause past its revocation: it would come back
-            // paused, and never be resumed
+            // a partition leaves unpaused: were its pause kept past the revocation (librdkafka
+            // versions differ), it would come back paused after the stage resumed
             let _ = consumer.resume(tpl);
         }
         let result = match err {
@@ -395,7 +399,7 @@ impl ConsumerContext for StageContext {
             _ => consumer.unassign(),
         };
         let result = result.and_then(|()| {
-            if assigning && self.paused.load(Ordering::SeqCst) {
+            if assigning && self.stats.paused.load(Ordering::SeqCst) {
                 consumer.pause(tpl)
             } else {
                 Ok(())
@@ -435,8 +439,6 @@ struct Stage {
     consumer: BaseConsumer<StageContext>,
     producer: Producer,
     stop: Arc<AtomicBool>,
-    /// Messages sent to the internal topic.
-    sent: u64,
     /// Per upstream partition: messages read and not sent yet.
     buffers: HashMap<i32, MessageBuffer>,
     /// Per upstream partition: the offset after the last message sent.
@@ -470,12 +472,7 @@ impl Stage {
         let mut cfg = group_consumer_config(&spec.input, &spec.group(), true);
         // the stage measures the upstream partitions' lag itself (see `regulate`)
         cfg.set("statistics.interval.ms", "0");
-        let stats = Arc::new(StageStats::new(
-            &spec.source,
-            &upstream,
-            &spec.topic,
-            spec.input.repartition_max_backlog,
-        ));
+        let stats = Arc::new(StageStats::new(&spec.source, &upstream));
         let assigned = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         // reading to the end, the jobs start once the stages are done: nothing to wait for
         let monitor = if spec.until_caught_up {
@@ -497,7 +494,6 @@ impl Stage {
             .create_with_context(StageContext {
                 cooperative: is_cooperative(&cfg),
                 stats: stats.clone(),
-                paused: AtomicBool::new(false),
                 assigned: assigned.clone(),
             })
             .map_err(|e| fail("cannot create a consumer", e.into()))?;
@@ -513,7 +509,6 @@ impl Stage {
             consumer,
             producer,
             stop,
-            sent: 0,
             buffers: HashMap::new(),
             next: HashMap::new(),
             ends,
@@ -538,7 +533,7 @@ impl Stage {
         self.consumer.unsubscribe();
         tracing::info!(
             source = %self.spec.source,
-            sent = self.sent,
+            sent = self.stats.forwarded.load(Ordering::Relaxed),
             "repartition stage stopped"
         );
         result.and(end)?;
@@ -655,38 +650,31 @@ impl Stage {
 
     /// Whether the stage holds back (its partitions paused) for the backlog.
     fn is_paused(&self) -> bool {
-        self.consumer.context().paused.load(Ordering::SeqCst)
+        self.stats.paused.load(Ordering::SeqCst)
     }
 
-    /// Pauses (`hold`) or resumes the upstream partitions, at `backlog`.
+    /// Pauses (`hold`) or resumes the upstream partitions, at `backlog`; the stage stays as
+    /// it was when that fails.
     fn hold(&mut self, hold: bool, backlog: Option<u64>) {
         let max = self.spec.input.repartition_max_backlog;
-        let was = self.is_paused();
-        if hold != was {
-            if hold {
-                tracing::info!(source = %self.spec.source, backlog = ?backlog, max_backlog = max, topic = %self.spec.topic, "repartition: the pool's jobs are behind in the internal topic; pausing the upstream partitions");
-            } else {
-                tracing::info!(source = %self.spec.source, backlog = ?backlog, "repartition: the pool's jobs caught up; resuming");
-            }
+        if hold {
+            tracing::info!(source = %self.spec.source, backlog = ?backlog, max_backlog = max, topic = %self.spec.topic, "repartition: the pool's jobs are behind in the internal topic; pausing the upstream partitions");
+        } else {
+            tracing::info!(source = %self.spec.source, backlog = ?backlog, "repartition: the pool's jobs caught up; resuming");
         }
         // partitions assigned later are paused or not as they arrive (see the rebalance)
         let applied = self.consumer.assignment().and_then(|assigned| {
             if hold {
                 self.consumer.pause(&assigned)
-            } else if was {
-                self.consumer.resume(&assigned)
             } else {
-                Ok(())
+                self.consumer.resume(&assigned)
             }
         });
         let now = match applied {
-            Ok(()) => {
-                self.consumer.context().paused.store(hold, Ordering::SeqCst);
-                hold
-            }
+            Ok(()) => hold,
             Err(e) => {
                 tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot pause or resume the upstream partitions");
-                was
+                !hold
             }
         };
         self.stats.set_backlog(backlog, now);
@@ -837,7 +825,6 @@ impl Stage {
                 )
                 .map_err(|e| self.err(e))?;
         }
-        self.sent += messages.offsets.len() as u64;
         self.stats
             .forwarded(partition, messages.offsets.len() as u64);
         if let Some(&last) = messages.offsets.last() {
