@@ -405,9 +405,9 @@ impl KafkaReader {
             );
         }
         if self.config.upstream.is_some() {
-            // a repartition topic's committed offsets are a checkpoint's (its slowest lane's),
-            // not where its lanes read to: the other workers' partitions are not checked by
-            // them; a worker waits only for an assignment
+            // a repartition topic's committed offsets are a checkpoint's (after its last
+            // hand-over), not where its lanes read to: the other workers' partitions are not
+            // checked by them; a worker waits only for an assignment
             let pending = if never {
                 self.partitions
                     .iter()

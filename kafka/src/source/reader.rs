@@ -353,8 +353,8 @@ impl KafkaReader {
         };
         // A repartition topic's lanes continue from the pool's checkpoints, never from these
         // offsets (its reader starts a partition without a checkpoint at its beginning): the
-        // offset a complete checkpoint continues from (its slowest lane's) is committed for
-        // the stage's backpressure and the group's lag as Kafka's tools show it. They are
+        // offset a complete checkpoint continues from (after its last hand-over) is committed
+        // for the stage's backpressure and the group's lag as Kafka's tools show it. They are
         // committed again each time, so that a failed asynchronous commit heals (the stage
         // would otherwise wait on it).
         if self.config.upstream.is_some() {
