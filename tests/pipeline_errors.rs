@@ -780,3 +780,21 @@ fn nats_partitions_are_checked_where_they_are_written() {
         "{e}"
     );
 }
+
+#[test]
+fn nats_ack_policy_none_needs_checkpoints_and_says_where() {
+    let file = "    file: { path: input.ndjson }\n";
+    let nats = |more: &str| {
+        format!(
+            "    nats:\n      url: nats://127.0.0.1:4222\n      stream: EVENTS\n      ack_policy: none\n{more}"
+        )
+    };
+    // the base pipeline has no `checkpoint:`
+    let e = error_of(file, &nats(""));
+    assert!(
+        e.starts_with("7:19: ") && e.contains("`ack_policy: none` needs `checkpoint:`"),
+        "{e}"
+    );
+    let e = error_of(file, &nats("      ack_policy2: all\n"));
+    assert!(e.contains("unknown field `ack_policy2`"), "{e}");
+}

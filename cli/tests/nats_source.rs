@@ -455,10 +455,22 @@ fn a_replay_rewrites_the_windows_of_its_range() {
 }
 
 /// The checkpoint, not the server, says where a restored run continues: after a kill -9, the
-/// durable consumer is acknowledged to the stream's end by another client, and the restored
-/// run still reads from the checkpoint's sequence (its windows equal the oracle's).
+/// durable consumer is read (and acknowledged) to the stream's end by another client, and the
+/// restored run still reads from the checkpoint's sequence (its windows equal the oracle's).
+/// With checkpoints the default `ack_policy` is `none`: the other client moves the consumer's
+/// deliveries on.
+#[test]
+fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_delivered() {
+    restore_continues_at_the_checkpoint(None);
+}
+
+/// As above with `ack_policy: all`: the other client acknowledges to the stream's end.
 #[test]
 fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_acknowledged() {
+    restore_continues_at_the_checkpoint(Some("all"));
+}
+
+fn restore_continues_at_the_checkpoint(ack_policy: Option<&str>) {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -466,6 +478,13 @@ fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_acknowledged() {
     stream_with_events(&server, &events, d);
     let (rows, bad, late) = expected(&events, d);
     let p = pipeline(d, &server.url(), true);
+    if let Some(policy) = ack_policy {
+        let yaml = std::fs::read_to_string(&p).unwrap().replace(
+            "consumer: weir-events\n",
+            &format!("consumer: weir-events\n      ack_policy: {policy}\n"),
+        );
+        std::fs::write(&p, yaml).unwrap();
+    }
     let mut child = weir()
         .args(["run", p.to_str().unwrap()])
         .stderr(Stdio::piped())
@@ -498,7 +517,12 @@ fn a_restore_continues_at_the_checkpoint_whatever_the_consumer_acknowledged() {
         &["ack-all", "EVENTS", "weir-events"],
     ))
     .unwrap();
-    assert!(acked["ack_floor"].as_u64().unwrap() > 30000, "{acked}");
+    let moved = if ack_policy == Some("all") {
+        "ack_floor"
+    } else {
+        "delivered"
+    };
+    assert!(acked[moved].as_u64().unwrap() > 30000, "{acked}");
     let log = d.join("restored.log");
     let mut child = weir()
         .args(["run", p.to_str().unwrap(), "--until-caught-up"])
@@ -588,4 +612,102 @@ dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
         text.contains("set `checkpoint:`") && text.contains("raise `max_ack_pending`"),
         "{text}"
     );
+}
+
+/// The state of consumer `consumer` of `EVENTS` (nats-py), `null` when there is none.
+fn consumer_state(url: &str, consumer: &str) -> Value {
+    serde_json::from_str(&nats_py(url, &["consumer", "EVENTS", consumer])).unwrap()
+}
+
+/// With checkpoints the source acknowledges nothing (the default `ack_policy: none`), so the
+/// server's deliveries run ahead of what is durable. A run killed before its first checkpoint
+/// completes must start again where `start_from: latest` stood when the pipeline first read
+/// (the consumer's metadata), not at a later "latest" nor where the deliveries got to: the
+/// restarted run's windows equal the oracle's over every event published after the first
+/// start, and none of the stream's older messages is read.
+#[test]
+fn a_crash_before_the_first_checkpoint_restarts_where_latest_stood() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    nats_py(&url, &["create", "EVENTS", "ontology.>", "other.>"]);
+    // older messages, bad records: read by mistake they would show up as dead letters
+    let old = d.join("old.ndjson");
+    std::fs::write(&old, "{\"datasetName\": \"old\"}\n".repeat(50)).unwrap();
+    nats_py(&url, &["publish", old.to_str().unwrap(), SUBJECTS[0]]);
+    let events = events_file(d, "40000");
+    let (rows, bad, late) = expected(&events, d);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = (d.join("first.ndjson"), d.join("second.ndjson"));
+    std::fs::write(&first, lines[..20000].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[20000..].join("\n") + "\n").unwrap();
+    // the same pipeline as users run it, from `latest`, checkpoints too rare to complete
+    let p = pipeline(d, &url, true);
+    let yaml = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("start_from: earliest", "start_from: latest")
+        .replace("interval: 300ms", "interval: 1h");
+    std::fs::write(&p, yaml).unwrap();
+    let log = d.join("first-run.log");
+    /// The run, killed when the test ends early (no process left behind).
+    struct Run(std::process::Child);
+    impl Drop for Run {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Run(weir()
+        .args(["run", p.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap());
+    let wait_for = |what: &str, done: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let state = consumer_state(&url, "weir-events");
+            if done(&state) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {state}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let state = wait_for("the consumer was never created", &|s| !s.is_null());
+    assert_eq!(state["ack_policy"], "none", "{state}");
+    assert_eq!(state["metadata"]["weir_start_sequence"], "51", "{state}");
+    nats_py(
+        &url,
+        &["publish", first.to_str().unwrap(), SUBJECTS[0], SUBJECTS[1]],
+    );
+    // every message delivered to the run, none acknowledged, then kill -9
+    wait_for("the run never read the first half", &|s| {
+        s["delivered"] == 20050
+    });
+    drop(child);
+    let first_log = std::fs::read_to_string(&log).unwrap();
+    assert!(!first_log.contains("checkpoint complete"), "{first_log}");
+    nats_py(
+        &url,
+        &[
+            "publish",
+            second.to_str().unwrap(),
+            SUBJECTS[0],
+            SUBJECTS[1],
+        ],
+    );
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("restored from checkpoint"), "{text}");
+    verify(d, &rows, bad, late, "restarted without a checkpoint");
 }

@@ -7,7 +7,9 @@
 //! weir's NATS source (batches of 1000, `AckPolicy::All`, one acknowledgement per 16,384
 //! messages as weir sends per chunk when its outputs are durable at once; `ACK_EVERY=N` sets
 //! another interval), touches every payload (sums its length) and stops after
-//! EXPECTED messages. Prints `messages=N seconds=S per_second=R`.
+//! EXPECTED messages. `ACK_EVERY=0` creates the consumer with `AckPolicy::None` instead (the
+//! server tracks no acknowledgement: weir's `acknowledge: none`). Prints
+//! `messages=N seconds=S per_second=R`.
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +25,13 @@ fn main() -> Result<(), async_nats::Error> {
     // ACK_EVERY=N: acknowledge every N messages instead (a large N keeps them unacknowledged,
     // as weir does until its outputs are durable)
     let ack_every = match std::env::var("ACK_EVERY") {
-        Ok(v) => v.parse::<u64>()?.max(1),
+        Ok(v) => v.parse::<u64>()?,
         Err(_) => 16_384,
+    };
+    let ack_policy = if ack_every == 0 {
+        AckPolicy::None
+    } else {
+        AckPolicy::All
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -36,7 +43,7 @@ fn main() -> Result<(), async_nats::Error> {
         let stream = js.get_stream(stream).await?;
         let consumer = stream
             .create_consumer(pull::Config {
-                ack_policy: AckPolicy::All,
+                ack_policy,
                 // weir's default: the acknowledgements below come every 16,384 messages
                 max_ack_pending: 1_000_000,
                 inactive_threshold: Duration::from_secs(30),
@@ -56,7 +63,7 @@ fn main() -> Result<(), async_nats::Error> {
             let m = m?;
             bytes += m.payload.len();
             n += 1;
-            if n % ack_every == 0 || n == expected {
+            if ack_every > 0 && (n % ack_every == 0 || n == expected) {
                 m.ack().await?;
             }
             if n >= expected {

@@ -13,7 +13,9 @@
     nats_publish.py URL publish FILE SUBJECT [SUBJECT...]   # line i goes to SUBJECT[i % n]
     nats_publish.py URL info STREAM                          # prints {"messages", "last_seq"}
     nats_publish.py URL delete-consumer STREAM CONSUMER      # when it exists
-    nats_publish.py URL ack-all STREAM CONSUMER              # fetches and acknowledges all
+    nats_publish.py URL ack-all STREAM CONSUMER              # fetches all (acknowledged
+        # unless the consumer's ack policy is none); prints {"ack_floor", "delivered"}
+    nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
 
 Publishes are pipelined (a window of acknowledgements in flight) and every acknowledgement is
 checked, so the stream holds every line, in the file's order, when the command returns.
@@ -107,15 +109,32 @@ async def main():
         print(json.dumps({"messages": info.state.messages, "last_seq": info.state.last_seq}))
     elif cmd == "ack-all":
         stream, consumer = rest
+        policy = (await js.consumer_info(stream, consumer)).config.ack_policy
+        acks = str(getattr(policy, "value", policy)) != "none"
         sub = await js.pull_subscribe_bind(consumer, stream=stream)
         while True:
             try:
                 msgs = await sub.fetch(1000, timeout=2)
             except nats.errors.TimeoutError:
                 break
-            await msgs[-1].ack_sync()
+            if acks:
+                await msgs[-1].ack_sync()
         info = await js.consumer_info(stream, consumer)
-        print(json.dumps({"ack_floor": info.ack_floor.stream_seq}))
+        print(json.dumps({"ack_floor": info.ack_floor.stream_seq, "delivered": info.delivered.stream_seq}))
+    elif cmd == "consumer":
+        stream, consumer = rest
+        try:
+            info = await js.consumer_info(stream, consumer)
+        except nats.js.errors.NotFoundError:
+            print("null")
+        else:
+            print(json.dumps({
+                "ack_policy": str(getattr(info.config.ack_policy, "value", info.config.ack_policy)),
+                "delivered": info.delivered.stream_seq,
+                "ack_floor": info.ack_floor.stream_seq,
+                "num_ack_pending": info.num_ack_pending,
+                "metadata": info.config.metadata or {},
+            }))
     elif cmd == "delete-consumer":
         stream, consumer = rest
         try:

@@ -9,7 +9,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream::Stream};
 
 use super::fetch::Fetcher;
-use super::{NatsSourceConfig, NatsStartFrom};
+use super::{NatsAckPolicy, NatsSourceConfig, NatsStartFrom, START_METADATA};
 
 /// A NATS source failure, by kind, with its cause.
 #[derive(Debug, thiserror::Error)]
@@ -94,18 +94,101 @@ fn deliver_policy(start: Option<u64>, from: NatsStartFrom) -> DeliverPolicy {
     }
 }
 
-/// The consumer's configuration (see the connector's docs for the defaults).
-pub(super) fn consumer_config(cfg: &NatsSourceConfig, deliver: DeliverPolicy) -> PullConfig {
-    PullConfig {
+/// The consumer's configuration (see the connector's docs for the defaults). `origin`: the
+/// sequence `start_from: latest` stood for when the pipeline first read, kept in the metadata.
+pub(super) fn consumer_config(
+    cfg: &NatsSourceConfig,
+    deliver: DeliverPolicy,
+    origin: Option<u64>,
+) -> PullConfig {
+    let mut config = PullConfig {
         durable_name: Some(cfg.consumer.clone()),
         description: Some("weir source (positions live in weir's checkpoints)".into()),
         deliver_policy: deliver,
-        ack_policy: AckPolicy::All,
-        ack_wait: cfg.ack_wait,
-        max_ack_pending: cfg.max_ack_pending,
         filter_subjects: cfg.subjects.clone(),
         inactive_threshold: cfg.delete_after.unwrap_or_default(),
+        metadata: origin
+            .map(|o| [(START_METADATA.to_string(), o.to_string())].into())
+            .unwrap_or_default(),
         ..Default::default()
+    };
+    match cfg.ack_policy {
+        NatsAckPolicy::All => {
+            config.ack_policy = AckPolicy::All;
+            config.ack_wait = cfg.ack_wait;
+            config.max_ack_pending = cfg.max_ack_pending;
+        }
+        NatsAckPolicy::None => config.ack_policy = AckPolicy::None,
+    }
+    config
+}
+
+/// Where a consumer created again at `seq` (`None`: where `start_from` says) starts, and the
+/// origin its metadata keeps: `latest` is pinned to a sequence (the one after the stream's
+/// `last`), so that a later run without checkpoint starts there again rather than at a later
+/// "latest"; an origin the earlier consumer kept stays.
+pub(crate) fn start_of(
+    seq: Option<u64>,
+    from: NatsStartFrom,
+    kept: Option<u64>,
+    last: u64,
+) -> (DeliverPolicy, Option<u64>) {
+    let origin = kept.or(match (seq, from) {
+        (None, NatsStartFrom::Latest) => Some(last + 1),
+        _ => None,
+    });
+    match (seq, from, origin) {
+        (None, NatsStartFrom::Latest, Some(o)) => {
+            (DeliverPolicy::ByStartSequence { start_sequence: o }, origin)
+        }
+        _ => (deliver_policy(seq, from), origin),
+    }
+}
+
+/// What [`placement`] needs of an existing consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Existing {
+    /// Its ack policy is `All` (else `None`: it acknowledges nothing).
+    pub ack_all: bool,
+    /// Messages delivered and not acknowledged.
+    pub ack_pending: u64,
+    /// Its subject filters are the pipeline's.
+    pub same_filter: bool,
+    /// Its acknowledgement floor (0: nothing acknowledged).
+    pub floor: u64,
+    /// The sequence `start_from: latest` stood for when the pipeline first read (its metadata).
+    pub origin: Option<u64>,
+}
+
+/// Where [`connect`] puts the consumer: `None` keeps the existing one where it is; `Some(seq)`
+/// creates it again at `seq` (`Some(None)`: where `start_from` says).
+/// * A checkpoint's sequence (`resume`) wins, whatever the server remembers.
+/// * An `All` consumer of the same filters with nothing pending continues where it is (in
+///   `all` mode; a pipeline that switched to `none` creates it again at the same place).
+/// * Else an acknowledgement floor is a durable position (acknowledgements follow
+///   durability), so the reading continues after it.
+/// * A `None` consumer acknowledged nothing: its delivered position may be past rows that were
+///   never made durable, so a run without checkpoint starts where the pipeline first started
+///   (`start_from`; for `latest`, the sequence kept in the consumer's metadata).
+pub(crate) fn placement(
+    policy: NatsAckPolicy,
+    resume: Option<u64>,
+    existing: Option<Existing>,
+) -> Option<Option<u64>> {
+    let Some(e) = existing else {
+        return Some(resume);
+    };
+    if resume.is_some() {
+        return Some(resume);
+    }
+    if !e.ack_all {
+        Some(None)
+    } else if policy == NatsAckPolicy::All && e.ack_pending == 0 && e.same_filter {
+        None
+    } else if e.floor > 0 {
+        Some(Some(e.floor + 1))
+    } else {
+        Some(None)
     }
 }
 
@@ -214,28 +297,14 @@ pub(super) async fn connect(
             consumer: cfg.consumer.clone(),
             source: e,
         };
-    let existing = stream.get_consumer::<PullConfig>(&cfg.consumer).await.ok();
-    let start = match (resume, existing) {
-        (Some(seq), _) => Some(Some(seq)),
-        (None, None) => Some(None),
-        (None, Some(mut c)) => {
+    let existing = match stream.get_consumer::<PullConfig>(&cfg.consumer).await {
+        Err(_) => None,
+        Ok(mut c) => {
             let info = c.info().await.map_err(|e| consumer_err("read", boxed(e)))?;
-            let same_filter = info.config.filter_subjects == cfg.subjects
-                || (cfg.subjects.len() == 1
-                    && info.config.filter_subject == cfg.subjects[0]
-                    && info.config.filter_subjects.is_empty());
-            let floor = info.ack_floor.stream_sequence;
-            if info.num_ack_pending == 0 && same_filter && info.config.ack_policy == AckPolicy::All
-            {
-                None // continues where it is
-            } else if floor > 0 {
-                Some(Some(floor + 1))
-            } else {
-                Some(None)
-            }
+            Some(existing_of(cfg, info))
         }
     };
-    let mut consumer: PullConsumer = match start {
+    let mut consumer: PullConsumer = match placement(cfg.ack_policy, resume, existing) {
         None => stream
             .get_consumer(&cfg.consumer)
             .await
@@ -252,9 +321,10 @@ pub(super) async fn connect(
                     return Err(consumer_err("delete", boxed(e)));
                 }
             }
-            let config = consumer_config(cfg, deliver_policy(seq, cfg.start_from));
+            let kept = existing.and_then(|e| e.origin);
+            let (deliver, origin) = start_of(seq, cfg.start_from, kept, last);
             stream
-                .create_consumer(config)
+                .create_consumer(consumer_config(cfg, deliver, origin))
                 .await
                 .map_err(|e| consumer_err("create", boxed(e)))?
         }
@@ -275,6 +345,25 @@ pub(super) async fn connect(
         last,
         delivered + 1,
     ))
+}
+
+/// What [`placement`] needs of an existing consumer's `info`.
+fn existing_of(cfg: &NatsSourceConfig, info: &async_nats::jetstream::consumer::Info) -> Existing {
+    let same_filter = info.config.filter_subjects == cfg.subjects
+        || (cfg.subjects.len() == 1
+            && info.config.filter_subject == cfg.subjects[0]
+            && info.config.filter_subjects.is_empty());
+    Existing {
+        ack_all: info.config.ack_policy == AckPolicy::All,
+        ack_pending: info.num_ack_pending as u64,
+        same_filter,
+        floor: info.ack_floor.stream_sequence,
+        origin: info
+            .config
+            .metadata
+            .get(START_METADATA)
+            .and_then(|v| v.parse().ok()),
+    }
 }
 
 /// The consumer's message stream: pull requests of `fetch_batch` messages, heartbeats every

@@ -15,7 +15,7 @@ use weir_engine::{Chunk, ChunkData, EngineError};
 
 use super::consumer::{connect, Connection, NatsSourceError};
 use super::fetch::Fetched;
-use super::NatsSourceConfig;
+use super::{NatsAckPolicy, NatsSourceConfig};
 use weir_engine::buffer::{MessageBuffer, CHUNK_MESSAGES};
 
 /// A chunk is handed over once its oldest message waited this long (or it is full).
@@ -246,7 +246,7 @@ impl NatsReader {
         if let Some(r) = &self.config.read_sequence {
             r.store(seq + 1, Ordering::Relaxed);
         }
-        if let Some(r) = &m.reply {
+        if let (Some(r), NatsAckPolicy::All) = (&m.reply, self.config.ack_policy) {
             self.last_reply = Some(r.clone());
         }
         self.last_message = Instant::now();
@@ -426,7 +426,8 @@ impl NatsReader {
                 ctx.clocks.partition(self.info.id).set_idle(true);
             }
         }
-        if let Some(conn) = &mut self.conn {
+        // (a consumer that acknowledges nothing never stops at `max_ack_pending`)
+        if let (Some(conn), NatsAckPolicy::All) = (&mut self.conn, self.config.ack_policy) {
             let (rt, owed) = (self.rt, !self.acks.is_empty());
             let (at, limit) = ((self.source, self.info.id), self.config.max_ack_pending);
             let consumer = &mut conn.consumer;

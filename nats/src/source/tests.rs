@@ -38,3 +38,102 @@ fn the_subject_is_stored_once_and_still_found_by_dead_letters() {
         assert_eq!(ids.trace_id.as_deref(), Some("t1"));
     }
 }
+
+#[test]
+fn the_consumer_is_placed_where_the_durable_position_is() {
+    use super::consumer::{placement, Existing};
+    use NatsAckPolicy::{All, None as NoAck};
+    let all = Existing {
+        ack_all: true,
+        ack_pending: 0,
+        same_filter: true,
+        floor: 500,
+        origin: None,
+    };
+    // no consumer: at the checkpoint, else where `start_from` says
+    assert_eq!(placement(All, None, None), Some(None));
+    assert_eq!(placement(NoAck, Some(7), None), Some(Some(7)));
+    // a checkpoint wins over anything the server remembers
+    assert_eq!(placement(All, Some(7), Some(all)), Some(Some(7)));
+    // an `all` consumer with nothing pending continues where it is ...
+    assert_eq!(placement(All, None, Some(all)), None);
+    // ... unless messages are pending, its filters changed or the pipeline acknowledges nothing
+    let pending = Existing {
+        ack_pending: 3,
+        ..all
+    };
+    assert_eq!(placement(All, None, Some(pending)), Some(Some(501)));
+    assert_eq!(placement(NoAck, None, Some(all)), Some(Some(501)));
+    let nothing_acked = Existing {
+        floor: 0,
+        ..pending
+    };
+    assert_eq!(placement(All, None, Some(nothing_acked)), Some(None));
+    // a consumer that acknowledges nothing: where the reading first started (`start_from`,
+    // `latest` pinned by the creation), never where its deliveries got to (rows past the last
+    // checkpoint were never durable)
+    let none = Existing {
+        ack_all: false,
+        floor: 900,
+        origin: Some(42),
+        ..all
+    };
+    assert_eq!(placement(NoAck, None, Some(none)), Some(None));
+    assert_eq!(placement(All, None, Some(none)), Some(None));
+    assert_eq!(placement(NoAck, Some(950), Some(none)), Some(Some(950)));
+}
+
+#[test]
+fn a_consumer_that_acknowledges_nothing_has_no_ack_limits() {
+    let endpoint = crate::NatsEndpoint::new(vec!["nats://127.0.0.1:4222".into()], "t");
+    let mut cfg = NatsSourceConfig::new(endpoint, "S", "c");
+    let deliver = async_nats::jetstream::consumer::DeliverPolicy::All;
+    let c = super::consumer::consumer_config(&cfg, deliver, Some(9));
+    assert_eq!(
+        c.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::All
+    );
+    assert_eq!(c.max_ack_pending, DEFAULT_MAX_ACK_PENDING);
+    assert_eq!(
+        c.metadata.get(START_METADATA).map(String::as_str),
+        Some("9")
+    );
+    cfg.ack_policy = NatsAckPolicy::None;
+    let c = super::consumer::consumer_config(&cfg, deliver, None);
+    assert_eq!(
+        c.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::None
+    );
+    assert!(c.metadata.is_empty());
+}
+
+#[test]
+fn latest_is_pinned_once_and_kept() {
+    use super::consumer::start_of;
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    let at = |start_sequence| DeliverPolicy::ByStartSequence { start_sequence };
+    // a first start from `latest`: the sequence after the stream's last, kept
+    assert_eq!(
+        start_of(None, NatsStartFrom::Latest, None, 50),
+        (at(51), Some(51))
+    );
+    // created again without checkpoint: where `latest` stood the first time
+    assert_eq!(
+        start_of(None, NatsStartFrom::Latest, Some(51), 900),
+        (at(51), Some(51))
+    );
+    // at a checkpoint: there, the origin kept
+    assert_eq!(
+        start_of(Some(700), NatsStartFrom::Latest, Some(51), 900),
+        (at(700), Some(51))
+    );
+    // other starts need no origin
+    assert_eq!(
+        start_of(None, NatsStartFrom::Earliest, None, 50),
+        (DeliverPolicy::All, None)
+    );
+    assert_eq!(
+        start_of(None, NatsStartFrom::Sequence(9), None, 50),
+        (at(9), None)
+    );
+}

@@ -42,12 +42,16 @@ pub const SOURCE: SourceKind = SourceKind {
                 format!("source `{}`: `nats` is missing", p.name),
             )
         })?;
-        let cfg = super::source::config(&n.value, &p.doc.name.value, p.name, &p.ctx.dir).map_err(
-            |(at, e)| {
+        let checkpointed = p.doc.checkpoint.is_some();
+        let cfg = super::source::config(&n.value, &p.doc.name.value, p.name, &p.ctx.dir)
+            .and_then(|mut cfg| {
+                cfg.ack_policy = super::source::ack_policy(&n.value, checkpointed)?;
+                Ok(cfg)
+            })
+            .map_err(|(at, e)| {
                 let at = at.as_ref().unwrap_or(&n.referenced);
                 p.ctx.err(at, format!("source `{}`: {}", p.name, e.chain()))
-            },
-        )?;
+            })?;
         let mut planned = PlannedInput::of(Box::new(NatsInput(Box::new(cfg))));
         planned.avro_limits = avro_limits(n.value.avro_limits.as_ref());
         Ok(planned)

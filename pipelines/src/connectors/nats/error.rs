@@ -37,6 +37,17 @@ pub(crate) enum NatsConfigError {
     AckWait,
     #[error("`max_ack_pending` must be 1 or more")]
     MaxAckPending,
+    #[error(
+        "`ack_policy: none` needs `checkpoint:`: without checkpoints the consumer's \
+         acknowledgements are the only record of what was read (remove `ack_policy`, or add \
+         `checkpoint:`)"
+    )]
+    NoAckWithoutCheckpoint,
+    #[error(
+        "`ack_wait` and `max_ack_pending` apply only with `ack_policy: all` (nothing is \
+         acknowledged with `none`)"
+    )]
+    AckSettingsWithoutAcks,
     #[error("`fetch_batch` must be 1 to {max}")]
     FetchBatch { max: u64 },
     #[error(

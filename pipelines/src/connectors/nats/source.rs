@@ -8,11 +8,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use weir_nats::source::{
-    parse_start_from, sequence_range, NatsPartitions, NatsSourceConfig, NatsSourceError,
-    NatsStartFrom, DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
+    parse_start_from, sequence_range, NatsAckPolicy, NatsPartitions, NatsSourceConfig,
+    NatsSourceError, NatsStartFrom, DEFAULT_FETCH_BATCH, PARTITION_PLACEHOLDER,
 };
 
-use super::doc::{NatsPartitionsDoc, NatsSourceDoc};
+use super::doc::{NatsAckPolicyDoc, NatsPartitionsDoc, NatsSourceDoc};
 use super::NatsConfigError;
 use crate::connectors::ReplayRange;
 use crate::model::OneOrMany;
@@ -39,6 +39,28 @@ pub(crate) fn config(
         cfg.partitions = Some(partitions(&p.value).map_err(|e| (Some(p.referenced), e))?);
     }
     Ok(cfg)
+}
+
+/// The ack policy of the source's consumer: `ack_policy` when given, else `none` with
+/// checkpoints (they hold the position anyway) unless `ack_wait` or `max_ack_pending` asks for
+/// acknowledgements, else `all`. `none` needs checkpoints.
+pub(crate) fn ack_policy(
+    doc: &NatsSourceDoc,
+    checkpointed: bool,
+) -> Result<NatsAckPolicy, (Option<Location>, NatsConfigError)> {
+    let ack_settings = doc.ack_wait.is_some() || doc.max_ack_pending.is_some();
+    match doc.ack_policy.as_ref().map(|p| (p.value, p.referenced)) {
+        Some((NatsAckPolicyDoc::All, _)) => Ok(NatsAckPolicy::All),
+        Some((NatsAckPolicyDoc::None, at)) if !checkpointed => {
+            Err((Some(at), NatsConfigError::NoAckWithoutCheckpoint))
+        }
+        Some((NatsAckPolicyDoc::None, at)) if ack_settings => {
+            Err((Some(at), NatsConfigError::AckSettingsWithoutAcks))
+        }
+        Some((NatsAckPolicyDoc::None, _)) => Ok(NatsAckPolicy::None),
+        None if checkpointed && !ack_settings => Ok(NatsAckPolicy::None),
+        None => Ok(NatsAckPolicy::All),
+    }
 }
 
 /// [`config`] without `partitions`.
@@ -234,8 +256,12 @@ pub(crate) fn describe(c: &NatsSourceConfig) -> String {
         NatsStartFrom::Sequence(s) => format!("sequence {s}"),
         NatsStartFrom::Time(ms) => format!("time {ms} ms"),
     };
+    let acks = match c.ack_policy {
+        NatsAckPolicy::All => "acknowledged once durable",
+        NatsAckPolicy::None => "acknowledges nothing (positions in checkpoints)",
+    };
     format!(
-        "stream {} ({subjects}), consumer {}, start from {start} (new consumer)",
+        "stream {} ({subjects}), consumer {}, start from {start} (new consumer), {acks}",
         c.stream, c.consumer
     )
 }
@@ -268,6 +294,32 @@ mod tests {
         assert_eq!(c.start_from, NatsStartFrom::Earliest);
         assert!(c.subjects.is_empty());
         assert_eq!(c.fetch_batch, DEFAULT_FETCH_BATCH);
+    }
+
+    #[test]
+    fn checkpoints_acknowledge_nothing_unless_asked() {
+        let plain = doc("{url: 'nats://h:4222', stream: E}");
+        assert_eq!(ack_policy(&plain, true).unwrap(), NatsAckPolicy::None);
+        assert_eq!(ack_policy(&plain, false).unwrap(), NatsAckPolicy::All);
+        // acknowledgement settings ask for acknowledgements
+        let tuned = doc("{url: 'nats://h:4222', stream: E, max_ack_pending: 10}");
+        assert_eq!(ack_policy(&tuned, true).unwrap(), NatsAckPolicy::All);
+        let all = doc("{url: 'nats://h:4222', stream: E, ack_policy: all}");
+        assert_eq!(ack_policy(&all, true).unwrap(), NatsAckPolicy::All);
+        let none = doc("{url: 'nats://h:4222', stream: E, ack_policy: none}");
+        assert_eq!(ack_policy(&none, true).unwrap(), NatsAckPolicy::None);
+        let (at, e) = ack_policy(&none, false).unwrap_err();
+        assert!(
+            at.is_some() && e.to_string().contains("needs `checkpoint:`"),
+            "{e}"
+        );
+        let both = doc("{url: 'nats://h:4222', stream: E, ack_policy: none, ack_wait: 1m}");
+        let (_, e) = ack_policy(&both, true).unwrap_err();
+        assert!(e.to_string().contains("only with `ack_policy: all`"), "{e}");
+        assert!(serde_saphyr::from_str::<NatsSourceDoc>(
+            "{url: 'nats://h:4222', stream: E, ack_policy: explicit}"
+        )
+        .is_err());
     }
 
     #[test]
