@@ -627,6 +627,19 @@ fn consumer_state(url: &str, consumer: &str) -> Value {
 /// start, and none of the stream's older messages is read.
 #[test]
 fn a_crash_before_the_first_checkpoint_restarts_where_latest_stood() {
+    crash_before_the_first_checkpoint(false);
+}
+
+/// A pipeline that ran without checkpoints (`ack_policy: all`, its acknowledgement floor past
+/// the older messages) gains `checkpoint:`, so its consumer is created again acknowledging
+/// nothing, after the floor. Killed before its first checkpoint, it starts after the floor
+/// again, not at `start_from: earliest` (the older messages would be read twice).
+#[test]
+fn a_pipeline_that_gains_checkpoints_keeps_its_position_across_a_crash() {
+    crash_before_the_first_checkpoint(true);
+}
+
+fn crash_before_the_first_checkpoint(earlier_run_without_checkpoints: bool) {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
@@ -643,11 +656,34 @@ fn a_crash_before_the_first_checkpoint_restarts_where_latest_stood() {
     let (first, second) = (d.join("first.ndjson"), d.join("second.ndjson"));
     std::fs::write(&first, lines[..20000].join("\n") + "\n").unwrap();
     std::fs::write(&second, lines[20000..].join("\n") + "\n").unwrap();
-    // the same pipeline as users run it, from `latest`, checkpoints too rare to complete
+    let start = if earlier_run_without_checkpoints {
+        // the older messages read and acknowledged by a run without checkpoints
+        let p = pipeline(d, &url, false);
+        let out = weir()
+            .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let state = consumer_state(&url, "weir-events");
+        assert_eq!(
+            (&state["ack_policy"], &state["ack_floor"]),
+            (&"all".into(), &50.into()),
+            "{state}"
+        );
+        std::fs::remove_dir_all(d.join("out")).unwrap();
+        "earliest"
+    } else {
+        "latest"
+    };
+    // the same pipeline as users run it, checkpoints too rare to complete
     let p = pipeline(d, &url, true);
     let yaml = std::fs::read_to_string(&p)
         .unwrap()
-        .replace("start_from: earliest", "start_from: latest")
+        .replace("start_from: earliest", &format!("start_from: {start}"))
         .replace("interval: 300ms", "interval: 1h");
     std::fs::write(&p, yaml).unwrap();
     let log = d.join("first-run.log");
@@ -679,7 +715,9 @@ fn a_crash_before_the_first_checkpoint_restarts_where_latest_stood() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let state = wait_for("the consumer was never created", &|s| !s.is_null());
+    let state = wait_for("the consumer was never created", &|s| {
+        s["ack_policy"] == "none"
+    });
     assert_eq!(state["ack_policy"], "none", "{state}");
     assert_eq!(state["metadata"]["weir_start_sequence"], "51", "{state}");
     nats_py(

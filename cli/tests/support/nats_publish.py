@@ -2,6 +2,7 @@
 (the independent client), creating the stream first when asked.
 
     nats_publish.py URL create STREAM SUBJECT [SUBJECT...]
+    nats_publish.py URL create-interest STREAM SUBJECT [SUBJECT...]   # interest retention
     nats_publish.py URL create-partitioned STREAM PREFIX N
         # subjects PREFIX.*, stored as PREFIX.<partition>.<token> by the stream's subject
         # transform {{partition(N,1)}}
@@ -26,7 +27,7 @@ import json
 import sys
 
 import nats
-from nats.js.api import StreamConfig, SubjectTransform
+from nats.js.api import RetentionPolicy, StreamConfig, SubjectTransform
 
 WINDOW = 2000
 
@@ -58,6 +59,9 @@ async def main():
     if cmd == "create":
         stream, *subjects = rest
         await js.add_stream(StreamConfig(name=stream, subjects=subjects))
+    elif cmd == "create-interest":
+        stream, *subjects = rest
+        await js.add_stream(StreamConfig(name=stream, subjects=subjects, retention=RetentionPolicy.INTEREST))
     elif cmd == "create-partitioned":
         stream, prefix, n = rest
         transform = SubjectTransform(src=f"{prefix}.*", dest=f"{prefix}.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}")

@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::{NatsError, OwnedClient};
 use async_nats::jetstream::consumer::pull::{Config as PullConfig, Stream as PullStream};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::{self, stream::Stream};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::{RetentionPolicy, Stream};
+use async_nats::jetstream::{self};
 
 use super::fetch::Fetcher;
 use super::{NatsAckPolicy, NatsSourceConfig, NatsStartFrom, START_METADATA};
@@ -94,10 +96,12 @@ fn deliver_policy(start: Option<u64>, from: NatsStartFrom) -> DeliverPolicy {
     }
 }
 
-/// The consumer's configuration (see the connector's docs for the defaults). `origin`: the
-/// sequence `start_from: latest` stood for when the pipeline first read, kept in the metadata.
+/// The consumer's configuration with ack policy `policy` (see the connector's docs for the
+/// defaults). `origin`: where the reading starts when no checkpoint says (see [`start_of`]),
+/// kept in the metadata.
 pub(super) fn consumer_config(
     cfg: &NatsSourceConfig,
+    policy: NatsAckPolicy,
     deliver: DeliverPolicy,
     origin: Option<u64>,
 ) -> PullConfig {
@@ -112,7 +116,7 @@ pub(super) fn consumer_config(
             .unwrap_or_default(),
         ..Default::default()
     };
-    match cfg.ack_policy {
+    match policy {
         NatsAckPolicy::All => {
             config.ack_policy = AckPolicy::All;
             config.ack_wait = cfg.ack_wait;
@@ -123,73 +127,104 @@ pub(super) fn consumer_config(
     config
 }
 
-/// Where a consumer created again at `seq` (`None`: where `start_from` says) starts, and the
-/// origin its metadata keeps: `latest` is pinned to a sequence (the one after the stream's
-/// `last`), so that a later run without checkpoint starts there again rather than at a later
-/// "latest"; an origin the earlier consumer kept stays.
+/// Where a consumer created again starts, and the origin its metadata keeps: the sequence a
+/// later run without checkpoint starts at again (rather than at a later "latest", or past
+/// rows that were delivered but never made durable).
+/// * At a checkpoint's sequence: the origin `kept` stays.
+/// * After an acknowledgement floor: that is where the reading starts without a checkpoint,
+///   and the new origin.
+/// * Else at the origin kept, if any; else where `start_from` says, `latest` pinned to the
+///   sequence after the stream's `last` (the new origin).
 pub(crate) fn start_of(
-    seq: Option<u64>,
+    place: Placement,
     from: NatsStartFrom,
     kept: Option<u64>,
     last: u64,
 ) -> (DeliverPolicy, Option<u64>) {
-    let origin = kept.or(match (seq, from) {
-        (None, NatsStartFrom::Latest) => Some(last + 1),
-        _ => None,
-    });
-    match (seq, from, origin) {
-        (None, NatsStartFrom::Latest, Some(o)) => {
-            (DeliverPolicy::ByStartSequence { start_sequence: o }, origin)
-        }
-        _ => (deliver_policy(seq, from), origin),
+    let at = |start_sequence: u64| DeliverPolicy::ByStartSequence {
+        start_sequence: start_sequence.max(1),
+    };
+    match (place, kept, from) {
+        (Placement::Checkpoint(seq), _, _) => (at(seq), kept),
+        (Placement::Floor(seq), _, _) => (at(seq), Some(seq)),
+        (_, Some(origin), _) => (at(origin), Some(origin)),
+        (_, None, NatsStartFrom::Latest) => (at(last + 1), Some(last + 1)),
+        (_, None, _) => (deliver_policy(None, from), None),
     }
 }
 
 /// What [`placement`] needs of an existing consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Existing {
-    /// Its ack policy is `All` (else `None`: it acknowledges nothing).
+    /// Its ack policy is `All` (weir's own consumers with acknowledgements).
     pub ack_all: bool,
+    /// It acknowledges at all (`All` or `Explicit`; not `None`).
+    pub acknowledges: bool,
     /// Messages delivered and not acknowledged.
     pub ack_pending: u64,
     /// Its subject filters are the pipeline's.
     pub same_filter: bool,
     /// Its acknowledgement floor (0: nothing acknowledged).
     pub floor: u64,
-    /// The sequence `start_from: latest` stood for when the pipeline first read (its metadata).
+    /// Where a run without checkpoint starts (its metadata, see [`start_of`]).
     pub origin: Option<u64>,
 }
 
-/// Where [`connect`] puts the consumer: `None` keeps the existing one where it is; `Some(seq)`
-/// creates it again at `seq` (`Some(None)`: where `start_from` says).
+/// Where [`connect`] puts the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// The existing consumer continues where it is.
+    Keep,
+    /// Created again at a checkpoint's sequence.
+    Checkpoint(u64),
+    /// Created again after an acknowledgement floor (this sequence).
+    Floor(u64),
+    /// Created again where the pipeline's reading started ([`start_of`]).
+    Origin,
+}
+
+/// Where [`connect`] puts the consumer:
 /// * A checkpoint's sequence (`resume`) wins, whatever the server remembers.
 /// * An `All` consumer of the same filters with nothing pending continues where it is (in
 ///   `all` mode; a pipeline that switched to `none` creates it again at the same place).
 /// * Else an acknowledgement floor is a durable position (acknowledgements follow
 ///   durability), so the reading continues after it.
 /// * A `None` consumer acknowledged nothing: its delivered position may be past rows that were
-///   never made durable, so a run without checkpoint starts where the pipeline first started
-///   (`start_from`; for `latest`, the sequence kept in the consumer's metadata).
+///   never made durable, so a run without checkpoint starts where the reading started.
 pub(crate) fn placement(
     policy: NatsAckPolicy,
     resume: Option<u64>,
     existing: Option<Existing>,
-) -> Option<Option<u64>> {
+) -> Placement {
+    if let Some(seq) = resume {
+        return Placement::Checkpoint(seq);
+    }
     let Some(e) = existing else {
-        return Some(resume);
+        return Placement::Origin;
     };
-    if resume.is_some() {
-        return Some(resume);
-    }
-    if !e.ack_all {
-        Some(None)
-    } else if policy == NatsAckPolicy::All && e.ack_pending == 0 && e.same_filter {
-        None
+    if !e.acknowledges {
+        Placement::Origin
+    } else if e.ack_all && policy == NatsAckPolicy::All && e.ack_pending == 0 && e.same_filter {
+        Placement::Keep
     } else if e.floor > 0 {
-        Some(Some(e.floor + 1))
+        Placement::Floor(e.floor + 1)
     } else {
-        Some(None)
+        Placement::Origin
     }
+}
+
+/// The policy a consumer of `stream` gets: `none` only on a stream that keeps its messages by
+/// limits. A stream with interest or work-queue retention deletes a message once every
+/// consumer acknowledged it, at once when the consumer acknowledges nothing: a restore could
+/// not read again what the checkpoint does not hold. Such a stream gets `all`
+/// (acknowledgements after each checkpoint), with a warning.
+fn effective_policy(cfg: &NatsSourceConfig, stream: &Stream) -> NatsAckPolicy {
+    let retention = stream.cached_info().config.retention;
+    if cfg.ack_policy == NatsAckPolicy::None && retention != RetentionPolicy::Limits {
+        tracing::warn!(stream = %cfg.stream, consumer = %cfg.consumer, ?retention, "nats: the stream deletes messages once consumed, so this consumer acknowledges after each checkpoint (ack_policy all) instead of none");
+        return NatsAckPolicy::All;
+    }
+    cfg.ack_policy
 }
 
 /// The first sequence of the stream at or after `from_ms` and the first at or after `to_ms`
@@ -275,15 +310,28 @@ async fn stream_and_last(
     Ok((stream, last))
 }
 
+/// What [`connect`] gives.
+pub(super) struct Connected {
+    pub(super) conn: Connection,
+    /// The stream's last sequence.
+    pub(super) last: u64,
+    /// The sequence the consumer delivers next (at least).
+    pub(super) next: u64,
+    /// The consumer's ack policy (see [`effective_policy`]).
+    pub(super) policy: NatsAckPolicy,
+    /// Where a run without checkpoint starts again (see [`start_of`]).
+    pub(super) origin: Option<u64>,
+}
+
 /// Connects (on the current runtime, the I/O runtime: the pulling task runs there), reads the
-/// stream's last sequence, and puts the durable consumer where the reader continues:
-/// `resume` (a checkpoint's sequence) if given; else an existing consumer's acknowledgement
-/// floor; else `start_from`. Returns the connection, the stream's last sequence and the
-/// sequence the consumer delivers next (at least).
+/// stream's last sequence, and puts the durable consumer where the reader continues (see
+/// [`placement`]). `origin`: the one an earlier connection learned, should the consumer be
+/// gone since.
 pub(super) async fn connect(
     cfg: &NatsSourceConfig,
     resume: Option<u64>,
-) -> Result<(Connection, u64, u64), NatsSourceError> {
+    origin: Option<u64>,
+) -> Result<Connected, NatsSourceError> {
     let client = OwnedClient::new(
         cfg.endpoint.connect().await?,
         tokio::runtime::Handle::current(),
@@ -297,19 +345,23 @@ pub(super) async fn connect(
             consumer: cfg.consumer.clone(),
             source: e,
         };
-    let existing = match stream.get_consumer::<PullConfig>(&cfg.consumer).await {
-        Err(_) => None,
-        Ok(mut c) => {
-            let info = c.info().await.map_err(|e| consumer_err("read", boxed(e)))?;
-            Some(existing_of(cfg, info))
-        }
+    // only a consumer that is not there is absent: any other failure must not lose its origin
+    let existing = match stream.consumer_info(&cfg.consumer).await {
+        Ok(info) => Some(existing_of(cfg, &info)),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
+        Err(e) => return Err(consumer_err("read", boxed(e))),
     };
-    let mut consumer: PullConsumer = match placement(cfg.ack_policy, resume, existing) {
-        None => stream
-            .get_consumer(&cfg.consumer)
-            .await
-            .map_err(|e| consumer_err("read", e))?,
-        Some(seq) => {
+    let policy = effective_policy(cfg, &stream);
+    let kept = existing.and_then(|e| e.origin).or(origin);
+    let (mut consumer, origin): (PullConsumer, _) = match placement(policy, resume, existing) {
+        Placement::Keep => (
+            stream
+                .get_consumer(&cfg.consumer)
+                .await
+                .map_err(|e| consumer_err("read", e))?,
+            kept,
+        ),
+        place => {
             // repositioned: a consumer's start cannot change, so it is created again
             if let Err(e) = stream.delete_consumer(&cfg.consumer).await {
                 // a consumer that is not there is fine; one that stays is not
@@ -321,12 +373,13 @@ pub(super) async fn connect(
                     return Err(consumer_err("delete", boxed(e)));
                 }
             }
-            let kept = existing.and_then(|e| e.origin);
-            let (deliver, origin) = start_of(seq, cfg.start_from, kept, last);
-            stream
-                .create_consumer(consumer_config(cfg, deliver, origin))
+            let (deliver, origin) = start_of(place, cfg.start_from, kept, last);
+            let config = consumer_config(cfg, policy, deliver, origin);
+            let consumer = stream
+                .create_consumer(config)
                 .await
-                .map_err(|e| consumer_err("create", boxed(e)))?
+                .map_err(|e| consumer_err("create", boxed(e)))?;
+            (consumer, origin)
         }
     };
     let delivered = consumer
@@ -336,15 +389,17 @@ pub(super) async fn connect(
         .delivered
         .stream_sequence;
     let messages = pull(&consumer, cfg).await?;
-    Ok((
-        Connection {
+    Ok(Connected {
+        conn: Connection {
             fetcher: Fetcher::spawn(messages),
             consumer,
             client,
         },
         last,
-        delivered + 1,
-    ))
+        next: delivered + 1,
+        policy,
+        origin,
+    })
 }
 
 /// What [`placement`] needs of an existing consumer's `info`.
@@ -355,6 +410,7 @@ fn existing_of(cfg: &NatsSourceConfig, info: &async_nats::jetstream::consumer::I
             && info.config.filter_subjects.is_empty());
     Existing {
         ack_all: info.config.ack_policy == AckPolicy::All,
+        acknowledges: info.config.ack_policy != AckPolicy::None,
         ack_pending: info.num_ack_pending as u64,
         same_filter,
         floor: info.ack_floor.stream_sequence,

@@ -6,9 +6,10 @@
 //!   sequence after the last message read. weir's checkpoint is the truth: a run restored from
 //!   a checkpoint deletes the durable consumer and creates it again at that sequence
 //!   (`DeliverPolicy::ByStartSequence`), whatever the server remembers. Without a checkpoint,
-//!   an existing consumer continues from its acknowledgement floor (messages delivered to an
-//!   earlier run but not acknowledged are read again at once, not after `ack_wait`); a missing
-//!   one is created where `start_from` says.
+//!   an existing consumer that acknowledges continues from its acknowledgement floor (messages
+//!   delivered to an earlier run but not acknowledged are read again at once, not after
+//!   `ack_wait`); one that acknowledges nothing, or a missing one, starts where the reading
+//!   first started (see `consumer::start_of`).
 //! * Acknowledgements ([`NatsAckPolicy`]). With `all` (`AckPolicy::All`, the default without
 //!   checkpoints), messages are acknowledged once [`Progress`] says the rows they carry are
 //!   durable: in the outputs (at least once), or in a complete checkpoint. Acknowledging the

@@ -72,6 +72,9 @@ pub struct NatsReader {
     started: bool,
     /// Notices a consumer stopped at `max_ack_pending` (see [`super::stall`]).
     stall: super::stall::StallWatch,
+    /// Where a run without checkpoint starts again, as the last connection learned it (kept
+    /// for a consumer that is gone when the reader connects again).
+    origin: Option<u64>,
 }
 
 impl NatsReader {
@@ -114,6 +117,7 @@ impl NatsReader {
             failing_since: None,
             started: false,
             stall: super::stall::StallWatch::new(),
+            origin: None,
         })
     }
 
@@ -192,7 +196,11 @@ impl NatsReader {
     fn connect(&mut self) -> Result<(), NatsSourceError> {
         let cfg = self.config.clone();
         let resume = self.read_next;
-        let (conn, last, next) = self.rt.block_on(connect(&cfg, resume))?;
+        let c = self.rt.block_on(connect(&cfg, resume, self.origin))?;
+        let (conn, last, next) = (c.conn, c.last, c.next);
+        // (the stream's retention may ask for acknowledgements after all)
+        self.config.ack_policy = c.policy;
+        self.origin = c.origin;
         // nothing below is delivered again (a consumer kept has no unacknowledged message)
         self.read_next.get_or_insert(next);
         // reply subjects of an earlier consumer must not acknowledge the new one's messages

@@ -41,46 +41,56 @@ fn the_subject_is_stored_once_and_still_found_by_dead_letters() {
 
 #[test]
 fn the_consumer_is_placed_where_the_durable_position_is() {
-    use super::consumer::{placement, Existing};
+    use super::consumer::{placement, Existing, Placement};
     use NatsAckPolicy::{All, None as NoAck};
     let all = Existing {
         ack_all: true,
+        acknowledges: true,
         ack_pending: 0,
         same_filter: true,
         floor: 500,
         origin: None,
     };
-    // no consumer: at the checkpoint, else where `start_from` says
-    assert_eq!(placement(All, None, None), Some(None));
-    assert_eq!(placement(NoAck, Some(7), None), Some(Some(7)));
+    // no consumer: at the checkpoint, else where the reading started
+    assert_eq!(placement(All, None, None), Placement::Origin);
+    assert_eq!(placement(NoAck, Some(7), None), Placement::Checkpoint(7));
     // a checkpoint wins over anything the server remembers
-    assert_eq!(placement(All, Some(7), Some(all)), Some(Some(7)));
+    assert_eq!(placement(All, Some(7), Some(all)), Placement::Checkpoint(7));
     // an `all` consumer with nothing pending continues where it is ...
-    assert_eq!(placement(All, None, Some(all)), None);
+    assert_eq!(placement(All, None, Some(all)), Placement::Keep);
     // ... unless messages are pending, its filters changed or the pipeline acknowledges nothing
     let pending = Existing {
         ack_pending: 3,
         ..all
     };
-    assert_eq!(placement(All, None, Some(pending)), Some(Some(501)));
-    assert_eq!(placement(NoAck, None, Some(all)), Some(Some(501)));
+    assert_eq!(placement(All, None, Some(pending)), Placement::Floor(501));
+    assert_eq!(placement(NoAck, None, Some(all)), Placement::Floor(501));
     let nothing_acked = Existing {
         floor: 0,
         ..pending
     };
-    assert_eq!(placement(All, None, Some(nothing_acked)), Some(None));
-    // a consumer that acknowledges nothing: where the reading first started (`start_from`,
-    // `latest` pinned by the creation), never where its deliveries got to (rows past the last
-    // checkpoint were never durable)
+    assert_eq!(placement(All, None, Some(nothing_acked)), Placement::Origin);
+    // a consumer made by hand with explicit acknowledgements: its floor is durable too
+    let explicit = Existing {
+        ack_all: false,
+        ..all
+    };
+    assert_eq!(placement(All, None, Some(explicit)), Placement::Floor(501));
+    // a consumer that acknowledges nothing: where the reading started, never where its
+    // deliveries got to (rows past the last checkpoint were never durable)
     let none = Existing {
         ack_all: false,
+        acknowledges: false,
         floor: 900,
         origin: Some(42),
         ..all
     };
-    assert_eq!(placement(NoAck, None, Some(none)), Some(None));
-    assert_eq!(placement(All, None, Some(none)), Some(None));
-    assert_eq!(placement(NoAck, Some(950), Some(none)), Some(Some(950)));
+    assert_eq!(placement(NoAck, None, Some(none)), Placement::Origin);
+    assert_eq!(placement(All, None, Some(none)), Placement::Origin);
+    assert_eq!(
+        placement(NoAck, Some(950), Some(none)),
+        Placement::Checkpoint(950)
+    );
 }
 
 #[test]
@@ -88,7 +98,7 @@ fn a_consumer_that_acknowledges_nothing_has_no_ack_limits() {
     let endpoint = crate::NatsEndpoint::new(vec!["nats://127.0.0.1:4222".into()], "t");
     let mut cfg = NatsSourceConfig::new(endpoint, "S", "c");
     let deliver = async_nats::jetstream::consumer::DeliverPolicy::All;
-    let c = super::consumer::consumer_config(&cfg, deliver, Some(9));
+    let c = super::consumer::consumer_config(&cfg, NatsAckPolicy::All, deliver, Some(9));
     assert_eq!(
         c.ack_policy,
         async_nats::jetstream::consumer::AckPolicy::All
@@ -99,7 +109,7 @@ fn a_consumer_that_acknowledges_nothing_has_no_ack_limits() {
         Some("9")
     );
     cfg.ack_policy = NatsAckPolicy::None;
-    let c = super::consumer::consumer_config(&cfg, deliver, None);
+    let c = super::consumer::consumer_config(&cfg, NatsAckPolicy::None, deliver, None);
     assert_eq!(
         c.ack_policy,
         async_nats::jetstream::consumer::AckPolicy::None
@@ -108,32 +118,41 @@ fn a_consumer_that_acknowledges_nothing_has_no_ack_limits() {
 }
 
 #[test]
-fn latest_is_pinned_once_and_kept() {
-    use super::consumer::start_of;
+fn the_origin_is_pinned_and_kept() {
+    use super::consumer::{start_of, Placement};
     use async_nats::jetstream::consumer::DeliverPolicy;
     let at = |start_sequence| DeliverPolicy::ByStartSequence { start_sequence };
+    let (latest, earliest) = (NatsStartFrom::Latest, NatsStartFrom::Earliest);
     // a first start from `latest`: the sequence after the stream's last, kept
     assert_eq!(
-        start_of(None, NatsStartFrom::Latest, None, 50),
+        start_of(Placement::Origin, latest, None, 50),
         (at(51), Some(51))
     );
-    // created again without checkpoint: where `latest` stood the first time
+    // created again without checkpoint: where the reading started the first time
     assert_eq!(
-        start_of(None, NatsStartFrom::Latest, Some(51), 900),
+        start_of(Placement::Origin, latest, Some(51), 900),
+        (at(51), Some(51))
+    );
+    assert_eq!(
+        start_of(Placement::Origin, earliest, Some(51), 900),
         (at(51), Some(51))
     );
     // at a checkpoint: there, the origin kept
     assert_eq!(
-        start_of(Some(700), NatsStartFrom::Latest, Some(51), 900),
+        start_of(Placement::Checkpoint(700), latest, Some(51), 900),
         (at(700), Some(51))
+    );
+    // after an acknowledgement floor (a pipeline that switched to `none`): the new origin, so
+    // that a crash before the first checkpoint starts there again
+    assert_eq!(
+        start_of(Placement::Floor(300), latest, None, 900),
+        (at(300), Some(300))
     );
     // other starts need no origin
     assert_eq!(
-        start_of(None, NatsStartFrom::Earliest, None, 50),
+        start_of(Placement::Origin, earliest, None, 50),
         (DeliverPolicy::All, None)
     );
-    assert_eq!(
-        start_of(None, NatsStartFrom::Sequence(9), None, 50),
-        (at(9), None)
-    );
+    let nine = NatsStartFrom::Sequence(9);
+    assert_eq!(start_of(Placement::Origin, nine, None, 50), (at(9), None));
 }
