@@ -113,6 +113,17 @@ dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
     p
 }
 
+/// Runs pipeline `p` with `--until-caught-up`, as users do; its log (the run must succeed).
+fn run_to_end(p: &Path) -> String {
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    log
+}
+
 /// The oracle's rows and (bad, late) counts of `events`.
 fn expected(events: &Path, d: &Path) -> (Vec<Row>, u64, u64) {
     let (rows, s) = oracle_per_dataset(
@@ -194,12 +205,7 @@ fn windows_equal_the_oracle_through_a_subject_wildcard() {
     let (rows, bad, late) = expected(&events, d);
     let p = pipeline(d, &server.url(), false);
     let started = Instant::now();
-    let out = weir()
-        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    run_to_end(&p);
     eprintln!("run: {:?}", started.elapsed());
     verify(d, &rows, bad, late, "one run");
     // per subject: both subjects, the noise subject left out, sequences of the stream
@@ -222,15 +228,7 @@ fn windows_equal_the_oracle_through_a_subject_wildcard() {
 
     // a second run with the same consumer: everything was acknowledged, nothing is read again
     let _ = std::fs::remove_dir_all(d.join("out"));
-    let out = weir()
-        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_to_end(&p);
     let lake = d.join("out/per_dataset.parquet");
     assert!(
         !lake.exists() || read_parquet_folder(&lake).is_empty(),
@@ -658,16 +656,7 @@ fn crash_before_the_first_checkpoint(earlier_run_without_checkpoints: bool) {
     std::fs::write(&second, lines[20000..].join("\n") + "\n").unwrap();
     let start = if earlier_run_without_checkpoints {
         // the older messages read and acknowledged by a run without checkpoints
-        let p = pipeline(d, &url, false);
-        let out = weir()
-            .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_to_end(&pipeline(d, &url, false));
         let state = consumer_state(&url, "weir-events");
         assert_eq!(
             (&state["ack_policy"], &state["ack_floor"]),
@@ -740,12 +729,7 @@ fn crash_before_the_first_checkpoint(earlier_run_without_checkpoints: bool) {
             SUBJECTS[1],
         ],
     );
-    let out = weir()
-        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    let text = run_to_end(&p);
     assert!(!text.contains("restored from checkpoint"), "{text}");
     verify(d, &rows, bad, late, "restarted without a checkpoint");
 }

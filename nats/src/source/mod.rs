@@ -18,8 +18,8 @@
 //!   is acknowledged: the checkpoint is the only position a restart trusts anyway, and the
 //!   server then keeps no per-message pending state (which costs it about 40% more CPU per
 //!   message, see the connector's docs). Without a checkpoint such a consumer starts again
-//!   where the pipeline's reading first started (`start_from`, or the sequence `latest` stood
-//!   for, kept in the consumer's metadata [`START_METADATA`]).
+//!   where the reading started (`start_from`, or the sequence kept in the consumer's metadata
+//!   [`START_METADATA`]: where `latest` stood, or the floor it continued from).
 //! * Pulling and backpressure. A task on the process's I/O runtime ([`weir_engine::io`])
 //!   keeps the client's pull requests (of `fetch_batch` messages) outstanding and queues what
 //!   arrives, a bounded queue of batches ([`fetch`]): the workers never wait for a pull's
@@ -90,9 +90,9 @@ pub enum NatsAckPolicy {
     None,
 }
 
-/// The consumer metadata key holding the stream sequence where the pipeline's reading first
-/// started, when `start_from: latest` stood for it (a run without checkpoint starts there
-/// again, rather than at a later "latest").
+/// The consumer metadata key holding the stream sequence a run without checkpoint starts at
+/// again: the one `start_from: latest` stood for, or the acknowledgement floor a consumer
+/// continued from (see `consumer::start_of`).
 pub const START_METADATA: &str = "weir_start_sequence";
 
 /// What the NATS source reads.
