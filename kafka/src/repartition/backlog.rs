@@ -4,7 +4,9 @@
 //! - The jobs' readers commit, with the pool's group, the internal offsets their complete
 //!   checkpoints continue from; the backlog is the internal topic's high watermarks minus
 //!   those offsets.
-//! - A partition without one counts from the end it had at the first measure: the messages
+//! - A partition without one counts from the end it had at the first measure, which runs
+//!   before the stage sends anything (if the broker cannot answer it then, the first that
+//!   succeeds later, which may leave out what the stage sent meanwhile): the messages
 //!   before may all be skipped by the jobs (another topic's, left by an earlier pool of the
 //!   same pipeline), which then never commit it, and counting them would hold the stage back
 //!   for good.
@@ -79,32 +81,28 @@ impl Monitor {
             partitions: 0,
             baseline: HashMap::new(),
         };
+        // the first measure runs before the stage sends anything, so that the internal
+        // partitions' baseline ends hold none of this stage's messages (taken later, after a
+        // fast start had copied thousands, they would never count)
+        let mut failing = false;
+        let first = measurer.measure(&stats, &mut failing);
+        *latest.lock().unwrap_or_else(|p| p.into_inner()) = first;
         let (out, halt) = (latest.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("weir-repartition-monitor".into())
             .spawn(move || {
-                let mut failing = false;
-                while !halt.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let forwarded_at = stats.forwarded.load(Ordering::Relaxed);
-                    let backlog = match measurer.backlog() {
-                        Ok(b) => {
-                            failing = false;
-                            Some(b)
-                        }
-                        Err(e) => {
-                            if !failing {
-                                tracing::warn!(source = %measurer.spec.source, error = %e, "repartition: cannot measure the pool's backlog; not holding back until it can");
-                            }
-                            failing = true;
-                            None
-                        }
-                    };
+                let mut started = Instant::now();
+                loop {
+                    while !halt.load(Ordering::Relaxed) && started.elapsed() < MEASURE_EVERY {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if halt.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    started = Instant::now();
+                    let measure = measurer.measure(&stats, &mut failing);
                     if let Ok(mut m) = out.lock() {
-                        *m = Measure {
-                            backlog,
-                            forwarded_at,
-                        };
+                        *m = measure;
                     }
                     let partitions: Vec<i32> = assigned
                         .lock()
@@ -115,9 +113,6 @@ impl Monitor {
                         Err(e) => {
                             tracing::debug!(error = %e, "repartition: cannot measure the upstream lag")
                         }
-                    }
-                    while !halt.load(Ordering::Relaxed) && started.elapsed() < MEASURE_EVERY {
-                        std::thread::sleep(Duration::from_millis(50));
                     }
                 }
             })?;
@@ -176,6 +171,29 @@ impl Measurer {
             self.clients = Some((pool, spec.client().map_err(fail)?));
         }
         Ok(())
+    }
+
+    /// One measure of the backlog; `failing` keeps whether the last one failed, so that a
+    /// failure is logged once.
+    fn measure(&mut self, stats: &StageStats, failing: &mut bool) -> Measure {
+        let forwarded_at = stats.forwarded.load(Ordering::Relaxed);
+        let backlog = match self.backlog() {
+            Ok(b) => {
+                *failing = false;
+                Some(b)
+            }
+            Err(e) => {
+                if !*failing {
+                    tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot measure the pool's backlog; not holding back until it can");
+                }
+                *failing = true;
+                None
+            }
+        };
+        Measure {
+            backlog,
+            forwarded_at,
+        }
     }
 
     /// Messages of the internal topic the pool's jobs have not checkpointed.
@@ -297,6 +315,94 @@ fn client_error(spec: &RepartitionSpec, what: &str, e: rdkafka::error::KafkaErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{KafkaSourceConfig, StartFrom};
+    use rdkafka::mocking::MockCluster;
+    use weir_engine::job::Decode;
+    use weir_engine::{Chunk, Decoded, Messages, SharedBytes};
+
+    /// The monitor never decodes.
+    struct NoDecoder;
+    impl Decode for NoDecoder {
+        fn decode(&self, _: &Chunk, _: &SharedBytes) -> Decoded {
+            unreachable!("the monitor does not decode")
+        }
+        fn decode_messages(&self, _: &Chunk, _: &Messages) -> Decoded {
+            unreachable!("the monitor does not decode")
+        }
+    }
+
+    fn produce(brokers: &str, topic: &str, n: usize) {
+        let producer = crate::Producer::new(brokers, &[]).unwrap();
+        for i in 0..n {
+            let value = format!("{{\"i\":{i}}}");
+            producer
+                .send(topic, Some(b"k"), Some(value.as_bytes()), &[])
+                .unwrap();
+        }
+        producer.flush().unwrap();
+    }
+
+    /// A stage that starts fast copies thousands of messages before a measure taken on the
+    /// monitor's thread could answer; the baseline is therefore taken before `start` returns,
+    /// and only what was in the internal topic before the stage is left out of the backlog.
+    #[test]
+    fn the_baseline_is_measured_before_the_stage_sends_anything() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("up", 1, 1).unwrap();
+        mock.create_topic("internal", 2, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        // an earlier pool's messages, which the jobs skip and never commit
+        produce(&brokers, "internal", 7);
+        let spec = RepartitionSpec {
+            source: "events".into(),
+            input: KafkaSourceConfig {
+                brokers: brokers.clone(),
+                topics: vec!["up".into()],
+                group_id: "pool".into(),
+                start_from: StartFrom::Earliest,
+                properties: vec![],
+                idle_timeout: None,
+                until_caught_up: false,
+                caught_up_timeout: Duration::from_secs(30),
+                end_offsets: HashMap::new(),
+                read_offsets: None,
+                with_headers: false,
+                pool: None,
+                upstream: None,
+                repartition_max_backlog: 10,
+            },
+            topic: "internal".into(),
+            keys: vec![],
+            decoder: Arc::new(NoDecoder),
+            until_caught_up: false,
+        };
+        let stats = Arc::new(StageStats::new("events", "up"));
+        let monitor = Monitor::start(
+            &spec,
+            "up",
+            stats.clone(),
+            Arc::new(Mutex::new(BTreeSet::new())),
+        )
+        .unwrap();
+        assert_eq!(
+            monitor.latest().backlog,
+            Some(0),
+            "measured before start returned"
+        );
+        // the stage sends 5: they count at once, and in the monitor's next measure
+        produce(&brokers, "internal", 5);
+        stats.forwarded.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(monitor.latest().estimate(5), Some(5));
+        let started = Instant::now();
+        while monitor.latest().forwarded_at < 5 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no second measure"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(monitor.latest().estimate(5), Some(5));
+    }
 
     #[test]
     fn the_backlog_counts_from_the_committed_offset_else_the_first_measure() {
