@@ -3,6 +3,7 @@
 
     nats_publish.py URL create STREAM SUBJECT [SUBJECT...]
     nats_publish.py URL create-interest STREAM SUBJECT [SUBJECT...]   # interest retention
+    nats_publish.py URL create-workqueue STREAM SUBJECT [SUBJECT...]  # work-queue retention
     nats_publish.py URL create-partitioned STREAM PREFIX N
         # subjects PREFIX.*, stored as PREFIX.<partition>.<token> by the stream's subject
         # transform {{partition(N,1)}}
@@ -17,6 +18,7 @@
     nats_publish.py URL ack-all STREAM CONSUMER              # fetches all (acknowledged
         # unless the consumer's ack policy is none); prints {"ack_floor", "delivered"}
     nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
+    nats_publish.py URL consumers STREAM                     # prints the consumers' names
 
 Publishes are pipelined (a window of acknowledgements in flight) and every acknowledgement is
 checked, so the stream holds every line, in the file's order, when the command returns.
@@ -62,6 +64,9 @@ async def main():
     elif cmd == "create-interest":
         stream, *subjects = rest
         await js.add_stream(StreamConfig(name=stream, subjects=subjects, retention=RetentionPolicy.INTEREST))
+    elif cmd == "create-workqueue":
+        stream, *subjects = rest
+        await js.add_stream(StreamConfig(name=stream, subjects=subjects, retention=RetentionPolicy.WORK_QUEUE))
     elif cmd == "create-partitioned":
         stream, prefix, n = rest
         transform = SubjectTransform(src=f"{prefix}.*", dest=f"{prefix}.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}")
@@ -139,6 +144,9 @@ async def main():
                 "num_ack_pending": info.num_ack_pending,
                 "metadata": info.config.metadata or {},
             }))
+    elif cmd == "consumers":
+        (stream,) = rest
+        print(json.dumps(sorted(c.name for c in await js.consumers_info(stream))))
     elif cmd == "delete-consumer":
         stream, consumer = rest
         try:

@@ -42,6 +42,9 @@ pub enum NatsSourceError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The stream's retention is one the source cannot read with exactly-once restores.
+    #[error("stream `{stream}` has work-queue retention, which the nats source does not read: a work queue deletes each message once acknowledged and allows only a consumer that delivers everything with explicit acknowledgements, so a restore could not read again what its checkpoint does not hold; read a stream with limits or interest retention (one may source this subject space) instead")]
+    WorkQueue { stream: String },
     /// The server refused the pull requests for good (a consumer limit).
     #[error("the server refused the pull requests of consumer `{consumer}`")]
     Refused {
@@ -214,10 +217,10 @@ pub(crate) fn placement(
 }
 
 /// The policy a consumer of `stream` gets: `none` only on a stream that keeps its messages by
-/// limits. A stream with interest or work-queue retention deletes a message once every
-/// consumer acknowledged it, at once when the consumer acknowledges nothing: a restore could
-/// not read again what the checkpoint does not hold. Such a stream gets `all`
-/// (acknowledgements after each checkpoint), with a warning.
+/// limits. A stream with interest retention deletes a message once every consumer
+/// acknowledged it, at once when the consumer acknowledges nothing: a restore could not read
+/// again what the checkpoint does not hold. Such a stream gets `all` (acknowledgements after
+/// each checkpoint), with a warning. (Work-queue streams are refused: [`connect`].)
 fn effective_policy(cfg: &NatsSourceConfig, stream: &Stream) -> NatsAckPolicy {
     let retention = stream.cached_info().config.retention;
     if cfg.ack_policy == NatsAckPolicy::None && retention != RetentionPolicy::Limits {
@@ -310,6 +313,88 @@ async fn stream_and_last(
     Ok((stream, last))
 }
 
+/// How long a hold left behind by a crash keeps the stream's messages (see [`create_hold`]).
+const HOLD_INACTIVE: Duration = Duration::from_secs(3600);
+
+/// The prefix of the holds of `consumer` (see [`create_hold`]).
+fn hold_prefix(consumer: &str) -> String {
+    format!("{consumer}-hold-")
+}
+
+/// On an interest stream, where a consumer created again starts: a checkpoint's sequence
+/// moves back to the first message the old consumer did not acknowledge (`floor + 1`), which
+/// the stream deletes once no consumer needs it, should a later restore need it (the reader
+/// drops what comes before the checkpoint's sequence). Other starts stay.
+pub(crate) fn unacknowledged_start(
+    place: Placement,
+    deliver: DeliverPolicy,
+    floor: u64,
+) -> DeliverPolicy {
+    match (place, deliver) {
+        (Placement::Checkpoint(_), DeliverPolicy::ByStartSequence { start_sequence }) => {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: start_sequence.min(floor + 1).max(1),
+            }
+        }
+        (_, deliver) => deliver,
+    }
+}
+
+/// Creates a hold: a consumer `<consumer>-hold-<ms>` of the stream, configured like the one
+/// about to be created (`config`), that keeps an interest stream's messages from its start
+/// while that consumer is deleted and created again (deleting the only consumer of an
+/// interest stream deletes every message it had not acknowledged). A hold that a crash left
+/// behind is deleted with the next one, or by the server after [`HOLD_INACTIVE`].
+async fn create_hold(
+    stream: &Stream,
+    cfg: &NatsSourceConfig,
+    mut config: PullConfig,
+) -> Result<String, NatsSourceError> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let name = format!("{}{millis}", hold_prefix(&cfg.consumer));
+    config.durable_name = Some(name.clone());
+    config.description = Some(format!(
+        "weir: keeps the stream's messages while `{}` is created again",
+        cfg.consumer
+    ));
+    config.inactive_threshold = HOLD_INACTIVE;
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| NatsSourceError::Consumer {
+            what: "create a hold for",
+            stream: cfg.stream.clone(),
+            consumer: cfg.consumer.clone(),
+            source: boxed(e),
+        })?;
+    Ok(name)
+}
+
+/// Deletes the holds of the consumer (`created`, and any a crash left behind) once it is
+/// created again; a failure is logged (the server deletes a hold after [`HOLD_INACTIVE`]).
+async fn release_holds(stream: &Stream, cfg: &NatsSourceConfig, created: Option<&str>) {
+    let prefix = hold_prefix(&cfg.consumer);
+    let mut names: Vec<String> = created.map(str::to_string).into_iter().collect();
+    let mut listed = stream.consumer_names();
+    while let Some(name) = futures_util::StreamExt::next(&mut listed).await {
+        match name {
+            Ok(n) if n.starts_with(&prefix) && !names.contains(&n) => names.push(n),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(stream = %cfg.stream, error = %e, "nats: cannot list the consumers; left-over holds stay until they expire");
+                break;
+            }
+        }
+    }
+    for name in names {
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::warn!(stream = %cfg.stream, hold = %name, error = %e, "nats: cannot delete a hold; the server deletes it after an hour without activity");
+        }
+    }
+}
+
 /// What [`connect`] gives.
 pub(super) struct Connected {
     pub(super) conn: Connection,
@@ -351,17 +436,37 @@ pub(super) async fn connect(
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
         Err(e) => return Err(consumer_err("read", boxed(e))),
     };
+    let retention = stream.cached_info().config.retention;
+    if retention == RetentionPolicy::WorkQueue {
+        return Err(NatsSourceError::WorkQueue {
+            stream: cfg.stream.clone(),
+        });
+    }
+    let interest = retention == RetentionPolicy::Interest;
     let policy = effective_policy(cfg, &stream);
     let kept = existing.and_then(|e| e.origin).or(origin);
     let (mut consumer, origin): (PullConsumer, _) = match placement(policy, resume, existing) {
-        Placement::Keep => (
-            stream
+        Placement::Keep => {
+            let consumer = stream
                 .get_consumer(&cfg.consumer)
                 .await
-                .map_err(|e| consumer_err("read", e))?,
-            kept,
-        ),
+                .map_err(|e| consumer_err("read", e))?;
+            if interest {
+                release_holds(&stream, cfg, None).await;
+            }
+            (consumer, kept)
+        }
         place => {
+            let (mut deliver, origin) = start_of(place, cfg.start_from, kept, last);
+            // an interest stream deletes the messages no consumer needs any more: the new
+            // consumer starts at the first one not acknowledged (the reader drops those before
+            // the checkpoint's sequence) and a hold needs them while the consumer is replaced
+            let mut hold = None;
+            if let (true, Some(e)) = (interest, existing.filter(|e| e.acknowledges)) {
+                deliver = unacknowledged_start(place, deliver, e.floor);
+                let config = consumer_config(cfg, NatsAckPolicy::All, deliver.clone(), None);
+                hold = Some(create_hold(&stream, cfg, config).await?);
+            }
             // repositioned: a consumer's start cannot change, so it is created again
             if let Err(e) = stream.delete_consumer(&cfg.consumer).await {
                 // a consumer that is not there is fine; one that stays is not
@@ -373,12 +478,14 @@ pub(super) async fn connect(
                     return Err(consumer_err("delete", boxed(e)));
                 }
             }
-            let (deliver, origin) = start_of(place, cfg.start_from, kept, last);
             let config = consumer_config(cfg, policy, deliver, origin);
             let consumer = stream
                 .create_consumer(config)
                 .await
                 .map_err(|e| consumer_err("create", boxed(e)))?;
+            if interest {
+                release_holds(&stream, cfg, hold.as_deref()).await;
+            }
             (consumer, origin)
         }
     };

@@ -156,3 +156,31 @@ fn the_origin_is_pinned_and_kept() {
     let nine = NatsStartFrom::Sequence(9);
     assert_eq!(start_of(Placement::Origin, nine, None, 50), (at(9), None));
 }
+
+#[test]
+fn on_an_interest_stream_a_restore_starts_at_the_first_unacknowledged_message() {
+    use super::consumer::{unacknowledged_start, Placement};
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    let at = |start_sequence| DeliverPolicy::ByStartSequence { start_sequence };
+    // acknowledged up to 40, checkpoint at 100 (a crash mid-run, or a reconnection): from 41
+    assert_eq!(
+        unacknowledged_start(Placement::Checkpoint(100), at(100), 40),
+        at(41)
+    );
+    // the acknowledgements of the checkpoint went out: its sequence
+    assert_eq!(
+        unacknowledged_start(Placement::Checkpoint(100), at(100), 99),
+        at(100)
+    );
+    // acknowledged past the checkpoint (by another client): the checkpoint's sequence
+    assert_eq!(
+        unacknowledged_start(Placement::Checkpoint(100), at(100), 150),
+        at(100)
+    );
+    // without a checkpoint nothing before the start is read again: the start stays
+    assert_eq!(unacknowledged_start(Placement::Origin, at(500), 0), at(500));
+    assert_eq!(
+        unacknowledged_start(Placement::Origin, DeliverPolicy::All, 0),
+        DeliverPolicy::All
+    );
+}
