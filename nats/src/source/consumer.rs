@@ -464,7 +464,7 @@ pub(super) async fn connect(
             let mut hold = None;
             if let (true, Some(e)) = (interest, existing.filter(|e| e.acknowledges)) {
                 deliver = unacknowledged_start(place, deliver, e.floor);
-                let config = consumer_config(cfg, NatsAckPolicy::All, deliver.clone(), None);
+                let config = consumer_config(cfg, NatsAckPolicy::All, deliver, None);
                 hold = Some(create_hold(&stream, cfg, config).await?);
             }
             // repositioned: a consumer's start cannot change, so it is created again
