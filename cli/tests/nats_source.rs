@@ -530,6 +530,30 @@ fn an_interest_stream_loses_nothing_across_a_kill_and_restore() {
     assert_eq!(consumers.trim(), r#"["weir-events"]"#, "holds left behind");
 }
 
+/// Messages the stream deleted before the source read them (its limits, a purge) cannot be
+/// read: a restored run says which sequences it lost and ends at the stream's end, instead of
+/// waiting for ever for messages that will not come.
+#[test]
+fn a_restore_past_deleted_messages_says_so_and_ends() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let events = events_file(d, "5000");
+    stream_with_events(&server, &events, d);
+    let p = pipeline(d, &url, true);
+    run_to_end(&p);
+    let mut args = vec!["publish", events.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(&url, &args);
+    nats_py(&url, &["purge", "EVENTS"]);
+    let log = restored_run(&p, d);
+    assert!(
+        log.contains("the stream no longer holds the messages of these sequences"),
+        "{log}"
+    );
+}
+
 /// A work-queue stream cannot be read again after a crash (it deletes what was acknowledged
 /// and allows one deliver-all consumer): the run fails at once, saying so and what to use.
 #[test]
@@ -584,8 +608,8 @@ fn kill_after_a_busy_checkpoint(p: &Path) {
 }
 
 /// Runs pipeline `p` again with `--until-caught-up` (within 180 s); it must restore its
-/// checkpoint and succeed.
-fn restored_run(p: &Path, d: &Path) {
+/// checkpoint and succeed. Its log.
+fn restored_run(p: &Path, d: &Path) -> String {
     let log = d.join("restored.log");
     let mut child = weir()
         .args(["run", p.to_str().unwrap(), "--until-caught-up"])
@@ -610,6 +634,7 @@ fn restored_run(p: &Path, d: &Path) {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{text}");
     assert!(text.contains("restored from checkpoint"), "{text}");
+    text
 }
 
 /// Without checkpoints, a window holding more messages than `max_ack_pending` stops the

@@ -19,6 +19,7 @@
         # unless the consumer's ack policy is none); prints {"ack_floor", "delivered"}
     nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
     nats_publish.py URL consumers STREAM                     # prints the consumers' names
+    nats_publish.py URL purge STREAM                         # deletes every message
 
 Publishes are pipelined (a window of acknowledgements in flight) and every acknowledgement is
 checked, so the stream holds every line, in the file's order, when the command returns.
@@ -144,6 +145,9 @@ async def main():
                 "num_ack_pending": info.num_ack_pending,
                 "metadata": info.config.metadata or {},
             }))
+    elif cmd == "purge":
+        (stream,) = rest
+        await js.purge_stream(stream)
     elif cmd == "consumers":
         (stream,) = rest
         print(json.dumps(sorted(c.name for c in await js.consumers_info(stream))))

@@ -243,7 +243,8 @@ pub fn sequence_range(
     })?;
     rt.block_on(async {
         let client = OwnedClient::new(cfg.endpoint.connect().await?, rt.handle().clone());
-        let (stream, last) = stream_and_last(&jetstream::new(client.client().clone()), cfg).await?;
+        let (stream, _, last) =
+            stream_and_range(&jetstream::new(client.client().clone()), cfg).await?;
         let from = first_at(&stream, cfg, from_ms, last).await?;
         let to = first_at(&stream, cfg, to_ms, last).await?;
         Ok((from, to.max(from), last))
@@ -291,11 +292,11 @@ async fn first_at(
     Ok(seq)
 }
 
-/// The configured stream and its last sequence now.
-async fn stream_and_last(
+/// The configured stream, the first sequence it holds and its last sequence now.
+async fn stream_and_range(
     js: &jetstream::Context,
     cfg: &NatsSourceConfig,
-) -> Result<(Stream, u64), NatsSourceError> {
+) -> Result<(Stream, u64, u64), NatsSourceError> {
     let stream_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Stream {
         stream: cfg.stream.clone(),
         source: e,
@@ -304,13 +305,13 @@ async fn stream_and_last(
         .get_stream(&cfg.stream)
         .await
         .map_err(|e| stream_err(boxed(e)))?;
-    let last = stream
+    let state = stream
         .info()
         .await
         .map_err(|e| stream_err(boxed(e)))?
         .state
-        .last_sequence;
-    Ok((stream, last))
+        .clone();
+    Ok((stream, state.first_sequence, state.last_sequence))
 }
 
 /// How long a hold left behind by a crash keeps the stream's messages (see [`create_hold`]).
@@ -398,6 +399,8 @@ async fn release_holds(stream: &Stream, cfg: &NatsSourceConfig, created: Option<
 /// What [`connect`] gives.
 pub(super) struct Connected {
     pub(super) conn: Connection,
+    /// The first sequence the stream holds (earlier ones are deleted).
+    pub(super) first: u64,
     /// The stream's last sequence.
     pub(super) last: u64,
     /// The sequence the consumer delivers next (at least).
@@ -422,7 +425,7 @@ pub(super) async fn connect(
         tokio::runtime::Handle::current(),
     );
     let js = jetstream::new(client.client().clone());
-    let (stream, last) = stream_and_last(&js, cfg).await?;
+    let (stream, first, last) = stream_and_range(&js, cfg).await?;
     let consumer_err =
         |what, e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Consumer {
             what,
@@ -502,6 +505,7 @@ pub(super) async fn connect(
             consumer,
             client,
         },
+        first,
         last,
         next: delivered + 1,
         policy,

@@ -66,6 +66,9 @@ pub struct NatsReader {
     last_check: Instant,
     /// Messages the server has for the consumer after the last one read.
     pending: u64,
+    /// The highest consumer sequence the current consumer delivered to the reader (0: none):
+    /// when the consumer says it delivered no more, nothing is on its way.
+    received: u64,
     /// The connection is lost mid-run since then (a server that went away).
     failing_since: Option<Instant>,
     /// The first connection was made.
@@ -114,6 +117,7 @@ impl NatsReader {
             last_message: Instant::now(),
             last_check: Instant::now(),
             pending: 0,
+            received: 0,
             failing_since: None,
             started: false,
             stall: super::stall::StallWatch::new(),
@@ -198,6 +202,10 @@ impl NatsReader {
         let resume = self.read_next;
         let c = self.rt.block_on(connect(&cfg, resume, self.origin))?;
         let (conn, last, next) = (c.conn, c.last, c.next);
+        if let Some(n) = resume.filter(|n| *n < c.first) {
+            tracing::warn!(source = %self.name, stream = %cfg.stream, from = n, to = c.first - 1, "nats: the stream no longer holds the messages of these sequences, which this source had not read (deleted by the stream's limits, such as max_age, or by a purge): the rows of those its subjects match are missing from the outputs");
+        }
+        self.received = 0;
         // (the stream's retention may ask for acknowledgements after all)
         self.config.ack_policy = c.policy;
         self.origin = c.origin;
@@ -225,6 +233,7 @@ impl NatsReader {
             return;
         };
         let (seq, pending) = (info.stream_sequence, info.pending);
+        self.received = self.received.max(info.consumer_sequence);
         let published = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
         if self.read_next.is_some_and(|n| seq < n) || self.ended {
             return;
@@ -458,10 +467,13 @@ impl NatsReader {
             return Ok(());
         };
         match self.rt.block_on(conn.consumer.info()) {
-            // nothing matching the filters is left, and everything delivered was read
+            // nothing matching the filters is left, and everything delivered was read (the
+            // consumer delivered nothing more, or nothing past the reader: a consumer placed
+            // after messages the stream deleted reports it delivered up to them)
             Ok(info)
                 if info.num_pending == 0
-                    && info.delivered.stream_sequence < self.read_next.unwrap_or(1) =>
+                    && (info.delivered.consumer_sequence <= self.received
+                        || info.delivered.stream_sequence < self.read_next.unwrap_or(1)) =>
             {
                 self.end(ctx)
             }
