@@ -530,6 +530,55 @@ fn an_interest_stream_loses_nothing_across_a_kill_and_restore() {
     assert_eq!(consumers.trim(), r#"["weir-events"]"#, "holds left behind");
 }
 
+/// As above, with the restore itself killed between deleting its consumer and creating it
+/// again (the stream then has only the hold): the next restore still loses nothing.
+#[test]
+fn an_interest_stream_loses_nothing_when_a_restore_is_killed_mid_way() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let events = events_file(d, "60000");
+    let (rows, bad, late) = expected(&events, d);
+    nats_py(&url, &["create-interest", "EVENTS", "ontology.>"]);
+    let p = pipeline(d, &url, true);
+    run_to_end(&p);
+    std::fs::remove_dir_all(d.join("out")).unwrap();
+    std::fs::remove_dir_all(d.join("state")).unwrap();
+    let mut args = vec!["publish", events.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(&url, &args);
+    kill_after_a_busy_checkpoint(&p);
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap()])
+        .env("WEIR_FAILPOINT_PAUSE", "nats_consumer_deleted:60000")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("failpoint nats_consumer_deleted") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(log.contains("failpoint nats_consumer_deleted"), "{log}");
+    let consumer: Value =
+        serde_json::from_str(&nats_py(&url, &["consumer", "EVENTS", "weir-events"])).unwrap();
+    assert!(
+        consumer.is_null(),
+        "the consumer was not deleted: {consumer}"
+    );
+    restored_run(&p, d);
+    verify(d, &rows, bad, late, "an interest stream, restored twice");
+    let consumers = nats_py(&url, &["consumers", "EVENTS"]);
+    assert_eq!(consumers.trim(), r#"["weir-events"]"#, "holds left behind");
+}
+
 /// Messages the stream deleted before the source read them (its limits, a purge) cannot be
 /// read: a restored run says which sequences it lost and ends at the stream's end, instead of
 /// waiting for ever for messages that will not come.

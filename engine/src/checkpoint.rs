@@ -762,10 +762,11 @@ pub(crate) fn test_manifest(epoch: u64) -> Manifest {
 /// `point` (`before_manifest`: every part is in, the manifest is not written;
 /// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
 /// manifest is written (and sealed), the outputs are not told to commit;
-/// `before_commit_owning`: the same, for a pool worker that owns partitions), after
+/// `before_commit_owning`: the same, for a pool worker that owns partitions;
+/// `nats_consumer_deleted`: a NATS source deleted its consumer to create it again), after
 /// passing it `skip` times (then every time, or `times` times), so that crash tests can kill
 /// the process there. It logs `failpoint <point>` first.
-pub(crate) fn failpoint(point: &str) {
+pub fn failpoint(point: &str) {
     static PASSED: AtomicU64 = AtomicU64::new(0);
     let Ok(spec) = std::env::var("WEIR_FAILPOINT_PAUSE") else {
         return;

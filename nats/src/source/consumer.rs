@@ -245,6 +245,11 @@ pub fn sequence_range(
         let client = OwnedClient::new(cfg.endpoint.connect().await?, rt.handle().clone());
         let (stream, _, last) =
             stream_and_range(&jetstream::new(client.client().clone()), cfg).await?;
+        if stream.cached_info().config.retention == RetentionPolicy::WorkQueue {
+            return Err(NatsSourceError::WorkQueue {
+                stream: cfg.stream.clone(),
+            });
+        }
         let from = first_at(&stream, cfg, from_ms, last).await?;
         let to = first_at(&stream, cfg, to_ms, last).await?;
         Ok((from, to.max(from), last))
@@ -316,11 +321,8 @@ async fn stream_and_range(
 
 /// How long a hold left behind by a crash keeps the stream's messages (see [`create_hold`]).
 const HOLD_INACTIVE: Duration = Duration::from_secs(3600);
-
-/// The prefix of the holds of `consumer` (see [`create_hold`]).
-fn hold_prefix(consumer: &str) -> String {
-    format!("{consumer}-hold-")
-}
+/// The metadata key that marks a hold, with the consumer it holds for as value.
+const HOLD_METADATA: &str = "weir_hold_of";
 
 /// On an interest stream, where a consumer created again starts: a checkpoint's sequence
 /// moves back to the first message the old consumer did not acknowledge (`floor + 1`), which
@@ -342,10 +344,11 @@ pub(crate) fn unacknowledged_start(
 }
 
 /// Creates a hold: a consumer `<consumer>-hold-<ms>` of the stream, configured like the one
-/// about to be created (`config`), that keeps an interest stream's messages from its start
-/// while that consumer is deleted and created again (deleting the only consumer of an
-/// interest stream deletes every message it had not acknowledged). A hold that a crash left
-/// behind is deleted with the next one, or by the server after [`HOLD_INACTIVE`].
+/// about to be created (`config`, its origin included), marked in its metadata, that keeps an
+/// interest stream's messages from its start while that consumer is deleted and created again
+/// (deleting the only consumer of an interest stream deletes every message it had not
+/// acknowledged). A hold that a crash left behind stands for the consumer until it is created
+/// again (see [`holds_of`]), and is deleted then, or by the server after [`HOLD_INACTIVE`].
 async fn create_hold(
     stream: &Stream,
     cfg: &NatsSourceConfig,
@@ -354,18 +357,21 @@ async fn create_hold(
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let name = format!("{}{millis}", hold_prefix(&cfg.consumer));
+    let name = format!("{}-hold-{millis}", cfg.consumer);
     config.durable_name = Some(name.clone());
     config.description = Some(format!(
         "weir: keeps the stream's messages while `{}` is created again",
         cfg.consumer
     ));
     config.inactive_threshold = HOLD_INACTIVE;
+    config
+        .metadata
+        .insert(HOLD_METADATA.to_string(), cfg.consumer.clone());
     stream
         .create_consumer(config)
         .await
         .map_err(|e| NatsSourceError::Consumer {
-            what: "create a hold for",
+            what: "create a hold (a temporary consumer; is the stream at its max_consumers?) for",
             stream: cfg.stream.clone(),
             consumer: cfg.consumer.clone(),
             source: boxed(e),
@@ -373,22 +379,35 @@ async fn create_hold(
     Ok(name)
 }
 
-/// Deletes the holds of the consumer (`created`, and any a crash left behind) once it is
-/// created again; a failure is logged (the server deletes a hold after [`HOLD_INACTIVE`]).
-async fn release_holds(stream: &Stream, cfg: &NatsSourceConfig, created: Option<&str>) {
-    let prefix = hold_prefix(&cfg.consumer);
-    let mut names: Vec<String> = created.map(str::to_string).into_iter().collect();
-    let mut listed = stream.consumer_names();
-    while let Some(name) = futures_util::StreamExt::next(&mut listed).await {
-        match name {
-            Ok(n) if n.starts_with(&prefix) && !names.contains(&n) => names.push(n),
+/// The holds of the consumer (marked by [`HOLD_METADATA`]), each with what it says of the
+/// consumer it stands for: its floor (where it started) and origin; never kept as it is.
+async fn holds_of(stream: &Stream, cfg: &NatsSourceConfig) -> Vec<(String, Existing)> {
+    let mut holds = Vec::new();
+    let mut listed = stream.consumers();
+    while let Some(info) = futures_util::StreamExt::next(&mut listed).await {
+        match info {
+            Ok(info) if info.config.metadata.get(HOLD_METADATA) == Some(&cfg.consumer) => {
+                let mut standing = existing_of(cfg, &info);
+                standing.ack_all = false;
+                holds.push((info.name.clone(), standing));
+            }
             Ok(_) => {}
             Err(e) => {
-                tracing::debug!(stream = %cfg.stream, error = %e, "nats: cannot list the consumers; left-over holds stay until they expire");
+                tracing::warn!(stream = %cfg.stream, error = %e, "nats: cannot list the stream's consumers; a hold left by a crash, if any, is not taken into account");
                 break;
             }
         }
     }
+    holds
+}
+
+/// Deletes the holds `names` once the consumer is created again; a failure is logged (the
+/// server deletes a hold after [`HOLD_INACTIVE`]).
+async fn release_holds(
+    stream: &Stream,
+    cfg: &NatsSourceConfig,
+    names: impl Iterator<Item = String>,
+) {
     for name in names {
         if let Err(e) = stream.delete_consumer(&name).await {
             tracing::warn!(stream = %cfg.stream, hold = %name, error = %e, "nats: cannot delete a hold; the server deletes it after an hour without activity");
@@ -447,16 +466,21 @@ pub(super) async fn connect(
     }
     let interest = retention == RetentionPolicy::Interest;
     let policy = effective_policy(cfg, &stream);
-    let kept = existing.and_then(|e| e.origin).or(origin);
-    let (mut consumer, origin): (PullConsumer, _) = match placement(policy, resume, existing) {
+    let holds = if interest {
+        holds_of(&stream, cfg).await
+    } else {
+        Vec::new()
+    };
+    // a consumer that a crash deleted before it was created again: its hold stands for it
+    let standing = existing.or_else(|| holds.iter().map(|(_, e)| *e).min_by_key(|e| e.floor));
+    let kept = standing.and_then(|e| e.origin).or(origin);
+    let (mut consumer, origin): (PullConsumer, _) = match placement(policy, resume, standing) {
         Placement::Keep => {
             let consumer = stream
                 .get_consumer(&cfg.consumer)
                 .await
                 .map_err(|e| consumer_err("read", e))?;
-            if interest {
-                release_holds(&stream, cfg, None).await;
-            }
+            release_holds(&stream, cfg, holds.into_iter().map(|(name, _)| name)).await;
             (consumer, kept)
         }
         place => {
@@ -464,11 +488,18 @@ pub(super) async fn connect(
             // an interest stream deletes the messages no consumer needs any more: the new
             // consumer starts at the first one not acknowledged (the reader drops those before
             // the checkpoint's sequence) and a hold needs them while the consumer is replaced
-            let mut hold = None;
-            if let (true, Some(e)) = (interest, existing.filter(|e| e.acknowledges)) {
-                deliver = unacknowledged_start(place, deliver, e.floor);
-                let config = consumer_config(cfg, NatsAckPolicy::All, deliver, None);
-                hold = Some(create_hold(&stream, cfg, config).await?);
+            let mut names: Vec<String> = holds.iter().map(|(name, _)| name.clone()).collect();
+            let floor = existing
+                .iter()
+                .chain(holds.iter().map(|(_, e)| e))
+                .map(|e| e.floor)
+                .min();
+            if let (true, Some(floor)) = (interest, floor) {
+                deliver = unacknowledged_start(place, deliver, floor);
+                if existing.is_some() {
+                    let config = consumer_config(cfg, NatsAckPolicy::All, deliver, origin);
+                    names.push(create_hold(&stream, cfg, config).await?);
+                }
             }
             // repositioned: a consumer's start cannot change, so it is created again
             if let Err(e) = stream.delete_consumer(&cfg.consumer).await {
@@ -481,14 +512,13 @@ pub(super) async fn connect(
                     return Err(consumer_err("delete", boxed(e)));
                 }
             }
+            weir_engine::checkpoint::failpoint("nats_consumer_deleted");
             let config = consumer_config(cfg, policy, deliver, origin);
             let consumer = stream
                 .create_consumer(config)
                 .await
                 .map_err(|e| consumer_err("create", boxed(e)))?;
-            if interest {
-                release_holds(&stream, cfg, hold.as_deref()).await;
-            }
+            release_holds(&stream, cfg, names.into_iter()).await;
             (consumer, origin)
         }
     };

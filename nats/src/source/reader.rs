@@ -236,6 +236,9 @@ impl NatsReader {
         self.received = self.received.max(info.consumer_sequence);
         let published = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
         if self.read_next.is_some_and(|n| seq < n) || self.ended {
+            if !self.ended {
+                self.acknowledge_dropped(seq, m.reply.as_ref());
+            }
             return;
         }
         if self.target.is_some_and(|t| seq > t) {
@@ -276,6 +279,24 @@ impl NatsReader {
         }
         if self.target.is_some_and(|t| seq >= t || pending == 0) {
             self.end(ctx);
+        }
+    }
+
+    /// A message dropped because the reader passed its sequence (a redelivery, or a consumer
+    /// created again before the checkpoint's sequence) is acknowledged with the chunks, once
+    /// its sequence is durable: with `all`, a consumer that delivers only such messages would
+    /// otherwise stop at `max_ack_pending` for good. It replaces the last entry (an acknowledgement
+    /// covers every earlier message, and it is before the reader's position, durable with it).
+    fn acknowledge_dropped(&mut self, seq: u64, reply: Option<&Subject>) {
+        let (Some(reply), NatsAckPolicy::All) = (reply, self.config.ack_policy) else {
+            return;
+        };
+        match self.acks.back_mut() {
+            // a later acknowledgement covers it
+            Some((next, _)) if *next > seq => {}
+            // this one covers the last (all of them are before the reader's position)
+            Some(last) => *last = (seq + 1, reply.clone()),
+            None => self.acks.push_back((seq + 1, reply.clone())),
         }
     }
 
