@@ -579,6 +579,57 @@ fn an_interest_stream_loses_nothing_when_a_restore_is_killed_mid_way() {
     assert_eq!(consumers.trim(), r#"["weir-events"]"#, "holds left behind");
 }
 
+/// On an interest stream a restore reads again from the first unacknowledged message, and
+/// drops what comes before its checkpoint. Killed after a checkpoint whose acknowledgements
+/// never went out (at the `before_commit` failpoint) while the consumer was at its
+/// `max_ack_pending`, the restored consumer delivers nothing but such messages: they are
+/// acknowledged with the next checkpoint, and the run goes on to the end.
+#[test]
+fn an_interest_stream_restore_at_max_ack_pending_goes_on() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let events = events_file(d, "20000");
+    let (rows, bad, late) = expected(&events, d);
+    nats_py(&url, &["create-interest", "EVENTS", "ontology.>"]);
+    let p = pipeline(d, &url, true);
+    let yaml = std::fs::read_to_string(&p).unwrap().replace(
+        "consumer: weir-events\n",
+        "consumer: weir-events\n      max_ack_pending: 300\n",
+    );
+    std::fs::write(&p, yaml).unwrap();
+    run_to_end(&p);
+    std::fs::remove_dir_all(d.join("out")).unwrap();
+    std::fs::remove_dir_all(d.join("state")).unwrap();
+    let mut args = vec!["publish", events.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(&url, &args);
+    let mut child = weir()
+        .args(["run", p.to_str().unwrap()])
+        .env("WEIR_FAILPOINT_PAUSE", "before_commit:60000:2")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("failpoint before_commit") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(log.contains("failpoint before_commit"), "{log}");
+    let consumer: Value =
+        serde_json::from_str(&nats_py(&url, &["consumer", "EVENTS", "weir-events"])).unwrap();
+    eprintln!("the consumer when killed: {consumer}");
+    restored_run(&p, d);
+    verify(d, &rows, bad, late, "restored at max_ack_pending");
+}
+
 /// Messages the stream deleted before the source read them (its limits, a purge) cannot be
 /// read: a restored run says which sequences it lost and ends at the stream's end, instead of
 /// waiting for ever for messages that will not come.
