@@ -513,14 +513,7 @@ fn an_interest_stream_loses_nothing_across_a_kill_and_restore() {
     let (rows, bad, late) = expected(&events, d);
     nats_py(&url, &["create-interest", "EVENTS", "ontology.>"]);
     let p = pipeline(d, &url, true);
-    // the pipeline's first run creates its consumer (an interest stream keeps nothing for no
-    // one); the events come later
-    run_to_end(&p);
-    std::fs::remove_dir_all(d.join("out")).unwrap();
-    std::fs::remove_dir_all(d.join("state")).unwrap();
-    let mut args = vec!["publish", events.to_str().unwrap()];
-    args.extend(SUBJECTS);
-    nats_py(&url, &args);
+    consumer_then_events(&p, d, &url, &events);
     kill_after_a_busy_checkpoint(&p);
     let held: Value = serde_json::from_str(&nats_py(&url, &["info", "EVENTS"])).unwrap();
     assert!(held["messages"].as_u64().unwrap() > 0, "{held}");
@@ -542,31 +535,9 @@ fn an_interest_stream_loses_nothing_when_a_restore_is_killed_mid_way() {
     let (rows, bad, late) = expected(&events, d);
     nats_py(&url, &["create-interest", "EVENTS", "ontology.>"]);
     let p = pipeline(d, &url, true);
-    run_to_end(&p);
-    std::fs::remove_dir_all(d.join("out")).unwrap();
-    std::fs::remove_dir_all(d.join("state")).unwrap();
-    let mut args = vec!["publish", events.to_str().unwrap()];
-    args.extend(SUBJECTS);
-    nats_py(&url, &args);
+    consumer_then_events(&p, d, &url, &events);
     kill_after_a_busy_checkpoint(&p);
-    let mut child = weir()
-        .args(["run", p.to_str().unwrap()])
-        .env("WEIR_FAILPOINT_PAUSE", "nats_consumer_deleted:60000")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut log = String::new();
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("failpoint nats_consumer_deleted") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(log.contains("failpoint nats_consumer_deleted"), "{log}");
+    kill_at_failpoint(&p, "nats_consumer_deleted", 0);
     let consumer: Value =
         serde_json::from_str(&nats_py(&url, &["consumer", "EVENTS", "weir-events"])).unwrap();
     assert!(
@@ -599,30 +570,8 @@ fn an_interest_stream_restore_at_max_ack_pending_goes_on() {
         "consumer: weir-events\n      max_ack_pending: 300\n",
     );
     std::fs::write(&p, yaml).unwrap();
-    run_to_end(&p);
-    std::fs::remove_dir_all(d.join("out")).unwrap();
-    std::fs::remove_dir_all(d.join("state")).unwrap();
-    let mut args = vec!["publish", events.to_str().unwrap()];
-    args.extend(SUBJECTS);
-    nats_py(&url, &args);
-    let mut child = weir()
-        .args(["run", p.to_str().unwrap()])
-        .env("WEIR_FAILPOINT_PAUSE", "before_commit:60000:2")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut log = String::new();
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("failpoint before_commit") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(log.contains("failpoint before_commit"), "{log}");
+    consumer_then_events(&p, d, &url, &events);
+    kill_at_failpoint(&p, "before_commit", 2);
     let consumer: Value =
         serde_json::from_str(&nats_py(&url, &["consumer", "EVENTS", "weir-events"])).unwrap();
     eprintln!("the consumer when killed: {consumer}");
@@ -675,15 +624,16 @@ fn a_work_queue_stream_is_refused_with_what_to_do() {
     );
 }
 
-/// Runs pipeline `p` until a checkpoint holds open windows (the run is reading), then kills
-/// it (kill -9).
-fn kill_after_a_busy_checkpoint(p: &Path) {
+/// Runs pipeline `p` (with the environment `env`) until a line of its log passes `done`, then
+/// kills it (kill -9); within 120 s, else the test fails.
+fn kill_when(p: &Path, env: &[(&str, &str)], done: impl Fn(&str) -> bool) {
     let mut child = weir()
         .args(["run", p.to_str().unwrap()])
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // the log read on a thread, so that a run that never checkpoints fails the test in time
+    // the log read on a thread, so that a run that never gets there fails the test in time
     let (tx, rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
@@ -694,17 +644,47 @@ fn kill_after_a_busy_checkpoint(p: &Path) {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut log = String::new();
+    let (mut log, mut reached) = (String::new(), false);
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         log.push_str(&line);
         log.push('\n');
-        if line.contains("checkpoint complete") && !line.contains("state_rows=0 ") {
+        if done(&line) {
+            reached = true;
             break;
         }
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(log.contains("checkpoint complete"), "{log}");
+    assert!(reached, "the run never got there:\n{log}");
+}
+
+/// Runs pipeline `p` until a checkpoint holds open windows (the run is reading), then kills
+/// it (kill -9).
+fn kill_after_a_busy_checkpoint(p: &Path) {
+    kill_when(p, &[], |l| {
+        l.contains("checkpoint complete") && !l.contains("state_rows=0 ")
+    });
+}
+
+/// Runs pipeline `p` with a failpoint (`WEIR_FAILPOINT_PAUSE`, see the engine's
+/// `checkpoint::failpoint`) and kills it there.
+fn kill_at_failpoint(p: &Path, point: &str, skip: u32) {
+    let spec = format!("{point}:60000:{skip}");
+    let reached = format!("failpoint {point}");
+    kill_when(p, &[("WEIR_FAILPOINT_PAUSE", &spec)], |l| {
+        l.contains(&reached)
+    });
+}
+
+/// On an interest stream, the pipeline's first run (on the empty stream) creates its
+/// consumer, then the events of `events` come (the stream keeps nothing for no one).
+fn consumer_then_events(p: &Path, d: &Path, url: &str, events: &Path) {
+    run_to_end(p);
+    std::fs::remove_dir_all(d.join("out")).unwrap();
+    std::fs::remove_dir_all(d.join("state")).unwrap();
+    let mut args = vec!["publish", events.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(url, &args);
 }
 
 /// Runs pipeline `p` again with `--until-caught-up` (within 180 s); it must restore its
