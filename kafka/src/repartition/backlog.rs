@@ -315,7 +315,8 @@ fn client_error(spec: &RepartitionSpec, what: &str, e: rdkafka::error::KafkaErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{KafkaSourceConfig, StartFrom};
+    use crate::source::tests::{produce_keyed, reading_to_the_end};
+    use crate::source::KafkaSourceConfig;
     use rdkafka::mocking::MockCluster;
     use weir_engine::job::Decode;
     use weir_engine::{Chunk, Decoded, Messages, SharedBytes};
@@ -331,17 +332,6 @@ mod tests {
         }
     }
 
-    fn produce(brokers: &str, topic: &str, n: usize) {
-        let producer = crate::Producer::new(brokers, &[]).unwrap();
-        for i in 0..n {
-            let value = format!("{{\"i\":{i}}}");
-            producer
-                .send(topic, Some(b"k"), Some(value.as_bytes()), &[])
-                .unwrap();
-        }
-        producer.flush().unwrap();
-    }
-
     /// A stage that starts fast copies thousands of messages before a measure taken on the
     /// monitor's thread could answer; the baseline is therefore taken before `start` returns,
     /// and only what was in the internal topic before the stage is left out of the backlog.
@@ -352,24 +342,14 @@ mod tests {
         mock.create_topic("internal", 2, 1).unwrap();
         let brokers = mock.bootstrap_servers();
         // an earlier pool's messages, which the jobs skip and never commit
-        produce(&brokers, "internal", 7);
+        produce_keyed(&brokers, "internal", 7);
         let spec = RepartitionSpec {
             source: "events".into(),
             input: KafkaSourceConfig {
-                brokers: brokers.clone(),
-                topics: vec!["up".into()],
                 group_id: "pool".into(),
-                start_from: StartFrom::Earliest,
-                properties: vec![],
-                idle_timeout: None,
                 until_caught_up: false,
-                caught_up_timeout: Duration::from_secs(30),
-                end_offsets: HashMap::new(),
-                read_offsets: None,
-                with_headers: false,
-                pool: None,
-                upstream: None,
                 repartition_max_backlog: 10,
+                ..reading_to_the_end(&brokers, "up")
             },
             topic: "internal".into(),
             keys: vec![],
@@ -390,7 +370,7 @@ mod tests {
             "measured before start returned"
         );
         // the stage sends 5: they count at once, and in the monitor's next measure
-        produce(&brokers, "internal", 5);
+        produce_keyed(&brokers, "internal", 5);
         stats.forwarded.fetch_add(5, Ordering::Relaxed);
         assert_eq!(monitor.latest().estimate(5), Some(5));
         let started = Instant::now();

@@ -16,7 +16,7 @@ mod group;
 mod lanes;
 mod reader;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub(crate) use buffer::PushMessage;
 pub(crate) use group::group_consumer_config;

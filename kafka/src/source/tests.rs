@@ -14,7 +14,7 @@ fn context(partitions: usize, stats: Arc<weir_engine::RunStats>) -> ReaderContex
 }
 
 /// A source reading `topic` from its start to the end it has when assigned.
-fn reading_to_the_end(brokers: &str, topic: &str) -> KafkaSourceConfig {
+pub(crate) fn reading_to_the_end(brokers: &str, topic: &str) -> KafkaSourceConfig {
     KafkaSourceConfig {
         brokers: brokers.to_string(),
         topics: vec![topic.into()],
@@ -279,7 +279,7 @@ fn other_member(
     (t, held)
 }
 
-fn produce_keyed(brokers: &str, topic: &str, n: u32) {
+pub(crate) fn produce_keyed(brokers: &str, topic: &str, n: u32) {
     let producer = Producer::new(brokers, &[]).unwrap();
     for i in 0..n {
         let key = format!("k{}", i % 13);
