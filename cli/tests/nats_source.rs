@@ -505,6 +505,17 @@ fn restore_continues_at_the_checkpoint(ack_policy: Option<&str>) {
 /// nothing, and no hold is left behind.
 #[test]
 fn an_interest_stream_loses_nothing_across_a_kill_and_restore() {
+    interest_stream_restore(false);
+}
+
+/// As above, with the restore itself killed between deleting its consumer and creating it
+/// again (the stream then has only the hold): the next restore still loses nothing.
+#[test]
+fn an_interest_stream_loses_nothing_when_a_restore_is_killed_mid_way() {
+    interest_stream_restore(true);
+}
+
+fn interest_stream_restore(killed_mid_way: bool) {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -517,35 +528,13 @@ fn an_interest_stream_loses_nothing_across_a_kill_and_restore() {
     kill_after_a_busy_checkpoint(&p);
     let held: Value = serde_json::from_str(&nats_py(&url, &["info", "EVENTS"])).unwrap();
     assert!(held["messages"].as_u64().unwrap() > 0, "{held}");
+    if killed_mid_way {
+        kill_at_failpoint(&p, "nats_consumer_deleted", 0);
+        let consumer = nats_py(&url, &["consumer", "EVENTS", "weir-events"]);
+        assert_eq!(consumer.trim(), "null", "the consumer was not deleted");
+    }
     restored_run(&p, d);
     verify(d, &rows, bad, late, "an interest stream, restored");
-    let consumers = nats_py(&url, &["consumers", "EVENTS"]);
-    assert_eq!(consumers.trim(), r#"["weir-events"]"#, "holds left behind");
-}
-
-/// As above, with the restore itself killed between deleting its consumer and creating it
-/// again (the stream then has only the hold): the next restore still loses nothing.
-#[test]
-fn an_interest_stream_loses_nothing_when_a_restore_is_killed_mid_way() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let url = server.url();
-    let events = events_file(d, "60000");
-    let (rows, bad, late) = expected(&events, d);
-    nats_py(&url, &["create-interest", "EVENTS", "ontology.>"]);
-    let p = pipeline(d, &url, true);
-    consumer_then_events(&p, d, &url, &events);
-    kill_after_a_busy_checkpoint(&p);
-    kill_at_failpoint(&p, "nats_consumer_deleted", 0);
-    let consumer: Value =
-        serde_json::from_str(&nats_py(&url, &["consumer", "EVENTS", "weir-events"])).unwrap();
-    assert!(
-        consumer.is_null(),
-        "the consumer was not deleted: {consumer}"
-    );
-    restored_run(&p, d);
-    verify(d, &rows, bad, late, "an interest stream, restored twice");
     let consumers = nats_py(&url, &["consumers", "EVENTS"]);
     assert_eq!(consumers.trim(), r#"["weir-events"]"#, "holds left behind");
 }
