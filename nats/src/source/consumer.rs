@@ -381,24 +381,21 @@ async fn create_hold(
 
 /// The holds of the consumer (marked by [`HOLD_METADATA`]), each with what it says of the
 /// consumer it stands for: its floor (where it started) and origin; never kept as it is.
-async fn holds_of(stream: &Stream, cfg: &NatsSourceConfig) -> Vec<(String, Existing)> {
+async fn holds_of(
+    stream: &Stream,
+    cfg: &NatsSourceConfig,
+) -> Result<Vec<(String, Existing)>, Box<dyn std::error::Error + Send + Sync>> {
     let mut holds = Vec::new();
     let mut listed = stream.consumers();
     while let Some(info) = futures_util::StreamExt::next(&mut listed).await {
-        match info {
-            Ok(info) if info.config.metadata.get(HOLD_METADATA) == Some(&cfg.consumer) => {
-                let mut standing = existing_of(cfg, &info);
-                standing.ack_all = false;
-                holds.push((info.name.clone(), standing));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(stream = %cfg.stream, error = %e, "nats: cannot list the stream's consumers; a hold left by a crash, if any, is not taken into account");
-                break;
-            }
+        let info = info?;
+        if info.config.metadata.get(HOLD_METADATA) == Some(&cfg.consumer) {
+            let mut standing = existing_of(cfg, &info);
+            standing.ack_all = false;
+            holds.push((info.name.clone(), standing));
         }
     }
-    holds
+    Ok(holds)
 }
 
 /// Deletes the holds `names` once the consumer is created again; a failure is logged (the
@@ -418,8 +415,10 @@ async fn release_holds(
 /// What [`connect`] gives.
 pub(super) struct Connected {
     pub(super) conn: Connection,
-    /// The first sequence the stream holds (earlier ones are deleted).
-    pub(super) first: u64,
+    /// On a stream with limits retention, the first sequence it holds (earlier ones were
+    /// deleted by its limits or a purge). `None` elsewhere: an interest stream also drops the
+    /// messages no consumer wants, which were never this source's.
+    pub(super) first: Option<u64>,
     /// The stream's last sequence.
     pub(super) last: u64,
     /// The sequence the consumer delivers next (at least).
@@ -466,10 +465,18 @@ pub(super) async fn connect(
     }
     let interest = retention == RetentionPolicy::Interest;
     let policy = effective_policy(cfg, &stream);
-    let holds = if interest {
-        holds_of(&stream, cfg).await
-    } else {
+    let holds = if !interest {
         Vec::new()
+    } else {
+        match holds_of(&stream, cfg).await {
+            Ok(holds) => holds,
+            // without its consumer, a hold may be all that says where the reading stood
+            Err(e) if existing.is_none() => return Err(consumer_err("list the holds of", e)),
+            Err(e) => {
+                tracing::warn!(stream = %cfg.stream, error = %e, "nats: cannot list the stream's consumers; a hold left by a crash, if any, stays until it expires");
+                Vec::new()
+            }
+        }
     };
     // a consumer that a crash deleted before it was created again: its hold stands for it
     let standing = existing.or_else(|| holds.iter().map(|(_, e)| *e).min_by_key(|e| e.floor));
@@ -535,7 +542,7 @@ pub(super) async fn connect(
             consumer,
             client,
         },
-        first,
+        first: (retention == RetentionPolicy::Limits).then_some(first),
         last,
         next: delivered + 1,
         policy,
