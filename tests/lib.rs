@@ -14,20 +14,34 @@ pub type Row = Map<String, Value>;
 
 /// The folder of the golden cases.
 pub fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+    repo_dir().join("tests/golden")
 }
 
-/// The repository's root folder.
+/// The repository's root folder: the workspace of the crate whose test runs (cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs a test), else of this library when it was built. This
+/// library's own build may come from another checkout sharing the `CARGO_TARGET_DIR` (cargo
+/// reuses it there), whose files are not this checkout's.
 pub fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the repository")
-        .to_path_buf()
+    let running = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    running
+        .iter()
+        .flat_map(|dir| dir.ancestors())
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("tests/ is in the repository")
+                .to_path_buf()
+        })
 }
 
 /// The project's reference model of the window rules (`tests/model/window_model.py`).
 pub fn model_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("model/window_model.py")
+    repo_dir().join("tests/model/window_model.py")
 }
 
 /// The `weir` binary that generates test events: `WEIR_BIN` when set, else the one cargo

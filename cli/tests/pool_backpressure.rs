@@ -159,7 +159,11 @@ serve: {{ http: "127.0.0.1:${{WEIR_HTTP_PORT}}", refresh: 200ms }}
          the jobs at most {most_behind} behind (limit {MAX_BACKLOG})",
         held_since.elapsed().as_secs()
     );
-    assert!(paused, "the stage never paused:\n{metrics}");
+    assert!(
+        paused,
+        "the stage never paused:\n{metrics}\na's log:\n{}",
+        a.lines().join("\n")
+    );
     assert!(
         sample(&metrics, "weir_repartition_pauses_total").is_some_and(|n| n >= 1.0),
         "no pause counted:\n{metrics}"
@@ -168,7 +172,8 @@ serve: {{ http: "127.0.0.1:${{WEIR_HTTP_PORT}}", refresh: 200ms }}
     assert!(
         most_behind <= MAX_BACKLOG + 8_192 && internal_end < EVENTS as u64 / 2,
         "the stage copied {internal_end} of {EVENTS} events while the jobs were held \
-         ({most_behind} behind)"
+         ({most_behind} behind); a's log:\n{}",
+        a.lines().join("\n")
     );
     // weir_status: a row per upstream partition the stage reads, with its lag
     assert_eq!(stage_rows.len(), 4, "{stage_rows:?}");

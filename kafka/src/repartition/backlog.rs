@@ -4,12 +4,12 @@
 //! - The jobs' readers commit, with the pool's group, the internal offsets their complete
 //!   checkpoints continue from; the backlog is the internal topic's high watermarks minus
 //!   those offsets.
-//! - A partition without one counts from the end it had at the first measure, which runs
-//!   before the stage sends anything (if the broker cannot answer it then, the first that
-//!   succeeds later, which may leave out what the stage sent meanwhile): the messages
-//!   before may all be skipped by the jobs (another topic's, left by an earlier pool of the
-//!   same pipeline), which then never commit it, and counting them would hold the stage back
-//!   for good.
+//! - A partition without one counts from the end it had at the first measure, which the
+//!   stage waits for before it reads anything (up to [`FIRST_MEASURE_WAIT`]; a broker that
+//!   cannot answer that long lets it go on, and the first measure that succeeds later leaves
+//!   out what it sent meanwhile): the messages before may all be skipped by the jobs
+//!   (another topic's, left by an earlier pool of the same pipeline), which then never commit
+//!   it, and counting them would hold the stage back for good.
 //! - A stage over its `repartition_max_backlog` pauses reading the upstream topic until the
 //!   jobs catch up, so that a pool whose jobs are held back (a sink down, a slow worker) does
 //!   not keep copying its whole input into the internal topic.
@@ -35,6 +35,8 @@ use crate::{partition_counts, KafkaError};
 const MEASURE_EVERY: Duration = Duration::from_secs(1);
 /// How long one request of a measure may take.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the stage waits for the first measure before it reads anything.
+pub(super) const FIRST_MEASURE_WAIT: Duration = Duration::from_secs(60);
 
 /// The newest measure of the pool's backlog.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +61,8 @@ impl Measure {
 /// the upstream partitions the stage is assigned (into its [`StageStats`]).
 pub(super) struct Monitor {
     latest: Arc<Mutex<Measure>>,
+    /// Whether a measure succeeded yet.
+    measured: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -73,6 +77,7 @@ impl Monitor {
         assigned: Arc<Mutex<BTreeSet<i32>>>,
     ) -> std::io::Result<Self> {
         let latest = Arc::new(Mutex::new(Measure::default()));
+        let measured = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let mut measurer = Measurer {
             spec: spec.clone(),
@@ -81,28 +86,27 @@ impl Monitor {
             partitions: 0,
             baseline: HashMap::new(),
         };
-        // the first measure runs before the stage sends anything, so that the internal
-        // partitions' baseline ends hold none of this stage's messages (taken later, after a
-        // fast start had copied thousands, they would never count)
-        let mut failing = false;
-        let first = measurer.measure(&stats, &mut failing);
-        *latest.lock().unwrap_or_else(|p| p.into_inner()) = first;
-        let (out, halt) = (latest.clone(), stop.clone());
+        let (out, halt, done) = (latest.clone(), stop.clone(), measured.clone());
         let thread = std::thread::Builder::new()
             .name("weir-repartition-monitor".into())
             .spawn(move || {
-                let mut started = Instant::now();
+                let mut failing = false;
+                // the first measure at once: the stage waits for it before reading
+                let mut next = Instant::now();
                 loop {
-                    while !halt.load(Ordering::Relaxed) && started.elapsed() < MEASURE_EVERY {
+                    while !halt.load(Ordering::Relaxed) && Instant::now() < next {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     if halt.load(Ordering::Relaxed) {
                         break;
                     }
-                    started = Instant::now();
+                    next = Instant::now() + MEASURE_EVERY;
                     let measure = measurer.measure(&stats, &mut failing);
                     if let Ok(mut m) = out.lock() {
                         *m = measure;
+                    }
+                    if measure.backlog.is_some() {
+                        done.store(true, Ordering::Release);
                     }
                     let partitions: Vec<i32> = assigned
                         .lock()
@@ -118,9 +122,22 @@ impl Monitor {
             })?;
         Ok(Monitor {
             latest,
+            measured,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Waits until a measure succeeded (true), `limit` passed or `stop` is set (false).
+    pub(super) fn wait_for_a_measure(&self, limit: Duration, stop: &AtomicBool) -> bool {
+        let started = Instant::now();
+        while !self.measured.load(Ordering::Acquire) {
+            if started.elapsed() >= limit || stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// The newest measure.
@@ -332,9 +349,9 @@ mod tests {
         }
     }
 
-    /// A stage that starts fast copies thousands of messages before a measure taken on the
-    /// monitor's thread could answer; the baseline is therefore taken before `start` returns,
-    /// and only what was in the internal topic before the stage is left out of the backlog.
+    /// A stage that starts fast copies thousands of messages before a late measure could
+    /// answer; the stage therefore waits for the first (the baseline), and only what was in
+    /// the internal topic before the stage is left out of the backlog.
     #[test]
     fn the_baseline_is_measured_before_the_stage_sends_anything() {
         let mock = MockCluster::new(1).unwrap();
@@ -364,11 +381,8 @@ mod tests {
             Arc::new(Mutex::new(BTreeSet::new())),
         )
         .unwrap();
-        assert_eq!(
-            monitor.latest().backlog,
-            Some(0),
-            "measured before start returned"
-        );
+        assert!(monitor.wait_for_a_measure(Duration::from_secs(10), &AtomicBool::new(false)));
+        assert_eq!(monitor.latest().backlog, Some(0));
         // the stage sends 5: they count at once, and in the monitor's next measure
         produce_keyed(&brokers, "internal", 5);
         stats.forwarded.fetch_add(5, Ordering::Relaxed);

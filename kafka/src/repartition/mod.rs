@@ -585,6 +585,15 @@ impl Stage {
     }
 
     fn pump(&mut self) -> Result<(), EngineError> {
+        // the backlog's baseline must be measured before the stage sends anything: what it
+        // sent before would never count (the consumer joins the group at its first poll)
+        if let Some(monitor) = &self.monitor {
+            let limit = backlog::FIRST_MEASURE_WAIT;
+            if !monitor.wait_for_a_measure(limit, &self.stop) && !self.stop.load(Ordering::Relaxed)
+            {
+                tracing::warn!(source = %self.spec.source, waited = ?limit, "repartition: the pool's backlog could not be measured yet; copying without backpressure until it can (what is sent meanwhile does not count towards repartition_max_backlog)");
+            }
+        }
         let mut last_commit = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let started = Instant::now();
