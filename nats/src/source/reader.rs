@@ -202,8 +202,8 @@ impl NatsReader {
         let resume = self.read_next;
         let c = self.rt.block_on(connect(&cfg, resume, self.origin))?;
         let (conn, last, next) = (c.conn, c.last, c.next);
-        if let Some(n) = resume.filter(|n| c.first.is_some_and(|first| *n < first)) {
-            tracing::warn!(source = %self.name, stream = %cfg.stream, from = n, to = c.first.unwrap_or(n + 1) - 1, "nats: the stream no longer holds the messages of these sequences, which this source had not read (deleted by the stream's limits, such as max_age, or by a purge): the rows of those its subjects match are missing from the outputs");
+        if let Some((n, first)) = resume.zip(c.first).filter(|(n, first)| n < first) {
+            tracing::warn!(source = %self.name, stream = %cfg.stream, from = n, to = first - 1, "nats: the stream no longer holds the messages of these sequences, which this source had not read (deleted by the stream's limits, such as max_age, or by a purge): the rows of those its subjects match are missing from the outputs");
         }
         self.received = 0;
         // (the stream's retention may ask for acknowledgements after all)
