@@ -27,8 +27,10 @@ pub fn repo_dir() -> PathBuf {
         .iter()
         .flat_map(|dir| dir.ancestors())
         .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml"))
-                .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+            std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|toml| {
+                toml.lines()
+                    .any(|l| l.trim_start().starts_with("[workspace]"))
+            })
         })
         .map(Path::to_path_buf)
         .unwrap_or_else(|| {

@@ -16,6 +16,9 @@ pub struct StageStats {
     pub upstream: String,
     /// Messages sent to the internal topic since the stage started.
     pub forwarded: AtomicU64,
+    /// Of those, the messages whose delivery ended (the broker acknowledged them, or they
+    /// failed), as of the stage's last poll of its producer.
+    pub settled: AtomicU64,
     /// Messages of the internal topic the pool's jobs have not checkpointed yet, at the last
     /// measure; -1 before the first (or when it cannot be measured).
     pub backlog: AtomicI64,
@@ -54,6 +57,7 @@ impl StageStats {
             source: source.to_string(),
             upstream: upstream.to_string(),
             forwarded: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             backlog: AtomicI64::new(-1),
             paused: AtomicBool::new(false),
             pauses: AtomicU64::new(0),

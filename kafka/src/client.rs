@@ -38,6 +38,14 @@ pub enum KafkaError {
         message: String,
         fatal: bool,
     },
+    /// A broker's answer lacked some of the partitions asked for (an error, or no offset).
+    #[error("kafka ({brokers}): {what}: no answer for partitions {partitions:?} of `{topic}`")]
+    Partial {
+        brokers: String,
+        what: String,
+        topic: String,
+        partitions: Vec<i32>,
+    },
     /// The broker (or the client's own limits) refuses this message for good: sending it
     /// again cannot succeed.
     #[error("kafka ({brokers}): `{topic}` refuses the message: {message}")]

@@ -1,5 +1,6 @@
 //! A producer that never drops a message silently.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ fn refusal(e: &RdError) -> Option<&'static str> {
 struct Deliveries {
     first_error: Arc<Mutex<Option<(String, String)>>>,
     refused: Arc<Mutex<Vec<RefusedMessage>>>,
+    /// Messages whose delivery ended (acknowledged or failed).
+    settled: Arc<AtomicU64>,
 }
 
 impl ClientContext for Deliveries {}
@@ -48,6 +51,7 @@ impl ClientContext for Deliveries {}
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        self.settled.fetch_add(1, Ordering::Relaxed);
         let Err((e, msg)) = result else {
             return;
         };
@@ -118,6 +122,12 @@ impl Producer {
             deliveries,
             flush_timeout: Duration::from_secs(180),
         })
+    }
+
+    /// Messages whose delivery ended (acknowledged, or failed after retries) so far; their
+    /// delivery reports run while the producer is polled (sends and flushes poll it).
+    pub fn settled(&self) -> u64 {
+        self.deliveries.settled.load(Ordering::Relaxed)
     }
 
     /// Queues a message (partition chosen by the key's hash, as Kafka clients do); no

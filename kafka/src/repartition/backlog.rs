@@ -16,7 +16,9 @@
 //!
 //! The measures run on a thread of their own ([`Monitor`]), so that the stage's poll loop
 //! never waits on the broker for them; the stage reads the newest one and adds what it sent
-//! since.
+//! that the broker had not acknowledged when the measure began (messages waiting in its
+//! producer are in no end yet). A failed measure leaves the last good one in place for up to
+//! 30 s, so that a paused stage does not resume on a broker's hiccup.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,9 @@ use crate::{partition_counts, KafkaError};
 const MEASURE_EVERY: Duration = Duration::from_secs(1);
 /// How long one request of a measure may take.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a failed measure leaves the last good one in place (a stage paused on it stays
+/// paused meanwhile); after that, a backlog that cannot be measured does not hold it back.
+const KEEP_LAST_GOOD: Duration = Duration::from_secs(30);
 /// How long the stage waits for the first measure before it reads anything.
 pub(super) const FIRST_MEASURE_WAIT: Duration = Duration::from_secs(60);
 
@@ -44,16 +49,19 @@ pub(super) struct Measure {
     /// Messages of the internal topic the jobs have not checkpointed; `None` before the first
     /// measure or when the last one failed.
     pub backlog: Option<u64>,
-    /// What the stage had sent when the measure started: what it sent since counts on top.
-    pub forwarded_at: u64,
+    /// How many of the stage's messages the broker had settled when the measure started:
+    /// the internal topic's ends held those, and any later one counts on top (a message
+    /// queued in the producer is in no end yet).
+    pub settled_at: u64,
 }
 
 impl Measure {
-    /// The backlog now: the measure's, plus what the stage sent since (the jobs' commits only
-    /// lower it); `forwarded` is what the stage has sent so far.
+    /// The backlog now: the measure's, plus what the stage sent that the measure may not
+    /// have seen (the jobs' commits only lower it); `forwarded` is what the stage has sent
+    /// so far. It may count a message acknowledged during the measure twice: the safe side.
     pub(super) fn estimate(&self, forwarded: u64) -> Option<u64> {
         self.backlog
-            .map(|b| b + forwarded.saturating_sub(self.forwarded_at))
+            .map(|b| b + forwarded.saturating_sub(self.settled_at))
     }
 }
 
@@ -93,6 +101,7 @@ impl Monitor {
                 let mut failing = false;
                 // the first measure at once: the stage waits for it before reading
                 let mut next = Instant::now();
+                let mut last_good = None;
                 loop {
                     while !halt.load(Ordering::Relaxed) && Instant::now() < next {
                         std::thread::sleep(Duration::from_millis(50));
@@ -102,10 +111,15 @@ impl Monitor {
                     }
                     next = Instant::now() + MEASURE_EVERY;
                     let measure = measurer.measure(&stats, &mut failing);
-                    if let Ok(mut m) = out.lock() {
-                        *m = measure;
+                    let keep = measure.backlog.is_none()
+                        && last_good.is_some_and(|t: Instant| t.elapsed() < KEEP_LAST_GOOD);
+                    if !keep {
+                        if let Ok(mut m) = out.lock() {
+                            *m = measure;
+                        }
                     }
                     if measure.backlog.is_some() {
+                        last_good = Some(Instant::now());
                         done.store(true, Ordering::Release);
                     }
                     let partitions: Vec<i32> = assigned
@@ -193,7 +207,7 @@ impl Measurer {
     /// One measure of the backlog; `failing` keeps whether the last one failed, so that a
     /// failure is logged once.
     fn measure(&mut self, stats: &StageStats, failing: &mut bool) -> Measure {
-        let forwarded_at = stats.forwarded.load(Ordering::Relaxed);
+        let settled_at = stats.settled.load(Ordering::Relaxed);
         let backlog = match self.backlog() {
             Ok(b) => {
                 *failing = false;
@@ -209,7 +223,7 @@ impl Measurer {
         };
         Measure {
             backlog,
-            forwarded_at,
+            settled_at,
         }
     }
 
@@ -223,6 +237,21 @@ impl Measurer {
         let fail = |e| client_error(&self.spec, "cannot read the internal topic's offsets", e);
         let all: Vec<i32> = (0..self.partitions).collect();
         let ends = offsets(pool, topic, &all, Offset::End).map_err(fail)?;
+        // a partition left out (an error, or no offset) would be counted as empty, and a
+        // baseline without it would adopt its end later, with the stage's messages in it
+        let missing: Vec<i32> = all
+            .iter()
+            .copied()
+            .filter(|p| !ends.contains_key(p))
+            .collect();
+        if !missing.is_empty() {
+            return Err(KafkaError::Partial {
+                brokers: self.spec.input.brokers.clone(),
+                what: "cannot read the internal topic's ends".into(),
+                topic: topic.clone(),
+                partitions: missing,
+            });
+        }
         let committed = committed(pool, topic, &all).map_err(fail)?;
         if self.baseline.is_empty() {
             self.baseline = ends.clone();
@@ -387,8 +416,9 @@ mod tests {
         produce_keyed(&brokers, "internal", 5);
         stats.forwarded.fetch_add(5, Ordering::Relaxed);
         assert_eq!(monitor.latest().estimate(5), Some(5));
+        stats.settled.fetch_add(5, Ordering::Relaxed);
         let started = Instant::now();
-        while monitor.latest().forwarded_at < 5 {
+        while monitor.latest().settled_at < 5 {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "no second measure"
@@ -411,13 +441,16 @@ mod tests {
     }
 
     #[test]
-    fn what_the_stage_sent_since_a_measure_counts_on_top_of_it() {
+    fn what_the_broker_had_not_settled_at_a_measure_counts_on_top_of_it() {
+        // 40 settled when the measure started: 100 behind then; 25 sent since count on top,
+        // as do 10 sent before that the broker had not acknowledged yet
         let m = Measure {
             backlog: Some(100),
-            forwarded_at: 40,
+            settled_at: 40,
         };
         assert_eq!(m.estimate(40), Some(100));
-        assert_eq!(m.estimate(65), Some(125));
+        assert_eq!(m.estimate(50), Some(110));
+        assert_eq!(m.estimate(75), Some(135));
         assert_eq!(Measure::default().estimate(1_000), None);
     }
 }

@@ -626,6 +626,10 @@ impl Stage {
                 self.commit(CommitMode::Async)?;
                 last_commit = Instant::now();
             }
+            // what the broker acknowledged (the backlog's measures count the rest on top)
+            self.stats
+                .settled
+                .store(self.producer.settled(), Ordering::Relaxed);
             if self.spec.until_caught_up && self.caught_up()? {
                 tracing::info!(source = %self.spec.source, "repartition stage caught up");
                 return Ok(());
@@ -638,9 +642,9 @@ impl Stage {
     /// Backpressure: pauses reading the upstream partitions while the pool's jobs have more
     /// than `repartition_max_backlog` messages of the internal topic left to checkpoint, and
     /// resumes at half of it. The backlog is the monitor's newest measure (every second)
-    /// plus what the stage sent since (the jobs' commits only lower it), so that the stage
-    /// pauses within a batch of going over the limit. A backlog that cannot be measured does
-    /// not hold the stage back.
+    /// plus what the stage sent that the broker had not acknowledged when it began (the jobs'
+    /// commits only lower it), so that the stage pauses within a batch of going over the
+    /// limit. A backlog that cannot be measured (for 30 s) does not hold the stage back.
     fn regulate(&mut self) {
         let Some(monitor) = &self.monitor else {
             return;

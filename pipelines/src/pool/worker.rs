@@ -105,7 +105,8 @@ pub(super) fn run_worker(
     // this worker's own outputs; state kept per partition
     let plan = mode.retarget(plan)?;
     let (plan, specs) = repartitioned(plan, opts)?;
-    let stages = start_repartition(specs, opts)?;
+    // stopped and joined when dropped: an error below ends them with the worker
+    let mut stages = start_repartition(specs, opts)?;
     // a NATS source's partitions are assigned among the workers that heartbeat
     let address = plan
         .serve
@@ -144,20 +145,11 @@ pub(super) fn run_worker(
         pool,
         outputs,
         peers,
-        stages: stages.iter().map(|s| s.stats()).collect(),
+        stages: stages.stats(),
     };
     let result = run_worker_jobs(&w);
     drop(announcer);
-    let mut stage_failure = None;
-    for stage in &stages {
-        stage.stop();
-    }
-    for stage in stages {
-        if let Err(e) = stage.join() {
-            stage_failure.get_or_insert(e);
-        }
-    }
-    match (result, stage_failure) {
+    match (result, stages.finish()) {
         (Err(e), _) => Err(e),
         (Ok(_), Some(e)) => Err(RunError::Engine(e)),
         (Ok(s), None) => Ok(s),
@@ -170,8 +162,9 @@ pub(super) fn run_worker(
 fn start_repartition(
     specs: Vec<Box<dyn Repartition>>,
     opts: &RunOptions,
-) -> Result<Vec<Box<dyn RunningRepartition>>, RunError> {
-    let mut stages = Vec::new();
+) -> Result<Stages, RunError> {
+    // those started are stopped if a later one cannot start
+    let mut stages = Stages(Vec::new());
     for spec in specs {
         let stop = opts.stop.clone();
         let on_end: Box<dyn FnOnce() + Send> = if opts.until_caught_up {
@@ -179,10 +172,12 @@ fn start_repartition(
         } else {
             Box::new(move || stop.stop())
         };
-        stages.push(spec.start(on_end)?);
+        stages.0.push(spec.start(on_end)?);
     }
     if opts.until_caught_up {
-        for stage in stages {
+        // one at a time out of the guard: on an error, it still holds the rest
+        while !stages.0.is_empty() {
+            let stage = stages.0.remove(0);
             while !stage.is_finished() {
                 if opts.stop.is_stopped() {
                     stage.stop();
@@ -191,9 +186,60 @@ fn start_repartition(
             }
             stage.join()?;
         }
-        return Ok(Vec::new());
     }
     Ok(stages)
+}
+
+/// A worker's running repartition stages, stopped and joined when dropped (an error of the
+/// worker ends them with it, instead of leaving them copying until the process exits).
+struct Stages(Vec<Box<dyn RunningRepartition>>);
+
+impl Stages {
+    /// What each stage shows of itself.
+    fn stats(&self) -> Vec<Arc<StageStats>> {
+        self.0.iter().map(|s| s.stats()).collect()
+    }
+
+    /// Stops every stage and waits for them; the first failure.
+    fn finish(&mut self) -> Option<EngineError> {
+        for stage in &self.0 {
+            stage.stop();
+        }
+        let mut failure = None;
+        for stage in self.0.drain(..) {
+            if let Err(e) = stage.join() {
+                failure.get_or_insert(e);
+            }
+        }
+        failure
+    }
+}
+
+/// How long a worker ending on an error waits for its repartition stages to stop (a stage
+/// sends what it read first, which a broker that is down can hold for minutes).
+const STAGE_STOP_WAIT: Duration = Duration::from_secs(30);
+
+impl Drop for Stages {
+    /// Stops the stages and waits up to [`STAGE_STOP_WAIT`] for them; a stage still running
+    /// then is left to end on its own (its stop is asked) and the worker goes on ending.
+    fn drop(&mut self) {
+        for stage in &self.0 {
+            stage.stop();
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < STAGE_STOP_WAIT && self.0.iter().any(|s| !s.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for stage in self.0.drain(..) {
+            if !stage.is_finished() {
+                tracing::warn!(waited = ?STAGE_STOP_WAIT, "a repartition stage is still sending what it read; the worker ends without it");
+                continue;
+            }
+            if let Err(e) = stage.join() {
+                tracing::warn!(error = %weir_engine::error::chain(&e), "a repartition stage failed as the worker ended");
+            }
+        }
+    }
 }
 
 /// How often a worker announces its SQL address, and how long an announcement counts.
