@@ -14,6 +14,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir_pipelines::run::{parallelism, RunOptions};
 use weir_sources::{EventGenerator, GeneratorConfig, Kind};
 
+/// jemalloc serves every allocation of the process, librdkafka's C code included (its
+/// `malloc` symbols replace glibc's): with glibc's, the Kafka reader waited on arena locks for
+/// the messages the fetch thread allocated (performance.md, "Kafka").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "weir",
