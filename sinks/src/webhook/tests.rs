@@ -86,9 +86,22 @@ fn server_fn(
                         head.extend(format!("Content-Length: {}\r\n", text.len()).bytes());
                     }
                     head.extend(b"\r\n");
-                    head.extend(&text);
+                    // a body over 10,000 bytes comes in two parts 20 ms apart: a client
+                    // that drops the answer unread cannot have it all yet
+                    let split = if text.len() > 10_000 {
+                        1000
+                    } else {
+                        text.len()
+                    };
+                    head.extend(&text[..split]);
                     if conn.write_all(&head).is_err() {
                         return;
+                    }
+                    if split < text.len() {
+                        std::thread::sleep(Duration::from_millis(20));
+                        if conn.write_all(&text[split..]).is_err() {
+                            return;
+                        }
                     }
                 }
             });
@@ -480,23 +493,27 @@ fn only_the_first_kib_of_a_refusing_body_is_read_and_small_bodies_keep_the_conne
         rejected[0].error.details["body"].as_str().unwrap().len(),
         1024
     );
-    // 2xx with bodies up to 16 KiB, read to their end: one connection for requests one
-    // after the other
+    // 2xx with bodies up to 16 KiB, read to their end: the connection serves the requests
+    // that follow. Not always exactly one connection: hyper's pool opens a new one when a
+    // request finds no idle connection, racing the one whose body was just read on its
+    // way back to the pool (hyperium/hyper#4134). A body left unread closes its connection:
+    // one connection per request.
     let (port, got, connections) = server_fn(Duration::ZERO, |_, _| {
         (200, String::new(), vec![b'k'; 12_000])
     });
     let mut cfg = config(port, 1);
     cfg.max_in_flight = 1;
     let mut sink = WebhookSink::new("hook", cfg).unwrap();
-    for _ in 0..3 {
+    const REQUESTS: usize = 12;
+    for _ in 0..REQUESTS {
         sink.write(&rows(1)).unwrap();
         sink.flush().unwrap();
     }
-    assert_eq!(got.lock().unwrap().len(), 3);
-    assert_eq!(
-        *connections.lock().unwrap(),
-        1,
-        "the connection was kept alive"
+    assert_eq!(got.lock().unwrap().len(), REQUESTS);
+    let opened = *connections.lock().unwrap();
+    assert!(
+        opened <= REQUESTS / 3,
+        "the connections were not kept alive: {opened} for {REQUESTS} requests"
     );
 }
 
