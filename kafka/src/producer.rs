@@ -393,19 +393,31 @@ mod tests {
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-    fn props(timeout_ms: &str) -> Vec<(String, String)> {
-        vec![("message.timeout.ms".into(), timeout_ms.into())]
+    /// A mock cluster with topic `t` of `partitions` partitions, and a producer to it whose
+    /// messages time out after `timeout_ms`, with `extra` settings.
+    fn mock_producer(
+        partitions: i32,
+        timeout_ms: &str,
+        extra: &[(&str, &str)],
+    ) -> (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        Producer,
+    ) {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", partitions, 1).unwrap();
+        let mut properties = vec![("message.timeout.ms".to_string(), timeout_ms.to_string())];
+        properties.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let p = Producer::new(&mock.bootstrap_servers(), &properties).unwrap();
+        (mock, p)
     }
 
     #[test]
     fn request_errors_are_retried_and_every_message_acknowledged() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("t", 2, 1).unwrap();
+        let (mock, p) = mock_producer(2, "30000", &[]);
         mock.request_errors(
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 3],
         );
-        let p = Producer::new(&mock.bootstrap_servers(), &props("30000")).unwrap();
         for i in 0..100u32 {
             p.send("t", Some(&i.to_be_bytes()), Some(b"{}"), &[("h", b"v")])
                 .unwrap();
@@ -418,9 +430,7 @@ mod tests {
         // rdkafka's own flush took at least 100 ms whenever a message was in flight (it polls
         // 100 ms at a time); the mock acknowledges at once, so with the 20 ms linger a flush
         // now takes some 20 ms. The best of five keeps a loaded machine out of the way.
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("t", 1, 1).unwrap();
-        let p = Producer::new(&mock.bootstrap_servers(), &props("30000")).unwrap();
+        let (_mock, p) = mock_producer(1, "30000", &[]);
         p.send("t", None, Some(b"warm-up"), &[]).unwrap();
         p.flush().unwrap();
         let best = (0..5)
@@ -456,11 +466,7 @@ mod tests {
     fn a_flush_waiting_for_its_acknowledgement_does_not_spin() {
         // a 1 s linger keeps the message in the producer for a second: the flush waits that
         // long, and must sleep meanwhile (a loop of zero-timeout polls held a core at 100 %)
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("t", 1, 1).unwrap();
-        let mut properties = props("30000");
-        properties.push(("linger.ms".into(), "1000".into()));
-        let p = Producer::new(&mock.bootstrap_servers(), &properties).unwrap();
+        let (_mock, p) = mock_producer(1, "30000", &[("linger.ms", "1000")]);
         p.send("t", None, Some(b"lingers"), &[]).unwrap();
         let (started, cpu) = (Instant::now(), thread_cpu_ticks());
         p.flush().unwrap();
@@ -479,9 +485,7 @@ mod tests {
 
     #[test]
     fn a_broker_that_stays_down_is_an_error_not_a_silent_drop() {
-        let mock = MockCluster::new(1).unwrap();
-        mock.create_topic("t", 1, 1).unwrap();
-        let p = Producer::new(&mock.bootstrap_servers(), &props("1500")).unwrap();
+        let (mock, p) = mock_producer(1, "1500", &[]);
         p.send("t", None, Some(b"first"), &[]).unwrap();
         p.flush().unwrap();
         mock.broker_down(1).unwrap();

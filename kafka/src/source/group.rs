@@ -78,6 +78,9 @@ pub(super) struct GroupContext {
     /// The consumer is leaving its group: partitions assigned now are not claimed (a
     /// worker that ends must not become the newest owner of partitions it never flushes).
     pub(super) closing: AtomicBool,
+    /// Where assigned partitions' messages are forwarded (see [`FetchQueue`]); taken away
+    /// before the consumer closes.
+    pub(super) fetch_queue: Mutex<Option<Arc<FetchQueue>>>,
 }
 
 impl GroupContext {
@@ -290,6 +293,28 @@ impl GroupContext {
     }
 }
 
+impl GroupContext {
+    /// Sends the fetched messages of the partitions of `tpl` to the reader's fetch queue;
+    /// a partition that cannot be forwarded delivers on the consumer's queue, which the
+    /// reader polls too.
+    fn forward_fetched(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Some(queue) = self.fetch_queue.lock().ok().and_then(|q| q.clone()) else {
+            return;
+        };
+        for e in tpl.elements() {
+            if !queue.forward(consumer, e.topic(), e.partition()) {
+                tracing::warn!(
+                    source = %self.source,
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    "kafka: cannot forward the partition's messages to the fetch queue; they are \
+                     polled one at a time"
+                );
+            }
+        }
+    }
+}
+
 impl ClientContext for GroupContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
     /// partition this process fetches, as the high watermark minus the next offset to read.
@@ -354,6 +379,8 @@ impl ConsumerContext for GroupContext {
                 } else if self.pool.is_none() {
                     self.set_start_offsets(consumer, tpl);
                 }
+                // before the assignment, which starts fetching at once
+                self.forward_fetched(consumer, tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {

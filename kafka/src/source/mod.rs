@@ -12,6 +12,7 @@ mod assignment;
 mod buffer;
 pub mod caught_up;
 pub(crate) mod close;
+mod fetch_queue;
 mod group;
 mod lanes;
 mod reader;
@@ -48,10 +49,16 @@ use weir_engine::{Chunk, ChunkData, EngineError};
 use crate::{client_config, partition_counts, KafkaError};
 use caught_up::{CatchUpWait, Wait};
 use close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
+use fetch_queue::{FetchQueue, Next};
 
 /// A chunk is handed over once its messages reach [`CHUNK_BYTES`] or [`CHUNK_MESSAGES`], or
 /// when its oldest message waited this long.
 const CHUNK_AGE: Duration = Duration::from_millis(100);
+/// How long a poll round waits for a message when none is there.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Events of the consumer's queue (rebalances, errors, statistics, logs) served at most per
+/// poll round, beyond the first.
+const EVENTS_PER_ROUND: usize = 64;
 /// How often the lanes of a repartition topic's partitions are checked for silence.
 const LANE_IDLE_SCAN: Duration = Duration::from_secs(1);
 /// How often committable offsets are committed to the group.

@@ -60,6 +60,11 @@ pub struct KafkaReader {
     pub(super) first_id: usize,
     pub(super) partitions: Vec<PartitionState>,
     pub(super) consumer: Option<BaseConsumer<GroupContext>>,
+    /// Where the assigned partitions' messages arrive (none: on the consumer's queue).
+    pub(super) fetch: Option<Arc<FetchQueue>>,
+    /// Messages read one at a time from the consumer's queue (partitions whose messages
+    /// could not be forwarded to `fetch`).
+    pub(super) read_one_at_a_time: u64,
     pub(super) ready: VecDeque<Chunk>,
     pub(super) last_commit: Instant,
     /// Fetching is paused for backpressure.
@@ -147,6 +152,8 @@ impl KafkaReader {
             first_id: first_partition,
             partitions: states,
             consumer: None,
+            fetch: None,
+            read_one_at_a_time: 0,
             ready: VecDeque::new(),
             last_commit: Instant::now(),
             paused: false,
@@ -252,6 +259,11 @@ impl KafkaReader {
     pub fn close(&mut self) {
         if let Some(consumer) = self.consumer.take() {
             consumer.context().closing.store(true, Ordering::SeqCst);
+            // librdkafka's rule: the application's queues go first
+            if let Ok(mut q) = consumer.context().fetch_queue.lock() {
+                q.take();
+            }
+            self.fetch = None;
             close_consumer(consumer, &self.name, CLOSE_TIMEOUT);
         }
     }
@@ -314,6 +326,7 @@ impl KafkaReader {
             failed: Mutex::new(None),
             cooperative: false,
             closing: AtomicBool::new(false),
+            fetch_queue: Mutex::new(None),
         };
         let cfg = group_consumer_config(
             &self.config,
@@ -331,6 +344,11 @@ impl KafkaReader {
         consumer
             .subscribe(&topics)
             .map_err(|e| self.err("cannot subscribe", e))?;
+        // before the first poll, which serves the first assignment
+        self.fetch = FetchQueue::new(&consumer).map(Arc::new);
+        if let Ok(mut q) = consumer.context().fetch_queue.lock() {
+            q.clone_from(&self.fetch);
+        }
         // Every partition is idle until it is assigned to this process, unless this process
         // reads every partition (below).
         let idle = !self.reads_every_partition();
@@ -380,15 +398,94 @@ impl KafkaReader {
         Ok(())
     }
 
-    /// Polls messages until a chunk is ready or nothing arrives for a moment.
+    /// Reads what arrived, waiting a moment when nothing did: the consumer's queue first
+    /// (rebalances, errors, and the messages of a partition that could not be forwarded),
+    /// then the fetch queue, until a chunk is ready. Whether anything was read.
     pub(super) fn poll_round(&mut self, ctx: &ReaderContext) -> Result<bool, EngineError> {
+        let Some(fetch) = self.fetch.clone() else {
+            return self.poll_consumer(ctx, POLL_WAIT);
+        };
+        let mut polled = self.poll_consumer(ctx, Duration::ZERO)?;
+        // rdkafka's `poll` serves one event per call
+        for _ in 0..EVENTS_PER_ROUND {
+            if !fetch.events_waiting() {
+                break;
+            }
+            polled |= self.poll_consumer(ctx, Duration::ZERO)?;
+        }
+        // Assignments must be known before their messages are placed (the rebalance
+        // callbacks ran in the polls above, on this thread).
+        self.handle_group_events(ctx)?;
+        let wait = if polled || !self.ready.is_empty() {
+            Duration::ZERO
+        } else {
+            POLL_WAIT
+        };
+        let mut failed = None;
+        let mut got = 0usize;
+        let served = fetch.serve(wait, |msg| {
+            // the time messages were read, to a few milliseconds (a clock read per message
+            // was a visible share of the reader's time)
+            if got.is_multiple_of(1024) {
+                self.now = Instant::now();
+            }
+            got += 1;
+            match self.place_fetched(msg, ctx) {
+                Err(e) => {
+                    failed = Some(e);
+                    Next::Stop
+                }
+                Ok(()) if !self.ready.is_empty() || got >= CHUNK_MESSAGES => Next::Stop,
+                Ok(()) => Next::More,
+            }
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(polled || served > 0),
+        }
+    }
+
+    /// Places a message of the fetch queue (or reports the error in its place).
+    fn place_fetched(
+        &mut self,
+        msg: Result<fetch_queue::RawMessage<'_>, RdError>,
+        ctx: &ReaderContext,
+    ) -> Result<(), EngineError> {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(RdError::PartitionEOF(_)) => return Ok(()),
+            Err(e) if is_fatal(&e) => return Err(self.err("consumer failed", e)),
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "kafka: consumer error (librdkafka retries)");
+                return Ok(());
+            }
+        };
+        let Some(l) = self.local_of(&msg) else {
+            return Ok(());
+        };
+        let placed = place_message(
+            &mut self.partitions[l],
+            &msg,
+            (&self.config, &self.name),
+            ctx.stats.sources.get(self.source),
+            (ctx, self.now),
+        );
+        if let Some(offset) = placed {
+            self.after_message(l, offset, ctx);
+        }
+        Ok(())
+    }
+
+    /// Polls the consumer's queue until a chunk is ready or nothing arrives, waiting at most
+    /// `first_wait` for the first message or event.
+    fn poll_consumer(
+        &mut self,
+        ctx: &ReaderContext,
+        first_wait: Duration,
+    ) -> Result<bool, EngineError> {
         let mut got = 0usize;
         loop {
-            let timeout = if got > 0 {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(100)
-            };
+            let timeout = if got > 0 { Duration::ZERO } else { first_wait };
             let consumer = self.consumer.as_ref().expect("connected");
             let polled = consumer.poll(timeout);
             // one clock read per few messages, not one per message (a visible share of the
@@ -431,6 +528,7 @@ impl KafkaReader {
                 }
             }
             got += 1;
+            self.read_one_at_a_time += 1;
             if !self.ready.is_empty() || got >= CHUNK_MESSAGES {
                 break;
             }

@@ -42,11 +42,12 @@ fn reads_each_message_once_in_partition_order_and_ends_when_caught_up() {
     for i in 0..3000u32 {
         let key = format!("k{}", i % 7);
         producer
-            .send(
+            .send_at(
                 "events",
                 Some(key.as_bytes()),
                 Some(format!("{{\"i\":{i}}}").as_bytes()),
-                &[("trace_id", b"t")],
+                &[("trace_id", format!("t{i}").as_bytes())],
+                Some(1_700_000_000_000 + i64::from(i)),
             )
             .unwrap();
     }
@@ -85,9 +86,19 @@ fn reads_each_message_once_in_partition_order_and_ends_when_caught_up() {
                 for (i, &o) in m.offsets.iter().enumerate() {
                     assert_eq!(o, next_offset[p]);
                     next_offset[p] += 1;
-                    let (first, last) = m.headers[i];
-                    assert_eq!(last - first, 1);
-                    assert!(m.keys[i].is_some());
+                    // what was sent, taken apart from librdkafka's batch
+                    let (start, end) = m.payloads[i];
+                    let payload = &m.bytes[start as usize..end as usize];
+                    let n: i64 = std::str::from_utf8(payload).unwrap()[5..payload.len() - 1]
+                        .parse()
+                        .unwrap();
+                    let (start, end) = m.keys[i].unwrap();
+                    let key = format!("k{}", n % 7);
+                    assert_eq!(&m.bytes[start as usize..end as usize], key.as_bytes());
+                    assert_eq!(m.timestamps[i], Some(1_700_000_000_000 + n));
+                    let headers: Vec<_> = m.header_pairs(i).collect();
+                    let value = format!("t{n}");
+                    assert_eq!(headers, vec![(&b"trace_id"[..], Some(value.as_bytes()))]);
                 }
                 total += m.len();
             }
@@ -100,6 +111,10 @@ fn reads_each_message_once_in_partition_order_and_ends_when_caught_up() {
     }
     assert_eq!(total, 3000);
     assert_eq!(ended, [true; 3]);
+    assert_eq!(
+        reader.read_one_at_a_time, 0,
+        "every message came in librdkafka's batches"
+    );
     reader.finish(&ctx).unwrap();
 }
 
