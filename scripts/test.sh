@@ -10,6 +10,9 @@
 # group coordinator (a panic in its storage task; consumers then never get partitions), which
 # would turn into a hang rather than a failure of the test that met it.
 #
+# A broker already running is kept (a developer's own), unless WEIR_TEST_FRESH_BROKER is set
+# (CI sets it): then it is stopped, and every test binary gets a fresh one.
+#
 # Each test binary of the weir binary runs under `timeout` (WEIR_TEST_TIMEOUT seconds, default
 # 1200): a test that hangs fails as itself, with the binary named, and the rest still run.
 set -euo pipefail
@@ -35,7 +38,18 @@ fi
 SKIP_BROKER=1 scripts/test-env.sh
 running_before=0
 if scripts/kafka.sh status; then
-    running_before=1
+    if [[ -n "${WEIR_TEST_FRESH_BROKER:-}" ]]; then
+        # CI: a broker found running was left by an interrupted run, aged and loaded; the
+        # tests get fresh ones like on a clean machine
+        echo "test.sh: stopping the broker found running (WEIR_TEST_FRESH_BROKER)" >&2
+        scripts/kafka.sh stop
+        if scripts/kafka.sh status; then
+            echo "test.sh: a broker this script did not start still listens on the port; stop it" >&2
+            exit 1
+        fi
+    else
+        running_before=1
+    fi
 fi
 fresh_broker() {
     if [[ $running_before == 0 ]]; then
