@@ -460,19 +460,7 @@ impl KafkaReader {
                 return Ok(());
             }
         };
-        let Some(l) = self.local_of(&msg) else {
-            return Ok(());
-        };
-        let placed = place_message(
-            &mut self.partitions[l],
-            &msg,
-            (&self.config, &self.name),
-            ctx.stats.sources.get(self.source),
-            (ctx, self.now),
-        );
-        if let Some(offset) = placed {
-            self.after_message(l, offset, ctx);
-        }
+        self.place(&msg, ctx, self.now);
         Ok(())
     }
 
@@ -507,11 +495,12 @@ impl KafkaReader {
             };
             if consumer.context().has_events.load(Ordering::Acquire) {
                 // Assignments must be known before their messages are placed.
-                let (topic, p, detached) = (msg.topic().to_string(), msg.partition(), msg.detach());
+                let detached = msg.detach();
                 drop(msg);
                 self.handle_group_events(ctx)?;
-                self.place_owned(&topic, p, &detached, ctx);
+                self.place(&detached, ctx, Instant::now());
             } else {
+                // not `place`: the message borrows the consumer, a field of the reader
                 let Some(l) = self.local_of(&msg) else {
                     continue;
                 };
@@ -536,20 +525,15 @@ impl KafkaReader {
         Ok(got > 0)
     }
 
-    pub(super) fn place_owned(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        m: &rdkafka::message::OwnedMessage,
-        ctx: &ReaderContext,
-    ) {
-        if let Some(l) = self.local(topic, partition) {
+    /// Places a message that borrows nothing of the reader, at time `now`.
+    pub(super) fn place<M: Message>(&mut self, m: &M, ctx: &ReaderContext, now: Instant) {
+        if let Some(l) = self.local_of(m) {
             let placed = place_message(
                 &mut self.partitions[l],
                 m,
                 (&self.config, &self.name),
                 ctx.stats.sources.get(self.source),
-                (ctx, Instant::now()),
+                (ctx, now),
             );
             if let Some(offset) = placed {
                 self.after_message(l, offset, ctx);
@@ -854,9 +838,9 @@ impl PartitionReader for KafkaReader {
             .in_backpressure
             .store(false, Ordering::SeqCst);
         if let Some(Ok(m)) = polled {
-            let (topic, p, m) = (m.topic().to_string(), m.partition(), m.detach());
+            let m = m.detach();
             self.handle_group_events(ctx)?;
-            self.place_owned(&topic, p, &m, ctx);
+            self.place(&m, ctx, Instant::now());
         }
         self.handle_group_events(ctx)
     }
