@@ -4,6 +4,8 @@
 # same events, A and B alternately (A B A B ...), so that a machine's drift hits both alike.
 #   benches/ab.sh WEIR_A WEIR_B [EVENTS] [ROUNDS]        (default: 2000000 5)
 #   AB_KAFKA=1 benches/ab.sh ...                          also from a 12-partition Kafka topic
+#   AB_KAFKA=mock benches/ab.sh ...                       ... on librdkafka's mock cluster
+#                                  (MOCK_KAFKA: its binary, default the release mock_kafka)
 # Cases: the file source at --parallelism 1 and 2 (benches/events.sh: `weir generate`, seed
 # 42), and with AB_KAFKA=1 a Kafka topic read to its end (`--until-caught-up`, parallelism 2,
 # a fresh group each run) on the benchmark broker of benches/kafka.sh (port 9093, its topic
@@ -50,7 +52,22 @@ bench_pipeline ab @OUT@ "file: { path: $events }" >"$work/file.yaml"
 ab file-p1 "$work/file.yaml" --parallelism 1
 ab file-p2 "$work/file.yaml" --parallelism 2
 
-if [[ -n "${AB_KAFKA:-}" ]]; then
+if [[ "${AB_KAFKA:-}" == mock ]]; then
+  # librdkafka's mock cluster in a process of its own (benches/src/bin/mock_kafka.rs), loaded
+  # with the same events keyed by datasetName: weir's Kafka path without a broker's limits
+  mock=${MOCK_KAFKA:-${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}/release/mock_kafka}
+  "$mock" --partitions 12 --key datasetName --topic events --ignore-stdin "$events" >"$work/mock.out" &
+  mock_pid=$!
+  trap 'kill "$mock_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+  until grep -q '^ready' "$work/mock.out" 2>/dev/null; do
+    kill -0 "$mock_pid" 2>/dev/null || { echo "mock_kafka exited:"; cat "$work/mock.out"; exit 1; }
+    sleep 0.2
+  done
+  bench_pipeline ab @OUT@ \
+    "kafka: { brokers: \"$(head -1 "$work/mock.out")\", topic: events, group_id: @GROUP@, start_from: earliest }" \
+    >"$work/kafka.yaml"
+  ab kafka-mock "$work/kafka.yaml" --until-caught-up --parallelism 2
+elif [[ -n "${AB_KAFKA:-}" ]]; then
   export WEIR_KAFKA_PORT=${WEIR_BENCH_KAFKA_PORT:-9093}
   brokers=${KAFKA_BROKERS:-127.0.0.1:$WEIR_KAFKA_PORT}
   [[ -n "${KAFKA_BROKERS:-}" ]] || "$repo/scripts/kafka.sh" start

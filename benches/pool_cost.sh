@@ -8,6 +8,7 @@
 #   benches/pool_cost.sh [EVENTS] [ROUNDS]         (default: 400000 2)
 #   MODES="keyed repartitioned"  WORKERS="1 2 4"  PARTITIONS=12  PAUSE=1|0
 #   PROFILE=debug                 debug builds (ratios only; absolute figures are release's)
+#   WEIR_BENCH_NO_BUILD=1         the binaries already in CARGO_TARGET_DIR, not built first
 # Prints, per mode, round and worker count: wall seconds, weir CPU seconds (user+system of
 # every worker, from /usr/bin/time), CPU microseconds per event, window rows (equal for
 # every run: a sanity check), and the ratio of CPU per event to 1 worker's of the same
@@ -26,7 +27,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 PROFILE=${PROFILE:-release}
 flag=--release
 if [[ $PROFILE == debug ]]; then flag=""; fi
-(cd "$repo" && cargo build $flag -q -p weir-cli --bin weir &&
+# WEIR_BENCH_NO_BUILD=1: use the binaries already built (a release build takes long)
+[[ -n "${WEIR_BENCH_NO_BUILD:-}" ]] || (cd "$repo" && cargo build $flag -q -p weir-cli --bin weir &&
   cargo build $flag -q -p weir-benches --bin mock_kafka)
 WEIR=$CARGO_TARGET_DIR/$PROFILE/weir
 MOCK=$CARGO_TARGET_DIR/$PROFILE/mock_kafka
