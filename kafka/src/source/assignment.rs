@@ -90,6 +90,26 @@ impl KafkaReader {
         out
     }
 
+    /// The watch of the group's committed offsets, started the first time it is needed
+    /// (none if it cannot start: the reader then goes on waiting, and says why).
+    fn committed_watch(&mut self) -> Option<Arc<CommittedWatch>> {
+        if self.committed.is_none() {
+            let started = CommittedWatch::start(
+                &self.config.brokers,
+                &self.config.properties,
+                &self.config.group_id,
+                &self.name,
+            );
+            match started {
+                Ok(w) => self.committed = Some(Arc::new(w)),
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the group's committed offsets; will try again");
+                }
+            }
+        }
+        self.committed.clone()
+    }
+
     /// Publishes how many partitions this process reads (for `/ready`).
     pub(super) fn report_assigned(&self, ctx: &ReaderContext) {
         if let Some(src) = ctx.stats.sources.get(self.source) {
@@ -116,6 +136,11 @@ impl KafkaReader {
             match e {
                 GroupEvent::Assigned(list) => {
                     self.joined = true;
+                    let mut ends = if self.config.until_caught_up {
+                        self.ends_of(&list)
+                    } else {
+                        HashMap::new()
+                    };
                     for (topic, p) in list {
                         let Some(l) = self.local(&topic, p) else {
                             continue;
@@ -131,7 +156,10 @@ impl KafkaReader {
                             continue;
                         }
                         let (end_at, start) = if self.config.until_caught_up {
-                            let (low, high) = self.end_offsets(&topic, p)?;
+                            let (low, high) = match ends.remove(&(topic.clone(), p)) {
+                                Some(known) => known,
+                                None => self.end_offsets(&topic, p)?,
+                            };
                             let high = if high <= low { 0 } else { high as u64 };
                             let end = match self.config.end_offsets.get(&(topic.clone(), p)) {
                                 Some(&e) => e.min(high),
@@ -215,6 +243,54 @@ impl KafkaReader {
                 Err(e) => return Err(self.err("cannot read partition end offsets", e)),
             }
         }
+    }
+
+    /// The (low, high) offsets of `partitions`, in two requests whatever their number: a
+    /// query per partition waited each time behind the consumer's fetch of caught-up
+    /// partitions (`fetch.wait.max.ms`, 500 ms apiece: 6 s for 12 partitions). A partition
+    /// missing from the answers is left out (the caller asks for it alone).
+    pub(super) fn ends_of(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> HashMap<(String, i32), (i64, i64)> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return HashMap::new();
+        };
+        // ListOffsets at a time of -2 (earliest) or -1 (latest), as the watermarks are read
+        let query = |at: Offset| -> HashMap<(String, i32), i64> {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, p) in partitions {
+                if tpl.add_partition_offset(topic, *p, at).is_err() {
+                    return HashMap::new();
+                }
+            }
+            match consumer.offsets_for_times(tpl, Duration::from_secs(30)) {
+                Ok(got) => got
+                    .elements()
+                    .iter()
+                    .filter(|e| e.error().is_ok())
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) if o >= 0 => {
+                            Some(((e.topic().to_string(), e.partition()), o))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(source = %self.name, error = %e, "kafka: reading the partitions' end offsets together failed; reading them one by one");
+                    HashMap::new()
+                }
+            }
+        };
+        let highs = query(Offset::End);
+        let mut lows = query(Offset::Beginning);
+        highs
+            .into_iter()
+            .filter_map(|(key, high)| {
+                let low = lows.remove(&key)?;
+                Some((key, (low, high)))
+            })
+            .collect()
     }
 
     /// Where a newly assigned partition starts reading, when it is known to be an offset: the
@@ -424,14 +500,32 @@ impl KafkaReader {
         let unread = |s: &PartitionState| {
             !s.assigned && !s.ended && !s.read_elsewhere && s.target.is_some_and(|t| t > 0)
         };
-        if self
-            .checked_elsewhere
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            self.checked_elsewhere = Some(Instant::now());
-            let committed = self.committed_offsets(unread);
+        // the group's committed offsets are read on a thread of their own (see
+        // `committed`): the latest answer, then a new question once a second
+        let watch = self.committed_watch();
+        let answer = watch.as_ref().and_then(|w| w.take());
+        if let Some(w) = &watch {
+            if self
+                .checked_elsewhere
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                let partitions = self
+                    .partitions
+                    .iter()
+                    .filter(|s| unread(s))
+                    .map(|s| (s.topic.to_string(), s.number))
+                    .collect::<Vec<_>>();
+                if partitions.is_empty() || w.ask(partitions) {
+                    self.checked_elsewhere = Some(Instant::now());
+                }
+            }
+        }
+        if let Some(committed) = answer {
             let finished = self.config.pool.as_ref().map(|p| p.finished.clone());
             for s in self.partitions.iter_mut() {
+                if !unread(s) {
+                    continue;
+                }
                 let key = (s.topic.to_string(), s.number);
                 let (Some(&c), Some(t)) = (committed.get(&key), s.target) else {
                     continue;

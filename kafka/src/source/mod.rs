@@ -12,6 +12,7 @@ mod assignment;
 mod buffer;
 pub mod caught_up;
 pub(crate) mod close;
+mod committed;
 mod fetch_queue;
 mod group;
 mod lanes;
@@ -49,6 +50,7 @@ use weir_engine::{Chunk, ChunkData, EngineError};
 use crate::{client_config, partition_counts, KafkaError};
 use caught_up::{CatchUpWait, Wait};
 use close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
+use committed::CommittedWatch;
 use fetch_queue::{FetchQueue, Next};
 
 /// A chunk is handed over once its messages reach [`CHUNK_BYTES`] or [`CHUNK_MESSAGES`], or

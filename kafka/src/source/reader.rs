@@ -73,6 +73,9 @@ pub struct KafkaReader {
     pub(super) wait: CatchUpWait,
     /// In a pool: when the group's committed offsets were last read.
     pub(super) checked_elsewhere: Option<Instant>,
+    /// In a pool reading until caught up: the group's committed offsets, read off this
+    /// thread.
+    pub(super) committed: Option<Arc<CommittedWatch>>,
     /// When the group last assigned or revoked partitions (or the reader joined it).
     pub(super) group_moved: Instant,
     /// The group assigned this reader partitions (maybe none) at least once.
@@ -159,6 +162,7 @@ impl KafkaReader {
             paused: false,
             wait,
             checked_elsewhere: None,
+            committed: None,
             group_moved: Instant::now(),
             joined: false,
             flushed_to_wait: false,

@@ -644,3 +644,40 @@ fn prefetch_backs_off_briefly_and_a_source_may_set_it_otherwise() {
     let cfg = group_consumer_config(&config, "g", false);
     assert_eq!(cfg.get("fetch.queue.backoff.ms"), Some("500"));
 }
+
+#[test]
+fn end_offsets_read_together_equal_the_watermarks_read_one_by_one() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("ends", 4, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer: rdkafka::producer::BaseProducer =
+        crate::client_config(&brokers, &[]).create().unwrap();
+    // partitions of 0, 5, 10 and 15 messages
+    for p in 0..4i32 {
+        for i in 0..5 * p {
+            let payload = format!("{i}");
+            let record = rdkafka::producer::BaseRecord::<(), _>::to("ends")
+                .partition(p)
+                .payload(&payload);
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let config = reading_to_the_end(&brokers, "ends");
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = context(4, Arc::new(weir_engine::RunStats::new(&[], &[], &[])));
+    reader.connect(&ctx).unwrap();
+    let list: Vec<(String, i32)> = (0..4).map(|p| ("ends".to_string(), p)).collect();
+    let together = reader.ends_of(&list);
+    for (topic, p) in &list {
+        let alone = reader.end_offsets(topic, *p).unwrap();
+        assert_eq!(
+            together.get(&(topic.clone(), *p)),
+            Some(&alone),
+            "partition {p}"
+        );
+        assert_eq!(alone.1, i64::from(5 * p));
+    }
+    reader.close();
+}
