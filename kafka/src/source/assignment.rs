@@ -62,32 +62,19 @@ impl KafkaReader {
         &self,
         which: impl Fn(&PartitionState) -> bool,
     ) -> HashMap<(String, i32), u64> {
-        let mut out = HashMap::new();
         let Some(consumer) = &self.consumer else {
-            return out;
+            return HashMap::new();
         };
-        let mut tpl = TopicPartitionList::new();
-        for s in self.partitions.iter().filter(|s| which(s)) {
-            tpl.add_partition(&s.topic, s.number);
+        let partitions: Vec<(String, i32)> = self
+            .partitions
+            .iter()
+            .filter(|s| which(s))
+            .map(|s| (s.topic.to_string(), s.number))
+            .collect();
+        if partitions.is_empty() {
+            return HashMap::new();
         }
-        if tpl.count() == 0 {
-            return out;
-        }
-        match consumer.committed_offsets(tpl, Duration::from_secs(30)) {
-            Ok(c) => {
-                for e in c.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        if o >= 0 {
-                            out.insert((e.topic().to_string(), e.partition()), o as u64);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the group's committed offsets; will try again")
-            }
-        }
-        out
+        committed::read(consumer, &partitions, &self.name).unwrap_or_default()
     }
 
     /// The watch of the group's committed offsets, started the first time it is needed

@@ -13,7 +13,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::client_config;
@@ -81,8 +81,13 @@ impl CommittedWatch {
     }
 }
 
-/// The committed offsets of `partitions` (none on failure: the caller asks again later).
-fn read(client: &BaseConsumer, partitions: &[(String, i32)], source: &str) -> Option<Committed> {
+/// The committed offsets of `partitions` in `client`'s group (none on failure: the caller
+/// asks again later). Blocks until the group's coordinator answers.
+pub(super) fn read<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
+    partitions: &[(String, i32)],
+    source: &str,
+) -> Option<Committed> {
     let mut tpl = TopicPartitionList::new();
     for (topic, p) in partitions {
         tpl.add_partition(topic, *p);
