@@ -282,6 +282,21 @@ checkpoint: {{ dir: state, interval: 2s }}
     );
 }
 
+/// The broker the pools run on gives a group a new leader when its leader leaves after it
+/// joined and before it sent the assignment (a pool worker that closes its consumer while the
+/// group re-forms). tansu 0.6.0 did not: the group waited for the gone leader, no member was
+/// assigned a partition again, and a worker reading `--until-caught-up` failed after its
+/// timeout (`scripts/kafka.sh` builds tansu with the fix, `scripts/tansu/`).
+#[test]
+fn the_broker_gives_a_group_whose_leader_left_mid_rebalance_a_new_leader() {
+    let brokers = brokers();
+    let (topic, group) = (unique("leader-leaves"), unique("leader-leaves"));
+    tool(&["create", &brokers, &topic, "3"]);
+    let out = tool(&["leader-leaves", &brokers, &topic, &group]);
+    let reply: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(reply["partitions"], 3, "{out}");
+}
+
 /// `--until-caught-up` in a pool holds for the pool as a whole: two workers of one group read
 /// a topic to its end; one is killed while it holds partitions and restarted at once with the
 /// same id (the killed member stays in the group until its session times out). A worker that
@@ -360,10 +375,23 @@ checkpoint: {{ dir: state, interval: 300ms }}
     b.kill();
     let b = worker("b");
     let limit = Duration::from_secs(240);
-    let logs = [a.wait_within(limit), b.wait_within(limit)];
-    for (name, log) in ["a", "b"].iter().zip(&logs) {
+    let ends = [a.end_within(limit), b.end_within(limit)];
+    for (name, (_, log)) in ["a", "b"].iter().zip(&ends) {
         std::fs::write(d.as_path().join(format!("{name}.log")), log.join("\n")).unwrap();
     }
+    // both logs tell why one worker did not end well: the other's shows what it did meanwhile
+    if ends
+        .iter()
+        .any(|(status, _)| !status.is_some_and(|s| s.success()))
+    {
+        let [(sa, la), (sb, lb)] = &ends;
+        panic!(
+            "a: {sa:?}, b: {sb:?} (None: killed after {limit:?})\n--- a's log:\n{}\n--- b's log:\n{}",
+            la.join("\n"),
+            lb.join("\n")
+        );
+    }
+    let logs = ends.map(|(_, log)| log);
     for log in &logs {
         assert!(
             !log.iter().any(|l| l.contains("not committed")),

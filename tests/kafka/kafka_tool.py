@@ -9,6 +9,8 @@
   kafka_tool.py lag     BROKERS GROUP TOPIC              {"committed": N, "end": M, "lag": M - N} as JSON
   kafka_tool.py registry AVSC|- ID                       a schema registry serving AVSC as schema ID
                                                          (prints its port, then serves until killed)
+  kafka_tool.py leader-leaves BROKERS TOPIC GROUP        checks the broker: a group whose leader
+                                                         leaves while it re-forms still assigns
 
 `produce` sends each line of FILE as one message, keyed by the JSON field F when the line is an
 object that has it (else no key). With --format avro the line's object is encoded with the Avro
@@ -207,6 +209,93 @@ def lag(args):
     print(json.dumps({"committed": total_committed, "end": total_end, "lag": total_end - total_committed}))
 
 
+class RawMember:
+    """A group member speaking the Kafka protocol itself (JoinGroup v1, LeaveGroup v0), so that
+    it can leave at a moment no client library chooses: after it joined, before it assigns."""
+
+    def __init__(self, brokers):
+        import socket
+        host, port = brokers.split(",")[0].rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.correlation = 0
+
+    @staticmethod
+    def string(s):
+        b = s.encode()
+        return struct.pack(">h", len(b)) + b
+
+    def call(self, api_key, version, body):
+        self.correlation += 1
+        header = struct.pack(">hhi", api_key, version, self.correlation) + self.string("weir-test")
+        message = header + body
+        self.sock.sendall(struct.pack(">i", len(message)) + message)
+        size = struct.unpack(">i", self.read(4))[0]
+        reply = self.read(size)
+        assert struct.unpack(">i", reply[:4])[0] == self.correlation, "out-of-order reply"
+        return reply[4:]
+
+    def read(self, n):
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("the broker closed the connection")
+            out += chunk
+        return out
+
+    def join(self, group, topic, member_id=""):
+        """JoinGroup v1 with the cooperative-sticky protocol: (error, generation, leader, member id)."""
+        subscription = struct.pack(">hi", 0, 1) + self.string(topic) + struct.pack(">i", -1)
+        body = (self.string(group) + struct.pack(">ii", 6000, 60000) + self.string(member_id)
+                + self.string("consumer") + struct.pack(">i", 1) + self.string("cooperative-sticky")
+                + struct.pack(">i", len(subscription)) + subscription)
+        reply = self.call(11, 1, body)
+        error, generation = struct.unpack(">hi", reply[:6])
+        at = 6
+        fields = []
+        for _ in range(3):  # protocol name, leader, member id
+            n = struct.unpack(">h", reply[at:at + 2])[0]
+            fields.append(reply[at + 2:at + 2 + max(n, 0)].decode())
+            at += 2 + max(n, 0)
+        return error, generation, fields[1], fields[2]
+
+    def leave(self, group, member_id):
+        reply = self.call(13, 0, self.string(group) + self.string(member_id))
+        return struct.unpack(">h", reply[:2])[0]
+
+
+def leader_leaves(args):
+    """A group's leader leaves after it joined and before it sent the assignment: the next
+    member to join must lead, and be assigned every partition. tansu 0.6.0 kept the gone
+    member as the leader, and no member was ever assigned anything again (scripts/tansu/)."""
+    import time
+    raw = RawMember(args.brokers)
+    error, _, leader, member_id = raw.join(args.group, args.topic)
+    if error == 79:  # MEMBER_ID_REQUIRED: join again with the id the broker gave
+        error, _, leader, member_id = raw.join(args.group, args.topic, member_id)
+    if error or leader != member_id:
+        sys.exit(f"the raw member did not become the group's leader: error {error}, leader {leader!r}")
+    conf = {"bootstrap.servers": args.brokers, "group.id": args.group, "enable.auto.commit": False,
+            "partition.assignment.strategy": "cooperative-sticky", "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500}
+    error = raw.leave(args.group, member_id)
+    if error:
+        sys.exit(f"the raw member could not leave: error {error}")
+    partitions = len(Consumer(conf).list_topics(args.topic, timeout=30).topics[args.topic].partitions)
+    owned = set()
+    c = Consumer(conf)
+    c.subscribe([args.topic], on_assign=lambda _, ps: owned.update(p.partition for p in ps))
+    started = time.monotonic()
+    limit = 30
+    while len(owned) < partitions and time.monotonic() - started < limit:
+        c.poll(0.1)
+    c.close()
+    if len(owned) < partitions:
+        sys.exit(f"a member joining after the leader left was assigned {sorted(owned)} of "
+                 f"{partitions} partitions in {limit} s: the broker still waits for the gone leader")
+    print(json.dumps({"partitions": partitions, "seconds": round(time.monotonic() - started, 1)}))
+
+
 def registry(args):
     import http.server
     schemas = {}
@@ -273,6 +362,8 @@ def main():
     a.add_argument("brokers"), a.add_argument("group"), a.add_argument("topic")
     a = sub.add_parser("registry")
     a.add_argument("avsc"), a.add_argument("id", type=int)
+    a = sub.add_parser("leader-leaves")
+    a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("group")
     args = ap.parse_args()
     if args.cmd == "create":
         create(args.brokers, args.topic, args.partitions)
@@ -282,6 +373,8 @@ def main():
         lag(args)
     elif args.cmd == "registry":
         registry(args)
+    elif args.cmd == "leader-leaves":
+        leader_leaves(args)
     else:
         consume(args)
 

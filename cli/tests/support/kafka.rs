@@ -60,11 +60,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-/// The `weir` binary (`WEIR_BIN`, else the one cargo built), logging at info level.
+/// The `weir` binary (`WEIR_BIN`, else the one cargo built), logging at info level, or at
+/// the levels of `WEIR_TEST_RUST_LOG` (say `info,librdkafka=debug` with a pipeline property
+/// `debug: cgrp` to see a consumer group's protocol).
 pub fn weir() -> Command {
     let bin = std::env::var_os("WEIR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_weir").into());
     let mut c = Command::new(bin);
-    c.env("RUST_LOG", "info,librdkafka=warn");
+    let levels = std::env::var("WEIR_TEST_RUST_LOG");
+    c.env(
+        "RUST_LOG",
+        levels.as_deref().unwrap_or("info,librdkafka=warn"),
+    );
     c
 }
 
