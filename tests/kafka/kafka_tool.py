@@ -281,9 +281,9 @@ def leader_leaves(args):
     error = raw.leave(args.group, member_id)
     if error:
         sys.exit(f"the raw member could not leave: error {error}")
-    partitions = len(Consumer(conf).list_topics(args.topic, timeout=30).topics[args.topic].partitions)
     owned = set()
     c = Consumer(conf)
+    partitions = len(c.list_topics(args.topic, timeout=30).topics[args.topic].partitions)
     c.subscribe([args.topic], on_assign=lambda _, ps: owned.update(p.partition for p in ps))
     started = time.monotonic()
     limit = 30
