@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Worker-pool scaling by cost: the total CPU time of the weir processes per event for 1, 2
-# and 4 workers reading the same topic to its end (`--until-caught-up`), and the rebalance
-# pause (a worker joining, then leaving), for a topic keyed by the window key and for a
-# round-robin one the pool repartitions. The broker is librdkafka's mock cluster in a
+# and 4 workers reading the same topic to its end (`--until-caught-up`), for a topic keyed by
+# the window key and for a round-robin one the pool repartitions. (The rebalance pause, on a
+# live topic: benches/pool_pause.sh.) The broker is librdkafka's mock cluster in a
 # process of its own (benches/src/bin/mock_kafka.rs), so that what is measured is weir, not
 # the broker: a 2-core machine cannot host a real broker and two busy workers.
 #   benches/pool_cost.sh [EVENTS] [ROUNDS]         (default: 400000 2)
-#   MODES="keyed repartitioned"  WORKERS="1 2 4"  PARTITIONS=12  PAUSE=1|0
+#   MODES="keyed repartitioned"  WORKERS="1 2 4"  PARTITIONS=12
 #   PROFILE=debug                 debug builds (ratios only; absolute figures are release's)
 #   WEIR_BENCH_NO_BUILD=1         the binaries already in CARGO_TARGET_DIR, not built first
 # Prints, per mode, round and worker count: wall seconds, weir CPU seconds (user+system of
 # every worker, from /usr/bin/time), CPU microseconds per event, window rows (equal for
 # every run: a sanity check), and the ratio of CPU per event to 1 worker's of the same
-# round (the bar: at most 1.15); then each mode's pause (see benches/pool_pause.py).
+# round (the bar: at most 1.15).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/lib.sh
@@ -22,7 +22,6 @@ ROUNDS=${2:-2}
 MODES=${MODES:-keyed repartitioned}
 WORKERS=${WORKERS:-1 2 4}
 PARTITIONS=${PARTITIONS:-12}
-PAUSE=${PAUSE:-1}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 PROFILE=${PROFILE:-release}
 flag=--release
@@ -32,8 +31,6 @@ if [[ $PROFILE == debug ]]; then flag=""; fi
   cargo build $flag -q -p weir-benches --bin mock_kafka)
 WEIR=$CARGO_TARGET_DIR/$PROFILE/weir
 MOCK=$CARGO_TARGET_DIR/$PROFILE/mock_kafka
-py=${WEIR_VENV:-$HOME/.cache/weir/venv}/bin/python
-[[ -x $py ]] || py=python3
 work=$(mktemp -d)
 mock_pid=""
 stop_mock() {
@@ -53,7 +50,6 @@ start_mock() { # $1 = mode; sets BROKERS
     for r in $(seq 1 "$ROUNDS"); do
       for w in $WORKERS; do args+=(--more-topic "$(name "$1" "$r" "$w")-events-repartition"); done
     done
-    args+=(--more-topic "$(name "$1" pause 2)-events-repartition")
   fi
   "$MOCK" "${args[@]}" "$work/events.ndjson" >"$work/mock.out" 2>"$work/mock.err" &
   mock_pid=$!
@@ -64,14 +60,12 @@ start_mock() { # $1 = mode; sets BROKERS
   BROKERS=$(head -1 "$work/mock.out")
 }
 
-pipeline() { # $1 = dir, $2 = pipeline name, $3 = mode, $4 = with SQL (pause runs)
-  local keyed="" serve=""
+pipeline() { # $1 = dir, $2 = pipeline name, $3 = mode
+  local keyed=""
   if [[ $3 == keyed ]]; then keyed="partitioned_by: [datasetName]"; fi
-  if [[ -n "${4:-}" ]]; then serve="serve: { http: \"127.0.0.1:\${WEIR_HTTP_PORT}\", refresh: 100ms }"; fi
   bench_pipeline "$2" "$1" \
     "kafka: { brokers: \"$BROKERS\", topic: events, group_id: $2, start_from: earliest }
-    $keyed" "checkpoint: { dir: $1/state, interval: 10s }
-$serve" >"$1/p.yaml"
+    $keyed" "checkpoint: { dir: $1/state, interval: 10s }" >"$1/p.yaml"
 }
 
 run_pool() { # $1 = mode, $2 = round, $3 = workers; prints "wall cpu rows"
@@ -114,11 +108,5 @@ for mode in $MODES; do
         "$(echo "scale=3; $per / $one" | bc)"
     done
   done
-  if [[ $PAUSE == 1 ]]; then
-    dir="$work/$mode-pause"
-    mkdir -p "$dir"
-    pipeline "$dir" "$(name "$mode" pause 2)" "$mode" sql
-    echo "$mode pause: $("$py" "$repo/benches/pool_pause.py" "$WEIR" "$dir/p.yaml" "$N" 18461 18462 "$PARTITIONS")"
-  fi
   stop_mock
 done

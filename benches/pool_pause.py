@@ -1,121 +1,209 @@
 #!/usr/bin/env python3
-"""The rebalance pause of a worker pool (benches/pool_cost.sh runs it).
+"""The rebalance pause of a worker pool on a live topic (benches/pool_pause.sh runs it).
 
-    pool_pause.py WEIR PIPELINE EVENTS PORT_A PORT_B PARTITIONS
+    pool_pause.py WEIR PIPELINE BROKERS TOPIC PORT_A PORT_B [RATE] [SETTLE_S]
 
-Starts worker `a` of PIPELINE (whose `serve` takes its port from WEIR_HTTP_PORT, refresh
-100ms), reading until caught up. Once `a` has read 15% of EVENTS, starts worker `b` (a
-join); once every partition made progress again, stops `b` with SIGTERM (a leave: it hands
-its partitions over); then waits for `a` to finish. Polls `weir_status` of each running
-worker every 100 ms. The pause of an event is the longest time, over the partitions not yet
-read to their end, from the event to the partition's first progress (its `events_in`
-growing) after it. Prints `join_pause_s=... leave_pause_s=...`.
+Produces data-ingestion events stamped with the current time to TOPIC at a fixed RATE
+(default 3000 events/s, keyed by datasetName), and runs the pool of PIPELINE (whose `serve`
+takes its port from WEIR_HTTP_PORT, refresh 100ms) through four changes of membership,
+after a period without one (`none`: the pause the measure sees when nothing happens):
+
+- `join`:  worker b starts beside worker a;
+- `leave`: b is stopped with SIGTERM (it hands its partitions over);
+- `rejoin`: b starts again;
+- `kill`:  b is killed with SIGKILL (its partitions move after the session timeout).
+
+Each change comes SETTLE_S seconds (default 25) after the previous one. Every 100 ms the
+script reads each running worker's `/metrics` and notes when a partition's watermark
+(`weir_watermark_milliseconds`) moved: the events carry the time they were sent, so a
+partition read without a pause moves its watermark at every poll. A partition's *pause* around a change is the
+longest time, from its last progress before the change to SETTLE_S after it, in which it did
+not progress anywhere; it *moved* when the worker reading it before the change is not the
+one reading it after. Prints, per change, the pauses of the partitions that stayed and of
+those that moved (most and median, in seconds), and one line per change of the form
+`change=join stayed_max_s=... stayed_median_s=... moved_max_s=... moved_median_s=...`.
+At the rate of the default, a partition's progress is seen every poll: 0.1-0.3 s is no pause.
 """
 
 import json
 import os
+import random
+import re
 import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
+from confluent_kafka import Producer
+
+WATERMARK = re.compile(r'^weir_watermark_milliseconds\{[^}]*partition="([^"]+)"[^}]*\} (\S+)$')
+
 
 def status(port):
-    """(partition -> records_in, partition -> ended) of a worker, or None."""
-    body = json.dumps(
-        {"query": "SELECT partition, events_in, ended FROM weir_status WHERE stage = 'source'"}
-    ).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/sql",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
+    """partition -> watermark of a worker's partitions, from its own `/metrics` (SQL to a
+    pool worker asks the other workers too, and waits for a dead one), or None."""
     try:
-        with urllib.request.urlopen(req, timeout=2) as r:
-            rows = json.loads(r.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+            text = r.read().decode()
     except Exception:
         return None
-    return (
-        {row["partition"]: row["events_in"] or 0 for row in rows},
-        {row["partition"]: bool(row["ended"]) for row in rows},
-    )
+    out = {}
+    for line in text.splitlines():
+        m = WATERMARK.match(line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def produce(brokers, topic, rate, running):
+    """Produces `rate` events a second until `running` is cleared."""
+    p = Producer({"bootstrap.servers": brokers, "linger.ms": 5})
+    datasets = [f"dataset_{i:05d}" for i in range(200)]
+    statuses = ["SUCCESS"] * 9 + ["FAILURE"]
+    rng = random.Random(7)
+    sent, start, n = 0, time.time(), 0
+    while running.is_set():
+        due = int((time.time() - start) * rate)
+        while sent < due:
+            d = rng.choice(datasets)
+            event = {
+                "eventId": f"evt-{n:010d}",
+                "timestamp": int(time.time() * 1000),
+                "source": "api-push",
+                "datasetName": d,
+                "recordCount": rng.randint(1, 50000),
+                "sizeBytes": rng.randint(1, 10**8),
+                "format": "parquet",
+                "location": f"s3://lake/{d}/part.parquet",
+                "status": rng.choice(statuses),
+            }
+            while True:
+                try:
+                    p.produce(topic, json.dumps(event).encode(), key=d.encode())
+                    break
+                except BufferError:
+                    p.poll(0.01)
+            sent += 1
+            n += 1
+        p.poll(0)
+        time.sleep(0.01)
+    p.flush(30)
+
+
+class Watch:
+    """Progress seen per partition: a list of (time, worker) of every poll that saw it grow."""
+
+    def __init__(self):
+        self.progress = {}
+        self.last = {}
+
+    def poll(self, workers):
+        now = time.time()
+        for worker, port in workers:
+            counts = status(port)
+            if counts is None:
+                continue
+            for p, n in counts.items():
+                before = self.last.get((worker, p))
+                self.last[(worker, p)] = n
+                if before is not None and n > before:
+                    self.progress.setdefault(p, []).append((now, worker))
+
+    def pauses(self, at, until):
+        """(stayed, moved): each partition's longest time without progress from its last
+        progress before `at` to `until`."""
+        stayed, moved = [], []
+        for seen in self.progress.values():
+            before = [s for s in seen if s[0] < at]
+            after = [s for s in seen if at <= s[0] <= until]
+            if not before or not after:
+                continue
+            times = [before[-1][0]] + [t for t, _ in after] + [until]
+            gap = max(b - a for a, b in zip(times, times[1:]))
+            (moved if before[-1][1] != after[-1][1] else stayed).append(gap)
+        return stayed, moved
 
 
 def start(weir, pipeline, worker, port, log):
-    env = dict(os.environ, WEIR_HTTP_PORT=str(port), RUST_LOG="warn")
+    env = dict(os.environ, WEIR_HTTP_PORT=str(port), RUST_LOG="info")
     return subprocess.Popen(
-        [weir, "run", pipeline, "--worker", worker, "--until-caught-up"],
+        [weir, "run", pipeline, "--worker", worker],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(log, "w"),
     )
 
 
-def pause_after(event, ports, last, partitions, timeout=60.0):
-    """Seconds from `event` until every partition (of `partitions`) not ended progressed
-    after it. A counter that went down (a new job's) is not progress; its next rise is."""
-    waiting = set()
-    progressed = {}
-    ended = set()
-    deadline = event + timeout
-    while time.time() < deadline:
-        now = time.time()
-        for port in ports():
-            s = status(port)
-            if s is None:
-                continue
-            counts, ends = s
-            ended |= {p for p, e in ends.items() if e}
-            for p, n in counts.items():
-                before = last.get((port, p))
-                last[(port, p)] = n
-                if before is not None and n > before and p not in progressed:
-                    progressed[p] = now
-            waiting |= set(counts)
-        if len(waiting) >= partitions:
-            left = waiting - ended - set(progressed)
-            if not left:
-                live = [t for p, t in progressed.items() if p not in ended]
-                return max(live, default=now) - event
-        time.sleep(0.1)
-    return float("nan")
+def run(weir, pipeline, brokers, topic, ports, rate, settle):
+    logdir = os.path.dirname(os.path.abspath(pipeline))
+    running = threading.Event()
+    running.set()
+    producer = threading.Thread(target=produce, args=(brokers, topic, rate, running))
+    producer.start()
+    watch = Watch()
+    workers = {"a": (start(weir, pipeline, "a", ports[0], f"{logdir}/a.err"), ports[0])}
+
+    def wait(seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            for name, (proc, _) in workers.items():
+                if proc.poll() is not None and name == "a":
+                    sys.exit(f"worker a ended (exit {proc.returncode}): see {logdir}/a.err")
+            watch.poll([(w, port) for w, (_, port) in workers.items()])
+            time.sleep(0.1)
+
+    changes = []
+    try:
+        wait(settle)
+        for change in ("none", "join", "leave", "rejoin", "kill"):
+            at = time.time()
+            if change == "none":
+                pass
+            elif change in ("join", "rejoin"):
+                log = f"{logdir}/b.{change}.err"
+                workers["b"] = (start(weir, pipeline, "b", ports[1], log), ports[1])
+            else:
+                proc = workers["b"][0]
+                proc.send_signal(signal.SIGTERM if change == "leave" else signal.SIGKILL)
+                proc.wait(timeout=120)
+                del workers["b"]
+            wait(settle)
+            changes.append((change, at, at + settle))
+    finally:
+        for proc, _ in workers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in workers.values():
+            proc.wait(timeout=120)
+        running.clear()
+        producer.join()
+    return [(c, watch.pauses(at, until)) for c, at, until in changes]
+
+
+def describe(gaps):
+    if not gaps:
+        return "nan", "nan"
+    return f"{max(gaps):.2f}", f"{statistics.median(gaps):.2f}"
 
 
 def main():
-    weir, pipeline, events, port_a, port_b, partitions = sys.argv[1:7]
-    events, partitions = int(events), int(partitions)
-    logdir = os.path.dirname(pipeline)
-    a = start(weir, pipeline, "a", port_a, f"{logdir}/a.err")
-    last = {}
-    while True:
-        s = status(port_a)
-        if s and sum(s[0].values()) >= 0.15 * events:
-            break
-        if a.poll() is not None:
-            sys.exit("worker a ended before 15% of the events: use more events")
-        time.sleep(0.1)
-    # prime the counters just before the join
-    for port in (port_a,):
-        s = status(port)
-        for p, n in (s or ({}, {}))[0].items():
-            last[(port, p)] = n
-    joined = time.time()
-    b = start(weir, pipeline, "b", port_b, f"{logdir}/b.err")
-    join = pause_after(joined, lambda: (port_a, port_b), last, partitions)
-    time.sleep(1.0)
-    last.clear()
-    for port in (port_a, port_b):
-        s = status(port)
-        for p, n in (s or ({}, {}))[0].items():
-            last[(port, p)] = n
-    left = time.time()
-    b.send_signal(signal.SIGTERM)
-    only_a = {k: v for k, v in last.items() if k[0] == port_a}
-    leave = pause_after(left, lambda: (port_a,), only_a, partitions)
-    b.wait(timeout=120)
-    a.wait(timeout=600)
-    print(f"join_pause_s={join:.2f} leave_pause_s={leave:.2f}")
+    if len(sys.argv) < 7:
+        sys.exit(__doc__)
+    weir, pipeline, brokers, topic, port_a, port_b = sys.argv[1:7]
+    rate = int(sys.argv[7]) if len(sys.argv) > 7 else 3000
+    settle = float(sys.argv[8]) if len(sys.argv) > 8 else 25.0
+    results = run(weir, pipeline, brokers, topic, (port_a, port_b), rate, settle)
+    for change, (stayed, moved) in results:
+        s_max, s_med = describe(stayed)
+        m_max, m_med = describe(moved)
+        print(
+            f"change={change} stayed={len(stayed)} stayed_max_s={s_max} "
+            f"stayed_median_s={s_med} moved={len(moved)} moved_max_s={m_max} "
+            f"moved_median_s={m_med}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
 # task (create new producers after a restart); deleting one topic deletes every topic (use unique
 # names, never delete); snappy (fetch fails); CreatePartitions and topic auto-creation. What it
 # gets wrong and weir patches (scripts/tansu/): a group whose leader leaves while it re-forms waits
-# for that leader forever, and no member is ever assigned a partition again.
+# for that leader forever, and no member is ever assigned a partition again; a member that
+# rejoins during a rebalance (and so sends no heartbeat) is expired while it is alive.
 set -euo pipefail
 
 VERSION=0.6.0

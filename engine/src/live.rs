@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -226,9 +227,15 @@ pub struct LiveState {
     pub tables: Vec<LiveTableDef>,
     current: RwLock<Arc<LiveSnapshot>>,
     /// In a worker pool: this worker's id and the partitions (`source`, `partition`) its
-    /// job owns.
-    pool: Option<(String, std::collections::HashSet<(String, String)>)>,
+    /// job owns (the state outlives the worker's jobs: each sets its own).
+    pool: Option<(String, RwLock<Owned>)>,
+    /// More jobs follow the one publishing (a pool worker's state, kept across its jobs): a
+    /// job's last snapshot does not finish the state, [`LiveState::finish`] does.
+    jobs_follow: AtomicBool,
 }
+
+/// The partitions (`source`, `partition`) a pool worker's job owns.
+type Owned = std::collections::HashSet<(String, String)>;
 
 impl LiveState {
     /// A state with no snapshot yet (tables are empty until the first barrier).
@@ -243,17 +250,33 @@ impl LiveState {
             tables,
             current: RwLock::new(Arc::new(empty)),
             pool: None,
+            jobs_follow: AtomicBool::new(false),
         }
     }
 
     /// The state of pool worker `worker`, whose job owns `owned` (`source`, `partition`).
-    pub fn in_pool(
-        mut self,
-        worker: &str,
-        owned: std::collections::HashSet<(String, String)>,
-    ) -> Self {
-        self.pool = Some((worker.to_string(), owned));
+    pub fn in_pool(mut self, worker: &str, owned: Owned) -> Self {
+        self.pool = Some((worker.to_string(), RwLock::new(owned)));
         self
+    }
+
+    /// In a pool: the partitions the worker's job owns.
+    pub fn owned(&self) -> Option<Owned> {
+        let (_, owned) = self.pool.as_ref()?;
+        Some(match owned.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        })
+    }
+
+    /// In a pool: from now on, the partitions of the worker's new job.
+    pub fn set_owned(&self, owned: Owned) {
+        if let Some((_, o)) = &self.pool {
+            match o.write() {
+                Ok(mut g) => *g = owned,
+                Err(p) => *p.into_inner() = owned,
+            }
+        }
     }
 
     /// The pool worker's id, `None` outside a pool.
@@ -264,9 +287,15 @@ impl LiveState {
     /// Whether this process owns a partition (always, outside a pool).
     pub fn owns(&self, source: &str, partition: &str) -> bool {
         match &self.pool {
-            Some((_, owned)) => owned
-                .iter()
-                .any(|(s, p)| s == source && crate::types::covers(p, partition)),
+            Some((_, owned)) => {
+                let owned = match owned.read() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                owned
+                    .iter()
+                    .any(|(s, p)| s == source && crate::types::covers(p, partition))
+            }
             None => true,
         }
     }
@@ -279,13 +308,35 @@ impl LiveState {
         }
     }
 
-    /// Replaces the current snapshot (the job's merger publishes; tests may too).
-    pub fn publish(&self, snapshot: LiveSnapshot) {
-        let snapshot = Arc::new(snapshot);
-        match self.current.write() {
-            Ok(mut g) => *g = snapshot,
-            Err(p) => *p.into_inner() = snapshot,
+    /// Replaces the current snapshot (the job's merger publishes; tests may too). Numbers
+    /// only grow: a pool worker's next job numbers its snapshots from 1 again, and they
+    /// follow the last job's here.
+    pub fn publish(&self, mut snapshot: LiveSnapshot) {
+        let mut g = match self.current.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if self.jobs_follow.load(Ordering::SeqCst) {
+            snapshot.finished = false;
         }
+        if snapshot.seq > 0 && snapshot.seq <= g.seq {
+            snapshot.seq = g.seq + 1;
+        }
+        *g = Arc::new(snapshot);
+    }
+
+    /// From now on, a job's last snapshot does not finish the state: more jobs follow.
+    pub fn expect_more_jobs(&self) {
+        self.jobs_follow.store(true, Ordering::SeqCst);
+    }
+
+    /// No job follows the last one, which ended without an error: its last snapshot is final
+    /// (subscribers are told so), as a job's last snapshot is outside a pool.
+    pub fn finish(&self) {
+        self.jobs_follow.store(false, Ordering::SeqCst);
+        let mut last = (*self.current()).clone();
+        last.finished = true;
+        self.publish(last);
     }
 
     /// The index of a table by name.
@@ -337,6 +388,41 @@ mod tests {
     fn batch(v: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![v]))]).unwrap()
+    }
+
+    #[test]
+    fn a_state_kept_across_jobs_numbers_on_and_finishes_only_when_told() {
+        let owned = |p: &str| {
+            [("events".to_string(), p.to_string())]
+                .into_iter()
+                .collect()
+        };
+        let state = LiveState::new("p", vec![]).in_pool("w1", owned("t/0"));
+        state.expect_more_jobs();
+        let snapshot = |seq, finished| LiveSnapshot {
+            seq,
+            finished,
+            ..Default::default()
+        };
+        // the first job: 1, 2, then its last snapshot, which does not finish the state
+        state.publish(snapshot(1, false));
+        state.publish(snapshot(2, true));
+        assert_eq!(state.current().seq, 2);
+        assert!(!state.current().finished, "more jobs follow");
+        // the next job numbers from 1 again, and owns another partition
+        state.set_owned(owned("t/1"));
+        assert!(state.owns("events", "t/1") && !state.owns("events", "t/0"));
+        state.publish(snapshot(1, false));
+        assert_eq!(state.current().seq, 3, "numbers keep growing");
+        state.publish(snapshot(2, false));
+        assert_eq!(state.current().seq, 4);
+        state.finish();
+        assert!(state.current().finished);
+        assert_eq!(state.current().seq, 5, "the final snapshot is a new one");
+        // outside a pool, a job's last snapshot finishes the state
+        let alone = LiveState::new("p", vec![]);
+        alone.publish(snapshot(1, true));
+        assert!(alone.current().finished);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::retry::OutputHealth;
 
@@ -124,6 +124,35 @@ pub type Condition = std::sync::Arc<Mutex<Option<String>>>;
 
 /// `SourceStats::assigned` of a source that reads every partition itself.
 pub const NOT_GROUP_MANAGED: i64 = -2;
+
+/// The statistics of the job running now, for what outlives one job (a pool worker's SQL
+/// server, which stays up while the worker's jobs follow each other). Clones share it.
+#[derive(Debug, Clone)]
+pub struct CurrentStats(Arc<RwLock<Arc<RunStats>>>);
+
+impl CurrentStats {
+    /// The statistics now (the job running, or the one that ran last).
+    pub fn get(&self) -> Arc<RunStats> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// From now on, the statistics of `stats` (a new job's).
+    pub fn set(&self, stats: Arc<RunStats>) {
+        match self.0.write() {
+            Ok(mut g) => *g = stats,
+            Err(p) => *p.into_inner() = stats,
+        }
+    }
+}
+
+impl From<Arc<RunStats>> for CurrentStats {
+    fn from(stats: Arc<RunStats>) -> Self {
+        CurrentStats(Arc::new(RwLock::new(stats)))
+    }
+}
 
 /// Counters of one run.
 #[derive(Debug)]

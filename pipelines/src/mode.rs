@@ -15,13 +15,13 @@
 //!   and `until_caught_up`, [`OpenSink::replaces`]), never which mode it is.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use weir_engine::job::Sink;
 use weir_engine::live::LiveState;
-use weir_engine::stats::RunStats;
-use weir_query::Peers;
+use weir_engine::stats::{CurrentStats, RunStats};
+use weir_query::{Peers, SqlServer};
 
 use crate::connectors::{OpenSink, OpenSource, OpenedSource};
 use crate::plan::{Plan, PlannedSink, PlannedSource};
@@ -74,6 +74,73 @@ pub(crate) trait JobHooks {
     /// The repartition stages running beside the job, whose figures it shows.
     fn stages(&self) -> Vec<Arc<weir_engine::stage_stats::StageStats>> {
         Vec::new()
+    }
+    /// The live state and SQL server this mode keeps across its jobs, if it keeps them
+    /// (else each job starts its own and stops it at its end).
+    fn kept_live(&self) -> Option<&KeptLive> {
+        None
+    }
+}
+
+/// A live state and SQL server that outlive jobs: a pool worker's jobs end and start at every
+/// rebalance, and its SQL clients, subscriptions and metrics scrapes must not notice (a
+/// server stopped with its job cut every connection, and waited up to 2 s for them).
+#[derive(Default)]
+pub(crate) struct KeptLive(Mutex<Option<Kept>>);
+
+struct Kept {
+    state: Arc<LiveState>,
+    stats: CurrentStats,
+    /// Stopped when dropped.
+    server: Option<SqlServer>,
+}
+
+impl KeptLive {
+    /// The live state job-to-be publishes into: the one kept, now scoped as `fresh` is and
+    /// showing `stats`; the first job's `fresh` itself, served by `serve`.
+    pub(crate) fn for_job(
+        &self,
+        fresh: LiveState,
+        stats: &Arc<RunStats>,
+        serve: impl FnOnce(Arc<LiveState>, CurrentStats) -> Result<Option<SqlServer>, RunError>,
+    ) -> Result<Arc<LiveState>, RunError> {
+        let mut kept = self.0.lock().map_err(|_| {
+            weir_engine::EngineError::Internal("the kept live state is poisoned".into())
+        })?;
+        if let Some(k) = kept.as_ref() {
+            if let Some(owned) = fresh.owned() {
+                k.state.set_owned(owned);
+            }
+            k.stats.set(stats.clone());
+            return Ok(k.state.clone());
+        }
+        let state = Arc::new(fresh);
+        state.expect_more_jobs();
+        let current = CurrentStats::from(stats.clone());
+        let server = serve(state.clone(), current.clone())?;
+        *kept = Some(Kept {
+            state: state.clone(),
+            stats: current,
+            server,
+        });
+        Ok(state)
+    }
+
+    /// The last job ended without an error: its last snapshot is final.
+    pub(crate) fn finish(&self) {
+        if let Ok(k) = self.0.lock() {
+            if let Some(k) = k.as_ref() {
+                k.state.finish();
+            }
+        }
+    }
+
+    /// Whether a server is kept (it answers until this is dropped).
+    pub(crate) fn serving(&self) -> bool {
+        self.0
+            .lock()
+            .map(|k| k.as_ref().is_some_and(|k| k.server.is_some()))
+            .unwrap_or(false)
     }
 }
 

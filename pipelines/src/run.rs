@@ -6,7 +6,7 @@ use std::time::Duration;
 use weir_engine::checkpoint::{self, CheckpointSpec, CheckpointStore};
 use weir_engine::job::{self, JobSpec, OperatorSpec, SourceSpec, StopHandle, WorkerOperator};
 use weir_engine::live::{LiveKind, LiveSpec, LiveState, LiveTableDef};
-use weir_engine::stats::RunStats;
+use weir_engine::stats::{CurrentStats, RunStats};
 use weir_engine::EngineError;
 use weir_operators::{ViewMerger, ViewWorker, WindowMerger, WindowWorker};
 use weir_query::{ServeConfig, SqlServer};
@@ -446,7 +446,9 @@ fn run_stats(
 }
 
 /// Live barriers publish snapshots for SQL and send views' changes to their sinks: the live
-/// state and the SQL server, when the plan serves SQL or a view has sinks.
+/// state and the SQL server, when the plan serves SQL or a view has sinks. A mode that keeps
+/// them across its jobs (a pool worker) gets its own back, serving this job's state and
+/// statistics: no server is returned to stop at the job's end.
 fn start_live(
     plan: &Plan,
     opts: &RunOptions,
@@ -454,27 +456,30 @@ fn start_live(
     stats: &Arc<RunStats>,
 ) -> Result<(Option<LiveSpec>, Option<SqlServer>), RunError> {
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
-    Ok(if plan.serve.is_some() || views_with_sinks {
-        let mut tables = Vec::new();
-        for w in &plan.windows {
-            let retain_ms = w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64;
-            tables.push(LiveTableDef::new(
-                &w.config.name,
-                LiveKind::Window { retain_ms },
-                &w.config.output_schema()?,
-                w.config.keys.clone(),
-            ));
-        }
-        for v in &plan.views {
-            tables.push(LiveTableDef::new(
-                &v.config.name,
-                LiveKind::View,
-                &v.config.output_schema()?,
-                v.config.keys.clone(),
-            ));
-        }
-        let state = Arc::new(hooks.live_scope(LiveState::new(&plan.name, tables)));
-        let server = match &plan.serve {
+    if plan.serve.is_none() && !views_with_sinks {
+        return Ok((None, None));
+    }
+    let mut tables = Vec::new();
+    for w in &plan.windows {
+        let retain_ms = w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64;
+        tables.push(LiveTableDef::new(
+            &w.config.name,
+            LiveKind::Window { retain_ms },
+            &w.config.output_schema()?,
+            w.config.keys.clone(),
+        ));
+    }
+    for v in &plan.views {
+        tables.push(LiveTableDef::new(
+            &v.config.name,
+            LiveKind::View,
+            &v.config.output_schema()?,
+            v.config.keys.clone(),
+        ));
+    }
+    let fresh = hooks.live_scope(LiveState::new(&plan.name, tables));
+    let serve = |state: Arc<LiveState>, stats: CurrentStats| -> Result<_, RunError> {
+        Ok(match &plan.serve {
             Some(sv) => Some(SqlServer::start(
                 &ServeConfig {
                     http: sv.http.clone(),
@@ -486,25 +491,29 @@ fn start_live(
                     peers: hooks.sql_peers(),
                     graph: plan.console_graph(),
                 },
-                state.clone(),
-                stats.clone(),
+                state,
+                stats,
             )?),
             None => None,
-        };
-        let refresh_ms = plan
-            .serve
-            .as_ref()
-            .map_or(DEFAULT_REFRESH_MS, |sv| sv.refresh_ms);
-        (
-            Some(LiveSpec {
-                state,
-                interval: Duration::from_millis(refresh_ms),
-            }),
-            server,
-        )
-    } else {
-        (None, None)
-    })
+        })
+    };
+    let (state, server) = match hooks.kept_live() {
+        Some(kept) => (kept.for_job(fresh, stats, serve)?, None),
+        None => {
+            let state = Arc::new(fresh);
+            let server = serve(state.clone(), stats.clone().into())?;
+            (state, server)
+        }
+    };
+    let refresh_ms = plan
+        .serve
+        .as_ref()
+        .map_or(DEFAULT_REFRESH_MS, |sv| sv.refresh_ms);
+    let live = LiveSpec {
+        state,
+        interval: Duration::from_millis(refresh_ms),
+    };
+    Ok((Some(live), server))
 }
 
 /// What the run did, from its statistics.

@@ -507,7 +507,7 @@ impl QueryEngine {
     /// run), and in a pool those of the other workers.
     pub fn with_dead_letters(
         mut self,
-        stats: Arc<weir_engine::stats::RunStats>,
+        stats: impl Into<weir_engine::stats::CurrentStats>,
         peers: Option<Arc<Peers>>,
     ) -> Result<Self, QueryError> {
         let ctx = SessionContext::new_with_state(self.base.clone());

@@ -8,7 +8,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weir_engine::live::LiveState;
-use weir_engine::stats::RunStats;
+use weir_engine::stats::CurrentStats;
 
 use crate::engine::{QueryEngine, QueryLimits};
 use crate::http::{router, HttpState};
@@ -93,8 +93,9 @@ impl SqlServer {
     pub fn start(
         config: &ServeConfig,
         live: Arc<LiveState>,
-        stats: Arc<RunStats>,
+        stats: impl Into<CurrentStats>,
     ) -> Result<Self, ServeError> {
+        let stats: CurrentStats = stats.into();
         let http_addr = config
             .http
             .as_deref()

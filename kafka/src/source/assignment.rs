@@ -90,7 +90,14 @@ impl KafkaReader {
             match started {
                 Ok(w) => self.committed = Some(Arc::new(w)),
                 Err(e) => {
-                    tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the group's committed offsets; will try again");
+                    // tried again every round of the wait: said once a minute
+                    let due = self
+                        .committed_warned
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+                    if due {
+                        self.committed_warned = Some(Instant::now());
+                        tracing::warn!(source = %self.name, error = %e, "kafka: cannot read the group's committed offsets; will try again");
+                    }
                 }
             }
         }

@@ -76,6 +76,8 @@ pub struct KafkaReader {
     /// In a pool reading until caught up: the group's committed offsets, read off this
     /// thread.
     pub(super) committed: Option<Arc<CommittedWatch>>,
+    /// When the reader last said the watch cannot start (it says so once a minute).
+    pub(super) committed_warned: Option<Instant>,
     /// When the group last assigned or revoked partitions (or the reader joined it).
     pub(super) group_moved: Instant,
     /// The group assigned this reader partitions (maybe none) at least once.
@@ -163,6 +165,7 @@ impl KafkaReader {
             wait,
             checked_elsewhere: None,
             committed: None,
+            committed_warned: None,
             group_moved: Instant::now(),
             joined: false,
             flushed_to_wait: false,
@@ -856,8 +859,21 @@ impl PartitionReader for KafkaReader {
         Ok(())
     }
 
-    fn finish(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
-        self.commit(CommitMode::Sync)?;
+    fn finish(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        // A pool job ended by a rebalance: the group's generation is moving, and a
+        // synchronous commit then fails only after librdkafka's 5 s of retries, which held
+        // the next job (and so the partitions the worker keeps) that long. In a pool the
+        // committed offsets serve the lag and the repartition backpressure, never a restart:
+        // the next commit carries them. Reading until caught up, the workers tell partitions
+        // read to their end elsewhere by these offsets: they are committed before the
+        // partitions go.
+        let handed_over = self.config.pool.is_some() && ctx.handover.load(Ordering::Relaxed);
+        let mode = if handed_over && !self.config.until_caught_up {
+            CommitMode::Async
+        } else {
+            CommitMode::Sync
+        };
+        self.commit(mode)?;
         if self.config.pool.is_none() {
             self.close();
         }

@@ -9,7 +9,9 @@
 //! to that checkpoint's offsets. A rebalance that assigns or revokes partitions ends the job
 //! with a hand-over checkpoint, committed before the revoked partitions are released; the
 //! next job starts with the new assignment. The Kafka readers (and so the group membership
-//! and what they read but did not hand out yet) outlive the jobs.
+//! and what they read but did not hand out yet) outlive the jobs, and so do the live state
+//! and the SQL server (`KeptLive`): queries, subscriptions and metrics scrapes go on through
+//! a rebalance, each new job publishing into the same state.
 //!
 //! Outputs stay exactly once per worker: every worker writes its own files (the worker id
 //! before the extension), transactional Kafka sinks and PostgreSQL sinks commit under the
@@ -28,7 +30,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::connectors::{internal_topic, OpenSource, OpenedSource, PooledSource};
-use crate::mode::{JobHooks, RunMode};
+use crate::mode::{JobHooks, KeptLive, RunMode};
 use crate::plan::{Plan, PlannedSource};
 use crate::run::{PoolRefusal, RunError, RunOptions, RunSummary};
 use weir_engine::EngineError;
@@ -126,6 +128,8 @@ pub(crate) struct PoolJob<'a> {
     pub peers: Option<Arc<Peers>>,
     /// The worker's repartition stages.
     pub stages: Vec<Arc<weir_engine::stage_stats::StageStats>>,
+    /// The worker's live state and SQL server, kept across its jobs.
+    pub live: &'a KeptLive,
 }
 
 impl JobHooks for PoolJob<'_> {
@@ -161,6 +165,10 @@ impl JobHooks for PoolJob<'_> {
 
     fn stages(&self) -> Vec<Arc<weir_engine::stage_stats::StageStats>> {
         self.stages.clone()
+    }
+
+    fn kept_live(&self) -> Option<&KeptLive> {
+        Some(self.live)
     }
 }
 

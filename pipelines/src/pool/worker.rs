@@ -14,7 +14,7 @@ use crate::connectors::{
     internal_topic, DeadLetterConnector, OwnedPartitions, PoolSource, PooledSource, Repartition,
     Repartitioning, RunningRepartition, SinkConnector,
 };
-use crate::mode::RunMode;
+use crate::mode::{KeptLive, RunMode};
 use crate::plan::Plan;
 use crate::run::{check_compatible, run_job, PoolRefusal, RunError, RunOptions, RunSummary};
 use weir_engine::checkpoint::{CheckpointSpec, Manifest, Ownership, PartitionColumn};
@@ -146,8 +146,20 @@ pub(super) fn run_worker(
         outputs,
         peers,
         stages: stages.stats(),
+        live: KeptLive::default(),
     };
     let result = run_worker_jobs(&w);
+    if result.is_ok() {
+        w.live.finish();
+    }
+    if result.is_ok() && opts.keep_serving && w.live.serving() {
+        tracing::info!("every partition is read to its end; still answering SQL until stopped");
+        while !opts.stop.is_stopped() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // the SQL server stops here, after the last job
+    drop(w);
     drop(announcer);
     match (result, stages.finish()) {
         (Err(e), _) => Err(e),
@@ -406,6 +418,8 @@ struct Worker {
     outputs: ConfiguredOutputs,
     peers: Option<Arc<Peers>>,
     stages: Vec<Arc<StageStats>>,
+    /// The live state and SQL server, kept across the jobs.
+    live: KeptLive,
 }
 
 /// Runs jobs over the current assignment until one ends for another reason than a
@@ -423,6 +437,7 @@ fn run_jobs(
         outputs,
         peers,
         stages,
+        live,
     } = w;
     let Some(planned) = &plan.checkpoint else {
         return Err(PoolRefusal::NoCheckpoint.into());
@@ -506,6 +521,7 @@ fn run_jobs(
                 .collect(),
             peers: peers.clone(),
             stages: stages.clone(),
+            live,
         };
         let result = run_job(plan, &job_opts, Some(checkpoint), &job);
         done.store(true, Ordering::Relaxed);

@@ -21,7 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::scalar::ScalarValue;
 use weir_engine::dead_letter::RecentDeadLetter;
 use weir_engine::live::LiveState;
-use weir_engine::stats::RunStats;
+use weir_engine::stats::CurrentStats;
 
 use crate::peers::Peers;
 
@@ -49,7 +49,7 @@ pub fn schema() -> SchemaRef {
 
 /// The table over a run's kept dead letters.
 pub struct DeadLettersTable {
-    stats: Arc<RunStats>,
+    stats: CurrentStats,
     live: Arc<LiveState>,
     schema: SchemaRef,
     peers: Option<Arc<Peers>>,
@@ -62,9 +62,13 @@ impl std::fmt::Debug for DeadLettersTable {
 }
 
 impl DeadLettersTable {
-    pub fn new(stats: Arc<RunStats>, live: Arc<LiveState>, peers: Option<Arc<Peers>>) -> Self {
+    pub fn new(
+        stats: impl Into<CurrentStats>,
+        live: Arc<LiveState>,
+        peers: Option<Arc<Peers>>,
+    ) -> Self {
         DeadLettersTable {
-            stats,
+            stats: stats.into(),
             live,
             schema: schema(),
             peers,
@@ -79,6 +83,7 @@ impl DeadLettersTable {
     ) -> DfResult<RecordBatch> {
         let kept: Vec<Arc<RecentDeadLetter>> = self
             .stats
+            .get()
             .recent_dead_letters
             .list()
             .into_iter()
@@ -201,6 +206,7 @@ mod tests {
     use super::*;
     use crate::engine::{QueryEngine, QueryLimits};
     use weir_engine::dead_letter::{DeadLetter, ErrorInfo, PartitionInfo, Reason};
+    use weir_engine::stats::RunStats;
 
     fn letter(
         p: &Arc<PartitionInfo>,

@@ -474,7 +474,7 @@ async fn state_json(
     let engine = &state.engine;
     let live = engine.live();
     let snap = live.current();
-    let stats = &state.metrics.stats;
+    let stats = &*state.metrics.stats.get();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let now = weir_engine::time::now_ms();
     let c = &stats.checkpoints;

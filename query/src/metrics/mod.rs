@@ -17,7 +17,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use weir_engine::live::{LiveKind, LiveSnapshot, LiveState, PartitionStatus};
 use weir_engine::retry::{CircuitState, OutputHealth};
-use weir_engine::stats::{Histogram, RunStats, SourceStats, DELIVERY_FAILURE_CLASSES};
+use weir_engine::stats::{
+    CurrentStats, Histogram, RunStats, SourceStats, DELIVERY_FAILURE_CLASSES,
+};
 use weir_engine::time::now_ms;
 
 use crate::engine::QueryEngine;
@@ -78,14 +80,15 @@ impl Format {
 
 /// What `/metrics` and `/ready` read.
 pub struct Metrics {
-    pub stats: Arc<RunStats>,
+    /// The statistics of the job running now.
+    pub stats: CurrentStats,
     /// The collector, its samples labelled `pipeline`.
     registry: Registry,
 }
 
 /// Reads the figures when scraped.
 struct Collect {
-    stats: Arc<RunStats>,
+    stats: CurrentStats,
     engine: Arc<QueryEngine>,
 }
 
@@ -656,7 +659,7 @@ impl Collector for Collect {
     fn encode(&self, mut e: DescriptorEncoder) -> Encoded {
         let live = self.engine.live();
         let snap = live.current();
-        let s = &self.stats;
+        let s = &*self.stats.get();
         sources(&mut e, s)?;
         operators(&mut e, s, live, &snap)?;
         sinks(&mut e, s)?;
@@ -670,7 +673,8 @@ impl Collector for Collect {
 
 impl Metrics {
     /// The metrics of a run's counters and of the engine serving its state.
-    pub fn new(stats: Arc<RunStats>, engine: Arc<QueryEngine>) -> Metrics {
+    pub fn new(stats: impl Into<CurrentStats>, engine: Arc<QueryEngine>) -> Metrics {
+        let stats = stats.into();
         let pipeline = engine.live().pipeline.clone();
         let mut registry =
             Registry::with_labels([(Cow::Borrowed("pipeline"), Cow::Owned(pipeline))].into_iter());
@@ -701,7 +705,7 @@ impl Metrics {
     /// wait (an unreachable schema registry), a checkpoint
     /// overdue, a sink whose circuit is open.
     pub fn not_ready(&self, engine: &QueryEngine) -> Vec<String> {
-        let s = &self.stats;
+        let s = &*self.stats.get();
         let mut reasons = Vec::new();
         let snap = engine.live().current();
         if snap.seq == 0 {

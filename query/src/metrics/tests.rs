@@ -119,6 +119,7 @@ fn webhook_sinks_show_deliveries_failures_by_class_and_latency() {
     d.failed(2);
     d.latency.observe(0.02);
     m.stats
+        .get()
         .deliveries
         .lock()
         .unwrap()
