@@ -37,13 +37,9 @@ cleanup() {
 trap cleanup EXIT
 live=()
 if [[ "${MOCK_LIVE:-0}" == 1 ]]; then live=(--live); fi
-"$MOCK" --partitions 12 --key datasetName --topic events --ignore-stdin "${live[@]}" "$events" >"$work/mock.out" &
+"$MOCK" --partitions 12 --key datasetName --topic events --ignore-stdin "${live[@]}" "$events" >"$work/mock.out" 2>"$work/mock.err" &
 mock_pid=$!
-until grep -q '^ready' "$work/mock.out" 2>/dev/null; do
-  kill -0 "$mock_pid" 2>/dev/null || { echo "mock_kafka exited:"; cat "$work/mock.out"; exit 1; }
-  sleep 0.2
-done
-BROKERS=$(head -1 "$work/mock.out")
+mock_ready "$mock_pid" "$work/mock.out" "$work/mock.err"
 echo "mock cluster at $BROKERS: $(grep '^ready' "$work/mock.out")" >&2
 
 pipeline() { # $1: the source's YAML

@@ -27,3 +27,19 @@ dead_letter: { file: { path: $dir/dead.ndjson } }
 $extra
 YAML
 }
+
+# mock_ready PID OUT ERR: waits until the mock cluster of process PID (benches/src/bin/mock_kafka.rs,
+# its stdout in OUT and stderr in ERR) prints `ready`, and sets BROKERS to its bootstrap servers;
+# exits with its errors if it ends first.
+mock_ready() {
+  local pid=$1 out=$2 err=$3
+  until grep -q '^ready' "$out" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "mock_kafka exited:" >&2
+      cat "$out" "$err" >&2 2>/dev/null || true
+      exit 1
+    fi
+    sleep 0.2
+  done
+  BROKERS=$(head -1 "$out")
+}

@@ -53,11 +53,7 @@ start_mock() { # $1 = mode; sets BROKERS
   fi
   "$MOCK" "${args[@]}" "$work/events.ndjson" >"$work/mock.out" 2>"$work/mock.err" &
   mock_pid=$!
-  until grep -q '^ready' "$work/mock.out" 2>/dev/null; do
-    if ! kill -0 "$mock_pid" 2>/dev/null; then cat "$work/mock.err" >&2; exit 1; fi
-    sleep 0.2
-  done
-  BROKERS=$(head -1 "$work/mock.out")
+  mock_ready "$mock_pid" "$work/mock.out" "$work/mock.err"
 }
 
 pipeline() { # $1 = dir, $2 = pipeline name, $3 = mode

@@ -48,11 +48,7 @@ else
   "$MOCK" --partitions "$PARTITIONS" --topic "$topic" --ignore-stdin "$work/empty.ndjson" \
     >"$work/mock.out" 2>"$work/mock.err" &
   mock_pid=$!
-  until grep -q '^ready' "$work/mock.out" 2>/dev/null; do
-    if ! kill -0 "$mock_pid" 2>/dev/null; then cat "$work/mock.err" >&2; exit 1; fi
-    sleep 0.2
-  done
-  BROKERS=$(head -1 "$work/mock.out")
+  mock_ready "$mock_pid" "$work/mock.out" "$work/mock.err"
 fi
 bench_pipeline "$name" "$work" \
   "kafka: { brokers: \"$BROKERS\", topic: $topic, group_id: $name, start_from: earliest }

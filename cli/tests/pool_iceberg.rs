@@ -22,9 +22,12 @@ mod crash;
 mod iceberg;
 #[path = "support/kafka.rs"]
 mod kafka_support;
+#[path = "support/pool.rs"]
+mod pool_support;
 #[path = "support/postgres.rs"]
 mod postgres;
 use kafka_support::{brokers, tool, unique, Running};
+use pool_support::{has_claims, slices_of};
 
 const ORACLE_AGGREGATES: &[&str] = &[
     "events=count",
@@ -66,24 +69,6 @@ impl SliceProducer {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-fn slices_of(events: &Path, per: usize) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string(events).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    lines
-        .chunks(per)
-        .enumerate()
-        .map(|(i, c)| {
-            let p = events.with_file_name(format!("slice-{i:02}.ndjson"));
-            std::fs::write(&p, c.join("\n") + "\n").unwrap();
-            p
-        })
-        .collect()
-}
-
-fn has_claims(r: &Running) -> bool {
-    r.lines().iter().any(|l| l.contains("partition claimed"))
 }
 
 fn rows(table: &iceberg::Table, reader: &str) -> Vec<Row> {
