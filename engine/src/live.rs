@@ -232,6 +232,10 @@ pub struct LiveState {
     /// More jobs follow the one publishing (a pool worker's state, kept across its jobs): a
     /// job's last snapshot does not finish the state, [`LiveState::finish`] does.
     jobs_follow: AtomicBool,
+    /// A job ended and the next one has not published yet: the last snapshot may hold rows
+    /// of partitions another worker reads now, so queries are refused (see
+    /// [`LiveState::between_jobs`]).
+    between_jobs: AtomicBool,
 }
 
 /// The partitions (`source`, `partition`) a pool worker's job owns.
@@ -251,6 +255,7 @@ impl LiveState {
             current: RwLock::new(Arc::new(empty)),
             pool: None,
             jobs_follow: AtomicBool::new(false),
+            between_jobs: AtomicBool::new(false),
         }
     }
 
@@ -316,13 +321,31 @@ impl LiveState {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if self.jobs_follow.load(Ordering::SeqCst) {
+        // a job's last snapshot, when more jobs follow: the partitions it read may be
+        // released next (it is published before the job's hand-over commits)
+        let job_ended = snapshot.finished && self.jobs_follow.load(Ordering::SeqCst);
+        if job_ended {
             snapshot.finished = false;
         }
+        self.between_jobs.store(job_ended, Ordering::SeqCst);
         if snapshot.seq > 0 && snapshot.seq <= g.seq {
             snapshot.seq = g.seq + 1;
         }
         *g = Arc::new(snapshot);
+    }
+
+    /// A job ended (also on an error) and the next one has not published yet.
+    pub fn end_job(&self) {
+        if self.jobs_follow.load(Ordering::SeqCst) {
+            self.between_jobs.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the state is between two jobs of a pool worker: the last snapshot may hold
+    /// rows of partitions that moved to another worker, whose own rows a query over the pool
+    /// would count twice; answers wait for the next job's first snapshot.
+    pub fn between_jobs(&self) -> bool {
+        self.between_jobs.load(Ordering::SeqCst)
     }
 
     /// From now on, a job's last snapshot does not finish the state: more jobs follow.
@@ -334,6 +357,7 @@ impl LiveState {
     /// (subscribers are told so), as a job's last snapshot is outside a pool.
     pub fn finish(&self) {
         self.jobs_follow.store(false, Ordering::SeqCst);
+        self.between_jobs.store(false, Ordering::SeqCst);
         let mut last = (*self.current()).clone();
         last.finished = true;
         self.publish(last);
@@ -406,18 +430,23 @@ mod tests {
         };
         // the first job: 1, 2, then its last snapshot, which does not finish the state
         state.publish(snapshot(1, false));
+        assert!(!state.between_jobs());
         state.publish(snapshot(2, true));
         assert_eq!(state.current().seq, 2);
         assert!(!state.current().finished, "more jobs follow");
+        assert!(state.between_jobs(), "its partitions may move now");
         // the next job numbers from 1 again, and owns another partition
         state.set_owned(owned("t/1"));
         assert!(state.owns("events", "t/1") && !state.owns("events", "t/0"));
         state.publish(snapshot(1, false));
+        assert!(!state.between_jobs());
         assert_eq!(state.current().seq, 3, "numbers keep growing");
+        state.end_job();
+        assert!(state.between_jobs(), "a job that failed ends too");
         state.publish(snapshot(2, false));
         assert_eq!(state.current().seq, 4);
         state.finish();
-        assert!(state.current().finished);
+        assert!(state.current().finished && !state.between_jobs());
         assert_eq!(state.current().seq, 5, "the final snapshot is a new one");
         // outside a pool, a job's last snapshot finishes the state
         let alone = LiveState::new("p", vec![]);

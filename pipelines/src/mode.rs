@@ -126,6 +126,15 @@ impl KeptLive {
         Ok(state)
     }
 
+    /// A job ended: queries wait for the next one's first snapshot.
+    pub(crate) fn end_job(&self) {
+        if let Ok(k) = self.0.lock() {
+            if let Some(k) = k.as_ref() {
+                k.state.end_job();
+            }
+        }
+    }
+
     /// The last job ended without an error: its last snapshot is final.
     pub(crate) fn finish(&self) {
         if let Ok(k) = self.0.lock() {

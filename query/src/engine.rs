@@ -57,6 +57,10 @@ pub enum QueryError {
     /// Failed while running.
     #[error("{0}")]
     Execution(String),
+    /// A pool worker is between two jobs (a rebalance moves partitions): its last state may
+    /// hold rows another worker holds now.
+    #[error("this worker of the pool is between two jobs (partitions are moving between workers); try again in a moment")]
+    Rebalancing,
 }
 
 impl QueryError {
@@ -71,6 +75,7 @@ impl QueryError {
             QueryError::TooComplex(_) => "statement_too_complex",
             QueryError::ResultTooLarge(_) => "result_too_large",
             QueryError::Execution(_) => "execution_error",
+            QueryError::Rebalancing => "rebalancing",
         }
     }
 
@@ -98,6 +103,8 @@ impl QueryError {
             QueryError::TooComplex(_) => "54001",
             QueryError::ResultTooLarge(_) => "54000",
             QueryError::Execution(_) => "XX000",
+            // cannot_connect_now: a retry succeeds once the next job is up
+            QueryError::Rebalancing => "57P03",
         }
     }
 
@@ -641,6 +648,9 @@ impl QueryEngine {
     /// endpoint's Parse and Describe: planned under a permit and the time limit.
     pub async fn describe(&self, sql: &str) -> Result<(Vec<DataType>, SchemaRef), QueryError> {
         self.check_text(sql)?;
+        if self.live.between_jobs() {
+            return Err(QueryError::Rebalancing);
+        }
         let permit = self.permit().await?;
         let ctx = self.session(false)?;
         let sql = sql.to_string();

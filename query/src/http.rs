@@ -160,7 +160,7 @@ async fn sql(
         ),
         Err(e) => {
             let status = match e {
-                QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                QueryError::Busy(_) | QueryError::Rebalancing => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };
             error(status, e.code(), &e.to_string())

@@ -524,6 +524,8 @@ fn run_jobs(
             live,
         };
         let result = run_job(plan, &job_opts, Some(checkpoint), &job);
+        // until the next job publishes, queries wait (also after a job that failed)
+        live.end_job();
         done.store(true, Ordering::Relaxed);
         let _ = forward.join();
         let s = result?;
