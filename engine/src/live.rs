@@ -321,9 +321,15 @@ impl LiveState {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        let follows = self.jobs_follow.load(Ordering::SeqCst);
+        if follows && snapshot.seq == 0 && g.seq > 0 {
+            // a new job's placeholder (empty tables, before its first barrier): the last
+            // job's rows stay (refused while between jobs), and subscribers see no churn
+            return;
+        }
         // a job's last snapshot, when more jobs follow: the partitions it read may be
         // released next (it is published before the job's hand-over commits)
-        let job_ended = snapshot.finished && self.jobs_follow.load(Ordering::SeqCst);
+        let job_ended = snapshot.finished && follows;
         if job_ended {
             snapshot.finished = false;
         }
@@ -354,13 +360,16 @@ impl LiveState {
     }
 
     /// No job follows the last one, which ended without an error: its last snapshot is final
-    /// (subscribers are told so), as a job's last snapshot is outside a pool.
-    pub fn finish(&self) {
+    /// (subscribers are told so), as a job's last snapshot is outside a pool. Queries are
+    /// answered from it when `serve` (the worker still holds its partitions), else refused
+    /// (they are being released).
+    pub fn finish(&self, serve: bool) {
         self.jobs_follow.store(false, Ordering::SeqCst);
-        self.between_jobs.store(false, Ordering::SeqCst);
+        self.between_jobs.store(!serve, Ordering::SeqCst);
         let mut last = (*self.current()).clone();
         last.finished = true;
         self.publish(last);
+        self.between_jobs.store(!serve, Ordering::SeqCst);
     }
 
     /// The index of a table by name.
@@ -435,7 +444,11 @@ mod tests {
         assert_eq!(state.current().seq, 2);
         assert!(!state.current().finished, "more jobs follow");
         assert!(state.between_jobs(), "its partitions may move now");
-        // the next job numbers from 1 again, and owns another partition
+        // the next job's placeholder changes nothing; it numbers from 1 again, and owns
+        // another partition
+        state.publish(snapshot(0, false));
+        assert_eq!(state.current().seq, 2);
+        assert!(state.between_jobs(), "until its first real snapshot");
         state.set_owned(owned("t/1"));
         assert!(state.owns("events", "t/1") && !state.owns("events", "t/0"));
         state.publish(snapshot(1, false));
@@ -445,7 +458,7 @@ mod tests {
         assert!(state.between_jobs(), "a job that failed ends too");
         state.publish(snapshot(2, false));
         assert_eq!(state.current().seq, 4);
-        state.finish();
+        state.finish(true);
         assert!(state.current().finished && !state.between_jobs());
         assert_eq!(state.current().seq, 5, "the final snapshot is a new one");
         // outside a pool, a job's last snapshot finishes the state

@@ -135,11 +135,12 @@ impl KeptLive {
         }
     }
 
-    /// The last job ended without an error: its last snapshot is final.
-    pub(crate) fn finish(&self) {
+    /// The last job ended without an error: its last snapshot is final, answered from if
+    /// `serve` (see [`LiveState::finish`]).
+    pub(crate) fn finish(&self, serve: bool) {
         if let Ok(k) = self.0.lock() {
             if let Some(k) = k.as_ref() {
-                k.state.finish();
+                k.state.finish(serve);
             }
         }
     }

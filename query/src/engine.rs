@@ -88,6 +88,7 @@ impl QueryError {
                 | QueryError::Busy(_)
                 | QueryError::TooComplex(_)
                 | QueryError::ResultTooLarge(_)
+                | QueryError::Rebalancing
         )
     }
 
@@ -103,8 +104,9 @@ impl QueryError {
             QueryError::TooComplex(_) => "54001",
             QueryError::ResultTooLarge(_) => "54000",
             QueryError::Execution(_) => "XX000",
-            // cannot_connect_now: a retry succeeds once the next job is up
-            QueryError::Rebalancing => "57P03",
+            // serialization_failure: what clients retry, without dropping the connection
+            // (poolers take 57P03, cannot_connect_now, for a server going away)
+            QueryError::Rebalancing => "40001",
         }
     }
 
@@ -113,6 +115,11 @@ impl QueryError {
         let message = clean(root);
         if matches!(root, DataFusionError::ResourcesExhausted(_)) {
             return QueryError::Memory(message);
+        }
+        if let DataFusionError::External(e) = root {
+            if let Some(crate::peers::PeerError::Rebalancing { .. }) = e.downcast_ref() {
+                return QueryError::Rebalancing;
+            }
         }
         match phase {
             Phase::Plan => QueryError::Sql(message),
@@ -648,9 +655,6 @@ impl QueryEngine {
     /// endpoint's Parse and Describe: planned under a permit and the time limit.
     pub async fn describe(&self, sql: &str) -> Result<(Vec<DataType>, SchemaRef), QueryError> {
         self.check_text(sql)?;
-        if self.live.between_jobs() {
-            return Err(QueryError::Rebalancing);
-        }
         let permit = self.permit().await?;
         let ctx = self.session(false)?;
         let sql = sql.to_string();
@@ -744,6 +748,9 @@ impl QueryEngine {
         encoding: Encoding,
     ) -> Result<Answer, QueryError> {
         self.check_text(sql)?;
+        if self.live.between_jobs() {
+            return Err(QueryError::Rebalancing);
+        }
         let permit = self.permit().await?;
         let caps = self.caps();
         // the fast path reads this worker's state alone
@@ -770,5 +777,25 @@ impl QueryEngine {
             collect(ctx, plan, caps, encoding, deadline).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod rebalancing_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_between_two_jobs_makes_the_query_a_rebalancing_refusal() {
+        let peer = crate::peers::PeerError::Rebalancing {
+            worker: "w2".into(),
+            addr: "127.0.0.1:1".into(),
+        };
+        let e = DataFusionError::Context(
+            "scanning".into(),
+            Box::new(DataFusionError::External(Box::new(peer))),
+        );
+        let q = QueryError::from_df(e, Phase::Run);
+        assert!(matches!(q, QueryError::Rebalancing), "{q:?}");
+        assert_eq!((q.code(), q.sqlstate()), ("rebalancing", "40001"));
     }
 }

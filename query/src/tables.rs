@@ -48,7 +48,7 @@ pub(crate) async fn remote_rows(
     let batches = peers
         .fetch(table)
         .await
-        .map_err(datafusion::error::DataFusionError::Execution)?;
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     batches
         .into_iter()
         .filter(|b| b.num_rows() > 0)

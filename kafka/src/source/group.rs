@@ -399,6 +399,9 @@ impl ConsumerContext for GroupContext {
                     // the run checkpoints and commits its state before the partitions go
                     if !revoked.is_empty() {
                         handed_over = self.end_run();
+                        if let Some(pool) = &self.pool {
+                            (pool.releasing)();
+                        }
                     }
                 } else {
                     self.settle(&revoked);
@@ -431,6 +434,26 @@ impl ConsumerContext for GroupContext {
     }
 
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+
+    /// An asynchronous commit that failed (a rebalance moved the group's generation): its
+    /// offsets are committed again by the next commit, even for a partition that got no
+    /// message since (`committable` skips what it believes committed).
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if result.is_ok() {
+            return;
+        }
+        if let Ok(mut committed) = self.committed.lock() {
+            for e in offsets.elements() {
+                if let Some(id) = self.ids.get(&(e.topic().to_string(), e.partition())) {
+                    committed.remove(id);
+                }
+            }
+        }
+    }
 }
 
 /// How long librdkafka waits before fetching again for a partition whose prefetch queue is

@@ -168,6 +168,9 @@ pub struct PoolHook {
     /// Claims newly assigned `(topic, partition)`s; gives where each one's checkpoint left it
     /// (`None`: no state yet, it starts as `start_from` says).
     pub claim: ClaimPartitions,
+    /// Called just before revoked partitions are released (after their hand-over, or
+    /// without it): what this worker shows of them must stop being answered from now on.
+    pub releasing: Arc<dyn Fn() + Send + Sync>,
     /// Called with revoked `(topic, partition)`s once their hand-over checkpoint is committed
     /// (`true`), or once they are given up without it (`false`: a timeout, backpressure).
     pub released: ReleasePartitions,

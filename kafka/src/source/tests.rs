@@ -129,6 +129,7 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
     let hook = PoolHook {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+        releasing: Arc::new(|| {}),
         finished: Arc::new(|_: &str, _: i32| Ok(true)),
         handover_timeout: Duration::from_secs(60),
     };
@@ -586,6 +587,7 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
     let hook = PoolHook {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+        releasing: Arc::new(|| {}),
         finished: Arc::new(move |_: &str, p: i32| Ok(f[p as usize].load(Ordering::SeqCst))),
         handover_timeout: Duration::from_secs(60),
     };

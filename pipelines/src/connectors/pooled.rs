@@ -34,6 +34,9 @@ pub struct PoolSource<'a> {
     pub pool: &'a Arc<PoolStore>,
     /// Where the reader records the partitions it claims and releases.
     pub owned: &'a OwnedPartitions,
+    /// Called just before the reader releases partitions to other workers (in a rebalance):
+    /// the worker stops answering SQL from the state that may still hold them.
+    pub releasing: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// What repartitioning a source through an internal topic needs.

@@ -146,18 +146,9 @@ pub(super) fn run_worker(
         outputs,
         peers,
         stages: stages.stats(),
-        live: KeptLive::default(),
+        live: Arc::new(KeptLive::default()),
     };
     let result = run_worker_jobs(&w);
-    if result.is_ok() {
-        w.live.finish();
-    }
-    if result.is_ok() && opts.keep_serving && w.live.serving() {
-        tracing::info!("every partition is read to its end; still answering SQL until stopped");
-        while !opts.stop.is_stopped() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
     // the SQL server stops here, after the last job
     drop(w);
     drop(announcer);
@@ -344,9 +335,25 @@ fn run_worker_jobs(w: &Worker) -> Result<RunSummary, RunError> {
     let mut summary = None;
     loop {
         let owned: OwnedPartitions = Arc::new(Mutex::new(BTreeMap::new()));
-        let sources = pooled_sources(&w.plan, &w.opts, &w.pool, &owned)?;
+        let releasing: Arc<dyn Fn() + Send + Sync> = {
+            let live = w.live.clone();
+            Arc::new(move || live.end_job())
+        };
+        let sources = pooled_sources(&w.plan, &w.opts, &w.pool, &owned, &releasing)?;
         match run_jobs(w, &sources, &owned, &mut summary) {
             Ok(()) => {
+                // the last job ended: subscribers are told; with --keep-serving the worker
+                // answers from its last state while it still holds its partitions
+                let serve = w.opts.keep_serving && w.live.serving();
+                w.live.finish(serve);
+                if serve {
+                    tracing::info!(
+                        "every partition is read to its end; still answering SQL until stopped"
+                    );
+                    while !w.opts.stop.is_stopped() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
                 for s in &sources {
                     s.lock()?.close();
                 }
@@ -373,6 +380,7 @@ fn pooled_sources(
     opts: &RunOptions,
     pool: &Arc<PoolStore>,
     owned: &OwnedPartitions,
+    releasing: &Arc<dyn Fn() + Send + Sync>,
 ) -> Result<Vec<PooledSource>, RunError> {
     let mut out = Vec::new();
     let mut first_partition = 0;
@@ -385,6 +393,7 @@ fn pooled_sources(
             caught_up_timeout: opts.caught_up_timeout,
             pool,
             owned,
+            releasing: releasing.clone(),
         })?;
         first_partition += source.keys.len();
         out.push(source);
@@ -419,7 +428,7 @@ struct Worker {
     peers: Option<Arc<Peers>>,
     stages: Vec<Arc<StageStats>>,
     /// The live state and SQL server, kept across the jobs.
-    live: KeptLive,
+    live: Arc<KeptLive>,
 }
 
 /// Runs jobs over the current assignment until one ends for another reason than a

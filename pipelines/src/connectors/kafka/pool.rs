@@ -99,6 +99,7 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
             }
         }),
         handover_timeout: HANDOVER_TIMEOUT,
+        releasing: at.releasing.clone(),
     }
 }
 
