@@ -17,9 +17,12 @@ mod kafka_support;
 mod pool_support;
 #[path = "support/sql.rs"]
 mod sql_support;
+#[path = "support/subscribe.rs"]
+mod subscribe_support;
 use kafka_support::{brokers, repo, tool, unique, Running};
 use pool_support::{claims_from, has_claims, slices_of};
 use sql_support::{sql_json, try_sql_json};
+use subscribe_support::Client;
 
 /// The SQL tests' reference values of the health view (tests/sql/health_reference.py).
 fn health_reference(events: &Path) -> Value {
@@ -195,49 +198,6 @@ fn a_query_to_any_worker_answers_over_the_whole_pool() {
     }
 }
 
-/// A subscription's client (`tests/subscribe/client.py follow`), its JSON lines read as they
-/// come.
-struct Follower {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<Value>,
-}
-
-impl Follower {
-    fn sse(port: u16, query: &str) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(crash::venv_python())
-            .arg(repo().join("tests/subscribe/client.py"))
-            .args(["follow", "--transport", "sse", "--seconds", "600"])
-            .args(["--port", &port.to_string(), "--query", query])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        Follower { child, lines }
-    }
-
-    /// The lines received so far.
-    fn received(&self) -> Vec<Value> {
-        self.lines.try_iter().collect()
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A worker's SQL endpoint outlives the jobs it runs between rebalances: queries of its own
 /// rows and metrics scrapes every 50 ms all answer (a query between two jobs is refused as
 /// such, never with a dropped connection), and a subscription opened before a second worker joins (partitions leave the
@@ -265,7 +225,12 @@ fn a_pool_workers_sql_and_subscriptions_stay_up_through_rebalances() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let follower = Follower::sse(pa, "table=service_status&snapshot=true");
+    let follower = Client::follow(
+        "sse",
+        pa,
+        "table=service_status&snapshot=true",
+        &["--seconds", "600"],
+    );
     // a client asking all along
     let asking = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let poller = {
@@ -407,7 +372,12 @@ fn a_pool_worker_keeps_serving_after_reading_until_caught_up() {
     a.wait_for("the worker to keep serving", |r| {
         r.lines().iter().any(|l| l.contains("still answering SQL"))
     });
-    let follower = Follower::sse(port, "table=service_status&snapshot=true");
+    let follower = Client::follow(
+        "sse",
+        port,
+        "table=service_status&snapshot=true",
+        &["--seconds", "600"],
+    );
     let started = Instant::now();
     let mut messages = Vec::new();
     while !messages.iter().any(|m: &Value| m["op"] == "finished") {

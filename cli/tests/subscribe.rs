@@ -6,28 +6,22 @@
 mod crash;
 #[path = "support/sql.rs"]
 mod sql_support;
+#[path = "support/subscribe.rs"]
+mod subscribe_support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crash::venv_python;
 use serde_json::{Map, Value};
 use sql_support::{free_port, sql_json, try_http, Running};
+use subscribe_support::Client;
 
 /// The `weir` binary: cargo's, or `WEIR_TEST_BIN` (a copy, when other checkouts share the
 /// target folder and may replace cargo's between the build and the test).
 fn weir() -> String {
     std::env::var("WEIR_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_string())
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 /// A pipeline of one generator, two views (one with `retain`, whose keys leave) and a
@@ -68,63 +62,6 @@ serve: {serve}
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
-}
-
-/// A client of `tests/subscribe/client.py`, its JSON lines read as they come.
-struct Client {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<Value>,
-}
-
-impl Client {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(venv_python())
-            .arg(repo().join("tests/subscribe/client.py"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        Client { child, lines }
-    }
-
-    fn follow(transport: &str, port: u16, query: &str, extra: &[&str]) -> Self {
-        let port = port.to_string();
-        let mut args = vec!["follow", "--transport", transport, "--port", &port];
-        args.extend(["--query", query]);
-        args.extend(extra);
-        Self::start(&args)
-    }
-
-    /// The next line, waiting up to `within`.
-    fn next(&self, within: Duration) -> Option<Value> {
-        self.lines.recv_timeout(within).ok()
-    }
-
-    /// Every line until the client exits.
-    fn all(mut self) -> Vec<Value> {
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the client failed: {status}");
-        self.lines.iter().collect()
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 type Row = Map<String, Value>;
