@@ -126,22 +126,24 @@ impl KeptLive {
         Ok(state)
     }
 
+    /// The kept state, once the first job made it.
+    fn state(&self) -> Option<Arc<LiveState>> {
+        let kept = self.0.lock().ok()?;
+        kept.as_ref().map(|k| k.state.clone())
+    }
+
     /// A job ended: queries wait for the next one's first snapshot.
     pub(crate) fn end_job(&self) {
-        if let Ok(k) = self.0.lock() {
-            if let Some(k) = k.as_ref() {
-                k.state.end_job();
-            }
+        if let Some(state) = self.state() {
+            state.end_job();
         }
     }
 
     /// The last job ended without an error: its last snapshot is final, answered from if
     /// `serve` (see [`LiveState::finish`]).
     pub(crate) fn finish(&self, serve: bool) {
-        if let Ok(k) = self.0.lock() {
-            if let Some(k) = k.as_ref() {
-                k.state.finish(serve);
-            }
+        if let Some(state) = self.state() {
+            state.finish(serve);
         }
     }
 
