@@ -203,10 +203,19 @@ fn main() -> ExitCode {
     match dispatch(cli.command, &telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!(
-                "error: {}",
-                weir_pipelines::secrets::redact(&report(&f.error))
-            );
+            let reported = report(&f.error);
+            let line = weir_pipelines::secrets::redact(&reported);
+            // a pipeline file's error is `file:line:column: message`, as the contract has it
+            // (and compilers print): no prefix before the position
+            let positioned = f
+                .error
+                .downcast_ref::<weir_pipelines::PipelineError>()
+                .is_some_and(|p| p.line > 0);
+            if positioned {
+                eprintln!("{line}");
+            } else {
+                eprintln!("error: {line}");
+            }
             ExitCode::from(f.code)
         }
     }

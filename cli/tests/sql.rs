@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crash::venv_python;
 use serde_json::Value;
-use sql_support::{free_port, http, sql_json, Running};
+use sql_support::{free_port, http, sql_json, try_http, Running};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -371,7 +371,7 @@ fn open_windows_show_before_they_close_and_every_snapshot_is_consistent() {
         // one query reads one snapshot: the view's counts add up to the events counted by then
         let r = sql_json(
             hp,
-            "SELECT (SELECT sum(checks) FROM service_status) AS in_view, \
+            "SELECT (SELECT coalesce(sum(checks), 0) FROM service_status) AS in_view, \
                     (SELECT max(events_in - bad) FROM weir_status) AS counted, \
                     (SELECT max(snapshot) FROM weir_status) AS snapshot",
         );
@@ -666,6 +666,81 @@ fn a_view_stopped_and_restored_from_its_checkpoint_counts_every_event_once() {
     assert_eq!(
         got, want,
         "per-key counts after a restore differ from an uninterrupted run"
+    );
+}
+
+/// A restart restores a view from its checkpoint: from the moment the endpoint accepts
+/// connections, every query either counts at least what the view held before the stop, or
+/// is refused as `starting` (503 over HTTP), never answered from tables still empty.
+#[test]
+fn a_restarted_view_is_never_answered_empty_while_it_restores() {
+    let source =
+        "    generator: { kind: service-health, count: 10000000, events_per_second: 3000, seed: 5 }";
+    let dir = tempfile::tempdir().unwrap();
+    let hp = free_port();
+    let pipeline = health_pipeline(
+        dir.path(),
+        source,
+        &format!("{{ http: \"127.0.0.1:{hp}\" }}"),
+        "checkpoint: { dir: state }\n",
+    );
+    let total = "SELECT count(*) AS keys, sum(checks) AS checks FROM service_status";
+    let checks = |rows: &[serde_json::Map<String, Value>]| rows[0]["checks"].as_u64().unwrap_or(0);
+    let mut first = Running::start(WEIR, &pipeline, &[]);
+    first.wait_http(hp);
+    let started = Instant::now();
+    let before = loop {
+        let n = checks(&sql_json(hp, total));
+        if n > 3000 || started.elapsed() > Duration::from_secs(30) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (code, _, err) = first.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(before > 3000, "the first run counted {before} checks");
+
+    // the same pipeline again: asked every few milliseconds from its first connection
+    let second = Running::start(WEIR, &pipeline, &[]);
+    let (mut answered, mut starting) = (0, 0);
+    let asked = Instant::now();
+    while asked.elapsed() < Duration::from_secs(60) && answered < 50 {
+        let body = serde_json::json!({ "query": total }).to_string();
+        let Ok(a) = try_http(
+            hp,
+            "POST",
+            "/sql",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        ) else {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        match a.status {
+            200 => {
+                let rows: Vec<serde_json::Map<String, Value>> =
+                    serde_json::from_slice(&a.body).unwrap();
+                let n = checks(&rows);
+                assert!(
+                    n >= before,
+                    "answered {n} checks while restoring; the view held {before} before the stop"
+                );
+                answered += 1;
+            }
+            503 => {
+                assert_eq!(a.json()["error"]["code"], "starting", "{}", text(&a.body));
+                starting += 1;
+            }
+            other => panic!("{other}: {}", text(&a.body)),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (code, out, err) = second.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("restored from checkpoint"), "{out}");
+    assert_eq!(
+        answered, 50,
+        "refused {starting} times, answered {answered}"
     );
 }
 

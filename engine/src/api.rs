@@ -233,6 +233,12 @@ impl<T: Committable + ?Sized> Committable for Box<T> {
 pub trait Sink: Committable {
     /// Writes rows.
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError>;
+    /// Writes rows of the window or view named `output`: what the job calls. A sink fed by
+    /// several outputs tells their rows apart by it; the others write them as they come.
+    fn write_output(&mut self, output: &str, batch: &RecordBatch) -> Result<(), EngineError> {
+        let _ = output;
+        self.write(batch)
+    }
     /// Rows the output refused for good since the last call (a document its index cannot
     /// map, a message over the broker's size limit): they go to the dead-letter output with
     /// the output's error, and the other rows go on. Asked after every call.

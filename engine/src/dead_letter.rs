@@ -97,7 +97,8 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// The record as one JSON object:
     /// `{source, topic, partition, offset, reason, error: {code, message, details}, raw}`
-    /// plus `file`/`line` (1-based) for files and `raw_base64` when the bytes are not UTF-8.
+    /// plus `file`/`line` (1-based) for files; bytes that are not UTF-8 are `raw` as base64,
+    /// with `raw_encoding: "base64"` (and `raw_base64`, the same, for earlier readers).
     pub fn to_json(&self) -> Value {
         let p = &self.partition;
         let mut obj = Map::new();
@@ -150,11 +151,12 @@ impl DeadLetter {
                     obj.insert("raw".into(), json!(s));
                 }
                 Err(_) => {
-                    obj.insert("raw".into(), Value::Null);
-                    obj.insert(
-                        "raw_base64".into(),
-                        json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                    );
+                    // the bytes as base64 (the contract's `raw`), said so by `raw_encoding`;
+                    // `raw_base64` repeats them for readers of earlier versions
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    obj.insert("raw".into(), json!(encoded));
+                    obj.insert("raw_encoding".into(), json!("base64"));
+                    obj.insert("raw_base64".into(), json!(encoded));
                 }
             },
         }
@@ -455,7 +457,10 @@ mod tests {
             raw: Some(vec![0xff, 0xfe]),
             ..d
         };
-        assert_eq!(d2.to_json()["raw_base64"], "//4=");
+        let j2 = d2.to_json();
+        assert_eq!(j2["raw"], "//4=");
+        assert_eq!(j2["raw_encoding"], "base64");
+        assert_eq!(j2["raw_base64"], "//4=");
         let recent = RecentDeadLetters::default();
         let long = DeadLetter {
             raw: Some(vec![b'x'; RecentDeadLetters::RAW_BYTES + 10]),

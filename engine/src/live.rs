@@ -236,6 +236,9 @@ pub struct LiveState {
     /// of partitions another worker reads now, so queries are refused (see
     /// [`LiveState::between_jobs`]).
     between_jobs: AtomicBool,
+    /// The job restores state that its first snapshot has not published yet: until then
+    /// the tables would answer empty, so queries are refused (see [`LiveState::starting`]).
+    starting: AtomicBool,
 }
 
 /// The partitions (`source`, `partition`) a pool worker's job owns.
@@ -256,7 +259,23 @@ impl LiveState {
             pool: None,
             jobs_follow: AtomicBool::new(false),
             between_jobs: AtomicBool::new(false),
+            starting: AtomicBool::new(false),
         }
+    }
+
+    /// The job about to publish restores state from a checkpoint: until its first snapshot
+    /// (or a finished one), the tables would show none of it, and queries are refused.
+    pub fn restoring(&self) {
+        let now = self.current();
+        if now.seq == 0 && !now.finished {
+            self.starting.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the state restored from a checkpoint is not published yet (see
+    /// [`LiveState::restoring`]).
+    pub fn starting(&self) -> bool {
+        self.starting.load(Ordering::SeqCst)
     }
 
     /// The state of pool worker `worker`, whose job owns `owned` (`source`, `partition`).
@@ -334,6 +353,9 @@ impl LiveState {
             snapshot.finished = false;
         }
         self.between_jobs.store(job_ended, Ordering::SeqCst);
+        if snapshot.seq > 0 || snapshot.finished {
+            self.starting.store(false, Ordering::SeqCst);
+        }
         if snapshot.seq > 0 && snapshot.seq <= g.seq {
             snapshot.seq = g.seq + 1;
         }

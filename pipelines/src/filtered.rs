@@ -80,6 +80,10 @@ impl Sink for Filtered {
         // an empty batch still lets the sink send rows that waited long enough
         self.inner.write(&rows)
     }
+    fn write_output(&mut self, output: &str, batch: &RecordBatch) -> Result<(), EngineError> {
+        let rows = self.matching(batch)?;
+        self.inner.write_output(output, &rows)
+    }
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
         self.inner.take_rejected()
     }

@@ -264,6 +264,27 @@ pub fn reduce(mut plan: Plan, req: &ReplayRequest) -> Result<Plan, ReplayError> 
     plan.views.clear();
     plan.checkpoint = None;
     plan.serve = None;
+    // only the sources its windows read: another one (a file, a generator, a topic of
+    // views only) is neither re-read nor replayable
+    let read: Vec<bool> = (0..plan.sources.len())
+        .map(|i| plan.windows.iter().any(|w| w.source == i))
+        .collect();
+    let renumbered: Vec<usize> = read
+        .iter()
+        .scan(0, |next, &r| {
+            let at = *next;
+            *next += usize::from(r);
+            Some(at)
+        })
+        .collect();
+    let mut i = 0;
+    plan.sources.retain(|_| {
+        i += 1;
+        read[i - 1]
+    });
+    for w in &mut plan.windows {
+        w.source = renumbered[w.source];
+    }
     Ok(plan)
 }
 
@@ -418,11 +439,12 @@ impl Committable for WindowRange {
     }
 }
 
-impl Sink for WindowRange {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+impl WindowRange {
+    /// The rows of `batch` in the replayed range (counted), `None` when there are none.
+    fn in_range(&self, batch: &RecordBatch) -> Result<Option<RecordBatch>, EngineError> {
         let Some(col) = batch.column_by_name("window_start") else {
             self.count(batch.num_rows());
-            return self.inner.write(batch);
+            return Ok(Some(batch.clone()));
         };
         let Some(starts) = col.as_primitive_opt::<TimestampMillisecondType>() else {
             return Err(EngineError::sink(
@@ -436,14 +458,26 @@ impl Sink for WindowRange {
             .collect();
         self.count(keep.true_count());
         if keep.true_count() == batch.num_rows() {
-            return self.inner.write(batch);
+            return Ok(Some(batch.clone()));
         }
         let rows = filter_record_batch(batch, &keep)
             .map_err(|e| EngineError::sink_caused(&self.name, "", e))?;
-        if rows.num_rows() > 0 {
-            self.inner.write(&rows)?;
+        Ok((rows.num_rows() > 0).then_some(rows))
+    }
+}
+
+impl Sink for WindowRange {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        match self.in_range(batch)? {
+            Some(rows) => self.inner.write(&rows),
+            None => Ok(()),
         }
-        Ok(())
+    }
+    fn write_output(&mut self, output: &str, batch: &RecordBatch) -> Result<(), EngineError> {
+        match self.in_range(batch)? {
+            Some(rows) => self.inner.write_output(output, &rows),
+            None => Ok(()),
+        }
     }
     // rows the output refused (a PostgreSQL constraint, an Elasticsearch mapping) reach the
     // replay's dead letters
@@ -616,6 +650,34 @@ mod tests {
                 ("b".to_string(), names(&["y"]))
             ]
         );
+    }
+
+    #[test]
+    fn a_replay_keeps_only_the_sources_its_windows_read() {
+        let dir = tempfile::Builder::new()
+            .prefix("weir-replay-sources-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        std::fs::write(dir.join("in.ndjson"), "").expect("input file");
+        let path = dir.join("p.yaml");
+        std::fs::write(
+            &path,
+            "name: p\nsources:\n  sample:\n    file: { path: in.ndjson }\n    schema: data-ingestion\n    \
+             event_time: { field: timestamp }\n  events:\n    kafka: { brokers: \"127.0.0.1:9\", topic: t, group_id: g }\n    \
+             schema: data-ingestion\n    event_time: { field: timestamp }\n\
+             windows:\n  from_file: { from: sample, key: [datasetName], tumbling: 1m, aggregates: { n: count(*) }, sinks: [x] }\n  \
+             from_topic: { from: events, key: [datasetName], tumbling: 1m, aggregates: { n: count(*) }, sinks: [x] }\n\
+             sinks:\n  x: { file: { path: out/x.ndjson } }\n",
+        )
+        .expect("pipeline file");
+        let plan = crate::plan::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        // `--only from_topic`: the file is not read (it could not be replayed)
+        let only = reduce(plan, &request(&["from_topic"], None)).unwrap_or_else(|e| panic!("{e}"));
+        let sources: Vec<&str> = only.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(sources, vec!["events"]);
+        assert_eq!(only.windows.len(), 1);
+        assert_eq!(only.sources[only.windows[0].source].name, "events");
     }
 
     #[test]

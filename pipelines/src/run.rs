@@ -232,7 +232,7 @@ pub(crate) fn run_job(
     if let Ok(mut stages) = stats.stages.lock() {
         stages.extend(hooks.stages());
     }
-    let (live, server) = start_live(plan, opts, hooks, &stats)?;
+    let (live, server) = start_live(plan, opts, hooks, &stats, manifest.is_some())?;
     tracing::info!(pipeline = %plan.name, parallelism = n, "run starting");
     let progress = hooks.progress(&stats);
     let restored_epoch = manifest.map(|m| m.epoch);
@@ -448,12 +448,14 @@ fn run_stats(
 /// Live barriers publish snapshots for SQL and send views' changes to their sinks: the live
 /// state and the SQL server, when the plan serves SQL or a view has sinks. A mode that keeps
 /// them across its jobs (a pool worker) gets its own back, serving this job's state and
-/// statistics: no server is returned to stop at the job's end.
+/// statistics: no server is returned to stop at the job's end. A job that `restores` a
+/// checkpoint has queries refused until its first snapshot shows what it restored.
 fn start_live(
     plan: &Plan,
     opts: &RunOptions,
     hooks: &dyn JobHooks,
     stats: &Arc<RunStats>,
+    restores: bool,
 ) -> Result<(Option<LiveSpec>, Option<SqlServer>), RunError> {
     let views_with_sinks = plan.views.iter().any(|v| !v.sinks.is_empty());
     if plan.serve.is_none() && !views_with_sinks {
@@ -478,6 +480,10 @@ fn start_live(
         ));
     }
     let fresh = hooks.live_scope(LiveState::new(&plan.name, tables));
+    if restores {
+        // before the server answers: empty tables would say the restored state is gone
+        fresh.restoring();
+    }
     let serve = |state: Arc<LiveState>, stats: CurrentStats| -> Result<_, RunError> {
         Ok(match &plan.serve {
             Some(sv) => Some(SqlServer::start(
@@ -498,7 +504,13 @@ fn start_live(
         })
     };
     let (state, server) = match hooks.kept_live() {
-        Some(kept) => (kept.for_job(fresh, stats, serve)?, None),
+        Some(kept) => {
+            let state = kept.for_job(fresh, stats, serve)?;
+            if restores {
+                state.restoring();
+            }
+            (state, None)
+        }
         None => {
             let state = Arc::new(fresh);
             let server = serve(state.clone(), stats.clone().into())?;

@@ -13,13 +13,38 @@ pub enum EncodeError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
+/// How UTC timestamps read in JSON answers: RFC 3339 with milliseconds, as the sinks write
+/// them (`2026-11-22T10:05:00.000Z`).
+pub(crate) const UTC_TIMESTAMP: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
+
+/// The JSON writer of answers and subscriptions for rows of `schema`: nulls kept as `null`;
+/// when every zoned timestamp column is in UTC (weir's own are), they read as the sinks
+/// write them (a column of another zone keeps Arrow's format, with its offset).
+pub fn json_writer(schema: &arrow::datatypes::Schema) -> arrow_json::WriterBuilder {
+    let w = arrow_json::WriterBuilder::new().with_explicit_nulls(true);
+    if zones_utc(schema) {
+        w.with_timestamp_tz_format(UTC_TIMESTAMP.to_string())
+    } else {
+        w
+    }
+}
+
+/// Whether every zoned timestamp column of `schema` is in UTC (then [`UTC_TIMESTAMP`] writes
+/// them truly).
+pub(crate) fn zones_utc(schema: &arrow::datatypes::Schema) -> bool {
+    schema.fields().iter().all(|f| match f.data_type() {
+        arrow::datatypes::DataType::Timestamp(_, Some(tz)) => {
+            matches!(tz.as_ref(), "UTC" | "+00:00" | "Z")
+        }
+        _ => true,
+    })
+}
+
 /// Rows as a JSON array of objects (nulls kept as `null`), at most `max_bytes` long.
 pub fn json_rows(result: &QueryResult, max_bytes: usize) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
     {
-        let mut w = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::JsonArray>(&mut out);
+        let mut w = json_writer(&result.schema).build::<_, arrow_json::writer::JsonArray>(&mut out);
         for b in &result.batches {
             // a batch at a time, so an oversized result stops early
             for start in (0..b.num_rows()).step_by(1024) {
@@ -84,6 +109,31 @@ mod tests {
         assert_eq!(json, br#"[{"n":0},{"n":1},{"n":2}]"#);
         assert_eq!(json_rows(&result(0), 100).unwrap(), b"[]");
         assert!(!arrow_stream(&result(3), 1 << 20).unwrap().is_empty());
+    }
+
+    #[test]
+    fn utc_timestamps_read_as_the_sinks_write_them() {
+        use arrow::array::TimestampMillisecondArray;
+        let at = |tz: &str| {
+            let schema = Arc::new(Schema::new(vec![Field::new(
+                "window_start",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, Some(tz.into())),
+                true,
+            )]));
+            let values = TimestampMillisecondArray::from(vec![1_763_805_900_000]).with_timezone(tz);
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values)]).unwrap();
+            let r = QueryResult {
+                schema,
+                batches: vec![batch],
+            };
+            String::from_utf8(json_rows(&r, 1 << 20).unwrap()).unwrap()
+        };
+        assert_eq!(
+            at("UTC"),
+            r#"[{"window_start":"2025-11-22T10:05:00.000Z"}]"#
+        );
+        // another zone keeps its offset
+        assert!(at("+02:00").contains("12:05:00+02:00"), "{}", at("+02:00"));
     }
 
     #[test]

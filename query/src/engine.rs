@@ -61,6 +61,10 @@ pub enum QueryError {
     /// hold rows another worker holds now.
     #[error("this worker of the pool is between two jobs (partitions are moving between workers); try again in a moment")]
     Rebalancing,
+    /// The job restored state from a checkpoint and has not published it yet: the tables
+    /// would answer without it.
+    #[error("the pipeline is starting: the state it restored from its checkpoint is not queryable yet; try again in a moment")]
+    Starting,
 }
 
 impl QueryError {
@@ -76,6 +80,7 @@ impl QueryError {
             QueryError::ResultTooLarge(_) => "result_too_large",
             QueryError::Execution(_) => "execution_error",
             QueryError::Rebalancing => "rebalancing",
+            QueryError::Starting => "starting",
         }
     }
 
@@ -89,6 +94,7 @@ impl QueryError {
                 | QueryError::TooComplex(_)
                 | QueryError::ResultTooLarge(_)
                 | QueryError::Rebalancing
+                | QueryError::Starting
         )
     }
 
@@ -107,6 +113,8 @@ impl QueryError {
             // serialization_failure: what clients retry, without dropping the connection
             // (poolers take 57P03, cannot_connect_now, for a server going away)
             QueryError::Rebalancing => "40001",
+            // cannot_connect_now: what PostgreSQL answers while it starts up
+            QueryError::Starting => "57P03",
         }
     }
 
@@ -751,6 +759,9 @@ impl QueryEngine {
         if self.live.between_jobs() {
             return Err(QueryError::Rebalancing);
         }
+        if self.live.starting() {
+            return Err(QueryError::Starting);
+        }
         let permit = self.permit().await?;
         let caps = self.caps();
         // the fast path reads this worker's state alone
@@ -797,5 +808,29 @@ mod rebalancing_tests {
         let q = QueryError::from_df(e, Phase::Run);
         assert!(matches!(q, QueryError::Rebalancing), "{q:?}");
         assert_eq!((q.code(), q.sqlstate()), ("rebalancing", "40001"));
+    }
+
+    #[tokio::test]
+    async fn a_restored_state_not_published_yet_is_refused_as_starting() {
+        let live = Arc::new(LiveState::new("p", Vec::new()));
+        live.restoring();
+        let engine = QueryEngine::new(live.clone(), QueryLimits::default()).unwrap();
+        let Err(refused) = engine.query("SELECT 1").await else {
+            panic!("answered while starting");
+        };
+        assert!(matches!(refused, QueryError::Starting), "{refused:?}");
+        assert_eq!((refused.code(), refused.sqlstate()), ("starting", "57P03"));
+        assert!(refused.is_limit());
+        // its first snapshot shows what it restored: answered from then on
+        live.publish(weir_engine::live::LiveSnapshot {
+            seq: 1,
+            ..Default::default()
+        });
+        assert!(!live.starting());
+        assert!(engine.query("SELECT 1").await.is_ok());
+        // a placeholder (seq 0) of a job that restores after snapshots were published
+        // changes nothing
+        live.restoring();
+        assert!(!live.starting());
     }
 }

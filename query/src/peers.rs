@@ -119,8 +119,9 @@ impl Peers {
             let code = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+            // a worker starting restores partitions it was just given: a rebalance too
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                && code.as_deref() == Some("rebalancing")
+                && matches!(code.as_deref(), Some("rebalancing" | "starting"))
             {
                 return Ok(Answered::Rebalancing);
             }
@@ -170,6 +171,10 @@ mod tests {
     #[test]
     fn a_worker_between_two_jobs_is_told_apart_from_one_that_does_not_answer() {
         let body = r#"{"error": {"code": "rebalancing", "message": "between two jobs"}}"#;
+        let got = ask(answering("503 Service Unavailable", body));
+        assert!(matches!(got, Err(PeerError::Rebalancing { .. })), "{got:?}");
+        // a worker starting restores partitions it was just given: a rebalance too
+        let body = r#"{"error": {"code": "starting", "message": "restoring"}}"#;
         let got = ask(answering("503 Service Unavailable", body));
         assert!(matches!(got, Err(PeerError::Rebalancing { .. })), "{got:?}");
         let body = r#"{"error": {"code": "busy", "message": "too many"}}"#;

@@ -111,6 +111,12 @@ impl IndexTemplate {
         self.parts.iter().any(|p| matches!(p, Part::WindowStart(_)))
     }
 
+    /// Whether it names indices by `output`: then several windows and views can share a
+    /// sink, each in indices of its own.
+    pub fn uses_output(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Output))
+    }
+
     /// The index of a row whose window starts at `window_start` (epoch ms).
     fn name(&self, pipeline: &str, output: &str, window_start: Option<i64>) -> String {
         let mut s = String::new();
@@ -186,8 +192,15 @@ pub struct ElasticsearchConfig {
     /// A user index template (name, body) installed at start instead of explicit mappings.
     pub index_template: Option<(String, Value)>,
     pub pipeline: String,
-    /// The window or view written.
-    pub output: String,
+    /// The windows and views written (several only when `index` names indices by
+    /// `{output}`).
+    pub outputs: Vec<EsOutput>,
+}
+
+/// A window or view an Elasticsearch sink writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EsOutput {
+    pub name: String,
     /// A view's key columns (`None` for a window).
     pub view_keys: Option<usize>,
 }
@@ -264,8 +277,8 @@ pub struct ElasticsearchSink {
     /// Reused encoding buffers.
     line: Vec<u8>,
     keys: Vec<u8>,
-    /// The last row's window start and its index name.
-    last_index: Option<(Option<i64>, Arc<str>)>,
+    /// The last row's output, window start and index name.
+    last_index: Option<(usize, Option<i64>, Arc<str>)>,
 }
 
 /// Ids longer than this (Elasticsearch's limit is 512 bytes) become a hash of the key.
@@ -474,10 +487,26 @@ impl ElasticsearchSink {
         Ok(())
     }
 
-    /// Appends `batch`'s rows as pending `index` actions.
-    fn add_rows(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+    /// The index in `config.outputs` of the output named `name`; with one output, that one
+    /// whatever the name (rows written without one).
+    fn output_index(&self, name: &str) -> Result<usize, EngineError> {
+        let outputs = &self.config.outputs;
+        match outputs.iter().position(|o| o.name == name) {
+            Some(i) => Ok(i),
+            None if outputs.len() == 1 => Ok(0),
+            None => Err(EngineError::Internal(format!(
+                "sink `{}` was given rows of `{name}`, which it does not write",
+                self.name
+            ))),
+        }
+    }
+
+    /// Appends `batch`'s rows, of output `out` (an index in `config.outputs`), as pending
+    /// `index` actions.
+    fn add_rows(&mut self, out: usize, batch: &RecordBatch) -> Result<(), EngineError> {
         let schema = batch.schema();
-        let key_count = match self.config.view_keys {
+        let EsOutput { name, view_keys } = self.config.outputs[out].clone();
+        let key_count = match view_keys {
             Some(k) => k,
             None => {
                 schema
@@ -488,7 +517,7 @@ impl ElasticsearchSink {
         };
         // the document: every column but a view's `op`
         let doc_columns: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| schema.field(i).name() != "op" || self.config.view_keys.is_none())
+            .filter(|&i| schema.field(i).name() != "op" || view_keys.is_none())
             .collect();
         let doc_batch = batch.project(&doc_columns).map_err(|e| self.caused(e))?;
         let key_batch = batch
@@ -516,15 +545,15 @@ impl ElasticsearchSink {
                 .filter(|s| s.is_valid(row))
                 .map(|s| s.value(row));
             let index = match &self.last_index {
-                Some((s, name)) if *s == start => name.clone(),
+                Some((o, s, index)) if *o == out && *s == start => index.clone(),
                 _ => {
-                    let name: Arc<str> = self
+                    let index: Arc<str> = self
                         .config
                         .index
-                        .name(&self.config.pipeline, &self.config.output, start)
+                        .name(&self.config.pipeline, &name, start)
                         .into();
-                    self.last_index = Some((start, name.clone()));
-                    name
+                    self.last_index = Some((out, start, index.clone()));
+                    index
                 }
             };
             row_index.push(index);
@@ -532,10 +561,8 @@ impl ElasticsearchSink {
         for index in row_index.iter().collect::<HashSet<_>>() {
             self.ensure_index(index, &doc_batch.schema())?;
         }
-        let prefix = format!("{}/{}/", self.config.pipeline, self.config.output);
-        let ops = self
-            .config
-            .view_keys
+        let prefix = format!("{}/{}/", self.config.pipeline, name);
+        let ops = view_keys
             .and(batch.column_by_name("op"))
             .and_then(|c| c.as_string_opt::<i32>())
             .cloned();
@@ -863,8 +890,13 @@ impl Committable for ElasticsearchSink {
 
 impl Sink for ElasticsearchSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
+        self.write_output("", batch)
+    }
+
+    fn write_output(&mut self, output: &str, batch: &RecordBatch) -> Result<(), EngineError> {
         if !std::mem::take(&mut self.write_failed) {
-            self.add_rows(batch)?;
+            let out = self.output_index(output)?;
+            self.add_rows(out, batch)?;
         }
         let full = self.pending.len() >= self.config.bulk_max_docs
             || self.pending.bytes.len() >= self.config.bulk_max_bytes

@@ -13,7 +13,7 @@ pub mod file;
 pub mod postgres;
 pub mod webhook;
 
-pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, IndexTemplate};
+pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink, EsAuth, EsOutput, IndexTemplate};
 pub use file::{CommittedDeadLetterFile, CommittedFileSink, DeadLetterFile, FileFormat, FileSink};
 pub use postgres::{PostgresConfig, PostgresSink, TlsMode};
 pub use webhook::{WebhookConfig, WebhookMethod, WebhookSink};

@@ -37,6 +37,9 @@ Test controls (not Elasticsearch; under /_weir):
                                               (es_rejected_execution_exception), seeded
                      {"unavailable_ms": 30000} every request 503 for that long
                      {"refuse_ms": 30000}      connections refused for that long (the port closes)
+                     {"refuse_ms": 30000, "after_items": N}
+                                              the same, from the bulk request that brings the
+                                              items indexed to N (armed now, no polling race)
                      {"delay_ms": 200}         each answer that much later
   GET /_weir/stats   requests, bulk requests, items, rejected items, gzip requests, bytes, time
                      spent on bulk requests, first and last bulk times
@@ -588,6 +591,10 @@ def bulk(default_index, raw, params):
     STATS["bulk_seconds"] += ended - started
     STATS["first_bulk_at"] = STATS["first_bulk_at"] or started
     STATS["last_bulk_at"] = ended
+    armed = FAULTS.get("refuse_after_items")
+    if armed and STATS["items"] >= armed[0]:
+        del FAULTS["refuse_after_items"]
+        threading.Thread(target=refuse, args=(armed[1],), daemon=True).start()
     return {"errors": errors, "took": int((ended - started) * 1000), "items": items}
 
 
@@ -595,6 +602,16 @@ def bulk(default_index, raw, params):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with CONNECTIONS_LOCK:
+            CONNECTIONS.add(self.connection)
+
+    def finish(self):
+        with CONNECTIONS_LOCK:
+            CONNECTIONS.discard(self.connection)
+        super().finish()
 
     def send_json(self, status, body, head=False):
         data = b"" if body is None else json.dumps(body).encode()
@@ -771,7 +788,9 @@ class Handler(BaseHTTPRequestHandler):
                     FAULTS["delay_ms"] = int(body["delay_ms"])
                 if "unavailable_ms" in body:
                     FAULTS["unavailable_until"] = time.time() + body["unavailable_ms"] / 1000
-                if "refuse_ms" in body:
+                if "refuse_ms" in body and "after_items" in body:
+                    FAULTS["refuse_after_items"] = (int(body["after_items"]), body["refuse_ms"] / 1000)
+                elif "refuse_ms" in body:
                     threading.Thread(target=refuse, args=(body["refuse_ms"] / 1000,), daemon=True).start()
                 return self.send_json(200, {"faults": FAULTS})
             if method == "DELETE":
@@ -820,6 +839,9 @@ class Server(ThreadingHTTPServer):
 
 SERVER = None
 SERVER_LOCK = threading.Lock()
+# open client connections: an outage cuts them too (kept-alive ones would go on serving)
+CONNECTIONS = set()
+CONNECTIONS_LOCK = threading.Lock()
 
 
 def serve():
@@ -836,6 +858,14 @@ def refuse(seconds):
         server = SERVER
     server.shutdown()
     server.server_close()
+    # then the connections open before: no new one comes now
+    with CONNECTIONS_LOCK:
+        open_now = list(CONNECTIONS)
+    for conn in open_now:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     time.sleep(seconds)
     threading.Thread(target=serve, daemon=True).start()
 

@@ -108,7 +108,8 @@ impl Es {
         )
     }
 
-    /// Sets faults of the test server (`reject_ratio`, `unavailable_ms`, `refuse_ms`, `delay_ms`).
+    /// Sets faults of the test server (`reject_ratio`, `unavailable_ms`, `refuse_ms` with or
+    /// without `after_items`, `delay_ms`).
     pub fn faults(&self, faults: Value) {
         assert!(self.is_test_server());
         let (s, b) = self.request("PUT", "/_weir/faults", Some(faults));
@@ -118,6 +119,12 @@ impl Es {
     /// The test server's counters.
     pub fn stats(&self) -> Value {
         self.request("GET", "/_weir/stats", None).1
+    }
+
+    /// Whether the server accepts connections (the test server's `refuse_ms` closes its port).
+    pub fn accepts(&self) -> bool {
+        let addr = self.url.trim_start_matches("http://");
+        std::net::TcpStream::connect(addr).is_ok()
     }
 
     /// Makes every document searchable.

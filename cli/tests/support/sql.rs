@@ -118,6 +118,22 @@ pub fn try_sql_json(port: u16, query: &str) -> Result<Vec<serde_json::Map<String
     }
 }
 
+/// Whether the engine on `port` refuses queries as `starting` (see `QueryError::Starting`).
+pub fn is_starting(port: u16) -> bool {
+    let body = serde_json::json!({ "query": "SELECT 1" }).to_string();
+    let Ok(a) = try_http(
+        port,
+        "POST",
+        "/sql",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    ) else {
+        return false;
+    };
+    a.status == 503
+        && serde_json::from_slice::<Value>(&a.body).is_ok_and(|v| v["error"]["code"] == "starting")
+}
+
 /// `POST /sql` with a JSON body; the JSON rows, or panics with the error.
 pub fn sql_json(port: u16, query: &str) -> Vec<serde_json::Map<String, Value>> {
     let body = serde_json::json!({ "query": query }).to_string();
@@ -225,7 +241,9 @@ impl Running {
             .unwrap_or_default()
     }
 
-    /// Waits until the HTTP endpoint answers `/health`.
+    /// Waits until the HTTP endpoint answers queries: it accepts connections, and no longer
+    /// refuses them as `starting` (a restored state not published yet), as a client retrying
+    /// a 503 would.
     pub fn wait_http(&mut self, port: u16) {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
@@ -233,7 +251,7 @@ impl Running {
                 let err = Self::collected(&mut self.stderr);
                 panic!("weir run exited ({status}) before serving: {err}");
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && !is_starting(port) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));

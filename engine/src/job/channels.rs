@@ -30,9 +30,13 @@ pub(super) const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
 /// What the merger sends a sink thread.
 pub(super) enum SinkMsg {
-    /// Rows, with the moment the watermark passed their window's end (window rows; `None`
-    /// for views' changes).
-    Rows(RecordBatch, Option<Instant>),
+    /// Rows of operator `op`, with the moment the watermark passed their window's end
+    /// (window rows; `None` for views' changes).
+    Rows {
+        batch: RecordBatch,
+        since: Option<Instant>,
+        op: usize,
+    },
     /// Operator `op`'s windows up to `upto` were all sent, with every worker's hand-overs up
     /// to `covered[worker]`.
     Upto {

@@ -162,6 +162,8 @@ pub(super) fn live_barriers(
     failure: &Failure,
 ) -> Result<(), EngineError> {
     let mut seq = 0;
+    // the first snapshot at once: a restored state is refused to queries until it shows
+    let mut first = true;
     let input_ended = || -> Result<bool, EngineError> {
         let d = dispatcher
             .lock()
@@ -170,7 +172,12 @@ pub(super) fn live_barriers(
     };
     loop {
         // the input's end is noticed within LIVE_POLL: the run must not wait out an interval
-        let due = Instant::now() + interval;
+        let due = Instant::now()
+            + if std::mem::take(&mut first) {
+                Duration::ZERO
+            } else {
+                interval
+            };
         loop {
             if failure.cancel.load(Ordering::Relaxed) {
                 return Err(EngineError::Cancelled);

@@ -360,8 +360,12 @@ impl Merger<'_> {
             }
             let since = window_end_of(&batch).map(|end| self.passed[msg.operator].since(end));
             for &s in sink_ids.iter() {
-                self.out
-                    .send(s, SinkMsg::Rows(batch.clone(), since), self.failure)?;
+                let rows = SinkMsg::Rows {
+                    batch: batch.clone(),
+                    since,
+                    op: msg.operator,
+                };
+                self.out.send(s, rows, self.failure)?;
             }
         }
         self.passed[msg.operator].emitted(wm);
@@ -411,14 +415,18 @@ impl Merger<'_> {
 
     /// Sends every operator's barrier rows (views' changed keys) to its sinks.
     fn send_barrier_rows(&mut self) -> Result<(), EngineError> {
-        for (merge, sink_ids) in self.ops.iter_mut() {
+        for (op, (merge, sink_ids)) in self.ops.iter_mut().enumerate() {
             if sink_ids.is_empty() {
                 continue;
             }
             for batch in merge.barrier_rows()? {
                 for &s in sink_ids.iter() {
-                    self.out
-                        .send(s, SinkMsg::Rows(batch.clone(), None), self.failure)?;
+                    let rows = SinkMsg::Rows {
+                        batch: batch.clone(),
+                        since: None,
+                        op,
+                    };
+                    self.out.send(s, rows, self.failure)?;
                 }
             }
         }

@@ -190,15 +190,22 @@ fn checkpoint_link(
 }
 
 /// Per sink, for every operator feeding it: (the operator, the sink's index among the
-/// operator's sinks).
-fn sink_feeds(spec: &JobSpec) -> Vec<Vec<(usize, usize)>> {
+/// operator's sinks); and the operators' names, by index.
+fn sink_feeds(spec: &JobSpec) -> SinkFeeds {
     let mut feeds: Vec<Vec<(usize, usize)>> = vec![Vec::new(); spec.sinks.len()];
     for (oi, op) in spec.operators.iter().enumerate() {
         for (k, &s) in op.sinks.iter().enumerate() {
             feeds[s].push((oi, k));
         }
     }
-    feeds
+    let outputs = spec.operators.iter().map(|o| o.name.clone()).collect();
+    SinkFeeds { feeds, outputs }
+}
+
+/// What feeds each sink (see [`sink_feeds`]).
+struct SinkFeeds {
+    feeds: Vec<Vec<(usize, usize)>>,
+    outputs: Arc<[String]>,
 }
 
 /// Worker instances of each worker, tagged with their operator.
@@ -434,7 +441,10 @@ impl Wiring {
     fn start_sinks(
         &mut self,
         sinks: Vec<SinkSpec>,
-        mut feeds: Vec<Vec<(usize, usize)>>,
+        SinkFeeds {
+            mut feeds,
+            outputs: names,
+        }: SinkFeeds,
         outputs: &Outputs,
         rejects: Sender<RejectMsg>,
     ) -> Result<Vec<Sender<SinkMsg>>, EngineError> {
@@ -467,6 +477,7 @@ impl Wiring {
                 name: name.clone(),
                 sink,
                 feeds: std::mem::take(&mut feeds[idx]),
+                outputs: names.clone(),
                 stats: self.stats.clone(),
                 progress: self.progress.clone(),
                 link: outputs.link.clone(),

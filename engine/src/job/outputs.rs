@@ -249,6 +249,8 @@ pub(super) struct SinkThread {
     pub(super) sink: Box<dyn Sink>,
     /// (operator, index of this sink among the operator's sinks).
     pub(super) feeds: Vec<(usize, usize)>,
+    /// The job's operators' names (the outputs rows come from), by operator index.
+    pub(super) outputs: Arc<[String]>,
     pub(super) stats: Arc<RunStats>,
     pub(super) progress: Arc<Progress>,
     pub(super) link: Option<CheckpointLink>,
@@ -280,6 +282,7 @@ impl SinkThread {
             index: self.index,
             name: self.name,
             feeds: self.feeds,
+            outputs: self.outputs,
             stats: &stats,
             progress: &self.progress,
             link: self.link,
@@ -302,6 +305,8 @@ struct SinkState<'a> {
     index: usize,
     name: String,
     feeds: Vec<(usize, usize)>,
+    /// The operators' names, by operator index.
+    outputs: Arc<[String]>,
     stats: &'a RunStats,
     progress: &'a Progress,
     link: Option<CheckpointLink>,
@@ -331,9 +336,10 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
 
     fn step(&mut self, commits: &mut Commits) -> Result<bool, EngineError> {
         match self.rx.recv_timeout(commits.wait()) {
-            Ok(SinkMsg::Rows(batch, since)) => {
+            Ok(SinkMsg::Rows { batch, since, op }) => {
                 self.fresh = true;
-                self.out.call("write", |s| s.write(&batch))?;
+                let output = self.outputs.get(op).map_or("", String::as_str);
+                self.out.call("write", |s| s.write_output(output, &batch))?;
                 self.forward_rejected()?;
                 let rows = batch.num_rows() as u64;
                 RunStats::add(&self.stats.rows_written[self.index].value, rows);

@@ -88,6 +88,10 @@ impl DeadLetterKafka {
                     while !raw.is_char_boundary(cut) {
                         cut -= 1;
                     }
+                    if json["raw_encoding"] == "base64" {
+                        // whole groups of four: what is left still decodes
+                        cut -= cut % 4;
+                    }
                     json["raw"] = serde_json::Value::String(raw[..cut].to_string());
                     json["raw_truncated"] = serde_json::Value::Bool(true);
                     if let Some(o) = json.as_object_mut() {

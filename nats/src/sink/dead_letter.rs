@@ -79,6 +79,10 @@ fn message(r: &DeadLetter, cut: bool) -> Result<Outgoing, serde_json::Error> {
         while !raw.is_char_boundary(end) {
             end -= 1;
         }
+        if json["raw_encoding"] == "base64" {
+            // whole groups of four: what is left still decodes
+            end -= end % 4;
+        }
         json["raw"] = serde_json::Value::String(raw[..end].to_string());
         json["raw_truncated"] = serde_json::Value::Bool(true);
         if let Some(o) = json.as_object_mut() {

@@ -173,6 +173,9 @@ impl Hub {
         peer: SocketAddr,
     ) -> Result<Subscription, SubscribeError> {
         let table = self.table(&req.table)?;
+        if self.live.starting() {
+            return Err(SubscribeError::Starting);
+        }
         let filter = match &req.filter {
             Some(sql) => {
                 crate::limits::check_text(sql, self.engine.limits())?;

@@ -98,8 +98,7 @@ pub fn change_message(out: &mut String, op: Op, position: u64, row: &str) {
 pub fn json_lines(rows: &RecordBatch) -> Result<String, ArrowError> {
     let mut out = Vec::new();
     {
-        let mut w = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
+        let mut w = crate::encode::json_writer(&rows.schema())
             .build::<_, arrow_json::writer::LineDelimited>(&mut out);
         w.write(rows)?;
         w.finish()?;

@@ -149,6 +149,10 @@ pub enum SubscribeError {
     /// The snapshot is over `max_result_rows` or `max_result_mb`.
     #[error("{0}")]
     SnapshotTooLarge(String),
+    /// The job restored state from a checkpoint and has not published it yet: a snapshot
+    /// would be empty, and the restored rows would follow as if they were changes.
+    #[error("the pipeline is starting: the state it restored from its checkpoint is not published yet; subscribe again in a moment")]
+    Starting,
     /// A bug or an Arrow failure.
     #[error("{0}")]
     Internal(String),
@@ -162,7 +166,9 @@ impl SubscribeError {
             | SubscribeError::Where(_)
             | SubscribeError::TooComplex(_) => StatusCode::BAD_REQUEST,
             SubscribeError::UnknownTable { .. } => StatusCode::NOT_FOUND,
-            SubscribeError::TooMany { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SubscribeError::TooMany { .. } | SubscribeError::Starting => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             SubscribeError::TooManyForClient { .. } => StatusCode::TOO_MANY_REQUESTS,
             SubscribeError::Expired { .. } | SubscribeError::Unknown { .. } => StatusCode::GONE,
             SubscribeError::SnapshotTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -182,6 +188,7 @@ impl SubscribeError {
             SubscribeError::Expired { .. } => "position_expired",
             SubscribeError::Unknown { .. } => "position_unknown",
             SubscribeError::SnapshotTooLarge(_) => "result_too_large",
+            SubscribeError::Starting => "starting",
             SubscribeError::Internal(_) => "internal",
         }
     }

@@ -223,7 +223,7 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
     // worker 1 closed [0, 10) only: only it is emitted, with both workers' rows
     tx.send(handover(1, 1, vec![partial(0, 2)], 10)).unwrap();
     match next() {
-        SinkMsg::Rows(b, _) => assert_eq!(windows_in(&b), vec![(0, 3)]),
+        SinkMsg::Rows { batch: b, .. } => assert_eq!(windows_in(&b), vec![(0, 3)]),
         _ => panic!("not rows"),
     }
     match next() {
@@ -233,7 +233,7 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
     tx.send(handover(1, 2, vec![partial(10, 4)], WATERMARK_END))
         .unwrap();
     match next() {
-        SinkMsg::Rows(b, _) => assert_eq!(windows_in(&b), vec![(10, 5)]),
+        SinkMsg::Rows { batch: b, .. } => assert_eq!(windows_in(&b), vec![(10, 5)]),
         _ => panic!("not rows"),
     }
     match next() {
@@ -313,6 +313,7 @@ fn a_sink_thread_without_checkpoints_flushes_rows_at_once_and_to_report_progress
         name: "out".into(),
         sink: Box::new(sink),
         feeds: vec![(0, 0)],
+        outputs: vec!["per_minute".to_string()].into(),
         stats: stats.clone(),
         progress: Arc::new(Progress::new(1, &[1])),
         link: None,
@@ -324,8 +325,12 @@ fn a_sink_thread_without_checkpoints_flushes_rows_at_once_and_to_report_progress
     };
     let done = std::thread::spawn(move || thread.run(rx));
     let passed = Instant::now() - Duration::from_millis(30);
-    tx.send(SinkMsg::Rows(window_rows(&[(0, 2), (10, 1)]), Some(passed)))
-        .unwrap();
+    tx.send(SinkMsg::Rows {
+        batch: window_rows(&[(0, 2), (10, 1)]),
+        since: Some(passed),
+        op: 0,
+    })
+    .unwrap();
     // no more rows queued: flushed at once, not at the next progress report
     let flushes = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(5);

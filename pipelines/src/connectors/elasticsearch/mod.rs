@@ -2,7 +2,7 @@
 //! bulk requests (every row acknowledged before its checkpoint completes).
 
 use weir_engine::job::Sink;
-use weir_sinks::{ElasticsearchConfig, ElasticsearchSink};
+use weir_sinks::{ElasticsearchConfig, ElasticsearchSink, EsOutput};
 
 use super::{Attach, OpenSink, SinkConnector, SinkKind};
 use crate::error::PipelineError;
@@ -84,14 +84,19 @@ impl SinkConnector for ElasticsearchTarget {
 
     fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
         let (c, sink, output) = (&mut self.0, &at.reference.value, at.output);
-        if !c.output.is_empty() {
-            return Err(at.err(format!("sink `{sink}` already writes `{}`: an Elasticsearch sink writes one window or view (its documents' ids and mapping are the output's); use one sink per window or view", c.output)));
+        if let Some(first) = c.outputs.first() {
+            if !c.index.uses_output() {
+                return Err(at.err(format!("sink `{sink}` already writes `{}`, and its `index` has no `{{output}}`: the two would share indices (documents' ids and mappings are an output's); put `{{output}}` in `index`, or use one sink per window or view", first.name)));
+            }
         }
-        c.view_keys = at.view_keys();
-        if c.view_keys.is_some() && c.index.uses_window_start() {
+        let view_keys = at.view_keys();
+        if view_keys.is_some() && c.index.uses_window_start() {
             return Err(at.err(format!("sink `{sink}`: `{{window_start}}` in `index` names indices by window, but `{output}` is a view (no window_start)")));
         }
-        c.output = output.to_string();
+        c.outputs.push(EsOutput {
+            name: output.to_string(),
+            view_keys,
+        });
         Ok(())
     }
 
@@ -102,6 +107,7 @@ impl SinkConnector for ElasticsearchTarget {
 
 #[cfg(test)]
 mod tests {
+    use super::ElasticsearchTarget;
     use crate::connectors::tests::{pipeline, plan_of, refusal};
     use crate::connectors::SinkConnector;
 
@@ -163,6 +169,45 @@ mod tests {
         let e = refusal("es-half-auth", &yaml);
         assert!(
             e.message.contains("needs both `username` and `password`"),
+            "{e}"
+        );
+    }
+
+    /// A view also written to sink `out` (window `w` writes it already).
+    const VIEW_TOO: &str = "views:\n  v:\n    from: events\n    key: [source]\n    aggregates: { n: count(*) }\n    sinks: [out]\n";
+
+    #[test]
+    fn a_sink_writes_several_outputs_only_into_indices_named_by_output() {
+        // as in the pipeline contract's example: a window and a view, each in its indices
+        let yaml = pipeline(
+            FILES,
+            "    elasticsearch: { url: \"http://127.0.0.1:9\", index: \"weir-{output}\" }",
+            VIEW_TOO,
+        );
+        let plan = plan_of("es-two", &yaml).unwrap_or_else(|e| panic!("{e}"));
+        let target = plan.sinks[0]
+            .target
+            .as_any()
+            .downcast_ref::<ElasticsearchTarget>()
+            .expect("an Elasticsearch sink");
+        let outputs: Vec<(&str, Option<usize>)> = target
+            .0
+            .outputs
+            .iter()
+            .map(|o| (o.name.as_str(), o.view_keys))
+            .collect();
+        assert_eq!(outputs, vec![("w", None), ("v", Some(1))]);
+        // without `{output}`, both would write one index
+        let yaml = pipeline(
+            FILES,
+            "    elasticsearch: { url: \"http://127.0.0.1:9\", index: weir-all }",
+            VIEW_TOO,
+        );
+        let e = refusal("es-two-one-index", &yaml);
+        assert!(e.line > 0, "{e}");
+        assert!(
+            e.message
+                .contains("already writes `w`, and its `index` has no `{output}`"),
             "{e}"
         );
     }

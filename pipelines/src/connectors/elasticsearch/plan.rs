@@ -121,7 +121,6 @@ pub(crate) fn elasticsearch_config(
         ),
         index_template,
         pipeline: pipeline.to_string(),
-        output: String::new(),
-        view_keys: None,
+        outputs: Vec::new(),
     })
 }
