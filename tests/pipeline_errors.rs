@@ -139,6 +139,13 @@ fn unknown_sink() {
 }
 
 #[test]
+fn a_sink_named_twice_by_one_output() {
+    let e = error_of("sinks: [out]", "sinks: [out, out]");
+    assert!(e.starts_with("17:18: "), "{e}");
+    assert!(e.contains("sink `out` is named twice by `w`"), "{e}");
+}
+
+#[test]
 fn unknown_schema_and_bad_extension() {
     let e = error_of("schema: data-ingestion", "schema: ingestion");
     assert!(

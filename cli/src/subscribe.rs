@@ -33,8 +33,10 @@ pub struct SubscribeArgs {
 /// Why `weir subscribe` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
-    /// The server refused the subscription (unknown table, bad `where`, expired position,
-    /// limits): the user's to fix.
+    /// The server refused the subscription: unknown table, bad `where`, expired position,
+    /// limits (4xx, the user's to fix); or it could not take one (5xx: starting after a
+    /// restore, too many subscriptions, after [`weir_query::client::UNAVAILABLE_PATIENCE`] of
+    /// retries of a 503).
     #[error("{status}: {code}: {message}")]
     Refused {
         status: u16,
@@ -53,7 +55,7 @@ pub enum SubscribeError {
 impl SubscribeError {
     /// Whether the user must change something (rather than the server or network failing).
     pub fn is_user(&self) -> bool {
-        matches!(self, SubscribeError::Refused { .. })
+        matches!(self, SubscribeError::Refused { status, .. } if *status < 500)
     }
 }
 
@@ -82,14 +84,26 @@ pub fn run(a: SubscribeArgs) -> Result<(), SubscribeError> {
         .timeout(None)
         .build()
         .map_err(unreachable)?;
-    let mut req = client
-        .get(&url)
-        .query(&query)
-        .header("accept", "text/event-stream");
-    if let Some(t) = &a.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().map_err(unreachable)?;
+    // a 503 (starting, too many subscriptions) is asked again, as `weir sql` does
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(100);
+    let resp = loop {
+        let mut req = client
+            .get(&url)
+            .query(&query)
+            .header("accept", "text/event-stream");
+        if let Some(t) = &a.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().map_err(unreachable)?;
+        let again = resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && started.elapsed() + pause < weir_query::client::UNAVAILABLE_PATIENCE;
+        if !again {
+            break resp;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    };
     let status = resp.status();
     if !status.is_success() {
         let body: serde_json::Value = resp.json().unwrap_or_default();

@@ -161,7 +161,7 @@ dead_letter: {{ kafka: {{ topic: {dlq} }} }}
             d["partition"].as_u64().unwrap() < 12 && d["offset"].is_u64(),
             "{d:?}"
         );
-        assert!(d["raw"].is_string() || d["raw_base64"].is_string(), "{d:?}");
+        assert!(d["raw"].is_string(), "{d:?}");
     }
 
     // Every offset was committed once its results were written.

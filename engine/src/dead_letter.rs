@@ -98,7 +98,7 @@ impl DeadLetter {
     /// The record as one JSON object:
     /// `{source, topic, partition, offset, reason, error: {code, message, details}, raw}`
     /// plus `file`/`line` (1-based) for files; bytes that are not UTF-8 are `raw` as base64,
-    /// with `raw_encoding: "base64"` (and `raw_base64`, the same, for earlier readers).
+    /// with `raw_encoding: "base64"`.
     pub fn to_json(&self) -> Value {
         let p = &self.partition;
         let mut obj = Map::new();
@@ -151,12 +151,10 @@ impl DeadLetter {
                     obj.insert("raw".into(), json!(s));
                 }
                 Err(_) => {
-                    // the bytes as base64 (the contract's `raw`), said so by `raw_encoding`;
-                    // `raw_base64` repeats them for readers of earlier versions
+                    // the bytes as base64 (the contract's `raw`), said so by `raw_encoding`
                     let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
                     obj.insert("raw".into(), json!(encoded));
                     obj.insert("raw_encoding".into(), json!("base64"));
-                    obj.insert("raw_base64".into(), json!(encoded));
                 }
             },
         }
@@ -460,7 +458,7 @@ mod tests {
         let j2 = d2.to_json();
         assert_eq!(j2["raw"], "//4=");
         assert_eq!(j2["raw_encoding"], "base64");
-        assert_eq!(j2["raw_base64"], "//4=");
+        assert!(j2.get("raw_base64").is_none(), "the bytes once, not twice");
         let recent = RecentDeadLetters::default();
         let long = DeadLetter {
             raw: Some(vec![b'x'; RecentDeadLetters::RAW_BYTES + 10]),

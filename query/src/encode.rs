@@ -18,8 +18,8 @@ pub enum EncodeError {
 pub(crate) const UTC_TIMESTAMP: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
 
 /// The JSON writer of answers and subscriptions for rows of `schema`: nulls kept as `null`;
-/// when every zoned timestamp column is in UTC (weir's own are), they read as the sinks
-/// write them (a column of another zone keeps Arrow's format, with its offset).
+/// when every zoned timestamp is a UTC one in milliseconds (weir's own are), they read as
+/// the sinks write them (else Arrow's format, with offsets and every digit).
 pub fn json_writer(schema: &arrow::datatypes::Schema) -> arrow_json::WriterBuilder {
     let w = arrow_json::WriterBuilder::new().with_explicit_nulls(true);
     if zones_utc(schema) {
@@ -29,15 +29,32 @@ pub fn json_writer(schema: &arrow::datatypes::Schema) -> arrow_json::WriterBuild
     }
 }
 
-/// Whether every zoned timestamp column of `schema` is in UTC (then [`UTC_TIMESTAMP`] writes
-/// them truly).
+/// Whether every zoned timestamp of `schema` (nested ones too) is a UTC one in milliseconds,
+/// as weir's own are: then [`UTC_TIMESTAMP`] writes them truly, neither relabelling another
+/// zone as `Z` nor cutting finer units (`now()` is in nanoseconds).
 pub(crate) fn zones_utc(schema: &arrow::datatypes::Schema) -> bool {
-    schema.fields().iter().all(|f| match f.data_type() {
-        arrow::datatypes::DataType::Timestamp(_, Some(tz)) => {
-            matches!(tz.as_ref(), "UTC" | "+00:00" | "Z")
+    schema
+        .fields()
+        .iter()
+        .all(|f| utc_millis_only(f.data_type()))
+}
+
+fn utc_millis_only(t: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::{DataType, TimeUnit};
+    match t {
+        DataType::Timestamp(unit, Some(tz)) => {
+            *unit == TimeUnit::Millisecond && matches!(tz.as_ref(), "UTC" | "+00:00" | "Z")
         }
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => utc_millis_only(f.data_type()),
+        DataType::Struct(fields) => fields.iter().all(|f| utc_millis_only(f.data_type())),
+        DataType::Dictionary(_, v) => utc_millis_only(v),
         _ => true,
-    })
+    }
 }
 
 /// Rows as a JSON array of objects (nulls kept as `null`), at most `max_bytes` long.
@@ -134,6 +151,16 @@ mod tests {
         );
         // another zone keeps its offset
         assert!(at("+02:00").contains("12:05:00+02:00"), "{}", at("+02:00"));
+        // a finer unit keeps its digits
+        let ns = Schema::new(vec![Field::new(
+            "now",
+            DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Nanosecond,
+                Some("+00:00".into()),
+            ),
+            true,
+        )]);
+        assert!(!zones_utc(&ns));
     }
 
     #[test]

@@ -110,10 +110,12 @@ impl QueryError {
             QueryError::TooComplex(_) => "54001",
             QueryError::ResultTooLarge(_) => "54000",
             QueryError::Execution(_) => "XX000",
-            // serialization_failure: what clients retry, without dropping the connection
-            // (poolers take 57P03, cannot_connect_now, for a server going away)
+            // serialization_failure: what clients retry, without dropping the connection; a
+            // worker of a pool meets it at every rebalance (poolers take 57P03,
+            // cannot_connect_now, for a server going away, and drop the connection)
             QueryError::Rebalancing => "40001",
-            // cannot_connect_now: what PostgreSQL answers while it starts up
+            // cannot_connect_now: what PostgreSQL answers while it starts up; once, after a
+            // restart (a pooler dropping the connection connects again at once)
             QueryError::Starting => "57P03",
         }
     }

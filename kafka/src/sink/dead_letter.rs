@@ -94,9 +94,6 @@ impl DeadLetterKafka {
                     }
                     json["raw"] = serde_json::Value::String(raw[..cut].to_string());
                     json["raw_truncated"] = serde_json::Value::Bool(true);
-                    if let Some(o) = json.as_object_mut() {
-                        o.remove("raw_base64");
-                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -85,9 +85,6 @@ fn message(r: &DeadLetter, cut: bool) -> Result<Outgoing, serde_json::Error> {
         }
         json["raw"] = serde_json::Value::String(raw[..end].to_string());
         json["raw_truncated"] = serde_json::Value::Bool(true);
-        if let Some(o) = json.as_object_mut() {
-            o.remove("raw_base64");
-        }
     }
     let mut headers = vec![("Weir-Reason", r.reason.as_str().to_string())];
     for (k, v) in r.trace.headers() {

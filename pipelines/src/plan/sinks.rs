@@ -176,6 +176,15 @@ pub(super) fn attach_sinks(
                 ),
             )
         })?;
+        if ids.contains(&id) {
+            return Err(ctx.err(
+                &s.referenced,
+                format!(
+                    "sink `{}` is named twice by `{output}`: it would get every row twice",
+                    s.value
+                ),
+            ));
+        }
         let sink = &mut sinks[id];
         sink.target.attach(&Attach {
             ctx,

@@ -126,18 +126,13 @@ pub(super) fn run_worker(
         None
     };
     tracing::info!(worker = %worker, checkpoints = %location, "starting as a pool worker");
-    // SQL: announce this worker's address once its server answers (the first job starts
-    // it); queries read the other workers' rows too
+    // SQL: announce this worker's address; queries read the other workers' rows too
     let token = plan.serve.as_ref().and_then(|s| s.token.clone());
-    let live = Arc::new(KeptLive::default());
     let announcer = plan
         .serve
         .as_ref()
         .and_then(|s| s.http.as_deref())
-        .map(|http| {
-            let kept = live.clone();
-            Announcer::start(pool.clone(), advertised(http), move || kept.serving())
-        });
+        .map(|http| Announcer::start(pool.clone(), advertised(http)));
     let peers = match &announcer {
         Some(a) => Some(Arc::new(
             Peers::new(a.addresses(), token).map_err(|e| PoolRefusal::Peers { cause: e.into() })?,
@@ -151,7 +146,7 @@ pub(super) fn run_worker(
         outputs,
         peers,
         stages: stages.stats(),
-        live,
+        live: Arc::new(KeptLive::default()),
     };
     let result = run_worker_jobs(&w);
     // the SQL server stops here, after the last job
@@ -264,25 +259,15 @@ struct Announcer {
 }
 
 impl Announcer {
-    /// Announces `address` every [`ANNOUNCE_EVERY`], from when `serving` says it answers
-    /// (before, the other workers' queries would find it refusing connections), until
-    /// stopped; reads the other members' all along.
-    fn start(
-        pool: Arc<PoolStore>,
-        address: String,
-        serving: impl Fn() -> bool + Send + 'static,
-    ) -> Self {
+    /// Announces `address` every [`ANNOUNCE_EVERY`] until stopped.
+    fn start(pool: Arc<PoolStore>, address: String) -> Self {
         let running = Arc::new(AtomicBool::new(true));
         let members = Arc::new(Mutex::new(Vec::new()));
         let (run, cache) = (running.clone(), members.clone());
         let thread = std::thread::spawn(move || {
-            let mut announced = false;
             while run.load(Ordering::Relaxed) {
-                if serving() {
-                    announced = true;
-                    if let Err(e) = pool.announce(&address) {
-                        tracing::warn!(error = %e, "cannot announce this worker's SQL address");
-                    }
+                if let Err(e) = pool.announce(&address) {
+                    tracing::warn!(error = %e, "cannot announce this worker's SQL address");
                 }
                 match pool.members(ANNOUNCE_FRESH.as_millis() as i64) {
                     Ok(m) => {
@@ -293,8 +278,7 @@ impl Announcer {
                     Err(e) => tracing::warn!(error = %e, "cannot read the pool's members"),
                 }
                 for _ in 0..(ANNOUNCE_EVERY.as_millis() / 100) {
-                    // the first announcement as soon as the server answers
-                    if !run.load(Ordering::Relaxed) || (!announced && serving()) {
+                    if !run.load(Ordering::Relaxed) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(100));

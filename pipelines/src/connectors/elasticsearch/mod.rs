@@ -89,6 +89,14 @@ impl SinkConnector for ElasticsearchTarget {
                 return Err(at.err(format!("sink `{sink}` already writes `{}`, and its `index` has no `{{output}}`: the two would share indices (documents' ids and mappings are an output's); put `{{output}}` in `index`, or use one sink per window or view", first.name)));
             }
         }
+        // index names are lowercase: `Hits` and `hits` would share indices
+        if let Some(other) = c
+            .outputs
+            .iter()
+            .find(|o| o.name.to_lowercase() == output.to_lowercase())
+        {
+            return Err(at.err(format!("sink `{sink}` already writes `{}`, whose indices `{output}` would share (index names are lowercase); rename one of them, or use one sink per window or view", other.name)));
+        }
         let view_keys = at.view_keys();
         if view_keys.is_some() && c.index.uses_window_start() {
             return Err(at.err(format!("sink `{sink}`: `{{window_start}}` in `index` names indices by window, but `{output}` is a view (no window_start)")));
@@ -208,6 +216,18 @@ mod tests {
         assert!(
             e.message
                 .contains("already writes `w`, and its `index` has no `{output}`"),
+            "{e}"
+        );
+        // index names are lowercase: `W` would write `w`'s indices
+        let yaml = pipeline(
+            FILES,
+            "    elasticsearch: { url: \"http://127.0.0.1:9\", index: \"weir-{output}\" }",
+            &VIEW_TOO.replace("  v:", "  W:"),
+        );
+        let e = refusal("es-two-same-index", &yaml);
+        assert!(
+            e.message
+                .contains("already writes `w`, whose indices `W` would share"),
             "{e}"
         );
     }
