@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crash::venv_python;
 use serde_json::Value;
-use sql_support::{free_port, http, sql_json, try_http, Running};
+use sql_support::{free_port, http, sql_json, try_post_sql, Running};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
@@ -705,14 +705,7 @@ fn a_restarted_view_is_never_answered_empty_while_it_restores() {
     let (mut answered, mut starting) = (0, 0);
     let asked = Instant::now();
     while asked.elapsed() < Duration::from_secs(60) && answered < 50 {
-        let body = serde_json::json!({ "query": total }).to_string();
-        let Ok(a) = try_http(
-            hp,
-            "POST",
-            "/sql",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        ) else {
+        let Ok(a) = try_post_sql(hp, total) else {
             std::thread::sleep(Duration::from_millis(2));
             continue;
         };

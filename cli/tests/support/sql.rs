@@ -89,16 +89,22 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
-/// `POST /sql` with a JSON body; the JSON rows, or the error.
-pub fn try_sql_json(port: u16, query: &str) -> Result<Vec<serde_json::Map<String, Value>>, String> {
+/// `POST /sql` with `{"query": query}` on a fresh connection: the answer, whatever its
+/// status, or why there was none.
+pub fn try_post_sql(port: u16, query: &str) -> Result<Answer, String> {
     let body = serde_json::json!({ "query": query }).to_string();
-    let a = try_http(
+    try_http(
         port,
         "POST",
         "/sql",
         &[("Content-Type", "application/json")],
         body.as_bytes(),
-    )?;
+    )
+}
+
+/// `POST /sql` with a JSON body; the JSON rows, or the error.
+pub fn try_sql_json(port: u16, query: &str) -> Result<Vec<serde_json::Map<String, Value>>, String> {
+    let a = try_post_sql(port, query)?;
     if a.status != 200 {
         return Err(format!(
             "{}: {}",
@@ -120,14 +126,7 @@ pub fn try_sql_json(port: u16, query: &str) -> Result<Vec<serde_json::Map<String
 
 /// Whether the engine on `port` refuses queries as `starting` (see `QueryError::Starting`).
 pub fn is_starting(port: u16) -> bool {
-    let body = serde_json::json!({ "query": "SELECT 1" }).to_string();
-    let Ok(a) = try_http(
-        port,
-        "POST",
-        "/sql",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    ) else {
+    let Ok(a) = try_post_sql(port, "SELECT 1") else {
         return false;
     };
     a.status == 503
@@ -136,14 +135,7 @@ pub fn is_starting(port: u16) -> bool {
 
 /// `POST /sql` with a JSON body; the JSON rows, or panics with the error.
 pub fn sql_json(port: u16, query: &str) -> Vec<serde_json::Map<String, Value>> {
-    let body = serde_json::json!({ "query": query }).to_string();
-    let a = http(
-        port,
-        "POST",
-        "/sql",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
+    let a = try_post_sql(port, query).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         a.status,
         200,
