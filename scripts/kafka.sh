@@ -14,7 +14,9 @@
 # names, never delete); snappy (fetch fails); CreatePartitions and topic auto-creation. What it
 # gets wrong and weir patches (scripts/tansu/): a group whose leader leaves while it re-forms waits
 # for that leader forever, and no member is ever assigned a partition again; a member that
-# rejoins during a rebalance (and so sends no heartbeat) is expired while it is alive.
+# rejoins during a rebalance (and so sends no heartbeat) is expired while it is alive; a leader
+# whose session expires (killed, never left) stays the leader, so no member is ever assigned
+# its partitions.
 set -euo pipefail
 
 VERSION=0.6.0

@@ -531,7 +531,12 @@ fn damage(chk: &Path, manifest: bool) -> String {
     let state_file = std::fs::read_dir(chk)
         .unwrap()
         .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "arrow"));
+        // an open-window state file (emitted windows kept for SQL are skipped when damaged,
+        // with a warning: they do not make a restore fall back)
+        .find(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("op-") && name.ends_with(".arrow") && !name.ends_with("-emitted.arrow")
+        });
     match state_file {
         Some(f) if !manifest => {
             let mut bytes = std::fs::read(&f).unwrap();

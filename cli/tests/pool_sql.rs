@@ -198,6 +198,101 @@ fn a_query_to_any_worker_answers_over_the_whole_pool() {
     }
 }
 
+/// A query over the pool is never answered from fewer partitions than the pipeline reads: a
+/// killed worker leaves the member list of the others 8 s after its last announcement, but
+/// its partitions move only when the group's session times out (30 s here). Until then a
+/// query to the surviving worker must be refused as the pool rebalancing (it used to answer
+/// with its own half of the view, a wrong sum); after, it answers for the whole view. The
+/// killed worker is the group's leader, whose partitions the test broker never moved before
+/// its fix.
+#[test]
+fn a_pool_query_is_refused_not_short_while_a_killed_worker_s_partitions_have_no_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pipeline, want, _) = health_pool(dir.path(), "12000", true);
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "start_from: earliest }",
+        r#"start_from: earliest, properties: { session.timeout.ms: "30000" } }"#,
+    );
+    std::fs::write(&pipeline, text).unwrap();
+    let (pa, pb) = (sql_support::free_port(), sql_support::free_port());
+    let start = |id: &str, port: u16| {
+        Running::start_with(
+            &pipeline,
+            &["--worker", id],
+            &[("WEIR_HTTP_PORT", &port.to_string())],
+        )
+    };
+    // b leads the group, and is killed: tansu 0.6.0 kept a leader whose session expired as
+    // the leader, and nobody was assigned its partitions again (scripts/tansu/0003-*)
+    let b = start("b", pb);
+    b.wait_for("partitions for worker b", has_claims);
+    let a = start("a", pa);
+    a.wait_for("partitions for worker a", has_claims);
+    wait_for_whole_view(pa, &want, || a.lines().join("\n"));
+    let b_log = b.kill().join("\n");
+    let killed = Instant::now();
+    // a's jobs started with every partition, before and after the kill
+    let whole_jobs = |a: &Running| {
+        a.lines()
+            .iter()
+            .filter(|l| l.contains("starting a job with its assigned partitions partitions=6"))
+            .count()
+    };
+    let whole_jobs_before = whole_jobs(&a);
+    let expected = (
+        want["services"].as_object().unwrap().len() as u64,
+        want["good"].as_u64().unwrap(),
+    );
+    let query = "SELECT count(*) AS keys, sum(checks) AS checks FROM service_status";
+    let mut moving = 0usize;
+    loop {
+        let waited = killed.elapsed();
+        assert!(
+            waited < Duration::from_secs(120),
+            "a never answered for the whole view again ({moving} refusals as moving)\n{}\n\
+             b's log:\n{b_log}",
+            a.lines().join("\n")
+        );
+        // once a owns every partition, it catches up from the newest checkpoint b completed
+        let took_over = whole_jobs(&a) > whole_jobs_before;
+        match try_sql_json(pa, query) {
+            Ok(rows) => {
+                let got = (
+                    rows[0]["keys"].as_u64().unwrap_or(0),
+                    rows[0]["checks"].as_u64().unwrap_or(0),
+                );
+                if got == expected && took_over {
+                    break;
+                }
+                // a's new job may have published before its start line reached the log
+                let took_over = took_over || {
+                    std::thread::sleep(Duration::from_secs(1));
+                    whole_jobs(&a) > whole_jobs_before
+                };
+                assert!(
+                    got == expected || took_over,
+                    "{waited:?} after b was killed, before a took b's partitions over, a \
+                     answered for part of the view: {got:?}, not {expected:?}\n{}\n\
+                     b's log:\n{b_log}",
+                    a.lines().join("\n")
+                );
+            }
+            // b still announced but gone: it does not answer (a refusal, not rows)
+            Err(e) if e.starts_with("503") && e.contains("did not answer") => {}
+            Err(e) if e.starts_with("503") && e.contains(r#""code":"rebalancing""#) => {
+                moving += usize::from(e.contains("no worker that answered holds partition"));
+            }
+            Err(e) => panic!("{waited:?} after b was killed: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        moving > 0,
+        "the query was never refused while b's partitions had no owner"
+    );
+    a.interrupt();
+}
+
 /// A worker's SQL endpoint outlives the jobs it runs between rebalances: queries of its own
 /// rows and metrics scrapes every 50 ms all answer (a query between two jobs is refused as
 /// such, never with a dropped connection), and a subscription opened before a second worker joins (partitions leave the

@@ -671,7 +671,9 @@ fn a_view_stopped_and_restored_from_its_checkpoint_counts_every_event_once() {
 
 /// A restart restores a view from its checkpoint: from the moment the endpoint accepts
 /// connections, every query either counts at least what the view held before the stop, or
-/// is refused as `starting` (503 over HTTP), never answered from tables still empty.
+/// is refused as `starting` (503 over HTTP), never answered from tables still empty. The
+/// windows emitted before the stop are still there (`retain`, 1 hour by default), each
+/// once.
 #[test]
 fn a_restarted_view_is_never_answered_empty_while_it_restores() {
     let source =
@@ -689,13 +691,21 @@ fn a_restarted_view_is_never_answered_empty_while_it_restores() {
     let mut first = Running::start(WEIR, &pipeline, &[]);
     first.wait_http(hp);
     let started = Instant::now();
+    let emitted = "SELECT count(*) AS n, sum(checks) AS checks, \
+                   max(CAST(window_end AS BIGINT)) AS end_ms FROM health_win WHERE is_final";
+    let windows = |rows: &[serde_json::Map<String, Value>]| rows[0]["n"].as_u64().unwrap_or(0);
     let before = loop {
         let n = checks(&sql_json(hp, total));
-        if n > 3000 || started.elapsed() > Duration::from_secs(30) {
+        if (n > 3000 && windows(&sql_json(hp, emitted)) >= 20)
+            || started.elapsed() > Duration::from_secs(30)
+        {
             break n;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // the windows emitted so far (in order of their end: each end's windows at once)
+    let kept = sql_json(hp, emitted);
+    let end_ms = kept[0]["end_ms"].as_i64().unwrap();
     let (code, _, err) = first.stop();
     assert_eq!(code, Some(0), "{err}");
     assert!(before > 3000, "the first run counted {before} checks");
@@ -728,12 +738,20 @@ fn a_restarted_view_is_never_answered_empty_while_it_restores() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // the windows emitted before the stop, each once, as they were
+    let upto = format!("{emitted} AND CAST(window_end AS BIGINT) <= {end_ms}");
+    let again = sql_json(hp, &upto);
     let (code, out, err) = second.stop();
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("restored from checkpoint"), "{out}");
     assert_eq!(
         answered, 50,
         "refused {starting} times, answered {answered}"
+    );
+    assert!(windows(&again) >= 20, "{again:?}");
+    assert_eq!(
+        again, kept,
+        "the windows emitted before the stop, after the restart"
     );
 }
 

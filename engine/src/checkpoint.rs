@@ -14,9 +14,11 @@
 //!
 //! Layout under the checkpoint location (a folder or an object-store prefix):
 //! `chk-<epoch>/op-<index>.arrow` (Arrow IPC: the partial accumulator rows of the open
-//! windows of one operator) and `chk-<epoch>/manifest.json`.
+//! windows of one operator), `chk-<epoch>/op-<index>-emitted.arrow` (the windows emitted since
+//! the previous checkpoint, kept for SQL: see `retained`) and `chk-<epoch>/manifest.json`.
 
 mod fingerprint;
+mod retained;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +32,7 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 pub use fingerprint::{compatibility, FingerprintChange, FingerprintChanges};
+pub use retained::{RetainedFile, RetainedPart};
 pub(crate) use store::encode_manifest;
 use store::{chk_dir, manifest_name, sha256_hex};
 pub use store::{open_object_store, CheckpointStore, ManifestError};
@@ -185,12 +188,17 @@ pub struct OperatorRecord {
     pub flushed: i64,
     /// The watermark up to which windows were emitted.
     pub emitted: i64,
+    /// Files of the emitted windows kept for SQL (`retain`), oldest first (see `retained`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained: Vec<RetainedFile>,
 }
 
 /// A checkpoint read back: the manifest and each operator's partial windows.
 pub struct Restored {
     pub manifest: Manifest,
     pub operators: Vec<Vec<PartialWindow>>,
+    /// Per operator: its emitted windows kept for SQL, one batch per window.
+    pub retained: Vec<Vec<RecordBatch>>,
 }
 
 /// Encodes partial windows as one Arrow IPC stream: `window_start`, keys, accumulator states.
@@ -421,6 +429,8 @@ pub(crate) enum Part {
         epoch: u64,
         /// Per operator: held partial windows and the emitted watermark.
         ops: Vec<(Vec<PartialWindow>, i64)>,
+        /// Per operator, with live SQL tables: the windows emitted since the last barrier.
+        retained: Vec<RetainedPart>,
         counters: Vec<(String, u64)>,
     },
     Sink {
@@ -457,6 +467,8 @@ pub(crate) struct Pending {
     pub cut: Vec<(String, String, Option<Resume>)>,
     /// Global partition with lanes → each lane's next upstream offset at the barrier.
     pub lanes: HashMap<usize, Vec<u64>>,
+    /// Per operator: the emitted windows the previous checkpoint retained.
+    pub retained_before: Vec<Vec<RetainedFile>>,
     parts: Vec<Part>,
     expected: usize,
 }
@@ -474,6 +486,7 @@ impl Pending {
             final_,
             cut,
             lanes: HashMap::new(),
+            retained_before: Vec::new(),
             parts: Vec::new(),
             expected,
         }
@@ -507,6 +520,7 @@ impl Pending {
         let mut counters = BTreeMap::new();
         let mut sinks = BTreeMap::new();
         let mut dead_letter = serde_json::Value::Null;
+        let mut retained_parts: Vec<RetainedPart> = Vec::new();
         for part in self.parts {
             match part {
                 Part::Worker { ops, .. } => {
@@ -526,12 +540,16 @@ impl Pending {
                     counters.extend(c);
                 }
                 Part::Merger {
-                    ops, counters: c, ..
+                    ops,
+                    retained,
+                    counters: c,
+                    ..
                 } => {
                     for (op, (p, e)) in ops.into_iter().enumerate() {
                         partials[op].extend(p);
                         emitted[op] = e;
                     }
+                    retained_parts = retained;
                     counters.extend(c);
                 }
                 Part::Sink {
@@ -570,12 +588,27 @@ impl Pending {
                 spec.store.put(&format!("{dir}/{file}"), bytes)?;
                 Some(file)
             };
+            // a pool's emitted rows are not cut per partition: none kept (see `retained`)
+            let retained = match retained_parts.get_mut(i) {
+                Some(part) if spec.ownership.is_none() => {
+                    let previous = self.retained_before.get(i).map_or(&[][..], |r| r);
+                    retained::next_files(
+                        &spec.store,
+                        self.epoch,
+                        i,
+                        previous,
+                        std::mem::take(part),
+                    )?
+                }
+                _ => Vec::new(),
+            };
             operators.push(OperatorRecord {
                 name: name.clone(),
                 file,
                 rows: rows as u64,
                 flushed: flushed[i],
                 emitted: emitted[i],
+                retained,
             });
         }
         let owned = spec.ownership.as_ref().map(|o| &o.owned);
@@ -648,7 +681,8 @@ impl Pending {
 /// collection (it is skipped with a warning), so the newest intact checkpoint, the fallback
 /// of a restore, is never deleted. With `pool` set, a checkpoint that is the newest to own
 /// some partition is kept too (the next owner of that partition restores it from there), and
-/// so is every epoch in `claimed` (checkpoints of this store that a claim points to).
+/// so is every epoch in `claimed` (checkpoints of this store that a claim points to). The files
+/// of emitted windows a kept manifest retains are kept with it (see `retained`).
 pub(crate) fn collect_garbage(
     store: &CheckpointStore,
     keep: usize,
@@ -664,6 +698,8 @@ pub(crate) fn collect_garbage(
     let mut intact: Vec<(u64, Option<Manifest>)> = Vec::new();
     let mut kept = 0;
     let mut oldest_kept = None;
+    // files of older checkpoints that kept manifests still list
+    let mut listed = std::collections::HashSet::new();
     for &e in epochs.iter().rev() {
         if kept == keep && !pool {
             break;
@@ -673,6 +709,8 @@ pub(crate) fn collect_garbage(
                 if kept < keep {
                     kept += 1;
                     oldest_kept = Some(e);
+                    let files = m.operators.iter().flat_map(|o| &o.retained);
+                    listed.extend(files.map(|f| (f.epoch, f.name())));
                 }
                 intact.push((e, pool.then_some(m)));
             }
@@ -709,9 +747,13 @@ pub(crate) fn collect_garbage(
             n.strip_prefix("chk-")
                 .and_then(|r| r.split_once('/'))
                 .and_then(|(e, _)| e.parse::<u64>().ok())
-                .is_some_and(|e| e < oldest_kept && !protected.contains(&e))
+                .is_some_and(|e| {
+                    e < oldest_kept && !protected.contains(&e) && !listed.contains(&(e, n.clone()))
+                })
         })
         .collect();
+    // a folder that still holds a listed file stays
+    protected.extend(listed.iter().map(|(e, _)| *e));
     // manifests last, so an interrupted collection leaves no manifest without its files
     let (manifests, files): (Vec<String>, Vec<String>) =
         old.into_iter().partition(|n| n.ends_with("/manifest.json"));

@@ -217,6 +217,10 @@ pub struct LiveSnapshot {
     pub stages: Vec<crate::stage_stats::StageStatus>,
     /// Every source ended and every output was written: nothing changes any more.
     pub finished: bool,
+    /// In a worker pool: the partitions (`source`, `partition`) whose state this snapshot
+    /// holds, as the job that published it owned them (stamped by [`LiveState::publish`]); a
+    /// query over the pool checks that the workers' snapshots hold every partition once.
+    pub owned: Option<Arc<Owned>>,
 }
 
 /// The live state of one job, shared by the engine (which publishes) and SQL readers.
@@ -242,7 +246,7 @@ pub struct LiveState {
 }
 
 /// The partitions (`source`, `partition`) a pool worker's job owns.
-type Owned = std::collections::HashSet<(String, String)>;
+pub type Owned = std::collections::HashSet<(String, String)>;
 
 impl LiveState {
     /// A state with no snapshot yet (tables are empty until the first barrier).
@@ -359,6 +363,8 @@ impl LiveState {
         if snapshot.seq > 0 && snapshot.seq <= g.seq {
             snapshot.seq = g.seq + 1;
         }
+        // the job publishing owns these: the next job's are set before it publishes
+        snapshot.owned = self.owned().map(Arc::new);
         *g = Arc::new(snapshot);
     }
 
@@ -411,6 +417,11 @@ pub(crate) struct Retained {
     /// (window end, rows) in emission order.
     batches: Vec<(i64, RecordBatch)>,
     newest_end: i64,
+    /// Windows ending at or before this are no longer kept.
+    keep_after: i64,
+    /// The windows emitted since the last checkpoint barrier took them (see
+    /// [`Retained::take_unsaved`]).
+    unsaved: Vec<(i64, RecordBatch)>,
 }
 
 impl Retained {
@@ -418,16 +429,32 @@ impl Retained {
         Retained {
             batches: Vec::new(),
             newest_end: i64::MIN,
+            keep_after: i64::MIN,
+            unsaved: Vec::new(),
         }
     }
 
     /// Keeps emitted rows (already in the table's schema); `window_end` is that of the
     /// batch's window (the merger emits one batch per window).
     pub fn add(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
+        self.unsaved.push((window_end, rows.clone()));
+        self.restore(window_end, rows, retain_ms);
+    }
+
+    /// Keeps rows a checkpoint already holds (restored from it).
+    pub fn restore(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
         self.newest_end = self.newest_end.max(window_end);
         self.batches.push((window_end, rows));
-        let keep_after = self.newest_end.saturating_sub(retain_ms);
+        self.keep_after = self.newest_end.saturating_sub(retain_ms);
+        let keep_after = self.keep_after;
         self.batches.retain(|(end, _)| *end > keep_after);
+        self.unsaved.retain(|(end, _)| *end > keep_after);
+    }
+
+    /// The windows emitted since the last call (a checkpoint barrier writes them), and the
+    /// end at or before which windows are no longer kept.
+    pub fn take_unsaved(&mut self) -> (Vec<(i64, RecordBatch)>, i64) {
+        (std::mem::take(&mut self.unsaved), self.keep_after)
     }
 
     pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
@@ -465,6 +492,11 @@ mod tests {
         state.publish(snapshot(2, true));
         assert_eq!(state.current().seq, 2);
         assert!(!state.current().finished, "more jobs follow");
+        let holds = |p: &str| state.current().owned.as_deref() == Some(&owned(p));
+        assert!(
+            holds("t/0"),
+            "a snapshot holds the partitions of the job that published it"
+        );
         assert!(state.between_jobs(), "its partitions may move now");
         // the next job's placeholder changes nothing; it numbers from 1 again, and owns
         // another partition
@@ -473,8 +505,10 @@ mod tests {
         assert!(state.between_jobs(), "until its first real snapshot");
         state.set_owned(owned("t/1"));
         assert!(state.owns("events", "t/1") && !state.owns("events", "t/0"));
+        assert!(holds("t/0"), "the last job's snapshot still holds its own");
         state.publish(snapshot(1, false));
         assert!(!state.between_jobs());
+        assert!(holds("t/1"));
         assert_eq!(state.current().seq, 3, "numbers keep growing");
         state.end_job();
         assert!(state.between_jobs(), "a job that failed ends too");
@@ -487,6 +521,10 @@ mod tests {
         let alone = LiveState::new("p", vec![]);
         alone.publish(snapshot(1, true));
         assert!(alone.current().finished);
+        assert!(
+            alone.current().owned.is_none(),
+            "every partition, outside a pool"
+        );
     }
 
     #[test]
@@ -500,8 +538,18 @@ mod tests {
             2,
             "the window ending at 60s is older than 2 min"
         );
+        // a checkpoint barrier takes the windows it has not written yet, once
+        let (unsaved, keep_after) = r.take_unsaved();
+        assert_eq!(unsaved.len(), 2);
+        assert_eq!(keep_after, 60_000);
+        assert!(r.take_unsaved().0.is_empty());
         r.add(600_000, batch(4), 120_000);
         assert_eq!(r.batches().count(), 1);
+        // rows restored from a checkpoint are kept but not written again
+        r.restore(540_000, batch(5), 120_000);
+        assert_eq!(r.batches().count(), 2);
+        let (unsaved, keep_after) = r.take_unsaved();
+        assert_eq!((unsaved.len(), keep_after), (1, 480_000));
     }
 
     #[test]

@@ -586,10 +586,16 @@ impl PoolStore {
             }
         }
         base.owned = owned.clone();
+        // a pool keeps no emitted windows for SQL in its checkpoints (see `checkpoint`)
+        for o in &mut base.operators {
+            o.retained.clear();
+        }
+        let retained = base.operators.iter().map(|_| Vec::new()).collect();
         Ok(PoolRestore {
             restored: Some(Restored {
                 manifest: base,
                 operators,
+                retained,
             }),
             foreign,
         })

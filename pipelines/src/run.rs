@@ -463,7 +463,11 @@ fn start_live(
     }
     let mut tables = Vec::new();
     for w in &plan.windows {
-        let retain_ms = w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64;
+        // emitted windows are kept (in memory and checkpoints) only for SQL to show them
+        let retain_ms = match plan.serve {
+            Some(_) => w.retain_ms.unwrap_or(DEFAULT_RETAIN_MS) as i64,
+            None => 0,
+        };
         tables.push(LiveTableDef::new(
             &w.config.name,
             LiveKind::Window { retain_ms },

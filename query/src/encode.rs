@@ -84,11 +84,29 @@ pub fn json_rows(result: &QueryResult, max_bytes: usize) -> Result<Vec<u8>, Enco
 
 /// Rows as an Arrow IPC stream, at most `max_bytes` long.
 pub fn arrow_stream(result: &QueryResult, max_bytes: usize) -> Result<Vec<u8>, EncodeError> {
+    arrow_stream_with(result, max_bytes, None)
+}
+
+/// [`arrow_stream`], its schema carrying `metadata` too (what a pool worker tells another).
+pub fn arrow_stream_with(
+    result: &QueryResult,
+    max_bytes: usize,
+    metadata: Option<&std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, EncodeError> {
+    let schema = match metadata {
+        Some(m) => {
+            let mut all = result.schema.metadata().clone();
+            all.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            std::sync::Arc::new(result.schema.as_ref().clone().with_metadata(all))
+        }
+        None => result.schema.clone(),
+    };
     let mut out = Vec::new();
     {
-        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema)?;
         for b in &result.batches {
-            w.write(b)?;
+            let b = b.clone().with_schema(schema.clone())?;
+            w.write(&b)?;
             if w.get_ref().len() > max_bytes {
                 return Err(EncodeError::TooLarge);
             }

@@ -21,7 +21,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::parser::ParserError;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use weir_engine::live::{LiveKind, LiveState};
+use weir_engine::live::{LiveKind, LiveSnapshot, LiveState};
 
 use crate::deadline::with_deadline;
 pub use crate::limits::QueryLimits;
@@ -61,6 +61,11 @@ pub enum QueryError {
     /// hold rows another worker holds now.
     #[error("this worker of the pool is between two jobs (partitions are moving between workers); try again in a moment")]
     Rebalancing,
+    /// In a pool, the workers that answered do not hold every partition's state exactly once
+    /// (a partition is moving, or its worker is gone and nobody has taken it over yet): the
+    /// sum of their rows would be wrong.
+    #[error("{0}; partitions are moving between the workers of the pool, try again in a moment")]
+    PartitionsMoving(String),
     /// The job restored state from a checkpoint and has not published it yet: the tables
     /// would answer without it.
     #[error("the pipeline is starting: the state it restored from its checkpoint is not queryable yet; try again in a moment")]
@@ -79,7 +84,7 @@ impl QueryError {
             QueryError::TooComplex(_) => "statement_too_complex",
             QueryError::ResultTooLarge(_) => "result_too_large",
             QueryError::Execution(_) => "execution_error",
-            QueryError::Rebalancing => "rebalancing",
+            QueryError::Rebalancing | QueryError::PartitionsMoving(_) => "rebalancing",
             QueryError::Starting => "starting",
         }
     }
@@ -94,6 +99,7 @@ impl QueryError {
                 | QueryError::TooComplex(_)
                 | QueryError::ResultTooLarge(_)
                 | QueryError::Rebalancing
+                | QueryError::PartitionsMoving(_)
                 | QueryError::Starting
         )
     }
@@ -113,7 +119,7 @@ impl QueryError {
             // serialization_failure: what clients retry, without dropping the connection; a
             // worker of a pool meets it at every rebalance (poolers take 57P03,
             // cannot_connect_now, for a server going away, and drop the connection)
-            QueryError::Rebalancing => "40001",
+            QueryError::Rebalancing | QueryError::PartitionsMoving(_) => "40001",
             // cannot_connect_now: what PostgreSQL answers while it starts up; once, after a
             // restart (a pooler dropping the connection connects again at once)
             QueryError::Starting => "57P03",
@@ -127,8 +133,16 @@ impl QueryError {
             return QueryError::Memory(message);
         }
         if let DataFusionError::External(e) = root {
-            if let Some(crate::peers::PeerError::Rebalancing { .. }) = e.downcast_ref() {
-                return QueryError::Rebalancing;
+            match e.downcast_ref() {
+                Some(crate::peers::PeerError::Rebalancing { .. }) => {
+                    return QueryError::Rebalancing
+                }
+                // a worker that does not answer is gone or going: its partitions move
+                Some(
+                    moving @ (crate::peers::PeerError::Uncovered(_)
+                    | crate::peers::PeerError::Unanswered { .. }),
+                ) => return QueryError::PartitionsMoving(moving.to_string()),
+                _ => {}
             }
         }
         match phase {
@@ -385,10 +399,12 @@ fn sliced_bytes(batch: &RecordBatch) -> usize {
 }
 
 /// What a collected result may hold.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct ResultCaps {
     rows: usize,
     bytes: usize,
+    /// Schema metadata of an Arrow answer (a pool worker's partitions, for another worker).
+    arrow_metadata: Option<std::collections::HashMap<String, String>>,
 }
 
 impl ResultCaps {
@@ -417,7 +433,9 @@ impl ResultCaps {
         let out = match encoding {
             Encoding::Rows => return Ok(None),
             Encoding::Json => crate::encode::json_rows(result, self.bytes),
-            Encoding::Arrow => crate::encode::arrow_stream(result, self.bytes),
+            Encoding::Arrow => {
+                crate::encode::arrow_stream_with(result, self.bytes, self.arrow_metadata.as_ref())
+            }
         };
         match out {
             Ok(body) => Ok(Some(body)),
@@ -514,6 +532,8 @@ impl QueryEngine {
         )
         .map_err(|e| QueryError::Sql(e.to_string()))?;
         let permits = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+        // a pool worker's queries read the others' rows, or check it holds every partition
+        let pooled = peers.is_some() || live.worker().is_some();
         Ok(QueryEngine {
             base: ctx.state(),
             live,
@@ -523,7 +543,7 @@ impl QueryEngine {
             permits,
             executor: Executor::new()?,
             stats: QueryStats::default(),
-            pooled: peers.is_some(),
+            pooled,
         })
     }
 
@@ -574,6 +594,15 @@ impl QueryEngine {
     /// A session pinned to the current snapshot, with the per-query memory limit; `local`
     /// reads this worker's own state only (another pool worker asks).
     fn session(&self, local: bool) -> Result<SessionContext, QueryError> {
+        self.session_on(self.live.current(), local)
+    }
+
+    /// A session pinned to `snapshot` (see [`QueryEngine::session`]).
+    fn session_on(
+        &self,
+        snapshot: Arc<LiveSnapshot>,
+        local: bool,
+    ) -> Result<SessionContext, QueryError> {
         let mut runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
             .build()
@@ -585,7 +614,7 @@ impl QueryEngine {
             .clone()
             // the tables live in the base's default catalog: do not make a new, empty one
             .with_create_default_catalog_and_schema(false)
-            .with_extension(Arc::new(Pinned(self.live.current())));
+            .with_extension(Arc::new(Pinned(snapshot)));
         let config = if local {
             config.with_extension(Arc::new(LocalOnly))
         } else {
@@ -609,6 +638,7 @@ impl QueryEngine {
         ResultCaps {
             rows: self.limits.max_result_rows,
             bytes: self.limits.max_result_bytes,
+            arrow_metadata: None,
         }
     }
 
@@ -765,10 +795,17 @@ impl QueryEngine {
             return Err(QueryError::Starting);
         }
         let permit = self.permit().await?;
-        let caps = self.caps();
+        let mut caps = self.caps();
+        let snapshot = self.live.current();
+        // another worker asking checks that the pool's answers hold every partition once
+        if local {
+            if let Some(owned) = &snapshot.owned {
+                caps.arrow_metadata = Some(crate::peers::owned_metadata(owned));
+            }
+        }
         // the fast path reads this worker's state alone
         if fast_path && params.is_none() && (local || !self.pooled) {
-            if let Some(result) = crate::point::answer(&self.live, &self.live.current(), sql)? {
+            if let Some(result) = crate::point::answer(&self.live, &snapshot, sql)? {
                 if result.num_rows() > caps.rows {
                     return Err(caps.too_many_rows());
                 }
@@ -776,7 +813,7 @@ impl QueryEngine {
                 return Ok(Answer { result, body });
             }
         }
-        let ctx = self.session(local)?;
+        let ctx = self.session_on(snapshot, local)?;
         let sql = sql.to_string();
         let deadline = (Instant::now() + self.limits.timeout, self.limits.timeout);
         self.in_executor(permit, async move {
@@ -824,7 +861,7 @@ mod rebalancing_tests {
         assert_eq!((refused.code(), refused.sqlstate()), ("starting", "57P03"));
         assert!(refused.is_limit());
         // its first snapshot shows what it restored: answered from then on
-        live.publish(weir_engine::live::LiveSnapshot {
+        live.publish(LiveSnapshot {
             seq: 1,
             ..Default::default()
         });

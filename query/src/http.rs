@@ -160,9 +160,10 @@ async fn sql(
         ),
         Err(e) => {
             let status = match e {
-                QueryError::Busy(_) | QueryError::Rebalancing | QueryError::Starting => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                QueryError::Busy(_)
+                | QueryError::Rebalancing
+                | QueryError::PartitionsMoving(_)
+                | QueryError::Starting => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
             };
             error(status, e.code(), &e.to_string())

@@ -22,7 +22,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::ExecutionPlan;
 use weir_engine::live::{KeyIndex, LiveSnapshot, LiveState};
 
-use crate::peers::Peers;
+use crate::peers::{check_coverage, PeerError, Peers};
 
 /// The snapshot a query reads, carried in its session's config.
 pub struct Pinned(pub Arc<LiveSnapshot>);
@@ -39,18 +39,24 @@ pub(crate) fn peers_of<'a>(
     peers.as_ref().filter(|_| !local)
 }
 
-/// Rows other workers gave, as rows of `schema` (the same table in the same pipeline).
+/// Rows other workers gave, as rows of `schema` (the same table in the same pipeline). With
+/// `covering`, this worker's snapshot of a window or view, the answers must hold every
+/// partition's state exactly once (see [`check_coverage`]): else a sum over them would be
+/// wrong, and the query is refused as the pool rebalancing.
 pub(crate) async fn remote_rows(
     peers: &Peers,
     table: &str,
     schema: &SchemaRef,
+    covering: Option<&LiveSnapshot>,
 ) -> DfResult<Vec<RecordBatch>> {
-    let batches = peers
-        .fetch(table)
-        .await
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    batches
+    let external = |e| datafusion::error::DataFusionError::External(Box::new(e));
+    let answers = peers.fetch(table).await.map_err(external)?;
+    if let Some(snapshot) = covering {
+        covered(snapshot, &answers)?;
+    }
+    answers
         .into_iter()
+        .flat_map(|a| a.rows)
         .filter(|b| b.num_rows() > 0)
         .map(|b| {
             // by name: a worker of an earlier version may lack a column added since (null)
@@ -70,6 +76,22 @@ pub(crate) async fn remote_rows(
             })
         })
         .collect()
+}
+
+/// Whether this worker's `snapshot` and the other workers' `answers` hold every partition's
+/// state exactly once (see [`check_coverage`]).
+fn covered(snapshot: &LiveSnapshot, answers: &[crate::peers::PeerRows]) -> DfResult<()> {
+    let partitions = snapshot
+        .partitions
+        .iter()
+        .map(|p| (p.source.as_str(), p.partition.as_str()));
+    check_coverage(
+        partitions,
+        snapshot.owned.as_deref(),
+        answers,
+        snapshot.finished,
+    )
+    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
 }
 
 fn pinned(session: &dyn Session, live: &LiveState) -> Arc<LiveSnapshot> {
@@ -230,8 +252,25 @@ impl TableProvider for LiveTable {
             .iter()
             .filter_map(|f| self.key_equality(f))
             .collect();
+        let local_only = state.config().get_extension::<LocalOnly>().is_some();
+        if !local_only && self.live.worker().is_some() && snapshot.owned.is_none() {
+            // a pool worker's state before its first job published anything
+            let starting = PeerError::Uncovered("this worker has not started its first job".into());
+            return Err(datafusion::error::DataFusionError::External(Box::new(
+                starting,
+            )));
+        }
         let remote = match peers_of(state, &self.peers) {
-            Some(p) => remote_rows(p, &self.live.tables[self.index].name, &self.schema).await?,
+            Some(p) => {
+                let table = &self.live.tables[self.index].name;
+                remote_rows(p, table, &self.schema, Some(&snapshot)).await?
+            }
+            // a pool serving the Postgres protocol only asks no other worker: it answers
+            // only when it holds every partition
+            None if !local_only => {
+                covered(&snapshot, &[])?;
+                Vec::new()
+            }
             None => Vec::new(),
         };
         let index = snapshot.indexes.get(self.index).cloned().flatten();
@@ -413,7 +452,7 @@ impl TableProvider for StatusTable {
         let snapshot = pinned(state, &self.live);
         let mut batches = vec![self.rows(&snapshot)?];
         if let Some(p) = peers_of(state, &self.peers) {
-            batches.extend(remote_rows(p, "weir_status", &self.schema).await?);
+            batches.extend(remote_rows(p, "weir_status", &self.schema, None).await?);
         }
         scan_of(batches, &self.schema, projection)
     }

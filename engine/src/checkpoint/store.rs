@@ -290,9 +290,15 @@ impl CheckpointStore {
             };
             operators.push(partials);
         }
+        let retained = manifest
+            .operators
+            .iter()
+            .map(|op| super::retained::load(self, &op.retained))
+            .collect();
         Ok(Restored {
             manifest: manifest.clone(),
             operators,
+            retained,
         })
     }
 }
@@ -468,6 +474,7 @@ mod tests {
             rows: 2,
             flushed: 0,
             emitted: 0,
+            retained: Vec::new(),
         });
         store
             .put(&format!("{}/op-0.arrow", chk_dir(epoch)), bytes)

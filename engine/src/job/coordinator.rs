@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::channels::{send_barrier, Dispatcher, Failure, WorkerMsg, LIVE_POLL};
-use crate::checkpoint::{collect_garbage, CheckpointSpec, Epochs, Part, Pending};
+use crate::checkpoint::{collect_garbage, CheckpointSpec, Epochs, Part, Pending, RetainedFile};
 use crate::progress::Progress;
 use crate::stats::RunStats;
 use crate::time::now_ms;
@@ -32,6 +32,8 @@ pub(super) struct Coordinator {
     pub(super) handover: Arc<AtomicBool>,
     /// The job was asked to stop (a signal, a hand-over): its input did not end.
     pub(super) stop: Arc<AtomicBool>,
+    /// Per operator: the files of emitted windows the last checkpoint kept for SQL.
+    pub(super) retained: Vec<Vec<RetainedFile>>,
 }
 
 impl Coordinator {
@@ -109,6 +111,7 @@ impl Coordinator {
         tracing::debug!(epoch, last, "checkpoint started");
         let mut pending = Pending::new(epoch, last, cut, self.expected);
         pending.lanes = d.lane_cut.clone();
+        pending.retained_before = self.retained.clone();
         Ok(pending)
     }
 
@@ -116,6 +119,11 @@ impl Coordinator {
         let _span = tracing::info_span!("checkpoint", epoch = self.epoch).entered();
         let started = pending.started;
         let manifest = pending.write(&self.spec, &self.operator_names)?;
+        self.retained = manifest
+            .operators
+            .iter()
+            .map(|o| o.retained.clone())
+            .collect();
         self.epochs
             .completed
             .store(manifest.epoch, Ordering::SeqCst);

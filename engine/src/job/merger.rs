@@ -14,7 +14,7 @@ use super::channels::{
 };
 use super::outbox::{SinkOutbox, HOLD_PER_WORKER};
 use crate::api::MergeOperator;
-use crate::checkpoint::Part;
+use crate::checkpoint::{Part, RetainedPart};
 use crate::clock::{Clocks, WATERMARK_MIN};
 use crate::live::{LiveKind, LiveSnapshot, LiveState, PartitionStatus, Retained};
 use crate::stats::{PartitionCount, RunStats};
@@ -65,6 +65,44 @@ fn partition_statuses(
         .collect()
 }
 
+/// Per table, the emitted windows a checkpoint kept (`restored`, one batch per window), as
+/// far as `retain` keeps them; rows whose columns are no longer the table's are left out.
+fn retained_from(state: &LiveState, restored: Vec<Vec<RecordBatch>>) -> Vec<Retained> {
+    let mut restored = restored.into_iter();
+    state
+        .tables
+        .iter()
+        .map(|def| {
+            let mut r = Retained::new();
+            let rows = restored.next().unwrap_or_default();
+            let LiveKind::Window { retain_ms } = def.kind else {
+                return r;
+            };
+            for batch in rows {
+                if batch.schema().fields() != def.schema.fields() {
+                    tracing::warn!(
+                        table = def.name,
+                        "emitted windows kept by the checkpoint have other columns than the \
+                         table now: not shown"
+                    );
+                    break;
+                }
+                let rows = RecordBatch::try_new(def.schema.clone(), batch.columns().to_vec());
+                if let (Some(end), Ok(rows)) = (window_end_of(&batch), rows) {
+                    r.restore(end, rows, retain_ms);
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+/// The windows `retained` emitted since the last checkpoint barrier, for the next checkpoint.
+fn unsaved_part(retained: &mut Retained) -> RetainedPart {
+    let (new, keep_after) = retained.take_unsaved();
+    RetainedPart { new, keep_after }
+}
+
 /// The merger's side of live snapshots: emitted windows kept for `retain`, and the workers'
 /// copies of their open state gathered until the live barrier.
 pub(super) struct LiveTables {
@@ -87,6 +125,7 @@ impl LiveTables {
         partitions: &[(String, String)],
         clocks: Arc<Clocks>,
         op_sources: Vec<usize>,
+        restored: Vec<Vec<RecordBatch>>,
     ) -> Self {
         let n = state.tables.len();
         // before the first barrier: the partitions, with what a restore gave their clocks
@@ -101,11 +140,12 @@ impl LiveTables {
             ),
             ..Default::default()
         });
+        let retained = retained_from(&state, restored);
         LiveTables {
             state,
             partitions: partitions.to_vec(),
             clocks,
-            retained: (0..n).map(|_| Retained::new()).collect(),
+            retained,
             parts: (0..n).map(|_| Vec::new()).collect(),
             seq: 0,
             op_sources,
@@ -170,6 +210,8 @@ impl LiveTables {
             partitions,
             stages,
             finished,
+            // stamped by `publish`
+            owned: None,
         });
         self.observe_visible(stats);
         Ok(())
@@ -398,10 +440,15 @@ impl Merger<'_> {
         for (i, (merge, _)) in self.ops.iter_mut().enumerate() {
             held.push((merge.snapshot()?, self.emitted[i]));
         }
+        let retained = match self.live.as_mut() {
+            Some(l) => l.retained.iter_mut().map(unsaved_part).collect(),
+            None => Vec::new(),
+        };
         link.parts
             .send(Part::Merger {
                 epoch,
                 ops: held,
+                retained,
                 counters: self.stats.merger_counters(),
             })
             .map_err(|_| self.failure.closed("the checkpoint coordinator"))?;

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 pub use crate::api::{
@@ -105,7 +106,7 @@ pub fn run(
     let merge_tx = w.start_merger(
         merge_parts,
         sink_senders,
-        start.emitted.clone(),
+        (start.emitted.clone(), start.retained.clone()),
         link.clone(),
         live,
         op_sources.clone(),
@@ -238,6 +239,8 @@ struct Start {
     lane_cut: HashMap<usize, Vec<u64>>,
     /// Per operator: the watermark up to which windows were emitted.
     emitted: Vec<i64>,
+    /// Per operator: the emitted windows kept for SQL that the checkpoint holds.
+    retained: Vec<Vec<RecordBatch>>,
     /// The manifest of the checkpoint restored.
     manifest: Option<Manifest>,
 }
@@ -373,6 +376,7 @@ impl Wiring {
             cut: vec![None; self.partition_keys.len()],
             lane_cut: HashMap::new(),
             emitted: vec![WATERMARK_MIN; spec.operators.len()],
+            retained: vec![Vec::new(); spec.operators.len()],
             manifest: None,
         };
         let Some(cp) = checkpoint else {
@@ -415,6 +419,7 @@ impl Wiring {
             };
             let rec = &m.operators[j];
             start.emitted[i] = rec.emitted;
+            start.retained[i] = restored.retained.get(j).cloned().unwrap_or_default();
             // the merger takes the state where it holds it (a view); else worker 0
             let merger_took = op.merge.restore(&restored.operators[j])?;
             for (w, worker) in op.workers.iter_mut().enumerate() {
@@ -554,7 +559,7 @@ impl Wiring {
         &mut self,
         ops: Vec<MergePart>,
         sinks: Vec<Sender<SinkMsg>>,
-        emitted: Vec<i64>,
+        (emitted, retained): (Vec<i64>, Vec<Vec<RecordBatch>>),
         link: Option<CheckpointLink>,
         live: Option<LiveSpec>,
         op_sources: Vec<usize>,
@@ -566,7 +571,7 @@ impl Wiring {
         let gate = self.gate.clone();
         let live = live.map(|l| {
             let clocks = self.clocks.clone();
-            LiveTables::new(l.state, &self.partition_keys, clocks, op_sources)
+            LiveTables::new(l.state, &self.partition_keys, clocks, op_sources, retained)
         });
         self.spawn("merger".into(), move || {
             merger_loop(
@@ -659,6 +664,16 @@ impl Wiring {
         start: &Start,
         sinks: usize,
     ) -> Result<(), EngineError> {
+        // the emitted windows the restored checkpoint kept for SQL, per operator
+        let retained = self
+            .operator_names
+            .iter()
+            .map(|name| {
+                let m = start.manifest.as_ref();
+                let op = m.and_then(|m| m.operators.iter().find(|o| &o.name == name));
+                op.map(|o| o.retained.clone()).unwrap_or_default()
+            })
+            .collect();
         let coordinator = Coordinator {
             spec,
             dispatcher: dispatcher.clone(),
@@ -673,6 +688,7 @@ impl Wiring {
             epoch: start.first_epoch(),
             handover: self.handover.clone(),
             stop: self.stop.0.clone(),
+            retained,
         };
         let failure = self.failure.clone();
         self.spawn("checkpoints".into(), move || coordinator.run(&failure))

@@ -521,12 +521,14 @@ fn run_jobs(
         let job = PoolJob {
             sources,
             worker: pool.worker(),
-            owned: owned_now
-                .keys()
-                .filter_map(|k| {
-                    let (source, partition) = k.split_once('/')?;
-                    Some((source.to_string(), partition.to_string()))
-                })
+            // (source, partition key): a source's name may hold a `/`
+            owned: plan
+                .sources
+                .iter()
+                .zip(sources)
+                .flat_map(|(s, src)| src.keys.iter().map(move |key| (&s.name, key)))
+                .filter(|(name, key)| owned_now.contains_key(&format!("{name}/{key}")))
+                .map(|(name, key)| (name.clone(), key.clone()))
                 .collect(),
             peers: peers.clone(),
             stages: stages.clone(),

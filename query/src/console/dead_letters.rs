@@ -169,7 +169,7 @@ impl TableProvider for DeadLettersTable {
         // a limit reaches the scan only when no filter is left above it
         let mut batches = vec![self.rows(&keep, limit)?];
         if let Some(p) = crate::tables::peers_of(state, &self.peers) {
-            batches.extend(crate::tables::remote_rows(p, TABLE, &self.schema).await?);
+            batches.extend(crate::tables::remote_rows(p, TABLE, &self.schema, None).await?);
         }
         Ok(MemorySourceConfig::try_new_exec(
             &[batches],

@@ -64,6 +64,7 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
         epoch: 0,
         handover: Arc::new(AtomicBool::new(false)),
         stop: Arc::new(AtomicBool::new(false)),
+        retained: Vec::new(),
     };
     let failure = Failure::new();
     let f = failure.clone();
@@ -88,6 +89,7 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
         Part::Merger {
             epoch,
             ops: vec![(vec![partial(10, 2)], 20)],
+            retained: Vec::new(),
             counters: Vec::new(),
         },
         Part::DeadLetter {
