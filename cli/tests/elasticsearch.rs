@@ -403,6 +403,27 @@ fn a_fifth_of_the_items_answered_429_are_retried_until_all_are_indexed() {
     );
 }
 
+/// A bulk answer cut in the middle of its body (a proxy or a node closing the connection after
+/// the items were indexed) is sent again: the run goes on, and each window is still one
+/// document (ids are deterministic). It used to end the run with exit 2: "the bulk answer
+/// does not hold 500 items".
+#[test]
+fn a_bulk_answer_cut_short_is_sent_again_and_the_documents_equal_the_oracle() {
+    let case = Case::new(20_000, 60);
+    let es = Es::server(&[]);
+    let name = unique("weir-es-cut");
+    let pipeline = case.pipeline(
+        &name,
+        &es,
+        "",
+        "checkpoint: { dir: state, interval: 300ms }\n",
+    );
+    es.faults(json!({"cut_answers": 3}));
+    run(&pipeline, &[]);
+    assert_eq!(es.stats()["cut_answers"], 3, "every cut was met");
+    case.verify(&es, &name);
+}
+
 #[test]
 fn the_cluster_unreachable_for_30_seconds_loses_nothing() {
     let case = Case::new(150_000, 100);

@@ -197,8 +197,6 @@ pub struct OperatorRecord {
 pub struct Restored {
     pub manifest: Manifest,
     pub operators: Vec<Vec<PartialWindow>>,
-    /// Per operator: its emitted windows kept for SQL, one batch per window.
-    pub retained: Vec<Vec<RecordBatch>>,
 }
 
 /// Encodes partial windows as one Arrow IPC stream: `window_start`, keys, accumulator states.
@@ -592,13 +590,11 @@ impl Pending {
             let retained = match retained_parts.get_mut(i) {
                 Some(part) if spec.ownership.is_none() => {
                     let previous = self.retained_before.get(i).map_or(&[][..], |r| r);
-                    retained::next_files(
-                        &spec.store,
-                        self.epoch,
-                        i,
-                        previous,
-                        std::mem::take(part),
-                    )?
+                    let part = std::mem::take(part);
+                    let (files, written) =
+                        retained::next_files(&spec.store, self.epoch, i, previous, part)?;
+                    state_bytes += written;
+                    files
                 }
                 _ => Vec::new(),
             };

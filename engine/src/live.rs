@@ -422,6 +422,23 @@ pub(crate) struct Retained {
     /// The windows emitted since the last checkpoint barrier took them (see
     /// [`Retained::take_unsaved`]).
     unsaved: Vec<(i64, RecordBatch)>,
+    /// Files the checkpoints list since the last one that held every retained window.
+    files: usize,
+}
+
+/// Files of emitted windows a checkpoint lists at most before the next one writes every
+/// retained window into one file instead (so a manifest lists a few files, not one per
+/// checkpoint of the last `retain`, and a restore reads a few).
+const RETAINED_FILES_MAX: usize = 16;
+
+/// What a checkpoint barrier takes of a table's emitted windows (see [`Retained::take_unsaved`]).
+pub(crate) struct Unsaved {
+    /// (window end, rows) to write.
+    pub windows: Vec<(i64, RecordBatch)>,
+    /// Windows ending at or before this are no longer kept.
+    pub keep_after: i64,
+    /// `windows` are every retained window: they replace the files listed so far.
+    pub whole: bool,
 }
 
 impl Retained {
@@ -431,6 +448,7 @@ impl Retained {
             newest_end: i64::MIN,
             keep_after: i64::MIN,
             unsaved: Vec::new(),
+            files: 0,
         }
     }
 
@@ -438,11 +456,17 @@ impl Retained {
     /// batch's window (the merger emits one batch per window).
     pub fn add(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
         self.unsaved.push((window_end, rows.clone()));
-        self.restore(window_end, rows, retain_ms);
+        self.keep(window_end, rows, retain_ms);
     }
 
-    /// Keeps rows a checkpoint already holds (restored from it).
+    /// Keeps rows a checkpoint already holds (restored from it). The next checkpoint that
+    /// writes windows writes them all, so that it lists one file, of the windows as shown.
     pub fn restore(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
+        self.files = RETAINED_FILES_MAX;
+        self.keep(window_end, rows, retain_ms);
+    }
+
+    fn keep(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
         self.newest_end = self.newest_end.max(window_end);
         self.batches.push((window_end, rows));
         self.keep_after = self.newest_end.saturating_sub(retain_ms);
@@ -451,10 +475,32 @@ impl Retained {
         self.unsaved.retain(|(end, _)| *end > keep_after);
     }
 
-    /// The windows emitted since the last call (a checkpoint barrier writes them), and the
-    /// end at or before which windows are no longer kept.
-    pub fn take_unsaved(&mut self) -> (Vec<(i64, RecordBatch)>, i64) {
-        (std::mem::take(&mut self.unsaved), self.keep_after)
+    /// The windows a checkpoint barrier writes: those emitted since the last call, or every
+    /// retained window once [`RETAINED_FILES_MAX`] files are listed.
+    pub fn take_unsaved(&mut self) -> Unsaved {
+        let keep_after = self.keep_after;
+        if self.unsaved.is_empty() {
+            return Unsaved {
+                windows: Vec::new(),
+                keep_after,
+                whole: false,
+            };
+        }
+        self.files += 1;
+        if self.files > RETAINED_FILES_MAX {
+            self.files = 1;
+            self.unsaved.clear();
+            return Unsaved {
+                windows: self.batches.clone(),
+                keep_after,
+                whole: true,
+            };
+        }
+        Unsaved {
+            windows: std::mem::take(&mut self.unsaved),
+            keep_after,
+            whole: false,
+        }
     }
 
     pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
@@ -539,17 +585,25 @@ mod tests {
             "the window ending at 60s is older than 2 min"
         );
         // a checkpoint barrier takes the windows it has not written yet, once
-        let (unsaved, keep_after) = r.take_unsaved();
-        assert_eq!(unsaved.len(), 2);
-        assert_eq!(keep_after, 60_000);
-        assert!(r.take_unsaved().0.is_empty());
+        let u = r.take_unsaved();
+        assert_eq!((u.windows.len(), u.keep_after, u.whole), (2, 60_000, false));
+        assert!(r.take_unsaved().windows.is_empty());
         r.add(600_000, batch(4), 120_000);
         assert_eq!(r.batches().count(), 1);
-        // rows restored from a checkpoint are kept but not written again
+        // rows restored from a checkpoint are kept but not written again on their own: the
+        // next write holds every retained window, and replaces the files listed before
         r.restore(540_000, batch(5), 120_000);
         assert_eq!(r.batches().count(), 2);
-        let (unsaved, keep_after) = r.take_unsaved();
-        assert_eq!((unsaved.len(), keep_after), (1, 480_000));
+        let u = r.take_unsaved();
+        assert_eq!((u.windows.len(), u.keep_after, u.whole), (2, 480_000, true));
+        // then one file per barrier with new windows, until the list is long again
+        for i in 0..RETAINED_FILES_MAX as i64 {
+            r.add(660_000 + i, batch(6), 120_000);
+            let u = r.take_unsaved();
+            let last = i == RETAINED_FILES_MAX as i64 - 1;
+            assert_eq!(u.whole, last, "barrier {i}");
+            assert_eq!(u.windows.len(), if last { r.batches().count() } else { 1 });
+        }
     }
 
     #[test]

@@ -590,12 +590,10 @@ impl PoolStore {
         for o in &mut base.operators {
             o.retained.clear();
         }
-        let retained = base.operators.iter().map(|_| Vec::new()).collect();
         Ok(PoolRestore {
             restored: Some(Restored {
                 manifest: base,
                 operators,
-                retained,
             }),
             foreign,
         })

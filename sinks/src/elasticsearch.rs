@@ -396,7 +396,16 @@ impl ElasticsearchSink {
             match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let text = resp.bytes().await.unwrap_or_default();
+                    // a connection cut in the middle of the answer: the request's outcome is
+                    // unknown, and sending it again is safe (documents have their ids)
+                    let text = match resp.bytes().await {
+                        Ok(text) => text,
+                        Err(e) => {
+                            last = format!("{url}: the answer was cut short: {}", error_chain(&e));
+                            tracing::warn!(sink = %self.name, error = %last, "elasticsearch node did not answer whole; trying the next");
+                            continue;
+                        }
+                    };
                     let value = serde_json::from_slice(&text).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&text).into_owned())
                     });
@@ -770,6 +779,13 @@ impl ElasticsearchSink {
         count: usize,
     ) -> Result<Vec<ItemOutcome>, EngineError> {
         self.status_ok(status, body, "bulk request")?;
+        if !body.is_object() {
+            // not JSON: an answer cut short (a proxy, a node going away); sent again
+            return Err(self.unavailable(format!(
+                "the bulk answer ({status}) is not JSON: {}",
+                truncate(&body.to_string(), 300)
+            )));
+        }
         let items = body["items"]
             .as_array()
             .filter(|i| i.len() == count)

@@ -41,6 +41,9 @@ Test controls (not Elasticsearch; under /_weir):
                                               the same, from the bulk request that brings the
                                               items indexed to N (armed now, no polling race)
                      {"delay_ms": 200}         each answer that much later
+                     {"cut_answers": 3}        the next 3 bulk answers are cut in the middle of
+                                              their body (the items are indexed; the connection
+                                              closes after half the bytes Content-Length says)
   GET /_weir/stats   requests, bulk requests, items, rejected items, gzip requests, bytes, time
                      spent on bulk requests, first and last bulk times
   DELETE /_weir/faults
@@ -685,7 +688,27 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(406, {"error": f"Content-Type header [{u.args[0]}] is not supported", "status": 406})
         except EsError as e:
             return self.send_json(e.status, e.body(), head=(method == "HEAD"))
+        if parts[-1:] == ["_bulk"] and FAULTS.get("cut_answers", 0) > 0:
+            return self.send_cut(status, body)
         self.send_json(status, body, head=(method == "HEAD"))
+
+    def send_cut(self, status, body):
+        """Half of an answer, then the connection closes: the client cannot know the outcome."""
+        FAULTS["cut_answers"] -= 1
+        STATS["cut_answers"] = STATS.get("cut_answers", 0) + 1
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("X-elastic-product", "Elasticsearch")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def route(self, method, parts, params, raw):
         if not parts:
@@ -786,6 +809,8 @@ class Handler(BaseHTTPRequestHandler):
                     FAULTS["reject_ratio"] = float(body["reject_ratio"])
                 if "delay_ms" in body:
                     FAULTS["delay_ms"] = int(body["delay_ms"])
+                if "cut_answers" in body:
+                    FAULTS["cut_answers"] = int(body["cut_answers"])
                 if "unavailable_ms" in body:
                     FAULTS["unavailable_until"] = time.time() + body["unavailable_ms"] / 1000
                 if "refuse_ms" in body and "after_items" in body:

@@ -40,6 +40,8 @@ pub struct RetainedPart {
     pub new: Vec<(i64, RecordBatch)>,
     /// Windows ending at or before this are no longer retained.
     pub keep_after: i64,
+    /// `new` holds every retained window: it replaces the files listed so far.
+    pub whole: bool,
 }
 
 impl Default for RetainedPart {
@@ -47,19 +49,22 @@ impl Default for RetainedPart {
         RetainedPart {
             new: Vec::new(),
             keep_after: i64::MIN,
+            whole: false,
         }
     }
 }
 
 /// The files operator `op`'s manifest lists at checkpoint `epoch`: those of the previous one
-/// still retained, plus a file of the windows emitted since (written here), if any.
+/// still retained (none when `part` is whole), plus a file of `part`'s windows (written
+/// here), if any; and the bytes written.
 pub(super) fn next_files(
     store: &CheckpointStore,
     epoch: u64,
     op: usize,
     previous: &[RetainedFile],
     part: RetainedPart,
-) -> Result<Vec<RetainedFile>, EngineError> {
+) -> Result<(Vec<RetainedFile>, u64), EngineError> {
+    let previous = if part.whole { &[][..] } else { previous };
     let mut files: Vec<RetainedFile> = previous
         .iter()
         .filter(|f| f.newest_end > part.keep_after)
@@ -71,9 +76,10 @@ pub(super) fn next_files(
         .filter(|(end, _)| *end > part.keep_after)
         .collect();
     let Some(newest_end) = new.iter().map(|(end, _)| *end).max() else {
-        return Ok(files);
+        return Ok((files, 0));
     };
     let bytes = encode(new.iter().map(|(_, b)| b))?;
+    let written = bytes.len() as u64;
     let file = RetainedFile {
         epoch,
         file: format!("op-{op}-emitted.arrow"),
@@ -82,7 +88,7 @@ pub(super) fn next_files(
     };
     store.put(&file.name(), bytes)?;
     files.push(file);
-    Ok(files)
+    Ok((files, written))
 }
 
 fn encode<'a>(batches: impl Iterator<Item = &'a RecordBatch>) -> Result<Vec<u8>, EngineError> {
@@ -175,27 +181,27 @@ mod tests {
     fn emitted_windows_are_written_once_and_listed_while_retained() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
-        let part = |new: Vec<(i64, RecordBatch)>, keep_after| RetainedPart { new, keep_after };
+        let part = |new: Vec<(i64, RecordBatch)>, keep_after| RetainedPart {
+            new,
+            keep_after,
+            whole: false,
+        };
+        let next = |epoch, previous: &[RetainedFile], part| {
+            next_files(&store, epoch, 0, previous, part).unwrap().0
+        };
         // epoch 1: two windows emitted
-        let one = next_files(
-            &store,
-            1,
-            0,
-            &[],
-            part(vec![window(60, 1), window(120, 2)], 0),
-        )
-        .unwrap();
+        let one = next(1, &[], part(vec![window(60, 1), window(120, 2)], 0));
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].newest_end, 120);
         // epoch 2: nothing new: the same list, no new file
-        let two = next_files(&store, 2, 0, &one, part(vec![], 0)).unwrap();
+        let two = next(2, &one, part(vec![], 0));
         assert_eq!(two, one);
         assert!(store
             .get("chk-0000000002/op-0-emitted.arrow")
             .unwrap()
             .is_none());
         // epoch 3: one more window, the first file still retained
-        let three = next_files(&store, 3, 0, &two, part(vec![window(180, 3)], 60)).unwrap();
+        let three = next(3, &two, part(vec![window(180, 3)], 60));
         assert_eq!(three.len(), 2);
         let rows = load(&store, &three);
         let ends: Vec<i64> = rows
@@ -209,9 +215,16 @@ mod tests {
             .collect();
         assert_eq!(ends, vec![60, 120, 180], "one batch per window, in order");
         // `retain` passed the first file's newest window: it leaves the list
-        let four = next_files(&store, 4, 0, &three, part(vec![], 120)).unwrap();
+        let four = next(4, &three, part(vec![], 120));
         assert_eq!(four.len(), 1);
         assert_eq!(four[0].epoch, 3);
+        // every retained window in one file: it replaces the list
+        let mut whole = part(vec![window(180, 3), window(240, 4)], 120);
+        whole.whole = true;
+        let five = next(5, &three, whole);
+        assert_eq!(five.len(), 1);
+        assert_eq!((five[0].epoch, five[0].newest_end), (5, 240));
+        assert_eq!(load(&store, &five).len(), 2);
         // a damaged file is skipped, not an error
         store.put(&four[0].name(), b"not arrow".to_vec()).unwrap();
         assert!(load(&store, &four).is_empty());

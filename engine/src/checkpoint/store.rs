@@ -290,16 +290,20 @@ impl CheckpointStore {
             };
             operators.push(partials);
         }
-        let retained = manifest
-            .operators
-            .iter()
-            .map(|op| super::retained::load(self, &op.retained))
-            .collect();
         Ok(Restored {
             manifest: manifest.clone(),
             operators,
-            retained,
         })
+    }
+
+    /// The emitted windows kept for SQL that a checkpoint lists, per operator of its
+    /// manifest, one batch per window (files missing or damaged are skipped with a warning).
+    pub fn load_retained(&self, manifest: &Manifest) -> Vec<Vec<arrow::record_batch::RecordBatch>> {
+        manifest
+            .operators
+            .iter()
+            .map(|op| super::retained::load(self, &op.retained))
+            .collect()
     }
 }
 

@@ -196,3 +196,56 @@ fn a_local_store_keeps_the_newest_complete_checkpoints() {
     assert!(names.contains(&"chk-0000000005/op-0.arrow".to_string()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_file_of_emitted_windows_outlives_its_checkpoint_while_a_kept_manifest_lists_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+    let listed = RetainedFile {
+        epoch: 2,
+        file: "op-0-emitted.arrow".into(),
+        newest_end: 120,
+        sha256: String::new(),
+    };
+    let put_checkpoint = |e: u64, lists: bool| {
+        store
+            .put(&format!("chk-{e:010}/op-0.arrow"), vec![1, 2])
+            .unwrap();
+        let mut m = test_manifest(e);
+        m.operators.push(OperatorRecord {
+            name: "w".into(),
+            file: None,
+            rows: 0,
+            flushed: 0,
+            emitted: 0,
+            retained: if lists {
+                vec![listed.clone()]
+            } else {
+                Vec::new()
+            },
+        });
+        store
+            .put(&manifest_name(e), encode_manifest(&m).unwrap())
+            .unwrap();
+    };
+    put_checkpoint(1, false);
+    store.put(&listed.name(), vec![7]).unwrap();
+    for e in 2..=4 {
+        put_checkpoint(e, true);
+    }
+    collect_garbage(&store, 2, false, &Default::default()).unwrap();
+    assert_eq!(store.complete_epochs().unwrap(), vec![3, 4]);
+    let names = store.list().unwrap();
+    assert!(names.contains(&listed.name()), "{names:?}");
+    assert!(
+        !names.contains(&"chk-0000000002/op-0.arrow".to_string()),
+        "its checkpoint's other files go: {names:?}"
+    );
+    // once no kept manifest lists it, it goes too
+    put_checkpoint(5, false);
+    put_checkpoint(6, false);
+    collect_garbage(&store, 2, false, &Default::default()).unwrap();
+    let names = store.list().unwrap();
+    assert!(!names.contains(&listed.name()), "{names:?}");
+    assert!(!dir.path().join("chk-0000000002").exists());
+}

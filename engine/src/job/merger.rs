@@ -78,19 +78,24 @@ fn retained_from(state: &LiveState, restored: Vec<Vec<RecordBatch>>) -> Vec<Reta
             let LiveKind::Window { retain_ms } = def.kind else {
                 return r;
             };
+            let mut other_columns = 0usize;
             for batch in rows {
                 if batch.schema().fields() != def.schema.fields() {
-                    tracing::warn!(
-                        table = def.name,
-                        "emitted windows kept by the checkpoint have other columns than the \
-                         table now: not shown"
-                    );
-                    break;
+                    other_columns += 1;
+                    continue;
                 }
                 let rows = RecordBatch::try_new(def.schema.clone(), batch.columns().to_vec());
                 if let (Some(end), Ok(rows)) = (window_end_of(&batch), rows) {
                     r.restore(end, rows, retain_ms);
                 }
+            }
+            if other_columns > 0 {
+                tracing::warn!(
+                    table = def.name,
+                    windows = other_columns,
+                    "emitted windows kept by the checkpoint have other columns than the table \
+                     now: not shown"
+                );
             }
             r
         })
@@ -99,8 +104,12 @@ fn retained_from(state: &LiveState, restored: Vec<Vec<RecordBatch>>) -> Vec<Reta
 
 /// The windows `retained` emitted since the last checkpoint barrier, for the next checkpoint.
 fn unsaved_part(retained: &mut Retained) -> RetainedPart {
-    let (new, keep_after) = retained.take_unsaved();
-    RetainedPart { new, keep_after }
+    let u = retained.take_unsaved();
+    RetainedPart {
+        new: u.windows,
+        keep_after: u.keep_after,
+        whole: u.whole,
+    }
 }
 
 /// The merger's side of live snapshots: emitted windows kept for `retain`, and the workers'

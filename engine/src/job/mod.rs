@@ -76,7 +76,16 @@ pub fn run(
     let checkpoint = spec.checkpoint.take();
     let live = spec.live.take();
     let mut w = Wiring::new(&spec, n, stats, stop);
-    let start = w.restore(&mut spec, checkpoint.as_ref())?;
+    // the emitted windows the checkpoint kept for SQL, when SQL shows them (not in a pool)
+    let retained = match (&checkpoint, &live) {
+        (Some(cp), Some(_)) if cp.ownership.is_none() => cp
+            .restored
+            .as_ref()
+            .map(|r| cp.store.load_retained(&r.manifest))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let mut start = w.restore(&mut spec, checkpoint.as_ref(), retained)?;
     let (link, rendezvous, parts_rx) = checkpoint_link(
         n,
         checkpoint.is_some(),
@@ -106,7 +115,7 @@ pub fn run(
     let merge_tx = w.start_merger(
         merge_parts,
         sink_senders,
-        (start.emitted.clone(), start.retained.clone()),
+        (start.emitted.clone(), std::mem::take(&mut start.retained)),
         link.clone(),
         live,
         op_sources.clone(),
@@ -366,11 +375,13 @@ impl Wiring {
     }
 
     /// With checkpoints: restores the checkpoint `checkpoint` holds, if any, into the clocks,
-    /// progress, counters and operators, and says where the run starts.
+    /// progress, counters and operators, and says where the run starts; `retained` holds the
+    /// emitted windows it kept for SQL, per operator of its manifest.
     fn restore(
         &self,
         spec: &mut JobSpec,
         checkpoint: Option<&CheckpointSpec>,
+        mut retained: Vec<Vec<RecordBatch>>,
     ) -> Result<Start, EngineError> {
         let mut start = Start {
             cut: vec![None; self.partition_keys.len()],
@@ -419,7 +430,9 @@ impl Wiring {
             };
             let rec = &m.operators[j];
             start.emitted[i] = rec.emitted;
-            start.retained[i] = restored.retained.get(j).cloned().unwrap_or_default();
+            if let Some(rows) = retained.get_mut(j) {
+                start.retained[i] = std::mem::take(rows);
+            }
             // the merger takes the state where it holds it (a view); else worker 0
             let merger_took = op.merge.restore(&restored.operators[j])?;
             for (w, worker) in op.workers.iter_mut().enumerate() {
