@@ -592,6 +592,42 @@ fn a_restore_past_deleted_messages_says_so_and_ends() {
     );
 }
 
+/// A stream deleted and created again behind a checkpoint (its sequences start again at
+/// 1): the restored run fails, saying so and what to do, instead of reading nothing (the
+/// server delivered from the new stream's end, and the reader dropped what came below the
+/// checkpoint as repeats) and exiting 0.
+#[test]
+fn a_restore_of_a_stream_created_again_fails_saying_so() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let events = events_file(d, "3000");
+    stream_with_events(&server, &events, d);
+    let p = pipeline(d, &url, true);
+    run_to_end(&p);
+    nats_py(&url, &["delete-stream", "EVENTS"]);
+    // the new stream holds fewer messages than the checkpoint read
+    let fewer = d.join("fewer.ndjson");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let head: String = text.lines().take(500).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&fewer, head).unwrap();
+    nats_py(&url, &["create", "EVENTS", "ontology.>", "other.>"]);
+    let mut args = vec!["publish", fewer.to_str().unwrap()];
+    args.extend(SUBJECTS);
+    nats_py(&url, &args);
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("was deleted and created again") && log.contains("checkpoint.location"),
+        "{log}"
+    );
+}
+
 /// A work-queue stream cannot be read again after a crash (it deletes what was acknowledged
 /// and allows one deliver-all consumer): the run fails at once, saying so and what to use.
 #[test]

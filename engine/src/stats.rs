@@ -107,6 +107,9 @@ pub struct SourceStats {
     pub repartition_repeats: AtomicU64,
     /// A repartition topic: messages skipped because weir did not write them.
     pub repartition_foreign: AtomicU64,
+    /// Records the source's log deleted (a Kafka topic's retention) before the source read
+    /// them: between where it was to continue and the partition's log start.
+    pub records_expired: AtomicU64,
     /// For sources whose partitions a consumer group assigns (Kafka): partitions this
     /// process reads, or -1 before the group's first assignment. -2 for other sources.
     pub assigned: std::sync::atomic::AtomicI64,
@@ -345,6 +348,7 @@ impl RunStats {
                     bad: AtomicU64::new(0),
                     repartition_repeats: AtomicU64::new(0),
                     repartition_foreign: AtomicU64::new(0),
+                    records_expired: AtomicU64::new(0),
                     assigned: std::sync::atomic::AtomicI64::new(NOT_GROUP_MANAGED),
                     waiting: Mutex::new(Vec::new()),
                     waiting_for_partitions: Mutex::new(String::new()),

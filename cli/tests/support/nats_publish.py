@@ -145,6 +145,9 @@ async def main():
                 "num_ack_pending": info.num_ack_pending,
                 "metadata": info.config.metadata or {},
             }))
+    elif cmd == "delete-stream":
+        (stream,) = rest
+        await js.delete_stream(stream)
     elif cmd == "purge":
         (stream,) = rest
         await js.purge_stream(stream)

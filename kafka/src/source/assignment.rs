@@ -117,6 +117,14 @@ impl KafkaReader {
             return Ok(());
         };
         let c = consumer.context();
+        // offsets a rebalance found deleted, counted by the run that reads on from them (not
+        // by a pool's run being handed over: it ends, and the next job counts them)
+        if !ctx.handover.load(Ordering::Relaxed) && c.expired.load(Ordering::Relaxed) > 0 {
+            let expired = c.expired.swap(0, Ordering::AcqRel);
+            if let Some(src) = ctx.stats.sources.get(self.source) {
+                RunStats::add(&src.records_expired, expired);
+            }
+        }
         if !c.has_events.swap(false, Ordering::AcqRel) {
             return Ok(());
         }

@@ -81,6 +81,14 @@ pub(super) struct GroupContext {
     /// Where assigned partitions' messages are forwarded (see [`FetchQueue`]); taken away
     /// before the consumer closes.
     pub(super) fetch_queue: Mutex<Option<Arc<FetchQueue>>>,
+    /// The consumer reads only committed transactions (`isolation.level`, librdkafka's
+    /// default `read_committed`).
+    pub(super) read_committed: bool,
+    /// Offsets the topics' retention deleted before they were read, found in a rebalance
+    /// and not yet added to the run's counters (the reader adds them to the run it serves).
+    pub(super) expired: AtomicU64,
+    /// The losses reported already, per partition: (where it was to start, the log start).
+    pub(super) expired_reported: Mutex<HashMap<(String, i32), (u64, u64)>>,
 }
 
 impl GroupContext {
@@ -317,7 +325,10 @@ impl GroupContext {
 
 impl ClientContext for GroupContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
-    /// partition this process fetches, as the high watermark minus the next offset to read.
+    /// partition this process fetches: the end a consumer can read (the last stable offset
+    /// under `read_committed`, librdkafka's default: an open transaction's records are not
+    /// readable yet) minus the next offset to read. Not librdkafka's `consumer_lag`, which
+    /// counts from the committed offset (weir commits at checkpoints).
     fn stats(&self, statistics: rdkafka::Statistics) {
         let stats = self.run().stats;
         let Ok(mut lag) = stats.consumer_lag.lock() else {
@@ -326,8 +337,13 @@ impl ClientContext for GroupContext {
         for (topic, t) in &statistics.topics {
             for (p, s) in &t.partitions {
                 let key = (self.source.to_string(), format!("{topic}/{p}"));
-                if *p >= 0 && s.fetch_state == "active" && s.hi_offset >= 0 && s.app_offset >= 0 {
-                    lag.insert(key, (s.hi_offset - s.app_offset).max(0));
+                let end = if self.read_committed && s.ls_offset >= 0 {
+                    s.ls_offset
+                } else {
+                    s.hi_offset
+                };
+                if *p >= 0 && s.fetch_state == "active" && end >= 0 && s.app_offset >= 0 {
+                    lag.insert(key, (end - s.app_offset).max(0));
                 } else if *p >= 0 && s.fetch_state == "none" {
                     lag.remove(&key);
                 }
@@ -378,6 +394,9 @@ impl ConsumerContext for GroupContext {
                     }
                 } else if self.pool.is_none() {
                     self.set_start_offsets(consumer, tpl);
+                }
+                if !closing {
+                    self.skip_expired(consumer, tpl);
                 }
                 // before the assignment, which starts fetching at once
                 self.forward_fetched(consumer, tpl);

@@ -13,6 +13,7 @@ mod buffer;
 pub mod caught_up;
 pub(crate) mod close;
 mod committed;
+mod expired;
 mod fetch_queue;
 mod group;
 mod lanes;
@@ -28,7 +29,7 @@ pub use reader::KafkaReader;
 use reader::*;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

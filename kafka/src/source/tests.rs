@@ -683,3 +683,75 @@ fn end_offsets_read_together_equal_the_watermarks_read_one_by_one() {
     }
     reader.close();
 }
+
+/// A checkpoint's offset that the topic's retention deleted meanwhile: the reader goes on
+/// from the partition's log start (with `start_from: latest` too, where librdkafka's reset
+/// jumped to the end and skipped the records still there, and the run never ended), and
+/// counts the records lost.
+#[test]
+fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_start() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("aged", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer = Producer::new(&brokers, &[]).unwrap();
+    // the mock cluster keeps about 5 MB of a partition (`rdkafka_mock.c`): 8 MB of random
+    // hex (lz4 does not shrink it below 5 MB) push the log start forward
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..4000 {
+        let pad: String = (0..125)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect();
+        let payload = format!("{{\"pad\":\"{pad}\"}}");
+        producer
+            .send_at("aged", None, Some(payload.as_bytes()), &[], None)
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let (low, high) = client
+        .fetch_watermarks("aged", 0, Duration::from_secs(10))
+        .unwrap();
+    assert!(low > 1 && high == 4000, "log from {low} to {high}");
+    let config = KafkaSourceConfig {
+        start_from: StartFrom::Latest,
+        ..reading_to_the_end(&brokers, "aged")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(1));
+    let stats = Arc::new(RunStats::new(&["s".to_string()], &[], &[]));
+    let ctx = context(1, stats.clone());
+    // on a thread: the reader before the fix never ended
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut offsets = Vec::new();
+        while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+            if let ChunkData::Messages(m) = chunk.data {
+                offsets.extend(m.offsets.iter().copied());
+            }
+        }
+        reader.finish(&ctx).unwrap();
+        let _ = tx.send(offsets);
+    });
+    let offsets = rx
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the reader ends at the partition's end");
+    assert_eq!(offsets.first().copied(), Some(low as u64));
+    assert_eq!(
+        offsets.len() as i64,
+        high - low,
+        "every record still held is read"
+    );
+    assert_eq!(
+        RunStats::get(&stats.sources[0].records_expired),
+        low as u64 - 1,
+        "the records between the checkpoint's offset and the log start are counted"
+    );
+}

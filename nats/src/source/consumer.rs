@@ -45,6 +45,13 @@ pub enum NatsSourceError {
     /// The stream's retention is one the source cannot read with exactly-once restores.
     #[error("stream `{stream}` has work-queue retention, which the nats source does not read: a work queue deletes each message once acknowledged and allows only a consumer that delivers everything with explicit acknowledgements, so a restore could not read again what its checkpoint does not hold; read a stream with limits or interest retention (one may source this subject space) instead")]
     WorkQueue { stream: String },
+    /// The stream ends before where the source continues: it was created again.
+    #[error("stream `{stream}` ends at sequence {last}, before sequence {next} where this source continues (its checkpoint, or what it read): the stream was deleted and created again, or restored from an older copy, and its messages cannot be told from those already counted; keep the old checkpoint for its results and give `checkpoint.location` a new place (or delete it) to read the stream from `start_from`")]
+    StreamBehind {
+        stream: String,
+        next: u64,
+        last: u64,
+    },
     /// The server refused the pull requests for good (a consumer limit).
     #[error("the server refused the pull requests of consumer `{consumer}`")]
     Refused {
@@ -55,6 +62,14 @@ pub enum NatsSourceError {
 }
 
 impl NatsSourceError {
+    /// An error that connecting again cannot mend: the run fails with it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            NatsSourceError::WorkQueue { .. } | NatsSourceError::StreamBehind { .. }
+        )
+    }
+
     /// The error and its causes on one line.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();
@@ -444,6 +459,16 @@ pub(super) async fn connect(
     );
     let js = jetstream::new(client.client().clone());
     let (stream, first, last) = stream_and_range(&js, cfg).await?;
+    // sequences never go back in a stream (a purge keeps them): one that ends before where
+    // this source continues is another stream, whose messages the server would deliver from
+    // its end on and the reader drop below `resume` as repeats, silently
+    if let Some(next) = resume.filter(|&n| n > last + 1) {
+        return Err(NatsSourceError::StreamBehind {
+            stream: cfg.stream.clone(),
+            next,
+            last,
+        });
+    }
     let consumer_err =
         |what, e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Consumer {
             what,

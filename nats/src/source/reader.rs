@@ -376,6 +376,7 @@ impl NatsReader {
                         tracing::info!(source = %self.name, "nats: connected again");
                     }
                 }
+                Err(e) if e.is_permanent() => return Err(self.err(e)),
                 Err(e) => {
                     let since = *self.failing_since.get_or_insert_with(Instant::now);
                     tracing::warn!(source = %self.name, error = %e.chain(), down_s = since.elapsed().as_secs(), "nats: cannot connect; retrying");

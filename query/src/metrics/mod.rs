@@ -192,7 +192,7 @@ type SourceCounter = fn(&SourceStats) -> &AtomicU64;
 
 /// Per source counters, dead letters and consumer lag.
 fn sources(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
-    let fields: [(&str, &str, SourceCounter); 5] = [
+    let fields: [(&str, &str, SourceCounter); 6] = [
         (
             "weir_events_in_total",
             "Records read, good and bad, per source.",
@@ -217,6 +217,11 @@ fn sources(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
             "weir_repartition_foreign_total",
             "Messages of a repartition topic skipped because weir did not write them (no upstream headers), per source.",
             |s| &s.repartition_foreign,
+        ),
+        (
+            "weir_records_expired_total",
+            "Records the source's log deleted (a Kafka topic's retention) before they were read, per source: lost input.",
+            |s| &s.records_expired,
         ),
     ];
     let per_source = |field: SourceCounter| {

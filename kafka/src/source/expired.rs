@@ -1,0 +1,174 @@
+//! Start offsets that the topic's retention already deleted: moved to the log start and
+//! reported, instead of left to librdkafka's `auto.offset.reset`, which resets them without
+//! a word (to the end of the partition with `start_from: latest`, skipping records that
+//! are still there).
+
+use super::*;
+
+/// How long the offsets of a rebalance's partitions are waited for (one request each).
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A partition of a rebalance: (topic, partition).
+type Tp = (String, i32);
+
+/// The partitions of `wanted` whose start offset is below their log start (and the log
+/// start at or below the end: an answer past it is not trusted): each with its log start,
+/// the first offset the partition still holds.
+pub(super) fn expired(
+    wanted: &[(Tp, u64)],
+    log_starts: &HashMap<Tp, (i64, i64)>,
+) -> Vec<(Tp, u64, u64)> {
+    wanted
+        .iter()
+        .filter_map(|(tp, start)| {
+            let &(low, high) = log_starts.get(tp)?;
+            let low = u64::try_from(low).ok().filter(|_| low <= high)?;
+            (low > *start).then(|| (tp.clone(), *start, low))
+        })
+        .collect()
+}
+
+/// One offset per partition of `tpl` from a ListOffsets request at `at` (-2: the log start,
+/// -1: the end, as the watermarks are read); none on failure.
+fn list_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: &[&Tp],
+    at: Offset,
+) -> Result<HashMap<Tp, i64>, rdkafka::error::KafkaError> {
+    let mut query = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        query.add_partition_offset(topic, *p, at)?;
+    }
+    Ok(consumer
+        .offsets_for_times(query, OFFSETS_TIMEOUT)?
+        .elements()
+        .iter()
+        .filter(|e| e.error().is_ok())
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+impl GroupContext {
+    /// Moves every start offset of `tpl` (a checkpoint's, a claim's, where this process
+    /// stopped, the group's committed one) that the partition's log no longer holds to its
+    /// log start, and reports the offsets lost: an error in the log naming them, and
+    /// `weir_records_expired_total` (each loss once per process). When the offsets cannot
+    /// be read, the starts stay as they are (librdkafka then resets them as configured).
+    pub(super) fn skip_expired(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let mut wanted: Vec<(Tp, u64)> = Vec::new();
+        let mut committed_query = TopicPartitionList::new();
+        for e in tpl.elements() {
+            let tp = (e.topic().to_string(), e.partition());
+            match e.offset() {
+                Offset::Offset(o) if o > 0 => wanted.push((tp, o as u64)),
+                Offset::Invalid | Offset::Stored => {
+                    committed_query.add_partition(&tp.0, tp.1);
+                }
+                _ => {}
+            }
+        }
+        // the group's committed offsets, where the partitions start without another
+        if committed_query.count() > 0 {
+            match consumer.committed_offsets(committed_query, OFFSETS_TIMEOUT) {
+                Ok(c) => wanted.extend(c.elements().iter().filter_map(|e| match e.offset() {
+                    Offset::Offset(o) if o > 0 => {
+                        Some(((e.topic().to_string(), e.partition()), o as u64))
+                    }
+                    _ => None,
+                })),
+                Err(e) => {
+                    tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the group's committed offsets to check them against the topic's retention");
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let partitions: Vec<&Tp> = wanted.iter().map(|(tp, _)| tp).collect();
+        let ranges = list_offsets(consumer, &partitions, Offset::Beginning).and_then(|lows| {
+            let highs = list_offsets(consumer, &partitions, Offset::End)?;
+            Ok(lows
+                .into_iter()
+                .filter_map(|(tp, low)| Some((tp.clone(), (low, *highs.get(&tp)?))))
+                .collect::<HashMap<_, _>>())
+        });
+        let ranges = match ranges {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the partitions' log starts; offsets deleted by retention are reset as `auto.offset.reset` says");
+                return;
+            }
+        };
+        for ((topic, p), start, low) in expired(&wanted, &ranges) {
+            let key = (topic, p);
+            self.report_expired(&key, start, low);
+            let at = Offset::Offset(low as i64);
+            let _ = tpl.set_partition_offset(&key.0, p, at);
+            if let Ok(mut starts) = self.starts.lock() {
+                starts.insert(key.clone(), at);
+            }
+            if let Ok(mut lanes) = self.lane_starts.lock() {
+                if let Some(l) = lanes.get_mut(&key) {
+                    l.0 = low;
+                }
+            }
+            if let Ok(mut positions) = self.positions.lock() {
+                positions.insert(key, low);
+            }
+        }
+    }
+
+    /// Logs and counts the offsets `start..low` of partition `key` as lost, unless this
+    /// process reported that loss already.
+    fn report_expired(&self, key: &Tp, start: u64, low: u64) {
+        let Ok(mut reported) = self.expired_reported.lock() else {
+            return;
+        };
+        if reported.insert(key.clone(), (start, low)) == Some((start, low)) {
+            return;
+        }
+        let lost = low - start;
+        tracing::error!(
+            source = %self.source,
+            topic = %key.0,
+            partition = key.1,
+            from = start,
+            to = low,
+            lost,
+            "kafka: the partition no longer holds the offsets this source was to read next \
+             (deleted by the topic's retention, or by a DeleteRecords request); reading on \
+             from its log start. Raise the topic's retention, or keep the pipeline from \
+             falling this far behind"
+        );
+        self.expired.fetch_add(lost, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_offsets_below_a_plausible_log_start_are_expired() {
+        let tp = |p: i32| ("t".to_string(), p);
+        let wanted = vec![
+            (tp(0), 10),
+            (tp(1), 10),
+            (tp(2), 10),
+            (tp(3), 10),
+            (tp(4), 10),
+        ];
+        let ranges: HashMap<_, _> = [
+            (tp(0), (0, 50)),
+            (tp(1), (10, 50)),
+            (tp(2), (25, 50)),
+            (tp(3), (-1, 50)),
+            (tp(4), (60, 50)),
+        ]
+        .into();
+        assert_eq!(expired(&wanted, &ranges), vec![(tp(2), 10, 25)]);
+    }
+}
