@@ -594,8 +594,7 @@ fn a_restore_past_deleted_messages_says_so_and_ends() {
 
 /// A stream deleted and created again behind a checkpoint (its sequences start again at
 /// 1): the restored run fails, saying so and what to do, instead of reading nothing (the
-/// server delivered from the new stream's end, and the reader dropped what came below the
-/// checkpoint as repeats) and exiting 0.
+/// consumer waited at the checkpoint's sequence, past the new stream's end) and exiting 0.
 #[test]
 fn a_restore_of_a_stream_created_again_fails_saying_so() {
     let server = NatsServer::start();

@@ -46,7 +46,7 @@ pub enum NatsSourceError {
     #[error("stream `{stream}` has work-queue retention, which the nats source does not read: a work queue deletes each message once acknowledged and allows only a consumer that delivers everything with explicit acknowledgements, so a restore could not read again what its checkpoint does not hold; read a stream with limits or interest retention (one may source this subject space) instead")]
     WorkQueue { stream: String },
     /// The stream ends before where the source continues: it was created again.
-    #[error("stream `{stream}` ends at sequence {last}, before sequence {next} where this source continues (its checkpoint, or what it read): the stream was deleted and created again, or restored from an older copy, and its messages cannot be told from those already counted; keep the old checkpoint for its results and give `checkpoint.location` a new place (or delete it) to read the stream from `start_from`")]
+    #[error("stream `{stream}` ends at sequence {last}, before sequence {next} where this source continues (its checkpoint, or what it read): the stream was deleted and created again, restored from an older copy, or lost its last messages (memory storage after a restart, a crash before they were synced), and its messages cannot be told from those already counted; if it is another stream, keep the old checkpoint for its results and give `checkpoint.location` a new place (or delete it) to read the stream from `start_from`")]
     StreamBehind {
         stream: String,
         next: u64,
@@ -62,12 +62,11 @@ pub enum NatsSourceError {
 }
 
 impl NatsSourceError {
-    /// An error that connecting again cannot mend: the run fails with it.
+    /// An error that connecting again cannot mend: a run connecting again fails with it.
+    /// (A stream behind the source is not one: it may be a mirror catching up, or a start
+    /// sequence the stream has not reached; it is retried, and logged at every try.)
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            NatsSourceError::WorkQueue { .. } | NatsSourceError::StreamBehind { .. }
-        )
+        matches!(self, NatsSourceError::WorkQueue { .. })
     }
 
     /// The error and its causes on one line.
@@ -312,7 +311,9 @@ async fn first_at(
     Ok(seq)
 }
 
-/// The configured stream, the first sequence it holds and its last sequence now.
+/// The configured stream, the first sequence it holds and its last sequence now. A
+/// replicated stream without a leader is an error to retry: each replica then answers with
+/// its own state, which may lag behind what was read.
 async fn stream_and_range(
     js: &jetstream::Context,
     cfg: &NatsSourceConfig,
@@ -325,12 +326,13 @@ async fn stream_and_range(
         .get_stream(&cfg.stream)
         .await
         .map_err(|e| stream_err(boxed(e)))?;
-    let state = stream
-        .info()
-        .await
-        .map_err(|e| stream_err(boxed(e)))?
-        .state
-        .clone();
+    let info = stream.info().await.map_err(|e| stream_err(boxed(e)))?;
+    if info.cluster.as_ref().is_some_and(|c| c.leader.is_none()) {
+        return Err(stream_err(
+            "the stream's replicas have no leader (waiting for one)".into(),
+        ));
+    }
+    let state = info.state.clone();
     Ok((stream, state.first_sequence, state.last_sequence))
 }
 
@@ -460,8 +462,9 @@ pub(super) async fn connect(
     let js = jetstream::new(client.client().clone());
     let (stream, first, last) = stream_and_range(&js, cfg).await?;
     // sequences never go back in a stream (a purge keeps them): one that ends before where
-    // this source continues is another stream, whose messages the server would deliver from
-    // its end on and the reader drop below `resume` as repeats, silently
+    // this source continues is another stream, whose messages below `resume` would never
+    // be delivered (the consumer waits at `resume`) and the reader would count the later
+    // ones as continuing the checkpoint, silently
     if let Some(next) = resume.filter(|&n| n > last + 1) {
         return Err(NatsSourceError::StreamBehind {
             stream: cfg.stream.clone(),
