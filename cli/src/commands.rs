@@ -8,7 +8,7 @@ use weir_engine::job::StopHandle;
 use weir_pipelines::run::{RunError, RunOptions};
 
 use crate::telemetry::Telemetry;
-use crate::{of_kind, print_summary, runtime, stop_grace, user, Failure};
+use crate::{of_kind, print_expired, print_summary, runtime, stop_grace, user, Failure};
 
 /// `weir run`'s arguments.
 #[derive(Args)]
@@ -237,6 +237,7 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
         summary.bad,
         summary.late,
     );
+    print_expired(&summary);
     let written = setup.written.lock().map(|w| w.clone()).unwrap_or_default();
     for (name, _) in &summary.rows_written {
         let rows = written.get(name).copied().unwrap_or(0);

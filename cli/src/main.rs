@@ -344,6 +344,7 @@ fn print_summary(summary: &weir_pipelines::RunSummary, wall: std::time::Duration
             println!("  sink {sink}: {committed} rows");
         }
     }
+    print_expired(summary);
     if let Some(epoch) = summary.restored_epoch {
         println!("  restored from checkpoint {epoch}");
     }
@@ -354,6 +355,16 @@ fn print_summary(summary: &weir_pipelines::RunSummary, wall: std::time::Duration
         );
     }
     let _ = std::io::stdout().flush();
+}
+
+/// Says how many records their sources deleted before they were read, if any.
+fn print_expired(summary: &weir_pipelines::RunSummary) {
+    if summary.records_expired > 0 {
+        println!(
+            "  {} records were deleted by their source (its retention, a purge) before they were read: their rows are missing (see the log)",
+            summary.records_expired
+        );
+    }
 }
 
 /// How long a stop may take after SIGINT/SIGTERM before the process gives up (exit 2).

@@ -286,6 +286,45 @@ fn a_server_restart_during_a_run_loses_nothing() {
     verify(d, &rows, bad, late, "after a server restart");
 }
 
+/// Deliveries that never reach the reader are read again: here another reader of the same
+/// durable consumer takes some while the run reads (and never acknowledges them). The
+/// consumer numbers its deliveries; the reader notices the numbers it missed and creates the
+/// consumer again before them. Before, a later acknowledgement covered them (`all`, the
+/// default without checkpoints), their rows were missing and the run exited 0. (The same
+/// loss came from messages in flight when a connection dropped, or past the client's buffer.)
+#[test]
+fn deliveries_taken_by_another_reader_are_read_again() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = events_file(d, "150000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let p = pipeline(d, &server.url(), false);
+    // it waits for the run to create the consumer, then takes 20 messages, 5 at a time
+    let thief = Command::new(venv_python())
+        .arg(publisher())
+        .args([&server.url(), "steal", "EVENTS", "weir-events", "20", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = run_to_end(&p);
+    let out = thief.wait_with_output().unwrap();
+    let taken: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(taken > 0, "the other reader took nothing:\n{log}");
+    verify(
+        d,
+        &rows,
+        bad,
+        late,
+        "after deliveries taken by another reader",
+    );
+    assert!(
+        log.contains("never reached this reader"),
+        "the reader did not notice the deliveries it missed:\n{log}"
+    );
+}
+
 /// Exactly once across kill -9 with checkpoints, restarted as users do (the same pipeline
 /// file, so the same durable consumer, default settings): the Parquet windows and the dead
 /// letters equal the oracle's exactly.

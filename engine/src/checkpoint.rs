@@ -801,7 +801,8 @@ pub(crate) fn test_manifest(epoch: u64) -> Manifest {
 /// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
 /// manifest is written (and sealed), the outputs are not told to commit;
 /// `before_commit_owning`: the same, for a pool worker that owns partitions;
-/// `nats_consumer_deleted`: a NATS source deleted its consumer to create it again), after
+/// `nats_consumer_deleted`: a NATS source deleted its consumer to create it again;
+/// `nats_connected`: a NATS reader connected and placed its consumer), after
 /// passing it `skip` times (then every time, or `times` times), so that crash tests can kill
 /// the process there. It logs `failpoint <point>` first.
 pub fn failpoint(point: &str) {

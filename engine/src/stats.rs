@@ -107,8 +107,9 @@ pub struct SourceStats {
     pub repartition_repeats: AtomicU64,
     /// A repartition topic: messages skipped because weir did not write them.
     pub repartition_foreign: AtomicU64,
-    /// Records the source's log deleted (a Kafka topic's retention) before the source read
-    /// them: between where it was to continue and the partition's log start.
+    /// Records the source's log deleted (a Kafka topic's retention, a NATS stream's limits or
+    /// a purge) before the source read them: between where it was to continue and the
+    /// partition's log start (or the next record it holds).
     pub records_expired: AtomicU64,
     /// For sources whose partitions a consumer group assigns (Kafka): partitions this
     /// process reads, or -1 before the group's first assignment. -2 for other sources.

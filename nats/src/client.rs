@@ -58,6 +58,8 @@ pub struct NatsEndpoint {
 
 /// Default bound on the first connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages a subscription buffers by default (the client's own default).
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
 
 /// A NATS connection failure.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,17 @@ impl NatsEndpoint {
     /// Connects (within `connect_timeout`); once connected, the client reconnects without
     /// limit and logs disconnections and reconnections.
     pub async fn connect(&self) -> Result<async_nats::Client, NatsError> {
+        self.connect_with_capacity(DEFAULT_SUBSCRIPTION_CAPACITY)
+            .await
+    }
+
+    /// [`Self::connect`], each subscription buffering up to `subscription_capacity` messages
+    /// (the client drops what arrives past it: a reader sizes it above what its pull requests
+    /// can bring at once).
+    pub async fn connect_with_capacity(
+        &self,
+        subscription_capacity: usize,
+    ) -> Result<async_nats::Client, NatsError> {
         self.validate()?;
         let addrs: Vec<async_nats::ServerAddr> =
             self.servers.iter().filter_map(|u| u.parse().ok()).collect();
@@ -155,6 +168,7 @@ impl NatsEndpoint {
             .name(&self.name)
             .connection_timeout(self.connect_timeout)
             .max_reconnects(None::<usize>)
+            .subscription_capacity(subscription_capacity.max(1))
             .require_tls(self.tls.required);
         options = match &self.credentials {
             NatsCredentials::None => options,
@@ -189,6 +203,9 @@ impl NatsEndpoint {
                     }
                     async_nats::Event::Disconnected => {
                         tracing::warn!(connection = %name, "NATS disconnected; reconnecting")
+                    }
+                    async_nats::Event::SlowConsumer(sid) => {
+                        tracing::warn!(connection = %name, subscription = sid, "NATS: a subscription's buffer was full and the client dropped messages (a reader notices and reads them again)")
                     }
                     other => tracing::debug!(connection = %name, event = %other, "NATS event"),
                 }

@@ -12,7 +12,7 @@ pub mod source;
 pub use async_nats;
 pub use client::{
     redact_url, NatsCredentials, NatsEndpoint, NatsError, NatsTls, OwnedClient,
-    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_SUBSCRIPTION_CAPACITY,
 };
 pub use sink::{DeadLetterNats, DeadLetterNatsConfig, NatsFormat, NatsSink, NatsSinkConfig};
 pub use source::{NatsReader, NatsSourceConfig, NatsStartFrom};

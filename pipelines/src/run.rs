@@ -162,6 +162,8 @@ pub struct RunSummary {
     /// `rows_written` unless the run stopped with rows after its last checkpoint.
     pub rows_committed: Vec<(String, u64)>,
     pub dead_letters: u64,
+    /// Records the sources' logs deleted before they were read (`weir_records_expired_total`).
+    pub records_expired: u64,
     pub elapsed: Duration,
     /// The checkpoint the run started from.
     pub restored_epoch: Option<u64>,
@@ -557,6 +559,7 @@ fn summary(
             .map(|c| (c.name.clone(), get(&c.value)))
             .collect(),
         dead_letters: get(&stats.dead_letters),
+        records_expired: stats.sources.iter().map(|s| get(&s.records_expired)).sum(),
         elapsed: report.elapsed,
         restored_epoch,
         checkpoints: get(&stats.checkpoints.completed),

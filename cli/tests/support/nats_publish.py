@@ -20,6 +20,12 @@
     nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
     nats_publish.py URL consumers STREAM                     # prints the consumers' names
     nats_publish.py URL purge STREAM                         # deletes every message
+    nats_publish.py URL delete-messages STREAM FIRST LAST    # deletes sequences FIRST..=LAST
+    nats_publish.py URL steal STREAM CONSUMER COUNT SECONDS
+        # waits for the durable CONSUMER, then pulls messages from it (never acknowledged)
+        # until COUNT are taken, SECONDS pass, or none came for half a second after some did:
+        # another reader of the consumer, taking deliveries meant for the one under test;
+        # prints how many it took
 
 Publishes are pipelined (a window of acknowledgements in flight) and every acknowledgement is
 checked, so the stream holds every line, in the file's order, when the command returns.
@@ -145,6 +151,26 @@ async def main():
                 "num_ack_pending": info.num_ack_pending,
                 "metadata": info.config.metadata or {},
             }))
+    elif cmd == "delete-messages":
+        stream, first, last = rest
+        for seq in range(int(first), int(last) + 1):
+            await js.delete_msg(stream, seq)
+    elif cmd == "steal":
+        stream, consumer, count, seconds = rest
+        count, deadline = int(count), asyncio.get_running_loop().time() + float(seconds)
+        taken, sub = 0, None
+        while taken < count and asyncio.get_running_loop().time() < deadline:
+            try:
+                if sub is None:
+                    await js.consumer_info(stream, consumer)
+                    sub = await js.pull_subscribe_bind(consumer, stream=stream)
+                taken += len(await sub.fetch(min(500, count - taken), timeout=0.5))
+            except nats.errors.TimeoutError:
+                if taken > 0:
+                    break
+            except nats.errors.Error:
+                await asyncio.sleep(0.01)
+        print(taken)
     elif cmd == "delete-stream":
         (stream,) = rest
         await js.delete_stream(stream)

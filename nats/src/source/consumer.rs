@@ -436,27 +436,49 @@ pub(super) struct Connected {
     /// deleted by its limits or a purge). `None` elsewhere: an interest stream also drops the
     /// messages no consumer wants, which were never this source's.
     pub(super) first: Option<u64>,
+    /// Every sequence the stream skips was deleted by its limits or a purge: a stream with
+    /// limits retention whose messages are deleted only by age, count or size (not a mirror,
+    /// whose sequences keep its origin's gaps; no per-subject limit or rollups, which
+    /// replace messages by design).
+    pub(super) gaps_are_losses: bool,
     /// The stream's last sequence.
     pub(super) last: u64,
     /// The sequence the consumer delivers next (at least).
     pub(super) next: u64,
+    /// The consumer sequence of the last message the consumer delivered (0: none): the
+    /// next one it delivers is the one after (see the reader's gap check).
+    pub(super) delivered: u64,
+    /// The sequence after the consumer's acknowledgement floor.
+    pub(super) floor_next: u64,
     /// The consumer's ack policy (see [`effective_policy`]).
     pub(super) policy: NatsAckPolicy,
     /// Where a run without checkpoint starts again (see [`start_of`]).
     pub(super) origin: Option<u64>,
 }
 
+/// Whether every sequence a stream with `config` skips is a message it deleted (see
+/// [`Connected::gaps_are_losses`]).
+fn gaps_are_losses(config: &async_nats::jetstream::stream::Config) -> bool {
+    config.retention == RetentionPolicy::Limits
+        && config.mirror.is_none()
+        && config.max_messages_per_subject <= 0
+        && !config.allow_rollup
+}
+
 /// Connects (on the current runtime, the I/O runtime: the pulling task runs there), reads the
 /// stream's last sequence, and puts the durable consumer where the reader continues (see
-/// [`placement`]). `origin`: the one an earlier connection learned, should the consumer be
-/// gone since.
+/// [`placement`]): at `start` when given (a checkpoint's sequence, or mid-run where the
+/// reader's promises allow), where `resume` is the sequence the reader continues at.
+/// `origin`: the one an earlier connection learned, should the consumer be gone since.
 pub(super) async fn connect(
     cfg: &NatsSourceConfig,
-    resume: Option<u64>,
+    (resume, start): (Option<u64>, Option<u64>),
     origin: Option<u64>,
 ) -> Result<Connected, NatsSourceError> {
     let client = OwnedClient::new(
-        cfg.endpoint.connect().await?,
+        cfg.endpoint
+            .connect_with_capacity(subscription_capacity(cfg.fetch_batch))
+            .await?,
         tokio::runtime::Handle::current(),
     );
     let js = jetstream::new(client.client().clone());
@@ -509,7 +531,7 @@ pub(super) async fn connect(
     // a consumer that a crash deleted before it was created again: its hold stands for it
     let standing = existing.or_else(|| holds.iter().map(|(_, e)| *e).min_by_key(|e| e.floor));
     let kept = standing.and_then(|e| e.origin).or(origin);
-    let (mut consumer, origin): (PullConsumer, _) = match placement(policy, resume, standing) {
+    let (mut consumer, origin): (PullConsumer, _) = match placement(policy, start, standing) {
         Placement::Keep => {
             let consumer = stream
                 .get_consumer(&cfg.consumer)
@@ -557,12 +579,11 @@ pub(super) async fn connect(
             (consumer, origin)
         }
     };
-    let delivered = consumer
+    let info = consumer
         .info()
         .await
-        .map_err(|e| consumer_err("read", boxed(e)))?
-        .delivered
-        .stream_sequence;
+        .map_err(|e| consumer_err("read", boxed(e)))?;
+    let (delivered, floor) = (info.delivered, info.ack_floor.stream_sequence);
     let messages = pull(&consumer, cfg).await?;
     Ok(Connected {
         conn: Connection {
@@ -571,8 +592,11 @@ pub(super) async fn connect(
             client,
         },
         first: (retention == RetentionPolicy::Limits).then_some(first),
+        gaps_are_losses: gaps_are_losses(&stream.cached_info().config),
         last,
-        next: delivered + 1,
+        next: delivered.stream_sequence + 1,
+        delivered: delivered.consumer_sequence,
+        floor_next: floor + 1,
         policy,
         origin,
     })
@@ -596,6 +620,18 @@ fn existing_of(cfg: &NatsSourceConfig, info: &async_nats::jetstream::consumer::I
             .get(START_METADATA)
             .and_then(|v| v.parse().ok()),
     }
+}
+
+/// What the client's subscription must buffer for the pull requests of `fetch_batch`
+/// messages (the client drops what comes past its buffer): the next request goes when half
+/// of one is left, so one and a half batches are on their way while the messages are taken;
+/// while they are not (the reader's queue full), the client's pulling task still sends up to
+/// two requests more (one when a request expires, one on a reconnection), so three and a half.
+pub(crate) fn subscription_capacity(fetch_batch: usize) -> usize {
+    fetch_batch
+        .saturating_mul(4)
+        .saturating_add(1024)
+        .max(crate::DEFAULT_SUBSCRIPTION_CAPACITY)
 }
 
 /// The consumer's message stream: pull requests of `fetch_batch` messages, heartbeats every

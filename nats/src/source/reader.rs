@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::Subject;
 use weir_engine::dead_letter::PartitionInfo;
 use weir_engine::events::Resume;
@@ -25,6 +26,13 @@ pub(super) const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often the reader asks the server whether it read the stream to its end (caught up)
 /// while no message comes.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// After this long without a message, a consumer that says it delivered more than the reader
+/// received lost those deliveries on the way (and its state is read this often while quiet).
+const LOST_AFTER: Duration = Duration::from_secs(2);
+/// How long the reader waits before asking again whether a consumer said missing is gone.
+const GONE_CONFIRM: Duration = Duration::from_secs(1);
+/// Messages deleted before they were read are logged at most this often (all are counted).
+const EXPIRED_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long the reader waits before connecting again after a failed attempt mid-run.
 const RECONNECT_WAIT: Duration = Duration::from_secs(1);
 
@@ -66,9 +74,24 @@ pub struct NatsReader {
     last_check: Instant,
     /// Messages the server has for the consumer after the last one read.
     pending: u64,
-    /// The highest consumer sequence the current consumer delivered to the reader (0: none):
-    /// when the consumer says it delivered no more, nothing is on its way.
+    /// The consumer sequence of the last message the current consumer delivered to the
+    /// reader (0: none). The server numbers each delivery, so a message numbered past the
+    /// next one says that deliveries were lost on the way (a reconnection, the client's
+    /// buffer full, another reader of the consumer); and when the consumer says it delivered
+    /// no more, nothing is on its way.
     received: u64,
+    /// The sequence after the current consumer's acknowledgement floor (what it acknowledged
+    /// so far): a consumer created again mid-run with acknowledgements starts there, so that
+    /// its floor, which a run without checkpoint continues from, stays below rows not yet
+    /// durable. `None` until the first connection.
+    floor_next: Option<u64>,
+    /// The consumer reads the whole stream and every sequence the stream skips was deleted
+    /// (see `Connected::gaps_are_losses`): a sequence skipped was deleted before it was read.
+    gaps_are_losses: bool,
+    /// Messages deleted before they were read that the log has not told yet, and when it
+    /// last told.
+    expired_unlogged: u64,
+    expired_logged: Option<Instant>,
     /// The connection is lost mid-run since then (a server that went away).
     failing_since: Option<Instant>,
     /// The first connection was made.
@@ -118,6 +141,10 @@ impl NatsReader {
             last_check: Instant::now(),
             pending: 0,
             received: 0,
+            floor_next: None,
+            gaps_are_losses: false,
+            expired_unlogged: 0,
+            expired_logged: None,
             failing_since: None,
             started: false,
             stall: super::stall::StallWatch::new(),
@@ -156,7 +183,7 @@ impl NatsReader {
             src.assigned
                 .store(weir_engine::stats::NOT_GROUP_MANAGED, Ordering::Relaxed);
         }
-        self.connect().map_err(|e| self.err(e))
+        self.connect(ctx).map_err(|e| self.err(e))
     }
 
     /// One round: a chunk ready (pulling for up to `wait` first when none is), nothing yet,
@@ -197,15 +224,23 @@ impl NatsReader {
     }
 
     /// Connects (the first time: failures are errors; mid-run, the caller retries).
-    fn connect(&mut self) -> Result<(), NatsSourceError> {
+    fn connect(&mut self, ctx: &ReaderContext) -> Result<(), NatsSourceError> {
         let cfg = self.config.clone();
         let resume = self.read_next;
-        let c = self.rt.block_on(connect(&cfg, resume, self.origin))?;
+        // mid-run, a consumer with acknowledgements starts again after what it acknowledged,
+        // not at the reader's position (the reader drops what it read already, and
+        // acknowledges it once durable)
+        let start = match (self.floor_next, cfg.ack_policy) {
+            (Some(floor), NatsAckPolicy::All) => resume.map(|n| n.min(floor)),
+            _ => resume,
+        };
+        let c = self
+            .rt
+            .block_on(connect(&cfg, (resume, start), self.origin))?;
         let (conn, last, next) = (c.conn, c.last, c.next);
-        if let Some((n, first)) = resume.zip(c.first).filter(|(n, first)| n < first) {
-            tracing::warn!(source = %self.name, stream = %cfg.stream, from = n, to = first - 1, "nats: the stream no longer holds the messages of these sequences, which this source had not read (deleted by the stream's limits, such as max_age, or by a purge): the rows of those its subjects match are missing from the outputs");
-        }
-        self.received = 0;
+        self.gaps_are_losses = c.gaps_are_losses && cfg.subjects.is_empty();
+        self.received = c.delivered;
+        self.floor_next = Some(c.floor_next);
         // (the stream's retention may ask for acknowledgements after all)
         self.config.ack_policy = c.policy;
         self.origin = c.origin;
@@ -220,8 +255,19 @@ impl NatsReader {
             self.target = Some(target);
             tracing::info!(source = %self.name, stream = %cfg.stream, last_sequence = target, "nats: reading until caught up");
         }
+        if let Some((n, first)) = resume.zip(c.first).filter(|(n, first)| n < first) {
+            tracing::warn!(source = %self.name, stream = %cfg.stream, from = n, to = first - 1, "nats: the stream no longer holds the messages of these sequences, which this source had not read (deleted by the stream's limits, such as max_age, or by a purge): the rows of those its subjects match are missing from the outputs");
+            // read whole, each of them (up to the end of the reading) was this source's:
+            // counted once, the reader moves on
+            if self.gaps_are_losses {
+                let upto = self.target.map_or(first, |t| first.min(t + 1));
+                self.count_expired(ctx, upto.saturating_sub(n));
+                self.read_next = Some(first);
+            }
+        }
         self.conn = Some(conn);
         self.last_check = Instant::now() - CHECK_EVERY;
+        weir_engine::checkpoint::failpoint("nats_connected");
         Ok(())
     }
 
@@ -233,12 +279,28 @@ impl NatsReader {
             return;
         };
         let (seq, pending) = (info.stream_sequence, info.pending);
-        self.received = self.received.max(info.consumer_sequence);
-        let published = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
-        if self.read_next.is_some_and(|n| seq < n) || self.ended {
-            if !self.ended {
-                self.acknowledge_dropped(seq, m.reply.as_ref());
+        if self.ended {
+            return;
+        }
+        // (a number below the next one: the server went back to a state it had saved, and
+        // delivers again from there; the reader drops what it read already)
+        if info.consumer_sequence > self.received + 1 {
+            self.lost_on_the_way(info.consumer_sequence - self.received - 1, seq);
+            return;
+        }
+        self.received = info.consumer_sequence;
+        // read whole, a stream's sequences are all this source's: a jump is messages the
+        // stream deleted before they were read (its limits, such as max_age, or a purge)
+        if let Some(n) = self.read_next.filter(|&n| seq > n && self.gaps_are_losses) {
+            // (not past the end of the reading)
+            let upto = self.target.map_or(seq, |t| seq.min(t + 1));
+            if upto > n {
+                self.deleted_unread(ctx, n, upto);
             }
+        }
+        let published = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+        if self.read_next.is_some_and(|n| seq < n) {
+            self.acknowledge_dropped(seq, m.reply.as_ref());
             return;
         }
         if self.target.is_some_and(|t| seq > t) {
@@ -280,6 +342,48 @@ impl NatsReader {
         if self.target.is_some_and(|t| seq >= t || pending == 0) {
             self.end(ctx);
         }
+    }
+
+    /// Messages `from..to` were deleted by the stream before the reader reached them: counted
+    /// (`weir_records_expired_total`), and logged at most every [`EXPIRED_LOG_EVERY`].
+    fn deleted_unread(&mut self, ctx: &ReaderContext, from: u64, to: u64) {
+        self.count_expired(ctx, to - from);
+        self.expired_unlogged += to - from;
+        if self
+            .expired_logged
+            .is_some_and(|t| t.elapsed() < EXPIRED_LOG_EVERY)
+        {
+            return;
+        }
+        self.log_expired(Some((from, to)));
+    }
+
+    /// Logs the messages deleted before they were read that the log has not told yet (`last`:
+    /// the sequences of the latest loss).
+    fn log_expired(&mut self, last: Option<(u64, u64)>) {
+        if self.expired_unlogged == 0 {
+            return;
+        }
+        let (last_from, last_to) = last.map_or((None, None), |(f, t)| (Some(f), Some(t - 1)));
+        tracing::error!(source = %self.name, stream = %self.config.stream, messages = self.expired_unlogged, ?last_from, ?last_to, "nats: the stream deleted messages before this source read them (its limits, such as max_age or max_msgs, or a purge): their rows are missing from the outputs; read faster (more parallelism or workers) or keep messages longer");
+        self.expired_unlogged = 0;
+        self.expired_logged = Some(Instant::now());
+    }
+
+    fn count_expired(&self, ctx: &ReaderContext, n: u64) {
+        if let Some(src) = ctx.stats.sources.get(self.source) {
+            weir_engine::RunStats::add(&src.records_expired, n);
+        }
+    }
+
+    /// Deliveries numbered before the one just received (at stream sequence `seq`) never
+    /// reached the reader: their messages were delivered, so the consumer will not deliver
+    /// them again (and acknowledging a later message acknowledges them). The connection is
+    /// dropped; the next round creates the consumer again before them (see
+    /// [`Self::connect`]), and the reader drops what it read already.
+    fn lost_on_the_way(&mut self, lost: u64, seq: u64) {
+        tracing::warn!(source = %self.name, consumer = %self.config.consumer, lost, stream_sequence = seq, read_next = ?self.read_next, "nats: messages the consumer delivered never reached this reader (lost in a reconnection, dropped by the client, or pulled by another reader of the consumer); creating the consumer again to read them");
+        self.conn = None;
     }
 
     /// A message dropped because the reader passed its sequence (a redelivery, or a consumer
@@ -333,6 +437,7 @@ impl NatsReader {
             return;
         }
         self.hand_over();
+        self.log_expired(None);
         self.ended = true;
         let next = self.read_next.unwrap_or(1);
         self.ready.push_back(Chunk {
@@ -355,9 +460,9 @@ impl NatsReader {
         };
         let mut last = None;
         while self.acks.front().is_some_and(|(next, _)| *next <= durable) {
-            last = self.acks.pop_front().map(|(_, reply)| reply);
+            last = self.acks.pop_front();
         }
-        let (Some(reply), Some(conn)) = (last, &self.conn) else {
+        let (Some((next, reply)), Some(conn)) = (last, &self.conn) else {
             return;
         };
         let client = conn.client.client().clone();
@@ -365,12 +470,14 @@ impl NatsReader {
         if let Err(e) = self.rt.block_on(client.publish(reply, "+ACK".into())) {
             tracing::warn!(source = %self.name, error = %e, "nats: an acknowledgement was not sent; the server delivers those messages again after ack_wait");
         }
+        // (durable whether or not the server got it)
+        self.floor_next = self.floor_next.max(Some(next));
     }
 
     /// Pulls messages for up to `wait` (then what already arrived); whether any came.
     fn poll_round(&mut self, ctx: &ReaderContext, wait: Duration) -> Result<bool, EngineError> {
         if self.conn.is_none() {
-            match self.connect() {
+            match self.connect(ctx) {
                 Ok(()) => {
                     if self.failing_since.take().is_some() {
                         tracing::info!(source = %self.name, "nats: connected again");
@@ -416,6 +523,10 @@ impl NatsReader {
             }
         }
         for m in batches.into_iter().flatten() {
+            // (deliveries lost on the way: what follows comes again from a new consumer)
+            if self.conn.is_none() {
+                break;
+            }
             self.place(m, ctx);
         }
         if let Some(f) = failure {
@@ -446,6 +557,13 @@ impl NatsReader {
             MessagesErrorKind::ConsumerDeleted => {
                 tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer was deleted; creating it again at the sequence read next");
                 self.conn = None;
+                Ok(())
+            }
+            // a pull request that nothing answered: the consumer may be gone (deleted while
+            // no request waited), or JetStream is not there for a moment
+            MessagesErrorKind::NoResponders => {
+                tracing::warn!(source = %self.name, error = %e, "nats: a pull request had no responder; checking the consumer");
+                self.check_consumer_exists();
                 Ok(())
             }
             _ => {
@@ -479,38 +597,109 @@ impl NatsReader {
             self.stall
                 .check(ctx, at, &self.name, since, owed, limit, rt, consumer);
         }
-        if !quiet || self.ended || self.last_check.elapsed() < CHECK_EVERY {
+        if !quiet || self.ended {
+            return Ok(());
+        }
+        // the consumer's state is read while quiet: to end a reading until caught up, and to
+        // find deliveries lost on the way with nothing after them to show the gap
+        let silent = self.last_message.elapsed() >= LOST_AFTER;
+        let every = if self.target.is_some() {
+            CHECK_EVERY
+        } else {
+            LOST_AFTER
+        };
+        if self.last_check.elapsed() < every || (self.target.is_none() && !silent) {
             return Ok(());
         }
         self.last_check = Instant::now();
-        let Some(target) = self.target else {
-            return Ok(());
-        };
-        if self.read_next.is_some_and(|n| n > target) || target == 0 {
-            self.end(ctx);
-            return Ok(());
+        if let Some(target) = self.target {
+            if self.read_next.is_some_and(|n| n > target) || target == 0 {
+                self.end(ctx);
+                return Ok(());
+            }
         }
         let Some(conn) = &mut self.conn else {
             return Ok(());
         };
-        match self.rt.block_on(conn.consumer.info()) {
-            // nothing matching the filters is left, and everything delivered was read (the
-            // consumer delivered nothing more, or nothing past the reader: a consumer placed
-            // after messages the stream deleted reports it delivered up to them)
-            Ok(info)
-                if info.num_pending == 0
-                    && (info.delivered.consumer_sequence <= self.received
-                        || info.delivered.stream_sequence < self.read_next.unwrap_or(1)) =>
-            {
-                self.end(ctx)
+        let (num_pending, delivered, delivered_stream) = match self
+            .rt
+            .block_on(conn.consumer.info())
+        {
+            Ok(info) => (
+                info.num_pending,
+                info.delivered.consumer_sequence,
+                info.delivered.stream_sequence,
+            ),
+            Err(e) if consumer_gone(e.kind()) => {
+                self.confirm_gone();
+                return Ok(());
             }
-            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(source = %self.name, error = %e, "nats: cannot read the consumer's state (retrying)");
+                return Ok(());
             }
+        };
+        let read_next = self.read_next.unwrap_or(1);
+        // delivered past the reader's position, and nothing came for a while
+        if silent && delivered > self.received && delivered_stream >= read_next {
+            self.lost_on_the_way(delivered - self.received, delivered_stream);
+            return Ok(());
+        }
+        // nothing matching the filters is left, and everything delivered was read (the
+        // consumer delivered nothing more, or nothing past the reader: a consumer placed
+        // after messages the stream deleted reports it delivered up to them)
+        if self.target.is_some()
+            && num_pending == 0
+            && (delivered <= self.received || delivered_stream < read_next)
+        {
+            self.end(ctx);
         }
         Ok(())
     }
+
+    /// Drops the connection when the consumer (or its stream) is not there any more: the next
+    /// round creates it again.
+    fn check_consumer_exists(&mut self) {
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        match self.rt.block_on(conn.consumer.get_info()) {
+            Err(e) if consumer_gone(e.kind()) => self.confirm_gone(),
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "nats: cannot read the consumer's state (pulling again)");
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// The server said the consumer is not there: asked again after [`GONE_CONFIRM`] (a
+    /// cluster recovering its metadata may not find it for a moment, and creating it again
+    /// without cause would, on an interest stream, drop what it had not acknowledged), and
+    /// given up for gone when it still is not.
+    fn confirm_gone(&mut self) {
+        std::thread::sleep(GONE_CONFIRM);
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        if let Err(e) = self.rt.block_on(conn.consumer.get_info()) {
+            if consumer_gone(e.kind()) {
+                self.consumer_gone();
+            }
+        }
+    }
+
+    fn consumer_gone(&mut self) {
+        tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer is gone (deleted on the server); creating it again where the reading stands");
+        self.conn = None;
+    }
+}
+
+/// A consumer information error that says the consumer is not there.
+fn consumer_gone(kind: ConsumerInfoErrorKind) -> bool {
+    matches!(
+        kind,
+        ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+    )
 }
 
 impl PartitionReader for NatsReader {
@@ -526,6 +715,7 @@ impl PartitionReader for NatsReader {
     }
 
     fn finish(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.log_expired(None);
         self.acknowledge(ctx);
         if let Some(conn) = &self.conn {
             let client = conn.client.client().clone();

@@ -220,7 +220,7 @@ fn sources(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
         ),
         (
             "weir_records_expired_total",
-            "Records the source's log deleted (a Kafka topic's retention) before they were read, per source: lost input.",
+            "Records the source's log deleted (a Kafka topic's retention, a NATS stream's limits or a purge) before they were read, per source: lost input.",
             |s| &s.records_expired,
         ),
     ];
