@@ -21,7 +21,8 @@ use crash::venv_python;
 use nats_support::NatsServer;
 use weir_tests::generate;
 
-fn nats_py(url: &str, args: &[&str]) {
+/// Runs the nats-py helper (`support/nats_publish.py`); its stdout.
+fn nats_py(url: &str, args: &[&str]) -> String {
     let out = Command::new(venv_python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py"))
         .arg(url)
@@ -33,6 +34,7 @@ fn nats_py(url: &str, args: &[&str]) {
         "nats_publish.py {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The pipeline: the whole stream `EVENTS` (no subject filter), windows of `window` per dataset.
@@ -151,18 +153,25 @@ fn stream_of_50_000(server: &NatsServer, d: &Path, window: &str) -> PathBuf {
     pipeline(d, &url, window)
 }
 
+/// A server, the stream of [`stream_of_50_000`] in a folder of its own, and a run of its
+/// pipeline (windows of `window`) paused once its reader connected.
+fn paused_on_50_000(window: &str) -> (NatsServer, tempfile::TempDir, PathBuf, PausedRun) {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = stream_of_50_000(&server, dir.path(), window);
+    let run = PausedRun::start(&p);
+    run.paused();
+    (server, dir, p, run)
+}
+
 /// Sequences 1..=1000 were purged before the pipeline's first run (never its messages: not
 /// counted), and ten of the later ones are deleted while the run reads (paused at its start,
 /// so that they go before the reader gets there): exactly those ten are counted and said, the
 /// rest is read, the run ends at the stream's end.
 #[test]
 fn messages_deleted_while_the_run_reads_are_counted_and_said() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = stream_of_50_000(&server, dir.path(), "1m");
+    let (server, _dir, _, run) = paused_on_50_000("1m");
     let url = server.url();
-    let run = PausedRun::start(&p);
-    run.paused();
     nats_py(&url, &["delete-messages", "EVENTS", "50901", "50910"]);
     let (summary, log) = run.ended();
     assert!(
@@ -186,12 +195,8 @@ fn messages_deleted_while_the_run_reads_are_counted_and_said() {
 /// Before, it logged the failed pull for ever and the run never ended.
 #[test]
 fn a_consumer_deleted_while_no_pull_waits_is_created_again() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = stream_of_50_000(&server, dir.path(), "1m");
+    let (server, _dir, _, run) = paused_on_50_000("1m");
     let url = server.url();
-    let run = PausedRun::start(&p);
-    run.paused();
     nats_py(&url, &["delete-consumer", "EVENTS", "weir-events"]);
     let (summary, log) = run.ended();
     assert!(
@@ -209,12 +214,8 @@ fn a_consumer_deleted_while_no_pull_waits_is_created_again() {
 /// position and the next run started there: the rows read before it were lost.
 #[test]
 fn a_crash_after_the_consumer_is_created_again_mid_run_loses_nothing() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = stream_of_50_000(&server, dir.path(), "1d");
+    let (server, _dir, p, run) = paused_on_50_000("1d");
     let url = server.url();
-    let run = PausedRun::start(&p);
-    run.paused();
     nats_py(&url, &["delete-consumer", "EVENTS", "weir-events"]);
     run.paused();
     run.crash();
@@ -238,21 +239,10 @@ fn a_crash_after_the_consumer_is_created_again_mid_run_loses_nothing() {
 /// 5 minutes, and a consumer acknowledging nothing never does).
 #[test]
 fn deliveries_lost_at_the_end_of_the_stream_are_read_again() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = stream_of_50_000(&server, dir.path(), "1m");
+    let (server, _dir, _, run) = paused_on_50_000("1m");
     let url = server.url();
-    let run = PausedRun::start(&p);
-    run.paused();
-    let thief = Command::new(venv_python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py"))
-        .args([&url, "steal", "EVENTS", "weir-events", "100000", "3"])
-        .output()
-        .unwrap();
-    let taken: u64 = String::from_utf8_lossy(&thief.stdout)
-        .trim()
-        .parse()
-        .unwrap();
+    let stolen = nats_py(&url, &["steal", "EVENTS", "weir-events", "100000", "3"]);
+    let taken: u64 = stolen.trim().parse().unwrap();
     let (summary, log) = run.ended();
     assert!(taken > 0, "the other reader took nothing:\n{log}");
     assert!(

@@ -183,6 +183,9 @@ impl KafkaReader {
                         let s = &mut self.partitions[l];
                         s.assigned = true;
                         s.read_elsewhere = false;
+                        // (its start was checked against the log start: `skip_expired`)
+                        s.expected = None;
+                        s.jumps.clear();
                         s.end_at = end_at;
                         s.warned_foreign = false;
                         s.lane.last_message = Instant::now();

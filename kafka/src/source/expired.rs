@@ -1,7 +1,13 @@
-//! Start offsets that the topic's retention already deleted: moved to the log start and
-//! reported, instead of left to librdkafka's `auto.offset.reset`, which resets them without
-//! a word (to the end of the partition with `start_from: latest`, skipping records that
-//! are still there).
+//! Offsets that the topic's retention deleted before the source read them.
+//!
+//! * Start offsets (a checkpoint's, a claim's, the group's): moved to the log start and
+//!   reported, instead of left to librdkafka's `auto.offset.reset`, which resets them without
+//!   a word (to the end of the partition with `start_from: latest`, skipping records that
+//!   are still there).
+//! * While reading (the source fell behind the log start): librdkafka resets the fetch
+//!   position as `auto.offset.reset` says, and the reader sees offsets jump. A jump whose
+//!   start is below the partition's log start (as the last fetch reported it) skipped deleted
+//!   offsets: reported the same way, with what a reset to the end (`latest`) skipped too.
 
 use super::*;
 
@@ -147,9 +153,133 @@ impl GroupContext {
     }
 }
 
+/// The partition's log start as its last fetch reported it (librdkafka's cached low
+/// watermark: no request), if known.
+fn cached_log_start<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<u64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the consumer's live handle, a NUL-terminated topic name, and two out-params
+    // that librdkafka writes and does not keep.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .then_some(u64::try_from(low).ok())
+        .flatten()
+}
+
+/// How long after librdkafka reset a fetch position the jumps of offsets are checked against
+/// the log start (the messages after the reset come within a fetch or two).
+const RESET_JUMPS_FOR: Duration = Duration::from_secs(60);
+
+/// Whether a reset fetch position goes to the partition's end: `auto.offset.reset` as weir
+/// sets it from `start_from`, unless a property overrides it.
+pub(super) fn resets_to_end(config: &KafkaSourceConfig) -> bool {
+    match config
+        .properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "auto.offset.reset")
+    {
+        Some((_, v)) => matches!(
+            v.to_ascii_lowercase().as_str(),
+            "latest" | "largest" | "end"
+        ),
+        None => config.start_from == StartFrom::Latest,
+    }
+}
+
+impl KafkaReader {
+    /// Checks the jumps of offsets partition `l` made (see the module's docs). Only after
+    /// librdkafka reset a fetch position (within [`RESET_JUMPS_FOR`]) can a jump be a loss;
+    /// then those that skipped offsets below its log start are reported. Others (transaction
+    /// markers, compaction) are not losses. Jumps stay until the log start is known.
+    pub(super) fn check_jumps(&mut self, l: usize) {
+        let s = &mut self.partitions[l];
+        s.jumps_checked = Instant::now();
+        let Some(consumer) = &self.consumer else {
+            s.jumps.clear();
+            return;
+        };
+        let context = consumer.context();
+        let reset = context.last_reset.lock().ok().and_then(|at| *at);
+        if reset.is_none_or(|at| at.elapsed() > RESET_JUMPS_FOR) {
+            s.jumps.clear();
+            return;
+        }
+        let Some(low) = cached_log_start(consumer, &s.topic, s.number) else {
+            return;
+        };
+        let key = (s.topic.to_string(), s.number);
+        for (from, to) in std::mem::take(&mut s.jumps) {
+            if from >= low {
+                continue;
+            }
+            let deleted_to = to.min(low);
+            // a reset to the end skipped the offsets still there as well
+            let skipped_to = if context.resets_to_end {
+                to
+            } else {
+                deleted_to
+            };
+            context.report_reset(&key, from, deleted_to, skipped_to);
+        }
+    }
+}
+
+impl GroupContext {
+    /// Logs and counts the offsets `from..skipped_to` of partition `key` as lost while
+    /// reading: `from..deleted_to` deleted by the retention before they were read, the rest
+    /// skipped by librdkafka's reset to the partition's end.
+    fn report_reset(&self, key: &Tp, from: u64, deleted_to: u64, skipped_to: u64) {
+        let lost = skipped_to - from;
+        tracing::error!(
+            source = %self.source,
+            topic = %key.0,
+            partition = key.1,
+            from,
+            deleted_to,
+            skipped_to,
+            lost,
+            "kafka: the partition's retention deleted offsets this source had not read yet \
+             (it fell behind the log start while reading); librdkafka moved the position as \
+             `auto.offset.reset` says (with start_from: latest, to the end: the offsets from \
+             deleted_to to skipped_to were still there and are skipped too). Raise the topic's \
+             retention, or keep the pipeline from falling this far behind"
+        );
+        self.expired.fetch_add(lost, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_goes_to_the_end_as_start_from_or_a_property_says() {
+        let with = |start_from: StartFrom, reset: Option<&str>| KafkaSourceConfig {
+            start_from,
+            properties: reset
+                .map(|r| vec![("auto.offset.reset".to_string(), r.to_string())])
+                .unwrap_or_default(),
+            ..crate::source::tests::reading_to_the_end("b:9092", "t")
+        };
+        assert!(resets_to_end(&with(StartFrom::Latest, None)));
+        assert!(!resets_to_end(&with(StartFrom::Earliest, None)));
+        assert!(!resets_to_end(&with(StartFrom::Committed, None)));
+        assert!(resets_to_end(&with(StartFrom::Earliest, Some("Largest"))));
+        assert!(!resets_to_end(&with(StartFrom::Latest, Some("earliest"))));
+    }
 
     #[test]
     fn only_offsets_below_a_plausible_log_start_are_expired() {

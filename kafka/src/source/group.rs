@@ -89,6 +89,13 @@ pub(super) struct GroupContext {
     pub(super) expired: AtomicU64,
     /// The losses reported already, per partition: (where it was to start, the log start).
     pub(super) expired_reported: Mutex<HashMap<(String, i32), (u64, u64)>>,
+    /// When librdkafka last reset a fetch position after an error (an offset out of range:
+    /// its log facility `OFFSET` at warning level), if ever: the reader then checks its jumps
+    /// of offsets against the log start (see `expired.rs`).
+    pub(super) last_reset: Mutex<Option<Instant>>,
+    /// A reset position goes to the partition's end (`auto.offset.reset`: `latest`, or a
+    /// property saying so), not to its log start.
+    pub(super) resets_to_end: bool,
 }
 
 impl GroupContext {
@@ -324,6 +331,27 @@ impl GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    /// librdkafka's log, to `tracing` as rdkafka does; a reset of a fetch position after an
+    /// error is noted (by its facility and level, not its text).
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if fac == "OFFSET" && matches!(level, L::Warning) {
+            if let Ok(mut at) = self.last_reset.lock() {
+                *at = Some(Instant::now());
+            }
+        }
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+        }
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`): the consumer lag of each
     /// partition this process fetches: the end a consumer can read (the last stable offset
     /// under `read_committed`, librdkafka's default: an open transaction's records are not
@@ -487,6 +515,12 @@ pub(crate) fn group_consumer_config(
     pooled: bool,
 ) -> rdkafka::ClientConfig {
     let mut cfg = client_config(&config.brokers, &[]);
+    // librdkafka's warnings at least, which tell the reader of position resets (see
+    // `expired.rs`): rdkafka sets the level from the `log` crate's, at "error" when nothing
+    // installed a logger (the `weir` binary installs one, at its log level)
+    if (cfg.log_level as i32) < (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+        cfg.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    }
     cfg.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

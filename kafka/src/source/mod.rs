@@ -64,6 +64,11 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 const EVENTS_PER_ROUND: usize = 64;
 /// How often the lanes of a repartition topic's partitions are checked for silence.
 const LANE_IDLE_SCAN: Duration = Duration::from_secs(1);
+/// Jumps of offsets a partition keeps unchecked at most (see `expired.rs`): checked when
+/// there are this many, or after `JUMPS_CHECK_EVERY`, or in a quiet round.
+const MAX_JUMPS_UNCHECKED: usize = 16;
+/// How often a partition's jumps of offsets are checked at most.
+const JUMPS_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// How often committable offsets are committed to the group.
 const COMMIT_EVERY: Duration = Duration::from_secs(2);
 /// Before giving partitions up: how long their committable offsets must stay put...

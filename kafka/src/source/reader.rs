@@ -28,6 +28,13 @@ pub(super) struct PartitionState {
     pub(super) read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// A skipped message of a repartition topic was logged since the partition's assignment.
     pub(super) warned_foreign: bool,
+    /// The offset expected next since the partition's assignment: a later one is a jump.
+    pub(super) expected: Option<u64>,
+    /// Jumps of offsets between two messages read (`from..to` skipped), not checked yet
+    /// against the log start (see `KafkaReader::check_jumps`).
+    pub(super) jumps: Vec<(u64, u64)>,
+    /// When the jumps were last checked.
+    pub(super) jumps_checked: Instant,
 }
 
 /// The chunk stream of a partition.
@@ -145,6 +152,9 @@ impl KafkaReader {
                         .as_ref()
                         .and_then(|r| r.0.get(&(topic.to_string(), p as i32)).cloned()),
                     warned_foreign: false,
+                    expected: None,
+                    jumps: Vec::new(),
+                    jumps_checked: Instant::now(),
                 });
             }
         }
@@ -236,6 +246,9 @@ impl KafkaReader {
     /// Drops what was read of a partition given up in a pool: its next owner reads it again
     /// from the hand-over checkpoint.
     pub(super) fn forget(&mut self, l: usize) {
+        if !self.partitions[l].jumps.is_empty() {
+            self.check_jumps(l);
+        }
         let id = self.first_id + l;
         self.ready.retain(|c| c.partition.id != id);
         let s = &mut self.partitions[l];
@@ -246,6 +259,8 @@ impl KafkaReader {
         s.end_at = None;
         s.ended = false;
         s.warned_foreign = false;
+        s.expected = None;
+        s.jumps.clear();
     }
 
     /// In a pool, reading until caught up: whether the run served last ended only to flush
@@ -340,6 +355,8 @@ impl KafkaReader {
                 }),
                 expired: AtomicU64::new(0),
                 expired_reported: Mutex::new(HashMap::new()),
+                last_reset: Mutex::new(None),
+                resets_to_end: expired::resets_to_end(&self.config),
             };
         let cfg = group_consumer_config(
             &self.config,
@@ -555,6 +572,14 @@ impl KafkaReader {
     }
 
     pub(super) fn after_message(&mut self, l: usize, offset: u64, ctx: &ReaderContext) {
+        // (at most every `JUMPS_CHECK_EVERY`: a compacted topic jumps at almost every message)
+        let s = &self.partitions[l];
+        if !s.jumps.is_empty()
+            && (s.jumps.len() >= MAX_JUMPS_UNCHECKED
+                || self.now.saturating_duration_since(s.jumps_checked) >= JUMPS_CHECK_EVERY)
+        {
+            self.check_jumps(l);
+        }
         let s = &mut self.partitions[l];
         if let Some(r) = &s.read_offset {
             r.store(offset + 1, Ordering::Relaxed);
@@ -583,6 +608,12 @@ impl KafkaReader {
             self.lanes_scanned = now;
         }
         for l in 0..self.partitions.len() {
+            if !self.partitions[l].jumps.is_empty()
+                && now.saturating_duration_since(self.partitions[l].jumps_checked)
+                    >= JUMPS_CHECK_EVERY
+            {
+                self.check_jumps(l);
+            }
             let s = &self.partitions[l];
             let since = s.up.as_ref().map_or(s.lane.buffer.since(), |up| up.since);
             if since.is_some_and(|t| quiet || now - t >= CHUNK_AGE) {
@@ -676,6 +707,13 @@ pub(super) fn place_message<M: Message>(
         return None;
     }
     let offset = m.offset() as u64;
+    // (a transaction's marker, a compacted topic, or offsets deleted by the retention)
+    if let Some(expected) = s.expected.filter(|&e| offset > e) {
+        if s.jumps.len() < MAX_JUMPS_UNCHECKED {
+            s.jumps.push((expected, offset));
+        }
+    }
+    s.expected = Some(offset + 1);
     s.read_next = Some(offset + 1);
     s.lane.last_message = now;
     let Some(up) = &config.upstream else {

@@ -684,19 +684,11 @@ fn end_offsets_read_together_equal_the_watermarks_read_one_by_one() {
     reader.close();
 }
 
-/// A checkpoint's offset that the topic's retention deleted meanwhile: the reader goes on
-/// from the partition's log start (with `start_from: latest` too, where librdkafka's reset
-/// jumped to the end and skipped the records still there, and the run never ended), and
-/// counts the records lost.
-#[test]
-fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_start() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("aged", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let producer = Producer::new(&brokers, &[]).unwrap();
-    // the mock cluster keeps about 5 MB of a partition (`rdkafka_mock.c`): 8 MB of random
-    // hex (lz4 does not shrink it below 5 MB) push the log start forward
-    let mut x = 0x2545_f491_4f6c_dd1du64;
+/// Produces 4,000 records of 2 KB of random hex (from `seed`) to `topic`: the mock cluster
+/// keeps about 5 MB of a partition (`rdkafka_mock.c`), and lz4 does not shrink these below
+/// it, so the partition's log start moves forward.
+fn past_retention(producer: &Producer, topic: &str, seed: u64) {
+    let mut x = seed;
     for _ in 0..4000 {
         let pad: String = (0..125)
             .map(|_| {
@@ -708,10 +700,23 @@ fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_sta
             .collect();
         let payload = format!("{{\"pad\":\"{pad}\"}}");
         producer
-            .send_at("aged", None, Some(payload.as_bytes()), &[], None)
+            .send_at(topic, None, Some(payload.as_bytes()), &[], None)
             .unwrap();
     }
     producer.flush().unwrap();
+}
+
+/// A checkpoint's offset that the topic's retention deleted meanwhile: the reader goes on
+/// from the partition's log start (with `start_from: latest` too, where librdkafka's reset
+/// jumped to the end and skipped the records still there, and the run never ended), and
+/// counts the records lost.
+#[test]
+fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_start() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("aged", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer = Producer::new(&brokers, &[]).unwrap();
+    past_retention(&producer, "aged", 0x2545_f491_4f6c_dd1d);
     let client: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()
@@ -754,4 +759,122 @@ fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_sta
         low as u64 - 1,
         "the records between the checkpoint's offset and the log start are counted"
     );
+}
+
+/// The topic's retention passes the reader while it runs (it stopped polling, its prefetch
+/// small): librdkafka resets the fetch position as `auto.offset.reset` says, and the reader
+/// counts the offsets it skipped that way (`weir_records_expired_total`), with an error in the
+/// log. Before, only librdkafka's own log line said so.
+#[test]
+fn offsets_deleted_by_retention_while_reading_are_counted() {
+    let (from, to, expired, low) = retention_passes_the_reader(StartFrom::Earliest);
+    assert_eq!(to, low, "read on from the log start");
+    assert_eq!(expired, to - from, "the offsets deleted are counted");
+}
+
+/// The same with `start_from: latest`, where librdkafka's reset goes to the partition's end:
+/// the offsets deleted and those skipped though still there are counted.
+#[test]
+fn offsets_skipped_by_a_reset_to_the_end_while_reading_are_counted() {
+    let (from, to, expired, low) = retention_passes_the_reader(StartFrom::Latest);
+    assert!(
+        to > low,
+        "the reset went to the end, past the log start {low}: {to}"
+    );
+    assert_eq!(
+        expired,
+        to - from,
+        "the offsets deleted and skipped are counted"
+    );
+}
+
+/// Reads 100 small records of a new topic, stops reading while 8 MB more push the log start
+/// past the reader's fetch position, then reads on to the end (with `latest`, to one record
+/// produced after the reset). The one jump of offsets read (`from`, `to`), the offsets
+/// counted as expired, and the partition's log start.
+fn retention_passes_the_reader(start_from: StartFrom) -> (u64, u64, u64, u64) {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("aged", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let producer = Producer::new(&brokers, &[]).unwrap();
+    let config = KafkaSourceConfig {
+        start_from,
+        until_caught_up: false,
+        // a small prefetch, so that the retention passes the fetch position
+        properties: vec![
+            ("queued.max.messages.kbytes".into(), "64".into()),
+            ("max.partition.fetch.bytes".into(), "65536".into()),
+            ("fetch.max.bytes".into(), "1048576".into()),
+        ],
+        ..reading_to_the_end(&brokers, "aged")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let stats = Arc::new(RunStats::new(&["s".to_string()], &[], &[]));
+    let ctx = context(1, stats.clone());
+    let mut offsets = Vec::new();
+    // the rounds of `next_chunk`, which would wait for a chunk for ever
+    let mut read_for = |reader: &mut KafkaReader, last: Option<u64>, most: Duration| {
+        let deadline = Instant::now() + most;
+        if reader.consumer.is_none() {
+            reader.connect(&ctx).unwrap();
+        }
+        while last.is_none_or(|last| offsets.last().is_none_or(|&o| o < last))
+            && Instant::now() < deadline
+        {
+            let got = reader.poll_round(&ctx).unwrap();
+            reader.handle_group_events(&ctx).unwrap();
+            reader.housekeeping(&ctx, !got).unwrap();
+            while let Some(chunk) = reader.ready.pop_front() {
+                if let ChunkData::Messages(m) = chunk.data {
+                    offsets.extend(m.offsets.iter().copied());
+                }
+            }
+        }
+    };
+    // assigned first (`latest` starts at the end it finds)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.partitions[0].assigned && Instant::now() < deadline {
+        read_for(&mut reader, None, Duration::from_millis(100));
+    }
+    assert!(reader.partitions[0].assigned);
+    // (its start, found by a request with `latest`, before the records come)
+    read_for(&mut reader, None, Duration::from_millis(1500));
+    let small = |n: u32| {
+        for i in 0..n {
+            let payload = format!("{{\"i\":{i}}}");
+            producer
+                .send_at("aged", None, Some(payload.as_bytes()), &[], None)
+                .unwrap();
+        }
+        producer.flush().unwrap();
+    };
+    small(100);
+    read_for(&mut reader, Some(99), Duration::from_secs(60));
+    past_retention(&producer, "aged", 0x9e37_79b9_7f4a_7c15);
+    let last = if start_from == StartFrom::Latest {
+        read_for(&mut reader, None, Duration::from_secs(5));
+        small(1);
+        4100
+    } else {
+        4099
+    };
+    read_for(&mut reader, Some(last), Duration::from_secs(60));
+    assert_eq!(offsets.last().copied(), Some(last), "read to the end");
+    let jumps: Vec<(u64, u64)> = offsets
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0] + 1, w[1]))
+        .collect();
+    assert_eq!(offsets[..100], (0..100).collect::<Vec<_>>());
+    assert_eq!(jumps.len(), 1, "one jump: {jumps:?}");
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let (low, _) = client
+        .fetch_watermarks("aged", 0, Duration::from_secs(10))
+        .unwrap();
+    let expired = RunStats::get(&stats.sources[0].records_expired);
+    (jumps[0].0, jumps[0].1, expired, low as u64)
 }
