@@ -199,11 +199,25 @@ pub(super) fn resets_to_end(config: &KafkaSourceConfig) -> bool {
     }
 }
 
+/// What a jump of offsets `from..to` lost, once librdkafka reset the position and the log
+/// starts at `low`: the end of the offsets deleted, and of those skipped (past the deleted
+/// ones too with a reset to the end). None when it is no reset's jump: that one lands at or
+/// past the log start, while gaps between messages fetched before the reset (transaction
+/// markers, compaction) lie wholly below it, and gaps above it lost nothing.
+fn lost_in_jump(from: u64, to: u64, low: u64, to_end: bool) -> Option<(u64, u64)> {
+    if from >= low || to < low {
+        return None;
+    }
+    let deleted_to = to.min(low);
+    Some((deleted_to, if to_end { to } else { deleted_to }))
+}
+
 impl KafkaReader {
     /// Checks the jumps of offsets partition `l` made (see the module's docs). Only after
     /// librdkafka reset a fetch position (within [`RESET_JUMPS_FOR`]) can a jump be a loss;
-    /// then those that skipped offsets below its log start are reported. Others (transaction
-    /// markers, compaction) are not losses. Jumps stay until the log start is known.
+    /// then one from below the log start to at or past it is reported. Others (transaction
+    /// markers, compaction, also among messages fetched before the reset) are not losses.
+    /// Jumps stay until the log start is known.
     pub(super) fn check_jumps(&mut self, l: usize) {
         let s = &mut self.partitions[l];
         s.jumps_checked = Instant::now();
@@ -222,17 +236,11 @@ impl KafkaReader {
         };
         let key = (s.topic.to_string(), s.number);
         for (from, to) in std::mem::take(&mut s.jumps) {
-            if from >= low {
-                continue;
+            if let Some((deleted_to, skipped_to)) =
+                lost_in_jump(from, to, low, context.resets_to_end)
+            {
+                context.report_reset(&key, from, deleted_to, skipped_to);
             }
-            let deleted_to = to.min(low);
-            // a reset to the end skipped the offsets still there as well
-            let skipped_to = if context.resets_to_end {
-                to
-            } else {
-                deleted_to
-            };
-            context.report_reset(&key, from, deleted_to, skipped_to);
         }
     }
 }
@@ -264,6 +272,17 @@ impl GroupContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_jump_from_below_the_log_start_to_past_it_lost_offsets() {
+        // the reset's jump: to the log start, or to the end
+        assert_eq!(lost_in_jump(100, 1585, 1585, false), Some((1585, 1585)));
+        assert_eq!(lost_in_jump(100, 4100, 1585, true), Some((1585, 4100)));
+        // a transaction marker among messages fetched before the reset, all below the start
+        assert_eq!(lost_in_jump(500, 501, 1585, false), None);
+        // a marker at or past the log start
+        assert_eq!(lost_in_jump(1600, 1601, 1585, true), None);
+    }
 
     #[test]
     fn a_reset_goes_to_the_end_as_start_from_or_a_property_says() {

@@ -52,13 +52,6 @@ pub enum NatsSourceError {
         next: u64,
         last: u64,
     },
-    /// A reading until caught up without checkpoints stopped at `max_ack_pending`: it
-    /// acknowledges only rows already durable, which the open windows hold back.
-    #[error("consumer `{consumer}` stopped delivering at max_ack_pending ({max_ack_pending}) unacknowledged messages with more waiting, and without checkpoints this source acknowledges only rows already in the outputs, which the open windows hold back: a reading until caught up cannot end; set `checkpoint:` (acknowledgements then follow each checkpoint) or raise `max_ack_pending` above the messages of the longest open window")]
-    AckPendingStall {
-        consumer: String,
-        max_ack_pending: i64,
-    },
     /// The server refused the pull requests for good (a consumer limit).
     #[error("the server refused the pull requests of consumer `{consumer}`")]
     Refused {

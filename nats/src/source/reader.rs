@@ -26,9 +26,6 @@ pub(super) const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often the reader asks the server whether it read the stream to its end (caught up)
 /// while no message comes.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
-/// How long a reading until caught up without checkpoints stays stopped at
-/// `max_ack_pending` before it fails.
-const STALL_FAILS_AFTER: Duration = Duration::from_secs(10);
 /// After this long without a message, a consumer that says it delivered more than the reader
 /// received lost those deliveries on the way (and its state is read this often while quiet).
 const LOST_AFTER: Duration = Duration::from_secs(2);
@@ -88,9 +85,6 @@ pub struct NatsReader {
     /// its floor, which a run without checkpoint continues from, stays below rows not yet
     /// durable. `None` until the first connection.
     floor_next: Option<u64>,
-    /// Since when a reading until caught up without checkpoints is stopped at
-    /// `max_ack_pending` (see [`super::stall`]).
-    stalled_since: Option<Instant>,
     /// The consumer reads the whole stream and every sequence the stream skips was deleted
     /// (see `Connected::gaps_are_losses`): a sequence skipped was deleted before it was read.
     gaps_are_losses: bool,
@@ -148,7 +142,6 @@ impl NatsReader {
             pending: 0,
             received: 0,
             floor_next: None,
-            stalled_since: None,
             gaps_are_losses: false,
             expired_unlogged: 0,
             expired_logged: None,
@@ -601,26 +594,8 @@ impl NatsReader {
             let (at, limit) = ((self.source, self.info.id), self.config.max_ack_pending);
             let consumer = &mut conn.consumer;
             let since = self.last_message;
-            let stalled = self
-                .stall
+            self.stall
                 .check(ctx, at, &self.name, since, owed, limit, rt, consumer);
-            // without checkpoints (acknowledgements follow the outputs) nothing frees it: a
-            // reading until caught up could never end
-            let for_good =
-                stalled && self.target.is_some() && ctx.progress.is_tracked(self.info.id);
-            if !for_good {
-                self.stalled_since = None;
-            } else if self
-                .stalled_since
-                .get_or_insert_with(Instant::now)
-                .elapsed()
-                >= STALL_FAILS_AFTER
-            {
-                return Err(self.err(NatsSourceError::AckPendingStall {
-                    consumer: self.config.consumer.clone(),
-                    max_ack_pending: limit,
-                }));
-            }
         }
         if !quiet || self.ended {
             return Ok(());

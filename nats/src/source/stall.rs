@@ -50,8 +50,7 @@ impl StallWatch {
 
     /// After a round: `quiet_since` is when the last message came; `owed` whether chunks
     /// read wait for their acknowledgement. Reads the consumer's state when the stream is
-    /// quiet with acknowledgements owed, and reports the stall (or its end). Whether the
-    /// consumer is stalled (as last found).
+    /// quiet with acknowledgements owed, and reports the stall (or its end).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn check(
         &mut self,
@@ -63,7 +62,7 @@ impl StallWatch {
         max_ack_pending: i64,
         rt: &tokio::runtime::Runtime,
         consumer: &mut PullConsumer,
-    ) -> bool {
+    ) {
         if !self.registered {
             self.registered = true;
             if let Some(Ok(mut list)) = ctx.stats.sources.get(source).map(|s| s.waiting.lock()) {
@@ -75,22 +74,22 @@ impl StallWatch {
                 self.set(None);
                 tracing::info!(source = %name, "nats: messages flow again");
             }
-            return false;
+            return;
         }
         if self.last_check.elapsed() < CHECK_EVERY {
-            return self.warned.is_some();
+            return;
         }
         self.last_check = Instant::now();
         let info = match rt.block_on(consumer.info()) {
             Ok(i) => i.clone(),
             Err(e) => {
                 tracing::debug!(source = %name, error = %e, "nats: cannot read the consumer's state");
-                return self.warned.is_some();
+                return;
             }
         };
         let at_limit = max_ack_pending > 0 && info.num_ack_pending as i64 >= max_ack_pending;
         if !(at_limit && info.num_pending > 0) {
-            return self.warned.is_some();
+            return;
         }
         // a tracked partition acknowledges by the outputs' progress; else by checkpoints
         let checkpoints = !ctx.progress.is_tracked(partition);
@@ -113,6 +112,5 @@ impl StallWatch {
             self.warned = Some(Instant::now());
         }
         self.set(Some(why));
-        true
     }
 }
