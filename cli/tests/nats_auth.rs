@@ -12,8 +12,7 @@ mod nats_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crash::venv_python;
-use nats_support::NatsServer;
+use nats_support::{nats_py, NatsServer};
 use weir_tests::{generate, read_ndjson, weir_bin};
 
 const EVENTS: u64 = 2000;
@@ -23,23 +22,8 @@ const EVENTS: u64 = 2000;
 fn stream_with_events(url: &str, d: &Path) {
     let events = d.join("events.ndjson");
     generate(&events, &[&EVENTS.to_string(), "--seed", "3"]);
-    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py");
-    for args in [
-        vec!["create", "EVENTS", "auth.>"],
-        vec!["publish", events.to_str().unwrap(), "auth.events"],
-    ] {
-        let out = Command::new(venv_python())
-            .arg(&helper)
-            .arg(url)
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "nats_publish.py {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    nats_py(url, &["create", "EVENTS", "auth.>"]);
+    nats_py(url, &["publish", events.to_str().unwrap(), "auth.events"]);
 }
 
 /// A pipeline reading the stream with `auth` (YAML lines under `nats:`), counting events.

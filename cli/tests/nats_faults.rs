@@ -17,25 +17,8 @@ use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crash::venv_python;
-use nats_support::NatsServer;
+use nats_support::{nats_py, NatsServer};
 use weir_tests::generate;
-
-/// Runs the nats-py helper (`support/nats_publish.py`); its stdout.
-fn nats_py(url: &str, args: &[&str]) -> String {
-    let out = Command::new(venv_python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py"))
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "nats_publish.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The pipeline: the whole stream `EVENTS` (no subject filter), windows of `window` per dataset.
 fn pipeline(d: &Path, url: &str, window: &str) -> PathBuf {

@@ -20,32 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crash::venv_python;
 use kafka_support::Running;
-use nats_support::NatsServer;
+use nats_support::{nats_py, NatsServer};
 use weir_tests::{compare, generate, model_script, read_ndjson, Row};
 
 const PARTITIONS: usize = 4;
-
-fn publisher() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py")
-}
-
-/// Runs the nats-py helper; its stdout.
-fn nats_py(url: &str, args: &[&str]) -> String {
-    let out = Command::new(venv_python())
-        .arg(publisher())
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "nats_publish.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The pipeline: stream `EVENTS` read as [`PARTITIONS`] subject partitions, 1-minute windows
 /// per dataset into NDJSON, dead letters to NDJSON; `extra` at the end (a checkpoint).

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crash::{read_parquet_folder, venv_python};
-use nats_support::NatsServer;
+use nats_support::{nats_publisher, nats_py, NatsServer};
 use serde_json::Value;
 use weir_tests::{compare, generate, oracle_per_dataset, read_ndjson, Row};
 
@@ -25,26 +25,6 @@ fn weir() -> Command {
     let mut c = Command::new(bin);
     c.env("RUST_LOG", "info");
     c
-}
-
-fn publisher() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py")
-}
-
-/// Runs the nats-py helper; its stdout.
-fn nats_py(url: &str, args: &[&str]) -> String {
-    let out = Command::new(venv_python())
-        .arg(publisher())
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "nats_publish.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A stream `EVENTS` over `ontology.>` and `other.>`, the events of `events` published
@@ -303,7 +283,7 @@ fn deliveries_taken_by_another_reader_are_read_again() {
     let p = pipeline(d, &server.url(), false);
     // it waits for the run to create the consumer, then takes 20 messages, 5 at a time
     let thief = Command::new(venv_python())
-        .arg(publisher())
+        .arg(nats_publisher())
         .args([&server.url(), "steal", "EVENTS", "weir-events", "20", "60"])
         .stdout(Stdio::piped())
         .spawn()

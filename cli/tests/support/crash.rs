@@ -4,9 +4,13 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "venv.rs"]
+mod venv;
+pub use venv::venv_python;
 
 /// What a crash loop did.
 #[derive(Debug)]
@@ -170,23 +174,6 @@ pub fn crash_loop(
         report.restores += 1;
     }
     report
-}
-
-/// The Python of the tests' venv (`scripts/test-env.sh`: confluent-kafka, fastavro, pyarrow),
-/// or `WEIR_TEST_PYTHON`.
-pub fn venv_python() -> PathBuf {
-    let p = std::env::var_os("WEIR_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/weir/venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test-env.sh (a venv with confluent-kafka, fastavro and pyarrow)",
-        p.display()
-    );
-    p
 }
 
 /// Rows of every committed part of a Parquet folder, read by pyarrow (timestamps as epoch

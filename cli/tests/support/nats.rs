@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "venv.rs"]
+mod venv;
+
 pub struct NatsServer {
     child: Option<Child>,
     /// The client port.
@@ -34,6 +37,29 @@ pub fn nats_server_bin() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// The nats-py helper script (`support/nats_publish.py`): an independent client that creates
+/// streams, publishes, steals deliveries and deletes messages.
+pub fn nats_publisher() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/nats_publish.py")
+}
+
+/// Runs the nats-py helper against the server at `url` with `args` (its command first) in the
+/// tests' venv; asserts it succeeded and returns its stdout.
+pub fn nats_py(url: &str, args: &[&str]) -> String {
+    let out = Command::new(venv::venv_python())
+        .arg(nats_publisher())
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "nats_publish.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn free_port() -> u16 {
