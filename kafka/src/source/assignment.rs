@@ -16,14 +16,17 @@ impl KafkaReader {
     /// With `until_caught_up`: reads the end offset of every partition of the topics, where
     /// the run reads it to. Outside a pool, a partition known to start at (or past) it (a
     /// checkpoint's offset, the group's committed one) ends at once, assigned or not: its
-    /// state is this process's either way.
+    /// state is this process's either way. One known to start past the partition's end (the
+    /// topic was created again) is read from its log start (see `expired`).
     pub(super) fn read_targets(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        let mut ends = Vec::with_capacity(self.partitions.len());
         for l in 0..self.partitions.len() {
             let (topic, p) = (
                 self.partitions[l].topic.to_string(),
                 self.partitions[l].number,
             );
             let (low, high) = self.end_offsets(&topic, p)?;
+            ends.push(u64::try_from(high).unwrap_or(0));
             let high = if high <= low { 0 } else { high as u64 };
             let end = match self.config.end_offsets.get(&(topic, p)) {
                 Some(&e) => e.min(high),
@@ -48,7 +51,8 @@ impl KafkaReader {
                 (None, StartFrom::Committed) => committed.get(&key).copied(),
                 _ => None,
             };
-            if target == 0 || start.is_some_and(|o| o >= target) {
+            let past_end = start.is_some_and(|o| o > ends[l]);
+            if !past_end && (target == 0 || start.is_some_and(|o| o >= target)) {
                 tracing::debug!(source = %self.name, topic = %key.0, partition = key.1, "kafka: the partition starts at its end offset");
                 self.end_partition(l, start.unwrap_or(0), ctx);
             }

@@ -1,9 +1,15 @@
-//! Offsets that the topic's retention deleted before the source read them.
+//! Offsets that the topic's retention deleted before the source read them, and start offsets
+//! past a partition's end.
 //!
-//! * Start offsets (a checkpoint's, a claim's, the group's): moved to the log start and
-//!   reported, instead of left to librdkafka's `auto.offset.reset`, which resets them without
-//!   a word (to the end of the partition with `start_from: latest`, skipping records that
-//!   are still there).
+//! * Start offsets (a checkpoint's, a claim's, the group's) below the log start: moved to the
+//!   log start and reported, instead of left to librdkafka's `auto.offset.reset`, which resets
+//!   them without a word (to the end of the partition with `start_from: latest`, skipping
+//!   records that are still there).
+//! * Start offsets past the partition's end: the topic was deleted and created again, or the
+//!   broker lost records it had acknowledged (an unclean leader election). Every record the
+//!   partition holds came after the checkpoint, so reading goes on from its log start, with
+//!   an error naming the partition and the offsets (not left to `auto.offset.reset` either:
+//!   with `latest` it skipped them, and `--until-caught-up` ended the partition unread).
 //! * While reading (the source fell behind the log start): librdkafka resets the fetch
 //!   position as `auto.offset.reset` says, and the reader sees offsets jump. A jump whose
 //!   start is below the partition's log start (as the last fetch reported it) skipped deleted
@@ -17,19 +23,35 @@ const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
 /// A partition of a rebalance: (topic, partition).
 type Tp = (String, i32);
 
-/// The partitions of `wanted` whose start offset is below their log start (and the log
-/// start at or below the end: an answer past it is not trusted): each with its log start,
-/// the first offset the partition still holds.
-pub(super) fn expired(
+/// Why a start offset is not where the partition can be read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Misplaced {
+    /// Below the log start: the offsets up to it were deleted before they were read.
+    Expired,
+    /// Past the partition's end: the partition was created again, or lost its last records.
+    PastEnd,
+}
+
+/// The partitions of `wanted` whose start offset is below their log start or past their end
+/// (with the log start at or below the end: an answer past it is not trusted): each with its
+/// log start, the first offset the partition still holds, where reading goes on from.
+pub(super) fn misplaced(
     wanted: &[(Tp, u64)],
-    log_starts: &HashMap<Tp, (i64, i64)>,
-) -> Vec<(Tp, u64, u64)> {
+    ranges: &HashMap<Tp, (i64, i64)>,
+) -> Vec<(Tp, u64, u64, Misplaced)> {
     wanted
         .iter()
         .filter_map(|(tp, start)| {
-            let &(low, high) = log_starts.get(tp)?;
+            let &(low, high) = ranges.get(tp)?;
             let low = u64::try_from(low).ok().filter(|_| low <= high)?;
-            (low > *start).then(|| (tp.clone(), *start, low))
+            let kind = if low > *start {
+                Misplaced::Expired
+            } else if *start > high as u64 {
+                Misplaced::PastEnd
+            } else {
+                return None;
+            };
+            Some((tp.clone(), *start, low, kind))
         })
         .collect()
 }
@@ -108,9 +130,13 @@ impl GroupContext {
                 return;
             }
         };
-        for ((topic, p), start, low) in expired(&wanted, &ranges) {
+        for ((topic, p), start, low, kind) in misplaced(&wanted, &ranges) {
             let key = (topic, p);
-            self.report_expired(&key, start, low);
+            let end = ranges.get(&key).map_or(0, |&(_, high)| high);
+            match kind {
+                Misplaced::Expired => self.report_expired(&key, start, low),
+                Misplaced::PastEnd => self.report_past_end(&key, start, (low, end)),
+            }
             let at = Offset::Offset(low as i64);
             let _ = tpl.set_partition_offset(&key.0, p, at);
             if let Ok(mut starts) = self.starts.lock() {
@@ -125,6 +151,32 @@ impl GroupContext {
                 positions.insert(key, low);
             }
         }
+    }
+
+    /// Logs that partition `key` ends (at `end`) before the offset `start` this source was to
+    /// read next, and that reading goes on from its log start `low`, unless this process
+    /// said so already. Nothing is counted: which records went with the old partition is not
+    /// known.
+    fn report_past_end(&self, key: &Tp, start: u64, (low, end): (u64, i64)) {
+        let Ok(mut reported) = self.expired_reported.lock() else {
+            return;
+        };
+        if reported.insert(key.clone(), (start, low)) == Some((start, low)) {
+            return;
+        }
+        tracing::error!(
+            source = %self.source,
+            topic = %key.0,
+            partition = key.1,
+            next = start,
+            end,
+            from = low,
+            "kafka: the partition ends before the offset this source was to read next: the \
+             topic was deleted and created again, or the broker lost records it had \
+             acknowledged (an unclean leader election). Its records came after the checkpoint: \
+             reading them from its log start. If the topic is a different one now, start the \
+             pipeline without its checkpoint"
+        );
     }
 
     /// Logs and counts the offsets `start..low` of partition `key` as lost, unless this
@@ -318,6 +370,34 @@ mod tests {
             (tp(4), (60, 50)),
         ]
         .into();
-        assert_eq!(expired(&wanted, &ranges), vec![(tp(2), 10, 25)]);
+        assert_eq!(
+            misplaced(&wanted, &ranges),
+            vec![(tp(2), 10, 25, Misplaced::Expired)]
+        );
+    }
+
+    #[test]
+    fn a_start_past_the_end_goes_to_the_log_start() {
+        let tp = |p: i32| ("t".to_string(), p);
+        let wanted = vec![(tp(0), 50), (tp(1), 51), (tp(2), 51), (tp(3), 900)];
+        let ranges: HashMap<_, _> = [
+            // at the end: nothing to read yet, nothing wrong
+            (tp(0), (0, 50)),
+            // one past it
+            (tp(1), (0, 50)),
+            // past it, with a log start above zero
+            (tp(2), (7, 50)),
+            // an empty partition of a topic created again
+            (tp(3), (0, 0)),
+        ]
+        .into();
+        assert_eq!(
+            misplaced(&wanted, &ranges),
+            vec![
+                (tp(1), 51, 0, Misplaced::PastEnd),
+                (tp(2), 51, 7, Misplaced::PastEnd),
+                (tp(3), 900, 0, Misplaced::PastEnd),
+            ]
+        );
     }
 }

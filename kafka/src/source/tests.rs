@@ -730,24 +730,10 @@ fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_sta
         ..reading_to_the_end(&brokers, "aged")
     };
     let partitions = KafkaPartitions::discover(&config).unwrap();
-    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(1));
+    let reader = KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(1));
     let stats = Arc::new(RunStats::new(&["s".to_string()], &[], &[]));
-    let ctx = context(1, stats.clone());
-    // on a thread: the reader before the fix never ended
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut offsets = Vec::new();
-        while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
-            if let ChunkData::Messages(m) = chunk.data {
-                offsets.extend(m.offsets.iter().copied());
-            }
-        }
-        reader.finish(&ctx).unwrap();
-        let _ = tx.send(offsets);
-    });
-    let offsets = rx
-        .recv_timeout(Duration::from_secs(90))
-        .expect("the reader ends at the partition's end");
+    // the reader before the fix never ended
+    let offsets = read_to_the_end(reader, context(1, stats.clone()));
     assert_eq!(offsets.first().copied(), Some(low as u64));
     assert_eq!(
         offsets.len() as i64,
@@ -759,6 +745,49 @@ fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_sta
         low as u64 - 1,
         "the records between the checkpoint's offset and the log start are counted"
     );
+}
+
+/// Reads to the end on a thread (a reader that never ends fails the test after 90 s); the
+/// offsets of the messages read, in order.
+fn read_to_the_end(mut reader: KafkaReader, ctx: ReaderContext) -> Vec<u64> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut offsets = Vec::new();
+        while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
+            if let ChunkData::Messages(m) = chunk.data {
+                offsets.extend(m.offsets.iter().copied());
+            }
+        }
+        reader.finish(&ctx).unwrap();
+        let _ = tx.send(offsets);
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .expect("the reader ends at the partition's end")
+}
+
+/// A checkpoint's offset past the partition's end (the topic was deleted and created again,
+/// with fewer records than before): every record the partition holds came after the
+/// checkpoint, so all are read. Before, `--until-caught-up` ended the partition at once, and
+/// librdkafka's reset to the end (`start_from: latest`) skipped them too, both without a word.
+#[test]
+fn a_checkpoint_past_the_end_of_a_topic_created_again_reads_it_from_its_start() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("again", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, "again", 100);
+    for start_from in [StartFrom::Latest, StartFrom::Earliest] {
+        let config = KafkaSourceConfig {
+            start_from,
+            group_id: format!("g-{start_from:?}"),
+            ..reading_to_the_end(&brokers, "again")
+        };
+        let partitions = KafkaPartitions::discover(&config).unwrap();
+        let reader = KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(500));
+        let stats = Arc::new(RunStats::new(&["s".to_string()], &[], &[]));
+        let offsets = read_to_the_end(reader, context(1, stats.clone()));
+        assert_eq!(offsets, (0..100).collect::<Vec<u64>>(), "{start_from:?}");
+        assert_eq!(RunStats::get(&stats.sources[0].records_expired), 0);
+    }
 }
 
 /// The topic's retention passes the reader while it runs (it stopped polling, its prefetch
