@@ -41,23 +41,67 @@ impl KafkaReader {
             StartFrom::Committed => self.committed_offsets(|_| true),
             _ => HashMap::new(),
         };
+        let starts: Vec<Option<u64>> = self
+            .partitions
+            .iter()
+            .map(|s| {
+                let key = (s.topic.to_string(), s.number);
+                match (self.resume.get(&key), self.config.start_from) {
+                    (Some(&o), _) => Some(o),
+                    (None, StartFrom::Latest) => Some(s.target.unwrap_or(0)),
+                    (None, StartFrom::Committed) => committed.get(&key).copied(),
+                    _ => None,
+                }
+            })
+            .collect();
+        let past_end = self.past_the_end(&starts, &ends);
         for l in 0..self.partitions.len() {
             let s = &self.partitions[l];
             let key = (s.topic.to_string(), s.number);
             let target = s.target.unwrap_or(0);
-            let start = match (self.resume.get(&key), self.config.start_from) {
-                (Some(&o), _) => Some(o),
-                (None, StartFrom::Latest) => Some(target),
-                (None, StartFrom::Committed) => committed.get(&key).copied(),
-                _ => None,
-            };
-            let past_end = start.is_some_and(|o| o > ends[l]);
-            if !past_end && (target == 0 || start.is_some_and(|o| o >= target)) {
+            let start = starts[l];
+            if !past_end[l] && (target == 0 || start.is_some_and(|o| o >= target)) {
                 tracing::debug!(source = %self.name, topic = %key.0, partition = key.1, "kafka: the partition starts at its end offset");
                 self.end_partition(l, start.unwrap_or(0), ctx);
             }
         }
         Ok(())
+    }
+
+    /// Per partition: whether its start is past its end (`ends`: what the consumer reads to)
+    /// and the rebalance will move it to the log start (see `expired`), so that it must be
+    /// read, not ended at once. Under `read_committed` the end is the last stable offset, so
+    /// a start above it is checked against the high watermark; with a reset to the end, or
+    /// when the high watermarks cannot be read, none is.
+    fn past_the_end(&self, starts: &[Option<u64>], ends: &[u64]) -> Vec<bool> {
+        let mut past: Vec<bool> = starts
+            .iter()
+            .zip(ends)
+            .map(|(s, &end)| s.is_some_and(|o| o > end))
+            .collect();
+        let Some(consumer) = self.consumer.as_ref() else {
+            return vec![false; past.len()];
+        };
+        let context = consumer.context();
+        if context.resets_to_end || !past.contains(&true) {
+            return vec![false; past.len()];
+        }
+        if context.read_committed {
+            let keys: Vec<(String, i32)> = self
+                .partitions
+                .iter()
+                .zip(&past)
+                .filter(|(_, &p)| p)
+                .map(|(s, _)| (s.topic.to_string(), s.number))
+                .collect();
+            let highs = expired::high_watermarks(&context.client, &keys.iter().collect::<Vec<_>>())
+                .unwrap_or_default();
+            for (l, s) in self.partitions.iter().enumerate() {
+                let high = highs.get(&(s.topic.to_string(), s.number));
+                past[l] &= starts[l].is_some_and(|o| expired::past_the_high_watermark(o, high));
+            }
+        }
+        past
     }
 
     /// The group's committed offsets of the partitions `which` selects (none on failure: the

@@ -5,11 +5,16 @@
 //!   log start and reported, instead of left to librdkafka's `auto.offset.reset`, which resets
 //!   them without a word (to the end of the partition with `start_from: latest`, skipping
 //!   records that are still there).
-//! * Start offsets past the partition's end: the topic was deleted and created again, or the
-//!   broker lost records it had acknowledged (an unclean leader election). Every record the
-//!   partition holds came after the checkpoint, so reading goes on from its log start, with
-//!   an error naming the partition and the offsets (not left to `auto.offset.reset` either:
-//!   with `latest` it skipped them, and `--until-caught-up` ended the partition unread).
+//! * Start offsets past the partition's end (its high watermark, read without the consumer's
+//!   `read_committed`, under which the end is the last stable offset, below an open
+//!   transaction's records): the topic was deleted and created again, or the broker lost
+//!   records it had acknowledged (an unclean leader election). Offsets cannot tell the two
+//!   apart (a checkpoint does not keep the topic's id), so the position goes where
+//!   `auto.offset.reset` says, as librdkafka would move it and as Flink's Kafka source does:
+//!   to the log start (re-created: every record came after the checkpoint; truncated: the
+//!   records below the end are read again), or with `latest` to the end; with an error naming
+//!   the partition and the offsets, where librdkafka said nothing. With the log start,
+//!   `--until-caught-up` reads the partition instead of ending it unread.
 //! * While reading (the source fell behind the log start): librdkafka resets the fetch
 //!   position as `auto.offset.reset` says, and the reader sees offsets jump. A jump whose
 //!   start is below the partition's log start (as the last fetch reported it) skipped deleted
@@ -54,6 +59,31 @@ pub(super) fn misplaced(
             Some((tp.clone(), *start, low, kind))
         })
         .collect()
+}
+
+/// The high watermarks of `partitions` (every record's offset, of open transactions too, is
+/// below it), read by a client of its own with `read_uncommitted`: the source's consumer,
+/// reading committed transactions only, is answered the last stable offset. Rare (a start
+/// past the end only), so the client is made for the call.
+pub(super) fn high_watermarks(
+    (brokers, properties): &(String, Vec<(String, String)>),
+    partitions: &[&Tp],
+) -> Result<HashMap<Tp, i64>, rdkafka::error::KafkaError> {
+    let client: BaseConsumer = crate::client_config(brokers, properties)
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
+    let mut highs = HashMap::new();
+    for &(topic, p) in partitions {
+        let (_, high) = client.fetch_watermarks(topic, *p, OFFSETS_TIMEOUT)?;
+        highs.insert((topic.clone(), *p), high);
+    }
+    Ok(highs)
+}
+
+/// Whether `start` is past the high watermark `high` (unknown: not past it, the position is
+/// left as it is).
+pub(super) fn past_the_high_watermark(start: u64, high: Option<&i64>) -> bool {
+    high.is_some_and(|&high| u64::try_from(high).is_ok_and(|high| start > high))
 }
 
 /// One offset per partition of `tpl` from a ListOffsets request at `at` (-2: the log start,
@@ -130,13 +160,27 @@ impl GroupContext {
                 return;
             }
         };
-        for ((topic, p), start, low, kind) in misplaced(&wanted, &ranges) {
+        let mut moves = misplaced(&wanted, &ranges);
+        if self.read_committed && moves.iter().any(|m| m.3 == Misplaced::PastEnd) {
+            self.keep_past_the_end_of_the_log_only(&mut moves);
+        }
+        for ((topic, p), start, low, kind) in moves {
             let key = (topic, p);
-            let end = ranges.get(&key).map_or(0, |&(_, high)| high);
-            match kind {
-                Misplaced::Expired => self.report_expired(&key, start, low),
-                Misplaced::PastEnd => self.report_past_end(&key, start, (low, end)),
-            }
+            let end = ranges.get(&key).map_or(0, |&(_, high)| high.max(0) as u64);
+            let low = match kind {
+                Misplaced::Expired => {
+                    self.report_expired(&key, start, low);
+                    low
+                }
+                Misplaced::PastEnd => {
+                    self.report_past_end(&key, start, (low, end));
+                    if self.resets_to_end {
+                        end
+                    } else {
+                        low
+                    }
+                }
+            };
             let at = Offset::Offset(low as i64);
             let _ = tpl.set_partition_offset(&key.0, p, at);
             if let Ok(mut starts) = self.starts.lock() {
@@ -153,29 +197,54 @@ impl GroupContext {
         }
     }
 
+    /// Drops from `moves` the starts past the last stable offset but not past the high
+    /// watermark (an open transaction's records lie between): a position the consumer waits
+    /// at, not one the partition lost. When the high watermarks cannot be read, no start
+    /// past the end is moved (librdkafka resets those the broker refuses, as configured).
+    fn keep_past_the_end_of_the_log_only(&self, moves: &mut Vec<(Tp, u64, u64, Misplaced)>) {
+        let past: Vec<&Tp> = moves
+            .iter()
+            .filter(|m| m.3 == Misplaced::PastEnd)
+            .map(|m| &m.0)
+            .collect();
+        let highs = match high_watermarks(&self.client, &past) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the partitions' high watermarks to check start offsets past their end");
+                HashMap::new()
+            }
+        };
+        moves.retain(|(tp, start, _, kind)| {
+            *kind == Misplaced::Expired || past_the_high_watermark(*start, highs.get(tp))
+        });
+    }
+
     /// Logs that partition `key` ends (at `end`) before the offset `start` this source was to
-    /// read next, and that reading goes on from its log start `low`, unless this process
-    /// said so already. Nothing is counted: which records went with the old partition is not
-    /// known.
-    fn report_past_end(&self, key: &Tp, start: u64, (low, end): (u64, i64)) {
+    /// read next, and where reading goes on (its log start `low`, or with `latest` its end),
+    /// unless this process said so already. Nothing is counted: which records went with the
+    /// old partition is not known.
+    fn report_past_end(&self, key: &Tp, start: u64, (low, end): (u64, u64)) {
         let Ok(mut reported) = self.expired_reported.lock() else {
             return;
         };
         if reported.insert(key.clone(), (start, low)) == Some((start, low)) {
             return;
         }
+        let from = if self.resets_to_end { end } else { low };
         tracing::error!(
             source = %self.source,
             topic = %key.0,
             partition = key.1,
             next = start,
             end,
-            from = low,
+            from,
+            skipped = from - low,
             "kafka: the partition ends before the offset this source was to read next: the \
              topic was deleted and created again, or the broker lost records it had \
-             acknowledged (an unclean leader election). Its records came after the checkpoint: \
-             reading them from its log start. If the topic is a different one now, start the \
-             pipeline without its checkpoint"
+             acknowledged (an unclean leader election). Reading on where `auto.offset.reset` \
+             says: from the log start (records below the old end are read again if the log \
+             was cut), or with `latest` from the end (`skipped` records are not read). If the \
+             topic is a different one now, start the pipeline without its checkpoint"
         );
     }
 
@@ -374,6 +443,22 @@ mod tests {
             misplaced(&wanted, &ranges),
             vec![(tp(2), 10, 25, Misplaced::Expired)]
         );
+    }
+
+    #[test]
+    fn under_read_committed_only_a_start_past_the_high_watermark_is_past_the_end() {
+        // ends read under read_committed: the last stable offset 20, an open transaction's
+        // records up to the high watermark 30
+        let tp = ("t".to_string(), 0);
+        let moves = misplaced(&[(tp.clone(), 30)], &[(tp.clone(), (0, 20))].into());
+        assert_eq!(moves, vec![(tp, 30, 0, Misplaced::PastEnd)]);
+        // the high watermark decides (librdkafka's mock cluster has no last stable offset,
+        // so this case is shown here, not on it)
+        assert!(!past_the_high_watermark(30, Some(&30)));
+        assert!(!past_the_high_watermark(25, Some(&30)));
+        assert!(past_the_high_watermark(31, Some(&30)));
+        assert!(!past_the_high_watermark(31, None));
+        assert!(!past_the_high_watermark(31, Some(&-1)));
     }
 
     #[test]

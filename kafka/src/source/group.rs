@@ -96,6 +96,9 @@ pub(super) struct GroupContext {
     /// A reset position goes to the partition's end (`auto.offset.reset`: `latest`, or a
     /// property saying so), not to its log start.
     pub(super) resets_to_end: bool,
+    /// The brokers and the source's properties: for a client of its own that reads high
+    /// watermarks (see `expired::high_watermarks`).
+    pub(super) client: (String, Vec<(String, String)>),
 }
 
 impl GroupContext {

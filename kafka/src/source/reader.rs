@@ -356,6 +356,7 @@ impl KafkaReader {
                 expired_reported: Mutex::new(HashMap::new()),
                 last_reset: Mutex::new(None),
                 resets_to_end: expired::resets_to_end(&self.config),
+                client: (self.config.brokers.clone(), self.config.properties.clone()),
             };
         let cfg = group_consumer_config(
             &self.config,
