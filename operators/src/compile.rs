@@ -15,6 +15,7 @@ use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
 use datafusion::prelude::SessionConfig;
 
 use crate::ordered_value::{OrderedValueAccumulator, OrderedValueSpec};
+use crate::wide_sum::WideSumAccumulator;
 
 /// An aggregate call ready to run: the function, what to feed it, and its FILTER.
 #[derive(Debug, Clone)]
@@ -28,6 +29,9 @@ pub struct CompiledAggregate {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
     /// Set when weir's vectorised first/last string value serves this call.
     pub ordered_value: Option<OrderedValueSpec>,
+    /// Set when weir's 128-bit sum serves this widened integer `sum` (see
+    /// [`widen_integer_sum`]): its input is then the integer argument, not cast.
+    pub wide_sum: bool,
     /// The type results are given in when it is not the function's own: a `sum` of 64-bit
     /// integers adds in `Decimal128(38, 0)` (no wrap) and gives its result back as the
     /// integer type, null when the exact sum does not fit (see [`widen_integer_sum`]).
@@ -42,6 +46,8 @@ impl CompiledAggregate {
     pub fn accumulator(&self) -> datafusion::error::Result<Box<dyn GroupsAccumulator>> {
         if let Some(spec) = &self.ordered_value {
             Ok(Box::new(OrderedValueAccumulator::new(spec.clone())))
+        } else if self.wide_sum {
+            Ok(Box::new(WideSumAccumulator::new()))
         } else if self.function.groups_accumulator_supported() {
             self.function.create_groups_accumulator()
         } else {
@@ -164,12 +170,14 @@ impl SqlCompiler {
         let mut inputs = function.expressions();
         inputs.extend(function.order_bys().iter().map(|s| s.expr.clone()));
         let ordered_value = ordered_value_spec(&function, schema);
+        let wide_sum = output_type.is_some() && serves_wide_sum(&function, &mut inputs);
         let compiled = CompiledAggregate {
             name: name.to_string(),
             function,
             inputs,
             filter,
             ordered_value,
+            wide_sum,
             output_type,
             overflows: Default::default(),
         };
@@ -215,6 +223,34 @@ pub fn widen_integer_sum(expr: Expr, schema: &DFSchema) -> (Expr, Option<DataTyp
         Expr::AggregateFunction(AggregateFunction { func, params }),
         Some(output_type),
     )
+}
+
+/// Whether weir's 128-bit sum serves `function`, a widened integer `sum`: not `DISTINCT`,
+/// its state DataFusion's (one `Decimal128(38, 0)` column), its argument the cast to it.
+/// Then the cast leaves `inputs`: the accumulator takes the integers as they are.
+fn serves_wide_sum(function: &AggregateFunctionExpr, inputs: &mut [Arc<dyn PhysicalExpr>]) -> bool {
+    use datafusion::physical_expr::expressions::CastExpr;
+    if function.is_distinct() || function.fun().name() != "sum" {
+        return false;
+    }
+    let state = function.state_fields().ok();
+    let state: Option<Vec<&DataType>> = state
+        .as_ref()
+        .map(|s| s.iter().map(|f| f.data_type()).collect());
+    if state.as_deref() != Some(&[&WIDE_SUM][..]) {
+        return false;
+    }
+    let [arg] = inputs else {
+        return false;
+    };
+    let Some(cast) = arg.as_any().downcast_ref::<CastExpr>() else {
+        return false;
+    };
+    if cast.cast_type() != &WIDE_SUM {
+        return false;
+    }
+    *arg = cast.expr().clone();
+    true
 }
 
 /// The spec of weir's vectorised first/last value when it can serve `function`: one string

@@ -5,6 +5,7 @@ pub mod compile;
 pub mod isolate;
 pub mod ordered_value;
 pub mod view;
+pub mod wide_sum;
 pub mod window;
 mod window_state;
 

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// also loaded by the other support module a test binary may include (crash.rs, nats.rs)
+#[allow(clippy::duplicate_mod)]
 #[path = "venv.rs"]
 mod venv;
 pub use venv::venv_python;
