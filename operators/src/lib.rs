@@ -4,6 +4,8 @@
 pub mod compile;
 pub mod isolate;
 pub mod ordered_value;
+#[cfg(test)]
+mod test_rng;
 pub mod view;
 pub mod wide_sum;
 pub mod window;

@@ -442,6 +442,7 @@ impl GroupsAccumulator for OrderedValueAccumulator {
 mod tests {
     use super::*;
     use crate::compile::{CompiledAggregate, SqlCompiler};
+    use crate::test_rng::Rng;
     use arrow::array::{StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{Field, Schema, SchemaRef};
     use arrow::record_batch::RecordBatch;
@@ -464,19 +465,6 @@ mod tests {
         Box::new(GroupsAccumulatorAdapter::new(move || {
             f.create_accumulator()
         }))
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     /// A batch of `n` rows with unique timestamps (ties are tested on their own below),

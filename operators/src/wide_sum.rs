@@ -152,6 +152,7 @@ impl GroupsAccumulator for WideSumAccumulator {
 mod tests {
     use super::*;
     use crate::compile::{CompiledAggregate, SqlCompiler};
+    use crate::test_rng::Rng;
     use arrow::array::{Int32Array, Int64Array, StringArray, UInt64Array};
     use arrow::datatypes::{Field, Schema, SchemaRef};
     use arrow::record_batch::RecordBatch;
@@ -163,19 +164,6 @@ mod tests {
             Field::new("small", DataType::Int32, true),
             Field::new("status", DataType::Utf8, true),
         ]))
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     /// `n` rows with values from every corner of their types, some null, in `groups` groups.
