@@ -55,12 +55,25 @@ impl KafkaReader {
             })
             .collect();
         let past_end = self.past_the_end(&starts, &ends);
+        let resets_to_end = self
+            .consumer
+            .as_ref()
+            .is_some_and(|c| c.context().resets_to_end);
         for l in 0..self.partitions.len() {
             let s = &self.partitions[l];
             let key = (s.topic.to_string(), s.number);
             let target = s.target.unwrap_or(0);
             let start = starts[l];
-            if !past_end[l] && (target == 0 || start.is_some_and(|o| o >= target)) {
+            if past_end[l] {
+                // the rebalance moves it (see `expired`): to the end, where it ends now (not
+                // at the old offset, which its checkpoint would keep), or to the log start,
+                // from where it is read
+                if resets_to_end {
+                    self.end_partition(l, target, ctx);
+                }
+                continue;
+            }
+            if target == 0 || start.is_some_and(|o| o >= target) {
                 tracing::debug!(source = %self.name, topic = %key.0, partition = key.1, "kafka: the partition starts at its end offset");
                 self.end_partition(l, start.unwrap_or(0), ctx);
             }
@@ -68,11 +81,10 @@ impl KafkaReader {
         Ok(())
     }
 
-    /// Per partition: whether its start is past its end (`ends`: what the consumer reads to)
-    /// and the rebalance will move it to the log start (see `expired`), so that it must be
-    /// read, not ended at once. Under `read_committed` the end is the last stable offset, so
-    /// a start above it is checked against the high watermark; with a reset to the end, or
-    /// when the high watermarks cannot be read, none is.
+    /// Per partition: whether its start is past its end (`ends`: what the consumer reads to),
+    /// which the rebalance moves where `auto.offset.reset` says (see `expired`). Under
+    /// `read_committed` the end is the last stable offset, so a start above it is checked
+    /// against the high watermark; when the high watermarks cannot be read, none is.
     fn past_the_end(&self, starts: &[Option<u64>], ends: &[u64]) -> Vec<bool> {
         let mut past: Vec<bool> = starts
             .iter()
@@ -83,8 +95,8 @@ impl KafkaReader {
             return vec![false; past.len()];
         };
         let context = consumer.context();
-        if context.resets_to_end || !past.contains(&true) {
-            return vec![false; past.len()];
+        if !past.contains(&true) {
+            return past;
         }
         if context.read_committed {
             let keys: Vec<(String, i32)> = self

@@ -64,7 +64,7 @@ pub(super) fn misplaced(
 /// The high watermarks of `partitions` (every record's offset, of open transactions too, is
 /// below it), read by a client of its own with `read_uncommitted`: the source's consumer,
 /// reading committed transactions only, is answered the last stable offset. Rare (a start
-/// past the end only), so the client is made for the call.
+/// past the end only), so the client is made for the call; one request for all of them.
 pub(super) fn high_watermarks(
     (brokers, properties): &(String, Vec<(String, String)>),
     partitions: &[&Tp],
@@ -72,12 +72,7 @@ pub(super) fn high_watermarks(
     let client: BaseConsumer = crate::client_config(brokers, properties)
         .set("isolation.level", "read_uncommitted")
         .create()?;
-    let mut highs = HashMap::new();
-    for &(topic, p) in partitions {
-        let (_, high) = client.fetch_watermarks(topic, *p, OFFSETS_TIMEOUT)?;
-        highs.insert((topic.clone(), *p), high);
-    }
-    Ok(highs)
+    list_offsets(&client, partitions, Offset::End)
 }
 
 /// Whether `start` is past the high watermark `high` (unknown: not past it, the position is

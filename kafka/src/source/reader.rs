@@ -329,35 +329,39 @@ impl KafkaReader {
         for s in &self.partitions {
             ids.insert((s.topic.to_string(), s.number), s.lane.info.id);
         }
-        let context =
-            GroupContext {
-                start_from: self.config.start_from,
-                resume: self.resume.clone(),
-                starts: Mutex::new(HashMap::new()),
-                lane_starts: Mutex::new(HashMap::new()),
-                ids,
-                seen: Mutex::new(HashSet::new()),
-                committed: Mutex::new(HashMap::new()),
-                events: Mutex::new(Vec::new()),
-                has_events: AtomicBool::new(false),
-                source: self.name.clone(),
-                positions: Mutex::new(HashMap::new()),
-                pool: self.config.pool.clone(),
-                run: Mutex::new(ctx.clone()),
-                in_backpressure: AtomicBool::new(false),
-                failed: Mutex::new(None),
-                cooperative: false,
-                closing: AtomicBool::new(false),
-                fetch_queue: Mutex::new(None),
-                read_committed: !self.config.properties.iter().any(|(k, v)| {
-                    k == "isolation.level" && v.eq_ignore_ascii_case("read_uncommitted")
-                }),
-                expired: AtomicU64::new(0),
-                expired_reported: Mutex::new(HashMap::new()),
-                last_reset: Mutex::new(None),
-                resets_to_end: expired::resets_to_end(&self.config),
-                client: (self.config.brokers.clone(), self.config.properties.clone()),
-            };
+        let context = GroupContext {
+            start_from: self.config.start_from,
+            resume: self.resume.clone(),
+            starts: Mutex::new(HashMap::new()),
+            lane_starts: Mutex::new(HashMap::new()),
+            ids,
+            seen: Mutex::new(HashSet::new()),
+            committed: Mutex::new(HashMap::new()),
+            events: Mutex::new(Vec::new()),
+            has_events: AtomicBool::new(false),
+            source: self.name.clone(),
+            positions: Mutex::new(HashMap::new()),
+            pool: self.config.pool.clone(),
+            run: Mutex::new(ctx.clone()),
+            in_backpressure: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            cooperative: false,
+            closing: AtomicBool::new(false),
+            fetch_queue: Mutex::new(None),
+            // the last setting counts, as librdkafka takes them in order
+            read_committed: !self
+                .config
+                .properties
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "isolation.level")
+                .is_some_and(|(_, v)| v.eq_ignore_ascii_case("read_uncommitted")),
+            expired: AtomicU64::new(0),
+            expired_reported: Mutex::new(HashMap::new()),
+            last_reset: Mutex::new(None),
+            resets_to_end: expired::resets_to_end(&self.config),
+            client: (self.config.brokers.clone(), self.config.properties.clone()),
+        };
         let cfg = group_consumer_config(
             &self.config,
             &self.config.group_id,

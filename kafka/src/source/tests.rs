@@ -749,17 +749,25 @@ fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_sta
 
 /// Reads to the end on a thread (a reader that never ends fails the test after 90 s); the
 /// offsets of the messages read, in order.
-fn read_to_the_end(mut reader: KafkaReader, ctx: ReaderContext) -> Vec<u64> {
+fn read_to_the_end(reader: KafkaReader, ctx: ReaderContext) -> Vec<u64> {
+    read_to_the_end_and_where(reader, ctx).0
+}
+
+/// [`read_to_the_end`], and where the partitions' last chunks said to continue (what a
+/// checkpoint keeps).
+fn read_to_the_end_and_where(mut reader: KafkaReader, ctx: ReaderContext) -> (Vec<u64>, Vec<u64>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut offsets = Vec::new();
+        let (mut offsets, mut next) = (Vec::new(), Vec::new());
         while let Some(chunk) = reader.next_chunk(&ctx).unwrap() {
-            if let ChunkData::Messages(m) = chunk.data {
-                offsets.extend(m.offsets.iter().copied());
+            match chunk.data {
+                ChunkData::Messages(m) => offsets.extend(m.offsets.iter().copied()),
+                ChunkData::End => next.push(chunk.resume.next_offset),
+                _ => {}
             }
         }
         reader.finish(&ctx).unwrap();
-        let _ = tx.send(offsets);
+        let _ = tx.send((offsets, next));
     });
     rx.recv_timeout(Duration::from_secs(90))
         .expect("the reader ends at the partition's end")
@@ -785,13 +793,15 @@ fn a_checkpoint_past_the_end_of_a_topic_created_again_reads_it_from_its_start() 
         let partitions = KafkaPartitions::discover(&config).unwrap();
         let reader = KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(500));
         let stats = Arc::new(RunStats::new(&["s".to_string()], &[], &[]));
-        let offsets = read_to_the_end(reader, context(1, stats.clone()));
+        let (offsets, next) = read_to_the_end_and_where(reader, context(1, stats.clone()));
         // where `auto.offset.reset` says: the log start, or with `latest` the end
         let expected: Vec<u64> = match start_from {
             StartFrom::Latest => vec![],
             _ => (0..100).collect(),
         };
         assert_eq!(offsets, expected, "{start_from:?}");
+        // the partition continues at its end, not at the old offset past it
+        assert_eq!(next, vec![100], "{start_from:?}");
         assert_eq!(RunStats::get(&stats.sources[0].records_expired), 0);
     }
 }
