@@ -47,8 +47,11 @@ dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
     p
 }
 
-/// A run of pipeline `p` with `--until-caught-up` whose reader pauses for 4 s each time it
-/// connected (a failpoint), and its log, line by line as it comes and whole at the end.
+/// A run of pipeline `p` with `--until-caught-up` whose reader pauses for 8 s each time it
+/// connected (a failpoint), and its log, line by line as it comes and whole at the end. The
+/// pause outlasts what a test does meanwhile with a Python client (its start-up included) on
+/// a loaded machine (4 s was close: in one CI run the other reader's fetches came back empty,
+/// and the helper then failed on nats-py's timeout, which it did not catch).
 struct PausedRun {
     child: Child,
     lines: Receiver<String>,
@@ -60,7 +63,7 @@ impl PausedRun {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", p.to_str().unwrap(), "--until-caught-up"])
             .env("RUST_LOG", "info")
-            .env("WEIR_FAILPOINT_PAUSE", "nats_connected:4000")
+            .env("WEIR_FAILPOINT_PAUSE", "nats_connected:8000")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -131,7 +131,7 @@ async def main():
         while True:
             try:
                 msgs = await sub.fetch(1000, timeout=2)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # nats-py raises its own, or asyncio's
                 break
             if acks:
                 await msgs[-1].ack_sync()
@@ -165,7 +165,7 @@ async def main():
                     await js.consumer_info(stream, consumer)
                     sub = await js.pull_subscribe_bind(consumer, stream=stream)
                 taken += len(await sub.fetch(min(500, count - taken), timeout=0.5))
-            except nats.errors.TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # nats-py raises its own, or asyncio's
                 if taken > 0:
                     break
             except nats.errors.Error:
