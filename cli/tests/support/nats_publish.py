@@ -16,7 +16,8 @@
     nats_publish.py URL info STREAM                          # prints {"messages", "last_seq"}
     nats_publish.py URL delete-consumer STREAM CONSUMER      # when it exists
     nats_publish.py URL ack-all STREAM CONSUMER              # fetches all (acknowledged
-        # unless the consumer's ack policy is none); prints {"ack_floor", "delivered"}
+        # unless the consumer's ack policy is none, with what a killed reader still held);
+        # prints {"ack_floor", "delivered"}
     nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
     nats_publish.py URL consumers STREAM                     # prints the consumers' names
     nats_publish.py URL purge STREAM                         # deletes every message
@@ -136,6 +137,14 @@ async def main():
             if acks:
                 await msgs[-1].ack_sync()
         info = await js.consumer_info(stream, consumer)
+        if acks and info.ack_floor.stream_seq < info.delivered.stream_seq:
+            # deliveries still pending to a killed reader (it may have had the whole stream
+            # before it was killed, so no fetch gets them before ack_wait): under AckPolicy.All
+            # an acknowledgement of the last delivery, sent to its reply subject as any client
+            # may, acknowledges every one before it
+            d = info.delivered
+            await nc.request(f"$JS.ACK.{stream}.{consumer}.1.{d.stream_seq}.{d.consumer_seq}.0.0", b"", timeout=5)
+            info = await js.consumer_info(stream, consumer)
         print(json.dumps({"ack_floor": info.ack_floor.stream_seq, "delivered": info.delivered.stream_seq}))
     elif cmd == "consumer":
         stream, consumer = rest
