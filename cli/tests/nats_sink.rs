@@ -379,8 +379,18 @@ checkpoint: {{ dir: state, interval: 150ms }}
             .unwrap_or(4),
         Duration::from_millis(800),
         &d.join("logs"),
-        // a run that got to its end: its state is kept, the next run restores it and ends
-        || {},
+        // a run that got to its end: its rows are checked, then the loop starts over on an
+        // empty stream with empty state (a run restoring the finished state would end at
+        // once, never to be killed)
+        || {
+            let rows = rows_without_repeats(&read_stream(&server, "ROWS", &d));
+            compare(&expected, &rows, &["datasetName"])
+                .unwrap_or_else(|e| panic!("a run that finished before its kill: {e}"));
+            nats_tool(&["delete", &server.url(), "ROWS"]);
+            create_stream(&server, "ROWS", "analytics.per_dataset");
+            let _ = std::fs::remove_dir_all(d.join("state"));
+            let _ = std::fs::remove_dir_all(d.join("out"));
+        },
     );
     eprintln!("{report:?}");
     let messages = read_stream(&server, "ROWS", &d);

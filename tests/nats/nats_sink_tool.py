@@ -4,6 +4,7 @@ every message of a stream back, with its headers, as NDJSON.
   nats_sink_tool.py create URL STREAM SUBJECT [--duplicate-window S] [--max-msg-size N]
   nats_sink_tool.py read URL STREAM OUT.ndjson
   nats_sink_tool.py count URL STREAM
+  nats_sink_tool.py delete URL STREAM
 
 `read` writes one object a message: {"seq", "subject", "msg_id", "headers", "data"} (data as
 text)."""
@@ -68,6 +69,12 @@ async def count(a):
     await nc.close()
 
 
+async def delete(a):
+    nc = await nats.connect(a.url)
+    await nc.jetstream().delete_stream(a.stream)
+    await nc.close()
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -84,8 +91,11 @@ def main():
     n = sub.add_parser("count")
     n.add_argument("url")
     n.add_argument("stream")
+    d = sub.add_parser("delete")
+    d.add_argument("url")
+    d.add_argument("stream")
     a = p.parse_args()
-    asyncio.run({"create": create, "read": read, "count": count}[a.cmd](a))
+    asyncio.run({"create": create, "read": read, "count": count, "delete": delete}[a.cmd](a))
 
 
 if __name__ == "__main__":

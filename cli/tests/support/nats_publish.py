@@ -129,12 +129,16 @@ async def main():
         policy = (await js.consumer_info(stream, consumer)).config.ack_policy
         acks = str(getattr(policy, "value", policy)) != "none"
         sub = await js.pull_subscribe_bind(consumer, stream=stream)
-        while True:
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:
+            # until nothing is left to deliver (a timeout under load is not the end)
+            if (await js.consumer_info(stream, consumer)).num_pending == 0:
+                break
             try:
                 msgs = await sub.fetch(1000, timeout=2)
             except (TimeoutError, asyncio.TimeoutError):  # nats-py raises its own, or asyncio's
-                break
-            if acks:
+                continue
+            if acks and msgs:  # (a status message ends a fetch with nothing)
                 await msgs[-1].ack_sync()
         info = await js.consumer_info(stream, consumer)
         if acks and info.ack_floor.stream_seq < info.delivered.stream_seq:
