@@ -26,6 +26,11 @@ pub struct StageStats {
     pub paused: AtomicBool,
     /// How many times it paused.
     pub pauses: AtomicU64,
+    /// Upstream records the topic's retention deleted before the stage copied them.
+    pub expired: AtomicU64,
+    /// Times an upstream partition started over (it ended before the stage's committed
+    /// offset: the topic was created again, or lost records).
+    pub restarts: AtomicU64,
     /// Per upstream partition the stage reads now.
     pub partitions: Mutex<BTreeMap<i32, StagePartition>>,
 }
@@ -61,6 +66,8 @@ impl StageStats {
             backlog: AtomicI64::new(-1),
             paused: AtomicBool::new(false),
             pauses: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             partitions: Mutex::new(BTreeMap::new()),
         }
     }

@@ -10,9 +10,14 @@
 //! Every message carries the upstream topic, partition and offset it was read at (an
 //! [`Envelope`] around its value); the reader of the internal topic keeps the
 //! upstream partitions apart as lanes (`crate::source::Upstream`), drops a message whose
-//! upstream offset its lane already passed, and checkpoints each lane's position with the
+//! upstream sequence its lane already passed, and checkpoints each lane's position with the
 //! pool's state. The producer is idempotent, so one upstream partition's messages stay in
 //! order in each internal partition: a repeat is always below what its lane expects.
+//!
+//! A message's lane orders it by its *sequence*: its upstream offset, with the partition's
+//! generation above the offset's bits once the partition started over ([`restart`]: the
+//! topic was created again, so its offsets begin below those the lanes passed), so that the
+//! lanes take the new records instead of dropping them as repeats.
 //!
 //! The internal topic is named after the pipeline, not the group or the upstream topic: it
 //! may hold messages written for another upstream topic (the pipeline's source pointed at
@@ -29,6 +34,10 @@
 //! checkpoint. Its figures ([`StageStats`]) are shown by every job of the worker.
 
 mod backlog;
+mod envelope;
+mod restart;
+
+pub use envelope::{generation_of, sequence, Envelope};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,145 +74,6 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// The internal topic repartitioning `source` of pipeline `pipeline`.
 pub fn internal_topic(pipeline: &str, source: &str) -> String {
     format!("{pipeline}-{source}-repartition")
-}
-
-/// The first bytes of a repartition topic message written by weir 0.1.0 (no upstream topic).
-const MAGIC_V1: &[u8; 5] = b"weir\x01";
-/// The first bytes of every repartition topic message written now.
-const MAGIC: &[u8; 5] = b"weir\x02";
-
-/// A repartition topic's message value: the upstream topic, partition and offset it was read
-/// at, its headers, then its payload. (Kafka headers would be the natural place for the first
-/// three, but tansu 0.6, the broker these tests run, stops serving fetches of a topic whose
-/// messages carry headers at this volume.)
-///
-/// `weir\x02`, topic length (u16), topic (UTF-8), partition (u32), offset (u64), header count
-/// (u16), per header: name length (u16), name, value length (i32, -1 for none), value; then
-/// the payload. Big-endian. Envelopes of weir 0.1.0 (`weir\x01`) have no topic and are read
-/// too: [`Self::topic`] is then `None`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Envelope<'a> {
-    /// The upstream topic (`None` in an envelope of weir 0.1.0).
-    pub topic: Option<&'a [u8]>,
-    pub partition: usize,
-    pub offset: u64,
-    /// The encoded headers (see [`Self::headers`]).
-    header_bytes: &'a [u8],
-    header_count: u16,
-    pub payload: &'a [u8],
-}
-
-impl<'a> Envelope<'a> {
-    /// Appends the envelope of a message of `topic` to `out`.
-    pub fn write<'h>(
-        out: &mut Vec<u8>,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        headers: impl Iterator<Item = (&'h [u8], Option<&'h [u8]>)>,
-        payload: &[u8],
-    ) {
-        Self::write_as(out, Some(topic), partition, offset, headers, payload)
-    }
-
-    /// [`Self::write`]; without a topic, an envelope of weir 0.1.0 (for tests).
-    pub(crate) fn write_as<'h>(
-        out: &mut Vec<u8>,
-        topic: Option<&str>,
-        partition: u32,
-        offset: u64,
-        headers: impl Iterator<Item = (&'h [u8], Option<&'h [u8]>)>,
-        payload: &[u8],
-    ) {
-        match topic {
-            Some(t) => {
-                // a Kafka topic name has at most 249 characters
-                let t = &t.as_bytes()[..t.len().min(u16::MAX as usize)];
-                out.extend_from_slice(MAGIC);
-                out.extend_from_slice(&(t.len() as u16).to_be_bytes());
-                out.extend_from_slice(t);
-            }
-            None => out.extend_from_slice(MAGIC_V1),
-        }
-        out.extend_from_slice(&partition.to_be_bytes());
-        out.extend_from_slice(&offset.to_be_bytes());
-        let count_at = out.len();
-        out.extend_from_slice(&[0, 0]);
-        let mut count = 0u16;
-        for (name, value) in headers.take(u16::MAX as usize) {
-            count += 1;
-            let name = &name[..name.len().min(u16::MAX as usize)];
-            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-            out.extend_from_slice(name);
-            match value {
-                Some(v) => {
-                    let v = &v[..v.len().min(i32::MAX as usize)];
-                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    out.extend_from_slice(v);
-                }
-                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-        }
-        out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
-        out.extend_from_slice(payload);
-    }
-
-    /// Reads an envelope; `None` when the bytes are not one.
-    pub fn open(bytes: &'a [u8]) -> Option<Self> {
-        let (topic, rest) = match bytes.strip_prefix(MAGIC.as_slice()) {
-            Some(rest) => {
-                let (len, rest) = take_array::<2>(rest)?;
-                let (topic, rest) = rest.split_at_checked(u16::from_be_bytes(len) as usize)?;
-                (Some(topic), rest)
-            }
-            None => (None, bytes.strip_prefix(MAGIC_V1.as_slice())?),
-        };
-        let (partition, rest) = take_array::<4>(rest)?;
-        let (offset, rest) = take_array::<8>(rest)?;
-        let (count, rest) = take_array::<2>(rest)?;
-        let header_count = u16::from_be_bytes(count);
-        // walk the headers once to find the payload
-        let mut at = rest;
-        for _ in 0..header_count {
-            let (len, r) = take_array::<2>(at)?;
-            let r = r.get(u16::from_be_bytes(len) as usize..)?;
-            let (len, r) = take_array::<4>(r)?;
-            let len = i32::from_be_bytes(len);
-            at = if len < 0 { r } else { r.get(len as usize..)? };
-        }
-        Some(Envelope {
-            topic,
-            partition: u32::from_be_bytes(partition) as usize,
-            offset: u64::from_be_bytes(offset),
-            header_bytes: &rest[..rest.len() - at.len()],
-            header_count,
-            payload: at,
-        })
-    }
-
-    /// The message's headers: (name, value). A name that is not UTF-8 is skipped.
-    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
-        let mut at = self.header_bytes;
-        (0..self.header_count).filter_map(move |_| {
-            let (len, r) = take_array::<2>(at)?;
-            let (name, r) = r.split_at_checked(u16::from_be_bytes(len) as usize)?;
-            let (len, r) = take_array::<4>(r)?;
-            let len = i32::from_be_bytes(len);
-            let (value, r) = if len < 0 {
-                (None, r)
-            } else {
-                let (v, r) = r.split_at_checked(len as usize)?;
-                (Some(v), r)
-            };
-            at = r;
-            Some((std::str::from_utf8(name).ok()?, value))
-        })
-    }
-}
-
-fn take_array<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
-    let (head, rest) = bytes.split_at_checked(N)?;
-    Some((head.try_into().ok()?, rest))
 }
 
 /// What a repartition stage reads, and where it writes.
@@ -366,10 +236,13 @@ impl Drop for RepartitionStage {
 struct StageContext {
     /// From the configured assignment strategy (see [`crate::source::close`]).
     cooperative: bool,
-    /// The stage's figures; while `paused` is set, partitions assigned are paused too.
+    /// The stage's figures.
     stats: Arc<StageStats>,
     /// The upstream partitions assigned now (the monitor measures their lag).
     assigned: Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
+    /// The upstream partitions assigned and not settled yet ([`restart`]): paused until the
+    /// stage knows where they start and their generations.
+    unsettled: Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
 }
 
 impl ClientContext for StageContext {}
@@ -398,25 +271,24 @@ impl ConsumerContext for StageContext {
             }
             _ => consumer.unassign(),
         };
-        let result = result.and_then(|()| {
-            if assigning && self.stats.paused.load(Ordering::SeqCst) {
-                consumer.pause(tpl)
-            } else {
-                Ok(())
-            }
-        });
         match result {
             Ok(()) => {
+                // every partition assigned waits until settled (see `restart`)
+                if let (true, Err(e)) = (assigning, consumer.pause(tpl)) {
+                    tracing::error!(error = %e, "repartition: cannot pause the upstream partitions assigned until they are settled");
+                }
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                if let Ok(mut a) = self.assigned.lock() {
-                    if !assigning && !cooperative {
-                        a.clear();
-                    }
-                    for p in &partitions {
-                        if assigning {
-                            a.insert(*p);
-                        } else {
-                            a.remove(p);
+                for set in [&self.assigned, &self.unsettled] {
+                    if let Ok(mut a) = set.lock() {
+                        if !assigning && !cooperative {
+                            a.clear();
+                        }
+                        for p in &partitions {
+                            if assigning {
+                                a.insert(*p);
+                            } else {
+                                a.remove(p);
+                            }
                         }
                     }
                 }
@@ -443,6 +315,19 @@ struct Stage {
     buffers: HashMap<i32, MessageBuffer>,
     /// Per upstream partition: the offset after the last message sent.
     next: HashMap<i32, u64>,
+    /// Per settled upstream partition: its generation (see [`restart`]).
+    generations: HashMap<i32, u16>,
+    /// Per settled upstream partition: the upstream offset committed last (where known).
+    committed_at: HashMap<i32, u64>,
+    /// The upstream partitions assigned now (shared with the rebalance callback).
+    assigned: Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
+    /// Per settled upstream partition: the offset expected next, when known (one below it
+    /// means the partition started over).
+    expected: HashMap<i32, u64>,
+    /// The partitions assigned and not settled yet (shared with the rebalance callback).
+    unsettled: Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
+    /// When settling last failed.
+    settle_failed: Option<Instant>,
     /// With `until_caught_up`: per partition, its end when the stage started.
     ends: HashMap<i32, u64>,
     /// With `until_caught_up`: when the group was last asked where the partitions that
@@ -477,6 +362,7 @@ impl Stage {
         cfg.set("statistics.interval.ms", "0");
         let stats = Arc::new(StageStats::new(&spec.source, &upstream));
         let assigned = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let unsettled = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         // reading to the end, the jobs start once the stages are done: nothing to wait for
         let monitor = if spec.until_caught_up {
             None
@@ -498,6 +384,7 @@ impl Stage {
                 cooperative: is_cooperative(&cfg),
                 stats: stats.clone(),
                 assigned: assigned.clone(),
+                unsettled: unsettled.clone(),
             })
             .map_err(|e| fail("cannot create a consumer", e.into()))?;
         consumer
@@ -514,6 +401,12 @@ impl Stage {
             stop,
             buffers: HashMap::new(),
             next: HashMap::new(),
+            generations: HashMap::new(),
+            committed_at: HashMap::new(),
+            assigned,
+            expected: HashMap::new(),
+            unsettled,
+            settle_failed: None,
             ends,
             unread_asked: None,
             infos: HashMap::new(),
@@ -599,7 +492,13 @@ impl Stage {
             }
         }
         let mut last_commit = Instant::now();
+        let mut last_slots = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
+            self.settle()?;
+            if last_slots.elapsed() >= restart::SLOT_REFRESH {
+                self.refresh_slots();
+                last_slots = Instant::now();
+            }
             let started = Instant::now();
             let mut got = 0;
             while got < BATCH_MESSAGES && started.elapsed() < BATCH_AGE {
@@ -617,10 +516,16 @@ impl Stage {
                     }
                     Some(Ok(m)) => {
                         let offset = m.offset() as u64;
-                        self.buffers
-                            .entry(m.partition())
-                            .or_default()
-                            .push(&m, true, offset);
+                        let p = m.partition();
+                        let expected = self.expected.insert(p, offset + 1);
+                        if let Some(e) = expected.filter(|&e| offset < e) {
+                            // (rare: the message is copied out of the consumer's buffer)
+                            let m = m.detach();
+                            self.starts_over_at(p, (offset, e))?;
+                            self.buffers.entry(p).or_default().push(&m, true, offset);
+                        } else {
+                            self.buffers.entry(p).or_default().push(&m, true, offset);
+                        }
                         got += 1;
                     }
                 }
@@ -679,12 +584,19 @@ impl Stage {
         } else {
             tracing::info!(source = %self.spec.source, backlog = ?backlog, "repartition: the pool's jobs caught up; resuming");
         }
-        // partitions assigned later are paused or not as they arrive (see the rebalance)
+        // partitions assigned later are paused until settled, then resumed unless held
         let applied = self.consumer.assignment().and_then(|assigned| {
             if hold {
                 self.consumer.pause(&assigned)
             } else {
-                self.consumer.resume(&assigned)
+                let unsettled = self.unsettled.lock().map(|u| u.clone()).unwrap_or_default();
+                let mut settled = TopicPartitionList::new();
+                for e in assigned.elements() {
+                    if !unsettled.contains(&e.partition()) {
+                        settled.add_partition(e.topic(), e.partition());
+                    }
+                }
+                self.consumer.resume(&settled)
             }
         });
         let now = match applied {
@@ -704,7 +616,8 @@ impl Stage {
     /// other workers' stages wait for the group's committed offsets to reach the end.
     fn caught_up(&mut self) -> Result<bool, EngineError> {
         let assignment = self.consumer.assignment().map_err(|e| self.err(e))?;
-        if assignment.count() == 0 || !self.buffers.values().all(|b| b.is_empty()) {
+        let unsettled = self.unsettled.lock().map_or(true, |u| !u.is_empty());
+        if assignment.count() == 0 || unsettled || !self.buffers.values().all(|b| b.is_empty()) {
             return Ok(false);
         }
         let positions = self.consumer.position().map_err(|e| self.err(e))?;
@@ -891,6 +804,17 @@ impl Stage {
         }
         let mut rows = keyed.iter().peekable();
         let mut value = Vec::new();
+        let generation = self.generations.get(&partition).copied().unwrap_or(0);
+        let last = messages.offsets.last().copied().unwrap_or(0);
+        if generation != 0 && last >= 1 << envelope::OFFSET_BITS {
+            return Err(self.fault(format!(
+                "partition {partition} of `{}` started over and reached offset {last}: past \
+                 2^{}, its sequences no longer stay above its earlier generations'; start the \
+                 pool without its checkpoints",
+                self.upstream,
+                envelope::OFFSET_BITS
+            )));
+        }
         for (i, &offset) in messages.offsets.iter().enumerate() {
             while rows.peek().is_some_and(|(o, _)| *o < offset) {
                 rows.next();
@@ -904,7 +828,7 @@ impl Stage {
                 &mut value,
                 &self.upstream,
                 partition.max(0) as u32,
-                offset,
+                (offset, generation),
                 messages.header_pairs(i),
                 messages.slice(messages.payloads[i]),
             );
@@ -942,10 +866,19 @@ impl Stage {
                 r.message
             )));
         }
+        // only the partitions this stage reads now: a revoked one's next owner commits it (a
+        // late commit from here would move it back, over where that owner started)
+        let owned = self.settled_partitions();
         let mut tpl = TopicPartitionList::new();
-        for (&p, &next) in &self.next {
+        for (&p, &next) in self.next.iter().filter(|(p, _)| owned.contains(p)) {
             let _ = tpl.add_partition_offset(&self.upstream, p, Offset::Offset(next as i64));
+            self.committed_at.insert(p, next);
         }
+        if tpl.count() == 0 {
+            self.next.clear();
+            return Ok(());
+        }
+        self.add_generations(&mut tpl);
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             // a partition revoked meanwhile: its next owner repeats a little (dropped by lanes)
             tracing::warn!(source = %self.spec.source, error = %e, "repartition: offset commit failed");

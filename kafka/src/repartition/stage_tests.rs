@@ -97,3 +97,164 @@ fn a_stage_whose_group_is_at_the_ends_already_ends() {
         client.commit(&at_ends, CommitMode::Sync).unwrap();
     });
 }
+
+/// A decoder that decodes nothing: the stage sends every message by its own key.
+struct AsTheyAre;
+impl Decode for AsTheyAre {
+    fn decode(&self, _: &Chunk, _: &SharedBytes) -> Decoded {
+        unreachable!("the stage decodes messages")
+    }
+    fn decode_messages(&self, _: &Chunk, messages: &Messages) -> Decoded {
+        Decoded {
+            events: None,
+            bad: Vec::new(),
+            records: messages.offsets.len() as u64,
+        }
+    }
+}
+
+/// Runs a stage copying `topic` (one partition) into `internal` to the end, as it starts
+/// from `start_from`; its figures, and what its group holds then: the upstream offset with
+/// its metadata, and the slot (the internal partition's offset).
+fn copy_to_the_end(
+    brokers: &str,
+    (topic, internal): (&str, &str),
+    start_from: StartFrom,
+) -> (Arc<StageStats>, (Offset, String, Offset)) {
+    let spec = RepartitionSpec {
+        source: "s".into(),
+        input: KafkaSourceConfig {
+            start_from,
+            ..reading_to_the_end(brokers, topic)
+        },
+        topic: internal.to_string(),
+        keys: vec!["k".into()],
+        decoder: Arc::new(AsTheyAre),
+        until_caught_up: true,
+    };
+    let client = spec.client().unwrap();
+    let stage = RepartitionStage::start(spec, Box::new(|| {})).unwrap();
+    let stats = stage.stats();
+    let started = Instant::now();
+    while !stage.is_finished() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stage.is_finished(), "the stage ends at the partition's end");
+    stage.join().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    tpl.add_partition(internal, 0);
+    let committed = client
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let e = committed.find_partition(topic, 0).unwrap();
+    let slot = committed.find_partition(internal, 0).unwrap().offset();
+    (stats, (e.offset(), e.metadata().to_string(), slot))
+}
+
+/// The upstream offsets the lane of upstream partition 0 takes, reading `internal` from its
+/// start as the pool's jobs do, and how many messages it dropped as repeats.
+fn lane_reads(brokers: &str, internal: &str, upstream: &str) -> (Vec<u64>, u64) {
+    let config = KafkaSourceConfig {
+        group_id: "jobs".into(),
+        upstream: Some(crate::source::Upstream {
+            topic: upstream.into(),
+            partitions: 1,
+        }),
+        ..reading_to_the_end(brokers, internal)
+    };
+    let partitions = crate::KafkaPartitions::discover(&config).unwrap();
+    let mut reader = crate::KafkaReader::new(0, "s", 0, config, &partitions);
+    let stats = Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[]));
+    let ctx = crate::source::tests::context(1, stats.clone());
+    let mut read = Vec::new();
+    while let Some(chunk) =
+        weir_engine::job::PartitionReader::next_chunk(&mut reader, &ctx).unwrap()
+    {
+        if let ChunkData::Messages(m) = &chunk.data {
+            read.extend(&m.offsets);
+        }
+    }
+    let repeats = weir_engine::RunStats::get(&stats.sources[0].repartition_repeats);
+    (read, repeats)
+}
+
+/// How the upstream partition lost its history before the stage settles it.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    /// Deleted and created again: the broker deleted the group's offsets of the topic, and
+    /// the slot stays (as Apache Kafka, Redpanda and tansu do).
+    OffsetsDeleted,
+    /// The group's offset (500) lies past the new end: created again before the group
+    /// noticed, or the broker lost records.
+    PastTheEnd,
+}
+
+/// The upstream topic created again behind the stage, whose old records (500) are in the
+/// internal topic and read by the jobs' lanes: the stage starts the partition over in
+/// generation 1 (from the log start, or with `latest` the end) and the lanes take the new
+/// records instead of dropping them all as repeats, as they did before generations. The
+/// generation is committed (the slot, and the offset's metadata), so the next run of the
+/// stage goes on in it.
+#[test]
+fn a_topic_created_again_behind_the_stage_is_copied_and_taken_by_the_lanes() {
+    for lost in [Lost::OffsetsDeleted, Lost::PastTheEnd] {
+        for (start_from, at, new) in [
+            (StartFrom::Earliest, 100, 0..150u64),
+            (StartFrom::Latest, 100, 100..150),
+        ] {
+            let label = format!("{lost:?}, {start_from:?}");
+            let mock = MockCluster::new(1).unwrap();
+            let (topic, internal) = ("again", "again-internal");
+            mock.create_topic(topic, 1, 1).unwrap();
+            mock.create_topic(internal, 1, 1).unwrap();
+            let brokers = mock.bootstrap_servers();
+            // what the stage copied of the old topic, and what its group kept
+            let producer = crate::Producer::new(&brokers, &[]).unwrap();
+            let mut value = Vec::new();
+            for o in 0..500u64 {
+                value.clear();
+                Envelope::write(&mut value, topic, 0, (o, 0), std::iter::empty(), b"{}");
+                producer
+                    .send(internal, Some(b"k"), Some(&value), &[])
+                    .unwrap();
+            }
+            producer.flush().unwrap();
+            let group = format!(
+                "{}-repartition",
+                reading_to_the_end(&brokers, topic).group_id
+            );
+            let client: BaseConsumer = client_config(&brokers, &[])
+                .set("group.id", &group)
+                .create()
+                .unwrap();
+            let mut kept = TopicPartitionList::new();
+            match lost {
+                Lost::OffsetsDeleted => kept.add_partition_offset(internal, 0, Offset::Offset(0)),
+                Lost::PastTheEnd => kept.add_partition_offset(topic, 0, Offset::Offset(500)),
+            }
+            .unwrap();
+            client.commit(&kept, CommitMode::Sync).unwrap();
+            // the new topic
+            produce_keyed(&brokers, topic, 100);
+            let (stats, committed) = copy_to_the_end(&brokers, (topic, internal), start_from);
+            let generation_1 = (
+                Offset::Offset(at),
+                "weir-generation=1".to_string(),
+                Offset::Offset(1),
+            );
+            assert_eq!(committed, generation_1, "{label}");
+            assert_eq!(stats.restarts.load(Ordering::Relaxed), 1, "{label}");
+            // the next run goes on in generation 1
+            produce_keyed(&brokers, topic, 50);
+            let (stats, committed) = copy_to_the_end(&brokers, (topic, internal), start_from);
+            let generation_1 = (Offset::Offset(150), generation_1.1, generation_1.2);
+            assert_eq!(committed, generation_1, "{label}");
+            assert_eq!(stats.restarts.load(Ordering::Relaxed), 0, "{label}");
+            let (read, repeats) = lane_reads(&brokers, internal, topic);
+            let want: Vec<u64> = (0..500).chain(new).collect();
+            assert_eq!(read, want, "{label}");
+            assert_eq!(repeats, 0, "{label}");
+        }
+    }
+}

@@ -248,6 +248,7 @@ impl KafkaReader {
                         s.jumps.clear();
                         s.end_at = end_at;
                         s.warned_foreign = false;
+                        s.warned_older = false;
                         s.lane.last_message = Instant::now();
                         let id = s.lane.info.id;
                         if let Some(up) = &self.config.upstream {

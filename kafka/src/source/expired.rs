@@ -23,14 +23,14 @@
 use super::*;
 
 /// How long the offsets of a rebalance's partitions are waited for (one request each).
-const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A partition of a rebalance: (topic, partition).
-type Tp = (String, i32);
+pub(crate) type Tp = (String, i32);
 
 /// Why a start offset is not where the partition can be read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Misplaced {
+pub(crate) enum Misplaced {
     /// Below the log start: the offsets up to it were deleted before they were read.
     Expired,
     /// Past the partition's end: the partition was created again, or lost its last records.
@@ -40,7 +40,7 @@ pub(super) enum Misplaced {
 /// The partitions of `wanted` whose start offset is below their log start or past their end
 /// (with the log start at or below the end: an answer past it is not trusted): each with its
 /// log start, the first offset the partition still holds, where reading goes on from.
-pub(super) fn misplaced(
+pub(crate) fn misplaced(
     wanted: &[(Tp, u64)],
     ranges: &HashMap<Tp, (i64, i64)>,
 ) -> Vec<(Tp, u64, u64, Misplaced)> {
@@ -83,7 +83,7 @@ pub(super) fn past_the_high_watermark(start: u64, high: Option<&i64>) -> bool {
 
 /// One offset per partition of `tpl` from a ListOffsets request at `at` (-2: the log start,
 /// -1: the end, as the watermarks are read); none on failure.
-fn list_offsets<C: ConsumerContext>(
+pub(crate) fn list_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     partitions: &[&Tp],
     at: Offset,
@@ -300,7 +300,7 @@ const RESET_JUMPS_FOR: Duration = Duration::from_secs(60);
 
 /// Whether a reset fetch position goes to the partition's end: `auto.offset.reset` as weir
 /// sets it from `start_from`, unless a property overrides it.
-pub(super) fn resets_to_end(config: &KafkaSourceConfig) -> bool {
+pub(crate) fn resets_to_end(config: &KafkaSourceConfig) -> bool {
     match config
         .properties
         .iter()

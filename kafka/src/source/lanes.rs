@@ -11,7 +11,8 @@ use super::*;
 pub(super) struct Lanes {
     /// The upstream topic (dead letters and `_partition` name the upstream partition).
     topic: Arc<str>,
-    /// Per lane: the upstream offset expected next (0: none read yet); a message below it
+    /// Per lane: the upstream sequence expected next (0: none read yet; the upstream offset
+    /// until the upstream partition starts over, see `crate::repartition`); a message below it
     /// repeats one already read.
     pub(super) expect: Vec<u64>,
     /// Per lane: it continues a checkpoint that had read some of its messages, so it also
@@ -62,17 +63,18 @@ impl Lanes {
         self.expect.len()
     }
 
-    /// Buffers a message of lane `lane` at upstream offset `offset`, unless it repeats one
-    /// already read (`false`). `ctx` is told when an idle lane delivers again.
+    /// Buffers a message of lane `lane` at upstream offset `offset` and sequence `sequence`,
+    /// unless it repeats one already read (`false`). `ctx` is told when an idle lane delivers
+    /// again.
     pub(super) fn push<'h>(
         &mut self,
-        (lane, offset): (usize, u64),
+        (lane, offset, sequence): (usize, u64, u64),
         parts: (&[u8], Option<&[u8]>),
         timestamp: Option<i64>,
         headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
         (with_headers, clock, now): (bool, &PartitionClock, Instant),
     ) -> bool {
-        if offset < self.expect[lane] {
+        if sequence < self.expect[lane] {
             return false;
         }
         let buffer = self.buffers.entry(lane as u32).or_default();
@@ -81,7 +83,7 @@ impl Lanes {
         self.bytes += buffer.bytes_len() - before;
         self.messages += 1;
         self.since.get_or_insert(now);
-        self.expect[lane] = offset + 1;
+        self.expect[lane] = sequence.saturating_add(1);
         self.last_message[lane] = now;
         if self.idle[lane] {
             self.idle[lane] = false;
@@ -193,9 +195,20 @@ mod tests {
     }
 
     fn push(lanes: &mut Lanes, clock: &PartitionClock, lane: usize, offset: u64) -> bool {
+        push_in(lanes, clock, lane, (offset, 0))
+    }
+
+    /// Pushes a message read at `offset` in generation `generation` of its upstream partition.
+    fn push_in(
+        lanes: &mut Lanes,
+        clock: &PartitionClock,
+        lane: usize,
+        (offset, generation): (u64, u16),
+    ) -> bool {
         let payload = format!("{lane}:{offset}");
+        let sequence = crate::repartition::sequence(offset, generation);
         lanes.push(
-            (lane, offset),
+            (lane, offset, sequence),
             (payload.as_bytes(), None),
             None,
             std::iter::empty(),
@@ -279,6 +292,33 @@ mod tests {
                 position: 1
             }
         );
+    }
+
+    /// An upstream partition that started over (its topic created again) sends its new
+    /// records in its next generation: the lane takes them (dropping none as repeats of the
+    /// old ones), hands them over at their own offsets, and continues at their sequence.
+    #[test]
+    fn a_lane_whose_upstream_started_over_takes_its_new_records() {
+        let clock = PartitionClock::new(0);
+        let mut lanes = Lanes::new("events".into(), 2, &[500, 7], 0);
+        assert!(
+            !push(&mut lanes, &clock, 0, 3),
+            "in the same generation: a repeat"
+        );
+        assert!(push_in(&mut lanes, &clock, 0, (0, 1)));
+        assert!(push_in(&mut lanes, &clock, 0, (1, 1)));
+        assert!(!push_in(&mut lanes, &clock, 0, (1, 1)), "a repeat");
+        assert!(!push(&mut lanes, &clock, 0, 499), "an old record again");
+        assert!(push(&mut lanes, &clock, 1, 7), "the other lane as before");
+        let mut seq = 0;
+        let chunks = lanes.hand_over((0, &info()), &mut seq, 9);
+        let lane0 = &chunks[0];
+        let ChunkData::Messages(m) = &lane0.data else {
+            panic!("messages")
+        };
+        assert_eq!((m.lane, m.offsets.clone()), (Some(0), vec![0, 1]));
+        assert_eq!(lane0.resume.position, (1 << 48) + 2);
+        assert_eq!(lanes.expect, vec![(1 << 48) + 2, 8]);
     }
 
     #[test]

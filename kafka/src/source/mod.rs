@@ -13,7 +13,7 @@ mod buffer;
 pub mod caught_up;
 pub(crate) mod close;
 mod committed;
-mod expired;
+pub(crate) mod expired;
 mod fetch_queue;
 mod group;
 mod lanes;

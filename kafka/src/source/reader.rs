@@ -28,6 +28,8 @@ pub(super) struct PartitionState {
     pub(super) read_offset: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// A skipped message of a repartition topic was logged since the partition's assignment.
     pub(super) warned_foreign: bool,
+    /// A message of an older generation than its lane's was logged since the assignment.
+    pub(super) warned_older: bool,
     /// The offset expected next since the partition's assignment: a later one is a jump.
     pub(super) expected: Option<u64>,
     /// Jumps of offsets between two messages read (`from..to` skipped), not checked yet
@@ -152,6 +154,7 @@ impl KafkaReader {
                         .as_ref()
                         .and_then(|r| r.0.get(&(topic.to_string(), p as i32)).cloned()),
                     warned_foreign: false,
+                    warned_older: false,
                     expected: None,
                     jumps: Vec::new(),
                     jumps_checked: Instant::now(),
@@ -256,6 +259,7 @@ impl KafkaReader {
         s.end_at = None;
         s.ended = false;
         s.warned_foreign = false;
+        s.warned_older = false;
         // (not reported: the next owner reads from the hand-over checkpoint, and finds a
         // loss there when it starts)
         s.expected = None;
@@ -769,7 +773,7 @@ pub(super) fn place_message<M: Message>(
     };
     let clock = ctx.clocks.partition(s.lane.info.id);
     let placed = lanes.push(
-        (envelope.partition, envelope.offset),
+        (envelope.partition, envelope.offset, envelope.sequence()),
         (envelope.payload, m.key()),
         m.timestamp().to_millis(),
         envelope.headers(),
@@ -778,6 +782,26 @@ pub(super) fn place_message<M: Message>(
     if !placed {
         if let Some(src) = stats {
             RunStats::add(&src.repartition_repeats, 1);
+        }
+        let lane_generation =
+            crate::repartition::generation_of(lanes.expect[envelope.partition].saturating_sub(1));
+        if u64::from(envelope.generation) < lane_generation && !s.warned_older {
+            s.warned_older = true;
+            tracing::warn!(
+                source = %name,
+                topic = %s.topic,
+                partition = s.number,
+                offset,
+                upstream,
+                upstream_partition = envelope.partition,
+                generation = envelope.generation,
+                lane_generation,
+                "kafka: messages of the repartition topic in an older generation of their \
+                 upstream partition than their lane's, dropped as repeats: read again after a \
+                 restore, or the stage's group lost its offsets after the partition started \
+                 over (then every message it copies is dropped: see the worker pool's docs; \
+                 logged once per assignment)"
+            );
         }
     }
     Some(offset)

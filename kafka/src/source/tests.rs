@@ -4,7 +4,7 @@ use rdkafka::mocking::MockCluster;
 use weir_engine::clock::Clocks;
 
 /// A reader context for `partitions` partitions outside a job, with `stats`.
-fn context(partitions: usize, stats: Arc<weir_engine::RunStats>) -> ReaderContext {
+pub(crate) fn context(partitions: usize, stats: Arc<weir_engine::RunStats>) -> ReaderContext {
     ReaderContext::new(
         Arc::new(Clocks::new(&[(partitions, 0)])),
         Arc::new(AtomicBool::new(false)),
@@ -203,7 +203,7 @@ fn a_repartition_topic_is_read_in_lanes_without_repeats() {
             &mut value,
             topic,
             u,
-            o,
+            (o, 0),
             headers.into_iter(),
             payload.as_bytes(),
         );
@@ -510,7 +510,7 @@ fn envelopes_without_a_topic_are_read_only_by_lanes_continuing_a_checkpoint() {
     let mut offset = 0;
     let mut place = |s: &mut PartitionState, topic: Option<&str>, u: u32, o: u64| {
         let mut value = Vec::new();
-        Envelope::write_as(&mut value, topic, u, o, std::iter::empty(), b"{}");
+        Envelope::write_as(&mut value, topic, u, (o, 0), std::iter::empty(), b"{}");
         let m = OwnedMessage::new(
             Some(value),
             None,

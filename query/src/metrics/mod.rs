@@ -657,6 +657,18 @@ fn stages(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
         "weir_repartition_pauses_total",
         "Times the repartition stage paused for the backlog.",
         stages.iter().map(|st| (source(st), get(&st.pauses))),
+    )?;
+    counter(
+        e,
+        "weir_repartition_expired_total",
+        "Upstream records the topic's retention deleted before the repartition stage copied them, per source: lost input.",
+        stages.iter().map(|st| (source(st), get(&st.expired))),
+    )?;
+    counter(
+        e,
+        "weir_repartition_restarts_total",
+        "Upstream partitions that started over under the repartition stage (they ended before its committed offset: the topic was created again, or the broker lost records), per source.",
+        stages.iter().map(|st| (source(st), get(&st.restarts))),
     )
 }
 
