@@ -274,8 +274,10 @@ impl ConsumerContext for StageContext {
         match result {
             Ok(()) => {
                 // every partition assigned waits until settled (see `restart`)
-                if let (true, Err(e)) = (assigning, consumer.pause(tpl)) {
-                    tracing::error!(error = %e, "repartition: cannot pause the upstream partitions assigned until they are settled");
+                if assigning {
+                    if let Err(e) = consumer.pause(tpl) {
+                        tracing::error!(error = %e, "repartition: cannot pause the upstream partitions assigned until they are settled");
+                    }
                 }
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 for set in [&self.assigned, &self.unsettled] {

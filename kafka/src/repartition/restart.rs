@@ -134,6 +134,8 @@ pub(super) struct Start {
     pub moved: Option<(u64, Move)>,
     /// What the group held.
     pub committed: Committed,
+    /// The partition's high watermark, when read.
+    pub end: Option<u64>,
 }
 
 /// Where each of `partitions` starts, from what the group holds (`committed`; none: nothing)
@@ -182,6 +184,7 @@ pub(super) fn starts(
             generation,
             moved,
             committed: c,
+            end: range.map(|(_, high)| high.max(0) as u64),
         });
     }
     (out, waiting)
@@ -258,15 +261,30 @@ impl Stage {
             .filter(|(p, c)| !failed.contains(p) && (c.offset.is_some() || c.slot.is_some()))
             .map(|(&p, _)| (self.upstream.clone(), p))
             .collect();
-        let ranges = if keys.is_empty() {
-            HashMap::new()
-        } else {
-            log_ranges(&self.spec, &keys.iter().collect::<Vec<_>>())?
-        };
+        let ranges = self.ranges_of(&keys);
         let to_end = resets_to_end(&self.spec.input);
         let (starts, mut waiting) = starts(&self.upstream, &answered, &committed, &ranges, to_end);
         waiting.extend(failed);
         Ok((starts, waiting))
+    }
+
+    /// The log ranges of `keys` that can be read: in one request, else (one partition without
+    /// a leader fails it whole) one partition at a time; those missing are asked again.
+    fn ranges_of(&self, keys: &[Tp]) -> HashMap<Tp, (i64, i64)> {
+        if keys.is_empty() {
+            return HashMap::new();
+        }
+        match log_ranges(&self.spec, &keys.iter().collect::<Vec<_>>()) {
+            Ok(r) => r,
+            Err(e) if keys.len() == 1 => {
+                tracing::warn!(source = %self.spec.source, partition = keys[0].1, error = %e, "repartition: cannot read the upstream partition's log start and end");
+                HashMap::new()
+            }
+            Err(_) => keys
+                .iter()
+                .flat_map(|k| self.ranges_of(std::slice::from_ref(k)))
+                .collect(),
+        }
     }
 
     /// The partitions assigned and settled: those the stage reads.
@@ -355,13 +373,25 @@ impl Stage {
                 return Ok(false);
             }
         }
+        // the consumer starts where the group's offset was read here (librdkafka may have
+        // read it earlier, before a late commit of the partition's previous owner): what
+        // comes below it later is a reset
         self.expected.remove(&p);
+        if let Some(at) = at {
+            if self.seek_to(p, at) {
+                self.expected.insert(p, at);
+            } else if start.moved.is_some() {
+                // a moved start must be where reading begins: tried again (committed now,
+                // the next try finds it as the group's offset)
+                self.settle_failed = Some(Instant::now());
+                return Ok(false);
+            }
+        }
         if let Some((to, why)) = start.moved {
             self.report_move(start, to, why);
-            self.seek_to(p, to);
-            // (without a move the first message says where the consumer starts: a late
-            // commit of the partition's previous owner may have moved the offset read here)
-            self.expected.insert(p, to);
+            if why == Move::StartsOver {
+                self.new_end(p, start.end);
+            }
         }
         self.generations.insert(p, start.generation);
         match at {
@@ -463,6 +493,14 @@ impl Stage {
         self.generations.insert(p, generation);
         self.committed_at.insert(p, offset);
         self.next.remove(&p);
+        if self.ends.contains_key(&p) {
+            let end = self
+                .consumer
+                .fetch_watermarks(&self.upstream, p, SETTLE_TIMEOUT)
+                .map_err(|e| self.err(e))?
+                .1;
+            self.new_end(p, Some(end.max(0) as u64));
+        }
         self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             source = %self.spec.source,
@@ -477,6 +515,14 @@ impl Stage {
              partition's next generation, which the lanes take as new records"
         );
         Ok(())
+    }
+
+    /// Reading to the end: partition `p` started over, so it ends at the new log's end `end`
+    /// (the old one's, read when the stage started, may never come again).
+    fn new_end(&mut self, p: i32, end: Option<u64>) {
+        if let (Some(old), Some(end)) = (self.ends.get_mut(&p), end) {
+            *old = end;
+        }
     }
 
     /// Logs why partition `start` moves to offset `to`, and counts it.
@@ -522,12 +568,16 @@ impl Stage {
     }
 
     /// Moves the consumer's position of paused partition `p` to `to` (it may have started
-    /// from the committed offset already); on a failure librdkafka's `auto.offset.reset`
-    /// moves it, to the same place but for records that came meanwhile.
-    fn seek_to(&self, p: i32, to: u64) {
+    /// from the committed offset already); whether it did (on a failure it starts at the
+    /// group's offset, or where librdkafka's `auto.offset.reset` moves it).
+    fn seek_to(&self, p: i32, to: u64) -> bool {
         let at = Offset::Offset(to as i64);
-        if let Err(e) = self.consumer.seek(&self.upstream, p, at, SETTLE_TIMEOUT) {
-            tracing::warn!(source = %self.spec.source, partition = p, error = %e, "repartition: cannot seek the upstream partition; librdkafka's `auto.offset.reset` moves it");
+        match self.consumer.seek(&self.upstream, p, at, SETTLE_TIMEOUT) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(source = %self.spec.source, partition = p, error = %e, "repartition: cannot seek the upstream partition; it starts at the group's offset, or where librdkafka's `auto.offset.reset` moves it");
+                false
+            }
         }
     }
 }

@@ -258,3 +258,41 @@ fn a_topic_created_again_behind_the_stage_is_copied_and_taken_by_the_lanes() {
         }
     }
 }
+
+/// The upstream partition's position reset below where the stage stood while it copies (as
+/// librdkafka does when a fetch finds the offset out of range: the topic was created again
+/// under the stage; here the mock cluster answers a fetch so): the partition starts over in
+/// generation 1 from there, and the lanes take what the stage copies then, after the 100
+/// records of generation 0.
+#[test]
+fn a_position_reset_below_where_the_stage_stood_starts_the_partition_over() {
+    let mock = MockCluster::new(1).unwrap();
+    let (topic, internal) = ("reset", "reset-internal");
+    mock.create_topic(topic, 1, 1).unwrap();
+    mock.create_topic(internal, 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, topic, 100);
+    let (stats, committed) = copy_to_the_end(&brokers, (topic, internal), StartFrom::Earliest);
+    assert_eq!(
+        committed,
+        (Offset::Offset(100), String::new(), Offset::Offset(0))
+    );
+    assert_eq!(stats.restarts.load(Ordering::Relaxed), 0);
+    produce_keyed(&brokers, topic, 50);
+    // the next run's first fetch (at 100) finds it out of range: librdkafka reads on from 0
+    mock.request_errors(
+        rdkafka::types::RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE],
+    );
+    let (stats, committed) = copy_to_the_end(&brokers, (topic, internal), StartFrom::Earliest);
+    let generation_1 = "weir-generation=1".to_string();
+    assert_eq!(
+        committed,
+        (Offset::Offset(150), generation_1, Offset::Offset(1))
+    );
+    assert_eq!(stats.restarts.load(Ordering::Relaxed), 1);
+    let (read, repeats) = lane_reads(&brokers, internal, topic);
+    let want: Vec<u64> = (0..100).chain(0..150).collect();
+    assert_eq!(read, want);
+    assert_eq!(repeats, 0);
+}
