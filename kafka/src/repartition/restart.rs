@@ -373,6 +373,13 @@ impl Stage {
                 return Ok(false);
             }
         }
+        // (committed: the move is made, whatever comes next)
+        if let Some((to, why)) = start.moved {
+            self.report_move(start, to, why);
+            if why == Move::StartsOver {
+                self.new_end(p, start.end);
+            }
+        }
         // the consumer starts where the group's offset was read here (librdkafka may have
         // read it earlier, before a late commit of the partition's previous owner): what
         // comes below it later is a reset
@@ -385,12 +392,6 @@ impl Stage {
                 // the next try finds it as the group's offset)
                 self.settle_failed = Some(Instant::now());
                 return Ok(false);
-            }
-        }
-        if let Some((to, why)) = start.moved {
-            self.report_move(start, to, why);
-            if why == Move::StartsOver {
-                self.new_end(p, start.end);
             }
         }
         self.generations.insert(p, start.generation);
