@@ -296,3 +296,76 @@ fn a_position_reset_below_where_the_stage_stood_starts_the_partition_over() {
     assert_eq!(read, want);
     assert_eq!(repeats, 0);
 }
+
+/// One upstream partition without a leader (its log range cannot be read, nor its
+/// messages) does not keep the others from settling: partition 0 is copied meanwhile, and
+/// partition 1 once it has a leader again.
+#[test]
+fn a_partition_without_a_leader_does_not_keep_the_others_from_settling() {
+    let mock = MockCluster::new(1).unwrap();
+    let (topic, internal) = ("leaderless", "leaderless-internal");
+    mock.create_topic(topic, 2, 1).unwrap();
+    mock.create_topic(internal, 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, topic, 200);
+    let spec = RepartitionSpec {
+        source: "s".into(),
+        input: KafkaSourceConfig {
+            until_caught_up: false,
+            ..reading_to_the_end(&brokers, topic)
+        },
+        topic: internal.to_string(),
+        keys: vec!["k".into()],
+        decoder: Arc::new(AsTheyAre),
+        until_caught_up: false,
+    };
+    // the group has offsets of both partitions: both ranges are asked when they settle
+    let client = spec.client().unwrap();
+    let ends: Vec<u64> = (0..2)
+        .map(|p| {
+            let (_, high) = client
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            high as u64
+        })
+        .collect();
+    assert!(
+        ends.iter().all(|&e| e > 0),
+        "both partitions hold messages: {ends:?}"
+    );
+    let mut at_start = TopicPartitionList::new();
+    for p in 0..2 {
+        at_start
+            .add_partition_offset(topic, p, Offset::Offset(0))
+            .unwrap();
+    }
+    client.commit(&at_start, CommitMode::Sync).unwrap();
+    mock.partition_leader(topic, 1, None).unwrap();
+    let stage = RepartitionStage::start(spec, Box::new(|| {})).unwrap();
+    let stats = stage.stats();
+    let forwarded = |p: i32| {
+        stats
+            .partitions
+            .lock()
+            .unwrap()
+            .get(&p)
+            .map_or(0, |s| s.forwarded)
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(90), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("partition 0 is copied while 1 has no leader", &|| {
+        forwarded(0) == ends[0]
+    });
+    assert_eq!(forwarded(1), 0, "partition 1 has no leader");
+    mock.partition_leader(topic, 1, Some(1)).unwrap();
+    wait_for("partition 1 is copied once it has a leader", &|| {
+        forwarded(1) == ends[1]
+    });
+    stage.stop();
+    stage.join().unwrap();
+}
