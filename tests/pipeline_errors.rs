@@ -694,6 +694,35 @@ fn kafka_delivery_is_checked() {
 }
 
 #[test]
+fn kafka_settings_weir_manages_are_refused_in_properties() {
+    let source = "    file: { path: input.ndjson }\n";
+    let kafka = |properties: &str| {
+        format!("    kafka: {{ brokers: \"127.0.0.1:9092\", topic: t, properties: {{ {properties} }} }}\n")
+    };
+    let e = error_of(source, &kafka("group.id: g"));
+    assert!(
+        e.starts_with("4:12: ") && e.contains("set that instead"),
+        "{e}"
+    );
+    let e = error_of(source, &kafka("enable.auto.commit: \"true\""));
+    assert!(
+        e.starts_with("4:12: ") && e.contains("remove the setting"),
+        "{e}"
+    );
+    let e = error_of(source, &kafka("auto.offset.reset: error"));
+    assert!(
+        e.starts_with("4:12: ") && e.contains("`auto.offset.reset: error` is not supported"),
+        "{e}"
+    );
+    let sink = "out: { file: { path: out/w.ndjson } }";
+    let e = error_of(
+        sink,
+        "out: { kafka: { topic: t, properties: { transactional.id: x } } }",
+    );
+    assert!(e.contains("use `delivery: exactly_once`"), "{e}");
+}
+
+#[test]
 fn max_future_is_a_duration_with_a_default_of_an_hour() {
     let e = error_of(
         "max_out_of_orderness: 5s }",

@@ -99,7 +99,22 @@ impl PausedRun {
     }
 
     /// Waits for the end (it must succeed within 90 s): its summary (stdout) and log.
-    fn ended(mut self) -> (String, String) {
+    fn ended(self) -> (String, String) {
+        let (success, summary, log) = self.exit();
+        assert!(success, "{summary}\n{log}");
+        (summary, log)
+    }
+
+    /// Waits for the end (it must fail within 90 s): its log.
+    fn failed(self) -> String {
+        let (success, summary, log) = self.exit();
+        assert!(!success, "the run succeeded: {summary}\n{log}");
+        log
+    }
+
+    /// Waits for the end (within 90 s, else the test fails): whether the run succeeded, its
+    /// summary (stdout) and log.
+    fn exit(mut self) -> (bool, String, String) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -112,8 +127,7 @@ impl PausedRun {
         let log = self.logger.join().unwrap();
         let summary = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(ended, "the run did not end in 90 s:\n{log}");
-        assert!(out.status.success(), "{summary}\n{log}");
-        (summary, log)
+        (out.status.success(), summary, log)
     }
 
     /// Kills it (kill -9).
@@ -236,4 +250,25 @@ fn deliveries_lost_at_the_end_of_the_stream_are_read_again() {
         "{summary}\n{log}"
     );
     assert!(log.contains("never reached this reader"), "{log}");
+}
+
+/// The stream deleted and created again while the run reads (paused at its start), with more
+/// messages than the old one (its sequences go past the reader's): the reader, connecting
+/// again, sees the stream's new creation time and the run fails saying so. Before, it went on
+/// reading the new stream from the old one's sequence, skipping its first messages, and
+/// exited 0.
+#[test]
+fn a_stream_created_again_while_the_run_reads_fails_the_run() {
+    let (server, dir, _, run) = paused_on_50_000("1m");
+    let url = server.url();
+    nats_py(&url, &["delete-stream", "EVENTS"]);
+    nats_py(&url, &["create", "EVENTS", "ontology.>"]);
+    let new = dir.path().join("new.ndjson");
+    generate(&new, &["60000", "--seed", "5"]);
+    nats_py(&url, &["publish", new.to_str().unwrap(), "ontology.e"]);
+    let log = run.failed();
+    assert!(
+        log.contains("was deleted and created again") && log.contains("checkpoint.location"),
+        "{log}"
+    );
 }

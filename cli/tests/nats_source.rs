@@ -616,6 +616,22 @@ fn a_restore_past_deleted_messages_says_so_and_ends() {
 /// consumer waited at the checkpoint's sequence, past the new stream's end) and exiting 0.
 #[test]
 fn a_restore_of_a_stream_created_again_fails_saying_so() {
+    restore_of_a_stream_created_again(500);
+}
+
+/// The same with a new stream that holds more messages than the checkpoint read: its
+/// sequences go past the checkpoint's, so only the stream's creation time tells it from the
+/// old one; without that check, the run read it from the checkpoint's sequence on, skipping
+/// its first 3,000 messages silently, and exited 0.
+#[test]
+fn a_restore_of_a_stream_created_again_with_more_messages_fails_saying_so() {
+    restore_of_a_stream_created_again(4000);
+}
+
+/// Runs a pipeline over a stream of 3,000 messages to its end with a checkpoint, deletes the
+/// stream, creates it again with the first `messages` of 4,000 new ones, and checks that the
+/// restored run fails saying what happened and what to do.
+fn restore_of_a_stream_created_again(messages: usize) {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -625,13 +641,17 @@ fn a_restore_of_a_stream_created_again_fails_saying_so() {
     let p = pipeline(d, &url, true);
     run_to_end(&p);
     nats_py(&url, &["delete-stream", "EVENTS"]);
-    // the new stream holds fewer messages than the checkpoint read
-    let fewer = d.join("fewer.ndjson");
-    let text = std::fs::read_to_string(&events).unwrap();
-    let head: String = text.lines().take(500).map(|l| format!("{l}\n")).collect();
-    std::fs::write(&fewer, head).unwrap();
+    let more = events_file(d, "4000");
+    let new = d.join("new.ndjson");
+    let text = std::fs::read_to_string(&more).unwrap();
+    let head: String = text
+        .lines()
+        .take(messages)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&new, head).unwrap();
     nats_py(&url, &["create", "EVENTS", "ontology.>", "other.>"]);
-    let mut args = vec!["publish", fewer.to_str().unwrap()];
+    let mut args = vec!["publish", new.to_str().unwrap()];
     args.extend(SUBJECTS);
     nats_py(&url, &args);
     let out = weir()

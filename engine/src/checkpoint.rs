@@ -136,6 +136,13 @@ pub struct PartitionRecord {
     /// no event: small numbers, so that 1,000 lanes cost a few kilobytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lane_lag: Vec<i64>,
+    /// The incarnation of the partition's log (see [`Resume::incarnation`]); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PartitionRecord {
@@ -172,6 +179,7 @@ impl PartitionRecord {
         Resume {
             next_offset: self.next_offset,
             position: self.position,
+            incarnation: self.incarnation,
         }
     }
 }
@@ -633,6 +641,7 @@ impl Pending {
                     newest,
                     lanes,
                     lane_lag,
+                    incarnation: r.incarnation,
                 })
             })
             .collect();
@@ -954,6 +963,7 @@ fn fold_lanes(records: &[(usize, &PartitionRecord)]) -> RestoredPartition {
         resume: Resume {
             next_offset,
             position: 0,
+            incarnation: 0,
         },
         newest: if ended {
             i64::MAX

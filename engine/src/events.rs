@@ -88,6 +88,13 @@ pub struct Chunk {
 pub struct Resume {
     pub next_offset: u64,
     pub position: u64,
+    /// Which incarnation of the partition's log the position belongs to, for a source whose
+    /// log can be deleted and created again under the same name with sequences that start
+    /// over (a NATS stream: its creation time, in ns): a restore compares it, so that
+    /// positions of the old log are never taken for the new one's. 0 when the source has
+    /// none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
 }
 
 impl Resume {
@@ -96,8 +103,21 @@ impl Resume {
         Resume {
             next_offset: offset,
             position: offset,
+            incarnation: 0,
         }
     }
+
+    /// The same position, in the log's incarnation `incarnation` (see [`Self::incarnation`]).
+    pub fn in_incarnation(self, incarnation: u64) -> Self {
+        Resume {
+            incarnation,
+            ..self
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A (start, end) byte range.

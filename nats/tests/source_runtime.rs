@@ -154,7 +154,8 @@ fn readers_opened_and_dropped_leave_no_task_on_the_io_runtime_and_no_connection(
             count: PARTITIONS,
             subject: "events.{partition}.*".into(),
         });
-        let numbers: Vec<(u32, Option<u64>)> = (0..PARTITIONS).map(|n| (n, None)).collect();
+        let numbers: Vec<(u32, Option<weir_engine::events::Resume>)> =
+            (0..PARTITIONS).map(|n| (n, None)).collect();
         let mut readers = NatsPartitionsReader::new(0, "s", 0, &cfg, &numbers).unwrap();
         let ctx = context(PARTITIONS as usize);
         assert_eq!(read_to_end(&mut readers, &ctx), total, "round {round}");

@@ -187,6 +187,7 @@ impl FileReader {
             resume: Resume {
                 next_offset: self.lines,
                 position: self.position,
+                incarnation: 0,
             },
             data,
         };

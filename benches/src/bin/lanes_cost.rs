@@ -143,6 +143,7 @@ fn checkpoint_bytes(p: usize, old: bool) -> usize {
             newest: newest - lag,
             lanes: vec![],
             lane_lag: vec![],
+            incarnation: 0,
         };
         if old {
             for u in 0..p {
@@ -196,6 +197,7 @@ fn hand_over(p: usize, messages: usize, old: bool) -> (usize, u64) {
                 resume: Resume {
                     next_offset: round,
                     position: offsets.last().map_or(0, |o| o + 1),
+                    incarnation: 0,
                 },
                 data: ChunkData::Messages(Messages {
                     offsets,

@@ -9,6 +9,7 @@ fn record(partition: &str, next_offset: u64, position: u64, newest: i64) -> Part
         newest,
         lanes: vec![],
         lane_lag: vec![],
+        incarnation: 0,
     }
 }
 
@@ -52,7 +53,8 @@ fn lanes_are_one_record_with_their_offsets_and_lags() {
         RestoredPartition {
             resume: Resume {
                 next_offset: 50,
-                position: 0
+                position: 0,
+                incarnation: 0,
             },
             newest: 1_000,
             lanes: Some((vec![4, 0, 9, 0], vec![1_000, i64::MIN, 990, 400])),
@@ -85,7 +87,8 @@ fn lanes_recorded_one_per_partition_key_in_format_1_are_folded() {
             // the slowest lane's offset; every lane drops what it had read
             resume: Resume {
                 next_offset: 70,
-                position: 0
+                position: 0,
+                incarnation: 0,
             },
             newest: 500,
             lanes: Some((vec![5, 0, 17], vec![480, i64::MIN, 500])),

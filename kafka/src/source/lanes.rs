@@ -140,6 +140,7 @@ impl Lanes {
                 resume: Resume {
                     next_offset,
                     position: self.expect[l],
+                    incarnation: 0,
                 },
                 data: ChunkData::Messages(messages),
             });
@@ -265,7 +266,8 @@ mod tests {
                     vec![5, 6],
                     Resume {
                         next_offset: 40,
-                        position: 7
+                        position: 7,
+                        incarnation: 0
                     }
                 ),
                 (
@@ -276,7 +278,8 @@ mod tests {
                     vec![0],
                     Resume {
                         next_offset: 50,
-                        position: 1
+                        position: 1,
+                        incarnation: 0
                     }
                 ),
             ]
@@ -289,7 +292,8 @@ mod tests {
             chunks[0].resume,
             Resume {
                 next_offset: 51,
-                position: 1
+                position: 1,
+                incarnation: 0
             }
         );
     }

@@ -17,6 +17,7 @@ pub(crate) mod expired;
 mod fetch_queue;
 mod group;
 mod lanes;
+pub mod managed;
 mod reader;
 #[cfg(test)]
 pub(crate) mod tests;

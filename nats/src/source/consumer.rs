@@ -52,6 +52,10 @@ pub enum NatsSourceError {
         next: u64,
         last: u64,
     },
+    /// The stream was created again since the source's position was taken (its creation
+    /// time differs): its sequences started over and cannot continue that position.
+    #[error("stream `{stream}` was created at {}, not at {} as when this source's position was taken (its checkpoint, or what it read): the stream was deleted and created again, and its sequences, which started again at 1, cannot be told from those already counted; if the new stream is to be read, keep the old checkpoint for its results and give `checkpoint.location` a new place (or delete it) to read the stream from `start_from`", time_of(*.now), time_of(*.then))]
+    StreamReplaced { stream: String, then: u64, now: u64 },
     /// The server refused the pull requests for good (a consumer limit).
     #[error("the server refused the pull requests of consumer `{consumer}`")]
     Refused {
@@ -66,7 +70,10 @@ impl NatsSourceError {
     /// (A stream behind the source is not one: it may be a mirror catching up, or a start
     /// sequence the stream has not reached; it is retried, and logged at every try.)
     pub fn is_permanent(&self) -> bool {
-        matches!(self, NatsSourceError::WorkQueue { .. })
+        matches!(
+            self,
+            NatsSourceError::WorkQueue { .. } | NatsSourceError::StreamReplaced { .. }
+        )
     }
 
     /// The error and its causes on one line.
@@ -80,6 +87,11 @@ impl NatsSourceError {
         }
         text
     }
+}
+
+/// A stream's creation time (ns since the epoch, its incarnation) as RFC 3339.
+fn time_of(ns: u64) -> String {
+    weir_engine::time::format_rfc3339_ms((ns / 1_000_000) as i64)
 }
 
 /// A connected source: the client, the consumer and the task pulling its messages. Dropping
@@ -257,7 +269,7 @@ pub fn sequence_range(
     })?;
     rt.block_on(async {
         let client = OwnedClient::new(cfg.endpoint.connect().await?, rt.handle().clone());
-        let (stream, _, last) =
+        let (stream, _, last, _) =
             stream_and_range(&jetstream::new(client.client().clone()), cfg).await?;
         if stream.cached_info().config.retention == RetentionPolicy::WorkQueue {
             return Err(NatsSourceError::WorkQueue {
@@ -311,13 +323,14 @@ async fn first_at(
     Ok(seq)
 }
 
-/// The configured stream, the first sequence it holds and its last sequence now. A
+/// The configured stream, the first sequence it holds, its last sequence now and its
+/// creation time (ns since the epoch: its incarnation, 0 if the server gives none). A
 /// replicated stream without a leader is an error to retry: each replica then answers with
 /// its own state, which may lag behind what was read.
 async fn stream_and_range(
     js: &jetstream::Context,
     cfg: &NatsSourceConfig,
-) -> Result<(Stream, u64, u64), NatsSourceError> {
+) -> Result<(Stream, u64, u64, u64), NatsSourceError> {
     let stream_err = |e: Box<dyn std::error::Error + Send + Sync>| NatsSourceError::Stream {
         stream: cfg.stream.clone(),
         source: e,
@@ -332,8 +345,9 @@ async fn stream_and_range(
             "the stream's replicas have no leader (waiting for one)".into(),
         ));
     }
+    let created = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
     let state = info.state.clone();
-    Ok((stream, state.first_sequence, state.last_sequence))
+    Ok((stream, state.first_sequence, state.last_sequence, created))
 }
 
 /// How long a hold left behind by a crash keeps the stream's messages (see [`create_hold`]).
@@ -454,6 +468,8 @@ pub(super) struct Connected {
     pub(super) policy: NatsAckPolicy,
     /// Where a run without checkpoint starts again (see [`start_of`]).
     pub(super) origin: Option<u64>,
+    /// The stream's creation time (ns since the epoch; 0: unknown).
+    pub(super) incarnation: u64,
 }
 
 /// Whether every sequence a stream with `config` skips is a message it deleted (see
@@ -470,10 +486,13 @@ fn gaps_are_losses(config: &async_nats::jetstream::stream::Config) -> bool {
 /// [`placement`]): at `start` when given (a checkpoint's sequence, or mid-run where the
 /// reader's promises allow), where `resume` is the sequence the reader continues at.
 /// `origin`: the one an earlier connection learned, should the consumer be gone since.
+/// `incarnation`: the stream's creation time `resume` belongs to (a checkpoint's, or an
+/// earlier connection's), when known: another one is a stream created again.
 pub(super) async fn connect(
     cfg: &NatsSourceConfig,
     (resume, start): (Option<u64>, Option<u64>),
     origin: Option<u64>,
+    incarnation: Option<u64>,
 ) -> Result<Connected, NatsSourceError> {
     let client = OwnedClient::new(
         cfg.endpoint
@@ -482,7 +501,16 @@ pub(super) async fn connect(
         tokio::runtime::Handle::current(),
     );
     let js = jetstream::new(client.client().clone());
-    let (stream, first, last) = stream_and_range(&js, cfg).await?;
+    let (stream, first, last, created) = stream_and_range(&js, cfg).await?;
+    // a stream created again with as many messages as were read would pass the check below:
+    // its creation time tells it (the server keeps it across restarts)
+    if let Some(then) = incarnation.filter(|&t| t != 0 && created != 0 && t != created) {
+        return Err(NatsSourceError::StreamReplaced {
+            stream: cfg.stream.clone(),
+            then,
+            now: created,
+        });
+    }
     // sequences never go back in a stream (a purge keeps them): one that ends before where
     // this source continues is another stream, whose messages below `resume` would never
     // be delivered (the consumer waits at `resume`) and the reader would count the later
@@ -599,6 +627,7 @@ pub(super) async fn connect(
         floor_next: floor + 1,
         policy,
         origin,
+        incarnation: created,
     })
 }
 

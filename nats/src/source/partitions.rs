@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::{Chunk, EngineError};
 
@@ -31,7 +32,7 @@ impl NatsPartitionsReader {
         name: &str,
         first_partition: usize,
         config: &NatsSourceConfig,
-        partitions: &[(u32, Option<u64>)],
+        partitions: &[(u32, Option<Resume>)],
     ) -> Result<Self, EngineError> {
         let mut readers = Vec::with_capacity(partitions.len());
         for &(n, resume) in partitions {

@@ -23,6 +23,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::pool::PoolStore;
 use weir_engine::pool_members::{assign, live_members};
@@ -50,7 +51,7 @@ pub struct NatsPoolReader {
     /// The partitions' keys in the pool (`source/nats/<stream>/<n>`), by number.
     keys: Vec<String>,
     /// Where the next job's partitions continue (from the checkpoint it restored).
-    resume: HashMap<u32, Option<u64>>,
+    resume: HashMap<u32, Option<Resume>>,
     /// The hand-over flag of the job served, and its readers.
     run: Option<(Arc<AtomicBool>, NatsPartitionsReader)>,
     /// Partitions given up by the job that ended: released once the next one starts.
@@ -94,7 +95,7 @@ impl NatsPoolReader {
 
     /// Before a job: where each partition continues (`resume(partition key)`, the
     /// restored checkpoint's sequence).
-    pub fn start_job(&mut self, resume: &dyn Fn(&str) -> Option<u64>) {
+    pub fn start_job(&mut self, resume: &dyn Fn(&str) -> Option<Resume>) {
         self.resume = self
             .config
             .partition_keys()
@@ -139,7 +140,7 @@ impl NatsPoolReader {
         }
         self.handed_over = false;
         let owned = self.owned_numbers()?;
-        let partitions: Vec<(u32, Option<u64>)> = owned
+        let partitions: Vec<(u32, Option<Resume>)> = owned
             .iter()
             .map(|n| (*n, self.resume.get(n).copied().flatten()))
             .collect();

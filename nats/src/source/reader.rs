@@ -101,6 +101,9 @@ pub struct NatsReader {
     /// Where a run without checkpoint starts again, as the last connection learned it (kept
     /// for a consumer that is gone when the reader connects again).
     origin: Option<u64>,
+    /// The stream's creation time `read_next` belongs to (a checkpoint's, then the first
+    /// connection's): a stream created again is refused, not read as if it continued.
+    incarnation: Option<u64>,
 }
 
 impl NatsReader {
@@ -149,6 +152,7 @@ impl NatsReader {
             started: false,
             stall: super::stall::StallWatch::new(),
             origin: None,
+            incarnation: None,
         })
     }
 
@@ -208,11 +212,17 @@ impl NatsReader {
         })
     }
 
-    /// Continues at stream sequence `next` (a checkpoint's position), whatever the consumer
-    /// and `start_from` say.
-    pub fn with_resume(mut self, next: Option<u64>) -> Self {
-        self.read_next = next;
+    /// Continues at a checkpoint's position (a stream sequence, in the stream's incarnation
+    /// when the checkpoint has one), whatever the consumer and `start_from` say.
+    pub fn with_resume(mut self, next: Option<Resume>) -> Self {
+        self.read_next = next.map(|r| r.next_offset);
+        self.incarnation = next.map(|r| r.incarnation).filter(|&i| i != 0);
         self
+    }
+
+    /// Where the stream continues at sequence `next`, in its incarnation.
+    fn resume_at(&self, next: u64) -> Resume {
+        Resume::at(next).in_incarnation(self.incarnation.unwrap_or(0))
     }
 
     fn err(&self, e: NatsSourceError) -> EngineError {
@@ -234,9 +244,12 @@ impl NatsReader {
             (Some(floor), NatsAckPolicy::All) => resume.map(|n| n.min(floor)),
             _ => resume,
         };
-        let c = self
-            .rt
-            .block_on(connect(&cfg, (resume, start), self.origin))?;
+        let c = self.rt.block_on(connect(
+            &cfg,
+            (resume, start),
+            self.origin,
+            self.incarnation,
+        ))?;
         let (conn, last, next) = (c.conn, c.last, c.next);
         self.gaps_are_losses = c.gaps_are_losses && cfg.subjects.is_empty();
         self.received = c.delivered;
@@ -244,6 +257,9 @@ impl NatsReader {
         // (the stream's retention may ask for acknowledgements after all)
         self.config.ack_policy = c.policy;
         self.origin = c.origin;
+        if c.incarnation != 0 {
+            self.incarnation = Some(c.incarnation);
+        }
         // nothing below is delivered again (a consumer kept has no unacknowledged message)
         self.read_next.get_or_insert(next);
         // reply subjects of an earlier consumer must not acknowledge the new one's messages
@@ -425,7 +441,7 @@ impl NatsReader {
             partition: self.info.clone(),
             seq: self.seq,
             first_offset: first,
-            resume: Resume::at(next),
+            resume: self.resume_at(next),
             data: ChunkData::Messages(messages),
         });
         self.seq += 1;
@@ -445,7 +461,7 @@ impl NatsReader {
             partition: self.info.clone(),
             seq: self.seq,
             first_offset: next,
-            resume: Resume::at(next),
+            resume: self.resume_at(next),
             data: ChunkData::End,
         });
         self.seq += 1;

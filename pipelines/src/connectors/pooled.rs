@@ -88,7 +88,7 @@ pub trait RunningRepartition: Send {
 pub trait PooledReader: PartitionReader {
     /// Before a job: where its partitions continue, by partition key (the restored
     /// checkpoint's offsets); a reader that positions claimed partitions itself ignores it.
-    fn start_job(&mut self, _resume: &dyn Fn(&str) -> Option<u64>) {}
+    fn start_job(&mut self, _resume: &dyn Fn(&str) -> Option<weir_engine::events::Resume>) {}
     /// Whether the job served last ended with a hand-over (a change of partitions).
     fn handed_over(&self) -> bool;
     /// Whether the job served last ended only to flush its partitions' last windows, the
@@ -119,7 +119,10 @@ impl PooledSource {
     }
 
     /// The reader, for one job continuing its partitions where `resume` says.
-    pub fn reader(&self, resume: &dyn Fn(&str) -> Option<u64>) -> Box<dyn PartitionReader> {
+    pub fn reader(
+        &self,
+        resume: &dyn Fn(&str) -> Option<weir_engine::events::Resume>,
+    ) -> Box<dyn PartitionReader> {
         if let Ok(mut r) = self.reader.lock() {
             r.start_job(resume);
         }

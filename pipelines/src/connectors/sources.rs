@@ -132,9 +132,15 @@ impl OpenSource<'_> {
     /// Where partition `key` starts: its bounded read's start, else where the checkpoint
     /// resumes it; `None` to start as the source's configuration says.
     pub fn start(&self, key: &str) -> Option<u64> {
+        self.start_at(key).map(|r| r.next_offset)
+    }
+
+    /// [`Self::start`] with the checkpoint's whole position (its log's incarnation included,
+    /// see [`Resume::incarnation`]).
+    pub fn start_at(&self, key: &str) -> Option<Resume> {
         match (self.bounds)(key) {
-            Some(b) => Some(b.start),
-            None => (self.resume)(key).map(|r| r.next_offset),
+            Some(b) => Some(Resume::at(b.start)),
+            None => (self.resume)(key),
         }
     }
 

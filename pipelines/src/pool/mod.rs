@@ -149,7 +149,7 @@ impl JobHooks for PoolJob<'_> {
         };
         let resume = at.resume;
         Ok(OpenedSource {
-            reader: p.reader(&|key| resume(key).map(|r| r.next_offset)),
+            reader: p.reader(&|key| resume(key)),
             keys: p.keys.clone(),
         })
     }

@@ -26,7 +26,7 @@ pub struct KafkaSourceDoc {
     /// Where a group without committed offsets starts: `committed` (default), `earliest`, `latest` or an RFC 3339 time.
     #[serde(default)]
     pub start_from: Option<String>,
-    /// librdkafka settings passed as they are (`security.protocol`, `sasl.*`, ...).
+    /// librdkafka settings passed as they are (`security.protocol`, `sasl.*`, ...), except those weir manages: `group.id` (use `group_id`), `enable.auto.commit` other than false, `auto.offset.reset` other than earliest or latest.
     #[serde(default)]
     pub properties: IndexMap<String, String>,
     /// Confluent schema registry URL for `format: avro` with the wire-format header.
@@ -50,7 +50,7 @@ pub struct KafkaSinkDoc {
     pub brokers: Option<String>,
     /// The topic written.
     pub topic: String,
-    /// librdkafka settings passed as they are.
+    /// librdkafka settings passed as they are, except `transactional.id` (see `delivery`).
     #[serde(default)]
     pub properties: IndexMap<String, String>,
     /// `idempotent` (the default) or `exactly_once` (Kafka transactions; needs checkpoints).

@@ -88,6 +88,16 @@ pub(crate) fn source_config(
                 .caused_by(e)
         })?;
     }
+    if let Some(refusal) = d
+        .properties
+        .iter()
+        .find_map(|(key, value)| weir_kafka::source::managed::refused_property(key, value))
+    {
+        return Err(ctx.err(
+            &k.referenced,
+            format!("source `{sname}`: properties: {refusal}"),
+        ));
+    }
     let cfg = KafkaSourceConfig {
         brokers: d.brokers.clone(),
         topics,
@@ -159,6 +169,15 @@ pub(crate) fn sink_config(
     }
     if k.value.topic.is_empty() {
         return Err(ctx.err(&k.referenced, format!("sink `{kname}`: `topic` is empty")));
+    }
+    // weir registers a transactional producer's id and runs its transactions itself; an id
+    // set as a property made an `idempotent` sink's producer transactional, which then
+    // failed at its first message
+    if k.value.properties.contains_key("transactional.id") {
+        return Err(ctx.err(
+            &k.referenced,
+            format!("sink `{kname}`: properties: `transactional.id` is set by weir: use `delivery: exactly_once` (with `transactional_id` to name it)"),
+        ));
     }
     let delivery = match k.value.delivery.as_deref() {
         None | Some("idempotent") => {

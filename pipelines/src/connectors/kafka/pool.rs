@@ -210,6 +210,7 @@ mod tests {
             newest: 0,
             lanes: vec![],
             lane_lag: vec![],
+            incarnation: 0,
         };
         assert_eq!(claimed_start(&[]), None);
         // a partition of its own: its offset

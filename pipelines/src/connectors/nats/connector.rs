@@ -160,12 +160,12 @@ impl SourceConnector for NatsInput {
     /// its bounds (a replay's) when the whole stream has some; continuing at a checkpoint's
     /// sequence or at the bounds' start.
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
-        let start = |key: &str| at.start(key);
+        let start = |key: &str| at.start_at(key);
         let cfg = opened_config(&self.0, at);
         let keys = cfg.partition_keys();
         let reader: Box<dyn weir_engine::job::PartitionReader> = if cfg.partitions.is_some() {
             // one filtered consumer and watermark per subject partition
-            let partitions: Vec<(u32, Option<u64>)> = keys
+            let partitions: Vec<(u32, Option<weir_engine::events::Resume>)> = keys
                 .iter()
                 .enumerate()
                 .map(|(n, key)| (n as u32, start(key)))

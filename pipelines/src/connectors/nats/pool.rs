@@ -25,7 +25,7 @@ pub(crate) fn pooled(cfg: &NatsSourceConfig, at: &PoolSource) -> PooledSource {
 }
 
 impl PooledReader for NatsPoolReader {
-    fn start_job(&mut self, resume: &dyn Fn(&str) -> Option<u64>) {
+    fn start_job(&mut self, resume: &dyn Fn(&str) -> Option<weir_engine::events::Resume>) {
         NatsPoolReader::start_job(self, resume)
     }
     fn handed_over(&self) -> bool {
