@@ -720,6 +720,14 @@ fn kafka_settings_weir_manages_are_refused_in_properties() {
         "out: { kafka: { topic: t, properties: { transactional.id: x } } }",
     );
     assert!(e.contains("use `delivery: exactly_once`"), "{e}");
+    let e = error_of(
+        sink,
+        "out: { file: { path: out/w.ndjson } }\ndead_letter: { kafka: { topic: d, properties: { transactional.id: x } } }",
+    );
+    assert!(
+        e.contains("dead_letter: properties: `transactional.id`"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -268,7 +268,29 @@ fn a_stream_created_again_while_the_run_reads_fails_the_run() {
     nats_py(&url, &["publish", new.to_str().unwrap(), "ontology.e"]);
     let log = run.failed();
     assert!(
-        log.contains("was deleted and created again") && log.contains("checkpoint.location"),
+        log.contains("was created at") && log.contains("was deleted and created again"),
+        "{log}"
+    );
+}
+
+/// The same, with a consumer of the reader's name created on the new stream too (as tools
+/// that manage consumers do): the pull requests are served by that consumer, whose deliveries
+/// start again at 1; the reader finds it is not the consumer it connected to, connects again,
+/// and the run fails on the stream's new creation time. Before, the reader took the numbers
+/// going back for the server returning to a state it had saved, and read on.
+#[test]
+fn a_stream_and_its_consumer_created_again_while_the_run_reads_fail_the_run() {
+    let (server, dir, _, run) = paused_on_50_000("1m");
+    let url = server.url();
+    nats_py(&url, &["delete-stream", "EVENTS"]);
+    nats_py(&url, &["create", "EVENTS", "ontology.>"]);
+    nats_py(&url, &["create-consumer", "EVENTS", "weir-events"]);
+    let new = dir.path().join("new.ndjson");
+    generate(&new, &["60000", "--seed", "5"]);
+    nats_py(&url, &["publish", new.to_str().unwrap(), "ontology.e"]);
+    let log = run.failed();
+    assert!(
+        log.contains("was created at") && log.contains("was deleted and created again"),
         "{log}"
     );
 }

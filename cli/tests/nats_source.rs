@@ -95,8 +95,14 @@ dead_letter: {{ file: {{ path: out/dead_letter.ndjson }} }}
 
 /// Runs pipeline `p` with `--until-caught-up`, as users do; its log (the run must succeed).
 fn run_to_end(p: &Path) -> String {
+    run_to_end_with(p, &[])
+}
+
+/// [`run_to_end`] with the environment `env` added.
+fn run_to_end_with(p: &Path, env: &[(&str, &str)]) -> String {
     let out = weir()
         .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -281,14 +287,16 @@ fn deliveries_taken_by_another_reader_are_read_again() {
     stream_with_events(&server, &events, d);
     let (rows, bad, late) = expected(&events, d);
     let p = pipeline(d, &server.url(), false);
-    // it waits for the run to create the consumer, then takes 20 messages, 5 at a time
+    // it waits for the run to create the consumer, then takes 20 messages; the reader pauses
+    // for 8 s once connected (a failpoint), its first deliveries waiting in its client, so
+    // that the other reader's start-up (Python's) cannot come after the run read everything
     let thief = Command::new(venv_python())
         .arg(nats_publisher())
         .args([&server.url(), "steal", "EVENTS", "weir-events", "20", "60"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = run_to_end(&p);
+    let log = run_to_end_with(&p, &[("WEIR_FAILPOINT_PAUSE", "nats_connected:8000")]);
     let out = thief.wait_with_output().unwrap();
     let taken: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(taken > 0, "the other reader took nothing:\n{log}");
@@ -611,27 +619,74 @@ fn a_restore_past_deleted_messages_says_so_and_ends() {
     );
 }
 
-/// A stream deleted and created again behind a checkpoint (its sequences start again at
-/// 1): the restored run fails, saying so and what to do, instead of reading nothing (the
-/// consumer waited at the checkpoint's sequence, past the new stream's end) and exiting 0.
+/// A stream deleted and created again behind a checkpoint, with more messages than the
+/// checkpoint read (its sequences started again at 1 and go past the checkpoint's): the
+/// restored run fails on the stream's creation time, saying so and what to do. Before, it
+/// read the new stream from the checkpoint's sequence on, its first 3,000 messages skipped
+/// without a word, and exited 0.
 #[test]
 fn a_restore_of_a_stream_created_again_fails_saying_so() {
-    restore_of_a_stream_created_again(500);
+    let log = restore_of_a_stream_created_again(4000, false);
+    assert!(log.contains("was created at"), "{log}");
 }
 
-/// The same with a new stream that holds more messages than the checkpoint read: its
-/// sequences go past the checkpoint's, so only the stream's creation time tells it from the
-/// old one; without that check, the run read it from the checkpoint's sequence on, skipping
-/// its first 3,000 messages silently, and exited 0.
+/// A copy of the stream dated anew (a backup restored into a cluster; here the stream
+/// created again with the same messages after a kill): refused by default, then accepted
+/// with `accept_new_stream: true`, the restored run continues at the checkpoint's sequence,
+/// and the windows equal the oracle's, each message counted once.
 #[test]
-fn a_restore_of_a_stream_created_again_with_more_messages_fails_saying_so() {
-    restore_of_a_stream_created_again(4000);
+fn an_accepted_copy_of_the_stream_continues_at_the_checkpoint() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let events = events_file(d, "60000");
+    stream_with_events(&server, &events, d);
+    let (rows, bad, late) = expected(&events, d);
+    let p = pipeline(d, &url, true);
+    kill_after_a_busy_checkpoint(&p);
+    nats_py(&url, &["delete-stream", "EVENTS"]);
+    stream_with_events(&server, &events, d);
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && log.contains("was created at"),
+        "{log}"
+    );
+    accept_new_stream(&p);
+    let log = restored_run(&p, d);
+    assert!(
+        log.contains("continuing, as `accept_new_stream` says"),
+        "{log}"
+    );
+    verify(d, &rows, bad, late, "an accepted copy of the stream");
+}
+
+/// Sets `accept_new_stream: true` in pipeline `p`.
+fn accept_new_stream(p: &Path) {
+    let yaml = std::fs::read_to_string(p).unwrap().replace(
+        "consumer: weir-events\n",
+        "consumer: weir-events\n      accept_new_stream: true\n",
+    );
+    std::fs::write(p, yaml).unwrap();
+}
+
+/// Accepted as a copy, a stream that ends before the checkpoint's sequence (an older backup,
+/// or another stream) still fails the run: its last sequence says it cannot continue it.
+#[test]
+fn an_accepted_copy_that_ends_before_the_checkpoint_fails_saying_so() {
+    let log = restore_of_a_stream_created_again(500, true);
+    assert!(log.contains("ends at sequence"), "{log}");
 }
 
 /// Runs a pipeline over a stream of 3,000 messages to its end with a checkpoint, deletes the
-/// stream, creates it again with the first `messages` of 4,000 new ones, and checks that the
-/// restored run fails saying what happened and what to do.
-fn restore_of_a_stream_created_again(messages: usize) {
+/// stream, creates it again with the first `messages` of 4,000 (the first 3,000 the same)
+/// and restores the pipeline (with `accept_new_stream` when `accept`): the restored run must
+/// fail, saying what happened and what to do; its log.
+fn restore_of_a_stream_created_again(messages: usize, accept: bool) -> String {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -654,16 +709,20 @@ fn restore_of_a_stream_created_again(messages: usize) {
     let mut args = vec!["publish", new.to_str().unwrap()];
     args.extend(SUBJECTS);
     nats_py(&url, &args);
+    if accept {
+        accept_new_stream(&p);
+    }
     let out = weir()
         .args(["run", p.to_str().unwrap(), "--until-caught-up"])
         .output()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{log}");
     assert!(
-        log.contains("was deleted and created again") && log.contains("checkpoint.location"),
+        log.contains("was deleted and created again") && log.contains("checkpoint.dir"),
         "{log}"
     );
+    log
 }
 
 /// A work-queue stream cannot be read again after a crash (it deletes what was acknowledged

@@ -20,6 +20,8 @@
         # prints {"ack_floor", "delivered"}
     nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
     nats_publish.py URL consumers STREAM                     # prints the consumers' names
+    nats_publish.py URL create-consumer STREAM CONSUMER      # a durable pull consumer of
+        # everything with explicit acknowledgements (as tools that manage consumers make one)
     nats_publish.py URL purge STREAM                         # deletes every message
     nats_publish.py URL delete-messages STREAM FIRST LAST    # deletes sequences FIRST..=LAST
     nats_publish.py URL steal STREAM CONSUMER COUNT SECONDS
@@ -37,7 +39,13 @@ import json
 import sys
 
 import nats
-from nats.js.api import RetentionPolicy, StreamConfig, SubjectTransform
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    RetentionPolicy,
+    StreamConfig,
+    SubjectTransform,
+)
 
 WINDOW = 2000
 
@@ -193,6 +201,11 @@ async def main():
     elif cmd == "consumers":
         (stream,) = rest
         print(json.dumps(sorted(c.name for c in await js.consumers_info(stream))))
+    elif cmd == "create-consumer":
+        stream, consumer = rest
+        await js.add_consumer(
+            stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
+        )
     elif cmd == "delete-consumer":
         stream, consumer = rest
         try:

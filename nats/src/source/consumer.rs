@@ -46,7 +46,7 @@ pub enum NatsSourceError {
     #[error("stream `{stream}` has work-queue retention, which the nats source does not read: a work queue deletes each message once acknowledged and allows only a consumer that delivers everything with explicit acknowledgements, so a restore could not read again what its checkpoint does not hold; read a stream with limits or interest retention (one may source this subject space) instead")]
     WorkQueue { stream: String },
     /// The stream ends before where the source continues: it was created again.
-    #[error("stream `{stream}` ends at sequence {last}, before sequence {next} where this source continues (its checkpoint, or what it read): the stream was deleted and created again, restored from an older copy, or lost its last messages (memory storage after a restart, a crash before they were synced), and its messages cannot be told from those already counted; if it is another stream, keep the old checkpoint for its results and give `checkpoint.location` a new place (or delete it) to read the stream from `start_from`")]
+    #[error("stream `{stream}` ends at sequence {last}, before sequence {next} where this source continues (its checkpoint, or what it read): the stream was deleted and created again, restored from an older copy, or lost its last messages (memory storage after a restart, a crash before they were synced), and its messages cannot be told from those already counted; if it is another stream, keep the old checkpoint (if any) for its results and give `checkpoint.dir` a new place (or delete it) to read the stream from `start_from`")]
     StreamBehind {
         stream: String,
         next: u64,
@@ -54,7 +54,7 @@ pub enum NatsSourceError {
     },
     /// The stream was created again since the source's position was taken (its creation
     /// time differs): its sequences started over and cannot continue that position.
-    #[error("stream `{stream}` was created at {}, not at {} as when this source's position was taken (its checkpoint, or what it read): the stream was deleted and created again, and its sequences, which started again at 1, cannot be told from those already counted; if the new stream is to be read, keep the old checkpoint for its results and give `checkpoint.location` a new place (or delete it) to read the stream from `start_from`", time_of(*.now), time_of(*.then))]
+    #[error("stream `{stream}` was created at {}, not at {} as when this source's position was taken (its checkpoint, or what it read): the stream was deleted and created again, and its sequences, which started again at 1, cannot be told from those already counted; to read the new stream, keep the old checkpoint (if any) for its results and give `checkpoint.dir` a new place (or delete it) to read it from `start_from`; if it holds the same messages (a backup restored into a cluster, which dates it anew), set the source's `accept_new_stream: true` for one run", time_of(*.now), time_of(*.then))]
     StreamReplaced { stream: String, then: u64, now: u64 },
     /// The server refused the pull requests for good (a consumer limit).
     #[error("the server refused the pull requests of consumer `{consumer}`")]
@@ -345,7 +345,7 @@ async fn stream_and_range(
             "the stream's replicas have no leader (waiting for one)".into(),
         ));
     }
-    let created = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+    let created = nanos(info.created.unix_timestamp_nanos());
     let state = info.state.clone();
     Ok((stream, state.first_sequence, state.last_sequence, created))
 }
@@ -470,6 +470,9 @@ pub(super) struct Connected {
     pub(super) origin: Option<u64>,
     /// The stream's creation time (ns since the epoch; 0: unknown).
     pub(super) incarnation: u64,
+    /// The consumer's creation time (ns since the epoch): another one under its name was
+    /// created by someone else (see the reader's `verify_consumer`).
+    pub(super) consumer_created: u64,
 }
 
 /// Whether every sequence a stream with `config` skips is a message it deleted (see
@@ -504,12 +507,18 @@ pub(super) async fn connect(
     let (stream, first, last, created) = stream_and_range(&js, cfg).await?;
     // a stream created again with as many messages as were read would pass the check below:
     // its creation time tells it (the server keeps it across restarts)
-    if let Some(then) = incarnation.filter(|&t| t != 0 && created != 0 && t != created) {
-        return Err(NatsSourceError::StreamReplaced {
+    // (not a mirror's: one created again takes its origin's sequences again, and continues)
+    let mirror = stream.cached_info().config.mirror.is_some();
+    if let Some(then) = incarnation.filter(|&t| t != 0 && created != 0 && t != created && !mirror) {
+        let replaced = NatsSourceError::StreamReplaced {
             stream: cfg.stream.clone(),
             then,
             now: created,
-        });
+        };
+        if !cfg.accept_new_stream {
+            return Err(replaced);
+        }
+        tracing::warn!(stream = %cfg.stream, "nats: {replaced}; continuing, as `accept_new_stream` says (remove it once this run took a checkpoint)");
     }
     // sequences never go back in a stream (a purge keeps them): one that ends before where
     // this source continues is another stream, whose messages below `resume` would never
@@ -612,6 +621,7 @@ pub(super) async fn connect(
         .await
         .map_err(|e| consumer_err("read", boxed(e)))?;
     let (delivered, floor) = (info.delivered, info.ack_floor.stream_sequence);
+    let consumer_created = nanos(info.created.unix_timestamp_nanos());
     let messages = pull(&consumer, cfg).await?;
     Ok(Connected {
         conn: Connection {
@@ -628,7 +638,14 @@ pub(super) async fn connect(
         policy,
         origin,
         incarnation: created,
+        consumer_created,
     })
+}
+
+/// A creation time given in ns since the epoch, as kept (0 before it, or when the server
+/// gave none).
+pub(super) fn nanos(unix_ns: i128) -> u64 {
+    u64::try_from(unix_ns).unwrap_or(0)
 }
 
 /// What [`placement`] needs of an existing consumer's `info`.

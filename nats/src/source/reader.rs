@@ -14,7 +14,7 @@ use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::{Chunk, ChunkData, EngineError};
 
-use super::consumer::{connect, Connection, NatsSourceError};
+use super::consumer::{connect, nanos, Connection, NatsSourceError};
 use super::fetch::Fetched;
 use super::{NatsAckPolicy, NatsSourceConfig};
 use weir_engine::buffer::{MessageBuffer, CHUNK_MESSAGES};
@@ -104,6 +104,9 @@ pub struct NatsReader {
     /// The stream's creation time `read_next` belongs to (a checkpoint's, then the first
     /// connection's): a stream created again is refused, not read as if it continued.
     incarnation: Option<u64>,
+    /// The creation time of the consumer the last connection created or kept (ns since the
+    /// epoch; 0: unknown).
+    consumer_created: u64,
 }
 
 impl NatsReader {
@@ -153,6 +156,7 @@ impl NatsReader {
             stall: super::stall::StallWatch::new(),
             origin: None,
             incarnation: None,
+            consumer_created: 0,
         })
     }
 
@@ -260,6 +264,7 @@ impl NatsReader {
         if c.incarnation != 0 {
             self.incarnation = Some(c.incarnation);
         }
+        self.consumer_created = c.consumer_created;
         // nothing below is delivered again (a consumer kept has no unacknowledged message)
         self.read_next.get_or_insert(next);
         // reply subjects of an earlier consumer must not acknowledge the new one's messages
@@ -298,10 +303,15 @@ impl NatsReader {
         if self.ended {
             return;
         }
-        // (a number below the next one: the server went back to a state it had saved, and
-        // delivers again from there; the reader drops what it read already)
         if info.consumer_sequence > self.received + 1 {
             self.lost_on_the_way(info.consumer_sequence - self.received - 1, seq);
+            return;
+        }
+        // a number at or below the last one (the server numbers every delivery, redeliveries
+        // included): the server went back to a state it had saved, and delivers again from
+        // there (the reader drops what it read already); or someone created the stream and
+        // the consumer again, which the reader must not read as if it continued
+        if info.consumer_sequence <= self.received && !self.consumer_still_ours() {
             return;
         }
         self.received = info.consumer_sequence;
@@ -700,6 +710,35 @@ impl NatsReader {
         if let Err(e) = self.rt.block_on(conn.consumer.get_info()) {
             if consumer_gone(e.kind()) {
                 self.consumer_gone();
+            }
+        }
+    }
+
+    /// Whether the consumer is still the one the last connection created or kept, asked when
+    /// its deliveries went back. Another one under its name (created by someone else, with
+    /// the stream perhaps) or none drops the connection: connecting again checks the
+    /// stream's creation time and puts the consumer where the reader stands.
+    fn consumer_still_ours(&mut self) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        match self.rt.block_on(conn.consumer.get_info()) {
+            Ok(info) => {
+                let created = nanos(info.created.unix_timestamp_nanos());
+                if self.consumer_created == 0 || created == self.consumer_created {
+                    return true;
+                }
+                tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer's deliveries went back, and it is not the one this reader connected to (created again by someone else); connecting again");
+                self.conn = None;
+                false
+            }
+            Err(e) if consumer_gone(e.kind()) => {
+                self.confirm_gone();
+                self.conn.is_some()
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "nats: cannot read the consumer's state after its deliveries went back (reading on)");
+                true
             }
         }
     }

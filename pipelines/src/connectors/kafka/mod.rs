@@ -130,6 +130,12 @@ pub const DEAD_LETTER: DeadLetterKind = DeadLetterKind {
                 "dead_letter: dead letters are JSON records; `schema_registry` is for Avro sinks",
             ));
         }
+        if k.value.properties.contains_key("transactional.id") {
+            return Err(ctx.err(
+                &k.referenced,
+                "dead_letter: properties: `transactional.id` is set by weir; a dead-letter topic is written idempotently",
+            ));
+        }
         Ok(Box::new(KafkaDeadLetter(plan::kafka_sink_config(
             doc,
             &k.value,

@@ -46,6 +46,11 @@ pub struct NatsSourceDoc {
     /// Messages one pull request asks for (default 1000).
     #[serde(default)]
     pub fetch_batch: Option<u64>,
+    /// Continue a checkpoint's sequences on a stream whose creation time is not the
+    /// checkpoint's (default false): for a copy of the same stream only (a backup restored
+    /// into a cluster, which dates it anew), for one run.
+    #[serde(default)]
+    pub accept_new_stream: Option<bool>,
     /// Credentials (one way: user/password, token, creds file or NKey seed).
     #[serde(default)]
     pub credentials: Option<NatsCredentialsDoc>,

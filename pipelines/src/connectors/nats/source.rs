@@ -114,6 +114,7 @@ fn config_of(
             .filter(|m| *m > 0)
             .ok_or(NatsConfigError::MaxAckPending)?;
     }
+    cfg.accept_new_stream = doc.accept_new_stream.unwrap_or(false);
     cfg.fetch_batch = match doc.fetch_batch {
         None => DEFAULT_FETCH_BATCH,
         Some(b) if (1..=MAX_FETCH_BATCH).contains(&b) => b as usize,
