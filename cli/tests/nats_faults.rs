@@ -259,18 +259,7 @@ fn deliveries_lost_at_the_end_of_the_stream_are_read_again() {
 /// exited 0.
 #[test]
 fn a_stream_created_again_while_the_run_reads_fails_the_run() {
-    let (server, dir, _, run) = paused_on_50_000("1m");
-    let url = server.url();
-    nats_py(&url, &["delete-stream", "EVENTS"]);
-    nats_py(&url, &["create", "EVENTS", "ontology.>"]);
-    let new = dir.path().join("new.ndjson");
-    generate(&new, &["60000", "--seed", "5"]);
-    nats_py(&url, &["publish", new.to_str().unwrap(), "ontology.e"]);
-    let log = run.failed();
-    assert!(
-        log.contains("was created at") && log.contains("was deleted and created again"),
-        "{log}"
-    );
+    stream_created_again_while_the_run_reads(false);
 }
 
 /// The same, with a consumer of the reader's name created on the new stream too (as tools
@@ -280,17 +269,31 @@ fn a_stream_created_again_while_the_run_reads_fails_the_run() {
 /// going back for the server returning to a state it had saved, and read on.
 #[test]
 fn a_stream_and_its_consumer_created_again_while_the_run_reads_fail_the_run() {
+    stream_created_again_while_the_run_reads(true);
+}
+
+/// While a run of [`paused_on_50_000`] is paused, the stream is deleted and created again
+/// (with a consumer of the reader's name when `with_consumer`, in the same moment) holding
+/// 60,000 new messages: the run must fail on the stream's new creation time.
+fn stream_created_again_while_the_run_reads(with_consumer: bool) {
     let (server, dir, _, run) = paused_on_50_000("1m");
     let url = server.url();
-    nats_py(&url, &["delete-stream", "EVENTS"]);
-    nats_py(&url, &["create", "EVENTS", "ontology.>"]);
-    nats_py(&url, &["create-consumer", "EVENTS", "weir-events"]);
+    let mut recreate = vec!["recreate", "EVENTS", "ontology.>"];
+    if with_consumer {
+        recreate.push("weir-events");
+    }
+    nats_py(&url, &recreate);
     let new = dir.path().join("new.ndjson");
     generate(&new, &["60000", "--seed", "5"]);
     nats_py(&url, &["publish", new.to_str().unwrap(), "ontology.e"]);
     let log = run.failed();
     assert!(
         log.contains("was created at") && log.contains("was deleted and created again"),
+        "{log}"
+    );
+    // the new consumer's deliveries, numbered from 1 after those the reader held, told it
+    assert!(
+        !with_consumer || log.contains("the consumer's deliveries went back"),
         "{log}"
     );
 }

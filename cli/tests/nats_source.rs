@@ -296,7 +296,7 @@ fn deliveries_taken_by_another_reader_are_read_again() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = run_to_end_with(&p, &[("WEIR_FAILPOINT_PAUSE", "nats_connected:8000")]);
+    let log = run_to_end_with(&p, &[("WEIR_FAILPOINT_PAUSE", "nats_connected:8000:0:1")]);
     let out = thief.wait_with_output().unwrap();
     let taken: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(taken > 0, "the other reader took nothing:\n{log}");
@@ -656,21 +656,39 @@ fn an_accepted_copy_of_the_stream_continues_at_the_checkpoint() {
         !out.status.success() && log.contains("was created at"),
         "{log}"
     );
-    accept_new_stream(&p);
+    accept_new_stream(&p, Some(&log));
     let log = restored_run(&p, d);
-    assert!(
-        log.contains("continuing, as `accept_new_stream` says"),
-        "{log}"
-    );
+    assert!(log.contains("as `accept_new_stream` says"), "{log}");
     verify(d, &rows, bad, late, "an accepted copy of the stream");
+    // the checkpoint now holds the copy's creation time: it needs the setting no more
+    accept_new_stream(&p, None);
+    run_to_end(&p);
 }
 
-/// Sets `accept_new_stream: true` in pipeline `p`.
-fn accept_new_stream(p: &Path) {
-    let yaml = std::fs::read_to_string(p).unwrap().replace(
-        "consumer: weir-events\n",
-        "consumer: weir-events\n      accept_new_stream: true\n",
-    );
+/// Sets `accept_new_stream` in pipeline `p` to the creation time the refusal `log` printed
+/// (or removes it: `None`).
+fn accept_new_stream(p: &Path, log: Option<&str>) {
+    let yaml = std::fs::read_to_string(p).unwrap();
+    let key = "accept_new_stream: ";
+    let yaml = match log {
+        Some(log) => {
+            let at = log.find(key).expect(log) + key.len();
+            let time: String = log[at..]
+                .trim_start_matches(['\\', '"'])
+                .chars()
+                .take_while(|c| !matches!(c, '"' | '\\'))
+                .collect();
+            yaml.replace(
+                "consumer: weir-events\n",
+                &format!("consumer: weir-events\n      {key}\"{time}\"\n"),
+            )
+        }
+        None => yaml
+            .lines()
+            .filter(|l| !l.contains(key))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    };
     std::fs::write(p, yaml).unwrap();
 }
 
@@ -709,15 +727,20 @@ fn restore_of_a_stream_created_again(messages: usize, accept: bool) -> String {
     let mut args = vec!["publish", new.to_str().unwrap()];
     args.extend(SUBJECTS);
     nats_py(&url, &args);
+    let run = || {
+        let out = weir()
+            .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{log}");
+        log
+    };
+    let mut log = run();
     if accept {
-        accept_new_stream(&p);
+        accept_new_stream(&p, Some(&log));
+        log = run();
     }
-    let out = weir()
-        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{log}");
     assert!(
         log.contains("was deleted and created again") && log.contains("checkpoint.dir"),
         "{log}"

@@ -20,8 +20,10 @@
         # prints {"ack_floor", "delivered"}
     nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
     nats_publish.py URL consumers STREAM                     # prints the consumers' names
-    nats_publish.py URL create-consumer STREAM CONSUMER      # a durable pull consumer of
-        # everything with explicit acknowledgements (as tools that manage consumers make one)
+    nats_publish.py URL recreate STREAM SUBJECT [CONSUMER]
+        # deletes the stream and creates it again (with a durable pull consumer of everything
+        # with explicit acknowledgements when CONSUMER is given, as tools that manage
+        # consumers make one), at once
     nats_publish.py URL purge STREAM                         # deletes every message
     nats_publish.py URL delete-messages STREAM FIRST LAST    # deletes sequences FIRST..=LAST
     nats_publish.py URL steal STREAM CONSUMER COUNT SECONDS
@@ -201,11 +203,14 @@ async def main():
     elif cmd == "consumers":
         (stream,) = rest
         print(json.dumps(sorted(c.name for c in await js.consumers_info(stream))))
-    elif cmd == "create-consumer":
-        stream, consumer = rest
-        await js.add_consumer(
-            stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
-        )
+    elif cmd == "recreate":
+        stream, subject, *consumer = rest
+        await js.delete_stream(stream)
+        await js.add_stream(StreamConfig(name=stream, subjects=[subject]))
+        for name in consumer:
+            await js.add_consumer(
+                stream, ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT)
+            )
     elif cmd == "delete-consumer":
         stream, consumer = rest
         try:

@@ -54,7 +54,7 @@ pub enum NatsSourceError {
     },
     /// The stream was created again since the source's position was taken (its creation
     /// time differs): its sequences started over and cannot continue that position.
-    #[error("stream `{stream}` was created at {}, not at {} as when this source's position was taken (its checkpoint, or what it read): the stream was deleted and created again, and its sequences, which started again at 1, cannot be told from those already counted; to read the new stream, keep the old checkpoint (if any) for its results and give `checkpoint.dir` a new place (or delete it) to read it from `start_from`; if it holds the same messages (a backup restored into a cluster, which dates it anew), set the source's `accept_new_stream: true` for one run", time_of(*.now), time_of(*.then))]
+    #[error("stream `{stream}` was created at {}, not at {} as when this source's position was taken (its checkpoint, or what it read): the stream was deleted and created again, and its sequences, which started again at 1, cannot be told from those already counted; to read the new stream, keep the old checkpoint (if any) for its results and give `checkpoint.dir` a new place (or delete it) to read it from `start_from`; if it holds the same messages as the old one, and more (a backup restored into a cluster, which dates it anew; a mirror created again), set the source's `accept_new_stream: \"{}\"` to continue the position in it", time_of(*.now), time_of(*.then), time_of(*.now))]
     StreamReplaced { stream: String, then: u64, now: u64 },
     /// The server refused the pull requests for good (a consumer limit).
     #[error("the server refused the pull requests of consumer `{consumer}`")]
@@ -89,9 +89,14 @@ impl NatsSourceError {
     }
 }
 
-/// A stream's creation time (ns since the epoch, its incarnation) as RFC 3339.
+/// A stream's creation time (ns since the epoch, its incarnation) as RFC 3339, to the ms.
 fn time_of(ns: u64) -> String {
-    weir_engine::time::format_rfc3339_ms((ns / 1_000_000) as i64)
+    weir_engine::time::format_rfc3339_ms(created_ms(ns))
+}
+
+/// A creation time in ns, in ms (as `accept_new_stream` names it).
+fn created_ms(ns: u64) -> i64 {
+    (ns / 1_000_000) as i64
 }
 
 /// A connected source: the client, the consumer and the task pulling its messages. Dropping
@@ -471,7 +476,7 @@ pub(super) struct Connected {
     /// The stream's creation time (ns since the epoch; 0: unknown).
     pub(super) incarnation: u64,
     /// The consumer's creation time (ns since the epoch): another one under its name was
-    /// created by someone else (see the reader's `verify_consumer`).
+    /// created by someone else (see the reader's `housekeeping`).
     pub(super) consumer_created: u64,
 }
 
@@ -507,18 +512,17 @@ pub(super) async fn connect(
     let (stream, first, last, created) = stream_and_range(&js, cfg).await?;
     // a stream created again with as many messages as were read would pass the check below:
     // its creation time tells it (the server keeps it across restarts)
-    // (not a mirror's: one created again takes its origin's sequences again, and continues)
-    let mirror = stream.cached_info().config.mirror.is_some();
-    if let Some(then) = incarnation.filter(|&t| t != 0 && created != 0 && t != created && !mirror) {
+    if let Some(then) = incarnation.filter(|&t| t != 0 && created != 0 && t != created) {
         let replaced = NatsSourceError::StreamReplaced {
             stream: cfg.stream.clone(),
             then,
             now: created,
         };
-        if !cfg.accept_new_stream {
+        // (only the copy named: any other stream created later is refused again)
+        if cfg.accept_new_stream != Some(created_ms(created)) {
             return Err(replaced);
         }
-        tracing::warn!(stream = %cfg.stream, "nats: {replaced}; continuing, as `accept_new_stream` says (remove it once this run took a checkpoint)");
+        tracing::warn!(stream = %cfg.stream, "nats: {replaced}; continuing at the position taken in the old one, as `accept_new_stream` says");
     }
     // sequences never go back in a stream (a purge keeps them): one that ends before where
     // this source continues is another stream, whose messages below `resume` would never

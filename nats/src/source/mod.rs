@@ -127,9 +127,10 @@ pub struct NatsSourceConfig {
     /// Subject partitions: the stream is read as this many partitions, one filtered durable
     /// consumer each; `None`: the stream is one partition.
     pub partitions: Option<NatsPartitions>,
-    /// Continue on a stream whose creation time is not the one the position was taken in
-    /// (a copy of the same stream; see `consumer::connect`).
-    pub accept_new_stream: bool,
+    /// The creation time (ms since the epoch) of a stream to continue the position in,
+    /// though the position was taken in another (a copy of the same stream dated anew; see
+    /// `consumer::connect`).
+    pub accept_new_stream: Option<i64>,
 }
 
 /// A stream split into partitions by a subject token (see the connector's docs).
@@ -172,7 +173,7 @@ impl NatsSourceConfig {
             read_sequence: None,
             delete_after: None,
             partitions: None,
-            accept_new_stream: false,
+            accept_new_stream: None,
         }
     }
 

@@ -311,7 +311,8 @@ impl NatsReader {
         // included): the server went back to a state it had saved, and delivers again from
         // there (the reader drops what it read already); or someone created the stream and
         // the consumer again, which the reader must not read as if it continued
-        if info.consumer_sequence <= self.received && !self.consumer_still_ours() {
+        if info.consumer_sequence <= self.received {
+            self.deliveries_went_back(info.consumer_sequence, seq);
             return;
         }
         self.received = info.consumer_sequence;
@@ -647,7 +648,7 @@ impl NatsReader {
         let Some(conn) = &mut self.conn else {
             return Ok(());
         };
-        let (num_pending, delivered, delivered_stream) = match self
+        let (num_pending, delivered, delivered_stream, created) = match self
             .rt
             .block_on(conn.consumer.info())
         {
@@ -655,6 +656,7 @@ impl NatsReader {
                 info.num_pending,
                 info.delivered.consumer_sequence,
                 info.delivered.stream_sequence,
+                nanos(info.created.unix_timestamp_nanos()),
             ),
             Err(e) if consumer_gone(e.kind()) => {
                 self.confirm_gone();
@@ -665,6 +667,13 @@ impl NatsReader {
                 return Ok(());
             }
         };
+        // another consumer under its name (the stream and the consumer created again by
+        // someone else, before anything was delivered to show it)
+        if self.consumer_created != 0 && created != self.consumer_created {
+            tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer is not the one this reader connected to (created again by someone else); connecting again");
+            self.conn = None;
+            return Ok(());
+        }
         let read_next = self.read_next.unwrap_or(1);
         // delivered past the reader's position, and nothing came for a while
         if silent && delivered > self.received && delivered_stream >= read_next {
@@ -714,33 +723,14 @@ impl NatsReader {
         }
     }
 
-    /// Whether the consumer is still the one the last connection created or kept, asked when
-    /// its deliveries went back. Another one under its name (created by someone else, with
-    /// the stream perhaps) or none drops the connection: connecting again checks the
-    /// stream's creation time and puts the consumer where the reader stands.
-    fn consumer_still_ours(&mut self) -> bool {
-        let Some(conn) = &self.conn else {
-            return false;
-        };
-        match self.rt.block_on(conn.consumer.get_info()) {
-            Ok(info) => {
-                let created = nanos(info.created.unix_timestamp_nanos());
-                if self.consumer_created == 0 || created == self.consumer_created {
-                    return true;
-                }
-                tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer's deliveries went back, and it is not the one this reader connected to (created again by someone else); connecting again");
-                self.conn = None;
-                false
-            }
-            Err(e) if consumer_gone(e.kind()) => {
-                self.confirm_gone();
-                self.conn.is_some()
-            }
-            Err(e) => {
-                tracing::warn!(source = %self.name, error = %e, "nats: cannot read the consumer's state after its deliveries went back (reading on)");
-                true
-            }
-        }
+    /// A delivery numbered at or below the last one: the server went back to a state it had
+    /// saved (a restart, a restored backup), or the stream and the consumer were created
+    /// again by someone else. Connecting again checks the stream (its creation time, its
+    /// end) and puts the consumer where the reader stands; what it delivers again that the
+    /// reader read already is dropped.
+    fn deliveries_went_back(&mut self, number: u64, seq: u64) {
+        tracing::warn!(source = %self.name, consumer = %self.config.consumer, delivery = number, last_delivery = self.received, stream_sequence = seq, "nats: the consumer's deliveries went back (the server returned to a state it had saved, or the stream and the consumer were created again); connecting again");
+        self.conn = None;
     }
 
     fn consumer_gone(&mut self) {

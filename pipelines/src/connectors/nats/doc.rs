@@ -46,11 +46,12 @@ pub struct NatsSourceDoc {
     /// Messages one pull request asks for (default 1000).
     #[serde(default)]
     pub fetch_batch: Option<u64>,
-    /// Continue a checkpoint's sequences on a stream whose creation time is not the
-    /// checkpoint's (default false): for a copy of the same stream only (a backup restored
-    /// into a cluster, which dates it anew), for one run.
+    /// The creation time (RFC 3339, as the refusal printed it) of a stream that is a copy of
+    /// the one the checkpoint read, dated anew (a backup restored into a cluster, a mirror
+    /// created again): the checkpoint's position continues in it. Any other stream whose
+    /// creation time is not the checkpoint's is refused.
     #[serde(default)]
-    pub accept_new_stream: Option<bool>,
+    pub accept_new_stream: Option<String>,
     /// Credentials (one way: user/password, token, creds file or NKey seed).
     #[serde(default)]
     pub credentials: Option<NatsCredentialsDoc>,

@@ -35,6 +35,8 @@ pub(crate) enum NatsConfigError {
     StartFrom(String),
     #[error("`ack_wait` must be at least 1s")]
     AckWait,
+    #[error("bad accept_new_stream `{0}`: give the stream's creation time the refusal printed, in RFC 3339 (2026-12-05T18:37:57.907Z)")]
+    AcceptNewStream(String),
     #[error("`max_ack_pending` must be 1 or more")]
     MaxAckPending,
     #[error(

@@ -114,7 +114,13 @@ fn config_of(
             .filter(|m| *m > 0)
             .ok_or(NatsConfigError::MaxAckPending)?;
     }
-    cfg.accept_new_stream = doc.accept_new_stream.unwrap_or(false);
+    cfg.accept_new_stream = match &doc.accept_new_stream {
+        None => None,
+        Some(t) => Some(
+            weir_engine::time::parse_rfc3339_ms(t.trim().as_bytes())
+                .ok_or_else(|| NatsConfigError::AcceptNewStream(t.clone()))?,
+        ),
+    };
     cfg.fetch_batch = match doc.fetch_batch {
         None => DEFAULT_FETCH_BATCH,
         Some(b) if (1..=MAX_FETCH_BATCH).contains(&b) => b as usize,
@@ -413,5 +419,16 @@ mod tests {
         let d = doc("{url: 'nats://h:4222', stream: E, fetch_batch: 0}");
         let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
         assert_eq!(e.to_string(), "`fetch_batch` must be 1 to 100000");
+        let d = doc("{url: 'nats://h:4222', stream: E, accept_new_stream: yesterday}");
+        let (_, e) = config(&d, "p", "s", Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bad accept_new_stream `yesterday`"),
+            "{e}"
+        );
+        let d =
+            doc("{url: 'nats://h:4222', stream: E, accept_new_stream: '2026-12-05T18:37:57.907Z'}");
+        let c = config(&d, "p", "s", Path::new(".")).unwrap();
+        assert_eq!(c.accept_new_stream, Some(1_796_495_877_907));
     }
 }
