@@ -660,9 +660,23 @@ fn an_accepted_copy_of_the_stream_continues_at_the_checkpoint() {
     let log = restored_run(&p, d);
     assert!(log.contains("as `accept_new_stream` says"), "{log}");
     verify(d, &rows, bad, late, "an accepted copy of the stream");
-    // the checkpoint now holds the copy's creation time: it needs the setting no more
+    // the checkpoint now holds the copy's creation time: it needs the setting no more ...
+    let copy = std::fs::read_to_string(&p).unwrap();
     accept_new_stream(&p, None);
     run_to_end(&p);
+    // ... and the setting accepts that copy only: a stream created again later is refused
+    std::fs::write(&p, copy).unwrap();
+    nats_py(&url, &["delete-stream", "EVENTS"]);
+    stream_with_events(&server, &events, d);
+    let out = weir()
+        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && log.contains("was created at"),
+        "{log}"
+    );
 }
 
 /// Sets `accept_new_stream` in pipeline `p` to the creation time the refusal `log` printed

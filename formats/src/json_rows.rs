@@ -39,6 +39,17 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// A decimal type (written exactly, as a JSON number).
+fn is_decimal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    )
+}
+
 fn write_float(out: &mut Vec<u8>, v: f64) {
     if v.is_finite() {
         let _ = write!(out, "{v:?}");
@@ -70,7 +81,8 @@ pub fn for_each_json_row(
             | DataType::Utf8View
             | DataType::Boolean
             | DataType::Timestamp(TimeUnit::Millisecond, _) => None,
-            t if t.is_numeric() => None,
+            // (decimals are formatted, then written as numbers: below)
+            t if t.is_numeric() && !is_decimal(t) => None,
             _ => ArrayFormatter::try_new(c.as_ref(), &opts).ok(),
         })
         .collect();
@@ -124,6 +136,19 @@ pub fn for_each_json_row(
                 DataType::Float64 => {
                     write_float(line, col.as_primitive::<Float64Type>().value(row))
                 }
+                DataType::Float16 => write_float(
+                    line,
+                    col.as_primitive::<arrow::datatypes::Float16Type>()
+                        .value(row)
+                        .to_f64(),
+                ),
+                // exact, as a JSON number ("12.50"; never an exponent)
+                t if is_decimal(t) => match &formatters[c] {
+                    Some(f) => {
+                        let _ = write!(line, "{}", f.value(row));
+                    }
+                    None => line.extend_from_slice(b"null"),
+                },
                 _ => match &formatters[c] {
                     Some(f) => json_string(line, &f.value(row).to_string()),
                     None => line.extend_from_slice(b"null"),
@@ -134,4 +159,48 @@ pub fn for_each_json_row(
         f(row, line)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Decimal128Array;
+    use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    /// Decimals (a `CAST(... AS DECIMAL)` in an aggregate) are exact JSON numbers, and
+    /// half-precision floats numbers: before, both were written as `null` without a word.
+    #[test]
+    fn decimals_and_half_floats_are_numbers() {
+        let d = Decimal128Array::from(vec![Some(1250), Some(-7), None])
+            .with_precision_and_scale(12, 2)
+            .unwrap();
+        let h = arrow::compute::cast(
+            &arrow::array::Float32Array::from(vec![1.5f32, 0.0, -2.0]),
+            &DataType::Float16,
+        )
+        .unwrap();
+        let schema = Schema::new(vec![
+            Field::new("d", d.data_type().clone(), true),
+            Field::new("h", DataType::Float16, false),
+        ]);
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(d), h]).unwrap();
+        let mut rows = Vec::new();
+        for_each_json_row(&batch, &mut Vec::new(), |_, line| {
+            rows.push(String::from_utf8(line.to_vec()).unwrap());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            rows,
+            [
+                r#"{"d":12.50,"h":1.5}"#,
+                r#"{"d":-0.07,"h":0.0}"#,
+                r#"{"d":null,"h":-2.0}"#
+            ]
+        );
+        for r in &rows {
+            serde_json::from_str::<serde_json::Value>(r).unwrap();
+        }
+    }
 }

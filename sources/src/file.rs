@@ -1,7 +1,7 @@
 //! The file source: NDJSON files, each file one partition, read in order in whole-line chunks.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,6 +12,27 @@ use weir_engine::{Chunk, ChunkData, EngineError, SharedBytes};
 
 /// Bytes read per chunk (whole lines are kept together; a chunk holds a few thousand events).
 pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Bytes at most before a position that its fingerprint covers (see [`fingerprint`]).
+const FINGERPRINT_BYTES: usize = 512;
+
+/// The fingerprint of the bytes just before a position (`tail`, at most
+/// [`FINGERPRINT_BYTES`], within the last chunk), kept as the position's incarnation: a
+/// restore compares it with the file's bytes there, so that a file replaced or rewritten
+/// since is refused instead of read on from a byte position that belongs to another file.
+/// FNV-1a (stable across versions and platforms) in the high 48 bits, the length hashed in
+/// the low 16; 0 for no bytes.
+fn fingerprint(tail: &[u8]) -> u64 {
+    if tail.is_empty() {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in tail {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h << 16) | tail.len() as u64
+}
 
 /// Why the files of a `path` cannot be listed.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +141,8 @@ pub struct FileReader {
     lines: u64,
     /// Bytes of the current file handed out so far.
     position: u64,
+    /// The fingerprint of the bytes before `position` (see [`fingerprint`]).
+    fingerprint: u64,
     /// Per file: where a checkpoint says to continue.
     resume: Vec<Option<Resume>>,
     chunk_bytes: usize,
@@ -153,6 +176,7 @@ impl FileReader {
             seq: 0,
             lines: 0,
             position: 0,
+            fingerprint: 0,
             resume: Vec::new(),
             chunk_bytes: CHUNK_BYTES,
             segment_bytes: SEGMENT_BYTES,
@@ -187,7 +211,7 @@ impl FileReader {
             resume: Resume {
                 next_offset: self.lines,
                 position: self.position,
-                incarnation: 0,
+                incarnation: self.fingerprint,
             },
             data,
         };
@@ -211,6 +235,7 @@ impl FileReader {
         if let Some(r) = resume {
             self.lines = r.next_offset;
             self.position = r.position;
+            self.fingerprint = r.incarnation;
         }
         if !meta.is_file() {
             if self.position > 0 {
@@ -231,6 +256,9 @@ impl FileReader {
                 meta.len()
             )));
         }
+        if let Some(r) = resume.filter(|r| r.incarnation != 0) {
+            self.check_fingerprint(&mut file, r)?;
+        }
         if meta.len() == self.position {
             return Ok(Input::Done);
         }
@@ -240,6 +268,23 @@ impl FileReader {
             segment: None,
             pos: self.position,
         })
+    }
+
+    /// Whether the bytes before the checkpoint's position `r` are those it read (its
+    /// fingerprint); an error saying what to do when they are not.
+    fn check_fingerprint(&self, file: &mut File, r: Resume) -> Result<(), EngineError> {
+        let k = r.incarnation & 0xffff;
+        let mut tail = vec![0; k.min(r.position) as usize];
+        file.seek(SeekFrom::Start(r.position - tail.len() as u64))
+            .and_then(|_| file.read_exact(&mut tail))
+            .map_err(|e| self.source_err(e))?;
+        if fingerprint(&tail) == r.incarnation {
+            return Ok(());
+        }
+        Err(self.source_err(format!(
+            "the file is not the one the checkpoint read: its bytes before byte {}, where the checkpoint continues, differ (it was replaced or rewritten since), and its lines cannot be told from those already counted; to read it as new input, give `checkpoint.dir` a new place (or delete it); to go on with the checkpoint, put back the file it read",
+            r.position
+        )))
     }
 
     fn map_segment(&self, file: &File, offset: u64, len: u64) -> Result<Segment, EngineError> {
@@ -362,6 +407,8 @@ impl PartitionReader for FileReader {
                 let newlines = memchr::memchr_iter(b'\n', &piece).count() as u64;
                 self.lines += newlines + u64::from(piece.last() != Some(&b'\n'));
                 self.position += piece.len() as u64;
+                self.fingerprint =
+                    fingerprint(&piece[piece.len().saturating_sub(FINGERPRINT_BYTES)..]);
                 Ok(Some(self.chunk(ChunkData::Lines(piece), first)))
             }
             None => {
@@ -372,6 +419,7 @@ impl PartitionReader for FileReader {
                 self.seq = 0;
                 self.lines = 0;
                 self.position = 0;
+                self.fingerprint = 0;
                 Ok(Some(end))
             }
         }
@@ -403,6 +451,83 @@ mod tests {
             read_all(&files, chunk, segment);
         }
         assert!(resolve_files(&dir.join("*.nope")).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn context() -> ReaderContext {
+        ReaderContext::new(
+            Arc::new(Clocks::new(&[(1, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(weir_engine::progress::Progress::new(1, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        )
+    }
+
+    /// The lines `reader` reads to its end, and the resume of its `keep`th chunk.
+    fn lines_and_resume(mut reader: FileReader, keep: usize) -> (Vec<String>, Option<Resume>) {
+        let ctx = context();
+        let (mut lines, mut kept, mut n) = (Vec::new(), None, 0);
+        loop {
+            let c = match reader.next_chunk(&ctx) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => panic!("{}", e.chain()),
+            };
+            n += 1;
+            if n == keep {
+                kept = Some(c.resume);
+            }
+            if let ChunkData::Lines(b) = c.data {
+                lines.extend(
+                    String::from_utf8(b.to_vec())
+                        .unwrap()
+                        .lines()
+                        .map(String::from),
+                );
+            }
+        }
+        (lines, kept)
+    }
+
+    /// A restore continues at the checkpoint's byte position only in the file it read: the
+    /// same bytes (the file copied back, or appended to) continue; a file rewritten with other
+    /// bytes, even of the same length, is refused, where before its start was skipped (or,
+    /// at the same length, all of it) without a word.
+    #[test]
+    fn a_restore_continues_only_in_the_file_the_checkpoint_read() {
+        let dir = std::env::temp_dir().join(format!("weir-file-restore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.ndjson");
+        let text: String = (0..100).map(|i| format!("{{\"n\": {i:03}}}\n")).collect();
+        std::fs::write(&a, &text).unwrap();
+        let reader = || FileReader::new(0, "s", vec![a.clone()], 0).with_chunk_bytes(100);
+        let (all, resume) = lines_and_resume(reader(), 3);
+        assert_eq!(all.len(), 100);
+        let resume = resume.unwrap();
+        assert_ne!(resume.incarnation, 0);
+        let at = resume.next_offset as usize;
+        // the same bytes, written again: the rest is read
+        std::fs::remove_file(&a).unwrap();
+        std::fs::write(&a, &text).unwrap();
+        let (rest, _) = lines_and_resume(reader().with_resume(vec![Some(resume)]), 0);
+        assert_eq!(rest, all[at..]);
+        // appended to: the rest and the new lines
+        std::fs::write(&a, format!("{text}{{\"n\": 100}}\n")).unwrap();
+        let (rest, _) = lines_and_resume(reader().with_resume(vec![Some(resume)]), 0);
+        assert_eq!(rest.len(), 100 - at + 1);
+        // rewritten with other bytes of the same length: refused, saying what to do
+        std::fs::write(&a, text.replace("\"n\"", "\"m\"")).unwrap();
+        let mut r = reader().with_resume(vec![Some(resume)]);
+        let e = r
+            .next_chunk(&context())
+            .err()
+            .expect("refused")
+            .chain()
+            .to_string();
+        assert!(
+            e.contains("not the one the checkpoint read") && e.contains("checkpoint.dir"),
+            "{e}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -20,10 +20,11 @@
         # prints {"ack_floor", "delivered"}
     nats_publish.py URL consumer STREAM CONSUMER             # prints its state (null: none)
     nats_publish.py URL consumers STREAM                     # prints the consumers' names
-    nats_publish.py URL recreate STREAM SUBJECT [CONSUMER]
-        # deletes the stream and creates it again (with a durable pull consumer of everything
-        # with explicit acknowledgements when CONSUMER is given, as tools that manage
-        # consumers make one), at once
+    nats_publish.py URL recreate STREAM FILTER SUBJECT FILE [CONSUMER]
+        # deletes the stream and creates it again capturing FILTER (with a durable pull
+        # consumer of everything with explicit acknowledgements when CONSUMER is given, as
+        # tools that manage consumers make one), then publishes FILE's lines to SUBJECT, in
+        # one go
     nats_publish.py URL purge STREAM                         # deletes every message
     nats_publish.py URL delete-messages STREAM FIRST LAST    # deletes sequences FIRST..=LAST
     nats_publish.py URL steal STREAM CONSUMER COUNT SECONDS
@@ -204,13 +205,16 @@ async def main():
         (stream,) = rest
         print(json.dumps(sorted(c.name for c in await js.consumers_info(stream))))
     elif cmd == "recreate":
-        stream, subject, *consumer = rest
+        stream, filter_subject, subject, path, *consumer = rest
+        with open(path, "rb") as f:
+            lines = [line.rstrip(b"\n") for line in f if line.strip()]
         await js.delete_stream(stream)
-        await js.add_stream(StreamConfig(name=stream, subjects=[subject]))
+        await js.add_stream(StreamConfig(name=stream, subjects=[filter_subject]))
         for name in consumer:
             await js.add_consumer(
                 stream, ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT)
             )
+        await publish(js, lines, lambda i, line: subject)
     elif cmd == "delete-consumer":
         stream, consumer = rest
         try:

@@ -107,6 +107,9 @@ pub struct NatsReader {
     /// The creation time of the consumer the last connection created or kept (ns since the
     /// epoch; 0: unknown).
     consumer_created: u64,
+    /// The connection's first delivery is still to come: the consumer is then asked whether
+    /// it is the one the connection made (see [`Self::consumer_is_ours`]).
+    verify_first: bool,
 }
 
 impl NatsReader {
@@ -157,6 +160,7 @@ impl NatsReader {
             origin: None,
             incarnation: None,
             consumer_created: 0,
+            verify_first: false,
         })
     }
 
@@ -265,6 +269,7 @@ impl NatsReader {
             self.incarnation = Some(c.incarnation);
         }
         self.consumer_created = c.consumer_created;
+        self.verify_first = true;
         // nothing below is delivered again (a consumer kept has no unacknowledged message)
         self.read_next.get_or_insert(next);
         // reply subjects of an earlier consumer must not acknowledge the new one's messages
@@ -301,6 +306,11 @@ impl NatsReader {
         };
         let (seq, pending) = (info.stream_sequence, info.pending);
         if self.ended {
+            return;
+        }
+        // a stream and a consumer created again by someone else since the connection was
+        // made number their deliveries from 1, as this consumer would
+        if std::mem::take(&mut self.verify_first) && !self.consumer_is_ours() {
             return;
         }
         if info.consumer_sequence > self.received + 1 {
@@ -670,8 +680,7 @@ impl NatsReader {
         // another consumer under its name (the stream and the consumer created again by
         // someone else, before anything was delivered to show it)
         if self.consumer_created != 0 && created != self.consumer_created {
-            tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer is not the one this reader connected to (created again by someone else); connecting again");
-            self.conn = None;
+            self.not_ours();
             return Ok(());
         }
         let read_next = self.read_next.unwrap_or(1);
@@ -721,6 +730,40 @@ impl NatsReader {
                 self.consumer_gone();
             }
         }
+    }
+
+    /// Whether the consumer is the one the connection created or kept (its creation time);
+    /// when it is not, or cannot be read, the connection is dropped: connecting again checks
+    /// the stream and puts a consumer where the reader stands.
+    fn consumer_is_ours(&mut self) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        match self.rt.block_on(conn.consumer.get_info()) {
+            Ok(info) => {
+                let created = nanos(info.created.unix_timestamp_nanos());
+                if self.consumer_created == 0 || created == self.consumer_created {
+                    return true;
+                }
+                self.not_ours();
+            }
+            Err(e) if consumer_gone(e.kind()) => {
+                // (said so when it stays gone; found again, it is asked for again anyway)
+                self.confirm_gone();
+                self.conn = None;
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, "nats: cannot read the consumer's state at its first delivery; connecting again");
+                self.conn = None;
+            }
+        }
+        false
+    }
+
+    /// The consumer under the reader's name is another one: connects again.
+    fn not_ours(&mut self) {
+        tracing::warn!(source = %self.name, consumer = %self.config.consumer, "nats: the consumer is not the one this reader connected to (created again by someone else); connecting again");
+        self.conn = None;
     }
 
     /// A delivery numbered at or below the last one: the server went back to a state it had

@@ -33,6 +33,9 @@ use weir_engine::{EngineError, ErrorInfo, RejectedRow};
 
 use weir_formats::json_rows::{for_each_json_row, json_string};
 
+mod pending;
+use pending::{Doc, Pending};
+
 /// How requests authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EsAuth {
@@ -203,51 +206,6 @@ pub struct EsOutput {
     pub name: String,
     /// A view's key columns (`None` for a window).
     pub view_keys: Option<usize>,
-}
-
-/// A pending document: its index and its two NDJSON lines in `Pending::bytes`.
-struct Doc {
-    index: Arc<str>,
-    start: usize,
-    /// Where the source line starts.
-    source: usize,
-    end: usize,
-}
-
-/// Documents waiting to be acknowledged.
-#[derive(Default)]
-struct Pending {
-    bytes: Vec<u8>,
-    docs: Vec<Doc>,
-    since: Option<Instant>,
-}
-
-impl Pending {
-    fn len(&self) -> usize {
-        self.docs.len()
-    }
-
-    /// Keeps only the documents at `keep` (sorted indices).
-    fn retain(&mut self, keep: &[usize]) {
-        let mut bytes = Vec::new();
-        let mut docs = Vec::with_capacity(keep.len());
-        for &i in keep {
-            let d = &self.docs[i];
-            let start = bytes.len();
-            bytes.extend_from_slice(&self.bytes[d.start..d.end]);
-            docs.push(Doc {
-                index: d.index.clone(),
-                start,
-                source: start + (d.source - d.start),
-                end: bytes.len(),
-            });
-        }
-        self.bytes = bytes;
-        self.docs = docs;
-        if self.docs.is_empty() {
-            self.since = None;
-        }
-    }
 }
 
 /// One bulk request's outcome for its documents.
@@ -613,6 +571,7 @@ impl ElasticsearchSink {
             }
             pending.docs.push(Doc {
                 index: row_index[row].clone(),
+                id: id.as_str().into(),
                 start: doc_start,
                 source: source_start,
                 end: b.len(),
@@ -632,6 +591,7 @@ impl ElasticsearchSink {
         if self.pending.len() == 0 {
             return Ok(());
         }
+        self.pending.keep_newest();
         self.check_cluster()?;
         // bulk requests of at most bulk_max_docs documents and bulk_max_bytes bytes
         let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
