@@ -43,6 +43,10 @@ pub enum LayoutError {
     /// The existing table has no unique index on the upsert key (its columns listed).
     #[error("table {table} has no primary key or unique index on exactly ({keys}): rows are upserted by it")]
     NoUniqueKey { table: String, keys: String },
+    /// A key column of the existing table may hold NULL: a unique index takes NULLs as
+    /// distinct, so a row with a NULL key would be inserted again at every retry or replay.
+    #[error("table {table}: key column `{name}` may be NULL, and a unique index takes NULLs as distinct: a row whose `{name}` is NULL would be inserted again at every retry, restore or replay; make it NOT NULL (`ALTER TABLE {table} ALTER COLUMN \"{name}\" SET NOT NULL`; rows with a NULL key then go to the dead letters), or let weir create the table")]
+    NullableKey { table: String, name: String },
 }
 
 /// A schema-qualified table name (`public` when no schema is given).
@@ -436,6 +440,16 @@ pub fn check_table(
             keys: layout.key_names().collect::<Vec<_>>().join(", "),
         });
     }
+    // (the columns were all found above)
+    if let Some(c) = columns
+        .iter()
+        .find(|c| !c.not_null && layout.key_names().any(|k| k == c.name))
+    {
+        return Err(LayoutError::NullableKey {
+            table: table.to_string(),
+            name: c.name.clone(),
+        });
+    }
     Ok(())
 }
 
@@ -599,9 +613,13 @@ mod tests {
     }
 
     fn good_columns() -> Vec<TableColumn> {
+        let key = |name, ty, display| TableColumn {
+            not_null: true,
+            ..col(name, ty, display)
+        };
         vec![
-            col("datasetName", "varchar", "character varying(64)"),
-            col("window_start", "timestamptz", "timestamp with time zone"),
+            key("datasetName", "varchar", "character varying(64)"),
+            key("window_start", "timestamptz", "timestamp with time zone"),
             col("window_end", "timestamp", "timestamp without time zone"),
             col("events", "int4", "integer"),
             col("ratio", "numeric", "numeric"),
@@ -650,6 +668,16 @@ mod tests {
             .to_string();
         assert!(
             e.contains("no primary key or unique index on exactly (datasetName, window_start)"),
+            "{e}"
+        );
+        // a unique index over a column that may be NULL does not stop NULL keys repeating
+        let mut cols = good_columns();
+        cols[0].not_null = false;
+        let e = check_table(&layout(), &cols, &pk())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key column `datasetName` may be NULL") && e.contains("SET NOT NULL"),
             "{e}"
         );
     }
