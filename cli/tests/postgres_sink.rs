@@ -336,6 +336,32 @@ fn an_existing_table_with_a_wrong_column_type_is_refused_naming_the_column() {
         ),
         "{err}"
     );
+    // a unique index over a key that may be NULL: NULL keys would be inserted again
+    pg.psql("CREATE UNIQUE INDEX per_source_key ON public.per_source (source)");
+    let o = weir(&pipeline, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("key column `source` may be NULL"), "{err}");
+}
+
+/// A merge that takes longer than the sink's `timeout` (here a statement trigger on the
+/// table that sleeps 2 s, with `timeout: 1s`): the sink waits longer at each try instead of
+/// abandoning the merge and sending it again for ever (each try waiting behind the locks of
+/// the one before), and the table equals the oracle.
+#[test]
+fn a_merge_slower_than_the_timeout_is_waited_for() {
+    let case = Case::new(2_000, 10);
+    let pg = PgServer::start();
+    pg.psql(
+        "CREATE TABLE public.per_dataset (\"datasetName\" text, window_start timestamptz, \
+         window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start)); \
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$; \
+         CREATE TRIGGER slow AFTER INSERT ON public.per_dataset FOR EACH STATEMENT EXECUTE FUNCTION slow()",
+    );
+    let pipeline = case.pipeline(&pg, ", timeout: 1s", "");
+    let log = run(&pipeline, &[]);
+    assert!(log.contains("the next try waits longer"), "{log}");
+    case.verify(&pg);
 }
 
 #[test]

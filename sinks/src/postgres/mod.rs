@@ -148,7 +148,15 @@ pub struct PostgresSink {
     /// at the end).
     sent_rows: u64,
     busy: Duration,
+    /// How long a statement may go unanswered: `timeout`, doubled (up to
+    /// [`MAX_ANSWER_WAIT_SCALE`] times) each time one went unanswered that long, so that a
+    /// merge that takes longer than `timeout` is not abandoned and sent again for ever.
+    answer_wait: Duration,
 }
+
+/// At most this many times the sink's `timeout` is waited for an answer (see
+/// `PostgresSink::answer_wait`).
+const MAX_ANSWER_WAIT_SCALE: u32 = 64;
 
 impl PostgresSink {
     /// A sink named `name` for rows of `schema`; nothing is sent until rows come, so an
@@ -160,6 +168,7 @@ impl PostgresSink {
         exactly_once: bool,
     ) -> Result<Self, EngineError> {
         // outside a pool the name is the one earlier versions used
+        let answer_wait = config.timeout;
         let mut id = format!("{}\0{name}\0{}", config.pipeline, config.table);
         if !config.worker.is_empty() {
             id.push_str(&format!("\0{}", config.worker));
@@ -205,6 +214,7 @@ impl PostgresSink {
             rejected: Vec::new(),
             sent_rows: 0,
             busy: Duration::ZERO,
+            answer_wait,
         })
     }
 
@@ -263,7 +273,7 @@ impl PostgresSink {
             Box<dyn std::future::Future<Output = Result<T, Fault>> + 'a>,
         >,
     ) -> Result<T, EngineError> {
-        let timeout = self.config.timeout;
+        let timeout = self.answer_wait;
         self.session()?;
         let session = self
             .session
@@ -294,9 +304,18 @@ impl PostgresSink {
         match result {
             Some(Ok(v)) => Ok(v),
             Some(Err(fault)) => Err(self.fault(fault)),
-            None => Err(self.fault(Fault::Retry(format!(
-                "{what}: the server answered nothing for {timeout:?}"
-            )))),
+            None => {
+                // a statement that takes this long (a big merge, a lock wait) would time out
+                // at every try: the next one waits longer
+                let most = self.config.timeout * MAX_ANSWER_WAIT_SCALE;
+                if timeout < most {
+                    self.answer_wait = (timeout * 2).min(most);
+                    tracing::warn!(sink = %self.name, waited = ?timeout, next = ?self.answer_wait, "postgres: a statement went unanswered; the next try waits longer (raise the sink's `timeout` if its statements take that long)");
+                }
+                Err(self.fault(Fault::Retry(format!(
+                    "{what}: the server answered nothing for {timeout:?}"
+                ))))
+            }
         }
     }
 
