@@ -13,6 +13,9 @@ use weir_engine::{Chunk, ChunkData, EngineError, SharedBytes};
 /// Bytes read per chunk (whole lines are kept together; a chunk holds a few thousand events).
 pub const CHUNK_BYTES: usize = 1 << 20;
 
+/// The UTF-8 byte order mark, skipped at the start of a file.
+const UTF8_BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
+
 /// Bytes at most before a position that its fingerprint covers (see [`fingerprint`]).
 const FINGERPRINT_BYTES: usize = 512;
 
@@ -258,6 +261,15 @@ impl FileReader {
         }
         if let Some(r) = resume.filter(|r| r.incarnation != 0) {
             self.check_fingerprint(&mut file, r)?;
+        }
+        // a UTF-8 byte order mark (files saved by some Windows tools) is not the first
+        // line's: it is skipped, as a JSON reader would
+        if self.position == 0 && meta.len() >= 3 {
+            let mut head = [0u8; 3];
+            file.read_exact(&mut head).map_err(|e| self.source_err(e))?;
+            if head == UTF8_BOM {
+                self.position = 3;
+            }
         }
         if meta.len() == self.position {
             return Ok(Input::Done);
@@ -515,6 +527,11 @@ mod tests {
         std::fs::write(&a, format!("{text}{{\"n\": 100}}\n")).unwrap();
         let (rest, _) = lines_and_resume(reader().with_resume(vec![Some(resume)]), 0);
         assert_eq!(rest.len(), 100 - at + 1);
+        // a byte order mark is skipped, not part of the first line
+        let b = dir.join("b.ndjson");
+        std::fs::write(&b, [&UTF8_BOM[..], b"{\"n\": 1}\n{\"n\": 2}\n"].concat()).unwrap();
+        let bom = FileReader::new(0, "s", vec![b.clone()], 0);
+        assert_eq!(lines_and_resume(bom, 0).0, ["{\"n\": 1}", "{\"n\": 2}"]);
         // rewritten with other bytes of the same length: refused, saying what to do
         std::fs::write(&a, text.replace("\"n\"", "\"m\"")).unwrap();
         let mut r = reader().with_resume(vec![Some(resume)]);
