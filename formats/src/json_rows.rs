@@ -39,15 +39,29 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// A decimal type (written exactly, as a JSON number).
-fn is_decimal(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Decimal32(..)
-            | DataType::Decimal64(..)
-            | DataType::Decimal128(..)
-            | DataType::Decimal256(..)
-    )
+/// Writes a decimal exactly, as a JSON number, from its stored integer (`digits`, with its
+/// sign) and its scale: `1250` at scale 2 is `12.50`, at scale -3 `1250e3`. (Arrow's own
+/// formatter cuts the digits to the declared precision and pads negative scales with zeros.)
+fn write_decimal(out: &mut Vec<u8>, digits: &str, scale: i8) {
+    let (sign, digits) = match digits.strip_prefix('-') {
+        Some(d) => ("-", d),
+        None => ("", digits),
+    };
+    out.extend_from_slice(sign.as_bytes());
+    if scale <= 0 {
+        out.extend_from_slice(digits.as_bytes());
+        if scale < 0 && digits != "0" {
+            let _ = write!(out, "e{}", -(scale as i16));
+        }
+        return;
+    }
+    let scale = scale as usize;
+    if digits.len() > scale {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        let _ = write!(out, "{int}.{frac}");
+    } else {
+        let _ = write!(out, "0.{}{digits}", "0".repeat(scale - digits.len()));
+    }
 }
 
 fn write_float(out: &mut Vec<u8>, v: f64) {
@@ -81,8 +95,7 @@ pub fn for_each_json_row(
             | DataType::Utf8View
             | DataType::Boolean
             | DataType::Timestamp(TimeUnit::Millisecond, _) => None,
-            // (decimals are formatted, then written as numbers: below)
-            t if t.is_numeric() && !is_decimal(t) => None,
+            t if t.is_numeric() => None,
             _ => ArrayFormatter::try_new(c.as_ref(), &opts).ok(),
         })
         .collect();
@@ -142,13 +155,30 @@ pub fn for_each_json_row(
                         .value(row)
                         .to_f64(),
                 ),
-                // exact, as a JSON number ("12.50"; never an exponent)
-                t if is_decimal(t) => match &formatters[c] {
-                    Some(f) => {
-                        let _ = write!(line, "{}", f.value(row));
-                    }
-                    None => line.extend_from_slice(b"null"),
-                },
+                DataType::Decimal32(_, s) => {
+                    let v = col
+                        .as_primitive::<arrow::datatypes::Decimal32Type>()
+                        .value(row);
+                    write_decimal(line, &v.to_string(), *s);
+                }
+                DataType::Decimal64(_, s) => {
+                    let v = col
+                        .as_primitive::<arrow::datatypes::Decimal64Type>()
+                        .value(row);
+                    write_decimal(line, &v.to_string(), *s);
+                }
+                DataType::Decimal128(_, s) => {
+                    let v = col
+                        .as_primitive::<arrow::datatypes::Decimal128Type>()
+                        .value(row);
+                    write_decimal(line, &v.to_string(), *s);
+                }
+                DataType::Decimal256(_, s) => {
+                    let v = col
+                        .as_primitive::<arrow::datatypes::Decimal256Type>()
+                        .value(row);
+                    write_decimal(line, &v.to_string(), *s);
+                }
                 _ => match &formatters[c] {
                     Some(f) => json_string(line, &f.value(row).to_string()),
                     None => line.extend_from_slice(b"null"),
@@ -202,5 +232,18 @@ mod tests {
         for r in &rows {
             serde_json::from_str::<serde_json::Value>(r).unwrap();
         }
+        let decimal = |digits: &str, scale| {
+            let mut out = Vec::new();
+            write_decimal(&mut out, digits, scale);
+            let text = String::from_utf8(out).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            text
+        };
+        assert_eq!(decimal("5", 3), "0.005");
+        assert_eq!(decimal("-5", 3), "-0.005");
+        assert_eq!(decimal("12345", 2), "123.45");
+        assert_eq!(decimal("12345", 0), "12345");
+        assert_eq!(decimal("0", -2), "0");
+        assert_eq!(decimal("-12", -2), "-12e2");
     }
 }

@@ -19,8 +19,9 @@ const UTF8_BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
 /// Bytes at most before a position that its fingerprint covers (see [`fingerprint`]).
 const FINGERPRINT_BYTES: usize = 512;
 
-/// The fingerprint of the bytes just before a position (`tail`, at most
-/// [`FINGERPRINT_BYTES`], within the last chunk), kept as the position's incarnation: a
+/// The fingerprint of the bytes just before a position (`tail`: the last
+/// [`FINGERPRINT_BYTES`], or all of them nearer the file's start), kept as the position's
+/// incarnation: a
 /// restore compares it with the file's bytes there, so that a file replaced or rewritten
 /// since is refused instead of read on from a byte position that belongs to another file.
 /// FNV-1a (stable across versions and platforms) in the high 48 bits, the length hashed in
@@ -146,6 +147,9 @@ pub struct FileReader {
     position: u64,
     /// The fingerprint of the bytes before `position` (see [`fingerprint`]).
     fingerprint: u64,
+    /// The last [`FINGERPRINT_BYTES`] bytes before `position` (fewer nearer the file's start,
+    /// or after a restore of a checkpoint without a fingerprint).
+    tail: Vec<u8>,
     /// Per file: where a checkpoint says to continue.
     resume: Vec<Option<Resume>>,
     chunk_bytes: usize,
@@ -180,6 +184,7 @@ impl FileReader {
             lines: 0,
             position: 0,
             fingerprint: 0,
+            tail: Vec::new(),
             resume: Vec::new(),
             chunk_bytes: CHUNK_BYTES,
             segment_bytes: SEGMENT_BYTES,
@@ -222,6 +227,16 @@ impl FileReader {
         c
     }
 
+    /// Moves [`Self::tail`] past `piece` (at most [`FINGERPRINT_BYTES`] copied per chunk).
+    fn roll_tail(&mut self, piece: &[u8]) {
+        let keep = FINGERPRINT_BYTES
+            .saturating_sub(piece.len())
+            .min(self.tail.len());
+        self.tail.drain(..self.tail.len() - keep);
+        self.tail
+            .extend_from_slice(&piece[piece.len().saturating_sub(FINGERPRINT_BYTES)..]);
+    }
+
     fn source_err(&self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
         EngineError::source_caused(
             &self.partitions[0].source,
@@ -260,7 +275,7 @@ impl FileReader {
             )));
         }
         if let Some(r) = resume.filter(|r| r.incarnation != 0) {
-            self.check_fingerprint(&mut file, r)?;
+            self.tail = self.check_fingerprint(&mut file, r)?;
         }
         // a UTF-8 byte order mark (files saved by some Windows tools) is not the first
         // line's: it is skipped, as a JSON reader would
@@ -269,6 +284,7 @@ impl FileReader {
             file.read_exact(&mut head).map_err(|e| self.source_err(e))?;
             if head == UTF8_BOM {
                 self.position = 3;
+                self.tail = head.to_vec();
             }
         }
         if meta.len() == self.position {
@@ -283,15 +299,15 @@ impl FileReader {
     }
 
     /// Whether the bytes before the checkpoint's position `r` are those it read (its
-    /// fingerprint); an error saying what to do when they are not.
-    fn check_fingerprint(&self, file: &mut File, r: Resume) -> Result<(), EngineError> {
+    /// fingerprint), and those bytes; an error saying what to do when they are not.
+    fn check_fingerprint(&self, file: &mut File, r: Resume) -> Result<Vec<u8>, EngineError> {
         let k = r.incarnation & 0xffff;
         let mut tail = vec![0; k.min(r.position) as usize];
         file.seek(SeekFrom::Start(r.position - tail.len() as u64))
             .and_then(|_| file.read_exact(&mut tail))
             .map_err(|e| self.source_err(e))?;
         if fingerprint(&tail) == r.incarnation {
-            return Ok(());
+            return Ok(tail);
         }
         Err(self.source_err(format!(
             "the file is not the one the checkpoint read: its bytes before byte {}, where the checkpoint continues, differ (it was replaced or rewritten since), and its lines cannot be told from those already counted; to read it as new input, give `checkpoint.dir` a new place (or delete it); to go on with the checkpoint, put back the file it read",
@@ -419,8 +435,8 @@ impl PartitionReader for FileReader {
                 let newlines = memchr::memchr_iter(b'\n', &piece).count() as u64;
                 self.lines += newlines + u64::from(piece.last() != Some(&b'\n'));
                 self.position += piece.len() as u64;
-                self.fingerprint =
-                    fingerprint(&piece[piece.len().saturating_sub(FINGERPRINT_BYTES)..]);
+                self.roll_tail(&piece);
+                self.fingerprint = fingerprint(&self.tail);
                 Ok(Some(self.chunk(ChunkData::Lines(piece), first)))
             }
             None => {
@@ -432,6 +448,7 @@ impl PartitionReader for FileReader {
                 self.lines = 0;
                 self.position = 0;
                 self.fingerprint = 0;
+                self.tail.clear();
                 Ok(Some(end))
             }
         }
@@ -527,6 +544,15 @@ mod tests {
         std::fs::write(&a, format!("{text}{{\"n\": 100}}\n")).unwrap();
         let (rest, _) = lines_and_resume(reader().with_resume(vec![Some(resume)]), 0);
         assert_eq!(rest.len(), 100 - at + 1);
+        // the fingerprint covers 512 bytes, not one chunk: a file that differs before the
+        // last short piece, even with the same last line, is refused
+        let mut other = text.clone().into_bytes();
+        // (150 bytes back: before the last piece, of 100 bytes at most)
+        other[resume.position as usize - 150] = b'#';
+        std::fs::write(&a, &other).unwrap();
+        let mut r = reader().with_resume(vec![Some(resume)]);
+        assert!(r.next_chunk(&context()).is_err());
+        std::fs::write(&a, &text).unwrap();
         // a byte order mark is skipped, not part of the first line
         let b = dir.join("b.ndjson");
         std::fs::write(&b, [&UTF8_BOM[..], b"{\"n\": 1}\n{\"n\": 2}\n"].concat()).unwrap();

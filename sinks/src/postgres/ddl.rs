@@ -45,7 +45,7 @@ pub enum LayoutError {
     NoUniqueKey { table: String, keys: String },
     /// A key column of the existing table may hold NULL: a unique index takes NULLs as
     /// distinct, so a row with a NULL key would be inserted again at every retry or replay.
-    #[error("table {table}: key column `{name}` may be NULL, and a unique index takes NULLs as distinct: a row whose `{name}` is NULL would be inserted again at every retry, restore or replay; make it NOT NULL (`ALTER TABLE {table} ALTER COLUMN \"{name}\" SET NOT NULL`; rows with a NULL key then go to the dead letters), or let weir create the table")]
+    #[error("table {table}: key column `{name}` may be NULL, and a unique index takes NULLs as distinct: a row whose `{name}` is NULL would be inserted again at every retry, restore or replay; make it NOT NULL (`ALTER TABLE {table} ALTER COLUMN \"{name}\" SET NOT NULL`; rows with a NULL key then go to the dead letters), make the index `NULLS NOT DISTINCT` (PostgreSQL 15), or let weir create the table")]
     NullableKey { table: String, name: String },
 }
 
@@ -375,10 +375,15 @@ pub const COLUMNS_QUERY: &str = "SELECT a.attname::text, t.typname::text, \
      WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
 
 /// The column sets of the table's unique indexes (the primary key's included), `$1` its
-/// quoted name.
-pub const UNIQUE_QUERY: &str = "SELECT array_agg(a.attname::text ORDER BY a.attname) \
+/// quoted name, each with whether it takes NULLs as equal (`NULLS NOT DISTINCT`,
+/// PostgreSQL 15 and later: read through `to_jsonb`, which older servers answer without).
+pub const UNIQUE_QUERY: &str = "SELECT array_agg(a.attname::text ORDER BY a.attname), \
+     bool_or(COALESCE((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)) \
      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
      WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indpred IS NULL GROUP BY i.indexrelid";
+
+/// A unique index of a table: its columns, and whether it takes NULLs as equal.
+pub type UniqueIndex = (Vec<String>, bool);
 
 /// How many constraints of the table, `$1` its quoted name, a staging table `LIKE` it does
 /// not have, so that a merge can refuse rows the staging took: foreign keys, exclusion
@@ -393,7 +398,7 @@ pub const MERGE_CONSTRAINTS_QUERY: &str = "SELECT \
 pub fn check_table(
     layout: &Layout,
     columns: &[TableColumn],
-    unique: &[Vec<String>],
+    unique: &[UniqueIndex],
 ) -> Result<(), LayoutError> {
     let table = &layout.table;
     for (name, t) in &layout.columns {
@@ -430,20 +435,25 @@ pub fn check_table(
     }
     let mut want: Vec<String> = layout.key_names().map(str::to_string).collect();
     want.sort();
-    if !unique.iter().any(|u| {
-        let mut u = u.clone();
-        u.sort();
-        u == want
-    }) {
+    let covering: Vec<&UniqueIndex> = unique
+        .iter()
+        .filter(|(u, _)| {
+            let mut u = u.clone();
+            u.sort();
+            u == want
+        })
+        .collect();
+    if covering.is_empty() {
         return Err(LayoutError::NoUniqueKey {
             table: table.to_string(),
             keys: layout.key_names().collect::<Vec<_>>().join(", "),
         });
     }
     // (the columns were all found above)
+    let nulls_equal = covering.iter().any(|(_, n)| *n);
     if let Some(c) = columns
         .iter()
-        .find(|c| !c.not_null && layout.key_names().any(|k| k == c.name))
+        .find(|c| !nulls_equal && !c.not_null && layout.key_names().any(|k| k == c.name))
     {
         return Err(LayoutError::NullableKey {
             table: table.to_string(),
@@ -626,8 +636,8 @@ mod tests {
         ]
     }
 
-    fn pk() -> Vec<Vec<String>> {
-        vec![vec!["window_start".into(), "datasetName".into()]]
+    fn pk() -> Vec<UniqueIndex> {
+        vec![(vec!["window_start".into(), "datasetName".into()], false)]
     }
 
     #[test]
@@ -663,9 +673,13 @@ mod tests {
             e.contains("column `owner` is NOT NULL without a default"),
             "{e}"
         );
-        let e = check_table(&layout(), &good_columns(), &[vec!["datasetName".into()]])
-            .unwrap_err()
-            .to_string();
+        let e = check_table(
+            &layout(),
+            &good_columns(),
+            &[(vec!["datasetName".into()], false)],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("no primary key or unique index on exactly (datasetName, window_start)"),
             "{e}"
@@ -680,6 +694,10 @@ mod tests {
             e.contains("key column `datasetName` may be NULL") && e.contains("SET NOT NULL"),
             "{e}"
         );
+        // unless the index takes NULLs as equal (`NULLS NOT DISTINCT`)
+        let mut nulls_equal = pk();
+        nulls_equal[0].1 = true;
+        check_table(&layout(), &cols, &nulls_equal).unwrap();
     }
 
     #[test]

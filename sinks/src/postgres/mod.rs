@@ -150,7 +150,8 @@ pub struct PostgresSink {
     busy: Duration,
     /// How long a statement may go unanswered: `timeout`, doubled (up to
     /// [`MAX_ANSWER_WAIT_SCALE`] times) each time one went unanswered that long, so that a
-    /// merge that takes longer than `timeout` is not abandoned and sent again for ever.
+    /// merge that takes longer than `timeout` is not abandoned and sent again for ever; back
+    /// to `timeout` once a call is answered.
     answer_wait: Duration,
 }
 
@@ -302,7 +303,10 @@ impl PostgresSink {
         });
         self.busy += started.elapsed();
         match result {
-            Some(Ok(v)) => Ok(v),
+            Some(Ok(v)) => {
+                self.answer_wait = self.config.timeout;
+                Ok(v)
+            }
             Some(Err(fault)) => Err(self.fault(fault)),
             None => {
                 // a statement that takes this long (a big merge, a lock wait) would time out

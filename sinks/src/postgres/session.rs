@@ -288,7 +288,7 @@ impl Session {
     /// Checks an existing table column by column.
     async fn check_table(&mut self, table: &str) -> Result<(), Fault> {
         let columns = self.columns(table).await?;
-        let unique: Vec<Vec<String>> = sqlx::query_scalar(ddl::UNIQUE_QUERY)
+        let unique: Vec<ddl::UniqueIndex> = sqlx::query_as(ddl::UNIQUE_QUERY)
             .bind(table)
             .fetch_all(&mut self.conn)
             .await
