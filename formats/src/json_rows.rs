@@ -117,6 +117,12 @@ pub fn for_each_json_row(
                     let _ = write!(line, "{}", col.as_primitive::<$t>().value(row));
                 }};
             }
+            macro_rules! decimal {
+                ($t:ident, $scale:expr) => {{
+                    let v = col.as_primitive::<arrow::datatypes::$t>().value(row);
+                    write_decimal(line, &v.to_string(), $scale);
+                }};
+            }
             match col.data_type() {
                 DataType::Utf8 => json_string(line, col.as_string::<i32>().value(row)),
                 DataType::LargeUtf8 => json_string(line, col.as_string::<i64>().value(row)),
@@ -155,30 +161,10 @@ pub fn for_each_json_row(
                         .value(row)
                         .to_f64(),
                 ),
-                DataType::Decimal32(_, s) => {
-                    let v = col
-                        .as_primitive::<arrow::datatypes::Decimal32Type>()
-                        .value(row);
-                    write_decimal(line, &v.to_string(), *s);
-                }
-                DataType::Decimal64(_, s) => {
-                    let v = col
-                        .as_primitive::<arrow::datatypes::Decimal64Type>()
-                        .value(row);
-                    write_decimal(line, &v.to_string(), *s);
-                }
-                DataType::Decimal128(_, s) => {
-                    let v = col
-                        .as_primitive::<arrow::datatypes::Decimal128Type>()
-                        .value(row);
-                    write_decimal(line, &v.to_string(), *s);
-                }
-                DataType::Decimal256(_, s) => {
-                    let v = col
-                        .as_primitive::<arrow::datatypes::Decimal256Type>()
-                        .value(row);
-                    write_decimal(line, &v.to_string(), *s);
-                }
+                DataType::Decimal32(_, s) => decimal!(Decimal32Type, *s),
+                DataType::Decimal64(_, s) => decimal!(Decimal64Type, *s),
+                DataType::Decimal128(_, s) => decimal!(Decimal128Type, *s),
+                DataType::Decimal256(_, s) => decimal!(Decimal256Type, *s),
                 _ => match &formatters[c] {
                     Some(f) => json_string(line, &f.value(row).to_string()),
                     None => line.extend_from_slice(b"null"),
