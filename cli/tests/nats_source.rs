@@ -647,15 +647,8 @@ fn an_accepted_copy_of_the_stream_continues_at_the_checkpoint() {
     kill_after_a_busy_checkpoint(&p);
     nats_py(&url, &["delete-stream", "EVENTS"]);
     stream_with_events(&server, &events, d);
-    let out = weir()
-        .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && log.contains("was created at"),
-        "{log}"
-    );
+    let log = refused_run(&p);
+    assert!(log.contains("was created at"), "{log}");
     accept_new_stream(&p, Some(&log));
     let log = restored_run(&p, d);
     assert!(log.contains("as `accept_new_stream` says"), "{log}");
@@ -668,15 +661,19 @@ fn an_accepted_copy_of_the_stream_continues_at_the_checkpoint() {
     std::fs::write(&p, copy).unwrap();
     nats_py(&url, &["delete-stream", "EVENTS"]);
     stream_with_events(&server, &events, d);
+    let log = refused_run(&p);
+    assert!(log.contains("was created at"), "{log}");
+}
+
+/// Runs pipeline `p` with `--until-caught-up`, which must fail; its log.
+fn refused_run(p: &Path) -> String {
     let out = weir()
         .args(["run", p.to_str().unwrap(), "--until-caught-up"])
         .output()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && log.contains("was created at"),
-        "{log}"
-    );
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{log}");
+    log
 }
 
 /// Sets `accept_new_stream` in pipeline `p` to the creation time the refusal `log` printed
@@ -741,19 +738,10 @@ fn restore_of_a_stream_created_again(messages: usize, accept: bool) -> String {
     let mut args = vec!["publish", new.to_str().unwrap()];
     args.extend(SUBJECTS);
     nats_py(&url, &args);
-    let run = || {
-        let out = weir()
-            .args(["run", p.to_str().unwrap(), "--until-caught-up"])
-            .output()
-            .unwrap();
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "{log}");
-        log
-    };
-    let mut log = run();
+    let mut log = refused_run(&p);
     if accept {
         accept_new_stream(&p, Some(&log));
-        log = run();
+        log = refused_run(&p);
     }
     assert!(
         log.contains("was deleted and created again") && log.contains("checkpoint.dir"),
