@@ -256,7 +256,15 @@ impl ConsumerContext for StageContext {
     ) {
         let cooperative = self.cooperative;
         let assigning = matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS);
-        if !assigning {
+        if assigning {
+            // every partition assigned waits until settled (see `restart`), paused *before* it
+            // is assigned: paused after, librdkafka may fetch first, and a reset it makes of an
+            // out-of-range position would be overwritten by the settled start (librdkafka keeps
+            // an application's pause across an assignment)
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::warn!(error = %e, "repartition: cannot pause the upstream partitions before they are assigned; paused once assigned");
+            }
+        } else {
             // a partition leaves unpaused: were its pause kept past the revocation (librdkafka
             // versions differ), it would come back paused after the stage resumed
             let _ = consumer.resume(tpl);
@@ -273,7 +281,7 @@ impl ConsumerContext for StageContext {
         };
         match result {
             Ok(()) => {
-                // every partition assigned waits until settled (see `restart`)
+                // again, for a partition librdkafka did not know before it was assigned
                 if assigning {
                     if let Err(e) = consumer.pause(tpl) {
                         tracing::error!(error = %e, "repartition: cannot pause the upstream partitions assigned until they are settled");
