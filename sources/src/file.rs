@@ -105,17 +105,52 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, FilesError> {
     Ok(files)
 }
 
-/// Bytes of a file mapped at once: a segment is unmapped when its last chunk is dropped, so
-/// memory stays bounded by the chunks in flight, whatever the file's size.
+/// Bytes of a file read at once: a segment's buffer is freed (or kept for a later segment)
+/// when its last chunk is dropped, so memory stays bounded by the chunks in flight, whatever
+/// the file's size.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Buffers of segments whose chunks were all dropped, kept for the next segments: at most
+/// this many (a warm reader allocates and zeroes no memory per segment).
+const SPARE_SEGMENTS: usize = 4;
 
 type Segment = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
+/// The buffers kept for later segments (see [`SPARE_SEGMENTS`]).
+type Spares = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// A segment's bytes, read from the file (not mapped: a mapping of a file that another process
+/// truncates kills the whole process with SIGBUS, as `logrotate`'s `copytruncate` does to
+/// files being written); its buffer goes back to the spares when its last chunk is dropped.
+struct ReadSegment {
+    buf: Vec<u8>,
+    len: usize,
+    /// Where the buffer goes when dropped (`None`: freed, a segment grown for a long line).
+    spares: Option<Spares>,
+}
+
+impl AsRef<[u8]> for ReadSegment {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for ReadSegment {
+    fn drop(&mut self) {
+        let Some(spares) = &self.spares else { return };
+        if let Ok(mut spares) = spares.lock() {
+            if spares.len() < SPARE_SEGMENTS {
+                spares.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+}
+
 /// How the current file is read.
 enum Input {
-    /// A regular file, memory-mapped segment by segment: chunks are slices of a segment,
-    /// never copied.
-    Mapped {
+    /// A regular file, read segment by segment: chunks are slices of a segment, never
+    /// copied again.
+    Regular {
         file: File,
         len: u64,
         segment: Option<(Segment, u64)>,
@@ -133,8 +168,8 @@ enum Input {
 
 /// Reads a list of files, one partition each, in order.
 ///
-/// Regular files are memory-mapped (read-only, sequential access advised): the input files
-/// must not be truncated or rewritten while weir reads them.
+/// Regular files are read up to the length they had when opened (bytes appended later are
+/// not read); a file that shrinks meanwhile fails the source with an error saying so.
 pub struct FileReader {
     source: usize,
     partitions: Vec<Arc<PartitionInfo>>,
@@ -154,6 +189,7 @@ pub struct FileReader {
     resume: Vec<Option<Resume>>,
     chunk_bytes: usize,
     segment_bytes: u64,
+    spares: Spares,
 }
 
 impl FileReader {
@@ -188,6 +224,7 @@ impl FileReader {
             resume: Vec::new(),
             chunk_bytes: CHUNK_BYTES,
             segment_bytes: SEGMENT_BYTES,
+            spares: Spares::default(),
         }
     }
 
@@ -198,7 +235,7 @@ impl FileReader {
         self
     }
 
-    /// Sets the size of mapped segments (tests use small ones to exercise segment edges).
+    /// Sets the size of segments read at once (tests use small ones to exercise segment edges).
     pub fn with_segment_bytes(mut self, n: u64) -> Self {
         self.segment_bytes = n.max(1);
         self
@@ -290,7 +327,7 @@ impl FileReader {
         if meta.len() == self.position {
             return Ok(Input::Done);
         }
-        Ok(Input::Mapped {
+        Ok(Input::Regular {
             file,
             len: meta.len(),
             segment: None,
@@ -315,27 +352,46 @@ impl FileReader {
         )))
     }
 
-    fn map_segment(&self, file: &File, offset: u64, len: u64) -> Result<Segment, EngineError> {
-        // SAFETY: the mapping is read-only and private to this process; as documented on
-        // `FileReader`, the file must not be truncated while it is read.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(len as usize)
-                .map(file)
+    /// Reads `len` bytes of `file` at `offset` into a segment (a spare buffer when one is
+    /// kept); fails when the file no longer has them (it shrank while it was read).
+    fn read_segment(&self, file: &File, offset: u64, len: u64) -> Result<Segment, EngineError> {
+        use std::os::unix::fs::FileExt;
+        let len = usize::try_from(len).map_err(|e| self.source_err(e))?;
+        let mut buf = match self.spares.lock() {
+            Ok(mut spares) => spares.pop().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        if buf.len() < len {
+            buf.resize(len, 0);
         }
-        .map_err(|e| self.source_err(e))?;
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(Arc::new(map))
+        if let Err(e) = file.read_exact_at(&mut buf[..len], offset) {
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                return Err(self.source_err(e));
+            }
+            let now = file.metadata().map(|m| m.len()).unwrap_or(0);
+            return Err(self.source_err(format!(
+                "the file shrank to {now} bytes while it was read (truncated or rewritten by \
+                 another program), before byte {} that was there when it was opened: its lines \
+                 from byte {offset} on cannot be read. Let the program that writes it finish \
+                 (or rotate logs by renaming them, not with `copytruncate`), then run again",
+                offset + len as u64
+            )));
+        }
+        let keep = buf.len() as u64 <= self.segment_bytes.max(self.chunk_bytes as u64);
+        Ok(Arc::new(ReadSegment {
+            buf,
+            len,
+            spares: keep.then(|| self.spares.clone()),
+        }))
     }
 
-    /// The next piece of whole lines of a mapped file: within one segment, a new segment
+    /// The next piece of whole lines of a regular file: within one segment, a new segment
     /// starting where the last piece ended when the current one holds no further whole line.
-    fn next_mapped_piece(&mut self) -> Result<Option<SharedBytes>, EngineError> {
+    fn next_regular_piece(&mut self) -> Result<Option<SharedBytes>, EngineError> {
         let chunk_bytes = self.chunk_bytes as u64;
         let mut want = self.segment_bytes.max(chunk_bytes);
         loop {
-            let Some(Input::Mapped {
+            let Some(Input::Regular {
                 file,
                 len,
                 segment,
@@ -368,20 +424,20 @@ impl FileReader {
                     };
                     if let Some(end) = end {
                         let piece = SharedBytes::slice_of(seg.clone(), rel, end - rel);
-                        if let Some(Input::Mapped { pos, .. }) = self.input.as_mut() {
+                        if let Some(Input::Regular { pos, .. }) = self.input.as_mut() {
                             *pos = seg_start + end as u64;
                         }
                         return Ok(Some(piece));
                     }
                     if seg_start == pos {
-                        // a line longer than the segment: map more
+                        // a line longer than the segment: read more
                         want = want.saturating_mul(2);
                     }
                 }
             }
             let seg_len = want.min(len - pos);
-            let seg = self.map_segment(file, pos, seg_len)?;
-            if let Some(Input::Mapped { segment, .. }) = self.input.as_mut() {
+            let seg = self.read_segment(file, pos, seg_len)?;
+            if let Some(Input::Regular { segment, .. }) = self.input.as_mut() {
                 *segment = Some((seg, pos));
             }
         }
@@ -392,7 +448,7 @@ impl FileReader {
         let chunk_bytes = self.chunk_bytes;
         match self.input.as_mut() {
             None | Some(Input::Done) => Ok(None),
-            Some(Input::Mapped { .. }) => self.next_mapped_piece(),
+            Some(Input::Regular { .. }) => self.next_regular_piece(),
             Some(Input::Stream { file, carry, eof }) => loop {
                 if *eof {
                     return Ok((!carry.is_empty()).then(|| std::mem::take(carry).into()));
@@ -569,6 +625,46 @@ mod tests {
             .to_string();
         assert!(
             e.contains("not the one the checkpoint read") && e.contains("checkpoint.dir"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A file truncated while it is read (`logrotate`'s `copytruncate`) fails the source with
+    /// an error saying so; the chunks handed out before keep their bytes (they were read,
+    /// not mapped: touching a mapping past a truncated file's end killed the process with
+    /// SIGBUS).
+    #[test]
+    fn a_file_truncated_while_it_is_read_fails_saying_so() {
+        let dir = std::env::temp_dir().join(format!("weir-file-shrink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.ndjson");
+        let text: String = (0..1000).map(|i| format!("{{\"n\": {i:04}}}\n")).collect();
+        std::fs::write(&a, &text).unwrap();
+        let mut r = FileReader::new(0, "s", vec![a.clone()], 0)
+            .with_chunk_bytes(100)
+            .with_segment_bytes(4096);
+        let first = r.next_chunk(&context()).unwrap().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let ChunkData::Lines(bytes) = &first.data else {
+            panic!("a file reader yields lines")
+        };
+        assert!(text.as_bytes().starts_with(bytes));
+        // the rest of the first segment was read already; the next one fails
+        let e = loop {
+            match r.next_chunk(&context()) {
+                Ok(Some(c)) => assert!(matches!(c.data, ChunkData::Lines(_))),
+                Ok(None) => panic!("the truncated file ended without an error"),
+                Err(e) => break e.chain().to_string(),
+            }
+        };
+        assert!(
+            e.contains("shrank to 0 bytes") && e.contains("copytruncate"),
             "{e}"
         );
         std::fs::remove_dir_all(dir).unwrap();
