@@ -264,10 +264,22 @@ impl FileCase {
     }
 
     fn run(&self) -> Command {
+        self.weir_run(self.pipeline.to_str().unwrap())
+    }
+
+    /// [`Self::run`] started from the pipeline's folder, naming it by a relative path.
+    fn run_from_its_folder(&self) -> Command {
+        let mut c = self.weir_run("pipeline.yaml");
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    /// `weir run PIPELINE --parallelism 2` with the case's environment.
+    fn weir_run(&self, pipeline: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
         c.env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args(["run", self.pipeline.to_str().unwrap(), "--parallelism", "2"]);
+            .args(["run", pipeline, "--parallelism", "2"]);
         c
     }
 
@@ -420,8 +432,11 @@ fn sigterm_takes_a_final_checkpoint_and_exits_0_then_a_restart_continues() {
         rows < case.expected.len(),
         "the stop came after the end: {rows} rows"
     );
-    // the restart continues from the final checkpoint
-    let out = case.run().output().unwrap();
+    // the restart continues from the final checkpoint, though started another way (from the
+    // pipeline's folder, `weir run pipeline.yaml`): the files' partitions are the same ones
+    // (keyed by the path the pipeline names, where before a restart so read every file again
+    // into the restored windows)
+    let out = case.run_from_its_folder().output().unwrap();
     assert!(
         out.status.success(),
         "{}",

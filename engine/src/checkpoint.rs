@@ -116,6 +116,25 @@ impl Manifest {
         self.partition(source, partition)
             .map(PartitionRecord::resume)
     }
+
+    /// Gives `source`'s partition recorded as `former` the key `now` (a key an earlier
+    /// version wrote differently), unless one is recorded as `now` already; whether it did.
+    pub fn rename_partition(&mut self, source: &str, former: &str, now: &str) -> bool {
+        if self.partition(source, now).is_some() {
+            return false;
+        }
+        match self
+            .partitions
+            .iter_mut()
+            .find(|p| p.source == source && p.partition == former)
+        {
+            Some(p) => {
+                p.partition = now.to_string();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// One source partition in a checkpoint.

@@ -580,9 +580,10 @@ fn summary(
 /// written by an incompatible version of the pipeline.
 fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec, RunError> {
     let store = Arc::new(CheckpointStore::open(&c.location)?);
-    let (restored, skipped) = store.restorable()?;
-    if let Some(r) = &restored {
+    let (mut restored, skipped) = store.restorable()?;
+    if let Some(r) = &mut restored {
         check_compatible(plan, &c.location, &r.manifest)?;
+        rename_former_keys(plan, &mut r.manifest);
         if !skipped.is_empty() {
             tracing::warn!(
                 epoch = r.manifest.epoch,
@@ -603,13 +604,40 @@ fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec,
     })
 }
 
+/// Renames the partitions `m` records under keys an earlier version wrote differently.
+fn rename_former_keys(plan: &Plan, m: &mut checkpoint::Manifest) {
+    for s in &plan.sources {
+        for (former, now) in s.input.former_partition_keys() {
+            if m.rename_partition(&s.name, &former, &now) {
+                tracing::info!(source = %s.name, former, now, "checkpoint: a partition recorded under its former key is restored under its key now");
+            }
+        }
+    }
+}
+
+/// The plan's fingerprint to compare with `stored`: an item an earlier version wrote
+/// differently (see `Plan::former_fingerprint`) as `stored` has it, when it has it so.
+pub(crate) fn fingerprint_against(
+    plan: &Plan,
+    stored: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut current = plan.fingerprint();
+    for (key, former) in plan.former_fingerprint() {
+        if stored.get(&key) == Some(&former) {
+            current.insert(key, former);
+        }
+    }
+    current
+}
+
 /// Refuses a checkpoint written by an incompatible version of the pipeline.
 pub(crate) fn check_compatible(
     plan: &Plan,
     location: &str,
     m: &checkpoint::Manifest,
 ) -> Result<(), RunError> {
-    if let Err(changes) = checkpoint::compatibility(&m.fingerprint, &plan.fingerprint()) {
+    let current = fingerprint_against(plan, &m.fingerprint);
+    if let Err(changes) = checkpoint::compatibility(&m.fingerprint, &current) {
         return Err(RunError::IncompatibleState(format!(
             "{}: the checkpoint in {location} (epoch {}) was written by a different version of \
              this pipeline and cannot be restored: {changes}. Restore the previous \

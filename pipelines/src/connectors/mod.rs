@@ -275,6 +275,11 @@ pub trait SinkConnector: SinkBase + Debug + Send + Sync {
     fn kind(&self) -> &'static str;
     /// What checkpointed state depends on (no secrets: fingerprints are stored in clear).
     fn fingerprint(&self) -> String;
+    /// Its fingerprint as earlier versions wrote it, where it differs (see
+    /// `Plan::former_fingerprint`).
+    fn former_fingerprint(&self) -> Option<String> {
+        None
+    }
     /// One line for the web console's graph (no addresses, credentials or properties).
     fn summary(&self) -> String;
     /// What `weir validate` says of it.
@@ -347,6 +352,10 @@ pub trait DeadLetterConnector: DeadLetterBase + Debug + Send + Sync {
     fn kind(&self) -> &'static str;
     /// What checkpointed state depends on.
     fn fingerprint(&self) -> String;
+    /// Its fingerprint as earlier versions wrote it, where it differs.
+    fn former_fingerprint(&self) -> Option<String> {
+        None
+    }
     /// What `weir validate` says of it.
     fn describe(&self) -> String;
     /// Opens it for a run (committed per checkpoint when the run checkpoints).

@@ -286,6 +286,11 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     fn describe(&self) -> String;
     /// Opens its reader for a run.
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError>;
+    /// Keys its partitions had in checkpoints of earlier versions, each with its key now
+    /// (former, now): a restore renames them (see `Manifest::rename_partition`).
+    fn former_partition_keys(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Sets it up to re-read what a replay of `range` (ms, margins included) needs.
     fn replay(
         &mut self,

@@ -114,6 +114,23 @@ impl Plan {
         f
     }
 
+    /// The items of [`Self::fingerprint`] that earlier versions wrote differently, as they
+    /// wrote them: a file's path as resolved, which depended on how the run was started
+    /// (`./out/a.ndjson` from the pipeline's folder); a restore started the same way as the
+    /// run that wrote the checkpoint finds them equal.
+    pub fn former_fingerprint(&self) -> std::collections::BTreeMap<String, String> {
+        let mut f = std::collections::BTreeMap::new();
+        for k in &self.sinks {
+            if let Some(t) = k.target.former_fingerprint() {
+                f.insert(format!("sink {}", k.name), t);
+            }
+        }
+        if let Some(t) = self.dead_letter.former_fingerprint() {
+            f.insert("dead_letter".to_string(), t);
+        }
+        f
+    }
+
     /// The pipeline as a small graph for the web console (`GET /console/state`): sources,
     /// windows and views (each with the source it reads and the sinks it writes), sinks, each
     /// with one line about it (no addresses, credentials or properties).

@@ -174,6 +174,60 @@ fn the_fingerprint_changes_with_what_state_depends_on_only() {
     );
 }
 
+/// `dir` as seen from the working folder by way of `..` (`../../../tmp/x`).
+fn roundabout(dir: &Path) -> PathBuf {
+    let cwd = std::env::current_dir().expect("a working folder");
+    let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+    up.join(dir.strip_prefix("/").expect("an absolute folder"))
+}
+
+/// A pipeline is the same however its file is named (`weir run p.yaml` from its folder,
+/// `weir run ../x/p.yaml`, `weir run /srv/x/p.yaml`): the same fingerprint, files named the
+/// same, and the same partition keys, where before a restart named another way was refused
+/// ("written by a different version") or, with no file sink, read every file again. A
+/// checkpoint an earlier version wrote (paths as resolved then) still restores when started
+/// the same way.
+#[test]
+fn a_pipeline_is_the_same_however_its_file_is_named() {
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let dir = tmp.path().canonicalize().expect("a canonical folder");
+    std::fs::create_dir_all(dir.join("in")).expect("a folder");
+    std::fs::write(dir.join("in/a.ndjson"), "{}\n").expect("a file");
+    let text = PIPELINE.replace(
+        "generator: { kind: data-ingestion, count: 100, seed: 3, keys: 4 }",
+        "file: { path: \"in/*.ndjson\" }\n    schema: data-ingestion",
+    );
+    let direct = load_in(&dir, &text).unwrap_or_else(|e| panic!("{e}"));
+    let other = load(&roundabout(&dir).join("pipeline.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(direct.fingerprint(), other.fingerprint());
+    let input = |p: &Plan| p.sources[0].input.describe();
+    assert_eq!(input(&direct), input(&other));
+    assert!(input(&other).ends_with(&format!(": {}", dir.join("in/a.ndjson").display())));
+    assert_eq!(
+        direct.sources[0].input.former_partition_keys(),
+        [(
+            dir.join("in/a.ndjson").display().to_string(),
+            "in/a.ndjson".to_string()
+        )]
+    );
+    let (former_key, key) = other.sources[0].input.former_partition_keys().remove(0);
+    assert_eq!(key, "in/a.ndjson");
+    assert!(former_key.starts_with("../") && former_key.ends_with("/in/a.ndjson"));
+    // a checkpoint of an earlier version started the roundabout way: the same items
+    let mut earlier = other.fingerprint();
+    earlier.extend(other.former_fingerprint());
+    assert!(earlier["sink rows"].starts_with("Ndjson file ../"));
+    let current = crate::run::fingerprint_against(&other, &earlier);
+    assert!(weir_engine::checkpoint::compatibility(&earlier, &current).is_ok());
+    // but not one of files elsewhere
+    earlier.insert(
+        "sink rows".into(),
+        "Ndjson file elsewhere/rows.ndjson".into(),
+    );
+    let current = crate::run::fingerprint_against(&other, &earlier);
+    assert!(weir_engine::checkpoint::compatibility(&earlier, &current).is_err());
+}
+
 #[test]
 fn refusals_point_at_the_line_and_column_of_the_mistake() {
     let unknown_source = refusal(&PIPELINE.replace(

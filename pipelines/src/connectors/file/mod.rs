@@ -94,13 +94,48 @@ fn plan_sink(p: &SinkPlanning) -> Result<Box<dyn SinkConnector>, PipelineError> 
     Ok(Box::new(FileTarget { path, format }))
 }
 
+/// `path` named the same way whichever way the run was started (`weir run p.yaml` from the
+/// pipeline's folder, `weir run ../x/p.yaml`, or `weir run /srv/x/p.yaml`): its longest
+/// existing ancestor canonical (absolute, no `..`, symbolic links followed), the rest as is.
+/// For what a restore compares (fingerprints, a file source's partition keys).
+pub(crate) fn stable_path(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        let here = if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        };
+        if let Ok(found) = std::fs::canonicalize(here) {
+            return rest.iter().rev().fold(found, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        }
+    }
+}
+
+/// [`stable_path`], as text.
+fn stable(path: &Path) -> String {
+    stable_path(path).display().to_string()
+}
+
 impl SinkConnector for FileTarget {
     fn kind(&self) -> &'static str {
         "file"
     }
 
     fn fingerprint(&self) -> String {
-        format!("{:?} file {}", self.format, self.path.display())
+        format!("{:?} file {}", self.format, stable(&self.path))
+    }
+
+    fn former_fingerprint(&self) -> Option<String> {
+        Some(format!("{:?} file {}", self.format, self.path.display()))
     }
 
     fn summary(&self) -> String {
@@ -186,7 +221,11 @@ impl DeadLetterConnector for FileDeadLetter {
     }
 
     fn fingerprint(&self) -> String {
-        format!("file {}", self.path.display())
+        format!("file {}", stable(&self.path))
+    }
+
+    fn former_fingerprint(&self) -> Option<String> {
+        Some(format!("file {}", self.path.display()))
     }
 
     fn describe(&self) -> String {

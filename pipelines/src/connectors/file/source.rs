@@ -1,8 +1,10 @@
 //! The `file` source: NDJSON files (a file, a folder or a glob), one partition per file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use weir_sources::{resolve_files, FileReader};
+
+use super::stable_path;
 
 use crate::connectors::sources::{
     OpenSource, OpenedSource, PlannedInput, SourceConnector, SourceKind,
@@ -27,16 +29,54 @@ pub const SOURCE: SourceKind = SourceKind {
             )
         })?;
         let path = p.ctx.path(&f.value.path.value);
-        let files = resolve_files(&path)
+        let resolved = resolve_files(&path)
             .map_err(|e| p.ctx.err(&f.value.path.referenced, "").caused_by(e))?;
-        Ok(PlannedInput::of(Box::new(FileInput { files })))
+        let relative = Path::new(&f.value.path.value).is_relative();
+        let (files, keys) = named_files(&resolved, relative.then_some(p.ctx.dir.as_path()));
+        let former_keys = resolved.iter().map(|f| f.display().to_string()).collect();
+        Ok(PlannedInput::of(Box::new(FileInput {
+            files,
+            keys,
+            former_keys,
+        })))
     },
 };
+
+/// The files `resolved` (from a `path` relative to the pipeline's folder `dir`, or absolute
+/// when `None`) named the same way however the run was started (`weir run p.yaml` from the
+/// pipeline's folder, or `weir run /srv/p.yaml`): each file's path under the pipeline's
+/// folder made stable (see [`stable_path`]), shown in errors and dead letters, and its
+/// partition key in checkpoints: its path relative to the pipeline's folder (`in/a.ndjson`,
+/// so that a restore finds it after the folder moved), or its stable path.
+fn named_files(resolved: &[PathBuf], dir: Option<&Path>) -> (Vec<PathBuf>, Vec<String>) {
+    let stable_dir = dir.map(stable_path);
+    resolved
+        .iter()
+        .map(|f| {
+            match dir
+                .zip(stable_dir.as_ref())
+                .and_then(|(d, s)| f.strip_prefix(d).ok().map(|rel| (s.join(rel), rel)))
+            {
+                Some((file, rel)) => (file, rel.display().to_string()),
+                None => {
+                    let file = stable_path(f);
+                    let key = file.display().to_string();
+                    (file, key)
+                }
+            }
+        })
+        .unzip()
+}
 
 /// NDJSON files, one partition each.
 #[derive(Debug, Clone)]
 pub struct FileInput {
     pub files: Vec<PathBuf>,
+    /// Each file's partition key (see [`partition_key`]).
+    pub keys: Vec<String>,
+    /// Each file's key in checkpoints of earlier versions: its path as resolved, which
+    /// depended on how the run was started.
+    pub former_keys: Vec<String>,
 }
 
 impl SourceConnector for FileInput {
@@ -69,13 +109,21 @@ impl SourceConnector for FileInput {
         )
     }
 
+    fn former_partition_keys(&self) -> Vec<(String, String)> {
+        self.former_keys
+            .iter()
+            .zip(&self.keys)
+            .filter(|(former, k)| former != k)
+            .map(|(former, k)| (former.clone(), k.clone()))
+            .collect()
+    }
+
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
-        let keys: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
         let reader = FileReader::new(at.index, at.name, self.files.clone(), at.first_partition)
-            .with_resume(keys.iter().map(|k| (at.resume)(k)).collect());
+            .with_resume(self.keys.iter().map(|k| (at.resume)(k)).collect());
         Ok(OpenedSource {
             reader: Box::new(reader),
-            keys,
+            keys: self.keys.clone(),
         })
     }
 }
