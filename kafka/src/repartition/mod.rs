@@ -261,9 +261,7 @@ impl ConsumerContext for StageContext {
             // is assigned: paused after, librdkafka may fetch first, and a reset it makes of an
             // out-of-range position would be overwritten by the settled start (librdkafka keeps
             // an application's pause across an assignment)
-            if let Err(e) = consumer.pause(tpl) {
-                tracing::warn!(error = %e, "repartition: cannot pause the upstream partitions before they are assigned; paused once assigned");
-            }
+            pause_before_assigning(consumer, tpl);
         } else {
             // a partition leaves unpaused: were its pause kept past the revocation (librdkafka
             // versions differ), it would come back paused after the stage resumed
@@ -312,6 +310,29 @@ impl ConsumerContext for StageContext {
             }
             Err(e) => tracing::error!(error = %e, "repartition: rebalance failed"),
         }
+    }
+}
+
+/// Pauses the partitions of `tpl` before they are assigned (see the rebalance callback).
+/// librdkafka pauses only partitions it holds an object for, which a consumer's first
+/// assignment makes; `rd_kafka_position` makes them first (a lookup that creates them).
+fn pause_before_assigning<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+) {
+    let known = tpl.clone();
+    // SAFETY: `known` is a list of this process, alive for the call; the consumer's handle
+    // outlives it. librdkafka only writes positions and errors into the list's elements.
+    unsafe {
+        rdkafka::bindings::rd_kafka_position(consumer.client().native_ptr(), known.ptr());
+    }
+    let paused = tpl.clone();
+    let refused = match consumer.pause(&paused) {
+        Ok(()) => paused.elements().iter().any(|e| e.error().is_err()),
+        Err(_) => true,
+    };
+    if refused {
+        tracing::warn!("repartition: cannot pause every upstream partition before it is assigned; they are paused once assigned");
     }
 }
 
