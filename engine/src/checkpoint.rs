@@ -117,23 +117,33 @@ impl Manifest {
             .map(PartitionRecord::resume)
     }
 
-    /// Gives `source`'s partition recorded as `former` the key `now` (a key an earlier
-    /// version wrote differently), unless one is recorded as `now` already; whether it did.
-    pub fn rename_partition(&mut self, source: &str, former: &str, now: &str) -> bool {
-        if self.partition(source, now).is_some() {
-            return false;
-        }
-        match self
-            .partitions
-            .iter_mut()
-            .find(|p| p.source == source && p.partition == former)
-        {
-            Some(p) => {
-                p.partition = now.to_string();
-                true
+    /// Gives `source`'s partitions recorded under a key an earlier version wrote differently
+    /// (`renames`: former, now) their key now, all at once (a former key can be another
+    /// file's key now), unless a partition kept is recorded under that key; how many it
+    /// renamed.
+    pub fn rename_partitions(&mut self, source: &str, renames: &[(String, String)]) -> usize {
+        let of = |p: &PartitionRecord, key: &str| p.source == source && p.partition == key;
+        let found: Vec<(usize, String)> = renames
+            .iter()
+            .filter_map(|(former, now)| {
+                let i = self.partitions.iter().position(|p| of(p, former))?;
+                Some((i, now.clone()))
+            })
+            .collect();
+        let moving: std::collections::HashSet<usize> = found.iter().map(|(i, _)| *i).collect();
+        let mut renamed = 0;
+        for (i, now) in found {
+            let taken = self
+                .partitions
+                .iter()
+                .enumerate()
+                .any(|(j, p)| !moving.contains(&j) && of(p, &now));
+            if !taken {
+                self.partitions[i].partition = now;
+                renamed += 1;
             }
-            None => false,
         }
+        renamed
     }
 }
 

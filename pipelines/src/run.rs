@@ -607,10 +607,9 @@ fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec,
 /// Renames the partitions `m` records under keys an earlier version wrote differently.
 fn rename_former_keys(plan: &Plan, m: &mut checkpoint::Manifest) {
     for s in &plan.sources {
-        for (former, now) in s.input.former_partition_keys() {
-            if m.rename_partition(&s.name, &former, &now) {
-                tracing::info!(source = %s.name, former, now, "checkpoint: a partition recorded under its former key is restored under its key now");
-            }
+        let renamed = m.rename_partitions(&s.name, &s.input.former_partition_keys());
+        if renamed > 0 {
+            tracing::info!(source = %s.name, renamed, "checkpoint: partitions recorded under their former keys are restored under their keys now");
         }
     }
 }

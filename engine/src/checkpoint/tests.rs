@@ -252,3 +252,29 @@ fn a_file_of_emitted_windows_outlives_its_checkpoint_while_a_kept_manifest_lists
     assert!(!names.contains(&listed.name()), "{names:?}");
     assert!(!dir.path().join("chk-0000000002").exists());
 }
+
+/// Partitions recorded under the keys an earlier version wrote get their keys now, all at
+/// once: a former key that is another file's key now is renamed too (one at a time, that
+/// file's record would look taken); a key recorded already is not overwritten.
+#[test]
+fn former_keys_are_renamed_all_at_once() {
+    let mut m = manifest_with(vec![
+        record("data/z.ndjson", 1, 10, 0),
+        record("data/x/z.ndjson", 2, 20, 0),
+        record("kept", 3, 30, 0),
+        record("old", 4, 40, 0),
+    ]);
+    let renames = [
+        ("data/x/z.ndjson".to_string(), "x/z.ndjson".to_string()),
+        ("data/z.ndjson".to_string(), "data/x/z.ndjson".to_string()),
+        ("old".to_string(), "kept".to_string()),
+        ("missing".to_string(), "other".to_string()),
+    ];
+    assert_eq!(m.rename_partitions("events", &renames), 2);
+    let at = |key: &str| m.resume("events", key).map(|r| r.next_offset);
+    assert_eq!(at("x/z.ndjson"), Some(2));
+    assert_eq!(at("data/x/z.ndjson"), Some(1));
+    assert_eq!(at("kept"), Some(3));
+    assert_eq!(at("old"), Some(4));
+    assert_eq!(at("data/z.ndjson"), None);
+}

@@ -287,7 +287,7 @@ pub trait SourceConnector: SourceBase + Debug + Send + Sync {
     /// Opens its reader for a run.
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError>;
     /// Keys its partitions had in checkpoints of earlier versions, each with its key now
-    /// (former, now): a restore renames them (see `Manifest::rename_partition`).
+    /// (former, now): a restore renames them (see `Manifest::rename_partitions`).
     fn former_partition_keys(&self) -> Vec<(String, String)> {
         Vec::new()
     }
