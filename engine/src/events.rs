@@ -6,7 +6,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::dead_letter::{DeadLetter, PartitionInfo};
 
-/// Bytes shared without copying: a piece of a buffer or of a memory-mapped file.
+/// Bytes shared without copying: a piece of a buffer (a file's segment read at once).
 #[derive(Clone)]
 pub struct SharedBytes {
     owner: Arc<dyn AsRef<[u8]> + Send + Sync>,

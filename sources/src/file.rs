@@ -110,6 +110,17 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, FilesError> {
 /// the file's size.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 
+/// The longest line of a file read (its newline included): a longer one is skipped, its start
+/// sent to the dead letters (see `FileReader::skip_long_line`). Lines up to it are read
+/// whole, in a segment doubled from [`SEGMENT_BYTES`] as needed.
+pub const MAX_LINE_BYTES: u64 = 64 << 20;
+
+/// Bytes of a skipped long line handed on for its dead letter.
+const LONG_LINE_KEPT: usize = 64 << 10;
+
+/// Bytes read at once while a skipped long line is scanned for its end.
+const LONG_LINE_SCAN: usize = 1 << 20;
+
 /// Buffers of segments whose chunks were all dropped, kept for the next segments: at most
 /// this many (a warm reader allocates and zeroes no memory per segment).
 const SPARE_SEGMENTS: usize = 4;
@@ -190,6 +201,11 @@ pub struct FileReader {
     chunk_bytes: usize,
     segment_bytes: u64,
     spares: Spares,
+    /// Lines longer are skipped (see [`Self::skip_long_line`]).
+    max_line_bytes: u64,
+    /// After a long line was skipped: the bytes it consumed, and the last
+    /// [`FINGERPRINT_BYTES`] before its end (the piece handed on is not the file's bytes).
+    skipped: Option<(u64, Vec<u8>)>,
 }
 
 impl FileReader {
@@ -225,6 +241,8 @@ impl FileReader {
             chunk_bytes: CHUNK_BYTES,
             segment_bytes: SEGMENT_BYTES,
             spares: Spares::default(),
+            max_line_bytes: MAX_LINE_BYTES,
+            skipped: None,
         }
     }
 
@@ -238,6 +256,14 @@ impl FileReader {
     /// Sets the size of segments read at once (tests use small ones to exercise segment edges).
     pub fn with_segment_bytes(mut self, n: u64) -> Self {
         self.segment_bytes = n.max(1);
+        self
+    }
+
+    /// Sets the longest line read (the segments read at once are no longer). Lines up to
+    /// the chunk size are read whole whatever it says.
+    pub fn with_max_line_bytes(mut self, n: u64) -> Self {
+        self.max_line_bytes = n.max(1);
+        self.segment_bytes = self.segment_bytes.min(self.max_line_bytes);
         self
     }
 
@@ -355,7 +381,6 @@ impl FileReader {
     /// Reads `len` bytes of `file` at `offset` into a segment (a spare buffer when one is
     /// kept); fails when the file no longer has them (it shrank while it was read).
     fn read_segment(&self, file: &File, offset: u64, len: u64) -> Result<Segment, EngineError> {
-        use std::os::unix::fs::FileExt;
         let len = usize::try_from(len).map_err(|e| self.source_err(e))?;
         let mut buf = match self.spares.lock() {
             Ok(mut spares) => spares.pop().unwrap_or_default(),
@@ -364,25 +389,84 @@ impl FileReader {
         if buf.len() < len {
             buf.resize(len, 0);
         }
-        if let Err(e) = file.read_exact_at(&mut buf[..len], offset) {
-            if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                return Err(self.source_err(e));
-            }
-            let now = file.metadata().map(|m| m.len()).unwrap_or(0);
-            return Err(self.source_err(format!(
-                "the file shrank to {now} bytes while it was read (truncated or rewritten by \
-                 another program), before byte {} that was there when it was opened: its lines \
-                 from byte {offset} on cannot be read. Let the program that writes it finish \
-                 (or rotate logs by renaming them, not with `copytruncate`), then run again",
-                offset + len as u64
-            )));
-        }
+        self.read_at(file, &mut buf[..len], offset)?;
         let keep = buf.len() as u64 <= self.segment_bytes.max(self.chunk_bytes as u64);
         Ok(Arc::new(ReadSegment {
             buf,
             len,
             spares: keep.then(|| self.spares.clone()),
         }))
+    }
+
+    /// Reads `buf.len()` bytes of `file` at `offset`; fails when the file no longer has them
+    /// (it shrank while it was read).
+    fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
+        use std::os::unix::fs::FileExt;
+        let Err(e) = file.read_exact_at(buf, offset) else {
+            return Ok(());
+        };
+        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(self.source_err(e));
+        }
+        let now = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Err(self.source_err(format!(
+            "the file shrank to {now} bytes while it was read (truncated or rewritten by \
+             another program), before byte {} that was there when it was opened: its lines \
+             from byte {offset} on cannot be read. Let the program that writes it finish \
+             (or rotate logs by renaming them, not with `copytruncate`), then run again",
+            offset + buf.len() as u64
+        )))
+    }
+
+    /// A line longer than [`Self::max_line_bytes`] at `start` (the current segment holds its
+    /// first bytes and no newline): skipped to its end without holding it (a line of
+    /// gigabytes would not fit in memory). Its first [`LONG_LINE_KEPT`] bytes are handed on,
+    /// with a NUL byte (so that no prefix passes for a whole JSON value), and become a bad
+    /// record's dead letter; what it consumed and the bytes before its end go to
+    /// [`Self::skipped`].
+    fn skip_long_line(&mut self, start: u64) -> Result<SharedBytes, EngineError> {
+        let Some(Input::Regular {
+            file, len, segment, ..
+        }) = self.input.as_ref()
+        else {
+            return Ok(SharedBytes::default());
+        };
+        let len = *len;
+        let seg: &[u8] = segment.as_ref().map_or(&[], |(seg, _)| (**seg).as_ref());
+        let mut piece = seg[..seg.len().min(LONG_LINE_KEPT)].to_vec();
+        let mut tail = seg[seg.len().saturating_sub(FINGERPRINT_BYTES)..].to_vec();
+        let mut at = start + seg.len() as u64;
+        let mut scratch = vec![0u8; LONG_LINE_SCAN];
+        let end = loop {
+            if at >= len {
+                break len;
+            }
+            let n = (LONG_LINE_SCAN as u64).min(len - at) as usize;
+            self.read_at(file, &mut scratch[..n], at)?;
+            let newline = memchr::memchr(b'\n', &scratch[..n]);
+            let read = newline.map_or(n, |i| i + 1);
+            tail.extend_from_slice(&scratch[read.saturating_sub(FINGERPRINT_BYTES)..read]);
+            tail.drain(..tail.len().saturating_sub(FINGERPRINT_BYTES));
+            at += read as u64;
+            if newline.is_some() {
+                break at;
+            }
+        };
+        tracing::warn!(
+            file = %self.paths[self.current].display(),
+            line = self.lines + 1,
+            bytes = end - start,
+            limit = self.max_line_bytes,
+            "file: a line longer than the limit is skipped: its start goes to the dead letters \
+             as a bad record (is the file NDJSON, one event per line?)"
+        );
+        piece.extend_from_slice(b"\0\n");
+        self.skipped = Some((end - start, tail));
+        if let Some(Input::Regular { pos, segment, .. }) = self.input.as_mut() {
+            *pos = end;
+            *segment = None;
+        }
+        Ok(piece.into())
     }
 
     /// The next piece of whole lines of a regular file: within one segment, a new segment
@@ -392,10 +476,7 @@ impl FileReader {
         let mut want = self.segment_bytes.max(chunk_bytes);
         loop {
             let Some(Input::Regular {
-                file,
-                len,
-                segment,
-                pos,
+                len, segment, pos, ..
             }) = self.input.as_ref()
             else {
                 return Ok(None);
@@ -430,12 +511,23 @@ impl FileReader {
                         return Ok(Some(piece));
                     }
                     if seg_start == pos {
+                        if want >= self.max_line_bytes {
+                            return self.skip_long_line(pos).map(Some);
+                        }
                         // a line longer than the segment: read more
-                        want = want.saturating_mul(2);
+                        want = want.saturating_mul(2).min(self.max_line_bytes);
                     }
                 }
             }
             let seg_len = want.min(len - pos);
+            // (the reader's hold on the segment before goes first: a long line's doubled
+            // segment is not held beside the one it replaces)
+            if let Some(Input::Regular { segment, .. }) = self.input.as_mut() {
+                *segment = None;
+            }
+            let Some(Input::Regular { file, .. }) = self.input.as_ref() else {
+                return Ok(None);
+            };
             let seg = self.read_segment(file, pos, seg_len)?;
             if let Some(Input::Regular { segment, .. }) = self.input.as_mut() {
                 *segment = Some((seg, pos));
@@ -490,8 +582,16 @@ impl PartitionReader for FileReader {
                 let first = self.lines;
                 let newlines = memchr::memchr_iter(b'\n', &piece).count() as u64;
                 self.lines += newlines + u64::from(piece.last() != Some(&b'\n'));
-                self.position += piece.len() as u64;
-                self.roll_tail(&piece);
+                match self.skipped.take() {
+                    Some((consumed, tail)) => {
+                        self.position += consumed;
+                        self.tail = tail;
+                    }
+                    None => {
+                        self.position += piece.len() as u64;
+                        self.roll_tail(&piece);
+                    }
+                }
                 self.fingerprint = fingerprint(&self.tail);
                 Ok(Some(self.chunk(ChunkData::Lines(piece), first)))
             }
@@ -667,6 +767,43 @@ mod tests {
             e.contains("shrank to 0 bytes") && e.contains("copytruncate"),
             "{e}"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A line longer than the limit is skipped without being held: its start is handed on
+    /// with a NUL byte (a bad record, whose dead letter shows it), the lines around it are
+    /// read, and positions count the file's bytes, so that a restore after it continues
+    /// (its fingerprint is of the file's bytes). The file's last line, without a newline, too.
+    #[test]
+    fn a_line_longer_than_the_limit_is_skipped_and_its_start_handed_on() {
+        let dir = std::env::temp_dir().join(format!("weir-file-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.ndjson");
+        let long = "x".repeat(5000);
+        let text = format!("{{\"n\": 1}}\n{long}\n{{\"n\": 3}}\n{long}");
+        std::fs::write(&a, &text).unwrap();
+        let reader = || {
+            FileReader::new(0, "s", vec![a.clone()], 0)
+                .with_chunk_bytes(100)
+                .with_segment_bytes(256)
+                .with_max_line_bytes(1024)
+        };
+        let (lines, resume) = lines_and_resume(reader(), 2);
+        let head = |l: &String| l.starts_with(&"x".repeat(256)) && l.ends_with('\0');
+        assert_eq!(
+            lines.len(),
+            4,
+            "{:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!((&lines[0][..], &lines[2][..]), ("{\"n\": 1}", "{\"n\": 3}"));
+        assert!(head(&lines[1]) && head(&lines[3]));
+        // the second chunk ends after the long line: a restore there continues at line 3
+        let resume = resume.unwrap();
+        assert_eq!(resume.position as usize, 9 + 5001);
+        let (rest, _) = lines_and_resume(reader().with_resume(vec![Some(resume)]), 0);
+        assert_eq!(rest[0], "{\"n\": 3}");
+        assert_eq!(rest.len(), 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -16,6 +16,11 @@ pub struct FileSourceDoc {
     /// A file, a folder or a glob, relative to the pipeline file.
     #[schemars(with = "String")]
     pub path: Spanned<String>,
+    /// The longest line read, newline included (default 64 MiB; values below 1 MiB count as
+    /// 1 MiB); a longer line is skipped, its first 64 KiB sent to the dead letters as a bad
+    /// record.
+    #[serde(default)]
+    pub max_line_bytes: Option<u64>,
 }
 
 /// `file:` of a sink or of `dead_letter`: one output file.

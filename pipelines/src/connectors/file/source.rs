@@ -34,10 +34,16 @@ pub const SOURCE: SourceKind = SourceKind {
         let relative = Path::new(&f.value.path.value).is_relative();
         let (files, keys) = named_files(&resolved, relative.then_some(p.ctx.dir.as_path()));
         let former_keys = resolved.iter().map(|f| f.display().to_string()).collect();
+        let max_line_bytes = f
+            .value
+            .max_line_bytes
+            .unwrap_or(weir_sources::file::MAX_LINE_BYTES)
+            .max(weir_sources::file::CHUNK_BYTES as u64);
         Ok(PlannedInput::of(Box::new(FileInput {
             files,
             keys,
             former_keys,
+            max_line_bytes,
         })))
     },
 };
@@ -50,33 +56,44 @@ pub const SOURCE: SourceKind = SourceKind {
 /// so that a restore finds it after the folder moved), or its stable path.
 fn named_files(resolved: &[PathBuf], dir: Option<&Path>) -> (Vec<PathBuf>, Vec<String>) {
     let stable_dir = dir.map(stable_path);
+    // (`.` components dropped: a glob's matches lose the `./` its pattern started with)
+    let dir = dir.map(without_dots);
     resolved
         .iter()
+        .map(without_dots)
         .map(|f| {
-            match dir
-                .zip(stable_dir.as_ref())
-                .and_then(|(d, s)| f.strip_prefix(d).ok().map(|rel| (s.join(rel), rel)))
-            {
-                Some((file, rel)) => (file, rel.display().to_string()),
-                None => {
-                    let file = stable_path(f);
-                    let key = file.display().to_string();
-                    (file, key)
-                }
-            }
+            let under = dir.as_deref().zip(stable_dir.as_ref()).and_then(|(d, s)| {
+                let rel = f.strip_prefix(d).ok()?;
+                Some((s.join(rel), rel.display().to_string()))
+            });
+            under.unwrap_or_else(|| {
+                let file = stable_path(&f);
+                let key = file.display().to_string();
+                (file, key)
+            })
         })
         .unzip()
+}
+
+/// `path` without its `.` components (`./in/a.ndjson` is `in/a.ndjson`, `.` is empty).
+fn without_dots(path: impl AsRef<Path>) -> PathBuf {
+    path.as_ref()
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 /// NDJSON files, one partition each.
 #[derive(Debug, Clone)]
 pub struct FileInput {
     pub files: Vec<PathBuf>,
-    /// Each file's partition key (see [`partition_key`]).
+    /// Each file's partition key (see [`named_files`]).
     pub keys: Vec<String>,
     /// Each file's key in checkpoints of earlier versions: its path as resolved, which
     /// depended on how the run was started.
     pub former_keys: Vec<String>,
+    /// The longest line read (`max_line_bytes`).
+    pub max_line_bytes: u64,
 }
 
 impl SourceConnector for FileInput {
@@ -120,10 +137,37 @@ impl SourceConnector for FileInput {
 
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
         let reader = FileReader::new(at.index, at.name, self.files.clone(), at.first_partition)
+            .with_max_line_bytes(self.max_line_bytes)
             .with_resume(self.keys.iter().map(|k| (at.resume)(k)).collect());
         Ok(OpenedSource {
             reader: Box::new(reader),
             keys: self.keys.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's key is its path under the pipeline's folder however the folder and the file
+    /// are spelled: a glob's matches lose the `./` of a pattern that had it (a run started
+    /// from the pipeline's folder, whose folder is `.`), a folder's listing keeps it.
+    #[test]
+    fn a_file_is_keyed_by_its_path_under_the_pipeline_folder() {
+        for (dir, file) in [
+            (".", "in/a.ndjson"),
+            (".", "./in/a.ndjson"),
+            ("./", "in/a.ndjson"),
+            ("../x", "../x/in/a.ndjson"),
+            ("/srv/x", "/srv/x/in/a.ndjson"),
+        ] {
+            let (_, keys) = named_files(&[PathBuf::from(file)], Some(Path::new(dir)));
+            assert_eq!(keys, ["in/a.ndjson"], "{dir} {file}");
+        }
+        // an absolute `path`: its stable path
+        let (files, keys) = named_files(&[PathBuf::from("/")], None);
+        assert_eq!(files, [PathBuf::from("/")]);
+        assert_eq!(keys, ["/"]);
     }
 }
