@@ -1125,3 +1125,88 @@ fn expired_view_keys_become_tombstones() {
     let tombstones = messages.iter().filter(|(_, v)| v.is_null()).count();
     assert_eq!(tombstones, 2, "{messages:?}");
 }
+
+/// The events `weir run` says it processed (`run finished ...: N events processed`), counted
+/// since the pipeline's first run (a restore continues the counts).
+fn events_processed(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("run finished")?;
+            let (_, rest) = rest.split_once(": ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"))
+}
+
+/// A topic deleted and created again behind a checkpoint, holding as many records as the
+/// checkpoint's offset: the restore reads the new topic from its start (the topic's id
+/// differs from the one the checkpoint kept), with an error saying so. Before, it continued
+/// at the old offset, the new topic's end, and read none of it without a word (with more
+/// records, it skipped as many). The run after it continues in the new topic. (The test
+/// broker deletes every topic when it deletes one: the tests of this file run one at a time,
+/// and none keeps a topic for the next.)
+#[test]
+fn a_topic_created_again_behind_a_checkpoint_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Golden {
+        brokers,
+        input,
+        group,
+        case,
+        ..
+    } = Golden::produce("1", &[]);
+    let events = case.join("input.ndjson");
+    let total = std::fs::read_to_string(&events).unwrap().lines().count() as u64;
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: created-again
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group}, start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates: {{ events: count(*) }}
+    sinks: [rows]
+sinks:
+  rows: {{ file: {{ path: out/rows.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state }}
+"#
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let out = weir()
+            .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "weir failed:\n{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (stdout, _) = run();
+    assert_eq!(events_processed(&stdout), total);
+    tool(&["delete", &brokers, &input]);
+    tool(&["create", &brokers, &input, "1"]);
+    tool(&["produce", &brokers, &input, events.to_str().unwrap()]);
+    let (stdout, stderr) = run();
+    assert!(stdout.contains("restored from checkpoint"), "{stdout}");
+    assert_eq!(events_processed(&stdout), 2 * total, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("belongs to a topic of this name that was deleted since"),
+        "{stderr}"
+    );
+    // the new checkpoint holds the new topic's id: the next run continues at its end
+    let (stdout, stderr) = run();
+    assert_eq!(events_processed(&stdout), 2 * total, "{stderr}");
+    assert!(!stderr.contains("was deleted since"), "{stderr}");
+}

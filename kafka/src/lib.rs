@@ -12,6 +12,7 @@ mod ranges;
 pub mod repartition;
 pub mod sink;
 pub mod source;
+mod topic_ids;
 
 pub use client::{client_config, create_topic, partition_counts, KafkaError};
 pub use producer::{committed_marker, Producer, TxnMarker};

@@ -26,6 +26,7 @@ import io
 import json
 import struct
 import sys
+import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -40,6 +41,18 @@ def create(brokers, topic, partitions):
         except Exception as e:  # noqa: BLE001
             if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
                 raise
+
+
+def delete(brokers, topic):
+    """Deletes `topic` and waits until the cluster no longer lists it."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for f in admin.delete_topics([topic]).values():
+        f.result(30)
+    deadline = time.time() + 30
+    while topic in admin.list_topics(timeout=10).topics:
+        if time.time() > deadline:
+            raise SystemExit(f"{topic} is still listed 30 s after its deletion")
+        time.sleep(0.2)
 
 
 def rfc3339(ms):
@@ -340,6 +353,8 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("create")
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("partitions", type=int)
+    a = sub.add_parser("delete")
+    a.add_argument("brokers"), a.add_argument("topic")
     a = sub.add_parser("produce")
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("file")
     a.add_argument("--key-field", default="datasetName")
@@ -367,6 +382,8 @@ def main():
     args = ap.parse_args()
     if args.cmd == "create":
         create(args.brokers, args.topic, args.partitions)
+    elif args.cmd == "delete":
+        delete(args.brokers, args.topic)
     elif args.cmd == "produce":
         produce(args)
     elif args.cmd == "lag":

@@ -41,11 +41,19 @@ impl KafkaReader {
             StartFrom::Committed => self.committed_offsets(|_| true),
             _ => HashMap::new(),
         };
+        let resets_to_end = self
+            .consumer
+            .as_ref()
+            .is_some_and(|c| c.context().resets_to_end);
         let starts: Vec<Option<u64>> = self
             .partitions
             .iter()
             .map(|s| {
                 let key = (s.topic.to_string(), s.number);
+                if self.replaced.contains(&key) {
+                    // (its topic was created again: see `incarnation`)
+                    return resets_to_end.then(|| s.target.unwrap_or(0));
+                }
                 match (self.resume.get(&key), self.config.start_from) {
                     (Some(&o), _) => Some(o),
                     (None, StartFrom::Latest) => Some(s.target.unwrap_or(0)),
@@ -55,10 +63,6 @@ impl KafkaReader {
             })
             .collect();
         let past_end = self.past_the_end(&starts, &ends);
-        let resets_to_end = self
-            .consumer
-            .as_ref()
-            .is_some_and(|c| c.context().resets_to_end);
         for l in 0..self.partitions.len() {
             let s = &self.partitions[l];
             let key = (s.topic.to_string(), s.number);
@@ -240,7 +244,19 @@ impl KafkaReader {
                                 .ok()?
                                 .remove(&(topic.clone(), p))
                         });
+                        let incarnation = self.consumer.as_ref().and_then(|c| {
+                            c.context().incarnations.lock().ok()?.get(&topic).copied()
+                        });
+                        let replaced = self.consumer.as_ref().is_some_and(|c| {
+                            c.context()
+                                .replaced
+                                .lock()
+                                .is_ok_and(|r| r.contains(&(topic.clone(), p)))
+                        });
+                        let pooled = self.config.pool.is_some();
                         let s = &mut self.partitions[l];
+                        s.incarnation =
+                            incarnation::label(s.incarnation, incarnation, replaced, pooled);
                         s.assigned = true;
                         s.read_elsewhere = false;
                         // (its start was checked against the log start: `skip_expired`)
@@ -409,6 +425,7 @@ impl KafkaReader {
                 positions.insert((s.topic.to_string(), s.number), next);
             }
         }
+        let incarnation = s.incarnation;
         let lane = &mut s.lane;
         match s.up.as_mut() {
             Some(up) => {
@@ -422,7 +439,7 @@ impl KafkaReader {
                     partition: lane.info.clone(),
                     seq: lane.seq,
                     first_offset: messages.offsets[0],
-                    resume: Resume::at(next),
+                    resume: Resume::at(next).in_incarnation(incarnation),
                     data: ChunkData::Messages(messages),
                 });
                 lane.seq += 1;

@@ -45,6 +45,16 @@ pub(super) struct GroupContext {
     pub(super) start_from: StartFrom,
     /// Offsets of a checkpoint, which override `start_from` for the partitions it holds.
     pub(super) resume: HashMap<(String, i32), u64>,
+    /// Partitions whose checkpoint read a topic of their topic's name deleted since (see
+    /// `incarnation`): not continued at the checkpoint's offset (found at connect, or at
+    /// their assignment).
+    pub(super) replaced: Mutex<HashSet<(String, i32)>>,
+    /// The topic ids of the checkpoint's offsets that connect found equal to the topics'
+    /// (compared again with the ids read at assignment).
+    pub(super) verified: HashMap<(String, i32), u64>,
+    /// The ids of the topics read at the last assignment of their partitions (a topic
+    /// without one is absent).
+    pub(super) incarnations: Mutex<HashMap<String, u64>>,
     /// Where newly assigned partitions were set to start (absent: the committed offset).
     pub(super) starts: Mutex<HashMap<(String, i32), Offset>>,
     /// Claimed partitions of a repartition topic: the offset the partition continues at,
@@ -272,12 +282,49 @@ impl GroupContext {
             }
         }
         // partitions a checkpoint holds continue where it left them
+        let mut replaced = self.replaced.lock().map(|r| r.clone()).unwrap_or_default();
         fresh.retain(|(topic, p)| match self.resume.get(&(topic.clone(), *p)) {
             Some(&o) => {
+                let tp = (topic.clone(), *p);
+                // (created again since connect compared it)
+                let now = self
+                    .incarnations
+                    .lock()
+                    .ok()
+                    .and_then(|i| i.get(topic).copied());
+                if let (Some(&was), Some(now)) = (self.verified.get(&tp), now) {
+                    if was != now {
+                        super::incarnation::report_replaced(
+                            &self.source,
+                            &tp,
+                            Some(o),
+                            self.resets_to_end,
+                        );
+                        replaced.insert(tp);
+                        return true;
+                    }
+                }
                 set(tpl, topic, *p, Offset::Offset(o as i64));
                 false
             }
             None => true,
+        });
+        if let Ok(mut r) = self.replaced.lock() {
+            r.clone_from(&replaced);
+        }
+        // partitions whose checkpoint read a topic deleted since: where `auto.offset.reset`
+        // says (see `incarnation`)
+        fresh.retain(|tp| {
+            if !replaced.contains(tp) {
+                return true;
+            }
+            let at = if self.resets_to_end {
+                Offset::End
+            } else {
+                Offset::Beginning
+            };
+            set(tpl, &tp.0, tp.1, at);
+            false
         });
         let offset = match self.start_from {
             StartFrom::Committed => return,
@@ -312,6 +359,28 @@ impl GroupContext {
 }
 
 impl GroupContext {
+    /// Reads the ids of the topics of `tpl`'s partitions (a topic without one, or when they
+    /// cannot be read, has none: its positions are not checked).
+    fn read_incarnations(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let elements = tpl.elements();
+        let mut topics: Vec<&str> = elements.iter().map(|e| e.topic()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let found = crate::topic_ids::topic_incarnations(consumer.client(), &topics, super::expired::OFFSETS_TIMEOUT)
+            .unwrap_or_else(|e| {
+                tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the topics' ids; positions kept from now on cannot tell a topic created again from the one read");
+                HashMap::new()
+            });
+        if let Ok(mut known) = self.incarnations.lock() {
+            for t in topics {
+                match found.get(t) {
+                    Some(&id) => known.insert(t.to_string(), id),
+                    None => known.remove(t),
+                };
+            }
+        }
+    }
+
     /// Sends the fetched messages of the partitions of `tpl` to the reader's fetch queue;
     /// a partition that cannot be forwarded delivers on the consumer's queue, which the
     /// reader polls too.
@@ -405,6 +474,9 @@ impl ConsumerContext for GroupContext {
                 // in a pool, an empty assignment (a cooperative rebalance that moved other
                 // partitions) changes nothing
                 let closing = self.closing.load(Ordering::SeqCst);
+                if !closing && tpl.count() > 0 {
+                    self.read_incarnations(consumer, tpl);
+                }
                 if let Some(pool) = self.pool.as_ref().filter(|_| tpl.count() > 0 && !closing) {
                     // the run ends first: the next one restores the new partitions' state
                     self.end_run();

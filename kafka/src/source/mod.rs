@@ -16,6 +16,7 @@ mod committed;
 pub(crate) mod expired;
 mod fetch_queue;
 mod group;
+mod incarnation;
 mod lanes;
 pub mod managed;
 mod reader;

@@ -37,6 +37,9 @@ pub(super) struct PartitionState {
     pub(super) jumps: Vec<(u64, u64)>,
     /// When the jumps were last checked.
     pub(super) jumps_checked: Instant,
+    /// The id of its topic since its assignment (see `crate::topic_ids`), kept with its
+    /// positions; 0: unknown (a broker without ids, or offsets that went back since).
+    pub(super) incarnation: u64,
 }
 
 /// The chunk stream of a partition.
@@ -98,6 +101,14 @@ pub struct KafkaReader {
     pub(super) own_checked: Option<Instant>,
     /// (topic, partition) → offset to continue from, from a checkpoint.
     pub(super) resume: HashMap<(String, i32), u64>,
+    /// The topic ids the checkpoint's positions belong to (see `crate::topic_ids`).
+    pub(super) resume_incarnations: HashMap<(String, i32), u64>,
+    /// Partitions whose checkpoint read a topic deleted since (see `incarnation`).
+    pub(super) replaced: HashSet<(String, i32)>,
+    /// The checkpoint's topic ids found equal to the topics' at connect.
+    pub(super) verified: HashMap<(String, i32), u64>,
+    /// When the ids of the topics read were last compared with those the positions carry.
+    pub(super) incarnations_checked: Instant,
     /// In a pool: the hand-over flag of the run served now (a new one means a new run).
     pub(super) run: Option<Arc<AtomicBool>>,
     /// When the lanes of repartition topic partitions were last checked for silence.
@@ -158,6 +169,7 @@ impl KafkaReader {
                     expected: None,
                     jumps: Vec::new(),
                     jumps_checked: Instant::now(),
+                    incarnation: 0,
                 });
             }
         }
@@ -184,6 +196,10 @@ impl KafkaReader {
             flushed_to_wait: false,
             own_checked: None,
             resume: HashMap::new(),
+            resume_incarnations: HashMap::new(),
+            replaced: HashSet::new(),
+            verified: HashMap::new(),
+            incarnations_checked: Instant::now(),
             run: None,
             lanes_scanned: Instant::now(),
             now: Instant::now(),
@@ -294,11 +310,17 @@ impl KafkaReader {
     }
 
     /// Continues the partitions a checkpoint holds from its offsets, whatever `start_from`
-    /// and the group's committed offsets say. `resume(topic, partition)` gives the offset.
-    pub fn with_resume(mut self, resume: impl Fn(&str, i32) -> Option<u64>) -> Self {
+    /// and the group's committed offsets say, unless their topic is another one now (its id
+    /// differs from the checkpoint's: see `GroupContext::set_start_offsets`).
+    /// `resume(topic, partition)` gives the position.
+    pub fn with_resume(mut self, resume: impl Fn(&str, i32) -> Option<Resume>) -> Self {
         for s in &self.partitions {
-            if let Some(o) = resume(&s.topic, s.number) {
-                self.resume.insert((s.topic.to_string(), s.number), o);
+            if let Some(r) = resume(&s.topic, s.number) {
+                let tp = (s.topic.to_string(), s.number);
+                self.resume.insert(tp.clone(), r.next_offset);
+                if r.incarnation != 0 {
+                    self.resume_incarnations.insert(tp, r.incarnation);
+                }
             }
         }
         self
@@ -329,6 +351,7 @@ impl KafkaReader {
     }
 
     pub(super) fn connect(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        self.check_incarnations();
         let mut ids = HashMap::new();
         for s in &self.partitions {
             ids.insert((s.topic.to_string(), s.number), s.lane.info.id);
@@ -336,6 +359,9 @@ impl KafkaReader {
         let context = GroupContext {
             start_from: self.config.start_from,
             resume: self.resume.clone(),
+            replaced: Mutex::new(self.replaced.clone()),
+            verified: self.verified.clone(),
+            incarnations: Mutex::new(HashMap::new()),
             starts: Mutex::new(HashMap::new()),
             lane_starts: Mutex::new(HashMap::new()),
             ids,
@@ -615,6 +641,12 @@ impl KafkaReader {
         if scan_lanes {
             self.lanes_scanned = now;
         }
+        if now.saturating_duration_since(self.incarnations_checked)
+            >= incarnation::INCARNATION_CHECK_EVERY
+        {
+            self.incarnations_checked = now;
+            self.check_running_incarnations();
+        }
         for l in 0..self.partitions.len() {
             if !self.partitions[l].jumps.is_empty()
                 && now.saturating_duration_since(self.partitions[l].jumps_checked)
@@ -720,6 +752,11 @@ pub(super) fn place_message<M: Message>(
         if s.jumps.len() < MAX_JUMPS_UNCHECKED {
             s.jumps.push((expected, offset));
         }
+    }
+    if s.expected.is_some_and(|e| offset < e) {
+        // offsets began again (the topic created again under the reader, and librdkafka's
+        // position reset): positions carry no id until the partition's next assignment
+        s.incarnation = 0;
     }
     s.expected = Some(offset + 1);
     s.read_next = Some(offset + 1);
@@ -836,7 +873,7 @@ pub(super) fn lane_end(source: usize, s: &mut PartitionState, next: u64) -> Chun
         partition: lane.info.clone(),
         seq: lane.seq,
         first_offset: next,
-        resume: Resume::at(next),
+        resume: Resume::at(next).in_incarnation(s.incarnation),
         data: ChunkData::End,
     };
     lane.seq += 1;

@@ -730,7 +730,8 @@ fn offsets_deleted_by_retention_are_counted_and_reading_goes_on_from_the_log_sta
         ..reading_to_the_end(&brokers, "aged")
     };
     let partitions = KafkaPartitions::discover(&config).unwrap();
-    let reader = KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(1));
+    let reader =
+        KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(Resume::at(1)));
     let stats = Arc::new(RunStats::new(&["s".to_string()], &[], &[]));
     // the reader before the fix never ended
     let offsets = read_to_the_end(reader, context(1, stats.clone()));
@@ -791,7 +792,8 @@ fn a_checkpoint_past_the_end_of_a_topic_created_again_reads_it_from_its_start() 
             ..reading_to_the_end(&brokers, "again")
         };
         let partitions = KafkaPartitions::discover(&config).unwrap();
-        let reader = KafkaReader::new(0, "s", 0, config, &partitions).with_resume(|_, _| Some(500));
+        let reader = KafkaReader::new(0, "s", 0, config, &partitions)
+            .with_resume(|_, _| Some(Resume::at(500)));
         let stats = Arc::new(RunStats::new(&["s".to_string()], &[], &[]));
         let (offsets, next) = read_to_the_end_and_where(reader, context(1, stats.clone()));
         // where `auto.offset.reset` says: the log start, or with `latest` the end

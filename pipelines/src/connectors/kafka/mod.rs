@@ -225,7 +225,7 @@ impl SourceConnector for KafkaInput {
         let cfg = opened_config(&self.0, at, &partitions);
         let keys = partitions.keys(&cfg);
         let reader = KafkaReader::new(at.index, at.name, at.first_partition, cfg, &partitions)
-            .with_resume(|t, p| at.start(&format!("{t}/{p}")));
+            .with_resume(|t, p| at.start_at(&format!("{t}/{p}")));
         Ok(OpenedSource {
             reader: Box::new(reader),
             keys,
