@@ -21,7 +21,7 @@ mod fingerprint;
 mod retained;
 mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -122,28 +122,31 @@ impl Manifest {
     /// file's key now), unless a partition kept is recorded under that key; how many it
     /// renamed.
     pub fn rename_partitions(&mut self, source: &str, renames: &[(String, String)]) -> usize {
-        let of = |p: &PartitionRecord, key: &str| p.source == source && p.partition == key;
+        let index: HashMap<&str, usize> = self
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.source == source)
+            .map(|(i, p)| (p.partition.as_str(), i))
+            .collect();
         let found: Vec<(usize, String)> = renames
             .iter()
-            .filter_map(|(former, now)| {
-                let i = self.partitions.iter().position(|p| of(p, former))?;
-                Some((i, now.clone()))
-            })
+            .filter_map(|(former, now)| Some((*index.get(former.as_str())?, now.clone())))
             .collect();
-        let moving: std::collections::HashSet<usize> = found.iter().map(|(i, _)| *i).collect();
-        let mut renamed = 0;
-        for (i, now) in found {
-            let taken = self
-                .partitions
-                .iter()
-                .enumerate()
-                .any(|(j, p)| !moving.contains(&j) && of(p, &now));
-            if !taken {
-                self.partitions[i].partition = now;
-                renamed += 1;
-            }
+        let moving: HashSet<usize> = found.iter().map(|(i, _)| *i).collect();
+        let kept: HashSet<&str> = index
+            .iter()
+            .filter(|(_, i)| !moving.contains(i))
+            .map(|(key, _)| *key)
+            .collect();
+        let renamed: Vec<(usize, String)> = found
+            .into_iter()
+            .filter(|(_, now)| !kept.contains(now.as_str()))
+            .collect();
+        for (i, now) in &renamed {
+            self.partitions[*i].partition.clone_from(now);
         }
-        renamed
+        renamed.len()
     }
 }
 
