@@ -118,9 +118,9 @@ impl Manifest {
     }
 
     /// Gives `source`'s partitions recorded under a key an earlier version wrote differently
-    /// (`renames`: former, now) their key now, all at once (a former key can be another
-    /// file's key now), unless a partition kept is recorded under that key; how many it
-    /// renamed.
+    /// (`renames`: former, now, in order of preference) their key now, all at once (a former
+    /// key can be another file's key now), unless a partition kept is recorded under that
+    /// key; how many it renamed.
     pub fn rename_partitions(&mut self, source: &str, renames: &[(String, String)]) -> usize {
         let index: HashMap<&str, usize> = self
             .partitions
@@ -139,9 +139,11 @@ impl Manifest {
             .filter(|(_, i)| !moving.contains(i))
             .map(|(key, _)| *key)
             .collect();
+        // (a key is given once: by the first of several former spellings recorded)
+        let mut given = HashSet::new();
         let renamed: Vec<(usize, String)> = found
             .into_iter()
-            .filter(|(_, now)| !kept.contains(now.as_str()))
+            .filter(|(_, now)| !kept.contains(now.as_str()) && given.insert(now.clone()))
             .collect();
         for (i, now) in &renamed {
             self.partitions[*i].partition.clone_from(now);

@@ -277,4 +277,12 @@ fn former_keys_are_renamed_all_at_once() {
     assert_eq!(at("kept"), Some(3));
     assert_eq!(at("old"), Some(4));
     assert_eq!(at("data/z.ndjson"), None);
+    // two spellings of one file recorded: the first in `renames` gives the key
+    let mut m = manifest_with(vec![record("./a", 1, 10, 0), record("/srv/a", 2, 20, 0)]);
+    let renames = [
+        ("/srv/a".to_string(), "a".to_string()),
+        ("./a".to_string(), "a".to_string()),
+    ];
+    assert_eq!(m.rename_partitions("events", &renames), 1);
+    assert_eq!(m.resume("events", "a").map(|r| r.next_offset), Some(2));
 }

@@ -126,13 +126,21 @@ impl SourceConnector for FileInput {
         )
     }
 
+    /// Earlier versions keyed a file by its path as resolved, which depended on how the run
+    /// was started: as this run resolves it, and the spellings of the other usual ways (the
+    /// absolute path, from `weir run /srv/x/p.yaml`; `./in/a.ndjson`, from the pipeline's
+    /// folder), tried in that order.
     fn former_partition_keys(&self) -> Vec<(String, String)> {
-        self.former_keys
-            .iter()
-            .zip(&self.keys)
-            .filter(|(former, k)| former != k)
-            .map(|(former, k)| (former.clone(), k.clone()))
-            .collect()
+        let mut pairs = Vec::new();
+        for ((former, key), file) in self.former_keys.iter().zip(&self.keys).zip(&self.files) {
+            let dotted = format!("./{key}");
+            for candidate in [former.clone(), file.display().to_string(), dotted] {
+                if candidate != *key && !pairs.iter().any(|(f, _)| *f == candidate) {
+                    pairs.push((candidate, key.clone()));
+                }
+            }
+        }
+        pairs
     }
 
     fn open(&self, at: &OpenSource) -> Result<OpenedSource, RunError> {
