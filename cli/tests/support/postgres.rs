@@ -159,8 +159,25 @@ impl PgServer {
 
     /// Runs `sql` with `psql`; its output, or its error.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let out = self.psql_command(sql).output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    /// `psql -c sql` running in the background (a session holding a lock meanwhile).
+    pub fn spawn_psql(&self, sql: &str) -> Child {
+        self.psql_command(sql)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn psql_command(&self, sql: &str) -> Command {
+        let mut c = Command::new("psql");
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args([
                 "-U",
                 "weir",
@@ -173,14 +190,8 @@ impl PgServer {
             ])
             .env("PGSSLMODE", "prefer")
             .arg("-c")
-            .arg(sql)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+            .arg(sql);
+        c
     }
 
     /// Stops the server (a fast shutdown: sessions are ended); [`Self::restart`] starts it

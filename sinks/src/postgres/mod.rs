@@ -256,6 +256,9 @@ impl PostgresSink {
                 Ok(s) => self.session = Some(s),
                 Err(f) => return Err(self.fault(f)),
             }
+            // the setup waits for the table's locks as any statement (a fault drops the
+            // session, so the next call sets it up again)
+            self.on_session("setting the tables up", |s| Box::pin(s.setup()))?;
         }
         self.session
             .as_mut()
@@ -274,8 +277,25 @@ impl PostgresSink {
             Box<dyn std::future::Future<Output = Result<T, Fault>> + 'a>,
         >,
     ) -> Result<T, EngineError> {
-        let timeout = self.answer_wait;
         self.session()?;
+        let answered = self.on_session(what, f)?;
+        // the statement was answered in time: the next waits `timeout` again (not after the
+        // setup of a new connection, which would reset a wait grown for a slow merge)
+        self.answer_wait = self.config.timeout;
+        Ok(answered)
+    }
+
+    /// [`Self::run`] on the session as it is (opened, maybe not set up yet).
+    fn on_session<T>(
+        &mut self,
+        what: &str,
+        f: impl for<'a> FnOnce(
+            &'a mut Session,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, Fault>> + 'a>,
+        >,
+    ) -> Result<T, EngineError> {
+        let timeout = self.answer_wait;
         let session = self
             .session
             .as_mut()
@@ -303,14 +323,12 @@ impl PostgresSink {
         });
         self.busy += started.elapsed();
         match result {
-            Some(Ok(v)) => {
-                self.answer_wait = self.config.timeout;
-                Ok(v)
-            }
+            Some(Ok(v)) => Ok(v),
             Some(Err(fault)) => Err(self.fault(fault)),
             None => {
                 // a statement that takes this long (a big merge, a lock wait) would time out
                 // at every try: the next one waits longer
+                self.end_abandoned_statement();
                 let most = self.config.timeout * MAX_ANSWER_WAIT_SCALE;
                 if timeout < most {
                     self.answer_wait = (timeout * 2).min(most);
@@ -319,6 +337,34 @@ impl PostgresSink {
                 Err(self.fault(Fault::Retry(format!(
                     "{what}: the server answered nothing for {timeout:?}"
                 ))))
+            }
+        }
+    }
+
+    /// Ends, on a connection of its own, the server process of the session whose statement
+    /// went unanswered (its locks would hold the next try back); a server that cannot be
+    /// reached ends it itself once it sees the connection dropped
+    /// (`client_connection_check_interval`).
+    fn end_abandoned_statement(&mut self) {
+        let Some(backend) = self.session.as_ref().map(|s| s.backend.clone()) else {
+            return;
+        };
+        let pid = backend.pid;
+        let wait = self.config.timeout.min(Duration::from_secs(5));
+        let config = &self.config;
+        let ended = self.runtime.block_on(async {
+            tokio::time::timeout(wait, session::terminate_backend(config, &backend)).await
+        });
+        match ended {
+            Ok(Ok(true)) => {
+                tracing::warn!(sink = %self.name, pid, "postgres: the unanswered statement was ended on the server")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(f)) => {
+                tracing::warn!(sink = %self.name, pid, error = ?f, "postgres: could not end the unanswered statement; the server ends it once it sees the connection dropped")
+            }
+            Err(_) => {
+                tracing::warn!(sink = %self.name, pid, "postgres: the server did not answer the request to end the unanswered statement; it ends it once it sees the connection dropped")
             }
         }
     }

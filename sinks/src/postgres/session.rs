@@ -17,6 +17,40 @@ use super::{PostgresConfig, TlsMode};
 /// sinks of a pipeline creating `weir_sink_epochs` at once).
 const SETUP_LOCK: i64 = 0x0077_6569_725f_7067;
 
+/// How often, in milliseconds, the server looks whether the sink is still connected while
+/// one of its statements runs (`client_connection_check_interval`).
+const CLIENT_CHECK_INTERVAL_MS: u32 = 1000;
+
+/// A connection's server process.
+#[derive(Debug, Clone, Default)]
+pub struct Backend {
+    pub pid: i32,
+    /// Its `backend_start`, so that a process id the server gave to another session since
+    /// (the server restarted) is not ended.
+    pub started: Option<String>,
+}
+
+/// Ends the server process `backend` (a connection whose statement went unanswered, which
+/// the sink drops): without it, the statement would go on holding its locks, and the batch
+/// sent again would wait behind it. Only the sink's own process is ended: same process id,
+/// same start, `application_name` weir's. Returns whether the server ended it.
+pub async fn terminate_backend(config: &PostgresConfig, backend: &Backend) -> Result<bool, Fault> {
+    let opts = connect_options(config)?;
+    let mut conn = PgConnection::connect_with(&opts).await.map_err(fault)?;
+    let ended: Option<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE pid = $1 AND backend_start::text IS NOT DISTINCT FROM $2 \
+         AND application_name = 'weir'",
+    )
+    .bind(backend.pid)
+    .bind(&backend.started)
+    .fetch_optional(&mut conn)
+    .await
+    .map_err(strict)?;
+    let _ = conn.close().await;
+    Ok(ended.unwrap_or(false))
+}
+
 /// How many of a sink's newest committed epochs `weir_sink_epochs` keeps.
 const KEEP_EPOCHS: i64 = 1000;
 
@@ -76,10 +110,21 @@ pub struct Session {
     pub wires: Option<Vec<Wire>>,
     /// When the server last answered a statement (see [`Self::stepped`]).
     pub last_answer: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+    /// [`Self::warn_keys_equal_to_the_table`] warned.
+    warned_equal_keys: bool,
+    /// The server process of the connection (`pg_backend_pid()`) and when it started
+    /// (`backend_start`), ended by [`terminate_backend`] when a statement of it goes
+    /// unanswered.
+    pub backend: Backend,
 }
 
 fn fault(e: sqlx::Error) -> Fault {
     classify(&e)
+}
+
+/// SQLSTATE 21000: an `ON CONFLICT DO UPDATE` reached the same row twice.
+fn is_cardinality_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("21000"))
 }
 
 /// A fault where no row can be refused (DDL, bookkeeping): a refusal fails the run.
@@ -118,8 +163,7 @@ pub fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions, Faul
 }
 
 impl Session {
-    /// Connects and sets the tables up: the table created or checked, and the staging
-    /// table (a temporary one without checkpoints) and `weir_sink_epochs` created.
+    /// Connects; [`Self::setup`] then sets the tables up.
     pub async fn open(
         config: &PostgresConfig,
         layout: &Layout,
@@ -135,9 +179,41 @@ impl Session {
             merge_can_refuse: false,
             wires: None,
             last_answer: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            warned_equal_keys: false,
+            backend: Backend::default(),
         };
-        s.setup().await?;
+        let (pid, started): (i32, Option<String>) = sqlx::query_as(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&mut s.conn)
+        .await
+        .map_err(strict)?;
+        s.backend = Backend { pid, started };
+        s.check_the_client_while_running().await?;
         Ok(s)
+    }
+
+    /// Has the server look whether the sink is still connected while a statement runs
+    /// (PostgreSQL 14 and later; older servers do not have the setting), so that a
+    /// statement the sink gave up on (its connection dropped) ends, even when the sink
+    /// could not reach the server to end it ([`terminate_backend`]).
+    async fn check_the_client_while_running(&mut self) -> Result<(), Fault> {
+        let r = self
+            .exec(&format!(
+                "SET client_connection_check_interval = {}",
+                CLIENT_CHECK_INTERVAL_MS
+            ))
+            .await;
+        match r {
+            // a server without the setting (before 14: 42704), or one that cannot look
+            // (22023 where it cannot see a closed socket), or a compatible server that
+            // refuses it: the sink goes on without it
+            Err(sqlx::Error::Database(db)) => {
+                tracing::debug!(code = ?db.code(), error = %db.message(), "postgres: client_connection_check_interval not set");
+                Ok(())
+            }
+            r => r.map(|_| ()).map_err(fault),
+        }
     }
 
     async fn exec(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
@@ -147,6 +223,14 @@ impl Session {
             .map(|r| r.rows_affected());
         self.stepped();
         r
+    }
+
+    /// Warns, once per session, that output keys distinct in the engine are one key to the
+    /// table.
+    fn warn_keys_equal_to_the_table(&mut self) {
+        if !std::mem::replace(&mut self.warned_equal_keys, true) {
+            tracing::warn!(table = %self.layout.table, "postgres: keys distinct in the output are equal to the table (its key columns pad or compare case-insensitively): the later row of such keys replaces the earlier; give the table's key columns types that compare as the output's values do (`text`) to keep them apart");
+        }
     }
 
     /// The server answered: a long batch (refused rows isolated one by one) is not idle.
@@ -165,7 +249,9 @@ impl Session {
         Ok(found.is_some())
     }
 
-    async fn setup(&mut self) -> Result<(), Fault> {
+    /// Sets the tables up: the table created or checked, and the staging table (a
+    /// temporary one without checkpoints) and `weir_sink_epochs` created.
+    pub async fn setup(&mut self) -> Result<(), Fault> {
         self.exec("BEGIN").await.map_err(strict)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SETUP_LOCK)
@@ -370,24 +456,43 @@ impl Session {
         unique_keys: bool,
         deletes: bool,
     ) -> Result<Vec<Refusal>, Fault> {
-        let all = self
-            .layout
-            .merge(self.temporary, false, unique_keys, deletes);
         self.exec("SAVEPOINT weir_merge").await.map_err(strict)?;
-        let first = sqlx::query(&all).bind(upto).execute(&mut self.conn).await;
-        match first.map_err(fault) {
-            Ok(_) => {
-                self.exec("RELEASE SAVEPOINT weir_merge")
-                    .await
-                    .map_err(strict)?;
-                return Ok(Vec::new());
+        // keys distinct in Arrow may be equal to the table (`char(n)` padding, a
+        // case-insensitive collation): the merge then touches a row twice (SQLSTATE 21000),
+        // and is made again with the staged rows deduplicated by the table's own equality
+        // (`DISTINCT ON`, the later row winning); if even that is refused (a unique index
+        // whose collation differs from its column's), the rows are merged one by one
+        let tries: &[bool] = if unique_keys {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        for &unique in tries {
+            let all = self.layout.merge(self.temporary, false, unique, deletes);
+            let first = sqlx::query(&all).bind(upto).execute(&mut self.conn).await;
+            self.stepped();
+            let touched_twice = first.as_ref().err().is_some_and(is_cardinality_violation);
+            match first.map_err(fault) {
+                Ok(_) => {
+                    self.exec("RELEASE SAVEPOINT weir_merge")
+                        .await
+                        .map_err(strict)?;
+                    return Ok(Vec::new());
+                }
+                Err(Fault::Refused { .. }) => {
+                    self.exec("ROLLBACK TO SAVEPOINT weir_merge")
+                        .await
+                        .map_err(strict)?;
+                    break;
+                }
+                Err(_) if touched_twice => {
+                    self.exec("ROLLBACK TO SAVEPOINT weir_merge")
+                        .await
+                        .map_err(strict)?;
+                    self.warn_keys_equal_to_the_table();
+                }
+                Err(f) => return Err(f),
             }
-            Err(Fault::Refused { .. }) => {
-                self.exec("ROLLBACK TO SAVEPOINT weir_merge")
-                    .await
-                    .map_err(strict)?;
-            }
-            Err(f) => return Err(f),
         }
         let seqs: Vec<i64> = sqlx::query_scalar(&self.layout.merge_candidates(self.temporary))
             .bind(upto)
