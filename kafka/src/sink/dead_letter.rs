@@ -59,14 +59,7 @@ impl DeadLetterKafka {
     /// Sends one record; one over the broker's size limit goes with its `raw` cut to
     /// [`TRUNCATED_RAW`] bytes (`raw_truncated: true`) rather than not at all.
     fn send(&mut self, r: &DeadLetter) -> Result<(), SendError> {
-        let p = &r.partition;
-        let key = format!(
-            "{}/{}/{}/{}",
-            p.source,
-            p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
-            p.number,
-            r.offset.map_or(String::new(), |o| o.to_string())
-        );
+        let key = record_key(r);
         // the record's trace and correlation ids travel on as headers
         let mut headers = vec![("weir.reason", r.reason.as_str().as_bytes())];
         headers.extend(r.trace.headers());
@@ -83,17 +76,7 @@ impl DeadLetterKafka {
                 Ok(()) => return Ok(()),
                 Err(crate::KafkaError::Refused { message, .. }) if attempt == 0 => {
                     tracing::warn!(key, error = %message, "dead letter over the broker's size limit: its raw bytes are cut");
-                    let raw = json["raw"].as_str().unwrap_or_default();
-                    let mut cut = TRUNCATED_RAW.min(raw.len());
-                    while !raw.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    if json["raw_encoding"] == "base64" {
-                        // whole groups of four: what is left still decodes
-                        cut -= cut % 4;
-                    }
-                    json["raw"] = serde_json::Value::String(raw[..cut].to_string());
-                    json["raw_truncated"] = serde_json::Value::Bool(true);
+                    cut_raw(&mut json, TRUNCATED_RAW);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -102,17 +85,101 @@ impl DeadLetterKafka {
     }
 }
 
+/// A dead letter's message key: `source/topic (or file)/partition/offset`.
+fn record_key(r: &DeadLetter) -> String {
+    let p = &r.partition;
+    format!(
+        "{}/{}/{}/{}",
+        p.source,
+        p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
+        p.number,
+        r.offset.map_or(String::new(), |o| o.to_string())
+    )
+}
+
+/// Cuts a dead letter's `raw` to at most `limit` bytes (whole characters, and whole groups
+/// of four in base64, so that what is left still decodes), marking it `raw_truncated`.
+fn cut_raw(json: &mut serde_json::Value, limit: usize) {
+    let raw = json["raw"].as_str().unwrap_or_default();
+    let mut cut = limit.min(raw.len());
+    while !raw.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if json["raw_encoding"] == "base64" {
+        cut -= cut % 4;
+    }
+    json["raw"] = serde_json::Value::String(raw[..cut].to_string());
+    json["raw_truncated"] = serde_json::Value::Bool(true);
+}
+
+impl DeadLetterKafka {
+    /// Sends again, with its `raw` cut to `limit` bytes, a dead letter the broker refused
+    /// for good (over the topic's `max.message.bytes`, which may be below the client's
+    /// limit that [`Self::send`] cuts for).
+    fn send_cut(
+        &mut self,
+        r: &crate::producer::RefusedMessage,
+        limit: usize,
+    ) -> Result<(), EngineError> {
+        let mut json: serde_json::Value = serde_json::from_slice(&r.payload)
+            .map_err(|e| EngineError::dead_letter_caused("", e))?;
+        tracing::warn!(error = %r.message, code = r.code, kept = limit, "the broker refused a dead letter: it goes again with its raw bytes cut");
+        cut_raw(&mut json, limit);
+        self.value.clear();
+        serde_json::to_writer(&mut self.value, &json)
+            .map_err(|e| EngineError::dead_letter_caused("", e))?;
+        // the record's headers, as `send` gave them
+        let key = r.key.as_deref().unwrap_or_default();
+        let original = self
+            .unacked
+            .iter()
+            .find(|d| record_key(d).as_bytes() == key);
+        let reason = json["reason"].as_str().unwrap_or_default().to_string();
+        let mut headers = vec![("weir.reason", reason.as_bytes())];
+        if let Some(d) = original {
+            headers.extend(d.trace.headers());
+        }
+        let sent = self
+            .producer
+            .send(
+                &self.config.topic,
+                r.key.as_deref(),
+                Some(&self.value),
+                &headers,
+            )
+            .map_err(|e| SendError::from(e).into_dead_letter_error());
+        if sent.is_err() {
+            // the retried call sends every unacknowledged record again (cut again if refused)
+            self.broken = true;
+        }
+        sent
+    }
+}
+
 impl Committable for DeadLetterKafka {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.rebuild()?;
-        if let Err(e) = self.producer.flush() {
-            return Err(self.failed(e));
-        }
-        if let Some(r) = self.producer.take_refused().first() {
-            return Err(EngineError::dead_letter(format!(
-                "the broker refused a dead letter for good ({}): {}",
-                r.code, r.message
-            )));
+        // a dead letter the broker refuses for good goes again with its raw bytes cut, then
+        // without them, rather than failing the run (and every restart, which writes it
+        // again); the record's reason and error are what must not be lost
+        for kept in [Some(TRUNCATED_RAW), Some(0), None] {
+            if let Err(e) = self.producer.flush() {
+                return Err(self.failed(e));
+            }
+            let refused = self.producer.take_refused();
+            let Some(first) = refused.first() else {
+                break;
+            };
+            let Some(limit) = kept else {
+                return Err(EngineError::dead_letter(format!(
+                    "the broker refused a dead letter for good ({}), even without its raw \
+                     bytes: {}",
+                    first.code, first.message
+                )));
+            };
+            for r in &refused {
+                self.send_cut(r, limit)?;
+            }
         }
         self.unacked.clear();
         Ok(true)

@@ -106,6 +106,9 @@ pub struct KafkaSink {
     txn: Option<Txn>,
     /// The schema registry's client (`format: avro` with a registry), made at first use.
     registry: Option<weir_formats::registry::RegistryClient>,
+    /// In tests: how many of the next batches fail to send as a full queue would.
+    #[cfg(test)]
+    fail_sends: usize,
 }
 
 /// A transactional sink's state. Rows go into the open transaction as they come. At
@@ -198,6 +201,8 @@ impl KafkaSink {
             write_failed: false,
             rejected: Vec::new(),
             registry: None,
+            #[cfg(test)]
+            fail_sends: 0,
         })
     }
 
@@ -229,10 +234,12 @@ impl KafkaSink {
             }
         }
         tracing::info!(sink = %self.name, batches = self.unacked.len(), "kafka: sending the unacknowledged rows again");
-        for batch in std::mem::take(&mut self.unacked) {
-            let sent = self.send_batch(&batch);
-            self.unacked.push(batch);
-            sent.map_err(|e| e.into_sink_error(&self.name))?;
+        // every batch stays unacknowledged: a failure part-way leaves `broken`, and the next
+        // call sends them all again (in a new transaction)
+        for i in 0..self.unacked.len() {
+            let batch = self.unacked[i].clone();
+            self.send_batch(&batch)
+                .map_err(|e| e.into_sink_error(&self.name))?;
         }
         self.broken = false;
         Ok(())
@@ -260,10 +267,33 @@ impl KafkaSink {
         t.prepared = None;
         let waiting = std::mem::take(&mut t.waiting);
         self.unacked.clear();
-        for batch in waiting {
-            self.send_now(&batch)?;
-        }
+        self.send_waiting(waiting)?;
         Ok(true)
+    }
+
+    /// Sends, in the transaction now open, the rows that waited for the last one's commit:
+    /// they all join the unacknowledged rows first, so that a failure part-way sends every
+    /// one of them again (in a new transaction) at the next call, and none is lost with it.
+    fn send_waiting(&mut self, waiting: Vec<RecordBatch>) -> Result<(), EngineError> {
+        let first = self.unacked.len();
+        self.unacked.extend(waiting);
+        if first == self.unacked.len() {
+            return Ok(());
+        }
+        if let Err(e) = self.begin() {
+            self.broken = true;
+            return Err(e);
+        }
+        for i in first..self.unacked.len() {
+            let batch = self.unacked[i].clone();
+            if let Err(e) = self.send_batch(&batch) {
+                if e.kind() == weir_engine::ErrorKind::Retryable {
+                    self.broken = true;
+                }
+                return Err(e.into_sink_error(&self.name));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure a transaction is open on the producer (transactional sinks).
@@ -368,6 +398,15 @@ impl KafkaSink {
     /// Queues every row of `batch`; rows the client refuses for good (over
     /// `message.max.bytes`) are kept for the dead-letter output; other errors are returned.
     fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), SendError> {
+        #[cfg(test)]
+        if self.fail_sends > 0 {
+            self.fail_sends -= 1;
+            return Err(SendError::Kafka(crate::KafkaError::Delivery {
+                brokers: self.config.brokers.clone(),
+                topic: self.config.topic.clone(),
+                message: "the test's queue is full".into(),
+            }));
+        }
         self.keys.clear();
         self.key_ends.clear();
         let schema = batch.schema();
@@ -503,9 +542,7 @@ impl KafkaSink {
                 .unwrap_or_default();
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             tracing::info!(sink = %self.name, transactional_id = %t.id, epoch, rows, "kafka: committing the transaction of another worker's checkpoint, which it did not commit");
-            for batch in &batches {
-                self.send_now(batch)?;
-            }
+            self.send_waiting(batches)?;
             self.flush()?;
             if let Some(t) = self.txn.as_mut() {
                 t.prepared = Some(epoch);
@@ -600,16 +637,18 @@ impl Committable for KafkaSink {
         let waiting = std::mem::take(&mut t.waiting);
         self.unacked.clear();
         tracing::debug!(sink = %self.name, epoch = prepared, "kafka: transaction committed");
-        for batch in waiting {
-            self.send_now(&batch)?;
-        }
-        Ok(())
+        self.send_waiting(waiting)
     }
 
     fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
         if self.txn.is_none() {
             return Ok(());
         }
+        // a call made again after a failure: the rows the failed one sent are in a
+        // transaction of its producer, which a new producer aborts (see `rebuild`); they are
+        // sent again below, once
+        self.unacked.clear();
+        self.rebuild()?;
         // fences an older instance and aborts the transaction a crash left open
         self.begin()?;
         let Some((epoch, info)) = from else {
@@ -646,9 +685,7 @@ impl Committable for KafkaSink {
             outbox_decode(outbox).map_err(|e| EngineError::sink_caused(&self.name, "", e))?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         tracing::info!(sink = %self.name, epoch, rows, "kafka: the restored checkpoint's transaction did not commit; sending its rows again");
-        for batch in &batches {
-            self.send_now(batch)?;
-        }
+        self.send_waiting(batches)?;
         if let Some(t) = self.txn.as_mut() {
             t.prepared = Some(epoch);
         }

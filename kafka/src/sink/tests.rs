@@ -33,6 +33,14 @@ fn batch(rows: &[(&str, usize)]) -> RecordBatch {
 
 /// The keys of every message in partition 0 of `topic`.
 fn keys_in(brokers: &str, topic: &str) -> Vec<String> {
+    messages_in(brokers, topic)
+        .into_iter()
+        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+        .collect()
+}
+
+/// The (key, value) of every message in partition 0 of `topic`.
+fn messages_in(brokers: &str, topic: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "t")
@@ -45,14 +53,15 @@ fn keys_in(brokers: &str, topic: &str) -> Vec<String> {
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
         .unwrap();
     c.assign(&tpl).unwrap();
-    let mut keys = Vec::new();
+    let mut messages = Vec::new();
     let started = Instant::now();
-    while (keys.len() as i64) < high && started.elapsed() < Duration::from_secs(20) {
+    while (messages.len() as i64) < high && started.elapsed() < Duration::from_secs(20) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            keys.push(String::from_utf8_lossy(m.key().unwrap()).into_owned());
+            let key = m.key().unwrap_or_default().to_vec();
+            messages.push((key, m.payload().unwrap_or_default().to_vec()));
         }
     }
-    keys
+    messages
 }
 
 /// A sink of the mock cluster's topic `t`, with `props` and `delivery`.
@@ -406,4 +415,119 @@ fn a_pool_takes_over_a_dead_workers_transaction_once_and_never_commits_a_voided_
     keys.sort();
     assert_eq!(keys, ["a1", "a2", "a3", "a4", "b1"], "{keys:?}");
     assert_eq!((c.markers[ida], c.markers[idb]), (3, 2));
+}
+
+/// Rows written after a barrier wait for its transaction's commit, then go into the next
+/// transaction. When one of them fails to send (a full queue, a schema registry that does
+/// not answer), the call made again sends every one of them, and the next row written is
+/// not taken for one already sent: each row is committed once.
+#[test]
+fn rows_that_waited_for_a_commit_are_all_sent_when_one_fails_to_send() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let committed = Arc::new(std::sync::Mutex::new(Committed::default()));
+    let mut s = pool_sink(&mock, "p.out", &committed);
+    s.recover(None).unwrap();
+    s.write(&batch(&[("a", 1)])).unwrap();
+    s.pre_commit(1).unwrap();
+    for k in ["w1", "w2", "w3"] {
+        s.write(&batch(&[(k, 1)])).unwrap();
+    }
+    s.fail_sends = 1;
+    let e = s.commit(1).unwrap_err();
+    assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+    // the retry policy calls again
+    s.commit(1).unwrap();
+    s.write(&batch(&[("x", 1)])).unwrap();
+    s.pre_commit(2).unwrap();
+    s.commit(2).unwrap();
+    let mut keys = committed.lock().unwrap().keys.clone();
+    keys.sort();
+    assert_eq!(keys, ["a", "w1", "w2", "w3", "x"]);
+}
+
+/// A recovery that sends the restored checkpoint's rows again and fails part-way is made
+/// again by the retry policy: its rows are committed once, and the first row written after
+/// it is not taken for one already sent.
+#[test]
+fn a_recovery_made_again_after_a_failed_send_commits_each_row_once() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let committed = Arc::new(std::sync::Mutex::new(Committed::default()));
+    let mut s = pool_sink(&mock, "p.out", &committed);
+    s.recover(None).unwrap();
+    s.write(&batch(&[("a", 1)])).unwrap();
+    s.write(&batch(&[("b", 1)])).unwrap();
+    let info = s.pre_commit(1).unwrap();
+    // a crash before the commit
+    drop(s);
+    let mut s = pool_sink(&mock, "p.out", &committed);
+    s.fail_sends = 1;
+    let e = s.recover(Some((1, &info))).unwrap_err();
+    assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+    s.recover(Some((1, &info))).unwrap();
+    s.write(&batch(&[("c", 1)])).unwrap();
+    s.pre_commit(2).unwrap();
+    s.commit(2).unwrap();
+    let mut keys = committed.lock().unwrap().keys.clone();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c"]);
+}
+
+/// The values of every message in partition 0 of `topic`, as JSON.
+fn values_in(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    messages_in(brokers, topic)
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
+        .collect()
+}
+
+/// A dead letter the broker refuses for good (it answers the produce request with
+/// `MESSAGE_TOO_LARGE`, as for a topic whose `max.message.bytes` is below the client's
+/// limit) goes again with its raw bytes cut, its reason and error kept: the flush does not
+/// fail (it failed the run, and every restart, which wrote the same dead letter again).
+#[test]
+fn a_dead_letter_the_broker_refuses_goes_again_with_its_raw_bytes_cut() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use weir_engine::dead_letter::{PartitionInfo, Reason};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut d = DeadLetterKafka::new(KafkaSinkConfig {
+        brokers: mock.bootstrap_servers(),
+        topic: "t".into(),
+        properties: vec![],
+        format: KafkaFormat::Json,
+        delivery: KafkaDelivery::Idempotent,
+    })
+    .unwrap();
+    let record = DeadLetter {
+        partition: Arc::new(PartitionInfo {
+            source: "events".into(),
+            id: 0,
+            state_id: 0,
+            number: 3,
+            topic: Some("in".into()),
+            file: None,
+        }),
+        offset: Some(41),
+        reason: Reason::Bad,
+        error: ErrorInfo::new("invalid_json", "not JSON"),
+        raw: Some(vec![b'x'; 100_000]),
+        trace: Default::default(),
+    };
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    d.write(&[record]).unwrap();
+    assert!(d.flush().unwrap());
+    let values = values_in(&mock.bootstrap_servers(), "t");
+    let kept: Vec<&serde_json::Value> = values
+        .iter()
+        .filter(|v| v["raw_truncated"] == true)
+        .collect();
+    assert_eq!(kept.len(), 1, "{values:?}");
+    assert_eq!(kept[0]["raw"].as_str().unwrap().len(), 64 << 10);
+    assert_eq!(kept[0]["error"]["code"], "invalid_json");
+    assert_eq!(kept[0]["offset"], 41);
 }
