@@ -21,7 +21,7 @@ mod kafka_support;
 #[path = "support/sql.rs"]
 mod sql_support;
 use crash::venv_python as python;
-use kafka_support::{brokers, read_topic, repo, tool, unique, weir, Running};
+use kafka_support::{brokers, events_processed, read_topic, repo, tool, unique, weir, Running};
 
 const AGGREGATES: &str = r#"
       events: count(*)
@@ -1124,19 +1124,6 @@ fn expired_view_keys_become_tombstones() {
     }
     let tombstones = messages.iter().filter(|(_, v)| v.is_null()).count();
     assert_eq!(tombstones, 2, "{messages:?}");
-}
-
-/// The events `weir run` says it processed (`run finished ...: N events processed`), counted
-/// since the pipeline's first run (a restore continues the counts).
-fn events_processed(stdout: &str) -> u64 {
-    stdout
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once("run finished")?;
-            let (_, rest) = rest.split_once(": ")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"))
 }
 
 /// A topic deleted and created again behind a checkpoint, holding as many records as the

@@ -21,7 +21,7 @@ mod crash;
 mod kafka_support;
 #[path = "support/pool.rs"]
 mod pool_support;
-use kafka_support::{brokers, read_topic, tool, unique, Running};
+use kafka_support::{brokers, events_processed, read_topic, tool, unique, weir, Running};
 use pool_support::{claims_from, has_claims, has_claims_in, slices_of};
 
 const AGGREGATES: &str = r#"
@@ -701,4 +701,92 @@ checkpoint: {{ dir: state, interval: 1s }}
         "the first pool's messages were not skipped:\n{}",
         log.join("\n")
     );
+}
+
+/// A topic deleted and created again behind a pool worker's checkpoint, holding as many
+/// records per partition as the checkpoint's offsets: the worker's claims compare the
+/// topic's id kept with each partition's checkpoint, and read the new topic from its start
+/// (without the check, each claim continued at the old offset, which is the new topic's end,
+/// and its records were skipped without a word). The next run continues at its end.
+#[test]
+fn a_pool_worker_reads_a_topic_created_again_behind_its_checkpoint_from_its_start() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    generate(
+        &events,
+        &["3000", "--seed", "29", "--keys", "12", "--step-ms", "100"],
+    );
+    let (input, group) = (unique("pool-again-in"), unique("pool-again"));
+    let produce = || {
+        tool(&[
+            "produce",
+            &brokers,
+            &input,
+            events.to_str().unwrap(),
+            "--key-field",
+            "datasetName",
+        ])
+    };
+    tool(&["create", &brokers, &input, "2"]);
+    produce();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: pool-again
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: "{group}", start_from: earliest }}
+    partitioned_by: [datasetName]
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates: {{ events: count(*) }}
+    sinks: [rows]
+sinks:
+  rows: {{ file: {{ path: out/rows.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 300ms }}
+"#
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let out = weir()
+            .args([
+                "run",
+                pipeline.to_str().unwrap(),
+                "--worker",
+                "a",
+                "--until-caught-up",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "weir failed:\n{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (events_processed(&stdout), stderr)
+    };
+    let total = std::fs::read_to_string(&events).unwrap().lines().count() as u64;
+    let (read, stderr) = run();
+    assert_eq!(read, total, "{stderr}");
+    tool(&["delete", &brokers, &input]);
+    tool(&["create", &brokers, &input, "2"]);
+    produce();
+    let (read, stderr) = run();
+    assert!(
+        stderr.contains("belongs to a topic of this name that was deleted since"),
+        "{stderr}"
+    );
+    assert_eq!(read, 2 * total, "{stderr}");
+    // the new checkpoint keeps the new topic's id: the next run continues at its end
+    let (read, stderr) = run();
+    assert!(!stderr.contains("was deleted since"), "{stderr}");
+    assert_eq!(read, 2 * total, "{stderr}");
 }

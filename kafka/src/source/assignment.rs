@@ -253,10 +253,21 @@ impl KafkaReader {
                                 .lock()
                                 .is_ok_and(|r| r.contains(&(topic.clone(), p)))
                         });
-                        let pooled = self.config.pool.is_some();
+                        // in a pool, the start is the claim's (none: `start_from`'s)
+                        let claimed = self.config.pool.as_ref().and_then(|_| {
+                            self.consumer.as_ref().and_then(|c| {
+                                c.context()
+                                    .claimed_incarnations
+                                    .lock()
+                                    .ok()?
+                                    .remove(&(topic.clone(), p))
+                            })
+                        });
                         let s = &mut self.partitions[l];
-                        s.incarnation =
-                            incarnation::label(s.incarnation, incarnation, replaced, pooled);
+                        // (a pooled partition without a claim starts as `start_from` says,
+                        // or where this process left it: its own label)
+                        let prev = claimed.unwrap_or(s.incarnation);
+                        s.incarnation = incarnation::label(prev, incarnation, replaced);
                         s.assigned = true;
                         s.read_elsewhere = false;
                         // (its start was checked against the log start: `skip_expired`)

@@ -60,6 +60,9 @@ pub(super) struct GroupContext {
     /// Claimed partitions of a repartition topic: the offset the partition continues at,
     /// and the upstream offset each lane expects.
     pub(super) lane_starts: Mutex<HashMap<(String, i32), LaneStart>>,
+    /// In a pool: the topic id each claimed partition's start belongs to (see
+    /// `incarnation::label`).
+    pub(super) claimed_incarnations: Mutex<HashMap<(String, i32), u64>>,
     /// (topic, partition) → global partition id.
     pub(super) ids: HashMap<(String, i32), usize>,
     /// Partitions assigned before in this process (they resume from committed offsets).
@@ -161,8 +164,25 @@ impl GroupContext {
             Ok(offsets) => {
                 for ((topic, p), o) in list.iter().zip(offsets) {
                     match o {
-                        Some(ClaimedStart { offset, lanes }) => {
-                            let o = Offset::Offset(offset as i64);
+                        Some(ClaimedStart {
+                            offset,
+                            lanes,
+                            incarnation,
+                        }) => {
+                            let tp = (topic.clone(), *p);
+                            let (o, offset) = if self.created_again(&tp, incarnation, offset) {
+                                let at = if self.resets_to_end {
+                                    Offset::End
+                                } else {
+                                    Offset::Beginning
+                                };
+                                (at, 0)
+                            } else {
+                                (Offset::Offset(offset as i64), offset)
+                            };
+                            if let Ok(mut c) = self.claimed_incarnations.lock() {
+                                c.insert(tp, incarnation);
+                            }
                             let _ = tpl.set_partition_offset(topic, *p, o);
                             if let Ok(mut starts) = self.starts.lock() {
                                 starts.insert((topic.clone(), *p), o);
@@ -181,6 +201,26 @@ impl GroupContext {
             }),
         }
         fresh
+    }
+
+    /// Whether claimed partition `tp`'s start `offset` belongs to a topic of its name
+    /// deleted since: its checkpoint kept id `was`, and the topic's id read at this
+    /// assignment is another (see `incarnation`); if so, it goes into `replaced`, with an
+    /// error.
+    fn created_again(&self, tp: &(String, i32), was: u64, offset: u64) -> bool {
+        let now = self
+            .incarnations
+            .lock()
+            .ok()
+            .and_then(|i| i.get(&tp.0).copied());
+        if was == 0 || now.is_none_or(|n| n == was) {
+            return false;
+        }
+        super::incarnation::report_replaced(&self.source, tp, Some(offset), self.resets_to_end);
+        if let Ok(mut r) = self.replaced.lock() {
+            r.insert(tp.clone());
+        }
+        true
     }
 
     pub(super) fn push(&self, e: GroupEvent) {

@@ -10,8 +10,8 @@
 //! read when the partitions are assigned. Positions carry an id only where their start
 //! belongs to it ([`label`]); a topic created again while a run reads it, found by a check
 //! every [`INCARNATION_CHECK_EVERY`] or by offsets going back, leaves its positions without
-//! one (a restore cannot tell which topic they belong to). A worker pool's positions carry
-//! none: its claims do not keep ids yet.
+//! one (a restore cannot tell which topic they belong to). In a worker pool, a claimed
+//! partition's checkpoint keeps the id too, compared when the partition is claimed.
 
 use super::*;
 
@@ -122,11 +122,11 @@ impl KafkaReader {
 /// What partition `tp`'s positions carry once assigned (`prev`: before; `now`: its topic's
 /// id read at the assignment; `replaced`: its start was moved because its topic was created
 /// again). The id read only where the start belongs to that topic: a start of an earlier
-/// assignment (the partition assigned again) or of a pool's claim carries none when the id
-/// changed or cannot be told.
-pub(super) fn label(prev: u64, now: Option<u64>, replaced: bool, pooled: bool) -> u64 {
+/// assignment (the partition assigned again) carries none when the id changed or cannot be
+/// told. In a pool, `prev` is the id of the claim's checkpoint (0 for a partition without
+/// state, or a checkpoint without ids).
+pub(super) fn label(prev: u64, now: Option<u64>, replaced: bool) -> u64 {
     match now {
-        _ if pooled => 0,
         None => 0,
         Some(n) if prev == 0 || prev == n || replaced => n,
         Some(_) => 0,
@@ -167,13 +167,12 @@ mod tests {
     #[test]
     fn positions_carry_an_id_only_where_their_start_belongs_to_it() {
         // a first assignment, a checkpoint's id confirmed, a start moved to the new topic
-        assert_eq!(label(0, Some(7), false, false), 7);
-        assert_eq!(label(7, Some(7), false, false), 7);
-        assert_eq!(label(5, Some(7), true, false), 7);
+        assert_eq!(label(0, Some(7), false), 7);
+        assert_eq!(label(7, Some(7), false), 7);
+        assert_eq!(label(5, Some(7), true), 7);
         // assigned again after the topic was created again: the old start, no id
-        assert_eq!(label(5, Some(7), false, false), 0);
-        // no id read, or a pool's claim
-        assert_eq!(label(7, None, false, false), 0);
-        assert_eq!(label(0, Some(7), false, true), 0);
+        assert_eq!(label(5, Some(7), false), 0);
+        // no id read
+        assert_eq!(label(7, None, false), 0);
     }
 }

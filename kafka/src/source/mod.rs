@@ -158,6 +158,9 @@ pub struct ClaimedStart {
     pub offset: u64,
     /// With [`Upstream`] lanes: per upstream partition, the upstream offset expected next.
     pub lanes: Vec<u64>,
+    /// The id of the topic the offset belongs to (`crate::topic_ids`; 0: not known): a
+    /// topic created again since starts where `auto.offset.reset` says instead.
+    pub incarnation: u64,
 }
 
 /// Told of partitions a pool worker gave up, and whether their hand-over checkpoint was

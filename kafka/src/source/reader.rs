@@ -364,6 +364,7 @@ impl KafkaReader {
             incarnations: Mutex::new(HashMap::new()),
             starts: Mutex::new(HashMap::new()),
             lane_starts: Mutex::new(HashMap::new()),
+            claimed_incarnations: Mutex::new(HashMap::new()),
             ids,
             seen: Mutex::new(HashSet::new()),
             committed: Mutex::new(HashMap::new()),

@@ -127,7 +127,18 @@ fn claimed_start(records: &[PartitionRecord]) -> Option<ClaimedStart> {
             lanes[lane] = r.position;
         }
     }
-    Some(ClaimedStart { offset, lanes })
+    // the id of the topic its offsets belong to, when all of its records agree
+    let first = records.first().map_or(0, |r| r.incarnation);
+    let incarnation = if records.iter().all(|r| r.incarnation == first) {
+        first
+    } else {
+        0
+    };
+    Some(ClaimedStart {
+        offset,
+        lanes,
+        incarnation,
+    })
 }
 
 /// Why a pool cannot repartition Kafka source `source` (`cfg`), `None` when it can.
@@ -218,7 +229,8 @@ mod tests {
             claimed_start(&[rec("t/3", 40, 40)]),
             Some(ClaimedStart {
                 offset: 40,
-                lanes: vec![]
+                lanes: vec![],
+                incarnation: 0,
             })
         );
         // lanes: the smallest offset, and each lane's next upstream offset
@@ -230,19 +242,26 @@ mod tests {
             ]),
             Some(ClaimedStart {
                 offset: 70,
-                lanes: vec![5, 17, 0]
+                lanes: vec![5, 17, 0],
+                incarnation: 0,
             })
         );
         // format 2: one record with its lanes
         let mut one = rec("t/3", 70, 0);
         one.lanes = vec![5, 17, 0];
         one.lane_lag = vec![0, 3, -1];
+        one.incarnation = 9;
         assert_eq!(
-            claimed_start(&[one]),
+            claimed_start(&[one.clone()]),
             Some(ClaimedStart {
                 offset: 70,
-                lanes: vec![5, 17, 0]
+                lanes: vec![5, 17, 0],
+                incarnation: 9,
             })
         );
+        // records that disagree on the topic's id: not known
+        let mut other = rec("t/3/0", 70, 5);
+        other.incarnation = 8;
+        assert_eq!(claimed_start(&[one, other]).map(|c| c.incarnation), Some(0));
     }
 }
