@@ -238,6 +238,53 @@ fn a_table_that_cannot_take_the_output_is_refused_and_left_alone() {
     assert_eq!(case.table("analytics.per_dataset").snapshots(), before);
 }
 
+/// A view's pipeline started over without its checkpoints (deleted, as a changed pipeline
+/// asks) on other input: its table holds the new run's view, not the earlier run's rows,
+/// from the new run's first commit (the earlier run's epoch numbers used to hold it back
+/// until the new run passed them, and its rows were read back into the new view).
+#[test]
+fn a_view_started_over_without_its_checkpoints_holds_the_new_runs_rows() {
+    let case = Case::new(8_000);
+    let d = case.dir.path();
+    let (head, rest) = PIPELINE.split_once("windows:\n").unwrap();
+    let (_, views) = rest.split_once("views:\n").unwrap();
+    let view_only = format!("{head}views:\n{views}")
+        .replace(
+            "  windows_lake: { iceberg: { catalog: \"sqlite://lake/catalog.db\", warehouse: lake, table: analytics.per_dataset } }\n",
+            "",
+        );
+    assert!(!view_only.contains("windows_lake"), "{view_only}");
+    case.run(&view_only, 1);
+    compare(
+        &case.view,
+        &case.table("analytics.per_source").pyiceberg(),
+        &["source"],
+    )
+    .unwrap_or_else(|e| panic!("the first run's view differs from the oracle: {e}"));
+    // the second run: the checkpoints deleted, a tenth of the input
+    std::fs::remove_dir_all(d.join("state")).unwrap();
+    let input = d.join("input.ndjson");
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&input, lines[..lines.len() / 10].join("\n") + "\n").unwrap();
+    oracle(&input, &d.join("view2.ndjson"), "source", "100000d");
+    let expected: Vec<Row> = read_ndjson(&d.join("view2.ndjson"))
+        .into_iter()
+        .map(|mut r| {
+            r.remove("window_start");
+            r.remove("window_end");
+            r
+        })
+        .collect();
+    case.run(&view_only, 1);
+    compare(
+        &expected,
+        &case.table("analytics.per_source").pyiceberg(),
+        &["source"],
+    )
+    .unwrap_or_else(|e| panic!("the second run's view differs from its oracle: {e}"));
+}
+
 #[test]
 fn a_checkpoint_older_than_the_table_is_refused_instead_of_writing_twice() {
     let case = Case::new(20_000);

@@ -167,6 +167,12 @@ pub struct Lake {
 }
 
 impl Lake {
+    /// Whether weir makes its commits itself (a SQL catalog), with the epoch checked again
+    /// before each attempt, rather than through iceberg-rust's transaction (a REST catalog).
+    pub fn commits_itself(&self) -> bool {
+        self.pool.is_some()
+    }
+
     fn err(&self, e: impl Into<weir_engine::error::Cause>) -> IcebergError {
         IcebergError::catalog(self.uri.display(), e)
     }

@@ -97,10 +97,11 @@ pub(crate) async fn live_files(table: &Table) -> Result<Vec<Live>, IcebergError>
     Ok(out)
 }
 
-/// Rows of a data file.
+/// Rows of a data file, in the table's schema now (`target`, see [`in_table_schema`]).
 pub(crate) async fn read_file(
     table: &Table,
     file: &DataFile,
+    target: &arrow::datatypes::SchemaRef,
 ) -> Result<Vec<RecordBatch>, IcebergError> {
     let what = || format!("reading {}", file.file_path());
     let bytes = table
@@ -114,8 +115,63 @@ pub(crate) async fn read_file(
         .and_then(|b| b.with_batch_size(64 * 1024).build())
         .map_err(|e| IcebergError::write(what(), e))?;
     reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| IcebergError::write(what(), e))
+        .map(|b| {
+            let b = b.map_err(|e| IcebergError::write(what(), e))?;
+            in_table_schema(&b, target).map_err(|e| IcebergError::write(what(), e))
+        })
+        .collect()
+}
+
+/// Rows of a data file written under an earlier schema of the table, in its schema now
+/// (`target`, with the table's field ids): each column found by its field id (or, in a
+/// file without ids, its name), a column added since as nulls, a promoted type (`int` to
+/// `long`, `float` to `double`) cast.
+pub(crate) fn in_table_schema(
+    batch: &RecordBatch,
+    target: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+    let id = |f: &arrow::datatypes::Field| f.metadata().get(PARQUET_FIELD_ID_META_KEY).cloned();
+    let schema = batch.schema();
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for t in target.fields() {
+        let found = match id(t) {
+            Some(want) if schema.fields().iter().any(|f| id(f).is_some()) => schema
+                .fields()
+                .iter()
+                .position(|f| id(f).as_deref() == Some(want.as_str())),
+            _ => schema.index_of(t.name()).ok(),
+        };
+        let column = match found.map(|i| batch.column(i)) {
+            Some(c) if c.data_type() == t.data_type() => c.clone(),
+            // a promotion (`int` to `long`, `float` to `double`) never fails; any other cast
+            // that would lose a value is an error, not a null
+            Some(c) => arrow::compute::cast_with_options(
+                c,
+                t.data_type(),
+                &arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                },
+            )?,
+            None if t.is_nullable() => {
+                arrow::array::new_null_array(t.data_type(), batch.num_rows())
+            }
+            None => {
+                return Err(arrow::error::ArrowError::SchemaError(format!(
+                    "column `{}` is required by the table but missing from a file written \
+                     before it was added",
+                    t.name()
+                )))
+            }
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
 }
 
 /// One pass: rewrites the qualifying partitions of the current snapshot and commits.
@@ -172,10 +228,7 @@ async fn compact_once(
         for f in &group {
             report.bytes_before += f.file.file_size_in_bytes();
             report.rows += f.file.record_count();
-            for batch in read_file(&table, &f.file).await? {
-                // the table's field ids on the columns as read
-                let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec())
-                    .map_err(IcebergError::writing("writing compacted files"))?;
+            for batch in read_file(&table, &f.file, &target).await? {
                 writer
                     .write(batch)
                     .await
@@ -238,4 +291,57 @@ pub fn compact(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+
+    fn field(name: &str, t: DataType, id: i32, nullable: bool) -> Field {
+        Field::new(name, t, nullable).with_metadata(HashMap::from([(
+            PARQUET_FIELD_ID_META_KEY.to_string(),
+            id.to_string(),
+        )]))
+    }
+
+    /// A file written before a column was added and another promoted from `int` to `long`
+    /// (and one renamed): read in the table's schema now, by field id.
+    #[test]
+    fn a_file_of_an_earlier_schema_is_read_in_the_tables_schema_now() {
+        let old = Arc::new(Schema::new(vec![
+            field("name", DataType::Utf8, 1, false),
+            field("n", DataType::Int32, 2, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            old,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int32Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        let now = Arc::new(Schema::new(vec![
+            field("key", DataType::Utf8, 1, false),
+            field("n", DataType::Int64, 2, false),
+            field("note", DataType::Utf8, 3, true),
+        ]));
+        let got = in_table_schema(&batch, &now).unwrap();
+        assert_eq!(got.schema(), now);
+        let n = got.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(n.values(), &[1, 2]);
+        assert_eq!(got.column(2).null_count(), 2);
+        let keys = got
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(keys.value(1), "b");
+        // a required column added since cannot be made up
+        let required = Arc::new(Schema::new(vec![field("must", DataType::Utf8, 4, false)]));
+        let e = in_table_schema(&batch, &required).unwrap_err();
+        assert!(e.to_string().contains("`must`"), "{e}");
+    }
 }

@@ -134,24 +134,22 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + jitter)
 }
 
-/// Commits pool worker `worker`'s pending epoch `p` to the table `ident` of `config`'s
-/// sink, unless a snapshot already has it: an append of its files (a window), or the
+/// Commits pool worker `worker`'s pending epoch `p` (a single process's: `None`, a window's
+/// only) to the table `ident` of `config`'s sink, unless a snapshot already has it: an append of its files (a window), or the
 /// replacement of its keys' rows (a view). A concurrent commit makes it load the table,
 /// check again and try again.
 pub(crate) async fn commit_epoch(
     lake: &Lake,
     ident: &TableIdent,
     config: &IcebergSinkConfig,
-    worker: &str,
+    worker: Option<&str>,
     p: Pending,
     summary: std::collections::HashMap<String, String>,
 ) -> Result<Table, IcebergError> {
     let mut attempt = 0;
     loop {
         let table = lake.load(ident).await?;
-        if committed_epochs(&table, &config.pipeline, &config.sink, Some(worker))
-            .any(|e| e == p.epoch)
-        {
+        if committed_epochs(&table, &config.pipeline, &config.sink, worker).any(|e| e == p.epoch) {
             tracing::info!(sink = %config.sink, worker, epoch = p.epoch, "epoch already committed to Iceberg, not again");
             return Ok(table);
         }
@@ -239,10 +237,7 @@ async fn replace_keys(
         }
         let mut kept = Vec::new();
         let mut dropped = 0;
-        for batch in read_file(table, &f).await? {
-            let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec()).map_err(
-                IcebergError::writing("rewriting the files of a view's replaced keys"),
-            )?;
+        for batch in read_file(table, &f, &target).await? {
             let rows =
                 converter
                     .convert_columns(&batch.columns()[..n])
@@ -325,7 +320,7 @@ pub fn roll_forward(
                 continue;
             }
             let summary = summary_of(config, Some(worker), Some(p.epoch));
-            commit_epoch(&lake, &ident, config, worker, p, summary).await?;
+            commit_epoch(&lake, &ident, config, Some(worker), p, summary).await?;
             n += 1;
         }
         Ok(n)

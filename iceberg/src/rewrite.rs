@@ -9,7 +9,6 @@ use std::sync::Arc;
 use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
-use arrow::record_batch::RecordBatch;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, DataFileFormat, Operation, PartitionKey, PrimitiveLiteral};
 use iceberg::table::Table;
@@ -82,10 +81,7 @@ pub(crate) async fn replace_windows(
             "rewriting the files of the replayed windows",
         ))?;
         let mut kept = 0usize;
-        for batch in read_file(table, &f).await? {
-            let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec()).map_err(
-                IcebergError::writing("rewriting the files of the replayed windows"),
-            )?;
+        for batch in read_file(table, &f, &target).await? {
             let starts = batch
                 .column(column)
                 .as_primitive_opt::<TimestampMicrosecondType>()

@@ -414,7 +414,11 @@ impl IcebergSink {
         let replace = self.view.is_some();
         let table = self.runtime.block_on(async {
             let table = self.lake.load(&self.ident).await?;
-            if let Some(e) = epoch {
+            // a view's commit replaces the whole table with the view as the run has it: made
+            // again it leaves the same table, and an epoch number an earlier run of the
+            // pipeline committed (its checkpoints deleted, or an older one restored) must
+            // not hold back this run's view
+            if let (Some(e), false) = (epoch, replace) {
                 if committed_epochs(&table, &pipeline, &sink, None).any(|c| c == e) {
                     tracing::info!(sink = %sink, epoch = e, "epoch already committed to Iceberg, not again");
                     return Ok(table);
@@ -487,15 +491,23 @@ impl IcebergSink {
     /// Commits a pending epoch: a pool worker's through [`crate::pool::commit_epoch`], a
     /// single process's through [`Self::commit_files`].
     fn commit_one(&mut self, p: Pending) -> Result<(), IcebergError> {
-        let Some(worker) = self.config.worker.clone() else {
+        let worker = self.config.worker.clone();
+        // a single process's window epoch through a SQL catalog: weir's own append, the
+        // epoch checked again before each attempt (iceberg-rust's transaction, after a
+        // conflict, appends again without looking: an earlier try whose answer was lost may
+        // have committed the epoch meanwhile)
+        let own_append = self.view.is_none()
+            && self.config.replace_windows.is_none()
+            && self.lake.commits_itself();
+        if worker.is_none() && !own_append {
             return self.commit_files(Some(p.epoch), p.files);
-        };
-        let summary = summary_of(&self.config, Some(&worker), Some(p.epoch));
+        }
+        let summary = summary_of(&self.config, worker.as_deref(), Some(p.epoch));
         let table = self.runtime.block_on(crate::pool::commit_epoch(
             &self.lake,
             &self.ident,
             &self.config,
-            &worker,
+            worker.as_deref(),
             p,
             summary,
         ))?;
@@ -569,7 +581,8 @@ impl Committable for IcebergSink {
     /// Commits the pending epochs up to `epoch`. A failure (the catalog or the object store
     /// unreachable, a concurrent commit) is retried by the engine: an epoch leaves `pending`
     /// only once committed, and an epoch the table already has is not committed again. Only a
-    /// configuration weir cannot run (a view's table in a REST catalog) fails the run.
+    /// configuration weir cannot run (a view's table in a REST catalog) fails the run (a REST
+    /// catalog's answers do not tell a server that failed for good from one restarting).
     fn commit(&mut self, epoch: u64) -> Result<(), EngineError> {
         while let Some(p) = self.pending.first().filter(|p| p.epoch <= epoch) {
             let p = Pending {
@@ -644,8 +657,10 @@ impl Committable for IcebergSink {
             let schema = self.converter.target().clone();
             let keys = view.keys();
             self.view = Some(ViewRows::new(schema, keys).map_err(retried)?);
-            // a pool worker's view writes only its changes: the table keeps the other rows
-            if worker.is_none() {
+            // a pool worker's view writes only its changes: the table keeps the other rows;
+            // a run without a checkpoint starts its view over (an earlier run's rows, whose
+            // checkpoints were deleted, are replaced at its first commit)
+            if worker.is_none() && from.is_some() {
                 self.reload_view().map_err(retried)?;
             }
         }
