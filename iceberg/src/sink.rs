@@ -492,13 +492,15 @@ impl IcebergSink {
     /// single process's through [`Self::commit_files`].
     fn commit_one(&mut self, p: Pending) -> Result<(), IcebergError> {
         let worker = self.config.worker.clone();
-        // a single process's window epoch through a SQL catalog: weir's own append, the
+        // a single process's window epoch through a SQL catalog (a v2 table, which weir
+        // commits itself): weir's own append, the
         // epoch checked again before each attempt (iceberg-rust's transaction, after a
         // conflict, appends again without looking: an earlier try whose answer was lost may
         // have committed the epoch meanwhile)
         let own_append = self.view.is_none()
             && self.config.replace_windows.is_none()
-            && self.lake.commits_itself();
+            && self.lake.commits_itself()
+            && self.table.metadata().format_version() == iceberg::spec::FormatVersion::V2;
         if worker.is_none() && !own_append {
             return self.commit_files(Some(p.epoch), p.files);
         }

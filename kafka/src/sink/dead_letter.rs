@@ -64,7 +64,8 @@ impl DeadLetterKafka {
         let mut headers = vec![("weir.reason", r.reason.as_str().as_bytes())];
         headers.extend(r.trace.headers());
         let mut json = r.to_json();
-        for attempt in 0..2 {
+        // as it is, then with `raw` cut, then without it
+        for (attempt, limit) in [(0, TRUNCATED_RAW), (1, 0), (2, 0)] {
             self.value.clear();
             serde_json::to_writer(&mut self.value, &json).map_err(SendError::encode)?;
             match self.producer.send(
@@ -74,9 +75,9 @@ impl DeadLetterKafka {
                 &headers,
             ) {
                 Ok(()) => return Ok(()),
-                Err(crate::KafkaError::Refused { message, .. }) if attempt == 0 => {
-                    tracing::warn!(key, error = %message, "dead letter over the broker's size limit: its raw bytes are cut");
-                    cut_raw(&mut json, TRUNCATED_RAW);
+                Err(crate::KafkaError::Refused { message, .. }) if attempt < 2 => {
+                    tracing::warn!(key, error = %message, kept = limit, "dead letter over the size limit: its raw bytes are cut");
+                    cut_raw(&mut json, limit);
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -67,6 +67,8 @@ impl SendError {
     /// or encoded, and an I/O runtime that cannot start, are [`ErrorKind::Fatal`].
     pub fn kind(&self) -> ErrorKind {
         match self {
+            // refused for good (over the size limit even cut): sending it again cannot help
+            SendError::Kafka(crate::KafkaError::Refused { .. }) => ErrorKind::Fatal,
             SendError::Kafka(_) => ErrorKind::Retryable,
             SendError::Registry { source, .. } if source.is_retryable() => ErrorKind::Retryable,
             SendError::Registry {

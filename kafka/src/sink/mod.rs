@@ -106,9 +106,9 @@ pub struct KafkaSink {
     txn: Option<Txn>,
     /// The schema registry's client (`format: avro` with a registry), made at first use.
     registry: Option<weir_formats::registry::RegistryClient>,
-    /// In tests: how many of the next batches fail to send as a full queue would.
+    /// In tests: the outcomes of the next sends (`false`: it fails as a full queue would).
     #[cfg(test)]
-    fail_sends: usize,
+    send_plan: std::collections::VecDeque<bool>,
 }
 
 /// A transactional sink's state. Rows go into the open transaction as they come. At
@@ -202,7 +202,7 @@ impl KafkaSink {
             rejected: Vec::new(),
             registry: None,
             #[cfg(test)]
-            fail_sends: 0,
+            send_plan: Default::default(),
         })
     }
 
@@ -399,8 +399,7 @@ impl KafkaSink {
     /// `message.max.bytes`) are kept for the dead-letter output; other errors are returned.
     fn send_batch(&mut self, batch: &RecordBatch) -> Result<(), SendError> {
         #[cfg(test)]
-        if self.fail_sends > 0 {
-            self.fail_sends -= 1;
+        if self.send_plan.pop_front() == Some(false) {
             return Err(SendError::Kafka(crate::KafkaError::Delivery {
                 brokers: self.config.brokers.clone(),
                 topic: self.config.topic.clone(),

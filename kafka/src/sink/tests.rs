@@ -433,7 +433,7 @@ fn rows_that_waited_for_a_commit_are_all_sent_when_one_fails_to_send() {
     for k in ["w1", "w2", "w3"] {
         s.write(&batch(&[(k, 1)])).unwrap();
     }
-    s.fail_sends = 1;
+    s.send_plan = [false].into();
     let e = s.commit(1).unwrap_err();
     assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
     // the retry policy calls again
@@ -462,7 +462,7 @@ fn a_recovery_made_again_after_a_failed_send_commits_each_row_once() {
     // a crash before the commit
     drop(s);
     let mut s = pool_sink(&mock, "p.out", &committed);
-    s.fail_sends = 1;
+    s.send_plan = [false].into();
     let e = s.recover(Some((1, &info))).unwrap_err();
     assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
     s.recover(Some((1, &info))).unwrap();
@@ -530,4 +530,37 @@ fn a_dead_letter_the_broker_refuses_goes_again_with_its_raw_bytes_cut() {
     assert_eq!(kept[0]["raw"].as_str().unwrap().len(), 64 << 10);
     assert_eq!(kept[0]["error"]["code"], "invalid_json");
     assert_eq!(kept[0]["offset"], 41);
+}
+
+/// A new producer sends every unacknowledged batch again; when one of them fails to send in
+/// turn, none is dropped: the call made again sends them all, and the transaction commits
+/// each once.
+#[test]
+fn a_resend_failing_part_way_keeps_every_unacknowledged_batch() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let committed = Arc::new(std::sync::Mutex::new(Committed::default()));
+    let mut s = pool_sink(&mock, "p.out", &committed);
+    s.recover(None).unwrap();
+    for k in ["a", "b", "c"] {
+        s.write(&batch(&[(k, 1)])).unwrap();
+    }
+    // d fails: the producer is replaced at the next call, which sends a, b, c, d again; b
+    // fails then
+    s.send_plan = [false].into();
+    assert!(matches!(
+        s.write(&batch(&[("d", 1)])),
+        Err(EngineError::Unavailable(_))
+    ));
+    s.send_plan = [true, false].into();
+    assert!(matches!(
+        s.write(&batch(&[("d", 1)])),
+        Err(EngineError::Unavailable(_))
+    ));
+    s.write(&batch(&[("d", 1)])).unwrap();
+    s.pre_commit(1).unwrap();
+    s.commit(1).unwrap();
+    let mut keys = committed.lock().unwrap().keys.clone();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c", "d"]);
 }

@@ -247,11 +247,18 @@ impl KafkaReader {
                         let incarnation = self.consumer.as_ref().and_then(|c| {
                             c.context().incarnations.lock().ok()?.get(&topic).copied()
                         });
+                        // (in a pool the mark is the claim's: a later assignment of the
+                        // partition without a claim starts as `start_from` says)
+                        let pooled = self.config.pool.is_some();
                         let replaced = self.consumer.as_ref().is_some_and(|c| {
-                            c.context()
-                                .replaced
-                                .lock()
-                                .is_ok_and(|r| r.contains(&(topic.clone(), p)))
+                            c.context().replaced.lock().is_ok_and(|mut r| {
+                                let tp = (topic.clone(), p);
+                                if pooled {
+                                    r.remove(&tp)
+                                } else {
+                                    r.contains(&tp)
+                                }
+                            })
                         });
                         // in a pool, the start is the claim's (none: `start_from`'s)
                         let claimed = self.config.pool.as_ref().and_then(|_| {

@@ -349,6 +349,9 @@ impl PostgresSink {
         let Some(backend) = self.session.as_ref().map(|s| s.backend.clone()) else {
             return;
         };
+        if backend.pid == 0 {
+            return;
+        }
         let pid = backend.pid;
         let wait = self.config.timeout.min(Duration::from_secs(5));
         let config = &self.config;

@@ -182,13 +182,18 @@ impl Session {
             warned_equal_keys: false,
             backend: Backend::default(),
         };
-        let (pid, started): (i32, Option<String>) = sqlx::query_as(
+        let found: Result<Option<(i32, Option<String>)>, _> = sqlx::query_as(
             "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
-        .fetch_one(&mut s.conn)
-        .await
-        .map_err(strict)?;
-        s.backend = Backend { pid, started };
+        .fetch_optional(&mut s.conn)
+        .await;
+        match found {
+            Ok(Some((pid, started))) => s.backend = Backend { pid, started },
+            // (a compatible server without it: an unanswered statement is not ended, the
+            // connection is only dropped)
+            Ok(None) | Err(sqlx::Error::Database(_)) => {}
+            Err(e) => return Err(fault(e)),
+        }
         s.check_the_client_while_running().await?;
         Ok(s)
     }
