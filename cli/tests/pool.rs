@@ -771,7 +771,7 @@ checkpoint: {{ dir: state, interval: 300ms }}
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "weir failed:\n{stderr}");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        (events_processed(&stdout), stderr)
+        (events_processed(&stdout), format!("{stdout}\n{stderr}"))
     };
     let total = std::fs::read_to_string(&events).unwrap().lines().count() as u64;
     let (read, stderr) = run();

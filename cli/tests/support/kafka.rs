@@ -225,14 +225,16 @@ impl Drop for Running {
 }
 
 /// The events `weir run` says it processed (`run finished ...: N events processed`), counted
-/// since the pipeline's first run (a restore continues the counts).
+/// since the pipeline's first run (a restore continues the counts); of a pool worker, which
+/// prints a summary per job, its last job's.
 pub fn events_processed(stdout: &str) -> u64 {
     stdout
         .lines()
-        .find_map(|l| {
+        .filter_map(|l| {
             let (_, rest) = l.split_once("run finished")?;
             let (_, rest) = rest.split_once(": ")?;
             rest.split_whitespace().next()?.parse().ok()
         })
+        .last()
         .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"))
 }
