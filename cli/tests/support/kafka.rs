@@ -230,11 +230,11 @@ impl Drop for Running {
 pub fn events_processed(stdout: &str) -> u64 {
     stdout
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let (_, rest) = l.split_once("run finished")?;
             let (_, rest) = rest.split_once(": ")?;
             rest.split_whitespace().next()?.parse().ok()
         })
-        .last()
         .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"))
 }
