@@ -446,6 +446,78 @@ fn sigterm_takes_a_final_checkpoint_and_exits_0_then_a_restart_continues() {
     case.verify("after a stop and a restart");
 }
 
+/// Waits until `log` has a line with `text`, while `child` runs.
+fn wait_for_line(child: &mut std::process::Child, log: &Path, text: &str) {
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before `{text}`:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "no `{text}`");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Two runs of one pipeline on one checkpoint folder (a restart while the old process still
+/// stops, a second copy started by mistake) would restore, truncate and commit each other's
+/// files. The second waits for the folder (`WEIR_CHECKPOINT_LOCK_WAIT`), then is refused with
+/// exit 1 (the user's to fix) and what to do, and the first goes on; once the first stopped, it runs.
+#[test]
+fn a_second_run_on_a_held_checkpoint_folder_waits_then_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        "name: held\nsources:\n  health:\n    generator: { kind: service-health, events_per_second: 2000, seed: 7 }\n\
+         windows:\n  per_service:\n    from: health\n    key: [serviceName]\n    tumbling: 1s\n    aggregates: { events: count(*) }\n    sinks: [rows]\n\
+         sinks:\n  rows: { file: { path: out/rows.ndjson } }\ncheckpoint: { dir: state, interval: 200ms }\n",
+    )
+    .unwrap();
+    let start = |log: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", pipeline.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let stop = |child: &mut std::process::Child| {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    };
+    let first_log = dir.path().join("first.log");
+    let mut first = start(&first_log);
+    wait_for_line(&mut first, &first_log, "checkpoint complete");
+    let second = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", pipeline.to_str().unwrap()])
+        .env("WEIR_CHECKPOINT_LOCK_WAIT", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{text}");
+    assert!(text.contains("waiting for it"), "{text}");
+    assert!(
+        text.contains("another process holds the checkpoint folder"),
+        "{text}"
+    );
+    assert!(first.try_wait().unwrap().is_none(), "the first run stopped");
+    assert_eq!(stop(&mut first).code(), Some(0));
+    // the folder is free: the next run restores the first one's checkpoint
+    let third_log = dir.path().join("third.log");
+    let mut third = start(&third_log);
+    wait_for_line(&mut third, &third_log, "restored from checkpoint");
+    assert_eq!(stop(&mut third).code(), Some(0));
+}
+
 fn weir_run(pipeline: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["run", pipeline.to_str().unwrap()])
@@ -572,6 +644,35 @@ fn damage(chk: &Path, manifest: bool) -> String {
             format!("{} cut to {} bytes", m.display(), len / 2)
         }
     }
+}
+
+/// Every checkpoint damaged (their manifests half written): the run refuses to start from
+/// nothing, whose recovery would have the sinks drop what the checkpoints committed (the
+/// file sinks cut their outputs to nothing), and says what to do; the outputs stay.
+#[test]
+fn a_folder_whose_every_checkpoint_is_damaged_is_refused_and_the_outputs_stay() {
+    let case = FileCase::build("state", Vec::new(), false);
+    let out = case.run().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    case.verify("before the damage");
+    let state = case.dir.path().join("state");
+    let mut damaged = 0;
+    for e in std::fs::read_dir(&state).unwrap().flatten() {
+        if e.path().join("manifest.json").exists() {
+            damage(&e.path(), true);
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    let out = case.run().output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("every checkpoint there is damaged"), "{text}");
+    case.verify("after the refused run");
 }
 
 /// A run killed with SIGKILL, whose newest checkpoint is then damaged (its manifest half

@@ -35,7 +35,7 @@ pub use fingerprint::{compatibility, FingerprintChange, FingerprintChanges};
 pub use retained::{RetainedFile, RetainedPart};
 pub(crate) use store::encode_manifest;
 use store::{chk_dir, manifest_name, sha256_hex};
-pub use store::{open_object_store, CheckpointStore, ManifestError};
+pub use store::{lock_wait, open_object_store, CheckpointStore, ManifestError, LOCK_WAIT};
 
 use crate::events::Resume;
 pub use crate::stats::CheckpointStats;

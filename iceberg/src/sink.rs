@@ -43,6 +43,9 @@ const OUTPUT: &str = "weir.output";
 const EPOCH: &str = "weir.epoch";
 /// A pool worker's id (absent for a single process).
 pub(crate) const WORKER: &str = "weir.worker";
+/// The run of a single process that committed a view's snapshot (see
+/// [`IcebergSink::view_epoch_committed`]).
+const RUN: &str = "weir.run";
 
 /// What an Iceberg sink writes where.
 #[derive(Debug, Clone)]
@@ -170,6 +173,10 @@ pub struct IcebergSink {
     deleted: Vec<RecordBatch>,
     /// Whether the run is checkpointed (recover was called).
     checkpointed: bool,
+    /// This run's id, in a single process's view snapshots.
+    run: String,
+    /// The epoch of the checkpoint the run restored (0: none).
+    restored: u64,
 }
 
 fn engine_err(sink: &str, e: impl Into<weir_engine::error::Cause>) -> EngineError {
@@ -301,6 +308,8 @@ impl IcebergSink {
             pending: Vec::new(),
             deleted: Vec::new(),
             checkpointed: false,
+            run: uuid::Uuid::new_v4().to_string(),
+            restored: 0,
         })
     }
 
@@ -396,7 +405,28 @@ impl IcebergSink {
     }
 
     fn summary(&self, epoch: Option<u64>) -> HashMap<String, String> {
-        summary_of(&self.config, self.config.worker.as_deref(), epoch)
+        let mut s = summary_of(&self.config, self.config.worker.as_deref(), epoch);
+        if self.view.is_some() {
+            s.insert(RUN.to_string(), self.run.clone());
+        }
+        s
+    }
+
+    /// Whether a single process's view epoch `epoch` is in `table` already: one of the
+    /// checkpoint the run restored (or before), committed by any run of the pipeline, or a
+    /// later one this run committed (a commit whose answer was lost). A later epoch number
+    /// an earlier run committed (its checkpoints deleted, or a newer damaged one skipped)
+    /// belongs to a history this run replaces: its commit is made.
+    fn view_epoch_committed(&self, table: &Table, epoch: u64) -> bool {
+        let (pipeline, sink) = (&self.config.pipeline, &self.config.sink);
+        table.metadata().snapshots().any(|s| {
+            let p = &s.summary().additional_properties;
+            p.get(PIPELINE) == Some(pipeline)
+                && p.get(SINK) == Some(sink)
+                && p.get(WORKER).is_none()
+                && p.get(EPOCH).and_then(|e| e.parse::<u64>().ok()) == Some(epoch)
+                && (epoch <= self.restored || p.get(RUN) == Some(&self.run))
+        })
     }
 
     /// Commits `files` as one snapshot (an append for a window, a replacement of the whole
@@ -414,12 +444,16 @@ impl IcebergSink {
         let replace = self.view.is_some();
         let table = self.runtime.block_on(async {
             let table = self.lake.load(&self.ident).await?;
-            // a view's commit replaces the whole table with the view as the run has it: made
-            // again it leaves the same table, and an epoch number an earlier run of the
-            // pipeline committed (its checkpoints deleted, or an older one restored) must
-            // not hold back this run's view
-            if let (Some(e), false) = (epoch, replace) {
-                if committed_epochs(&table, &pipeline, &sink, None).any(|c| c == e) {
+            // a view's commit replaces the whole table: an epoch number an earlier run of the
+            // pipeline committed after the checkpoint restored (its checkpoints deleted, or
+            // a newer damaged one skipped) must not hold back this run's view
+            if let Some(e) = epoch {
+                let done = if replace {
+                    self.view_epoch_committed(&table, e)
+                } else {
+                    committed_epochs(&table, &pipeline, &sink, None).any(|c| c == e)
+                };
+                if done {
                     tracing::info!(sink = %sink, epoch = e, "epoch already committed to Iceberg, not again");
                     return Ok(table);
                 }
@@ -608,6 +642,7 @@ impl Committable for IcebergSink {
         let sink = self.config.sink.clone();
         let retried = |e: IcebergError| e.into_sink_error(&sink);
         self.checkpointed = true;
+        self.restored = from.map_or(0, |(e, _)| e);
         self.writer = None;
         self.pending.clear();
         let table = self

@@ -64,6 +64,10 @@ pub enum RunError {
     /// The checkpoint folder holds state of another version of the pipeline (a user error).
     #[error("{0}")]
     IncompatibleState(String),
+    /// Every checkpoint in the folder is damaged (the user decides: a backup, or starting
+    /// over).
+    #[error("{0}")]
+    DamagedState(String),
     /// The SQL endpoints could not start (a user error when it is a setting).
     #[error(transparent)]
     Serve(#[from] weir_query::ServeError),
@@ -82,9 +86,9 @@ impl RunError {
     pub fn kind(&self) -> weir_engine::ErrorKind {
         use weir_engine::ErrorKind;
         match self {
-            RunError::IncompatibleState(_) | RunError::Serve(weir_query::ServeError::Config(_)) => {
-                ErrorKind::User
-            }
+            RunError::IncompatibleState(_)
+            | RunError::DamagedState(_)
+            | RunError::Serve(weir_query::ServeError::Config(_)) => ErrorKind::User,
             RunError::Serve(_) => ErrorKind::Fatal,
             RunError::Pool(r) => r.kind(),
             RunError::Engine(e) => e.kind(),
@@ -580,7 +584,18 @@ fn summary(
 /// written by an incompatible version of the pipeline.
 fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec, RunError> {
     let store = Arc::new(CheckpointStore::open(&c.location)?);
+    store.hold_for_writing(weir_engine::checkpoint::lock_wait())?;
     let (mut restored, skipped) = store.restorable()?;
+    if restored.is_none() && !skipped.is_empty() {
+        // starting from nothing would have the sinks' recovery drop what they committed
+        return Err(RunError::DamagedState(format!(
+            "{}: every checkpoint there is damaged (epochs {skipped:?}; the warnings above say \
+             how): the run does not start from nothing, which would drop the outputs the \
+             checkpoints committed. Put the folder back from a backup, or move it away to \
+             start the pipeline over (its outputs start over too)",
+            c.location
+        )));
+    }
     if let Some(r) = &mut restored {
         check_compatible(plan, &c.location, &r.manifest)?;
         rename_former_keys(plan, &mut r.manifest);

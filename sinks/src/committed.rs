@@ -272,9 +272,14 @@ impl CommittedLines {
         if let Some(side) = &mut self.side {
             side.sync()?;
             if !side.is_empty() {
-                if epoch != self.epoch {
+                // (renamed already by a try that failed after it)
+                if epoch != self.epoch && !next_path.exists() {
                     std::fs::rename(&side_path, &next_path).map_err(io_at(&side_path))?;
                 }
+                // the side file's name (created this epoch, or renamed) is durable with its
+                // folder: a power loss must not leave the checkpoint without it
+                let dir = parent_of(&next_path);
+                sync_dir(dir).map_err(io_at(dir))?;
                 self.pending.push((epoch, self.planned_len));
                 self.planned_len += side.len();
             } else {
@@ -499,6 +504,11 @@ impl CommittedParts {
                 self.part(epoch, ".pending"),
             )
             .map_err(fatal)?;
+        }
+        // the part's `.pending` name is durable before the checkpoint records it (synced
+        // again by a call made again after a failure)
+        if self.dir.exists() {
+            sync_dir(&self.dir).map_err(io_at(&self.dir))?;
         }
         self.epoch = epoch + 1;
         Ok(Value::Null)

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -41,7 +42,88 @@ pub struct CheckpointStore {
     runtime: &'static tokio::runtime::Runtime,
 }
 
+/// The local checkpoint folders this process holds for writing (see
+/// [`CheckpointStore::hold_for_writing`]), with their locked files.
+static HELD: std::sync::Mutex<Vec<(PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// How long a run waits by default for another process to let go of its checkpoint folder
+/// (one finishing its final checkpoint); `WEIR_CHECKPOINT_LOCK_WAIT` (seconds) sets it.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a run waits for another process to let go of its checkpoint folder:
+/// `WEIR_CHECKPOINT_LOCK_WAIT` seconds, or [`LOCK_WAIT`].
+pub fn lock_wait() -> Duration {
+    match std::env::var("WEIR_CHECKPOINT_LOCK_WAIT") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => {
+                tracing::warn!(value = %v, "WEIR_CHECKPOINT_LOCK_WAIT is not a whole number of seconds: waiting {LOCK_WAIT:?}");
+                LOCK_WAIT
+            }
+        },
+        Err(_) => LOCK_WAIT,
+    }
+}
+
+/// The lock file in a local checkpoint folder.
+const LOCK_FILE: &str = "weir.lock";
+
 impl CheckpointStore {
+    /// Holds a local checkpoint folder for this process's writes: an exclusive lock on its
+    /// `weir.lock`, which the system releases when the process ends (even killed), so that
+    /// two runs of one pipeline never write the same checkpoints and outputs at once (each
+    /// would restore, truncate and commit the other's files). A folder another process holds
+    /// is waited for up to `wait` (a run finishing its final checkpoint), then refused.
+    /// Object stores have no such lock: a pool's claims fence their workers, and a single
+    /// process must not be started twice on one location.
+    pub fn hold_for_writing(&self, wait: Duration) -> Result<(), EngineError> {
+        let Some(dir) = &self.local else {
+            return Ok(());
+        };
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        let mut held = HELD
+            .lock()
+            .map_err(|_| err("the checkpoint lock list is poisoned"))?;
+        if held.iter().any(|(d, _)| *d == dir) {
+            return Ok(());
+        }
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| caused(format!("cannot open {}", path.display()), e))?;
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(folder = %dir.display(), ?wait, "another process holds the checkpoint folder (a run of this pipeline that is still stopping?): waiting for it");
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(EngineError::checkpoint(format!(
+                        "another process holds the checkpoint folder {} (for {wait:?}): two \
+                         runs of one pipeline would write the same checkpoints and outputs. \
+                         Stop the other run first (or give it longer to stop: \
+                         WEIR_CHECKPOINT_LOCK_WAIT, in seconds)",
+                        dir.display()
+                    ))
+                    .user());
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(caused(format!("cannot lock {}", path.display()), e));
+                }
+            }
+        }
+        held.push((dir, file));
+        Ok(())
+    }
+
     /// Opens `location`: `s3://`, `gs://`, `az://`/`abfs://`, `file://` URLs (credentials from
     /// the usual environment variables, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`), or a local
     /// path, created when missing.

@@ -101,6 +101,9 @@ pub(super) fn run_worker(
         return Err(PoolRefusal::WorkerId(worker).into());
     }
     let pool = Arc::new(PoolStore::open(&location, &worker)?);
+    // two processes with one worker id would write the same checkpoints
+    pool.own()
+        .hold_for_writing(weir_engine::checkpoint::lock_wait())?;
     let outputs = ConfiguredOutputs::of(&plan);
     // this worker's own outputs; state kept per partition
     let plan = mode.retarget(plan)?;
