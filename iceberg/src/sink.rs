@@ -175,8 +175,10 @@ pub struct IcebergSink {
     checkpointed: bool,
     /// This run's id, in a single process's view snapshots.
     run: String,
-    /// The epoch of the checkpoint the run restored (0: none).
+    /// The epoch of the checkpoint the run restored (0: none), and the run that wrote it
+    /// (`None`: a checkpoint of an earlier version, which did not say).
     restored: u64,
+    restored_run: Option<String>,
 }
 
 fn engine_err(sink: &str, e: impl Into<weir_engine::error::Cause>) -> EngineError {
@@ -310,6 +312,7 @@ impl IcebergSink {
             checkpointed: false,
             run: uuid::Uuid::new_v4().to_string(),
             restored: 0,
+            restored_run: None,
         })
     }
 
@@ -412,20 +415,26 @@ impl IcebergSink {
         s
     }
 
-    /// Whether a single process's view epoch `epoch` is in `table` already: one of the
-    /// checkpoint the run restored (or before), committed by any run of the pipeline, or a
-    /// later one this run committed (a commit whose answer was lost). A later epoch number
-    /// an earlier run committed (its checkpoints deleted, or a newer damaged one skipped)
-    /// belongs to a history this run replaces: its commit is made.
+    /// Whether a single process's view epoch `epoch` is in `table` already: committed by
+    /// this run (a commit whose answer was lost), or, up to the checkpoint the run restored,
+    /// by the run that wrote that checkpoint (any run, for a checkpoint that does not say).
+    /// The same epoch number an abandoned history committed (a run whose checkpoints were
+    /// deleted, or a newer damaged checkpoint skipped) belongs to a history this run
+    /// replaces: its commit is made.
     fn view_epoch_committed(&self, table: &Table, epoch: u64) -> bool {
         let (pipeline, sink) = (&self.config.pipeline, &self.config.sink);
         table.metadata().snapshots().any(|s| {
             let p = &s.summary().additional_properties;
+            let by = p.get(RUN);
+            let restored_run = match &self.restored_run {
+                Some(r) => by == Some(r),
+                None => true,
+            };
             p.get(PIPELINE) == Some(pipeline)
                 && p.get(SINK) == Some(sink)
                 && p.get(WORKER).is_none()
                 && p.get(EPOCH).and_then(|e| e.parse::<u64>().ok()) == Some(epoch)
-                && (epoch <= self.restored || p.get(RUN) == Some(&self.run))
+                && (by == Some(&self.run) || (epoch <= self.restored && restored_run))
         })
     }
 
@@ -611,7 +620,7 @@ impl Committable for IcebergSink {
             .iter()
             .map(|p| pending_json(&self.table, p).map_err(|e| self.fail(e)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(json!({ "table": self.ident.to_string(), "pending": pending }))
+        Ok(json!({ "table": self.ident.to_string(), "pending": pending, "run": self.run }))
     }
 
     /// Commits the pending epochs up to `epoch`. A failure (the catalog or the object store
@@ -643,6 +652,7 @@ impl Committable for IcebergSink {
         let retried = |e: IcebergError| e.into_sink_error(&sink);
         self.checkpointed = true;
         self.restored = from.map_or(0, |(e, _)| e);
+        self.restored_run = from.and_then(|(_, info)| info.get("run")?.as_str().map(String::from));
         self.writer = None;
         self.pending.clear();
         let table = self

@@ -273,7 +273,7 @@ impl CommittedLines {
             side.sync()?;
             if !side.is_empty() {
                 // (renamed already by a try that failed after it)
-                if epoch != self.epoch && !next_path.exists() {
+                if epoch != self.epoch && side_path.exists() {
                     std::fs::rename(&side_path, &next_path).map_err(io_at(&side_path))?;
                 }
                 // the side file's name (created this epoch, or renamed) is durable with its
