@@ -744,3 +744,67 @@ fn a_damaged_newest_checkpoint_is_skipped_and_the_outputs_still_equal_the_oracle
     assert_eq!(fallbacks, 4, "every restart skipped the damaged checkpoint");
     case.verify("after kills that damaged the newest checkpoint");
 }
+
+/// A checkpoint folder that cannot take a checkpoint for a while (a full disk; here each
+/// checkpoint's folder name taken by a file) does not end the run: the checkpoint is stored
+/// again with a backoff, the outputs commit nothing meanwhile, and once the folder takes it
+/// the run ends with every row, equal to the oracle's; a restart then repeats nothing.
+#[test]
+fn a_checkpoint_folder_that_refuses_writes_for_a_while_is_written_again_and_nothing_is_lost() {
+    let case = FileCase::build("state", Vec::new(), false);
+    let state = case.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let blockers: Vec<PathBuf> = (1..=400)
+        .map(|e| state.join(format!("chk-{e:010}")))
+        .collect();
+    for b in &blockers {
+        std::fs::write(b, b"not a folder").unwrap();
+    }
+    let log = case.dir.path().join("refused.log");
+    let mut child = case
+        .run()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, &log, "cannot store the checkpoint");
+    // it goes on trying (the first wait is 1 s), and commits nothing meanwhile
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("cannot store the checkpoint")
+        .count()
+        < 2
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no second attempt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let committed = case.dir.path().join("out/per_dataset.ndjson");
+    assert_eq!(
+        std::fs::read_to_string(&committed).unwrap_or_default(),
+        "",
+        "rows committed without a checkpoint"
+    );
+    for b in &blockers {
+        std::fs::remove_file(b).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("checkpoint stored after the store failed"),
+        "{stderr}"
+    );
+    case.verify("after the folder took the checkpoint again");
+    let out = case.run().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    case.verify("after a restart");
+}

@@ -545,12 +545,13 @@ impl Pending {
         Ok(self.parts.len() == self.expected)
     }
 
-    /// Writes the state files and then the manifest; returns the manifest.
-    pub fn write(
+    /// Encodes the state files and the manifest, writing nothing (see [`Staged::store`]).
+    pub fn stage(
         self,
         spec: &CheckpointSpec,
         operator_names: &[String],
-    ) -> Result<Manifest, EngineError> {
+    ) -> Result<Staged, EngineError> {
+        let mut files = Vec::new();
         let n_ops = operator_names.len();
         let mut partials: Vec<Vec<PartialWindow>> = (0..n_ops).map(|_| Vec::new()).collect();
         let mut flushed = vec![i64::MIN; n_ops];
@@ -625,7 +626,7 @@ impl Pending {
                 state_bytes += bytes.len() as u64;
                 let file = format!("op-{i}.arrow");
                 checksums.insert(file.clone(), sha256_hex(&bytes));
-                spec.store.put(&format!("{dir}/{file}"), bytes)?;
+                files.push((format!("{dir}/{file}"), bytes.into()));
                 Some(file)
             };
             // a pool's emitted rows are not cut per partition: none kept (see `retained`)
@@ -633,10 +634,12 @@ impl Pending {
                 Some(part) if spec.ownership.is_none() => {
                     let previous = self.retained_before.get(i).map_or(&[][..], |r| r);
                     let part = std::mem::take(part);
-                    let (files, written) =
-                        retained::next_files(&spec.store, self.epoch, i, previous, part)?;
-                    state_bytes += written;
-                    files
+                    let (listed, new) = retained::next_files(self.epoch, i, previous, part)?;
+                    if let Some((name, bytes)) = new {
+                        state_bytes += bytes.len() as u64;
+                        files.push((name, bytes.into()));
+                    }
+                    listed
                 }
                 _ => Vec::new(),
             };
@@ -697,21 +700,47 @@ impl Pending {
             checksums,
             sealed: spec.ownership.is_some(),
         };
-        let bytes = encode_manifest(&manifest)?;
+        let manifest_bytes = encode_manifest(&manifest)?;
+        Ok(Staged {
+            files,
+            manifest,
+            manifest_bytes: manifest_bytes.into(),
+        })
+    }
+}
+
+/// A checkpoint encoded and not stored yet: its files' names and bytes, and its manifest.
+pub(crate) struct Staged {
+    files: Vec<(String, bytes::Bytes)>,
+    pub manifest: Manifest,
+    manifest_bytes: bytes::Bytes,
+}
+
+impl Staged {
+    /// Writes the state files, then the manifest (a pool worker fences its partitions first
+    /// and seals the epoch after). Each step is the same when made again, so a store that
+    /// failed part-way can be called again with the same checkpoint.
+    pub fn store(&self, spec: &CheckpointSpec) -> Result<(), EngineError> {
+        for (name, bytes) in &self.files {
+            // `Bytes` clones share the buffer
+            spec.store.put(name, bytes.clone())?;
+        }
         failpoint("before_manifest");
         if let Some(o) = &spec.ownership {
             o.fencing.fence(&o.owned)?;
         }
-        spec.store.put(&manifest_name(self.epoch), bytes)?;
+        let epoch = self.manifest.epoch;
+        spec.store
+            .put(&manifest_name(epoch), self.manifest_bytes.clone())?;
         if let Some(o) = &spec.ownership {
             failpoint("before_seal");
-            o.fencing.seal(self.epoch)?;
+            o.fencing.seal(epoch)?;
             if !o.owned.is_empty() {
                 failpoint("before_commit_owning");
             }
         }
         failpoint("before_commit");
-        Ok(manifest)
+        Ok(())
     }
 }
 

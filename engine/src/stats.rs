@@ -498,6 +498,8 @@ impl RunStats {
 #[derive(Debug, Default)]
 pub struct CheckpointStats {
     pub completed: AtomicU64,
+    /// Attempts to store a checkpoint that failed and were made again.
+    pub store_failures: AtomicU64,
     pub last_epoch: AtomicU64,
     pub last_duration_ms: AtomicU64,
     pub last_bytes: AtomicU64,

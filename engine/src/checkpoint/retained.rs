@@ -55,15 +55,14 @@ impl Default for RetainedPart {
 }
 
 /// The files operator `op`'s manifest lists at checkpoint `epoch`: those of the previous one
-/// still retained (none when `part` is whole), plus a file of `part`'s windows (written
-/// here), if any; and the bytes written.
+/// still retained (none when `part` is whole), plus a file of `part`'s windows, if any; and
+/// that new file's name and bytes, for the checkpoint to store.
 pub(super) fn next_files(
-    store: &CheckpointStore,
     epoch: u64,
     op: usize,
     previous: &[RetainedFile],
     part: RetainedPart,
-) -> Result<(Vec<RetainedFile>, u64), EngineError> {
+) -> Result<(Vec<RetainedFile>, Option<(String, Vec<u8>)>), EngineError> {
     let previous = if part.whole { &[][..] } else { previous };
     let mut files: Vec<RetainedFile> = previous
         .iter()
@@ -76,19 +75,18 @@ pub(super) fn next_files(
         .filter(|(end, _)| *end > part.keep_after)
         .collect();
     let Some(newest_end) = new.iter().map(|(end, _)| *end).max() else {
-        return Ok((files, 0));
+        return Ok((files, None));
     };
     let bytes = encode(new.iter().map(|(_, b)| b))?;
-    let written = bytes.len() as u64;
     let file = RetainedFile {
         epoch,
         file: format!("op-{op}-emitted.arrow"),
         newest_end,
         sha256: sha256_hex(&bytes),
     };
-    store.put(&file.name(), bytes)?;
+    let name = file.name();
     files.push(file);
-    Ok((files, written))
+    Ok((files, Some((name, bytes))))
 }
 
 fn encode<'a>(batches: impl Iterator<Item = &'a RecordBatch>) -> Result<Vec<u8>, EngineError> {
@@ -187,7 +185,11 @@ mod tests {
             whole: false,
         };
         let next = |epoch, previous: &[RetainedFile], part| {
-            next_files(&store, epoch, 0, previous, part).unwrap().0
+            let (files, new) = next_files(epoch, 0, previous, part).unwrap();
+            if let Some((name, bytes)) = new {
+                store.put(&name, bytes).unwrap();
+            }
+            files
         };
         // epoch 1: two windows emitted
         let one = next(1, &[], part(vec![window(60, 1), window(120, 2)], 0));

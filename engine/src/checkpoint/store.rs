@@ -166,7 +166,8 @@ impl CheckpointStore {
 
     /// Stores an object atomically (a reader sees all of it or nothing). In a local folder
     /// the object is durable when this returns (see [`write_durably`]).
-    pub fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), EngineError> {
+    pub fn put(&self, name: &str, bytes: impl Into<bytes::Bytes>) -> Result<(), EngineError> {
+        let bytes: bytes::Bytes = bytes.into();
         let path = self.path(name);
         if let Some(root) = &self.local {
             return write_durably(&root.join(path.as_ref()), &bytes, false)

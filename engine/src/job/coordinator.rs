@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::channels::{send_barrier, Dispatcher, Failure, WorkerMsg, LIVE_POLL};
-use crate::checkpoint::{collect_garbage, CheckpointSpec, Epochs, Part, Pending, RetainedFile};
+use crate::checkpoint::{
+    collect_garbage, CheckpointSpec, Epochs, Part, Pending, RetainedFile, Staged,
+};
 use crate::progress::Progress;
+use crate::retry::RetryPolicy;
 use crate::stats::RunStats;
 use crate::time::now_ms;
 use crate::EngineError;
@@ -54,7 +57,7 @@ impl Coordinator {
                     if p.add(part)? {
                         let done = pending.take().expect("pending");
                         let last = done.final_;
-                        self.complete(done)?;
+                        self.complete(done, failure)?;
                         if last {
                             return Ok(());
                         }
@@ -115,10 +118,12 @@ impl Coordinator {
         Ok(pending)
     }
 
-    fn complete(&mut self, pending: Pending) -> Result<(), EngineError> {
+    fn complete(&mut self, pending: Pending, failure: &Failure) -> Result<(), EngineError> {
         let _span = tracing::info_span!("checkpoint", epoch = self.epoch).entered();
         let started = pending.started;
-        let manifest = pending.write(&self.spec, &self.operator_names)?;
+        let staged = pending.stage(&self.spec, &self.operator_names)?;
+        self.store_retrying(&staged, failure)?;
+        let manifest = staged.manifest;
         self.retained = manifest
             .operators
             .iter()
@@ -150,6 +155,14 @@ impl Coordinator {
             state_bytes = manifest.state_bytes,
             "checkpoint complete"
         );
+        // an older checkpoint left in place costs only room: the next collection takes it
+        if let Err(e) = self.collect_garbage() {
+            tracing::warn!(error = %e.chain(), "cannot delete older checkpoints; the next checkpoint tries again");
+        }
+        Ok(())
+    }
+
+    fn collect_garbage(&self) -> Result<(), EngineError> {
         let claimed = match &self.spec.ownership {
             Some(o) => o.fencing.claimed_epochs()?,
             None => Default::default(),
@@ -160,6 +173,62 @@ impl Coordinator {
             self.spec.ownership.is_some(),
             &claimed,
         )
+    }
+
+    /// Stores `staged`, again while the store fails (a full disk, a folder or bucket that
+    /// does not answer), with the outputs' backoff ([`RetryPolicy`]'s default, 1 s doubling
+    /// to 16 s), until it is stored or the job is stopped or fails. Its parts are held in
+    /// memory meanwhile, and the same writes are made again; processing goes on, and the
+    /// outputs commit nothing past the last stored checkpoint. Other errors (a pool worker
+    /// fenced, a broken invariant) end the job at once.
+    fn store_retrying(&self, staged: &Staged, failure: &Failure) -> Result<(), EngineError> {
+        let policy = RetryPolicy::default();
+        let mut retry = 0u32;
+        loop {
+            let e = match staged.store(&self.spec) {
+                Ok(()) => {
+                    if retry > 0 {
+                        tracing::info!(
+                            epoch = staged.manifest.epoch,
+                            attempts = retry + 1,
+                            "checkpoint stored after the store failed"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if !matches!(e, EngineError::Checkpoint { .. }) {
+                return Err(e);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                // stopping (a signal, a hand-over): the run ends with the error, which
+                // says that its last checkpoint is not stored
+                return Err(e);
+            }
+            self.stats
+                .checkpoints
+                .store_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let wait = policy.backoff(retry);
+            tracing::error!(
+                epoch = staged.manifest.epoch,
+                error = %e.chain(),
+                retry_in_ms = wait.as_millis() as u64,
+                "cannot store the checkpoint; trying again (outputs commit nothing meanwhile)"
+            );
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if failure.cancel.load(Ordering::Relaxed) {
+                    return Err(EngineError::Cancelled);
+                }
+                if self.stop.load(Ordering::SeqCst) {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            retry = retry.saturating_add(1);
+        }
     }
 }
 

@@ -470,6 +470,12 @@ fn progress(e: &mut DescriptorEncoder, s: &RunStats, snap: &LiveSnapshot) -> Enc
         "Checkpoints completed by this run.",
         [(NONE, get(&c.completed))],
     )?;
+    counter(
+        e,
+        "weir_checkpoint_store_failures_total",
+        "Attempts to store a checkpoint that failed and are made again.",
+        [(NONE, get(&c.store_failures))],
+    )?;
     if get(&c.completed) > 0 {
         gauge(
             e,
