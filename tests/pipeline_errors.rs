@@ -70,6 +70,22 @@ fn bad_duration() {
     );
 }
 
+/// A duration past 1,000,000 days would wrap window arithmetic (a window ending before it
+/// starts): refused where it is written.
+#[test]
+fn a_duration_too_long_is_refused_where_it_is_written() {
+    let e = error_of("tumbling: 1m", "tumbling: 10000000000000000000ms");
+    assert!(e.starts_with("13:15: "), "{e}");
+    assert!(e.contains("is too long: at most 1000000d"), "{e}");
+    let e = error_of("tumbling: 1m", "tumbling: 1000001d");
+    assert!(e.contains("is too long"), "{e}");
+    let e = error_of(
+        "max_out_of_orderness: 5s }",
+        "max_out_of_orderness: 1000001d }",
+    );
+    assert!(e.contains("is too long"), "{e}");
+}
+
 #[test]
 fn unknown_source_in_from() {
     let e = error_of("from: events", "from: evnts");

@@ -138,6 +138,12 @@ impl Case {
                 ),
                 // event time in microseconds: year 55,000
                 40_000 => add(0, &micros, vec!["future_event_time"]),
+                // Java's Long.MIN_VALUE for "no time": its window would not fit in 64 bits
+                42_000 => add(
+                    0,
+                    &|v| v["timestamp"] = json!(i64::MIN),
+                    vec!["bad_event_time"],
+                ),
                 85_000 => add(
                     0,
                     &|v| {
@@ -270,9 +276,9 @@ fn poison_rows_are_dead_lettered_and_every_other_window_equals_the_oracle() {
         "the overflow is logged: {stderr}"
     );
     let summary = String::from_utf8_lossy(&out.stdout);
-    // bad: one wrong type, two future times, three rows failing an expression (counted once
-    // however many operators they fail in)
-    assert!(summary.contains("6 bad"), "{summary}");
+    // bad: one wrong type, two future times, one time outside the years 0000-9999, three
+    // rows failing an expression (counted once however many operators they fail in)
+    assert!(summary.contains("7 bad"), "{summary}");
     case.check_outputs();
 }
 

@@ -2,7 +2,10 @@
 //! microseconds read as milliseconds lands in the year 55,000), not an event from the future.
 //! Such a row would move its partition's watermark years ahead and make every later event
 //! late, in every checkpoint after it; so rows more than `event_time.max_future` ahead of the
-//! wall clock are dead-lettered as bad, before they reach the partition's clock.
+//! wall clock are dead-lettered as bad, before they reach the partition's clock. So are
+//! rows whose event time is outside the years 0000 to 9999 ([`MIN_EVENT_TIME_MS`],
+//! [`MAX_EVENT_TIME_MS`]): Java's `Long.MIN_VALUE` written for "no time", say, whose window
+//! would not fit in 64 bits (its start wraps) and would never close.
 
 use std::sync::Arc;
 
@@ -15,42 +18,65 @@ pub const FUTURE_EVENT_TIME: &str = "future_event_time";
 /// `event_time.max_future` when a pipeline does not set it: one hour.
 pub const DEFAULT_MAX_FUTURE_MS: i64 = 3_600_000;
 
-/// `events` without the rows whose event time is more than `max_future_ms` after `now`
-/// (`None` when no row is left); those rows are pushed to `dead`. One pass over the event
-/// times when no row is too far ahead (the common case).
-pub fn drop_future(
+/// The dead-letter code of a row whose event time is outside the years 0000 to 9999 (the
+/// decoders' code for an event time they cannot read).
+pub const BAD_EVENT_TIME: &str = "bad_event_time";
+
+/// The earliest event time a row may have: 0000-01-01T00:00:00.000Z (Unix ms).
+pub const MIN_EVENT_TIME_MS: i64 = -62_167_219_200_000;
+
+/// The latest event time a row may have: 9999-12-31T23:59:59.999Z (Unix ms).
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// `events` without the rows whose event time is outside the years 0000 to 9999 or, with
+/// `max_future_ms`, more than that after `now` (`None` when no row is left); those rows are
+/// pushed to `dead`. One pass over the event times when every row is in range (the common
+/// case).
+pub fn drop_out_of_range(
     events: EventBatch,
-    (max_future_ms, now): (i64, i64),
+    (max_future_ms, now): (Option<i64>, i64),
     partition: &Arc<PartitionInfo>,
     dead: &mut Vec<DeadLetter>,
 ) -> Result<Option<EventBatch>, EngineError> {
-    let limit = now.saturating_add(max_future_ms);
-    if events.event_time.iter().all(|&t| t <= limit) {
+    let limit = max_future_ms.map_or(MAX_EVENT_TIME_MS, |m| {
+        now.saturating_add(m).min(MAX_EVENT_TIME_MS)
+    });
+    let fits = |t: i64| (MIN_EVENT_TIME_MS..=limit).contains(&t);
+    if events.event_time.iter().all(|&t| fits(t)) {
         return Ok(Some(events));
     }
     let mut keep = Vec::with_capacity(events.event_time.len());
     for (i, &t) in events.event_time.iter().enumerate() {
-        if t <= limit {
+        if fits(t) {
             keep.push(i as u32);
             continue;
         }
-        dead.push(DeadLetter {
-            partition: partition.clone(),
-            offset: events.offsets.get(i).copied(),
-            trace: events.trace_of(i),
-            reason: Reason::Bad,
-            error: ErrorInfo::new(
+        let error = match max_future_ms {
+            // above the range too: a time in microseconds is one ahead of the clock
+            Some(m) if t > limit => ErrorInfo::new(
                 FUTURE_EVENT_TIME,
                 format!(
                     "the event time {} is {} s ahead of the wall clock, more than event_time.max_future ({} s)",
                     crate::time::format_rfc3339_ms(t),
                     t.saturating_sub(now) / 1000,
-                    max_future_ms / 1000
+                    m / 1000
                 ),
             )
-            .with("event_time", t)
             .with("wall_clock", now)
-            .with("max_future_ms", max_future_ms),
+            .with("max_future_ms", m),
+            _ => ErrorInfo::new(
+                BAD_EVENT_TIME,
+                format!(
+                    "the event time {t} (Unix ms) is outside the years 0000 to 9999 that event times may have"
+                ),
+            ),
+        };
+        dead.push(DeadLetter {
+            partition: partition.clone(),
+            offset: events.offsets.get(i).copied(),
+            trace: events.trace_of(i),
+            reason: Reason::Bad,
+            error: error.with("event_time", t),
             raw: events.raw_row(i),
         });
     }
@@ -119,9 +145,9 @@ mod tests {
         let now = 1_700_000_000_000;
         let micros = now * 1000;
         let mut dead = Vec::new();
-        let kept = drop_future(
+        let kept = drop_out_of_range(
             events(&[now - 5, micros, now + 3_600_000, now + 3_600_001]),
-            (3_600_000, now),
+            (Some(3_600_000), now),
             &partition(),
             &mut dead,
         )
@@ -148,18 +174,64 @@ mod tests {
             ]
         );
         // nothing ahead: the batch passes as it is
-        let all = drop_future(events(&[now]), (0, now), &partition(), &mut dead)
+        let all = drop_out_of_range(events(&[now]), (Some(0), now), &partition(), &mut dead)
             .unwrap()
             .unwrap();
         assert_eq!(all.batch.num_rows(), 1);
         // nothing left
         assert!(
-            drop_future(events(&[micros]), (0, now), &partition(), &mut dead)
+            drop_out_of_range(events(&[micros]), (Some(0), now), &partition(), &mut dead)
                 .unwrap()
                 .is_none()
         );
         assert_eq!(dead.len(), 3);
         assert!(kept.batch.column(0).null_count() == 0);
+    }
+
+    /// An event time whose window would not fit in 64 bits (Java's `Long.MIN_VALUE` for "no
+    /// time") is a bad row, with or without `max_future` (above the years, with it, a row ahead
+    /// of the clock); the years 0000 to 9999 pass.
+    #[test]
+    fn event_times_outside_the_years_0000_to_9999_are_dead_lettered() {
+        let now = 1_700_000_000_000;
+        for max_future in [None, Some(3_600_000)] {
+            let mut dead = Vec::new();
+            let times = [
+                i64::MIN,
+                MIN_EVENT_TIME_MS - 1,
+                MIN_EVENT_TIME_MS,
+                now,
+                MAX_EVENT_TIME_MS,
+                i64::MAX,
+            ];
+            let kept =
+                drop_out_of_range(events(&times), (max_future, now), &partition(), &mut dead)
+                    .unwrap()
+                    .unwrap();
+            let expected = if max_future.is_some() {
+                vec![MIN_EVENT_TIME_MS, now]
+            } else {
+                vec![MIN_EVENT_TIME_MS, now, MAX_EVENT_TIME_MS]
+            };
+            assert_eq!(kept.event_time, expected);
+            let codes: Vec<_> = dead.iter().map(|d| (d.offset, d.error.code)).collect();
+            let mut want = vec![(Some(10), BAD_EVENT_TIME), (Some(11), BAD_EVENT_TIME)];
+            if max_future.is_some() {
+                want.push((Some(14), FUTURE_EVENT_TIME));
+                want.push((Some(15), FUTURE_EVENT_TIME));
+            } else {
+                want.push((Some(15), BAD_EVENT_TIME));
+            }
+            assert_eq!(codes, want);
+        }
+        assert_eq!(
+            crate::time::format_rfc3339_ms(MIN_EVENT_TIME_MS),
+            "0000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            crate::time::format_rfc3339_ms(MAX_EVENT_TIME_MS),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

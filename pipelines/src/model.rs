@@ -15,18 +15,30 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
-/// A duration such as `500ms`, `5s`, `1m`, `2h`, `1d`, in milliseconds.
+/// A duration such as `500ms`, `5s`, `1m`, `2h`, `1d`, in milliseconds, at most
+/// [`MAX_DURATION_MS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duration(pub u64);
+
+/// The longest duration a pipeline file may give: 1,000,000 days (about 2,700 years). Window
+/// arithmetic on event times (years 0000 to 9999) plus sizes, lateness and out-of-orderness
+/// this long stays far inside 64 bits.
+pub const MAX_DURATION_MS: u64 = 1_000_000 * 86_400_000;
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        weir_engine::time::parse_duration_ms(&text).map(Duration).ok_or_else(|| {
+        let ms = weir_engine::time::parse_duration_ms(&text).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "bad duration `{text}`: write a whole number and a unit, one of ms, s, m, h, d (e.g. 500ms, 5s, 1m)"
             ))
-        })
+        })?;
+        if ms > MAX_DURATION_MS {
+            return Err(serde::de::Error::custom(format!(
+                "duration `{text}` is too long: at most 1000000d (about 2,700 years)"
+            )));
+        }
+        Ok(Duration(ms))
     }
 }
 

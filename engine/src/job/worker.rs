@@ -348,11 +348,15 @@ fn process_chunk(
             records: 0,
         },
     };
-    let events = match (events, ctx.max_future.get(chunk.source).copied().flatten()) {
-        (Some(ev), Some(max)) => {
-            crate::bounds::drop_future(ev, (max, now_ms()), &chunk.partition, &mut bad)?
-        }
-        (events, _) => events,
+    let max_future = ctx.max_future.get(chunk.source).copied().flatten();
+    let events = match events {
+        Some(ev) => crate::bounds::drop_out_of_range(
+            ev,
+            (max_future, now_ms()),
+            &chunk.partition,
+            &mut bad,
+        )?,
+        None => None,
     };
     RunStats::add(&ctx.stats.records_in, records);
     if let Some(src) = ctx.stats.sources.get(chunk.source) {
