@@ -135,6 +135,11 @@ fn window_rows_and_dead_letters_on_nats_equal_the_oracle() {
         ],
     );
     let (expected, summary) = oracle_per_dataset(&events, &AGGS, &d.join("expected.ndjson"));
+    // a bad record whose correlation id holds a CR: the dead letter carries its ids as
+    // headers, where a CR would end the header (async-nats panicked on it)
+    let mut text = std::fs::read(&events).unwrap();
+    text.extend_from_slice(b"{\"correlation_id\":\"order\r42\",\"timestamp\":\n");
+    std::fs::write(&events, text).unwrap();
     let yaml = format!(
         r#"name: nats-windows
 sources:
@@ -170,7 +175,7 @@ dead_letter: {{ nats: {{ url: "{url}", subject: weir.dead }} }}
     assert_eq!(
         (count("bad"), count("late")),
         (
-            summary["bad"].as_u64().unwrap(),
+            summary["bad"].as_u64().unwrap() + 1,
             summary["late"].as_u64().unwrap()
         ),
         "dead letters by reason"

@@ -88,7 +88,7 @@ impl TraceIds {
                 continue;
             };
             let value = value.trim();
-            if value.is_empty() {
+            if !usable_id(value) {
                 continue;
             }
             let name = normalised(name);
@@ -169,14 +169,42 @@ fn json_string_field(raw: &[u8], name: &str) -> Option<String> {
         }
         return std::str::from_utf8(&raw[start..start + len])
             .ok()
+            .filter(|id| usable_id(id))
             .map(str::to_string);
     }
     None
 }
 
+/// The longest trace or correlation id kept (bytes); a longer one is left out.
+const MAX_ID_LEN: usize = 256;
+
+/// Whether `id` can be carried as an id: not empty, at most [`MAX_ID_LEN`] bytes, and no
+/// control character (a CR or LF would end the header it is written to: a NATS client
+/// panics on one, an HTTP client refuses it).
+fn usable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An id with a control character (a CR or LF would end the header a dead letter carries
+    /// it in: async-nats panics on one) or longer than 256 bytes is left out.
+    #[test]
+    fn ids_with_control_characters_or_too_long_are_left_out() {
+        let ids = TraceIds::from_record(b"{\"correlation_id\":\"a\nb\",\"trace_id\":\"t\rx\"}");
+        assert!(ids.is_empty(), "{ids:?}");
+        let long = format!("{{\"trace_id\":\"{}\"}}", "x".repeat(257));
+        assert!(TraceIds::from_record(long.as_bytes()).is_empty());
+        let h: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (b"X-Correlation-Id", Some(b"order\r\n42")),
+            (b"trace_id", Some(b"ok\x07")),
+        ];
+        assert!(TraceIds::from_headers(h).is_empty());
+        let fine = TraceIds::from_record(b"{\"correlation_id\":\"order-42\"}");
+        assert_eq!(fine.correlation_id.as_deref(), Some("order-42"));
+    }
 
     #[test]
     fn headers_give_trace_and_correlation_ids() {

@@ -231,12 +231,30 @@ where
     std::thread::Builder::new()
         .name(thread_name)
         .spawn(move || {
-            if let Err(e) = f() {
+            // a panic fails the run like an error (the other threads would otherwise wait
+            // for this one for ever); the panic hook has printed it
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+                    Err(EngineError::Internal(format!(
+                        "the `{name}` thread panicked: {}; this is a bug in weir, please report it",
+                        panic_text(panic.as_ref())
+                    )))
+                });
+            if let Err(e) = result {
                 tracing::debug!(thread = %name, error = %e.chain(), "thread failed");
                 failure.record(e);
             }
         })
         .map_err(|e| EngineError::internal_caused("cannot start a thread", e))
+}
+
+/// The message of a panic's payload (a `&str` or a `String`, as `panic!` makes them).
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Puts `make(id)` into every worker's queue; the caller holds the dispatcher's lock, so the

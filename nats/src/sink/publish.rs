@@ -297,7 +297,9 @@ impl Publisher {
                     continue;
                 }
                 let mut headers = async_nats::HeaderMap::new();
-                for (k, v) in &m.headers {
+                // a header value with CR or LF would end the header (async-nats panics on
+                // one): such a value is left out, the message is not
+                for (k, v) in m.headers.iter().filter(|(_, v)| !v.contains(['\r', '\n'])) {
                     headers.insert(*k, v.as_str());
                 }
                 let publish = jetstream::message::PublishMessage::build()

@@ -319,6 +319,8 @@ pub(super) fn windows_in(batch: &RecordBatch) -> Vec<(i64, i64)> {
 pub(super) struct RecordingSink {
     pub(super) calls: Calls,
     pub(super) fail_writes: bool,
+    /// Every write panics (a defect in a connector).
+    pub(super) panic_writes: bool,
     pub(super) refuse_every_row: bool,
     pub(super) refused: Vec<RejectedRow>,
     /// While set, every call fails as a full disk does (retried by the retry policy).
@@ -367,6 +369,9 @@ impl Sink for RecordingSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
         if self.fail_writes {
             return Err(EngineError::Internal("the disk is full".into()));
+        }
+        if self.panic_writes {
+            panic!("a header value with a line break");
         }
         self.check_up()?;
         if self.refuse_every_row {

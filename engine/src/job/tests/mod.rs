@@ -86,6 +86,36 @@ fn a_failing_sink_stops_the_job_with_its_error() {
     }
 }
 
+/// A thread of the run that panics (a defect in a connector) fails the run with the panic's
+/// message, instead of leaving the other threads waiting for it for ever.
+#[test]
+fn a_panicking_sink_fails_the_job_instead_of_stalling_it() {
+    let sink = RecordingSink {
+        panic_writes: true,
+        ..Default::default()
+    };
+    let spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        sink,
+        RecordingDeadLetters::default(),
+        2,
+    );
+    let err = run_within(
+        spec,
+        run_stats(),
+        StopHandle::new(),
+        Duration::from_secs(20),
+    )
+    .unwrap_err();
+    let message = err.chain().to_string();
+    assert!(message.contains("panicked"), "{message}");
+    assert!(
+        message.contains("a header value with a line break"),
+        "{message}"
+    );
+}
+
 #[test]
 fn the_stop_handle_ends_a_run() {
     let sink = RecordingSink::default();
