@@ -113,11 +113,17 @@ fn psql(port: u16, password: Option<&str>, query: &str) -> std::process::Output 
 }
 
 fn psycopg(port: u16, password: Option<&str>, queries: Value) -> Vec<Value> {
+    psycopg_in(port, password, queries, "text")
+}
+
+/// [`psycopg`], asking for results in `format` (`text` or `binary`).
+fn psycopg_in(port: u16, password: Option<&str>, queries: Value, format: &str) -> Vec<Value> {
     let o = Command::new(venv_python())
         .arg(repo().join("tests/sql/pg_client.py"))
         .arg(port.to_string())
         .arg(password.unwrap_or("-"))
         .arg(queries.to_string())
+        .arg(format)
         .output()
         .unwrap();
     assert!(o.status.success(), "psycopg: {}", text(&o.stderr));
@@ -278,6 +284,36 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
         "a timestamptz: {first_window}"
     );
     assert_eq!(answers[3]["sqlstate"], "42601", "{}", answers[3]);
+
+    // exact numbers: an unsigned 64-bit integer over 2^63 and decimals are NUMERIC, in text
+    // (psql, psycopg) and binary (psycopg) alike; INT8 made the first null, FLOAT8 rounded
+    let exact = "SELECT arrow_cast('18446744073709551615', 'UInt64') AS big, \
+                 CAST('12345678901234567890.123' AS DECIMAL(38, 3)) AS d, \
+                 CAST('-0.0001' AS DECIMAL(10, 4)) AS small, CAST(NULL AS DECIMAL(5, 2)) AS none";
+    let o = psql(pp, None, exact);
+    assert!(o.status.success(), "psql: {}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "18446744073709551615|12345678901234567890.123|-0.0001|"
+    );
+    for format in ["text", "binary"] {
+        let answers = psycopg_in(pp, None, serde_json::json!([[exact, []]]), format);
+        assert_eq!(
+            answers[0]["rows"],
+            serde_json::json!([[
+                "18446744073709551615",
+                "12345678901234567890.123",
+                "-0.0001",
+                null
+            ]]),
+            "{format}: {}",
+            answers[0]
+        );
+        assert_eq!(
+            answers[0]["types"],
+            serde_json::json!([1700, 1700, 1700, 1700])
+        );
+    }
 
     // Arrow IPC over HTTP
     let a = http(

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod peers;
 pub mod pg;
 mod pg_conn;
+mod pg_numeric;
 mod point;
 pub mod server;
 pub mod subscribe;

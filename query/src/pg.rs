@@ -41,9 +41,10 @@ fn pg_type(t: &DataType) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 => Type::INT2,
         DataType::Int32 | DataType::UInt8 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        // exact: an INT8 cannot hold 2^63 and more, a FLOAT8 rounds a decimal
+        DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 | DataType::Float64 => Type::FLOAT8,
-        DataType::Decimal128(..) | DataType::Decimal256(..) => Type::FLOAT8,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         _ => Type::VARCHAR,
@@ -77,6 +78,8 @@ enum Column {
     Float(arrow::array::Float64Array),
     /// Microseconds since the epoch.
     Time(arrow::array::TimestampMicrosecondArray, bool),
+    /// Written in decimal by Arrow's formatter (unsigned integers, decimals).
+    Numeric(ArrayRef),
     Text(ArrayRef),
 }
 
@@ -104,6 +107,7 @@ impl Column {
                     tz,
                 )
             }
+            Type::NUMERIC => Column::Numeric(a.clone()),
             _ => Column::Text(a.clone()),
         })
     }
@@ -128,6 +132,13 @@ impl Column {
                 } else {
                     e.encode_field(&t.map(|t| t.naive_utc()))
                 }
+            }
+            Column::Numeric(a) => {
+                let v = match (a.is_valid(i), text) {
+                    (true, Some(f)) => Some(crate::pg_numeric::Numeric(f.value(i).to_string())),
+                    _ => None,
+                };
+                e.encode_field(&v)
             }
             Column::Text(a) => {
                 let v = match (a.is_valid(i), text) {
@@ -157,7 +168,9 @@ fn encode_chunk(batch: &RecordBatch, fields: Arc<Vec<FieldInfo>>) -> PgWireResul
         .iter()
         .zip(&columns)
         .map(|(a, c)| match c {
-            Column::Text(_) => ArrayFormatter::try_new(a.as_ref(), &options).ok(),
+            Column::Text(_) | Column::Numeric(_) => {
+                ArrayFormatter::try_new(a.as_ref(), &options).ok()
+            }
             _ => None,
         })
         .collect::<Vec<_>>();

@@ -1,12 +1,14 @@
 """Runs parameterized queries through psycopg 3 (the Postgres extended query protocol:
 Parse/Bind/Describe/Execute with $n placeholders) and prints the rows as JSON.
 
-    python pg_client.py PORT PASSWORD_OR_- '[["SELECT ... WHERE k = %s", ["v"]], ...]'
+    python pg_client.py PORT PASSWORD_OR_- '[["SELECT ... WHERE k = %s", ["v"]], ...]' [binary]
 
-Values that JSON cannot hold (timestamps) are printed as their ISO text; a failing query
-prints {"error": ..., "sqlstate": ...} in its place and the next query still runs.
+With `binary`, results are asked for in the binary format. Values that JSON cannot hold
+(timestamps, decimals) are printed as their text; a failing query prints
+{"error": ..., "sqlstate": ...} in its place and the next query still runs.
 """
 import datetime
+import decimal
 import json
 import sys
 
@@ -16,10 +18,12 @@ import psycopg
 def value(v):
     if isinstance(v, (datetime.datetime, datetime.date)):
         return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return str(v)
     return v
 
 
-def main(port, password, queries):
+def main(port, password, queries, binary=False):
     kwargs = {"host": "127.0.0.1", "port": int(port), "user": "weir", "dbname": "weir"}
     if password != "-":
         kwargs["password"] = password
@@ -27,7 +31,7 @@ def main(port, password, queries):
     with psycopg.connect(autocommit=True, **kwargs) as conn:
         for sql, params in json.loads(queries):
             try:
-                with conn.cursor() as cur:
+                with conn.cursor(binary=binary) as cur:
                     cur.execute(sql, params)
                     names = [d.name for d in cur.description]
                     types = [d.type_code for d in cur.description]
@@ -39,4 +43,4 @@ def main(port, password, queries):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "binary")
