@@ -223,6 +223,73 @@ fn portal_suspension(port: u16) {
     assert_eq!(fetches, vec![(3, b's'), (3, b's'), (44, b'C')]);
 }
 
+/// The messages until ReadyForQuery: the data rows, the other kinds in order, and the
+/// SQLSTATEs of errors.
+fn until_ready(s: &mut TcpStream) -> (usize, Vec<u8>, Vec<String>) {
+    let (mut rows, mut kinds, mut errors) = (0, Vec::new(), Vec::new());
+    loop {
+        let (kind, body) = read_message(s);
+        match kind {
+            b'D' => rows += 1,
+            b'E' => errors.push(error_code(&body)),
+            b'Z' => return (rows, kinds, errors),
+            _ => kinds.push(kind),
+        }
+    }
+}
+
+/// A row limit of -1 (none, as Postgres reads it) or 2^31-1 on `Execute` returns every row
+/// (pgwire set room for that many rows: -1 panicked the connection, 2^31-1 asked for about
+/// 86 GB); a connection holds at most 16 named portals (each can hold a suspended result),
+/// the 17th refused with 54000 until one is closed.
+fn portal_limits(port: u16) {
+    let (kind, _, mut s) = raw_connect(port, PASSWORD);
+    assert_eq!(kind, b'R');
+    while read_message(&mut s).0 != b'Z' {}
+    let sql = b"SELECT datasetName FROM datasets ORDER BY datasetName\0";
+    let parse = message(b'P', &[b"\0".as_slice(), sql, &[0, 0]].concat());
+    let bind = |portal: &str| {
+        let mut body = format!("{portal}\0\0").into_bytes();
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        message(b'B', &body)
+    };
+    let execute = |portal: &str, limit: i32| {
+        let mut body = format!("{portal}\0").into_bytes();
+        body.extend_from_slice(&limit.to_be_bytes());
+        message(b'E', &body)
+    };
+    let sync = message(b'S', &[]);
+    for limit in [-1, i32::MAX] {
+        let out = [parse.clone(), bind(""), execute("", limit), sync.clone()].concat();
+        s.write_all(&out).unwrap();
+        let (rows, kinds, errors) = until_ready(&mut s);
+        assert_eq!(errors, Vec::<String>::new(), "limit {limit}");
+        assert_eq!((rows, kinds.last()), (50, Some(&b'C')), "limit {limit}");
+    }
+    let mut out = parse.clone();
+    for i in 0..17 {
+        out.extend(bind(&format!("p{i}")));
+    }
+    out.extend(sync.clone());
+    s.write_all(&out).unwrap();
+    let (_, _, errors) = until_ready(&mut s);
+    assert_eq!(errors, vec!["54000".to_string()], "the 17th portal");
+    // one closed: another can be made, and it runs
+    let mut close = vec![b'P'];
+    close.extend_from_slice(b"p3\0");
+    let out = [
+        message(b'C', &close),
+        parse.clone(),
+        bind("p16"),
+        execute("p16", 0),
+        sync.clone(),
+    ]
+    .concat();
+    s.write_all(&out).unwrap();
+    let (rows, _, errors) = until_ready(&mut s);
+    assert_eq!((rows, errors), (50, Vec::<String>::new()));
+}
+
 /// A raw Postgres connection that logged in with `password`: the server's first answer after
 /// the password ('R' or 'E'), its SQLSTATE when an error, and the connection.
 fn raw_connect(port: u16, password: &str) -> (u8, String, TcpStream) {
@@ -499,6 +566,7 @@ fn no_query_message_or_login_stops_the_engine_or_changes_its_results() {
         std::thread::sleep(Duration::from_millis(200));
     }
     portal_suspension(pp);
+    portal_limits(pp);
     attacks(&mut run, c, pp, dir.path());
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");

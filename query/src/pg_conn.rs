@@ -209,6 +209,7 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
     let cancel = handlers.cancel_handler();
     let deadline = tokio::time::sleep(STARTUP_TIMEOUT);
     tokio::pin!(deadline);
+    let mut named = Named::default();
     loop {
         let starting = matches!(
             framed.state(),
@@ -251,6 +252,13 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
             _ => message.is_extended_query(),
         };
         let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+        let message = match named.admit(message, &framed.state()) {
+            Ok(m) => m,
+            Err(e) => {
+                process_error(&mut framed, e, extended_message).await?;
+                continue;
+            }
+        };
         if let Err(e) = process_message(
             message,
             &mut framed,
@@ -273,6 +281,91 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
         }
     }
     Ok(())
+}
+
+/// The most named prepared statements a connection may hold at once.
+pub const MAX_STATEMENTS: usize = 256;
+/// The most named portals a connection may hold at once: each can hold a suspended result of
+/// up to `serve.max_result_mb`.
+pub const MAX_PORTALS: usize = 16;
+/// The most rows one `Execute` returns before the portal is suspended (the client asks for
+/// the rest with another `Execute`, as the protocol says): pgwire sets room for as many
+/// rows as the client asks, and 2^31 of them would not fit in memory.
+pub const MAX_ROWS_PER_EXECUTE: i32 = 65_536;
+
+/// The named statements and portals a connection holds (pgwire keeps them without a bound),
+/// to refuse more than [`MAX_STATEMENTS`] and [`MAX_PORTALS`]; unnamed ones replace each other.
+#[derive(Default)]
+struct Named {
+    statements: std::collections::HashSet<String>,
+    portals: std::collections::HashSet<String>,
+}
+
+impl Named {
+    /// `message` as it may be processed, or the error that refuses it: a statement or portal
+    /// over the limits, or an `Execute` whose row limit is negative (none, as Postgres
+    /// reads it) or over [`MAX_ROWS_PER_EXECUTE`] (that many).
+    fn admit(
+        &mut self,
+        message: PgWireFrontendMessage,
+        state: &PgWireConnectionState,
+    ) -> Result<PgWireFrontendMessage, PgWireError> {
+        use pgwire::messages::extendedquery::{
+            TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+        };
+        // messages after an error are skipped until Sync: they store nothing
+        if matches!(state, PgWireConnectionState::AwaitingSync) {
+            return Ok(message);
+        }
+        let named = |n: &Option<String>| n.as_deref().filter(|n| !n.is_empty()).map(String::from);
+        let too_many = |what: &str, limit: usize| {
+            user_error(
+                "ERROR",
+                "54000",
+                format!(
+                    "this connection holds {limit} named {what}, the most it may: close one \
+                     (a Close message) before making another"
+                ),
+            )
+        };
+        match message {
+            PgWireFrontendMessage::Parse(ref p) => {
+                if let Some(n) = named(&p.name) {
+                    if !self.statements.contains(&n) && self.statements.len() >= MAX_STATEMENTS {
+                        return Err(too_many("prepared statements", MAX_STATEMENTS));
+                    }
+                    self.statements.insert(n);
+                }
+            }
+            PgWireFrontendMessage::Bind(ref b) => {
+                if let Some(n) = named(&b.portal_name) {
+                    if !self.portals.contains(&n) && self.portals.len() >= MAX_PORTALS {
+                        return Err(too_many("portals", MAX_PORTALS));
+                    }
+                    self.portals.insert(n);
+                }
+            }
+            PgWireFrontendMessage::Close(ref c) => {
+                if let Some(n) = named(&c.name) {
+                    match c.target_type {
+                        TARGET_TYPE_BYTE_STATEMENT => self.statements.remove(&n),
+                        TARGET_TYPE_BYTE_PORTAL => self.portals.remove(&n),
+                        _ => false,
+                    };
+                }
+            }
+            PgWireFrontendMessage::Execute(mut e) => {
+                e.max_rows = if e.max_rows <= 0 {
+                    0
+                } else {
+                    e.max_rows.min(MAX_ROWS_PER_EXECUTE)
+                };
+                return Ok(PgWireFrontendMessage::Execute(e));
+            }
+            _ => {}
+        }
+        Ok(message)
+    }
 }
 
 /// An error a handler reports to the client with its SQLSTATE.
