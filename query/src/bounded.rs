@@ -34,10 +34,24 @@ enum Size {
     Elements,
     /// `range(…)`, `generate_series(…)` as arrays: `(stop - start) / step` elements a row.
     Series { inclusive: bool },
+    /// `replace(s, from, to)`: `s` with each of its at most `len(s) / len(from) + 1`
+    /// occurrences of `from` (an empty `from` matches between every two characters) made `to`.
+    Replace,
+    /// `regexp_replace(s, pattern, replacement [, flags])`: at most `len(s) + 1` matches,
+    /// each made the replacement, whose references to groups (at most half its length) each
+    /// repeat up to the whole match.
+    RegexpReplace,
+    /// `concat(…)`, `concat_ws(sep, …)`: the arguments' bytes, and a separator between each
+    /// two.
+    Concat { separated: bool },
 }
 
 /// The functions wrapped, by DataFusion's name.
-const FUNCTIONS: [(&str, Size); 7] = [
+const FUNCTIONS: [(&str, Size); 11] = [
+    ("replace", Size::Replace),
+    ("regexp_replace", Size::RegexpReplace),
+    ("concat", Size::Concat { separated: false }),
+    ("concat_ws", Size::Concat { separated: true }),
     ("repeat", Size::Repeat),
     ("lpad", Size::Pad),
     ("rpad", Size::Pad),
@@ -92,7 +106,28 @@ impl Bounded {
             Size::Series { inclusive } => {
                 series_elements(&args.args, rows, inclusive).saturating_mul(ELEMENT_BYTES)
             }
+            Size::Replace | Size::RegexpReplace => match (arrays(0), arrays(1), arrays(2)) {
+                (Some(s), Some(from), Some(to)) => replaced_bytes(
+                    &byte_lengths(&s),
+                    &byte_lengths(&from),
+                    &byte_lengths(&to),
+                    self.size == Size::RegexpReplace,
+                ),
+                _ => 0,
+            },
+            Size::Concat { separated } => {
+                let lengths: Vec<Vec<i64>> = (0..args.args.len())
+                    .filter_map(arrays)
+                    .map(|a| byte_lengths(&a))
+                    .collect();
+                concatenated_bytes(&lengths, separated)
+            }
         };
+        self.refuse_over(bytes)
+    }
+
+    /// Refuses a call that would make `bytes`, over the limit.
+    fn refuse_over(&self, bytes: u64) -> Result<()> {
         if bytes > self.max_bytes {
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "{}() would make about {bytes} bytes, over the query's memory limit of {} \
@@ -139,6 +174,55 @@ fn sum_products(a: &[i64], b: &[i64], unit: u64) -> u64 {
                 .saturating_mul(unit)
         })
         .fold(0u64, u64::saturating_add)
+}
+
+/// Bytes a `replace` (or, with `regexp`, a `regexp_replace`) makes over all rows, an upper
+/// bound: row lengths of the string, of what is replaced (a pattern's length says nothing of
+/// its matches: taken as empty) and of the replacement.
+fn replaced_bytes(s: &[i64], from: &[i64], to: &[i64], regexp: bool) -> u64 {
+    let mut total = 0u64;
+    for i in 0..s.len() {
+        let len = s[i].max(0) as u64;
+        let with = to.get(i).copied().unwrap_or(0).max(0) as u64;
+        let step = if regexp {
+            1
+        } else {
+            from.get(i).copied().unwrap_or(0).max(1) as u64
+        };
+        let matches = len / step + 1;
+        // each reference to a group (two bytes at least: `$1`) repeats up to the whole string
+        let per_match = if regexp {
+            with.saturating_add((with / 2).saturating_mul(len))
+        } else {
+            with
+        };
+        total = total
+            .saturating_add(len)
+            .saturating_add(matches.saturating_mul(per_match));
+    }
+    total
+}
+
+/// Bytes a `concat` (with `separated`, a `concat_ws`, whose first argument is the separator)
+/// makes over all rows, from each argument's row lengths.
+fn concatenated_bytes(lengths: &[Vec<i64>], separated: bool) -> u64 {
+    let rows = lengths.first().map_or(0, Vec::len);
+    let (sep, parts) = match (separated, lengths.split_first()) {
+        (true, Some((sep, parts))) => (Some(sep), parts),
+        _ => (None, lengths),
+    };
+    let mut total = 0u64;
+    for i in 0..rows {
+        for p in parts {
+            total = total.saturating_add(p.get(i).copied().unwrap_or(0).max(0) as u64);
+        }
+        if let Some(sep) = sep {
+            let between = parts.len().saturating_sub(1) as u64;
+            let one = sep.get(i).copied().unwrap_or(0).max(0) as u64;
+            total = total.saturating_add(one.saturating_mul(between));
+        }
+    }
+    total
 }
 
 /// Elements `range`/`generate_series` would make over all rows: integers, dates and
@@ -267,6 +351,17 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        if let Size::Concat { separated } = self.size {
+            // `concat`'s own simplification joins literal arguments without calling it
+            let lengths: Vec<Vec<i64>> = args
+                .iter()
+                .map(|a| match a {
+                    Expr::Literal(v, _) => vec![v.to_string().len() as i64],
+                    _ => vec![0],
+                })
+                .collect();
+            self.refuse_over(concatenated_bytes(&lengths, separated))?;
+        }
         self.inner.simplify(args, info)
     }
 
@@ -334,12 +429,37 @@ mod tests {
             "SELECT cardinality(generate_series(1, 100000000000))",
             "SELECT cardinality(range(TIMESTAMP '1970-01-01 00:00:00', TIMESTAMP '2200-01-01 00:00:00', INTERVAL '1 second'))",
             "SELECT cardinality(range(DATE '1970-01-01', DATE '9999-01-01', INTERVAL '1 day'))",
+            // each argument within the limit, the result far over it
+            "SELECT length(replace(repeat('x', 500000), 'x', repeat('y', 100000)))",
+            "SELECT length(replace(repeat('x', 500000), '', repeat('y', 100)))",
+            "SELECT length(regexp_replace(repeat('x', 500000), 'x', 'yyyy', 'g'))",
+            "SELECT length(regexp_replace(repeat('x', 300000), '(x+)', '$1$1$1$1', 'g'))",
+            "SELECT length(concat(repeat('x', 600000), repeat('x', 600000)))",
+            "SELECT length(concat_ws(repeat(',', 400000), 'a', 'b', 'c', 'd'))",
         ] {
             let e = run(&ctx, sql).await.expect_err(sql);
             assert!(
                 matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
                 "{sql}: {e}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn replacements_and_concatenations_within_the_limit_answer_as_before() {
+        let ctx = context(1 << 20);
+        let b = run(
+            &ctx,
+            "SELECT replace('a-b-c', '-', '+') AS r, regexp_replace('abc', '(b)', '[$1]') AS g, \
+             concat('a', NULL, 'b') AS c, concat_ws('/', 'x', 'y') AS w",
+        )
+        .await
+        .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&b)
+            .unwrap()
+            .to_string();
+        for want in ["a+b+c", "a[b]c", "| ab ", "x/y"] {
+            assert!(text.contains(want), "{want}: {text}");
         }
     }
 
