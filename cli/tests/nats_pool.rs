@@ -175,6 +175,29 @@ fn a_partitioned_stream_read_by_one_run_equals_the_oracle() {
         ],
     );
     let (rows, summary) = expected(&url, &events, d);
+    // a `partitions.count` other than the transform's N: partitions 2 and 3 would be read
+    // by no consumer (their messages lost, uncounted); refused with what to do
+    let wrong = d.join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    let text = std::fs::read_to_string(pipeline(&wrong, &url, ""))
+        .unwrap()
+        .replace("count: 4,", "count: 2,");
+    std::fs::write(wrong.join("pipeline.yaml"), text).unwrap();
+    let out = kafka_support::weir()
+        .args([
+            "run",
+            wrong.join("pipeline.yaml").to_str().unwrap(),
+            "--until-caught-up",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("(4 partitions), but the source's `partitions.count` is 2")
+            && log.contains("set `partitions.count: 4`"),
+        "{log}"
+    );
     let p = pipeline(d, &url, "");
     let started = Instant::now();
     let out = kafka_support::weir()

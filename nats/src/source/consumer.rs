@@ -56,6 +56,15 @@ pub enum NatsSourceError {
     /// time differs): its sequences started over and cannot continue that position.
     #[error("stream `{stream}` was created at {}, not at {} as when this source's position was taken (its checkpoint, or what it read): the stream was deleted and created again, and its sequences, which started again at 1, cannot be told from those already counted; to read the new stream, keep the old checkpoint (if any) for its results and give `checkpoint.dir` a new place (or delete it) to read it from `start_from`; if it holds the same messages as the old one, and more (a backup restored into a cluster, which dates it anew; a mirror created again), set the source's `accept_new_stream: \"{}\"` to continue the position in it", time_of(*.now), time_of(*.then), time_of(*.now))]
     StreamReplaced { stream: String, then: u64, now: u64 },
+    /// The stream's subject transform numbers partitions other than `partitions.count`
+    /// does: messages of the partitions past it would be read by no consumer.
+    #[error("stream `{stream}` numbers its subject partitions with `{destination}` ({transform} partitions), but the source's `partitions.count` is {count}: the messages of partitions no consumer reads would be lost, unread and uncounted; set `partitions.count: {transform}`, or re-key the stream (a new stream, and a new `checkpoint.dir`) to {count} partitions")]
+    PartitionCount {
+        stream: String,
+        destination: String,
+        transform: u32,
+        count: u32,
+    },
     /// The server refused the pull requests for good (a consumer limit).
     #[error("the server refused the pull requests of consumer `{consumer}`")]
     Refused {
@@ -72,7 +81,9 @@ impl NatsSourceError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            NatsSourceError::WorkQueue { .. } | NatsSourceError::StreamReplaced { .. }
+            NatsSourceError::WorkQueue { .. }
+                | NatsSourceError::StreamReplaced { .. }
+                | NatsSourceError::PartitionCount { .. }
         )
     }
 
@@ -87,6 +98,34 @@ impl NatsSourceError {
         }
         text
     }
+}
+
+/// Refuses a subject partition of a stream whose subject transform numbers another count of
+/// partitions (`partition(N, …)` with `N` not `partitions.count`).
+fn check_partition_count(cfg: &NatsSourceConfig, stream: &Stream) -> Result<(), NatsSourceError> {
+    let Some(count) = cfg.partition_count else {
+        return Ok(());
+    };
+    let Some(t) = stream.cached_info().config.subject_transform.as_ref() else {
+        return Ok(());
+    };
+    match transform_partitions(&t.destination) {
+        Some(n) if n != count => Err(NatsSourceError::PartitionCount {
+            stream: cfg.stream.clone(),
+            destination: t.destination.clone(),
+            transform: n,
+            count,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The `N` of the first `partition(N, …)` in a subject transform's destination.
+fn transform_partitions(destination: &str) -> Option<u32> {
+    let at = destination.find("partition(")?;
+    let rest = &destination[at + "partition(".len()..];
+    let end = rest.find([',', ')'])?;
+    rest[..end].trim().parse().ok()
 }
 
 /// A stream's creation time (ns since the epoch, its incarnation) as RFC 3339, to the ms.
@@ -510,6 +549,7 @@ pub(super) async fn connect(
     );
     let js = jetstream::new(client.client().clone());
     let (stream, first, last, created) = stream_and_range(&js, cfg).await?;
+    check_partition_count(cfg, &stream)?;
     // a stream created again with as many messages as were read would pass the check below:
     // its creation time tells it (the server keeps it across restarts)
     if let Some(then) = incarnation.filter(|&t| t != 0 && created != 0 && t != created) {
@@ -701,4 +741,23 @@ pub(super) async fn pull(
             consumer: cfg.consumer.clone(),
             source: boxed(e),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transform_partitions;
+
+    #[test]
+    fn a_transforms_partition_count_is_read() {
+        assert_eq!(
+            transform_partitions("events.{{partition(4,1)}}.{{wildcard(1)}}"),
+            Some(4)
+        );
+        assert_eq!(
+            transform_partitions("e.{{ partition( 16 , 1, 2) }}"),
+            Some(16)
+        );
+        assert_eq!(transform_partitions("events.{{wildcard(1)}}"), None);
+        assert_eq!(transform_partitions("events.{{partition(x,1)}}"), None);
+    }
 }

@@ -127,6 +127,9 @@ pub struct NatsSourceConfig {
     /// Subject partitions: the stream is read as this many partitions, one filtered durable
     /// consumer each; `None`: the stream is one partition.
     pub partitions: Option<NatsPartitions>,
+    /// For one subject partition of a partitioned source: how many partitions it has (its
+    /// stream's subject transform must number as many).
+    pub partition_count: Option<u32>,
     /// The creation time (ms since the epoch) of a stream to continue the position in,
     /// though the position was taken in another (a copy of the same stream dated anew; see
     /// `consumer::connect`).
@@ -173,6 +176,7 @@ impl NatsSourceConfig {
             read_sequence: None,
             delete_after: None,
             partitions: None,
+            partition_count: None,
             accept_new_stream: None,
         }
     }
@@ -201,6 +205,7 @@ impl NatsSourceConfig {
             c.consumer = format!("{}-p{n}", self.consumer);
             c.subjects = vec![p.filter(n)];
             c.partitions = None;
+            c.partition_count = Some(p.count);
         }
         c
     }
