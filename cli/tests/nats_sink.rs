@@ -193,6 +193,58 @@ dead_letter: {{ nats: {{ url: "{url}", subject: weir.dead }} }}
     }
 }
 
+/// A dead-letter stream whose `max_msg_size` (2,000 bytes) is below even the record with its
+/// `raw` cut to 64 KiB: the record goes a third time without `raw` (its reason and error
+/// kept), and the run goes on (it failed, and failed again at every restart).
+#[test]
+fn a_dead_letter_over_the_streams_message_size_goes_without_its_raw_bytes() {
+    let server = NatsServer::start();
+    nats_tool(&[
+        "create",
+        &server.url(),
+        "DEAD",
+        "weir.dead",
+        "--max-msg-size",
+        "2000",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = d.join("events.ndjson");
+    let big = format!("{{\"datasetName\":\"{}\"\n", "x".repeat(10_000));
+    std::fs::write(&events, big).unwrap();
+    let yaml = format!(
+        r#"name: nats-dead-small
+sources:
+  events:
+    file: {{ path: {events} }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates: {{ events: count(*) }}
+    sinks: [rows]
+sinks:
+  rows: {{ file: {{ path: out/rows.ndjson }} }}
+dead_letter: {{ nats: {{ url: "{url}", subject: weir.dead }} }}
+"#,
+        events = events.display(),
+        url = server.url(),
+    );
+    let pipeline = d.join("pipeline.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let log = check(&weir_run(&pipeline), "weir run");
+    assert!(log.contains("its raw bytes are cut"), "{log}");
+    let dead = rows_without_repeats(&read_stream(&server, "DEAD", d));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["raw"], "");
+    assert_eq!(dead[0]["raw_truncated"], true);
+    assert_eq!(dead[0]["reason"], "bad");
+}
+
 /// The data-ingestion events of `events`, counted per `datasetName` (every line is valid).
 fn counts_per_dataset(events: &Path) -> HashMap<String, i64> {
     let mut out = HashMap::new();

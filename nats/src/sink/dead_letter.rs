@@ -17,6 +17,11 @@ use super::publish::{Outcome, Outgoing};
 /// Bytes of a dead letter's `raw` kept when the whole record is over the server's limit.
 const TRUNCATED_RAW: usize = 64 << 10;
 
+/// How much of a dead letter's `raw` each attempt keeps: all of it, [`TRUNCATED_RAW`] bytes,
+/// then none (a stream whose `max_msg_size` is below even the cut record still gets its
+/// reason and error).
+const RAW_KEPT: [Option<usize>; 3] = [None, Some(TRUNCATED_RAW), Some(0)];
+
 /// Where dead letters go.
 #[derive(Debug, Clone)]
 pub struct DeadLetterNatsConfig {
@@ -32,8 +37,8 @@ pub struct DeadLetterNatsConfig {
 struct PendingRecord {
     record: DeadLetter,
     message: Outgoing,
-    /// Its `raw` was cut to fit.
-    cut: bool,
+    /// Its attempt in [`RAW_KEPT`]: how much of its `raw` the message keeps.
+    cut: usize,
 }
 
 /// The dead-letter output on NATS.
@@ -70,12 +75,12 @@ fn record_id(r: &DeadLetter) -> String {
     super::ids::window_id("dead_letter", &key, "", raw).replacen("w-", "d-", 1)
 }
 
-/// A record's message: its JSON, `raw` cut to [`TRUNCATED_RAW`] bytes when `cut`.
-fn message(r: &DeadLetter, cut: bool) -> Result<Outgoing, serde_json::Error> {
+/// A record's message: its JSON, `raw` cut to `kept` bytes when given.
+fn message(r: &DeadLetter, kept: Option<usize>) -> Result<Outgoing, serde_json::Error> {
     let mut json = r.to_json();
-    if cut {
+    if let Some(kept) = kept {
         let raw = json["raw"].as_str().unwrap_or_default();
-        let mut end = TRUNCATED_RAW.min(raw.len());
+        let mut end = kept.min(raw.len());
         while !raw.is_char_boundary(end) {
             end -= 1;
         }
@@ -118,10 +123,10 @@ impl DeadLetterNats {
     }
 
     /// Publishes every pending record; a record over the size limits goes again at once
-    /// with its `raw` cut (once); one refused even so fails the run. Records not
+    /// with its `raw` cut, then without it; one refused even so fails the run. Records not
     /// acknowledged stay pending and the call fails as unavailable.
     fn send_pending(&mut self) -> Result<(), EngineError> {
-        for _attempt in 0..2 {
+        for _attempt in 0..RAW_KEPT.len() {
             if self.pending.is_empty() {
                 return Ok(());
             }
@@ -141,18 +146,21 @@ impl DeadLetterNats {
                         first.get_or_insert_with(|| error_chain(&f));
                         keep.push(p);
                     }
-                    Outcome::Failed(f) if !p.cut => {
-                        tracing::warn!(msg_id = %p.message.id, error = %error_chain(&f), "dead letter over the size limit: its raw bytes are cut");
-                        p.message = message(&p.record, true)
+                    Outcome::Failed(f) if p.cut + 1 < RAW_KEPT.len() => {
+                        p.cut += 1;
+                        let kept = RAW_KEPT[p.cut].unwrap_or_default();
+                        tracing::warn!(msg_id = %p.message.id, error = %error_chain(&f), kept, "dead letter over the size limit: its raw bytes are cut");
+                        p.message = message(&p.record, RAW_KEPT[p.cut])
                             .map_err(|e| EngineError::dead_letter_caused("", e))?;
-                        p.cut = true;
                         cut_any = true;
                         keep.push(p);
                     }
-                    Outcome::Failed(f) => return Err(EngineError::dead_letter_caused(
-                        "the server refused a dead letter for good, even with its raw bytes cut",
-                        f,
-                    )),
+                    Outcome::Failed(f) => {
+                        return Err(EngineError::dead_letter_caused(
+                            "the server refused a dead letter for good, even without its raw bytes",
+                            f,
+                        ))
+                    }
                 }
             }
             self.pending = keep;
@@ -190,11 +198,11 @@ impl DeadLetterSink for DeadLetterNats {
         if !std::mem::take(&mut self.write_failed) {
             for r in records {
                 let message =
-                    message(r, false).map_err(|e| EngineError::dead_letter_caused("", e))?;
+                    message(r, RAW_KEPT[0]).map_err(|e| EngineError::dead_letter_caused("", e))?;
                 self.pending.push(PendingRecord {
                     record: r.clone(),
                     message,
-                    cut: false,
+                    cut: 0,
                 });
             }
         }
