@@ -362,14 +362,31 @@ impl Hub {
     ) {
         let feed = &self.feeds[i];
         let name = &self.live.tables[i].name;
+        // the changes are encoded outside the lock that subscribers' reads take (on the
+        // SQL server's threads): only this thread appends, so the head stays where it was
+        let Some(head_before) = lock(&feed.state).as_ref().map(|t| t.log.head()) else {
+            return;
+        };
+        let prepared = changes.and_then(|c| {
+            let n = c.len();
+            ChangeLog::entry(head_before + 1, c).map(|e| (e, n))
+        });
         let mut guard = lock(&feed.state);
         let Some(t) = guard.as_mut() else { return };
         // a subscriber has until the next snapshot to read this one's changes: it is behind
         // when it has not read those of the snapshots before, up to its buffer
         let read_by_now = t.log.head();
-        let appended = changes.and_then(|c| {
-            let n = c.len();
-            t.log.append(c).map(|_| n)
+        let appended = prepared.and_then(|(entry, n)| {
+            if t.log.head() != head_before {
+                // the table was followed anew meanwhile: its subscribers start again
+                return Err(arrow::error::ArrowError::ComputeError(
+                    "the change log was started again while changes were encoded".into(),
+                ));
+            }
+            if let Some(entry) = entry {
+                t.log.push(entry);
+            }
+            Ok(n)
         });
         match appended {
             Ok(n) => self.stats().add_changes(name, n),

@@ -196,10 +196,26 @@ impl ChangeLog {
     /// Gives `changes` the next positions and keeps them, dropping the oldest entries past
     /// the bounds (the newest entry stays whatever its size).
     pub fn append(&mut self, changes: Changes) -> Result<Option<Arc<Entry>>, ArrowError> {
+        let Some(entry) = Self::entry(self.head + 1, changes)? else {
+            return Ok(None);
+        };
+        self.push(entry.clone());
+        Ok(Some(entry))
+    }
+
+    /// The entry of `changes` at positions from `first` (`None` when there are none): their
+    /// messages encoded, which takes time; made outside any lock readers wait on, then given
+    /// to [`Self::push`].
+    pub fn entry(first: u64, changes: Changes) -> Result<Option<Arc<Entry>>, ArrowError> {
         if changes.is_empty() {
             return Ok(None);
         }
-        let entry = Arc::new(Entry::new(self.head + 1, changes)?);
+        Ok(Some(Arc::new(Entry::new(first, changes)?)))
+    }
+
+    /// Keeps `entry`, made by [`Self::entry`] at the position after [`Self::head`], dropping
+    /// the oldest entries past the bounds (the newest entry stays whatever its size).
+    pub fn push(&mut self, entry: Arc<Entry>) {
         self.head = entry.last();
         self.changes += entry.len();
         self.bytes += entry.bytes();
@@ -213,7 +229,6 @@ impl ChangeLog {
                 self.oldest = old.last();
             }
         }
-        Ok(Some(entry))
     }
 
     /// Whether a client may resume after `position`.
