@@ -196,6 +196,7 @@ fn main() -> ExitCode {
         }
     };
     let telemetry = telemetry::Telemetry::new(cli.log_format);
+    raise_open_files_limit();
     if let Err(e) = configure_io() {
         eprintln!("error: {e}");
         return ExitCode::from(1);
@@ -229,6 +230,23 @@ fn report(e: &anyhow::Error) -> String {
 }
 
 /// Sizes the process's I/O runtime from `WEIR_IO_THREADS` (see docs/src/environment.md).
+/// Raises the soft limit of open files to the hard one (as Go's runtime does): the default
+/// soft limit (often 1,024) is soon met by SQL clients' connections (`serve.max_connections`
+/// each endpoint), partitions and files; the hard limit is what the system allows.
+fn raise_open_files_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn configure_io() -> Result<(), String> {
     let Ok(v) = std::env::var("WEIR_IO_THREADS") else {
         return Ok(());

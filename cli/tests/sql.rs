@@ -457,6 +457,77 @@ fn open_windows_show_before_they_close_and_every_snapshot_is_consistent() {
     }
 }
 
+/// Whether the server closed `s` (a read ends, or fails as reset) within two seconds, where
+/// an open connection waits for the client.
+fn closed_by_the_server(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Clients that open connections and hold them cannot take every file descriptor: each
+/// endpoint keeps `serve.max_connections` (4 here) open, closes the next as it accepts it, and
+/// takes new ones once some closed; the engine answers throughout.
+#[test]
+fn connections_over_the_limit_are_closed_and_the_engine_keeps_answering() {
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let (hp, pp) = (free_port(), free_port());
+    let pipeline = health_pipeline(
+        dir.path(),
+        "    generator: { kind: service-health, events_per_second: 1000, seed: 5 }",
+        &format!(
+            "{{ http: \"127.0.0.1:{hp}\", postgres: \"127.0.0.1:{pp}\", max_connections: 4 }}"
+        ),
+        "",
+    );
+    let mut run = Running::start(WEIR, &pipeline, &[]);
+    run.wait_http(hp);
+    for port in [hp, pp] {
+        let mut held: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        for s in &mut held {
+            assert!(
+                !closed_by_the_server(s),
+                "port {port}: a held connection closed"
+            );
+        }
+        let mut over = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert!(
+            closed_by_the_server(&mut over),
+            "port {port}: the fifth connection stays open"
+        );
+        held.truncate(2);
+        std::thread::sleep(Duration::from_millis(200));
+        if port == hp {
+            // there is room again: a query answers
+            assert!(!sql_json(hp, "SELECT count(*) AS n FROM weir_status").is_empty());
+        } else {
+            let o = psql(pp, None, "SELECT 1");
+            assert!(o.status.success(), "psql: {}", text(&o.stderr));
+        }
+    }
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "the engine stopped"
+    );
+    let (code, _, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("a connection over serve.max_connections is closed"),
+        "{err}"
+    );
+}
+
 #[test]
 fn refusals_give_the_right_errors_and_the_engine_keeps_running() {
     let dir = tempfile::tempdir().unwrap();

@@ -426,6 +426,10 @@ pub struct ServeDoc {
     /// Queries running at once (default 16).
     #[serde(default)]
     pub max_queries: Option<u64>,
+    /// Connections each endpoint (HTTP, Postgres) keeps open at once (default 256); one more
+    /// is closed as it is accepted.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
     /// Memory one query may use, in MiB (default 512).
     #[serde(default)]
     pub query_memory_mb: Option<u64>,

@@ -24,6 +24,9 @@ pub fn limits(d: &ServeDoc, path: impl Fn(&str) -> PathBuf) -> QueryLimits {
         max_concurrent: d
             .max_queries
             .map_or(base.max_concurrent, |m| m.clamp(1, 1024) as usize),
+        max_connections: d
+            .max_connections
+            .map_or(base.max_connections, |m| m.clamp(1, 65_536) as usize),
         max_sql_bytes: d
             .max_sql_bytes
             .map_or(base.max_sql_bytes, |b| count(b.max(64))),

@@ -35,6 +35,10 @@ pub struct QueryLimits {
     /// Queries running at once; more wait up to `timeout` for a turn, then fail
     /// (`max_queries`).
     pub max_concurrent: usize,
+    /// Connections each endpoint keeps open at once (`max_connections`); one more is closed
+    /// as it is accepted, so that clients cannot take every file descriptor of the process
+    /// (which its checkpoints, files and brokers need).
+    pub max_connections: usize,
     /// Longest SQL text accepted, in bytes (`max_sql_bytes`); Postgres messages and HTTP
     /// bodies may be [`QueryLimits::MESSAGE_OVERHEAD`] longer.
     pub max_sql_bytes: usize,
@@ -78,6 +82,7 @@ impl Default for QueryLimits {
             timeout: Duration::from_secs(30),
             memory_bytes: 512 << 20,
             max_concurrent: 16,
+            max_connections: 256,
             max_sql_bytes: 1 << 20,
             max_sql_terms: 2_000,
             max_result_rows: 1_000_000,
@@ -88,6 +93,70 @@ impl Default for QueryLimits {
             max_lockout: Duration::from_secs(60),
             subscribe: Default::default(),
         }
+    }
+}
+
+/// The connections an endpoint has open, up to a limit: each accepted one holds an [`Open`]
+/// until it closes.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+    endpoint: &'static str,
+    /// When the last refusal was logged (one warning a second at most).
+    logged: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// An open connection of a [`ConnectionLimit`], counted until dropped.
+#[derive(Debug)]
+pub struct Open(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl ConnectionLimit {
+    /// At most `max` connections of `endpoint` (`HTTP`, `Postgres`, for the log).
+    pub fn new(max: usize, endpoint: &'static str) -> Self {
+        ConnectionLimit {
+            open: Default::default(),
+            max: max.max(1),
+            endpoint,
+            logged: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A place for one more connection, or `None` (logged) when `max` are open: the caller
+    /// closes it.
+    pub fn admit(&self) -> Option<Open> {
+        use std::sync::atomic::Ordering;
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            return Some(Open(self.open.clone()));
+        }
+        if let Ok(mut last) = self.logged.lock() {
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(
+                    endpoint = self.endpoint,
+                    max = self.max,
+                    "a connection over serve.max_connections is closed"
+                );
+            }
+        }
+        None
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

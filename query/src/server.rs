@@ -157,9 +157,15 @@ impl SqlServer {
                 ),
             });
             // connections the subscription hub can cut (a subscriber that does not read)
-            let listener =
-                crate::subscribe::Listener::new(listener, state.subscriptions.switches.clone())
-                    .tap_io(|_| ());
+            let listener = crate::subscribe::Listener::new(
+                listener,
+                state.subscriptions.switches.clone(),
+                Arc::new(crate::limits::ConnectionLimit::new(
+                    config.limits.max_connections,
+                    "HTTP",
+                )),
+            )
+            .tap_io(|_| ());
             let mut stopped = stopped.clone();
             runtime.spawn(async move {
                 let shutdown = async move {
@@ -192,6 +198,8 @@ impl SqlServer {
                 config.password.clone().filter(|p| !p.is_empty()),
             ));
             let max_message = config.limits.max_message_bytes();
+            let limit =
+                crate::limits::ConnectionLimit::new(config.limits.max_connections, "Postgres");
             let mut stopped = stopped.clone();
             runtime.spawn(async move {
                 loop {
@@ -199,8 +207,13 @@ impl SqlServer {
                         _ = stopped.changed() => break,
                         accepted = listener.accept() => match accepted {
                             Ok((socket, peer)) => {
+                                let Some(open) = limit.admit() else {
+                                    drop(socket);
+                                    continue;
+                                };
                                 let h = handlers.clone();
                                 tokio::spawn(async move {
+                                    let _open = open;
                                     let served = crate::pg_conn::serve_connection(
                                         socket, peer, h, max_message,
                                     )

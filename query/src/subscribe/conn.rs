@@ -15,6 +15,8 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::limits::{ConnectionLimit, Open};
+
 /// The switch of one connection.
 #[derive(Debug, Default)]
 pub struct Switch {
@@ -67,12 +69,18 @@ impl Switches {
 pub struct Listener {
     inner: TcpListener,
     switches: Arc<Switches>,
+    limit: Arc<ConnectionLimit>,
 }
 
 impl Listener {
-    /// Wraps `inner`; its connections' switches go to `switches`.
-    pub fn new(inner: TcpListener, switches: Arc<Switches>) -> Self {
-        Listener { inner, switches }
+    /// Wraps `inner`; its connections' switches go to `switches`, and a connection over
+    /// `limit` is closed as it is accepted.
+    pub fn new(inner: TcpListener, switches: Arc<Switches>, limit: Arc<ConnectionLimit>) -> Self {
+        Listener {
+            inner,
+            switches,
+            limit,
+        }
     }
 }
 
@@ -84,6 +92,10 @@ impl axum::serve::Listener for Listener {
         loop {
             match self.inner.accept().await {
                 Ok((socket, peer)) => {
+                    let Some(open) = self.limit.admit() else {
+                        drop(socket);
+                        continue;
+                    };
                     let _ = socket.set_nodelay(true);
                     let switch = self.switches.add(peer);
                     let stream = Stream {
@@ -91,6 +103,7 @@ impl axum::serve::Listener for Listener {
                         switch,
                         peer,
                         switches: Arc::downgrade(&self.switches),
+                        _open: open,
                     };
                     return (stream, peer);
                 }
@@ -114,6 +127,8 @@ pub struct Stream {
     switch: Arc<Switch>,
     peer: SocketAddr,
     switches: Weak<Switches>,
+    /// Its place under the endpoint's connection limit.
+    _open: Open,
 }
 
 impl Drop for Stream {
@@ -198,7 +213,11 @@ mod tests {
         let switches = Arc::new(Switches::default());
         let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = inner.local_addr().unwrap();
-        let mut listener = Listener::new(inner, switches.clone());
+        let mut listener = Listener::new(
+            inner,
+            switches.clone(),
+            Arc::new(ConnectionLimit::new(16, "HTTP")),
+        );
         let client = TcpStream::connect(addr).await.unwrap();
         let (mut server, peer) = listener.accept().await;
         let switch = switches.get(&peer).expect("registered");
