@@ -687,3 +687,82 @@ sources:
         "{text}"
     );
 }
+
+/// A view's change messages carry the line of checkpoints they belong to in their ids: a run
+/// restored from a checkpoint publishes the same ids again (the stream drops the repeats), but
+/// a run started over (or another pool worker) numbering the same epochs does not have its
+/// changes taken for repeats. Before, `e1` of a started-over run equal to an earlier `e1` was
+/// dropped, and the stream's last message for the key kept the old run's later value.
+#[test]
+fn view_changes_of_another_line_of_checkpoints_are_not_taken_for_repeats() {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+    use weir_engine::job::{Committable, Sink};
+    use weir_nats::sink::{NatsFormat, NatsSink, NatsSinkConfig, DEFAULT_ACK_TIMEOUT};
+
+    let server = NatsServer::start();
+    create_stream(&server, "VIEW", "views.status");
+    let config = || NatsSinkConfig {
+        endpoint: weir_nats::NatsEndpoint::new(vec![server.url()], "weir-test"),
+        subject: "views.status".into(),
+        format: NatsFormat::Json,
+        max_in_flight: 64,
+        ack_timeout: DEFAULT_ACK_TIMEOUT,
+        pipeline: "p".into(),
+        output: "status".into(),
+        view_keys: Some(1),
+        id_salt: String::new(),
+    };
+    let row = |checks: i64| {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("serviceName", DataType::Utf8, false),
+            Field::new("checks", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a"])),
+                Arc::new(Int64Array::from(vec![checks])),
+            ],
+        )
+        .unwrap()
+    };
+    // the first run: `a` has 1 check at epoch 1, 2 at epoch 2
+    let mut first = NatsSink::new("out", config()).unwrap();
+    first.recover(None).unwrap();
+    first.write(&row(1)).unwrap();
+    let info = first.pre_commit(1).unwrap();
+    first.write(&row(2)).unwrap();
+    first.pre_commit(2).unwrap();
+    drop(first);
+    assert_eq!(stream_count(&server, "VIEW"), 2);
+    // restored from checkpoint 1: epoch 2's change again, a repeat the stream drops
+    let mut restored = NatsSink::new("out", config()).unwrap();
+    restored.recover(Some((1, &info))).unwrap();
+    restored.write(&row(2)).unwrap();
+    restored.pre_commit(2).unwrap();
+    drop(restored);
+    assert_eq!(
+        stream_count(&server, "VIEW"),
+        2,
+        "a restore's repeat is dropped"
+    );
+    // started over: its epoch 1 is a change of its own, stored
+    let mut over = NatsSink::new("out", config()).unwrap();
+    over.recover(None).unwrap();
+    over.write(&row(1)).unwrap();
+    over.pre_commit(1).unwrap();
+    drop(over);
+    assert_eq!(
+        stream_count(&server, "VIEW"),
+        3,
+        "a new line's change is stored"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let messages = read_stream(&server, "VIEW", dir.path());
+    let last: Row = serde_json::from_str(messages[2]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(last["checks"], 1);
+}

@@ -102,6 +102,12 @@ pub struct NatsSink {
     /// Without checkpoints: this run's tag and flush count, in view message ids.
     run_tag: String,
     flushes: u64,
+    /// With checkpoints: the line of checkpoints this sink's epochs belong to, in view
+    /// message ids with the epoch: kept in the checkpoints (a restore repeats the ids, which
+    /// the stream drops), new when there is none (a run started over, a pool worker's own
+    /// sequence), so that another line's equal epoch number never makes a new change look
+    /// like a repeat. Empty for a checkpoint written before it was kept.
+    lineage: String,
     line: Vec<u8>,
 }
 
@@ -127,10 +133,11 @@ impl NatsSink {
             );
         }
         let run_tag = format!(
-            "run{:x}",
+            "run{:x}-{}",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
+                .map_or(0, |d| d.as_nanos()),
+            std::process::id()
         );
         Ok(NatsSink {
             name: name.to_string(),
@@ -141,6 +148,7 @@ impl NatsSink {
             write_failed: false,
             rejected: Vec::new(),
             epoch: None,
+            lineage: run_tag.clone(),
             run_tag,
             flushes: 0,
             line: Vec::new(),
@@ -223,6 +231,15 @@ impl NatsSink {
                 Bytes::from(out)
             })
             .collect()
+    }
+
+    /// The tag of epoch `epoch`'s view messages: the epoch in its [`NatsSink::lineage`].
+    fn epoch_tag(&self, epoch: u64) -> String {
+        if self.lineage.is_empty() {
+            format!("e{epoch}")
+        } else {
+            format!("{}.e{epoch}", self.lineage)
+        }
     }
 
     /// The view's changes as pending messages, their ids tagged with `tag` (the epoch).
@@ -343,7 +360,7 @@ impl Committable for NatsSink {
     fn finish(&mut self) -> Result<(), EngineError> {
         // rows after the last checkpoint: they belong to the epoch that would come next
         let tag = match self.epoch {
-            Some(e) => format!("e{}", e + 1),
+            Some(e) => self.epoch_tag(e + 1),
             None => {
                 self.flushes += 1;
                 format!("{}.{}", self.run_tag, self.flushes)
@@ -354,12 +371,16 @@ impl Committable for NatsSink {
 
     fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
         self.epoch = Some(epoch);
-        self.publish_changes(&format!("e{epoch}"))?;
-        Ok(serde_json::Value::Null)
+        self.publish_changes(&self.epoch_tag(epoch))?;
+        Ok(serde_json::json!({ "lineage": self.lineage }))
     }
 
     fn recover(&mut self, from: Option<(u64, &serde_json::Value)>) -> Result<(), EngineError> {
         self.epoch = Some(from.map_or(0, |(e, _)| e));
+        self.lineage = match from {
+            Some((_, info)) => info["lineage"].as_str().unwrap_or_default().to_string(),
+            None => self.run_tag.clone(),
+        };
         Ok(())
     }
 }
