@@ -11,7 +11,10 @@
 //! so its state merges with DataFusion's and checkpoints written by either read back:
 //! - the order is the `ORDER BY`'s, with its `ASC`/`DESC` and `NULLS FIRST`/`LAST`;
 //! - `first_value` keeps the smallest row in that order, `last_value` the greatest; on a
-//!   tie the row seen first is kept;
+//!   tie the value decides, as if it were ordered last (`ORDER BY t, x`, the value ascending,
+//!   nulls first): the row kept is then the same whatever order rows arrive in (DataFusion
+//!   keeps the row seen first, which at parallelism 2, or across a checkpoint, depends on
+//!   timing);
 //! - `IGNORE NULLS` skips null values; `FILTER (WHERE …)` skips rows that do not pass.
 
 use std::cmp::Ordering;
@@ -218,9 +221,16 @@ impl OrderedValueAccumulator {
         }
     }
 
-    /// Whether `candidate` replaces `current` (strictly better; ties keep the current row).
-    fn beats(&self, candidate: Key, current: Key) -> bool {
-        let o = self.compare(candidate, current);
+    /// Whether the row (`candidate`, its value) replaces (`current`, its value): better in the
+    /// `ORDER BY`'s order, or tied there and better by its value (ascending, nulls first).
+    fn beats(
+        &self,
+        (candidate, value): (Key, Option<&str>),
+        (current, current_value): (Key, Option<&str>),
+    ) -> bool {
+        let o = self
+            .compare(candidate, current)
+            .then_with(|| value.cmp(&current_value));
         if self.spec.keep_last {
             o == Ordering::Greater
         } else {
@@ -245,6 +255,7 @@ impl OrderedValueAccumulator {
             value: keys[row],
             null: key_nulls.as_ref().is_some_and(|n| n.is_null(row)),
         };
+        let value = |row: usize| (!strings.is_null(row)).then(|| strings.value(row));
         // The best row of this batch per group.
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
@@ -256,7 +267,10 @@ impl OrderedValueAccumulator {
             if best == NO_ROW {
                 self.best_row[group] = row as u32;
                 touched.push(group);
-            } else if self.beats(key(row), key(best as usize)) {
+            } else if self.beats(
+                (key(row), value(row)),
+                (key(best as usize), value(best as usize)),
+            ) {
                 self.best_row[group] = row as u32;
             }
         }
@@ -269,7 +283,9 @@ impl OrderedValueAccumulator {
                 value: self.orderings[group],
                 null: !self.ordering_valid[group],
             };
-            if self.is_set[group] && !self.beats(candidate, current) {
+            let current_value = self.value_valid[group].then(|| self.values[group].as_str());
+            if self.is_set[group] && !self.beats((candidate, value(row)), (current, current_value))
+            {
                 continue;
             }
             self.is_set[group] = true;
@@ -627,7 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn ties_keep_the_row_seen_first_and_nulls_sort_as_declared() {
+    fn ties_are_decided_by_the_value_and_nulls_sort_as_declared() {
         let asc = SortOptions::default(); // ascending, nulls first
         let vals = [Some("a"), Some("b"), None, Some("c")];
         let ord = [Some(5), Some(5), Some(9), None];
@@ -644,7 +660,8 @@ mod tests {
             // nulls first: the null ordering is the smallest row
             (false, asc, false, Some("c")),
             (true, asc, false, None),
-            (true, asc, true, Some("a")),
+            // a tie at 5: the greater value, "b", is the last row
+            (true, asc, true, Some("b")),
             (true, nulls_last, false, Some("c")),
             (false, nulls_last, false, Some("a")),
             (true, desc, true, Some("c")),
@@ -654,6 +671,84 @@ mod tests {
             let got = run(spec(keep_last, order, ignore_nulls), &vals, &ord);
             let got = got.as_string::<i32>().iter().next().flatten();
             assert_eq!(got, want, "{keep_last} {order:?} {ignore_nulls}");
+        }
+    }
+
+    /// The row kept on a tie does not depend on the order rows arrive in, nor on how they
+    /// are split between partial aggregations merged in either order (parallelism 2, a
+    /// checkpoint between them): at parallelism 1 and 2 the results are the same.
+    #[test]
+    fn a_tie_keeps_the_same_row_whatever_the_arrival_order() {
+        let rows = [
+            (Some("DEGRADED"), 5),
+            (Some("HEALTHY"), 5),
+            (None, 5),
+            (Some("DOWN"), 5),
+        ];
+        for keep_last in [true, false] {
+            let mut kept = std::collections::BTreeSet::new();
+            for rotation in 0..rows.len() {
+                let mut r = rows.to_vec();
+                r.rotate_left(rotation);
+                let (vals, ord): (Vec<_>, Vec<_>) = r.iter().map(|(v, t)| (*v, Some(*t))).unzip();
+                let whole = run(spec(keep_last, SortOptions::default(), false), &vals, &ord);
+                kept.insert(
+                    whole
+                        .as_string::<i32>()
+                        .iter()
+                        .next()
+                        .flatten()
+                        .map(String::from),
+                );
+                // split in two partial aggregations, merged one way and the other
+                for first in [0usize, 1] {
+                    let parts: Vec<_> = [&r[..2], &r[2..]]
+                        .iter()
+                        .map(|half| {
+                            let mut acc = OrderedValueAccumulator::new(spec(
+                                keep_last,
+                                SortOptions::default(),
+                                false,
+                            ));
+                            let v: ArrayRef = Arc::new(StringArray::from(
+                                half.iter().map(|x| x.0).collect::<Vec<_>>(),
+                            ));
+                            let o: ArrayRef = Arc::new(Int64Array::from(
+                                half.iter().map(|x| x.1).collect::<Vec<_>>(),
+                            ));
+                            acc.update_batch(&[v, o], &vec![0; half.len()], None, 1)
+                                .unwrap();
+                            acc.state(EmitTo::All).unwrap()
+                        })
+                        .collect();
+                    let mut merged = OrderedValueAccumulator::new(spec(
+                        keep_last,
+                        SortOptions::default(),
+                        false,
+                    ));
+                    for p in [&parts[first], &parts[1 - first]] {
+                        merged.merge_batch(p, &[0], None, 1).unwrap();
+                    }
+                    let out = merged.evaluate(EmitTo::All).unwrap();
+                    kept.insert(
+                        out.as_string::<i32>()
+                            .iter()
+                            .next()
+                            .flatten()
+                            .map(String::from),
+                    );
+                }
+            }
+            let want = if keep_last {
+                Some("HEALTHY".to_string())
+            } else {
+                None
+            };
+            assert_eq!(
+                kept.into_iter().collect::<Vec<_>>(),
+                vec![want],
+                "last_value: {keep_last}"
+            );
         }
     }
 
