@@ -285,35 +285,35 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
     );
     assert_eq!(answers[3]["sqlstate"], "42601", "{}", answers[3]);
 
-    // exact numbers: an unsigned 64-bit integer over 2^63 and decimals are NUMERIC, in text
-    // (psql, psycopg) and binary (psycopg) alike; INT8 made the first null, FLOAT8 rounded
-    let exact = "SELECT arrow_cast('18446744073709551615', 'UInt64') AS big, \
-                 CAST('12345678901234567890.123' AS DECIMAL(38, 3)) AS d, \
-                 CAST('-0.0001' AS DECIMAL(10, 4)) AS small, CAST(NULL AS DECIMAL(5, 2)) AS none";
+    // exact numbers: decimals are NUMERIC (FLOAT8 rounded them), in text (psql, psycopg) and
+    // binary (psycopg) alike; unsigned integers stay INT8, and one over 2^63 is an error (it
+    // was a null)
+    let exact = "SELECT CAST('12345678901234567890.123' AS DECIMAL(38, 3)) AS d, \
+                 CAST('-0.0001' AS DECIMAL(10, 4)) AS small, CAST(NULL AS DECIMAL(5, 2)) AS none, \
+                 arrow_cast(5, 'UInt64') AS unsigned";
     let o = psql(pp, None, exact);
     assert!(o.status.success(), "psql: {}", text(&o.stderr));
-    assert_eq!(
-        text(&o.stdout).trim(),
-        "18446744073709551615|12345678901234567890.123|-0.0001|"
-    );
+    assert_eq!(text(&o.stdout).trim(), "12345678901234567890.123|-0.0001||5");
     for format in ["text", "binary"] {
         let answers = psycopg_in(pp, None, serde_json::json!([[exact, []]]), format);
         assert_eq!(
             answers[0]["rows"],
-            serde_json::json!([[
-                "18446744073709551615",
-                "12345678901234567890.123",
-                "-0.0001",
-                null
-            ]]),
+            serde_json::json!([["12345678901234567890.123", "-0.0001", null, 5]]),
             "{format}: {}",
             answers[0]
         );
-        assert_eq!(
-            answers[0]["types"],
-            serde_json::json!([1700, 1700, 1700, 1700])
-        );
+        assert_eq!(answers[0]["types"], serde_json::json!([1700, 1700, 1700, 20]));
     }
+    let o = psql(pp, None, "SELECT arrow_cast('18446744073709551615', 'UInt64') AS big");
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("does not fit in int8"), "{}", text(&o.stderr));
+    // a parameter compared with an unsigned counter is described as int8, as before
+    let answers = psycopg(
+        pp,
+        None,
+        serde_json::json!([["SELECT count(*) AS n FROM weir_status WHERE events_in > %s", [1.5]]]),
+    );
+    assert_eq!(answers[0]["rows"], serde_json::json!([[1]]), "{}", answers[0]);
 
     // Arrow IPC over HTTP
     let a = http(

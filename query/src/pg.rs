@@ -41,13 +41,24 @@ fn pg_type(t: &DataType) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 => Type::INT2,
         DataType::Int32 | DataType::UInt8 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 => Type::INT8,
-        // exact: an INT8 cannot hold 2^63 and more, a FLOAT8 rounds a decimal
-        DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
+        // an unsigned value of 2^63 or more fails the query (see `Column::new`): counters
+        // never get there, and clients keep reading them as integers
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => Type::INT8,
+        // exact: a FLOAT8 rounds a decimal
+        DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 | DataType::Float64 => Type::FLOAT8,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         _ => Type::VARCHAR,
+    }
+}
+
+/// The Postgres type a parameter is described as: a result's type, but a decimal as FLOAT8
+/// (parameters are read as the types `parameter` decodes, which NUMERIC is not).
+fn parameter_type(t: &DataType) -> Type {
+    match pg_type(t) {
+        Type::NUMERIC => Type::FLOAT8,
+        other => other,
     }
 }
 
@@ -91,7 +102,24 @@ impl Column {
         Ok(match pg_type(a.data_type()) {
             Type::BOOL => Column::Bool(a.as_boolean().clone()),
             Type::INT2 | Type::INT4 | Type::INT8 => {
-                Column::Int(cast(&DataType::Int64)?.as_primitive::<Int64Type>().clone())
+                // checked: an unsigned value over i64::MAX is an error, never a null
+                let exact = arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                };
+                let ints = arrow::compute::cast_with_options(a, &DataType::Int64, &exact)
+                    .map_err(|e| {
+                        PgWireError::UserError(Box::new(ErrorInfo::new(
+                            "ERROR".to_owned(),
+                            "22003".to_owned(),
+                            format!(
+                                "a value does not fit in int8 (the Postgres protocol's widest \
+                                 integer): {e}; read it over HTTP, or cast it to a decimal \
+                                 (CAST(x AS DECIMAL(20, 0)))"
+                            ),
+                        )))
+                    })?;
+                Column::Int(ints.as_primitive::<Int64Type>().clone())
             }
             Type::FLOAT8 => Column::Float(
                 cast(&DataType::Float64)?
@@ -275,7 +303,7 @@ impl QueryParser for Parser {
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
-        Ok(stmt.params.iter().map(pg_type).collect())
+        Ok(stmt.params.iter().map(parameter_type).collect())
     }
 
     fn get_result_schema(
