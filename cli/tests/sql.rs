@@ -293,7 +293,10 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
                  arrow_cast(5, 'UInt64') AS unsigned";
     let o = psql(pp, None, exact);
     assert!(o.status.success(), "psql: {}", text(&o.stderr));
-    assert_eq!(text(&o.stdout).trim(), "12345678901234567890.123|-0.0001||5");
+    assert_eq!(
+        text(&o.stdout).trim(),
+        "12345678901234567890.123|-0.0001||5"
+    );
     for format in ["text", "binary"] {
         let answers = psycopg_in(pp, None, serde_json::json!([[exact, []]]), format);
         assert_eq!(
@@ -302,18 +305,37 @@ fn a_finished_run_answers_like_the_reference_over_http_psql_and_psycopg() {
             "{format}: {}",
             answers[0]
         );
-        assert_eq!(answers[0]["types"], serde_json::json!([1700, 1700, 1700, 20]));
+        assert_eq!(
+            answers[0]["types"],
+            serde_json::json!([1700, 1700, 1700, 20])
+        );
     }
-    let o = psql(pp, None, "SELECT arrow_cast('18446744073709551615', 'UInt64') AS big");
+    let o = psql(
+        pp,
+        None,
+        "SELECT arrow_cast('18446744073709551615', 'UInt64') AS big",
+    );
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("does not fit in int8"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("does not fit in int8"),
+        "{}",
+        text(&o.stderr)
+    );
     // a parameter compared with an unsigned counter is described as int8, as before
     let answers = psycopg(
         pp,
         None,
-        serde_json::json!([["SELECT count(*) AS n FROM weir_status WHERE events_in > %s", [1.5]]]),
+        serde_json::json!([[
+            "SELECT count(*) AS n FROM weir_status WHERE events_in > %s",
+            [1.5]
+        ]]),
     );
-    assert_eq!(answers[0]["rows"], serde_json::json!([[1]]), "{}", answers[0]);
+    assert_eq!(
+        answers[0]["rows"],
+        serde_json::json!([[1]]),
+        "{}",
+        answers[0]
+    );
 
     // Arrow IPC over HTTP
     let a = http(
@@ -457,25 +479,30 @@ fn open_windows_show_before_they_close_and_every_snapshot_is_consistent() {
     }
 }
 
-/// Whether the server closed `s` (a read ends, or fails as reset) within two seconds, where
-/// an open connection waits for the client.
-fn closed_by_the_server(s: &mut std::net::TcpStream) -> bool {
+/// What the server sent before it closed `s`, when it closed it within two seconds (an open
+/// connection waits for the client); `None` while it stays open.
+fn closed_by_the_server(s: &mut std::net::TcpStream) -> Option<String> {
     use std::io::Read;
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut b = [0u8; 1];
-    match s.read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => Some(String::from_utf8_lossy(&got).into_owned()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(_) => Some(String::from_utf8_lossy(&got).into_owned()),
     }
 }
 
 /// Clients that open connections and hold them cannot take every file descriptor: each
-/// endpoint keeps `serve.max_connections` (4 here) open, closes the next as it accepts it, and
-/// takes new ones once some closed; the engine answers throughout.
+/// endpoint keeps `serve.max_connections` (4 here; HTTP 1 more, `max_subscriptions`) open,
+/// answers the next "too many" (HTTP 503, Postgres FATAL 53300) and closes it, and takes new
+/// ones once some closed; the engine answers throughout.
 #[test]
 fn connections_over_the_limit_are_closed_and_the_engine_keeps_answering() {
     use std::net::TcpStream;
@@ -485,26 +512,30 @@ fn connections_over_the_limit_are_closed_and_the_engine_keeps_answering() {
         dir.path(),
         "    generator: { kind: service-health, events_per_second: 1000, seed: 5 }",
         &format!(
-            "{{ http: \"127.0.0.1:{hp}\", postgres: \"127.0.0.1:{pp}\", max_connections: 4 }}"
+            "{{ http: \"127.0.0.1:{hp}\", postgres: \"127.0.0.1:{pp}\", max_connections: 4, max_subscriptions: 1 }}"
         ),
         "",
     );
     let mut run = Running::start(WEIR, &pipeline, &[]);
     run.wait_http(hp);
-    for port in [hp, pp] {
-        let mut held: Vec<TcpStream> = (0..4)
+    for (port, open, refusal) in [(hp, 5, "503 Service Unavailable"), (pp, 4, "53300")] {
+        let mut held: Vec<TcpStream> = (0..open)
             .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
             .collect();
         for s in &mut held {
-            assert!(
-                !closed_by_the_server(s),
+            assert_eq!(
+                closed_by_the_server(s),
+                None,
                 "port {port}: a held connection closed"
             );
         }
         let mut over = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let answer =
+            closed_by_the_server(&mut over).expect("the connection over the limit stays open");
+        assert!(answer.contains(refusal), "port {port}: {answer}");
         assert!(
-            closed_by_the_server(&mut over),
-            "port {port}: the fifth connection stays open"
+            answer.contains("serve.max_connections"),
+            "port {port}: {answer}"
         );
         held.truncate(2);
         std::thread::sleep(Duration::from_millis(200));

@@ -35,9 +35,10 @@ pub struct QueryLimits {
     /// Queries running at once; more wait up to `timeout` for a turn, then fail
     /// (`max_queries`).
     pub max_concurrent: usize,
-    /// Connections each endpoint keeps open at once (`max_connections`); one more is closed
-    /// as it is accepted, so that clients cannot take every file descriptor of the process
-    /// (which its checkpoints, files and brokers need).
+    /// Connections each endpoint keeps open at once (`max_connections`; HTTP also takes
+    /// `max_subscriptions` more, one per subscription); one more is answered "too many" and
+    /// closed as it is accepted, so that clients cannot take every file descriptor of the
+    /// process (which its checkpoints, files and brokers need).
     pub max_connections: usize,
     /// Longest SQL text accepted, in bytes (`max_sql_bytes`); Postgres messages and HTTP
     /// bodies may be [`QueryLimits::MESSAGE_OVERHEAD`] longer.

@@ -107,8 +107,8 @@ impl Column {
                     safe: false,
                     ..Default::default()
                 };
-                let ints = arrow::compute::cast_with_options(a, &DataType::Int64, &exact)
-                    .map_err(|e| {
+                let ints = arrow::compute::cast_with_options(a, &DataType::Int64, &exact).map_err(
+                    |e| {
                         PgWireError::UserError(Box::new(ErrorInfo::new(
                             "ERROR".to_owned(),
                             "22003".to_owned(),
@@ -118,7 +118,8 @@ impl Column {
                                  (CAST(x AS DECIMAL(20, 0)))"
                             ),
                         )))
-                    })?;
+                    },
+                )?;
                 Column::Int(ints.as_primitive::<Int64Type>().clone())
             }
             Type::FLOAT8 => Column::Float(

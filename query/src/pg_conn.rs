@@ -283,6 +283,34 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
     Ok(())
 }
 
+/// Answers a connection over `serve.max_connections` as Postgres does ("too many clients",
+/// SQLSTATE 53300, FATAL) and closes it, within a second.
+pub async fn refuse(mut socket: TcpStream) {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (
+            b'M',
+            "too many connections are open (serve.max_connections); try again later",
+        ),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(&body);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        socket.write_all(&message).await?;
+        socket.shutdown().await
+    })
+    .await;
+}
+
 /// The most named prepared statements a connection may hold at once.
 pub const MAX_STATEMENTS: usize = 256;
 /// The most named portals a connection may hold at once: each can hold a suspended result of

@@ -160,8 +160,12 @@ impl SqlServer {
             let listener = crate::subscribe::Listener::new(
                 listener,
                 state.subscriptions.switches.clone(),
+                // subscriptions hold a connection each, under their own limit
                 Arc::new(crate::limits::ConnectionLimit::new(
-                    config.limits.max_connections,
+                    config
+                        .limits
+                        .max_connections
+                        .saturating_add(config.limits.subscribe.max_subscriptions),
                     "HTTP",
                 )),
             )
@@ -208,7 +212,7 @@ impl SqlServer {
                         accepted = listener.accept() => match accepted {
                             Ok((socket, peer)) => {
                                 let Some(open) = limit.admit() else {
-                                    drop(socket);
+                                    tokio::spawn(crate::pg_conn::refuse(socket));
                                     continue;
                                 };
                                 let h = handlers.clone();

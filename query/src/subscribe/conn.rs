@@ -93,7 +93,7 @@ impl axum::serve::Listener for Listener {
             match self.inner.accept().await {
                 Ok((socket, peer)) => {
                     let Some(open) = self.limit.admit() else {
-                        drop(socket);
+                        tokio::spawn(refuse_http(socket));
                         continue;
                     };
                     let _ = socket.set_nodelay(true);
@@ -119,6 +119,24 @@ impl axum::serve::Listener for Listener {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
+}
+
+/// Answers a connection over `serve.max_connections` with a 503 and closes it (within a
+/// second: a client that does not read is not waited for).
+async fn refuse_http(mut socket: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many \
+        connections are open (serve.max_connections); try again later\"}}";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        socket.write_all(answer.as_bytes()).await?;
+        socket.shutdown().await
+    })
+    .await;
 }
 
 /// An accepted socket with its switch.
