@@ -240,8 +240,9 @@ fn until_ready(s: &mut TcpStream) -> (usize, Vec<u8>, Vec<String>) {
 
 /// A row limit of -1 (none, as Postgres reads it) or 2^31-1 on `Execute` returns every row
 /// (pgwire set room for that many rows: -1 panicked the connection, 2^31-1 asked for about
-/// 86 GB); a connection holds at most 16 named portals (each can hold a suspended result),
-/// the 17th refused with 54000 until one is closed.
+/// 86 GB); a connection holds at most 16 named portals (each can hold a suspended result)
+/// and 256 named statements, the next refused with 54000 until one is closed; a statement
+/// that fails to parse takes no place.
 fn portal_limits(port: u16) {
     let (kind, _, mut s) = raw_connect(port, PASSWORD);
     assert_eq!(kind, b'R');
@@ -288,6 +289,46 @@ fn portal_limits(port: u16) {
     s.write_all(&out).unwrap();
     let (rows, _, errors) = until_ready(&mut s);
     assert_eq!((rows, errors), (50, Vec::<String>::new()));
+    // statements that fail to parse are not stored, and take no place
+    let named_parse = |name: &str, sql: &str| {
+        message(
+            b'P',
+            &[format!("{name}\0{sql}\0").as_bytes(), &[0, 0]].concat(),
+        )
+    };
+    for i in 0..300 {
+        let out = [
+            named_parse(&format!("bad{i}"), "SELECT nope FROM nowhere"),
+            sync.clone(),
+        ]
+        .concat();
+        s.write_all(&out).unwrap();
+        let (_, _, errors) = until_ready(&mut s);
+        assert_eq!(errors.len(), 1, "bad{i}");
+    }
+    // 256 named statements are held; the 257th is refused until one is closed
+    let mut out = Vec::new();
+    for i in 0..256 {
+        out.extend(named_parse(&format!("s{i}"), "SELECT 1"));
+    }
+    out.extend(sync.clone());
+    s.write_all(&out).unwrap();
+    assert_eq!(until_ready(&mut s).2, Vec::<String>::new());
+    s.write_all(&[named_parse("s256", "SELECT 1"), sync.clone()].concat())
+        .unwrap();
+    assert_eq!(until_ready(&mut s).2, vec!["54000".to_string()]);
+    let mut close = vec![b'S'];
+    close.extend_from_slice(b"s0\0");
+    s.write_all(
+        &[
+            message(b'C', &close),
+            named_parse("s256", "SELECT 1"),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    assert_eq!(until_ready(&mut s).2, Vec::<String>::new());
 }
 
 /// A raw Postgres connection that logged in with `password`: the server's first answer after

@@ -188,7 +188,7 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
     mut socket: TcpStream,
     peer: SocketAddr,
     handlers: Arc<H>,
-    max_message: usize,
+    (max_message, max_rows): (usize, usize),
 ) -> io::Result<()> {
     socket.set_nodelay(true)?;
     if !tokio::time::timeout(STARTUP_TIMEOUT, refuse_encryption(&mut socket))
@@ -252,14 +252,14 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
             _ => message.is_extended_query(),
         };
         let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
-        let message = match named.admit(message, &framed.state()) {
+        let (message, stored) = match named.admit(message, &framed.state(), max_rows) {
             Ok(m) => m,
             Err(e) => {
                 process_error(&mut framed, e, extended_message).await?;
                 continue;
             }
         };
-        if let Err(e) = process_message(
+        let processed = process_message(
             message,
             &mut framed,
             startup.clone(),
@@ -268,8 +268,13 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
             copy.clone(),
             cancel.clone(),
         )
-        .await
-        {
+        .await;
+        match (&processed, stored) {
+            (Ok(()), Some(name)) => named.record(name),
+            // a statement or portal that was not stored takes no place
+            _ => {}
+        }
+        if let Err(e) = processed {
             let fatal = e.is_fatal();
             process_error(&mut framed, e, extended_message).await?;
             if fatal {
@@ -316,10 +321,6 @@ pub const MAX_STATEMENTS: usize = 256;
 /// The most named portals a connection may hold at once: each can hold a suspended result of
 /// up to `serve.max_result_mb`.
 pub const MAX_PORTALS: usize = 16;
-/// The most rows one `Execute` returns before the portal is suspended (the client asks for
-/// the rest with another `Execute`, as the protocol says): pgwire sets room for as many
-/// rows as the client asks, and 2^31 of them would not fit in memory.
-pub const MAX_ROWS_PER_EXECUTE: i32 = 65_536;
 
 /// The named statements and portals a connection holds (pgwire keeps them without a bound),
 /// to refuse more than [`MAX_STATEMENTS`] and [`MAX_PORTALS`]; unnamed ones replace each other.
@@ -329,21 +330,30 @@ struct Named {
     portals: std::collections::HashSet<String>,
 }
 
+/// A named statement or portal a message stores once it is processed.
+enum Stored {
+    Statement(String),
+    Portal(String),
+}
+
 impl Named {
-    /// `message` as it may be processed, or the error that refuses it: a statement or portal
-    /// over the limits, or an `Execute` whose row limit is negative (none, as Postgres
-    /// reads it) or over [`MAX_ROWS_PER_EXECUTE`] (that many).
+    /// `message` as it may be processed, with the name it stores if it succeeds, or the
+    /// error that refuses it (a statement or portal over the limits). An `Execute` whose row
+    /// limit is 0 or below (none, as Postgres reads it), or `max_rows` (a result's most rows,
+    /// `serve.max_result_rows`) or more, asks for every row: pgwire makes room for as many
+    /// rows as asked, and 2^31 of them would not fit in memory.
     fn admit(
         &mut self,
         message: PgWireFrontendMessage,
         state: &PgWireConnectionState,
-    ) -> Result<PgWireFrontendMessage, PgWireError> {
+        max_rows: usize,
+    ) -> Result<(PgWireFrontendMessage, Option<Stored>), PgWireError> {
         use pgwire::messages::extendedquery::{
             TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
         };
         // messages after an error are skipped until Sync: they store nothing
         if matches!(state, PgWireConnectionState::AwaitingSync) {
-            return Ok(message);
+            return Ok((message, None));
         }
         let named = |n: &Option<String>| n.as_deref().filter(|n| !n.is_empty()).map(String::from);
         let too_many = |what: &str, limit: usize| {
@@ -356,23 +366,21 @@ impl Named {
                 ),
             )
         };
-        match message {
-            PgWireFrontendMessage::Parse(ref p) => {
-                if let Some(n) = named(&p.name) {
-                    if !self.statements.contains(&n) && self.statements.len() >= MAX_STATEMENTS {
-                        return Err(too_many("prepared statements", MAX_STATEMENTS));
-                    }
-                    self.statements.insert(n);
+        let stored = match message {
+            PgWireFrontendMessage::Parse(ref p) => match named(&p.name) {
+                Some(n)
+                    if !self.statements.contains(&n) && self.statements.len() >= MAX_STATEMENTS =>
+                {
+                    return Err(too_many("prepared statements", MAX_STATEMENTS));
                 }
-            }
-            PgWireFrontendMessage::Bind(ref b) => {
-                if let Some(n) = named(&b.portal_name) {
-                    if !self.portals.contains(&n) && self.portals.len() >= MAX_PORTALS {
-                        return Err(too_many("portals", MAX_PORTALS));
-                    }
-                    self.portals.insert(n);
+                n => n.map(Stored::Statement),
+            },
+            PgWireFrontendMessage::Bind(ref b) => match named(&b.portal_name) {
+                Some(n) if !self.portals.contains(&n) && self.portals.len() >= MAX_PORTALS => {
+                    return Err(too_many("portals", MAX_PORTALS));
                 }
-            }
+                n => n.map(Stored::Portal),
+            },
             PgWireFrontendMessage::Close(ref c) => {
                 if let Some(n) = named(&c.name) {
                     match c.target_type {
@@ -381,18 +389,25 @@ impl Named {
                         _ => false,
                     };
                 }
+                None
             }
             PgWireFrontendMessage::Execute(mut e) => {
-                e.max_rows = if e.max_rows <= 0 {
-                    0
-                } else {
-                    e.max_rows.min(MAX_ROWS_PER_EXECUTE)
-                };
-                return Ok(PgWireFrontendMessage::Execute(e));
+                if e.max_rows <= 0 || usize::try_from(e.max_rows).is_ok_and(|n| n >= max_rows) {
+                    e.max_rows = 0;
+                }
+                return Ok((PgWireFrontendMessage::Execute(e), None));
             }
-            _ => {}
-        }
-        Ok(message)
+            _ => None,
+        };
+        Ok((message, stored))
+    }
+
+    /// Records what a message stored once it was processed.
+    fn record(&mut self, stored: Stored) {
+        match stored {
+            Stored::Statement(n) => self.statements.insert(n),
+            Stored::Portal(n) => self.portals.insert(n),
+        };
     }
 }
 

@@ -202,6 +202,7 @@ impl SqlServer {
                 config.password.clone().filter(|p| !p.is_empty()),
             ));
             let max_message = config.limits.max_message_bytes();
+            let max_rows = config.limits.max_result_rows;
             let limit =
                 crate::limits::ConnectionLimit::new(config.limits.max_connections, "Postgres");
             let mut stopped = stopped.clone();
@@ -219,7 +220,7 @@ impl SqlServer {
                                 tokio::spawn(async move {
                                     let _open = open;
                                     let served = crate::pg_conn::serve_connection(
-                                        socket, peer, h, max_message,
+                                        socket, peer, h, (max_message, max_rows),
                                     )
                                     .await;
                                     if let Err(e) = served {
