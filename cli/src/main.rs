@@ -229,7 +229,6 @@ fn report(e: &anyhow::Error) -> String {
     weir_engine::error::chain(e).to_string()
 }
 
-/// Sizes the process's I/O runtime from `WEIR_IO_THREADS` (see docs/src/environment.md).
 /// Raises the soft limit of open files to the hard one (as Go's runtime does): the default
 /// soft limit (often 1,024) is soon met by SQL clients' connections (`serve.max_connections`
 /// each endpoint), partitions and files; the hard limit is what the system allows.
@@ -238,7 +237,8 @@ fn raise_open_files_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else
+    // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else. A
+    // refusal (macOS refuses an unlimited hard limit) leaves the soft limit as it was.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
             l.rlim_cur = l.rlim_max;
@@ -247,6 +247,7 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Sizes the process's I/O runtime from `WEIR_IO_THREADS` (see docs/src/environment.md).
 fn configure_io() -> Result<(), String> {
     let Ok(v) = std::env::var("WEIR_IO_THREADS") else {
         return Ok(());

@@ -745,6 +745,35 @@ fn a_damaged_newest_checkpoint_is_skipped_and_the_outputs_still_equal_the_oracle
     case.verify("after kills that damaged the newest checkpoint");
 }
 
+/// A checkpoint folder that refuses checkpoints for longer than
+/// `WEIR_CHECKPOINT_STORE_TIMEOUT` fails the run (exit 2, with the store's error) rather than
+/// trying for ever, and commits nothing.
+#[test]
+fn a_checkpoint_folder_that_refuses_writes_past_the_store_timeout_fails_the_run() {
+    let case = FileCase::build("state", Vec::new(), false);
+    let state = case.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for e in 1..=400 {
+        std::fs::write(state.join(format!("chk-{e:010}")), b"not a folder").unwrap();
+    }
+    let started = std::time::Instant::now();
+    let out = case
+        .run()
+        .env("WEIR_CHECKPOINT_STORE_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot store the checkpoint"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "it took {:?}",
+        started.elapsed()
+    );
+    let committed = case.dir.path().join("out/per_dataset.ndjson");
+    assert_eq!(std::fs::read_to_string(&committed).unwrap_or_default(), "");
+}
+
 /// A checkpoint folder that cannot take a checkpoint for a while (a full disk; here each
 /// checkpoint's folder name taken by a file) does not end the run: the checkpoint is stored
 /// again with a backoff, the outputs commit nothing meanwhile, and once the folder takes it

@@ -35,7 +35,10 @@ pub use fingerprint::{compatibility, FingerprintChange, FingerprintChanges};
 pub use retained::{RetainedFile, RetainedPart};
 pub(crate) use store::encode_manifest;
 use store::{chk_dir, manifest_name, sha256_hex};
-pub use store::{lock_wait, open_object_store, CheckpointStore, ManifestError, LOCK_WAIT};
+pub use store::{
+    lock_wait, open_object_store, refused_for_good, store_timeout, CheckpointStore, ManifestError,
+    LOCK_WAIT, STORE_TIMEOUT,
+};
 
 use crate::events::Resume;
 pub use crate::stats::CheckpointStats;
@@ -86,7 +89,7 @@ pub struct Manifest {
     pub counters: BTreeMap<String, u64>,
     /// Bytes of state files.
     pub state_bytes: u64,
-    /// From the barrier to the state files being stored (the manifest comes right after).
+    /// From the barrier to the checkpoint's encoding (its files are stored right after).
     #[serde(default)]
     pub took_ms: u64,
     /// In a worker pool: the partitions (`source/partition key`) this worker owned at the

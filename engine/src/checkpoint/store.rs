@@ -65,6 +65,50 @@ pub fn lock_wait() -> Duration {
     }
 }
 
+/// How long a checkpoint that cannot be stored is tried again before the run fails, when
+/// `WEIR_CHECKPOINT_STORE_TIMEOUT` (seconds) does not say: ten minutes.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a checkpoint that cannot be stored is tried again: `WEIR_CHECKPOINT_STORE_TIMEOUT`
+/// seconds, or [`STORE_TIMEOUT`].
+pub fn store_timeout() -> Duration {
+    match std::env::var("WEIR_CHECKPOINT_STORE_TIMEOUT") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => {
+                tracing::warn!(value = %v, "WEIR_CHECKPOINT_STORE_TIMEOUT is not a whole number of seconds: trying for {STORE_TIMEOUT:?}");
+                STORE_TIMEOUT
+            }
+        },
+        Err(_) => STORE_TIMEOUT,
+    }
+}
+
+/// Whether a store's error is one that trying again cannot mend: the store refused the
+/// process's rights (a folder it may not write, credentials a bucket refuses). Told by the
+/// errors' kinds, not their text.
+pub fn refused_for_good(e: &EngineError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::PermissionDenied {
+                return true;
+            }
+        }
+        if let Some(o) = c.downcast_ref::<object_store::Error>() {
+            if matches!(
+                o,
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// The lock file in a local checkpoint folder.
 const LOCK_FILE: &str = "weir.lock";
 
@@ -624,6 +668,33 @@ mod tests {
             .put(&manifest_name(4), serde_json::to_vec_pretty(&m).unwrap())
             .unwrap();
         assert_eq!(store.latest().unwrap().unwrap().epoch, 4);
+    }
+
+    /// A store refusing the process's rights is not tried again; a full disk or a store that
+    /// does not answer is. Told by the errors' kinds.
+    #[test]
+    fn a_store_refusing_the_rights_is_refused_for_good() {
+        use std::io::{Error, ErrorKind};
+        let io = |kind| EngineError::checkpoint_caused("cannot write", Error::from(kind));
+        assert!(refused_for_good(&io(ErrorKind::PermissionDenied)));
+        assert!(!refused_for_good(&io(ErrorKind::StorageFull)));
+        assert!(!refused_for_good(&io(ErrorKind::TimedOut)));
+        let denied = object_store::Error::Unauthenticated {
+            path: "chk".into(),
+            source: "expired credentials".into(),
+        };
+        assert!(refused_for_good(&EngineError::checkpoint_caused(
+            "cannot write",
+            denied
+        )));
+        let generic = object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        };
+        assert!(!refused_for_good(&EngineError::checkpoint_caused(
+            "cannot write",
+            generic
+        )));
     }
 
     #[test]

@@ -177,12 +177,16 @@ impl Coordinator {
 
     /// Stores `staged`, again while the store fails (a full disk, a folder or bucket that
     /// does not answer), with the outputs' backoff ([`RetryPolicy`]'s default, 1 s doubling
-    /// to 16 s), until it is stored or the job is stopped or fails. Its parts are held in
-    /// memory meanwhile, and the same writes are made again; processing goes on, and the
-    /// outputs commit nothing past the last stored checkpoint. Other errors (a pool worker
-    /// fenced, a broken invariant) end the job at once.
+    /// to 16 s), until it is stored, the job is stopped or fails, or the store has failed
+    /// for [`crate::checkpoint::store_timeout`] (ten minutes: then the run fails, as it
+    /// would at once before). Its parts are held in memory meanwhile, and the same writes
+    /// are made again; processing goes on, and the outputs commit nothing past the last
+    /// stored checkpoint. Other errors (a pool worker fenced, a store refusing this
+    /// process's rights, a broken invariant) end the job at once.
     fn store_retrying(&self, staged: &Staged, failure: &Failure) -> Result<(), EngineError> {
         let policy = RetryPolicy::default();
+        let timeout = crate::checkpoint::store_timeout();
+        let first_failure = Instant::now();
         let mut retry = 0u32;
         loop {
             let e = match staged.store(&self.spec) {
@@ -198,7 +202,10 @@ impl Coordinator {
                 }
                 Err(e) => e,
             };
-            if !matches!(e, EngineError::Checkpoint { .. }) {
+            if !matches!(e, EngineError::Checkpoint { .. })
+                || crate::checkpoint::refused_for_good(&e)
+                || first_failure.elapsed() >= timeout
+            {
                 return Err(e);
             }
             if self.stop.load(Ordering::SeqCst) {
