@@ -269,10 +269,9 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
             cancel.clone(),
         )
         .await;
-        match (&processed, stored) {
-            (Ok(()), Some(name)) => named.record(name),
-            // a statement or portal that was not stored takes no place
-            _ => {}
+        // a statement or portal that was not stored takes no place
+        if let (Ok(()), Some(name)) = (&processed, stored) {
+            named.record(name);
         }
         if let Err(e) = processed {
             let fatal = e.is_fatal();

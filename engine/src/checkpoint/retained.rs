@@ -54,6 +54,9 @@ impl Default for RetainedPart {
     }
 }
 
+/// A file a checkpoint is to store: its name in the store and its bytes.
+pub(super) type NewFile = (String, Vec<u8>);
+
 /// The files operator `op`'s manifest lists at checkpoint `epoch`: those of the previous one
 /// still retained (none when `part` is whole), plus a file of `part`'s windows, if any; and
 /// that new file's name and bytes, for the checkpoint to store.
@@ -62,7 +65,7 @@ pub(super) fn next_files(
     op: usize,
     previous: &[RetainedFile],
     part: RetainedPart,
-) -> Result<(Vec<RetainedFile>, Option<(String, Vec<u8>)>), EngineError> {
+) -> Result<(Vec<RetainedFile>, Option<NewFile>), EngineError> {
     let previous = if part.whole { &[][..] } else { previous };
     let mut files: Vec<RetainedFile> = previous
         .iter()
