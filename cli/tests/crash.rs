@@ -745,17 +745,26 @@ fn a_damaged_newest_checkpoint_is_skipped_and_the_outputs_still_equal_the_oracle
     case.verify("after kills that damaged the newest checkpoint");
 }
 
+/// Files where the folders of checkpoints 1 to 400 in `state` would go, so that no checkpoint
+/// can be stored there (as with a full disk) until they are removed.
+fn block_checkpoint_folders(state: &Path) -> Vec<PathBuf> {
+    std::fs::create_dir_all(state).unwrap();
+    let blockers: Vec<PathBuf> = (1..=400)
+        .map(|e| state.join(format!("chk-{e:010}")))
+        .collect();
+    for b in &blockers {
+        std::fs::write(b, b"not a folder").unwrap();
+    }
+    blockers
+}
+
 /// A checkpoint folder that refuses checkpoints for longer than
 /// `WEIR_CHECKPOINT_STORE_TIMEOUT` fails the run (exit 2, with the store's error) rather than
 /// trying for ever, and commits nothing.
 #[test]
 fn a_checkpoint_folder_that_refuses_writes_past_the_store_timeout_fails_the_run() {
     let case = FileCase::build("state", Vec::new(), false);
-    let state = case.dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    for e in 1..=400 {
-        std::fs::write(state.join(format!("chk-{e:010}")), b"not a folder").unwrap();
-    }
+    block_checkpoint_folders(&case.dir.path().join("state"));
     let started = std::time::Instant::now();
     let out = case
         .run()
@@ -781,14 +790,7 @@ fn a_checkpoint_folder_that_refuses_writes_past_the_store_timeout_fails_the_run(
 #[test]
 fn a_checkpoint_folder_that_refuses_writes_for_a_while_is_written_again_and_nothing_is_lost() {
     let case = FileCase::build("state", Vec::new(), false);
-    let state = case.dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let blockers: Vec<PathBuf> = (1..=400)
-        .map(|e| state.join(format!("chk-{e:010}")))
-        .collect();
-    for b in &blockers {
-        std::fs::write(b, b"not a folder").unwrap();
-    }
+    let blockers = block_checkpoint_folders(&case.dir.path().join("state"));
     let log = case.dir.path().join("refused.log");
     let mut child = case
         .run()

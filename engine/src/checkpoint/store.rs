@@ -53,15 +53,21 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// How long a run waits for another process to let go of its checkpoint folder:
 /// `WEIR_CHECKPOINT_LOCK_WAIT` seconds, or [`LOCK_WAIT`].
 pub fn lock_wait() -> Duration {
-    match std::env::var("WEIR_CHECKPOINT_LOCK_WAIT") {
+    seconds_from_env("WEIR_CHECKPOINT_LOCK_WAIT", LOCK_WAIT)
+}
+
+/// The whole seconds environment variable `name` gives, or `default` (with a warning when it
+/// is set to something else).
+fn seconds_from_env(name: &str, default: Duration) -> Duration {
+    match std::env::var(name) {
         Ok(v) => match v.trim().parse::<u64>() {
             Ok(secs) => Duration::from_secs(secs),
             Err(_) => {
-                tracing::warn!(value = %v, "WEIR_CHECKPOINT_LOCK_WAIT is not a whole number of seconds: waiting {LOCK_WAIT:?}");
-                LOCK_WAIT
+                tracing::warn!(value = %v, "{name} is not a whole number of seconds: {default:?} instead");
+                default
             }
         },
-        Err(_) => LOCK_WAIT,
+        Err(_) => default,
     }
 }
 
@@ -72,16 +78,7 @@ pub const STORE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a checkpoint that cannot be stored is tried again: `WEIR_CHECKPOINT_STORE_TIMEOUT`
 /// seconds, or [`STORE_TIMEOUT`].
 pub fn store_timeout() -> Duration {
-    match std::env::var("WEIR_CHECKPOINT_STORE_TIMEOUT") {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(secs) => Duration::from_secs(secs),
-            Err(_) => {
-                tracing::warn!(value = %v, "WEIR_CHECKPOINT_STORE_TIMEOUT is not a whole number of seconds: trying for {STORE_TIMEOUT:?}");
-                STORE_TIMEOUT
-            }
-        },
-        Err(_) => STORE_TIMEOUT,
-    }
+    seconds_from_env("WEIR_CHECKPOINT_STORE_TIMEOUT", STORE_TIMEOUT)
 }
 
 /// Whether a store's error is one that trying again cannot mend: the store refused the

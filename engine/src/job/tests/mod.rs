@@ -56,12 +56,8 @@ fn windows_are_emitted_in_order_once_every_worker_closed_them() {
     );
 }
 
-#[test]
-fn a_failing_sink_stops_the_job_with_its_error() {
-    let sink = RecordingSink {
-        fail_writes: true,
-        ..Default::default()
-    };
+/// The error that ends an endless job writing to `sink`.
+fn error_of_a_job_writing_to(sink: RecordingSink) -> EngineError {
     let spec = job(
         Box::new(EndlessReader { seq: 0 }),
         1,
@@ -69,13 +65,21 @@ fn a_failing_sink_stops_the_job_with_its_error() {
         RecordingDeadLetters::default(),
         2,
     );
-    let err = run_within(
+    run_within(
         spec,
         run_stats(),
         StopHandle::new(),
         Duration::from_secs(20),
     )
-    .unwrap_err();
+    .unwrap_err()
+}
+
+#[test]
+fn a_failing_sink_stops_the_job_with_its_error() {
+    let err = error_of_a_job_writing_to(RecordingSink {
+        fail_writes: true,
+        ..Default::default()
+    });
     let message = err.chain().to_string();
     match err {
         EngineError::Sink { sink, .. } => {
@@ -90,24 +94,10 @@ fn a_failing_sink_stops_the_job_with_its_error() {
 /// message, instead of leaving the other threads waiting for it for ever.
 #[test]
 fn a_panicking_sink_fails_the_job_instead_of_stalling_it() {
-    let sink = RecordingSink {
+    let err = error_of_a_job_writing_to(RecordingSink {
         panic_writes: true,
         ..Default::default()
-    };
-    let spec = job(
-        Box::new(EndlessReader { seq: 0 }),
-        1,
-        sink,
-        RecordingDeadLetters::default(),
-        2,
-    );
-    let err = run_within(
-        spec,
-        run_stats(),
-        StopHandle::new(),
-        Duration::from_secs(20),
-    )
-    .unwrap_err();
+    });
     let message = err.chain().to_string();
     assert!(message.contains("panicked"), "{message}");
     assert!(
