@@ -604,17 +604,26 @@ impl Subscription {
     fn messages(&mut self, entries: &[Arc<Entry>], mut cursor: u64) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
         for e in entries {
+            let start = cursor.saturating_sub(e.first - 1) as usize;
+            if start >= e.len() {
+                continue;
+            }
+            // the filter sees only the rows not read yet, at most a batch of them: a large
+            // entry read a batch at a time costs its size once, not once per batch
+            let end = e.len().min(start + MAX_MESSAGES);
             let (new, old) = match &self.filter {
                 Some(f) => (
-                    Some(f.matches(&e.rows)?),
-                    e.old.as_ref().map(|o| f.matches(o)).transpose()?,
+                    Some(f.matches(&e.rows.slice(start, end - start))?),
+                    e.old
+                        .as_ref()
+                        .map(|o| f.matches(&o.slice(start, end - start)))
+                        .transpose()?,
                 ),
                 None => (None, None),
             };
-            let start = cursor.saturating_sub(e.first - 1) as usize;
-            for i in start..e.len() {
-                let matches = new.as_ref().is_none_or(|m| m[i]);
-                let matched = old.as_ref().is_some_and(|m| m[i]);
+            for i in start..end {
+                let matches = new.as_ref().is_none_or(|m| m[i - start]);
+                let matched = old.as_ref().is_some_and(|m| m[i - start]);
                 match e.ops[i] {
                     Op::Update if !self.open => {}
                     _ if matches => out.push(e.message(i).to_string()),
@@ -634,7 +643,8 @@ impl Subscription {
                     break;
                 }
             }
-            if out.len() >= MAX_MESSAGES {
+            if out.len() >= MAX_MESSAGES || end < e.len() {
+                // the rest of this entry (or the next entries) at the next call
                 break;
             }
         }
