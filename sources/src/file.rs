@@ -63,12 +63,20 @@ pub enum FilesError {
 }
 
 /// The files a `path` names: a file, every regular non-hidden file of a directory (sorted), or
-/// the matches of a glob pattern (sorted).
+/// the non-hidden matches of a glob pattern (sorted). A file reached twice (a symbolic link
+/// beside its target, two links to one file) is read once, under its first name: read twice,
+/// its events would count twice.
 pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, FilesError> {
     let text = path.to_string_lossy();
     let mut files = Vec::new();
     if text.contains(['*', '?', '[']) {
-        let paths = glob::glob(&text).map_err(|cause| FilesError::Pattern {
+        // `*` does not match a leading dot (an uploader's temporary `.part` file, an
+        // editor's swap file), as in a shell and as a folder is read
+        let options = glob::MatchOptions {
+            require_literal_leading_dot: true,
+            ..Default::default()
+        };
+        let paths = glob::glob_with(&text, options).map_err(|cause| FilesError::Pattern {
             pattern: text.to_string(),
             cause,
         })?;
@@ -102,7 +110,27 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, FilesError> {
     if files.is_empty() {
         return Err(FilesError::NoMatch(path.to_path_buf()));
     }
-    Ok(files)
+    Ok(once_each(files))
+}
+
+/// `files` without those that are the same file as one before them (same device and inode).
+fn once_each(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    files
+        .into_iter()
+        .filter(|f| match std::fs::metadata(f) {
+            Ok(m) => {
+                let first = seen.insert((m.dev(), m.ino()));
+                if !first {
+                    tracing::warn!(file = %f.display(), "the same file as one listed before it (a link): read once");
+                }
+                first
+            }
+            // gone since listed: reading it reports that
+            Err(_) => true,
+        })
+        .collect()
 }
 
 /// Bytes of a file read at once: a segment's buffer is freed (or kept for a later segment)
@@ -617,6 +645,29 @@ mod tests {
     use std::io::Write;
     use std::sync::atomic::AtomicBool;
     use weir_engine::clock::Clocks;
+
+    /// A glob or a folder names each file once: a symbolic link beside its target (or a
+    /// hard link) is read once, under its first name, and a glob skips hidden files as a
+    /// folder does (an uploader's temporary `.part` file would be read again once renamed).
+    #[test]
+    fn a_file_reached_twice_or_hidden_is_not_read_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.ndjson"), "{}\n").unwrap();
+        std::fs::write(d.join("b.ndjson"), "{}\n").unwrap();
+        std::os::unix::fs::symlink(d.join("b.ndjson"), d.join("latest.ndjson")).unwrap();
+        std::fs::hard_link(d.join("a.ndjson"), d.join("c.ndjson")).unwrap();
+        std::fs::write(d.join(".upload.ndjson"), "{}\n").unwrap();
+        let names = |files: Vec<PathBuf>| -> Vec<String> {
+            files
+                .iter()
+                .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        let globbed = resolve_files(&d.join("*.ndjson")).unwrap();
+        assert_eq!(names(globbed), vec!["a.ndjson", "b.ndjson"]);
+        assert_eq!(names(resolve_files(d).unwrap()), vec!["a.ndjson", "b.ndjson"]);
+    }
 
     #[test]
     fn chunks_hold_whole_lines_and_count_offsets() {
