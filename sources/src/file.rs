@@ -666,7 +666,10 @@ mod tests {
         };
         let globbed = resolve_files(&d.join("*.ndjson")).unwrap();
         assert_eq!(names(globbed), vec!["a.ndjson", "b.ndjson"]);
-        assert_eq!(names(resolve_files(d).unwrap()), vec!["a.ndjson", "b.ndjson"]);
+        assert_eq!(
+            names(resolve_files(d).unwrap()),
+            vec!["a.ndjson", "b.ndjson"]
+        );
     }
 
     #[test]

@@ -209,7 +209,18 @@ impl KafkaReader {
                     };
                     for (topic, p) in list {
                         let Some(l) = self.local(&topic, p) else {
-                            continue;
+                            // its messages would go unread and uncounted (or, past another
+                            // topic's first partitions, be taken for that topic's)
+                            return Err(self.err(
+                                "a partition was added",
+                                format!(
+                                    "partition {p} of topic `{topic}` was added while the run \
+                                     read the topic: the run reads the partitions the topics had \
+                                     when it started, so it ends here; start it again to read \
+                                     the new partition too (its checkpoint keeps the others' \
+                                     positions)"
+                                ),
+                            ));
                         };
                         if self.partitions[l].ended && self.config.pool.is_none() {
                             // read to its end before the group assigned it (it started there)

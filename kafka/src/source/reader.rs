@@ -326,10 +326,17 @@ impl KafkaReader {
         self
     }
 
+    /// The index of `topic`'s `partition` among the partitions this reader knows (those the
+    /// topics had when the run started); `None` for another topic, or a partition added since.
     pub(super) fn local(&self, topic: &str, partition: i32) -> Option<usize> {
         let t = self.config.topics.iter().position(|x| x == topic)?;
+        let end = self
+            .topic_base
+            .get(t + 1)
+            .copied()
+            .unwrap_or(self.partitions.len());
         let local = self.topic_base[t] + usize::try_from(partition).ok()?;
-        (local < self.partitions.len()).then_some(local)
+        (local < end).then_some(local)
     }
 
     /// The partition of message `m`; with a single topic without reading the topic's name

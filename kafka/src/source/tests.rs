@@ -925,3 +925,22 @@ fn retention_passes_the_reader(start_from: StartFrom) -> (u64, u64, u64, u64) {
     let expired = RunStats::get(&stats.sources[0].records_expired);
     (jumps[0].0, jumps[0].1, expired, low as u64)
 }
+
+/// A partition a topic did not have when the run started is no partition the reader knows:
+/// with two topics, partition 3 of the first (3 partitions) is not taken for the second's
+/// partition 0, nor partition 2 of the second for anything.
+#[test]
+fn a_partition_added_since_the_start_is_not_taken_for_another() {
+    let config = KafkaSourceConfig {
+        topics: vec!["a".into(), "b".into()],
+        ..reading_to_the_end("127.0.0.1:1", "a")
+    };
+    let partitions = KafkaPartitions { counts: vec![3, 2] };
+    let reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    assert_eq!(reader.local("a", 2), Some(2));
+    assert_eq!(reader.local("a", 3), None, "partition 3 of `a` was added");
+    assert_eq!(reader.local("b", 0), Some(3));
+    assert_eq!(reader.local("b", 1), Some(4));
+    assert_eq!(reader.local("b", 2), None);
+    assert_eq!(reader.local("c", 0), None);
+}
