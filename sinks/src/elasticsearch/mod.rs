@@ -213,6 +213,8 @@ enum ItemOutcome {
     Done,
     Retry(String),
     Refused(ErrorInfo),
+    /// The sink's credentials lack a right: the run fails (see [`item_outcome`]).
+    Forbidden(String),
 }
 
 /// Result rows as Elasticsearch documents.
@@ -421,7 +423,7 @@ impl ElasticsearchSink {
     fn status_ok(&self, status: u16, body: &Value, what: &str) -> Result<(), EngineError> {
         match status {
             200..=299 => Ok(()),
-            429 | 500..=599 => {
+            408 | 429 | 500..=599 => {
                 Err(self.unavailable(format!("{what}: {status} {}", es_reason(body))))
             }
             _ => Err(self.fatal(format!("{what}: {status} {}", es_reason(body)))),
@@ -639,7 +641,8 @@ impl ElasticsearchSink {
                         error,
                     });
                 }
-                Some(ItemOutcome::Retry(reason)) => {
+                // (a forbidden item failed its whole request: `items`)
+                Some(ItemOutcome::Retry(reason)) | Some(ItemOutcome::Forbidden(reason)) => {
                     retry += 1;
                     first_retry.get_or_insert(reason);
                     keep.push(i);
@@ -738,6 +741,25 @@ impl ElasticsearchSink {
         body: &Value,
         count: usize,
     ) -> Result<Vec<ItemOutcome>, EngineError> {
+        if status == 413 && count == 1 {
+            // one document over the cluster's (or a proxy's) request size limit: it can never
+            // be indexed, and the others go on
+            let info = ErrorInfo::new(
+                "elasticsearch_refused",
+                "413: the document is over the cluster's request size limit \
+                 (http.max_content_length, or a proxy's)",
+            )
+            .with("status", 413);
+            return Ok(vec![ItemOutcome::Refused(info)]);
+        }
+        if status == 413 {
+            return Err(self.fatal(format!(
+                "bulk request: 413, over the cluster's request size limit: set the sink's \
+                 bulk_max_bytes below the cluster's http.max_content_length (or a proxy's \
+                 limit); {}",
+                es_reason(body)
+            )));
+        }
         self.status_ok(status, body, "bulk request")?;
         if !body.is_object() {
             // not JSON: an answer cut short (a proxy, a node going away); sent again
@@ -755,45 +777,62 @@ impl ElasticsearchSink {
                     truncate(&body.to_string(), 300)
                 ))
             })?;
-        Ok(items
-            .iter()
-            .map(|item| {
-                let r = item
-                    .as_object()
-                    .and_then(|o| o.values().next())
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let status = r["status"].as_u64().unwrap_or(0);
-                let gone = item.get("delete").is_some() && r["result"] == "not_found";
-                match status {
-                    200..=299 => ItemOutcome::Done,
-                    // deleting a document that is not there: what the delete wanted
-                    404 if gone => ItemOutcome::Done,
-                    429 | 500..=599 | 0 => {
-                        ItemOutcome::Retry(format!("{status} {}", es_reason(&r)))
-                    }
-                    _ => {
-                        let e = &r["error"];
-                        let kind = e["type"].as_str().unwrap_or("refused").to_string();
-                        let mut info = ErrorInfo::new(
-                            "elasticsearch_refused",
-                            format!(
-                                "{status} {kind}: {}",
-                                e["reason"].as_str().unwrap_or_default()
-                            ),
-                        )
-                        .with("status", status)
-                        .with("type", kind)
-                        .with("index", r["_index"].clone())
-                        .with("id", r["_id"].clone());
-                        if !e["caused_by"].is_null() {
-                            info = info.with("caused_by", e["caused_by"].clone());
-                        }
-                        ItemOutcome::Refused(info)
-                    }
-                }
-            })
-            .collect())
+        let outcomes: Vec<ItemOutcome> = items.iter().map(item_outcome).collect();
+        if let Some(reason) = outcomes.iter().find_map(|o| match o {
+            ItemOutcome::Forbidden(r) => Some(r.clone()),
+            _ => None,
+        }) {
+            return Err(self.fatal(format!(
+                "the cluster refuses this sink's credentials the rights it needs: {reason}"
+            )));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// What became of one item of a bulk answer. Only a document the index cannot take (a
+/// mapping or parse error, a value out of range) is refused for good; a block of the cluster
+/// (a disk at its flood stage, a write block), a missing index (deleted meanwhile, or not
+/// created in `index_template` mode) and the cluster's load are tried again; the sink's
+/// credentials lacking a right fail the run.
+fn item_outcome(item: &Value) -> ItemOutcome {
+    let r = item
+        .as_object()
+        .and_then(|o| o.values().next())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let status = r["status"].as_u64().unwrap_or(0);
+    let gone = item.get("delete").is_some() && r["result"] == "not_found";
+    let e = &r["error"];
+    let kind = e["type"].as_str().unwrap_or("refused").to_string();
+    let retried = matches!(
+        kind.as_str(),
+        "cluster_block_exception" | "index_not_found_exception" | "index_closed_exception"
+    );
+    match status {
+        200..=299 => ItemOutcome::Done,
+        // deleting a document that is not there: what the delete wanted
+        404 if gone => ItemOutcome::Done,
+        429 | 500..=599 | 0 => ItemOutcome::Retry(format!("{status} {}", es_reason(&r))),
+        _ if retried => ItemOutcome::Retry(format!("{status} {}", es_reason(&r))),
+        401 | 403 => ItemOutcome::Forbidden(format!("{status} {}", es_reason(&r))),
+        _ => {
+            let mut info = ErrorInfo::new(
+                "elasticsearch_refused",
+                format!(
+                    "{status} {kind}: {}",
+                    e["reason"].as_str().unwrap_or_default()
+                ),
+            )
+            .with("status", status)
+            .with("type", kind)
+            .with("index", r["_index"].clone())
+            .with("id", r["_id"].clone());
+            if !e["caused_by"].is_null() {
+                info = info.with("caused_by", e["caused_by"].clone());
+            }
+            ItemOutcome::Refused(info)
+        }
     }
 }
 
@@ -920,6 +959,42 @@ mod tests {
         ] {
             assert!(IndexTemplate::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Only a document the index cannot take is refused for good: blocks, missing or closed
+    /// indices and load are tried again, and missing rights fail the run.
+    #[test]
+    fn bulk_items_are_retried_refused_or_forbidden_by_their_error() {
+        let item = |status: u64, kind: &str| {
+            json!({ "index": { "_index": "i", "_id": "d", "status": status,
+                "error": { "type": kind, "reason": "r" } } })
+        };
+        let retried = |o: ItemOutcome| matches!(o, ItemOutcome::Retry(_));
+        assert!(retried(item_outcome(&item(
+            429,
+            "es_rejected_execution_exception"
+        ))));
+        assert!(retried(item_outcome(&item(
+            503,
+            "unavailable_shards_exception"
+        ))));
+        // the disk flood stage of Elasticsearch 7.0-7.6, and write blocks
+        assert!(retried(item_outcome(&item(403, "cluster_block_exception"))));
+        assert!(retried(item_outcome(&item(
+            404,
+            "index_not_found_exception"
+        ))));
+        assert!(retried(item_outcome(&item(400, "index_closed_exception"))));
+        assert!(matches!(
+            item_outcome(&item(403, "security_exception")),
+            ItemOutcome::Forbidden(_)
+        ));
+        assert!(matches!(
+            item_outcome(&item(400, "mapper_parsing_exception")),
+            ItemOutcome::Refused(_)
+        ));
+        let gone = json!({ "delete": { "status": 404, "result": "not_found" } });
+        assert!(matches!(item_outcome(&gone), ItemOutcome::Done));
     }
 
     #[test]
