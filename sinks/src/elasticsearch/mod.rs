@@ -109,6 +109,28 @@ impl IndexTemplate {
         Ok(IndexTemplate { parts })
     }
 
+    /// Checks the names it makes for `output` of `pipeline` (at a few window starts, which
+    /// show a format's month names, `T` and `:`): a name Elasticsearch refuses would fail the
+    /// run at its first row, and every restart after.
+    pub fn check_names(&self, pipeline: &str, output: &str) -> Result<(), IndexProblem> {
+        // 2026-01-05T03:04:05.006Z and 2026-12-31T23:59:59.999Z
+        for at in [1_767_582_245_006_i64, 1_798_761_599_999] {
+            let name = self.name(pipeline, output, Some(at));
+            let bad = name.is_empty()
+                || name.len() > 255
+                || name == "."
+                || name == ".."
+                || name.starts_with(['_', '-', '+'])
+                || name
+                    .chars()
+                    .any(|c| c.is_uppercase() || "\\/*?\"<>| ,#:".contains(c));
+            if bad {
+                return Err(IndexProblem::BadName(name));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether it names indices by `window_start` (windows only).
     pub fn uses_window_start(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::WindowStart(_)))
@@ -170,6 +192,8 @@ pub enum IndexProblem {
     BadCharacter,
     #[error("an index name cannot start with _, - or +")]
     BadStart,
+    #[error("makes the index name `{0}`, which Elasticsearch refuses: index names are lowercase, without \\ / * ? \" < > | space , # :, do not start with _, - or +, and are at most 255 bytes (a `{{window_start}}` format of digits and . or - makes good ones: %Y.%m.%d)")]
+    BadName(String),
 }
 
 /// What the sink needs to know.

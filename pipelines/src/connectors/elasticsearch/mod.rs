@@ -101,6 +101,9 @@ impl SinkConnector for ElasticsearchTarget {
         if view_keys.is_some() && c.index.uses_window_start() {
             return Err(at.err(format!("sink `{sink}`: `{{window_start}}` in `index` names indices by window, but `{output}` is a view (no window_start)")));
         }
+        c.index
+            .check_names(&c.pipeline, output)
+            .map_err(|p| at.err(format!("sink `{sink}`: `index` for `{output}` {p}")))?;
         c.outputs.push(EsOutput {
             name: output.to_string(),
             view_keys,
@@ -178,6 +181,43 @@ mod tests {
         assert!(
             e.message.contains("needs both `username` and `password`"),
             "{e}"
+        );
+    }
+
+    /// An index name Elasticsearch refuses is refused when the pipeline is planned (it failed
+    /// the run at its first row, and every restart after): a `{window_start}` format making
+    /// a `T`, a `:` or a month's name, and an output whose name has a space.
+    #[test]
+    fn index_names_the_cluster_refuses_are_refused_where_they_are_written() {
+        for index in [
+            "w-{window_start:%Y-%m-%dT%H}",
+            "w-{window_start:%H:%M}",
+            "w-{window_start:%b}",
+        ] {
+            let yaml = pipeline(
+                FILES,
+                &format!("    elasticsearch: {{ url: \"http://x\", index: \"{index}\" }}"),
+                "",
+            );
+            let e = refusal("es-bad-name", &yaml);
+            assert!(e.line > 0, "{e}");
+            assert!(
+                e.message.contains("which Elasticsearch refuses"),
+                "{index}: {e}"
+            );
+        }
+        let yaml = pipeline(
+            FILES,
+            "    elasticsearch: { url: \"http://x\", index: \"w-{output}\" }",
+            "",
+        )
+        .replace("  w:", "  \"per dataset\":");
+        let e = refusal("es-bad-output", &yaml);
+        assert!(e.message.contains("`w-per dataset`"), "{e}");
+        // digits and dots make good names
+        sink(
+            "es-good-name",
+            "{ url: \"http://x\", index: \"w-{window_start:%Y.%m.%d}\" }",
         );
     }
 
