@@ -70,19 +70,22 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, FilesError> {
     let text = path.to_string_lossy();
     let mut files = Vec::new();
     if text.contains(['*', '?', '[']) {
-        // `*` does not match a leading dot (an uploader's temporary `.part` file, an
-        // editor's swap file), as in a shell and as a folder is read
-        let options = glob::MatchOptions {
-            require_literal_leading_dot: true,
-            ..Default::default()
-        };
-        let paths = glob::glob_with(&text, options).map_err(|cause| FilesError::Pattern {
+        // a hidden file (an uploader's temporary `.part` file, an editor's swap file) is
+        // skipped, as in a shell and as a folder is read, unless the pattern's file name
+        // starts with a dot itself (glob's own option panics on names that are not UTF-8)
+        let hidden_asked = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let paths = glob::glob(&text).map_err(|cause| FilesError::Pattern {
             pattern: text.to_string(),
             cause,
         })?;
         for p in paths {
             let p = p.map_err(FilesError::Match)?;
-            if p.is_file() {
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if p.is_file() && (hidden_asked || !hidden) {
                 files.push(p);
             }
         }
@@ -113,23 +116,41 @@ pub fn resolve_files(path: &Path) -> Result<Vec<PathBuf>, FilesError> {
     Ok(once_each(files))
 }
 
-/// `files` without those that are the same file as one before them (same device and inode).
+/// `files` with each file once (by device and inode), under its first name that is not a
+/// symbolic link (a link can be pointed elsewhere later: the file's position belongs to its
+/// own name), in their order.
 fn once_each(files: Vec<PathBuf>) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
+    let is_link = |f: &Path| std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_symlink());
+    // (device, inode) → the index of the name kept
+    let mut kept: std::collections::HashMap<(u64, u64), usize> = Default::default();
+    let mut keep = vec![true; files.len()];
+    for (i, f) in files.iter().enumerate() {
+        // gone since listed: reading it reports that
+        let Ok(m) = std::fs::metadata(f) else {
+            continue;
+        };
+        match kept.entry((m.dev(), m.ino())) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let first = *o.get();
+                let drop = if is_link(&files[first]) && !is_link(f) {
+                    o.insert(i);
+                    first
+                } else {
+                    i
+                };
+                keep[drop] = false;
+                tracing::warn!(file = %files[drop].display(), "the same file as another name listed (a link): read once, under the other name");
+            }
+        }
+    }
     files
         .into_iter()
-        .filter(|f| match std::fs::metadata(f) {
-            Ok(m) => {
-                let first = seen.insert((m.dev(), m.ino()));
-                if !first {
-                    tracing::warn!(file = %f.display(), "the same file as one listed before it (a link): read once");
-                }
-                first
-            }
-            // gone since listed: reading it reports that
-            Err(_) => true,
-        })
+        .zip(keep)
+        .filter_map(|(f, k)| k.then_some(f))
         .collect()
 }
 
@@ -658,6 +679,11 @@ mod tests {
         std::os::unix::fs::symlink(d.join("b.ndjson"), d.join("latest.ndjson")).unwrap();
         std::fs::hard_link(d.join("a.ndjson"), d.join("c.ndjson")).unwrap();
         std::fs::write(d.join(".upload.ndjson"), "{}\n").unwrap();
+        // a link sorted before its target: the target's own name is kept
+        std::os::unix::fs::symlink(d.join("b.ndjson"), d.join("0-latest.ndjson")).unwrap();
+        // a name that is not UTF-8 does not stop a glob
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::write(d.join(std::ffi::OsStr::from_bytes(b"\xff.bin")), "").unwrap();
         let names = |files: Vec<PathBuf>| -> Vec<String> {
             files
                 .iter()
@@ -667,8 +693,16 @@ mod tests {
         let globbed = resolve_files(&d.join("*.ndjson")).unwrap();
         assert_eq!(names(globbed), vec!["a.ndjson", "b.ndjson"]);
         assert_eq!(
-            names(resolve_files(d).unwrap()),
+            names(resolve_files(d).unwrap())
+                .into_iter()
+                .filter(|n| n.ends_with(".ndjson"))
+                .collect::<Vec<_>>(),
             vec!["a.ndjson", "b.ndjson"]
+        );
+        // a pattern asking for hidden files gets them
+        assert_eq!(
+            names(resolve_files(&d.join(".*.ndjson")).unwrap()),
+            vec![".upload.ndjson"]
         );
     }
 

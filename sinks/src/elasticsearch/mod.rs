@@ -814,11 +814,11 @@ impl ElasticsearchSink {
     }
 }
 
-/// What became of one item of a bulk answer. Only a document the index cannot take (a
-/// mapping or parse error, a value out of range) is refused for good; a block of the cluster
-/// (a disk at its flood stage, a write block), a missing index (deleted meanwhile, or not
-/// created in `index_template` mode) and the cluster's load are tried again; the sink's
-/// credentials lacking a right fail the run.
+/// What became of one item of a bulk answer: the cluster's load (429, 5xx; a disk at its
+/// flood stage answers 429 from Elasticsearch 7.7) is tried again; the sink's credentials
+/// lacking a right (401, 403 `security_exception`) fail the run; a delete whose document or
+/// index is not there did what it wanted; anything else (a mapping or parse error, a value
+/// out of range, a blocked or missing index) refuses the document for good.
 fn item_outcome(item: &Value) -> ItemOutcome {
     let r = item
         .as_object()
@@ -826,20 +826,19 @@ fn item_outcome(item: &Value) -> ItemOutcome {
         .cloned()
         .unwrap_or(Value::Null);
     let status = r["status"].as_u64().unwrap_or(0);
-    let gone = item.get("delete").is_some() && r["result"] == "not_found";
     let e = &r["error"];
     let kind = e["type"].as_str().unwrap_or("refused").to_string();
-    let retried = matches!(
-        kind.as_str(),
-        "cluster_block_exception" | "index_not_found_exception" | "index_closed_exception"
-    );
+    let delete = item.get("delete").is_some();
+    let gone = delete && (r["result"] == "not_found" || kind == "index_not_found_exception");
     match status {
         200..=299 => ItemOutcome::Done,
         // deleting a document that is not there: what the delete wanted
         404 if gone => ItemOutcome::Done,
         429 | 500..=599 | 0 => ItemOutcome::Retry(format!("{status} {}", es_reason(&r))),
-        _ if retried => ItemOutcome::Retry(format!("{status} {}", es_reason(&r))),
-        401 | 403 => ItemOutcome::Forbidden(format!("{status} {}", es_reason(&r))),
+        401 => ItemOutcome::Forbidden(format!("{status} {}", es_reason(&r))),
+        403 if kind == "security_exception" => {
+            ItemOutcome::Forbidden(format!("{status} {}", es_reason(&r)))
+        }
         _ => {
             let mut info = ErrorInfo::new(
                 "elasticsearch_refused",
@@ -985,8 +984,9 @@ mod tests {
         }
     }
 
-    /// Only a document the index cannot take is refused for good: blocks, missing or closed
-    /// indices and load are tried again, and missing rights fail the run.
+    /// The cluster's load is tried again, missing rights fail the run, a delete of what is not
+    /// there is done, and the rest is refused for good (dead-lettered: a retry would stall
+    /// the sink behind a block or a missing index that does not go away).
     #[test]
     fn bulk_items_are_retried_refused_or_forbidden_by_their_error() {
         let item = |status: u64, kind: &str| {
@@ -1002,13 +1002,17 @@ mod tests {
             503,
             "unavailable_shards_exception"
         ))));
-        // the disk flood stage of Elasticsearch 7.0-7.6, and write blocks
-        assert!(retried(item_outcome(&item(403, "cluster_block_exception"))));
-        assert!(retried(item_outcome(&item(
+        // the flood stage from Elasticsearch 7.7
+        assert!(retried(item_outcome(&item(429, "cluster_block_exception"))));
+        let refused = |o: ItemOutcome| matches!(o, ItemOutcome::Refused(_));
+        assert!(refused(item_outcome(&item(403, "cluster_block_exception"))));
+        assert!(refused(item_outcome(&item(
             404,
             "index_not_found_exception"
         ))));
-        assert!(retried(item_outcome(&item(400, "index_closed_exception"))));
+        let missing_index = json!({ "delete": { "status": 404,
+            "error": { "type": "index_not_found_exception", "reason": "no such index" } } });
+        assert!(matches!(item_outcome(&missing_index), ItemOutcome::Done));
         assert!(matches!(
             item_outcome(&item(403, "security_exception")),
             ItemOutcome::Forbidden(_)
