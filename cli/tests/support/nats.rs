@@ -75,7 +75,21 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server with JetStream enabled and waits until it is healthy.
     pub fn start() -> NatsServer {
+        NatsServer::started(None)
+    }
+
+    /// A server started on free ports: ports taken between their choice and the server's
+    /// bind (another test's process) are chosen again, up to five times.
+    fn started(config: Option<&str>) -> NatsServer {
         let mut server = NatsServer::not_started();
+        server.config = config.map(str::to_string);
+        for _ in 0..4 {
+            if server.try_start() {
+                return server;
+            }
+            server.port = free_port();
+            server.monitor_port = free_port();
+        }
         server.restart();
         server
     }
@@ -95,10 +109,7 @@ impl NatsServer {
     /// Starts a server with this configuration file's text (besides the ports and store of
     /// the command line) and waits until it is healthy.
     pub fn start_with_config(config: &str) -> NatsServer {
-        let mut server = NatsServer::not_started();
-        server.config = Some(config.to_string());
-        server.restart();
-        server
+        NatsServer::started(Some(config))
     }
 
     /// The server's folder (for files its configuration names).
@@ -109,6 +120,16 @@ impl NatsServer {
     /// Starts the server (again, after [`Self::stop`] or [`Self::kill`]) on the same ports and
     /// store, and waits until JetStream answers `/healthz`.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "nats-server did not become healthy; its log: {}",
+            self.log()
+        );
+    }
+
+    /// [`Self::restart`]; `false` when the server ended without becoming healthy (its ports
+    /// taken).
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none(), "the NATS server is already running");
         let log = self.dir.path().join("server.log");
         let mut command = Command::new(nats_server_bin());
@@ -135,9 +156,17 @@ impl NatsServer {
             self.monitor_port
         );
         loop {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                self.child = None;
+                return false;
+            }
             let healthy = reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success());
             if healthy {
-                return;
+                return true;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
