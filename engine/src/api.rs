@@ -16,7 +16,7 @@ use crate::live::LiveSpec;
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
 use crate::stats::RunStats;
-pub use crate::types::PartialWindow;
+pub use crate::types::{PartialWindow, PartitionFlush};
 use crate::EngineError;
 
 /// What readers see of the running job (shared handles: a clone sees the same job).
@@ -123,6 +123,24 @@ pub trait WorkerOperator: Send {
     fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError>;
     /// Whether windows follow processing time (the clock) instead of event time.
     fn processing_time(&self) -> bool;
+    /// Whether its windows close per source partition, each when its own partition's
+    /// watermark passes them (windows keyed by what the source is partitioned by): the worker
+    /// then calls [`Self::flush_partitions`] instead of [`Self::flush`].
+    fn closes_per_partition(&self) -> bool {
+        false
+    }
+    /// For each `(partition, closing)`, raises the partition's closing watermark to `closing`
+    /// and hands over its windows closed there; `upto` is the lowest closing watermark of
+    /// every partition of the source (what a checkpoint records as flushed). Returns what was
+    /// handed over of each partition, with the closing watermark it now keeps.
+    fn flush_partitions(
+        &mut self,
+        closing: &[(usize, i64)],
+        upto: i64,
+    ) -> Result<Vec<PartitionFlush>, EngineError> {
+        let _ = (closing, upto);
+        Ok(Vec::new())
+    }
     /// The watermark that closes the window a row with this event time goes to (for
     /// processing-time windows, the window open now).
     fn closes_at(&self, event_time: i64) -> i64;
@@ -154,6 +172,24 @@ pub trait MergeOperator: Send {
     fn merge(&mut self, partial: PartialWindow) -> Result<(), EngineError>;
     /// Emits every window closed at `watermark` (all workers have handed them over).
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError>;
+    /// Adds a worker's partial window of source partition `partition` (operators whose
+    /// windows close per partition).
+    fn merge_partition(
+        &mut self,
+        _partition: usize,
+        partial: PartialWindow,
+    ) -> Result<(), EngineError> {
+        self.merge(partial)
+    }
+    /// Emits partition `partition`'s windows closed at `watermark` (all workers have handed
+    /// them over).
+    fn emit_partition(
+        &mut self,
+        _partition: usize,
+        _watermark: i64,
+    ) -> Result<Vec<RecordBatch>, EngineError> {
+        Ok(Vec::new())
+    }
     /// Copies the partial windows held (handed over by some workers, not emitted yet) for a
     /// checkpoint, leaving them unchanged.
     fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError>;

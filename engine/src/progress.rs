@@ -46,10 +46,16 @@ pub struct OpResidue {
 
 /// How far an operator's output is durable in one sink.
 #[derive(Debug, Clone)]
-struct Durable {
-    watermark: i64,
+pub struct Durable {
+    /// The operator's windows closed at this watermark.
+    pub watermark: i64,
     /// Per worker: hand-overs included.
-    covered: Vec<u64>,
+    pub covered: Vec<u64>,
+    /// Of an operator whose windows close per partition: per global partition, the
+    /// watermark up to which its windows are included (a window of a residue is durable
+    /// when its partition's passed it, whatever the hand-overs: a worker promises a
+    /// partition's closing watermark only once its rows below it are handed over).
+    pub partitions: Option<std::sync::Arc<Vec<i64>>>,
 }
 
 #[derive(Default)]
@@ -90,6 +96,7 @@ impl Progress {
                             Durable {
                                 watermark: WATERMARK_MIN,
                                 covered: Vec::new(),
+                                partitions: None,
                             };
                             n.max(1)
                         ]
@@ -160,13 +167,13 @@ impl Progress {
         advance_all(&mut inner);
     }
 
-    /// Records that `sink` (the operator's `sink`-th) durably holds the operator's windows
-    /// closed at `watermark`, with each worker's hand-overs up to `covered[worker]`.
-    pub fn sink_durable(&self, operator: usize, sink: usize, watermark: i64, covered: Vec<u64>) {
+    /// Records that `sink` (the operator's `sink`-th) durably holds what `durable` says of
+    /// the operator's windows.
+    pub fn sink_durable(&self, operator: usize, sink: usize, durable: Durable) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        inner.durable[operator][sink] = Durable { watermark, covered };
+        inner.durable[operator][sink] = durable;
         advance_all(&mut inner);
     }
 
@@ -223,7 +230,28 @@ fn effective(durable: &[Vec<Durable>]) -> Vec<Durable> {
                         .unwrap_or(0)
                 })
                 .collect();
-            Durable { watermark, covered }
+            let partitions = sinks.iter().filter_map(|d| d.partitions.as_ref()).fold(
+                None::<Vec<i64>>,
+                |acc, p| match acc {
+                    None => Some(p.to_vec()),
+                    Some(mut a) => {
+                        a.resize(a.len().min(p.len()), WATERMARK_MIN);
+                        for (x, y) in a.iter_mut().zip(p.iter()) {
+                            *x = (*x).min(*y);
+                        }
+                        Some(a)
+                    }
+                },
+            );
+            // a sink that reported no partition holds none of them yet
+            let partitions = partitions
+                .filter(|_| sinks.iter().all(|d| d.partitions.is_some()))
+                .map(std::sync::Arc::new);
+            Durable {
+                watermark,
+                covered,
+                partitions,
+            }
         })
         .collect()
 }
@@ -232,6 +260,7 @@ fn advance_all(inner: &mut Inner) {
     let durable = effective(&inner.durable);
     for p in inner.partitions.iter_mut().filter(|p| p.tracked) {
         while let Some(r) = p.pending.get(&p.next_seq) {
+            let partition = r.partition;
             let blocked = r
                 .windows
                 .iter()
@@ -239,9 +268,13 @@ fn advance_all(inner: &mut Inner) {
                     let d = &durable[o.operator];
                     let handed_over =
                         d.covered.get(o.worker).copied().unwrap_or(0) > o.after_handover;
+                    let upto = match &d.partitions {
+                        Some(parts) => Some(parts.get(partition).copied().unwrap_or(WATERMARK_MIN)),
+                        None => handed_over.then_some(d.watermark),
+                    };
                     o.windows
                         .iter()
-                        .filter(move |(closes, _)| !handed_over || *closes > d.watermark)
+                        .filter(move |(closes, _)| upto.is_none_or(|u| *closes > u))
                         .map(|(_, offset)| *offset)
                 })
                 .min();
@@ -260,6 +293,14 @@ fn advance_all(inner: &mut Inner) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn durable(watermark: i64, covered: &[u64]) -> Durable {
+        Durable {
+            watermark,
+            covered: covered.to_vec(),
+            partitions: None,
+        }
+    }
 
     fn residue(seq: u64, next_offset: u64, windows: Vec<(i64, u64)>) -> ChunkResidue {
         ChunkResidue {
@@ -286,12 +327,12 @@ mod tests {
         // no window is durable: chunk 0's first open row is offset 0
         assert_eq!(p.committable(0), Some(0));
         // one sink durable to 60 is not enough: the other one is behind
-        p.sink_durable(0, 0, 60, vec![1]);
+        p.sink_durable(0, 0, durable(60, &[1]));
         assert_eq!(p.committable(0), Some(0));
-        p.sink_durable(0, 1, 60, vec![1]);
+        p.sink_durable(0, 1, durable(60, &[1]));
         assert_eq!(p.committable(0), Some(5));
-        p.sink_durable(0, 0, 120, vec![2]);
-        p.sink_durable(0, 1, 120, vec![2]);
+        p.sink_durable(0, 0, durable(120, &[2]));
+        p.sink_durable(0, 1, durable(120, &[2]));
         assert_eq!(p.committable(0), Some(20));
     }
 
@@ -301,13 +342,33 @@ mod tests {
         p.track(0);
         // the operator emitted up to 120 (hand-over 3) before a lagging partition's rows
         // for the window closing at 60 were aggregated
-        p.sink_durable(0, 0, 120, vec![3]);
+        p.sink_durable(0, 0, durable(120, &[3]));
         let mut r = residue(0, 10, vec![(60, 4)]);
         r.windows[0].after_handover = 3;
         p.add_residues([r]);
         assert_eq!(p.committable(0), Some(4));
-        p.sink_durable(0, 0, 120, vec![4]);
+        p.sink_durable(0, 0, durable(120, &[4]));
         assert_eq!(p.committable(0), Some(10));
+    }
+
+    #[test]
+    fn a_window_closing_per_partition_is_durable_once_its_partition_passed_it() {
+        let p = Progress::new(2, &[1]);
+        p.track(1);
+        let mut r = residue(0, 10, vec![(60, 4)]);
+        r.partition = 1;
+        p.add_residues([r]);
+        // the operator's lowest watermark and every hand-over passed the window, but its
+        // partition's windows are emitted up to 30 only: its rows are still held
+        let parts = |p1: i64| Durable {
+            watermark: 120,
+            covered: vec![9],
+            partitions: Some(std::sync::Arc::new(vec![120, p1])),
+        };
+        p.sink_durable(0, 0, parts(30));
+        assert_eq!(p.committable(1), Some(4));
+        p.sink_durable(0, 0, parts(60));
+        assert_eq!(p.committable(1), Some(10));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use weir_engine::dead_letter::PartitionInfo;
-use weir_engine::job::{MergeOperator, PartialWindow, WorkerOperator};
+use weir_engine::job::{MergeOperator, PartialWindow, PartitionFlush, WorkerOperator};
 use weir_engine::time::{now_ms, window_start};
 use weir_engine::{DeadLetter, EngineError, ErrorInfo, EventBatch, Reason};
 
@@ -150,6 +150,15 @@ impl WindowConfig {
                 .map(|a| a.output_field().as_ref().clone()),
         );
         Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Whether windows close per source partition: event-time windows keyed by what the
+    /// source is partitioned by. Every (key, window) then gets its rows from one partition,
+    /// so it is complete once that partition's watermark passed it: a partition that lags
+    /// (assigned late, claimed from another worker) fills its windows and has them emitted
+    /// once, whole, when it passes them.
+    pub fn closes_per_partition(&self) -> bool {
+        self.key_partitioned && self.time == TimeMode::Event
     }
 
     /// Whether a window starting at `start` is closed at `watermark`.
@@ -386,12 +395,25 @@ pub(crate) fn state_lens(
         .collect()
 }
 
+/// The open windows of one source partition, when windows close per partition.
+struct PartitionWindows {
+    windows: OpenWindows,
+    /// The partition's windows up to this watermark were handed over: its rows for them
+    /// are late.
+    closing: i64,
+}
+
 /// The per-worker part of a window: filters, checks lateness and aggregates partially.
 pub struct WindowWorker {
     config: Arc<WindowConfig>,
     state_keys: Vec<String>,
     state_lens: Vec<usize>,
+    /// The open windows (when windows close per partition: those restored from a checkpoint
+    /// that kept no partition, closed with every partition).
     windows: OpenWindows,
+    /// When windows close per partition (see [`WindowConfig::closes_per_partition`]): the
+    /// open windows of each global partition.
+    parts: std::collections::BTreeMap<usize, PartitionWindows>,
     /// Windows up to this watermark were handed over: rows for them are late.
     flushed: i64,
     group_ids: Vec<usize>,
@@ -406,6 +428,7 @@ impl WindowWorker {
             state_lens: state_lens(&config.name, &config.aggregates)?,
             state_keys: config.state_keys(),
             config,
+            parts: std::collections::BTreeMap::new(),
             flushed: i64::MIN,
             group_ids: Vec::new(),
             buckets: Vec::new(),
@@ -443,6 +466,12 @@ impl WindowWorker {
         }
         let mut late = 0u64;
         let mut last = usize::MAX;
+        let per_partition = config.closes_per_partition();
+        // the partition's own closing watermark (windows closing per partition)
+        let closing = match self.parts.get(&partition.id) {
+            Some(p) if per_partition => p.closing.max(self.flushed),
+            _ => self.flushed,
+        };
         for i in 0..n {
             if let Some(p) = pass {
                 if !p.is_valid(i) || !p.value(i) {
@@ -455,12 +484,12 @@ impl WindowWorker {
             };
             let start = window_start(t, config.size_ms);
             if config.time == TimeMode::Event {
-                // Rows of a key-partitioned source are late by their own partition's
-                // watermark; otherwise the operator's watermark never goes back.
-                let wm = if config.key_partitioned {
+                // Rows are late by their own partition's watermark, and by the windows
+                // handed over (of their partition, when windows close per partition).
+                let wm = if config.key_partitioned && !per_partition {
                     row_watermarks[i]
                 } else {
-                    row_watermarks[i].max(self.flushed)
+                    row_watermarks[i].max(closing)
                 };
                 if config.closed(start, wm) {
                     late += 1;
@@ -492,11 +521,79 @@ impl WindowWorker {
             };
             evaluated.push((*start, rows));
         }
+        if per_partition {
+            self.part(partition.id)?;
+        }
+        let windows = match self.parts.get_mut(&partition.id) {
+            Some(p) if per_partition => &mut p.windows,
+            _ => &mut self.windows,
+        };
         for (start, rows) in evaluated {
-            let groups = self.windows.get_or_create(start, &config)?;
+            let groups = windows.get_or_create(start, &config)?;
             groups.apply(&rows, &mut self.group_ids, &config.name)?;
         }
         Ok(late)
+    }
+}
+
+impl WindowWorker {
+    /// The open windows of global partition `id`, made empty when new.
+    fn part(&mut self, id: usize) -> Result<&mut PartitionWindows, EngineError> {
+        if !self.parts.contains_key(&id) {
+            let windows = OpenWindows::new(self.config.state_key_schema()?);
+            self.parts.insert(
+                id,
+                PartitionWindows {
+                    windows,
+                    closing: i64::MIN,
+                },
+            );
+        }
+        self.parts
+            .get_mut(&id)
+            .ok_or_else(|| EngineError::Internal("a partition's windows vanished".into()))
+    }
+
+    /// Restores partial windows of a checkpoint into their partitions' windows (windows
+    /// closing per partition). A checkpoint written before windows closed per partition kept
+    /// no partition column: its windows are restored as they were, closed with every
+    /// partition, their partition unknown ([`u32::MAX`] in the column).
+    fn restore_by_partition(&mut self, partials: Vec<PartialWindow>) -> Result<(), EngineError> {
+        let config = self.config.clone();
+        for mut p in partials {
+            if p.keys.len() == config.keys.len() {
+                let rows = p.keys.first().map_or(0, |k| k.len());
+                p.keys
+                    .insert(0, Arc::new(UInt32Array::from_value(u32::MAX, rows)));
+                self.windows.merge(p, &config)?;
+                continue;
+            }
+            let Some(ids) = p
+                .keys
+                .first()
+                .and_then(|k| k.as_any().downcast_ref::<UInt32Array>())
+            else {
+                return Err(EngineError::operator(
+                    &config.name,
+                    "the checkpoint's windows have no partition column",
+                ));
+            };
+            let mut seen: Vec<u32> = ids.iter().flatten().collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for id in seen {
+                let share = weir_engine::checkpoint::partials_of_partitions(
+                    std::slice::from_ref(&p),
+                    weir_engine::checkpoint::PartitionColumn::Key(0),
+                    &|x| x == id,
+                )?;
+                let part = self.part(id as usize)?;
+                for s in share {
+                    part.windows.merge(s, &config)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -570,15 +667,26 @@ impl WorkerOperator for WindowWorker {
     }
 
     fn snapshot(&mut self) -> Result<(Vec<PartialWindow>, i64), EngineError> {
-        let partials =
+        let mut partials =
             self.windows
                 .snapshot(&self.config, &self.state_lens, &mut self.group_ids)?;
+        for part in self.parts.values_mut() {
+            partials.extend(part.windows.snapshot(
+                &self.config,
+                &self.state_lens,
+                &mut self.group_ids,
+            )?);
+        }
         Ok((partials, self.flushed))
     }
 
     fn restore(&mut self, partials: Vec<PartialWindow>, flushed: i64) -> Result<(), EngineError> {
-        for p in partials {
-            self.windows.merge(p, &self.config)?;
+        if self.config.closes_per_partition() && self.config.partition_state {
+            self.restore_by_partition(partials)?;
+        } else {
+            for p in partials {
+                self.windows.merge(p, &self.config)?;
+            }
         }
         self.flushed = self.flushed.max(flushed);
         Ok(())
@@ -586,6 +694,36 @@ impl WorkerOperator for WindowWorker {
 
     fn processing_time(&self) -> bool {
         self.config.time == TimeMode::Processing
+    }
+
+    fn closes_per_partition(&self) -> bool {
+        self.config.closes_per_partition()
+    }
+
+    fn flush_partitions(
+        &mut self,
+        closing: &[(usize, i64)],
+        upto: i64,
+    ) -> Result<Vec<PartitionFlush>, EngineError> {
+        self.flushed = self.flushed.max(upto);
+        let config = self.config.clone();
+        let mut out = Vec::with_capacity(closing.len());
+        for &(id, wm) in closing {
+            let flushed = self.flushed;
+            let part = self.part(id)?;
+            part.closing = part.closing.max(wm).max(flushed);
+            let upto = part.closing;
+            let mut partials = Vec::new();
+            for (start, w) in part.windows.take_closed(&config, upto) {
+                partials.extend(w.into_partials(start, &config, part.windows.key_schema())?);
+            }
+            out.push(PartitionFlush {
+                partition: id,
+                upto,
+                partials,
+            });
+        }
+        Ok(out)
     }
 
     fn closes_at(&self, event_time: i64) -> i64 {
@@ -605,6 +743,9 @@ pub struct WindowMerger {
     output: SchemaRef,
     state_lens: Vec<usize>,
     windows: OpenWindows,
+    /// When windows close per partition: the windows each partition's workers handed over,
+    /// held until every worker closed them.
+    parts: std::collections::BTreeMap<usize, OpenWindows>,
     group_ids: Vec<usize>,
 }
 
@@ -616,6 +757,7 @@ impl WindowMerger {
             windows: OpenWindows::new(config.state_key_schema()?),
             state_lens: state_lens(&config.name, &config.aggregates)?,
             config,
+            parts: std::collections::BTreeMap::new(),
             group_ids: Vec::new(),
         })
     }
@@ -677,8 +819,13 @@ impl MergeOperator for WindowMerger {
     }
 
     fn snapshot(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
-        self.windows
-            .snapshot(&self.config, &self.state_lens, &mut self.group_ids)
+        let mut held =
+            self.windows
+                .snapshot(&self.config, &self.state_lens, &mut self.group_ids)?;
+        for part in self.parts.values_mut() {
+            held.extend(part.snapshot(&self.config, &self.state_lens, &mut self.group_ids)?);
+        }
+        Ok(held)
     }
 
     fn emit(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
@@ -689,13 +836,41 @@ impl MergeOperator for WindowMerger {
             .collect()
     }
 
+    fn merge_partition(
+        &mut self,
+        partition: usize,
+        partial: PartialWindow,
+    ) -> Result<(), EngineError> {
+        let part = match self.parts.entry(partition) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(OpenWindows::new(self.windows.key_schema().clone()))
+            }
+        };
+        part.merge(partial, &self.config)
+    }
+
+    fn emit_partition(
+        &mut self,
+        partition: usize,
+        watermark: i64,
+    ) -> Result<Vec<RecordBatch>, EngineError> {
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return Ok(Vec::new());
+        };
+        let closed = part.take_closed(&self.config, watermark);
+        closed
+            .into_iter()
+            .map(|(start, w)| self.finish_window(start, w, true))
+            .collect()
+    }
+
     fn live(&mut self, workers: Vec<PartialWindow>) -> Result<Vec<RecordBatch>, EngineError> {
         // The held partials and the workers' copies, merged into windows of their own.
         let mut open = OpenWindows::new(self.windows.key_schema().clone());
-        let held = self
-            .windows
-            .snapshot(&self.config, &self.state_lens, &mut self.group_ids)?;
-        for p in held.into_iter().chain(workers) {
+        let mut held = self.snapshot()?;
+        held.extend(workers);
+        for p in held {
             open.merge(p, &self.config)?;
         }
         open.take_all()

@@ -15,7 +15,7 @@ use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::DeadLetter;
 use crate::events::{Chunk, Resume};
 use crate::progress::ChunkResidue;
-use crate::types::PartialWindow;
+use crate::types::{PartialWindow, PartitionFlush};
 use crate::EngineError;
 
 pub(super) const WORKER_QUEUE: usize = 4;
@@ -38,11 +38,13 @@ pub(super) enum SinkMsg {
         op: usize,
     },
     /// Operator `op`'s windows up to `upto` were all sent, with every worker's hand-overs up
-    /// to `covered[worker]`.
+    /// to `covered[worker]`; for an operator whose windows close per partition, each
+    /// partition's windows up to `partitions[partition id]`.
     Upto {
         op: usize,
         upto: i64,
         covered: Vec<u64>,
+        partitions: Option<Arc<Vec<i64>>>,
     },
     /// Checkpoint barrier: every row before it belongs to the checkpoint.
     Barrier(u64),
@@ -124,6 +126,9 @@ pub(super) struct MergeMsg {
     pub(super) worker: usize,
     pub(super) partials: Vec<PartialWindow>,
     pub(super) upto: i64,
+    /// Of an operator whose windows close per partition: what was handed over of each
+    /// partition whose closing watermark rose.
+    pub(super) partitions: Vec<PartitionFlush>,
 }
 
 /// Closed while an output stage holds more messages than its channel's worth because an

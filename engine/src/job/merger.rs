@@ -19,7 +19,7 @@ use crate::clock::{Clocks, WATERMARK_MIN};
 use crate::live::{LiveKind, LiveSnapshot, LiveState, PartitionStatus, Retained};
 use crate::stats::{PartitionCount, RunStats};
 use crate::time::now_ms;
-use crate::types::PartialWindow;
+use crate::types::{PartialWindow, PartitionFlush};
 use crate::EngineError;
 
 pub(super) type MergePart = (Box<dyn MergeOperator>, Vec<usize>);
@@ -301,6 +301,8 @@ pub(super) fn merger_loop(
     let mut m = Merger {
         passed: ops.iter().map(|_| PassedWatermarks::default()).collect(),
         upto: ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect(),
+        promised: ops.iter().map(|_| vec![Vec::new(); workers]).collect(),
+        part_emitted: ops.iter().map(|_| Vec::new()).collect(),
         covered: ops.iter().map(|_| vec![0; workers]).collect(),
         ops,
         out: SinkOutbox::new(sinks, start.gate, HOLD_PER_WORKER * workers),
@@ -367,6 +369,12 @@ struct Merger<'a> {
     covered: Vec<Vec<u64>>,
     /// Per operator: the watermark up to which windows were emitted.
     emitted: Vec<i64>,
+    /// Per operator whose windows close per partition, per worker, per global partition:
+    /// the closing watermark of its last hand-over of the partition.
+    promised: Vec<Vec<Vec<i64>>>,
+    /// Per operator whose windows close per partition, per global partition: up to where
+    /// its windows were emitted (empty for other operators).
+    part_emitted: Vec<Vec<i64>>,
     live: Option<LiveTables>,
     link: Option<CheckpointLink>,
     stats: &'a RunStats,
@@ -376,6 +384,9 @@ struct Merger<'a> {
 impl Merger<'_> {
     /// Merges a worker's hand-over, and emits the windows every worker closed now.
     fn handover(&mut self, msg: MergeMsg) -> Result<(), EngineError> {
+        let partitioned = !msg.partitions.is_empty();
+        let (mut batches, parts_rose) =
+            self.partition_handover(msg.operator, msg.worker, msg.partitions)?;
         let (merge, sink_ids) = &mut self.ops[msg.operator];
         let had_partials = !msg.partials.is_empty();
         for p in msg.partials {
@@ -392,13 +403,16 @@ impl Merger<'_> {
             .unwrap_or(WATERMARK_MIN)
             .max(*emitted);
         // Windows reopened by a lagging partition are emitted as soon as they are handed over.
-        if wm <= *emitted && !had_partials {
+        if wm <= *emitted && !had_partials && !parts_rose {
             return Ok(());
         }
-        *emitted = wm;
+        if wm > *emitted || had_partials {
+            *emitted = wm;
+            batches.extend(merge.emit(wm)?);
+        }
         let windows = merge.emits_windows();
         let mut sent = false;
-        for batch in merge.emit(wm)? {
+        for batch in batches {
             sent |= windows && !sink_ids.is_empty();
             if windows {
                 RunStats::add(
@@ -425,15 +439,52 @@ impl Merger<'_> {
                 link.epochs.windows_emitted.store(true, Ordering::SeqCst);
             }
         }
+        let partitions = partitioned.then(|| Arc::new(self.part_emitted[msg.operator].clone()));
         for &s in sink_ids.iter() {
             let upto = SinkMsg::Upto {
                 op: msg.operator,
                 upto: wm,
                 covered: self.covered[msg.operator].clone(),
+                partitions: partitions.clone(),
             };
             self.out.send(s, upto, self.failure)?;
         }
         Ok(())
+    }
+
+    /// Merges a worker's hand-overs of single partitions (an operator whose windows close
+    /// per partition) and emits each partition's windows every worker has closed now; says
+    /// whether any partition's emitted watermark rose.
+    fn partition_handover(
+        &mut self,
+        op: usize,
+        worker: usize,
+        flushes: Vec<PartitionFlush>,
+    ) -> Result<(Vec<RecordBatch>, bool), EngineError> {
+        let (mut out, mut rose) = (Vec::new(), false);
+        for f in flushes {
+            let p = f.partition;
+            let merge = &mut self.ops[op].0;
+            for partial in f.partials {
+                merge.merge_partition(p, partial)?;
+            }
+            let promised = &mut self.promised[op];
+            for w in promised.iter_mut().filter(|w| w.len() <= p) {
+                w.resize(p + 1, WATERMARK_MIN);
+            }
+            promised[worker][p] = promised[worker][p].max(f.upto);
+            let every = promised.iter().map(|w| w[p]).min().unwrap_or(WATERMARK_MIN);
+            let emitted = &mut self.part_emitted[op];
+            if emitted.len() <= p {
+                emitted.resize(p + 1, WATERMARK_MIN);
+            }
+            if every > emitted[p] {
+                emitted[p] = every;
+                rose = true;
+                out.extend(merge.emit_partition(p, every)?);
+            }
+        }
+        Ok((out, rose))
     }
 
     /// At checkpoint `epoch`'s barrier: sends the views' changes, the held windows to the

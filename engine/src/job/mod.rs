@@ -40,8 +40,8 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 pub use crate::api::{
     Committable, DeadLetterSink, Decode, JobSpec, MergeOperator, OperatorSpec, PartialWindow,
-    PartitionReader, ReaderContext, RunReport, Sink, SinkSpec, SourceSpec, StopHandle,
-    WorkerOperator,
+    PartitionFlush, PartitionReader, ReaderContext, RunReport, Sink, SinkSpec, SourceSpec,
+    StopHandle, WorkerOperator,
 };
 use crate::checkpoint::{restored_partitions, CheckpointSpec, Epochs, Manifest, Part, Rendezvous};
 use crate::clock::{Clocks, WATERMARK_MIN};

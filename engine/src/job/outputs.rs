@@ -18,7 +18,7 @@ use super::channels::{
 use crate::api::{Committable, DeadLetterSink, Sink};
 use crate::checkpoint::Part;
 use crate::dead_letter::{DeadLetter, PartitionInfo, Reason};
-use crate::progress::{ChunkResidue, Progress};
+use crate::progress::{ChunkResidue, Durable, Progress};
 use crate::retry::{Retrier, RetryPolicy};
 use crate::stats::RunStats;
 use crate::time::now_ms;
@@ -315,7 +315,7 @@ struct SinkState<'a> {
     epoch: u64,
     rejected_from: Arc<PartitionInfo>,
     /// Per feed: how far its operator's rows were sent, since the last report.
-    sent_upto: Vec<Option<(i64, Vec<u64>)>>,
+    sent_upto: Vec<Option<Durable>>,
     /// (epoch, rows written before its barrier) of the epochs pre-committed and not
     /// committed yet.
     rows: Vec<(u64, u64)>,
@@ -348,9 +348,18 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
                     self.unacked.since.push((t, rows));
                 }
             }
-            Ok(SinkMsg::Upto { op, upto, covered }) => {
+            Ok(SinkMsg::Upto {
+                op,
+                upto,
+                covered,
+                partitions,
+            }) => {
                 if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
-                    self.sent_upto[i] = Some((upto, covered));
+                    self.sent_upto[i] = Some(Durable {
+                        watermark: upto,
+                        covered,
+                        partitions,
+                    });
                 }
             }
             Ok(SinkMsg::Barrier(epoch)) => {
@@ -493,9 +502,9 @@ impl SinkState<'_> {
     /// Tells the progress tracker how far each feeding operator's rows are durable.
     fn report(&mut self) {
         for (i, upto) in self.sent_upto.iter_mut().enumerate() {
-            if let Some((wm, covered)) = upto.take() {
+            if let Some(durable) = upto.take() {
                 let (op, k) = self.feeds[i];
-                self.progress.sink_durable(op, k, wm, covered);
+                self.progress.sink_durable(op, k, durable);
             }
         }
     }

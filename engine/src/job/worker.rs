@@ -233,6 +233,7 @@ fn barrier_handovers(
                 partials,
                 upto: h.upto,
                 seq: h.seq,
+                partitions: Vec::new(),
             }))
             .map_err(|_| ctx.failure.closed("the merger"))?;
     }
@@ -249,6 +250,9 @@ pub(super) struct Handover {
     /// Rows were aggregated since the last hand-over (they may belong to windows already
     /// closed, when their partition lags, and must be handed over anyway).
     dirty: bool,
+    /// Of an operator whose windows close per partition: per global partition, the closing
+    /// watermark of the last hand-over (empty until the first).
+    closing: Vec<i64>,
 }
 
 impl Default for Handover {
@@ -257,6 +261,7 @@ impl Default for Handover {
             upto: WATERMARK_MIN,
             seq: 0,
             dirty: false,
+            closing: Vec::new(),
         }
     }
 }
@@ -536,6 +541,16 @@ fn flush_ops_at(
         }
     };
     for (i, (oi, op)) in ops.iter_mut().enumerate() {
+        if op.closes_per_partition() {
+            let source = ctx.op_sources[*oi];
+            flush_partitions(
+                (*oi, op.as_mut()),
+                &mut flushed[i],
+                ctx,
+                source_watermark(source),
+            )?;
+            continue;
+        }
         let wm = if op.processing_time() {
             let src_wm = source_watermark(ctx.op_sources[*oi]);
             if src_wm == Some(WATERMARK_END) {
@@ -565,8 +580,66 @@ fn flush_ops_at(
                 partials,
                 upto: wm,
                 seq: h.seq,
+                partitions: Vec::new(),
             }))
             .map_err(|_| ctx.failure.closed("the merger"))?;
     }
     Ok(())
+}
+
+/// The hand-over of an operator whose windows close per partition (see
+/// `WorkerOperator::closes_per_partition`). A partition's closing watermark is its own
+/// watermark, or, while it is idle, at least its source's (`source_wm`): an idle partition
+/// stops holding its windows open, and its later rows for windows closed meanwhile are late.
+/// Closing watermarks never go back. Only the partitions whose closing watermark rose are
+/// handed over, so the merger learns every worker's promise for every partition.
+fn flush_partitions(
+    (oi, op): (usize, &mut dyn WorkerOperator),
+    h: &mut Handover,
+    ctx: &WorkerCtx,
+    source_wm: Option<i64>,
+) -> Result<(), EngineError> {
+    let source = ctx.op_sources[oi];
+    if h.closing.len() < ctx.clocks.len() {
+        h.closing.resize(ctx.clocks.len(), WATERMARK_MIN);
+    }
+    let mut rose = Vec::new();
+    let mut lowest: Option<i64> = None;
+    for &p in ctx.clocks.partitions_of(source) {
+        let clock = ctx.clocks.partition(p);
+        let wm = clock.watermark();
+        let own = match source_wm {
+            Some(s) if wm != WATERMARK_END && clock.is_idle() => wm.max(s),
+            _ => wm,
+        };
+        if own > h.closing[p] {
+            h.closing[p] = own;
+            rose.push((p, own));
+        }
+        lowest = Some(lowest.map_or(h.closing[p], |l| l.min(h.closing[p])));
+    }
+    h.dirty = false;
+    if rose.is_empty() {
+        return Ok(());
+    }
+    let upto = lowest.unwrap_or(WATERMARK_MIN).max(h.upto);
+    let partitions = op.flush_partitions(&rose, upto)?;
+    // windows restored from a checkpoint that kept no partition close with every partition
+    let partials = if upto > h.upto {
+        op.flush(upto)?
+    } else {
+        Vec::new()
+    };
+    h.upto = upto;
+    h.seq += 1;
+    ctx.merge_tx
+        .send(MergeInput::Handover(MergeMsg {
+            operator: oi,
+            worker: ctx.index,
+            partials,
+            upto,
+            seq: h.seq,
+            partitions,
+        }))
+        .map_err(|_| ctx.failure.closed("the merger"))
 }

@@ -113,6 +113,7 @@ pub fn key_partitioned(mut plan: Plan, repartitioned: &[usize]) -> Plan {
     {
         let mut c = (*w.config).clone();
         c.key_partitioned = true;
+        c.partition_state |= c.closes_per_partition();
         w.config = Arc::new(c);
     }
     plan

@@ -179,6 +179,7 @@ fn handover(worker: usize, seq: u64, partials: Vec<PartialWindow>, upto: i64) ->
         worker,
         partials,
         upto,
+        partitions: Vec::new(),
     })
 }
 
@@ -229,7 +230,9 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
         _ => panic!("not rows"),
     }
     match next() {
-        SinkMsg::Upto { op, upto, covered } => assert_eq!((op, upto, covered), (0, 10, vec![1, 1])),
+        SinkMsg::Upto {
+            op, upto, covered, ..
+        } => assert_eq!((op, upto, covered), (0, 10, vec![1, 1])),
         _ => panic!("not an upto"),
     }
     tx.send(handover(1, 2, vec![partial(10, 4)], WATERMARK_END))
@@ -357,6 +360,7 @@ fn a_sink_thread_without_checkpoints_flushes_rows_at_once_and_to_report_progress
         op: 0,
         upto: 20,
         covered: vec![1],
+        partitions: None,
     })
     .unwrap();
     // progress to report: flushed again
