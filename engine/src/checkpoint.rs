@@ -176,6 +176,11 @@ pub struct PartitionRecord {
     /// The incarnation of the partition's log (see [`Resume::incarnation`]); 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub incarnation: u64,
+    /// The partition's global id in the run that wrote it: state kept per partition (windows
+    /// closing per partition) names partitions by it, renumbered on restore when partitions
+    /// were added before it. Absent from checkpoints of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -682,6 +687,7 @@ impl Pending {
                     lanes,
                     lane_lag,
                     incarnation: r.incarnation,
+                    id: u32::try_from(id).ok(),
                 })
             })
             .collect();

@@ -77,6 +77,8 @@ pub struct PartitionClock {
     advanced: Condvar,
     watermark: AtomicI64,
     idle: AtomicBool,
+    /// The partition is read by this process (assigned to it); see [`Self::set_read_here`].
+    read_here: AtomicBool,
     max_out_of_orderness: i64,
 }
 
@@ -93,8 +95,22 @@ impl PartitionClock {
             advanced: Condvar::new(),
             watermark: AtomicI64::new(WATERMARK_MIN),
             idle: AtomicBool::new(false),
+            read_here: AtomicBool::new(true),
             max_out_of_orderness,
         }
+    }
+
+    /// Says whether this process reads the partition (a consumer group or a pool assigned it
+    /// here; every partition of a source without one is). A partition read elsewhere is
+    /// idle here too, but unlike one that is silent, its windows are not closed with the
+    /// source's: if it comes here, it fills them from where its last owner committed.
+    pub fn set_read_here(&self, read_here: bool) {
+        self.read_here.store(read_here, Ordering::Release);
+    }
+
+    /// Whether this process reads the partition (see [`Self::set_read_here`]).
+    pub fn is_read_here(&self) -> bool {
+        self.read_here.load(Ordering::Acquire)
     }
 
     /// Waits until every chunk before `seq` was sequenced, then records the chunk's newest

@@ -455,8 +455,9 @@ impl Retained {
     /// Keeps emitted rows (already in the table's schema); `window_end` is that of the
     /// batch's window (the merger emits one batch per window).
     pub fn add(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
-        self.unsaved.push((window_end, rows.clone()));
-        self.keep(window_end, rows, retain_ms);
+        if self.keep(window_end, rows.clone(), retain_ms) {
+            self.unsaved.push((window_end, rows));
+        }
     }
 
     /// Keeps rows a checkpoint already holds (restored from it). The next checkpoint that
@@ -466,13 +467,21 @@ impl Retained {
         self.keep(window_end, rows, retain_ms);
     }
 
-    fn keep(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) {
+    /// Keeps rows of the window ending at `window_end` unless too old; says whether.
+    fn keep(&mut self, window_end: i64, rows: RecordBatch, retain_ms: i64) -> bool {
         self.newest_end = self.newest_end.max(window_end);
-        self.batches.push((window_end, rows));
-        self.keep_after = self.newest_end.saturating_sub(retain_ms);
-        let keep_after = self.keep_after;
-        self.batches.retain(|(end, _)| *end > keep_after);
-        self.unsaved.retain(|(end, _)| *end > keep_after);
+        let keep_after = self.newest_end.saturating_sub(retain_ms);
+        let kept = window_end > keep_after;
+        if kept {
+            self.batches.push((window_end, rows));
+        }
+        // (only when it moved: a window closing per partition comes in many batches)
+        if keep_after > self.keep_after {
+            self.keep_after = keep_after;
+            self.batches.retain(|(end, _)| *end > keep_after);
+            self.unsaved.retain(|(end, _)| *end > keep_after);
+        }
+        kept
     }
 
     /// The windows a checkpoint barrier writes: those emitted since the last call, or every

@@ -49,8 +49,8 @@ pub struct WindowConfig {
     pub time: TimeMode,
     pub aggregates: Vec<CompiledAggregate>,
     /// The source is partitioned by (a subset of) the key: every (key, window) gets its rows
-    /// from one partition, so lateness follows the row's partition, and a partition that
-    /// lags (assigned late, back from idle) still fills its windows rather than going late.
+    /// from one partition, so event-time windows close per partition (see
+    /// [`Self::closes_per_partition`]).
     pub key_partitioned: bool,
     /// Keys the state by source partition as well (a worker pool): every group carries its
     /// partition's id as a hidden first key column ([`PARTITION_COLUMN`]), so that one
@@ -88,7 +88,7 @@ impl WindowConfig {
     /// is kept per partition.
     fn state_key_schema(&self) -> Result<SchemaRef, EngineError> {
         let keys = self.key_schema()?;
-        if !self.partition_state {
+        if !self.keeps_partition() {
             return Ok(keys);
         }
         let mut fields = vec![Field::new(PARTITION_COLUMN, DataType::UInt32, false)];
@@ -99,7 +99,7 @@ impl WindowConfig {
     /// The names of the state's key columns in an input batch (see [`Self::with_partition`]).
     fn state_keys(&self) -> Vec<String> {
         let mut keys = Vec::with_capacity(self.keys.len() + 1);
-        if self.partition_state {
+        if self.keeps_partition() {
             keys.push(PARTITION_COLUMN.to_string());
         }
         keys.extend(self.keys.iter().cloned());
@@ -113,7 +113,7 @@ impl WindowConfig {
         batch: &'a RecordBatch,
         partition: u32,
     ) -> Result<std::borrow::Cow<'a, RecordBatch>, EngineError> {
-        if !self.partition_state {
+        if !self.keeps_partition() {
             return Ok(std::borrow::Cow::Borrowed(batch));
         }
         let mut fields: Vec<Field> = batch
@@ -159,6 +159,13 @@ impl WindowConfig {
     /// once, whole, when it passes them.
     pub fn closes_per_partition(&self) -> bool {
         self.key_partitioned && self.time == TimeMode::Event
+    }
+
+    /// Whether its state keeps each row's partition (a hidden first key column,
+    /// [`PARTITION_COLUMN`]): in a worker pool, and where windows close per partition (a
+    /// checkpoint then restores each partition's windows to it).
+    pub fn keeps_partition(&self) -> bool {
+        self.partition_state || self.closes_per_partition()
     }
 
     /// Whether a window starting at `start` is closed at `watermark`.
@@ -524,11 +531,13 @@ impl WindowWorker {
         if per_partition {
             self.part(partition.id)?;
         }
-        let windows = match self.parts.get_mut(&partition.id) {
-            Some(p) if per_partition => &mut p.windows,
-            _ => &mut self.windows,
-        };
         for (start, rows) in evaluated {
+            // a window restored without its partitions (see `restore_by_partition`) keeps
+            // every row of its start, so that no key of it is emitted twice
+            let windows = match self.parts.get_mut(&partition.id) {
+                Some(p) if per_partition && !self.windows.contains(start) => &mut p.windows,
+                _ => &mut self.windows,
+            };
             let groups = windows.get_or_create(start, &config)?;
             groups.apply(&rows, &mut self.group_ids, &config.name)?;
         }
@@ -578,18 +587,33 @@ impl WindowWorker {
                     "the checkpoint's windows have no partition column",
                 ));
             };
-            let mut seen: Vec<u32> = ids.iter().flatten().collect();
-            seen.sort_unstable();
-            seen.dedup();
-            for id in seen {
-                let share = weir_engine::checkpoint::partials_of_partitions(
-                    std::slice::from_ref(&p),
-                    weir_engine::checkpoint::PartitionColumn::Key(0),
-                    &|x| x == id,
-                )?;
-                let part = self.part(id as usize)?;
-                for s in share {
-                    part.windows.merge(s, &config)?;
+            // the rows of each partition, in one pass
+            let mut rows: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+            for (i, id) in ids.iter().enumerate() {
+                rows.entry(id.unwrap_or(u32::MAX))
+                    .or_default()
+                    .push(i as u32);
+            }
+            let whole = rows.len() == 1;
+            for (id, idx) in rows {
+                let share = if whole {
+                    p.clone()
+                } else {
+                    let idx = UInt32Array::from(idx);
+                    let take = |a: &ArrayRef| {
+                        arrow::compute::take(a.as_ref(), &idx, None).map_err(|e| config.err(e))
+                    };
+                    PartialWindow {
+                        window_start: p.window_start,
+                        keys: p.keys.iter().map(take).collect::<Result<_, _>>()?,
+                        states: p.states.iter().map(take).collect::<Result<_, _>>()?,
+                    }
+                };
+                // a partition this run does not know: closed with every partition
+                if id == u32::MAX {
+                    self.windows.merge(share, &config)?;
+                } else {
+                    self.part(id as usize)?.windows.merge(share, &config)?;
                 }
             }
         }
@@ -681,7 +705,7 @@ impl WorkerOperator for WindowWorker {
     }
 
     fn restore(&mut self, partials: Vec<PartialWindow>, flushed: i64) -> Result<(), EngineError> {
-        if self.config.closes_per_partition() && self.config.partition_state {
+        if self.config.closes_per_partition() {
             self.restore_by_partition(partials)?;
         } else {
             for p in partials {
@@ -773,7 +797,7 @@ impl WindowMerger {
         let config = &self.config;
         let mut g = w.into_groups(config, &self.state_lens, &mut self.group_ids)?;
         let (mut keys, values) = g.finish(&config.aggregates, &config.name, emitted)?;
-        if config.partition_state && !keys.is_empty() {
+        if config.keeps_partition() && !keys.is_empty() {
             // the partition column is the state's, not the result's
             keys.remove(0);
         }
@@ -881,196 +905,5 @@ impl MergeOperator for WindowMerger {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::SqlCompiler;
-    use arrow::array::{Int64Array, StringArray};
-
-    fn config(partition_state: bool) -> Arc<WindowConfig> {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("datasetName", DataType::Utf8, true),
-            Field::new("timestamp", DataType::Int64, true),
-        ]));
-        let c = SqlCompiler::new();
-        Arc::new(WindowConfig {
-            name: "per_dataset".into(),
-            input_schema: schema.clone(),
-            predicate: None,
-            keys: vec!["datasetName".into()],
-            size_ms: 60_000,
-            allowed_lateness_ms: 0,
-            time: TimeMode::Event,
-            aggregates: vec![c.aggregate("events", "count(*)", &schema).unwrap()],
-            key_partitioned: true,
-            partition_state,
-        })
-    }
-
-    fn events(config: &WindowConfig, rows: &[(&str, i64)]) -> EventBatch {
-        let batch = RecordBatch::try_new(
-            config.input_schema.clone(),
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            ],
-        )
-        .unwrap();
-        EventBatch {
-            batch,
-            event_time: rows.iter().map(|r| r.1).collect(),
-            offsets: (0..rows.len() as u64).collect(),
-            raw: None,
-        }
-    }
-
-    fn partition(id: usize) -> Arc<PartitionInfo> {
-        Arc::new(PartitionInfo {
-            source: "events".into(),
-            id,
-            state_id: id,
-            number: id as u32,
-            topic: None,
-            file: None,
-        })
-    }
-
-    /// (key, window_start, events) of emitted rows.
-    fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, i64)> {
-        let mut out = Vec::new();
-        for b in batches {
-            let k = b.column(0).as_string::<i32>();
-            let s = b
-                .column(1)
-                .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-            let n = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
-            for i in 0..b.num_rows() {
-                out.push((k.value(i).to_string(), s.value(i), n.value(i)));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn partition_state_is_hidden_from_results_and_cuts_a_checkpoint_by_partition() {
-        let (plain, pooled) = (config(false), config(true));
-        assert_eq!(
-            plain.output_schema().unwrap(),
-            pooled.output_schema().unwrap()
-        );
-        let mut w = WindowWorker::new(pooled.clone()).unwrap();
-        let mut dead = Vec::new();
-        let a = events(&pooled, &[("a", 1_000), ("a", 2_000), ("b", 61_000)]);
-        w.process(&partition(0), &a, &[i64::MIN; 3], &mut dead)
-            .unwrap();
-        let b = events(&pooled, &[("c", 3_000)]);
-        w.process(&partition(5), &b, &[i64::MIN], &mut dead)
-            .unwrap();
-        // partition 5's share of a checkpoint: key c alone
-        let (saved, _) = w.snapshot().unwrap();
-        let cut = weir_engine::checkpoint::partials_of_partitions(
-            &saved,
-            weir_engine::checkpoint::PartitionColumn::Key(0),
-            &|p| p == 5,
-        )
-        .unwrap();
-        let mut m = WindowMerger::new(pooled.clone()).unwrap();
-        for p in cut {
-            m.merge(p).unwrap();
-        }
-        assert_eq!(rows(&m.emit(i64::MAX).unwrap()), vec![("c".into(), 0, 1)]);
-        // the whole state emits result rows without the partition column
-        let mut all = WindowMerger::new(pooled).unwrap();
-        for p in w.flush(i64::MAX).unwrap() {
-            all.merge(p).unwrap();
-        }
-        let emitted = all.emit(i64::MAX).unwrap();
-        assert_eq!(emitted[0].schema(), plain.output_schema().unwrap());
-        assert_eq!(
-            rows(&emitted),
-            vec![
-                ("a".into(), 0, 2),
-                ("b".into(), 60_000, 1),
-                ("c".into(), 0, 1)
-            ]
-        );
-    }
-
-    #[test]
-    fn an_integer_sum_never_wraps_it_is_null_when_out_of_range() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("datasetName", DataType::Utf8, true),
-            Field::new("sizeBytes", DataType::Int64, true),
-        ]));
-        let c = SqlCompiler::new();
-        let bytes = c.aggregate("bytes", "sum(sizeBytes)", &schema).unwrap();
-        assert_eq!(bytes.output_field().data_type(), &DataType::Int64);
-        let config = Arc::new(WindowConfig {
-            name: "w".into(),
-            input_schema: schema.clone(),
-            predicate: None,
-            keys: vec!["datasetName".into()],
-            size_ms: 60_000,
-            allowed_lateness_ms: 0,
-            time: TimeMode::Event,
-            aggregates: vec![bytes, c.aggregate("n", "count(*)", &schema).unwrap()],
-            key_partitioned: false,
-            partition_state: false,
-        });
-        let big = 1i64 << 62;
-        let rows = [
-            ("a", big),
-            ("a", big),
-            ("b", big),
-            ("b", big),
-            ("b", -big),
-            ("c", i64::MAX),
-            ("c", -1),
-        ];
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            ],
-        )
-        .unwrap();
-        let ev = EventBatch {
-            batch,
-            event_time: vec![1_000; rows.len()],
-            offsets: (0..rows.len() as u64).collect(),
-            raw: None,
-        };
-        // two workers' partials merge without wrapping either
-        let mut m = WindowMerger::new(config.clone()).unwrap();
-        for half in [ev.batch.slice(0, 4), ev.batch.slice(4, 3)] {
-            let n = half.num_rows();
-            let part = EventBatch {
-                batch: half,
-                event_time: vec![1_000; n],
-                offsets: (0..n as u64).collect(),
-                raw: None,
-            };
-            let mut w = WindowWorker::new(config.clone()).unwrap();
-            w.process(&partition(0), &part, &vec![i64::MIN; n], &mut Vec::new())
-                .unwrap();
-            for p in w.flush(i64::MAX).unwrap() {
-                m.merge(p).unwrap();
-            }
-        }
-        let out = m.emit(i64::MAX).unwrap();
-        let b = &out[0];
-        assert_eq!(b.schema().field(3).data_type(), &DataType::Int64);
-        let sums = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
-        // a: 2^63 does not fit: null, not -2^63; b: 2^62 exactly; c: i64::MAX - 1
-        assert!(sums.is_null(0));
-        assert_eq!(sums.value(1), big);
-        assert_eq!(sums.value(2), i64::MAX - 1);
-        assert_eq!(
-            config.aggregates[0]
-                .overflows
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
-    }
-}
+#[path = "window_tests.rs"]
+mod tests;

@@ -198,6 +198,11 @@ impl OpenWindows {
         std::mem::replace(&mut self.windows, open)
     }
 
+    /// Whether the window starting at `start` is open.
+    pub(crate) fn contains(&self, start: i64) -> bool {
+        self.windows.contains_key(&start)
+    }
+
     /// Removes every window.
     pub(crate) fn take_all(&mut self) -> BTreeMap<i64, Window> {
         std::mem::take(&mut self.windows)

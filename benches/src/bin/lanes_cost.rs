@@ -144,6 +144,7 @@ fn checkpoint_bytes(p: usize, old: bool) -> usize {
             lanes: vec![],
             lane_lag: vec![],
             incarnation: 0,
+            id: None,
         };
         if old {
             for u in 0..p {

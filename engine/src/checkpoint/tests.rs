@@ -10,6 +10,7 @@ fn record(partition: &str, next_offset: u64, position: u64, newest: i64) -> Part
         lanes: vec![],
         lane_lag: vec![],
         incarnation: 0,
+        id: None,
     }
 }
 

@@ -289,6 +289,29 @@ fn window_end_of(batch: &RecordBatch) -> Option<i64> {
     (!ends.is_empty()).then(|| ends.value(0))
 }
 
+/// `batches` (windows of several partitions) with the rows of each window in one batch, as
+/// other operators emit them: fewer, larger messages for the sinks.
+fn one_batch_per_window(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, EngineError> {
+    if batches.len() < 2 {
+        return Ok(batches);
+    }
+    let mut by_end: std::collections::BTreeMap<i64, Vec<RecordBatch>> = Default::default();
+    for b in batches {
+        by_end
+            .entry(window_end_of(&b).unwrap_or(i64::MIN))
+            .or_default()
+            .push(b);
+    }
+    by_end
+        .into_values()
+        .map(|parts| match parts.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => arrow::compute::concat_batches(&parts[0].schema(), &parts)
+                .map_err(|e| EngineError::Internal(format!("joining a window's rows: {e}"))),
+        })
+        .collect()
+}
+
 pub(super) fn merger_loop(
     rx: Receiver<MergeInput>,
     ops: Vec<MergePart>,
@@ -484,7 +507,7 @@ impl Merger<'_> {
                 out.extend(merge.emit_partition(p, every)?);
             }
         }
-        Ok((out, rose))
+        Ok((one_batch_per_window(out)?, rose))
     }
 
     /// At checkpoint `epoch`'s barrier: sends the views' changes, the held windows to the

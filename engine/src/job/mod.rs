@@ -433,11 +433,17 @@ impl Wiring {
             if let Some(rows) = retained.get_mut(j) {
                 start.retained[i] = std::mem::take(rows);
             }
+            let per_partition = op.workers.first().is_some_and(|w| w.closes_per_partition());
+            let state = if per_partition && cp.ownership.is_none() {
+                self.renumbered(m, restored.operators[j].clone())?
+            } else {
+                restored.operators[j].clone()
+            };
             // the merger takes the state where it holds it (a view); else worker 0
-            let merger_took = op.merge.restore(&restored.operators[j])?;
+            let merger_took = op.merge.restore(&state)?;
             for (w, worker) in op.workers.iter_mut().enumerate() {
                 let partials = if w == 0 && !merger_took {
-                    restored.operators[j].clone()
+                    state.clone()
                 } else {
                     Vec::new()
                 };
@@ -452,6 +458,54 @@ impl Wiring {
         );
         start.manifest = Some(m.clone());
         Ok(start)
+    }
+
+    /// State kept per partition (windows closing per partition) with the partition ids of
+    /// the run that wrote checkpoint `m` turned into this run's: they differ when partitions
+    /// were added before some. A partition this run does not have becomes `u32::MAX` (its
+    /// windows then close with every partition). A worker pool renumbers its own.
+    fn renumbered(
+        &self,
+        m: &Manifest,
+        partials: Vec<PartialWindow>,
+    ) -> Result<Vec<PartialWindow>, EngineError> {
+        if m.partitions.iter().all(|r| r.id.is_none()) {
+            return Ok(partials); // written before ids were recorded: numbered as now
+        }
+        let now: HashMap<(&str, &str), u32> = self
+            .partition_keys
+            .iter()
+            .enumerate()
+            .map(|(id, (s, k))| ((s.as_str(), k.as_str()), id as u32))
+            .collect();
+        let mut map: HashMap<u32, u32> = HashMap::new();
+        for r in &m.partitions {
+            if let Some(old) = r.id {
+                let new = now.get(&(r.source.as_str(), r.partition.as_str()));
+                map.insert(old, new.copied().unwrap_or(u32::MAX));
+            }
+        }
+        // ids no record names (not read when it was written) are unknown too
+        let mut unknown = HashMap::new();
+        for p in &partials {
+            if let Some(ids) = p
+                .keys
+                .first()
+                .and_then(|k| k.as_any().downcast_ref::<arrow::array::UInt32Array>())
+            {
+                for id in ids.iter().flatten() {
+                    if !map.contains_key(&id) {
+                        unknown.insert(id, u32::MAX);
+                    }
+                }
+            }
+        }
+        map.extend(unknown);
+        crate::checkpoint::renumber_partitions(
+            partials,
+            crate::checkpoint::PartitionColumn::Key(0),
+            &map,
+        )
     }
 
     /// Recovers every sink (with checkpoints) and starts its thread; returns the senders of

@@ -591,8 +591,10 @@ fn flush_ops_at(
 /// `WorkerOperator::closes_per_partition`). A partition's closing watermark is its own
 /// watermark, or, while it is idle, at least its source's (`source_wm`): an idle partition
 /// stops holding its windows open, and its later rows for windows closed meanwhile are late.
-/// Closing watermarks never go back. Only the partitions whose closing watermark rose are
-/// handed over, so the merger learns every worker's promise for every partition.
+/// A partition read by another process is not closed with the source: its windows here
+/// (rows read before it was revoked) wait, and if it comes back, it fills them. Closing
+/// watermarks never go back. Only the partitions whose closing watermark rose are handed
+/// over, so the merger learns every worker's promise for every partition.
 fn flush_partitions(
     (oi, op): (usize, &mut dyn WorkerOperator),
     h: &mut Handover,
@@ -608,15 +610,18 @@ fn flush_partitions(
     for &p in ctx.clocks.partitions_of(source) {
         let clock = ctx.clocks.partition(p);
         let wm = clock.watermark();
+        let here = clock.is_read_here() || wm == WATERMARK_END;
         let own = match source_wm {
-            Some(s) if wm != WATERMARK_END && clock.is_idle() => wm.max(s),
+            Some(s) if here && wm != WATERMARK_END && clock.is_idle() => wm.max(s),
             _ => wm,
         };
         if own > h.closing[p] {
             h.closing[p] = own;
             rose.push((p, own));
         }
-        lowest = Some(lowest.map_or(h.closing[p], |l| l.min(h.closing[p])));
+        if here {
+            lowest = Some(lowest.map_or(h.closing[p], |l| l.min(h.closing[p])));
+        }
     }
     h.dirty = false;
     if rose.is_empty() {

@@ -107,6 +107,7 @@ fn a_checkpoint_of_format_1_restores_under_the_new_numbering() {
         lanes: vec![],
         lane_lag: vec![],
         incarnation: 0,
+        id: None,
     };
     let mut m = crate::checkpoint::test_manifest(1);
     m.format = 1;

@@ -225,6 +225,9 @@ impl KafkaReader {
                         if self.partitions[l].ended && self.config.pool.is_none() {
                             // read to its end before the group assigned it (it started there)
                             self.partitions[l].assigned = true;
+                            ctx.clocks
+                                .partition(self.partitions[l].lane.info.id)
+                                .set_read_here(true);
                             if let Some(consumer) = &self.consumer {
                                 let mut tpl = TopicPartitionList::new();
                                 tpl.add_partition(&topic, p);
@@ -307,6 +310,7 @@ impl KafkaReader {
                         ctx.progress.track(id);
                         ctx.progress.restart(id, s.lane.seq);
                         ctx.clocks.partition(id).set_idle(false);
+                        ctx.clocks.partition(id).set_read_here(true);
                         // A partition starting at (or past) its end offset: no message will
                         // come to say it is caught up.
                         if let Some(end) = end_at {
@@ -329,7 +333,9 @@ impl KafkaReader {
                         let idle = !self.reads_every_partition();
                         let s = &mut self.partitions[l];
                         s.assigned = false;
-                        ctx.clocks.partition(s.lane.info.id).set_idle(idle);
+                        let clock = ctx.clocks.partition(s.lane.info.id);
+                        clock.set_idle(idle);
+                        clock.set_read_here(!idle);
                     }
                 }
             }

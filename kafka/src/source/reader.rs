@@ -251,6 +251,7 @@ impl KafkaReader {
         for s in &self.partitions {
             let clock = ctx.clocks.partition(s.lane.info.id);
             clock.set_idle(!s.assigned);
+            clock.set_read_here(s.assigned);
             // then the lanes this reader knows to be idle
             if let Some(up) = s.up.as_ref().filter(|_| s.assigned) {
                 up.set_up(clock);
@@ -425,7 +426,9 @@ impl KafkaReader {
         // reads every partition (below).
         let idle = !self.reads_every_partition();
         for s in &self.partitions {
-            ctx.clocks.partition(s.lane.info.id).set_idle(idle);
+            let clock = ctx.clocks.partition(s.lane.info.id);
+            clock.set_idle(idle);
+            clock.set_read_here(!idle);
         }
         if let Some(src) = ctx.stats.sources.get(self.source) {
             src.assigned.store(-1, Ordering::Relaxed);

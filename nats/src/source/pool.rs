@@ -147,6 +147,7 @@ impl NatsPoolReader {
         for n in 0..self.keys.len() {
             let clock = ctx.clocks.partition(self.first_partition + n);
             clock.set_idle(!owned.contains(&(n as u32)));
+            clock.set_read_here(owned.contains(&(n as u32)));
         }
         tracing::info!(source = %self.name, partitions = ?owned, "nats: this worker reads its partitions");
         let readers = NatsPartitionsReader::new(

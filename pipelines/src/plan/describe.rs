@@ -242,7 +242,7 @@ impl Plan {
             if c.key_partitioned {
                 let _ = writeln!(
                     s,
-                    "    lateness per source partition (the source is partitioned by the key)"
+                    "    closes per source partition (the source is partitioned by the key)"
                 );
             }
             for a in &c.aggregates {

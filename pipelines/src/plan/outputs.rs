@@ -167,15 +167,6 @@ pub(super) fn compile_windows(
                     .iter()
                     .all(|f| d.key.value.iter().any(|k| &k.value == f)),
         });
-        // windows closing per partition keep their state by partition, so that a checkpoint
-        // restores each partition's windows to it
-        let config = if config.closes_per_partition() {
-            let mut c = (*config).clone();
-            c.partition_state = true;
-            Arc::new(c)
-        } else {
-            config
-        };
         let schema = config
             .output_schema()
             .map_err(|e| ctx.err(&w.loc, "").caused_by(e))?;

@@ -101,10 +101,11 @@ pub fn for_worker(mut plan: Plan, worker: &str) -> Result<Plan, RunError> {
 /// `plan` with the windows reading sources `repartitioned` judging lateness per key lane.
 /// Pure: opens nothing.
 ///
-/// The internal topic is keyed by every window's key: a row is late by its own lane's
-/// watermark (its upstream partition's, as when a topic is keyed), not by what the worker
-/// flushed, which a partition claimed later (behind in event time) must not be held to; a
-/// flushed window's end is below every lane's watermark, so it stays closed.
+/// The internal topic is keyed by every window's key, so its windows close per partition
+/// (`WindowConfig::closes_per_partition`): a row is late by its own lane's watermark (its
+/// upstream partition's, as when a topic is keyed) and by what its partition closed, not by
+/// what the worker flushed of other partitions, which a partition claimed later (behind in
+/// event time) must not be held to.
 pub fn key_partitioned(mut plan: Plan, repartitioned: &[usize]) -> Plan {
     for w in plan
         .windows
@@ -113,7 +114,6 @@ pub fn key_partitioned(mut plan: Plan, repartitioned: &[usize]) -> Plan {
     {
         let mut c = (*w.config).clone();
         c.key_partitioned = true;
-        c.partition_state |= c.closes_per_partition();
         w.config = Arc::new(c);
     }
     plan

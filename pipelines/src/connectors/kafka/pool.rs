@@ -222,6 +222,7 @@ mod tests {
             lanes: vec![],
             lane_lag: vec![],
             incarnation: 0,
+            id: None,
         };
         assert_eq!(claimed_start(&[]), None);
         // a partition of its own: its offset
