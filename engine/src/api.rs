@@ -141,6 +141,12 @@ pub trait WorkerOperator: Send {
         let _ = (closing, upto);
         Ok(Vec::new())
     }
+    /// Restores, of windows closing per partition, how far each partition's windows were
+    /// emitted (`(partition, watermark)`): its rows for them are late.
+    fn restore_closed(&mut self, closed: &[(usize, i64)]) -> Result<(), EngineError> {
+        let _ = closed;
+        Ok(())
+    }
     /// The watermark that closes the window a row with this event time goes to (for
     /// processing-time windows, the window open now).
     fn closes_at(&self, event_time: i64) -> i64;

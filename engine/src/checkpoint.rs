@@ -241,6 +241,11 @@ pub struct OperatorRecord {
     /// Files of the emitted windows kept for SQL (`retain`), oldest first (see `retained`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retained: Vec<RetainedFile>,
+    /// Of windows closing per partition: per partition (`source/partition`), the watermark
+    /// up to which its windows were emitted. Its later rows for them stay late after a
+    /// restore, even where the partition was idle and its own watermark is behind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub closed: BTreeMap<String, i64>,
 }
 
 /// A checkpoint read back: the manifest and each operator's partial windows.
@@ -475,8 +480,9 @@ pub(crate) enum Part {
     },
     Merger {
         epoch: u64,
-        /// Per operator: held partial windows and the emitted watermark.
-        ops: Vec<(Vec<PartialWindow>, i64)>,
+        /// Per operator: held partial windows, the emitted watermark and, of windows closing
+        /// per partition, each global partition's emitted watermark.
+        ops: Vec<(Vec<PartialWindow>, i64, Vec<i64>)>,
         /// Per operator, with live SQL tables: the windows emitted since the last barrier.
         retained: Vec<RetainedPart>,
         counters: Vec<(String, u64)>,
@@ -504,6 +510,29 @@ impl Part {
             | Part::DeadLetter { epoch, .. } => *epoch,
         }
     }
+}
+
+/// Per-partition emitted watermarks (by global id) by partition key (`source/partition`), of
+/// the partitions the checkpoint records (`cut`: per global id, its source and key).
+fn closed_by_key(
+    cut: &[(String, String, Option<Resume>)],
+    closed: &[i64],
+    spec: &CheckpointSpec,
+) -> BTreeMap<String, i64> {
+    let owned = spec.ownership.as_ref().map(|o| &o.owned);
+    closed
+        .iter()
+        .enumerate()
+        .filter(|(_, &wm)| wm != i64::MIN)
+        .filter_map(|(id, &wm)| {
+            let (source, key, _) = cut.get(id)?;
+            let full = format!("{source}/{key}");
+            if owned.is_some_and(|o| !o.keys().any(|k| crate::types::covers(k, &full))) {
+                return None;
+            }
+            Some((full, wm))
+        })
+        .collect()
 }
 
 /// The parts of one checkpoint being gathered.
@@ -564,6 +593,7 @@ impl Pending {
         let mut partials: Vec<Vec<PartialWindow>> = (0..n_ops).map(|_| Vec::new()).collect();
         let mut flushed = vec![i64::MIN; n_ops];
         let mut emitted = vec![i64::MIN; n_ops];
+        let mut closed: Vec<Vec<i64>> = vec![Vec::new(); n_ops];
         let mut newest: Vec<i64> = Vec::new();
         let mut lane_newest: HashMap<usize, Vec<i64>> = HashMap::new();
         let mut counters = BTreeMap::new();
@@ -594,9 +624,10 @@ impl Pending {
                     counters: c,
                     ..
                 } => {
-                    for (op, (p, e)) in ops.into_iter().enumerate() {
+                    for (op, (p, e, c)) in ops.into_iter().enumerate() {
                         partials[op].extend(p);
                         emitted[op] = e;
+                        closed[op] = c;
                     }
                     retained_parts = retained;
                     counters.extend(c);
@@ -658,6 +689,7 @@ impl Pending {
                 flushed: flushed[i],
                 emitted: emitted[i],
                 retained,
+                closed: closed_by_key(&self.cut, &closed[i], spec),
             });
         }
         let owned = spec.ownership.as_ref().map(|o| &o.owned);

@@ -526,6 +526,7 @@ impl PoolStore {
             o.rows = 0;
             o.flushed = i64::MAX;
             o.emitted = i64::MAX;
+            o.closed.clear();
         }
         let mut foreign = Vec::new();
         for (r, partitions) in &by_ref {
@@ -566,6 +567,12 @@ impl PoolStore {
                 operators[i].extend(cut);
                 base.operators[i].flushed = base.operators[i].flushed.min(rec.flushed);
                 base.operators[i].emitted = base.operators[i].emitted.min(rec.emitted);
+                base.operators[i].closed.extend(
+                    rec.closed
+                        .iter()
+                        .filter(|(key, _)| partitions.iter().any(|p| covers(p, key)))
+                        .map(|(k, &v)| (k.clone(), v)),
+                );
             }
             for rec in &m.partitions {
                 let key = format!("{}/{}", rec.source, rec.partition);

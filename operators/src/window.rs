@@ -724,6 +724,14 @@ impl WorkerOperator for WindowWorker {
         self.config.closes_per_partition()
     }
 
+    fn restore_closed(&mut self, closed: &[(usize, i64)]) -> Result<(), EngineError> {
+        for &(id, wm) in closed {
+            let part = self.part(id)?;
+            part.closing = part.closing.max(wm);
+        }
+        Ok(())
+    }
+
     fn flush_partitions(
         &mut self,
         closing: &[(usize, i64)],

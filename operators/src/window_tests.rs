@@ -323,3 +323,26 @@ fn a_checkpoint_without_partitions_is_restored_and_closed_with_every_partition()
     }
     assert_eq!(rows(&m.emit(60_000).unwrap()), vec![("a".into(), 0, 1)]);
 }
+
+#[test]
+fn a_restored_partition_keeps_its_windows_closed_where_they_were_emitted() {
+    // partition 1 was idle: its first window was emitted with the source's watermark,
+    // past its own; a checkpoint kept that, so its rows for the window stay late
+    let config = config(true);
+    let mut w = WindowWorker::new(config.clone()).unwrap();
+    w.restore(Vec::new(), i64::MIN).unwrap();
+    w.restore_closed(&[(1, 61_000)]).unwrap();
+    let mut dead = Vec::new();
+    let rows = events(&config, &[("b", 3_000), ("b", 62_000)]);
+    let late = w
+        .process(&partition(1), &rows, &[1_000, 3_000], &mut dead)
+        .unwrap();
+    assert_eq!((late, dead.len()), (1, 1));
+    // another partition is not held to it
+    let other = events(&config, &[("a", 3_000)]);
+    assert_eq!(
+        w.process(&partition(0), &other, &[1_000], &mut dead)
+            .unwrap(),
+        0
+    );
+}

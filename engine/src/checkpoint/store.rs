@@ -605,6 +605,7 @@ mod tests {
             flushed: 0,
             emitted: 0,
             retained: Vec::new(),
+            closed: Default::default(),
         });
         store
             .put(&format!("{}/op-0.arrow", chk_dir(epoch)), bytes)

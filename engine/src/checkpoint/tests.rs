@@ -227,6 +227,7 @@ fn a_file_of_emitted_windows_outlives_its_checkpoint_while_a_kept_manifest_lists
             } else {
                 Vec::new()
             },
+            closed: Default::default(),
         });
         store
             .put(&manifest_name(e), encode_manifest(&m).unwrap())

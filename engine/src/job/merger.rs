@@ -521,7 +521,11 @@ impl Merger<'_> {
         self.send_barrier_rows()?;
         let mut held = Vec::with_capacity(self.ops.len());
         for (i, (merge, _)) in self.ops.iter_mut().enumerate() {
-            held.push((merge.snapshot()?, self.emitted[i]));
+            held.push((
+                merge.snapshot()?,
+                self.emitted[i],
+                self.part_emitted[i].clone(),
+            ));
         }
         let retained = match self.live.as_mut() {
             Some(l) => l.retained.iter_mut().map(unsaved_part).collect(),

@@ -448,6 +448,9 @@ impl Wiring {
                     Vec::new()
                 };
                 worker.restore(partials, rec.flushed)?;
+                if per_partition {
+                    worker.restore_closed(&self.closed_ids(&rec.closed))?;
+                }
             }
         }
         self.stats.restore_counters(&m.counters);
@@ -458,6 +461,17 @@ impl Wiring {
         );
         start.manifest = Some(m.clone());
         Ok(start)
+    }
+
+    /// A checkpoint's per-partition emitted watermarks (by partition key) by this run's ids.
+    fn closed_ids(&self, closed: &std::collections::BTreeMap<String, i64>) -> Vec<(usize, i64)> {
+        self.partition_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(id, (source, key))| {
+                closed.get(&format!("{source}/{key}")).map(|&wm| (id, wm))
+            })
+            .collect()
     }
 
     /// State kept per partition (windows closing per partition) with the partition ids of

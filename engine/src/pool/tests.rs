@@ -126,6 +126,7 @@ fn a_checkpoint_of_format_1_restores_under_the_new_numbering() {
         flushed: 0,
         emitted: 0,
         retained: Vec::new(),
+        closed: Default::default(),
     }];
     let bytes = crate::checkpoint::encode_manifest(&m).unwrap();
     a.own().put("chk-0000000001/manifest.json", bytes).unwrap();

@@ -88,7 +88,7 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
         },
         Part::Merger {
             epoch,
-            ops: vec![(vec![partial(10, 2)], 20)],
+            ops: vec![(vec![partial(10, 2)], 20, Vec::new())],
             retained: Vec::new(),
             counters: Vec::new(),
         },
