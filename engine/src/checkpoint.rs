@@ -59,6 +59,13 @@ const FORMAT_OLDEST: u32 = 1;
 /// cut out of a checkpoint (see [`partials_of_partitions`]).
 pub const PARTITION_COLUMN: &str = "__weir_partition";
 
+/// In [`PARTITION_COLUMN`]: the rows of windows restored from a checkpoint that kept no
+/// partition (written before windows closed per partition).
+pub const NO_PARTITION: u32 = u32::MAX;
+
+/// In [`PARTITION_COLUMN`]: the rows of a partition the checkpoint had and the run does not.
+pub const UNKNOWN_PARTITION: u32 = u32::MAX - 1;
+
 /// A checkpoint error caused by `e`, which says it all.
 fn err(e: impl Into<crate::error::Cause>) -> EngineError {
     EngineError::checkpoint_caused("", e)

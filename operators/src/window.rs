@@ -60,6 +60,7 @@ pub struct WindowConfig {
 }
 
 pub use weir_engine::checkpoint::PARTITION_COLUMN;
+use weir_engine::checkpoint::{NO_PARTITION, UNKNOWN_PARTITION};
 
 /// The schema of operator `name`'s key columns (nullable: a null key is a group).
 pub(crate) fn key_schema(
@@ -421,8 +422,18 @@ pub struct WindowWorker {
     /// When windows close per partition (see [`WindowConfig::closes_per_partition`]): the
     /// open windows of each global partition.
     parts: std::collections::BTreeMap<usize, PartitionWindows>,
-    /// Windows up to this watermark were handed over: rows for them are late.
+    /// When windows close per partition: restored windows of partitions the run does not
+    /// have, closed with every partition (they take no new row).
+    orphans: OpenWindows,
+    /// Windows up to this watermark were handed over: rows for them are late (when windows
+    /// close per partition: rows of windows restored without partitions, see `legacy_end`).
     flushed: i64,
+    /// When windows close per partition: the closing watermark of a partition the restored
+    /// checkpoint says nothing of (its `flushed`, when it recorded no partition's).
+    floor: i64,
+    /// When windows close per partition: the last start of a window restored from a
+    /// checkpoint that kept no partition (rows up to it are also late by `flushed`).
+    legacy_end: i64,
     group_ids: Vec<usize>,
     buckets: Vec<(i64, Vec<u32>)>,
 }
@@ -432,11 +443,14 @@ impl WindowWorker {
     pub fn new(config: Arc<WindowConfig>) -> Result<Self, EngineError> {
         Ok(WindowWorker {
             windows: OpenWindows::new(config.state_key_schema()?),
+            orphans: OpenWindows::new(config.state_key_schema()?),
             state_lens: state_lens(&config.name, &config.aggregates)?,
             state_keys: config.state_keys(),
             config,
             parts: std::collections::BTreeMap::new(),
             flushed: i64::MIN,
+            floor: i64::MIN,
+            legacy_end: i64::MIN,
             group_ids: Vec::new(),
             buckets: Vec::new(),
         })
@@ -476,8 +490,9 @@ impl WindowWorker {
         let per_partition = config.closes_per_partition();
         // the partition's own closing watermark (windows closing per partition)
         let closing = match self.parts.get(&partition.id) {
-            Some(p) if per_partition => p.closing.max(self.flushed),
-            _ => self.flushed,
+            _ if !per_partition => self.flushed,
+            Some(p) => p.closing.max(self.floor),
+            None => self.floor,
         };
         for i in 0..n {
             if let Some(p) = pass {
@@ -495,6 +510,8 @@ impl WindowWorker {
                 // handed over (of their partition, when windows close per partition).
                 let wm = if config.key_partitioned && !per_partition {
                     row_watermarks[i]
+                } else if per_partition && start <= self.legacy_end {
+                    row_watermarks[i].max(closing).max(self.flushed)
                 } else {
                     row_watermarks[i].max(closing)
                 };
@@ -566,14 +583,17 @@ impl WindowWorker {
     /// Restores partial windows of a checkpoint into their partitions' windows (windows
     /// closing per partition). A checkpoint written before windows closed per partition kept
     /// no partition column: its windows are restored as they were, closed with every
-    /// partition, their partition unknown ([`u32::MAX`] in the column).
+    /// partition and taking every row of their starts ([`NO_PARTITION`] in the column).
+    /// Windows of a partition the run does not have ([`UNKNOWN_PARTITION`]) close with every
+    /// partition too, and take no new row.
     fn restore_by_partition(&mut self, partials: Vec<PartialWindow>) -> Result<(), EngineError> {
         let config = self.config.clone();
         for mut p in partials {
             if p.keys.len() == config.keys.len() {
                 let rows = p.keys.first().map_or(0, |k| k.len());
                 p.keys
-                    .insert(0, Arc::new(UInt32Array::from_value(u32::MAX, rows)));
+                    .insert(0, Arc::new(UInt32Array::from_value(NO_PARTITION, rows)));
+                self.legacy_end = self.legacy_end.max(p.window_start);
                 self.windows.merge(p, &config)?;
                 continue;
             }
@@ -609,11 +629,13 @@ impl WindowWorker {
                         states: p.states.iter().map(take).collect::<Result<_, _>>()?,
                     }
                 };
-                // a partition this run does not know: closed with every partition
-                if id == u32::MAX {
-                    self.windows.merge(share, &config)?;
-                } else {
-                    self.part(id as usize)?.windows.merge(share, &config)?;
+                match id {
+                    NO_PARTITION => {
+                        self.legacy_end = self.legacy_end.max(share.window_start);
+                        self.windows.merge(share, &config)?
+                    }
+                    UNKNOWN_PARTITION => self.orphans.merge(share, &config)?,
+                    id => self.part(id as usize)?.windows.merge(share, &config)?,
                 }
             }
         }
@@ -682,10 +704,11 @@ impl WorkerOperator for WindowWorker {
     fn flush(&mut self, watermark: i64) -> Result<Vec<PartialWindow>, EngineError> {
         self.flushed = self.flushed.max(watermark);
         let config = self.config.clone();
-        let closed = self.windows.take_closed(&config, watermark);
         let mut out = Vec::new();
-        for (start, w) in closed {
-            out.extend(w.into_partials(start, &config, self.windows.key_schema())?);
+        for windows in [&mut self.windows, &mut self.orphans] {
+            for (start, w) in windows.take_closed(&config, watermark) {
+                out.extend(w.into_partials(start, &config, windows.key_schema())?);
+            }
         }
         Ok(out)
     }
@@ -694,6 +717,11 @@ impl WorkerOperator for WindowWorker {
         let mut partials =
             self.windows
                 .snapshot(&self.config, &self.state_lens, &mut self.group_ids)?;
+        partials.extend(self.orphans.snapshot(
+            &self.config,
+            &self.state_lens,
+            &mut self.group_ids,
+        )?);
         for part in self.parts.values_mut() {
             partials.extend(part.windows.snapshot(
                 &self.config,
@@ -713,6 +741,7 @@ impl WorkerOperator for WindowWorker {
             }
         }
         self.flushed = self.flushed.max(flushed);
+        self.floor = self.floor.max(flushed);
         Ok(())
     }
 
@@ -725,6 +754,10 @@ impl WorkerOperator for WindowWorker {
     }
 
     fn restore_closed(&mut self, closed: &[(usize, i64)]) -> Result<(), EngineError> {
+        if !closed.is_empty() {
+            // the checkpoint says how far each partition's windows were emitted: no floor
+            self.floor = i64::MIN;
+        }
         for &(id, wm) in closed {
             let part = self.part(id)?;
             part.closing = part.closing.max(wm);
@@ -741,9 +774,9 @@ impl WorkerOperator for WindowWorker {
         let config = self.config.clone();
         let mut out = Vec::with_capacity(closing.len());
         for &(id, wm) in closing {
-            let flushed = self.flushed;
+            let floor = self.floor;
             let part = self.part(id)?;
-            part.closing = part.closing.max(wm).max(flushed);
+            part.closing = part.closing.max(wm).max(floor);
             let upto = part.closing;
             let mut partials = Vec::new();
             for (start, w) in part.windows.take_closed(&config, upto) {

@@ -346,3 +346,38 @@ fn a_restored_partition_keeps_its_windows_closed_where_they_were_emitted() {
         0
     );
 }
+
+#[test]
+fn a_partition_read_here_late_is_not_held_to_the_others_progress() {
+    // partition 1 is read elsewhere while partition 0 moves on (the worker's lowest closing
+    // watermark, over the partitions read here, is partition 0's)
+    let config = config(true);
+    let mut w = WindowWorker::new(config.clone()).unwrap();
+    let mut m = WindowMerger::new(config.clone()).unwrap();
+    let mut dead = Vec::new();
+    w.process(
+        &partition(0),
+        &events(&config, &[("a", 1_000), ("a", 130_000)]),
+        &[i64::MIN, 1_000],
+        &mut dead,
+    )
+    .unwrap();
+    assert_eq!(
+        hand_over(&mut w, &mut m, &[(0, 130_000)], 130_000),
+        vec![("a".into(), 0, 1)]
+    );
+    // then it is assigned here, its rows far behind
+    w.process(
+        &partition(1),
+        &events(&config, &[("b", 2_000), ("b", 3_000)]),
+        &[i64::MIN, 2_000],
+        &mut dead,
+    )
+    .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+    assert!(hand_over(&mut w, &mut m, &[(1, 3_000)], 3_000).is_empty());
+    assert_eq!(
+        hand_over(&mut w, &mut m, &[(1, 60_000)], 60_000),
+        vec![("b".into(), 0, 2)]
+    );
+}

@@ -29,6 +29,9 @@ pub(super) struct MergerStart {
     pub(super) workers: usize,
     /// Per operator: the watermark up to which windows were emitted (from a checkpoint).
     pub(super) emitted: Vec<i64>,
+    /// Per operator whose windows close per partition: (partition, watermark up to which its
+    /// windows were emitted), from a checkpoint.
+    pub(super) closed: super::ClosedPartitions,
     pub(super) link: Option<CheckpointLink>,
     pub(super) live: Option<LiveTables>,
     /// Closed while the merger holds rows a sink has no room for.
@@ -325,7 +328,20 @@ pub(super) fn merger_loop(
         passed: ops.iter().map(|_| PassedWatermarks::default()).collect(),
         upto: ops.iter().map(|_| vec![WATERMARK_MIN; workers]).collect(),
         promised: ops.iter().map(|_| vec![Vec::new(); workers]).collect(),
-        part_emitted: ops.iter().map(|_| Vec::new()).collect(),
+        part_emitted: start
+            .closed
+            .iter()
+            .map(|closed| {
+                let mut v =
+                    vec![WATERMARK_MIN; closed.iter().map(|(p, _)| p + 1).max().unwrap_or(0)];
+                for &(p, wm) in closed {
+                    v[p] = wm;
+                }
+                v
+            })
+            .chain(std::iter::repeat_with(Vec::new))
+            .take(ops.len())
+            .collect(),
         covered: ops.iter().map(|_| vec![0; workers]).collect(),
         ops,
         out: SinkOutbox::new(sinks, start.gate, HOLD_PER_WORKER * workers),

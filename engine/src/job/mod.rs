@@ -43,7 +43,10 @@ pub use crate::api::{
     PartitionFlush, PartitionReader, ReaderContext, RunReport, Sink, SinkSpec, SourceSpec,
     StopHandle, WorkerOperator,
 };
-use crate::checkpoint::{restored_partitions, CheckpointSpec, Epochs, Manifest, Part, Rendezvous};
+use crate::checkpoint::{
+    restored_partitions, CheckpointSpec, Epochs, Manifest, Part, Rendezvous, NO_PARTITION,
+    UNKNOWN_PARTITION,
+};
 use crate::clock::{Clocks, WATERMARK_MIN};
 use crate::dead_letter::PartitionInfo;
 use crate::events::Resume;
@@ -115,7 +118,11 @@ pub fn run(
     let merge_tx = w.start_merger(
         merge_parts,
         sink_senders,
-        (start.emitted.clone(), std::mem::take(&mut start.retained)),
+        (
+            start.emitted.clone(),
+            std::mem::take(&mut start.closed),
+            std::mem::take(&mut start.retained),
+        ),
         link.clone(),
         live,
         op_sources.clone(),
@@ -241,6 +248,10 @@ fn split_operators(
 }
 
 /// Where a run starts: from scratch, or from the checkpoint it restored.
+/// Per operator whose windows close per partition: (partition, watermark up to which its
+/// windows were emitted).
+pub(super) type ClosedPartitions = Vec<Vec<(usize, i64)>>;
+
 struct Start {
     /// Per global partition: where it continues.
     cut: Vec<Option<Resume>>,
@@ -248,6 +259,9 @@ struct Start {
     lane_cut: HashMap<usize, Vec<u64>>,
     /// Per operator: the watermark up to which windows were emitted.
     emitted: Vec<i64>,
+    /// Per operator whose windows close per partition: (partition, watermark up to which
+    /// its windows were emitted).
+    closed: ClosedPartitions,
     /// Per operator: the emitted windows kept for SQL that the checkpoint holds.
     retained: Vec<Vec<RecordBatch>>,
     /// The manifest of the checkpoint restored.
@@ -387,6 +401,7 @@ impl Wiring {
             cut: vec![None; self.partition_keys.len()],
             lane_cut: HashMap::new(),
             emitted: vec![WATERMARK_MIN; spec.operators.len()],
+            closed: vec![Vec::new(); spec.operators.len()],
             retained: vec![Vec::new(); spec.operators.len()],
             manifest: None,
         };
@@ -452,6 +467,9 @@ impl Wiring {
                     worker.restore_closed(&self.closed_ids(&rec.closed))?;
                 }
             }
+            if per_partition {
+                start.closed[i] = self.closed_ids(&rec.closed);
+            }
         }
         self.stats.restore_counters(&m.counters);
         tracing::info!(
@@ -476,8 +494,9 @@ impl Wiring {
 
     /// State kept per partition (windows closing per partition) with the partition ids of
     /// the run that wrote checkpoint `m` turned into this run's: they differ when partitions
-    /// were added before some. A partition this run does not have becomes `u32::MAX` (its
-    /// windows then close with every partition). A worker pool renumbers its own.
+    /// were added before some. A partition this run does not have becomes
+    /// [`UNKNOWN_PARTITION`] (its windows then close with every partition). A worker pool
+    /// renumbers its own.
     fn renumbered(
         &self,
         m: &Manifest,
@@ -496,7 +515,7 @@ impl Wiring {
         for r in &m.partitions {
             if let Some(old) = r.id {
                 let new = now.get(&(r.source.as_str(), r.partition.as_str()));
-                map.insert(old, new.copied().unwrap_or(u32::MAX));
+                map.insert(old, new.copied().unwrap_or(UNKNOWN_PARTITION));
             }
         }
         // ids no record names (not read when it was written) are unknown too
@@ -508,8 +527,8 @@ impl Wiring {
                 .and_then(|k| k.as_any().downcast_ref::<arrow::array::UInt32Array>())
             {
                 for id in ids.iter().flatten() {
-                    if !map.contains_key(&id) {
-                        unknown.insert(id, u32::MAX);
+                    if !map.contains_key(&id) && id != NO_PARTITION {
+                        unknown.insert(id, UNKNOWN_PARTITION);
                     }
                 }
             }
@@ -640,7 +659,7 @@ impl Wiring {
         &mut self,
         ops: Vec<MergePart>,
         sinks: Vec<Sender<SinkMsg>>,
-        (emitted, retained): (Vec<i64>, Vec<Vec<RecordBatch>>),
+        (emitted, closed, retained): (Vec<i64>, ClosedPartitions, Vec<Vec<RecordBatch>>),
         link: Option<CheckpointLink>,
         live: Option<LiveSpec>,
         op_sources: Vec<usize>,
@@ -662,6 +681,7 @@ impl Wiring {
                 MergerStart {
                     workers: n,
                     emitted,
+                    closed,
                     link,
                     live,
                     gate,

@@ -203,6 +203,7 @@ fn the_merger_emits_a_window_once_every_worker_handed_it_over() {
                 MergerStart {
                     workers: 2,
                     emitted: vec![WATERMARK_MIN],
+                    closed: Vec::new(),
                     link: None,
                     live: None,
                     gate: Default::default(),
