@@ -40,6 +40,12 @@ pub enum ReplayError {
     /// The pipeline has no window.
     #[error("the pipeline has no window to replay")]
     NoWindow,
+    /// A window follows processing time: its windows are the wall clock's when events were
+    /// handled, which a replay cannot give again.
+    #[error(
+        "window `{0}` follows processing time (`time: processing`): a replay cannot rewrite it, as its windows are the wall clock's when events were handled, not the events' own times"
+    )]
+    ProcessingTime(String),
     /// `--sinks` names a sink the pipeline does not have.
     #[error("--sinks {0}: no such sink")]
     NoSuchSink(String),
@@ -242,10 +248,29 @@ pub fn reduce(mut plan: Plan, req: &ReplayRequest) -> Result<Plan, ReplayError> 
             });
         }
     }
+    let processing =
+        |w: &crate::plan::PlannedWindow| w.config.time == weir_operators::TimeMode::Processing;
+    if let Some(w) = plan
+        .windows
+        .iter()
+        .find(|w| processing(w) && req.only.contains(&w.config.name))
+    {
+        return Err(ReplayError::ProcessingTime(w.config.name.clone()));
+    }
+    // (windows on processing time are not replayed: rows of the range would be counted
+    // into the windows open now and overwrite the live run's)
+    let first_processing = plan
+        .windows
+        .iter()
+        .find(|w| processing(w))
+        .map(|w| w.config.name.clone());
     plan.windows
-        .retain(|w| req.only.is_empty() || req.only.contains(&w.config.name));
+        .retain(|w| (req.only.is_empty() || req.only.contains(&w.config.name)) && !processing(w));
     if plan.windows.is_empty() {
-        return Err(ReplayError::NoWindow);
+        return Err(match first_processing {
+            Some(name) if req.only.is_empty() => ReplayError::ProcessingTime(name),
+            _ => ReplayError::NoWindow,
+        });
     }
     if let Some(sinks) = &req.sinks {
         for name in sinks {
@@ -621,6 +646,26 @@ mod tests {
 
     fn reduced(only: &[&str], sinks: Option<&[&str]>) -> Result<Plan, ReplayError> {
         reduce(live_plan("reduce"), &request(only, sinks))
+    }
+
+    #[test]
+    fn windows_on_processing_time_are_not_replayed() {
+        // window `b` (or both) on processing time
+        let plan = |both: bool| {
+            let mut plan = live_plan("processing");
+            for w in plan.windows.iter_mut().skip(usize::from(!both)) {
+                let mut c = (*w.config).clone();
+                c.time = weir_operators::TimeMode::Processing;
+                w.config = std::sync::Arc::new(c);
+            }
+            plan
+        };
+        let all = reduce(plan(false), &request(&[], None)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(windows(&all).len(), 1, "only the event-time window");
+        let asked = reduce(plan(false), &request(&["b"], None)).err();
+        assert!(matches!(asked, Some(ReplayError::ProcessingTime(ref w)) if w == "b"));
+        let none = reduce(plan(true), &request(&[], None)).err();
+        assert!(matches!(none, Some(ReplayError::ProcessingTime(_))));
     }
 
     #[test]

@@ -352,6 +352,16 @@ impl SinkConnector for KafkaTarget {
         Ok(Box::new(KafkaSink::new(at.name, self.0.clone())?))
     }
 
+    /// A replay runs without checkpoints, so without transactions: its rows go out
+    /// idempotent, keyed as the live run's (they replace the live rows for a compacted topic
+    /// or a key-deduplicating reader; `read_committed` readers see them at once). It never
+    /// registers the live run's transactional id, which would fence the live run.
+    fn replayed(&self, _suffix: &str) -> Box<dyn SinkConnector> {
+        let mut config = self.0.clone();
+        config.delivery = KafkaDelivery::Idempotent;
+        Box::new(KafkaTarget(config))
+    }
+
     /// A transactional sink commits under the worker's own transactional id (and so its own
     /// fencing and marker group): see `docs/src/operations/worker-pool.md`.
     fn for_worker(&mut self, worker: &str) {
@@ -453,5 +463,25 @@ mod tests {
         let cfg = opened_config(&input.0, &unbounded, &KafkaPartitions { counts: vec![2] });
         assert!(!cfg.until_caught_up && cfg.end_offsets.is_empty());
         assert_eq!(unbounded.start("t/1"), None);
+    }
+
+    #[test]
+    fn a_replay_writes_a_transactional_sink_without_its_transactional_id() {
+        let live = KafkaTarget(KafkaSinkConfig {
+            brokers: "127.0.0.1:9".into(),
+            topic: "out".into(),
+            properties: Vec::new(),
+            format: KafkaFormat::Json,
+            delivery: KafkaDelivery::ExactlyOnce {
+                transactional_id: "p.out".into(),
+            },
+        });
+        let replayed = live.replayed("replay-1");
+        assert!(
+            replayed.describe(false).contains("at least once"),
+            "{}",
+            replayed.describe(false)
+        );
+        assert!(!replayed.describe(true).contains("p.out"));
     }
 }
