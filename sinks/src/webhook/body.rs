@@ -57,6 +57,10 @@ pub enum UrlError {
     /// A row whose key column named in the template is null.
     #[error("key column `{0}` is null: the row has no URL (the `url` template names it)")]
     NullKey(String),
+    /// A row whose key column named in the template is `.` or `..`: a URL parser reads it
+    /// as a path step (`..` climbs to the parent), which would send the row elsewhere.
+    #[error("key column `{column}` is `{value}`: the row has no URL (as a path segment it would move the URL to another path)")]
+    DotKey { column: String, value: String },
     /// A rendered URL that does not parse, or goes elsewhere than the template's scheme,
     /// host and port (shown without user, password and query).
     #[error("the row's URL `{url}` does not go to {origin}: {reason}")]
@@ -186,6 +190,13 @@ impl UrlTemplate {
                 Part::Pipeline => percent_encode(&mut s, pipeline),
                 Part::Output => percent_encode(&mut s, output),
                 Part::Column(c) => match values(c) {
+                    // (percent-encoding does not help: parsers read `%2e%2e` as `..` too)
+                    Some(v) if v == "." || v == ".." => {
+                        return Err(UrlError::DotKey {
+                            column: c.clone(),
+                            value: v.to_string(),
+                        })
+                    }
                     Some(v) => percent_encode(&mut s, &v),
                     None => return Err(UrlError::NullKey(c.clone())),
                 },

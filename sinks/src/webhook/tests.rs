@@ -542,6 +542,34 @@ fn a_401_or_403_is_a_failure_of_the_sink_not_a_refusal_of_rows() {
 }
 
 #[test]
+fn a_key_of_dots_never_moves_a_row_to_another_path() {
+    let (port, got) = server(vec![]);
+    let mut cfg = config(port, 100);
+    cfg.url = UrlTemplate::parse(&format!(
+        "http://127.0.0.1:{port}/tenants/{{datasetName}}/events"
+    ))
+    .unwrap();
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    let batch = windows(3, 1);
+    let names = StringArray::from(vec![Some(".."), Some("."), Some("a..")]);
+    let mut columns = batch.columns().to_vec();
+    columns[0] = Arc::new(names);
+    let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    sink.write(&batch).unwrap();
+    sink.flush().unwrap();
+    let rejected = sink.take_rejected();
+    assert_eq!(rejected.len(), 2, "`..` and `.` have no URL");
+    assert!(rejected.iter().all(|r| r.error.code == "webhook_no_url"));
+    let paths: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.headers[":path"].clone())
+        .collect();
+    assert_eq!(paths, vec!["/tenants/a../events".to_string()], "{paths:?}");
+}
+
+#[test]
 fn a_row_without_a_url_goes_to_the_dead_letters_and_the_others_on() {
     let (port, got) = server(vec![]);
     let mut cfg = config(port, 100);
