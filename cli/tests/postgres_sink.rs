@@ -631,9 +631,13 @@ fn rows_the_table_refuses_go_to_the_dead_letters_with_their_sqlstate() {
     let foreign =
         "CONSTRAINT known_dataset FOREIGN KEY (\"datasetName\") REFERENCES public.datasets (name)"
             .to_string();
+    // a deferred foreign key is checked at each statement all the same (at the commit, no
+    // row could be set aside)
+    let deferred = format!("{foreign} DEFERRABLE INITIALLY DEFERRED");
     for (constraint, sqlstate, name) in [
         (&check, "23514", "no_victim"),
         (&foreign, "23503", "known_dataset"),
+        (&deferred, "23503", "known_dataset"),
     ] {
         for checkpoint in ["", "checkpoint: { dir: state, interval: 200ms }\n"] {
             pg.psql("DROP TABLE IF EXISTS public.per_dataset");

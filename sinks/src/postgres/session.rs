@@ -221,6 +221,17 @@ impl Session {
         }
     }
 
+    /// Starts a transaction whose constraints are all checked at each statement: a deferred
+    /// one (a foreign key `DEFERRABLE INITIALLY DEFERRED`, a constraint trigger) would
+    /// otherwise refuse a row only at the `COMMIT`, where no row can be told apart from the
+    /// others and set aside (the run failed, and failed again at every restart).
+    async fn begin(&mut self) -> Result<(), Fault> {
+        self.exec("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .map_err(strict)?;
+        Ok(())
+    }
+
     async fn exec(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
         let r = sqlx::raw_sql(sql)
             .execute(&mut self.conn)
@@ -257,7 +268,7 @@ impl Session {
     /// Sets the tables up: the table created or checked, and the staging table (a
     /// temporary one without checkpoints) and `weir_sink_epochs` created.
     pub async fn setup(&mut self) -> Result<(), Fault> {
-        self.exec("BEGIN").await.map_err(strict)?;
+        self.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SETUP_LOCK)
             .execute(&mut self.conn)
@@ -549,7 +560,7 @@ impl Session {
     /// One transaction: stages `lines` and, when `merge`, merges them (the temporary
     /// staging table empties itself at the commit). Returns the rows refused.
     pub async fn write_batch(&mut self, lines: &Lines, merge: bool) -> Result<Vec<Refusal>, Fault> {
-        self.exec("BEGIN").await.map_err(strict)?;
+        self.begin().await?;
         let mut refused = self.stage(lines).await?;
         if merge {
             refused.extend(
@@ -566,7 +577,7 @@ impl Session {
     /// refused from staging and returns them (dead letters of this epoch, so that the commit
     /// after the checkpoint refuses nothing).
     pub async fn trial_merge(&mut self, epoch: u64) -> Result<Vec<Refusal>, Fault> {
-        self.exec("BEGIN").await.map_err(strict)?;
+        self.begin().await?;
         self.exec("SAVEPOINT weir_trial").await.map_err(strict)?;
         let refused = self.merge(epoch as i64, false, self.layout.view).await?;
         self.exec("ROLLBACK TO SAVEPOINT weir_trial")
@@ -639,7 +650,7 @@ impl Session {
         seq: &Sequence,
         epoch: u64,
     ) -> Result<Vec<Refusal>, Fault> {
-        self.exec("BEGIN").await.map_err(strict)?;
+        self.begin().await?;
         self.lock_sequence(seq).await?;
         let refused = self.apply_epoch(seq, epoch).await?;
         self.exec("COMMIT").await.map_err(strict)?;
@@ -654,7 +665,7 @@ impl Session {
         seq: &Sequence,
         epoch: u64,
     ) -> Result<(bool, Vec<Refusal>), Fault> {
-        self.exec("BEGIN").await.map_err(strict)?;
+        self.begin().await?;
         self.lock_sequence(seq).await?;
         let committed = self.committed(seq).await?;
         let todo = committed.is_none_or(|c| c < epoch as i64);
@@ -678,7 +689,7 @@ impl Session {
     ) -> Result<Vec<Refusal>, Fault> {
         let staging = self.layout.staging_sql(false);
         let epochs = self.epochs.sql();
-        self.exec("BEGIN").await.map_err(strict)?;
+        self.begin().await?;
         self.lock_sequence(seq).await?;
         let mut refused = Vec::new();
         let from = epoch.map_or(0, |e| e as i64);
