@@ -858,3 +858,19 @@ fn nats_ack_policy_none_needs_checkpoints_and_says_where() {
     let e = error_of(file, &nats("      ack_policy2: all\n"));
     assert!(e.contains("unknown field `ack_policy2`"), "{e}");
 }
+
+#[test]
+fn a_transactional_kafka_sink_takes_outputs_of_one_shape() {
+    let e = error_of(
+        "sinks:\n  out: { file: { path: out/w.ndjson } }\n",
+        "  w2:\n    from: events\n    key: [datasetName]\n    tumbling: 1m\n    \
+         aggregates: { n: count(*) }\n    sinks: [out]\n\
+         sinks:\n  out: { kafka: { brokers: \"127.0.0.1:9\", topic: t, delivery: exactly_once } }\n\
+         checkpoint: { dir: state }\n",
+    );
+    assert!(e.starts_with("23:"), "{e}");
+    assert!(
+        e.contains("keeps a checkpoint's rows as one table") && e.contains("`w2`"),
+        "{e}"
+    );
+}

@@ -344,8 +344,19 @@ impl SinkConnector for KafkaTarget {
         format!("kafka {} topic {}, {format}{delivery}", k.brokers, k.topic)
     }
 
-    fn attach(&mut self, _at: &Attach) -> Result<(), PipelineError> {
-        Ok(())
+    /// A transactional sink keeps the rows of a checkpoint's transaction in the checkpoint
+    /// as one Arrow table, to send again after a crash: the outputs writing to it must have
+    /// the same columns.
+    fn attach(&mut self, at: &Attach) -> Result<(), PipelineError> {
+        let transactional = matches!(self.0.delivery, KafkaDelivery::ExactlyOnce { .. });
+        match at.previous {
+            Some(previous) if transactional && previous != at.schema => Err(at.err(format!(
+                "sink `{}` (delivery: exactly_once) keeps a checkpoint's rows as one table: `{}` \
+                 writes other columns than the output before it; give it a sink of its own",
+                at.reference.value, at.output
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn open(&self, at: &mut OpenSink) -> Result<Box<dyn Sink>, RunError> {
