@@ -8,6 +8,26 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
+/// A delivery failure that sending again cannot mend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lasting {
+    /// The principal may not write the topic or the cluster (an ACL).
+    Denied,
+    /// The topic does not exist (deleted, or never created with auto-creation off).
+    NoTopic,
+}
+
+fn lasting_hint(lasting: Option<Lasting>) -> &'static str {
+    match lasting {
+        Some(Lasting::Denied) => {
+            " (the broker denies the write: grant the principal WRITE on the topic, and \
+             IDEMPOTENT_WRITE on the cluster)"
+        }
+        Some(Lasting::NoTopic) => " (the topic does not exist: create it)",
+        None => "",
+    }
+}
+
 /// A Kafka client error, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -23,11 +43,14 @@ pub enum KafkaError {
     #[error("kafka ({brokers}): topic `{topic}` does not exist; create it (or check `brokers`)")]
     NoSuchTopic { brokers: String, topic: String },
     /// A message could not be delivered, after librdkafka's retries.
-    #[error("kafka ({brokers}): delivery to `{topic}` failed after retries: {message}")]
+    #[error("kafka ({brokers}): delivery to `{topic}` failed after retries: {message}{}", lasting_hint(*.lasting))]
     Delivery {
         brokers: String,
         topic: String,
         message: String,
+        /// The broker refuses it whatever the retries (see [`Lasting`]); `None` for an
+        /// outage or a timeout.
+        lasting: Option<Lasting>,
     },
     /// A transaction call failed; `fatal` when the producer can no longer be used (fenced by
     /// a newer instance with the same transactional id, or a broker without transactions).

@@ -14,7 +14,7 @@ pub mod sink;
 pub mod source;
 mod topic_ids;
 
-pub use client::{client_config, create_topic, partition_counts, KafkaError};
+pub use client::{client_config, create_topic, partition_counts, KafkaError, Lasting};
 pub use producer::{committed_marker, Producer, TxnMarker};
 pub use ranges::{offset_ranges, OffsetRange};
 pub use repartition::{RepartitionSpec, RepartitionStage};

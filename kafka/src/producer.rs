@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _,
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 
-use crate::client::{client_config, KafkaError};
+use crate::client::{client_config, KafkaError, Lasting};
 
 /// A message the broker refused for good, with its error.
 #[derive(Debug, Clone)]
@@ -36,11 +36,25 @@ fn refusal(e: &RdError) -> Option<&'static str> {
     }
 }
 
+/// Whether a failed delivery fails again whatever the retries, and why (by its code).
+fn lasting(e: &RdError) -> Option<Lasting> {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code()? {
+        C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::SaslAuthenticationFailed => Some(Lasting::Denied),
+        C::UnknownTopicOrPartition | C::UnknownTopic => Some(Lasting::NoTopic),
+        // (a fatal producer error is mended by the new producer a retry makes)
+        _ => None,
+    }
+}
+
 /// Records the first failed delivery (after librdkafka's own retries), and the messages
 /// refused for good.
 #[derive(Default, Clone)]
 struct Deliveries {
-    first_error: Arc<Mutex<Option<(String, String)>>>,
+    first_error: Arc<Mutex<Option<(String, String, Option<Lasting>)>>>,
     refused: Arc<Mutex<Vec<RefusedMessage>>>,
     /// Messages whose delivery ended (acknowledged or failed).
     settled: Arc<AtomicU64>,
@@ -70,7 +84,7 @@ impl ProducerContext for Deliveries {
         tracing::error!(topic = msg.topic(), error = %e, "kafka delivery failed");
         if let Ok(mut first) = self.first_error.lock() {
             if first.is_none() {
-                *first = Some((msg.topic().to_string(), e.to_string()));
+                *first = Some((msg.topic().to_string(), e.to_string(), lasting(e)));
             }
         }
     }
@@ -196,7 +210,12 @@ impl Producer {
                             code,
                             message: e.to_string(),
                         },
-                        None => self.delivery_error(topic, &e.to_string()),
+                        None => KafkaError::Delivery {
+                            brokers: self.brokers.clone(),
+                            topic: topic.to_string(),
+                            message: e.to_string(),
+                            lasting: lasting(&e),
+                        },
                     })
                 }
             }
@@ -310,7 +329,12 @@ impl Producer {
     fn check(&self) -> Result<(), KafkaError> {
         match self.deliveries.first_error.lock() {
             Ok(first) => match &*first {
-                Some((topic, message)) => Err(self.delivery_error(topic, message)),
+                Some((topic, message, lasting)) => Err(KafkaError::Delivery {
+                    brokers: self.brokers.clone(),
+                    topic: topic.clone(),
+                    message: message.clone(),
+                    lasting: *lasting,
+                }),
                 None => Ok(()),
             },
             Err(_) => Ok(()),
@@ -322,6 +346,7 @@ impl Producer {
             brokers: self.brokers.clone(),
             topic: topic.to_string(),
             message: message.to_string(),
+            lasting: None,
         }
     }
 }

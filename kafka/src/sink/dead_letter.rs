@@ -36,7 +36,18 @@ impl DeadLetterKafka {
         })
     }
 
-    fn failed(&mut self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
+    /// The error of a failed flush: retried with a new producer, unless the broker refuses
+    /// whatever the retries (a denied write, a topic gone: the user's to fix).
+    fn failed(&mut self, e: crate::KafkaError) -> EngineError {
+        if matches!(
+            e,
+            crate::KafkaError::Delivery {
+                lasting: Some(_),
+                ..
+            }
+        ) {
+            return EngineError::dead_letter_caused("", e).user();
+        }
         self.broken = true;
         EngineError::dead_letter_caused("", e).unavailable()
     }

@@ -5,6 +5,8 @@
 
 use weir_engine::error::Cause;
 use weir_engine::{EngineError, ErrorKind};
+
+use crate::Lasting;
 use weir_formats::registry::RegistryError;
 
 /// A failure to send rows (or dead letters) to Kafka.
@@ -69,6 +71,12 @@ impl SendError {
         match self {
             // refused for good (over the size limit even cut): sending it again cannot help
             SendError::Kafka(crate::KafkaError::Refused { .. }) => ErrorKind::Fatal,
+            // denied or no topic: the user's to fix (retrying stalled the run for ever)
+            SendError::Kafka(crate::KafkaError::Delivery {
+                lasting: Some(Lasting::Denied | Lasting::NoTopic),
+                ..
+            }) => ErrorKind::User,
+
             SendError::Kafka(_) => ErrorKind::Retryable,
             SendError::Registry { source, .. } if source.is_retryable() => ErrorKind::Retryable,
             SendError::Registry {
@@ -128,8 +136,20 @@ mod tests {
             brokers: "b".into(),
             topic: "t".into(),
             message: "timed out".into(),
+            lasting: None,
         });
         assert_eq!(queue.kind(), ErrorKind::Retryable);
+        let denied = |lasting| {
+            SendError::Kafka(crate::KafkaError::Delivery {
+                brokers: "b".into(),
+                topic: "t".into(),
+                message: "Broker: Topic authorization failed".into(),
+                lasting: Some(lasting),
+            })
+            .kind()
+        };
+        assert_eq!(denied(Lasting::Denied), ErrorKind::User);
+        assert_eq!(denied(Lasting::NoTopic), ErrorKind::User);
         // a 4xx answer: sending again gets the same answer
         let refused = registry(RegistryError::Refused {
             url: "http://r".into(),
@@ -173,6 +193,7 @@ mod tests {
             brokers: "b".into(),
             topic: "t".into(),
             message: "timed out".into(),
+            lasting: None,
         })
         .into_dead_letter_error();
         assert_eq!(e.kind(), ErrorKind::Retryable);

@@ -208,9 +208,23 @@ impl KafkaSink {
 
     /// A transient failure: the producer is replaced at the next call, which sends every
     /// unacknowledged batch again first.
-    fn failed(&mut self, e: impl Into<weir_engine::error::Cause>) -> EngineError {
-        self.broken = true;
-        EngineError::sink_caused(&self.name, "", e).unavailable()
+    /// The error of a failed flush or commit: retried with a new producer, unless the broker
+    /// refuses whatever the retries (a denied write, a topic gone: the user's to fix) or
+    /// the transactional producer cannot go on (fenced by another instance with its
+    /// transactional id: fencing it back would start a war; a broker without transactions).
+    fn failed(&mut self, e: crate::KafkaError) -> EngineError {
+        match e {
+            crate::KafkaError::Delivery {
+                lasting: Some(_), ..
+            } => EngineError::sink_caused(&self.name, "", e).user(),
+            crate::KafkaError::Transaction { fatal: true, .. } => {
+                EngineError::sink_caused(&self.name, "", e)
+            }
+            e => {
+                self.broken = true;
+                EngineError::sink_caused(&self.name, "", e).unavailable()
+            }
+        }
     }
 
     /// After a failure: a new producer, and every unacknowledged batch sent again (for a
@@ -404,6 +418,7 @@ impl KafkaSink {
                 brokers: self.config.brokers.clone(),
                 topic: self.config.topic.clone(),
                 message: "the test's queue is full".into(),
+                lasting: None,
             }));
         }
         self.keys.clear();

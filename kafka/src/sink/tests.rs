@@ -564,3 +564,21 @@ fn a_resend_failing_part_way_keeps_every_unacknowledged_batch() {
     keys.sort();
     assert_eq!(keys, ["a", "b", "c", "d"]);
 }
+
+/// A write the broker denies (an ACL) fails the same way whatever the retries: the flush's
+/// error is the user's to fix, not an outage retried for ever (the pipeline stalled).
+#[test]
+fn a_write_the_broker_denies_is_the_users_to_fix_not_retried() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut s = sink(&mock, &[("message.timeout.ms", "3000")]);
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+    );
+    s.write(&batch(&[("a", 1)])).unwrap();
+    let e = s.flush().unwrap_err();
+    assert_eq!(e.kind(), weir_engine::ErrorKind::User, "{e}");
+    assert!(e.chain().to_string().contains("grant the principal WRITE"), "{e}");
+}
