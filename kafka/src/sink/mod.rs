@@ -217,9 +217,12 @@ impl KafkaSink {
             crate::KafkaError::Delivery {
                 lasting: Some(_), ..
             } => EngineError::sink_caused(&self.name, "", e).user(),
-            crate::KafkaError::Transaction { fatal: true, .. } => {
-                EngineError::sink_caused(&self.name, "", e)
-            }
+            // (the broker took transactions when it began: a fatal error now is a fence;
+            // a pool worker joins again, a single run ends)
+            crate::KafkaError::Transaction { fatal: true, .. } => EngineError::Fenced(format!(
+                "sink {}: another instance registered its transactional id: {e}",
+                self.name
+            )),
             e => {
                 self.broken = true;
                 EngineError::sink_caused(&self.name, "", e).unavailable()
