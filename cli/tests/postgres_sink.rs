@@ -484,6 +484,67 @@ fn the_server_stopped_for_30_seconds_mid_run_loses_nothing() {
     assert_eq!(epochs(&pg).1, 0);
 }
 
+/// A column type changed by `ALTER TABLE` while the sink runs, then every connection cut:
+/// the sink connects again and copies its rows into the staging table it had, encoded for
+/// that table's types (they were encoded for the table's new type: a `bigint` read by a
+/// `numeric` staging column stored 7 as 0), and the merge casts them into the new column.
+#[test]
+fn a_column_type_changed_mid_run_keeps_every_number() {
+    let case = Case::new(200_000, 100);
+    let pg = PgServer::start();
+    pg.psql(
+        "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
+         window_end timestamptz, events bigint, records numeric, PRIMARY KEY (\"datasetName\", window_start))",
+    );
+    let pipeline = case.pipeline(
+        &pg,
+        ", batch_max_rows: 200, flush_interval: 50ms",
+        "checkpoint: { dir: state, interval: 200ms }\n",
+    );
+    case.reset();
+    let log = case.dir.path().join("run.log");
+    let mut child = weir(&pipeline, &[])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while pg
+        .try_psql("SELECT count(*) FROM public.per_dataset")
+        .map_or(true, |n| n == "0")
+    {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(started.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pg.psql(
+        "ALTER TABLE public.per_dataset ALTER COLUMN records TYPE bigint; \
+         SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(
+        !case.dir.path().join("out/dead.ndjson").exists()
+            || std::fs::read_to_string(case.dir.path().join("out/dead.ndjson"))
+                .unwrap()
+                .lines()
+                .all(|l| !l.contains("rejected")),
+        "rows were refused"
+    );
+    case.verify(&pg);
+}
+
 /// A statement that goes unanswered (here: the merge waiting for a lock another session
 /// holds for 6 s) is ended on the server when the sink gives up on it after `timeout`, so
 /// that the tries sent again do not pile up behind the lock: at no moment does more than

@@ -580,5 +580,8 @@ fn a_write_the_broker_denies_is_the_users_to_fix_not_retried() {
     s.write(&batch(&[("a", 1)])).unwrap();
     let e = s.flush().unwrap_err();
     assert_eq!(e.kind(), weir_engine::ErrorKind::User, "{e}");
-    assert!(e.chain().to_string().contains("grant the principal WRITE"), "{e}");
+    assert!(
+        e.chain().to_string().contains("grant the principal WRITE"),
+        "{e}"
+    );
 }

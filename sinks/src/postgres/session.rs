@@ -297,7 +297,27 @@ impl Session {
                 self.exec(&create).await.map_err(strict)?;
             }
         }
-        let columns = self.columns(&table).await?;
+        // rows are copied into the staging table: its columns' types say how to encode them
+        // (a lasting staging table keeps the types it was made with, which an `ALTER TABLE`
+        // of the table since does not change; the temporary one is made like the table)
+        let copied_into = if self.temporary {
+            table.clone()
+        } else {
+            self.layout.staging.sql()
+        };
+        self.load_wires(&copied_into).await?;
+        self.exec("COMMIT").await.map_err(strict)?;
+        if self.temporary {
+            let create = self.layout.create_staging(true);
+            self.exec(&create).await.map_err(strict)?;
+        }
+        Ok(())
+    }
+
+    /// How each column is encoded in `COPY`, from the types of `table`'s columns (the table
+    /// the rows are copied into).
+    async fn load_wires(&mut self, table: &str) -> Result<(), Fault> {
+        let columns = self.columns(table).await?;
         self.wires = self
             .layout
             .columns
@@ -307,11 +327,6 @@ impl Session {
                 binary::wire(t, &c.type_name)
             })
             .collect();
-        self.exec("COMMIT").await.map_err(strict)?;
-        if self.temporary {
-            let create = self.layout.create_staging(true);
-            self.exec(&create).await.map_err(strict)?;
-        }
         Ok(())
     }
 
@@ -728,6 +743,8 @@ impl Session {
             .map_err(strict)?;
         let create = self.layout.create_staging(false);
         self.exec(&create).await.map_err(strict)?;
+        // made like the table as it is now: its types may have changed since
+        self.load_wires(&staging).await?;
         self.exec("COMMIT").await.map_err(strict)?;
         Ok(refused)
     }
