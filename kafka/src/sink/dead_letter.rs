@@ -116,14 +116,6 @@ fn record_key(r: &DeadLetter) -> String {
     )
 }
 
-/// 64-bit FNV-1a: a digest that stays the same across versions and machines (keys outlive
-/// the process that wrote them).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Cuts a dead letter's `raw` to at most `limit` bytes (whole characters, and whole groups
 /// of four in base64, so that what is left still decodes), marking it `raw_truncated`.
 fn cut_raw(json: &mut serde_json::Value, limit: usize) {

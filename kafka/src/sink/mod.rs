@@ -102,6 +102,9 @@ pub struct KafkaSink {
     write_failed: bool,
     /// Rows refused for good, for the dead-letter output.
     rejected: Vec<RejectedRow>,
+    /// Digests of the messages in `unacked` refused so far: sent again after a failure,
+    /// they are refused again, and are dead letters once.
+    refused_seen: std::collections::HashSet<u64>,
     /// `delivery: exactly_once`: the transaction's state.
     txn: Option<Txn>,
     /// The schema registry's client (`format: avro` with a registry), made at first use.
@@ -200,6 +203,7 @@ impl KafkaSink {
             broken: false,
             write_failed: false,
             rejected: Vec::new(),
+            refused_seen: std::collections::HashSet::new(),
             registry: None,
             #[cfg(test)]
             send_plan: Default::default(),
@@ -283,7 +287,7 @@ impl KafkaSink {
         tracing::warn!(sink = %self.name, epoch, "kafka: the transaction whose commit reported an error had committed: its rows are not sent again");
         t.prepared = None;
         let waiting = std::mem::take(&mut t.waiting);
-        self.unacked.clear();
+        self.settle_unacked();
         self.send_waiting(waiting)?;
         Ok(true)
     }
@@ -358,8 +362,19 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// A message refused for good: kept for the dead-letter output.
+    /// The batches sent are acknowledged (or given up): none will be sent again.
+    fn settle_unacked(&mut self) {
+        self.unacked.clear();
+        self.refused_seen.clear();
+    }
+
+    /// A message refused for good: kept for the dead-letter output, once however often it
+    /// is sent again.
     fn refuse(&mut self, code: &'static str, message: String, key: &[u8], value: &[u8]) {
+        let digest = fnv1a(key) ^ fnv1a(value).rotate_left(1);
+        if !self.refused_seen.insert(digest) {
+            return;
+        }
         self.rejected.push(RejectedRow {
             raw: value.to_vec(),
             error: ErrorInfo::new(code, message)
@@ -586,7 +601,7 @@ impl Committable for KafkaSink {
             // acknowledged but not visible: the rows stay until their transaction commits
             return Ok(false);
         }
-        self.unacked.clear();
+        self.settle_unacked();
         Ok(true)
     }
 
@@ -652,7 +667,7 @@ impl Committable for KafkaSink {
         t.open = false;
         t.prepared = None;
         let waiting = std::mem::take(&mut t.waiting);
-        self.unacked.clear();
+        self.settle_unacked();
         tracing::debug!(sink = %self.name, epoch = prepared, "kafka: transaction committed");
         self.send_waiting(waiting)
     }
@@ -664,7 +679,7 @@ impl Committable for KafkaSink {
         // a call made again after a failure: the rows the failed one sent are in a
         // transaction of its producer, which a new producer aborts (see `rebuild`); they are
         // sent again below, once
-        self.unacked.clear();
+        self.settle_unacked();
         self.rebuild()?;
         // fences an older instance and aborts the transaction a crash left open
         self.begin()?;
@@ -740,6 +755,14 @@ fn producer_properties(config: &KafkaSinkConfig) -> Vec<(String, String)> {
     p.extend(config.properties.iter().cloned());
     p.push(("transactional.id".into(), transactional_id.clone()));
     p
+}
+
+/// 64-bit FNV-1a: a digest that stays the same across versions and machines (message keys
+/// outlive the process that wrote them).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Rows as an Arrow IPC stream in base64 (a transaction's outbox in the checkpoint's

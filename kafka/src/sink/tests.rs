@@ -585,3 +585,32 @@ fn a_write_the_broker_denies_is_the_users_to_fix_not_retried() {
         "{e}"
     );
 }
+
+/// A row refused for good, sent again with the others after a failure (through a new
+/// producer), is refused again: it is a dead letter once.
+#[test]
+fn a_refused_row_sent_again_after_a_failure_is_a_dead_letter_once() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let mut s = sink(&mock, &[("message.max.bytes", "2000")]);
+    s.write(&batch(&[("a", 10), ("big", 5000)])).unwrap();
+    s.send_plan = [false].into();
+    assert!(s.write(&batch(&[("b", 10)])).is_err());
+    // the retry policy calls again: every unacknowledged row goes again
+    s.write(&batch(&[("b", 10)])).unwrap();
+    assert!(s.flush().unwrap());
+    let rejected = s.take_rejected();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "{:?}",
+        rejected
+            .iter()
+            .map(|r| &r.error.details)
+            .collect::<Vec<_>>()
+    );
+    let mut keys = keys_in(&mock.bootstrap_servers(), "t");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
