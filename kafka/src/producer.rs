@@ -50,11 +50,14 @@ fn lasting(e: &RdError) -> Option<Lasting> {
     }
 }
 
+/// A failed delivery: the topic, the error's text and whether retries cannot mend it.
+type FailedDelivery = (String, String, Option<Lasting>);
+
 /// Records the first failed delivery (after librdkafka's own retries), and the messages
 /// refused for good.
 #[derive(Default, Clone)]
 struct Deliveries {
-    first_error: Arc<Mutex<Option<(String, String, Option<Lasting>)>>>,
+    first_error: Arc<Mutex<Option<FailedDelivery>>>,
     refused: Arc<Mutex<Vec<RefusedMessage>>>,
     /// Messages whose delivery ended (acknowledged or failed).
     settled: Arc<AtomicU64>,
