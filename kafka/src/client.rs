@@ -39,6 +39,9 @@ pub enum KafkaError {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
+    /// The principal may not describe (so neither read nor write) a topic.
+    #[error("kafka ({brokers}): not authorized to access topic `{topic}`: grant the principal DESCRIBE and READ (a source) or WRITE (a sink) on it")]
+    Denied { brokers: String, topic: String },
     /// A topic the pipeline reads does not exist.
     #[error("kafka ({brokers}): topic `{topic}` does not exist; create it (or check `brokers`)")]
     NoSuchTopic { brokers: String, topic: String },
@@ -152,6 +155,21 @@ pub fn partition_counts(
         match t {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                 counts.push(t.partitions().len())
+            }
+            // the topic may exist: the principal may not see it (an ACL), which creating it
+            // would not mend
+            Some(t)
+                if t.error().is_some_and(|e| {
+                    matches!(
+                        RDKafkaErrorCode::from(e),
+                        RDKafkaErrorCode::TopicAuthorizationFailed
+                    )
+                }) =>
+            {
+                return Err(KafkaError::Denied {
+                    brokers: brokers.to_string(),
+                    topic: topic.clone(),
+                })
             }
             _ => {
                 return Err(KafkaError::NoSuchTopic {

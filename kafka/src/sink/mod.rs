@@ -166,7 +166,15 @@ impl Txn {
 impl KafkaSink {
     /// A sink named `name`.
     pub fn new(name: &str, config: KafkaSinkConfig) -> Result<Self, EngineError> {
-        ensure_topic(&config).map_err(|e| EngineError::sink_caused(name, "", e))?;
+        ensure_topic(&config).map_err(|e| {
+            let denied = matches!(e, crate::KafkaError::Denied { .. });
+            let e = EngineError::sink_caused(name, "", e);
+            if denied {
+                e.user()
+            } else {
+                e
+            }
+        })?;
         let producer = Producer::new(&config.brokers, &producer_properties(&config))
             .map_err(|e| EngineError::sink_caused(name, "", e))?;
         let txn = match &config.delivery {

@@ -614,3 +614,35 @@ fn a_refused_row_sent_again_after_a_failure_is_a_dead_letter_once() {
     keys.dedup();
     assert_eq!(keys.len(), 2, "{keys:?}");
 }
+
+/// A topic the principal may not see is not taken for a missing one (creating it would not
+/// mend an ACL): the sink's error says what to grant, and is the user's to fix.
+#[test]
+fn a_topic_the_principal_may_not_see_is_not_created_but_refused_with_what_to_grant() {
+    use rdkafka::types::RDKafkaRespErr;
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    mock.topic_error(
+        "t",
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+    )
+    .unwrap();
+    let e = KafkaSink::new(
+        "out",
+        KafkaSinkConfig {
+            brokers: mock.bootstrap_servers(),
+            topic: "t".into(),
+            properties: vec![],
+            format: KafkaFormat::Json,
+            delivery: KafkaDelivery::Idempotent,
+        },
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(e.kind(), weir_engine::ErrorKind::User, "{e}");
+    assert!(
+        e.chain().to_string().contains("grant the principal"),
+        "{}",
+        e.chain()
+    );
+}

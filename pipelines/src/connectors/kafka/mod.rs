@@ -436,7 +436,9 @@ impl DeadLetterConnector for KafkaDeadLetter {
 /// fix; any other failure is not.
 fn lookup(e: weir_kafka::KafkaError) -> Lookup {
     let kind = match e {
-        weir_kafka::KafkaError::NoSuchTopic { .. } => weir_engine::ErrorKind::User,
+        weir_kafka::KafkaError::NoSuchTopic { .. } | weir_kafka::KafkaError::Denied { .. } => {
+            weir_engine::ErrorKind::User
+        }
         _ => weir_engine::ErrorKind::Fatal,
     };
     Lookup::new(kind, e)
