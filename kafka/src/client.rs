@@ -13,8 +13,6 @@ use rdkafka::ClientConfig;
 pub enum Lasting {
     /// The principal may not write the topic or the cluster (an ACL).
     Denied,
-    /// The topic does not exist (deleted, or never created with auto-creation off).
-    NoTopic,
 }
 
 fn lasting_hint(lasting: Option<Lasting>) -> &'static str {
@@ -23,7 +21,6 @@ fn lasting_hint(lasting: Option<Lasting>) -> &'static str {
             " (the broker denies the write: grant the principal WRITE on the topic, and \
              IDEMPOTENT_WRITE on the cluster)"
         }
-        Some(Lasting::NoTopic) => " (the topic does not exist: create it)",
         None => "",
     }
 }

@@ -42,10 +42,10 @@ fn lasting(e: &RdError) -> Option<Lasting> {
     match e.rdkafka_error_code()? {
         C::TopicAuthorizationFailed
         | C::ClusterAuthorizationFailed
-        | C::TransactionalIdAuthorizationFailed
-        | C::SaslAuthenticationFailed => Some(Lasting::Denied),
-        C::UnknownTopicOrPartition | C::UnknownTopic => Some(Lasting::NoTopic),
-        // (a fatal producer error is mended by the new producer a retry makes)
+        | C::TransactionalIdAuthorizationFailed => Some(Lasting::Denied),
+        // (not an unknown topic: librdkafka reports one for a while after a topic is made,
+        // or while brokers restart; nor a fatal producer error, which the new producer a
+        // retry makes mends)
         _ => None,
     }
 }

@@ -264,6 +264,9 @@ pub fn reduce(mut plan: Plan, req: &ReplayRequest) -> Result<Plan, ReplayError> 
         .iter()
         .find(|w| processing(w))
         .map(|w| w.config.name.clone());
+    for w in plan.windows.iter().filter(|w| processing(w)) {
+        tracing::warn!(window = %w.config.name, "not replayed: the window follows processing time");
+    }
     plan.windows
         .retain(|w| (req.only.is_empty() || req.only.contains(&w.config.name)) && !processing(w));
     if plan.windows.is_empty() {

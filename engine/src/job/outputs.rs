@@ -26,7 +26,8 @@ use crate::EngineError;
 
 fn sink_error(name: &str, e: EngineError) -> EngineError {
     match e {
-        EngineError::Sink { .. } => e,
+        // (a fence is the pool's to act on: a worker joins again)
+        EngineError::Sink { .. } | EngineError::Fenced(_) => e,
         EngineError::Unavailable(inner) => sink_error(name, *inner).unavailable(),
         EngineError::User(inner) => sink_error(name, *inner).user(),
         other => EngineError::sink_caused(name, "", other),
@@ -803,5 +804,19 @@ impl DeadLetterState<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod sink_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_fenced_sink_stays_fenced_so_that_a_pool_worker_joins_again() {
+        let e = sink_error("out", EngineError::Fenced("another instance".into()));
+        assert!(matches!(e, EngineError::Fenced(_)), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::Fenced);
+        let other = sink_error("out", EngineError::Internal("x".into()));
+        assert!(matches!(other, EngineError::Sink { .. }), "{other}");
     }
 }

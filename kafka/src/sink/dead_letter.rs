@@ -23,7 +23,15 @@ const TRUNCATED_RAW: usize = 64 << 10;
 impl DeadLetterKafka {
     /// Dead letters to `topic`.
     pub fn new(config: KafkaSinkConfig) -> Result<Self, EngineError> {
-        ensure_topic(&config).map_err(|e| EngineError::dead_letter_caused("", e))?;
+        ensure_topic(&config).map_err(|e| {
+            let denied = matches!(e, crate::KafkaError::Denied { .. });
+            let e = EngineError::dead_letter_caused("", e);
+            if denied {
+                e.user()
+            } else {
+                e
+            }
+        })?;
         let producer = Producer::new(&config.brokers, &config.properties)
             .map_err(|e| EngineError::dead_letter_caused("", e))?;
         Ok(DeadLetterKafka {
@@ -37,7 +45,7 @@ impl DeadLetterKafka {
     }
 
     /// The error of a failed flush: retried with a new producer, unless the broker refuses
-    /// whatever the retries (a denied write, a topic gone: the user's to fix).
+    /// whatever the retries (a denied write: the user's to fix).
     fn failed(&mut self, e: crate::KafkaError) -> EngineError {
         if matches!(
             e,

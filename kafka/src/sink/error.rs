@@ -71,9 +71,9 @@ impl SendError {
         match self {
             // refused for good (over the size limit even cut): sending it again cannot help
             SendError::Kafka(crate::KafkaError::Refused { .. }) => ErrorKind::Fatal,
-            // denied or no topic: the user's to fix (retrying stalled the run for ever)
+            // denied: the user's to fix (retrying stalled the run for ever)
             SendError::Kafka(crate::KafkaError::Delivery {
-                lasting: Some(Lasting::Denied | Lasting::NoTopic),
+                lasting: Some(Lasting::Denied),
                 ..
             }) => ErrorKind::User,
 
@@ -149,7 +149,6 @@ mod tests {
             .kind()
         };
         assert_eq!(denied(Lasting::Denied), ErrorKind::User);
-        assert_eq!(denied(Lasting::NoTopic), ErrorKind::User);
         // a 4xx answer: sending again gets the same answer
         let refused = registry(RegistryError::Refused {
             url: "http://r".into(),

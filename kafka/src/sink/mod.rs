@@ -221,7 +221,7 @@ impl KafkaSink {
     /// A transient failure: the producer is replaced at the next call, which sends every
     /// unacknowledged batch again first.
     /// The error of a failed flush or commit: retried with a new producer, unless the broker
-    /// refuses whatever the retries (a denied write, a topic gone: the user's to fix) or
+    /// refuses whatever the retries (a denied write: the user's to fix) or
     /// the transactional producer cannot go on (fenced by another instance with its
     /// transactional id: fencing it back would start a war; a broker without transactions).
     fn failed(&mut self, e: crate::KafkaError) -> EngineError {
@@ -232,7 +232,8 @@ impl KafkaSink {
             // (the broker took transactions when it began: a fatal error now is a fence;
             // a pool worker joins again, a single run ends)
             crate::KafkaError::Transaction { fatal: true, .. } => EngineError::Fenced(format!(
-                "sink {}: another instance registered its transactional id: {e}",
+                "sink `{}`: a fatal transaction error (most likely another instance registered \
+                 its transactional id, which fences this one): {e}",
                 self.name
             )),
             e => {

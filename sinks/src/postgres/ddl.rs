@@ -393,6 +393,11 @@ pub const MERGE_CONSTRAINTS_QUERY: &str = "SELECT \
      + (SELECT greatest(count(*) - 1, 0) FROM pg_index WHERE indrelid = $1::regclass AND indisunique) \
      + (SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal)";
 
+/// How many deferrable constraints and constraint triggers table `$1` has.
+pub const DEFERRABLE_QUERY: &str = "SELECT \
+     (SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND condeferrable) \
+     + (SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND tgdeferrable)";
+
 /// Checks an existing table against the layout, column by column; the error names the
 /// first mismatch and what would fit.
 pub fn check_table(

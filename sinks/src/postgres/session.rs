@@ -105,6 +105,9 @@ pub struct Session {
     /// The table has constraints the staging table does not copy (foreign keys, unique
     /// indexes besides the key, exclusion constraints, triggers): a merge can refuse rows.
     pub merge_can_refuse: bool,
+    /// The table has deferrable constraints (or constraint triggers): transactions check
+    /// them at each statement (see [`Self::begin`]).
+    deferrable: bool,
     /// How each column is sent in binary `COPY`; `None`: as CSV (a column type without a
     /// binary form for the output's values, see [`binary::wire`]).
     pub wires: Option<Vec<Wire>>,
@@ -177,6 +180,7 @@ impl Session {
             temporary: !exactly_once,
             epochs: layout.table.sibling("weir_sink_epochs"),
             merge_can_refuse: false,
+            deferrable: false,
             wires: None,
             last_answer: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             warned_equal_keys: false,
@@ -226,9 +230,13 @@ impl Session {
     /// otherwise refuse a row only at the `COMMIT`, where no row can be told apart from the
     /// others and set aside (the run failed, and failed again at every restart).
     async fn begin(&mut self) -> Result<(), Fault> {
-        self.exec("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
-            .await
-            .map_err(strict)?;
+        // (only then: servers that speak the protocol without `SET CONSTRAINTS` work on)
+        let sql = if self.deferrable {
+            "BEGIN; SET CONSTRAINTS ALL IMMEDIATE"
+        } else {
+            "BEGIN"
+        };
+        self.exec(sql).await.map_err(strict)?;
         Ok(())
     }
 
@@ -283,6 +291,12 @@ impl Session {
                 .await
                 .map_err(strict)?;
             self.merge_can_refuse = others > 0;
+            let deferrable: i64 = sqlx::query_scalar(ddl::DEFERRABLE_QUERY)
+                .bind(&table)
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(strict)?;
+            self.deferrable = deferrable > 0;
         } else {
             let create = self.layout.create_table();
             self.exec(&create).await.map_err(strict)?;
@@ -300,16 +314,16 @@ impl Session {
         // rows are copied into the staging table: its columns' types say how to encode them
         // (a lasting staging table keeps the types it was made with, which an `ALTER TABLE`
         // of the table since does not change; the temporary one is made like the table)
-        let copied_into = if self.temporary {
-            table.clone()
-        } else {
-            self.layout.staging.sql()
-        };
-        self.load_wires(&copied_into).await?;
+        if !self.temporary {
+            let staging = self.layout.staging.sql();
+            self.load_wires(&staging).await?;
+        }
         self.exec("COMMIT").await.map_err(strict)?;
         if self.temporary {
             let create = self.layout.create_staging(true);
             self.exec(&create).await.map_err(strict)?;
+            let staging = self.layout.staging_sql(true);
+            self.load_wires(&staging).await?;
         }
         Ok(())
     }

@@ -57,10 +57,11 @@ pub enum UrlError {
     /// A row whose key column named in the template is null.
     #[error("key column `{0}` is null: the row has no URL (the `url` template names it)")]
     NullKey(String),
-    /// A row whose key column named in the template is `.` or `..`: a URL parser reads it
-    /// as a path step (`..` climbs to the parent), which would send the row elsewhere.
-    #[error("key column `{column}` is `{value}`: the row has no URL (as a path segment it would move the URL to another path)")]
-    DotKey { column: String, value: String },
+    /// A row whose URL's path has a `.` or `..` segment (made by its key values): a URL
+    /// parser reads it as a path step (`..` climbs to the parent), which would send the row
+    /// to another path.
+    #[error("the row's URL `{url}` has the path segment `{segment}`, which would move it to another path: the row has no URL")]
+    DotSegment { url: String, segment: String },
     /// A rendered URL that does not parse, or goes elsewhere than the template's scheme,
     /// host and port (shown without user, password and query).
     #[error("the row's URL `{url}` does not go to {origin}: {reason}")]
@@ -190,17 +191,16 @@ impl UrlTemplate {
                 Part::Pipeline => percent_encode(&mut s, pipeline),
                 Part::Output => percent_encode(&mut s, output),
                 Part::Column(c) => match values(c) {
-                    // (percent-encoding does not help: parsers read `%2e%2e` as `..` too)
-                    Some(v) if v == "." || v == ".." => {
-                        return Err(UrlError::DotKey {
-                            column: c.clone(),
-                            value: v.to_string(),
-                        })
-                    }
                     Some(v) => percent_encode(&mut s, &v),
                     None => return Err(UrlError::NullKey(c.clone())),
                 },
             }
+        }
+        if let Some(segment) = dot_segment(&s) {
+            return Err(UrlError::DotSegment {
+                url: public_url(&s),
+                segment,
+            });
         }
         self.check(&s)?;
         Ok(s)
@@ -244,6 +244,20 @@ impl UrlTemplate {
         }
         s
     }
+}
+
+/// The first `.` or `..` segment of `url`'s path, percent-encoded or not (parsers read
+/// `%2e%2e` as `..` too); `None` when there is none.
+fn dot_segment(url: &str) -> Option<String> {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path_and_more = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+    let path = path_and_more.split(['?', '#']).next().unwrap_or("");
+    path.split('/')
+        .find(|seg| {
+            let s = seg.to_ascii_lowercase().replace("%2e", ".");
+            s == "." || s == ".."
+        })
+        .map(str::to_string)
 }
 
 /// Appends `value` with every byte but RFC 3986's unreserved characters percent-encoded.
@@ -561,5 +575,21 @@ mod tests {
             public_url("https://u:pw@h.example.com:8443/a/b?token=t#f"),
             "https://h.example.com:8443/a/b"
         );
+    }
+
+    #[test]
+    fn dot_segments_of_the_path_are_found_however_the_values_made_them() {
+        assert_eq!(dot_segment("https://h/t/../e").as_deref(), Some(".."));
+        assert_eq!(
+            dot_segment("https://h/t/%2E%2e/e").as_deref(),
+            Some("%2E%2e")
+        );
+        // two values each `.`, side by side
+        assert_eq!(dot_segment("https://h/files/../x").as_deref(), Some(".."));
+        assert_eq!(dot_segment("https://h/files/.").as_deref(), Some("."));
+        // in a larger segment, or in the query: harmless
+        assert_eq!(dot_segment("https://h/items/..json?id=.."), None);
+        assert_eq!(dot_segment("https://h/items/a.b?x=./..#.."), None);
+        assert_eq!(dot_segment("https://h"), None);
     }
 }
