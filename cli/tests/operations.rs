@@ -210,14 +210,23 @@ fn metrics_scraped_during_and_after_a_run_equal_the_oracle_figures() {
     }
 
     run.wait_finished(port);
-    // after the run: the counters are the run's
-    let s = Samples::scrape(port);
     let (lines, bad, late, windows) = (
         case.figure("lines"),
         case.figure("bad"),
         case.figure("late"),
         case.figure("windows"),
     );
+    // after the run: the counters are the run's. `finished` says the input is done; the
+    // sink's last commit observes the latency of its rows a moment later
+    let rows = [("sink", "rows")];
+    let settled = Instant::now();
+    let mut s = Samples::scrape(port);
+    while s.sum("weir_end_to_end_latency_seconds_count", &rows) < windows
+        && settled.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        s = Samples::scrape(port);
+    }
     let events = [("source", "events")];
     assert_eq!(s.sum("weir_events_in_total", &events), lines);
     assert_eq!(s.sum("weir_bad_records_total", &events), bad);
@@ -235,7 +244,6 @@ fn metrics_scraped_during_and_after_a_run_equal_the_oracle_figures() {
         s.sum("weir_windows_emitted_total", &[("window", "per_dataset")]),
         windows
     );
-    let rows = [("sink", "rows")];
     assert_eq!(s.sum("weir_rows_written_total", &rows), windows);
     // every row's latency is observed once, when its checkpoint committed it
     assert_eq!(
