@@ -437,6 +437,18 @@ impl CommittedLines {
     pub fn has_uncommitted(&self) -> bool {
         self.side.as_ref().is_some_and(|s| !s.is_empty())
     }
+
+    /// At the end of a run: commits the lines appended after the last barrier as one more
+    /// epoch, which no checkpoint holds (a restart from the last checkpoint cuts them off,
+    /// see [`Self::recover`], and whoever wrote them writes them again).
+    pub fn commit_tail(&mut self) -> Result<(), Error> {
+        if self.has_uncommitted() {
+            let epoch = self.epoch;
+            self.pre_commit(epoch)?;
+            self.commit(epoch)?;
+        }
+        Ok(())
+    }
 }
 
 /// A folder of Parquet part files committed per checkpoint (see the module docs).
@@ -651,6 +663,26 @@ mod tests {
             .downcast_ref::<std::io::Error>()
             .expect("the I/O error");
         assert_eq!(io.kind(), std::io::ErrorKind::StorageFull);
+    }
+
+    #[test]
+    fn a_tail_committed_at_the_end_is_cut_off_by_a_restart_from_the_last_checkpoint() {
+        let dir = tempdir("tail");
+        let path = dir.join("dead.ndjson");
+        let mut f = CommittedLines::new(&path);
+        f.recover(None).unwrap();
+        f.append(b"a\n").unwrap();
+        let info1 = f.pre_commit(1).unwrap();
+        f.commit(1).unwrap();
+        f.commit_tail().unwrap(); // nothing after the barrier: nothing changes
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\n");
+        f.append(b"late\n").unwrap();
+        f.commit_tail().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nlate\n");
+        assert!(!f.has_uncommitted());
+        let mut again = CommittedLines::new(&path);
+        again.recover(Some((1, &info1))).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\n");
     }
 
     #[test]

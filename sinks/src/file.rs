@@ -311,8 +311,11 @@ impl Committable for CommittedDeadLetterFile {
         Ok(false)
     }
 
+    /// Dead letters after the last checkpoint (rows a sink's last commit refused, which no
+    /// checkpoint follows to hold) are committed all the same: a restart from the last
+    /// checkpoint cuts them off, and their sink reports them again.
     fn finish(&mut self) -> Result<(), EngineError> {
-        Ok(())
+        self.lines.commit_tail().map_err(|e| self.file_err(e))
     }
 
     fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {

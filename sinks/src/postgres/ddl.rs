@@ -496,6 +496,20 @@ pub fn create_epochs(epochs: &TableName) -> String {
     )
 }
 
+/// `weir_sink_refused`: rows the commit of an epoch refused (a foreign key or a trigger that
+/// changed its verdict since the trial merge), kept until a complete checkpoint's dead letters
+/// hold them (`reported`: the epoch whose dead letters do). Without it, a crash between the
+/// commit and the next checkpoint, or the end of the run, lost them.
+pub fn create_refused(refused: &TableName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, pipeline text NOT NULL, \
+         sink text NOT NULL, worker text NOT NULL DEFAULT '', refused_in bigint NOT NULL, \
+         reported bigint, sqlstate text NOT NULL, message text NOT NULL, raw text NOT NULL, \
+         refused_at timestamptz NOT NULL DEFAULT now())",
+        refused.sql()
+    )
+}
+
 /// Whether the table `$1` has a `worker` column (`weir_sink_epochs` of an earlier version
 /// has none).
 pub const HAS_WORKER_QUERY: &str = "SELECT EXISTS (SELECT 1 FROM pg_attribute \

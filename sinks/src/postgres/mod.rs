@@ -498,6 +498,24 @@ impl PostgresSink {
         let refused = self.run("committing an epoch", |s| {
             Box::pin(async move { s.commit_epoch(&seq, epoch).await })
         })?;
+        self.log_kept(epoch, refused);
+        Ok(())
+    }
+
+    /// Says that `rows` the commit of `epoch` refused wait in `weir_sink_refused`.
+    fn log_kept(&self, epoch: u64, rows: usize) {
+        if rows > 0 {
+            tracing::warn!(sink = %self.name, table = %self.config.table, epoch, rows, "postgres: rows refused at the commit of an epoch (a constraint that changed its verdict since the checkpoint's trial merge) wait in weir_sink_refused for the next checkpoint's dead letters");
+        }
+    }
+
+    /// The rows commits refused that no complete checkpoint's dead letters hold, as the
+    /// dead letters of `epoch`.
+    fn report_refused(&mut self, epoch: u64) -> Result<(), EngineError> {
+        let seq = self.sequence();
+        let refused = self.run("reporting rows a commit refused", |s| {
+            Box::pin(async move { s.report_refused(&seq, epoch).await })
+        })?;
         for r in refused {
             let raw = r.raw.clone().unwrap_or_default();
             self.reject(raw, r);
@@ -511,16 +529,16 @@ impl PostgresSink {
     /// worker (this sink's `config.worker`), which may have died between the checkpoint and
     /// its commit: commits that epoch's staged rows unless its sequence already has it.
     /// Rows it staged after the epoch stay: they belong to checkpoints that never completed,
-    /// and its own restore drops them if it comes back. Returns whether it committed.
-    pub fn roll_forward(&mut self, epoch: u64) -> Result<bool, EngineError> {
+    /// and its own restore drops them if it comes back. Rows its commits refused and no
+    /// complete checkpoint reported become worker `adopter`'s, whose next checkpoint reports
+    /// them. Returns whether it committed.
+    pub fn roll_forward(&mut self, epoch: u64, adopter: &str) -> Result<bool, EngineError> {
         let seq = self.sequence();
+        let adopter = adopter.to_string();
         let (committed, refused) = self.run("finishing another worker's commit", |s| {
-            Box::pin(async move { s.roll_forward(&seq, epoch).await })
+            Box::pin(async move { s.roll_forward(&seq, epoch, &adopter).await })
         })?;
-        for r in refused {
-            let raw = r.raw.clone().unwrap_or_default();
-            self.reject(raw, r);
-        }
+        self.log_kept(epoch, refused);
         Ok(committed)
     }
 }
@@ -536,6 +554,11 @@ impl Committable for PostgresSink {
         // restart writes them again (a restore drops them from the staging table)
         if !self.exactly_once {
             self.send_pending(self.epoch)?;
+        } else {
+            // rows the last commit refused: no checkpoint follows to report them, so they
+            // are this run's last dead letters (marked as the next epoch's: a restart from
+            // the last checkpoint reports them again, with that checkpoint's dead letters)
+            self.report_refused(self.epoch)?;
         }
         let secs = self.busy.as_secs_f64();
         tracing::info!(
@@ -559,6 +582,7 @@ impl Committable for PostgresSink {
                 self.reject(raw, r);
             }
         }
+        self.report_refused(epoch)?;
         self.epoch = epoch + 1;
         Ok(serde_json::json!({ "epoch": epoch, "table": self.config.table.to_string() }))
     }
@@ -573,10 +597,7 @@ impl Committable for PostgresSink {
         let refused = self.run("recovering", |s| {
             Box::pin(async move { s.recover(&seq, epoch).await })
         })?;
-        for r in refused {
-            let raw = r.raw.clone().unwrap_or_default();
-            self.reject(raw, r);
-        }
+        self.log_kept(epoch.unwrap_or(0), refused);
         self.epoch = epoch.unwrap_or(0) + 1;
         self.seq = 0;
         Ok(())

@@ -102,6 +102,9 @@ pub struct Session {
     /// The staging table is a temporary one (no checkpoints).
     temporary: bool,
     epochs: TableName,
+    /// `weir_sink_refused`, where rows a commit refused wait for the dead letters (see
+    /// [`ddl::create_refused`]).
+    refused: TableName,
     /// The table has constraints the staging table does not copy (foreign keys, unique
     /// indexes besides the key, exclusion constraints, triggers): a merge can refuse rows.
     pub merge_can_refuse: bool,
@@ -179,6 +182,7 @@ impl Session {
             layout: layout.clone(),
             temporary: !exactly_once,
             epochs: layout.table.sibling("weir_sink_epochs"),
+            refused: layout.table.sibling("weir_sink_refused"),
             merge_can_refuse: false,
             deferrable: false,
             wires: None,
@@ -306,6 +310,8 @@ impl Session {
             let create = ddl::create_epochs(&self.epochs);
             self.exec(&create).await.map_err(strict)?;
             self.add_worker_column().await?;
+            let create = ddl::create_refused(&self.refused);
+            self.exec(&create).await.map_err(strict)?;
             if !self.exists(&self.layout.staging.sql()).await? {
                 let create = self.layout.create_staging(false);
                 self.exec(&create).await.map_err(strict)?;
@@ -602,38 +608,58 @@ impl Session {
     }
 
     /// Before the checkpoint of `epoch` completes (a table whose merge can refuse rows): tries
-    /// the merge of the rows staged up to it and rolls it back, then removes the rows it
-    /// refused from staging and returns them (dead letters of this epoch, so that the commit
-    /// after the checkpoint refuses nothing).
+    /// the merge of the rows staged up to it and rolls it back, then removes the rows of
+    /// this epoch it refused from staging and returns them (dead letters of this epoch, so
+    /// that the commit after the checkpoint refuses nothing). Rows of earlier epochs it
+    /// refuses stay: they belong to a checkpoint that may complete without this one, and
+    /// their commit keeps what it refuses (see [`Self::apply_epoch`]).
     pub async fn trial_merge(&mut self, epoch: u64) -> Result<Vec<Refusal>, Fault> {
         self.begin().await?;
         self.exec("SAVEPOINT weir_trial").await.map_err(strict)?;
-        let refused = self.merge(epoch as i64, false, self.layout.view).await?;
+        let mut refused = self.merge(epoch as i64, false, self.layout.view).await?;
         self.exec("ROLLBACK TO SAVEPOINT weir_trial")
             .await
             .map_err(strict)?;
         let seqs: Vec<i64> = refused.iter().filter_map(|r| r.seq).collect();
         if !seqs.is_empty() {
             let delete = format!(
-                "DELETE FROM {} WHERE weir_seq = ANY($1) AND weir_epoch <= $2",
+                "DELETE FROM {} WHERE weir_seq = ANY($1) AND weir_epoch = $2 RETURNING weir_seq",
                 self.layout.staging_sql(false)
             );
-            sqlx::query(&delete)
+            let removed: Vec<i64> = sqlx::query_scalar(&delete)
                 .bind(&seqs)
                 .bind(epoch as i64)
-                .execute(&mut self.conn)
+                .fetch_all(&mut self.conn)
                 .await
                 .map_err(strict)?;
+            refused.retain(|r| r.seq.is_some_and(|s| removed.contains(&s)));
+        } else {
+            refused.clear();
         }
         self.exec("COMMIT").await.map_err(strict)?;
         Ok(refused)
     }
 
     /// Merges, removes from staging and records epochs up to `epoch`, without a
-    /// transaction of its own.
-    async fn apply_epoch(&mut self, seq: &Sequence, epoch: u64) -> Result<Vec<Refusal>, Fault> {
+    /// transaction of its own. The rows the merge refuses are kept in `weir_sink_refused`
+    /// (reported by the next [`Self::report_refused`]), and those the dead letters of a
+    /// checkpoint up to `epoch` hold are removed from it. Returns how many it refused.
+    async fn apply_epoch(&mut self, seq: &Sequence, epoch: u64) -> Result<usize, Fault> {
         let upto = epoch as i64;
         let refused = self.merge(upto, false, self.layout.view).await?;
+        self.keep_refused(seq, upto, &refused).await?;
+        let reported = format!(
+            "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND worker = $3 AND reported <= $4",
+            self.refused.sql()
+        );
+        sqlx::query(&reported)
+            .bind(&seq.pipeline)
+            .bind(&seq.sink)
+            .bind(&seq.worker)
+            .bind(upto)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
         let delete = format!(
             "DELETE FROM {} WHERE weir_epoch <= $1",
             self.layout.staging_sql(false)
@@ -669,16 +695,81 @@ impl Session {
             .execute(&mut self.conn)
             .await
             .map_err(strict)?;
-        Ok(refused)
+        Ok(refused.len())
     }
 
-    /// The commit of a complete checkpoint: the staged rows of epochs up to `epoch` merged
-    /// and the epoch recorded, in one transaction. Making it again changes nothing.
-    pub async fn commit_epoch(
+    /// Keeps `refused`, rows the commit of `epoch` refused, in `weir_sink_refused`.
+    async fn keep_refused(
+        &mut self,
+        seq: &Sequence,
+        epoch: i64,
+        refused: &[Refusal],
+    ) -> Result<(), Fault> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let sqlstates: Vec<&str> = refused.iter().map(|r| r.sqlstate.as_str()).collect();
+        let messages: Vec<&str> = refused.iter().map(|r| r.message.as_str()).collect();
+        let raws: Vec<String> = refused
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.raw.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        let keep = format!(
+            "INSERT INTO {} (pipeline, sink, worker, refused_in, sqlstate, message, raw) \
+             SELECT $1, $2, $3, $4, s, m, r FROM unnest($5::text[], $6::text[], $7::text[]) AS u(s, m, r)",
+            self.refused.sql()
+        );
+        sqlx::query(&keep)
+            .bind(&seq.pipeline)
+            .bind(&seq.sink)
+            .bind(&seq.worker)
+            .bind(epoch)
+            .bind(&sqlstates)
+            .bind(&messages)
+            .bind(&raws)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        Ok(())
+    }
+
+    /// The rows a commit refused that no complete checkpoint's dead letters hold yet, marked
+    /// as the dead letters of `epoch` (a checkpoint in the making, or the end of the run) and
+    /// returned. Asked again for the same epoch, it returns them again.
+    pub async fn report_refused(
         &mut self,
         seq: &Sequence,
         epoch: u64,
     ) -> Result<Vec<Refusal>, Fault> {
+        let report = format!(
+            "UPDATE {} SET reported = $4 WHERE pipeline = $1 AND sink = $2 AND worker = $3 \
+             AND (reported IS NULL OR reported = $4) RETURNING sqlstate, message, raw",
+            self.refused.sql()
+        );
+        let rows: Vec<(String, String, String)> = sqlx::query_as(&report)
+            .bind(&seq.pipeline)
+            .bind(&seq.sink)
+            .bind(&seq.worker)
+            .bind(epoch as i64)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(strict)?;
+        self.stepped();
+        Ok(rows
+            .into_iter()
+            .map(|(sqlstate, message, raw)| Refusal {
+                line: None,
+                raw: Some(raw.into_bytes()),
+                seq: None,
+                sqlstate,
+                message,
+            })
+            .collect())
+    }
+
+    /// The commit of a complete checkpoint: the staged rows of epochs up to `epoch` merged
+    /// and the epoch recorded, in one transaction. Making it again changes nothing.
+    pub async fn commit_epoch(&mut self, seq: &Sequence, epoch: u64) -> Result<usize, Fault> {
         self.begin().await?;
         self.lock_sequence(seq).await?;
         let refused = self.apply_epoch(seq, epoch).await?;
@@ -688,12 +779,15 @@ impl Session {
 
     /// Another worker's `epoch` (a checkpoint this one restores partitions from) committed
     /// unless `seq` has it already, under the sequence's lock (its worker, if alive, may be
-    /// committing it at the same moment). Returns whether it committed, and the rows refused.
+    /// committing it at the same moment). The rows its commits refused that no complete
+    /// checkpoint's dead letters hold become `adopter`'s, reported by its next checkpoint.
+    /// Returns whether it committed, and how many rows that commit refused.
     pub async fn roll_forward(
         &mut self,
         seq: &Sequence,
         epoch: u64,
-    ) -> Result<(bool, Vec<Refusal>), Fault> {
+        adopter: &str,
+    ) -> Result<(bool, usize), Fault> {
         self.begin().await?;
         self.lock_sequence(seq).await?;
         let committed = self.committed(seq).await?;
@@ -701,8 +795,22 @@ impl Session {
         let refused = if todo {
             self.apply_epoch(seq, epoch).await?
         } else {
-            Vec::new()
+            0
         };
+        // (`refused_in` 0: no restore of the adopter's own drops them as its later commits')
+        let adopt = format!(
+            "UPDATE {} SET worker = $4, reported = NULL, refused_in = 0 \
+             WHERE pipeline = $1 AND sink = $2 AND worker = $3",
+            self.refused.sql()
+        );
+        sqlx::query(&adopt)
+            .bind(&seq.pipeline)
+            .bind(&seq.sink)
+            .bind(&seq.worker)
+            .bind(adopter)
+            .execute(&mut self.conn)
+            .await
+            .map_err(strict)?;
         self.exec("COMMIT").await.map_err(strict)?;
         Ok((todo, refused))
     }
@@ -710,17 +818,16 @@ impl Session {
     /// Before a checkpointed run writes, from checkpoint `epoch` (`None`: from nothing):
     /// commits the epoch if the crash came before its commit, drops the rows staged after
     /// it and the epochs recorded after it, and re-creates the (now empty) staging table so
-    /// that it has the table's current constraints.
-    pub async fn recover(
-        &mut self,
-        seq: &Sequence,
-        epoch: Option<u64>,
-    ) -> Result<Vec<Refusal>, Fault> {
+    /// that it has the table's current constraints. Rows its commits refused that are not in
+    /// the checkpoint's dead letters are reported again; those of commits after it are
+    /// dropped (the epochs are written again). Returns how many rows the epoch's commit
+    /// refused, when it made it.
+    pub async fn recover(&mut self, seq: &Sequence, epoch: Option<u64>) -> Result<usize, Fault> {
         let staging = self.layout.staging_sql(false);
         let epochs = self.epochs.sql();
         self.begin().await?;
         self.lock_sequence(seq).await?;
-        let mut refused = Vec::new();
+        let mut refused = 0;
         let from = epoch.map_or(0, |e| e as i64);
         if let Some(e) = epoch {
             let committed = self.committed(seq).await?;
@@ -748,6 +855,25 @@ impl Session {
         .rows_affected();
         if later > 0 {
             tracing::warn!(table = %self.layout.table, epochs = later, "postgres: epochs committed after the checkpoint restored are written again");
+        }
+        let undone = format!(
+            "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND worker = $3 AND refused_in > $4",
+            self.refused.sql()
+        );
+        let unreported = format!(
+            "UPDATE {} SET reported = NULL WHERE pipeline = $1 AND sink = $2 AND worker = $3 \
+             AND reported > $4",
+            self.refused.sql()
+        );
+        for sql in [undone, unreported] {
+            sqlx::query(&sql)
+                .bind(&seq.pipeline)
+                .bind(&seq.sink)
+                .bind(&seq.worker)
+                .bind(from)
+                .execute(&mut self.conn)
+                .await
+                .map_err(strict)?;
         }
         if dropped > 0 {
             tracing::info!(table = %self.layout.table, rows = dropped, "postgres: rows staged after the checkpoint were dropped");

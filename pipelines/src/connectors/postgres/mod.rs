@@ -114,22 +114,12 @@ impl SinkConnector for PostgresTarget {
         config.worker = worker.to_string();
         super::patiently(sink, worker, m.epoch, || {
             let mut pg = PostgresSink::new(sink, config.clone(), schema, true)?;
-            if pg.roll_forward(m.epoch)? {
+            if pg.roll_forward(m.epoch, &self.0.worker)? {
                 tracing::info!(
                     sink,
                     worker,
                     epoch = m.epoch,
                     "committed another worker's checkpoint epoch"
-                );
-            }
-            let refused = Sink::take_rejected(&mut pg);
-            if !refused.is_empty() {
-                tracing::warn!(
-                    sink,
-                    worker,
-                    epoch = m.epoch,
-                    rows = refused.len(),
-                    "rows of another worker's epoch were refused when it was committed"
                 );
             }
             Ok(())

@@ -1,0 +1,253 @@
+//! Rows the PostgreSQL table refuses only at the commit of an epoch (a trigger or a foreign key
+//! that changed its verdict since the checkpoint's trial merge) reach the dead letters exactly
+//! once: at the end of a run (the last commit, which no checkpoint follows), across a restart
+//! from that last checkpoint, and across a kill -9 right after the commit that refused them.
+//! A throwaway PostgreSQL 15 server per test, read back with `psql`.
+
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use postgres::PgServer;
+use serde_json::Value;
+use weir_tests::{compare, generate, oracle_per_dataset, Row};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// Generated events, the oracle's windows, and a pipeline writing them to `per_dataset`.
+struct Case {
+    dir: tempfile::TempDir,
+    windows: Vec<Row>,
+    pipeline: PathBuf,
+}
+
+impl Case {
+    fn new(pg: &PgServer, events: u64) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("input.ndjson");
+        generate(
+            &input,
+            &[
+                &events.to_string(),
+                "--seed",
+                "41",
+                "--keys",
+                "8",
+                "--step-ms",
+                "30",
+            ],
+        );
+        let (windows, _) = oracle_per_dataset(
+            &input,
+            &["events=count", "records=sum:recordCount"],
+            &dir.path().join("windows.ndjson"),
+        );
+        let text = format!(
+            r#"name: pgrefused
+sources:
+  events:
+    file: {{ path: "{input}" }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+    sinks: [db]
+sinks:
+  db:
+    postgres: {{ url: "{url}", table: public.per_dataset, batch_max_rows: 200 }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 100ms }}
+"#,
+            input = input.display(),
+            url = pg.url(),
+        );
+        let pipeline = dir.path().join("pipeline.yaml");
+        std::fs::write(&pipeline, text).unwrap();
+        Case {
+            dir,
+            windows,
+            pipeline,
+        }
+    }
+
+    /// The table, with a trigger that lets `victim`'s row through on its first try only
+    /// (the checkpoint's trial merge) and refuses it after (the commit): a sequence counts
+    /// the tries, as a rolled-back trial does not undo it.
+    fn make_table(&self, pg: &PgServer, victim: &Row) {
+        let name = victim["datasetName"].as_str().unwrap().replace('\'', "''");
+        let start = victim["window_start"].as_i64().unwrap();
+        pg.psql(&format!(
+            "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
+             window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start)); \
+             CREATE SEQUENCE public.victim_tries; \
+             CREATE FUNCTION public.refuse_on_second_try() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+               IF NEW.\"datasetName\" = '{name}' AND NEW.window_start = to_timestamp({start} / 1000.0) \
+                  AND nextval('public.victim_tries') > 1 THEN \
+                 RAISE EXCEPTION 'the victim is refused after its first try' USING ERRCODE = 'check_violation'; \
+               END IF; \
+               RETURN NEW; \
+             END $$; \
+             CREATE TRIGGER refuse_on_second_try BEFORE INSERT OR UPDATE ON public.per_dataset \
+             FOR EACH ROW EXECUTE FUNCTION public.refuse_on_second_try()"
+        ));
+    }
+
+    fn weir(&self) -> Command {
+        let mut c = Command::new(WEIR);
+        c.current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .arg("run")
+            .arg(&self.pipeline);
+        c
+    }
+
+    fn run(&self) -> String {
+        let o = self.weir().output().unwrap();
+        let log = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "weir run failed:\n{log}");
+        log
+    }
+
+    /// The rows the dead letters hold, as the table's rows.
+    fn refused(&self) -> Vec<Row> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("out/dead.ndjson")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|d| d["reason"] == "rejected")
+            .map(|d| {
+                assert_eq!(d["error"]["code"], "postgres_refused", "{d}");
+                assert_eq!(d["error"]["details"]["sqlstate"], "23514", "{d}");
+                assert_eq!(d["sink"], "db", "{d}");
+                serde_json::from_str(d["raw"].as_str().unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    /// The table and the dead letters: every window but the victim in the table, the victim
+    /// once in the dead letters.
+    fn verify(&self, pg: &PgServer, victim: &Row, when: &str) {
+        let rest: Vec<Row> = self
+            .windows
+            .iter()
+            .filter(|r| *r != victim)
+            .cloned()
+            .collect();
+        compare(&rest, &table_rows(pg), &["datasetName"])
+            .unwrap_or_else(|e| panic!("{when}: the table differs from the oracle: {e}"));
+        let refused = self.refused();
+        compare(std::slice::from_ref(victim), &refused, &["datasetName"])
+            .unwrap_or_else(|e| panic!("{when}: the dead letters hold {refused:?}: {e}"));
+    }
+}
+
+fn table_rows(pg: &PgServer) -> Vec<Row> {
+    let text = pg.psql(
+        "SELECT json_build_object('datasetName', \"datasetName\", \
+         'window_start', (extract(epoch FROM window_start) * 1000)::bigint, \
+         'window_end', (extract(epoch FROM window_end) * 1000)::bigint, \
+         'events', events, 'records', records) FROM public.per_dataset",
+    );
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The newest window of the input: emitted when the input ends, in the run's last epoch.
+fn last_window(windows: &[Row]) -> Row {
+    windows
+        .iter()
+        .max_by_key(|r| {
+            (
+                r["window_start"].as_i64().unwrap(),
+                r["datasetName"].to_string(),
+            )
+        })
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_row_the_last_commit_refuses_is_a_dead_letter_once_and_again_after_a_restart() {
+    let pg = PgServer::start();
+    let case = Case::new(&pg, 4_000);
+    let victim = last_window(&case.windows);
+    case.make_table(&pg, &victim);
+    let log = case.run();
+    case.verify(&pg, &victim, "after the run");
+    assert!(
+        log.contains("wait in weir_sink_refused"),
+        "the victim was not refused at a commit: {log}"
+    );
+    // the same pipeline again, from its last checkpoint: the dead letters written after it
+    // are cut off, and the rows that commit refused reported again
+    case.run();
+    case.verify(&pg, &victim, "after a second run from the last checkpoint");
+    let kept = pg.psql("SELECT count(*) FROM weir_sink_refused WHERE reported IS NULL");
+    assert_eq!(kept, "0", "every refused row is reported");
+}
+
+#[test]
+fn a_row_a_commit_refuses_survives_a_kill_right_after_that_commit() {
+    let pg = PgServer::start();
+    let case = Case::new(&pg, 60_000);
+    // a window in the middle of the input: its commit comes mid-run
+    let mut starts: Vec<i64> = case
+        .windows
+        .iter()
+        .map(|r| r["window_start"].as_i64().unwrap())
+        .collect();
+    starts.sort_unstable();
+    let middle = starts[starts.len() / 2];
+    let victim = case
+        .windows
+        .iter()
+        .find(|r| r["window_start"] == middle)
+        .unwrap()
+        .clone();
+    case.make_table(&pg, &victim);
+    // killed as soon as it says a commit refused a row, or that refused rows go to the dead
+    // letters (earlier versions, right after the commit): before the next checkpoint, whose
+    // dead letters were the refused row's only record
+    let log_path = case.dir.path().join("first.log");
+    let mut child = case
+        .weir()
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut killed = false;
+    while started.elapsed() < Duration::from_secs(120) {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("wait in weir_sink_refused")
+            || text.contains("rows refused by the sink go to the dead-letter output")
+        {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        killed,
+        "the run ended ({status}) before a commit refused the victim:\n{log}"
+    );
+    case.run();
+    case.verify(&pg, &victim, "after the kill and a restart");
+}
