@@ -441,11 +441,14 @@ impl CommittedLines {
     /// At the end of a run: commits the lines appended after the last barrier as one more
     /// epoch, which no checkpoint holds (a restart from the last checkpoint cuts them off,
     /// see [`Self::recover`], and whoever wrote them writes them again).
+    /// Made again after an error, it finishes what the failed call began.
     pub fn commit_tail(&mut self) -> Result<(), Error> {
         if self.has_uncommitted() {
             let epoch = self.epoch;
             self.pre_commit(epoch)?;
-            self.commit(epoch)?;
+        }
+        if let Some(&(last, _)) = self.pending.last() {
+            self.commit(last)?;
         }
         Ok(())
     }

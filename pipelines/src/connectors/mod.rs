@@ -299,8 +299,14 @@ pub trait SinkConnector: SinkBase + Debug + Send + Sync {
     /// Makes it write as worker `worker` of a pool (files get the worker's id).
     fn for_worker(&mut self, _worker: &str) {}
     /// Finishes the commit of checkpoint `m` that dead worker `worker` left unfinished (its
-    /// own configuration, not a worker's).
-    fn roll_forward(&self, _sink: &str, _worker: &str, _m: &Manifest) -> Result<(), EngineError> {
+    /// own configuration, not a worker's), for worker `adopter`, which takes its partitions.
+    fn roll_forward(
+        &self,
+        _sink: &str,
+        _worker: &str,
+        _adopter: &str,
+        _m: &Manifest,
+    ) -> Result<(), EngineError> {
         Ok(())
     }
     /// The local file it writes, if it writes one.

@@ -45,10 +45,11 @@ impl ConfiguredOutputs {
         }
     }
 
-    /// Finishes the commits of checkpoint `m` of dead worker `worker` in its outputs.
-    fn roll_forward(&self, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+    /// Finishes the commits of checkpoint `m` of dead worker `worker` in its outputs, for
+    /// worker `adopter`.
+    fn roll_forward(&self, worker: &str, adopter: &str, m: &Manifest) -> Result<(), EngineError> {
         for (name, target) in &self.sinks {
-            target.roll_forward(name, worker, m)?;
+            target.roll_forward(name, worker, adopter, m)?;
         }
         self.dead_letter.roll_forward(worker, m)
     }
@@ -581,6 +582,6 @@ fn finish_commit(
         epoch = r.epoch,
         "finishing the commit of a checkpoint of a worker that stopped before it recorded it"
     );
-    outputs.roll_forward(&r.worker, m)?;
+    outputs.roll_forward(&r.worker, pool.worker(), m)?;
     Ok(())
 }

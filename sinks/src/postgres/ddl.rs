@@ -500,14 +500,22 @@ pub fn create_epochs(epochs: &TableName) -> String {
 /// changed its verdict since the trial merge), kept until a complete checkpoint's dead letters
 /// hold them (`reported`: the epoch whose dead letters do). Without it, a crash between the
 /// commit and the next checkpoint, or the end of the run, lost them.
-pub fn create_refused(refused: &TableName) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, pipeline text NOT NULL, \
-         sink text NOT NULL, worker text NOT NULL DEFAULT '', refused_in bigint NOT NULL, \
-         reported bigint, sqlstate text NOT NULL, message text NOT NULL, raw text NOT NULL, \
-         refused_at timestamptz NOT NULL DEFAULT now())",
-        refused.sql()
-    )
+/// Its statements: the table, and an index on the sequence every statement on it selects.
+pub fn create_refused(refused: &TableName) -> [String; 2] {
+    [
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, pipeline text NOT NULL, \
+             sink text NOT NULL, worker text NOT NULL DEFAULT '', refused_in bigint NOT NULL, \
+             reported bigint, sqlstate text NOT NULL, message text NOT NULL, raw text NOT NULL, \
+             refused_at timestamptz NOT NULL DEFAULT now())",
+            refused.sql()
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} (pipeline, sink, worker)",
+            ident(&format!("{}_sequence", refused.table)),
+            refused.sql()
+        ),
+    ]
 }
 
 /// Whether the table `$1` has a `worker` column (`weir_sink_epochs` of an earlier version

@@ -554,10 +554,11 @@ impl Committable for PostgresSink {
         // restart writes them again (a restore drops them from the staging table)
         if !self.exactly_once {
             self.send_pending(self.epoch)?;
-        } else {
+        } else if self.config.worker.is_empty() {
             // rows the last commit refused: no checkpoint follows to report them, so they
             // are this run's last dead letters (marked as the next epoch's: a restart from
-            // the last checkpoint reports them again, with that checkpoint's dead letters)
+            // the last checkpoint reports them again, with that checkpoint's dead letters).
+            // A pool worker's job ends at each rebalance: its next job reports them.
             self.report_refused(self.epoch)?;
         }
         let secs = self.busy.as_secs_f64();

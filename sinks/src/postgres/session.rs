@@ -310,8 +310,9 @@ impl Session {
             let create = ddl::create_epochs(&self.epochs);
             self.exec(&create).await.map_err(strict)?;
             self.add_worker_column().await?;
-            let create = ddl::create_refused(&self.refused);
-            self.exec(&create).await.map_err(strict)?;
+            for create in ddl::create_refused(&self.refused) {
+                self.exec(&create).await.map_err(strict)?;
+            }
             if !self.exists(&self.layout.staging.sql()).await? {
                 let create = self.layout.create_staging(false);
                 self.exec(&create).await.map_err(strict)?;
@@ -642,8 +643,9 @@ impl Session {
 
     /// Merges, removes from staging and records epochs up to `epoch`, without a
     /// transaction of its own. The rows the merge refuses are kept in `weir_sink_refused`
-    /// (reported by the next [`Self::report_refused`]), and those the dead letters of a
-    /// checkpoint up to `epoch` hold are removed from it. Returns how many it refused.
+    /// (reported by the next [`Self::report_refused`]); those reported stay there as long as
+    /// the epochs' history (a restore from an older checkpoint reports them again), and
+    /// older ones go. Returns how many it refused.
     async fn apply_epoch(&mut self, seq: &Sequence, epoch: u64) -> Result<usize, Fault> {
         let upto = epoch as i64;
         let refused = self.merge(upto, false, self.layout.view).await?;
@@ -656,7 +658,7 @@ impl Session {
             .bind(&seq.pipeline)
             .bind(&seq.sink)
             .bind(&seq.worker)
-            .bind(upto)
+            .bind(upto - KEEP_EPOCHS)
             .execute(&mut self.conn)
             .await
             .map_err(strict)?;
@@ -797,10 +799,12 @@ impl Session {
         } else {
             0
         };
-        // (`refused_in` 0: no restore of the adopter's own drops them as its later commits')
+        // those reported up to `epoch` are in its dead letters (finished with the checkpoint);
+        // `refused_in` 0: no restore of the adopter's own drops them as its later commits'
         let adopt = format!(
             "UPDATE {} SET worker = $4, reported = NULL, refused_in = 0 \
-             WHERE pipeline = $1 AND sink = $2 AND worker = $3",
+             WHERE pipeline = $1 AND sink = $2 AND worker = $3 \
+             AND (reported IS NULL OR reported > $5)",
             self.refused.sql()
         );
         sqlx::query(&adopt)
@@ -808,6 +812,7 @@ impl Session {
             .bind(&seq.sink)
             .bind(&seq.worker)
             .bind(adopter)
+            .bind(epoch as i64)
             .execute(&mut self.conn)
             .await
             .map_err(strict)?;

@@ -192,7 +192,13 @@ impl SinkConnector for FileTarget {
         self.path = tagged_path(&self.path, worker);
     }
 
-    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+    fn roll_forward(
+        &self,
+        sink: &str,
+        worker: &str,
+        _adopter: &str,
+        m: &Manifest,
+    ) -> Result<(), EngineError> {
         let path = tagged_path(&self.path, worker);
         let result = match self.format {
             FileFormat::Parquet => CommittedParts::roll_forward(&path, m.epoch),
@@ -347,7 +353,7 @@ mod tests {
             let before = rows();
             let m = manifest(1, info);
             for _ in 0..2 {
-                SinkConnector::roll_forward(&planned, "out", "w1", &m)
+                SinkConnector::roll_forward(&planned, "out", "w1", "w2", &m)
                     .unwrap_or_else(|e| panic!("{file}: {e}"));
                 let expected = if format == FileFormat::Parquet { 1 } else { 2 };
                 assert_eq!((before, rows()), (0, expected), "{file}");

@@ -165,7 +165,13 @@ impl SinkConnector for IcebergTarget {
 
     /// Commits dead worker `worker`'s epochs of checkpoint `m`, unless a snapshot has them;
     /// an unreachable catalog or storage is retried for a while (see `patiently`).
-    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+    fn roll_forward(
+        &self,
+        sink: &str,
+        worker: &str,
+        _adopter: &str,
+        m: &Manifest,
+    ) -> Result<(), EngineError> {
         let Some(info) = m.sinks.get(sink) else {
             return Ok(());
         };

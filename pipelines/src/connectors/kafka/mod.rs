@@ -383,7 +383,13 @@ impl SinkConnector for KafkaTarget {
 
     /// Commits dead worker `worker`'s transaction of checkpoint `m` under its id, unless its
     /// marker says it is committed (registering the id aborts what it left open).
-    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+    fn roll_forward(
+        &self,
+        sink: &str,
+        worker: &str,
+        _adopter: &str,
+        m: &Manifest,
+    ) -> Result<(), EngineError> {
         let mut config = self.0.clone();
         let KafkaDelivery::ExactlyOnce { transactional_id } = &mut config.delivery else {
             return Ok(());

@@ -105,8 +105,15 @@ impl SinkConnector for PostgresTarget {
     }
 
     /// Commits dead worker `worker`'s staged epoch of checkpoint `m`, unless its epoch row
-    /// says it is committed.
-    fn roll_forward(&self, sink: &str, worker: &str, m: &Manifest) -> Result<(), EngineError> {
+    /// says it is committed; the rows its commits refused and no complete checkpoint reported
+    /// become `adopter`'s.
+    fn roll_forward(
+        &self,
+        sink: &str,
+        worker: &str,
+        adopter: &str,
+        m: &Manifest,
+    ) -> Result<(), EngineError> {
         let Some(schema) = &self.1 else {
             return Ok(());
         };
@@ -114,7 +121,7 @@ impl SinkConnector for PostgresTarget {
         config.worker = worker.to_string();
         super::patiently(sink, worker, m.epoch, || {
             let mut pg = PostgresSink::new(sink, config.clone(), schema, true)?;
-            if pg.roll_forward(m.epoch, &self.0.worker)? {
+            if pg.roll_forward(m.epoch, adopter)? {
                 tracing::info!(
                     sink,
                     worker,
