@@ -10,7 +10,7 @@ mod sql_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crash::venv_python;
@@ -499,12 +499,15 @@ fn closed_by_the_server(s: &mut std::net::TcpStream) -> Option<String> {
     }
 }
 
-/// Clients that open connections and hold them cannot take every file descriptor: each
-/// endpoint keeps `serve.max_connections` (4 here; HTTP 1 more, `max_subscriptions`) open,
-/// answers the next "too many" (HTTP 503, Postgres FATAL 53300) and closes it, and takes new
-/// ones once some closed; the engine answers throughout.
+/// Clients that open connections and sit on them cannot keep others out, nor take every file
+/// descriptor: each endpoint keeps `serve.max_connections` (4 here; HTTP 1 more,
+/// `max_subscriptions`) open; a new client makes room by closing the connection that waited
+/// for its client the longest (a raw socket that never sent a request; a psql session idle at
+/// its prompt, told FATAL 57P05), and is answered; a connection answering is never closed;
+/// the engine answers throughout.
 #[test]
-fn connections_over_the_limit_are_closed_and_the_engine_keeps_answering() {
+fn a_new_client_closes_the_connection_idle_the_longest_and_is_answered() {
+    use std::io::Write;
     use std::net::TcpStream;
     let dir = tempfile::tempdir().unwrap();
     let (hp, pp) = (free_port(), free_port());
@@ -518,34 +521,56 @@ fn connections_over_the_limit_are_closed_and_the_engine_keeps_answering() {
     );
     let mut run = Running::start(WEIR, &pipeline, &[]);
     run.wait_http(hp);
-    for (port, open, refusal) in [(hp, 5, "503 Service Unavailable"), (pp, 4, "53300")] {
-        let mut held: Vec<TcpStream> = (0..open)
-            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-            .collect();
-        for s in &mut held {
-            assert_eq!(
-                closed_by_the_server(s),
-                None,
-                "port {port}: a held connection closed"
-            );
-        }
-        let mut over = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let answer =
-            closed_by_the_server(&mut over).expect("the connection over the limit stays open");
-        assert!(answer.contains(refusal), "port {port}: {answer}");
-        assert!(
-            answer.contains("serve.max_connections"),
-            "port {port}: {answer}"
-        );
-        held.truncate(2);
-        std::thread::sleep(Duration::from_millis(200));
-        if port == hp {
-            // there is room again: a query answers
-            assert!(!sql_json(hp, "SELECT count(*) AS n FROM weir_status").is_empty());
-        } else {
-            let o = psql(pp, None, "SELECT 1");
-            assert!(o.status.success(), "psql: {}", text(&o.stderr));
-        }
+    let hold = |port: u16, n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                // accepted in this order, idle since then
+                std::thread::sleep(Duration::from_millis(30));
+                s
+            })
+            .collect()
+    };
+
+    // HTTP: five sockets that never send a request fill it; a query is answered, and the
+    // oldest socket is the one closed
+    let mut held = hold(hp, 5);
+    assert!(!sql_json(hp, "SELECT count(*) AS n FROM weir_status").is_empty());
+    assert!(
+        closed_by_the_server(&mut held[0]).is_some(),
+        "the idlest connection stays open"
+    );
+    for s in &mut held[2..] {
+        assert_eq!(closed_by_the_server(s), None, "a later connection closed");
+    }
+    drop(held);
+
+    // Postgres: a psql session idle at its prompt, then three raw sockets; a new psql is
+    // answered, and the idle session is told why it was closed when it next asks
+    let mut idle = sql_support::psql_command(pp, None)
+        .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (connected and at its prompt well before the sockets below)
+    std::thread::sleep(Duration::from_secs(1));
+    let mut held = hold(pp, 3);
+    let o = psql(pp, None, "SELECT 1");
+    assert!(o.status.success(), "psql: {}", text(&o.stderr));
+    let mut stdin = idle.stdin.take().unwrap();
+    let _ = stdin.write_all(b"SELECT 2;\n");
+    drop(stdin);
+    let o = idle.wait_with_output().unwrap();
+    assert!(
+        text(&o.stderr).contains("terminating the idle session"),
+        "the idle psql session: {} {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    for s in &mut held {
+        assert_eq!(closed_by_the_server(s), None, "a later connection closed");
     }
     assert!(
         run.child.try_wait().unwrap().is_none(),
@@ -554,7 +579,7 @@ fn connections_over_the_limit_are_closed_and_the_engine_keeps_answering() {
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("a connection over serve.max_connections is closed"),
+        err.contains("the connection idle the longest was closed to make room"),
         "{err}"
     );
 }

@@ -44,7 +44,60 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/subscribe", get(crate::subscribe::handler))
         .merge(crate::console::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            busy_while_answering,
+        ))
         .with_state(state)
+}
+
+/// Marks the request's connection busy from the request's arrival until its response body
+/// is sent, and for good once it is upgraded (a WebSocket): a busy connection is never closed
+/// to make room for a new one (see [`crate::limits::ConnectionLimit`]).
+async fn busy_while_answering(
+    State(state): State<Arc<HttpState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let switch = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .and_then(|ConnectInfo(peer)| state.subscriptions.switches.get(peer));
+    let Some(busy) = switch.map(|s| s.slot.busy()) else {
+        return next.run(request).await;
+    };
+    let response = next.run(request).await;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        busy.forever();
+        return response;
+    }
+    response.map(|body| Body::new(Answering { body, _busy: busy }))
+}
+
+/// A response body that keeps its connection busy until it is sent (or dropped).
+struct Answering {
+    body: Body,
+    _busy: crate::limits::Busy,
+}
+
+impl http_body::Body for Answering {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -98,23 +98,130 @@ impl Default for QueryLimits {
 }
 
 /// The connections an endpoint has open, up to a limit: each accepted one holds an [`Open`]
-/// until it closes.
+/// until it closes. When every place is taken, the connection that has waited for its client
+/// the longest (an idle keep-alive or Postgres session, or one that never finished its
+/// request or startup) is closed to make room; only when every connection is answering is
+/// the new one refused. So clients that open connections and sit on them can delay others
+/// but never keep them out, health probes included.
 #[derive(Debug)]
 pub struct ConnectionLimit {
     open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     max: usize,
     endpoint: &'static str,
-    /// When the last refusal was logged (one warning a second at most).
+    /// The places taken, to choose one to close (pruned of closed ones as they are scanned).
+    slots: std::sync::Mutex<Vec<std::sync::Weak<Slot>>>,
+    /// When the last refusal or eviction was logged (one warning a second at most).
     logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// An open connection of a [`ConnectionLimit`], counted until dropped.
 #[derive(Debug)]
-pub struct Open(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+pub struct Open {
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    slot: std::sync::Arc<Slot>,
+}
+
+impl Open {
+    /// The connection's place: mark it busy while answering, learn when it is evicted.
+    pub fn slot(&self) -> &std::sync::Arc<Slot> {
+        &self.slot
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Milliseconds since the first call, a clock to compare idle times by.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// One connection's place under a [`ConnectionLimit`]: idle (waiting for its client) unless
+/// something holds a [`Busy`] of it.
+#[derive(Default)]
+pub struct Slot {
+    /// Requests or messages being answered.
+    busy: std::sync::atomic::AtomicUsize,
+    /// When it last became idle ([`now_ms`]).
+    idle_since: std::sync::atomic::AtomicU64,
+    /// It was chosen to be closed.
+    evicted: std::sync::atomic::AtomicBool,
+    /// Wakes the connection's task once evicted.
+    notify: tokio::sync::Notify,
+    /// What else closes the connection (an HTTP connection's switch).
+    on_evict: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering;
+        f.debug_struct("Slot")
+            .field("busy", &self.busy.load(Ordering::Relaxed))
+            .field("idle_since", &self.idle_since.load(Ordering::Relaxed))
+            .field("evicted", &self.evicted.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A connection answering: its [`Slot`] is busy until this is dropped.
+#[derive(Debug)]
+pub struct Busy(std::sync::Arc<Slot>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0.idle_since.store(now_ms(), Ordering::Release);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Busy {
+    /// The connection stays busy for as long as it is open (an upgraded connection, which
+    /// is no longer the HTTP server's to close).
+    pub fn forever(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Slot {
+    /// Marks the connection busy until the guard is dropped.
+    pub fn busy(self: &std::sync::Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Sets what closes the connection when it is evicted (besides [`Self::evicted`]).
+    pub fn on_evict(&self, close: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_evict.set(Box::new(close));
+    }
+
+    /// Completes once the connection was chosen to make room.
+    pub async fn evicted(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether it may be closed now, and since when it waits.
+    fn idle(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let waiting =
+            self.busy.load(Ordering::Acquire) == 0 && !self.evicted.load(Ordering::Acquire);
+        waiting.then(|| self.idle_since.load(Ordering::Acquire))
+    }
+
+    fn evict(&self) {
+        self.evicted
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_one();
+        if let Some(close) = self.on_evict.get() {
+            close();
+        }
     }
 }
 
@@ -125,12 +232,15 @@ impl ConnectionLimit {
             open: Default::default(),
             max: max.max(1),
             endpoint,
+            slots: Default::default(),
             logged: std::sync::Mutex::new(None),
         }
     }
 
-    /// A place for one more connection, or `None` (logged) when `max` are open: the caller
-    /// closes it.
+    /// A place for one more connection. When `max` are open, the one idle the longest is
+    /// closed to make room (it stays counted until it is gone, so the count can pass `max`
+    /// by the connections being closed); when none is idle, `None` (logged): the caller
+    /// refuses the new one.
     pub fn admit(&self) -> Option<Open> {
         use std::sync::atomic::Ordering;
         let taken = self
@@ -139,20 +249,56 @@ impl ConnectionLimit {
                 (n < self.max).then_some(n + 1)
             })
             .is_ok();
-        if taken {
-            return Some(Open(self.open.clone()));
+        if !taken {
+            if !self.evict_idlest() {
+                self.log("a connection over serve.max_connections is refused: every open one is answering");
+                return None;
+            }
+            self.open.fetch_add(1, Ordering::AcqRel);
+            self.log("the connection idle the longest was closed to make room for a new one (serve.max_connections)");
         }
+        let slot = std::sync::Arc::new(Slot::default());
+        slot.idle_since.store(now_ms(), Ordering::Release);
+        if let Ok(mut slots) = self.slots.lock() {
+            // closed connections' entries go now and then (at most `max` open ones stay)
+            if slots.len() >= 2 * self.max {
+                slots.retain(|s| s.strong_count() > 0);
+            }
+            slots.push(std::sync::Arc::downgrade(&slot));
+        }
+        Some(Open {
+            count: self.open.clone(),
+            slot,
+        })
+    }
+
+    /// Evicts the open connection idle the longest; whether there was one.
+    fn evict_idlest(&self) -> bool {
+        let Ok(mut slots) = self.slots.lock() else {
+            return false;
+        };
+        slots.retain(|s| s.strong_count() > 0);
+        let idlest = slots
+            .iter()
+            .filter_map(|s| s.upgrade())
+            .filter_map(|s| s.idle().map(|since| (since, s)))
+            .min_by_key(|(since, _)| *since);
+        match idlest {
+            Some((_, slot)) => {
+                slot.evict();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn log(&self, what: &'static str) {
         if let Ok(mut last) = self.logged.lock() {
             if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 *last = Some(std::time::Instant::now());
-                tracing::warn!(
-                    endpoint = self.endpoint,
-                    max = self.max,
-                    "a connection over serve.max_connections is closed"
-                );
+                tracing::warn!(endpoint = self.endpoint, max = self.max, "{what}");
             }
         }
-        None
     }
 
     /// Connections open now.
@@ -256,6 +402,50 @@ fn is_operator(token: &Token) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_limit_closes_the_connection_idle_the_longest_and_never_a_busy_one() {
+        let limit = ConnectionLimit::new(3, "HTTP");
+        let open: Vec<Open> = (0..3).map(|_| limit.admit().expect("a place")).collect();
+        let closed: Vec<std::sync::Arc<std::sync::atomic::AtomicBool>> = open
+            .iter()
+            .map(|o| {
+                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let f = flag.clone();
+                o.slot()
+                    .on_evict(move || f.store(true, std::sync::atomic::Ordering::SeqCst));
+                flag
+            })
+            .collect();
+        let is_closed = |i: usize| closed[i].load(std::sync::atomic::Ordering::SeqCst);
+        // 0 answers; 2 answered and is idle again, after 1 (which never asked): 1 goes first
+        let _answering = open[0].slot().busy();
+        std::thread::sleep(Duration::from_millis(5));
+        drop(open[2].slot().busy());
+        let fourth = limit.admit().expect("room made");
+        assert!(is_closed(1) && !is_closed(0) && !is_closed(2));
+        assert_eq!(limit.open(), 4, "the closed one counts until it is gone");
+        // 1 is being closed, not chosen again: 2 is next
+        let fifth = limit.admit().expect("room made");
+        assert!(is_closed(2) && !is_closed(0));
+        // every other connection answers (or is being closed): the next is refused
+        let _busy = (fourth.slot().busy(), fifth.slot().busy());
+        assert!(limit.admit().is_none(), "no idle connection to close");
+        drop(open);
+        assert_eq!(limit.open(), 2);
+        assert!(limit.admit().is_some(), "places freed");
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_is_woken_even_if_it_waits_later() {
+        let limit = ConnectionLimit::new(1, "Postgres");
+        let first = limit.admit().unwrap();
+        let _second = limit.admit().expect("the idle one makes room");
+        // the eviction came before the connection waited for it: the wait ends at once
+        tokio::time::timeout(Duration::from_secs(1), first.slot().evicted())
+            .await
+            .expect("woken");
+    }
 
     fn limits(bytes: usize, terms: usize) -> QueryLimits {
         QueryLimits {

@@ -183,18 +183,24 @@ async fn refuse_encryption(socket: &mut TcpStream) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Serves one connection until the client leaves, a fatal error, or a refused message.
+/// Serves one connection until the client leaves, a fatal error, a refused message, or
+/// `open`'s eviction (the session waited for its client the longest when a new one needed
+/// room; it is told so with SQLSTATE 57P05, as an idle-session timeout is).
 pub async fn serve_connection<H: PgWireServerHandlers>(
     mut socket: TcpStream,
     peer: SocketAddr,
     handlers: Arc<H>,
     (max_message, max_rows): (usize, usize),
+    open: &crate::limits::Open,
 ) -> io::Result<()> {
+    let slot = open.slot();
     socket.set_nodelay(true)?;
-    if !tokio::time::timeout(STARTUP_TIMEOUT, refuse_encryption(&mut socket))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no startup message"))??
-    {
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(STARTUP_TIMEOUT, refuse_encryption(&mut socket)) => r,
+        // (no protocol yet to say why in: the connection is closed)
+        _ = slot.evicted() => return Ok(()),
+    };
+    if !negotiated.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no startup message"))?? {
         return Ok(());
     }
     let limited = Limited::new(socket, max_message);
@@ -216,14 +222,27 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
             PgWireConnectionState::AwaitingStartup
                 | PgWireConnectionState::AuthenticationInProgress
         );
-        let next = if starting {
-            tokio::select! {
-                _ = &mut deadline => None,
-                m = framed.next() => m,
+        let next = tokio::select! {
+            _ = &mut deadline, if starting => None,
+            _ = slot.evicted() => {
+                let info = ErrorInfo::new(
+                    "FATAL".into(),
+                    "57P05".into(),
+                    "terminating the idle session: serve.max_connections sessions were open and \
+                     a new client came; this one had waited the longest"
+                        .into(),
+                );
+                // (a client that does not read is not waited for)
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    framed.send(PgWireBackendMessage::ErrorResponse(info.into())),
+                )
+                .await;
+                break;
             }
-        } else {
-            framed.next().await
+            m = framed.next() => m,
         };
+        let _busy = slot.busy();
         let message = match next {
             Some(Ok(m)) => m,
             Some(Err(_)) if refused.load(Ordering::Relaxed) > 0 => {

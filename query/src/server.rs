@@ -218,9 +218,8 @@ impl SqlServer {
                                 };
                                 let h = handlers.clone();
                                 tokio::spawn(async move {
-                                    let _open = open;
                                     let served = crate::pg_conn::serve_connection(
-                                        socket, peer, h, (max_message, max_rows),
+                                        socket, peer, h, (max_message, max_rows), &open,
                                     )
                                     .await;
                                     if let Err(e) = served {

@@ -15,7 +15,7 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::limits::{ConnectionLimit, Open};
+use crate::limits::{ConnectionLimit, Open, Slot};
 
 /// The switch of one connection.
 #[derive(Debug, Default)]
@@ -23,6 +23,8 @@ pub struct Switch {
     cut: AtomicBool,
     reader: AtomicWaker,
     writer: AtomicWaker,
+    /// Its place under the connection limit (busy while a request is answered).
+    pub slot: Arc<Slot>,
 }
 
 impl Switch {
@@ -50,8 +52,11 @@ impl Switches {
         self.open.lock().ok()?.get(peer)?.upgrade()
     }
 
-    fn add(self: &Arc<Self>, peer: SocketAddr) -> Arc<Switch> {
-        let s = Arc::new(Switch::default());
+    fn add(self: &Arc<Self>, peer: SocketAddr, slot: Arc<Slot>) -> Arc<Switch> {
+        let s = Arc::new(Switch {
+            slot,
+            ..Switch::default()
+        });
         if let Ok(mut open) = self.open.lock() {
             open.insert(peer, Arc::downgrade(&s));
         }
@@ -97,7 +102,14 @@ impl axum::serve::Listener for Listener {
                         continue;
                     };
                     let _ = socket.set_nodelay(true);
-                    let switch = self.switches.add(peer);
+                    let switch = self.switches.add(peer, open.slot().clone());
+                    // closed to make room for a new connection when it waits the longest
+                    let cut = Arc::downgrade(&switch);
+                    open.slot().on_evict(move || {
+                        if let Some(s) = cut.upgrade() {
+                            s.cut();
+                        }
+                    });
                     let stream = Stream {
                         inner: socket,
                         switch,
