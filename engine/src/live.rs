@@ -368,6 +368,16 @@ impl LiveState {
         *g = Arc::new(snapshot);
     }
 
+    /// The job's outputs finished (its last commits made) after its merger published its
+    /// last snapshot: that snapshot is final. Before, `finished` came while the sinks still
+    /// committed, and a reader of `weir_status` or `/metrics` could see a finished run whose
+    /// last rows were not in its outputs yet.
+    pub fn outputs_finished(&self) {
+        let mut last = (*self.current()).clone();
+        last.finished = true;
+        self.publish(last);
+    }
+
     /// A job ended (also on an error) and the next one has not published yet.
     pub fn end_job(&self) {
         if self.jobs_follow.load(Ordering::SeqCst) {

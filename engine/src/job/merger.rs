@@ -387,10 +387,11 @@ pub(super) fn merger_loop(
     }
     m.out.send_held(failure)?;
     // Every worker finished: the last snapshot holds every window emitted and the views'
-    // final rows.
+    // final rows. It says `finished` once the outputs have them too (see
+    // `LiveState::outputs_finished`).
     if let Some(l) = m.live.as_mut() {
         let clocks = clock_status(&l.clocks);
-        l.publish(&mut m.ops, stats.live_counters(), clocks, stats, true)?;
+        l.publish(&mut m.ops, stats.live_counters(), clocks, stats, false)?;
     }
     Ok(())
 }

@@ -79,6 +79,7 @@ pub fn run(
     let checkpoint = spec.checkpoint.take();
     let live = spec.live.take();
     let mut w = Wiring::new(&spec, n, stats, stop);
+    w.live_state = live.as_ref().map(|l| l.state.clone());
     // the emitted windows the checkpoint kept for SQL, when SQL shows them (not in a pool)
     let retained = match (&checkpoint, &live) {
         (Some(cp), Some(_)) if cp.ownership.is_none() => cp
@@ -313,8 +314,11 @@ struct Wiring {
     stop: StopHandle,
     /// Set by a reader giving its partitions up (see [`ReaderContext::handover`]).
     handover: Arc<AtomicBool>,
-    /// Outputs still running; the last one to finish marks the progress final.
+    /// Outputs still running; the last one to finish marks the progress final, and the
+    /// live state's last snapshot `finished`.
     outputs_left: Arc<AtomicUsize>,
+    /// Where the job's live snapshots go, if anywhere.
+    live_state: Option<Arc<crate::live::LiveState>>,
     /// Closed by the merger while a sink has no room: readers wait at it.
     gate: Arc<OutputGate>,
     threads: Vec<JoinHandle<()>>,
@@ -363,6 +367,7 @@ impl Wiring {
             stop,
             handover: Arc::new(AtomicBool::new(false)),
             outputs_left: Arc::new(AtomicUsize::new(spec.sinks.len() + 1)),
+            live_state: None,
             gate: Arc::new(OutputGate::default()),
             threads: Vec::new(),
         }
@@ -377,13 +382,18 @@ impl Wiring {
         Ok(())
     }
 
-    /// Called by each output once it finished: the last one marks the progress final.
+    /// Called by each output once it finished: the last one marks the progress final and
+    /// the last live snapshot `finished` (what it shows is now in every output).
     fn output_done(&self) -> impl Fn() + Send + Clone + 'static {
         let progress = self.progress.clone();
         let left = self.outputs_left.clone();
+        let live = self.live_state.clone();
         move || {
             if left.fetch_sub(1, Ordering::SeqCst) == 1 {
                 progress.set_finished();
+                if let Some(state) = &live {
+                    state.outputs_finished();
+                }
             }
         }
     }

@@ -325,6 +325,8 @@ pub(super) struct RecordingSink {
     pub(super) refused: Vec<RejectedRow>,
     /// While set, every call fails as a full disk does (retried by the retry policy).
     pub(super) down: Option<Arc<AtomicBool>>,
+    /// The live state it looks at as it finishes, and whether that said `finished` then.
+    pub(super) watch_live: Option<(Arc<crate::live::LiveState>, Arc<AtomicBool>)>,
 }
 
 impl RecordingSink {
@@ -344,6 +346,11 @@ impl Committable for RecordingSink {
         Ok(true)
     }
     fn finish(&mut self) -> Result<(), EngineError> {
+        if let Some((state, saw)) = &self.watch_live {
+            // (a sink's last commit takes a moment: the snapshot must not say finished yet)
+            std::thread::sleep(Duration::from_millis(50));
+            saw.store(state.current().finished, Ordering::SeqCst);
+        }
         self.calls.lock().unwrap().push(Call::Finish);
         Ok(())
     }

@@ -147,10 +147,14 @@ fn a_live_run_on_a_bounded_input_ends_promptly() {
         )],
     ));
     let interval = Duration::from_secs(30);
+    let saw_finished = Arc::new(AtomicBool::new(false));
     let mut spec = job(
         Box::new(FakeReader::new(two_partitions())),
         2,
-        RecordingSink::default(),
+        RecordingSink {
+            watch_live: Some((state.clone(), saw_finished.clone())),
+            ..RecordingSink::default()
+        },
         RecordingDeadLetters::default(),
         2,
     );
@@ -166,6 +170,10 @@ fn a_live_run_on_a_bounded_input_ends_promptly() {
     );
     let snapshot = state.current();
     assert!(snapshot.finished);
+    assert!(
+        !saw_finished.load(Ordering::SeqCst),
+        "the snapshot said finished while a sink was still finishing"
+    );
     let rows: usize = snapshot.tables[0].iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 4, "the emitted windows are retained");
 }
