@@ -501,13 +501,13 @@ fn closed_by_the_server(s: &mut std::net::TcpStream) -> Option<String> {
 
 /// Clients that open connections and sit on them cannot keep others out, nor take every file
 /// descriptor: each endpoint keeps `serve.max_connections` (4 here; HTTP 1 more,
-/// `max_subscriptions`) open; a new client makes room by closing the connection that waited
-/// for its client the longest (a raw socket that never sent a request; a psql session idle at
-/// its prompt, told FATAL 57P05), and is answered; a connection answering is never closed;
-/// the engine answers throughout.
+/// `max_subscriptions`) open; a new client makes room by closing a connection that waits for
+/// its client (those that never completed a request or startup first, then the one waiting
+/// the longest: a psql session idle at its prompt, told FATAL 57P05), and is answered; a
+/// connection answering (a live subscription) is not closed; the engine answers throughout.
 #[test]
-fn a_new_client_closes_the_connection_idle_the_longest_and_is_answered() {
-    use std::io::Write;
+fn a_new_client_closes_a_connection_that_waits_for_its_client_and_is_answered() {
+    use std::io::{BufRead, Read, Write};
     use std::net::TcpStream;
     let dir = tempfile::tempdir().unwrap();
     let (hp, pp) = (free_port(), free_port());
@@ -521,56 +521,108 @@ fn a_new_client_closes_the_connection_idle_the_longest_and_is_answered() {
     );
     let mut run = Running::start(WEIR, &pipeline, &[]);
     run.wait_http(hp);
-    let hold = |port: u16, n: usize| -> Vec<TcpStream> {
-        (0..n)
-            .map(|_| {
-                let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                // accepted in this order, idle since then
-                std::thread::sleep(Duration::from_millis(30));
-                s
-            })
-            .collect()
+    let connect = |port: u16| {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // accepted in this order, waiting since then
+        std::thread::sleep(Duration::from_millis(30));
+        s
     };
 
-    // HTTP: five sockets that never send a request fill it; a query is answered, and the
-    // oldest socket is the one closed
-    let mut held = hold(hp, 5);
+    // HTTP, five places: a live subscription (the oldest), a request whose body never comes,
+    // three sockets that never send a request
+    let mut live = connect(hp);
+    live.write_all(
+        b"GET /subscribe?table=service_status HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = live.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    let mut upload = connect(hp);
+    upload
+        .write_all(b"POST /sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nSELECT")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut silent: Vec<TcpStream> = (0..3).map(|_| connect(hp)).collect();
+    // a new client is answered: the oldest socket that never sent a request made room
     assert!(!sql_json(hp, "SELECT count(*) AS n FROM weir_status").is_empty());
     assert!(
-        closed_by_the_server(&mut held[0]).is_some(),
-        "the idlest connection stays open"
+        closed_by_the_server(&mut silent[0]).is_some(),
+        "the oldest silent socket stays open"
     );
-    for s in &mut held[2..] {
-        assert_eq!(closed_by_the_server(s), None, "a later connection closed");
+    assert_eq!(closed_by_the_server(&mut upload), None, "the upload closed");
+    for s in &mut silent[1..] {
+        assert_eq!(closed_by_the_server(s), None, "a later socket closed");
     }
-    drop(held);
-
-    // Postgres: a psql session idle at its prompt, then three raw sockets; a new psql is
-    // answered, and the idle session is told why it was closed when it next asks
-    let mut idle = sql_support::psql_command(pp, None)
-        .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    // the subscription goes on
+    live.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    // (connected and at its prompt well before the sockets below)
-    std::thread::sleep(Duration::from_secs(1));
-    let mut held = hold(pp, 3);
+    assert!(
+        live.read(&mut first).unwrap() > 0,
+        "the subscription was closed"
+    );
+    drop((live, upload, silent));
+
+    // Postgres, four places: three psql sessions idle at their prompt, then a socket that
+    // never starts; a new psql closes the socket, though it is the newest
+    let session = || {
+        let mut c = sql_support::psql_command(pp, None)
+            .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // its first answer: connected and past its startup, now idle
+        c.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"SELECT 41;\n")
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "41");
+        std::thread::sleep(Duration::from_millis(30));
+        c
+    };
+    let mut idle: Vec<_> = (0..3).map(|_| session()).collect();
+    let mut starting = connect(pp);
     let o = psql(pp, None, "SELECT 1");
     assert!(o.status.success(), "psql: {}", text(&o.stderr));
-    let mut stdin = idle.stdin.take().unwrap();
+    assert!(
+        closed_by_the_server(&mut starting).is_some(),
+        "the socket that never started stays open"
+    );
+    // full again with a fourth session: the next psql closes the session idle the longest,
+    // which is told why when it next asks
+    idle.push(session());
+    let o = psql(pp, None, "SELECT 1");
+    assert!(o.status.success(), "psql: {}", text(&o.stderr));
+    let mut oldest = idle.remove(0);
+    let mut stdin = oldest.stdin.take().unwrap();
     let _ = stdin.write_all(b"SELECT 2;\n");
     drop(stdin);
-    let o = idle.wait_with_output().unwrap();
+    let o = oldest.wait_with_output().unwrap();
     assert!(
         text(&o.stderr).contains("terminating the idle session"),
         "the idle psql session: {} {}",
         text(&o.stdout),
         text(&o.stderr)
     );
-    for s in &mut held {
-        assert_eq!(closed_by_the_server(s), None, "a later connection closed");
+    for mut s in idle {
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(b"SELECT 3;\n").unwrap();
+        drop(stdin);
+        let o = s.wait_with_output().unwrap();
+        assert!(o.status.success(), "a later session: {}", text(&o.stderr));
     }
     assert!(
         run.child.try_wait().unwrap().is_none(),
@@ -579,7 +631,7 @@ fn a_new_client_closes_the_connection_idle_the_longest_and_is_answered() {
     let (code, _, err) = run.stop();
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("the connection idle the longest was closed to make room"),
+        err.contains("a connection that waited for its client the longest was closed to make room"),
         "{err}"
     );
 }

@@ -51,9 +51,11 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Marks the request's connection busy from the request's arrival until its response body
-/// is sent, and for good once it is upgraded (a WebSocket): a busy connection is never closed
-/// to make room for a new one (see [`crate::limits::ConnectionLimit`]).
+/// Marks the request's connection busy while the server answers it, from the request's
+/// arrival until its response body is sent; the time its body's bytes, or its reading of the
+/// response, keep the server waiting counts as waiting for the client (see
+/// [`crate::limits::Slot`]). A connection busy is never closed to make room for a new one;
+/// one that waits for its client is, the longest waiting first.
 async fn busy_while_answering(
     State(state): State<Arc<HttpState>>,
     request: axum::extract::Request,
@@ -63,15 +65,60 @@ async fn busy_while_answering(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .and_then(|ConnectInfo(peer)| state.subscriptions.switches.get(peer));
-    let Some(busy) = switch.map(|s| s.slot.busy()) else {
+    let Some(switch) = switch else {
         return next.run(request).await;
     };
+    switch.slot.establish();
+    let busy = switch.slot.busy();
+    let slot = switch.slot.clone();
+    let request = request.map(|body| Body::new(Uploading { body, slot }));
     let response = next.run(request).await;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        busy.forever();
+        switch.slot.upgrade();
         return response;
     }
     response.map(|body| Body::new(Answering { body, _busy: busy }))
+}
+
+/// A request body whose wait for the client's bytes is marked on its connection's slot.
+struct Uploading {
+    body: Body,
+    slot: Arc<crate::limits::Slot>,
+}
+
+impl http_body::Body for Uploading {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        self.slot.waiting_for_client(r.is_pending());
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The answer to a request body over `limit` bytes.
+fn body_too_large(limit: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        &format!(
+            "the request body is over {limit} bytes (serve.max_sql_bytes, plus {} for the \
+             JSON around it)",
+            QueryLimits::MESSAGE_OVERHEAD
+        ),
+    )
 }
 
 /// A response body that keeps its connection busy until it is sent (or dropped).
@@ -174,15 +221,7 @@ async fn sql(
     }
     let limit = state.engine.limits().max_message_bytes();
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            &format!(
-                "the request body is over {limit} bytes (serve.max_sql_bytes, plus {} for the \
-                 JSON around it)",
-                QueryLimits::MESSAGE_OVERHEAD
-            ),
-        );
+        return body_too_large(limit);
     };
     let query = match query_text(&headers, &body) {
         Ok(q) => q,

@@ -144,13 +144,21 @@ fn now_ms() -> u64 {
 }
 
 /// One connection's place under a [`ConnectionLimit`]: idle (waiting for its client) unless
-/// something holds a [`Busy`] of it.
+/// something holds a [`Busy`] of it; busy but waiting for its client too while the client
+/// does not take what is written to it.
 #[derive(Default)]
 pub struct Slot {
     /// Requests or messages being answered.
     busy: std::sync::atomic::AtomicUsize,
     /// When it last became idle ([`now_ms`]).
     idle_since: std::sync::atomic::AtomicU64,
+    /// Since when, while busy, it waits for its client: for a request body's bytes, or to
+    /// read what is written to it ([`now_ms`] + 1; 0: it does not).
+    stalled_since: std::sync::atomic::AtomicU64,
+    /// It completed a request or its startup: closed only after connections that did not.
+    established: std::sync::atomic::AtomicBool,
+    /// It was upgraded (a WebSocket): it is no longer the server's to close for room.
+    upgraded: std::sync::atomic::AtomicBool,
     /// It was chosen to be closed.
     evicted: std::sync::atomic::AtomicBool,
     /// Wakes the connection's task once evicted.
@@ -182,19 +190,42 @@ impl Drop for Busy {
     }
 }
 
-impl Busy {
-    /// The connection stays busy for as long as it is open (an upgraded connection, which
-    /// is no longer the HTTP server's to close).
-    pub fn forever(self) {
-        std::mem::forget(self);
-    }
-}
-
 impl Slot {
     /// Marks the connection busy until the guard is dropped.
     pub fn busy(self: &std::sync::Arc<Self>) -> Busy {
+        // (a wait of an earlier answer is over)
+        self.stalled_since
+            .store(0, std::sync::atomic::Ordering::Release);
         self.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Busy(self.clone())
+    }
+
+    /// The connection completed a request (HTTP) or its startup (Postgres).
+    pub fn establish(&self) {
+        self.established
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The connection was upgraded (a WebSocket): never evicted.
+    pub fn upgrade(&self) {
+        self.upgraded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A read of the client's bytes or a write to it could not go on (`true`: nothing came,
+    /// or the buffers are full as the client does not read) or went on (`false`).
+    pub fn waiting_for_client(&self, stalled: bool) {
+        use std::sync::atomic::Ordering;
+        if stalled {
+            let _ = self.stalled_since.compare_exchange(
+                0,
+                now_ms() + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        } else if self.stalled_since.load(Ordering::Relaxed) != 0 {
+            self.stalled_since.store(0, Ordering::Release);
+        }
     }
 
     /// Sets what closes the connection when it is evicted (besides [`Self::evicted`]).
@@ -207,12 +238,21 @@ impl Slot {
         self.notify.notified().await;
     }
 
-    /// Whether it may be closed now, and since when it waits.
-    fn idle(&self) -> Option<u64> {
+    /// Whether it may be closed now: (established, since when it waits for its client).
+    fn idle(&self) -> Option<(bool, u64)> {
         use std::sync::atomic::Ordering;
-        let waiting =
-            self.busy.load(Ordering::Acquire) == 0 && !self.evicted.load(Ordering::Acquire);
-        waiting.then(|| self.idle_since.load(Ordering::Acquire))
+        if self.evicted.load(Ordering::Acquire) || self.upgraded.load(Ordering::Acquire) {
+            return None;
+        }
+        let since = if self.busy.load(Ordering::Acquire) == 0 {
+            self.idle_since.load(Ordering::Acquire)
+        } else {
+            match self.stalled_since.load(Ordering::Acquire) {
+                0 => return None,
+                s => s - 1,
+            }
+        };
+        Some((self.established.load(Ordering::Acquire), since))
     }
 
     fn evict(&self) {
@@ -255,7 +295,7 @@ impl ConnectionLimit {
                 return None;
             }
             self.open.fetch_add(1, Ordering::AcqRel);
-            self.log("the connection idle the longest was closed to make room for a new one (serve.max_connections)");
+            self.log("a connection that waited for its client the longest was closed to make room for a new one (serve.max_connections)");
         }
         let slot = std::sync::Arc::new(Slot::default());
         slot.idle_since.store(now_ms(), Ordering::Release);
@@ -272,7 +312,8 @@ impl ConnectionLimit {
         })
     }
 
-    /// Evicts the open connection idle the longest; whether there was one.
+    /// Evicts the open connection that waits for its client the longest, those that never
+    /// completed a request or startup first; whether there was one.
     fn evict_idlest(&self) -> bool {
         let Ok(mut slots) = self.slots.lock() else {
             return false;
@@ -434,6 +475,45 @@ mod tests {
         drop(open);
         assert_eq!(limit.open(), 2);
         assert!(limit.admit().is_some(), "places freed");
+    }
+
+    #[test]
+    fn connections_that_never_completed_a_request_go_first_then_busy_ones_that_wait() {
+        let limit = ConnectionLimit::new(4, "Postgres");
+        let open: Vec<Open> = (0..4).map(|_| limit.admit().expect("a place")).collect();
+        let slot = |i: usize| open[i].slot();
+        // 0: an established session, idle the longest; 1: never completed its startup;
+        // 2: busy, its writes waiting for a client that does not read; 3: upgraded
+        slot(0).establish();
+        std::thread::sleep(Duration::from_millis(5));
+        slot(2).establish();
+        let _writing = slot(2).busy();
+        slot(2).waiting_for_client(true);
+        slot(3).upgrade();
+        let evicted = |i: usize| slot(i).evicted.load(std::sync::atomic::Ordering::SeqCst);
+        // (each new one answers at once, as a client's first request does)
+        let a = limit.admit().expect("room made");
+        let _a = a.slot().busy();
+        assert!(
+            evicted(1) && !evicted(0),
+            "the one that never started goes first"
+        );
+        let b = limit.admit().expect("room made");
+        let _b = b.slot().busy();
+        assert!(
+            evicted(0) && !evicted(2),
+            "then the established one idle the longest"
+        );
+        let c = limit.admit().expect("room made");
+        assert!(evicted(2), "then the one whose client does not read");
+        // c waited for its client before this answer: forgotten when it answers again
+        c.slot().waiting_for_client(true);
+        let _c = c.slot().busy();
+        assert!(limit.admit().is_none(), "every other one answers");
+        assert!(
+            !evicted(3),
+            "an upgraded connection is never closed for room"
+        );
     }
 
     #[tokio::test]

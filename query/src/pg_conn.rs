@@ -42,6 +42,8 @@ pub struct Limited<S> {
     remaining: usize,
     /// The length of the message that broke the limit (0: none did).
     refused: Arc<AtomicUsize>,
+    /// The connection's place, told when writes wait for a client that does not read.
+    slot: Option<Arc<crate::limits::Slot>>,
 }
 
 impl<S> Limited<S> {
@@ -55,6 +57,19 @@ impl<S> Limited<S> {
             have: 0,
             remaining: 0,
             refused: Arc::new(AtomicUsize::new(0)),
+            slot: None,
+        }
+    }
+
+    /// Tells `slot` when writes wait for the client (see [`crate::limits::Slot`]).
+    pub fn with_slot(mut self, slot: Arc<crate::limits::Slot>) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
+    fn waited(&self, pending: bool) {
+        if let Some(s) = &self.slot {
+            s.waiting_for_client(pending);
         }
     }
 
@@ -146,11 +161,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.waited(r.is_pending());
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.waited(r.is_pending());
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -203,7 +224,7 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
     if !negotiated.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no startup message"))?? {
         return Ok(());
     }
-    let limited = Limited::new(socket, max_message);
+    let limited = Limited::new(socket, max_message).with_slot(slot.clone());
     let refused = limited.refused();
     let client = DefaultClient::new(peer, false);
     let mut framed = Framed::new(limited, PgWireMessageServerCodec::new(client));
@@ -301,6 +322,10 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
         }
         if is_cancel {
             break;
+        }
+        if matches!(framed.state(), PgWireConnectionState::ReadyForQuery) {
+            // (past its startup and authentication)
+            slot.establish();
         }
     }
     Ok(())

@@ -314,8 +314,9 @@ struct Wiring {
     stop: StopHandle,
     /// Set by a reader giving its partitions up (see [`ReaderContext::handover`]).
     handover: Arc<AtomicBool>,
-    /// Outputs still running; the last one to finish marks the progress final, and the
-    /// live state's last snapshot `finished`.
+    /// Outputs still running, and the merger until it published its last snapshot; the last
+    /// one to finish marks the progress final, and the live state's last snapshot
+    /// `finished`.
     outputs_left: Arc<AtomicUsize>,
     /// Where the job's live snapshots go, if anywhere.
     live_state: Option<Arc<crate::live::LiveState>>,
@@ -366,7 +367,8 @@ impl Wiring {
             operator_names: spec.operators.iter().map(|o| o.name.clone()).collect(),
             stop,
             handover: Arc::new(AtomicBool::new(false)),
-            outputs_left: Arc::new(AtomicUsize::new(spec.sinks.len() + 1)),
+            // the sinks, the dead-letter output, and the merger's last snapshot
+            outputs_left: Arc::new(AtomicUsize::new(spec.sinks.len() + 2)),
             live_state: None,
             gate: Arc::new(OutputGate::default()),
             threads: Vec::new(),
@@ -683,6 +685,7 @@ impl Wiring {
             let clocks = self.clocks.clone();
             LiveTables::new(l.state, &self.partition_keys, clocks, op_sources, retained)
         });
+        let done = self.output_done();
         self.spawn("merger".into(), move || {
             merger_loop(
                 merge_rx,
@@ -698,7 +701,10 @@ impl Wiring {
                 },
                 &stats,
                 &failure,
-            )
+            )?;
+            // (an output without rows, the dead-letter one alone, can finish before it)
+            done();
+            Ok(())
         })?;
         Ok(merge_tx)
     }

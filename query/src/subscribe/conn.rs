@@ -200,7 +200,9 @@ impl AsyncWrite for Stream {
         if self.switch.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.switch.slot.waiting_for_client(r.is_pending());
+        r
     }
 
     fn poll_write_vectored(
@@ -212,7 +214,9 @@ impl AsyncWrite for Stream {
         if self.switch.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.switch.slot.waiting_for_client(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
