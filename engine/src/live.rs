@@ -339,7 +339,17 @@ impl LiveState {
     /// Replaces the current snapshot (the job's merger publishes; tests may too). Numbers
     /// only grow: a pool worker's next job numbers its snapshots from 1 again, and they
     /// follow the last job's here.
-    pub fn publish(&self, mut snapshot: LiveSnapshot) {
+    pub fn publish(&self, snapshot: LiveSnapshot) {
+        self.publish_as(snapshot, false);
+    }
+
+    /// Publishes a job's last snapshot (its input is done; `finished` comes once its outputs
+    /// are too, see [`Self::outputs_finished`]): in a pool, the job ended.
+    pub fn publish_last(&self, snapshot: LiveSnapshot) {
+        self.publish_as(snapshot, true);
+    }
+
+    fn publish_as(&self, mut snapshot: LiveSnapshot, last: bool) {
         let mut g = match self.current.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -352,7 +362,7 @@ impl LiveState {
         }
         // a job's last snapshot, when more jobs follow: the partitions it read may be
         // released next (it is published before the job's hand-over commits)
-        let job_ended = snapshot.finished && follows;
+        let job_ended = (snapshot.finished || last) && follows;
         if job_ended {
             snapshot.finished = false;
         }

@@ -68,7 +68,11 @@ async fn busy_while_answering(
     let Some(switch) = switch else {
         return next.run(request).await;
     };
-    switch.slot.establish();
+    use http_body::Body as _;
+    // a request is complete once its body is in (a bodiless one at once)
+    if request.body().is_end_stream() {
+        switch.slot.establish();
+    }
     let busy = switch.slot.busy();
     let slot = switch.slot.clone();
     let request = request.map(|body| Body::new(Uploading { body, slot }));
@@ -77,7 +81,13 @@ async fn busy_while_answering(
         switch.slot.upgrade();
         return response;
     }
-    response.map(|body| Body::new(Answering { body, _busy: busy }))
+    response.map(|body| {
+        Body::new(Answering {
+            body,
+            busy: Some(busy),
+            switch,
+        })
+    })
 }
 
 /// A request body whose wait for the client's bytes is marked on its connection's slot.
@@ -96,6 +106,9 @@ impl http_body::Body for Uploading {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
         self.slot.waiting_for_client(r.is_pending());
+        if matches!(r, std::task::Poll::Ready(None)) {
+            self.slot.establish();
+        }
         r
     }
 
@@ -124,7 +137,18 @@ fn body_too_large(limit: usize) -> Response {
 /// A response body that keeps its connection busy until it is sent (or dropped).
 struct Answering {
     body: Body,
-    _busy: crate::limits::Busy,
+    busy: Option<crate::limits::Busy>,
+    switch: Arc<crate::subscribe::Switch>,
+}
+
+impl Drop for Answering {
+    /// The body ended (or was dropped): what it wrote may still wait in the server's
+    /// buffers, so the connection stays busy until they are flushed.
+    fn drop(&mut self) {
+        if let Some(busy) = self.busy.take() {
+            self.switch.drain(busy);
+        }
+    }
 }
 
 impl http_body::Body for Answering {

@@ -193,9 +193,6 @@ impl Drop for Busy {
 impl Slot {
     /// Marks the connection busy until the guard is dropped.
     pub fn busy(self: &std::sync::Arc<Self>) -> Busy {
-        // (a wait of an earlier answer is over)
-        self.stalled_since
-            .store(0, std::sync::atomic::Ordering::Release);
         self.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Busy(self.clone())
     }
@@ -506,9 +503,10 @@ mod tests {
         );
         let c = limit.admit().expect("room made");
         assert!(evicted(2), "then the one whose client does not read");
-        // c waited for its client before this answer: forgotten when it answers again
-        c.slot().waiting_for_client(true);
+        // c waited for its client, and then its client took what was written
         let _c = c.slot().busy();
+        c.slot().waiting_for_client(true);
+        c.slot().waiting_for_client(false);
         assert!(limit.admit().is_none(), "every other one answers");
         assert!(
             !evicted(3),

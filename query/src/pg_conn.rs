@@ -299,16 +299,19 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
                 continue;
             }
         };
-        let processed = process_message(
-            message,
-            &mut framed,
-            startup.clone(),
-            simple.clone(),
-            extended.clone(),
-            copy.clone(),
-            cancel.clone(),
-        )
-        .await;
+        // (evicted while its answer waits for a client that does not read: closed at once)
+        let processed = tokio::select! {
+            r = process_message(
+                message,
+                &mut framed,
+                startup.clone(),
+                simple.clone(),
+                extended.clone(),
+                copy.clone(),
+                cancel.clone(),
+            ) => r,
+            _ = slot.evicted() => break,
+        };
         // a statement or portal that was not stored takes no place
         if let (Ok(()), Some(name)) = (&processed, stored) {
             named.record(name);

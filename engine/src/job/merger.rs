@@ -181,14 +181,15 @@ impl LiveTables {
         Ok(())
     }
 
-    /// Builds and publishes the snapshot: retained and open windows, views.
+    /// Builds and publishes the snapshot: retained and open windows, views; `last`: the
+    /// job's last one (its input is done).
     fn publish(
         &mut self,
         ops: &mut [MergePart],
         counters: Vec<(String, u64)>,
         clocks: Vec<ClockRow>,
         stats: &RunStats,
-        finished: bool,
+        last: bool,
     ) -> Result<(), EngineError> {
         self.seq += 1;
         let mut tables = Vec::with_capacity(ops.len());
@@ -213,7 +214,7 @@ impl LiveTables {
             .lock()
             .map(|s| s.iter().flat_map(|st| st.statuses()).collect())
             .unwrap_or_default();
-        self.state.publish(LiveSnapshot {
+        let snapshot = LiveSnapshot {
             seq: self.seq,
             taken_ms: now_ms(),
             tables,
@@ -221,10 +222,16 @@ impl LiveTables {
             counters,
             partitions,
             stages,
-            finished,
+            // once the outputs finished too (`LiveState::outputs_finished`)
+            finished: false,
             // stamped by `publish`
             owned: None,
-        });
+        };
+        if last {
+            self.state.publish_last(snapshot);
+        } else {
+            self.state.publish(snapshot);
+        }
         self.observe_visible(stats);
         Ok(())
     }
@@ -391,7 +398,7 @@ pub(super) fn merger_loop(
     // `LiveState::outputs_finished`).
     if let Some(l) = m.live.as_mut() {
         let clocks = clock_status(&l.clocks);
-        l.publish(&mut m.ops, stats.live_counters(), clocks, stats, false)?;
+        l.publish(&mut m.ops, stats.live_counters(), clocks, stats, true)?;
     }
     Ok(())
 }

@@ -392,10 +392,10 @@ impl Wiring {
         let live = self.live_state.clone();
         move || {
             if left.fetch_sub(1, Ordering::SeqCst) == 1 {
-                progress.set_finished();
                 if let Some(state) = &live {
                     state.outputs_finished();
                 }
+                progress.set_finished();
             }
         }
     }

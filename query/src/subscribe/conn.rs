@@ -25,9 +25,19 @@ pub struct Switch {
     writer: AtomicWaker,
     /// Its place under the connection limit (busy while a request is answered).
     pub slot: Arc<Slot>,
+    /// An answer whose body ended, busy until what it wrote is flushed to the client.
+    draining: Mutex<Option<crate::limits::Busy>>,
 }
 
 impl Switch {
+    /// Keeps `busy` until the connection's next completed flush: the answer whose body
+    /// ended may still sit in the server's buffers.
+    pub fn drain(&self, busy: crate::limits::Busy) {
+        if let Ok(mut d) = self.draining.lock() {
+            *d = Some(busy);
+        }
+    }
+
     /// Fails the connection's next read and write, now.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
@@ -228,7 +238,13 @@ impl AsyncWrite for Stream {
         if self.switch.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            // (taken out first: the guard is dropped without the lock)
+            let drained = self.switch.draining.lock().ok().and_then(|mut d| d.take());
+            drop(drained);
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

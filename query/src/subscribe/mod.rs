@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 
-pub use conn::{Listener, Switches};
+pub use conn::{Listener, Switch, Switches};
 pub use hub::{Hub, Subscription};
 pub use route::handler;
 pub use stats::SubscriptionStats;

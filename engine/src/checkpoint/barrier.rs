@@ -1,0 +1,85 @@
+//! Where the threads of a job meet at a barrier, and the test hook that pauses the checkpoint
+//! coordinator at named points.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crate::EngineError;
+
+/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>[:<times>]]` pauses the coordinator at
+/// `point` (`before_manifest`: every part is in, the manifest is not written;
+/// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
+/// manifest is written (and sealed), the outputs are not told to commit;
+/// `before_commit_owning`: the same, for a pool worker that owns partitions;
+/// `nats_consumer_deleted`: a NATS source deleted its consumer to create it again;
+/// `nats_connected`: a NATS reader connected and placed its consumer), after
+/// passing it `skip` times (then every time, or `times` times), so that crash tests can kill
+/// the process there. It logs `failpoint <point>` first.
+pub fn failpoint(point: &str) {
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var("WEIR_FAILPOINT_PAUSE") else {
+        return;
+    };
+    let mut parts = spec.split(':');
+    let (Some(name), Some(ms)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let skip: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let times: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    if name != point {
+        return;
+    }
+    let passed = PASSED.fetch_add(1, Ordering::Relaxed);
+    if passed >= skip && passed - skip < times {
+        let ms: u64 = ms.parse().unwrap_or(0);
+        tracing::warn!(point, ms, "failpoint {point}");
+        eprintln!("failpoint {point}");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Lets the workers meet at a barrier: every one waits until all arrived.
+pub(crate) struct Rendezvous {
+    state: Mutex<(usize, u64)>,
+    all: Condvar,
+    n: usize,
+}
+
+impl Rendezvous {
+    pub fn new(n: usize) -> Self {
+        Rendezvous {
+            state: Mutex::new((0, 0)),
+            all: Condvar::new(),
+            n,
+        }
+    }
+
+    /// Waits for every party; fails when the job is cancelled meanwhile.
+    pub fn wait(&self, cancel: &AtomicBool) -> Result<(), EngineError> {
+        let poisoned = || EngineError::Internal("rendezvous poisoned".into());
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        let generation = s.1;
+        s.0 += 1;
+        if s.0 == self.n {
+            s.0 = 0;
+            s.1 += 1;
+            self.all.notify_all();
+            return Ok(());
+        }
+        while s.1 == generation {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(EngineError::Cancelled);
+            }
+            s = self
+                .all
+                .wait_timeout(s, Duration::from_millis(50))
+                .map_err(|_| poisoned())?
+                .0;
+        }
+        Ok(())
+    }
+}
