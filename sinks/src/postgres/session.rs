@@ -654,14 +654,7 @@ impl Session {
             "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND worker = $3 AND reported <= $4",
             self.refused.sql()
         );
-        sqlx::query(&reported)
-            .bind(&seq.pipeline)
-            .bind(&seq.sink)
-            .bind(&seq.worker)
-            .bind(upto - KEEP_EPOCHS)
-            .execute(&mut self.conn)
-            .await
-            .map_err(strict)?;
+        self.on_sequence(&reported, seq, upto - KEEP_EPOCHS).await?;
         let delete = format!(
             "DELETE FROM {} WHERE weir_epoch <= $1",
             self.layout.staging_sql(false)
@@ -676,28 +669,28 @@ impl Session {
              ON CONFLICT DO NOTHING",
             self.epochs.sql()
         );
-        sqlx::query(&record)
-            .bind(&seq.pipeline)
-            .bind(&seq.sink)
-            .bind(&seq.worker)
-            .bind(upto)
-            .execute(&mut self.conn)
-            .await
-            .map_err(strict)?;
+        self.on_sequence(&record, seq, upto).await?;
         // a restore needs only the newest; the last KEEP_EPOCHS stay as a history
         let prune = format!(
             "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND worker = $3 AND epoch <= $4",
             self.epochs.sql()
         );
-        sqlx::query(&prune)
+        self.on_sequence(&prune, seq, upto - KEEP_EPOCHS).await?;
+        Ok(refused.len())
+    }
+
+    /// Runs `sql`, a statement on `seq`'s rows (`$1`-`$3` its pipeline, sink and worker, `$4`
+    /// `value`); how many rows it touched.
+    async fn on_sequence(&mut self, sql: &str, seq: &Sequence, value: i64) -> Result<u64, Fault> {
+        let done = sqlx::query(sql)
             .bind(&seq.pipeline)
             .bind(&seq.sink)
             .bind(&seq.worker)
-            .bind(upto - KEEP_EPOCHS)
+            .bind(value)
             .execute(&mut self.conn)
             .await
             .map_err(strict)?;
-        Ok(refused.len())
+        Ok(done.rows_affected())
     }
 
     /// Keeps `refused`, rows the commit of `epoch` refused, in `weir_sink_refused`.
@@ -847,17 +840,10 @@ impl Session {
             .await
             .map_err(strict)?
             .rows_affected();
-        let later = sqlx::query(&format!(
+        let later = format!(
             "DELETE FROM {epochs} WHERE pipeline = $1 AND sink = $2 AND worker = $3 AND epoch > $4"
-        ))
-        .bind(&seq.pipeline)
-        .bind(&seq.sink)
-        .bind(&seq.worker)
-        .bind(from)
-        .execute(&mut self.conn)
-        .await
-        .map_err(strict)?
-        .rows_affected();
+        );
+        let later = self.on_sequence(&later, seq, from).await?;
         if later > 0 {
             tracing::warn!(table = %self.layout.table, epochs = later, "postgres: epochs committed after the checkpoint restored are written again");
         }
@@ -871,14 +857,7 @@ impl Session {
             self.refused.sql()
         );
         for sql in [undone, unreported] {
-            sqlx::query(&sql)
-                .bind(&seq.pipeline)
-                .bind(&seq.sink)
-                .bind(&seq.worker)
-                .bind(from)
-                .execute(&mut self.conn)
-                .await
-                .map_err(strict)?;
+            self.on_sequence(&sql, seq, from).await?;
         }
         if dropped > 0 {
             tracing::info!(table = %self.layout.table, rows = dropped, "postgres: rows staged after the checkpoint were dropped");
