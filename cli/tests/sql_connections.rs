@@ -78,7 +78,7 @@ fn closed_by_the_server(s: &mut std::net::TcpStream) -> Option<String> {
 /// connection answering (a live subscription) is not closed; the engine answers throughout.
 #[test]
 fn a_new_client_closes_a_connection_that_waits_for_its_client_and_is_answered() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     use std::net::TcpStream;
     let dir = tempfile::tempdir().unwrap();
     let (hp, pp) = (free_port(), free_port());
@@ -149,28 +149,7 @@ fn a_new_client_closes_a_connection_that_waits_for_its_client_and_is_answered() 
 
     // Postgres, four places: three psql sessions idle at their prompt, then a socket that
     // never starts; a new psql closes the socket, though it is the newest
-    let session = || {
-        let mut c = sql_support::psql_command(pp, None)
-            .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // its first answer: connected and past its startup, now idle
-        c.stdin
-            .as_mut()
-            .unwrap()
-            .write_all(b"SELECT 41;\n")
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(c.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "41");
-        std::thread::sleep(Duration::from_millis(30));
-        c
-    };
+    let session = || idle_psql(pp);
     let mut idle: Vec<_> = (0..3).map(|_| session()).collect();
     let mut starting = connect(pp);
     let o = psql(pp, "SELECT 1");
@@ -212,4 +191,114 @@ fn a_new_client_closes_a_connection_that_waits_for_its_client_and_is_answered() 
         err.contains("a connection that waited for its client the longest was closed to make room"),
         "{err}"
     );
+}
+
+/// A psql session that answered a first query and now waits at its prompt (reading its
+/// standard input).
+fn idle_psql(port: u16) -> std::process::Child {
+    use std::io::{BufRead, Write};
+    let mut c = sql_support::psql_command(port, None)
+        .args(["-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // its first answer: connected and past its startup, now idle
+    c.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"SELECT 41;\n")
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "41");
+    std::thread::sleep(Duration::from_millis(30));
+    c
+}
+
+/// A Postgres startup message for user and database `weir` (trust authentication here).
+fn startup() -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196_608u32.to_be_bytes());
+    for part in ["user", "weir", "database", "weir"] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut m = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    m.extend_from_slice(&body);
+    m
+}
+
+/// A simple-protocol query message.
+fn query(sql: &str) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    m.extend_from_slice(sql.as_bytes());
+    m.push(0);
+    m
+}
+
+/// A Postgres client that sends failing statements (each error tens of kilobytes long, as it
+/// names the column) without ever reading: the session's error answers block on it. Evicted
+/// for a new client, it is closed all the same (the writes of its errors do not hold it).
+#[test]
+fn a_session_whose_client_does_not_read_its_errors_is_closed_for_a_new_client() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let (hp, pp) = (free_port(), free_port());
+    let pipeline = pipeline(dir.path(), hp, pp);
+    let mut run = Running::start(WEIR, &pipeline, &[]);
+    run.wait_http(hp);
+    let mut stuck = TcpStream::connect(("127.0.0.1", pp)).unwrap();
+    stuck.write_all(&startup()).unwrap();
+    // its startup answered (up to ReadyForQuery), then it never reads again
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let n = stuck.read(&mut buf).unwrap();
+        assert!(n > 0, "closed during its startup");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let bad = query(&format!("SELECT \"{}\"", "x".repeat(60_000)));
+    let mut writer = stuck.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // ends when the server closes the connection (or after far more than fills buffers)
+        let sent = (0..2_000)
+            .take_while(|_| writer.write_all(&bad).is_ok())
+            .count();
+        let _ = tx.send(sent);
+    });
+    // its answers stop going out once its buffers are full
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        rx.try_recv().is_err(),
+        "the client's writes never blocked: the test needs larger errors"
+    );
+    let idle: Vec<_> = (0..3).map(|_| idle_psql(pp)).collect();
+    // full, and the stuck session waits for its client the longest: a new client closes it
+    let o = psql(pp, "SELECT 1");
+    assert!(o.status.success(), "psql: {}", text(&o.stderr));
+    let sent = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the stuck session is still open");
+    assert!(sent < 2_000, "the stuck session kept reading: {sent}");
+    for mut c in idle {
+        drop(c.stdin.take());
+        assert!(c.wait().unwrap().success(), "an idle session was closed");
+    }
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "the engine stopped"
+    );
+    let (code, _, err) = run.stop();
+    assert_eq!(code, Some(0), "{err}");
 }

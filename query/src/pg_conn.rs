@@ -277,9 +277,11 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
                         crate::limits::QueryLimits::MESSAGE_OVERHEAD
                     ),
                 );
-                let _ = framed
-                    .send(PgWireBackendMessage::ErrorResponse(info.into()))
-                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    framed.send(PgWireBackendMessage::ErrorResponse(info.into())),
+                )
+                .await;
                 break;
             }
             _ => break,
@@ -287,21 +289,21 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
         if matches!(message, PgWireFrontendMessage::Terminate(_)) {
             break;
         }
-        let extended_message = match framed.state() {
-            PgWireConnectionState::CopyInProgress(e) => e,
-            _ => message.is_extended_query(),
-        };
-        let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
-        let (message, stored) = match named.admit(message, &framed.state(), max_rows) {
-            Ok(m) => m,
-            Err(e) => {
-                process_error(&mut framed, e, extended_message).await?;
-                continue;
-            }
-        };
-        // (evicted while its answer waits for a client that does not read: closed at once)
-        let processed = tokio::select! {
-            r = process_message(
+        // the message answered (or its error); whether the session goes on
+        let answered = async {
+            let extended_message = match framed.state() {
+                PgWireConnectionState::CopyInProgress(e) => e,
+                _ => message.is_extended_query(),
+            };
+            let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+            let (message, stored) = match named.admit(message, &framed.state(), max_rows) {
+                Ok(m) => m,
+                Err(e) => {
+                    process_error(&mut framed, e, extended_message).await?;
+                    return Ok::<bool, io::Error>(true);
+                }
+            };
+            let processed = process_message(
                 message,
                 &mut framed,
                 startup.clone(),
@@ -309,21 +311,27 @@ pub async fn serve_connection<H: PgWireServerHandlers>(
                 extended.clone(),
                 copy.clone(),
                 cancel.clone(),
-            ) => r,
-            _ = slot.evicted() => break,
-        };
-        // a statement or portal that was not stored takes no place
-        if let (Ok(()), Some(name)) = (&processed, stored) {
-            named.record(name);
-        }
-        if let Err(e) = processed {
-            let fatal = e.is_fatal();
-            process_error(&mut framed, e, extended_message).await?;
-            if fatal {
-                break;
+            )
+            .await;
+            // a statement or portal that was not stored takes no place
+            if let (Ok(()), Some(name)) = (&processed, stored) {
+                named.record(name);
             }
-        }
-        if is_cancel {
+            if let Err(e) = processed {
+                let fatal = e.is_fatal();
+                process_error(&mut framed, e, extended_message).await?;
+                if fatal {
+                    return Ok(false);
+                }
+            }
+            Ok(!is_cancel)
+        };
+        // (evicted while an answer waits for a client that does not read: closed at once)
+        let go_on = tokio::select! {
+            r = answered => r?,
+            _ = slot.evicted() => false,
+        };
+        if !go_on {
             break;
         }
         if matches!(framed.state(), PgWireConnectionState::ReadyForQuery) {
