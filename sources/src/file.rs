@@ -156,8 +156,10 @@ fn once_each(files: Vec<PathBuf>) -> Vec<PathBuf> {
 
 /// Bytes of a file read at once: a segment's buffer is freed (or kept for a later segment)
 /// when its last chunk is dropped, so memory stays bounded by the chunks in flight, whatever
-/// the file's size.
-pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// the file's size. Two chunks: a segment the size of a core's L2 cache is still in it when the
+/// reader counts its lines (16 MiB segments cost 1.14x the CPU of the file path, whole
+/// process, and 1.28x its peak memory; 1 MiB the same as 2).
+pub const SEGMENT_BYTES: u64 = 2 << 20;
 
 /// The longest line of a file read (its newline included): a longer one is skipped, its start
 /// sent to the dead letters (see `FileReader::skip_long_line`). Lines up to it are read

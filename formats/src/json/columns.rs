@@ -1,5 +1,6 @@
 //! The Arrow columns a decoder builds from checked values.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow::array::NullBufferBuilder;
@@ -28,22 +29,35 @@ pub(super) enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    pub(super) fn new(kind: FieldKind) -> Self {
+    /// A column of `kind` with room for `rows` values (and `value_bytes` bytes of strings).
+    pub(super) fn with_capacity(kind: FieldKind, rows: usize, value_bytes: usize) -> Self {
         match kind {
-            FieldKind::Str | FieldKind::Object | FieldKind::Array => ColumnBuilder::Str {
-                offsets: vec![0],
-                values: Vec::new(),
-                nulls: NullBufferBuilder::new(0),
-            },
+            FieldKind::Str | FieldKind::Object | FieldKind::Array => {
+                let mut offsets = Vec::with_capacity(rows + 1);
+                offsets.push(0);
+                ColumnBuilder::Str {
+                    offsets,
+                    values: Vec::with_capacity(value_bytes),
+                    nulls: NullBufferBuilder::new(rows),
+                }
+            }
             FieldKind::Int => ColumnBuilder::Int {
-                values: Vec::new(),
-                nulls: NullBufferBuilder::new(0),
+                values: Vec::with_capacity(rows),
+                nulls: NullBufferBuilder::new(rows),
             },
             FieldKind::Float => ColumnBuilder::Float {
-                values: Vec::new(),
-                nulls: NullBufferBuilder::new(0),
+                values: Vec::with_capacity(rows),
+                nulls: NullBufferBuilder::new(rows),
             },
-            FieldKind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+            FieldKind::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+        }
+    }
+
+    /// Bytes of string values held (0 for other kinds).
+    pub(super) fn value_bytes(&self) -> usize {
+        match self {
+            ColumnBuilder::Str { values, .. } => values.len(),
+            _ => 0,
         }
     }
 
@@ -132,5 +146,96 @@ impl ColumnBuilder {
             }
             ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
         }
+    }
+}
+
+/// The shape of the last buffer a decoder read, to make room for the next one's columns at
+/// once: columns grown by doubling copied their values about once more (1.2 % of the file
+/// path's CPU in `realloc`, measured with `perf`).
+pub(super) struct SizeHint {
+    /// Bytes of input per record (0: nothing decoded yet).
+    bytes_per_record: AtomicUsize,
+    /// Per decoded column: bytes of string values per row.
+    value_bytes_per_row: Box<[AtomicUsize]>,
+}
+
+/// Records shorter than this are not planned for: a buffer of shorter ones grows its columns.
+const MIN_RECORD_BYTES: usize = 32;
+
+impl SizeHint {
+    pub(super) fn new(columns: usize) -> Self {
+        SizeHint {
+            bytes_per_record: AtomicUsize::new(0),
+            value_bytes_per_row: (0..columns).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Rows to make room for in a buffer of `bytes` bytes (a sixteenth more than the last
+    /// buffer's records per byte; none before a buffer was read).
+    pub(super) fn rows(&self, bytes: usize) -> usize {
+        match self.bytes_per_record.load(Ordering::Relaxed) {
+            0 => 0,
+            per => {
+                let rows = bytes / per.max(MIN_RECORD_BYTES);
+                rows + rows / 16
+            }
+        }
+    }
+
+    /// String bytes to make room for in column `column` for `rows` rows of a buffer of
+    /// `bytes` bytes (never more than the buffer: values are parts of its records).
+    pub(super) fn value_bytes(&self, column: usize, rows: usize, bytes: usize) -> usize {
+        let per = self.value_bytes_per_row[column].load(Ordering::Relaxed);
+        per.saturating_mul(rows).min(bytes)
+    }
+
+    /// Learns from a buffer of `bytes` bytes holding `records` records, of which `rows` were
+    /// decoded into `columns`.
+    pub(super) fn learn(&self, bytes: usize, records: u64, rows: usize, columns: &[ColumnBuilder]) {
+        if records == 0 || rows == 0 {
+            return;
+        }
+        let per = (bytes as u64 / records) as usize;
+        self.bytes_per_record.store(per.max(1), Ordering::Relaxed);
+        for (hint, c) in self.value_bytes_per_row.iter().zip(columns) {
+            hint.store(c.value_bytes().div_ceil(rows), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_hint_plans_from_the_last_buffer_within_bounds() {
+        let hint = SizeHint::new(2);
+        // nothing read yet: no room planned
+        assert_eq!(hint.rows(1 << 20), 0);
+        assert_eq!(hint.value_bytes(0, 100, 1 << 20), 0);
+        let mut text = ColumnBuilder::with_capacity(FieldKind::Str, 0, 0);
+        let mut ints = ColumnBuilder::with_capacity(FieldKind::Int, 0, 0);
+        let line = br#"{"a":"0123456789","b":7}"#;
+        let mut scratch = Vec::new();
+        for _ in 0..100 {
+            let s = Val::Str {
+                start: 6,
+                end: 16,
+                escaped: false,
+            };
+            text.push(line, s, &mut scratch);
+            ints.push(line, Val::Int(7), &mut scratch);
+        }
+        // 100 records of 100 bytes each, 10 string bytes a row
+        hint.learn(10_000, 100, 100, &[text, ints]);
+        assert_eq!(hint.rows(10_000), 106);
+        assert_eq!(hint.value_bytes(0, 106, 10_000), 1_060);
+        assert_eq!(hint.value_bytes(1, 106, 10_000), 0);
+        // never more string bytes than the buffer holds
+        assert_eq!(hint.value_bytes(0, 1_000_000, 4_096), 4_096);
+        // tiny records are not planned for one by one
+        let short = SizeHint::new(0);
+        short.learn(300, 100, 100, &[]);
+        assert_eq!(short.rows(3_200), 106);
     }
 }

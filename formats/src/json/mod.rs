@@ -37,7 +37,7 @@ mod scanner;
 mod stage1;
 mod strings;
 
-use columns::ColumnBuilder;
+use columns::{ColumnBuilder, SizeHint};
 use scanner::Parser;
 use stage1::{KernelKind, Specials};
 use strings::{eq_bytes, unescape};
@@ -79,6 +79,8 @@ pub struct JsonDecoder {
     /// Per schema field: whether its name can be matched byte for byte in a record (it has
     /// no byte a JSON string would escape).
     plain_name: Vec<bool>,
+    /// The last buffer's shape, to size the next one's columns.
+    size_hint: SizeHint,
 }
 
 /// The envelope attributes that may carry event time (CloudEvents `time`, the platform
@@ -227,6 +229,7 @@ impl JsonDecoder {
             }
         }
         let plain_name = schema_plain_names(&schema);
+        let size_hint = SizeHint::new(projected.len());
         Ok(JsonDecoder {
             schema,
             by_len,
@@ -238,6 +241,7 @@ impl JsonDecoder {
             envelope,
             kernel: KernelKind::best(),
             plain_name,
+            size_hint,
         })
     }
 
@@ -337,15 +341,20 @@ impl JsonDecoder {
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
         let mut specials = SPECIALS.with(Cell::take);
         specials.fill_with(bytes, self.kernel);
+        let rows_hint = self.size_hint.rows(bytes.len());
         let mut cols: Vec<ColumnBuilder> = self
             .projected
             .iter()
-            .map(|&f| ColumnBuilder::new(self.schema.fields[f].kind))
+            .enumerate()
+            .map(|(c, &f)| {
+                let value_bytes = self.size_hint.value_bytes(c, rows_hint, bytes.len());
+                ColumnBuilder::with_capacity(self.schema.fields[f].kind, rows_hint, value_bytes)
+            })
             .collect();
         let mut slots = vec![Val::Missing; self.schema.fields.len()];
-        let mut event_time = Vec::new();
-        let mut offsets = Vec::new();
-        let mut spans = Vec::new();
+        let mut event_time = Vec::with_capacity(rows_hint);
+        let mut offsets = Vec::with_capacity(rows_hint);
+        let mut spans = Vec::with_capacity(rows_hint);
         let mut bad = Vec::new();
         let mut scratch = Vec::new();
         let mut records = 0u64;
@@ -404,6 +413,7 @@ impl JsonDecoder {
         specials.shrink();
         SPECIALS.with(|s| s.set(specials));
         let rows = event_time.len();
+        self.size_hint.learn(bytes.len(), records, rows, &cols);
         if rows == 0 {
             return DecodedLines {
                 events: None,

@@ -4,15 +4,21 @@
 
 use super::{LineError, Val};
 
-/// Parses the number at `start` of `b`; returns it and the position after it.
-#[inline]
+/// Parses the number at `start` of `b`; returns it and the position after it. Always
+/// inlined with its fast path: a result handed back through memory from a call that is not
+/// inlined was read back wider than it was written, a store-forwarding stall on every number
+/// (3.8 % of the file path's CPU, measured with `perf annotate`).
+#[inline(always)]
 pub(super) fn parse(b: &[u8], start: usize) -> Result<(Val, usize), LineError> {
-    parse_fast(b, start).map_or_else(|| parse_slow(b, start), Ok)
+    match parse_fast(b, start) {
+        Some(found) => Ok(found),
+        None => parse_slow(b, start),
+    }
 }
 
 /// An integer `-?[1-9][0-9]{0,17}` not followed by `.`, `e` or `E`, when 8 bytes can be read
 /// at each digit group; `None` for anything else.
-#[inline]
+#[inline(always)]
 fn parse_fast(b: &[u8], start: usize) -> Option<(Val, usize)> {
     let neg = *b.get(start)? == b'-';
     let mut i = start + neg as usize;
@@ -78,6 +84,7 @@ fn eight_digits(word: u64) -> u64 {
 }
 
 /// The reference parser of a number at `start` (every form JSON and `json.loads` accept).
+#[inline(never)]
 fn parse_slow(b: &[u8], start: usize) -> Result<(Val, usize), LineError> {
     let mut i = start;
     let neg = b.get(i) == Some(&b'-');

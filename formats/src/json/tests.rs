@@ -281,3 +281,38 @@ fn never_panics_on_mangled_input() {
         n
     );
 }
+
+/// A decoder sizes each buffer's columns from the one before: buffers of other shapes after
+/// it (long lines, then short ones, then long ones with escapes) decode exactly as a fresh
+/// decoder decodes them.
+#[test]
+fn buffers_of_other_shapes_decode_the_same_after_another() {
+    let cols = ["datasetName", "recordCount", "status"];
+    let long = |i: usize| {
+        format!(
+            r#"{{"eventId":"e{i}","timestamp":1700000000000,"source":"s","datasetName":"{}","recordCount":{i},"sizeBytes":1,"format":"csv","location":"l","status":"OK"}}"#,
+            "d".repeat(200)
+        )
+    };
+    let short = |i: usize| {
+        format!(
+            r#"{{"eventId":"e","timestamp":1,"source":"s","datasetName":"x","recordCount":{i},"sizeBytes":1,"format":"f","location":"l","status":"\u00e9"}}"#
+        )
+    };
+    let buffers: Vec<Vec<String>> = vec![
+        (0..50).map(long).collect(),
+        (0..400).map(short).collect(),
+        (0..3).map(long).collect(),
+    ];
+    let shared = decoder(&cols);
+    for lines in &buffers {
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let fresh = run(&lines, &cols).0.unwrap();
+        let text = lines.join("\n");
+        let again = shared.decode_lines(&text.into_bytes().into(), 10);
+        let again = again.events.unwrap();
+        assert_eq!(again.batch, fresh.batch);
+        assert_eq!(again.event_time, fresh.event_time);
+        assert_eq!(again.offsets, fresh.offsets);
+    }
+}
