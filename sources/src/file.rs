@@ -156,9 +156,9 @@ fn once_each(files: Vec<PathBuf>) -> Vec<PathBuf> {
 
 /// Bytes of a file read at once: a segment's buffer is freed (or kept for a later segment)
 /// when its last chunk is dropped, so memory stays bounded by the chunks in flight, whatever
-/// the file's size. Two chunks: a segment the size of a core's L2 cache is still in it when the
-/// reader counts its lines (16 MiB segments cost 1.14x the CPU of the file path, whole
-/// process, and 1.28x its peak memory; 1 MiB the same as 2).
+/// the file's size. Two chunks: a segment no larger than the L2 cache of the cores measured
+/// (2 MiB) is still in it when the reader counts its lines (see `docs/src/performance.md`:
+/// 16 MiB segments made the reader's line count 3x as costly; 1 MiB measured as 2 MiB).
 pub const SEGMENT_BYTES: u64 = 2 << 20;
 
 /// The longest line of a file read (its newline included): a longer one is skipped, its start
@@ -542,7 +542,14 @@ impl FileReader {
                 let seg_end = seg_start + bytes.len() as u64;
                 if pos < seg_end {
                     let rel = (pos - seg_start) as usize;
-                    let limit = ((pos + chunk_bytes).min(seg_end) - seg_start) as usize;
+                    // a piece of a chunk's length, or to the segment's end when less than
+                    // half a chunk would be left after it (a segment's last lines are not a
+                    // chunk of one or two lines of their own)
+                    let mut stop = (pos + chunk_bytes).min(seg_end);
+                    if seg_end - stop < chunk_bytes / 2 {
+                        stop = seg_end;
+                    }
+                    let limit = (stop - seg_start) as usize;
                     let end = if seg_end == len && limit == bytes.len() {
                         Some(limit)
                     } else {
@@ -727,6 +734,47 @@ mod tests {
         }
         assert!(resolve_files(&dir.join("*.nope")).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Each segment is cut into pieces of about a chunk: its last lines join the piece before
+    /// when less than half a chunk would be left (they made a chunk of a line or two at each
+    /// segment's end), and the partial line at its end starts the next segment.
+    #[test]
+    fn a_segment_ends_in_a_piece_of_about_a_chunk_not_in_a_line_or_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.ndjson");
+        let mut f = File::create(&a).unwrap();
+        let lines: Vec<String> = (0..2_000).map(|i| format!("{{\"line\":{i:08}}}")).collect();
+        for l in &lines {
+            writeln!(f, "{l}").unwrap();
+        }
+        drop(f);
+        let (chunk, segment) = (1_000, 2_000);
+        let mut reader = FileReader::new(0, "s", vec![a], 0)
+            .with_chunk_bytes(chunk)
+            .with_segment_bytes(segment as u64);
+        let ctx = context();
+        let (mut sizes, mut read) = (Vec::new(), Vec::new());
+        while let Some(c) = reader.next_chunk(&ctx).unwrap() {
+            if let ChunkData::Lines(b) = c.data {
+                sizes.push(b.len());
+                read.extend(
+                    String::from_utf8(b.to_vec())
+                        .unwrap()
+                        .lines()
+                        .map(String::from),
+                );
+            }
+        }
+        assert_eq!(read, lines);
+        let (last, whole) = sizes.split_last().unwrap();
+        assert!(*last > 0);
+        for s in whole {
+            assert!(
+                (chunk / 2..=chunk * 3 / 2).contains(s),
+                "a piece of {s} bytes (chunks of {chunk}, segments of {segment}): {sizes:?}"
+            );
+        }
     }
 
     fn context() -> ReaderContext {

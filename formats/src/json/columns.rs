@@ -151,34 +151,41 @@ impl ColumnBuilder {
 
 /// The shape of the last buffer a decoder read, to make room for the next one's columns at
 /// once: columns grown by doubling copied their values about once more (1.2 % of the file
-/// path's CPU in `realloc`, measured with `perf`). Bounded whatever the buffers: string bytes
-/// planned are at most about the buffer's size in all (a row's strings are parts of its
-/// record), other columns 8 bytes per 32 bytes of buffer each.
+/// path's CPU in `realloc`, measured with `perf`). Bounded whatever the buffers: at most twice
+/// the last buffer's records are planned, at most one per 32 bytes of the buffer, and string
+/// bytes at most about twice the last buffer's size in all (a record's strings are parts of
+/// it), so a huge record after small ones is not given room for thousands of rows.
 pub(super) struct SizeHint {
     /// Bytes of input per record (0: nothing decoded yet).
     bytes_per_record: AtomicUsize,
-    /// Per decoded column: bytes of string values per row.
-    value_bytes_per_row: Box<[AtomicUsize]>,
+    /// Records of the last buffer.
+    records: AtomicUsize,
+    /// Per decoded column: bytes of string values per record.
+    value_bytes_per_record: Box<[AtomicUsize]>,
 }
 
-/// Records shorter than this are not planned for: a buffer of shorter ones grows its columns.
+/// Records shorter than this are not planned for one by one: at most one record per this many
+/// bytes of a buffer gets room, the others grow the columns.
 const MIN_RECORD_BYTES: usize = 32;
 
 impl SizeHint {
     pub(super) fn new(columns: usize) -> Self {
         SizeHint {
             bytes_per_record: AtomicUsize::new(0),
-            value_bytes_per_row: (0..columns).map(|_| AtomicUsize::new(0)).collect(),
+            records: AtomicUsize::new(0),
+            value_bytes_per_record: (0..columns).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
 
-    /// Rows to make room for in a buffer of `bytes` bytes (a sixteenth more than the last
-    /// buffer's records per byte; none before a buffer was read).
+    /// Rows to make room for in a buffer of `bytes` bytes: its records at the last buffer's
+    /// bytes per record, at most twice the last buffer's, a sixteenth more (none before a
+    /// buffer was read).
     pub(super) fn rows(&self, bytes: usize) -> usize {
         match self.bytes_per_record.load(Ordering::Relaxed) {
             0 => 0,
             per => {
-                let rows = bytes / per.max(MIN_RECORD_BYTES);
+                let last = self.records.load(Ordering::Relaxed);
+                let rows = (bytes / per.max(MIN_RECORD_BYTES)).min(last.saturating_mul(2));
                 rows + rows / 16
             }
         }
@@ -187,20 +194,22 @@ impl SizeHint {
     /// String bytes to make room for in column `column` for `rows` rows of a buffer of
     /// `bytes` bytes (never more than the buffer: values are parts of its records).
     pub(super) fn value_bytes(&self, column: usize, rows: usize, bytes: usize) -> usize {
-        let per = self.value_bytes_per_row[column].load(Ordering::Relaxed);
+        let per = self.value_bytes_per_record[column].load(Ordering::Relaxed);
         per.saturating_mul(rows).min(bytes)
     }
 
-    /// Learns from a buffer of `bytes` bytes holding `records` records, of which `rows` were
-    /// decoded into `columns`.
-    pub(super) fn learn(&self, bytes: usize, records: u64, rows: usize, columns: &[ColumnBuilder]) {
-        if records == 0 || rows == 0 {
+    /// Learns from a buffer of `bytes` bytes holding `records` records, decoded into
+    /// `columns` (bad records count as records: their bytes are in the buffer too).
+    pub(super) fn learn(&self, bytes: usize, records: u64, columns: &[ColumnBuilder]) {
+        if records == 0 {
             return;
         }
-        let per = (bytes as u64 / records) as usize;
-        self.bytes_per_record.store(per.max(1), Ordering::Relaxed);
-        for (hint, c) in self.value_bytes_per_row.iter().zip(columns) {
-            hint.store(c.value_bytes().div_ceil(rows), Ordering::Relaxed);
+        let records = usize::try_from(records).unwrap_or(usize::MAX);
+        self.bytes_per_record
+            .store((bytes / records).max(1), Ordering::Relaxed);
+        self.records.store(records, Ordering::Relaxed);
+        for (hint, c) in self.value_bytes_per_record.iter().zip(columns) {
+            hint.store(c.value_bytes().div_ceil(records), Ordering::Relaxed);
         }
     }
 }
@@ -228,16 +237,18 @@ mod tests {
             text.push(line, s, &mut scratch);
             ints.push(line, Val::Int(7), &mut scratch);
         }
-        // 100 records of 100 bytes each, 10 string bytes a row
-        hint.learn(10_000, 100, 100, &[text, ints]);
+        // 100 records of 100 bytes each, 10 string bytes a record
+        hint.learn(10_000, 100, &[text, ints]);
         assert_eq!(hint.rows(10_000), 106);
         assert_eq!(hint.value_bytes(0, 106, 10_000), 1_060);
         assert_eq!(hint.value_bytes(1, 106, 10_000), 0);
         // never more string bytes than the buffer holds
         assert_eq!(hint.value_bytes(0, 1_000_000, 4_096), 4_096);
+        // a buffer a hundred times larger: at most twice the last buffer's records
+        assert_eq!(hint.rows(1_000_000), 212);
         // tiny records are not planned for one by one
         let short = SizeHint::new(0);
-        short.learn(300, 100, 100, &[]);
+        short.learn(300, 100, &[]);
         assert_eq!(short.rows(3_200), 106);
     }
 }

@@ -413,7 +413,7 @@ impl JsonDecoder {
         specials.shrink();
         SPECIALS.with(|s| s.set(specials));
         let rows = event_time.len();
-        self.size_hint.learn(bytes.len(), records, rows, &cols);
+        self.size_hint.learn(bytes.len(), records, &cols);
         if rows == 0 {
             return DecodedLines {
                 events: None,
