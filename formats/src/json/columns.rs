@@ -1,7 +1,6 @@
 //! The Arrow columns a decoder builds from checked values.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::NullBufferBuilder;
 use arrow::array::{ArrayRef, BooleanBuilder, Float64Array, Int64Array, StringArray};
@@ -151,51 +150,75 @@ impl ColumnBuilder {
 
 /// The shape of the last buffer a decoder read, to make room for the next one's columns at
 /// once: columns grown by doubling copied their values about once more (1.2 % of the file
-/// path's CPU in `realloc`, measured with `perf`). Bounded whatever the buffers: at most twice
-/// the last buffer's records are planned, at most one per 32 bytes of the buffer, and string
-/// bytes at most about twice the last buffer's size in all (a record's strings are parts of
-/// it), so a huge record after small ones is not given room for thousands of rows.
+/// path's CPU in `realloc`, measured with `perf`). Bounded whatever the buffers: about twice
+/// the last buffer's records are planned (a sixteenth more), at most one per 32 bytes of the
+/// buffer, and string bytes at most about twice the last buffer's size in all (a record's
+/// strings are parts of it), so a huge record after small ones is not given room for
+/// thousands of rows. A buffer after a small one grows its columns as before this hint.
 pub(super) struct SizeHint {
+    /// One lock per buffer decoded (about 1 MiB): the workers sharing a decoder read and
+    /// write the whole shape at once, never one buffer's records with another's bytes.
+    last: Mutex<Shape>,
+}
+
+/// What a buffer held.
+#[derive(Clone, Default)]
+struct Shape {
     /// Bytes of input per record (0: nothing decoded yet).
-    bytes_per_record: AtomicUsize,
-    /// Records of the last buffer.
-    records: AtomicUsize,
+    bytes_per_record: usize,
+    /// Records of the buffer.
+    records: usize,
     /// Per decoded column: bytes of string values per record.
-    value_bytes_per_record: Box<[AtomicUsize]>,
+    value_bytes_per_record: Vec<usize>,
 }
 
 /// Records shorter than this are not planned for one by one: at most one record per this many
 /// bytes of a buffer gets room, the others grow the columns.
 const MIN_RECORD_BYTES: usize = 32;
 
+/// The room planned for one buffer's columns.
+pub(super) struct Plan {
+    /// Rows.
+    pub(super) rows: usize,
+    shape: Shape,
+    bytes: usize,
+}
+
+impl Plan {
+    /// String bytes to make room for in column `column` (never more than the buffer: values
+    /// are parts of its records).
+    pub(super) fn value_bytes(&self, column: usize) -> usize {
+        let per = self.shape.value_bytes_per_record.get(column).copied();
+        per.unwrap_or(0).saturating_mul(self.rows).min(self.bytes)
+    }
+}
+
 impl SizeHint {
     pub(super) fn new(columns: usize) -> Self {
         SizeHint {
-            bytes_per_record: AtomicUsize::new(0),
-            records: AtomicUsize::new(0),
-            value_bytes_per_record: (0..columns).map(|_| AtomicUsize::new(0)).collect(),
+            last: Mutex::new(Shape {
+                value_bytes_per_record: vec![0; columns],
+                ..Shape::default()
+            }),
         }
     }
 
-    /// Rows to make room for in a buffer of `bytes` bytes: its records at the last buffer's
-    /// bytes per record, at most twice the last buffer's, a sixteenth more (none before a
-    /// buffer was read).
-    pub(super) fn rows(&self, bytes: usize) -> usize {
-        match self.bytes_per_record.load(Ordering::Relaxed) {
+    /// The room to plan for a buffer of `bytes` bytes: its records at the last buffer's bytes
+    /// per record, at most twice the last buffer's, a sixteenth more (none before a buffer was
+    /// read).
+    pub(super) fn plan(&self, bytes: usize) -> Plan {
+        let shape = match self.last.lock() {
+            Ok(s) => s.clone(),
+            Err(s) => s.into_inner().clone(),
+        };
+        let rows = match shape.bytes_per_record {
             0 => 0,
             per => {
-                let last = self.records.load(Ordering::Relaxed);
-                let rows = (bytes / per.max(MIN_RECORD_BYTES)).min(last.saturating_mul(2));
+                let rows = (bytes / per.max(MIN_RECORD_BYTES)).min(shape.records.saturating_mul(2));
                 rows + rows / 16
             }
-        }
-    }
-
-    /// String bytes to make room for in column `column` for `rows` rows of a buffer of
-    /// `bytes` bytes (never more than the buffer: values are parts of its records).
-    pub(super) fn value_bytes(&self, column: usize, rows: usize, bytes: usize) -> usize {
-        let per = self.value_bytes_per_record[column].load(Ordering::Relaxed);
-        per.saturating_mul(rows).min(bytes)
+        };
+        Plan { rows, shape, bytes }
     }
 
     /// Learns from a buffer of `bytes` bytes holding `records` records, decoded into
@@ -205,11 +228,17 @@ impl SizeHint {
             return;
         }
         let records = usize::try_from(records).unwrap_or(usize::MAX);
-        self.bytes_per_record
-            .store((bytes / records).max(1), Ordering::Relaxed);
-        self.records.store(records, Ordering::Relaxed);
-        for (hint, c) in self.value_bytes_per_record.iter().zip(columns) {
-            hint.store(c.value_bytes().div_ceil(records), Ordering::Relaxed);
+        let shape = Shape {
+            bytes_per_record: (bytes / records).max(1),
+            records,
+            value_bytes_per_record: columns
+                .iter()
+                .map(|c| c.value_bytes().div_ceil(records))
+                .collect(),
+        };
+        match self.last.lock() {
+            Ok(mut s) => *s = shape,
+            Err(s) => *s.into_inner() = shape,
         }
     }
 }
@@ -222,8 +251,8 @@ mod tests {
     fn a_size_hint_plans_from_the_last_buffer_within_bounds() {
         let hint = SizeHint::new(2);
         // nothing read yet: no room planned
-        assert_eq!(hint.rows(1 << 20), 0);
-        assert_eq!(hint.value_bytes(0, 100, 1 << 20), 0);
+        assert_eq!(hint.plan(1 << 20).rows, 0);
+        assert_eq!(hint.plan(1 << 20).value_bytes(0), 0);
         let mut text = ColumnBuilder::with_capacity(FieldKind::Str, 0, 0);
         let mut ints = ColumnBuilder::with_capacity(FieldKind::Int, 0, 0);
         let line = br#"{"a":"0123456789","b":7}"#;
@@ -239,16 +268,19 @@ mod tests {
         }
         // 100 records of 100 bytes each, 10 string bytes a record
         hint.learn(10_000, 100, &[text, ints]);
-        assert_eq!(hint.rows(10_000), 106);
-        assert_eq!(hint.value_bytes(0, 106, 10_000), 1_060);
-        assert_eq!(hint.value_bytes(1, 106, 10_000), 0);
+        let plan = hint.plan(10_000);
+        assert_eq!(plan.rows, 106);
+        assert_eq!(plan.value_bytes(0), 1_060);
+        assert_eq!(plan.value_bytes(1), 0);
         // never more string bytes than the buffer holds
-        assert_eq!(hint.value_bytes(0, 1_000_000, 4_096), 4_096);
+        let plan = hint.plan(4_096);
+        assert_eq!(plan.rows, 42);
+        assert_eq!(plan.value_bytes(0), 420);
         // a buffer a hundred times larger: at most twice the last buffer's records
-        assert_eq!(hint.rows(1_000_000), 212);
+        assert_eq!(hint.plan(1_000_000).rows, 212);
         // tiny records are not planned for one by one
         let short = SizeHint::new(0);
         short.learn(300, 100, &[]);
-        assert_eq!(short.rows(3_200), 106);
+        assert_eq!(short.plan(3_200).rows, 106);
     }
 }

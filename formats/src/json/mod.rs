@@ -341,14 +341,15 @@ impl JsonDecoder {
         let all_utf8 = simdutf8::basic::from_utf8(bytes).is_ok();
         let mut specials = SPECIALS.with(Cell::take);
         specials.fill_with(bytes, self.kernel);
-        let rows_hint = self.size_hint.rows(bytes.len());
+        let plan = self.size_hint.plan(bytes.len());
+        let rows_hint = plan.rows;
         let mut cols: Vec<ColumnBuilder> = self
             .projected
             .iter()
             .enumerate()
             .map(|(c, &f)| {
-                let value_bytes = self.size_hint.value_bytes(c, rows_hint, bytes.len());
-                ColumnBuilder::with_capacity(self.schema.fields[f].kind, rows_hint, value_bytes)
+                let kind = self.schema.fields[f].kind;
+                ColumnBuilder::with_capacity(kind, rows_hint, plan.value_bytes(c))
             })
             .collect();
         let mut slots = vec![Val::Missing; self.schema.fields.len()];
