@@ -271,3 +271,51 @@ fn a_row_a_commit_refuses_survives_a_kill_right_after_that_commit() {
     case.run();
     case.verify(&pg, &victim, "after the kill and a restart");
 }
+
+/// A key longer than the table's index takes (SQLSTATE 54000: a btree entry is at most about
+/// 2.7 kB) refuses its row, not the run: the row goes to the dead letters with its SQLSTATE,
+/// every other window reaches the table, and a restart of the same pipeline keeps both so.
+#[test]
+fn a_key_longer_than_the_tables_index_takes_is_a_dead_letter_and_the_run_goes_on() {
+    let pg = PgServer::start();
+    let case = Case::new(&pg, 2_000);
+    // one more event, at the input's last time, whose datasetName (8,000 bytes of letters
+    // and digits from a fixed sequence) cannot be compressed below the index's limit
+    let input = case.dir.path().join("input.ndjson");
+    let text = std::fs::read_to_string(&input).unwrap();
+    let mut event: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let long: String = (0..8_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            alphabet[(state % alphabet.len() as u64) as usize] as char
+        })
+        .collect();
+    event["datasetName"] = Value::String(long.clone());
+    std::fs::write(&input, format!("{text}{event}\n")).unwrap();
+    let check = |when: &str| {
+        compare(&case.windows, &table_rows(&pg), &["datasetName"])
+            .unwrap_or_else(|e| panic!("{when}: the table differs from the oracle: {e}"));
+        let dead =
+            std::fs::read_to_string(case.dir.path().join("out/dead.ndjson")).unwrap_or_default();
+        let refused: Vec<Value> = dead
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|d| d["reason"] == "rejected")
+            .collect();
+        assert_eq!(refused.len(), 1, "{when}: {refused:?}");
+        let d = &refused[0];
+        assert_eq!(d["error"]["code"], "postgres_refused", "{when}: {d}");
+        assert_eq!(d["error"]["details"]["sqlstate"], "54000", "{when}: {d}");
+        let row: Value = serde_json::from_str(d["raw"].as_str().unwrap()).unwrap();
+        assert_eq!(row["datasetName"], Value::String(long.clone()), "{when}");
+        assert_eq!(row["events"], 1, "{when}");
+    };
+    case.run();
+    check("after the run");
+    case.run();
+    check("after a second run of the same pipeline");
+}

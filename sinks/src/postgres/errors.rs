@@ -26,6 +26,13 @@ pub fn classify_sqlstate(sqlstate: &str, message: &str) -> Fault {
             sqlstate: sqlstate.to_string(),
             message: message.to_string(),
         },
+        // program limit exceeded, by a row: an index entry larger than a btree page allows
+        // (a key of a few kilobytes). The other class 54 errors (a statement too complex,
+        // too many columns) are the sink's own and fail the run
+        "54" if sqlstate == "54000" => Fault::Refused {
+            sqlstate: sqlstate.to_string(),
+            message: message.to_string(),
+        },
         // connection exception, transaction rollback (serialization, deadlock), insufficient
         // resources (disk full, too many connections), operator intervention (shutdown,
         // cannot connect now), system error
@@ -69,7 +76,7 @@ mod tests {
     #[test]
     fn refusals_are_the_data_and_constraint_classes() {
         for code in [
-            "23514", "23505", "23502", "23503", "22003", "22P02", "22001",
+            "23514", "23505", "23502", "23503", "22003", "22P02", "22001", "54000",
         ] {
             assert!(
                 matches!(classify_sqlstate(code, "m"), Fault::Refused { ref sqlstate, .. } if sqlstate == code),
@@ -95,7 +102,7 @@ mod tests {
     #[test]
     fn everything_else_fails_the_run() {
         for code in [
-            "42P01", "42703", "42501", "28P01", "3D000", "25P02", "XX000", "55000",
+            "42P01", "42703", "42501", "28P01", "3D000", "25P02", "XX000", "55000", "54001",
         ] {
             assert!(
                 matches!(classify_sqlstate(code, "m"), Fault::Fatal(_)),
