@@ -114,11 +114,7 @@ pub fn encode(
             match (&formatters[i], a.data_type()) {
                 (Some(f), _) => write!(out, "{}", f.value(row))?,
                 (None, DataType::Timestamp(unit, _)) => {
-                    let v = a
-                        .as_primitive_opt::<arrow::datatypes::TimestampMillisecondType>()
-                        .map(|p| p.value(row))
-                        .unwrap_or_else(|| timestamp_ms(a.as_ref(), unit, row));
-                    push_timestamp(out, v);
+                    push_timestamp(out, timestamp_us(a.as_ref(), unit, row))
                 }
                 (None, _) => push_quoted(out, string_value(a.as_ref(), row)),
             }
@@ -133,18 +129,28 @@ pub fn encode(
     Ok(())
 }
 
-/// A timestamp of any unit in epoch ms.
-fn timestamp_ms(a: &dyn Array, unit: &TimeUnit, row: usize) -> i64 {
+/// A timestamp of any unit in epoch microseconds (PostgreSQL's precision), rounded down as
+/// the binary path does; `None` beyond i64 (a value the server then refuses).
+fn timestamp_us(a: &dyn Array, unit: &TimeUnit, row: usize) -> Option<i64> {
     use arrow::datatypes::{
-        TimestampMicrosecondType, TimestampNanosecondType, TimestampSecondType,
+        TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
     };
     match unit {
-        TimeUnit::Second => a.as_primitive::<TimestampSecondType>().value(row) * 1000,
+        TimeUnit::Second => a
+            .as_primitive::<TimestampSecondType>()
+            .value(row)
+            .checked_mul(1_000_000),
         TimeUnit::Millisecond => a
-            .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
-            .value(row),
-        TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().value(row) / 1000,
-        TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().value(row) / 1_000_000,
+            .as_primitive::<TimestampMillisecondType>()
+            .value(row)
+            .checked_mul(1_000),
+        TimeUnit::Microsecond => Some(a.as_primitive::<TimestampMicrosecondType>().value(row)),
+        TimeUnit::Nanosecond => Some(
+            a.as_primitive::<TimestampNanosecondType>()
+                .value(row)
+                .div_euclid(1_000),
+        ),
     }
 }
 
@@ -156,16 +162,16 @@ fn string_value(a: &dyn Array, row: usize) -> &str {
     }
 }
 
-/// `2026-11-22T10:05:00.000Z`, which PostgreSQL reads into `timestamptz` (and, the session
-/// being in UTC, into `timestamp`).
-fn push_timestamp(out: &mut Vec<u8>, ms: i64) {
-    match chrono::DateTime::from_timestamp_millis(ms) {
+/// `2026-11-22T10:05:00.123456Z`, which PostgreSQL reads into `timestamptz` (and, the
+/// session being in UTC, into `timestamp`).
+fn push_timestamp(out: &mut Vec<u8>, us: Option<i64>) {
+    match us.and_then(chrono::DateTime::from_timestamp_micros) {
         Some(t) => {
-            let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+            let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
         }
         None => {
-            // out of chrono's range: a value the server refuses (and dead-letters)
-            let _ = write!(out, "invalid-timestamp-{ms}");
+            // out of range: a value the server refuses (and dead-letters)
+            out.extend_from_slice(b"invalid-timestamp");
         }
     }
 }
@@ -214,12 +220,48 @@ mod tests {
         let rows: Vec<&str> = text.lines().collect();
         assert_eq!(
             rows[0],
-            "\"a,\"\"b\"\"\",1970-01-01T00:00:00.000Z,1,0.5,true,7,10,f"
+            "\"a,\"\"b\"\"\",1970-01-01T00:00:00.000000Z,1,0.5,true,7,10,f"
         );
-        assert_eq!(rows[1], "\"\",2025-11-24T16:00:00.123Z,,NaN,false,7,11,t");
-        assert_eq!(rows[2], ",1970-01-01T00:00:00.005Z,-3,inf,true,7,12,f");
+        assert_eq!(rows[1], "\"\",2025-11-24T16:00:00.123000Z,,NaN,false,7,11,t");
+        assert_eq!(rows[2], ",1970-01-01T00:00:00.005000Z,-3,inf,true,7,12,f");
         assert_eq!(lines.slice(1..2), format!("{}\n", rows[1]).as_bytes());
         assert_eq!(lines.slice(0..3).len(), text.len());
         assert_eq!(lines.slice(0..0).len(), 0);
+    }
+
+    /// Timestamps of every unit keep PostgreSQL's microseconds and round down, as the
+    /// binary path does: two keys a microsecond apart stay two, a time before 1970 is not
+    /// moved a microsecond later, and a value beyond the range is one the server refuses.
+    #[test]
+    fn timestamps_keep_microseconds_and_round_down() {
+        use arrow::array::{
+            TimestampMicrosecondArray, TimestampNanosecondArray, TimestampSecondArray,
+        };
+        let csv = |column: ArrayRef| {
+            let batch = RecordBatch::try_from_iter([("t", column)]).unwrap();
+            let mut lines = Lines::default();
+            encode(&batch, &[0], None, 1, &mut 0, &mut lines).unwrap();
+            String::from_utf8(lines.bytes)
+                .unwrap()
+                .lines()
+                .map(|l| l.split(',').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            csv(Arc::new(TimestampMicrosecondArray::from(vec![1_234_567, 1_234_568, -1]))),
+            [
+                "1970-01-01T00:00:01.234567Z",
+                "1970-01-01T00:00:01.234568Z",
+                "1969-12-31T23:59:59.999999Z"
+            ]
+        );
+        assert_eq!(
+            csv(Arc::new(TimestampNanosecondArray::from(vec![-1, 1_999]))),
+            ["1969-12-31T23:59:59.999999Z", "1970-01-01T00:00:00.000001Z"]
+        );
+        assert_eq!(
+            csv(Arc::new(TimestampSecondArray::from(vec![1, i64::MAX]))),
+            ["1970-01-01T00:00:01.000000Z", "invalid-timestamp"]
+        );
     }
 }
