@@ -42,7 +42,7 @@ impl AvroType {
     /// Reads an `.avsc` schema.
     pub fn parse(text: &str) -> Result<AvroType, AvroSchemaError> {
         let v: Value = serde_json::from_str(text).map_err(AvroSchemaError::NotJson)?;
-        parse_type(&v, &mut HashMap::new())
+        parse_type(&v, &mut HashMap::new(), "")
     }
 }
 
@@ -57,14 +57,19 @@ pub struct AvroLimits {
     pub max_record_bytes: usize,
     /// Array items and map entries in one record, all blocks and nesting levels together.
     pub max_items: u64,
+    /// Of those, array items that take no bytes (`null`, an empty record, a zero-size
+    /// `fixed`): the only values that cost JSON without costing input, so a few bytes of
+    /// input could otherwise decode to `max_record_bytes` of JSON, in every message of a chunk.
+    pub max_empty_items: u64,
 }
 
 impl Default for AvroLimits {
-    /// 16 MiB of JSON and 1,000,000 items per record.
+    /// 16 MiB of JSON, 1,000,000 items and 10,000 items that take no bytes per record.
     fn default() -> Self {
         AvroLimits {
             max_record_bytes: 16 << 20,
             max_items: 1_000_000,
+            max_empty_items: 10_000,
         }
     }
 }
@@ -75,6 +80,7 @@ struct Budget {
     start: usize,
     max_bytes: usize,
     items_left: u64,
+    empty_items_left: u64,
 }
 
 impl Budget {
@@ -83,6 +89,7 @@ impl Budget {
             start: out.len(),
             max_bytes: limits.max_record_bytes,
             items_left: limits.max_items,
+            empty_items_left: limits.max_empty_items,
         }
     }
 
@@ -112,9 +119,31 @@ fn json_bytes(out: &mut Vec<u8>, b: &[u8]) {
     json_str(out, &s);
 }
 
+/// The full name of a type named `name` in namespace `ns` (Avro's rule: a name with a dot is
+/// full already, an explicit `namespace` comes before the enclosing one).
+fn full_name(name: &str, namespace: Option<&str>, ns: &str) -> String {
+    if name.contains('.') {
+        return name.to_string();
+    }
+    match namespace.unwrap_or(ns) {
+        "" => name.to_string(),
+        space => format!("{space}.{name}"),
+    }
+}
+
+/// The namespace a full name's type sets for the types inside it.
+fn namespace_of(full: &str) -> &str {
+    full.rsplit_once('.').map_or("", |(space, _)| space)
+}
+
+/// The type `v` of a schema, inside namespace `ns`; named types (records, enums, fixed)
+/// are kept in `named` by their full name, and a reference is resolved in `ns` first, then
+/// in the null namespace (never by its last part alone: two types of one short name in two
+/// namespaces stay two types).
 fn parse_type(
     v: &Value,
     named: &mut HashMap<String, AvroType>,
+    ns: &str,
 ) -> Result<AvroType, AvroSchemaError> {
     use AvroSchemaError::Missing;
     Ok(match v {
@@ -128,23 +157,32 @@ fn parse_type(
             "bytes" => AvroType::Bytes,
             "string" => AvroType::String,
             other => named
-                .get(other)
-                .or_else(|| named.get(other.rsplit('.').next().unwrap_or(other)))
+                .get(&full_name(other, None, ns))
+                .or_else(|| named.get(other))
                 .cloned()
                 .ok_or_else(|| AvroSchemaError::UnknownType(other.to_string()))?,
         },
         Value::Array(branches) => AvroType::Union(
             branches
                 .iter()
-                .map(|b| parse_type(b, named))
+                .map(|b| parse_type(b, named, ns))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(o) => {
             let t = o
                 .get("type")
                 .ok_or(Missing("a complex Avro type needs \"type\""))?;
-            let name = o.get("name").and_then(Value::as_str).map(String::from);
-            let ty = match t.as_str() {
+            // only records, enums and fixed are named types (a name on anything else is
+            // ignored, as Avro does)
+            let kind = t.as_str();
+            let named_kind = matches!(kind, Some("record" | "error" | "enum" | "fixed"));
+            let full = o
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|_| named_kind)
+                .map(|n| full_name(n, o.get("namespace").and_then(Value::as_str), ns));
+            let inner = full.as_deref().map_or(ns, namespace_of);
+            let ty = match kind {
                 Some("record") | Some("error") => {
                     let fields = o
                         .get("fields")
@@ -157,7 +195,7 @@ fn parse_type(
                             .and_then(Value::as_str)
                             .ok_or(Missing("a field needs \"name\""))?;
                         let ft = f.get("type").ok_or(Missing("a field needs \"type\""))?;
-                        let t = parse_type(ft, named).map_err(|e| e.in_field(n))?;
+                        let t = parse_type(ft, named, inner).map_err(|e| e.in_field(n))?;
                         out.push((n.to_string(), t));
                     }
                     AvroType::Record(Arc::new(out))
@@ -178,14 +216,16 @@ fn parse_type(
                 Some("array") => AvroType::Array(Box::new(parse_type(
                     o.get("items").ok_or(Missing("an array needs \"items\""))?,
                     named,
+                    ns,
                 )?)),
                 Some("map") => AvroType::Map(Box::new(parse_type(
                     o.get("values").ok_or(Missing("a map needs \"values\""))?,
                     named,
+                    ns,
                 )?)),
-                _ => parse_type(t, named)?,
+                _ => parse_type(t, named, ns)?,
             };
-            if let Some(n) = name {
+            if let Some(n) = full {
                 named.insert(n, ty.clone());
             }
             ty
@@ -365,6 +405,12 @@ fn blocks<'a>(
                 left: budget.items_left,
             });
         }
+        if !sized && n > budget.empty_items_left {
+            return Err(AvroDecodeError::TooManyEmptyItems {
+                items: n,
+                left: budget.empty_items_left,
+            });
+        }
         if sized && n > (r.b.len() - r.i) as u64 {
             return Err(AvroDecodeError::BlockOverBytes {
                 items: n,
@@ -372,6 +418,9 @@ fn blocks<'a>(
             });
         }
         budget.items_left -= n;
+        if !sized {
+            budget.empty_items_left -= n;
+        }
         for _ in 0..n {
             item(r, budget)?;
         }
@@ -391,21 +440,30 @@ fn float(out: &mut Vec<u8>, v: f64) {
 }
 
 /// Transcodes one record: plain Avro binary, or the Confluent wire format (a zero byte, a
-/// 4-byte schema id, then the binary), told apart by whether the framed body decodes exactly.
+/// 4-byte schema id, then the binary), told apart by which reading decodes exactly. A record
+/// that starts with a zero byte may read both ways (a plain record whose first field is 0,
+/// `false`, or a union's `null`): it is then refused (`invalid_avro`) rather than guessed, as
+/// either reading may be a record of other values. (Decided by the record alone, so that a
+/// restore or another parallelism decodes it the same.)
 pub fn record_to_json(
     schema: &AvroType,
     bytes: &[u8],
     out: &mut Vec<u8>,
     limits: &AvroLimits,
 ) -> Result<(), AvroDecodeError> {
-    let start = out.len();
-    if bytes.len() >= 5 && bytes[0] == 0 {
-        if body_to_json(schema, &bytes[5..], out, limits).is_ok() {
-            return Ok(());
-        }
-        out.truncate(start);
+    if bytes.len() < 5 || bytes[0] != 0 {
+        return body_to_json(schema, bytes, out, limits);
     }
-    body_to_json(schema, bytes, out, limits)
+    let start = out.len();
+    // (a reading that fails leaves `out` as it was)
+    if body_to_json(schema, &bytes[5..], out, limits).is_err() {
+        return body_to_json(schema, bytes, out, limits);
+    }
+    if body_to_json(schema, bytes, out, limits).is_ok() {
+        out.truncate(start);
+        return Err(AvroDecodeError::AmbiguousFraming);
+    }
+    Ok(())
 }
 
 /// Transcodes one Avro binary body, which must be read exactly; on an error `out` is as
@@ -819,6 +877,7 @@ mod tests {
         let small = AvroLimits {
             max_record_bytes: 100,
             max_items: 1_000_000,
+            max_empty_items: 10_000,
         };
         let mut b = Vec::new();
         zigzag(1000, &mut b);
@@ -826,6 +885,115 @@ mod tests {
         let e = record_to_json(&nulls, &b, &mut Vec::new(), &small).unwrap_err();
         assert_eq!(e, AvroDecodeError::TooLarge(100));
         assert!(e.to_string().contains("more than 100 bytes"), "{e}");
+    }
+
+    /// Items that take no bytes are bounded apart from the others: four bytes of input cannot
+    /// decode to megabytes of JSON (in every message of a chunk), while items that take
+    /// bytes are bounded by the input itself.
+    #[test]
+    fn items_that_take_no_bytes_have_a_bound_of_their_own() {
+        let nulls = AvroType::parse(r#"{"type":"array","items":"null"}"#).unwrap();
+        let limits = AvroLimits::default();
+        let block = |n: i64| {
+            let mut b = Vec::new();
+            zigzag(n, &mut b);
+            zigzag(0, &mut b);
+            b
+        };
+        let mut out = Vec::new();
+        let e = record_to_json(&nulls, &block(1_000_000), &mut out, &limits).unwrap_err();
+        assert_eq!(
+            e,
+            AvroDecodeError::TooManyEmptyItems {
+                items: 1_000_000,
+                left: 10_000
+            }
+        );
+        assert!(out.is_empty());
+        // in several blocks and nesting levels together
+        let nested = AvroType::parse(r#"{"type":"array","items":{"type":"array","items":"null"}}"#)
+            .unwrap();
+        let mut b = Vec::new();
+        zigzag(3, &mut b);
+        for _ in 0..3 {
+            zigzag(4_000, &mut b);
+            zigzag(0, &mut b);
+        }
+        zigzag(0, &mut b);
+        let e = record_to_json(&nested, &b, &mut out, &limits).unwrap_err();
+        assert!(
+            matches!(e, AvroDecodeError::TooManyEmptyItems { left: 2_000, .. }),
+            "{e}"
+        );
+        // within the bound: decoded
+        record_to_json(&nulls, &block(10_000), &mut out, &limits).unwrap();
+        let v: Vec<Value> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.len(), 10_000);
+    }
+
+    /// Named types are told apart by their full names: two enums of one short name in two
+    /// namespaces keep their own symbols, whichever was defined last.
+    #[test]
+    fn named_types_are_resolved_by_full_name() {
+        let schema = AvroType::parse(
+            r#"{"type":"record","name":"R","namespace":"com.x","fields":[
+                {"name":"a","type":{"type":"enum","name":"Status","symbols":["OK","FAIL"]}},
+                {"name":"b","type":{"type":"enum","name":"Status","namespace":"com.y",
+                  "symbols":["ON","OFF","UNKNOWN"]}},
+                {"name":"c","type":"Status"},
+                {"name":"d","type":"com.y.Status"},
+                {"name":"e","type":{"type":"array","name":"Status","items":"int"}}
+            ]}"#,
+        )
+        .unwrap();
+        // a, b, c, d: enum index 1 each; e: an empty array
+        let mut b = Vec::new();
+        for _ in 0..4 {
+            zigzag(1, &mut b);
+        }
+        zigzag(0, &mut b);
+        let mut out = Vec::new();
+        record_to_json(&schema, &b, &mut out, &AvroLimits::default()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["a"], "FAIL");
+        assert_eq!(v["b"], "OFF");
+        // `Status` inside com.x is com.x.Status, not the one defined last
+        assert_eq!(v["c"], "FAIL");
+        assert_eq!(v["d"], "OFF");
+        assert_eq!(v["e"], serde_json::json!([]));
+        // a name given to an array names nothing
+        let e = AvroType::parse(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":{"type":"array","name":"X","items":"int"}},
+                {"name":"b","type":"X"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains('X'), "{e}");
+    }
+
+    /// A record that reads both as plain Avro and in the wire format is refused, not read
+    /// as the wire format's other values; one that reads one way only is read that way.
+    #[test]
+    fn a_record_that_reads_both_plain_and_framed_is_refused() {
+        let schema = AvroType::parse(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"a","type":"long"},{"name":"b","type":"string"}]}"#,
+        )
+        .unwrap();
+        // plain: a = 0, b = "abc0\nhello" (length 10: byte 0x14); bytes 5.. read as a = 24
+        // (0x30), b = "hello"
+        let mut plain = vec![0x00, 0x14];
+        plain.extend_from_slice(b"abc0\nhello");
+        let mut out = Vec::new();
+        let e = record_to_json(&schema, &plain, &mut out, &AvroLimits::default()).unwrap_err();
+        assert_eq!(e, AvroDecodeError::AmbiguousFraming);
+        assert!(out.is_empty());
+        // a plain record starting with a zero byte that reads one way only
+        let mut plain = vec![0x00, 0x0a];
+        plain.extend_from_slice(b"hello");
+        record_to_json(&schema, &plain, &mut out, &AvroLimits::default()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((v["a"].as_i64(), v["b"].as_str()), (Some(0), Some("hello")));
     }
 
     /// Records whose registry cannot be reached wait for it: none is bad (dead-lettered),

@@ -78,6 +78,13 @@ pub enum AvroDecodeError {
     /// A block count over the items the record may still have (see `AvroLimits`).
     #[error("a block of {items} items: over the {left} items a record may have left")]
     TooManyItems { items: u64, left: u64 },
+    /// A block count over the items that take no bytes (`null`s, empty records) the record
+    /// may still have (see `AvroLimits::max_empty_items`).
+    #[error(
+        "a block of {items} items that take no bytes: over the {left} such items a record \
+         may have left"
+    )]
+    TooManyEmptyItems { items: u64, left: u64 },
     /// A block count over the bytes left, for items that take a byte at least.
     #[error("a block of {items} items but only {left} bytes left")]
     BlockOverBytes { items: u64, left: usize },
@@ -86,6 +93,13 @@ pub enum AvroDecodeError {
     TooLarge(usize),
     #[error("{0} bytes left after the record")]
     BytesLeft(usize),
+    /// Without a registry: the record reads both as plain Avro and in the wire format.
+    #[error(
+        "the record reads both as plain Avro and in the Confluent wire format (a zero byte \
+         and a schema id first), as records of other values: it is not guessed (a \
+         `schema_registry` reads the wire format alone)"
+    )]
+    AmbiguousFraming,
     #[error("not in the Confluent wire format (magic byte 0, schema id)")]
     NotWireFormat,
     /// The batch's positions are `u32`: a record that would pass them is refused.

@@ -116,6 +116,7 @@ fn avro_records_never_panic_overrun_or_spin() {
     let limits = AvroLimits {
         max_record_bytes: 1 << 20,
         max_items: 100_000,
+        max_empty_items: 10_000,
     };
     for (i, bytes) in REGRESSIONS {
         check(&schemas[*i], bytes, &limits).unwrap_or_else(|e| panic!("regression {i}: {e}"));

@@ -54,31 +54,62 @@ impl PlannedInput {
     }
 }
 
-/// `avro_limits: { max_record_bytes, max_items }` of a Kafka source (defaults 16 MiB of JSON
-/// and 1,000,000 array items and map entries per record).
+/// `avro_limits: { max_record_bytes, max_items, max_empty_items }` of a Kafka or NATS source
+/// (defaults 16 MiB of JSON, 1,000,000 array items and map entries, and 10,000 array items
+/// that take no bytes per record).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AvroLimitsDoc {
-    /// Largest decoded record, in bytes of JSON (default 16 MiB).
+    /// Largest decoded record, in bytes of JSON (default 16 MiB; 1 KiB to 1 GiB).
     #[serde(default)]
     pub max_record_bytes: Option<u64>,
-    /// Most array items and map entries in one record (default 1,000,000).
+    /// Most array items and map entries in one record (default 1,000,000; at least 1).
     #[serde(default)]
     pub max_items: Option<u64>,
+    /// Most array items that take no bytes (`null`, an empty record, a zero-size `fixed`)
+    /// in one record (default 10,000).
+    #[serde(default)]
+    pub max_empty_items: Option<u64>,
 }
 
-/// Avro limits as `avro_limits` sets them, the defaults otherwise.
-pub fn avro_limits(doc: Option<&AvroLimitsDoc>) -> weir_sources::avro::AvroLimits {
+/// The bounds `max_record_bytes` may take: below, no real record fits; above, a chunk's
+/// decoded records could pass the 4 GiB its positions address.
+const RECORD_BYTES: std::ops::RangeInclusive<u64> = 1 << 10..=1 << 30;
+
+/// Avro limits as `avro_limits` sets them, the defaults otherwise; a value out of its bounds
+/// is refused (what to write instead).
+pub fn avro_limits(
+    doc: Option<&AvroLimitsDoc>,
+) -> Result<weir_sources::avro::AvroLimits, String> {
     let mut limits = weir_sources::avro::AvroLimits::default();
-    if let Some(l) = doc {
-        if let Some(b) = l.max_record_bytes {
-            limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
+    let Some(l) = doc else {
+        return Ok(limits);
+    };
+    if let Some(b) = l.max_record_bytes {
+        if !RECORD_BYTES.contains(&b) {
+            return Err(format!(
+                "`avro_limits.max_record_bytes` is {b}: it must be between {} (1 KiB) and {} \
+                 (1 GiB) bytes of JSON per record",
+                RECORD_BYTES.start(),
+                RECORD_BYTES.end()
+            ));
         }
-        if let Some(n) = l.max_items {
-            limits.max_items = n;
-        }
+        limits.max_record_bytes = usize::try_from(b).unwrap_or(usize::MAX);
     }
-    limits
+    if let Some(n) = l.max_items {
+        if n == 0 {
+            return Err(
+                "`avro_limits.max_items` is 0: no record with an array or a map could be \
+                 read; give it 1 or more"
+                    .into(),
+            );
+        }
+        limits.max_items = n;
+    }
+    if let Some(n) = l.max_empty_items {
+        limits.max_empty_items = n;
+    }
+    Ok(limits)
 }
 
 /// A source kind: its YAML key and how a declaration of it is planned.

@@ -250,3 +250,32 @@ fn refusals_point_at_the_line_and_column_of_the_mistake() {
         "{bad_parallelism}"
     );
 }
+
+/// `avro_limits` out of their bounds are refused at the source's line, saying the bounds,
+/// not planned into a run that dead-letters every record (`max_record_bytes` of 0, or of
+/// 4 GiB and more, made every record too large for its chunk).
+#[test]
+fn avro_limits_out_of_their_bounds_are_refused() {
+    let kafka = |limits: &str| {
+        PIPELINE.replace(
+            "    generator: { kind: data-ingestion, count: 100, seed: 3, keys: 4 }\n",
+            &format!(
+                "    kafka: {{ brokers: \"127.0.0.1:9\", topic: t, group_id: g, \
+                 avro_limits: {limits} }}\n    format: avro\n    schema: data-ingestion\n"
+            ),
+        )
+    };
+    for (limits, says) in [
+        ("{ max_record_bytes: 4294967296 }", "between 1024 (1 KiB) and 1073741824"),
+        ("{ max_record_bytes: 0 }", "between 1024 (1 KiB)"),
+        ("{ max_items: 0 }", "give it 1 or more"),
+    ] {
+        let r = refusal(&kafka(limits));
+        assert!(r.starts_with("4:"), "{limits}: {r}");
+        assert!(r.contains(says), "{limits}: {r}");
+    }
+    let plan = planned(&kafka(
+        "{ max_record_bytes: 1048576, max_items: 5, max_empty_items: 0 }",
+    ));
+    assert_eq!(plan.sources.len(), 1);
+}

@@ -68,7 +68,10 @@ pub const SOURCE: SourceKind = SourceKind {
         })?;
         let cfg = plan::source_config(p.doc, p.ctx, p.name, k, p.format)?;
         let mut planned = PlannedInput::of(Box::new(KafkaInput(cfg)));
-        planned.avro_limits = avro_limits(k.value.avro_limits.as_ref());
+        planned.avro_limits = avro_limits(k.value.avro_limits.as_ref()).map_err(|e| {
+            p.ctx
+                .err(&k.referenced, format!("source `{}`: {e}", p.name))
+        })?;
         planned.registry = k.value.schema_registry.clone();
         Ok(planned)
     },

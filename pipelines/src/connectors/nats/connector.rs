@@ -53,7 +53,10 @@ pub const SOURCE: SourceKind = SourceKind {
                 p.ctx.err(at, format!("source `{}`: {}", p.name, e.chain()))
             })?;
         let mut planned = PlannedInput::of(Box::new(NatsInput(Box::new(cfg))));
-        planned.avro_limits = avro_limits(n.value.avro_limits.as_ref());
+        planned.avro_limits = avro_limits(n.value.avro_limits.as_ref()).map_err(|e| {
+            p.ctx
+                .err(&n.referenced, format!("source `{}`: {e}", p.name))
+        })?;
         Ok(planned)
     },
 };
