@@ -29,10 +29,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// source and also prints it (as the client always did; a chain prints it once).
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// No address answered (no connection, a timeout, a 5xx or 429 answer): retryable.
+    /// No address answered what was asked (no connection, a timeout, a 5xx answer, or a
+    /// 4xx that is not about the request: credentials refused, a proxy, too many
+    /// requests): retryable.
     #[error("schema registry {url}: cannot reach it: {message}")]
     Unreachable { url: String, message: String },
-    /// The registry refused the request (a 4xx answer, e.g. an unknown schema id).
+    /// The registry refused the request itself (400, 404 such as an unknown schema id, 409,
+    /// 422): final.
     #[error("schema registry {url}: status {status}: {message}")]
     Refused {
         url: String,
@@ -79,9 +82,16 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// Whether the same request may succeed later (the registry was not reached).
+    /// Whether the same request may succeed later: the registry was not reached, or what
+    /// answered was not a registry's answer (a proxy's or a login page), which says nothing
+    /// about the schema asked for.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RegistryError::Unreachable { .. })
+        matches!(
+            self,
+            RegistryError::Unreachable { .. }
+                | RegistryError::NotJson { .. }
+                | RegistryError::Invalid { .. }
+        )
     }
 }
 
@@ -320,10 +330,7 @@ impl RegistryClient {
             };
             match answer {
                 Ok((status, bytes)) if status.is_success() => return Ok(bytes.to_vec()),
-                Ok((status, bytes))
-                    if status.is_client_error()
-                        && status != reqwest::StatusCode::TOO_MANY_REQUESTS =>
-                {
+                Ok((status, bytes)) if refuses_the_request(status) => {
                     return Err(RegistryError::Refused {
                         url: e.base.clone(),
                         status: status.as_u16(),
@@ -343,6 +350,14 @@ impl RegistryClient {
             message: failures.join("; "),
         })
     }
+}
+
+/// Whether an answer's status refuses the request itself, for good: a bad request, an
+/// unknown subject or schema id, a conflict, a schema the registry does not take. Other 4xx
+/// answers (401 and 403: the credentials, which an operator renews; 407, 408, 429: a proxy,
+/// a timeout, a rate limit) say nothing of the schema, and are retried like a 5xx.
+fn refuses_the_request(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 404 | 409 | 422)
 }
 
 /// An error with its sources, on one line.

@@ -207,4 +207,23 @@ mod tests {
         assert_eq!(asking.join().unwrap(), Ok(true));
         assert!(waiting.lock().unwrap().is_none());
     }
+
+    /// Refused credentials and a page that is not a registry's answer (a proxy's login page)
+    /// say nothing of the schema: records wait for them, and decode once the registry
+    /// answers, none dead-lettered.
+    #[test]
+    fn refused_credentials_and_a_foreign_page_are_waited_for_not_bad_records() {
+        let port = serve(vec![
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}",
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\n{}",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
+            "HTTP/1.1 200 OK\r\nContent-Length: 21\r\n\r\n{\"schema\":\"\\\"long\\\"\"}",
+        ]);
+        let r = SchemaRegistry::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let started = Instant::now();
+        let t = r.schema(1).expect("the schema, once the registry answers");
+        assert!(matches!(*t, AvroType::Long));
+        // three waits (0.2 + 0.4 + 0.8 s) at least
+        assert!(started.elapsed() >= FIRST_BACKOFF * 7, "{:?}", started.elapsed());
+    }
 }
