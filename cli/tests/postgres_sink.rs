@@ -352,11 +352,13 @@ fn an_existing_table_with_a_wrong_column_type_is_refused_naming_the_column() {
 /// A merge that takes longer than the sink's `timeout` (here a statement trigger on the
 /// table that sleeps 2 s, with `timeout: 1s`): the sink waits longer at each try instead of
 /// abandoning the merge and sending it again for ever (each try waiting behind the locks of
-/// the one before), and the table equals the oracle.
+/// the one before), and the table equals the oracle. The database's own `statement_timeout`
+/// (shorter than the merge) does not end the sink's statements: each try would fail alike.
 #[test]
 fn a_merge_slower_than_the_timeout_is_waited_for() {
     let case = Case::new(2_000, 10);
     let pg = PgServer::start();
+    pg.psql("ALTER DATABASE postgres SET statement_timeout = '500ms'");
     pg.psql(
         "CREATE TABLE public.per_dataset (\"datasetName\" text, window_start timestamptz, \
          window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start)); \

@@ -164,7 +164,13 @@ pub fn connect_options(config: &PostgresConfig) -> Result<PgConnectOptions, Faul
     }
     Ok(opts
         .application_name("weir")
-        .options([("TimeZone", "UTC"), ("client_min_messages", "warning")])
+        // the sink's `timeout` governs its waits (see `answer_wait`): a server's or a role's
+        // `statement_timeout` shorter than a merge would fail every try of it alike
+        .options([
+            ("TimeZone", "UTC"),
+            ("client_min_messages", "warning"),
+            ("statement_timeout", "0"),
+        ])
         .disable_statement_logging())
 }
 
