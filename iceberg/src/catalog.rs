@@ -468,6 +468,8 @@ impl Lake {
             .current_snapshot()
             .map(|s| s.summary().additional_properties.clone())
             .unwrap_or_default();
+        // the committed mark, in the same swap (see `mark`)
+        let mark = crate::mark::update(meta.properties(), &properties);
         let summary = snapshot_summary(&previous, properties, added_files, added_rows, append);
         let snapshot = Snapshot::builder()
             .with_snapshot_id(snapshot_id)
@@ -499,6 +501,10 @@ impl Lake {
                     ),
                 )
             })
+            .and_then(|b| match mark {
+                Some((key, value)) => b.set_properties(HashMap::from([(key, value)])),
+                None => Ok(b),
+            })
             .and_then(|b| b.build())
             .map_err(wr)?
             .metadata;
@@ -512,6 +518,37 @@ impl Lake {
         self.swap_metadata_pointer(pool, ident, &current, &location)
             .await?;
         self.load(ident).await
+    }
+
+    /// Removes every snapshot of `table` but the current one, as `expire_snapshots` does
+    /// (tests: what a restore finds after routine maintenance).
+    #[cfg(test)]
+    pub(crate) async fn expire_all_but_current(&self, table: &Table) -> Table {
+        let meta = table.metadata();
+        let current_id = meta.current_snapshot().map(|s| s.snapshot_id());
+        let old: Vec<i64> = meta
+            .snapshots()
+            .map(|s| s.snapshot_id())
+            .filter(|id| Some(*id) != current_id)
+            .collect();
+        let current = table.metadata_location().unwrap().to_string();
+        let built = meta
+            .clone()
+            .into_builder(Some(current.clone()))
+            .remove_snapshots(&old)
+            .build()
+            .unwrap()
+            .metadata;
+        let location = MetadataLocation::from_str(&current)
+            .unwrap()
+            .with_next_version()
+            .with_new_metadata(&built);
+        built.write_to(table.file_io(), &location).await.unwrap();
+        let pool = self.pool.as_ref().unwrap();
+        self.swap_metadata_pointer(pool, table.identifier(), &current, &location.to_string())
+            .await
+            .unwrap();
+        self.load(table.identifier()).await.unwrap()
     }
 
     /// The SQL catalog's own commit: points table `ident` at the metadata file `location`,

@@ -10,9 +10,10 @@
 //! - Exactly once: the rows of checkpoint epoch `E` go to zstd Parquet files that are written
 //!   at `E`'s barrier (pre-commit, their descriptions kept in the checkpoint's manifest) and
 //!   committed as one snapshot when checkpoint `E` is complete. The snapshot's summary holds
-//!   `weir.pipeline`, `weir.sink`, `weir.output` and `weir.epoch`: a worker recovering from
-//!   `E` commits `E`'s files only if no snapshot has that epoch yet, so no epoch is ever
-//!   committed twice (as Arroyo's `commit-id`).
+//!   `weir.pipeline`, `weir.sink`, `weir.output` and `weir.epoch`, and the same swap sets the
+//!   table's committed mark (a property that outlives expired snapshots, see [`mark`]): a
+//!   worker recovering from `E` commits `E`'s files only if neither says the table has that
+//!   epoch, so no epoch is ever committed twice (as Arroyo's `commit-id`).
 //! - Views: the sink keeps each key's latest row and every commit replaces the table's
 //!   content with the whole view (an `overwrite` snapshot), so a reader sees one row per key.
 //!   iceberg-rust 0.10 cannot commit equality deletes, and its transactions only append, so
@@ -24,6 +25,7 @@
 mod catalog;
 mod compact;
 mod error;
+mod mark;
 pub mod pool;
 mod rewrite;
 pub mod schema;

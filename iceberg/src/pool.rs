@@ -37,7 +37,7 @@ use serde_json::Value;
 use crate::catalog::Lake;
 use crate::compact::{live_files, read_file};
 use crate::sink::{
-    committed_epochs, pending_of, summary_of, writer_builder, IcebergSinkConfig, Pending,
+    epoch_committed, pending_of, summary_of, writer_builder, IcebergSinkConfig, Pending,
 };
 use crate::IcebergError;
 
@@ -149,7 +149,7 @@ pub(crate) async fn commit_epoch(
     let mut attempt = 0;
     loop {
         let table = lake.load(ident).await?;
-        if committed_epochs(&table, &config.pipeline, &config.sink, worker).any(|e| e == p.epoch) {
+        if epoch_committed(&table, &config.pipeline, &config.sink, worker, p.epoch) {
             tracing::info!(sink = %config.sink, worker, epoch = p.epoch, "epoch already committed to Iceberg, not again");
             return Ok(table);
         }
@@ -477,6 +477,63 @@ mod tests {
         assert_eq!(got.len(), 4, "{got:?}");
     }
 
+    /// Snapshots expired after a worker (or a single process) committed its last epoch and
+    /// another writer committed (`weir compact`, routine maintenance while it was stopped): a
+    /// restore from its checkpoint, and a pool adopter rolling the same epochs forward, commit
+    /// nothing again (the table's committed mark says they are in), a window's or a view's;
+    /// a checkpoint older than the mark is refused.
+    #[test]
+    fn an_epoch_whose_snapshot_expired_is_not_committed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for worker in [Some("w1"), None] {
+            for (name, view) in [("windows", None), ("view", Some(1))] {
+                let table = format!("ns.expired_{name}_{}", worker.unwrap_or("single"));
+                let c = IcebergSinkConfig {
+                    worker: worker.map(String::from),
+                    ..config(d, &table, "w1")
+                };
+                let case = table.clone();
+                let mut w1 = IcebergSink::open(c.clone(), &schema(), view).unwrap();
+                w1.recover(None).unwrap();
+                w1.write(&rows(&["a", "b"], &[1, 2], &["u", "u"])).unwrap();
+                let first = w1.pre_commit(1).unwrap();
+                w1.commit(1).unwrap();
+                w1.write(&rows(&["c"], &[3], &["u"])).unwrap();
+                let second = w1.pre_commit(2).unwrap();
+                w1.commit(2).unwrap();
+                // another writer commits after it; then every snapshot but that one expires
+                rt.block_on(async {
+                    let lake = c.open_lake(&rt).await.unwrap();
+                    let t = lake.load(&c.ident().unwrap()).await.unwrap();
+                    let t = lake.commit_append(&t, Vec::new(), Default::default()).await.unwrap();
+                    let t = lake.expire_all_but_current(&t).await;
+                    assert_eq!(t.metadata().snapshots().count(), 1);
+                });
+                let before = read(d, &table).1;
+                assert_eq!(before.len(), 3, "{case}: {before:?}");
+                // it starts again from its last checkpoint, which lists epoch 2 as pending
+                let mut again = IcebergSink::open(c.clone(), &schema(), view).unwrap();
+                again.recover(Some((2, &second))).unwrap();
+                assert_eq!(read(d, &table).1, before, "{case}: after the restore");
+                if let Some(w) = worker {
+                    // an adopter finishing its epochs
+                    roll_forward(&c, w, 2, &second).unwrap();
+                    roll_forward(&c, w, 1, &first).unwrap();
+                    assert_eq!(read(d, &table).1, before, "{case}: after the roll-forward");
+                }
+                if view.is_none() || worker.is_some() {
+                    // a checkpoint older than the table's epochs of this writer: refused
+                    let mut older = IcebergSink::open(c.clone(), &schema(), view).unwrap();
+                    let e = older.recover(Some((1, &first))).unwrap_err();
+                    let e = weir_engine::error::chain(&e).to_string();
+                    assert!(e.contains("already has epoch 2"), "{case}: {e}");
+                }
+            }
+        }
+    }
+
     /// Two workers' views in one table: each epoch replaces only its keys; a key moved to
     /// another worker is replaced there; deletes remove the key.
     #[test]
@@ -517,9 +574,10 @@ mod tests {
         let (epochs, got) = read(d, "ns.view");
         assert_eq!(got, vec![("a".into(), 7), ("b".into(), 5), ("d".into(), 8)]);
         assert_eq!(epochs.len(), 5, "{epochs:?}");
-        // epoch 3 of w2 written again (a restarted worker) is not committed again
+        // epoch 3 of w2 written again (an adopter rolling forward a manifest of it) is not
+        // committed again
         let info = {
-            let mut w = open("w2");
+            let mut w = IcebergSink::open(config(d, "ns.view", "w2"), &schema(), Some(1)).unwrap();
             w.write(&rows(&["d"], &[9], &["u"])).unwrap();
             w.pre_commit(3).unwrap()
         };

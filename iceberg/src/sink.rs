@@ -37,15 +37,15 @@ use crate::view_rows::ViewRows;
 use crate::IcebergError;
 
 /// Snapshot summary keys weir writes.
-const PIPELINE: &str = "weir.pipeline";
-const SINK: &str = "weir.sink";
+pub(crate) const PIPELINE: &str = "weir.pipeline";
+pub(crate) const SINK: &str = "weir.sink";
 const OUTPUT: &str = "weir.output";
-const EPOCH: &str = "weir.epoch";
+pub(crate) const EPOCH: &str = "weir.epoch";
 /// A pool worker's id (absent for a single process).
 pub(crate) const WORKER: &str = "weir.worker";
 /// The run of a single process that committed a view's snapshot (see
 /// [`IcebergSink::view_epoch_committed`]).
-const RUN: &str = "weir.run";
+pub(crate) const RUN: &str = "weir.run";
 
 /// What an Iceberg sink writes where.
 #[derive(Debug, Clone)]
@@ -204,6 +204,28 @@ fn not_retried(sink: &str, e: IcebergError) -> EngineError {
         ErrorKind::User => e.user(),
         _ => e,
     }
+}
+
+/// Whether epoch `epoch` of `pipeline`'s sink `sink` (as pool worker `worker`) is in `table`:
+/// a snapshot has it, or the committed mark is at it or past it (its snapshot expired since).
+pub(crate) fn epoch_committed(
+    table: &Table,
+    pipeline: &str,
+    sink: &str,
+    worker: Option<&str>,
+    epoch: u64,
+) -> bool {
+    crate::mark::read(table, pipeline, sink, worker).is_some_and(|m| epoch <= m.epoch)
+        || committed_epochs(table, pipeline, sink, worker).any(|e| e == epoch)
+}
+
+/// The newest epoch of `pipeline`'s sink `sink` (as pool worker `worker`) in `table`, by its
+/// snapshots and its committed mark.
+fn newest_epoch(table: &Table, pipeline: &str, sink: &str, worker: Option<&str>) -> Option<u64> {
+    let marked = crate::mark::read(table, pipeline, sink, worker).map(|m| m.epoch);
+    committed_epochs(table, pipeline, sink, worker)
+        .chain(marked)
+        .max()
 }
 
 /// The epochs committed to `table` by `pipeline`'s sink `sink` (as pool worker `worker`, or
@@ -423,19 +445,25 @@ impl IcebergSink {
     /// replaces: its commit is made.
     fn view_epoch_committed(&self, table: &Table, epoch: u64) -> bool {
         let (pipeline, sink) = (&self.config.pipeline, &self.config.sink);
-        table.metadata().snapshots().any(|s| {
-            let p = &s.summary().additional_properties;
-            let by = p.get(RUN);
+        let by_this_history = |by: Option<&String>| {
             let restored_run = match &self.restored_run {
                 Some(r) => by == Some(r),
                 None => true,
             };
-            p.get(PIPELINE) == Some(pipeline)
-                && p.get(SINK) == Some(sink)
-                && p.get(WORKER).is_none()
-                && p.get(EPOCH).and_then(|e| e.parse::<u64>().ok()) == Some(epoch)
-                && (by == Some(&self.run) || (epoch <= self.restored && restored_run))
-        })
+            by == Some(&self.run) || (epoch <= self.restored && restored_run)
+        };
+        // (the mark: the last epoch committed, whose snapshot may have been expired since)
+        let marked = crate::mark::read(table, pipeline, sink, None)
+            .is_some_and(|m| epoch <= m.epoch && by_this_history(m.run.as_ref()));
+        marked
+            || table.metadata().snapshots().any(|s| {
+                let p = &s.summary().additional_properties;
+                p.get(PIPELINE) == Some(pipeline)
+                    && p.get(SINK) == Some(sink)
+                    && p.get(WORKER).is_none()
+                    && p.get(EPOCH).and_then(|e| e.parse::<u64>().ok()) == Some(epoch)
+                    && by_this_history(p.get(RUN))
+            })
     }
 
     /// Commits `files` as one snapshot (an append for a window, a replacement of the whole
@@ -460,7 +488,7 @@ impl IcebergSink {
                 let done = if replace {
                     self.view_epoch_committed(&table, e)
                 } else {
-                    committed_epochs(&table, &pipeline, &sink, None).any(|c| c == e)
+                    epoch_committed(&table, &pipeline, &sink, None, e)
                 };
                 if done {
                     tracing::info!(sink = %sink, epoch = e, "epoch already committed to Iceberg, not again");
@@ -509,6 +537,15 @@ impl IcebergSink {
                     });
             }
             let tx = Transaction::new(&table);
+            // the committed mark, in the same commit (see `mark`)
+            let tx = match crate::mark::update(table.metadata().properties(), &summary) {
+                Some((key, value)) => tx
+                    .update_table_properties()
+                    .set(key, value)
+                    .apply(tx)
+                    .map_err(IcebergError::writing("preparing the append"))?,
+                None => tx,
+            };
             let tx = tx
                 .fast_append()
                 .add_data_files(files)
@@ -662,21 +699,24 @@ impl Committable for IcebergSink {
         self.table = table;
         self.deleted.clear();
         let worker = self.config.worker.clone();
-        let newest = committed_epochs(
+        let newest = newest_epoch(
             &self.table,
             &self.config.pipeline,
             &self.config.sink,
             worker.as_deref(),
-        )
-        .max();
+        );
         let upto = from.map_or(0, |(e, _)| e);
-        // a view's commits replace the table, so only appends could be doubled
-        if let (Some(last), None) = (newest, &self.view) {
+        // a single process's view commits replace the table (a run without a checkpoint
+        // replaces an older history's rows); windows append, and a pool worker's view
+        // replaces its keys' rows: epochs after the checkpoint would be written twice, or
+        // their keys' rows put back to older ones
+        if let (Some(last), true) = (newest, self.view.is_none() || worker.is_some()) {
             if last > upto {
                 return Err(self.err(format!(
                     "table {} already has epoch {last} of this pipeline's sink, newer than the \
-                     checkpoint the run starts from ({}): its rows would be written twice. \
-                     Restore the newest checkpoint, or write to a new table",
+                     checkpoint the run starts from ({}): its rows would be written twice (a \
+                     view's rows put back to older ones). Restore the newest checkpoint, or \
+                     write to a new table",
                     self.ident,
                     if upto == 0 {
                         "none".to_string()
