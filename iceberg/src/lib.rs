@@ -11,7 +11,7 @@
 //!   at `E`'s barrier (pre-commit, their descriptions kept in the checkpoint's manifest) and
 //!   committed as one snapshot when checkpoint `E` is complete. The snapshot's summary holds
 //!   `weir.pipeline`, `weir.sink`, `weir.output` and `weir.epoch`, and the same swap sets the
-//!   table's committed mark (a property that outlives expired snapshots, see [`mark`]): a
+//!   table's committed mark (a property that outlives expired snapshots: `mark.rs`): a
 //!   worker recovering from `E` commits `E`'s files only if neither says the table has that
 //!   epoch, so no epoch is ever committed twice (as Arroyo's `commit-id`).
 //! - Views: the sink keeps each key's latest row and every commit replaces the table's
