@@ -145,6 +145,37 @@ impl IcebergError {
     }
 }
 
+impl IcebergError {
+    /// Whether this failure is the table's own files, which no retry mends: a file the table
+    /// lists is missing from the storage (removed as an orphan, deleted by hand), or is not
+    /// Parquet that can be read (corrupt, cut short). Found by the types of the cause chain:
+    /// object_store's `NotFound`, a Parquet error, or iceberg-rust's `DataInvalid` (which its
+    /// local file system gives for any file it cannot read, without the I/O error).
+    pub fn is_broken_table(&self) -> bool {
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if matches!(
+                e.downcast_ref::<object_store::Error>(),
+                Some(object_store::Error::NotFound { .. })
+            ) {
+                return true;
+            }
+            if e.downcast_ref::<iceberg::Error>()
+                .is_some_and(|e| e.kind() == iceberg::ErrorKind::DataInvalid)
+            {
+                return true;
+            }
+            match e.downcast_ref::<parquet::errors::ParquetError>() {
+                // (an external error is what the reader met: its own cause tells)
+                Some(parquet::errors::ParquetError::External(_)) | None => {}
+                Some(_) => return true,
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
 /// Whether the first error of `e`'s chain that tells (an I/O error, sqlx's, an HTTP
 /// client's, an Iceberg error marked retryable) says that the service could not be reached
 /// or answer in time.
@@ -315,6 +346,27 @@ mod tests {
             ErrorKind::Fatal
         );
         assert_eq!(IcebergError::config("x").kind(), ErrorKind::User);
+    }
+
+    /// A file the table lists that is gone or not Parquet is the table's breakage (no retry
+    /// mends it); a connection reset is not.
+    #[test]
+    fn a_missing_or_corrupt_file_is_a_broken_table() {
+        let missing = object_store::Error::NotFound {
+            path: "t/data/f.parquet".into(),
+            source: "gone".into(),
+        };
+        assert!(IcebergError::write("reading", missing).is_broken_table());
+        let corrupt = parquet::errors::ParquetError::General("invalid magic".into());
+        assert!(IcebergError::write("reading", corrupt).is_broken_table());
+        let local = iceberg::Error::new(iceberg::ErrorKind::DataInvalid, "cannot read");
+        assert!(IcebergError::write("reading", local).is_broken_table());
+        let reset = io_err(io::ErrorKind::ConnectionReset);
+        assert!(!IcebergError::write("reading", reset).is_broken_table());
+        let external = parquet::errors::ParquetError::External(Box::new(io_err(
+            io::ErrorKind::TimedOut,
+        )));
+        assert!(!IcebergError::write("reading", external).is_broken_table());
     }
 
     #[test]

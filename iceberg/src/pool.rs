@@ -534,6 +534,41 @@ mod tests {
         }
     }
 
+    /// A data file the table lists, deleted by hand (or as an orphan by mistake): a pool
+    /// view's next commit, which reads it, fails the run with the missing file named instead
+    /// of retrying for ever with the checkpoints waiting.
+    #[test]
+    fn a_missing_data_file_fails_the_commit_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut w1 = IcebergSink::open(config(d, "ns.broken", "w1"), &schema(), Some(1)).unwrap();
+        w1.recover(None).unwrap();
+        w1.write(&rows(&["a", "b"], &[1, 2], &["u", "u"])).unwrap();
+        w1.pre_commit(1).unwrap();
+        w1.commit(1).unwrap();
+        let mut parquet = Vec::new();
+        let mut folders = vec![d.to_path_buf()];
+        while let Some(f) = folders.pop() {
+            for e in std::fs::read_dir(&f).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    folders.push(p);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    parquet.push(p);
+                }
+            }
+        }
+        assert_eq!(parquet.len(), 1, "{parquet:?}");
+        std::fs::remove_file(&parquet[0]).unwrap();
+        w1.write(&rows(&["a"], &[5], &["u"])).unwrap();
+        w1.pre_commit(2).unwrap();
+        let e = w1.commit(2).unwrap_err();
+        assert_eq!(e.kind(), weir_engine::error::ErrorKind::Fatal, "{e:?}");
+        let text = weir_engine::error::chain(&e).to_string();
+        let name = parquet[0].file_name().unwrap().to_string_lossy().to_string();
+        assert!(text.contains(&name), "{text}");
+    }
+
     /// Two workers' views in one table: each epoch replaces only its keys; a key moved to
     /// another worker is replaced there; deletes remove the key.
     #[test]

@@ -672,8 +672,22 @@ impl Committable for IcebergSink {
                 files: p.files.clone(),
                 keys: p.keys.clone(),
             };
+            let commits_itself = self.lake.commits_itself();
             self.commit_one(p).map_err(|e| match e.kind() {
                 ErrorKind::User => e.into_sink_error(&self.config.sink),
+                // a file of the table missing or unreadable: a retry would fail alike for
+                // ever, with the checkpoints waiting on it (a SQL catalog's errors tell)
+                _ if commits_itself && e.is_broken_table() => {
+                    tracing::error!(
+                        sink = %self.config.sink,
+                        table = %self.ident,
+                        error = %weir_engine::error::chain(&e),
+                        "a file the Iceberg table lists is missing or unreadable: the run \
+                         stops. Restore the file, or roll the table back to a snapshot whose \
+                         files are all there, then start the pipeline again"
+                    );
+                    engine_err(&self.config.sink, e)
+                }
                 _ => engine_err(&self.config.sink, e).unavailable(),
             })?;
             self.pending.remove(0);
