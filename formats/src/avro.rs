@@ -911,8 +911,8 @@ mod tests {
         );
         assert!(out.is_empty());
         // in several blocks and nesting levels together
-        let nested = AvroType::parse(r#"{"type":"array","items":{"type":"array","items":"null"}}"#)
-            .unwrap();
+        let nested =
+            AvroType::parse(r#"{"type":"array","items":{"type":"array","items":"null"}}"#).unwrap();
         let mut b = Vec::new();
         zigzag(3, &mut b);
         for _ in 0..3 {

@@ -363,9 +363,8 @@ mod tests {
         assert!(IcebergError::write("reading", local).is_broken_table());
         let reset = io_err(io::ErrorKind::ConnectionReset);
         assert!(!IcebergError::write("reading", reset).is_broken_table());
-        let external = parquet::errors::ParquetError::External(Box::new(io_err(
-            io::ErrorKind::TimedOut,
-        )));
+        let external =
+            parquet::errors::ParquetError::External(Box::new(io_err(io::ErrorKind::TimedOut)));
         assert!(!IcebergError::write("reading", external).is_broken_table());
     }
 

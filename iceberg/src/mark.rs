@@ -50,7 +50,12 @@ impl Mark {
 }
 
 /// The mark `table` holds for `pipeline`'s sink `sink` (as pool worker `worker`).
-pub(crate) fn read(table: &Table, pipeline: &str, sink: &str, worker: Option<&str>) -> Option<Mark> {
+pub(crate) fn read(
+    table: &Table,
+    pipeline: &str,
+    sink: &str,
+    worker: Option<&str>,
+) -> Option<Mark> {
     read_in(table.metadata().properties(), pipeline, sink, worker)
 }
 

@@ -507,7 +507,10 @@ mod tests {
                 rt.block_on(async {
                     let lake = c.open_lake(&rt).await.unwrap();
                     let t = lake.load(&c.ident().unwrap()).await.unwrap();
-                    let t = lake.commit_append(&t, Vec::new(), Default::default()).await.unwrap();
+                    let t = lake
+                        .commit_append(&t, Vec::new(), Default::default())
+                        .await
+                        .unwrap();
                     let t = lake.expire_all_but_current(&t).await;
                     assert_eq!(t.metadata().snapshots().count(), 1);
                 });
@@ -565,7 +568,11 @@ mod tests {
         let e = w1.commit(2).unwrap_err();
         assert_eq!(e.kind(), weir_engine::error::ErrorKind::Fatal, "{e:?}");
         let text = weir_engine::error::chain(&e).to_string();
-        let name = parquet[0].file_name().unwrap().to_string_lossy().to_string();
+        let name = parquet[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         assert!(text.contains(&name), "{text}");
     }
 

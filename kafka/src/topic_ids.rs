@@ -27,13 +27,34 @@ pub(crate) fn incarnation(most: i64, least: i64) -> u64 {
 /// The ids of `topics` (as [`incarnation`]s), asked of the cluster in one request that waits
 /// at most `timeout`. A topic the broker does not know, or gives no id (a broker before
 /// Kafka 2.8, or one that does not keep ids), is left out: its positions are not checked.
+///
+/// The request goes to the cluster's controller: a cluster whose metadata names none
+/// (librdkafka's mock cluster, some Kafka-compatible services) would hold it, waiting for
+/// one, until `timeout`, inside a rebalance (10 s with every partition still). Such a cluster
+/// is not asked; it gives no ids. `controller_wait` is how long to wait for the client's
+/// first metadata to say (zero once the client has some: a consumer in a rebalance).
 pub(crate) fn topic_incarnations<C: ClientContext>(
     client: &Client<C>,
     topics: &[&str],
     timeout: Duration,
+    controller_wait: Duration,
 ) -> Result<HashMap<String, u64>, KafkaError> {
     let mut out = HashMap::new();
     if topics.is_empty() {
+        return Ok(out);
+    }
+    let wait_ms = i32::try_from(controller_wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the client's own, alive as long as `client`
+    let controller = unsafe { rd::rd_kafka_controllerid(client.native_ptr(), wait_ms) };
+    if controller < 0 {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "kafka: the cluster's metadata names no controller, so topic ids (KIP-516) \
+                 cannot be asked: positions carry none, and a topic deleted and created again \
+                 under its name is not told from the one read"
+            );
+        }
         return Ok(out);
     }
     let names: Vec<CString> = topics

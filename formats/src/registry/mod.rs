@@ -224,6 +224,10 @@ mod tests {
         let t = r.schema(1).expect("the schema, once the registry answers");
         assert!(matches!(*t, AvroType::Long));
         // three waits (0.2 + 0.4 + 0.8 s) at least
-        assert!(started.elapsed() >= FIRST_BACKOFF * 7, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= FIRST_BACKOFF * 7,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

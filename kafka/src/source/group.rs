@@ -406,7 +406,8 @@ impl GroupContext {
         let mut topics: Vec<&str> = elements.iter().map(|e| e.topic()).collect();
         topics.sort_unstable();
         topics.dedup();
-        let found = crate::topic_ids::topic_incarnations(consumer.client(), &topics, super::expired::OFFSETS_TIMEOUT)
+        // (a consumer in a rebalance has the cluster's metadata: no wait for a controller)
+        let found = crate::topic_ids::topic_incarnations(consumer.client(), &topics, super::expired::OFFSETS_TIMEOUT, Duration::ZERO)
             .unwrap_or_else(|e| {
                 tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the topics' ids; positions kept from now on cannot tell a topic created again from the one read");
                 HashMap::new()

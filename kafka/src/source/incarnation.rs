@@ -40,7 +40,13 @@ impl KafkaReader {
         let client: Result<BaseConsumer, _> =
             crate::client_config(&self.config.brokers, &self.config.properties).create();
         let ids = client.and_then(|c| {
-            crate::topic_ids::topic_incarnations(c.client(), &topics, expired::OFFSETS_TIMEOUT)
+            // (a new client: its first metadata may take a moment)
+            crate::topic_ids::topic_incarnations(
+                c.client(),
+                &topics,
+                expired::OFFSETS_TIMEOUT,
+                expired::OFFSETS_TIMEOUT,
+            )
         });
         let ids = match ids {
             Ok(ids) => ids,
@@ -97,6 +103,7 @@ impl KafkaReader {
             consumer.client(),
             &topics,
             INCARNATION_CHECK_TIMEOUT,
+            Duration::ZERO,
         ) else {
             return;
         };

@@ -78,9 +78,7 @@ const RECORD_BYTES: std::ops::RangeInclusive<u64> = 1 << 10..=1 << 30;
 
 /// Avro limits as `avro_limits` sets them, the defaults otherwise; a value out of its bounds
 /// is refused (what to write instead).
-pub fn avro_limits(
-    doc: Option<&AvroLimitsDoc>,
-) -> Result<weir_sources::avro::AvroLimits, String> {
+pub fn avro_limits(doc: Option<&AvroLimitsDoc>) -> Result<weir_sources::avro::AvroLimits, String> {
     let mut limits = weir_sources::avro::AvroLimits::default();
     let Some(l) = doc else {
         return Ok(limits);

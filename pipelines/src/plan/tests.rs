@@ -266,7 +266,10 @@ fn avro_limits_out_of_their_bounds_are_refused() {
         )
     };
     for (limits, says) in [
-        ("{ max_record_bytes: 4294967296 }", "between 1024 (1 KiB) and 1073741824"),
+        (
+            "{ max_record_bytes: 4294967296 }",
+            "between 1024 (1 KiB) and 1073741824",
+        ),
         ("{ max_record_bytes: 0 }", "between 1024 (1 KiB)"),
         ("{ max_items: 0 }", "give it 1 or more"),
     ] {

@@ -222,7 +222,10 @@ mod tests {
             rows[0],
             "\"a,\"\"b\"\"\",1970-01-01T00:00:00.000000Z,1,0.5,true,7,10,f"
         );
-        assert_eq!(rows[1], "\"\",2025-11-24T16:00:00.123000Z,,NaN,false,7,11,t");
+        assert_eq!(
+            rows[1],
+            "\"\",2025-11-24T16:00:00.123000Z,,NaN,false,7,11,t"
+        );
         assert_eq!(rows[2], ",1970-01-01T00:00:00.005000Z,-3,inf,true,7,12,f");
         assert_eq!(lines.slice(1..2), format!("{}\n", rows[1]).as_bytes());
         assert_eq!(lines.slice(0..3).len(), text.len());
@@ -248,7 +251,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            csv(Arc::new(TimestampMicrosecondArray::from(vec![1_234_567, 1_234_568, -1]))),
+            csv(Arc::new(TimestampMicrosecondArray::from(vec![
+                1_234_567, 1_234_568, -1
+            ]))),
             [
                 "1970-01-01T00:00:01.234567Z",
                 "1970-01-01T00:00:01.234568Z",
