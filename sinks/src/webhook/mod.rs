@@ -369,7 +369,7 @@ impl WebhookSink {
             formatters.push((
                 *c,
                 col.clone(),
-                ArrayFormatter::try_new(col.as_ref(), &opts).map_err(|e| self.caused(e))?,
+                UrlValue::of(col, &opts).map_err(|e| self.caused(e))?,
             ));
         }
         let mut last: Option<(String, Arc<str>)> = None;
@@ -377,7 +377,7 @@ impl WebhookSink {
         for row in 0..batch.num_rows() {
             let url = cfg.url.render(&cfg.pipeline, &cfg.output, |c| {
                 let (_, col, f) = formatters.iter().find(|(n, _, _)| *n == c)?;
-                (!col.is_null(row)).then(|| f.value(row).to_string())
+                (!col.is_null(row)).then(|| f.value(row))
             });
             let url = match url {
                 Ok(u) => u,
@@ -400,19 +400,23 @@ impl WebhookSink {
     }
 
     /// The lanes of the pending rows: per URL (in order of first appearance), the rows of
-    /// each of `max_in_flight` lanes (by a hash of their key), cut by rows and bytes.
+    /// each of `max_in_flight` lanes (by a hash of their key), cut by rows and bytes. A URL
+    /// that names `window_start` sends one key's windows to several URLs, which must still
+    /// arrive one after the other: its lanes go by the key's hash alone, each a sequence of
+    /// requests to the URLs of its rows in turn.
     fn lanes(&self) -> Vec<Lane> {
         let lanes = self.config.max_in_flight.max(1) as u64;
-        let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
-        let mut index: std::collections::HashMap<(Arc<str>, u64), usize> = Default::default();
+        let by_key_alone = self.config.url.columns().contains(&"window_start");
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut index: std::collections::HashMap<(Option<Arc<str>>, u64), usize> =
+            Default::default();
         for (i, r) in self.pending.rows.iter().enumerate() {
-            let k = *index
-                .entry((r.url.clone(), r.lane % lanes))
-                .or_insert_with(|| {
-                    groups.push((r.url.clone(), Vec::new()));
-                    groups.len() - 1
-                });
-            groups[k].1.push(i);
+            let url = (!by_key_alone).then(|| r.url.clone());
+            let k = *index.entry((url, r.lane % lanes)).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[k].push(i);
         }
         let max_rows = match self.config.batching {
             Batching::Single => 1,
@@ -420,18 +424,27 @@ impl WebhookSink {
         };
         groups
             .into_iter()
-            .map(|(url, rows)| {
-                let sizes: Vec<usize> = rows
-                    .iter()
-                    .map(|&i| self.pending.rows[i].end - self.pending.rows[i].start)
-                    .collect();
-                body::cut(&sizes, max_rows, self.config.batch_max_bytes)
-                    .into_iter()
-                    .map(|range| Request {
-                        url: url.clone(),
-                        rows: rows[range].to_vec(),
-                    })
-                    .collect()
+            .map(|rows| {
+                let mut lane = Vec::new();
+                // runs of one URL, in the rows' order
+                for run in
+                    rows.chunk_by(|&a, &b| self.pending.rows[a].url == self.pending.rows[b].url)
+                {
+                    let url = self.pending.rows[run[0]].url.clone();
+                    let sizes: Vec<usize> = run
+                        .iter()
+                        .map(|&i| self.pending.rows[i].end - self.pending.rows[i].start)
+                        .collect();
+                    lane.extend(
+                        body::cut(&sizes, max_rows, self.config.batch_max_bytes)
+                            .into_iter()
+                            .map(|range| Request {
+                                url: url.clone(),
+                                rows: run[range].to_vec(),
+                            }),
+                    );
+                }
+                lane
             })
             .collect()
     }
@@ -802,5 +815,48 @@ impl Sink for WebhookSink {
 
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
         std::mem::take(&mut self.rejected)
+    }
+}
+
+/// How a column's values are written into a URL: timestamps as the rows' bodies write them
+/// (RFC 3339 in UTC, milliseconds: `2026-11-22T10:05:00.000Z`), whatever their time zone
+/// (arrow's formatter cannot show a named zone such as a window's `UTC`), others as arrow
+/// shows them.
+enum UrlValue<'a> {
+    Timestamp(&'a dyn arrow::array::Array, arrow::datatypes::TimeUnit),
+    Formatted(ArrayFormatter<'a>),
+}
+
+impl<'a> UrlValue<'a> {
+    fn of(
+        col: &'a arrow::array::ArrayRef,
+        opts: &'a FormatOptions<'a>,
+    ) -> Result<Self, arrow::error::ArrowError> {
+        Ok(match col.data_type() {
+            arrow::datatypes::DataType::Timestamp(unit, _) => {
+                UrlValue::Timestamp(col.as_ref(), *unit)
+            }
+            _ => UrlValue::Formatted(ArrayFormatter::try_new(col.as_ref(), opts)?),
+        })
+    }
+
+    fn value(&self, row: usize) -> String {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{
+            TimeUnit, TimestampMicrosecondType as Us, TimestampMillisecondType as Ms,
+            TimestampNanosecondType as Ns, TimestampSecondType as S,
+        };
+        match self {
+            UrlValue::Formatted(f) => f.value(row).to_string(),
+            UrlValue::Timestamp(a, unit) => {
+                let ms = match unit {
+                    TimeUnit::Second => a.as_primitive::<S>().value(row).saturating_mul(1000),
+                    TimeUnit::Millisecond => a.as_primitive::<Ms>().value(row),
+                    TimeUnit::Microsecond => a.as_primitive::<Us>().value(row).div_euclid(1000),
+                    TimeUnit::Nanosecond => a.as_primitive::<Ns>().value(row).div_euclid(1_000_000),
+                };
+                weir_engine::time::format_rfc3339_ms(ms)
+            }
+        }
     }
 }

@@ -375,6 +375,16 @@ fn body_rows(r: &Received) -> Vec<Value> {
 
 #[test]
 fn the_rows_of_a_key_arrive_in_order_while_requests_run_in_parallel_and_fail() {
+    rows_of_a_key_arrive_in_order("hooks/{output}");
+}
+
+/// The same with a URL per window: one key's windows go to several URLs, still in order.
+#[test]
+fn the_rows_of_a_key_arrive_in_order_with_a_url_per_window() {
+    rows_of_a_key_arrive_in_order("hooks/{output}/{window_start}");
+}
+
+fn rows_of_a_key_arrive_in_order(path: &str) {
     // the first request carrying d0's first window fails; requests are slow, so several
     // are in flight at once (4 lanes)
     let failed = Arc::new(AtomicBool::new(false));
@@ -390,6 +400,7 @@ fn the_rows_of_a_key_arrive_in_order_while_requests_run_in_parallel_and_fail() {
         (200, String::new(), b"ok".to_vec())
     });
     let mut cfg = config(port, 1);
+    cfg.url = UrlTemplate::parse(&format!("http://127.0.0.1:{port}/{path}")).unwrap();
     cfg.max_in_flight = 4;
     let mut sink = WebhookSink::new("hook", cfg).unwrap();
     // the write sends (6 rows fill 4 requests): its 503 leaves rows pending
