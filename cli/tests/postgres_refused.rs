@@ -7,8 +7,12 @@
 #[path = "support/postgres.rs"]
 mod postgres;
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::PgServer;
@@ -318,4 +322,121 @@ fn a_key_longer_than_the_tables_index_takes_is_a_dead_letter_and_the_run_goes_on
     check("after the run");
     case.run();
     check("after a second run of the same pipeline");
+}
+
+/// A TCP proxy to PostgreSQL that, once, drops the connection right after forwarding the
+/// COMMIT of a trial merge that refused rows (it deleted them from staging: `weir_seq =
+/// ANY`): the server commits, the sink never hears it. Returns its port and whether it cut.
+fn cut_after_a_refusing_trial_commit(pg_port: u16) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let done = cut.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", pg_port)) else {
+                continue;
+            };
+            let (mut to_client, mut from_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            // set once the COMMIT goes: nothing the server says after reaches the client
+            let cutting = Arc::new(AtomicBool::new(false));
+            let quiet = cutting.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = match from_server.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if quiet.load(Ordering::SeqCst) || to_client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_client.shutdown(Shutdown::Both);
+            });
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut seen: Vec<u8> = Vec::new();
+                let mut armed = false;
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if !done.load(Ordering::SeqCst) {
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    let has = |s: &[u8], what: &[u8]| s.windows(what.len()).any(|w| w == what);
+                    if !armed && has(&seen, b"weir_seq = ANY") {
+                        armed = true;
+                        seen.clear();
+                    }
+                    let commit = armed && has(&seen, b"COMMIT\0");
+                    if commit {
+                        cutting.store(true, Ordering::SeqCst);
+                    }
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    if commit {
+                        // the server commits; its answer is lost with the connection
+                        std::thread::sleep(Duration::from_millis(300));
+                        done.store(true, Ordering::SeqCst);
+                        let _ = server.shutdown(Shutdown::Both);
+                        let _ = client.shutdown(Shutdown::Both);
+                        break;
+                    }
+                    let keep = seen.len().saturating_sub(64);
+                    seen.drain(..keep);
+                }
+            });
+        }
+    });
+    (port, cut)
+}
+
+/// The COMMIT of a trial merge that refused a row (a trigger) is carried out, but
+/// its answer is lost with the connection: the sink tries again, and the row still reaches
+/// the dead letters once (it was kept in `weir_sink_refused` by the transaction that took it
+/// out of staging), every other window the table.
+#[test]
+fn a_row_refused_by_a_trial_merge_whose_commit_answer_was_lost_is_a_dead_letter() {
+    let pg = PgServer::start();
+    let case = Case::new(&pg, 4_000);
+    let victim = last_window(&case.windows);
+    let name = victim["datasetName"].as_str().unwrap().replace('\'', "''");
+    let start = victim["window_start"].as_i64().unwrap();
+    // (a trigger: the merge refuses it, not the staging)
+    pg.psql(&format!(
+        "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
+         window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start)); \
+         CREATE FUNCTION public.refuse_the_victim() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF NEW.\"datasetName\" = '{name}' AND NEW.window_start = to_timestamp({start} / 1000.0) THEN \
+             RAISE EXCEPTION 'the victim is refused' USING ERRCODE = 'check_violation'; \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER refuse_the_victim BEFORE INSERT OR UPDATE ON public.per_dataset \
+         FOR EACH ROW EXECUTE FUNCTION public.refuse_the_victim()"
+    ));
+    let url = pg.url();
+    let pg_port: u16 = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let (proxy, cut) = cut_after_a_refusing_trial_commit(pg_port);
+    let text = std::fs::read_to_string(&case.pipeline).unwrap();
+    let through_proxy = url.replace(&format!(":{pg_port}/"), &format!(":{proxy}/"));
+    std::fs::write(&case.pipeline, text.replace(&url, &through_proxy)).unwrap();
+    case.run();
+    assert!(
+        cut.load(Ordering::SeqCst),
+        "no trial merge that refused a row committed through the proxy"
+    );
+    case.verify(&pg, &victim, "after a trial merge's lost answer");
 }

@@ -575,13 +575,11 @@ impl Committable for PostgresSink {
     fn pre_commit(&mut self, epoch: u64) -> Result<serde_json::Value, EngineError> {
         self.send_pending(epoch)?;
         if self.session()?.merge_can_refuse {
-            let refused = self.run("trying the merge", |s| {
-                Box::pin(async move { s.trial_merge(epoch).await })
+            // (the rows it refuses wait in weir_sink_refused: reported just below)
+            let seq = self.sequence();
+            self.run("trying the merge", |s| {
+                Box::pin(async move { s.trial_merge(&seq, epoch).await })
             })?;
-            for r in refused {
-                let raw = r.raw.clone().unwrap_or_default();
-                self.reject(raw, r);
-            }
         }
         self.report_refused(epoch)?;
         self.epoch = epoch + 1;

@@ -615,12 +615,16 @@ impl Session {
     }
 
     /// Before the checkpoint of `epoch` completes (a table whose merge can refuse rows): tries
-    /// the merge of the rows staged up to it and rolls it back, then removes the rows of
-    /// this epoch it refused from staging and returns them (dead letters of this epoch, so
-    /// that the commit after the checkpoint refuses nothing). Rows of earlier epochs it
-    /// refuses stay: they belong to a checkpoint that may complete without this one, and
-    /// their commit keeps what it refuses (see [`Self::apply_epoch`]).
-    pub async fn trial_merge(&mut self, epoch: u64) -> Result<Vec<Refusal>, Fault> {
+    /// the merge of the rows staged up to it and rolls it back, then moves the rows of this
+    /// epoch it refused from staging to `weir_sink_refused`, in the same transaction, for
+    /// [`Self::report_refused`] to return as dead letters of this epoch (so that the commit
+    /// after the checkpoint refuses nothing). Were the rows returned instead, a COMMIT whose
+    /// answer was lost would leave them nowhere: the trial made again finds them gone from
+    /// staging. Rows of earlier epochs it refuses stay: they belong to a checkpoint that may
+    /// complete without this one, and their commit keeps what it refuses (see
+    /// [`Self::apply_epoch`]). A restore from before `epoch` drops what it kept (its
+    /// `refused_in` is `epoch`), as it drops the epoch's staged rows. Returns how many.
+    pub async fn trial_merge(&mut self, seq: &Sequence, epoch: u64) -> Result<usize, Fault> {
         self.begin().await?;
         self.exec("SAVEPOINT weir_trial").await.map_err(strict)?;
         let mut refused = self.merge(epoch as i64, false, self.layout.view).await?;
@@ -643,8 +647,9 @@ impl Session {
         } else {
             refused.clear();
         }
+        self.keep_refused(seq, epoch as i64, &refused).await?;
         self.exec("COMMIT").await.map_err(strict)?;
-        Ok(refused)
+        Ok(refused.len())
     }
 
     /// Merges, removes from staging and records epochs up to `epoch`, without a
