@@ -170,6 +170,14 @@ impl IcebergError {
                 Some(parquet::errors::ParquetError::External(_)) | None => {}
                 Some(_) => return true,
             }
+            // a corrupt page met while the batches are read: the Parquet reader's error,
+            // carried by arrow's variant for it
+            if matches!(
+                e.downcast_ref::<arrow::error::ArrowError>(),
+                Some(arrow::error::ArrowError::ParquetError(_))
+            ) {
+                return true;
+            }
             cur = e.source();
         }
         false
@@ -361,6 +369,8 @@ mod tests {
         assert!(IcebergError::write("reading", corrupt).is_broken_table());
         let local = iceberg::Error::new(iceberg::ErrorKind::DataInvalid, "cannot read");
         assert!(IcebergError::write("reading", local).is_broken_table());
+        let page = arrow::error::ArrowError::ParquetError("bad page header".into());
+        assert!(IcebergError::write("reading", page).is_broken_table());
         let reset = io_err(io::ErrorKind::ConnectionReset);
         assert!(!IcebergError::write("reading", reset).is_broken_table());
         let external =

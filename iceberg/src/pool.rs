@@ -488,7 +488,7 @@ mod tests {
         let d = dir.path();
         let rt = tokio::runtime::Runtime::new().unwrap();
         for worker in [Some("w1"), None] {
-            for (name, view) in [("windows", None), ("view", Some(1))] {
+            for (name, view) in [("view", Some(1)), ("windows", None)] {
                 let table = format!("ns.expired_{name}_{}", worker.unwrap_or("single"));
                 let c = IcebergSinkConfig {
                     worker: worker.map(String::from),
@@ -500,7 +500,8 @@ mod tests {
                 w1.write(&rows(&["a", "b"], &[1, 2], &["u", "u"])).unwrap();
                 let first = w1.pre_commit(1).unwrap();
                 w1.commit(1).unwrap();
-                w1.write(&rows(&["c"], &[3], &["u"])).unwrap();
+                // (epoch 2 changes `a`: epoch 1 made again would put it back, for a view too)
+                w1.write(&rows(&["c", "a"], &[3, 5], &["u", "u"])).unwrap();
                 let second = w1.pre_commit(2).unwrap();
                 w1.commit(2).unwrap();
                 // another writer commits after it; then every snapshot but that one expires
@@ -515,16 +516,26 @@ mod tests {
                     assert_eq!(t.metadata().snapshots().count(), 1);
                 });
                 let before = read(d, &table).1;
-                assert_eq!(before.len(), 3, "{case}: {before:?}");
+                let expected = if view.is_some() { 3 } else { 4 };
+                assert_eq!(before.len(), expected, "{case}: {before:?}");
+                let snapshots = || {
+                    rt.block_on(async {
+                        let lake = c.open_lake(&rt).await.unwrap();
+                        let t = lake.load(&c.ident().unwrap()).await.unwrap();
+                        t.metadata().snapshots().count()
+                    })
+                };
                 // it starts again from its last checkpoint, which lists epoch 2 as pending
                 let mut again = IcebergSink::open(c.clone(), &schema(), view).unwrap();
                 again.recover(Some((2, &second))).unwrap();
                 assert_eq!(read(d, &table).1, before, "{case}: after the restore");
+                assert_eq!(snapshots(), 1, "{case}: a snapshot committed again");
                 if let Some(w) = worker {
                     // an adopter finishing its epochs
                     roll_forward(&c, w, 2, &second).unwrap();
                     roll_forward(&c, w, 1, &first).unwrap();
                     assert_eq!(read(d, &table).1, before, "{case}: after the roll-forward");
+                    assert_eq!(snapshots(), 1, "{case}: a snapshot rolled forward again");
                 }
                 if view.is_none() || worker.is_some() {
                     // a checkpoint older than the table's epochs of this writer: refused

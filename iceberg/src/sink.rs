@@ -537,8 +537,14 @@ impl IcebergSink {
                     });
             }
             let tx = Transaction::new(&table);
-            // the committed mark, in the same commit (see `mark`)
-            let tx = match crate::mark::update(table.metadata().properties(), &summary) {
+            // the committed mark, in the same commit (see `mark`); not through a REST
+            // catalog, which may keep table properties to other rights than appends (there
+            // the snapshots alone say which epochs the table has)
+            let mark = match self.lake.commits_itself() {
+                true => crate::mark::update(table.metadata().properties(), &summary),
+                false => None,
+            };
+            let tx = match mark {
                 Some((key, value)) => tx
                     .update_table_properties()
                     .set(key, value)
@@ -683,8 +689,8 @@ impl Committable for IcebergSink {
                         table = %self.ident,
                         error = %weir_engine::error::chain(&e),
                         "a file the Iceberg table lists is missing or unreadable: the run \
-                         stops. Restore the file, or roll the table back to a snapshot whose \
-                         files are all there, then start the pipeline again"
+                         stops. Restore the file, then start the pipeline again (or write to a \
+                         new table and replay its range)"
                     );
                     engine_err(&self.config.sink, e)
                 }

@@ -47,14 +47,12 @@ pub(crate) fn topic_incarnations<C: ClientContext>(
     // SAFETY: the handle is the client's own, alive as long as `client`
     let controller = unsafe { rd::rd_kafka_controllerid(client.native_ptr(), wait_ms) };
     if controller < 0 {
-        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::warn!(
-                "kafka: the cluster's metadata names no controller, so topic ids (KIP-516) \
-                 cannot be asked: positions carry none, and a topic deleted and created again \
-                 under its name is not told from the one read"
-            );
-        }
+        // (a controller election makes a cluster name none for a moment: said each time)
+        tracing::warn!(
+            "kafka: the cluster's metadata names no controller now, so topic ids (KIP-516) \
+             are not asked: the positions of the partitions assigned now carry none, and a \
+             topic deleted and created again under its name is not told from the one read"
+        );
         return Ok(out);
     }
     let names: Vec<CString> = topics

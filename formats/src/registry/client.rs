@@ -330,7 +330,7 @@ impl RegistryClient {
             };
             match answer {
                 Ok((status, bytes)) if status.is_success() => return Ok(bytes.to_vec()),
-                Ok((status, bytes)) if refuses_the_request(status) => {
+                Ok((status, bytes)) if refuses_the_request(status, &bytes) => {
                     return Err(RegistryError::Refused {
                         url: e.base.clone(),
                         status: status.as_u16(),
@@ -352,12 +352,22 @@ impl RegistryClient {
     }
 }
 
-/// Whether an answer's status refuses the request itself, for good: a bad request, an
-/// unknown subject or schema id, a conflict, a schema the registry does not take. Other 4xx
-/// answers (401 and 403: the credentials, which an operator renews; 407, 408, 429: a proxy,
-/// a timeout, a rate limit) say nothing of the schema, and are retried like a 5xx.
-fn refuses_the_request(status: reqwest::StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 404 | 409 | 422)
+/// Whether an answer refuses the request itself, for good: a bad request, an unknown subject
+/// or schema id, a conflict, a schema the registry does not take, or a 403 whose registry
+/// error code (40301) denies this subject to these credentials (role-based access). Other 4xx
+/// answers (401 and other 403s: the credentials, which an operator renews; 407, 408, 429: a
+/// proxy, a timeout, a rate limit) say nothing of the schema, and are retried like a 5xx.
+fn refuses_the_request(status: reqwest::StatusCode, body: &[u8]) -> bool {
+    match status.as_u16() {
+        400 | 404 | 409 | 422 => true,
+        403 => {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("error_code")?.as_i64())
+                == Some(40301)
+        }
+        _ => false,
+    }
 }
 
 /// An error with its sources, on one line.

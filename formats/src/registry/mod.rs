@@ -230,4 +230,16 @@ mod tests {
             started.elapsed()
         );
     }
+
+    /// A 403 whose registry error code denies the subject to these credentials (role-based
+    /// access, 40301) refuses that id for good: its records are bad, the others go on.
+    #[test]
+    fn a_subject_denied_to_the_credentials_refuses_its_id() {
+        let port = serve(vec![
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: 62\r\n\r\n{\"error_code\":40301,\"message\":\"User is denied operation Read\"}",
+        ]);
+        let r = SchemaRegistry::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let e = r.schema(1).unwrap_err();
+        assert!(e.contains("403") && e.contains("40301"), "{e}");
+    }
 }
