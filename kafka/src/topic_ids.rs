@@ -28,11 +28,12 @@ pub(crate) fn incarnation(most: i64, least: i64) -> u64 {
 /// at most `timeout`. A topic the broker does not know, or gives no id (a broker before
 /// Kafka 2.8, or one that does not keep ids), is left out: its positions are not checked.
 ///
-/// The request goes to the cluster's controller: a cluster whose metadata names none
-/// (librdkafka's mock cluster, some Kafka-compatible services) would hold it, waiting for
-/// one, until `timeout`, inside a rebalance (10 s with every partition still). Such a cluster
-/// is not asked; it gives no ids. `controller_wait` is how long to wait for the client's
-/// first metadata to say (zero once the client has some: a consumer in a rebalance).
+/// The request goes to the cluster's controller: a cluster whose metadata names none, or a
+/// broker it does not list (librdkafka's mock cluster names broker 0, which it does not
+/// have), would hold it, waiting for that broker, until `timeout`, inside a rebalance (10 s
+/// with every partition still). Such a cluster is not asked; it gives no ids.
+/// `controller_wait` is how long to wait for the client's first metadata to say (zero once
+/// the client has some: a consumer in a rebalance).
 pub(crate) fn topic_incarnations<C: ClientContext>(
     client: &Client<C>,
     topics: &[&str],
@@ -46,10 +47,14 @@ pub(crate) fn topic_incarnations<C: ClientContext>(
     let wait_ms = i32::try_from(controller_wait.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the handle is the client's own, alive as long as `client`
     let controller = unsafe { rd::rd_kafka_controllerid(client.native_ptr(), wait_ms) };
-    if controller < 0 {
+    let listed = || -> Result<bool, KafkaError> {
+        let metadata = client.fetch_metadata(topics.first().copied(), timeout)?;
+        Ok(metadata.brokers().iter().any(|b| b.id() == controller))
+    };
+    if controller < 0 || !listed()? {
         // (a controller election makes a cluster name none for a moment: said each time)
         tracing::warn!(
-            "kafka: the cluster's metadata names no controller now, so topic ids (KIP-516) \
+            "kafka: the cluster's metadata names no controller it lists now, so topic ids (KIP-516) \
              are not asked: the positions of the partitions assigned now carry none, and a \
              topic deleted and created again under its name is not told from the one read"
         );
