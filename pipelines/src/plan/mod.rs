@@ -292,6 +292,7 @@ fn plan(doc: PipelineDoc, ctx: &Ctx, path: &Path) -> Result<Plan, PipelineError>
     let tracing = settings::tracing(&doc, ctx)?;
     let serve = settings::serve(&doc, ctx)?;
     let (dead_letter, dead_letter_retry) = sinks::dead_letter(&doc, ctx)?;
+    sinks::distinct_files(&doc, ctx, &sinks, dead_letter.as_ref())?;
     // decoders with only the columns read, then the windows and views compiled against them
     let sources = sources::planned_sources(&doc, ctx, srcs, &checked.columns)?;
     let windows =

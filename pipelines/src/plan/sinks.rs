@@ -12,6 +12,57 @@ use arrow::datatypes::SchemaRef;
 use serde_saphyr::Spanned;
 use weir_engine::retry::RetryPolicy;
 
+/// Refuses two file outputs on one file (two sinks, or a sink and the dead-letter file,
+/// however the path is spelled: `out.ndjson`, `./out.ndjson`, a link to it): their pending
+/// epochs would truncate each other's and their commits overwrite each other's rows.
+pub(super) fn distinct_files(
+    doc: &PipelineDoc,
+    ctx: &Ctx,
+    sinks: &[PlannedSink],
+    dead_letter: &dyn DeadLetterConnector,
+) -> Result<(), PipelineError> {
+    // (`stable_path` resolves the existing part; what is left does not exist yet, so holds no
+    // link, and its `..` can be taken lexically)
+    let stable_path = |p: &std::path::Path| {
+        let mut out = std::path::PathBuf::new();
+        for c in crate::connectors::file::stable_path(p).components() {
+            match c {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let mut seen: std::collections::HashMap<std::path::PathBuf, String> = Default::default();
+    if let Some(p) = dead_letter.local_file() {
+        seen.insert(stable_path(p), "the dead-letter output".to_string());
+    }
+    for s in sinks {
+        let Some(p) = s.target.local_file() else {
+            continue;
+        };
+        let key = stable_path(p);
+        if let Some(other) = seen.get(&key) {
+            let at = doc.sinks.get(&s.name).map(|k| &k.referenced);
+            let message = format!(
+                "sink `{}` writes `{}`, as {other} does: two outputs on one file would \
+                 overwrite each other's rows; give each its own path",
+                s.name,
+                p.display()
+            );
+            return Err(match at {
+                Some(at) => ctx.err(at, message),
+                None => ctx.err(&doc.name.referenced, message),
+            });
+        }
+        seen.insert(key, format!("sink `{}`", s.name));
+    }
+    Ok(())
+}
+
 /// Every declared sink, checked.
 pub(super) fn check_sinks(
     doc: &PipelineDoc,

@@ -282,3 +282,23 @@ fn avro_limits_out_of_their_bounds_are_refused() {
     ));
     assert_eq!(plan.sources.len(), 1);
 }
+
+/// Two file outputs on one file, however spelled, are refused at the second's line: their
+/// commits would overwrite each other's rows.
+#[test]
+fn two_outputs_on_one_file_are_refused() {
+    let same_as_dead = PIPELINE.replace(
+        "changes: { file: { path: out/changes.ndjson } }",
+        "changes: { file: { path: ./out/dead.ndjson } }",
+    );
+    let r = refusal(&same_as_dead);
+    assert!(r.starts_with("24:"), "{r}");
+    assert!(r.contains("as the dead-letter output does"), "{r}");
+    let two_sinks = PIPELINE.replace(
+        "changes: { file: { path: out/changes.ndjson } }",
+        "changes: { file: { path: out/../out/rows.ndjson } }",
+    );
+    let r = refusal(&two_sinks);
+    assert!(r.contains("as sink `rows` does"), "{r}");
+    planned(PIPELINE);
+}
