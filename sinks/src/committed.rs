@@ -94,6 +94,22 @@ fn io(e: std::io::Error) -> Error {
     }
 }
 
+/// A failed `fsync` of `path` (a file or a folder): never retried. Linux marks the pages a
+/// failed writeback lost as clean, so a second `fsync` succeeds on data that is not on disk
+/// (PostgreSQL stops on it for the same reason); the run stops, and its restart writes the
+/// rows again from the last checkpoint.
+pub(crate) fn sync_failed(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error {
+        message: format!(
+            "{}: making it durable (fsync) failed; what was written since the last \
+             checkpoint may not be on disk",
+            path.display()
+        ),
+        retry: false,
+        cause: Some(e.into()),
+    }
+}
+
 /// [`io`] naming the file.
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| {
@@ -197,7 +213,7 @@ impl Appender {
     /// Writes every appended byte and makes the file durable.
     pub fn sync(&mut self) -> Result<(), Error> {
         self.write_buffer()?;
-        self.file.sync_all().map_err(io_at(&self.path))
+        self.file.sync_all().map_err(sync_failed(&self.path))
     }
 }
 
@@ -279,7 +295,7 @@ impl CommittedLines {
                 // the side file's name (created this epoch, or renamed) is durable with its
                 // folder: a power loss must not leave the checkpoint without it
                 let dir = parent_of(&next_path);
-                sync_dir(dir).map_err(io_at(dir))?;
+                sync_dir(dir).map_err(sync_failed(dir))?;
                 self.pending.push((epoch, self.planned_len));
                 self.planned_len += side.len();
             } else {
@@ -315,7 +331,7 @@ impl CommittedLines {
                 }
             }
         }
-        out.sync_all().map_err(io_at(&self.path))?;
+        out.sync_all().map_err(sync_failed(&self.path))?;
         for &(epoch, _) in &due {
             let _ = std::fs::remove_file(self.side_path(epoch));
         }
@@ -371,7 +387,7 @@ impl CommittedLines {
             )));
         }
         out.set_len(length).map_err(io_at(&self.path))?;
-        out.sync_all().map_err(io_at(&self.path))?;
+        out.sync_all().map_err(sync_failed(&self.path))?;
         drop(out);
         self.remove_side_files()?;
         self.planned_len = length;
@@ -407,7 +423,7 @@ impl CommittedLines {
                 Err(e) => return Err(e),
             }
         }
-        out.sync_all().map_err(io_at(path))?;
+        out.sync_all().map_err(sync_failed(path))?;
         for &(epoch, _) in &due {
             let _ = std::fs::remove_file(lines.side_path(epoch));
         }
@@ -430,7 +446,7 @@ impl CommittedLines {
                 std::fs::remove_file(entry.path()).map_err(io_at(&entry.path()))?;
             }
         }
-        sync_dir(dir).map_err(io_at(dir))
+        sync_dir(dir).map_err(sync_failed(dir))
     }
 
     /// Whether rows were written after the last barrier (they are not committed).
@@ -523,7 +539,7 @@ impl CommittedParts {
         // the part's `.pending` name is durable before the checkpoint records it (synced
         // again by a call made again after a failure)
         if self.dir.exists() {
-            sync_dir(&self.dir).map_err(io_at(&self.dir))?;
+            sync_dir(&self.dir).map_err(sync_failed(&self.dir))?;
         }
         self.epoch = epoch + 1;
         Ok(Value::Null)
@@ -546,7 +562,7 @@ impl CommittedParts {
                 }
             }
         }
-        sync_dir(&self.dir).map_err(io_at(&self.dir))
+        sync_dir(&self.dir).map_err(sync_failed(&self.dir))
     }
 
     /// Starts from checkpoint epoch `from` (or nothing): publishes its pending parts and
@@ -562,7 +578,7 @@ impl CommittedParts {
                     std::fs::rename(&path, self.part(epoch, "")).map_err(io_at(&path))?;
                 }
             }
-            sync_dir(&self.dir).map_err(io_at(&self.dir))?;
+            sync_dir(&self.dir).map_err(sync_failed(&self.dir))?;
         }
         self.epoch = upto + 1;
         Ok(())
@@ -590,7 +606,7 @@ impl CommittedParts {
                 }
             }
         }
-        sync_dir(dir).map_err(io_at(dir))
+        sync_dir(dir).map_err(sync_failed(dir))
     }
 
     /// (epoch, state suffix) of every part file in the folder.
@@ -634,6 +650,21 @@ pub(crate) fn sink_err(name: &str, path: &Path) -> impl Fn(Error) -> EngineError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An I/O error (EIO) is retried where the call changed nothing, never when an fsync
+    /// failed: the pages a failed writeback lost are marked clean, and a second fsync would
+    /// succeed on them.
+    #[test]
+    fn a_failed_fsync_is_never_retried() {
+        let eio = || std::io::Error::from_raw_os_error(5);
+        assert!(io(eio()).retry);
+        let path = Path::new("/data/out.ndjson.epoch-3");
+        let e = sync_failed(path)(eio());
+        assert!(!e.retry);
+        assert!(e.to_string().contains("out.ndjson.epoch-3"), "{e}");
+        let full = sync_failed(path)(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(!full.retry);
+    }
 
     fn tempdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("weir-committed-{name}-{}", std::process::id()));

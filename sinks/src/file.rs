@@ -110,14 +110,14 @@ impl Committable for FileSink {
     fn finish(&mut self) -> Result<(), EngineError> {
         let err = sink_err(&self.name, &self.path);
         match &mut self.writer {
-            // synced before it is taken: a failed sync can be retried
+            // synced before it is taken (a failed sync stops the run: see `sync_failed`)
             Some(Writer::Lines { out, .. }) => out.sync().map_err(&err)?,
             Some(Writer::Parquet(_)) => {
                 if let Some(Writer::Parquet(w)) = self.writer.take() {
                     let file = w.finish().map_err(|e| err(fatal(e)))?;
                     // durable before it is renamed into place, as the line formats are
                     file.sync_all()
-                        .map_err(|e| err(crate::committed::io_error(&self.temp, e)))?;
+                        .map_err(|e| err(crate::committed::sync_failed(&self.temp)(e)))?;
                 }
             }
             None => {}
@@ -126,8 +126,9 @@ impl Committable for FileSink {
             std::fs::rename(&self.temp, &self.path)
                 .map_err(|e| err(crate::committed::io_error(&self.temp, e)))?;
             // the rename itself is durable once the folder is
-            crate::committed::sync_dir(crate::committed::parent_of(&self.path))
-                .map_err(|e| err(crate::committed::io_error(&self.path, e)))?;
+            let dir = crate::committed::parent_of(&self.path);
+            crate::committed::sync_dir(dir)
+                .map_err(|e| err(crate::committed::sync_failed(dir)(e)))?;
         }
         self.writer = None;
         Ok(())
