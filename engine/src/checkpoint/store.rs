@@ -14,6 +14,14 @@ use sha2::{Digest, Sha256};
 use super::{caused, decode_partials, err, Manifest, Restored, FORMAT, FORMAT_OLDEST};
 use crate::EngineError;
 
+/// The local path a `file://` URL names (`file:///srv/state`), if `location` is one.
+fn local_url_path(location: &str) -> Option<std::path::PathBuf> {
+    if !location.starts_with("file://") {
+        return None;
+    }
+    url::Url::parse(location).ok()?.to_file_path().ok()
+}
+
 /// The object store of a URL (`s3://`, `gs://`, `az://`/`abfs://`, `file://`) and the path in
 /// it; credentials and endpoints come from the usual environment variables (`AWS_*`,
 /// `GOOGLE_*`, `AZURE_*`, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`).
@@ -171,6 +179,13 @@ impl CheckpointStore {
     /// the usual environment variables, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`), or a local
     /// path, created when missing.
     pub fn open(location: &str) -> Result<Self, EngineError> {
+        // a `file://` URL is the local folder it names: written durably (fsync), locked
+        // against a second run, and its emptied checkpoint folders removed, as a path is
+        if let Some(path) = local_url_path(location) {
+            let mut store = Self::open(&path.to_string_lossy())?;
+            store.location = location.to_string();
+            return Ok(store);
+        }
         let runtime = crate::io::runtime().map_err(err)?;
         let is_url = location.contains("://");
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if is_url {
@@ -586,6 +601,34 @@ mod tests {
     use crate::types::PartialWindow;
     use arrow::array::{StringArray, UInt64Array};
     use std::collections::BTreeSet;
+
+    /// A `file://` location is the local folder: locked against a second run and its
+    /// emptied checkpoint folders removed by garbage collection, as a path is.
+    #[test]
+    fn a_file_url_is_the_local_folder_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("state").display());
+        let store = CheckpointStore::open(&url).unwrap();
+        assert_eq!(store.location(), url);
+        assert_eq!(
+            store.local.as_deref(),
+            Some(dir.path().join("state").as_path())
+        );
+        store.hold_for_writing(Duration::from_millis(10)).unwrap();
+        assert!(dir.path().join("state").join(LOCK_FILE).exists());
+        for epoch in 1..=4 {
+            store_checkpoint(&store, epoch);
+        }
+        collect_garbage(&store, 1, false, &BTreeSet::new()).unwrap();
+        let folders = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("chk-"))
+            })
+            .count();
+        assert!(folders <= 2, "{folders} checkpoint folders kept");
+    }
 
     /// Stores checkpoint `epoch` as the coordinator does: a state file with its checksum,
     /// then the manifest.

@@ -150,7 +150,7 @@ fn partials_round_trip_through_ipc() {
 }
 
 #[test]
-fn a_file_url_goes_through_the_object_store_api() {
+fn a_file_url_reads_and_writes_the_folder_it_names() {
     let dir = std::env::temp_dir().join(format!("weir-chk-url-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = CheckpointStore::open(&format!("file://{}", dir.display())).unwrap();
