@@ -603,8 +603,10 @@ fn open_checkpoint(plan: &Plan, c: &PlannedCheckpoint) -> Result<CheckpointSpec,
             tracing::warn!(
                 epoch = r.manifest.epoch,
                 damaged = ?skipped,
-                "restoring an older checkpoint: the newer ones are damaged"
+                "restoring an older checkpoint: the newer ones are damaged, and are discarded \
+                 (their manifests deleted: garbage collection would count them as kept)"
             );
+            store.discard(&skipped)?;
         }
     }
     Ok(CheckpointSpec {

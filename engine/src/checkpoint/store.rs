@@ -312,6 +312,15 @@ impl CheckpointStore {
         })
     }
 
+    /// Makes checkpoints `epochs` incomplete (deletes their manifests): the damaged ones a
+    /// restore skipped, newer than the one it restored. Left complete, garbage collection
+    /// would count them among the checkpoints it keeps (their manifests read) and delete the
+    /// run's own newer ones and the one restored; the run writes their epochs again anyway.
+    pub fn discard(&self, epochs: &[u64]) -> Result<(), EngineError> {
+        let names: Vec<String> = epochs.iter().map(|&e| manifest_name(e)).collect();
+        self.delete(&names)
+    }
+
     /// Deletes objects (missing ones are fine).
     pub fn delete(&self, names: &[String]) -> Result<(), EngineError> {
         for name in names {
@@ -698,6 +707,36 @@ mod tests {
         let (r, skipped) = store.restorable().unwrap();
         assert!(r.is_none());
         assert_eq!(skipped, vec![3, 2, 1]);
+    }
+
+    /// Damaged checkpoints newer than the one restored (their state altered, their manifests
+    /// intact) are discarded: garbage collection after the run's next checkpoint then keeps
+    /// that one, not a damaged one whose manifest reads.
+    #[test]
+    fn damaged_checkpoints_newer_than_the_restored_one_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        for e in 1..=4 {
+            store_checkpoint(&store, e);
+        }
+        for e in [3, 4] {
+            let op = dir.path().join(format!("{}/op-0.arrow", chk_dir(e)));
+            let mut bytes = std::fs::read(&op).unwrap();
+            let at = bytes.len() - 9;
+            bytes[at] ^= 0x40;
+            std::fs::write(&op, bytes).unwrap();
+        }
+        let (r, skipped) = store.restorable().unwrap();
+        assert_eq!(
+            (r.unwrap().manifest.epoch, skipped.clone()),
+            (2, vec![4, 3])
+        );
+        store.discard(&skipped).unwrap();
+        // the run writes its epoch 3, and collects with `keep: 1`
+        store_checkpoint(&store, 3);
+        collect_garbage(&store, 1, false, &BTreeSet::new()).unwrap();
+        let (r, skipped) = store.restorable().unwrap();
+        assert_eq!((r.unwrap().manifest.epoch, skipped), (3, vec![]));
     }
 
     #[test]
