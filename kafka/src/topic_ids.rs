@@ -24,6 +24,9 @@ pub(crate) fn incarnation(most: i64, least: i64) -> u64 {
     folded.max(1)
 }
 
+/// How long the brokers' list is waited for, to tell whether the controller is one of them.
+const METADATA_WAIT: Duration = Duration::from_secs(2);
+
 /// The ids of `topics` (as [`incarnation`]s), asked of the cluster in one request that waits
 /// at most `timeout`. A topic the broker does not know, or gives no id (a broker before
 /// Kafka 2.8, or one that does not keep ids), is left out: its positions are not checked.
@@ -47,11 +50,13 @@ pub(crate) fn topic_incarnations<C: ClientContext>(
     let wait_ms = i32::try_from(controller_wait.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the handle is the client's own, alive as long as `client`
     let controller = unsafe { rd::rd_kafka_controllerid(client.native_ptr(), wait_ms) };
-    let listed = || -> Result<bool, KafkaError> {
-        let metadata = client.fetch_metadata(topics.first().copied(), timeout)?;
-        Ok(metadata.brokers().iter().any(|b| b.id() == controller))
+    // (briefly: inside a rebalance every partition waits; metadata that does not come in
+    // time says nothing, and the cluster is asked as before)
+    let listed = || match client.fetch_metadata(topics.first().copied(), METADATA_WAIT) {
+        Ok(metadata) => metadata.brokers().iter().any(|b| b.id() == controller),
+        Err(_) => true,
     };
-    if controller < 0 || !listed()? {
+    if controller < 0 || !listed() {
         // (a controller election makes a cluster name none for a moment: said each time)
         tracing::warn!(
             "kafka: the cluster's metadata names no controller it lists now, so topic ids (KIP-516) \

@@ -312,13 +312,22 @@ impl CheckpointStore {
         })
     }
 
-    /// Makes checkpoints `epochs` incomplete (deletes their manifests): the damaged ones a
-    /// restore skipped, newer than the one it restored. Left complete, garbage collection
-    /// would count them among the checkpoints it keeps (their manifests read) and delete the
-    /// run's own newer ones and the one restored; the run writes their epochs again anyway.
+    /// Makes checkpoints `epochs` incomplete: the damaged ones a restore skipped, newer than
+    /// the one it restored. Left complete, garbage collection would count them among the
+    /// checkpoints it keeps (their manifests read) and delete the run's own newer ones and
+    /// the one restored; the run writes their epochs again anyway. Each manifest is renamed
+    /// `manifest.json.damaged` beside it (a damage that passes, such as a store's lagging
+    /// replica, can still be looked into), until garbage collection removes the folder.
     pub fn discard(&self, epochs: &[u64]) -> Result<(), EngineError> {
-        let names: Vec<String> = epochs.iter().map(|&e| manifest_name(e)).collect();
-        self.delete(&names)
+        for &e in epochs {
+            let name = manifest_name(e);
+            let (from, to) = (self.path(&name), self.path(&format!("{name}.damaged")));
+            match self.runtime.block_on(self.store.rename(&from, &to)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => return Err(caused(format!("cannot set {name} aside"), err)),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes objects (missing ones are fine).
@@ -732,6 +741,8 @@ mod tests {
             (2, vec![4, 3])
         );
         store.discard(&skipped).unwrap();
+        let aside = dir.path().join(format!("{}.damaged", manifest_name(4)));
+        assert!(aside.exists(), "the damaged manifest is set aside");
         // the run writes its epoch 3, and collects with `keep: 1`
         store_checkpoint(&store, 3);
         collect_garbage(&store, 1, false, &BTreeSet::new()).unwrap();

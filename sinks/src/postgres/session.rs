@@ -804,11 +804,13 @@ impl Session {
             0
         };
         // those reported up to `epoch` are in its dead letters (finished with the checkpoint);
-        // `refused_in` 0: no restore of the adopter's own drops them as its later commits'
+        // `refused_in` 0: no restore of the adopter's own drops them as its later commits'.
+        // Those refused after `epoch` (a trial merge of an epoch that never completed) stay:
+        // the adopter replays that epoch and refuses them again
         let adopt = format!(
             "UPDATE {} SET worker = $4, reported = NULL, refused_in = 0 \
              WHERE pipeline = $1 AND sink = $2 AND worker = $3 \
-             AND (reported IS NULL OR reported > $5)",
+             AND (reported IS NULL OR reported > $5) AND refused_in <= $5",
             self.refused.sql()
         );
         sqlx::query(&adopt)
