@@ -88,23 +88,7 @@ checkpoint: {{ dir: state, interval: 100ms }}
     /// (the checkpoint's trial merge) and refuses it after (the commit): a sequence counts
     /// the tries, as a rolled-back trial does not undo it.
     fn make_table(&self, pg: &PgServer, victim: &Row) {
-        let name = victim["datasetName"].as_str().unwrap().replace('\'', "''");
-        let start = victim["window_start"].as_i64().unwrap();
-        pg.psql(&format!(
-            "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
-             window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start)); \
-             CREATE SEQUENCE public.victim_tries; \
-             CREATE FUNCTION public.refuse_on_second_try() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN \
-               IF NEW.\"datasetName\" = '{name}' AND NEW.window_start = to_timestamp({start} / 1000.0) \
-                  AND nextval('public.victim_tries') > 1 THEN \
-                 RAISE EXCEPTION 'the victim is refused after its first try' USING ERRCODE = 'check_violation'; \
-               END IF; \
-               RETURN NEW; \
-             END $$; \
-             CREATE TRIGGER refuse_on_second_try BEFORE INSERT OR UPDATE ON public.per_dataset \
-             FOR EACH ROW EXECUTE FUNCTION public.refuse_on_second_try()"
-        ));
+        make_table(pg, victim, "AND nextval('public.victim_tries') > 1");
     }
 
     fn weir(&self) -> Command {
@@ -154,6 +138,28 @@ checkpoint: {{ dir: state, interval: 100ms }}
         compare(std::slice::from_ref(victim), &refused, &["datasetName"])
             .unwrap_or_else(|e| panic!("{when}: the dead letters hold {refused:?}: {e}"));
     }
+}
+
+/// The table, with a trigger (the merge refuses what it refuses, not the staging) that
+/// refuses `victim`'s row when `and` holds too.
+fn make_table(pg: &PgServer, victim: &Row, and: &str) {
+    let name = victim["datasetName"].as_str().unwrap().replace('\'', "''");
+    let start = victim["window_start"].as_i64().unwrap();
+    pg.psql(&format!(
+        "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
+         window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start)); \
+         CREATE SEQUENCE public.victim_tries; \
+         CREATE FUNCTION public.refuse_the_victim() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           IF NEW.\"datasetName\" = '{name}' AND NEW.window_start = to_timestamp({start} / 1000.0) \
+              {and} THEN \
+             RAISE EXCEPTION 'the victim is refused' USING ERRCODE = 'check_violation'; \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER refuse_the_victim BEFORE INSERT OR UPDATE ON public.per_dataset \
+         FOR EACH ROW EXECUTE FUNCTION public.refuse_the_victim()"
+    ));
 }
 
 fn table_rows(pg: &PgServer) -> Vec<Row> {
@@ -407,22 +413,7 @@ fn a_row_refused_by_a_trial_merge_whose_commit_answer_was_lost_is_a_dead_letter(
     let pg = PgServer::start();
     let case = Case::new(&pg, 4_000);
     let victim = last_window(&case.windows);
-    let name = victim["datasetName"].as_str().unwrap().replace('\'', "''");
-    let start = victim["window_start"].as_i64().unwrap();
-    // (a trigger: the merge refuses it, not the staging)
-    pg.psql(&format!(
-        "CREATE TABLE public.per_dataset (\"datasetName\" text NOT NULL, window_start timestamptz NOT NULL, \
-         window_end timestamptz, events bigint, records bigint, PRIMARY KEY (\"datasetName\", window_start)); \
-         CREATE FUNCTION public.refuse_the_victim() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN \
-           IF NEW.\"datasetName\" = '{name}' AND NEW.window_start = to_timestamp({start} / 1000.0) THEN \
-             RAISE EXCEPTION 'the victim is refused' USING ERRCODE = 'check_violation'; \
-           END IF; \
-           RETURN NEW; \
-         END $$; \
-         CREATE TRIGGER refuse_the_victim BEFORE INSERT OR UPDATE ON public.per_dataset \
-         FOR EACH ROW EXECUTE FUNCTION public.refuse_the_victim()"
-    ));
+    make_table(&pg, &victim, "");
     let url = pg.url();
     let pg_port: u16 = url
         .rsplit_once(':')
