@@ -548,6 +548,49 @@ mod tests {
         }
     }
 
+    /// A single process's view: a checkpoint's pending epoch committed by the restore of a
+    /// run that then died, and the same checkpoint restored again by another run: the epoch
+    /// is not committed a second time (the first restore's commit is the history of the run
+    /// that wrote the checkpoint, not its own).
+    #[test]
+    fn a_pending_view_epoch_committed_by_one_restore_is_not_committed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let c = IcebergSinkConfig {
+            worker: None,
+            ..config(d, "ns.restored_twice", "w1")
+        };
+        let snapshots = || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let lake = c.open_lake(&rt).await.unwrap();
+                let t = lake.load(&c.ident().unwrap()).await.unwrap();
+                t.metadata().snapshots().count()
+            })
+        };
+        // the run that writes checkpoint 1 dies before its commit
+        let mut first = IcebergSink::open(c.clone(), &schema(), Some(1)).unwrap();
+        first.recover(None).unwrap();
+        first
+            .write(&rows(&["a", "b"], &[1, 2], &["u", "u"]))
+            .unwrap();
+        let info = first.pre_commit(1).unwrap();
+        drop(first);
+        // a run restores it, commits its pending epoch, and dies
+        let mut second = IcebergSink::open(c.clone(), &schema(), Some(1)).unwrap();
+        second.recover(Some((1, &info))).unwrap();
+        assert_eq!(snapshots(), 1);
+        drop(second);
+        // another run restores the same checkpoint
+        let mut third = IcebergSink::open(c.clone(), &schema(), Some(1)).unwrap();
+        third.recover(Some((1, &info))).unwrap();
+        assert_eq!(snapshots(), 1, "epoch 1 committed again");
+        assert_eq!(
+            read(d, "ns.restored_twice").1,
+            vec![("a".into(), 1), ("b".into(), 2)]
+        );
+    }
+
     /// A data file the table lists, deleted by hand (or as an orphan by mistake): a pool
     /// view's next commit, which reads it, fails the run with the missing file named instead
     /// of retrying for ever with the checkpoints waiting.

@@ -429,10 +429,19 @@ impl IcebergSink {
         files.map_err(|e| self.err(e))
     }
 
+    /// A snapshot's summary. A view's snapshot names the run whose history its epoch is: an
+    /// epoch up to the checkpoint restored (a pending epoch the restore commits) is the
+    /// history of the run that wrote that checkpoint, so that another restore of the same
+    /// checkpoint finds it committed (see [`Self::view_epoch_committed`]); later ones, this
+    /// run's.
     fn summary(&self, epoch: Option<u64>) -> HashMap<String, String> {
         let mut s = summary_of(&self.config, self.config.worker.as_deref(), epoch);
         if self.view.is_some() {
-            s.insert(RUN.to_string(), self.run.clone());
+            let run = match (epoch, &self.restored_run) {
+                (Some(e), Some(r)) if e <= self.restored => r.clone(),
+                _ => self.run.clone(),
+            };
+            s.insert(RUN.to_string(), run);
         }
         s
     }

@@ -23,7 +23,7 @@
 
 use std::any::Any;
 use std::fmt::Debug;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -463,4 +463,22 @@ pub(crate) fn list<'a>(items: impl Iterator<Item = &'a str>, last: &str) -> Stri
         Some((only, [])) => only.to_string(),
         Some((tail, head)) => format!("{} {last} {tail}", head.join(", ")),
     }
+}
+
+/// What tells two local files apart however their paths are spelled (`out.ndjson`,
+/// `./out.ndjson`, `x/../out.ndjson`, a link to it): the path with its existing part resolved
+/// (see `file::stable_path`) and the rest, which does not exist yet and so holds no link, with
+/// its `.` and `..` taken lexically.
+pub(crate) fn one_file(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in file::stable_path(path).components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }

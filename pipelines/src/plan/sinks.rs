@@ -21,21 +21,7 @@ pub(super) fn distinct_files(
     sinks: &[PlannedSink],
     dead_letter: &dyn DeadLetterConnector,
 ) -> Result<(), PipelineError> {
-    // (`stable_path` resolves the existing part; what is left does not exist yet, so holds no
-    // link, and its `..` can be taken lexically)
-    let stable_path = |p: &std::path::Path| {
-        let mut out = std::path::PathBuf::new();
-        for c in crate::connectors::file::stable_path(p).components() {
-            match c {
-                std::path::Component::CurDir => {}
-                std::path::Component::ParentDir => {
-                    out.pop();
-                }
-                c => out.push(c),
-            }
-        }
-        out
-    };
+    let stable_path = crate::connectors::one_file;
     let mut seen: std::collections::HashMap<std::path::PathBuf, String> = Default::default();
     if let Some(p) = dead_letter.local_file() {
         seen.insert(stable_path(p), "the dead-letter output".to_string());

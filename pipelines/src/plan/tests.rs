@@ -256,7 +256,7 @@ fn refusals_point_at_the_line_and_column_of_the_mistake() {
 /// 4 GiB and more, made every record too large for its chunk).
 #[test]
 fn avro_limits_out_of_their_bounds_are_refused() {
-    let kafka = |limits: &str| {
+    let with_limits = |limits: &str| {
         PIPELINE.replace(
             "    generator: { kind: data-ingestion, count: 100, seed: 3, keys: 4 }\n",
             &format!(
@@ -273,11 +273,11 @@ fn avro_limits_out_of_their_bounds_are_refused() {
         ("{ max_record_bytes: 0 }", "between 1024 (1 KiB)"),
         ("{ max_items: 0 }", "give it 1 or more"),
     ] {
-        let r = refusal(&kafka(limits));
+        let r = refusal(&with_limits(limits));
         assert!(r.starts_with("4:"), "{limits}: {r}");
         assert!(r.contains(says), "{limits}: {r}");
     }
-    let plan = planned(&kafka(
+    let plan = planned(&with_limits(
         "{ max_record_bytes: 1048576, max_items: 5, max_empty_items: 0 }",
     ));
     assert_eq!(plan.sources.len(), 1);
