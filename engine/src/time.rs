@@ -34,6 +34,55 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A timestamp of `unit` converted to `to` (rounded down), `None` when it overflows 64 bits.
+pub fn convert_timestamp(
+    v: i64,
+    unit: arrow::datatypes::TimeUnit,
+    to: arrow::datatypes::TimeUnit,
+) -> Option<i64> {
+    use arrow::datatypes::TimeUnit;
+    let exponent = |u: TimeUnit| match u {
+        TimeUnit::Second => 0u32,
+        TimeUnit::Millisecond => 3,
+        TimeUnit::Microsecond => 6,
+        TimeUnit::Nanosecond => 9,
+    };
+    let (from, to) = (exponent(unit), exponent(to));
+    if from <= to {
+        v.checked_mul(10i64.pow(to - from))
+    } else {
+        Some(v.div_euclid(10i64.pow(from - to)))
+    }
+}
+
+/// The value at `row` of `array`, a timestamp array of `unit`, in `to` (see
+/// [`convert_timestamp`]); `None` when the array is not of that unit or the value overflows.
+pub fn timestamp_at(
+    array: &dyn arrow::array::Array,
+    unit: arrow::datatypes::TimeUnit,
+    row: usize,
+    to: arrow::datatypes::TimeUnit,
+) -> Option<i64> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{
+        TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    let v = match unit {
+        TimeUnit::Second => array.as_primitive_opt::<TimestampSecondType>()?.value(row),
+        TimeUnit::Millisecond => array
+            .as_primitive_opt::<TimestampMillisecondType>()?
+            .value(row),
+        TimeUnit::Microsecond => array
+            .as_primitive_opt::<TimestampMicrosecondType>()?
+            .value(row),
+        TimeUnit::Nanosecond => array
+            .as_primitive_opt::<TimestampNanosecondType>()?
+            .value(row),
+    };
+    convert_timestamp(v, unit, to)
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -188,6 +237,27 @@ fn days_in_month(y: i64, m: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every unit to every other, rounded down (before the epoch too), and overflow refused.
+    #[test]
+    fn timestamps_convert_between_units() {
+        use arrow::array::TimestampNanosecondArray;
+        use arrow::datatypes::TimeUnit::*;
+        assert_eq!(convert_timestamp(2, Second, Microsecond), Some(2_000_000));
+        assert_eq!(convert_timestamp(1_999, Millisecond, Second), Some(1));
+        assert_eq!(convert_timestamp(-1, Nanosecond, Microsecond), Some(-1));
+        assert_eq!(
+            convert_timestamp(-1_001, Microsecond, Millisecond),
+            Some(-2)
+        );
+        assert_eq!(convert_timestamp(7, Millisecond, Millisecond), Some(7));
+        assert_eq!(convert_timestamp(i64::MAX / 10, Second, Millisecond), None);
+        let a = TimestampNanosecondArray::from(vec![1_500_000, -1]);
+        assert_eq!(timestamp_at(&a, Nanosecond, 0, Millisecond), Some(1));
+        assert_eq!(timestamp_at(&a, Nanosecond, 1, Millisecond), Some(-1));
+        // the array is not of the unit said
+        assert_eq!(timestamp_at(&a, Second, 0, Millisecond), None);
+    }
 
     #[test]
     fn durations() {

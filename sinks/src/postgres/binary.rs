@@ -98,12 +98,7 @@ fn put_int(out: &mut Vec<u8>, wire: Wire, v: i64) {
 /// A timestamp in PostgreSQL's microseconds; a value beyond i64 becomes one the server
 /// refuses as out of range (never ±infinity, which are i64::MAX and i64::MIN).
 fn pg_micros(v: i64, unit: TimeUnit) -> i64 {
-    let us = match unit {
-        TimeUnit::Second => v.checked_mul(1_000_000),
-        TimeUnit::Millisecond => v.checked_mul(1_000),
-        TimeUnit::Microsecond => Some(v),
-        TimeUnit::Nanosecond => Some(v.div_euclid(1_000)),
-    };
+    let us = weir_engine::time::convert_timestamp(v, unit, TimeUnit::Microsecond);
     us.and_then(|us| us.checked_sub(PG_EPOCH_US))
         .unwrap_or(i64::MAX - 1)
 }

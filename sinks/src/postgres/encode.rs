@@ -9,6 +9,7 @@ use arrow::datatypes::{DataType, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use weir_engine::time::timestamp_at;
 
 /// Why a batch cannot be encoded for `COPY` (a column the chosen form cannot carry).
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +114,10 @@ pub fn encode(
             }
             match (&formatters[i], a.data_type()) {
                 (Some(f), _) => write!(out, "{}", f.value(row))?,
-                (None, DataType::Timestamp(unit, _)) => {
-                    push_timestamp(out, timestamp_us(a.as_ref(), unit, row))
-                }
+                (None, DataType::Timestamp(unit, _)) => push_timestamp(
+                    out,
+                    timestamp_at(a.as_ref(), *unit, row, TimeUnit::Microsecond),
+                ),
                 (None, _) => push_quoted(out, string_value(a.as_ref(), row)),
             }
         }
@@ -127,31 +129,6 @@ pub fn encode(
         *seq += 1;
     }
     Ok(())
-}
-
-/// A timestamp of any unit in epoch microseconds (PostgreSQL's precision), rounded down as
-/// the binary path does; `None` beyond i64 (a value the server then refuses).
-fn timestamp_us(a: &dyn Array, unit: &TimeUnit, row: usize) -> Option<i64> {
-    use arrow::datatypes::{
-        TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-        TimestampSecondType,
-    };
-    match unit {
-        TimeUnit::Second => a
-            .as_primitive::<TimestampSecondType>()
-            .value(row)
-            .checked_mul(1_000_000),
-        TimeUnit::Millisecond => a
-            .as_primitive::<TimestampMillisecondType>()
-            .value(row)
-            .checked_mul(1_000),
-        TimeUnit::Microsecond => Some(a.as_primitive::<TimestampMicrosecondType>().value(row)),
-        TimeUnit::Nanosecond => Some(
-            a.as_primitive::<TimestampNanosecondType>()
-                .value(row)
-                .div_euclid(1_000),
-        ),
-    }
 }
 
 fn string_value(a: &dyn Array, row: usize) -> &str {

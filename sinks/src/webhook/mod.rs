@@ -841,20 +841,14 @@ impl<'a> UrlValue<'a> {
     }
 
     fn value(&self, row: usize) -> String {
-        use arrow::array::AsArray;
-        use arrow::datatypes::{
-            TimeUnit, TimestampMicrosecondType as Us, TimestampMillisecondType as Ms,
-            TimestampNanosecondType as Ns, TimestampSecondType as S,
-        };
+        use arrow::datatypes::TimeUnit;
         match self {
             UrlValue::Formatted(f) => f.value(row).to_string(),
             UrlValue::Timestamp(a, unit) => {
-                let ms = match unit {
-                    TimeUnit::Second => a.as_primitive::<S>().value(row).saturating_mul(1000),
-                    TimeUnit::Millisecond => a.as_primitive::<Ms>().value(row),
-                    TimeUnit::Microsecond => a.as_primitive::<Us>().value(row).div_euclid(1000),
-                    TimeUnit::Nanosecond => a.as_primitive::<Ns>().value(row).div_euclid(1_000_000),
-                };
+                // (beyond 64 bits of milliseconds: unreachable for event times, kept to years
+                // 0000-9999)
+                let ms = weir_engine::time::timestamp_at(*a, *unit, row, TimeUnit::Millisecond)
+                    .unwrap_or(i64::MAX);
                 weir_engine::time::format_rfc3339_ms(ms)
             }
         }
