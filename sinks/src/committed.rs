@@ -320,11 +320,11 @@ impl CommittedLines {
         }
         let mut out = self.open_final()?;
         for (i, &(epoch, at)) in due.iter().enumerate() {
-            if let Err(e) = self.write_side(&mut out, epoch, at) {
+            let end = self.pending.get(i + 1).map_or(self.planned_len, |p| p.1);
+            if let Err(e) = self.write_side(&mut out, epoch, at, end - at) {
                 // In a worker pool, the next owner of a partition may have finished this
                 // commit already (see `roll_forward`): the side file is gone and its bytes
                 // are in place.
-                let end = self.pending.get(i + 1).map_or(self.planned_len, |p| p.1);
                 let have = out.metadata().map_err(io_at(&self.path))?.len();
                 if self.side_path(epoch).exists() || have < end {
                     return Err(e);
@@ -349,11 +349,29 @@ impl CommittedLines {
             .map_err(io_at(&self.path))
     }
 
-    fn write_side(&self, out: &mut File, epoch: u64, at: u64) -> Result<(), Error> {
+    /// Copies epoch `epoch`'s side file into `out` at byte `at`; it must hold `len` bytes, as
+    /// its checkpoint recorded (a side file changed since would leave a hole or overwrite
+    /// the next epoch's rows).
+    fn write_side(&self, out: &mut File, epoch: u64, at: u64, len: u64) -> Result<(), Error> {
         let side = self.side_path(epoch);
         let mut input = File::open(&side).map_err(io_at(&side))?;
+        let have = input.metadata().map_err(io_at(&side))?.len();
+        if have != len {
+            return Err(Error::from(format!(
+                "{} has {have} bytes but the checkpoint recorded {len}: the file was changed \
+                 outside weir; move the output and its side files away and start from an empty \
+                 checkpoint folder",
+                side.display()
+            )));
+        }
         out.seek(SeekFrom::Start(at)).map_err(io_at(&self.path))?;
-        std::io::copy(&mut input, out).map_err(io_at(&self.path))?;
+        let copied = std::io::copy(&mut input, out).map_err(io_at(&self.path))?;
+        if copied != len {
+            return Err(Error::from(format!(
+                "{}: {copied} bytes read of the {len} its checkpoint recorded",
+                side.display()
+            )));
+        }
         Ok(())
     }
 
@@ -373,9 +391,10 @@ impl CommittedLines {
         };
         std::fs::create_dir_all(parent_of(&self.path)).map_err(io_at(parent_of(&self.path)))?;
         let mut out = self.open_final()?;
-        for &(e, at) in &pending {
+        for (i, &(e, at)) in pending.iter().enumerate() {
             if self.side_path(e).exists() {
-                self.write_side(&mut out, e, at)?;
+                let end = pending.get(i + 1).map_or(length, |p| p.1);
+                self.write_side(&mut out, e, at, end.saturating_sub(at))?;
             }
         }
         let have = out.metadata().map_err(io_at(&self.path))?.len();
@@ -407,16 +426,23 @@ impl CommittedLines {
             .get("pending")
             .and_then(|p| serde_json::from_value(p.clone()).ok())
             .unwrap_or_default();
-        let due: Vec<(u64, u64)> = pending
-            .into_iter()
-            .filter(|(e, _)| lines.side_path(*e).exists())
+        let length = info.get("length").and_then(Value::as_u64).unwrap_or(0);
+        // (epoch, at, len) of the side files still there
+        let due: Vec<(u64, u64, u64)> = pending
+            .iter()
+            .enumerate()
+            .map(|(i, &(e, at))| {
+                let end = pending.get(i + 1).map_or(length, |p| p.1);
+                (e, at, end.saturating_sub(at))
+            })
+            .filter(|(e, _, _)| lines.side_path(*e).exists())
             .collect();
         if due.is_empty() {
             return Ok(());
         }
         let mut out = lines.open_final()?;
-        for &(epoch, at) in &due {
-            match lines.write_side(&mut out, epoch, at) {
+        for &(epoch, at, len) in &due {
+            match lines.write_side(&mut out, epoch, at, len) {
                 Ok(()) => {}
                 // committed meanwhile by its writer
                 Err(_) if !lines.side_path(epoch).exists() => {}
@@ -424,7 +450,7 @@ impl CommittedLines {
             }
         }
         out.sync_all().map_err(sync_failed(path))?;
-        for &(epoch, _) in &due {
+        for &(epoch, _, _) in &due {
             let _ = std::fs::remove_file(lines.side_path(epoch));
         }
         Ok(())
@@ -747,6 +773,42 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"a\nx\n");
         let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "side files are removed");
+    }
+
+    /// A side file whose length is not the one its checkpoint recorded (changed outside
+    /// weir) is refused by a commit, a recovery and a roll-forward: copied, it would leave a
+    /// hole of zeros or overwrite the next epoch's rows.
+    #[test]
+    fn a_side_file_of_another_length_than_recorded_is_refused() {
+        let dir = tempdir("side-length");
+        let path = dir.join("out.ndjson");
+        let mut f = CommittedLines::new(&path);
+        f.recover(None).unwrap();
+        f.append(b"a\n").unwrap();
+        f.pre_commit(1).unwrap();
+        f.append(b"b\n").unwrap();
+        let info2 = f.pre_commit(2).unwrap();
+        // epoch 1's side file shrinks: epoch 2's rows would follow a hole
+        std::fs::write(dir.join("out.ndjson.epoch-1"), b"").unwrap();
+        let e = f.commit(2).unwrap_err().to_string();
+        assert!(
+            e.contains("has 0 bytes but the checkpoint recorded 2"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "nothing committed");
+        let e = CommittedLines::new(&path)
+            .recover(Some((2, &info2)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("recorded 2"), "{e}");
+        // and grows: it would overwrite epoch 2's rows
+        std::fs::write(dir.join("out.ndjson.epoch-1"), b"a\nzz\n").unwrap();
+        let e = CommittedLines::roll_forward(&path, &info2).unwrap_err();
+        assert!(e.to_string().contains("has 5 bytes"), "{e}");
+        // the side files as they were: every path commits
+        std::fs::write(dir.join("out.ndjson.epoch-1"), b"a\n").unwrap();
+        f.commit(2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\nb\n");
     }
 
     #[test]

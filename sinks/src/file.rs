@@ -397,6 +397,10 @@ impl Committable for DeadLetterFile {
             std::fs::rename(&self.temp, &self.path).map_err(|e| {
                 dead_letter_err(&self.path, crate::committed::io_error(&self.temp, e))
             })?;
+            // the rename itself is durable once the folder is, as for a sink's file
+            let dir = crate::committed::parent_of(&self.path);
+            crate::committed::sync_dir(dir)
+                .map_err(|e| dead_letter_err(&self.path, crate::committed::sync_failed(dir)(e)))?;
             self.out = None;
         }
         Ok(())
