@@ -121,4 +121,30 @@ fn rows_a_dead_workers_commit_refuses_are_the_adopters_dead_letters_once() {
     lost.recover(None).unwrap();
     lost.pre_commit(1).unwrap();
     assert_eq!(lost.take_rejected().len(), 1);
+
+    // worker c: epoch 1 passes, epoch 2's trial merge refuses z (kept as c's, refused in 2),
+    // and c dies before checkpoint 2 completes. Its adopter restores checkpoint 1 and reads
+    // epoch 2's input again, so its own commit refuses z: z must not be adopted as well
+    // (it would be a dead letter twice)
+    let mut c = sink(&pg, "c");
+    c.recover(None).unwrap();
+    c.write(&batch(&["v"])).unwrap();
+    c.pre_commit(1).unwrap();
+    pg.psql("INSERT INTO public.refuse_now VALUES ('z')");
+    c.write(&batch(&["z"])).unwrap();
+    c.pre_commit(2).unwrap();
+    drop(c);
+    let by_c = "SELECT worker || ' ' || refused_in FROM weir_sink_refused WHERE worker <> 'a' \
+                ORDER BY 1";
+    assert_eq!(pg.psql(by_c), "c 2");
+    assert!(sink(&pg, "c").roll_forward(1, "d").unwrap());
+    assert_eq!(
+        pg.psql(by_c),
+        "c 2",
+        "a refusal of the epoch after the checkpoint stays"
+    );
+    // c restarted from its checkpoint 1 instead: the refusal after it is dropped
+    let mut c = sink(&pg, "c");
+    c.recover(Some((1, &serde_json::json!({})))).unwrap();
+    assert_eq!(pg.psql(by_c), "");
 }
