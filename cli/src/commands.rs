@@ -62,6 +62,10 @@ pub struct ReplayArgs {
     /// Print the offset ranges and the windows that would be rewritten, and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Rewrite the windows even where a partition's range may miss events (earlier messages
+    /// deleted, or nothing written past the range's end yet).
+    #[arg(long)]
+    pub allow_incomplete: bool,
     /// Worker threads.
     #[arg(long)]
     pub parallelism: Option<usize>,
@@ -164,6 +168,7 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
         only,
         sinks,
         dry_run,
+        allow_incomplete,
         parallelism: p,
     } = a;
     let time = |t: &str, what: &str| -> Result<i64, Failure> {
@@ -202,7 +207,8 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
                 .iter()
                 .map(|&i| plan.sinks[i].name.as_str())
                 .collect();
-            let periods = (to_ms - from_ms + w.config.size_ms - 1) / w.config.size_ms;
+            let size = i128::from(w.config.size_ms.max(1));
+            let periods = (i128::from(to_ms) - i128::from(from_ms) + size - 1) / size;
             format!(
                 "  {}: windows starting in [{}, {}), {periods} per key, to {}",
                 w.config.name,
@@ -219,9 +225,14 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
         setup.describe(&plan),
         windows.join("\n")
     );
+    let incomplete = setup.incomplete();
+    for why in &incomplete {
+        println!("  may be incomplete: {why}");
+    }
     if dry_run {
         return Ok(());
     }
+    refuse_incomplete(setup.messages(), &incomplete, allow_incomplete)?;
     let setup = std::sync::Arc::new(setup);
     let options = RunOptions {
         parallelism: p,
@@ -242,6 +253,28 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
     for (name, _) in &summary.rows_written {
         let rows = written.get(name).copied().unwrap_or(0);
         println!("  sink {name}: {rows} windows rewritten");
+    }
+    Ok(())
+}
+
+/// A replay that would rewrite its windows from part of their events, refused: a range of
+/// no message at all (message timestamps that do not follow the event times: the rows of the
+/// range would be replaced by nothing), or, unless `allowed`, ranges that may miss messages.
+fn refuse_incomplete(messages: u64, incomplete: &[String], allowed: bool) -> Result<(), Failure> {
+    if messages == 0 {
+        return Err(user(anyhow::anyhow!(
+            "the range holds no message, so nothing was replaced: messages are found by their \
+             timestamps, which must be the event times (a producer setting CreateTime from the \
+             event) or arrival times close to them; check the ranges above"
+        )));
+    }
+    if !incomplete.is_empty() && !allowed {
+        return Err(user(anyhow::anyhow!(
+            "{} partition(s) may miss events of the range (listed above), and their windows \
+             would be rewritten from part of their events: replay a range the topics hold \
+             whole (an earlier --to, a later --from), or pass --allow-incomplete",
+            incomplete.len()
+        )));
     }
     Ok(())
 }

@@ -508,8 +508,11 @@ fn generate_to_kafka(a: &GenerateArgs, cfg: GeneratorConfig, target: &str) -> Re
         line.clear();
         gen.write_next_line(&mut line);
         line.pop(); // the newline
+                    // (the message's timestamp is the event's time, as producers of events set it: a
+                    // replay finds a time range's offsets by it)
+        let key = Some(gen.last_key().as_bytes());
         producer
-            .send(topic, Some(gen.last_key().as_bytes()), Some(&line), &[])
+            .send_at(topic, key, Some(&line), &[], Some(gen.last_time_ms()))
             .map_err(runtime)?;
     }
     producer.flush().map_err(runtime)?;

@@ -446,17 +446,28 @@ fn a_replay_rewrites_the_windows_of_its_range() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let p = pipeline(d, &server.url(), false);
-    let out = weir()
-        .args([
-            "replay",
-            p.to_str().unwrap(),
-            "--from",
-            &iso(from),
-            "--to",
-            &iso(to),
-        ])
-        .output()
-        .unwrap();
+    let replay = |extra: &[&str]| {
+        weir()
+            .args([
+                "replay",
+                p.to_str().unwrap(),
+                "--from",
+                &iso(from),
+                "--to",
+                &iso(to),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // every message was stored before the range's end time: the stream cannot show that the
+    // range is whole (a live stream would hold later messages), so the replay is refused
+    // unless told that the stream is complete
+    let out = replay(&[]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("--allow-incomplete"), "{log}");
+    let out = replay(&["--allow-incomplete"]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let replayed = std::fs::read_dir(d.join("out"))

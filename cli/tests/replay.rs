@@ -275,8 +275,33 @@ fn a_replay_rewrites_the_windows_of_its_range_in_every_sink_and_nothing_else() {
         assert_eq!(end, high, "the range runs to the partition's end: {line}");
         assert!(start.parse::<u64>().unwrap() > 0, "{line}");
     }
+    assert!(dry.contains("may be incomplete: "), "{dry}");
     let dry = dry_run("2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z");
     assert!(dry.contains("replay of replayed (0 messages)"), "{dry}");
+    // not dry, both are refused and change nothing: the range running past the topic's last
+    // message (its last windows may still be open in the live run), and the one holding no
+    // message (it replaced the range's rows with nothing)
+    let refused = |from: &str, to: &str, why: &str| {
+        let out = weir()
+            .args(["replay", good.to_str().unwrap()])
+            .args(["--from", from, "--to", to])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+    };
+    refused(
+        "2023-11-15T01:00:00Z",
+        "2024-01-01T00:00:00Z",
+        "may miss events of the range",
+    );
+    refused(
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T01:00:00Z",
+        "the range holds no message",
+    );
+    assert_eq!(table.snapshots().len(), snapshots);
 
     // the buggy replay corrupts hour 2 in every sink
     replay(&buggy, &[]);

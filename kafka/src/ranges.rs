@@ -21,6 +21,31 @@ pub struct OffsetRange {
     pub end: u64,
     /// The partition's high watermark when the range was resolved.
     pub high: u64,
+    /// The partition's first offset kept (above 0: earlier messages were deleted).
+    pub low: u64,
+    /// Whether a message at or after the range's end time was found (else `end` is the
+    /// high watermark: the partition holds nothing past the range yet).
+    pub end_found: bool,
+}
+
+impl OffsetRange {
+    /// Why the range may miss messages of its time range: its start is the partition's first
+    /// message kept after earlier ones were deleted (retention, delete-records), or nothing
+    /// past its end time was written yet. `None` when neither.
+    pub fn incomplete(&self) -> Option<String> {
+        if self.start == self.low && self.low > 0 {
+            return Some(format!(
+                "it starts at the partition's first message kept (offset {}): earlier ones \
+                 were deleted, and some may have been in the range",
+                self.low
+            ));
+        }
+        (!self.end_found).then(|| {
+            "the partition holds no message past the range's end time yet: its last windows \
+             may still be open"
+                .to_string()
+        })
+    }
 }
 
 /// For every partition of `topics` (with `counts` partitions each), the offsets of the
@@ -58,7 +83,8 @@ pub fn offset_ranges(
     }
     let last_ts = last_timestamps(&consumer, &parts, timeout);
     // the first offset at or after `t` in every partition, in one request
-    let offsets_at = |t: i64| -> Result<Vec<u64>, KafkaError> {
+    // (the offset, and whether a message at or after t was found)
+    let offsets_at = |t: i64| -> Result<Vec<(u64, bool)>, KafkaError> {
         let mut q = TopicPartitionList::new();
         for (topic, p, _, _) in &parts {
             q.add_partition_offset(topic, *p, Offset::Offset(t))
@@ -73,31 +99,38 @@ pub fn offset_ranges(
             .map(|((topic, p, low, high), last)| {
                 // every message is older than t: the answer is the end, whatever the broker says
                 if high <= low || last.is_some_and(|ts| ts < t) {
-                    return *high;
+                    return (*high, false);
                 }
                 let o = found
                     .find_partition(topic, *p)
                     .map(|e| e.offset())
                     .unwrap_or(Offset::End);
                 match o {
-                    Offset::Offset(o) if o >= 0 => (o as u64).clamp(*low, *high),
-                    _ => *high,
+                    Offset::Offset(o) if o >= 0 => {
+                        let o = (o as u64).clamp(*low, *high);
+                        (o, o < *high)
+                    }
+                    _ => (*high, false),
                 }
             })
             .collect())
     };
-    let starts = offsets_at(from_ms)?;
-    let ends = offsets_at(to_ms)?;
+    let starts = offsets_at(from_ms.max(0))?;
+    let ends = offsets_at(to_ms.max(0))?;
     Ok(parts
         .into_iter()
         .zip(starts.into_iter().zip(ends))
-        .map(|((topic, partition, _, high), (start, end))| OffsetRange {
-            topic,
-            partition,
-            start,
-            end: end.max(start),
-            high,
-        })
+        .map(
+            |((topic, partition, low, high), ((start, _), (end, end_found)))| OffsetRange {
+                topic,
+                partition,
+                start,
+                end: end.max(start),
+                high,
+                low,
+                end_found,
+            },
+        )
         .collect())
 }
 
@@ -135,4 +168,32 @@ fn last_timestamps(
     }
     let _ = consumer.unassign();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A range that starts at the first message kept after earlier ones were deleted, or that
+    /// found no message past its end time, may miss messages; one inside the log does not.
+    #[test]
+    fn a_range_says_when_it_may_miss_messages() {
+        let range = |start, end, low, end_found| OffsetRange {
+            topic: "t".into(),
+            partition: 0,
+            start,
+            end,
+            high: 100,
+            low,
+            end_found,
+        };
+        assert_eq!(range(10, 20, 0, true).incomplete(), None);
+        // the log starts at 0: nothing was deleted before the range
+        assert_eq!(range(0, 20, 0, true).incomplete(), None);
+        let deleted = range(5, 20, 5, true).incomplete().unwrap();
+        assert!(deleted.contains("offset 5"), "{deleted}");
+        assert_eq!(range(6, 20, 5, true).incomplete(), None);
+        let open = range(10, 100, 0, false).incomplete().unwrap();
+        assert!(open.contains("no message past the range's end"), "{open}");
+    }
 }

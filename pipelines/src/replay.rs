@@ -145,6 +145,16 @@ impl ReplaySetup {
             .sum()
     }
 
+    /// The partitions whose ranges may miss messages of the time range, each with why
+    /// (`KEY: reason`).
+    pub fn incomplete(&self) -> Vec<String> {
+        self.ranges
+            .iter()
+            .flat_map(|(_, r)| r.iter())
+            .filter_map(|r| Some(format!("{}: {}", r.key(), r.incomplete()?)))
+            .collect()
+    }
+
     /// Where partition `key` of source `source` (by index in the plan) starts and stops,
     /// `None` when the replay has no range for it: what the source is opened with.
     pub fn bounds(&self, source: usize, key: &str) -> Option<ReadBounds> {
@@ -202,9 +212,10 @@ pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), R
     let mut ranges = Vec::new();
     for (i, s) in plan.sources.iter_mut().enumerate() {
         let ooo = s.max_out_of_orderness_ms as i64;
+        // (times before the epoch are none a broker can look up)
         let range = (
-            req.from_ms.saturating_sub(margin + ooo),
-            req.to_ms.saturating_add(margin + ooo),
+            req.from_ms.saturating_sub(margin + ooo).max(0),
+            req.to_ms.saturating_add(margin + ooo).max(0),
         );
         let replayed = s.input.replay(&s.name, range, &suffix)?;
         ranges.push((i, replayed.ranges));

@@ -188,6 +188,7 @@ pub struct EventGenerator {
     newest: i64,
     index: u64,
     last_key: usize,
+    last_time_ms: i64,
 }
 
 impl EventGenerator {
@@ -256,12 +257,27 @@ impl EventGenerator {
             newest: start_ms,
             index: 0,
             last_key: 0,
+            last_time_ms: start_ms,
         }
+    }
+
+    /// Dates the next events from `now_ms` on (the clock, the newest time and the start
+    /// move by the same amount), as a restarted live source would.
+    pub fn continue_from(&mut self, now_ms: i64) {
+        let shift = now_ms - self.clock as i64;
+        self.clock += shift as f64;
+        self.newest = self.newest.saturating_add(shift);
+        self.start_ms = self.start_ms.saturating_add(shift);
     }
 
     /// Events produced so far.
     pub fn produced(&self) -> u64 {
         self.index
+    }
+
+    /// The event time (epoch ms) of the last event produced.
+    pub fn last_time_ms(&self) -> i64 {
+        self.last_time_ms
     }
 
     /// The key (datasetName or serviceName) of the last event produced.
@@ -295,6 +311,7 @@ impl EventGenerator {
             ts -= self.rng.below(self.cfg.jitter_ms as u64 + 1) as i64;
         }
         self.newest = self.newest.max(ts);
+        self.last_time_ms = ts;
         let k = self.pick_key();
         self.last_key = k;
         match self.cfg.kind {
@@ -479,6 +496,8 @@ pub struct GeneratorReader {
     seq: u64,
     ended: bool,
     started: Option<Instant>,
+    /// Events skipped at the start (see [`Self::skip`]): the pace counts from there.
+    skipped: u64,
 }
 
 impl GeneratorReader {
@@ -511,14 +530,22 @@ impl GeneratorReader {
             seq: 0,
             ended: false,
             started: None,
+            skipped: 0,
         }
     }
 
     /// Continues after the first `produced` events (from a checkpoint): the generator is
-    /// deterministic, so it produces and drops them.
+    /// deterministic, so it produces and drops them. A paced generator then goes on at its
+    /// rate from now (it does not wait as long as the earlier runs took to produce them), and
+    /// its events are dated from now when no `start` was set (not as far in the future as
+    /// the skipped events spanned).
     pub fn skip(mut self, produced: u64) -> Self {
         while self.gen.produced() < produced && !self.gen.done() {
             self.gen.next_event();
+        }
+        self.skipped = self.gen.produced();
+        if self.gen.cfg.events_per_second > 0.0 && self.gen.cfg.start_ms.is_none() {
+            self.gen.continue_from(now_ms());
         }
         self
     }
@@ -764,7 +791,7 @@ impl PartitionReader for GeneratorReader {
                 if ctx.stop.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
-                let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                let due = self.skipped + (started.elapsed().as_secs_f64() * rate) as u64;
                 let n = due
                     .saturating_sub(self.gen.produced())
                     .min(remaining)
@@ -851,6 +878,50 @@ mod tests {
         assert!(clocks.partition(0).is_idle());
         assert!(waiting.join().unwrap().unwrap());
         assert!(!clocks.partition(0).is_idle());
+    }
+
+    /// A paced generator restored after 1,000 events goes on at once at its rate, with
+    /// events dated from now: it waited as long as the first 1,000 had taken, then dated its
+    /// events that far in the future.
+    #[test]
+    fn a_paced_generator_restored_goes_on_at_once_from_now() {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+        use std::sync::atomic::AtomicBool;
+        use weir_engine::clock::Clocks;
+        let mut cfg = GeneratorConfig::new(Kind::DataIngestion);
+        cfg.events_per_second = 100.0; // 1,000 events: 10 s
+        cfg.count = None;
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "timestamp",
+            DataType::Int64,
+            true,
+        )]));
+        let mut reader = GeneratorReader::new(0, "gen", 0, cfg, schema).skip(1000);
+        let ctx = ReaderContext::new(
+            Arc::new(Clocks::new(&[(1, 0)])),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(weir_engine::progress::Progress::new(1, &[])),
+            Arc::new(weir_engine::RunStats::new(&[], &[], &[])),
+        );
+        let asked = Instant::now();
+        let chunk = reader.next_chunk(&ctx).unwrap().unwrap();
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        let ChunkData::Events(events) = &chunk.data else {
+            panic!("no events");
+        };
+        let times = events.batch.columns()[0].as_primitive::<Int64Type>();
+        let now = now_ms();
+        for t in times.iter().flatten() {
+            assert!(
+                (now - 5_000..now + 1_000).contains(&t),
+                "{t} is not near {now}"
+            );
+        }
     }
 
     #[test]

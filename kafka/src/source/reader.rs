@@ -579,6 +579,11 @@ impl KafkaReader {
                 let Some(l) = self.local_of(&msg) else {
                     continue;
                 };
+                if let Some(end) = end_reached(&self.partitions[l], msg.offset()) {
+                    drop(msg);
+                    self.end_partition(l, end, ctx);
+                    continue;
+                }
                 let placed = place_message(
                     &mut self.partitions[l],
                     &msg,
@@ -603,6 +608,10 @@ impl KafkaReader {
     /// Places a message that borrows nothing of the reader, at time `now`.
     pub(super) fn place<M: Message>(&mut self, m: &M, ctx: &ReaderContext, now: Instant) {
         if let Some(l) = self.local_of(m) {
+            if let Some(end) = end_reached(&self.partitions[l], m.offset()) {
+                self.end_partition(l, end, ctx);
+                return;
+            }
             let placed = place_message(
                 &mut self.partitions[l],
                 m,
@@ -747,6 +756,16 @@ impl KafkaReader {
 /// Buffers a message of partition `s` in its lane; a repeat of the repartition stage (an
 /// upstream offset its lane passed) is counted and dropped. The message's offset, unless the
 /// partition is not read (then `after_message` is not due). `now` is the time it was polled.
+/// The bound of partition `s` (`--until-caught-up`'s end, or a replay's) when a message at
+/// `offset` is at or past it: reached through a gap (the offset before the bound was a
+/// transaction's marker or compacted away), so the message is not the partition's to read
+/// and the partition ends at its bound.
+fn end_reached(s: &PartitionState, offset: i64) -> Option<u64> {
+    let offset = u64::try_from(offset).ok()?;
+    s.end_at
+        .filter(|&end| s.assigned && !s.ended && offset >= end)
+}
+
 pub(super) fn place_message<M: Message>(
     s: &mut PartitionState,
     m: &M,

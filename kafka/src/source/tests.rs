@@ -944,3 +944,47 @@ fn a_partition_added_since_the_start_is_not_taken_for_another() {
     assert_eq!(reader.local("b", 2), None);
     assert_eq!(reader.local("c", 0), None);
 }
+
+/// A bound reached through a gap (the offset before it is a transaction's commit marker, as
+/// an upstream `exactly_once` sink writes, or was compacted away): the partition ends at its
+/// bound, and the message at the bound (the first past a replay's range, or one written
+/// after `--until-caught-up` read the end) is not read. (librdkafka's mock cluster writes no
+/// markers, so the messages are placed by hand.)
+#[test]
+fn a_bound_after_a_gap_ends_the_partition_before_the_next_message() {
+    use rdkafka::message::{OwnedMessage, Timestamp};
+    let config = reading_to_the_end("127.0.0.1:1", "gap");
+    let partitions = KafkaPartitions { counts: vec![1] };
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = context(1, Arc::new(weir_engine::RunStats::new(&[], &[], &[])));
+    let s = &mut reader.partitions[0];
+    s.assigned = true;
+    s.end_at = Some(4);
+    for offset in [0, 1, 2, 4, 5] {
+        let m = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "gap".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        );
+        reader.place(&m, &ctx, Instant::now());
+    }
+    let mut offsets = Vec::new();
+    let mut next = Vec::new();
+    for c in &reader.ready {
+        match &c.data {
+            ChunkData::Messages(m) => offsets.extend(m.offsets.iter().copied()),
+            ChunkData::End => next.push(c.resume.next_offset),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        offsets,
+        vec![0, 1, 2],
+        "the message at the bound is not read"
+    );
+    assert_eq!(next, vec![4], "the partition ends at its bound");
+}

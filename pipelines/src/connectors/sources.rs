@@ -234,6 +234,11 @@ pub trait ReplayRange: Debug + Send + Sync {
     fn read(&self) -> Arc<AtomicU64>;
     /// One line for `weir replay`: `KEY: offsets START..END (N messages; ...)`.
     fn describe(&self) -> String;
+    /// Why the range may miss messages of its time range (its windows would be rewritten
+    /// from part of their events), when the source can tell.
+    fn incomplete(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Kinds `with` selects, by `name`, as `a, b or c` (`and` when `and`).

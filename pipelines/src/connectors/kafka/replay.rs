@@ -27,6 +27,9 @@ impl ReplayRange for PartitionRange {
     fn read(&self) -> Arc<AtomicU64> {
         self.read.clone()
     }
+    fn incomplete(&self) -> Option<String> {
+        self.range.incomplete()
+    }
     fn describe(&self) -> String {
         let r = &self.range;
         format!(
@@ -53,6 +56,8 @@ mod tests {
                 start: 10,
                 end: 25,
                 high: 40,
+                low: 0,
+                end_found: true,
             },
             read: Arc::new(AtomicU64::new(10)),
         };

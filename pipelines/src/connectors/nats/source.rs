@@ -238,6 +238,14 @@ impl ReplayRange for SequenceRange {
     fn read(&self) -> Arc<AtomicU64> {
         self.read.clone()
     }
+    fn incomplete(&self) -> Option<String> {
+        // (no message stored at or after the range's end time: `end` is past the last)
+        (self.end >= self.next).then(|| {
+            "the stream holds no message past the range's end time yet: its last windows may \
+             still be open"
+                .to_string()
+        })
+    }
     fn describe(&self) -> String {
         format!(
             "{}: offsets {}..{} ({} messages; the partition ends at {})",
