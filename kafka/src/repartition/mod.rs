@@ -464,52 +464,61 @@ impl Stage {
             sent = self.stats.forwarded.load(Ordering::Relaxed),
             "repartition stage stopped"
         );
-        result.and(end)?;
-        if self.spec.until_caught_up && !self.stop.load(Ordering::Relaxed) {
-            self.wait_for_the_group()?;
-        }
-        Ok(())
+        result.and(end)
     }
 
-    /// Reading to the end: waits until the stages of the other workers sent their
-    /// partitions to their ends too (the group's committed offsets reach the ends read at the
-    /// start), so that the jobs then find the whole input in the internal topic.
-    fn wait_for_the_group(&self) -> Result<(), EngineError> {
-        let client = self.spec.client().map_err(|e| self.err(e))?;
+    /// Reading to the end, once this stage holds no partition short of its end: whether the
+    /// stages of every worker sent their partitions to their ends (the group's committed
+    /// offsets reach the ends read at the start), so that the jobs then find the whole input
+    /// in the internal topic. Asked at most once a second, after committing this stage's own
+    /// positions again (a commit that failed, as one does while the group rebalances, is
+    /// retried). Until then the stage stays in the group and copies what it is assigned: the
+    /// partitions of a stage that died come to it once the group expires that member.
+    fn group_caught_up(&mut self, group: &mut GroupCheck) -> Result<bool, EngineError> {
+        if group
+            .asked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(false);
+        }
+        group.asked = Some(Instant::now());
+        self.commit(CommitMode::Sync)?;
+        if group.client.is_none() {
+            group.client = Some(self.spec.client().map_err(|e| self.err(e))?);
+        }
+        let Some(client) = &group.client else {
+            return Ok(false);
+        };
         let mut tpl = TopicPartitionList::new();
         for &p in self.ends.keys() {
             tpl.add_partition(&self.upstream, p);
         }
-        let mut logged = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            let committed = client
-                .committed_offsets(tpl.clone(), Duration::from_secs(30))
-                .map_err(|e| self.err(e))?;
-            let behind: Vec<i32> = self
-                .ends
-                .iter()
-                .filter(|&(&p, &end)| {
-                    let at = match committed
-                        .find_partition(&self.upstream, p)
-                        .map(|e| e.offset())
-                    {
-                        Some(Offset::Offset(o)) if o >= 0 => o as u64,
-                        _ => 0,
-                    };
-                    end > 0 && at < end
-                })
-                .map(|(&p, _)| p)
-                .collect();
-            if behind.is_empty() {
-                return Ok(());
-            }
-            if logged.elapsed() >= Duration::from_secs(10) {
-                tracing::info!(source = %self.spec.source, partitions = ?behind, "repartition: waiting for the other workers' stages to reach the end of these partitions");
-                logged = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let committed = client
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .map_err(|e| self.err(e))?;
+        let behind: Vec<i32> = self
+            .ends
+            .iter()
+            .filter(|&(&p, &end)| {
+                let at = match committed
+                    .find_partition(&self.upstream, p)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(o)) if o >= 0 => o as u64,
+                    _ => 0,
+                };
+                end > 0 && at < end
+            })
+            .map(|(&p, _)| p)
+            .collect();
+        if behind.is_empty() {
+            return Ok(true);
         }
-        Ok(())
+        if group.logged.elapsed() >= Duration::from_secs(10) {
+            tracing::info!(source = %self.spec.source, partitions = ?behind, "repartition: waiting for the other workers' stages to reach the end of these partitions");
+            group.logged = Instant::now();
+        }
+        Ok(false)
     }
 
     fn pump(&mut self) -> Result<(), EngineError> {
@@ -524,6 +533,11 @@ impl Stage {
         }
         let mut last_commit = Instant::now();
         let mut last_slots = Instant::now();
+        let mut group = GroupCheck {
+            asked: None,
+            logged: Instant::now(),
+            client: None,
+        };
         while !self.stop.load(Ordering::Relaxed) {
             self.settle()?;
             if last_slots.elapsed() >= restart::SLOT_REFRESH {
@@ -570,7 +584,7 @@ impl Stage {
             self.stats
                 .settled
                 .store(self.producer.settled(), Ordering::Relaxed);
-            if self.spec.until_caught_up && self.caught_up()? {
+            if self.spec.until_caught_up && self.caught_up()? && self.group_caught_up(&mut group)? {
                 tracing::info!(source = %self.spec.source, "repartition stage caught up");
                 return Ok(());
             }
@@ -911,12 +925,25 @@ impl Stage {
         }
         self.add_generations(&mut tpl);
         if let Err(e) = self.consumer.commit(&tpl, mode) {
-            // a partition revoked meanwhile: its next owner repeats a little (dropped by lanes)
+            // a partition revoked meanwhile: its next owner repeats a little (dropped by
+            // lanes); the positions are committed again with the next commit (a revoked
+            // partition's are not: see `owned`)
             tracing::warn!(source = %self.spec.source, error = %e, "repartition: offset commit failed");
+            return Ok(());
         }
         self.next.clear();
         Ok(())
     }
+}
+
+/// Where a stage reading to the end stands in asking the group whether every stage is done.
+struct GroupCheck {
+    /// When the group's committed offsets were last asked.
+    asked: Option<Instant>,
+    /// When the wait was last logged.
+    logged: Instant,
+    /// A client of the group that does not join it (made at the first question).
+    client: Option<BaseConsumer>,
 }
 
 /// The high watermark of every partition of `topic`, read by a client outside the group.

@@ -369,3 +369,89 @@ fn a_partition_without_a_leader_does_not_keep_the_others_from_settling() {
     stage.stop();
     stage.join().unwrap();
 }
+
+/// Reading to the end in a pool whose other stage holds a partition it leaves unread (its
+/// worker died or left): the stage that copied its own partitions stays in the group, is
+/// given the others' once their member is gone, copies them and ends. It used to leave the
+/// group once its own partitions were copied and wait for the group's committed offsets,
+/// which nobody was left to move: for ever.
+#[test]
+fn a_stage_takes_over_the_partitions_of_a_stage_that_left_before_its_end() {
+    let mock = MockCluster::new(1).unwrap();
+    let (topic, internal) = ("orphaned", "orphaned-internal");
+    mock.create_topic(topic, 2, 1).unwrap();
+    mock.create_topic(internal, 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, topic, 200);
+    let spec = RepartitionSpec {
+        source: "s".into(),
+        input: reading_to_the_end(&brokers, topic),
+        topic: internal.to_string(),
+        keys: vec!["k".into()],
+        decoder: Arc::new(AsTheyAre),
+        until_caught_up: true,
+    };
+    // the other worker's stage: a member of the group that holds a partition and leaves
+    // without copying or committing it
+    let other: BaseConsumer = client_config(&brokers, &[])
+        .set("group.id", spec.group())
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    other.subscribe(&[topic]).unwrap();
+    let client = spec.client().unwrap();
+    let stage = RepartitionStage::start(spec, Box::new(|| {})).unwrap();
+    // the other member keeps one partition while the stage copies the other to its end
+    let started = Instant::now();
+    let held = loop {
+        let _ = other.poll(Duration::from_millis(100));
+        let held = other.assignment().unwrap().count();
+        let copied = stage.stats().forwarded.load(Ordering::Relaxed);
+        if held == 1 && copied > 0 {
+            break held;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no split of the partitions"
+        );
+    };
+    assert_eq!(held, 1);
+    for _ in 0..30 {
+        let _ = other.poll(Duration::from_millis(100));
+    }
+    assert!(
+        !stage.is_finished(),
+        "the stage ended with a partition uncopied"
+    );
+    drop(other);
+    let started = Instant::now();
+    while !stage.is_finished() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        stage.is_finished(),
+        "the stage took over the partition and ended"
+    );
+    let stats = stage.stats();
+    stage.join().unwrap();
+    assert_eq!(
+        stats.forwarded.load(Ordering::Relaxed),
+        200,
+        "every message copied once"
+    );
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = client
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    for p in 0..2 {
+        let (_, high) = client
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        let at = committed.find_partition(topic, p).unwrap().offset();
+        assert_eq!(at, Offset::Offset(high), "partition {p}");
+    }
+}
