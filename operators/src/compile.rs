@@ -14,6 +14,7 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
 use datafusion::prelude::SessionConfig;
 
+use crate::float_extreme::FloatExtreme;
 use crate::ordered_value::{OrderedValueAccumulator, OrderedValueSpec};
 use crate::wide_sum::WideSumAccumulator;
 
@@ -32,6 +33,9 @@ pub struct CompiledAggregate {
     /// Set when weir's 128-bit sum serves this widened integer `sum` (see
     /// [`widen_integer_sum`]): its input is then the integer argument, not cast.
     pub wide_sum: bool,
+    /// Set for `max`/`min` of a float argument, which weir's accumulator serves (see
+    /// [`FloatExtreme`]).
+    pub float_extreme: Option<FloatExtreme>,
     /// The type results are given in when it is not the function's own: a `sum` of 64-bit
     /// integers adds in `Decimal128(38, 0)` (no wrap) and gives its result back as the
     /// integer type, null when the exact sum does not fit (see [`widen_integer_sum`]).
@@ -48,6 +52,8 @@ impl CompiledAggregate {
             Ok(Box::new(OrderedValueAccumulator::new(spec.clone())))
         } else if self.wide_sum {
             Ok(Box::new(WideSumAccumulator::new()))
+        } else if let Some(extreme) = self.float_extreme {
+            Ok(extreme.accumulator())
         } else if self.function.groups_accumulator_supported() {
             self.function.create_groups_accumulator()
         } else {
@@ -171,6 +177,7 @@ impl SqlCompiler {
         inputs.extend(function.order_bys().iter().map(|s| s.expr.clone()));
         let ordered_value = ordered_value_spec(&function, schema);
         let wide_sum = output_type.is_some() && serves_wide_sum(&function, &mut inputs);
+        let float_extreme = float_extreme(&function, schema);
         let compiled = CompiledAggregate {
             name: name.to_string(),
             function,
@@ -178,6 +185,7 @@ impl SqlCompiler {
             filter,
             ordered_value,
             wide_sum,
+            float_extreme,
             output_type,
             overflows: Default::default(),
         };
@@ -251,6 +259,23 @@ fn serves_wide_sum(function: &AggregateFunctionExpr, inputs: &mut [Arc<dyn Physi
     }
     *arg = cast.expr().clone();
     true
+}
+
+/// The float `max`/`min` weir serves for `function`: not `DISTINCT`, one argument of a float
+/// type, and DataFusion's state (one column of that type, checked so that checkpoints stay
+/// interchangeable).
+fn float_extreme(function: &AggregateFunctionExpr, schema: &Schema) -> Option<FloatExtreme> {
+    if function.is_distinct() {
+        return None;
+    }
+    let [arg] = function.expressions().try_into().ok()?;
+    let arg_type = arg.data_type(schema).ok()?;
+    let extreme = FloatExtreme::of(function.fun().name(), &arg_type)?;
+    let state = function.state_fields().ok()?;
+    match state.as_slice() {
+        [f] if f.data_type() == &arg_type => Some(extreme),
+        _ => None,
+    }
 }
 
 /// The spec of weir's vectorised first/last value when it can serve `function`: one string

@@ -2,6 +2,7 @@
 //! by DataFusion, the keyed tumbling-window aggregate and the materialized view.
 
 pub mod compile;
+pub mod float_extreme;
 pub mod isolate;
 pub mod ordered_value;
 #[cfg(test)]

@@ -40,7 +40,7 @@ mod strings;
 use columns::{ColumnBuilder, SizeHint};
 use scanner::Parser;
 use stage1::{KernelKind, Specials};
-use strings::{eq_bytes, unescape};
+use strings::{eq_bytes, has_lone_surrogate, unescape};
 
 /// A line that could not be decoded.
 pub struct BadLine {
@@ -643,7 +643,8 @@ impl JsonDecoder {
     ) -> Result<Val, LineError> {
         let line = p.b;
         let mut time = Val::Missing;
-        let mut found_data = false;
+        // the key (`data` or `payload`) whose object filled the slots
+        let mut found_data: Option<bool> = None;
         p.i += 1; // `{`
         p.ws();
         if p.peek() != Some(b'}') {
@@ -659,13 +660,20 @@ impl JsonDecoder {
                 } else {
                     &line[ks..ke]
                 };
-                let is_data = key == b"data" || key == b"payload";
+                let is_payload = key == b"payload";
+                let is_data = key == b"data" || is_payload;
                 let is_time = key == b"time" || key == b"occurred_at";
                 p.colon()?;
                 if is_data && p.peek() == Some(b'{') {
                     slots.fill(Val::Missing);
                     self.parse_object(p, slots, scratch)?;
-                    found_data = true;
+                    found_data = Some(is_payload);
+                } else if is_data && found_data == Some(is_payload) {
+                    // the same key again, not an object: the last one is the record's (as
+                    // `json.loads` keeps it), so the object before it is not
+                    slots.fill(Val::Missing);
+                    found_data = None;
+                    p.skip_value(0)?;
                 } else if is_time {
                     time = p.value()?;
                 } else {
@@ -678,7 +686,7 @@ impl JsonDecoder {
         } else {
             p.i += 1;
         }
-        if !found_data {
+        if found_data.is_none() {
             return Err(LineError {
                 code: "missing_field",
                 message: "the envelope has no `data` (CloudEvents) or `payload` object".into(),
@@ -696,6 +704,27 @@ impl JsonDecoder {
         cols: &mut [ColumnBuilder],
         scratch: &mut Vec<u8>,
     ) -> Result<(), LineError> {
+        // (before any column takes a value: a refused record adds to none)
+        for &f in &self.projected {
+            if let Val::Str {
+                start,
+                end,
+                escaped: true,
+            } = slots[f]
+            {
+                if has_lone_surrogate(&line[start as usize..end as usize]) {
+                    return Err(LineError {
+                        code: "wrong_type",
+                        message:
+                            "a string with an unpaired UTF-16 surrogate escape (\\ud800 to \\udfff \
+                                  not in a pair), which has no UTF-8 form"
+                                .into(),
+                        field: Some(f),
+                        column: None,
+                    });
+                }
+            }
+        }
         for (c, &f) in self.projected.iter().enumerate() {
             cols[c].push(line, slots[f], scratch);
         }

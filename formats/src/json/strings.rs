@@ -18,6 +18,45 @@ pub(super) fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
     a[i..].iter().zip(&b[i..]).all(|(x, y)| x == y)
 }
 
+/// Whether a checked JSON string body holds a UTF-16 surrogate escape that is not half of a
+/// pair (`\ud800` alone, a low half first): valid JSON (`json.loads` keeps it), but with no
+/// UTF-8 form, so [`unescape`] could only replace it (and two such strings would read as
+/// one).
+pub(super) fn has_lone_surrogate(s: &[u8]) -> bool {
+    let unit = |at: usize| -> u32 {
+        s.get(at..at + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+    };
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if s.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let u = unit(i + 2);
+        i += 6;
+        if (0xDC00..0xE000).contains(&u) {
+            return true;
+        }
+        if (0xD800..0xDC00).contains(&u) {
+            let low = s.get(i) == Some(&b'\\')
+                && s.get(i + 1) == Some(&b'u')
+                && (0xDC00..0xE000).contains(&unit(i + 2));
+            if !low {
+                return true;
+            }
+            i += 6;
+        }
+    }
+    false
+}
+
 /// Decodes the escapes of a checked JSON string body into UTF-8.
 pub(super) fn unescape(s: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;

@@ -63,6 +63,81 @@ fn reads_cloudevents_and_the_platform_envelope() {
     assert_eq!(bad.len(), 1);
 }
 
+/// A `data` (or `payload`) repeated with a value that is not an object: the last one is the
+/// record's, as `json.loads` keeps it, so the record has no data object (the earlier
+/// object's fields were read as the record's). A later object replaces an earlier one.
+#[test]
+fn an_envelope_whose_last_data_is_not_an_object_has_no_data() {
+    let schema = Arc::new(SourceSchema::builtin("data-ingestion").unwrap());
+    let cols = vec!["datasetName".to_string(), "recordCount".to_string()];
+    let decoder = JsonDecoder::enveloped(schema, &cols, "time").unwrap();
+    let head = r#"{"specversion":"1.0","time":"2023-11-14T22:13:20Z""#;
+    let other = GOOD.replace(r#""recordCount":5"#, r#""recordCount":7"#);
+    let lines = [
+        format!(r#"{head},"data":{GOOD},"data":5}}"#),
+        format!(r#"{head},"data":{GOOD},"data":null}}"#),
+        format!(r#"{head},"data":{GOOD},"data":[1]}}"#),
+        format!(r#"{head},"payload":{GOOD},"payload":"x"}}"#),
+        format!(r#"{head},"data":{GOOD},"data":{other}}}"#),
+        format!(r#"{head},"data":5,"data":{other}}}"#),
+    ];
+    let bytes: SharedBytes = lines.join("\n").into_bytes().into();
+    let (ev, bad, n) = split(decoder.decode_lines(&bytes, 0));
+    assert_eq!(n, 6);
+    let codes: Vec<_> = bad.iter().map(|b| (b.0, b.2.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (0, "missing_field"),
+            (1, "missing_field"),
+            (2, "missing_field"),
+            (3, "missing_field")
+        ]
+    );
+    let counts = ev
+        .unwrap()
+        .batch
+        .column(1)
+        .as_primitive::<Int64Type>()
+        .clone();
+    assert_eq!(counts.values(), &[7, 7], "the last data object's");
+}
+
+/// A lone UTF-16 surrogate escape in a field read as a string has no UTF-8 form: the record
+/// is refused (`wrong_type`) rather than read with U+FFFD, which merged distinct keys
+/// (`"\ud800"` and `"\udfff"` read as one). Pairs read as their character; a lone one in a
+/// field not read is no matter (the record is valid JSON).
+#[test]
+fn a_lone_surrogate_in_a_string_read_is_refused_and_a_pair_is_read() {
+    let with = |name: &str| GOOD.replace(r#""d\u00e9j\u00e0 \"q\"""#, name);
+    let unread = GOOD.replace(r#""location":"x""#, r#""location":"\ud800""#);
+    let lines = [
+        with(r#""\ud800""#),
+        with(r#""\udfff""#),
+        with(r#""a\uD83D\u0041""#),
+        with(r#""\udc00\ud800""#),
+        with(r#""\ud83d\ude00""#),
+        unread,
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let (ev, bad, n) = run(&lines, &["datasetName", "recordCount"]);
+    assert_eq!(n, 6);
+    let codes: Vec<_> = bad.iter().map(|b| (b.0, b.2.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (10, "wrong_type"),
+            (11, "wrong_type"),
+            (12, "wrong_type"),
+            (13, "wrong_type")
+        ]
+    );
+    let ev = ev.unwrap();
+    let names = ev.batch.column(0).as_string::<i32>();
+    assert_eq!(names.value(0), "\u{1F600}");
+    assert_eq!(names.value(1), "déjà \"q\"");
+}
+
 #[test]
 fn integers_beyond_64_bits_are_refused_only_where_a_long_is_read() {
     let extra = GOOD.replace(r#""extra":["#, r#""big":-99999999999999999999,"extra":["#);

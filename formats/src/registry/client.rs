@@ -388,7 +388,7 @@ pub(super) mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    /// Serves one response per connection, `n` times; returns the port and the requests.
+    /// Serves one response per connection, each in turn; returns the port and the requests.
     pub(in crate::registry) fn serve(
         responses: Vec<&'static str>,
     ) -> (u16, std::sync::mpsc::Receiver<String>) {
@@ -408,6 +408,9 @@ pub(super) mod tests {
                     request.extend_from_slice(&buf[..n]);
                 }
                 let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
+                // one response per connection, said so: a client that kept the connection for
+                // its next request found it closed by then (a flaky "connection reset")
+                let r = r.replacen("\r\n", "\r\nConnection: close\r\n", 1);
                 s.write_all(r.as_bytes()).unwrap();
             }
         });

@@ -558,8 +558,7 @@ impl KafkaReader {
         let Some(pool) = &self.config.pool else {
             return false;
         };
-        if self.config.upstream.is_some()
-            || !self.joined
+        if !self.joined
             || self
                 .own_checked
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
@@ -568,7 +567,7 @@ impl KafkaReader {
         }
         self.own_checked = Some(Instant::now());
         self.partitions.iter().filter(|s| s.assigned).any(|s| {
-            match (pool.finished)(&s.topic, s.number) {
+            match (pool.finished)(&s.topic, s.number, true) {
                 Ok(finished) => !finished,
                 Err(e) => {
                     tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e.chain(), "kafka: cannot read whether a partition is finished");
@@ -598,26 +597,14 @@ impl KafkaReader {
                 why,
             );
         }
-        if self.config.upstream.is_some() {
-            // a repartition topic's committed offsets are a checkpoint's (after its last
-            // hand-over), not where its lanes read to: the other workers' partitions are not
-            // checked by them; a worker waits only for an assignment
-            let pending = if never {
-                self.partitions
-                    .iter()
-                    .filter(|s| !s.ended)
-                    .map(key)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            return (pending, "no partition assigned to this worker");
-        }
         // in a pool, another worker read a partition to its end once the group's committed
         // offset (committed after its checkpoint) reached it
         let unread = |s: &PartitionState| {
             !s.assigned && !s.ended && !s.read_elsewhere && s.target.is_some_and(|t| t > 0)
         };
+        if self.config.upstream.is_some() {
+            return self.pending_internal(unread, never);
+        }
         // the group's committed offsets are read on a thread of their own (see
         // `committed`): the latest answer, then a new question once a second
         let watch = self.committed_watch();
@@ -654,7 +641,7 @@ impl KafkaReader {
                 // read to its end by another worker; its last windows are flushed only by
                 // the final checkpoint of the worker owning it (not yet, if that worker
                 // was killed waiting, or it is between two owners)
-                s.read_elsewhere = match finished.as_ref().map(|f| f(&s.topic, s.number)) {
+                s.read_elsewhere = match finished.as_ref().map(|f| f(&s.topic, s.number, true)) {
                     None | Some(Ok(true)) => true,
                     Some(Ok(false)) => false,
                     Some(Err(e)) => {
@@ -684,6 +671,47 @@ impl KafkaReader {
             "not assigned to this worker, and not finished: the group's committed offset is \
              below that end, or the windows of its end are not flushed yet",
         )
+    }
+
+    /// [`Self::pending`] of a repartition topic, whose committed offsets are a checkpoint's
+    /// (after its last hand-over), not where its lanes read to: a partition assigned
+    /// elsewhere counts as read once the worker of its newest claim recorded it finished,
+    /// asked at most once a second; one no worker claimed yet, holding messages, does not.
+    /// (A worker ended once it had any partition: a worker killed with its partitions
+    /// unread left the others exiting 0 without them.)
+    fn pending_internal(
+        &mut self,
+        unread: impl Fn(&PartitionState) -> bool,
+        never: bool,
+    ) -> (Vec<String>, &'static str) {
+        let finished = self.config.pool.as_ref().map(|p| p.finished.clone());
+        let due = self
+            .checked_elsewhere
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if let (Some(finished), true) = (finished, due) {
+            self.checked_elsewhere = Some(Instant::now());
+            for s in self.partitions.iter_mut().filter(|s| unread(s)) {
+                s.read_elsewhere = match finished(&s.topic, s.number, false) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
+                        false
+                    }
+                };
+            }
+        }
+        let pending = self
+            .partitions
+            .iter()
+            .filter(|s| unread(s))
+            .map(|s| format!("{}/{}", s.topic, s.number))
+            .collect();
+        let why = if never {
+            "no partition assigned to this worker"
+        } else {
+            "not assigned to this worker, and not finished by the worker holding it"
+        };
+        (pending, why)
     }
 
     /// While waiting for `pending` partitions: once the group did not move any partition

@@ -130,7 +130,7 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
         releasing: Arc::new(|| {}),
-        finished: Arc::new(|_: &str, _: i32| Ok(true)),
+        finished: Arc::new(|_: &str, _: i32, _: bool| Ok(true)),
         handover_timeout: Duration::from_secs(60),
     };
     let config = KafkaSourceConfig {
@@ -588,7 +588,9 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
         releasing: Arc::new(|| {}),
-        finished: Arc::new(move |_: &str, p: i32| Ok(f[p as usize].load(Ordering::SeqCst))),
+        finished: Arc::new(
+            move |_: &str, p: i32, _: bool| Ok(f[p as usize].load(Ordering::SeqCst)),
+        ),
         handover_timeout: Duration::from_secs(60),
     };
     let config = KafkaSourceConfig {

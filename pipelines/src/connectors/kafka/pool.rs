@@ -57,8 +57,8 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
     let released_name = name.clone();
     let (finished_pool, finished_name) = (at.pool.clone(), name.clone());
     PoolHook {
-        finished: std::sync::Arc::new(move |topic: &str, p: i32| {
-            finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"))
+        finished: std::sync::Arc::new(move |topic: &str, p: i32, unclaimed: bool| {
+            finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"), unclaimed)
         }),
         claim: std::sync::Arc::new(move |partitions: &[(String, i32)]| {
             let mut offsets = Vec::with_capacity(partitions.len());
