@@ -445,7 +445,9 @@ pub trait Fencing: Send + Sync {
     /// manifest and fails with [`EngineError::Fenced`] (the outputs must not commit).
     fn seal(&self, epoch: u64) -> Result<(), EngineError>;
     /// The epochs of this worker's store that the newest claim of some partition points to:
-    /// garbage collection keeps them whatever `checkpoint.keep` says.
+    /// garbage collection keeps them whatever `checkpoint.keep` says. Called by garbage
+    /// collection, it also prunes the claims and release markers that nothing reads any
+    /// more (older than the settled newest claim of a partition this worker holds).
     fn claimed_epochs(&self) -> Result<std::collections::BTreeSet<u64>, EngineError>;
 }
 

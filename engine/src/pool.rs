@@ -32,7 +32,9 @@
 //! checkpoint owning that partition either. A claim whose worker died before settling it is
 //! settled by whoever reads it. A worker that handed a partition over (its hand-over
 //! checkpoint committed) records it (`partitions/<p>/released-<generation>.json`): its next
-//! epoch is then not voided, so a graceful hand-over fails no checkpoint.
+//! epoch is then not voided, so a graceful hand-over fails no checkpoint. Claims and release
+//! markers older than a partition's settled newest claim are read by nobody: its holder
+//! deletes them when it collects garbage.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -183,8 +185,8 @@ pub struct PoolStore {
     /// Other workers' stores, opened on demand.
     others: Mutex<HashMap<String, Arc<CheckpointStore>>>,
     /// Settled claims read by [`Fencing::claimed_epochs`] (a settled claim never changes):
-    /// partition → (generation, where it points).
-    settled: Mutex<HashMap<String, (u64, Option<StateRef>)>>,
+    /// partition → (generation, where it points, whether it is this worker's).
+    settled: Mutex<HashMap<String, (u64, Option<StateRef>, bool)>>,
 }
 
 /// `worker` is used in file and object names: letters, digits, `-`, `_` and `.`.
@@ -723,23 +725,38 @@ impl Fencing for PoolStore {
     }
 
     fn claimed_epochs(&self) -> Result<BTreeSet<u64>, EngineError> {
-        // the newest claim of every partition
+        // the newest claim of every partition, and every claim and release marker by
+        // partition (to prune)
         let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+        let mut history: HashMap<String, Vec<(u64, String)>> = HashMap::new();
         for name in self.root.list_under("partitions")? {
             let Some((dir, file)) = name.rsplit_once('/') else {
                 continue;
             };
-            let Some(g) = file
-                .strip_prefix("claim-")
-                .and_then(|f| f.strip_suffix(".json"))
-                .and_then(|g| g.parse::<u64>().ok())
-            else {
+            let partition = dir.strip_prefix("partitions/").unwrap_or(dir);
+            let generation = |prefix: &str| {
+                file.strip_prefix(prefix)
+                    .and_then(|f| f.strip_suffix(".json"))
+                    .and_then(|g| g.parse::<u64>().ok())
+            };
+            if let Some(g) = generation("released-") {
+                history
+                    .entry(partition.to_string())
+                    .or_default()
+                    .push((g, name.clone()));
+                continue;
+            }
+            let Some(g) = generation("claim-") else {
                 continue;
             };
-            let partition = dir.strip_prefix("partitions/").unwrap_or(dir);
+            history
+                .entry(partition.to_string())
+                .or_default()
+                .push((g, name.clone()));
             let e = newest.entry(partition.to_string()).or_insert(g);
             *e = (*e).max(g);
         }
+        let mut stale = Vec::new();
         let mut out = BTreeSet::new();
         let mut cache = self
             .settled
@@ -747,11 +764,12 @@ impl Fencing for PoolStore {
             .map_err(|_| err("the pool's claim cache is poisoned"))?;
         for (partition, g) in newest {
             let from = match cache.get(&partition) {
-                Some((generation, from)) if *generation == g => from.clone(),
+                Some((generation, from, _)) if *generation == g => from.clone(),
                 _ => match self.read_claim(&partition, g) {
                     Ok(c) => {
                         if c.settled {
-                            cache.insert(partition.clone(), (g, c.from.clone()));
+                            let mine = c.worker == self.worker;
+                            cache.insert(partition.clone(), (g, c.from.clone(), mine));
                         }
                         c.from
                     }
@@ -767,6 +785,29 @@ impl Fencing for PoolStore {
             };
             if let Some(r) = from.filter(|r| r.worker == self.worker) {
                 out.insert(r.epoch);
+            }
+            // the history of a partition whose newest claim is this worker's and settled:
+            // nothing reads a claim or release marker older than a settled claim (settling
+            // reads back only to the newest settled one), so they go, by their holder only
+            let settled_here = cache
+                .get(&partition)
+                .is_some_and(|(generation, _, mine)| *generation == g && *mine);
+            if settled_here {
+                if let Some(names) = history.remove(&partition) {
+                    stale.extend(names.into_iter().filter(|(h, _)| *h < g).map(|(_, n)| n));
+                }
+            }
+        }
+        drop(cache);
+        if !stale.is_empty() {
+            match self.root.delete(&stale) {
+                Ok(()) => tracing::debug!(
+                    files = stale.len(),
+                    "pool: pruned claims older than the settled ones"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "pool: cannot prune old claims; the next checkpoint tries again")
+                }
             }
         }
         Ok(out)

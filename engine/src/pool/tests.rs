@@ -308,3 +308,56 @@ fn a_damaged_manifest_blocks_nobody_and_claimed_checkpoints_are_kept() {
         .unwrap();
     assert_eq!(r.foreign.len(), 1);
 }
+
+/// Claims and release markers older than a partition's settled newest claim are pruned by
+/// its holder's garbage collection (they only ever grew: every rebalance added some, listed
+/// at every checkpoint of every worker); the newest stay, and claims go on taking turns with
+/// the state where it was.
+#[test]
+fn claims_older_than_the_settled_newest_are_pruned_by_their_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("partitions").join(P))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    // a and b hand the partition back and forth, each with a checkpoint and a release
+    let mut epoch = [0u64; 2];
+    for turn in 0..4 {
+        let (pool, e) = if turn % 2 == 0 {
+            (&a, &mut epoch[0])
+        } else {
+            (&b, &mut epoch[1])
+        };
+        let (g, _) = pool.claim(P).unwrap();
+        *e += 1;
+        checkpoint(pool, *e, &[(P, g)], || {}).unwrap();
+        pool.release(P, g).unwrap();
+    }
+    assert_eq!(files().len(), 8, "{:?}", files());
+    // a does not hold it (b's claim 4 is the newest): a prunes nothing
+    a.claimed_epochs().unwrap();
+    assert_eq!(files().len(), 8);
+    // b holds it: claims 1-3 and their release markers go
+    b.claimed_epochs().unwrap();
+    assert_eq!(
+        files(),
+        vec!["claim-0000000004.json", "released-0000000004.json"]
+    );
+    // a claims it again, from b's checkpoint
+    let (g, from) = a.claim(P).unwrap();
+    assert_eq!(g, 5);
+    assert_eq!(
+        from,
+        Some(StateRef {
+            worker: "b".into(),
+            epoch: epoch[1]
+        })
+    );
+}
