@@ -184,9 +184,18 @@ pub struct PoolStore {
     own: Arc<CheckpointStore>,
     /// Other workers' stores, opened on demand.
     others: Mutex<HashMap<String, Arc<CheckpointStore>>>,
-    /// Settled claims read by [`Fencing::claimed_epochs`] (a settled claim never changes):
-    /// partition → (generation, where it points, whether it is this worker's).
-    settled: Mutex<HashMap<String, (u64, Option<StateRef>, bool)>>,
+    /// Settled claims read by [`Fencing::claimed_epochs`] (a settled claim never changes),
+    /// by partition.
+    settled: Mutex<HashMap<String, SettledClaim>>,
+}
+
+/// A settled claim as [`Fencing::claimed_epochs`] keeps it.
+struct SettledClaim {
+    generation: u64,
+    /// Where it points.
+    from: Option<StateRef>,
+    /// Whether it is this worker's.
+    mine: bool,
 }
 
 /// `worker` is used in file and object names: letters, digits, `-`, `_` and `.`.
@@ -764,12 +773,16 @@ impl Fencing for PoolStore {
             .map_err(|_| err("the pool's claim cache is poisoned"))?;
         for (partition, g) in newest {
             let from = match cache.get(&partition) {
-                Some((generation, from, _)) if *generation == g => from.clone(),
+                Some(c) if c.generation == g => c.from.clone(),
                 _ => match self.read_claim(&partition, g) {
                     Ok(c) => {
                         if c.settled {
-                            let mine = c.worker == self.worker;
-                            cache.insert(partition.clone(), (g, c.from.clone(), mine));
+                            let settled = SettledClaim {
+                                generation: g,
+                                from: c.from.clone(),
+                                mine: c.worker == self.worker,
+                            };
+                            cache.insert(partition.clone(), settled);
                         }
                         c.from
                     }
@@ -791,7 +804,7 @@ impl Fencing for PoolStore {
             // reads back only to the newest settled one), so they go, by their holder only
             let settled_here = cache
                 .get(&partition)
-                .is_some_and(|(generation, _, mine)| *generation == g && *mine);
+                .is_some_and(|c| c.generation == g && c.mine);
             if settled_here {
                 if let Some(names) = history.remove(&partition) {
                     stale.extend(names.into_iter().filter(|(h, _)| *h < g).map(|(_, n)| n));
