@@ -566,15 +566,8 @@ impl KafkaReader {
             return false;
         }
         self.own_checked = Some(Instant::now());
-        self.partitions.iter().filter(|s| s.assigned).any(|s| {
-            match (pool.finished)(&s.topic, s.number, true) {
-                Ok(finished) => !finished,
-                Err(e) => {
-                    tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e.chain(), "kafka: cannot read whether a partition is finished");
-                    false
-                }
-            }
-        })
+        // every partition the worker owns, of this source or another (see `owned_unfinished`)
+        (pool.owned_unfinished)()
     }
 
     /// The partitions of the topics this process waits for (not read to their end and not

@@ -191,6 +191,12 @@ pub struct PoolHook {
     /// elsewhere once the group's committed offset reached its end *and* this says it is
     /// finished (its state may still hold windows that only a final flush emits).
     pub finished: PartitionFinished,
+    /// With `until_caught_up`: whether a partition this worker owns, of any of its sources,
+    /// is not finished. A reader waiting for partitions read elsewhere first ends the run
+    /// to flush them (the run ends only once every source's reader has ended; a reader
+    /// with nothing of its own unfinished, waiting beside another source's finished reader,
+    /// held that run open while a worker doing the same for the other source waited on it).
+    pub owned_unfinished: Arc<dyn Fn() -> bool + Send + Sync>,
     /// The longest wait for a hand-over checkpoint before partitions are given up anyway
     /// (fencing then keeps the slow run from committing for them).
     pub handover_timeout: Duration,

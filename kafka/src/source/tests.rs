@@ -131,6 +131,7 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
         releasing: Arc::new(|| {}),
         finished: Arc::new(|_: &str, _: i32, _: bool| Ok(true)),
+        owned_unfinished: Arc::new(|| false),
         handover_timeout: Duration::from_secs(60),
     };
     let config = KafkaSourceConfig {
@@ -583,7 +584,7 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
     committer.commit(&ends, CommitMode::Sync).unwrap();
     // partition 0 is this worker's; whether each one is finished
     let finished = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
-    let f = finished.clone();
+    let (f, g) = (finished.clone(), finished.clone());
     let hook = PoolHook {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
@@ -591,6 +592,8 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
         finished: Arc::new(
             move |_: &str, p: i32, _: bool| Ok(f[p as usize].load(Ordering::SeqCst)),
         ),
+        // partition 0 is owned here
+        owned_unfinished: Arc::new(move || !g[0].load(Ordering::SeqCst)),
         handover_timeout: Duration::from_secs(60),
     };
     let config = KafkaSourceConfig {
@@ -989,4 +992,54 @@ fn a_bound_after_a_gap_ends_the_partition_before_the_next_message() {
         "the message at the bound is not read"
     );
     assert_eq!(next, vec![4], "the partition ends at its bound");
+}
+
+/// A pool worker's reader with no partition of its own, waiting for partitions read
+/// elsewhere, while the worker owns an unfinished partition of another source (whose
+/// reader has ended): it ends the run so that the run's final checkpoint flushes that
+/// partition. Two workers each holding one source's only partition waited for each other
+/// until both failed.
+#[test]
+fn a_reader_without_partitions_ends_the_run_for_another_sources_unfinished_partition() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("second", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, "second", 10);
+    let other_source_unfinished = Arc::new(AtomicBool::new(true));
+    let u = other_source_unfinished.clone();
+    let hook = PoolHook {
+        claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
+        released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+        releasing: Arc::new(|| {}),
+        finished: Arc::new(|_: &str, _: i32, _: bool| Ok(false)),
+        owned_unfinished: Arc::new(move || u.load(Ordering::SeqCst)),
+        handover_timeout: Duration::from_secs(60),
+    };
+    let config = KafkaSourceConfig {
+        pool: Some(hook),
+        ..reading_to_the_end(&brokers, "second")
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = context(
+        1,
+        Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
+    );
+    reader.connect(&ctx).unwrap();
+    reader.read_targets(&ctx).unwrap();
+    // the group gave this worker nothing of this source
+    reader.joined = true;
+    reader.partitions[0].assigned = false;
+    assert!(
+        reader.caught_up(&ctx).unwrap(),
+        "it waited without flushing"
+    );
+    assert!(reader.flushed_to_wait());
+    // flushed: it waits for the other worker's partition
+    other_source_unfinished.store(false, Ordering::SeqCst);
+    reader.flushed_to_wait = false;
+    reader.own_checked = None;
+    assert!(!reader.caught_up(&ctx).unwrap());
+    assert!(!reader.flushed_to_wait());
+    reader.close();
 }

@@ -56,7 +56,22 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
     let (released_pool, released_owned) = (at.pool.clone(), at.owned.clone());
     let released_name = name.clone();
     let (finished_pool, finished_name) = (at.pool.clone(), name.clone());
+    let (unfinished_pool, unfinished_owned) = (at.pool.clone(), at.owned.clone());
     PoolHook {
+        owned_unfinished: std::sync::Arc::new(move || {
+            let owned: Vec<String> = match unfinished_owned.lock() {
+                Ok(o) => o.keys().cloned().collect(),
+                Err(_) => return false,
+            };
+            owned.iter().any(|key| {
+                unfinished_pool
+                    .partition_finished(key, true)
+                    .inspect_err(|e| {
+                        tracing::warn!(partition = %key, error = %e.chain(), "kafka: cannot read whether a partition is finished");
+                    })
+                    .is_ok_and(|finished| !finished)
+            })
+        }),
         finished: std::sync::Arc::new(move |topic: &str, p: i32, unclaimed: bool| {
             finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"), unclaimed)
         }),
