@@ -507,12 +507,16 @@ fn generate_to_kafka(a: &GenerateArgs, cfg: GeneratorConfig, target: &str) -> Re
         }
         line.clear();
         gen.write_next_line(&mut line);
-        line.pop(); // the newline
-                    // (the message's timestamp is the event's time, as producers of events set it: a
-                    // replay finds a time range's offsets by it)
+        // (without the newline)
+        line.pop();
+        // The message's timestamp is the event's time, as producers of events set it, when
+        // the times are the caller's (`--start-ms`) or now's (`--rate`): a replay finds a time
+        // range's offsets by it. The default times, in 2023, are older than a broker's
+        // time-based retention keeps: those messages carry the send time.
+        let at = (a.rate > 0.0 || a.start_ms.is_some()).then(|| gen.last_time_ms());
         let key = Some(gen.last_key().as_bytes());
         producer
-            .send_at(topic, key, Some(&line), &[], Some(gen.last_time_ms()))
+            .send_at(topic, key, Some(&line), &[], at)
             .map_err(runtime)?;
     }
     producer.flush().map_err(runtime)?;

@@ -437,3 +437,74 @@ fn a_replay_and_a_live_run_at_the_same_time_do_not_interfere() {
         serde_json::from_str(tool(&["lag", &brokers, &group, &topic]).trim()).unwrap();
     assert_eq!(lag["lag"], 0, "{lag}");
 }
+
+/// The refusal of a range a partition may not hold whole concerns the partitions whose
+/// newest messages are in it: an empty partition, and one quiet since before the range, do
+/// not make a replay of a range the busy partition holds whole incomplete (they refused
+/// every replay of a keyed topic with an empty partition).
+#[test]
+fn an_empty_or_quiet_partition_does_not_make_a_range_incomplete() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // three hours from 2023-11-14T22:13:20Z; the quiet partition's ten minutes before them
+    let events = d.join("events.ndjson");
+    weir_tests::generate(&events, &["60000", "--seed", "3", "--step-ms", "180"]);
+    let early = d.join("early.ndjson");
+    weir_tests::generate(
+        &early,
+        &[
+            "100",
+            "--seed",
+            "4",
+            "--start-ms",
+            "1699999000000",
+            "--step-ms",
+            "6000",
+        ],
+    );
+    let topic = unique("replay-quiet-in");
+    tool(&["create", &brokers, &topic, "3"]);
+    for (file, partition) in [(&events, "0"), (&early, "1")] {
+        tool(&[
+            "produce",
+            &brokers,
+            &topic,
+            file.to_str().unwrap(),
+            "--timestamp-field",
+            "timestamp",
+            "--partition",
+            partition,
+        ]);
+    }
+    let yaml = pipeline(
+        &topic,
+        &unique("replay-quiet-out"),
+        &unique("quiet"),
+        "",
+        "http://127.0.0.1:1",
+    )
+    .replace("sinks: [topic, lake, file, search]", "sinks: [file]");
+    let path = d.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let dry_run = |to: &str| {
+        ok(
+            weir()
+                .args(["replay", path.to_str().unwrap(), "--dry-run"])
+                .args(["--from", HOUR2_FROM, "--to", to])
+                .output()
+                .unwrap(),
+            "a dry run",
+        )
+    };
+    let whole = dry_run(HOUR2_TO);
+    assert!(!whole.contains("may be incomplete"), "{whole}");
+    // past the busy partition's last message: that partition only
+    let open = dry_run("2024-01-01T00:00:00Z");
+    let flagged: Vec<&str> = open
+        .lines()
+        .filter(|l| l.contains("may be incomplete"))
+        .collect();
+    assert_eq!(flagged.len(), 1, "{open}");
+    assert!(flagged[0].contains(&format!("{topic}/0:")), "{open}");
+}

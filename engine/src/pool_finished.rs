@@ -26,16 +26,10 @@ impl PoolStore {
 
     /// Whether `partition` (`source/topic/partition`) is finished: the worker of its newest
     /// claim recorded a committed final checkpoint under that claim. A partition never
-    /// claimed is `unclaimed`: finished for a reader that knows it was read (it has no state,
-    /// so nothing of it waits to be flushed), not for one that cannot tell whether anyone
-    /// read it.
-    pub fn partition_finished(
-        &self,
-        partition: &str,
-        unclaimed: bool,
-    ) -> Result<bool, EngineError> {
+    /// claimed has no state, so nothing of it waits to be flushed.
+    pub fn partition_finished(&self, partition: &str) -> Result<bool, EngineError> {
         let Some((worker, generation)) = self.newest_claim(partition)? else {
-            return Ok(unclaimed);
+            return Ok(true);
         };
         let Some(bytes) = self.store_of(&worker)?.get(FINISHED)? else {
             return Ok(false);

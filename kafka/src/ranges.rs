@@ -23,24 +23,30 @@ pub struct OffsetRange {
     pub high: u64,
     /// The partition's first offset kept (above 0: earlier messages were deleted).
     pub low: u64,
-    /// Whether a message at or after the range's end time was found (else `end` is the
-    /// high watermark: the partition holds nothing past the range yet).
-    pub end_found: bool,
+    /// Whether the partition shows that nothing more of the range is to come: a message at
+    /// or after the range's end time, or none in or after the range at all (it is empty, or
+    /// its last message is older than the range's start). Else `end` is the high watermark
+    /// and the partition's newest messages are in the range.
+    pub closed_end: bool,
 }
 
 impl OffsetRange {
-    /// Why the range may miss messages of its time range: its start is the partition's first
-    /// message kept after earlier ones were deleted (retention, delete-records), or nothing
-    /// past its end time was written yet. `None` when neither.
-    pub fn incomplete(&self) -> Option<String> {
-        if self.start == self.low && self.low > 0 {
-            return Some(format!(
+    /// Why the range may miss messages at its start: it starts at the partition's first
+    /// message kept after earlier ones were deleted (retention, delete-records).
+    pub fn deleted_before(&self) -> Option<String> {
+        (self.start == self.low && self.low > 0).then(|| {
+            format!(
                 "it starts at the partition's first message kept (offset {}): earlier ones \
                  were deleted, and some may have been in the range",
                 self.low
-            ));
-        }
-        (!self.end_found).then(|| {
+            )
+        })
+    }
+
+    /// Why the range may miss messages at its end: nothing past its end time was written
+    /// yet.
+    pub fn open_end(&self) -> Option<String> {
+        (!self.closed_end).then(|| {
             "the partition holds no message past the range's end time yet: its last windows \
              may still be open"
                 .to_string()
@@ -119,16 +125,21 @@ pub fn offset_ranges(
     let ends = offsets_at(to_ms.max(0))?;
     Ok(parts
         .into_iter()
+        .zip(last_ts)
         .zip(starts.into_iter().zip(ends))
         .map(
-            |((topic, partition, low, high), ((start, _), (end, end_found)))| OffsetRange {
-                topic,
-                partition,
-                start,
-                end: end.max(start),
-                high,
-                low,
-                end_found,
+            |(((topic, partition, low, high), last), ((start, _), (end, end_found)))| {
+                // nothing in or after the range: empty, or quiet since before it
+                let none_in_range = high <= low || last.is_some_and(|ts| ts < from_ms);
+                OffsetRange {
+                    topic,
+                    partition,
+                    start,
+                    end: end.max(start),
+                    high,
+                    low,
+                    closed_end: end_found || none_in_range,
+                }
             },
         )
         .collect())
@@ -178,22 +189,23 @@ mod tests {
     /// found no message past its end time, may miss messages; one inside the log does not.
     #[test]
     fn a_range_says_when_it_may_miss_messages() {
-        let range = |start, end, low, end_found| OffsetRange {
+        let range = |start, end, low, closed_end| OffsetRange {
             topic: "t".into(),
             partition: 0,
             start,
             end,
             high: 100,
             low,
-            end_found,
+            closed_end,
         };
-        assert_eq!(range(10, 20, 0, true).incomplete(), None);
+        let incomplete = |r: OffsetRange| r.deleted_before().or(r.open_end());
+        assert_eq!(incomplete(range(10, 20, 0, true)), None);
         // the log starts at 0: nothing was deleted before the range
-        assert_eq!(range(0, 20, 0, true).incomplete(), None);
-        let deleted = range(5, 20, 5, true).incomplete().unwrap();
+        assert_eq!(incomplete(range(0, 20, 0, true)), None);
+        let deleted = range(5, 20, 5, true).deleted_before().unwrap();
         assert!(deleted.contains("offset 5"), "{deleted}");
-        assert_eq!(range(6, 20, 5, true).incomplete(), None);
-        let open = range(10, 100, 0, false).incomplete().unwrap();
+        assert_eq!(incomplete(range(6, 20, 5, true)), None);
+        let open = range(10, 100, 0, false).open_end().unwrap();
         assert!(open.contains("no message past the range's end"), "{open}");
     }
 }

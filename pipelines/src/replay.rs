@@ -146,12 +146,17 @@ impl ReplaySetup {
     }
 
     /// The partitions whose ranges may miss messages of the time range, each with why
-    /// (`KEY: reason`).
-    pub fn incomplete(&self) -> Vec<String> {
+    /// (`KEY: reason`): at their start, and with `open_end` at their end too.
+    pub fn incomplete(&self, open_end: bool) -> Vec<String> {
         self.ranges
             .iter()
             .flat_map(|(_, r)| r.iter())
-            .filter_map(|r| Some(format!("{}: {}", r.key(), r.incomplete()?)))
+            .filter_map(|r| {
+                let why = r
+                    .deleted_before()
+                    .or_else(|| open_end.then(|| r.open_end()).flatten())?;
+                Some(format!("{}: {why}", r.key()))
+            })
             .collect()
     }
 

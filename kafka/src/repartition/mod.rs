@@ -361,6 +361,9 @@ struct Stage {
     settle_failed: Option<Instant>,
     /// With `until_caught_up`: per partition, its end when the stage started.
     ends: HashMap<i32, u64>,
+    /// With `until_caught_up`: the partitions paused at their ends while the stage waits for
+    /// the other stages (it copies nothing past the ends meanwhile).
+    at_ends: std::collections::BTreeSet<i32>,
     /// With `until_caught_up`: when the group was last asked where the partitions that
     /// delivered nothing start.
     unread_asked: Option<Instant>,
@@ -442,6 +445,7 @@ impl Stage {
             unread_asked: None,
             infos: HashMap::new(),
             key_scratch: Vec::new(),
+            at_ends: Default::default(),
             stats,
         })
     }
@@ -467,6 +471,26 @@ impl Stage {
         result.and(end)
     }
 
+    /// Pauses the settled partitions (read to their ends) that are not paused yet, so that
+    /// waiting for the other stages copies nothing past the ends (the run reads to the ends
+    /// its partitions had when it started, give or take a batch).
+    fn pause_at_ends(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        let settled = self.settled_partitions();
+        for &p in settled.iter().filter(|p| !self.at_ends.contains(p)) {
+            tpl.add_partition(&self.upstream, p);
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match self.consumer.pause(&tpl) {
+            Ok(()) => self.at_ends.extend(settled),
+            Err(e) => {
+                tracing::warn!(source = %self.spec.source, error = %e, "repartition: cannot pause the upstream partitions read to their ends")
+            }
+        }
+    }
+
     /// Reading to the end, once this stage holds no partition short of its end: whether the
     /// stages of every worker sent their partitions to their ends (the group's committed
     /// offsets reach the ends read at the start), so that the jobs then find the whole input
@@ -482,6 +506,7 @@ impl Stage {
             return Ok(false);
         }
         group.asked = Some(Instant::now());
+        self.pause_at_ends();
         self.commit(CommitMode::Sync)?;
         if group.client.is_none() {
             group.client = Some(self.spec.client().map_err(|e| self.err(e))?);

@@ -341,6 +341,9 @@ impl Stage {
                 if let Ok(mut u) = self.unsettled.lock() {
                     u.extend(settled);
                 }
+            } else {
+                // (assigned again: read to its end again before it is paused there)
+                self.at_ends.retain(|p| !settled.contains(p));
             }
         }
         Ok(())

@@ -596,7 +596,7 @@ impl KafkaReader {
             !s.assigned && !s.ended && !s.read_elsewhere && s.target.is_some_and(|t| t > 0)
         };
         if self.config.upstream.is_some() {
-            return self.pending_internal(unread, never);
+            return self.pending_internal(never);
         }
         // the group's committed offsets are read on a thread of their own (see
         // `committed`): the latest answer, then a new question once a second
@@ -634,7 +634,7 @@ impl KafkaReader {
                 // read to its end by another worker; its last windows are flushed only by
                 // the final checkpoint of the worker owning it (not yet, if that worker
                 // was killed waiting, or it is between two owners)
-                s.read_elsewhere = match finished.as_ref().map(|f| f(&s.topic, s.number, true)) {
+                s.read_elsewhere = match finished.as_ref().map(|f| f(&s.topic, s.number)) {
                     None | Some(Ok(true)) => true,
                     Some(Ok(false)) => false,
                     Some(Err(e)) => {
@@ -667,24 +667,36 @@ impl KafkaReader {
     }
 
     /// [`Self::pending`] of a repartition topic, whose committed offsets are a checkpoint's
-    /// (after its last hand-over), not where its lanes read to: a partition assigned
-    /// elsewhere counts as read once the worker of its newest claim recorded it finished,
-    /// asked at most once a second; one no worker claimed yet, holding messages, does not.
-    /// (A worker ended once it had any partition: a worker killed with its partitions
-    /// unread left the others exiting 0 without them.)
-    fn pending_internal(
-        &mut self,
-        unread: impl Fn(&PartitionState) -> bool,
-        never: bool,
-    ) -> (Vec<String>, &'static str) {
+    /// (its slowest lane's), not where its lanes read to, so they cannot tell that another
+    /// worker read a partition. A worker with no partition waits for all; one with
+    /// partitions waits for those another worker claimed and has not finished (its last
+    /// windows not flushed: it is reading them, or it died and the group will give them to
+    /// a live worker), asked again at most once a second. (A worker ended once it had any
+    /// partition: a worker killed with its partitions unread left the others exiting 0
+    /// without their rows.) A partition no worker claimed, or whose newest claim is
+    /// finished, is not waited for: a finished claim may be an earlier run's, and its
+    /// worker's committed offsets do not say whether it read this run's end.
+    fn pending_internal(&mut self, never: bool) -> (Vec<String>, &'static str) {
+        let key = |s: &PartitionState| format!("{}/{}", s.topic, s.number);
+        if never {
+            let pending = self
+                .partitions
+                .iter()
+                .filter(|s| !s.ended)
+                .map(key)
+                .collect();
+            return (pending, "no partition assigned to this worker");
+        }
+        let elsewhere =
+            |s: &PartitionState| !s.assigned && !s.ended && s.target.is_some_and(|t| t > 0);
         let finished = self.config.pool.as_ref().map(|p| p.finished.clone());
         let due = self
             .checked_elsewhere
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if let (Some(finished), true) = (finished, due) {
             self.checked_elsewhere = Some(Instant::now());
-            for s in self.partitions.iter_mut().filter(|s| unread(s)) {
-                s.read_elsewhere = match finished(&s.topic, s.number, false) {
+            for s in self.partitions.iter_mut().filter(|s| elsewhere(s)) {
+                s.read_elsewhere = match finished(&s.topic, s.number) {
                     Ok(done) => done,
                     Err(e) => {
                         tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
@@ -696,15 +708,13 @@ impl KafkaReader {
         let pending = self
             .partitions
             .iter()
-            .filter(|s| unread(s))
-            .map(|s| format!("{}/{}", s.topic, s.number))
+            .filter(|s| elsewhere(s) && !s.read_elsewhere)
+            .map(key)
             .collect();
-        let why = if never {
-            "no partition assigned to this worker"
-        } else {
-            "not assigned to this worker, and not finished by the worker holding it"
-        };
-        (pending, why)
+        (
+            pending,
+            "not assigned to this worker, and claimed by a worker that has not finished it",
+        )
     }
 
     /// While waiting for `pending` partitions: once the group did not move any partition

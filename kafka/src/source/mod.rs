@@ -168,10 +168,8 @@ pub struct ClaimedStart {
 pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
 
 /// Whether a `(topic, partition)` another worker read to its end is finished: its last
-/// windows flushed by a committed final checkpoint (see `weir_engine::pool`). The `bool` is
-/// the answer for a partition no worker ever claimed.
-pub type PartitionFinished =
-    Arc<dyn Fn(&str, i32, bool) -> Result<bool, EngineError> + Send + Sync>;
+/// windows flushed by a committed final checkpoint (see `weir_engine::pool`).
+pub type PartitionFinished = Arc<dyn Fn(&str, i32) -> Result<bool, EngineError> + Send + Sync>;
 
 /// How a Kafka source takes part in a worker pool (see `weir_engine::pool`): the reader
 /// outlives the runs of the worker, each of which owns the partitions assigned when it

@@ -130,7 +130,7 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
         releasing: Arc::new(|| {}),
-        finished: Arc::new(|_: &str, _: i32, _: bool| Ok(true)),
+        finished: Arc::new(|_: &str, _: i32| Ok(true)),
         owned_unfinished: Arc::new(|| false),
         handover_timeout: Duration::from_secs(60),
     };
@@ -589,9 +589,7 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
         releasing: Arc::new(|| {}),
-        finished: Arc::new(
-            move |_: &str, p: i32, _: bool| Ok(f[p as usize].load(Ordering::SeqCst)),
-        ),
+        finished: Arc::new(move |_: &str, p: i32| Ok(f[p as usize].load(Ordering::SeqCst))),
         // partition 0 is owned here
         owned_unfinished: Arc::new(move || !g[0].load(Ordering::SeqCst)),
         handover_timeout: Duration::from_secs(60),
@@ -1011,7 +1009,7 @@ fn a_reader_without_partitions_ends_the_run_for_another_sources_unfinished_parti
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
         releasing: Arc::new(|| {}),
-        finished: Arc::new(|_: &str, _: i32, _: bool| Ok(false)),
+        finished: Arc::new(|_: &str, _: i32| Ok(false)),
         owned_unfinished: Arc::new(move || u.load(Ordering::SeqCst)),
         handover_timeout: Duration::from_secs(60),
     };

@@ -234,9 +234,14 @@ pub trait ReplayRange: Debug + Send + Sync {
     fn read(&self) -> Arc<AtomicU64>;
     /// One line for `weir replay`: `KEY: offsets START..END (N messages; ...)`.
     fn describe(&self) -> String;
-    /// Why the range may miss messages of its time range (its windows would be rewritten
-    /// from part of their events), when the source can tell.
-    fn incomplete(&self) -> Option<String> {
+    /// Why the range may miss messages at its start (deleted before it was read: its first
+    /// windows would be rewritten from part of their events), when the source can tell.
+    fn deleted_before(&self) -> Option<String> {
+        None
+    }
+    /// Why the range may miss messages at its end (nothing past its end time written yet:
+    /// its last windows may still be open), when the source can tell.
+    fn open_end(&self) -> Option<String> {
         None
     }
 }

@@ -65,15 +65,15 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
             };
             owned.iter().any(|key| {
                 unfinished_pool
-                    .partition_finished(key, true)
+                    .partition_finished(key)
                     .inspect_err(|e| {
                         tracing::warn!(partition = %key, error = %e.chain(), "kafka: cannot read whether a partition is finished");
                     })
                     .is_ok_and(|finished| !finished)
             })
         }),
-        finished: std::sync::Arc::new(move |topic: &str, p: i32, unclaimed: bool| {
-            finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"), unclaimed)
+        finished: std::sync::Arc::new(move |topic: &str, p: i32| {
+            finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"))
         }),
         claim: std::sync::Arc::new(move |partitions: &[(String, i32)]| {
             let mut offsets = Vec::with_capacity(partitions.len());

@@ -27,8 +27,11 @@ impl ReplayRange for PartitionRange {
     fn read(&self) -> Arc<AtomicU64> {
         self.read.clone()
     }
-    fn incomplete(&self) -> Option<String> {
-        self.range.incomplete()
+    fn deleted_before(&self) -> Option<String> {
+        self.range.deleted_before()
+    }
+    fn open_end(&self) -> Option<String> {
+        self.range.open_end()
     }
     fn describe(&self) -> String {
         let r = &self.range;
@@ -57,7 +60,7 @@ mod tests {
                 end: 25,
                 high: 40,
                 low: 0,
-                end_found: true,
+                closed_end: true,
             },
             read: Arc::new(AtomicU64::new(10)),
         };

@@ -238,9 +238,10 @@ impl ReplayRange for SequenceRange {
     fn read(&self) -> Arc<AtomicU64> {
         self.read.clone()
     }
-    fn incomplete(&self) -> Option<String> {
-        // (no message stored at or after the range's end time: `end` is past the last)
-        (self.end >= self.next).then(|| {
+    fn open_end(&self) -> Option<String> {
+        // (no message stored at or after the range's end time, `end` past the last, while
+        // the stream's newest are in the range)
+        (self.end >= self.next && self.start < self.next).then(|| {
             "the stream holds no message past the range's end time yet: its last windows may \
              still be open"
                 .to_string()
