@@ -554,6 +554,37 @@ fn envelopes_without_a_topic_are_read_only_by_lanes_continuing_a_checkpoint() {
     assert_eq!(read, vec![(Some(0), vec![5, 6]), (Some(1), vec![0])]);
 }
 
+/// A pooled reader of `topic` (read to its end) with `finished` and `owned_unfinished` as
+/// its pool's answers, connected and knowing its partitions' ends, and its context.
+fn pooled_reader(
+    brokers: &str,
+    topic: &str,
+    finished: PartitionFinished,
+    owned_unfinished: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> (KafkaReader, ReaderContext) {
+    let hook = PoolHook {
+        claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
+        released: Arc::new(|_: &[(String, i32)], _: bool| {}),
+        releasing: Arc::new(|| {}),
+        finished,
+        owned_unfinished,
+        handover_timeout: Duration::from_secs(60),
+    };
+    let config = KafkaSourceConfig {
+        pool: Some(hook),
+        ..reading_to_the_end(brokers, topic)
+    };
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    let ctx = context(
+        partitions.counts.iter().sum(),
+        Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
+    );
+    reader.connect(&ctx).unwrap();
+    reader.read_targets(&ctx).unwrap();
+    (reader, ctx)
+}
+
 /// In a worker pool reading until caught up, a partition another worker read to its end
 /// (the group's committed offset at its end) may still hold, in its owner's state, the last
 /// windows that only a final flush emits (its owner was killed while waiting, or it is
@@ -585,27 +616,13 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
     // partition 0 is this worker's; whether each one is finished
     let finished = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
     let (f, g) = (finished.clone(), finished.clone());
-    let hook = PoolHook {
-        claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
-        released: Arc::new(|_: &[(String, i32)], _: bool| {}),
-        releasing: Arc::new(|| {}),
-        finished: Arc::new(move |_: &str, p: i32| Ok(f[p as usize].load(Ordering::SeqCst))),
+    let (mut reader, ctx) = pooled_reader(
+        &brokers,
+        "pooled",
+        Arc::new(move |_: &str, p: i32| Ok(f[p as usize].load(Ordering::SeqCst))),
         // partition 0 is owned here
-        owned_unfinished: Arc::new(move || !g[0].load(Ordering::SeqCst)),
-        handover_timeout: Duration::from_secs(60),
-    };
-    let config = KafkaSourceConfig {
-        pool: Some(hook),
-        ..reading_to_the_end(&brokers, "pooled")
-    };
-    let partitions = KafkaPartitions::discover(&config).unwrap();
-    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
-    let ctx = context(
-        2,
-        Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
+        Arc::new(move || !g[0].load(Ordering::SeqCst)),
     );
-    reader.connect(&ctx).unwrap();
-    reader.read_targets(&ctx).unwrap();
     // the group assigned partition 0 to this worker, which read it to its end
     reader.joined = true;
     reader.partitions[0].assigned = true;
@@ -1005,26 +1022,12 @@ fn a_reader_without_partitions_ends_the_run_for_another_sources_unfinished_parti
     produce_keyed(&brokers, "second", 10);
     let other_source_unfinished = Arc::new(AtomicBool::new(true));
     let u = other_source_unfinished.clone();
-    let hook = PoolHook {
-        claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
-        released: Arc::new(|_: &[(String, i32)], _: bool| {}),
-        releasing: Arc::new(|| {}),
-        finished: Arc::new(|_: &str, _: i32| Ok(false)),
-        owned_unfinished: Arc::new(move || u.load(Ordering::SeqCst)),
-        handover_timeout: Duration::from_secs(60),
-    };
-    let config = KafkaSourceConfig {
-        pool: Some(hook),
-        ..reading_to_the_end(&brokers, "second")
-    };
-    let partitions = KafkaPartitions::discover(&config).unwrap();
-    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
-    let ctx = context(
-        1,
-        Arc::new(weir_engine::RunStats::new(&["s".to_string()], &[], &[])),
+    let (mut reader, ctx) = pooled_reader(
+        &brokers,
+        "second",
+        Arc::new(|_: &str, _: i32| Ok(false)),
+        Arc::new(move || u.load(Ordering::SeqCst)),
     );
-    reader.connect(&ctx).unwrap();
-    reader.read_targets(&ctx).unwrap();
     // the group gave this worker nothing of this source
     reader.joined = true;
     reader.partitions[0].assigned = false;
