@@ -502,6 +502,9 @@ impl PoolStore {
     ) -> Result<PoolRestore, EngineError> {
         // where each owned partition's state is
         let mut by_ref: BTreeMap<StateRef, Vec<String>> = BTreeMap::new();
+        // (another worker claimed one since: fenced, as a checkpoint would be; its holder
+        // may have pruned this worker's older claim already)
+        self.fence(owned)?;
         for (partition, &generation) in owned {
             // this worker's own claim
             let claim = self.read_claim(partition, generation)?;

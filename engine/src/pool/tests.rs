@@ -361,3 +361,29 @@ fn claims_older_than_the_settled_newest_are_pruned_by_their_holder() {
         })
     );
 }
+
+/// A worker restoring partitions it lost meanwhile (its session expired, another worker
+/// claimed them and pruned the older claims) is fenced, as its checkpoint would be, so it
+/// joins again; it failed on the pruned claim ("disappeared": exit 2).
+#[test]
+fn a_restore_of_a_partition_claimed_since_is_fenced_even_after_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let (ga, _) = a.claim(P).unwrap();
+    let (gb, _) = b.claim(P).unwrap();
+    checkpoint(&b, 1, &[(P, gb)], || {}).unwrap();
+    b.claimed_epochs().unwrap();
+    assert!(!dir
+        .path()
+        .join(format!("partitions/{P}/claim-{ga:010}.json"))
+        .exists());
+    let owned = BTreeMap::from([(P.to_string(), ga)]);
+    let ids = HashMap::from([(P.to_string(), 0u32)]);
+    let e = match a.restore(&owned, &ids, &HashMap::new()) {
+        Err(e) => e,
+        Ok(_) => panic!("restored a partition claimed since"),
+    };
+    assert!(matches!(e, EngineError::Fenced(_)), "{e}");
+}

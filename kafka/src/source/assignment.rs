@@ -535,6 +535,9 @@ impl KafkaReader {
                          flushing their last windows before waiting for the others"
                     );
                     self.flushed_to_wait = true;
+                    // the flush's run may last (another source's reader still reading): the
+                    // wait starts again in the next run, not counted from here
+                    self.wait.reading();
                     return Ok(true);
                 }
                 self.set_waiting(ctx, reason);

@@ -57,20 +57,33 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
     let released_name = name.clone();
     let (finished_pool, finished_name) = (at.pool.clone(), name.clone());
     let (unfinished_pool, unfinished_owned) = (at.pool.clone(), at.owned.clone());
+    // (partition, claim generation) found finished: they stay so (a later claim is another
+    // generation), and are not asked of the store again
+    let finished_claims = std::sync::Mutex::new(std::collections::HashSet::<(String, u64)>::new());
     PoolHook {
         owned_unfinished: std::sync::Arc::new(move || {
-            let owned: Vec<String> = match unfinished_owned.lock() {
-                Ok(o) => o.keys().cloned().collect(),
+            let owned: Vec<(String, u64)> = match unfinished_owned.lock() {
+                Ok(o) => o.iter().map(|(k, g)| (k.clone(), *g)).collect(),
                 Err(_) => return false,
             };
-            owned.iter().any(|key| {
-                unfinished_pool
-                    .partition_finished(key)
-                    .inspect_err(|e| {
+            let Ok(mut done) = finished_claims.lock() else {
+                return false;
+            };
+            for (key, generation) in owned {
+                if done.contains(&(key.clone(), generation)) {
+                    continue;
+                }
+                match unfinished_pool.partition_finished(&key) {
+                    Ok(true) => {
+                        done.insert((key, generation));
+                    }
+                    Ok(false) => return true,
+                    Err(e) => {
                         tracing::warn!(partition = %key, error = %e.chain(), "kafka: cannot read whether a partition is finished");
-                    })
-                    .is_ok_and(|finished| !finished)
-            })
+                    }
+                }
+            }
+            false
         }),
         finished: std::sync::Arc::new(move |topic: &str, p: i32| {
             finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"))
