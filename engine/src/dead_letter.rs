@@ -95,6 +95,28 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// `raw` into `obj`: the bytes as text, or as base64 with `raw_encoding: "base64"` when
+    /// they are not UTF-8 (an Avro row a sink refused, say: replaced characters would make
+    /// it unreadable).
+    fn insert_raw(&self, obj: &mut Map<String, Value>) {
+        match &self.raw {
+            None => {
+                obj.insert("raw".into(), Value::Null);
+            }
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(s) => {
+                    obj.insert("raw".into(), json!(s));
+                }
+                Err(_) => {
+                    // the bytes as base64 (the contract's `raw`), said so by `raw_encoding`
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    obj.insert("raw".into(), json!(encoded));
+                    obj.insert("raw_encoding".into(), json!("base64"));
+                }
+            },
+        }
+    }
+
     /// The record as one JSON object:
     /// `{source, topic, partition, offset, reason, error: {code, message, details}, raw}`
     /// plus `file`/`line` (1-based) for files; bytes that are not UTF-8 are `raw` as base64,
@@ -110,10 +132,7 @@ impl DeadLetter {
                 "error".into(),
                 json!({"code": self.error.code, "message": self.error.message, "details": self.error.details}),
             );
-            obj.insert(
-                "raw".into(),
-                json!(self.raw.as_deref().map(String::from_utf8_lossy)),
-            );
+            self.insert_raw(&mut obj);
             return Value::Object(obj);
         }
         obj.insert("source".into(), json!(&*p.source));
@@ -142,22 +161,7 @@ impl DeadLetter {
             "error".into(),
             json!({"code": self.error.code, "message": self.error.message, "details": self.error.details}),
         );
-        match &self.raw {
-            None => {
-                obj.insert("raw".into(), Value::Null);
-            }
-            Some(bytes) => match std::str::from_utf8(bytes) {
-                Ok(s) => {
-                    obj.insert("raw".into(), json!(s));
-                }
-                Err(_) => {
-                    // the bytes as base64 (the contract's `raw`), said so by `raw_encoding`
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-                    obj.insert("raw".into(), json!(encoded));
-                    obj.insert("raw_encoding".into(), json!("base64"));
-                }
-            },
-        }
+        self.insert_raw(&mut obj);
         Value::Object(obj)
     }
 }
@@ -509,6 +513,26 @@ mod tests {
             raw: Some(b"{}".to_vec()),
             trace: Default::default(),
         }
+    }
+
+    /// A row a sink refused whose bytes are not UTF-8 (an Avro message over
+    /// `message.max.bytes`) keeps them, as base64: replaced characters made it unreadable.
+    #[test]
+    fn a_refused_row_that_is_not_text_is_kept_as_base64() {
+        use base64::Engine;
+        let bytes = vec![0u8, 0, 0, 0, 1, 0xC8, 0xFF];
+        let letter = DeadLetter {
+            raw: Some(bytes.clone()),
+            ..webhook_refusal()
+        };
+        let j = letter.to_json();
+        assert_eq!(j["raw_encoding"], "base64", "{j}");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(j["raw"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(raw, bytes);
+        // text stays text
+        assert_eq!(webhook_refusal().to_json()["raw"], "{}");
     }
 
     #[test]

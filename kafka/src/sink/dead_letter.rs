@@ -108,7 +108,8 @@ impl DeadLetterKafka {
 /// A dead letter's message key: `source/topic (or file)/partition/offset`; for a record
 /// without an offset (a row a sink refused), a digest of its bytes in the offset's place, so
 /// that records are told apart (on a compacted topic they would replace each other) and one
-/// sent again after a restore has the same key.
+/// sent again after a restore has the same key. A record an operator refused (it may be
+/// refused by several, each a dead letter of its own) ends with `/<operator>`.
 fn record_key(r: &DeadLetter) -> String {
     let p = &r.partition;
     let at = match (r.offset, &r.raw) {
@@ -116,8 +117,15 @@ fn record_key(r: &DeadLetter) -> String {
         (None, Some(raw)) => format!("#{:016x}", fnv1a(raw)),
         (None, None) => String::new(),
     };
+    let operator = r
+        .error
+        .details
+        .get("operator")
+        .and_then(|o| o.as_str())
+        .map(|o| format!("/{o}"))
+        .unwrap_or_default();
     format!(
-        "{}/{}/{}/{at}",
+        "{}/{}/{}/{at}{operator}",
         p.source,
         p.topic.as_deref().or(p.file.as_deref()).unwrap_or(""),
         p.number,
@@ -267,5 +275,13 @@ mod tests {
         assert_ne!(record_key(&a), record_key(&b));
         assert_eq!(record_key(&a), record_key(&letter(None, b"{\"k\":1}")));
         assert_eq!(record_key(&letter(Some(7), b"x")), "db//0/7");
+        // one record refused by two operators: two dead letters, two keys
+        let by = |operator: &str| {
+            let mut l = letter(Some(7), b"x");
+            l.error = l.error.clone().with("operator", operator);
+            record_key(&l)
+        };
+        assert_eq!(by("hourly"), "db//0/7/hourly");
+        assert_ne!(by("hourly"), by("daily"));
     }
 }

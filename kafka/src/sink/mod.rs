@@ -730,7 +730,11 @@ impl Committable for KafkaSink {
         if let Some(t) = self.txn.as_mut() {
             t.prepared = Some(epoch);
         }
-        self.commit(epoch)
+        self.commit(epoch)?;
+        // the rows the client refused again are in the restored checkpoint's dead letters
+        // already (its pre-commit forwarded them): not a second time
+        self.rejected.clear();
+        Ok(())
     }
 }
 

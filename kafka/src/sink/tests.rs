@@ -264,6 +264,38 @@ fn exactly_once_needs_a_broker_with_transactions() {
     assert!(cause.is::<crate::KafkaError>(), "{cause:?}");
 }
 
+/// `exactly_once`: a row over the size limit is a dead letter of the checkpoint whose
+/// pre-commit refused it; a recovery that sends that checkpoint's outbox again (its
+/// transaction never committed) does not dead-letter it a second time.
+#[test]
+fn a_recovery_does_not_dead_letter_a_refused_row_again() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    let delivery = KafkaDelivery::ExactlyOnce {
+        transactional_id: "p.big".into(),
+    };
+    let committed = Arc::new(std::sync::Mutex::new(None::<u64>));
+    let txn = |committed: &Arc<std::sync::Mutex<Option<u64>>>| {
+        let mut s = sink_with(&mock, &[("message.max.bytes", "2000")], delivery.clone());
+        let c = committed.clone();
+        if let Some(t) = s.txn.as_mut() {
+            t.marker_reader = Some(Box::new(move || *c.lock().unwrap()));
+        }
+        s
+    };
+    let mut s = txn(&committed);
+    s.recover(None).unwrap();
+    s.write(&batch(&[("a", 10), ("big", 5000)])).unwrap();
+    let info = s.pre_commit(1).unwrap();
+    assert_eq!(s.take_rejected().len(), 1, "refused in checkpoint 1");
+    // crash before the commit; the recovery sends the outbox again
+    drop(s);
+    let mut s = txn(&committed);
+    s.recover(Some((1, &info))).unwrap();
+    assert!(s.take_rejected().is_empty(), "dead-lettered twice");
+    assert_eq!(count(&keys_in(&mock.bootstrap_servers(), "t"), "big"), 0);
+}
+
 #[test]
 fn a_row_over_the_size_limit_is_rejected_and_the_others_are_sent() {
     let mock = MockCluster::new(1).unwrap();
