@@ -38,14 +38,19 @@ fn refusal(e: &RdError) -> Option<&'static str> {
 
 /// Whether a failed delivery fails again whatever the retries, and why (by its code).
 fn lasting(e: &RdError) -> Option<Lasting> {
+    lasting_code(e.rdkafka_error_code()?)
+}
+
+/// Whether an error of `code` fails again whatever the retries.
+fn lasting_code(code: RDKafkaErrorCode) -> Option<Lasting> {
     use RDKafkaErrorCode as C;
-    match e.rdkafka_error_code()? {
+    match code {
         C::TopicAuthorizationFailed
         | C::ClusterAuthorizationFailed
         | C::TransactionalIdAuthorizationFailed => Some(Lasting::Denied),
         // (not an unknown topic: librdkafka reports one for a while after a topic is made,
-        // or while brokers restart; nor a fatal producer error, which the new producer a
-        // retry makes mends)
+        // or while brokers restart; nor any other fatal producer error, which the new
+        // producer a retry makes mends)
         _ => None,
     }
 }
@@ -213,12 +218,7 @@ impl Producer {
                             code,
                             message: e.to_string(),
                         },
-                        None => KafkaError::Delivery {
-                            brokers: self.brokers.clone(),
-                            topic: topic.to_string(),
-                            message: e.to_string(),
-                            lasting: lasting(&e),
-                        },
+                        None => self.failed_delivery(topic, &e.to_string(), lasting(&e)),
                     })
                 }
             }
@@ -332,12 +332,9 @@ impl Producer {
     fn check(&self) -> Result<(), KafkaError> {
         match self.deliveries.first_error.lock() {
             Ok(first) => match &*first {
-                Some((topic, message, lasting)) => Err(KafkaError::Delivery {
-                    brokers: self.brokers.clone(),
-                    topic: topic.clone(),
-                    message: message.clone(),
-                    lasting: *lasting,
-                }),
+                Some((topic, message, lasting)) => {
+                    Err(self.failed_delivery(topic, message, *lasting))
+                }
                 None => Ok(()),
             },
             Err(_) => Ok(()),
@@ -345,11 +342,26 @@ impl Producer {
     }
 
     fn delivery_error(&self, topic: &str, message: &str) -> KafkaError {
+        self.failed_delivery(topic, message, None)
+    }
+
+    /// A failed delivery, with the producer's fatal error when it has one: a delivery
+    /// failed by it reads only "purged" or "fatal", and its cause says whether a retry can
+    /// mend it (an idempotent producer the cluster refuses `IDEMPOTENT_WRITE` fails the
+    /// same way with every new producer).
+    fn failed_delivery(&self, topic: &str, message: &str, lasting: Option<Lasting>) -> KafkaError {
+        let (message, lasting) = match self.inner.client().fatal_error() {
+            Some((code, reason)) => (
+                format!("{message}; the producer failed for good: {reason}"),
+                lasting.or(lasting_code(code)),
+            ),
+            None => (message.to_string(), lasting),
+        };
         KafkaError::Delivery {
             brokers: self.brokers.clone(),
             topic: topic.to_string(),
-            message: message.to_string(),
-            lasting: None,
+            message,
+            lasting,
         }
     }
 }

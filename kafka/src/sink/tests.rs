@@ -618,6 +618,32 @@ fn a_write_the_broker_denies_is_the_users_to_fix_not_retried() {
     );
 }
 
+/// A cluster that refuses the idempotent producer its id (no `IDEMPOTENT_WRITE`): the
+/// producer fails for good and purges its messages, whose reports say only "purged"; the
+/// flush's error takes the producer's fatal cause and is the user's, not an outage retried
+/// for ever through new producers that all fail the same way.
+#[test]
+fn a_cluster_refusing_idempotent_writes_is_the_users_to_fix_not_retried() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("t", 1, 1).unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED; 50],
+    );
+    let mut s = sink(&mock, &[("message.timeout.ms", "3000")]);
+    let e = match s.write(&batch(&[("a", 1)])) {
+        Err(e) => e,
+        Ok(()) => s.flush().unwrap_err(),
+    };
+    assert_eq!(e.kind(), weir_engine::ErrorKind::User, "{e}");
+    assert!(
+        e.chain().to_string().contains("IDEMPOTENT_WRITE"),
+        "{}",
+        e.chain()
+    );
+}
+
 /// A row refused for good, sent again with the others after a failure (through a new
 /// producer), is refused again: it is a dead letter once.
 #[test]
