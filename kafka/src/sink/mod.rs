@@ -758,13 +758,19 @@ impl Sink for KafkaSink {
     }
 }
 
+/// The `transaction.timeout.ms` of an `exactly_once` sink whose properties do not set one.
+pub const TRANSACTION_TIMEOUT_MS: u64 = 180_000;
+
 /// The producer's properties: the sink's, with `transactional.id` for `exactly_once`.
 fn producer_properties(config: &KafkaSinkConfig) -> Vec<(String, String)> {
     let KafkaDelivery::ExactlyOnce { transactional_id } = &config.delivery else {
         return config.properties.clone();
     };
     // a transaction outlives a message's delivery timeout (120 s), unless the sink says else
-    let mut p = vec![("transaction.timeout.ms".to_string(), "180000".to_string())];
+    let mut p = vec![(
+        "transaction.timeout.ms".to_string(),
+        TRANSACTION_TIMEOUT_MS.to_string(),
+    )];
     p.extend(config.properties.iter().cloned());
     p.push(("transactional.id".into(), transactional_id.clone()));
     p

@@ -153,6 +153,28 @@ fn the_pool_refuses_by_asking_each_connector() {
     );
 }
 
+/// `exactly_once` with checkpoints further apart than a transaction may stay open (the
+/// broker would abort it and fence the sink at every interval) is refused at the sink's
+/// line, saying what to set; with that set, or with the default interval, it plans.
+#[test]
+fn an_exactly_once_sink_whose_transactions_would_time_out_is_refused() {
+    let source = "    file: { path: in.ndjson }";
+    let eos = "    kafka: { brokers: \"127.0.0.1:9\", topic: o, delivery: exactly_once }";
+    let long = "checkpoint: { dir: state, interval: 5m }\n";
+    let e = match plan_of("eos-long", &pipeline(source, eos, long)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a 5m interval planned with a 180 s transaction timeout"),
+    };
+    assert!(e.contains("transaction.timeout.ms: \"360000\""), "{e}");
+    let longer_timeout = "    kafka: { brokers: \"127.0.0.1:9\", topic: o, delivery: exactly_once, properties: { transaction.timeout.ms: \"400000\" } }";
+    plan_of("eos-set", &pipeline(source, longer_timeout, long)).unwrap();
+    plan_of(
+        "eos-default",
+        &pipeline(source, eos, "checkpoint: { dir: state }\n"),
+    )
+    .unwrap();
+}
+
 #[test]
 fn secrets_written_in_the_file_are_registered_by_their_connector() {
     let nats = "    nats:\n      url: \"nats://127.0.0.1:9\"\n      stream: s\n      credentials: { user: u, password: pw-in-a-nats-source-4711 }";

@@ -138,7 +138,7 @@ pub struct PlannedCheckpoint {
 }
 
 /// Checkpoints every 10 s unless told otherwise (Flink users set about this).
-const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 10_000;
+pub(crate) const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 10_000;
 
 /// What planning reads of the file: its name, interpolated text (for positions) and folder.
 pub struct Ctx<'a> {

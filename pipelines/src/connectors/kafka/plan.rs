@@ -37,6 +37,36 @@ pub(crate) fn kafka_sink_config(
     }
 }
 
+/// The time a transaction of an `exactly_once` sink stays open beyond the checkpoint
+/// interval: the checkpoint itself and the commit.
+const TRANSACTION_MARGIN_MS: u64 = 60_000;
+
+/// Why `exactly_once` cannot work with checkpoints every `interval_ms`: a transaction stays
+/// open from the first row of an epoch until its checkpoint completes (about one interval),
+/// and a broker aborts one open longer than `transaction.timeout.ms` (weir's 180 s unless
+/// the sink's properties say otherwise) and fences the producer: every long interval would
+/// end the run.
+fn transaction_outlasted(
+    interval_ms: u64,
+    properties: &indexmap::IndexMap<String, String>,
+) -> Option<String> {
+    let timeout_ms = properties
+        .get("transaction.timeout.ms")
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(weir_kafka::sink::TRANSACTION_TIMEOUT_MS);
+    (interval_ms.saturating_add(TRANSACTION_MARGIN_MS) > timeout_ms).then(|| {
+        format!(
+            "`delivery: exactly_once` keeps a transaction open for about one checkpoint \
+             interval ({interval_ms} ms) and the broker aborts one open longer than \
+             `transaction.timeout.ms` ({timeout_ms} ms), fencing the sink: set \
+             `properties: {{ transaction.timeout.ms: \"{}\" }}` (the broker's \
+             `transaction.max.timeout.ms`, 15 minutes by default, allows at most that), or \
+             a shorter `checkpoint.interval`",
+            interval_ms.saturating_add(TRANSACTION_MARGIN_MS)
+        )
+    })
+}
+
 /// Reads `start_from`: `committed`, `earliest`, `latest` or an RFC 3339 time.
 pub(crate) fn parse_start_from(text: &str) -> Option<StartFrom> {
     match text {
@@ -190,11 +220,19 @@ pub(crate) fn sink_config(
             KafkaDelivery::Idempotent
         }
         Some("exactly_once") => {
-            if doc.checkpoint.is_none() {
+            let Some(checkpoint) = &doc.checkpoint else {
                 return Err(ctx.err(
                             &k.referenced,
                             format!("sink `{kname}`: `delivery: exactly_once` commits one Kafka transaction per checkpoint: add `checkpoint: {{ dir: … }}`"),
                         ));
+            };
+            let interval_ms = checkpoint
+                .value
+                .interval
+                .as_ref()
+                .map_or(crate::plan::DEFAULT_CHECKPOINT_INTERVAL_MS, |d| d.0);
+            if let Some(why) = transaction_outlasted(interval_ms, &k.value.properties) {
+                return Err(ctx.err(&k.referenced, format!("sink `{kname}`: {why}")));
             }
             KafkaDelivery::ExactlyOnce {
                 transactional_id: k
