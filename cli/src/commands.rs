@@ -190,14 +190,37 @@ pub fn replay(a: ReplayArgs, telemetry: &Telemetry) -> Result<(), Failure> {
         .scoped(|| weir_pipelines::load(&pipeline))
         .map_err(user)?;
     let _export = telemetry.install(plan.tracing.as_ref()).map_err(user)?;
-    let request = weir_pipelines::replay::ReplayRequest {
+    let mut request = weir_pipelines::replay::ReplayRequest {
         from_ms,
         to_ms,
         only,
         sinks,
     };
-    let (plan, setup) =
+    let (mut plan, mut setup) =
         weir_pipelines::replay::prepare(plan, &request).map_err(|e| of_kind(e.kind(), e))?;
+    if to.is_none() {
+        // up to now: the newest windows may still be open in the live run. The range ends
+        // where every partition holds its windows whole instead
+        if let Some(whole) = setup.whole_until().filter(|&t| t < request.to_ms) {
+            if whole <= from_ms {
+                return Err(user(anyhow::anyhow!(
+                    "the topics hold no whole window after --from yet: their newest messages, \
+                     less the windows' size, lateness and out-of-orderness, reach {}; give an \
+                     earlier --from, or --to to rewrite windows that may still be open",
+                    weir_engine::time::format_rfc3339_ms(whole)
+                )));
+            }
+            println!(
+                "--to not given: up to {}, the newest time every partition holds its windows whole",
+                weir_engine::time::format_rfc3339_ms(whole)
+            );
+            request.to_ms = whole;
+            let reloaded = weir_pipelines::load(&pipeline).map_err(user)?;
+            (plan, setup) = weir_pipelines::replay::prepare(reloaded, &request)
+                .map_err(|e| of_kind(e.kind(), e))?;
+        }
+    }
+    let to_ms = request.to_ms;
     let windows: Vec<String> = plan
         .windows
         .iter()

@@ -507,4 +507,20 @@ fn an_empty_or_quiet_partition_does_not_make_a_range_incomplete() {
         .collect();
     assert_eq!(flagged.len(), 1, "{open}");
     assert!(flagged[0].contains(&format!("{topic}/0:")), "{open}");
+    // without --to, the range ends where the busy partition holds its windows whole: its
+    // newest event (about 2023-11-15T01:13Z) less the window and the out-of-orderness
+    let out = ok(
+        weir()
+            .args(["replay", path.to_str().unwrap(), "--dry-run"])
+            .args(["--from", HOUR2_FROM])
+            .output()
+            .unwrap(),
+        "a dry run without --to",
+    );
+    assert!(
+        out.contains("--to not given: up to 2023-11-15T01:0"),
+        "{out}"
+    );
+    assert!(!out.contains("may be incomplete"), "{out}");
+    assert!(!out.contains("open at the end"), "{out}");
 }

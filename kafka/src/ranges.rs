@@ -28,6 +28,8 @@ pub struct OffsetRange {
     /// its last message is older than the range's start). Else `end` is the high watermark
     /// and the partition's newest messages are in the range.
     pub closed_end: bool,
+    /// The timestamp of the partition's newest message (`None`: empty, or not read).
+    pub last_ms: Option<i64>,
 }
 
 impl OffsetRange {
@@ -139,6 +141,7 @@ pub fn offset_ranges(
                     high,
                     low,
                     closed_end: end_found || none_in_range,
+                    last_ms: last,
                 }
             },
         )
@@ -197,6 +200,7 @@ mod tests {
             high: 100,
             low,
             closed_end,
+            last_ms: None,
         };
         let incomplete = |r: OffsetRange| r.deleted_before().or(r.open_end());
         assert_eq!(incomplete(range(10, 20, 0, true)), None);

@@ -223,6 +223,7 @@ mod tests {
             from_ms: 0,
             to_ms: 60_000,
             ranges: Vec::new(),
+            margins: Vec::new(),
             suffix: "replay-a-b".into(),
             written: Default::default(),
         })

@@ -129,6 +129,9 @@ pub struct ReplaySetup {
     /// Per source (by index in the plan): the range of each partition (which also says
     /// where its reader is).
     pub ranges: Vec<(usize, Vec<Box<dyn ReplayRange>>)>,
+    /// Per source, as `ranges`: how far past a window's start its last event may be (window
+    /// size, allowed lateness and out-of-orderness).
+    pub margins: Vec<i64>,
     /// The suffix of files a replay writes beside the live run's (`replay-FROM-TO`).
     pub suffix: String,
     /// Rows of the range written to each sink.
@@ -158,6 +161,20 @@ impl ReplaySetup {
                 Some(format!("{}: {why}", r.key()))
             })
             .collect()
+    }
+
+    /// The newest time before which every window is whole in the partitions: the earliest,
+    /// over the partitions whose newest messages are in the range and that hold nothing past
+    /// it, of their newest message's time less their source's margin. `None` when no such
+    /// partition tells its newest time (the range's end needs no moving, or cannot be told).
+    pub fn whole_until(&self) -> Option<i64> {
+        self.ranges
+            .iter()
+            .zip(&self.margins)
+            .flat_map(|((_, ranges), &margin)| ranges.iter().map(move |r| (r, margin)))
+            .filter(|(r, _)| r.open_end().is_some())
+            .filter_map(|(r, margin)| Some(r.newest_ms()?.saturating_sub(margin)))
+            .min()
     }
 
     /// Where partition `key` of source `source` (by index in the plan) starts and stops,
@@ -215,8 +232,10 @@ pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), R
         .max()
         .unwrap_or(0);
     let mut ranges = Vec::new();
+    let mut margins = Vec::new();
     for (i, s) in plan.sources.iter_mut().enumerate() {
         let ooo = s.max_out_of_orderness_ms as i64;
+        margins.push(margin.saturating_add(ooo));
         // (times before the epoch are none a broker can look up)
         let range = (
             req.from_ms.saturating_sub(margin + ooo).max(0),
@@ -229,6 +248,7 @@ pub fn prepare(plan: Plan, req: &ReplayRequest) -> Result<(Plan, ReplaySetup), R
         from_ms: req.from_ms,
         to_ms: req.to_ms,
         ranges,
+        margins,
         suffix,
         written: Default::default(),
     };

@@ -185,6 +185,7 @@ fn a_replay_writes_beside_the_live_runs_outputs() {
         from_ms: req.from_ms,
         to_ms: req.to_ms,
         ranges: Vec::new(),
+        margins: Vec::new(),
         suffix: suffix.clone(),
         written: Default::default(),
     }));
@@ -235,6 +236,7 @@ fn setup_with(ranges: Vec<(usize, Vec<Box<dyn ReplayRange>>)>) -> Arc<ReplaySetu
     Arc::new(ReplaySetup {
         from_ms: 60_000,
         to_ms: 180_000,
+        margins: vec![0; ranges.len()],
         ranges,
         suffix: "replay-a-b".into(),
         written: Default::default(),

@@ -244,6 +244,10 @@ pub trait ReplayRange: Debug + Send + Sync {
     fn open_end(&self) -> Option<String> {
         None
     }
+    /// The time of the partition's newest message, when the source can tell.
+    fn newest_ms(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// Kinds `with` selects, by `name`, as `a, b or c` (`and` when `and`).

@@ -33,6 +33,9 @@ impl ReplayRange for PartitionRange {
     fn open_end(&self) -> Option<String> {
         self.range.open_end()
     }
+    fn newest_ms(&self) -> Option<i64> {
+        self.range.last_ms
+    }
     fn describe(&self) -> String {
         let r = &self.range;
         format!(
@@ -61,6 +64,7 @@ mod tests {
                 high: 40,
                 low: 0,
                 closed_end: true,
+                last_ms: None,
             },
             read: Arc::new(AtomicU64::new(10)),
         };
