@@ -463,9 +463,31 @@ fn an_empty_or_quiet_partition_does_not_make_a_range_incomplete() {
             "6000",
         ],
     );
+    // partition 2: ten minutes of the range, one event an hour after it, then a late event
+    // from before it (its newest message is older than the range: the broker's answer is
+    // right, not the partition's end)
+    let late_last = d.join("late_last.ndjson");
+    let mut parts = Vec::new();
+    for (i, (n, start, step)) in [
+        ("100", FROM_MS, "6000"),
+        ("1", TO_MS + 3_600_000, "1"),
+        ("1", 1_699_990_000_000, "1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let part = d.join(format!("part{i}.ndjson"));
+        let start = start.to_string();
+        weir_tests::generate(
+            &part,
+            &[n, "--seed", "5", "--start-ms", &start, "--step-ms", step],
+        );
+        parts.extend(std::fs::read(&part).unwrap());
+    }
+    std::fs::write(&late_last, parts).unwrap();
     let topic = unique("replay-quiet-in");
     tool(&["create", &brokers, &topic, "3"]);
-    for (file, partition) in [(&events, "0"), (&early, "1")] {
+    for (file, partition) in [(&events, "0"), (&early, "1"), (&late_last, "2")] {
         tool(&[
             "produce",
             &brokers,
@@ -499,6 +521,14 @@ fn an_empty_or_quiet_partition_does_not_make_a_range_incomplete() {
     };
     let whole = dry_run(HOUR2_TO);
     assert!(!whole.contains("may be incomplete"), "{whole}");
+    let late_partition = whole
+        .lines()
+        .find(|l| l.contains(&format!("{topic}/2: offsets")))
+        .unwrap_or_else(|| panic!("{whole}"));
+    assert!(
+        late_partition.contains("(100 messages;"),
+        "the range's messages before a late last one: {late_partition}"
+    );
     // past the busy partition's last message: that partition only
     let open = dry_run("2024-01-01T00:00:00Z");
     let flagged: Vec<&str> = open

@@ -101,25 +101,44 @@ pub fn offset_ranges(
         let found = consumer
             .offsets_for_times(q, timeout)
             .map_err(|e| err("cannot find the offsets of a time".into(), e))?;
-        Ok(parts
+        let answers: Vec<Option<u64>> = parts
             .iter()
-            .zip(&last_ts)
-            .map(|((topic, p, low, high), last)| {
-                // every message is older than t: the answer is the end, whatever the broker says
-                if high <= low || last.is_some_and(|ts| ts < t) {
-                    return (*high, false);
-                }
-                let o = found
+            .map(|(topic, p, low, high)| {
+                match found
                     .find_partition(topic, *p)
                     .map(|e| e.offset())
-                    .unwrap_or(Offset::End);
-                match o {
-                    Offset::Offset(o) if o >= 0 => {
-                        let o = (o as u64).clamp(*low, *high);
-                        (o, o < *high)
+                    .unwrap_or(Offset::End)
+                {
+                    Offset::Offset(o) if o >= 0 && high > low => {
+                        Some((o as u64).clamp(*low, *high)).filter(|o| o < high)
                     }
-                    _ => (*high, false),
+                    _ => None,
                 }
+            })
+            .collect();
+        // A broker that answers the log start for a time past every message (tansu) is told
+        // apart by the time of the message answered, read where the last message is older
+        // than t (a late one, or that broker): an answer past the log start, or one whose
+        // message is at or after t, is right
+        let doubtful: Vec<Option<u64>> = parts
+            .iter()
+            .zip(&answers)
+            .zip(&last_ts)
+            .map(|(((_, _, low, _), answer), last)| {
+                answer.filter(|o| o == low && last.is_some_and(|ts| ts < t))
+            })
+            .collect();
+        let checked = if doubtful.iter().any(Option::is_some) {
+            timestamps_at(&consumer, &parts, &doubtful, timeout)
+        } else {
+            vec![None; parts.len()]
+        };
+        Ok(answers
+            .iter()
+            .zip(parts.iter().zip(doubtful.iter().zip(&checked)))
+            .map(|(answer, ((_, _, _, high), (doubt, ts)))| match answer {
+                Some(o) if doubt.is_none() || ts.is_some_and(|ts| ts >= t) => (*o, true),
+                _ => (*high, false),
             })
             .collect())
     };
@@ -131,8 +150,8 @@ pub fn offset_ranges(
         .zip(starts.into_iter().zip(ends))
         .map(
             |(((topic, partition, low, high), last), ((start, _), (end, end_found)))| {
-                // nothing in or after the range: empty, or quiet since before it
-                let none_in_range = high <= low || last.is_some_and(|ts| ts < from_ms);
+                // nothing in or after the range: empty, or no message at or after its start
+                let none_in_range = high <= low || start >= high;
                 OffsetRange {
                     topic,
                     partition,
@@ -155,11 +174,26 @@ fn last_timestamps(
     parts: &[(String, i32, u64, u64)],
     timeout: Duration,
 ) -> Vec<Option<i64>> {
+    let at: Vec<Option<u64>> = parts
+        .iter()
+        .map(|(_, _, low, high)| (high > low).then(|| high - 1))
+        .collect();
+    timestamps_at(consumer, parts, &at, timeout)
+}
+
+/// The Kafka timestamp of the first message at or after offset `at[i]` of each partition
+/// `parts[i]` (`None` where `at` is, or when unread), read in one fetch.
+fn timestamps_at(
+    consumer: &BaseConsumer,
+    parts: &[(String, i32, u64, u64)],
+    at: &[Option<u64>],
+    timeout: Duration,
+) -> Vec<Option<i64>> {
     let mut out = vec![None; parts.len()];
     let mut tpl = TopicPartitionList::new();
-    for (topic, p, low, high) in parts {
-        if high > low {
-            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*high as i64 - 1));
+    for ((topic, p, _, _), offset) in parts.iter().zip(at) {
+        if let Some(o) = offset {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o as i64));
         }
     }
     if tpl.count() == 0 || consumer.assign(&tpl).is_err() {

@@ -167,13 +167,18 @@ impl ReplaySetup {
     /// over the partitions whose newest messages are in the range and that hold nothing past
     /// it, of their newest message's time less their source's margin. `None` when no such
     /// partition tells its newest time (the range's end needs no moving, or cannot be told).
+    /// A newest message older than the range's start is a late one, which says nothing of
+    /// how far the partition reached: it is not counted.
     pub fn whole_until(&self) -> Option<i64> {
         self.ranges
             .iter()
             .zip(&self.margins)
             .flat_map(|((_, ranges), &margin)| ranges.iter().map(move |r| (r, margin)))
             .filter(|(r, _)| r.open_end().is_some())
-            .filter_map(|(r, margin)| Some(r.newest_ms()?.saturating_sub(margin)))
+            .filter_map(|(r, margin)| {
+                let newest = r.newest_ms().filter(|&t| t >= self.from_ms)?;
+                Some(newest.saturating_sub(margin))
+            })
             .min()
     }
 
