@@ -91,8 +91,10 @@ pub fn offset_ranges(
     }
     let last_ts = last_timestamps(&consumer, &parts, timeout);
     // the first offset at or after `t` in every partition, in one request
-    // (the offset, and whether a message at or after t was found)
-    let offsets_at = |t: i64| -> Result<Vec<(u64, bool)>, KafkaError> {
+    // (the offset, and whether a message at or after t was found); where the broker's answer
+    // is in doubt and its message cannot be read, `trust` says whether to take it (a start:
+    // reading more than the range is safe) or the end (an end: the range is then open)
+    let offsets_at = |t: i64, trust: bool| -> Result<Vec<(u64, bool)>, KafkaError> {
         let mut q = TopicPartitionList::new();
         for (topic, p, _, _) in &parts {
             q.add_partition_offset(topic, *p, Offset::Offset(t))
@@ -137,13 +139,13 @@ pub fn offset_ranges(
             .iter()
             .zip(parts.iter().zip(doubtful.iter().zip(&checked)))
             .map(|(answer, ((_, _, _, high), (doubt, ts)))| match answer {
-                Some(o) if doubt.is_none() || ts.is_some_and(|ts| ts >= t) => (*o, true),
+                Some(o) if doubt.is_none() || ts.map_or(trust, |ts| ts >= t) => (*o, true),
                 _ => (*high, false),
             })
             .collect())
     };
-    let starts = offsets_at(from_ms.max(0))?;
-    let ends = offsets_at(to_ms.max(0))?;
+    let starts = offsets_at(from_ms.max(0), true)?;
+    let ends = offsets_at(to_ms.max(0), false)?;
     Ok(parts
         .into_iter()
         .zip(last_ts)

@@ -166,20 +166,26 @@ impl ReplaySetup {
     /// The newest time before which every window is whole in the partitions: the earliest,
     /// over the partitions whose newest messages are in the range and that hold nothing past
     /// it, of their newest message's time less their source's margin. `None` when no such
-    /// partition tells its newest time (the range's end needs no moving, or cannot be told).
-    /// A newest message older than the range's start is a late one, which says nothing of
-    /// how far the partition reached: it is not counted.
+    /// partition is open at its end, or one of them cannot tell its newest time (a NATS
+    /// stream; a Kafka partition whose last offset is a transaction marker): the end then
+    /// stays where it is. A newest message older than the range's start is a late one,
+    /// which says nothing of how far the partition reached: it is not counted.
     pub fn whole_until(&self) -> Option<i64> {
-        self.ranges
+        let mut until: Option<i64> = None;
+        let open = self
+            .ranges
             .iter()
             .zip(&self.margins)
             .flat_map(|((_, ranges), &margin)| ranges.iter().map(move |r| (r, margin)))
-            .filter(|(r, _)| r.open_end().is_some())
-            .filter_map(|(r, margin)| {
-                let newest = r.newest_ms().filter(|&t| t >= self.from_ms)?;
-                Some(newest.saturating_sub(margin))
-            })
-            .min()
+            .filter(|(r, _)| r.open_end().is_some());
+        for (r, margin) in open {
+            let newest = r.newest_ms()?;
+            if newest >= self.from_ms {
+                let whole = newest.saturating_sub(margin);
+                until = Some(until.map_or(whole, |u| u.min(whole)));
+            }
+        }
+        until
     }
 
     /// Where partition `key` of source `source` (by index in the plan) starts and stops,

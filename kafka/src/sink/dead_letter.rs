@@ -108,8 +108,9 @@ impl DeadLetterKafka {
 /// A dead letter's message key: `source/topic (or file)/partition/offset`; for a record
 /// without an offset (a row a sink refused), a digest of its bytes in the offset's place, so
 /// that records are told apart (on a compacted topic they would replace each other) and one
-/// sent again after a restore has the same key. A record an operator refused (it may be
-/// refused by several, each a dead letter of its own) ends with `/<operator>`.
+/// sent again after a restore has the same key. A record an operator refused, or late for a
+/// window (it may be so for several, each a dead letter of its own), ends with
+/// `/<operator>` or `/<window>`.
 fn record_key(r: &DeadLetter) -> String {
     let p = &r.partition;
     let at = match (r.offset, &r.raw) {
@@ -117,11 +118,11 @@ fn record_key(r: &DeadLetter) -> String {
         (None, Some(raw)) => format!("#{:016x}", fnv1a(raw)),
         (None, None) => String::new(),
     };
-    let operator = r
-        .error
-        .details
-        .get("operator")
-        .and_then(|o| o.as_str())
+    // (an expression error names its operator; a late record, its window)
+    let details = &r.error.details;
+    let operator = ["operator", "window"]
+        .iter()
+        .find_map(|k| details.get(*k).and_then(|o| o.as_str()))
         .map(|o| format!("/{o}"))
         .unwrap_or_default();
     format!(
@@ -283,5 +284,12 @@ mod tests {
         };
         assert_eq!(by("hourly"), "db//0/7/hourly");
         assert_ne!(by("hourly"), by("daily"));
+        // one record late for two windows: two dead letters, two keys
+        let late = |window: &str| {
+            let mut l = letter(Some(7), b"x");
+            l.error = l.error.clone().with("window", window);
+            record_key(&l)
+        };
+        assert_ne!(late("per_5m"), late("per_1h"));
     }
 }

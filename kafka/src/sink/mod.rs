@@ -687,7 +687,10 @@ impl Committable for KafkaSink {
         }
         // a call made again after a failure: the rows the failed one sent are in a
         // transaction of its producer, which a new producer aborts (see `rebuild`); they are
-        // sent again below, once
+        // sent again below, once. The rows it saw refused are the restored checkpoint's dead
+        // letters already (a call that finds the transaction committed leaves before the
+        // clear below)
+        self.rejected.clear();
         self.settle_unacked();
         self.rebuild()?;
         // fences an older instance and aborts the transaction a crash left open

@@ -165,9 +165,16 @@ fn an_exactly_once_sink_whose_transactions_would_time_out_is_refused() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a 5m interval planned with a 180 s transaction timeout"),
     };
-    assert!(e.contains("transaction.timeout.ms: \"360000\""), "{e}");
+    assert!(e.contains("transaction.timeout.ms: \"600000\""), "{e}");
     let longer_timeout = "    kafka: { brokers: \"127.0.0.1:9\", topic: o, delivery: exactly_once, properties: { transaction.timeout.ms: \"400000\" } }";
     plan_of("eos-set", &pipeline(source, longer_timeout, long)).unwrap();
+    // a shorter timeout (a broker allowing less) with the default interval plans
+    let shorter = "    kafka: { brokers: \"127.0.0.1:9\", topic: o, delivery: exactly_once, properties: { transaction.timeout.ms: \"60000\", message.timeout.ms: \"50000\" } }";
+    plan_of(
+        "eos-short",
+        &pipeline(source, shorter, "checkpoint: { dir: state }\n"),
+    )
+    .unwrap();
     plan_of(
         "eos-default",
         &pipeline(source, eos, "checkpoint: { dir: state }\n"),

@@ -37,9 +37,9 @@ pub(crate) fn kafka_sink_config(
     }
 }
 
-/// The time a transaction of an `exactly_once` sink stays open beyond the checkpoint
+/// The least time a transaction of an `exactly_once` sink stays open beyond the checkpoint
 /// interval: the checkpoint itself and the commit.
-const TRANSACTION_MARGIN_MS: u64 = 60_000;
+const TRANSACTION_MARGIN_MS: u64 = 10_000;
 
 /// Why `exactly_once` cannot work with checkpoints every `interval_ms`: a transaction stays
 /// open from the first row of an epoch until its checkpoint completes (about one interval),
@@ -62,7 +62,7 @@ fn transaction_outlasted(
              `properties: {{ transaction.timeout.ms: \"{}\" }}` (the broker's \
              `transaction.max.timeout.ms`, 15 minutes by default, allows at most that), or \
              a shorter `checkpoint.interval`",
-            interval_ms.saturating_add(TRANSACTION_MARGIN_MS)
+            interval_ms.saturating_mul(2)
         )
     })
 }
