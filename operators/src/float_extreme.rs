@@ -38,21 +38,6 @@ impl FloatExtreme {
 
     /// A fresh accumulator.
     pub fn accumulator(self) -> Box<dyn GroupsAccumulator> {
-        // (NaN replaces the value kept, and any value replaces a NaN, as in DataFusion)
-        let keep = |wanted: Ordering| {
-            move |cur: &mut f64, new: f64| match new.partial_cmp(cur) {
-                Some(o) if o == wanted => *cur = new,
-                None => *cur = new,
-                _ => {}
-            }
-        };
-        let keep32 = |wanted: Ordering| {
-            move |cur: &mut f32, new: f32| match new.partial_cmp(cur) {
-                Some(o) if o == wanted => *cur = new,
-                None => *cur = new,
-                _ => {}
-            }
-        };
         let (wanted, start) = if self.max {
             (Ordering::Greater, f64::NEG_INFINITY)
         } else {
@@ -60,18 +45,31 @@ impl FloatExtreme {
         };
         if self.wide {
             Box::new(
-                PrimitiveGroupsAccumulator::<Float64Type, _>::new(&DataType::Float64, keep(wanted))
-                    .with_starting_value(start),
+                PrimitiveGroupsAccumulator::<Float64Type, _>::new(
+                    &DataType::Float64,
+                    keep::<f64>(wanted),
+                )
+                .with_starting_value(start),
             )
         } else {
             Box::new(
                 PrimitiveGroupsAccumulator::<Float32Type, _>::new(
                     &DataType::Float32,
-                    keep32(wanted),
+                    keep::<f32>(wanted),
                 )
                 .with_starting_value(start as f32),
             )
         }
+    }
+}
+
+/// Keeps the new value when it compares as `wanted` to the one kept; NaN replaces the value
+/// kept, and any value replaces a NaN, as in DataFusion.
+fn keep<N: PartialOrd + Copy>(wanted: Ordering) -> impl Fn(&mut N, N) + Send + Sync + 'static {
+    move |cur: &mut N, new: N| match new.partial_cmp(cur) {
+        Some(o) if o == wanted => *cur = new,
+        None => *cur = new,
+        _ => {}
     }
 }
 
