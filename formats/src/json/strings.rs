@@ -18,17 +18,19 @@ pub(super) fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
     a[i..].iter().zip(&b[i..]).all(|(x, y)| x == y)
 }
 
+/// The UTF-16 code unit of the four hex digits of a `\u` escape at `at` of `s`.
+#[inline]
+fn code_unit(s: &[u8], at: usize) -> Option<u32> {
+    let h = std::str::from_utf8(s.get(at..at + 4)?).ok()?;
+    u32::from_str_radix(h, 16).ok()
+}
+
 /// Whether a checked JSON string body holds a UTF-16 surrogate escape that is not half of a
 /// pair (`\ud800` alone, a low half first): valid JSON (`json.loads` keeps it), but with no
 /// UTF-8 form, so [`unescape`] could only replace it (and two such strings would read as
 /// one).
 pub(super) fn has_lone_surrogate(s: &[u8]) -> bool {
-    let unit = |at: usize| -> u32 {
-        s.get(at..at + 4)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .unwrap_or(0)
-    };
+    let unit = |at: usize| code_unit(s, at).unwrap_or(0);
     let mut i = 0;
     while i < s.len() {
         if s[i] != b'\\' {
@@ -76,12 +78,7 @@ pub(super) fn unescape(s: &[u8], out: &mut Vec<u8>) {
             b'b' => '\u{8}',
             b'f' => '\u{c}',
             b'u' => {
-                let hex = |at: usize| -> u32 {
-                    s.get(at..at + 4)
-                        .and_then(|h| std::str::from_utf8(h).ok())
-                        .and_then(|h| u32::from_str_radix(h, 16).ok())
-                        .unwrap_or(0xFFFD)
-                };
+                let hex = |at: usize| code_unit(s, at).unwrap_or(0xFFFD);
                 let hi = hex(i);
                 i += 4;
                 if (0xD800..0xDC00).contains(&hi)
