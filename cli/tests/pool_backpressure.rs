@@ -3,7 +3,8 @@
 //! checkpoint coordinator paused before a commit, as a slow sink's commit holds it), the
 //! stage stops copying the topic into the internal topic once the jobs have
 //! `repartition_max_backlog` messages left there, shows it in `/metrics` and `weir_status`,
-//! and resumes when the jobs catch up; the results are still the oracle's.
+//! and resumes when the jobs catch up; the results are still the oracle's. And a worker whose
+//! jobs are behind its reader hands the partitions a rebalance moves over with a checkpoint.
 
 use std::time::{Duration, Instant};
 
@@ -262,4 +263,118 @@ serve: {{ http: "127.0.0.1:${{WEIR_HTTP_PORT}}", refresh: 200ms }}
     let rows = union_of_workers(&dir.path().join("out"), "per_dataset");
     compare(&expected, &rows, &["datasetName"])
         .unwrap_or_else(|e| panic!("the pool differs from the oracle after backpressure: {e}"));
+}
+
+/// A worker whose jobs are slower than its reader (the workers' queues full, the reader
+/// waiting to dispatch) when a second worker joins: the partitions it gives up are handed
+/// over with a checkpoint, as when it is not behind, and it keeps the rest. (The reader held
+/// the job's dispatcher while it waited, so the hand-over could not be waited for: the
+/// partitions went without one, and the worker was fenced at its next checkpoint and joined
+/// the group again, which moved every partition once more.)
+#[test]
+fn a_worker_behind_its_reader_hands_partitions_over_without_being_fenced() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    generate(
+        &events,
+        &["120000", "--seed", "73", "--keys", "40", "--step-ms", "20"],
+    );
+    let (expected, _) = oracle_per_dataset(
+        &events,
+        &["events=count", "records=sum:recordCount"],
+        &dir.path().join("expected.ndjson"),
+    );
+    let (input, group, name) = (unique("behind-in"), unique("behind"), unique("behind-pipe"));
+    tool(&["create", &brokers, &input, "6"]);
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        events.to_str().unwrap(),
+        "--key-field",
+        "datasetName",
+    ]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: {name}
+sources:
+  events:
+    kafka:
+      brokers: "{brokers}"
+      topic: {input}
+      group_id: "{group}"
+      start_from: earliest
+      properties: {{ max.partition.fetch.bytes: "16384" }}
+    partitioned_by: [datasetName]
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+    sinks: [file]
+sinks:
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 30s }}
+"#
+        ),
+    )
+    .unwrap();
+    // a's worker takes 6 s more than it needs for each of its first 3 chunks: its reader
+    // waits on it, with the next chunks in its queue
+    let a = Running::start_with(
+        &pipeline,
+        &["--worker", "a", "--until-caught-up"],
+        &[("WEIR_FAILPOINT_PAUSE", "worker_chunk:6000:0:3")],
+    );
+    a.wait_for("a's reader held back by its workers", |r| {
+        r.lines()
+            .iter()
+            .any(|l| l.contains("failpoint worker_chunk"))
+            && r.lines()
+                .iter()
+                .any(|l| l.contains("pool worker: starting a job"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let b = Running::start(&pipeline, &["--worker", "b", "--until-caught-up"]);
+    let limit = Duration::from_secs(240);
+    let (a_end, b_end) = (a.end_within(limit), b.end_within(limit));
+    let show = |(status, log): &(Option<std::process::ExitStatus>, Vec<String>)| {
+        format!("{status:?}\n{}", log.join("\n"))
+    };
+    for end in [&a_end, &b_end] {
+        assert!(
+            end.0.is_some_and(|s| s.success()),
+            "a worker did not end well:\n--- a: {}\n--- b: {}",
+            show(&a_end),
+            show(&b_end)
+        );
+    }
+    let a_log = &a_end.1;
+    assert!(
+        a_log
+            .iter()
+            .any(|l| l.contains("partitions move while the workers are behind")),
+        "a was not behind when b joined (the case this test is for):\n{}",
+        a_log.join("\n")
+    );
+    assert!(
+        !a_log
+            .iter()
+            .any(|l| l.contains("this worker lost partitions")),
+        "a was fenced after giving partitions up while behind:\n{}",
+        a_log.join("\n")
+    );
+    let rows = union_of_workers(&dir.path().join("out"), "per_dataset");
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the pool differs from the oracle: {e}"));
 }

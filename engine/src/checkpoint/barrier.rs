@@ -2,43 +2,51 @@
 //! coordinator at named points.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::EngineError;
 
-/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>[:<times>]]` pauses the coordinator at
+/// Test hook: `WEIR_FAILPOINT_PAUSE=<point>:<ms>[:<skip>[:<times>]]` pauses a job's thread at
 /// `point` (`before_manifest`: every part is in, the manifest is not written;
 /// `before_seal`: a pool worker's manifest is written, not sealed; `before_commit`: the
 /// manifest is written (and sealed), the outputs are not told to commit;
 /// `before_commit_owning`: the same, for a pool worker that owns partitions;
 /// `nats_consumer_deleted`: a NATS source deleted its consumer to create it again;
-/// `nats_connected`: a NATS reader connected and placed its consumer), after
-/// passing it `skip` times (then every time, or `times` times), so that crash tests can kill
-/// the process there. It logs `failpoint <point>` first.
+/// `nats_connected`: a NATS reader connected and placed its consumer; `worker_chunk`: a
+/// worker took a chunk from its queue, not handled yet (slow workers fill their queues and
+/// hold the readers back)), after passing it `skip` times (then every time, or `times`
+/// times), so that crash tests can kill the process there. It logs `failpoint <point>` the
+/// first time it pauses (every time for the checkpoint's points). The variable is read once.
 pub fn failpoint(point: &str) {
+    static SPEC: OnceLock<Option<(String, u64, u64, u64)>> = OnceLock::new();
     static PASSED: AtomicU64 = AtomicU64::new(0);
-    let Ok(spec) = std::env::var("WEIR_FAILPOINT_PAUSE") else {
+    let spec = SPEC.get_or_init(|| {
+        let spec = std::env::var("WEIR_FAILPOINT_PAUSE").ok()?;
+        let mut parts = spec.split(':');
+        let (name, ms) = (parts.next()?, parts.next()?);
+        let ms: u64 = ms.parse().unwrap_or(0);
+        let skip: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let times: u64 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
+        Some((name.to_string(), ms, skip, times))
+    });
+    let Some((name, ms, skip, times)) = spec else {
         return;
     };
-    let mut parts = spec.split(':');
-    let (Some(name), Some(ms)) = (parts.next(), parts.next()) else {
-        return;
-    };
-    let skip: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let times: u64 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(u64::MAX);
     if name != point {
         return;
     }
     let passed = PASSED.fetch_add(1, Ordering::Relaxed);
-    if passed >= skip && passed - skip < times {
-        let ms: u64 = ms.parse().unwrap_or(0);
-        tracing::warn!(point, ms, "failpoint {point}");
-        eprintln!("failpoint {point}");
-        std::thread::sleep(Duration::from_millis(ms));
+    if passed >= *skip && passed - skip < *times {
+        // a point passed per chunk would fill the log
+        if point != "worker_chunk" || passed == *skip {
+            tracing::warn!(point, ms, "failpoint {point}");
+            eprintln!("failpoint {point}");
+        }
+        std::thread::sleep(Duration::from_millis(*ms));
     }
 }
 

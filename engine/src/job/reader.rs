@@ -39,8 +39,8 @@ pub(super) fn read_source(
             gate.wait(TICK);
             if gate.is_closed() && closed_at.elapsed() >= GATE_PATIENCE {
                 // as when the workers' queues are full (a Kafka reader pauses its partitions
-                // and serves rebalances without waiting for a hand-over): not for a gate
-                // closed a moment, which the outputs open again by themselves
+                // and serves rebalances): not for a gate closed a moment, which the outputs
+                // open again by themselves
                 pressed = true;
                 reader.backpressure(ctx)?;
             }
@@ -73,7 +73,21 @@ pub(super) fn read_source(
                     }
                     msg = m;
                     pressed = true;
+                    // Without the dispatcher's lock: barriers pass meanwhile (this chunk is
+                    // in no queue yet, so it comes after them), and a rebalance served in
+                    // `backpressure` can wait for its hand-over checkpoint.
+                    drop(d);
                     reader.backpressure(ctx)?;
+                    d = dispatcher.lock().map_err(|_| poisoned())?;
+                    if d.senders.is_empty() {
+                        // a hand-over checkpoint ended the workers' input meanwhile
+                        drop(d);
+                        reader.backpressure_released(ctx)?;
+                        if let WorkerMsg::Chunk(chunk, _) = msg {
+                            reader.unread(chunk);
+                        }
+                        return finish_reading(reader, dispatcher, ctx, failure);
+                    }
                 }
                 Err(SendTimeoutError::Disconnected(_)) => return Err(failure.closed("a worker")),
             }
@@ -93,16 +107,27 @@ pub(super) fn read_source(
             reader.backpressure_released(ctx)?;
         }
     }
-    // The last reader ends the workers' input (the coordinator does, after its final
-    // barrier, when checkpointing).
+    finish_reading(reader, dispatcher, ctx, failure)
+}
+
+/// After a reader's last chunk: the last reader ends the workers' input (the coordinator
+/// does, after its final barrier, when checkpointing); once the workers drained and the
+/// outputs finished, the reader commits what they hold.
+fn finish_reading(
+    mut reader: Box<dyn PartitionReader>,
+    dispatcher: &Mutex<Dispatcher>,
+    ctx: &ReaderContext,
+    failure: &Failure,
+) -> Result<(), EngineError> {
     {
-        let mut d = dispatcher.lock().map_err(|_| poisoned())?;
+        let mut d = dispatcher
+            .lock()
+            .map_err(|_| EngineError::Internal("dispatcher poisoned".into()))?;
         d.readers_left -= 1;
         if d.readers_left == 0 && !d.checkpointing {
             d.senders.clear();
         }
     }
-    // Let the workers drain, then commit what the finished outputs hold.
     if ctx.progress.wait_finished(&failure.cancel) {
         reader.finish(ctx)?;
     }

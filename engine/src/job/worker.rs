@@ -51,6 +51,7 @@ pub(super) fn worker_loop(
     loop {
         match rx.recv_timeout(TICK) {
             Ok(WorkerMsg::Chunk(chunk, read_at)) => {
+                crate::checkpoint::failpoint("worker_chunk");
                 let source = chunk.source;
                 let records = process_chunk(chunk, &mut ops, &mut flushed, &ctx, &mut row_wm)?;
                 if ctx.live && records > 0 {

@@ -77,8 +77,8 @@ pub(super) struct GroupContext {
     /// The run served now (a pooled reader serves several): its progress, gauges and
     /// hand-over flags.
     pub(super) run: Mutex<ReaderContext>,
-    /// Set while the reader waits for room in the workers' queues: it then holds the job's
-    /// dispatcher, so a rebalance cannot wait for a hand-over checkpoint (fencing covers it).
+    /// Set while the reader waits for room in the workers' queues (a rebalance's hand-over
+    /// then waits for the chunks queued before its barrier).
     pub(super) in_backpressure: AtomicBool,
     /// A failure inside a rebalance callback, raised by the next read.
     pub(super) failed: Mutex<Option<ClaimFailed>>,
@@ -127,18 +127,20 @@ impl GroupContext {
     }
 
     /// In a pool: ends the current run with a hand-over checkpoint, waiting for its commit
-    /// unless the reader holds the job's dispatcher; returns whether it was committed.
+    /// (at most the pool's hand-over timeout); returns whether it was committed.
     pub(super) fn end_run(&self) -> bool {
         let Some(pool) = &self.pool else {
             return false;
         };
-        let run = self.run();
         if self.in_backpressure.load(Ordering::SeqCst) {
-            run.request_handover();
-            false
-        } else {
-            hand_over(&run, pool.handover_timeout)
+            // (the reader waits for room without the job's dispatcher: the checkpoint's
+            // barrier passes, after the chunks the workers have yet to handle)
+            tracing::info!(
+                source = %self.source,
+                "kafka: partitions move while the workers are behind: the hand-over checkpoint waits for them"
+            );
         }
+        hand_over(&self.run(), pool.handover_timeout)
     }
 
     pub(super) fn fail(&self, e: ClaimFailed) {

@@ -1020,6 +1020,14 @@ impl PartitionReader for KafkaReader {
     }
 
     fn unread(&mut self, chunk: Chunk) {
-        self.ready.push_front(chunk);
+        // a chunk held back while its partition was given up (a rebalance served while the
+        // reader waited for room): the next owner reads it again from the hand-over
+        // checkpoint, which does not hold it
+        let l = chunk.partition.id.checked_sub(self.first_id);
+        if l.and_then(|l| self.partitions.get(l))
+            .is_some_and(|s| s.assigned)
+        {
+            self.ready.push_front(chunk);
+        }
     }
 }

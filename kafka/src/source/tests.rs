@@ -1044,3 +1044,27 @@ fn a_reader_without_partitions_ends_the_run_for_another_sources_unfinished_parti
     assert!(!reader.flushed_to_wait());
     reader.close();
 }
+
+/// A chunk the job hands back after a hand-over (it was held while the reader waited for
+/// room) is kept for the next job only if its partition is still this worker's: one given up
+/// meanwhile is read again by its next owner from the hand-over checkpoint.
+#[test]
+fn a_chunk_handed_back_is_kept_only_for_a_partition_still_assigned() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("handed-back", 2, 1).unwrap();
+    let config = reading_to_the_end(&mock.bootstrap_servers(), "handed-back");
+    let partitions = KafkaPartitions::discover(&config).unwrap();
+    let mut reader = KafkaReader::new(0, "s", 0, config, &partitions);
+    reader.partitions[0].assigned = true;
+    reader.partitions[1].assigned = false;
+    let kept = lane_end(0, &mut reader.partitions[0], 7);
+    let given_up = lane_end(0, &mut reader.partitions[1], 9);
+    PartitionReader::unread(&mut reader, given_up);
+    PartitionReader::unread(&mut reader, kept);
+    let ready: Vec<(usize, u64)> = reader
+        .ready
+        .iter()
+        .map(|c| (c.partition.id, c.first_offset))
+        .collect();
+    assert_eq!(ready, vec![(0, 7)]);
+}

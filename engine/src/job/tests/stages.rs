@@ -1,6 +1,6 @@
 //! Each stage alone: the coordinator, a reader, the merger, a worker, a sink thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver};
 use crate::checkpoint::{CheckpointStore, Epochs, Part};
 use crate::clock::{WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::events::Resume;
+use crate::events::{Chunk, Resume};
 use crate::job::channels::{
     DeadMsg, Dispatcher, Failure, MergeInput, MergeMsg, SinkMsg, WorkerMsg,
 };
@@ -170,6 +170,109 @@ fn a_reader_deals_chunks_round_robin_and_ends_the_workers_input() {
     assert_eq!(seqs(rx0), vec![0, 2]);
     assert_eq!(seqs(rx1), vec![1, 3]);
     assert!(finished.load(Ordering::SeqCst));
+}
+
+/// A reader whose `backpressure` plays a rebalance served there: it notes whether the
+/// dispatcher was free, and at its first call ends the workers' input as a hand-over
+/// checkpoint does (the coordinator's barrier, then no more input).
+struct PressedReader {
+    chunks: VecDeque<Chunk>,
+    dispatcher: Arc<Mutex<Dispatcher>>,
+    barrier: crossbeam_channel::Sender<WorkerMsg>,
+    free: Arc<Mutex<Vec<bool>>>,
+    unread: Arc<Mutex<Vec<u64>>>,
+}
+
+impl PartitionReader for PressedReader {
+    fn next_chunk(&mut self, _ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
+        Ok(self.chunks.pop_front())
+    }
+    fn backpressure(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        // (the coordinator would block here for ever if the reader held the lock)
+        let Ok(mut d) = self.dispatcher.try_lock() else {
+            self.free.lock().unwrap().push(false);
+            return Ok(());
+        };
+        self.free.lock().unwrap().push(true);
+        if !d.senders.is_empty() {
+            // the hand-over barrier goes in as room opens, after the queued chunk
+            self.barrier.send(WorkerMsg::Barrier(1)).unwrap();
+            d.senders.clear();
+        }
+        Ok(())
+    }
+    fn unread(&mut self, chunk: Chunk) {
+        self.unread.lock().unwrap().push(chunk.seq);
+    }
+}
+
+#[test]
+fn a_reader_waiting_for_room_leaves_the_dispatcher_to_a_hand_over() {
+    // one worker whose queue holds one chunk, and nobody taking it
+    let (tx, rx) = bounded::<WorkerMsg>(1);
+    let dispatcher = Arc::new(Mutex::new(Dispatcher {
+        next: 0,
+        senders: vec![tx],
+        cut: vec![None],
+        lane_cut: HashMap::new(),
+        readers_left: 1,
+        checkpointing: false,
+    }));
+    // the barrier's own way in (the coordinator's send blocks while the queue is full)
+    let (barrier_tx, barrier_rx) = unbounded::<WorkerMsg>();
+    let (free, unread) = (Arc::default(), Arc::default());
+    let reader = PressedReader {
+        chunks: partition_chunks(0, &[&[1], &[2], &[3]]).into(),
+        dispatcher: dispatcher.clone(),
+        barrier: barrier_tx,
+        free: Arc::clone(&free),
+        unread: Arc::clone(&unread),
+    };
+    let progress = Arc::new(Progress::new(1, &[1]));
+    progress.set_finished();
+    let ctx = ReaderContext::new(
+        Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        progress,
+        run_stats(),
+    );
+    let d = Arc::clone(&dispatcher);
+    let reading = std::thread::spawn(move || {
+        read_source(
+            Box::new(reader),
+            (&d, &Default::default()),
+            &ctx,
+            &Failure::new(),
+        )
+    });
+    let started = Instant::now();
+    while !reading.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the reader did not end after the hand-over (backpressure saw the dispatcher free: {:?})",
+            free.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    reading.join().unwrap().unwrap();
+    assert_eq!(
+        *free.lock().unwrap(),
+        vec![true],
+        "the reader held the dispatcher"
+    );
+    // chunk 0 went in before the cut; chunk 1, held back, comes back to the reader for the
+    // next job; chunk 2 was never read
+    let seqs: Vec<u64> = rx
+        .try_iter()
+        .map(|m| match m {
+            WorkerMsg::Chunk(c, _) => c.seq,
+            _ => panic!("not a chunk"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![0]);
+    assert!(matches!(barrier_rx.try_recv(), Ok(WorkerMsg::Barrier(1))));
+    assert_eq!(*unread.lock().unwrap(), vec![1]);
+    assert_eq!(dispatcher.lock().unwrap().cut[0], Some(Resume::at(1)));
 }
 
 fn handover(worker: usize, seq: u64, partials: Vec<PartialWindow>, upto: i64) -> MergeInput {
