@@ -17,6 +17,9 @@
 #    over its own time (encoding the rows and the database's calls; logged when it finishes),
 #    their ratio to the two `psql \copy` figures, and the pipeline's events per CPU-second of
 #    weir (the server's CPU aside).
+# 3. The same pipeline into the table with a foreign key that refuses one dataset's rows at the
+#    merge: the sink finds them by merging again in halves; its rows/s, and the dead letters
+#    checked against the rows the key refuses.
 # WEIR_BIN picks the binary (default: a release build of weir-cli).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -173,3 +176,16 @@ for r in postgres postgres_checkpoint; do
   python3 -c "import sys; n, s, p, k = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]); print(f'  ratio {n:<20} sink {s:8.0f} rows/s (own time) = {s / k:4.2f}x psql \\\\copy into the same keyed table, {s / p:4.2f}x into one without a key')" "$r" "$sink" "$plain" "$keyed"
 done
 [ "$(psql_ -At -c 'SELECT count(*) FROM bench_windows')" = "$rows" ]
+
+echo "== one dataset's rows refused at the merge by a foreign key (the merge made again in halves)"
+psql_ -c 'CREATE TABLE datasets (name text PRIMARY KEY)' \
+  -c 'INSERT INTO datasets SELECT DISTINCT "datasetName" FROM bench_windows WHERE "datasetName" <> (SELECT min("datasetName") FROM bench_windows)' \
+  -c 'TRUNCATE bench_windows' \
+  -c 'ALTER TABLE bench_windows ADD CONSTRAINT known_dataset FOREIGN KEY ("datasetName") REFERENCES datasets (name)'
+victim=$(psql_ -At -c "SELECT count(*) FROM plain_windows WHERE \"datasetName\" NOT IN (SELECT name FROM datasets)")
+rm -f "$work/dead.ndjson"
+run postgres_refusing "{ postgres: { url: \"postgres://weir@127.0.0.1:$port/postgres\", table: public.bench_windows } }"
+dead=$(grep -c '"postgres_refused"' "$work/dead.ndjson" || true)
+echo "  refused rows: $dead dead letters, $victim expected"
+[ "$dead" = "$victim" ]
+[ "$(psql_ -At -c 'SELECT count(*) FROM bench_windows')" = "$((rows - victim))" ]

@@ -418,6 +418,86 @@ checkpoint: {{ dir: state, interval: 300ms }}
         .unwrap_or_else(|e| panic!("the workers' Parquet parts differ from the oracle: {e}"));
 }
 
+/// More workers than the topic has partitions, reading a round-robin topic to its end: the
+/// third worker's repartition stage is assigned no upstream partition (and its jobs no
+/// partition of the internal topic) while the others copy; every worker ends, exit 0, with
+/// the oracle's rows in their union.
+#[test]
+fn a_pool_with_more_workers_than_partitions_reads_to_the_end_and_ends() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.ndjson");
+    generate(
+        &events,
+        &["6000", "--seed", "37", "--keys", "20", "--step-ms", "100"],
+    );
+    let (expected, _) = oracle_per_dataset(
+        &events,
+        ORACLE_AGGREGATES,
+        &dir.path().join("expected.ndjson"),
+    );
+    let (input, group, name) = (unique("few-in"), unique("few"), unique("few-pipe"));
+    tool(&["create", &brokers, &input, "2"]);
+    tool(&[
+        "produce",
+        &brokers,
+        &input,
+        events.to_str().unwrap(),
+        "--round-robin",
+    ]);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: {name}
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: "{group}", start_from: earliest }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:{AGGREGATES}
+    sinks: [file]
+sinks:
+  file: {{ file: {{ path: out/per_dataset.ndjson }} }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 1s }}
+"#
+        ),
+    )
+    .unwrap();
+    let workers: Vec<Running> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Running::start(&pipeline, &["--worker", id, "--until-caught-up"]))
+        .collect();
+    let ends: Vec<_> = workers
+        .into_iter()
+        .map(|w| w.end_within(Duration::from_secs(180)))
+        .collect();
+    if ends
+        .iter()
+        .any(|(status, _)| !status.is_some_and(|s| s.success()))
+    {
+        let logs: Vec<String> = ends
+            .iter()
+            .zip(["a", "b", "c"])
+            .map(|((status, log), id)| format!("--- {id}: {status:?}\n{}", log.join("\n")))
+            .collect();
+        panic!(
+            "a worker did not end well (None: killed after 180 s)\n{}",
+            logs.join("\n")
+        );
+    }
+    let rows = union_of_workers(&dir.path().join("out"), "per_dataset");
+    compare(&expected, &rows, &["datasetName"])
+        .unwrap_or_else(|e| panic!("the workers' files differ from the oracle: {e}"));
+}
+
 /// A topic its producer spreads round-robin (not keyed by the window key): the pool
 /// repartitions it through `<pipeline>-<source>-repartition`, and the results are the
 /// oracle's. A worker is killed mid-way (its repartition stage repeats what it sent after

@@ -329,12 +329,12 @@ checkpoint: {{ dir: state, interval: 30s }}
         ),
     )
     .unwrap();
-    // a's worker takes 6 s more than it needs for each of its first 3 chunks: its reader
+    // a's worker takes 8 s more than it needs for each of its first 3 chunks: its reader
     // waits on it, with the next chunks in its queue
     let a = Running::start_with(
         &pipeline,
         &["--worker", "a", "--until-caught-up"],
-        &[("WEIR_FAILPOINT_PAUSE", "worker_chunk:6000:0:3")],
+        &[("WEIR_FAILPOINT_PAUSE", "worker_chunk:8000:0:3")],
     );
     a.wait_for("a's reader held back by its workers", |r| {
         r.lines()
@@ -372,6 +372,11 @@ checkpoint: {{ dir: state, interval: 30s }}
             .iter()
             .any(|l| l.contains("this worker lost partitions")),
         "a was fenced after giving partitions up while behind:\n{}",
+        a_log.join("\n")
+    );
+    assert!(
+        !a_log.iter().any(|l| l.contains("did not complete in time")),
+        "a gave partitions up without their hand-over checkpoint:\n{}",
         a_log.join("\n")
     );
     let rows = union_of_workers(&dir.path().join("out"), "per_dataset");

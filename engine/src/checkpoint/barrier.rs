@@ -16,8 +16,8 @@ use crate::EngineError;
 /// `nats_connected`: a NATS reader connected and placed its consumer; `worker_chunk`: a
 /// worker took a chunk from its queue, not handled yet (slow workers fill their queues and
 /// hold the readers back)), after passing it `skip` times (then every time, or `times`
-/// times), so that crash tests can kill the process there. It logs `failpoint <point>` the
-/// first time it pauses (every time for the checkpoint's points). The variable is read once.
+/// times), so that crash tests can kill the process there. It logs `failpoint <point>` when
+/// it pauses (`worker_chunk` only the first time). The variable is read once.
 pub fn failpoint(point: &str) {
     static SPEC: OnceLock<Option<(String, u64, u64, u64)>> = OnceLock::new();
     static PASSED: AtomicU64 = AtomicU64::new(0);

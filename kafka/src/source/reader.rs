@@ -78,6 +78,9 @@ pub struct KafkaReader {
     /// could not be forwarded to `fetch`).
     pub(super) read_one_at_a_time: u64,
     pub(super) ready: VecDeque<Chunk>,
+    /// Partitions given up (`forget`) since the job last took a chunk: a chunk of theirs that
+    /// the job hands back was read before (see `unread`), even if they were assigned again.
+    pub(super) forgotten: HashSet<usize>,
     pub(super) last_commit: Instant,
     /// Fetching is paused for backpressure.
     pub(super) paused: bool,
@@ -185,6 +188,7 @@ impl KafkaReader {
             fetch: None,
             read_one_at_a_time: 0,
             ready: VecDeque::new(),
+            forgotten: HashSet::new(),
             last_commit: Instant::now(),
             paused: false,
             wait,
@@ -268,6 +272,7 @@ impl KafkaReader {
     pub(super) fn forget(&mut self, l: usize) {
         let id = self.first_id + l;
         self.ready.retain(|c| c.partition.id != id);
+        self.forgotten.insert(id);
         let s = &mut self.partitions[l];
         s.lane.buffer = MessageBuffer::default();
         s.up = None;
@@ -930,6 +935,8 @@ impl PartitionReader for KafkaReader {
         if self.consumer.is_none() {
             self.connect(ctx)?;
         }
+        // (the chunk taken before is in a worker's queue: none is held any more)
+        self.forgotten.clear();
         let pooled = self.config.pool.is_some();
         if pooled {
             self.join_run(ctx);
@@ -1021,12 +1028,14 @@ impl PartitionReader for KafkaReader {
 
     fn unread(&mut self, chunk: Chunk) {
         // a chunk held back while its partition was given up (a rebalance served while the
-        // reader waited for room): the next owner reads it again from the hand-over
-        // checkpoint, which does not hold it
-        let l = chunk.partition.id.checked_sub(self.first_id);
-        if l.and_then(|l| self.partitions.get(l))
-            .is_some_and(|s| s.assigned)
-        {
+        // reader waited for room): the next owner, this worker again included, reads it
+        // again from the hand-over checkpoint, which does not hold it
+        let id = chunk.partition.id;
+        let l = id.checked_sub(self.first_id);
+        let assigned = l
+            .and_then(|l| self.partitions.get(l))
+            .is_some_and(|s| s.assigned);
+        if assigned && !self.forgotten.contains(&id) {
             self.ready.push_front(chunk);
         }
     }

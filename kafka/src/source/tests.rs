@@ -1046,8 +1046,9 @@ fn a_reader_without_partitions_ends_the_run_for_another_sources_unfinished_parti
 }
 
 /// A chunk the job hands back after a hand-over (it was held while the reader waited for
-/// room) is kept for the next job only if its partition is still this worker's: one given up
-/// meanwhile is read again by its next owner from the hand-over checkpoint.
+/// room) is kept for the next job only if its partition stayed this worker's: one given up
+/// meanwhile (even if assigned again since) is read again by its next owner from the
+/// hand-over checkpoint.
 #[test]
 fn a_chunk_handed_back_is_kept_only_for_a_partition_still_assigned() {
     let mock = MockCluster::new(1).unwrap();
@@ -1061,10 +1062,19 @@ fn a_chunk_handed_back_is_kept_only_for_a_partition_still_assigned() {
     let given_up = lane_end(0, &mut reader.partitions[1], 9);
     PartitionReader::unread(&mut reader, given_up);
     PartitionReader::unread(&mut reader, kept);
-    let ready: Vec<(usize, u64)> = reader
-        .ready
-        .iter()
-        .map(|c| (c.partition.id, c.first_offset))
-        .collect();
-    assert_eq!(ready, vec![(0, 7)]);
+    let ready = |r: &KafkaReader| -> Vec<(usize, u64)> {
+        r.ready
+            .iter()
+            .map(|c| (c.partition.id, c.first_offset))
+            .collect()
+    };
+    assert_eq!(ready(&reader), vec![(0, 7)]);
+    // given up and assigned again while the chunk was held: its claim starts before the
+    // chunk (the hand-over checkpoint did not hold it), so the chunk would be read twice
+    reader.ready.clear();
+    let held = lane_end(0, &mut reader.partitions[0], 11);
+    reader.forget(0);
+    reader.partitions[0].assigned = true;
+    PartitionReader::unread(&mut reader, held);
+    assert_eq!(ready(&reader), vec![]);
 }

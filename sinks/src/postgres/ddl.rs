@@ -133,6 +133,14 @@ pub fn pg_type(t: &DataType) -> Option<(String, &'static [&'static str])> {
     })
 }
 
+/// The temporary table of a merge in parts (see [`Layout::merge_parts_table`]), and its name
+/// when created.
+pub const MERGE_PARTS: &str = "pg_temp.weir_merge_parts";
+const MERGE_PARTS_NAME: &str = "weir_merge_parts";
+
+/// The order that puts a key's last staged row first.
+const LAST_FIRST: &str = "weir_epoch DESC, weir_seq DESC";
+
 /// What the sink writes: the output's columns, which of them form the upsert key, and the
 /// tables involved.
 #[derive(Debug, Clone)]
@@ -265,24 +273,64 @@ impl Layout {
         )
     }
 
-    /// Merges the staged rows of epochs up to `$1` into the table (only the row with the
-    /// sequence number `$2` when `one_row`): per key its last row, upserted or deleted.
-    /// `unique_keys`: no key is staged twice, so the rows need no `DISTINCT ON` (its sort
-    /// costs about a tenth of the merge). `deletes`: some staged rows may delete their key
-    /// (a view's); without, the statement has no `DELETE` (which would make the server
-    /// materialize the staged rows: about a quarter of the merge).
-    pub fn merge(
-        &self,
-        temporary: bool,
-        one_row: bool,
-        unique_keys: bool,
-        deletes: bool,
-    ) -> String {
-        let keys: Vec<String> = self.key_names().map(ident).collect();
-        let keys = keys.join(", ");
+    /// Merges the staged rows of epochs up to `$1` into the table: per key its last row,
+    /// upserted or deleted. `unique_keys`: no key is staged twice, so the rows need no
+    /// `DISTINCT ON` (its sort costs about a tenth of the merge). `deletes`: some staged rows
+    /// may delete their key (a view's); without, the statement has no `DELETE` (which would
+    /// make the server materialize the staged rows: about a quarter of the merge).
+    pub fn merge(&self, temporary: bool, unique_keys: bool, deletes: bool) -> String {
         let staging = self.staging_sql(temporary);
         let cols = self.column_list("");
-        let only = if one_row { " AND weir_seq = $2" } else { "" };
+        let last = if unique_keys {
+            format!("SELECT {cols}, weir_delete FROM {staging} WHERE weir_epoch <= $1")
+        } else {
+            format!(
+                "SELECT DISTINCT ON ({keys}) {cols}, weir_delete FROM {staging} \
+                 WHERE weir_epoch <= $1 ORDER BY {keys}, {LAST_FIRST}",
+                keys = self.key_list()
+            )
+        };
+        self.upsert(&last, deletes)
+    }
+
+    /// After a refused merge, the statements that copy what [`Self::merge`] would merge
+    /// (per key its last row of the epochs up to `upto`) into the temporary table
+    /// [`MERGE_PARTS`], indexed by sequence number: the merge in parts then reads each part
+    /// there, not the whole staging table again.
+    pub fn merge_parts_table(&self, temporary: bool, upto: i64) -> [String; 3] {
+        [
+            format!(
+                "CREATE TEMPORARY TABLE {MERGE_PARTS_NAME} AS SELECT DISTINCT ON ({keys}) {cols}, \
+                 weir_delete, weir_epoch, weir_seq FROM {staging} WHERE weir_epoch <= {upto} \
+                 ORDER BY {keys}, {LAST_FIRST}",
+                keys = self.key_list(),
+                cols = self.column_list(""),
+                staging = self.staging_sql(temporary),
+            ),
+            format!("CREATE INDEX ON {MERGE_PARTS} (weir_seq)"),
+            format!("ANALYZE {MERGE_PARTS}"),
+        ]
+    }
+
+    /// Merges the rows of [`MERGE_PARTS`] whose sequence numbers are in the array `$1`.
+    pub fn merge_part(&self, deletes: bool) -> String {
+        let last = format!(
+            "SELECT {}, weir_delete FROM {MERGE_PARTS} WHERE weir_seq = ANY($1)",
+            self.column_list("")
+        );
+        self.upsert(&last, deletes)
+    }
+
+    /// The sequence numbers of the rows of [`MERGE_PARTS`], in the order they were staged.
+    pub fn merge_part_seqs(&self) -> String {
+        format!("SELECT weir_seq FROM {MERGE_PARTS} ORDER BY weir_epoch, weir_seq")
+    }
+
+    /// Upserts (or deletes, with `deletes`) the rows that `last` selects (the table's
+    /// columns and `weir_delete`, one row per key).
+    fn upsert(&self, last: &str, deletes: bool) -> String {
+        let keys = self.key_list();
+        let cols = self.column_list("");
         let matches: Vec<String> = self
             .key_names()
             .map(|k| format!("t.{0} = l.{0}", ident(k)))
@@ -295,14 +343,6 @@ impl Layout {
             "DO NOTHING".to_string()
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
-        };
-        let last = if unique_keys && !one_row {
-            format!("SELECT {cols}, weir_delete FROM {staging} WHERE weir_epoch <= $1")
-        } else {
-            format!(
-                "SELECT DISTINCT ON ({keys}) {cols}, weir_delete FROM {staging} \
-                 WHERE weir_epoch <= $1{only} ORDER BY {keys}, weir_epoch DESC, weir_seq DESC"
-            )
         };
         let table = self.table.sql();
         let delete = if deletes {
@@ -320,21 +360,15 @@ impl Layout {
         )
     }
 
-    /// The sequence numbers of the rows [`Self::merge`] would merge (one per key), for the
-    /// row-by-row merge after a refusal.
-    pub fn merge_candidates(&self, temporary: bool) -> String {
+    /// The key columns, quoted, separated by commas.
+    fn key_list(&self) -> String {
         let keys: Vec<String> = self.key_names().map(ident).collect();
-        let keys = keys.join(", ");
-        format!(
-            "SELECT weir_seq FROM (SELECT DISTINCT ON ({keys}) weir_seq, weir_epoch FROM {} \
-             WHERE weir_epoch <= $1 ORDER BY {keys}, weir_epoch DESC, weir_seq DESC) c \
-             ORDER BY weir_epoch, weir_seq",
-            self.staging_sql(temporary)
-        )
+        keys.join(", ")
     }
 
-    /// A staged row as JSON (its output columns), for the dead letters.
-    pub fn staged_row_json(&self, temporary: bool) -> String {
+    /// A row of [`MERGE_PARTS`] (sequence number `$1`) as JSON (its output columns), for
+    /// the dead letters.
+    pub fn part_row_json(&self) -> String {
         let pairs: Vec<String> = self
             .columns
             .iter()
@@ -349,9 +383,8 @@ impl Layout {
             })
             .collect();
         format!(
-            "SELECT json_build_object({})::text FROM {} WHERE weir_seq = $1",
-            pairs.join(", "),
-            self.staging_sql(temporary)
+            "SELECT json_build_object({})::text FROM {MERGE_PARTS} WHERE weir_seq = $1",
+            pairs.join(", ")
         )
     }
 }
@@ -594,7 +627,7 @@ mod tests {
         let l = Layout::new(t.clone(), t.sibling("s"), &schema, Some(1)).unwrap();
         assert_eq!(l.columns.len(), 2);
         assert!(l.create_table().ends_with("PRIMARY KEY (\"source\"))"));
-        let merge = l.merge(true, false, false, true);
+        let merge = l.merge(true, false, true);
         assert!(merge.contains("DELETE FROM \"public\".\"v\" t USING l WHERE l.weir_delete AND t.\"source\" = l.\"source\""), "{merge}");
         assert!(
             merge.contains(
@@ -610,7 +643,7 @@ mod tests {
 
     #[test]
     fn the_merge_takes_the_last_row_of_each_key() {
-        let merge = layout().merge(false, true, true, true);
+        let merge = layout().merge(false, false, true);
         assert!(
             merge.contains("SELECT DISTINCT ON (\"datasetName\", \"window_start\")"),
             "{merge}"
@@ -622,14 +655,23 @@ mod tests {
             "{merge}"
         );
         assert!(
-            merge.contains("WHERE weir_epoch <= $1 AND weir_seq = $2"),
-            "{merge}"
-        );
-        assert!(
             merge.contains("\"window_end\" = EXCLUDED.\"window_end\""),
             "{merge}"
         );
-        let unique = layout().merge(true, false, true, false);
+        // the merge in parts: the same rows, copied once, then merged part by part
+        let [copy, index, _] = layout().merge_parts_table(false, 7);
+        assert!(
+            copy.contains("SELECT DISTINCT ON (\"datasetName\", \"window_start\")")
+                && copy.contains("WHERE weir_epoch <= 7 ORDER BY \"datasetName\", \"window_start\", weir_epoch DESC, weir_seq DESC"),
+            "{copy}"
+        );
+        assert_eq!(index, "CREATE INDEX ON pg_temp.weir_merge_parts (weir_seq)");
+        let part = layout().merge_part(true);
+        assert!(
+            part.starts_with("WITH l AS (SELECT \"datasetName\", \"window_start\", \"window_end\", \"events\", \"ratio\", weir_delete FROM pg_temp.weir_merge_parts WHERE weir_seq = ANY($1)), d AS (DELETE"),
+            "{part}"
+        );
+        let unique = layout().merge(true, true, false);
         assert!(
             unique.starts_with("WITH l AS (SELECT \"datasetName\", \"window_start\", \"window_end\", \"events\", \"ratio\", weir_delete FROM \"stage\" WHERE weir_epoch <= $1) INSERT INTO"),
             "{unique}"

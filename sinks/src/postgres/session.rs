@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use super::binary::{self, Wire};
-use super::ddl::{self, Layout, TableColumn, TableName};
+use super::ddl::{self, Layout, TableColumn, TableName, MERGE_PARTS};
 use super::encode::Lines;
 use super::errors::{classify, Fault};
 use super::{PostgresConfig, TlsMode};
@@ -267,7 +267,7 @@ impl Session {
         }
     }
 
-    /// The server answered: a long batch (refused rows isolated one by one) is not idle.
+    /// The server answered: a long batch (refused rows isolated by halving) is not idle.
     fn stepped(&self) {
         if let Ok(mut t) = self.last_answer.lock() {
             *t = std::time::Instant::now();
@@ -505,7 +505,7 @@ impl Session {
     }
 
     /// Merges the staged rows of epochs up to `upto` into the table; when the server
-    /// refuses the merge, merges them row by row and returns the rows it refuses.
+    /// refuses the merge, merges them in parts and returns the rows it refuses.
     /// `unique_keys`: no key is staged twice; `deletes`: some rows may delete their key
     /// (see [`Layout::merge`]).
     async fn merge(
@@ -519,14 +519,14 @@ impl Session {
         // case-insensitive collation): the merge then touches a row twice (SQLSTATE 21000),
         // and is made again with the staged rows deduplicated by the table's own equality
         // (`DISTINCT ON`, the later row winning); if even that is refused (a unique index
-        // whose collation differs from its column's), the rows are merged one by one
+        // whose collation differs from its column's), the rows are merged in parts
         let tries: &[bool] = if unique_keys {
             &[true, false]
         } else {
             &[false]
         };
         for &unique in tries {
-            let all = self.layout.merge(self.temporary, false, unique, deletes);
+            let all = self.layout.merge(self.temporary, unique, deletes);
             let first = sqlx::query(&all).bind(upto).execute(&mut self.conn).await;
             self.stepped();
             let touched_twice = first.as_ref().err().is_some_and(is_cardinality_violation);
@@ -552,36 +552,65 @@ impl Session {
                 Err(f) => return Err(f),
             }
         }
-        let seqs: Vec<i64> = sqlx::query_scalar(&self.layout.merge_candidates(self.temporary))
-            .bind(upto)
+        for statement in self.layout.merge_parts_table(self.temporary, upto) {
+            self.exec(&statement).await.map_err(strict)?;
+        }
+        let seqs: Vec<i64> = sqlx::query_scalar(&self.layout.merge_part_seqs())
             .fetch_all(&mut self.conn)
             .await
             .map_err(strict)?;
-        let one = self.layout.merge(self.temporary, true, false, deletes);
+        let refused = self.merge_in_parts(&seqs, deletes).await?;
+        self.exec(&format!("DROP TABLE {MERGE_PARTS}"))
+            .await
+            .map_err(strict)?;
+        self.exec("RELEASE SAVEPOINT weir_merge")
+            .await
+            .map_err(strict)?;
+        Ok(refused)
+    }
+
+    /// After the server refused the merge of the rows `seqs` of [`MERGE_PARTS`] (one per
+    /// key, in the order they were staged): merges them again in parts, each under a
+    /// savepoint, halving a
+    /// part the server refuses (or one that touches a table row twice: keys distinct here
+    /// but equal by the table's own equality) until the refused rows stand alone; returns
+    /// those. The parts are merged in `seqs`' order, so a later row still wins. About four
+    /// statements per refused row and halving, where a merge row by row made three per row.
+    async fn merge_in_parts(&mut self, seqs: &[i64], deletes: bool) -> Result<Vec<Refusal>, Fault> {
+        let some = self.layout.merge_part(deletes);
         let mut refused = Vec::new();
-        for seq in seqs {
-            self.exec("SAVEPOINT weir_row").await.map_err(strict)?;
-            let r = sqlx::query(&one)
-                .bind(upto)
-                .bind(seq)
+        // parts still to merge, the next on top (the whole was just refused)
+        let mut todo = Vec::new();
+        let mid = seqs.len() / 2;
+        todo.push(mid..seqs.len());
+        todo.push(0..mid);
+        while let Some(part) = todo.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            self.exec("SAVEPOINT weir_part").await.map_err(strict)?;
+            let r = sqlx::query(&some)
+                .bind(&seqs[part.clone()])
                 .execute(&mut self.conn)
                 .await;
+            self.stepped();
+            let touched_twice = r.as_ref().err().is_some_and(is_cardinality_violation);
             match r.map_err(fault) {
                 Ok(_) => {
-                    self.exec("RELEASE SAVEPOINT weir_row")
+                    self.exec("RELEASE SAVEPOINT weir_part")
                         .await
                         .map_err(strict)?;
                 }
-                Err(Fault::Refused { sqlstate, message }) => {
-                    self.exec("ROLLBACK TO SAVEPOINT weir_row")
+                Err(Fault::Refused { sqlstate, message }) if part.len() == 1 => {
+                    self.exec("ROLLBACK TO SAVEPOINT weir_part")
                         .await
                         .map_err(strict)?;
-                    let raw: Option<String> =
-                        sqlx::query_scalar(&self.layout.staged_row_json(self.temporary))
-                            .bind(seq)
-                            .fetch_optional(&mut self.conn)
-                            .await
-                            .map_err(strict)?;
+                    let seq = seqs[part.start];
+                    let raw: Option<String> = sqlx::query_scalar(&self.layout.part_row_json())
+                        .bind(seq)
+                        .fetch_optional(&mut self.conn)
+                        .await
+                        .map_err(strict)?;
                     refused.push(Refusal {
                         line: None,
                         raw: Some(raw.unwrap_or_default().into_bytes()),
@@ -590,12 +619,25 @@ impl Session {
                         message,
                     });
                 }
+                Err(Fault::Refused { .. }) => {
+                    self.exec("ROLLBACK TO SAVEPOINT weir_part")
+                        .await
+                        .map_err(strict)?;
+                    let mid = part.start + part.len() / 2;
+                    todo.push(mid..part.end);
+                    todo.push(part.start..mid);
+                }
+                Err(_) if touched_twice && part.len() > 1 => {
+                    self.exec("ROLLBACK TO SAVEPOINT weir_part")
+                        .await
+                        .map_err(strict)?;
+                    let mid = part.start + part.len() / 2;
+                    todo.push(mid..part.end);
+                    todo.push(part.start..mid);
+                }
                 Err(f) => return Err(f),
             }
         }
-        self.exec("RELEASE SAVEPOINT weir_merge")
-            .await
-            .map_err(strict)?;
         Ok(refused)
     }
 

@@ -12,7 +12,7 @@ use crate::clock::{WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::events::{Chunk, Resume};
 use crate::job::channels::{
-    DeadMsg, Dispatcher, Failure, MergeInput, MergeMsg, SinkMsg, WorkerMsg,
+    send_barrier, DeadMsg, Dispatcher, Failure, MergeInput, MergeMsg, SinkMsg, WorkerMsg,
 };
 use crate::job::coordinator::Coordinator;
 use crate::job::merger::{merger_loop, MergerStart};
@@ -272,7 +272,94 @@ fn a_reader_waiting_for_room_leaves_the_dispatcher_to_a_hand_over() {
     assert_eq!(seqs, vec![0]);
     assert!(matches!(barrier_rx.try_recv(), Ok(WorkerMsg::Barrier(1))));
     assert_eq!(*unread.lock().unwrap(), vec![1]);
-    assert_eq!(dispatcher.lock().unwrap().cut[0], Some(Resume::at(1)));
+    let d = dispatcher.lock().unwrap();
+    assert_eq!(d.cut[0], Some(Resume::at(1)));
+    assert_eq!(d.readers_left, 0);
+}
+
+/// A reader whose `backpressure` plays a worker taking a message and the coordinator putting
+/// a checkpoint barrier into the room it left, through the dispatcher.
+struct BarrierWhilePressed {
+    chunks: VecDeque<Chunk>,
+    dispatcher: Arc<Mutex<Dispatcher>>,
+    queue: Receiver<WorkerMsg>,
+    taken: Arc<Mutex<Vec<String>>>,
+    cut_at_barrier: Arc<Mutex<Option<Resume>>>,
+}
+
+impl PartitionReader for BarrierWhilePressed {
+    fn next_chunk(&mut self, _ctx: &ReaderContext) -> Result<Option<Chunk>, EngineError> {
+        Ok(self.chunks.pop_front())
+    }
+    fn backpressure(&mut self, _ctx: &ReaderContext) -> Result<(), EngineError> {
+        let msg = self.queue.try_recv().unwrap();
+        let mut taken = self.taken.lock().unwrap();
+        taken.push(match msg {
+            WorkerMsg::Chunk(c, _) => format!("chunk {}", c.seq),
+            WorkerMsg::Barrier(e) => format!("barrier {e}"),
+            _ => "other".into(),
+        });
+        if taken.len() == 1 {
+            // the coordinator's barrier, under the lock the reader left
+            let d = self
+                .dispatcher
+                .try_lock()
+                .expect("the reader held the dispatcher");
+            send_barrier(&d, WorkerMsg::Barrier, 1, &Failure::new()).unwrap();
+            *self.cut_at_barrier.lock().unwrap() = d.cut[0];
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_barrier_put_while_the_reader_waits_for_room_comes_before_the_chunk_it_holds() {
+    let (tx, rx) = bounded::<WorkerMsg>(1);
+    let dispatcher = Arc::new(Mutex::new(Dispatcher {
+        next: 0,
+        senders: vec![tx],
+        cut: vec![None],
+        lane_cut: HashMap::new(),
+        readers_left: 1,
+        checkpointing: false,
+    }));
+    let (taken, cut_at_barrier) = (Arc::default(), Arc::default());
+    let reader = BarrierWhilePressed {
+        chunks: partition_chunks(0, &[&[1], &[2]]).into(),
+        dispatcher: dispatcher.clone(),
+        queue: rx.clone(),
+        taken: Arc::clone(&taken),
+        cut_at_barrier: Arc::clone(&cut_at_barrier),
+    };
+    let progress = Arc::new(Progress::new(1, &[1]));
+    progress.set_finished();
+    let ctx = ReaderContext::new(
+        Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        progress,
+        run_stats(),
+    );
+    read_source(
+        Box::new(reader),
+        (&dispatcher, &Default::default()),
+        &ctx,
+        &Failure::new(),
+    )
+    .unwrap();
+    let mut order = taken.lock().unwrap().clone();
+    order.extend(rx.try_iter().map(|m| match m {
+        WorkerMsg::Chunk(c, _) => format!("chunk {}", c.seq),
+        WorkerMsg::Barrier(e) => format!("barrier {e}"),
+        _ => "other".into(),
+    }));
+    // (chunk 2: the partition's end)
+    assert_eq!(order, vec!["chunk 0", "barrier 1", "chunk 1", "chunk 2"]);
+    // the barrier's cut holds chunk 0, not the chunk held back; then the rest is in the cut
+    assert_eq!(*cut_at_barrier.lock().unwrap(), Some(Resume::at(1)));
+    let d = dispatcher.lock().unwrap();
+    assert_eq!(d.cut[0], Some(Resume::at(2)));
+    assert_eq!(d.readers_left, 0);
+    assert!(d.senders.is_empty());
 }
 
 fn handover(worker: usize, seq: u64, partials: Vec<PartialWindow>, upto: i64) -> MergeInput {
