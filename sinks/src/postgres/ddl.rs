@@ -133,11 +133,6 @@ pub fn pg_type(t: &DataType) -> Option<(String, &'static [&'static str])> {
     })
 }
 
-/// The temporary table of a merge in parts (see [`Layout::merge_parts_table`]), and its name
-/// when created.
-pub const MERGE_PARTS: &str = "pg_temp.weir_merge_parts";
-const MERGE_PARTS_NAME: &str = "weir_merge_parts";
-
 /// The order that puts a key's last staged row first.
 const LAST_FIRST: &str = "weir_epoch DESC, weir_seq DESC";
 
@@ -293,37 +288,60 @@ impl Layout {
         self.upsert(&last, deletes)
     }
 
+    /// The table a merge in parts reads (see [`Self::merge_parts_table`]): a temporary one
+    /// beside a temporary staging table, else an unlogged one beside the staging table (so
+    /// that a sink with checkpoints needs no right to temporary tables).
+    pub fn parts_sql(&self, temporary: bool) -> String {
+        if temporary {
+            "pg_temp.weir_merge_parts".to_string()
+        } else {
+            self.staging
+                .sibling(&format!("{}_parts", self.staging.table))
+                .sql()
+        }
+    }
+
     /// After a refused merge, the statements that copy what [`Self::merge`] would merge
-    /// (per key its last row of the epochs up to `upto`) into the temporary table
-    /// [`MERGE_PARTS`], indexed by sequence number: the merge in parts then reads each part
-    /// there, not the whole staging table again.
+    /// (per key its last row of the epochs up to `upto`) into [`Self::parts_sql`], indexed
+    /// by sequence number (dropped after the merge, or with its transaction): the merge in
+    /// parts then reads each part there, not the whole staging table again.
     pub fn merge_parts_table(&self, temporary: bool, upto: i64) -> [String; 3] {
+        let parts = self.parts_sql(temporary);
+        let create = if temporary {
+            "CREATE TEMPORARY TABLE weir_merge_parts".to_string()
+        } else {
+            format!("CREATE UNLOGGED TABLE {parts}")
+        };
         [
             format!(
-                "CREATE TEMPORARY TABLE {MERGE_PARTS_NAME} AS SELECT DISTINCT ON ({keys}) {cols}, \
-                 weir_delete, weir_epoch, weir_seq FROM {staging} WHERE weir_epoch <= {upto} \
-                 ORDER BY {keys}, {LAST_FIRST}",
+                "{create} AS SELECT DISTINCT ON ({keys}) {cols}, weir_delete, weir_epoch, \
+                 weir_seq FROM {staging} WHERE weir_epoch <= {upto} ORDER BY {keys}, {LAST_FIRST}",
                 keys = self.key_list(),
                 cols = self.column_list(""),
                 staging = self.staging_sql(temporary),
             ),
-            format!("CREATE INDEX ON {MERGE_PARTS} (weir_seq)"),
-            format!("ANALYZE {MERGE_PARTS}"),
+            format!("CREATE INDEX ON {parts} (weir_seq)"),
+            format!("ANALYZE {parts}"),
         ]
     }
 
-    /// Merges the rows of [`MERGE_PARTS`] whose sequence numbers are in the array `$1`.
-    pub fn merge_part(&self, deletes: bool) -> String {
+    /// Merges the rows of [`Self::parts_sql`] whose sequence numbers are in the array `$1`.
+    pub fn merge_part(&self, temporary: bool, deletes: bool) -> String {
         let last = format!(
-            "SELECT {}, weir_delete FROM {MERGE_PARTS} WHERE weir_seq = ANY($1)",
-            self.column_list("")
+            "SELECT {}, weir_delete FROM {} WHERE weir_seq = ANY($1)",
+            self.column_list(""),
+            self.parts_sql(temporary)
         );
         self.upsert(&last, deletes)
     }
 
-    /// The sequence numbers of the rows of [`MERGE_PARTS`], in the order they were staged.
-    pub fn merge_part_seqs(&self) -> String {
-        format!("SELECT weir_seq FROM {MERGE_PARTS} ORDER BY weir_epoch, weir_seq")
+    /// The sequence numbers of the rows of [`Self::parts_sql`], in the order they were
+    /// staged.
+    pub fn merge_part_seqs(&self, temporary: bool) -> String {
+        format!(
+            "SELECT weir_seq FROM {} ORDER BY weir_epoch, weir_seq",
+            self.parts_sql(temporary)
+        )
     }
 
     /// Upserts (or deletes, with `deletes`) the rows that `last` selects (the table's
@@ -366,9 +384,9 @@ impl Layout {
         keys.join(", ")
     }
 
-    /// A row of [`MERGE_PARTS`] (sequence number `$1`) as JSON (its output columns), for
-    /// the dead letters.
-    pub fn part_row_json(&self) -> String {
+    /// A row of [`Self::parts_sql`] (sequence number `$1`) as JSON (its output columns),
+    /// for the dead letters.
+    pub fn part_row_json(&self, temporary: bool) -> String {
         let pairs: Vec<String> = self
             .columns
             .iter()
@@ -383,8 +401,9 @@ impl Layout {
             })
             .collect();
         format!(
-            "SELECT json_build_object({})::text FROM {MERGE_PARTS} WHERE weir_seq = $1",
-            pairs.join(", ")
+            "SELECT json_build_object({})::text FROM {} WHERE weir_seq = $1",
+            pairs.join(", "),
+            self.parts_sql(temporary)
         )
     }
 }
@@ -661,12 +680,21 @@ mod tests {
         // the merge in parts: the same rows, copied once, then merged part by part
         let [copy, index, _] = layout().merge_parts_table(false, 7);
         assert!(
-            copy.contains("SELECT DISTINCT ON (\"datasetName\", \"window_start\")")
+            copy.starts_with("CREATE UNLOGGED TABLE \"public\".\"stage_parts\" AS SELECT DISTINCT ON (\"datasetName\", \"window_start\")")
                 && copy.contains("WHERE weir_epoch <= 7 ORDER BY \"datasetName\", \"window_start\", weir_epoch DESC, weir_seq DESC"),
             "{copy}"
         );
+        assert_eq!(
+            index,
+            "CREATE INDEX ON \"public\".\"stage_parts\" (weir_seq)"
+        );
+        let [copy, index, _] = layout().merge_parts_table(true, 7);
+        assert!(
+            copy.starts_with("CREATE TEMPORARY TABLE weir_merge_parts AS"),
+            "{copy}"
+        );
         assert_eq!(index, "CREATE INDEX ON pg_temp.weir_merge_parts (weir_seq)");
-        let part = layout().merge_part(true);
+        let part = layout().merge_part(true, true);
         assert!(
             part.starts_with("WITH l AS (SELECT \"datasetName\", \"window_start\", \"window_end\", \"events\", \"ratio\", weir_delete FROM pg_temp.weir_merge_parts WHERE weir_seq = ANY($1)), d AS (DELETE"),
             "{part}"

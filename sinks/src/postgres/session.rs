@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use super::binary::{self, Wire};
-use super::ddl::{self, Layout, TableColumn, TableName, MERGE_PARTS};
+use super::ddl::{self, Layout, TableColumn, TableName};
 use super::encode::Lines;
 use super::errors::{classify, Fault};
 use super::{PostgresConfig, TlsMode};
@@ -480,7 +480,7 @@ impl Session {
                 }
                 Err(e) => match fault(e) {
                     Fault::Refused { sqlstate, message } => {
-                        self.exec("ROLLBACK TO SAVEPOINT weir_stage")
+                        self.exec("ROLLBACK TO SAVEPOINT weir_stage; RELEASE SAVEPOINT weir_stage")
                             .await
                             .map_err(strict)?;
                         if range.len() == 1 {
@@ -555,29 +555,32 @@ impl Session {
         for statement in self.layout.merge_parts_table(self.temporary, upto) {
             self.exec(&statement).await.map_err(strict)?;
         }
-        let seqs: Vec<i64> = sqlx::query_scalar(&self.layout.merge_part_seqs())
+        let seqs: Vec<i64> = sqlx::query_scalar(&self.layout.merge_part_seqs(self.temporary))
             .fetch_all(&mut self.conn)
             .await
             .map_err(strict)?;
         let refused = self.merge_in_parts(&seqs, deletes).await?;
-        self.exec(&format!("DROP TABLE {MERGE_PARTS}"))
-            .await
-            .map_err(strict)?;
+        self.exec(&format!(
+            "DROP TABLE {}",
+            self.layout.parts_sql(self.temporary)
+        ))
+        .await
+        .map_err(strict)?;
         self.exec("RELEASE SAVEPOINT weir_merge")
             .await
             .map_err(strict)?;
         Ok(refused)
     }
 
-    /// After the server refused the merge of the rows `seqs` of [`MERGE_PARTS`] (one per
-    /// key, in the order they were staged): merges them again in parts, each under a
-    /// savepoint, halving a
-    /// part the server refuses (or one that touches a table row twice: keys distinct here
-    /// but equal by the table's own equality) until the refused rows stand alone; returns
-    /// those. The parts are merged in `seqs`' order, so a later row still wins. About four
+    /// After the server refused the merge of the rows `seqs` of [`Layout::parts_sql`] (one
+    /// per key, in the order they were staged): merges them again in parts, each under a
+    /// savepoint (released also after a rollback: nested savepoints slow the whole server
+    /// past 64), halving a part the server refuses (or one that touches a table row twice:
+    /// keys distinct here but equal by the table's own equality) until the refused rows
+    /// stand alone; returns those. The parts are merged in `seqs`' order, so a later row still wins. About four
     /// statements per refused row and halving, where a merge row by row made three per row.
     async fn merge_in_parts(&mut self, seqs: &[i64], deletes: bool) -> Result<Vec<Refusal>, Fault> {
-        let some = self.layout.merge_part(deletes);
+        let some = self.layout.merge_part(self.temporary, deletes);
         let mut refused = Vec::new();
         // parts still to merge, the next on top (the whole was just refused)
         let mut todo = Vec::new();
@@ -602,15 +605,16 @@ impl Session {
                         .map_err(strict)?;
                 }
                 Err(Fault::Refused { sqlstate, message }) if part.len() == 1 => {
-                    self.exec("ROLLBACK TO SAVEPOINT weir_part")
+                    self.exec("ROLLBACK TO SAVEPOINT weir_part; RELEASE SAVEPOINT weir_part")
                         .await
                         .map_err(strict)?;
                     let seq = seqs[part.start];
-                    let raw: Option<String> = sqlx::query_scalar(&self.layout.part_row_json())
-                        .bind(seq)
-                        .fetch_optional(&mut self.conn)
-                        .await
-                        .map_err(strict)?;
+                    let raw: Option<String> =
+                        sqlx::query_scalar(&self.layout.part_row_json(self.temporary))
+                            .bind(seq)
+                            .fetch_optional(&mut self.conn)
+                            .await
+                            .map_err(strict)?;
                     refused.push(Refusal {
                         line: None,
                         raw: Some(raw.unwrap_or_default().into_bytes()),
@@ -620,7 +624,7 @@ impl Session {
                     });
                 }
                 Err(Fault::Refused { .. }) => {
-                    self.exec("ROLLBACK TO SAVEPOINT weir_part")
+                    self.exec("ROLLBACK TO SAVEPOINT weir_part; RELEASE SAVEPOINT weir_part")
                         .await
                         .map_err(strict)?;
                     let mid = part.start + part.len() / 2;
@@ -628,7 +632,7 @@ impl Session {
                     todo.push(part.start..mid);
                 }
                 Err(_) if touched_twice && part.len() > 1 => {
-                    self.exec("ROLLBACK TO SAVEPOINT weir_part")
+                    self.exec("ROLLBACK TO SAVEPOINT weir_part; RELEASE SAVEPOINT weir_part")
                         .await
                         .map_err(strict)?;
                     let mid = part.start + part.len() / 2;
