@@ -122,6 +122,19 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
     assert_eq!(p[0].lane_lag, vec![-1, -1]);
 }
 
+/// The context of a reader of one partition whose outputs are done: it finishes right
+/// after its input.
+fn finished_outputs_context() -> ReaderContext {
+    let progress = Arc::new(Progress::new(1, &[1]));
+    progress.set_finished();
+    ReaderContext::new(
+        Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
+        Arc::new(AtomicBool::new(false)),
+        progress,
+        run_stats(),
+    )
+}
+
 #[test]
 fn a_reader_deals_chunks_round_robin_and_ends_the_workers_input() {
     let (tx0, rx0) = bounded::<WorkerMsg>(8);
@@ -136,15 +149,7 @@ fn a_reader_deals_chunks_round_robin_and_ends_the_workers_input() {
     });
     let reader = FakeReader::new(partition_chunks(0, &[&[1], &[2], &[3]]));
     let finished = reader.finished.clone();
-    let progress = Arc::new(Progress::new(1, &[1]));
-    // the outputs are done: the reader finishes right after its input
-    progress.set_finished();
-    let ctx = ReaderContext::new(
-        Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        progress,
-        run_stats(),
-    );
+    let ctx = finished_outputs_context();
     read_source(
         Box::new(reader),
         (&dispatcher, &Default::default()),
@@ -228,14 +233,7 @@ fn a_reader_waiting_for_room_leaves_the_dispatcher_to_a_hand_over() {
         free: Arc::clone(&free),
         unread: Arc::clone(&unread),
     };
-    let progress = Arc::new(Progress::new(1, &[1]));
-    progress.set_finished();
-    let ctx = ReaderContext::new(
-        Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        progress,
-        run_stats(),
-    );
+    let ctx = finished_outputs_context();
     let d = Arc::clone(&dispatcher);
     let reading = std::thread::spawn(move || {
         read_source(
@@ -331,14 +329,7 @@ fn a_barrier_put_while_the_reader_waits_for_room_comes_before_the_chunk_it_holds
         taken: Arc::clone(&taken),
         cut_at_barrier: Arc::clone(&cut_at_barrier),
     };
-    let progress = Arc::new(Progress::new(1, &[1]));
-    progress.set_finished();
-    let ctx = ReaderContext::new(
-        Arc::new(crate::clock::Clocks::new(&[(1, 0)])),
-        Arc::new(AtomicBool::new(false)),
-        progress,
-        run_stats(),
-    );
+    let ctx = finished_outputs_context();
     read_source(
         Box::new(reader),
         (&dispatcher, &Default::default()),
