@@ -356,3 +356,50 @@ fn two_workers_share_the_partitions_through_a_kill_and_a_restart_exactly_once() 
         );
     }
 }
+
+/// A worker killed while it holds every partition, and started again before its session
+/// expired while a second worker joined: the partitions the assignment now gives the second
+/// one are held by the first (its earlier process's claims, never released). The first takes
+/// them back and hands them over with a checkpoint, so that both read to the end and the
+/// union of their files equals the oracle's. (The second waited for their release for as
+/// long as the first heartbeated: for ever.)
+#[test]
+fn a_worker_started_again_hands_over_what_its_earlier_process_held() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let total = 8_000;
+    let events = events_file(d, &total.to_string(), "17");
+    nats_py(&url, &["create-partitioned", "EVENTS", "events", "4"]);
+    SlicePublisher::start(&url, &events, total, total)
+        .thread
+        .join()
+        .unwrap();
+    let p = pipeline(d, &url, "checkpoint: { dir: state, interval: 500ms }\n");
+    let a = Running::start(&p, &["--worker", "a"]);
+    a.wait_for("a's four partitions and a checkpoint", |r| {
+        let lines = r.lines();
+        claims(&lines) >= PARTITIONS && lines.iter().any(|l| l.contains("checkpoint complete"))
+    });
+    a.kill();
+    // within a's session: b joins, then a comes back
+    let b = Running::start(&p, &["--worker", "b", "--until-caught-up"]);
+    let a = Running::start(&p, &["--worker", "a", "--until-caught-up"]);
+    let limit = Duration::from_secs(120);
+    let (a_end, b_end) = (a.end_within(limit), b.end_within(limit));
+    if [&a_end, &b_end]
+        .iter()
+        .any(|(status, _)| !status.is_some_and(|s| s.success()))
+    {
+        panic!(
+            "a: {:?}, b: {:?} (None: killed after {limit:?})\n--- a's log:\n{}\n--- b's log:\n{}",
+            a_end.0,
+            b_end.0,
+            a_end.1.join("\n"),
+            b_end.1.join("\n")
+        );
+    }
+    let (rows, summary) = expected(&url, &events, d);
+    verify(&d.join("out"), &rows, &summary, "the pool");
+}

@@ -59,6 +59,9 @@ pub struct NatsPoolReader {
     /// The job served last ended with a hand-over (a change of partitions).
     handed_over: bool,
     last_check: Instant,
+    /// Whether this reader looked for claims of this worker that no reader holds any more
+    /// (see [`Self::stale_claims`]).
+    stale_checked: bool,
 }
 
 impl NatsPoolReader {
@@ -90,6 +93,7 @@ impl NatsPoolReader {
             to_release: Vec::new(),
             handed_over: false,
             last_check: Instant::now(),
+            stale_checked: false,
         }
     }
 
@@ -167,6 +171,44 @@ impl NatsPoolReader {
         Ok(())
     }
 
+    /// Once per reader: the partitions assigned to other workers that this worker still
+    /// holds (not released) but does not own: claims of an earlier process of this worker
+    /// (killed and started again before its session expired, while the assignment moved), or
+    /// of this process before it was fenced and joined again. Their next owner would wait
+    /// for their release for as long as this worker heartbeats: they are taken back here, so
+    /// that the next look at the assignment gives them up with a hand-over checkpoint and
+    /// releases them.
+    fn stale_claims(
+        &mut self,
+        owned: &BTreeSet<u32>,
+        mine: &BTreeSet<u32>,
+    ) -> Result<Vec<u32>, EngineError> {
+        if self.stale_checked {
+            return Ok(Vec::new());
+        }
+        let me = self.pool.worker();
+        let mut stale = Vec::new();
+        for n in 0..self.keys.len() as u32 {
+            let key = &self.keys[n as usize];
+            if owned.contains(&n)
+                || mine.contains(&n)
+                || self.to_release.iter().any(|(k, _)| k == key)
+            {
+                continue;
+            }
+            if let Some(h) = self.pool.holder(key)? {
+                if h.worker == me && !h.released {
+                    stale.push(n);
+                }
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(source = %self.name, partitions = ?stale, "nats: this worker still holds partitions assigned to others (an earlier process of it, or before it joined again); taking them back to hand them over");
+        }
+        self.stale_checked = true;
+        Ok(stale)
+    }
+
     /// Compares the owned partitions with the assignment; claims and gives up partitions
     /// when they differ, and returns whether the job must end with a hand-over.
     fn rebalance(&mut self) -> Result<bool, EngineError> {
@@ -178,7 +220,7 @@ impl NatsPoolReader {
             .filter(|n| assigned.get(&self.keys[*n as usize]) == Some(&me))
             .collect();
         let give_up: Vec<u32> = owned.difference(&mine).copied().collect();
-        let mut take = Vec::new();
+        let mut take = self.stale_claims(&owned, &mine)?;
         for &n in mine.difference(&owned) {
             let key = &self.keys[n as usize];
             let free = match self.pool.holder(key)? {
