@@ -403,3 +403,53 @@ fn a_worker_started_again_hands_over_what_its_earlier_process_held() {
     let (rows, summary) = expected(&url, &events, d);
     verify(&d.join("out"), &rows, &summary, "the pool");
 }
+
+/// Reading until caught up, a worker whose own partitions are read (here: none yet) waits for
+/// the partitions of the others to be finished: a worker killed while it holds every
+/// partition leaves them to the survivor after its session times out, and the survivor ends
+/// only once it read and flushed them. (It ended at once, exit 0, with none of their rows.)
+#[test]
+fn reading_until_caught_up_a_worker_waits_for_a_killed_worker_s_partitions() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let total = 8_000;
+    let events = events_file(d, &total.to_string(), "19");
+    nats_py(&url, &["create-partitioned", "EVENTS", "events", "4"]);
+    SlicePublisher::start(&url, &events, total, total)
+        .thread
+        .join()
+        .unwrap();
+    let p = pipeline(d, &url, "checkpoint: { dir: state, interval: 500ms }\n");
+    // b holds every partition and reads them slowly (2 s more per chunk)
+    let b = Running::start_with(
+        &p,
+        &["--worker", "b", "--until-caught-up"],
+        &[("WEIR_FAILPOINT_PAUSE", "worker_chunk:2000")],
+    );
+    b.wait_for("b's four partitions and a checkpoint", |r| {
+        let lines = r.lines();
+        claims(&lines) >= PARTITIONS && lines.iter().any(|l| l.contains("checkpoint complete"))
+    });
+    let a = Running::start(&p, &["--worker", "a", "--until-caught-up"]);
+    a.wait_for("a looking at the assignment", |r| {
+        r.lines()
+            .iter()
+            .any(|l| l.contains("nats: this worker reads its partitions"))
+    });
+    b.kill();
+    let (status, log) = a.end_within(Duration::from_secs(120));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        log.join("\n")
+    );
+    assert!(
+        claims(&log) >= PARTITIONS,
+        "a did not take b's partitions over:\n{}",
+        log.join("\n")
+    );
+    let (rows, summary) = expected(&url, &events, d);
+    verify(&d.join("out"), &rows, &summary, "the pool");
+}

@@ -27,6 +27,9 @@ use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::pool::PoolStore;
 use weir_engine::pool_members::{assign, live_members};
+
+/// How long a worker reading until caught up waits for the others' partitions by default.
+pub const DEFAULT_CAUGHT_UP_TIMEOUT: Duration = Duration::from_secs(120);
 use weir_engine::{Chunk, EngineError};
 
 pub use weir_engine::pool_members::SESSION_TIMEOUT;
@@ -62,6 +65,14 @@ pub struct NatsPoolReader {
     /// Whether this reader looked for claims of this worker that no reader holds any more
     /// (see [`Self::stale_claims`]).
     stale_checked: bool,
+    /// Reading until caught up: the job served last ended only to flush its partitions' last
+    /// windows; the worker then waits for the other partitions in a new job.
+    flushed_to_wait: bool,
+    /// Reading until caught up: how long a worker waits for partitions it does not own to be
+    /// finished (read to their end and flushed by their owner) before it fails.
+    caught_up_timeout: Duration,
+    /// Since when this worker waits for the others' partitions (and when it last said so).
+    waiting: Option<(Instant, Instant)>,
 }
 
 impl NatsPoolReader {
@@ -94,7 +105,23 @@ impl NatsPoolReader {
             handed_over: false,
             last_check: Instant::now(),
             stale_checked: false,
+            flushed_to_wait: false,
+            caught_up_timeout: DEFAULT_CAUGHT_UP_TIMEOUT,
+            waiting: None,
         }
+    }
+
+    /// Reading until caught up: waits at most `timeout` for the partitions of other workers
+    /// to be finished (default [`DEFAULT_CAUGHT_UP_TIMEOUT`]).
+    pub fn with_caught_up_timeout(mut self, timeout: Duration) -> Self {
+        self.caught_up_timeout = timeout;
+        self
+    }
+
+    /// Reading until caught up: whether the job served last ended only to flush its
+    /// partitions' last windows, the worker waiting for the others' in a new job.
+    pub fn flushed_to_wait(&self) -> bool {
+        self.flushed_to_wait
     }
 
     /// Before a job: where each partition continues (`resume(partition key)`, the
@@ -143,6 +170,7 @@ impl NatsPoolReader {
             }
         }
         self.handed_over = false;
+        self.flushed_to_wait = false;
         let owned = self.owned_numbers()?;
         let partitions: Vec<(u32, Option<Resume>)> = owned
             .iter()
@@ -207,6 +235,57 @@ impl NatsPoolReader {
         }
         self.stale_checked = true;
         Ok(stale)
+    }
+
+    /// Reading until caught up, this job's partitions read to their end (or it owns none):
+    /// whether the job ends (`Some`: whether only to flush its partitions' last windows, the
+    /// worker then waiting in a new job) or waits for the other workers' partitions (`None`).
+    /// A worker ends once every partition is finished: read to its end and its last windows
+    /// flushed by a committed final checkpoint of its owner (see
+    /// [`PoolStore::partition_finished`]); a partition read by a worker that was then killed
+    /// is not, and waits for the worker that takes it over. It fails after
+    /// `caught_up_timeout` of waiting.
+    fn caught_up(&mut self) -> Result<Option<bool>, EngineError> {
+        let owned = self.owned_numbers()?;
+        let mut own_finished = true;
+        for &n in &owned {
+            own_finished &= self.pool.partition_finished(&self.keys[n as usize])?;
+        }
+        let mut unfinished = Vec::new();
+        for (n, key) in self.keys.iter().enumerate() {
+            if !owned.contains(&(n as u32)) && !self.pool.partition_finished(key)? {
+                unfinished.push(n);
+            }
+        }
+        if !own_finished {
+            // the job's final checkpoint flushes them; the worker marks them finished
+            return Ok(Some(!unfinished.is_empty()));
+        }
+        if unfinished.is_empty() {
+            self.waiting = None;
+            return Ok(Some(false));
+        }
+        let now = Instant::now();
+        let (since, logged) = self
+            .waiting
+            .get_or_insert((now, now - Duration::from_secs(60)));
+        if since.elapsed() >= self.caught_up_timeout {
+            return Err(EngineError::source(
+                &self.name,
+                format!(
+                    "partitions {unfinished:?} of the stream were not finished by their \
+                     workers within {} s (a worker that holds them stopped and its session \
+                     has not timed out, or no live worker is assigned them); start a worker \
+                     that reads them, or wait longer with --caught-up-timeout",
+                    self.caught_up_timeout.as_secs()
+                ),
+            ));
+        }
+        if logged.elapsed() >= Duration::from_secs(10) {
+            *logged = now;
+            tracing::info!(source = %self.name, partitions = ?unfinished, "nats: every partition of this worker is read to its end; waiting for the other workers' partitions to be finished");
+        }
+        Ok(None)
     }
 
     /// Compares the owned partitions with the assignment; claims and gives up partitions
@@ -296,17 +375,23 @@ impl PartitionReader for NatsPoolReader {
             let Some((_, readers)) = self.run.as_mut() else {
                 return Ok(None);
             };
-            if readers.numbers().is_empty() {
-                if self.config.until_caught_up {
-                    return Ok(None);
+            let idle = readers.numbers().is_empty();
+            if !idle {
+                if let Some(c) = readers.poll(ctx)? {
+                    return Ok(Some(c));
                 }
+            }
+            if self.config.until_caught_up && (idle || readers.ended()) {
+                match self.caught_up()? {
+                    Some(flush) => {
+                        self.flushed_to_wait = flush;
+                        return Ok(None);
+                    }
+                    None => std::thread::sleep(Duration::from_millis(500)),
+                }
+            } else if idle {
                 std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            if let Some(c) = readers.poll(ctx)? {
-                return Ok(Some(c));
-            }
-            if readers.ended() {
+            } else if readers.ended() {
                 return Ok(None);
             }
         }

@@ -13,7 +13,7 @@ pub(crate) fn pooled(cfg: &NatsSourceConfig, at: &PoolSource) -> PooledSource {
     let mut cfg = cfg.clone();
     cfg.until_caught_up = at.until_caught_up;
     let keys = cfg.partition_keys();
-    let reader = NatsPoolReader::new(
+    let mut reader = NatsPoolReader::new(
         at.index,
         at.name,
         at.first_partition,
@@ -21,6 +21,9 @@ pub(crate) fn pooled(cfg: &NatsSourceConfig, at: &PoolSource) -> PooledSource {
         at.pool.clone(),
         at.owned.clone(),
     );
+    if let Some(t) = at.caught_up_timeout {
+        reader = reader.with_caught_up_timeout(t);
+    }
     PooledSource::new(reader, keys)
 }
 
@@ -30,6 +33,9 @@ impl PooledReader for NatsPoolReader {
     }
     fn handed_over(&self) -> bool {
         NatsPoolReader::handed_over(self)
+    }
+    fn flushed_to_wait(&self) -> bool {
+        NatsPoolReader::flushed_to_wait(self)
     }
     fn close(&mut self) {
         NatsPoolReader::close(self)
