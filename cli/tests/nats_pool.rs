@@ -385,6 +385,12 @@ fn a_worker_started_again_hands_over_what_its_earlier_process_held() {
     a.kill();
     // within a's session: b joins, then a comes back
     let b = Running::start(&p, &["--worker", "b", "--until-caught-up"]);
+    // (b heartbeats once its job starts: a's first look at the assignment then counts it)
+    b.wait_for("b's first job", |r| {
+        r.lines()
+            .iter()
+            .any(|l| l.contains("nats: this worker reads its partitions"))
+    });
     let a = Running::start(&p, &["--worker", "a", "--until-caught-up"]);
     let limit = Duration::from_secs(120);
     let (a_end, b_end) = (a.end_within(limit), b.end_within(limit));
@@ -400,6 +406,14 @@ fn a_worker_started_again_hands_over_what_its_earlier_process_held() {
             b_end.1.join("\n")
         );
     }
+    assert!(
+        a_end
+            .1
+            .iter()
+            .any(|l| l.contains("taking them back to hand them over")),
+        "a did not find its earlier process's partitions:\n{}",
+        a_end.1.join("\n")
+    );
     let (rows, summary) = expected(&url, &events, d);
     verify(&d.join("out"), &rows, &summary, "the pool");
 }

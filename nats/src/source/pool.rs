@@ -71,8 +71,10 @@ pub struct NatsPoolReader {
     /// Reading until caught up: how long a worker waits for partitions it does not own to be
     /// finished (read to their end and flushed by their owner) before it fails.
     caught_up_timeout: Duration,
-    /// Since when this worker waits for the others' partitions (and when it last said so).
-    waiting: Option<(Instant, Instant)>,
+    /// Since when this worker waits for the others' partitions, and when it last said so.
+    waiting: Option<(Instant, Option<Instant>)>,
+    /// The job served read rows: its partitions' last windows wait for its final flush.
+    read_in_job: bool,
 }
 
 impl NatsPoolReader {
@@ -108,6 +110,7 @@ impl NatsPoolReader {
             flushed_to_wait: false,
             caught_up_timeout: DEFAULT_CAUGHT_UP_TIMEOUT,
             waiting: None,
+            read_in_job: false,
         }
     }
 
@@ -164,13 +167,19 @@ impl NatsPoolReader {
     /// committed: that job finished), opens the owned partitions' readers, and marks the
     /// others idle in the job's clocks.
     fn join_run(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
+        let mut unreleased = Vec::new();
         for (key, generation) in self.to_release.drain(..) {
             if let Err(e) = self.pool.release(&key, generation) {
-                tracing::warn!(partition = %key, "cannot record the release of a partition: {}", e.chain());
+                tracing::warn!(partition = %key, "cannot record the release of a partition (trying again with the next job): {}", e.chain());
+                unreleased.push((key, generation));
             }
         }
+        self.to_release = unreleased;
         self.handed_over = false;
         self.flushed_to_wait = false;
+        self.read_in_job = false;
+        // (a wait starts again after a job that read or flushed partitions)
+        self.waiting = None;
         let owned = self.owned_numbers()?;
         let partitions: Vec<(u32, Option<Resume>)> = owned
             .iter()
@@ -247,13 +256,14 @@ impl NatsPoolReader {
     /// `caught_up_timeout` of waiting.
     fn caught_up(&mut self) -> Result<Option<bool>, EngineError> {
         let owned = self.owned_numbers()?;
-        let mut own_finished = true;
+        // (rows this job read wait for its final flush, even of a partition finished before)
+        let mut own_finished = !self.read_in_job;
         for &n in &owned {
-            own_finished &= self.pool.partition_finished(&self.keys[n as usize])?;
+            own_finished = own_finished && self.finished(&self.keys[n as usize])?;
         }
         let mut unfinished = Vec::new();
         for (n, key) in self.keys.iter().enumerate() {
-            if !owned.contains(&(n as u32)) && !self.pool.partition_finished(key)? {
+            if !owned.contains(&(n as u32)) && !self.finished(key)? {
                 unfinished.push(n);
             }
         }
@@ -266,9 +276,7 @@ impl NatsPoolReader {
             return Ok(Some(false));
         }
         let now = Instant::now();
-        let (since, logged) = self
-            .waiting
-            .get_or_insert((now, now - Duration::from_secs(60)));
+        let (since, logged) = self.waiting.get_or_insert((now, None));
         if since.elapsed() >= self.caught_up_timeout {
             return Err(EngineError::source(
                 &self.name,
@@ -281,11 +289,18 @@ impl NatsPoolReader {
                 ),
             ));
         }
-        if logged.elapsed() >= Duration::from_secs(10) {
-            *logged = now;
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *logged = Some(now);
             tracing::info!(source = %self.name, partitions = ?unfinished, "nats: every partition of this worker is read to its end; waiting for the other workers' partitions to be finished");
         }
         Ok(None)
+    }
+
+    /// Whether `partition` is finished: claimed (by a live worker, or one that was: a
+    /// partition nobody claimed yet is still to be read, unlike in
+    /// [`PoolStore::partition_finished`]) and flushed under its newest claim.
+    fn finished(&self, partition: &str) -> Result<bool, EngineError> {
+        Ok(self.pool.holder(partition)?.is_some() && self.pool.partition_finished(partition)?)
     }
 
     /// Compares the owned partitions with the assignment; claims and gives up partitions
@@ -329,6 +344,9 @@ impl NatsPoolReader {
                 // claimed by another worker meanwhile, or the store failed: the next look
                 // at the assignment tries again
                 Err(e) => {
+                    // (a claim that failed after its file was written would be held by
+                    // nobody: the next look takes it back)
+                    self.stale_checked = false;
                     tracing::warn!(partition = %key, error = %e.chain(), "nats: cannot claim a partition (trying again)")
                 }
             }
@@ -378,6 +396,7 @@ impl PartitionReader for NatsPoolReader {
             let idle = readers.numbers().is_empty();
             if !idle {
                 if let Some(c) = readers.poll(ctx)? {
+                    self.read_in_job |= matches!(c.data, weir_engine::ChunkData::Messages(_));
                     return Ok(Some(c));
                 }
             }
@@ -387,7 +406,7 @@ impl PartitionReader for NatsPoolReader {
                         self.flushed_to_wait = flush;
                         return Ok(None);
                     }
-                    None => std::thread::sleep(Duration::from_millis(500)),
+                    None => std::thread::sleep(CHECK_EVERY),
                 }
             } else if idle {
                 std::thread::sleep(Duration::from_millis(100));
