@@ -357,6 +357,20 @@ fn two_workers_share_the_partitions_through_a_kill_and_a_restart_exactly_once() 
     }
 }
 
+/// 8,000 events (`seed`) published to a new partitioned stream at `url`, and the pipeline
+/// reading it with checkpoints every 500 ms.
+fn published(d: &Path, url: &str, seed: &str) -> (PathBuf, PathBuf) {
+    let total = 8_000;
+    let events = events_file(d, &total.to_string(), seed);
+    nats_py(url, &["create-partitioned", "EVENTS", "events", "4"]);
+    SlicePublisher::start(url, &events, total, total)
+        .thread
+        .join()
+        .unwrap();
+    let p = pipeline(d, url, "checkpoint: { dir: state, interval: 500ms }\n");
+    (events, p)
+}
+
 /// A worker killed while it holds every partition, and started again before its session
 /// expired while a second worker joined: the partitions the assignment now gives the second
 /// one are held by the first (its earlier process's claims, never released). The first takes
@@ -369,14 +383,7 @@ fn a_worker_started_again_hands_over_what_its_earlier_process_held() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let url = server.url();
-    let total = 8_000;
-    let events = events_file(d, &total.to_string(), "17");
-    nats_py(&url, &["create-partitioned", "EVENTS", "events", "4"]);
-    SlicePublisher::start(&url, &events, total, total)
-        .thread
-        .join()
-        .unwrap();
-    let p = pipeline(d, &url, "checkpoint: { dir: state, interval: 500ms }\n");
+    let (events, p) = published(d, &url, "17");
     let a = Running::start(&p, &["--worker", "a"]);
     a.wait_for("a's four partitions and a checkpoint", |r| {
         let lines = r.lines();
@@ -428,14 +435,7 @@ fn reading_until_caught_up_a_worker_waits_for_a_killed_worker_s_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let url = server.url();
-    let total = 8_000;
-    let events = events_file(d, &total.to_string(), "19");
-    nats_py(&url, &["create-partitioned", "EVENTS", "events", "4"]);
-    SlicePublisher::start(&url, &events, total, total)
-        .thread
-        .join()
-        .unwrap();
-    let p = pipeline(d, &url, "checkpoint: { dir: state, interval: 500ms }\n");
+    let (events, p) = published(d, &url, "19");
     // b holds every partition and reads them slowly (2 s more per chunk)
     let b = Running::start_with(
         &p,
