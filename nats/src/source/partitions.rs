@@ -54,6 +54,12 @@ impl NatsPartitionsReader {
         self.readers.iter().map(|(n, _, _)| *n).collect()
     }
 
+    /// Reading until caught up: the furthest stream sequence a partition's reader reads to
+    /// (each takes the stream's last sequence when it connects), once one connected.
+    pub fn end_target(&self) -> Option<u64> {
+        self.readers.iter().filter_map(|(_, r, _)| r.target()).max()
+    }
+
     /// Whether every partition was read to its end (none: true).
     pub fn ended(&self) -> bool {
         self.readers.iter().all(|(_, _, e)| *e)

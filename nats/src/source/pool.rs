@@ -75,6 +75,11 @@ pub struct NatsPoolReader {
     waiting: Option<(Instant, Option<Instant>)>,
     /// The job served read rows: its partitions' last windows wait for its final flush.
     read_in_job: bool,
+    /// The job served looked at the assignment once (its partitions are the ones to hold).
+    rebalanced_in_job: bool,
+    /// Partitions whose hand-over is committed but whose release the store did not take:
+    /// tried again at each look at the assignment.
+    unreleased: Vec<(String, u64)>,
 }
 
 impl NatsPoolReader {
@@ -111,6 +116,8 @@ impl NatsPoolReader {
             caught_up_timeout: DEFAULT_CAUGHT_UP_TIMEOUT,
             waiting: None,
             read_in_job: false,
+            rebalanced_in_job: false,
+            unreleased: Vec::new(),
         }
     }
 
@@ -167,19 +174,25 @@ impl NatsPoolReader {
     /// committed: that job finished), opens the owned partitions' readers, and marks the
     /// others idle in the job's clocks.
     fn join_run(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
-        let mut unreleased = Vec::new();
-        for (key, generation) in self.to_release.drain(..) {
-            if let Err(e) = self.pool.release(&key, generation) {
-                tracing::warn!(partition = %key, "cannot record the release of a partition (trying again with the next job): {}", e.chain());
-                unreleased.push((key, generation));
-            }
+        let committed = std::mem::take(&mut self.to_release);
+        self.unreleased.extend(committed);
+        self.release_committed();
+        // rows read by a job that ended with a hand-over still wait for a flush
+        if !self.handed_over {
+            self.read_in_job = false;
         }
-        self.to_release = unreleased;
         self.handed_over = false;
         self.flushed_to_wait = false;
-        self.read_in_job = false;
+        self.rebalanced_in_job = false;
         // (a wait starts again after a job that read or flushed partitions)
         self.waiting = None;
+        // reading until caught up, later jobs end where the first one did: each would read
+        // to the stream's end when it connects, which a steady producer keeps moving
+        if self.config.until_caught_up && self.config.end_sequence.is_none() {
+            if let Some(end) = self.run.as_ref().and_then(|(_, r)| r.end_target()) {
+                self.config.end_sequence = Some(end);
+            }
+        }
         let owned = self.owned_numbers()?;
         let partitions: Vec<(u32, Option<Resume>)> = owned
             .iter()
@@ -200,12 +213,26 @@ impl NatsPoolReader {
         )?;
         self.run = Some((ctx.handover.clone(), readers));
         // a job that owns nothing looks at the assignment at once
+        let now = Instant::now();
         self.last_check = if owned.is_empty() {
-            Instant::now() - CHECK_EVERY
+            now.checked_sub(CHECK_EVERY).unwrap_or(now)
         } else {
-            Instant::now()
+            now
         };
         Ok(())
+    }
+
+    /// Records the release of the partitions whose hand-over checkpoint is committed; those
+    /// the store does not take are tried again at the next look at the assignment.
+    fn release_committed(&mut self) {
+        let pool = &self.pool;
+        self.unreleased.retain(|(key, generation)| match pool.release(key, *generation) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(partition = %key, "cannot record the release of a partition (trying again): {}", e.chain());
+                true
+            }
+        });
     }
 
     /// Once per reader: the partitions assigned to other workers that this worker still
@@ -229,7 +256,11 @@ impl NatsPoolReader {
             let key = &self.keys[n as usize];
             if owned.contains(&n)
                 || mine.contains(&n)
-                || self.to_release.iter().any(|(k, _)| k == key)
+                || self
+                    .to_release
+                    .iter()
+                    .chain(&self.unreleased)
+                    .any(|(k, _)| k == key)
             {
                 continue;
             }
@@ -306,6 +337,7 @@ impl NatsPoolReader {
     /// Compares the owned partitions with the assignment; claims and gives up partitions
     /// when they differ, and returns whether the job must end with a hand-over.
     fn rebalance(&mut self) -> Result<bool, EngineError> {
+        self.release_committed();
         let members = live_members(&self.pool)?;
         let me = self.pool.worker().to_string();
         let assigned = assign(&self.keys, &members);
@@ -377,7 +409,7 @@ impl PartitionReader for NatsPoolReader {
             if self.last_check.elapsed() >= CHECK_EVERY {
                 self.last_check = Instant::now();
                 match self.rebalance() {
-                    Ok(false) => {}
+                    Ok(false) => self.rebalanced_in_job = true,
                     Ok(true) => {
                         self.handed_over = true;
                         ctx.request_handover();
@@ -400,7 +432,11 @@ impl PartitionReader for NatsPoolReader {
                     return Ok(Some(c));
                 }
             }
-            if self.config.until_caught_up && (idle || readers.ended()) {
+            // (not before the job looked at the assignment: a partition it is to claim may
+            // still read as finished by an earlier run)
+            if self.config.until_caught_up && !self.rebalanced_in_job && (idle || readers.ended()) {
+                std::thread::sleep(Duration::from_millis(100));
+            } else if self.config.until_caught_up && (idle || readers.ended()) {
                 match self.caught_up()? {
                     Some(flush) => {
                         self.flushed_to_wait = flush;

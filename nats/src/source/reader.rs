@@ -220,6 +220,11 @@ impl NatsReader {
         })
     }
 
+    /// Reading until caught up: the stream sequence this reader reads to, once connected.
+    pub fn target(&self) -> Option<u64> {
+        self.target
+    }
+
     /// Continues at a checkpoint's position (a stream sequence, in the stream's incarnation
     /// when the checkpoint has one), whatever the consumer and `start_from` say.
     pub fn with_resume(mut self, next: Option<Resume>) -> Self {
