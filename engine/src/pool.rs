@@ -425,11 +425,29 @@ impl PoolStore {
     /// under that claim, so the next owner need not void its next checkpoint (which would
     /// fail a job that owns other partitions).
     pub fn release(&self, partition: &str, generation: u64) -> Result<(), EngineError> {
+        let handover = self.newest_complete_epoch()?;
+        self.release_after(partition, generation, handover)
+    }
+
+    /// The epoch of this worker's newest complete checkpoint, if it has one.
+    pub fn newest_complete_epoch(&self) -> Result<Option<u64>, EngineError> {
+        Ok(newest_valid(&self.own, None)?.map(|m| m.epoch))
+    }
+
+    /// [`Self::release`], the epoch of the committed hand-over checkpoint given
+    /// (`handover`, read when it was the newest complete one): for a release made again
+    /// while a later checkpoint may be complete and not committed yet.
+    pub fn release_after(
+        &self,
+        partition: &str,
+        generation: u64,
+        handover: Option<u64>,
+    ) -> Result<(), EngineError> {
         // the hand-over checkpoint is committed: the next owner need not finish its commit
         // (for a transactional sink, that would fence this worker's producer)
-        if let Some(m) = newest_valid(&self.own, None)? {
-            if self.committed_epoch(&self.worker)? < m.epoch {
-                self.mark_committed(m.epoch)?;
+        if let Some(epoch) = handover {
+            if self.committed_epoch(&self.worker)? < epoch {
+                self.mark_committed(epoch)?;
             }
         }
         let body = serde_json::json!({ "worker": self.worker, "generation": generation });

@@ -77,9 +77,9 @@ pub struct NatsPoolReader {
     read_in_job: bool,
     /// The job served looked at the assignment once (its partitions are the ones to hold).
     rebalanced_in_job: bool,
-    /// Partitions whose hand-over is committed but whose release the store did not take:
-    /// tried again at each look at the assignment.
-    unreleased: Vec<(String, u64)>,
+    /// Partitions whose hand-over is committed but whose release the store did not take,
+    /// with the epoch of that hand-over: tried again at each look at the assignment.
+    unreleased: Vec<(String, u64, Option<u64>)>,
 }
 
 impl NatsPoolReader {
@@ -175,7 +175,18 @@ impl NatsPoolReader {
     /// others idle in the job's clocks.
     fn join_run(&mut self, ctx: &ReaderContext) -> Result<(), EngineError> {
         let committed = std::mem::take(&mut self.to_release);
-        self.unreleased.extend(committed);
+        if !committed.is_empty() {
+            // the previous job ended: its newest complete checkpoint is its committed hand-over
+            match self.pool.newest_complete_epoch() {
+                Ok(handover) => self
+                    .unreleased
+                    .extend(committed.into_iter().map(|(k, g)| (k, g, handover))),
+                Err(e) => {
+                    tracing::warn!(source = %self.name, "cannot read this worker's newest checkpoint to release partitions (trying again with the next job): {}", e.chain());
+                    self.to_release = committed;
+                }
+            }
+        }
         self.release_committed();
         // rows read by a job that ended with a hand-over still wait for a flush
         if !self.handed_over {
@@ -189,8 +200,9 @@ impl NatsPoolReader {
         // reading until caught up, later jobs end where the first one did: each would read
         // to the stream's end when it connects, which a steady producer keeps moving
         if self.config.until_caught_up && self.config.end_sequence.is_none() {
+            // (not an empty stream's 0: a partition taken over later would read nothing)
             if let Some(end) = self.run.as_ref().and_then(|(_, r)| r.end_target()) {
-                self.config.end_sequence = Some(end);
+                self.config.end_sequence = Some(end).filter(|&e| e > 0);
             }
         }
         let owned = self.owned_numbers()?;
@@ -226,7 +238,7 @@ impl NatsPoolReader {
     /// the store does not take are tried again at the next look at the assignment.
     fn release_committed(&mut self) {
         let pool = &self.pool;
-        self.unreleased.retain(|(key, generation)| match pool.release(key, *generation) {
+        self.unreleased.retain(|(key, generation, handover)| match pool.release_after(key, *generation, *handover) {
             Ok(()) => false,
             Err(e) => {
                 tracing::warn!(partition = %key, "cannot record the release of a partition (trying again): {}", e.chain());
@@ -256,11 +268,8 @@ impl NatsPoolReader {
             let key = &self.keys[n as usize];
             if owned.contains(&n)
                 || mine.contains(&n)
-                || self
-                    .to_release
-                    .iter()
-                    .chain(&self.unreleased)
-                    .any(|(k, _)| k == key)
+                || self.to_release.iter().any(|(k, _)| k == key)
+                || self.unreleased.iter().any(|(k, _, _)| k == key)
             {
                 continue;
             }
@@ -435,6 +444,18 @@ impl PartitionReader for NatsPoolReader {
             // (not before the job looked at the assignment: a partition it is to claim may
             // still read as finished by an earlier run)
             if self.config.until_caught_up && !self.rebalanced_in_job && (idle || readers.ended()) {
+                let since = self.waiting.get_or_insert((Instant::now(), None)).0;
+                if since.elapsed() >= self.caught_up_timeout {
+                    return Err(EngineError::source(
+                        &self.name,
+                        format!(
+                            "the pool's assignment could not be read for {} s (see the \
+                             warnings above); the run cannot tell whether the other \
+                             partitions are finished",
+                            self.caught_up_timeout.as_secs()
+                        ),
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             } else if self.config.until_caught_up && (idle || readers.ended()) {
                 match self.caught_up()? {
