@@ -623,15 +623,10 @@ impl Session {
                         message,
                     });
                 }
-                Err(Fault::Refused { .. }) => {
-                    self.exec("ROLLBACK TO SAVEPOINT weir_part; RELEASE SAVEPOINT weir_part")
-                        .await
-                        .map_err(strict)?;
-                    let mid = part.start + part.len() / 2;
-                    todo.push(mid..part.end);
-                    todo.push(part.start..mid);
-                }
-                Err(_) if touched_twice && part.len() > 1 => {
+                // (a part of one row cannot touch a table row twice)
+                Err(f)
+                    if matches!(f, Fault::Refused { .. }) || (touched_twice && part.len() > 1) =>
+                {
                     self.exec("ROLLBACK TO SAVEPOINT weir_part; RELEASE SAVEPOINT weir_part")
                         .await
                         .map_err(strict)?;
