@@ -443,7 +443,8 @@ impl PartitionReader for NatsPoolReader {
             }
             // (not before the job looked at the assignment: a partition it is to claim may
             // still read as finished by an earlier run)
-            if self.config.until_caught_up && !self.rebalanced_in_job && (idle || readers.ended()) {
+            let at_end = idle || readers.ended();
+            if self.config.until_caught_up && !self.rebalanced_in_job && at_end {
                 let since = self.waiting.get_or_insert((Instant::now(), None)).0;
                 if since.elapsed() >= self.caught_up_timeout {
                     return Err(EngineError::source(
@@ -457,7 +458,7 @@ impl PartitionReader for NatsPoolReader {
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(100));
-            } else if self.config.until_caught_up && (idle || readers.ended()) {
+            } else if self.config.until_caught_up && at_end {
                 match self.caught_up()? {
                     Some(flush) => {
                         self.flushed_to_wait = flush;
@@ -467,7 +468,7 @@ impl PartitionReader for NatsPoolReader {
                 }
             } else if idle {
                 std::thread::sleep(Duration::from_millis(100));
-            } else if readers.ended() {
+            } else if at_end {
                 return Ok(None);
             }
         }
