@@ -467,3 +467,89 @@ fn reading_until_caught_up_a_worker_waits_for_a_killed_worker_s_partitions() {
     let (rows, summary) = expected(&url, &events, d);
     verify(&d.join("out"), &rows, &summary, "the pool");
 }
+
+/// Events in windows and dead letters of `out`'s files: every event read is counted once in
+/// a window or dead-lettered (bad, late).
+fn events_counted(out: &Path) -> u64 {
+    let windows: u64 = union_of(out, "per_dataset")
+        .iter()
+        .map(|r| r["events"].as_u64().unwrap_or(0))
+        .sum();
+    windows + union_of(out, "dead").len() as u64
+}
+
+/// Reading until caught up, a partition finished by an earlier run is not finished for a run
+/// whose end is further: its worker reads it again. Run 1 (worker c) reads the first half of
+/// the events and finishes every partition; the second half is published; in run 2, worker b
+/// heartbeats (so the assignment gives it half the partitions) but is killed before it claims
+/// them, and worker a reads its own half. a waits for b's partitions, takes them over once
+/// b's session expires, and ends with every event counted. (a ended at once, exit 0, without
+/// the second half of b's partitions: they read as finished by run 1.)
+#[test]
+fn reading_until_caught_up_a_partition_finished_by_an_earlier_run_is_read_to_this_run_s_end() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    let (total, half) = (8_000, 4_000);
+    let events = events_file(d, &total.to_string(), "29");
+    nats_py(&url, &["create-partitioned", "EVENTS", "events", "4"]);
+    let publish = |first: usize| {
+        let (first, per) = (first.to_string(), half.to_string());
+        let events = events.to_str().unwrap();
+        nats_py(
+            &url,
+            &[
+                "publish-keyed",
+                events,
+                "events",
+                "datasetName",
+                &first,
+                &per,
+            ],
+        );
+    };
+    publish(0);
+    let p = pipeline(d, &url, "checkpoint: { dir: state, interval: 500ms }\n");
+    let c = Running::start(&p, &["--worker", "c", "--until-caught-up"]);
+    let (status, log) = c.end_within(Duration::from_secs(120));
+    assert!(status.is_some_and(|s| s.success()), "{}", log.join("\n"));
+    let out = d.join("out");
+    assert_eq!(
+        events_counted(&out),
+        half as u64,
+        "run 1 counts the first half"
+    );
+    publish(half);
+    // b heartbeats, then stops at its first look at the assignment
+    let b = Running::start_with(
+        &p,
+        &["--worker", "b", "--until-caught-up"],
+        &[("WEIR_FAILPOINT_PAUSE", "nats_pool_rebalance:120000:0:1")],
+    );
+    b.wait_for("b at its first look at the assignment", |r| {
+        r.lines()
+            .iter()
+            .any(|l| l.contains("failpoint nats_pool_rebalance"))
+    });
+    let a = Running::start(&p, &["--worker", "a", "--until-caught-up"]);
+    // (before: a ended without waiting; the count below tells)
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60)
+        && !a
+            .lines()
+            .iter()
+            .any(|l| l.contains("waiting for the other workers' partitions"))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.kill();
+    let (status, log) = a.end_within(Duration::from_secs(120));
+    assert!(status.is_some_and(|s| s.success()), "{}", log.join("\n"));
+    assert_eq!(
+        events_counted(&out),
+        total as u64,
+        "run 2 counts the second half:\n{}",
+        log.join("\n")
+    );
+}

@@ -733,6 +733,64 @@ fn a_400_sends_the_rows_of_its_request_to_the_dead_letter_output_with_the_answer
     }
 }
 
+/// A URL template sends each dataset to its own URL; the receiver fails one of them for
+/// good (503 to every request carrying its rows) while the others work. With
+/// `give_up_after`, that URL's rows go to the dead-letter output (`webhook_undeliverable`)
+/// and every other row is delivered; the run ends. (Without it the sink retries that URL for
+/// ever, and every other URL, every checkpoint and the sources wait with it.)
+#[test]
+fn with_give_up_after_a_dead_url_is_dead_lettered_and_the_other_urls_delivered() {
+    let case = Case::new(8_000, 30);
+    let receiver = Receiver::start(SECRET, 0, &case.path("receiver.json"));
+    let dead_key = case.windows[0]["datasetName"].as_str().unwrap().to_string();
+    let marker = serde_json::to_string(&dead_key).unwrap();
+    receiver.faults(json!({
+        "refuse": format!("\"datasetName\":{marker}"),
+        "refuse_status": 503,
+    }));
+    let pipeline = case.pipeline(
+        &receiver,
+        r#"      secret: "${WEBHOOK_SECRET}"
+      give_up_after: 2s"#,
+        "",
+    );
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("/hooks/{output}\"", "/hooks/{output}/{datasetName}\"");
+    std::fs::write(&pipeline, text).unwrap();
+    let started = Instant::now();
+    let log = run(
+        &pipeline,
+        &[("WEBHOOK_SECRET", SECRET)],
+        Duration::from_secs(120),
+    );
+    let (given_up, kept): (Vec<Row>, Vec<Row>) = case
+        .windows
+        .iter()
+        .cloned()
+        .partition(|r| r["datasetName"] == dead_key.as_str());
+    assert!(!given_up.is_empty());
+    compare(&kept, &receiver.rows("per_dataset"), &["datasetName"]).unwrap();
+    let dead = case.dead_letters();
+    assert_eq!(dead.len(), given_up.len(), "{dead:?}");
+    for d in &dead {
+        assert_eq!(d["reason"], "rejected", "{d:?}");
+        let e = &d["error"];
+        assert_eq!(e["code"], "webhook_undeliverable", "{e}");
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains("give_up_after") && message.contains("503"),
+            "{e}"
+        );
+        let url = e["details"]["url"].as_str().unwrap();
+        assert!(url.contains("/hooks/per_dataset/"), "{e}");
+        let raw: Value = serde_json::from_str(d["raw"].as_str().unwrap()).unwrap();
+        assert_eq!(raw["datasetName"], dead_key.as_str());
+    }
+    assert!(log.contains("give_up_after"), "{log}");
+    eprintln!("run {:?}", started.elapsed());
+}
+
 #[test]
 fn a_wrong_secret_is_detected_by_the_receiver_and_a_bad_one_by_validate() {
     let case = Case::new(4_000, 10);

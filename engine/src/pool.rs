@@ -45,6 +45,7 @@ use crate::checkpoint::{
     partials_of_partitions, renumber_partitions, CheckpointStore, Fencing, Manifest,
     PartitionColumn, Restored,
 };
+pub use crate::pool_finished::Finished;
 pub use crate::types::covers;
 use crate::types::PartialWindow;
 use crate::EngineError;

@@ -13,7 +13,9 @@ use crate::EngineError;
 /// manifest is written (and sealed), the outputs are not told to commit;
 /// `before_commit_owning`: the same, for a pool worker that owns partitions;
 /// `nats_consumer_deleted`: a NATS source deleted its consumer to create it again;
-/// `nats_connected`: a NATS reader connected and placed its consumer; `worker_chunk`: a
+/// `nats_connected`: a NATS reader connected and placed its consumer;
+/// `nats_pool_rebalance`: a NATS pool reader is about to look at the assignment (a worker
+/// that heartbeats but claims nothing yet); `worker_chunk`: a
 /// worker took a chunk from its queue, not handled yet (slow workers fill their queues and
 /// hold the readers back)), after passing it `skip` times (then every time, or `times`
 /// times), so that crash tests can kill the process there. It logs `failpoint <point>` when

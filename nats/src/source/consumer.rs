@@ -300,6 +300,22 @@ fn effective_policy(cfg: &NatsSourceConfig, stream: &Stream) -> NatsAckPolicy {
     cfg.ack_policy
 }
 
+/// Runs `look` on a JetStream context of a connection made for it (a one-off look at
+/// `cfg`'s stream), on the process's I/O runtime.
+fn look_at_stream<T>(
+    cfg: &NatsSourceConfig,
+    look: impl AsyncFnOnce(&jetstream::Context) -> Result<T, NatsSourceError>,
+) -> Result<T, NatsSourceError> {
+    let rt = weir_engine::io::runtime().map_err(|e| NatsSourceError::Stream {
+        stream: cfg.stream.clone(),
+        source: boxed(e),
+    })?;
+    rt.block_on(async {
+        let client = OwnedClient::new(cfg.endpoint.connect().await?, rt.handle().clone());
+        look(&jetstream::new(client.client().clone())).await
+    })
+}
+
 /// The first sequence of the stream at or after `from_ms` and the first at or after `to_ms`
 /// (of the messages the subject filters match, by the time the server stored them; the
 /// sequence after the last one when none is), and the stream's last sequence. For a replay.
@@ -307,14 +323,8 @@ pub fn sequence_range(
     cfg: &NatsSourceConfig,
     (from_ms, to_ms): (i64, i64),
 ) -> Result<(u64, u64, u64), NatsSourceError> {
-    let rt = weir_engine::io::runtime().map_err(|e| NatsSourceError::Stream {
-        stream: cfg.stream.clone(),
-        source: boxed(e),
-    })?;
-    rt.block_on(async {
-        let client = OwnedClient::new(cfg.endpoint.connect().await?, rt.handle().clone());
-        let (stream, _, last, _) =
-            stream_and_range(&jetstream::new(client.client().clone()), cfg).await?;
+    look_at_stream(cfg, async |js| {
+        let (stream, _, last, _) = stream_and_range(js, cfg).await?;
         if stream.cached_info().config.retention == RetentionPolicy::WorkQueue {
             return Err(NatsSourceError::WorkQueue {
                 stream: cfg.stream.clone(),
@@ -324,6 +334,12 @@ pub fn sequence_range(
         let to = first_at(&stream, cfg, to_ms, last).await?;
         Ok((from, to.max(from), last))
     })
+}
+
+/// The stream's last sequence now: reading until caught up, the end of a pool worker that
+/// reads no partition yet.
+pub fn last_sequence(cfg: &NatsSourceConfig) -> Result<u64, NatsSourceError> {
+    look_at_stream(cfg, async |js| Ok(stream_and_range(js, cfg).await?.2))
 }
 
 /// The sequence of the first message at or after `ms` the filters match (`last + 1` when

@@ -47,7 +47,7 @@ mod stall;
 #[cfg(test)]
 mod tests;
 
-pub use consumer::{sequence_range, NatsSourceError};
+pub use consumer::{last_sequence, sequence_range, NatsSourceError};
 pub use partitions::NatsPartitionsReader;
 pub use reader::NatsReader;
 

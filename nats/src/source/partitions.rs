@@ -60,6 +60,12 @@ impl NatsPartitionsReader {
         self.readers.iter().filter_map(|(_, r, _)| r.target()).max()
     }
 
+    /// Reading until caught up: the stream sequence each partition's reader reads to, once
+    /// it connected.
+    pub fn targets(&self) -> impl Iterator<Item = (u32, Option<u64>)> + '_ {
+        self.readers.iter().map(|(n, r, _)| (*n, r.target()))
+    }
+
     /// Whether every partition was read to its end (none: true).
     pub fn ended(&self) -> bool {
         self.readers.iter().all(|(_, _, e)| *e)

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
-use weir_engine::pool::PoolStore;
+use weir_engine::pool::{Finished, PoolStore};
 use weir_engine::pool_members::{assign, live_members};
 
 /// How long a worker reading until caught up waits for the others' partitions by default.
@@ -34,7 +34,7 @@ use weir_engine::{Chunk, EngineError};
 
 pub use weir_engine::pool_members::SESSION_TIMEOUT;
 
-use super::{NatsPartitionsReader, NatsSourceConfig};
+use super::{last_sequence, NatsPartitionsReader, NatsSourceConfig};
 
 /// How often a reader compares its partitions with the assignment.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -80,6 +80,9 @@ pub struct NatsPoolReader {
     /// Partitions whose hand-over is committed but whose release the store did not take,
     /// with the epoch of that hand-over: tried again at each look at the assignment.
     unreleased: Vec<(String, u64, Option<u64>)>,
+    /// Reading until caught up without a partition: the stream's last sequence when this
+    /// worker first looked (its end; see [`Self::end`]).
+    stream_end: Option<u64>,
 }
 
 impl NatsPoolReader {
@@ -118,6 +121,7 @@ impl NatsPoolReader {
             read_in_job: false,
             rebalanced_in_job: false,
             unreleased: Vec::new(),
+            stream_end: None,
         }
     }
 
@@ -149,6 +153,19 @@ impl NatsPoolReader {
     /// Whether the job served last ended with a hand-over.
     pub fn handed_over(&self) -> bool {
         self.handed_over
+    }
+
+    /// Reading until caught up, after a job that read its partitions to their end: the
+    /// stream sequence each was read to, by pool partition key (recorded with it as
+    /// finished: a later run reading further reads it again).
+    pub fn finished_ends(&self) -> BTreeMap<String, u64> {
+        let Some((_, readers)) = &self.run else {
+            return BTreeMap::new();
+        };
+        readers
+            .targets()
+            .filter_map(|(n, target)| Some((self.keys.get(n as usize)?.clone(), target?)))
+            .collect()
     }
 
     /// Stops reading (the worker stops, or joins again after losing partitions).
@@ -291,19 +308,24 @@ impl NatsPoolReader {
     /// worker then waiting in a new job) or waits for the other workers' partitions (`None`).
     /// A worker ends once every partition is finished: read to its end and its last windows
     /// flushed by a committed final checkpoint of its owner (see
-    /// [`PoolStore::partition_finished`]); a partition read by a worker that was then killed
-    /// is not, and waits for the worker that takes it over. It fails after
-    /// `caught_up_timeout` of waiting.
+    /// [`PoolStore::partition_finished`]), and read at least to this worker's end (a
+    /// partition finished by an earlier run is read again by the worker it is assigned to);
+    /// a partition read by a worker that was then killed is not, and waits for the worker
+    /// that takes it over. It fails after `caught_up_timeout` of waiting.
     fn caught_up(&mut self) -> Result<Option<bool>, EngineError> {
         let owned = self.owned_numbers()?;
-        // (rows this job read wait for its final flush, even of a partition finished before)
+        // (rows this job read wait for its final flush, even of a partition finished before;
+        // this worker's own partitions were claimed by it, and read to its readers' ends)
         let mut own_finished = !self.read_in_job;
         for &n in &owned {
-            own_finished = own_finished && self.finished(&self.keys[n as usize])?;
+            own_finished = own_finished && self.finished(&self.keys[n as usize], None)?;
         }
+        // (an end that cannot be read yet: a partition whose end is recorded is not finished)
+        let end = self.end();
+        let at_least = Some(end.unwrap_or(u64::MAX));
         let mut unfinished = Vec::new();
         for (n, key) in self.keys.iter().enumerate() {
-            if !owned.contains(&(n as u32)) && !self.finished(key)? {
+            if !owned.contains(&(n as u32)) && !self.finished(key, at_least)? {
                 unfinished.push(n);
             }
         }
@@ -331,21 +353,59 @@ impl NatsPoolReader {
         }
         if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
             *logged = Some(now);
-            tracing::info!(source = %self.name, partitions = ?unfinished, "nats: every partition of this worker is read to its end; waiting for the other workers' partitions to be finished");
+            tracing::info!(source = %self.name, partitions = ?unfinished, end = ?end, "nats: every partition of this worker is read to its end; waiting for the other workers' partitions to be finished (read to this end, and their last windows flushed)");
         }
         Ok(None)
     }
 
     /// Whether `partition` is finished: claimed (by a live worker, or one that was: a
     /// partition nobody claimed yet is still to be read, unlike in
-    /// [`PoolStore::partition_finished`]) and flushed under its newest claim.
-    fn finished(&self, partition: &str) -> Result<bool, EngineError> {
-        Ok(self.pool.holder(partition)?.is_some() && self.pool.partition_finished(partition)?)
+    /// [`PoolStore::partition_finished`]) and flushed under its newest claim; with
+    /// `at_least`, read at least to that stream sequence when its worker recorded where it
+    /// read to (a partition finished by an earlier run, before the messages this run reads
+    /// were published, is not: its worker reads it again).
+    fn finished(&self, partition: &str, at_least: Option<u64>) -> Result<bool, EngineError> {
+        if self.pool.holder(partition)?.is_none() {
+            return Ok(false);
+        }
+        Ok(match self.pool.partition_finished_at(partition)? {
+            Finished::No => false,
+            Finished::Yes => true,
+            Finished::At(end) => at_least.is_none_or(|e| end >= e),
+        })
+    }
+
+    /// Reading until caught up: the stream sequence this worker reads to (pinned after its
+    /// first job; in it, the furthest its readers read to). A worker that reads nothing yet
+    /// pins the stream's last sequence now; `None` while the stream cannot be read.
+    fn end(&mut self) -> Option<u64> {
+        if let Some(end) = self.config.end_sequence {
+            return Some(end);
+        }
+        if let Some(end) = self.run.as_ref().and_then(|(_, r)| r.end_target()) {
+            return Some(end);
+        }
+        if self.stream_end.is_some() {
+            return self.stream_end;
+        }
+        match last_sequence(&self.config) {
+            Ok(last) => {
+                // (not an empty stream's 0: a partition taken over later would read nothing)
+                self.config.end_sequence = Some(last).filter(|&e| e > 0);
+                self.stream_end = Some(last);
+                Some(last)
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e.chain(), "nats: cannot read the stream's last sequence (trying again)");
+                None
+            }
+        }
     }
 
     /// Compares the owned partitions with the assignment; claims and gives up partitions
     /// when they differ, and returns whether the job must end with a hand-over.
     fn rebalance(&mut self) -> Result<bool, EngineError> {
+        weir_engine::checkpoint::failpoint("nats_pool_rebalance");
         self.release_committed();
         let members = live_members(&self.pool)?;
         let me = self.pool.worker().to_string();

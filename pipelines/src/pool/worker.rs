@@ -548,16 +548,18 @@ fn run_jobs(
             pool.mark_committed(c.epoch)?;
         }
         let (mut handed_over, mut flushed_to_wait) = (false, false);
+        let mut ends = BTreeMap::new();
         for src in sources {
             let r = src.lock()?;
             handed_over |= r.handed_over();
             flushed_to_wait |= r.flushed_to_wait();
+            ends.extend(r.finished_ends());
         }
         let stopped = opts.stop.is_stopped();
         if opts.until_caught_up && !handed_over && !stopped {
             // the job ended with its input: its final checkpoint flushed the last windows
             // of the partitions it owned, and is committed
-            pool.mark_finished(&owned_now)?;
+            pool.mark_finished(&owned_now, &ends)?;
         }
         *summary = Some(s);
         if (!handed_over && !flushed_to_wait) || stopped {

@@ -74,6 +74,17 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
+/// Whether an answer's header (a lowercase name) carries credentials (cookies, tokens),
+/// whose values dead letters mask.
+pub fn is_credential(name: &str) -> bool {
+    matches!(
+        name,
+        "set-cookie" | "set-cookie2" | "authorization" | "proxy-authorization" | "cookie"
+    ) || name.contains("token")
+        || name.contains("api-key")
+        || name.contains("secret")
+}
+
 /// The first [`BODY_KEPT`] bytes of a body as text (cut at a character boundary).
 pub fn body_head(body: &[u8]) -> String {
     let head = &body[..body.len().min(BODY_KEPT)];
@@ -156,6 +167,27 @@ mod tests {
         );
         for bad in ["", "soon", "-1", "1.5", "Sun, 99 Nov 1994"] {
             assert_eq!(retry_after(bad, now), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_answer_headers_are_told_apart() {
+        for h in [
+            "set-cookie",
+            "authorization",
+            "x-auth-token",
+            "x-api-key",
+            "x-client-secret",
+        ] {
+            assert!(is_credential(h), "{h}");
+        }
+        for h in [
+            "content-type",
+            "retry-after",
+            "x-request-id",
+            "www-authenticate",
+        ] {
+            assert!(!is_credential(h), "{h}");
         }
     }
 

@@ -19,10 +19,14 @@
 //! - 2xx: delivered. 408, 429, 5xx, 401, 403 (the receiver refuses the sink's credentials)
 //!   and requests without an answer stay pending and the call fails as
 //!   [`EngineError::Unavailable`], so the engine's retry policy (backoff, circuit breaker,
-//!   backpressure) sends them again; a `Retry-After` is given to the policy as the least wait
-//!   (see [`EngineError::unavailable_for`]): the sink never sleeps itself. Other answers
-//!   (4xx, 3xx) send the request's rows to the dead-letter output with the status, the
-//!   answer's headers and the first KiB of its body (no more is read).
+//!   backpressure) sends them again. A `Retry-After` holds its URL alone (the other URLs of
+//!   a template go on); once only held URLs have rows, the shortest hold is given to the
+//!   policy as the least wait (see [`EngineError::unavailable_for`]): the sink never sleeps
+//!   itself. With `give_up_after`, a URL failing that long (or a request whose rows have)
+//!   is dead-lettered instead ([`UNDELIVERABLE`]), so that one dead receiver does not hold
+//!   every checkpoint back. Other answers (4xx, 3xx) send the request's rows to the
+//!   dead-letter output with the status, the answer's headers (credentials masked) and the
+//!   first KiB of its body (no more is read).
 //! - URLs in messages and dead letters are shown without user, password and query.
 //! - Every pending row is sent at each flush and checkpoint barrier (pre-commit): a
 //!   checkpoint completes only after its rows were acknowledged (at least once).
@@ -32,10 +36,13 @@
 
 pub mod body;
 pub mod delivery;
+mod give_up;
 pub mod signing;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +56,8 @@ pub use body::{public_url, Batching, BodyMode, UrlError, UrlTemplate, ROW_ID_FIE
 pub use signing::{Secret, SecretError};
 
 use delivery::Class;
+pub use give_up::UNDELIVERABLE;
+use give_up::{Calls, UrlHealth};
 use weir_formats::cloudevents;
 use weir_formats::json_rows::for_each_json_row;
 
@@ -93,6 +102,9 @@ pub struct WebhookConfig {
     pub output: String,
     /// A view's key columns (`None` for a window).
     pub view_keys: Option<usize>,
+    /// A URL failing this long (no 2xx since its first failure to retry) has its requests
+    /// sent to the dead-letter output instead of waiting (`None`: they wait for ever).
+    pub give_up_after: Option<Duration>,
 }
 
 /// A row waiting to be delivered: its URL, id, lane and object in `Pending::bytes`.
@@ -104,6 +116,8 @@ struct Row {
     lane: u64,
     start: usize,
     end: usize,
+    /// When a request carrying it first failed (to retry).
+    failing_since: Option<Instant>,
 }
 
 /// The JSON objects of some columns of a batch's rows, one after the other.
@@ -143,6 +157,7 @@ impl Pending {
                 lane: r.lane,
                 start,
                 end: bytes.len(),
+                failing_since: r.failing_since,
             });
         }
         self.bytes = bytes;
@@ -168,7 +183,10 @@ enum Outcome {
     Delivered,
     Retry {
         reason: String,
+        /// The wait its URL asked for (`Retry-After`).
         after: Option<Duration>,
+        /// Whether it was sent (not held back by its lane or its URL's wait).
+        sent: bool,
     },
     Refused(ErrorInfo),
 }
@@ -185,8 +203,8 @@ pub struct WebhookSink {
     /// The failed call was a write whose rows are already pending.
     write_failed: bool,
     rejected: Vec<RejectedRow>,
-    /// No request before this (a `Retry-After`).
-    not_before: Option<Instant>,
+    /// The URLs that failed and have not answered 2xx since.
+    health: HashMap<Arc<str>, UrlHealth>,
     stats: Arc<DeliveryStats>,
     /// A reused encoding buffer.
     line: Vec<u8>,
@@ -228,7 +246,7 @@ impl WebhookSink {
             pending: Pending::default(),
             write_failed: false,
             rejected: Vec::new(),
-            not_before: None,
+            health: HashMap::new(),
             stats: Arc::new(DeliveryStats::default()),
             line: Vec::new(),
         })
@@ -314,6 +332,7 @@ impl WebhookSink {
                 lane: lanes[row],
                 start,
                 end: pending.bytes.len(),
+                failing_since: None,
             });
             Ok(())
         })
@@ -450,42 +469,55 @@ impl WebhookSink {
     }
 
     /// Sends every pending row; rows to send again stay pending and make the call fail as
-    /// unavailable (with the wait a `Retry-After` asked for), rows refused for good go to
-    /// `rejected`. Nothing is sent before a `Retry-After` has passed: the call fails at once
-    /// with the rest of the wait, which the retry policy waits out (a stopped run ends it).
+    /// unavailable, rows refused for good go to `rejected`. A URL that asked to wait
+    /// (`Retry-After`) is sent nothing before that time, while the other URLs are; when only
+    /// such URLs are left, the call fails with the shortest of their waits, which the retry
+    /// policy waits out (a stopped run ends it). With `give_up_after`, the requests of a URL
+    /// failing that long, or carrying rows that failed that long, are refused (see
+    /// [`Self::judge`]).
     fn send_pending(&mut self) -> Result<(), EngineError> {
         if self.pending.rows.is_empty() {
             return Ok(());
         }
-        if let Some(t) = self.not_before {
-            let now = Instant::now();
-            if t > now {
-                return Err(self
-                    .fatal(format!(
-                        "{} rows not delivered yet: waiting as Retry-After asked",
-                        self.pending.rows.len()
-                    ))
-                    .unavailable_for(t - now));
-            }
-            self.not_before = None;
-        }
         let lanes = self.lanes();
+        let outcomes = self.send_all(&lanes);
+        let now = Instant::now();
         let mut keep = Vec::new();
-        let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, None::<Duration>);
-        for (req, outcome) in lanes.iter().flatten().zip(self.send_all(&lanes)) {
+        let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, Some(Duration::MAX));
+        let mut alive = HashSet::new();
+        let mut given_up: HashMap<String, usize> = HashMap::new();
+        for (req, outcome) in lanes.iter().flatten().zip(outcomes) {
             match outcome {
-                Outcome::Delivered => {}
-                Outcome::Retry { reason, after } => {
+                Outcome::Delivered => {
+                    alive.insert(req.url.clone());
+                }
+                Outcome::Retry {
+                    reason,
+                    after,
+                    sent,
+                } => {
                     retry_rows += req.rows.len();
                     if first_reason.is_none() || after.is_some() {
                         first_reason = Some(reason);
                     }
+                    // the soonest a URL may be sent to again; none: the policy's backoff
+                    wait = wait.zip(after).map(|(w, a)| w.min(a));
+                    let health = self.health.entry(req.url.clone()).or_default();
                     if let Some(a) = after {
-                        wait = Some(wait.map_or(a, |w| w.max(a)));
+                        health.not_before = Some(now + a);
+                    }
+                    if sent {
+                        health.failing_since.get_or_insert(now);
+                        for &i in &req.rows {
+                            self.pending.rows[i].failing_since.get_or_insert(now);
+                        }
                     }
                     keep.extend_from_slice(&req.rows);
                 }
                 Outcome::Refused(error) => {
+                    if error.code == UNDELIVERABLE {
+                        *given_up.entry(public_url(&req.url)).or_default() += req.rows.len();
+                    }
                     for &i in &req.rows {
                         let r = &self.pending.rows[i];
                         self.rejected.push(RejectedRow {
@@ -496,9 +528,19 @@ impl WebhookSink {
                 }
             }
         }
+        for (url, rows) in given_up {
+            tracing::warn!(sink = %self.name, url = %url, rows, "rows sent to the dead-letter output: their URL failed for longer than `give_up_after`");
+        }
+        // a URL that answered 2xx works: its clock of failures starts again
+        for url in &alive {
+            if let Some(h) = self.health.get_mut(url) {
+                h.failing_since = None;
+            }
+        }
         let total = self.pending.rows.len();
         keep.sort_unstable();
         self.pending.retain(&keep);
+        self.forget_health(now);
         if retry_rows == 0 {
             return Ok(());
         }
@@ -507,10 +549,7 @@ impl WebhookSink {
             first_reason.unwrap_or_default()
         ));
         Err(match wait {
-            Some(w) => {
-                self.not_before = Some(Instant::now() + w);
-                e.unavailable_for(w)
-            }
+            Some(w) => e.unavailable_for(w),
             None => e.unavailable(),
         })
     }
@@ -518,13 +557,23 @@ impl WebhookSink {
     /// Sends the requests of `lanes`, up to `max_in_flight` lanes at a time, each lane one
     /// request at a time in order: after an answer asking to wait (408, 429, 5xx, 401, 403,
     /// no answer), the rest of its lane is not sent (an outcome to retry as well), so a
-    /// key's later rows never overtake its earlier ones; other lanes go on, unless the answer
-    /// carried a `Retry-After`, which holds every lane. Outcomes in the order of
+    /// key's later rows never overtake its earlier ones; other lanes go on. A URL that asked
+    /// to wait (`Retry-After`) is sent nothing more until then, and one given up (see
+    /// [`Self::judge`]) nothing more in this call. Outcomes in the order of
     /// `lanes.iter().flatten()`.
     fn send_all(&self, lanes: &[Lane]) -> Vec<Outcome> {
         use std::cell::Cell;
         // the workers are futures polled by one thread
-        let (next, hold) = (&Cell::new(0usize), &Cell::new(false));
+        let next = &Cell::new(0usize);
+        let held: HashMap<Arc<str>, Instant> = self
+            .health
+            .iter()
+            .filter_map(|(url, h)| Some((url.clone(), h.not_before?)))
+            .collect();
+        let urls = &RefCell::new(Calls {
+            held,
+            given_up: HashMap::new(),
+        });
         // a worker takes one lane at a time and sends its requests in order
         let work = || async move {
             let mut done = Vec::new();
@@ -535,19 +584,33 @@ impl WebhookSink {
                 };
                 let mut out = Vec::with_capacity(lane.len());
                 for req in lane {
-                    let waiting = matches!(out.last(), Some(Outcome::Retry { .. }));
-                    if waiting || hold.get() {
+                    if matches!(out.last(), Some(Outcome::Retry { .. })) {
                         out.push(Outcome::Retry {
                             reason: "not sent: an earlier request of its lane waits".into(),
                             after: None,
+                            sent: false,
                         });
                         continue;
                     }
-                    let outcome = self.send(req).await;
-                    if matches!(outcome, Outcome::Retry { after: Some(_), .. }) {
-                        hold.set(true);
+                    let given_up = urls.borrow().given_up.get(&req.url).cloned();
+                    if let Some(error) = given_up {
+                        out.push(Outcome::Refused(error));
+                        continue;
                     }
-                    out.push(outcome);
+                    let now = Instant::now();
+                    let hold = urls.borrow().held.get(&req.url).copied();
+                    let outcome = match hold.filter(|&t| t > now) {
+                        Some(t) => Outcome::Retry {
+                            reason: format!(
+                                "not sent: {} asked to wait (Retry-After)",
+                                public_url(&req.url)
+                            ),
+                            after: Some(t - now),
+                            sent: false,
+                        },
+                        None => self.send(req).await,
+                    };
+                    out.push(self.judge(req, outcome, &mut urls.borrow_mut()));
                 }
                 done.push((i, out));
             }
@@ -618,6 +681,7 @@ impl WebhookSink {
                 return Outcome::Retry {
                     reason: format!("{}: {}", public_url(&req.url), error_chain(&e)),
                     after: None,
+                    sent: true,
                 };
             }
         };
@@ -652,14 +716,17 @@ impl WebhookSink {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| delivery::retry_after(v, SystemTime::now()));
+        // (credentials the receiver hands out are masked: dead letters are read widely)
         let headers: serde_json::Map<String, serde_json::Value> = resp
             .headers()
             .iter()
             .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-                )
+                let value = if delivery::is_credential(k.as_str()) {
+                    "***".to_string()
+                } else {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                };
+                (k.as_str().to_string(), value.into())
             })
             .collect();
         let bytes = read_head(&mut resp).await;
@@ -671,6 +738,7 @@ impl WebhookSink {
                 return Outcome::Retry {
                     reason: format!("{url} answered {status}: {short}"),
                     after,
+                    sent: true,
                 }
             }
             Class::Unauthorized => {
@@ -680,6 +748,7 @@ impl WebhookSink {
                          signature or credentials: check `secret` and `headers`): {short}"
                     ),
                     after,
+                    sent: true,
                 }
             }
             Class::Delivered | Class::Refused => {}

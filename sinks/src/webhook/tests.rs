@@ -155,6 +155,7 @@ fn config(port: u16, batch_max_rows: usize) -> WebhookConfig {
         pipeline: "p".into(),
         output: "per_ds".into(),
         view_keys: None,
+        give_up_after: None,
     }
 }
 
@@ -693,4 +694,143 @@ fn the_sink_and_a_registry_client_run_on_the_io_runtime_and_start_no_thread() {
     // their pooled connections wait as tasks of the I/O runtime
     let io = weir_engine::io::runtime().unwrap();
     assert!(io.metrics().num_alive_tasks() >= 1);
+}
+
+/// A sink whose URL holds the dataset (`/t/{datasetName}`), one lane per key.
+fn per_key_sink(port: u16) -> WebhookSink {
+    let mut cfg = config(port, 100);
+    cfg.url = UrlTemplate::parse(&format!("http://127.0.0.1:{port}/t/{{datasetName}}")).unwrap();
+    cfg.max_in_flight = 4;
+    WebhookSink::new("hook", cfg).unwrap()
+}
+
+/// Requests received by `path`.
+fn requests_to(got: &Mutex<Vec<Received>>, path: &str) -> usize {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.headers[":path"] == path)
+        .count()
+}
+
+#[test]
+fn a_retry_after_holds_only_the_url_that_asked_for_it() {
+    let (port, got, _) = server_fn(Duration::ZERO, |r, _| match r.headers[":path"].as_str() {
+        "/t/d0" => (429, "Retry-After: 300\r\n".into(), b"slow down".to_vec()),
+        _ => (200, String::new(), Vec::new()),
+    });
+    let mut sink = per_key_sink(port);
+    sink.write(&rows(3)).unwrap();
+    let e = sink.flush().unwrap_err();
+    assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+    assert!(e.retry_after() > Some(Duration::from_secs(250)), "{e}");
+    assert_eq!(sink.pending.rows.len(), 1, "d1 and d2 were delivered");
+    // rows of other URLs still go while d0 waits; d0 is sent nothing before its time
+    sink.write(&rows(3)).unwrap();
+    let e = sink.flush().unwrap_err();
+    assert!(e.to_string().contains("asked to wait"), "{e}");
+    assert!(e.retry_after() > Some(Duration::from_secs(250)), "{e}");
+    assert_eq!(requests_to(&got, "/t/d0"), 1);
+    assert_eq!(requests_to(&got, "/t/d1"), 2);
+    assert_eq!(requests_to(&got, "/t/d2"), 2);
+    assert_eq!(sink.pending.rows.len(), 2);
+    assert!(sink.take_rejected().is_empty());
+}
+
+#[test]
+fn a_url_failing_longer_than_give_up_after_is_dead_lettered_and_the_others_go_on() {
+    let (port, got, _) = server_fn(Duration::ZERO, |r, _| match r.headers[":path"].as_str() {
+        "/t/d0" => (503, String::new(), b"down".to_vec()),
+        _ => (200, String::new(), Vec::new()),
+    });
+    let mut sink = per_key_sink(port);
+    sink.config.give_up_after = Some(Duration::from_millis(300));
+    sink.write(&rows(3)).unwrap();
+    let e = sink.flush().unwrap_err();
+    assert!(e.to_string().contains("answered 503"), "{e}");
+    assert!(sink.take_rejected().is_empty(), "not given up yet");
+    std::thread::sleep(Duration::from_millis(400));
+    sink.write(&rows(3)).unwrap();
+    sink.flush().expect("d0 given up: nothing left to retry");
+    assert!(sink.pending.rows.is_empty());
+    let rejected = sink.take_rejected();
+    assert_eq!(rejected.len(), 2, "both rows of d0");
+    for r in &rejected {
+        assert_eq!(r.error.code, UNDELIVERABLE);
+        assert!(
+            r.error.message.contains("give_up_after"),
+            "{}",
+            r.error.message
+        );
+        assert!(
+            r.error.message.contains("answered 503"),
+            "{}",
+            r.error.message
+        );
+        assert_eq!(
+            r.error.details["url"],
+            format!("http://127.0.0.1:{port}/t/d0")
+        );
+        let row: Value = serde_json::from_slice(&r.raw).unwrap();
+        assert_eq!(row["datasetName"], "d0");
+    }
+    // a URL given up is tried once per call, its rows dead-lettered at its first failure
+    let before = requests_to(&got, "/t/d0");
+    sink.write(&rows(1)).unwrap();
+    sink.flush().unwrap();
+    assert_eq!(requests_to(&got, "/t/d0"), before + 1);
+    assert_eq!(sink.take_rejected().len(), 1);
+    assert_eq!(requests_to(&got, "/t/d1"), 2);
+}
+
+#[test]
+fn a_request_failing_longer_than_give_up_after_is_dead_lettered_while_its_url_works() {
+    // the receiver fails every request that carries d1 (a row it cannot take), takes others
+    let (port, _got, _) = server_fn(Duration::ZERO, |r, _| {
+        if String::from_utf8_lossy(&r.body).contains("\"d1\"") {
+            (500, String::new(), b"cannot".to_vec())
+        } else {
+            (200, String::new(), Vec::new())
+        }
+    });
+    let mut cfg = config(port, 1);
+    cfg.max_in_flight = 1;
+    cfg.give_up_after = Some(Duration::from_millis(300));
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    // (one row a request, one lane: the write sends at once)
+    assert!(sink.write(&rows(3)).is_err());
+    assert_eq!(
+        sink.pending.rows.len(),
+        2,
+        "d1 and the rest of its lane wait"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    sink.flush().unwrap();
+    let rejected = sink.take_rejected();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].error.code, UNDELIVERABLE);
+    assert!(
+        rejected[0].error.message.contains("these rows have failed"),
+        "{}",
+        rejected[0].error.message
+    );
+    assert!(sink.pending.rows.is_empty(), "d2 went after it");
+}
+
+#[test]
+fn dead_letters_mask_the_credentials_an_answer_hands_out() {
+    let (port, _got, _) = server_fn(Duration::ZERO, |_, _| {
+        (
+            400,
+            "Set-Cookie: session=s3cr3t\r\nX-Request-Id: r-1\r\n".into(),
+            b"bad".to_vec(),
+        )
+    });
+    let mut sink = WebhookSink::new("hook", config(port, 100)).unwrap();
+    sink.write(&rows(1)).unwrap();
+    sink.flush().unwrap();
+    let rejected = sink.take_rejected();
+    let headers = &rejected[0].error.details["headers"];
+    assert_eq!(headers["set-cookie"], "***");
+    assert_eq!(headers["x-request-id"], "r-1");
 }

@@ -37,6 +37,9 @@ impl PooledReader for NatsPoolReader {
     fn flushed_to_wait(&self) -> bool {
         NatsPoolReader::flushed_to_wait(self)
     }
+    fn finished_ends(&self) -> std::collections::BTreeMap<String, u64> {
+        NatsPoolReader::finished_ends(self)
+    }
     fn close(&mut self) {
         NatsPoolReader::close(self)
     }

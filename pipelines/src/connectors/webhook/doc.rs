@@ -50,6 +50,11 @@ pub struct WebhookDoc {
     /// Longest a row waits before its request is sent (default 1s).
     #[serde(default)]
     pub flush_interval: Option<Duration>,
+    /// A URL failing this long (no 2xx since its first failure), or rows failing this
+    /// long, go to the dead-letter output instead of holding the sink back (at least 1s;
+    /// default: never, rows wait for the receiver).
+    #[serde(default)]
+    pub give_up_after: Option<Duration>,
     /// Only output rows that match this SQL predicate are sent (e.g. `failures > 10`).
     #[serde(default, rename = "where")]
     #[schemars(with = "Option<String>")]

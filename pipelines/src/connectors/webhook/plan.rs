@@ -101,6 +101,7 @@ pub(crate) fn webhook_config(
             pipeline: pipeline.to_string(),
             output: String::new(),
             view_keys: None,
+            give_up_after: d.give_up_after.as_ref().map(|g| ms(g.0.max(1000))),
         },
         filter_text: d.filter.as_ref().map(|f| (f.referenced, f.value.clone())),
         filter: None,

@@ -1,0 +1,96 @@
+//! Keeping one failing URL from holding the others back: what the sink remembers of the
+//! URLs that failed (since when, and a `Retry-After`), and `give_up_after`, which sends the
+//! requests of a URL failing too long (or rows failing too long) to the dead-letter output.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir_engine::ErrorInfo;
+
+use super::{public_url, Outcome, Request, WebhookSink};
+
+/// What the sink remembers of a URL that failed: since when, and until when it asked to be
+/// left alone (a `Retry-After`). A URL that answers 2xx is forgotten.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct UrlHealth {
+    pub(super) failing_since: Option<Instant>,
+    pub(super) not_before: Option<Instant>,
+}
+
+/// The error code of rows dead-lettered by `give_up_after`.
+pub const UNDELIVERABLE: &str = "webhook_undeliverable";
+
+/// The most URLs whose failures the sink remembers beyond those of pending rows.
+const MAX_URL_HEALTH: usize = 10_000;
+
+/// What one call learns of URLs as its requests are answered.
+pub(super) struct Calls {
+    /// No request to these URLs before then (`Retry-After`).
+    pub(super) held: HashMap<Arc<str>, Instant>,
+    /// URLs given up in this call: their other requests are refused unsent.
+    pub(super) given_up: HashMap<Arc<str>, ErrorInfo>,
+}
+
+impl WebhookSink {
+    /// Forgets the URLs that work again and whose `Retry-After` passed; beyond
+    /// [`MAX_URL_HEALTH`] URLs, also the failing ones without pending rows (a URL failing
+    /// again starts its clock again).
+    pub(super) fn forget_health(&mut self, now: Instant) {
+        self.health.retain(|_, h| {
+            h.not_before = h.not_before.filter(|&t| t > now);
+            h.failing_since.is_some() || h.not_before.is_some()
+        });
+        if self.health.len() > MAX_URL_HEALTH {
+            let pending: HashSet<&Arc<str>> = self.pending.rows.iter().map(|r| &r.url).collect();
+            self.health.retain(|url, _| pending.contains(url));
+        }
+    }
+
+    /// What becomes of a request to retry: its URL is held for a `Retry-After`; with
+    /// `give_up_after`, it is refused (error code [`UNDELIVERABLE`]) when its URL has failed
+    /// that long without a 2xx (the URL is then given up for the rest of the call: its other
+    /// requests are refused unsent), or when rows it carries have (a request the receiver
+    /// fails again and again while other requests go through).
+    pub(super) fn judge(&self, req: &Request, outcome: Outcome, urls: &mut Calls) -> Outcome {
+        let Outcome::Retry { reason, after, .. } = &outcome else {
+            return outcome;
+        };
+        if let Some(a) = after {
+            urls.held.insert(req.url.clone(), Instant::now() + *a);
+        }
+        let Some(limit) = self.config.give_up_after else {
+            return outcome;
+        };
+        let since = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| t.elapsed());
+        let url_failing = since(self.health.get(&req.url).and_then(|h| h.failing_since));
+        let rows_failing = req
+            .rows
+            .iter()
+            .map(|&i| since(self.pending.rows[i].failing_since))
+            .max()
+            .unwrap_or_default();
+        if url_failing.max(rows_failing) < limit {
+            return outcome;
+        }
+        let url = public_url(&req.url);
+        let what = if url_failing >= limit {
+            format!("{url} has failed for {} s", url_failing.as_secs())
+        } else {
+            format!("these rows have failed for {} s", rows_failing.as_secs())
+        };
+        let error = ErrorInfo::new(
+            UNDELIVERABLE,
+            format!(
+                "{what}, longer than `give_up_after` ({} s); last: {reason}",
+                limit.as_secs()
+            ),
+        )
+        .with("url", url)
+        .with("failing_for_secs", url_failing.max(rows_failing).as_secs());
+        if url_failing >= limit {
+            urls.given_up.insert(req.url.clone(), error.clone());
+        }
+        Outcome::Refused(error)
+    }
+}
