@@ -10,12 +10,15 @@ use weir_engine::ErrorInfo;
 
 use super::{public_url, Outcome, Request, WebhookSink};
 
-/// What the sink remembers of a URL that failed: since when, and until when it asked to be
-/// left alone (a `Retry-After`). A URL that answers 2xx is forgotten.
+/// What the sink remembers of a URL that failed: since when, until when it asked to be left
+/// alone (a `Retry-After`), and how many rows it takes at most (a 413). A URL that answers
+/// 2xx has its failures forgotten, not its size.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct UrlHealth {
     pub(super) failing_since: Option<Instant>,
     pub(super) not_before: Option<Instant>,
+    /// The most rows a request to it carries since it answered 413 (halved at each).
+    pub(super) row_cap: Option<usize>,
 }
 
 /// The error code of rows dead-lettered by `give_up_after`.
@@ -39,7 +42,7 @@ impl WebhookSink {
     pub(super) fn forget_health(&mut self, now: Instant) {
         self.health.retain(|_, h| {
             h.not_before = h.not_before.filter(|&t| t > now);
-            h.failing_since.is_some() || h.not_before.is_some()
+            h.failing_since.is_some() || h.not_before.is_some() || h.row_cap.is_some()
         });
         if self.health.len() > MAX_URL_HEALTH {
             let pending: HashSet<&Arc<str>> = self.pending.rows.iter().map(|r| &r.url).collect();

@@ -188,8 +188,13 @@ enum Outcome {
         /// Whether it was sent (not held back by its lane or its URL's wait).
         sent: bool,
     },
+    /// 413 to a request of several rows: sent again in smaller requests.
+    TooLarge(String),
     Refused(ErrorInfo),
 }
+
+/// Rounds of one send in which a 413 halves its URL's requests, which go again at once.
+const MAX_SPLIT_ROUNDS: usize = 8;
 
 /// Result rows as signed webhook requests.
 pub struct WebhookSink {
@@ -450,6 +455,12 @@ impl WebhookSink {
                     rows.chunk_by(|&a, &b| self.pending.rows[a].url == self.pending.rows[b].url)
                 {
                     let url = self.pending.rows[run[0]].url.clone();
+                    // (a URL that answered 413 takes smaller requests)
+                    let max_rows = self
+                        .health
+                        .get(&url)
+                        .and_then(|h| h.row_cap)
+                        .map_or(max_rows, |cap| cap.min(max_rows));
                     let sizes: Vec<usize> = run
                         .iter()
                         .map(|&i| self.pending.rows[i].end - self.pending.rows[i].start)
@@ -476,8 +487,21 @@ impl WebhookSink {
     /// failing that long, or carrying rows that failed that long, are refused (see
     /// [`Self::judge`]).
     fn send_pending(&mut self) -> Result<(), EngineError> {
+        // a 413 halves its URL's requests: they go again at once, a few rounds at most
+        let mut rounds = 1;
+        loop {
+            let (result, split) = self.send_round();
+            if !split || result.is_ok() || rounds == MAX_SPLIT_ROUNDS {
+                return result;
+            }
+            rounds += 1;
+        }
+    }
+
+    /// One round of [`Self::send_pending`]: its result, and whether a 413 split requests.
+    fn send_round(&mut self) -> (Result<(), EngineError>, bool) {
         if self.pending.rows.is_empty() {
-            return Ok(());
+            return (Ok(()), false);
         }
         let lanes = self.lanes();
         let outcomes = self.send_all(&lanes);
@@ -486,6 +510,7 @@ impl WebhookSink {
         let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, Some(Duration::MAX));
         let mut alive = HashSet::new();
         let mut given_up: HashMap<String, usize> = HashMap::new();
+        let mut split = false;
         for (req, outcome) in lanes.iter().flatten().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => {
@@ -512,6 +537,16 @@ impl WebhookSink {
                             self.pending.rows[i].failing_since.get_or_insert(now);
                         }
                     }
+                    keep.extend_from_slice(&req.rows);
+                }
+                Outcome::TooLarge(reason) => {
+                    retry_rows += req.rows.len();
+                    first_reason.get_or_insert(reason);
+                    wait = None;
+                    let health = self.health.entry(req.url.clone()).or_default();
+                    let half = (req.rows.len() / 2).max(1);
+                    health.row_cap = Some(health.row_cap.map_or(half, |c| c.min(half)));
+                    split = true;
                     keep.extend_from_slice(&req.rows);
                 }
                 Outcome::Refused(error) => {
@@ -542,16 +577,17 @@ impl WebhookSink {
         self.pending.retain(&keep);
         self.forget_health(now);
         if retry_rows == 0 {
-            return Ok(());
+            return (Ok(()), split);
         }
         let e = self.fatal(format!(
             "{retry_rows} of {total} rows not delivered yet: {}",
             first_reason.unwrap_or_default()
         ));
-        Err(match wait {
+        let e = match wait {
             Some(w) => e.unavailable_for(w),
             None => e.unavailable(),
-        })
+        };
+        (Err(e), split)
     }
 
     /// Sends the requests of `lanes`, up to `max_in_flight` lanes at a time, each lane one
@@ -584,7 +620,10 @@ impl WebhookSink {
                 };
                 let mut out = Vec::with_capacity(lane.len());
                 for req in lane {
-                    if matches!(out.last(), Some(Outcome::Retry { .. })) {
+                    if matches!(
+                        out.last(),
+                        Some(Outcome::Retry { .. } | Outcome::TooLarge(_))
+                    ) {
                         out.push(Outcome::Retry {
                             reason: "not sent: an earlier request of its lane waits".into(),
                             after: None,
@@ -733,6 +772,12 @@ impl WebhookSink {
         let head = delivery::body_head(&bytes);
         let short: String = head.chars().take(200).collect();
         let url = public_url(&req.url);
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE && req.rows.len() > 1 {
+            return Outcome::TooLarge(format!(
+                "{url} answered 413 to a request of {} rows: sent again in smaller ones",
+                req.rows.len()
+            ));
+        }
         match class {
             Class::Retry => {
                 return Outcome::Retry {

@@ -834,3 +834,49 @@ fn dead_letters_mask_the_credentials_an_answer_hands_out() {
     assert_eq!(headers["set-cookie"], "***");
     assert_eq!(headers["x-request-id"], "r-1");
 }
+
+#[test]
+fn a_413_halves_the_requests_of_its_url_until_they_fit_and_a_single_row_is_refused() {
+    // the receiver takes at most 2 rows a request
+    let (port, got, _) = server_fn(Duration::ZERO, |r, _| {
+        let rows: Vec<Value> = serde_json::from_slice(&r.body).unwrap();
+        match rows.len() {
+            0..=2 => (200, String::new(), Vec::new()),
+            _ => (413, String::new(), b"too large".to_vec()),
+        }
+    });
+    let mut cfg = config(port, 100);
+    cfg.max_in_flight = 1;
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    sink.write(&rows(10)).unwrap();
+    sink.flush()
+        .expect("sent again in smaller requests within the call");
+    assert!(sink.take_rejected().is_empty());
+    let sizes = |from: usize| -> Vec<usize> {
+        got.lock().unwrap()[from..]
+            .iter()
+            .map(|r| ids(r).len())
+            .collect()
+    };
+    let first = sizes(0);
+    // 10 (413), 5 and 5 (413; the second not sent: its lane waits), then pairs
+    assert_eq!(&first[..2], &[10, 5], "{first:?}");
+    assert!(first[2..].iter().all(|&n| n <= 2), "{first:?}");
+    let mut delivered: Vec<String> = got.lock().unwrap()[2..].iter().flat_map(ids).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 10, "every row once: {first:?}");
+    // later requests to that URL are cut to its size at once
+    sink.write(&rows(4)).unwrap();
+    sink.flush().unwrap();
+    assert_eq!(sizes(first.len()), vec![2, 2]);
+    // a single row too large is refused
+    let (port, got) = server(vec![(413, "")]);
+    let mut sink = WebhookSink::new("hook", config(port, 100)).unwrap();
+    sink.write(&rows(1)).unwrap();
+    sink.flush().unwrap();
+    let rejected = sink.take_rejected();
+    assert_eq!(rejected.len(), 1, "one row too large: refused");
+    assert_eq!(rejected[0].error.details["status"], 413);
+    assert_eq!(got.lock().unwrap().len(), 1);
+}
