@@ -6,8 +6,9 @@
 //! handed over between two rebalances), and would be lost if every live worker ended then.
 //!
 //! A source whose readers know the position they read to (a NATS stream sequence) records it
-//! with the partition: a later run, whose end is further, reads the partition again from
-//! there instead of taking it for finished (see [`Finished::At`]).
+//! with the partition, in a file of its own (older versions read `finished.json` as it always
+//! was): a later run, whose end is further, reads the partition again from there instead of
+//! taking it for finished (see [`Finished::At`]).
 
 use std::collections::BTreeMap;
 
@@ -17,26 +18,18 @@ use crate::pool::PoolStore;
 use crate::EngineError;
 
 /// The file, in a worker's checkpoint store, naming the partitions its last final checkpoint
-/// flushed, with the generation of the claim under which it owned them (and, for a source
-/// that knows it, the position they were read to).
+/// flushed, with the generation of the claim under which it owned them.
 const FINISHED: &str = "finished.json";
 
-/// One partition of `finished.json`: the claim's generation alone (as every version wrote
-/// it before positions were recorded, and as sources without positions still write it), or
-/// with the position the partition was read to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Entry {
-    Generation(u64),
-    At { generation: u64, end: u64 },
-}
+/// The file beside [`FINISHED`] with the position each partition was read to, for sources
+/// that know it: written first, so that a position is never older than its `finished.json`.
+const FINISHED_AT: &str = "finished_at.json";
 
-impl Entry {
-    fn generation(self) -> u64 {
-        match self {
-            Entry::Generation(g) | Entry::At { generation: g, .. } => g,
-        }
-    }
+/// One partition of `finished_at.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct ReadTo {
+    generation: u64,
+    end: u64,
 }
 
 /// Whether a partition is finished, and to where.
@@ -61,19 +54,20 @@ impl PoolStore {
         owned: &BTreeMap<String, u64>,
         ends: &BTreeMap<String, u64>,
     ) -> Result<(), EngineError> {
-        let entries: BTreeMap<&String, Entry> = owned
-            .iter()
-            .map(|(key, &generation)| {
-                let entry = match ends.get(key) {
-                    Some(&end) => Entry::At { generation, end },
-                    None => Entry::Generation(generation),
-                };
-                (key, entry)
-            })
-            .collect();
-        let bytes = serde_json::to_vec(&entries).map_err(|e| {
-            EngineError::internal_caused(format_args!("cannot encode {FINISHED}"), e)
-        })?;
+        let encode =
+            |what: &str, e| EngineError::internal_caused(format_args!("cannot encode {what}"), e);
+        if !ends.is_empty() {
+            let read_to: BTreeMap<&String, ReadTo> = owned
+                .iter()
+                .filter_map(|(key, &generation)| {
+                    let end = *ends.get(key)?;
+                    Some((key, ReadTo { generation, end }))
+                })
+                .collect();
+            let bytes = serde_json::to_vec(&read_to).map_err(|e| encode(FINISHED_AT, e))?;
+            self.own().put(FINISHED_AT, bytes)?;
+        }
+        let bytes = serde_json::to_vec(owned).map_err(|e| encode(FINISHED, e))?;
         self.own().put(FINISHED, bytes)
     }
 
@@ -90,46 +84,39 @@ impl PoolStore {
         let Some((worker, generation)) = self.newest_claim(partition)? else {
             return Ok(Finished::Yes);
         };
-        let Some(bytes) = self.store_of(&worker)?.get(FINISHED)? else {
+        let store = self.store_of(&worker)?;
+        let Some(bytes) = store.get(FINISHED)? else {
             return Ok(Finished::No);
         };
-        let finished: BTreeMap<String, Entry> = serde_json::from_slice(&bytes).map_err(|e| {
-            EngineError::internal_caused(
-                format_args!("{FINISHED} of worker {worker} cannot be read"),
-                e,
-            )
-        })?;
-        Ok(match finished.get(partition) {
-            Some(e) if e.generation() == generation => match e {
-                Entry::Generation(_) => Finished::Yes,
-                Entry::At { end, .. } => Finished::At(*end),
-            },
-            _ => Finished::No,
+        let finished: BTreeMap<String, u64> = decode(FINISHED, &worker, &bytes)?;
+        if finished.get(partition) != Some(&generation) {
+            return Ok(Finished::No);
+        }
+        let Some(bytes) = store.get(FINISHED_AT)? else {
+            return Ok(Finished::Yes);
+        };
+        let read_to: BTreeMap<String, ReadTo> = decode(FINISHED_AT, &worker, &bytes)?;
+        Ok(match read_to.get(partition) {
+            Some(r) if r.generation == generation => Finished::At(r.end),
+            _ => Finished::Yes,
         })
     }
+}
+
+/// The file `what` of `worker`, decoded.
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    worker: &str,
+    bytes: &[u8],
+) -> Result<T, EngineError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        EngineError::internal_caused(format_args!("{what} of worker {worker} cannot be read"), e)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entries_read_the_older_generation_only_form_and_the_form_with_an_end() {
-        let old: BTreeMap<String, Entry> = serde_json::from_str(r#"{"s/t/0": 3}"#).unwrap();
-        assert_eq!(old["s/t/0"], Entry::Generation(3));
-        let new: BTreeMap<String, Entry> =
-            serde_json::from_str(r#"{"s/t/0": {"generation": 4, "end": 120}}"#).unwrap();
-        assert_eq!(
-            new["s/t/0"],
-            Entry::At {
-                generation: 4,
-                end: 120
-            }
-        );
-        // a partition without an end is still written as the older form: older versions of
-        // a rolling upgrade read it
-        assert_eq!(serde_json::to_string(&Entry::Generation(3)).unwrap(), "3");
-    }
 
     #[test]
     fn a_partition_is_finished_under_its_newest_claim_with_the_end_it_was_read_to() {

@@ -214,13 +214,13 @@ impl NatsPoolReader {
         self.rebalanced_in_job = false;
         // (a wait starts again after a job that read or flushed partitions)
         self.waiting = None;
-        // reading until caught up, later jobs end where the first one did: each would read
-        // to the stream's end when it connects, which a steady producer keeps moving
+        // reading until caught up, every partition of every job ends where the stream ended
+        // when the worker started: each reader would read to the stream's end when it
+        // connects, which a steady producer keeps moving (partitions read to different ends
+        // would each look unfinished to the worker whose end is further)
         if self.config.until_caught_up && self.config.end_sequence.is_none() {
             // (not an empty stream's 0: a partition taken over later would read nothing)
-            if let Some(end) = self.run.as_ref().and_then(|(_, r)| r.end_target()) {
-                self.config.end_sequence = Some(end).filter(|&e| e > 0);
-            }
+            self.config.end_sequence = self.end().filter(|&e| e > 0);
         }
         let owned = self.owned_numbers()?;
         let partitions: Vec<(u32, Option<Resume>)> = owned
@@ -315,17 +315,26 @@ impl NatsPoolReader {
     fn caught_up(&mut self) -> Result<Option<bool>, EngineError> {
         let owned = self.owned_numbers()?;
         // (rows this job read wait for its final flush, even of a partition finished before;
-        // this worker's own partitions were claimed by it, and read to its readers' ends)
+        // this worker's own partitions were claimed by it, and are finished once read to
+        // where this job's readers read)
         let mut own_finished = !self.read_in_job;
+        let targets: HashMap<u32, u64> = self
+            .run
+            .as_ref()
+            .map(|(_, r)| r.targets().filter_map(|(n, t)| Some((n, t?))).collect())
+            .unwrap_or_default();
         for &n in &owned {
-            own_finished = own_finished && self.finished(&self.keys[n as usize], None)?;
+            let key = &self.keys[n as usize];
+            own_finished = own_finished && self.finished(key, targets.get(&n).copied(), &[])?;
         }
-        // (an end that cannot be read yet: a partition whose end is recorded is not finished)
+        // the other partitions: finished by a worker alive now (read to its own end, in this
+        // run), or read at least to this worker's end (not when it cannot be read yet)
         let end = self.end();
         let at_least = Some(end.unwrap_or(u64::MAX));
+        let live = live_members(&self.pool)?;
         let mut unfinished = Vec::new();
         for (n, key) in self.keys.iter().enumerate() {
-            if !owned.contains(&(n as u32)) && !self.finished(key, at_least)? {
+            if !owned.contains(&(n as u32)) && !self.finished(key, at_least, &live)? {
                 unfinished.push(n);
             }
         }
@@ -360,24 +369,32 @@ impl NatsPoolReader {
 
     /// Whether `partition` is finished: claimed (by a live worker, or one that was: a
     /// partition nobody claimed yet is still to be read, unlike in
-    /// [`PoolStore::partition_finished`]) and flushed under its newest claim; with
-    /// `at_least`, read at least to that stream sequence when its worker recorded where it
-    /// read to (a partition finished by an earlier run, before the messages this run reads
-    /// were published, is not: its worker reads it again).
-    fn finished(&self, partition: &str, at_least: Option<u64>) -> Result<bool, EngineError> {
-        if self.pool.holder(partition)?.is_none() {
+    /// [`PoolStore::partition_finished`]) and flushed under its newest claim. Unless its
+    /// holder is one of the `live` workers (which read it to their own end in this run), with
+    /// `at_least` it must also have been read at least to that stream sequence: a partition
+    /// finished by an earlier run, before the messages this run reads were published (or
+    /// recorded without its end), is read again by the worker it is assigned to.
+    fn finished(
+        &self,
+        partition: &str,
+        at_least: Option<u64>,
+        live: &[String],
+    ) -> Result<bool, EngineError> {
+        let Some(holder) = self.pool.holder(partition)? else {
             return Ok(false);
-        }
+        };
         Ok(match self.pool.partition_finished_at(partition)? {
             Finished::No => false,
-            Finished::Yes => true,
+            _ if live.contains(&holder.worker) => true,
+            Finished::Yes => at_least.is_none(),
             Finished::At(end) => at_least.is_none_or(|e| end >= e),
         })
     }
 
-    /// Reading until caught up: the stream sequence this worker reads to (pinned after its
-    /// first job; in it, the furthest its readers read to). A worker that reads nothing yet
-    /// pins the stream's last sequence now; `None` while the stream cannot be read.
+    /// Reading until caught up: the stream sequence this worker reads to, pinned before its
+    /// first job's readers connect (the stream's last sequence then); if the stream could not
+    /// be read then, the furthest its readers read to, pinned at the next job; `None` while
+    /// neither is known.
     fn end(&mut self) -> Option<u64> {
         if let Some(end) = self.config.end_sequence {
             return Some(end);
@@ -390,8 +407,6 @@ impl NatsPoolReader {
         }
         match last_sequence(&self.config) {
             Ok(last) => {
-                // (not an empty stream's 0: a partition taken over later would read nothing)
-                self.config.end_sequence = Some(last).filter(|&e| e > 0);
                 self.stream_end = Some(last);
                 Some(last)
             }

@@ -80,9 +80,9 @@ pub fn is_credential(name: &str) -> bool {
     matches!(
         name,
         "set-cookie" | "set-cookie2" | "authorization" | "proxy-authorization" | "cookie"
-    ) || name.contains("token")
-        || name.contains("api-key")
-        || name.contains("secret")
+    ) || ["token", "api-key", "apikey", "secret", "session"]
+        .iter()
+        .any(|part| name.contains(part))
 }
 
 /// The first [`BODY_KEPT`] bytes of a body as text (cut at a character boundary).

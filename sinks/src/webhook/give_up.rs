@@ -12,10 +12,13 @@ use super::{public_url, Outcome, Request, WebhookSink};
 
 /// What the sink remembers of a URL that failed: since when, until when it asked to be left
 /// alone (a `Retry-After`), and how many rows it takes at most (a 413). A URL that answers
-/// 2xx has its failures forgotten, not its size.
+/// (2xx, or a refusal) has its failures forgotten, not its size.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct UrlHealth {
     pub(super) failing_since: Option<Instant>,
+    /// Its latest failure to retry: a URL that has not failed for `give_up_after` is no
+    /// longer failing (its clock starts again at its next failure).
+    pub(super) last_failure: Option<Instant>,
     pub(super) not_before: Option<Instant>,
     /// The most rows a request to it carries since it answered 413 (halved at each).
     pub(super) row_cap: Option<usize>,
@@ -35,12 +38,35 @@ pub(super) struct Calls {
     pub(super) given_up: HashMap<Arc<str>, ErrorInfo>,
 }
 
+/// The most bytes of rows that URLs holding back with a `Retry-After` may keep pending while
+/// the sink takes more rows for the other URLs (beyond, writes wait for them).
+const HELD_MAX_BYTES: usize = 64 << 20;
+
 impl WebhookSink {
+    /// Whether every pending row is one of a URL that asked to wait (`Retry-After`) and
+    /// they hold at most [`HELD_MAX_BYTES`]: a write then need not wait for them.
+    pub(super) fn only_held_rows_pending(&self) -> bool {
+        let now = Instant::now();
+        self.pending.bytes.len() <= HELD_MAX_BYTES
+            && self.pending.rows.iter().all(|r| {
+                self.health
+                    .get(&r.url)
+                    .and_then(|h| h.not_before)
+                    .is_some_and(|t| t > now)
+            })
+    }
+
     /// Forgets the URLs that work again and whose `Retry-After` passed; beyond
     /// [`MAX_URL_HEALTH`] URLs, also the failing ones without pending rows (a URL failing
     /// again starts its clock again).
     pub(super) fn forget_health(&mut self, now: Instant) {
+        let quiet = self.config.give_up_after.unwrap_or(Duration::ZERO);
         self.health.retain(|_, h| {
+            // (not while it holds back: its wait is part of its failing)
+            let held = h.not_before.is_some_and(|t| t > now);
+            if !held && h.last_failure.is_none_or(|t| now.duration_since(t) > quiet) {
+                h.failing_since = None;
+            }
             h.not_before = h.not_before.filter(|&t| t > now);
             h.failing_since.is_some() || h.not_before.is_some() || h.row_cap.is_some()
         });
@@ -56,11 +82,21 @@ impl WebhookSink {
     /// requests are refused unsent), or when rows it carries have (a request the receiver
     /// fails again and again while other requests go through).
     pub(super) fn judge(&self, req: &Request, outcome: Outcome, urls: &mut Calls) -> Outcome {
-        let Outcome::Retry { reason, after, .. } = &outcome else {
+        let Outcome::Retry {
+            reason,
+            after,
+            sent,
+        } = &outcome
+        else {
             return outcome;
         };
         if let Some(a) = after {
             urls.held.insert(req.url.clone(), Instant::now() + *a);
+        }
+        if !sent {
+            // held by its URL's `Retry-After`: the receiver asked for that wait, which is
+            // honoured before giving up
+            return outcome;
         }
         let Some(limit) = self.config.give_up_after else {
             return outcome;

@@ -102,7 +102,7 @@ pub struct WebhookConfig {
     pub output: String,
     /// A view's key columns (`None` for a window).
     pub view_keys: Option<usize>,
-    /// A URL failing this long (no 2xx since its first failure to retry) has its requests
+    /// A URL failing this long (failures to retry only, since its first) has its requests
     /// sent to the dead-letter output instead of waiting (`None`: they wait for ever).
     pub give_up_after: Option<Duration>,
 }
@@ -526,13 +526,17 @@ impl WebhookSink {
                         first_reason = Some(reason);
                     }
                     // the soonest a URL may be sent to again; none: the policy's backoff
-                    wait = wait.zip(after).map(|(w, a)| w.min(a));
+                    // (requests held back by their lane follow their lane's first)
+                    if sent || after.is_some() {
+                        wait = wait.zip(after).map(|(w, a)| w.min(a));
+                    }
                     let health = self.health.entry(req.url.clone()).or_default();
                     if let Some(a) = after {
                         health.not_before = Some(now + a);
                     }
                     if sent {
                         health.failing_since.get_or_insert(now);
+                        health.last_failure = Some(now);
                         for &i in &req.rows {
                             self.pending.rows[i].failing_since.get_or_insert(now);
                         }
@@ -552,6 +556,11 @@ impl WebhookSink {
                 Outcome::Refused(error) => {
                     if error.code == UNDELIVERABLE {
                         *given_up.entry(public_url(&req.url)).or_default() += req.rows.len();
+                        // (still failing: its clock goes on)
+                        self.health.entry(req.url.clone()).or_default().last_failure = Some(now);
+                    } else {
+                        // the receiver answered: it is up (the rows are what it refuses)
+                        alive.insert(req.url.clone());
                     }
                     for &i in &req.rows {
                         let r = &self.pending.rows[i];
@@ -760,10 +769,12 @@ impl WebhookSink {
             .headers()
             .iter()
             .map(|(k, v)| {
-                let value = if delivery::is_credential(k.as_str()) {
-                    "***".to_string()
-                } else {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                let text = String::from_utf8_lossy(v.as_bytes());
+                let value = match k.as_str() {
+                    name if delivery::is_credential(name) => "***".to_string(),
+                    // a redirect's target may be a signed URL: its query stays out
+                    "location" | "content-location" => public_url(&text),
+                    _ => text.into_owned(),
                 };
                 (k.as_str().to_string(), value.into())
             })
@@ -919,6 +930,11 @@ impl Sink for WebhookSink {
                 .is_some_and(|t| t.elapsed() >= self.config.flush_interval);
         if full {
             if let Err(e) = self.send_pending() {
+                if self.only_held_rows_pending() {
+                    // rows of URLs that asked to wait: kept (the next writes, and at the
+                    // latest the checkpoint, send them), while the other URLs' rows go on
+                    return Ok(());
+                }
                 // the rows are pending: the retried call only sends them again
                 self.write_failed = true;
                 return Err(e);

@@ -720,13 +720,18 @@ fn a_retry_after_holds_only_the_url_that_asked_for_it() {
         _ => (200, String::new(), Vec::new()),
     });
     let mut sink = per_key_sink(port);
+    // one row a request: d0's lane holds several requests, a write of 4 rows sends
+    sink.config.batch_max_rows = 1;
     sink.write(&rows(3)).unwrap();
     let e = sink.flush().unwrap_err();
     assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
     assert!(e.retry_after() > Some(Duration::from_secs(250)), "{e}");
     assert_eq!(sink.pending.rows.len(), 1, "d1 and d2 were delivered");
-    // rows of other URLs still go while d0 waits; d0 is sent nothing before its time
-    sink.write(&rows(3)).unwrap();
+    // rows of other URLs still go while d0 waits, and the write does not wait for d0's;
+    // d0 is sent nothing before its time
+    sink.write(&rows(3))
+        .expect("only rows of a URL that asked to wait are left");
+    assert_eq!(requests_to(&got, "/t/d1"), 2);
     let e = sink.flush().unwrap_err();
     assert!(e.to_string().contains("asked to wait"), "{e}");
     assert!(e.retry_after() > Some(Duration::from_secs(250)), "{e}");
@@ -735,6 +740,28 @@ fn a_retry_after_holds_only_the_url_that_asked_for_it() {
     assert_eq!(requests_to(&got, "/t/d2"), 2);
     assert_eq!(sink.pending.rows.len(), 2);
     assert!(sink.take_rejected().is_empty());
+}
+
+#[test]
+fn a_url_is_not_given_up_while_it_asked_to_wait() {
+    let (port, got, _) = server_fn(Duration::ZERO, |_, _| {
+        (429, "Retry-After: 1\r\n".into(), b"later".to_vec())
+    });
+    let mut sink = per_key_sink(port);
+    sink.config.give_up_after = Some(Duration::from_millis(300));
+    sink.write(&rows(1)).unwrap();
+    assert!(sink.flush().is_err());
+    std::thread::sleep(Duration::from_millis(400));
+    // past give_up_after, within the wait it asked for: kept, not sent
+    let e = sink.flush().unwrap_err();
+    assert!(e.retry_after() > Some(Duration::from_millis(300)), "{e}");
+    assert!(sink.take_rejected().is_empty());
+    assert_eq!(got.lock().unwrap().len(), 1);
+    std::thread::sleep(e.retry_after().unwrap());
+    // sent again once the wait is over, failed again: given up
+    sink.flush().unwrap();
+    assert_eq!(got.lock().unwrap().len(), 2);
+    assert_eq!(sink.take_rejected()[0].error.code, UNDELIVERABLE);
 }
 
 #[test]
@@ -822,7 +849,7 @@ fn dead_letters_mask_the_credentials_an_answer_hands_out() {
     let (port, _got, _) = server_fn(Duration::ZERO, |_, _| {
         (
             400,
-            "Set-Cookie: session=s3cr3t\r\nX-Request-Id: r-1\r\n".into(),
+            "Set-Cookie: session=s3cr3t\r\nX-Request-Id: r-1\r\nContent-Location: http://h.example/x?sig=s3cr3t\r\n".into(),
             b"bad".to_vec(),
         )
     });
@@ -833,6 +860,7 @@ fn dead_letters_mask_the_credentials_an_answer_hands_out() {
     let headers = &rejected[0].error.details["headers"];
     assert_eq!(headers["set-cookie"], "***");
     assert_eq!(headers["x-request-id"], "r-1");
+    assert_eq!(headers["content-location"], "http://h.example/x");
 }
 
 #[test]

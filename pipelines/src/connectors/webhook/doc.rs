@@ -50,7 +50,7 @@ pub struct WebhookDoc {
     /// Longest a row waits before its request is sent (default 1s).
     #[serde(default)]
     pub flush_interval: Option<Duration>,
-    /// A URL failing this long (no 2xx since its first failure), or rows failing this
+    /// A URL failing this long (failures to retry only, since its first), or rows failing this
     /// long, go to the dead-letter output instead of holding the sink back (at least 1s;
     /// default: never, rows wait for the receiver).
     #[serde(default)]
