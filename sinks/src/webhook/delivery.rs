@@ -83,6 +83,7 @@ pub fn is_credential(name: &str) -> bool {
     ) || ["token", "api-key", "apikey", "secret", "session"]
         .iter()
         .any(|part| name.contains(part))
+        || name.ends_with("-key")
 }
 
 /// The first [`BODY_KEPT`] bytes of a body as text (cut at a character boundary).

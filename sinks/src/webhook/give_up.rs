@@ -22,6 +22,9 @@ pub(super) struct UrlHealth {
     pub(super) not_before: Option<Instant>,
     /// The most rows a request to it carries since it answered 413 (halved at each).
     pub(super) row_cap: Option<usize>,
+    /// Its rows were dead-lettered by `give_up_after`: it stays given up (no `Retry-After`
+    /// waited, no clock started again) until it answers.
+    pub(super) given_up: bool,
 }
 
 /// The error code of rows dead-lettered by `give_up_after`.
@@ -46,14 +49,25 @@ impl WebhookSink {
     /// Whether every pending row is one of a URL that asked to wait (`Retry-After`) and
     /// they hold at most [`HELD_MAX_BYTES`]: a write then need not wait for them.
     pub(super) fn only_held_rows_pending(&self) -> bool {
-        let now = Instant::now();
-        self.pending.bytes.len() <= HELD_MAX_BYTES
-            && self.pending.rows.iter().all(|r| {
-                self.health
-                    .get(&r.url)
-                    .and_then(|h| h.not_before)
-                    .is_some_and(|t| t > now)
-            })
+        self.held.0 == self.pending.rows.len() && self.pending.bytes.len() <= HELD_MAX_BYTES
+    }
+
+    /// Counts the pending rows of URLs that asked to wait (see [`Self::only_held_rows_pending`]);
+    /// when they are all that is pending, the flush clock starts again: they make a write
+    /// send at most every `flush_interval`.
+    pub(super) fn count_held(&mut self, now: Instant) {
+        let (mut rows, mut bytes) = (0, 0);
+        for r in &self.pending.rows {
+            let held = self.health.get(&r.url).and_then(|h| h.not_before);
+            if held.is_some_and(|t| t > now) {
+                rows += 1;
+                bytes += r.end - r.start;
+            }
+        }
+        self.held = (rows, bytes);
+        if rows > 0 && rows == self.pending.rows.len() {
+            self.pending.since = Some(now);
+        }
     }
 
     /// Forgets the URLs that work again and whose `Retry-After` passed; beyond
@@ -64,11 +78,12 @@ impl WebhookSink {
         self.health.retain(|_, h| {
             // (not while it holds back: its wait is part of its failing)
             let held = h.not_before.is_some_and(|t| t > now);
-            if !held && h.last_failure.is_none_or(|t| now.duration_since(t) > quiet) {
+            let quiet_long = h.last_failure.is_none_or(|t| now.duration_since(t) > quiet);
+            if !held && !h.given_up && quiet_long {
                 h.failing_since = None;
             }
             h.not_before = h.not_before.filter(|&t| t > now);
-            h.failing_since.is_some() || h.not_before.is_some() || h.row_cap.is_some()
+            h.failing_since.is_some() || h.not_before.is_some() || h.row_cap.is_some() || h.given_up
         });
         if self.health.len() > MAX_URL_HEALTH {
             let pending: HashSet<&Arc<str>> = self.pending.rows.iter().map(|r| &r.url).collect();
@@ -78,7 +93,7 @@ impl WebhookSink {
 
     /// What becomes of a request to retry: its URL is held for a `Retry-After`; with
     /// `give_up_after`, it is refused (error code [`UNDELIVERABLE`]) when its URL has failed
-    /// that long without a 2xx (the URL is then given up for the rest of the call: its other
+    /// that long without an answer (the URL is then given up for the rest of the call: its other
     /// requests are refused unsent), or when rows it carries have (a request the receiver
     /// fails again and again while other requests go through).
     pub(super) fn judge(&self, req: &Request, outcome: Outcome, urls: &mut Calls) -> Outcome {
@@ -93,9 +108,10 @@ impl WebhookSink {
         if let Some(a) = after {
             urls.held.insert(req.url.clone(), Instant::now() + *a);
         }
-        if !sent {
+        let given_up = self.health.get(&req.url).is_some_and(|h| h.given_up);
+        if !sent && !given_up {
             // held by its URL's `Retry-After`: the receiver asked for that wait, which is
-            // honoured before giving up
+            // honoured before giving up (not after: a URL given up holds nothing back)
             return outcome;
         }
         let Some(limit) = self.config.give_up_after else {

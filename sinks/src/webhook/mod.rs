@@ -208,8 +208,11 @@ pub struct WebhookSink {
     /// The failed call was a write whose rows are already pending.
     write_failed: bool,
     rejected: Vec<RejectedRow>,
-    /// The URLs that failed and have not answered 2xx since.
+    /// The URLs that failed and have not answered since (or were cut to smaller requests).
     health: HashMap<Arc<str>, UrlHealth>,
+    /// The pending rows (and their bytes) of URLs that asked to wait, when last counted:
+    /// they do not make a write send.
+    held: (usize, usize),
     stats: Arc<DeliveryStats>,
     /// A reused encoding buffer.
     line: Vec<u8>,
@@ -252,6 +255,7 @@ impl WebhookSink {
             write_failed: false,
             rejected: Vec::new(),
             health: HashMap::new(),
+            held: (0, 0),
             stats: Arc::new(DeliveryStats::default()),
             line: Vec::new(),
         })
@@ -490,15 +494,17 @@ impl WebhookSink {
         // a 413 halves its URL's requests: they go again at once, a few rounds at most
         let mut rounds = 1;
         loop {
-            let (result, split) = self.send_round();
-            if !split || result.is_ok() || rounds == MAX_SPLIT_ROUNDS {
+            // (not when other requests failed: they wait for the policy's backoff)
+            let (result, split_only) = self.send_round();
+            if !split_only || result.is_ok() || rounds == MAX_SPLIT_ROUNDS {
                 return result;
             }
             rounds += 1;
         }
     }
 
-    /// One round of [`Self::send_pending`]: its result, and whether a 413 split requests.
+    /// One round of [`Self::send_pending`]: its result, and whether a 413 split requests
+    /// while no other request failed.
     fn send_round(&mut self) -> (Result<(), EngineError>, bool) {
         if self.pending.rows.is_empty() {
             return (Ok(()), false);
@@ -510,7 +516,7 @@ impl WebhookSink {
         let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, Some(Duration::MAX));
         let mut alive = HashSet::new();
         let mut given_up: HashMap<String, usize> = HashMap::new();
-        let mut split = false;
+        let (mut split, mut failed) = (false, false);
         for (req, outcome) in lanes.iter().flatten().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => {
@@ -535,6 +541,7 @@ impl WebhookSink {
                         health.not_before = Some(now + a);
                     }
                     if sent {
+                        failed = true;
                         health.failing_since.get_or_insert(now);
                         health.last_failure = Some(now);
                         for &i in &req.rows {
@@ -556,8 +563,14 @@ impl WebhookSink {
                 Outcome::Refused(error) => {
                     if error.code == UNDELIVERABLE {
                         *given_up.entry(public_url(&req.url)).or_default() += req.rows.len();
-                        // (still failing: its clock goes on)
-                        self.health.entry(req.url.clone()).or_default().last_failure = Some(now);
+                        // (still failing: its clock goes on; given up when the URL itself
+                        // failed too long, not only these rows)
+                        let limit = self.config.give_up_after.unwrap_or(Duration::MAX);
+                        let health = self.health.entry(req.url.clone()).or_default();
+                        health.last_failure = Some(now);
+                        health.given_up |= health
+                            .failing_since
+                            .is_some_and(|t| now.duration_since(t) >= limit);
                     } else {
                         // the receiver answered: it is up (the rows are what it refuses)
                         alive.insert(req.url.clone());
@@ -575,18 +588,24 @@ impl WebhookSink {
         for (url, rows) in given_up {
             tracing::warn!(sink = %self.name, url = %url, rows, "rows sent to the dead-letter output: their URL failed for longer than `give_up_after`");
         }
-        // a URL that answered 2xx works: its clock of failures starts again
+        // a URL that answered works: its clock of failures starts again, and a size it
+        // was cut to after a 413 grows back (doubled at each round it answers)
+        let max_rows = self.config.batch_max_rows;
         for url in &alive {
             if let Some(h) = self.health.get_mut(url) {
                 h.failing_since = None;
+                h.given_up = false;
+                h.row_cap = h.row_cap.map(|c| c * 2).filter(|&c| c < max_rows);
             }
         }
         let total = self.pending.rows.len();
         keep.sort_unstable();
         self.pending.retain(&keep);
         self.forget_health(now);
+        self.count_held(now);
+        let split_only = split && !failed;
         if retry_rows == 0 {
-            return (Ok(()), split);
+            return (Ok(()), split_only);
         }
         let e = self.fatal(format!(
             "{retry_rows} of {total} rows not delivered yet: {}",
@@ -596,7 +615,7 @@ impl WebhookSink {
             Some(w) => e.unavailable_for(w),
             None => e.unavailable(),
         };
-        (Err(e), split)
+        (Err(e), split_only)
     }
 
     /// Sends the requests of `lanes`, up to `max_in_flight` lanes at a time, each lane one
@@ -922,8 +941,10 @@ impl Sink for WebhookSink {
             Batching::Single => 1,
             Batching::Array => self.config.batch_max_rows,
         };
-        let full = self.pending.rows.len() >= max_rows * room
-            || self.pending.bytes.len() >= self.config.batch_max_bytes * room
+        let (held_rows, held_bytes) = self.held;
+        let full = self.pending.rows.len().saturating_sub(held_rows) >= max_rows * room
+            || self.pending.bytes.len().saturating_sub(held_bytes)
+                >= self.config.batch_max_bytes * room
             || self
                 .pending
                 .since
