@@ -22,6 +22,8 @@ pub(super) struct UrlHealth {
     pub(super) not_before: Option<Instant>,
     /// The most rows a request to it carries since it answered 413 (halved at each).
     pub(super) row_cap: Option<usize>,
+    /// Sends it answered since its `row_cap` was set or grew.
+    pub(super) answered_at_cap: u32,
     /// Its rows were dead-lettered by `give_up_after`: it stays given up (no `Retry-After`
     /// waited, no clock started again) until it answers.
     pub(super) given_up: bool,
@@ -43,7 +45,27 @@ pub(super) struct Calls {
 
 /// The most bytes of rows that URLs holding back with a `Retry-After` may keep pending while
 /// the sink takes more rows for the other URLs (beyond, writes wait for them).
-const HELD_MAX_BYTES: usize = 64 << 20;
+pub(super) const HELD_MAX_BYTES: usize = 64 << 20;
+
+/// Sends a URL cut to smaller requests by a 413 answers before its requests grow back
+/// (doubled, up to `batch_max_rows`).
+const ANSWERS_TO_GROW: u32 = 16;
+
+impl UrlHealth {
+    /// After a send the URL answered: its size after a 413 doubles every
+    /// [`ANSWERS_TO_GROW`] such sends (a receiver whose limit lies between two sizes sees a
+    /// 413 that often, not at every send).
+    pub(super) fn grow_row_cap(&mut self, max_rows: usize) {
+        let Some(cap) = self.row_cap else {
+            return;
+        };
+        self.answered_at_cap += 1;
+        if self.answered_at_cap >= ANSWERS_TO_GROW {
+            self.answered_at_cap = 0;
+            self.row_cap = Some(cap * 2).filter(|&c| c < max_rows);
+        }
+    }
+}
 
 impl WebhookSink {
     /// Whether every pending row is one of a URL that asked to wait (`Retry-After`) and
@@ -86,8 +108,11 @@ impl WebhookSink {
             h.failing_since.is_some() || h.not_before.is_some() || h.row_cap.is_some() || h.given_up
         });
         if self.health.len() > MAX_URL_HEALTH {
+            // (URLs given up are kept longer: forgotten, they would hold the sink again)
             let pending: HashSet<&Arc<str>> = self.pending.rows.iter().map(|r| &r.url).collect();
-            self.health.retain(|url, _| pending.contains(url));
+            let keep_given_up = self.health.len() <= 4 * MAX_URL_HEALTH;
+            self.health
+                .retain(|url, h| pending.contains(url) || (keep_given_up && h.given_up));
         }
     }
 

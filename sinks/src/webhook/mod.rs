@@ -57,7 +57,7 @@ pub use signing::{Secret, SecretError};
 
 use delivery::Class;
 pub use give_up::UNDELIVERABLE;
-use give_up::{Calls, UrlHealth};
+use give_up::{Calls, UrlHealth, HELD_MAX_BYTES};
 use weir_formats::cloudevents;
 use weir_formats::json_rows::for_each_json_row;
 
@@ -557,6 +557,7 @@ impl WebhookSink {
                     let health = self.health.entry(req.url.clone()).or_default();
                     let half = (req.rows.len() / 2).max(1);
                     health.row_cap = Some(health.row_cap.map_or(half, |c| c.min(half)));
+                    health.answered_at_cap = 0;
                     split = true;
                     keep.extend_from_slice(&req.rows);
                 }
@@ -595,7 +596,7 @@ impl WebhookSink {
             if let Some(h) = self.health.get_mut(url) {
                 h.failing_since = None;
                 h.given_up = false;
-                h.row_cap = h.row_cap.map(|c| c * 2).filter(|&c| c < max_rows);
+                h.grow_row_cap(max_rows);
             }
         }
         let total = self.pending.rows.len();
@@ -629,9 +630,11 @@ impl WebhookSink {
         use std::cell::Cell;
         // the workers are futures polled by one thread
         let next = &Cell::new(0usize);
+        // (a URL given up holds nothing back: it is tried at each send)
         let held: HashMap<Arc<str>, Instant> = self
             .health
             .iter()
+            .filter(|(_, h)| !h.given_up)
             .filter_map(|(url, h)| Some((url.clone(), h.not_before?)))
             .collect();
         let urls = &RefCell::new(Calls {
@@ -933,7 +936,9 @@ impl Committable for WebhookSink {
 
 impl Sink for WebhookSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        if !std::mem::take(&mut self.write_failed) {
+        // a retried call added its rows already, and sends again whatever is pending
+        let retried = std::mem::take(&mut self.write_failed);
+        if !retried {
             self.add_rows(batch)?;
         }
         let room = self.config.max_in_flight.max(1);
@@ -941,8 +946,13 @@ impl Sink for WebhookSink {
             Batching::Single => 1,
             Batching::Array => self.config.batch_max_rows,
         };
-        let (held_rows, held_bytes) = self.held;
-        let full = self.pending.rows.len().saturating_sub(held_rows) >= max_rows * room
+        // (rows of URLs that asked to wait do not make a write send, up to their limit)
+        let (held_rows, held_bytes) = match self.held {
+            (_, bytes) if bytes > HELD_MAX_BYTES => (0, 0),
+            held => held,
+        };
+        let full = retried
+            || self.pending.rows.len().saturating_sub(held_rows) >= max_rows * room
             || self.pending.bytes.len().saturating_sub(held_bytes)
                 >= self.config.batch_max_bytes * room
             || self
