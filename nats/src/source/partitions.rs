@@ -57,13 +57,15 @@ impl NatsPartitionsReader {
     /// Reading until caught up: the furthest stream sequence a partition's reader reads to
     /// (each takes the stream's last sequence when it connects), once one connected.
     pub fn end_target(&self) -> Option<u64> {
-        self.readers.iter().filter_map(|(_, r, _)| r.target()).max()
+        self.targets().map(|(_, t)| t).max()
     }
 
-    /// Reading until caught up: the stream sequence each partition's reader reads to, once
-    /// it connected.
-    pub fn targets(&self) -> impl Iterator<Item = (u32, Option<u64>)> + '_ {
-        self.readers.iter().map(|(n, r, _)| (*n, r.target()))
+    /// Reading until caught up: the stream sequence each partition's reader reads to, for
+    /// the readers that connected.
+    pub fn targets(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.readers
+            .iter()
+            .filter_map(|(n, r, _)| Some((*n, r.target()?)))
     }
 
     /// Whether every partition was read to its end (none: true).

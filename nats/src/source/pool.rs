@@ -80,8 +80,8 @@ pub struct NatsPoolReader {
     /// Partitions whose hand-over is committed but whose release the store did not take,
     /// with the epoch of that hand-over: tried again at each look at the assignment.
     unreleased: Vec<(String, u64, Option<u64>)>,
-    /// Reading until caught up without a partition: the stream's last sequence when this
-    /// worker first looked (its end; see [`Self::end`]).
+    /// Reading until caught up: the stream's last sequence when this worker first read it
+    /// (its end when it has none pinned and no reader gave one; see [`Self::end`]).
     stream_end: Option<u64>,
 }
 
@@ -164,7 +164,7 @@ impl NatsPoolReader {
         };
         readers
             .targets()
-            .filter_map(|(n, target)| Some((self.keys.get(n as usize)?.clone(), target?)))
+            .filter_map(|(n, target)| Some((self.keys.get(n as usize)?.clone(), target)))
             .collect()
     }
 
@@ -321,7 +321,7 @@ impl NatsPoolReader {
         let targets: HashMap<u32, u64> = self
             .run
             .as_ref()
-            .map(|(_, r)| r.targets().filter_map(|(n, t)| Some((n, t?))).collect())
+            .map(|(_, r)| r.targets().collect())
             .unwrap_or_default();
         for &n in &owned {
             let key = &self.keys[n as usize];
