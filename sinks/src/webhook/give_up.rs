@@ -24,6 +24,8 @@ pub(super) struct UrlHealth {
     pub(super) row_cap: Option<usize>,
     /// Sends it answered since its `row_cap` was set or grew.
     pub(super) answered_at_cap: u32,
+    /// When a request was last sent to it (which failing URLs go first at a send).
+    pub(super) tried_at: Option<Instant>,
     /// Its rows were dead-lettered by `give_up_after`: it stays given up (no `Retry-After`
     /// waited, no clock started again) until it answers.
     pub(super) given_up: bool,
@@ -41,6 +43,10 @@ pub(super) struct Calls {
     pub(super) held: HashMap<Arc<str>, Instant>,
     /// URLs given up in this call: their other requests are refused unsent.
     pub(super) given_up: HashMap<Arc<str>, ErrorInfo>,
+    /// URLs a request failed to (to retry) in this call.
+    pub(super) failed: HashSet<Arc<str>>,
+    /// URLs a request was sent to in this call.
+    pub(super) tried: HashSet<Arc<str>>,
 }
 
 /// The most bytes of rows that URLs holding back with a `Retry-After` may keep pending while

@@ -24,7 +24,8 @@
 //!   policy as the least wait (see [`EngineError::unavailable_for`]): the sink never sleeps
 //!   itself. With `give_up_after`, a URL failing that long (or a request whose rows have)
 //!   is dead-lettered instead ([`UNDELIVERABLE`]), so that one dead receiver does not hold
-//!   every checkpoint back. Other answers (4xx, 3xx) send the request's rows to the
+//!   every checkpoint back. URLs known to fail go after those that work, and only for a
+//!   bounded part of each send (see [`lanes`]). Other answers (4xx, 3xx) send the request's rows to the
 //!   dead-letter output with the status, the answer's headers (credentials masked) and the
 //!   first KiB of its body (no more is read).
 //! - URLs in messages and dead letters are shown without user, password and query.
@@ -37,11 +38,11 @@
 pub mod body;
 pub mod delivery;
 mod give_up;
+mod lanes;
 pub mod signing;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -57,7 +58,7 @@ pub use signing::{Secret, SecretError};
 
 use delivery::Class;
 pub use give_up::UNDELIVERABLE;
-use give_up::{Calls, UrlHealth, HELD_MAX_BYTES};
+use give_up::{UrlHealth, HELD_MAX_BYTES};
 use weir_formats::cloudevents;
 use weir_formats::json_rows::for_each_json_row;
 
@@ -190,6 +191,9 @@ enum Outcome {
     },
     /// 413 to a request of several rows: sent again in smaller requests.
     TooLarge(String),
+    /// Not sent: its URL is failing and the send had no time left for failing URLs (see
+    /// [`WebhookSink::failing_budget`]); its rows wait for a later send.
+    Deferred(String),
     Refused(ErrorInfo),
 }
 
@@ -427,62 +431,6 @@ impl WebhookSink {
         Ok(out)
     }
 
-    /// The lanes of the pending rows: per URL (in order of first appearance), the rows of
-    /// each of `max_in_flight` lanes (by a hash of their key), cut by rows and bytes. A URL
-    /// that names `window_start` sends one key's windows to several URLs, which must still
-    /// arrive one after the other: its lanes go by the key's hash alone, each a sequence of
-    /// requests to the URLs of its rows in turn.
-    fn lanes(&self) -> Vec<Lane> {
-        let lanes = self.config.max_in_flight.max(1) as u64;
-        let by_key_alone = self.config.url.columns().contains(&"window_start");
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        let mut index: std::collections::HashMap<(Option<Arc<str>>, u64), usize> =
-            Default::default();
-        for (i, r) in self.pending.rows.iter().enumerate() {
-            let url = (!by_key_alone).then(|| r.url.clone());
-            let k = *index.entry((url, r.lane % lanes)).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[k].push(i);
-        }
-        let max_rows = match self.config.batching {
-            Batching::Single => 1,
-            Batching::Array => self.config.batch_max_rows,
-        };
-        groups
-            .into_iter()
-            .map(|rows| {
-                let mut lane = Vec::new();
-                // runs of one URL, in the rows' order
-                for run in
-                    rows.chunk_by(|&a, &b| self.pending.rows[a].url == self.pending.rows[b].url)
-                {
-                    let url = self.pending.rows[run[0]].url.clone();
-                    // (a URL that answered 413 takes smaller requests)
-                    let max_rows = self
-                        .health
-                        .get(&url)
-                        .and_then(|h| h.row_cap)
-                        .map_or(max_rows, |cap| cap.min(max_rows));
-                    let sizes: Vec<usize> = run
-                        .iter()
-                        .map(|&i| self.pending.rows[i].end - self.pending.rows[i].start)
-                        .collect();
-                    lane.extend(
-                        body::cut(&sizes, max_rows, self.config.batch_max_bytes)
-                            .into_iter()
-                            .map(|range| Request {
-                                url: url.clone(),
-                                rows: run[range].to_vec(),
-                            }),
-                    );
-                }
-                lane
-            })
-            .collect()
-    }
-
     /// Sends every pending row; rows to send again stay pending and make the call fail as
     /// unavailable, rows refused for good go to `rejected`. A URL that asked to wait
     /// (`Retry-After`) is sent nothing before that time, while the other URLs are; when only
@@ -510,7 +458,7 @@ impl WebhookSink {
             return (Ok(()), false);
         }
         let lanes = self.lanes();
-        let outcomes = self.send_all(&lanes);
+        let (outcomes, tried) = self.send_all(&lanes);
         let now = Instant::now();
         let mut keep = Vec::new();
         let (mut retry_rows, mut first_reason, mut wait) = (0usize, None, Some(Duration::MAX));
@@ -548,6 +496,14 @@ impl WebhookSink {
                             self.pending.rows[i].failing_since.get_or_insert(now);
                         }
                     }
+                    keep.extend_from_slice(&req.rows);
+                }
+                Outcome::Deferred(reason) => {
+                    retry_rows += req.rows.len();
+                    first_reason.get_or_insert(reason);
+                    // (the policy's backoff, as after a failure)
+                    wait = None;
+                    failed = true;
                     keep.extend_from_slice(&req.rows);
                 }
                 Outcome::TooLarge(reason) => {
@@ -599,6 +555,11 @@ impl WebhookSink {
                 h.grow_row_cap(max_rows);
             }
         }
+        for url in &tried {
+            if let Some(h) = self.health.get_mut(url) {
+                h.tried_at = Some(now);
+            }
+        }
         let total = self.pending.rows.len();
         keep.sort_unstable();
         self.pending.retain(&keep);
@@ -617,83 +578,6 @@ impl WebhookSink {
             None => e.unavailable(),
         };
         (Err(e), split_only)
-    }
-
-    /// Sends the requests of `lanes`, up to `max_in_flight` lanes at a time, each lane one
-    /// request at a time in order: after an answer asking to wait (408, 429, 5xx, 401, 403,
-    /// no answer), the rest of its lane is not sent (an outcome to retry as well), so a
-    /// key's later rows never overtake its earlier ones; other lanes go on. A URL that asked
-    /// to wait (`Retry-After`) is sent nothing more until then, and one given up (see
-    /// [`Self::judge`]) nothing more in this call. Outcomes in the order of
-    /// `lanes.iter().flatten()`.
-    fn send_all(&self, lanes: &[Lane]) -> Vec<Outcome> {
-        use std::cell::Cell;
-        // the workers are futures polled by one thread
-        let next = &Cell::new(0usize);
-        // (a URL given up holds nothing back: it is tried at each send)
-        let held: HashMap<Arc<str>, Instant> = self
-            .health
-            .iter()
-            .filter(|(_, h)| !h.given_up)
-            .filter_map(|(url, h)| Some((url.clone(), h.not_before?)))
-            .collect();
-        let urls = &RefCell::new(Calls {
-            held,
-            given_up: HashMap::new(),
-        });
-        // a worker takes one lane at a time and sends its requests in order
-        let work = || async move {
-            let mut done = Vec::new();
-            loop {
-                let i = next.replace(next.get() + 1);
-                let Some(lane) = lanes.get(i) else {
-                    return done;
-                };
-                let mut out = Vec::with_capacity(lane.len());
-                for req in lane {
-                    if matches!(
-                        out.last(),
-                        Some(Outcome::Retry { .. } | Outcome::TooLarge(_))
-                    ) {
-                        out.push(Outcome::Retry {
-                            reason: "not sent: an earlier request of its lane waits".into(),
-                            after: None,
-                            sent: false,
-                        });
-                        continue;
-                    }
-                    let given_up = urls.borrow().given_up.get(&req.url).cloned();
-                    if let Some(error) = given_up {
-                        out.push(Outcome::Refused(error));
-                        continue;
-                    }
-                    let now = Instant::now();
-                    let hold = urls.borrow().held.get(&req.url).copied();
-                    let outcome = match hold.filter(|&t| t > now) {
-                        Some(t) => Outcome::Retry {
-                            reason: format!(
-                                "not sent: {} asked to wait (Retry-After)",
-                                public_url(&req.url)
-                            ),
-                            after: Some(t - now),
-                            sent: false,
-                        },
-                        None => self.send(req).await,
-                    };
-                    out.push(self.judge(req, outcome, &mut urls.borrow_mut()));
-                }
-                done.push((i, out));
-            }
-        };
-        let workers = self.config.max_in_flight.clamp(1, lanes.len().max(1));
-        let finished = self
-            .runtime
-            .block_on(futures::future::join_all((0..workers).map(|_| work())));
-        let mut outcomes: Vec<Vec<Outcome>> = lanes.iter().map(|_| Vec::new()).collect();
-        for (i, out) in finished.into_iter().flatten() {
-            outcomes[i] = out;
-        }
-        outcomes.into_iter().flatten().collect()
     }
 
     /// Builds, signs and sends one request, and reads what its answer means.

@@ -698,10 +698,15 @@ fn the_sink_and_a_registry_client_run_on_the_io_runtime_and_start_no_thread() {
 
 /// A sink whose URL holds the dataset (`/t/{datasetName}`), one lane per key.
 fn per_key_sink(port: u16) -> WebhookSink {
+    WebhookSink::new("hook", per_key_config(port)).unwrap()
+}
+
+/// The configuration of [`per_key_sink`].
+fn per_key_config(port: u16) -> WebhookConfig {
     let mut cfg = config(port, 100);
     cfg.url = UrlTemplate::parse(&format!("http://127.0.0.1:{port}/t/{{datasetName}}")).unwrap();
     cfg.max_in_flight = 4;
-    WebhookSink::new("hook", cfg).unwrap()
+    cfg
 }
 
 /// Requests received by `path`.
@@ -914,4 +919,63 @@ fn a_413_halves_the_requests_of_its_url_until_they_fit_and_a_single_row_is_refus
     assert_eq!(rejected.len(), 1, "one row too large: refused");
     assert_eq!(rejected[0].error.details["status"], 413);
     assert_eq!(got.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn failing_urls_get_a_bounded_share_of_a_send_and_take_turns() {
+    // d0..d39 never answer (a blackholed tenant each); d40..d43 answer at once
+    let (port, got, _) = server_fn(Duration::ZERO, |r, _| {
+        let n: usize = r.headers[":path"]["/t/d".len()..].parse().unwrap();
+        if n < 40 {
+            std::thread::sleep(Duration::from_secs(20));
+        }
+        (200, String::new(), Vec::new())
+    });
+    let mut cfg = per_key_config(port);
+    cfg.timeout = Duration::from_millis(200);
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    let blackholed = |got: &Mutex<Vec<Received>>| -> Vec<usize> {
+        (0..40)
+            .map(|n| requests_to(got, &format!("/t/d{n}")))
+            .collect()
+    };
+    // the first send learns which URLs fail: each is tried once
+    sink.write(&rows(44)).unwrap();
+    assert!(sink.flush().is_err());
+    assert_eq!(blackholed(&got), vec![1; 40]);
+    assert_eq!(requests_to(&got, "/t/d40"), 1);
+    // known to fail, they no longer hold a send for 40 timeouts: the URLs that work go
+    // first, the failing ones for about one second (`failing_budget`), the rest deferred
+    sink.write(&rows(44)).unwrap();
+    let started = Instant::now();
+    let e = sink.flush().unwrap_err();
+    assert!(matches!(e, EngineError::Unavailable(_)), "{e}");
+    assert_eq!(
+        requests_to(&got, "/t/d43"),
+        2,
+        "the working URLs were sent to first"
+    );
+    let tried: usize = blackholed(&got).iter().map(|n| n - 1).sum();
+    assert!(
+        (1..=30).contains(&tried),
+        "{tried} of 40 failing URLs tried in one send"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sink.pending.rows.len(), 80, "deferred rows stay pending");
+    // the next sends start with the URLs not tried last: every one gets its turn
+    let mut sends = 1;
+    while blackholed(&got).iter().any(|&n| n < 2) {
+        assert!(
+            sends < 10,
+            "some failing URL never had a turn: {:?}",
+            blackholed(&got)
+        );
+        assert!(sink.flush().is_err());
+        sends += 1;
+    }
+    assert!(sink.take_rejected().is_empty());
 }
