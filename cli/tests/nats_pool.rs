@@ -487,6 +487,21 @@ fn events_counted(out: &Path) -> u64 {
 /// the second half of b's partitions: they read as finished by run 1.)
 #[test]
 fn reading_until_caught_up_a_partition_finished_by_an_earlier_run_is_read_to_this_run_s_end() {
+    finished_by_an_earlier_run_then_read_to_this_run_s_end("c");
+}
+
+/// The same, run 1 by worker b itself: in run 2, a new process of b announces itself (a live
+/// worker b) but dies before it claims a thing. a does not take b's partitions as finished by
+/// that live b: the process that finished them is gone. (a ended at once, exit 0, without the
+/// second half of b's partitions.)
+#[test]
+fn reading_until_caught_up_a_new_process_of_the_worker_that_finished_a_partition_does_not_vouch_for_it(
+) {
+    finished_by_an_earlier_run_then_read_to_this_run_s_end("b");
+}
+
+/// Run 1 by worker `first` (see the two tests above).
+fn finished_by_an_earlier_run_then_read_to_this_run_s_end(first: &str) {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -511,7 +526,7 @@ fn reading_until_caught_up_a_partition_finished_by_an_earlier_run_is_read_to_thi
     };
     publish(0);
     let p = pipeline(d, &url, "checkpoint: { dir: state, interval: 500ms }\n");
-    let c = Running::start(&p, &["--worker", "c", "--until-caught-up"]);
+    let c = Running::start(&p, &["--worker", first, "--until-caught-up"]);
     let (status, log) = c.end_within(Duration::from_secs(120));
     assert!(status.is_some_and(|s| s.success()), "{}", log.join("\n"));
     let out = d.join("out");

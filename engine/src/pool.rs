@@ -188,6 +188,17 @@ pub struct PoolStore {
     /// Settled claims read by [`Fencing::claimed_epochs`] (a settled claim never changes),
     /// by partition.
     settled: Mutex<HashMap<String, SettledClaim>>,
+    /// A random number of this opening of the store (one per process): what this worker
+    /// announces and finishes is told from what an earlier process of the same worker id did.
+    incarnation: u64,
+}
+
+/// A worker's announcement (see [`PoolStore::announce`]).
+struct Announcement {
+    worker: String,
+    http: String,
+    /// Absent in announcements of older versions.
+    incarnation: Option<u64>,
 }
 
 /// A settled claim as [`Fencing::claimed_epochs`] keeps it.
@@ -207,6 +218,16 @@ pub fn valid_worker_id(worker: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && !worker.starts_with('.')
+}
+
+/// A random incarnation: the time and process id, through the standard library's randomly
+/// keyed hasher.
+fn new_incarnation() -> u64 {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one((now, std::process::id()))
 }
 
 fn claim_name(partition: &str, generation: u64) -> String {
@@ -233,7 +254,13 @@ impl PoolStore {
             own,
             others: Mutex::new(HashMap::new()),
             settled: Mutex::new(HashMap::new()),
+            incarnation: new_incarnation(),
         })
+    }
+
+    /// This opening's incarnation (see [`Self::announce`]).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// This worker's id.
@@ -667,13 +694,14 @@ impl PoolStore {
         })
     }
 
-    /// Announces this worker's SQL address (`host:port`) to the pool; repeated as a
-    /// heartbeat (see [`Self::members`]).
+    /// Announces this worker's SQL address (`host:port`) and incarnation to the pool;
+    /// repeated as a heartbeat (see [`Self::members`]).
     pub fn announce(&self, address: &str) -> Result<(), EngineError> {
         let entry = serde_json::json!({
             "worker": self.worker,
             "http": address,
             "at_ms": crate::time::now_ms(),
+            "incarnation": self.incarnation,
         });
         let bytes = serde_json::to_vec(&entry).map_err(err)?;
         self.root
@@ -688,6 +716,30 @@ impl PoolStore {
     /// (worker, SQL address) of the other workers that announced themselves within
     /// `fresh_ms`.
     pub fn members(&self, fresh_ms: i64) -> Result<Vec<(String, String)>, EngineError> {
+        let mut out: Vec<(String, String)> = self
+            .announcements(fresh_ms)?
+            .into_iter()
+            .map(|a| (a.worker, a.http))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The incarnation each other worker that announced itself within `fresh_ms` announced
+    /// (`None`: a version that announces none).
+    pub fn member_incarnations(
+        &self,
+        fresh_ms: i64,
+    ) -> Result<BTreeMap<String, Option<u64>>, EngineError> {
+        Ok(self
+            .announcements(fresh_ms)?
+            .into_iter()
+            .map(|a| (a.worker, a.incarnation))
+            .collect())
+    }
+
+    /// The other workers' announcements made within `fresh_ms`.
+    fn announcements(&self, fresh_ms: i64) -> Result<Vec<Announcement>, EngineError> {
         let now = crate::time::now_ms();
         let mut out = Vec::new();
         for name in self.root.list_under("members")? {
@@ -705,10 +757,13 @@ impl PoolStore {
                 continue;
             };
             if worker != self.worker && now - at <= fresh_ms {
-                out.push((worker.to_string(), http.to_string()));
+                out.push(Announcement {
+                    worker: worker.to_string(),
+                    http: http.to_string(),
+                    incarnation: v.get("incarnation").and_then(|i| i.as_u64()),
+                });
             }
         }
-        out.sort();
         Ok(out)
     }
 

@@ -25,6 +25,20 @@ const FINISHED: &str = "finished.json";
 /// that know it: written first, so that a position is never older than its `finished.json`.
 const FINISHED_AT: &str = "finished_at.json";
 
+/// The file beside [`FINISHED`] naming the process that finished its partitions (see
+/// [`PoolStore::incarnation`]): written first, so that it is never older than
+/// `finished.json`. Another worker trusts a partition a live worker finished in this run (read
+/// to that worker's own end), and not one an earlier process of the same worker id finished.
+const FINISHED_BY: &str = "finished_by.json";
+
+/// The contents of `finished_by.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FinishedBy {
+    incarnation: u64,
+    /// Partition → the generation of the claim under which it was finished.
+    partitions: BTreeMap<String, u64>,
+}
+
 /// One partition of `finished_at.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct ReadTo {
@@ -56,6 +70,12 @@ impl PoolStore {
     ) -> Result<(), EngineError> {
         let encode =
             |what: &str, e| EngineError::internal_caused(format_args!("cannot encode {what}"), e);
+        let by = FinishedBy {
+            incarnation: self.incarnation(),
+            partitions: owned.clone(),
+        };
+        let bytes = serde_json::to_vec(&by).map_err(|e| encode(FINISHED_BY, e))?;
+        self.own().put(FINISHED_BY, bytes)?;
         if !ends.is_empty() {
             let read_to: BTreeMap<&String, ReadTo> = owned
                 .iter()
@@ -81,21 +101,51 @@ impl PoolStore {
     /// Whether `partition` is finished (see [`Self::partition_finished`]), with the position
     /// it was read to when its source recorded one.
     pub fn partition_finished_at(&self, partition: &str) -> Result<Finished, EngineError> {
+        Ok(self.partition_finished_by(partition)?.0)
+    }
+
+    /// [`Self::partition_finished_at`], with the worker and incarnation that finished it
+    /// (when it is finished and the worker recorded its incarnation).
+    pub fn partition_finished_by(
+        &self,
+        partition: &str,
+    ) -> Result<(Finished, Option<(String, u64)>), EngineError> {
         let Some((worker, generation)) = self.newest_claim(partition)? else {
-            return Ok(Finished::Yes);
+            return Ok((Finished::Yes, None));
         };
-        let store = self.store_of(&worker)?;
+        let finished = self.finished_under(partition, &worker, generation)?;
+        if finished == Finished::No {
+            return Ok((finished, None));
+        }
+        let by = match self.store_of(&worker)?.get(FINISHED_BY)? {
+            Some(bytes) => {
+                let by: FinishedBy = decode(FINISHED_BY, &worker, &bytes)?;
+                (by.partitions.get(partition) == Some(&generation)).then_some(by.incarnation)
+            }
+            None => None,
+        };
+        Ok((finished, by.map(|i| (worker, i))))
+    }
+
+    /// Whether `worker` finished `partition` under the claim of `generation`.
+    fn finished_under(
+        &self,
+        partition: &str,
+        worker: &str,
+        generation: u64,
+    ) -> Result<Finished, EngineError> {
+        let store = self.store_of(worker)?;
         let Some(bytes) = store.get(FINISHED)? else {
             return Ok(Finished::No);
         };
-        let finished: BTreeMap<String, u64> = decode(FINISHED, &worker, &bytes)?;
+        let finished: BTreeMap<String, u64> = decode(FINISHED, worker, &bytes)?;
         if finished.get(partition) != Some(&generation) {
             return Ok(Finished::No);
         }
         let Some(bytes) = store.get(FINISHED_AT)? else {
             return Ok(Finished::Yes);
         };
-        let read_to: BTreeMap<String, ReadTo> = decode(FINISHED_AT, &worker, &bytes)?;
+        let read_to: BTreeMap<String, ReadTo> = decode(FINISHED_AT, worker, &bytes)?;
         Ok(match read_to.get(partition) {
             Some(r) if r.generation == generation => Finished::At(r.end),
             _ => Finished::Yes,
@@ -145,9 +195,16 @@ mod tests {
             "no end known"
         );
         assert!(b.partition_finished(p0).unwrap());
+        // finished by this opening of a's store, not by one opened later (a new process)
+        let by = |s: &PoolStore, p| s.partition_finished_by(p).unwrap().1;
+        assert_eq!(by(&b, p0), Some(("a".to_string(), a.incarnation())));
+        assert_eq!(by(&b, p1), Some(("a".to_string(), a.incarnation())));
+        let a_again = PoolStore::open(loc, "a").unwrap();
+        assert_ne!(a_again.incarnation(), a.incarnation());
         // claimed again: finished under an older claim is not finished
         b.claim(p0).unwrap();
         assert_eq!(b.partition_finished_at(p0).unwrap(), Finished::No);
+        assert_eq!(by(&b, p0), None);
         assert!(!b.partition_finished(p0).unwrap());
         a.claim(p2).unwrap();
         assert_eq!(

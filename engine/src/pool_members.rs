@@ -82,14 +82,14 @@ fn weight(member: &str, partition: &str) -> u64 {
 /// The workers of the pool alive now (announced within [`SESSION_TIMEOUT`]), this one
 /// included, sorted.
 pub fn live_members(pool: &PoolStore) -> Result<Vec<String>, EngineError> {
-    let mut out: Vec<String> = pool
-        .members(SESSION_TIMEOUT.as_millis() as i64)?
-        .into_iter()
-        .map(|(w, _)| w)
-        .collect();
-    out.push(pool.worker().to_string());
-    out.sort();
-    out.dedup();
+    Ok(live_incarnations(pool)?.into_keys().collect())
+}
+
+/// The workers of the pool alive now (see [`live_members`]), this one included, with the
+/// incarnation each announced (see [`PoolStore::incarnation`]; `None`: an older version).
+pub fn live_incarnations(pool: &PoolStore) -> Result<BTreeMap<String, Option<u64>>, EngineError> {
+    let mut out = pool.member_incarnations(SESSION_TIMEOUT.as_millis() as i64)?;
+    out.insert(pool.worker().to_string(), Some(pool.incarnation()));
     Ok(out)
 }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use weir_engine::events::Resume;
 use weir_engine::job::{PartitionReader, ReaderContext};
 use weir_engine::pool::{Finished, PoolStore};
-use weir_engine::pool_members::{assign, live_members};
+use weir_engine::pool_members::{assign, live_incarnations, live_members};
 
 /// How long a worker reading until caught up waits for the others' partitions by default.
 pub const DEFAULT_CAUGHT_UP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -73,6 +73,9 @@ pub struct NatsPoolReader {
     caught_up_timeout: Duration,
     /// Since when this worker waits for the others' partitions, and when it last said so.
     waiting: Option<(Instant, Option<Instant>)>,
+    /// Since when the pool's store fails the checks of [`Self::caught_up`] (they are tried
+    /// again until `caught_up_timeout`).
+    store_failing: Option<Instant>,
     /// The job served read rows: its partitions' last windows wait for its final flush.
     read_in_job: bool,
     /// The job served looked at the assignment once (its partitions are the ones to hold).
@@ -118,6 +121,7 @@ impl NatsPoolReader {
             flushed_to_wait: false,
             caught_up_timeout: DEFAULT_CAUGHT_UP_TIMEOUT,
             waiting: None,
+            store_failing: None,
             read_in_job: false,
             rebalanced_in_job: false,
             unreleased: Vec::new(),
@@ -311,8 +315,27 @@ impl NatsPoolReader {
     /// [`PoolStore::partition_finished`]), and read at least to this worker's end (a
     /// partition finished by an earlier run is read again by the worker it is assigned to);
     /// a partition read by a worker that was then killed is not, and waits for the worker
-    /// that takes it over. It fails after `caught_up_timeout` of waiting.
+    /// that takes it over. It fails after `caught_up_timeout` of waiting, or of a pool
+    /// store that cannot be read (until then, such a failure only makes it look again later).
     fn caught_up(&mut self) -> Result<Option<bool>, EngineError> {
+        match self.caught_up_now() {
+            Ok(done) => {
+                self.store_failing = None;
+                Ok(done)
+            }
+            Err(e) => {
+                let since = *self.store_failing.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.caught_up_timeout {
+                    return Err(e);
+                }
+                tracing::warn!(source = %self.name, error = %e.chain(), "nats: cannot tell whether the pool's partitions are finished (the pool's store failed); trying again");
+                Ok(None)
+            }
+        }
+    }
+
+    /// One look of [`Self::caught_up`].
+    fn caught_up_now(&mut self) -> Result<Option<bool>, EngineError> {
         let owned = self.owned_numbers()?;
         // (rows this job read wait for its final flush, even of a partition finished before;
         // this worker's own partitions were claimed by it, and are finished once read to
@@ -325,13 +348,14 @@ impl NatsPoolReader {
             .unwrap_or_default();
         for &n in &owned {
             let key = &self.keys[n as usize];
-            own_finished = own_finished && self.finished(key, targets.get(&n).copied(), &[])?;
+            let no_one = BTreeMap::new();
+            own_finished = own_finished && self.finished(key, targets.get(&n).copied(), &no_one)?;
         }
         // the other partitions: finished by a worker alive now (read to its own end, in this
         // run), or read at least to this worker's end (not when it cannot be read yet)
         let end = self.end();
         let at_least = Some(end.unwrap_or(u64::MAX));
-        let live = live_members(&self.pool)?;
+        let live = live_incarnations(&self.pool)?;
         let mut unfinished = Vec::new();
         for (n, key) in self.keys.iter().enumerate() {
             if !owned.contains(&(n as u32)) && !self.finished(key, at_least, &live)? {
@@ -369,23 +393,27 @@ impl NatsPoolReader {
 
     /// Whether `partition` is finished: claimed (by a live worker, or one that was: a
     /// partition nobody claimed yet is still to be read, unlike in
-    /// [`PoolStore::partition_finished`]) and flushed under its newest claim. Unless its
-    /// holder is one of the `live` workers (which read it to their own end in this run), with
-    /// `at_least` it must also have been read at least to that stream sequence: a partition
-    /// finished by an earlier run, before the messages this run reads were published (or
-    /// recorded without its end), is read again by the worker it is assigned to.
+    /// [`PoolStore::partition_finished`]) and flushed under its newest claim. Unless the
+    /// process that finished it is one of the `live` workers now (same worker id *and*
+    /// incarnation: it read the partition to its own end in this run), with `at_least` it must
+    /// also have been read at least to that stream sequence: a partition finished by an
+    /// earlier run, before the messages this run reads were published (or recorded without
+    /// its end), is read again by the worker it is assigned to, even when a new process of
+    /// the worker that finished it announces itself (it may die before it reads a thing).
     fn finished(
         &self,
         partition: &str,
         at_least: Option<u64>,
-        live: &[String],
+        live: &BTreeMap<String, Option<u64>>,
     ) -> Result<bool, EngineError> {
-        let Some(holder) = self.pool.holder(partition)? else {
+        if self.pool.holder(partition)?.is_none() {
             return Ok(false);
-        };
-        Ok(match self.pool.partition_finished_at(partition)? {
+        }
+        let (finished, by) = self.pool.partition_finished_by(partition)?;
+        let by_live = by.is_some_and(|(worker, i)| live.get(&worker) == Some(&Some(i)));
+        Ok(match finished {
             Finished::No => false,
-            _ if live.contains(&holder.worker) => true,
+            _ if by_live => true,
             Finished::Yes => at_least.is_none(),
             Finished::At(end) => at_least.is_none_or(|e| end >= e),
         })
@@ -554,5 +582,56 @@ impl PartitionReader for NatsPoolReader {
             Some((_, readers)) => readers.finish_all(ctx),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::NatsPartitions;
+
+    #[test]
+    fn a_pool_store_failing_while_a_worker_waits_is_read_again_until_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().to_str().unwrap();
+        let keys = ["events/nats/EVENTS/0", "events/nats/EVENTS/1"];
+        // worker b finished both partitions, read to sequence 100
+        let b = PoolStore::open(loc, "b").unwrap();
+        let owned: BTreeMap<String, u64> = keys
+            .iter()
+            .map(|k| (k.to_string(), b.claim(k).unwrap().0))
+            .collect();
+        let ends = keys.iter().map(|k| (k.to_string(), 100)).collect();
+        b.mark_finished(&owned, &ends).unwrap();
+        let finished_by = b.own().get("finished_by.json").unwrap().unwrap();
+        // worker a, reading to sequence 100, owns nothing: it waits for b's partitions
+        let endpoint = crate::NatsEndpoint::new(vec!["nats://127.0.0.1:1".into()], "t");
+        let mut config = NatsSourceConfig::new(endpoint, "EVENTS", "c");
+        config.partitions = Some(NatsPartitions {
+            count: 2,
+            subject: "events.{partition}".into(),
+        });
+        config.until_caught_up = true;
+        config.end_sequence = Some(100);
+        let a = Arc::new(PoolStore::open(loc, "a").unwrap());
+        let timeout = Duration::from_millis(300);
+        let mut reader = NatsPoolReader::new(0, "events", 0, config, a, Owned::default())
+            .with_caught_up_timeout(timeout);
+        assert_eq!(reader.caught_up().unwrap(), Some(false), "b finished them");
+        // the store cannot be read for a while: a looks again later, and fails only after
+        // the timeout
+        b.own().put("finished_by.json", b"{".to_vec()).unwrap();
+        assert_eq!(reader.caught_up().unwrap(), None);
+        std::thread::sleep(timeout / 2);
+        assert_eq!(reader.caught_up().unwrap(), None);
+        b.own()
+            .put("finished_by.json", finished_by.to_vec())
+            .unwrap();
+        assert_eq!(reader.caught_up().unwrap(), Some(false), "read again");
+        b.own().put("finished_by.json", b"{".to_vec()).unwrap();
+        assert_eq!(reader.caught_up().unwrap(), None, "a new clock");
+        std::thread::sleep(timeout);
+        let e = reader.caught_up().unwrap_err();
+        assert!(e.to_string().contains("finished_by.json"), "{e}");
     }
 }
