@@ -145,9 +145,33 @@ impl WebhookSink {
             // honoured before giving up (not after: a URL given up holds nothing back)
             return outcome;
         }
-        let Some(limit) = self.config.give_up_after else {
-            return outcome;
-        };
+        match self.give_up(req, reason, urls) {
+            Some(error) => Outcome::Refused(error),
+            None => outcome,
+        }
+    }
+
+    /// What becomes of a request deferred to a later send (its URL is failing and the send's
+    /// time for failing URLs is spent): refused like a failure (see [`Self::judge`]) when its
+    /// URL was given up or it failed for `give_up_after`, so that given-up URLs do not hold the
+    /// checkpoints back; else [`Outcome::Deferred`].
+    pub(super) fn judge_deferred(
+        &self,
+        req: &Request,
+        reason: String,
+        urls: &mut Calls,
+    ) -> Outcome {
+        match self.give_up(req, &reason, urls) {
+            Some(error) => Outcome::Refused(error),
+            None => Outcome::Deferred(reason),
+        }
+    }
+
+    /// With `give_up_after`: the error of a request whose URL, or one of whose rows, has
+    /// failed that long (`reason`: its last failure); its URL is then given up for the rest
+    /// of the call.
+    fn give_up(&self, req: &Request, reason: &str, urls: &mut Calls) -> Option<ErrorInfo> {
+        let limit = self.config.give_up_after?;
         let since = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| t.elapsed());
         let url_failing = since(self.health.get(&req.url).and_then(|h| h.failing_since));
         let rows_failing = req
@@ -157,7 +181,7 @@ impl WebhookSink {
             .max()
             .unwrap_or_default();
         if url_failing.max(rows_failing) < limit {
-            return outcome;
+            return None;
         }
         let url = public_url(&req.url);
         let what = if url_failing >= limit {
@@ -177,6 +201,6 @@ impl WebhookSink {
         if url_failing >= limit {
             urls.given_up.insert(req.url.clone(), error.clone());
         }
-        Outcome::Refused(error)
+        Some(error)
     }
 }

@@ -4,10 +4,11 @@
 //! A URL that is down without answering (a blackholed tenant endpoint) costs `timeout` per
 //! request. With many such URLs, sending them all at every send would make one send last
 //! minutes, hold the rows of the URLs that work behind them, and make a stop wait as long.
-//! So the lanes of failing URLs go last, oldest attempt first, and none is started once the
-//! send has lasted [`WebhookSink::failing_budget`]: the rest wait for a later send (their
-//! rows stay pending; the call fails as unavailable and the retry policy sends again), and
-//! the next send starts with the URLs this one did not reach.
+//! So the lanes of failing URLs go last, oldest attempt first, and none is started once
+//! [`WebhookSink::failing_budget`] has passed since the first of them started: the rest
+//! wait for a later send (their rows stay pending; the call fails as unavailable and the
+//! retry policy sends again; a URL given up has its rows dead-lettered instead), and the
+//! next send starts with the URLs this one did not reach.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -23,8 +24,9 @@ type LaneRank = Option<Option<Instant>>;
 
 impl WebhookSink {
     /// How long one send starts requests to URLs that are failing (known from earlier sends,
-    /// or failed in this one): the request `timeout` (at least one second). A send then lasts
-    /// at most the time its working URLs take, plus about twice `timeout`.
+    /// or failed in this one), from the first of them: the request `timeout` (at least one
+    /// second). A send then lasts at most the time its working URLs take, plus about twice
+    /// `timeout`; the first failing URL in line is tried at every send.
     pub(super) fn failing_budget(&self) -> Duration {
         self.config.timeout.max(Duration::from_secs(1))
     }
@@ -108,14 +110,15 @@ impl WebhookSink {
     /// no answer), the rest of its lane is not sent (an outcome to retry as well), so a
     /// key's later rows never overtake its earlier ones; other lanes go on. A URL that asked
     /// to wait (`Retry-After`) is sent nothing more until then, and one given up (see
-    /// [`Self::judge`]) nothing more in this call. Once the call has lasted
-    /// [`Self::failing_budget`], requests to failing URLs are deferred ([`Outcome::Deferred`])
-    /// with the rest of their lanes. Outcomes in the order of `lanes.iter().flatten()`, and
+    /// [`Self::judge`]) nothing more in this call. Once [`Self::failing_budget`] has passed
+    /// since the first request to a failing URL started, the other requests to failing URLs
+    /// are deferred ([`Outcome::Deferred`]) with the rest of their lanes. Outcomes in the order of `lanes.iter().flatten()`, and
     /// the URLs requests were sent to.
     pub(super) fn send_all(&self, lanes: &[Lane]) -> (Vec<Outcome>, HashSet<Arc<str>>) {
         // the workers are futures polled by one thread
         let next = &Cell::new(0usize);
-        let (started, budget) = (Instant::now(), self.failing_budget());
+        // when the first request to a failing URL started: the budget's clock
+        let (failing_from, budget) = (&Cell::new(None), self.failing_budget());
         // (a URL given up holds nothing back: it is tried at each send)
         let held: HashMap<Arc<str>, Instant> = self
             .health
@@ -140,53 +143,20 @@ impl WebhookSink {
                 };
                 let mut out = Vec::with_capacity(lane.len());
                 for req in lane {
-                    if matches!(
+                    // (after a request that waits, the rest of its lane waits too)
+                    let outcome = if matches!(
                         out.last(),
                         Some(Outcome::Retry { .. } | Outcome::TooLarge(_) | Outcome::Deferred(_))
                     ) {
-                        out.push(Outcome::Retry {
+                        Outcome::Retry {
                             reason: "not sent: an earlier request of its lane waits".into(),
                             after: None,
                             sent: false,
-                        });
-                        continue;
-                    }
-                    let given_up = urls.borrow().given_up.get(&req.url).cloned();
-                    if let Some(error) = given_up {
-                        out.push(Outcome::Refused(error));
-                        continue;
-                    }
-                    let failing = self.failing(&req.url) || urls.borrow().failed.contains(&req.url);
-                    if failing && started.elapsed() >= budget {
-                        out.push(Outcome::Deferred(format!(
-                            "not sent: {} is failing, and this send gave failing URLs its {} s; \
-                             it goes first at a later send",
-                            public_url(&req.url),
-                            budget.as_secs()
-                        )));
-                        continue;
-                    }
-                    let now = Instant::now();
-                    let hold = urls.borrow().held.get(&req.url).copied();
-                    let outcome = match hold.filter(|&t| t > now) {
-                        Some(t) => Outcome::Retry {
-                            reason: format!(
-                                "not sent: {} asked to wait (Retry-After)",
-                                public_url(&req.url)
-                            ),
-                            after: Some(t - now),
-                            sent: false,
-                        },
-                        None => {
-                            urls.borrow_mut().tried.insert(req.url.clone());
-                            let outcome = self.send(req).await;
-                            if matches!(outcome, Outcome::Retry { sent: true, .. }) {
-                                urls.borrow_mut().failed.insert(req.url.clone());
-                            }
-                            outcome
                         }
+                    } else {
+                        self.request(req, urls, failing_from, budget).await
                     };
-                    out.push(self.judge(req, outcome, &mut urls.borrow_mut()));
+                    out.push(outcome);
                 }
                 done.push((i, out));
             }
@@ -203,5 +173,55 @@ impl WebhookSink {
             outcomes.into_iter().flatten().collect(),
             calls.into_inner().tried,
         )
+    }
+
+    /// What becomes of one request of a send (see [`Self::send_all`]): refused unsent when its
+    /// URL was given up in this call, held by its URL's `Retry-After`, deferred (or given up:
+    /// see [`Self::judge_deferred`]) when its URL is failing and the send's time for failing
+    /// URLs, counted from `failing_from`, is spent, else sent.
+    async fn request(
+        &self,
+        req: &Request,
+        urls: &RefCell<Calls>,
+        failing_from: &Cell<Option<Instant>>,
+        budget: Duration,
+    ) -> Outcome {
+        let given_up = urls.borrow().given_up.get(&req.url).cloned();
+        if let Some(error) = given_up {
+            return Outcome::Refused(error);
+        }
+        let now = Instant::now();
+        let hold = urls.borrow().held.get(&req.url).copied();
+        if let Some(t) = hold.filter(|&t| t > now) {
+            let outcome = Outcome::Retry {
+                reason: format!(
+                    "not sent: {} asked to wait (Retry-After)",
+                    public_url(&req.url)
+                ),
+                after: Some(t - now),
+                sent: false,
+            };
+            return self.judge(req, outcome, &mut urls.borrow_mut());
+        }
+        let failing = self.failing(&req.url) || urls.borrow().failed.contains(&req.url);
+        if failing {
+            let from = failing_from.get().unwrap_or(now);
+            failing_from.set(Some(from));
+            if now.duration_since(from) >= budget {
+                let reason = format!(
+                    "not sent: {} is failing, and this send gave failing URLs their {} s; \
+                     it goes first at a later send",
+                    public_url(&req.url),
+                    budget.as_secs()
+                );
+                return self.judge_deferred(req, reason, &mut urls.borrow_mut());
+            }
+        }
+        urls.borrow_mut().tried.insert(req.url.clone());
+        let outcome = self.send(req).await;
+        if matches!(outcome, Outcome::Retry { sent: true, .. }) {
+            urls.borrow_mut().failed.insert(req.url.clone());
+        }
+        self.judge(req, outcome, &mut urls.borrow_mut())
     }
 }

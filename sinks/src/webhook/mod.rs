@@ -504,6 +504,8 @@ impl WebhookSink {
                     // (the policy's backoff, as after a failure)
                     wait = None;
                     failed = true;
+                    // still failing, not quiet: its clock goes on and it stays known to fail
+                    self.health.entry(req.url.clone()).or_default().last_failure = Some(now);
                     keep.extend_from_slice(&req.rows);
                 }
                 Outcome::TooLarge(reason) => {

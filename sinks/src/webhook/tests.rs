@@ -966,16 +966,58 @@ fn failing_urls_get_a_bounded_share_of_a_send_and_take_turns() {
         started.elapsed()
     );
     assert_eq!(sink.pending.rows.len(), 80, "deferred rows stay pending");
-    // the next sends start with the URLs not tried last: every one gets its turn
+    // the next sends start with the URLs not tried last (deferred URLs stay known to fail):
+    // every one gets its turn, the least recently tried first
     let mut sends = 1;
-    while blackholed(&got).iter().any(|&n| n < 2) {
-        assert!(
-            sends < 10,
-            "some failing URL never had a turn: {:?}",
-            blackholed(&got)
-        );
+    let mut before = blackholed(&got);
+    while before.iter().any(|&n| n < 2) {
+        assert!(sends < 10, "some failing URL never had a turn: {before:?}");
         assert!(sink.flush().is_err());
         sends += 1;
+        let after = blackholed(&got);
+        let tried: Vec<usize> = (0..40).filter(|&n| after[n] > before[n]).collect();
+        let waiting: Vec<usize> = (0..40).filter(|&n| before[n] < 2).collect();
+        assert!(
+            tried.len() <= 30,
+            "send {sends} tried {} failing URLs",
+            tried.len()
+        );
+        assert!(
+            tried.iter().all(|n| waiting.contains(n)) || waiting.iter().all(|n| tried.contains(n)),
+            "send {sends} tried {tried:?} while {waiting:?} waited longest"
+        );
+        before = after;
     }
     assert!(sink.take_rejected().is_empty());
+}
+
+#[test]
+fn past_the_budget_a_given_up_url_s_rows_are_dead_lettered_not_deferred() {
+    // d0..d9 never answer; d10 answers
+    let (port, got, _) = server_fn(Duration::ZERO, |r, _| {
+        let n: usize = r.headers[":path"]["/t/d".len()..].parse().unwrap();
+        if n < 10 {
+            std::thread::sleep(Duration::from_secs(20));
+        }
+        (200, String::new(), Vec::new())
+    });
+    let mut cfg = per_key_config(port);
+    cfg.timeout = Duration::from_millis(200);
+    cfg.max_in_flight = 1;
+    cfg.give_up_after = Some(Duration::from_millis(100));
+    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    sink.write(&rows(11)).unwrap();
+    assert!(sink.flush().is_err(), "not given up yet");
+    std::thread::sleep(Duration::from_millis(150));
+    // one lane at a time: about 5 of the 10 fit in the budget; past it, each URL failing
+    // longer than give_up_after is given up unsent, its rows dead-lettered
+    sink.write(&rows(11)).unwrap();
+    sink.flush().expect("every failing URL given up");
+    let tried: usize = (0..10)
+        .map(|n| requests_to(&got, &format!("/t/d{n}")) - 1)
+        .sum();
+    assert!(tried < 10, "{tried} of 10 given-up URLs tried");
+    assert_eq!(sink.take_rejected().len(), 20, "both rows of d0..d9");
+    assert!(sink.pending.rows.is_empty());
+    assert_eq!(requests_to(&got, "/t/d10"), 2);
 }
