@@ -101,30 +101,24 @@ impl PoolStore {
     /// Whether `partition` is finished (see [`Self::partition_finished`]), with the position
     /// it was read to when its source recorded one.
     pub fn partition_finished_at(&self, partition: &str) -> Result<Finished, EngineError> {
-        Ok(self.partition_finished_by(partition)?.0)
+        match self.newest_claim(partition)? {
+            Some((worker, generation)) => self.finished_under(partition, &worker, generation),
+            None => Ok(Finished::Yes),
+        }
     }
 
-    /// [`Self::partition_finished_at`], with the worker and incarnation that finished it
-    /// (when it is finished and the worker recorded its incarnation).
-    pub fn partition_finished_by(
-        &self,
-        partition: &str,
-    ) -> Result<(Finished, Option<(String, u64)>), EngineError> {
+    /// The worker and incarnation (see [`Self::incarnation`]) that finished `partition` under
+    /// its newest claim, when that worker recorded them (`None` also while it is not finished).
+    pub fn finished_by(&self, partition: &str) -> Result<Option<(String, u64)>, EngineError> {
         let Some((worker, generation)) = self.newest_claim(partition)? else {
-            return Ok((Finished::Yes, None));
+            return Ok(None);
         };
-        let finished = self.finished_under(partition, &worker, generation)?;
-        if finished == Finished::No {
-            return Ok((finished, None));
-        }
-        let by = match self.store_of(&worker)?.get(FINISHED_BY)? {
-            Some(bytes) => {
-                let by: FinishedBy = decode(FINISHED_BY, &worker, &bytes)?;
-                (by.partitions.get(partition) == Some(&generation)).then_some(by.incarnation)
-            }
-            None => None,
+        let Some(bytes) = self.store_of(&worker)?.get(FINISHED_BY)? else {
+            return Ok(None);
         };
-        Ok((finished, by.map(|i| (worker, i))))
+        let by: FinishedBy = decode(FINISHED_BY, &worker, &bytes)?;
+        let finished = by.partitions.get(partition) == Some(&generation);
+        Ok(finished.then_some((worker, by.incarnation)))
     }
 
     /// Whether `worker` finished `partition` under the claim of `generation`.
@@ -196,7 +190,7 @@ mod tests {
         );
         assert!(b.partition_finished(p0).unwrap());
         // finished by this opening of a's store, not by one opened later (a new process)
-        let by = |s: &PoolStore, p| s.partition_finished_by(p).unwrap().1;
+        let by = |s: &PoolStore, p| s.finished_by(p).unwrap();
         assert_eq!(by(&b, p0), Some(("a".to_string(), a.incarnation())));
         assert_eq!(by(&b, p1), Some(("a".to_string(), a.incarnation())));
         let a_again = PoolStore::open(loc, "a").unwrap();

@@ -74,8 +74,8 @@ pub struct NatsPoolReader {
     /// Since when this worker waits for the others' partitions, and when it last said so.
     waiting: Option<(Instant, Option<Instant>)>,
     /// Since when the pool's store fails the checks of [`Self::caught_up`] (they are tried
-    /// again until `caught_up_timeout`).
-    store_failing: Option<Instant>,
+    /// again until `caught_up_timeout`), and when that was last logged.
+    store_failing: Option<(Instant, Option<Instant>)>,
     /// The job served read rows: its partitions' last windows wait for its final flush.
     read_in_job: bool,
     /// The job served looked at the assignment once (its partitions are the ones to hold).
@@ -323,14 +323,20 @@ impl NatsPoolReader {
                 self.store_failing = None;
                 Ok(done)
             }
-            Err(e) => {
-                let since = *self.store_failing.get_or_insert_with(Instant::now);
+            // (the store's own failures only: a file that does not decode stays so)
+            Err(e @ EngineError::Checkpoint { .. }) => {
+                let now = Instant::now();
+                let (since, logged) = self.store_failing.get_or_insert((now, None));
                 if since.elapsed() >= self.caught_up_timeout {
                     return Err(e);
                 }
-                tracing::warn!(source = %self.name, error = %e.chain(), "nats: cannot tell whether the pool's partitions are finished (the pool's store failed); trying again");
+                if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    *logged = Some(now);
+                    tracing::warn!(source = %self.name, error = %e.chain(), "nats: cannot tell whether the pool's partitions are finished (the pool's store failed); trying again");
+                }
                 Ok(None)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -406,16 +412,25 @@ impl NatsPoolReader {
         at_least: Option<u64>,
         live: &BTreeMap<String, Option<u64>>,
     ) -> Result<bool, EngineError> {
-        if self.pool.holder(partition)?.is_none() {
+        let Some(holder) = self.pool.holder(partition)? else {
             return Ok(false);
-        }
-        let (finished, by) = self.pool.partition_finished_by(partition)?;
-        let by_live = by.is_some_and(|(worker, i)| live.get(&worker) == Some(&Some(i)));
-        Ok(match finished {
-            Finished::No => false,
-            _ if by_live => true,
+        };
+        let read_far = match self.pool.partition_finished_at(partition)? {
+            Finished::No => return Ok(false),
             Finished::Yes => at_least.is_none(),
             Finished::At(end) => at_least.is_none_or(|e| end >= e),
+        };
+        if read_far {
+            return Ok(true);
+        }
+        Ok(match live.get(&holder.worker) {
+            None => false,
+            // (a live worker of an older version announces no incarnation: its id vouches)
+            Some(None) => true,
+            Some(Some(alive)) => self
+                .pool
+                .finished_by(partition)?
+                .is_some_and(|(worker, i)| worker == holder.worker && i == *alive),
         })
     }
 
@@ -603,7 +618,6 @@ mod tests {
             .collect();
         let ends = keys.iter().map(|k| (k.to_string(), 100)).collect();
         b.mark_finished(&owned, &ends).unwrap();
-        let finished_by = b.own().get("finished_by.json").unwrap().unwrap();
         // worker a, reading to sequence 100, owns nothing: it waits for b's partitions
         let endpoint = crate::NatsEndpoint::new(vec!["nats://127.0.0.1:1".into()], "t");
         let mut config = NatsSourceConfig::new(endpoint, "EVENTS", "c");
@@ -614,24 +628,41 @@ mod tests {
         config.until_caught_up = true;
         config.end_sequence = Some(100);
         let a = Arc::new(PoolStore::open(loc, "a").unwrap());
-        let timeout = Duration::from_millis(300);
+        let timeout = Duration::from_secs(2);
         let mut reader = NatsPoolReader::new(0, "events", 0, config, a, Owned::default())
             .with_caught_up_timeout(timeout);
         assert_eq!(reader.caught_up().unwrap(), Some(false), "b finished them");
-        // the store cannot be read for a while: a looks again later, and fails only after
-        // the timeout
-        b.own().put("finished_by.json", b"{".to_vec()).unwrap();
+        // b's file cannot be read for a while (a link to itself: the store's read fails): a
+        // looks again later, and fails only after the timeout
+        let file = dir.path().join("workers/b/finished_at.json");
+        let saved = std::fs::read(&file).unwrap();
+        let unreadable = || {
+            std::fs::remove_file(&file).unwrap();
+            std::os::unix::fs::symlink(&file, &file).unwrap();
+        };
+        unreadable();
         assert_eq!(reader.caught_up().unwrap(), None);
-        std::thread::sleep(timeout / 2);
+        std::thread::sleep(Duration::from_millis(200));
         assert_eq!(reader.caught_up().unwrap(), None);
-        b.own()
-            .put("finished_by.json", finished_by.to_vec())
-            .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, &saved).unwrap();
         assert_eq!(reader.caught_up().unwrap(), Some(false), "read again");
-        b.own().put("finished_by.json", b"{".to_vec()).unwrap();
+        unreadable();
         assert_eq!(reader.caught_up().unwrap(), None, "a new clock");
         std::thread::sleep(timeout);
         let e = reader.caught_up().unwrap_err();
-        assert!(e.to_string().contains("finished_by.json"), "{e}");
+        assert!(e.to_string().contains("finished_at.json"), "{e}");
+        // a file that does not decode is no store failure: it fails at once
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, b"{").unwrap();
+        let mut reader = NatsPoolReader::new(
+            0,
+            "events",
+            0,
+            reader.config.clone(),
+            reader.pool.clone(),
+            Owned::default(),
+        );
+        assert!(reader.caught_up().is_err());
     }
 }
