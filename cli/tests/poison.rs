@@ -1,6 +1,6 @@
 //! No record stops a pipeline or corrupts its results (issue 22's bar): poison rows mixed
-//! into 100,000 good events (a division by zero in a `where`, an overflowing cast in an
-//! aggregate's argument, event times in microseconds, a pair of `sizeBytes` 2^62 whose sum
+//! into 100,000 good events (a division by zero in a `where`, an integer multiplication
+//! that overflows 64 bits in a `where`, an overflowing cast in an aggregate's argument, event times in microseconds, a pair of `sizeBytes` 2^62 whose sum
 //! does not fit 64 bits, a value of the wrong type) and `weir run` exits 0, every poison row
 //! is in the dead letters with its code, the overflowing sum is null (never a wrapped
 //! number), and every other window equals the reference model's rows
@@ -28,7 +28,7 @@ sources:
 windows:
   per_dataset:
     from: events
-    where: "100 / recordCount >= 0"
+    where: "100 / recordCount >= 0 AND recordCount * 4 >= 0"
     key: [datasetName]
     tumbling: 1m
     aggregates:
@@ -134,6 +134,13 @@ impl Case {
                 33_333 => add(
                     0,
                     &|v| v["recordCount"] = json!(1i64 << 40),
+                    vec!["expression_error"],
+                ),
+                // 2^62 * 4 overflows 64 bits in the window's `where` (it wrapped to 0, and
+                // the row was counted)
+                60_000 => add(
+                    0,
+                    &|v| v["recordCount"] = json!(1i64 << 62),
                     vec!["expression_error"],
                 ),
                 // event time in microseconds: year 55,000
@@ -246,8 +253,8 @@ impl Case {
             "{expression:?}"
         );
 
-        // the view counts every good event, the overflowing pair and the row whose cast
-        // fails in the window only (the view does not cast), nothing else
+        // the view counts every good event, the overflowing pair and the rows whose cast or
+        // multiplication fails in the window only (the view does neither), nothing else
         let mut latest: BTreeMap<String, i64> = BTreeMap::new();
         for r in read_ndjson(&self.path("out/per_status.ndjson")) {
             latest.insert(
@@ -257,7 +264,7 @@ impl Case {
         }
         assert_eq!(
             latest.values().sum::<i64>(),
-            self.good as i64 + 3,
+            self.good as i64 + 4,
             "{latest:?}"
         );
     }
@@ -276,9 +283,9 @@ fn poison_rows_are_dead_lettered_and_every_other_window_equals_the_oracle() {
         "the overflow is logged: {stderr}"
     );
     let summary = String::from_utf8_lossy(&out.stdout);
-    // bad: one wrong type, two future times, one time outside the years 0000-9999, three
+    // bad: one wrong type, two future times, one time outside the years 0000-9999, four
     // rows failing an expression (counted once however many operators they fail in)
-    assert!(summary.contains("7 bad"), "{summary}");
+    assert!(summary.contains("8 bad"), "{summary}");
     case.check_outputs();
 }
 

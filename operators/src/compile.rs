@@ -144,7 +144,7 @@ impl SqlCompiler {
         if ty != DataType::Boolean && ty != DataType::Null {
             return Err(CompileError::NotBoolean(ty));
         }
-        Ok(phys)
+        checked_arithmetic(phys, schema)
     }
 
     /// An aggregate call such as `count(*) FILTER (WHERE status = 'FAILURE')`.
@@ -178,6 +178,11 @@ impl SqlCompiler {
         let ordered_value = ordered_value_spec(&function, schema);
         let wide_sum = output_type.is_some() && serves_wide_sum(&function, &mut inputs);
         let float_extreme = float_extreme(&function, schema);
+        let inputs = inputs
+            .into_iter()
+            .map(|e| checked_arithmetic(e, schema))
+            .collect::<Result<_, _>>()?;
+        let filter = filter.map(|f| checked_arithmetic(f, schema)).transpose()?;
         let compiled = CompiledAggregate {
             name: name.to_string(),
             function,
@@ -192,6 +197,44 @@ impl SqlCompiler {
         compiled.accumulator().map_err(clean)?;
         Ok(compiled)
     }
+}
+
+/// `expr` with integer `+`, `-`, `*` and negation that fail on overflow instead of wrapping
+/// (DataFusion wraps by default: `recordCount * sizeBytes` of 1e10 and 1e12 would give a
+/// wrapped number, and a `where` on it would drop or keep the event wrongly). A row whose
+/// arithmetic overflows then fails to evaluate, and goes to the dead-letter output with the
+/// error (see [`crate::isolate`]), as a division by zero does.
+pub fn checked_arithmetic(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Result<Arc<dyn PhysicalExpr>, CompileError> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{BinaryExpr, Literal, NegativeExpr};
+    let rewritten = expr.transform_up(|e| {
+        if let Some(b) = e.as_any().downcast_ref::<BinaryExpr>() {
+            if matches!(
+                b.op(),
+                Operator::Plus | Operator::Minus | Operator::Multiply
+            ) {
+                let checked = BinaryExpr::new(b.left().clone(), *b.op(), b.right().clone())
+                    .with_fail_on_overflow(true);
+                return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
+            }
+        } else if let Some(n) = e.as_any().downcast_ref::<NegativeExpr>() {
+            let ty = n.arg().data_type(schema)?;
+            if ty.is_signed_integer() {
+                // (`0 - x`: the same value, an error for the type's minimum)
+                let zero = Arc::new(Literal::new(ScalarValue::new_zero(&ty)?));
+                let checked = BinaryExpr::new(zero, Operator::Minus, n.arg().clone())
+                    .with_fail_on_overflow(true);
+                return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
+            }
+        }
+        Ok(Transformed::no(e))
+    });
+    Ok(rewritten.map_err(clean)?.data)
 }
 
 /// The type a `sum` of 64-bit integers adds in: 38 digits hold the sum of 2^64 values of
@@ -398,6 +441,61 @@ mod tests {
             .aggregate("f", "count(*) FILTER (WHERE status = 'FAILURE')", &s)
             .unwrap();
         assert!(f.filter.is_some());
+    }
+
+    #[test]
+    fn integer_arithmetic_fails_on_overflow_instead_of_wrapping() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::record_batch::RecordBatch;
+        let c = SqlCompiler::new();
+        let s = schema();
+        let batch = |count: i64, latency: i64| {
+            RecordBatch::try_new(
+                s.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec!["d"])),
+                    Arc::new(Int64Array::from(vec![count])),
+                    Arc::new(StringArray::from(vec!["OK"])),
+                    Arc::new(Int64Array::from(vec![latency])),
+                ],
+            )
+            .unwrap()
+        };
+        let big = batch(10_000_000_000, 1_000_000_000_000);
+        let min = batch(i64::MIN, 1);
+        for sql in [
+            "recordCount * latencyMs > 0",
+            "recordCount + 9223372036854775807 > 0",
+            "-recordCount - latencyMs < 0",
+        ] {
+            let p = c.predicate(sql, &s).unwrap();
+            let e = p.evaluate(&big).and(p.evaluate(&min)).err();
+            assert!(
+                e.is_some_and(|e| e.to_string().contains("Overflow")),
+                "{sql}"
+            );
+        }
+        let p = c.predicate("-recordCount > 0", &s).unwrap();
+        assert!(p.evaluate(&min).is_err(), "the negation of the minimum");
+        assert!(p.evaluate(&big).is_ok());
+        let a = c
+            .aggregate("v", "sum(recordCount * latencyMs)", &s)
+            .unwrap();
+        assert!(a.inputs[0].evaluate(&big).is_err());
+        assert!(a.inputs[0].evaluate(&batch(3, 4)).is_ok());
+        let a = c
+            .aggregate(
+                "v",
+                "count(*) FILTER (WHERE recordCount * latencyMs > 0)",
+                &s,
+            )
+            .unwrap();
+        assert!(a.filter.unwrap().evaluate(&big).is_err());
+        // floats are not integers: they go to infinity as IEEE 754 says
+        let p = c
+            .predicate("CAST(recordCount AS DOUBLE) * 1e300 > 0", &s)
+            .unwrap();
+        assert!(p.evaluate(&big).is_ok());
     }
 
     #[test]
