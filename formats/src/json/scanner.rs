@@ -180,51 +180,76 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Checks and skips any value.
+    /// Checks and skips any value, found at nesting `depth` (at most [`MAX_DEPTH`], inner
+    /// values included). Iterative, not recursive: a line nested [`MAX_DEPTH`] deep needs
+    /// no stack (a recursive skip overflowed a worker's 2 MiB stack at about 400 levels in a
+    /// debug build, which aborted the process instead of dead-lettering the line).
     pub(super) fn skip_value(&mut self, depth: usize) -> Result<(), LineError> {
-        if depth > MAX_DEPTH {
-            return Err(LineError::syntax("nested too deeply", self.i));
-        }
-        match self.peek() {
-            Some(b'{') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    if self.peek() != Some(b'"') {
-                        return Err(LineError::syntax("expected a quoted field name", self.i));
-                    }
-                    self.string()?;
-                    self.ws();
-                    if self.peek() != Some(b':') {
-                        return Err(LineError::syntax("expected `:`", self.i));
-                    }
+        // bit `l` set: the container open at level `l` is an object (else an array)
+        let mut objects = [0u64; MAX_DEPTH / 64 + 2];
+        let mut open = 0usize;
+        loop {
+            // at a value
+            if depth + open > MAX_DEPTH {
+                return Err(LineError::syntax("nested too deeply", self.i));
+            }
+            let opened = match self.peek() {
+                Some(c @ (b'{' | b'[')) => {
                     self.i += 1;
                     self.ws();
-                    self.skip_value(depth + 1)?;
-                    if self.member_end(b'}')? {
-                        return Ok(());
+                    let close = if c == b'{' { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.i += 1;
+                        false
+                    } else {
+                        let (word, bit) = (open / 64, 1u64 << (open % 64));
+                        if c == b'{' {
+                            objects[word] |= bit;
+                            self.field_name()?;
+                        } else {
+                            objects[word] &= !bit;
+                        }
+                        open += 1;
+                        true
                     }
                 }
+                _ => {
+                    self.value()?;
+                    false
+                }
+            };
+            if opened {
+                continue;
             }
-            Some(b'[') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
+            // after a value: close the containers that end here, or go to the next member
+            loop {
+                let Some(level) = open.checked_sub(1) else {
                     return Ok(());
-                }
-                loop {
-                    self.skip_value(depth + 1)?;
-                    if self.member_end(b']')? {
-                        return Ok(());
+                };
+                let object = objects[level / 64] & (1 << (level % 64)) != 0;
+                if !self.member_end(if object { b'}' } else { b']' })? {
+                    if object {
+                        self.field_name()?;
                     }
+                    break;
                 }
+                open = level;
             }
-            _ => self.value().map(|_| ()),
         }
+    }
+
+    /// An object member's `"name":` and the blanks after it.
+    fn field_name(&mut self) -> Result<(), LineError> {
+        if self.peek() != Some(b'"') {
+            return Err(LineError::syntax("expected a quoted field name", self.i));
+        }
+        self.string()?;
+        self.ws();
+        if self.peek() != Some(b':') {
+            return Err(LineError::syntax("expected `:`", self.i));
+        }
+        self.i += 1;
+        self.ws();
+        Ok(())
     }
 }

@@ -384,3 +384,38 @@ fn a_huge_record_after_small_ones_gets_no_room_for_thousands_of_rows() {
         huge.len()
     );
 }
+
+#[test]
+fn values_nested_to_the_limit_are_read_and_deeper_ones_refused_without_using_the_stack() {
+    // a value nested `depth` deep in an unknown field, arrays and objects in turn
+    let nested = |depth: usize| {
+        let (mut open, mut close) = (String::new(), String::new());
+        for i in 0..depth {
+            if i % 2 == 0 {
+                open.push_str("[ ");
+                close.insert_str(0, " ]");
+            } else {
+                open.push_str(r#"{"k" : "#);
+                close.insert(0, '}');
+            }
+        }
+        GOOD.replacen(r#""extra":"#, &format!(r#""x":{open}7{close},"extra":"#), 1)
+    };
+    let (ok, too_deep) = (nested(MAX_DEPTH), nested(MAX_DEPTH + 1));
+    // on a stack of 64 KiB: a recursive reader needs far more at this depth
+    let (ev, bad, n) = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(move || run(&[&ok, &too_deep, &nested(100_000)], &["datasetName"]))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(ev.unwrap().batch.num_rows(), 1);
+    let errors: Vec<_> = bad.iter().map(|b| (b.0, b.2.code)).collect();
+    assert_eq!(errors, vec![(11, "invalid_json"), (12, "invalid_json")]);
+    assert!(
+        bad[0].2.message.contains("nested too deeply"),
+        "{}",
+        bad[0].2.message
+    );
+}
