@@ -285,7 +285,27 @@ fn check_output(
             format!("{what} needs at least one key field"),
         ));
     }
-    for k in &o.key.value {
+    for (i, k) in o.key.value.iter().enumerate() {
+        // (an output row has one column of each name)
+        if o.columns.split(", ").skip(1).any(|c| c == k.value) {
+            return Err(ctx.err(
+                &k.referenced,
+                format!(
+                    "key field `{}` is a column {what} adds ({}): its rows would have two \
+                     columns of that name; rename the field in the source's schema",
+                    k.value, o.columns
+                ),
+            ));
+        }
+        if o.key.value[..i]
+            .iter()
+            .any(|earlier| earlier.value == k.value)
+        {
+            return Err(ctx.err(
+                &k.referenced,
+                format!("key field `{}` is listed twice", k.value),
+            ));
+        }
         let message_column = messages.iter().any(|c| c.name() == k.value);
         if schema.index_of(&k.value).is_none() && !message_column {
             return Err(ctx.err(

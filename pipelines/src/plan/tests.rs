@@ -302,3 +302,35 @@ fn two_outputs_on_one_file_are_refused() {
     assert!(r.contains("as sink `rows` does"), "{r}");
     planned(PIPELINE);
 }
+
+/// A window's key field named like a column the window adds (`window_start`), or a key field
+/// listed twice, would give rows two columns of one name (a JSON reader keeps the last, so
+/// the key was lost): refused at the key.
+#[test]
+fn a_key_field_that_would_repeat_an_output_column_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ws.avsc"),
+        r#"{"type":"record","name":"X","fields":[{"name":"timestamp","type":"long"},{"name":"window_start","type":"long"}]}"#,
+    )
+    .unwrap();
+    let text = "name: ws\nsources:\n  s:\n    file: { path: in.ndjson }\n    format: json\n    \
+                schema: ./ws.avsc\n    event_time: { field: timestamp }\nwindows:\n  w:\n    \
+                from: s\n    key: [window_start]\n    tumbling: 1m\n    aggregates:\n      \
+                events: count(*)\n    sinks: [out]\nsinks:\n  out: { file: { path: out.ndjson } }\n";
+    std::fs::write(dir.path().join("in.ndjson"), "").unwrap();
+    let e = load_in(dir.path(), text).map(|_| ()).unwrap_err();
+    assert_eq!((e.line, e.column), (11, 11), "{e}");
+    assert!(e.reason().contains("a column window `w` adds"), "{e}");
+    // a view adds no such column: the same key is fine there
+    let view = text
+        .replace("windows:", "views:")
+        .replace("    tumbling: 1m\n", "");
+    load_in(dir.path(), &view).unwrap();
+    let twice = refusal(&PIPELINE.replace(
+        "    key: [datasetName]\n    tumbling",
+        "    key: [datasetName, datasetName]\n    tumbling",
+    ));
+    assert!(twice.starts_with("9:24:"), "{twice}");
+    assert!(twice.contains("listed twice"), "{twice}");
+}
