@@ -123,7 +123,38 @@ impl SqlCompiler {
             .state
             .create_logical_expr(sql, &df_schema)
             .map_err(clean)?;
+        refuse_time_dependent(&expr)?;
         Ok((expr, df_schema))
+    }
+
+    /// `expr` (type-coerced) simplified as DataFusion's planner would before running it:
+    /// some functions (`arrow_cast`) only run once rewritten, and fail at the first batch
+    /// otherwise. An aggregate call keeps its function; its arguments, ORDER BY and FILTER
+    /// are simplified.
+    fn simplified(&self, expr: Expr, df_schema: &DFSchema) -> Result<Expr, CompileError> {
+        use datafusion::logical_expr::expr::AggregateFunction;
+        use datafusion::logical_expr::simplify::SimplifyContext;
+        use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+        let context = SimplifyContext::default()
+            .with_schema(Arc::new(df_schema.clone()))
+            .with_config_options(Arc::clone(self.state.config_options()));
+        let simplifier = ExprSimplifier::new(context);
+        let Expr::AggregateFunction(AggregateFunction { func, mut params }) = expr else {
+            return simplifier.simplify(expr).map_err(clean);
+        };
+        params.args = params
+            .args
+            .into_iter()
+            .map(|a| simplifier.simplify(a))
+            .collect::<Result<_, _>>()
+            .map_err(clean)?;
+        for sort in &mut params.order_by {
+            sort.expr = simplifier.simplify(sort.expr.clone()).map_err(clean)?;
+        }
+        if let Some(f) = params.filter.take() {
+            params.filter = Some(Box::new(simplifier.simplify(*f).map_err(clean)?));
+        }
+        Ok(Expr::AggregateFunction(AggregateFunction { func, params }))
     }
 
     /// A boolean predicate such as `status <> 'PARTIAL'`.
@@ -136,6 +167,9 @@ impl SqlCompiler {
         if contains_aggregate(&expr) {
             return Err(CompileError::AggregateInFilter);
         }
+        let mut rewriter = TypeCoercionRewriter::new(&df_schema);
+        let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
+        let expr = self.simplified(expr, &df_schema)?;
         let phys = self
             .state
             .create_physical_expr(expr, &df_schema)
@@ -161,6 +195,7 @@ impl SqlCompiler {
         }
         let mut rewriter = TypeCoercionRewriter::new(&df_schema);
         let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
+        let expr = self.simplified(expr, &df_schema)?;
         let (expr, output_type) = if self.wrapping_sums {
             (expr, None)
         } else {
@@ -194,8 +229,59 @@ impl SqlCompiler {
             output_type,
             overflows: Default::default(),
         };
-        compiled.accumulator().map_err(clean)?;
+        compiled.try_run(schema)?;
         Ok(compiled)
+    }
+}
+
+impl CompiledAggregate {
+    /// Runs the aggregate once on no rows, as a window does on every batch and at its end,
+    /// so that what fails whatever the rows (a percentile that is not a literal, an
+    /// `nth_value` of 0, a function that cannot run in a stream) is refused with the pipeline
+    /// file's position, not at the first batch of a run.
+    fn try_run(&self, schema: &SchemaRef) -> Result<(), CompileError> {
+        use datafusion::logical_expr::EmitTo;
+        let no_rows = arrow::record_batch::RecordBatch::new_empty(schema.clone());
+        let values = self
+            .inputs
+            .iter()
+            .map(|e| e.evaluate(&no_rows).and_then(|v| v.into_array(0)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(clean)?;
+        // (one group that got no rows: a window's key before its first event)
+        let mut groups = self.accumulator().map_err(clean)?;
+        groups.update_batch(&values, &[], None, 1).map_err(clean)?;
+        groups.state(EmitTo::All).map_err(clean)?;
+        let mut groups = self.accumulator().map_err(clean)?;
+        groups.update_batch(&values, &[], None, 1).map_err(clean)?;
+        groups.evaluate(EmitTo::All).map_err(clean)?;
+        // (a GroupsAccumulatorAdapter creates its accumulators lazily, per group)
+        if !self.function.groups_accumulator_supported() {
+            let mut one = self.function.create_accumulator().map_err(clean)?;
+            one.update_batch(&values).map_err(clean)?;
+            one.evaluate().map_err(clean)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a function whose result depends on when it runs (`now()`, `random()`): a
+/// pipeline's results must not change with the time it runs, a replay or a restore.
+fn refuse_time_dependent(expr: &Expr) -> Result<(), CompileError> {
+    use datafusion::logical_expr::Volatility;
+    let mut found = None;
+    let _ = expr.apply(|e| {
+        if let Expr::ScalarFunction(f) = e {
+            if f.func.signature().volatility != Volatility::Immutable {
+                found = Some(f.func.name().to_string());
+                return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    match found {
+        Some(name) => Err(CompileError::TimeDependent(name)),
+        None => Ok(()),
     }
 }
 
@@ -380,6 +466,9 @@ pub enum CompileError {
     AggregateInFilter,
     #[error("the filter must be a boolean condition, but it gives {0}")]
     NotBoolean(DataType),
+    /// A function whose result depends on when it runs (its name).
+    #[error("`{0}()` gives a different result each time it runs (the time, a random number): results would change with replays and restores; compare with the event's own time field instead")]
+    TimeDependent(String),
     /// An aggregate that is not an aggregate call (the SQL written).
     #[error("`{0}` is not an aggregate call; use an aggregate function such as count(*), sum(x), min(x), max(x), avg(x), count(DISTINCT x), approx_distinct(x), approx_percentile_cont(x, 0.99)")]
     NotAggregate(String),
@@ -496,6 +585,31 @@ mod tests {
             .predicate("CAST(recordCount AS DOUBLE) * 1e300 > 0", &s)
             .unwrap();
         assert!(p.evaluate(&big).is_ok());
+    }
+
+    #[test]
+    fn what_fails_whatever_the_rows_is_refused_when_compiled() {
+        let c = SqlCompiler::new();
+        let s = schema();
+        for (sql, says) in [
+            ("max(now())", "now()"),
+            ("max(current_date())", "current_date()"),
+            ("count(*) FILTER (WHERE random() > 0.5)", "random()"),
+            ("approx_percentile_cont(latencyMs, recordCount)", "literal"),
+            ("approx_percentile_cont(latencyMs, 1.5)", "between"),
+            ("nth_value(latencyMs, 0 ORDER BY recordCount)", ""),
+            ("grouping(datasetName)", ""),
+        ] {
+            let e = c.aggregate("x", sql, &s).map(|_| ()).unwrap_err();
+            assert!(e.to_string().contains(says), "{sql}: {e}");
+        }
+        let e = c.predicate("recordCount > random()", &s).unwrap_err();
+        assert!(e.to_string().contains("random()"), "{e}");
+        // what DataFusion runs only once rewritten
+        c.aggregate("x", "max(arrow_cast(latencyMs, 'Int8'))", &s)
+            .unwrap();
+        c.predicate("arrow_cast(latencyMs, 'Int32') > 3", &s)
+            .unwrap();
     }
 
     #[test]
