@@ -123,42 +123,23 @@ impl SqlCompiler {
             .state
             .create_logical_expr(sql, &df_schema)
             .map_err(clean)?;
-        refuse_time_dependent(&expr)?;
         Ok((expr, df_schema))
     }
 
-    /// `expr` (type-coerced) simplified as DataFusion's planner would before running it:
-    /// some functions (`arrow_cast`) only run once rewritten, and fail at the first batch
-    /// otherwise. An aggregate call keeps its function; its arguments, ORDER BY and FILTER
-    /// are simplified.
-    fn simplified(&self, expr: Expr, df_schema: &DFSchema) -> Result<Expr, CompileError> {
-        use datafusion::logical_expr::expr::AggregateFunction;
-        use datafusion::logical_expr::simplify::SimplifyContext;
-        use datafusion::optimizer::simplify_expressions::ExprSimplifier;
-        let context = SimplifyContext::default()
-            .with_schema(Arc::new(df_schema.clone()))
-            .with_config_options(Arc::clone(self.state.config_options()));
-        let simplifier = ExprSimplifier::new(context);
-        let Expr::AggregateFunction(AggregateFunction { func, mut params }) = expr else {
-            return simplifier.simplify(expr).map_err(clean);
-        };
-        params.args = params
-            .args
-            .into_iter()
-            .map(|a| simplifier.simplify(a))
-            .collect::<Result<_, _>>()
-            .map_err(clean)?;
-        for sort in &mut params.order_by {
-            sort.expr = simplifier.simplify(sort.expr.clone()).map_err(clean)?;
-        }
-        if let Some(f) = params.filter.take() {
-            params.filter = Some(Box::new(simplifier.simplify(*f).map_err(clean)?));
-        }
-        Ok(Expr::AggregateFunction(AggregateFunction { func, params }))
+    /// A boolean predicate such as `status <> 'PARTIAL'`, its integer arithmetic checked
+    /// (see [`checked_arithmetic`]): for operators, which dead-letter a row it fails on.
+    pub fn predicate(
+        &self,
+        sql: &str,
+        schema: &SchemaRef,
+    ) -> Result<Arc<dyn PhysicalExpr>, CompileError> {
+        checked_arithmetic(self.output_predicate(sql, schema)?)
     }
 
-    /// A boolean predicate such as `status <> 'PARTIAL'`.
-    pub fn predicate(
+    /// A boolean predicate as DataFusion runs it (integer arithmetic wraps): for a sink's
+    /// `where` over result rows, which has no row-by-row dead-lettering (an error there
+    /// would fail the run at every restore).
+    pub fn output_predicate(
         &self,
         sql: &str,
         schema: &SchemaRef,
@@ -167,9 +148,6 @@ impl SqlCompiler {
         if contains_aggregate(&expr) {
             return Err(CompileError::AggregateInFilter);
         }
-        let mut rewriter = TypeCoercionRewriter::new(&df_schema);
-        let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
-        let expr = self.simplified(expr, &df_schema)?;
         let phys = self
             .state
             .create_physical_expr(expr, &df_schema)
@@ -178,7 +156,7 @@ impl SqlCompiler {
         if ty != DataType::Boolean && ty != DataType::Null {
             return Err(CompileError::NotBoolean(ty));
         }
-        checked_arithmetic(phys, schema)
+        Ok(phys)
     }
 
     /// An aggregate call such as `count(*) FILTER (WHERE status = 'FAILURE')`.
@@ -193,9 +171,9 @@ impl SqlCompiler {
         if !matches!(expr, Expr::AggregateFunction(_)) {
             return Err(CompileError::NotAggregate(sql.to_string()));
         }
+        refuse_time_dependent(&expr)?;
         let mut rewriter = TypeCoercionRewriter::new(&df_schema);
         let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
-        let expr = self.simplified(expr, &df_schema)?;
         let (expr, output_type) = if self.wrapping_sums {
             (expr, None)
         } else {
@@ -213,11 +191,11 @@ impl SqlCompiler {
         let ordered_value = ordered_value_spec(&function, schema);
         let wide_sum = output_type.is_some() && serves_wide_sum(&function, &mut inputs);
         let float_extreme = float_extreme(&function, schema);
+        let filter = filter.map(checked_arithmetic).transpose()?;
         let inputs = inputs
             .into_iter()
-            .map(|e| checked_arithmetic(e, schema))
+            .map(|e| only_where(checked_arithmetic(e)?, filter.as_ref()))
             .collect::<Result<_, _>>()?;
-        let filter = filter.map(|f| checked_arithmetic(f, schema)).transpose()?;
         let compiled = CompiledAggregate {
             name: name.to_string(),
             function,
@@ -285,19 +263,18 @@ fn refuse_time_dependent(expr: &Expr) -> Result<(), CompileError> {
     }
 }
 
-/// `expr` with integer `+`, `-`, `*` and negation that fail on overflow instead of wrapping
+/// `expr` with integer `+`, `-` and `*` that fail on overflow instead of wrapping
 /// (DataFusion wraps by default: `recordCount * sizeBytes` of 1e10 and 1e12 would give a
 /// wrapped number, and a `where` on it would drop or keep the event wrongly). A row whose
 /// arithmetic overflows then fails to evaluate, and goes to the dead-letter output with the
-/// error (see [`crate::isolate`]), as a division by zero does.
+/// error (see [`crate::isolate`]), as a division by zero does. (The expression displays as
+/// before: checkpoint fingerprints hold it.)
 pub fn checked_arithmetic(
     expr: Arc<dyn PhysicalExpr>,
-    schema: &Schema,
 ) -> Result<Arc<dyn PhysicalExpr>, CompileError> {
     use datafusion::common::tree_node::Transformed;
-    use datafusion::common::ScalarValue;
     use datafusion::logical_expr::Operator;
-    use datafusion::physical_expr::expressions::{BinaryExpr, Literal, NegativeExpr};
+    use datafusion::physical_expr::expressions::BinaryExpr;
     let rewritten = expr.transform_up(|e| {
         if let Some(b) = e.as_any().downcast_ref::<BinaryExpr>() {
             if matches!(
@@ -308,19 +285,30 @@ pub fn checked_arithmetic(
                     .with_fail_on_overflow(true);
                 return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
             }
-        } else if let Some(n) = e.as_any().downcast_ref::<NegativeExpr>() {
-            let ty = n.arg().data_type(schema)?;
-            if ty.is_signed_integer() {
-                // (`0 - x`: the same value, an error for the type's minimum)
-                let zero = Arc::new(Literal::new(ScalarValue::new_zero(&ty)?));
-                let checked = BinaryExpr::new(zero, Operator::Minus, n.arg().clone())
-                    .with_fail_on_overflow(true);
-                return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
-            }
         }
         Ok(Transformed::no(e))
     });
     Ok(rewritten.map_err(clean)?.data)
+}
+
+/// `input` evaluated only on the rows `filter` keeps (`CASE WHEN filter THEN input END`):
+/// an aggregate's argument that fails on a row its `FILTER` leaves out must not dead-letter
+/// that row (the accumulator never reads it).
+fn only_where(
+    input: Arc<dyn PhysicalExpr>,
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+) -> Result<Arc<dyn PhysicalExpr>, CompileError> {
+    use datafusion::physical_expr::expressions::{CaseExpr, Column, Literal};
+    let Some(filter) = filter else {
+        return Ok(input);
+    };
+    // (a column or a constant cannot fail: no second evaluation of the FILTER for them)
+    let any = input.as_any();
+    if any.is::<Column>() || any.is::<Literal>() {
+        return Ok(input);
+    }
+    let case = CaseExpr::try_new(None, vec![(filter.clone(), input)], None).map_err(clean)?;
+    Ok(Arc::new(case))
 }
 
 /// The type a `sum` of 64-bit integers adds in: 38 digits hold the sum of 2^64 values of
@@ -555,7 +543,7 @@ mod tests {
         for sql in [
             "recordCount * latencyMs > 0",
             "recordCount + 9223372036854775807 > 0",
-            "-recordCount - latencyMs < 0",
+            "0 - recordCount - latencyMs < 0",
         ] {
             let p = c.predicate(sql, &s).unwrap();
             let e = p.evaluate(&big).and(p.evaluate(&min)).err();
@@ -563,9 +551,16 @@ mod tests {
                 e.is_some_and(|e| e.to_string().contains("Overflow")),
                 "{sql}"
             );
+            // it reads as before (checkpoint fingerprints hold it)
+            assert_eq!(
+                p.to_string(),
+                c.output_predicate(sql, &s).unwrap().to_string()
+            );
         }
-        let p = c.predicate("-recordCount > 0", &s).unwrap();
-        assert!(p.evaluate(&min).is_err(), "the negation of the minimum");
+        // a sink's `where` runs as DataFusion has it
+        let p = c
+            .output_predicate("recordCount * latencyMs > 0", &s)
+            .unwrap();
         assert!(p.evaluate(&big).is_ok());
         let a = c
             .aggregate("v", "sum(recordCount * latencyMs)", &s)
@@ -580,6 +575,16 @@ mod tests {
             )
             .unwrap();
         assert!(a.filter.unwrap().evaluate(&big).is_err());
+        // an argument is evaluated on the rows the FILTER keeps only
+        let a = c
+            .aggregate(
+                "v",
+                "sum(recordCount * latencyMs) FILTER (WHERE latencyMs < 1000)",
+                &s,
+            )
+            .unwrap();
+        assert!(a.inputs[0].evaluate(&big).is_ok(), "left out by the FILTER");
+        assert!(a.inputs[0].evaluate(&batch(i64::MAX, 2)).is_err());
         // floats are not integers: they go to infinity as IEEE 754 says
         let p = c
             .predicate("CAST(recordCount AS DOUBLE) * 1e300 > 0", &s)
@@ -603,12 +608,8 @@ mod tests {
             let e = c.aggregate("x", sql, &s).map(|_| ()).unwrap_err();
             assert!(e.to_string().contains(says), "{sql}: {e}");
         }
-        let e = c.predicate("recordCount > random()", &s).unwrap_err();
-        assert!(e.to_string().contains("random()"), "{e}");
-        // what DataFusion runs only once rewritten
-        c.aggregate("x", "max(arrow_cast(latencyMs, 'Int8'))", &s)
-            .unwrap();
-        c.predicate("arrow_cast(latencyMs, 'Int32') > 3", &s)
+        // a `where` may compare with the time it runs at (a sink's filter, say)
+        c.predicate("CAST(recordCount AS DOUBLE) > random()", &s)
             .unwrap();
     }
 

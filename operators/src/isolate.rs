@@ -151,7 +151,9 @@ impl RowExprs<'_> {
 /// on which `exprs` fail (evaluated over `extend(events)`, the batch the operator evaluates)
 /// and processes the other rows. `attempt` must leave the state unchanged when it fails;
 /// what it pushed to `dead` is taken back. An expression error that no single row causes
-/// fails the run.
+/// (a guard such as `x <> 0 AND 100 / x > 1`: DataFusion evaluates the right side on the
+/// whole batch when many rows pass the guard, on nothing for the guarded row alone) is
+/// avoided by processing the rows in smaller pieces (see [`process_in_pieces`]).
 pub(crate) fn process_isolating(
     name: &str,
     partition: &Arc<PartitionInfo>,
@@ -170,7 +172,8 @@ pub(crate) fn process_isolating(
     dead.truncate(mark);
     let failing = exprs.failing_rows(&extend(events)?);
     if failing.is_empty() {
-        return Err(EngineError::operator_caused(name, "", first));
+        tracing::debug!(operator = name, error = %first, "an expression failed on a batch but on none of its rows alone: processing it in pieces");
+        return process_in_pieces(name, events, row_watermarks, dead, &mut attempt);
     }
     tracing::warn!(
         operator = name,
@@ -193,11 +196,38 @@ pub(crate) fn process_isolating(
             raw: events.raw_row(i),
         });
     }
-    match attempt(&rest, &rest_watermarks, dead) {
-        Ok(late) => Ok(late),
-        Err(BatchError::Engine(e)) => Err(e),
-        Err(BatchError::Expression(e)) => Err(EngineError::operator_caused(name, "", e)),
+    process_in_pieces(name, &rest, &rest_watermarks, dead, &mut attempt)
+}
+
+/// Processes `events` with `attempt`, in halves (recursively, in row order) while a piece
+/// fails on an expression: for batches whose error no single row causes. A single row that
+/// still fails fails the run.
+fn process_in_pieces(
+    name: &str,
+    events: &EventBatch,
+    row_watermarks: &[i64],
+    dead: &mut Vec<DeadLetter>,
+    attempt: &mut impl FnMut(&EventBatch, &[i64], &mut Vec<DeadLetter>) -> Result<u64, BatchError>,
+) -> Result<u64, EngineError> {
+    let mark = dead.len();
+    let n = events.batch.num_rows();
+    match attempt(events, row_watermarks, dead) {
+        Ok(late) => return Ok(late),
+        Err(BatchError::Engine(e)) => return Err(e),
+        Err(BatchError::Expression(e)) if n <= 1 => {
+            return Err(EngineError::operator_caused(name, "", e))
+        }
+        Err(BatchError::Expression(_)) => dead.truncate(mark),
     }
+    let half = n / 2;
+    let split = |drop: Vec<usize>| {
+        without_rows(events, row_watermarks, &drop)
+            .map_err(|e| EngineError::operator_caused(name, "", e))
+    };
+    let (first, first_watermarks) = split((half..n).collect())?;
+    let (second, second_watermarks) = split((0..half).collect())?;
+    let late = process_in_pieces(name, &first, &first_watermarks, dead, attempt)?;
+    Ok(late + process_in_pieces(name, &second, &second_watermarks, dead, attempt)?)
 }
 
 /// `events` and their row watermarks without the rows `drop` (ascending).
@@ -425,6 +455,30 @@ mod tests {
         let (out, dead) = run_window(config, &events(&rows));
         assert!(dead.is_empty());
         assert_eq!(emitted(&out), vec![("a".into(), "5".into())]);
+    }
+
+    #[test]
+    fn a_guarded_expression_that_fails_only_on_the_whole_batch_is_processed_in_pieces() {
+        // DataFusion evaluates the right side of AND on every row when many pass the guard
+        // (so 100 / 0 fails the batch), and on none for the guarded row alone: no row fails
+        // alone, and the rows are not bad
+        for (guard, guarded) in [
+            (
+                "recordCount <> 0 AND 100 / recordCount > 1",
+                ("a", 0, 10, "x"),
+            ),
+            (
+                "sizeBytes < 1000 AND recordCount * sizeBytes > 0",
+                ("a", 7, i64::MAX / 2, "x"),
+            ),
+        ] {
+            let config = window(Some(guard), &[("events", "count(*)")]);
+            let mut rows = vec![("a", 7, 10, "x"); 9];
+            rows.insert(4, guarded);
+            let (out, dead) = run_window(config, &events(&rows));
+            assert!(dead.is_empty(), "{guard}: {:?}", codes(&dead));
+            assert_eq!(emitted(&out), vec![("a".into(), "9".into())], "{guard}");
+        }
     }
 
     #[test]

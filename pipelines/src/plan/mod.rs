@@ -255,8 +255,32 @@ fn secret_settings(doc: &PipelineDoc) -> Vec<String> {
 #[error("{}", yaml_message(.0))]
 pub struct YamlError(pub serde_saphyr::Error);
 
-/// serde-saphyr's message without its own position suffix.
+/// serde-saphyr's message without its own position suffix; for a duplicated key and a number
+/// out of its type's range, weir's own (the parser's speaks to its API's user).
 fn yaml_message(e: &serde_saphyr::Error) -> String {
+    match e.without_snippet() {
+        serde_saphyr::Error::DuplicateMappingKey { key, .. } => {
+            return match key {
+                Some(k) => format!("`{k}` appears twice in this mapping: each key may appear once"),
+                None => "a key appears twice in this mapping: each key may appear once".into(),
+            };
+        }
+        serde_saphyr::Error::InvalidScalar { ty, .. } => {
+            let range = match *ty {
+                "u8" => Some((0, u8::MAX as i128)),
+                "u16" => Some((0, u16::MAX as i128)),
+                "u32" => Some((0, u32::MAX as i128)),
+                "u64" => Some((0, u64::MAX as i128)),
+                "i32" => Some((i32::MIN as i128, i32::MAX as i128)),
+                "i64" => Some((i64::MIN as i128, i64::MAX as i128)),
+                _ => None,
+            };
+            if let Some((lo, hi)) = range {
+                return format!("not a whole number from {lo} to {hi}");
+            }
+        }
+        _ => {}
+    }
     let s = e.without_snippet().to_string();
     let s = s.lines().next().unwrap_or(&s).to_string();
     match s.rfind(" at line ") {

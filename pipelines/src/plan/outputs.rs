@@ -76,7 +76,7 @@ pub(super) fn check_outputs<'a>(
                 filter: d.filter.as_ref(),
                 aggregates: &d.aggregates,
                 sinks: &d.sinks,
-                columns: "keys, window_start, window_end",
+                columns: "keys, window_start, window_end, is_final",
             },
             &src_info,
             &mut columns,
@@ -108,7 +108,7 @@ pub(super) fn check_outputs<'a>(
                 filter: d.filter.as_ref(),
                 aggregates: &d.aggregates,
                 sinks: &d.sinks,
-                columns: "keys",
+                columns: "keys, op",
             },
             &src_info,
             &mut columns,
@@ -252,7 +252,9 @@ struct OutputDoc<'a> {
     filter: Option<&'a Spanned<String>>,
     aggregates: &'a Spanned<IndexMap<String, Spanned<String>>>,
     sinks: &'a [Spanned<String>],
-    /// The output's other columns, which aggregates cannot be named after.
+    /// The output's columns, `keys` first, then those it adds (`window_start`, `window_end`;
+    /// `is_final` in a window's SQL table, `op` in a view's changes), which neither keys nor
+    /// aggregates may be named after.
     columns: &'a str,
 }
 
@@ -340,7 +342,9 @@ fn check_output(
         ));
     }
     for (out, sql) in &o.aggregates.value {
-        if o.key.value.iter().any(|k| &k.value == out) || o.columns.split(", ").any(|c| c == out) {
+        if o.key.value.iter().any(|k| &k.value == out)
+            || o.columns.split(", ").skip(1).any(|c| c == out)
+        {
             return Err(ctx.err(
                 &sql.referenced,
                 format!(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_saphyr::{Location, Spanned};
 use weir_engine::job::Decode;
+use weir_formats::schema::FieldKind;
 use weir_sources::{
     AvroDecoder, AvroType, JsonDecoder, MessageColumn, SchemaRegistry, SourceSchema,
 };
@@ -165,7 +166,20 @@ fn event_time(
             let f = &et.value.field;
             let envelope_time =
                 enveloped && weir_sources::json::ENVELOPE_TIME_FIELDS.contains(&f.value.as_str());
-            if schema.index_of(&f.value).is_none() && !envelope_time {
+            let kind = schema.index_of(&f.value).map(|i| schema.fields[i].kind);
+            if let Some(kind) = kind.filter(|k| !matches!(k, FieldKind::Int | FieldKind::Str)) {
+                return Err(ctx.err(
+                    &f.referenced,
+                    format!(
+                        "event-time field `{}` is {} in schema `{}`; it must be an integer \
+                         (epoch milliseconds) or a string (RFC 3339)",
+                        f.value,
+                        kind.describe(),
+                        schema.name
+                    ),
+                ));
+            }
+            if kind.is_none() && !envelope_time {
                 return Err(ctx.err(
                     &f.referenced,
                     format!(

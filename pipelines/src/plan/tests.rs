@@ -327,6 +327,10 @@ fn a_key_field_that_would_repeat_an_output_column_is_refused() {
         .replace("windows:", "views:")
         .replace("    tumbling: 1m\n", "");
     load_in(dir.path(), &view).unwrap();
+    // it adds `op` to its changes: no aggregate of that name
+    let op = view.replace("events: count(*)", "op: count(*)");
+    let e = load_in(dir.path(), &op).map(|_| ()).unwrap_err();
+    assert!(e.reason().contains("already a column"), "{e}");
     let twice = refusal(&PIPELINE.replace(
         "    key: [datasetName]\n    tumbling",
         "    key: [datasetName, datasetName]\n    tumbling",

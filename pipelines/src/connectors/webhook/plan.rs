@@ -143,7 +143,7 @@ pub(crate) fn attach_webhook(
     }
     if let Some((loc, text)) = &t.filter_text {
         let compiler = SqlCompiler::new();
-        t.filter = Some(compiler.predicate(text, schema).map_err(|e| {
+        t.filter = Some(compiler.output_predicate(text, schema).map_err(|e| {
             ctx.err(loc, format!("sink `{}`: `where`", sink.value))
                 .caused_by(e)
         })?);
