@@ -26,6 +26,9 @@ pub enum AvroSchemaError {
     /// A field of a source schema without a `"type"`.
     #[error("field `{0}` has no \"type\"")]
     FieldWithoutType(String),
+    /// Two fields of one name (each record's fields are read by name).
+    #[error("field `{0}` is declared twice")]
+    DuplicateField(String),
     /// A union a source field cannot be read as.
     #[error("only unions of null and one type are supported")]
     Union,

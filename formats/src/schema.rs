@@ -113,11 +113,15 @@ impl SourceSchema {
             .ok_or(AvroSchemaError::Missing(
                 "the record has no \"fields\" array",
             ))?;
+        let mut names = std::collections::HashSet::new();
         for f in fields {
             let fname = f
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or(AvroSchemaError::Missing("a field has no \"name\""))?;
+            if !names.insert(fname) {
+                return Err(AvroSchemaError::DuplicateField(fname.to_string()));
+            }
             f.get("type")
                 .ok_or_else(|| AvroSchemaError::FieldWithoutType(fname.to_string()))?;
         }
@@ -240,5 +244,11 @@ mod tests {
         ));
         assert!(std::error::Error::source(&e).is_some());
         assert_eq!(weir_engine::error::chain(&e).to_string(), e.to_string());
+        // two fields of one name: every record would be read wrongly (and dead-lettered)
+        let e = SourceSchema::from_avsc(
+            r#"{"type":"record","fields":[{"name":"a","type":"long"},{"name":"a","type":"string"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "field `a` is declared twice");
     }
 }

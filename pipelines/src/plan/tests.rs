@@ -338,3 +338,30 @@ fn a_key_field_that_would_repeat_an_output_column_is_refused() {
     assert!(twice.starts_with("9:24:"), "{twice}");
     assert!(twice.contains("listed twice"), "{twice}");
 }
+
+/// Mistakes whose message used to lack the position or speak the YAML parser's language.
+#[test]
+fn refusals_of_a_key_twice_a_number_too_big_and_an_event_time_object_say_what_to_do() {
+    let twice = refusal(&format!(
+        "{PIPELINE}sinks:\n  other: {{ file: {{ path: out/o.ndjson }} }}\n"
+    ));
+    assert!(
+        twice.contains("`sinks` appears twice in this mapping"),
+        "{twice}"
+    );
+    assert!(!twice.contains("DuplicateKeyPolicy"), "{twice}");
+    let big = refusal(&PIPELINE.replace(
+        "checkpoint: { dir: state }",
+        "checkpoint: { dir: state, keep: 99999999999999999999999 }",
+    ));
+    assert!(
+        big.contains("not a whole number from 0 to 18446744073709551615"),
+        "{big}"
+    );
+    let object = refusal(&PIPELINE.replace(
+        "event_time: { field: timestamp,",
+        "event_time: { field: metadata,",
+    ));
+    assert!(object.starts_with("5:26:"), "{object}");
+    assert!(object.contains("is an object"), "{object}");
+}
