@@ -7,7 +7,7 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::{Expr, GroupsAccumulator};
+use datafusion::logical_expr::{Expr, GroupsAccumulator, Volatility};
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
@@ -133,12 +133,14 @@ impl SqlCompiler {
         sql: &str,
         schema: &SchemaRef,
     ) -> Result<Arc<dyn PhysicalExpr>, CompileError> {
+        let (expr, _) = self.logical(sql, schema)?;
+        refuse_time_dependent(&expr, Volatility::Volatile)?;
         checked_arithmetic(self.output_predicate(sql, schema)?)
     }
 
     /// A boolean predicate as DataFusion runs it (integer arithmetic wraps): for a sink's
     /// `where` over result rows, which has no row-by-row dead-lettering (an error there
-    /// would fail the run at every restore).
+    /// would fail the run at every restore). `random()` may sample there; `now()` cannot run.
     pub fn output_predicate(
         &self,
         sql: &str,
@@ -148,6 +150,10 @@ impl SqlCompiler {
         if contains_aggregate(&expr) {
             return Err(CompileError::AggregateInFilter);
         }
+        refuse_time_dependent(&expr, Volatility::Stable)?;
+        let mut rewriter = TypeCoercionRewriter::new(&df_schema);
+        let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
+        let expr = rewritten_to_run(expr, &df_schema)?;
         let phys = self
             .state
             .create_physical_expr(expr, &df_schema)
@@ -171,9 +177,10 @@ impl SqlCompiler {
         if !matches!(expr, Expr::AggregateFunction(_)) {
             return Err(CompileError::NotAggregate(sql.to_string()));
         }
-        refuse_time_dependent(&expr)?;
+        refuse_time_dependent(&expr, Volatility::Volatile)?;
         let mut rewriter = TypeCoercionRewriter::new(&df_schema);
         let expr = expr.rewrite(&mut rewriter).map_err(clean)?.data;
+        let expr = rewritten_to_run(expr, &df_schema)?;
         let (expr, output_type) = if self.wrapping_sums {
             (expr, None)
         } else {
@@ -220,6 +227,12 @@ impl CompiledAggregate {
     fn try_run(&self, schema: &SchemaRef) -> Result<(), CompileError> {
         use datafusion::logical_expr::EmitTo;
         let no_rows = arrow::record_batch::RecordBatch::new_empty(schema.clone());
+        if let Some(filter) = &self.filter {
+            filter
+                .evaluate(&no_rows)
+                .and_then(|v| v.into_array(0))
+                .map_err(clean)?;
+        }
         let values = self
             .inputs
             .iter()
@@ -243,14 +256,20 @@ impl CompiledAggregate {
     }
 }
 
-/// Refuses a function whose result depends on when it runs (`now()`, `random()`): a
-/// pipeline's results must not change with the time it runs, a replay or a restore.
-fn refuse_time_dependent(expr: &Expr) -> Result<(), CompileError> {
-    use datafusion::logical_expr::Volatility;
+/// Refuses a function whose result depends on when it runs: `now()`, `current_date()`
+/// (`Stable`: DataFusion only runs them replaced by the time a query was planned, and a
+/// pipeline's results must not depend on when it started) and, at `from` =
+/// `Volatile`, `random()` (a window's or view's results must not change with replays and
+/// restores).
+fn refuse_time_dependent(expr: &Expr, from: Volatility) -> Result<(), CompileError> {
+    let refused = |v: Volatility| match from {
+        Volatility::Volatile => v != Volatility::Immutable,
+        _ => v == Volatility::Stable,
+    };
     let mut found = None;
     let _ = expr.apply(|e| {
         if let Expr::ScalarFunction(f) = e {
-            if f.func.signature().volatility != Volatility::Immutable {
+            if refused(f.func.signature().volatility) {
                 found = Some(f.func.name().to_string());
                 return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
             }
@@ -261,6 +280,33 @@ fn refuse_time_dependent(expr: &Expr) -> Result<(), CompileError> {
         Some(name) => Err(CompileError::TimeDependent(name)),
         None => Ok(()),
     }
+}
+
+/// The functions DataFusion runs only once its planner rewrote them (`coalesce`, `nvl`,
+/// `ifnull`, `nvl2` into `CASE`, `arrow_cast` into a cast: called as they are, they fail with
+/// an internal error at the first batch), rewritten so. Nothing else is touched: the
+/// expression's text is part of the checkpoint fingerprint, and these never ran before.
+fn rewritten_to_run(expr: Expr, schema: &DFSchema) -> Result<Expr, CompileError> {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+    const REWRITTEN: [&str; 4] = ["coalesce", "nvl", "nvl2", "arrow_cast"];
+    let context = SimplifyContext::default().with_schema(Arc::new(schema.clone()));
+    let rewritten = expr.transform_up(|e| {
+        let Expr::ScalarFunction(f) = e else {
+            return Ok(Transformed::no(e));
+        };
+        if !REWRITTEN.contains(&f.func.name()) {
+            return Ok(Transformed::no(Expr::ScalarFunction(f)));
+        }
+        let func = f.func.clone();
+        Ok(match func.simplify(f.args, &context)? {
+            ExprSimplifyResult::Simplified(e) => Transformed::yes(e),
+            ExprSimplifyResult::Original(args) => Transformed::no(Expr::ScalarFunction(
+                datafusion::logical_expr::expr::ScalarFunction { func, args },
+            )),
+        })
+    });
+    Ok(rewritten.map_err(clean)?.data)
 }
 
 /// `expr` with integer `+`, `-` and `*` that fail on overflow instead of wrapping
@@ -608,9 +654,65 @@ mod tests {
             let e = c.aggregate("x", sql, &s).map(|_| ()).unwrap_err();
             assert!(e.to_string().contains(says), "{sql}: {e}");
         }
-        // a `where` may compare with the time it runs at (a sink's filter, say)
-        c.predicate("CAST(recordCount AS DOUBLE) > random()", &s)
+        // random() in a window's or view's `where`: refused; in a sink's, it samples
+        let e = c
+            .predicate("CAST(recordCount AS DOUBLE) > random()", &s)
+            .unwrap_err();
+        assert!(e.to_string().contains("random()"), "{e}");
+        c.output_predicate("CAST(recordCount AS DOUBLE) > random()", &s)
             .unwrap();
+        // now() cannot run anywhere (DataFusion replaces it with the planning time)
+        let e = c.output_predicate("now() IS NOT NULL", &s).unwrap_err();
+        assert!(e.to_string().contains("now()"), "{e}");
+    }
+
+    #[test]
+    fn functions_datafusion_runs_only_rewritten_run() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::record_batch::RecordBatch;
+        let c = SqlCompiler::new();
+        let s = schema();
+        let batch = RecordBatch::try_new(
+            s.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("d"), None])),
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+                Arc::new(StringArray::from(vec![Some("PARTIAL"), None])),
+                Arc::new(Int64Array::from(vec![5, 7])),
+            ],
+        )
+        .unwrap();
+        for sql in [
+            "coalesce(status, '') <> 'PARTIAL'",
+            "nvl(status, '') <> 'PARTIAL'",
+            "ifnull(status, '') <> 'PARTIAL'",
+            "nvl2(status, 'x', 'y') = 'y'",
+            "arrow_cast(latencyMs, 'Int32') > 6",
+        ] {
+            let p = c.predicate(sql, &s).unwrap();
+            let v = p.evaluate(&batch).unwrap().into_array(2).unwrap();
+            assert_eq!(
+                v.as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .unwrap()
+                    .iter()
+                    .collect::<Vec<_>>(),
+                vec![Some(false), Some(true)],
+                "{sql}"
+            );
+        }
+        for sql in [
+            "sum(coalesce(recordCount, 0))",
+            "max(arrow_cast(latencyMs, 'Int8'))",
+            "count(*) FILTER (WHERE coalesce(status, '') = 'PARTIAL')",
+        ] {
+            let a = c
+                .aggregate("x", sql, &s)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            for e in a.inputs.iter().chain(&a.filter) {
+                e.evaluate(&batch).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub(crate) fn process_isolating(
     let failing = exprs.failing_rows(&extend(events)?);
     if failing.is_empty() {
         tracing::debug!(operator = name, error = %first, "an expression failed on a batch but on none of its rows alone: processing it in pieces");
-        return process_in_pieces(name, events, row_watermarks, dead, &mut attempt);
+        return in_halves(name, events, row_watermarks, dead, &mut attempt);
     }
     tracing::warn!(
         operator = name,
@@ -210,15 +210,28 @@ fn process_in_pieces(
     attempt: &mut impl FnMut(&EventBatch, &[i64], &mut Vec<DeadLetter>) -> Result<u64, BatchError>,
 ) -> Result<u64, EngineError> {
     let mark = dead.len();
-    let n = events.batch.num_rows();
     match attempt(events, row_watermarks, dead) {
-        Ok(late) => return Ok(late),
-        Err(BatchError::Engine(e)) => return Err(e),
-        Err(BatchError::Expression(e)) if n <= 1 => {
-            return Err(EngineError::operator_caused(name, "", e))
+        Ok(late) => Ok(late),
+        Err(BatchError::Engine(e)) => Err(e),
+        Err(BatchError::Expression(e)) if events.batch.num_rows() <= 1 => {
+            Err(EngineError::operator_caused(name, "", e))
         }
-        Err(BatchError::Expression(_)) => dead.truncate(mark),
+        Err(BatchError::Expression(_)) => {
+            dead.truncate(mark);
+            in_halves(name, events, row_watermarks, dead, attempt)
+        }
     }
+}
+
+/// [`process_in_pieces`] of each half of `events`, in order (a batch that just failed).
+fn in_halves(
+    name: &str,
+    events: &EventBatch,
+    row_watermarks: &[i64],
+    dead: &mut Vec<DeadLetter>,
+    attempt: &mut impl FnMut(&EventBatch, &[i64], &mut Vec<DeadLetter>) -> Result<u64, BatchError>,
+) -> Result<u64, EngineError> {
+    let n = events.batch.num_rows();
     let half = n / 2;
     let split = |drop: Vec<usize>| {
         without_rows(events, row_watermarks, &drop)

@@ -108,7 +108,12 @@ pub(super) fn check_outputs<'a>(
                 filter: d.filter.as_ref(),
                 aggregates: &d.aggregates,
                 sinks: &d.sinks,
-                columns: "keys, op",
+                // (`op` is a column of the changes its sinks get)
+                columns: if d.sinks.is_empty() {
+                    "keys"
+                } else {
+                    "keys, op"
+                },
             },
             &src_info,
             &mut columns,
