@@ -921,19 +921,31 @@ fn a_413_halves_the_requests_of_its_url_until_they_fit_and_a_single_row_is_refus
     assert_eq!(got.lock().unwrap().len(), 1);
 }
 
-#[test]
-fn failing_urls_get_a_bounded_share_of_a_send_and_take_turns() {
-    // d0..d39 never answer (a blackholed tenant each); d40..d43 answer at once
-    let (port, got, _) = server_fn(Duration::ZERO, |r, _| {
+/// A server on which `/t/d<n>` never answers for `n` below `first_answering` (a blackholed
+/// tenant each) and the others answer 200 at once.
+fn blackholing(first_answering: usize) -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let (port, got, _) = server_fn(Duration::ZERO, move |r, _| {
         let n: usize = r.headers[":path"]["/t/d".len()..].parse().unwrap();
-        if n < 40 {
+        if n < first_answering {
             std::thread::sleep(Duration::from_secs(20));
         }
         (200, String::new(), Vec::new())
     });
+    (port, got)
+}
+
+/// [`per_key_config`] with requests timing out after 200 ms.
+fn quick_timeouts(port: u16) -> WebhookConfig {
     let mut cfg = per_key_config(port);
     cfg.timeout = Duration::from_millis(200);
-    let mut sink = WebhookSink::new("hook", cfg).unwrap();
+    cfg
+}
+
+#[test]
+fn failing_urls_get_a_bounded_share_of_a_send_and_take_turns() {
+    // d0..d39 never answer (a blackholed tenant each); d40..d43 answer at once
+    let (port, got) = blackholing(40);
+    let mut sink = WebhookSink::new("hook", quick_timeouts(port)).unwrap();
     let blackholed = |got: &Mutex<Vec<Received>>| -> Vec<usize> {
         (0..40)
             .map(|n| requests_to(got, &format!("/t/d{n}")))
@@ -994,15 +1006,8 @@ fn failing_urls_get_a_bounded_share_of_a_send_and_take_turns() {
 #[test]
 fn past_the_budget_a_given_up_url_s_rows_are_dead_lettered_not_deferred() {
     // d0..d9 never answer; d10 answers
-    let (port, got, _) = server_fn(Duration::ZERO, |r, _| {
-        let n: usize = r.headers[":path"]["/t/d".len()..].parse().unwrap();
-        if n < 10 {
-            std::thread::sleep(Duration::from_secs(20));
-        }
-        (200, String::new(), Vec::new())
-    });
-    let mut cfg = per_key_config(port);
-    cfg.timeout = Duration::from_millis(200);
+    let (port, got) = blackholing(10);
+    let mut cfg = quick_timeouts(port);
     cfg.max_in_flight = 1;
     cfg.give_up_after = Some(Duration::from_millis(100));
     let mut sink = WebhookSink::new("hook", cfg).unwrap();
