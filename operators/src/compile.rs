@@ -138,9 +138,9 @@ impl SqlCompiler {
         checked_arithmetic(self.output_predicate(sql, schema)?)
     }
 
-    /// A boolean predicate as DataFusion runs it (integer arithmetic wraps): for a sink's
-    /// `where` over result rows, which has no row-by-row dead-lettering (an error there
-    /// would fail the run at every restore). `random()` may sample there; `now()` cannot run.
+    /// A boolean predicate as DataFusion runs it (integer arithmetic wraps; see
+    /// [`checked_arithmetic`]), for a sink's `where` over result rows: `random()` may sample
+    /// there; `now()` cannot run.
     pub fn output_predicate(
         &self,
         sql: &str,

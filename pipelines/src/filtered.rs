@@ -10,11 +10,15 @@ use weir_engine::job::{Committable, Sink};
 use weir_engine::{EngineError, RejectedRow};
 
 /// `inner` given only the rows for which `predicate` is true (null counts as false; a
-/// predicate that is not boolean is an error).
+/// predicate that is not boolean is an error). A row the predicate fails on (a division by
+/// zero) is not given, and goes to the dead-letter output as `expression_error`: failing the
+/// run would fail it again at every restore.
 pub struct Filtered {
     inner: Box<dyn Sink>,
     predicate: Arc<dyn PhysicalExpr>,
     name: String,
+    /// Rows the predicate failed on, in writes that went through.
+    rejected: Vec<RejectedRow>,
 }
 
 impl Filtered {
@@ -24,16 +28,64 @@ impl Filtered {
             inner,
             predicate,
             name: name.to_string(),
+            rejected: Vec::new(),
         }
     }
 
-    fn matching(&self, batch: &RecordBatch) -> Result<RecordBatch, EngineError> {
+    /// The predicate's value on each row of `batch`; when it fails on the batch, row by row
+    /// (false for a row it fails on, which goes to `failed`).
+    fn evaluate(
+        &self,
+        batch: &RecordBatch,
+        failed: &mut Vec<RejectedRow>,
+    ) -> Result<arrow::array::ArrayRef, EngineError> {
+        let all = |b: &RecordBatch| {
+            self.predicate
+                .evaluate(b)
+                .and_then(|v| v.into_array(b.num_rows()))
+        };
+        let first = match all(batch) {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let mut values = Vec::with_capacity(batch.num_rows());
+        let mut line = Vec::new();
+        for i in 0..batch.num_rows() {
+            let row = batch.slice(i, 1);
+            match all(&row) {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    let mut raw = Vec::new();
+                    let _ = weir_formats::json_rows::for_each_json_row(&row, &mut line, |_, j| {
+                        raw.extend_from_slice(j);
+                        Ok(())
+                    });
+                    let message = e.strip_backtrace();
+                    failed.push(RejectedRow {
+                        raw,
+                        error: weir_engine::ErrorInfo::new("expression_error", message)
+                            .with("sink", self.name.clone())
+                            .with("expression", "where"),
+                    });
+                    values.push(Arc::new(BooleanArray::from(vec![false])));
+                }
+            }
+        }
+        if values.is_empty() {
+            return Err(EngineError::sink_caused(&self.name, "where", first));
+        }
+        let refs: Vec<&dyn Array> = values.iter().map(|v| v.as_ref()).collect();
+        arrow::compute::concat(&refs).map_err(|e| EngineError::sink_caused(&self.name, "where", e))
+    }
+
+    /// The rows of `batch` the predicate keeps, and those it failed on.
+    fn matching(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(RecordBatch, Vec<RejectedRow>), EngineError> {
+        let mut failed = Vec::new();
+        let value = self.evaluate(batch, &mut failed)?;
         let err = |e: weir_engine::error::Cause| EngineError::sink_caused(&self.name, "where", e);
-        let value = self
-            .predicate
-            .evaluate(batch)
-            .and_then(|v| v.into_array(batch.num_rows()))
-            .map_err(|e| err(e.into()))?;
         let mask = value
             .as_any()
             .downcast_ref::<BooleanArray>()
@@ -52,7 +104,8 @@ impl Filtered {
             Some(_) => mask.iter().map(|v| Some(v == Some(true))).collect(),
             None => mask,
         };
-        filter_record_batch(batch, &mask).map_err(|e| err(e.into()))
+        let rows = filter_record_batch(batch, &mask).map_err(|e| err(e.into()))?;
+        Ok((rows, failed))
     }
 }
 
@@ -76,16 +129,23 @@ impl Committable for Filtered {
 
 impl Sink for Filtered {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let rows = self.matching(batch)?;
+        let (rows, failed) = self.matching(batch)?;
         // an empty batch still lets the sink send rows that waited long enough
-        self.inner.write(&rows)
+        self.inner.write(&rows)?;
+        // (once the write went through: a retried write evaluates the rows again)
+        self.rejected.extend(failed);
+        Ok(())
     }
     fn write_output(&mut self, output: &str, batch: &RecordBatch) -> Result<(), EngineError> {
-        let rows = self.matching(batch)?;
-        self.inner.write_output(output, &rows)
+        let (rows, failed) = self.matching(batch)?;
+        self.inner.write_output(output, &rows)?;
+        self.rejected.extend(failed);
+        Ok(())
     }
     fn take_rejected(&mut self) -> Vec<RejectedRow> {
-        self.inner.take_rejected()
+        let mut rejected = std::mem::take(&mut self.rejected);
+        rejected.extend(self.inner.take_rejected());
+        rejected
     }
 }
 
@@ -146,5 +206,31 @@ mod tests {
         let e = f.write(&batch).unwrap_err().to_string();
         assert!(e.contains("not boolean"), "{e}");
         assert_eq!(kept.lock().unwrap().len(), 1, "nothing written");
+    }
+
+    #[test]
+    fn a_row_the_predicate_fails_on_is_dead_lettered_and_the_others_chosen() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![Some(1), Some(0), Some(50)]))],
+        )
+        .unwrap();
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // 100 / n > 10: a division by zero on the second row
+        let div = Arc::new(BinaryExpr::new(
+            lit(100i64),
+            Operator::Divide,
+            col("n", &schema).unwrap(),
+        ));
+        let gt = Arc::new(BinaryExpr::new(div, Operator::Gt, lit(10i64)));
+        let mut f = Filtered::new("hook", Box::new(Keep(kept.clone())), gt);
+        f.write(&batch).expect("the run goes on");
+        let kept = kept.lock().unwrap();
+        assert_eq!(kept[0].num_rows(), 1, "100 / 1 > 10 only");
+        let rejected = f.take_rejected();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].error.code, "expression_error");
+        assert_eq!(rejected[0].raw, br#"{"n":0}"#);
     }
 }

@@ -143,7 +143,11 @@ pub(crate) fn attach_webhook(
     }
     if let Some((loc, text)) = &t.filter_text {
         let compiler = SqlCompiler::new();
-        t.filter = Some(compiler.output_predicate(text, schema).map_err(|e| {
+        // (integer overflow fails the row, which `Filtered` dead-letters)
+        let checked = compiler
+            .output_predicate(text, schema)
+            .and_then(weir_operators::compile::checked_arithmetic);
+        t.filter = Some(checked.map_err(|e| {
             ctx.err(loc, format!("sink `{}`: `where`", sink.value))
                 .caused_by(e)
         })?);
