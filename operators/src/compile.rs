@@ -162,6 +162,13 @@ impl SqlCompiler {
         if ty != DataType::Boolean && ty != DataType::Null {
             return Err(CompileError::NotBoolean(ty));
         }
+        // what fails whatever the rows (`10 * 1000000000000000000` once checked) is refused
+        // here, rather than sending every row to the dead letters
+        let no_rows = arrow::record_batch::RecordBatch::new_empty(schema.clone());
+        checked_arithmetic(phys.clone())?
+            .evaluate(&no_rows)
+            .and_then(|v| v.into_array(0))
+            .map_err(clean)?;
         Ok(phys)
     }
 
@@ -661,6 +668,11 @@ mod tests {
         assert!(e.to_string().contains("random()"), "{e}");
         c.output_predicate("CAST(recordCount AS DOUBLE) > random()", &s)
             .unwrap();
+        // a constant that overflows fails whatever the rows: refused
+        let e = c
+            .output_predicate("latencyMs > 10 * 1000000000000000000", &s)
+            .unwrap_err();
+        assert!(e.to_string().contains("Overflow"), "{e}");
         // now() cannot run anywhere (DataFusion replaces it with the planning time)
         let e = c.output_predicate("now() IS NOT NULL", &s).unwrap_err();
         assert!(e.to_string().contains("now()"), "{e}");

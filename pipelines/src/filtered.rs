@@ -54,6 +54,10 @@ impl Filtered {
             let row = batch.slice(i, 1);
             match all(&row) {
                 Ok(v) => values.push(v),
+                // (an error no row causes, such as an internal one, is the run's)
+                Err(e) if !weir_operators::isolate::is_row_error(&e) => {
+                    return Err(EngineError::sink_caused(&self.name, "where", e));
+                }
                 Err(e) => {
                     let mut raw = Vec::new();
                     let _ = weir_formats::json_rows::for_each_json_row(&row, &mut line, |_, j| {
