@@ -57,6 +57,13 @@ pub enum QueryError {
     /// Failed while running.
     #[error("{0}")]
     Execution(String),
+    /// A value the query computed is out of range (an integer overflow: SQLSTATE 22003) or
+    /// divided by zero (22012): the data, not the engine, makes it fail.
+    #[error("{message}")]
+    DataException {
+        sqlstate: &'static str,
+        message: String,
+    },
     /// A pool worker is between two jobs (a rebalance moves partitions): its last state may
     /// hold rows another worker holds now.
     #[error("this worker of the pool is between two jobs (partitions are moving between workers); try again in a moment")]
@@ -83,7 +90,7 @@ impl QueryError {
             QueryError::Busy(_) => "busy",
             QueryError::TooComplex(_) => "statement_too_complex",
             QueryError::ResultTooLarge(_) => "result_too_large",
-            QueryError::Execution(_) => "execution_error",
+            QueryError::Execution(_) | QueryError::DataException { .. } => "execution_error",
             QueryError::Rebalancing | QueryError::PartitionsMoving(_) => "rebalancing",
             QueryError::Starting => "starting",
         }
@@ -116,6 +123,7 @@ impl QueryError {
             QueryError::TooComplex(_) => "54001",
             QueryError::ResultTooLarge(_) => "54000",
             QueryError::Execution(_) => "XX000",
+            QueryError::DataException { sqlstate, .. } => sqlstate,
             // serialization_failure: what clients retry, without dropping the connection; a
             // worker of a pool meets it at every rebalance (poolers take 57P03,
             // cannot_connect_now, for a server going away, and drop the connection)
@@ -131,6 +139,16 @@ impl QueryError {
         let message = clean(root);
         if matches!(root, DataFusionError::ResourcesExhausted(_)) {
             return QueryError::Memory(message);
+        }
+        if let DataFusionError::ArrowError(e, _) = root {
+            let sqlstate = match e.as_ref() {
+                arrow::error::ArrowError::ArithmeticOverflow(_) => Some("22003"),
+                arrow::error::ArrowError::DivideByZero => Some("22012"),
+                _ => None,
+            };
+            if let Some(sqlstate) = sqlstate {
+                return QueryError::DataException { sqlstate, message };
+            }
         }
         if let DataFusionError::External(e) = root {
             match e.downcast_ref() {
@@ -515,6 +533,8 @@ impl QueryEngine {
         let base = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            // integer arithmetic fails on overflow rather than answering a wrapped number
+            .with_analyzer_rule(Arc::new(crate::checked::CheckedArithmetic))
             .build();
         let ctx = SessionContext::new_with_state(base);
         crate::bounded::register(&ctx, limits.memory_bytes);

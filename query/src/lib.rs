@@ -8,6 +8,7 @@
 //! partition (see `weir_engine::live`).
 
 mod bounded;
+mod checked;
 pub mod client;
 pub mod console;
 mod deadline;

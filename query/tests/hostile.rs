@@ -332,3 +332,44 @@ async fn errors_are_classified_by_statement_and_catalog() {
             .unwrap_or_else(|err| panic!("{read}: {err} ({})", err.sqlstate()));
     }
 }
+
+#[tokio::test]
+async fn overflows_and_divisions_by_zero_fail_with_their_sqlstate_and_never_wrap() {
+    let e = engine(limits());
+    // n runs to 9,999: n * 10^15 passes i64's range from n = 9,224 on (it wrapped negative)
+    for (sql, what) in [
+        ("SELECT n * 1000000000000000 FROM v", "a product"),
+        (
+            "SELECT max(n * 1000000000000000) FROM v",
+            "an aggregate's argument",
+        ),
+        (
+            "SELECT k FROM v WHERE n + 9223372036854775000 > 0",
+            "a filter's sum",
+        ),
+        (
+            "SELECT -(n - 9223372036854775807 - 1) FROM v WHERE n = 0",
+            "a negation",
+        ),
+        ("SELECT 9223372036854775807 + 1", "a constant"),
+    ] {
+        expect_code(scalar(&e, sql).await, "22003", what);
+    }
+    expect_code(
+        scalar(&e, "SELECT 1 / n FROM v").await,
+        "22012",
+        "a division by zero",
+    );
+    // rows that do not overflow answer as before, under the names their text gives
+    let s = scalar(
+        &e,
+        "SELECT n * 1000000000000000, -n FROM v WHERE k = 'k9000'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.contains("9000000000000000000") && s.contains("-9000") && s.contains("(- v.n)"),
+        "{s}"
+    );
+    healthy(&e).await;
+}
