@@ -320,14 +320,15 @@ fn rewritten_to_run(expr: Expr, schema: &DFSchema) -> Result<Expr, CompileError>
 /// (DataFusion wraps by default: `recordCount * sizeBytes` of 1e10 and 1e12 would give a
 /// wrapped number, and a `where` on it would drop or keep the event wrongly). A row whose
 /// arithmetic overflows then fails to evaluate, and goes to the dead-letter output with the
-/// error (see [`crate::isolate`]), as a division by zero does. (The expression displays as
-/// before: checkpoint fingerprints hold it.)
+/// error (see [`crate::isolate`]), as a division by zero does. Negation is checked too
+/// (`-x` of `i64::MIN` wrapped to itself). (The expression displays as before: checkpoint
+/// fingerprints hold it.)
 pub fn checked_arithmetic(
     expr: Arc<dyn PhysicalExpr>,
 ) -> Result<Arc<dyn PhysicalExpr>, CompileError> {
     use datafusion::common::tree_node::Transformed;
     use datafusion::logical_expr::Operator;
-    use datafusion::physical_expr::expressions::BinaryExpr;
+    use datafusion::physical_expr::expressions::{BinaryExpr, NegativeExpr};
     let rewritten = expr.transform_up(|e| {
         if let Some(b) = e.as_any().downcast_ref::<BinaryExpr>() {
             if matches!(
@@ -338,6 +339,10 @@ pub fn checked_arithmetic(
                     .with_fail_on_overflow(true);
                 return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
             }
+        }
+        if let Some(n) = e.as_any().downcast_ref::<NegativeExpr>() {
+            let checked = crate::checked_negative::CheckedNegative::new(n.arg().clone());
+            return Ok(Transformed::yes(Arc::new(checked) as Arc<dyn PhysicalExpr>));
         }
         Ok(Transformed::no(e))
     });
@@ -597,6 +602,8 @@ mod tests {
             "recordCount * latencyMs > 0",
             "recordCount + 9223372036854775807 > 0",
             "0 - recordCount - latencyMs < 0",
+            "-recordCount < latencyMs",
+            "-(recordCount - 1) > 0",
         ] {
             let p = c.predicate(sql, &s).unwrap();
             let e = p.evaluate(&big).and(p.evaluate(&min)).err();

@@ -1,6 +1,7 @@
 //! weir's stream operators on Arrow record batches: SQL predicates and aggregates compiled
 //! by DataFusion, the keyed tumbling-window aggregate and the materialized view.
 
+mod checked_negative;
 pub mod compile;
 pub mod float_extreme;
 pub mod isolate;
