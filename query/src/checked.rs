@@ -57,6 +57,11 @@ fn rewrite_node(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     }
 }
 
+/// `expr`, type-coerced over `schema`, with its integer arithmetic checked.
+pub(crate) fn checked_expr(expr: Expr, schema: &DFSchema) -> Result<Expr> {
+    expr.transform_up(|e| checked(e, schema)).map(|t| t.data)
+}
+
 /// `e` as a checked call when it is integer arithmetic; else unchanged.
 fn checked(e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
     let integer = |x: &Expr| x.get_type(schema).ok().filter(DataType::is_integer);

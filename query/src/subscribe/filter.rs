@@ -5,7 +5,11 @@ use std::sync::Arc;
 use arrow::array::{Array, BooleanArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::DFSchema;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, Volatility};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -32,6 +36,21 @@ impl Compiler {
             |e: datafusion::error::DataFusionError| SubscribeError::Where(crate::engine::clean(&e));
         let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(bad)?;
         let expr = self.ctx.parse_sql_expr(sql, &df_schema).map_err(bad)?;
+        if let Some(name) = time_dependent(&expr) {
+            return Err(SubscribeError::Where(format!(
+                "`{name}()` cannot be used in a subscription's `where`: it would be evaluated \
+                 once, when the subscription starts, not as changes arrive; compare with a \
+                 constant (a timestamp literal) instead"
+            )));
+        }
+        // as a query's planner does: types coerced, integer arithmetic checked (never
+        // wrapped), then simplified (`coalesce` and the like run only once rewritten)
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::default().with_schema(Arc::new(df_schema.clone())),
+        );
+        let expr = simplifier.coerce(expr, &df_schema).map_err(bad)?;
+        let expr = crate::checked::checked_expr(expr, &df_schema).map_err(bad)?;
+        let expr = simplifier.simplify(expr).map_err(bad)?;
         let physical = self
             .ctx
             .create_physical_expr(expr, &df_schema)
@@ -43,6 +62,22 @@ impl Compiler {
             ))),
         }
     }
+}
+
+/// The first function of `expr` whose value depends on when it runs (`now()`,
+/// `current_date()`): DataFusion evaluates them once, as a constant.
+fn time_dependent(expr: &Expr) -> Option<String> {
+    let mut found = None;
+    let _ = expr.apply(|e| {
+        if let Expr::ScalarFunction(f) = e {
+            if f.func.signature().volatility == Volatility::Stable {
+                found = Some(f.func.name().to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// A compiled predicate.
@@ -113,5 +148,23 @@ mod tests {
         assert!(!e.is_empty());
         let e = c.compile("n + 1", &b.schema()).unwrap_err().to_string();
         assert!(e.contains("boolean"), "{e}");
+        let e = c.compile("now() > n", &b.schema()).unwrap_err().to_string();
+        assert!(e.contains("`now()` cannot be used"), "{e}");
+    }
+
+    #[test]
+    fn functions_the_planner_rewrites_run_and_integers_never_wrap() {
+        let b = batch();
+        let c = Compiler::new(1 << 20);
+        // coalesce failed at the first change ("should have been simplified")
+        let f = c.compile("coalesce(n, 5) = 5", &b.schema()).unwrap();
+        assert_eq!(f.matches(&b).unwrap(), vec![false, true, true]);
+        let f = c
+            .compile("n * 9223372036854775807 > 0", &b.schema())
+            .unwrap();
+        let e = f.matches(&b).unwrap_err();
+        assert!(e.contains("Overflow"), "{e}");
+        let f = c.compile("-n < 0", &b.schema()).unwrap();
+        assert_eq!(f.matches(&b).unwrap(), vec![true, false, true]);
     }
 }
