@@ -165,8 +165,10 @@ pub trait WorkerOperator: Send {
     fn live(&mut self) -> Result<Vec<PartialWindow>, EngineError> {
         self.snapshot().map(|(partials, _)| partials)
     }
-    /// Whether the rows it aggregates hold back committed offsets until their windows are
-    /// durable; a view, which never closes, does not (it lives in checkpoints).
+    /// Whether the rows it aggregates hold back committed offsets (without checkpoints) until
+    /// their windows are durable. A view's rows close at [`crate::clock::WATERMARK_END`]
+    /// and so hold them back for good: its state lives only in checkpoints, and a run
+    /// without them must read its source again from where the view started.
     fn holds_offsets(&self) -> bool {
         true
     }

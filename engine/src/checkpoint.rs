@@ -475,12 +475,16 @@ pub(crate) struct Epochs {
     pub windows_emitted: std::sync::atomic::AtomicBool,
 }
 
+/// A worker's part of one operator: (operator, partial windows, hand-over watermark, and
+/// when the end of a bounded run's input emitted windows early, of windows closing per
+/// partition each ended partition's closing watermark before the end).
+pub(crate) type WorkerOpPart = (usize, Vec<PartialWindow>, i64, Option<Vec<(usize, i64)>>);
+
 /// A part of a checkpoint, sent to the coordinator by a thread at the barrier.
 pub(crate) enum Part {
     Worker {
         epoch: u64,
-        /// (operator, partial windows, hand-over watermark).
-        ops: Vec<(usize, Vec<PartialWindow>, i64)>,
+        ops: Vec<WorkerOpPart>,
     },
     Leader {
         epoch: u64,
@@ -526,6 +530,36 @@ impl Part {
 
 /// Per-partition emitted watermarks (by global id) by partition key (`source/partition`), of
 /// the partitions the checkpoint records (`cut`: per global id, its source and key).
+/// What the end of a bounded input emitted is recorded at the events' watermarks (the
+/// workers keep those windows open in the checkpoint): the merger's emitted watermark of an
+/// operator becomes the workers' hand-over watermark, and a partition's closing watermark its
+/// closing before the end.
+fn end_of_input_undone(
+    emitted: &mut [i64],
+    closed: &mut [Vec<i64>],
+    flushed: &[i64],
+    ended_closing: &[Option<Vec<(usize, i64)>>],
+) {
+    for (op, ended) in ended_closing.iter().enumerate() {
+        let Some(ended) = ended else {
+            continue;
+        };
+        if emitted[op] == i64::MAX && flushed[op] != i64::MAX {
+            emitted[op] = flushed[op];
+        }
+        let mut before: HashMap<usize, i64> = HashMap::new();
+        for &(p, wm) in ended {
+            let b = before.entry(p).or_insert(wm);
+            *b = (*b).max(wm);
+        }
+        for (p, wm) in before {
+            if let Some(c) = closed[op].get_mut(p).filter(|c| **c == i64::MAX) {
+                *c = wm;
+            }
+        }
+    }
+}
+
 fn closed_by_key(
     cut: &[(String, String, Option<Resume>)],
     closed: &[i64],
@@ -606,6 +640,7 @@ impl Pending {
         let mut flushed = vec![i64::MIN; n_ops];
         let mut emitted = vec![i64::MIN; n_ops];
         let mut closed: Vec<Vec<i64>> = vec![Vec::new(); n_ops];
+        let mut ended_closing: Vec<Option<Vec<(usize, i64)>>> = vec![None; n_ops];
         let mut newest: Vec<i64> = Vec::new();
         let mut lane_newest: HashMap<usize, Vec<i64>> = HashMap::new();
         let mut counters = BTreeMap::new();
@@ -615,9 +650,12 @@ impl Pending {
         for part in self.parts {
             match part {
                 Part::Worker { ops, .. } => {
-                    for (op, p, f) in ops {
+                    for (op, p, f, ended) in ops {
                         partials[op].extend(p);
                         flushed[op] = flushed[op].max(f);
+                        if let Some(ended) = ended {
+                            ended_closing[op].get_or_insert_with(Vec::new).extend(ended);
+                        }
                     }
                 }
                 Part::Leader {
@@ -661,6 +699,7 @@ impl Pending {
                 }
             }
         }
+        end_of_input_undone(&mut emitted, &mut closed, &flushed, &ended_closing);
         let dir = chk_dir(self.epoch);
         let mut operators = Vec::new();
         let mut state_bytes = 0u64;

@@ -79,6 +79,8 @@ pub struct PartitionClock {
     idle: AtomicBool,
     /// The partition is read by this process (assigned to it); see [`Self::set_read_here`].
     read_here: AtomicBool,
+    /// Its end is only this run's (see [`Self::set_resumable_end`]).
+    resumable_end: AtomicBool,
     max_out_of_orderness: i64,
 }
 
@@ -96,6 +98,7 @@ impl PartitionClock {
             watermark: AtomicI64::new(WATERMARK_MIN),
             idle: AtomicBool::new(false),
             read_here: AtomicBool::new(true),
+            resumable_end: AtomicBool::new(false),
             max_out_of_orderness,
         }
     }
@@ -106,6 +109,19 @@ impl PartitionClock {
     /// source's: if it comes here, it fills them from where its last owner committed.
     pub fn set_read_here(&self, read_here: bool) {
         self.read_here.store(read_here, Ordering::Release);
+    }
+
+    /// Says that the partition's end, if it comes, is only where this run stops reading it (a
+    /// log read `--until-caught-up`): later runs read on. A checkpoint then keeps its events'
+    /// newest time rather than the end, and the windows the end emitted early stay open in
+    /// it. Without it, an end (a file's) is for good.
+    pub fn set_resumable_end(&self) {
+        self.resumable_end.store(true, Ordering::Release);
+    }
+
+    /// Whether the partition's end is for good (see [`Self::set_resumable_end`]).
+    pub fn ends_for_good(&self) -> bool {
+        !self.resumable_end.load(Ordering::Acquire)
     }
 
     /// Whether this process reads the partition (see [`Self::set_read_here`]).

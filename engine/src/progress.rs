@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::clock::WATERMARK_MIN;
+use crate::clock::{WATERMARK_END, WATERMARK_MIN};
 
 /// What one handled chunk still depends on.
 #[derive(Debug, Clone)]
@@ -64,6 +64,9 @@ struct PartitionProgress {
     next_seq: u64,
     pending: BTreeMap<u64, ChunkResidue>,
     committable: Option<u64>,
+    /// A view's row was read: the committable offset stays where it is for good, and
+    /// residues are no longer kept.
+    held: bool,
 }
 
 struct Inner {
@@ -150,6 +153,7 @@ impl Progress {
             p.pending.clear();
             p.next_seq = seq;
             p.committable = None;
+            p.held = false;
         }
     }
 
@@ -160,7 +164,7 @@ impl Progress {
         };
         for r in residues {
             let p = &mut inner.partitions[r.partition];
-            if r.seq >= p.next_seq {
+            if r.seq >= p.next_seq && !p.held {
                 p.pending.insert(r.seq, r);
             }
         }
@@ -274,12 +278,24 @@ fn advance_all(inner: &mut Inner) {
                     };
                     o.windows
                         .iter()
-                        .filter(move |(closes, _)| upto.is_none_or(|u| *closes > u))
+                        // a view's rows (closing at the end) are never durable: its
+                        // state is in no output a restart could read back
+                        .filter(move |(closes, _)| {
+                            *closes == WATERMARK_END || upto.is_none_or(|u| *closes > u)
+                        })
                         .map(|(_, offset)| *offset)
                 })
                 .min();
             if let Some(offset) = blocked {
                 p.committable = Some(p.committable.map_or(offset, |c| c.max(offset)));
+                let forever = r
+                    .windows
+                    .iter()
+                    .any(|o| o.windows.iter().any(|(c, _)| *c == WATERMARK_END));
+                if forever {
+                    p.held = true;
+                    p.pending.clear();
+                }
                 break;
             }
             p.committable = Some(r.next_offset);
@@ -334,6 +350,23 @@ mod tests {
         p.sink_durable(0, 0, durable(120, &[2]));
         p.sink_durable(0, 1, durable(120, &[2]));
         assert_eq!(p.committable(0), Some(20));
+    }
+
+    #[test]
+    fn a_views_rows_hold_the_offset_back_for_good_and_keep_no_residues() {
+        let p = Progress::new(1, &[1]);
+        p.track(0);
+        p.add_residues([residue(0, 10, vec![(60, 0)])]);
+        p.sink_durable(0, 0, durable(60, &[1]));
+        assert_eq!(p.committable(0), Some(10));
+        // a view's row at offset 12: nothing past it is ever committable, even once the
+        // run ended (its outputs durable to the end)
+        p.add_residues([residue(1, 20, vec![(WATERMARK_END, 12)])]);
+        p.add_residues([residue(2, 30, vec![(120, 25)])]);
+        p.sink_durable(0, 0, durable(WATERMARK_END, &[5]));
+        assert_eq!(p.committable(0), Some(12));
+        let inner = p.inner.lock().unwrap();
+        assert!(inner.partitions[0].held && inner.partitions[0].pending.is_empty());
     }
 
     #[test]

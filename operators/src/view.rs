@@ -388,10 +388,6 @@ impl WorkerOperator for ViewWorker {
     fn closes_at(&self, _event_time: i64) -> i64 {
         WATERMARK_END
     }
-
-    fn holds_offsets(&self) -> bool {
-        false
-    }
 }
 
 /// Holds a view over every key and evaluates it for readers, incrementally.

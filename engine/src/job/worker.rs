@@ -18,6 +18,7 @@ use crate::events::{Chunk, ChunkData, Decoded, EventBatch};
 use crate::progress::{ChunkResidue, OpResidue, Progress};
 use crate::stats::{PartitionCount, RunStats};
 use crate::time::now_ms;
+use crate::types::PartialWindow;
 use crate::EngineError;
 
 pub(super) struct WorkerCtx {
@@ -95,7 +96,7 @@ fn at_barrier(
     ops: &mut [(usize, Box<dyn WorkerOperator>)],
     flushed: &mut [Handover],
     ctx: &WorkerCtx,
-    copy: impl FnOnce(&mut [(usize, Box<dyn WorkerOperator>)]) -> Result<(), EngineError>,
+    copy: impl FnOnce(&mut [(usize, Box<dyn WorkerOperator>)], &[Handover]) -> Result<(), EngineError>,
     lead: impl FnOnce() -> Result<(), EngineError>,
     input_over: bool,
 ) -> Result<(), EngineError> {
@@ -104,7 +105,7 @@ fn at_barrier(
     // at the end of the input every chunk is sequenced now: the watermarks are final
     flush_ops_at(ops, flushed, ctx, input_over)?;
     barrier_handovers(ops, flushed, ctx)?;
-    copy(ops)?;
+    copy(ops, flushed)?;
     rendezvous.wait(cancel)?;
     if ctx.index == 0 {
         lead()?;
@@ -126,21 +127,28 @@ fn worker_barrier(
         .as_ref()
         .ok_or_else(|| EngineError::Internal("a barrier without checkpointing".into()))?;
     let lost = || ctx.failure.closed("the checkpoint coordinator");
-    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)]| {
+    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)], flushed: &[Handover]| {
         let mut parts = Vec::with_capacity(ops.len());
-        for (oi, op) in ops.iter_mut() {
-            let (partials, handed_over) = op.snapshot()?;
-            parts.push((*oi, partials, handed_over));
+        for ((oi, op), h) in ops.iter_mut().zip(flushed) {
+            let (mut partials, mut handed_over) = op.snapshot()?;
+            // what the end emitted early stays open, at the events' watermarks
+            partials.extend(h.end.partials.iter().cloned());
+            if let (WATERMARK_END, Some(before)) = (handed_over, h.end.upto) {
+                handed_over = before;
+            }
+            let ended = h.end.upto.map(|_| h.end.closing.clone());
+            parts.push((*oi, partials, handed_over, ended));
         }
         link.parts
             .send(Part::Worker { epoch, ops: parts })
             .map_err(|_| lost())
     };
     let lead = || {
+        // a partition whose end is only this run's keeps its events' newest time
         let newest = (0..ctx.clocks.len())
             .map(|id| {
                 let c = ctx.clocks.partition(id);
-                if c.watermark() == WATERMARK_END {
+                if c.watermark() == WATERMARK_END && c.ends_for_good() {
                     WATERMARK_END
                 } else {
                     c.newest()
@@ -186,7 +194,7 @@ fn worker_live(
         .as_ref()
         .ok_or_else(|| EngineError::Internal("a live barrier without live state".into()))?;
     let merger_lost = || ctx.failure.closed("the merger");
-    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)]| {
+    let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)], _: &[Handover]| {
         let mut parts = Vec::with_capacity(ops.len());
         for (oi, op) in ops.iter_mut() {
             let open = op.live()?;
@@ -254,6 +262,52 @@ pub(super) struct Handover {
     /// Of an operator whose windows close per partition: per global partition, the closing
     /// watermark of the last hand-over (empty until the first).
     closing: Vec<i64>,
+    /// What the end of a bounded input emitted early (see [`EndFlushed`]).
+    end: EndFlushed,
+}
+
+/// The windows the end of a bounded input emitted before the events' watermark passed them
+/// (a run `--until-caught-up` ends with more of its topics to come). The final checkpoint
+/// keeps them as open windows, with the watermarks the events gave rather than the end's,
+/// so that a later run over more of the same topics completes them and emits them again,
+/// instead of finding every new event late.
+#[derive(Clone, Default)]
+pub(super) struct EndFlushed {
+    partials: Vec<PartialWindow>,
+    /// The hand-over watermark before the end.
+    upto: Option<i64>,
+    /// Per global partition (windows closing per partition): its closing watermark before
+    /// the end.
+    closing: Vec<(usize, i64)>,
+}
+
+/// Whether the end of `source`'s partitions is only this run's (see
+/// [`crate::clock::PartitionClock::set_resumable_end`]).
+fn resumes(ctx: &WorkerCtx, source: usize) -> bool {
+    let parts = ctx.clocks.partitions_of(source);
+    !parts.is_empty()
+        && parts
+            .iter()
+            .all(|&p| !ctx.clocks.partition(p).ends_for_good())
+}
+
+/// Whether `op` is a window on event time, whose windows the end of the input can emit
+/// early. A view (closing at the end, its state the merger's) is not; nor is a window on
+/// processing time.
+fn keeps_early_windows(op: &dyn WorkerOperator) -> bool {
+    !op.processing_time() && op.closes_at(0) != WATERMARK_END
+}
+
+impl EndFlushed {
+    /// Keeps the windows of `partials` that close after `before`.
+    fn keep(&mut self, op: &dyn WorkerOperator, partials: &[PartialWindow], before: i64) {
+        self.partials.extend(
+            partials
+                .iter()
+                .filter(|p| op.closes_at(p.window_start) > before)
+                .cloned(),
+        );
+    }
 }
 
 impl Default for Handover {
@@ -263,6 +317,7 @@ impl Default for Handover {
             seq: 0,
             dirty: false,
             closing: Vec::new(),
+            end: EndFlushed::default(),
         }
     }
 }
@@ -568,6 +623,14 @@ fn flush_ops_at(
             continue;
         }
         let partials = op.flush(wm)?;
+        if wm == WATERMARK_END
+            && h.upto != WATERMARK_END
+            && keeps_early_windows(op.as_ref())
+            && resumes(ctx, ctx.op_sources[*oi])
+        {
+            h.end.keep(op.as_ref(), &partials, h.upto);
+            h.end.upto = Some(h.upto);
+        }
         h.dirty = false;
         if wm == h.upto && partials.is_empty() {
             continue;
@@ -607,6 +670,7 @@ fn flush_partitions(
         h.closing.resize(ctx.clocks.len(), WATERMARK_MIN);
     }
     let mut rose = Vec::new();
+    let mut ending: Vec<(usize, i64)> = Vec::new();
     let mut lowest: Option<i64> = None;
     for &p in ctx.clocks.partitions_of(source) {
         let clock = ctx.clocks.partition(p);
@@ -617,6 +681,9 @@ fn flush_partitions(
             _ => wm,
         };
         if own > h.closing[p] {
+            if own == WATERMARK_END && !clock.ends_for_good() && keeps_early_windows(op) {
+                ending.push((p, h.closing[p]));
+            }
             h.closing[p] = own;
             rose.push((p, own));
         }
@@ -630,12 +697,26 @@ fn flush_partitions(
     }
     let upto = lowest.unwrap_or(WATERMARK_MIN).max(h.upto);
     let partitions = op.flush_partitions(&rose, upto)?;
+    for &(p, before) in &ending {
+        for f in partitions.iter().filter(|f| f.partition == p) {
+            h.end.keep(op, &f.partials, before);
+        }
+        h.end.closing.push((p, before));
+    }
     // windows restored from a checkpoint that kept no partition close with every partition
     let partials = if upto > h.upto {
         op.flush(upto)?
     } else {
         Vec::new()
     };
+    if upto == WATERMARK_END
+        && h.upto != WATERMARK_END
+        && keeps_early_windows(op)
+        && resumes(ctx, source)
+    {
+        h.end.keep(op, &partials, h.upto);
+        h.end.upto = Some(h.upto);
+    }
     h.upto = upto;
     h.seq += 1;
     ctx.merge_tx

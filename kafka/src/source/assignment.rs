@@ -483,7 +483,7 @@ impl KafkaReader {
     }
 
     /// Ends a partition (caught up): hands over its messages, then its end.
-    pub(super) fn end_partition(&mut self, l: usize, next_offset: u64, _ctx: &ReaderContext) {
+    pub(super) fn end_partition(&mut self, l: usize, next_offset: u64, ctx: &ReaderContext) {
         self.hand_over(l);
         let source = self.source;
         let s = &mut self.partitions[l];
@@ -493,6 +493,7 @@ impl KafkaReader {
         s.ended = true;
         let next = s.next_offset.unwrap_or(next_offset).max(next_offset);
         s.next_offset = Some(next);
+        ctx.clocks.partition(s.lane.info.id).set_resumable_end();
         self.ready.push_back(lane_end(source, s, next));
         if let Some(consumer) = &self.consumer {
             let mut tpl = TopicPartitionList::new();

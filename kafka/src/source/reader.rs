@@ -249,6 +249,7 @@ impl KafkaReader {
                 .iter()
                 .any(|c| c.partition.id == id && matches!(c.data, ChunkData::End));
             if !pending_end {
+                ctx.clocks.partition(id).set_resumable_end();
                 self.ready.push_back(lane_end(self.source, s, next));
             }
         }
@@ -256,6 +257,7 @@ impl KafkaReader {
             let clock = ctx.clocks.partition(s.lane.info.id);
             clock.set_idle(!s.assigned);
             clock.set_read_here(s.assigned);
+            clock.set_resumable_end();
             // then the lanes this reader knows to be idle
             if let Some(up) = s.up.as_ref().filter(|_| s.assigned) {
                 up.set_up(clock);

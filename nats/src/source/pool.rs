@@ -235,6 +235,7 @@ impl NatsPoolReader {
             let clock = ctx.clocks.partition(self.first_partition + n);
             clock.set_idle(!owned.contains(&(n as u32)));
             clock.set_read_here(owned.contains(&(n as u32)));
+            clock.set_resumable_end();
         }
         tracing::info!(source = %self.name, partitions = ?owned, "nats: this worker reads its partitions");
         let readers = NatsPartitionsReader::new(

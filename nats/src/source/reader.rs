@@ -474,10 +474,12 @@ impl NatsReader {
     }
 
     /// The stream is read to its caught-up target: what is buffered goes, then the end.
-    fn end(&mut self, _ctx: &ReaderContext) {
+    fn end(&mut self, ctx: &ReaderContext) {
         if self.ended {
             return;
         }
+        // the stream goes on after this run: a later run reads on from here
+        ctx.clocks.partition(self.info.id).set_resumable_end();
         self.hand_over();
         self.log_expired(None);
         self.ended = true;

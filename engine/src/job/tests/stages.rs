@@ -78,7 +78,7 @@ fn the_coordinator_completes_a_checkpoint_only_when_every_part_arrived() {
     let parts = vec![
         Part::Worker {
             epoch,
-            ops: vec![(0, vec![partial(20, 1)], 20)],
+            ops: vec![(0, vec![partial(20, 1)], 20, None)],
         },
         Part::Leader {
             epoch,
