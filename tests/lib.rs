@@ -267,7 +267,8 @@ pub fn read_rows(path: &Path) -> Vec<Row> {
     }
 }
 
-fn to_ms(v: &Value) -> Option<i64> {
+/// A window bound as epoch milliseconds: a number, or an RFC 3339 string.
+pub fn to_ms(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
         Value::String(s) => s

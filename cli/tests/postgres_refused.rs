@@ -431,3 +431,110 @@ fn a_row_refused_by_a_trial_merge_whose_commit_answer_was_lost_is_a_dead_letter(
     );
     case.verify(&pg, &victim, "after a trial merge's lost answer");
 }
+
+/// Two pipelines of two roles in one schema: the second role owns the schema and may use
+/// every table in it, but did not create the bookkeeping tables the first pipeline created.
+/// Its start failed ("must be owner of table weir_sink_refused": `CREATE INDEX IF NOT EXISTS`
+/// checks ownership before existence); it runs.
+#[test]
+fn a_second_role_writes_into_a_schema_another_roles_pipeline_set_up() {
+    let pg = PgServer::start();
+    pg.psql("CREATE ROLE second LOGIN; CREATE SCHEMA shared AUTHORIZATION second");
+    let case = Case::new(&pg, 3_000);
+    let text = std::fs::read_to_string(&case.pipeline).unwrap();
+    assert!(text.contains("table: public.per_dataset") && text.contains("postgres://weir@"));
+    let first = text.replace("table: public.per_dataset", "table: shared.first");
+    std::fs::write(&case.pipeline, &first).unwrap();
+    let o = case.weir().output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    pg.psql(
+        "GRANT ALL ON ALL TABLES IN SCHEMA shared TO second; \
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA shared TO second",
+    );
+    let second = first
+        .replace("table: shared.first", "table: shared.second")
+        .replace("postgres://weir@", "postgres://second@");
+    std::fs::write(&case.pipeline, second).unwrap();
+    let _ = std::fs::remove_dir_all(case.dir.path().join("state"));
+    let _ = std::fs::remove_dir_all(case.dir.path().join("out"));
+    let o = case.weir().output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = pg.psql("SELECT count(*) FROM shared.second");
+    assert_eq!(rows, case.windows.len().to_string());
+}
+
+/// A sink that fails for good (its role may no longer log in) while the source is quiet
+/// (a generator at 2 events a second): the run fails at once with the server's message. It
+/// waited silently for the source, for ever, until a signal.
+#[test]
+fn a_sink_failing_for_good_while_the_source_is_quiet_fails_the_run() {
+    let pg = PgServer::start();
+    pg.psql("CREATE ROLE sinkrole LOGIN SUPERUSER");
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: pgquiet
+sources:
+  events:
+    generator: {{ kind: data-ingestion, events_per_second: 2, seed: 5 }}
+    event_time: {{ field: timestamp, max_out_of_orderness: 1s }}
+views:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    aggregates: {{ events: count(*) }}
+    sinks: [db]
+sinks:
+  db:
+    postgres: {{ url: "postgres://sinkrole@127.0.0.1:{port}/postgres", table: public.quiet }}
+    retry: {{ initial_backoff: 100ms, max_backoff: 500ms }}
+dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
+checkpoint: {{ dir: state, interval: 200ms }}
+"#,
+            port = pg.port
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("run.log");
+    let mut child = Command::new(WEIR)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .args(["run", "pipeline.yaml"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while pg
+        .try_psql("SELECT count(*) FROM public.quiet")
+        .map_or(true, |n| n == "0")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no row written"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pg.psql(
+        "ALTER ROLE sinkrole NOLOGIN; \
+         SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'sinkrole'",
+    );
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if cut.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!(
+                "the run did not fail within 60 s:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("not permitted to log in"), "{text}");
+}

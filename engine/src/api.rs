@@ -56,6 +56,13 @@ impl ReaderContext {
         }
     }
 
+    /// Whether the reader must stop reading: the job is asked to stop, or it failed (a
+    /// reader of a quiet source that looked at `stop` alone kept the failed job waiting for
+    /// it, silently, until a signal).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed)
+    }
+
     /// Asks for the final checkpoint of a hand-over (see [`Self::handover`]).
     pub fn request_handover(&self) {
         self.handover.store(true, Ordering::SeqCst);

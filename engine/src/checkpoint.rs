@@ -530,10 +530,10 @@ impl Part {
 
 /// Per-partition emitted watermarks (by global id) by partition key (`source/partition`), of
 /// the partitions the checkpoint records (`cut`: per global id, its source and key).
-/// What the end of a bounded input emitted is recorded at the events' watermarks (the
-/// workers keep those windows open in the checkpoint): the merger's emitted watermark of an
-/// operator becomes the workers' hand-over watermark, and a partition's closing watermark its
-/// closing before the end.
+/// Windows the end of a bounded run's input closed are recorded closed up to the last one
+/// it emitted, not up to the end (see the workers' `EndFlushed`): the merger's emitted
+/// watermark of such an operator becomes the workers' hand-over watermark, and a
+/// partition's closing watermark the workers' closing of it.
 fn end_of_input_undone(
     emitted: &mut [i64],
     closed: &mut [Vec<i64>],

@@ -45,6 +45,13 @@ pub enum SettingError {
     NotAColumn { column: String, columns: String },
     #[error("partition_by: unknown transform `{0}`: use day(COL), hour(COL), identity(COL), COL or none")]
     UnknownTransform(String),
+    /// A time transform of a column that is not a time.
+    #[error("partition_by: `{transform}({column})` needs a timestamp column, and `{column}` is {data_type}: use identity({column}), or a timestamp column such as window_start")]
+    NotATime {
+        transform: String,
+        column: String,
+        data_type: String,
+    },
 }
 
 /// Where a sink's catalog is.
@@ -113,8 +120,12 @@ pub enum PartitionBy {
 
 impl PartitionBy {
     /// Reads `day`, `hour` (of `window_start`), `day(COL)`, `hour(COL)`, `identity(COL)`, a
-    /// column name (identity) or `none`; `columns` are the output's.
-    pub fn parse(text: &str, columns: &[&str]) -> Result<Self, SettingError> {
+    /// column name (identity) or `none`; `columns` are the output's, with their types (a
+    /// time transform takes a timestamp, `day` a date too).
+    pub fn parse(
+        text: &str,
+        columns: &[(&str, &arrow::datatypes::DataType)],
+    ) -> Result<Self, SettingError> {
         let t = text.trim();
         let (transform, column) = match t.split_once('(') {
             Some((f, rest)) => match rest.strip_suffix(')') {
@@ -125,10 +136,27 @@ impl PartitionBy {
             None if t == "none" => return Ok(PartitionBy::None),
             None => ("identity", t),
         };
-        if !columns.contains(&column) {
+        let Some((_, data_type)) = columns.iter().find(|(name, _)| *name == column) else {
+            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
             return Err(SettingError::NotAColumn {
                 column: column.to_string(),
-                columns: columns.join(", "),
+                columns: names.join(", "),
+            });
+        };
+        use arrow::datatypes::DataType;
+        let time = match transform {
+            "day" => matches!(
+                data_type,
+                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+            ),
+            "hour" => matches!(data_type, DataType::Timestamp(..)),
+            _ => true,
+        };
+        if !time {
+            return Err(SettingError::NotATime {
+                transform: transform.to_string(),
+                column: column.to_string(),
+                data_type: data_type.to_string(),
             });
         }
         let c = column.to_string();
@@ -703,7 +731,14 @@ mod tests {
 
     #[test]
     fn partition_choices() {
-        let cols = ["datasetName", "window_start", "window_end"];
+        use arrow::datatypes::{DataType, TimeUnit};
+        let time = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        let cols = [
+            ("datasetName", &DataType::Utf8),
+            ("window_start", &time),
+            ("window_end", &time),
+            ("events", &DataType::Int64),
+        ];
         let p = |t: &str| PartitionBy::parse(t, &cols);
         assert_eq!(p("day").unwrap(), PartitionBy::Day("window_start".into()));
         assert_eq!(
@@ -720,7 +755,12 @@ mod tests {
         let e = p("day(nope)").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "partition_by: `nope` is not a column of the output (columns: datasetName, window_start, window_end)"
+            "partition_by: `nope` is not a column of the output (columns: datasetName, window_start, window_end, events)"
         );
+        // a time transform of a number passed `weir validate`, then failed the run
+        let e = p("day(events)").unwrap_err();
+        assert!(e.to_string().contains("needs a timestamp column"), "{e}");
+        assert!(p("hour(datasetName)").is_err());
+        assert_eq!(p("events").unwrap(), PartitionBy::Identity("events".into()));
     }
 }

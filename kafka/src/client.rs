@@ -53,13 +53,15 @@ pub enum KafkaError {
         lasting: Option<Lasting>,
     },
     /// A transaction call failed; `fatal` when the producer can no longer be used (fenced by
-    /// a newer instance with the same transactional id, or a broker without transactions).
+    /// a newer instance with the same transactional id); `unsupported` when the broker has no
+    /// transactions (an older or partial implementation of the protocol).
     #[error("kafka ({brokers}): {what}: {message}")]
     Transaction {
         brokers: String,
         what: String,
         message: String,
         fatal: bool,
+        unsupported: bool,
     },
     /// A broker's answer lacked some of the partitions asked for (an error, or no offset).
     #[error("kafka ({brokers}): {what}: no answer for partitions {partitions:?} of `{topic}`")]

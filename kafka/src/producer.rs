@@ -267,15 +267,22 @@ impl Producer {
     }
 
     fn txn_error(&self, what: &str, e: RdError) -> KafkaError {
-        let fatal = match &e {
-            RdError::Transaction(t) => t.is_fatal(),
-            _ => false,
+        let (fatal, unsupported) = match &e {
+            RdError::Transaction(t) => (
+                t.is_fatal(),
+                matches!(
+                    t.code(),
+                    RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::UnsupportedVersion
+                ),
+            ),
+            _ => (false, false),
         };
         KafkaError::Transaction {
             brokers: self.brokers.clone(),
             what: what.to_string(),
             message: e.to_string(),
             fatal,
+            unsupported,
         }
     }
 
@@ -386,6 +393,7 @@ impl TxnMarker {
             what: format!("preparing the marker group `{group}`"),
             message,
             fatal: true,
+            unsupported: false,
         };
         let consumer: BaseConsumer = client_config(brokers, &[])
             .set("group.id", group)

@@ -788,7 +788,7 @@ impl PartitionReader for GeneratorReader {
             let waiting = Instant::now();
             let clock = ctx.clocks.partition(self.partition.id);
             loop {
-                if ctx.stop.load(Ordering::Relaxed) {
+                if ctx.stopping() {
                     return Ok(None);
                 }
                 let due = self.skipped + (started.elapsed().as_secs_f64() * rate) as u64;

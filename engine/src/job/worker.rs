@@ -130,11 +130,10 @@ fn worker_barrier(
     let copy = |ops: &mut [(usize, Box<dyn WorkerOperator>)], flushed: &[Handover]| {
         let mut parts = Vec::with_capacity(ops.len());
         for ((oi, op), h) in ops.iter_mut().zip(flushed) {
-            let (mut partials, mut handed_over) = op.snapshot()?;
-            // what the end emitted early stays open, at the events' watermarks
-            partials.extend(h.end.partials.iter().cloned());
-            if let (WATERMARK_END, Some(before)) = (handed_over, h.end.upto) {
-                handed_over = before;
+            let (partials, mut handed_over) = op.snapshot()?;
+            // windows are closed up to those the end emitted, not up to the end
+            if let (WATERMARK_END, Some(closed)) = (handed_over, h.end.upto) {
+                handed_over = closed;
             }
             let ended = h.end.upto.map(|_| h.end.closing.clone());
             parts.push((*oi, partials, handed_over, ended));
@@ -266,18 +265,18 @@ pub(super) struct Handover {
     end: EndFlushed,
 }
 
-/// The windows the end of a bounded input emitted before the events' watermark passed them
-/// (a run `--until-caught-up` ends with more of its topics to come). The final checkpoint
-/// keeps them as open windows, with the watermarks the events gave rather than the end's,
-/// so that a later run over more of the same topics completes them and emits them again,
-/// instead of finding every new event late.
+/// How far the end of a bounded input closed an operator's windows, when that end is only
+/// the run's (a run `--until-caught-up`, its topics going on). The end emits every open
+/// window, as at the end of a file; the final checkpoint then records the windows as closed
+/// up to the last one it emitted, not up to the end (+infinity), and the clocks at their
+/// events' newest times. A later run over more of the same topics finds the events of the
+/// windows emitted late (as a late event never changes an emitted row) and counts every
+/// later window; before, every later event was late, for good.
 #[derive(Clone, Default)]
 pub(super) struct EndFlushed {
-    partials: Vec<PartialWindow>,
-    /// The hand-over watermark before the end.
+    /// The hand-over watermark the end's windows close at, at most.
     upto: Option<i64>,
-    /// Per global partition (windows closing per partition): its closing watermark before
-    /// the end.
+    /// Per global partition (windows closing per partition): the same, of its windows.
     closing: Vec<(usize, i64)>,
 }
 
@@ -291,23 +290,18 @@ fn resumes(ctx: &WorkerCtx, source: usize) -> bool {
             .all(|&p| !ctx.clocks.partition(p).ends_for_good())
 }
 
-/// Whether `op` is a window on event time, whose windows the end of the input can emit
-/// early. A view (closing at the end, its state the merger's) is not; nor is a window on
-/// processing time.
-fn keeps_early_windows(op: &dyn WorkerOperator) -> bool {
+/// Whether `op` is a window on event time (a view closes nothing; a window on processing
+/// time closes by the clock).
+fn closes_windows(op: &dyn WorkerOperator) -> bool {
     !op.processing_time() && op.closes_at(0) != WATERMARK_END
 }
 
-impl EndFlushed {
-    /// Keeps the windows of `partials` that close after `before`.
-    fn keep(&mut self, op: &dyn WorkerOperator, partials: &[PartialWindow], before: i64) {
-        self.partials.extend(
-            partials
-                .iter()
-                .filter(|p| op.closes_at(p.window_start) > before)
-                .cloned(),
-        );
-    }
+/// The watermark closing the windows of `partials` and those closed `before`.
+fn closed_by(op: &dyn WorkerOperator, partials: &[PartialWindow], before: i64) -> i64 {
+    partials
+        .iter()
+        .map(|p| op.closes_at(p.window_start))
+        .fold(before, i64::max)
 }
 
 impl Default for Handover {
@@ -625,11 +619,10 @@ fn flush_ops_at(
         let partials = op.flush(wm)?;
         if wm == WATERMARK_END
             && h.upto != WATERMARK_END
-            && keeps_early_windows(op.as_ref())
+            && closes_windows(op.as_ref())
             && resumes(ctx, ctx.op_sources[*oi])
         {
-            h.end.keep(op.as_ref(), &partials, h.upto);
-            h.end.upto = Some(h.upto);
+            h.end.upto = Some(closed_by(op.as_ref(), &partials, h.upto));
         }
         h.dirty = false;
         if wm == h.upto && partials.is_empty() {
@@ -681,7 +674,7 @@ fn flush_partitions(
             _ => wm,
         };
         if own > h.closing[p] {
-            if own == WATERMARK_END && !clock.ends_for_good() && keeps_early_windows(op) {
+            if own == WATERMARK_END && !clock.ends_for_good() && closes_windows(op) {
                 ending.push((p, h.closing[p]));
             }
             h.closing[p] = own;
@@ -698,10 +691,11 @@ fn flush_partitions(
     let upto = lowest.unwrap_or(WATERMARK_MIN).max(h.upto);
     let partitions = op.flush_partitions(&rose, upto)?;
     for &(p, before) in &ending {
-        for f in partitions.iter().filter(|f| f.partition == p) {
-            h.end.keep(op, &f.partials, before);
-        }
-        h.end.closing.push((p, before));
+        let closed = partitions
+            .iter()
+            .filter(|f| f.partition == p)
+            .fold(before, |c, f| c.max(closed_by(op, &f.partials, before)));
+        h.end.closing.push((p, closed));
     }
     // windows restored from a checkpoint that kept no partition close with every partition
     let partials = if upto > h.upto {
@@ -711,11 +705,10 @@ fn flush_partitions(
     };
     if upto == WATERMARK_END
         && h.upto != WATERMARK_END
-        && keeps_early_windows(op)
+        && closes_windows(op)
         && resumes(ctx, source)
     {
-        h.end.keep(op, &partials, h.upto);
-        h.end.upto = Some(h.upto);
+        h.end.upto = Some(closed_by(op, &partials, h.upto));
     }
     h.upto = upto;
     h.seq += 1;

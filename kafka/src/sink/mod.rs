@@ -42,6 +42,19 @@ fn ensure_topic(config: &KafkaSinkConfig) -> Result<(), crate::KafkaError> {
     }
 }
 
+/// A broker without transactions: `delivery: exactly_once` cannot work there, and retrying
+/// never helps (the run was retried for ever): the user's to fix.
+fn no_transactions(sink: &str, e: crate::KafkaError) -> EngineError {
+    EngineError::sink_caused(
+        sink,
+        "the broker does not support Kafka transactions, which `delivery: exactly_once` \
+         needs: use a broker with transactions (Apache Kafka 0.11 or later), or \
+         `delivery: idempotent`",
+        e,
+    )
+    .user()
+}
+
 /// Where a Kafka sink writes.
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
@@ -229,6 +242,9 @@ impl KafkaSink {
             crate::KafkaError::Delivery {
                 lasting: Some(_), ..
             } => EngineError::sink_caused(&self.name, "", e).user(),
+            crate::KafkaError::Transaction {
+                unsupported: true, ..
+            } => no_transactions(&self.name, e),
             // (the broker took transactions when it began: a fatal error now is a fence;
             // a pool worker joins again, a single run ends)
             crate::KafkaError::Transaction { fatal: true, .. } => EngineError::Fenced(format!(
@@ -332,6 +348,12 @@ impl KafkaSink {
             return Ok(());
         };
         let err = |e: crate::KafkaError| {
+            if let crate::KafkaError::Transaction {
+                unsupported: true, ..
+            } = e
+            {
+                return no_transactions(&self.name, e);
+            }
             let fatal = matches!(e, crate::KafkaError::Transaction { fatal: true, .. });
             let e = EngineError::sink_caused(&self.name, "", e);
             if fatal {

@@ -953,14 +953,14 @@ impl PartitionReader for KafkaReader {
                     return Err(self.err("worker pool", e));
                 }
                 // a hand-over (or a stop) ends the run at once: what was read stays here
-                if ctx.stop.load(Ordering::Relaxed) || ctx.handover.load(Ordering::Relaxed) {
+                if ctx.stopping() || ctx.handover.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
             }
             if let Some(c) = self.ready.pop_front() {
                 return Ok(Some(c));
             }
-            if ctx.stop.load(Ordering::Relaxed) || self.caught_up(ctx)? {
+            if ctx.stopping() || self.caught_up(ctx)? {
                 return Ok(None);
             }
             if self.last_commit.elapsed() >= COMMIT_EVERY {

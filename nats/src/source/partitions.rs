@@ -116,7 +116,7 @@ impl PartitionReader for NatsPartitionsReader {
             if let Some(c) = self.poll(ctx)? {
                 return Ok(Some(c));
             }
-            if ctx.stop.load(Ordering::Relaxed) || self.ended() {
+            if ctx.stopping() || self.ended() {
                 return Ok(None);
             }
         }

@@ -531,7 +531,7 @@ impl PartitionReader for NatsPoolReader {
             self.join_run(ctx)?;
         }
         loop {
-            if ctx.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if ctx.stopping() {
                 return Ok(None);
             }
             if self.last_check.elapsed() >= CHECK_EVERY {

@@ -208,7 +208,7 @@ impl NatsReader {
         if let Some(c) = self.ready.pop_front() {
             return Ok(Step::Chunk(c));
         }
-        if ctx.stop.load(Ordering::Relaxed) || self.ended {
+        if ctx.stopping() || self.ended {
             return Ok(Step::Done);
         }
         self.acknowledge(ctx);

@@ -552,9 +552,13 @@ pub fn create_epochs(epochs: &TableName) -> String {
 /// changed its verdict since the trial merge), kept until a complete checkpoint's dead letters
 /// hold them (`reported`: the epoch whose dead letters do). Without it, a crash between the
 /// commit and the next checkpoint, or the end of the run, lost them.
-/// Its statements: the table, and an index on the sequence every statement on it selects.
-pub fn create_refused(refused: &TableName) -> [String; 2] {
-    [
+/// Its statements: the table, and an index on the sequence every statement on it selects
+/// (with the index's qualified name: `CREATE INDEX IF NOT EXISTS` needs the table's
+/// ownership even when the index exists, so it is run only when the index is missing, and
+/// another role's pipeline in the same schema can share the table).
+pub fn create_refused(refused: &TableName) -> (String, String, String) {
+    let index = format!("{}_sequence", refused.table);
+    (
         format!(
             "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, pipeline text NOT NULL, \
              sink text NOT NULL, worker text NOT NULL DEFAULT '', refused_in bigint NOT NULL, \
@@ -562,12 +566,13 @@ pub fn create_refused(refused: &TableName) -> [String; 2] {
              refused_at timestamptz NOT NULL DEFAULT now())",
             refused.sql()
         ),
+        format!("{}.{}", ident(&refused.schema), ident(&index)),
         format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} (pipeline, sink, worker)",
-            ident(&format!("{}_sequence", refused.table)),
+            ident(&index),
             refused.sql()
         ),
-    ]
+    )
 }
 
 /// Whether the table `$1` has a `worker` column (`weir_sink_epochs` of an earlier version

@@ -316,8 +316,10 @@ impl Session {
             let create = ddl::create_epochs(&self.epochs);
             self.exec(&create).await.map_err(strict)?;
             self.add_worker_column().await?;
-            for create in ddl::create_refused(&self.refused) {
-                self.exec(&create).await.map_err(strict)?;
+            let (table, index, create_index) = ddl::create_refused(&self.refused);
+            self.exec(&table).await.map_err(strict)?;
+            if !self.exists(&index).await? {
+                self.exec(&create_index).await.map_err(strict)?;
             }
             if !self.exists(&self.layout.staging.sql()).await? {
                 let create = self.layout.create_staging(false);

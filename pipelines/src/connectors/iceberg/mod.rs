@@ -119,12 +119,12 @@ impl SinkConnector for IcebergTarget {
         if let Some(other) = &self.output {
             return Err(at.err(format!("sink `{sink}` already writes `{other}`: an Iceberg sink writes one table; use one sink per window or view")));
         }
-        let columns: Vec<&str> = at
+        let columns: Vec<(&str, &arrow::datatypes::DataType)> = at
             .schema
             .fields()
             .iter()
-            .map(|f| f.name().as_str())
-            .filter(|c| *c != weir_iceberg::schema::OP_COLUMN)
+            .map(|f| (f.name().as_str(), f.data_type()))
+            .filter(|(c, _)| *c != weir_iceberg::schema::OP_COLUMN)
             .collect();
         if let Some((loc, text)) = &self.partition_text {
             self.partition_by = Some(

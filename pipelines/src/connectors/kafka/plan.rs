@@ -96,6 +96,17 @@ pub(crate) fn source_config(
             format!("source `{sname}`: `topic` needs a topic name (or a list of them)"),
         ));
     }
+    if let Some(twice) = topics
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| topics[..i].contains(t).then_some(t))
+    {
+        // librdkafka refuses the subscription with "Invalid argument or configuration"
+        return Err(ctx.err(
+            &k.referenced,
+            format!("source `{sname}`: topic `{twice}` is listed twice in `topic`; list each once"),
+        ));
+    }
     if d.brokers.trim().is_empty() {
         return Err(ctx.err(
             &k.referenced,
