@@ -179,6 +179,12 @@ pub trait WorkerOperator: Send {
     fn holds_offsets(&self) -> bool {
         true
     }
+    /// How far its windows are closed already (restored from a checkpoint, or handed over):
+    /// of `partition` when they close per partition, else of all. Rows of windows closing at
+    /// or below it are late.
+    fn closed_upto(&self, _partition: Option<usize>) -> i64 {
+        crate::clock::WATERMARK_MIN
+    }
 }
 
 /// The part of an operator that merges partial windows and emits the final rows.

@@ -67,6 +67,8 @@ struct PartitionProgress {
     /// A view's row was read: the committable offset stays where it is for good, and
     /// residues are no longer kept.
     held: bool,
+    /// Views' rows do not hold this partition back (see [`Progress::release_views`]).
+    views_released: bool,
 }
 
 struct Inner {
@@ -142,6 +144,18 @@ impl Progress {
         }
     }
 
+    /// Views' rows no longer hold `partition`'s offsets back: for a source whose positions
+    /// cannot wait (NATS acknowledgements: unacknowledged messages stop the stream at
+    /// `max_ack_pending` and come again after `ack_wait`), a view without checkpoints then
+    /// counts after a restart only what it reads.
+    pub fn release_views(&self, partition: usize) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if let Some(p) = inner.partitions.get_mut(partition) {
+                p.views_released = true;
+            }
+        }
+    }
+
     /// Starts a partition again from chunk `seq` (after it was revoked and assigned anew):
     /// residues of older chunks are forgotten.
     pub fn restart(&self, partition: usize, seq: u64) {
@@ -152,8 +166,11 @@ impl Progress {
             let p = &mut inner.partitions[partition];
             p.pending.clear();
             p.next_seq = seq;
-            p.committable = None;
-            p.held = false;
+            // a view's rows read before the revocation are still in no output: the offset
+            // stays held where it was
+            if !p.held {
+                p.committable = None;
+            }
         }
     }
 
@@ -263,6 +280,7 @@ fn effective(durable: &[Vec<Durable>]) -> Vec<Durable> {
 fn advance_all(inner: &mut Inner) {
     let durable = effective(&inner.durable);
     for p in inner.partitions.iter_mut().filter(|p| p.tracked) {
+        let views_hold = !p.views_released;
         while let Some(r) = p.pending.get(&p.next_seq) {
             let partition = r.partition;
             let blocked = r
@@ -281,17 +299,20 @@ fn advance_all(inner: &mut Inner) {
                         // a view's rows (closing at the end) are never durable: its
                         // state is in no output a restart could read back
                         .filter(move |(closes, _)| {
-                            *closes == WATERMARK_END || upto.is_none_or(|u| *closes > u)
+                            if *closes == WATERMARK_END {
+                                return views_hold;
+                            }
+                            upto.is_none_or(|u| *closes > u)
                         })
                         .map(|(_, offset)| *offset)
                 })
                 .min();
             if let Some(offset) = blocked {
                 p.committable = Some(p.committable.map_or(offset, |c| c.max(offset)));
-                let forever = r
-                    .windows
-                    .iter()
-                    .any(|o| o.windows.iter().any(|(c, _)| *c == WATERMARK_END));
+                let forever = views_hold
+                    && r.windows
+                        .iter()
+                        .any(|o| o.windows.iter().any(|(c, _)| *c == WATERMARK_END));
                 if forever {
                     p.held = true;
                     p.pending.clear();
@@ -365,8 +386,22 @@ mod tests {
         p.add_residues([residue(2, 30, vec![(120, 25)])]);
         p.sink_durable(0, 0, durable(WATERMARK_END, &[5]));
         assert_eq!(p.committable(0), Some(12));
-        let inner = p.inner.lock().unwrap();
-        assert!(inner.partitions[0].held && inner.partitions[0].pending.is_empty());
+        {
+            let inner = p.inner.lock().unwrap();
+            assert!(inner.partitions[0].held && inner.partitions[0].pending.is_empty());
+        }
+        // revoked and assigned again: still held
+        p.restart(0, 3);
+        p.add_residues([residue(3, 40, vec![(180, 35)])]);
+        p.sink_durable(0, 0, durable(WATERMARK_END, &[9]));
+        assert_eq!(p.committable(0), Some(12));
+        // a source whose views are released (NATS) is not held by them
+        let q = Progress::new(1, &[1]);
+        q.track(0);
+        q.release_views(0);
+        q.add_residues([residue(0, 10, vec![(WATERMARK_END, 2)])]);
+        q.sink_durable(0, 0, durable(60, &[1]));
+        assert_eq!(q.committable(0), Some(10));
     }
 
     #[test]

@@ -791,6 +791,16 @@ impl WorkerOperator for WindowWorker {
         Ok(out)
     }
 
+    fn closed_upto(&self, partition: Option<usize>) -> i64 {
+        match partition {
+            None => self.flushed,
+            Some(p) => self
+                .parts
+                .get(&p)
+                .map_or(self.floor, |part| part.closing.max(self.floor)),
+        }
+    }
+
     fn closes_at(&self, event_time: i64) -> i64 {
         let t = match self.config.time {
             TimeMode::Event => event_time,

@@ -135,7 +135,10 @@ fn worker_barrier(
             if let (WATERMARK_END, Some(closed)) = (handed_over, h.end.upto) {
                 handed_over = closed;
             }
-            let ended = h.end.upto.map(|_| h.end.closing.clone());
+            // (a partition that ended before the others is reported in every checkpoint
+            // after its end, not only in the final one)
+            let ended =
+                (h.end.upto.is_some() || !h.end.closing.is_empty()).then(|| h.end.closing.clone());
             parts.push((*oi, partials, handed_over, ended));
         }
         link.parts
@@ -616,13 +619,15 @@ fn flush_ops_at(
         if wm == h.upto && !h.dirty {
             continue;
         }
+        // (read before the flush, which closes up to the end)
+        let closed_before = h.upto.max(op.closed_upto(None));
         let partials = op.flush(wm)?;
         if wm == WATERMARK_END
             && h.upto != WATERMARK_END
             && closes_windows(op.as_ref())
             && resumes(ctx, ctx.op_sources[*oi])
         {
-            h.end.upto = Some(closed_by(op.as_ref(), &partials, h.upto));
+            h.end.upto = Some(closed_by(op.as_ref(), &partials, closed_before));
         }
         h.dirty = false;
         if wm == h.upto && partials.is_empty() {
@@ -675,7 +680,9 @@ fn flush_partitions(
         };
         if own > h.closing[p] {
             if own == WATERMARK_END && !clock.ends_for_good() && closes_windows(op) {
-                ending.push((p, h.closing[p]));
+                // what a restored checkpoint closed counts too: a run with no new rows of
+                // the partition must not record less
+                ending.push((p, h.closing[p].max(op.closed_upto(Some(p)))));
             }
             h.closing[p] = own;
             rose.push((p, own));
@@ -689,6 +696,7 @@ fn flush_partitions(
         return Ok(());
     }
     let upto = lowest.unwrap_or(WATERMARK_MIN).max(h.upto);
+    let closed_before = h.upto.max(op.closed_upto(None));
     let partitions = op.flush_partitions(&rose, upto)?;
     for &(p, before) in &ending {
         let closed = partitions
@@ -708,7 +716,7 @@ fn flush_partitions(
         && closes_windows(op)
         && resumes(ctx, source)
     {
-        h.end.upto = Some(closed_by(op, &partials, h.upto));
+        h.end.upto = Some(closed_by(op, &partials, closed_before));
     }
     h.upto = upto;
     h.seq += 1;

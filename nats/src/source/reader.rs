@@ -191,6 +191,9 @@ impl NatsReader {
         }
         self.started = true;
         ctx.progress.track(self.info.id);
+        // a view's rows would hold every later message unacknowledged: the stream would stop
+        // at max_ack_pending, and deliver them all again every ack_wait
+        ctx.progress.release_views(self.info.id);
         if let Some(src) = ctx.stats.sources.get(self.source) {
             src.assigned
                 .store(weir_engine::stats::NOT_GROUP_MANAGED, Ordering::Relaxed);

@@ -365,14 +365,3 @@ fn refusals_of_a_key_twice_a_number_too_big_and_an_event_time_object_say_what_to
     assert!(object.starts_with("5:26:"), "{object}");
     assert!(object.contains("is an object"), "{object}");
 }
-
-#[test]
-fn a_kafka_topic_listed_twice_is_refused_at_its_source() {
-    let source = "generator: { kind: data-ingestion, count: 100, seed: 3, keys: 4 }";
-    assert!(PIPELINE.contains(source));
-    let twice = refusal(&PIPELINE.replace(
-        source,
-        "kafka: { brokers: \"127.0.0.1:9\", topic: [a, b, a], group_id: g }\n    format: json\n    schema: data-ingestion",
-    ));
-    assert!(twice.contains("topic `a` is listed twice"), "{twice}");
-}

@@ -461,6 +461,18 @@ mod tests {
     use weir_engine::events::Resume;
 
     #[test]
+    fn a_topic_listed_twice_is_refused_at_its_source() {
+        let source = "    kafka: { brokers: \"127.0.0.1:9\", topic: [a, b, a], group_id: g }\n    format: json";
+        let yaml = crate::connectors::tests::pipeline(source, "    file: { path: out.ndjson }", "");
+        let e = crate::connectors::tests::refusal("kafka-topic-twice", &yaml);
+        let text = format!("{}:{}: {}", e.line, e.column, e.reason());
+        assert!(
+            text.starts_with("4:") && text.contains("topic `a` is listed twice"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_kafka_source_reads_bounded_partitions_from_their_start_to_their_end() {
         let source =
             "    kafka: { brokers: \"127.0.0.1:9\", topic: t, group_id: g }\n    format: json";
