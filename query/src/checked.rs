@@ -12,7 +12,6 @@
 //! decimals and temporal values are left as they are (their kernels are the same either way).
 
 use std::any::Any;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use arrow::compute::kernels::numeric;
@@ -311,11 +310,7 @@ impl ScalarUDFImpl for CheckedTree {
     }
 
     fn schema_name(&self, args: &[Expr]) -> Result<String> {
-        Ok(self.write(|i| {
-            let mut s = String::new();
-            let _ = write!(s, "{}", args[i].schema_name());
-            s
-        }))
+        Ok(self.write(|i| args[i].schema_name().to_string()))
     }
 
     fn display_name(&self, args: &[Expr]) -> Result<String> {
