@@ -94,6 +94,20 @@ fn run_caught_up(dir: &Path, yaml: &str, extra: &[&str]) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Produces `lines` (NDJSON events) to `topic`, through a file in `dir`.
+fn produce_lines(dir: &Path, brokers: &str, topic: &str, lines: &[&str]) {
+    let part = dir.join("part.ndjson");
+    std::fs::write(&part, lines.join("\n") + "\n").unwrap();
+    tool(&["produce", brokers, topic, part.to_str().unwrap()]);
+}
+
+/// Source `events`: data-ingestion JSON from `topic` in group `group` (pipeline YAML lines).
+fn events_source(brokers: &str, topic: &str, group: &str) -> String {
+    format!(
+        "sources:\n  events:\n    kafka: {{ brokers: \"{brokers}\", topic: {topic}, group_id: {group} }}\n    format: json\n    schema: data-ingestion\n    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}\n"
+    )
+}
+
 #[test]
 fn kafka_windows_equal_the_oracle_and_offsets_are_committed() {
     let dir = tempfile::tempdir().unwrap();
@@ -1213,13 +1227,7 @@ fn a_view_without_checkpoints_counts_every_event_across_runs() {
     let (first, second) = lines.split_at(lines.len() / 2);
     let yaml = format!(
         r#"name: kafka-view-restart
-sources:
-  events:
-    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group} }}
-    format: json
-    schema: data-ingestion
-    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
-views:
+{source}views:
   per_dataset:
     from: events
     key: [datasetName]
@@ -1228,12 +1236,11 @@ views:
     sinks: [topic]
 sinks:
   topic: {{ kafka: {{ topic: {output} }} }}
-"#
+"#,
+        source = events_source(&brokers, &input, &group)
     );
     for half in [first, second] {
-        let part = dir.path().join("part.ndjson");
-        std::fs::write(&part, half.join("\n") + "\n").unwrap();
-        tool(&["produce", &brokers, &input, part.to_str().unwrap()]);
+        produce_lines(dir.path(), &brokers, &input, half);
         // the same pipeline file, the same group, default settings
         run_caught_up(dir.path(), &yaml, &[]);
     }
@@ -1275,13 +1282,7 @@ fn scheduled_runs(parallelism: &str) {
     let (first, second) = lines.split_at(lines.len() / 2);
     let yaml = format!(
         r#"name: kafka-scheduled
-sources:
-  events:
-    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group} }}
-    format: json
-    schema: data-ingestion
-    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
-windows:
+{source}windows:
   per_dataset:
     from: events
     key: [datasetName]
@@ -1300,14 +1301,13 @@ sinks:
   totals: {{ file: {{ path: out/totals.ndjson }} }}
 dead_letter: {{ file: {{ path: out/dead.ndjson }} }}
 checkpoint: {{ dir: state, interval: 1s }}
-"#
+"#,
+        source = events_source(&brokers, &input, &group)
     );
     let out = dir.path().join("out/per_dataset.ndjson");
     let mut first_rows = 0;
     for (run, half) in [first, second].into_iter().enumerate() {
-        let part = dir.path().join("part.ndjson");
-        std::fs::write(&part, half.join("\n") + "\n").unwrap();
-        tool(&["produce", &brokers, &input, part.to_str().unwrap()]);
+        produce_lines(dir.path(), &brokers, &input, half);
         run_caught_up(dir.path(), &yaml, &["--parallelism", parallelism]);
         if run == 0 {
             first_rows = read_ndjson(&out).len();
@@ -1360,10 +1360,7 @@ checkpoint: {{ dir: state, interval: 1s }}
     // windows were emitted, so the events are late; nothing is emitted again (a run with
     // nothing new recorded its windows closed lower than it restored them)
     run_caught_up(dir.path(), &yaml, &["--parallelism", parallelism]);
-    let again = &second[second.len() - 300..];
-    let part = dir.path().join("part.ndjson");
-    std::fs::write(&part, again.join("\n") + "\n").unwrap();
-    tool(&["produce", &brokers, &input, part.to_str().unwrap()]);
+    produce_lines(dir.path(), &brokers, &input, &second[second.len() - 300..]);
     run_caught_up(dir.path(), &yaml, &["--parallelism", parallelism]);
     let rows_now = read_ndjson(&out);
     assert_eq!(rows_now.len(), rows.len(), "windows emitted again");
@@ -1397,13 +1394,7 @@ fn exactly_once_on_a_broker_without_transactions_fails_the_run_and_says_why() {
             &pipeline,
             format!(
                 r#"name: kafka-no-txn
-sources:
-  events:
-    kafka: {{ brokers: "{brokers}", topic: {input}, group_id: {group} }}
-    format: json
-    schema: data-ingestion
-    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
-windows:
+{source}windows:
   per_dataset:
     from: events
     key: [datasetName]
@@ -1414,7 +1405,8 @@ sinks:
   topic: {{ kafka: {{ topic: {output}, delivery: exactly_once }} }}
 dead_letter: {{ file: {{ path: dead.ndjson }} }}
 checkpoint: {{ dir: state, interval: 1s }}
-"#
+"#,
+                source = events_source(&brokers, &input, &group)
             ),
         )
         .unwrap();
