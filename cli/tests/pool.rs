@@ -290,6 +290,30 @@ fn a_repartitioned_pool_read_until_caught_up_takes_the_partitions_of_a_killed_wo
     until_caught_up_through_a_kill(true, false);
 }
 
+/// For a failure's message: each worker's rows and dead letters, and its log without its
+/// debug lines and routine checkpoints (the hand-overs, claims and ends, in order).
+fn what_the_workers_did(out: &std::path::Path, logs: &[Vec<String>; 2]) -> String {
+    let mut text = String::new();
+    for (name, log) in ["a", "b"].iter().zip(logs) {
+        let count = |stem: &str| {
+            let path = out.join(format!("{stem}.{name}.ndjson"));
+            std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+        };
+        text.push_str(&format!(
+            "--- {name}: {} rows, {} dead letters; its log:\n",
+            count("per_dataset"),
+            count("dead")
+        ));
+        for line in log.iter().filter(|l| {
+            !l.contains(" DEBUG ") && !l.contains("checkpoint complete") && !l.contains("librdkafka")
+        }) {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
 /// Two workers read to the end; b is killed while it holds partitions, and started again
 /// at once when `restart_b`. With `repartitioned`, the topic is spread round-robin and the
 /// pool repartitions it.
@@ -400,8 +424,12 @@ checkpoint: {{ dir: state, interval: 300ms }}
     }
     let out = d.as_path().join("out");
     let rows = union_of_workers(&out, "per_dataset");
-    compare(&expected, &rows, &["datasetName"])
-        .unwrap_or_else(|e| panic!("the workers' files differ from the oracle: {e}"));
+    compare(&expected, &rows, &["datasetName"]).unwrap_or_else(|e| {
+        panic!(
+            "the workers' files differ from the oracle: {e}\n{}",
+            what_the_workers_did(&out, &logs)
+        )
+    });
     let mut parts = Vec::new();
     for folder in std::fs::read_dir(&out).unwrap().flatten() {
         let name = folder.file_name().to_string_lossy().into_owned();

@@ -51,8 +51,10 @@ struct ReadTo {
 pub enum Finished {
     /// Its newest claim's worker has not flushed it under that claim.
     No,
-    /// Flushed under its newest claim, or never claimed (no state holds anything of it);
-    /// where it was read to is not recorded.
+    /// Never claimed: no state holds anything of it, so nothing of it waits to be flushed;
+    /// but a worker the group just gave it to may be about to claim it and read it.
+    Unclaimed,
+    /// Flushed under its newest claim; where it was read to is not recorded.
     Yes,
     /// Flushed under its newest claim, read to this position (inclusive: a stream sequence):
     /// a run reading further must read it again.
@@ -93,7 +95,8 @@ impl PoolStore {
 
     /// Whether `partition` (`source/topic/partition`) is finished: the worker of its newest
     /// claim recorded a committed final checkpoint under that claim. A partition never
-    /// claimed has no state, so nothing of it waits to be flushed.
+    /// claimed has no state, so nothing of it waits to be flushed (see
+    /// [`Finished::Unclaimed`] for when that is not enough).
     pub fn partition_finished(&self, partition: &str) -> Result<bool, EngineError> {
         Ok(self.partition_finished_at(partition)? != Finished::No)
     }
@@ -103,7 +106,7 @@ impl PoolStore {
     pub fn partition_finished_at(&self, partition: &str) -> Result<Finished, EngineError> {
         match self.newest_claim(partition)? {
             Some((worker, generation)) => self.finished_under(partition, &worker, generation),
-            None => Ok(Finished::Yes),
+            None => Ok(Finished::Unclaimed),
         }
     }
 
@@ -173,7 +176,7 @@ mod tests {
         let (p0, p1, p2) = ("s/n/0", "s/n/1", "s/n/2");
         assert_eq!(
             b.partition_finished_at(p0).unwrap(),
-            Finished::Yes,
+            Finished::Unclaimed,
             "never claimed"
         );
         let (g0, _) = a.claim(p0).unwrap();

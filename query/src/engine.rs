@@ -538,6 +538,8 @@ impl QueryEngine {
             .build();
         let ctx = SessionContext::new_with_state(base);
         crate::bounded::register(&ctx, limits.memory_bytes);
+        // integer sums fail on overflow rather than answering a wrapped number
+        ctx.register_udaf(crate::checked_sum::checked_sum());
         for (i, def) in live.tables.iter().enumerate() {
             let keys = def.keys.clone();
             ctx.register_table(
@@ -891,5 +893,29 @@ mod rebalancing_tests {
         // changes nothing
         live.restoring();
         assert!(!live.starting());
+    }
+
+    /// An integer overflow, of an operator or of a `sum`, is the data's error (22003), never
+    /// a wrapped number.
+    #[tokio::test]
+    async fn integer_overflow_in_arithmetic_and_sums_is_a_data_exception() {
+        let live = Arc::new(LiveState::new("p", Vec::new()));
+        let engine = QueryEngine::new(live, QueryLimits::default()).unwrap();
+        let values = "(VALUES (9223372036854775807, 1), (1, 1)) AS s(v, g)";
+        for sql in [
+            format!("SELECT v + 1 FROM {values}"),
+            format!("SELECT sum(v) FROM {values}"),
+            format!("SELECT g, sum(v) FROM {values} GROUP BY g"),
+        ] {
+            let Err(e) = engine.query(&sql).await else {
+                panic!("{sql}: answered");
+            };
+            assert!(matches!(e, QueryError::DataException { .. }), "{sql}: {e:?}");
+            assert_eq!(e.sqlstate(), "22003", "{sql}");
+        }
+        assert!(engine
+            .query(&format!("SELECT sum(v - 2) FROM {values}"))
+            .await
+            .is_ok());
     }
 }

@@ -9,6 +9,7 @@
 
 mod bounded;
 mod checked;
+mod checked_sum;
 pub mod client;
 pub mod console;
 mod deadline;

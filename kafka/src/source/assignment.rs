@@ -3,6 +3,7 @@
 //! elsewhere.
 
 use super::*;
+use weir_engine::pool::Finished;
 
 impl KafkaReader {
     /// Outside a pool, a run reading until caught up reads every partition of the topics
@@ -639,8 +640,8 @@ impl KafkaReader {
                 // the final checkpoint of the worker owning it (not yet, if that worker
                 // was killed waiting, or it is between two owners)
                 s.read_elsewhere = match finished.as_ref().map(|f| f(&s.topic, s.number)) {
-                    None | Some(Ok(true)) => true,
-                    Some(Ok(false)) => false,
+                    None => true,
+                    Some(Ok(done)) => done != Finished::No,
                     Some(Err(e)) => {
                         tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
                         false
@@ -677,9 +678,12 @@ impl KafkaReader {
     /// windows not flushed: it is reading them, or it died and the group will give them to
     /// a live worker), asked again at most once a second. (A worker ended once it had any
     /// partition: a worker killed with its partitions unread left the others exiting 0
-    /// without their rows.) A partition no worker claimed, or whose newest claim is
-    /// finished, is not waited for: a finished claim may be an earlier run's, and its
-    /// worker's committed offsets do not say whether it read this run's end.
+    /// without their rows.) A partition whose newest claim is finished is not waited for:
+    /// a finished claim may be an earlier run's, and its worker's committed offsets do not
+    /// say whether it read this run's end. One no worker claimed yet is waited for: the
+    /// group gave it to a worker whose job has not claimed it yet (it was still ending its
+    /// run, on a loaded machine), and a worker that took it for finished ended, exit 0, with
+    /// that partition's rows missing, once its owner was killed.
     fn pending_internal(&mut self, never: bool) -> (Vec<String>, &'static str) {
         let key = |s: &PartitionState| format!("{}/{}", s.topic, s.number);
         if never {
@@ -701,7 +705,9 @@ impl KafkaReader {
             self.checked_elsewhere = Some(Instant::now());
             for s in self.partitions.iter_mut().filter(|s| elsewhere(s)) {
                 s.read_elsewhere = match finished(&s.topic, s.number) {
-                    Ok(done) => done,
+                    // one never claimed holds rows of this run (its end is past 0): it is
+                    // not read yet, whether its worker is about to claim it or not
+                    Ok(done) => matches!(done, Finished::Yes | Finished::At(_)),
                     Err(e) => {
                         tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
                         false

@@ -169,7 +169,8 @@ pub type ReleasePartitions = Arc<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
 
 /// Whether a `(topic, partition)` another worker read to its end is finished: its last
 /// windows flushed by a committed final checkpoint (see `weir_engine::pool`).
-pub type PartitionFinished = Arc<dyn Fn(&str, i32) -> Result<bool, EngineError> + Send + Sync>;
+pub type PartitionFinished =
+    Arc<dyn Fn(&str, i32) -> Result<weir_engine::pool::Finished, EngineError> + Send + Sync>;
 
 /// How a Kafka source takes part in a worker pool (see `weir_engine::pool`): the reader
 /// outlives the runs of the worker, each of which owns the partitions assigned when it
@@ -187,7 +188,8 @@ pub struct PoolHook {
     pub released: ReleasePartitions,
     /// With `until_caught_up`: a partition not assigned to this worker counts as read
     /// elsewhere once the group's committed offset reached its end *and* this says it is
-    /// finished (its state may still hold windows that only a final flush emits).
+    /// finished (its state may still hold windows that only a final flush emits). A
+    /// repartition topic's partition never claimed is not (see `pending_internal`).
     pub finished: PartitionFinished,
     /// With `until_caught_up`: whether a partition this worker owns, of any of its sources,
     /// is not finished. A reader waiting for partitions read elsewhere first ends the run

@@ -2,6 +2,7 @@ use super::*;
 use crate::Producer;
 use rdkafka::mocking::MockCluster;
 use weir_engine::clock::Clocks;
+use weir_engine::pool::Finished;
 
 /// A reader context for `partitions` partitions outside a job, with `stats`.
 pub(crate) fn context(partitions: usize, stats: Arc<weir_engine::RunStats>) -> ReaderContext {
@@ -130,7 +131,7 @@ fn closing_a_reader_is_bounded_when_leaving_the_group_is_slow() {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
         releasing: Arc::new(|| {}),
-        finished: Arc::new(|_: &str, _: i32| Ok(true)),
+        finished: Arc::new(|_: &str, _: i32| Ok(Finished::Yes)),
         owned_unfinished: Arc::new(|| false),
         handover_timeout: Duration::from_secs(60),
     };
@@ -562,6 +563,17 @@ fn pooled_reader(
     finished: PartitionFinished,
     owned_unfinished: Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> (KafkaReader, ReaderContext) {
+    pooled_reader_of(brokers, topic, None, finished, owned_unfinished)
+}
+
+/// [`pooled_reader`] of a repartition topic when `upstream` says so.
+fn pooled_reader_of(
+    brokers: &str,
+    topic: &str,
+    upstream: Option<Upstream>,
+    finished: PartitionFinished,
+    owned_unfinished: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> (KafkaReader, ReaderContext) {
     let hook = PoolHook {
         claim: Arc::new(|partitions: &[(String, i32)]| Ok(vec![None; partitions.len()])),
         released: Arc::new(|_: &[(String, i32)], _: bool| {}),
@@ -572,6 +584,7 @@ fn pooled_reader(
     };
     let config = KafkaSourceConfig {
         pool: Some(hook),
+        upstream,
         ..reading_to_the_end(brokers, topic)
     };
     let partitions = KafkaPartitions::discover(&config).unwrap();
@@ -619,7 +632,7 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
     let (mut reader, ctx) = pooled_reader(
         &brokers,
         "pooled",
-        Arc::new(move |_: &str, p: i32| Ok(f[p as usize].load(Ordering::SeqCst))),
+        Arc::new(move |_: &str, p: i32| Ok(done(&f[p as usize]))),
         // partition 0 is owned here
         Arc::new(move || !g[0].load(Ordering::SeqCst)),
     );
@@ -651,6 +664,70 @@ fn a_pooled_reader_waits_for_partitions_read_elsewhere_until_they_are_finished()
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!reader.flushed_to_wait());
+    reader.close();
+}
+
+/// `true` as finished, `false` as not.
+fn done(flag: &AtomicBool) -> Finished {
+    if flag.load(Ordering::SeqCst) {
+        Finished::Yes
+    } else {
+        Finished::No
+    }
+}
+
+/// A worker that read its own partitions of a repartition topic to their end waits for one
+/// that holds rows and that no worker claimed yet: the group gave it to a worker whose job
+/// has not claimed it yet. (It was taken for finished: the worker ended, exit 0, and once
+/// the other worker was killed, that partition's rows were missing for good.)
+#[test]
+fn a_pooled_reader_of_a_repartition_topic_waits_for_a_partition_nobody_claimed_yet() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("internal", 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    produce_keyed(&brokers, "internal", 200);
+    // partition 1: 0 never claimed, 1 claimed and not finished, 2 finished
+    let other = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let o = other.clone();
+    let upstream = Upstream {
+        topic: "upstream".into(),
+        partitions: 2,
+    };
+    let (mut reader, ctx) = pooled_reader_of(
+        &brokers,
+        "internal",
+        Some(upstream),
+        Arc::new(move |_: &str, p: i32| {
+            Ok(match (p, o.load(Ordering::SeqCst)) {
+                (0, _) | (_, 2) => Finished::Yes,
+                (_, 1) => Finished::No,
+                _ => Finished::Unclaimed,
+            })
+        }),
+        Arc::new(|| false),
+    );
+    assert!(reader.partitions.iter().all(|s| s.target > Some(0)));
+    reader.joined = true;
+    reader.partitions[0].assigned = true;
+    reader.partitions[0].ended = true;
+    reader.partitions[1].assigned = false;
+    for state in [0, 1] {
+        other.store(state, Ordering::SeqCst);
+        for _ in 0..2 {
+            assert!(
+                !reader.caught_up(&ctx).unwrap(),
+                "ended while partition 1 is {}",
+                ["not claimed yet", "claimed and not finished"][state as usize]
+            );
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+    }
+    other.store(2, Ordering::SeqCst);
+    let started = Instant::now();
+    while !reader.caught_up(&ctx).unwrap() {
+        assert!(started.elapsed() < Duration::from_secs(10), "still waiting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     reader.close();
 }
 
@@ -1025,7 +1102,7 @@ fn a_reader_without_partitions_ends_the_run_for_another_sources_unfinished_parti
     let (mut reader, ctx) = pooled_reader(
         &brokers,
         "second",
-        Arc::new(|_: &str, _: i32| Ok(false)),
+        Arc::new(|_: &str, _: i32| Ok(Finished::No)),
         Arc::new(move || u.load(Ordering::SeqCst)),
     );
     // the group gave this worker nothing of this source

@@ -418,7 +418,7 @@ impl NatsPoolReader {
         };
         let read_far = match self.pool.partition_finished_at(partition)? {
             Finished::No => return Ok(false),
-            Finished::Yes => at_least.is_none(),
+            Finished::Yes | Finished::Unclaimed => at_least.is_none(),
             Finished::At(end) => at_least.is_none_or(|e| end >= e),
         };
         if read_far {

@@ -86,7 +86,7 @@ fn pool_hook(at: &PoolSource) -> PoolHook {
             false
         }),
         finished: std::sync::Arc::new(move |topic: &str, p: i32| {
-            finished_pool.partition_finished(&format!("{finished_name}/{topic}/{p}"))
+            finished_pool.partition_finished_at(&format!("{finished_name}/{topic}/{p}"))
         }),
         claim: std::sync::Arc::new(move |partitions: &[(String, i32)]| {
             let mut offsets = Vec::with_capacity(partitions.len());
