@@ -305,7 +305,9 @@ fn what_the_workers_did(out: &std::path::Path, logs: &[Vec<String>; 2]) -> Strin
             count("dead")
         ));
         for line in log.iter().filter(|l| {
-            !l.contains(" DEBUG ") && !l.contains("checkpoint complete") && !l.contains("librdkafka")
+            !l.contains(" DEBUG ")
+                && !l.contains("checkpoint complete")
+                && !l.contains("librdkafka")
         }) {
             text.push_str(line);
             text.push('\n');

@@ -77,6 +77,9 @@ pub fn offset_ranges(
     let consumer: BaseConsumer = client_config(brokers, properties)
         .set("enable.auto.commit", "false")
         .set("group.id", "weir-offset-ranges")
+        // the end of a partition is an answer (nothing there: its last offset may be a
+        // transaction marker), told apart from a read that did not finish in time
+        .set("enable.partition.eof", "true")
         .create()
         .map_err(|e| err("cannot create a client".into(), e))?;
     // the watermarks of every partition, then their last messages' timestamps in one fetch
@@ -89,7 +92,32 @@ pub fn offset_ranges(
             parts.push((topic.clone(), p, low.max(0) as u64, high.max(0) as u64));
         }
     }
-    let last_ts = last_timestamps(&consumer, &parts, timeout);
+    let unread = |what: &str, stamps: &[Stamp]| {
+        let missing: Vec<&(String, i32, u64, u64)> = parts
+            .iter()
+            .zip(stamps)
+            .filter(|(_, s)| **s == Stamp::Unread)
+            .map(|(p, _)| p)
+            .collect();
+        missing.first().map(|(topic, _, _, _)| KafkaError::Partial {
+            brokers: brokers.to_string(),
+            what: format!(
+                "cannot read the timestamp of {what} within {timeout:?} (the broker is slow or \
+                 unreachable; try the replay again)"
+            ),
+            topic: topic.clone(),
+            partitions: missing
+                .iter()
+                .filter(|m| m.0 == *topic)
+                .map(|m| m.1)
+                .collect(),
+        })
+    };
+    let last_stamps = last_timestamps(&consumer, &parts, timeout);
+    if let Some(e) = unread("the partitions' last messages", &last_stamps) {
+        return Err(e);
+    }
+    let last_ts: Vec<Option<i64>> = last_stamps.iter().map(Stamp::millis).collect();
     // the first offset at or after `t` in every partition, in one request
     // (the offset, and whether a message at or after t was found); where the broker's answer
     // is in doubt and its message cannot be read, `trust` says whether to take it (a start:
@@ -120,28 +148,38 @@ pub fn offset_ranges(
             .collect();
         // A broker that answers the log start for a time past every message (tansu) is told
         // apart by the time of the message answered, read where the last message is older
-        // than t (a late one, or that broker): an answer past the log start, or one whose
-        // message is at or after t, is right
+        // than t (a late one, or that broker) or its time is not known (the last offset is
+        // a transaction marker): an answer past the log start, or one whose message is at
+        // or after t, is right. A time that cannot be read fails the range: taken as it was,
+        // a replay past the topic's end read every message of a partition.
         let doubtful: Vec<Option<u64>> = parts
             .iter()
             .zip(&answers)
             .zip(&last_ts)
             .map(|(((_, _, low, _), answer), last)| {
-                answer.filter(|o| o == low && last.is_some_and(|ts| ts < t))
+                answer.filter(|o| o == low && last.is_none_or(|ts| ts < t))
             })
             .collect();
         let checked = if doubtful.iter().any(Option::is_some) {
             timestamps_at(&consumer, &parts, &doubtful, timeout)
         } else {
-            vec![None; parts.len()]
+            vec![Stamp::Nothing; parts.len()]
         };
+        if let Some(e) = unread("the messages a time's offsets point at", &checked) {
+            return Err(e);
+        }
         Ok(answers
             .iter()
             .zip(parts.iter().zip(doubtful.iter().zip(&checked)))
-            .map(|(answer, ((_, _, _, high), (doubt, ts)))| match answer {
-                Some(o) if doubt.is_none() || ts.map_or(trust, |ts| ts >= t) => (*o, true),
-                _ => (*high, false),
-            })
+            .map(
+                |(answer, ((_, _, _, high), (doubt, ts)))| match (answer, ts) {
+                    (Some(o), _) if doubt.is_none() => (*o, true),
+                    (Some(o), Stamp::At(Some(ts))) if *ts >= t => (*o, true),
+                    // (a message without a time, or none at or after the answer: only markers)
+                    (Some(o), Stamp::At(None) | Stamp::Nothing) if trust => (*o, true),
+                    _ => (*high, false),
+                },
+            )
             .collect())
     };
     let starts = offsets_at(from_ms.max(0), true)?;
@@ -169,13 +207,33 @@ pub fn offset_ranges(
         .collect())
 }
 
-/// The Kafka timestamp of each partition's last message (`None` when empty or unread), read
-/// in one fetch of every partition at `high - 1`.
+/// What a read of the message at an offset found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// A message, with its Kafka timestamp (`None`: it has none).
+    At(Option<i64>),
+    /// Not asked, or no message at or after the offset (the partition's end).
+    Nothing,
+    /// No answer in time.
+    Unread,
+}
+
+impl Stamp {
+    fn millis(&self) -> Option<i64> {
+        match self {
+            Stamp::At(ts) => *ts,
+            _ => None,
+        }
+    }
+}
+
+/// The Kafka timestamp of each partition's last message, read in one fetch of every
+/// partition at `high - 1` ([`Stamp::Nothing`] for an empty partition).
 fn last_timestamps(
     consumer: &BaseConsumer,
     parts: &[(String, i32, u64, u64)],
     timeout: Duration,
-) -> Vec<Option<i64>> {
+) -> Vec<Stamp> {
     let at: Vec<Option<u64>> = parts
         .iter()
         .map(|(_, _, low, high)| (high > low).then(|| high - 1))
@@ -184,39 +242,58 @@ fn last_timestamps(
 }
 
 /// The Kafka timestamp of the first message at or after offset `at[i]` of each partition
-/// `parts[i]` (`None` where `at` is, or when unread), read in one fetch.
+/// `parts[i]` ([`Stamp::Nothing`] where `at` is `None`), read in one fetch per topic (the
+/// end of a partition names no topic).
 fn timestamps_at(
     consumer: &BaseConsumer,
     parts: &[(String, i32, u64, u64)],
     at: &[Option<u64>],
     timeout: Duration,
-) -> Vec<Option<i64>> {
-    let mut out = vec![None; parts.len()];
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, p, _, _), offset) in parts.iter().zip(at) {
-        if let Some(o) = offset {
-            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o as i64));
-        }
-    }
-    if tpl.count() == 0 || consumer.assign(&tpl).is_err() {
-        return out;
-    }
-    let mut left = tpl.count();
+) -> Vec<Stamp> {
+    let mut out: Vec<Stamp> = at
+        .iter()
+        .map(|o| {
+            if o.is_some() {
+                Stamp::Unread
+            } else {
+                Stamp::Nothing
+            }
+        })
+        .collect();
     let deadline = std::time::Instant::now() + timeout;
-    while left > 0 && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let at = parts
-                .iter()
-                .position(|(t, p, _, _)| t == m.topic() && *p == m.partition());
-            if let Some(i) = at {
-                if out[i].is_none() {
-                    out[i] = m.timestamp().to_millis();
+    let mut topics: Vec<&str> = parts.iter().map(|(t, _, _, _)| t.as_str()).collect();
+    topics.dedup();
+    for topic in topics {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p, _, _), offset) in parts.iter().zip(at) {
+            if let (true, Some(o)) = (t == topic, offset) {
+                let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o as i64));
+            }
+        }
+        if tpl.count() == 0 || consumer.assign(&tpl).is_err() {
+            continue;
+        }
+        let slot = |p: i32| parts.iter().position(|(t, q, _, _)| t == topic && *q == p);
+        let mut left = tpl.count();
+        while left > 0 && std::time::Instant::now() < deadline {
+            let found = match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.topic() == topic => {
+                    slot(m.partition()).map(|i| (i, Stamp::At(m.timestamp().to_millis())))
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    slot(p).map(|i| (i, Stamp::Nothing))
+                }
+                _ => None,
+            };
+            if let Some((i, stamp)) = found {
+                if out[i] == Stamp::Unread {
+                    out[i] = stamp;
                     left -= 1;
                 }
             }
         }
+        let _ = consumer.unassign();
     }
-    let _ = consumer.unassign();
     out
 }
 

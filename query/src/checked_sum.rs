@@ -225,12 +225,8 @@ impl GroupsAccumulator for CheckedGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.inner.update_batch(
-            &widen(values)?,
-            group_indices,
-            opt_filter,
-            total_num_groups,
-        )
+        self.inner
+            .update_batch(&widen(values)?, group_indices, opt_filter, total_num_groups)
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
@@ -341,7 +337,9 @@ mod tests {
 
     #[tokio::test]
     async fn sums_in_range_keep_their_values_names_and_types() {
-        let out = table("SELECT g, sum(x), sum(u), sum(DISTINCT x) AS d FROM t WHERE g = 2 GROUP BY g").await;
+        let out =
+            table("SELECT g, sum(x), sum(u), sum(DISTINCT x) AS d FROM t WHERE g = 2 GROUP BY g")
+                .await;
         assert!(out.contains("| g | sum(t.x) | sum(t.u) | d |"), "{out}");
         assert!(out.contains("| 2 | 2        | 12       | 2 |"), "{out}");
         let batches = run("SELECT sum(x), sum(u), sum(1.5) FROM t WHERE g = 2")
@@ -353,12 +351,13 @@ mod tests {
             .iter()
             .map(|f| f.data_type().clone())
             .collect();
-        assert_eq!(types, [DataType::Int64, DataType::UInt64, DataType::Float64]);
+        assert_eq!(
+            types,
+            [DataType::Int64, DataType::UInt64, DataType::Float64]
+        );
         // a partial sum past the range that comes back into it is not an overflow
-        let out = table(
-            "SELECT sum(v) FROM (VALUES (9223372036854775807), (1), (-2)) AS s(v)",
-        )
-        .await;
+        let out =
+            table("SELECT sum(v) FROM (VALUES (9223372036854775807), (1), (-2)) AS s(v)").await;
         assert!(out.contains("| 9223372036854775806 |"), "{out}");
         // a window's sliding sum retracts what leaves the frame
         let out = table(

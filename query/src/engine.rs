@@ -910,7 +910,10 @@ mod rebalancing_tests {
             let Err(e) = engine.query(&sql).await else {
                 panic!("{sql}: answered");
             };
-            assert!(matches!(e, QueryError::DataException { .. }), "{sql}: {e:?}");
+            assert!(
+                matches!(e, QueryError::DataException { .. }),
+                "{sql}: {e:?}"
+            );
             assert_eq!(e.sqlstate(), "22003", "{sql}");
         }
         assert!(engine
