@@ -56,8 +56,9 @@ pub enum Finished {
     Unclaimed,
     /// Flushed under its newest claim; where it was read to is not recorded.
     Yes,
-    /// Flushed under its newest claim, read to this position (inclusive: a stream sequence):
-    /// a run reading further must read it again.
+    /// Flushed under its newest claim, read to this position (a NATS stream sequence,
+    /// inclusive; a Kafka offset, the one after the last message read): a run reading
+    /// further must read it again.
     At(u64),
 }
 

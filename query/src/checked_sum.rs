@@ -122,7 +122,9 @@ impl AggregateUDFImpl for CheckedSum {
     }
 
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let Some(to) = integer(args.return_field.data_type()) else {
+        // (DataFusion's sliding `sum(DISTINCT)` takes 64-bit integers only: it stays as it is)
+        let to = integer(args.return_field.data_type()).filter(|_| !args.is_distinct);
+        let Some(to) = to else {
             return self.inner.create_sliding_accumulator(args);
         };
         let inner = self.with_wide_args(args, |s, a| s.create_sliding_accumulator(a))?;
@@ -369,6 +371,13 @@ mod tests {
         // smaller integers are summed as 64-bit ones
         let out = table("SELECT sum(CAST(x AS INT)) AS s FROM t WHERE g = 2").await;
         assert!(out.contains("| 2 |"), "{out}");
+        // a distinct sum, over a window frame too
+        let out = table(
+            "SELECT sum(DISTINCT x) OVER (ORDER BY x ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
+             AS s FROM t WHERE g = 2 ORDER BY s",
+        )
+        .await;
+        assert!(out.contains("| 2  |") && out.contains("| -5 |"), "{out}");
         // no rows: null
         let out = table("SELECT sum(x) FROM t WHERE g = 3").await;
         assert!(out.contains("|          |"), "{out}");

@@ -293,14 +293,20 @@ fn resumes(ctx: &WorkerCtx, source: usize) -> bool {
             .all(|&p| !ctx.clocks.partition(p).ends_for_good())
 }
 
-/// Whether `op` is a window on event time (a view closes nothing; a window on processing
-/// time closes by the clock).
+/// Whether `op` is a window (a view closes nothing).
 fn closes_windows(op: &dyn WorkerOperator) -> bool {
-    !op.processing_time() && op.closes_at(0) != WATERMARK_END
+    op.processing_time() || op.closes_at(0) != WATERMARK_END
 }
 
-/// The watermark closing the windows of `partials` and those closed `before`.
+/// The watermark closing the windows of `partials` and those closed `before`. A window on
+/// processing time is closed by the clock: up to what the clock closed `before` (the end's
+/// early rows of the current period are its own; recorded as closed, the next run's rows of
+/// that period would be emitted at once; recorded at the end, every later window was
+/// emitted at each hand-over, in as many rows as its rows came in).
 fn closed_by(op: &dyn WorkerOperator, partials: &[PartialWindow], before: i64) -> i64 {
+    if op.processing_time() {
+        return before;
+    }
     partials
         .iter()
         .map(|p| op.closes_at(p.window_start))

@@ -678,9 +678,11 @@ impl KafkaReader {
     /// windows not flushed: it is reading them, or it died and the group will give them to
     /// a live worker), asked again at most once a second. (A worker ended once it had any
     /// partition: a worker killed with its partitions unread left the others exiting 0
-    /// without their rows.) A partition whose newest claim is finished is not waited for:
-    /// a finished claim may be an earlier run's, and its worker's committed offsets do not
-    /// say whether it read this run's end. One no worker claimed yet is waited for: the
+    /// without their rows.) A partition whose newest claim is finished is not waited for
+    /// once it was read to this run's end (an earlier run's finished it short of it; a
+    /// claim of an older version, which recorded no end, is taken as it is; the committed
+    /// offsets of a repartition topic do not say where it was read to). One no worker
+    /// claimed yet is waited for: the
     /// group gave it to a worker whose job has not claimed it yet (it was still ending its
     /// run, on a loaded machine), and a worker that took it for finished ended, exit 0, with
     /// that partition's rows missing, once its owner was killed.
@@ -706,8 +708,11 @@ impl KafkaReader {
             for s in self.partitions.iter_mut().filter(|s| elsewhere(s)) {
                 s.read_elsewhere = match finished(&s.topic, s.number) {
                     // one never claimed holds rows of this run (its end is past 0): it is
-                    // not read yet, whether its worker is about to claim it or not
-                    Ok(done) => matches!(done, Finished::Yes | Finished::At(_)),
+                    // not read yet, whether its worker is about to claim it or not; one
+                    // finished short of this run's end was finished by an earlier run
+                    Ok(Finished::At(end)) => s.target.is_some_and(|t| end >= t),
+                    Ok(Finished::Yes) => true,
+                    Ok(Finished::No | Finished::Unclaimed) => false,
                     Err(e) => {
                         tracing::warn!(source = %self.name, topic = %s.topic, partition = s.number, error = %e, "kafka: cannot read whether a partition is finished");
                         false
@@ -723,7 +728,8 @@ impl KafkaReader {
             .collect();
         (
             pending,
-            "not assigned to this worker, and claimed by a worker that has not finished it",
+            "not assigned to this worker, and not finished: claimed by a worker that has not \
+             finished it, or not claimed yet by the worker the group gave it to",
         )
     }
 

@@ -296,6 +296,21 @@ impl KafkaReader {
         self.flushed_to_wait
     }
 
+    /// In a pool, reading until caught up: the offset each assigned partition read to its
+    /// end was read to, by pool partition key (`source/topic/partition`), recorded with it as
+    /// finished: a later run, whose end is further, does not take it for finished (see
+    /// `pending_internal`).
+    pub fn finished_ends(&self) -> std::collections::BTreeMap<String, u64> {
+        self.partitions
+            .iter()
+            .filter(|s| s.assigned && s.ended)
+            .filter_map(|s| {
+                let key = format!("{}/{}/{}", self.name, s.topic, s.number);
+                Some((key, s.next_offset?))
+            })
+            .collect()
+    }
+
     /// In a pool: whether the run served last ended with a hand-over (a rebalance).
     pub fn handed_over(&self) -> bool {
         self.run.as_ref().is_some_and(|r| r.load(Ordering::SeqCst))

@@ -678,17 +678,21 @@ fn done(flag: &AtomicBool) -> Finished {
 
 /// A worker that read its own partitions of a repartition topic to their end waits for one
 /// that holds rows and that no worker claimed yet: the group gave it to a worker whose job
-/// has not claimed it yet. (It was taken for finished: the worker ended, exit 0, and once
-/// the other worker was killed, that partition's rows were missing for good.)
+/// has not claimed it yet; and for one an earlier run finished, short of this run's end.
+/// (Both were taken for finished: the worker ended, exit 0, and once the other worker was
+/// killed, that partition's rows were missing for good.)
 #[test]
 fn a_pooled_reader_of_a_repartition_topic_waits_for_a_partition_nobody_claimed_yet() {
     let mock = MockCluster::new(1).unwrap();
     mock.create_topic("internal", 2, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     produce_keyed(&brokers, "internal", 200);
-    // partition 1: 0 never claimed, 1 claimed and not finished, 2 finished
+    // partition 1: 0 never claimed, 1 claimed and not finished, 2 finished by an earlier
+    // run (short of this run's end), 3 finished at this run's end
     let other = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let o = other.clone();
+    let end = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let e = end.clone();
     let upstream = Upstream {
         topic: "upstream".into(),
         partitions: 2,
@@ -698,31 +702,39 @@ fn a_pooled_reader_of_a_repartition_topic_waits_for_a_partition_nobody_claimed_y
         "internal",
         Some(upstream),
         Arc::new(move |_: &str, p: i32| {
+            let end = e.load(Ordering::SeqCst);
             Ok(match (p, o.load(Ordering::SeqCst)) {
-                (0, _) | (_, 2) => Finished::Yes,
+                (0, _) => Finished::Yes,
                 (_, 1) => Finished::No,
+                (_, 2) => Finished::At(end - 1),
+                (_, 3) => Finished::At(end),
                 _ => Finished::Unclaimed,
             })
         }),
         Arc::new(|| false),
     );
     assert!(reader.partitions.iter().all(|s| s.target > Some(0)));
+    end.store(reader.partitions[1].target.unwrap(), Ordering::SeqCst);
     reader.joined = true;
     reader.partitions[0].assigned = true;
     reader.partitions[0].ended = true;
     reader.partitions[1].assigned = false;
-    for state in [0, 1] {
+    for state in [0, 1, 2] {
         other.store(state, Ordering::SeqCst);
         for _ in 0..2 {
             assert!(
                 !reader.caught_up(&ctx).unwrap(),
                 "ended while partition 1 is {}",
-                ["not claimed yet", "claimed and not finished"][state as usize]
+                [
+                    "not claimed yet",
+                    "claimed and not finished",
+                    "finished short of this run's end"
+                ][state as usize]
             );
             std::thread::sleep(Duration::from_millis(1100));
         }
     }
-    other.store(2, Ordering::SeqCst);
+    other.store(3, Ordering::SeqCst);
     let started = Instant::now();
     while !reader.caught_up(&ctx).unwrap() {
         assert!(started.elapsed() < Duration::from_secs(10), "still waiting");

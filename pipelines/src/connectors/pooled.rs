@@ -99,7 +99,8 @@ pub trait PooledReader: PartitionReader {
     /// Reading until caught up, after a job that read its partitions to their end: the
     /// position each was read to (by pool partition key, `source/partition key`), recorded
     /// with it as finished, for a source whose partitions have no committed offsets to
-    /// compare with a later run's end (NATS); empty for the others.
+    /// compare with a later run's end (NATS, a Kafka repartition topic); empty for the
+    /// others.
     fn finished_ends(&self) -> BTreeMap<String, u64> {
         BTreeMap::new()
     }

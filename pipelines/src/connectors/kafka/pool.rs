@@ -28,6 +28,9 @@ impl PooledReader for KafkaReader {
     fn flushed_to_wait(&self) -> bool {
         KafkaReader::flushed_to_wait(self)
     }
+    fn finished_ends(&self) -> std::collections::BTreeMap<String, u64> {
+        KafkaReader::finished_ends(self)
+    }
     fn close(&mut self) {
         KafkaReader::close(self)
     }
