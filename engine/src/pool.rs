@@ -589,6 +589,8 @@ impl PoolStore {
             o.closed.clear();
         }
         let mut foreign = Vec::new();
+        // per operator: owned partitions restored from a checkpoint that records closings
+        let mut recorded: Vec<Vec<&String>> = names.iter().map(|_| Vec::new()).collect();
         for (r, partitions) in &by_ref {
             let m = self.manifest_of(r)?;
             let numbering = match legacy_ids {
@@ -625,6 +627,9 @@ impl PoolStore {
                     .map(|p| p.keys.first().map_or(0, |k| k.len()) as u64)
                     .sum::<u64>();
                 operators[i].extend(cut);
+                if !rec.closed.is_empty() {
+                    recorded[i].extend(partitions);
+                }
                 base.operators[i].flushed = base.operators[i].flushed.min(rec.flushed);
                 base.operators[i].emitted = base.operators[i].emitted.min(rec.emitted);
                 base.operators[i].closed.extend(
@@ -642,6 +647,19 @@ impl PoolStore {
             }
             if r.worker != self.worker {
                 foreign.push((r.clone(), m));
+            }
+        }
+        // An owned partition without a closing closed none of its windows: one claimed
+        // without state, or one a checkpoint that records closings says nothing of (empty or
+        // idle there). Left out, it took the operator-wide hand-over watermark as its floor,
+        // and its rows older than that were dead-lettered as late.
+        let stateless: Vec<&String> = owned
+            .keys()
+            .filter(|p| !by_ref.values().any(|ps| ps.contains(p)))
+            .collect();
+        for (o, recorded) in base.operators.iter_mut().zip(&recorded) {
+            for p in stateless.iter().chain(recorded) {
+                o.closed.entry((*p).clone()).or_insert(i64::MIN);
             }
         }
         for o in &mut base.operators {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_tests::{read_ndjson, Row};
+use weir_tests::{golden_dir, read_ndjson, Row};
 
 use super::crash::venv_python as python;
 
@@ -237,4 +237,54 @@ pub fn events_processed(stdout: &str) -> u64 {
             rest.split_whitespace().next()?.parse().ok()
         })
         .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"))
+}
+
+/// The aggregates of the golden cases' per-dataset windows (pipeline YAML lines).
+pub const AGGREGATES: &str = r#"
+      events: count(*)
+      records: sum(recordCount)
+      bytes: sum(sizeBytes)
+      max_bytes: max(sizeBytes)
+      failures: count(*) FILTER (WHERE status = 'FAILURE')
+      min_records: min(recordCount)
+      avg_bytes: avg(sizeBytes)"#;
+
+/// The golden case `case`'s summary of window `window` (bad and late counts).
+pub fn summary(case: &str, window: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(
+        golden_dir()
+            .join(case)
+            .join(format!("summary_{window}.json")),
+    )
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Writes `yaml` as `dir/pipeline.yaml` and runs it to the end of the topics
+/// (`--until-caught-up` and `extra` arguments); panics with the log when it fails.
+pub fn run_caught_up(dir: &Path, yaml: &str, extra: &[&str]) {
+    let pipeline = dir.join("pipeline.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let out = weir()
+        .args(["run", pipeline.to_str().unwrap(), "--until-caught-up"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weir failed:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Produces `lines` (NDJSON events) to `topic`, through a file in `dir`.
+pub fn produce_lines(dir: &Path, brokers: &str, topic: &str, lines: &[&str]) {
+    let part = dir.join("part.ndjson");
+    std::fs::write(&part, lines.join("\n") + "\n").unwrap();
+    tool(&["produce", brokers, topic, part.to_str().unwrap()]);
+}
+
+/// Source `events`: data-ingestion JSON from `topic` in group `group` (pipeline YAML lines).
+pub fn events_source(brokers: &str, topic: &str, group: &str) -> String {
+    format!(
+        "sources:\n  events:\n    kafka: {{ brokers: \"{brokers}\", topic: {topic}, group_id: {group} }}\n    format: json\n    schema: data-ingestion\n    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}\n"
+    )
 }

@@ -164,6 +164,67 @@ fn a_checkpoint_of_format_1_restores_under_the_new_numbering() {
     assert_eq!(rows.iter().map(|p| p.keys[0].len()).sum::<usize>(), 1);
 }
 
+/// A partition restored without a closing of its own (claimed without state, or one a
+/// checkpoint recording closings says nothing of: it was empty there) closed none of its
+/// windows: it gets the lowest closing, not the operator's hand-over watermark as a floor
+/// (its rows older than that were dead-lettered as late).
+#[test]
+fn a_partition_without_a_closing_is_restored_closed_nowhere() {
+    use crate::checkpoint::OperatorRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().to_str().unwrap();
+    let a = PoolStore::open(loc, "a").unwrap();
+    let b = PoolStore::open(loc, "b").unwrap();
+    let (t0, t1, t2) = ("events/t/0", "events/t/1", "events/t/2");
+    let (g0, _) = a.claim(t0).unwrap();
+    let (g1, _) = a.claim(t1).unwrap();
+    let owned: BTreeMap<String, u64> = [(t0.to_string(), g0), (t1.to_string(), g1)].into();
+    Fencing::fence(&a, &owned).unwrap();
+    let mut m = crate::checkpoint::test_manifest(1);
+    m.owned = owned;
+    m.sealed = true;
+    // t/0's windows closed up to 100; t/1 had none (empty); the hand-over was at 200
+    m.operators = vec![OperatorRecord {
+        name: "w".into(),
+        file: None,
+        rows: 0,
+        flushed: 200,
+        emitted: 200,
+        retained: Vec::new(),
+        closed: [(t0.to_string(), 100)].into(),
+    }];
+    let bytes = crate::checkpoint::encode_manifest(&m).unwrap();
+    a.own().put("chk-0000000001/manifest.json", bytes).unwrap();
+    a.seal(1).unwrap();
+    // b takes t/0 and t/1 over from it, and t/2, never claimed
+    let owned_b: BTreeMap<String, u64> = [t0, t1, t2]
+        .iter()
+        .map(|p| (p.to_string(), b.claim(p).unwrap().0))
+        .collect();
+    let ids: HashMap<String, u32> = [
+        (t0.to_string(), 0),
+        (t1.to_string(), 1),
+        (t2.to_string(), 2),
+    ]
+    .into();
+    let columns: HashMap<String, PartitionColumn> =
+        [("w".to_string(), PartitionColumn::Key(0))].into();
+    let restored = b
+        .restore(&owned_b, &ids, &columns)
+        .unwrap()
+        .restored
+        .unwrap();
+    let closed = &restored.manifest.operators[0].closed;
+    let expected: BTreeMap<String, i64> = [
+        (t0.to_string(), 100),
+        (t1.to_string(), i64::MIN),
+        (t2.to_string(), i64::MIN),
+    ]
+    .into();
+    assert_eq!(closed, &expected);
+    assert_eq!(restored.manifest.operators[0].flushed, 200);
+}
+
 const P: &str = "events/t/0";
 
 /// The race between a worker's fence check and its manifest: another worker claims the
