@@ -489,11 +489,7 @@ impl WindowWorker {
         let mut last = usize::MAX;
         let per_partition = config.closes_per_partition();
         // the partition's own closing watermark (windows closing per partition)
-        let closing = match self.parts.get(&partition.id) {
-            _ if !per_partition => self.flushed,
-            Some(p) => p.closing.max(self.floor),
-            None => self.floor,
-        };
+        let closing = self.closed_upto(per_partition.then_some(partition.id));
         for i in 0..n {
             if let Some(p) = pass {
                 if !p.is_valid(i) || !p.value(i) {
