@@ -21,6 +21,7 @@ pub mod pool;
 mod pool_finished;
 pub mod pool_members;
 pub mod progress;
+pub mod reread;
 pub mod retry;
 pub mod stage_stats;
 pub mod stats;

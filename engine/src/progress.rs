@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::{WATERMARK_END, WATERMARK_MIN};
+use crate::reread::{Clause, Reread, RereadNote};
 
 /// What one handled chunk still depends on.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ struct PartitionProgress {
     held: bool,
     /// Views' rows do not hold this partition back (see [`Progress::release_views`]).
     views_released: bool,
+    /// Rows an earlier run already counted (see [`crate::reread`]).
+    reread: Option<std::sync::Arc<Reread>>,
 }
 
 struct Inner {
@@ -77,6 +80,9 @@ struct Inner {
     partitions: Vec<PartitionProgress>,
     /// Per operator: per sink of the operator, how far its rows are durable.
     durable: Vec<Vec<Durable>>,
+    /// Per operator: its identity across runs ([`crate::reread::operator_key`]); `None`
+    /// for one that takes no note (processing time). Empty: no notes.
+    keys: Vec<Option<u64>>,
 }
 
 /// The tracker of committable offsets of a job.
@@ -107,6 +113,7 @@ impl Progress {
                         ]
                     })
                     .collect(),
+                keys: Vec::new(),
             }),
             finished: AtomicBool::new(false),
         }
@@ -198,6 +205,60 @@ impl Progress {
         advance_all(&mut inner);
     }
 
+    /// Sets the operators' identities across runs ([`crate::reread::operator_key`], one per
+    /// operator, `None` for one that takes no note): without them, no [`RereadNote`] is
+    /// written or read.
+    pub fn set_operator_keys(&self, keys: Vec<Option<u64>>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.keys = keys;
+        }
+    }
+
+    /// What to commit beside [`Self::committable`]: a [`RereadNote`] of the rows read past it
+    /// whose windows are durable already, as text; `None` when there are none.
+    pub fn note(&self, partition: usize) -> Option<String> {
+        let inner = self.inner.lock().ok()?;
+        note_of(&inner, partition).map(|n| n.encode())
+    }
+
+    /// A partition starts at `committed`, committed with `note` ([`Self::note`]'s text, maybe
+    /// of an earlier run; empty when none): the rows it names are skipped from now on, and
+    /// its clauses are committed again while they matter. Returns whether rows are skipped.
+    pub fn start_reading(&self, partition: usize, committed: u64, note: &str) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        let resolved = RereadNote::decode(note)
+            .filter(|_| !inner.checkpoints && !inner.keys.is_empty())
+            .map(|mut n| {
+                n.clauses.retain(|c| c.read_to > committed);
+                n
+            })
+            .and_then(|n| Reread::resolve(n, &inner.keys))
+            .map(std::sync::Arc::new);
+        let found = resolved.is_some();
+        if let Some(p) = inner.partitions.get_mut(partition) {
+            p.reread = resolved;
+        }
+        found
+    }
+
+    /// Forgets a partition's note: its offsets no longer name the records the note
+    /// describes (the topic was created again, or lost records).
+    pub fn forget_reread(&self, partition: usize) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if let Some(p) = inner.partitions.get_mut(partition) {
+                p.reread = None;
+            }
+        }
+    }
+
+    /// The rows of `partition` that an earlier run already counted, if any.
+    pub fn reread(&self, partition: usize) -> Option<std::sync::Arc<Reread>> {
+        let inner = self.inner.lock().ok()?;
+        inner.partitions.get(partition)?.reread.clone()
+    }
+
     /// The offset to commit for a partition (the next one to read after a restart), when
     /// some progress was made.
     pub fn committable(&self, partition: usize) -> Option<u64> {
@@ -287,13 +348,7 @@ fn advance_all(inner: &mut Inner) {
                 .windows
                 .iter()
                 .flat_map(|o| {
-                    let d = &durable[o.operator];
-                    let handed_over =
-                        d.covered.get(o.worker).copied().unwrap_or(0) > o.after_handover;
-                    let upto = match &d.partitions {
-                        Some(parts) => Some(parts.get(partition).copied().unwrap_or(WATERMARK_MIN)),
-                        None => handed_over.then_some(d.watermark),
-                    };
+                    let upto = durable_upto(&durable[o.operator], o, partition);
                     o.windows
                         .iter()
                         // a view's rows (closing at the end) are never durable: its
@@ -324,7 +379,94 @@ fn advance_all(inner: &mut Inner) {
             let seq = p.next_seq - 1;
             p.pending.remove(&seq);
         }
+        // a note the partition's commit passed names no row that can be read again here
+        let passed = |r: &Reread| p.committable.is_some_and(|c| c >= r.read_to());
+        if p.reread.as_deref().is_some_and(passed) {
+            p.reread = None;
+        }
     }
+}
+
+/// Up to which closing the windows of `o` (a residue's windows of one operator, of
+/// `partition`) are durable in every sink; `None`: none of them is.
+fn durable_upto(d: &Durable, o: &OpResidue, partition: usize) -> Option<i64> {
+    match &d.partitions {
+        Some(parts) => Some(parts.get(partition).copied().unwrap_or(WATERMARK_MIN)),
+        None => {
+            let handed_over = d.covered.get(o.worker).copied().unwrap_or(0) > o.after_handover;
+            handed_over.then_some(d.watermark)
+        }
+    }
+}
+
+/// The note of `partition`'s rows read past its committable offset (see [`crate::reread`]):
+/// this run's clause (the offset its reported chunks reach without a gap, and per window
+/// operator the closing below the lowest of its windows there that is not durable, at most
+/// the highest it saw), and the clauses of the note the partition started from that still
+/// reach past the committable offset. Views (windows closing at the end) get none.
+fn note_of(inner: &Inner, partition: usize) -> Option<RereadNote> {
+    let p = inner.partitions.get(partition)?;
+    if inner.checkpoints || !p.tracked || p.held || inner.keys.is_empty() {
+        return None;
+    }
+    let committable = p.committable?;
+    let mut clauses: Vec<Clause> = own_clause(inner, p, partition)
+        .filter(|c| c.read_to > committable)
+        .into_iter()
+        .collect();
+    if let Some(r) = &p.reread {
+        for c in r.note.clauses.iter().filter(|c| c.read_to > committable) {
+            if !clauses.contains(c) {
+                clauses.push(c.clone());
+            }
+        }
+    }
+    clauses.retain(|c| !c.closed.is_empty());
+    (!clauses.is_empty()).then_some(RereadNote { clauses })
+}
+
+/// This run's clause of `partition`'s note (see [`note_of`]).
+fn own_clause(inner: &Inner, p: &PartitionProgress, partition: usize) -> Option<Clause> {
+    let durable = effective(&inner.durable);
+    let ops = inner.keys.len();
+    // per operator: a view's, lowest closing not durable, highest closing seen
+    let mut view = vec![false; ops];
+    let mut lowest: Vec<Option<i64>> = vec![None; ops];
+    let mut highest: Vec<Option<i64>> = vec![None; ops];
+    let mut read_to = None;
+    let mut seq = p.next_seq;
+    while let Some(r) = p.pending.get(&seq) {
+        for o in r.windows.iter().filter(|o| o.operator < ops) {
+            let upto = durable_upto(&durable[o.operator], o, partition);
+            for &(closes, _) in &o.windows {
+                if closes == WATERMARK_END {
+                    view[o.operator] = true;
+                    continue;
+                }
+                let h = &mut highest[o.operator];
+                *h = Some(h.map_or(closes, |h| h.max(closes)));
+                if upto.is_none_or(|u| closes > u) {
+                    let l = &mut lowest[o.operator];
+                    *l = Some(l.map_or(closes, |l| l.min(closes)));
+                }
+            }
+        }
+        read_to = Some(r.next_offset);
+        seq += 1;
+    }
+    let closed = (0..ops)
+        .filter(|&i| !view[i])
+        .filter_map(|i| {
+            let key = inner.keys[i]?;
+            let highest = highest[i]?;
+            let below = lowest[i].map_or(highest, |l| l.saturating_sub(1).min(highest));
+            Some((key, below))
+        })
+        .collect();
+    Some(Clause {
+        read_to: read_to?,
+        closed,
+    })
 }
 
 #[cfg(test)]
@@ -447,5 +589,124 @@ mod tests {
         p.restart(0, 5);
         p.add_residues([residue(5, 30, vec![])]);
         assert_eq!(p.committable(0), Some(30));
+    }
+
+    fn clause(read_to: u64, closed: &[(u64, i64)]) -> Clause {
+        Clause {
+            read_to,
+            closed: closed.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_note_names_the_rows_read_past_the_commit_whose_windows_are_durable() {
+        let p = Progress::new(1, &[1]);
+        p.track(0);
+        // no keys, no note
+        p.add_residues([residue(0, 10, vec![(60, 0), (120, 5)])]);
+        assert_eq!(p.note(0), None);
+        p.set_operator_keys(vec![Some(0xab)]);
+        // rows 0-9 read: windows 60 (from offset 0) and 120 (from 5); nothing durable yet:
+        // everything from 0 is read again, all of it counted again
+        assert_eq!(p.committable(0), Some(0));
+        let note = |p: &Progress| RereadNote::decode(&p.note(0).unwrap()).unwrap().clauses;
+        assert_eq!(note(&p), vec![clause(10, &[(0xab, 59)])]);
+        // window 60 durable: the commit moves to 5; rows below 20 of windows up to 119 are
+        // counted (offsets 10-19 went to window 60 again, out of order)
+        p.add_residues([residue(1, 20, vec![(60, 12), (180, 15)])]);
+        p.sink_durable(0, 0, durable(60, &[1]));
+        assert_eq!(p.committable(0), Some(5));
+        assert_eq!(note(&p), vec![clause(20, &[(0xab, 119)])]);
+        // a gap (chunk 3 before chunk 2): the note stops at the gap
+        p.add_residues([residue(3, 40, vec![(180, 30)])]);
+        assert_eq!(note(&p)[0].read_to, 20);
+        // everything durable: the commit reaches the end, and nothing is read again
+        p.add_residues([residue(2, 30, vec![(180, 22)])]);
+        p.sink_durable(0, 0, durable(180, &[2]));
+        assert_eq!(p.committable(0), Some(40));
+        assert_eq!(p.note(0), None);
+        // a view's rows are never skipped, nor a processing-time operator's
+        let v = Progress::new(1, &[1, 1]);
+        v.set_operator_keys(vec![Some(1), None]);
+        v.track(0);
+        let mut r = residue(0, 10, vec![(60, 0), (WATERMARK_END, 1)]);
+        r.windows.push(OpResidue {
+            operator: 1,
+            ..r.windows[0].clone()
+        });
+        v.add_residues([r]);
+        assert_eq!(v.note(0), None);
+    }
+
+    #[test]
+    fn all_durable_skips_up_to_the_highest_window_seen_only() {
+        let p = Progress::new(1, &[1, 1]);
+        p.set_operator_keys(vec![Some(7), Some(8)]);
+        p.track(0);
+        // operator 0's window 120 holds the commit at 5; operator 1's windows are all
+        // durable: its rows are skipped up to the highest window it saw, not beyond
+        let mut r = residue(0, 10, vec![(60, 0), (120, 5)]);
+        r.windows.push(OpResidue {
+            operator: 1,
+            worker: 0,
+            after_handover: 0,
+            windows: vec![(60, 0)],
+        });
+        p.add_residues([r]);
+        p.sink_durable(0, 0, durable(60, &[1]));
+        p.sink_durable(1, 0, durable(1_000, &[1]));
+        assert_eq!(p.committable(0), Some(5));
+        assert_eq!(
+            RereadNote::decode(&p.note(0).unwrap()).unwrap().clauses,
+            vec![clause(10, &[(7, 119), (8, 60)])]
+        );
+    }
+
+    #[test]
+    fn a_note_applies_to_a_partition_starting_below_where_it_was_read() {
+        let p = Progress::new(2, &[1, 1]);
+        p.set_operator_keys(vec![Some(1), Some(2)]);
+        let text = RereadNote {
+            clauses: vec![clause(20, &[(2, 119)])],
+        }
+        .encode();
+        assert!(p.start_reading(1, 5, &text));
+        let r = p.reread(1).unwrap();
+        assert_eq!(r.clauses, vec![(20, vec![None, Some(119)])]);
+        // a note read up to the start is nothing to skip; someone else's metadata neither
+        assert!(!p.start_reading(1, 20, &text));
+        assert!(p.reread(1).is_none());
+        assert!(!p.start_reading(0, 5, "someone else's metadata"));
+        assert!(p.start_reading(1, 5, &text));
+        p.forget_reread(1);
+        assert!(p.reread(1).is_none());
+        // with checkpoints, offsets and state come from them
+        p.use_checkpoints();
+        assert!(!p.start_reading(1, 5, &text));
+    }
+
+    #[test]
+    fn a_run_that_reads_again_keeps_the_note_it_started_from_while_it_matters() {
+        let p = Progress::new(1, &[1]);
+        p.set_operator_keys(vec![Some(1)]);
+        p.track(0);
+        // run 1 read to 40; window 119 and below durable
+        let inherited = clause(40, &[(1, 119)]);
+        let text = RereadNote {
+            clauses: vec![inherited.clone()],
+        }
+        .encode();
+        assert!(p.start_reading(0, 5, &text));
+        p.restart(0, 0);
+        // run 2 read to 20 only (rows of window 180 from 5): both clauses are committed
+        p.add_residues([residue(0, 20, vec![(180, 5)])]);
+        assert_eq!(p.committable(0), Some(5));
+        let note = |p: &Progress| RereadNote::decode(&p.note(0).unwrap()).unwrap().clauses;
+        assert_eq!(note(&p), vec![clause(20, &[(1, 179)]), inherited.clone()]);
+        // once the commit passed it, the inherited clause is dropped
+        p.add_residues([residue(1, 50, vec![(240, 45)])]);
+        p.sink_durable(0, 0, durable(180, &[1]));
+        assert_eq!(p.committable(0), Some(45));
+        assert_eq!(note(&p), vec![clause(50, &[(1, 239)])]);
     }
 }

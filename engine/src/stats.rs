@@ -184,6 +184,9 @@ pub struct RunStats {
     pub rows_committed: Vec<Named>,
     /// Records written to the dead-letter output.
     pub dead_letters: AtomicU64,
+    /// Operator rows not counted again: read again after a restart without checkpoints, of
+    /// windows an earlier run made durable (see `crate::reread`). Once per operator.
+    pub reread_skipped: AtomicU64,
     /// Per global partition: records read, bad records and late rows (`weir_status`).
     pub partitions: PartitionCounters,
     /// The newest of them, in memory (the console's `weir_dead_letters`).
@@ -363,6 +366,7 @@ impl RunStats {
             rows_written: named(sinks),
             rows_committed: named(sinks),
             dead_letters: AtomicU64::new(0),
+            reread_skipped: AtomicU64::new(0),
             partitions: PartitionCounters::default(),
             recent_dead_letters: Default::default(),
             checkpoints: Default::default(),

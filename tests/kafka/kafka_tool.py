@@ -11,6 +11,7 @@
                                                          (prints its port, then serves until killed)
   kafka_tool.py leader-leaves BROKERS TOPIC GROUP        checks the broker: a group whose leader
                                                          leaves while it re-forms still assigns
+  kafka_tool.py committed BROKERS GROUP TOPIC PARTITION  {"offset": N, "metadata": "..."} as JSON
 
 `produce` sends each line of FILE as one message, keyed by the JSON field F when the line is an
 object that has it (else no key). With --format avro the line's object is encoded with the Avro
@@ -222,6 +223,13 @@ def lag(args):
     print(json.dumps({"committed": total_committed, "end": total_end, "lag": total_end - total_committed}))
 
 
+def committed(args):
+    c = Consumer({"bootstrap.servers": args.brokers, "group.id": args.group, "enable.auto.commit": False})
+    tp = c.committed([TopicPartition(args.topic, args.partition)], timeout=30)[0]
+    c.close()
+    print(json.dumps({"offset": tp.offset, "metadata": tp.metadata}))
+
+
 class RawMember:
     """A group member speaking the Kafka protocol itself (JoinGroup v1, LeaveGroup v0), so that
     it can leave at a moment no client library chooses: after it joined, before it assigns."""
@@ -379,6 +387,9 @@ def main():
     a.add_argument("avsc"), a.add_argument("id", type=int)
     a = sub.add_parser("leader-leaves")
     a.add_argument("brokers"), a.add_argument("topic"), a.add_argument("group")
+    a = sub.add_parser("committed")
+    a.add_argument("brokers"), a.add_argument("group"), a.add_argument("topic")
+    a.add_argument("partition", type=int)
     args = ap.parse_args()
     if args.cmd == "create":
         create(args.brokers, args.topic, args.partitions)
@@ -392,6 +403,9 @@ def main():
         registry(args)
     elif args.cmd == "leader-leaves":
         leader_leaves(args)
+    elif args.cmd == "committed":
+        committed(args)
+
     else:
         consume(args)
 

@@ -343,6 +343,15 @@ impl Wiring {
                 .map(|o| o.sinks.len())
                 .collect::<Vec<_>>(),
         ));
+        progress.set_operator_keys(
+            spec.operators
+                .iter()
+                .map(|o| {
+                    let w = o.workers.first().filter(|w| !w.processing_time())?;
+                    Some(crate::reread::operator_key(&o.name, |t| w.closes_at(t)))
+                })
+                .collect(),
+        );
         let partition_keys = spec
             .sources
             .iter()

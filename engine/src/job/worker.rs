@@ -471,11 +471,20 @@ fn process_chunk(
     }
     let mut dead = Vec::new();
     let mut late_rows = 0;
+    // per operator, the rows an earlier run counted already left out (see `crate::reread`)
+    let uncounted = match tracked {
+        true => uncounted_rows(ops, ctx, (&chunk.partition, chunk.source), &events, row_wm)?,
+        false => Vec::new(),
+    };
     for (i, (oi, op)) in ops.iter_mut().enumerate() {
         if ctx.op_sources[*oi] != chunk.source {
             continue;
         }
-        let late = op.process(&chunk.partition, &events, row_wm, &mut dead)?;
+        let (ev, wm) = match uncounted.get(i) {
+            Some(Some((e, w))) => (e, &w[..]),
+            _ => (&events, &row_wm[..]),
+        };
+        let late = op.process(&chunk.partition, ev, wm, &mut dead)?;
         RunStats::add(&ctx.stats.late[*oi].value, late);
         late_rows += late;
         handovers[i].dirty = true;
@@ -495,20 +504,38 @@ fn process_chunk(
             .map_err(|_| ctx.failure.closed("the dead-letter output"))?;
     }
     if let (true, Some(next_offset)) = (tracked, next_offset) {
-        let windows = ops
-            .iter()
-            .zip(handovers.iter())
-            .filter(|((oi, op), _)| ctx.op_sources[*oi] == chunk.source && op.holds_offsets())
-            .map(|((oi, op), h)| OpResidue {
-                operator: *oi,
-                worker: ctx.index,
-                after_handover: h.seq,
-                windows: residue_windows(op.as_ref(), &events),
-            })
-            .collect();
+        let windows = op_residues(ops, handovers, ctx, chunk.source, (&events, &uncounted));
         send_residue(ctx, (chunk.partition.id, chunk.seq), next_offset, windows)?;
     }
     Ok(records)
+}
+
+/// The residue of a chunk of `source` for each operator that holds offsets: the windows its
+/// rows went to (of the rows it counted, `uncounted`'s when given).
+fn op_residues(
+    ops: &[(usize, Box<dyn WorkerOperator>)],
+    handovers: &[Handover],
+    ctx: &WorkerCtx,
+    source: usize,
+    (events, uncounted): (&EventBatch, &[Option<(EventBatch, Vec<i64>)>]),
+) -> Vec<OpResidue> {
+    ops.iter()
+        .zip(handovers.iter())
+        .enumerate()
+        .filter(|(_, ((oi, op), _))| ctx.op_sources[*oi] == source && op.holds_offsets())
+        .map(|(i, ((oi, op), h))| OpResidue {
+            operator: *oi,
+            worker: ctx.index,
+            after_handover: h.seq,
+            windows: residue_windows(
+                op.as_ref(),
+                match uncounted.get(i) {
+                    Some(Some((e, _))) => e,
+                    _ => events,
+                },
+            ),
+        })
+        .collect()
 }
 
 /// Counts the records operators dead-lettered as bad (an expression failed on them) as bad
@@ -531,6 +558,65 @@ fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) -> u64 {
         RunStats::add(&src.bad, n);
     }
     n
+}
+
+/// Per operator of `ops`, the rows of `events` (a chunk of a tracked partition) it has not
+/// counted yet, when an earlier run's note names some (see `crate::reread`); empty when
+/// there is no note.
+fn uncounted_rows(
+    ops: &[(usize, Box<dyn WorkerOperator>)],
+    ctx: &WorkerCtx,
+    (partition, source): (&crate::dead_letter::PartitionInfo, usize),
+    events: &EventBatch,
+    row_wm: &[i64],
+) -> Result<Vec<Option<(EventBatch, Vec<i64>)>>, EngineError> {
+    let Some(reread) = ctx
+        .progress
+        .reread(partition.id)
+        .filter(|r| events.offsets.first().is_some_and(|&o| o < r.read_to()))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(ops.len());
+    for (oi, op) in ops {
+        if ctx.op_sources[*oi] != source {
+            out.push(None);
+            continue;
+        }
+        let kept = without_counted_rows(op.as_ref(), *oi, &reread, events, row_wm)
+            .map_err(|e| EngineError::source_caused(&partition.source, "", e))?;
+        if let Some((ev, _)) = &kept {
+            let skipped = events.offsets.len() - ev.offsets.len();
+            RunStats::add(&ctx.stats.reread_skipped, skipped as u64);
+        }
+        out.push(kept);
+    }
+    Ok(out)
+}
+
+/// The rows of `events` operator `oi` has not counted yet, with their watermarks: those an
+/// earlier run's note does not name (see `crate::reread`). `None` when every row is to be
+/// counted.
+fn without_counted_rows(
+    op: &dyn WorkerOperator,
+    oi: usize,
+    reread: &crate::reread::Reread,
+    events: &EventBatch,
+    row_wm: &[i64],
+) -> Result<Option<(EventBatch, Vec<i64>)>, arrow::error::ArrowError> {
+    let keep: Vec<u32> = (0..events.offsets.len())
+        .filter(|&i| {
+            let offset = events.offsets[i];
+            offset >= reread.read_to()
+                || !reread.counted(oi, offset, op.closes_at(events.event_time[i]))
+        })
+        .map(|i| i as u32)
+        .collect();
+    if keep.len() == events.offsets.len() {
+        return Ok(None);
+    }
+    let wm = keep.iter().map(|&i| row_wm[i as usize]).collect();
+    Ok(Some((events.retain_rows(&keep)?, wm)))
 }
 
 /// Per window a chunk's rows went to: (the watermark that closes it, smallest offset of its

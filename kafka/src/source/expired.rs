@@ -126,12 +126,15 @@ impl GroupContext {
         // the group's committed offsets, where the partitions start without another
         if committed_query.count() > 0 {
             match consumer.committed_offsets(committed_query, OFFSETS_TIMEOUT) {
-                Ok(c) => wanted.extend(c.elements().iter().filter_map(|e| match e.offset() {
-                    Offset::Offset(o) if o > 0 => {
-                        Some(((e.topic().to_string(), e.partition()), o as u64))
-                    }
-                    _ => None,
-                })),
+                Ok(c) => {
+                    self.read_notes(&c);
+                    wanted.extend(c.elements().iter().filter_map(|e| match e.offset() {
+                        Offset::Offset(o) if o > 0 => {
+                            Some(((e.topic().to_string(), e.partition()), o as u64))
+                        }
+                        _ => None,
+                    }))
+                }
                 Err(e) => {
                     tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the group's committed offsets to check them against the topic's retention");
                 }
@@ -152,6 +155,10 @@ impl GroupContext {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the partitions' log starts; offsets deleted by retention are reset as `auto.offset.reset` says");
+                // (a start librdkafka resets may not name the records a note describes)
+                for (tp, _) in &wanted {
+                    self.forget_note(tp);
+                }
                 return;
             }
         };
@@ -161,6 +168,9 @@ impl GroupContext {
         }
         for ((topic, p), start, low, kind) in moves {
             let key = (topic, p);
+            if kind == Misplaced::PastEnd {
+                self.forget_note(&key);
+            }
             let end = ranges.get(&key).map_or(0, |&(_, high)| high.max(0) as u64);
             let low = match kind {
                 Misplaced::Expired => {
@@ -189,6 +199,44 @@ impl GroupContext {
             if let Ok(mut positions) = self.positions.lock() {
                 positions.insert(key, low);
             }
+        }
+    }
+
+    /// Hands the engine the notes committed with the group's offsets `committed` (see
+    /// `weir_engine::reread`): the rows an earlier run without checkpoints read past them
+    /// whose windows are durable already.
+    fn read_notes(&self, committed: &TopicPartitionList) {
+        let progress = self.progress();
+        for (i, e) in committed.elements().iter().enumerate() {
+            let (Offset::Offset(o), Some(&id)) = (
+                e.offset(),
+                self.ids.get(&(e.topic().to_string(), e.partition())),
+            ) else {
+                continue;
+            };
+            let Ok(offset) = u64::try_from(o) else {
+                continue;
+            };
+            // the group's newest commit says it all: without a note, nothing is skipped
+            let note = committed_metadata(committed, i).unwrap_or_default();
+            if progress.start_reading(id, offset, &note) {
+                tracing::info!(
+                    source = %self.source,
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    offset,
+                    note = %note,
+                    "kafka: rows read again past the committed offset whose windows an earlier run made durable are not counted again"
+                );
+            }
+        }
+    }
+
+    /// Forgets the note of partition `tp`: its offsets may no longer name the records the
+    /// note describes.
+    pub(super) fn forget_note(&self, tp: &Tp) {
+        if let Some(&id) = self.ids.get(tp) {
+            self.progress().forget_reread(id);
         }
     }
 
@@ -382,6 +430,25 @@ impl GroupContext {
              retention, or keep the pipeline from falling this far behind"
         );
         self.expired.fetch_add(lost, Ordering::AcqRel);
+    }
+}
+
+/// The metadata committed with element `index` of `list`, when it is UTF-8 text (rdkafka's
+/// `metadata()` panics on other bytes, which any client of the group may have committed).
+fn committed_metadata(list: &TopicPartitionList, index: usize) -> Option<String> {
+    // SAFETY: `list` owns its native list for the borrow; `index` is checked against its
+    // count, and the metadata pointer and size are librdkafka's, read-only here.
+    unsafe {
+        let native = &*list.ptr();
+        if index >= usize::try_from(native.cnt).ok()? {
+            return None;
+        }
+        let e = &*native.elems.add(index);
+        if e.metadata.is_null() || e.metadata_size == 0 {
+            return None;
+        }
+        let bytes = std::slice::from_raw_parts(e.metadata as *const u8, e.metadata_size);
+        std::str::from_utf8(bytes).ok().map(str::to_owned)
     }
 }
 

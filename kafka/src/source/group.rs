@@ -67,8 +67,12 @@ pub(super) struct GroupContext {
     pub(super) ids: HashMap<(String, i32), usize>,
     /// Partitions assigned before in this process (they resume from committed offsets).
     pub(super) seen: Mutex<HashSet<(String, i32)>>,
-    /// Offsets committed last, per global partition.
-    pub(super) committed: Mutex<HashMap<usize, u64>>,
+    /// Offsets committed last, per global partition, with their notes (see
+    /// `weir_engine::reread`).
+    pub(super) committed: Mutex<HashMap<usize, CommittedAt>>,
+    /// The group refused a commit's note as too large (`offset.metadata.max.bytes`): offsets
+    /// are committed without notes from then on.
+    pub(super) notes_refused: AtomicBool,
     pub(super) events: Mutex<Vec<GroupEvent>>,
     pub(super) has_events: AtomicBool,
     /// The source's name and the run's gauges, for consumer lag.
@@ -248,13 +252,31 @@ impl GroupContext {
             let Some(offset) = self.progress().committable(id) else {
                 continue;
             };
-            if committed.get(&id) != Some(&offset)
-                && tpl
-                    .add_partition_offset(&topic, p, Offset::Offset(offset as i64))
-                    .is_ok()
-            {
-                committed.insert(id, offset);
+            // Rows read past the offset whose windows are durable already: the next run
+            // skips them (a run without checkpoints; see `weir_engine::reread`). A note that
+            // alone changed is committed again at most every `NOTE_EVERY`.
+            let last = committed.get(&id);
+            if last.is_some_and(|l| l.offset == offset && l.at.elapsed() < NOTE_EVERY) {
+                continue;
             }
+            let note = match self.notes_refused.load(Ordering::Relaxed) {
+                true => None,
+                false => self.progress().note(id),
+            };
+            if last.is_some_and(|l| l.offset == offset && l.note == note) {
+                continue;
+            }
+            if tpl
+                .add_partition_offset(&topic, p, Offset::Offset(offset as i64))
+                .is_err()
+            {
+                continue;
+            }
+            if let (Some(note), Some(mut e)) = (&note, tpl.find_partition(&topic, p)) {
+                e.set_metadata(note);
+            }
+            let at = Instant::now();
+            committed.insert(id, CommittedAt { offset, note, at });
         }
         tpl
     }
@@ -366,6 +388,7 @@ impl GroupContext {
                 Offset::Beginning
             };
             set(tpl, &tp.0, tp.1, at);
+            self.forget_note(tp);
             false
         });
         let offset = match self.start_from {
@@ -608,7 +631,18 @@ impl ConsumerContext for GroupContext {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
-        if result.is_ok() {
+        let too_large = |e: &rdkafka::error::KafkaError| {
+            e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OffsetMetadataTooLarge)
+        };
+        let refused = result.as_ref().err().is_some_and(too_large)
+            || offsets
+                .elements()
+                .iter()
+                .any(|e| e.error().as_ref().err().is_some_and(too_large));
+        if refused && !self.notes_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(source = %self.source, "kafka: the group refuses offset commit metadata this large (`offset.metadata.max.bytes`); offsets are committed without notes, and a restart may emit again a window with only the rows it reads again");
+        }
+        if result.is_ok() && !refused {
             return;
         }
         if let Ok(mut committed) = self.committed.lock() {
@@ -619,6 +653,18 @@ impl ConsumerContext for GroupContext {
             }
         }
     }
+}
+
+/// How often a partition's commit is sent again when only its note changed (see
+/// `weir_engine::reread`).
+const NOTE_EVERY: Duration = Duration::from_secs(10);
+
+/// What was committed last for a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CommittedAt {
+    offset: u64,
+    note: Option<String>,
+    at: Instant,
 }
 
 /// How long librdkafka waits before fetching again for a partition whose prefetch queue is

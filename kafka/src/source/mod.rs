@@ -19,6 +19,7 @@ mod group;
 mod incarnation;
 mod lanes;
 pub mod managed;
+mod place;
 mod reader;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -27,6 +28,7 @@ pub(crate) use buffer::PushMessage;
 pub(crate) use group::group_consumer_config;
 use group::*;
 use lanes::Lanes;
+use place::*;
 pub use reader::KafkaReader;
 use reader::*;
 

@@ -247,6 +247,12 @@ fn sources(e: &mut DescriptorEncoder, s: &RunStats) -> Encoded {
         "Records written to the dead-letter output.",
         [(NONE, get(&s.dead_letters))],
     )?;
+    counter(
+        e,
+        "weir_reread_rows_skipped_total",
+        "Rows read again after a restart without checkpoints and not counted again: their windows were durable before (once per operator).",
+        [(NONE, get(&s.reread_skipped))],
+    )?;
     let lag: Vec<((String, String), i64)> = s
         .consumer_lag
         .lock()

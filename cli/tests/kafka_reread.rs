@@ -1,0 +1,144 @@
+//! A Kafka pipeline without checkpoints (Kafka outputs, durable as they are acknowledged),
+//! killed and started again with the same file and
+//! group: rows read again past the committed offset, of windows the first run already made
+//! durable, are not counted again (before, such a window was emitted a second time with only
+//! the rows read again: a smaller number, which a reader keeping the newest row per key took).
+//!
+//! The note that says which rows those are travels as the offset commit's metadata. The test
+//! broker (tansu) drops commit metadata, so this runs against librdkafka's mock cluster,
+//! started in the test process and served over TCP to `weir` and to the independent Python
+//! client (which reads the committed offset and its metadata, and the output topic).
+
+use std::time::{Duration, Instant};
+
+#[path = "support/crash.rs"]
+mod crash;
+#[path = "support/kafka.rs"]
+mod kafka_support;
+use kafka_support::{produce_lines, read_topic, tool, Running};
+use rdkafka::mocking::MockCluster;
+
+/// A minute-aligned event time (ms).
+const T0: i64 = 1_700_000_040_000;
+
+fn event(id: u32, seconds: i64) -> String {
+    format!(
+        r#"{{"eventId":"e{id}","timestamp":{},"source":"s3-ingest","datasetName":"orders","recordCount":{},"sizeBytes":1000,"format":"parquet","location":"s3://lake/orders","status":"SUCCESS"}}"#,
+        T0 + seconds * 1000,
+        id * 10
+    )
+}
+
+/// The group's committed offset of partition 0 and its metadata, by the independent client.
+fn committed(brokers: &str, group: &str, topic: &str) -> (i64, String) {
+    let out = tool(&["committed", brokers, group, topic, "0"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    (
+        v["offset"].as_i64().unwrap(),
+        v["metadata"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn a_window_emitted_before_a_kill_is_not_emitted_again_with_the_rows_read_again() {
+    for parallelism in ["1", "2"] {
+        killed_and_started_again(parallelism);
+    }
+}
+
+fn killed_and_started_again(parallelism: &str) {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("events", 1, 1).unwrap();
+    mock.create_topic("out", 1, 1).unwrap();
+    mock.create_topic("dead", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-reread
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: events, group_id: reread }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ topic: out }} }}
+dead_letter: {{ kafka: {{ topic: dead }} }}
+"#
+        ),
+    )
+    .unwrap();
+    // offsets 0-3: window 0 gets e1 and e3 (e3 after e2 of window 1, within the
+    // out-of-orderness); e4 closes window 0
+    let first: Vec<String> = [(1, 10), (2, 62), (3, 58), (4, 70)]
+        .iter()
+        .map(|&(id, s)| event(id, s))
+        .collect();
+    let lines: Vec<&str> = first.iter().map(String::as_str).collect();
+    produce_lines(dir.path(), &brokers, "events", &lines);
+    let args = ["--parallelism", parallelism];
+    let run = Running::start(&pipeline, &args);
+    // window 0 is durable: the committed offset moves to e2, the first row of window 1
+    let started = Instant::now();
+    loop {
+        let (offset, note) = committed(&brokers, "reread", "events");
+        if offset == 1 && note.starts_with("weir.reread.v1 r=") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no commit at offset 1 with a note (now {offset} {note:?}); log:\n{}",
+            run.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run.kill();
+
+    // the same pipeline, the same group: it reads offsets 1-3 again
+    let run = Running::start(&pipeline, &args);
+    produce_lines(dir.path(), &brokers, "events", &[&event(5, 200)]);
+    let rows = |dir: &std::path::Path| read_topic(&brokers, "out", dir).1;
+    let started = Instant::now();
+    while rows(dir.path()).len() < 2 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = run.interrupt();
+    let got: Vec<(String, i64, i64)> = rows(dir.path())
+        .iter()
+        .map(|r| {
+            (
+                r["window_start"].as_str().unwrap().to_string(),
+                r["events"].as_i64().unwrap(),
+                r["records"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2023-11-14T22:14:00.000Z".to_string(), 2, 40),
+            ("2023-11-14T22:15:00.000Z".to_string(), 2, 60),
+        ],
+        "parallelism {parallelism}: each window once, with all its rows; log:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter().any(|l| l.contains("not counted again")),
+        "the second run says it skips rows"
+    );
+    // nothing was dead-lettered: e3 was neither late nor lost
+    let (_, dead) = read_topic(&brokers, "dead", dir.path());
+    assert!(dead.is_empty(), "dead letters: {dead:?}");
+}
