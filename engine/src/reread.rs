@@ -112,7 +112,7 @@ impl RereadNote {
             let key = u64::from_str_radix(key, 16).ok()?;
             let value: i64 = value.parse().ok()?;
             // a view's rows are never skipped
-            if value >= WATERMARK_END {
+            if value == WATERMARK_END {
                 return None;
             }
             clauses.last_mut()?.closed.push((key, value));

@@ -510,6 +510,9 @@ fn process_chunk(
     Ok(records)
 }
 
+/// An operator's rows of a chunk that an earlier run did not count, with their watermarks.
+type Uncounted = (EventBatch, Vec<i64>);
+
 /// The residue of a chunk of `source` for each operator that holds offsets: the windows its
 /// rows went to (of the rows it counted, `uncounted`'s when given).
 fn op_residues(
@@ -517,7 +520,7 @@ fn op_residues(
     handovers: &[Handover],
     ctx: &WorkerCtx,
     source: usize,
-    (events, uncounted): (&EventBatch, &[Option<(EventBatch, Vec<i64>)>]),
+    (events, uncounted): (&EventBatch, &[Option<Uncounted>]),
 ) -> Vec<OpResidue> {
     ops.iter()
         .zip(handovers.iter())
@@ -569,7 +572,7 @@ fn uncounted_rows(
     (partition, source): (&crate::dead_letter::PartitionInfo, usize),
     events: &EventBatch,
     row_wm: &[i64],
-) -> Result<Vec<Option<(EventBatch, Vec<i64>)>>, EngineError> {
+) -> Result<Vec<Option<Uncounted>>, EngineError> {
     let Some(reread) = ctx
         .progress
         .reread(partition.id)
@@ -603,7 +606,7 @@ fn without_counted_rows(
     reread: &crate::reread::Reread,
     events: &EventBatch,
     row_wm: &[i64],
-) -> Result<Option<(EventBatch, Vec<i64>)>, arrow::error::ArrowError> {
+) -> Result<Option<Uncounted>, arrow::error::ArrowError> {
     let keep: Vec<u32> = (0..events.offsets.len())
         .filter(|&i| {
             let offset = events.offsets[i];
