@@ -72,6 +72,9 @@ struct PartitionProgress {
     views_released: bool,
     /// Rows an earlier run already counted (see [`crate::reread`]).
     reread: Option<std::sync::Arc<Reread>>,
+    /// The note the partition started from: its clauses are committed again while they
+    /// reach past the committable offset (whether or not they name an operator of this run).
+    carried: Option<RereadNote>,
 }
 
 struct Inner {
@@ -217,8 +220,28 @@ impl Progress {
     /// What to commit beside [`Self::committable`]: a [`RereadNote`] of the rows read past it
     /// whose windows are durable already, as text; `None` when there are none.
     pub fn note(&self, partition: usize) -> Option<String> {
-        let inner = self.inner.lock().ok()?;
-        note_of(&inner, partition).map(|n| n.encode())
+        self.commit_points(&[partition]).pop().flatten()?.1
+    }
+
+    /// Per partition of `partitions`: the offset to commit ([`Self::committable`]) and the
+    /// note to commit with it ([`Self::note`]), read together.
+    pub fn commit_points(&self, partitions: &[usize]) -> Vec<Option<(u64, Option<String>)>> {
+        let Ok(inner) = self.inner.lock() else {
+            return vec![None; partitions.len()];
+        };
+        let durable =
+            (!inner.checkpoints && !inner.keys.is_empty()).then(|| effective(&inner.durable));
+        partitions
+            .iter()
+            .map(|&id| {
+                let offset = inner.partitions.get(id)?.committable?;
+                let note = durable
+                    .as_deref()
+                    .and_then(|d| note_of(&inner, d, id))
+                    .map(|n| n.encode());
+                Some((offset, note))
+            })
+            .collect()
     }
 
     /// A partition starts at `committed`, committed with `note` ([`Self::note`]'s text, maybe
@@ -228,17 +251,25 @@ impl Progress {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
         };
-        let resolved = RereadNote::decode(note)
+        let carried = RereadNote::decode(note)
             .filter(|_| !inner.checkpoints && !inner.keys.is_empty())
             .map(|mut n| {
                 n.clauses.retain(|c| c.read_to > committed);
                 n
             })
+            .filter(|n| !n.clauses.is_empty());
+        let resolved = carried
+            .as_ref()
             .and_then(|n| Reread::resolve(n, &inner.keys))
             .map(std::sync::Arc::new);
         let found = resolved.is_some();
         if let Some(p) = inner.partitions.get_mut(partition) {
             p.reread = resolved;
+            p.carried = carried;
+            // (the previous assignment's offset must not pass the note before `restart`)
+            if !p.held {
+                p.committable = None;
+            }
         }
         found
     }
@@ -249,6 +280,7 @@ impl Progress {
         if let Ok(mut inner) = self.inner.lock() {
             if let Some(p) = inner.partitions.get_mut(partition) {
                 p.reread = None;
+                p.carried = None;
             }
         }
     }
@@ -404,18 +436,18 @@ fn durable_upto(d: &Durable, o: &OpResidue, partition: usize) -> Option<i64> {
 /// operator the closing below the lowest of its windows there that is not durable, at most
 /// the highest it saw), and the clauses of the note the partition started from that still
 /// reach past the committable offset. Views (windows closing at the end) get none.
-fn note_of(inner: &Inner, partition: usize) -> Option<RereadNote> {
+fn note_of(inner: &Inner, durable: &[Durable], partition: usize) -> Option<RereadNote> {
     let p = inner.partitions.get(partition)?;
     if inner.checkpoints || !p.tracked || p.held || inner.keys.is_empty() {
         return None;
     }
     let committable = p.committable?;
-    let mut clauses: Vec<Clause> = own_clause(inner, p, partition)
+    let mut clauses: Vec<Clause> = own_clause(inner, durable, p, partition)
         .filter(|c| c.read_to > committable)
         .into_iter()
         .collect();
-    if let Some(r) = &p.reread {
-        for c in r.note.clauses.iter().filter(|c| c.read_to > committable) {
+    if let Some(carried) = &p.carried {
+        for c in carried.clauses.iter().filter(|c| c.read_to > committable) {
             if !clauses.contains(c) {
                 clauses.push(c.clone());
             }
@@ -426,8 +458,12 @@ fn note_of(inner: &Inner, partition: usize) -> Option<RereadNote> {
 }
 
 /// This run's clause of `partition`'s note (see [`note_of`]).
-fn own_clause(inner: &Inner, p: &PartitionProgress, partition: usize) -> Option<Clause> {
-    let durable = effective(&inner.durable);
+fn own_clause(
+    inner: &Inner,
+    durable: &[Durable],
+    p: &PartitionProgress,
+    partition: usize,
+) -> Option<Clause> {
     let ops = inner.keys.len();
     // per operator: a view's, lowest closing not durable, highest closing seen
     let mut view = vec![false; ops];
@@ -703,6 +739,18 @@ mod tests {
         assert_eq!(p.committable(0), Some(5));
         let note = |p: &Progress| RereadNote::decode(&p.note(0).unwrap()).unwrap().clauses;
         assert_eq!(note(&p), vec![clause(20, &[(1, 179)]), inherited.clone()]);
+        // a clause naming no operator of this run is carried all the same
+        let q = Progress::new(1, &[1]);
+        q.set_operator_keys(vec![Some(1)]);
+        q.track(0);
+        let other = clause(30, &[(9, 60)]);
+        let text = RereadNote {
+            clauses: vec![other.clone()],
+        }
+        .encode();
+        assert!(!q.start_reading(0, 5, &text));
+        q.add_residues([residue(0, 20, vec![(180, 5)])]);
+        assert_eq!(note(&q), vec![clause(20, &[(1, 179)]), other]);
         // once the commit passed it, the inherited clause is dropped
         p.add_residues([residue(1, 50, vec![(240, 45)])]);
         p.sink_durable(0, 0, durable(180, &[1]));

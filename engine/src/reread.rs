@@ -11,13 +11,16 @@
 //! operator, the rows below R whose window closes at or below D: they are already counted.
 //!
 //! Kafka keeps the note as the commit's metadata (`OffsetCommit`'s `metadata`, at most
-//! `offset.metadata.max.bytes`, 4,096 bytes by default; a note holds at most
-//! [`MAX_NOTE_OPERATORS`] operators, about 40 bytes each).
+//! `offset.metadata.max.bytes`, 4,096 bytes by default; a note is at most [`MAX_NOTE_BYTES`],
+//! about 38 bytes an operator).
 
 use crate::clock::WATERMARK_END;
 
 /// The first word of a note: notes of other writers, or of other versions, are ignored.
 const MAGIC: &str = "weir.reread.v1";
+
+/// The last word of a note: a note cut short (by a broker that truncates metadata) is none.
+const END: &str = ".";
 
 /// A note's most bytes as text: clauses are merged (skipping less) and then operators left
 /// out until it fits (Kafka's `offset.metadata.max.bytes` is 4,096 by default).
@@ -60,14 +63,14 @@ pub struct RereadNote {
 }
 
 impl RereadNote {
-    /// The note as text: `weir.reread.v1 r=<read_to> <key hex>=<closed> ... r=...`, at most
+    /// The note as text: `weir.reread.v1 r=<read_to> <key hex>=<closed> ... r=... .`, at most
     /// [`MAX_NOTE_BYTES`] (see there).
     pub fn encode(&self) -> String {
         let mut clauses = self.clauses.clone();
         loop {
             let text = Self::text(&clauses);
-            if text.len() <= MAX_NOTE_BYTES {
-                return text;
+            if text.len() + END.len() < MAX_NOTE_BYTES {
+                return Self::finished(text);
             }
             clauses.sort_by_key(|c| c.read_to);
             if clauses.len() > 1 {
@@ -75,7 +78,7 @@ impl RereadNote {
                 clauses.splice(0..2, [merged]);
             } else if let Some(c) = clauses.first_mut() {
                 if c.closed.pop().is_none() {
-                    return Self::text(&[]);
+                    clauses.clear();
                 }
             }
         }
@@ -92,6 +95,11 @@ impl RereadNote {
         s
     }
 
+    /// [`Self::text`] and the end mark.
+    fn finished(text: String) -> String {
+        text + " " + END
+    }
+
     /// Reads a note written by [`Self::encode`]; `None` for anything else (another writer's
     /// metadata, an empty string, a damaged note).
     pub fn decode(text: &str) -> Option<RereadNote> {
@@ -100,7 +108,15 @@ impl RereadNote {
             return None;
         }
         let mut clauses: Vec<Clause> = Vec::new();
+        let mut ended = false;
         for w in words {
+            if ended {
+                return None;
+            }
+            if w == END {
+                ended = true;
+                continue;
+            }
             if let Some(r) = w.strip_prefix("r=") {
                 clauses.push(Clause {
                     read_to: r.parse().ok()?,
@@ -117,7 +133,7 @@ impl RereadNote {
             }
             clauses.last_mut()?.closed.push((key, value));
         }
-        Some(RereadNote { clauses })
+        ended.then_some(RereadNote { clauses })
     }
 }
 
@@ -144,8 +160,6 @@ pub fn operator_key(name: &str, closes_at: impl Fn(i64) -> i64) -> u64 {
 /// A note resolved against this run's operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reread {
-    /// The note as read (its clauses stay true, and are committed again while they matter).
-    pub note: RereadNote,
     /// Per clause: its `read_to`, and per operator index the closing up to which rows below
     /// it are skipped (`None`: none is).
     pub clauses: Vec<(u64, Vec<Option<i64>>)>,
@@ -154,7 +168,7 @@ pub struct Reread {
 impl Reread {
     /// Resolves `note` against the operators' keys (`None` for an operator that takes no
     /// note: a processing-time one); `None` when no operator of this run has rows to skip.
-    pub fn resolve(note: RereadNote, keys: &[Option<u64>]) -> Option<Reread> {
+    pub fn resolve(note: &RereadNote, keys: &[Option<u64>]) -> Option<Reread> {
         let clauses: Vec<(u64, Vec<Option<i64>>)> = note
             .clauses
             .iter()
@@ -170,7 +184,7 @@ impl Reread {
             })
             .filter(|(_, closed): &(u64, Vec<Option<i64>>)| closed.iter().any(Option::is_some))
             .collect();
-        (!clauses.is_empty()).then_some(Reread { note, clauses })
+        (!clauses.is_empty()).then_some(Reread { clauses })
     }
 
     /// The offset below which rows may be skipped.
@@ -219,13 +233,17 @@ mod tests {
             "weir.reread.v1 07=5",
             "weir.reread.v1 r=x",
             "weir.reread.v1 r=1 zz=5",
-            "weir.reread.v1 r=1 07=",
+            "weir.reread.v1 r=1 07= .",
+            "weir.reread.v1 r=1 07=5",
             "{\"weir\":1}",
         ] {
             assert_eq!(RereadNote::decode(other), None, "{other}");
         }
-        let end = format!("{MAGIC} r=1 01={WATERMARK_END}");
+        let end = format!("{MAGIC} r=1 01={WATERMARK_END} .");
         assert_eq!(RereadNote::decode(&end), None);
+        // cut short: `-5000` read as `-5` would skip more
+        assert_eq!(RereadNote::decode(&text[..text.len() - 2]), None);
+        assert_eq!(RereadNote::decode("weir.reread.v1 . r=1 07=5"), None);
     }
 
     #[test]
@@ -265,16 +283,13 @@ mod tests {
         let note = RereadNote {
             clauses: vec![clause(10, &[(a, 60_000)])],
         };
-        let r = Reread::resolve(
-            note.clone(),
-            &[Some(operator_key("other", minute)), Some(a), None],
-        )
-        .unwrap();
+        let r =
+            Reread::resolve(&note, &[Some(operator_key("other", minute)), Some(a), None]).unwrap();
         assert_eq!(r.clauses, vec![(10, vec![None, Some(60_000), None])]);
         assert!(r.counted(1, 9, 60_000));
         assert!(!r.counted(1, 10, 60_000) && !r.counted(1, 9, 60_001) && !r.counted(0, 0, 0));
         assert_eq!(
-            Reread::resolve(note, &[Some(operator_key("x", hour)), None]),
+            Reread::resolve(&note, &[Some(operator_key("x", hour)), None]),
             None
         );
     }
@@ -284,7 +299,7 @@ mod tests {
         let note = RereadNote {
             clauses: vec![clause(20, &[(1, 100)]), clause(30, &[(1, 50)])],
         };
-        let r = Reread::resolve(note, &[Some(1)]).unwrap();
+        let r = Reread::resolve(&note, &[Some(1)]).unwrap();
         assert_eq!(r.read_to(), 30);
         assert!(r.counted(0, 19, 100) && r.counted(0, 25, 50));
         assert!(!r.counted(0, 25, 100) && !r.counted(0, 30, 0));

@@ -587,7 +587,7 @@ fn uncounted_rows(
             continue;
         }
         let kept = without_counted_rows(op.as_ref(), *oi, &reread, events, row_wm)
-            .map_err(|e| EngineError::source_caused(&partition.source, "", e))?;
+            .map_err(|e| EngineError::internal_caused("cannot leave out rows read again", e))?;
         if let Some((ev, _)) = &kept {
             let skipped = events.offsets.len() - ev.offsets.len();
             RunStats::add(&ctx.stats.reread_skipped, skipped as u64);

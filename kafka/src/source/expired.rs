@@ -218,7 +218,8 @@ impl GroupContext {
                 continue;
             };
             // the group's newest commit says it all: without a note, nothing is skipped
-            let note = committed_metadata(committed, i).unwrap_or_default();
+            let metadata = committed_metadata(committed, i).unwrap_or_default();
+            let note = self.note_for(e.topic(), &metadata);
             if progress.start_reading(id, offset, &note) {
                 tracing::info!(
                     source = %self.source,

@@ -236,34 +236,37 @@ impl GroupContext {
         }
     }
 
-    /// The offsets of `partitions` that are committable and not committed yet.
+    /// The offsets of `partitions` that are committable and not committed yet, with their
+    /// notes (see `weir_engine::reread`); a note that alone changed is sent again at most
+    /// every [`NOTE_EVERY`], unless `last` (the run's or the assignment's last commit).
     pub(super) fn committable(
         &self,
         partitions: impl Iterator<Item = (String, i32)>,
+        last: bool,
     ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         let Ok(mut committed) = self.committed.lock() else {
             return tpl;
         };
-        for (topic, p) in partitions {
-            let Some(&id) = self.ids.get(&(topic.clone(), p)) else {
+        let wanted: Vec<((String, i32), usize)> = partitions
+            .filter_map(|tp| Some((tp.clone(), *self.ids.get(&tp)?)))
+            .collect();
+        let ids: Vec<usize> = wanted.iter().map(|(_, id)| *id).collect();
+        let points = self.progress().commit_points(&ids);
+        let notes = !self.notes_refused.load(Ordering::Relaxed);
+        for (((topic, p), id), point) in wanted.into_iter().zip(points) {
+            let Some((offset, note)) = point else {
                 continue;
             };
-            let Some(offset) = self.progress().committable(id) else {
-                continue;
-            };
-            // Rows read past the offset whose windows are durable already: the next run
-            // skips them (a run without checkpoints; see `weir_engine::reread`). A note that
-            // alone changed is committed again at most every `NOTE_EVERY`.
-            let last = committed.get(&id);
-            if last.is_some_and(|l| l.offset == offset && l.at.elapsed() < NOTE_EVERY) {
+            let note = note
+                .filter(|_| notes)
+                .map(|n| self.with_topic_id(&topic, n));
+            let prev = committed.get(&id);
+            let same_offset = prev.is_some_and(|c| c.offset == offset);
+            if same_offset && !last && prev.is_some_and(|c| c.at.elapsed() < NOTE_EVERY) {
                 continue;
             }
-            let note = match self.notes_refused.load(Ordering::Relaxed) {
-                true => None,
-                false => self.progress().note(id),
-            };
-            if last.is_some_and(|l| l.offset == offset && l.note == note) {
+            if same_offset && prev.is_some_and(|c| c.note == note) {
                 continue;
             }
             if tpl
@@ -279,6 +282,33 @@ impl GroupContext {
             committed.insert(id, CommittedAt { offset, note, at });
         }
         tpl
+    }
+
+    /// A note with the id of its topic (` t=<hex>`), when known, so that a note never applies
+    /// to a topic of the same name created since.
+    fn with_topic_id(&self, topic: &str, note: String) -> String {
+        let id = self
+            .incarnations
+            .lock()
+            .ok()
+            .and_then(|i| i.get(topic).copied())
+            .filter(|&id| id != 0);
+        match id {
+            Some(id) => format!("{note} t={id:x}"),
+            None => note,
+        }
+    }
+
+    /// The note of committed `metadata` for `topic`, without its topic id; empty when the id
+    /// names another topic than the one read now (deleted and created again since).
+    pub(super) fn note_for(&self, topic: &str, metadata: &str) -> String {
+        let now = self
+            .incarnations
+            .lock()
+            .ok()
+            .and_then(|i| i.get(topic).copied())
+            .filter(|&id| id != 0);
+        note_of_topic(metadata, now)
     }
 
     /// Gives the chunks already handed to the workers a moment to reach durable outputs, so
@@ -593,7 +623,7 @@ impl ConsumerContext for GroupContext {
                     }
                 } else {
                     self.settle(&revoked);
-                    let offsets = self.committable(revoked.iter().cloned());
+                    let offsets = self.committable(revoked.iter().cloned(), true);
                     if offsets.count() > 0 {
                         if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
                             tracing::warn!(error = %e, "kafka: commit before giving partitions up failed");
@@ -653,6 +683,44 @@ impl ConsumerContext for GroupContext {
             }
         }
     }
+}
+
+/// The note of committed `metadata` without its topic id (` t=<hex>`); empty when that id
+/// is not `now`, the id of the topic read now (when known).
+fn note_of_topic(metadata: &str, now: Option<u64>) -> String {
+    let Some((note, id)) = metadata.rsplit_once(" t=") else {
+        return metadata.to_string();
+    };
+    match (u64::from_str_radix(id, 16), now) {
+        (Ok(was), Some(now)) if was != now => String::new(),
+        (Ok(_), _) => note.to_string(),
+        (Err(_), _) => String::new(),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn a_note_of_a_topic_created_again_since_is_no_note() {
+    assert_eq!(
+        note_of_topic("weir.reread.v1 r=1 0a=5 . t=ff", Some(255)),
+        "weir.reread.v1 r=1 0a=5 ."
+    );
+    assert_eq!(
+        note_of_topic("weir.reread.v1 r=1 0a=5 . t=ff", None),
+        "weir.reread.v1 r=1 0a=5 ."
+    );
+    assert_eq!(
+        note_of_topic("weir.reread.v1 r=1 0a=5 . t=ff", Some(254)),
+        ""
+    );
+    assert_eq!(
+        note_of_topic("weir.reread.v1 r=1 0a=5 . t=zz", Some(254)),
+        ""
+    );
+    assert_eq!(
+        note_of_topic("weir.reread.v1 r=1 0a=5 .", Some(1)),
+        "weir.reread.v1 r=1 0a=5 ."
+    );
 }
 
 /// How often a partition's commit is sent again when only its note changed (see

@@ -36,6 +36,8 @@ pub(super) fn place_message<M: Message>(
         // offsets began again (the topic created again under the reader, and librdkafka's
         // position reset): positions carry no id until the partition's next assignment
         s.incarnation = 0;
+        // nor does an earlier run's note name these records (see `weir_engine::reread`)
+        ctx.progress.forget_reread(s.lane.info.id);
     }
     s.expected = Some(offset + 1);
     s.read_next = Some(offset + 1);

@@ -483,7 +483,9 @@ impl KafkaReader {
             .iter()
             .filter(|s| s.assigned)
             .map(|s| (s.topic.to_string(), s.number));
-        let tpl = consumer.context().committable(assigned);
+        // a synchronous commit is the run's last: its notes are the newest
+        let last = matches!(mode, CommitMode::Sync);
+        let tpl = consumer.context().committable(assigned, last);
         if tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, mode) {
                 tracing::warn!(source = %self.name, error = %e, "kafka: offset commit failed; will retry");
