@@ -263,11 +263,12 @@ impl Progress {
             .and_then(|n| Reread::resolve(n, &inner.keys))
             .map(std::sync::Arc::new);
         let found = resolved.is_some();
+        let checkpoints = inner.checkpoints;
         if let Some(p) = inner.partitions.get_mut(partition) {
             p.reread = resolved;
             p.carried = carried;
             // (the previous assignment's offset must not pass the note before `restart`)
-            if !p.held {
+            if !p.held && !checkpoints {
                 p.committable = None;
             }
         }
