@@ -218,13 +218,15 @@ impl Progress {
     }
 
     /// What to commit beside [`Self::committable`]: a [`RereadNote`] of the rows read past it
-    /// whose windows are durable already, as text; `None` when there are none.
+    /// whose windows are durable already, as text; `None` when there are none (the tests';
+    /// readers take it with its offset, [`Self::commit_points`]).
+    #[cfg(test)]
     pub fn note(&self, partition: usize) -> Option<String> {
         self.commit_points(&[partition]).pop().flatten()?.1
     }
 
     /// Per partition of `partitions`: the offset to commit ([`Self::committable`]) and the
-    /// note to commit with it ([`Self::note`]), read together.
+    /// note to commit with it (see [`crate::reread`]), read together.
     pub fn commit_points(&self, partitions: &[usize]) -> Vec<Option<(u64, Option<String>)>> {
         let Ok(inner) = self.inner.lock() else {
             return vec![None; partitions.len()];
@@ -244,7 +246,7 @@ impl Progress {
             .collect()
     }
 
-    /// A partition starts at `committed`, committed with `note` ([`Self::note`]'s text, maybe
+    /// A partition starts at `committed`, committed with `note` ([`Self::commit_points`]' text, maybe
     /// of an earlier run; empty when none): the rows it names are skipped from now on, and
     /// its clauses are committed again while they matter. Returns whether rows are skipped.
     pub fn start_reading(&self, partition: usize, committed: u64, note: &str) -> bool {

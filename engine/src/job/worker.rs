@@ -607,11 +607,11 @@ fn without_counted_rows(
     events: &EventBatch,
     row_wm: &[i64],
 ) -> Result<Option<Uncounted>, arrow::error::ArrowError> {
+    let read_to = reread.read_to();
     let keep: Vec<u32> = (0..events.offsets.len())
         .filter(|&i| {
             let offset = events.offsets[i];
-            offset >= reread.read_to()
-                || !reread.counted(oi, offset, op.closes_at(events.event_time[i]))
+            offset >= read_to || !reread.counted(oi, offset, op.closes_at(events.event_time[i]))
         })
         .map(|i| i as u32)
         .collect();
