@@ -31,7 +31,13 @@ fn event(id: u32, seconds: i64) -> String {
 
 /// The group's committed offset of partition 0 and its metadata, by the independent client.
 fn committed(brokers: &str, group: &str, topic: &str) -> (i64, String) {
-    let out = tool(&["committed", brokers, group, topic, "0"]);
+    committed_of(brokers, group, topic, 0)
+}
+
+/// The group's committed offset of `partition` and its metadata, by the independent client.
+fn committed_of(brokers: &str, group: &str, topic: &str, partition: i32) -> (i64, String) {
+    let partition = partition.to_string();
+    let out = tool(&["committed", brokers, group, topic, &partition]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     (
         v["offset"].as_i64().unwrap(),
@@ -53,33 +59,7 @@ fn killed_and_started_again(parallelism: &str) {
     mock.create_topic("dead", 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("pipeline.yaml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"name: kafka-reread
-sources:
-  events:
-    kafka: {{ brokers: "{brokers}", topic: events, group_id: reread }}
-    format: json
-    schema: data-ingestion
-    event_time: {{ field: timestamp, max_out_of_orderness: 5s }}
-windows:
-  per_dataset:
-    from: events
-    key: [datasetName]
-    tumbling: 1m
-    aggregates:
-      events: count(*)
-      records: sum(recordCount)
-    sinks: [topic]
-sinks:
-  topic: {{ kafka: {{ topic: out }} }}
-dead_letter: {{ kafka: {{ topic: dead }} }}
-"#
-        ),
-    )
-    .unwrap();
+    let pipeline = write_pipeline(dir.path(), &brokers, "");
     // offsets 0-3: window 0 gets e1 and e3 (e3 after e2 of window 1, within the
     // out-of-orderness); e4 closes window 0
     let first: Vec<String> = [(1, 10), (2, 62), (3, 58), (4, 70)]
@@ -109,22 +89,13 @@ dead_letter: {{ kafka: {{ topic: dead }} }}
     // the same pipeline, the same group: it reads offsets 1-3 again
     let run = Running::start(&pipeline, &args);
     produce_lines(dir.path(), &brokers, "events", &[&event(5, 200)]);
-    let rows = |dir: &std::path::Path| read_topic(&brokers, "out", dir).1;
     let started = Instant::now();
-    while rows(dir.path()).len() < 2 && started.elapsed() < Duration::from_secs(60) {
+    while windows_of(&brokers, dir.path()).len() < 2 && started.elapsed() < Duration::from_secs(60)
+    {
         std::thread::sleep(Duration::from_millis(300));
     }
     let log = run.interrupt();
-    let got: Vec<(String, i64, i64)> = rows(dir.path())
-        .iter()
-        .map(|r| {
-            (
-                r["window_start"].as_str().unwrap().to_string(),
-                r["events"].as_i64().unwrap(),
-                r["records"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let got = windows_of(&brokers, dir.path());
     assert_eq!(
         got,
         vec![
@@ -141,4 +112,173 @@ dead_letter: {{ kafka: {{ topic: dead }} }}
     // nothing was dead-lettered: e3 was neither late nor lost
     let (_, dead) = read_topic(&brokers, "dead", dir.path());
     assert!(dead.is_empty(), "dead letters: {dead:?}");
+}
+
+/// The test's pipeline (`event_time_extra`: more of the source's `event_time` mapping).
+fn write_pipeline(
+    dir: &std::path::Path,
+    brokers: &str,
+    event_time_extra: &str,
+) -> std::path::PathBuf {
+    let pipeline = dir.join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: kafka-reread
+sources:
+  events:
+    kafka: {{ brokers: "{brokers}", topic: events, group_id: reread }}
+    format: json
+    schema: data-ingestion
+    event_time: {{ field: timestamp, max_out_of_orderness: 5s{event_time_extra} }}
+windows:
+  per_dataset:
+    from: events
+    key: [datasetName]
+    tumbling: 1m
+    aggregates:
+      events: count(*)
+      records: sum(recordCount)
+    sinks: [topic]
+sinks:
+  topic: {{ kafka: {{ topic: out }} }}
+dead_letter: {{ kafka: {{ topic: dead }} }}
+"#
+        ),
+    )
+    .unwrap();
+    pipeline
+}
+
+/// The output's rows as (window start, events, records).
+fn windows_of(brokers: &str, dir: &std::path::Path) -> Vec<(String, i64, i64)> {
+    read_topic(brokers, "out", dir)
+        .1
+        .iter()
+        .map(|r| {
+            (
+                r["window_start"].as_str().unwrap().to_string(),
+                r["events"].as_i64().unwrap(),
+                r["records"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_row_read_after_a_restart_for_a_window_emitted_before_is_late_not_a_second_row() {
+    for parallelism in ["1", "2"] {
+        late_after_a_restart(parallelism);
+    }
+}
+
+/// Three partitions. The first run emits window 0 once partitions 1 (one row) and 2 (none)
+/// went idle, and is killed. Rows of window 0 new since reach partition 1 (committed at its
+/// end, with a note) and partition 2 (never committed: no note). After the restart each is
+/// its partition's first row, and the partitions not read yet hold the workers' watermark
+/// back: by their own watermarks they were on time, opened window 0 again and had it
+/// emitted a second time with only themselves. A run not killed finds them late, and now
+/// the restarted one does: the floor of partition 1's note, and for partition 2 the
+/// operator's floor from the others' notes.
+fn late_after_a_restart(parallelism: &str) {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("events", 3, 1).unwrap();
+    mock.create_topic("out", 1, 1).unwrap();
+    mock.create_topic("dead", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    // sparse partitions: they stop holding the watermark back after 2 s without a message
+    let pipeline = write_pipeline(dir.path(), &brokers, ", idle_timeout: 2s");
+    let produce = |partition: &str, events: &[(u32, i64)]| {
+        let lines: Vec<String> = events.iter().map(|&(id, s)| event(id, s)).collect();
+        let part = dir.path().join("part.ndjson");
+        std::fs::write(&part, lines.join("\n") + "\n").unwrap();
+        let file = part.to_str().unwrap();
+        tool(&[
+            "produce",
+            &brokers,
+            "events",
+            file,
+            "--partition",
+            partition,
+        ]);
+    };
+    let args = ["--parallelism", parallelism];
+    let run = Running::start(&pipeline, &args);
+    run.wait_for("the assignment", |r| r.assignments() >= 1);
+    // partition 1: e6 (window 0), then silence: partitions 1 and 2 turn idle (the setting)
+    produce("1", &[(6, 12)]);
+    std::thread::sleep(Duration::from_secs(4));
+    // partition 0: e1 (window 0), e2 (window 1), e3 (window 0), e4: window 0 closes
+    produce("0", &[(1, 10), (2, 62), (3, 58), (4, 70)]);
+    let started = Instant::now();
+    loop {
+        let (offset, note) = committed_of(&brokers, "reread", "events", 0);
+        let (end, note1) = committed_of(&brokers, "reread", "events", 1);
+        if offset == 1 && note.contains(" f ") && end == 1 && note1.contains(" f ") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no commits at 1 and 1 with floors (now {offset} {note:?}, {end} {note1:?}); log:\n{}",
+            run.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run.kill();
+    // e8 and e10, of window 0, new since the kill
+    produce("1", &[(8, 50)]);
+    produce("2", &[(10, 55)]);
+
+    let run = Running::start(&pipeline, &args);
+    // every partition moves on: window 1 closes
+    produce("0", &[(5, 200)]);
+    produce("1", &[(9, 200)]);
+    produce("2", &[(11, 200)]);
+    let late = |dir: &std::path::Path| {
+        read_topic(&brokers, "dead", dir)
+            .1
+            .iter()
+            .filter(|d| d["reason"] == "late")
+            .count()
+    };
+    let started = Instant::now();
+    while (windows_of(&brokers, dir.path()).len() < 2 || late(dir.path()) < 2)
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = run.interrupt();
+    assert_eq!(
+        windows_of(&brokers, dir.path()),
+        vec![
+            ("2023-11-14T22:14:00.000Z".to_string(), 3, 100),
+            ("2023-11-14T22:15:00.000Z".to_string(), 2, 60),
+        ],
+        "parallelism {parallelism}: window 0 once, whole; log:\n{}",
+        log.join("\n")
+    );
+    let (_, dead) = read_topic(&brokers, "dead", dir.path());
+    let mut got: Vec<(i64, i64, bool)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["partition"].as_i64().unwrap(),
+                d["offset"].as_i64().unwrap(),
+                d["reason"] == "late",
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![(1, 1, true), (2, 0, true)],
+        "dead letters: {dead:?}"
+    );
+    let raw = |i: usize| dead[i]["raw"].as_str().unwrap().to_string();
+    assert!(
+        (0..2)
+            .all(|i| raw(i).contains(r#""eventId":"e8""#) || raw(i).contains(r#""eventId":"e10""#)),
+        "{dead:?}"
+    );
 }

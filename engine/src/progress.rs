@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::{WATERMARK_END, WATERMARK_MIN};
-use crate::reread::{Clause, Reread, RereadNote};
+use crate::reread::{Clause, Floors, Reread, RereadNote};
 
 /// What one handled chunk still depends on.
 #[derive(Debug, Clone)]
@@ -86,6 +86,16 @@ struct Inner {
     /// Per operator: its identity across runs ([`crate::reread::operator_key`]); `None`
     /// for one that takes no note (processing time). Empty: no notes.
     keys: Vec<Option<u64>>,
+    /// The operators' floors (see [`crate::reread::RereadNote::floors`]).
+    floors: Floors,
+}
+
+/// A tracked partition's view of what earlier runs said, for its next chunk.
+pub struct Tracking {
+    /// The rows of this partition an earlier run counted, and its floors, if any.
+    pub reread: Option<std::sync::Arc<Reread>>,
+    /// Per operator, the floor of every partition (see [`Floors::wide`]).
+    pub wide_floors: Option<std::sync::Arc<Vec<Option<i64>>>>,
 }
 
 /// The tracker of committable offsets of a job.
@@ -117,6 +127,7 @@ impl Progress {
                     })
                     .collect(),
                 keys: Vec::new(),
+                floors: Floors::default(),
             }),
             finished: AtomicBool::new(false),
         }
@@ -131,10 +142,18 @@ impl Progress {
 
     /// Whether a partition is tracked (its chunks report residues).
     pub fn is_tracked(&self, partition: usize) -> bool {
-        self.inner
-            .lock()
-            .map(|i| !i.checkpoints && i.partitions[partition].tracked)
-            .unwrap_or(false)
+        self.tracking(partition).is_some()
+    }
+
+    /// `None` when a partition is not tracked; else what earlier runs said of its rows
+    /// ([`Tracking`]): under one lock, once per chunk.
+    pub fn tracking(&self, partition: usize) -> Option<Tracking> {
+        let inner = self.inner.lock().ok()?;
+        let p = inner.partitions.get(partition)?;
+        (!inner.checkpoints && p.tracked).then(|| Tracking {
+            reread: p.reread.clone(),
+            wide_floors: inner.floors.wide(),
+        })
     }
 
     /// Committable offsets are those of complete checkpoints (see [`Self::record_checkpoint`]);
@@ -210,9 +229,12 @@ impl Progress {
 
     /// Sets the operators' identities across runs ([`crate::reread::operator_key`], one per
     /// operator, `None` for one that takes no note): without them, no [`RereadNote`] is
-    /// written or read.
-    pub fn set_operator_keys(&self, keys: Vec<Option<u64>>) {
+    /// written or read. `per_partition[i]`: operator `i`'s windows close per partition
+    /// (missing: they do not).
+    pub fn set_operator_keys(&self, keys: Vec<Option<u64>>, mut per_partition: Vec<bool>) {
         if let Ok(mut inner) = self.inner.lock() {
+            per_partition.resize(keys.len(), false);
+            inner.floors = Floors::new(per_partition);
             inner.keys = keys;
         }
     }
@@ -247,24 +269,34 @@ impl Progress {
     }
 
     /// A partition starts at `committed`, committed with `note` ([`Self::commit_points`]' text, maybe
-    /// of an earlier run; empty when none): the rows it names are skipped from now on, and
-    /// its clauses are committed again while they matter. Returns whether rows are skipped.
+    /// of an earlier run; empty when none): the rows it names are skipped from now on, its
+    /// floors apply, and its clauses are committed again while they matter. Returns whether
+    /// rows are skipped.
     pub fn start_reading(&self, partition: usize, committed: u64, note: &str) -> bool {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
         };
-        let carried = RereadNote::decode(note)
-            .filter(|_| !inner.checkpoints && !inner.keys.is_empty())
-            .map(|mut n| {
-                n.clauses.retain(|c| c.read_to > committed);
-                n
+        let note =
+            RereadNote::decode(note).filter(|_| !inner.checkpoints && !inner.keys.is_empty());
+        let resolved = note
+            .as_ref()
+            .and_then(|n| Reread::resolve(n, &inner.keys, committed))
+            .map(std::sync::Arc::new);
+        // (floors are carried as resolved: see `note_of`)
+        let carried = note
+            .map(|n| RereadNote {
+                clauses: n
+                    .clauses
+                    .into_iter()
+                    .filter(|c| c.read_to > committed)
+                    .collect(),
+                floors: Vec::new(),
             })
             .filter(|n| !n.clauses.is_empty());
-        let resolved = carried
-            .as_ref()
-            .and_then(|n| Reread::resolve(n, &inner.keys))
-            .map(std::sync::Arc::new);
-        let found = resolved.is_some();
+        let found = resolved.as_ref().is_some_and(|r| !r.clauses.is_empty());
+        if let Some(r) = &resolved {
+            inner.floors.read(r);
+        }
         let checkpoints = inner.checkpoints;
         if let Some(p) = inner.partitions.get_mut(partition) {
             p.reread = resolved;
@@ -289,6 +321,7 @@ impl Progress {
     }
 
     /// The rows of `partition` that an earlier run already counted, if any.
+    #[cfg(test)]
     pub fn reread(&self, partition: usize) -> Option<std::sync::Arc<Reread>> {
         let inner = self.inner.lock().ok()?;
         inner.partitions.get(partition)?.reread.clone()
@@ -375,6 +408,11 @@ fn effective(durable: &[Vec<Durable>]) -> Vec<Durable> {
 
 fn advance_all(inner: &mut Inner) {
     let durable = effective(&inner.durable);
+    for (op, d) in durable.iter().enumerate() {
+        inner
+            .floors
+            .durable(op, d.watermark, d.partitions.as_deref().map(|p| &p[..]));
+    }
     for p in inner.partitions.iter_mut().filter(|p| p.tracked) {
         let views_hold = !p.views_released;
         while let Some(r) = p.pending.get(&p.next_seq) {
@@ -415,9 +453,15 @@ fn advance_all(inner: &mut Inner) {
             p.pending.remove(&seq);
         }
         // a note the partition's commit passed names no row that can be read again here
-        let passed = |r: &Reread| p.committable.is_some_and(|c| c >= r.read_to());
+        // (its floors stay: rows of windows closed before are late all the run long)
+        let passed =
+            |r: &Reread| !r.clauses.is_empty() && p.committable.is_some_and(|c| c >= r.read_to());
         if p.reread.as_deref().is_some_and(passed) {
-            p.reread = None;
+            p.reread = p
+                .reread
+                .as_deref()
+                .and_then(Reread::without_skips)
+                .map(std::sync::Arc::new);
         }
     }
 }
@@ -437,8 +481,10 @@ fn durable_upto(d: &Durable, o: &OpResidue, partition: usize) -> Option<i64> {
 /// The note of `partition`'s rows read past its committable offset (see [`crate::reread`]):
 /// this run's clause (the offset its reported chunks reach without a gap, and per window
 /// operator the closing below the lowest of its windows there that is not durable, at most
-/// the highest it saw), and the clauses of the note the partition started from that still
-/// reach past the committable offset. Views (windows closing at the end) get none.
+/// the highest it saw), the clauses of the note the partition started from that still
+/// reach past the committable offset, and per window operator its floor (the higher of
+/// how far its windows are durable now and the floor the partition started from). Views
+/// (windows closing at the end) get none.
 fn note_of(inner: &Inner, durable: &[Durable], partition: usize) -> Option<RereadNote> {
     let p = inner.partitions.get(partition)?;
     if inner.checkpoints || !p.tracked || p.held || inner.keys.is_empty() {
@@ -457,7 +503,11 @@ fn note_of(inner: &Inner, durable: &[Durable], partition: usize) -> Option<Rerea
         }
     }
     clauses.retain(|c| !c.closed.is_empty());
-    (!clauses.is_empty()).then_some(RereadNote { clauses })
+    let note = RereadNote {
+        clauses,
+        floors: inner.floors.of(&inner.keys, p.reread.as_deref(), partition),
+    };
+    (!note.is_empty()).then_some(note)
 }
 
 /// This run's clause of `partition`'s note (see [`note_of`]).
@@ -644,7 +694,7 @@ mod tests {
         // no keys, no note
         p.add_residues([residue(0, 10, vec![(60, 0), (120, 5)])]);
         assert_eq!(p.note(0), None);
-        p.set_operator_keys(vec![Some(0xab)]);
+        p.set_operator_keys(vec![Some(0xab)], vec![]);
         // rows 0-9 read: windows 60 (from offset 0) and 120 (from 5); nothing durable yet:
         // everything from 0 is read again, all of it counted again
         assert_eq!(p.committable(0), Some(0));
@@ -663,10 +713,12 @@ mod tests {
         p.add_residues([residue(2, 30, vec![(180, 22)])]);
         p.sink_durable(0, 0, durable(180, &[2]));
         assert_eq!(p.committable(0), Some(40));
-        assert_eq!(p.note(0), None);
+        let only_floor = RereadNote::decode(&p.note(0).unwrap()).unwrap();
+        assert!(only_floor.clauses.is_empty());
+        assert_eq!(only_floor.floors, vec![(0xab, 180)]);
         // a view's rows are never skipped, nor a processing-time operator's
         let v = Progress::new(1, &[1, 1]);
-        v.set_operator_keys(vec![Some(1), None]);
+        v.set_operator_keys(vec![Some(1), None], vec![]);
         v.track(0);
         let mut r = residue(0, 10, vec![(60, 0), (WATERMARK_END, 1)]);
         r.windows.push(OpResidue {
@@ -680,7 +732,7 @@ mod tests {
     #[test]
     fn all_durable_skips_up_to_the_highest_window_seen_only() {
         let p = Progress::new(1, &[1, 1]);
-        p.set_operator_keys(vec![Some(7), Some(8)]);
+        p.set_operator_keys(vec![Some(7), Some(8)], vec![]);
         p.track(0);
         // operator 0's window 120 holds the commit at 5; operator 1's windows are all
         // durable: its rows are skipped up to the highest window it saw, not beyond
@@ -702,11 +754,75 @@ mod tests {
     }
 
     #[test]
+    fn the_floor_is_how_far_windows_are_durable_and_never_falls_nor_is_the_end() {
+        let p = Progress::new(2, &[1, 1]);
+        p.set_operator_keys(vec![Some(1), Some(2)], vec![]);
+        p.track(1);
+        let floors = |p: &Progress, id: usize| {
+            p.commit_points(&[id])[0]
+                .clone()
+                .and_then(|(_, n)| RereadNote::decode(&n?))
+                .map(|n| n.floors)
+        };
+        // the run started from a note whose floor for operator 1 is 500, operator 2's 10
+        let text = RereadNote {
+            clauses: vec![clause(20, &[(1, 119)])],
+            floors: vec![(1, 500), (2, 10), (9, 900)],
+        }
+        .encode();
+        assert!(p.start_reading(1, 5, &text));
+        p.restart(1, 0);
+        assert_eq!(p.reread(1).unwrap().floors, vec![Some(500), Some(10)]);
+        let mut r = residue(0, 30, vec![(180, 5)]);
+        r.partition = 1;
+        p.add_residues([r]);
+        // durable to 60 and 240 now: the floors are 500 (the note's, higher) and 240; an
+        // operator not of this run is not carried
+        p.sink_durable(0, 0, durable(60, &[1]));
+        p.sink_durable(1, 0, durable(240, &[1]));
+        assert_eq!(floors(&p, 1), Some(vec![(1, 500), (2, 240)]));
+        // the commit passes the note's clause: its floors stay, in this run and in its notes
+        p.sink_durable(0, 0, durable(180, &[1]));
+        assert_eq!(p.committable(1), Some(30));
+        let left = p.reread(1).unwrap();
+        assert!(left.clauses.is_empty());
+        assert_eq!(left.floor(0), Some(500));
+        assert_eq!(floors(&p, 1), Some(vec![(1, 500), (2, 240)]));
+        // the end of the input is no floor: how far windows were durable before it stays
+        p.sink_durable(1, 0, durable(WATERMARK_END, &[1]));
+        assert_eq!(floors(&p, 1), Some(vec![(1, 500), (2, 240)]));
+        // partition 0, without a note of its own, is held to the floors of the operators'
+        // (their windows close with the whole source), and carries them
+        p.track(0);
+        let t = p.tracking(0).unwrap();
+        assert!(t.reread.is_none());
+        assert_eq!(t.wide_floors.as_deref(), Some(&vec![Some(500), Some(10)]));
+        p.add_residues([residue(0, 7, vec![(300, 0)])]);
+        assert_eq!(floors(&p, 0), Some(vec![(1, 500), (2, 240)]));
+        // windows that close per partition: that partition's durable closing, and no other
+        // partition's floor
+        let q = Progress::new(2, &[1]);
+        q.set_operator_keys(vec![Some(1)], vec![true]);
+        q.track(0);
+        q.track(1);
+        assert!(q.start_reading(0, 5, &text));
+        assert!(q.tracking(1).unwrap().wide_floors.is_none());
+        let mut r = residue(0, 30, vec![(180, 5)]);
+        r.partition = 1;
+        q.add_residues([r]);
+        let mut d = durable(0, &[]);
+        d.partitions = Some(std::sync::Arc::new(vec![900, 120]));
+        q.sink_durable(0, 0, d);
+        assert_eq!(floors(&q, 1), Some(vec![(1, 120)]));
+    }
+
+    #[test]
     fn a_note_applies_to_a_partition_starting_below_where_it_was_read() {
         let p = Progress::new(2, &[1, 1]);
-        p.set_operator_keys(vec![Some(1), Some(2)]);
+        p.set_operator_keys(vec![Some(1), Some(2)], vec![]);
         let text = RereadNote {
             clauses: vec![clause(20, &[(2, 119)])],
+            floors: Vec::new(),
         }
         .encode();
         assert!(p.start_reading(1, 5, &text));
@@ -727,12 +843,13 @@ mod tests {
     #[test]
     fn a_run_that_reads_again_keeps_the_note_it_started_from_while_it_matters() {
         let p = Progress::new(1, &[1]);
-        p.set_operator_keys(vec![Some(1)]);
+        p.set_operator_keys(vec![Some(1)], vec![]);
         p.track(0);
         // run 1 read to 40; window 119 and below durable
         let inherited = clause(40, &[(1, 119)]);
         let text = RereadNote {
             clauses: vec![inherited.clone()],
+            floors: Vec::new(),
         }
         .encode();
         assert!(p.start_reading(0, 5, &text));
@@ -744,11 +861,12 @@ mod tests {
         assert_eq!(note(&p), vec![clause(20, &[(1, 179)]), inherited.clone()]);
         // a clause naming no operator of this run is carried all the same
         let q = Progress::new(1, &[1]);
-        q.set_operator_keys(vec![Some(1)]);
+        q.set_operator_keys(vec![Some(1)], vec![]);
         q.track(0);
         let other = clause(30, &[(9, 60)]);
         let text = RereadNote {
             clauses: vec![other.clone()],
+            floors: Vec::new(),
         }
         .encode();
         assert!(!q.start_reading(0, 5, &text));

@@ -10,17 +10,30 @@
 //! is durable in every sink (or its rows dead-lettered durably). The next run skips, per
 //! operator, the rows below R whose window closes at or below D: they are already counted.
 //!
+//! A note also gives, per operator, a floor F: the closing watermark up to which its windows
+//! (of every partition, or of this one when windows close per partition) were durable in
+//! every sink when the note was written. A row of a window closing at or below F was late
+//! then, or is in a durable output already; the next run therefore treats such a row as late
+//! even where its own watermark is lower (another partition not read again yet holds it
+//! back), rather than opening that window again with only this row. F only rises: a run
+//! carries the floor it started from into its own notes.
+//!
 //! Kafka keeps the note as the commit's metadata (`OffsetCommit`'s `metadata`, at most
 //! `offset.metadata.max.bytes`, 4,096 bytes by default; a note is at most [`MAX_NOTE_BYTES`],
 //! about 38 bytes an operator).
 
-use crate::clock::WATERMARK_END;
+use std::sync::Arc;
+
+use crate::clock::{WATERMARK_END, WATERMARK_MIN};
 
 /// The first word of a note: notes of other writers, or of other versions, are ignored.
 const MAGIC: &str = "weir.reread.v1";
 
 /// The last word of a note: a note cut short (by a broker that truncates metadata) is none.
 const END: &str = ".";
+
+/// The word before the floors (see [`RereadNote::floors`]).
+const FLOORS: &str = "f";
 
 /// A note's most bytes as text: clauses are merged (skipping less) and then operators left
 /// out until it fits (Kafka's `offset.metadata.max.bytes` is 4,096 by default).
@@ -56,19 +69,25 @@ impl Clause {
 }
 
 /// The clauses of the runs that read a partition past its committed offset (a run that
-/// started from a note and stopped before it read as far keeps the note's clause).
+/// started from a note and stopped before it read as far keeps the note's clause), and the
+/// operators' floors.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RereadNote {
     pub clauses: Vec<Clause>,
+    /// Per operator (by [`operator_key`]): the closing watermark up to which its windows
+    /// were durable (see the module's documentation).
+    pub floors: Vec<(u64, i64)>,
 }
 
 impl RereadNote {
-    /// The note as text: `weir.reread.v1 r=<read_to> <key hex>=<closed> ... r=... .`, at most
-    /// [`MAX_NOTE_BYTES`] (see there).
+    /// The note as text: `weir.reread.v1 r=<read_to> <key hex>=<closed> ... r=... [f <key
+    /// hex>=<floor> ...] .`, at most [`MAX_NOTE_BYTES`] (see there; floors are left out
+    /// before operators of the last clause).
     pub fn encode(&self) -> String {
         let mut clauses = self.clauses.clone();
+        let mut floors = self.floors.clone();
         loop {
-            let text = Self::text(&clauses);
+            let text = Self::text(&clauses, &floors);
             if text.len() + END.len() < MAX_NOTE_BYTES {
                 return Self::finished(text);
             }
@@ -76,6 +95,8 @@ impl RereadNote {
             if clauses.len() > 1 {
                 let merged = clauses[0].meet(&clauses[1]);
                 clauses.splice(0..2, [merged]);
+            } else if floors.pop().is_some() {
+                continue;
             } else if let Some(c) = clauses.first_mut() {
                 if c.closed.pop().is_none() {
                     clauses.clear();
@@ -84,7 +105,7 @@ impl RereadNote {
         }
     }
 
-    fn text(clauses: &[Clause]) -> String {
+    fn text(clauses: &[Clause], floors: &[(u64, i64)]) -> String {
         let mut s = MAGIC.to_string();
         for c in clauses.iter().filter(|c| !c.closed.is_empty()) {
             s.push_str(&format!(" r={}", c.read_to));
@@ -92,7 +113,18 @@ impl RereadNote {
                 s.push_str(&format!(" {key:016x}={closed}"));
             }
         }
+        if !floors.is_empty() {
+            s.push_str(" f");
+            for (key, floor) in floors {
+                s.push_str(&format!(" {key:016x}={floor}"));
+            }
+        }
         s
+    }
+
+    /// Whether the note says nothing.
+    pub fn is_empty(&self) -> bool {
+        self.floors.is_empty() && self.clauses.iter().all(|c| c.closed.is_empty())
     }
 
     /// [`Self::text`] and the end mark.
@@ -107,8 +139,9 @@ impl RereadNote {
         if words.next()? != MAGIC {
             return None;
         }
-        let mut clauses: Vec<Clause> = Vec::new();
+        let mut note = RereadNote::default();
         let mut ended = false;
+        let mut in_floors = false;
         for w in words {
             if ended {
                 return None;
@@ -117,8 +150,12 @@ impl RereadNote {
                 ended = true;
                 continue;
             }
-            if let Some(r) = w.strip_prefix("r=") {
-                clauses.push(Clause {
+            if w == FLOORS && !in_floors {
+                in_floors = true;
+                continue;
+            }
+            if let Some(r) = w.strip_prefix("r=").filter(|_| !in_floors) {
+                note.clauses.push(Clause {
                     read_to: r.parse().ok()?,
                     closed: Vec::new(),
                 });
@@ -127,13 +164,16 @@ impl RereadNote {
             let (key, value) = w.split_once('=')?;
             let key = u64::from_str_radix(key, 16).ok()?;
             let value: i64 = value.parse().ok()?;
-            // a view's rows are never skipped
+            // a view's rows are never skipped, nor late
             if value == WATERMARK_END {
                 return None;
             }
-            clauses.last_mut()?.closed.push((key, value));
+            match in_floors {
+                true => note.floors.push((key, value)),
+                false => note.clauses.last_mut()?.closed.push((key, value)),
+            }
         }
-        ended.then_some(RereadNote { clauses })
+        ended.then_some(note)
     }
 }
 
@@ -163,15 +203,19 @@ pub struct Reread {
     /// Per clause: its `read_to`, and per operator index the closing up to which rows below
     /// it are skipped (`None`: none is).
     pub clauses: Vec<(u64, Vec<Option<i64>>)>,
+    /// Per operator index: the floor of its rows' watermarks (see [`RereadNote::floors`]).
+    pub floors: Vec<Option<i64>>,
 }
 
 impl Reread {
-    /// Resolves `note` against the operators' keys (`None` for an operator that takes no
-    /// note: a processing-time one); `None` when no operator of this run has rows to skip.
-    pub fn resolve(note: &RereadNote, keys: &[Option<u64>]) -> Option<Reread> {
+    /// Resolves `note`, of a partition read again from `committed`, against the operators'
+    /// keys (`None` for an operator that takes no note: a processing-time one, a view);
+    /// `None` when it says nothing of this run's operators.
+    pub fn resolve(note: &RereadNote, keys: &[Option<u64>], committed: u64) -> Option<Reread> {
         let clauses: Vec<(u64, Vec<Option<i64>>)> = note
             .clauses
             .iter()
+            .filter(|c| c.read_to > committed)
             .map(|c| {
                 let closed = keys
                     .iter()
@@ -184,7 +228,33 @@ impl Reread {
             })
             .filter(|(_, closed): &(u64, Vec<Option<i64>>)| closed.iter().any(Option::is_some))
             .collect();
-        (!clauses.is_empty()).then_some(Reread { clauses })
+        let floors: Vec<Option<i64>> = keys
+            .iter()
+            .map(|k| {
+                let k = (*k)?;
+                note.floors
+                    .iter()
+                    .filter(|(nk, _)| *nk == k)
+                    .map(|(_, f)| *f)
+                    .max()
+            })
+            .collect();
+        let says = !clauses.is_empty() || floors.iter().any(Option::is_some);
+        says.then_some(Reread { clauses, floors })
+    }
+
+    /// The same floors, without rows to skip (the partition's commit passed them); `None`
+    /// without floors either.
+    pub fn without_skips(&self) -> Option<Reread> {
+        self.floors.iter().any(Option::is_some).then(|| Reread {
+            clauses: Vec::new(),
+            floors: self.floors.clone(),
+        })
+    }
+
+    /// Operator `op`'s floor, if any.
+    pub fn floor(&self, op: usize) -> Option<i64> {
+        self.floors.get(op).copied().flatten()
     }
 
     /// The offset below which rows may be skipped.
@@ -206,6 +276,104 @@ impl Reread {
     }
 }
 
+/// What a run knows of its window operators' floors (see [`RereadNote::floors`]).
+#[derive(Debug, Default)]
+pub struct Floors {
+    /// Per operator: its windows close per partition (a floor is then a partition's).
+    per_partition: Vec<bool>,
+    /// Per operator: the highest closing watermark its windows were durable to in every
+    /// sink (below the end of the input), of all partitions and of each.
+    durable: Vec<(i64, Vec<i64>)>,
+    /// Per operator whose windows close with the whole source: the highest floor of every
+    /// note read (a floor is then the operator's, whichever partition's note carried it).
+    wide: Option<Arc<Vec<Option<i64>>>>,
+}
+
+impl Floors {
+    /// Floors of operators, `per_partition` saying whose windows close per partition.
+    pub fn new(per_partition: Vec<bool>) -> Self {
+        Floors {
+            durable: vec![(WATERMARK_MIN, Vec::new()); per_partition.len()],
+            per_partition,
+            wide: None,
+        }
+    }
+
+    /// Operator `op`'s windows are durable in every sink up to `watermark`, and those of
+    /// each partition up to `partitions[i]` when given. The end of the input (every window
+    /// emitted at once, closed or not) counts for nothing: what was durable before stays.
+    pub fn durable(&mut self, op: usize, watermark: i64, partitions: Option<&[i64]>) {
+        let Some((all, parts)) = self.durable.get_mut(op) else {
+            return;
+        };
+        if watermark < WATERMARK_END {
+            *all = (*all).max(watermark);
+        }
+        for (i, &w) in partitions.unwrap_or_default().iter().enumerate() {
+            if parts.len() <= i {
+                parts.resize(i + 1, WATERMARK_MIN);
+            }
+            if w < WATERMARK_END {
+                parts[i] = parts[i].max(w);
+            }
+        }
+    }
+
+    /// A note read at a partition's start: its floors of operators whose windows close with
+    /// the whole source hold for every partition.
+    pub fn read(&mut self, note: &Reread) {
+        let mut wide = self
+            .wide
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| vec![None; self.per_partition.len()]);
+        for (op, w) in wide.iter_mut().enumerate() {
+            if !self.per_partition.get(op).copied().unwrap_or(true) {
+                *w = (*w).max(note.floor(op));
+            }
+        }
+        if wide.iter().any(Option::is_some) {
+            self.wide = Some(Arc::new(wide));
+        }
+    }
+
+    /// Per operator, the floor every partition's rows are held to (see [`Self::read`]).
+    pub fn wide(&self) -> Option<Arc<Vec<Option<i64>>>> {
+        self.wide.clone()
+    }
+
+    /// The floors of `partition`'s note, per operator with a key: the highest of how far
+    /// its windows (of that partition, when they close per partition) were durable, the
+    /// floor of the note the partition started from, and the operator's wide floor.
+    pub fn of(
+        &self,
+        keys: &[Option<u64>],
+        started: Option<&Reread>,
+        partition: usize,
+    ) -> Vec<(u64, i64)> {
+        keys.iter()
+            .enumerate()
+            .filter_map(|(op, key)| {
+                let key = (*key)?;
+                let per_partition = self.per_partition.get(op).copied().unwrap_or(true);
+                let durable = self
+                    .durable
+                    .get(op)
+                    .map(|(all, parts)| match per_partition {
+                        true => parts.get(partition).copied().unwrap_or(WATERMARK_MIN),
+                        false => *all,
+                    });
+                let wide = self.wide.as_ref().filter(|_| !per_partition);
+                let floor = durable
+                    .filter(|&w| w > WATERMARK_MIN)
+                    .max(started.and_then(|r| r.floor(op)))
+                    .max(wide.and_then(|w| w.get(op).copied().flatten()))?;
+                Some((key, floor))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +392,7 @@ mod tests {
                 clause(42, &[(7, 60_000), (u64::MAX, i64::MIN + 1)]),
                 clause(50, &[(7, 0)]),
             ],
+            floors: vec![(7, 59_000), (9, -3)],
         };
         let text = note.encode();
         assert_eq!(RereadNote::decode(&text), Some(note));
@@ -231,6 +400,9 @@ mod tests {
             "",
             "weir.reread.v2 r=1",
             "weir.reread.v1 07=5",
+            "weir.reread.v1 r=1 07=5 f 07=4 r=2 07=6 .",
+            "weir.reread.v1 f 07=4 f 07=5 .",
+            "weir.reread.v1 f r=1 .",
             "weir.reread.v1 r=x",
             "weir.reread.v1 r=1 zz=5",
             "weir.reread.v1 r=1 07= .",
@@ -252,6 +424,7 @@ mod tests {
         let ops: Vec<(u64, i64)> = (0..10).map(|k| (u64::MAX - k, i64::MIN)).collect();
         let note = RereadNote {
             clauses: vec![clause(30, &ops), clause(10, &ops[..8]), clause(20, &ops)],
+            floors: Vec::new(),
         };
         let back = RereadNote::decode(&note.encode()).unwrap();
         // the two lowest merged: below 10, the 8 operators both name
@@ -261,10 +434,13 @@ mod tests {
                 u64::MAX,
                 &(0..100).map(|k| (k, i64::MIN)).collect::<Vec<_>>(),
             )],
+            floors: (0..5).map(|k| (k, i64::MIN)).collect(),
         };
         let text = one.encode();
         assert!(text.len() <= MAX_NOTE_BYTES, "{}", text.len());
         let back = RereadNote::decode(&text).unwrap();
+        // the floors went first
+        assert!(back.floors.is_empty());
         assert!(back.clauses[0].closed.len() > 10);
         assert_eq!(
             back.clauses[0].closed[..],
@@ -282,14 +458,19 @@ mod tests {
         assert_ne!(a, operator_key("per_service", minute));
         let note = RereadNote {
             clauses: vec![clause(10, &[(a, 60_000)])],
+            floors: Vec::new(),
         };
-        let r =
-            Reread::resolve(&note, &[Some(operator_key("other", minute)), Some(a), None]).unwrap();
+        let r = Reread::resolve(
+            &note,
+            &[Some(operator_key("other", minute)), Some(a), None],
+            0,
+        )
+        .unwrap();
         assert_eq!(r.clauses, vec![(10, vec![None, Some(60_000), None])]);
         assert!(r.counted(1, 9, 60_000));
         assert!(!r.counted(1, 10, 60_000) && !r.counted(1, 9, 60_001) && !r.counted(0, 0, 0));
         assert_eq!(
-            Reread::resolve(&note, &[Some(operator_key("x", hour)), None]),
+            Reread::resolve(&note, &[Some(operator_key("x", hour)), None], 0),
             None
         );
     }
@@ -298,10 +479,38 @@ mod tests {
     fn a_row_is_counted_when_any_clause_says_so() {
         let note = RereadNote {
             clauses: vec![clause(20, &[(1, 100)]), clause(30, &[(1, 50)])],
+            floors: Vec::new(),
         };
-        let r = Reread::resolve(&note, &[Some(1)]).unwrap();
+        let r = Reread::resolve(&note, &[Some(1)], 0).unwrap();
         assert_eq!(r.read_to(), 30);
         assert!(r.counted(0, 19, 100) && r.counted(0, 25, 50));
         assert!(!r.counted(0, 25, 100) && !r.counted(0, 30, 0));
+    }
+
+    #[test]
+    fn floors_stay_when_the_skips_are_passed_and_only_floors_is_a_note() {
+        let note = RereadNote {
+            clauses: vec![clause(20, &[(1, 100)])],
+            floors: vec![(1, 90), (2, 7), (1, 95)],
+        };
+        let r = Reread::resolve(&note, &[Some(1), None, Some(3)], 5).unwrap();
+        assert_eq!(r.floors, vec![Some(95), None, None]);
+        assert_eq!(r.floor(0), Some(95));
+        assert!(r.counted(0, 19, 100));
+        // read from past the clause: no row is skipped, the floor holds
+        let past = Reread::resolve(&note, &[Some(1)], 20).unwrap();
+        assert!(past.clauses.is_empty() && !past.counted(0, 19, 0));
+        assert_eq!(past.floor(0), Some(95));
+        let left = r.without_skips().unwrap();
+        assert!(left.clauses.is_empty() && left.read_to() == 0);
+        assert_eq!(left.floors, r.floors);
+        assert_eq!(Reread::resolve(&note, &[Some(4)], 20), None);
+        let only = RereadNote {
+            clauses: Vec::new(),
+            floors: vec![(0xab, -5)],
+        };
+        assert_eq!(only.encode(), "weir.reread.v1 f 00000000000000ab=-5 .");
+        assert_eq!(RereadNote::decode(&only.encode()), Some(only));
+        assert!(RereadNote::default().is_empty());
     }
 }

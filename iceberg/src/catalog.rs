@@ -136,6 +136,11 @@ impl PartitionBy {
             None if t == "none" => return Ok(PartitionBy::None),
             None => ("identity", t),
         };
+        // (the transform first: `bucket(4, x)` is a transform weir does not have, not a
+        // column named `4, x`)
+        if !matches!(transform, "day" | "hour" | "identity") {
+            return Err(SettingError::UnknownTransform(transform.to_string()));
+        }
         let Some((_, data_type)) = columns.iter().find(|(name, _)| *name == column) else {
             let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
             return Err(SettingError::NotAColumn {
@@ -752,6 +757,11 @@ mod tests {
         assert_eq!(p("none").unwrap(), PartitionBy::None);
         let e = p("month(window_start)").unwrap_err();
         assert!(e.to_string().contains("unknown transform"), "{e}");
+        let e = p("bucket(4, datasetName)").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "partition_by: unknown transform `bucket`: use day(COL), hour(COL), identity(COL), COL or none"
+        );
         let e = p("day(nope)").unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -63,13 +63,14 @@ pub enum KafkaError {
         fatal: bool,
         unsupported: bool,
     },
-    /// A broker's answer lacked some of the partitions asked for (an error, or no offset).
-    #[error("kafka ({brokers}): {what}: no answer for partitions {partitions:?} of `{topic}`")]
+    /// A broker's answer lacked some of the partitions asked for (an error, no offset, or
+    /// none in time): asking again may succeed.
+    #[error("kafka ({brokers}): {what}: no answer for {}", named_partitions(.partitions))]
     Partial {
         brokers: String,
         what: String,
-        topic: String,
-        partitions: Vec<i32>,
+        /// Per topic, the partitions without an answer.
+        partitions: Vec<(String, Vec<i32>)>,
     },
     /// The broker (or the client's own limits) refuses this message for good: sending it
     /// again cannot succeed.
@@ -81,6 +82,15 @@ pub enum KafkaError {
         code: &'static str,
         message: String,
     },
+}
+
+/// `partitions [0, 2] of `a`, [1] of `b``.
+fn named_partitions(partitions: &[(String, Vec<i32>)]) -> String {
+    let named: Vec<String> = partitions
+        .iter()
+        .map(|(topic, p)| format!("{p:?} of `{topic}`"))
+        .collect();
+    format!("partitions {}", named.join(", "))
 }
 
 /// Settings for a client of `brokers`: weir's defaults, then `properties` as given (they win).
@@ -179,4 +189,22 @@ pub fn partition_counts(
         }
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_answer_names_every_topic_s_partitions_without_one() {
+        let e = KafkaError::Partial {
+            brokers: "b:9092".into(),
+            what: "cannot read".into(),
+            partitions: vec![("a".into(), vec![0, 2]), ("b".into(), vec![1])],
+        };
+        assert_eq!(
+            e.to_string(),
+            "kafka (b:9092): cannot read: no answer for partitions [0, 2] of `a`, [1] of `b`"
+        );
+    }
 }

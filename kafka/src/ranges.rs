@@ -93,25 +93,25 @@ pub fn offset_ranges(
         }
     }
     let unread = |what: &str, stamps: &[Stamp]| {
-        let missing: Vec<&(String, i32, u64, u64)> = parts
+        let mut missing: Vec<(String, Vec<i32>)> = Vec::new();
+        for ((topic, p, _, _), _) in parts
             .iter()
             .zip(stamps)
             .filter(|(_, s)| **s == Stamp::Unread)
-            .map(|(p, _)| p)
-            .collect();
-        missing.first().map(|(topic, _, _, _)| KafkaError::Partial {
+        {
+            match missing.last_mut().filter(|(t, _)| t == topic) {
+                Some((_, ps)) => ps.push(*p),
+                None => missing.push((topic.clone(), vec![*p])),
+            }
+        }
+        (!missing.is_empty()).then(|| KafkaError::Partial {
             brokers: brokers.to_string(),
             what: format!(
                 "cannot read the timestamp of {what} within {timeout:?} (the broker is slow or \
                  unreachable, or a transaction left open holds the partition's end; try the \
                  replay again)"
             ),
-            topic: topic.clone(),
-            partitions: missing
-                .iter()
-                .filter(|m| m.0 == *topic)
-                .map(|m| m.1)
-                .collect(),
+            partitions: missing,
         })
     };
     // (a last message not read in time, behind a transaction left open or a slow broker, is
@@ -245,7 +245,8 @@ fn last_timestamps(
 
 /// The Kafka timestamp of the first message at or after offset `at[i]` of each partition
 /// `parts[i]` ([`Stamp::Nothing`] where `at` is `None`), read in one fetch per topic (the
-/// end of a partition names no topic).
+/// end of a partition names no topic), each within `timeout` (a slow topic leaves the next
+/// one its own time).
 fn timestamps_at(
     consumer: &BaseConsumer,
     parts: &[(String, i32, u64, u64)],
@@ -262,10 +263,10 @@ fn timestamps_at(
             }
         })
         .collect();
-    let deadline = std::time::Instant::now() + timeout;
     let mut topics: Vec<&str> = parts.iter().map(|(t, _, _, _)| t.as_str()).collect();
     topics.dedup();
     for topic in topics {
+        let deadline = std::time::Instant::now() + timeout;
         let mut tpl = TopicPartitionList::new();
         for ((t, p, _, _), offset) in parts.iter().zip(at) {
             if let (true, Some(o)) = (t == topic, offset) {

@@ -76,6 +76,19 @@ def tab(driver, name):
     driver.find_element(By.ID, f"tab-{name}").click()
 
 
+def click(driver, css):
+    """Clicks `css`, found again if the page redrew it between finding and clicking (tables
+    are rebuilt as their data refreshes)."""
+    for attempt in range(5):
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
 def not_pwned(driver, where):
     if driver.execute_script(f"return {XSS} === 1"):
         fail(f"user data ran as code in the page ({where})")
@@ -152,7 +165,7 @@ def main():
                 lambda d: len(texts(d, "#sources-table tbody tr")) >= 2 and texts(d, "#sources-table tbody tr"),
             )
             seen["partitions"] = rows
-            driver.find_element(By.CSS_SELECTOR, "#sources-table th button.sort").click()
+            click(driver, "#sources-table th button.sort")
             wait(driver, "a sorted column", lambda d: d.find_elements(By.CSS_SELECTOR, "#sources-table th[aria-sort]"))
             shot(driver, "2-sources")
             seen["violations"] += axe(driver, axe_source, "sources")

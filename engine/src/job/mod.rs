@@ -47,7 +47,7 @@ use crate::checkpoint::{
     restored_partitions, CheckpointSpec, Epochs, Manifest, Part, Rendezvous, NO_PARTITION,
     UNKNOWN_PARTITION,
 };
-use crate::clock::{Clocks, WATERMARK_MIN};
+use crate::clock::{Clocks, WATERMARK_END, WATERMARK_MIN};
 use crate::dead_letter::PartitionInfo;
 use crate::events::Resume;
 use crate::live::LiveSpec;
@@ -343,13 +343,22 @@ impl Wiring {
                 .map(|o| o.sinks.len())
                 .collect::<Vec<_>>(),
         ));
+        let first_workers: Vec<Option<&Box<dyn WorkerOperator>>> =
+            spec.operators.iter().map(|o| o.workers.first()).collect();
         progress.set_operator_keys(
             spec.operators
                 .iter()
-                .map(|o| {
-                    let w = o.workers.first().filter(|w| !w.processing_time())?;
+                .zip(&first_workers)
+                .map(|(o, w)| {
+                    // (a view's rows close at the end: it takes no note)
+                    let w =
+                        w.filter(|w| !w.processing_time() && w.closes_at(0) != WATERMARK_END)?;
                     Some(crate::reread::operator_key(&o.name, |t| w.closes_at(t)))
                 })
+                .collect(),
+            first_workers
+                .iter()
+                .map(|w| w.is_some_and(|w| w.closes_per_partition()))
                 .collect(),
         );
         let partition_keys = spec

@@ -454,7 +454,11 @@ fn process_chunk(
     }
     let clock = ctx.clocks.partition(chunk.partition.id);
     let before = clock.sequence_in(chunk.seq, lane, newest, end, &ctx.failure.cancel)?;
-    let tracked = next_offset.is_some() && ctx.progress.is_tracked(chunk.partition.id);
+    let tracking = match next_offset {
+        Some(_) => ctx.progress.tracking(chunk.partition.id),
+        None => None,
+    };
+    let tracked = tracking.is_some();
     let Some(events) = events else {
         if let (true, Some(next_offset)) = (tracked, next_offset) {
             send_residue(
@@ -472,16 +476,18 @@ fn process_chunk(
     let mut dead = Vec::new();
     let mut late_rows = 0;
     // per operator, the rows an earlier run counted already left out (see `crate::reread`)
-    let uncounted = match tracked {
-        true => uncounted_rows(ops, ctx, (&chunk.partition, chunk.source), &events, row_wm)?,
-        false => Vec::new(),
+    let uncounted = match tracking {
+        Some(t) if t.reread.is_some() || t.wide_floors.is_some() => {
+            uncounted_rows(ops, ctx, (&t, chunk.source), &events, row_wm)?
+        }
+        _ => Vec::new(),
     };
     for (i, (oi, op)) in ops.iter_mut().enumerate() {
         if ctx.op_sources[*oi] != chunk.source {
             continue;
         }
         let (ev, wm) = match uncounted.get(i) {
-            Some(Some((e, w))) => (e, &w[..]),
+            Some(Some((e, w))) => (e.as_ref().unwrap_or(&events), &w[..]),
             _ => (&events, &row_wm[..]),
         };
         let late = op.process(&chunk.partition, ev, wm, &mut dead)?;
@@ -510,8 +516,9 @@ fn process_chunk(
     Ok(records)
 }
 
-/// An operator's rows of a chunk that an earlier run did not count, with their watermarks.
-type Uncounted = (EventBatch, Vec<i64>);
+/// An operator's rows of a chunk that an earlier run did not count (`None`: all of them),
+/// with their watermarks, at least the earlier run's floor.
+type Uncounted = (Option<EventBatch>, Vec<i64>);
 
 /// The residue of a chunk of `source` for each operator that holds offsets: the windows its
 /// rows went to (of the rows it counted, `uncounted`'s when given).
@@ -533,7 +540,7 @@ fn op_residues(
             windows: residue_windows(
                 op.as_ref(),
                 match uncounted.get(i) {
-                    Some(Some((e, _))) => e,
+                    Some(Some((Some(e), _))) => e,
                     _ => events,
                 },
             ),
@@ -564,31 +571,30 @@ fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) -> u64 {
 }
 
 /// Per operator of `ops`, the rows of `events` (a chunk of a tracked partition) it has not
-/// counted yet, when an earlier run's note names some (see `crate::reread`); empty when
-/// there is no note.
+/// counted yet, and their watermarks raised to the operator's floor, when an earlier run's
+/// note names some (see `crate::reread`); empty when there is no note.
 fn uncounted_rows(
     ops: &[(usize, Box<dyn WorkerOperator>)],
     ctx: &WorkerCtx,
-    (partition, source): (&crate::dead_letter::PartitionInfo, usize),
+    (tracking, source): (&crate::progress::Tracking, usize),
     events: &EventBatch,
     row_wm: &[i64],
 ) -> Result<Vec<Option<Uncounted>>, EngineError> {
-    let Some(reread) = ctx
-        .progress
-        .reread(partition.id)
-        .filter(|r| events.offsets.first().is_some_and(|&o| o < r.read_to()))
-    else {
-        return Ok(Vec::new());
-    };
+    let reread = tracking.reread.as_deref();
     let mut out = Vec::with_capacity(ops.len());
     for (oi, op) in ops {
         if ctx.op_sources[*oi] != source {
             out.push(None);
             continue;
         }
-        let kept = without_counted_rows(op.as_ref(), *oi, &reread, events, row_wm)
+        let wide = tracking
+            .wide_floors
+            .as_ref()
+            .and_then(|w| w.get(*oi).copied().flatten());
+        let floor = reread.and_then(|r| r.floor(*oi)).max(wide);
+        let kept = without_counted_rows(op.as_ref(), (*oi, reread, floor), events, row_wm)
             .map_err(|e| EngineError::internal_caused("cannot leave out rows read again", e))?;
-        if let Some((ev, _)) = &kept {
+        if let Some((Some(ev), _)) = &kept {
             let skipped = events.offsets.len() - ev.offsets.len();
             RunStats::add(&ctx.stats.reread_skipped, skipped as u64);
         }
@@ -598,28 +604,42 @@ fn uncounted_rows(
 }
 
 /// The rows of `events` operator `oi` has not counted yet, with their watermarks: those an
-/// earlier run's note does not name (see `crate::reread`). `None` when every row is to be
-/// counted.
-fn without_counted_rows(
+/// earlier run's note does not name (see `crate::reread`), each watermark at least `floor`.
+/// `None` when every row is to be counted at its own watermark.
+pub(super) fn without_counted_rows(
     op: &dyn WorkerOperator,
-    oi: usize,
-    reread: &crate::reread::Reread,
+    (oi, reread, floor): (usize, Option<&crate::reread::Reread>, Option<i64>),
     events: &EventBatch,
     row_wm: &[i64],
 ) -> Result<Option<Uncounted>, arrow::error::ArrowError> {
-    let read_to = reread.read_to();
-    let keep: Vec<u32> = (0..events.offsets.len())
-        .filter(|&i| {
-            let offset = events.offsets[i];
-            offset >= read_to || !reread.counted(oi, offset, op.closes_at(events.event_time[i]))
+    let read_to = reread.map_or(0, |r| r.read_to());
+    let floor = floor.filter(|&f| row_wm.iter().any(|&w| w < f));
+    let skips = events.offsets.first().is_some_and(|&o| o < read_to);
+    let keep: Option<Vec<u32>> = skips
+        .then(|| {
+            (0..events.offsets.len())
+                .filter(|&i| {
+                    let offset = events.offsets[i];
+                    offset >= read_to
+                        || !reread.is_some_and(|r| {
+                            r.counted(oi, offset, op.closes_at(events.event_time[i]))
+                        })
+                })
+                .map(|i| i as u32)
+                .collect::<Vec<u32>>()
         })
-        .map(|i| i as u32)
-        .collect();
-    if keep.len() == events.offsets.len() {
+        .filter(|keep| keep.len() < events.offsets.len());
+    if keep.is_none() && floor.is_none() {
         return Ok(None);
     }
-    let wm = keep.iter().map(|&i| row_wm[i as usize]).collect();
-    Ok(Some((events.retain_rows(&keep)?, wm)))
+    let raise = |w: i64| floor.map_or(w, |f| w.max(f));
+    Ok(Some(match keep {
+        Some(keep) => {
+            let wm = keep.iter().map(|&i| raise(row_wm[i as usize])).collect();
+            (Some(events.retain_rows(&keep)?), wm)
+        }
+        None => (None, row_wm.iter().map(|&w| raise(w)).collect()),
+    }))
 }
 
 /// Per window a chunk's rows went to: (the watermark that closes it, smallest offset of its

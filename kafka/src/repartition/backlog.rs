@@ -248,8 +248,7 @@ impl Measurer {
             return Err(KafkaError::Partial {
                 brokers: self.spec.input.brokers.clone(),
                 what: "cannot read the internal topic's ends".into(),
-                topic: topic.clone(),
-                partitions: missing,
+                partitions: vec![(topic.clone(), missing)],
             });
         }
         let committed = committed(pool, topic, &all).map_err(fail)?;

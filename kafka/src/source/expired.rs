@@ -227,7 +227,7 @@ impl GroupContext {
                     partition = e.partition(),
                     offset,
                     note = %note,
-                    "kafka: rows read again past the committed offset whose windows an earlier run made durable are not counted again"
+                    "kafka: an earlier run's note applies: rows read again past the committed offset whose windows it made durable are not counted again, and rows of windows it closed are late"
                 );
             }
         }

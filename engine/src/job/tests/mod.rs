@@ -577,3 +577,61 @@ fn a_sink_failing_from_its_first_rows_does_not_hold_live_snapshots_or_checkpoint
     assert!(state.current().finished);
     assert_eq!(final_rows(&state.current()), WINDOWS as usize);
 }
+
+#[test]
+fn a_note_skips_the_rows_it_counted_and_holds_the_others_to_its_floor() {
+    use super::worker::without_counted_rows;
+    use crate::events::ChunkData;
+    use crate::reread::Reread;
+    let rows = |offset: u64, times: &[i64]| match events_chunk(0, 0, offset, times).data {
+        ChunkData::Events(e) => e,
+        _ => unreachable!("events_chunk makes events"),
+    };
+    let events = rows(10, &[5, 12, 25, 8, 31]);
+    let op = CountWorker::default();
+    let wm = [0, 0, 5, 20, 20];
+    // rows below 13 of windows closing at or below 20 were counted; the floor is 20
+    let note = Reread {
+        clauses: vec![(13, vec![Some(20)])],
+        floors: vec![Some(20)],
+    };
+    let (kept, kept_wm) = without_counted_rows(&op, (0, Some(&note), note.floor(0)), &events, &wm)
+        .unwrap()
+        .unwrap();
+    let kept = kept.unwrap();
+    // offsets 10 (window 0-10) and 11 (10-20) skipped; 12 (20-30) is not of a closed window
+    assert_eq!(kept.offsets, vec![12, 13, 14]);
+    assert_eq!(kept.event_time, vec![25, 8, 31]);
+    assert_eq!(kept.batch.num_rows(), 3);
+    // every kept row's watermark is at least the floor: offset 13 (window 0-10) is late
+    assert_eq!(kept_wm, vec![20, 20, 20]);
+    let mut late = CountWorker::default();
+    let mut dead = Vec::new();
+    let partition = partition(0);
+    assert_eq!(
+        late.process(&partition, &kept, &kept_wm, &mut dead)
+            .unwrap(),
+        1
+    );
+    assert_eq!(dead[0].offset, Some(13));
+    // past the clause: nothing skipped, watermarks raised while below the floor
+    let later = rows(13, &[8, 40]);
+    let (none, raised) =
+        without_counted_rows(&op, (0, Some(&note), note.floor(0)), &later, &[3, 30])
+            .unwrap()
+            .unwrap();
+    assert!(none.is_none());
+    assert_eq!(raised, vec![20, 30]);
+    // every watermark at or past the floor: nothing to change
+    assert!(
+        without_counted_rows(&op, (0, Some(&note), note.floor(0)), &later, &[20, 30])
+            .unwrap()
+            .is_none()
+    );
+    // another operator, named by neither
+    assert!(
+        without_counted_rows(&op, (1, Some(&note), note.floor(1)), &events, &wm)
+            .unwrap()
+            .is_none()
+    );
+}

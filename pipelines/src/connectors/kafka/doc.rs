@@ -7,6 +7,7 @@
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_saphyr::Spanned;
 
 use crate::connectors::AvroLimitsDoc;
 use crate::model::OneOrMany;
@@ -19,7 +20,8 @@ pub struct KafkaSourceDoc {
     /// Bootstrap servers, `host:port[,host:port...]`.
     pub brokers: String,
     /// One topic or a list of topics.
-    pub topic: OneOrMany<String>,
+    #[schemars(with = "OneOrMany<String>")]
+    pub topic: Spanned<OneOrMany<String>>,
     /// Consumer group id (default `weir-<pipeline>`).
     #[serde(default)]
     pub group_id: Option<String>,

@@ -448,6 +448,8 @@ fn lookup(e: weir_kafka::KafkaError) -> Lookup {
         weir_kafka::KafkaError::NoSuchTopic { .. } | weir_kafka::KafkaError::Denied { .. } => {
             weir_engine::ErrorKind::User
         }
+        // (the broker did not answer for every partition in time: asking again may do)
+        weir_kafka::KafkaError::Partial { .. } => weir_engine::ErrorKind::Retryable,
         _ => weir_engine::ErrorKind::Fatal,
     };
     Lookup::new(kind, e)
@@ -467,7 +469,7 @@ mod tests {
         let e = crate::connectors::tests::refusal("kafka-topic-twice", &yaml);
         let text = format!("{}:{}: {}", e.line, e.column, e.reason());
         assert!(
-            text.starts_with("4:") && text.contains("topic `a` is listed twice"),
+            text.starts_with("4:45:") && text.contains("topic `a` is listed twice"),
             "{text}"
         );
     }

@@ -86,7 +86,7 @@ pub(crate) fn source_config(
     format: Format,
 ) -> Result<KafkaSourceConfig, PipelineError> {
     let d = &k.value;
-    let topics = match &d.topic {
+    let topics = match &d.topic.value {
         OneOrMany::One(t) => vec![t.clone()],
         OneOrMany::Many(ts) => ts.clone(),
     };
@@ -103,7 +103,7 @@ pub(crate) fn source_config(
     {
         // librdkafka refuses the subscription with "Invalid argument or configuration"
         return Err(ctx.err(
-            &k.referenced,
+            &d.topic.referenced,
             format!("source `{sname}`: topic `{twice}` is listed twice in `topic`; list each once"),
         ));
     }
