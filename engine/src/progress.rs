@@ -94,8 +94,6 @@ struct Inner {
 pub struct Tracking {
     /// The rows of this partition an earlier run counted, and its floors, if any.
     pub reread: Option<std::sync::Arc<Reread>>,
-    /// Per operator, the floor of every partition (see [`Floors::wide`]).
-    pub wide_floors: Option<std::sync::Arc<Vec<Option<i64>>>>,
 }
 
 /// The tracker of committable offsets of a job.
@@ -152,7 +150,6 @@ impl Progress {
         let p = inner.partitions.get(partition)?;
         (!inner.checkpoints && p.tracked).then(|| Tracking {
             reread: p.reread.clone(),
-            wide_floors: inner.floors.wide(),
         })
     }
 
@@ -229,12 +226,20 @@ impl Progress {
 
     /// Sets the operators' identities across runs ([`crate::reread::operator_key`], one per
     /// operator, `None` for one that takes no note): without them, no [`RereadNote`] is
-    /// written or read. `per_partition[i]`: operator `i`'s windows close per partition
-    /// (missing: they do not).
-    pub fn set_operator_keys(&self, keys: Vec<Option<u64>>, mut per_partition: Vec<bool>) {
+    /// written or read. Per operator, `ops` says whether its windows close per partition
+    /// and which source it reads (missing: no and 0); `partition_source` gives each
+    /// partition's source (missing: 0).
+    pub fn set_operator_keys(
+        &self,
+        keys: Vec<Option<u64>>,
+        mut ops: Vec<(bool, usize)>,
+        mut partition_source: Vec<usize>,
+    ) {
         if let Ok(mut inner) = self.inner.lock() {
-            per_partition.resize(keys.len(), false);
-            inner.floors = Floors::new(per_partition);
+            ops.resize(keys.len(), (false, 0));
+            partition_source.resize(inner.partitions.len(), 0);
+            let (per_partition, op_source) = ops.into_iter().unzip();
+            inner.floors = Floors::new(per_partition, op_source, partition_source);
             inner.keys = keys;
         }
     }
@@ -271,7 +276,7 @@ impl Progress {
     /// A partition starts at `committed`, committed with `note` ([`Self::commit_points`]' text, maybe
     /// of an earlier run; empty when none): the rows it names are skipped from now on, its
     /// floors apply, and its clauses are committed again while they matter. Returns whether
-    /// rows are skipped.
+    /// the note says anything of this run's operators.
     pub fn start_reading(&self, partition: usize, committed: u64, note: &str) -> bool {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
@@ -293,10 +298,7 @@ impl Progress {
                 floors: Vec::new(),
             })
             .filter(|n| !n.clauses.is_empty());
-        let found = resolved.as_ref().is_some_and(|r| !r.clauses.is_empty());
-        if let Some(r) = &resolved {
-            inner.floors.read(r);
-        }
+        let found = resolved.is_some();
         let checkpoints = inner.checkpoints;
         if let Some(p) = inner.partitions.get_mut(partition) {
             p.reread = resolved;
@@ -694,7 +696,7 @@ mod tests {
         // no keys, no note
         p.add_residues([residue(0, 10, vec![(60, 0), (120, 5)])]);
         assert_eq!(p.note(0), None);
-        p.set_operator_keys(vec![Some(0xab)], vec![]);
+        p.set_operator_keys(vec![Some(0xab)], vec![], vec![]);
         // rows 0-9 read: windows 60 (from offset 0) and 120 (from 5); nothing durable yet:
         // everything from 0 is read again, all of it counted again
         assert_eq!(p.committable(0), Some(0));
@@ -718,7 +720,7 @@ mod tests {
         assert_eq!(only_floor.floors, vec![(0xab, 180)]);
         // a view's rows are never skipped, nor a processing-time operator's
         let v = Progress::new(1, &[1, 1]);
-        v.set_operator_keys(vec![Some(1), None], vec![]);
+        v.set_operator_keys(vec![Some(1), None], vec![], vec![]);
         v.track(0);
         let mut r = residue(0, 10, vec![(60, 0), (WATERMARK_END, 1)]);
         r.windows.push(OpResidue {
@@ -732,7 +734,7 @@ mod tests {
     #[test]
     fn all_durable_skips_up_to_the_highest_window_seen_only() {
         let p = Progress::new(1, &[1, 1]);
-        p.set_operator_keys(vec![Some(7), Some(8)], vec![]);
+        p.set_operator_keys(vec![Some(7), Some(8)], vec![], vec![]);
         p.track(0);
         // operator 0's window 120 holds the commit at 5; operator 1's windows are all
         // durable: its rows are skipped up to the highest window it saw, not beyond
@@ -756,7 +758,7 @@ mod tests {
     #[test]
     fn the_floor_is_how_far_windows_are_durable_and_never_falls_nor_is_the_end() {
         let p = Progress::new(2, &[1, 1]);
-        p.set_operator_keys(vec![Some(1), Some(2)], vec![]);
+        p.set_operator_keys(vec![Some(1), Some(2)], vec![], vec![]);
         p.track(1);
         let floors = |p: &Progress, id: usize| {
             p.commit_points(&[id])[0]
@@ -791,22 +793,30 @@ mod tests {
         // the end of the input is no floor: how far windows were durable before it stays
         p.sink_durable(1, 0, durable(WATERMARK_END, &[1]));
         assert_eq!(floors(&p, 1), Some(vec![(1, 500), (2, 240)]));
-        // partition 0, without a note of its own, is held to the floors of the operators'
-        // (their windows close with the whole source), and carries them
+        // partition 0, without a note of its own, has no floor from another partition's
+        // (a floor is of the process that wrote it); its notes carry how far windows are
+        // durable here
         p.track(0);
-        let t = p.tracking(0).unwrap();
-        assert!(t.reread.is_none());
-        assert_eq!(t.wide_floors.as_deref(), Some(&vec![Some(500), Some(10)]));
+        assert!(p.tracking(0).unwrap().reread.is_none());
         p.add_residues([residue(0, 7, vec![(300, 0)])]);
-        assert_eq!(floors(&p, 0), Some(vec![(1, 500), (2, 240)]));
+        assert_eq!(floors(&p, 0), Some(vec![(1, 180), (2, 240)]));
+        // an operator of another source gets no floor in this partition's notes
+        let o = Progress::new(2, &[1, 1]);
+        o.set_operator_keys(
+            vec![Some(1), Some(2)],
+            vec![(false, 0), (false, 1)],
+            vec![0, 1],
+        );
+        o.track(0);
+        o.add_residues([residue(0, 7, vec![(300, 0)])]);
+        o.sink_durable(0, 0, durable(60, &[1]));
+        o.sink_durable(1, 0, durable(240, &[1]));
+        assert_eq!(floors(&o, 0), Some(vec![(1, 60)]));
         // windows that close per partition: that partition's durable closing, and no other
         // partition's floor
         let q = Progress::new(2, &[1]);
-        q.set_operator_keys(vec![Some(1)], vec![true]);
-        q.track(0);
+        q.set_operator_keys(vec![Some(1)], vec![(true, 0)], vec![]);
         q.track(1);
-        assert!(q.start_reading(0, 5, &text));
-        assert!(q.tracking(1).unwrap().wide_floors.is_none());
         let mut r = residue(0, 30, vec![(180, 5)]);
         r.partition = 1;
         q.add_residues([r]);
@@ -819,7 +829,7 @@ mod tests {
     #[test]
     fn a_note_applies_to_a_partition_starting_below_where_it_was_read() {
         let p = Progress::new(2, &[1, 1]);
-        p.set_operator_keys(vec![Some(1), Some(2)], vec![]);
+        p.set_operator_keys(vec![Some(1), Some(2)], vec![], vec![]);
         let text = RereadNote {
             clauses: vec![clause(20, &[(2, 119)])],
             floors: Vec::new(),
@@ -843,7 +853,7 @@ mod tests {
     #[test]
     fn a_run_that_reads_again_keeps_the_note_it_started_from_while_it_matters() {
         let p = Progress::new(1, &[1]);
-        p.set_operator_keys(vec![Some(1)], vec![]);
+        p.set_operator_keys(vec![Some(1)], vec![], vec![]);
         p.track(0);
         // run 1 read to 40; window 119 and below durable
         let inherited = clause(40, &[(1, 119)]);
@@ -861,7 +871,7 @@ mod tests {
         assert_eq!(note(&p), vec![clause(20, &[(1, 179)]), inherited.clone()]);
         // a clause naming no operator of this run is carried all the same
         let q = Progress::new(1, &[1]);
-        q.set_operator_keys(vec![Some(1)], vec![]);
+        q.set_operator_keys(vec![Some(1)], vec![], vec![]);
         q.track(0);
         let other = clause(30, &[(9, 60)]);
         let text = RereadNote {

@@ -22,8 +22,6 @@
 //! `offset.metadata.max.bytes`, 4,096 bytes by default; a note is at most [`MAX_NOTE_BYTES`],
 //! about 38 bytes an operator).
 
-use std::sync::Arc;
-
 use crate::clock::{WATERMARK_END, WATERMARK_MIN};
 
 /// The first word of a note: notes of other writers, or of other versions, are ignored.
@@ -257,6 +255,15 @@ impl Reread {
         self.floors.get(op).copied().flatten()
     }
 
+    /// Whether it changes anything for a chunk whose first row is at `offset` with
+    /// watermark `watermark` (watermarks rise along a chunk): rows to skip, or a watermark
+    /// below a floor.
+    pub fn applies(&self, offset: Option<&u64>, watermark: Option<&i64>) -> bool {
+        let skips = offset.is_some_and(|&o| o < self.read_to());
+        let below = watermark.is_some_and(|&w| self.floors.iter().flatten().any(|&f| w < f));
+        skips || below
+    }
+
     /// The offset below which rows may be skipped.
     pub fn read_to(&self) -> u64 {
         self.clauses.iter().map(|c| c.0).max().unwrap_or(0)
@@ -281,21 +288,28 @@ impl Reread {
 pub struct Floors {
     /// Per operator: its windows close per partition (a floor is then a partition's).
     per_partition: Vec<bool>,
+    /// Per operator: the source it reads; per partition: its source. A partition's note
+    /// gives floors of its source's operators only.
+    op_source: Vec<usize>,
+    partition_source: Vec<usize>,
     /// Per operator: the highest closing watermark its windows were durable to in every
     /// sink (below the end of the input), of all partitions and of each.
     durable: Vec<(i64, Vec<i64>)>,
-    /// Per operator whose windows close with the whole source: the highest floor of every
-    /// note read (a floor is then the operator's, whichever partition's note carried it).
-    wide: Option<Arc<Vec<Option<i64>>>>,
 }
 
 impl Floors {
-    /// Floors of operators, `per_partition` saying whose windows close per partition.
-    pub fn new(per_partition: Vec<bool>) -> Self {
+    /// Floors of operators: `per_partition` says whose windows close per partition,
+    /// `op_source` which source each reads, `partition_source` each partition's source.
+    pub fn new(
+        per_partition: Vec<bool>,
+        op_source: Vec<usize>,
+        partition_source: Vec<usize>,
+    ) -> Self {
         Floors {
             durable: vec![(WATERMARK_MIN, Vec::new()); per_partition.len()],
             per_partition,
-            wide: None,
+            op_source,
+            partition_source,
         }
     }
 
@@ -319,40 +333,19 @@ impl Floors {
         }
     }
 
-    /// A note read at a partition's start: its floors of operators whose windows close with
-    /// the whole source hold for every partition.
-    pub fn read(&mut self, note: &Reread) {
-        let mut wide = self
-            .wide
-            .as_deref()
-            .cloned()
-            .unwrap_or_else(|| vec![None; self.per_partition.len()]);
-        for (op, w) in wide.iter_mut().enumerate() {
-            if !self.per_partition.get(op).copied().unwrap_or(true) {
-                *w = (*w).max(note.floor(op));
-            }
-        }
-        if wide.iter().any(Option::is_some) {
-            self.wide = Some(Arc::new(wide));
-        }
-    }
-
-    /// Per operator, the floor every partition's rows are held to (see [`Self::read`]).
-    pub fn wide(&self) -> Option<Arc<Vec<Option<i64>>>> {
-        self.wide.clone()
-    }
-
-    /// The floors of `partition`'s note, per operator with a key: the highest of how far
-    /// its windows (of that partition, when they close per partition) were durable, the
-    /// floor of the note the partition started from, and the operator's wide floor.
+    /// The floors of `partition`'s note, per operator of its source with a key: the higher
+    /// of how far its windows (of that partition, when they close per partition) were
+    /// durable, and the floor of the note the partition started from.
     pub fn of(
         &self,
         keys: &[Option<u64>],
         started: Option<&Reread>,
         partition: usize,
     ) -> Vec<(u64, i64)> {
+        let source = self.partition_source.get(partition);
         keys.iter()
             .enumerate()
+            .filter(|(op, _)| source.is_some() && self.op_source.get(*op) == source)
             .filter_map(|(op, key)| {
                 let key = (*key)?;
                 let per_partition = self.per_partition.get(op).copied().unwrap_or(true);
@@ -363,11 +356,9 @@ impl Floors {
                         true => parts.get(partition).copied().unwrap_or(WATERMARK_MIN),
                         false => *all,
                     });
-                let wide = self.wide.as_ref().filter(|_| !per_partition);
                 let floor = durable
                     .filter(|&w| w > WATERMARK_MIN)
-                    .max(started.and_then(|r| r.floor(op)))
-                    .max(wide.and_then(|w| w.get(op).copied().flatten()))?;
+                    .max(started.and_then(|r| r.floor(op)))?;
                 Some((key, floor))
             })
             .collect()

@@ -356,9 +356,15 @@ impl Wiring {
                     Some(crate::reread::operator_key(&o.name, |t| w.closes_at(t)))
                 })
                 .collect(),
-            first_workers
+            spec.operators
                 .iter()
-                .map(|w| w.is_some_and(|w| w.closes_per_partition()))
+                .zip(&first_workers)
+                .map(|(o, w)| (w.is_some_and(|w| w.closes_per_partition()), o.source))
+                .collect(),
+            spec.sources
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| std::iter::repeat_n(i, s.partitions))
                 .collect(),
         );
         let partition_keys = spec

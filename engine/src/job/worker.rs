@@ -476,9 +476,9 @@ fn process_chunk(
     let mut dead = Vec::new();
     let mut late_rows = 0;
     // per operator, the rows an earlier run counted already left out (see `crate::reread`)
-    let uncounted = match tracking {
-        Some(t) if t.reread.is_some() || t.wide_floors.is_some() => {
-            uncounted_rows(ops, ctx, (&t, chunk.source), &events, row_wm)?
+    let uncounted = match tracking.and_then(|t| t.reread) {
+        Some(reread) if reread.applies(events.offsets.first(), row_wm.first()) => {
+            uncounted_rows(ops, ctx, (&reread, chunk.source), &events, row_wm)?
         }
         _ => Vec::new(),
     };
@@ -576,23 +576,18 @@ fn count_bad_rows(ctx: &WorkerCtx, source: usize, dead: &[DeadLetter]) -> u64 {
 fn uncounted_rows(
     ops: &[(usize, Box<dyn WorkerOperator>)],
     ctx: &WorkerCtx,
-    (tracking, source): (&crate::progress::Tracking, usize),
+    (reread, source): (&crate::reread::Reread, usize),
     events: &EventBatch,
     row_wm: &[i64],
 ) -> Result<Vec<Option<Uncounted>>, EngineError> {
-    let reread = tracking.reread.as_deref();
     let mut out = Vec::with_capacity(ops.len());
     for (oi, op) in ops {
         if ctx.op_sources[*oi] != source {
             out.push(None);
             continue;
         }
-        let wide = tracking
-            .wide_floors
-            .as_ref()
-            .and_then(|w| w.get(*oi).copied().flatten());
-        let floor = reread.and_then(|r| r.floor(*oi)).max(wide);
-        let kept = without_counted_rows(op.as_ref(), (*oi, reread, floor), events, row_wm)
+        let floor = reread.floor(*oi);
+        let kept = without_counted_rows(op.as_ref(), (*oi, Some(reread), floor), events, row_wm)
             .map_err(|e| EngineError::internal_caused("cannot leave out rows read again", e))?;
         if let Some((Some(ev), _)) = &kept {
             let skipped = events.offsets.len() - ev.offsets.len();
@@ -613,7 +608,8 @@ pub(super) fn without_counted_rows(
     row_wm: &[i64],
 ) -> Result<Option<Uncounted>, arrow::error::ArrowError> {
     let read_to = reread.map_or(0, |r| r.read_to());
-    let floor = floor.filter(|&f| row_wm.iter().any(|&w| w < f));
+    // (watermarks rise along a chunk: the first is the lowest)
+    let floor = floor.filter(|&f| row_wm.first().is_some_and(|&w| w < f));
     let skips = events.offsets.first().is_some_and(|&o| o < read_to);
     let keep: Option<Vec<u32>> = skips
         .then(|| {
