@@ -553,20 +553,25 @@ fn a_401_or_403_is_a_failure_of_the_sink_not_a_refusal_of_rows() {
     }
 }
 
+/// A sink of 100-row requests to `http://127.0.0.1:{port}/{path}` (a URL template).
+fn sink_to(port: u16, path: &str) -> WebhookSink {
+    let mut cfg = config(port, 100);
+    cfg.url = UrlTemplate::parse(&format!("http://127.0.0.1:{port}/{path}")).unwrap();
+    WebhookSink::new("hook", cfg).unwrap()
+}
+
+/// `batch` with its first column (`datasetName`) replaced by `names`.
+fn with_names(batch: RecordBatch, names: &[Option<&str>]) -> RecordBatch {
+    let mut columns = batch.columns().to_vec();
+    columns[0] = Arc::new(StringArray::from(names.to_vec()));
+    RecordBatch::try_new(batch.schema(), columns).unwrap()
+}
+
 #[test]
 fn a_key_of_dots_never_moves_a_row_to_another_path() {
     let (port, got) = server(vec![]);
-    let mut cfg = config(port, 100);
-    cfg.url = UrlTemplate::parse(&format!(
-        "http://127.0.0.1:{port}/tenants/{{datasetName}}/events"
-    ))
-    .unwrap();
-    let mut sink = WebhookSink::new("hook", cfg).unwrap();
-    let batch = windows(3, 1);
-    let names = StringArray::from(vec![Some(".."), Some("."), Some("a..")]);
-    let mut columns = batch.columns().to_vec();
-    columns[0] = Arc::new(names);
-    let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let mut sink = sink_to(port, "tenants/{datasetName}/events");
+    let batch = with_names(windows(3, 1), &[Some(".."), Some("."), Some("a..")]);
     sink.write(&batch).unwrap();
     sink.flush().unwrap();
     let rejected = sink.take_rejected();
@@ -584,17 +589,8 @@ fn a_key_of_dots_never_moves_a_row_to_another_path() {
 #[test]
 fn a_row_without_a_url_goes_to_the_dead_letters_and_the_others_on() {
     let (port, got) = server(vec![]);
-    let mut cfg = config(port, 100);
-    cfg.url = UrlTemplate::parse(&format!(
-        "http://127.0.0.1:{port}/hooks/{{output}}/{{datasetName}}"
-    ))
-    .unwrap();
-    let mut sink = WebhookSink::new("hook", cfg).unwrap();
-    let batch = windows(2, 1);
-    let names = StringArray::from(vec![Some("d0"), None]);
-    let mut columns = batch.columns().to_vec();
-    columns[0] = Arc::new(names);
-    let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let mut sink = sink_to(port, "hooks/{output}/{datasetName}");
+    let batch = with_names(windows(2, 1), &[Some("d0"), None]);
     sink.write(&batch).unwrap();
     sink.flush().unwrap();
     let rejected = sink.take_rejected();
