@@ -88,6 +88,8 @@ struct Inner {
     keys: Vec<Option<u64>>,
     /// The operators' floors (see [`crate::reread::RereadNote::floors`]).
     floors: Floors,
+    /// Per source: its first assignment's notes were read ([`Progress::assignment_read`]).
+    sources_assigned: Vec<bool>,
 }
 
 /// A tracked partition's view of what earlier runs said, for its next chunk.
@@ -126,6 +128,7 @@ impl Progress {
                     .collect(),
                 keys: Vec::new(),
                 floors: Floors::default(),
+                sources_assigned: Vec::new(),
             }),
             finished: AtomicBool::new(false),
         }
@@ -309,6 +312,58 @@ impl Progress {
             }
         }
         found
+    }
+
+    /// The end of reading the notes of an assignment of one source's partitions
+    /// (`committed`: those with a committed offset, `uncommitted`: those without). At the
+    /// run's first assignment of the source (nothing read yet), the partitions without a
+    /// commit get the floors every note of the others gives ([`Floors::for_uncommitted`]):
+    /// their first rows would otherwise open windows those runs emitted. Later assignments
+    /// give none: this run may hold those windows open itself.
+    pub fn assignment_read(&self, committed: &[usize], uncommitted: &[usize]) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let first = committed.iter().chain(uncommitted).next();
+        let Some(source) = first.and_then(|&id| inner.floors.source_of(id)) else {
+            return;
+        };
+        if inner.checkpoints || inner.keys.is_empty() {
+            return;
+        }
+        if inner.sources_assigned.len() <= source {
+            inner.sources_assigned.resize(source + 1, false);
+        }
+        if std::mem::replace(&mut inner.sources_assigned[source], true) {
+            return;
+        }
+        let started: Vec<Option<&Reread>> = committed
+            .iter()
+            .filter_map(|&id| inner.partitions.get(id))
+            .map(|p| p.reread.as_deref())
+            .collect();
+        let floors: Vec<Option<i64>> = inner
+            .floors
+            .for_uncommitted(&started)
+            .into_iter()
+            .enumerate()
+            .map(|(op, f)| f.filter(|_| inner.floors.reads(op, source)))
+            .collect();
+        if floors.iter().all(Option::is_none) {
+            return;
+        }
+        let reread = std::sync::Arc::new(Reread {
+            clauses: Vec::new(),
+            floors,
+        });
+        for &id in uncommitted {
+            if inner.floors.source_of(id) != Some(source) {
+                continue;
+            }
+            if let Some(p) = inner.partitions.get_mut(id) {
+                p.reread = Some(reread.clone());
+            }
+        }
     }
 
     /// Forgets a partition's note: its offsets no longer name the records the note
@@ -824,6 +879,45 @@ mod tests {
         d.partitions = Some(std::sync::Arc::new(vec![900, 120]));
         q.sink_durable(0, 0, d);
         assert_eq!(floors(&q, 1), Some(vec![(1, 120)]));
+    }
+
+    #[test]
+    fn at_the_first_assignment_a_partition_without_a_commit_takes_the_lowest_floor() {
+        let note = |floor: i64| {
+            RereadNote {
+                clauses: Vec::new(),
+                floors: vec![(1, floor)],
+            }
+            .encode()
+        };
+        let p = Progress::new(4, &[1]);
+        p.set_operator_keys(vec![Some(1)], vec![], vec![]);
+        assert!(p.start_reading(0, 5, &note(500)));
+        assert!(p.start_reading(1, 5, &note(300)));
+        p.assignment_read(&[0, 1], &[2]);
+        assert_eq!(p.reread(2).unwrap().floors, vec![Some(300)]);
+        // a later assignment: this run may hold those windows open itself
+        p.assignment_read(&[], &[3]);
+        assert!(p.reread(3).is_none());
+        // a commit without a floor: nothing is known
+        let q = Progress::new(3, &[1]);
+        q.set_operator_keys(vec![Some(1)], vec![], vec![]);
+        assert!(q.start_reading(0, 5, &note(500)));
+        assert!(!q.start_reading(1, 5, ""));
+        q.assignment_read(&[0, 1], &[2]);
+        assert!(q.reread(2).is_none());
+        // windows closing per partition: a partition's floor is its own
+        let r = Progress::new(2, &[1]);
+        r.set_operator_keys(vec![Some(1)], vec![(true, 0)], vec![]);
+        assert!(r.start_reading(0, 5, &note(500)));
+        r.assignment_read(&[0], &[1]);
+        assert!(r.reread(1).is_none());
+        // with checkpoints, none
+        let c = Progress::new(2, &[1]);
+        c.set_operator_keys(vec![Some(1)], vec![], vec![]);
+        c.use_checkpoints();
+        c.assignment_read(&[0], &[1]);
+        assert!(c.reread(1).is_none());
     }
 
     #[test]

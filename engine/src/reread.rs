@@ -333,6 +333,36 @@ impl Floors {
         }
     }
 
+    /// The floors for partitions of a run's first assignment that have no commit (nothing
+    /// was read there, or nothing committed), from `started`, the notes of the partitions
+    /// of that assignment that have one: per operator whose windows close with the whole
+    /// source, the lowest floor of those notes, when every one of them has a floor for it.
+    /// Every process whose note gave one had closed that far: a row of those windows,
+    /// read by any of them, was late. `None` where nothing is known.
+    pub fn for_uncommitted(&self, started: &[Option<&Reread>]) -> Vec<Option<i64>> {
+        (0..self.per_partition.len())
+            .map(|op| {
+                if self.per_partition[op] || started.is_empty() {
+                    return None;
+                }
+                started
+                    .iter()
+                    .map(|r| r.and_then(|r| r.floor(op)))
+                    .try_fold(i64::MAX, |low, f| Some(low.min(f?)))
+            })
+            .collect()
+    }
+
+    /// The source of `partition`, if known.
+    pub fn source_of(&self, partition: usize) -> Option<usize> {
+        self.partition_source.get(partition).copied()
+    }
+
+    /// Whether operator `op` reads `source`.
+    pub fn reads(&self, op: usize, source: usize) -> bool {
+        self.op_source.get(op) == Some(&source)
+    }
+
     /// The floors of `partition`'s note, per operator of its source with a key: the higher
     /// of how far its windows (of that partition, when they close per partition) were
     /// durable, and the floor of the note the partition started from.

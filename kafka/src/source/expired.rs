@@ -111,6 +111,18 @@ impl GroupContext {
     /// `weir_records_expired_total` (each loss once per process). When the offsets cannot
     /// be read, the starts stay as they are (librdkafka then resets them as configured).
     pub(super) fn skip_expired(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        if let Some(committed) = self.place_starts(consumer, tpl) {
+            self.notes_read(&committed);
+        }
+    }
+
+    /// [`Self::skip_expired`]; returns the group's committed offsets of the partitions that
+    /// start from them, when read.
+    fn place_starts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> Option<TopicPartitionList> {
         let mut wanted: Vec<(Tp, u64)> = Vec::new();
         let mut committed_query = TopicPartitionList::new();
         for e in tpl.elements() {
@@ -124,6 +136,7 @@ impl GroupContext {
             }
         }
         // the group's committed offsets, where the partitions start without another
+        let mut committed = None;
         if committed_query.count() > 0 {
             match consumer.committed_offsets(committed_query, OFFSETS_TIMEOUT) {
                 Ok(c) => {
@@ -133,7 +146,8 @@ impl GroupContext {
                             Some(((e.topic().to_string(), e.partition()), o as u64))
                         }
                         _ => None,
-                    }))
+                    }));
+                    committed = Some(c);
                 }
                 Err(e) => {
                     tracing::warn!(source = %self.source, error = %e, "kafka: cannot read the group's committed offsets to check them against the topic's retention");
@@ -141,7 +155,7 @@ impl GroupContext {
             }
         }
         if wanted.is_empty() {
-            return;
+            return committed;
         }
         let partitions: Vec<&Tp> = wanted.iter().map(|(tp, _)| tp).collect();
         let ranges = list_offsets(consumer, &partitions, Offset::Beginning).and_then(|lows| {
@@ -159,7 +173,7 @@ impl GroupContext {
                 for (tp, _) in &wanted {
                     self.forget_note(tp);
                 }
-                return;
+                return committed;
             }
         };
         let mut moves = misplaced(&wanted, &ranges);
@@ -200,6 +214,25 @@ impl GroupContext {
                 positions.insert(key, low);
             }
         }
+        committed
+    }
+
+    /// Tells the engine which partitions of an assignment start from a committed offset
+    /// and which have none (see `Progress::assignment_read`), once their notes are read and
+    /// those that no longer apply forgotten.
+    fn notes_read(&self, committed: &TopicPartitionList) {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for e in committed.elements() {
+            let Some(&id) = self.ids.get(&(e.topic().to_string(), e.partition())) else {
+                continue;
+            };
+            match e.offset() {
+                Offset::Offset(o) if o >= 0 => with.push(id),
+                Offset::Invalid => without.push(id),
+                _ => {}
+            }
+        }
+        self.progress().assignment_read(&with, &without);
     }
 
     /// Hands the engine the notes committed with the group's offsets `committed` (see
