@@ -314,27 +314,36 @@ impl Progress {
         found
     }
 
-    /// The end of reading the notes of an assignment of one source's partitions
-    /// (`committed`: those with a committed offset, `uncommitted`: those without). At the
-    /// run's first assignment of the source (nothing read yet), the partitions without a
-    /// commit get the floors every note of the others gives ([`Floors::for_uncommitted`]):
-    /// their first rows would otherwise open windows those runs emitted. Later assignments
-    /// give none: this run may hold those windows open itself.
-    pub fn assignment_read(&self, committed: &[usize], uncommitted: &[usize]) {
+    /// An assignment of one source's partitions (`assigned`), its notes read: `committed`
+    /// start from a committed offset, `uncommitted` have none (empty both when the group's
+    /// offsets could not be read). At the run's first assignment of the source, before any
+    /// of its rows was reported, the partitions without a commit get the floors every note
+    /// of the others gives ([`Floors::for_uncommitted`]): their first rows would otherwise
+    /// open windows those runs emitted. Later assignments give none: this run may hold those
+    /// windows open itself.
+    pub fn assignment_read(&self, assigned: &[usize], committed: &[usize], uncommitted: &[usize]) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        let first = committed.iter().chain(uncommitted).next();
+        let first = assigned.iter().chain(committed).chain(uncommitted).next();
         let Some(source) = first.and_then(|&id| inner.floors.source_of(id)) else {
             return;
         };
-        if inner.checkpoints || inner.keys.is_empty() {
-            return;
-        }
         if inner.sources_assigned.len() <= source {
             inner.sources_assigned.resize(source + 1, false);
         }
         if std::mem::replace(&mut inner.sources_assigned[source], true) {
+            return;
+        }
+        if inner.checkpoints || inner.keys.is_empty() {
+            return;
+        }
+        // (a row of the source reported already: this run may hold windows open)
+        let read = inner.partitions.iter().enumerate().any(|(id, p)| {
+            inner.floors.source_of(id) == Some(source)
+                && (p.next_seq > 0 || !p.pending.is_empty() || p.committable.is_some())
+        });
+        if read {
             return;
         }
         let started: Vec<Option<&Reread>> = committed
@@ -894,29 +903,44 @@ mod tests {
         p.set_operator_keys(vec![Some(1)], vec![], vec![]);
         assert!(p.start_reading(0, 5, &note(500)));
         assert!(p.start_reading(1, 5, &note(300)));
-        p.assignment_read(&[0, 1], &[2]);
+        p.assignment_read(&[0, 1, 2], &[0, 1], &[2]);
         assert_eq!(p.reread(2).unwrap().floors, vec![Some(300)]);
         // a later assignment: this run may hold those windows open itself
-        p.assignment_read(&[], &[3]);
+        p.assignment_read(&[3], &[], &[3]);
         assert!(p.reread(3).is_none());
+        // a first assignment whose offsets could not be read still is the first
+        let f = Progress::new(3, &[1]);
+        f.set_operator_keys(vec![Some(1)], vec![], vec![]);
+        f.assignment_read(&[0], &[], &[]);
+        assert!(f.start_reading(1, 5, &note(500)));
+        f.assignment_read(&[1, 2], &[1], &[2]);
+        assert!(f.reread(2).is_none());
+        // rows of the source reported before: none
+        let g = Progress::new(3, &[1]);
+        g.set_operator_keys(vec![Some(1)], vec![], vec![]);
+        g.track(0);
+        g.add_residues([residue(0, 3, vec![(60, 0)])]);
+        assert!(g.start_reading(1, 5, &note(500)));
+        g.assignment_read(&[1, 2], &[1], &[2]);
+        assert!(g.reread(2).is_none());
         // a commit without a floor: nothing is known
         let q = Progress::new(3, &[1]);
         q.set_operator_keys(vec![Some(1)], vec![], vec![]);
         assert!(q.start_reading(0, 5, &note(500)));
         assert!(!q.start_reading(1, 5, ""));
-        q.assignment_read(&[0, 1], &[2]);
+        q.assignment_read(&[0, 1, 2], &[0, 1], &[2]);
         assert!(q.reread(2).is_none());
         // windows closing per partition: a partition's floor is its own
         let r = Progress::new(2, &[1]);
         r.set_operator_keys(vec![Some(1)], vec![(true, 0)], vec![]);
         assert!(r.start_reading(0, 5, &note(500)));
-        r.assignment_read(&[0], &[1]);
+        r.assignment_read(&[0, 1], &[0], &[1]);
         assert!(r.reread(1).is_none());
         // with checkpoints, none
         let c = Progress::new(2, &[1]);
         c.set_operator_keys(vec![Some(1)], vec![], vec![]);
         c.use_checkpoints();
-        c.assignment_read(&[0], &[1]);
+        c.assignment_read(&[0, 1], &[0], &[1]);
         assert!(c.reread(1).is_none());
     }
 

@@ -111,9 +111,17 @@ impl GroupContext {
     /// `weir_records_expired_total` (each loss once per process). When the offsets cannot
     /// be read, the starts stay as they are (librdkafka then resets them as configured).
     pub(super) fn skip_expired(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        if let Some(committed) = self.place_starts(consumer, tpl) {
-            self.notes_read(&committed);
-        }
+        let assigned: Vec<usize> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                self.ids
+                    .get(&(e.topic().to_string(), e.partition()))
+                    .copied()
+            })
+            .collect();
+        let committed = self.place_starts(consumer, tpl);
+        self.notes_read(&assigned, committed.as_ref());
     }
 
     /// [`Self::skip_expired`]; returns the group's committed offsets of the partitions that
@@ -217,22 +225,24 @@ impl GroupContext {
         committed
     }
 
-    /// Tells the engine which partitions of an assignment start from a committed offset
-    /// and which have none (see `Progress::assignment_read`), once their notes are read and
-    /// those that no longer apply forgotten.
-    fn notes_read(&self, committed: &TopicPartitionList) {
+    /// Tells the engine of an assignment (`assigned`): which of its partitions start from a
+    /// committed offset and which have none, as `committed` (when read) says (see
+    /// `Progress::assignment_read`), once their notes are read and those that no longer
+    /// apply forgotten.
+    fn notes_read(&self, assigned: &[usize], committed: Option<&TopicPartitionList>) {
         let (mut with, mut without) = (Vec::new(), Vec::new());
-        for e in committed.elements() {
+        for e in committed.map(|c| c.elements()).unwrap_or_default() {
             let Some(&id) = self.ids.get(&(e.topic().to_string(), e.partition())) else {
                 continue;
             };
-            match e.offset() {
-                Offset::Offset(o) if o >= 0 => with.push(id),
-                Offset::Invalid => without.push(id),
+            match (e.offset(), e.error()) {
+                (Offset::Offset(o), _) if o >= 0 => with.push(id),
+                // (a partition whose offset could not be read may have a commit)
+                (Offset::Invalid, Ok(())) => without.push(id),
                 _ => {}
             }
         }
-        self.progress().assignment_read(&with, &without);
+        self.progress().assignment_read(assigned, &with, &without);
     }
 
     /// Hands the engine the notes committed with the group's offsets `committed` (see
