@@ -70,19 +70,12 @@ fn killed_and_started_again(parallelism: &str) {
     // window 0 is durable: the committed offset moves to e2, the first row of window 1,
     // with a note of the rows read to offset 4 (a chunk reported after the commit is in the
     // next note, within 10 s)
-    let started = Instant::now();
-    loop {
+    wait_for_commit(&run, || {
         let (offset, note) = committed(&brokers, "reread", "events");
-        if offset == 1 && note.starts_with("weir.reread.v1 r=4 ") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no commit at offset 1 with a note (now {offset} {note:?}); log:\n{}",
-            run.lines().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (offset == 1 && note.starts_with("weir.reread.v1 r=4 "))
+            .then_some(())
+            .ok_or_else(|| format!("no commit at offset 1 with a note (now {offset} {note:?})"))
+    });
     run.kill();
 
     // the same pipeline, the same group: it reads offsets 1-3 again
@@ -111,6 +104,20 @@ fn killed_and_started_again(parallelism: &str) {
     // nothing was dead-lettered: e3 was neither late nor lost
     let (_, dead) = read_topic(&brokers, "dead", dir.path());
     assert!(dead.is_empty(), "dead letters: {dead:?}");
+}
+
+/// Waits (at most 60 s) until `committed` says the group's commit is there; else fails
+/// with what it says and the run's log.
+fn wait_for_commit(run: &Running, committed: impl Fn() -> Result<(), String>) {
+    let started = Instant::now();
+    while let Err(now) = committed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{now}; log:\n{}",
+            run.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The test's pipeline (`event_time_extra`: more of the source's `event_time` mapping).
@@ -217,22 +224,19 @@ fn late_after_a_restart(parallelism: &str) {
     std::thread::sleep(Duration::from_secs(4));
     // partition 0: e1 (window 0), e2 (window 1), e3 (window 0), e4: window 0 closes
     produce("0", &[(1, 10), (2, 62), (3, 58), (4, 70)]);
-    let started = Instant::now();
-    loop {
+    wait_for_commit(&run, || {
         let (offset, note) = committed_of(&brokers, "reread", "events", 0);
         let (end, note1) = committed_of(&brokers, "reread", "events", 1);
         // (a note of the rows read to offset 4, and floors)
         let noted = note.starts_with("weir.reread.v1 r=4 ") && note.contains(" f ");
-        if offset == 1 && noted && end == 1 && note1.contains(" f ") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no commits at 1 and 1 with floors (now {offset} {note:?}, {end} {note1:?}); log:\n{}",
-            run.lines().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (offset == 1 && noted && end == 1 && note1.contains(" f "))
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "no commits at 1 and 1 with floors (now {offset} {note:?}, {end} {note1:?})"
+                )
+            })
+    });
     run.kill();
     // e8 and e10, of window 0, new since the kill
     produce("1", &[(8, 50)]);

@@ -92,12 +92,6 @@ struct Inner {
     sources_assigned: Vec<bool>,
 }
 
-/// A tracked partition's view of what earlier runs said, for its next chunk.
-pub struct Tracking {
-    /// The rows of this partition an earlier run counted, and its floors, if any.
-    pub reread: Option<std::sync::Arc<Reread>>,
-}
-
 /// The tracker of committable offsets of a job.
 pub struct Progress {
     inner: Mutex<Inner>,
@@ -146,14 +140,12 @@ impl Progress {
         self.tracking(partition).is_some()
     }
 
-    /// `None` when a partition is not tracked; else what earlier runs said of its rows
-    /// ([`Tracking`]): under one lock, once per chunk.
-    pub fn tracking(&self, partition: usize) -> Option<Tracking> {
+    /// `None` when a partition is not tracked; else the note it started from (the rows an
+    /// earlier run counted, and its floors), if any: under one lock, once per chunk.
+    pub fn tracking(&self, partition: usize) -> Option<Option<std::sync::Arc<Reread>>> {
         let inner = self.inner.lock().ok()?;
         let p = inner.partitions.get(partition)?;
-        (!inner.checkpoints && p.tracked).then(|| Tracking {
-            reread: p.reread.clone(),
-        })
+        (!inner.checkpoints && p.tracked).then(|| p.reread.clone())
     }
 
     /// Committable offsets are those of complete checkpoints (see [`Self::record_checkpoint`]);
@@ -861,7 +853,7 @@ mod tests {
         // (a floor is of the process that wrote it); its notes carry how far windows are
         // durable here
         p.track(0);
-        assert!(p.tracking(0).unwrap().reread.is_none());
+        assert!(p.tracking(0).unwrap().is_none());
         p.add_residues([residue(0, 7, vec![(300, 0)])]);
         assert_eq!(floors(&p, 0), Some(vec![(1, 180), (2, 240)]));
         // an operator of another source gets no floor in this partition's notes

@@ -336,9 +336,9 @@ impl Floors {
     /// The floors for partitions of a run's first assignment that have no commit (nothing
     /// was read there, or nothing committed), from `started`, the notes of the partitions
     /// of that assignment that have one: per operator whose windows close with the whole
-    /// source, the lowest floor of those notes, when every one of them has a floor for it.
-    /// Every process whose note gave one had closed that far: a row of those windows,
-    /// read by any of them, was late. `None` where nothing is known.
+    /// source, the lowest floor of those notes, when every one of them has a floor for it:
+    /// a row of those windows goes to the dead letters rather than into a second row of a
+    /// window an earlier run emitted. `None` where nothing is known.
     pub fn for_uncommitted(&self, started: &[Option<&Reread>]) -> Vec<Option<i64>> {
         (0..self.per_partition.len())
             .map(|op| {

@@ -224,10 +224,23 @@ def lag(args):
 
 
 def committed(args):
-    c = Consumer({"bootstrap.servers": args.brokers, "group.id": args.group, "enable.auto.commit": False})
-    tp = c.committed([TopicPartition(args.topic, args.partition)], timeout=30)[0]
-    c.close()
-    print(json.dumps({"offset": tp.offset, "metadata": tp.metadata}))
+    """The group's committed offset of a partition and its metadata, by OffsetFetch v1 itself:
+    confluent-kafka reads the metadata as a NUL-terminated string, past its end (a byte
+    that is not UTF-8 there made the call fail)."""
+    raw = RawMember(args.brokers)
+    body = (RawMember.string(args.group) + struct.pack(">i", 1) + RawMember.string(args.topic)
+            + struct.pack(">ii", 1, args.partition))
+    reply = raw.call(9, 1, body)
+    at = 4  # one topic
+    n = struct.unpack(">h", reply[at:at + 2])[0]
+    at += 2 + n + 4  # its name, one partition
+    _, offset, size = struct.unpack(">iqh", reply[at:at + 14])
+    at += 14
+    metadata = reply[at:at + size].decode("utf-8", errors="replace") if size >= 0 else None
+    error = struct.unpack(">h", reply[at + max(size, 0):at + max(size, 0) + 2])[0]
+    if error:
+        sys.exit(f"OffsetFetch: error {error}")
+    print(json.dumps({"offset": offset, "metadata": metadata}))
 
 
 class RawMember:

@@ -476,7 +476,7 @@ fn process_chunk(
     let mut dead = Vec::new();
     let mut late_rows = 0;
     // per operator, the rows an earlier run counted already left out (see `crate::reread`)
-    let uncounted = match tracking.and_then(|t| t.reread) {
+    let uncounted = match tracking.flatten() {
         Some(reread) if reread.applies(events.offsets.first(), row_wm.first()) => {
             uncounted_rows(ops, ctx, (&reread, chunk.source), &events, row_wm)?
         }
