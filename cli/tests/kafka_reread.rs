@@ -294,3 +294,105 @@ fn late_after_a_restart(parallelism: &str) {
         "{dead:?}"
     );
 }
+
+#[test]
+fn a_window_made_durable_is_in_the_note_of_every_partition_at_once() {
+    for parallelism in ["1", "2"] {
+        floor_in_every_note(parallelism);
+    }
+}
+
+/// Two partitions. Partition 1 holds one row, of window 1: its committed offset stays at that
+/// row when window 0 closes, so only its note changes (the floor). A note that alone changed
+/// used to wait up to 10 s: a run killed in between left partition 1 without the floor, and
+/// a row of window 0 new there since was on time after the restart (partition 1's own
+/// watermark is below it) and had window 0 emitted a second time with only itself. Now the
+/// commit that makes window 0's floor known carries it for every partition, and the row is
+/// late.
+fn floor_in_every_note(parallelism: &str) {
+    let mock = cluster(2);
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(dir.path(), &brokers, ", idle_timeout: 2s");
+    let produce = |partition: &str, events: &[(u32, i64)]| {
+        let lines: Vec<String> = events.iter().map(|&(id, s)| event(id, s)).collect();
+        let part = dir.path().join("part.ndjson");
+        std::fs::write(&part, lines.join("\n") + "\n").unwrap();
+        let file = part.to_str().unwrap();
+        tool(&[
+            "produce",
+            &brokers,
+            "events",
+            file,
+            "--partition",
+            partition,
+        ]);
+    };
+    let args = ["--parallelism", parallelism];
+    let run = Running::start(&pipeline, &args);
+    run.wait_for("the assignment", |r| r.assignments() >= 1);
+    // partition 1: e6 (window 1; its watermark 57 s), then silence: it turns idle
+    produce("1", &[(6, 62)]);
+    std::thread::sleep(Duration::from_secs(4));
+    // partition 0: e1 (window 0), e2 (window 1), e3 (window 0), e4: window 0 closes
+    produce("0", &[(1, 10), (2, 62), (3, 58), (4, 70)]);
+    // window 0 closes at T0 + 60 s: the floor is there (kept at that closing)
+    wait_for_commit(&run, || {
+        let (offset, note) = committed_of(&brokers, "reread", "events", 0);
+        (offset == 1 && floors_of(&note).first() >= Some(&(T0 + 60_000)))
+            .then_some(())
+            .ok_or_else(|| format!("no commit at 1 with window 0's floor (now {offset} {note:?})"))
+    });
+    // partition 1's, read after partition 0's: the same commit, the same floor
+    let (_, note0) = committed_of(&brokers, "reread", "events", 0);
+    let (offset, note) = committed_of(&brokers, "reread", "events", 1);
+    run.kill();
+    assert_eq!(floors_of(&note0), vec![T0 + 60_000], "{note0:?}");
+    assert_eq!(
+        (offset, floors_of(&note)),
+        (0, floors_of(&note0)),
+        "parallelism {parallelism}: partition 1's commit lacks window 0's floor: {note:?}"
+    );
+    // e8, of window 0, new since the kill
+    produce("1", &[(8, 58)]);
+
+    let run = Running::start(&pipeline, &args);
+    // every partition moves on: window 1 closes
+    produce("0", &[(5, 200)]);
+    produce("1", &[(9, 200)]);
+    let started = Instant::now();
+    while windows_of(&brokers, dir.path()).len() < 2 && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = run.interrupt();
+    assert_eq!(
+        windows_of(&brokers, dir.path()),
+        vec![
+            ("2023-11-14T22:14:00.000Z".to_string(), 2, 40),
+            ("2023-11-14T22:15:00.000Z".to_string(), 3, 120),
+        ],
+        "parallelism {parallelism}: window 0 once, whole; log:\n{}",
+        log.join("\n")
+    );
+    let (_, dead) = read_topic(&brokers, "dead", dir.path());
+    let late: Vec<(i64, i64)> = dead
+        .iter()
+        .filter(|d| d["reason"] == "late")
+        .map(|d| {
+            (
+                d["partition"].as_i64().unwrap(),
+                d["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(late, vec![(1, 1)], "dead letters: {dead:?}");
+}
+
+/// The floors of a committed note (see `weir_engine::reread`), without its topic id.
+fn floors_of(note: &str) -> Vec<i64> {
+    let text = note.split(" t=").next().unwrap_or_default();
+    weir_engine::reread::RereadNote::decode(text)
+        .map(|n| n.floors.into_iter().map(|(_, f)| f).collect())
+        .unwrap_or_default()
+}

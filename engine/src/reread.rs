@@ -283,6 +283,54 @@ impl Reread {
     }
 }
 
+/// The watermarks at which an operator's windows close: tumbling windows of `size` ms, each
+/// closing `lateness` ms after its end. A floor is kept as the last of them at or below the
+/// watermark reached: the same windows are closed by either, and it rises only when a window
+/// closes (so that a rise is worth committing at once, see `Progress::commit_points`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closings {
+    size: i64,
+    lateness: i64,
+}
+
+impl Closings {
+    /// The closings of an operator whose windows close at `closes_at(event time)`, when
+    /// those are tumbling windows' (checked at a few windows); `None` otherwise.
+    pub fn of(closes_at: impl Fn(i64) -> i64) -> Option<Self> {
+        let lateness = closes_at(-1);
+        let size = closes_at(0).checked_sub(lateness)?;
+        if size <= 0 {
+            return None;
+        }
+        let tumbling = [-3i64, 1, 2, 1_000].iter().all(|&k| {
+            let start = k.checked_mul(size);
+            let end = start.and_then(|s| s.checked_add(size));
+            let closing = end.and_then(|e| e.checked_add(lateness));
+            match (start, end, closing) {
+                (Some(start), Some(end), Some(closing)) => {
+                    closes_at(start) == closing && closes_at(end - 1) == closing
+                }
+                _ => false,
+            }
+        });
+        tumbling.then_some(Closings { size, lateness })
+    }
+
+    /// The last closing at or below `watermark` (itself at either end of time, or past the
+    /// arithmetic's range).
+    pub fn last_at_or_below(self, watermark: i64) -> i64 {
+        if watermark <= WATERMARK_MIN || watermark >= WATERMARK_END {
+            return watermark;
+        }
+        watermark
+            .checked_sub(self.lateness)
+            .map(|w| w.div_euclid(self.size))
+            .and_then(|k| k.checked_mul(self.size))
+            .and_then(|c| c.checked_add(self.lateness))
+            .unwrap_or(watermark)
+    }
+}
+
 /// What a run knows of its window operators' floors (see [`RereadNote::floors`]).
 #[derive(Debug, Default)]
 pub struct Floors {
@@ -295,6 +343,8 @@ pub struct Floors {
     /// Per operator: the highest closing watermark its windows were durable to in every
     /// sink (below the end of the input), of all partitions and of each.
     durable: Vec<(i64, Vec<i64>)>,
+    /// Per operator: where its windows close, when known ([`Closings`]).
+    closings: Vec<Option<Closings>>,
 }
 
 impl Floors {
@@ -307,28 +357,37 @@ impl Floors {
     ) -> Self {
         Floors {
             durable: vec![(WATERMARK_MIN, Vec::new()); per_partition.len()],
+            closings: Vec::new(),
             per_partition,
             op_source,
             partition_source,
         }
     }
 
+    /// Per operator, where its windows close (see [`Closings`]; `None`, or missing: a floor
+    /// is kept as the watermark reached).
+    pub fn set_closings(&mut self, closings: Vec<Option<Closings>>) {
+        self.closings = closings;
+    }
+
     /// Operator `op`'s windows are durable in every sink up to `watermark`, and those of
     /// each partition up to `partitions[i]` when given. The end of the input (every window
     /// emitted at once, closed or not) counts for nothing: what was durable before stays.
     pub fn durable(&mut self, op: usize, watermark: i64, partitions: Option<&[i64]>) {
+        let closings = self.closings.get(op).copied().flatten();
+        let last_closing = |w: i64| closings.map_or(w, |c| c.last_at_or_below(w));
         let Some((all, parts)) = self.durable.get_mut(op) else {
             return;
         };
         if watermark < WATERMARK_END {
-            *all = (*all).max(watermark);
+            *all = (*all).max(last_closing(watermark));
         }
         for (i, &w) in partitions.unwrap_or_default().iter().enumerate() {
             if parts.len() <= i {
                 parts.resize(i + 1, WATERMARK_MIN);
             }
             if w < WATERMARK_END {
-                parts[i] = parts[i].max(w);
+                parts[i] = parts[i].max(last_closing(w));
             }
         }
     }
@@ -533,5 +592,31 @@ mod tests {
         assert_eq!(only.encode(), "weir.reread.v1 f 00000000000000ab=-5 .");
         assert_eq!(RereadNote::decode(&only.encode()), Some(only));
         assert!(RereadNote::default().is_empty());
+    }
+
+    #[test]
+    fn closings_are_those_of_tumbling_windows_only() {
+        // windows of 60 closing 5 after their end
+        let c = Closings::of(|t| crate::time::window_start(t, 60) + 65).unwrap();
+        assert_eq!(c.last_at_or_below(64), 5);
+        assert_eq!(c.last_at_or_below(65), 65);
+        assert_eq!(c.last_at_or_below(-56), -115);
+        assert_eq!(c.last_at_or_below(-55), -55);
+        assert_eq!(c.last_at_or_below(WATERMARK_MIN), WATERMARK_MIN);
+        assert_eq!(c.last_at_or_below(WATERMARK_END), WATERMARK_END);
+        // a view's rows close at the end; windows that grow; a size past the arithmetic
+        assert_eq!(Closings::of(|_| WATERMARK_END), None);
+        assert_eq!(
+            Closings::of(|t| if t < 100 {
+                crate::time::window_start(t, 60) + 60
+            } else {
+                t * 2
+            }),
+            None
+        );
+        assert_eq!(
+            Closings::of(|t| crate::time::window_start(t, i64::MAX / 2) + i64::MAX / 2),
+            None
+        );
     }
 }

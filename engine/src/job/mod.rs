@@ -367,6 +367,15 @@ impl Wiring {
                 .flat_map(|(i, s)| std::iter::repeat_n(i, s.partitions))
                 .collect(),
         );
+        progress.set_closings(
+            first_workers
+                .iter()
+                .map(|w| {
+                    let w = w.filter(|w| !w.processing_time())?;
+                    crate::reread::Closings::of(|t| w.closes_at(t))
+                })
+                .collect(),
+        );
         let partition_keys = spec
             .sources
             .iter()
@@ -620,7 +629,6 @@ impl Wiring {
                 feeds: std::mem::take(&mut feeds[idx]),
                 outputs: names.clone(),
                 stats: self.stats.clone(),
-                progress: self.progress.clone(),
                 link: outputs.link.clone(),
                 cancel: self.failure.cancel.clone(),
                 retry,

@@ -230,6 +230,12 @@ fn run_output<'a, T: OutputThread<'a>>(
             last_flush = Instant::now();
         }
     }
+    // The input ends when the merger drops its channel: after the last row, or because the
+    // run failed. A failed run finishes nothing: a file keeps its in-progress name, a table
+    // gets no commit, a replay replaces no window with part of its rows.
+    if cancel.load(Ordering::SeqCst) {
+        return Err(EngineError::Cancelled);
+    }
     if let Some(link) = link {
         if let Some(epoch) = commits.wait_last(link, cancel)? {
             thread.output().call("commit", |o| o.commit(epoch))?;
@@ -253,11 +259,11 @@ pub(super) struct SinkThread {
     /// The job's operators' names (the outputs rows come from), by operator index.
     pub(super) outputs: Arc<[String]>,
     pub(super) stats: Arc<RunStats>,
-    pub(super) progress: Arc<Progress>,
     pub(super) link: Option<CheckpointLink>,
     pub(super) cancel: Arc<AtomicBool>,
     pub(super) retry: RetryPolicy,
-    /// Where rows the sink refused for good go (the dead-letter thread).
+    /// Where rows the sink refused (and then how far it is durable: see
+    /// [`RejectMsg::Durable`]) for good go (the dead-letter thread).
     pub(super) rejects: Sender<RejectMsg>,
     /// The epoch the first rows belong to.
     pub(super) epoch: u64,
@@ -285,7 +291,6 @@ impl SinkThread {
             feeds: self.feeds,
             outputs: self.outputs,
             stats: &stats,
-            progress: &self.progress,
             link: self.link,
             rejects: self.rejects,
             epoch: self.epoch,
@@ -309,7 +314,6 @@ struct SinkState<'a> {
     /// The operators' names, by operator index.
     outputs: Arc<[String]>,
     stats: &'a RunStats,
-    progress: &'a Progress,
     link: Option<CheckpointLink>,
     rejects: Sender<RejectMsg>,
     /// The epoch rows belong to now (the last barrier's + 1).
@@ -392,7 +396,7 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
         self.fresh = false;
         self.forward_rejected()?;
         if durable {
-            self.report();
+            self.report()?;
             let rows = std::mem::take(&mut self.unacked);
             self.acknowledged([rows]);
         }
@@ -428,7 +432,7 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
             );
         }
         self.forward_rejected()?;
-        self.report();
+        self.report()?;
         if self.link.is_some() {
             let pending = std::mem::take(&mut self.pending_ack);
             self.acknowledged(pending.into_iter().map(|(_, rows)| rows));
@@ -500,14 +504,25 @@ impl SinkState<'_> {
             .map_err(|_| EngineError::Cancelled)
     }
 
-    /// Tells the progress tracker how far each feeding operator's rows are durable.
-    fn report(&mut self) {
+    /// Tells the progress tracker, through the dead-letter thread, how far each feeding
+    /// operator's rows are durable.
+    fn report(&mut self) -> Result<(), EngineError> {
         for (i, upto) in self.sent_upto.iter_mut().enumerate() {
             if let Some(durable) = upto.take() {
-                let (op, k) = self.feeds[i];
-                self.progress.sink_durable(op, k, durable);
+                let (operator, sink) = self.feeds[i];
+                // through the dead-letter thread, behind the rows this sink refused: the
+                // offsets of those rows are not committed before their dead letters are
+                // durable
+                self.rejects
+                    .send(RejectMsg::Durable {
+                        operator,
+                        sink,
+                        durable,
+                    })
+                    .map_err(|_| EngineError::Cancelled)?;
             }
         }
+        Ok(())
     }
 
     /// Sends the rows the sink refused since the last call to the dead-letter thread.
@@ -550,6 +565,13 @@ pub(super) enum RejectMsg {
     },
     /// Sink `sink` pre-committed `epoch`: it sent every rejection of its rows up to it.
     Passed { sink: usize, epoch: u64 },
+    /// The `sink`-th sink of operator `operator` durably holds what `durable` says (for the
+    /// progress tracker once the rows it refused before are durable dead letters).
+    Durable {
+        operator: usize,
+        sink: usize,
+        durable: Durable,
+    },
 }
 
 /// The dead-letter thread: writes the workers' records and the rows sinks rejected;
@@ -603,6 +625,7 @@ impl DeadLetterThread {
             workers_open: true,
             sinks_open: true,
             residues: Vec::new(),
+            durables: Vec::new(),
             waiting: None,
             held: VecDeque::new(),
             gate: self.gate,
@@ -632,6 +655,9 @@ struct DeadLetterState<'a> {
     sinks_open: bool,
     /// Residues of tracked chunks, for the progress tracker once flushed.
     residues: Vec<ChunkResidue>,
+    /// Sinks' reports of what they hold durably (operator, its sink, how far), for the
+    /// progress tracker once the rows they refused before are flushed.
+    durables: Vec<(usize, usize, Durable)>,
     /// The workers' barrier waiting for every sink to pass it.
     waiting: Option<u64>,
     /// The workers' messages after the barrier `waiting`, in order.
@@ -683,12 +709,12 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
     }
 
     fn awaits_flush(&self) -> bool {
-        !self.residues.is_empty()
+        !self.residues.is_empty() || !self.durables.is_empty()
     }
 
     fn flushed(&mut self, durable: bool) -> Result<(), EngineError> {
         if durable {
-            self.progress.add_residues(self.residues.drain(..));
+            self.report_durable();
         }
         Ok(())
     }
@@ -698,13 +724,21 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
     }
 
     fn finished(&mut self) -> Result<(), EngineError> {
-        self.progress
-            .add_residues(std::mem::take(&mut self.residues));
+        self.report_durable();
         Ok(())
     }
 }
 
 impl DeadLetterState<'_> {
+    /// Hands the progress tracker what waited for the dead letters before it to be durable:
+    /// the sinks' reports first (a residue's windows count as durable only by them).
+    fn report_durable(&mut self) {
+        for (operator, sink, durable) in self.durables.drain(..) {
+            self.progress.sink_durable(operator, sink, durable);
+        }
+        self.progress.add_residues(self.residues.drain(..));
+    }
+
     fn write(&mut self, records: &[DeadLetter]) -> Result<(), EngineError> {
         self.out.call("write", |s| s.write(records))?;
         RunStats::add(&self.stats.dead_letters, records.len() as u64);
@@ -725,6 +759,14 @@ impl DeadLetterState<'_> {
                 if let Some(p) = self.passed.get_mut(sink) {
                     *p = (*p).max(epoch);
                 }
+                Ok(())
+            }
+            RejectMsg::Durable {
+                operator,
+                sink,
+                durable,
+            } => {
+                self.durables.push((operator, sink, durable));
                 Ok(())
             }
         }

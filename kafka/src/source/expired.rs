@@ -120,6 +120,7 @@ impl GroupContext {
                     .copied()
             })
             .collect();
+        self.progress().assigning(&assigned);
         let committed = self.place_starts(consumer, tpl);
         self.notes_read(&assigned, committed.as_ref());
     }

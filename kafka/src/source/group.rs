@@ -238,7 +238,9 @@ impl GroupContext {
 
     /// The offsets of `partitions` that are committable and not committed yet, with their
     /// notes (see `weir_engine::reread`); a note that alone changed is sent again at most
-    /// every [`NOTE_EVERY`], unless `last` (the run's or the assignment's last commit).
+    /// every [`NOTE_EVERY`], unless `last` (the run's or the assignment's last commit) or its
+    /// floors moved: a window just made durable is in every partition's note at once, so that
+    /// a run killed right after does not take a row of it, read again or new, for on time.
     pub(super) fn committable(
         &self,
         partitions: impl Iterator<Item = (String, i32)>,
@@ -258,12 +260,14 @@ impl GroupContext {
             let Some((offset, note)) = point else {
                 continue;
             };
-            let note = note
-                .filter(|_| notes)
-                .map(|n| self.with_topic_id(&topic, n));
+            let note = note.filter(|_| notes);
+            let floors = note.as_ref().map(|n| n.floors.clone()).unwrap_or_default();
+            let note = note.map(|n| self.with_topic_id(&topic, n.encode()));
             let prev = committed.get(&id);
             let same_offset = prev.is_some_and(|c| c.offset == offset);
-            if same_offset && !last && prev.is_some_and(|c| c.at.elapsed() < NOTE_EVERY) {
+            let recent = prev.is_some_and(|c| c.at.elapsed() < NOTE_EVERY);
+            let same_floors = prev.is_some_and(|c| c.floors == floors);
+            if same_offset && !last && recent && same_floors {
                 continue;
             }
             if same_offset && prev.is_some_and(|c| c.note == note) {
@@ -279,7 +283,13 @@ impl GroupContext {
                 e.set_metadata(note);
             }
             let at = Instant::now();
-            committed.insert(id, CommittedAt { offset, note, at });
+            let commit = CommittedAt {
+                offset,
+                note,
+                floors,
+                at,
+            };
+            committed.insert(id, commit);
         }
         tpl
     }
@@ -732,6 +742,8 @@ const NOTE_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct CommittedAt {
     offset: u64,
     note: Option<String>,
+    /// The note's floors (per operator key: see `weir_engine::reread`).
+    floors: Vec<(u64, i64)>,
     at: Instant,
 }
 

@@ -405,12 +405,14 @@ impl Sink for RecordingSink {
 pub(super) struct RecordingDeadLetters {
     pub(super) calls: Calls,
     pub(super) records: Arc<Mutex<Vec<DeadLetter>>>,
+    /// While set, a flush makes nothing durable (a file output before its end).
+    pub(super) not_durable: Arc<AtomicBool>,
 }
 
 impl Committable for RecordingDeadLetters {
     fn flush(&mut self) -> Result<bool, EngineError> {
         self.calls.lock().unwrap().push(Call::Flush);
-        Ok(true)
+        Ok(!self.not_durable.load(Ordering::SeqCst))
     }
     fn finish(&mut self) -> Result<(), EngineError> {
         self.calls.lock().unwrap().push(Call::Finish);

@@ -90,6 +90,44 @@ fn a_failing_sink_stops_the_job_with_its_error() {
     }
 }
 
+/// A sink that fails for good fails the run; the run's other sinks then see their input end
+/// as at the end of a run, but must not finish (a file renamed to its final name, a table
+/// committed, a replay's windows replaced) with part of the rows.
+#[test]
+fn a_failed_run_finishes_no_other_sink() {
+    let sink = RecordingSink::default();
+    let calls = sink.calls.clone();
+    let mut spec = job(
+        Box::new(EndlessReader { seq: 0 }),
+        1,
+        sink,
+        RecordingDeadLetters::default(),
+        2,
+    );
+    spec.sinks.push(SinkSpec {
+        name: "failing".into(),
+        sink: Box::new(RecordingSink {
+            fail_writes: true,
+            ..Default::default()
+        }),
+        retry: crate::retry::RetryPolicy::default(),
+    });
+    spec.operators[0].sinks = vec![0, 1];
+    let stats = Arc::new(RunStats::new(
+        &["events".to_string()],
+        &["counts".to_string()],
+        &["out".to_string(), "failing".to_string()],
+    ));
+    let err = run_within(spec, stats, StopHandle::new(), Duration::from_secs(20)).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Sink { sink, .. } if sink == "failing"),
+        "not the failing sink's error: {}",
+        err.chain()
+    );
+    let calls = calls.lock().unwrap();
+    assert!(!calls.contains(&Call::Finish), "{calls:?}");
+}
+
 /// A thread of the run that panics (a defect in a connector) fails the run with the panic's
 /// message, instead of leaving the other threads waiting for it for ever.
 #[test]

@@ -502,7 +502,6 @@ fn a_sink_thread_without_checkpoints_flushes_rows_at_once_and_to_report_progress
         feeds: vec![(0, 0)],
         outputs: vec!["per_minute".to_string()].into(),
         stats: stats.clone(),
-        progress: Arc::new(Progress::new(1, &[1])),
         link: None,
         cancel: Arc::new(AtomicBool::new(false)),
         retry: RetryPolicy::default(),
@@ -559,12 +558,103 @@ fn a_sink_thread_without_checkpoints_flushes_rows_at_once_and_to_report_progress
         ]
     );
     assert_eq!(RunStats::get(&stats.rows_committed[0].value), 2);
-    let refused: Vec<(u64, usize)> = rejects_rx
+    // the refused rows, then how far the sink is durable (behind them)
+    let sent: Vec<(u64, usize)> = rejects_rx
         .try_iter()
         .map(|m| match m {
             RejectMsg::Rows { epoch, records } => (epoch, records.len()),
+            RejectMsg::Durable { durable, .. } => (u64::MAX, durable.watermark as usize),
             RejectMsg::Passed { .. } => panic!("no barrier was passed"),
         })
         .collect();
-    assert_eq!(refused, vec![(1, 2)]);
+    assert_eq!(sent, vec![(1, 2), (u64::MAX, 20)]);
+}
+
+/// A sink's report of what it holds durably reaches the progress tracker only once the rows
+/// it refused before are durable dead letters: else a Kafka offset was committed past a row
+/// whose dead letter a crash then lost.
+#[test]
+fn a_sinks_progress_waits_for_the_dead_letters_of_the_rows_it_refused() {
+    let dead = RecordingDeadLetters::default();
+    let (calls, not_durable) = (dead.calls.clone(), dead.not_durable.clone());
+    not_durable.store(true, Ordering::SeqCst);
+    let progress = Arc::new(Progress::new(1, &[1]));
+    progress.track(0);
+    // a chunk read to offset 7, with a row at offset 0 of a window closing at 60
+    progress.add_residues([crate::progress::ChunkResidue {
+        partition: 0,
+        seq: 0,
+        next_offset: 7,
+        windows: vec![crate::progress::OpResidue {
+            operator: 0,
+            worker: 0,
+            after_handover: 0,
+            windows: vec![(60, 0)],
+        }],
+    }]);
+    assert_eq!(progress.committable(0), Some(0));
+    let (dead_tx, dead_rx) = unbounded::<DeadMsg>();
+    let (rejects_tx, rejects_rx) = unbounded::<RejectMsg>();
+    let thread = crate::job::outputs::DeadLetterThread {
+        sink: Box::new(dead),
+        retry: RetryPolicy::default(),
+        stats: run_stats(),
+        progress: progress.clone(),
+        link: None,
+        cancel: Arc::new(AtomicBool::new(false)),
+        epoch: 1,
+        sinks: 1,
+        gate: Arc::new(crate::job::channels::OutputGate::default()),
+    };
+    let done = std::thread::spawn(move || thread.run(dead_rx, rejects_rx));
+    let refused = DeadLetter {
+        partition: partition(usize::MAX),
+        offset: None,
+        reason: Reason::Rejected,
+        error: crate::dead_letter::ErrorInfo::new("too_big", "over the size limit"),
+        raw: Some(b"0".to_vec()),
+        trace: Default::default(),
+    };
+    rejects_tx
+        .send(RejectMsg::Rows {
+            epoch: 1,
+            records: vec![refused],
+        })
+        .unwrap();
+    rejects_tx
+        .send(RejectMsg::Durable {
+            operator: 0,
+            sink: 0,
+            durable: crate::progress::Durable {
+                watermark: 100,
+                covered: vec![1],
+                partitions: None,
+            },
+        })
+        .unwrap();
+    let flushes = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == Call::Flush)
+            .count()
+            < n
+        {
+            assert!(Instant::now() < deadline, "no flush");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // flushed, but the refused row is not durable: the window is not either
+    flushes(2);
+    assert_eq!(progress.committable(0), Some(0));
+    not_durable.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while progress.committable(0) != Some(7) {
+        assert!(Instant::now() < deadline, "the window never became durable");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop((dead_tx, rejects_tx));
+    done.join().unwrap().unwrap();
 }
