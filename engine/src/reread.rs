@@ -319,7 +319,7 @@ impl Closings {
     /// The last closing at or below `watermark` (itself at either end of time, or past the
     /// arithmetic's range).
     pub fn last_at_or_below(self, watermark: i64) -> i64 {
-        if watermark <= WATERMARK_MIN || watermark >= WATERMARK_END {
+        if watermark == WATERMARK_MIN || watermark == WATERMARK_END {
             return watermark;
         }
         watermark
