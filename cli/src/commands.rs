@@ -116,7 +116,8 @@ pub fn run(a: RunArgs, telemetry: &Telemetry) -> Result<(), Failure> {
     }
     let stop = StopHandle::new();
     let on_signal = stop.clone();
-    let signalled = std::sync::atomic::AtomicBool::new(false);
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = signalled.clone();
     ctrlc::set_handler(move || {
             if signalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 eprintln!("error: stopped by a second signal before the run could finish");
@@ -149,7 +150,11 @@ pub fn run(a: RunArgs, telemetry: &Telemetry) -> Result<(), Failure> {
             keep_serving,
             insecure,
             on_finished: Some(std::sync::Arc::new(move |s| {
-                print_summary(s, command_started.elapsed())
+                print_summary(s, command_started.elapsed());
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    // (exit status 0: a run goes until stopped; a bounded one did not end)
+                    println!("  stopped by a signal: its sources did not end, and windows still open were not emitted (a restart continues them)");
+                }
             })),
             replay: None,
             worker,

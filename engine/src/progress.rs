@@ -278,7 +278,9 @@ impl Progress {
             .map(|&id| {
                 let offset = committable_or_started(&inner, id)?;
                 let note = durable.as_deref().and_then(|d| note_of(&inner, d, id));
-                Some((offset, note))
+                // (a start is committed again for its note only: never to erase one)
+                let own = inner.partitions.get(id).and_then(|p| p.committable);
+                (own.is_some() || note.is_some()).then_some((offset, note))
             })
             .collect()
     }

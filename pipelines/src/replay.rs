@@ -498,9 +498,11 @@ impl WindowRange {
         }
     }
 
-    fn count(&self, rows: usize) {
+    /// Counts `rows` written (negative: refused after all).
+    fn count(&self, rows: i64) {
         if let Ok(mut w) = self.written.lock() {
-            *w.entry(self.name.clone()).or_default() += rows as u64;
+            let n = w.entry(self.name.clone()).or_default();
+            *n = n.saturating_add_signed(rows);
         }
     }
 }
@@ -515,10 +517,10 @@ impl Committable for WindowRange {
 }
 
 impl WindowRange {
-    /// The rows of `batch` in the replayed range (counted), `None` when there are none.
+    /// The rows of `batch` in the replayed range, `None` when there are none (counted once
+    /// written: a write tried again is not counted twice).
     fn in_range(&self, batch: &RecordBatch) -> Result<Option<RecordBatch>, EngineError> {
         let Some(col) = batch.column_by_name("window_start") else {
-            self.count(batch.num_rows());
             return Ok(Some(batch.clone()));
         };
         let Some(starts) = col.as_primitive_opt::<TimestampMillisecondType>() else {
@@ -531,7 +533,6 @@ impl WindowRange {
             .iter()
             .map(|s| Some(s.is_some_and(|s| self.range.contains(s))))
             .collect();
-        self.count(keep.true_count());
         if keep.true_count() == batch.num_rows() {
             return Ok(Some(batch.clone()));
         }
@@ -543,21 +544,25 @@ impl WindowRange {
 
 impl Sink for WindowRange {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), EngineError> {
-        match self.in_range(batch)? {
-            Some(rows) => self.inner.write(&rows),
-            None => Ok(()),
+        if let Some(rows) = self.in_range(batch)? {
+            self.inner.write(&rows)?;
+            self.count(rows.num_rows() as i64);
         }
+        Ok(())
     }
     fn write_output(&mut self, output: &str, batch: &RecordBatch) -> Result<(), EngineError> {
-        match self.in_range(batch)? {
-            Some(rows) => self.inner.write_output(output, &rows),
-            None => Ok(()),
+        if let Some(rows) = self.in_range(batch)? {
+            self.inner.write_output(output, &rows)?;
+            self.count(rows.num_rows() as i64);
         }
+        Ok(())
     }
     // rows the output refused (a PostgreSQL constraint, an Elasticsearch mapping) reach the
-    // replay's dead letters
+    // replay's dead letters, and are not rewritten
     fn take_rejected(&mut self) -> Vec<weir_engine::RejectedRow> {
-        self.inner.take_rejected()
+        let refused = self.inner.take_rejected();
+        self.count(-(refused.len() as i64));
+        refused
     }
 }
 

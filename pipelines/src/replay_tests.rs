@@ -427,3 +427,65 @@ fn a_replays_sinks_replace_and_get_only_the_windows_of_its_range() {
     let written = setup.written.lock().map(|w| w.clone()).unwrap_or_default();
     assert_eq!(written.get("x"), Some(&2));
 }
+
+/// A sink whose first write fails, and which refuses one row of each write after.
+struct FailingOnce {
+    failed: bool,
+    refused: Vec<weir_engine::RejectedRow>,
+}
+
+impl Committable for FailingOnce {
+    fn flush(&mut self) -> Result<bool, EngineError> {
+        Ok(true)
+    }
+    fn finish(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+impl Sink for FailingOnce {
+    fn write(&mut self, _batch: &RecordBatch) -> Result<(), EngineError> {
+        if !std::mem::replace(&mut self.failed, true) {
+            return Err(EngineError::Internal("the index is read-only".into()));
+        }
+        self.refused.push(weir_engine::RejectedRow {
+            raw: b"{}".to_vec(),
+            error: weir_engine::ErrorInfo::new("mapping", "a field of another type"),
+        });
+        Ok(())
+    }
+    fn take_rejected(&mut self) -> Vec<weir_engine::RejectedRow> {
+        std::mem::take(&mut self.refused)
+    }
+}
+
+/// The windows a replay says it rewrote: a write tried again counts once, and a row the
+/// output refused (dead-lettered) is not rewritten.
+#[test]
+fn a_replay_counts_the_rows_its_outputs_took() {
+    let written = Written::default();
+    let inner = FailingOnce {
+        failed: false,
+        refused: Vec::new(),
+    };
+    let range = WindowStarts {
+        from_ms: 0,
+        to_ms: 180_000,
+    };
+    let mut sink = WindowRange::new("x", Box::new(inner), range, written.clone());
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new(
+            "window_start",
+            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]));
+    let starts = arrow::array::TimestampMillisecondArray::from(vec![0, 60_000, 240_000]);
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(starts)]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(sink.write(&batch).is_err());
+    sink.write(&batch).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sink.take_rejected().len(), 1);
+    let written = written.lock().map(|w| w.clone()).unwrap_or_default();
+    assert_eq!(written.get("x"), Some(&1));
+}

@@ -625,7 +625,8 @@ impl DeadLetterThread {
             workers_open: true,
             sinks_open: true,
             residues: Vec::new(),
-            durables: Vec::new(),
+            durables: BTreeMap::new(),
+            fresh_durable: false,
             waiting: None,
             held: VecDeque::new(),
             gate: self.gate,
@@ -655,9 +656,12 @@ struct DeadLetterState<'a> {
     sinks_open: bool,
     /// Residues of tracked chunks, for the progress tracker once flushed.
     residues: Vec<ChunkResidue>,
-    /// Sinks' reports of what they hold durably (operator, its sink, how far), for the
-    /// progress tracker once the rows they refused before are flushed.
-    durables: Vec<(usize, usize, Durable)>,
+    /// Sinks' last reports of what they hold durably, by (operator, its sink), for the
+    /// progress tracker once the rows they refused before are flushed (a report says all
+    /// the earlier ones did, and more).
+    durables: BTreeMap<(usize, usize), Durable>,
+    /// A sink's report came since the last flush.
+    fresh_durable: bool,
     /// The workers' barrier waiting for every sink to pass it.
     waiting: Option<u64>,
     /// The workers' messages after the barrier `waiting`, in order.
@@ -712,7 +716,19 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
         !self.residues.is_empty() || !self.durables.is_empty()
     }
 
+    // A sink's report is passed on at the next lull, as the sink flushed its rows, not at the
+    // next progress report: else it reached the offsets twice as late (a partition given up
+    // is committed once its offsets stop moving, see the Kafka source's `settle`).
+    fn unflushed(&self) -> bool {
+        self.fresh_durable
+    }
+
+    fn idle(&self) -> bool {
+        self.rx.is_empty() && self.rejects.is_empty()
+    }
+
     fn flushed(&mut self, durable: bool) -> Result<(), EngineError> {
+        self.fresh_durable = false;
         if durable {
             self.report_durable();
         }
@@ -733,7 +749,7 @@ impl DeadLetterState<'_> {
     /// Hands the progress tracker what waited for the dead letters before it to be durable:
     /// the sinks' reports first (a residue's windows count as durable only by them).
     fn report_durable(&mut self) {
-        for (operator, sink, durable) in self.durables.drain(..) {
+        for ((operator, sink), durable) in std::mem::take(&mut self.durables) {
             self.progress.sink_durable(operator, sink, durable);
         }
         self.progress.add_residues(self.residues.drain(..));
@@ -766,7 +782,8 @@ impl DeadLetterState<'_> {
                 sink,
                 durable,
             } => {
-                self.durables.push((operator, sink, durable));
+                self.durables.insert((operator, sink), durable);
+                self.fresh_durable = true;
                 Ok(())
             }
         }

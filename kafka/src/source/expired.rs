@@ -111,18 +111,27 @@ impl GroupContext {
     /// `weir_records_expired_total` (each loss once per process). When the offsets cannot
     /// be read, the starts stay as they are (librdkafka then resets them as configured).
     pub(super) fn skip_expired(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let assigned: Vec<usize> = tpl
-            .elements()
+        let assigned = self.ids_of(tpl);
+        let committed = self.place_starts(consumer, tpl);
+        self.notes_read(&assigned, committed.as_ref());
+    }
+
+    /// The partitions of `tpl` being assigned forget the committed offset an earlier
+    /// assignment started from (see `Progress::assigning`), before any is read again.
+    pub(super) fn forget_starts(&self, tpl: &TopicPartitionList) {
+        self.progress().assigning(&self.ids_of(tpl));
+    }
+
+    /// The engine's ids of the partitions of `tpl` this source reads.
+    fn ids_of(&self, tpl: &TopicPartitionList) -> Vec<usize> {
+        tpl.elements()
             .iter()
             .filter_map(|e| {
                 self.ids
                     .get(&(e.topic().to_string(), e.partition()))
                     .copied()
             })
-            .collect();
-        self.progress().assigning(&assigned);
-        let committed = self.place_starts(consumer, tpl);
-        self.notes_read(&assigned, committed.as_ref());
+            .collect()
     }
 
     /// [`Self::skip_expired`]; returns the group's committed offsets of the partitions that

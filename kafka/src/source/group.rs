@@ -580,6 +580,8 @@ impl ConsumerContext for GroupContext {
                 // in a pool, an empty assignment (a cooperative rebalance that moved other
                 // partitions) changes nothing
                 let closing = self.closing.load(Ordering::SeqCst);
+                // (what an earlier assignment started from no longer holds, closing or not)
+                self.forget_starts(tpl);
                 if !closing && tpl.count() > 0 {
                     self.read_incarnations(consumer, tpl);
                 }
