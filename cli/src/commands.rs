@@ -153,7 +153,7 @@ pub fn run(a: RunArgs, telemetry: &Telemetry) -> Result<(), Failure> {
                 print_summary(s, command_started.elapsed());
                 if stopped.load(std::sync::atomic::Ordering::SeqCst) {
                     // (exit status 0: a run goes until stopped; a bounded one did not end)
-                    println!("  stopped by a signal: its sources did not end, and windows still open were not emitted (a restart continues them)");
+                    println!("  stopped by a signal: its sources may not have ended, and windows still open were not emitted");
                 }
             })),
             replay: None,

@@ -166,6 +166,47 @@ fn cluster(partitions: i32) -> MockCluster<'static, rdkafka::producer::DefaultPr
     mock
 }
 
+/// A test of sparse partitions on the mock cluster: their pipeline stops holding the
+/// watermark back for a partition after 2 s without a message.
+struct Sparse {
+    brokers: String,
+    dir: tempfile::TempDir,
+    pipeline: std::path::PathBuf,
+    _mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+}
+
+impl Sparse {
+    /// `partitions` partitions of `events`, and the pipeline.
+    fn new(partitions: i32) -> Self {
+        let mock = cluster(partitions);
+        let brokers = mock.bootstrap_servers();
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = write_pipeline(dir.path(), &brokers, ", idle_timeout: 2s");
+        Sparse {
+            brokers,
+            dir,
+            pipeline,
+            _mock: mock,
+        }
+    }
+
+    /// Produces `events` (id, second) to `partition`, by the independent client.
+    fn produce(&self, partition: &str, events: &[(u32, i64)]) {
+        let lines: Vec<String> = events.iter().map(|&(id, s)| event(id, s)).collect();
+        let part = self.dir.path().join("part.ndjson");
+        std::fs::write(&part, lines.join("\n") + "\n").unwrap();
+        let file = part.to_str().unwrap();
+        tool(&[
+            "produce",
+            &self.brokers,
+            "events",
+            file,
+            "--partition",
+            partition,
+        ]);
+    }
+}
+
 /// The output's rows as (window start, events, records).
 fn windows_of(brokers: &str, dir: &std::path::Path) -> Vec<(String, i64, i64)> {
     read_topic(brokers, "out", dir)
@@ -197,25 +238,10 @@ fn a_row_read_after_a_restart_for_a_window_emitted_before_is_late_not_a_second_r
 /// the restarted one does: by the floor of partition 1's note, and for partition 2 by the
 /// lowest floor of the others' notes (the run's first assignment).
 fn late_after_a_restart(parallelism: &str) {
-    let mock = cluster(3);
-    let brokers = mock.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    // sparse partitions: they stop holding the watermark back after 2 s without a message
-    let pipeline = write_pipeline(dir.path(), &brokers, ", idle_timeout: 2s");
-    let produce = |partition: &str, events: &[(u32, i64)]| {
-        let lines: Vec<String> = events.iter().map(|&(id, s)| event(id, s)).collect();
-        let part = dir.path().join("part.ndjson");
-        std::fs::write(&part, lines.join("\n") + "\n").unwrap();
-        let file = part.to_str().unwrap();
-        tool(&[
-            "produce",
-            &brokers,
-            "events",
-            file,
-            "--partition",
-            partition,
-        ]);
-    };
+    let sparse = Sparse::new(3);
+    let (brokers, pipeline) = (sparse.brokers.clone(), sparse.pipeline.clone());
+    let dir = &sparse.dir;
+    let produce = |partition: &str, events: &[(u32, i64)]| sparse.produce(partition, events);
     let args = ["--parallelism", parallelism];
     let run = Running::start(&pipeline, &args);
     run.wait_for("the assignment", |r| r.assignments() >= 1);
@@ -310,24 +336,10 @@ fn a_window_made_durable_is_in_the_note_of_every_partition_at_once() {
 /// commit that makes window 0's floor known carries it for every partition, and the row is
 /// late.
 fn floor_in_every_note(parallelism: &str) {
-    let mock = cluster(2);
-    let brokers = mock.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = write_pipeline(dir.path(), &brokers, ", idle_timeout: 2s");
-    let produce = |partition: &str, events: &[(u32, i64)]| {
-        let lines: Vec<String> = events.iter().map(|&(id, s)| event(id, s)).collect();
-        let part = dir.path().join("part.ndjson");
-        std::fs::write(&part, lines.join("\n") + "\n").unwrap();
-        let file = part.to_str().unwrap();
-        tool(&[
-            "produce",
-            &brokers,
-            "events",
-            file,
-            "--partition",
-            partition,
-        ]);
-    };
+    let sparse = Sparse::new(2);
+    let (brokers, pipeline) = (sparse.brokers.clone(), sparse.pipeline.clone());
+    let dir = &sparse.dir;
+    let produce = |partition: &str, events: &[(u32, i64)]| sparse.produce(partition, events);
     let args = ["--parallelism", parallelism];
     let run = Running::start(&pipeline, &args);
     run.wait_for("the assignment", |r| r.assignments() >= 1);

@@ -94,6 +94,8 @@ struct Inner {
     floors: Floors,
     /// Per source: its first assignment's notes were read ([`Progress::assignment_read`]).
     sources_assigned: Vec<bool>,
+    /// The group refuses notes: offsets go without (see [`Progress::refuse_notes`]).
+    notes_refused: bool,
 }
 
 /// The tracker of committable offsets of a job.
@@ -127,6 +129,7 @@ impl Progress {
                 keys: Vec::new(),
                 floors: Floors::default(),
                 sources_assigned: Vec::new(),
+                notes_refused: false,
             }),
             finished: AtomicBool::new(false),
         }
@@ -271,8 +274,8 @@ impl Progress {
         let Ok(inner) = self.inner.lock() else {
             return vec![None; partitions.len()];
         };
-        let durable =
-            (!inner.checkpoints && !inner.keys.is_empty()).then(|| effective(&inner.durable));
+        let notes = !inner.checkpoints && !inner.keys.is_empty() && !inner.notes_refused;
+        let durable = notes.then(|| effective(&inner.durable));
         partitions
             .iter()
             .map(|&id| {
@@ -322,6 +325,14 @@ impl Progress {
             }
         }
         found
+    }
+
+    /// The group refuses the notes (too large): offsets are committed without them from now
+    /// on, and a partition with nothing committable of its own is not committed at its start.
+    pub fn refuse_notes(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.notes_refused = true;
+        }
     }
 
     /// Partitions being assigned, before their committed offsets are read

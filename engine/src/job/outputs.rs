@@ -17,6 +17,7 @@ use super::channels::{
 };
 use crate::api::{Committable, DeadLetterSink, Sink};
 use crate::checkpoint::Part;
+use crate::clock::WATERMARK_END;
 use crate::dead_letter::{DeadLetter, PartitionInfo, Reason};
 use crate::progress::{ChunkResidue, Durable, Progress};
 use crate::retry::{Retrier, RetryPolicy};
@@ -283,7 +284,7 @@ impl SinkThread {
         let out = Output::new(self.sink, retrier, Some(&self.name));
         let link = self.link.clone();
         let state = SinkState {
-            sent_upto: vec![None; self.feeds.len()],
+            sent_upto: vec![Reports::default(); self.feeds.len()],
             out,
             rx,
             index: self.index,
@@ -320,7 +321,7 @@ struct SinkState<'a> {
     epoch: u64,
     rejected_from: Arc<PartitionInfo>,
     /// Per feed: how far its operator's rows were sent, since the last report.
-    sent_upto: Vec<Option<Durable>>,
+    sent_upto: Vec<Reports>,
     /// (epoch, rows written before its barrier) of the epochs pre-committed and not
     /// committed yet.
     rows: Vec<(u64, u64)>,
@@ -360,7 +361,7 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
                 partitions,
             }) => {
                 if let Some(i) = self.feeds.iter().position(|(o, _)| *o == op) {
-                    self.sent_upto[i] = Some(Durable {
+                    self.sent_upto[i].add(Durable {
                         watermark: upto,
                         covered,
                         partitions,
@@ -381,7 +382,7 @@ impl<'a> OutputThread<'a> for SinkState<'a> {
     }
 
     fn awaits_flush(&self) -> bool {
-        self.sent_upto.iter().any(Option::is_some)
+        self.sent_upto.iter().any(|r| !r.0.is_empty())
     }
 
     fn unflushed(&self) -> bool {
@@ -508,7 +509,7 @@ impl SinkState<'_> {
     /// operator's rows are durable.
     fn report(&mut self) -> Result<(), EngineError> {
         for (i, upto) in self.sent_upto.iter_mut().enumerate() {
-            if let Some(durable) = upto.take() {
+            for durable in std::mem::take(&mut upto.0) {
                 let (operator, sink) = self.feeds[i];
                 // through the dead-letter thread, behind the rows this sink refused: the
                 // offsets of those rows are not committed before their dead letters are
@@ -656,10 +657,9 @@ struct DeadLetterState<'a> {
     sinks_open: bool,
     /// Residues of tracked chunks, for the progress tracker once flushed.
     residues: Vec<ChunkResidue>,
-    /// Sinks' last reports of what they hold durably, by (operator, its sink), for the
-    /// progress tracker once the rows they refused before are flushed (a report says all
-    /// the earlier ones did, and more).
-    durables: BTreeMap<(usize, usize), Durable>,
+    /// Sinks' reports of what they hold durably, by (operator, its sink), for the progress
+    /// tracker once the rows they refused before are flushed.
+    durables: BTreeMap<(usize, usize), Reports>,
     /// A sink's report came since the last flush.
     fresh_durable: bool,
     /// The workers' barrier waiting for every sink to pass it.
@@ -745,12 +745,45 @@ impl<'a> OutputThread<'a> for DeadLetterState<'a> {
     }
 }
 
+/// Reports of how far a sink holds an operator's rows durably, not handed on yet: of those
+/// that reach the end of the input at the same places, the last (it says all the earlier
+/// ones did, and more); one that reaches it at more places follows the one before, which
+/// keeps how far windows were durable before the end (the floors, see
+/// `crate::reread::Floors::durable`).
+#[derive(Debug, Clone, Default)]
+struct Reports(Vec<Durable>);
+
+impl Reports {
+    fn add(&mut self, durable: Durable) {
+        match self.0.last_mut() {
+            Some(last) if ends_alike(last, &durable) => *last = durable,
+            _ => self.0.push(durable),
+        }
+    }
+}
+
+/// Whether two reports of a sink reach the end of the input (every window emitted at once)
+/// at the same places: overall, and partition by partition.
+fn ends_alike(a: &Durable, b: &Durable) -> bool {
+    let end = |w: &i64| *w == WATERMARK_END;
+    let parts_alike = match (&a.partitions, &b.partitions) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| end(p) == end(q))
+        }
+        _ => false,
+    };
+    end(&a.watermark) == end(&b.watermark) && parts_alike
+}
+
 impl DeadLetterState<'_> {
     /// Hands the progress tracker what waited for the dead letters before it to be durable:
     /// the sinks' reports first (a residue's windows count as durable only by them).
     fn report_durable(&mut self) {
-        for ((operator, sink), durable) in std::mem::take(&mut self.durables) {
-            self.progress.sink_durable(operator, sink, durable);
+        for ((operator, sink), reports) in std::mem::take(&mut self.durables) {
+            for durable in reports.0 {
+                self.progress.sink_durable(operator, sink, durable);
+            }
         }
         self.progress.add_residues(self.residues.drain(..));
     }
@@ -782,7 +815,10 @@ impl DeadLetterState<'_> {
                 sink,
                 durable,
             } => {
-                self.durables.insert((operator, sink), durable);
+                self.durables
+                    .entry((operator, sink))
+                    .or_default()
+                    .add(durable);
                 self.fresh_durable = true;
                 Ok(())
             }

@@ -682,6 +682,9 @@ impl ConsumerContext for GroupContext {
                 .iter()
                 .any(|e| e.error().as_ref().err().is_some_and(too_large));
         if refused && !self.notes_refused.swap(true, Ordering::Relaxed) {
+            // (a partition with nothing read is then not committed again at its start: that
+            // would only erase the note it started from)
+            self.progress().refuse_notes();
             tracing::warn!(source = %self.source, "kafka: the group refuses offset commit metadata this large (`offset.metadata.max.bytes`); offsets are committed without notes, and a restart may emit again a window with only the rows it reads again");
         }
         if result.is_ok() && !refused {

@@ -518,20 +518,7 @@ fn a_sink_thread_without_checkpoints_flushes_rows_at_once_and_to_report_progress
     })
     .unwrap();
     // no more rows queued: flushed at once, not at the next progress report
-    let flushes = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| **c == Call::Flush)
-            .count()
-            < n
-        {
-            assert!(Instant::now() < deadline, "no flush");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    };
+    let flushes = |n: usize| wait_for_flushes(&calls, n);
     flushes(1);
     let (buckets, count, sum) = stats.window_durable_latency[0].read();
     assert_eq!(count, 2, "one observation per row of the batch");
@@ -579,6 +566,7 @@ fn a_sinks_progress_waits_for_the_dead_letters_of_the_rows_it_refused() {
     let (calls, not_durable) = (dead.calls.clone(), dead.not_durable.clone());
     not_durable.store(true, Ordering::SeqCst);
     let progress = Arc::new(Progress::new(1, &[1]));
+    progress.set_operator_keys(vec![Some(1)], vec![], vec![]);
     progress.track(0);
     // a chunk read to offset 7, with a row at offset 0 of a window closing at 60
     progress.add_residues([crate::progress::ChunkResidue {
@@ -621,31 +609,21 @@ fn a_sinks_progress_waits_for_the_dead_letters_of_the_rows_it_refused() {
             records: vec![refused],
         })
         .unwrap();
-    rejects_tx
-        .send(RejectMsg::Durable {
-            operator: 0,
-            sink: 0,
-            durable: crate::progress::Durable {
-                watermark: 100,
-                covered: vec![1],
-                partitions: None,
-            },
-        })
-        .unwrap();
-    let flushes = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| **c == Call::Flush)
-            .count()
-            < n
-        {
-            assert!(Instant::now() < deadline, "no flush");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    };
+    // durable to 100, then to the end of the input (which sets no floor)
+    for watermark in [80, 100, WATERMARK_END] {
+        rejects_tx
+            .send(RejectMsg::Durable {
+                operator: 0,
+                sink: 0,
+                durable: crate::progress::Durable {
+                    watermark,
+                    covered: vec![1],
+                    partitions: None,
+                },
+            })
+            .unwrap();
+    }
+    let flushes = |n: usize| wait_for_flushes(&calls, n);
     // flushed, but the refused row is not durable: the window is not either
     flushes(2);
     assert_eq!(progress.committable(0), Some(0));
@@ -655,6 +633,26 @@ fn a_sinks_progress_waits_for_the_dead_letters_of_the_rows_it_refused() {
         assert!(Instant::now() < deadline, "the window never became durable");
         std::thread::sleep(Duration::from_millis(1));
     }
+    // the floor is how far windows were durable before the end (not lost with the report
+    // the end's replaced)
+    let note = progress.commit_points(&[0])[0].clone().and_then(|(_, n)| n);
+    assert_eq!(note.map(|n| n.floors), Some(vec![(1, 100)]));
     drop((dead_tx, rejects_tx));
     done.join().unwrap().unwrap();
+}
+
+/// Waits (at most 5 s) until an output recorded `n` flushes.
+fn wait_for_flushes(calls: &Calls, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| **c == Call::Flush)
+        .count()
+        < n
+    {
+        assert!(Instant::now() < deadline, "no flush");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
