@@ -263,8 +263,8 @@ pub(super) struct SinkThread {
     pub(super) link: Option<CheckpointLink>,
     pub(super) cancel: Arc<AtomicBool>,
     pub(super) retry: RetryPolicy,
-    /// Where rows the sink refused (and then how far it is durable: see
-    /// [`RejectMsg::Durable`]) for good go (the dead-letter thread).
+    /// The dead-letter thread: where rows the sink refused for good go, and behind them how
+    /// far the sink is durable ([`RejectMsg::Durable`]).
     pub(super) rejects: Sender<RejectMsg>,
     /// The epoch the first rows belong to.
     pub(super) epoch: u64,
